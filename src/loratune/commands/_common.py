@@ -1,0 +1,39 @@
+"""Helpers shared by sub-commands: config arguments, console, number formatting."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML config (sections model/data/adapter/train, or flat keys)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides, e.g. r=16 learning_rate=5e-4 target_modules=[attn,ffn@top:2]")
+
+
+def load_cfg(args):
+    from loratune.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def print_json(data) -> None:
+    from loratune.store import _clean
+
+    json.dump(_clean(data), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def human(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:,.0f}"

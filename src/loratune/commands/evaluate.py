@@ -1,0 +1,32 @@
+"""`loratune evaluate RUN --split test`: score a trained run once on a split."""
+
+from __future__ import annotations
+
+from loratune.commands._common import console, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a trained run on a split (test by default)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--split", default="test", choices=("test", "validation", "train"))
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from loratune import api
+
+    scores = api.evaluate(args.run, args.split)
+    if args.json:
+        print_json({k: v for k, v in scores.items()})
+        return 0
+    out = console()
+    prefix = next(iter(scores)).split("/")[0]
+    for key in ("n", "loss", "accuracy", "macro_f1", "weighted_f1", "micro_f1", "subset_accuracy"):
+        v = scores.get(f"{prefix}/{key}")
+        if v is not None:
+            out.print(f"{prefix}/{key}: {v:.4f}" if isinstance(v, float) else f"{prefix}/{key}: {v}")
+    pairs = scores.get(f"{prefix}/confused_pairs") or []
+    if pairs:
+        out.print("most confused: " + "; ".join(f"{p['true']} -> {p['pred']} ({p['count']})" for p in pairs[:5]))
+    return 0

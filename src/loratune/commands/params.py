@@ -1,0 +1,48 @@
+"""`loratune params MODEL`: LoRA parameter counts and breakeven ranks, from the config alone."""
+
+from __future__ import annotations
+
+from loratune.commands._common import console, human, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("params", help="LoRA parameter counts per rank and target set (no weights needed)")
+    p.add_argument("model", nargs="?", default="embedded:minilm",
+                   help="model folder, config.json, .gguf file, hub id (online) or embedded:minilm")
+    p.add_argument("--ranks", default="1,2,4,8,16,32,64,128,256", help="comma-separated ranks")
+    p.add_argument("--targets", action="append", metavar="GROUPS",
+                   help="a target set, e.g. 'attn.q,attn.v' (repeatable; default: five common sets)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from loratune.errors import UserError
+    from loratune.params import DEFAULT_TARGETS, load_meta_model, params_report
+
+    try:
+        ranks = tuple(int(r) for r in args.ranks.split(","))
+    except ValueError:
+        raise UserError(f"--ranks '{args.ranks}' is not a list of integers", "e.g. --ranks 4,16,64") from None
+    targets = tuple(tuple(t.split(",")) for t in args.targets) if args.targets else DEFAULT_TARGETS
+    report = params_report(load_meta_model(args.model), ranks, targets)
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    from rich.table import Table
+
+    out = console()
+    out.print(f"[bold]{report.model_type}[/]: {human(report.total)} parameters, {report.num_layers} layers, "
+              f"embeddings {human(report.embeddings)} ({report.embeddings / report.total:.0%})")
+    for t in report.targets:
+        table = Table(title=f"targets {' + '.join(t.targets)}: {t.modules} modules, adapted weights "
+                      f"{human(t.adapted_weights)} ({t.adapted_weights / report.total:.1%} of the model)")
+        for col in ("r", "LoRA params", "% of model", "% of adapted"):
+            table.add_column(col, justify="right")
+        for row in t.rows:
+            table.add_row(str(row["r"]), human(row["lora"]), f"{row['share_total']:.2%}", f"{row['share_adapted']:.2%}")
+        out.print(table)
+        out.print(f"  LoRA reaches 10% of the model at r={t.rank_at_10pct}, 20% at r={t.rank_at_20pct}; "
+                  f"one third of the adapted weights (compute breakeven vs full fine-tuning) at "
+                  f"r={t.rank_at_third_adapted}")
+    return 0

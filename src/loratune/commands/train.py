@@ -1,0 +1,72 @@
+"""`loratune train`: one LoRA (or full) fine-tuning run with a complete record."""
+
+from __future__ import annotations
+
+from loratune.commands._common import add_config_args, console, human, load_cfg
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train one run (no arguments: MiniLM on the embedded BANKING77 demo)",
+                       description="Train one LoRA (or full fine-tuning) run and write its record to output_dir.")
+    add_config_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config, parameter counts and "
+                   "planned steps, then exit")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from loratune import api
+    from loratune.config import to_yaml
+
+    cfg = load_cfg(args)  # validated before any model loads
+    out = console()
+    dataset = api.prepare(cfg)
+    for note in dataset.notes:
+        out.print(f"[yellow]note:[/] {note}")
+    if args.dry_run:
+        out.print(to_yaml(cfg), markup=False)
+        info = api.plan(cfg, dataset)
+        p = info["params"]
+        out.print(f"rows: {info['rows']}  labels: {info['labels']}  "
+                  f"{'multi' if info['multi_label'] else 'single'}-label")
+        out.print(f"parameters: total {human(p['total'])}, trainable {human(p['trainable'])} "
+                  f"({p['share_of_total']:.2%}), adapter {human(p['adapter'])}, head {human(p['head'])}, "
+                  f"adapted weights {human(p['adapted_weights'])}")
+        if info["adapted_modules"]:
+            out.print(f"adapted modules: {len(info['adapted_modules'])} "
+                      f"(e.g. {', '.join(info['adapted_modules'][:3])})")
+        out.print(f"planned: {info['steps']} optimizer steps, {info['examples']} training examples, "
+                  f"evaluation every {info['eval_every']} steps")
+        return 0
+    out.print(f"training -> {cfg.train.output_dir}")
+    try:
+        run = api.train(cfg, dataset, progress=not args.quiet)
+    except KeyboardInterrupt:
+        out.print(f"[yellow]interrupted[/]: the record in {cfg.train.output_dir} is valid (status interrupted)")
+        return 130
+    print_summary(out, run)
+    return 0 if run["status"] in ("completed", "diverged") else 1
+
+
+def print_summary(out, run: dict) -> None:
+    from rich.table import Table
+
+    best, final = run.get("best") or {}, run.get("final") or {}
+    t = Table(title=f"run {run['status']}: {run.get('reason')}", show_header=True)
+    t.add_column("")
+    t.add_column("best", justify="right")
+    t.add_column("final", justify="right")
+    t.add_row("step", str(best.get("step", "-")), str(final.get("step", "-")))
+    for key in ("val/macro_f1", "val/accuracy", "val/loss", "train_eval/macro_f1", "train_eval/loss"):
+        if key in final:
+            t.add_row(key, _fmt(best.get(key)), _fmt(final.get(key)))
+    out.print(t)
+    p = run["params"]
+    out.print(f"trainable {human(p['trainable'])} of {human(p['total'])} ({p['share_of_total']:.2%}); "
+              f"{run['examples_seen']} examples in {run['wall_s']:.1f}s "
+              f"({(run.get('examples_per_s') or 0):.1f} ex/s training), peak memory {run['peak_memory_mb']:.0f} MB")
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"

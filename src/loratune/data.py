@@ -1,0 +1,361 @@
+"""Datasets: read labelled text from JSONL / CSV / Parquet (or a hub id), build the label space.
+
+Knows nothing of models or training. Every problem a user can cause (a missing file, an empty
+file, a missing column, a single class, bytes that are not UTF-8, a row without a label) raises a
+`UserError` naming the file, the row and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loratune.config import EMBEDDED_DATA, DataConfig
+from loratune.errors import UserError
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SPLIT_NAMES = {
+    "train": ("train",),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test",),
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: texts and, per text, its labels (a 1-tuple for single-label data)."""
+
+    name: str
+    texts: tuple[str, ...]
+    labels: tuple[tuple[str, ...], ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def label_counts(self) -> Counter:
+        return Counter(lab for labs in self.labels for lab in labs)
+
+    def subset(self, indices: list[int], name: str | None = None, source: str | None = None) -> "Split":
+        return Split(name or self.name, tuple(self.texts[i] for i in indices),
+                     tuple(self.labels[i] for i in indices), source or self.source)
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """The labels the model predicts: taken from train, sorted, fixed for the run."""
+
+    labels: tuple[str, ...]
+    multi_label: bool
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {lab: i for i, lab in enumerate(self.labels)}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: Split
+    validation: Split
+    test: Split | None
+    label_space: LabelSpace
+    notes: tuple[str, ...] = ()  # what we did that the user should know (carved validation, subsets)
+    unseen: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> label -> rows
+
+    def splits(self) -> dict[str, Split]:
+        out = {"train": self.train, "validation": self.validation}
+        if self.test is not None:
+            out["test"] = self.test
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# embedded demo data
+
+
+def embedded_data_dir() -> Path:
+    return Path(__file__).parent / "demo_data" / "banking77"
+
+
+# ---------------------------------------------------------------------------------------------
+# reading files
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of one file as dicts. Format from the suffix."""
+    if not path.is_file():
+        raise UserError(f"data file '{path}' does not exist", "check the path (data.train_file / dataset_name)")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UserError(f"data file '{path}' has suffix '{suffix}'",
+                        f"use one of {', '.join(SUFFIXES)} (JSON Lines, CSV, Parquet)")
+    if path.stat().st_size == 0:
+        raise UserError(f"data file '{path}' is empty", "give a file with a header/rows of labelled text")
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    raw = path.read_bytes()
+    text = _decode(raw, path)
+    if suffix == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    else:
+        rows = _read_jsonl(text, path)
+    if not rows:
+        raise UserError(f"data file '{path}' has no rows", "add labelled rows (one per line / after the CSV header)")
+    return rows
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"data file '{path}' is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line})",
+            f"re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 '{path}' > fixed{path.suffix}`",
+        ) from None
+
+
+def _read_jsonl(text: str, path: Path) -> list[dict[str, Any]]:
+    stripped = text.lstrip()
+    if path.suffix.lower() == ".json" and stripped.startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"data file '{path}' is not valid JSON: {exc}", "fix the JSON") from None
+        return [r for r in data if isinstance(r, dict)]
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"data file '{path}' line {n} is not valid JSON ({exc.msg})",
+                            "write one JSON object per line, e.g. {\"text\": \"...\", \"label\": \"...\"}") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"data file '{path}' line {n} is not a JSON object", "write one object per line")
+        rows.append(obj)
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise UserError(f"data file '{path}' could not be read as Parquet: {exc}", "check the file") from None
+    rows = table.to_pylist()
+    if not rows:
+        raise UserError(f"data file '{path}' has no rows", "add labelled rows")
+    return rows
+
+
+def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: str) -> Split:
+    """Pick the text and label columns; split delimited labels; reject rows we cannot use."""
+    cols = list(rows[0].keys())
+    for col, key in ((cfg.text_column, "data.text_column"), (cfg.label_column, "data.label_column")):
+        if col not in rows[0]:
+            raise UserError(f"data file '{source}' has no column '{col}' (columns: {', '.join(map(str, cols))})",
+                            f"set {key} to one of the columns, e.g. {key.split('.')[1]}={cols[0]}")
+    texts, labels = [], []
+    for n, row in enumerate(rows, start=1):
+        text = row.get(cfg.text_column)
+        if text is None:
+            raise UserError(f"data file '{source}' row {n} has no value in column '{cfg.text_column}'",
+                            "fill in the text or remove the row")
+        lab = row.get(cfg.label_column)
+        labs = _labels_of(lab, cfg.label_delimiter)
+        if not labs and cfg.multi_label is not True:
+            raise UserError(f"data file '{source}' row {n} has no label in column '{cfg.label_column}'",
+                            "give every row a label (multi-label data may use an empty list with multi_label=true)")
+        texts.append(str(text))
+        labels.append(labs)
+    return Split(name, tuple(texts), tuple(labels), source)
+
+
+def _labels_of(value: Any, delimiter: str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value if v is not None and str(v) != "")
+    if hasattr(value, "tolist"):  # numpy arrays from parquet
+        return _labels_of(value.tolist(), delimiter)
+    s = str(value).strip()
+    if s == "":
+        return ()
+    if delimiter:
+        return tuple(p.strip() for p in s.split(delimiter) if p.strip())
+    return (s,)
+
+
+def _find_split_file(folder: Path, split: str) -> Path | None:
+    for stem in SPLIT_NAMES[split]:
+        for suffix in SUFFIXES:
+            p = folder / f"{stem}{suffix}"
+            if p.is_file():
+                return p
+    return None
+
+
+def _load_hub(cfg: DataConfig) -> dict[str, Split]:
+    try:
+        import datasets  # noqa: F401  (optional dependency, for online users)
+    except ImportError:
+        raise UserError(f"dataset_name '{cfg.dataset_name}' is not a local folder and the `datasets` package "
+                        "is not installed", "pip install datasets (and be online), or point dataset_name at a "
+                        "folder with train/validation/test files") from None
+    from datasets import load_dataset as hf_load
+
+    try:
+        dd = hf_load(cfg.dataset_name)
+    except Exception as exc:
+        raise UserError(f"could not load dataset '{cfg.dataset_name}' from the hub: {exc}",
+                        "check the id and your connection, or use local files") from None
+    out = {}
+    for split, aliases in SPLIT_NAMES.items():
+        for a in aliases:
+            if a in dd:
+                ds = dd[a]
+                rows = ds.to_list()
+                label_feature = ds.features.get(cfg.label_column)
+                names = getattr(label_feature, "names", None)
+                if names:  # ClassLabel ints -> names
+                    for r in rows:
+                        r[cfg.label_column] = names[r[cfg.label_column]]
+                out[split] = parse_rows(rows, cfg, f"{cfg.dataset_name}[{a}]", split)
+                break
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# building the dataset
+
+
+def stratified_split(split: Split, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (keep, carved): per label (first label of each row), `fraction` of rows, at least one
+    on each side when the label has two or more rows. Seeded, order-preserving."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[int]] = {}
+    for i, labs in enumerate(split.labels):
+        by_label.setdefault(labs[0] if labs else "", []).append(i)
+    carved: set[int] = set()
+    for lab in sorted(by_label):
+        idx = list(by_label[lab])
+        if len(idx) < 2:
+            continue
+        rng.shuffle(idx)
+        k = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        carved.update(idx[:k])
+    keep = [i for i in range(len(split)) if i not in carved]
+    return keep, sorted(carved)
+
+
+def stratified_subset(split: Split, n: int, seed: int) -> list[int]:
+    """Indices of a stratified subset of n rows (every label keeps at least one row where possible)."""
+    if n >= len(split):
+        return list(range(len(split)))
+    _, picked = stratified_split(split, n / len(split), seed)
+    rng = random.Random(seed + 1)
+    if len(picked) > n:
+        # rounding overshot: trim from the labels with the most picked rows first (a random row of
+        # each), so a small label is not sampled away while bigger ones keep several rows
+        groups: dict[str, list[int]] = {}
+        for i in picked:
+            labs = split.labels[i]
+            groups.setdefault(labs[0] if labs else "", []).append(i)
+        for lab in sorted(groups):
+            rng.shuffle(groups[lab])
+        for _ in range(len(picked) - n):
+            biggest = max(sorted(groups), key=lambda lab: len(groups[lab]))
+            groups[biggest].pop()
+        picked = sorted(i for g in groups.values() for i in g)
+    elif len(picked) < n:
+        rest = [i for i in range(len(split)) if i not in set(picked)]
+        picked = sorted(picked + rng.sample(rest, n - len(picked)))
+    return picked
+
+
+def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
+    """Read the splits the config names, carve a validation split if needed, fix the label space."""
+    notes: list[str] = []
+    splits: dict[str, Split] = {}
+    name = cfg.dataset_name
+    if name == EMBEDDED_DATA:
+        # the embedded demo is the default dataset_name: a user's own train_file replaces it whole
+        # (never mix the user's train with the demo's validation/test)
+        folder = None if cfg.train_file else embedded_data_dir()
+    elif name and Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser()
+    else:
+        folder = None
+    if folder is not None:
+        for split in SPLIT_NAMES:
+            p = _find_split_file(folder, split)
+            if p is not None:
+                splits[split] = parse_rows(read_rows(p), cfg, str(p), split)
+        if "train" not in splits and cfg.train_file is None:
+            raise UserError(f"folder '{folder}' has no train file",
+                            f"add train.jsonl/.csv/.parquet there, or set data.train_file")
+    elif name and not cfg.train_file:
+        if Path(name).suffix.lower() in SUFFIXES or "/" not in name and Path(name).exists():
+            raise UserError(f"dataset_name '{name}' is a file, not a folder", f"use data.train_file={name}")
+        splits.update(_load_hub(cfg))
+    for split, key in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):
+        if key:
+            p = Path(key).expanduser()
+            splits[split] = parse_rows(read_rows(p), cfg, str(p), split)
+    if "train" not in splits:
+        raise UserError("no training data found", "set data.train_file or data.dataset_name")
+
+    train = splits["train"]
+    multi = cfg.multi_label
+    if multi is None:
+        multi = any(len(labs) != 1 for labs in train.labels) or cfg.label_delimiter is not None
+    if not multi:  # every split, not just train: a 2-label validation row cannot be scored single-label
+        for sp in splits.values():
+            for n, labs in enumerate(sp.labels, start=1):
+                if len(labs) != 1:
+                    raise UserError(f"data file '{sp.source}' row {n} has {len(labs)} labels but the data is "
+                                    "single-label", "set data.multi_label=true, or give one label per row")
+
+    validation = splits.get("validation")
+    if validation is None:
+        keep, carved = stratified_split(train, cfg.validation_fraction, seed)
+        validation = train.subset(carved, name="validation", source=f"{train.source} (carved)")
+        train = train.subset(keep)
+        notes.append(f"no validation split given: carved a stratified {cfg.validation_fraction:.0%} "
+                     f"({len(validation)} rows) from train with seed {seed}")
+    if cfg.max_train_samples and cfg.max_train_samples < len(train):
+        train = train.subset(stratified_subset(train, cfg.max_train_samples, seed))
+        notes.append(f"train: stratified subset of {len(train)} rows (max_train_samples)")
+    if cfg.max_eval_samples and cfg.max_eval_samples < len(validation):
+        validation = validation.subset(stratified_subset(validation, cfg.max_eval_samples, seed))
+        notes.append(f"validation: stratified subset of {len(validation)} rows (max_eval_samples)")
+
+    counts = train.label_counts()
+    if len(counts) < 2:
+        only = next(iter(counts), "(none)")
+        raise UserError(f"training data '{train.source}' has a single class ('{only}')",
+                        "a classifier needs at least two labels: check data.label_column")
+    space = LabelSpace(tuple(sorted(counts)), bool(multi))
+    unseen: dict[str, dict[str, int]] = {}
+    known = set(space.labels)
+    for sname, sp in (("validation", validation), ("test", splits.get("test"))):
+        if sp is None:
+            continue
+        c = Counter(lab for labs in sp.labels for lab in labs if lab not in known)
+        if c:
+            unseen[sname] = dict(c.most_common())
+            notes.append(f"{sname}: {sum(c.values())} label occurrence(s) of {len(c)} label(s) not in train "
+                         f"({', '.join(list(c)[:5])}{'...' if len(c) > 5 else ''}); they are scored as errors")
+    return Dataset(train, validation, splits.get("test"), space, tuple(notes), unseen)

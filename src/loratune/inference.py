@@ -1,0 +1,110 @@
+"""Use a finished run: load its adapter (plain peft + transformers underneath), predict, evaluate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loratune.config import RunConfig, load_config
+from loratune.data import LabelSpace, load_dataset
+from loratune.errors import UserError
+from loratune.metrics import sigmoid, softmax
+from loratune.store import CONFIG, LABEL_MAP, RunStore, read_json
+
+
+@dataclass
+class Trained:
+    model: object
+    tokenizer: object
+    space: LabelSpace
+    cfg: RunConfig
+    device: torch.device
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        from loratune.data import Split
+        from loratune.train import encode, predict_logits
+
+        split = Split("predict", tuple(texts), tuple((self.space.labels[0],) for _ in texts), "input")
+        enc = encode(self.tokenizer, split, self.space, self.cfg.model.max_length)
+        return predict_logits(self.model, enc, self.cfg.train.per_device_eval_batch_size,
+                              self.tokenizer.pad_token_id, self.device, False)
+
+    def predict(self, texts: list[str], top_k: int = 1) -> list[dict]:
+        """Per text: the predicted label(s) with probabilities (top_k for single-label)."""
+        if not texts:
+            return []
+        logits = self.logits(texts)
+        out = []
+        if self.space.multi_label:
+            probs = sigmoid(logits)
+            for text, p in zip(texts, probs):
+                labels = [self.space.labels[i] for i in np.flatnonzero(p >= 0.5)]
+                out.append({"text": text, "labels": labels,
+                            "scores": {self.space.labels[i]: float(p[i]) for i in np.argsort(-p)[:max(top_k, 3)]}})
+            return out
+        probs = softmax(logits)
+        for text, p in zip(texts, probs):
+            top = np.argsort(-p)[:top_k]
+            out.append({"text": text, "label": self.space.labels[top[0]], "score": float(p[top[0]]),
+                        "top": [{"label": self.space.labels[i], "score": float(p[i])} for i in top]})
+        return out
+
+
+def load_trained(run_dir: str | Path) -> Trained:
+    """The run's best adapter on its base model (or the fully fine-tuned model), in eval mode."""
+    store = RunStore(run_dir).require()
+    adapter_dir = store.adapter_dir
+    if not (adapter_dir / LABEL_MAP).is_file():
+        raise UserError(f"run '{run_dir}' has no saved model (no {adapter_dir / LABEL_MAP})",
+                        "the run ended before its first evaluation; train it again")
+    cfg = load_config(store.path / CONFIG)
+    label_map = read_json(adapter_dir / LABEL_MAP)
+    space = LabelSpace(tuple(label_map["labels"]), bool(label_map["multi_label"]))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    if (adapter_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        from loratune.models import load_classifier
+
+        base = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)))
+        model = PeftModel.from_pretrained(base, adapter_dir)
+    else:
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(adapter_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    return Trained(model, tokenizer, space, cfg, device)
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
+    """Score the run's model on one split of its data; stored in run.json under `eval/<split>`."""
+    from loratune.train import encode, score_split
+
+    trained = load_trained(run_dir)
+    names = {"test": "test", "validation": "validation", "val": "validation", "train": "train"}
+    if split not in names:
+        raise UserError(f"unknown split '{split}'", "use test, validation or train")
+    dataset = load_dataset(trained.cfg.data, seed=trained.cfg.train.seed)
+    data_split = dataset.splits().get(names[split])
+    if data_split is None:
+        raise UserError(f"the run's data has no {split} split", "set data.test_file in the run's config")
+    enc = encode(trained.tokenizer, data_split, trained.space, trained.cfg.model.max_length)
+    from loratune.train import predict_logits
+
+    logits = predict_logits(trained.model, enc, trained.cfg.train.per_device_eval_batch_size,
+                            trained.tokenizer.pad_token_id, trained.device, False)
+    prefix = "test" if split == "test" else ("val" if names[split] == "validation" else "train")
+    scores, _ = score_split(prefix, logits, enc, trained.space)
+    store = RunStore(run_dir)
+    run = store.read_run()
+    run.setdefault("eval", {})[split] = scores
+    if split == "test":
+        run["test"] = scores
+    store.write_run(run)
+    return scores

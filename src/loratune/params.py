@@ -1,0 +1,106 @@
+"""LoRA parameter arithmetic for a model, built on the meta device (no weights needed).
+
+For each target set and rank: LoRA parameters r * (d_in + d_out) summed over the adapted linear
+layers, their share of the whole model and of the adapted weights, and the ranks where LoRA reaches
+10% and 20% of the model and one third of the adapted weights (roughly where LoRA's training compute
+stops being cheaper than full fine-tuning, protocol section 6).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from loratune.adapt import resolve_targets
+from loratune.config import AdapterConfig
+from loratune.errors import UserError
+
+DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DEFAULT_TARGETS = (("attn.q", "attn.v"), ("attn.q", "attn.v", "ffn@top:2"), ("attn",), ("attn", "ffn"), ("all-linear",))
+
+
+@dataclass(frozen=True)
+class TargetParams:
+    targets: tuple[str, ...]
+    modules: int
+    adapted_weights: int  # parameters of the adapted linear weights
+    per_rank: int  # LoRA parameters per unit of rank: sum of d_in + d_out
+    rows: tuple[dict, ...]  # per rank: r, lora, share_total, share_adapted
+    rank_at_10pct: int
+    rank_at_20pct: int
+    rank_at_third_adapted: int  # compute breakeven
+
+
+@dataclass(frozen=True)
+class ParamsReport:
+    model_type: str
+    total: int  # whole model (with a 2-way head)
+    embeddings: int
+    num_layers: int
+    targets: tuple[TargetParams, ...]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_meta_model(path: str, gguf_file: str | None = None):
+    """A classification model with the architecture of `path` (folder, config.json, or embedded alias) on meta."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from loratune.config import ModelConfig
+    from loratune.models import EMBEDDED_MODELS, resolve_model
+
+    p = Path(path).expanduser()
+    try:
+        if p.is_file() and p.suffix == ".json":
+            raw = json.loads(p.read_text(encoding="utf-8"))
+            if "model_type" not in raw:
+                raise UserError(f"'{p}' has no model_type", "give a Hugging Face config.json")
+            model_type = raw.pop("model_type")
+            config = AutoConfig.for_model(model_type, **raw)
+        else:
+            if path in EMBEDDED_MODELS or p.is_dir() or p.suffix == ".gguf":
+                src = resolve_model(ModelConfig(name_or_path=path, gguf_file=gguf_file))
+                path, gguf_file = src.path, src.gguf_file
+            kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+            config = AutoConfig.from_pretrained(path, **kwargs)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"could not read a model config from '{path}' ({type(exc).__name__}: {exc})",
+                        "give a model folder, a config.json, or a hub id while online") from None
+    config.num_labels = 2
+    with torch.device("meta"):
+        try:
+            model = AutoModelForSequenceClassification.from_config(config)
+        except ValueError as exc:
+            raise UserError(f"'{path}' has no sequence-classification model in transformers ({exc})",
+                            "use an encoder or a decoder with a *ForSequenceClassification class") from None
+    return model
+
+
+def _rank_for(target: float, per_rank: int) -> int:
+    return max(1, math.ceil(target / per_rank)) if per_rank else 0
+
+
+def params_report(model, ranks=DEFAULT_RANKS, target_sets=DEFAULT_TARGETS) -> ParamsReport:
+    import torch.nn as nn
+
+    from loratune.adapt import num_layers
+
+    total = sum(p.numel() for p in model.parameters())
+    emb = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
+    rows = []
+    for targets in target_sets:
+        sites = resolve_targets(model, AdapterConfig(target_modules=tuple(targets)))
+        adapted = sum(s.in_features * s.out_features for s in sites)
+        per_rank = sum(s.in_features + s.out_features for s in sites)
+        per = tuple({"r": r, "lora": r * per_rank, "share_total": r * per_rank / total,
+                     "share_adapted": r * per_rank / adapted} for r in ranks)
+        rows.append(TargetParams(tuple(targets), len(sites), adapted, per_rank, per,
+                                 _rank_for(0.10 * total, per_rank), _rank_for(0.20 * total, per_rank),
+                                 _rank_for(adapted / 3, per_rank)))
+    return ParamsReport(model.config.model_type, total, emb, num_layers(model), tuple(rows))

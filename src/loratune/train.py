@@ -1,0 +1,401 @@
+"""The training loop: the only place that iterates over batches.
+
+Read top to bottom: `train()` sets up (seed, model, adapter, encoded data, optimizer), then runs
+`steps` optimizer steps; every `eval_every` steps (and at step 0, before any update) it scores the
+validation split and a fixed train subsample the same way and appends one point to history.jsonl.
+It ends on the planned step count, early stopping, a non-finite loss (status `diverged`), Ctrl-C
+(status `interrupted`) or an error (status `failed`), and always leaves a valid run record with the
+best adapter saved.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from loratune import __version__
+from loratune.adapt import apply_adapter, count_params, num_layers
+from loratune.config import RunConfig, to_dict, to_yaml
+from loratune.data import Dataset, LabelSpace, Split, stratified_subset
+from loratune.metrics import multi_label_scores, single_label_scores
+from loratune.models import load_classifier, load_tokenizer
+from loratune.store import LABEL_MAP, RunStore, write_json
+
+
+# ----------------------------------------------------------------------------------------------
+# encoded data: token ids without padding, targets, and the batch order
+
+
+@dataclass
+class Encoded:
+    """A split tokenized once: variable-length id lists (no padding) and targets.
+
+    targets: int64 [n] label indices (-100 for a label unknown to the model) for single-label;
+    float32 [n, k] multi-hot for multi-label. unseen: bool [n], rows carrying an unknown label.
+    """
+
+    ids: list[list[int]]
+    targets: np.ndarray
+    unseen: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+def encode(tokenizer, split: Split, space: LabelSpace, max_length: int) -> Encoded:
+    ids = tokenizer(list(split.texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+    index = space.index
+    unseen = np.array([any(lab not in index for lab in labs) for labs in split.labels], dtype=bool)
+    if space.multi_label:
+        targets = np.zeros((len(split), len(space)), dtype=np.float32)
+        for i, labs in enumerate(split.labels):
+            for lab in labs:
+                if lab in index:
+                    targets[i, index[lab]] = 1.0
+    else:
+        targets = np.array([index.get(labs[0], -100) for labs in split.labels], dtype=np.int64)
+    return Encoded(ids, targets, unseen)
+
+
+def batch_order(lengths: np.ndarray, batch_size: int, rng: random.Random, grouped: bool) -> list[list[int]]:
+    """One epoch of batches. Grouped: shuffle, cut into chunks of 50 batches, sort each chunk by
+    length, cut into batches and shuffle the batch order (like HF's LengthGroupedSampler), so
+    batches hold texts of similar length (little padding) while training stays randomised."""
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    if grouped:
+        chunk = batch_size * 50
+        idx = [i for c in range(0, len(idx), chunk)
+               for i in sorted(idx[c:c + chunk], key=lambda j: -lengths[j])]
+    batches = [idx[b:b + batch_size] for b in range(0, len(idx), batch_size)]
+    if grouped:
+        rng.shuffle(batches)
+    return batches
+
+
+def collate(ids: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Pad to the longest text in the batch (dynamic padding). Shapes: [batch, longest]."""
+    longest = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), longest), dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[row, : len(x)] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits.float(), targets)
+    return F.cross_entropy(logits.float(), targets, ignore_index=-100)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.inference_mode()
+def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, autocast: bool) -> np.ndarray:
+    """Logits [n, k] in the split's order; batches are formed from length-sorted rows."""
+    was_training = model.training
+    model.eval()
+    order = np.argsort(-enc.lengths, kind="stable")
+    out = None
+    for b in range(0, len(order), batch_size):
+        rows = order[b:b + batch_size]
+        batch = collate([enc.ids[i] for i in rows], pad_id, device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(**batch).logits.float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(order), logits.shape[1]), dtype=np.float32)
+        out[rows] = logits
+    model.train(was_training)
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def score_split(prefix: str, logits: np.ndarray, enc: Encoded, space: LabelSpace) -> tuple[dict, np.ndarray | None]:
+    """Loss and metrics of one split from its logits. Rows with unknown labels: errors, no loss."""
+    t = torch.from_numpy(logits)
+    if space.multi_label:
+        loss = float(loss_fn(t, torch.from_numpy(enc.targets), True))
+        return multi_label_scores(prefix, logits, enc.targets.astype(int), space.labels, enc.unseen, loss), None
+    known = enc.targets >= 0
+    loss = float(loss_fn(t[known], torch.from_numpy(enc.targets[known]), False)) if known.any() else math.nan
+    y_true = np.where(known, enc.targets, -1)
+    return single_label_scores(prefix, logits, y_true, space.labels, loss)
+
+
+# ----------------------------------------------------------------------------------------------
+# optimizer and schedule
+
+
+def build_optimizer(model, cfg: RunConfig, steps: int, device):
+    """AdamW; no weight decay on biases and norms. Warmup then linear/cosine decay (or constant)."""
+    from transformers import get_scheduler
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"
+    opt = torch.optim.AdamW(groups, lr=cfg.train.learning_rate, fused=fused)
+    name = {"constant": "constant_with_warmup"}.get(cfg.train.lr_scheduler_type, cfg.train.lr_scheduler_type)
+    warmup = int(math.ceil(cfg.train.warmup_ratio * steps))
+    return opt, get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=steps)
+
+
+def plan_steps(cfg: RunConfig, n_train: int) -> tuple[int, int]:
+    """(optimizer steps, eval every N steps)."""
+    t = cfg.train
+    per_epoch = math.ceil(n_train / t.per_device_train_batch_size)
+    steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(per_epoch * t.num_train_epochs
+                                                                   / t.gradient_accumulation_steps))
+    every = t.eval_steps or max(1, steps // t.evals_per_run)
+    return steps, every
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {"loratune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+class _Progress:
+    """A rich progress bar showing step, loss and the last val macro-F1 (silent when disabled)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]}"), TextColumn("val F1 {task.fields[f1]}"),
+                                TimeRemainingColumn(), console=Console(stderr=True))
+            self.task = self.bar.add_task("train", total=total, loss="-", f1="-")
+            self.bar.start()
+
+    def update(self, step: int, loss: float | None = None, f1: float | None = None) -> None:
+        if self.bar is None:
+            return
+        fields = {}
+        if loss is not None:
+            fields["loss"] = f"{loss:.4f}"
+        if f1 is not None:
+            fields["f1"] = f"{f1:.4f}"
+        self.bar.update(self.task, completed=step, **fields)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool = True) -> dict:
+    """Train one run and write its record into `store`. Returns the final run.json content."""
+    t_setup = time.perf_counter()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    space = dataset.label_space
+    seed_everything(cfg.train.seed)
+
+    tokenizer = load_tokenizer(cfg.model)
+    base = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)))
+    model, sites = apply_adapter(base, cfg.adapter)
+    model.to(device)
+    model.train()
+    params = count_params(model, sites, cfg.adapter.method)
+    pad_id = tokenizer.pad_token_id
+
+    train_enc = encode(tokenizer, dataset.train, space, cfg.model.max_length)
+    sub = stratified_subset(dataset.train, cfg.train.train_eval_size, cfg.train.seed)
+    train_eval_enc = encode(tokenizer, dataset.train.subset(sub), space, cfg.model.max_length)
+    val_enc = encode(tokenizer, dataset.validation, space, cfg.model.max_length)
+
+    steps, eval_every = plan_steps(cfg, len(dataset.train))
+    optimizer, scheduler = build_optimizer(model, cfg, steps, device)
+    accum = cfg.train.gradient_accumulation_steps
+    rng = random.Random(cfg.train.seed)
+    lengths = train_enc.lengths
+
+    def micro_batches():  # endless stream over epochs, reshuffled each epoch
+        while True:
+            yield from batch_order(lengths, cfg.train.per_device_train_batch_size, rng,
+                                   cfg.train.length_grouped_batches)
+
+    store.create(to_yaml(cfg))
+    run = {
+        "status": "running", "reason": None,
+        "task": "multi_label" if space.multi_label else "single_label",
+        "labels": list(space.labels),
+        "label_counts": {"train": dict(sorted(dataset.train.label_counts().items())),
+                         "val": dict(sorted(dataset.validation.label_counts().items()))},
+        "unseen_labels": {("val" if k == "validation" else k): v for k, v in dataset.unseen.items()},
+        "data_notes": list(dataset.notes),
+        "model": {"name_or_path": cfg.model.name_or_path, "model_type": base.config.model_type,
+                  "num_layers": num_layers(base), "adapted_modules": len(sites)},
+        "method": cfg.adapter.method,
+        "params": params.to_dict(),
+        "rows": {"train": len(dataset.train), "train_eval": len(sub), "val": len(dataset.validation)},
+        "steps_planned": steps, "eval_every": eval_every, "steps_done": 0, "examples_seen": 0,
+        "started_at": _now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
+        "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
+        "best": None, "final": None, "adapter_step": None, "device": str(device),
+        "config": to_dict(cfg), "versions": versions(),
+    }
+    store.write_run(run)
+
+    bar = _Progress(steps, progress)
+    best_f1, best_state, evals_since_best = -math.inf, None, 0
+    examples_seen, step, step_times = 0, 0, []
+    window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": []}
+    t0 = time.perf_counter()
+    run["setup_s"] = round(t0 - t_setup, 3)
+
+    def evaluate_now() -> bool:
+        """Score val and the train subsample, append a history point. True when early stopping says stop."""
+        nonlocal best_f1, best_state, evals_since_best
+        point = {"step": step, "epoch": examples_seen / max(1, len(dataset.train)),
+                 "examples_seen": examples_seen, "wall_s": round(time.perf_counter() - t0, 3),
+                 "lr": scheduler.get_last_lr()[0] if step else 0.0}
+        if window["loss"]:
+            losses = np.array(window["loss"])
+            point.update({"train/loss": float(losses.mean()), "train/loss_std": float(losses.std()),
+                          "train/loss_first": float(losses[0]), "train/loss_last": float(losses[-1]),
+                          "train/grad_norm": float(np.mean(window["grad_norm"])),
+                          "train/examples_per_s": float(sum(window["n"]) / max(1e-9, sum(window["time"])))})
+        for key in window:
+            window[key].clear()
+        te_scores, _ = score_split("train_eval", predict_logits(model, train_eval_enc, cfg.train.per_device_eval_batch_size,
+                                                                pad_id, device, autocast), train_eval_enc, space)
+        val_scores, cm = score_split("val", predict_logits(model, val_enc, cfg.train.per_device_eval_batch_size,
+                                                           pad_id, device, autocast), val_enc, space)
+        point.update(te_scores)
+        point.update(val_scores)
+        store.append_history(point)
+        run["final"] = point
+        f1 = point["val/macro_f1"]
+        bar.update(step, point.get("train/loss"), f1)
+        if f1 > best_f1 + cfg.train.early_stopping_threshold or best_state is None:
+            best_f1, evals_since_best = f1, 0
+            run["best"] = point
+            best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+            if cm is not None:
+                store.write_confusion(space.labels, cm, step)
+        else:
+            evals_since_best += 1
+        store.write_run(run)
+        patience = cfg.train.early_stopping_patience
+        return bool(patience and evals_since_best >= patience)
+
+    try:
+        evaluate_now()  # step 0: the base model with its fresh head
+        batches = micro_batches()
+        stop_reason = f"planned steps done ({steps})"
+        for step in range(1, steps + 1):
+            t_step = time.perf_counter()
+            step_loss, n_examples = 0.0, 0
+            for _ in range(accum):
+                rows = next(batches)
+                batch = collate([train_enc.ids[i] for i in rows], pad_id, device)
+                target = torch.from_numpy(train_enc.targets[rows]).to(device)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+                    logits = model(**batch).logits
+                loss = loss_fn(logits, target, space.multi_label) / accum
+                loss.backward()
+                step_loss += float(loss.detach())
+                n_examples += len(rows)
+            if not math.isfinite(step_loss):
+                run["status"], stop_reason = "diverged", f"non-finite loss at step {step}"
+                optimizer.zero_grad(set_to_none=True)
+                break
+            max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            examples_seen += n_examples
+            dt = time.perf_counter() - t_step
+            step_times.append(dt)
+            for key, v in (("loss", step_loss), ("grad_norm", grad_norm), ("n", n_examples), ("time", dt)):
+                window[key].append(v)
+            run["steps_done"], run["examples_seen"] = step, examples_seen
+            bar.update(step, step_loss)
+            if step % eval_every == 0 or step == steps:
+                if evaluate_now():
+                    stop_reason = (f"early stopping: val macro-F1 did not improve for "
+                                   f"{cfg.train.early_stopping_patience} evaluations")
+                    break
+        if run["status"] == "running":
+            run["status"] = "completed"
+        run["reason"] = stop_reason
+    except KeyboardInterrupt:
+        run["status"], run["reason"] = "interrupted", f"interrupted by the user at step {step}"
+        raise
+    except Exception as exc:
+        run["status"], run["reason"] = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        bar.close()
+        wall = time.perf_counter() - t0
+        run.update({"ended_at": _now(), "wall_s": round(wall, 3),
+                    "examples_per_s": examples_seen / sum(step_times) if step_times else None,
+                    "mean_step_s": float(np.mean(step_times)) if step_times else None,
+                    "peak_memory_mb": peak_memory_mb(device)})
+        if best_state is not None:
+            with torch.no_grad():
+                named = dict(model.named_parameters())
+                for n, t in best_state.items():
+                    named[n].copy_(t)
+            save_model(model, tokenizer, space, cfg, store)
+            run["adapter_step"] = run["best"]["step"] if run["best"] else None
+        store.write_run(run)
+    return run
+
+
+def save_model(model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunStore) -> None:
+    """peft's own format for LoRA (adapter_config.json + adapter_model.safetensors, head included);
+    full fine-tuning saves the whole model. Tokenizer and label map go beside it."""
+    out = store.adapter_dir
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    write_json(out / LABEL_MAP, {"labels": list(space.labels), "multi_label": space.multi_label,
+                                 "method": cfg.adapter.method, "base_model": cfg.model.name_or_path,
+                                 "gguf_file": cfg.model.gguf_file})
+

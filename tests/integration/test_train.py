@@ -1,0 +1,208 @@
+"""End-to-end training on tiny random-init BERT and Llama models (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from loratune import api
+from loratune.config import load_config
+from loratune.inference import load_trained
+from loratune.store import RunStore
+
+from support import make_rows, overrides, write_jsonl
+
+
+def _train(model, data, out, **extra):
+    cfg = load_config(None, overrides(model, data, out, **extra))
+    return cfg, api.train(cfg, progress=False)
+
+
+def _base_weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(f"{folder}/model.safetensors")
+
+
+@pytest.mark.parametrize("arch", ["tiny_bert", "tiny_llama"])
+def test_lora_changes_only_adapter_and_head(arch, request, intent_data, tmp_path):
+    folder = request.getfixturevalue(arch)
+    _, run = _train(folder, intent_data, tmp_path / "run", learning_rate=2e-2, max_steps=24, eval_steps=8)
+    assert run["status"] == "completed"
+    assert run["adapter_step"] > 0, "the saved adapter must be a trained one for this test to mean anything"
+    trained = load_trained(tmp_path / "run")
+    base = _base_weights(folder)
+    changed_lora = 0
+    for name, p in trained.model.named_parameters():
+        parts = name.split(".")
+        if "lora_B" in parts:
+            changed_lora += int(p.abs().sum() > 0)  # B starts at zero: any non-zero entry was trained
+        if "lora_A" in parts or "lora_B" in parts or "modules_to_save" in parts or "original_module" in parts:
+            continue
+        if any(h in parts for h in ("classifier", "score", "pooler")):
+            continue
+        # every frozen base weight is exactly the checkpoint's
+        key = next(k for k in base if name.endswith(k.replace("base_layer.", "")) or
+                   name.replace("base_layer.", "").endswith(k))
+        assert torch.equal(p.detach().cpu(), base[key]), name
+    assert changed_lora > 0
+    adapter = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_A" in k for k in adapter)
+    head_key = "classifier" if arch == "tiny_bert" else "score"
+    assert any(head_key in k for k in adapter), "the head is saved with the adapter"
+
+
+def test_full_finetuning_changes_every_weight(tiny_bert, intent_data, tmp_path):
+    _, run = _train(tiny_bert, intent_data, tmp_path / "run", method="full", learning_rate=1e-3)
+    assert run["status"] == "completed"
+    assert run["params"]["trainable"] == run["params"]["total"]
+    trained = load_trained(tmp_path / "run")
+    base = _base_weights(tiny_bert)
+    named = dict(trained.model.named_parameters())
+    compared = 0
+    for key, tensor in base.items():
+        name = next((n for n in named if n.endswith(key)), None)
+        if name is None or "position_embeddings" in key or "token_type" in key:
+            continue  # rows never indexed by short texts get no gradient
+        if "word_embeddings" in key:
+            continue  # only rows of words in the data move
+        compared += 1
+        assert not torch.equal(named[name].detach(), tensor), f"{key} did not change under full fine-tuning"
+    assert compared > 10
+
+
+def test_round_trip_gives_identical_scores(tiny_bert, intent_data, tmp_path):
+    _, run = _train(tiny_bert, intent_data, tmp_path / "run")
+    best = run["best"]
+    assert run["adapter_step"] == best["step"]
+    scores = api.evaluate(tmp_path / "run", split="validation")
+    assert scores["val/macro_f1"] == pytest.approx(best["val/macro_f1"], abs=1e-12)
+    assert scores["val/loss"] == pytest.approx(best["val/loss"], rel=1e-5)
+
+
+def test_record_is_complete(tiny_bert, intent_data, tmp_path):
+    cfg, run = _train(tiny_bert, intent_data, tmp_path / "run")
+    store = RunStore(tmp_path / "run")
+    history = store.read_history()
+    assert [p["step"] for p in history] == [0, 4, 8, 12]
+    assert "train/loss" not in history[0] and "train/loss" in history[1]
+    for p in history:
+        for key in ("val/loss", "val/accuracy", "val/macro_f1", "val/weighted_f1", "train_eval/macro_f1",
+                    "val/recall/balance", "val/support/pin", "val/confused_pairs"):
+            assert key in p
+        assert p["train_eval/n"] == 16 and p["val/n"] == 20
+    disk = store.read_run()
+    assert disk["status"] == "completed" and disk["steps_done"] == 12
+    assert disk["examples_seen"] == 12 * 8
+    assert disk["params"]["adapter"] == 2 * 4 * (32 + 32) * 2  # 2 layers x (q, v) x r(d_in + d_out)
+    assert set(disk["versions"]) >= {"torch", "transformers", "peft", "loratune"}
+    confusion = json.loads((tmp_path / "run" / "confusion.json").read_text())
+    assert len(confusion["matrix"]) == 4 and sum(map(sum, confusion["matrix"])) == 20
+    cfg_back = load_config(tmp_path / "run" / "config.yaml")
+    assert cfg_back == cfg
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_learns_the_toy_task(tiny_bert, intent_data, tmp_path):
+    _, run = _train(tiny_bert, intent_data, tmp_path / "run", max_steps=40, eval_steps=10, r=8,
+                    target_modules="[all-linear]", learning_rate=1e-2)
+    assert run["best"]["val/macro_f1"] > 0.6  # chance is 0.25 on four balanced intents
+    assert run["final"]["train/loss"] < run["final"]["train/loss"] + 1 and \
+        run["final"]["val/loss"] < json.loads((tmp_path / "run" / "history.jsonl").read_text().splitlines()[0])["val/loss"]
+
+
+def test_seeded_runs_are_reproducible(tiny_bert, intent_data, tmp_path):
+    _, a = _train(tiny_bert, intent_data, tmp_path / "a", seed=7)
+    _, b = _train(tiny_bert, intent_data, tmp_path / "b", seed=7)
+    _, c = _train(tiny_bert, intent_data, tmp_path / "c", seed=8)
+    ha, hb, hc = (RunStore(tmp_path / x).read_history() for x in "abc")
+    assert [p["val/loss"] for p in ha] == [p["val/loss"] for p in hb]
+    assert [p.get("train/loss") for p in ha] == [p.get("train/loss") for p in hb]
+    assert [p["val/loss"] for p in ha] != [p["val/loss"] for p in hc]
+
+
+def test_non_finite_loss_ends_run_as_diverged(tiny_bert, intent_data, tmp_path, monkeypatch):
+    import loratune.train as T
+
+    calls = {"n": 0}
+    real = T.loss_fn
+
+    def exploding(logits, *a, **k):  # LayerNorm keeps a tiny model finite even at lr 1; inject the NaN
+        loss = real(logits, *a, **k)
+        if logits.requires_grad:  # a training step, not an evaluation
+            calls["n"] += 1
+            return loss * float("nan") if calls["n"] == 7 else loss
+        return loss
+
+    monkeypatch.setattr(T, "loss_fn", exploding)
+    _, run = _train(tiny_bert, intent_data, tmp_path / "run")
+    assert run["status"] == "diverged", run["reason"]
+    assert run["reason"] == "non-finite loss at step 7"
+    assert run["steps_done"] == 6
+    disk = RunStore(tmp_path / "run").read_run()
+    assert disk["status"] == "diverged" and disk["adapter_step"] is not None
+
+
+def test_ctrl_c_leaves_valid_interrupted_record(tiny_bert, intent_data, tmp_path, monkeypatch):
+    import loratune.train as T
+
+    calls = {"n": 0}
+    real = T.loss_fn
+
+    def flaky(logits, *a, **k):
+        if logits.requires_grad:  # a training step, not an evaluation
+            calls["n"] += 1
+            if calls["n"] == 6:
+                raise KeyboardInterrupt
+        return real(logits, *a, **k)
+
+    monkeypatch.setattr(T, "loss_fn", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_bert, intent_data, tmp_path / "run")
+    store = RunStore(tmp_path / "run")
+    run = store.read_run()
+    assert run["status"] == "interrupted" and "step 6" in run["reason"]
+    assert [p["step"] for p in store.read_history()] == [0, 4]
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()  # best so far is kept
+
+
+def test_early_stopping(tiny_bert, intent_data, tmp_path):
+    _, run = _train(tiny_bert, intent_data, tmp_path / "run", learning_rate=1e-7, max_steps=40, eval_steps=2,
+                    early_stopping_patience=2, early_stopping_threshold=0.5)
+    assert run["status"] == "completed"
+    assert run["reason"].startswith("early stopping")
+    assert run["steps_done"] == 4  # evals at 2 and 4 showed no gain of 0.5 over step 0
+
+
+def test_gradient_accumulation_counts_examples(tiny_bert, intent_data, tmp_path):
+    _, run = _train(tiny_bert, intent_data, tmp_path / "run", gradient_accumulation_steps=2, max_steps=3,
+                    eval_steps=3)
+    assert run["examples_seen"] == 3 * 2 * 8
+
+
+def test_multi_label(tiny_bert, tmp_path):
+    rows = make_rows(10, seed=4)
+    for i, r in enumerate(rows):  # every third row also asks for its balance
+        r["label"] = [r["label"], "balance"] if i % 3 == 0 and r["label"] != "balance" else [r["label"]]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "validation.jsonl", [{"text": r["text"], "label": r["label"]} for r in rows[:12]])
+    _, run = _train(tiny_bert, tmp_path, tmp_path / "run", max_steps=8)
+    assert run["task"] == "multi_label"
+    point = run["final"]
+    for key in ("val/micro_f1", "val/macro_f1", "val/subset_accuracy", "val/recall/balance", "val/loss"):
+        assert key in point and point[key] is not None
+    preds = api.predict(tmp_path / "run", ["what is my balance"])
+    assert isinstance(preds[0]["labels"], list)
+
+
+def test_unseen_validation_labels_are_errors_not_crashes(tiny_bert, tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", make_rows(8, seed=1, labels=["card_lost", "balance", "pin"]))
+    val = make_rows(3, seed=2, labels=["card_lost", "balance", "pin", "transfer"])
+    write_jsonl(tmp_path / "validation.jsonl", val)
+    _, run = _train(tiny_bert, tmp_path, tmp_path / "run", max_steps=4)
+    assert run["unseen_labels"] == {"val": {"transfer": 3}}
+    assert run["labels"] == ["balance", "card_lost", "pin"]
+    assert run["final"]["val/accuracy"] <= 9 / 12  # the 3 transfer rows can never be right
+    assert math.isfinite(run["final"]["val/loss"])

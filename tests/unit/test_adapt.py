@@ -1,0 +1,118 @@
+"""Semantic target groups resolve per architecture; parameter arithmetic (models on the meta device)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from loratune.adapt import available_targets, lora_params, resolve_targets
+from loratune.config import AdapterConfig
+from loratune.errors import UserError
+from loratune.params import load_meta_model, params_report
+
+
+def _meta(model_type: str, **kw):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cfg = AutoConfig.for_model(model_type, **kw)
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def bert():
+    return _meta("bert", hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                 vocab_size=100)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return _meta("llama", hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=48, vocab_size=100)
+
+
+def names(sites):
+    return [s.name for s in sites]
+
+
+def test_bert_groups(bert):
+    q = resolve_targets(bert, AdapterConfig(target_modules=("attn.q",)))
+    assert names(q) == [f"bert.encoder.layer.{i}.attention.self.query" for i in range(4)]
+    ffn_out = resolve_targets(bert, AdapterConfig(target_modules=("ffn.out",)))
+    # ffn.out is the block's output.dense, never attention.output.dense
+    assert names(ffn_out) == [f"bert.encoder.layer.{i}.output.dense" for i in range(4)]
+    attn = resolve_targets(bert, AdapterConfig(target_modules=("attn",)))
+    assert len(attn) == 4 * 4
+    ffn = resolve_targets(bert, AdapterConfig(target_modules=("ffn",)))
+    assert {s.relative for s in ffn} == {"intermediate.dense", "output.dense"}  # BERT has no gate
+    assert len(resolve_targets(bert, AdapterConfig(target_modules=("all-linear",)))) == 6 * 4
+
+
+def test_llama_groups(llama):
+    table = {"attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj", "attn.v": "self_attn.v_proj",
+             "attn.o": "self_attn.o_proj", "ffn.gate": "mlp.gate_proj", "ffn.in": "mlp.up_proj",
+             "ffn.out": "mlp.down_proj"}
+    for group, rel in table.items():
+        sites = resolve_targets(llama, AdapterConfig(target_modules=(group,)))
+        assert {s.relative for s in sites} == {rel} and len(sites) == 3
+    v = resolve_targets(llama, AdapterConfig(target_modules=("attn.v",)))[0]
+    assert (v.in_features, v.out_features) == (32, 16)  # 2 kv heads x head_dim 8
+    assert len(resolve_targets(llama, AdapterConfig(target_modules=("ffn",)))) == 9
+
+
+def test_layer_selection(bert):
+    top2 = resolve_targets(bert, AdapterConfig(target_modules=("attn.q", "attn.v"), layers_to_transform="top:2"))
+    assert sorted({s.layer for s in top2}) == [2, 3]
+    explicit = resolve_targets(bert, AdapterConfig(target_modules=("attn.q",), layers_to_transform=(0, 2)))
+    assert [s.layer for s in explicit] == [0, 2]
+    mixed = resolve_targets(bert, AdapterConfig(target_modules=("attn.q", "ffn@top:1")))
+    assert sorted(s.layer for s in mixed if s.relative == "attention.self.query") == [0, 1, 2, 3]
+    assert sorted(s.layer for s in mixed if s.relative in ("intermediate.dense", "output.dense")) == [3, 3]
+
+
+def test_raw_names(bert, llama):
+    assert len(resolve_targets(bert, AdapterConfig(target_modules=("query", "value")))) == 8
+    assert len(resolve_targets(llama, AdapterConfig(target_modules=("q_proj",)))) == 3
+    full = "bert.encoder.layer.1.attention.self.key"
+    assert names(resolve_targets(bert, AdapterConfig(target_modules=(full,)))) == [full]
+
+
+def test_unknown_target_lists_what_exists(bert, llama):
+    with pytest.raises(UserError) as e:
+        resolve_targets(bert, AdapterConfig(target_modules=("attn.q", "mlp.weird")))
+    assert "'mlp.weird'" in e.value.problem and "attn.q" in e.value.fix and "intermediate.dense" in e.value.fix
+    with pytest.raises(UserError) as e:  # BERT has no gate projection
+        resolve_targets(bert, AdapterConfig(target_modules=("ffn.gate",)))
+    assert "'ffn.gate'" in e.value.problem
+    assert "ffn.gate" in available_targets(llama)["groups"] and "ffn.gate" not in available_targets(bert)["groups"]
+
+
+def test_layer_out_of_range(bert):
+    with pytest.raises(UserError, match="more layers than the model has"):
+        resolve_targets(bert, AdapterConfig(target_modules=("attn.q",), layers_to_transform="top:9"))
+    with pytest.raises(UserError, match="outside 0..3"):
+        resolve_targets(bert, AdapterConfig(target_modules=("attn.q@5",)))
+
+
+def test_lora_params_formula(llama):
+    sites = resolve_targets(llama, AdapterConfig(target_modules=("attn.q", "attn.v")))
+    assert lora_params(sites, 4) == 3 * 4 * ((32 + 32) + (32 + 16))
+
+
+def test_params_report_from_bare_config_json(tmp_path):
+    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 1000}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    model = load_meta_model(str(tmp_path / "config.json"))
+    rep = params_report(model, ranks=(8, 64), target_sets=(("attn.q", "attn.v"), ("all-linear",)))
+    qv = rep.targets[0]
+    assert qv.modules == 4 and qv.per_rank == 2 * 2 * 128 and qv.adapted_weights == 4 * 64 * 64
+    assert qv.rows[0]["lora"] == 8 * 512
+    assert qv.rows[1]["share_adapted"] == pytest.approx(64 * 512 / (4 * 64 * 64))
+    assert qv.rank_at_third_adapted == 11  # ceil((4 * 64 * 64 / 3) / 512) = ceil(10.67)
+    assert rep.embeddings == 1000 * 64
+    lin = rep.targets[1]
+    assert lin.modules == 2 * 7
+    assert lin.rank_at_10pct <= lin.rank_at_20pct

@@ -1,0 +1,479 @@
+"""Data: JSONL / CSV / Parquet -> Dataset + LabelSpace; stratified carving; user errors that name file, row, fix."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loratune.config import EMBEDDED_DATA, DataConfig
+from loratune.data import (
+    Split,
+    embedded_data_dir,
+    load_dataset,
+    parse_rows,
+    read_rows,
+    stratified_split,
+    stratified_subset,
+)
+from loratune.errors import UserError
+
+# ---------------------------------------------------------------------------------------------
+# helpers: write rows in each format
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix
+    if suffix in (".jsonl", ".json"):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    elif suffix == ".csv":
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    elif suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        raise AssertionError(suffix)
+    return path
+
+
+def make_rows(counts: dict[str, int], text: str = "text", label: str = "label", tag: str = "") -> list[dict]:
+    return [{text: f"{tag}{lab} example {i}", label: lab} for lab, n in counts.items() for i in range(n)]
+
+
+TRAIN = {"a": 6, "b": 4, "c": 2}
+FORMATS = [".jsonl", ".csv", ".parquet"]
+
+
+def folder_with(tmp_path: Path, suffix: str, splits: dict[str, list[dict]], names: dict[str, str] | None = None):
+    names = names or {}
+    for split, rows in splits.items():
+        write_rows(tmp_path / f"{names.get(split, split)}{suffix}", rows)
+    return tmp_path
+
+
+def user_error(fn, *args, **kwargs) -> UserError:
+    with pytest.raises(UserError) as info:
+        fn(*args, **kwargs)
+    return info.value
+
+
+# ---------------------------------------------------------------------------------------------
+# formats, columns, splits
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_each_format_loads_train_validation_test(tmp_path, suffix):
+    folder = folder_with(tmp_path, suffix, {
+        "train": make_rows(TRAIN), "validation": make_rows({"a": 2, "b": 1, "c": 1}, tag="v "),
+        "test": make_rows({"a": 1, "b": 1, "c": 1}, tag="t ")})
+    ds = load_dataset(DataConfig(dataset_name=str(folder)), seed=0)
+    assert (len(ds.train), len(ds.validation), len(ds.test)) == (12, 4, 3)
+    assert ds.label_space.labels == ("a", "b", "c") and not ds.label_space.multi_label
+    assert ds.label_space.index == {"a": 0, "b": 1, "c": 2}
+    assert ds.train.texts[0] == "a example 0" and ds.train.labels[0] == ("a",)
+    assert ds.validation.texts[-1] == "v c example 0"
+    assert ds.train.source == str(folder / f"train{suffix}")
+    assert ds.notes == () and ds.unseen == {}
+    assert set(ds.splits()) == {"train", "validation", "test"}
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_configurable_text_and_label_columns(tmp_path, suffix):
+    rows = [dict(r, extra=1) for r in make_rows(TRAIN, text="sentence", label="intent")]
+    p = write_rows(tmp_path / f"data{suffix}", rows)
+    ds = load_dataset(DataConfig(train_file=str(p), text_column="sentence", label_column="intent"), seed=0)
+    assert ds.label_space.labels == ("a", "b", "c")
+    assert sorted(ds.train.texts + ds.validation.texts) == sorted(r["sentence"] for r in rows)
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_missing_column_names_file_columns_and_key(tmp_path, suffix):
+    p = write_rows(tmp_path / f"train{suffix}", make_rows(TRAIN, text="sentence"))
+    err = user_error(load_dataset, DataConfig(train_file=str(p)))
+    assert err.problem == f"data file '{p}' has no column 'text' (columns: sentence, label)"
+    assert err.fix == "set data.text_column to one of the columns, e.g. text_column=sentence"
+    err = user_error(load_dataset, DataConfig(train_file=str(p), text_column="sentence", label_column="intent"))
+    assert "has no column 'intent'" in err.problem and err.fix.startswith("set data.label_column")
+
+
+def test_validation_folder_aliases_and_explicit_files(tmp_path):
+    folder = folder_with(tmp_path / "f", ".csv", {"train": make_rows(TRAIN), "dev": make_rows({"a": 1, "b": 1})})
+    ds = load_dataset(DataConfig(dataset_name=str(folder)), seed=0)
+    assert ds.validation.source == str(folder / "dev.csv") and len(ds.validation) == 2
+    assert ds.test is None and set(ds.splits()) == {"train", "validation"}
+    # explicit files override the folder's
+    val = write_rows(tmp_path / "v.jsonl", make_rows({"c": 3}, tag="x "))
+    test = write_rows(tmp_path / "t.parquet", make_rows({"b": 2}, tag="y "))
+    ds = load_dataset(DataConfig(dataset_name=str(folder), validation_file=str(val), test_file=str(test)), seed=0)
+    assert ds.validation.texts == ("x c example 0", "x c example 1", "x c example 2")
+    assert ds.test.texts == ("y b example 0", "y b example 1") and ds.test.name == "test"
+
+
+def test_a_users_train_file_never_mixes_with_the_embedded_demo(tmp_path):
+    # dataset_name defaults to the embedded demo; a train_file of one's own must replace it whole
+    p = write_rows(tmp_path / "mine.jsonl", make_rows({"x": 10, "y": 10}))
+    ds = load_dataset(DataConfig(train_file=str(p)), seed=0)
+    assert ds.label_space.labels == ("x", "y")
+    assert ds.validation.source == f"{p} (carved)" and ds.test is None
+    assert ds.unseen == {}
+
+
+def test_json_array_file_and_utf8_bom_csv(tmp_path):
+    p = tmp_path / "train.json"
+    p.write_text(json.dumps(make_rows(TRAIN)), encoding="utf-8")
+    assert len(read_rows(p)) == 12
+    q = tmp_path / "bom.csv"
+    q.write_bytes(b"\xef\xbb\xbftext,label\nhello,a\n")
+    assert read_rows(q) == [{"text": "hello", "label": "a"}]
+
+
+def test_numeric_labels_become_strings_and_texts_are_kept_verbatim(tmp_path):
+    rows = [{"text": f"t{i}", "label": i % 2} for i in range(6)] + [{"text": "  spaced  ", "label": 1}]
+    ds = load_dataset(DataConfig(train_file=str(write_rows(tmp_path / "n.jsonl", rows)),
+                                 validation_file=str(write_rows(tmp_path / "v.jsonl", rows[:2]))), seed=0)
+    assert ds.label_space.labels == ("0", "1")
+    assert "  spaced  " in ds.train.texts
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-label
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_multi_label_from_lists_is_detected(tmp_path, suffix):
+    rows = [{"text": f"t{i}", "label": labs} for i, labs in enumerate(
+        [["a"], ["a", "b"], ["b", "c"], ["c"], ["a", "c"], ["b"]] * 3)]
+    p = write_rows(tmp_path / f"train{suffix}", rows)
+    v = write_rows(tmp_path / f"val{suffix}", rows[:3])
+    ds = load_dataset(DataConfig(train_file=str(p), validation_file=str(v)), seed=0)
+    assert ds.label_space.multi_label and ds.label_space.labels == ("a", "b", "c")
+    assert ds.train.labels[:3] == (("a",), ("a", "b"), ("b", "c"))
+    assert ds.train.label_counts() == Counter({"a": 9, "b": 9, "c": 9})
+
+
+def test_multi_label_from_a_delimiter(tmp_path):
+    rows = [{"text": f"t{i}", "label": lab} for i, lab in enumerate(["a#b", "b", " c # a ", "a", "b#c", "c"] * 2)]
+    p = write_rows(tmp_path / "train.csv", rows)
+    ds = load_dataset(DataConfig(train_file=str(p), label_delimiter="#", validation_file=str(p)), seed=0)
+    assert ds.label_space.multi_label
+    assert ds.train.labels[:3] == (("a", "b"), ("b",), ("c", "a"))
+    # a delimiter alone switches to multi-label even when every row has one label
+    single = write_rows(tmp_path / "single.csv", make_rows(TRAIN))
+    assert load_dataset(DataConfig(train_file=str(single), label_delimiter="#"), seed=0).label_space.multi_label
+
+
+def test_empty_label_list_is_allowed_only_when_multi_label_is_forced(tmp_path):
+    rows = [{"text": "none", "label": []}] + [{"text": f"t{i}", "label": ["a", "b"][i % 2:]} for i in range(8)]
+    p = write_rows(tmp_path / "train.jsonl", rows)
+    err = user_error(load_dataset, DataConfig(train_file=str(p)))
+    assert err.problem == f"data file '{p}' row 1 has no label in column 'label'"
+    ds = load_dataset(DataConfig(train_file=str(p), multi_label=True, validation_file=str(p)), seed=0)
+    assert ds.train.labels[0] == () and ds.label_space.multi_label
+
+
+def test_forced_single_label_rejects_rows_with_several_labels(tmp_path):
+    rows = make_rows(TRAIN)
+    rows[4]["label"] = "a#b"
+    p = write_rows(tmp_path / "train.csv", rows)
+    err = user_error(load_dataset, DataConfig(train_file=str(p), label_delimiter="#", multi_label=False))
+    assert err.problem == f"data file '{p}' row 5 has 2 labels but the data is single-label"
+    assert err.fix == "set data.multi_label=true, or give one label per row"
+
+
+def test_single_label_check_covers_validation_and_test_files(tmp_path):
+    train = write_rows(tmp_path / "train.jsonl", make_rows(TRAIN))
+    val_rows = make_rows({"a": 2})
+    val_rows[1]["label"] = ["a", "b"]
+    val = write_rows(tmp_path / "val.jsonl", val_rows)
+    err = user_error(load_dataset, DataConfig(train_file=str(train), validation_file=str(val)))
+    assert err.problem == f"data file '{val}' row 2 has 2 labels but the data is single-label"
+
+
+# ---------------------------------------------------------------------------------------------
+# carving a validation split, label space, unseen labels
+
+
+def _carve(tmp_path, seed, counts=None, fraction=0.25):
+    p = write_rows(tmp_path / "train.jsonl", make_rows(counts or {"a": 20, "b": 12, "c": 2, "d": 1}))
+    return load_dataset(DataConfig(train_file=str(p), validation_fraction=fraction), seed=seed), p
+
+
+def test_missing_validation_is_carved_stratified_seeded_and_noted(tmp_path):
+    ds, p = _carve(tmp_path, seed=7)
+    v, t = ds.validation.label_counts(), ds.train.label_counts()
+    assert v == Counter({"a": 5, "b": 3, "c": 1})  # 25% per label, at least one; a singleton stays in train
+    assert t == Counter({"a": 15, "b": 9, "c": 1, "d": 1})
+    assert set(ds.train.texts).isdisjoint(ds.validation.texts)
+    assert len(ds.train) + len(ds.validation) == 35
+    assert ds.validation.name == "validation" and ds.validation.source == f"{p} (carved)"
+    assert ds.notes == ("no validation split given: carved a stratified 25% (9 rows) from train with seed 7",)
+    assert ds.label_space.labels == ("a", "b", "c", "d")
+
+
+def test_carving_is_reproducible_per_seed(tmp_path):
+    first, _ = _carve(tmp_path, seed=1)
+    again, _ = _carve(tmp_path, seed=1)
+    other, _ = _carve(tmp_path, seed=2)
+    assert first.validation.texts == again.validation.texts and first.train.texts == again.train.texts
+    assert set(first.validation.texts) != set(other.validation.texts)
+
+
+def test_unseen_validation_and_test_labels_are_reported_not_fatal(tmp_path):
+    train = write_rows(tmp_path / "train.csv", make_rows(TRAIN))
+    val = write_rows(tmp_path / "val.csv", make_rows({"a": 1, "zz": 2, "yy": 1}))
+    test = write_rows(tmp_path / "test.parquet", make_rows({"b": 1, "zz": 3}))
+    ds = load_dataset(DataConfig(train_file=str(train), validation_file=str(val), test_file=str(test)), seed=0)
+    assert ds.label_space.labels == ("a", "b", "c")
+    assert ds.unseen == {"validation": {"zz": 2, "yy": 1}, "test": {"zz": 3}}
+    assert list(ds.unseen["validation"]) == ["zz", "yy"]  # most frequent first
+    assert ds.notes == (
+        "validation: 3 label occurrence(s) of 2 label(s) not in train (zz, yy); they are scored as errors",
+        "test: 3 label occurrence(s) of 1 label(s) not in train (zz); they are scored as errors",
+    )
+    assert len(ds.validation) == 4 and len(ds.test) == 4  # the rows stay, to be scored as errors
+
+
+def test_unseen_note_lists_at_most_five_labels(tmp_path):
+    train = write_rows(tmp_path / "train.jsonl", make_rows(TRAIN))
+    val = write_rows(tmp_path / "val.jsonl", make_rows({f"u{i}": 1 for i in range(7)}))
+    ds = load_dataset(DataConfig(train_file=str(train), validation_file=str(val)), seed=0)
+    assert ds.notes[0].endswith("(u0, u1, u2, u3, u4...); they are scored as errors")
+    assert len(ds.unseen["validation"]) == 7
+
+
+def test_max_samples_take_stratified_subsets_and_say_so(tmp_path):
+    counts = {lab: 10 for lab in "abcdefgh"}
+    train = write_rows(tmp_path / "train.jsonl", make_rows(counts))
+    val = write_rows(tmp_path / "val.jsonl", make_rows(counts, tag="v "))
+    cfg = DataConfig(train_file=str(train), validation_file=str(val), max_train_samples=20, max_eval_samples=8)
+    ds = load_dataset(cfg, seed=3)
+    assert len(ds.train) == 20 and len(ds.validation) == 8
+    assert set(ds.train.label_counts()) == set(counts) and set(ds.validation.label_counts()) == set(counts)
+    assert ds.notes == ("train: stratified subset of 20 rows (max_train_samples)",
+                        "validation: stratified subset of 8 rows (max_eval_samples)")
+    big = load_dataset(DataConfig(train_file=str(train), validation_file=str(val), max_train_samples=500), seed=3)
+    assert len(big.train) == 80 and big.notes == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# user errors: each names the file and the row/line, and says what to do
+
+
+def test_missing_file_and_wrong_suffix(tmp_path):
+    err = user_error(read_rows, tmp_path / "nope.csv")
+    assert err.problem == f"data file '{tmp_path / 'nope.csv'}' does not exist" and "data.train_file" in err.fix
+    p = tmp_path / "train.txt"
+    p.write_text("hello\n")
+    err = user_error(read_rows, p)
+    assert err.problem == f"data file '{p}' has suffix '.txt'"
+    assert err.fix == "use one of .jsonl, .json, .csv, .parquet (JSON Lines, CSV, Parquet)"
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_empty_file(tmp_path, suffix):
+    p = tmp_path / f"train{suffix}"
+    p.write_bytes(b"")
+    err = user_error(load_dataset, DataConfig(train_file=str(p)))
+    assert err.problem == f"data file '{p}' is empty" and err.fix
+
+
+@pytest.mark.parametrize("name,content", [("train.jsonl", "\n\n  \n"), ("train.csv", "text,label\n")])
+def test_file_without_rows(tmp_path, name, content):
+    p = tmp_path / name
+    p.write_text(content)
+    err = user_error(read_rows, p)
+    assert err.problem == f"data file '{p}' has no rows" and "add labelled rows" in err.fix
+
+
+def test_parquet_without_rows_and_damaged_parquet(tmp_path):
+    p = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"text": pa.array([], pa.string()), "label": pa.array([], pa.string())}), p)
+    assert user_error(read_rows, p).problem == f"data file '{p}' has no rows"
+    q = tmp_path / "broken.parquet"
+    q.write_bytes(b"PAR1 this is not parquet")
+    err = user_error(read_rows, q)
+    assert err.problem.startswith(f"data file '{q}' could not be read as Parquet")
+
+
+@pytest.mark.parametrize("name", ["train.csv", "train.jsonl"])
+def test_non_utf8_bytes_name_file_offset_line_and_fix(tmp_path, name):
+    p = tmp_path / name
+    body = ('text,label\nfine,a\ncaf\u00e9,b\n' if name.endswith(".csv")
+            else '{"text": "fine", "label": "a"}\n{"text": "fine", "label": "b"}\n{"text": "caf\u00e9", "label": "b"}\n')
+    raw = body.encode("latin-1")
+    p.write_bytes(raw)
+    err = user_error(load_dataset, DataConfig(train_file=str(p)))
+    offset = raw.index(b"\xe9")
+    line = 3
+    assert err.problem == f"data file '{p}' is not UTF-8: byte 0xe9 at offset {offset} (line {line})"
+    assert err.fix == f"re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 '{p}' > fixed{p.suffix}`"
+
+
+@pytest.mark.parametrize("line,problem_tail", [
+    ('{"text": "x", "label": ', "line 2 is not valid JSON (Expecting value)"),
+    ("not json at all", "line 2 is not valid JSON (Expecting value)"),
+    ('["x", "a"]', "line 2 is not a JSON object"),
+    ("null", "line 2 is not a JSON object"),
+])
+def test_invalid_json_line(tmp_path, line, problem_tail):
+    p = tmp_path / "train.jsonl"
+    p.write_text('{"text": "ok", "label": "a"}\n' + line + "\n", encoding="utf-8")
+    err = user_error(read_rows, p)
+    assert err.problem == f"data file '{p}' {problem_tail}"
+    assert "one" in err.fix and "per line" in err.fix
+
+
+def test_invalid_json_array_file(tmp_path):
+    p = tmp_path / "train.json"
+    p.write_text('[{"text": "x", "label": "a"},', encoding="utf-8")
+    err = user_error(read_rows, p)
+    assert err.problem.startswith(f"data file '{p}' is not valid JSON") and err.fix == "fix the JSON"
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_row_without_label(tmp_path, suffix):
+    rows = make_rows(TRAIN)
+    rows[2]["label"] = "" if suffix == ".csv" else None
+    p = write_rows(tmp_path / f"train{suffix}", rows)
+    err = user_error(load_dataset, DataConfig(train_file=str(p)))
+    assert err.problem == f"data file '{p}' row 3 has no label in column 'label'"
+    assert err.fix.startswith("give every row a label")
+
+
+def test_row_without_label_key_and_without_text(tmp_path):
+    rows = make_rows(TRAIN)
+    del rows[3]["label"]
+    p = write_rows(tmp_path / "a.jsonl", rows)
+    assert user_error(read_and_parse, p).problem == f"data file '{p}' row 4 has no label in column 'label'"
+    rows = make_rows(TRAIN)
+    rows[1]["text"] = None
+    q = write_rows(tmp_path / "b.jsonl", rows)
+    err = user_error(read_and_parse, q)
+    assert err.problem == f"data file '{q}' row 2 has no value in column 'text'"
+    assert err.fix == "fill in the text or remove the row"
+
+
+def test_short_csv_row_is_a_row_without_label(tmp_path):
+    p = tmp_path / "train.csv"
+    p.write_text("text,label\nhello,a\nno label here\nbye,b\n", encoding="utf-8")
+    assert user_error(read_and_parse, p).problem == f"data file '{p}' row 2 has no label in column 'label'"
+
+
+def read_and_parse(p: Path):
+    return parse_rows(read_rows(p), DataConfig(), str(p), "train")
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_single_class_training_data(tmp_path, suffix):
+    p = write_rows(tmp_path / f"train{suffix}", make_rows({"only": 5}))
+    err = user_error(load_dataset, DataConfig(train_file=str(p), validation_file=str(p)))
+    assert err.problem == f"training data '{p}' has a single class ('only')"
+    assert "at least two labels" in err.fix and "data.label_column" in err.fix
+
+
+def test_folder_without_train_file_and_file_given_as_dataset_name(tmp_path):
+    write_rows(tmp_path / "validation.jsonl", make_rows(TRAIN))
+    err = user_error(load_dataset, DataConfig(dataset_name=str(tmp_path)))
+    assert err.problem == f"folder '{tmp_path}' has no train file" and "data.train_file" in err.fix
+    f = str(tmp_path / "validation.jsonl")
+    err = user_error(load_dataset, DataConfig(dataset_name=f))
+    assert err.problem == f"dataset_name '{f}' is a file, not a folder" and err.fix == f"use data.train_file={f}"
+
+
+def test_hub_id_without_the_datasets_package_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails, as when it is not installed
+    err = user_error(load_dataset, DataConfig(dataset_name="someone/some-dataset"))
+    assert "dataset_name 'someone/some-dataset' is not a local folder" in err.problem
+    assert "pip install datasets" in err.fix
+
+
+# ---------------------------------------------------------------------------------------------
+# the embedded demo data
+
+
+def test_embedded_demo_loads_with_license_and_source():
+    ds = load_dataset(DataConfig(dataset_name=EMBEDDED_DATA), seed=42)
+    assert (len(ds.train), len(ds.validation), len(ds.test)) == (1848, 604, 770)
+    assert len(ds.label_space) == 77 and not ds.label_space.multi_label
+    assert set(ds.train.label_counts().values()) == {24}
+    assert ds.notes == () and ds.unseen == {}
+    assert all(t.strip() for t in ds.train.texts)
+    folder = embedded_data_dir()
+    assert "Attribution 4.0 International" in (folder / "LICENSE").read_text(encoding="utf-8")
+    source = (folder / "SOURCE.md").read_text(encoding="utf-8")
+    assert "BANKING77" in source and "CC BY 4.0" in source
+    assert load_dataset(DataConfig(), seed=0).train == ds.train  # it is the default
+
+
+# ---------------------------------------------------------------------------------------------
+# stratified_split / stratified_subset as properties
+
+
+def split_of(labels: list[str]) -> Split:
+    return Split("train", tuple(f"t{i}" for i in range(len(labels))), tuple((lab,) for lab in labels), "mem")
+
+
+labels_strategy = st.lists(st.sampled_from("abcdefg"), min_size=1, max_size=80)
+
+
+@settings(max_examples=150, deadline=None)
+@given(labels=labels_strategy, fraction=st.floats(0.01, 0.99), seed=st.integers(0, 10_000))
+def test_property_stratified_split_keeps_each_label_on_both_sides(labels, fraction, seed):
+    sp = split_of(labels)
+    keep, carved = stratified_split(sp, fraction, seed)
+    assert sorted(keep + carved) == list(range(len(labels)))
+    assert keep == sorted(keep) and carved == sorted(carved)
+    counts = Counter(labels)
+    kept = Counter(labels[i] for i in keep)
+    cut = Counter(labels[i] for i in carved)
+    for lab, n in counts.items():
+        if n >= 2:
+            assert kept[lab] >= 1 and cut[lab] >= 1, (lab, n, fraction)
+        else:
+            assert kept[lab] == 1 and cut[lab] == 0
+    assert stratified_split(sp, fraction, seed) == (keep, carved)
+
+
+def test_stratified_split_sizes_and_seed_dependence():
+    sp = split_of(["a"] * 50 + ["b"] * 30 + ["c"] * 2)
+    keep, carved = stratified_split(sp, 0.1, seed=0)
+    assert Counter(sp.labels[i][0] for i in carved) == Counter({"a": 5, "b": 3, "c": 1})
+    seen = {tuple(stratified_split(sp, 0.1, seed=s)[1]) for s in range(5)}
+    assert len(seen) == 5
+    # stratifies multi-label rows by their first label, and rows without labels form one group
+    multi = Split("m", ("x", "y", "z", "w"), (("a", "b"), ("a",), (), ()), "mem")
+    keep, carved = stratified_split(multi, 0.5, seed=0)
+    assert len(carved) == 2 and {0, 1} & set(carved) and {2, 3} & set(carved)
+
+
+@settings(max_examples=150, deadline=None)
+@given(labels=labels_strategy, data=st.data(), seed=st.integers(0, 10_000))
+def test_property_stratified_subset(labels, data, seed):
+    sp = split_of(labels)
+    n = data.draw(st.integers(1, len(labels) + 3))
+    picked = stratified_subset(sp, n, seed)
+    assert picked == sorted(set(picked)) and all(0 <= i < len(labels) for i in picked)
+    assert len(picked) == min(n, len(labels))
+    assert stratified_subset(sp, n, seed) == picked
+    multi_row = [lab for lab, c in Counter(labels).items() if c >= 2]
+    if n >= len(multi_row) and n < len(labels):
+        # every label with two or more rows keeps a row whenever n leaves room for one of each
+        assert set(multi_row) <= {labels[i] for i in picked}
+
+
+def test_stratified_subset_does_not_sample_away_a_small_label():
+    sp = split_of(["a"] * 2 + ["b"] * 100)
+    for seed in range(30):
+        got = Counter(sp.labels[i][0] for i in stratified_subset(sp, 3, seed))
+        assert got == Counter({"a": 1, "b": 2}), seed

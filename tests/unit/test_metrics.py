@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from loratune.metrics import multi_label_scores, single_label_scores, standard_error, top_confused_pairs
+
+LABELS = ("a", "b", "c")
+
+
+def onehot_logits(pred):
+    out = np.full((len(pred), 3), -5.0)
+    out[np.arange(len(pred)), pred] = 5.0
+    return out
+
+
+def test_single_label_values():
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    s, cm = single_label_scores("val", onehot_logits(pred), y_true, LABELS, loss=0.5)
+    assert s["val/accuracy"] == pytest.approx(4 / 6)
+    # per class: a P=1/2 R=1/2, b P=2/3 R=1, c P=1 R=1/2
+    assert s["val/recall/a"] == 0.5 and s["val/recall/b"] == 1.0 and s["val/precision/b"] == pytest.approx(2 / 3)
+    f1 = [0.5, 0.8, 2 / 3]
+    assert s["val/macro_f1"] == pytest.approx(np.mean(f1))
+    assert s["val/support/c"] == 2 and s["val/loss"] == 0.5 and s["val/n"] == 6
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert {(p["true"], p["pred"], p["count"]) for p in s["val/confused_pairs"]} == {("c", "a", 1), ("a", "b", 1)}
+
+
+def test_unseen_label_rows_are_errors():
+    y_true = np.array([0, 1, -1, -1])  # two rows carry a label the model does not know
+    pred = np.array([0, 1, 2, 0])
+    s, cm = single_label_scores("val", onehot_logits(pred), y_true, LABELS)
+    assert s["val/accuracy"] == 0.5
+    assert s["val/precision/c"] == 0.0  # predicting c for an unknown label is a false positive
+    assert cm.sum() == 2
+
+
+def test_confused_pairs_sorted_and_bounded():
+    cm = np.array([[5, 3, 0], [1, 5, 0], [0, 7, 2]])
+    pairs = top_confused_pairs(cm, LABELS, top=2)
+    assert pairs == [{"true": "c", "pred": "b", "count": 7}, {"true": "a", "pred": "b", "count": 3}]
+
+
+def test_multi_label():
+    y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]])
+    logits = np.where(np.array([[1, 0, 1], [0, 1, 1], [1, 0, 0]]) == 1, 4.0, -4.0)
+    s = multi_label_scores("val", logits, y, LABELS, unseen_rows=np.array([True, False, False]))
+    assert s["val/subset_accuracy"] == 0.0  # row 0 matches but carries an unseen label
+    assert s["val/micro_f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 1))
+    assert s["val/recall/b"] == 0.5
+
+
+def test_standard_error():
+    assert standard_error(0.5, 100) == pytest.approx(0.05)
+    assert np.isnan(standard_error(0.5, 0))
