@@ -59,6 +59,8 @@ class DataConfig:
                                     min=0.0, max=0.5, min_exclusive=True)
     max_train_samples: int | None = _f(None, "Use a stratified subset of this many training rows.", min=1)
     max_eval_samples: int | None = _f(None, "Use a stratified subset of this many validation rows.", min=1)
+    probe_file: str | None = _f(None, "Hand-written texts with expected labels (text/label columns), scored and "
+                                "shown example by example at every evaluation.")
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,10 @@ class TrainConfig:
     length_grouped_batches: bool = _f(True, "Batch texts of similar length (shuffled within and across buckets) "
                                       "with dynamic padding.")
     num_threads: int | None = _f(None, "CPU threads for torch; null: all cores.", min=1)
+    slices: bool = _f(True, "Score validation slices at every evaluation: familiar vs novel phrasing, long vs "
+                      "short, compound, confusable classes (val_<slice>/macro_f1 in history.jsonl).")
+    robustness_probe: bool = _f(True, "At the end, score validation texts under label-preserving perturbations "
+                                "(typos, dropped words, case, punctuation).")
 
 
 @dataclass(frozen=True)

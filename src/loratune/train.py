@@ -10,10 +10,13 @@ best adapter saved.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import random
 import resource
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -21,10 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loratune import __version__
+from loratune import __version__, prefix_cache
 from loratune.adapt import apply_adapter, count_params, num_layers
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
+from loratune.eval_extras import EvalExtras
 from loratune.metrics import multi_label_scores, single_label_scores
 from loratune.models import load_classifier, load_tokenizer
 from loratune.store import LABEL_MAP, RunStore, write_json
@@ -45,14 +49,35 @@ class Encoded:
     ids: list[list[int]]
     targets: np.ndarray
     unseen: np.ndarray
+    prefix: prefix_cache.Feed | None = None  # cached frozen-prefix states, when the cache applies
 
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
 
 
+_TOKENIZED: OrderedDict[str, list[list[int]]] = OrderedDict()  # reused across the runs of one process (tune)
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids without padding. Kept in process (the last 16 sets) under a key of the tokenizer's
+    definition, the texts and max_length, so the trials of a sweep tokenize each split once."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{type(tokenizer).__name__}|{max_length}|{tokenizer.truncation_side}|".encode())
+    h.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
+    h.update("\x00".join(texts).encode())
+    key = h.hexdigest()
+    if key not in _TOKENIZED:
+        _TOKENIZED[key] = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+        while len(_TOKENIZED) > 16:
+            _TOKENIZED.popitem(last=False)
+    _TOKENIZED.move_to_end(key)
+    return _TOKENIZED[key]
+
+
 def encode(tokenizer, split: Split, space: LabelSpace, max_length: int) -> Encoded:
-    ids = tokenizer(list(split.texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+    ids = tokenize(tokenizer, list(split.texts), max_length)
     index = space.index
     unseen = np.array([any(lab not in index for lab in labs) for labs in split.labels], dtype=bool)
     if space.multi_label:
@@ -93,6 +118,15 @@ def collate(ids: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
 
+def forward_logits(model, enc: Encoded, rows, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits [batch, k] of `rows` of `enc`. With a frozen-prefix cache the model starts at its first
+    trained block, fed the cached states of these rows (prefix_cache.py); otherwise a plain forward."""
+    if enc.prefix is None:
+        return model(**batch).logits
+    with enc.prefix(rows, batch["input_ids"].shape[1], batch["input_ids"].device):
+        return model(**batch).logits
+
+
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
     if multi_label:
         return F.binary_cross_entropy_with_logits(logits.float(), targets)
@@ -114,7 +148,7 @@ def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, au
         rows = order[b:b + batch_size]
         batch = collate([enc.ids[i] for i in rows], pad_id, device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(**batch).logits.float().cpu().numpy()
+            logits = forward_logits(model, enc, rows, batch).float().cpu().numpy()
         if out is None:
             out = np.empty((len(order), logits.shape[1]), dtype=np.float32)
         out[rows] = logits
@@ -246,6 +280,12 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     sub = stratified_subset(dataset.train, cfg.train.train_eval_size, cfg.train.seed)
     train_eval_enc = encode(tokenizer, dataset.train.subset(sub), space, cfg.model.max_length)
     val_enc = encode(tokenizer, dataset.validation, space, cfg.model.max_length)
+    extras = EvalExtras.build(cfg, dataset, val_enc.targets, val_enc.lengths)
+
+    def predict_texts(texts: list[str]) -> np.ndarray:  # for probe sets and perturbed texts
+        split = Split("extra", tuple(texts), tuple((space.labels[0],) for _ in texts), "extra")
+        return predict_logits(model, encode(tokenizer, split, space, cfg.model.max_length),
+                              cfg.train.per_device_eval_batch_size, pad_id, device, autocast)
 
     steps, eval_every = plan_steps(cfg, len(dataset.train))
     optimizer, scheduler = build_optimizer(model, cfg, steps, device)
@@ -303,10 +343,11 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
             window[key].clear()
         te_scores, _ = score_split("train_eval", predict_logits(model, train_eval_enc, cfg.train.per_device_eval_batch_size,
                                                                 pad_id, device, autocast), train_eval_enc, space)
-        val_scores, cm = score_split("val", predict_logits(model, val_enc, cfg.train.per_device_eval_batch_size,
-                                                           pad_id, device, autocast), val_enc, space)
+        val_logits = predict_logits(model, val_enc, cfg.train.per_device_eval_batch_size, pad_id, device, autocast)
+        val_scores, cm = score_split("val", val_logits, val_enc, space)
         point.update(te_scores)
         point.update(val_scores)
+        point.update(extras.scores(step, val_logits, val_scores, predict_texts))
         store.append_history(point)
         run["final"] = point
         f1 = point["val/macro_f1"]
@@ -335,7 +376,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                 batch = collate([train_enc.ids[i] for i in rows], pad_id, device)
                 target = torch.from_numpy(train_enc.targets[rows]).to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-                    logits = model(**batch).logits
+                    logits = forward_logits(model, train_enc, rows, batch)
                 loss = loss_fn(logits, target, space.multi_label) / accum
                 loss.backward()
                 step_loss += float(loss.detach())
@@ -384,6 +425,9 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                     named[n].copy_(t)
             save_model(model, tokenizer, space, cfg, store)
             run["adapter_step"] = run["best"]["step"] if run["best"] else None
+            if run["status"] in ("completed", "diverged"):
+                run["robustness"] = extras.robustness(predict_texts)  # on the saved (best) weights
+        run["slices"] = extras.info
         store.write_run(run)
     return run
 

@@ -206,3 +206,22 @@ def test_unseen_validation_labels_are_errors_not_crashes(tiny_bert, tmp_path):
     assert run["labels"] == ["balance", "card_lost", "pin"]
     assert run["final"]["val/accuracy"] <= 9 / 12  # the 3 transfer rows can never be right
     assert math.isfinite(run["final"]["val/loss"])
+
+
+def test_slices_probe_set_and_robustness_are_recorded(tiny_bert, intent_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORATUNE_CACHE", str(tmp_path / "cache"))
+    probe = write_jsonl(tmp_path / "probe.jsonl", [{"text": "i lost my card", "label": "card_lost"},
+                                                   {"text": "new intent nobody trained", "label": "mystery"}])
+    _, run = _train(tiny_bert, intent_data, tmp_path / "run", probe_file=str(probe))
+    history = RunStore(tmp_path / "run").read_history()
+    last = history[-1]
+    for name in ("familiar", "novel", "long", "short"):
+        assert f"val_{name}/macro_f1" in last and last[f"val_{name}/n"] > 0
+    assert "val_confusable/n" not in history[0]  # fixed at the first evaluation after step 0
+    assert run["slices"]["rows"]["familiar"] == run["slices"]["rows"]["novel"] == 20 // 3
+    assert last["probe/n"] == 2 and len(last["probe/examples"]) == 2
+    assert last["probe/examples"][1]["known_label"] is False and last["probe/examples"][1]["correct"] is False
+    rob = run["robustness"]
+    assert set(rob) == {"clean_accuracy", "typo", "drop_word", "case", "punctuation"}
+    assert rob["clean_accuracy"] == pytest.approx(run["best"]["val/accuracy"])
+    assert rob["typo"]["texts_changed"] > 0.5

@@ -1,0 +1,147 @@
+"""`loratune assess`: profile the task and the data before training, and propose the start config."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from loratune.commands._common import add_config_args, console, load_cfg
+
+_SEVERITY_STYLE = {"error": "bold red", "warn": "yellow", "info": "cyan"}
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "assess", help="profile the task and the data (phase 0) and propose a start config",
+        description="Measure shape, label consistency, noise, train/val shift, token lengths and a cheap "
+                    "frozen-encoder probe; propose the start config with the rule behind each value.")
+    add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print the assessment as JSON on stdout (no summary)")
+    p.add_argument("--no-probe", action="store_true",
+                   help="skip the difficulty probe (no model weights are loaded; the tokenizer still is)")
+    p.add_argument("--out", metavar="FILE", help="also write the JSON to FILE")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="probe embedding cache (default: $LORATUNE_CACHE_DIR or ~/.cache/loratune; `none`: off)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from loratune.assess import run_assessment
+
+    cfg = load_cfg(args)  # validated before any data or model loads
+    err = console(stderr=True)
+    cache = False if (args.cache_dir or "").lower() == "none" else args.cache_dir
+    progress = (lambda msg: None) if args.json else (lambda msg: err.print(f"[dim]{msg}...[/]"))
+    a = run_assessment(cfg, probe=not args.no_probe, cache_dir=cache, progress=progress)
+    data = a.to_dict()
+    if args.out:
+        write_json_atomic(Path(args.out), data)
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        print_summary(console(), a)
+        if args.out:
+            console().print(f"written: {args.out}")
+    return 0
+
+
+def write_json_atomic(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _override_arg(key: str, value) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"{key.split('.', 1)[1]}=[{','.join(map(str, value))}]"
+    if isinstance(value, float):
+        return f"{key.split('.', 1)[1]}={value:g}"
+    return f"{key.split('.', 1)[1]}={value}"
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def print_summary(out, a) -> None:
+    from rich.table import Table
+
+    kind = "multi" if a.multi_label else "single"
+    rate = f" ({a.facts.get('multi_label_rate', 0):.1%} of train rows carry several)" if a.multi_label else ""
+    out.print(f"[bold]assess[/] {_escape(a.dataset)} with {_escape(a.model)}: {kind}-label{rate}, "
+              f"{len(a.labels)} classes")
+    for note in a.notes:
+        out.print(f"[yellow]note:[/] {note}")
+
+    t = Table(title="splits (per class: rows of the smallest/median/largest class; tail: classes under "
+                    f"{a.thresholds.long_tail_count} rows; tokens: p50/p99/max; trunc: share over model.max_length)",
+              title_justify="left")
+    for col in ("split", "rows", "classes", "per class", "tail", "max/min", "tokens", "trunc"):
+        t.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
+    for s in a.splits:
+        tok = f"{s.tokens.p50:.0f}/{s.tokens.p99:.0f}/{s.tokens.max}" if s.tokens else "-"
+        trunc = f"{s.truncated_share:.1%}" if s.truncated_share is not None else "-"
+        tail = str(len(s.long_tail_classes)) if s.name == "train" else ""
+        t.add_row(s.name, str(s.rows), str(s.classes), f"{s.count_min}/{s.count_median:g}/{s.count_max}", tail,
+                  f"{s.imbalance_ratio:.1f}", tok, trunc)
+    out.print(t)
+
+    t = Table(title="findings", title_justify="left", show_lines=False)
+    t.add_column("")
+    t.add_column("rule")
+    t.add_column("finding", overflow="fold")
+    for f in a.findings:
+        t.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/]", f.id, _escape(f.message))
+    out.print(t)
+    if a.conflicts.pairs:
+        out.print("  conflicting label pairs: " + ", ".join(f"{p.a} / {p.b} ({p.count})"
+                                                           for p in a.conflicts.pairs[:5]), markup=False)
+    for ex in a.conflicts.examples[:4]:
+        rows = "  vs  ".join(f"[{'+'.join(r.labels)}] {r.text!r} ({r.split})" for r in ex.rows)
+        out.print(f"  {ex.kind} conflict ({ex.similarity:.2f}): {rows}", markup=False)
+
+    p = a.probe
+    if p is not None:
+        acc = f", accuracy {p.accuracy:.3f}" if p.accuracy is not None else ""
+        out.print(f"[bold]probe[/] ({p.method}): val macro-F1 {p.macro_f1:.3f} ± {p.macro_f1_se:.3f}{acc} "
+                  f"on {p.val_rows} rows{' (cached embeddings)' if p.cached else ''}")
+        if p.confused_pairs:
+            out.print("  pairs to watch: " + ", ".join(f"{c.true} -> {c.pred} ({c.count})"
+                                                      for c in p.confused_pairs[:5]), markup=False)
+        spread = [c for c in p.classes if c.spread_z is not None][:3]
+        if spread:
+            out.print("  most spread-out classes: " + "; ".join(
+                f"{c.label} (z {c.spread_z:.1f}, purity {c.neighbour_purity:.2f}"
+                + (f", recall {c.recall:.2f}" if c.recall is not None else "") + ")" for c in spread), markup=False)
+
+    r = a.recommendation
+    out.print("[bold]start config[/] (value, then the rule and why)")
+    for c in (*r.choices, r.capacity_ceiling):
+        v = "[" + ", ".join(map(str, c.value)) + "]" if isinstance(c.value, (list, tuple)) else \
+            f"{c.value:g}" if isinstance(c.value, float) else str(c.value)
+        key = "capacity ceiling: max adapter.r" if c is r.capacity_ceiling else c.key
+        out.print(f"  [bold]{key}[/] = {_escape(v)}")
+        out.print(f"      [dim]{c.rule}:[/] {_escape(c.reason)}")
+    if r.lr_grid:
+        out.print(f"lr grid for capacity comparisons: {', '.join(f'{x:g}' for x in r.lr_grid)}")
+    args = " ".join(_override_arg(k, v) for k, v in r.overrides.items())
+    out.print(f"start with: loratune train {args}", markup=False, soft_wrap=True)
+    total = a.timings.get("total_s")
+    if total is not None:
+        parts = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in a.timings.items() if k != "total_s")
+        out.print(f"[dim]{total:.1f}s ({parts})[/]")

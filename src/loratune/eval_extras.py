@@ -1,0 +1,83 @@
+"""Evaluation beyond the headline metrics: validation slices, the probe set, the robustness probe.
+
+Built once per run; the training loop calls `scores()` at every evaluation point (with the val
+logits it already computed) and `robustness()` once at the end. Prediction goes through the
+`predict(texts) -> logits` callable the loop hands in, so this module never touches the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from loratune.config import RunConfig
+from loratune.data import Dataset
+from loratune.metrics import softmax
+from loratune.slices import (PERTURBATIONS, ProbeSet, Slices, assign_slices, confusable_rows, load_probe_set,
+                             perturbed_texts, probe_scores, slice_scores)
+
+Predict = Callable[[list[str]], np.ndarray]
+
+
+@dataclass
+class EvalExtras:
+    dataset: Dataset
+    y_true: np.ndarray  # val targets: label index (-1 unknown) or multi-hot
+    multi_label: bool
+    slices: Slices | None
+    probe: ProbeSet | None
+    seed: int
+    robustness_on: bool
+    confusable_fixed_at: int | None = None
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cfg_cls, cfg: RunConfig, dataset: Dataset, val_targets: np.ndarray, val_lengths: np.ndarray) -> "EvalExtras":
+        multi = dataset.label_space.multi_label
+        y_true = val_targets.astype(int) if multi else np.where(val_targets >= 0, val_targets, -1)
+        slices = None
+        if cfg.train.slices:
+            slices = assign_slices(dataset.train.texts, dataset.validation.texts, dataset.validation.labels, val_lengths)
+        probe = load_probe_set(cfg.data.probe_file, cfg.data.text_column, cfg.data.label_column) \
+            if cfg.data.probe_file else None
+        extras = cfg_cls(dataset, y_true, multi, slices, probe, cfg.train.seed, cfg.train.robustness_probe)
+        if slices is not None:
+            n = len(dataset.validation)
+            extras.info = {"shares": slices.shares(n), "rows": {k: int(len(v)) for k, v in slices.rows.items()},
+                           **slices.info}
+        return extras
+
+    def scores(self, step: int, val_logits: np.ndarray, val_point: dict, predict: Predict) -> dict:
+        """Slice and probe scores for one evaluation point."""
+        out: dict = {}
+        if self.slices is not None:
+            if self.confusable_fixed_at is None and step > 0 and not self.multi_label:
+                pairs = val_point.get("val/confused_pairs") or []
+                rows = confusable_rows(self.dataset.validation.labels, pairs)
+                if len(rows):
+                    self.slices.rows["confusable"] = rows
+                    self.confusable_fixed_at = step
+                    self.info["confusable"] = {"fixed_at_step": step, "rows": int(len(rows)),
+                                               "classes": sorted({p[k] for p in pairs[:5] for k in ("true", "pred")})}
+                    self.info["shares"]["confusable"] = len(rows) / len(self.dataset.validation)
+            out.update(slice_scores(val_logits, self.y_true, self.slices, self.multi_label))
+        if self.probe is not None:
+            out.update(probe_scores(self.probe, softmax(predict(list(self.probe.texts))),
+                                    self.dataset.label_space.labels))
+        return out
+
+    def robustness(self, predict: Predict) -> dict | None:
+        """Accuracy on validation texts under each perturbation kind vs clean (single-label only)."""
+        if not self.robustness_on or self.multi_label or len(self.dataset.validation) == 0:
+            return None
+        texts = self.dataset.validation.texts
+        clean = float(np.mean(predict(list(texts)).argmax(axis=1) == self.y_true))
+        out = {"clean_accuracy": clean}
+        for kind in PERTURBATIONS:
+            noisy = perturbed_texts(texts, kind, self.seed)
+            acc = float(np.mean(predict(noisy).argmax(axis=1) == self.y_true))
+            changed = float(np.mean([a != b for a, b in zip(noisy, texts)]))
+            out[kind] = {"accuracy": acc, "drop": clean - acc, "texts_changed": changed}
+        return out

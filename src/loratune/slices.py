@@ -1,0 +1,214 @@
+"""Generalization slices of the validation set, probe sets and a robustness probe (no torch).
+
+Slices (row indices into the validation split, fixed for the whole run):
+- `familiar` / `novel`: by how close each validation text is to its nearest training text of any
+  label (cosine similarity of character 3-5-gram TF-IDF vectors). The most similar third is
+  `familiar`, the least similar third `novel` (tertiles within the split, so the slices keep their
+  size whatever the train size; the cut values are recorded). Computed once per dataset, cached.
+- `long` / `short`: texts in the top quarter of token lengths vs the rest.
+- `compound`: multi-label rows, or texts whose clauses are joined by a conjunction.
+- `confusable`: rows whose class is in the most confused pairs of the first evaluation after step 0.
+
+Scores per slice go into history.jsonl as `val_<slice>/accuracy`, `val_<slice>/macro_f1`,
+`val_<slice>/n`. A widening familiar-novel gap is overfitting evidence; both low is underfitting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+from loratune.errors import UserError
+
+# a conjunction between two clauses (each clause must keep at least two words)
+_CLAUSE_SPLIT = re.compile(r"[,;]?\s+\b(?:and also|and then|and|but|also|plus|as well as)\b\s+", re.IGNORECASE)
+LONG_QUANTILE = 0.75
+CONFUSABLE_PAIRS = 5
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LORATUNE_CACHE", Path.home() / ".cache" / "loratune"))
+
+
+def _digest(*parts: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for texts in parts:
+        for t in texts:
+            h.update(t.encode("utf-8", "replace"))
+            h.update(b"\x00")
+        h.update(b"\x01")
+    return h.hexdigest()[:24]
+
+
+def nearest_train_similarity(train_texts: tuple[str, ...], texts: tuple[str, ...], use_cache: bool = True) -> np.ndarray:
+    """Per text: cosine similarity of char 3-5-gram TF-IDF to its nearest training text (0..1)."""
+    key = _digest(train_texts, texts)
+    path = cache_dir() / "familiarity" / f"{key}.npy"
+    if use_cache and path.is_file():
+        return np.load(path)
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.neighbors import NearestNeighbors
+
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True, sublinear_tf=True)
+    a = vec.fit_transform(train_texts)
+    dist, _ = NearestNeighbors(n_neighbors=1, metric="cosine").fit(a).kneighbors(vec.transform(texts))
+    sim = np.clip(1.0 - dist[:, 0], 0.0, 1.0).astype(np.float32)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, sim)
+        os.replace(tmp, path)
+    return sim
+
+
+def is_compound(text: str) -> bool:
+    """Two clauses joined by a conjunction, each with at least two words ("block my card and send a new one")."""
+    parts = _CLAUSE_SPLIT.split(text.strip())
+    return len([p for p in parts if len(p.split()) >= 2]) >= 2
+
+
+@dataclass(frozen=True)
+class Slices:
+    """Validation row indices per slice, and how they were cut."""
+
+    rows: dict[str, np.ndarray]
+    info: dict = field(default_factory=dict)
+
+    def shares(self, n: int) -> dict[str, float]:
+        return {name: len(idx) / n if n else 0.0 for name, idx in self.rows.items()}
+
+
+def assign_slices(train_texts: tuple[str, ...], val_texts: tuple[str, ...], val_labels: tuple[tuple[str, ...], ...],
+                  val_lengths: np.ndarray, use_cache: bool = True) -> Slices:
+    """The fixed slices of a validation split (all but `confusable`, which needs a first evaluation)."""
+    n = len(val_texts)
+    rows: dict[str, np.ndarray] = {}
+    info: dict = {}
+    if n >= 3:
+        sim = nearest_train_similarity(train_texts, val_texts, use_cache)
+        lo, hi = np.quantile(sim, [1 / 3, 2 / 3])
+        order = np.argsort(sim, kind="stable")
+        third = n // 3
+        rows["novel"] = np.sort(order[:third])
+        rows["familiar"] = np.sort(order[n - third:])
+        info["familiarity"] = {"measure": "cosine similarity of char 3-5-gram TF-IDF to the nearest train text",
+                               "novel_below": float(lo), "familiar_above": float(hi),
+                               "median": float(np.median(sim))}
+    if n:
+        cut = float(np.quantile(val_lengths, LONG_QUANTILE))
+        long_mask = val_lengths > cut
+        if long_mask.any() and (~long_mask).any():
+            rows["long"] = np.flatnonzero(long_mask)
+            rows["short"] = np.flatnonzero(~long_mask)
+            info["length"] = {"long_above_tokens": cut}
+    compound = [i for i, (t, labs) in enumerate(zip(val_texts, val_labels)) if len(labs) > 1 or is_compound(t)]
+    if compound:
+        rows["compound"] = np.array(compound, dtype=np.int64)
+        info["compound"] = {"rule": "multi-label rows, or two clauses joined by and/but/also/plus"}
+    return Slices(rows, info)
+
+
+def confusable_rows(val_labels: tuple[tuple[str, ...], ...], pairs: list[dict], top: int = CONFUSABLE_PAIRS) -> np.ndarray:
+    classes = {p["true"] for p in pairs[:top]} | {p["pred"] for p in pairs[:top]}
+    return np.array([i for i, labs in enumerate(val_labels) if labs and labs[0] in classes], dtype=np.int64)
+
+
+def slice_scores(logits: np.ndarray, y_true: np.ndarray, slices: Slices, multi_label: bool) -> dict:
+    """Accuracy (subset accuracy for multi-label) and macro-F1 over the classes present, per slice."""
+    out: dict = {}
+    for name, idx in slices.rows.items():
+        if len(idx) == 0:
+            continue
+        lg, yt = logits[idx], y_true[idx]
+        if multi_label:
+            pred = (lg >= 0).astype(int)
+            acc = float(np.all(pred == yt, axis=1).mean())
+            f1 = float(f1_score(yt, pred, average="macro", zero_division=0))
+        else:
+            pred = lg.argmax(axis=1)
+            acc = float(np.mean(pred == yt))
+            present = sorted({int(v) for v in yt if v >= 0})
+            f1 = float(f1_score(yt, pred, labels=present, average="macro", zero_division=0)) if present else 0.0
+        out[f"val_{name}/accuracy"] = acc
+        out[f"val_{name}/macro_f1"] = f1
+        out[f"val_{name}/n"] = int(len(idx))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# probe sets: hand-written texts with expected labels, scored at every evaluation
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    texts: tuple[str, ...]
+    expected: tuple[str, ...]
+    source: str
+
+
+def load_probe_set(path: str, text_column: str = "text", label_column: str = "label") -> ProbeSet:
+    from loratune.data import read_rows
+
+    rows = read_rows(Path(path))
+    texts, expected = [], []
+    for n, r in enumerate(rows, start=1):
+        if text_column not in r or label_column not in r:
+            raise UserError(f"probe file '{path}' row {n} lacks '{text_column}' or '{label_column}'",
+                            "write one {\"text\": ..., \"label\": ...} per row")
+        texts.append(str(r[text_column]))
+        lab = r[label_column]
+        expected.append(str(lab[0] if isinstance(lab, list) and lab else lab))
+    return ProbeSet(tuple(texts), tuple(expected), str(path))
+
+
+def probe_scores(probe: ProbeSet, probs: np.ndarray, labels: tuple[str, ...]) -> dict:
+    """`probe/accuracy`, `probe/n` and `probe/examples` (text, expected, predicted, confidence, correct)."""
+    examples = []
+    for text, exp, p in zip(probe.texts, probe.expected, probs):
+        i = int(np.argmax(p))
+        examples.append({"text": text, "expected": exp, "predicted": labels[i], "confidence": round(float(p[i]), 4),
+                         "correct": labels[i] == exp, "known_label": exp in labels})
+    acc = sum(e["correct"] for e in examples) / len(examples) if examples else 0.0
+    return {"probe/accuracy": acc, "probe/n": len(examples), "probe/examples": examples}
+
+
+# ----------------------------------------------------------------------------------------------
+# robustness probe: label-preserving perturbations, scored once at the end of a run
+
+PERTURBATIONS = ("typo", "drop_word", "case", "punctuation")
+
+
+def perturb(text: str, kind: str, rng: random.Random) -> str:
+    """A label-preserving perturbation of one text. Words that are all digits or upper-case
+    (amounts, codes, product names) are left intact; the result is never empty."""
+    words = text.split()
+    editable = [i for i, w in enumerate(words) if len(w) > 3 and w.isalpha() and not w.isupper()]
+    if kind == "typo" and editable:
+        i = rng.choice(editable)
+        w = words[i]
+        j = rng.randrange(1, len(w) - 2)  # swap two inner letters; first and last stay
+        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+        return " ".join(words)
+    if kind == "drop_word" and len(words) >= 4:
+        droppable = [i for i, w in enumerate(words) if w.isalpha() and not w.isupper()] or list(range(len(words)))
+        del words[rng.choice(droppable)]
+        return " ".join(words)
+    if kind == "case":
+        return text.lower() if text != text.lower() else text.upper()
+    if kind == "punctuation":
+        stripped = re.sub(r"[^\w\s']", "", text).strip()
+        return stripped if stripped else text
+    return text
+
+
+def perturbed_texts(texts: tuple[str, ...], kind: str, seed: int) -> list[str]:
+    rng = random.Random(f"{seed}-{kind}")
+    return [perturb(t, kind, rng) for t in texts]
+

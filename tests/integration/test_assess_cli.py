@@ -1,0 +1,91 @@
+"""`loratune assess` end to end on a tiny crafted dataset: JSON, summary, probe with cache, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from loratune.cli import main  # noqa: E402
+
+TEMPLATES = {
+    "weather": ("what is the weather in {} {}", ["paris", "london", "tokyo", "berlin", "madrid", "oslo", "rome",
+                                                 "vienna"], ["today", "tomorrow", "tonight", "monday", "friday"]),
+    "music": ("play some {} songs by {}", ["jazz", "rock", "folk", "blues", "soul", "punk"],
+              ["adele", "queen", "prince", "bjork", "drake", "sting", "abba"]),
+    "alarm": ("wake me up at {} {} please", ["six", "seven", "eight", "nine", "ten", "noon", "five", "four"],
+              ["sharp", "exactly", "tomorrow", "daily", "again"]),
+}
+
+
+def write_dataset(folder, plant: bool = True):
+    rng = random.Random(0)
+    train, val = [], []
+    for label, (tpl, xs, ys) in TEMPLATES.items():
+        texts = [tpl.format(x, y) for x in xs for y in ys]
+        rng.shuffle(texts)
+        train += [{"text": t, "label": label} for t in texts[:30]]
+        val += [{"text": t, "label": label} for t in texts[30:40]]
+    if plant:
+        train.append({"text": "What is the weather in Paris, TODAY?", "label": "music"})  # conflict
+        val.append(dict(train[0]))  # leakage
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", train), ("validation", val)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_dataset(tmp_path / "data")
+
+
+def test_json_without_probe(data, tmp_path, capsys):
+    out_file = tmp_path / "out" / "assess.json"
+    rc = main(["assess", f"data.dataset_name={data}", "--no-probe", "--json", "--out", str(out_file)])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["probe"] is None and d["labels"] == ["alarm", "music", "weather"]
+    found = {f["id"] for f in d["findings"]}
+    assert {"label-conflict-exact", "leakage"} <= found
+    train = next(s for s in d["splits"] if s["name"] == "train")
+    assert train["rows"] == 91 and train["tokens"]["max"] > 5  # MiniLM tokenizer, special tokens included
+    rec = d["recommendation"]
+    assert rec["overrides"]["adapter.r"] == 8 and rec["overrides"]["model.max_length"] >= 16
+    assert json.loads(out_file.read_text()) == d
+
+
+def test_probe_summary_and_cache(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["assess", f"data.dataset_name={data}", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    p = d["probe"]
+    assert p["cached"] is False and p["val_rows"] == 31 and 0.0 <= p["macro_f1"] <= 1.0
+    assert {c["label"] for c in p["classes"]} == {"alarm", "music", "weather"}
+    assert d["resolution"]["method"].startswith("bootstrap")
+    assert any((tmp_path / "cache" / "embeddings").glob("*.npy"))
+    # second run: embeddings come from the cache; the rich summary renders
+    assert main(["assess", f"data.dataset_name={data}"]) == 0
+    text = capsys.readouterr().out
+    assert "cached embeddings" in text and "start config" in text and "label-conflict-exact" in text
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["data.train_file=/no/such/file.jsonl"], "does not exist"),
+    (["bogus_key=1"], "unknown config key"),
+    (["r=0"], "adapter.r"),
+])
+def test_bad_input_exits_2(args, needle, capsys):
+    assert main(["assess", "--no-probe", *args]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_single_class_exits_2(tmp_path, capsys):
+    f = tmp_path / "one.jsonl"
+    f.write_text('{"text": "a b c", "label": "x"}\n{"text": "d e f", "label": "x"}\n', encoding="utf-8")
+    assert main(["assess", "--no-probe", f"data.train_file={f}"]) == 2
+    assert "single class" in capsys.readouterr().err

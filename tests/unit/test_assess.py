@@ -1,0 +1,390 @@
+"""assess: every planted data problem is found, a clean set reports nothing, rules are tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+from loratune import assess as A
+from loratune.config import RunConfig, replace
+from loratune.data import Dataset, LabelSpace, Split
+from loratune.probe import ClassProbe, ConfusedPair, ProbeResult, probe_from_embeddings
+
+# ---------------------------------------------------------------------------------------------
+# a clean, balanced 3-class set: fixed length per class, val drawn from the same generator
+
+TEMPLATES = {
+    "weather": ("what is the weather in {} {}", ["paris", "london", "tokyo", "berlin", "madrid", "oslo", "rome",
+                                                 "vienna"], ["today", "tomorrow", "tonight", "monday", "friday"]),
+    "music": ("play some {} songs by {}", ["jazz", "rock", "folk", "blues", "soul", "punk"],
+              ["adele", "queen", "prince", "bjork", "drake", "sting", "abba"]),
+    "alarm": ("wake me up at {} {} please", ["six", "seven", "eight", "nine", "ten", "noon", "five", "four"],
+              ["sharp", "exactly", "tomorrow", "daily", "again"]),
+}
+
+
+def clean_rows(seed: int = 0) -> tuple[list, list]:
+    rng = random.Random(seed)
+    train, val = [], []
+    for label, (tpl, xs, ys) in TEMPLATES.items():
+        texts = [tpl.format(x, y) for x in xs for y in ys]
+        rng.shuffle(texts)
+        train += [(t, label) for t in texts[:30]]
+        val += [(t, label) for t in texts[30:40]]
+    return train, val
+
+
+def make_split(name: str, rows: list) -> Split:
+    return Split(name, tuple(t for t, _ in rows),
+                 tuple((lab,) if isinstance(lab, str) else tuple(lab) for _, lab in rows), f"<{name}>")
+
+
+def make_dataset(train: list, val: list, test: list | None = None, multi: bool = False) -> Dataset:
+    tr = make_split("train", train)
+    space = LabelSpace(tuple(sorted(tr.label_counts())), multi)
+    return Dataset(tr, make_split("validation", val), make_split("test", test) if test else None, space)
+
+
+def ids(a: A.Assessment, *severities: str) -> set[str]:
+    return {f.id for f in a.findings if not severities or f.severity in severities}
+
+
+def test_clean_set_reports_nothing():
+    train, val = clean_rows()
+    a = A.assess_dataset(make_dataset(train, val))
+    assert ids(a, "error", "warn") == set(), [f.message for f in a.findings]
+    assert a.conflicts.exact_groups == 0 and a.conflicts.near_pairs == 0
+    assert all(lk.rows == 0 for lk in a.noise.leakage)
+    assert all(getattr(s, k) == 0 for s in a.noise.splits
+               for k in ("empty", "very_short", "no_letters", "encoding_damage", "non_printable", "duplicate_rows"))
+    sh = a.shift[0]
+    assert sh.js_divergence == pytest.approx(0.0, abs=1e-12) and not sh.unseen_labels and sh.length_ks == 0.0
+    assert ids(a, "info") == {"val-resolution"}
+
+
+# each case plants one problem on the clean set and names the finding(s) it must raise
+def _conflict(train, val):
+    train.append(("What is the weather in Paris, TODAY?", "music"))  # exact after normalising
+    return train, val, None
+
+
+def _near(train, val):
+    train.append(("whats the weather in paris today", "alarm"))
+    if not any(t == "what is the weather in paris today" for t, _ in train):
+        train.append(("what is the weather in paris today", "weather"))
+    return train, val, None
+
+
+def _leak(train, val):
+    return train, val + train[:3], None
+
+
+def _test_leak(train, val):
+    return train, val, [train[0], val[0], ("set a timer for ten minutes", "alarm")]
+
+
+def _unseen(train, val):
+    return train, val + [("how do i bake bread", "cooking"), ("recipe for pancakes", "cooking")], None
+
+
+def _empty(train, val):
+    return train + [("", "music"), ("   ", "alarm")], val, None
+
+
+def _skewed(train, val):
+    return train + [("transfer money to savings", "bank"), ("send money to my account", "bank")], val, None
+
+
+def _big_class(train, val):
+    extra = [(f"play some jazz songs by artist number {i}", "music") for i in range(300)]
+    return train + extra, val, None
+
+
+def _encoding(train, val):
+    return train + [("cafÃ© near me is closed", "weather"), ("it\u2019s broken \ufffd now", "alarm")], val, None
+
+
+def _non_printable(train, val):
+    return train + [("play some jazz\x07 now", "music")], val, None
+
+
+def _short(train, val):
+    return train + [("ok", "alarm")], val, None
+
+
+def _non_text(train, val):
+    return train + [("12345 !!", "alarm")], val, None
+
+
+def _dups(train, val):
+    return train + [train[0], train[1]], val, None
+
+
+def _label_shift(train, val):
+    return train, [r for r in val if r[1] != "music"] + [r for r in val if r[1] == "weather"] * 3, None
+
+
+def _vocab_shift(train, val):
+    new = [("zebra quokka axolotl narwhal okapi", lab) for _, lab in val]
+    return train, new, None
+
+
+def _length_shift(train, val):
+    return train, [(t + " " + t + " " + t, lab) for t, lab in val], None
+
+
+def _missing_val_label(train, val):
+    return train, [r for r in val if r[1] != "alarm"], None
+
+
+PLANTED = [
+    (_conflict, {"label-conflict-exact"}),
+    (_near, {"label-conflict-near"}),
+    (_leak, {"leakage"}),
+    (_test_leak, {"leakage"}),
+    (_unseen, {"unseen-labels"}),
+    (_empty, {"empty-text"}),
+    (_skewed, {"long-tail", "class-imbalance"}),
+    (_big_class, {"class-imbalance"}),
+    (_encoding, {"encoding-damage"}),
+    (_non_printable, {"non-printable"}),
+    (_short, {"very-short-text"}),
+    (_non_text, {"non-text"}),
+    (_dups, {"duplicate-rows"}),
+    (_label_shift, {"label-shift"}),
+    (_vocab_shift, {"vocabulary-shift"}),
+    (_length_shift, {"length-shift"}),
+    (_missing_val_label, {"missing-val-labels"}),
+]
+
+
+@pytest.mark.parametrize("plant,expected", PLANTED, ids=[p.__name__.strip("_") for p, _ in PLANTED])
+def test_planted_problem_is_found(plant, expected):
+    train, val = clean_rows()
+    train, val, test = plant(list(train), list(val))
+    a = A.assess_dataset(make_dataset(train, val, test))
+    found = ids(a, "error", "warn")
+    assert expected <= found, (expected, found)
+    for f in a.findings:
+        if f.id in expected:
+            assert f.message and "?" not in f.message.split("(")[0], f.message
+            assert f.evidence
+
+
+def test_planted_details():
+    train, val = clean_rows()
+    train.append(("What is the weather in Paris, TODAY?", "music"))
+    train.append(("whats the weather in paris today", "alarm"))
+    val = val + train[:3]
+    a = A.assess_dataset(make_dataset(train, val))
+    c = a.conflicts
+    assert c.exact_groups == 1 and c.exact_rows >= 2
+    assert c.near_pairs >= 1
+    assert any({p.a, p.b} == {"music", "weather"} for p in c.pairs)
+    kinds = {e.kind for e in c.examples}
+    assert kinds == {"exact", "near"}
+    leak = next(lk for lk in a.noise.leakage if (lk.source, lk.split) == ("train", "validation"))
+    assert leak.rows == 3 and leak.share == pytest.approx(3 / len(val))
+    assert a.facts["leak_train_val_rows"] == 3
+
+
+def test_unseen_labels_and_long_tail_named():
+    train, val = clean_rows()
+    train += [("transfer money to savings", "bank")]
+    val += [("how do i bake bread", "cooking")]
+    a = A.assess_dataset(make_dataset(train, val))
+    sh = a.shift[0]
+    assert sh.unseen_labels == {"cooking": 1}
+    assert sh.missing_labels == ("bank",)
+    assert a.split("train").long_tail_classes == ("bank",)
+    msg = next(f.message for f in a.findings if f.id == "unseen-labels")
+    assert "cooking" in msg
+
+
+def test_multi_label_profile():
+    train, val = clean_rows()
+    train = [(t, [lab]) for t, lab in train] + [("play jazz and wake me at six", ["music", "alarm"])]
+    val = [(t, [lab]) for t, lab in val]
+    a = A.assess_dataset(make_dataset(train, val, multi=True))
+    tr = a.split("train")
+    assert tr.multi_label_rows == 1 and tr.label_set_sizes == {1: 90, 2: 1}
+    assert "multi-label" in ids(a, "info")
+
+
+def test_token_lengths_drive_max_length_and_truncation():
+    train, val = clean_rows()
+    ds = make_dataset(train, val)
+    lengths = {"train": [10] * 80 + [100] * 10, "validation": [10] * 30}
+    a = A.assess_dataset(ds, token_lengths=lengths, max_length=64)
+    tr = a.split("train")
+    assert tr.tokens.max == 100 and tr.truncated_share == pytest.approx(10 / 90)
+    assert "truncation" in ids(a, "warn")
+    assert a.recommendation.overrides["model.max_length"] == 104  # p99 = 100 -> multiple of 8
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Hello,  WORLD!", "hello world"), ("what's up?", "what s up"), ("  ", ""), ("Ｆｕｌｌ", "full")])
+def test_normalise(text, expected):
+    assert A.normalise(text) == expected
+
+
+@pytest.mark.parametrize("text,damaged", [
+    ("cafÃ© au lait", True), ("itâ€™s", True), ("bad \ufffd byte", True), ("café", False),
+    ("SÃO PAULO", False), ("naïve résumé", False)])
+def test_encoding_damage(text, damaged):
+    assert A.has_encoding_damage(text) is damaged
+
+
+@pytest.mark.parametrize("text,bad", [("tab\tis fine", False), ("bell\x07", True), ("zero\u200bwidth", True),
+                                      ("emoji 👍🏽", False)])
+def test_non_printable(text, bad):
+    assert A.has_non_printable(text) is bad
+
+
+def test_js_and_ks():
+    assert A.js_divergence({"a": 1, "b": 1}, {"a": 5, "b": 5})[0] == pytest.approx(0.0)
+    assert A.js_divergence({"a": 1}, {"b": 1})[0] == pytest.approx(1.0)
+    assert A.ks_statistic([1, 2, 3], [1, 2, 3]) == 0.0
+    assert A.ks_statistic([1, 1, 1], [5, 5, 5]) == 1.0
+
+
+def test_resolution_binomial():
+    val = make_split("validation", [(f"t{i}", f"c{i % 10}") for i in range(1000)])
+    r = A.estimate_resolution(val, accuracy=0.9)
+    assert r.accuracy_se == pytest.approx(math.sqrt(0.09 / 1000))
+    # macro-recall over 10 classes of 100 rows: sqrt(10 * 0.09 / 100) / 10
+    assert r.macro_f1_se == pytest.approx(math.sqrt(10 * 0.09 / 100) / 10)
+    assert r.detectable_difference == pytest.approx(2 * r.macro_f1_se)
+
+
+# ---------------------------------------------------------------------------------------------
+# recommendation: a table of rules, applicable with config.replace
+
+
+def _facts(**kw):
+    base = {"train_rows": 9000, "rows_per_class_median": 110, "model_hidden": 384, "model_layers": 6,
+            "token_p99": 50.5, "token_p99_ceil": 51, "token_max": 90, "model_max_positions": 512}
+    base.update(kw)
+    return base
+
+
+@pytest.mark.parametrize("facts,expected", [
+    (_facts(), {"adapter.r": 16, "adapter.lora_alpha": 32.0, "adapter.lora_dropout": 0.05,
+                "train.learning_rate": 1e-3, "model.max_length": 56, "train.num_train_epochs": 5.0,
+                "adapter.target_modules": ["attn.q", "attn.v", "ffn@top:2"]}),
+    (_facts(train_rows=800, rows_per_class_median=20), {"adapter.r": 8, "adapter.lora_dropout": 0.1,
+                                                        "train.num_train_epochs": 10.0,
+                                                        "train.per_device_train_batch_size": 16}),
+    (_facts(model_hidden=2048, model_layers=24), {"train.learning_rate": 3e-4,
+                                                  "adapter.target_modules": ["attn.q", "attn.v", "ffn@top:4"]}),
+    (_facts(token_p99=3.0), {"model.max_length": 16}),
+    (_facts(token_p99=2000.0), {"model.max_length": 512}),
+])
+def test_recommendation_rules(facts, expected):
+    rec = A.recommend(facts)
+    for key, value in expected.items():
+        assert rec.overrides[key] == value, key
+    assert {c.rule for c in rec.choices} <= {r.id for r in A.START_RULES}
+    assert all(c.reason and "?" not in c.reason for c in rec.choices)
+    cfg = replace(RunConfig(), **rec.overrides)  # every override is a valid dotted key
+    assert cfg.adapter.r == rec.overrides["adapter.r"]
+    assert rec.capacity_ceiling.value >= rec.overrides["adapter.r"]
+    lr = rec.overrides["train.learning_rate"]
+    assert rec.lr_grid == pytest.approx((lr / 2, lr, lr * 2))
+
+
+@pytest.mark.parametrize("rows,hidden,ceiling", [(500, 384, 16), (9000, 384, 64), (50000, 384, 64),
+                                                 (50000, 2048, 128), (9000, None, 64)])
+def test_capacity_ceiling(rows, hidden, ceiling):
+    assert A.recommend(_facts(train_rows=rows, model_hidden=hidden)).capacity_ceiling.value == ceiling
+
+
+def test_unknown_facts_set_nothing():
+    rec = A.recommend({"train_rows": 100, "rows_per_class_median": 5})
+    assert "model.max_length" not in rec.overrides  # no tokenizer: no p99
+    assert rec.overrides["train.learning_rate"] == 5e-4  # default band when the model size is unknown
+
+
+def test_rule_tables_are_readable():
+    for r in A.START_RULES:
+        assert r.value.describe()
+    assert "train_rows < 3000 -> 8" in A.START_RULES[0].value.describe()
+    ids_ = [r.id for r in A.FINDING_RULES]
+    assert len(ids_) == len(set(ids_))
+    assert all(r.severity in ("error", "warn", "info") and r.when for r in A.FINDING_RULES)
+
+
+# ---------------------------------------------------------------------------------------------
+# probe on synthetic embeddings, and the heterogeneous-class finding
+
+
+def _clusters(seed=0):
+    rng = np.random.default_rng(seed)
+    d, centres = 32, {}
+    for k in range(8):
+        c = np.zeros(d)
+        c[k] = 6.0
+        centres[f"c{k}"] = c
+    centres["twin"] = centres["c0"] + np.r_[np.zeros(8), 0.8, np.zeros(d - 9)]  # close to c0
+    X, y = [], []
+    for lab, c in centres.items():
+        X.append(c + rng.normal(0, 0.5, (40, d)))
+        y += [(lab,)] * 40
+    others = [centres[f"c{k}"] for k in range(1, 8)]
+    X.append(np.array([0.6 * others[i % 7] for i in range(40)]) + rng.normal(0, 2.0, (40, d)))  # a catch-all
+    y += [("catchall",)] * 40
+    return np.vstack(X), y
+
+
+def test_probe_from_embeddings():
+    Xt, yt = _clusters(0)
+    Xv, yv = _clusters(1)
+    space = LabelSpace(tuple(sorted({y[0] for y in yt})), False)
+    p = probe_from_embeddings(Xt, yt, Xv, yv, space, seed=0)
+    assert 0.5 < p.macro_f1 <= 1.0 and p.accuracy is not None and p.macro_f1_se > 0
+    assert p.classes[0].label == "catchall" and p.classes[0].spread_z > 3
+    assert p.classes[0].neighbour_purity < np.median([c.neighbour_purity for c in p.classes[1:]])
+    assert {p.closest_classes[0].a, p.closest_classes[0].b} == {"c0", "twin"}
+    top = p.confused_pairs[0]
+    assert {top.true, top.pred} <= {"c0", "twin", "catchall"}
+
+
+def test_probe_multi_label_and_unseen_val_labels():
+    Xt, yt = _clusters(0)
+    Xv, yv = _clusters(1)
+    yv = list(yv)
+    yv[0] = ("never_seen",)
+    space = LabelSpace(tuple(sorted({y[0] for y in yt})), True)
+    p = probe_from_embeddings(Xt, yt, Xv, yv, space, seed=0)
+    assert 0.3 < p.macro_f1 <= 1.0 and p.val_rows == len(yv)
+
+
+def test_heterogeneous_class_finding_and_round_trip():
+    train, val = clean_rows()
+    probe = ProbeResult(
+        model="m", method="x", max_length=16, train_rows=90, val_rows=30, macro_f1=0.9, accuracy=0.9,
+        macro_f1_se=0.02, confused_pairs=(ConfusedPair("music", "alarm", 2),), closest_classes=(),
+        classes=(ClassProbe("music", 30, 10, 0.5, 0.8, 4.2, 0.2), ClassProbe("alarm", 30, 10, 1.0, 0.2, -0.7, 0.9)),
+        seconds={"embed_s": 1.0})
+    a = A.assess_dataset(make_dataset(train, val), probe=probe)
+    assert "heterogeneous-class" in ids(a, "warn")
+    assert "music (spread z=4.2" in next(f.message for f in a.findings if f.id == "heterogeneous-class")
+    assert a.resolution.method.startswith("bootstrap") and a.resolution.macro_f1_se == 0.02
+    data = json.loads(json.dumps(a.to_dict()))
+    assert A.Assessment.from_dict(data) == a
+
+
+def test_rule_catalog_lists_every_rule():
+    rows = A.rule_catalog()
+    tables = {r["table"] for r in rows}
+    assert tables == {"assess-start", "assess-finding", "assess-threshold"}
+    assert {r["id"] for r in rows if r["table"] == "assess-finding"} == {r.id for r in A.FINDING_RULES}
+    json.dumps(rows)

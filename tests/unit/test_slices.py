@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from loratune.slices import (PERTURBATIONS, assign_slices, confusable_rows, is_compound, load_probe_set,
+                             nearest_train_similarity, perturb, perturbed_texts, probe_scores, slice_scores)
+
+TRAIN = ("how do i reset my pin", "my card was stolen", "what is my account balance", "send money to my sister")
+VAL = (
+    "how do i reset my pin",            # verbatim train text -> most familiar
+    "my card was stolen yesterday",      # near copy
+    "what is my account balance",        # verbatim
+    "zebras migrate across savanna",     # nothing like train -> novel
+    "quantum flux capacitor",            # novel
+    "xylophone orchestra tickets",       # novel
+)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORATUNE_CACHE", str(tmp_path / "cache"))
+
+
+def test_familiar_and_novel_are_the_extreme_thirds():
+    labels = tuple((x,) for x in "abcdef")
+    s = assign_slices(TRAIN, VAL, labels, np.array([6, 6, 6, 4, 3, 3]))
+    assert set(s.rows["familiar"]) == {0, 2}
+    assert set(s.rows["novel"]) <= {3, 4, 5} and len(s.rows["novel"]) == 2
+    fam = s.info["familiarity"]
+    assert 0 <= fam["novel_below"] <= fam["familiar_above"] <= 1
+
+
+def test_similarity_is_cached_and_exact_copies_score_one(tmp_path):
+    sim = nearest_train_similarity(TRAIN, VAL)
+    assert sim[0] == pytest.approx(1.0, abs=1e-6) and sim[3] < 0.3
+    assert list((tmp_path / "cache" / "familiarity").glob("*.npy"))
+    assert np.array_equal(nearest_train_similarity(TRAIN, VAL), sim)
+
+
+def test_long_short_and_compound():
+    texts = ("block my card and send me a new one", "balance", "hi", "top up failed but money left my account")
+    labels = (("a",), ("b", "c"), ("a",), ("b",))
+    s = assign_slices(TRAIN, texts, labels, np.array([10, 2, 2, 9]))
+    assert list(s.rows["long"]) == [0]  # above the 75th percentile of lengths
+    assert set(s.rows["short"]) == {1, 2, 3}
+    assert set(s.rows["compound"]) == {0, 1, 3}  # two conjunction clauses, and a multi-label row
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("block my card and send me a new one", True),
+    ("i want to transfer money but it failed", True),
+    ("salt and pepper", False),           # a conjunction between single words, not clauses
+    ("what is my balance", False),
+])
+def test_is_compound(text, expected):
+    assert is_compound(text) is expected
+
+
+def test_slice_scores_single_label():
+    logits = np.eye(3)[[0, 1, 2, 0]] * 5
+    y = np.array([0, 1, 1, -1])
+    from loratune.slices import Slices
+    s = slice_scores(logits, y, Slices({"x": np.array([0, 1]), "y": np.array([2, 3])}), False)
+    assert s["val_x/accuracy"] == 1.0 and s["val_x/macro_f1"] == 1.0 and s["val_x/n"] == 2
+    assert s["val_y/accuracy"] == 0.0
+
+
+def test_confusable_rows_from_pairs():
+    labels = (("a",), ("b",), ("c",), ("d",))
+    rows = confusable_rows(labels, [{"true": "a", "pred": "c", "count": 3}])
+    assert list(rows) == [0, 2]
+
+
+def test_probe_set_scored_example_by_example(tmp_path):
+    p = tmp_path / "probe.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"text": "my new SuperCard is missing", "label": "b"},
+        {"text": "brand new intent", "label": "zzz"}]))
+    probe = load_probe_set(str(p))
+    out = probe_scores(probe, np.array([[0.1, 0.8, 0.1], [0.6, 0.3, 0.1]]), ("a", "b", "c"))
+    assert out["probe/accuracy"] == 0.5 and out["probe/n"] == 2
+    ex = out["probe/examples"]
+    assert ex[0] == {"text": "my new SuperCard is missing", "expected": "b", "predicted": "b", "confidence": 0.8,
+                     "correct": True, "known_label": True}
+    assert ex[1]["known_label"] is False and ex[1]["correct"] is False
+
+
+@pytest.mark.parametrize("kind", PERTURBATIONS)
+def test_perturbations_change_text_but_keep_codes_amounts_and_names(kind):
+    rng = random.Random(0)
+    text = "Why was I charged 25 EUR for my VISA transfer yesterday?"
+    out = perturb(text, kind, rng)
+    assert out.strip() and out != text
+    for token in ("25", "EUR", "VISA"):  # amounts, currency codes and product names stay intact
+        assert token in out.split() or token in out.replace("?", "").split() or token.lower() in out.lower().split()
+    if kind in ("typo", "drop_word"):
+        assert "25" in out and "EUR" in out and "VISA" in out
+
+
+def test_perturbed_texts_are_seeded():
+    texts = ("please transfer money to my savings account",) * 5
+    assert perturbed_texts(texts, "typo", 1) == perturbed_texts(texts, "typo", 1)
+    assert perturbed_texts(texts, "typo", 1) != perturbed_texts(texts, "typo", 2)
+
+
+def test_short_texts_are_never_emptied():
+    rng = random.Random(0)
+    for kind in PERTURBATIONS:
+        for t in ("?", "hi", "ok!"):
+            assert perturb(t, kind, rng).strip()
