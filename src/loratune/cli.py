@@ -22,6 +22,9 @@ COMMAND_MODULES = (
     "assess",
     "diagnose",
     "rules",
+    "tune",
+    "report",
+    "show",
 )
 
 

@@ -1,0 +1,57 @@
+"""`loratune report RUN|STUDY [-o FILE]`: one self-contained HTML report of a run or a tuning study.
+
+The file holds everything inline (styles, SVG charts, a few lines of script): it opens from disk,
+fetches nothing and can be mailed or archived as is. For a run: curves, diagnosis with evidence,
+per-class recall, the confusion matrix focused on the most confused classes, the top confused pairs
+with example texts, the parameter table. For a study: the decision trail, best-so-far against
+compute, rank against the val metric, the minimal-intervention pairs, LoRA vs full fine-tuning and
+the final recommendation with its YAML config. `loratune show` prints the same essentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("report", help="write a self-contained HTML report of a run or a tuning study",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("path", metavar="RUN|STUDY", help="run directory (loratune train) or study directory (loratune tune)")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write the HTML (default: RUN/report.html)")
+    p.add_argument("--no-examples", action="store_true",
+                   help="do not load the saved model to find example texts for the confused pairs (faster)")
+    p.add_argument("--json", action="store_true", help="print the report's data as JSON instead of writing HTML")
+    p.add_argument("--trial-reports", action="store_true",
+                   help="for a study: also write each trial's run report (trials/<n>-<name>/report.html, no "
+                        "example texts) and link it from the study report")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from loratune.report import build_report
+    from loratune.report.render import write_html
+
+    report = build_report(args.path, examples=not args.no_examples)
+    if args.trial_reports and getattr(report, "kind", "") == "study" and not args.json:
+        from loratune.report.model import build_run_report, is_run_dir, with_examples
+
+        for t in report.trials:
+            if t.run_dir and is_run_dir(t.run_dir):
+                run = with_examples(build_run_report(t.run_dir), None, "not computed for trial reports")
+                write_html(run, Path(t.run_dir) / "report.html")
+        report = build_report(args.path)  # now with links to the trial reports
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2, ensure_ascii=False, default=str)
+        sys.stdout.write("\n")
+        return 0
+    out = Path(args.output) if args.output else Path(args.path) / "report.html"
+    if out.is_dir():
+        out = out / "report.html"
+    path = write_html(report, out)
+    size = path.stat().st_size
+    print(f"wrote {path} ({size / 1024:.0f} KiB, self-contained; open it in a browser)")
+    return 0

@@ -1,0 +1,184 @@
+"""`loratune show RUN|STUDY`: the essentials of `loratune report` in the terminal (for SSH sessions).
+
+A run: the headline numbers, its eval points with sparklines, the diagnosis with evidence, the
+weakest classes, the top confused pairs and the parameters. A study: the decision trail, the
+trials, the rank sweep, LoRA vs full fine-tuning and the final recommendation with its YAML.
+Reads the same plain report data as the HTML report; draws nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Sequence
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("show", help="print the essentials of a run or a tuning study in the terminal",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("path", metavar="RUN|STUDY", help="run directory (loratune train) or study directory (loratune tune)")
+    p.add_argument("--examples", action="store_true",
+                   help="load the saved model to show example texts of the confused pairs (slower)")
+    p.add_argument("--classes", type=int, default=10, metavar="N", help="how many of the weakest classes to list")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loratune.commands._common import console
+    from loratune.report import build_report
+
+    report = build_report(args.path, examples=args.examples)
+    con = console()
+    if getattr(report, "kind", "") == "study":
+        show_study(con, report)
+    else:
+        show_run(con, report, n_classes=args.classes)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def spark(values: Sequence[float]) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    span = hi - lo or 1.0
+    return "".join(SPARK[min(7, int((v - lo) / span * 7.999))] if v is not None else " " for v in values)
+
+
+def f3(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+
+
+def _h(n: Any) -> str:
+    from loratune.commands._common import human
+
+    return human(n) if isinstance(n, (int, float)) else "–"
+
+
+def show_run(con, r, n_classes: int = 10) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    tone = {"completed": "green", "running": "cyan", "interrupted": "yellow"}.get(r.status, "red")
+    con.rule(f"[bold]{escape(r.name)}[/]  [{tone}]{escape(r.status)}[/]  [dim]{escape(r.model_name)} · "
+             f"{escape(r.method)} · {escape(r.dataset)} · {r.n_classes or '?'} classes[/]")
+    m = r.metric
+    con.print(f"best {escape(m)} [bold]{f3(r.best.get(m))}[/] at step {r.best.get('step', '?')}"
+              f" · final {f3(r.final.get(m))} · start {f3(r.start_metric)}"
+              f" · {_h(r.examples_seen)} examples in {r.steps_done or '?'}/{r.steps_planned or '?'} steps"
+              + (f" · trainable {r.params_share:.2%} of the model" if r.params_share is not None else ""))
+    if r.reason:
+        con.print(f"[dim]{escape(str(r.reason))}[/]")
+    for n in r.notes:
+        con.print(f"[yellow]note:[/] {escape(n)}")
+
+    # curves ---------------------------------------------------------------------------------
+    series = {c.key: dict(c.points) for p in r.curves for c in p.curves}
+    steps = sorted({s for pts in series.values() for s in pts})
+    if steps:
+        mm = m.split("/", 1)[1]
+        cols = [(k, lab) for k, lab in (("train/loss", "train loss"), ("train_eval/loss", "train-eval loss"),
+                                        ("val/loss", "val loss"), (f"train_eval/{mm}", f"train-eval {mm}"),
+                                        (m, f"val {mm}")) if k in series]
+        t = Table(title="eval points", title_justify="left", header_style="bold", box=None, pad_edge=False)
+        t.add_column("step", justify="right")
+        for _, lab in cols:
+            t.add_column(lab, justify="right")
+        best = r.best.get("step")
+        for s in steps:
+            row = [f"{s:g}" + (" *" if best is not None and s == best else "")]
+            row += [f3(series[k].get(s)) for k, _ in cols]
+            t.add_row(*row, style="bold" if s == best else None)
+        t.add_row("trend", *[spark([series[k].get(s) for s in steps]) for k, _ in cols], style="cyan")
+        con.print(t)
+        con.print("[dim]* best val step (the saved model)[/]")
+
+    # diagnosis ------------------------------------------------------------------------------
+    d = r.diagnosis
+    con.rule("[bold]diagnosis[/]", align="left")
+    if d.error:
+        con.print(f"[yellow]no diagnosis:[/] {escape(d.error)}")
+    else:
+        moves = ", ".join(d.moves) or "none"
+        con.print(f"verdict: [bold]{escape(d.verdict)}[/]  next move: [bold cyan]{escape(moves)}[/]")
+        for line in d.summary:
+            con.print(f"  [dim]{escape(line)}[/]")
+        for f in d.findings:
+            mark = {"high": "green", "medium": "yellow", "low": "red"}[f.confidence_label]
+            con.print(f"  [bold]{escape(f.rule_id)}[/] [dim]({escape(f.knob_class)})[/] {escape(f.verdict)} "
+                      f"[{mark}]confidence {f.confidence:.2f}{' tentative' if f.tentative else ''}[/]")
+            for e in f.evidence:
+                sym = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]?[/]"}[e.passed]
+                con.print(f"    {sym} {escape(e.text)}")
+            if f.caveat:
+                con.print(f"    [yellow]caveat:[/] {escape(f.caveat)}")
+            con.print(f"    [cyan]→ {escape(', '.join(f.moves) or 'no move')}[/]")
+        if d.suppressed:
+            con.print("  [dim]suppressed: " + escape(", ".join(f"{f.rule_id} (by {f.suppressed_by})"
+                                                          for f in d.suppressed)) + "[/]")
+
+    # classes --------------------------------------------------------------------------------
+    c = r.classes
+    con.rule("[bold]per-class recall[/] [dim](worst first)[/]", align="left")
+    if not c.rows:
+        con.print(f"[dim]{escape(c.missing or 'no per-class metrics')}[/]")
+    else:
+        if c.long_tail:
+            con.print(f"long tail: head classes have {c.head_tail_ratio:.1f}x the train rows of tail classes; "
+                      f"mean recall tail {f3(c.tail_recall)} vs head {f3(c.head_recall)}")
+        t = Table(header_style="bold", box=None, pad_edge=False)
+        for col, j in (("class", "left"), ("train", "right"), ("val", "right"), ("recall", "right"),
+                       ("F1", "right"), ("train recall", "right"), ("", "left")):
+            t.add_column(col, justify=j)
+        for row in c.rows[:n_classes]:
+            t.add_row(escape(row.label), str(row.train_count or "–"), str(row.val_support or "–"), f3(row.recall),
+                      f3(row.f1), f3(row.train_recall), "[magenta]tail[/]" if row.tail else "")
+        con.print(t)
+        recalls = [row.recall for row in c.rows if row.recall is not None]
+        if recalls:
+            con.print(f"[dim]{len(recalls)} classes · recall min {min(recalls):.3f} · mean "
+                      f"{sum(recalls) / len(recalls):.3f} · {sum(x < 0.5 for x in recalls)} below 0.5[/]")
+
+    # confusion ------------------------------------------------------------------------------
+    con.rule("[bold]top confused pairs[/] [dim](true → predicted)[/]", align="left")
+    if r.confusion.missing is None and r.confusion.total:
+        con.print(f"[dim]{r.confusion.errors} errors in {r.confusion.total} val rows; most confused classes: "
+                  + escape(", ".join(r.confusion.focus[:8])) + "[/]")
+    if not r.pairs:
+        con.print("[dim]no confused pairs[/]")
+    for p in r.pairs:
+        rate = f" ({p.rate:.0%} of {escape(p.true)})" if p.rate is not None else ""
+        rev = f" [dim]· reverse {p.reverse}[/]" if p.reverse else ""
+        con.print(f"  {p.count:>3}  [bold]{escape(p.true)}[/] → {escape(p.pred)}{rate}{rev}")
+        for text in (p.examples or ())[:2]:
+            con.print(f"       [dim]“{escape(text)}”[/]")
+    if r.examples_note and r.pairs:
+        con.print(f"[dim]{escape(r.examples_note)}[/]")
+
+    # params ---------------------------------------------------------------------------------
+    con.rule("[bold]parameters[/]", align="left")
+    groups: dict[str, list] = {}
+    for p in r.params:
+        groups.setdefault(p.group, []).append(p)
+    for g, rows in groups.items():
+        items = []
+        for p in rows:
+            v = p.value
+            if isinstance(v, (list, tuple)):
+                v = "[" + ", ".join(map(str, v)) + "]"
+            elif isinstance(v, int) and not isinstance(v, bool) and v >= 10000:
+                v = _h(v)
+            elif isinstance(v, float):
+                v = f"{v:g}"
+            items.append(f"{p.key}={v}")
+        con.print(f"[bold]{g}[/]: " + escape("  ".join(items)))
+
+
+def show_study(con, s) -> None:
+    from loratune.report.study import show_study as _show
+
+    _show(con, s)

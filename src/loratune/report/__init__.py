@@ -1,0 +1,68 @@
+"""Reports: plain data first (`model`, `study`), rendered second (`render` to one HTML file,
+`commands/show.py` to the terminal).
+
+    from loratune.report import build_report, write_report
+    report = build_report("runs/demo")            # RunReport or StudyReport, by what the directory holds
+    write_report("runs/demo", "runs/demo/report.html")
+
+Importing this package imports no torch; only `examples=True` on a run with a saved model loads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loratune.errors import UserError
+from loratune.report.model import RunReport, build_run_report, is_run_dir, is_study_dir
+
+__all__ = ["RunReport", "StudyReport", "build_report", "build_run_report", "build_study_report", "run_report",
+           "write_report", "is_run_dir", "is_study_dir"]
+
+
+def __getattr__(name: str):
+    if name in ("StudyReport", "build_study_report"):
+        from loratune.report import study
+
+        return getattr(study, name)
+    raise AttributeError(name)
+
+
+def run_report(run_dir: str | Path, *, examples: bool = True, per_pair: int = 3, **kw) -> RunReport:
+    """A run's report; with `examples`, validation texts for the top confused pairs (loads the saved
+    model; when there is none the report says why and carries no texts)."""
+    from loratune.report.model import with_examples
+
+    report = build_run_report(run_dir, **kw)
+    if not examples:
+        return with_examples(report, None, "example texts not requested")
+    if not report.pairs:
+        return report
+    from loratune.report.examples import confused_examples
+
+    found, why = confused_examples(run_dir, [(p.true, p.pred) for p in report.pairs], per_pair)
+    return with_examples(report, found, why)
+
+
+def build_report(path: str | Path, *, examples: bool = True):
+    """A `StudyReport` for a study directory of `loratune tune`, a `RunReport` for a run directory."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"'{p}' does not exist", "give a run directory (`loratune train`) or a study directory "
+                                                 "(`loratune tune`)")
+    if is_study_dir(p):
+        from loratune.report.study import build_study_report
+
+        return build_study_report(p)
+    if is_run_dir(p):
+        return run_report(p, examples=examples)
+    raise UserError(f"'{p}' is neither a run directory (history.jsonl, run.json) nor a study directory "
+                    "(study.db, decisions.jsonl, trials/)",
+                    "give the output_dir of `loratune train` or the study directory of `loratune tune`")
+
+
+def write_report(path: str | Path, out: str | Path | None = None, *, examples: bool = True) -> Path:
+    """Build and write the HTML report; `out` defaults to <path>/report.html. Returns the file."""
+    from loratune.report.render import write_html
+
+    report = build_report(path, examples=examples)
+    return write_html(report, Path(out) if out else Path(path) / "report.html")

@@ -1,0 +1,460 @@
+"""Inline SVG charts, written in Python: no plotting library, no script, nothing fetched.
+
+Every function takes plain numbers and returns an `<svg>` string. Colours come from CSS classes
+(`s-train`, `s-val`, ... defined in templates/report.css), so one series has one colour in every
+chart of the report. Hover text is the SVG `<title>` of each mark (the browser's own tooltip).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from html import escape
+from typing import Callable, Sequence
+
+FONT = 11  # px, tick labels
+PAD = {"l": 52, "r": 14, "t": 12, "b": 38}
+
+
+def esc(s: object) -> str:
+    return escape(str(s), quote=True)
+
+
+def fmt(v: float | None, digits: int = 3) -> str:
+    """Compact number for ticks and tooltips: 12k, 0.85, 3e-4."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a >= 1e6:
+        return f"{v / 1e6:.{max(0, digits - 2)}g}M".replace("e+0", "e")
+    if a >= 1e4:
+        return f"{v / 1e3:.3g}k"
+    if a >= 1:
+        return f"{v:.{digits + 1}g}" if a < 1000 else f"{v:,.0f}"
+    if a >= 1e-3:
+        return f"{v:.{digits}g}"
+    return f"{v:.1e}".replace("e-0", "e-")
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        hi = lo + (abs(lo) or 1.0)
+    raw = (hi - lo) / max(n, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.ceil(lo / step - 1e-9) * step
+    ticks = []
+    t = start
+    while t <= hi + step * 1e-9:
+        ticks.append(round(t, 12))
+        t += step
+    return ticks
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    out = []
+    for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        for m in (1, 2, 5):
+            v = m * 10 ** e
+            if lo * 0.999 <= v <= hi * 1.001:
+                out.append(v)
+    if len(out) > 8:
+        out = [v for v in out if f"{v:e}".startswith("1")]
+    return out or [lo, hi]
+
+
+@dataclass
+class Scale:
+    lo: float
+    hi: float
+    a: float  # pixel of lo
+    b: float  # pixel of hi
+    log: bool = False
+
+    def __call__(self, v: float) -> float:
+        if self.log:
+            lo, hi, v = math.log10(self.lo), math.log10(self.hi), math.log10(max(v, self.lo * 1e-3))
+        else:
+            lo, hi = self.lo, self.hi
+        if hi == lo:
+            return (self.a + self.b) / 2
+        return self.a + (v - lo) / (hi - lo) * (self.b - self.a)
+
+    def ticks(self, n: int = 5) -> list[float]:
+        return log_ticks(self.lo, self.hi) if self.log else nice_ticks(self.lo, self.hi, n)
+
+
+def _domain(values: Sequence[float], lo: float | None, hi: float | None, log: bool, pad: float = 0.05):
+    vals = [v for v in values if v is not None and math.isfinite(v) and (v > 0 or not log)]
+    if not vals:
+        return (lo if lo is not None else (1 if log else 0)), (hi if hi is not None else (10 if log else 1))
+    vmin, vmax = min(vals), max(vals)
+    if log:
+        return (lo or vmin / 1.3), (hi or vmax * 1.3)
+    span = (vmax - vmin) or abs(vmax) or 1.0
+    a = lo if lo is not None else vmin - span * pad
+    b = hi if hi is not None else vmax + span * pad
+    if lo is None and vmin >= 0 and a < 0:
+        a = 0.0
+    if lo is None and not log:  # start at a nice tick
+        t = nice_ticks(a, b)
+        a = min(a, t[0]) if t[0] <= vmin else a
+    return a, b
+
+
+@dataclass
+class Series:
+    label: str
+    cls: str  # CSS colour class: s-train, s-train_eval, s-val, s-val2, s-lr, s-best, s-other ...
+    points: Sequence[tuple[float, float]]
+    dashed: bool = False
+    markers: bool = True
+    step: bool = False  # draw as a step function (best-so-far)
+    titles: Sequence[str] | None = None  # hover text per point
+
+
+@dataclass
+class VLine:
+    x: float
+    text: str
+    cls: str = "mark"
+
+
+@dataclass
+class Band:
+    """A shaded horizontal band (noise) or vertical band (plateau region)."""
+
+    lo: float
+    hi: float
+    text: str
+    cls: str = "band"
+    vertical: bool = False
+
+
+@dataclass
+class Frame:
+    width: int
+    height: int
+    x: Scale
+    y: Scale
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def left(self) -> float:
+        return PAD["l"]
+
+    @property
+    def right(self) -> float:
+        return self.width - PAD["r"]
+
+    @property
+    def top(self) -> float:
+        return PAD["t"]
+
+    @property
+    def bottom(self) -> float:
+        return self.height - PAD["b"]
+
+
+def _frame(width, height, xs, ys, *, x_lo=None, x_hi=None, y_lo=None, y_hi=None, log_x=False, log_y=False,
+           x_pad: float = 0.02):
+    xl, xh = _domain(xs, x_lo, x_hi, log_x, pad=x_pad)
+    yl, yh = _domain(ys, y_lo, y_hi, log_y)
+    x = Scale(xl, xh, PAD["l"], width - PAD["r"], log_x)
+    y = Scale(yl, yh, height - PAD["b"], PAD["t"], log_y)
+    return Frame(width, height, x, y)
+
+
+def _axes(f: Frame, x_label: str, y_label: str, x_fmt: Callable[[float], str] = fmt,
+          y_fmt: Callable[[float], str] = fmt, x_ticks: Sequence[float] | None = None) -> str:
+    out = ['<g class="axis">']
+    for t in f.y.ticks(5):
+        if not (min(f.y.lo, f.y.hi) - 1e-12 <= t <= max(f.y.lo, f.y.hi) + 1e-12):
+            continue
+        y = f.y(t)
+        out.append(f'<line class="grid" x1="{f.left:.1f}" x2="{f.right:.1f}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        out.append(f'<text x="{f.left - 6:.1f}" y="{y + 3.5:.1f}" text-anchor="end">{esc(y_fmt(t))}</text>')
+    for t in (x_ticks if x_ticks is not None else f.x.ticks(6)):
+        if not (f.x.lo - 1e-12 <= t <= f.x.hi + 1e-12):
+            continue
+        x = f.x(t)
+        out.append(f'<line class="tick" x1="{x:.1f}" x2="{x:.1f}" y1="{f.bottom:.1f}" y2="{f.bottom + 4:.1f}"/>')
+        out.append(f'<text x="{x:.1f}" y="{f.bottom + 16:.1f}" text-anchor="middle">{esc(x_fmt(t))}</text>')
+    out.append(f'<line class="base" x1="{f.left:.1f}" x2="{f.right:.1f}" y1="{f.bottom:.1f}" y2="{f.bottom:.1f}"/>')
+    out.append(f'<text class="label" x="{(f.left + f.right) / 2:.1f}" y="{f.height - 4:.1f}" '
+               f'text-anchor="middle">{esc(x_label)}</text>')
+    cy = (f.top + f.bottom) / 2
+    out.append(f'<text class="label" x="12" y="{cy:.1f}" text-anchor="middle" '
+               f'transform="rotate(-90 12 {cy:.1f})">{esc(y_label)}</text>')
+    out.append("</g>")
+    return "".join(out)
+
+
+def _svg(f: Frame, body: str, aria: str, cls: str = "chart") -> str:
+    return (f'<svg class="{cls}" viewBox="0 0 {f.width} {f.height}" width="{f.width}" height="{f.height}" '
+            f'role="img" aria-label="{esc(aria)}" xmlns="http://www.w3.org/2000/svg">{body}</svg>')
+
+
+def _marks(f: Frame, vlines: Sequence[VLine], bands: Sequence[Band]) -> str:
+    out = []
+    for b in bands:
+        if b.vertical:
+            x1, x2 = sorted((f.x(max(b.lo, f.x.lo)), f.x(min(b.hi, f.x.hi))))
+            out.append(f'<rect class="{b.cls}" x="{x1:.1f}" y="{f.top:.1f}" width="{max(x2 - x1, 1):.1f}" '
+                       f'height="{f.bottom - f.top:.1f}"><title>{esc(b.text)}</title></rect>')
+        else:
+            y1, y2 = sorted((f.y(min(b.hi, f.y.hi)), f.y(max(b.lo, f.y.lo))))
+            out.append(f'<rect class="{b.cls}" x="{f.left:.1f}" y="{y1:.1f}" width="{f.right - f.left:.1f}" '
+                       f'height="{max(y2 - y1, 1):.1f}"><title>{esc(b.text)}</title></rect>')
+    for i, v in enumerate(vlines):
+        if not (f.x.lo <= v.x <= f.x.hi):
+            continue
+        x = f.x(v.x)
+        anchor = "end" if x > (f.left + f.right) / 2 else "start"
+        dx = -4 if anchor == "end" else 4
+        out.append(f'<g class="{v.cls}"><line x1="{x:.1f}" x2="{x:.1f}" y1="{f.top:.1f}" y2="{f.bottom:.1f}"/>'
+                   f'<text x="{x + dx:.1f}" y="{f.top + 10 + 12 * i:.1f}" text-anchor="{anchor}">{esc(v.text)}</text>'
+                   f'<title>{esc(v.text)}</title></g>')
+    return "".join(out)
+
+
+def _path(coords: Sequence[tuple[float, float]], step: bool = False) -> str:
+    if step:  # hold each value until the next point, then jump (best-so-far curves)
+        return f"M{coords[0][0]:.1f},{coords[0][1]:.1f}" + "".join(f"H{x:.1f}V{y:.1f}" for x, y in coords[1:])
+    return "M" + "L".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+
+
+def line_chart(series: Sequence[Series], *, width: int = 560, height: int = 280, x_label: str = "step",
+               y_label: str = "", y_lo: float | None = None, y_hi: float | None = None, x_lo: float | None = None,
+               x_hi: float | None = None, log_x: bool = False, log_y: bool = False,
+               vlines: Sequence[VLine] = (), bands: Sequence[Band] = (), aria: str = "line chart",
+               x_fmt: Callable[[float], str] = fmt, y_fmt: Callable[[float], str] = fmt) -> str:
+    xs = [x for s in series for x, _ in s.points] + [v.x for v in vlines]
+    ys = [y for s in series for _, y in s.points] + [v for b in bands if not b.vertical for v in (b.lo, b.hi)]
+    f = _frame(width, height, xs, ys, x_lo=x_lo, x_hi=x_hi, y_lo=y_lo, y_hi=y_hi, log_x=log_x, log_y=log_y)
+    body = [_axes(f, x_label, y_label, x_fmt, y_fmt), _marks(f, vlines, bands)]
+    for s in series:
+        pts = [(x, y) for x, y in s.points if y is not None and math.isfinite(y) and (not log_x or x > 0)]
+        if not pts:
+            continue
+        coords = [(f.x(x), f.y(y)) for x, y in pts]
+        d = _path(coords, s.step)
+        dash = ' stroke-dasharray="5 4"' if s.dashed else ""
+        body.append(f'<g class="series {esc(s.cls)}"><path class="line" d="{d}"{dash}/>')
+        if s.markers:
+            for k, ((x, y), (px, py)) in enumerate(zip(pts, coords)):
+                tip = s.titles[k] if s.titles and k < len(s.titles) else f"{s.label}: {x_label} {x_fmt(x)}, {fmt(y, 4)}"
+                body.append(f'<circle class="dot" cx="{px:.1f}" cy="{py:.1f}" r="3"><title>{esc(tip)}</title></circle>')
+        body.append("</g>")
+    return _svg(f, "".join(body), aria)
+
+
+@dataclass
+class Dot:
+    x: float
+    y: float
+    cls: str
+    title: str
+    r: float = 3.5
+    label: str | None = None  # a short text drawn next to the dot
+
+
+def scatter(dots: Sequence[Dot], *, width: int = 560, height: int = 280, x_label: str = "", y_label: str = "",
+            log_x: bool = False, y_lo: float | None = None, y_hi: float | None = None,
+            x_lo: float | None = None, x_hi: float | None = None, vlines: Sequence[VLine] = (),
+            bands: Sequence[Band] = (), aria: str = "scatter chart", x_fmt: Callable[[float], str] = fmt,
+            y_fmt: Callable[[float], str] = fmt, lines: Sequence[Series] = (),
+            x_ticks: Sequence[float] | None = None) -> str:
+    xs = [d.x for d in dots] + [x for s in lines for x, _ in s.points] + [v.x for v in vlines]
+    ys = [d.y for d in dots] + [y for s in lines for _, y in s.points]
+    f = _frame(width, height, xs, ys, x_lo=x_lo, x_hi=x_hi, y_lo=y_lo, y_hi=y_hi, log_x=log_x, x_pad=0.06)
+    body = [_axes(f, x_label, y_label, x_fmt, y_fmt, x_ticks), _marks(f, vlines, bands)]
+    for s in lines:
+        coords = [(f.x(x), f.y(y)) for x, y in s.points if not log_x or x > 0]
+        if coords:
+            body.append(f'<g class="series {esc(s.cls)}"><path class="line" d="{_path(coords, s.step)}"/></g>')
+    for d in dots:
+        if log_x and d.x <= 0:
+            continue
+        x, y = f.x(d.x), f.y(d.y)
+        body.append(f'<g class="series {esc(d.cls)}"><circle class="pt" cx="{x:.1f}" cy="{y:.1f}" r="{d.r}">'
+                    f'<title>{esc(d.title)}</title></circle>')
+        if d.label:
+            body.append(f'<text class="ptlabel" x="{x + d.r + 3:.1f}" y="{y - d.r - 2:.1f}">{esc(d.label)}</text>')
+        body.append("</g>")
+    return _svg(f, "".join(body), aria)
+
+
+@dataclass
+class Bar:
+    label: str
+    value: float
+    cls: str
+    title: str
+    err: float | None = None  # +- error bar (noise)
+
+
+def column_chart(bars: Sequence[Bar], *, height: int = 220, width: int | None = None, y_label: str = "",
+                 y_lo: float = 0.0, y_hi: float | None = None, show_labels: bool | None = None,
+                 hlines: Sequence[tuple[float, str, str]] = (), aria: str = "bar chart",
+                 y_fmt: Callable[[float], str] = fmt, label_chars: int = 18) -> str:
+    """Vertical bars, one per item, in the given order (labels shown when there are few)."""
+    n = max(len(bars), 1)
+    show = show_labels if show_labels is not None else n <= 30
+    bottom_pad = (min(max(len(b.label) for b in bars) if bars else 0, label_chars) * 5.6 + 12) if show else 14
+    w = width or max(420, min(1100, 60 + n * (28 if show else 7)))
+    hi = y_hi if y_hi is not None else max([b.value + (b.err or 0) for b in bars] + [1e-9]) * 1.08
+    lo = min([y_lo] + [b.value - (b.err or 0) for b in bars])
+    f = Frame(w, int(height + bottom_pad), Scale(0, n, PAD["l"], w - PAD["r"]),
+              Scale(lo, hi, height - 10, PAD["t"]))
+    out = ['<g class="axis">']
+    for t in nice_ticks(lo, hi, 4):
+        if lo - 1e-12 <= t <= hi + 1e-12:
+            y = f.y(t)
+            out.append(f'<line class="grid" x1="{f.left}" x2="{f.right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                       f'<text x="{f.left - 6}" y="{y + 3.5:.1f}" text-anchor="end">{esc(y_fmt(t))}</text>')
+    cy = (PAD["t"] + height - 10) / 2
+    out.append(f'<text class="label" x="12" y="{cy:.1f}" text-anchor="middle" '
+               f'transform="rotate(-90 12 {cy:.1f})">{esc(y_label)}</text></g>')
+    slot = (f.right - f.left) / n
+    bw = max(1.0, slot * (0.72 if show else 0.8))
+    zero = f.y(max(lo, 0.0) if lo >= 0 else 0.0)
+    for i, b in enumerate(bars):
+        x = f.left + i * slot + (slot - bw) / 2
+        y = f.y(b.value)
+        top, h = (min(y, zero), abs(zero - y))
+        out.append(f'<g class="series {esc(b.cls)}"><rect class="bar" x="{x:.1f}" y="{top:.1f}" '
+                   f'width="{bw:.1f}" height="{h if b.value == 0 else max(h, 0.8):.1f}"><title>{esc(b.title)}</title></rect>')
+        if b.err:
+            cx = x + bw / 2
+            y1, y2 = f.y(b.value - b.err), f.y(b.value + b.err)
+            out.append(f'<path class="err" d="M{cx:.1f},{y1:.1f}V{y2:.1f}M{cx - 4:.1f},{y1:.1f}h8M{cx - 4:.1f},{y2:.1f}h8"/>')
+        out.append("</g>")
+        if show:
+            lab = b.label if len(b.label) <= label_chars else b.label[: label_chars - 1] + "…"
+            lx, ly = x + bw / 2, height - 2
+            out.append(f'<text class="xlab" x="{lx:.1f}" y="{ly:.1f}" text-anchor="end" '
+                       f'transform="rotate(-50 {lx:.1f} {ly:.1f})">{esc(lab)}<title>{esc(b.label)}</title></text>')
+    for yv, text, cls in hlines:
+        if lo <= yv <= hi:
+            y = f.y(yv)
+            out.append(f'<g class="{esc(cls)}"><line x1="{f.left}" x2="{f.right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                       f'<text x="{f.right - 4}" y="{y - 4:.1f}" text-anchor="end">{esc(text)}</text></g>')
+    return _svg(f, "".join(out), aria)
+
+
+def hbar_chart(bars: Sequence[Bar], *, width: int = 560, row: int = 26, x_label: str = "",
+               band: tuple[float, float, str] | None = None, aria: str = "bar chart",
+               x_fmt: Callable[[float], str] = fmt, label_width: int = 170) -> str:
+    """Horizontal bars around zero with optional error bars and a shaded noise band (lo, hi, text)."""
+    n = max(len(bars), 1)
+    height = PAD["t"] + n * row + 34
+    vals = [v for b in bars for v in (b.value - (b.err or 0), b.value + (b.err or 0))] + [0.0]
+    if band:
+        vals += [band[0], band[1]]
+    lo, hi = min(vals), max(vals)
+    span = (hi - lo) or 1.0
+    lo, hi = lo - span * 0.08, hi + span * 0.08
+    f = Frame(width, height, Scale(lo, hi, label_width, width - PAD["r"]), Scale(0, n, PAD["t"], PAD["t"] + n * row))
+    out = ['<g class="axis">']
+    for t in nice_ticks(lo, hi, 5):
+        x = f.x.__call__(t)
+        out.append(f'<line class="grid" x1="{x:.1f}" x2="{x:.1f}" y1="{PAD["t"]}" y2="{PAD["t"] + n * row}"/>'
+                   f'<text x="{x:.1f}" y="{PAD["t"] + n * row + 14}" text-anchor="middle">{esc(x_fmt(t))}</text>')
+    out.append(f'<text class="label" x="{(label_width + width) / 2:.1f}" y="{height - 4}" '
+               f'text-anchor="middle">{esc(x_label)}</text></g>')
+    if band:
+        x1, x2 = f.x(band[0]), f.x(band[1])
+        out.append(f'<rect class="band" x="{x1:.1f}" y="{PAD["t"]}" width="{max(x2 - x1, 1):.1f}" '
+                   f'height="{n * row}"><title>{esc(band[2])}</title></rect>')
+    x0 = f.x(0.0)
+    out.append(f'<line class="zero" x1="{x0:.1f}" x2="{x0:.1f}" y1="{PAD["t"]}" y2="{PAD["t"] + n * row}"/>')
+    for i, b in enumerate(bars):
+        y = PAD["t"] + i * row + 4
+        xv = f.x(b.value)
+        x1, w = min(x0, xv), abs(xv - x0)
+        out.append(f'<g class="series {esc(b.cls)}"><rect class="bar" x="{x1:.1f}" y="{y:.1f}" width="{max(w, 1):.1f}" '
+                   f'height="{row - 8}"><title>{esc(b.title)}</title></rect>')
+        if b.err:
+            cy = y + (row - 8) / 2
+            e1, e2 = f.x(b.value - b.err), f.x(b.value + b.err)
+            out.append(f'<path class="err" d="M{e1:.1f},{cy:.1f}H{e2:.1f}M{e1:.1f},{cy - 5:.1f}v10M{e2:.1f},{cy - 5:.1f}v10"/>')
+        out.append("</g>")
+        lab = b.label if len(b.label) <= 28 else b.label[:27] + "…"
+        out.append(f'<text class="ylab" x="{label_width - 8}" y="{y + row / 2:.1f}" text-anchor="end">{esc(lab)}'
+                   f'<title>{esc(b.label)}</title></text>')
+    return _svg(f, "".join(out), aria)
+
+
+def heatmap(row_labels: Sequence[str], col_labels: Sequence[str], values: Sequence[Sequence[int]],
+            shade: Callable[[int, int, int], tuple[str, float]], title: Callable[[int, int, int], str], *,
+            cell: int = 18, label_chars: int = 30, show_counts: bool = True, aria: str = "heatmap",
+            x_label: str = "predicted", y_label: str = "true") -> str:
+    """A labelled matrix. `shade(i, j, v)` -> (css class, opacity 0..1); zero cells stay blank."""
+    n_r, n_c = len(row_labels), len(col_labels)
+    lab_w = min(max((len(s) for s in row_labels), default=4), label_chars) * 6.2 + 14
+    lab_h = min(max((len(s) for s in col_labels), default=4), label_chars) * 4.6 + 22
+    left, top = lab_w + 18, lab_h
+    width, height = int(left + n_c * cell + 10 + lab_h * 0.4), int(top + n_r * cell + 10)
+    out = [f'<text class="label" x="{left + n_c * cell / 2:.1f}" y="11" text-anchor="middle">{esc(x_label)} →</text>',
+           f'<text class="label" x="10" y="{top + n_r * cell / 2:.1f}" text-anchor="middle" '
+           f'transform="rotate(-90 10 {top + n_r * cell / 2:.1f})">← {esc(y_label)}</text>',
+           f'<rect class="hm-bg" x="{left}" y="{top}" width="{n_c * cell}" height="{n_r * cell}"/>']
+
+    def short(s: str) -> str:
+        return s if len(s) <= label_chars else s[: label_chars - 1] + "…"
+
+    for i, lab in enumerate(row_labels):
+        y = top + i * cell + cell / 2 + 3.5
+        out.append(f'<text class="ylab" x="{left - 5}" y="{y:.1f}" text-anchor="end">{esc(short(lab))}'
+                   f'<title>{esc(lab)}</title></text>')
+    for j, lab in enumerate(col_labels):
+        x = left + j * cell + cell / 2 + 3.5
+        y = top - 5
+        out.append(f'<text class="xlab" x="{x:.1f}" y="{y}" transform="rotate(-55 {x:.1f} {y})">{esc(short(lab))}'
+                   f'<title>{esc(lab)}</title></text>')
+    for i in range(n_r):
+        for j in range(n_c):
+            v = values[i][j]
+            if not v:
+                continue
+            cls, op = shade(i, j, v)
+            x, y = left + j * cell, top + i * cell
+            out.append(f'<g class="{cls}"><rect x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" '
+                       f'fill-opacity="{max(0.08, min(op, 1.0)):.2f}"><title>{esc(title(i, j, v))}</title></rect>')
+            if show_counts and cell >= 14:
+                dark = op > 0.55
+                out.append(f'<text class="cnt{" on" if dark else ""}" x="{x + (cell - 1) / 2:.1f}" '
+                           f'y="{y + cell / 2 + 3:.1f}" text-anchor="middle">{v}</text>')
+            out.append("</g>")
+    for k in range(min(n_r, n_c)):  # the diagonal, faintly
+        x, y = left + k * cell, top + k * cell
+        out.append(f'<rect class="hm-diag" x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}"/>')
+    f = Frame(width, height, Scale(0, 1, 0, 1), Scale(0, 1, 0, 1))
+    return _svg(f, "".join(out), aria, cls="chart heatmap")
+
+
+def sparse_matrix(n: int, cells: Sequence[tuple[int, int, int]], shade: Callable[[int, int, int], tuple[str, float]],
+                  title: Callable[[int, int, int], str], *, size: int = 300, highlight: Sequence[int] = (),
+                  aria: str = "matrix overview") -> str:
+    """A whole n x n matrix without labels, only its non-zero cells drawn (small for 150+ classes)."""
+    cell = max(1.0, size / max(n, 1))
+    pad = 22
+    side = cell * n
+    out = [f'<rect class="hm-bg" x="{pad}" y="{pad}" width="{side:.1f}" height="{side:.1f}"/>',
+           f'<text class="label" x="{pad + side / 2:.1f}" y="14" text-anchor="middle">predicted →</text>',
+           f'<text class="label" x="12" y="{pad + side / 2:.1f}" text-anchor="middle" '
+           f'transform="rotate(-90 12 {pad + side / 2:.1f})">← true</text>']
+    for k in highlight:
+        out.append(f'<rect class="hm-focus" x="{pad}" y="{pad + k * cell:.2f}" width="{side:.1f}" height="{cell:.2f}"/>')
+    for i, j, v in sorted(cells, key=lambda c: c[0] != c[1]):  # errors drawn last, on top
+        cls, op = shade(i, j, v)
+        s = cell if i == j else max(cell, 3.0)  # an error stays visible however many classes there are
+        off = (s - cell) / 2
+        out.append(f'<rect class="{cls}" x="{pad + j * cell - off:.2f}" y="{pad + i * cell - off:.2f}" width="{s:.2f}" '
+                   f'height="{s:.2f}" fill-opacity="{max(0.15, min(op, 1.0)):.2f}"><title>{esc(title(i, j, v))}</title></rect>')
+    w = int(pad * 2 + side)
+    f = Frame(w, w, Scale(0, 1, 0, 1), Scale(0, 1, 0, 1))
+    return _svg(f, "".join(out), aria, cls="chart heatmap overview")

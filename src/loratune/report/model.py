@@ -1,0 +1,696 @@
+"""Report models: plain data built from the records, before anything is drawn (design principle 3).
+
+`build_run_report(run_dir)` reads one run directory (config.yaml, run.json, history.jsonl,
+confusion.json; see docs/run-record.md), diagnoses it and returns a `RunReport`: the curves as
+(step, value) series, the findings with their evidence, the per-class table (sorted by recall,
+long-tail classes marked), the confusion matrix focused on the most confused classes, the top
+confused pairs and the parameter table. `build_study_report(study_dir)` does the same for a tuning
+study (see `loratune.report.study`). The renderers (`render.py` for HTML, `commands/show.py` for
+the terminal) only format these objects; tests assert on them, not on pixels.
+
+Nothing here imports torch. Example texts for the confused pairs need the trained model; they are
+computed separately (`loratune.report.examples.confused_examples`) and passed in.
+
+Every section that cannot be built says why in `notes` / its `missing` field instead of failing:
+a run still training, a run without per-class metrics or a confusion matrix still gets a report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from loratune.errors import UserError
+
+# ---------------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One series of a chart: (step, value) at every eval point that has the key."""
+
+    key: str  # history key, e.g. "val/loss"
+    label: str  # legend text
+    role: str  # train | train_eval | val | lr: picks the colour, the same in every chart
+    points: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class CurvePanel:
+    """One chart of curves over optimizer steps."""
+
+    id: str  # loss | metric | lr
+    title: str
+    y_label: str
+    curves: tuple[Curve, ...]
+    higher_is_better: bool
+    best_step: float | None  # the step of the best val metric (the saved adapter)
+
+
+@dataclass(frozen=True)
+class EvidenceView:
+    text: str
+    passed: bool | None  # None: the feature was missing
+    feature: str
+    value: float | None
+    op: str
+    threshold: float
+    threshold_name: str
+
+
+@dataclass(frozen=True)
+class FindingView:
+    rule_id: str
+    scope: str  # curve | class | ...
+    verdict: str
+    knob_class: str
+    moves: tuple[str, ...]
+    confidence: float
+    confidence_label: str  # high | medium | low
+    tentative: bool
+    evidence: tuple[EvidenceView, ...]
+    missing: tuple[str, ...] = ()
+    caveat: str | None = None
+    notes: tuple[str, ...] = ()
+    suppressed_by: str | None = None
+
+
+@dataclass(frozen=True)
+class DiagnosisView:
+    verdict: str  # primary rule id or "inconclusive"
+    verdict_text: str
+    moves: tuple[str, ...]
+    findings: tuple[FindingView, ...]  # active, priority order
+    suppressed: tuple[FindingView, ...]
+    not_evaluated: tuple[tuple[str, str], ...]  # (rule id, what is missing)
+    summary: tuple[str, ...]  # one-line readings of the curves (start -> best -> final ...)
+    notes: tuple[str, ...] = ()
+    error: str | None = None  # the diagnosis could not run
+
+
+@dataclass(frozen=True)
+class ClassRow:
+    label: str
+    train_count: int | None
+    val_support: int | None
+    recall: float | None
+    precision: float | None
+    f1: float | None
+    train_recall: float | None  # on the train_eval subsample, same step
+    tail: bool = False  # train count in the bottom quartile of a long-tailed label distribution
+    head: bool = False  # top quartile
+
+
+@dataclass(frozen=True)
+class ClassTable:
+    step: float | None  # the eval point the numbers come from (the best step when it has them)
+    rows: tuple[ClassRow, ...]  # sorted by val recall, worst first (classes without val rows last)
+    long_tail: bool  # head/tail median train-count ratio >= LONG_TAIL_RATIO
+    tail_max_count: float | None  # a class is "tail" at or below this train count (the 25% quantile)
+    head_min_count: float | None
+    head_tail_ratio: float | None
+    tail_recall: float | None  # mean val recall of tail classes
+    head_recall: float | None
+    missing: str | None = None  # why there is no table
+
+    @property
+    def frequency_vs_f1(self) -> tuple[tuple[str, int, float, bool], ...]:
+        """(label, train count, val F1, tail) for the scatter view; classes lacking either are left out."""
+        return tuple((r.label, r.train_count, r.f1, r.tail) for r in self.rows
+                     if r.train_count is not None and r.f1 is not None)
+
+
+@dataclass(frozen=True)
+class ConfusionView:
+    """The confusion matrix at the best step, focused on the classes with the most off-diagonal mass."""
+
+    step: float | None
+    n_classes: int
+    total: int  # rows scored
+    errors: int  # off-diagonal total
+    focus: tuple[str, ...]  # the focus classes, ordered so confused pairs sit next to each other
+    focus_matrix: tuple[tuple[int, ...], ...]  # rows = true, columns = predicted, over `focus`
+    focus_support: tuple[int, ...]  # row totals over ALL predictions (not just focus columns)
+    focus_errors: int  # off-diagonal count inside the focus block
+    labels: tuple[str, ...]  # every class, in the run's label order
+    cells: tuple[tuple[int, int, int], ...]  # every non-zero cell of the full matrix: (true, pred, count)
+    missing: str | None = None
+
+    @property
+    def focus_share(self) -> float | None:
+        """Share of all errors the focus block shows."""
+        return self.focus_errors / self.errors if self.errors else None
+
+
+@dataclass(frozen=True)
+class PairRow:
+    true: str
+    pred: str
+    count: int
+    rate: float | None  # count / val support of the true class
+    reverse: int  # how often the pair is confused the other way round
+    examples: tuple[str, ...] | None = None  # validation texts of `true` predicted as `pred` (when computed)
+
+
+@dataclass(frozen=True)
+class ParamRow:
+    group: str  # Model | Adapter | Training | Cost
+    key: str
+    value: Any
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class RunReport:
+    kind = "run"
+    name: str
+    path: str
+    status: str
+    reason: str | None
+    task: str
+    method: str
+    model_name: str
+    dataset: str
+    n_classes: int | None
+    n_val: int | None
+    metric: str  # e.g. val/macro_f1
+    best: Mapping[str, Any]  # step, metric value, val/loss, val/accuracy, train_eval metric (at the best step)
+    final: Mapping[str, Any]
+    start_metric: float | None
+    steps_done: int | None
+    steps_planned: int | None
+    examples_seen: int | None
+    wall_s: float | None
+    params_share: float | None  # trainable share of the whole model
+    curves: tuple[CurvePanel, ...]
+    diagnosis: DiagnosisView
+    classes: ClassTable
+    confusion: ConfusionView
+    pairs: tuple[PairRow, ...]
+    examples_note: str | None  # why pairs carry no example texts (None when they do)
+    params: tuple[ParamRow, ...]
+    config_yaml: str
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["kind"] = self.kind
+        d["classes"]["frequency_vs_f1"] = [list(x) for x in self.classes.frequency_vs_f1]
+        d["confusion"]["focus_share"] = self.confusion.focus_share
+        return _plain(d)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Small readers
+# ---------------------------------------------------------------------------------------------
+
+LONG_TAIL_RATIO = 2.0  # head/tail median train-count ratio from which the label distribution has a long tail
+FOCUS_K = 25  # classes in the focused confusion matrix
+TOP_PAIRS = 10
+ROLE_LABELS = {"train": "train (running)", "train_eval": "train (eval subsample)", "val": "validation"}
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _int(v: Any) -> int | None:
+    f = _num(v)
+    return int(round(f)) if f is not None else None
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    if not path.is_file():
+        return None, f"no {path.name}"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, f"{path.name} is not valid JSON ({exc})"
+
+
+def read_history(path: Path) -> tuple[list[dict], str | None]:
+    """Whole lines of a history.jsonl (a torn last line after a hard kill is dropped, and said)."""
+    if not path.is_file():
+        return [], f"no {path.name}"
+    points, note = [], None
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            points.append(json.loads(line))
+        except json.JSONDecodeError:
+            note = f"{path.name} line {i + 1} is torn (hard kill?); kept the {len(points)} whole lines"
+            break
+    return [p for p in points if isinstance(p, dict)], note
+
+
+def _quantile(xs: Sequence[float], q: float) -> float:
+    from loratune.features import _quantile as fq  # the same definition the diagnosis uses
+
+    return fq(list(xs), q)
+
+
+def _median(xs: Sequence[float]) -> float:
+    return _quantile(xs, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+def build_curves(points: Sequence[dict], metric: str) -> tuple[CurvePanel, ...]:
+    """Loss, metric and learning-rate panels; each series keeps only the eval points that have the key."""
+
+    def series(key: str) -> tuple[tuple[float, float], ...]:
+        out = []
+        for p in points:
+            s, v = _num(p.get("step")), _num(p.get(key))
+            if s is not None and v is not None:
+                out.append((s, v))
+        return tuple(sorted(out))
+
+    def curves(specs) -> tuple[Curve, ...]:
+        return tuple(Curve(k, lab, role, pts) for k, lab, role in specs if (pts := series(k)))
+
+    m = metric.split("/", 1)[1] if "/" in metric else metric
+    mname = m.replace("_", " ")
+    best_step = _best_step(points, metric)
+    panels = [
+        CurvePanel("loss", "Loss", "cross-entropy", curves((
+            ("train/loss", "train (running mean)", "train"),
+            ("train_eval/loss", "train (eval subsample)", "train_eval"),
+            ("val/loss", "validation", "val"))), False, best_step),
+        CurvePanel("metric", mname.replace("macro f1", "Macro-F1").capitalize() if m != "macro_f1" else "Macro-F1",
+                   mname, curves((
+                       (f"train_eval/{m}", f"train {mname} (eval subsample)", "train_eval"),
+                       (f"val/{m}", f"validation {mname}", "val"),
+                       *((("val/accuracy", "validation accuracy", "val2"),) if m != "accuracy" else ()))),
+                   True, best_step),
+        CurvePanel("lr", "Learning rate", "lr", curves((("lr", "learning rate", "lr"),)), False, best_step),
+    ]
+    return tuple(p for p in panels if p.curves)
+
+
+def _best_step(points: Sequence[dict], metric: str) -> float | None:
+    best = None
+    for p in points:
+        v, s = _num(p.get(metric)), _num(p.get("step"))
+        if v is not None and s is not None and (best is None or v > best[0] + 1e-12):
+            best = (v, s)
+    return best[1] if best else None
+
+
+def build_diagnosis(run_dir: Path, thresholds: Mapping[str, float] | None = None) -> DiagnosisView:
+    from loratune.diagnose import diagnose
+    from loratune.features import FEATURES, format_value
+
+    try:
+        d = diagnose(run_dir, thresholds=thresholds)
+    except UserError as exc:
+        return DiagnosisView("inconclusive", "", (), (), (), (), (), error=str(exc))
+
+    def view(f) -> FindingView:
+        ev = tuple(EvidenceView(e.text, e.passed, e.feature, e.value, e.op, e.threshold, e.threshold_name)
+                   for e in f.evidence)
+        return FindingView(f.rule_id, f.scope, f.verdict, f.knob_class, tuple(f.moves), float(f.confidence),
+                           f.confidence_label, bool(f.tentative), ev,
+                           tuple(f"{n} ({w})" for n, w in f.missing), f.caveat, tuple(f.notes), f.suppressed_by)
+
+    v = d.features.values
+
+    def fv(name: str) -> str:
+        return format_value(FEATURES[name].unit, v.get(name))
+
+    summary = []
+    metric = d.features.details.get("val_metric") or "val metric"
+    if v.get("val_metric_best") is not None:
+        se = f" (SE {fv('val_metric_se')})" if v.get("val_metric_se") is not None else ""
+        summary.append(f"{metric}: {fv('val_metric_start')} at the start, best {fv('val_metric_best')}{se} "
+                       f"at {fv('best_step_fraction')} of the run, final {fv('val_metric_final')}")
+    if v.get("train_loss_final") is not None:
+        summary.append(f"train loss: {fv('train_loss_start')} -> {fv('train_loss_final')} "
+                       f"(fell {fv('train_loss_drop')}; {fv('train_loss_late_drop')} over the last half)")
+    if v.get("val_loss_min") is not None:
+        summary.append(f"val loss: {fv('val_loss_start')} -> min {fv('val_loss_min')} at "
+                       f"{fv('val_loss_min_fraction')} of the run -> final {fv('val_loss_final')}")
+    if v.get("gap_f1") is not None:
+        summary.append(f"train/val gap: {fv('gap_f1')}")
+    p = d.primary
+    return DiagnosisView(
+        verdict=d.verdict, verdict_text=p.verdict if p else "no curve rule fired",
+        moves=tuple(p.moves) if p else (),
+        findings=tuple(view(f) for f in d.active),
+        suppressed=tuple(view(f) for f in d.findings if f.suppressed_by),
+        not_evaluated=tuple((n.rule_id, "; ".join(f"{f} ({w})" for f, w in n.missing)) for n in d.not_evaluated),
+        summary=tuple(summary), notes=tuple(d.notes))
+
+
+def _class_stat(point: Mapping[str, Any], split: str, stat: str, label: str) -> float | None:
+    return _num(point.get(f"{split}/{stat}/{label}"))
+
+
+def build_classes(points: Sequence[dict], run: Mapping[str, Any], labels: Sequence[str],
+                  best_step: float | None) -> ClassTable:
+    """Per-class numbers at the best step (or the last eval point with per-class keys)."""
+    empty = ClassTable(None, (), False, None, None, None, None, None)
+    if not labels:
+        return ClassTable(**{**asdict(empty), "missing": "the run names no labels (run.json has no `labels`)"})
+
+    def has_recall(p):
+        return any(f"val/recall/{lab}" in p for lab in labels)
+
+    with_recall = [p for p in points if has_recall(p)]
+    if not with_recall:
+        return ClassTable(**{**asdict(empty),
+                             "missing": "no per-class val recall (`val/recall/<label>`) in the history"})
+    point = next((p for p in with_recall if best_step is not None and _num(p.get("step")) == best_step),
+                 with_recall[-1])
+    counts_all = run.get("label_counts") if isinstance(run.get("label_counts"), dict) else {}
+    train_counts = counts_all.get("train") if isinstance(counts_all.get("train"), dict) else {}
+
+    # long tail: the same quartile rule as the diagnosis (features._tail_head)
+    have = {lab: float(n) for lab, n in train_counts.items() if lab in labels and _num(n) is not None}
+    long_tail, q1, q3, ratio = False, None, None, None
+    if len(have) >= 4:
+        q1, q3 = _quantile(list(have.values()), 0.25), _quantile(list(have.values()), 0.75)
+        tail_c = [n for n in have.values() if n <= q1]
+        head_c = [n for n in have.values() if n >= q3]
+        ratio = _median(head_c) / max(_median(tail_c), 1e-9)
+        long_tail = ratio >= LONG_TAIL_RATIO
+
+    rows = []
+    for lab in labels:
+        sup = _int(_class_stat(point, "val", "support", lab))
+        n = _int(train_counts.get(lab))
+        rec = _class_stat(point, "val", "recall", lab)
+        if sup == 0:
+            rec = None  # no val rows: recall is undefined, not 0
+        rows.append(ClassRow(
+            label=lab, train_count=n, val_support=sup, recall=rec,
+            precision=_class_stat(point, "val", "precision", lab), f1=_class_stat(point, "val", "f1", lab),
+            train_recall=_class_stat(point, "train_eval", "recall", lab),
+            tail=bool(long_tail and n is not None and n <= q1), head=bool(long_tail and n is not None and n >= q3)))
+    rows.sort(key=lambda r: (r.recall is None, r.recall if r.recall is not None else 0.0,
+                             r.f1 if r.f1 is not None else 0.0, r.label))
+
+    def mean_recall(sel):
+        xs = [r.recall for r in rows if sel(r) and r.recall is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    return ClassTable(
+        step=_num(point.get("step")), rows=tuple(rows), long_tail=long_tail,
+        tail_max_count=q1 if long_tail else None, head_min_count=q3 if long_tail else None,
+        head_tail_ratio=ratio, tail_recall=mean_recall(lambda r: r.tail) if long_tail else None,
+        head_recall=mean_recall(lambda r: r.head) if long_tail else None,
+        missing=None if train_counts else "run.json has no label_counts.train: long-tail classes cannot be marked")
+
+
+def _order_focus(focus: Sequence[int], matrix: Sequence[Sequence[int]]) -> list[int]:
+    """Order focus classes so that confused pairs sit side by side: walk the off-diagonal cells
+    inside the focus set from the largest down, placing both ends of each as they come."""
+    fs = set(focus)
+    cells = sorted(((matrix[i][j] + matrix[j][i], i, j) for i in focus for j in focus if i < j
+                    and matrix[i][j] + matrix[j][i] > 0), key=lambda t: (-t[0], t[1], t[2]))
+    order: list[int] = []
+    placed: set[int] = set()
+    for _, i, j in cells:
+        for k in (i, j):
+            if k not in placed:
+                order.append(k)
+                placed.add(k)
+    order += [k for k in focus if k not in placed and k in fs]
+    return order
+
+
+def build_confusion(conf: Any, conf_note: str | None, focus_k: int = FOCUS_K) -> ConfusionView:
+    empty = dict(step=None, n_classes=0, total=0, errors=0, focus=(), focus_matrix=(), focus_support=(),
+                 focus_errors=0, labels=(), cells=())
+    if conf is None:
+        return ConfusionView(**empty, missing=(conf_note or "no confusion.json")
+                             + " (multi-label runs and runs stopped before their first eval have none)")
+    labels = conf.get("labels") if isinstance(conf, dict) else None
+    matrix = conf.get("matrix") if isinstance(conf, dict) else None
+    n = len(labels or ())
+    if not n or not isinstance(matrix, list) or len(matrix) != n or any(
+            not isinstance(r, list) or len(r) != n for r in matrix):
+        return ConfusionView(**empty, missing="confusion.json is not a square matrix over its labels")
+    m = [[int(_num(x) or 0) for x in row] for row in matrix]
+    total = sum(map(sum, m))
+    errors = total - sum(m[i][i] for i in range(n))
+    mass = [sum(m[i]) - m[i][i] + sum(m[r][i] for r in range(n)) - m[i][i] for i in range(n)]  # FN + FP
+    ranked = sorted(range(n), key=lambda i: (-mass[i], labels[i]))
+    k = min(focus_k, n)
+    focus = [i for i in ranked[:k] if mass[i] > 0] or ranked[:k]
+    focus = _order_focus(focus, m)
+    fm = tuple(tuple(m[i][j] for j in focus) for i in focus)
+    focus_errors = sum(m[i][j] for i in focus for j in focus if i != j)
+    cells = tuple((i, j, m[i][j]) for i in range(n) for j in range(n) if m[i][j])
+    return ConfusionView(step=_num(conf.get("step")), n_classes=n, total=total, errors=errors,
+                         focus=tuple(labels[i] for i in focus), focus_matrix=fm,
+                         focus_support=tuple(sum(m[i]) for i in focus), focus_errors=focus_errors,
+                         labels=tuple(labels), cells=cells)
+
+
+def build_pairs(confusion: ConfusionView, points: Sequence[dict], best_step: float | None,
+                examples: Mapping[tuple[str, str], Sequence[str]] | None = None,
+                top: int = TOP_PAIRS) -> tuple[PairRow, ...]:
+    """The most frequent (true, predicted) confusions: from the confusion matrix (the best step, the
+    same model as the saved adapter), else from `val/confused_pairs` in the history."""
+    counts: dict[tuple[str, str], int] = {}
+    support: dict[str, int] = {}
+    if confusion.cells:
+        for i, j, c in confusion.cells:
+            t = confusion.labels[i]
+            support[t] = support.get(t, 0) + c
+            if i != j:
+                counts[(t, confusion.labels[j])] = c
+    else:
+        with_pairs = [p for p in points if isinstance(p.get("val/confused_pairs"), list)]
+        if not with_pairs:
+            return ()
+        point = next((p for p in with_pairs if best_step is not None and _num(p.get("step")) == best_step),
+                     with_pairs[-1])
+        for q in point["val/confused_pairs"]:
+            if isinstance(q, dict) and {"true", "pred", "count"} <= set(q):
+                counts[(str(q["true"]), str(q["pred"]))] = int(q["count"])
+        for key, v in point.items():
+            if key.startswith("val/support/") and _num(v) is not None:
+                support[key.split("/", 2)[2]] = int(v)
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    rows = []
+    for (t, p), c in ranked:
+        ex = None
+        if examples is not None:
+            ex = tuple(examples.get((t, p), ()))
+        rows.append(PairRow(t, p, c, c / support[t] if support.get(t) else None, counts.get((p, t), 0), ex))
+    return tuple(rows)
+
+
+def build_params(run: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[ParamRow, ...]:
+    params = run.get("params") if isinstance(run.get("params"), dict) else {}
+    model = run.get("model") if isinstance(run.get("model"), dict) else {}
+    cm = config.get("model") or {}
+    ad = config.get("adapter") or {}
+    tr = config.get("train") or {}
+    method = ad.get("method") or run.get("method") or "lora"
+    rows: list[ParamRow] = [
+        ParamRow("Model", "base model", cm.get("name_or_path") or model.get("name_or_path")),
+        ParamRow("Model", "architecture", f"{model.get('model_type', '?')}, {model.get('num_layers', '?')} layers"
+                 if model else None),
+        ParamRow("Model", "max_length", cm.get("max_length")),
+        ParamRow("Model", "total parameters", params.get("total")),
+        ParamRow("Model", "trainable parameters", params.get("trainable"),
+                 f"{params['share_of_total']:.2%} of the model" if _num(params.get("share_of_total")) else ""),
+    ]
+    if method != "full":
+        rows += [
+            ParamRow("Model", "adapter parameters", params.get("adapter"),
+                     f"{params['adapter'] / params['adapted_weights']:.2%} of the adapted weights"
+                     if _num(params.get("adapter")) and _num(params.get("adapted_weights")) else ""),
+            ParamRow("Model", "head parameters", params.get("head"), "classification head, always trained"),
+            ParamRow("Model", "adapted weights", params.get("adapted_weights"),
+                     f"{model.get('adapted_modules')} modules" if model.get("adapted_modules") else ""),
+        ]
+    rows.append(ParamRow("Adapter", "method", method))
+    if method != "full":
+        for key in ("r", "lora_alpha", "lora_dropout", "target_modules", "layers_to_transform", "bias",
+                    "use_rslora", "init_lora_weights"):
+            if key in ad:
+                rows.append(ParamRow("Adapter", key, ad[key]))
+    for key in ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                "gradient_accumulation_steps", "weight_decay", "warmup_ratio", "lr_scheduler_type",
+                "max_grad_norm", "early_stopping_patience", "seed"):
+        if key in tr:
+            rows.append(ParamRow("Training", key, tr[key]))
+    cost = (("steps done", run.get("steps_done"), f"of {run.get('steps_planned')} planned"
+             if run.get("steps_planned") else ""),
+            ("examples seen", run.get("examples_seen"), "training examples processed, with repeats"),
+            ("wall time (s)", run.get("wall_s"), f"+ {run['setup_s']:.1f} s set-up" if _num(run.get("setup_s")) else ""),
+            ("examples / s", run.get("examples_per_s"), ""),
+            ("mean step (s)", run.get("mean_step_s"), ""),
+            ("peak memory (MB)", run.get("peak_memory_mb"), ""),
+            ("device", run.get("device"), ""))
+    rows += [ParamRow("Cost", k, v, note) for k, v, note in cost if v not in (None, "")]
+    return tuple(r for r in rows if r.value is not None)
+
+
+def _metric_of(points: Sequence[dict]) -> str:
+    from loratune.features import METRIC_KEYS
+
+    for m in METRIC_KEYS:
+        if any(_num(p.get(f"val/{m}")) is not None for p in points):
+            return f"val/{m}"
+    return "val/macro_f1"
+
+
+def _point_at(points: Sequence[dict], step: float | None) -> dict:
+    if step is None:
+        return {}
+    return next((p for p in points if _num(p.get("step")) == step), {})
+
+
+def _summary_point(p: Mapping[str, Any], metric: str) -> dict:
+    m = metric.split("/", 1)[1]
+    keys = ("step", "epoch", metric, "val/loss", "val/accuracy", f"train_eval/{m}", "train_eval/loss",
+            "train/loss", "examples_seen", "wall_s")
+    return {k: p.get(k) for k in keys if p.get(k) is not None}
+
+
+def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], Sequence[str]] | None = None,
+                     examples_note: str | None = None, thresholds: Mapping[str, float] | None = None,
+                     focus_k: int = FOCUS_K, top_pairs: int = TOP_PAIRS, name: str | None = None) -> RunReport:
+    """The report of one run directory. `examples`: {(true, pred): texts} from
+    `report.examples.confused_examples` (None: the pairs show no texts, and `examples_note` says why)."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise UserError(f"'{d}' is not a directory", "give a run directory made by `loratune train`")
+    if not (d / "history.jsonl").is_file() and not (d / "run.json").is_file():
+        raise UserError(f"'{d}' is not a loratune run directory (no history.jsonl, no run.json)",
+                        "give the output_dir of `loratune train`, or a study directory of `loratune tune`")
+    notes: list[str] = []
+    run, note = _read_json(d / "run.json")
+    if note:
+        notes.append(note + ": status, labels and parameter counts are unknown")
+    run = run if isinstance(run, dict) else {}
+    points, note = read_history(d / "history.jsonl")
+    if note:
+        notes.append(note)
+    points = sorted((p for p in points if _num(p.get("step")) is not None), key=lambda p: p["step"])
+    if not points:
+        notes.append("the history has no eval points yet: no curves")
+    config: dict = {}
+    config_yaml = ""
+    if (d / "config.yaml").is_file():
+        import yaml
+
+        config_yaml = (d / "config.yaml").read_text(encoding="utf-8")
+        try:
+            config = yaml.safe_load(config_yaml) or {}
+        except yaml.YAMLError:
+            notes.append("config.yaml is not valid YAML")
+    elif isinstance(run.get("config"), dict):
+        config = run["config"]
+    else:
+        notes.append("no config.yaml: the parameter table lacks the hyperparameters")
+    config = config if isinstance(config, dict) else {}
+    if not config_yaml and config:
+        import yaml
+
+        config_yaml = yaml.safe_dump(config, sort_keys=False)
+
+    metric = _metric_of(points)
+    labels = [str(x) for x in run.get("labels") or []]
+    if not labels:
+        seen: dict[str, None] = {}
+        for p in points:
+            for k in p:
+                if k.startswith("val/recall/"):
+                    seen[k.split("/", 2)[2]] = None
+        labels = list(seen)
+    curves = build_curves(points, metric)
+    best_step = _best_step(points, metric)
+    if isinstance(run.get("best"), dict) and _num(run["best"].get("step")) is not None:
+        best_pt = dict(run["best"])
+        best_step = _num(best_pt["step"]) if _num(best_pt.get(metric)) is not None else best_step
+    best_pt = _point_at(points, best_step) or (run.get("best") if isinstance(run.get("best"), dict) else {})
+    final_pt = points[-1] if points else (run.get("final") if isinstance(run.get("final"), dict) else {})
+    status = str(run.get("status") or "unknown")
+    if status == "running":
+        notes.append(f"the run is still training (status `running`, {len(points)} eval points so far): "
+                     "this report shows it as it stands")
+
+    conf, conf_note = _read_json(d / "confusion.json")
+    confusion = build_confusion(conf, conf_note, focus_k)
+    if confusion.missing is None and best_step is not None and confusion.step is not None \
+            and confusion.step != best_step:
+        notes.append(f"confusion.json is from step {confusion.step:g}, the best val metric from step {best_step:g}")
+    pairs = build_pairs(confusion, points, best_step, examples, top_pairs)
+    if examples is None and examples_note is None:
+        examples_note = "example texts were not computed (run `loratune report` with examples on)"
+    cm = config.get("model") or {}
+    data = config.get("data") or {}
+    params = run.get("params") if isinstance(run.get("params"), dict) else {}
+    rows_info = run.get("rows") if isinstance(run.get("rows"), dict) else {}
+    return RunReport(
+        name=name or d.name, path=str(d), status=status, reason=run.get("reason"),
+        task=str(run.get("task") or "single_label"),
+        method=str((config.get("adapter") or {}).get("method") or run.get("method") or "lora"),
+        model_name=str(cm.get("name_or_path") or (run.get("model") or {}).get("name_or_path") or "?"),
+        dataset=str(data.get("dataset_name") or data.get("train_file") or "?"),
+        n_classes=len(labels) or None,
+        n_val=_int(rows_info.get("val")) or _int(final_pt.get("val/n")),
+        metric=metric, best=_summary_point(best_pt, metric), final=_summary_point(final_pt, metric),
+        start_metric=_num(points[0].get(metric)) if points else None,
+        steps_done=_int(run.get("steps_done")) if run.get("steps_done") is not None else (
+            _int(points[-1].get("step")) if points else None),
+        steps_planned=_int(run.get("steps_planned")), examples_seen=_int(run.get("examples_seen")),
+        wall_s=_num(run.get("wall_s")) or (_num(points[-1].get("wall_s")) if points else None),
+        params_share=_num(params.get("share_of_total")),
+        curves=curves, diagnosis=build_diagnosis(d, thresholds) if points else DiagnosisView(
+            "inconclusive", "", (), (), (), (), (), error="no eval points to diagnose yet"),
+        classes=build_classes(points, run, labels, best_step), confusion=confusion, pairs=pairs,
+        examples_note=None if examples is not None else examples_note,
+        params=build_params(run, config), config_yaml=config_yaml, notes=tuple(notes))
+
+
+def with_examples(report: RunReport, examples: Mapping[tuple[str, str], Sequence[str]] | None,
+                  note: str | None = None) -> RunReport:
+    """The same report with example texts on its confused pairs (None: none, and `note` says why)."""
+    from dataclasses import replace
+
+    pairs = tuple(replace(p, examples=None if examples is None else tuple(examples.get((p.true, p.pred), ())))
+                  for p in report.pairs)
+    return replace(report, pairs=pairs, examples_note=None if examples is not None else
+                   (note or "example texts were not computed"))
+
+
+def is_study_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and any((p / n).exists() for n in ("study.db", "decisions.jsonl", "trials", "final/study.json"))
+
+
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and ((p / "history.jsonl").is_file() or (p / "run.json").is_file())

@@ -1,0 +1,522 @@
+"""HTML rendering of the report models: one self-contained file (inline CSS, inline SVG, a few lines
+of inline script for copy buttons and sortable tables). No CDN, no font download, opens from disk.
+
+Nothing here computes or decides anything: it formats `RunReport` / `StudyReport` fields.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any, Iterable, Sequence
+
+from loratune.report import charts as ch
+from loratune.report.charts import esc
+from loratune.report.model import ClassTable, ConfusionView, CurvePanel, DiagnosisView, FindingView, RunReport
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------
+
+
+def num(v: Any, digits: int = 3) -> str:
+    if v is None or isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if v == int(v) and abs(v) >= 1 and abs(v) < 1e15:
+            return f"{int(v):,}"
+        if abs(v) < 1e-3:
+            return f"{v:.1e}"
+        return f"{v:.{digits}f}" if abs(v) < 10 else f"{v:,.1f}"
+    return str(v)
+
+
+def metric(v: Any) -> str:
+    """A 0..1 score (macro-F1, recall, accuracy) or a loss, always three decimals."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return f"{v:.3f}"
+    return "–"
+
+
+def pct(v: Any, digits: int = 1) -> str:
+    return f"{v:.{digits}%}" if isinstance(v, (int, float)) and v is not None and math.isfinite(v) else "–"
+
+
+def human(n: Any) -> str:
+    if not isinstance(n, (int, float)) or isinstance(n, bool):
+        return "–"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:,.0f}"
+
+
+def duration(s: Any) -> str:
+    if not isinstance(s, (int, float)) or s is None:
+        return "–"
+    s = float(s)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def value_text(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v)) if v else "[]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+STATUS_TONE = {"completed": "ok", "running": "info", "interrupted": "warn", "diverged": "bad", "failed": "bad",
+               "pruned": "warn", "killed": "bad"}
+HEALTHY = {"healthy", "plateau-reached", "capacity-adequate", "converged"}
+
+
+def verdict_tone(verdict: str) -> str:
+    if verdict in HEALTHY or verdict.startswith("healthy"):
+        return "ok"
+    if verdict in ("inconclusive", ""):
+        return "low"
+    if any(w in verdict for w in ("diverg", "collapse", "unstable", "broken")):
+        return "bad"
+    return "warn"
+
+
+def badge(text: str, tone: str) -> str:
+    return f'<span class="badge {tone}">{esc(text)}</span>'
+
+
+def tile(label: str, value: str, detail: str = "", tone: str = "", small: bool = False, key: str = "") -> str:
+    data = f' data-key="{esc(key)}"' if key else ""
+    return (f'<div class="tile {tone}"{data}><div class="k">{esc(label)}</div>'
+            f'<div class="v{" sm" if small else ""}">{value}</div>'
+            + (f'<div class="d">{detail}</div>' if detail else "") + "</div>")
+
+
+def section(id_: str, title: str, lede: str, body: str) -> str:
+    lede_html = f'<p class="lede">{lede}</p>' if lede else ""
+    return f'<section class="card" id="{esc(id_)}"><h2>{esc(title)}</h2>{lede_html}{body}</section>'
+
+
+def missing(text: str) -> str:
+    return f'<div class="missing" data-missing="1">{esc(text)}</div>'
+
+
+def legend(items: Iterable[tuple[str, str, str]]) -> str:
+    """(css class, text, kind: line | dash | box | mark)."""
+    return '<div class="legend">' + "".join(
+        f'<span class="{esc(c)}"><i class="{esc(k)}"></i>{esc(t)}</span>' for c, t, k in items) + "</div>"
+
+
+def table(headers: Sequence[tuple[str, str]], rows: Iterable[Sequence[tuple[str, str]]], *, cls: str = "",
+          row_cls: Sequence[str] | None = None, id_: str = "") -> str:
+    """headers: (text, css class); rows: cells as (html, css class) or (html, css class, sort value)."""
+    head = "".join(f'<th class="{c}">{esc(h)}</th>' for h, c in headers)
+    out = []
+    for k, row in enumerate(rows):
+        rc = f' class="{row_cls[k]}"' if row_cls and row_cls[k] else ""
+        cells = []
+        for cell in row:
+            html, c = cell[0], cell[1]
+            sv = f' data-v="{esc(cell[2])}"' if len(cell) > 2 and cell[2] is not None else ""
+            cells.append(f'<td class="{c}"{sv}>{html}</td>')
+        out.append(f"<tr{rc}>" + "".join(cells) + "</tr>")
+    idattr = f' id="{esc(id_)}"' if id_ else ""
+    return f'<div class="scroll-x"><table class="{cls}"{idattr}><thead><tr>{head}</tr></thead><tbody>{"".join(out)}</tbody></table></div>'
+
+
+def copy_block(id_: str, text: str) -> str:
+    return (f'<div class="copy-wrap"><button class="copy" type="button" data-target="{esc(id_)}">copy</button>'
+            f'<pre class="yaml" id="{esc(id_)}">{esc(text)}</pre></div>')
+
+
+def _asset(name: str) -> str:
+    return resources.files("loratune.report").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def page(title: str, kind: str, body: str) -> str:
+    from loratune import __version__
+
+    return Template(_asset("page.html")).substitute(
+        title=esc(title), kind=esc(kind), body=body, css=_asset("report.css"), js=_asset("report.js"),
+        version=esc(__version__))
+
+
+def _footer(path: str) -> str:
+    from loratune import __version__
+
+    now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M")
+    return (f'<footer class="wrap">Made by loratune {esc(__version__)} on {esc(now)} from <code>{esc(path)}</code>. '
+            f'Self-contained: this file needs no network.</footer>')
+
+
+# ---------------------------------------------------------------------------------------------
+# Run report pieces
+# ---------------------------------------------------------------------------------------------
+
+ROLE_STYLE = {"train": ("train", "dash"), "train_eval": ("train_eval", "line"), "val": ("val", "line"),
+              "val2": ("val2", "dash"), "lr": ("lr", "line")}
+
+
+def curve_figure(panel: CurvePanel, *, width: int = 540, height: int = 270, epoch_note: str = "") -> str:
+    series = []
+    items = []
+    for c in panel.curves:
+        cls, kind = ROLE_STYLE.get(c.role, ("neutral", "line"))
+        series.append(ch.Series(c.label, f"s-{cls}", c.points, dashed=kind == "dash",
+                                markers=c.role != "lr"))
+        items.append((cls, c.label, kind))
+    vlines = []
+    if panel.best_step is not None and panel.id != "lr":
+        vlines.append(ch.VLine(panel.best_step, f"best step {panel.best_step:g}"))
+        items.append(("best", "best val step (saved model)", "mark"))
+    y_lo = 0.0 if panel.id in ("metric", "lr") else None
+    y_hi = 1.0 if panel.id == "metric" else None
+    svg = ch.line_chart(series, width=width, height=height, x_label="optimizer step", y_label=panel.y_label,
+                        y_lo=y_lo, y_hi=y_hi, vlines=vlines, aria=panel.title,
+                        y_fmt=(lambda v: f"{v:.0e}".replace("e-0", "e-")) if panel.id == "lr" else ch.fmt)
+    return (f'<figure data-chart="{esc(panel.id)}"><figcaption>{esc(panel.title)}'
+            f'{" <span class=sub>" + esc(epoch_note) + "</span>" if epoch_note else ""}</figcaption>'
+            f'{legend(items)}{svg}</figure>')
+
+
+def finding_card(f: FindingView) -> str:
+    tone = "low" if f.confidence_label == "low" else verdict_tone(f.rule_id)
+    ev = "".join(
+        f'<li class="{"pass" if e.passed else "fail" if e.passed is False else "unknown"}">{esc(e.text)}</li>'
+        for e in f.evidence)
+    extra = ""
+    if f.missing:
+        extra += f'<div class="small muted">missing signals: {esc("; ".join(f.missing))}</div>'
+    for n in f.notes:
+        extra += f'<div class="small muted">{esc(n)}</div>'
+    if f.caveat:
+        extra += f'<div class="note">caveat: {esc(f.caveat)}</div>'
+    moves = "".join(f'<span class="chip move">→ {esc(m)}</span>' for m in f.moves)
+    conf = (f'<span class="conf">confidence {f.confidence:.2f} ({esc(f.confidence_label)}'
+            f'{", tentative" if f.tentative else ""})<span class="meter"><b style="width:{f.confidence * 100:.0f}%">'
+            f'</b></span></span>')
+    return (f'<div class="finding {tone}" data-rule="{esc(f.rule_id)}"><div class="head">'
+            f'<span class="rid">{esc(f.rule_id)}</span><span class="chip">{esc(f.scope)}</span>'
+            f'<span class="chip k">{esc(f.knob_class)}</span>{conf}</div>'
+            f'<div class="verdict">{esc(f.verdict)}</div><ul class="ev">{ev}</ul>{extra}'
+            f'<div class="moves">{moves or "<span class=muted>no move</span>"}</div></div>')
+
+
+def diagnosis_section(d: DiagnosisView) -> str:
+    if d.error:
+        return section("diagnosis", "Diagnosis", "", missing(f"no diagnosis: {d.error}"))
+    parts = []
+    if d.summary:
+        parts.append('<ul class="small muted" style="margin:0 0 12px;padding-left:18px">'
+                     + "".join(f"<li>{esc(s)}</li>" for s in d.summary) + "</ul>")
+    if d.findings:
+        parts.append('<div class="findings">' + "".join(finding_card(f) for f in d.findings) + "</div>")
+    else:
+        parts.append(missing("no rule fired: the curves show nothing the rule table names"))
+    rest = []
+    if d.suppressed:
+        rest.append("<h3>Also matched, suppressed by a higher-priority finding</h3>"
+                    + "".join(f'<div class="small"><code>{esc(f.rule_id)}</code> <span class="muted">by '
+                              f'{esc(f.suppressed_by)}: {esc(f.verdict)}</span></div>' for f in d.suppressed))
+    if d.not_evaluated:
+        rest.append("<h3>Not evaluated (signals missing)</h3>" + "".join(
+            f'<div class="small"><code>{esc(r)}</code> <span class="muted">{esc(w)}</span></div>'
+            for r, w in d.not_evaluated))
+    if d.notes:
+        rest.append("".join(f'<div class="note">{esc(n)}</div>' for n in d.notes))
+    if rest:
+        parts.append(f"<details><summary>Suppressed and unevaluated rules ({len(d.suppressed)} + "
+                     f"{len(d.not_evaluated)})</summary>{''.join(rest)}</details>")
+    lede = ("Every rule of the table is evaluated; each finding lists its evidence against named thresholds "
+            "(✓ holds, ✗ does not, ? missing) and the knob move it prescribes.")
+    return section("diagnosis", "Diagnosis", lede, "".join(parts))
+
+
+def classes_section(t: ClassTable, metric_name: str) -> str:
+    if not t.rows:
+        return section("classes", "Per-class recall", "", missing(t.missing or "no per-class metrics"))
+    bars = []
+    for r in t.rows:
+        if r.recall is None:
+            continue
+        cls = "s-tail" if r.tail else "s-val"
+        bars.append(ch.Bar(r.label, r.recall, cls,
+                           f"{r.label}: recall {metric(r.recall)}, F1 {metric(r.f1)}, "
+                           f"{r.val_support if r.val_support is not None else '?'} val rows, "
+                           f"{r.train_count if r.train_count is not None else '?'} train rows"
+                           + (" (long-tail class)" if r.tail else "")))
+    mean = sum(b.value for b in bars) / len(bars) if bars else None
+    many = len(bars) > 30
+    items = [("val", "validation recall", "box")]
+    if t.long_tail:
+        items.append(("tail", f"long-tail class (≤ {t.tail_max_count:g} train rows)", "box"))
+    items.append(("best", "mean recall", "dash"))
+    col = ch.column_chart(bars, height=200, y_hi=1.0, width=1120 if many else None, y_label="val recall", show_labels=not many,
+                          hlines=[(mean, f"mean {mean:.3f}", "ref")] if mean is not None else [],
+                          aria="per-class recall sorted")
+    fig1 = (f'<figure data-chart="recall"><figcaption>Recall per class, worst first '
+            f'<span class="sub">({len(bars)} classes{", hover a bar for its name" if many else ""})</span>'
+            f'</figcaption>{legend(items)}<div class="scroll-x">{col}</div></figure>')
+    fig2 = frequency_figure(t)
+    summary = []
+    if t.long_tail:
+        summary.append(f"Long tail: head classes have {t.head_tail_ratio:.1f}x the train rows of tail classes; "
+                       f"mean recall tail {metric(t.tail_recall)} vs head {metric(t.head_recall)}.")
+    if t.missing:
+        summary.append(t.missing)
+    summary_html = "".join(f'<div class="note">{esc(s)}</div>' for s in summary)
+
+    def row(r):
+        gap = (r.train_recall - r.recall) if r.train_recall is not None and r.recall is not None else None
+        name = esc(r.label) + (' <span class="chip tail">tail</span>' if r.tail else "")
+        return [(name, "", r.label), (num(r.train_count), "num", r.train_count), (num(r.val_support), "num", r.val_support),
+                (metric(r.recall), "num", r.recall), (metric(r.precision), "num", r.precision),
+                (metric(r.f1), "num", r.f1), (metric(r.train_recall), "num", r.train_recall),
+                (f"{gap:+.3f}" if gap is not None else "–", "num", gap)]
+
+    headers = [("class", ""), ("train rows", "num"), ("val rows", "num"), ("recall", "num"), ("precision", "num"),
+               ("F1", "num"), ("train recall", "num"), ("train−val", "num")]
+    worst = t.rows[:10]
+    short = [(name, c) for name, c in zip(headers, range(len(headers))) if c in (0, 2, 3, 5)]
+    tbl = table([h for h, _ in short], [[row(r)[c] for _, c in short] for r in worst],
+                row_cls=["tail" if r.tail else "" for r in worst], id_="worst-classes")
+    full = table(headers, [row(r) for r in t.rows], cls="sortable", row_cls=["tail" if r.tail else "" for r in t.rows],
+                 id_="all-classes")
+    step = f" at step {t.step:g}" if t.step is not None else ""
+    body = (f'{summary_html}{fig1}<div class="grid2" style="margin-top:14px">{fig2}'
+            f'<div><figcaption style="font-weight:600;font-size:13px;margin-bottom:4px">The {len(worst)} weakest '
+            f'classes</figcaption>{tbl}</div></div>'
+            f'<details><summary>All {len(t.rows)} classes, with precision and train recall (click a header to sort)'
+            f'</summary>{full}</details>')
+    return section("classes", "Per-class recall", f"Validation numbers{step} (the best step: the saved model). "
+                   "Train recall is on the train_eval subsample, scored the same way.", body)
+
+
+def frequency_figure(t: ClassTable) -> str:
+    """Train frequency against val F1; with balanced counts (one x value) the F1 distribution instead."""
+    pts = t.frequency_vs_f1
+    if not pts:
+        return f'<figure>{missing(t.missing or "no train label counts: no frequency view")}</figure>'
+    items = [("val", "class", "box")] + ([("tail", "long-tail class", "box")] if t.long_tail else [])
+    xs = [n for _, n, _, _ in pts]
+    if max(xs) == min(xs):
+        bins = [0] * 10
+        for _, _, f1, _ in pts:
+            bins[min(int(f1 * 10), 9)] += 1
+        bars = [ch.Bar(f"{k / 10:.1f}–{(k + 1) / 10:.1f}", float(c), "s-val", f"{c} classes with val F1 in "
+                       f"[{k / 10:.1f}, {(k + 1) / 10:.1f}{']' if k == 9 else ')'}") for k, c in enumerate(bins)]
+        svg = ch.column_chart(bars, height=190, width=540, y_label="classes", show_labels=True,
+                              aria="val F1 distribution", y_fmt=lambda v: f"{v:g}")
+        return (f'<figure data-chart="freq-f1"><figcaption>Val F1 distribution <span class="sub">(every class has '
+                f'{xs[0]} train rows, so frequency cannot explain F1)</span></figcaption>{svg}</figure>')
+    dots = [ch.Dot(n, f1, "s-tail" if tail else "s-val",
+                   f"{lab}: {n} train rows, val F1 {f1:.3f}" + (" (long tail)" if tail else ""))
+            for lab, n, f1, tail in pts]
+    log = min(xs) > 0 and max(xs) / max(min(xs), 1) >= 4
+    vlines = [ch.VLine(t.tail_max_count, f"tail ≤ {t.tail_max_count:g}")] if t.long_tail and t.tail_max_count else []
+    sc = ch.scatter(dots, width=540, height=250, x_label="train rows of the class" + (" (log scale)" if log else ""),
+                    y_label="val F1", y_lo=0, y_hi=1, log_x=log, vlines=vlines, aria="frequency vs F1")
+    sub = ("" if t.long_tail else f" <span class=\"sub\">(head/tail count ratio {t.head_tail_ratio:.1f}: no long tail)</span>"
+           if t.head_tail_ratio is not None else "")
+    return f'<figure data-chart="freq-f1"><figcaption>Training frequency vs val F1{sub}</figcaption>{legend(items)}{sc}</figure>'
+
+
+def confusion_section(c: ConfusionView) -> str:
+    if c.missing:
+        return section("confusion", "Confusion matrix", "", missing(c.missing))
+    n = len(c.focus)
+    focus_max = max((v for i, row in enumerate(c.focus_matrix) for j, v in enumerate(row) if i != j), default=1)
+
+    def shade(i, j, v):
+        if i == j:
+            sup = c.focus_support[i] or 1
+            return "hm-on", 0.15 + 0.75 * v / sup
+        return "hm-off", 0.18 + 0.82 * v / max(focus_max, 1)
+
+    def title(i, j, v):
+        sup = c.focus_support[i]
+        share = f" ({v / sup:.0%} of its {sup} val rows)" if sup else ""
+        if i == j:
+            return f"{c.focus[i]}: {v} correct{share}"
+        return f"true {c.focus[i]} → predicted {c.focus[j]}: {v}{share}"
+
+    cell = 22 if n <= 16 else 19 if n <= 26 else 15
+    hm = ch.heatmap(c.focus, c.focus, c.focus_matrix, shade, title, cell=cell, label_chars=30,
+                    aria="confusion matrix of the most confused classes")
+    idx = {lab: k for k, lab in enumerate(c.labels)}
+    support = {}
+    for i, j, v in c.cells:
+        support[i] = support.get(i, 0) + v
+    offmax = max((v for i, j, v in c.cells if i != j), default=1)
+
+    def oshade(i, j, v):
+        if i == j:
+            return "hm-on", 0.25 + 0.75 * v / max(support.get(i, 1), 1)
+        return "hm-off", 0.35 + 0.65 * v / offmax
+
+    def otitle(i, j, v):
+        return (f"{c.labels[i]}: {v} correct" if i == j else f"true {c.labels[i]} → predicted {c.labels[j]}: {v}")
+
+    overview = "" if c.n_classes <= n else ch.sparse_matrix(c.n_classes, c.cells, oshade, otitle, size=230 if c.n_classes > 40 else 200,
+                                highlight=[idx[lab] for lab in c.focus if lab in idx])
+    share = c.focus_share
+    step = f" at step {c.step:g}" if c.step is not None else ""
+    lede = (f"Validation{step}: {c.errors:,} errors in {c.total:,} rows ({pct(c.errors / c.total if c.total else None)}). "
+            f"The matrix shows the {n} classes with the most off-diagonal mass (false negatives + false positives), "
+            f"ordered so that classes confused with each other sit together"
+            + (f"; they hold {pct(share)} of all errors." if share is not None and c.n_classes > n else "."))
+    items = [("good", "correct (shade: share of the class's rows)", "box"), ("bad", "confused (shade: count)", "box")]
+    body = (f'{legend(items)}<div class="flexrow">'
+            f'<figure data-chart="confusion-focus" class="scroll-x"><figcaption>Most confused classes '
+            f'<span class="sub">(rows: true class; columns: predicted)</span></figcaption>'
+            f'{hm}</figure>'
+            + (f'<figure data-chart="confusion-overview" class="grow"><figcaption>All {c.n_classes} classes '
+               f'<span class="sub">(non-zero cells; focus rows tinted)</span></figcaption>{overview}'
+               f'<p class="small muted">Off the diagonal, every dot is a confusion. Hover a cell for its classes.</p>'
+               f'</figure>' if c.n_classes > n else "") + '</div>')
+    return section("confusion", "Confusion matrix", lede, body)
+
+
+def pairs_section(r: RunReport) -> str:
+    if not r.pairs:
+        why = "no confused pairs: the validation predictions have no errors" if r.confusion.cells else (
+            "no confusion matrix and no `val/confused_pairs` in the history")
+        return section("pairs", "Top confused pairs", "", missing(why))
+    rows = []
+    for p in r.pairs:
+        ex = ""
+        if p.examples:
+            ex = '<ul class="examples">' + "".join(f"<li><q>{esc(t)}</q></li>" for t in p.examples) + "</ul>"
+        elif p.examples is not None:
+            ex = '<span class="small muted">no example at the saved step</span>'
+        rows.append([
+            (f'<b>{esc(p.true)}</b><span class="arrow">→</span>{esc(p.pred)}{ex}', ""),
+            (str(p.count), "num", p.count), (pct(p.rate, 0), "num", p.rate),
+            (str(p.reverse) if p.reverse else "–", "num", p.reverse)])
+    note = f'<div class="note">{esc(r.examples_note)}</div>' if r.examples_note else ""
+    body = note + table([("true class → predicted as", ""), ("count", "num"), ("of the true class", "num"),
+                         ("reverse", "num")], rows, id_="pairs-table")
+    return section("pairs", "Top confused pairs",
+                   "The most frequent (true, predicted) errors on validation, with validation texts the saved "
+                   "model gets wrong that way. “Reverse”: how often the pair is confused the other way round "
+                   "(both ways usually means overlapping intents or labels).", body)
+
+
+def params_section(r: RunReport) -> str:
+    groups: dict[str, list] = {}
+    for p in r.params:
+        groups.setdefault(p.group, []).append(p)
+    blocks = []
+    for g, rows in groups.items():
+        body = "".join(f"<tr><td>{esc(p.key)}</td><td class=\"mono\">{esc(value_text(p.value))}</td>"
+                       f"<td class=\"muted small\">{esc(p.note)}</td></tr>" for p in rows)
+        blocks.append(f'<div><h3>{esc(g)}</h3><table class="params"><tbody>{body}</tbody></table></div>')
+    cfg = (f"<details><summary>The resolved config (config.yaml)</summary>{copy_block('run-config', r.config_yaml)}"
+           f"</details>" if r.config_yaml else "")
+    return section("params", "Parameters", "Parameter counts, the adapter and training hyperparameters, and what "
+                   "the run cost.", f'<div class="grid2">{"".join(blocks)}</div>{cfg}')
+
+
+def run_summary(r: RunReport) -> str:
+    m = r.metric.split("/", 1)[-1].replace("_", " ")
+    mlabel = "Macro-F1" if m == "macro f1" else m
+    best_v = r.best.get(r.metric)
+    best_detail = []
+    if r.best.get("step") is not None:
+        best_detail.append(f"step {num(r.best.get('step'))}")
+    if r.best.get("epoch") is not None:
+        best_detail.append(f"epoch {r.best['epoch']:.1f}")
+    if r.start_metric is not None:
+        best_detail.append(f"from {metric(r.start_metric)} at step 0")
+    final_v = r.final.get(r.metric)
+    gap = r.best.get(f"train_eval/{r.metric.split('/', 1)[-1]}")
+    d = r.diagnosis
+    tone = verdict_tone(d.verdict)
+    moves = " ".join(f'<span class="chip move">→ {esc(x)}</span>' for x in d.moves) or '<span class="muted">none</span>'
+    tiles = [
+        tile(f"best val {mlabel}", metric(best_v), " · ".join(best_detail), "primary", key="best"),
+        tile("final", metric(final_v),
+             f"val loss {metric(r.final.get('val/loss'))}" + (f" · train {mlabel} {metric(gap)} at best"
+                                                               if gap is not None else ""), key="final"),
+        tile("verdict", esc(d.verdict), esc(d.verdict_text) + f'<div style="margin-top:4px">{moves}</div>',
+             tone, small=True, key="verdict"),
+        tile("trainable", human(next((p.value for p in r.params if p.key == "trainable parameters"), None)),
+             f"{pct(r.params_share, 2)} of the model" if r.params_share is not None else "", key="params"),
+        tile("compute", human(r.examples_seen) + " ex",
+             f"{num(r.steps_done)} of {num(r.steps_planned)} steps · {duration(r.wall_s)}", key="compute"),
+    ]
+    weakest = [c for c in r.classes.rows if c.recall is not None][:3]
+    if weakest:
+        tiles.append(tile("weakest classes", esc(metric(weakest[0].recall)),
+                          "<br>".join(f"{esc(c.label)} <span class=muted>{metric(c.recall)}</span>" for c in weakest),
+                          key="weakest"))
+    notes = "".join(f'<div class="note">{esc(n)}</div>' for n in r.notes)
+    return (f'<section class="card" id="summary"><h2>Summary</h2><p class="lede">{esc(r.reason or "")}</p>'
+            f'<div class="tiles">{"".join(tiles)}</div>{notes}</section>')
+
+
+def render_run(r: RunReport) -> str:
+    method = "full fine-tuning" if r.method == "full" else "LoRA" + next(
+        (f" r={p.value}" for p in r.params if p.key == "r"), "")
+    meta = [r.model_name, method, r.dataset, f"{r.n_classes} classes" if r.n_classes else "",
+            f"{r.n_val:,} val rows" if r.n_val else "", r.task.replace("_", "-")]
+    header = (f'<header class="top"><div class="wrap"><div class="kicker">loratune · run report</div>'
+              f'<h1>{esc(r.name)} {badge(r.status, STATUS_TONE.get(r.status, "info"))}</h1>'
+              f'<div class="meta">{"".join(f"<span>{esc(x)}</span>" for x in meta if x)}</div></div></header>')
+    nav = ('<nav class="toc"><div class="wrap">' + "".join(
+        f'<a href="#{i}">{t}</a>' for i, t in (("summary", "Summary"), ("curves", "Curves"), ("diagnosis", "Diagnosis"),
+                                               ("classes", "Classes"), ("confusion", "Confusion"),
+                                               ("pairs", "Confused pairs"), ("params", "Parameters"))) + "</div></nav>")
+    if r.curves:
+        figs = [curve_figure(p) for p in r.curves if p.id != "lr"]
+        lr = next((p for p in r.curves if p.id == "lr"), None)
+        lr_html = (f"<details><summary>Learning-rate schedule</summary>{curve_figure(lr, height=200)}</details>"
+                   if lr else "")
+        curves = section("curves", "Curves", "Every marker is an eval point. Train (eval subsample) is scored "
+                         "exactly like validation, so the gap between the two is the generalisation gap.",
+                         f'<div class="grid2">{"".join(figs)}</div>{lr_html}')
+    else:
+        curves = section("curves", "Curves", "", missing("no eval points yet"))
+    body = (header + nav + '<main class="wrap">' + run_summary(r) + curves + diagnosis_section(r.diagnosis)
+            + classes_section(r.classes, r.metric) + confusion_section(r.confusion) + pairs_section(r)
+            + params_section(r) + "</main>" + _footer(r.path))
+    return page(f"{r.name} · loratune run report", "run", body)
+
+
+def render(report, *, link_base: str = "") -> str:
+    """The HTML page. `link_base`: path from the HTML file to the study directory (links to trial
+    directories are relative to it)."""
+    if getattr(report, "kind", "") == "study":
+        from loratune.report.render_study import render_study
+
+        return render_study(report, link_base=link_base)
+    return render_run(report)
+
+
+def write_html(report, path: str | Path) -> Path:
+    import os
+
+    from loratune.store import write_atomic
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    base = ""
+    if getattr(report, "kind", "") == "study":
+        rel = os.path.relpath(Path(report.path).resolve(), p.parent.resolve())
+        base = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+    write_atomic(p, render(report, link_base=base))
+    p.chmod(0o644)  # a report is meant to be shared (the atomic write creates 0600)
+    return p

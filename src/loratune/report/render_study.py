@@ -1,0 +1,394 @@
+"""HTML rendering of a `StudyReport` (see render.py for the shared pieces and the page template)."""
+
+from __future__ import annotations
+
+from loratune.report import charts as ch
+from loratune.report.charts import esc
+from loratune.report.render import (
+    _footer,
+    badge,
+    copy_block,
+    duration,
+    human,
+    legend,
+    metric,
+    missing,
+    page,
+    pct,
+    section,
+    table,
+    tile,
+    value_text,
+)
+from loratune.report.study import StudyReport, TrialView
+
+PHASE_NAMES = {"phase0": "phase 0", "phase1-lr-grid": "lr grid", "phase1-capacity": "capacity", "pair": "pair",
+               "phase2": "phase 2", "seeds": "seeds", "rank-sweep": "rank sweep", "lora-vs-full": "LoRA vs full",
+               "full-probe": "LoRA vs full", "finish": "finish", "yardstick": "sampler"}
+
+
+PHASE_PALETTE = ("c0", "c2", "c3", "c5", "c6", "c4", "c7")  # no orange: orange is validation / the rank sweep
+
+
+def _phase_classes(s: StudyReport) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for ph in [t.phase for t in s.trials] + [d.phase for d in s.trail]:
+        if ph not in out:
+            out[ph] = PHASE_PALETTE[len(out) % len(PHASE_PALETTE)]
+    return out
+
+
+def _trial_link(n: int, s: StudyReport) -> str:
+    t = s.trial(n)
+    label = f"#{n}" + (f" {t.name}" if t else "")
+    return f'<a class="chip" href="#trial-{n}">{esc(label)}</a>' if t else f'<span class="chip">#{n}</span>'
+
+
+def _point_text(point: dict) -> str:
+    return " ".join(f"{k.split('.', 1)[-1]}={value_text(v)}" for k, v in point.items())
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def summary_section(s: StudyReport) -> str:
+    rec = s.recommendation
+    best = s.best
+    tiles = []
+    if rec.missing is None:
+        test = rec.test.get("test/macro_f1")
+        tiles.append(tile("recommended", f"#{rec.trial}", esc(rec.name) + f" · val {metric(rec.value)}", "primary",
+                          key="recommended"))
+        tiles.append(tile("test macro-F1", metric(test), "scored once, on the pick only" if test is not None
+                          else "no test split", "ok" if test is not None else "", key="test"))
+    if best is not None:
+        tiles.append(tile("best val macro-F1", metric(best.value), f"trial #{best.number} {esc(best.name)}",
+                          "" if rec.missing is None else "primary", key="best"))
+    ex = s.best_vs_compute[-1].examples_cum if s.best_vs_compute else None
+    wall = s.best_vs_compute[-1].wall_s_cum if s.best_vs_compute else None
+    tiles.append(tile("compute", f"{len(s.trials)} trials", f"{human(ex)} training examples · {duration(wall)}",
+                      key="compute"))
+    lf = s.lora_vs_full
+    if lf.choice:
+        tiles.append(tile("LoRA vs full", esc("full fine-tuning" if lf.choice == "full" else "LoRA"),
+                          "decided on measured cost and score", "ok", small=True, key="lora-vs-full"))
+    rk = s.rank
+    if rk.chosen_r or rk.plateau_r:
+        tiles.append(tile("rank", f"r={rk.chosen_r or rk.plateau_r}",
+                          (f"plateau at r={rk.plateau_r}" if rk.plateau_r else "no plateau seen")
+                          + (f" · breakeven r={rk.breakeven_r}" if rk.breakeven_r else ""), small=True, key="rank"))
+    if s.seed_sigma is not None:
+        tiles.append(tile("seed noise σ", metric(s.seed_sigma), f"over {len(s.seeds)} seeds", small=True,
+                          key="noise"))
+    notes = "".join(f'<div class="note">{esc(n)}</div>' for n in s.notes)
+    return (f'<section class="card" id="summary"><h2>Summary</h2><p class="lede">{esc(s.budget)}'
+            f'{" · " + esc(s.plan) if s.plan else ""}</p><div class="tiles">{"".join(tiles)}</div>{notes}</section>')
+
+
+def recommendation_section(s: StudyReport) -> str:
+    rec = s.recommendation
+    if rec.missing and not rec.config_yaml:
+        return section("recommendation", "Final recommendation", "", missing(rec.missing))
+    parts = []
+    if rec.trial is not None:
+        test = ", ".join(f"{k.split('/', 1)[-1]} {metric(v) if isinstance(v, float) else value_text(v)}"
+                         for k, v in rec.test.items())
+        parts.append(f'<dl class="kv"><dt>trial</dt><dd>{_trial_link(rec.trial, s)}</dd>'
+                     f'<dt>val macro-F1</dt><dd><b>{metric(rec.value)}</b></dd>'
+                     f'<dt>test</dt><dd>{esc(test) or "not scored"}</dd>'
+                     f'<dt>diagnosis of that run</dt><dd><code>{esc(rec.verdict)}</code></dd>'
+                     f'<dt>tuned point</dt><dd class="mono">{esc(_point_text(rec.point))}</dd>'
+                     + "".join(f"<dt>{esc(k)}</dt><dd><code>{esc(v)}</code></dd>" for k, v in rec.files.items())
+                     + "</dl>")
+    if rec.missing:
+        parts.append(f'<div class="note">{esc(rec.missing)}</div>')
+    if rec.config_yaml:
+        parts.append("<h3>Config (copy it, then <code>loratune train --config tuned.yaml</code>)</h3>"
+                     + copy_block("final-config", rec.config_yaml))
+    return section("recommendation", "Final recommendation", "The configuration the study settled on, ready to "
+                   "use.", "".join(parts))
+
+
+def trail_section(s: StudyReport, phases: dict[str, str]) -> str:
+    if not s.trail:
+        return section("trail", "Decision trail", "", missing("no decisions recorded yet"))
+    rows = []
+    for d in s.trail:
+        ev = ""
+        if d.evidence:
+            ev = '<ul class="examples">' + "".join(f"<li>{esc(e)}</li>" for e in d.evidence[:3]) + "</ul>"
+            if len(d.evidence) > 3:
+                ev += (f'<details class="more"><summary>{len(d.evidence) - 3} more</summary><ul class="examples">'
+                       + "".join(f"<li>{esc(e)}</li>" for e in d.evidence[3:]) + "</ul></details>")
+        ph = phases.get(d.phase, "c7")
+        trials = " ".join(_trial_link(n, s) for n in d.trials)
+        rows.append(f'<div class="trail-row" data-kind="{esc(d.kind)}"><div class="seq">{d.seq}</div>'
+                    f'<div><span class="chip" style="color:var(--{ph})">{esc(PHASE_NAMES.get(d.phase, d.phase))}</span>'
+                    f'</div><div><div class="dec"><b>{esc(d.verdict)}</b>'
+                    + (f' <span class="arrow">→</span> <span class="mv">{esc(d.move)}</span>' if d.move else "")
+                    + f"</div>{ev}" + (f'<div class="trials">{trials}</div>' if trials else "") + "</div></div>")
+    return section("trail", "Decision trail", "Every decision of the study in order: what was seen, what was "
+                   "done, the evidence, and the trials it read (click one for its details).",
+                   f'<div class="trail" id="trail-list">{"".join(rows)}</div>')
+
+
+def compute_section(s: StudyReport, phases: dict[str, str]) -> str:
+    pts = s.best_vs_compute
+    if not pts:
+        return section("compute", "Best so far vs compute", "", missing("no finished trial yet"))
+    figs = []
+    for xkey, xlabel, fmt in (("examples_cum", "training examples processed (cumulative)", ch.fmt),
+                              ("wall_s_cum", "wall time of the trials (cumulative, s)", ch.fmt)):
+        line = [(getattr(p, xkey), p.best_so_far) for p in pts if p.best_so_far is not None]
+        dots = [ch.Dot(getattr(p, xkey), p.value, f"s-{phases.get(p.phase, 'c7')}",
+                       f"#{p.trial} {p.name} ({p.phase}): val macro-F1 {metric(p.value)}; after it "
+                       f"{p.examples_cum:,} examples, {p.wall_s_cum:.0f} s; best so far {metric(p.best_so_far)}",
+                       r=4.5) for p in pts if p.value is not None]
+        svg = ch.scatter(dots, width=540, height=270, x_label=xlabel, y_label="val macro-F1", y_lo=0,
+                         lines=[ch.Series("best so far", "s-best", line, step=True)], x_lo=0,
+                         aria=f"best so far vs {xlabel}", x_fmt=fmt)
+        figs.append(f'<figure data-chart="best-vs-{xkey.split("_")[0]}"><figcaption>vs {esc(xlabel.split(" (")[0])}'
+                    f'</figcaption>{svg}</figure>')
+    used = [ph for ph in phases if any(p.phase == ph for p in pts)]
+    items = [("best", "best so far", "line")] + [(phases[ph], PHASE_NAMES.get(ph, ph), "box") for ph in used]
+    return section("compute", "Best so far vs compute", "Each dot is a trial (colour: its phase); the line is the "
+                   "best val macro-F1 found so far.", legend(items) + f'<div class="grid2">{"".join(figs)}</div>')
+
+
+def rank_section(s: StudyReport, phases: dict[str, str]) -> str:
+    rk = s.rank
+    if not rk.points:
+        return section("rank", "Rank vs val macro-F1", "", missing(rk.missing or "no LoRA trials"))
+    best_by_r: dict[int, float] = {}
+    for p in rk.points:
+        best_by_r[p.r] = max(best_by_r.get(p.r, -1.0), p.value)
+    sweep = sorted((p.r, p.value) for p in rk.points if p.in_sweep)
+    # the line joins the sweep (one lr, one scaling rule); other trials at other lrs are only dots
+    line = sweep if len(sweep) >= 2 else sorted(best_by_r.items())
+    share = {r: (a, b) for r, a, b in rk.shares}
+    dots = [ch.Dot(p.r, p.value, "s-val" if p.in_sweep else f"s-{phases.get(p.phase, 'c7')}",
+                   f"#{p.trial} r={p.r}{' (rsLoRA)' if p.rslora else ''}, {p.phase}: val macro-F1 {metric(p.value)}"
+                   + (f"; LoRA = {pct(share[p.r][0], 2)} of the model" if share.get(p.r) and share[p.r][0] else ""),
+                   r=5 if p.in_sweep else 4) for p in rk.points]
+    rs = [p.r for p in rk.points]
+    lo, hi = min(rs), max(rs)
+    vlines, marks_legend = [], []
+    if rk.plateau_r:
+        vlines.append(ch.VLine(rk.plateau_r, f"plateau r={rk.plateau_r}", "mark3"))
+        marks_legend.append(("good", "plateau (gain below the noise after it)", "mark"))
+    if rk.breakeven_r:
+        vlines.append(ch.VLine(rk.breakeven_r, f"compute breakeven r={rk.breakeven_r}", "mark2"))
+        marks_legend.append(("bad", "compute breakeven (LoRA = 1/3 of the adapted weights)", "mark"))
+        hi = max(hi, rk.breakeven_r)
+        lo = min(lo, rk.breakeven_r)
+    if rk.ceiling_r and rk.ceiling_r != rk.breakeven_r:
+        vlines.append(ch.VLine(rk.ceiling_r, f"ceiling r={rk.ceiling_r}", "mark"))
+        marks_legend.append(("best", "capacity ceiling (phase 0)", "mark"))
+    for r_share, label in rk.share_marks:
+        if lo / 2 <= r_share <= hi * 2:
+            vlines.append(ch.VLine(r_share, label, "ref"))
+            hi, lo = max(hi, r_share), min(lo, r_share)
+    bands = []
+    top = max(best_by_r.values())
+    if rk.threshold:
+        bands.append(ch.Band(top - rk.threshold, top, f"within the gain threshold {rk.threshold:.3f} of the best"
+                             + (f" ({rk.threshold_source})" if rk.threshold_source else ""), "band good"))
+    x_lo, x_hi = max(lo / 1.6, 0.5), hi * 1.6
+    ticks = [2.0 ** k for k in range(0, 14) if x_lo <= 2 ** k <= x_hi]
+    svg = ch.scatter(dots, width=760, height=300, x_label="LoRA rank r (log scale)", y_label="val macro-F1",
+                     log_x=True, x_lo=x_lo, x_hi=x_hi, vlines=vlines, bands=bands, x_ticks=ticks,
+                     lines=[ch.Series("best per rank", "s-val", line)], aria="rank vs val macro-F1",
+                     x_fmt=lambda v: f"{v:g}")
+    items = [("val", "rank sweep (same lr, rsLoRA)" if len(sweep) >= 2 else "best val macro-F1 per rank", "line")]
+    items += [(c, PHASE_NAMES.get(ph, ph), "box") for ph, c in phases.items()
+              if any(p.phase == ph and not p.in_sweep for p in rk.points)] + marks_legend
+    if bands:
+        items.append(("good", "within noise of the best", "box"))
+    rows = []
+    for r, v in sorted(best_by_r.items()):
+        st, sa = share.get(r, (None, None))
+        n = sum(1 for p in rk.points if p.r == r)
+        flags = " ".join(x for x, ok in (("plateau", rk.plateau_r == r), ("chosen", rk.chosen_r == r)) if ok)
+        rows.append([(f"{r}", "num"), (metric(v), "num"), (pct(st, 2), "num"), (pct(sa, 1), "num"), (str(n), "num"),
+                     (f'<span class="chip move">{esc(flags)}</span>' if flags else "", "")])
+    tbl = table([("r", "num"), ("best val macro-F1", "num"), ("share of model", "num"),
+                 ("share of adapted weights", "num"), ("trials", "num"), ("", "")], rows, id_="rank-table")
+    facts = [f"scaling rule of the sweep: {rk.rule}" if rk.rule else "",
+             (f"gain threshold {rk.threshold:.3f}" + (f" ({rk.threshold_source})" if rk.threshold_source else ""))
+             if rk.threshold else "",
+             f"sweep stopped: {rk.stopped}" if rk.stopped else "", rk.missing or ""]
+    facts_html = "".join(f'<div class="small muted">{esc(f)}</div>' for f in facts if f)
+    return section("rank", "Rank vs val macro-F1", "The best score at each rank tried, with the plateau, the "
+                   "compute-breakeven rank and where LoRA's parameters reach a share of the model.",
+                   f'{legend(items)}<figure data-chart="rank">{svg}</figure>{facts_html}'
+                   f'<div class="grid2" style="margin-top:10px"><div>{tbl}</div></div>')
+
+
+def pair_section(s: StudyReport) -> str:
+    pv = s.pair
+    if pv.missing:
+        return section("pair", "Minimal-intervention pair", "", missing(pv.missing))
+    bars = []
+    for a in pv.arms:
+        if a.delta is None:
+            continue
+        label = f"only {a.knob}: {value_text(a.before)} → {value_text(a.after)}"
+        cls = "s-good" if pv.noise is not None and a.delta > pv.noise else (
+            "s-bad" if pv.noise is not None and a.delta < -pv.noise else "s-neutral")
+        bars.append(ch.Bar(label, a.delta, cls, f"{label} (#{a.trial}): val macro-F1 {metric(a.value)}, delta "
+                           f"{a.delta:+.3f} ± noise {metric(pv.noise)}", err=pv.noise))
+    band = (-pv.noise, pv.noise, f"noise ±{pv.noise:.3f} ({pv.noise_source})") if pv.noise else None
+    svg = ch.hbar_chart(bars, width=620, row=40, x_label="change of val macro-F1 from the same start",
+                        band=band, aria="pair deltas", x_fmt=lambda v: f"{v:+.2f}" if v else "0", label_width=200)
+    facts = [f"from {('#' + str(pv.from_trial)) if pv.from_trial is not None else '?'} at val macro-F1 "
+             f"{metric(pv.base)}; same budget for both arms",
+             f"binding knob: <b>{esc(pv.binding)}</b> ({esc(pv.how)})",
+             f"noise: {esc(metric(pv.noise))} ({esc(pv.noise_source)})"
+             + (f"; seed σ {metric(pv.seed_sigma)}" if pv.seed_sigma is not None else "")]
+    facts += [f"compare: {esc(c)}" for c in pv.compare]
+    trials = " ".join(_trial_link(n, s) for n in [pv.from_trial] + [a.trial for a in pv.arms] if n is not None)
+    items = [("good", "gain beyond noise", "box"), ("bad", "loss beyond noise", "box"),
+             ("neutral", "within noise", "box")]
+    return section("pair", "Minimal-intervention pair", "When a slow curve could be lr or capacity, only the lr "
+                   "and only the rank were changed from the same start; the error bars and the band are the noise.",
+                   f'{legend(items)}<div class="grid2"><figure data-chart="pair">{svg}</figure><div>'
+                   + "".join(f"<p class=small>{f}</p>" for f in facts) + f"<p>{trials}</p></div></div>")
+
+
+def lora_full_section(s: StudyReport) -> str:
+    lf = s.lora_vs_full
+    if lf.missing and not lf.reasons:
+        return section("lora-vs-full", "LoRA vs full fine-tuning", "", missing(lf.missing))
+    parts = []
+    if lf.choice:
+        parts.append(f'<p><span class="badge {"ok"}">choice: {esc("full fine-tuning" if lf.choice == "full" else "LoRA")}'
+                     f'</span> <span class="muted">{esc(lf.summary)}</span></p>')
+    if lf.table:
+        cols = list(lf.table)
+        rows_spec = [("trial", lambda c: _trial_link(c["trial"], s) if c.get("trial") is not None else "–"),
+                     ("val macro-F1", lambda c: f"<b>{metric(c.get('val_macro_f1'))}</b>"),
+                     ("trainable parameters", lambda c: human(c.get("trainable"))),
+                     ("share of the model", lambda c: pct(c.get("share_total"), 2)),
+                     ("share of the adapted weights", lambda c: pct(c.get("share_adapted"), 1)),
+                     ("mean step", lambda c: f"{c['mean_step_s']:.3f} s" if isinstance(c.get("mean_step_s"), float)
+                      else "–"),
+                     ("step time vs full", lambda c: pct(c.get("step_time_vs_full"), 0)),
+                     ("peak memory", lambda c: f"{c['peak_memory_mb']:,.0f} MB"
+                      if isinstance(c.get("peak_memory_mb"), (int, float)) else "–"),
+                     ("memory vs full", lambda c: pct(c.get("memory_vs_full"), 0)),
+                     ("training examples", lambda c: human(c.get("examples")))]
+        head = "".join(f'<th class="num">{esc(c.get("label", "?"))}</th>' for c in cols)
+        body = "".join(f"<tr><td>{esc(name)}</td>" + "".join(f'<td class="num">{fn(c)}</td>' for c in cols) + "</tr>"
+                       for name, fn in rows_spec)
+        parts.append(f'<div class="scroll-x"><table id="lora-full-table"><thead><tr><th></th>{head}</tr></thead>'
+                     f'<tbody>{body}</tbody></table></div>')
+        bars_f1 = [ch.Bar(c.get("label", "?"), float(c.get("val_macro_f1") or 0.0),
+                          "s-c2" if c.get("method") == "full" else "s-c0",
+                          f"{c.get('label')}: val macro-F1 {metric(c.get('val_macro_f1'))}",
+                          err=lf.noise or None) for c in cols]
+        bars_t = [ch.Bar(c.get("label", "?"), float(c.get("mean_step_s") or 0.0),
+                         "s-c2" if c.get("method") == "full" else "s-c0", f"{c.get('label')}: "
+                         f"{c.get('mean_step_s') or 0:.3f} s per step") for c in cols]
+        bars_m = [ch.Bar(c.get("label", "?"), float(c.get("peak_memory_mb") or 0.0),
+                         "s-c2" if c.get("method") == "full" else "s-c0", f"{c.get('label')}: "
+                         f"{c.get('peak_memory_mb') or 0:.0f} MB peak") for c in cols]
+        figs = [("val macro-F1" + (f" (bars: noise ±{lf.noise:.3f})" if lf.noise else ""), ch.column_chart(bars_f1, height=170, width=330, y_label="val macro-F1", y_hi=1.0,
+                                                  label_chars=22)),
+                ("seconds per optimizer step", ch.column_chart(bars_t, height=170, width=330, y_label="s / step",
+                                                               label_chars=22)),
+                ("peak memory (MB)", ch.column_chart(bars_m, height=170, width=330, y_label="MB", label_chars=22,
+                                                     y_fmt=lambda v: f"{v:,.0f}"))]
+        parts.append('<div class="grid2" style="grid-template-columns:repeat(auto-fit,minmax(300px,1fr));'
+                     'margin-top:14px">' + "".join(f'<figure data-chart="lvf-{i}"><figcaption>{esc(t)}</figcaption>'
+                                                   f'{svg}</figure>' for i, (t, svg) in enumerate(figs)) + "</div>")
+    elif lf.missing:
+        parts.append(f'<div class="note">{esc(lf.missing)}</div>')
+    if lf.reasons:
+        items = "".join(f'<li class="{"pass" if h else "fail" if h is False else "unknown"}"><b>{esc(rid)}</b>: '
+                        f'{esc(text)}</li>' for rid, h, text in lf.reasons)
+        parts.append(f'<h3>The reasons of protocol section 6</h3><div class="finding low" style="border-left-width:1px">'
+                     f'<ul class="ev">{items}</ul></div>')
+    return section("lora-vs-full", "LoRA vs full fine-tuning", "Side by side on the same data and budget: score, "
+                   "parameters, measured step time and peak memory.", "".join(parts))
+
+
+def trial_card(t: TrialView, phases: dict[str, str], link_base: str = "") -> str:
+    chart = ""
+    if len(t.curve) >= 2 or len(t.loss_curve) >= 2:
+        series = [ch.Series("val macro-F1", "s-val", t.curve)] if t.curve else []
+        chart = ch.line_chart(series, width=360, height=170, x_label="step", y_label="val macro-F1", y_lo=0, y_hi=1,
+                              aria=f"trial {t.number} curve") if series else ""
+    finds = "".join(
+        f'<li><code>{esc(f.get("rule_id"))}</code> {esc(f.get("verdict", ""))}'
+        + (f' <span class="chip move">→ {esc(", ".join(f.get("moves") or []))}</span>' if f.get("moves") else "")
+        + "".join(f'<div class="small muted">{esc(e)}</div>' for e in (f.get("evidence") or [])[:4]) + "</li>"
+        for f in t.findings)
+    link = (f'<a href="{esc(link_base + t.link)}/">{esc(t.link)}</a>' if t.link else
+            (f"<code>{esc(t.run_dir)}</code>" if t.run_dir else "–"))
+    if t.report_link:
+        link += f' · <a href="{esc(link_base + t.report_link)}">full run report</a>'
+
+    ph = phases.get(t.phase, "c7")
+    facts = (f'<dl class="kv"><dt>val macro-F1</dt><dd><b>{metric(t.value)}</b></dd>'
+             f'<dt>status</dt><dd>{badge(t.status, "ok" if t.status == "completed" else "warn")} '
+             f'<span class="muted small">{esc(t.reason)}</span></dd>'
+             f'<dt>diagnosis</dt><dd><code>{esc(t.verdict)}</code></dd>'
+             f'<dt>point</dt><dd class="mono">{esc(_point_text(dict(t.point)))}</dd>'
+             f'<dt>cost</dt><dd>{human(t.examples)} examples · {duration(t.wall_s)}'
+             + (f" · {t.mean_step_s:.3f} s/step" if t.mean_step_s else "")
+             + (f" · {t.peak_memory_mb:,.0f} MB" if t.peak_memory_mb else "") + "</dd>"
+             + (f"<dt>purpose</dt><dd>{esc(t.purpose)}</dd>" if t.purpose else "")
+             + f"<dt>run directory</dt><dd>{link}</dd></dl>")
+    return (f'<div class="trial-card" id="trial-{t.number}"><h3>#{t.number} {esc(t.name)} '
+            f'<span class="chip" style="color:var(--{ph})">{esc(PHASE_NAMES.get(t.phase, t.phase))}</span></h3>'
+            f'<div class="grid2" style="grid-template-columns:minmax(0,1.4fr) minmax(0,1fr)"><div>{facts}'
+            + (f'<ul class="examples">{finds}</ul>' if finds else "") + f"</div><div>{chart}</div></div></div>")
+
+
+def trials_section(s: StudyReport, phases: dict[str, str], link_base: str = "") -> str:
+    if not s.trials:
+        return section("trials", "Trials", "", missing("no trial has finished yet"))
+    rows = []
+    bsf = {p.trial: p.best_so_far for p in s.best_vs_compute}
+    for t in s.trials:
+        rows.append([(f'<a href="#trial-{t.number}">#{t.number}</a>', "num", t.number),
+                     (esc(t.name), "", t.name), (esc(PHASE_NAMES.get(t.phase, t.phase)), "", t.phase),
+                     (esc(t.status), "", t.status), (metric(t.value), "num", t.value),
+                     (metric(bsf.get(t.number)), "num", bsf.get(t.number)),
+                     (human(t.examples), "num", t.examples), (duration(t.wall_s), "num", t.wall_s),
+                     (f"<code>{esc(t.verdict)}</code>", "", t.verdict)])
+    tbl = table([("#", "num"), ("name", ""), ("phase", ""), ("status", ""), ("val F1", "num"), ("best so far", "num"),
+                 ("examples", "num"), ("wall", "num"), ("diagnosis", "")], rows, cls="sortable", id_="trials-table")
+    cards = "".join(trial_card(t, phases, link_base) for t in s.trials)
+    return section("trials", "Trials", "Every trial is an ordinary run directory; its details follow the table.",
+                   tbl + f"<details open><summary>Trial details ({len(s.trials)})</summary>{cards}</details>")
+
+
+def phase0_section(s: StudyReport) -> str:
+    if not s.start_choices and not s.assessment:
+        return ""
+    rows = "".join(f"<li><code>{esc(k)}</code> {('= <b>' + esc(value_text(v)) + '</b>') if v != '' else ''} "
+                   f'<span class="muted">{esc(r)}</span></li>' for k, v, r in s.start_choices)
+    findings = "".join(f"<li>{esc(a)}</li>" for a in s.assessment)
+    body = (f'<ul class="examples">{rows}</ul>' if rows else "") + (
+        f"<details><summary>Data assessment ({len(s.assessment)} findings)</summary>"
+        f'<ul class="examples">{findings}</ul></details>' if findings else "")
+    return section("phase0", "Phase 0: the start point", "What the assessment chose before any trial, and why.", body)
+
+
+def render_study(s: StudyReport, link_base: str = "") -> str:
+    phases = _phase_classes(s)
+    state = badge("finished" if s.finished else "not finished", "ok" if s.finished else "warn")
+    meta = [f"strategy {s.strategy}", f"{len(s.trials)} trials", s.path]
+    header = (f'<header class="top"><div class="wrap"><div class="kicker">loratune · tuning study report</div>'
+              f'<h1>{esc(s.name)} {state}</h1><div class="meta">'
+              + "".join(f"<span>{esc(x)}</span>" for x in meta) + "</div></div></header>")
+    nav = ('<nav class="toc"><div class="wrap">' + "".join(
+        f'<a href="#{i}">{t}</a>' for i, t in (
+            ("summary", "Summary"), ("recommendation", "Recommendation"), ("trail", "Decision trail"),
+            ("compute", "Best vs compute"), ("rank", "Rank"), ("pair", "Pair"), ("lora-vs-full", "LoRA vs full"),
+            ("trials", "Trials"))) + "</div></nav>")
+    body = (header + nav + '<main class="wrap">' + summary_section(s) + recommendation_section(s)
+            + trail_section(s, phases) + compute_section(s, phases) + rank_section(s, phases) + pair_section(s)
+            + lora_full_section(s) + trials_section(s, phases, link_base) + phase0_section(s) + "</main>" + _footer(s.path))
+    return page(f"{s.name} · loratune study report", "study", body)

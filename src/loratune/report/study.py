@@ -1,0 +1,665 @@
+"""The study report model: plain data built from a `loratune tune` study directory.
+
+    <study_dir>/final/study.json   the summary `tune` writes at the end (trail, trials, best-vs-compute,
+                                   rank-vs-metric, pair, seeds, lora_vs_full, recommendation)
+    <study_dir>/final/config.yaml  the recommended config
+    <study_dir>/decisions.jsonl    the decision trail, appended as decisions are taken
+    <study_dir>/study.db           Optuna storage: one trial per run, with the whole trial record
+    <study_dir>/trials/<n>-<name>/ ordinary run directories
+
+Everything is optional. A finished study has final/study.json and the report reads it first; a study
+still running (or killed) has only the trail, the Optuna records and the trial directories, and the
+report rebuilds what it can from them. A section that cannot be built carries `missing` (why) instead
+of failing. No torch; Optuna is imported only to read study.db when study.json is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from loratune.errors import UserError
+from loratune.report.model import _num, _plain, _read_json, read_history
+
+# ---------------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialView:
+    number: int
+    name: str
+    phase: str
+    status: str
+    value: float | None  # best val macro-F1 (the objective)
+    examples: int | None
+    wall_s: float | None
+    mean_step_s: float | None
+    peak_memory_mb: float | None
+    verdict: str
+    method: str  # lora | full
+    r: int | None
+    learning_rate: float | None
+    point: Mapping[str, Any]
+    reason: str = ""
+    purpose: str = ""
+    run_dir: str | None = None
+    link: str | None = None  # run directory relative to the study directory (when inside it)
+    report_link: str | None = None  # <link>/report.html when that run report was written
+    curve: tuple[tuple[float, float], ...] = ()  # (step, val macro-F1)
+    loss_curve: tuple[tuple[float, float], ...] = ()  # (step, val loss), from the run directory
+    findings: tuple[Mapping[str, Any], ...] = ()  # rule_id, verdict, moves, evidence (texts)
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DecisionView:
+    seq: int
+    phase: str
+    kind: str
+    trials: tuple[int, ...]
+    verdict: str
+    move: str
+    evidence: tuple[str, ...]
+    budget_left: str | None = None
+
+
+@dataclass(frozen=True)
+class ComputePoint:
+    trial: int
+    name: str
+    phase: str
+    value: float | None
+    examples_cum: int
+    wall_s_cum: float
+    best_so_far: float | None
+
+
+@dataclass(frozen=True)
+class RankPoint:
+    r: int
+    value: float
+    trial: int
+    phase: str
+    rslora: bool = False
+    in_sweep: bool = False
+
+
+@dataclass(frozen=True)
+class RankView:
+    points: tuple[RankPoint, ...]
+    plateau_r: int | None
+    chosen_r: int | None
+    breakeven_r: int | None  # LoRA = a third of the adapted weights (compute breakeven)
+    ceiling_r: int | None  # capacity ceiling from phase 0
+    threshold: float | None  # the gain that counts (noise)
+    threshold_source: str = ""
+    rule: str = ""  # the scaling rule of the sweep (rsLoRA, alpha = s*sqrt(r))
+    stopped: str | None = None
+    share_marks: tuple[tuple[float, str], ...] = ()  # (rank, label): where LoRA reaches a share of the model
+    shares: tuple[tuple[int, float | None, float | None], ...] = ()  # (r, share of model, share of adapted weights)
+    missing: str | None = None
+
+
+@dataclass(frozen=True)
+class PairArm:
+    knob: str  # lr | r
+    trial: int | None
+    before: Any
+    after: Any
+    value: float | None
+    delta: float | None
+
+
+@dataclass(frozen=True)
+class PairView:
+    from_trial: int | None
+    base: float | None
+    arms: tuple[PairArm, ...]
+    noise: float | None
+    noise_source: str
+    seed_sigma: float | None
+    binding: str
+    how: str
+    compare: tuple[str, ...] = ()
+    missing: str | None = None
+
+
+@dataclass(frozen=True)
+class LoraFullView:
+    choice: str | None
+    summary: str
+    reasons: tuple[tuple[str, bool | None, str], ...]  # (id, holds, text)
+    table: tuple[Mapping[str, Any], ...]  # label, method, r, val_macro_f1, trainable, mean_step_s, peak_memory_mb ...
+    full_trial: int | None = None
+    noise: float | None = None  # the difference that counts between the two (from the performance-gap reason)
+    missing: str | None = None
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    trial: int | None
+    name: str
+    value: float | None
+    test: Mapping[str, Any]
+    verdict: str
+    point: Mapping[str, Any]
+    config_yaml: str
+    files: Mapping[str, str]
+    missing: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    kind = "study"
+    name: str
+    path: str
+    strategy: str
+    finished: bool  # final/study.json exists
+    budget: str  # "spent ..., left ..."
+    spent: Mapping[str, Any]
+    plan: str
+    trials: tuple[TrialView, ...]
+    trail: tuple[DecisionView, ...]
+    best_vs_compute: tuple[ComputePoint, ...]
+    rank: RankView
+    pair: PairView
+    seeds: tuple[float, ...]
+    seed_sigma: float | None
+    lora_vs_full: LoraFullView
+    recommendation: Recommendation
+    start_choices: tuple[tuple[str, Any, str], ...]  # (key, value, reason) of phase 0
+    assessment: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+    def trial(self, number: int) -> TrialView | None:
+        return next((t for t in self.trials if t.number == number), None)
+
+    @property
+    def best(self) -> TrialView | None:
+        ok = [t for t in self.trials if t.value is not None]
+        return max(ok, key=lambda t: (t.value, -t.number)) if ok else None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["kind"] = self.kind
+        return _plain(d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers
+# ---------------------------------------------------------------------------------------------
+
+
+def _int(v: Any) -> int | None:
+    f = _num(v)
+    return int(round(f)) if f is not None else None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+def _optuna_records(study_dir: Path) -> tuple[list[dict], dict, str | None]:
+    """Trial records and the study's loratune meta (strategy, budget, ...) from study.db (read only),
+    or ([], {}, why not)."""
+    db = study_dir / "study.db"
+    if not db.is_file():
+        return [], {}, "no study.db"
+    try:
+        import warnings
+
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        url = f"sqlite:///{db.resolve()}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True)
+            names = optuna.study.get_all_study_names(storage=storage)
+            out, meta = [], {}
+            for name in names[:1]:
+                study = optuna.load_study(study_name=name, storage=storage)
+                meta = dict(study.user_attrs.get("loratune") or {})
+                for t in study.get_trials(deepcopy=False):
+                    attrs = dict(t.user_attrs)
+                    rec = attrs.get("record")
+                    out.append({"number": t.number, "state": t.state.name, "attrs": attrs, "record": rec})
+        return out, meta, None
+    except Exception as exc:  # a locked, newer or damaged storage must not stop the report
+        return [], {}, f"study.db could not be read ({type(exc).__name__}: {exc})"
+
+
+def _rel(path: str | None, root: Path) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _run_curves(run_dir: str | None) -> tuple[tuple, tuple]:
+    if not run_dir or not Path(run_dir, "history.jsonl").is_file():
+        return (), ()
+    points, _ = read_history(Path(run_dir) / "history.jsonl")
+    f1 = tuple((float(p["step"]), float(p["val/macro_f1"])) for p in points
+               if _num(p.get("step")) is not None and _num(p.get("val/macro_f1")) is not None)
+    loss = tuple((float(p["step"]), float(p["val/loss"])) for p in points
+                 if _num(p.get("step")) is not None and _num(p.get("val/loss")) is not None)
+    return f1, loss
+
+
+def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: Path) -> TrialView:
+    rec = record or {}
+    spec = rec.get("spec") or {}
+    res = rec.get("result") or {}
+    point = dict(row.get("point") or spec.get("point") or {})
+    run_dir = row.get("run_dir") or rec.get("run_dir")
+    if run_dir and not Path(run_dir).is_absolute() and (root / run_dir).exists():
+        run_dir = str(root / run_dir)
+    f1, loss = _run_curves(run_dir)
+    if not f1 and res.get("curve"):
+        f1 = tuple((float(s), float(v)) for s, v in res["curve"])
+    method = str(point.get("adapter.method", "lora"))
+    return TrialView(
+        number=int(row.get("trial", rec.get("number", -1))),
+        name=str(row.get("name") or spec.get("name") or "?"),
+        phase=str(row.get("phase") or spec.get("phase") or "?"),
+        status=str(row.get("status") or res.get("status") or "?"),
+        value=_num(row.get("val_macro_f1", res.get("value"))),
+        examples=_int(row.get("examples", res.get("examples"))),
+        wall_s=_num(row.get("wall_s", res.get("wall_s"))),
+        mean_step_s=_num(row.get("mean_step_s", res.get("mean_step_s"))),
+        peak_memory_mb=_num(row.get("peak_memory_mb", res.get("peak_memory_mb"))),
+        verdict=str(row.get("verdict") or res.get("verdict") or "inconclusive"),
+        method=method, r=None if method == "full" else _int(point.get("adapter.r")),
+        learning_rate=_num(point.get("train.learning_rate")), point=point,
+        reason=str(row.get("reason") or res.get("reason") or ""), purpose=str(spec.get("purpose") or ""),
+        run_dir=run_dir, link=_rel(run_dir, root), curve=f1, loss_curve=loss,
+        report_link=(f"{_rel(run_dir, root)}/report.html" if _rel(run_dir, root) and
+                     (Path(run_dir) / "report.html").is_file() else None),
+        findings=tuple(res.get("findings") or ()), params=dict(res.get("params") or {}))
+
+
+def _trials_from_dirs(root: Path) -> list[dict]:
+    """Rows like study.json's `trials` from the trial directories alone (name from `<n>-<name>`)."""
+    rows = []
+    for d in sorted((root / "trials").glob("*")) if (root / "trials").is_dir() else []:
+        if not d.is_dir():
+            continue
+        num, _, name = d.name.partition("-")
+        if not num.isdigit():
+            continue
+        run, _ = _read_json(d / "run.json")
+        run = run if isinstance(run, dict) else {}
+        best = run.get("best") if isinstance(run.get("best"), dict) else {}
+        cfg = run.get("config") if isinstance(run.get("config"), dict) else {}
+        if not cfg and (d / "config.yaml").is_file():
+            import yaml
+
+            try:
+                cfg = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError:
+                cfg = {}
+        ad, tr = cfg.get("adapter") or {}, cfg.get("train") or {}
+        point = {k: v for k, v in (("adapter.method", ad.get("method")), ("adapter.r", ad.get("r")),
+                                   ("train.learning_rate", tr.get("learning_rate"))) if v is not None}
+        rows.append({"trial": int(num), "name": name, "phase": "?", "status": run.get("status", "?"),
+                     "val_macro_f1": best.get("val/macro_f1"), "examples": run.get("examples_seen"),
+                     "wall_s": run.get("wall_s"), "mean_step_s": run.get("mean_step_s"),
+                     "peak_memory_mb": run.get("peak_memory_mb"), "verdict": "inconclusive", "run_dir": str(d),
+                     "point": point, "reason": run.get("reason") or "", "_params": run.get("params") or {}})
+    return rows
+
+
+def _compute_curve(trials: Sequence[TrialView]) -> tuple[ComputePoint, ...]:
+    out, ex, wall, best = [], 0, 0.0, None
+    for t in sorted(trials, key=lambda t: t.number):
+        ex += t.examples or 0
+        wall += t.wall_s or 0.0
+        if t.value is not None and (best is None or t.value > best):
+            best = t.value
+        out.append(ComputePoint(t.number, t.name, t.phase, t.value, ex, round(wall, 2), best))
+    return tuple(out)
+
+
+def _share_ref(trials: Sequence[TrialView], table: Sequence[Mapping[str, Any]]) -> tuple[float, float, float | None] | None:
+    """(adapter parameters per unit of rank, model parameters, adapted-weight parameters) from any LoRA
+    trial's counts, else from the LoRA-vs-full cost table."""
+    t = next((t for t in trials if t.method == "lora" and t.r and _num(t.params.get("adapter"))
+              and _num(t.params.get("total"))), None)
+    if t is not None:
+        return t.params["adapter"] / t.r, float(t.params["total"]), _num(t.params.get("adapted_weights"))
+    for row in table:
+        a, r, st = _num(row.get("adapter")), _int(row.get("r")), _num(row.get("share_total"))
+        if row.get("method") == "lora" and a and r and st:
+            sa = _num(row.get("share_adapted"))
+            return a / r, a / st, (a / sa if sa else None)
+    return None
+
+
+def _rank_view(data: Mapping[str, Any] | None, trials: Sequence[TrialView],
+               table: Sequence[Mapping[str, Any]] = ()) -> RankView:
+    data = data or {}
+    sweep_trials = {_int(p.get("trial")) for p in data.get("sweep") or () if isinstance(p, dict)}
+    pts = []
+    src = data.get("trials") or [{"r": t.r, "value": t.value, "trial": t.number, "phase": t.phase}
+                                 for t in trials if t.method == "lora" and t.r and t.value is not None]
+    for p in src:
+        if not isinstance(p, dict) or _int(p.get("r")) is None or _num(p.get("value")) is None:
+            continue
+        tr = _int(p.get("trial"))
+        pts.append(RankPoint(_int(p["r"]), _num(p["value"]), tr if tr is not None else -1, str(p.get("phase", "?")),
+                             bool(p.get("rslora")), tr in sweep_trials))
+    # parameter share per rank, from any LoRA trial's counts (adapter parameters grow linearly with r)
+    shares, marks = [], []
+    ref = _share_ref(trials, table)
+    if ref is not None:
+        per_r, total, adapted = ref
+        for r in sorted({p.r for p in pts} | ({data["breakeven_r"]} if _int(data.get("breakeven_r")) else set())):
+            shares.append((r, per_r * r / total, per_r * r / adapted if adapted else None))
+        for share in (0.01, 0.1):
+            marks.append((share * total / per_r, f"LoRA = {share:.0%} of the model"))
+    if not pts:
+        missing = "no LoRA trial with a val score yet"
+    elif not data:
+        missing = "the study has not written final/study.json: plateau and breakeven marks are not known yet"
+    else:
+        missing = None
+    return RankView(
+        points=tuple(sorted(pts, key=lambda p: (p.r, p.trial))), plateau_r=_int(data.get("plateau_r")),
+        chosen_r=_int(data.get("chosen_r")), breakeven_r=_int(data.get("breakeven_r")),
+        ceiling_r=_int(data.get("ceiling_r")), threshold=_num(data.get("threshold")),
+        threshold_source=str(data.get("threshold_source") or ""), rule=str(data.get("rule") or ""),
+        stopped=data.get("stopped"), share_marks=tuple(marks), shares=tuple(shares), missing=missing)
+
+
+def _pair_view(pair: Mapping[str, Any] | None, trail: Sequence[DecisionView], seed_sigma: float | None) -> PairView:
+    if not pair:
+        d = next((d for d in reversed(trail) if d.kind == "pair"), None)
+        why = (f"the pair was not run: {d.verdict} ({d.move})" if d else
+               "no minimal-intervention pair in this study (the verdicts were not ambiguous, or the study stopped "
+               "before phase 1 needed one)")
+        return PairView(None, None, (), None, "", seed_sigma, "", "", missing=why)
+    lr, r = pair.get("lr") or [None, None], pair.get("r") or [None, None]
+    arms = (PairArm("lr", _int(pair.get("lr_trial")), lr[0], lr[-1], _num(pair.get("lr_value")),
+                    _num(pair.get("lr_delta"))),
+            PairArm("r", _int(pair.get("r_trial")), r[0], r[-1], _num(pair.get("r_value")), _num(pair.get("r_delta"))))
+    compare = tuple(f"{f.get('rule_id')}: {f.get('verdict')}" for f in pair.get("compare") or () if isinstance(f, dict))
+    return PairView(_int(pair.get("from")), _num(pair.get("base")), arms, _num(pair.get("noise")),
+                    str(pair.get("noise_source") or ""), _num(pair.get("seed_sigma")) or seed_sigma,
+                    str(pair.get("binding") or "?"), str(pair.get("how") or ""), compare)
+
+
+def _lora_full_view(data: Mapping[str, Any] | None) -> LoraFullView:
+    if not data:
+        return LoraFullView(None, "", (), (), missing="no LoRA-vs-full decision yet (the study stops before it, "
+                            "or has not reached it)")
+    reasons = tuple((str(r.get("id")), r.get("holds"), str(r.get("text", ""))) for r in data.get("reasons") or ()
+                    if isinstance(r, dict))
+    table = tuple(dict(t) for t in data.get("table") or () if isinstance(t, dict))
+    noise = next((_num((r.get("evidence") or {}).get("noise")) for r in data.get("reasons") or ()
+                  if isinstance(r, dict) and r.get("id") == "performance-gap" and isinstance(r.get("evidence"), dict)),
+                 None)
+    return LoraFullView(data.get("choice"), str(data.get("summary") or ""), reasons, table, _int(data.get("full_trial")),
+                        noise, missing=None if table else "no cost table (the full-fine-tuning probe did not run)")
+
+
+def _recommendation(data: Mapping[str, Any] | None, root: Path, trials: Sequence[TrialView]) -> Recommendation:
+    cfg = root / "final" / "config.yaml"
+    yaml_text = cfg.read_text(encoding="utf-8") if cfg.is_file() else ""
+    if not data:
+        why = ("the study has not finished: no final/study.json" + ("" if yaml_text else " and no final/config.yaml"))
+        return Recommendation(None, "", None, {}, "", {}, yaml_text, {}, missing=why)
+    if not yaml_text:
+        t = next((t for t in trials if t.number == _int(data.get("trial"))), None)
+        if t and t.run_dir and Path(t.run_dir, "config.yaml").is_file():
+            yaml_text = Path(t.run_dir, "config.yaml").read_text(encoding="utf-8")
+    return Recommendation(_int(data.get("trial")), str(data.get("name") or ""), _num(data.get("val_macro_f1")),
+                          dict(data.get("test") or {}), str(data.get("verdict") or ""), dict(data.get("point") or {}),
+                          yaml_text, {k: str(v) for k, v in (data.get("files") or {}).items()},
+                          missing=None if yaml_text else "no final/config.yaml was written")
+
+
+def _budget_text(budget: Mapping[str, Any] | None, trail: Sequence[DecisionView]) -> tuple[str, dict]:
+    if budget:
+        spent = budget.get("spent") or {}
+        b = budget.get("budget") or {}
+        parts = [f"{spent.get('trials', '?')} trials", f"{spent.get('examples', 0):,} training examples",
+                 f"{(spent.get('wall_s') or 0) / 60:.1f} min"]
+        return f"spent {', '.join(parts)} of the budget {b.get('text', '?')}", dict(spent)
+    left = next((d.budget_left for d in reversed(trail) if d.budget_left), None)
+    return (f"budget left at the last decision: {left}" if left else "budget unknown"), {}
+
+
+def build_study_report(study_dir: str | Path) -> StudyReport:
+    root = Path(study_dir)
+    if not root.is_dir():
+        raise UserError(f"'{root}' is not a directory", "give the --study-dir of `loratune tune`")
+    notes: list[str] = []
+    summary, why = _read_json(root / "final" / "study.json")
+    if not isinstance(summary, dict):
+        summary = {}
+        notes.append(("the study has not finished (no final/study.json): this report is rebuilt from the decision "
+                      "trail, the Optuna records and the trial directories") if why and why.startswith("no ")
+                     else f"final/study.json unreadable ({why}); rebuilt from the other records")
+    # the trail ---------------------------------------------------------------------------------
+    raw_trail = summary.get("trail") or _read_jsonl(root / "decisions.jsonl")
+    trail = tuple(DecisionView(int(d.get("seq", i)), str(d.get("phase", "?")), str(d.get("kind", "?")),
+                               tuple(int(x) for x in d.get("trials") or () if _int(x) is not None),
+                               str(d.get("verdict", "")), str(d.get("move", "")),
+                               tuple(str(e) for e in (d.get("evidence") or ())),
+                               (d.get("budget") or {}).get("left") if isinstance(d.get("budget"), dict) else None)
+                  for i, d in enumerate(raw_trail) if isinstance(d, dict))
+    if not trail:
+        notes.append("no decision trail (decisions.jsonl is missing or empty)")
+    # the trials --------------------------------------------------------------------------------
+    records, meta, why = _optuna_records(root)
+    by_number = {r["number"]: r["record"] for r in records if r.get("record")}
+    rows = summary.get("trials")
+    if not rows:
+        rows = [{"trial": r["number"], **(r["record"] and {
+            "name": r["record"]["spec"]["name"], "phase": r["record"]["spec"]["phase"],
+            "status": r["record"]["result"]["status"], "val_macro_f1": r["record"]["result"].get("value"),
+            "examples": r["record"]["result"].get("examples"), "wall_s": r["record"]["result"].get("wall_s"),
+            "point": r["record"]["spec"].get("point"), "run_dir": r["record"].get("run_dir")} or {
+            "name": r["attrs"].get("name", "?"), "phase": r["attrs"].get("phase", "?"),
+            "status": r["attrs"].get("status", r["state"].lower()), "point": r["attrs"].get("point") or {},
+            "run_dir": r["attrs"].get("run_dir")})} for r in records]
+        if not rows:
+            rows = _trials_from_dirs(root)
+            if rows:
+                notes.append(f"trials read from the trial directories ({why}); phases unknown")
+    trials = []
+    for row in rows:
+        if not isinstance(row, dict) or _int(row.get("trial")) is None:
+            continue
+        rec = by_number.get(int(row["trial"]))
+        if rec is None and row.get("_params"):
+            rec = {"result": {"params": row["_params"]}}
+        trials.append(_trial_from(row, rec, root))
+    trials.sort(key=lambda t: t.number)
+    if not trials:
+        notes.append("no trial has finished yet")
+    # the rest ----------------------------------------------------------------------------------
+    bvc = summary.get("best_vs_compute")
+    if bvc:
+        best_vs_compute = tuple(ComputePoint(int(p["trial"]), str(p.get("name", "")), str(p.get("phase", "")),
+                                             _num(p.get("value")), int(p.get("examples_cum") or 0),
+                                             float(p.get("wall_s_cum") or 0.0), _num(p.get("best_so_far")))
+                                for p in bvc if isinstance(p, dict) and _int(p.get("trial")) is not None)
+    else:
+        best_vs_compute = _compute_curve(trials)
+    seeds = summary.get("seeds") or {}
+    seed_values = tuple(v for v in (seeds.get("values") or ()) if _num(v) is not None)
+    seed_sigma = _num(seeds.get("sigma"))
+    start = summary.get("start") or {}
+    choices = tuple((str(c.get("key")), c.get("value"), str(c.get("reason", ""))) for c in start.get("choices") or ()
+                    if isinstance(c, dict))
+    if not choices:
+        first = next((d for d in trail if d.kind == "start-config"), None)
+        if first:
+            choices = tuple((e.split(" = ", 1)[0], "", e) for e in first.evidence)
+    budget, spent = _budget_text(summary.get("budget"), trail)
+    plan = summary.get("plan") or {}
+    strategy = str(summary.get("strategy") or meta.get("strategy") or "?")
+    if not summary and meta.get("budget"):
+        budget = f"budget {meta['budget'].get('text', '?')}; " + budget
+    recommendation = _recommendation(summary.get("recommendation"), root, trials)
+    pair = summary.get("pair") or next(
+        (d["data"] for d in reversed(raw_trail) if isinstance(d, dict) and d.get("kind") == "pair"
+         and isinstance(d.get("data"), dict) and "lr_delta" in d["data"]), None)
+    lvf = summary.get("lora_vs_full")
+    if not lvf:
+        d = next((d for d in reversed(raw_trail) if isinstance(d, dict) and d.get("kind") == "lora-vs-full"), None)
+        if d is not None:
+            reasons = []
+            for e in d.get("evidence") or ():
+                rid, _, rest = str(e).partition(": ")
+                state, _, text = rest.partition(" - ")
+                reasons.append({"id": rid, "holds": {"holds": True, "does not hold": False}.get(state), "text": text})
+            lvf = {"choice": str(d.get("verdict", "")).replace("choose ", "") or None, "summary": d.get("move", ""),
+                   "reasons": reasons, "table": (d.get("data") or {}).get("table") or []}
+    lvf_view = _lora_full_view(lvf)
+    rank = _rank_view(summary.get("rank_vs_metric"), trials, lvf_view.table)
+    if rank.chosen_r is None and recommendation.point.get("adapter.method", "lora") == "lora" \
+            and _int(recommendation.point.get("adapter.r")) is not None:
+        from dataclasses import replace
+
+        rank = replace(rank, chosen_r=_int(recommendation.point["adapter.r"]))
+    return StudyReport(
+        name=root.resolve().name, path=str(root), strategy=strategy, finished=bool(summary),
+        budget=budget, spent=spent, plan=str(plan.get("reason") or ""), trials=tuple(trials), trail=trail,
+        best_vs_compute=best_vs_compute, rank=rank,
+        pair=_pair_view(pair, trail, seed_sigma), seeds=seed_values, seed_sigma=seed_sigma,
+        lora_vs_full=lvf_view,
+        recommendation=recommendation,
+        start_choices=choices, assessment=tuple(str(x) for x in summary.get("assessment_findings") or ()),
+        notes=tuple(notes))
+
+
+# ---------------------------------------------------------------------------------------------
+# Terminal view (`loratune show STUDY`)
+# ---------------------------------------------------------------------------------------------
+
+
+def _f3(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else "–"
+
+
+def show_study(con, s: StudyReport) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    state = "[green]finished[/]" if s.finished else "[yellow]not finished[/]"
+    con.rule(f"[bold]study {escape(s.name)}[/]  {state}  [dim]{escape(s.strategy)} · {len(s.trials)} trials[/]")
+    con.print(f"[dim]{escape(s.budget)}[/]")
+    for n in s.notes:
+        con.print(f"[yellow]note:[/] {escape(n)}")
+    rec = s.recommendation
+    if rec.missing is None:
+        test = rec.test.get("test/macro_f1")
+        con.print(f"recommendation: [bold]#{rec.trial} {escape(rec.name)}[/] val macro-F1 [bold]{_f3(rec.value)}[/]"
+                  + (f" · test macro-F1 [bold]{_f3(test)}[/]" if test is not None else ""))
+    elif s.best is not None:
+        con.print(f"best so far: [bold]#{s.best.number} {escape(s.best.name)}[/] val macro-F1 {_f3(s.best.value)}")
+
+    con.rule("[bold]decision trail[/]", align="left")
+    for d in s.trail:
+        trials = ",".join(f"#{t}" for t in d.trials)
+        con.print(f"[cyan]{escape(d.phase)}[/] {escape(d.verdict)} [bold]→ {escape(d.move)}[/] [dim]{trials}[/]")
+        for e in d.evidence[:4]:
+            con.print(f"    [dim]{escape(e)}[/]")
+        if len(d.evidence) > 4:
+            con.print(f"    [dim]... {len(d.evidence) - 4} more[/]")
+
+    con.rule("[bold]trials[/]", align="left")
+    t = Table(header_style="bold", box=None, pad_edge=False)
+    for col, j in (("#", "right"), ("name", "left"), ("phase", "left"), ("status", "left"), ("val F1", "right"),
+                   ("best so far", "right"), ("examples", "right"), ("wall", "right"), ("verdict", "left")):
+        t.add_column(col, justify=j)
+    best_so_far = {p.trial: p for p in s.best_vs_compute}
+    for tr in s.trials:
+        b = best_so_far.get(tr.number)
+        t.add_row(str(tr.number), escape(tr.name), escape(tr.phase), escape(tr.status), _f3(tr.value),
+                  _f3(b.best_so_far) if b else "–", f"{tr.examples:,}" if tr.examples is not None else "–",
+                  f"{tr.wall_s:.0f}s" if tr.wall_s is not None else "–", escape(tr.verdict))
+    con.print(t)
+
+    con.rule("[bold]rank vs val macro-F1[/]", align="left")
+    rk = s.rank
+    if rk.points:
+        by_r: dict[int, list[float]] = {}
+        for p in rk.points:
+            by_r.setdefault(p.r, []).append(p.value)
+        share = {r: st for r, st, _ in rk.shares}
+        for r in sorted(by_r):
+            vals = by_r[r]
+            marks = [m for m, ok in (("plateau", rk.plateau_r == r), ("chosen", rk.chosen_r == r)) if ok]
+            sh = f" ({share[r]:.2%} of the model)" if share.get(r) is not None else ""
+            con.print(f"  r={r:<4} best {_f3(max(vals))} over {len(vals)} trial(s){sh} "
+                      + (f"[bold]{', '.join(marks)}[/]" if marks else ""))
+        extra = [f"breakeven r={rk.breakeven_r}" if rk.breakeven_r else "",
+                 f"ceiling r={rk.ceiling_r}" if rk.ceiling_r else "",
+                 f"gain threshold {_f3(rk.threshold)}" if rk.threshold is not None else "",
+                 f"stopped: {rk.stopped}" if rk.stopped else ""]
+        con.print("  [dim]" + escape(" · ".join(x for x in extra if x)) + "[/]")
+    if rk.missing:
+        con.print(f"  [dim]{escape(rk.missing)}[/]")
+
+    con.rule("[bold]minimal-intervention pair[/]", align="left")
+    pv = s.pair
+    if pv.missing:
+        con.print(f"  [dim]{escape(pv.missing)}[/]")
+    else:
+        con.print(f"  from #{pv.from_trial} ({_f3(pv.base)}): binding knob [bold]{escape(pv.binding)}[/] "
+                  f"[dim]({escape(pv.how)})[/]")
+        for a in pv.arms:
+            con.print(f"    only {a.knob} {a.before} -> {a.after} (#{a.trial}): {_f3(a.value)}, delta "
+                      f"{a.delta:+.3f}" if a.delta is not None else f"    only {a.knob}: not measured")
+        con.print(f"    [dim]noise {_f3(pv.noise)} ({escape(pv.noise_source)})[/]")
+
+    con.rule("[bold]LoRA vs full fine-tuning[/]", align="left")
+    lf = s.lora_vs_full
+    if lf.choice:
+        con.print(f"  choice: [bold]{escape(str(lf.choice))}[/] [dim]{escape(lf.summary)}[/]")
+    if lf.table:
+        t = Table(header_style="bold", box=None, pad_edge=False)
+        for col in ("", "val F1", "trainable", "step (s)", "peak MB"):
+            t.add_column(col, justify="left" if not col else "right")
+        for row in lf.table:
+            t.add_row(escape(str(row.get("label"))), _f3(row.get("val_macro_f1")),
+                      f"{row['trainable']:,}" if isinstance(row.get("trainable"), int) else "–",
+                      _f3(row.get("mean_step_s")), f"{row['peak_memory_mb']:.0f}" if _num(row.get("peak_memory_mb"))
+                      else "–")
+        con.print(t)
+    for rid, holds, text in lf.reasons:
+        sym = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]?[/]"}[holds]
+        con.print(f"  {sym} {escape(rid)}: [dim]{escape(text)}[/]")
+    if lf.missing:
+        con.print(f"  [dim]{escape(lf.missing)}[/]")
+
+    con.rule("[bold]recommended config[/]", align="left")
+    if rec.config_yaml:
+        con.print(escape(rec.config_yaml.rstrip()), highlight=False, soft_wrap=True)
+        if rec.files.get("adapter"):
+            con.print(f"[dim]adapter: {escape(rec.files['adapter'])}[/]")
+    else:
+        con.print(f"  [dim]{escape(rec.missing or 'no config')}[/]")

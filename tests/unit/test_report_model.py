@@ -1,0 +1,408 @@
+"""The report models (plain data built from run / study records) and the HTML they render to.
+
+Run directories are written here in the run-record format (docs/run-record.md): no training."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from loratune.errors import UserError
+from loratune.report.model import build_confusion, build_run_report, is_run_dir, is_study_dir
+from loratune.report.render import render_run
+
+# ---------------------------------------------------------------------------------------------
+# A synthetic run directory
+# ---------------------------------------------------------------------------------------------
+
+
+def write_run(path: Path, *, k: int = 6, long_tail: bool = True, n_evals: int = 6, status: str = "completed",
+              confusion: bool = True, per_class: bool = True, seed: int = 0, steps_per_eval: int = 10,
+              rank: int = 4, learning_rate: float = 0.001) -> Path:
+    """A run of k classes: curves that learn, per-class keys, a long-tailed (or flat) label distribution
+    and a confusion matrix whose errors go mostly to the 'next' class (so pairs are predictable)."""
+    rng = random.Random(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    labels = [f"intent_{i:03d}" for i in range(k)]
+    train = {lab: (max(3, int(200 / (1 + i) ** 0.9)) if long_tail else 40) for i, lab in enumerate(labels)}
+    val = {lab: max(2, n // 5) for lab, n in train.items()}
+    # class i is right with a probability that grows with its train count; errors go to class i+1
+    hit = {lab: min(0.97, 0.35 + 0.6 * math.log1p(train[lab]) / math.log1p(max(train.values())))
+           for lab in labels}
+    matrix = [[0] * k for _ in range(k)]
+    for i, lab in enumerate(labels):
+        right = round(val[lab] * hit[lab])
+        matrix[i][i] = right
+        wrong = val[lab] - right
+        matrix[i][(i + 1) % k] += wrong - wrong // 3
+        matrix[i][(i + 7) % k] += wrong // 3
+    points = []
+    last = n_evals * steps_per_eval
+    for e in range(n_evals + 1):
+        step = e * steps_per_eval
+        f = step / last
+        p = {"step": step, "epoch": step / 20, "examples_seen": step * 16, "wall_s": step * 0.5,
+             "lr": 1e-3 * (1 - f), "val/loss": math.log(k) * (1 - 0.7 * f) + 0.05 * f * f,
+             "val/macro_f1": 0.85 * (1 - math.exp(-4 * f)), "val/accuracy": 0.87 * (1 - math.exp(-4 * f)),
+             "train_eval/loss": math.log(k) * (1 - 0.8 * f), "train_eval/macro_f1": 0.92 * (1 - math.exp(-4 * f)),
+             "val/n": sum(val.values())}
+        if e:
+            p["train/loss"] = math.log(k) * (1 - 0.75 * f) * (1 + 0.02 * rng.uniform(-1, 1))
+            p["train/grad_norm"] = 1.0
+        if per_class:
+            for i, lab in enumerate(labels):
+                r = matrix[i][i] / val[lab] * f
+                p[f"val/recall/{lab}"] = r
+                p[f"val/precision/{lab}"] = min(1.0, r + 0.05)
+                p[f"val/f1/{lab}"] = r
+                p[f"val/support/{lab}"] = val[lab]
+                p[f"train_eval/recall/{lab}"] = min(1.0, r + 0.1)
+            p["val/confused_pairs"] = [{"true": labels[0], "pred": labels[1], "count": 3}]
+        points.append(p)
+    best = points[-1]
+    run = {"status": status, "reason": "planned steps done" if status == "completed" else None,
+           "task": "single_label", "labels": labels, "label_counts": {"train": train, "val": val},
+           "model": {"name_or_path": "tiny", "model_type": "bert", "num_layers": 2},
+           "params": {"total": 1000, "trainable": 100, "adapter": 60, "head": 40, "adapted_weights": 600,
+                      "share_of_total": 0.1},
+           "rows": {"train": sum(train.values()), "val": sum(val.values())},
+           "steps_planned": last, "steps_done": last, "examples_seen": last * 16, "wall_s": last * 0.5,
+           "best": best, "final": points[-1]}
+    (path / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    (path / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points), encoding="utf-8")
+    (path / "config.yaml").write_text(
+        "model:\n  name_or_path: tiny\n  max_length: 32\ndata:\n  dataset_name: synth\nadapter:\n  method: lora\n"
+        f"  r: {rank}\n  lora_alpha: {2 * rank}\n  target_modules: [attn.q, attn.v]\ntrain:\n"
+        f"  learning_rate: {learning_rate}\n  seed: 1\n",
+        encoding="utf-8")
+    if confusion:
+        (path / "confusion.json").write_text(json.dumps({"labels": labels, "matrix": matrix, "step": last}),
+                                             encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Run report model
+# ---------------------------------------------------------------------------------------------
+
+
+def test_run_report_reads_every_section(tmp_path):
+    r = build_run_report(write_run(tmp_path / "r", k=12))
+    assert r.status == "completed" and r.metric == "val/macro_f1" and r.n_classes == 12
+    assert r.best["step"] == 60 and r.best["val/macro_f1"] == pytest.approx(0.85 * (1 - math.exp(-4)))
+    assert r.start_metric == 0.0
+    panels = {p.id: p for p in r.curves}
+    assert set(panels) == {"loss", "metric", "lr"}
+    loss_keys = [c.key for c in panels["loss"].curves]
+    assert loss_keys == ["train/loss", "train_eval/loss", "val/loss"]
+    assert len(panels["loss"].curves[2].points) == 7  # one per eval point
+    assert len(panels["loss"].curves[0].points) == 6  # train loss is absent at step 0
+    assert panels["metric"].best_step == 60
+    # the diagnosis ran: a verdict and findings with evidence
+    assert r.diagnosis.error is None and r.diagnosis.verdict
+    assert all(f.evidence for f in r.diagnosis.findings)
+    # parameters
+    keys = {(p.group, p.key): p.value for p in r.params}
+    assert keys[("Model", "trainable parameters")] == 100 and keys[("Adapter", "r")] == 4
+    assert keys[("Training", "learning_rate")] == 0.001
+    assert "r: 4" in r.config_yaml
+    d = r.to_dict()
+    json.dumps(d)  # plain data all the way down
+    assert d["kind"] == "run" and d["classes"]["frequency_vs_f1"]
+
+
+def test_classes_sorted_worst_first_and_long_tail_marked(tmp_path):
+    r = build_run_report(write_run(tmp_path / "r", k=20, long_tail=True))
+    t = r.classes
+    recalls = [row.recall for row in t.rows]
+    assert recalls == sorted(recalls)
+    assert t.long_tail and t.head_tail_ratio >= 2
+    tails = {row.label for row in t.rows if row.tail}
+    counts = {row.label: row.train_count for row in t.rows}
+    assert tails and all(counts[lab] <= t.tail_max_count for lab in tails)
+    assert all(counts[lab] > t.tail_max_count for lab in counts if lab not in tails)
+    assert t.tail_recall < t.head_recall
+    assert len(t.frequency_vs_f1) == 20 and {x[3] for x in t.frequency_vs_f1} == {True, False}
+
+
+def test_balanced_labels_mark_no_tail(tmp_path):
+    t = build_run_report(write_run(tmp_path / "r", k=8, long_tail=False)).classes
+    assert not t.long_tail and not any(row.tail for row in t.rows) and t.head_tail_ratio == 1.0
+
+
+def test_confusion_focus_holds_the_most_confused_classes_with_pairs_adjacent():
+    labels = [f"c{i}" for i in range(40)]
+    m = [[10 if i == j else 0 for j in range(40)] for i in range(40)]
+    m[5][9] = 7  # the biggest confusion
+    m[9][5] = 2
+    m[30][31] = 4
+    m[12][2] = 1
+    c = build_confusion({"labels": labels, "matrix": m, "step": 8}, None, focus_k=4)
+    assert c.n_classes == 40 and c.errors == 14 and c.total == 400 + 14
+    assert set(c.focus) == {"c5", "c9", "c30", "c31"}  # c2 / c12 have less off-diagonal mass
+    assert c.focus[:2] in (("c5", "c9"), ("c9", "c5")) and set(c.focus[2:]) == {"c30", "c31"}
+    i5, i9 = c.focus.index("c5"), c.focus.index("c9")
+    assert c.focus_matrix[i5][i9] == 7 and c.focus_matrix[i9][i5] == 2
+    assert c.focus_support[i5] == 17 and c.focus_errors == 13
+    assert c.focus_share == pytest.approx(13 / 14)
+    assert (5, 9, 7) in c.cells and len(c.cells) == 40 + 4
+
+
+def test_confusion_missing_or_malformed_says_why():
+    assert build_confusion(None, "no confusion.json").missing.startswith("no confusion.json")
+    bad = build_confusion({"labels": ["a", "b"], "matrix": [[1, 2]]}, None)
+    assert "square" in bad.missing
+
+
+def test_pairs_come_from_the_matrix_with_rates_and_reverse(tmp_path):
+    r = build_run_report(write_run(tmp_path / "r", k=10))
+    assert r.pairs and r.examples_note  # examples not computed: said so
+    counts = [p.count for p in r.pairs]
+    assert counts == sorted(counts, reverse=True)
+    top = r.pairs[0]
+    sup = next(row.val_support for row in r.classes.rows if row.label == top.true)
+    assert top.rate == pytest.approx(top.count / sup) and top.examples is None
+    ex = {(top.true, top.pred): ["why is my card declined"]}
+    r2 = build_run_report(tmp_path / "r", examples=ex)
+    assert r2.pairs[0].examples == ("why is my card declined",) and r2.examples_note is None
+    assert r2.pairs[1].examples == ()
+
+
+def test_pairs_fall_back_to_history_without_confusion_json(tmp_path):
+    r = build_run_report(write_run(tmp_path / "r", k=6, confusion=False))
+    assert r.confusion.missing and [(p.true, p.pred, p.count) for p in r.pairs] == [("intent_000", "intent_001", 3)]
+
+
+def test_partial_records_still_give_a_report(tmp_path):
+    d = write_run(tmp_path / "r", k=5, per_class=False, confusion=False, status="running")
+    (d / "history.jsonl").write_text((d / "history.jsonl").read_text() + '{"step": 70, "val/lo', encoding="utf-8")
+    r = build_run_report(d)
+    assert r.status == "running"
+    assert any("still training" in n for n in r.notes) and any("torn" in n for n in r.notes)
+    assert r.classes.rows == () and "per-class" in r.classes.missing
+    html = render_run(r)
+    assert 'data-missing="1"' in html
+
+
+def test_empty_history_and_not_a_run(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "run.json").write_text(json.dumps({"status": "running"}), encoding="utf-8")
+    r = build_run_report(d)
+    assert r.curves == () and r.diagnosis.error and any("no eval points" in n for n in r.notes)
+    render_run(r)
+    with pytest.raises(UserError):
+        build_run_report(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError):
+        build_run_report(tmp_path / "empty")
+    assert is_run_dir(d) and not is_study_dir(d)
+
+
+def test_fixture_runs_in_the_repo_render(tmp_path):
+    root = Path(__file__).resolve().parents[1] / "fixtures" / "runs"
+    runs = [p for p in sorted(root.glob("*")) if (p / "history.jsonl").is_file()] if root.is_dir() else []
+    if not runs:
+        pytest.skip("no fixture runs in this checkout")
+    for run in runs:
+        r = build_run_report(run)
+        assert r.curves and r.diagnosis.verdict
+        assert "<svg" in render_run(r)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML: self-contained, small, the key elements present
+# ---------------------------------------------------------------------------------------------
+
+
+def test_html_is_self_contained_and_small_for_150_classes(tmp_path):
+    r = build_run_report(write_run(tmp_path / "r", k=150, n_evals=10))
+    html = render_run(r)
+    size = len(html.encode("utf-8"))
+    assert size < 5 * 1024 * 1024, size
+    assert not re.search(r'(src|href)=["\']?(https?:)?//', html)  # no network fetch of any kind
+    assert "@import" not in html and "url(http" not in html
+    for marker in ('id="summary"', 'id="curves"', 'id="diagnosis"', 'id="classes"', 'id="confusion"',
+                   'id="pairs"', 'id="params"', 'data-chart="loss"', 'data-chart="metric"', 'data-chart="recall"',
+                   'data-chart="freq-f1"', 'data-chart="confusion-focus"', 'data-chart="confusion-overview"'):
+        assert marker in html, marker
+    assert html.count('class="finding ') == len(r.diagnosis.findings)
+    assert len(r.confusion.focus) == 25 and r.confusion.n_classes == 150
+
+
+def test_html_escapes_label_text(tmp_path):
+    d = write_run(tmp_path / "r", k=5)
+    run = json.loads((d / "run.json").read_text())
+    bad = "<script>alert(1)</script>"
+    conf = json.loads((d / "confusion.json").read_text())
+    conf["labels"][0] = bad
+    (d / "confusion.json").write_text(json.dumps(conf))
+    html = render_run(build_run_report(d, examples={(bad, conf["labels"][1]): ["<b>x</b>"]}))
+    assert bad not in html and "&lt;script&gt;" in html and "<b>x</b>" not in html
+    assert run["labels"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Study report model: a study played by a scripted world (no training), finished by `tune`'s own code
+# ---------------------------------------------------------------------------------------------
+
+LR, R = "train.learning_rate", "adapter.r"
+
+
+def scripted_study(study_dir: Path, *, finish: bool = True, run_dirs: bool = False):
+    """The protocol on a world where lr binds (F1 peaks at lr 4e-3, rank barely matters), with the
+    decision trail in <study_dir>/decisions.jsonl and, when `finish`, final/study.json."""
+    from loratune.search.budget import Budget, CostModel, Meter
+    from loratune.search.context import MemoryStore, SearchContext
+    from loratune.search.protocol import ProtocolSettings, Start, run_protocol
+    from loratune.search.summary import finish as finish_study
+    from loratune.search.trial import TrialResult
+
+    start = Start(point={R: 8, "adapter.lora_alpha": 16.0, "adapter.target_modules": ["attn.q", "attn.v"],
+                         "adapter.layers_to_transform": "all", "adapter.lora_dropout": 0.1, LR: 1e-3},
+                  ceiling_r=32, lr_centre=1e-3)
+
+    def f1(p):
+        if p.get("adapter.method") == "full":
+            return 0.70
+        x = round(math.log2(p[LR] / 1e-3))
+        seed = {42: 0.0, 43: -0.004, 44: 0.003}.get(p.get("train.seed", 42), 0.0)
+        return {-1: 0.50, 0: 0.60, 1: 0.70, 2: 0.78, 3: 0.75}.get(x, 0.4) + 0.001 * math.log2(p[R] / 8) + seed
+
+    class Runner:
+        def run(self, spec, run_dir, watch=None):
+            p = spec.point
+            full = p.get("adapter.method") == "full"
+            v = f1(p)
+            r = int(p.get(R, 8))
+            params = ({"total": 1_000_000, "trainable": 1_000_000, "adapter": 0, "adapted_weights": 0} if full else
+                      {"total": 1_000_000, "trainable": 1000 * r + 5000, "adapter": 1000 * r,
+                       "adapted_weights": 300_000})
+            verdict = "healthy" if full or p[LR] >= 4e-3 else "lr-too-small"
+            if run_dirs:
+                write_run(Path(run_dir), k=4, long_tail=False, seed=r, rank=r, learning_rate=p[LR])
+            return TrialResult(
+                status="completed", value=v, examples=1000, wall_s=10.0, steps_planned=100, steps_done=100,
+                mean_step_s=0.30 if full else 0.10 + 0.001 * r, peak_memory_mb=1500.0 if full else 500.0 + r,
+                params=params, best={"step": 100, "val/macro_f1": v}, curve=((0, 0.0), (50, v / 2), (100, v)),
+                verdict=verdict, findings=({"rule_id": verdict, "verdict": verdict, "moves": ["lr x2"],
+                                            "evidence": [f"scripted {verdict}"]},),
+                features={"val_metric_se": 0.01, "val_loss_min": 1 - v, "gap_f1": 0.05, "best_step_fraction": 1.0,
+                          "still_improving": 0.0, "val_metric_final_drop": 0.0, "val_loss_rise": 0.0})
+
+        def compare(self, run_dirs):
+            return None
+
+        def evaluate(self, run_dir, split="test"):
+            return {"test/macro_f1": 0.77, "test/n": 500}
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    store = MemoryStore(study_dir, decisions_path=study_dir / "decisions.jsonl")
+    ctx = SearchContext(store=store, runner=Runner(), meter=Meter(Budget.parse("100trials")), trial_examples=1000,
+                        costs=CostModel())
+    ctx.state["start"] = start
+    run_protocol(ctx, start, ProtocolSettings())
+    if finish:
+        finish_study(ctx, study_dir / "final", "protocol")
+    return ctx
+
+
+def test_study_report_reads_a_finished_study(tmp_path):
+    from loratune.report.study import build_study_report
+
+    ctx = scripted_study(tmp_path / "study")
+    s = build_study_report(tmp_path / "study")
+    assert s.finished and s.strategy == "protocol" and not s.notes
+    assert [t.number for t in s.trials] == [r.number for r in ctx.records]
+    assert len(s.trail) == len(ctx.decisions) and s.trail[0].seq == 0
+    assert {d.phase for d in s.trail} >= {"phase1-lr-grid", "pair", "rank-sweep", "lora-vs-full", "finish"}
+    # best so far never falls and ends at the best trial
+    bsf = [p.best_so_far for p in s.best_vs_compute]
+    assert bsf == sorted(bsf) and bsf[-1] == pytest.approx(max(t.value for t in s.trials))
+    assert s.best_vs_compute[-1].examples_cum == 1000 * len(s.trials)
+    # rank: the sweep found the plateau at r=8; shares grow with r; a breakeven rank is known
+    assert s.rank.plateau_r == 8 and s.rank.breakeven_r and s.rank.missing is None
+    assert any(p.in_sweep and p.r == 32 for p in s.rank.points)
+    shares = dict((r, a) for r, a, _ in s.rank.shares)
+    assert shares[8] == pytest.approx(8000 / 1e6) and shares[32] == pytest.approx(32000 / 1e6)
+    # the pair: lr arm +0.08, rank arm +0.001, noise from the val SE; lr binds
+    assert s.pair.missing is None and s.pair.binding == "optimization"
+    deltas = {a.knob: a.delta for a in s.pair.arms}
+    assert deltas["lr"] == pytest.approx(0.08) and deltas["r"] == pytest.approx(0.001)
+    assert s.pair.noise == pytest.approx(math.sqrt(2) * 0.01)
+    # LoRA vs full: the full probe (0.70) loses to LoRA (0.78)
+    assert s.lora_vs_full.choice == "lora" and len(s.lora_vs_full.table) >= 2
+    assert {rid for rid, _, _ in s.lora_vs_full.reasons} >= {"param-share", "performance-gap"}
+    # recommendation: lr 4e-3, r 8, with the test score
+    rec = s.recommendation
+    assert rec.point[LR] == 4e-3 and rec.point[R] == 8 and rec.test["test/macro_f1"] == 0.77
+    assert s.seed_sigma is not None and len(s.seeds) == 3
+    json.dumps(s.to_dict())
+
+
+def test_unfinished_study_is_rebuilt_from_the_trail_and_the_trial_dirs(tmp_path):
+    from loratune.report.study import build_study_report
+
+    scripted_study(tmp_path / "study", finish=False, run_dirs=True)
+    s = build_study_report(tmp_path / "study")
+    assert not s.finished and any("not finished" in n for n in s.notes)
+    assert s.trail and s.trials and all(t.curve for t in s.trials)  # curves from the trial directories
+    assert s.trials[0].link == "trials/00-start"
+    assert s.best_vs_compute and s.best_vs_compute[-1].best_so_far == pytest.approx(max(t.value for t in s.trials))
+    assert s.recommendation.missing and "not finished" in s.recommendation.missing
+    assert s.rank.points and s.rank.missing  # ranks from the trials; no plateau marks yet
+    assert s.pair.missing is None or s.pair.binding  # the pair data lives in the trail
+    html = render_study_html(s)
+    assert 'id="trail"' in html and 'data-missing="1"' in html
+
+
+def test_empty_study_dir_says_what_is_missing(tmp_path):
+    from loratune.report import build_report
+    from loratune.report.study import StudyReport, build_study_report
+
+    d = tmp_path / "study"
+    (d / "trials").mkdir(parents=True)
+    s = build_report(d)
+    assert isinstance(s, StudyReport) and not s.trials and not s.trail
+    assert s.rank.missing and s.pair.missing and s.lora_vs_full.missing and s.recommendation.missing
+    html = render_study_html(s)
+    assert html.count('data-missing="1"') >= 5
+    with pytest.raises(UserError):
+        build_study_report(tmp_path / "nope")
+
+
+def test_study_html_has_every_section_and_links_each_trial(tmp_path):
+    scripted_study(tmp_path / "study")
+    from loratune.report.study import build_study_report
+
+    s = build_study_report(tmp_path / "study")
+    html = render_study_html(s)
+    for marker in ('id="summary"', 'id="recommendation"', 'id="trail"', 'id="compute"', 'id="rank"', 'id="pair"',
+                   'id="lora-vs-full"', 'id="trials"', 'data-chart="rank"', 'data-chart="pair"',
+                   'data-chart="best-vs-examples"', 'id="lora-full-table"'):
+        assert marker in html, marker
+    for t in s.trials:
+        assert f'id="trial-{t.number}"' in html and f'href="#trial-{t.number}"' in html
+    assert not re.search(r'(src|href)=["\']?(https?:)?//', html)
+
+
+def render_study_html(s) -> str:
+    from loratune.report.render import render
+
+    return render(s)
+
+
+def test_report_model_and_html_import_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    run = write_run(tmp_path / "r", k=5)
+    code = ("import sys\nfrom loratune.report import build_report\nfrom loratune.report.render import render\n"
+            f"render(build_report({str(run)!r}, examples=False))\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
