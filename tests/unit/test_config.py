@@ -105,7 +105,7 @@ def test_the_constraint_tables_are_not_empty():
 @pytest.mark.parametrize("dotted,f", _constrained("choices"), ids=lambda x: x if isinstance(x, str) else "")
 def test_a_value_outside_choices_lists_the_choices(dotted, f):
     problems = problems_of([f"{dotted}=bogus"])
-    assert problems == [f"{dotted}: got 'bogus'; allowed: one of {', '.join(f.metadata['choices'])}"]
+    assert problems == [f"{dotted}: got 'bogus'; allowed: one of {', '.join(map(str, f.metadata['choices']))}"]
 
 
 @pytest.mark.parametrize("dotted,f", _constrained("choices"), ids=lambda x: x if isinstance(x, str) else "")

@@ -1,0 +1,125 @@
+"""Terminal view of diagnoses (rich). Plain data in, text out: nothing here decides anything."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from loratune.diagnose import Comparison, Diagnosis, Finding
+from loratune.features import FEATURES, format_value
+from loratune.rules import RULES
+
+_MARK = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]?[/]"}
+_COLOR = {"high": "green", "medium": "yellow", "low": "red"}
+
+
+def _f(d: Diagnosis, name: str) -> str:
+    return format_value(FEATURES[name].unit, d.features.values.get(name))
+
+
+def _summary(d: Diagnosis) -> list[str]:
+    v = d.features.values
+    metric = d.features.details.get("val_metric") or "val metric"
+    lines = []
+    if v.get("val_metric_best") is not None:
+        se = f", SE {_f(d, 'val_metric_se')}" if v.get("val_metric_se") is not None else ""
+        lines.append(f"{metric}: {_f(d, 'val_metric_start')} -> best {_f(d, 'val_metric_best')} at "
+                     f"{_f(d, 'best_step_fraction')} of the run -> final {_f(d, 'val_metric_final')}{se}")
+    if v.get("train_loss_final") is not None:
+        lines.append(f"train loss: {_f(d, 'train_loss_start')} -> {_f(d, 'train_loss_final')} "
+                     f"(fell {_f(d, 'train_loss_drop')}; {_f(d, 'train_loss_late_drop')} over the last half)")
+    if v.get("val_loss_min") is not None:
+        lines.append(f"val loss: {_f(d, 'val_loss_start')} -> min {_f(d, 'val_loss_min')} at "
+                     f"{_f(d, 'val_loss_min_fraction')} -> final {_f(d, 'val_loss_final')}")
+    if v.get("gap_f1") is not None:
+        lines.append(f"train/val gap: {_f(d, 'gap_f1')} ({metric.split('/')[-1]})")
+    return lines
+
+
+def _finding(console: Console, f: Finding) -> None:
+    color = _COLOR[f.confidence_label]
+    tent = " tentative," if f.tentative else ""
+    console.print(f"  [bold]{escape(f.rule_id)}[/] [dim]({f.knob_class})[/] - {escape(f.verdict)}")
+    console.print(f"    confidence [{color}]{f.confidence:.2f} ({f.confidence_label}{tent})[/]")
+    for e in f.evidence:
+        console.print(f"    {_MARK[e.passed]} {escape(e.text)}")
+    if f.missing:
+        console.print("    [yellow]missing:[/] " + escape("; ".join(f"{n} ({w})" for n, w in f.missing)))
+    for note in f.notes:
+        console.print(f"    [dim]{escape(note)}[/]")
+    if f.caveat:
+        console.print(f"    [yellow]caveat:[/] {escape(f.caveat)}")
+    console.print(f"    [bold cyan]next move:[/] {escape(', '.join(f.moves))}")
+
+
+def _rule_features() -> set[str]:
+    return {cl.feature for r in RULES if r.scope != "compare" for cl in r.when.leaves()}
+
+
+def render_diagnosis(console: Console, d: Diagnosis) -> None:
+    n_pts = int(d.features.values.get("n_eval_points") or 0)
+    console.rule(f"[bold]{escape(d.run)}[/]  [dim]{d.source}, {n_pts} eval points, "
+                 f"{_f(d, 'steps')} steps[/]")
+    p = d.primary
+    if p:
+        console.print(f"verdict: [bold]{escape(p.rule_id)}[/]  next move: [bold cyan]{escape(', '.join(p.moves))}[/]")
+    else:
+        console.print("verdict: [bold]inconclusive[/] (no curve rule fired)")
+    for line in _summary(d):
+        console.print(f"  [dim]{escape(line)}[/]")
+    for f in d.active:
+        _finding(console, f)
+    sup = [f for f in d.findings if f.suppressed_by]
+    if sup:
+        console.print("  [dim]also matched, suppressed: " + escape(", ".join(
+            f"{f.rule_id} (by {f.suppressed_by})" for f in sup)) + "[/]")
+    if d.not_evaluated:
+        console.print("  [yellow]not evaluated:[/]")
+        for n in d.not_evaluated:
+            console.print(f"    {escape(n.rule_id)}: " + escape("; ".join(f"{f} ({w})" for f, w in n.missing)))
+    used = _rule_features() - {f for n in d.not_evaluated for f, _ in n.missing}
+    by_reason: dict[str, list[str]] = {}
+    for name, why in d.features.missing.items():
+        if name in used:
+            by_reason.setdefault(why, []).append(name)
+    if by_reason:
+        console.print("  [yellow]missing signals[/] (lower the confidence of the rules that use them):")
+        for why, names in by_reason.items():
+            console.print(f"    {escape(', '.join(names))}: [dim]{escape(why)}[/]")
+    for note in d.notes:
+        console.print(f"  [dim]note: {escape(note)}[/]")
+
+
+def render_comparison(console: Console, c: Comparison) -> None:
+    console.rule("[bold]comparison[/]  [dim]runs that differ in one knob[/]")
+    if c.groups:
+        t = Table(show_header=True, header_style="bold")
+        for col in ("knob", "runs (value: best val metric)", "effect", "effect / noise"):
+            t.add_column(col)
+        noise = c.features.values.get("noise")
+        for g in c.groups:
+            runs = ", ".join(f"{r}={v}: {m:.3f}" if m is not None else f"{r}={v}: ?" for r, v, m, _ in g.runs)
+            eff = f"{g.effect:.3f}" if g.effect is not None else "?"
+            ratio = f"{g.effect / noise:.1f}" if (g.effect is not None and noise) else "?"
+            t.add_row(g.knob + (f" ({g.note})" if g.note else ""), escape(runs), eff, ratio)
+        console.print(t)
+    console.print(f"  [dim]noise: {escape(str(c.features.details.get('noise_source')))}[/]")
+    for f in c.active:
+        _finding(console, f)
+    if c.not_evaluated:
+        console.print("  [yellow]not evaluated:[/]")
+        for n in c.not_evaluated:
+            console.print(f"    {escape(n.rule_id)}: " + escape("; ".join(f"{f} ({w})" for f, w in n.missing)))
+    for note in c.notes:
+        console.print(f"  [dim]note: {escape(note)}[/]")
+
+
+def render(diagnoses: Sequence[Diagnosis], comparison: Comparison | None, console: Console | None = None) -> None:
+    console = console or Console()
+    for d in diagnoses:
+        render_diagnosis(console, d)
+    if comparison is not None:
+        render_comparison(console, comparison)

@@ -1,0 +1,47 @@
+"""`loratune diagnose RUN [RUN ...]`: name what is wrong with a run, show the evidence, prescribe the next move.
+
+RUN is a loratune run directory, a Hugging Face Trainer output directory or its trainer_state.json,
+or a CSV of step / train loss / val loss / val metric columns. Two or more runs that differ in one
+knob (learning_rate, r, seed, lora_alpha) are also compared. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "diagnose", help="diagnose runs from their curves: verdict, evidence, next knob move",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run directory, Trainer output dir / trainer_state.json, or CSV")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of the terminal view")
+    p.add_argument("--thresholds", metavar="FILE.yaml",
+                   help="override rule thresholds (`name: value` lines; names from `loratune rules`)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from loratune.diagnose import compare, diagnose
+    from loratune.history_io import load_run
+    from loratune.rules import default_thresholds, load_thresholds
+
+    thresholds = load_thresholds(args.thresholds)
+    histories = [load_run(path) for path in args.runs]
+    diagnoses = [diagnose(h, thresholds=thresholds) for h in histories]
+    comparison = compare(histories, thresholds=thresholds) if len(histories) >= 2 else None
+    if args.json:
+        defaults = default_thresholds()
+        out = {
+            "runs": [d.to_dict() for d in diagnoses],
+            "comparison": comparison.to_dict() if comparison else None,
+            "thresholds_overridden": {k: v for k, v in thresholds.items() if v != defaults[k]},
+        }
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    from loratune.commands._diagnose_view import render
+
+    render(diagnoses, comparison)
+    return 0

@@ -1,0 +1,490 @@
+"""The diagnosis engine: features -> every rule of the table -> findings (pure; no torch).
+
+`diagnose(run)` computes a run's `CurveFeatures`, evaluates EVERY rule of `loratune.rules.RULES`
+(never first-match-wins), applies suppressions in priority order and returns a `Diagnosis`: the
+findings, each with its evidence as numbers against named thresholds, its knob moves and a
+confidence that is lowered for missing signals (named) and for thin margins.
+
+`compare(runs)` reads runs that differ in one knob (learning_rate, r, seed, lora_alpha; found by
+diffing their config.yaml), measures how far each knob moved the best val metric against the noise
+(seed std when >= 2 seed runs exist, else the binomial standard error from the val size) and
+evaluates the `compare` rules: capacity-bound vs optimization-bound (protocol section 5),
+seed-unstable, alpha-insensitive, update-too-weak, differences-within-noise.
+
+Clause logic is three-valued: a clause over a missing feature is unknown. A rule whose condition is
+true fires; one that is unknown (no clause false, some unknown) fires tentatively, with confidence
+x0.75 per unknown clause, when no `required` clause is unknown and its known-true clauses are at
+least as many as its unknown ones. A rule stopped by a missing `required` clause, or with every
+clause unknown, is listed as not evaluated, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from loratune.features import COMPARE_FEATURES, CurveFeatures, FeatureSet, binomial_se, compute_features, \
+    format_value
+from loratune.history_io import RunHistory, from_points, load_run
+from loratune.rules import RULES, THRESHOLDS, Clause, Cond, Rule, catalogue_for, resolve_thresholds
+
+MISSING_FACTOR = 0.75  # confidence multiplier per unknown clause of a tentatively fired rule
+THIN_MARGIN = 0.1  # a decisive clause passing within 10% (2 points for 0..1 quantities) of its threshold ...
+THIN_FACTOR = 0.85  # ... multiplies the confidence by this
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One clause checked against one feature value."""
+
+    feature: str
+    value: float | None
+    op: str
+    threshold_name: str
+    threshold: float
+    passed: bool | None  # None: the feature is missing
+    text: str
+    missing_reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule_id: str
+    scope: str
+    verdict: str
+    knob_class: str
+    moves: tuple[str, ...]
+    priority: int
+    confidence: float
+    evidence: tuple[Evidence, ...]
+    missing: tuple[tuple[str, str], ...] = ()  # (feature, why) for unknown clauses that mattered
+    tentative: bool = False
+    suppressed_by: str | None = None
+    caveat: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def confidence_label(self) -> str:
+        return "high" if self.confidence >= 0.75 else "medium" if self.confidence >= 0.5 else "low"
+
+    def to_dict(self) -> dict:
+        return {
+            "rule_id": self.rule_id, "scope": self.scope, "verdict": self.verdict, "knob_class": self.knob_class,
+            "moves": list(self.moves), "priority": self.priority, "confidence": round(self.confidence, 3),
+            "confidence_label": self.confidence_label, "tentative": self.tentative,
+            "suppressed_by": self.suppressed_by, "caveat": self.caveat, "notes": list(self.notes),
+            "missing": [{"feature": f, "why": w} for f, w in self.missing],
+            "evidence": [e.to_dict() for e in self.evidence],
+        }
+
+
+@dataclass(frozen=True)
+class NotEvaluated:
+    rule_id: str
+    missing: tuple[tuple[str, str], ...]
+
+    def to_dict(self) -> dict:
+        return {"rule_id": self.rule_id, "missing": [{"feature": f, "why": w} for f, w in self.missing]}
+
+
+def _primary(findings: Sequence[Finding], scope: str) -> Finding | None:
+    return next((f for f in findings if f.suppressed_by is None and f.scope == scope), None)
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """One run: its features, the findings (priority order, suppressed ones flagged) and the gaps."""
+
+    run: str
+    source: str
+    features: CurveFeatures
+    findings: tuple[Finding, ...]
+    not_evaluated: tuple[NotEvaluated, ...]
+    notes: tuple[str, ...] = ()
+    path: str | None = None
+
+    @property
+    def active(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.suppressed_by is None)
+
+    @property
+    def primary(self) -> Finding | None:
+        """The run's verdict: the highest-priority unsuppressed `curve` finding (None: inconclusive)."""
+        return _primary(self.findings, "curve")
+
+    @property
+    def verdict(self) -> str:
+        return self.primary.rule_id if self.primary else "inconclusive"
+
+    def finding(self, rule_id: str) -> Finding | None:
+        return next((f for f in self.findings if f.rule_id == rule_id), None)
+
+    def fired(self, rule_id: str, *, active_only: bool = True) -> bool:
+        f = self.finding(rule_id)
+        return f is not None and (f.suppressed_by is None or not active_only)
+
+    def to_dict(self) -> dict:
+        return {
+            "run": self.run, "source": self.source, "path": self.path, "verdict": self.verdict,
+            "findings": [f.to_dict() for f in self.findings],
+            "not_evaluated": [n.to_dict() for n in self.not_evaluated],
+            "features": self.features.to_dict(), "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class KnobGroup:
+    """Runs identical except for one knob."""
+
+    knob: str  # learning_rate | r | seed | lora_alpha
+    runs: tuple[tuple[str, Any, float | None, float | None], ...]  # (run, knob value, best metric, min val loss)
+    effect: float | None  # max - min of the best metric
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {"knob": self.knob, "effect": self.effect, "note": self.note,
+                "runs": [{"run": r, "value": v, "best_metric": m, "val_loss_min": l} for r, v, m, l in self.runs]}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    runs: tuple[str, ...]
+    groups: tuple[KnobGroup, ...]
+    features: CurveFeatures
+    findings: tuple[Finding, ...]
+    not_evaluated: tuple[NotEvaluated, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.suppressed_by is None)
+
+    def fired(self, rule_id: str) -> bool:
+        return any(f.rule_id == rule_id for f in self.active)
+
+    def to_dict(self) -> dict:
+        return {"runs": list(self.runs), "groups": [g.to_dict() for g in self.groups],
+                "features": self.features.to_dict(), "findings": [f.to_dict() for f in self.findings],
+                "not_evaluated": [n.to_dict() for n in self.not_evaluated], "notes": list(self.notes)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------
+
+_OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+
+
+def _evidence(cl: Clause, features: CurveFeatures, thresholds: Mapping[str, float], catalogue) -> Evidence:
+    spec = catalogue[cl.feature]
+    t = thresholds[cl.threshold]
+    v = features.values.get(cl.feature)
+    t_text = format_value(THRESHOLDS[cl.threshold].unit, t)
+    if v is None:
+        why = features.missing.get(cl.feature, "missing")
+        text = f"{spec.phrase.format('?')}: missing ({why}); rule needs {cl.op} {t_text}"
+        return Evidence(cl.feature, None, cl.op, cl.threshold, t, None, text, why)
+    passed = bool(_OPS[cl.op](v, t))
+    text = f"{spec.phrase.format(format_value(spec.unit, v))}; rule needs {cl.op} {t_text}"
+    return Evidence(cl.feature, v, cl.op, cl.threshold, t, passed, text)
+
+
+def _margin(ev: Evidence) -> float:
+    """How far a passing value is from its threshold, in units of THIN_MARGIN's scale: absolute for
+    0..1 quantities (fractions, metric points; 0.1 = 10 points), relative otherwise."""
+    unit = THRESHOLDS[ev.threshold_name].unit
+    if unit in ("fraction", "points", "flag"):
+        return abs(ev.value - ev.threshold) * 5  # 2 points from the threshold counts as thin
+    return abs(ev.value - ev.threshold) / max(abs(ev.threshold), 0.01)
+
+
+def _eval(node: Cond | Clause, ev: dict[Clause, Evidence]) -> tuple[bool | None, float]:
+    """Three-valued truth of a condition and the relative margin of its decisive clauses."""
+    if isinstance(node, Clause):
+        e = ev[node]
+        return e.passed, (_margin(e) if e.passed else 0.0)
+    results = [_eval(item, ev) for item in node.items]
+    states = [s for s, _ in results]
+    if node.mode == "all":
+        if any(s is False for s in states):
+            return False, 0.0
+        margins = [m for s, m in results if s]
+        return (None if any(s is None for s in states) else True), (min(margins) if margins else math.inf)
+    if any(s is True for s in states):
+        return True, max(m for s, m in results if s)
+    return (None if any(s is None for s in states) else False), 0.0
+
+
+def _open_unknowns(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Clause]:
+    """Unknown clauses that could still change the outcome (not inside an already-true `any` group)."""
+    if isinstance(node, Clause):
+        return [node] if ev[node].passed is None else []
+    state, _ = _eval(node, ev)
+    if state is not None:
+        return []
+    return [cl for item in node.items for cl in _open_unknowns(item, ev)]
+
+
+def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, float]
+                  ) -> Finding | NotEvaluated | None:
+    """A Finding when the rule fires, NotEvaluated when missing signals stop it, None when it does not."""
+    catalogue = catalogue_for(rule)
+    leaves = list(dict.fromkeys(rule.when.leaves()))
+    ev = {cl: _evidence(cl, features, thresholds, catalogue) for cl in leaves}
+    state, margin = _eval(rule.when, ev)
+    if state is False:
+        return None
+    unknown = list(dict.fromkeys(_open_unknowns(rule.when, ev)))
+    missing = tuple(dict.fromkeys((cl.feature, ev[cl].missing_reason or "missing") for cl in unknown))
+    if state is None:
+        known_true = sum(1 for cl in leaves if ev[cl].passed)
+        if any(cl.required for cl in unknown) or len(unknown) == len(leaves):
+            return NotEvaluated(rule.id, missing)
+        if known_true < len(unknown):
+            return None  # too little positive evidence to fire on; the gaps show in the missing signals
+    confidence = rule.confidence
+    if state is None:
+        confidence *= MISSING_FACTOR ** len(unknown)
+    if margin < THIN_MARGIN:
+        confidence *= THIN_FACTOR
+    return Finding(
+        rule_id=rule.id, scope=rule.scope, verdict=rule.verdict, knob_class=rule.knob_class, moves=rule.moves,
+        priority=rule.priority, confidence=confidence, evidence=tuple(ev[cl] for cl in leaves),
+        missing=missing if state is None else (), tentative=state is None, caveat=rule.caveat,
+    )
+
+
+def evaluate_rules(features: CurveFeatures, rules: Sequence[Rule], thresholds: Mapping[str, float]
+                   ) -> tuple[tuple[Finding, ...], tuple[NotEvaluated, ...]]:
+    """Evaluate every rule; then, in priority order, mark findings suppressed by an active finding."""
+    fired: list[Finding] = []
+    gaps: list[NotEvaluated] = []
+    for rule in rules:
+        out = evaluate_rule(rule, features, thresholds)
+        if isinstance(out, Finding):
+            fired.append(out)
+        elif isinstance(out, NotEvaluated):
+            gaps.append(out)
+    by_id = {r.id: r for r in rules}
+    fired.sort(key=lambda f: (-f.priority, -f.confidence, f.rule_id))
+    active: list[Finding] = []
+    result = []
+    for f in fired:
+        by = next((a.rule_id for a in active if f.rule_id in by_id[a.rule_id].suppresses), None)
+        if by is None:
+            active.append(f)
+            result.append(f)
+        else:
+            result.append(Finding(**{**f.__dict__, "suppressed_by": by}))
+    return tuple(result), tuple(gaps)
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------
+
+
+def as_run(source: RunHistory | str | Path | Sequence[dict], meta: Mapping[str, Any] | None = None,
+           config: Mapping[str, Any] | None = None, name: str | None = None) -> RunHistory:
+    if isinstance(source, RunHistory):
+        return source
+    if isinstance(source, (str, Path)):
+        return load_run(source)
+    return from_points(list(source), meta=meta, config=config, name=name or "run")
+
+
+def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[str, Any] | None = None,
+             thresholds: Mapping[str, float] | None = None, rules: Sequence[Rule] = RULES,
+             name: str | None = None) -> Diagnosis:
+    """Diagnose one run: a run directory / trainer_state.json / CSV path, a RunHistory, or eval points
+    (with `meta` = run.json). `thresholds`: overrides by name (see `loratune rules`)."""
+    run = as_run(source, meta=meta, name=name)
+    values = resolve_thresholds(thresholds if thresholds is not None else {})
+    features = compute_features(run.points, run.meta)
+    run_rules = [r for r in rules if r.scope != "compare"]
+    findings, gaps = evaluate_rules(features, run_rules, values)
+    return Diagnosis(run=name or run.name, source=run.source, features=features, findings=findings,
+                     not_evaluated=gaps, notes=run.notes, path=run.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several runs that differ in one knob
+# ---------------------------------------------------------------------------------------------
+
+KNOBS = {"learning_rate": "learning_rate", "lr": "learning_rate", "r": "r", "seed": "seed",
+         "lora_alpha": "lora_alpha"}
+IGNORED_KEYS = ("output_dir", "num_threads", "run_name", "logging_dir", "name")
+NOISE_FLOOR = 0.0025  # 2 x noise >= 0.5 point (protocol 6)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def _knob_of(key: str) -> str | None:
+    return KNOBS.get(key.rsplit(".", 1)[-1])
+
+
+def _groups(flat: dict[str, dict[str, Any]], knob: str) -> list[tuple[list[str], str]]:
+    """Sets of runs whose configs are equal except for `knob` (for r: alpha fixed, or alpha/r fixed)."""
+    variants: list[tuple[str, Any]] = []
+    if knob == "r":
+        variants = [("lora_alpha fixed", "alpha"), ("scale lora_alpha/r fixed", "scale")]
+    else:
+        variants = [("", None)]
+    found: list[tuple[list[str], str]] = []
+    for note, mode in variants:
+        sig: dict[tuple, list[str]] = {}
+        for run, cfg in flat.items():
+            items = []
+            r_val = next((v for k, v in cfg.items() if _knob_of(k) == "r"), None)
+            for k, v in cfg.items():
+                kk = _knob_of(k)
+                if kk == knob or k.rsplit(".", 1)[-1] in IGNORED_KEYS:
+                    continue
+                if mode == "scale" and kk == "lora_alpha" and r_val:
+                    v = round(float(v) / float(r_val), 9)
+                items.append((k, v))
+            sig.setdefault(tuple(sorted(items, key=lambda kv: kv[0])), []).append(run)
+        for members in sig.values():
+            values = {next((v for k, v in flat[m].items() if _knob_of(k) == knob), None) for m in members}
+            if len(members) >= 2 and len(values) == len(members):
+                if not any(set(members) == set(g) for g, _ in found):
+                    found.append((members, note))
+    return found
+
+
+def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str, float] | None = None,
+            rules: Sequence[Rule] = RULES) -> Comparison:
+    """Multi-run verdicts for runs that differ in one knob (see the module docstring)."""
+    values = resolve_thresholds(thresholds if thresholds is not None else {})
+    histories = [as_run(item) for item in runs]
+    names = _unique_names([h.name for h in histories])
+    notes: list[str] = []
+    flat: dict[str, dict[str, Any]] = {}
+    feats: dict[str, CurveFeatures] = {}
+    for name, h in zip(names, histories):
+        feats[name] = compute_features(h.points, h.meta)
+        if h.config:
+            flat[name] = _flatten(h.config)
+        else:
+            notes.append(f"{name}: no config, left out of the knob comparison")
+    best = {n: f.values.get("val_metric_best") for n, f in feats.items()}
+    vloss = {n: f.values.get("val_loss_min") for n, f in feats.items()}
+
+    groups: list[KnobGroup] = []
+    for knob in ("learning_rate", "r", "lora_alpha", "seed"):
+        for members, note in _groups(flat, knob):
+            rows = []
+            for m in members:
+                kv = next((v for k, v in flat[m].items() if _knob_of(k) == knob), None)
+                rows.append((m, kv, best[m], vloss[m]))
+            rows.sort(key=lambda r: (r[1] is None, r[1]))
+            ms = [r[2] for r in rows if r[2] is not None]
+            effect = (max(ms) - min(ms)) if len(ms) >= 2 else None
+            groups.append(KnobGroup(knob, tuple(rows), effect, note))
+    if len(flat) >= 2 and not groups:
+        notes.append("no two runs differ in exactly one of learning_rate, r, lora_alpha, seed")
+
+    acc = FeatureSet(COMPARE_FEATURES)
+    # noise: seed std when available, else the binomial SE of each run's val size
+    seed_groups = [g for g in groups if g.knob == "seed"]
+    variances = []
+    for g in seed_groups:
+        ms = [r[2] for r in g.runs if r[2] is not None]
+        if len(ms) >= 2:
+            mean = sum(ms) / len(ms)
+            variances.append((sum((x - mean) ** 2 for x in ms) / (len(ms) - 1), len(ms)))
+    if variances:
+        seed_std = math.sqrt(sum(v * (n - 1) for v, n in variances) / sum(n - 1 for _, n in variances))
+        acc.set("seed_std", seed_std)
+        noise = max(math.sqrt(2) * seed_std, NOISE_FLOOR)
+        k = sum(n for _, n in variances)
+        acc.details["noise_source"] = f"seed std over {k} runs ({len(variances)} group(s)) x sqrt(2)"
+    else:
+        acc.set("seed_std", None, "no two runs differ only in seed")
+        ses = [binomial_se(best[n], feats[n].values.get("val_n")) for n in feats
+               if best[n] is not None and feats[n].values.get("val_n")]
+        ses = [s for s in ses if s is not None]
+        if ses:
+            se = sorted(ses)[len(ses) // 2]
+            noise = max(math.sqrt(2) * se, NOISE_FLOOR)
+            acc.details["noise_source"] = (f"binomial standard error from val size (median SE {se:.4f}) x sqrt(2); "
+                                           "no seed runs")
+        else:
+            noise = None
+            acc.details["noise_source"] = "unknown: no seed runs and no val size"
+    acc.set("noise", noise, "no seed runs and no val size: noise unknown")
+
+    effects: dict[str, float | None] = {}
+    for knob, feat in (("learning_rate", "lr"), ("r", "r"), ("lora_alpha", "alpha")):
+        es = [g.effect for g in groups if g.knob == knob and g.effect is not None]
+        effects[feat] = max(es) if es else None
+        why = f"no runs differing only in {knob}"
+        acc.set(f"{feat}_effect", effects[feat], why)
+        if effects[feat] is not None and noise:
+            acc.set(f"{feat}_effect_noise", effects[feat] / noise)
+        else:
+            acc.set(f"{feat}_effect_noise", None, why if effects[feat] is None else "noise unknown")
+    lr, r = effects["lr"], effects["r"]
+    acc.set("r_over_lr_effect", r / max(lr, 1e-4) if r is not None and lr is not None else None,
+            "needs both a learning-rate group and a rank group (the minimal-intervention pair)")
+    acc.set("lr_over_r_effect", lr / max(r, 1e-4) if r is not None and lr is not None else None,
+            "needs both a learning-rate group and a rank group (the minimal-intervention pair)")
+    known = [e for e in effects.values() if e is not None]
+    acc.set("max_effect_noise", max(known) / noise if known and noise else None,
+            "no knob groups or noise unknown")
+    lr_loss = []
+    for g in groups:
+        if g.knob == "learning_rate":
+            ls = [row[3] for row in g.runs if row[3] is not None]
+            if len(ls) >= 2 and sum(ls) > 0:
+                lr_loss.append((max(ls) - min(ls)) / (sum(ls) / len(ls)))
+    acc.set("lr_loss_effect", max(lr_loss) if lr_loss else None, "no learning-rate group with val loss")
+    gaps_f1 = [f.values.get("gap_f1") for f in feats.values() if f.values.get("gap_f1") is not None]
+    acc.set("gap_f1_max", max(gaps_f1) if gaps_f1 else None, "no train_eval metric in any run")
+    lr_groups = [g for g in groups if g.knob == "learning_rate"]
+    r_groups = [g for g in groups if g.knob == "r"]
+    if lr_groups and r_groups and not any({x[0] for x in a.runs} & {x[0] for x in b.runs}
+                                          for a in lr_groups for b in r_groups):
+        notes.append("the learning-rate and rank groups share no run: not a minimal-intervention pair from one start")
+    features = acc.done()
+    cmp_rules = [rr for rr in rules if rr.scope == "compare"]
+    findings, gaps = evaluate_rules(features, cmp_rules, values)
+    findings = tuple(_annotate(f, groups, features) for f in findings)
+    return Comparison(runs=tuple(names), groups=tuple(groups), features=features, findings=findings,
+                      not_evaluated=gaps, notes=tuple(notes))
+
+
+def _annotate(f: Finding, groups: Sequence[KnobGroup], features: CurveFeatures) -> Finding:
+    """Add the direction of the better run and the noise source to comparison findings."""
+    notes = [f"noise: {features.details.get('noise_source')}"]
+    knob = {"optimization-bound": "learning_rate", "capacity-bound": "r", "alpha-insensitive": "lora_alpha",
+            "seed-unstable": "seed"}.get(f.rule_id)
+    for g in groups:
+        if g.knob == knob and knob != "seed":
+            ok = [row for row in g.runs if row[2] is not None]
+            if ok:
+                top = max(ok, key=lambda row: row[2])
+                notes.append(f"best {knob}: {top[1]} (run {top[0]}, val metric {top[2]:.3f})")
+    return Finding(**{**f.__dict__, "notes": tuple(notes)})
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    out, seen = [], {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return out

@@ -1,0 +1,835 @@
+"""Curve features: named numbers computed from a run history (pure; no torch, no numpy needed).
+
+A history is the list of eval-point dicts of `history.jsonl` (see docs/run-record.md): flat keys
+`step`, `epoch`, `train/loss`, `val/loss`, `val/macro_f1`, `val/recall/<label>`, ... The optional
+`meta` is the run's `run.json` (labels, label counts, status, task).
+
+`compute_features(points, meta)` returns a `CurveFeatures`: every name of the catalogue `FEATURES`
+maps to a float (flags are 1.0 / 0.0) or to None, and every None carries the reason in `missing`
+("no train_eval/* keys: the train/val F1 gap needs a scored train subsample"). Nothing here raises
+on a thin or odd history; a missing signal is named, never a crash.
+
+Conventions used by the definitions below:
+- run fraction of a point = its step / the last step of the history (so 0.5 is "half-way").
+- "T" is the train-loss curve: `train/loss`, the mean training loss of each window between evals
+  (noisy: minibatches differ). "V" is `val/loss` (deterministic: a fixed set scored in eval mode).
+- "M" is the validation metric: `val/macro_f1`, else `val/accuracy`, `val/micro_f1`,
+  `val/subset_accuracy` (the key used is in `details["val_metric"]`).
+- metric values are in points of the metric's 0..1 scale (0.03 = 3 points of macro-F1).
+- a null in a loss key means a non-finite value (the run record writes NaN/inf as null).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping, Sequence
+
+# ---------------------------------------------------------------------------------------------
+# The catalogue
+# ---------------------------------------------------------------------------------------------
+
+# unit -> how a value is written in evidence text (see `format_value`)
+UNITS = ("fraction", "points", "ratio", "count", "flag", "loss", "se", "per_epoch", "steps", "epochs")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One named number: how it is computed (`doc`) and how evidence reads it (`phrase`)."""
+
+    name: str
+    group: str
+    unit: str
+    phrase: str  # evidence sentence start, e.g. "train loss fell {} over the last half of training"
+    doc: str
+
+
+def _spec(group: str, name: str, unit: str, phrase: str, doc: str) -> FeatureSpec:
+    assert unit in UNITS, unit
+    return FeatureSpec(name=name, group=group, unit=unit, phrase=phrase, doc=doc)
+
+
+_CATALOGUE = (
+    # run shape ------------------------------------------------------------------------------
+    _spec("run", "steps", "steps", "the run took {} optimizer steps", "Last step in the history."),
+    _spec("run", "epochs", "epochs", "the run covered {} epochs", "Epoch count at the last point."),
+    _spec("run", "n_eval_points", "count", "the history has {} eval points", "Number of eval points."),
+    _spec("run", "n_classes", "count", "the task has {} classes",
+          "Number of labels (run.json `labels`, else the per-class keys of the history)."),
+    _spec("run", "val_n", "count", "the validation set has {} rows",
+          "`val/n` at the last point (rows scored), else the sum of val label counts in run.json."),
+    _spec("run", "train_examples_per_class", "ratio", "training data has {} examples per class",
+          "Mean training examples per class (run.json `label_counts.train`)."),
+    # train loss (T) -------------------------------------------------------------------------
+    _spec("train loss", "train_loss_start", "loss", "train loss started at {}",
+          "First step's loss (`train/loss_first` of the first window), else the first window mean."),
+    _spec("train loss", "train_loss_final", "loss", "train loss ended at {}", "Last window mean of T."),
+    _spec("train loss", "train_loss_drop", "fraction", "train loss fell {} over the run",
+          "(start - final) / start of T; negative when the loss grew."),
+    _spec("train loss", "train_loss_final_over_start", "ratio", "train loss ended at {} its start",
+          "final / start of T (above 1: the loss grew)."),
+    _spec("train loss", "train_loss_late_drop", "fraction", "train loss fell {} over the last half of training",
+          "Relative fall of T over the second half of the run, from a least-squares line through the "
+          "second-half points (robust to window noise): (fit(0.5) - fit(1.0)) / fit(0.5)."),
+    _spec("train loss", "train_loss_late_slope", "ratio", "train loss late slope is {} of its start per run",
+          "Least-squares slope of T over the second half, per whole run length, divided by the start loss "
+          "(negative = falling)."),
+    _spec("train loss", "train_loss_plateau_fraction", "fraction",
+          "train loss reached 90% of its total fall at {} of the run",
+          "Run fraction where the smoothed T (3-point moving mean) first reached 90% of its total fall "
+          "(start -> minimum); 0 when it never fell by 2%. Early (< 0.5) and high = an early plateau."),
+    _spec("train loss", "train_loss_vs_chance", "ratio", "train loss ended at {} of ln(classes)",
+          "Final T / ln(n_classes): 1 = the loss of a uniform guess, the level a collapsed model is "
+          "pinned to; near 0 = the training set is memorized. Single-label only."),
+    _spec("train loss", "val_loss_vs_chance", "ratio", "val loss ended at {} of ln(classes)",
+          "Final V / ln(n_classes). Single-label only."),
+    # train-loss oscillation ----------------------------------------------------------------
+    _spec("oscillation", "train_loss_cv", "ratio", "per-step train loss varied by {} of its mean within windows",
+          "Median over windows of `train/loss_std` / `train/loss` (step-to-step spread)."),
+    _spec("oscillation", "train_loss_rise_share", "fraction",
+          "{} of the train loss's window-to-window movement was upward",
+          "Sum of rises / sum of absolute changes between successive windows of T (0 = only falls, "
+          "0.5 = pure noise, 1 = only rises)."),
+    _spec("oscillation", "train_loss_max_rise", "fraction", "train loss climbed back up by {} of its start at worst",
+          "Largest rise of T above its running minimum, divided by the start loss (spikes, blow-ups)."),
+    _spec("oscillation", "grad_norm_spike", "ratio", "the largest gradient norm was {} the median",
+          "max / median of `train/grad_norm` over windows."),
+    _spec("oscillation", "val_metric_max_drop", "points", "val metric fell by up to {} between successive evals",
+          "Largest drop of M between two successive eval points."),
+    _spec("oscillation", "val_metric_drops", "points", "val metric lost {} in total across its falls",
+          "Sum of all drops of M between successive eval points (its downward movement)."),
+    _spec("oscillation", "val_metric_max_drop_se", "se", "val metric's largest step-to-step drop was {}",
+          "val_metric_max_drop / val_metric_se (how many standard errors)."),
+    # val loss (V) ---------------------------------------------------------------------------
+    _spec("val loss", "val_loss_start", "loss", "val loss started at {}", "First V (step 0 when recorded)."),
+    _spec("val loss", "val_loss_min", "loss", "val loss reached a minimum of {}", "Minimum of V."),
+    _spec("val loss", "val_loss_final", "loss", "val loss ended at {}", "Last V."),
+    _spec("val loss", "val_loss_drop", "fraction", "val loss fell {} from its start to its minimum",
+          "(start - min) / start of V."),
+    _spec("val loss", "val_loss_rise", "fraction", "val loss rose {} from its minimum",
+          "(final - min) / min of V."),
+    _spec("val loss", "val_loss_min_fraction", "fraction", "val loss hit its minimum at {} of the run",
+          "Run fraction of V's minimum."),
+    _spec("val loss", "val_loss_late_drop", "fraction", "val loss fell {} over the last half of training",
+          "(V(0.5) - V(final)) / V(0.5), V(0.5) linearly interpolated at mid-run."),
+    _spec("val loss", "val_loss_late_share", "fraction",
+          "{} of the val loss's fall came in the second half (in learning-rate time)",
+          "(V(mid) - V(final)) / (V(start) - V(final)), with mid = half-way in learning-rate time (cumulative "
+          "lr x steps, from the `lr` of each eval point; steps when absent), so a decaying schedule does not "
+          "fake a plateau: ~0.5 for a steady learner, ~0 when the fall happened early and the curve "
+          "flattened. Missing when V did not fall by 0.01%."),
+    _spec("val loss", "val_loss_rise_share", "fraction", "{} of the val loss's eval-to-eval movement was upward",
+          "Sum of rises / sum of absolute changes of V (0 = monotone fall)."),
+    # val metric (M) -------------------------------------------------------------------------
+    _spec("val metric", "val_metric_start", "points", "val metric started at {}", "First M."),
+    _spec("val metric", "val_metric_best", "points", "val metric peaked at {}", "Maximum of M."),
+    _spec("val metric", "val_metric_final", "points", "val metric ended at {}", "Last M."),
+    _spec("val metric", "val_metric_gain", "points", "val metric gained {} from start to best", "best - start of M."),
+    _spec("val metric", "val_metric_final_drop", "points", "val metric ended {} below its best", "best - final of M."),
+    _spec("val metric", "val_metric_final_drop_se", "se", "val metric ended {} below its best",
+          "val_metric_final_drop / val_metric_se."),
+    _spec("val metric", "best_step_fraction", "fraction", "the best val metric came at {} of the run",
+          "Run fraction of the first point reaching M's maximum."),
+    _spec("val metric", "val_metric_late_gain", "points", "val metric set a new high of +{} in the last third",
+          "max of M over the last third of the run - max of M before it (negative: no new high)."),
+    _spec("val metric", "val_metric_late_gain_se", "se", "the last third's new high was {}",
+          "val_metric_late_gain / val_metric_se."),
+    _spec("val metric", "val_metric_gain_per_epoch_late", "per_epoch",
+          "val metric moved {} over the last half (sensitivity to more epochs)",
+          "Least-squares slope of M against epoch over the second half of the run: what one more epoch "
+          "is worth at the current pace."),
+    _spec("val metric", "still_improving", "flag", "val metric still improving at the end: {}",
+          "1 when val_metric_late_gain exceeds one standard error (or 0.01 when the SE is unknown)."),
+    _spec("noise", "val_metric_se", "points", "the val metric's standard error is {}",
+          "Binomial standard error sqrt(q(1-q)/n), q = (p n + 1)/(n + 2) (p = final M, n = val rows; the +1/+2 "
+          "keeps a perfect score on a small set uncertain). For macro-F1 it is a lower bound (per-class F1 "
+          "is noisier than accuracy)."),
+    # train/val gap --------------------------------------------------------------------------
+    _spec("gap", "train_eval_metric_final", "points", "train-subsample metric ended at {}",
+          "Last `train_eval/<metric>` (same metric as M, scored on a fixed train subsample)."),
+    _spec("gap", "gap_f1", "points", "the train/val metric gap is {}",
+          "train_eval metric - val metric at the last point (train_eval/macro_f1 - val/macro_f1)."),
+    _spec("gap", "gap_loss", "loss", "the val/train loss gap is {}",
+          "val/loss - train_eval/loss at the last point (falls back to the window train/loss; "
+          "`details['gap_loss_train_key']` says which)."),
+    # stability -------------------------------------------------------------------------------
+    _spec("stability", "nonfinite_values", "count", "{} non-finite loss / gradient values were recorded",
+          "Count of NaN/inf (null) values in train/loss, train/loss_std, train/grad_norm, val/loss, "
+          "train_eval/loss after step 0."),
+    _spec("stability", "status_diverged", "flag", "run.json status is 'diverged': {}",
+          "1 when the trainer stopped the run as diverged."),
+    # collapse --------------------------------------------------------------------------------
+    _spec("collapse", "val_pred_top_share", "fraction", "{} of val predictions went to one class",
+          "Estimated share of val predictions given to the most-predicted class (per class: recall x "
+          "support / precision; confused pairs as a lower bound). Near 1: collapsed to one class."),
+    _spec("collapse", "val_recall_zero_share", "fraction", "{} of classes have zero val recall",
+          "Share of classes (with val support) whose recall is 0 at the last point."),
+    # per class -------------------------------------------------------------------------------
+    _spec("per class", "val_recall_min", "points", "the worst class's val recall is {}", "Minimum per-class recall."),
+    _spec("per class", "val_recall_spread", "points", "per-class val recall spreads {} (p90 - p10)",
+          "90th minus 10th percentile of per-class val recall at the last point."),
+    _spec("per class", "val_recall_std", "points", "per-class val recall has a std of {}",
+          "Standard deviation of per-class val recall at the last point."),
+    _spec("per class", "val_recall_collapsed_share", "fraction", "{} of classes lost half their best recall",
+          "Share of classes whose recall reached >= 0.5 during the run but ends at <= half that best."),
+    _spec("per class", "tail_head_count_ratio", "ratio", "head classes have {} the training rows of tail classes",
+          "Median train count of the top-quartile classes / median of the bottom-quartile classes "
+          "(run.json label_counts.train); ~1 for balanced data."),
+    _spec("per class", "tail_recall", "points", "tail classes' mean val recall is {}",
+          "Mean val recall of the classes in the bottom quartile of training counts (needs run.json "
+          "label_counts)."),
+    _spec("per class", "head_recall", "points", "head classes' mean val recall is {}",
+          "Mean val recall of the classes in the top quartile of training counts."),
+    _spec("per class", "tail_head_recall_gap", "points", "head classes out-recall tail classes by {}",
+          "head_recall - tail_recall."),
+    _spec("per class", "confused_top_count", "count", "the most confused pair has {} val errors",
+          "Count of the most frequent (true, predicted) error pair at the last point."),
+    _spec("per class", "confused_top_rate", "fraction", "{} of its class goes to the most confused pair",
+          "Most confused pair's count / val support of its true class."),
+    _spec("per class", "confused_pairs_persist_share", "fraction", "{} of the top confused pairs did not improve",
+          "Of the (up to 5) most confused pairs at the end with >= 2 errors, the share already present at the "
+          "first eval after training started and not reduced by 25% since."),
+    _spec("per class", "confused_symmetric_pairs", "count", "{} class pairs are confused both ways on val",
+          "Pairs (a, b) with both a->b and b->a among the top val confused pairs (>= 2 errors each)."),
+    _spec("per class", "train_confused_symmetric_pairs", "count",
+          "{} class pairs are confused both ways on the train subsample",
+          "Same on `train_eval/confused_pairs`: training rows the model cannot fit, in both directions."),
+    _spec("per class", "class_gap_max", "points", "the largest per-class train/val recall gap is {}",
+          "max over classes of train_eval recall - val recall at the last point."),
+    _spec("per class", "class_gap_mean", "points", "the mean per-class train/val recall gap is {}",
+          "mean over classes of train_eval recall - val recall at the last point."),
+)
+
+FEATURES: Mapping[str, FeatureSpec] = MappingProxyType({s.name: s for s in _CATALOGUE})
+
+METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy")
+LOSS_KEYS = ("train/loss", "train/loss_std", "train/grad_norm", "val/loss", "train_eval/loss")
+
+
+def format_value(unit: str, value: float | None) -> str:
+    """A feature value (or threshold) as evidence text writes it."""
+    if value is None:
+        return "missing"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if unit == "fraction":
+        return f"{value:.1%}"
+    if unit == "points":
+        return f"{value:.3f}"
+    if unit == "ratio":
+        return f"{value:.2f}x"
+    if unit in ("count", "steps"):
+        return f"{value:g}" if value != int(value) else str(int(value))
+    if unit == "flag":
+        return "yes" if value >= 0.5 else "no"
+    if unit == "loss":
+        return f"{value:.3f}"
+    if unit == "se":
+        return f"{value:.1f} SE"
+    if unit == "per_epoch":
+        return f"{value:+.3f}/epoch"
+    if unit == "epochs":
+        return f"{value:.2f}"
+    return f"{value:g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The record
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CurveFeatures:
+    """Named numbers of one run. `values[name]` is a float or None; `missing[name]` says why None."""
+
+    values: Mapping[str, float | None]
+    missing: Mapping[str, str]
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> float | None:
+        return self.values[name]
+
+    def get(self, name: str) -> float | None:
+        return self.values.get(name)
+
+    def to_dict(self) -> dict:
+        return {"values": dict(self.values), "missing": dict(self.missing), "details": dict(self.details)}
+
+
+class FeatureSet:
+    """Collects values, reasons for missing ones, and details while features of one catalogue are computed;
+    `done()` freezes them into a CurveFeatures holding every name of the catalogue."""
+
+    def __init__(self, catalogue: Mapping[str, FeatureSpec] | None = None) -> None:
+        self.catalogue = FEATURES if catalogue is None else catalogue
+        self.values: dict[str, float | None] = {}
+        self.missing: dict[str, str] = {}
+        self.details: dict[str, Any] = {}
+
+    def set(self, name: str, value: float | None, why: str = "") -> None:
+        assert name in self.catalogue, name
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            self.values[name] = None
+            self.missing[name] = why or "not computable from this history"
+        else:
+            self.values[name] = float(value)
+            self.missing.pop(name, None)
+
+    def miss(self, names: Iterable[str], why: str) -> None:
+        for n in names:
+            self.set(n, None, why)
+
+    def done(self) -> CurveFeatures:
+        for name in self.catalogue:  # anything not reached is missing, with a generic reason
+            if name not in self.values:
+                self.set(name, None, "not computable from this history")
+        ordered = {n: self.values[n] for n in self.catalogue}
+        missing = {n: self.missing[n] for n in self.catalogue if n in self.missing}
+        return CurveFeatures(MappingProxyType(ordered), MappingProxyType(missing), MappingProxyType(self.details))
+
+
+# ---------------------------------------------------------------------------------------------
+# Small numeric helpers (plain Python: a history has tens of points)
+# ---------------------------------------------------------------------------------------------
+
+
+def _num(v: Any) -> float | None:
+    """A finite float, or None (absent, null, NaN, inf, non-numeric)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _series(points: Sequence[dict], key: str, *, min_step: int = -1) -> list[tuple[float, float]]:
+    """[(step, value)] of the finite values of `key`, in step order."""
+    out = []
+    for p in points:
+        s = _num(p.get("step"))
+        v = _num(p.get(key))
+        if s is not None and v is not None and s > min_step:
+            out.append((s, v))
+    return out
+
+
+def _ols(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares line y = a + b x; returns (a, b). Needs >= 2 distinct xs."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return my, 0.0
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return my - b * mx, b
+
+
+def _interp(series: Sequence[tuple[float, float]], x: float) -> float:
+    """Linear interpolation of a step-sorted series at x (clamped at the ends)."""
+    if x <= series[0][0]:
+        return series[0][1]
+    for (x0, y0), (x1, y1) in zip(series, series[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return series[-1][1]
+
+
+def _rise_share(values: Sequence[float]) -> float | None:
+    diffs = [b - a for a, b in zip(values, values[1:])]
+    total = sum(abs(d) for d in diffs)
+    if not diffs or total == 0:
+        return None if not diffs else 0.0
+    return sum(d for d in diffs if d > 0) / total
+
+
+def _median(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _quantile(xs: Sequence[float], q: float) -> float:
+    s = sorted(xs)
+    pos = q * (len(s) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _std(xs: Sequence[float]) -> float:
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+
+
+def binomial_se(p: float, n: float) -> float | None:
+    """sqrt(q(1-q)/n) with q = (p n + 1) / (n + 2), so a perfect or zero score on a small set still
+    carries its uncertainty (plain p(1-p) would give 0 at p = 1); None when n is unknown."""
+    if n is None or n <= 0 or p is None:
+        return None
+    p = min(max(p, 0.0), 1.0)
+    q = (p * n + 1.0) / (n + 2.0)
+    return math.sqrt(q * (1.0 - q) / n)
+
+
+# ---------------------------------------------------------------------------------------------
+# The computation
+# ---------------------------------------------------------------------------------------------
+
+
+def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = None) -> CurveFeatures:
+    """Every feature of `FEATURES` for one run history (list of eval-point dicts) and its run.json."""
+    meta = dict(meta or {})
+    acc = FeatureSet()
+    pts = sorted((p for p in points if _num(p.get("step")) is not None), key=lambda p: p["step"])
+    acc.details["n_points_without_step"] = len(points) - len(pts)
+    if not pts:
+        acc.miss(FEATURES, "the history has no eval points with a step")
+        return acc.done()
+
+    last_step = float(pts[-1]["step"])
+    frac = (lambda s: s / last_step) if last_step > 0 else (lambda s: 0.0)
+    acc.set("steps", last_step)
+    acc.set("n_eval_points", len(pts))
+    ep = _num(pts[-1].get("epoch"))
+    acc.set("epochs", ep, "no `epoch` key in the history")
+
+    metric = next((m for m in METRIC_KEYS if _series(pts, f"val/{m}")), None)
+    acc.details["val_metric"] = f"val/{metric}" if metric else None
+    task = meta.get("task") or ("multi_label" if metric in ("micro_f1", "subset_accuracy") or any(
+        "val/subset_accuracy" in p for p in pts) else "single_label")
+    acc.details["task"] = task
+    labels = _labels(pts, meta)
+    k = len(labels) if labels else _num(meta.get("n_classes"))
+    acc.set("n_classes", k, "no labels in run.json and no per-class keys in the history")
+    chance = math.log(k) if (k and k >= 2 and task == "single_label") else None
+    why_chance = ("multi-label (BCE) has no single-class chance loss" if task != "single_label"
+                  else "number of classes unknown")
+
+    _run_size(acc, pts, meta)
+    _train_loss(acc, pts, frac, chance, why_chance)
+    _val_loss(acc, pts, frac, chance, why_chance)
+    _val_metric(acc, pts, frac, metric)
+    _gaps(acc, pts, metric)
+    _stability(acc, pts, meta)
+    _per_class(acc, pts, meta, labels)
+    return acc.done()
+
+
+def _labels(pts: Sequence[dict], meta: Mapping[str, Any]) -> list[str]:
+    if isinstance(meta.get("labels"), (list, tuple)) and meta["labels"]:
+        return [str(x) for x in meta["labels"]]
+    seen: dict[str, None] = {}
+    for p in pts:
+        for key in p:
+            if key.startswith("val/recall/") or key.startswith("train_eval/recall/"):
+                seen[key.split("/", 2)[2]] = None
+    return list(seen)
+
+
+def _run_size(acc: FeatureSet, pts: Sequence[dict], meta: Mapping[str, Any]) -> None:
+    n = next((_num(p.get("val/n")) for p in reversed(pts) if _num(p.get("val/n")) is not None), None)
+    counts = (meta.get("label_counts") or {}) if isinstance(meta.get("label_counts"), dict) else {}
+    if n is None and isinstance(counts.get("val"), dict) and counts["val"]:
+        n = float(sum(v for v in counts["val"].values() if _num(v) is not None))
+        acc.details["val_n_source"] = "run.json label_counts.val"
+    elif n is not None:
+        acc.details["val_n_source"] = "val/n"
+    acc.set("val_n", n, "no `val/n` in the history and no val label counts in run.json")
+    train = counts.get("train") if isinstance(counts.get("train"), dict) else None
+    if train:
+        acc.set("train_examples_per_class", sum(train.values()) / len(train))
+    else:
+        acc.set("train_examples_per_class", None, "run.json has no label_counts.train")
+
+
+def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
+    T = _series(pts, "train/loss", min_step=0)
+    names = ("train_loss_start", "train_loss_final", "train_loss_drop", "train_loss_final_over_start",
+             "train_loss_late_drop", "train_loss_late_slope", "train_loss_plateau_fraction",
+             "train_loss_vs_chance", "train_loss_rise_share", "train_loss_max_rise", "train_loss_cv")
+    if not T:
+        acc.miss(names, "no `train/loss` values in the history")
+        return
+    first = next((p for p in pts if _num(p.get("train/loss")) is not None and p["step"] > 0), None)
+    start = _num(first.get("train/loss_first")) if first else None
+    acc.details["train_loss_start_source"] = "train/loss_first" if start is not None else "first train/loss"
+    start = start if start is not None else T[0][1]
+    final = T[-1][1]
+    acc.set("train_loss_start", start)
+    acc.set("train_loss_final", final)
+    acc.set("train_loss_vs_chance", final / chance if chance else None, why_chance)
+    if start <= 0:
+        acc.miss(("train_loss_drop", "train_loss_final_over_start", "train_loss_late_slope",
+                  "train_loss_plateau_fraction", "train_loss_max_rise"), "the start train loss is 0")
+    else:
+        acc.set("train_loss_drop", (start - final) / start)
+        acc.set("train_loss_final_over_start", final / start)
+        run_min = T[0][1]
+        worst = 0.0
+        for _, v in T:
+            worst = max(worst, v - run_min)
+            run_min = min(run_min, v)
+        acc.set("train_loss_max_rise", worst / start)
+        acc.set("train_loss_plateau_fraction", _plateau_fraction(T, start, frac))
+    if len(T) < 2:
+        acc.miss(("train_loss_late_drop", "train_loss_late_slope", "train_loss_rise_share"),
+                 "fewer than 2 train-loss windows")
+    else:
+        late = [(frac(s), v) for s, v in T if frac(s) >= 0.5 - 1e-9]
+        if len(late) >= 3:
+            a, b = _ols([x for x, _ in late], [y for _, y in late])
+            y_mid, y_end = max(a + b * 0.5, 0.0), a + b * 1.0
+            acc.details["train_loss_late_method"] = "least-squares line over the second half"
+            acc.set("train_loss_late_slope", b / start if start > 0 else None, "the start train loss is 0")
+        else:
+            y_mid, y_end = _interp([(frac(s), v) for s, v in T], 0.5), final
+            acc.details["train_loss_late_method"] = "mid-run point vs final (fewer than 3 late points)"
+            acc.set("train_loss_late_slope", (y_end - y_mid) / 0.5 / start if start > 0 else None,
+                    "the start train loss is 0")
+        acc.set("train_loss_late_drop", min(1.0, (y_mid - y_end) / y_mid) if y_mid > 0 else 0.0)
+        acc.set("train_loss_rise_share", _rise_share([v for _, v in T]))
+    cvs = [_num(p.get("train/loss_std")) / _num(p.get("train/loss")) for p in pts
+           if _num(p.get("train/loss_std")) is not None and (_num(p.get("train/loss")) or 0) > 0]
+    acc.set("train_loss_cv", _median(cvs) if cvs else None, "no `train/loss_std` in the history")
+
+
+def _plateau_fraction(T, start, frac) -> float:
+    vals = [v for _, v in T]
+    smooth = [sum(vals[max(0, i - 1): i + 2]) / len(vals[max(0, i - 1): i + 2]) for i in range(len(vals))]
+    curve = [(0.0, start)] + [(frac(s), v) for (s, _), v in zip(T, smooth)]
+    lowest = min(v for _, v in curve)
+    total = start - lowest
+    if total <= 0.02 * start:
+        return 0.0
+    target = start - 0.9 * total
+    return next(x for x, v in curve if v <= target + 1e-12)
+
+
+def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
+    V = _series(pts, "val/loss")
+    names = ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise",
+             "val_loss_min_fraction", "val_loss_late_drop", "val_loss_late_share", "val_loss_rise_share",
+             "val_loss_vs_chance")
+    if not V:
+        acc.miss(names, "no `val/loss` values in the history")
+        return
+    start, final = V[0][1], V[-1][1]
+    i_min = min(range(len(V)), key=lambda i: V[i][1])
+    vmin = V[i_min][1]
+    acc.set("val_loss_start", start)
+    acc.set("val_loss_min", vmin)
+    acc.set("val_loss_final", final)
+    acc.set("val_loss_vs_chance", final / chance if chance else None, why_chance)
+    acc.set("val_loss_drop", (start - vmin) / start if start > 0 else None, "val loss starts at 0")
+    acc.set("val_loss_rise", (final - vmin) / vmin if vmin > 0 else None, "val loss minimum is 0")
+    acc.set("val_loss_min_fraction", frac(V[i_min][0]))
+    if len(V) < 3:
+        acc.miss(("val_loss_late_drop", "val_loss_late_share", "val_loss_rise_share"),
+                 "fewer than 3 val-loss points")
+        return
+    curve = [(frac(s), v) for s, v in V]
+    mid = _interp(curve, 0.5)
+    acc.set("val_loss_late_drop", (mid - final) / mid if mid > 0 else None, "val loss is 0 at mid-run")
+    fell = start - final
+    if start > 0 and fell > 1e-4 * start:  # V is deterministic: even a small steady fall is signal
+        clock = _lr_clock(pts)
+        if clock is not None:
+            acc.details["late_share_axis"] = "learning-rate time (cumulative lr x steps)"
+            lr_curve = [(clock(s), v) for s, v in V]
+            mid_lr = _interp(lr_curve, 0.5 * clock(V[-1][0]))
+            acc.set("val_loss_late_share", (mid_lr - final) / fell)
+        else:
+            acc.details["late_share_axis"] = "steps (no lr in the history)"
+            acc.set("val_loss_late_share", (mid - final) / fell)
+    else:
+        acc.set("val_loss_late_share", None, "val loss did not fall (by 0.01%) over the run")
+    acc.set("val_loss_rise_share", _rise_share([v for _, v in V]))
+
+
+def _lr_clock(pts: Sequence[dict]):
+    """step -> cumulative learning rate x steps (trapezoids between eval points), or None without `lr`.
+
+    Progress per unit of this clock is what a steady learner keeps constant: under a decaying schedule
+    the loss slows down per step even when nothing else limits it."""
+    lr = [(s, v) for s, v in _series(pts, "lr") if v >= 0]
+    if len(lr) < 2:
+        return None
+    marks = [(lr[0][0], 0.0)]
+    for (s0, a), (s1, b) in zip(lr, lr[1:]):
+        marks.append((s1, marks[-1][1] + 0.5 * (a + b) * (s1 - s0)))
+    if marks[-1][1] <= 0:
+        return None
+    return lambda step: _interp(marks, step)
+
+
+def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
+    names = ("val_metric_start", "val_metric_best", "val_metric_final", "val_metric_gain",
+             "val_metric_final_drop", "best_step_fraction", "val_metric_late_gain", "val_metric_late_gain_se",
+             "val_metric_gain_per_epoch_late", "still_improving", "val_metric_se", "val_metric_max_drop",
+             "val_metric_drops", "val_metric_max_drop_se")
+    if metric is None:
+        acc.miss(names, "no val metric (val/macro_f1, val/accuracy, ...) in the history")
+        return
+    M = _series(pts, f"val/{metric}")
+    vals = [v for _, v in M]
+    best = max(vals)
+    i_best = next(i for i, v in enumerate(vals) if v >= best - 1e-12)
+    acc.set("val_metric_start", vals[0])
+    acc.set("val_metric_best", best)
+    acc.set("val_metric_final", vals[-1])
+    acc.set("val_metric_gain", best - vals[0])
+    acc.set("val_metric_final_drop", best - vals[-1])
+    acc.set("best_step_fraction", frac(M[i_best][0]))
+    drops = [a - b for a, b in zip(vals, vals[1:]) if a > b]
+    if len(vals) >= 2:
+        acc.set("val_metric_max_drop", max(drops) if drops else 0.0)
+        acc.set("val_metric_drops", sum(drops))
+    else:
+        acc.miss(("val_metric_max_drop", "val_metric_drops"), "fewer than 2 val-metric points")
+
+    n = acc.values.get("val_n")
+    se = binomial_se(vals[-1], n) if n else None
+    acc.set("val_metric_se", se, "val size unknown (no `val/n`), so no standard error")
+    if se:
+        acc.set("val_metric_final_drop_se", (best - vals[-1]) / se)
+    else:
+        acc.set("val_metric_final_drop_se", None, acc.missing.get("val_metric_se") or "standard error is 0")
+    if se is not None and se > 0 and acc.values.get("val_metric_max_drop") is not None:
+        acc.set("val_metric_max_drop_se", acc.values["val_metric_max_drop"] / se)
+    else:
+        acc.set("val_metric_max_drop_se", None, acc.missing.get("val_metric_se") or "standard error is 0")
+
+    early = [v for s, v in M if frac(s) <= 2 / 3 + 1e-9]
+    late = [v for s, v in M if frac(s) > 2 / 3 + 1e-9]
+    if early and late:
+        gain = max(late) - max(early)
+        acc.set("val_metric_late_gain", gain)
+        if se:
+            acc.set("val_metric_late_gain_se", gain / se)
+        else:
+            acc.set("val_metric_late_gain_se", None, acc.missing.get("val_metric_se") or "standard error is 0")
+        acc.set("still_improving", 1.0 if gain > (se if se else 0.01) else 0.0)
+        acc.details["still_improving_margin"] = "one standard error" if se else "0.01 (SE unknown)"
+    else:
+        acc.miss(("val_metric_late_gain", "val_metric_late_gain_se", "still_improving"),
+                 "no val-metric points on both sides of 2/3 of the run")
+
+    Me = [(_num(p.get("epoch")), _num(p.get(f"val/{metric}"))) for p in pts if frac(p["step"]) >= 0.5 - 1e-9]
+    Me = [(e, v) for e, v in Me if e is not None and v is not None]
+    if len(Me) >= 2 and Me[-1][0] > Me[0][0]:
+        acc.set("val_metric_gain_per_epoch_late", _ols([e for e, _ in Me], [v for _, v in Me])[1])
+    else:
+        acc.set("val_metric_gain_per_epoch_late", None,
+                "needs `epoch` and >= 2 val-metric points over the second half of the run")
+
+
+def _gaps(acc: FeatureSet, pts, metric) -> None:
+    last_val = next((p for p in reversed(pts) if metric and _num(p.get(f"val/{metric}")) is not None), None)
+    te_key = f"train_eval/{metric}" if metric else None
+    last_te = next((p for p in reversed(pts) if te_key and _num(p.get(te_key)) is not None), None)
+    if last_te is None:
+        why = "no train_eval/* metric: the train/val gap needs a scored train subsample"
+        acc.miss(("train_eval_metric_final", "gap_f1"), why)
+    else:
+        acc.set("train_eval_metric_final", last_te[te_key])
+        if last_val is not None:
+            acc.set("gap_f1", last_te[te_key] - last_val[f"val/{metric}"])
+        else:
+            acc.set("gap_f1", None, "no val metric")
+    last_vl = next((p for p in reversed(pts) if _num(p.get("val/loss")) is not None), None)
+    for key in ("train_eval/loss", "train/loss"):
+        last_tl = next((p for p in reversed(pts) if _num(p.get(key)) is not None), None)
+        if last_tl is not None:
+            break
+    if last_vl is None or last_tl is None:
+        acc.set("gap_loss", None, "needs val/loss and train_eval/loss (or train/loss)")
+    else:
+        acc.details["gap_loss_train_key"] = key
+        acc.set("gap_loss", last_vl["val/loss"] - last_tl[key])
+
+
+def _stability(acc: FeatureSet, pts, meta) -> None:
+    bad = []
+    for p in pts:
+        if (_num(p.get("step")) or 0) <= 0:
+            continue
+        for key in LOSS_KEYS:
+            if key in p and _num(p[key]) is None:
+                bad.append({"step": p["step"], "key": key, "value": p[key] if p[key] is None else str(p[key])})
+    acc.set("nonfinite_values", len(bad))
+    acc.details["nonfinite"] = bad[:20]
+    status = meta.get("status")
+    if status:
+        acc.set("status_diverged", 1.0 if status == "diverged" else 0.0)
+        acc.details["status"] = status
+        if meta.get("reason"):
+            acc.details["status_reason"] = meta["reason"]
+    else:
+        acc.set("status_diverged", None, "no run.json status")
+    g = [v for _, v in _series(pts, "train/grad_norm", min_step=0)]
+    med = _median(g) if g else 0.0
+    acc.set("grad_norm_spike", max(g) / med if g and med > 0 else None, "no `train/grad_norm` in the history")
+
+
+def _class_values(p: dict, split: str, labels: Sequence[str], stat: str) -> dict[str, float]:
+    out = {}
+    for lab in labels:
+        v = _num(p.get(f"{split}/{stat}/{lab}"))
+        if v is not None:
+            out[lab] = v
+    return out
+
+
+def _per_class(acc: FeatureSet, pts, meta, labels) -> None:
+    recall_names = ("val_recall_min", "val_recall_spread", "val_recall_std", "val_recall_collapsed_share",
+                    "val_recall_zero_share", "val_pred_top_share", "tail_head_count_ratio", "tail_recall",
+                    "head_recall", "tail_head_recall_gap", "class_gap_max", "class_gap_mean")
+    pair_names = ("confused_top_count", "confused_top_rate", "confused_pairs_persist_share",
+                  "confused_symmetric_pairs")
+    last = next((p for p in reversed(pts) if labels and _class_values(p, "val", labels, "recall")), None)
+    if last is None:
+        acc.miss(recall_names, "no per-class val recall (`val/recall/<label>`) in the history")
+    else:
+        support = _class_values(last, "val", labels, "support")
+        recall = {c: r for c, r in _class_values(last, "val", labels, "recall").items()
+                  if support.get(c, 1) > 0}
+        acc.details["per_class_step"] = last["step"]
+        rs = list(recall.values())
+        acc.set("val_recall_min", min(rs))
+        acc.set("val_recall_spread", _quantile(rs, 0.9) - _quantile(rs, 0.1))
+        acc.set("val_recall_std", _std(rs))
+        acc.set("val_recall_zero_share", sum(r == 0 for r in rs) / len(rs))
+        acc.details["worst_classes"] = sorted(recall.items(), key=lambda kv: kv[1])[:5]
+        best_r: dict[str, float] = {}
+        for p in pts:
+            for c, r in _class_values(p, "val", labels, "recall").items():
+                best_r[c] = max(best_r.get(c, 0.0), r)
+        collapsed = [c for c, r in recall.items() if best_r.get(c, 0) >= 0.5 and r <= 0.5 * best_r[c]]
+        acc.set("val_recall_collapsed_share", len(collapsed) / len(recall))
+        acc.details["collapsed_classes"] = collapsed[:20]
+        acc.set("val_pred_top_share", _pred_top_share(last, labels, support))
+        _tail_head(acc, meta, recall)
+        te = _class_values(last, "train_eval", labels, "recall")
+        gaps = {c: te[c] - recall[c] for c in recall if c in te}
+        if gaps:
+            acc.set("class_gap_max", max(gaps.values()))
+            acc.set("class_gap_mean", sum(gaps.values()) / len(gaps))
+            acc.details["largest_class_gaps"] = sorted(gaps.items(), key=lambda kv: -kv[1])[:5]
+        else:
+            acc.miss(("class_gap_max", "class_gap_mean"), "no per-class train_eval recall in the history")
+
+    pairs_pts = [p for p in pts if isinstance(p.get("val/confused_pairs"), list)]
+    if not pairs_pts:
+        acc.miss(pair_names, "no `val/confused_pairs` in the history")
+    else:
+        final = pairs_pts[-1]["val/confused_pairs"]
+        acc.details["confused_pairs"] = final[:5]
+        if final:
+            top = final[0]
+            acc.set("confused_top_count", top["count"])
+            sup = _num(pairs_pts[-1].get(f"val/support/{top['true']}"))
+            acc.set("confused_top_rate", top["count"] / sup if sup else None, "no val support for the pair's class")
+        else:
+            acc.set("confused_top_count", 0.0)
+            acc.set("confused_top_rate", 0.0)
+        acc.set("confused_symmetric_pairs", _symmetric(final))
+        refs = [p for p in pairs_pts[:-1] if p["step"] > 0] or pairs_pts[:-1]
+        if not refs:
+            acc.set("confused_pairs_persist_share", None, "only one eval point with confused pairs")
+        else:
+            ref = {(q["true"], q["pred"]): q["count"] for q in refs[0]["val/confused_pairs"]}
+            acc.details["confused_pairs_reference_step"] = refs[0]["step"]
+            top5 = [q for q in final[:5] if q["count"] >= 2]
+            persist = [q for q in top5 if (q["true"], q["pred"]) in ref
+                       and q["count"] >= 0.75 * ref[(q["true"], q["pred"])]]
+            acc.set("confused_pairs_persist_share", len(persist) / len(top5) if top5 else 0.0)
+            acc.details["persistent_pairs"] = [
+                {**q, "count_at_reference": ref[(q["true"], q["pred"])]} for q in persist]
+    tpairs = next((p["train_eval/confused_pairs"] for p in reversed(pts)
+                   if isinstance(p.get("train_eval/confused_pairs"), list)), None)
+    acc.set("train_confused_symmetric_pairs", _symmetric(tpairs) if tpairs is not None else None,
+            "no `train_eval/confused_pairs` in the history")
+
+
+def _symmetric(pairs: Sequence[dict], min_count: int = 2) -> float:
+    seen = {(q["true"], q["pred"]) for q in pairs if q.get("count", 0) >= min_count}
+    return float(sum(1 for a, b in seen if (b, a) in seen and a < b))
+
+
+def _pred_top_share(p: dict, labels, support: dict[str, float]) -> float | None:
+    """Largest share of val predictions given to one class, estimated from per-class numbers."""
+    n = _num(p.get("val/n")) or (sum(support.values()) if support else None)
+    if not n:
+        return None
+    prec = _class_values(p, "val", labels, "precision")
+    rec = _class_values(p, "val", labels, "recall")
+    est = 0.0
+    for c in labels:
+        if prec.get(c, 0) > 0 and c in rec and c in support:
+            est = max(est, rec[c] * support[c] / prec[c])
+    pred_err: dict[str, float] = {}
+    for q in p.get("val/confused_pairs") or []:
+        pred_err[q["pred"]] = pred_err.get(q["pred"], 0) + q["count"]
+    for c, e in pred_err.items():  # lower bound: errors into c + c's own hits
+        est = max(est, e + rec.get(c, 0) * support.get(c, 0))
+    return min(1.0, est / n)
+
+
+def _tail_head(acc: FeatureSet, meta, recall: dict[str, float]) -> None:
+    names = ("tail_head_count_ratio", "tail_recall", "head_recall", "tail_head_recall_gap")
+    counts = ((meta.get("label_counts") or {}).get("train") if isinstance(meta.get("label_counts"), dict)
+              else None)
+    if not counts:
+        acc.miss(names, "run.json has no label_counts.train (needed to tell tail from head classes)")
+        return
+    have = {c: float(n) for c, n in counts.items() if c in recall and _num(n) is not None}
+    if len(have) < 4:
+        acc.miss(names, "fewer than 4 classes with both train counts and val recall")
+        return
+    q1, q3 = _quantile(list(have.values()), 0.25), _quantile(list(have.values()), 0.75)
+    tail = [c for c, n in have.items() if n <= q1]
+    head = [c for c, n in have.items() if n >= q3]
+    acc.set("tail_head_count_ratio", _median([have[c] for c in head]) / max(_median([have[c] for c in tail]), 1e-9))
+    t = sum(recall[c] for c in tail) / len(tail)
+    h = sum(recall[c] for c in head) / len(head)
+    acc.details["tail_classes"] = sorted(tail)[:20]
+    acc.set("tail_recall", t)
+    acc.set("head_recall", h)
+    acc.set("tail_head_recall_gap", h - t)
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison features (several runs that differ in one knob; computed by `diagnose.compare`)
+# ---------------------------------------------------------------------------------------------
+
+_COMPARE_CATALOGUE = (
+    _spec("compare", "lr_effect", "points", "changing only the learning rate moved best val metric by {}",
+          "Range (max - min) of the best val metric over runs that differ only in learning_rate "
+          "(the largest such group)."),
+    _spec("compare", "r_effect", "points", "changing only the rank moved best val metric by {}",
+          "Same over runs that differ only in r (lora_alpha may move with r when the scale is kept)."),
+    _spec("compare", "alpha_effect", "points", "changing only lora_alpha moved best val metric by {}",
+          "Same over runs that differ only in lora_alpha."),
+    _spec("compare", "lr_effect_noise", "se", "the learning-rate effect is {} of noise",
+          "lr_effect / noise."),
+    _spec("compare", "r_effect_noise", "se", "the rank effect is {} of noise", "r_effect / noise."),
+    _spec("compare", "alpha_effect_noise", "se", "the lora_alpha effect is {} of noise", "alpha_effect / noise."),
+    _spec("compare", "max_effect_noise", "se", "the largest knob effect is {} of noise",
+          "max of the knob effects / noise."),
+    _spec("compare", "r_over_lr_effect", "ratio", "the rank moved the metric {} as much as the learning rate",
+          "r_effect / lr_effect (both measured from the same start: the minimal-intervention pair)."),
+    _spec("compare", "lr_over_r_effect", "ratio", "the learning rate moved the metric {} as much as the rank",
+          "lr_effect / r_effect."),
+    _spec("compare", "seed_std", "points", "best val metric varies by {} (std) across seeds",
+          "Sample standard deviation of the best val metric over runs that differ only in seed."),
+    _spec("compare", "noise", "points", "the noise of a difference between two runs is {}",
+          "Standard deviation of the difference of two runs' best val metric: sqrt(2) x seed_std when "
+          ">= 2 seed runs exist, else sqrt(se1^2 + se2^2) from the binomial SE of each run's val size "
+          "(`details['noise_source']` says which); floored at 0.0025 so 2 x noise >= 0.5 point."),
+    _spec("compare", "lr_loss_effect", "fraction", "changing only the learning rate moved the min val loss by {}",
+          "Range of the minimum val loss over the learning-rate group / its mean."),
+    _spec("compare", "gap_f1_max", "points", "the largest train/val metric gap among the runs is {}",
+          "max over the compared runs of gap_f1 (overfit risk of adding rank)."),
+)
+
+COMPARE_FEATURES: Mapping[str, FeatureSpec] = MappingProxyType({s.name: s for s in _COMPARE_CATALOGUE})

@@ -1,0 +1,492 @@
+"""The diagnosis rule table, as data (protocol sections 3-5).
+
+A rule is a row: an id, a condition over named features (`loratune.features.FEATURES`, or
+`COMPARE_FEATURES` for rules that compare runs) with named thresholds, a verdict, the class of knob
+it points at, the knob moves, a priority and the ids it suppresses. Conditions are plain data
+(`Clause(feature, op, threshold_name)` inside `all_(...)` / `any_(...)` groups), so `loratune rules`
+prints them and every finding can say "train loss fell 3.0% over the last half of training; rule
+needs < 10.0%". Thresholds live in one named table (`THRESHOLDS`) and can be overridden from YAML
+(`load_thresholds`). The engine that evaluates every row is `loratune.diagnose`.
+
+Scopes: `curve` rules give a run its verdict (the protocol's capacity and optimization tables);
+`class` rules are per-class findings reported next to it; `eval` rules judge the measurement itself;
+`compare` rules judge a set of runs that differ in one knob.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping, Union
+
+from loratune.errors import UserError
+from loratune.features import COMPARE_FEATURES, FEATURES, format_value
+
+OPS = ("<", "<=", ">", ">=")
+KNOB_CLASSES = ("capacity", "optimization", "data", "budget")
+SCOPES = ("curve", "class", "eval", "compare")
+
+
+@dataclass(frozen=True)
+class Clause:
+    """`feature op threshold`, e.g. Clause("train_loss_late_drop", "<", "plateau_late_drop_max").
+
+    `required`: when the feature is missing the rule is not evaluated at all (instead of firing with
+    lowered confidence)."""
+
+    feature: str
+    op: str
+    threshold: str
+    required: bool = False
+
+    def leaves(self) -> Iterator["Clause"]:
+        yield self
+
+
+@dataclass(frozen=True)
+class Cond:
+    """`all` / `any` of clauses and nested conditions."""
+
+    mode: str
+    items: tuple[Union[Clause, "Cond"], ...]
+
+    def leaves(self) -> Iterator[Clause]:
+        for item in self.items:
+            yield from item.leaves()
+
+
+def c(feature: str, op: str, threshold: str, required: bool = False) -> Clause:
+    return Clause(feature, op, threshold, required)
+
+
+def all_(*items: Clause | Cond) -> Cond:
+    return Cond("all", tuple(items))
+
+
+def any_(*items: Clause | Cond) -> Cond:
+    return Cond("any", tuple(items))
+
+
+@dataclass(frozen=True)
+class Threshold:
+    name: str
+    value: float
+    unit: str  # same unit vocabulary as the features (for formatting)
+    doc: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    scope: str
+    when: Cond
+    verdict: str
+    knob_class: str
+    moves: tuple[str, ...]
+    priority: int
+    suppresses: tuple[str, ...] = ()
+    confidence: float = 0.8  # before lowering for missing signals and thin margins
+    source: str = ""  # the protocol line the row implements
+    caveat: str | None = None
+
+    def features(self) -> list[str]:
+        return list(dict.fromkeys(cl.feature for cl in self.when.leaves()))
+
+
+def _t(name: str, value: float, unit: str, doc: str) -> Threshold:
+    return Threshold(name, float(value), unit, doc)
+
+
+_THRESHOLDS = (
+    # divergence and instability
+    _t("nonfinite_min", 1, "count", "Any non-finite loss or gradient value."),
+    _t("flag_on", 0.5, "flag", "A yes/no feature is yes."),
+    _t("diverged_loss_ratio", 1.5, "ratio", "Train loss ending at this multiple of its start has blown up."),
+    _t("collapse_pred_share", 0.5, "fraction", "Share of val predictions in one class that counts as collapse."),
+    _t("collapse_loss_vs_chance", 0.8, "ratio", "Train loss at least this share of ln(classes): pinned near chance."),
+    _t("collapse_loss_rise", 0.1, "fraction", "A collapse from too high an lr shows the train loss climbing back "
+       "up by this share of its start (a too-small lr shows a smooth fall instead)."),
+    _t("collapse_val_rise_share", 0.35, "fraction", "...or the val loss moving up this share of the time."),
+    _t("osc_loss_rise", 0.15, "fraction", "Oscillation: train loss climbs back above its running minimum by "
+       "this share of its start."),
+    _t("osc_metric_drop", 0.05, "points", "Oscillation: val metric falls this much between two evals."),
+    _t("osc_metric_drop_se", 3.0, "se", "...and that fall is this many standard errors."),
+    # capacity
+    _t("fit_loss_vs_chance_max", 0.1, "ratio", "Train loss below this share of ln(classes) (or of its start, "
+       "which is ~ln(classes) for a fresh head): memorized."),
+    _t("fit_metric_min", 0.95, "points", "Train-subsample metric at or above this: memorized."),
+    _t("val_loss_rise_min", 0.1, "fraction", "Val loss rising this much from its minimum counts as rising."),
+    _t("val_metric_drop_min", 0.02, "points", "Val metric ending this far below its best counts as falling."),
+    _t("drop_se_min", 2.0, "se", "A fall of the val metric must reach this many standard errors to count."),
+    _t("late_min_fraction", 0.9, "fraction", "Val loss at its minimum this late: the run has not started to "
+       "degrade (a metric dip then is noise)."),
+    _t("overfit_gap_min", 0.15, "points", "Train/val metric gap at or above this is large."),
+    _t("plateau_late_drop_max", 0.1, "fraction", "Train loss falling less than this over the last half: plateaued."),
+    _t("plateau_late_share_max", 0.25, "fraction", "Less than this share of the val loss's fall in the last half: "
+       "the fall happened early and flattened."),
+    _t("underfit_min_drop", 0.05, "fraction", "Val loss fell at least this much: the model learned, then "
+       "stopped (a loss that never moved is an optimization problem, not a capacity limit)."),
+    _t("underfit_fit_max", 0.6, "points", "Train-subsample metric below this: the model cannot fit training data."),
+    _t("underfit_loss_vs_chance_min", 0.3, "ratio", "Train loss still at this share of ln(classes) (or of its "
+       "start) or more."),
+    _t("underfit_gap_max", 0.1, "points", "Train/val metric gap below this is small."),
+    _t("underfit_metric_max", 0.6, "points", "Val metric below this is low."),
+    _t("flat_per_epoch_max", 0.02, "per_epoch", "Val metric gaining less than this per epoch late: more epochs "
+       "change nothing."),
+    # optimization
+    _t("slow_drop_max", 0.3, "fraction", "Val loss falling less than this (start to min) over the run: slow."),
+    _t("steady_late_share_min", 0.3, "fraction", "At least this share of the val loss's fall in the last half: "
+       "still falling as fast as early (steady, not plateaued)."),
+    _t("steady_rise_share_max", 0.2, "fraction", "Val loss moving up at most this share of the time: steady."),
+    _t("still_falling_min", 0.0, "fraction", "Val loss fell over the last half (more than this)."),
+    # budget
+    _t("late_best_fraction_min", 0.8, "fraction", "Best val metric this late in the run: the run ended too soon."),
+    _t("late_val_drop_min", 0.03, "fraction", "Val loss still falling this much over the last half."),
+    # healthy
+    _t("healthy_gain_min", 0.1, "points", "Val metric gaining at least this from the start."),
+    _t("healthy_loss_drop_min", 0.3, "fraction", "Train loss falling at least this much."),
+    # per class
+    _t("confused_count_min", 3, "count", "A confused pair needs this many val errors to count."),
+    _t("confused_rate_min", 0.3, "fraction", "Share of a class's val rows lost to one other class."),
+    _t("confused_persist_min", 0.6, "fraction", "Share of the top confused pairs that did not improve."),
+    _t("tail_count_ratio_min", 2.0, "ratio", "Head classes with at least this multiple of the tail's training "
+       "rows: the data has a long tail."),
+    _t("tail_gap_min", 0.3, "points", "Head classes out-recalling tail classes by this much."),
+    _t("tail_recall_max", 0.4, "points", "Tail classes' mean val recall at or below this."),
+    _t("symmetric_pairs_min", 1, "count", "Class pairs confused in both directions on training rows."),
+    _t("noise_fit_min", 0.7, "points", "Label noise: the model fits most training rows (train metric >= this)..."),
+    _t("noise_fit_max", 0.97, "points", "...but not all of them (train metric <= this)."),
+    # measurement
+    _t("eval_se_max", 0.025, "points", "Val metric standard error at or above this: differences under 2 SE "
+       "(5 points) cannot be told from noise."),
+    # comparisons
+    _t("effect_noise_min", 2.0, "se", "A knob effect must reach this many noise units to count."),
+    _t("binding_ratio_min", 1.5, "ratio", "One knob's effect this many times the other's names the binding knob."),
+    _t("seed_std_max", 0.02, "points", "Seed std of best val metric at or above this: unstable."),
+    _t("alpha_effect_noise_max", 1.0, "se", "A lora_alpha effect under this many noise units: insensitive."),
+    _t("weak_lr_loss_max", 0.05, "fraction", "Learning-rate changes moving the min val loss less than this."),
+    _t("weak_gap_min", 0.1, "points", "A train/val gap this large makes more rank unwanted (overfit risk)."),
+)
+
+THRESHOLDS: Mapping[str, Threshold] = MappingProxyType({t.name: t for t in _THRESHOLDS})
+
+_CURVE_AND_CLASS = ("lr-too-large", "overfit-capacity", "underfit-capacity", "lr-too-small", "undertrained",
+                    "healthy", "confusable-classes-unresolved", "long-tail-collapse", "label-noise-suspected")
+
+_RULES = (
+    Rule(
+        id="diverged", scope="curve", priority=100, knob_class="optimization", confidence=0.95,
+        when=any_(c("nonfinite_values", ">=", "nonfinite_min"),
+                  c("status_diverged", ">=", "flag_on"),
+                  c("train_loss_final_over_start", ">=", "diverged_loss_ratio")),
+        verdict="diverged: non-finite or exploding loss",
+        moves=("learning_rate /10", "check data"),
+        suppresses=_CURVE_AND_CLASS,
+        source="protocol 4: non-finite loss -> diverged -> lr /10, check data",
+    ),
+    Rule(
+        id="lr-too-large", scope="curve", priority=90, knob_class="optimization", confidence=0.8,
+        when=any_(
+            all_(c("val_pred_top_share", ">=", "collapse_pred_share"),
+                 c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+                 any_(c("train_loss_max_rise", ">=", "collapse_loss_rise"),
+                      c("val_loss_rise_share", ">=", "collapse_val_rise_share"))),
+            all_(c("train_loss_max_rise", ">=", "osc_loss_rise"),
+                 c("val_metric_max_drop", ">=", "osc_metric_drop"),
+                 c("val_metric_max_drop_se", ">=", "osc_metric_drop_se"))),
+        verdict="learning rate too large: collapsed to one class (loss pinned near ln(classes)) or oscillating",
+        moves=("learning_rate /2",),
+        suppresses=tuple(x for x in _CURVE_AND_CLASS if x != "lr-too-large"),
+        source="protocol 3-4: loss oscillates, F1 unstable step to step -> lr /2; too high an lr can collapse "
+               "the model to one class (loss pinned near ln(classes))",
+    ),
+    Rule(
+        id="overfit-capacity", scope="curve", priority=70, knob_class="capacity", confidence=0.8,
+        when=all_(any_(c("train_loss_vs_chance", "<=", "fit_loss_vs_chance_max"),
+                       c("train_loss_final_over_start", "<=", "fit_loss_vs_chance_max"),
+                       c("train_eval_metric_final", ">=", "fit_metric_min")),
+                  any_(c("val_loss_rise", ">=", "val_loss_rise_min"),
+                       all_(c("val_metric_final_drop", ">=", "val_metric_drop_min"),
+                            c("val_metric_final_drop_se", ">=", "drop_se_min"))),
+                  c("gap_f1", ">=", "overfit_gap_min")),
+        verdict="overfit (capacity): train loss near zero while val loss rises / val metric falls",
+        moves=("r /2", "-ffn", "lora_dropout up"),
+        suppresses=("healthy", "undertrained"),
+        source="protocol 3: train loss races to ~0, val loss rises / val F1 falls -> lower rank or remove modules",
+    ),
+    Rule(
+        id="underfit-capacity", scope="curve", priority=60, knob_class="capacity", confidence=0.6,
+        when=all_(c("val_loss_drop", ">=", "underfit_min_drop"),
+                  c("train_loss_late_drop", "<", "plateau_late_drop_max"),
+                  c("val_loss_late_share", "<", "plateau_late_share_max"),
+                  any_(c("train_eval_metric_final", "<", "underfit_fit_max"),
+                       c("train_loss_vs_chance", ">=", "underfit_loss_vs_chance_min"),
+                       c("train_loss_final_over_start", ">=", "underfit_loss_vs_chance_min")),
+                  c("gap_f1", "<", "underfit_gap_max"),
+                  c("val_metric_best", "<", "underfit_metric_max"),
+                  c("val_metric_gain_per_epoch_late", "<", "flat_per_epoch_max")),
+        verdict="underfit (capacity): the loss fell, then plateaued early and high; train and val both low, "
+                "small gap",
+        moves=("r x2", "+ffn", "+layers"),
+        suppresses=("healthy", "undertrained"),
+        source="protocol 3: train loss will not go down; train and val both low with a small gap; more epochs "
+               "change nothing -> raise rank or add modules",
+        caveat="one curve cannot separate a capacity limit from a too-small learning rate (protocol 5): "
+               "run the pair experiment (r x2 vs learning_rate x2 from this start) before raising rank",
+    ),
+    Rule(
+        id="lr-too-small", scope="curve", priority=50, knob_class="optimization", confidence=0.7,
+        when=all_(c("val_loss_drop", "<", "slow_drop_max"),
+                  c("val_loss_late_share", ">=", "steady_late_share_min"),
+                  c("val_loss_rise_share", "<=", "steady_rise_share_max"),
+                  c("val_loss_late_drop", ">", "still_falling_min")),
+        verdict="learning rate too small: loss falls slowly but steadily",
+        moves=("learning_rate x2",),
+        suppresses=("undertrained", "healthy", "confusable-classes-unresolved", "long-tail-collapse",
+                    "label-noise-suspected"),
+        source="protocol 4-5: loss falls but very slowly, steadily -> lr x2 (within +-2x steps)",
+    ),
+    Rule(
+        id="undertrained", scope="curve", priority=40, knob_class="budget", confidence=0.7,
+        when=all_(c("still_improving", ">=", "flag_on"),
+                  c("best_step_fraction", ">=", "late_best_fraction_min"),
+                  c("val_loss_drop", ">=", "slow_drop_max"),
+                  any_(c("val_loss_late_drop", ">=", "late_val_drop_min"),
+                       c("train_loss_late_drop", ">=", "plateau_late_drop_max"))),
+        verdict="undertrained: still improving when the run ended",
+        moves=("epochs up",),
+        suppresses=("healthy",),
+        source="protocol 5: loss still falling steadily with real F1 gains -> the model is learning",
+    ),
+    Rule(
+        id="healthy", scope="curve", priority=0, knob_class="capacity", confidence=0.75,
+        when=all_(c("val_metric_gain", ">=", "healthy_gain_min"),
+                  c("train_loss_drop", ">=", "healthy_loss_drop_min"),
+                  c("val_loss_rise", "<", "val_loss_rise_min"),
+                  any_(c("val_metric_final_drop", "<", "val_metric_drop_min"),
+                       c("val_metric_final_drop_se", "<", "drop_se_min"),
+                       c("val_loss_min_fraction", ">=", "late_min_fraction")),
+                  c("gap_f1", "<", "overfit_gap_min")),
+        verdict="capacity adequate: train and val both improved and held",
+        moves=("keep capacity", "phase 2: tune learning_rate"),
+        source="protocol 3: train and val both improve steadily -> capacity adequate, go to phase 2",
+    ),
+    Rule(
+        id="confusable-classes-unresolved", scope="class", priority=30, knob_class="capacity", confidence=0.6,
+        when=all_(c("confused_top_count", ">=", "confused_count_min"),
+                  c("confused_top_rate", ">=", "confused_rate_min"),
+                  c("confused_pairs_persist_share", ">=", "confused_persist_min")),
+        verdict="the most confusable classes stay confused: the confusion barely moved since the first eval",
+        moves=("+ffn", "r x2", "inspect the pair's labels"),
+        source="protocol 3: the most confusable classes stay confused (the confusion matrix barely moves)",
+    ),
+    Rule(
+        id="long-tail-collapse", scope="class", priority=30, knob_class="data", confidence=0.7,
+        when=all_(c("tail_head_count_ratio", ">=", "tail_count_ratio_min", required=True),
+                  c("tail_head_recall_gap", ">=", "tail_gap_min"),
+                  c("tail_recall", "<=", "tail_recall_max")),
+        verdict="long-tail classes collapse: rare classes are recalled far worse than frequent ones",
+        moves=("oversample tail", "class weights", "more tail data"),
+        source="protocol 2: long-tail share; 3: per-class recall becomes uneven",
+    ),
+    Rule(
+        id="label-noise-suspected", scope="class", priority=20, knob_class="data", confidence=0.5,
+        when=all_(c("train_confused_symmetric_pairs", ">=", "symmetric_pairs_min", required=True),
+                  c("train_eval_metric_final", ">=", "noise_fit_min"),
+                  c("train_eval_metric_final", "<=", "noise_fit_max"),
+                  c("train_loss_late_drop", "<", "plateau_late_drop_max")),
+        verdict="label noise suspected: training rows of some class pairs stay confused both ways while the "
+                "rest fits",
+        moves=("check labels (loratune assess)", "relabel or merge the pair"),
+        source="protocol 2: label consistency (identical texts with different labels)",
+    ),
+    Rule(
+        id="eval-too-noisy", scope="eval", priority=10, knob_class="data", confidence=0.9,
+        when=all_(c("val_metric_se", ">=", "eval_se_max", required=True)),
+        verdict="the val set is too small to separate differences under 2 standard errors",
+        moves=("more val data",),
+        source="protocol 4-6: feedback is val macro-F1; gains below noise do not count",
+    ),
+    # comparisons between runs that differ in one knob -----------------------------------------
+    Rule(
+        id="seed-unstable", scope="compare", priority=70, knob_class="optimization", confidence=0.8,
+        when=all_(c("seed_std", ">=", "seed_std_max", required=True)),
+        verdict="results differ a lot between seeds: the learning rate is at an unstable edge",
+        moves=("learning_rate /2", "report seed spread"),
+        source="protocol 4: results differ a lot between seeds -> lower lr, report seed spread",
+    ),
+    Rule(
+        id="capacity-bound", scope="compare", priority=60, knob_class="capacity", confidence=0.8,
+        when=all_(c("r_effect_noise", ">=", "effect_noise_min", required=True),
+                  c("r_over_lr_effect", ">=", "binding_ratio_min")),
+        verdict="capacity-bound: the val metric is more sensitive to rank than to learning rate",
+        moves=("r x2", "+ffn"),
+        source="protocol 5: minimal-intervention pair; the knob the val metric is more sensitive to binds",
+    ),
+    Rule(
+        id="optimization-bound", scope="compare", priority=60, knob_class="optimization", confidence=0.8,
+        when=all_(c("lr_effect_noise", ">=", "effect_noise_min", required=True),
+                  c("lr_over_r_effect", ">=", "binding_ratio_min")),
+        verdict="optimization-bound: the val metric is more sensitive to learning rate than to rank",
+        moves=("learning_rate towards the better run (x2 or /2)",),
+        source="protocol 5: minimal-intervention pair; the knob the val metric is more sensitive to binds",
+    ),
+    Rule(
+        id="update-too-weak", scope="compare", priority=30, knob_class="optimization", confidence=0.6,
+        when=all_(c("lr_loss_effect", "<", "weak_lr_loss_max", required=True),
+                  c("gap_f1_max", ">=", "weak_gap_min")),
+        verdict="LoRA update too weak: lr changes barely move the loss and more rank risks overfitting",
+        moves=("lora_alpha 1->2 (x r)",),
+        source="protocol 4: lr changes barely move the loss, more rank unwanted -> scale s 1 -> 2",
+    ),
+    Rule(
+        id="alpha-insensitive", scope="compare", priority=20, knob_class="optimization", confidence=0.7,
+        when=all_(c("alpha_effect_noise", "<", "alpha_effect_noise_max", required=True)),
+        verdict="alpha-insensitive: changing lora_alpha moved the val metric less than the noise",
+        moves=("keep lora_alpha", "tune learning_rate instead"),
+        source="protocol 1/4: alpha is a hidden lr; measure it against an lr step",
+    ),
+    Rule(
+        id="differences-within-noise", scope="compare", priority=10, knob_class="data", confidence=0.8,
+        when=all_(c("max_effect_noise", "<", "effect_noise_min", required=True)),
+        verdict="the differences between these runs are within noise: the val set (or seed count) is too small "
+                "to separate them",
+        moves=("more val data", "more seeds"),
+        source="protocol 5-6: report both deltas and the seed noise next to them",
+    ),
+)
+
+RULES: tuple[Rule, ...] = _RULES
+
+
+def rule_by_id(rule_id: str, rules: tuple[Rule, ...] = RULES) -> Rule:
+    for r in rules:
+        if r.id == rule_id:
+            return r
+    raise KeyError(rule_id)
+
+
+def catalogue_for(rule: Rule) -> Mapping:
+    """The feature catalogue a rule's clauses name."""
+    return COMPARE_FEATURES if rule.scope == "compare" else FEATURES
+
+
+def check_table(rules: tuple[Rule, ...] = RULES, thresholds: Mapping[str, Threshold] = THRESHOLDS) -> list[str]:
+    """Problems with a rule table (unknown features/thresholds/ops/ids, unit mismatches); [] when sound."""
+    problems = []
+    ids = [r.id for r in rules]
+    for dup in {i for i in ids if ids.count(i) > 1}:
+        problems.append(f"duplicate rule id {dup}")
+    for r in rules:
+        if r.scope not in SCOPES:
+            problems.append(f"{r.id}: unknown scope {r.scope}")
+        if r.knob_class not in KNOB_CLASSES:
+            problems.append(f"{r.id}: unknown knob class {r.knob_class}")
+        cat = catalogue_for(r)
+        for cl in r.when.leaves():
+            if cl.feature not in cat:
+                problems.append(f"{r.id}: unknown feature {cl.feature}")
+            if cl.op not in OPS:
+                problems.append(f"{r.id}: unknown op {cl.op}")
+            if cl.threshold not in thresholds:
+                problems.append(f"{r.id}: unknown threshold {cl.threshold}")
+            elif cl.feature in cat and cat[cl.feature].unit != thresholds[cl.threshold].unit:
+                problems.append(f"{r.id}: {cl.feature} ({cat[cl.feature].unit}) vs {cl.threshold} "
+                                f"({thresholds[cl.threshold].unit})")
+        for s in r.suppresses:
+            if s not in ids:
+                problems.append(f"{r.id}: suppresses unknown rule {s}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Thresholds: defaults + YAML overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def default_thresholds() -> dict[str, float]:
+    return {name: t.value for name, t in THRESHOLDS.items()}
+
+
+def resolve_thresholds(overrides: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Defaults with `overrides` applied. Unknown names or non-numbers raise one UserError naming all."""
+    values = default_thresholds()
+    problems = []
+    for name, value in (overrides or {}).items():
+        if name not in THRESHOLDS:
+            close = difflib.get_close_matches(str(name), list(THRESHOLDS), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            problems.append(f"unknown threshold '{name}'{hint}")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"threshold '{name}': got {value!r}; allowed: a number")
+            continue
+        values[name] = float(value)
+    if problems:
+        raise UserError("invalid thresholds: " + "; ".join(problems),
+                        "use the names listed by `loratune rules` with numeric values")
+    return values
+
+
+def load_thresholds(path: str | Path | None) -> dict[str, float]:
+    """Read overrides from YAML (`name: value` lines, optionally under a `thresholds:` key)."""
+    if path is None:
+        return default_thresholds()
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"thresholds file '{p}' does not exist", "give a YAML file of `name: value` lines")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"thresholds file '{p}' is not valid YAML: {exc}", "fix the YAML syntax") from None
+    if isinstance(data, dict) and isinstance(data.get("thresholds"), dict):
+        data = data["thresholds"]
+    if not isinstance(data, dict):
+        raise UserError(f"thresholds file '{p}' must hold a mapping", "write `name: value` lines")
+    return resolve_thresholds(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Printing conditions
+# ---------------------------------------------------------------------------------------------
+
+
+def describe_clause(cl: Clause, thresholds: Mapping[str, float] | None = None) -> str:
+    values = thresholds or default_thresholds()
+    t = THRESHOLDS[cl.threshold]
+    req = " [required]" if cl.required else ""
+    return f"{cl.feature} {cl.op} {cl.threshold} ({format_value(t.unit, values[cl.threshold])}){req}"
+
+
+def describe(cond: Cond | Clause, thresholds: Mapping[str, float] | None = None, indent: int = 0) -> str:
+    """A condition as indented text: `all of:` / `any of:` and one clause per line."""
+    pad = "  " * indent
+    if isinstance(cond, Clause):
+        return pad + describe_clause(cond, thresholds)
+    if len(cond.items) == 1 and isinstance(cond.items[0], Clause):
+        return pad + describe_clause(cond.items[0], thresholds)
+    lines = [f"{pad}{cond.mode} of:"]
+    lines += [describe(item, thresholds, indent + 1) for item in cond.items]
+    return "\n".join(lines)
+
+
+def cond_to_data(cond: Cond | Clause) -> dict:
+    """A condition as JSON-ready data."""
+    if isinstance(cond, Clause):
+        return {"feature": cond.feature, "op": cond.op, "threshold": cond.threshold, "required": cond.required}
+    return {cond.mode: [cond_to_data(i) for i in cond.items]}
+
+
+def rule_to_data(rule: Rule, thresholds: Mapping[str, float] | None = None) -> dict:
+    values = thresholds or default_thresholds()
+    return {
+        "id": rule.id, "scope": rule.scope, "priority": rule.priority, "verdict": rule.verdict,
+        "knob_class": rule.knob_class, "moves": list(rule.moves), "suppresses": list(rule.suppresses),
+        "confidence": rule.confidence, "when": cond_to_data(rule.when),
+        "thresholds": {cl.threshold: values[cl.threshold] for cl in rule.when.leaves()},
+        "source": rule.source, "caveat": rule.caveat,
+    }

@@ -1,0 +1,218 @@
+"""`loratune diagnose` and `loratune rules` end to end: run directories, CSVs, JSON and terminal output,
+threshold overrides, user errors, and no torch import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import synth_runs as s
+from loratune.cli import main
+from loratune.rules import RULES, THRESHOLDS
+
+LABELS = [f"c{i}" for i in range(10)]
+
+
+def write_run(folder: Path, points, *, lr=1e-4, r=8, alpha=16, seed=42, status="completed") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+    (folder / "run.json").write_text(json.dumps({"status": status, "task": "single_label", "labels": LABELS}))
+    cfg = {"model": {"name_or_path": "embedded:minilm"}, "adapter": {"r": r, "lora_alpha": alpha},
+           "train": {"learning_rate": lr, "seed": seed, "output_dir": str(folder)}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return folder
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_json_output_for_one_run(tmp_path, capsys):
+    d = write_run(tmp_path / "ov", s.overfit())
+    code, out, _ = run_cli(capsys, "diagnose", str(d), "--json")
+    assert code == 0
+    data = json.loads(out)
+    run = data["runs"][0]
+    assert run["verdict"] == "overfit-capacity" and data["comparison"] is None
+    f = run["findings"][0]
+    assert f["rule_id"] == "overfit-capacity" and f["moves"] == ["r /2", "-ffn", "lora_dropout up"]
+    assert f["confidence_label"] in ("high", "medium")
+    assert any(e["feature"] == "val_loss_rise" and e["passed"] for e in f["evidence"])
+    assert run["features"]["values"]["n_classes"] == 10
+
+
+def test_terminal_view_shows_verdict_evidence_against_thresholds_and_next_move(tmp_path, capsys):
+    d = write_run(tmp_path / "slow", s.lr_too_small())
+    code, out, _ = run_cli(capsys, "diagnose", str(d))
+    assert code == 0
+    assert "verdict: lr-too-small" in out
+    assert "next move: learning_rate x2" in out
+    assert "val loss fell" in out and "rule needs <" in out
+    assert "not evaluated" in out and "long-tail-collapse" in out  # no per-class data: named, not crashed
+
+
+def test_runs_differing_in_one_knob_are_compared(tmp_path, capsys):
+    a = write_run(tmp_path / "base", s.healthy())
+    b = write_run(tmp_path / "lr2", s.undertrained(), lr=2e-4)
+    code, out, _ = run_cli(capsys, "diagnose", str(a), str(b), "--json")
+    data = json.loads(out)
+    groups = data["comparison"]["groups"]
+    assert [g["knob"] for g in groups] == ["learning_rate"]
+    assert {r["run"] for r in groups[0]["runs"]} == {"base", "lr2"}
+    code, out, _ = run_cli(capsys, "diagnose", str(a), str(b))
+    assert "comparison" in out and "learning_rate" in out and "binomial" in out
+
+
+def test_threshold_overrides_from_yaml(tmp_path, capsys):
+    d = write_run(tmp_path / "ov", s.overfit())
+    t = tmp_path / "t.yaml"
+    t.write_text("thresholds:\n  overfit_gap_min: 0.9\n")
+    code, out, _ = run_cli(capsys, "diagnose", str(d), "--json", "--thresholds", str(t))
+    data = json.loads(out)
+    assert data["runs"][0]["verdict"] != "overfit-capacity"
+    assert data["thresholds_overridden"] == {"overfit_gap_min": 0.9}
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: p / "missing", "does not exist"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "no history.jsonl and no trainer_state.json"),
+    (lambda p: (p / "x.csv").write_text("a,b\n1,2\n") and p / "x.csv", "no loss or metric column"),
+    (lambda p: (p / "s.json").write_text("{}") and p / "s.json", "no `log_history`"),
+])
+def test_bad_input_is_a_user_error(tmp_path, capsys, setup, message):
+    code, _, err = run_cli(capsys, "diagnose", str(setup(tmp_path)))
+    assert code == 2 and message in err and "fix:" in err
+
+
+def test_bad_thresholds_file_is_a_user_error(tmp_path, capsys):
+    d = write_run(tmp_path / "ov", s.overfit())
+    t = tmp_path / "t.yaml"
+    t.write_text("overfit_gap: 0.2\n")
+    code, _, err = run_cli(capsys, "diagnose", str(d), "--thresholds", str(t))
+    assert code == 2 and "unknown threshold 'overfit_gap'" in err and "overfit_gap_min" in err
+
+
+def test_csv_with_loose_column_names(tmp_path, capsys):
+    rows = ["Global Step;Training Loss;eval_loss;Val F1;notes"]
+    for p in s.overfit():
+        tl = p.get("train/loss", "")
+        rows.append(f"{p['step']};{tl};{p['val/loss']};{p['val/macro_f1']};x")
+    path = tmp_path / "curves.csv"
+    path.write_text("\n".join(rows) + "\n")
+    code, out, _ = run_cli(capsys, "diagnose", str(path), "--json")
+    run = json.loads(out)["runs"][0]
+    assert code == 0 and run["source"] == "csv"
+    notes = " ".join(run["notes"])
+    for part in ("'Global Step' -> step", "'Training Loss' -> train/loss", "'eval_loss' -> val/loss",
+                 "'Val F1' -> val/macro_f1", "ignored: 'notes'", "taken as macro-F1"):
+        assert part in notes
+    assert run["verdict"] == "overfit-capacity"
+    f = run["findings"][0]
+    assert f["tentative"] and {m["feature"] for m in f["missing"]} == {"gap_f1"}
+
+
+def test_csv_without_step_uses_row_numbers_and_nan_counts_as_non_finite(tmp_path, capsys):
+    path = tmp_path / "c.csv"
+    path.write_text("loss,val_loss,accuracy\n2.3,2.3,0.1\n1.5,1.6,0.4\nnan,nan,0.1\n")
+    code, out, _ = run_cli(capsys, "diagnose", str(path), "--json")
+    run = json.loads(out)["runs"][0]
+    assert "no step column: row numbers used as steps" in run["notes"]
+    assert run["features"]["values"]["nonfinite_values"] == 2
+    assert run["verdict"] == "diverged"
+
+
+def test_torn_history_line_is_tolerated(tmp_path, capsys):
+    d = write_run(tmp_path / "torn", s.overfit())
+    with open(d / "history.jsonl", "a") as f:
+        f.write('{"step": 220, "val/lo')
+    code, out, _ = run_cli(capsys, "diagnose", str(d), "--json")
+    run = json.loads(out)["runs"][0]
+    assert code == 0 and run["verdict"] == "overfit-capacity"
+    assert any("torn" in n for n in run["notes"])
+
+
+def test_rules_command_prints_every_rule_and_threshold(capsys):
+    code, out, _ = run_cli(capsys, "rules")
+    assert code == 0
+    for r in RULES:
+        assert r.id in out
+    assert "train_loss_late_drop < plateau_late_drop_max" in out
+    code, out, _ = run_cli(capsys, "rules", "--json", "--features")
+    data = json.loads(out)
+    assert [r["id"] for r in data["rules"]] == [r.id for r in RULES]
+    assert set(data["thresholds"]) == set(THRESHOLDS)
+    assert "train_loss_late_drop" in data["features"] and "r_effect_noise" in data["features"]
+    under = next(r for r in data["rules"] if r["id"] == "underfit-capacity")
+    assert under["when"]["all"][1] == {"feature": "train_loss_late_drop", "op": "<",
+                                       "threshold": "plateau_late_drop_max", "required": False}
+
+
+def test_rules_command_shows_overrides(tmp_path, capsys):
+    t = tmp_path / "t.yaml"
+    t.write_text("eval_se_max: 0.05\n")
+    code, out, _ = run_cli(capsys, "rules", "--json", "--thresholds", str(t))
+    assert json.loads(out)["thresholds"]["eval_se_max"] == {"value": 0.05, "default": 0.025,
+                                                           "unit": "points", "doc": THRESHOLDS["eval_se_max"].doc}
+
+
+def test_diagnose_and_rules_do_not_import_torch(tmp_path):
+    d = write_run(tmp_path / "ov", s.overfit())
+    code = (
+        "import sys, io, contextlib\n"
+        "from loratune.cli import main\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        f"    assert main(['diagnose', {str(d)!r}]) == 0\n"
+        f"    assert main(['diagnose', {str(d)!r}, '--json']) == 0\n"
+        "    assert main(['rules']) == 0\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "HEAVY []" in res.stdout, res.stdout
+
+
+def _state(logs):
+    return json.dumps({"global_step": logs[-1]["step"], "max_steps": 30, "log_history": logs})
+
+
+def test_trainer_output_dir_uses_the_latest_checkpoint_and_maps_keys(tmp_path, capsys):
+    old = tmp_path / "out" / "checkpoint-10"
+    new = tmp_path / "out" / "checkpoint-20"
+    for d in (old, new):
+        d.mkdir(parents=True)
+    (old / "trainer_state.json").write_text(_state([{"step": 10, "loss": 1.0}]))
+    logs = [{"step": s, "epoch": s / 10, "loss": 2.0 - 0.05 * s, "grad_norm": 1.0, "learning_rate": 1e-4}
+            for s in range(1, 21)]
+    logs += [{"step": s, "epoch": s / 10, "eval_loss": 2.0 - 0.04 * s, "eval_f1": 0.04 * s, "eval_runtime": 0.5,
+              "eval_samples_per_second": 400.0} for s in (5, 10, 15, 20)]
+    logs.append({"step": 20, "train_runtime": 3.0, "train_loss": 1.5})
+    (new / "trainer_state.json").write_text(_state(sorted(logs, key=lambda e: e["step"])))
+    (new / "config.json").write_text(json.dumps({"id2label": {"0": "a", "1": "b", "2": "c"}}))
+    code, out, _ = run_cli(capsys, "diagnose", str(tmp_path / "out"), "--json")
+    run = json.loads(out)["runs"][0]
+    assert code == 0 and run["path"].endswith("checkpoint-20/trainer_state.json")
+    v = run["features"]["values"]
+    assert v["n_eval_points"] == 4 and v["n_classes"] == 3 and v["val_n"] == 200
+    assert v["val_metric_final"] == pytest.approx(0.8)
+    assert v["train_loss_final"] == pytest.approx(sum(2.0 - 0.05 * s for s in range(16, 21)) / 5)
+    assert any("eval_f1 taken as macro-F1" in n for n in run["notes"])
+
+
+def test_trainer_nan_losses_and_train_only_logs(tmp_path, capsys):
+    logs = [{"step": s, "loss": (float("nan") if s > 6 else 2.0 - 0.1 * s)} for s in range(1, 10)]
+    path = tmp_path / "trainer_state.json"
+    path.write_text(_state(logs))  # json writes NaN as the NaN token, as the Trainer's json.dump does
+    code, out, _ = run_cli(capsys, "diagnose", str(path), "--json")
+    run = json.loads(out)["runs"][0]
+    assert run["verdict"] == "diverged"
+    assert run["features"]["values"]["nonfinite_values"] == 3
+    assert any("no evaluation entries" in n for n in run["notes"])

@@ -1,0 +1,393 @@
+"""The engine on whole synthetic runs: verdicts, curve-level near misses, missing signals, suppression,
+order independence, properties, and multi-run verdicts."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import synth_runs as s
+from loratune.diagnose import compare, diagnose, evaluate_rules
+from loratune.features import compute_features
+from loratune.history_io import from_points
+from loratune.rules import RULES, default_thresholds
+
+LABELS = [f"c{i}" for i in range(10)]
+META = {"labels": LABELS, "status": "completed"}
+
+
+def verdict(points, meta=META, **kw):
+    return diagnose(points, meta=meta, **kw)
+
+
+@pytest.mark.parametrize("maker, expected", [
+    (s.overfit, "overfit-capacity"),
+    (s.underfit, "underfit-capacity"),
+    (s.lr_too_small, "lr-too-small"),
+    (s.undertrained, "undertrained"),
+    (s.collapsed, "lr-too-large"),
+    (s.oscillating, "lr-too-large"),
+    (s.diverged, "diverged"),
+    (lambda **kw: s.make_history(train_loss=s.decay(2.3, 0.2, 12), val_loss=s.decay(2.3, 0.5, 12),
+                                 val_f1=s.decay(0.1, 0.85, 12), train_f1=s.decay(0.1, 0.9, 12), **kw), "healthy"),
+])
+def test_synthetic_pathologies_get_their_verdict(maker, expected):
+    d = verdict(maker())
+    assert d.verdict == expected, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    assert d.primary.moves == next(r.moves for r in RULES if r.id == expected)
+    assert all(e.text for e in d.primary.evidence)
+
+
+def test_diverged_by_status_alone_and_by_blow_up():
+    assert verdict(s.healthy(), {**META, "status": "diverged"}).verdict == "diverged"
+    blow = s.make_history(train_loss=s.linear(2.3, 6.0), val_loss=s.linear(2.3, 6.0), val_f1=lambda f: 0.1)
+    assert verdict(blow).verdict == "diverged"
+
+
+def test_diverged_suppresses_but_keeps_the_others_visible():
+    d = verdict(s.diverged())
+    assert d.fired("diverged")
+    others = [f for f in d.findings if f.rule_id != "diverged"]
+    assert others and all(f.suppressed_by == "diverged" for f in others)
+    assert d.active == (d.finding("diverged"),) or all(f.scope != "curve" for f in d.active[1:])
+
+
+# ---- curve-level near misses: shapes close to a pathology that must NOT get it --------------------
+
+L = math.log(10)
+
+
+def test_near_miss_overfit_val_loss_rises_a_little_and_f1_holds():
+    pts = s.make_history(train_loss=s.decay(L, 0.005, 8), val_loss=s.u_shape(L, 0.4 * L, 0.6, 0.42 * L),
+                         val_f1=s.decay(0.1, 0.7, 8), train_f1=s.decay(0.1, 1.0, 8))
+    d = verdict(pts)
+    assert d.features["val_loss_rise"] == pytest.approx(0.05, abs=1e-6)
+    assert not d.fired("overfit-capacity", active_only=False)
+
+
+def test_near_miss_overfit_train_not_memorized():
+    pts = s.make_history(train_loss=s.decay(L, 0.3 * L, 8), val_loss=s.u_shape(L, 0.4 * L, 0.3, 0.7 * L),
+                         val_f1=s.hump(0.1, 0.7, 0.3, 0.6), train_f1=s.decay(0.1, 0.9, 8))
+    assert not verdict(pts).fired("overfit-capacity", active_only=False)
+
+
+def test_near_miss_underfit_when_train_metric_is_high():
+    pts = s.make_history(train_loss=s.decay(L, 0.2 * L, 12), val_loss=s.decay(L, 0.25 * L, 12),
+                         val_f1=s.decay(0.1, 0.55, 12), train_f1=s.decay(0.1, 0.62, 12))
+    assert not verdict(pts).fired("underfit-capacity", active_only=False)
+
+
+def test_near_miss_underfit_when_the_loss_is_still_falling_steadily():
+    # slow but steady: lr-too-small, not a capacity plateau
+    d = verdict(s.lr_too_small())
+    assert not d.fired("underfit-capacity", active_only=False)
+
+
+def test_near_miss_lr_too_small_when_the_loss_plateaued():
+    assert not verdict(s.underfit()).fired("lr-too-small", active_only=False)
+
+
+def test_near_miss_lr_too_small_when_the_loss_fell_a_lot():
+    assert not verdict(s.undertrained()).fired("lr-too-small", active_only=False)
+
+
+def test_near_miss_lr_too_large_small_zigzag_within_noise():
+    zig = lambda f: 1 if int(round(f * 10)) % 2 else -1  # noqa: E731
+    pts = s.make_history(train_loss=lambda f: L * (0.5 - 0.3 * f + 0.01 * zig(f)), val_loss=s.decay(L, 0.5 * L, 5),
+                         val_f1=lambda f: 0.4 + 0.3 * f - 0.01 * zig(f), train_f1=lambda f: 0.45 + 0.3 * f)
+    assert not verdict(pts).fired("lr-too-large", active_only=False)
+
+
+def test_near_miss_collapse_when_loss_falls_smoothly_from_chance():
+    """A too-small lr also sits near ln(k) with one dominant class; without a climb-back it is not a collapse."""
+    pts = s.collapsed()
+    for p in pts:
+        if "train/loss" in p:
+            p["train/loss"] = L * (1.0 - 0.02 * p["step"] / 200)
+        p["val/loss"] = L * (1.01 - 0.02 * p["step"] / 200)
+    d = verdict(pts)
+    assert d.features["val_pred_top_share"] == pytest.approx(1.0)
+    assert not d.fired("lr-too-large", active_only=False)
+
+
+def test_near_miss_undertrained_when_best_came_early():
+    pts = s.make_history(train_loss=s.linear(L, 0.35 * L), val_loss=s.linear(L, 0.45 * L),
+                         val_f1=s.hump(0.1, 0.7, 0.7, 0.69), train_f1=s.linear(0.1, 0.74))
+    assert not verdict(pts).fired("undertrained", active_only=False)
+
+
+def test_near_miss_healthy_with_a_large_gap():
+    pts = s.make_history(train_loss=s.decay(L, 0.1 * L, 12), val_loss=s.decay(L, 0.3 * L, 12),
+                         val_f1=s.decay(0.1, 0.7, 12), train_f1=s.decay(0.1, 0.86, 12))
+    d = verdict(pts)
+    assert d.features["gap_f1"] == pytest.approx(0.16, abs=1e-3)
+    assert not d.fired("healthy", active_only=False)
+
+
+def test_near_miss_eval_too_noisy_with_a_large_val_set():
+    assert verdict(s.healthy(val_n=150)).fired("eval-too-noisy")
+    assert not verdict(s.healthy(val_n=3000)).fired("eval-too-noisy", active_only=False)
+
+
+def _class_history(final_recalls, counts, pairs_at, te_pairs=None, te_f1=0.9):
+    labels = list(final_recalls)
+
+    def per_class(f):
+        out = {}
+        for c in labels:
+            out[f"val/recall/{c}"] = 0.1 + (final_recalls[c] - 0.1) * min(1.0, 2 * f)
+            out[f"val/support/{c}"] = 20
+            out[f"val/precision/{c}"] = 0.8
+        return out
+
+    extra = (lambda f, i: {"train_eval/confused_pairs": te_pairs}) if te_pairs else None
+    pts = s.make_history(train_loss=s.decay(L, 0.3 * L, 8), val_loss=s.decay(L, 0.4 * L, 8),
+                         val_f1=s.decay(0.1, 0.7, 8), train_f1=s.decay(0.1, te_f1, 8), per_class=per_class,
+                         pairs=pairs_at, extra=extra, val_n=20 * len(labels))
+    meta = {"labels": labels, "label_counts": {"train": counts}, "status": "completed"}
+    return pts, meta
+
+
+def test_long_tail_collapse_fires_and_its_near_miss_does_not():
+    recalls = {"a": 0.95, "b": 0.9, "c": 0.9, "d": 0.8, "e": 0.7, "f": 0.6, "g": 0.1, "h": 0.05}
+    counts = {"a": 200, "b": 200, "c": 150, "d": 120, "e": 90, "f": 60, "g": 8, "h": 6}
+    pts, meta = _class_history(recalls, counts, pairs_at=lambda f: [])
+    d = diagnose(pts, meta=meta)
+    assert d.fired("long-tail-collapse")
+    near = dict(recalls, g=0.5, h=0.45)  # tail recall .475 > .4
+    pts, meta = _class_history(near, counts, pairs_at=lambda f: [])
+    assert not diagnose(pts, meta=meta).fired("long-tail-collapse", active_only=False)
+    # balanced data has no tail: the rule does not apply (not fired, and not "not evaluated" either)
+    pts, meta = _class_history(recalls, {c: 50 for c in counts}, pairs_at=lambda f: [])
+    d = diagnose(pts, meta=meta)
+    assert not d.fired("long-tail-collapse", active_only=False)
+    assert "long-tail-collapse" not in {n.rule_id for n in d.not_evaluated}
+
+
+def test_confusable_classes_fire_when_the_pair_persists_and_not_when_it_improves():
+    recalls = {c: 0.7 for c in "abcd"}
+    counts = {c: 50 for c in "abcd"}
+    stuck = lambda f: [{"true": "a", "pred": "b", "count": 9}, {"true": "c", "pred": "d", "count": 3}]  # noqa
+    pts, meta = _class_history(recalls, counts, stuck)
+    d = diagnose(pts, meta=meta)
+    assert d.fired("confusable-classes-unresolved")
+    assert d.verdict != "confusable-classes-unresolved"  # class-scope findings never become the run's verdict
+    def improving(f):
+        return [{"true": "a", "pred": "b", "count": max(2, int(round(12 * (1 - f)))) if f < 1 else 7}]
+
+    pts, meta = _class_history(recalls, counts, improving)
+    d = diagnose(pts, meta=meta)
+    assert d.features["confused_top_count"] == 7  # 7 of 20 still, but down from 11 at the first eval
+    assert not d.fired("confusable-classes-unresolved", active_only=False)
+
+
+def test_label_noise_suspected_needs_two_way_confusion_on_train_rows():
+    recalls = {c: 0.7 for c in "abcd"}
+    counts = {c: 50 for c in "abcd"}
+    two_way = [{"true": "a", "pred": "b", "count": 4}, {"true": "b", "pred": "a", "count": 3}]
+    pts, meta = _class_history(recalls, counts, lambda f: [], te_pairs=two_way, te_f1=0.88)
+    assert diagnose(pts, meta=meta).fired("label-noise-suspected")
+    one_way = [{"true": "a", "pred": "b", "count": 4}, {"true": "b", "pred": "c", "count": 3}]
+    pts, meta = _class_history(recalls, counts, lambda f: [], te_pairs=one_way, te_f1=0.88)
+    assert not diagnose(pts, meta=meta).fired("label-noise-suspected", active_only=False)
+    pts, meta = _class_history(recalls, counts, lambda f: [], te_pairs=two_way, te_f1=0.995)  # memorized
+    assert not diagnose(pts, meta=meta).fired("label-noise-suspected", active_only=False)
+
+
+# ---- engine semantics ------------------------------------------------------------------------------
+
+def test_missing_signals_lower_confidence_and_are_named():
+    full = verdict(s.overfit())
+    no_train_eval = [{k: v for k, v in p.items() if not k.startswith("train_eval/")} for p in s.overfit()]
+    thin = verdict(no_train_eval)
+    assert full.verdict == thin.verdict == "overfit-capacity"
+    f_full, f_thin = full.primary, thin.primary
+    assert not f_full.tentative and f_thin.tentative
+    assert f_thin.confidence < f_full.confidence
+    assert [m[0] for m in f_thin.missing] == ["gap_f1"]
+    assert "train_eval" in f_thin.missing[0][1]
+
+
+def test_required_or_wholly_missing_signals_give_not_evaluated():
+    d = verdict(s.healthy())  # no per-class keys
+    gaps = {n.rule_id: n for n in d.not_evaluated}
+    assert {"long-tail-collapse", "confusable-classes-unresolved"} <= set(gaps)
+    assert [m[0] for m in gaps["long-tail-collapse"].missing] == ["tail_head_count_ratio", "tail_head_recall_gap",
+                                                                 "tail_recall"]
+    # label-noise: its other clauses hold, but the required two-way train confusion is unknown
+    pts, meta = _class_history({c: 0.7 for c in "abcd"}, {c: 50 for c in "abcd"}, lambda f: [], te_f1=0.88)
+    gaps = {n.rule_id: n for n in diagnose(pts, meta=meta).not_evaluated}
+    assert [m[0] for m in gaps["label-noise-suspected"].missing] == ["train_confused_symmetric_pairs"]
+    # ... and a known-false clause settles a rule even when its required clause is unknown
+    assert "label-noise-suspected" not in {n.rule_id for n in verdict(s.underfit()).not_evaluated}
+
+
+def test_csv_like_history_without_val_size_or_classes_still_diagnoses():
+    pts = [{k: v for k, v in p.items() if k in ("step", "train/loss", "val/loss", "val/macro_f1")}
+           for p in s.overfit()]
+    d = diagnose(pts)
+    assert d.verdict == "overfit-capacity" and d.primary.tentative
+    assert "val_metric_se" in d.features.missing
+
+
+def test_every_row_is_evaluated_regardless_of_table_order():
+    pts = s.diverged()
+    base = verdict(pts)
+    for seed in range(5):
+        shuffled = list(RULES)
+        random.Random(seed).shuffle(shuffled)
+        d = diagnose(pts, meta=META, rules=tuple(shuffled))
+        assert [(f.rule_id, f.suppressed_by) for f in d.findings] == \
+               [(f.rule_id, f.suppressed_by) for f in base.findings]
+    assert len(base.findings) >= 2  # the curve before the blow-up also matches others: all evaluated, suppressed
+
+
+def test_a_suppressed_finding_does_not_suppress_others():
+    feats = compute_features(s.diverged(), META)
+    findings, _ = evaluate_rules(feats, [r for r in RULES if r.scope != "compare"], default_thresholds())
+    healthy = next((f for f in findings if f.rule_id == "healthy"), None)
+    assert healthy is not None and healthy.suppressed_by == "diverged"
+
+
+def test_threshold_overrides_change_the_verdict():
+    pts = s.overfit()
+    assert verdict(pts).verdict == "overfit-capacity"
+    assert verdict(pts, thresholds={"overfit_gap_min": 0.5}).verdict != "overfit-capacity"
+
+
+def test_to_dict_is_json_ready():
+    import json
+
+    d = verdict(s.overfit())
+    out = json.loads(json.dumps(d.to_dict()))
+    assert out["verdict"] == "overfit-capacity"
+    ev = out["findings"][0]["evidence"]
+    assert {"feature", "value", "op", "threshold_name", "threshold", "passed", "text"} <= set(ev[0])
+
+
+# ---- properties -----------------------------------------------------------------------------------
+
+def _falling(draw_fracs):
+    """Cumulative sums of positive steps -> a strictly monotone sequence."""
+    out, acc = [], 0.0
+    for x in draw_fracs:
+        acc += x
+        out.append(acc)
+    return out
+
+
+pos = st.floats(min_value=1e-4, max_value=1.0, allow_nan=False)
+
+
+@settings(max_examples=120, deadline=None)
+@given(n=st.integers(3, 20), data=st.data())
+def test_strictly_falling_val_loss_with_rising_f1_never_fires_overfit(n, data):
+    down = _falling(data.draw(st.lists(pos, min_size=n, max_size=n)))
+    up = _falling(data.draw(st.lists(pos, min_size=n, max_size=n)))
+    train = data.draw(st.lists(st.floats(0.0, 5.0), min_size=n, max_size=n))
+    te = data.draw(st.lists(st.floats(0.0, 1.0), min_size=n, max_size=n))
+    top = down[-1] + 0.1
+    pts = []
+    for i in range(n):
+        p = {"step": i * 10, "epoch": i * 0.5, "val/loss": top - down[i], "val/macro_f1": up[i] / (up[-1] + 1e-3),
+             "train_eval/macro_f1": te[i], "val/n": data.draw(st.sampled_from([30, 300, 3000]))}
+        if i:
+            p["train/loss"] = train[i]
+        pts.append(p)
+    d = diagnose(pts, meta=META)
+    assert not d.fired("overfit-capacity", active_only=False)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.01, 3.2), st.floats(0.01, 5.0), st.floats(0, 1)), min_size=2, max_size=15))
+def test_finite_histories_without_blow_up_never_fire_diverged(rows):
+    pts = [{"step": i * 5, "val/loss": vl, "val/macro_f1": vf, **({"train/loss": tl} if i else {})}
+           for i, (tl, vl, vf) in enumerate(rows)]
+    start = pts[1]["train/loss"]
+    for p in pts[2:]:
+        p["train/loss"] = min(p["train/loss"], 1.4 * start)
+    assert not diagnose(pts, meta=META).fired("diverged", active_only=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.01, 5), st.floats(0.01, 5), st.floats(0, 1), st.floats(0, 1)),
+                min_size=1, max_size=12), st.booleans())
+def test_any_history_diagnoses_with_at_most_one_primary_and_sane_confidences(rows, with_meta):
+    pts = [{"step": i * 5, "epoch": i * 0.25, "val/loss": vl, "val/macro_f1": vf, "train_eval/macro_f1": tf,
+            "val/n": 200, **({"train/loss": tl} if i else {})} for i, (tl, vl, vf, tf) in enumerate(rows)]
+    d = diagnose(pts, meta=META if with_meta else None)
+    assert all(0.0 < f.confidence <= 1.0 for f in d.findings)
+    curve_active = [f for f in d.active if f.scope == "curve"]
+    assert d.primary is (curve_active[0] if curve_active else None)
+    assert [f.priority for f in d.findings] == sorted((f.priority for f in d.findings), reverse=True)
+
+
+# ---- multi-run verdicts ------------------------------------------------------------------------------
+
+def run(name, best, *, lr=1e-4, r=8, alpha=16, seed=42, val_n=1000, gap=0.05, val_loss=1.0):
+    pts = s.make_history(train_loss=s.decay(2.3, 0.5, 8), val_loss=s.decay(2.3, val_loss, 8),
+                         val_f1=s.decay(0.1, best, 30), train_f1=s.decay(0.1, best + gap, 30), val_n=val_n)
+    cfg = {"adapter": {"r": r, "lora_alpha": alpha}, "train": {"learning_rate": lr, "seed": seed,
+                                                               "output_dir": f"runs/{name}"}}
+    return from_points(pts, meta=META, config=cfg, name=name)
+
+
+def test_minimal_intervention_pair_optimization_bound_with_binomial_noise():
+    c = compare([run("base", 0.60), run("lr2", 0.70, lr=2e-4), run("r16", 0.61, r=16, alpha=32)])
+    knobs = {g.knob: g for g in c.groups}
+    assert set(knobs) == {"learning_rate", "r"}
+    assert knobs["learning_rate"].effect == pytest.approx(0.10, abs=1e-3)
+    assert knobs["r"].note == "scale lora_alpha/r fixed"
+    q = (0.61 * 1000 + 1) / 1002
+    noise = math.sqrt(2) * math.sqrt(q * (1 - q) / 1000)  # median SE of the three runs
+    assert c.features["noise"] == pytest.approx(noise, rel=1e-2)
+    assert "binomial" in c.features.details["noise_source"]
+    assert c.fired("optimization-bound") and not c.fired("capacity-bound")
+    f = next(f for f in c.findings if f.rule_id == "optimization-bound")
+    assert any("best learning_rate: 0.0002" in n for n in f.notes)
+
+
+def test_minimal_intervention_pair_capacity_bound():
+    c = compare([run("base", 0.60), run("lr2", 0.605, lr=2e-4), run("r16", 0.70, r=16)])
+    assert c.fired("capacity-bound") and not c.fired("optimization-bound")
+    assert {g.note for g in c.groups if g.knob == "r"} == {"lora_alpha fixed"}
+
+
+def test_seed_noise_is_used_when_seed_runs_exist_and_can_swallow_an_effect():
+    runs = [run("s1", 0.60, seed=1), run("s2", 0.66, seed=2), run("s3", 0.54, seed=3),
+            run("lr2", 0.65, lr=2e-4, seed=1)]
+    c = compare(runs)
+    assert c.features["seed_std"] == pytest.approx(0.06, abs=1e-3)
+    assert "seed std over 3 runs" in c.features.details["noise_source"]
+    assert c.fired("seed-unstable")
+    assert c.features["lr_effect_noise"] == pytest.approx(0.05 / (math.sqrt(2) * 0.06), rel=1e-2)
+    assert not c.fired("optimization-bound")
+    assert c.fired("differences-within-noise")
+
+
+def test_alpha_insensitive_and_its_near_miss():
+    c = compare([run("a16", 0.60), run("a32", 0.603, alpha=32)])
+    assert c.fired("alpha-insensitive")
+    c = compare([run("a16", 0.60), run("a32", 0.68, alpha=32)])
+    assert not c.fired("alpha-insensitive")
+
+
+def test_update_too_weak_when_lr_barely_moves_the_loss_and_gap_is_large():
+    c = compare([run("base", 0.60, gap=0.2), run("lr2", 0.601, lr=2e-4, gap=0.2, val_loss=1.01)])
+    assert c.fired("update-too-weak")
+    c = compare([run("base", 0.60, gap=0.2), run("lr2", 0.65, lr=2e-4, gap=0.2, val_loss=0.7)])
+    assert not c.fired("update-too-weak")
+
+
+def test_runs_differing_in_two_knobs_or_lacking_config_are_not_compared():
+    c = compare([run("base", 0.6), run("both", 0.7, lr=2e-4, r=16, alpha=16)])
+    assert c.groups == ()
+    assert any("exactly one" in n for n in c.notes)
+    bare = from_points(s.healthy(), name="bare")
+    c = compare([run("base", 0.6), bare])
+    assert any("bare: no config" in n for n in c.notes)
+    assert {n.rule_id for n in c.not_evaluated} >= {"capacity-bound", "optimization-bound", "seed-unstable"}

@@ -1,0 +1,188 @@
+"""The rule table as data: integrity, thresholds and their YAML overrides, and for every rule a firing case plus
+near-miss cases (each clause moved just across its threshold) checked against an independent evaluator."""
+
+from __future__ import annotations
+
+import json
+from types import MappingProxyType
+
+import pytest
+
+from loratune.diagnose import evaluate_rule
+from loratune.errors import UserError
+from loratune.features import COMPARE_FEATURES, FEATURES, CurveFeatures
+from loratune.rules import (RULES, THRESHOLDS, Clause, Cond, catalogue_for, check_table, default_thresholds,
+                            describe, load_thresholds, resolve_thresholds, rule_by_id, rule_to_data)
+
+ISSUE_IDS = {"underfit-capacity", "overfit-capacity", "lr-too-small", "lr-too-large", "diverged", "undertrained",
+             "healthy", "confusable-classes-unresolved", "long-tail-collapse", "eval-too-noisy",
+             "label-noise-suspected", "capacity-bound", "optimization-bound", "seed-unstable", "alpha-insensitive"}
+
+# A feature vector on which each rule fires (values for the features the rule names).
+FIRING = {
+    "diverged": dict(nonfinite_values=2, status_diverged=0, train_loss_final_over_start=0.5),
+    "lr-too-large": dict(val_pred_top_share=0.95, train_loss_vs_chance=1.0, train_loss_max_rise=0.3,
+                         val_loss_rise_share=0.5, val_metric_max_drop=0.01, val_metric_max_drop_se=0.5),
+    "overfit-capacity": dict(train_loss_vs_chance=0.02, train_loss_final_over_start=0.02,
+                             train_eval_metric_final=1.0, val_loss_rise=0.3,
+                             val_metric_final_drop=0.05, val_metric_final_drop_se=3.0, gap_f1=0.3),
+    "underfit-capacity": dict(val_loss_drop=0.2, train_loss_late_drop=0.02, val_loss_late_share=0.05,
+                              train_eval_metric_final=0.4, train_loss_vs_chance=0.7, train_loss_final_over_start=0.7,
+                              gap_f1=0.03, val_metric_best=0.37, val_metric_gain_per_epoch_late=0.001),
+    "lr-too-small": dict(val_loss_drop=0.05, val_loss_late_share=0.5, val_loss_rise_share=0.0,
+                         val_loss_late_drop=0.02),
+    "undertrained": dict(still_improving=1, best_step_fraction=1.0, val_loss_drop=0.5, val_loss_late_drop=0.2,
+                         train_loss_late_drop=0.3),
+    "healthy": dict(val_metric_gain=0.7, train_loss_drop=0.9, val_loss_rise=0.0, val_metric_final_drop=0.0,
+                    val_metric_final_drop_se=0.0, val_loss_min_fraction=1.0, gap_f1=0.05),
+    "confusable-classes-unresolved": dict(confused_top_count=6, confused_top_rate=0.5,
+                                          confused_pairs_persist_share=1.0),
+    "long-tail-collapse": dict(tail_head_count_ratio=10.0, tail_head_recall_gap=0.6, tail_recall=0.1),
+    "label-noise-suspected": dict(train_confused_symmetric_pairs=2, train_eval_metric_final=0.85,
+                                  train_loss_late_drop=0.01),
+    "eval-too-noisy": dict(val_metric_se=0.04),
+    "seed-unstable": dict(seed_std=0.04),
+    "capacity-bound": dict(r_effect_noise=5, r_over_lr_effect=3),
+    "optimization-bound": dict(lr_effect_noise=5, lr_over_r_effect=3),
+    "update-too-weak": dict(lr_loss_effect=0.01, gap_f1_max=0.2),
+    "alpha-insensitive": dict(alpha_effect_noise=0.3),
+    "differences-within-noise": dict(max_effect_noise=1.0),
+}
+
+
+def features_for(rule, values: dict) -> CurveFeatures:
+    cat = catalogue_for(rule)
+    full = {n: None for n in cat}
+    full.update(values)
+    missing = {n: "not given" for n, v in full.items() if v is None}
+    return CurveFeatures(MappingProxyType(full), MappingProxyType(missing), MappingProxyType({}))
+
+
+def truth(node, values: dict, th: dict) -> bool:
+    """Independent two-valued evaluator (complete data only)."""
+    if isinstance(node, Clause):
+        v, t = values[node.feature], th[node.threshold]
+        return {"<": v < t, "<=": v <= t, ">": v > t, ">=": v >= t}[node.op]
+    results = [truth(i, values, th) for i in node.items]
+    return all(results) if node.mode == "all" else any(results)
+
+
+def just_across(op: str, t: float, passing: bool) -> float:
+    """A value a hair from the threshold on the passing or failing side."""
+    eps = max(abs(t) * 1e-6, 1e-9)
+    below, above = t - eps, t + eps
+    if op in ("<", "<="):
+        return (below if op == "<" else t) if passing else (t if op == "<" else above)
+    return (above if op == ">" else t) if passing else (t if op == ">" else below)
+
+
+def test_table_is_sound():
+    assert check_table() == []
+    assert ISSUE_IDS <= {r.id for r in RULES}
+    assert set(FIRING) == {r.id for r in RULES}, "every rule needs a firing case here"
+
+
+def test_conditions_are_plain_data_and_printable():
+    for r in RULES:
+        for leaf in r.when.leaves():
+            assert isinstance(leaf, Clause)
+            assert leaf.feature in catalogue_for(r) and leaf.threshold in THRESHOLDS
+        text = describe(r.when)
+        assert all(leaf.feature in text and leaf.threshold in text for leaf in r.when.leaves())
+        json.dumps(rule_to_data(r))
+
+
+def test_check_table_reports_problems():
+    bad = (RULES[0].__class__(id="x", scope="curve", when=Cond("all", (Clause("no_such", "<", "nope"),
+                                                                         Clause("val_metric_se", "~", "flag_on"))),
+                              verdict="", knob_class="vibes", moves=(), priority=1, suppresses=("ghost",)),)
+    problems = " | ".join(check_table(bad))
+    for part in ("unknown feature no_such", "unknown threshold nope", "unknown op ~", "unknown knob class vibes",
+                 "suppresses unknown rule ghost", "val_metric_se (points) vs flag_on (flag)"):
+        assert part in problems
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.id)
+def test_rule_fires_on_its_case(rule):
+    th = default_thresholds()
+    values = FIRING[rule.id]
+    assert truth(rule.when, values, th)
+    out = evaluate_rule(rule, features_for(rule, values), th)
+    assert out is not None and hasattr(out, "evidence"), out
+    assert not out.tentative and out.missing == ()
+    assert {e.feature for e in out.evidence} == set(rule.features())
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.id)
+def test_near_misses_follow_the_table(rule):
+    """Move each clause's feature a hair across its threshold: the engine fires exactly when the independent
+    evaluator says the condition still holds; at least one near-miss per rule must stop it. Values exactly at
+    the passing edge keep it firing."""
+    th = default_thresholds()
+    stopped = 0
+    for leaf in rule.when.leaves():
+        for passing in (False, True):
+            values = dict(FIRING[rule.id])
+            values[leaf.feature] = just_across(leaf.op, th[leaf.threshold], passing)
+            expect = truth(rule.when, values, th)
+            out = evaluate_rule(rule, features_for(rule, values), th)
+            fired = out is not None and hasattr(out, "evidence")
+            assert fired == expect, (leaf, passing, values)
+            stopped += not fired
+            if fired:
+                ev = next(e for e in out.evidence if e.feature == leaf.feature and e.threshold_name == leaf.threshold)
+                assert ev.passed is passing
+    assert stopped >= 1
+
+
+def test_thin_margins_lower_confidence():
+    rule = rule_by_id("eval-too-noisy")
+    th = default_thresholds()
+    clear = evaluate_rule(rule, features_for(rule, {"val_metric_se": 0.06}), th)
+    thin = evaluate_rule(rule, features_for(rule, {"val_metric_se": 0.026}), th)
+    assert thin.confidence < clear.confidence == rule.confidence
+
+
+def test_default_thresholds_and_overrides():
+    th = default_thresholds()
+    assert th["plateau_late_drop_max"] == 0.1
+    assert resolve_thresholds({"plateau_late_drop_max": 0.05})["plateau_late_drop_max"] == 0.05
+    with pytest.raises(UserError, match="did you mean plateau_late_drop_max"):
+        resolve_thresholds({"plateau_late_drop_mx": 0.05})
+    with pytest.raises(UserError, match="allowed: a number"):
+        resolve_thresholds({"eval_se_max": "big"})
+    with pytest.raises(UserError, match="allowed: a number"):
+        resolve_thresholds({"eval_se_max": True})
+
+
+def test_load_thresholds_from_yaml(tmp_path):
+    flat = tmp_path / "t.yaml"
+    flat.write_text("eval_se_max: 0.05\noverfit_gap_min: 0.3\n")
+    t = load_thresholds(flat)
+    assert t["eval_se_max"] == 0.05 and t["overfit_gap_min"] == 0.3 and t["flag_on"] == 0.5
+    nested = tmp_path / "n.yaml"
+    nested.write_text("thresholds:\n  seed_std_max: 0.01\n")
+    assert load_thresholds(nested)["seed_std_max"] == 0.01
+    assert load_thresholds(None) == default_thresholds()
+    with pytest.raises(UserError, match="does not exist"):
+        load_thresholds(tmp_path / "nope.yaml")
+    broken = tmp_path / "b.yaml"
+    broken.write_text("a: [1,\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_thresholds(broken)
+    listy = tmp_path / "l.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_thresholds(listy)
+
+
+def test_every_threshold_is_used_and_documented():
+    used = {leaf.threshold for r in RULES for leaf in r.when.leaves()}
+    assert used == set(THRESHOLDS)
+    assert all(t.doc for t in THRESHOLDS.values())
+
+
+def test_features_named_by_rules_exist_in_the_right_catalogue():
+    for r in RULES:
+        cat = COMPARE_FEATURES if r.scope == "compare" else FEATURES
+        assert set(r.features()) <= set(cat), r.id
