@@ -153,6 +153,15 @@ _CATALOGUE = (
     _spec("gap", "gap_loss", "loss", "the val/train loss gap is {}",
           "val/loss - train_eval/loss at the last point (falls back to the window train/loss; "
           "`details['gap_loss_train_key']` says which)."),
+    # generalization slices (slices.py: familiar / novel thirds of validation) --------------------
+    _spec("slices", "familiar_metric_final", "points", "val macro-F1 on familiar phrasing ended at {}",
+          "Last `val_familiar/macro_f1`: the third of validation texts closest to a training text."),
+    _spec("slices", "novel_metric_final", "points", "val macro-F1 on novel phrasing ended at {}",
+          "Last `val_novel/macro_f1`: the third of validation texts farthest from any training text."),
+    _spec("slices", "familiar_novel_gap", "points", "familiar minus novel val macro-F1 is {}",
+          "val_familiar/macro_f1 - val_novel/macro_f1 at the last point with both."),
+    _spec("slices", "familiar_novel_gap_growth", "points", "the familiar-novel gap grew by {} since the first eval",
+          "familiar_novel_gap at the last point minus at the first point after step 0 (widening = overfitting)."),
     # stability -------------------------------------------------------------------------------
     _spec("stability", "nonfinite_values", "count", "{} non-finite loss / gradient values were recorded",
           "Count of NaN/inf (null) values in train/loss, train/loss_std, train/grad_norm, val/loss, "
@@ -410,6 +419,7 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     _val_loss(acc, pts, frac, chance, why_chance)
     _val_metric(acc, pts, frac, metric)
     _gaps(acc, pts, metric)
+    _slices(acc, pts)
     _stability(acc, pts, meta)
     _per_class(acc, pts, meta, labels)
     return acc.done()
@@ -621,6 +631,24 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
     else:
         acc.set("val_metric_gain_per_epoch_late", None,
                 "needs `epoch` and >= 2 val-metric points over the second half of the run")
+
+
+def _slices(acc: FeatureSet, pts) -> None:
+    both = [p for p in pts if _num(p.get("val_familiar/macro_f1")) is not None
+            and _num(p.get("val_novel/macro_f1")) is not None and (_num(p.get("step")) or 0) > 0]
+    names = ("familiar_metric_final", "novel_metric_final", "familiar_novel_gap", "familiar_novel_gap_growth")
+    if not both:
+        acc.miss(names, "no val_familiar / val_novel slice metrics after step 0 (train.slices off, or an older run)")
+        return
+    first, last = both[0], both[-1]
+    gap = last["val_familiar/macro_f1"] - last["val_novel/macro_f1"]
+    acc.set("familiar_metric_final", last["val_familiar/macro_f1"])
+    acc.set("novel_metric_final", last["val_novel/macro_f1"])
+    acc.set("familiar_novel_gap", gap)
+    if len(both) >= 2:
+        acc.set("familiar_novel_gap_growth", gap - (first["val_familiar/macro_f1"] - first["val_novel/macro_f1"]))
+    else:
+        acc.set("familiar_novel_gap_growth", None, "needs slice metrics at two eval points after step 0")
 
 
 def _gaps(acc: FeatureSet, pts, metric) -> None:

@@ -123,6 +123,10 @@ _THRESHOLDS = (
     _t("late_min_fraction", 0.9, "fraction", "Val loss at its minimum this late: the run has not started to "
        "degrade (a metric dip then is noise)."),
     _t("overfit_gap_min", 0.15, "points", "Train/val metric gap at or above this is large."),
+    _t("novel_gap_min", 0.10, "points", "Familiar minus novel val macro-F1 at or above this is a phrasing gap."),
+    _t("novel_gap_growth_min", 0.0, "points", "The familiar-novel gap must not have shrunk since the first eval."),
+    _t("familiar_fit_min", 0.90, "points", "Familiar-phrasing val macro-F1 at or above this counts as fitted."),
+    _t("slices_low_max", 0.60, "points", "Familiar and novel val macro-F1 both below this: both low."),
     _t("plateau_late_drop_max", 0.1, "fraction", "Train loss falling less than this over the last half: plateaued."),
     _t("plateau_late_share_max", 0.25, "fraction", "Less than this share of the val loss's fall in the last half: "
        "the fall happened early and flattened."),
@@ -173,7 +177,8 @@ _THRESHOLDS = (
 THRESHOLDS: Mapping[str, Threshold] = MappingProxyType({t.name: t for t in _THRESHOLDS})
 
 _CURVE_AND_CLASS = ("lr-too-large", "overfit-capacity", "underfit-capacity", "lr-too-small", "undertrained",
-                    "healthy", "confusable-classes-unresolved", "long-tail-collapse", "label-noise-suspected")
+                    "healthy", "confusable-classes-unresolved", "long-tail-collapse", "label-noise-suspected",
+                    "novel-phrasing-gap", "both-slices-low")
 
 _RULES = (
     Rule(
@@ -290,6 +295,27 @@ _RULES = (
         verdict="long-tail classes collapse: rare classes are recalled far worse than frequent ones",
         moves=("oversample tail", "class weights", "more tail data"),
         source="protocol 2: long-tail share; 3: per-class recall becomes uneven",
+    ),
+    Rule(
+        id="novel-phrasing-gap", scope="class", priority=25, knob_class="capacity", confidence=0.6,
+        when=all_(c("familiar_novel_gap", ">=", "novel_gap_min", required=True),
+                  c("familiar_novel_gap_growth", ">=", "novel_gap_growth_min", required=True),
+                  c("familiar_metric_final", ">=", "familiar_fit_min")),
+        verdict="overfitting evidence: right on phrasing close to the training texts, wrong on new phrasing",
+        moves=("r /2", "lora_dropout up", "more varied training phrasing"),
+        source="founding notes / protocol 3: an overfit model is right on phrasing it has seen and wrong on "
+               "new phrasing (val slices `familiar` vs `novel`)",
+    ),
+    Rule(
+        id="both-slices-low", scope="class", priority=24, knob_class="capacity", confidence=0.5,
+        when=all_(c("familiar_metric_final", "<", "slices_low_max", required=True),
+                  c("novel_metric_final", "<", "slices_low_max", required=True)),
+        verdict="underfitting evidence: even phrasing close to the training texts scores low",
+        moves=("r x2", "+ffn"),
+        caveat="a too-small learning rate looks the same on one curve: run the r x2 vs learning_rate x2 pair "
+               "(protocol 5) before raising rank",
+        source="founding notes / protocol 3: an underfit model fails paraphrases and handles even the "
+               "standard phrasing poorly",
     ),
     Rule(
         id="label-noise-suspected", scope="class", priority=20, knob_class="data", confidence=0.5,

@@ -38,6 +38,8 @@ FIRING = {
     "confusable-classes-unresolved": dict(confused_top_count=6, confused_top_rate=0.5,
                                           confused_pairs_persist_share=1.0),
     "long-tail-collapse": dict(tail_head_count_ratio=10.0, tail_head_recall_gap=0.6, tail_recall=0.1),
+    "novel-phrasing-gap": dict(familiar_novel_gap=0.25, familiar_novel_gap_growth=0.05, familiar_metric_final=0.99),
+    "both-slices-low": dict(familiar_metric_final=0.4, novel_metric_final=0.3),
     "label-noise-suspected": dict(train_confused_symmetric_pairs=2, train_eval_metric_final=0.85,
                                   train_loss_late_drop=0.01),
     "eval-too-noisy": dict(val_metric_se=0.04),

@@ -112,3 +112,37 @@ def test_short_texts_are_never_emptied():
     for kind in PERTURBATIONS:
         for t in ("?", "hi", "ok!"):
             assert perturb(t, kind, rng).strip()
+
+
+def _history(familiar, novel, train_loss=0.01):
+    pts = [{"step": 0, "val/loss": 3.0, "val/macro_f1": 0.02}]
+    for i, (f, n) in enumerate(zip(familiar, novel), start=1):
+        pts.append({"step": 10 * i, "epoch": i, "train/loss": train_loss, "val/loss": 0.7, "val/macro_f1": (f + n) / 2,
+                    "val_familiar/macro_f1": f, "val_novel/macro_f1": n})
+    return pts
+
+
+def test_slice_features_and_rules_read_the_history():
+    from loratune.diagnose import diagnose
+    from loratune.features import compute_features
+
+    overfit = _history([0.90, 0.97, 0.99], [0.75, 0.72, 0.70])
+    f = compute_features(overfit)
+    assert f.get("familiar_novel_gap") == pytest.approx(0.29)
+    assert f.get("familiar_novel_gap_growth") == pytest.approx(0.29 - 0.15)
+    assert diagnose(overfit).fired("novel-phrasing-gap")
+    healthy = _history([0.90, 0.95, 0.97], [0.85, 0.92, 0.94])
+    assert not diagnose(healthy).fired("novel-phrasing-gap")
+    shrinking = _history([0.99, 0.99, 0.99], [0.60, 0.75, 0.85])  # gap 0.14 but closing: learning, not overfitting
+    assert not diagnose(shrinking).fired("novel-phrasing-gap")
+    low = _history([0.30, 0.40, 0.45], [0.20, 0.30, 0.35], train_loss=2.0)
+    assert diagnose(low).fired("both-slices-low")
+
+
+def test_runs_without_slices_do_not_fire_slice_rules():
+    from loratune.diagnose import diagnose
+
+    pts = [{"step": s, "val/loss": 1.0, "val/macro_f1": 0.3, "train/loss": 2.0} for s in (0, 10, 20)]
+    d = diagnose(pts)
+    assert not d.fired("novel-phrasing-gap") and not d.fired("both-slices-low")
+    assert "familiar_novel_gap" in d.features.missing
