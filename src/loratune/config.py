@@ -106,7 +106,13 @@ class TrainConfig:
     early_stopping_threshold: float = _f(0.0, "Minimum val macro-F1 gain that counts as improving.", min=0.0)
     length_grouped_batches: bool = _f(True, "Batch texts of similar length (shuffled within and across buckets) "
                                       "with dynamic padding.")
-    num_threads: int | None = _f(None, "CPU threads for torch; null: all cores.", min=1)
+    num_threads: int | None = _f(None, "CPU threads for torch; null: the cores this process may use "
+                                 "(CPU affinity, capped by a cgroup quota).", min=1)
+    prefix_cache: str = _f("auto", "Frozen-prefix cache. auto: when no adapter (or trained bias) sits in the "
+                           "bottom blocks, compute the states entering the first adapted block once (eval mode, "
+                           "float16), reuse them across runs with the same model, data and max_length, and run "
+                           "only the top blocks (no dropout inside the frozen blocks); off: always the full "
+                           "forward.", choices=("auto", "off"))
     slices: bool = _f(True, "Score validation slices at every evaluation: familiar vs novel phrasing, long vs "
                       "short, compound, confusable classes (val_<slice>/macro_f1 in history.jsonl).")
     robustness_probe: bool = _f(True, "At the end, score validation texts under label-preserving perturbations "
@@ -243,6 +249,8 @@ def build_config(flat: dict[str, Any]) -> RunConfig:
             continue
         section, name = dotted.split(".", 1)
         f = table[dotted]
+        if isinstance(value, bool) and "off" in (f.metadata.get("choices") or ()):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare off / on as a boolean
         hints = get_type_hints(_SECTION_CLASSES[section])
         ok, coerced, allowed = _coerce(value, hints[name])
         if not ok:

@@ -1,0 +1,176 @@
+"""`loratune tune`: the staged tuning autopilot (or grid / random / TPE), resumable, every decision shown."""
+
+from __future__ import annotations
+
+from loratune.commands._common import add_config_args, console, load_cfg
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "tune", help="tune the LoRA configuration by diagnosis (no arguments: MiniLM on the embedded demo, ~15 min)",
+        description="Phase 0 assess, phase 1 capacity (lr grid, minimal-intervention pair, capacity moves), phase 2 "
+                    "optimization, seed noise, rank sweep, LoRA vs full fine-tuning; then the pick is scored once on "
+                    "test and exported. Every trial is a run directory and an Optuna trial; every decision is "
+                    "printed with its evidence and written to <study-dir>/decisions.jsonl.")
+    add_config_args(p)
+    p.add_argument("--budget", help="wall time (15m, 900s, 1h), trials (20trials) or training examples processed "
+                   "(300000ex); default 15m (on --resume: the study's own, unless given)")
+    p.add_argument("--strategy", choices=("protocol", "grid", "random", "tpe"),
+                   help="the staged protocol (default) or an Optuna sampler over the same space (on --resume: "
+                   "the study's own)")
+    p.add_argument("--study-dir", default="runs/tune", help="study folder: study.db, trials/, decisions.jsonl, "
+                   "final/ (default runs/tune)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage as a SQLAlchemy URL (default: "
+                   "sqlite:///<study-dir>/study.db), e.g. postgresql://user@host/db")
+    p.add_argument("--study-name", default="loratune", help="study name inside the storage")
+    p.add_argument("--resume", action="store_true", help="continue the study in --study-dir: finished trials "
+                   "are kept, a trial cut by a killed process is trained again")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed for grid / random / tpe")
+    p.add_argument("--trial-steps", type=int, metavar="N", help="optimizer steps per trial (default: from the budget)")
+    p.add_argument("--target", type=float, metavar="F1", help="the val macro-F1 you need (LoRA vs full decision)")
+    p.add_argument("--no-full-probe", action="store_true", help="skip the full-fine-tuning probe")
+    p.add_argument("--quiet", "-q", action="store_true", help="decisions only, no live status line")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from loratune.config import resolve_key, to_dict
+    from loratune.search.protocol import ProtocolSettings
+    from loratune.search.tune import TuneOptions, tune
+
+    cfg = load_cfg(args)  # validated before anything loads
+    explicit = _explicit_keys(args, resolve_key)
+    flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
+    user_point = {k: flat[k] for k in explicit if k in flat}  # what the user set wins over the assessment
+    settings = ProtocolSettings(target=args.target, full_probe=not args.no_full_probe)
+    opts = TuneOptions(budget=args.budget, strategy=args.strategy, study_dir=args.study_dir, storage=args.storage,
+                       study_name=args.study_name, resume=args.resume, seed=args.seed, trial_steps=args.trial_steps,
+                       explicit_keys=tuple(sorted(explicit)), user_point=user_point, settings=settings)
+    out = console()
+    ui = RichUI(out, live=not args.quiet)
+    out.print(f"[bold]loratune tune[/] --strategy {args.strategy or 'protocol'} --budget {args.budget or '15m'} -> "
+              f"{args.study_dir}" if not args.resume else f"[bold]loratune tune[/] --resume {args.study_dir}")
+    try:
+        summary = tune(cfg, opts, ui)
+    except KeyboardInterrupt:
+        ui.stop()
+        out.print(f"[yellow]interrupted[/]: finished trials are kept; continue with "
+                  f"`loratune tune --resume --study-dir {args.study_dir}`")
+        return 130
+    finally:
+        ui.stop()
+    print_summary(out, summary)
+    return 0 if summary.get("recommendation") else 1
+
+
+def _explicit_keys(args, resolve_key) -> set[str]:
+    keys = set()
+    for item in args.overrides or ():
+        if "=" in item:
+            try:
+                keys.add(resolve_key(item.split("=", 1)[0].strip()))
+            except Exception:
+                pass
+    if args.config:
+        import yaml
+
+        from loratune.config import SECTIONS
+
+        data = yaml.safe_load(open(args.config, encoding="utf-8")) or {}
+        for k, v in data.items():
+            if k in SECTIONS and isinstance(v, dict):
+                keys.update(f"{k}.{kk}" for kk in v)
+            else:
+                try:
+                    keys.add(resolve_key(str(k)))
+                except Exception:
+                    pass
+    return keys
+
+
+class RichUI:
+    """Decisions as they are taken (with evidence) and a live status line: phase, trial, step, best so
+    far, budget left."""
+
+    def __init__(self, out, live: bool = True):
+        self.out = out
+        self.live = live
+        self.status = None
+
+    def _status(self, text: str) -> None:
+        if not self.live:
+            return
+        if self.status is None:
+            self.status = self.out.status(text, spinner="dots")
+            self.status.start()
+        else:
+            self.status.update(text)
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def note(self, text: str) -> None:
+        self.out.print(f"[dim]{text}[/]", markup=True, highlight=False)
+
+    def decision(self, d: dict) -> None:
+        from rich.markup import escape
+
+        trials = ",".join(f"#{t}" for t in d.get("trials", [])[:6])
+        self.out.print(f"[bold cyan]{d['phase']}[/] [bold]{escape(d['verdict'])}[/] -> {escape(d['move'])}"
+                       + (f" [dim]({trials})[/]" if trials else ""))
+        for line in d.get("evidence", [])[:12]:
+            self.out.print(f"    [dim]{escape(str(line))}[/]")
+
+    def _best(self, ctx) -> str:
+        b = ctx.best()
+        return f"best {b.value:.3f} ({b.label})" if b else "best -"
+
+    def trial_start(self, number, spec, ctx) -> None:
+        self.out.print(f"  [green]trial #{number}[/] {spec.name} [dim]({spec.phase}: {spec.purpose})[/]")
+        self._status(f"{spec.phase} · trial #{number} {spec.name} · starting · {self._best(ctx)} · "
+                     f"{ctx.meter.describe_left()}")
+
+    def trial_eval(self, point, ctx) -> None:
+        cur = ctx.current
+        spec = cur.get("spec")
+        f1 = point.get("val/macro_f1")
+        self._status(f"{ctx.phase} · trial #{cur.get('number')} {spec.name if spec else ''} · step "
+                     f"{point.get('step')} · val F1 {f1 if f1 is None else round(f1, 3)} · {self._best(ctx)} · "
+                     f"{ctx.meter.describe_left()}")
+
+    def trial_end(self, rec, ctx) -> None:
+        res = rec.result
+        tag = " (reused from the study)" if rec.reused else ""
+        v = "-" if rec.value is None else f"{rec.value:.3f}"
+        self.out.print(f"  [green]trial #{rec.number}[/] {rec.spec.name}: val macro-F1 {v}, {res.status}, "
+                       f"{res.examples:,} examples, {res.wall_s:.0f}s, diagnosis {res.verdict}{tag}")
+        self._status(f"{ctx.phase} · {self._best(ctx)} · {ctx.meter.describe_left()}")
+
+
+def print_summary(out, s: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"trials ({s['strategy']})")
+    for col in ("#", "name", "phase", "status", "val F1", "examples", "wall s", "step s", "verdict"):
+        t.add_column(col)
+    for row in s["trials"]:
+        t.add_row(str(row["trial"]), row["name"], row["phase"], row["status"],
+                  "-" if row["val_macro_f1"] is None else f"{row['val_macro_f1']:.3f}", f"{row['examples']:,}",
+                  f"{row['wall_s']:.0f}", "-" if not row["mean_step_s"] else f"{row['mean_step_s']:.3f}",
+                  row["verdict"])
+    out.print(t)
+    lvf = s.get("lora_vs_full")
+    if lvf:
+        out.print(f"[bold]LoRA vs full:[/] {lvf['summary']}")
+    rec = s.get("recommendation")
+    if rec:
+        test = (rec.get("test") or {}).get("test/macro_f1")
+        out.print(f"[bold]recommendation:[/] trial #{rec['trial']} {rec['name']}: val macro-F1 "
+                  f"{rec['val_macro_f1']:.4f}" + (f", test macro-F1 {test:.4f}" if test is not None else ""))
+        for k, v in rec.get("files", {}).items():
+            out.print(f"  {k}: {v}")
+    b = s["budget"]
+    out.print(f"budget: spent {b['spent']['wall_s']:.0f}s, {b['spent']['examples']:,} examples, "
+              f"{b['spent']['trials']} trials of {b['budget']['text']}; this session {s.get('wall_s_session', 0):.0f}s")

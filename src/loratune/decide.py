@@ -1,0 +1,219 @@
+"""LoRA or full fine-tuning: a pure decision with the reasons of protocol section 6 (no torch).
+
+The inputs are measured numbers: val macro-F1, trainable parameters, mean optimizer-step time and peak
+memory of LoRA at the chosen rank, of LoRA at the highest rank tried and of a short full-fine-tuning
+probe on the same data and budget, plus the rank sweep's plateau and the noise level. Every reason of
+protocol 6 is evaluated and reported (holds / does not hold / unknown, with its numbers):
+
+- `param-share`: LoRA's trainable parameters reach a significant share of the model (>= 10%) or of the
+  adapted weights (>= 20%) at the highest rank tried;
+- `rank-plateau`: the rank sweep plateaued and the target (when one was given) is not met;
+- `cost-parity`: high-rank LoRA's measured step time or peak memory is close to full fine-tuning's
+  (>= 80%), or the highest rank tried reached the compute-breakeven rank;
+- `performance-gap`: the full-fine-tuning probe beats LoRA by more than the noise;
+- `new-knowledge`: the task needs new knowledge rather than new behaviour (not measurable from a
+  classification curve: reported as unknown).
+
+The choice: full fine-tuning when the probe beats LoRA beyond noise (the evidence the protocol asks
+for); otherwise LoRA, naming which considerations held (they make full fine-tuning worth probing
+longer, not worth choosing on their own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class CostPoint:
+    """One measured configuration."""
+
+    label: str  # "LoRA r=8 (chosen)", "LoRA r=32 (highest rank tried)", "full fine-tuning"
+    method: str  # lora | full
+    r: int | None
+    val_macro_f1: float | None
+    trainable: int | None = None  # trainable parameters (adapter + head for LoRA)
+    adapter: int | None = None  # LoRA parameters only
+    total: int | None = None  # parameters of the whole model
+    adapted_weights: int | None = None  # parameters of the adapted linear weights
+    mean_step_s: float | None = None
+    peak_memory_mb: float | None = None
+    examples: int | None = None
+    trial: int | None = None
+
+    @property
+    def share_total(self) -> float | None:
+        n = self.adapter if self.method == "lora" else self.trainable
+        return n / self.total if n is not None and self.total else None
+
+    @property
+    def share_adapted(self) -> float | None:
+        if self.method != "lora":
+            return None
+        return self.adapter / self.adapted_weights if self.adapter is not None and self.adapted_weights else None
+
+    @classmethod
+    def from_run(cls, label: str, method: str, r: int | None, val_macro_f1: float | None, params: dict,
+                 mean_step_s: float | None, peak_memory_mb: float | None, examples: int | None = None,
+                 trial: int | None = None) -> "CostPoint":
+        return cls(label, method, r, val_macro_f1, params.get("trainable"), params.get("adapter"),
+                   params.get("total"), params.get("adapted_weights"), mean_step_s, peak_memory_mb, examples, trial)
+
+
+@dataclass(frozen=True)
+class DecideThresholds:
+    share_total: float = 0.10  # protocol 6: 10-20% of the model
+    share_adapted: float = 0.20  # ... or of the adapted weights
+    cost_parity: float = 0.80  # LoRA step time or memory at >= 80% of full fine-tuning's
+
+
+@dataclass(frozen=True)
+class DecideInputs:
+    chosen: CostPoint  # LoRA at the chosen rank
+    highest: CostPoint | None  # LoRA at the highest rank tried (may be the chosen one)
+    full: CostPoint | None  # the full-fine-tuning probe (None: not run)
+    noise: float  # differences below this are noise (points of val macro-F1)
+    noise_source: str = ""
+    plateau: bool | None = None  # the rank sweep plateaued
+    plateau_detail: str = ""
+    target: float | None = None  # the val macro-F1 the user needs, when given
+    breakeven_r: int | None = None  # rank where LoRA reaches a third of the adapted weights
+    new_knowledge: bool | None = None
+
+
+@dataclass(frozen=True)
+class Reason:
+    id: str
+    holds: bool | None  # None: unknown (not measured)
+    text: str
+    evidence: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoraVsFull:
+    choice: str  # lora | full
+    summary: str
+    reasons: tuple[Reason, ...]
+    table: tuple[dict, ...]
+
+    def to_dict(self) -> dict:
+        return {"choice": self.choice, "summary": self.summary, "reasons": [asdict(r) for r in self.reasons],
+                "table": list(self.table)}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _pct(x: float | None) -> str:
+    return "?" if x is None else f"{x:.1%}"
+
+
+def param_share(inp: DecideInputs, t: DecideThresholds) -> Reason:
+    p = inp.highest or inp.chosen
+    st, sa = p.share_total, p.share_adapted
+    if st is None and sa is None:
+        return Reason("param-share", None, "parameter counts unknown")
+    holds = (st is not None and st >= t.share_total) or (sa is not None and sa >= t.share_adapted)
+    text = (f"{p.label}: LoRA parameters are {_pct(st)} of the model (threshold {t.share_total:.0%}) and "
+            f"{_pct(sa)} of the adapted weights (threshold {t.share_adapted:.0%})")
+    return Reason("param-share", holds, text, {"share_total": st, "share_adapted": sa, "r": p.r,
+                                               "threshold_total": t.share_total,
+                                               "threshold_adapted": t.share_adapted})
+
+
+def rank_plateau(inp: DecideInputs) -> Reason:
+    if inp.plateau is None:
+        return Reason("rank-plateau", None, "no rank sweep to judge a plateau" +
+                      (f" ({inp.plateau_detail})" if inp.plateau_detail else ""))
+    best = inp.chosen.val_macro_f1
+    if not inp.plateau:
+        return Reason("rank-plateau", False, f"the rank sweep had not plateaued: {inp.plateau_detail}",
+                      {"target": inp.target})
+    if inp.target is None:
+        return Reason("rank-plateau", None, f"the rank sweep plateaued ({inp.plateau_detail}); no target was "
+                      "given, so whether it is met is unknown (pass --target)", {"target": None})
+    unmet = best is None or best < inp.target
+    return Reason("rank-plateau", unmet, f"the rank sweep plateaued ({inp.plateau_detail}); best val macro-F1 "
+                  f"{best if best is not None else float('nan'):.3f} vs target {inp.target:.3f}: "
+                  f"{'not met' if unmet else 'met'}", {"target": inp.target, "best": best})
+
+
+def cost_parity(inp: DecideInputs, t: DecideThresholds) -> Reason:
+    hi, full = inp.highest or inp.chosen, inp.full
+    past_breakeven = inp.breakeven_r is not None and hi.r is not None and hi.r >= inp.breakeven_r
+    be = (f"; compute-breakeven rank {inp.breakeven_r} (LoRA = a third of the adapted weights), highest rank "
+          f"tried {hi.r}" if inp.breakeven_r else "")
+    if full is None:
+        return Reason("cost-parity", True if past_breakeven else None,
+                      "no full-fine-tuning probe: step time and memory not compared" + be,
+                      {"breakeven_r": inp.breakeven_r, "highest_r": hi.r})
+    st, mem = _ratio(hi.mean_step_s, full.mean_step_s), _ratio(hi.peak_memory_mb, full.peak_memory_mb)
+    if st is None and mem is None and not past_breakeven:
+        return Reason("cost-parity", None, "step time and memory not measured" + be)
+    holds = past_breakeven or (st is not None and st >= t.cost_parity) or (mem is not None and mem >= t.cost_parity)
+    text = (f"{hi.label}: step {hi.mean_step_s or float('nan'):.3f}s vs {full.mean_step_s or float('nan'):.3f}s for "
+            f"full fine-tuning ({_pct(st)}), peak memory {hi.peak_memory_mb or float('nan'):.0f} MB vs "
+            f"{full.peak_memory_mb or float('nan'):.0f} MB ({_pct(mem)}); parity threshold {t.cost_parity:.0%}" + be)
+    return Reason("cost-parity", holds, text, {"step_time_ratio": st, "memory_ratio": mem,
+                                               "breakeven_r": inp.breakeven_r, "highest_r": hi.r,
+                                               "threshold": t.cost_parity})
+
+
+def performance_gap(inp: DecideInputs) -> Reason:
+    full, lora = inp.full, inp.chosen
+    if full is None or full.val_macro_f1 is None or lora.val_macro_f1 is None:
+        return Reason("performance-gap", None, "no full-fine-tuning probe result to compare")
+    gap = full.val_macro_f1 - lora.val_macro_f1
+    holds = gap > inp.noise
+    if holds:
+        verdict = "full fine-tuning is better beyond noise"
+    elif gap < -inp.noise:
+        verdict = "LoRA is better beyond noise"
+    else:
+        verdict = "the difference is within noise"
+    text = (f"full-fine-tuning probe val macro-F1 {full.val_macro_f1:.3f} vs LoRA {lora.val_macro_f1:.3f}: "
+            f"gap {gap:+.3f}, noise {inp.noise:.3f} ({inp.noise_source or 'noise'}): {verdict}")
+    return Reason("performance-gap", holds, text, {"gap": gap, "noise": inp.noise, "full": full.val_macro_f1,
+                                                   "lora": lora.val_macro_f1})
+
+
+def new_knowledge(inp: DecideInputs) -> Reason:
+    if inp.new_knowledge is None:
+        return Reason("new-knowledge", None, "not assessed: whether the task needs new knowledge (code, math, deep "
+                      "domain shift) rather than new behaviour is not visible in classification curves")
+    return Reason("new-knowledge", inp.new_knowledge, "the task needs new knowledge" if inp.new_knowledge
+                  else "the task needs new behaviour, not new knowledge")
+
+
+def cost_table(inp: DecideInputs) -> tuple[dict, ...]:
+    rows = []
+    points = [inp.chosen] + [p for p in (inp.highest, inp.full) if p is not None and p is not inp.chosen]
+    full = inp.full
+    for p in points:
+        rows.append({"label": p.label, "method": p.method, "r": p.r, "trial": p.trial,
+                     "val_macro_f1": p.val_macro_f1, "trainable": p.trainable, "adapter": p.adapter,
+                     "share_total": p.share_total, "share_adapted": p.share_adapted,
+                     "mean_step_s": p.mean_step_s, "peak_memory_mb": p.peak_memory_mb, "examples": p.examples,
+                     "step_time_vs_full": _ratio(p.mean_step_s, full.mean_step_s) if full else None,
+                     "memory_vs_full": _ratio(p.peak_memory_mb, full.peak_memory_mb) if full else None})
+    return tuple(rows)
+
+
+def decide(inp: DecideInputs, thresholds: DecideThresholds = DecideThresholds()) -> LoraVsFull:
+    reasons = (param_share(inp, thresholds), rank_plateau(inp), cost_parity(inp, thresholds),
+               performance_gap(inp), new_knowledge(inp))
+    by_id = {r.id: r for r in reasons}
+    considered = [r.id for r in reasons if r.holds and r.id != "performance-gap"]
+    gap = by_id["performance-gap"]
+    if gap.holds:
+        choice = "full"
+        summary = (f"full fine-tuning: {gap.text}" + (f"; also: {', '.join(considered)}" if considered else
+                                                         "; no other protocol-6 reason held"))
+    else:
+        choice = "lora"
+        why = gap.text if gap.holds is not None else "no full-fine-tuning probe was run"
+        extra = (f"; full fine-tuning is worth a longer probe because {', '.join(considered)} held" if considered
+                 else "; no protocol-6 reason for full fine-tuning held")
+        summary = f"LoRA: {why}{extra}"
+    return LoraVsFull(choice, summary, reasons, cost_table(inp))

@@ -1,0 +1,365 @@
+"""Frozen-prefix cache: run the frozen bottom of the model once, then train and score only the top.
+
+When no trainable parameter lives in the embeddings or in blocks 0..k-1 (the adapter sits in the top
+blocks only: `layers_to_transform: top:K`, or every target written `group@top:K`, with bias=none), the
+hidden states entering block k depend on nothing but the frozen weights and the token ids. They are
+computed once, with the model in eval mode (no dropout) under inference mode, rounded to float16 and
+kept; every later forward pass (training steps and evaluation alike) feeds them to the model in place
+of its embedding module and runs only blocks k..L-1, the pooler and the head, with the model's own
+code for the attention mask and the pooling. Backward never went below block k anyway, so the saving
+is the forward pass of the embeddings and the k bottom blocks at every step.
+
+The states are keyed by (architecture, k, a hash of the frozen weights, a hash of the token ids), so
+the same base model, data, tokenizer and max_length hit the same entry: the trials of a sweep in one
+process share it. Entries live in memory up to `MEMORY_BUDGET_MB` in all (least recently used go
+first); one larger than `DISK_ENTRY_MB` is written under `$LORATUNE_CACHE_DIR/prefix` (default
+`~/.cache/loratune/prefix`) while it is computed, and read back memory-mapped (found there by later
+processes too).
+
+What it changes against the normal path: no dropout inside the frozen part (embeddings and blocks
+0..k-1) during training, and the states entering block k carry float16 rounding (relative error
+about 5e-4). Dropout in the trained blocks, in LoRA and in the head is untouched.
+
+Architectures: those in `SPLICE_TABLE`, whose embedding module's output is the first block's input.
+Others (and full fine-tuning, or an adapter in block 0) take the normal path; `attach` says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+# model_type -> (embedding module, block list), dotted paths inside the backbone (`model.base_model`
+# of the transformers model). The embedding module's output must be block 0's input, untouched.
+_BERT = ("embeddings", "encoder.layer")
+SPLICE_TABLE: dict[str, tuple[str, str]] = {
+    "bert": _BERT,
+    "roberta": _BERT,
+    "xlm-roberta": _BERT,
+    "camembert": _BERT,
+    "distilbert": ("embeddings", "transformer.layer"),
+    "llama": ("embed_tokens", "layers"),
+}
+MEMORY_BUDGET_MB = float(os.environ.get("LORATUNE_PREFIX_CACHE_MB", 1024))  # all in-memory entries
+DISK_ENTRY_MB = 256.0  # an entry larger than this goes to disk (memory-mapped)
+STORE_DTYPE = np.float16
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LORATUNE_CACHE_DIR", Path.home() / ".cache" / "loratune")) / "prefix"
+
+
+# ----------------------------------------------------------------------------------------------
+# stored states: one flat [tokens, hidden] array + row offsets (no padding stored)
+
+
+@dataclass
+class PrefixStates:
+    """Hidden states entering the first trained block, for every row of one encoded split.
+
+    values: float16 [sum of row lengths, hidden] (in memory or memory-mapped); offsets: int64 [n + 1],
+    row i's states are values[offsets[i]:offsets[i + 1]].
+    """
+
+    values: np.ndarray
+    offsets: np.ndarray
+    on_disk: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.on_disk else int(self.values.nbytes)
+
+    def padded(self, rows, longest: int) -> torch.Tensor:
+        """States of `rows`, right-padded with zeros to `longest`: float16 [len(rows), longest, hidden]."""
+        rows = np.asarray(rows, dtype=np.int64)
+        start = self.offsets[rows]
+        length = self.offsets[rows + 1] - start
+        pos = np.arange(longest)
+        valid = pos[None, :] < length[:, None]  # [b, longest]
+        flat = np.where(valid, start[:, None] + pos[None, :], 0)
+        out = np.asarray(self.values[flat.reshape(-1)]).reshape(len(rows), longest, -1)
+        out[~valid] = 0  # padded positions are masked out as keys and never pooled
+        return torch.from_numpy(out)
+
+
+_MEMORY: OrderedDict[str, PrefixStates] = OrderedDict()  # key -> states, least recently used first
+
+
+def clear() -> None:
+    """Forget the in-process entries (disk entries stay)."""
+    _MEMORY.clear()
+
+
+def _remember(key: str, states: PrefixStates) -> None:
+    _MEMORY[key] = states
+    _MEMORY.move_to_end(key)
+    budget = MEMORY_BUDGET_MB * 2**20
+    while len(_MEMORY) > 1 and sum(s.nbytes for s in _MEMORY.values()) > budget:
+        _MEMORY.popitem(last=False)
+
+
+def _load_disk(key: str) -> PrefixStates | None:
+    folder = cache_dir()
+    values, offsets = folder / f"{key}.values.npy", folder / f"{key}.offsets.npy"
+    if not values.is_file() or not offsets.is_file():
+        return None
+    try:
+        return PrefixStates(np.load(values, mmap_mode="r"), np.load(offsets), on_disk=True)
+    except (OSError, ValueError):  # a damaged file: recompute
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# splicing the cached states into the model
+
+
+class _CachedInput(nn.Module):
+    """Stands in for the embedding module during a cached forward: returns the batch's states."""
+
+    def __init__(self):
+        super().__init__()
+        self.states: torch.Tensor | None = None
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.states
+
+
+class _Captured(Exception):
+    def __init__(self, hidden: torch.Tensor):
+        self.hidden = hidden
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _parent(module: nn.Module, path: str) -> tuple[nn.Module, str]:
+    head, _, name = path.rpartition(".")
+    return (_get(module, head) if head else module), name
+
+
+class Splice:
+    """The model with its bottom k blocks cut off: `feed(states)` makes the next forward start at block k.
+
+    Swapping is two attribute assignments per call, undone on exit, so the model's structure (and its
+    state dict, saving, the normal forward) is untouched outside the `with` block.
+    """
+
+    def __init__(self, model: nn.Module, model_type: str, first_layer: int):
+        embed_path, blocks_path = SPLICE_TABLE[model_type]
+        backbone = _backbone(model)
+        self.model = model
+        self.k = first_layer
+        self.embed_parent, self.embed_name = _parent(backbone, embed_path)
+        self.embed = getattr(self.embed_parent, self.embed_name)
+        self.blocks_parent, self.blocks_name = _parent(backbone, blocks_path)
+        self.blocks = getattr(self.blocks_parent, self.blocks_name)
+        self.top = nn.ModuleList(list(self.blocks)[first_layer:])
+        self.stub = _CachedInput()
+
+    @contextlib.contextmanager
+    def feed(self, states: torch.Tensor):
+        """Inside: model(**batch) runs blocks k.. on `states` [batch, longest, hidden] (the batch's ids
+        and mask are still passed: masks, positions and decoder pooling come from them)."""
+        self.stub.states = states
+        setattr(self.embed_parent, self.embed_name, self.stub)
+        setattr(self.blocks_parent, self.blocks_name, self.top)
+        try:
+            yield
+        finally:
+            setattr(self.embed_parent, self.embed_name, self.embed)
+            setattr(self.blocks_parent, self.blocks_name, self.blocks)
+            self.stub.states = None
+
+    def prefix_modules(self) -> list[nn.Module]:
+        return [self.embed, *list(self.blocks)[: self.k]]
+
+    @torch.inference_mode()
+    def capture(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The hidden states entering block k for one padded batch: [batch, longest, hidden].
+        Runs the model's own forward and stops it at block k's input."""
+        def stop(module, args, kwargs):
+            hidden = args[0] if args else next(kwargs[n] for n in ("hidden_states", "hidden_state", "x")
+                                               if n in kwargs)
+            raise _Captured(hidden)
+
+        handle = self.blocks[self.k].register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            self.model(**batch)
+        except _Captured as got:
+            return got.hidden
+        finally:
+            handle.remove()
+        raise RuntimeError(f"block {self.k} was never reached")
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    """The transformers backbone (BertModel, LlamaModel) under a peft wrapper and a task head."""
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(hf, hf.base_model_prefix, hf)
+
+
+def _hf_model(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def first_trained_layer(model: nn.Module, model_type: str) -> int:
+    """Index of the lowest block holding a trainable parameter (0 when the embeddings train too);
+    the number of blocks when none trains."""
+    embed_path, blocks_path = SPLICE_TABLE[model_type]
+    backbone = _backbone(model)
+    if any(p.requires_grad for p in _get(backbone, embed_path).parameters()):
+        return 0
+    blocks = _get(backbone, blocks_path)
+    for i, block in enumerate(blocks):
+        if any(p.requires_grad for p in block.parameters()):
+            return i
+    return len(blocks)
+
+
+# ----------------------------------------------------------------------------------------------
+# keys and building
+
+
+def _weights_hash(modules: list[nn.Module]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for i, mod in enumerate(modules):
+        for name, t in mod.state_dict().items():
+            t = t.detach().contiguous().cpu()
+            h.update(f"{i}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _ids_hash(ids: list[list[int]]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids)).tobytes())
+    h.update(np.fromiter((t for x in ids for t in x), dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def build(splice: Splice, ids: list[list[int]], make_batch: Callable, plan: Callable,
+          path: Path | None = None) -> PrefixStates:
+    """Run the frozen prefix over every row (the batches `plan(lengths)` gives, eval mode) into one
+    flat array; written straight into a memory-mapped file at `path` when given (bounded memory)."""
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    hf = _hf_model(splice.model)
+    was_training = hf.training
+    hf.eval()  # no dropout in the frozen part
+    values = None
+    tmp = None
+    try:
+        for rows in plan(lengths):
+            hidden = splice.capture(make_batch([ids[i] for i in rows]))  # [b, longest, hidden]
+            hidden = hidden.float().cpu().numpy().astype(STORE_DTYPE)
+            if values is None:
+                shape = (int(offsets[-1]), hidden.shape[-1])
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+                    values = np.lib.format.open_memmap(tmp, mode="w+", dtype=STORE_DTYPE, shape=shape)
+                else:
+                    values = np.empty(shape, dtype=STORE_DTYPE)
+            for j, row in enumerate(rows):
+                values[offsets[row]:offsets[row + 1]] = hidden[j, : lengths[row]]
+    finally:
+        hf.train(was_training)
+    if values is None:  # an empty split
+        values = np.zeros((0, 1), dtype=STORE_DTYPE)
+    if tmp is not None:
+        values.flush()
+        del values
+        os.replace(tmp, path)
+        return PrefixStates(np.load(path, mmap_mode="r"), offsets, on_disk=True)
+    return PrefixStates(values, offsets)
+
+
+def _save_offsets(key: str, offsets: np.ndarray) -> None:
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{key}.offsets.npy.tmp-{os.getpid()}.npy"
+    np.save(tmp, offsets)
+    os.replace(tmp, folder / f"{key}.offsets.npy")
+
+
+# ----------------------------------------------------------------------------------------------
+# the entry point used by the training loop
+
+
+class Feed:
+    """What an encoded split carries when its prefix is cached: `with feed(rows, longest, device):`
+    around `model(**batch)` makes that forward start at the first trained block, on the cached states
+    of `rows` padded to the batch's `longest` (shapes match the collated ids and mask)."""
+
+    def __init__(self, splice: Splice, states: PrefixStates):
+        self.splice = splice
+        self.states = states
+
+    @contextlib.contextmanager
+    def __call__(self, rows, longest: int, device: torch.device):
+        dtype = next(p for p in self.splice.top.parameters()).dtype
+        states = self.states.padded(rows, longest).to(device=device, dtype=dtype)
+        with self.splice.feed(states):
+            yield
+
+
+def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: Callable, plan: Callable) -> dict:
+    """Give each encoded split (objects with `.ids` and a `.prefix` slot) a `Feed` when the prefix
+    cache applies; returns the note for run.json (`used`, and why not or what was cached).
+    make_batch(id lists) -> model inputs; plan(lengths) -> batches of row indices for the build."""
+    if mode == "off":
+        return {"used": False, "reason": "train.prefix_cache is off"}
+    if method != "lora":
+        return {"used": False, "reason": f"adapter.method={method} trains every layer"}
+    model_type = getattr(_hf_model(model).config, "model_type", "")
+    if model_type not in SPLICE_TABLE:
+        return {"used": False, "reason": f"model_type '{model_type}' is not supported by the prefix cache "
+                                          f"(supported: {', '.join(SPLICE_TABLE)}); normal forward path"}
+    k = first_trained_layer(model, model_type)
+    if k == 0:
+        return {"used": False, "reason": "the adapter (or a trained bias/embedding) touches block 0: "
+                                         "nothing below it is frozen"}
+    n_blocks = len(_get(_backbone(model), SPLICE_TABLE[model_type][1]))
+    if k >= n_blocks:
+        return {"used": False, "reason": "no block trains (head only); normal forward path"}
+    splice = Splice(model, model_type, k)
+    t0 = time.perf_counter()
+    weights = _weights_hash(splice.prefix_modules())
+    hits, built, disk, total = 0, 0, 0, 0
+    for enc in splits:
+        key = hashlib.blake2b(f"{model_type}|{k}|{np.dtype(STORE_DTYPE).name}|{weights}|{_ids_hash(enc.ids)}"
+                              .encode(), digest_size=16).hexdigest()
+        states = _MEMORY.get(key) or _load_disk(key)
+        if states is not None:
+            hits += 1
+        else:
+            n_tokens = sum(len(x) for x in enc.ids)
+            hidden = getattr(_hf_model(model).config, "hidden_size", 0) or 0
+            big = n_tokens * hidden * np.dtype(STORE_DTYPE).itemsize > DISK_ENTRY_MB * 2**20
+            if big:
+                _save_offsets(key, np.concatenate([[0], np.cumsum([len(x) for x in enc.ids])]).astype(np.int64))
+            states = build(splice, enc.ids, make_batch, plan,
+                           path=cache_dir() / f"{key}.values.npy" if big else None)
+            built += 1
+        _remember(key, states)
+        disk += int(states.on_disk)
+        total += int(states.values.nbytes)
+        enc.prefix = Feed(splice, states)
+    return {"used": True, "first_layer": k, "skipped_layers": k, "dtype": np.dtype(STORE_DTYPE).name,
+            "splits_reused": hits, "splits_built": built, "splits_on_disk": disk,
+            "mb": round(total / 2**20, 1), "setup_s": round(time.perf_counter() - t0, 3),
+            "note": "no dropout inside the frozen embeddings and blocks below first_layer"}

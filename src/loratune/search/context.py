@@ -1,0 +1,259 @@
+"""What every search strategy shares: running trials through a store, a runner and a budget, and
+recording decisions. (The protocol's stages and the yardstick samplers are both written on top.)
+
+`SearchContext.run(spec)`:
+1. a finished trial with the same config point in the study (a resumed study) is reused: its
+   recorded cost is charged again, so the budget is where it was when that trial first finished;
+2. otherwise, when the estimated cost (from the trials measured so far) fits what is left after the
+   reservation for later stages, the trial is trained under a `Watch` (pruning, budget stop) and
+   recorded in the study as it finishes;
+3. otherwise None: the caller records why it did not run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from loratune.search.budget import Cost, CostModel, Meter, format_amount
+from loratune.search.prune import PruneSettings
+from loratune.search.runner import Watch
+from loratune.search.trial import TrialRecord, TrialResult, TrialSpec, short_name
+
+
+class Runner(Protocol):
+    def run(self, spec: TrialSpec, run_dir: Path, watch: Watch | None = None) -> TrialResult: ...
+
+    def compare(self, run_dirs: Sequence[str]) -> dict | None: ...
+
+    def evaluate(self, run_dir: str, split: str = "test") -> dict: ...
+
+
+class UI:
+    """Live progress hooks (the CLI renders them with rich; tests and benches use this silent one)."""
+
+    def decision(self, d: dict) -> None: ...
+
+    def trial_start(self, number: int, spec: TrialSpec, ctx: "SearchContext") -> None: ...
+
+    def trial_eval(self, point: dict, ctx: "SearchContext") -> None: ...
+
+    def trial_end(self, rec: TrialRecord, ctx: "SearchContext") -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+
+class MemoryStore:
+    """A study store without Optuna or files (tests, dry benches): same methods as `study.Study`."""
+
+    def __init__(self, root: str | Path = "mem", decisions_path: str | Path | None = None):
+        from loratune.search.study import DecisionLog
+
+        self.dir = Path(root)
+        self._records: list[TrialRecord] = []
+        self._n = 0
+        self.decisions = DecisionLog(Path(decisions_path)) if decisions_path else _ListLog()
+        self.recovered: list[dict] = []
+
+    def records(self) -> list[TrialRecord]:
+        return list(self._records)
+
+    def finished_by_key(self) -> dict[str, TrialRecord]:
+        out: dict[str, TrialRecord] = {}
+        for r in self._records:
+            out.setdefault(r.key, r)
+        return out
+
+    def start(self, spec: TrialSpec, trial=None):
+        n = self._n
+        self._n += 1
+        return n, self.dir / "trials" / f"{n:02d}-{spec.name}"
+
+    def finish(self, trial, spec: TrialSpec, run_dir: Path, result: TrialResult) -> TrialRecord:
+        rec = TrialRecord(int(trial), spec, str(run_dir), result)
+        self._records.append(rec)
+        return rec
+
+    def fail(self, trial, reason: str) -> None:
+        pass
+
+
+class _ListLog:
+    def __init__(self):
+        self.entries: list[dict] = []
+
+    def append(self, decision: dict) -> dict:
+        self.entries.append(decision)
+        return decision
+
+
+@dataclass
+class SearchContext:
+    store: Any  # study.Study or MemoryStore
+    runner: Runner
+    meter: Meter
+    trial_examples: int  # training examples one full-length trial processes
+    trial_steps: int = 0  # its optimizer steps (points with their own train.max_steps scale from it)
+    base_point: dict[str, Any] = field(default_factory=dict)  # the start point (names are diffs from it)
+    costs: CostModel = field(default_factory=CostModel)
+    ui: UI = field(default_factory=UI)
+    prune: PruneSettings = field(default_factory=PruneSettings)
+    noise_floor: float = 0.005  # 0.5 point: the smallest difference that ever counts (protocol 6)
+    finish_rows: int = 0  # test rows scored at the end (wall budgets keep time back for them)
+    finish_base_s: float = 15.0  # plus exporting the adapter and writing the summary
+    records: list[TrialRecord] = field(default_factory=list)  # trials of this search, in the order asked
+    state: dict[str, Any] = field(default_factory=dict)  # what stages learned (incumbent, noise, ...)
+    current: dict[str, Any] = field(default_factory=dict)  # the running trial (for progress)
+    phase: str = ""
+    _seq: int = 0
+
+    # ------------------------------------------------------------------ trials
+    def spec(self, point: dict, phase: str, purpose: str = "") -> TrialSpec:
+        return TrialSpec(short_name(point, self.base_point), phase, dict(point), purpose)
+
+    def estimate(self, point: dict) -> Cost:
+        examples = self.trial_examples
+        if self.trial_steps and point.get("train.max_steps"):
+            examples = int(examples * int(point["train.max_steps"]) / self.trial_steps)
+        return self.costs.estimate(examples, point.get("adapter.method", "lora"))
+
+    def run(self, spec: TrialSpec, *, reserve: Cost = Cost(), prune: bool = True, trial=None,
+            reuse: bool = True) -> TrialRecord | None:
+        self.phase = spec.phase
+        mine = next((r for r in self.records if r.key == spec.key), None) if reuse else None
+        if mine is not None:
+            return mine  # asked again in this search (e.g. the pair's lr arm is an lr-grid trial): free
+        done = self.store.finished_by_key().get(spec.key) if reuse else None
+        if done is not None:
+            rec = TrialRecord(done.number, done.spec, done.run_dir, done.result, reused=True)
+            self._account(rec, f"{rec.label} (reused from the study)")
+            self.records.append(rec)
+            self.ui.trial_end(rec, self)
+            return rec
+        # the first trial of its length always starts while budget is left (its deadline bounds it): a
+        # study without one full-length trial has nothing to recommend
+        steps = spec.point.get("train.max_steps")
+        first = not any(r.point.get("train.max_steps") == steps for r in self.records) and not self.meter.exhausted()
+        if not first and not self.meter.fits(self.estimate(spec.point), reserve):
+            return None
+        handle, run_dir = self.store.start(spec, trial)
+        number = handle if isinstance(handle, int) else handle.number
+        self.current = {"number": number, "spec": spec, "last": None}
+        watch = Watch(references=self.references(spec), settings=self.prune, budget_stop=self._budget_stop,
+                      on_eval=lambda p: self._on_eval(handle, p), prune=prune,
+                      time_limit=self._time_limit if self.meter.budget.kind == "wall_s" else None)
+        self.ui.trial_start(number, spec, self)
+        try:
+            result = self.runner.run(spec, run_dir, watch)
+        except KeyboardInterrupt:
+            self.store.fail(handle, "interrupted by the user; trained again on --resume")
+            raise
+        rec = self.store.finish(handle, spec, run_dir, result)
+        self.current = {}
+        self._account(rec, rec.label)
+        self.records.append(rec)
+        self.ui.trial_end(rec, self)
+        return rec
+
+    def _account(self, rec: TrialRecord, label: str) -> None:
+        r = rec.result
+        self.meter.charge(Cost(r.wall_s, r.examples, 1), label)
+        self.costs.observe(rec.point.get("adapter.method", "lora"), r.wall_s, r.examples)
+        # scoring a row costs about a third of training on it (forward only): keep that time back
+        self.meter.reserve_s = self.finish_base_s + self.costs.seconds_per_example("lora") * self.finish_rows / 3
+
+    def _on_eval(self, handle, point: dict) -> None:
+        self.current["last"] = point
+        v = point.get("val/macro_f1")
+        if v is not None and hasattr(handle, "report") and point.get("step", 0) > 0:
+            try:
+                handle.report(float(v), int(point["step"]))
+            except Exception:
+                pass  # intermediate values are a convenience for dashboards
+        self.ui.trial_eval(point, self)
+
+    def _time_limit(self, trial_wall_s: float, examples_seen: int) -> float:
+        """Seconds the running trial may take in all: what is left of a wall budget, after keeping back
+        the time to score test at the slower of the measured and the running trial's pace."""
+        if examples_seen > 0 and trial_wall_s > 0:
+            live = trial_wall_s / examples_seen
+            spe = max(live, self.costs.seconds_per_example("lora"))
+            self.meter.reserve_s = max(self.meter.reserve_s, self.finish_base_s + spe * self.finish_rows / 3)
+        return max(0.0, self.meter.left)
+
+    def _budget_stop(self, trial_wall_s: float, examples_seen: int) -> str | None:
+        b = self.meter.budget
+        if b.kind == "wall_s" and trial_wall_s > self.meter.left:
+            return (f"budget: the wall-time budget ran out mid-trial ({format_amount('wall_s', trial_wall_s)} into "
+                    f"the trial, {self.meter.describe_left()} before it)")
+        if b.kind == "examples" and examples_seen > self.meter.left:
+            return f"budget: the training-examples budget ran out mid-trial ({examples_seen:,} examples in)"
+        return None
+
+    def references(self, spec: TrialSpec) -> list[tuple[str, tuple]]:
+        """Finished trials a running one is compared with: same method and trial length."""
+        method, steps = spec.point.get("adapter.method", "lora"), spec.point.get("train.max_steps")
+        out = []
+        for r in self.records:
+            same = r.point.get("adapter.method", "lora") == method and r.point.get("train.max_steps") == steps
+            if same and r.result.ok and r.result.curve:
+                if r.result.status in ("completed", "pruned"):
+                    out.append((r.label, r.result.curve))
+        return out
+
+    # ------------------------------------------------------------------ reading results
+    def best(self, records: Sequence[TrialRecord] | None = None) -> TrialRecord | None:
+        rs = [r for r in (self.records if records is None else records) if r.value is not None]
+        return max(rs, key=lambda r: (r.value, -r.number)) if rs else None
+
+    def noise(self) -> tuple[float, str]:
+        """The difference below which two trials are not told apart: max(0.5 pt, 2 x seed sigma) once
+        seeds were run (protocol 6); before that sqrt(2) x the binomial SE of the incumbent's val metric."""
+        sigma = self.state.get("seed_sigma")
+        if sigma is not None:
+            n = len(self.state.get("seed_values", ()))
+            v = max(self.noise_floor, 2 * sigma)
+            return v, f"max({self.noise_floor:g}, 2 x seed sigma {sigma:.4f} over {n} seeds)"
+        inc = self.state.get("incumbent") or self.best()
+        se = inc.result.feature("val_metric_se") if inc else None
+        if se:
+            v = max(self.noise_floor, math.sqrt(2) * se)
+            return v, (f"no seed runs yet: max({self.noise_floor:g}, sqrt(2) x binomial SE {se:.4f} of the val "
+                       f"metric)")
+        return self.noise_floor, f"floor {self.noise_floor:g} (no seed runs, no val SE)"
+
+    # ------------------------------------------------------------------ decisions
+    def decide(self, phase: str, kind: str, verdict: str, move: str, evidence: Sequence[str] | str = (),
+               trials: Sequence[TrialRecord | int] = (), data: dict | None = None) -> dict:
+        d = {"seq": self._seq, "phase": phase, "kind": kind,
+             "trials": [t if isinstance(t, int) else t.number for t in trials],
+             "verdict": verdict, "move": move,
+             "evidence": [evidence] if isinstance(evidence, str) else list(evidence),
+             "data": data or {}, "budget": {"spent": self.meter.spent.to_dict(),
+                                            "left": self.meter.describe_left()}}
+        self._seq += 1
+        self.store.decisions.append(d)
+        self.ui.decision(d)
+        return d
+
+    @property
+    def decisions(self) -> list[dict]:
+        return list(self.store.decisions.entries)
+
+
+def seed_sigma(values: Sequence[float]) -> float | None:
+    return statistics.stdev(values) if len(values) >= 2 else None
+
+
+def with_(point: dict, **changes: Any) -> dict:
+    """A copy of a point with dotted keys changed (`with_(p, **{"adapter.r": 16})`)."""
+    out = dict(point)
+    out.update(changes)
+    return out
+
+
+def fmt_f1(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"

@@ -1,0 +1,978 @@
+"""The staged tuning autopilot: protocol sections 2-6 as a composition of stages.
+
+    phase 0  start config + capacity ceiling from `loratune assess`          (start_config)
+             the lr centre from quarter-length probes, x4 steps                (stage_lr_probe)
+    phase 1  the start config on a coarse lr grid {1, 2, 0.5} x centre         (stage_lr_grid)
+             capacity verdict; ambiguous slow learning -> the minimal-          (stage_capacity)
+             intervention pair (only lr x2, only r x2); capacity moves one
+             knob at a time from the best so far
+    phase 2  lr in x2 steps, scale s 2 -> 4 when lr barely moves the loss,    (stage_phase2)
+             dropout / weight decay against overfitting, early stopping
+    noise    the incumbent on 3 seeds: sigma, the plateau threshold            (stage_seeds)
+    sweep    rank x4 with rsLoRA up to the ceiling / compute breakeven         (stage_rank_sweep)
+             the same point on every linear layer (all-linear)                 (stage_target_sweep)
+    full     a full-fine-tuning probe, same data and budget; LoRA vs full     (stage_full_probe)
+
+Each stage reads what earlier ones fixed (the incumbent, like Optuna's PartialFixedSampler fixes the
+winners of a stage) from `ctx.state`, runs trials through `ctx.run` and records every decision with
+its evidence through `ctx.decide`. Stages never train directly and never read a clock: with a scripted
+runner (tests) the whole path runs in milliseconds, and a resumed study replays it from the finished
+trials to the same point.
+
+When the budget is short, stages are cut by priority (`STAGE_PLAN`): before a trial of a stage, the
+estimated cost of the higher-priority stages still to come is held back, so the lr grid, the
+full-fine-tuning probe, the seeds and the rank and target sweeps get their trials before optional moves do.
+Seed instability (protocol 4) lowers the lr when the lr /2 trial is within noise of the incumbent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from loratune.search.budget import Cost, format_amount
+from loratune.search.context import SearchContext, fmt_f1, seed_sigma, with_
+from loratune.search.space import alpha_for, scale_of, targets_text
+from loratune.search.trial import TrialRecord
+
+LR = "train.learning_rate"
+R = "adapter.r"
+ALPHA = "adapter.lora_alpha"
+TARGETS = "adapter.target_modules"
+LAYERS = "adapter.layers_to_transform"
+DROPOUT = "adapter.lora_dropout"
+WD = "train.weight_decay"
+RSLORA = "adapter.use_rslora"
+METHOD = "adapter.method"
+SEED = "train.seed"
+
+SLOW_VERDICTS = ("underfit-capacity", "lr-too-small")  # ambiguous slow learning (protocol 5)
+LR_VERDICTS = ("diverged", "lr-too-large")
+
+# (stage, trials it plans, priority: lower is kept first when the budget is short)
+STAGE_PLAN: tuple[tuple[str, int, int], ...] = (
+    ("lr-probe", 1, 1),  # three quarter-length runs
+    ("phase1-lr-grid", 3, 1),
+    ("pair", 1, 6),
+    ("phase1-capacity", 1, 7),
+    ("phase2", 1, 8),
+    ("seeds", 2, 3),
+    ("rank-sweep", 1, 4),
+    ("target-sweep", 1, 5),
+    ("full-probe", 1, 2),
+)
+
+
+@dataclass(frozen=True)
+class Start:
+    """Phase 0's answer: the tuned point to start from and the capacity ceiling."""
+
+    point: dict[str, Any]  # dotted overrides of the tuned knobs (r, alpha, targets, layers, dropout, lr)
+    ceiling_r: int
+    lr_centre: float
+    choices: tuple[dict, ...] = ()  # {key, value, rule, reason} from the assessment
+    facts: dict = field(default_factory=dict)
+    fixed: dict = field(default_factory=dict)  # study-wide keys (batch size, max_length)
+    epochs: float | None = None  # the assessment's epoch count for a full run
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    lr_probe: bool = True  # find the lr centre with short runs first (protocol 3: "find it cheaply first")
+    lr_probe_factor: float = 4.0  # probe ladder step
+    lr_probe_max_moves: int = 2  # probes beyond the first, up (or down when the first collapses)
+    lr_probe_fraction: float = 0.25  # probe length: this share of a trial's steps ...
+    lr_probe_min_steps: int = 10  # ... but at least this many
+    lr_factors: tuple[float, ...] = (1.0, 2.0, 0.5)  # the coarse grid, in the order run
+    skip_dominated_lr: bool = True  # skip 0.5x when 2x beat 1x beyond noise
+    pair: bool = True
+    binding_ratio: float = 1.5  # one knob's effect this many times the other's binds (rules: binding_ratio_min)
+    max_capacity_moves: int = 3
+    max_lr_steps: int = 2
+    max_scale: float = 4.0
+    seeds: int = 3
+    rank_step: int = 4
+    max_rank_points: int = 2
+    target_sweep: tuple[str, ...] = ("all-linear",)  # the module set the target sweep tries (one trial)
+    full_probe: bool = True
+    full_lr_ratio: float = 0.1  # full fine-tuning lr = LoRA lr x this (LoRA wants ~10x, protocol 1)
+    allow_past_breakeven: bool = False
+    target: float | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _threshold(name: str) -> float:
+    from loratune.rules import THRESHOLDS
+
+    return THRESHOLDS[name].value
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 0: start config from the assessment
+
+
+def start_from_assessment(a: dict, user_point: dict | None = None) -> Start:
+    """An Assessment (as `to_dict()`) -> Start. Keys the user set explicitly win over the assessment."""
+    rec = a["recommendation"]
+    ov = dict(rec["overrides"])
+    tuned_keys = (R, ALPHA, TARGETS, LAYERS, DROPOUT, LR)
+    point = {k: ov[k] for k in tuned_keys if k in ov}
+    fixed = {k: ov[k] for k in ("train.per_device_train_batch_size", "model.max_length") if k in ov}
+    for k, v in (user_point or {}).items():
+        (point if k in tuned_keys or k in (WD, RSLORA) else fixed)[k] = v
+    if TARGETS in point and isinstance(point[TARGETS], str):
+        point[TARGETS] = targets_text(point[TARGETS]).split(",")
+    ceiling = int(rec["capacity_ceiling"]["value"])
+    facts = {k: a.get("facts", {}).get(k) for k in ("train_rows", "val_rows", "classes", "probe_macro_f1",
+                                                    "macro_f1_se", "detectable_difference", "model_hidden",
+                                                    "model_layers", "rows_per_class_median")}
+    user = user_point or {}
+    choices = tuple({"key": c["key"], "value": user.get(c["key"], c["value"]), "rule": c["rule"],
+                     "reason": c["reason"] + (f" -- overridden by the user: {user[c['key']]}" if c["key"] in user
+                                              and user[c["key"]] != c["value"] else "")}
+                    for c in rec.get("choices", ()))
+    choices += ({"key": "ceiling.r", "value": ceiling, "rule": rec["capacity_ceiling"]["rule"],
+                 "reason": rec["capacity_ceiling"]["reason"]},)
+    return Start(point, max(ceiling, int(point.get(R, 8))), float(point.get(LR, 1e-3)), choices, facts, fixed,
+                 ov.get("train.num_train_epochs"))
+
+
+def start_config(cfg, dataset, *, user_point: dict | None = None,
+                 progress: Callable[[str], None] | None = None) -> tuple[Start, dict]:
+    """Phase 0 through `loratune.assess`: (Start, the assessment as plain data). With
+    `start_from_assessment`, the one place that depends on the assessment's API."""
+    from loratune.assess import run_assessment
+
+    a = run_assessment(cfg, dataset=dataset, progress=progress).to_dict()
+    return start_from_assessment(a, user_point), a
+
+
+def plan_trial_length(budget_kind: str, budget_limit: float, n_train: int, batch: int, *,
+                      start_epochs: float | None = None, examples_per_s: float = 100.0,
+                      overhead_s: float = 45.0, planned_trials: int | None = None,
+                      min_epochs: float = 1.0, max_epochs: float = 3.0) -> dict:
+    """How long one trial is (optimizer steps), so that the planned trials fit the budget.
+
+    A short trial is 1-3 epochs (protocol 3); within that, the budget divided by the planned trial
+    count (sum of STAGE_PLAN) decides. Wall-time budgets are turned into examples with a throughput
+    estimate (training with evaluation, model load included)."""
+    planned = planned_trials or sum(n for _, n, _ in STAGE_PLAN)
+    cap_epochs = min(max_epochs, start_epochs or max_epochs)
+    if budget_kind == "wall_s":
+        budget_examples = max(0.0, budget_limit - overhead_s) * examples_per_s
+        why = (f"wall budget {format_amount('wall_s', budget_limit)} - {overhead_s:.0f}s overhead at ~"
+               f"{examples_per_s:.0f} examples/s (training + evaluation)")
+    elif budget_kind == "examples":
+        budget_examples = budget_limit
+        why = f"budget of {int(budget_limit):,} training examples"
+    else:
+        budget_examples = math.inf
+        why = f"budget of {int(budget_limit)} trials (length not limited by compute)"
+    per_trial = budget_examples / planned
+    epochs = max(min_epochs, min(cap_epochs, per_trial / max(1, n_train)))
+    steps = max(1, int(round(epochs * n_train / batch)))
+    return {"max_steps": steps, "examples": steps * batch, "epochs": steps * batch / max(1, n_train),
+            "planned_trials": planned, "budget_examples": None if math.isinf(budget_examples) else budget_examples,
+            "reason": (f"{why}; {planned} planned trials -> {steps} steps x {batch} = {steps * batch:,} examples "
+                       f"({steps * batch / max(1, n_train):.2f} epochs of {n_train} rows; short trials are "
+                       f"{min_epochs:g}-{cap_epochs:g} epochs)")}
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def reserve(ctx: SearchContext, stage: str, settings: ProtocolSettings) -> Cost:
+    """The estimated cost of the later stages that outrank `stage` (held back before its trials)."""
+    names = [s for s, _, _ in STAGE_PLAN]
+    prio = {s: p for s, _, p in STAGE_PLAN}
+    total = Cost()
+    for name, n, p in STAGE_PLAN[names.index(stage) + 1:]:
+        if p >= prio[stage]:
+            continue
+        if name == "full-probe" and not settings.full_probe:
+            continue
+        if name == "seeds":
+            n = max(0, settings.seeds - 1)
+        est = ctx.estimate({METHOD: "full"} if name == "full-probe" else {})
+        total = total + Cost(est.wall_s * n, est.examples * n, n)
+    return total
+
+
+def evidence_of(rec: TrialRecord, n: int = 4) -> list[str]:
+    """The diagnosis of a trial as evidence lines: the verdict, then its primary finding's clauses."""
+    res = rec.result
+    lines = [f"{rec.label}: val macro-F1 {fmt_f1(rec.value)} ({res.status}, {res.examples:,} examples), "
+             f"diagnosis: {res.verdict}"]
+    f = res.finding(res.verdict)
+    if f:
+        lines += [f"  {e}" for e in f.get("evidence", [])[:n]]
+    if res.status == "pruned":
+        lines.append(f"  {res.reason.split(' (')[0]}")
+    return lines
+
+
+def cur_lr(rec: TrialRecord) -> float:
+    return _lr(rec.point)
+
+
+def _lr(p: dict) -> float:
+    return float(p.get(LR, 1e-3))
+
+
+def _r(p: dict) -> int:
+    return int(p.get(R, 8))
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def _set_r(point: dict, r: int) -> dict:
+    """Change the rank keeping the update scale s fixed (alpha follows r)."""
+    s = scale_of(point)
+    return with_(point, **{R: r, ALPHA: alpha_for(r, s, bool(point.get(RSLORA)))})
+
+
+def _same_except(a: dict, b: dict, keys: Sequence[str]) -> bool:
+    ka = {k: v for k, v in a.items() if k not in keys}
+    kb = {k: v for k, v in b.items() if k not in keys}
+    return ka == kb
+
+
+def _incumbent(ctx: SearchContext) -> TrialRecord | None:
+    return ctx.state.get("incumbent")
+
+
+def _set_incumbent(ctx: SearchContext, rec: TrialRecord) -> None:
+    ctx.state["incumbent"] = rec
+
+
+def _no_budget(ctx: SearchContext, phase: str, what: str, held: Cost | None = None) -> None:
+    extra = ""
+    if held is not None and held.trials:
+        extra = f"; held back for higher-priority stages: ~{held.trials} trial(s)"
+    ctx.decide(phase, "budget", "not affordable", f"skip {what}",
+               [f"estimated trial cost {format_amount(ctx.meter.budget.kind, ctx.estimate({}).amount(ctx.meter.budget.kind))}"
+                f", {ctx.meter.describe_left()}{extra}"])
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 1: lr grid
+
+
+def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
+    """The lr centre from short runs (a coarse, run-based stand-in for an lr range test): the start
+    config at the assessment's lr for a quarter of a trial, then x4 steps up while the metric rises
+    and the diagnosis shows no collapse or divergence (down when the first one collapses). The best
+    probe's lr becomes the centre of the phase-1 grid, whose {0.5, 1, 2}x brackets it at full length."""
+    start: Start = ctx.state["start"]
+    steps = int(ctx.state.get("trial_steps") or 0)
+    phase = "lr-probe"
+    if not s.lr_probe or not steps:
+        return
+    p_steps = max(s.lr_probe_min_steps, int(round(steps * s.lr_probe_fraction)))
+    b = ctx.meter.budget
+    if b.kind == "trials" and b.limit < 12:
+        ctx.decide(phase, "lr-probe", "probe skipped", f"lr centre {start.lr_centre:g} from phase 0",
+                   [f"a budget of {int(b.limit)} trials counts each short probe as a whole trial"])
+        return
+    if p_steps * 2 > steps:
+        ctx.decide(phase, "lr-probe", "trials too short to probe", f"lr centre {start.lr_centre:g} from phase 0",
+                   [f"a probe of {p_steps} steps would be more than half of a {steps}-step trial"])
+        return
+
+    def bad(rec: TrialRecord | None) -> bool:
+        return rec is None or rec.value is None or rec.result.verdict in LR_VERDICTS
+
+    def probe(lr: float) -> TrialRecord | None:
+        point = with_(start.point, **{LR: _round(lr), "train.max_steps": p_steps})
+        return ctx.run(ctx.spec(point, phase, f"lr probe: {p_steps} steps at lr {_round(lr):g}"),
+                       reserve=reserve(ctx, phase, s))
+
+    first = probe(start.lr_centre)
+    if first is None:
+        _no_budget(ctx, phase, "the lr probe")
+        return
+    probes = [first]
+    factor = 1 / s.lr_probe_factor if bad(first) else s.lr_probe_factor
+    for _ in range(s.lr_probe_max_moves):
+        last = probes[-1]
+        grid_two = ctx.estimate(start.point)
+        need = ctx.estimate(last.point) + Cost(grid_two.wall_s * 2, grid_two.examples * 2, 2)
+        if not ctx.meter.fits(need):
+            ctx.decide(phase, "lr-probe", "stop probing", "keep the budget for full-length trials",
+                       [f"another probe and two grid trials need ~{format_amount(ctx.meter.budget.kind, need.amount(ctx.meter.budget.kind))}"
+                        f"; {ctx.meter.describe_left()}"], [last])
+            break
+        rec = probe(_lr(last.point) * factor)
+        if rec is None:
+            break
+        probes.append(rec)
+        if factor > 1 and (bad(rec) or (rec.value or 0) <= (last.value or 0)):
+            break  # the metric turned (or the run collapsed): the centre is below
+        if factor < 1 and not bad(rec):
+            break  # the first lr that does not collapse
+    good = [r for r in probes if not bad(r)] or [r for r in probes if r.value is not None]
+    if not good:
+        ctx.decide(phase, "lr-probe", "no probe learned", f"lr centre {start.lr_centre:g} from phase 0",
+                   [line for r in probes for line in evidence_of(r, 1)], probes)
+        return
+    best = max(good, key=lambda r: r.value)
+    centre = _lr(best.point)
+    ctx.state["lr_centre"] = centre
+    rows = [f"lr {_lr(r.point):g}: val macro-F1 {fmt_f1(r.value)} after {r.result.steps_done} steps "
+            f"({r.result.verdict})" for r in probes]
+    ctx.decide(phase, "lr-probe", f"lr centre {centre:g}", f"phase-1 grid around {centre:g}",
+               rows + [f"phase 0 proposed {start.lr_centre:g}; protocol 3: the centre moves with model size, scale, "
+                       "batch and budget; short runs favour larger lrs, so the grid also tries 0.5x"], probes,
+               {"probes": {str(_lr(r.point)): r.value for r in probes}, "steps": p_steps, "centre": centre})
+
+
+def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
+    start: Start = ctx.state["start"]
+    centre = float(ctx.state.get("lr_centre", start.lr_centre))
+    phase = "phase1-lr-grid"
+    done: dict[float, TrialRecord] = {}
+    for f in s.lr_factors:
+        if f < 1 and s.skip_dominated_lr and 1.0 in done and 2.0 in done:
+            lo, hi = done[1.0].value, done[2.0].value
+            noise, src = ctx.noise()
+            if lo is not None and hi is not None and hi - lo > noise:
+                ctx.decide(phase, "lr-grid-skip", f"{f:g}x not needed", f"skip lr {_round(centre * f):g}",
+                           [f"lr 2x beat 1x by {hi - lo:+.3f} > noise {noise:.3f} ({src}): the metric rises with lr "
+                            "here, so a smaller lr cannot be the best of the grid"], [done[1.0], done[2.0]])
+                continue
+        point = with_(start.point, **{LR: _round(centre * f)})
+        rec = ctx.run(ctx.spec(point, phase, f"start config at {f:g}x the lr centre"),
+                      reserve=reserve(ctx, phase, s))
+        if rec is None:
+            _no_budget(ctx, phase, f"lr {f:g}x")
+            break
+        done[f] = rec
+    inc = ctx.best(list(done.values()))
+    if inc is None and done:  # every grid point failed or diverged: protocol 4, lr /10
+        point = with_(start.point, **{LR: _round(centre / 10)})
+        rec = ctx.run(ctx.spec(point, phase, "every grid point failed: lr /10"))
+        inc = rec if rec is not None and rec.value is not None else None
+    if inc is None:
+        ctx.state["failed"] = True
+        ctx.decide(phase, "lr-grid", "no trial learned", "stop",
+                   [line for r in done.values() for line in evidence_of(r, 2)] or ["no trial could run"])
+        return
+    _set_incumbent(ctx, inc)
+    rows = [f"lr {_lr(r.point):g}: val macro-F1 {fmt_f1(r.value)} ({r.result.verdict})" for r in done.values()]
+    ctx.decide(phase, "lr-grid", f"best lr {_lr(inc.point):g}", f"incumbent = {inc.label}",
+               rows + evidence_of(inc), list(done.values()),
+               {"grid": {str(_lr(r.point)): r.value for r in done.values()}, "centre": centre})
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 1: capacity
+
+
+def stage_capacity(ctx: SearchContext, s: ProtocolSettings) -> None:
+    inc = _incumbent(ctx)
+    if inc is None or ctx.state.get("failed"):
+        return
+    phase = "phase1-capacity"
+    v = inc.result.verdict
+    slow = v in SLOW_VERDICTS or any(inc.result.fired(x) for x in SLOW_VERDICTS)
+    if v == "healthy":
+        ctx.decide(phase, "capacity-verdict", "capacity adequate", "keep capacity; go to phase 2", evidence_of(inc),
+                   [inc])
+        return
+    if v in LR_VERDICTS:
+        ctx.decide(phase, "capacity-verdict", f"{v}: an optimization problem", "capacity kept; phase 2 fixes the lr",
+                   evidence_of(inc) + ["protocol 3: do not touch capacity to fix an lr problem"], [inc])
+        return
+    if v == "overfit-capacity":
+        ctx.decide(phase, "capacity-verdict", "overfit (capacity)", "lower capacity one knob at a time",
+                   evidence_of(inc), [inc])
+        _capacity_moves(ctx, s, down=True)
+        return
+    if slow:
+        binding = _pair(ctx, s) if s.pair else "unaffordable"
+        if binding == "capacity":
+            _capacity_moves(ctx, s, down=False)
+        elif binding == "unaffordable" and v == "underfit-capacity":
+            ctx.decide(phase, "capacity-verdict", "underfit (capacity), unconfirmed",
+                       "one capacity step (r x2) without the pair",
+                       ["the pair experiment is not affordable: following the single curve's verdict, which cannot "
+                        "separate a capacity limit from a too-small lr (protocol 5)"], [inc])
+            _capacity_moves(ctx, s, down=False, max_moves=1)
+        return
+    ctx.decide(phase, "capacity-verdict", f"{v}: no capacity limit shown", "keep capacity; go to phase 2",
+               evidence_of(inc), [inc])
+
+
+def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
+    """The minimal-intervention pair from the incumbent: only lr x2, only r x2, same budget (protocol 5).
+    Returns the binding knob: capacity | optimization | neither | unaffordable."""
+    phase = "pair"
+    inc = _incumbent(ctx)
+    start: Start = ctx.state["start"]
+    a_point = with_(inc.point, **{LR: _round(_lr(inc.point) * 2)})
+    b_point = _set_r(inc.point, _r(inc.point) * 2)
+    if _r(b_point) > start.ceiling_r:
+        ctx.decide(phase, "pair", "rank arm above the capacity ceiling", "no pair; rank kept",
+                   [f"r x2 = {_r(b_point)} > ceiling {start.ceiling_r} (phase 0)"], [inc])
+        return "neither"
+    known = {r.key for r in ctx.records}
+    new = [p for p in (a_point, b_point) if ctx.spec(p, phase).key not in known]
+    est = ctx.estimate(inc.point)
+    need = Cost(est.wall_s * len(new), est.examples * len(new), len(new))
+    if not ctx.meter.fits(need, reserve(ctx, phase, s)):
+        ctx.decide(phase, "pair", "pair not affordable", "follow the prior: keep rank, tune lr in phase 2",
+                   [f"the pair needs {len(new)} new trial(s); {ctx.meter.describe_left()} after holding back the "
+                    "higher-priority stages",
+                    "protocol 5 prior: on classification with a trained head rank seldom binds while lr and "
+                    "training length often do; a single curve cannot tell them apart, and this was not tested"],
+                   [inc])
+        return "unaffordable"
+    a = ctx.run(ctx.spec(a_point, phase, "pair: only lr x2"))
+    b = ctx.run(ctx.spec(b_point, phase, "pair: only r x2 (scale fixed)"))
+    if a is None or b is None or a.value is None or b.value is None or inc.value is None:
+        ctx.decide(phase, "pair", "pair incomplete", "follow the prior: keep rank, tune lr in phase 2",
+                   [f"lr arm: {a.label if a else 'not run'}, rank arm: {b.label if b else 'not run'}"], [inc])
+        return "unaffordable"
+    dl, dr = a.value - inc.value, b.value - inc.value
+    noise, src = ctx.noise()
+    cmp = ctx.runner.compare([inc.run_dir, a.run_dir, b.run_dir]) or {}
+    fired = {f["rule_id"]: f for f in cmp.get("findings", [])}
+    if "capacity-bound" in fired:
+        binding, how = "capacity", "compare: capacity-bound fired"
+    elif "optimization-bound" in fired:
+        binding, how = "optimization", "compare: optimization-bound fired"
+    elif max(abs(dl), abs(dr)) <= noise:
+        binding, how = "neither", f"both |deltas| <= noise {noise:.3f}"
+    elif abs(dr) >= s.binding_ratio * abs(dl):
+        binding, how = "capacity", f"|r delta| >= {s.binding_ratio:g} x |lr delta|"
+    elif abs(dl) >= s.binding_ratio * abs(dr):
+        binding, how = "optimization", f"|lr delta| >= {s.binding_ratio:g} x |r delta|"
+    else:
+        binding = "capacity" if abs(dr) > abs(dl) else "optimization"
+        how = f"both knobs matter (ratio < {s.binding_ratio:g}); following the larger delta"
+    ctx.state["pair"] = {"from": inc.number, "lr_trial": a.number, "r_trial": b.number,
+                         "lr": [_lr(inc.point), _lr(a.point)], "r": [_r(inc.point), _r(b.point)],
+                         "base": inc.value, "lr_value": a.value, "r_value": b.value,
+                         "lr_delta": dl, "r_delta": dr, "noise": noise, "noise_source": src,
+                         "binding": binding, "how": how, "compare": cmp.get("findings", []),
+                         "compare_noise": cmp.get("noise"), "compare_noise_source": cmp.get("noise_source")}
+    move = "keep the incumbent"
+    if binding == "capacity" and dr > noise:
+        _set_incumbent(ctx, b)
+        move = f"follow the rank: incumbent = {b.label}"
+    elif binding == "optimization" and dl > 0:
+        _set_incumbent(ctx, a)
+        move = f"follow the lr: incumbent = {a.label}; phase 2 keeps stepping lr"
+    elif binding == "optimization":
+        move = "follow the lr: x2 hurt; phase 2 steps lr the other way"
+    elif binding == "neither":
+        move = "neither knob moved the metric beyond noise: keep rank (prior), tune lr in phase 2"
+    ev = [f"from {inc.label} (val macro-F1 {fmt_f1(inc.value)}, diagnosis {inc.result.verdict})",
+          f"only lr x2 ({_lr(inc.point):g} -> {_lr(a.point):g}), {a.label}: {fmt_f1(a.value)}, delta {dl:+.3f}",
+          f"only r x2 ({_r(inc.point)} -> {_r(b.point)}, scale fixed), {b.label}: {fmt_f1(b.value)}, delta {dr:+.3f}",
+          f"noise {noise:.3f} ({src})", how]
+    ev += [f"compare: {f['rule_id']}: {f['verdict']}" for f in cmp.get("findings", [])]
+    ctx.decide(phase, "pair", f"binding knob: {binding}", move, ev, [inc, a, b], ctx.state["pair"])
+    return binding
+
+
+def _capacity_up_moves(point: dict, ceiling: int) -> list[tuple[str, dict | None]]:
+    targets = [str(t) for t in point.get(TARGETS, [])]
+    moves: list[tuple[str, dict | None]] = []
+    r = _r(point)
+    moves.append(("r x2", _set_r(point, r * 2) if r * 2 <= ceiling else None))
+    if "all-linear" in targets:
+        return moves
+    if any(t.startswith("ffn@") for t in targets):
+        moves.append(("+ffn in every layer", with_(point, **{TARGETS: [t for t in targets if not t.startswith("ffn")]
+                                                             + ["ffn"]})))
+    elif not any(t.startswith("ffn") for t in targets):
+        moves.append(("+ffn of the top 2 layers", with_(point, **{TARGETS: targets + ["ffn@top:2"]})))
+    if "attn.q" in targets and "attn.v" in targets and "attn" not in targets:
+        moves.append(("+attn.k, attn.o", with_(point, **{TARGETS: ["attn"] + [t for t in targets
+                                                                               if not t.startswith("attn.")]})))
+    if str(point.get(LAYERS, "all")) != "all":
+        moves.append(("+all layers", with_(point, **{LAYERS: "all"})))
+    return moves
+
+
+def _capacity_down_moves(point: dict) -> list[tuple[str, dict | None]]:
+    targets = [str(t) for t in point.get(TARGETS, [])]
+    r = _r(point)
+    moves: list[tuple[str, dict | None]] = [("r /2", _set_r(point, r // 2) if r >= 2 else None)]
+    kept = [t for t in targets if not t.startswith("ffn")]
+    moves.append(("-ffn", with_(point, **{TARGETS: kept}) if kept and kept != targets else None))
+    d = float(point.get(DROPOUT, 0.1))
+    moves.append(("lora_dropout up", with_(point, **{DROPOUT: min(0.3, max(0.1, d * 2))}) if d < 0.3 else None))
+    return moves
+
+
+def _capacity_moves(ctx: SearchContext, s: ProtocolSettings, *, down: bool, max_moves: int | None = None) -> None:
+    phase = "phase1-capacity"
+    start: Start = ctx.state["start"]
+    tried = 0
+    limit = max_moves if max_moves is not None else s.max_capacity_moves
+    inc = _incumbent(ctx)
+    queue = _capacity_down_moves(inc.point) if down else _capacity_up_moves(inc.point, start.ceiling_r)
+    names_done: set[str] = set()
+    while queue and tried < limit:
+        name, _ = queue.pop(0)
+        if name in names_done:
+            continue
+        names_done.add(name)
+        inc = _incumbent(ctx)
+        fresh = dict(_capacity_down_moves(inc.point) if down else _capacity_up_moves(inc.point, start.ceiling_r))
+        point = fresh.get(name)
+        if point is None:
+            ctx.decide(phase, "capacity-move", f"{name}: not applicable", "next knob",
+                       [f"{name} from {inc.label} is out of range (ceiling r={start.ceiling_r}) or already there"], [inc])
+            continue
+        held = reserve(ctx, phase, s)
+        rec = ctx.run(ctx.spec(point, phase, f"capacity move: {name}"), reserve=held)
+        if rec is None:
+            _no_budget(ctx, phase, f"capacity move {name}", held)
+            return
+        tried += 1
+        noise, src = ctx.noise()
+        gain = (rec.value - inc.value) if rec.value is not None and inc.value is not None else None
+        accept = gain is not None and (gain > 0 if down else gain > noise)
+        rule = "any gain (less capacity)" if down else f"gain > noise {noise:.3f} ({src})"
+        ev = [f"{name} from {inc.label}: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)} "
+              f"(gain {gain:+.3f})" if gain is not None else f"{name}: no result", f"accept when {rule}"]
+        ev += evidence_of(rec)
+        if accept:
+            _set_incumbent(ctx, rec)
+            ctx.decide(phase, "capacity-move", f"{name} helps", f"incumbent = {rec.label}", ev, [inc, rec],
+                       {"gain": gain, "noise": noise})
+            adequate = rec.result.verdict == "healthy" or (down and rec.result.verdict != "overfit-capacity")
+            if adequate:
+                ctx.decide(phase, "capacity-verdict", "capacity adequate", "go to phase 2", evidence_of(rec), [rec])
+                return
+        else:
+            ctx.decide(phase, "capacity-move", f"{name} does not help", "keep the incumbent; next knob", ev,
+                       [inc, rec], {"gain": gain, "noise": noise})
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 2: optimization
+
+
+def stage_phase2(ctx: SearchContext, s: ProtocolSettings) -> None:
+    inc = _incumbent(ctx)
+    if inc is None or ctx.state.get("failed"):
+        return
+    _lr_steps(ctx, s)
+    _alpha_step(ctx, s)
+    _regularize(ctx, s)
+    _early_stopping(ctx)
+
+
+def _lr_siblings(ctx: SearchContext, point: dict) -> list[TrialRecord]:
+    return [r for r in ctx.records if r.value is not None and _same_except(r.point, point, (LR,))]
+
+
+def _lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
+    phase = "phase2"
+    inc = _incumbent(ctx)
+    sib = _lr_siblings(ctx, inc.point)
+    lrs = sorted({_lr(r.point) for r in sib})
+    v = inc.result.verdict
+    cur = _lr(inc.point)
+    higher_lost = any(_lr(r.point) > cur for r in sib)
+    lower_lost = any(_lr(r.point) < cur for r in sib)
+    if v in LR_VERDICTS:
+        direction, why = 0.5, f"diagnosis {v}: lr /2"
+    elif v in ("lr-too-small", "undertrained", "underfit-capacity") and not higher_lost:
+        direction, why = 2.0, f"diagnosis {v}: lr x2 (still learning when the trial ended)"
+    elif not higher_lost:
+        direction, why = 2.0, f"lr {cur:g} is the highest tried at this capacity ({', '.join(f'{x:g}' for x in lrs)})"
+    elif not lower_lost:
+        direction, why = 0.5, f"lr {cur:g} is the lowest tried at this capacity ({', '.join(f'{x:g}' for x in lrs)})"
+    else:
+        ctx.decide(phase, "lr", f"lr {cur:g} bracketed", "keep lr",
+                   ["at this capacity: " + ", ".join(f"lr {_lr(r.point):g} -> {fmt_f1(r.value)}" for r in
+                                                      sorted(sib, key=lambda r: _lr(r.point))),
+                    "both neighbours (x2 and /2 steps) score lower"], sib)
+        return
+    for _ in range(s.max_lr_steps):
+        inc = _incumbent(ctx)
+        nxt = _round(_lr(inc.point) * direction)
+        point = with_(inc.point, **{LR: nxt})
+        seen = next((r for r in ctx.records if r.key == ctx.spec(point, phase).key), None)
+        if seen is not None:
+            ctx.decide(phase, "lr", f"lr {cur_lr(inc):g} kept", "no step",
+                       [why, f"lr {nxt:g} was already measured ({seen.label}: {fmt_f1(seen.value)}) and is not "
+                        f"better than {fmt_f1(inc.value)}"], [inc, seen])
+            return
+        held = reserve(ctx, "phase2", s)
+        rec = ctx.run(ctx.spec(point, phase, f"lr step {'x2' if direction > 1 else '/2'}"), reserve=held)
+        if rec is None:
+            _no_budget(ctx, phase, f"lr step to {nxt:g}", held)
+            return
+        better = rec.value is not None and inc.value is not None and rec.value > inc.value
+        ev = [why, f"lr {_lr(inc.point):g} -> {nxt:g}: val macro-F1 {fmt_f1(inc.value)} -> {fmt_f1(rec.value)}"]
+        ev += evidence_of(rec)
+        if better:
+            _set_incumbent(ctx, rec)
+            ctx.decide(phase, "lr", f"lr {nxt:g} is better", f"incumbent = {rec.label}", ev, [inc, rec])
+            why = f"the last lr step helped: another {'x2' if direction > 1 else '/2'} step"
+        else:
+            ctx.decide(phase, "lr", f"lr {nxt:g} is not better", f"keep lr {_lr(inc.point):g}", ev, [inc, rec])
+            return
+    inc = _incumbent(ctx)
+    ctx.decide(phase, "lr", f"lr steps capped at {s.max_lr_steps}", f"keep lr {_lr(inc.point):g}",
+               [f"every x2 step helped so far; at most {s.max_lr_steps} steps per phase 2 (protocol 4: stay within "
+                "x2 steps, never jump an order of magnitude); a further step is worth trying with more budget"],
+               [inc])
+
+
+def _alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
+    """Scale s up (x2, at most max_scale) when lr changes barely move the loss and more rank is
+    unwanted (rules table: update-too-weak, thresholds weak_lr_loss_max and weak_gap_min)."""
+    phase = "phase2"
+    inc = _incumbent(ctx)
+    sib = [r for r in _lr_siblings(ctx, inc.point) if r.result.feature("val_loss_min") is not None]
+    if len(sib) < 2:
+        ctx.decide(phase, "alpha", "not judged", "keep scale",
+                   ["fewer than two lr values at this capacity: cannot tell whether lr moves the loss"], [inc])
+        return
+    losses = [r.result.feature("val_loss_min") for r in sib]
+    effect = (max(losses) - min(losses)) / (sum(losses) / len(losses))
+    gaps = [r.result.feature("gap_f1") for r in sib if r.result.feature("gap_f1") is not None]
+    gap = max(gaps) if gaps else None
+    weak, gap_min = _threshold("weak_lr_loss_max"), _threshold("weak_gap_min")
+    sc = scale_of(inc.point)
+    ev = [f"lr values {', '.join(f'{_lr(r.point):g}' for r in sib)} moved the min val loss by {effect:.1%} "
+          f"(weak below {weak:.0%})", f"largest train/val F1 gap {gap if gap is None else round(gap, 3)} "
+          f"(more rank unwanted from {gap_min:g})", f"scale s = {sc:g}"]
+    if not (effect < weak and gap is not None and gap >= gap_min) or sc * 2 > s.max_scale + 1e-9:
+        why = "scale already at its maximum" if sc * 2 > s.max_scale + 1e-9 and effect < weak else "lr does move the loss or rank is not at risk"
+        ctx.decide(phase, "alpha", "update strength adequate", f"keep scale {sc:g}", ev + [why], sib)
+        return
+    new_alpha = alpha_for(_r(inc.point), sc * 2, bool(inc.point.get(RSLORA)))
+    point = with_(inc.point, **{ALPHA: new_alpha})
+    held = reserve(ctx, "phase2", s)
+    rec = ctx.run(ctx.spec(point, phase, f"scale {sc:g} -> {sc * 2:g}"), reserve=held)
+    if rec is None:
+        _no_budget(ctx, phase, "the scale step", held)
+        return
+    better = rec.value is not None and inc.value is not None and rec.value > inc.value
+    ev.append(f"scale {sc:g} -> {sc * 2:g}: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)}")
+    if better:
+        _set_incumbent(ctx, rec)
+    ctx.decide(phase, "alpha", "LoRA update too weak", f"incumbent = {rec.label}" if better else "keep scale", ev,
+               [inc, rec])
+
+
+def _regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
+    phase = "phase2"
+    inc = _incumbent(ctx)
+    res = inc.result
+    gap = res.feature("gap_f1")
+    rising = ((res.feature("val_loss_rise") or 0) >= _threshold("val_loss_rise_min")
+              or (res.feature("val_metric_final_drop") or 0) >= _threshold("val_metric_drop_min"))
+    overfit = res.verdict == "overfit-capacity" or (gap is not None and gap >= _threshold("overfit_gap_min") and rising)
+    if not overfit:
+        ctx.decide(phase, "regularization", "no overfitting", "keep dropout and weight decay",
+                   [f"train/val F1 gap {gap if gap is None else round(gap, 3)} (large from "
+                    f"{_threshold('overfit_gap_min'):g}), val loss/metric turning: {'yes' if rising else 'no'}"], [inc])
+        return
+    d = float(inc.point.get(DROPOUT, 0.1))
+    moves = [("lora_dropout up", with_(inc.point, **{DROPOUT: min(0.3, max(0.1, d * 2))}) if d < 0.3 else None),
+             ("weight_decay 0.1", with_(inc.point, **{WD: 0.1}) if float(inc.point.get(WD, 0.01)) < 0.1 else None)]
+    for name, point in moves:
+        inc = _incumbent(ctx)
+        if point is None:
+            continue
+        held = reserve(ctx, "phase2", s)
+        rec = ctx.run(ctx.spec(point, phase, f"against overfitting: {name}"), reserve=held)
+        if rec is None:
+            _no_budget(ctx, phase, name, held)
+            return
+        better = rec.value is not None and inc.value is not None and rec.value > inc.value
+        if better:
+            _set_incumbent(ctx, rec)
+        ctx.decide(phase, "regularization", f"{name} {'helps' if better else 'does not help'}",
+                   f"incumbent = {rec.label}" if better else "keep the incumbent",
+                   [f"overfitting: gap {gap:.3f}", f"{name}: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)}"]
+                   + evidence_of(rec), [inc, rec])
+
+
+def _early_stopping(ctx: SearchContext) -> None:
+    inc = _incumbent(ctx)
+    res = inc.result
+    frac, drop = res.feature("best_step_fraction"), res.feature("val_metric_final_drop")
+    still = res.feature("still_improving")
+    start: Start = ctx.state["start"]
+    if frac is not None and frac < 0.7 and (drop or 0) >= _threshold("val_metric_drop_min"):
+        ctx.state["final_notes"] = {"train.early_stopping_patience": 2}
+        ctx.decide("phase2", "early-stopping", "the val metric peaked early and fell",
+                   "final config: early_stopping_patience=2 (the best checkpoint is kept either way)",
+                   [f"best at {frac:.0%} of the run, final {drop:.3f} below the best"], [inc])
+    elif still:
+        ctx.decide("phase2", "early-stopping", "still improving when the trial ended",
+                   f"the trial length limits the score: a full run (phase 0: {start.epochs or '?'} epochs) with "
+                   "early stopping should do better than the trial", [f"best at {frac or 0:.0%} of the run"], [inc])
+    else:
+        ctx.decide("phase2", "early-stopping", "the val metric held to the end", "no change",
+                   [f"best at {frac or 0:.0%} of the run"], [inc])
+
+
+# ---------------------------------------------------------------------------------------------
+# seeds, rank sweep, full fine-tuning
+
+
+def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
+    inc = _incumbent(ctx)
+    if inc is None or ctx.state.get("failed") or s.seeds < 2:
+        return
+    phase = "seeds"
+    seed0 = int(inc.point.get(SEED, 42))
+    recs = [inc]
+    for k in range(1, s.seeds):
+        point = with_(inc.point, **{SEED: seed0 + k})
+        rec = ctx.run(ctx.spec(point, phase, f"seed noise: seed {seed0 + k}"), prune=False,
+                      reserve=reserve(ctx, phase, s))
+        if rec is None:
+            _no_budget(ctx, phase, f"seed {seed0 + k}")
+            break
+        recs.append(rec)
+    values = [r.value for r in recs if r.value is not None]
+    sigma = seed_sigma(values)
+    if sigma is None:
+        ctx.decide(phase, "noise", "seed noise not measured", "noise from the val set's binomial SE",
+                   [f"{len(values)} seed run(s)"], recs)
+        return
+    ctx.state["seed_sigma"], ctx.state["seed_values"] = sigma, values
+    noise, src = ctx.noise()
+    ev = [f"val macro-F1 over seeds: {', '.join(fmt_f1(v) for v in values)}; sigma {sigma:.4f}",
+          f"noise threshold {noise:.3f} = {src}"]
+    if len(values) < 3:
+        ev.append("fewer than 3 seeds: sigma is a rough estimate (protocol 6 asks for >= 3)")
+    unstable = sigma >= _threshold("seed_std_max")
+    if not unstable:
+        ctx.decide(phase, "noise", "seed noise measured", "use it as the plateau threshold", ev, recs,
+                   {"sigma": sigma, "values": values, "noise": noise})
+        return
+    # protocol 4: results differ a lot between seeds -> lr at an unstable edge -> lower lr. Act on it
+    # when the lr /2 sibling was measured and is within noise of the incumbent (no extra trial).
+    ev.append(f"sigma {sigma:.4f} >= {_threshold('seed_std_max'):g} (rules: seed_std_max)")
+    lower = next((r for r in _lr_siblings(ctx, inc.point)
+                  if math.isclose(_lr(r.point), _round(_lr(inc.point) / 2), rel_tol=1e-6)), None)
+    move = "recommend a lower lr (/2) and report the spread"
+    if lower is not None and lower.value is not None and inc.value is not None and lower.value >= inc.value - noise:
+        _set_incumbent(ctx, lower)
+        move = f"lower the lr: incumbent = {lower.label} (lr {_lr(lower.point):g})"
+        ev.append(f"{lower.label} at lr /2 scored {fmt_f1(lower.value)}, within noise {noise:.3f} of "
+                  f"{fmt_f1(inc.value)}: the steadier lr costs nothing measurable (sigma was measured at the higher lr)")
+    elif lower is not None:
+        ev.append(f"{lower.label} at lr /2 scored {fmt_f1(lower.value)}, more than the noise below: lr kept")
+    ctx.decide(phase, "noise", "seed-unstable: lr at an unstable edge", move, ev, recs,
+               {"sigma": sigma, "values": values, "noise": noise})
+
+
+def breakeven_rank(params: dict, r: int) -> int | None:
+    """The rank where LoRA's parameters reach a third of the adapted weights (protocol 6)."""
+    adapter, adapted = params.get("adapter"), params.get("adapted_weights")
+    if not adapter or not adapted or r <= 0:
+        return None
+    per_rank = adapter / r
+    return max(1, math.ceil(adapted / 3 / per_rank))
+
+
+def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
+    inc = _incumbent(ctx)
+    if inc is None or ctx.state.get("failed") or inc.point.get(METHOD) == "full":
+        return
+    phase = "rank-sweep"
+    start: Start = ctx.state["start"]
+    r0, sc = _r(inc.point), scale_of(inc.point)
+    r_be = breakeven_rank(inc.result.params, r0)
+    cap = start.ceiling_r
+    if r_be is not None and not s.allow_past_breakeven:
+        cap = min(cap, r_be)
+    noise, src = ctx.noise()
+    points: list[dict] = [{"r": r0, "value": inc.value, "trial": inc.number, "rslora": bool(inc.point.get(RSLORA)),
+                           "note": "working point (rsLoRA with alpha = s*sqrt(r) has the same scale here)"}]
+    base = with_(inc.point, **{RSLORA: True, ALPHA: alpha_for(r0, sc, True)})
+    best_rec, r, plateau, stop_why = inc, r0, None, ""
+    for _ in range(s.max_rank_points):
+        nxt = r * s.rank_step
+        if nxt > cap:
+            if r < cap:
+                nxt = cap
+            else:
+                stop_why = (f"next rank {nxt} is past the {'compute-breakeven rank' if r_be and cap == r_be else 'capacity ceiling'}"
+                            f" {cap} (ceiling {start.ceiling_r}, breakeven {r_be})")
+                break
+        point = with_(base, **{R: nxt, ALPHA: alpha_for(nxt, sc, True)})
+        rec = ctx.run(ctx.spec(point, phase, f"rank sweep r={nxt} (rsLoRA, scale {sc:g})"),
+                      reserve=reserve(ctx, phase, s))
+        if rec is None:
+            _no_budget(ctx, phase, f"rank {nxt}")
+            stop_why = "budget"
+            break
+        gain = (rec.value - best_rec.value) if rec.value is not None and best_rec.value is not None else None
+        points.append({"r": nxt, "value": rec.value, "trial": rec.number, "rslora": True, "gain": gain})
+        if gain is not None and gain >= noise:
+            ctx.decide(phase, "rank", f"r={nxt} gains {gain:+.3f}", "keep sweeping",
+                       [f"r {r} -> {nxt}: {fmt_f1(best_rec.value)} -> {fmt_f1(rec.value)}, gain {gain:+.3f} >= "
+                        f"threshold {noise:.3f} ({src})"], [best_rec, rec])
+            best_rec, r = rec, nxt
+            continue
+        plateau = r
+        ctx.decide(phase, "rank", f"plateau at r={r}", f"keep r={r}",
+                   [f"r {r} -> {nxt}: {fmt_f1(best_rec.value)} -> {fmt_f1(rec.value)}, gain "
+                    f"{gain if gain is None else round(gain, 4)} < threshold {noise:.3f} ({src})"], [best_rec, rec])
+        break
+    if stop_why and stop_why != "budget":
+        ctx.decide(phase, "rank", "sweep stopped", f"keep r={r}",
+                   [stop_why, "not trained past the compute-breakeven rank" if r_be and cap == r_be else
+                    "not trained past the capacity ceiling"], [best_rec])
+    if best_rec is not inc:
+        _set_incumbent(ctx, best_rec)
+    ctx.state["rank_sweep"] = {"points": points, "plateau_r": plateau, "chosen_r": _r(best_rec.point),
+                               "threshold": noise, "threshold_source": src, "breakeven_r": r_be,
+                               "ceiling_r": start.ceiling_r, "scale": sc, "rule": "rsLoRA, alpha = s * sqrt(r)",
+                               "stopped": stop_why or None}
+
+
+def stage_target_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
+    """The other capacity axis at the working point: the same rank, scale and lr on more modules
+    (protocol 1: Q/V, then K/O, then the FFN). Kept only when it gains at least the noise threshold
+    (the same rule as the rank sweep); the parameter cost is part of the evidence."""
+    inc = _incumbent(ctx)
+    if inc is None or ctx.state.get("failed") or inc.point.get(METHOD) == "full" or not s.target_sweep:
+        return
+    phase = "target-sweep"
+    now = [str(t) for t in inc.point.get(TARGETS, [])]
+    if now == list(s.target_sweep):
+        ctx.decide(phase, "targets", "already on every module set of the sweep", "keep targets", [str(now)], [inc])
+        return
+    point = with_(inc.point, **{TARGETS: list(s.target_sweep)})
+    rec = ctx.run(ctx.spec(point, phase, f"target sweep: {','.join(s.target_sweep)} at r={_r(inc.point)}"),
+                  reserve=reserve(ctx, phase, s))
+    if rec is None:
+        _no_budget(ctx, phase, "the target sweep")
+        return
+    noise, src = ctx.noise()
+    gain = (rec.value - inc.value) if rec.value is not None and inc.value is not None else None
+    pa, pb = inc.result.params.get("adapter"), rec.result.params.get("adapter")
+    ev = [f"{','.join(now)} -> {','.join(s.target_sweep)} at r={_r(inc.point)}: {fmt_f1(inc.value)} -> "
+          f"{fmt_f1(rec.value)}, gain {gain if gain is None else round(gain, 4)} vs threshold {noise:.3f} ({src})",
+          f"LoRA parameters {pa:,} -> {pb:,}" if pa and pb else "parameter counts unknown"]
+    ev += evidence_of(rec)
+    if gain is not None and gain >= noise:
+        _set_incumbent(ctx, rec)
+        ctx.decide(phase, "targets", f"{','.join(s.target_sweep)} gains {gain:+.3f}", f"incumbent = {rec.label}", ev,
+                   [inc, rec], {"gain": gain, "noise": noise})
+    else:
+        ctx.decide(phase, "targets", "no gain beyond noise", f"keep {','.join(now)}", ev, [inc, rec],
+                   {"gain": gain, "noise": noise})
+
+
+def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
+    from loratune.decide import CostPoint, DecideInputs, decide
+
+    inc = _incumbent(ctx)
+    if inc is None or ctx.state.get("failed"):
+        return
+    phase = "lora-vs-full"
+    full = None
+    if s.full_probe:
+        lr = min(5e-4, max(1e-5, _round(_lr(inc.point) * s.full_lr_ratio)))
+        point = with_(inc.point, **{METHOD: "full", LR: lr})
+        full = ctx.run(ctx.spec(point, phase, f"full fine-tuning probe (lr {lr:g} = LoRA lr x {s.full_lr_ratio:g})"),
+                       prune=False)
+        if full is None:
+            _no_budget(ctx, phase, "the full-fine-tuning probe")
+    lora = [r for r in ctx.records if r.point.get(METHOD, "lora") == "lora" and r.value is not None
+            and r.result.params.get("adapter")]
+    highest = max(lora, key=lambda r: (_r(r.point), r.value or 0)) if lora else None
+
+    involved = [r for r in (inc, highest, full) if r is not None]
+    use_delta = all(r.result.memory_delta_mb is not None for r in involved)
+
+    def cp(rec: TrialRecord, label: str) -> CostPoint:
+        mem = rec.result.memory_delta_mb if use_delta else rec.result.peak_memory_mb
+        return CostPoint.from_run(label, rec.point.get(METHOD, "lora"), None if rec.point.get(METHOD) == "full"
+                                  else _r(rec.point), rec.value, rec.result.params, rec.result.mean_step_s,
+                                  mem, rec.result.examples, rec.number)
+
+    noise, src = ctx.noise()
+    sweep = ctx.state.get("rank_sweep") or {}
+    plateau = None if not sweep or len(sweep.get("points", [])) < 2 else sweep.get("plateau_r") is not None
+    inputs = DecideInputs(
+        chosen=cp(inc, f"LoRA r={_r(inc.point)} (chosen)"),
+        highest=cp(highest, f"LoRA r={_r(highest.point)} (highest rank tried)") if highest and highest is not inc else None,
+        full=cp(full, "full fine-tuning") if full is not None and full.value is not None else None,
+        noise=noise, noise_source=src, plateau=plateau,
+        plateau_detail=(f"plateau at r={sweep.get('plateau_r')}" if sweep.get("plateau_r") is not None else
+                        f"points {[(p['r'], p['value']) for p in sweep.get('points', [])]}") if sweep else "",
+        target=s.target, breakeven_r=sweep.get("breakeven_r") or breakeven_rank(inc.result.params, _r(inc.point)))
+    out = decide(inputs)
+    ctx.state["lora_vs_full"] = {**out.to_dict(), "full_trial": full.number if full else None,
+                                 "memory_basis": ("peak above the process's memory at the trial's start" if use_delta
+                                                  else "peak of the process during the trial")}
+    if out.choice == "full" and full is not None:
+        ctx.state["final"] = full
+    ev = [f"{r.id}: {'holds' if r.holds else 'unknown' if r.holds is None else 'does not hold'} - {r.text}"
+          for r in out.reasons]
+    ctx.decide(phase, "lora-vs-full", f"choose {out.choice}", out.summary, ev,
+               [inc] + ([full] if full else []) + ([highest] if highest and highest is not inc else []),
+               {"table": list(out.table)})
+
+
+STAGES: tuple[tuple[str, Callable[[SearchContext, ProtocolSettings], None]], ...] = (
+    ("lr-probe", stage_lr_probe),
+    ("phase1-lr-grid", stage_lr_grid),
+    ("phase1-capacity", stage_capacity),
+    ("phase2", stage_phase2),
+    ("seeds", stage_seeds),
+    ("rank-sweep", stage_rank_sweep),
+    ("target-sweep", stage_target_sweep),
+    ("full-probe", stage_full_probe),
+)
+
+
+def run_protocol(ctx: SearchContext, start: Start, settings: ProtocolSettings = ProtocolSettings(),
+                 plan: dict | None = None, stages=STAGES) -> SearchContext:
+    """Phase 0's decisions, then every stage in turn. `ctx.state['final']` (or the incumbent) is the pick."""
+    ctx.state["start"] = start
+    ctx.base_point = dict(start.point)
+    ctx.decide("phase0", "start-config", "start config from the assessment",
+               " ".join(f"{k.split('.')[-1]}={_plain(v)}" for k, v in start.point.items()),
+               [f"{c['key']} = {_plain(c['value'])}: {c['reason']} [{c['rule']}]" for c in start.choices]
+               or [f"start point given as is: {start.point}; capacity ceiling r={start.ceiling_r}"],
+               data={"point": start.point, "ceiling_r": start.ceiling_r, "facts": start.facts})
+    if plan:
+        ctx.state["trial_steps"] = int(plan["max_steps"])
+        ctx.trial_steps = int(plan["max_steps"])
+        ctx.decide("phase0", "trial-plan", f"trials of {plan['max_steps']} steps", "plan", [plan["reason"]],
+                   data=plan)
+    for _, fn in stages:
+        fn(ctx, settings)
+    if "final" not in ctx.state and _incumbent(ctx) is not None:
+        ctx.state["final"] = _incumbent(ctx)
+    final, best = ctx.state.get("final"), ctx.best()
+    if best is not None and (final is None or (final.result.status == "pruned" and best is not final
+                                               and best.value > (final.value or 0.0))):
+        # the incumbent was cut short (a budget stop before it learned): recommend what did learn
+        ctx.decide("finish", "pick", "the incumbent did not finish", f"pick {best.label}",
+                   [f"{final.label}: {final.result.reason}" if final else "no incumbent",
+                    f"{best.label} scored {fmt_f1(best.value)} ({best.result.status}, {best.result.examples:,} "
+                    "examples): the best trained run of the study"], [x for x in (final, best) if x])
+        ctx.state["final"] = best
+    return ctx
+
+
+def _plain(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(str(x) for x in v) + "]"
+    return f"{v:g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,85 @@
+"""Stopping trials that are clearly losing, with the reason (pure; no torch).
+
+Checked at every evaluation point of a running trial:
+
+- `diagnosis`: from 30% of the planned steps on, a partial diagnosis whose verdict is `diverged` or
+  `lr-too-large` (collapse to one class, oscillation; a confident, not a tentative, finding) stops the
+  trial when a finished trial was better at the same step: more steps will not fix an lr that is too
+  high.
+- `behind-best` (successive-halving style, against the best finished trial instead of a rung
+  population, because the protocol runs few trials): from half of the planned steps on, a trial whose
+  best val macro-F1 so far trails the best finished trial's best at the same step by more than
+  max(5 points, 3 standard errors of the val metric) stops.
+- `budget`: the budget would run out before the trial ends: it stops where it is (its best
+  checkpoint is kept; the record says so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+Curve = Sequence[tuple[int, float]]
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    min_fraction: float = 0.5  # judge "behind the best" from this share of the planned steps on
+    margin_min: float = 0.05  # ... when trailing by more than this (points of val macro-F1)
+    margin_se: float = 3.0  # ... and by more than this many standard errors of the val metric
+    diagnosis_min_fraction: float = 0.3  # act on a collapse / divergence verdict from this share on
+    stop_verdicts: tuple[str, ...] = ("diverged", "lr-too-large")
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def best_until(curve: Curve, step: int) -> float | None:
+    """The best value of a curve at or before `step` (None when it has no point there)."""
+    vals = [v for s, v in curve if s <= step and v is not None]
+    return max(vals) if vals else None
+
+
+def behind_best(curve: Curve, steps_planned: int, references: Sequence[tuple[str, Curve]], se: float | None,
+                settings: PruneSettings = PruneSettings()) -> str | None:
+    """The reason to stop when the trial trails a finished one at the same step, else None."""
+    if not curve or steps_planned <= 0 or not references:
+        return None
+    step = curve[-1][0]
+    if step < settings.min_fraction * steps_planned:
+        return None
+    mine = best_until(curve, step)
+    if mine is None:
+        return None
+    ref_name, ref_val = None, None
+    for name, ref in references:
+        v = best_until(ref, step)
+        if v is not None and (ref_val is None or v > ref_val):
+            ref_name, ref_val = name, v
+    if ref_val is None:
+        return None
+    margin = max(settings.margin_min, settings.margin_se * (se or 0.0))
+    if mine + margin < ref_val:
+        return (f"behind the best: val macro-F1 {mine:.3f} by step {step} of {steps_planned} vs {ref_val:.3f} for "
+                f"{ref_name} at the same step; trailing by {ref_val - mine:.3f} > margin {margin:.3f} "
+                f"(max({settings.margin_min:g}, {settings.margin_se:g} x SE {se or 0:.3f}))")
+    return None
+
+
+def by_diagnosis(verdict: str | None, evidence: str, curve: Curve, steps_planned: int,
+                 references: Sequence[tuple[str, Curve]], settings: PruneSettings = PruneSettings()) -> str | None:
+    """The reason to stop on a collapse / divergence verdict, else None. Only a trial that is also
+    losing (a finished trial was better at the same step) is stopped: the first trial never is."""
+    if verdict not in settings.stop_verdicts or steps_planned <= 0 or not curve:
+        return None
+    step = curve[-1][0]
+    if step < settings.diagnosis_min_fraction * steps_planned:
+        return None
+    mine = best_until(curve, step)
+    better = [(name, best_until(ref, step)) for name, ref in references]
+    better = [(name, v) for name, v in better if v is not None and mine is not None and v > mine]
+    if not better:
+        return None
+    name, v = max(better, key=lambda x: x[1])
+    return (f"diagnosis at step {step} of {steps_planned}: {verdict} ({evidence}); val macro-F1 {mine:.3f} vs "
+            f"{v:.3f} for {name} at the same step")

@@ -1,0 +1,274 @@
+"""Running one trial for real: an ordinary training run into its own run directory, then its diagnosis.
+
+The search code never trains by itself; it calls a runner with `run(spec, run_dir, watch)` and gets
+a `TrialResult` back. `TrainingRunner` trains with `loratune.train.train` (what `api.train` calls)
+into a `RunStore` whose `write_run` (called after every evaluation point) lets the `Watch` stop a
+clearly losing trial: the run then ends like an interrupted one (status `interrupted`, reason
+`pruned by tune: ...`, best adapter saved), so every trial, pruned or not, is a valid run record.
+Tests use a scripted runner with the same two methods instead (no training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from loratune.search.prune import PruneSettings, behind_best, by_diagnosis
+from loratune.search.trial import KEPT_FEATURES, TrialResult, TrialSpec
+from loratune.store import RunStore
+
+
+@dataclass
+class Watch:
+    """What a running trial is checked against after every evaluation point."""
+
+    references: Sequence[tuple[str, Sequence[tuple[int, float]]]] = ()  # finished trials' (name, curve)
+    settings: PruneSettings = field(default_factory=PruneSettings)
+    budget_stop: Callable[[float, int], str | None] | None = None  # (trial wall s, examples) -> reason
+    on_eval: Callable[[dict], None] | None = None  # every eval point (progress, Optuna report)
+    prune: bool = True
+    # wall-time budgets: (trial wall s, examples) -> seconds this trial may run in all (None: no limit);
+    # asked at the start and at every eval point, enforced before every batch (see _deadline)
+    time_limit: Callable[[float, int], float | None] | None = None
+    limit_s: float | None = None
+
+    def check(self, points: list[dict], run: dict, elapsed_s: float) -> str | None:
+        from loratune.diagnose import diagnose
+
+        if not points:
+            return None
+        if self.on_eval is not None:
+            self.on_eval(points[-1])
+        step, planned = int(points[-1].get("step", 0)), int(run.get("steps_planned") or 0)
+        if self.time_limit is not None:
+            self.limit_s = self.time_limit(elapsed_s, int(run.get("examples_seen") or 0))
+        if step <= 0:
+            return None
+        if self.budget_stop is not None:
+            why = self.budget_stop(elapsed_s, int(run.get("examples_seen") or 0))
+            if why:
+                return why
+        if not self.prune:
+            return None
+        curve = curve_of(points)
+        if step >= self.settings.diagnosis_min_fraction * planned:
+            d = diagnose(points, meta=run)
+            p = d.primary
+            if p is not None and p.rule_id in self.settings.stop_verdicts and not p.tentative:
+                ev = next((e.text for e in p.evidence if e.passed), "")
+                why = by_diagnosis(p.rule_id, ev, curve, planned, self.references, self.settings)
+                if why:
+                    return why
+            se = d.features.values.get("val_metric_se")
+        else:
+            se = None
+        return behind_best(curve, planned, self.references, se, self.settings)
+
+
+def curve_of(points: Sequence[dict]) -> tuple[tuple[int, float], ...]:
+    out = []
+    for p in points:
+        v = p.get("val/macro_f1", p.get("val/accuracy"))
+        if v is not None and isinstance(v, (int, float)) and math.isfinite(v):
+            out.append((int(p.get("step", 0)), float(v)))
+    return tuple(out)
+
+
+class _Stop(BaseException):
+    """Raised inside the training loop to end a trial early (not an error, not a Ctrl-C)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _WatchedStore(RunStore):
+    def __init__(self, path, watch: Watch):
+        super().__init__(path)
+        self.watch = watch
+        self.t0 = time.perf_counter()
+        self.stopped: str | None = None
+        self._last_step = -1
+
+    def write_run(self, run: dict) -> None:
+        super().write_run(run)
+        final = run.get("final") or {}
+        step = final.get("step", -1)
+        if self.stopped or run.get("status") != "running" or step == self._last_step:
+            return
+        self._last_step = step
+        why = self.watch.check(self.read_history(), run, time.perf_counter() - self.t0)
+        if why:
+            self.stopped = why
+            raise _Stop(why)
+
+
+@contextlib.contextmanager
+def _deadline(watch: Watch, t0: float):
+    """Enforce a wall-time limit between batches, not only at eval points (an eval interval can be
+    minutes on a busy machine). The training loop has no per-step hook, so `loratune.train.collate`
+    (called once per training and evaluation batch) is wrapped for the duration of the trial: past
+    the limit it raises `_Stop`, which ends the run like a pruned one (best adapter saved). If the loop
+    stops calling `collate`, the limit is still checked at every eval point (`Watch.budget_stop`)."""
+    import loratune.train as train_mod
+
+    original = getattr(train_mod, "collate", None)
+    if original is None or watch.time_limit is None:
+        yield
+        return
+
+    def guarded(*args, **kwargs):
+        if watch.limit_s is not None and time.perf_counter() - t0 > watch.limit_s:
+            limit, watch.limit_s = watch.limit_s, None  # raise once
+            raise _Stop(f"budget: the wall-time budget ran out mid-trial (after {limit:.0f}s of this trial)")
+        return original(*args, **kwargs)
+
+    train_mod.collate = guarded
+    try:
+        yield
+    finally:
+        train_mod.collate = original
+
+
+@contextlib.contextmanager
+def _library_noise_hidden():
+    """Library progress bars ("Writing model shards") and deprecation notices go to a buffer, not
+    between the decisions on the terminal; errors still end the run with status `failed`."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def reset_peak_memory() -> float | None:
+    """Reset the process's peak memory so each trial's `peak_memory_mb` in run.json is its own peak,
+    not the largest of the whole study (Linux: /proc/self/clear_refs value 5 resets the peak RSS that
+    getrusage reports; CUDA: torch's peak statistics). Returns the memory in use now, in MB (the
+    baseline the trial's peak is compared with), or None when the peak cannot be reset."""
+    import resource
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # = current RSS right after the reset
+
+
+def result_from(run: dict, diag, wall_s: float, pruned: str | None = None) -> TrialResult:
+    """The part of a run record and its diagnosis that decisions read."""
+    best = run.get("best") or {}
+    keep = ("step", "examples_seen", "val/macro_f1", "val/accuracy", "val/loss", "val/n", "train_eval/macro_f1",
+            "train_eval/loss", "train/loss")
+    status = run.get("status", "failed")
+    if pruned:
+        status = "pruned"
+    elif status == "interrupted":
+        status = "failed"
+    value = best.get("val/macro_f1", best.get("val/accuracy"))
+    findings: tuple[dict, ...] = ()
+    features: dict[str, Any] = {}
+    verdict = "inconclusive"
+    curve: tuple = ()
+    if diag is not None:
+        verdict = diag.verdict
+        findings = tuple(_finding(f) for f in diag.active)
+        features = {k: diag.features.values.get(k) for k in KEPT_FEATURES}
+    return TrialResult(
+        status=status, value=float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None,
+        examples=int(run.get("examples_seen") or 0), wall_s=float(wall_s),
+        steps_planned=int(run.get("steps_planned") or 0), steps_done=int(run.get("steps_done") or 0),
+        mean_step_s=run.get("mean_step_s"), peak_memory_mb=run.get("peak_memory_mb"),
+        params=dict(run.get("params") or {}), best={k: best[k] for k in keep if k in best},
+        curve=curve, verdict=verdict, findings=findings, features=features,
+        reason=(f"pruned: {pruned}" if pruned else str(run.get("reason") or "")))
+
+
+def _finding(f) -> dict:
+    return {"rule_id": f.rule_id, "scope": f.scope, "verdict": f.verdict, "moves": list(f.moves),
+            "confidence": round(f.confidence, 3), "tentative": f.tentative, "caveat": f.caveat,
+            "evidence": [e.text for e in f.evidence if e.passed is not False]}
+
+
+class TrainingRunner:
+    """Trains each trial for real. `base` is the full run config every trial starts from."""
+
+    def __init__(self, base, dataset):
+        self.base = base
+        self.dataset = dataset
+
+    def config(self, spec: TrialSpec, run_dir: Path):
+        from loratune.config import replace
+
+        return replace(self.base, **{**spec.point, "train.output_dir": str(run_dir)})
+
+    def run(self, spec: TrialSpec, run_dir: Path, watch: Watch | None = None) -> TrialResult:
+        from loratune.diagnose import diagnose
+        from loratune.train import train
+
+        cfg = self.config(spec, run_dir)
+        baseline_mb = reset_peak_memory()
+        watch = watch or Watch(prune=False)
+        store = _WatchedStore(run_dir, watch)
+        t0 = time.perf_counter()
+        if watch.time_limit is not None:
+            watch.limit_s = watch.time_limit(0.0, 0)
+        pruned, error = None, None
+        try:
+            with _library_noise_hidden(), _deadline(watch, t0):
+                train(cfg, self.dataset, store, progress=False)
+        except _Stop as stop:
+            pruned = stop.reason
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # the run record says `failed` with the error; the search goes on
+            error = f"{type(exc).__name__}: {exc}"
+        run = (store.read_run() if (Path(run_dir) / "run.json").exists()
+               else {"status": "failed", "reason": error})
+        if pruned:
+            run["status"], run["reason"] = "interrupted", f"pruned by tune: {pruned}"
+            RunStore(run_dir).write_run(run)
+        try:
+            diag = diagnose(run_dir)
+        except Exception:  # a run without a single eval point has nothing to diagnose
+            diag = None
+        wall = time.perf_counter() - t0
+        res = result_from(run, diag, wall, pruned)
+        peak = res.peak_memory_mb
+        delta = peak - baseline_mb if peak is not None and baseline_mb is not None else None
+        return _with(res, curve=curve_of(store.read_history()), memory_delta_mb=delta)
+
+    def compare(self, run_dirs: Sequence[str]) -> dict | None:
+        from loratune.diagnose import compare
+
+        try:
+            c = compare(list(run_dirs))
+        except Exception:
+            return None
+        return {"findings": [_finding(f) for f in c.active],
+                "groups": [g.to_dict() for g in c.groups],
+                "noise": c.features.values.get("noise"),
+                "noise_source": c.features.details.get("noise_source"),
+                "notes": list(c.notes)}
+
+    def evaluate(self, run_dir: str, split: str = "test") -> dict:
+        from loratune.inference import evaluate_run
+
+        with _library_noise_hidden():
+            return evaluate_run(run_dir, split)
+
+
+def _with(res: TrialResult, **changes) -> TrialResult:
+    from dataclasses import replace
+
+    return replace(res, **changes)

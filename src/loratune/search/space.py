@@ -1,0 +1,150 @@
+"""The search space as data: one row per knob, with its role, its range and the grid used for it.
+
+Every strategy reads the same table: the protocol moves along it one knob at a time, grid / random
+/ TPE sample it through Optuna, and the report prints it as "what was searched". `default_space`
+centres the rows on the start config from phase 0 (the lr grid around the lr centre, ranks up to
+the capacity ceiling). The virtual knob `adapter.scale` is the LoRA update scale s (lora_alpha / r,
+or lora_alpha / sqrt(r) with rsLoRA); `to_overrides` turns it into `adapter.lora_alpha`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+ROLES = ("capacity", "optimization", "regularization")
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searchable knob."""
+
+    key: str  # dotted config key (or the virtual `adapter.scale`)
+    role: str  # capacity | optimization | regularization
+    kind: str  # "log" (float, log-uniform between low and high) or "choice"
+    choices: tuple[Any, ...]  # the grid; for "log" also the values grid search visits
+    low: float | None = None
+    high: float | None = None
+    doc: str = ""
+
+    def distribution(self):
+        import optuna
+
+        if self.kind == "log":
+            return optuna.distributions.FloatDistribution(self.low, self.high, log=True)
+        return optuna.distributions.CategoricalDistribution(list(self.choices))
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "log":
+            return isinstance(value, (int, float)) and self.low <= value <= self.high
+        return value in self.choices
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "role": self.role, "kind": self.kind, "choices": list(self.choices),
+                "low": self.low, "high": self.high, "doc": self.doc}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    dims: tuple[Dim, ...]
+
+    def __getitem__(self, key: str) -> Dim:
+        for d in self.dims:
+            if d.key == key:
+                return d
+        raise KeyError(key)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(d.key for d in self.dims)
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The grid Optuna's GridSampler walks (param name = dotted key)."""
+        return {d.key: list(d.choices) for d in self.dims}
+
+    def grid_size(self) -> int:
+        return math.prod(len(d.choices) for d in self.dims)
+
+    def suggest(self, trial) -> dict[str, Any]:
+        """Sample (or read fixed / enqueued) values for every dim through an Optuna trial."""
+        out = {}
+        for d in self.dims:
+            if d.kind == "log":
+                out[d.key] = trial.suggest_float(d.key, d.low, d.high, log=True)
+            else:
+                out[d.key] = trial.suggest_categorical(d.key, list(d.choices))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"dims": [d.to_dict() for d in self.dims], "grid_size": self.grid_size()}
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def lr_grid(centre: float, factors=(0.5, 1.0, 2.0)) -> tuple[float, ...]:
+    return tuple(_round(centre * f) for f in factors)
+
+
+def default_space(start: Mapping[str, Any], ceiling_r: int | None = None) -> SearchSpace:
+    """The space around a start config (dotted overrides from phase 0)."""
+    lr = float(start.get("train.learning_rate", 1e-3))
+    r0 = int(start.get("adapter.r", 8))
+    ceiling = int(ceiling_r or max(32, r0))
+    ranks = tuple(r for r in (2, 4, 8, 16, 32, 64, 128, 256) if r <= ceiling) or (r0,)
+    targets = _target_choices(start.get("adapter.target_modules"))
+    return SearchSpace((
+        Dim("train.learning_rate", "optimization", "log", lr_grid(lr, (0.25, 0.5, 1.0, 2.0, 4.0)),
+            low=_round(lr / 8), high=_round(lr * 8),
+            doc="peak learning rate; the protocol moves it in x2 steps around the phase-0 centre"),
+        Dim("adapter.r", "capacity", "choice", ranks,
+            doc="LoRA rank, up to the capacity ceiling from phase 0"),
+        Dim("adapter.target_modules", "capacity", "choice", targets,
+            doc="semantic target groups, from attention Q/V up to every linear layer"),
+        Dim("adapter.scale", "optimization", "choice", (1.0, 2.0, 4.0),
+            doc="update scale s = lora_alpha / r (protocol 1: 1-2, rarely 4)"),
+        Dim("adapter.lora_dropout", "regularization", "choice", (0.0, 0.05, 0.1, 0.2),
+            doc="dropout on the LoRA input"),
+        Dim("train.weight_decay", "regularization", "choice", (0.0, 0.01, 0.1),
+            doc="AdamW weight decay"),
+    ))
+
+
+def _target_choices(start_targets) -> tuple[str, ...]:
+    base = ["attn.q,attn.v", "attn.q,attn.v,ffn@top:2", "attn,ffn@top:2", "attn,ffn", "all-linear"]
+    if start_targets:
+        s = targets_text(start_targets)
+        if s not in base:
+            base.insert(1, s)
+    return tuple(base)
+
+
+def targets_text(targets) -> str:
+    """A target list as one comparable string: [attn.q, attn.v] -> 'attn.q,attn.v'."""
+    if isinstance(targets, str):
+        return ",".join(t.strip() for t in targets.strip("[]").split(",") if t.strip())
+    return ",".join(str(t) for t in targets)
+
+
+def scale_of(point: Mapping[str, Any]) -> float:
+    """The update scale s of a point: lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA."""
+    r = float(point.get("adapter.r", 8))
+    alpha = float(point.get("adapter.lora_alpha", 2 * r))
+    return alpha / (math.sqrt(r) if point.get("adapter.use_rslora") else r)
+
+
+def alpha_for(r: int, scale: float, rslora: bool = False) -> float:
+    return _round(scale * (math.sqrt(r) if rslora else r))
+
+
+def to_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Space values -> config overrides (`adapter.scale` becomes `adapter.lora_alpha`)."""
+    out = {k: v for k, v in values.items() if k != "adapter.scale"}
+    if "adapter.target_modules" in out and isinstance(out["adapter.target_modules"], str):
+        out["adapter.target_modules"] = out["adapter.target_modules"].split(",")
+    if "adapter.scale" in values:
+        r = int(out.get("adapter.r", 8))
+        out["adapter.lora_alpha"] = alpha_for(r, float(values["adapter.scale"]), bool(out.get("adapter.use_rslora")))
+    return out

@@ -1,0 +1,151 @@
+"""The study summary (plain data the report renders) and the finishing step (test score, exports).
+
+`summarize(ctx, ...)` -> the content of `<study_dir>/final/study.json`:
+
+- `trail`: every decision (phase, trials, verdict, move, evidence, numbers);
+- `trials`: one row per trial (point, status, val macro-F1, examples, wall time, step time, memory);
+- `best_vs_compute`: best val macro-F1 so far after each trial against cumulative training examples
+  and wall time;
+- `rank_vs_metric`: (r, val macro-F1) of every LoRA trial, the rank-sweep points, the plateau rank,
+  the compute-breakeven rank and the capacity ceiling;
+- `pair`: the minimal-intervention experiment's deltas with the noise (and the seed sigma, once known);
+- `seeds`, `lora_vs_full` (decision, reasons, cost table), `recommendation` (trial, config point,
+  val and test scores, exported files).
+
+`finish(ctx, final_dir)` scores the chosen trial once on the test split (reusing an earlier score of the
+same trial on resume), copies its adapter, writes the final YAML and the summary.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from loratune.errors import UserError
+from loratune.search.context import SearchContext, fmt_f1
+from loratune.search.study import records_table
+from loratune.store import read_json, write_atomic, write_json
+
+
+def best_vs_compute(records) -> list[dict]:
+    rows, examples, wall, best, best_trial = [], 0, 0.0, None, None
+    for r in records:
+        examples += r.result.examples
+        wall += r.result.wall_s
+        if r.value is not None and (best is None or r.value > best):
+            best, best_trial = r.value, r.number
+        rows.append({"trial": r.number, "name": r.spec.name, "phase": r.spec.phase, "value": r.value,
+                     "examples_cum": examples, "wall_s_cum": round(wall, 2), "best_so_far": best,
+                     "best_trial": best_trial})
+    return rows
+
+
+def compute_to_reach(curve: list[dict], target: float) -> dict | None:
+    """The first point of a best-vs-compute curve whose best so far reaches `target`."""
+    for row in curve:
+        if row["best_so_far"] is not None and row["best_so_far"] >= target - 1e-12:
+            return {"examples": row["examples_cum"], "wall_s": row["wall_s_cum"], "trial": row["trial"]}
+    return None
+
+
+def rank_vs_metric(ctx: SearchContext) -> dict:
+    pts = []
+    for r in ctx.records:
+        if r.point.get("adapter.method", "lora") == "lora" and r.value is not None:
+            pts.append({"r": int(r.point.get("adapter.r", 0)), "value": r.value, "trial": r.number,
+                        "phase": r.spec.phase, "rslora": bool(r.point.get("adapter.use_rslora"))})
+    sweep = ctx.state.get("rank_sweep") or {}
+    start = ctx.state.get("start")
+    return {"trials": pts, "sweep": sweep.get("points", []), "plateau_r": sweep.get("plateau_r"),
+            "breakeven_r": sweep.get("breakeven_r"), "ceiling_r": sweep.get("ceiling_r",
+                                                                           getattr(start, "ceiling_r", None)),
+            "threshold": sweep.get("threshold"), "rule": sweep.get("rule"), "stopped": sweep.get("stopped")}
+
+
+def summarize(ctx: SearchContext, strategy: str, final: Any = None, test: dict | None = None,
+              files: dict | None = None, extra: dict | None = None) -> dict:
+    start = ctx.state.get("start")
+    pair = dict(ctx.state.get("pair") or {})
+    if pair and ctx.state.get("seed_sigma") is not None:
+        pair["seed_sigma"] = ctx.state["seed_sigma"]
+    rec = final
+    recommendation = None
+    if rec is not None:
+        recommendation = {"trial": rec.number, "name": rec.spec.name, "run_dir": rec.run_dir, "point": rec.point,
+                          "val_macro_f1": rec.value, "verdict": rec.result.verdict,
+                          "test": _test_subset(test), "files": files or {},
+                          "notes": ctx.state.get("final_notes", {})}
+    return {
+        "strategy": strategy,
+        "budget": ctx.meter.to_dict(),
+        "start": None if start is None else {"point": start.point, "ceiling_r": start.ceiling_r,
+                                             "lr_centre": start.lr_centre, "choices": list(start.choices),
+                                             "facts": start.facts},
+        "trials": records_table(ctx.records),
+        "trail": ctx.decisions,
+        "best_vs_compute": best_vs_compute(ctx.records),
+        "rank_vs_metric": rank_vs_metric(ctx),
+        "pair": pair or None,
+        "seeds": ({"sigma": ctx.state.get("seed_sigma"), "values": ctx.state.get("seed_values")}
+                  if ctx.state.get("seed_sigma") is not None else None),
+        "lora_vs_full": ctx.state.get("lora_vs_full"),
+        "recommendation": recommendation,
+        **(extra or {}),
+    }
+
+
+def _test_subset(test: dict | None) -> dict | None:
+    if not test:
+        return None
+    keys = ("test/macro_f1", "test/accuracy", "test/weighted_f1", "test/loss", "test/n", "test/micro_f1")
+    return {k: test[k] for k in keys if k in test}
+
+
+def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict | None = None) -> dict:
+    """Score the pick once on test, export adapter + YAML, write study.json. Returns the summary."""
+    import yaml
+
+    final_dir = Path(final_dir)
+    final_dir.mkdir(parents=True, exist_ok=True)
+    rec = ctx.state.get("final") or ctx.best()
+    test, files = None, {}
+    if rec is not None and Path(rec.run_dir).is_dir():
+        test_path = final_dir / "test.json"
+        old = read_json(test_path) if test_path.exists() else None
+        if old and old.get("trial") == rec.number:
+            test = old.get("scores")  # scored in an earlier session: never twice
+        else:
+            try:
+                test = ctx.runner.evaluate(rec.run_dir, "test")
+                write_json(test_path, {"trial": rec.number, "run_dir": rec.run_dir, "scores": test})
+            except UserError as exc:
+                ctx.decide("finish", "test", "no test score", "none", [exc.problem])
+        adapter = Path(rec.run_dir) / "adapter"
+        if adapter.is_dir():
+            shutil.copytree(adapter, final_dir / "adapter", dirs_exist_ok=True)
+            files["adapter"] = str(final_dir / "adapter")
+        cfg_path = Path(rec.run_dir) / "config.yaml"
+        if cfg_path.exists():
+            cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+            cfg.setdefault("train", {})["output_dir"] = "runs/tuned"
+            for key, value in (ctx.state.get("final_notes") or {}).items():
+                section, name = key.split(".", 1)
+                cfg.setdefault(section, {})[name] = value
+            header = (f"# chosen by `loratune tune --strategy {strategy}`: trial #{rec.number} ({rec.spec.name}), "
+                      f"val macro-F1 {rec.value if rec.value is None else round(rec.value, 4)}\n")
+            write_atomic(final_dir / "config.yaml", header + yaml.safe_dump(cfg, sort_keys=False))
+            files["config"] = str(final_dir / "config.yaml")
+        if test is not None:
+            files["test"] = str(final_dir / "test.json")
+    elif rec is not None:  # scripted runs (tests): no directory, still a score
+        test = ctx.runner.evaluate(rec.run_dir, "test")
+    summary = summarize(ctx, strategy, rec, test, files, extra)
+    if rec is not None:
+        ctx.decide("finish", "recommendation", f"{rec.label}: val macro-F1 {fmt_f1(rec.value)}"
+                   + (f", test macro-F1 {test['test/macro_f1']:.4f}" if test and 'test/macro_f1' in test else ""),
+                   "export " + (", ".join(sorted(files)) or "nothing"),
+                   [f"point: {rec.point}"], [rec])
+        summary["trail"] = ctx.decisions
+    write_json(final_dir / "study.json", summary)
+    return summary

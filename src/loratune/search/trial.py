@@ -1,0 +1,159 @@
+"""Trial records (plain data, no torch): what a search asks for and what came back.
+
+A `TrialSpec` is a point of the search (dotted config overrides on the base config), a phase and a
+purpose; its `key` (canonical JSON of the point) identifies it, so a resumed study finds a finished
+trial instead of training it again. A `TrialResult` is the part of a run record and its diagnosis
+that decisions read; a `TrialRecord` ties both to the study's trial number and run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+# features of the diagnosis copied into every result (the decisions and the report read them)
+KEPT_FEATURES = ("val_metric_best", "val_metric_se", "val_n", "gap_f1", "train_eval_metric_final",
+                 "best_step_fraction", "still_improving", "val_metric_final_drop", "val_loss_min",
+                 "val_loss_rise", "val_loss_drop", "train_loss_vs_chance", "train_loss_drop")
+FINISHED = ("completed", "pruned", "diverged", "failed")
+
+
+def canonical(point: Mapping[str, Any]) -> str:
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, float):
+            return float(f"{v:.6g}")
+        return v
+    return json.dumps({k: plain(v) for k, v in sorted(point.items())}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    name: str  # short, readable: lr2e-3, r16, full ...
+    phase: str  # phase1-lr-grid, pair, capacity, phase2, seeds, rank-sweep, full-probe, yardstick
+    point: dict[str, Any]  # dotted overrides on the base config: the whole tuned point
+    purpose: str = ""
+
+    @property
+    def key(self) -> str:
+        return canonical(self.point)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "phase": self.phase, "point": dict(self.point), "purpose": self.purpose}
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    status: str  # completed | pruned | diverged | failed
+    value: float | None  # best val macro-F1 of the run (the objective)
+    examples: int  # training examples processed (the compute unit)
+    wall_s: float  # the trial's whole wall time: model load, training, evaluation, diagnosis
+    steps_planned: int = 0
+    steps_done: int = 0
+    mean_step_s: float | None = None
+    peak_memory_mb: float | None = None  # run.json: the process's peak during the trial
+    memory_delta_mb: float | None = None  # that peak above the process's memory when the trial started
+    params: dict = field(default_factory=dict)  # run.json params
+    best: dict = field(default_factory=dict)  # step, val/macro_f1, val/loss, val/accuracy, train_eval/macro_f1
+    curve: tuple[tuple[int, float], ...] = ()  # (step, val macro-F1) at every eval point
+    verdict: str = "inconclusive"  # the diagnosis' primary rule id
+    findings: tuple[dict, ...] = ()  # active findings: rule_id, verdict, moves, confidence, evidence
+    features: dict = field(default_factory=dict)  # KEPT_FEATURES
+    reason: str = ""  # why the run ended (a pruned trial: the pruning reason)
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None and math.isfinite(self.value)
+
+    def fired(self, rule_id: str) -> bool:
+        return any(f.get("rule_id") == rule_id for f in self.findings)
+
+    def finding(self, rule_id: str) -> dict | None:
+        return next((f for f in self.findings if f.get("rule_id") == rule_id), None)
+
+    def feature(self, name: str) -> float | None:
+        return self.features.get(name)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["curve"] = [list(x) for x in self.curve]
+        d["findings"] = list(self.findings)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrialResult":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        known["curve"] = tuple((int(s), float(v)) for s, v in known.get("curve", ()))
+        known["findings"] = tuple(known.get("findings", ()))
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    number: int
+    spec: TrialSpec
+    run_dir: str
+    result: TrialResult
+    reused: bool = False  # found finished in the study (resume) instead of trained now
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def value(self) -> float | None:
+        return self.result.value if self.result.ok else None
+
+    @property
+    def point(self) -> dict:
+        return self.spec.point
+
+    @property
+    def label(self) -> str:
+        return f"#{self.number} {self.spec.name}"
+
+    def to_dict(self) -> dict:
+        return {"number": self.number, "spec": self.spec.to_dict(), "run_dir": self.run_dir,
+                "result": self.result.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrialRecord":
+        s = d["spec"]
+        return cls(int(d["number"]), TrialSpec(s["name"], s["phase"], dict(s["point"]), s.get("purpose", "")),
+                   d["run_dir"], TrialResult.from_dict(d["result"]))
+
+
+def short_name(point: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> str:
+    """A readable name from what differs from `base` (or the main knobs): lr2e-3-r16-s4-full."""
+    base = base or {}
+    parts = []
+    abbrev = (("adapter.method", ""), ("train.learning_rate", "lr"), ("adapter.r", "r"),
+              ("adapter.target_modules", "t-"), ("adapter.layers_to_transform", "L"), ("adapter.use_rslora", "rs"),
+              ("adapter.lora_alpha", "a"), ("adapter.lora_dropout", "do"), ("train.weight_decay", "wd"),
+              ("train.seed", "seed"), ("train.max_steps", "steps"))
+    for key, tag in abbrev:
+        if key not in point or (base and base.get(key) == point.get(key)):
+            continue
+        v = point[key]
+        if key == "adapter.method":
+            if v == "full":
+                parts.append("full")
+            continue
+        if key == "adapter.use_rslora":
+            if v:
+                parts.append("rs")
+            continue
+        if key == "adapter.target_modules":
+            v = "+".join(str(x).replace("attn.", "").replace("ffn@top:", "ffnT").replace("ffn.", "f")
+                         for x in (v if isinstance(v, (list, tuple)) else [v]))
+            parts.append(f"t-{v}")
+            continue
+        if isinstance(v, float):
+            v = f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e") if 0 < v < 0.01 else f"{v:g}"
+        parts.append(f"{tag}{v}")
+    name = "-".join(parts) or "start"
+    return re.sub(r"[^A-Za-z0-9_.+=-]", "", name)[:60]

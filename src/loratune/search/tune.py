@@ -1,0 +1,173 @@
+"""`tune(cfg, options)`: the whole study, as a recipe (setup, phase 0, search, finish).
+
+    setup     open (or resume) the study, read the data
+    phase 0   the assessment -> start point and capacity ceiling; the trial length from the budget
+    search    the protocol's stages, or a sampler over the same space
+    finish    test score of the pick, adapter, final YAML, study.json
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace as dc_replace
+from pathlib import Path
+from typing import Any
+
+from loratune.errors import UserError
+from loratune.search.budget import Budget, Cost, CostModel, Meter
+from loratune.search.context import UI, SearchContext
+from loratune.search.protocol import (ProtocolSettings, Start, plan_trial_length, run_protocol, start_config,
+                                      start_from_assessment)
+from loratune.search.study import FINAL, Study
+from loratune.search.yardstick import STRATEGIES
+
+DEFAULT_BUDGET = "15m"
+# trial settings every strategy shares (a key the user set explicitly wins)
+TRIAL_DEFAULTS = {"train.evals_per_run": 6, "train.train_eval_size": 256, "train.early_stopping_patience": 3}
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    budget: str | None = None  # None: 15m for a new study, the recorded one on resume
+    strategy: str | None = None  # None: protocol for a new study, the recorded one on resume
+    study_dir: str = "runs/tune"
+    storage: str | None = None  # SQLAlchemy URL; default sqlite:///<study_dir>/study.db
+    study_name: str = "loratune"
+    resume: bool = False
+    seed: int = 0  # sampler seed (grid / random / tpe)
+    trial_steps: int | None = None  # override the planned trial length
+    examples_per_s: float = 100.0  # prior throughput for planning wall-time budgets
+    explicit_keys: tuple[str, ...] = ()  # config keys the user set (they win over the assessment)
+    user_point: dict = field(default_factory=dict)  # their values
+    settings: ProtocolSettings = field(default_factory=ProtocolSettings)
+    finish_reserve_s: float = 15.0
+
+
+def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, runner=None, dataset=None) -> dict:
+    """Run (or resume) a study; returns the summary written to <study_dir>/final/study.json."""
+    from loratune import api
+    from loratune.config import to_yaml
+    from loratune.search.runner import TrainingRunner
+    from loratune.search.space import default_space
+    from loratune.search.summary import finish
+    from loratune.search.yardstick import make_sampler, run_yardstick
+
+    t_start = time.perf_counter()
+    ui = ui or UI()
+    if options.strategy is not None and options.strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy '{options.strategy}'", f"use one of {', '.join(STRATEGIES)}")
+    if options.budget is not None:
+        Budget.parse(options.budget)  # a typo fails before anything loads
+    study_dir = Path(options.study_dir)
+
+    # setup ------------------------------------------------------------------------------------
+    meta = {"strategy": options.strategy or "protocol", "budget": options.budget or DEFAULT_BUDGET,
+            "base_config": to_yaml(cfg), "explicit_keys": list(options.explicit_keys),
+            "user_point": options.user_point, "settings": options.settings.to_dict(), "seed": options.seed}
+    study = Study.open(study_dir, storage=options.storage, name=options.study_name, resume=options.resume,
+                       meta=meta)
+    if options.resume:  # the study's own base config, strategy and settings; a new budget may be given
+        old = study.meta
+        cfg = _cfg_from_yaml(old["base_config"]) if old.get("base_config") else cfg
+        if options.strategy and options.strategy != old.get("strategy"):
+            raise UserError(f"the study in {study_dir} was run with --strategy {old.get('strategy')}",
+                            f"resume it with --strategy {old.get('strategy')} (or without --strategy)")
+        settings = ProtocolSettings(**{k: (tuple(v) if isinstance(v, list) else v)
+                                       for k, v in old.get("settings", {}).items()}) if old.get("settings") \
+            else options.settings
+        options = dc_replace(options, strategy=old.get("strategy", "protocol"), seed=old.get("seed", options.seed),
+                             budget=options.budget or old.get("budget") or DEFAULT_BUDGET, settings=settings,
+                             user_point=old.get("user_point") or {}, explicit_keys=tuple(old.get("explicit_keys", ())))
+        if options.budget != old.get("budget"):
+            study.set_meta(budget=options.budget)
+        for note in study.recovered:
+            ui.note(f"trial #{note['number']} ({note['name']}) was running when the process was killed: "
+                    "marked failed, its point is trained again")
+    options = dc_replace(options, strategy=options.strategy or "protocol", budget=options.budget or DEFAULT_BUDGET)
+    budget = Budget.parse(options.budget)
+    dataset = dataset or api.prepare(cfg)
+
+    # phase 0 ----------------------------------------------------------------------------------
+    assessment = study.load_assessment()  # a resumed study (or a bench sharing phase 0) has it
+    assessed_now_s = 0.0
+    if assessment is None:
+        ui.note("phase 0: assessing the data and the model")
+        t0 = time.perf_counter()
+        start, assessment = start_config(cfg, dataset, user_point=options.user_point,
+                                         progress=lambda m: ui.note(f"  {m}"))
+        assessed_now_s = time.perf_counter() - t0
+        assessment.setdefault("timings", {})["tune_wall_s"] = assessed_now_s
+        study.save_assessment(assessment)
+    else:
+        start = start_from_assessment(assessment, options.user_point)
+    plan = study.meta.get("plan")
+    batch = int(start.fixed.get("train.per_device_train_batch_size", cfg.train.per_device_train_batch_size))
+    if "train.per_device_train_batch_size" in options.explicit_keys:
+        batch = cfg.train.per_device_train_batch_size
+    if plan is None:
+        plan = plan_trial_length(budget.kind, budget.limit, len(dataset.train), batch, start_epochs=start.epochs,
+                                 examples_per_s=options.examples_per_s)
+        if options.trial_steps or "train.max_steps" in options.explicit_keys:
+            steps = options.trial_steps or cfg.train.max_steps
+            plan = {**plan, "max_steps": steps, "examples": steps * batch, "epochs": steps * batch / len(dataset.train),
+                    "reason": f"trial length set by the user: {steps} steps x {batch}"}
+        study.set_meta(plan=plan)
+    base = _base_config(cfg, start, plan, options.explicit_keys)
+    runner = runner or TrainingRunner(base, dataset)
+
+    meter = Meter(budget, reserve_s=options.finish_reserve_s)
+    # the clock of this session before the first trial (imports, data) and phase 0 count too
+    phase0_s = float((assessment.get("timings") or {}).get("tune_wall_s") or
+                     (assessment.get("timings") or {}).get("total_s") or 0.0)
+    meter.charge(Cost(phase0_s, 0, 0), "phase 0: assessment")
+    meter.charge(Cost(time.perf_counter() - t_start - assessed_now_s, 0, 0), "startup (this session)")
+    for note in study.recovered:
+        meter.charge(Cost(note["lost_wall_s"], 0, 0), f"trial #{note['number']} lost to a killed process")
+    test = dataset.splits().get("test")
+    ctx = SearchContext(store=study, runner=runner, meter=meter, trial_examples=int(plan["examples"]),
+                        base_point=dict(start.point), costs=CostModel(options.examples_per_s), ui=ui,
+                        finish_rows=len(test) if test is not None else 0, finish_base_s=options.finish_reserve_s)
+
+    # search -----------------------------------------------------------------------------------
+    if options.strategy == "protocol":
+        run_protocol(ctx, start, options.settings, plan)
+    else:
+        space = default_space(start.point, start.ceiling_r)
+        study.optuna.sampler = make_sampler(options.strategy, space, options.seed)
+        ctx.state["start"] = start
+        ctx.decide("phase0", "trial-plan", f"trials of {plan['max_steps']} steps", "plan", [plan["reason"]],
+                   data=plan)
+        run_yardstick(ctx, space, start.point, options.strategy)
+
+    # finish -----------------------------------------------------------------------------------
+    extra = {"study_dir": str(study_dir), "storage": study.storage_url, "plan": plan,
+             "assessment_findings": [f"{f['severity']}: {f['message']}" for f in assessment.get("findings", [])],
+             "wall_s_session": round(time.perf_counter() - t_start, 2)}
+    summary = finish(ctx, study_dir / FINAL, options.strategy, extra)
+    summary["wall_s_session"] = round(time.perf_counter() - t_start, 2)
+    return summary
+
+
+def _cfg_from_yaml(text: str):
+    import yaml
+
+    from loratune.config import build_config
+
+    data = yaml.safe_load(text) or {}
+    flat = {f"{s}.{k}": v for s, sec in data.items() for k, v in (sec or {}).items()}
+    return build_config(flat)
+
+
+def _base_config(cfg, start: Start, plan: dict, explicit: tuple[str, ...]):
+    """The config every trial starts from: the user's, the assessment's study-wide keys (batch size,
+    max_length), the trial length and the trial defaults (explicit user keys win)."""
+    from loratune.config import replace
+
+    changes: dict[str, Any] = {}
+    for k, v in {**start.fixed, **TRIAL_DEFAULTS}.items():
+        if k not in explicit:
+            changes[k] = v
+    changes["train.max_steps"] = int(plan["max_steps"])
+    changes["train.train_eval_size"] = min(int(changes.get("train.train_eval_size", cfg.train.train_eval_size)),
+                                           cfg.train.train_eval_size)
+    return replace(cfg, **changes)

@@ -1,0 +1,182 @@
+"""Frozen-prefix cache: the cached forward equals the full forward; a cached run matches an uncached one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from loratune import api, prefix_cache
+from loratune.adapt import apply_adapter
+from loratune.config import load_config
+from loratune.models import load_classifier, load_tokenizer
+from loratune.train import collate, encode, eval_batches, forward_logits, predict_logits
+
+from support import _save_tokenizer, overrides
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    prefix_cache.clear()
+    yield
+    prefix_cache.clear()
+
+
+@pytest.fixture(scope="module")
+def tiny_encoders(tmp_path_factory) -> dict[str, str]:
+    """Tiny random-init RoBERTa and DistilBERT (3 layers), sharing the test tokenizer."""
+    from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+
+    out = {}
+    for name, build in {
+        "roberta": lambda v: RobertaModel(RobertaConfig(vocab_size=v, hidden_size=32, num_hidden_layers=3,
+                                                        num_attention_heads=2, intermediate_size=64,
+                                                        max_position_embeddings=130, pad_token_id=0, initializer_range=0.2,
+                                                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)),
+        "distilbert": lambda v: DistilBertModel(DistilBertConfig(vocab_size=v, dim=32, n_layers=3, n_heads=2,
+                                                                 hidden_dim=64, dropout=0.0, attention_dropout=0.0,
+                                                                 pad_token_id=0, initializer_range=0.2)),
+    }.items():
+        folder = tmp_path_factory.mktemp(f"tiny-{name}")
+        tok = _save_tokenizer(folder)
+        torch.manual_seed(0)
+        build(len(tok)).save_pretrained(folder)
+        out[name] = str(folder)
+    return out
+
+
+def _model_and_data(folder, data, tmp_path, **extra):
+    cfg = load_config(None, overrides(folder, data, tmp_path / "run", **extra))
+    dataset = api.prepare(cfg)
+    tok = load_tokenizer(cfg.model)
+    torch.manual_seed(0)
+    model, _ = apply_adapter(load_classifier(cfg.model, len(dataset.label_space), False), cfg.adapter)
+    with torch.no_grad():  # LoRA B starts at zero: give the adapter something to say
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    encs = [encode(tok, split, dataset.label_space, cfg.model.max_length)
+            for split in (dataset.train, dataset.validation)]
+    return cfg, model, tok, encs
+
+
+def _attach(model, tok, encs, mode="auto"):
+    return prefix_cache.attach(model, mode, "lora", encs, lambda ids: collate(ids, tok.pad_token_id, CPU),
+                               lambda lengths: eval_batches(lengths, 5))
+
+
+@pytest.mark.parametrize("arch,store", [("tiny_bert", np.float32), ("tiny_bert", np.float16),
+                                        ("tiny_llama", np.float32), ("roberta", np.float32),
+                                        ("distilbert", np.float32)])
+def test_cached_logits_equal_full_forward(arch, store, request, tiny_encoders, intent_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(prefix_cache, "STORE_DTYPE", store)
+    folder = tiny_encoders[arch] if arch in tiny_encoders else request.getfixturevalue(arch)
+    _, model, tok, encs = _model_and_data(folder, intent_data, tmp_path, layers_to_transform="top:1")
+    full = [predict_logits(model, e, 7, tok.pad_token_id, CPU, False) for e in encs]
+    note = _attach(model, tok, encs)
+    assert note["used"] and note["first_layer"] >= 1, note
+    cached = [predict_logits(model, e, 7, tok.pad_token_id, CPU, False) for e in encs]
+    tol = 1e-5 if store is np.float32 else 2e-2
+    for f, c in zip(full, cached):
+        assert np.abs(f).max() > 0.1  # the comparison means something
+        np.testing.assert_allclose(c, f, atol=tol * max(1.0, np.abs(f).max()), rtol=0)
+    # the model is whole again outside a cached forward
+    enc = encs[1]
+    enc.prefix, saved = None, enc.prefix
+    np.testing.assert_array_equal(predict_logits(model, enc, 7, tok.pad_token_id, CPU, False), full[1])
+    enc.prefix = saved
+
+
+def test_cached_training_forward_gives_the_same_gradients(tiny_bert, intent_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(prefix_cache, "STORE_DTYPE", np.float32)
+    _, model, tok, (train_enc, _) = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
+    rows = [0, 3, 5, 9]
+    batch = collate([train_enc.ids[i] for i in rows], tok.pad_token_id, CPU)
+    target = torch.from_numpy(train_enc.targets[rows])
+    model.eval()  # no dropout: the two paths must agree exactly
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(forward_logits(model, train_enc, rows, batch), target).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full = grads()
+    _attach(model, tok, [train_enc])
+    cached = grads()
+    assert set(full) == set(cached) and any("lora_A" in n for n in cached)
+    assert all(".layer.0." not in n for n in cached)  # nothing below the first adapted block trains
+    for n in full:
+        torch.testing.assert_close(cached[n], full[n], atol=1e-5, rtol=1e-4)
+
+
+def test_short_run_matches_uncached_run_and_reuses_the_cache(tiny_bert, intent_data, tmp_path):
+    extra = {"layers_to_transform": "top:1", "max_steps": 8, "eval_steps": 4}
+    off = api.train(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "off", prefix_cache="off",
+                                                **extra)), progress=False)
+    on = api.train(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "on", **extra)), progress=False)
+    again = api.train(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "again", learning_rate=1e-2, **extra)),
+                      progress=False)
+    assert off["prefix_cache"] == {"used": False, "reason": "train.prefix_cache is off"}
+    assert on["prefix_cache"]["used"] and on["prefix_cache"]["splits_built"] == 3
+    # another trial on the same model, data and max_length (another lr) finds every split cached
+    assert again["prefix_cache"]["splits_reused"] == 3 and again["prefix_cache"]["splits_built"] == 0
+    assert on["steps_done"] == off["steps_done"] == 8
+    # the fixture has no dropout, so only float16 rounding of the cached states separates the runs
+    for key in ("val/loss", "train_eval/loss", "train/loss"):
+        assert on["final"][key] == pytest.approx(off["final"][key], rel=2e-2, abs=2e-3), key
+    assert abs(on["final"]["val/macro_f1"] - off["final"]["val/macro_f1"]) <= 0.1
+
+
+@pytest.mark.parametrize("extra,reason", [
+    ({}, "touches block 0"),  # attn.q + attn.v in every layer
+    ({"layers_to_transform": "top:1", "bias": "all"}, "touches block 0"),  # biases below train too
+    ({"layers_to_transform": "top:1", "method": "full"}, "trains every layer"),
+])
+def test_falls_back_when_the_bottom_trains(extra, reason, tiny_bert, intent_data, tmp_path):
+    run = api.train(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "run", max_steps=2, eval_steps=2,
+                                                **extra)), progress=False)
+    assert run["status"] == "completed"
+    assert run["prefix_cache"]["used"] is False and reason in run["prefix_cache"]["reason"]
+
+
+def test_unsupported_architecture_takes_the_normal_path(tiny_llama, intent_data, tmp_path, monkeypatch):
+    monkeypatch.delitem(prefix_cache.SPLICE_TABLE, "llama")
+    run = api.train(load_config(None, overrides(tiny_llama, intent_data, tmp_path / "run", max_steps=2, eval_steps=2,
+                                                layers_to_transform="top:1")), progress=False)
+    assert run["status"] == "completed"
+    assert not run["prefix_cache"]["used"] and "'llama' is not supported" in run["prefix_cache"]["reason"]
+
+
+def test_large_entries_go_to_disk_and_are_found_by_a_later_process(tiny_bert, intent_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(prefix_cache, "DISK_ENTRY_MB", 0.0)
+    _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
+    full = predict_logits(model, encs[1], 7, tok.pad_token_id, CPU, False)
+    note = _attach(model, tok, encs)
+    assert note["splits_on_disk"] == 2 and note["splits_built"] == 2
+    files = sorted(p.name for p in (tmp_path / "cache" / "prefix").iterdir())
+    assert len(files) == 4 and not any(".tmp" in f for f in files)
+    prefix_cache.clear()  # a new process: nothing in memory
+    again = _attach(model, tok, encs)
+    assert again["splits_reused"] == 2 and again["splits_built"] == 0
+    cached = predict_logits(model, encs[1], 7, tok.pad_token_id, CPU, False)
+    np.testing.assert_allclose(cached, full, atol=2e-2 * np.abs(full).max(), rtol=0)
+
+
+def test_memory_is_bounded(monkeypatch):
+    monkeypatch.setattr(prefix_cache, "MEMORY_BUDGET_MB", 1.0)
+    entry = lambda: prefix_cache.PrefixStates(np.zeros((1000, 200), np.float16), np.array([0, 1000]))  # 0.4 MB
+    for key in "abcd":
+        prefix_cache._remember(key, entry())
+    assert list(prefix_cache._MEMORY) == ["c", "d"]
+
+
+def test_padded_gathers_rows_and_zero_pads():
+    values = np.arange(12, dtype=np.float16).reshape(6, 2)  # rows of 1, 3 and 2 tokens
+    states = prefix_cache.PrefixStates(values, np.array([0, 1, 4, 6]))
+    out = states.padded([2, 0], 3).numpy()
+    assert out.shape == (2, 3, 2)
+    np.testing.assert_array_equal(out[0], [[8, 9], [10, 11], [0, 0]])
+    np.testing.assert_array_equal(out[1], [[0, 1], [0, 0], [0, 0]])

@@ -1,0 +1,144 @@
+"""`loratune tune` end to end on a tiny random-init BERT: the study on disk, and resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loratune.cli import main
+from loratune.config import load_config
+
+from support import overrides
+
+
+def _tune_args(tiny_bert, intent_data, study: Path, *extra: str) -> list[str]:
+    ov = overrides(tiny_bert, intent_data, study / "unused", learning_rate=2e-2, num_threads=1)
+    ov = [o for o in ov if not o.startswith(("max_steps=", "eval_steps=", "output_dir="))]
+    return ["tune", *ov, "--study-dir", str(study), "-q", *extra]
+
+
+def _optuna_trials(study: Path):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    s = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}")
+    return s.get_trials(deepcopy=False)
+
+
+def test_protocol_study_end_to_end(tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    rc = main(_tune_args(tiny_bert, intent_data, study, "--budget", "6trials", "--trial-steps", "12"))
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    # every decision printed with its evidence, and persisted
+    decisions = [json.loads(line) for line in (study / "decisions.jsonl").read_text().splitlines()]
+    phases = [d["phase"] for d in decisions]
+    assert phases[:2] == ["phase0", "phase0"] and "phase1-lr-grid" in phases and "lora-vs-full" in phases
+    assert phases[-1] == "finish"
+    assert all(d["evidence"] for d in decisions)
+    assert "phase1-lr-grid best lr" in out
+    # every trial an Optuna trial and an ordinary run directory
+    trials = _optuna_trials(study)
+    assert 1 <= len(trials) <= 6
+    for t in trials:
+        rec = t.user_attrs["record"]
+        assert {"key", "phase", "run_dir", "status", "point"} <= set(t.user_attrs)
+        run_dir = Path(rec["run_dir"])
+        assert run_dir.parent == study / "trials" and (run_dir / "run.json").exists()
+        assert json.loads((run_dir / "run.json").read_text())["status"] in ("completed", "interrupted", "diverged")
+    assert len({t.user_attrs["key"] for t in trials}) == len(trials)
+    # final outputs
+    final = study / "final"
+    summary = json.loads((final / "study.json").read_text())
+    for key in ("trail", "trials", "best_vs_compute", "rank_vs_metric", "lora_vs_full", "recommendation", "budget"):
+        assert key in summary
+    assert summary["budget"]["spent"]["trials"] == len(trials) <= 6
+    rec = summary["recommendation"]
+    assert rec["test"]["test/macro_f1"] is not None
+    assert (final / "adapter" / "adapter_config.json").exists() or (final / "adapter" / "model.safetensors").exists()
+    cfg = load_config(final / "config.yaml")  # a ready-to-use config
+    assert cfg.train.max_steps == 12 and cfg.train.output_dir == "runs/tuned"
+    assert json.loads((final / "test.json").read_text())["trial"] == rec["trial"]
+    # a second run into the same folder must not silently mix studies
+    assert main(_tune_args(tiny_bert, intent_data, study, "--budget", "1trials")) == 2
+
+
+def test_yardstick_uses_the_same_budget(tiny_bert, intent_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "tpe"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--strategy", "random", "--budget", "3trials",
+                           "--trial-steps", "8")) == 0
+    trials = _optuna_trials(study)
+    assert len(trials) == 3 and all("train.learning_rate" in t.params for t in trials)
+    summary = json.loads((study / "final" / "study.json").read_text())
+    assert summary["strategy"] == "random" and summary["budget"]["spent"]["trials"] == 3
+
+
+def test_resume_after_kill_keeps_every_finished_trial(tiny_bert, intent_data, tmp_path):
+    study = tmp_path / "study"
+    env = {**os.environ, "LORATUNE_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    args = _tune_args(tiny_bert, intent_data, study, "--budget", "5trials", "--trial-steps", "120")
+    proc = subprocess.Popen([sys.executable, "-m", "loratune.cli", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        killed_in = None
+        while time.time() < deadline and proc.poll() is None:
+            running = sorted((study / "trials").glob("01-*/history.jsonl")) if (study / "trials").exists() else []
+            if running and len(running[0].read_text().splitlines()) >= 2:  # trial 0 done, trial 1 mid-way
+                killed_in = running[0].parent
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    assert killed_in is not None, "the study ended before it could be killed mid-trial"
+    before = {t.number: t for t in _optuna_trials(study)}
+    finished_before = {n: t.user_attrs["key"] for n, t in before.items() if "record" in t.user_attrs}
+    assert finished_before, "no finished trial before the kill"
+    mtimes = {n: (Path(before[n].user_attrs["run_dir"]) / "run.json").stat().st_mtime for n in finished_before}
+    n_decisions = len((study / "decisions.jsonl").read_text().splitlines())
+
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "5trials", "-q"]) == 0
+
+    after = _optuna_trials(study)
+    killed = [t for t in after if t.number not in finished_before and t.user_attrs.get("status") == "killed"]
+    assert len(killed) == 1 and Path(killed[0].user_attrs["run_dir"]) == killed_in
+    finished = [t for t in after if "record" in t.user_attrs]
+    keys = [t.user_attrs["key"] for t in finished]
+    assert len(keys) == len(set(keys)), "a finished trial was run again"
+    for n, key in finished_before.items():  # kept, not retrained
+        assert key in keys
+        assert (Path(before[n].user_attrs["run_dir"]) / "run.json").stat().st_mtime == mtimes[n]
+    assert killed[0].user_attrs["key"] in keys  # the cut trial's point was trained again
+    decisions = [json.loads(x) for x in (study / "decisions.jsonl").read_text().splitlines()]
+    assert len(decisions) > n_decisions
+    assert [d["seq"] for d in decisions] == list(range(len(decisions))), "decisions written twice"
+    summary = json.loads((study / "final" / "study.json").read_text())
+    assert summary["budget"]["spent"]["trials"] == len(finished) <= 5
+
+
+@pytest.mark.parametrize("bad", [["--budget", "soon"], ["--strategy", "bayes"]])
+def test_bad_arguments(bad, tmp_path, capsys):
+    with pytest.raises(SystemExit) if bad[0] == "--strategy" else _no_raise():
+        rc = main(["tune", "--study-dir", str(tmp_path / "s"), *bad])
+        assert rc == 2
+        assert "budget" in capsys.readouterr().err
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

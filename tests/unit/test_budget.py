@@ -1,0 +1,159 @@
+"""Budget parsing and accounting: the same meter for every strategy."""
+
+from __future__ import annotations
+
+import pytest
+
+from loratune.errors import UserError
+from loratune.search.budget import Budget, Cost, CostModel, Meter, format_amount
+from loratune.search.context import MemoryStore, SearchContext
+from loratune.search.prune import PruneSettings, behind_best, by_diagnosis
+from loratune.search.trial import TrialResult, TrialSpec
+
+
+@pytest.mark.parametrize("text,kind,limit", [
+    ("15m", "wall_s", 900), ("900s", "wall_s", 900), ("1h30m", "wall_s", 5400), ("2m30s", "wall_s", 150),
+    ("20trials", "trials", 20), ("1trial", "trials", 1), ("20 trials", "trials", 20),
+    ("300000ex", "examples", 300_000), ("300kex", "examples", 300_000), ("1.5Mexamples", "examples", 1_500_000),
+])
+def test_parse(text, kind, limit):
+    b = Budget.parse(text)
+    assert (b.kind, b.limit) == (kind, limit)
+
+
+@pytest.mark.parametrize("text", ["", "15", "fast", "0m", "-5m", "2.5trials", "0ex", "15 minutes"])
+def test_parse_rejects_with_a_fix(text):
+    with pytest.raises(UserError) as e:
+        Budget.parse(text)
+    assert "15m" in e.value.fix
+
+
+def test_meter_charges_every_unit_and_answers_fits():
+    m = Meter(Budget.parse("100s"), reserve_s=10)
+    assert m.left == 90
+    m.charge(Cost(30, 1000, 1), "trial 0")
+    m.charge(Cost(5, 0, 0), "overhead")
+    assert m.spent == Cost(35, 1000, 1)
+    assert m.left == pytest.approx(55)
+    assert m.fits(Cost(50, 10**9, 1))  # only the budget's own unit counts
+    assert not m.fits(Cost(50, 0, 1), reserve=Cost(10, 0, 1))  # held back for later stages
+    assert not m.exhausted()
+    m.charge(Cost(60, 0, 1), "trial 1")
+    assert m.exhausted() and m.fraction_used == pytest.approx(0.95)
+    assert [c.label for c in m.ledger] == ["trial 0", "overhead", "trial 1"]
+    assert m.ledger[-1].total == Cost(95, 1000, 2)
+
+
+def test_trial_budget_counts_trials():
+    m = Meter(Budget.parse("2trials"))
+    assert m.fits(Cost(1e9, 10**9, 1))
+    m.charge(Cost(1, 1, 1), "a")
+    assert m.fits(Cost(0, 0, 1)) and not m.fits(Cost(0, 0, 1), reserve=Cost(0, 0, 1))
+    m.charge(Cost(1, 1, 1), "b")
+    assert m.exhausted() and not m.fits(Cost(0, 0, 1))
+
+
+def test_examples_budget():
+    m = Meter(Budget.parse("10kex"))
+    m.charge(Cost(100, 6000, 1), "a")
+    assert m.left == 4000 and not m.fits(Cost(1, 5000, 1)) and m.fits(Cost(1, 4000, 1))
+
+
+def test_cost_model_learns_seconds_per_example_per_method():
+    cm = CostModel(prior_examples_per_s=100, full_over_lora=2.0)
+    assert cm.estimate(1000).wall_s == pytest.approx(10)
+    assert cm.estimate(1000, "full").wall_s == pytest.approx(20)  # prior ratio until measured
+    cm.observe("lora", 50.0, 1000)
+    assert cm.estimate(1000).wall_s == pytest.approx(50)
+    assert cm.estimate(1000, "full").wall_s == pytest.approx(100)
+    cm.observe("full", 70.0, 1000)
+    assert cm.estimate(1000, "full").wall_s == pytest.approx(70)
+
+
+def test_format_amount():
+    assert format_amount("wall_s", 75) == "1m15s"
+    assert format_amount("trials", 1) == "1 trial"
+    assert format_amount("examples", 12345) == "12,345 examples"
+
+
+class _Runner:
+    def __init__(self):
+        self.calls = 0
+
+    def run(self, spec, run_dir, watch=None):
+        self.calls += 1
+        return TrialResult("completed", 0.5, examples=500, wall_s=20.0, curve=((0, 0.0), (10, 0.5)))
+
+    def compare(self, run_dirs):
+        return None
+
+    def evaluate(self, run_dir, split="test"):
+        return {}
+
+
+def test_context_charges_trials_and_refuses_what_does_not_fit():
+    ctx = SearchContext(store=MemoryStore(), runner=_Runner(), meter=Meter(Budget.parse("50s")),
+                        trial_examples=500, costs=CostModel(prior_examples_per_s=25),  # prior: 20 s a trial
+                        finish_base_s=0.0)
+    a = ctx.run(TrialSpec("a", "x", {"train.learning_rate": 1e-3}))
+    assert a is not None and ctx.meter.spent == Cost(20.0, 500, 1)
+    again = ctx.run(TrialSpec("a", "x", {"train.learning_rate": 1e-3}))
+    assert again is a and ctx.meter.spent.trials == 1  # the same point in one search is free
+    assert ctx.run(TrialSpec("b", "x", {"train.learning_rate": 2e-3}), reserve=Cost(20, 0, 1)) is None
+    assert ctx.run(TrialSpec("b", "x", {"train.learning_rate": 2e-3})) is not None
+    assert ctx.run(TrialSpec("c", "x", {"train.learning_rate": 4e-3})) is None  # 10 s left < 20 s
+    assert ctx.runner.calls == 2
+
+
+def test_context_budget_stop_mid_trial():
+    ctx = SearchContext(store=MemoryStore(), runner=_Runner(), meter=Meter(Budget.parse("1000ex")),
+                        trial_examples=500)
+    ctx.meter.charge(Cost(0, 800, 1), "before")
+    assert ctx._budget_stop(5.0, 100) is None
+    assert "budget" in ctx._budget_stop(5.0, 300)
+
+
+def test_behind_best_prunes_only_clear_losers_after_half_the_run():
+    ref = [("#0", ((0, 0.0), (50, 0.5), (100, 0.7)))]
+    s = PruneSettings()
+    assert behind_best(((0, 0.0), (40, 0.1)), 100, ref, 0.01, s) is None  # too early to judge
+    assert behind_best(((0, 0.0), (50, 0.47)), 100, ref, 0.01, s) is None  # within the margin
+    why = behind_best(((0, 0.0), (50, 0.3)), 100, ref, 0.01, s)
+    assert why and "#0" in why and "0.300" in why
+    assert behind_best(((0, 0.0), (50, 0.4)), 100, ref, 0.05, s) is None  # 3 SE = 0.15 margin
+    assert behind_best(((0, 0.0), (50, 0.3)), 100, [], 0.01, s) is None  # nothing to compare with
+
+
+def test_diagnosis_prunes_a_collapsing_trial_only_when_another_was_better():
+    ref = [("#0", ((0, 0.0), (40, 0.5)))]
+    curve = ((0, 0.0), (40, 0.1))
+    assert by_diagnosis("lr-too-large", "collapse", curve, 100, ref) is not None
+    assert by_diagnosis("lr-too-large", "collapse", curve, 100, []) is None  # the first trial runs on
+    assert by_diagnosis("lr-too-small", "slow", curve, 100, ref) is None
+    assert by_diagnosis("lr-too-large", "collapse", ((0, 0.0), (20, 0.1)), 100, ref) is None  # before 30%
+
+
+def test_wall_budget_keeps_time_back_for_scoring_test():
+    ctx = SearchContext(store=MemoryStore(), runner=_Runner(), meter=Meter(Budget.parse("100s")),
+                        trial_examples=500, finish_rows=300, finish_base_s=5.0)
+    ctx.run(TrialSpec("a", "x", {}))  # 20 s for 500 examples: 0.04 s an example
+    assert ctx.meter.reserve_s == pytest.approx(5.0 + 0.04 * 300 / 3)
+    assert ctx.meter.left == pytest.approx(100 - 20 - 9)
+
+
+def test_decision_log_is_append_only_and_replay_safe(tmp_path):
+    from loratune.search.study import DecisionLog
+
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path)
+    log.append({"seq": 0, "kind": "start-config"})
+    log.append({"seq": 1, "kind": "lr-grid"})
+    with open(path, "a") as f:
+        f.write('{"seq": 2, "kind": "pa')  # torn by a hard kill
+    again = DecisionLog(path)
+    assert [d["seq"] for d in again.entries] == [0, 1]
+    again.append({"seq": 0, "kind": "start-config"})  # a resumed session replays its decisions
+    again.append({"seq": 1, "kind": "lr-grid"})
+    again.append({"seq": 2, "kind": "pair"})
+    assert [d["seq"] for d in again.entries] == [0, 1, 2]
+    assert [d["seq"] for d in DecisionLog(path).entries] == [0, 1, 2]  # and on disk, torn line gone

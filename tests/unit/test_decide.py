@@ -1,0 +1,89 @@
+"""LoRA vs full fine-tuning: every protocol-6 reason evaluated, the choice on the probe's evidence."""
+
+from __future__ import annotations
+
+import pytest
+
+from loratune.decide import CostPoint, DecideInputs, DecideThresholds, decide
+
+TOTAL, ADAPTED = 22_700_000, 4_130_000
+
+
+def lora(r: int, f1: float, step=0.10, mem=900.0, label=None) -> CostPoint:
+    return CostPoint(label or f"LoRA r={r}", "lora", r, f1, trainable=16_896 * r + 180_000, adapter=16_896 * r,
+                     total=TOTAL, adapted_weights=ADAPTED, mean_step_s=step, peak_memory_mb=mem)
+
+
+FULL = CostPoint("full fine-tuning", "full", None, 0.80, trainable=TOTAL, total=TOTAL, mean_step_s=0.20,
+                 peak_memory_mb=1400.0)
+
+
+def reasons(out):
+    return {r.id: r.holds for r in out.reasons}
+
+
+def test_lora_kept_when_full_is_within_noise():
+    out = decide(DecideInputs(lora(8, 0.79), lora(32, 0.795), FULL, noise=0.02, plateau=True, breakeven_r=81))
+    assert out.choice == "lora"
+    assert reasons(out) == {"param-share": False, "rank-plateau": None, "cost-parity": False,
+                            "performance-gap": False, "new-knowledge": None}
+    assert "within noise" in out.summary
+
+
+def test_full_chosen_when_the_probe_wins_beyond_noise_and_says_why():
+    out = decide(DecideInputs(lora(8, 0.70), None, FULL, noise=0.02))
+    assert out.choice == "full"
+    assert reasons(out)["performance-gap"] is True
+    assert "full fine-tuning is better beyond noise" in out.summary
+
+
+@pytest.mark.parametrize("r,holds", [(8, False), (64, True)])
+def test_param_share_threshold(r, holds):
+    # 16896 r / 4.13M adapted: r=64 -> 26% of the adapted weights (>= 20%)
+    out = decide(DecideInputs(lora(8, 0.8), lora(r, 0.8), None, noise=0.01))
+    assert reasons(out)["param-share"] is holds
+
+
+def test_cost_parity_from_measured_step_time_or_memory():
+    near = lora(64, 0.8, step=0.18, mem=900.0)  # 90% of full's step time
+    out = decide(DecideInputs(lora(8, 0.8), near, FULL, noise=0.01))
+    assert reasons(out)["cost-parity"] is True
+    r = next(x for x in out.reasons if x.id == "cost-parity")
+    assert r.evidence["step_time_ratio"] == pytest.approx(0.9)
+    cheap = decide(DecideInputs(lora(8, 0.8), lora(32, 0.8, step=0.1, mem=700.0), FULL, noise=0.01))
+    assert reasons(cheap)["cost-parity"] is False
+
+
+def test_past_the_breakeven_rank_counts_as_cost_parity_even_without_a_probe():
+    out = decide(DecideInputs(lora(8, 0.8), lora(128, 0.8), None, noise=0.01, breakeven_r=81))
+    assert reasons(out)["cost-parity"] is True
+    assert out.choice == "lora" and "worth a longer probe" in out.summary
+
+
+def test_plateau_with_a_target():
+    met = decide(DecideInputs(lora(8, 0.85), None, None, noise=0.01, plateau=True, target=0.8))
+    unmet = decide(DecideInputs(lora(8, 0.75), None, None, noise=0.01, plateau=True, target=0.8))
+    not_plateaued = decide(DecideInputs(lora(8, 0.75), None, None, noise=0.01, plateau=False, target=0.8))
+    assert reasons(met)["rank-plateau"] is False
+    assert reasons(unmet)["rank-plateau"] is True
+    assert reasons(not_plateaued)["rank-plateau"] is False
+
+
+def test_no_probe_means_lora_and_unknown_gap():
+    out = decide(DecideInputs(lora(8, 0.8), None, None, noise=0.01))
+    assert out.choice == "lora" and reasons(out)["performance-gap"] is None
+    assert "no full-fine-tuning probe" in out.summary
+
+
+def test_cost_table_has_every_measured_point_with_ratios_to_full():
+    out = decide(DecideInputs(lora(8, 0.8, label="LoRA r=8 (chosen)"), lora(32, 0.8, step=0.12), FULL, noise=0.01))
+    labels = [row["label"] for row in out.table]
+    assert labels == ["LoRA r=8 (chosen)", "LoRA r=32", "full fine-tuning"]
+    assert out.table[1]["step_time_vs_full"] == pytest.approx(0.6)
+    assert out.table[2]["memory_vs_full"] == pytest.approx(1.0)
+    assert out.to_dict()["choice"] == "lora"
+
+
+def test_thresholds_are_overridable():
+    strict = DecideThresholds(share_total=0.001)
+    assert reasons(decide(DecideInputs(lora(8, 0.8), None, None, noise=0.01), strict))["param-share"] is True

@@ -1,0 +1,350 @@
+"""The protocol's decisions on scripted trial outcomes (no training): a scripted runner plays a
+"world" (val macro-F1, diagnosis verdict and costs as functions of the config point)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from loratune.search.budget import Budget, CostModel, Meter
+from loratune.search.context import MemoryStore, SearchContext
+from loratune.search.protocol import (
+    ProtocolSettings,
+    Start,
+    breakeven_rank,
+    plan_trial_length,
+    run_protocol,
+    start_from_assessment,
+)
+from loratune.search.space import scale_of
+from loratune.search.trial import TrialResult
+
+LR, R = "train.learning_rate", "adapter.r"
+START = Start(point={R: 8, "adapter.lora_alpha": 16.0, "adapter.target_modules": ["attn.q", "attn.v", "ffn@top:2"],
+                     "adapter.layers_to_transform": "all", "adapter.lora_dropout": 0.1, LR: 1e-3},
+              ceiling_r=32, lr_centre=1e-3)
+
+
+class World:
+    """f1(point), verdict(point), val loss(point); seeds add a fixed offset."""
+
+    SEED_OFFSET = {42: 0.0, 43: -0.004, 44: 0.003}
+
+    def __init__(self, f1, verdict, loss=None, gap=0.05, full_f1=0.70, adapted=300_000):
+        self.f1, self.verdict, self.loss, self.gap, self.full_f1, self.adapted = f1, verdict, loss, gap, full_f1, adapted
+
+    def result(self, p: dict) -> TrialResult:
+        full = p.get("adapter.method") == "full"
+        v = self.full_f1 if full else self.f1(p) + self.SEED_OFFSET.get(p.get("train.seed", 42), 0.0)
+        r = int(p.get(R, 8))
+        verdict = "healthy" if full else self.verdict(p)
+        loss = self.loss(p) if self.loss else 1.0 - v
+        params = ({"total": 1_000_000, "trainable": 1_000_000, "adapter": 0, "adapted_weights": 0} if full else
+                  {"total": 1_000_000, "trainable": 1000 * r + 5000, "adapter": 1000 * r,
+                   "adapted_weights": self.adapted})
+        return TrialResult(
+            status="completed", value=v, examples=1000, wall_s=10.0, steps_planned=100, steps_done=100,
+            mean_step_s=0.30 if full else 0.10 + 0.001 * r, peak_memory_mb=1500.0 if full else 500.0 + r,
+            params=params, best={"step": 100, "val/macro_f1": v}, curve=((0, 0.0), (100, v)), verdict=verdict,
+            findings=({"rule_id": verdict, "verdict": verdict, "moves": [], "evidence": [f"scripted {verdict}"]},),
+            features={"val_metric_se": 0.01, "val_loss_min": loss, "gap_f1": self.gap, "best_step_fraction": 1.0,
+                      "still_improving": 0.0, "val_metric_final_drop": 0.0, "val_loss_rise": 0.0})
+
+
+class ScriptedRunner:
+    def __init__(self, world: World, interrupt_at: int | None = None):
+        self.world, self.interrupt_at, self.calls = world, interrupt_at, []
+
+    def run(self, spec, run_dir, watch=None):
+        if self.interrupt_at is not None and len(self.calls) + 1 == self.interrupt_at:
+            raise KeyboardInterrupt
+        self.calls.append(spec)
+        return self.world.result(spec.point)
+
+    def compare(self, run_dirs):
+        return None
+
+    def evaluate(self, run_dir, split="test"):
+        return {"test/macro_f1": 0.8}
+
+
+def lr_binds() -> World:
+    """lr is what binds: F1 rises to lr 4e-3 then falls; rank barely matters."""
+    def f1(p):
+        x = math.log2(p[LR] / 1e-3)  # 0 at 1e-3
+        base = {-1: 0.50, 0: 0.60, 1: 0.70, 2: 0.78, 3: 0.75}.get(round(x), 0.4)
+        return base + 0.001 * math.log2(p[R] / 8)
+
+    def verdict(p):
+        return "lr-too-small" if p[LR] < 4e-3 else "healthy"
+
+    return World(f1, verdict, loss=lambda p: 1.5 - 0.2 * math.log2(p[LR] / 1e-3))
+
+
+def capacity_binds() -> World:
+    def f1(p):
+        lr_part = {0.5e-3: -0.01, 1e-3: 0.0, 2e-3: 0.01, 4e-3: 0.02}.get(p[LR], 0.0)
+        return 0.5 + 0.08 * math.log2(p[R] / 8) + lr_part
+
+    return World(f1, lambda p: "underfit-capacity" if p[R] < 32 else "healthy")
+
+
+def overfits() -> World:
+    def f1(p):
+        return {8: 0.70, 4: 0.72, 2: 0.71}.get(p[R], 0.6) - 0.005 * abs(math.log2(p[LR] / 1e-3))
+
+    return World(f1, lambda p: "overfit-capacity" if p[R] >= 8 else "healthy", gap=0.3)
+
+
+def make_ctx(world, budget="100trials", store=None, interrupt_at=None):
+    runner = ScriptedRunner(world, interrupt_at)
+    ctx = SearchContext(store=store or MemoryStore(), runner=runner, meter=Meter(Budget.parse(budget)),
+                        trial_examples=1000, costs=CostModel())
+    return ctx, runner
+
+
+def names(runner):
+    return [(s.phase, s.name) for s in runner.calls]
+
+
+def kinds(ctx):
+    return [(d["phase"], d["kind"], d["verdict"]) for d in ctx.decisions]
+
+
+def test_lr_bound_path_follows_the_lr_and_finds_the_plateau():
+    ctx, runner = make_ctx(lr_binds())
+    run_protocol(ctx, START, ProtocolSettings())
+    assert names(runner) == [
+        ("phase1-lr-grid", "start"), ("phase1-lr-grid", "lr2e-3"),  # 0.5x skipped: 2x won beyond noise
+        ("pair", "lr4e-3"), ("pair", "lr2e-3-r16-a32"),  # minimal-intervention pair from lr 2e-3
+        ("phase2", "lr8e-3"),  # one more x2 step: worse, lr kept at 4e-3
+        ("seeds", "lr4e-3-seed43"), ("seeds", "lr4e-3-seed44"),
+        ("rank-sweep", "lr4e-3-r32-rs-a11.3"),  # x4 with rsLoRA: gain below the seed noise
+        ("target-sweep", "lr4e-3-t-all-linear"),  # more modules: no gain, targets kept
+        ("lora-vs-full", "full-lr4e-4"),
+    ]
+    d = {(p, k): v for p, k, v in kinds(ctx)}
+    assert d[("phase1-lr-grid", "lr-grid-skip")] == "0.5x not needed"
+    assert d[("pair", "pair")] == "binding knob: optimization"
+    assert d[("rank-sweep", "rank")] == "plateau at r=8"
+    assert d[("target-sweep", "targets")] == "no gain beyond noise"
+    assert d[("lora-vs-full", "lora-vs-full")] == "choose lora"
+    pair = ctx.state["pair"]
+    assert pair["lr_delta"] == pytest.approx(0.08) and pair["r_delta"] == pytest.approx(0.001)
+    assert pair["noise"] == pytest.approx(math.sqrt(2) * 0.01)  # before seeds: the val SE
+    final = ctx.state["final"]
+    assert final.point[LR] == 4e-3 and final.point[R] == 8
+    sigma = ctx.state["seed_sigma"]
+    assert sigma == pytest.approx(0.0035, abs=1e-4)
+    assert ctx.state["rank_sweep"]["threshold"] == pytest.approx(max(0.005, 2 * sigma))
+    # every decision carries evidence, and every trial ran once
+    assert all(dd["evidence"] for dd in ctx.decisions)
+    assert len({s.key for s in runner.calls}) == len(runner.calls)
+
+
+def test_rank_sweep_keeps_the_scale_with_rslora():
+    ctx, runner = make_ctx(lr_binds())
+    run_protocol(ctx, START, ProtocolSettings())
+    sweep = next(s for s in runner.calls if s.phase == "rank-sweep")
+    assert sweep.point["adapter.use_rslora"] is True
+    assert scale_of(sweep.point) == pytest.approx(scale_of(START.point), rel=1e-2)
+
+
+def test_capacity_bound_path_raises_rank_until_adequate():
+    ctx, runner = make_ctx(capacity_binds())
+    run_protocol(ctx, START, ProtocolSettings())
+    calls = names(runner)
+    assert calls[:3] == [("phase1-lr-grid", "start"), ("phase1-lr-grid", "lr2e-3"), ("phase1-lr-grid", "lr5e-4")]
+    assert ("pair", "lr4e-3") in calls and ("pair", "lr2e-3-r16-a32") in calls
+    d = kinds(ctx)
+    assert ("pair", "pair", "binding knob: capacity") in d
+    assert ("phase1-capacity", "capacity-move", "r x2 helps") in d
+    assert ("phase1-capacity", "capacity-verdict", "capacity adequate") in d
+    assert ctx.state["incumbent"].point[R] == 32
+
+
+def test_overfit_lowers_capacity_without_touching_lr():
+    ctx, runner = make_ctx(overfits())
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1))
+    moves = [s for s in runner.calls if s.phase == "phase1-capacity"]
+    assert moves and moves[0].point[R] == 4 and moves[0].point[LR] == 1e-3
+    assert ("phase1-capacity", "capacity-move", "r /2 helps") in kinds(ctx)
+
+
+def test_short_budget_keeps_the_high_priority_stages():
+    ctx, runner = make_ctx(lr_binds(), budget="4trials")
+    run_protocol(ctx, START, ProtocolSettings())
+    phases = [p for p, _ in names(runner)]
+    assert phases == ["phase1-lr-grid", "phase1-lr-grid", "seeds", "lora-vs-full"]
+    d = kinds(ctx)
+    assert ("pair", "pair", "pair not affordable") in d  # said so, with the prior
+    pair = next(x for x in ctx.decisions if x["kind"] == "pair")
+    assert any("prior" in e for e in pair["evidence"])
+    assert ctx.meter.spent.trials == 4
+
+
+def test_resume_replays_finished_trials_without_training_them(tmp_path):
+    store = MemoryStore(tmp_path, decisions_path=tmp_path / "decisions.jsonl")
+    ctx1, r1 = make_ctx(lr_binds(), store=store, interrupt_at=5)
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol(ctx1, START, ProtocolSettings())
+    done_before = [s.key for s in r1.calls]
+    assert len(done_before) == 4
+    n_decisions = len(store.decisions.entries)
+    ctx2, r2 = make_ctx(lr_binds(), store=store)
+    run_protocol(ctx2, START, ProtocolSettings())
+    assert not set(done_before) & {s.key for s in r2.calls}, "a finished trial was trained again"
+    assert len(r1.calls) + len(r2.calls) == 10
+    # the same decisions as an uninterrupted run, none written twice
+    ref, _ = make_ctx(lr_binds())
+    run_protocol(ref, START, ProtocolSettings())
+    seqs = [d["seq"] for d in store.decisions.entries]
+    assert seqs == sorted(set(seqs)) and len(seqs) == len(ref.decisions) > n_decisions
+    assert [d["kind"] for d in store.decisions.entries] == [d["kind"] for d in ref.decisions]
+    assert ctx2.state["final"].key == ref.state["final"].key
+    assert ctx2.meter.spent.trials == ref.meter.spent.trials  # replayed trials are charged again
+
+
+def test_breakeven_caps_the_rank_sweep():
+    world = lr_binds()
+    world.adapted = 30_000  # breakeven rank = 30000 / 3 / 1000 = 10 < 8 x 4
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings())
+    sweep = [s for s in runner.calls if s.phase == "rank-sweep"]
+    assert [s.point[R] for s in sweep] == [10]
+    assert ctx.state["rank_sweep"]["breakeven_r"] == 10
+    ctx2, runner2 = make_ctx(world)
+    world.f1 = lambda p: 0.78  # flat
+    run_protocol(ctx2, START, ProtocolSettings())
+    assert breakeven_rank({"adapter": 8000, "adapted_weights": 30_000}, 8) == 10
+
+
+def test_full_fine_tuning_chosen_when_the_probe_wins_beyond_noise():
+    world = lr_binds()
+    world.full_f1 = 0.85
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings())
+    assert ctx.state["lora_vs_full"]["choice"] == "full"
+    assert ctx.state["final"].point["adapter.method"] == "full"
+
+
+def test_all_trials_failing_stops_with_a_decision():
+    class Broken(ScriptedRunner):
+        def run(self, spec, run_dir, watch=None):
+            self.calls.append(spec)
+            return TrialResult(status="diverged", value=None, examples=100, wall_s=1.0, verdict="diverged")
+
+    ctx = SearchContext(store=MemoryStore(), runner=Broken(lr_binds()), meter=Meter(Budget.parse("20trials")),
+                        trial_examples=1000)
+    run_protocol(ctx, START, ProtocolSettings())
+    assert ("phase1-lr-grid", "lr-grid", "no trial learned") in kinds(ctx)
+    assert "final" not in ctx.state
+
+
+def test_start_from_assessment_lets_explicit_user_keys_win():
+    a = {"recommendation": {
+        "overrides": {"adapter.r": 8, "adapter.lora_alpha": 16.0, "adapter.target_modules": ["attn.q", "attn.v"],
+                      "train.learning_rate": 1e-3, "train.num_train_epochs": 8.0,
+                      "train.per_device_train_batch_size": 32, "model.max_length": 56},
+        "choices": [{"key": "adapter.r", "value": 8, "rule": "start-rank-by-data", "reason": "1848 rows"}],
+        "capacity_ceiling": {"key": "adapter.r", "value": 32, "rule": "ceiling-rank", "reason": "..."},
+        "lr_grid": [5e-4, 1e-3, 2e-3]}, "facts": {"train_rows": 1848}}
+    start = start_from_assessment(a, {"train.learning_rate": 5e-4})
+    assert start.point[LR] == 5e-4 and start.lr_centre == 5e-4
+    assert start.fixed == {"train.per_device_train_batch_size": 32, "model.max_length": 56}
+    assert start.ceiling_r == 32 and start.epochs == 8.0
+
+
+@pytest.mark.parametrize("kind,limit,steps", [("wall_s", 900, 173), ("examples", 30_000, 78), ("trials", 20, 173)])
+def test_trial_length_fits_the_budget(kind, limit, steps):
+    plan = plan_trial_length(kind, limit, 1848, 32, start_epochs=8.0, examples_per_s=100)
+    assert plan["max_steps"] == steps
+    assert 1.0 - 1e-9 <= plan["epochs"] * 1848 / 1848 <= 3.01
+
+
+def test_seed_unstable_lowers_the_lr_when_the_lower_one_is_within_noise():
+    world = lr_binds()
+    world.SEED_OFFSET = {42: 0.0, 43: -0.06, 44: 0.05}  # sigma ~0.055 >= seed_std_max 0.02
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False))
+    d = next(x for x in ctx.decisions if x["kind"] == "noise")
+    assert d["verdict"] == "seed-unstable: lr at an unstable edge"
+    assert "lower the lr" in d["move"]
+    assert ctx.state["final"].point[LR] == 2e-3  # 0.70 at lr 2e-3 is within noise 0.11 of 0.78
+
+
+def test_seed_unstable_keeps_the_lr_when_the_lower_one_is_clearly_worse():
+    world = lr_binds()
+    world.SEED_OFFSET = {42: 0.0, 43: -0.025, 44: 0.02}  # sigma ~0.023, noise ~0.045 < 0.08 drop at lr/2
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False))
+    d = next(x for x in ctx.decisions if x["kind"] == "noise")
+    assert d["verdict"].startswith("seed-unstable") and d["move"].startswith("recommend")
+    assert ctx.state["final"].point[LR] == 4e-3
+
+
+def test_lr_probe_moves_the_centre_before_the_grid():
+    ctx, runner = make_ctx(lr_binds())
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False), plan={"max_steps": 100, "reason": "scripted"})
+    probes = [s for s in runner.calls if s.phase == "lr-probe"]
+    assert [(s.point[LR], s.point["train.max_steps"]) for s in probes] == [(1e-3, 25), (4e-3, 25), (1.6e-2, 25)]
+    d = next(x for x in ctx.decisions if x["kind"] == "lr-probe")
+    assert d["verdict"] == "lr centre 0.004"
+    grid = [s.point[LR] for s in runner.calls if s.phase == "phase1-lr-grid"]
+    assert grid == [4e-3, 8e-3, 2e-3]  # 2x did not beat 1x beyond noise: 0.5x runs
+    assert ctx.state["final"].point[LR] == 4e-3
+    # probes cost a quarter trial in the estimate, and are never compared with full-length trials
+    assert ctx.estimate(probes[0].point).examples == 250
+    assert all(r.point.get("train.max_steps") == 25 for r in ctx.records[:3])
+    full_refs = {name for name, _ in ctx.references(ctx.spec(START.point, "x"))}
+    assert full_refs and not any("steps25" in n for n in full_refs)
+    assert [s.name for s in probes] == ["steps25", "lr4e-3-steps25", "lr0.016-steps25"]
+
+
+def test_lr_probe_steps_down_when_the_centre_collapses():
+    world = lr_binds()
+    world.verdict = lambda p: "lr-too-large" if p[LR] >= 1e-3 else "healthy"
+    world.f1 = lambda p: 0.3 if p[LR] >= 1e-3 else 0.6
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False), plan={"max_steps": 100, "reason": "scripted"})
+    probes = [s.point[LR] for s in runner.calls if s.phase == "lr-probe"]
+    assert probes == [1e-3, 2.5e-4]
+    assert ctx.state["lr_centre"] == 2.5e-4
+
+
+def test_tight_wall_budget_stops_probing_and_still_trains_a_full_length_trial():
+    ctx, runner = make_ctx(lr_binds(), budget="40s")  # each scripted trial charges 10 s; 15 s kept for finish
+    run_protocol(ctx, START, ProtocolSettings(), plan={"max_steps": 100, "reason": "scripted"})
+    phases = [p for p, _ in names(runner)]
+    assert phases[:2] == ["lr-probe", "phase1-lr-grid"]
+    assert ("lr-probe", "lr-probe", "stop probing") in kinds(ctx)
+    assert ctx.state["final"].point.get("train.max_steps") is None  # the pick is a full-length trial
+
+
+def test_a_budget_cut_incumbent_gives_way_to_the_best_trained_run():
+    class Cut(ScriptedRunner):
+        def run(self, spec, run_dir, watch=None):
+            res = super().run(spec, run_dir, watch)
+            if spec.phase == "phase1-lr-grid":  # the deadline hit before its first eval point
+                from dataclasses import replace
+                return replace(res, status="pruned", value=0.0, reason="pruned: budget: ran out mid-trial")
+            return res
+
+    runner = Cut(lr_binds())
+    ctx = SearchContext(store=MemoryStore(), runner=runner, meter=Meter(Budget.parse("40s")),
+                        trial_examples=1000, costs=CostModel())
+    run_protocol(ctx, START, ProtocolSettings(), plan={"max_steps": 100, "reason": "scripted"})
+    assert ctx.state["final"].spec.phase == "lr-probe"
+    assert ("finish", "pick", "the incumbent did not finish") in kinds(ctx)
+
+
+def test_target_sweep_keeps_more_modules_when_they_gain_beyond_noise():
+    world = lr_binds()
+    base = world.f1
+    world.f1 = lambda p: base(p) + (0.03 if p["adapter.target_modules"] == ["all-linear"] else 0.0)
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False))
+    assert ctx.state["final"].point["adapter.target_modules"] == ["all-linear"]
+    d = next(x for x in ctx.decisions if x["kind"] == "targets")
+    assert d["verdict"].startswith("all-linear gains")
