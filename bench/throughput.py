@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -144,6 +145,7 @@ def run_trainer(config: str, steps: int, grouped: bool, seed: int) -> dict:
     pred = trainer.predict(val_ds)
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
     val_labels = [names[i] if i >= 0 else "<unseen>" for i in pred.label_ids]
+    shutil.rmtree(args.output_dir, ignore_errors=True)
     return {"train_s": clock.seconds, "examples": steps * COMMON["batch"], "eval_s": time.perf_counter() - t_eval,
             "val_macro_f1": macro_f1(logits, val_labels, names), "wall_s": time.perf_counter() - t_wall,
             "adapted_modules": adapted, "threads": torch.get_num_threads()}
@@ -177,6 +179,7 @@ def run_loratune(config: str, steps: int, seed: int) -> dict:
         t_wall = time.perf_counter()
     run = api.train(cfg, dataset, progress=False)
     adapter_cfg = json.loads((Path(out) / "run" / "adapter" / "adapter_config.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
     return {"train_s": run["examples_seen"] / run["examples_per_s"], "examples": run["examples_seen"],
             "val_macro_f1": run["final"]["val/macro_f1"], "wall_s": time.perf_counter() - t_wall,
             "setup_s": run["setup_s"], "prefix_cache": run["prefix_cache"], "threads": run.get("threads"),
@@ -357,6 +360,7 @@ def main() -> None:
                 print(f"round {rnd} config {config} {arm:16s} {res['examples_per_s']:7.1f} ex/s  "
                       f"rss {res['peak_rss_mb']:6.0f} MB  val F1 {res['val_macro_f1']:.4f}  "
                       f"load {res['load_before']:.1f}  ({time.perf_counter() - t:.0f} s)", flush=True)
+    shutil.rmtree(env["LORATUNE_CACHE_DIR"], ignore_errors=True)
     summary = summarize(results, args.steps, args.rounds, time.perf_counter() - t0)
     summary["runs"] = results
     out = Path(args.out)

@@ -34,7 +34,7 @@ CONFUSABLE_PAIRS = 5
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LORATUNE_CACHE", Path.home() / ".cache" / "loratune"))
+    return Path(os.environ.get("LORATUNE_CACHE_DIR", Path.home() / ".cache" / "loratune"))
 
 
 def _digest(*parts: tuple[str, ...]) -> str:

@@ -180,3 +180,17 @@ def test_padded_gathers_rows_and_zero_pads():
     assert out.shape == (2, 3, 2)
     np.testing.assert_array_equal(out[0], [[8, 9], [10, 11], [0, 0]])
     np.testing.assert_array_equal(out[1], [[0, 1], [0, 0], [0, 0]])
+
+
+def test_tokenization_is_reused_across_runs(tiny_bert):
+    from loratune import train as train_mod
+    from loratune.config import ModelConfig
+
+    texts = ["lost my card", "what is my balance today please"]
+    tok_a = load_tokenizer(ModelConfig(name_or_path=tiny_bert))
+    tok_b = load_tokenizer(ModelConfig(name_or_path=tiny_bert))  # a later trial loads its own tokenizer
+    first = train_mod.tokenize(tok_a, texts, 16)
+    assert train_mod.tokenize(tok_b, list(texts), 16) is first  # same definition, texts, max_length: reused
+    short = train_mod.tokenize(tok_b, texts, 4)
+    assert short is not first and max(len(x) for x in short) == 4
+    assert first == tok_a(texts, truncation=True, max_length=16)["input_ids"]

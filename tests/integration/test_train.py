@@ -209,7 +209,7 @@ def test_unseen_validation_labels_are_errors_not_crashes(tiny_bert, tmp_path):
 
 
 def test_slices_probe_set_and_robustness_are_recorded(tiny_bert, intent_data, tmp_path, monkeypatch):
-    monkeypatch.setenv("LORATUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
     probe = write_jsonl(tmp_path / "probe.jsonl", [{"text": "i lost my card", "label": "card_lost"},
                                                    {"text": "new intent nobody trained", "label": "mystery"}])
     _, run = _train(tiny_bert, intent_data, tmp_path / "run", probe_file=str(probe))

@@ -348,3 +348,16 @@ def test_target_sweep_keeps_more_modules_when_they_gain_beyond_noise():
     assert ctx.state["final"].point["adapter.target_modules"] == ["all-linear"]
     d = next(x for x in ctx.decisions if x["kind"] == "targets")
     assert d["verdict"].startswith("all-linear gains")
+
+
+def test_budget_is_not_held_back_for_a_stage_that_cannot_fit():
+    from loratune.search.protocol import reserve
+
+    ctx, _ = make_ctx(lr_binds(), budget="30s")
+    ctx.costs = CostModel(prior_examples_per_s=100, full_over_lora=5.0)  # lora trial 10 s, full probe 50 s
+    ctx.meter.reserve_s = 0
+    s = ProtocolSettings()
+    held = reserve(ctx, "seeds", s)  # the full probe (50 s) cannot fit in 30 s: nothing held for it
+    assert held.trials == 0 and ctx.meter.fits(ctx.estimate({}), held)
+    held = reserve(ctx, "phase2", s)  # full probe skipped; seeds (2 x 10 s) and the rank sweep fill the 30 s
+    assert held.trials == 3 and not ctx.meter.fits(ctx.estimate({}), held)

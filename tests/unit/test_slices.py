@@ -22,7 +22,7 @@ VAL = (
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LORATUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def test_familiar_and_novel_are_the_extreme_thirds():

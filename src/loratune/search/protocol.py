@@ -186,19 +186,22 @@ def plan_trial_length(budget_kind: str, budget_limit: float, n_train: int, batch
 
 
 def reserve(ctx: SearchContext, stage: str, settings: ProtocolSettings) -> Cost:
-    """The estimated cost of the later stages that outrank `stage` (held back before its trials)."""
+    """The estimated cost of the later stages that outrank `stage` (held back before its trials), in
+    priority order and only as far as they still fit: holding budget back for a stage that cannot run
+    anyway would only stop the ones that can."""
     names = [s for s, _, _ in STAGE_PLAN]
     prio = {s: p for s, _, p in STAGE_PLAN}
+    later = sorted((row for row in STAGE_PLAN[names.index(stage) + 1:] if row[2] < prio[stage]), key=lambda r: r[2])
     total = Cost()
-    for name, n, p in STAGE_PLAN[names.index(stage) + 1:]:
-        if p >= prio[stage]:
-            continue
+    for name, n, _ in later:
         if name == "full-probe" and not settings.full_probe:
             continue
         if name == "seeds":
             n = max(0, settings.seeds - 1)
         est = ctx.estimate({METHOD: "full"} if name == "full-probe" else {})
-        total = total + Cost(est.wall_s * n, est.examples * n, n)
+        need = Cost(est.wall_s * n, est.examples * n, n)
+        if ctx.meter.fits(need, total):
+            total = total + need
     return total
 
 
