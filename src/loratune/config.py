@@ -414,11 +414,6 @@ def cross_checks(cfg: RunConfig) -> list[str]:
                 parse_layers(t.split("@", 1)[1])
             except ValueError as exc:
                 problems.append(f"adapter.target_modules: got {t!r}; {exc}")
-    if a.init_lora_weights in ("pissa", "olora") and a.lora_dropout > 0:
-        pass  # allowed by peft; noted in docs
-    d = cfg.data
-    if d.dataset_name is None and d.train_file is None:
-        problems.append("data.dataset_name: got null and data.train_file is null; allowed: one of them must name data")
     return problems
 
 
