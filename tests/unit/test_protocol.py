@@ -361,3 +361,21 @@ def test_budget_is_not_held_back_for_a_stage_that_cannot_fit():
     assert held.trials == 0 and ctx.meter.fits(ctx.estimate({}), held)
     held = reserve(ctx, "phase2", s)  # full probe skipped; seeds (2 x 10 s) and the rank sweep fill the 30 s
     assert held.trials == 3 and not ctx.meter.fits(ctx.estimate({}), held)
+
+
+def test_budget_left_at_the_end_runs_the_skipped_stages():
+    ctx, runner = make_ctx(lr_binds(), budget="100s")  # 85 s usable; every scripted trial costs 10 s
+    ctx.costs = CostModel(prior_examples_per_s=100, full_over_lora=5.0)  # the full probe looks like 50 s
+    run_protocol(ctx, START, ProtocolSettings())
+    phases = [p for p, _ in names(runner)]
+    first_pass = phases[:phases.index("lora-vs-full") + 1]
+    assert "phase2" not in first_pass and first_pass.count("seeds") == 1
+    d = next(x for x in ctx.decisions if x["phase"] == "revisit")
+    assert d["verdict"] == "budget left after the last stage"
+    later = phases[len(first_pass):]
+    assert later[0] == "phase2" and "seeds" in later  # the lr step first, then the missing seed
+    assert ctx.state["final"].point[LR] == 4e-3
+    assert ctx.meter.spent.wall_s <= 85 + 1e-9
+    assert [x["kind"] for x in ctx.decisions].count("lora-vs-full") == 2  # decided again on the new evidence
+    assert sum(1 for s in runner.calls if s.point.get("adapter.method") == "full") == 1
+    assert ctx.state["lora_vs_full"]["full_trial"] is not None  # the second decision reuses the probe

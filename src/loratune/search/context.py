@@ -5,8 +5,9 @@ recording decisions. (The protocol's stages and the yardstick samplers are both 
 1. a finished trial with the same config point in the study (a resumed study) is reused: its
    recorded cost is charged again, so the budget is where it was when that trial first finished;
 2. otherwise, when the estimated cost (from the trials measured so far) fits what is left after the
-   reservation for later stages, the trial is trained under a `Watch` (pruning, budget stop) and
-   recorded in the study as it finishes;
+   reservation for later stages (or it is the first trial of its length: before any measurement the
+   estimate is a prior, and the wall-time deadline bounds it), the trial is trained under a `Watch`
+   (pruning, budget stop) and recorded in the study as it finishes;
 3. otherwise None: the caller records why it did not run.
 """
 

@@ -194,15 +194,26 @@ def reserve(ctx: SearchContext, stage: str, settings: ProtocolSettings) -> Cost:
     later = sorted((row for row in STAGE_PLAN[names.index(stage) + 1:] if row[2] < prio[stage]), key=lambda r: r[2])
     total = Cost()
     for name, n, _ in later:
-        if name == "full-probe" and not settings.full_probe:
+        n = _still_planned(ctx, name, n, settings)
+        if n <= 0:
             continue
-        if name == "seeds":
-            n = max(0, settings.seeds - 1)
         est = ctx.estimate({METHOD: "full"} if name == "full-probe" else {})
         need = Cost(est.wall_s * n, est.examples * n, n)
         if ctx.meter.fits(need, total):
             total = total + need
     return total
+
+
+def _still_planned(ctx: SearchContext, stage: str, n: int, settings: ProtocolSettings) -> int:
+    """Trials a stage still plans to run (0 once it ran or when it is switched off)."""
+    ran = {r.spec.phase for r in ctx.records}
+    if stage == "full-probe":
+        return 0 if not settings.full_probe or "lora-vs-full" in ran else n
+    if stage == "seeds":
+        return max(0, settings.seeds - 1 - sum(1 for r in ctx.records if r.spec.phase == "seeds"))
+    if stage in ("rank-sweep", "target-sweep"):
+        return 0 if stage in ran else n
+    return n
 
 
 def evidence_of(rec: TrialRecord, n: int = 4) -> list[str]:
@@ -255,6 +266,9 @@ def _set_incumbent(ctx: SearchContext, rec: TrialRecord) -> None:
 
 
 def _no_budget(ctx: SearchContext, phase: str, what: str, held: Cost | None = None) -> None:
+    skipped = ctx.state.setdefault("skipped", [])
+    if phase not in skipped:
+        skipped.append(phase)
     extra = ""
     if held is not None and held.trials:
         extra = f"; held back for higher-priority stages: ~{held.trials} trial(s)"
@@ -887,8 +901,8 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     if inc is None or ctx.state.get("failed"):
         return
     phase = "lora-vs-full"
-    full = None
-    if s.full_probe:
+    full = next((r for r in ctx.records if r.point.get(METHOD) == "full" and r.value is not None), None)
+    if full is None and s.full_probe:  # one probe per study: a second decision reuses it
         lr = min(5e-4, max(1e-5, _round(_lr(inc.point) * s.full_lr_ratio)))
         point = with_(inc.point, **{METHOD: "full", LR: lr})
         full = ctx.run(ctx.spec(point, phase, f"full fine-tuning probe (lr {lr:g} = LoRA lr x {s.full_lr_ratio:g})"),
@@ -932,6 +946,43 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
                {"table": list(out.table)})
 
 
+def _lr_steps_stage(ctx: SearchContext, s: ProtocolSettings) -> None:
+    _lr_steps(ctx, s)
+
+
+# stages skipped for budget that get a second chance when budget is left at the end (the estimates
+# before the first measurements, and a machine whose speed changes, can leave budget unused), in the
+# protocol's order; the LoRA-vs-full decision is then taken again on the new evidence
+REVISIT: tuple[tuple[str, Callable[[SearchContext, ProtocolSettings], None]], ...] = (
+    ("phase2", _lr_steps_stage),
+    ("seeds", lambda ctx, s: stage_seeds(ctx, s)),
+    ("rank-sweep", lambda ctx, s: stage_rank_sweep(ctx, s)),
+    ("target-sweep", lambda ctx, s: stage_target_sweep(ctx, s)),
+    ("lora-vs-full", lambda ctx, s: stage_full_probe(ctx, s)),
+)
+
+
+def _revisit(ctx: SearchContext, s: ProtocolSettings) -> None:
+    skipped = list(ctx.state.get("skipped", []))
+    if not skipped or ctx.state.get("failed") or _incumbent(ctx) is None or ctx.state.get("revisited"):
+        return
+    ctx.state["revisited"] = True
+    todo = [(name, fn) for name, fn in REVISIT if name in skipped]
+    if not todo or not ctx.meter.fits(ctx.estimate(_incumbent(ctx).point)):
+        return
+    ctx.decide("revisit", "budget", "budget left after the last stage",
+               "run the stages skipped for budget: " + ", ".join(n for n, _ in todo),
+               [f"{ctx.meter.describe_left()}; a LoRA trial is estimated at "
+                f"{format_amount(ctx.meter.budget.kind, ctx.estimate({}).amount(ctx.meter.budget.kind))}"])
+    ctx.state["skipped"] = []
+    before, seeds_before = _incumbent(ctx), ctx.state.get("seed_sigma")
+    for _, fn in todo:
+        fn(ctx, s)
+    changed = _incumbent(ctx) is not before or ctx.state.get("seed_sigma") != seeds_before
+    if changed and "lora-vs-full" not in skipped:
+        stage_full_probe(ctx, s)  # new incumbent or noise: decide again (the full probe trial is reused)
+
+
 STAGES: tuple[tuple[str, Callable[[SearchContext, ProtocolSettings], None]], ...] = (
     ("lr-probe", stage_lr_probe),
     ("phase1-lr-grid", stage_lr_grid),
@@ -961,6 +1012,7 @@ def run_protocol(ctx: SearchContext, start: Start, settings: ProtocolSettings = 
                    data=plan)
     for _, fn in stages:
         fn(ctx, settings)
+    _revisit(ctx, settings)
     if "final" not in ctx.state and _incumbent(ctx) is not None:
         ctx.state["final"] = _incumbent(ctx)
     final, best = ctx.state.get("final"), ctx.best()
