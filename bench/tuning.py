@@ -1,28 +1,34 @@
 """Protocol vs TPE vs random under the same budget cap (issue 5's evidence).
 
 On small, deterministic subsets of BANKING77 and CLINC150 (../shared/data), every strategy runs
-`loratune tune` (the Python API, in this process, one study after another) with the same budget in
-training examples processed, the same trial length, the same pruning and the same phase-0
-assessment (computed once per dataset and copied into each study). Measured per study:
+`loratune tune` (the Python API) with the same budget in training examples processed, the same trial
+length, the same pruning and the same phase-0 assessment (computed once per dataset and copied into
+each study). A study is run once per replicate seed k: the sampler seed (tpe, random) is k and the
+training seed of every trial is 42 + k (so protocol replicates differ too). Measured per study:
 
 - best val macro-F1 so far against cumulative training examples (and wall time);
-- the compute each needed to get within 0.5 point of the best val macro-F1 any strategy found;
+- the compute each needed to get within 0.5 point of the best val macro-F1 any study found;
 - the test macro-F1 of each one's final pick (scored once).
 
-    python bench/tuning.py                                   # 6000ex per study, 6 studies
-    python bench/tuning.py --datasets banking77-20 --strategies protocol,tpe --budget 8000ex
+    python bench/tuning.py                                   # 10000ex per study, seeds 0,1, 12 studies
+    python bench/tuning.py --datasets banking77-20 --strategies protocol,tpe --seeds 0
+    python bench/tuning.py --render                          # re-aggregate the stored studies only
 
-Writes bench/results/tuning.json (everything, incl. curves and decision trails) and tuning.md. Studies
-live under --work (default /tmp/loratune-bench); results are rewritten after every study.
+Every finished study is stored in bench/results/tuning/<dataset>-<strategy>-<seed>.json (a rerun skips
+stored studies of the same settings; --rerun KEY forces one); after each study, all stored ones are
+aggregated into bench/results/tuning.json and tuning.md, so two processes (e.g. one per dataset, one
+core each) can share the results folder. Study folders live under --work (default /tmp/loratune-bench).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -31,12 +37,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path("/work/shared/data") if Path("/work/shared/data").exists() else (ROOT / ".." / "shared" / "data")
 RESULTS = ROOT / "bench" / "results"
-PROTOCOL_VERSION = 3  # 1: no lr probe; 2: no target sweep (older protocol results are replaced when merging)
+STUDIES = RESULTS / "tuning"
+# 3: lr probe + target sweep; 4: a seed-unstable lr move must match the seed mean; 5: probe centre safely
+# below, no 2x after a collapsed 1x, target sweep over {1, 0.5}x lr; 6: budget left trains a still-improving
+# pick longer (studies of older versions are rerun)
+PROTOCOL_VERSION = 6
 
-# name -> source, number of intents, every `step`-th sorted label, rows per class in train / val / test
+# name -> source, number of intents, every `step`-th sorted label, and per class: train rows (from the
+# source's train split), val and test rows as (split, first row, last row) in file order. BANKING77's
+# own validation split has as few as 4 rows for some of these intents, so its val rows are the first
+# 20 test rows of each intent and its test rows the next 20 (disjoint).
 SUBSETS = {
-    "banking77-20": dict(source="banking77", n_labels=20, step=3, train=20, val=10, test=20),
-    "clinc150-20": dict(source="clinc150", n_labels=20, step=7, train=20, val=10, test=20),
+    "banking77-20": dict(source="banking77", n_labels=20, step=3, train=25,
+                         val=("test", 0, 20), test=("test", 20, 40)),
+    "clinc150-20": dict(source="clinc150", n_labels=20, step=7, train=25,
+                        val=("validation", 0, 20), test=("test", 0, 20)),
 }
 
 
@@ -49,66 +64,71 @@ def write_subset(name: str, work: Path) -> Path:
             for sp in ("train", "validation", "test")}
     labels = sorted({r["label"] for r in rows["train"]} - {"oos"})[:: spec["step"]][: spec["n_labels"]]
     keep = set(labels)
-    for sp, k in (("train", spec["train"]), ("validation", spec["val"]), ("test", spec["test"])):
-        count: dict[str, int] = defaultdict(int)
+
+    def take(split: str, lo: int, hi: int) -> list[dict]:
+        seen: dict[str, int] = defaultdict(int)
         picked = []
-        for r in rows[sp]:
-            if r["label"] in keep and count[r["label"]] < k:
-                count[r["label"]] += 1
-                picked.append({"text": r["text"], "label": r["label"]})
+        for r in rows[split]:
+            if r["label"] in keep:
+                if lo <= seen[r["label"]] < hi:
+                    picked.append({"text": r["text"], "label": r["label"]})
+                seen[r["label"]] += 1
+        return picked
+
+    parts = {"train": take("train", 0, spec["train"]), "validation": take(*spec["val"]), "test": take(*spec["test"])}
+    for sp, picked in parts.items():
         (out / f"{sp}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in picked), encoding="utf-8")
     (out / "SOURCE.md").write_text(
         f"Subset of {spec['source']} (../shared/data/{spec['source']}): labels = sorted labels (oos excluded)"
-        f"[::{spec['step']}][:{spec['n_labels']}], the first {spec['train']} train, {spec['val']} validation and "
-        f"{spec['test']} test rows of each in file order. Written by bench/tuning.py.\n")
+        f"[::{spec['step']}][:{spec['n_labels']}]; per label, in file order: train = the first {spec['train']} "
+        f"train rows, validation = {spec['val'][0]} rows {spec['val'][1]}..{spec['val'][2] - 1}, test = "
+        f"{spec['test'][0]} rows {spec['test'][1]}..{spec['test'][2] - 1}. Written by bench/tuning.py.\n")
     return out
 
 
-def run(args) -> dict:
+def settings_key(args) -> dict:
+    """What makes stored studies comparable: a study stored under other settings is run again."""
+    return {"budget": args.budget, "trial_steps": args.trial_steps, "num_threads": args.num_threads,
+            "subsets": {d: SUBSETS[d] for d in args.datasets}}
+
+
+def run(args) -> None:
     from loratune.config import load_config
     from loratune.data import load_dataset
     from loratune.search.protocol import ProtocolSettings
-    from loratune.search.summary import compute_to_reach
     from loratune.search.tune import TuneOptions, tune
     from loratune.store import write_json
 
     work = Path(args.work)
-    results = {"config": {"budget": args.budget, "trial_steps": args.trial_steps, "num_threads": args.num_threads,
-                          "machine": platform.node(),
-                          "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
-               "studies": {}, "datasets": {}}
-    if args.merge and (RESULTS / "tuning.json").exists():  # add studies to earlier results
-        old = json.loads((RESULTS / "tuning.json").read_text())
-        if old.get("config", {}).get("budget") == args.budget:
-            for v in old.get("studies", {}).values():
-                seed = v.get("seed", 0)
-                if v["strategy"] == "protocol" and v.get("protocol_version") != PROTOCOL_VERSION:
-                    continue  # an older protocol: run again
-                if f"{v['dataset']}/{v['strategy']}/{seed}" in args.rerun:
-                    continue
-                results["studies"][f"{v['dataset']}/{v['strategy']}/{seed}"] = {**v, "seed": seed}
-            results["config"]["started"] = old["config"].get("started", results["config"]["started"])
-            results["notes"] = old.get("notes", [])
+    STUDIES.mkdir(parents=True, exist_ok=True)
     for ds in args.datasets:
         data = write_subset(ds, work)
-        overrides = [f"dataset_name={data}", f"num_threads={args.num_threads}", "train_eval_size=128",
-                     "per_device_eval_batch_size=128", "evals_per_run=5", "max_length=32"]
-        cfg = load_config(None, overrides)
-        dataset = load_dataset(cfg.data, seed=cfg.train.seed)
-        assess_path = work / "assess" / f"{ds}.json"
-        if not assess_path.exists():
-            from loratune.assess import run_assessment
-
-            t0 = time.perf_counter()
-            a = run_assessment(cfg, dataset=dataset).to_dict()
-            a.setdefault("timings", {})["tune_wall_s"] = time.perf_counter() - t0
-            write_json(assess_path, a)
-        for strategy, seed in [(st, sd) for st in args.strategies
-                               for sd in ([0] if st == "protocol" else args.seeds)]:
+        for strategy, seed in [(st, sd) for sd in args.seeds for st in args.strategies]:
             key = f"{ds}/{strategy}/{seed}"
-            if key in results["studies"]:
-                print(f"[{time.strftime('%H:%M:%S')}] {key}: kept from the earlier results", flush=True)
-                continue
+            path = STUDIES / f"{ds}-{strategy}-{seed}.json"
+            if path.exists() and key not in args.rerun:
+                old = json.loads(path.read_text())
+                same = old.get("settings", {}).get("budget") == args.budget and \
+                    old.get("settings", {}).get("trial_steps") == args.trial_steps and \
+                    old.get("settings", {}).get("subset") == json.loads(json.dumps(SUBSETS[ds])) and \
+                    (strategy != "protocol" or old.get("protocol_version") == PROTOCOL_VERSION)
+                if same:
+                    print(f"[{time.strftime('%H:%M:%S')}] {key}: stored, kept", flush=True)
+                    continue
+            overrides = [f"dataset_name={data}", f"num_threads={args.num_threads}", "train_eval_size=128",
+                         "per_device_eval_batch_size=128", "evals_per_run=5", "max_length=32", f"seed={42 + seed}"]
+            cfg = load_config(None, overrides)
+            dataset = load_dataset(cfg.data, seed=42)  # the same splits for every replicate
+            assess_path = work / "assess" / f"{ds}.json"
+            if assess_path.exists() and json.loads(assess_path.read_text()).get("bench_subset") != json.loads(json.dumps(SUBSETS[ds])):
+                assess_path.unlink()  # phase 0 of another subset definition
+            if not assess_path.exists():
+                from loratune.assess import run_assessment
+
+                t0 = time.perf_counter()
+                a = run_assessment(cfg, dataset=dataset).to_dict()
+                a.setdefault("timings", {})["tune_wall_s"] = time.perf_counter() - t0
+                write_json(assess_path, {**a, "bench_subset": SUBSETS[ds]})
             study = work / "studies" / f"{ds}-{strategy}-{seed}"
             if study.exists():
                 shutil.rmtree(study)
@@ -116,7 +136,7 @@ def run(args) -> dict:
             shutil.copy(assess_path, study / "assess.json")  # the same phase 0 for everyone
             opts = TuneOptions(budget=args.budget, strategy=strategy, study_dir=str(study), seed=seed,
                                trial_steps=args.trial_steps,
-                               explicit_keys=("train.num_threads", "train.train_eval_size",
+                               explicit_keys=("train.num_threads", "train.train_eval_size", "train.seed",
                                               "train.per_device_eval_batch_size", "train.evals_per_run",
                                               "model.max_length"),
                                settings=ProtocolSettings())
@@ -125,100 +145,200 @@ def run(args) -> dict:
             summary = tune(cfg, opts, dataset=dataset)
             wall = time.perf_counter() - t0
             rec = summary.get("recommendation") or {}
-            results["studies"][key] = {
-                "dataset": ds, "strategy": strategy, "seed": seed, "wall_s": round(wall, 1),
+            st = {
+                "dataset": ds, "strategy": strategy, "seed": seed, "train_seed": 42 + seed, "wall_s": round(wall, 1),
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.node(), "cpus": os.cpu_count(),
+                "settings": {"budget": args.budget, "trial_steps": args.trial_steps, "num_threads": args.num_threads,
+                             "subset": SUBSETS[ds]},
                 "protocol_version": PROTOCOL_VERSION if strategy == "protocol" else None,
                 "trials": len(summary["trials"]), "pruned": sum(t["status"] == "pruned" for t in summary["trials"]),
                 "examples": summary["budget"]["spent"]["examples"],
                 "best_val": max((t["val_macro_f1"] or 0) for t in summary["trials"]) if summary["trials"] else None,
                 "pick": {"trial": rec.get("trial"), "name": rec.get("name"), "val": rec.get("val_macro_f1"),
                          "test": (rec.get("test") or {}).get("test/macro_f1"), "point": rec.get("point")},
+                "seed_sigma": (summary.get("seeds") or {}).get("sigma"),
                 "curve": summary["best_vs_compute"],
                 "trail": [f"[{d['phase']}] {d['verdict']} -> {d['move']}" for d in summary["trail"]],
                 "table": summary["trials"], "lora_vs_full": (summary.get("lora_vs_full") or {}).get("summary"),
             }
-            st = results["studies"][key]
+            write_json(path, st)
             print(f"    {st['trials']} trials, best val {st['best_val']:.4f}, pick test {st['pick']['test']}, "
                   f"{wall:.0f}s", flush=True)
-            _aggregate(results, compute_to_reach)
-            _write(results)
-    return results
+            render_all()
 
 
-def _aggregate(results: dict, compute_to_reach) -> None:
+def load_studies() -> dict[str, dict]:
+    out = {}
+    for f in sorted(STUDIES.glob("*.json")):
+        st = json.loads(f.read_text())
+        out[f"{st['dataset']}/{st['strategy']}/{st['seed']}"] = st
+    return out
+
+
+def aggregate(studies: dict[str, dict]) -> dict:
+    """Per dataset: the best val any study found, each study's compute to within 0.5 pt of it (and to
+    within the protocol's measured noise), and per strategy the medians over replicates."""
+    from loratune.search.summary import compute_to_reach
+
     by_ds: dict[str, list[dict]] = defaultdict(list)
-    for s in results["studies"].values():
-        by_ds[s["dataset"]].append(s)
-    for ds, studies in by_ds.items():
-        best_any = max(s["best_val"] or 0 for s in studies)
-        rows = {}
-        for s in studies:
-            reach = compute_to_reach(s["curve"], best_any - 0.005)
-            rows[f"{s['strategy']}/{s.get('seed', 0)}"] = {
-                "strategy": s["strategy"], "seed": s.get("seed", 0), "best_val": s["best_val"],
-                "examples_total": s["examples"], "trials": s["trials"],
-                "examples_to_within_0.5pt": reach["examples"] if reach else None,
-                "trial_reached": reach["trial"] if reach else None,
-                "pick_test_macro_f1": s["pick"]["test"], "pick_val_macro_f1": s["pick"]["val"], "wall_s": s["wall_s"]}
-        results["datasets"][ds] = {"best_val_any": best_any, "target": best_any - 0.005, "by_run": rows}
+    for st in studies.values():
+        by_ds[st["dataset"]].append(st)
+    out = {}
+    for ds, sts in sorted(by_ds.items()):
+        out[ds] = _aggregate_one(sts, compute_to_reach)
+        # the search alone: trials of the common length only (the protocol's final longer run of its
+        # pick left out), so the curves compare how fast each strategy finds good configs
+        short = [{**st, "curve": _best_so_far([row for row in st["curve"] if row.get("phase") != "final-train"])}
+                 for st in sts]
+        for st in short:
+            st["best_val"] = max((row["value"] or 0) for row in st["curve"]) if st["curve"] else None
+            st["examples"] = st["curve"][-1]["examples_cum"] if st["curve"] else 0
+        out[ds]["search_only"] = _aggregate_one(short, compute_to_reach)
+    return out
 
 
-def _write(results: dict) -> None:
+def _best_so_far(rows: list[dict]) -> list[dict]:
+    best, out = None, []
+    for row in rows:
+        if row["value"] is not None and (best is None or row["value"] > best):
+            best = row["value"]
+        out.append({**row, "best_so_far": best})
+    return out
+
+
+def _aggregate_one(sts: list[dict], compute_to_reach) -> dict:
+    if True:
+        best_any = max(st["best_val"] or 0 for st in sts)
+        sigmas = [st["seed_sigma"] for st in sts if st["strategy"] == "protocol" and st.get("seed_sigma")]
+        noise = max(0.005, 2 * statistics.median(sigmas)) if sigmas else None
+        runs = {}
+        for st in sts:
+            reach = compute_to_reach(st["curve"], best_any - 0.005)
+            reach_n = compute_to_reach(st["curve"], best_any - noise) if noise else None
+            runs[f"{st['strategy']}/{st['seed']}"] = {
+                "strategy": st["strategy"], "seed": st["seed"], "best_val": st["best_val"], "trials": st["trials"],
+                "examples_total": st["examples"], "reach_0.5pt": reach and reach["examples"],
+                "reach_0.5pt_trial": reach and reach["trial"], "reach_noise": reach_n and reach_n["examples"],
+                "pick_val": st["pick"]["val"], "pick_test": st["pick"]["test"], "wall_s": st["wall_s"]}
+        per_strategy = {}
+        for strat in sorted({r["strategy"] for r in runs.values()}):
+            rs = [r for r in runs.values() if r["strategy"] == strat]
+            per_strategy[strat] = {
+                "replicates": len(rs),
+                "best_val_mean": statistics.mean(r["best_val"] for r in rs),
+                "pick_test_mean": statistics.mean(r["pick_test"] for r in rs if r["pick_test"] is not None),
+                "pick_tests": [r["pick_test"] for r in rs],
+                "reached_0.5pt": sum(r["reach_0.5pt"] is not None for r in rs),
+                "reach_0.5pt_median": _median_censored([r["reach_0.5pt"] for r in rs]),
+                "reach_noise_median": _median_censored([r["reach_noise"] for r in rs]),
+                "examples_mean": statistics.mean(r["examples_total"] for r in rs)}
+        return {"best_val_any": best_any, "target": best_any - 0.005, "noise": noise,
+                "noise_source": f"max(0.005, 2 x median protocol seed sigma {statistics.median(sigmas):.4f})"
+                if sigmas else None, "by_run": runs, "by_strategy": per_strategy}
+
+
+def _median_censored(values: list) -> float | None:
+    """Median with 'never reached' counted as infinitely late (None when at least half never reached)."""
+    xs = sorted(math.inf if v is None else v for v in values)
+    if not xs:
+        return None
+    m = statistics.median(xs)
+    return None if math.isinf(m) else m
+
+
+def render_all() -> None:
+    studies = load_studies()
+    light = {k: {kk: vv for kk, vv in st.items() if kk != "table"} for k, st in studies.items()}  # tables: tuning/*.json
+    results = {"studies": light, "datasets": aggregate(studies),
+               "rendered": time.strftime("%Y-%m-%d %H:%M:%S")}
+    notes = RESULTS / "tuning_notes.md"
+    results["notes"] = notes.read_text() if notes.exists() else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tuning.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (RESULTS / "tuning.md").write_text(render(results), encoding="utf-8")
+    tmp = RESULTS / "tuning.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(RESULTS / "tuning.json")
+    tmp = RESULTS / "tuning.md.tmp"
+    tmp.write_text(render(results), encoding="utf-8")
+    tmp.replace(RESULTS / "tuning.md")
 
 
 def _f(v, nd=4):
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+def _n(v):
+    return "never" if v is None else f"{v:,.0f}"
+
+
 def render(results: dict) -> str:
-    c = results["config"]
+    studies = results["studies"]
+    any_st = next(iter(studies.values()), None)
+    cfg = any_st["settings"] if any_st else {}
     lines = ["# Tuning strategies under one budget", "",
-             f"`python bench/tuning.py` ({c['started']}, {c['cpus']} CPUs shared with other jobs, num_threads="
-             f"{c['num_threads']}). Budget per study: **{c['budget']}** (training examples processed), the same "
-             f"trial length ({c.get('trial_steps', '?')} steps x 16), pruning and phase-0 assessment for every strategy. Rows are `strategy/seed` (sampler "
-             "seed; the protocol is deterministic given the data): single runs, not averages.", ""]
+             f"`python bench/tuning.py` (rendered {results['rendered']}). Budget per study: **{cfg.get('budget')}** "
+             f"(training examples processed), the same trial length ({cfg.get('trial_steps')} steps x 16), pruning "
+             f"and phase-0 assessment for every strategy, num_threads={cfg.get('num_threads')}. Replicate k: sampler "
+             "seed k and training seed 42 + k. Compute is counted in training examples processed (wall times are "
+             "not comparable on a shared machine).", ""]
     if results.get("notes"):
-        lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
+        lines += [results["notes"].rstrip(), ""]
     for ds, agg in results["datasets"].items():
-        lines += [f"## {ds}", "", f"Best val macro-F1 any strategy found: {agg['best_val_any']:.4f}; "
-                  f"target (within 0.5 pt): {agg['target']:.4f}.", "",
-                  "| strategy/seed | trials | examples used | best val macro-F1 | examples to within 0.5 pt | "
-                  "pick val | pick test macro-F1 | wall s |", "|---|---|---|---|---|---|---|---|"]
+        sub = next(st["settings"]["subset"] for st in studies.values() if st["dataset"] == ds)
+        lines += [f"## {ds}", "", f"Subset: {sub}.", "",
+                  "**Whole studies** (the protocol's pick trained longer on the budget it left is part of it):", ""]
+        lines += _strategy_table(agg)
+        so = agg.get("search_only")
+        if so:
+            lines += ["", "**Search alone** (trials of the common length only; the protocol's final longer run left "
+                      "out; pick test = the whole study's pick, as above):", ""]
+            lines += _strategy_table(so)
+            lines += ["", "Per study, search alone: " + "; ".join(
+                f"{name} best {_f(r['best_val'], 3)}, within 0.5 pt at {_n(r['reach_0.5pt'])}"
+                for name, r in sorted(so["by_run"].items())) + "."]
+        lines += ["", "| study | trials | examples used | best val | examples to within 0.5 pt | to within noise | "
+                  "pick val | pick test macro-F1 | wall s |", "|---|---|---|---|---|---|---|---|---|"]
         for name, r in sorted(agg["by_run"].items()):
-            reach = r["examples_to_within_0.5pt"]
-            reach_text = "never" if reach is None else f"{reach:,} (trial #{r['trial_reached']})"
-            lines.append(f"| {name} | {r['trials']} | {r['examples_total']:,} | {_f(r['best_val'])} | "
-                         f"{reach_text} | "
-                         f"{_f(r['pick_val_macro_f1'])} | {_f(r['pick_test_macro_f1'])} | {r['wall_s']:.0f} |")
+            reach = "never" if r["reach_0.5pt"] is None else f"{r['reach_0.5pt']:,} (trial #{r['reach_0.5pt_trial']})"
+            lines.append(f"| {name} | {r['trials']} | {r['examples_total']:,} | {_f(r['best_val'])} | {reach} | "
+                         f"{_n(r['reach_noise'])} | {_f(r['pick_val'])} | {_f(r['pick_test'])} | {r['wall_s']:.0f} |")
         lines += ["", "Best val macro-F1 so far against cumulative training examples:", ""]
-        for key, s in results["studies"].items():
-            if s["dataset"] != ds:
+        for key, st in sorted(studies.items()):
+            if st["dataset"] != ds:
                 continue
-            pts = ", ".join(f"{row['examples_cum']:,}: {_f(row['best_so_far'], 3)}" for row in s["curve"])
-            lines.append(f"- {s['strategy']}/{s.get('seed', 0)}: {pts}")
-        proto = results["studies"].get(f"{ds}/protocol/0")
-        if proto:
-            lines += ["", "Protocol decision trail:", ""] + [f"    {t}" for t in proto["trail"]]
-            if proto.get("lora_vs_full"):
-                lines += ["", f"LoRA vs full: {proto['lora_vs_full']}"]
+            pts = ", ".join(f"{row['examples_cum']:,}: {_f(row['best_so_far'], 3)}" for row in st["curve"])
+            lines.append(f"- {st['strategy']}/{st['seed']}: {pts}")
+        for key, st in sorted(studies.items()):
+            if st["dataset"] == ds and st["strategy"] == "protocol":
+                lines += ["", f"Protocol decision trail, replicate {st['seed']}:", ""] + [f"    {t}" for t in st["trail"]]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _strategy_table(agg: dict) -> list[str]:
+    lines = [f"Best val macro-F1 any study found: {agg['best_val_any']:.4f}; target (within 0.5 pt): "
+             f"{agg['target']:.4f}." + (f" Noise threshold {agg['noise']:.4f} = {agg['noise_source']}."
+                                        if agg.get("noise") else ""), "",
+             "| strategy | replicates | mean best val | reached within 0.5 pt | median examples to within "
+             "0.5 pt | median examples to within noise | mean examples used | mean pick test macro-F1 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for strat, a in agg["by_strategy"].items():
+        lines.append(f"| {strat} | {a['replicates']} | {_f(a['best_val_mean'])} | {a['reached_0.5pt']}/"
+                     f"{a['replicates']} | {_n(a['reach_0.5pt_median'])} | {_n(a['reach_noise_median'])} | "
+                     f"{a['examples_mean']:,.0f} | {_f(a['pick_test_mean'])} "
+                     f"({', '.join(_f(x, 3) for x in a['pick_tests'])}) |")
+    return lines
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default="banking77-20,clinc150-20")
     p.add_argument("--strategies", default="protocol,tpe,random")
-    p.add_argument("--budget", default="6000ex")
-    p.add_argument("--seeds", default="0", help="sampler seeds for tpe / random / grid, e.g. 0,1")
-    p.add_argument("--trial-steps", type=int, default=34, help="optimizer steps per trial, the same for every "
-                   "strategy (34 x 16 = 544 examples, 1.4 epochs of the 400-row subsets)")
-    p.add_argument("--rerun", default="", help="with --merge: studies to run again, e.g. banking77-20/tpe/0")
-    p.add_argument("--merge", action="store_true", help="keep the studies of the existing results (same budget) and "
-                   "run only the missing ones")
+    p.add_argument("--budget", default="10000ex")
+    p.add_argument("--seeds", default="0,1", help="replicates: sampler seed k, training seed 42 + k")
+    p.add_argument("--trial-steps", type=int, default=47, help="optimizer steps per trial, the same for every "
+                   "strategy (47 x 16 = 752 examples, 1.5 epochs of the 500-row subsets)")
+    p.add_argument("--rerun", default="", help="stored studies to run again, e.g. banking77-20/tpe/0")
+    p.add_argument("--render", action="store_true", help="only aggregate the stored studies")
     p.add_argument("--num-threads", type=int, default=1)
     p.add_argument("--work", default="/tmp/loratune-bench")
     args = p.parse_args(argv)
@@ -227,7 +347,9 @@ def main(argv=None) -> int:
     args.seeds = [int(x) for x in args.seeds.split(",") if x]
     args.rerun = {x for x in args.rerun.split(",") if x}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    run(args)
+    if not args.render:
+        run(args)
+    render_all()
     print(f"written: {RESULTS / 'tuning.json'}, {RESULTS / 'tuning.md'}")
     return 0
 

@@ -10,8 +10,9 @@
              dropout / weight decay against overfitting, early stopping
     noise    the incumbent on 3 seeds: sigma, the plateau threshold            (stage_seeds)
     sweep    rank x4 with rsLoRA up to the ceiling / compute breakeven         (stage_rank_sweep)
-             the same point on every linear layer (all-linear)                 (stage_target_sweep)
+             every linear layer (all-linear) at 1x and 0.5x the lr             (stage_target_sweep)
     full     a full-fine-tuning probe, same data and budget; LoRA vs full     (stage_full_probe)
+    final    budget left: the still-improving pick trained longer              (stage_final_train)
 
 Each stage reads what earlier ones fixed (the incumbent, like Optuna's PartialFixedSampler fixes the
 winners of a stage) from `ctx.state`, runs trials through `ctx.run` and records every decision with
@@ -22,7 +23,7 @@ trials to the same point.
 When the budget is short, stages are cut by priority (`STAGE_PLAN`): before a trial of a stage, the
 estimated cost of the higher-priority stages still to come is held back, so the lr grid, the
 full-fine-tuning probe, the seeds and the rank and target sweeps get their trials before optional moves do.
-Seed instability (protocol 4) lowers the lr when the lr /2 trial is within noise of the incumbent.
+Seed instability (protocol 4) lowers the lr when the lr /2 trial scores at least the incumbent's seed mean.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ STAGE_PLAN: tuple[tuple[str, int, int], ...] = (
     ("phase2", 1, 8),
     ("seeds", 2, 3),
     ("rank-sweep", 1, 4),
-    ("target-sweep", 1, 5),
+    ("target-sweep", 2, 5),
     ("full-probe", 1, 2),
 )
 
@@ -94,8 +95,12 @@ class ProtocolSettings:
     seeds: int = 3
     rank_step: int = 4
     max_rank_points: int = 2
-    target_sweep: tuple[str, ...] = ("all-linear",)  # the module set the target sweep tries (one trial)
+    target_sweep: tuple[str, ...] = ("all-linear",)  # the module set the target sweep tries
+    target_lr_factors: tuple[float, ...] = (1.0, 0.5)  # ... at these x the working lr (more modules: stronger update)
     full_probe: bool = True
+    final_train: bool = True  # budget left at the end: train a still-improving pick for longer
+    final_min_factor: float = 2.0  # ... only when at least this x a trial's steps fit
+    final_max_factor: float = 8.0  # ... and at most this x (or phase 0's epoch count, the smaller)
     full_lr_ratio: float = 0.1  # full fine-tuning lr = LoRA lr x this (LoRA wants ~10x, protocol 1)
     allow_past_breakeven: bool = False
     target: float | None = None
@@ -338,11 +343,17 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
         ctx.decide(phase, "lr-probe", "no probe learned", f"lr centre {start.lr_centre:g} from phase 0",
                    [line for r in probes for line in evidence_of(r, 1)], probes)
         return
-    best = max(good, key=lambda r: r.value)
+    top = max(good, key=lambda r: r.value)
+    noise, src = ctx.noise()
+    # protocol 3: "pick a value safely below where the loss turns up": the lowest lr within noise of the best
+    best = min((r for r in good if r.value is not None and r.value >= top.value - noise), key=lambda r: _lr(r.point))
     centre = _lr(best.point)
     ctx.state["lr_centre"] = centre
     rows = [f"lr {_lr(r.point):g}: val macro-F1 {fmt_f1(r.value)} after {r.result.steps_done} steps "
             f"({r.result.verdict})" for r in probes]
+    if best is not top:
+        rows.append(f"lr {_lr(top.point):g} scored highest, but lr {centre:g} is within noise {noise:.3f} ({src}) of "
+                    "it: the centre is the lower one, safely below where the metric turns (protocol 3)")
     ctx.decide(phase, "lr-probe", f"lr centre {centre:g}", f"phase-1 grid around {centre:g}",
                rows + [f"phase 0 proposed {start.lr_centre:g}; protocol 3: the centre moves with model size, scale, "
                        "batch and budget; short runs favour larger lrs, so the grid also tries 0.5x"], probes,
@@ -355,6 +366,12 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
     phase = "phase1-lr-grid"
     done: dict[float, TrialRecord] = {}
     for f in s.lr_factors:
+        if f > 1 and 1.0 in done and (done[1.0].value is None or done[1.0].result.verdict in LR_VERDICTS):
+            ctx.decide(phase, "lr-grid-skip", f"{f:g}x not needed", f"skip lr {_round(centre * f):g}",
+                       [f"lr 1x ({_round(centre):g}) already reads {done[1.0].result.verdict} (val macro-F1 "
+                        f"{fmt_f1(done[1.0].value)}): a larger lr can only be worse (protocol 4: lr too large -> lr /2)"],
+                       [done[1.0]])
+            continue
         if f < 1 and s.skip_dominated_lr and 1.0 in done and 2.0 in done:
             lo, hi = done[1.0].value, done[2.0].value
             noise, src = ctx.noise()
@@ -750,7 +767,7 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
     if inc is None or ctx.state.get("failed") or s.seeds < 2:
         return
     phase = "seeds"
-    seed0 = int(inc.point.get(SEED, 42))
+    seed0 = int(inc.point.get(SEED, ctx.state.get("base_seed", 42)))  # the study's training seed
     recs = [inc]
     for k in range(1, s.seeds):
         point = with_(inc.point, **{SEED: seed0 + k})
@@ -778,18 +795,25 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
                    {"sigma": sigma, "values": values, "noise": noise})
         return
     # protocol 4: results differ a lot between seeds -> lr at an unstable edge -> lower lr. Act on it
-    # when the lr /2 sibling was measured and is within noise of the incumbent (no extra trial).
+    # when the lr /2 sibling was measured (no extra trial) and scores at least the unstable point's
+    # seed mean: the incumbent's own value was picked as a maximum over trials, so it overstates what
+    # that lr delivers on average, and comparing the lower lr with it would be unfair to the lower lr;
+    # comparing with anything less than the seed mean would trade score for steadiness unmeasured.
     ev.append(f"sigma {sigma:.4f} >= {_threshold('seed_std_max'):g} (rules: seed_std_max)")
+    mean = sum(values) / len(values)
     lower = next((r for r in _lr_siblings(ctx, inc.point)
                   if math.isclose(_lr(r.point), _round(_lr(inc.point) / 2), rel_tol=1e-6)), None)
-    move = "recommend a lower lr (/2) and report the spread"
-    if lower is not None and lower.value is not None and inc.value is not None and lower.value >= inc.value - noise:
+    move = "keep the lr; report the spread (a lower lr is the protocol-4 remedy, not measured better here)"
+    if lower is not None and lower.value is not None and lower.value >= mean:
         _set_incumbent(ctx, lower)
         move = f"lower the lr: incumbent = {lower.label} (lr {_lr(lower.point):g})"
-        ev.append(f"{lower.label} at lr /2 scored {fmt_f1(lower.value)}, within noise {noise:.3f} of "
-                  f"{fmt_f1(inc.value)}: the steadier lr costs nothing measurable (sigma was measured at the higher lr)")
+        ev.append(f"{lower.label} at lr /2 scored {fmt_f1(lower.value)} >= the seed mean {fmt_f1(mean)} at lr "
+                  f"{_lr(inc.point):g}: the steadier lr loses nothing on average")
     elif lower is not None:
-        ev.append(f"{lower.label} at lr /2 scored {fmt_f1(lower.value)}, more than the noise below: lr kept")
+        ev.append(f"{lower.label} at lr /2 scored {fmt_f1(lower.value)} < the seed mean {fmt_f1(mean)} at lr "
+                  f"{_lr(inc.point):g}: the higher lr is better even on average; lr kept")
+    else:
+        ev.append(f"lr /2 = {_round(_lr(inc.point) / 2):g} was not measured at this capacity")
     ctx.decide(phase, "noise", "seed-unstable: lr at an unstable edge", move, ev, recs,
                {"sigma": sigma, "values": values, "noise": noise})
 
@@ -872,17 +896,26 @@ def stage_target_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     if now == list(s.target_sweep):
         ctx.decide(phase, "targets", "already on every module set of the sweep", "keep targets", [str(now)], [inc])
         return
-    point = with_(inc.point, **{TARGETS: list(s.target_sweep)})
-    rec = ctx.run(ctx.spec(point, phase, f"target sweep: {','.join(s.target_sweep)} at r={_r(inc.point)}"),
-                  reserve=reserve(ctx, phase, s))
-    if rec is None:
-        _no_budget(ctx, phase, "the target sweep")
-        return
     noise, src = ctx.noise()
+    arms: list[TrialRecord] = []
+    for f in s.target_lr_factors:  # protocol 1: capacities are compared over a small lr grid, not at one lr
+        if arms and max((a.value or 0.0) for a in arms) - (inc.value or 0.0) >= noise:
+            break  # the wider module set already gains beyond noise: no further lr needed
+        point = with_(inc.point, **{TARGETS: list(s.target_sweep), LR: _round(_lr(inc.point) * f)})
+        rec = ctx.run(ctx.spec(point, phase, f"target sweep: {','.join(s.target_sweep)} at r={_r(inc.point)}, "
+                               f"{f:g}x lr"), reserve=reserve(ctx, phase, s))
+        if rec is None:
+            _no_budget(ctx, phase, f"the target sweep at {f:g}x lr")
+            break
+        arms.append(rec)
+    if not arms:
+        return
+    rec = max(arms, key=lambda a: (a.value if a.value is not None else -1.0, -a.number))
     gain = (rec.value - inc.value) if rec.value is not None and inc.value is not None else None
     pa, pb = inc.result.params.get("adapter"), rec.result.params.get("adapter")
     ev = [f"{','.join(now)} -> {','.join(s.target_sweep)} at r={_r(inc.point)}: {fmt_f1(inc.value)} -> "
-          f"{fmt_f1(rec.value)}, gain {gain if gain is None else round(gain, 4)} vs threshold {noise:.3f} ({src})",
+          f"{fmt_f1(rec.value)} (best of lr {', '.join(f'{_lr(a.point):g}: {fmt_f1(a.value)}' for a in arms)}), "
+          f"gain {gain if gain is None else round(gain, 4)} vs threshold {noise:.3f} ({src})",
           f"LoRA parameters {pa:,} -> {pb:,}" if pa and pb else "parameter counts unknown"]
     ev += evidence_of(rec)
     if gain is not None and gain >= noise:
@@ -946,6 +979,63 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
                {"table": list(out.table)})
 
 
+def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
+    """Budget left after every stage goes to the pick itself. The short trials ranked the configs; when
+    the pick was still improving as its trial ended (the trial length limits the score), it is trained
+    again for longer: phase 0's epoch count (at most `final_max_factor` x a trial), shortened to what
+    the budget still holds, with early stopping on val macro-F1. It replaces the pick only when it
+    scores higher on val; either way the decision says what the longer run gained."""
+    inc = _incumbent(ctx)
+    final = ctx.state.get("final")
+    if not s.final_train or inc is None or ctx.state.get("failed") or not ctx.trial_steps:
+        return
+    if final is not None and final.point.get(METHOD) == "full":
+        return
+    phase = "final-train"
+    res = inc.result
+    frac = res.feature("best_step_fraction")
+    still = bool(res.feature("still_improving")) or (frac is not None and frac >= 0.8)
+    if not still:
+        ctx.decide(phase, "final-train", "the pick peaked inside its trial", "keep the trial's adapter",
+                   [f"{inc.label}: best val macro-F1 at {frac or 0:.0%} of the run; a longer run would not help"], [inc])
+        return
+    start: Start = ctx.state["start"]
+    steps0 = int(ctx.trial_steps)
+    trial_epochs = float(ctx.state.get("trial_epochs") or 0.0)
+    want = steps0 * s.final_max_factor
+    if start.epochs and trial_epochs > 0:
+        want = min(want, steps0 * float(start.epochs) / trial_epochs)
+    steps = int(want)
+    while steps >= s.final_min_factor * steps0 and not ctx.meter.fits(ctx.estimate(with_(inc.point, **{"train.max_steps": steps}))):
+        steps = int(steps * 0.8)
+    if steps < s.final_min_factor * steps0:
+        ctx.decide(phase, "final-train", "still improving; a longer run is not affordable", "keep the trial's adapter",
+                   [f"{inc.label} was still improving when its {steps0}-step trial ended",
+                    f"{s.final_min_factor:g}x the trial length would need ~{format_amount(ctx.meter.budget.kind, ctx.estimate(with_(inc.point, **{'train.max_steps': int(s.final_min_factor * steps0)})).amount(ctx.meter.budget.kind))}; "
+                    f"{ctx.meter.describe_left()}"], [inc])
+        return
+    point = with_(inc.point, **{"train.max_steps": steps})
+    rec = ctx.run(ctx.spec(point, phase, f"the pick trained longer: {steps} steps ({steps / steps0:.1f}x a trial)"),
+                  prune=False)
+    if rec is None:
+        _no_budget(ctx, phase, "the longer run of the pick")
+        return
+    gain = (rec.value - inc.value) if rec.value is not None and inc.value is not None else None
+    ev = [f"{inc.label} was still improving when its {steps0}-step trial ended (best at {frac or 0:.0%} of the run)",
+          f"{steps} steps ({steps / steps0:.1f}x; phase 0 planned {start.epochs or '?'} epochs for a full run, a trial is "
+          f"{trial_epochs:.2f}), early stopping on val macro-F1: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)}"
+          + (f" (gain {gain:+.3f})" if gain is not None else "")]
+    ev += evidence_of(rec)
+    if gain is not None and gain > 0:
+        _set_incumbent(ctx, rec)
+        ctx.state["final"] = rec
+        ctx.decide(phase, "final-train", "longer training helps", f"pick = {rec.label}", ev, [inc, rec],
+                   {"steps": steps, "gain": gain})
+    else:
+        ctx.decide(phase, "final-train", "longer training does not help", f"keep {inc.label}", ev, [inc, rec],
+                   {"steps": steps, "gain": gain})
+
+
 def _lr_steps_stage(ctx: SearchContext, s: ProtocolSettings) -> None:
     _lr_steps(ctx, s)
 
@@ -1007,6 +1097,7 @@ def run_protocol(ctx: SearchContext, start: Start, settings: ProtocolSettings = 
                data={"point": start.point, "ceiling_r": start.ceiling_r, "facts": start.facts})
     if plan:
         ctx.state["trial_steps"] = int(plan["max_steps"])
+        ctx.state["trial_epochs"] = plan.get("epochs")
         ctx.trial_steps = int(plan["max_steps"])
         ctx.decide("phase0", "trial-plan", f"trials of {plan['max_steps']} steps", "plan", [plan["reason"]],
                    data=plan)
@@ -1015,6 +1106,7 @@ def run_protocol(ctx: SearchContext, start: Start, settings: ProtocolSettings = 
     _revisit(ctx, settings)
     if "final" not in ctx.state and _incumbent(ctx) is not None:
         ctx.state["final"] = _incumbent(ctx)
+    stage_final_train(ctx, settings)
     final, best = ctx.state.get("final"), ctx.best()
     if best is not None and (final is None or (final.result.status == "pruned" and best is not final
                                                and best.value > (final.value or 0.0))):

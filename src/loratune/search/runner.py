@@ -148,8 +148,10 @@ def _library_noise_hidden():
 def reset_peak_memory() -> float | None:
     """Reset the process's peak memory so each trial's `peak_memory_mb` in run.json is its own peak,
     not the largest of the whole study (Linux: /proc/self/clear_refs value 5 resets the peak RSS that
-    getrusage reports; CUDA: torch's peak statistics). Returns the memory in use now, in MB (the
-    baseline the trial's peak is compared with), or None when the peak cannot be reset."""
+    getrusage reports, after malloc_trim returned the heap earlier trials freed; CUDA: torch's peak
+    statistics). Returns the memory in use now, in MB (the baseline the trial's peak is compared
+    with: `memory_delta_mb`), or None when the peak cannot be reset."""
+    import gc
     import resource
     import sys
 
@@ -157,6 +159,13 @@ def reset_peak_memory() -> float | None:
     if torch is not None and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated() / 2**20
+    gc.collect()
+    try:  # hand memory freed by earlier trials back to the OS, or it hides in the baseline (glibc)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

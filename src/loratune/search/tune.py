@@ -129,6 +129,7 @@ def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, run
                         finish_rows=len(test) if test is not None else 0, finish_base_s=options.finish_reserve_s)
 
     # search -----------------------------------------------------------------------------------
+    ctx.state["base_seed"] = int(base.train.seed)  # seed replicates count up from the study's seed
     if options.strategy == "protocol":
         run_protocol(ctx, start, options.settings, plan)
     else:
