@@ -207,34 +207,33 @@ def _best_so_far(rows: list[dict]) -> list[dict]:
 
 
 def _aggregate_one(sts: list[dict], compute_to_reach) -> dict:
-    if True:
-        best_any = max(st["best_val"] or 0 for st in sts)
-        sigmas = [st["seed_sigma"] for st in sts if st["strategy"] == "protocol" and st.get("seed_sigma")]
-        noise = max(0.005, 2 * statistics.median(sigmas)) if sigmas else None
-        runs = {}
-        for st in sts:
-            reach = compute_to_reach(st["curve"], best_any - 0.005)
-            reach_n = compute_to_reach(st["curve"], best_any - noise) if noise else None
-            runs[f"{st['strategy']}/{st['seed']}"] = {
-                "strategy": st["strategy"], "seed": st["seed"], "best_val": st["best_val"], "trials": st["trials"],
-                "examples_total": st["examples"], "reach_0.5pt": reach and reach["examples"],
-                "reach_0.5pt_trial": reach and reach["trial"], "reach_noise": reach_n and reach_n["examples"],
-                "pick_val": st["pick"]["val"], "pick_test": st["pick"]["test"], "wall_s": st["wall_s"]}
-        per_strategy = {}
-        for strat in sorted({r["strategy"] for r in runs.values()}):
-            rs = [r for r in runs.values() if r["strategy"] == strat]
-            per_strategy[strat] = {
-                "replicates": len(rs),
-                "best_val_mean": statistics.mean(r["best_val"] for r in rs),
-                "pick_test_mean": statistics.mean(r["pick_test"] for r in rs if r["pick_test"] is not None),
-                "pick_tests": [r["pick_test"] for r in rs],
-                "reached_0.5pt": sum(r["reach_0.5pt"] is not None for r in rs),
-                "reach_0.5pt_median": _median_censored([r["reach_0.5pt"] for r in rs]),
-                "reach_noise_median": _median_censored([r["reach_noise"] for r in rs]),
-                "examples_mean": statistics.mean(r["examples_total"] for r in rs)}
-        return {"best_val_any": best_any, "target": best_any - 0.005, "noise": noise,
-                "noise_source": f"max(0.005, 2 x median protocol seed sigma {statistics.median(sigmas):.4f})"
-                if sigmas else None, "by_run": runs, "by_strategy": per_strategy}
+    best_any = max(st["best_val"] or 0 for st in sts)
+    sigmas = [st["seed_sigma"] for st in sts if st["strategy"] == "protocol" and st.get("seed_sigma")]
+    noise = max(0.005, 2 * statistics.median(sigmas)) if sigmas else None
+    runs = {}
+    for st in sts:
+        reach = compute_to_reach(st["curve"], best_any - 0.005)
+        reach_n = compute_to_reach(st["curve"], best_any - noise) if noise else None
+        runs[f"{st['strategy']}/{st['seed']}"] = {
+            "strategy": st["strategy"], "seed": st["seed"], "best_val": st["best_val"], "trials": st["trials"],
+            "examples_total": st["examples"], "reach_0.5pt": reach and reach["examples"],
+            "reach_0.5pt_trial": reach and reach["trial"], "reach_noise": reach_n and reach_n["examples"],
+            "pick_val": st["pick"]["val"], "pick_test": st["pick"]["test"], "wall_s": st["wall_s"]}
+    per_strategy = {}
+    for strat in sorted({r["strategy"] for r in runs.values()}):
+        rs = [r for r in runs.values() if r["strategy"] == strat]
+        per_strategy[strat] = {
+            "replicates": len(rs),
+            "best_val_mean": statistics.mean(r["best_val"] for r in rs),
+            "pick_test_mean": statistics.mean(r["pick_test"] for r in rs if r["pick_test"] is not None),
+            "pick_tests": [r["pick_test"] for r in rs],
+            "reached_0.5pt": sum(r["reach_0.5pt"] is not None for r in rs),
+            "reach_0.5pt_median": _median_censored([r["reach_0.5pt"] for r in rs]),
+            "reach_noise_median": _median_censored([r["reach_noise"] for r in rs]),
+            "examples_mean": statistics.mean(r["examples_total"] for r in rs)}
+    return {"best_val_any": best_any, "target": best_any - 0.005, "noise": noise,
+            "noise_source": f"max(0.005, 2 x median protocol seed sigma {statistics.median(sigmas):.4f})"
+            if sigmas else None, "by_run": runs, "by_strategy": per_strategy}
 
 
 def _median_censored(values: list) -> float | None:

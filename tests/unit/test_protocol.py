@@ -550,3 +550,27 @@ def test_a_pick_that_peaked_inside_its_trial_is_not_trained_longer():
     assert all(s.phase != "final-train" for s in runner.calls)
     d = next(x for x in ctx.decisions if x["kind"] == "final-train")
     assert d["verdict"] == "the pick peaked inside its trial"
+
+
+def test_resume_killed_during_the_final_training_replays_to_the_same_long_run(tmp_path):
+    """The long run's length comes from the budget left; a resumed study charges the replayed trials
+    again, so it asks for the same run (trained once, after the kill) and ends with the same pick."""
+    world = World(lambda p: 0.70 + _lr_peak(p) + _longer_helps(p), lambda p: "healthy",
+                  features={"still_improving": 1.0, "best_step_fraction": 1.0})
+    start = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=6.0)
+    plan = {"max_steps": 100, "epochs": 1.5, "reason": "scripted"}
+    settings = ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False)
+    ref, ref_runner = make_ctx(world, budget="9000ex")
+    run_protocol(ref, start, settings, plan=plan)
+    n = len(ref_runner.calls)
+    assert ref_runner.calls[-1].phase == "final-train"
+    store = MemoryStore(tmp_path, decisions_path=tmp_path / "decisions.jsonl")
+    ctx1, r1 = make_ctx(world, budget="9000ex", store=store, interrupt_at=n)  # killed as the long run starts
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol(ctx1, start, settings, plan=plan)
+    ctx2, r2 = make_ctx(world, budget="9000ex", store=store)
+    run_protocol(ctx2, start, settings, plan=plan)
+    assert [s.phase for s in r2.calls] == ["final-train"]  # only the killed trial runs again
+    assert r2.calls[0].key == ref_runner.calls[-1].key  # the same 256-step run
+    assert ctx2.state["final"].key == ref.state["final"].key
+    assert ctx2.meter.spent.examples == ref.meter.spent.examples
