@@ -86,14 +86,38 @@ def write_subset(name: str, work: Path) -> Path:
     return out
 
 
-def settings_key(args) -> dict:
-    """What makes stored studies comparable: a study stored under other settings is run again."""
-    return {"budget": args.budget, "trial_steps": args.trial_steps, "num_threads": args.num_threads,
-            "subsets": {d: SUBSETS[d] for d in args.datasets}}
+def study_settings(args, ds: str) -> dict:
+    """What a study was run under, as stored (JSON types); stored studies with other settings run again."""
+    return json.loads(json.dumps({"budget": args.budget, "trial_steps": args.trial_steps,
+                                  "num_threads": args.num_threads, "subset": SUBSETS[ds]}))
+
+
+def _stored_and_same(path: Path, settings: dict, strategy: str) -> bool:
+    if not path.exists():
+        return False
+    old = json.loads(path.read_text())
+    same = all(old.get("settings", {}).get(k) == settings[k] for k in ("budget", "trial_steps", "subset"))
+    return same and (strategy != "protocol" or old.get("protocol_version") == PROTOCOL_VERSION)
+
+
+def phase0(cfg, dataset, work: Path, ds: str) -> Path:
+    """The assessment of a subset, computed once and shared by every study of it."""
+    from loratune.assess import run_assessment
+    from loratune.store import write_json
+
+    path = work / "assess" / f"{ds}.json"
+    subset = json.loads(json.dumps(SUBSETS[ds]))
+    if path.exists() and json.loads(path.read_text()).get("bench_subset") == subset:
+        return path
+    t0 = time.perf_counter()
+    a = run_assessment(cfg, dataset=dataset).to_dict()
+    a.setdefault("timings", {})["tune_wall_s"] = time.perf_counter() - t0
+    write_json(path, {**a, "bench_subset": subset})
+    return path
 
 
 def run(args) -> None:
-    from loratune.config import load_config
+    from loratune.config import load_config, replace
     from loratune.data import load_dataset
     from loratune.search.protocol import ProtocolSettings
     from loratune.search.tune import TuneOptions, tune
@@ -102,33 +126,22 @@ def run(args) -> None:
     work = Path(args.work)
     STUDIES.mkdir(parents=True, exist_ok=True)
     for ds in args.datasets:
+        settings = study_settings(args, ds)
+        todo = [(st, sd) for sd in args.seeds for st in args.strategies
+                if f"{ds}/{st}/{sd}" in args.rerun or not _stored_and_same(STUDIES / f"{ds}-{st}-{sd}.json", settings, st)]
+        for st, sd in [(st, sd) for sd in args.seeds for st in args.strategies if (st, sd) not in todo]:
+            print(f"[{time.strftime('%H:%M:%S')}] {ds}/{st}/{sd}: stored, kept", flush=True)
+        if not todo:
+            continue
         data = write_subset(ds, work)
-        for strategy, seed in [(st, sd) for sd in args.seeds for st in args.strategies]:
+        base = load_config(None, [f"dataset_name={data}", f"num_threads={args.num_threads}", "train_eval_size=128",
+                                  "per_device_eval_batch_size=128", "evals_per_run=5", "max_length=32"])
+        dataset = load_dataset(base.data, seed=42)  # the same splits for every replicate
+        assess_path = phase0(base, dataset, work, ds)
+        for strategy, seed in todo:
             key = f"{ds}/{strategy}/{seed}"
             path = STUDIES / f"{ds}-{strategy}-{seed}.json"
-            if path.exists() and key not in args.rerun:
-                old = json.loads(path.read_text())
-                same = old.get("settings", {}).get("budget") == args.budget and \
-                    old.get("settings", {}).get("trial_steps") == args.trial_steps and \
-                    old.get("settings", {}).get("subset") == json.loads(json.dumps(SUBSETS[ds])) and \
-                    (strategy != "protocol" or old.get("protocol_version") == PROTOCOL_VERSION)
-                if same:
-                    print(f"[{time.strftime('%H:%M:%S')}] {key}: stored, kept", flush=True)
-                    continue
-            overrides = [f"dataset_name={data}", f"num_threads={args.num_threads}", "train_eval_size=128",
-                         "per_device_eval_batch_size=128", "evals_per_run=5", "max_length=32", f"seed={42 + seed}"]
-            cfg = load_config(None, overrides)
-            dataset = load_dataset(cfg.data, seed=42)  # the same splits for every replicate
-            assess_path = work / "assess" / f"{ds}.json"
-            if assess_path.exists() and json.loads(assess_path.read_text()).get("bench_subset") != json.loads(json.dumps(SUBSETS[ds])):
-                assess_path.unlink()  # phase 0 of another subset definition
-            if not assess_path.exists():
-                from loratune.assess import run_assessment
-
-                t0 = time.perf_counter()
-                a = run_assessment(cfg, dataset=dataset).to_dict()
-                a.setdefault("timings", {})["tune_wall_s"] = time.perf_counter() - t0
-                write_json(assess_path, {**a, "bench_subset": SUBSETS[ds]})
+            cfg = replace(base, **{"train.seed": 42 + seed})
             study = work / "studies" / f"{ds}-{strategy}-{seed}"
             if study.exists():
                 shutil.rmtree(study)
@@ -148,8 +161,7 @@ def run(args) -> None:
             st = {
                 "dataset": ds, "strategy": strategy, "seed": seed, "train_seed": 42 + seed, "wall_s": round(wall, 1),
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.node(), "cpus": os.cpu_count(),
-                "settings": {"budget": args.budget, "trial_steps": args.trial_steps, "num_threads": args.num_threads,
-                             "subset": SUBSETS[ds]},
+                "settings": settings,
                 "protocol_version": PROTOCOL_VERSION if strategy == "protocol" else None,
                 "trials": len(summary["trials"]), "pruned": sum(t["status"] == "pruned" for t in summary["trials"]),
                 "examples": summary["budget"]["spent"]["examples"],

@@ -305,7 +305,7 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
                 splits[split] = parse_rows(read_rows(p), cfg, str(p), split)
         if "train" not in splits and cfg.train_file is None:
             raise UserError(f"folder '{folder}' has no train file",
-                            f"add train.jsonl/.csv/.parquet there, or set data.train_file")
+                            "add train.jsonl/.csv/.parquet there, or set data.train_file")
     elif name and not cfg.train_file:
         if Path(name).suffix.lower() in SUFFIXES or "/" not in name and Path(name).exists():
             raise UserError(f"dataset_name '{name}' is a file, not a folder", f"use data.train_file={name}")

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from loratune.features import COMPARE_FEATURES, CurveFeatures, FeatureSet, binomial_se, compute_features, \
-    format_value
+from loratune.features import COMPARE_FEATURES, FEATURES, CurveFeatures, FeatureSet, binomial_se, \
+    compute_features, format_value
 from loratune.history_io import RunHistory, from_points, load_run
 from loratune.rules import RULES, THRESHOLDS, Clause, Cond, Rule, catalogue_for, resolve_thresholds
 
@@ -127,6 +127,29 @@ class Diagnosis:
     def fired(self, rule_id: str, *, active_only: bool = True) -> bool:
         f = self.finding(rule_id)
         return f is not None and (f.suppressed_by is None or not active_only)
+
+    def curve_summary(self) -> list[str]:
+        """One-line readings of the curves (start -> best -> final ...), for the terminal and the report."""
+        v = self.features.values
+
+        def fv(name: str) -> str:
+            return format_value(FEATURES[name].unit, v.get(name))
+
+        metric = self.features.details.get("val_metric") or "val metric"
+        lines = []
+        if v.get("val_metric_best") is not None:
+            se = f" (SE {fv('val_metric_se')})" if v.get("val_metric_se") is not None else ""
+            lines.append(f"{metric}: {fv('val_metric_start')} at the start, best {fv('val_metric_best')}{se} "
+                         f"at {fv('best_step_fraction')} of the run, final {fv('val_metric_final')}")
+        if v.get("train_loss_final") is not None:
+            lines.append(f"train loss: {fv('train_loss_start')} -> {fv('train_loss_final')} "
+                         f"(fell {fv('train_loss_drop')}; {fv('train_loss_late_drop')} over the last half)")
+        if v.get("val_loss_min") is not None:
+            lines.append(f"val loss: {fv('val_loss_start')} -> min {fv('val_loss_min')} at "
+                         f"{fv('val_loss_min_fraction')} of the run -> final {fv('val_loss_final')}")
+        if v.get("gap_f1") is not None:
+            lines.append(f"train/val gap: {fv('gap_f1')} ({metric.split('/')[-1]})")
+        return lines
 
     def to_dict(self) -> dict:
         return {

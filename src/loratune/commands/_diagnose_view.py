@@ -20,25 +20,6 @@ def _f(d: Diagnosis, name: str) -> str:
     return format_value(FEATURES[name].unit, d.features.values.get(name))
 
 
-def _summary(d: Diagnosis) -> list[str]:
-    v = d.features.values
-    metric = d.features.details.get("val_metric") or "val metric"
-    lines = []
-    if v.get("val_metric_best") is not None:
-        se = f", SE {_f(d, 'val_metric_se')}" if v.get("val_metric_se") is not None else ""
-        lines.append(f"{metric}: {_f(d, 'val_metric_start')} -> best {_f(d, 'val_metric_best')} at "
-                     f"{_f(d, 'best_step_fraction')} of the run -> final {_f(d, 'val_metric_final')}{se}")
-    if v.get("train_loss_final") is not None:
-        lines.append(f"train loss: {_f(d, 'train_loss_start')} -> {_f(d, 'train_loss_final')} "
-                     f"(fell {_f(d, 'train_loss_drop')}; {_f(d, 'train_loss_late_drop')} over the last half)")
-    if v.get("val_loss_min") is not None:
-        lines.append(f"val loss: {_f(d, 'val_loss_start')} -> min {_f(d, 'val_loss_min')} at "
-                     f"{_f(d, 'val_loss_min_fraction')} -> final {_f(d, 'val_loss_final')}")
-    if v.get("gap_f1") is not None:
-        lines.append(f"train/val gap: {_f(d, 'gap_f1')} ({metric.split('/')[-1]})")
-    return lines
-
-
 def _finding(console: Console, f: Finding) -> None:
     color = _COLOR[f.confidence_label]
     tent = " tentative," if f.tentative else ""
@@ -68,7 +49,7 @@ def render_diagnosis(console: Console, d: Diagnosis) -> None:
         console.print(f"verdict: [bold]{escape(p.rule_id)}[/]  next move: [bold cyan]{escape(', '.join(p.moves))}[/]")
     else:
         console.print("verdict: [bold]inconclusive[/] (no curve rule fired)")
-    for line in _summary(d):
+    for line in d.curve_summary():
         console.print(f"  [dim]{escape(line)}[/]")
     for f in d.active:
         _finding(console, f)

@@ -324,7 +324,6 @@ def _best_step(points: Sequence[dict], metric: str) -> float | None:
 
 def build_diagnosis(run_dir: Path, thresholds: Mapping[str, float] | None = None) -> DiagnosisView:
     from loratune.diagnose import diagnose
-    from loratune.features import FEATURES, format_value
 
     try:
         d = diagnose(run_dir, thresholds=thresholds)
@@ -338,25 +337,7 @@ def build_diagnosis(run_dir: Path, thresholds: Mapping[str, float] | None = None
                            f.confidence_label, bool(f.tentative), ev,
                            tuple(f"{n} ({w})" for n, w in f.missing), f.caveat, tuple(f.notes), f.suppressed_by)
 
-    v = d.features.values
-
-    def fv(name: str) -> str:
-        return format_value(FEATURES[name].unit, v.get(name))
-
-    summary = []
-    metric = d.features.details.get("val_metric") or "val metric"
-    if v.get("val_metric_best") is not None:
-        se = f" (SE {fv('val_metric_se')})" if v.get("val_metric_se") is not None else ""
-        summary.append(f"{metric}: {fv('val_metric_start')} at the start, best {fv('val_metric_best')}{se} "
-                       f"at {fv('best_step_fraction')} of the run, final {fv('val_metric_final')}")
-    if v.get("train_loss_final") is not None:
-        summary.append(f"train loss: {fv('train_loss_start')} -> {fv('train_loss_final')} "
-                       f"(fell {fv('train_loss_drop')}; {fv('train_loss_late_drop')} over the last half)")
-    if v.get("val_loss_min") is not None:
-        summary.append(f"val loss: {fv('val_loss_start')} -> min {fv('val_loss_min')} at "
-                       f"{fv('val_loss_min_fraction')} of the run -> final {fv('val_loss_final')}")
-    if v.get("gap_f1") is not None:
-        summary.append(f"train/val gap: {fv('gap_f1')}")
+    summary = d.curve_summary()
     p = d.primary
     return DiagnosisView(
         verdict=d.verdict, verdict_text=p.verdict if p else "no curve rule fired",

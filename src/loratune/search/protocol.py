@@ -346,7 +346,7 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     top = max(good, key=lambda r: r.value)
     noise, src = ctx.noise()
     # protocol 3: "pick a value safely below where the loss turns up": the lowest lr within noise of the best
-    best = min((r for r in good if r.value is not None and r.value >= top.value - noise), key=lambda r: _lr(r.point))
+    best = min((r for r in good if r.value >= top.value - noise), key=lambda r: _lr(r.point))
     centre = _lr(best.point)
     ctx.state["lr_centre"] = centre
     rows = [f"lr {_lr(r.point):g}: val macro-F1 {fmt_f1(r.value)} after {r.result.steps_done} steps "
