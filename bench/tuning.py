@@ -3,14 +3,19 @@
 On small, deterministic subsets of BANKING77 and CLINC150 (../shared/data), every strategy runs
 `loratune tune` (the Python API) with the same budget in training examples processed, the same trial
 length, the same pruning and the same phase-0 assessment (computed once per dataset and copied into
-each study). A study is run once per replicate seed k: the sampler seed (tpe, random) is k and the
+each study). The samplers' space holds the training length too (1-8x a trial), since the protocol
+trains its pick for up to 8x a trial when it was still improving. A study is run once per replicate seed k: the sampler seed (tpe, random) is k and the
 training seed of every trial is 42 + k (so protocol replicates differ too). Measured per study:
 
 - best val macro-F1 so far against cumulative training examples (and wall time);
 - the compute each needed to get within 0.5 point of the best val macro-F1 any study found;
-- the test macro-F1 of each one's final pick (scored once).
+- the test macro-F1 of each one's final pick (scored once);
+- the test macro-F1 of the pick so far (the best val trial) against compute: every trial that became
+  the best so far is scored on test once, so "how good is what this strategy would recommend after
+  N examples" is read on rows the search never selected on (free of the max-over-draws bias of
+  best val).
 
-    python bench/tuning.py                                   # 10000ex per study, seeds 0,1, 12 studies
+    python bench/tuning.py                                   # 10000ex per study, seeds 0,1,2, 18 studies
     python bench/tuning.py --datasets banking77-20 --strategies protocol,tpe --seeds 0
     python bench/tuning.py --render                          # re-aggregate the stored studies only
 
@@ -42,6 +47,8 @@ STUDIES = RESULTS / "tuning"
 # below, no 2x after a collapsed 1x, target sweep over {1, 0.5}x lr; 6: budget left trains a still-improving
 # pick longer (studies of older versions are rerun)
 PROTOCOL_VERSION = 6
+# 2: the samplers' space holds the training length (1-8x a trial), as the protocol's final training does
+YARDSTICK_VERSION = 2
 
 # name -> source, number of intents, every `step`-th sorted label, and per class: train rows (from the
 # source's train split), val and test rows as (split, first row, last row) in file order. BANKING77's
@@ -97,7 +104,9 @@ def _stored_and_same(path: Path, settings: dict, strategy: str) -> bool:
         return False
     old = json.loads(path.read_text())
     same = all(old.get("settings", {}).get(k) == settings[k] for k in ("budget", "trial_steps", "subset"))
-    return same and (strategy != "protocol" or old.get("protocol_version") == PROTOCOL_VERSION)
+    if strategy == "protocol":
+        return same and old.get("protocol_version") == PROTOCOL_VERSION
+    return same and old.get("yardstick_version") == YARDSTICK_VERSION
 
 
 def phase0(cfg, dataset, work: Path, ds: str) -> Path:
@@ -163,6 +172,7 @@ def run(args) -> None:
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.node(), "cpus": os.cpu_count(),
                 "settings": settings,
                 "protocol_version": PROTOCOL_VERSION if strategy == "protocol" else None,
+                "yardstick_version": None if strategy == "protocol" else YARDSTICK_VERSION,
                 "trials": len(summary["trials"]), "pruned": sum(t["status"] == "pruned" for t in summary["trials"]),
                 "examples": summary["budget"]["spent"]["examples"],
                 "best_val": max((t["val_macro_f1"] or 0) for t in summary["trials"]) if summary["trials"] else None,
@@ -173,10 +183,48 @@ def run(args) -> None:
                 "trail": [f"[{d['phase']}] {d['verdict']} -> {d['move']}" for d in summary["trail"]],
                 "table": summary["trials"], "lora_vs_full": (summary.get("lora_vs_full") or {}).get("summary"),
             }
+            st["pick_tests"] = score_picks(st)
             write_json(path, st)
             print(f"    {st['trials']} trials, best val {st['best_val']:.4f}, pick test {st['pick']['test']}, "
                   f"{wall:.0f}s", flush=True)
             render_all()
+
+
+def score_picks(st: dict, known: dict | None = None) -> dict[str, float | None]:
+    """Test macro-F1 of every trial that was the best so far (by val), keyed by trial number; a trial whose
+    run directory is gone (or has no adapter) scores None."""
+    import warnings
+
+    from loratune.inference import evaluate_run
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    out = dict(known or {})
+    dirs = {int(row["trial"]): row.get("run_dir") for row in st.get("table", [])}
+    for n in sorted({row["best_trial"] for row in st["curve"] if row.get("best_trial") is not None}):
+        if str(n) in out and out[str(n)] is not None:
+            continue
+        run_dir = dirs.get(int(n))
+        try:
+            out[str(n)] = evaluate_run(run_dir, "test")["test/macro_f1"] if run_dir and Path(run_dir).exists() else None
+        except Exception as exc:  # a pruned run without an adapter, say
+            print(f"    trial #{n}: not scored ({type(exc).__name__}: {exc})", flush=True)
+            out[str(n)] = None
+    return out
+
+
+def score_stored() -> None:
+    """Fill in the pick-so-far test scores of stored studies whose run directories still exist."""
+    from loratune.store import write_json
+
+    for f in sorted(STUDIES.glob("*.json")):
+        st = json.loads(f.read_text())
+        if not _stored_and_same(f, st["settings"], st["strategy"]):
+            continue  # of an older version: it runs again
+        scored = score_picks(st, st.get("pick_tests"))
+        if scored != st.get("pick_tests"):
+            st["pick_tests"] = scored
+            write_json(f, st)
+            print(f"{f.name}: {sum(v is not None for v in scored.values())}/{len(scored)} picks scored", flush=True)
 
 
 def load_studies() -> dict[str, dict]:
@@ -198,15 +246,48 @@ def aggregate(studies: dict[str, dict]) -> dict:
     out = {}
     for ds, sts in sorted(by_ds.items()):
         out[ds] = _aggregate_one(sts, compute_to_reach)
-        # the search alone: trials of the common length only (the protocol's final longer run of its
-        # pick left out), so the curves compare how fast each strategy finds good configs
-        short = [{**st, "curve": _best_so_far([row for row in st["curve"] if row.get("phase") != "final-train"])}
-                 for st in sts]
+        # trial length only: the best val among trials of the common length (runs longer than a trial,
+        # the protocol's final training and the samplers' 2-8x draws, score nothing; their compute still
+        # counts), so the curves compare how fast each strategy finds good configs at one length
+        short = [{**st, "curve": _best_so_far([row if not _longer(row, st) else {**row, "value": None}
+                                               for row in st["curve"]])} for st in sts]
         for st in short:
             st["best_val"] = max((row["value"] or 0) for row in st["curve"]) if st["curve"] else None
-            st["examples"] = st["curve"][-1]["examples_cum"] if st["curve"] else 0
         out[ds]["search_only"] = _aggregate_one(short, compute_to_reach)
+        out[ds]["anytime"] = _anytime(sts)
     return out
+
+
+CHECKPOINTS = (2_500, 5_000, 7_500, 10_000)  # training examples
+
+
+def pick_test_at(st: dict, examples: int) -> float | None:
+    """Test macro-F1 of the study's best-val trial after at most `examples` training examples (None: no
+    trial had finished by then, or its run was not scored)."""
+    tests = st.get("pick_tests") or {}
+    rows = [row for row in st["curve"] if row["examples_cum"] <= examples and row.get("best_trial") is not None]
+    return tests.get(str(rows[-1]["best_trial"])) if rows else None
+
+
+def _anytime(sts: list[dict]) -> dict:
+    """Per strategy and checkpoint: the test macro-F1 of what it would recommend if stopped there (its
+    best val trial so far), mean over the replicates that had a scored trial by then."""
+    out = {}
+    for strat in sorted({st["strategy"] for st in sts}):
+        rows = {}
+        for c in CHECKPOINTS:
+            vals = [pick_test_at(st, c) for st in sorted(sts, key=lambda x: x["seed"]) if st["strategy"] == strat]
+            got = [v for v in vals if v is not None]
+            rows[str(c)] = {"mean": statistics.mean(got) if got else None, "values": vals}
+        out[strat] = rows
+    return out
+
+
+def _longer(row: dict, st: dict) -> bool:
+    """A run longer than the study's common trial length (studies stored before rows carried their
+    steps: the protocol's final training)."""
+    steps = row.get("steps")
+    return row.get("phase") == "final-train" or (steps is not None and steps > st["settings"]["trial_steps"])
 
 
 def _best_so_far(rows: list[dict]) -> list[dict]:
@@ -230,7 +311,9 @@ def _aggregate_one(sts: list[dict], compute_to_reach) -> dict:
             "strategy": st["strategy"], "seed": st["seed"], "best_val": st["best_val"], "trials": st["trials"],
             "examples_total": st["examples"], "reach_0.5pt": reach and reach["examples"],
             "reach_0.5pt_trial": reach and reach["trial"], "reach_noise": reach_n and reach_n["examples"],
-            "pick_val": st["pick"]["val"], "pick_test": st["pick"]["test"], "wall_s": st["wall_s"]}
+            "pick_val": st["pick"]["val"], "pick_test": st["pick"]["test"], "wall_s": st["wall_s"],
+            "longer_runs": sum(_longer(row, st) for row in st["curve"]),
+            "pick_steps": (st["pick"].get("point") or {}).get("train.max_steps") or st["settings"]["trial_steps"]}
     per_strategy = {}
     for strat in sorted({r["strategy"] for r in runs.values()}):
         rs = [r for r in runs.values() if r["strategy"] == strat]
@@ -287,7 +370,8 @@ def render(results: dict) -> str:
     cfg = any_st["settings"] if any_st else {}
     lines = ["# Tuning strategies under one budget", "",
              f"`python bench/tuning.py` (rendered {results['rendered']}). Budget per study: **{cfg.get('budget')}** "
-             f"(training examples processed), the same trial length ({cfg.get('trial_steps')} steps x 16), pruning "
+             f"(training examples processed), the same trial length ({cfg.get('trial_steps')} steps x 16; the samplers "
+             "draw 1-8x it, the protocol trains its pick up to 8x it), pruning "
              f"and phase-0 assessment for every strategy, num_threads={cfg.get('num_threads')}. Replicate k: sampler "
              "seed k and training seed 42 + k. Compute is counted in training examples processed (wall times are "
              "not comparable on a shared machine).", ""]
@@ -300,18 +384,32 @@ def render(results: dict) -> str:
         lines += _strategy_table(agg)
         so = agg.get("search_only")
         if so:
-            lines += ["", "**Search alone** (trials of the common length only; the protocol's final longer run left "
-                      "out; pick test = the whole study's pick, as above):", ""]
+            lines += ["", "**Trial length only** (best val among trials of the common length: runs longer than a "
+                      "trial, the protocol's final training and the samplers' 2-8x draws, score nothing here but "
+                      "their compute still counts; pick test = the whole study's pick, as above):", ""]
             lines += _strategy_table(so)
-            lines += ["", "Per study, search alone: " + "; ".join(
+            lines += ["", "Per study, trial length only: " + "; ".join(
                 f"{name} best {_f(r['best_val'], 3)}, within 0.5 pt at {_n(r['reach_0.5pt'])}"
                 for name, r in sorted(so["by_run"].items())) + "."]
-        lines += ["", "| study | trials | examples used | best val | examples to within 0.5 pt | to within noise | "
-                  "pick val | pick test macro-F1 | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+        any_ = agg.get("anytime") or {}
+        if any_:
+            lines += ["", "**Test macro-F1 of the pick so far** (each study's best-val trial after N training "
+                      "examples, scored on test; mean over replicates, the replicates in brackets; '-' = none "
+                      "finished or scored by then):", "",
+                      "| strategy | " + " | ".join(f"{c:,} ex" for c in CHECKPOINTS) + " |",
+                      "|---|" + "---|" * len(CHECKPOINTS)]
+            for strat, rows in any_.items():
+                lines.append(f"| {strat} | " + " | ".join(
+                    f"{_f(rows[str(c)]['mean'], 3)} ({', '.join(_f(v, 3) for v in rows[str(c)]['values'])})"
+                    for c in CHECKPOINTS) + " |")
+        lines += ["", "| study | trials | runs longer than a trial | examples used | best val | examples to within "
+                  "0.5 pt | to within noise | pick steps | pick val | pick test macro-F1 | wall s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in sorted(agg["by_run"].items()):
             reach = "never" if r["reach_0.5pt"] is None else f"{r['reach_0.5pt']:,} (trial #{r['reach_0.5pt_trial']})"
-            lines.append(f"| {name} | {r['trials']} | {r['examples_total']:,} | {_f(r['best_val'])} | {reach} | "
-                         f"{_n(r['reach_noise'])} | {_f(r['pick_val'])} | {_f(r['pick_test'])} | {r['wall_s']:.0f} |")
+            lines.append(f"| {name} | {r['trials']} | {r.get('longer_runs', '-')} | {r['examples_total']:,} | "
+                         f"{_f(r['best_val'])} | {reach} | {_n(r['reach_noise'])} | {r.get('pick_steps', '-')} | "
+                         f"{_f(r['pick_val'])} | {_f(r['pick_test'])} | {r['wall_s']:.0f} |")
         lines += ["", "Best val macro-F1 so far against cumulative training examples:", ""]
         for key, st in sorted(studies.items()):
             if st["dataset"] != ds:
@@ -345,11 +443,13 @@ def main(argv=None) -> int:
     p.add_argument("--datasets", default="banking77-20,clinc150-20")
     p.add_argument("--strategies", default="protocol,tpe,random")
     p.add_argument("--budget", default="10000ex")
-    p.add_argument("--seeds", default="0,1", help="replicates: sampler seed k, training seed 42 + k")
+    p.add_argument("--seeds", default="0,1,2", help="replicates: sampler seed k, training seed 42 + k")
     p.add_argument("--trial-steps", type=int, default=47, help="optimizer steps per trial, the same for every "
                    "strategy (47 x 16 = 752 examples, 1.5 epochs of the 500-row subsets)")
     p.add_argument("--rerun", default="", help="stored studies to run again, e.g. banking77-20/tpe/0")
     p.add_argument("--render", action="store_true", help="only aggregate the stored studies")
+    p.add_argument("--score-picks", action="store_true",
+                   help="score on test every best-so-far trial of the stored studies (their run dirs must exist)")
     p.add_argument("--num-threads", type=int, default=1)
     p.add_argument("--work", default="/tmp/loratune-bench")
     args = p.parse_args(argv)
@@ -358,7 +458,9 @@ def main(argv=None) -> int:
     args.seeds = [int(x) for x in args.seeds.split(",") if x]
     args.rerun = {x for x in args.rerun.split(",") if x}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if not args.render:
+    if args.score_picks:
+        score_stored()
+    elif not args.render:
         run(args)
     render_all()
     print(f"written: {RESULTS / 'tuning.json'}, {RESULTS / 'tuning.md'}")

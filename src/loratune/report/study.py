@@ -482,7 +482,8 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
             "point": r["record"]["spec"].get("point"), "run_dir": r["record"].get("run_dir")} or {
             "name": r["attrs"].get("name", "?"), "phase": r["attrs"].get("phase", "?"),
             "status": r["attrs"].get("status", r["state"].lower()), "point": r["attrs"].get("point") or {},
-            "run_dir": r["attrs"].get("run_dir")})} for r in records]
+            "run_dir": r["attrs"].get("run_dir")})} for r in records
+            if r["attrs"].get("status") != "skipped"]  # a sampler's draw too long for the budget: never ran
         if not rows:
             rows = _trials_from_dirs(root)
             if rows:

@@ -78,7 +78,7 @@ class MemoryStore:
         self._records.append(rec)
         return rec
 
-    def fail(self, trial, reason: str) -> None:
+    def fail(self, trial, reason: str, status: str = "interrupted") -> None:
         pass
 
 

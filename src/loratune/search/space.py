@@ -88,8 +88,15 @@ def lr_grid(centre: float, factors=(0.5, 1.0, 2.0)) -> tuple[float, ...]:
     return tuple(_round(centre * f) for f in factors)
 
 
-def default_space(start: Mapping[str, Any], ceiling_r: int | None = None) -> SearchSpace:
-    """The space around a start config (dotted overrides from phase 0)."""
+# training length for the samplers, as multiples of the planned trial length: the protocol trains its
+# pick for up to 8x a trial (`ProtocolSettings.final_max_factor`), so the samplers may draw as much
+LENGTH_FACTORS = (1, 2, 4, 8)
+
+
+def default_space(start: Mapping[str, Any], ceiling_r: int | None = None, trial_steps: int | None = None) -> SearchSpace:
+    """The space around a start config (dotted overrides from phase 0). With `trial_steps` it also holds
+    the training length (`train.max_steps`, 1-8x a trial): the protocol decides how long its pick
+    trains, so the samplers searching the same space must be able to as well."""
     lr = float(start.get("train.learning_rate", 1e-3))
     r0 = int(start.get("adapter.r", 8))
     ceiling = int(ceiling_r or max(32, r0))
@@ -109,7 +116,9 @@ def default_space(start: Mapping[str, Any], ceiling_r: int | None = None) -> Sea
             doc="dropout on the LoRA input"),
         Dim("train.weight_decay", "regularization", "choice", (0.0, 0.01, 0.1),
             doc="AdamW weight decay"),
-    ))
+    ) + ((Dim("train.max_steps", "optimization", "choice", tuple(int(trial_steps * f) for f in LENGTH_FACTORS),
+              doc="training length in optimizer steps: 1, 2, 4 or 8x the planned trial (early stopping "
+                  "keeps the best evaluation)"),) if trial_steps else ()))
 
 
 def _target_choices(start_targets) -> tuple[str, ...]:

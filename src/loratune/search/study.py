@@ -202,10 +202,10 @@ class Study:
             self.optuna.tell(trial, state=TrialState.FAIL)
         return record
 
-    def fail(self, trial, reason: str) -> None:
+    def fail(self, trial, reason: str, status: str = "interrupted") -> None:
         from optuna.trial import TrialState
 
-        trial.set_user_attr("status", "interrupted")
+        trial.set_user_attr("status", status)
         trial.set_user_attr("reason", reason)
         self.optuna.tell(trial, state=TrialState.FAIL)
 

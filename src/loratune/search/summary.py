@@ -36,6 +36,7 @@ def best_vs_compute(records) -> list[dict]:
         if r.value is not None and (best is None or r.value > best):
             best, best_trial = r.value, r.number
         rows.append({"trial": r.number, "name": r.spec.name, "phase": r.spec.phase, "value": r.value,
+                     "steps": r.point.get("train.max_steps"),
                      "examples_cum": examples, "wall_s_cum": round(wall, 2), "best_so_far": best,
                      "best_trial": best_trial})
     return rows

@@ -125,6 +125,7 @@ def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, run
         meter.charge(Cost(note["lost_wall_s"], 0, 0), f"trial #{note['number']} lost to a killed process")
     test = dataset.splits().get("test")
     ctx = SearchContext(store=study, runner=runner, meter=meter, trial_examples=int(plan["examples"]),
+                        trial_steps=int(plan["max_steps"]),
                         base_point=dict(start.point), costs=CostModel(options.examples_per_s), ui=ui,
                         finish_rows=len(test) if test is not None else 0, finish_base_s=options.finish_reserve_s)
 
@@ -133,7 +134,7 @@ def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, run
     if options.strategy == "protocol":
         run_protocol(ctx, start, options.settings, plan)
     else:
-        space = default_space(start.point, start.ceiling_r)
+        space = default_space(start.point, start.ceiling_r, int(plan["max_steps"]))
         study.optuna.sampler = make_sampler(options.strategy, space, options.seed)
         ctx.state["start"] = start
         ctx.decide("phase0", "trial-plan", f"trials of {plan['max_steps']} steps", "plan", [plan["reason"]],
