@@ -45,8 +45,8 @@ RESULTS = ROOT / "bench" / "results"
 STUDIES = RESULTS / "tuning"
 # 3: lr probe + target sweep; 4: a seed-unstable lr move must match the seed mean; 5: probe centre safely
 # below, no 2x after a collapsed 1x, target sweep over {1, 0.5}x lr; 6: budget left trains a still-improving
-# pick longer (studies of older versions are rerun)
-PROTOCOL_VERSION = 6
+# pick longer; 7: the longer run at lr /2 and lr when two fit (studies of older versions are rerun)
+PROTOCOL_VERSION = 7
 # 2: the samplers' space holds the training length (1-8x a trial), as the protocol's final training does
 YARDSTICK_VERSION = 2
 

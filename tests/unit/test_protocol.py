@@ -521,6 +521,28 @@ def test_budget_left_trains_a_still_improving_pick_longer():
     assert ctx.state["final"].point["train.max_steps"] == 400 and ctx.state["final"].point[LR] == 1e-3
 
 
+def test_long_run_gets_its_own_lr_step_when_two_long_runs_fit():
+    """The lr the short trials chose (1e-3, the peak at 100 steps) is too high for a run 4x longer: there
+    the peak is at 5e-4. Both long runs are measured and the better one is the pick."""
+    def f1(p):
+        long = int(p.get("train.max_steps") or 0) >= 200
+        peak = 5e-4 if long else 1e-3
+        return 0.70 - 0.01 * abs(math.log2(p[LR] / peak)) + (0.03 if long else 0.0)
+
+    world = World(f1, lambda p: "healthy", features={"still_improving": 1.0, "best_step_fraction": 1.0})
+    start = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=6.0)
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, start, ProtocolSettings(full_probe=False, lr_probe=False),
+                 plan={"max_steps": 100, "epochs": 1.5, "reason": "scripted"})
+    longs = [s for s in runner.calls if s.phase == "final-train"]
+    assert [(s.point[LR], s.point["train.max_steps"]) for s in longs] == [(5e-4, 400), (1e-3, 400)]
+    d = next(x for x in ctx.decisions if x["kind"] == "final-train")
+    assert d["verdict"] == "longer training helps"
+    assert "lr 0.0005 -> 0.730, lr 0.001 -> 0.720; best 0.0005" in d["evidence"][2]
+    assert [x["lr"] for x in d["data"]["lrs"]] == [5e-4, 1e-3]
+    assert ctx.state["final"].point[LR] == 5e-4 and ctx.state["final"].point["train.max_steps"] == 400
+
+
 def test_final_training_is_shortened_to_the_budget_or_skipped():
     world = World(lambda p: 0.70 + _lr_peak(p) + _longer_helps(p), lambda p: "healthy",
                   features={"still_improving": 1.0, "best_step_fraction": 1.0})
@@ -533,6 +555,7 @@ def test_final_training_is_shortened_to_the_budget_or_skipped():
     last = runner.calls[-1]
     assert [s.phase for s in runner.calls].count("final-train") == 1 and last.phase == "final-train"
     assert last.point["train.max_steps"] == 256 and ctx.estimate(last.point).examples == 2560
+    assert last.point[LR] == 1e-3  # two long runs of >= 200 steps do not fit: one, at the measured lr
     ctx, runner = make_ctx(world, budget="7500ex")  # 1500 left: less than 2 trials' worth
     run_protocol(ctx, start, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False),
                  plan={"max_steps": 100, "epochs": 1.5, "reason": "scripted"})

@@ -12,7 +12,8 @@
     sweep    rank x4 with rsLoRA up to the ceiling / compute breakeven         (stage_rank_sweep)
              every linear layer (all-linear) at 1x and 0.5x the lr             (stage_target_sweep)
     full     a full-fine-tuning probe, same data and budget; LoRA vs full     (stage_full_probe)
-    final    budget left: the still-improving pick trained longer              (stage_final_train)
+    final    budget left: the still-improving pick trained longer, at lr /2    (stage_final_train)
+             and lr when two long runs fit
 
 Each stage reads what earlier ones fixed (the incumbent, like Optuna's PartialFixedSampler fixes the
 winners of a stage) from `ctx.state`, runs trials through `ctx.run` and records every decision with
@@ -101,6 +102,10 @@ class ProtocolSettings:
     final_train: bool = True  # budget left at the end: train a still-improving pick for longer
     final_min_factor: float = 2.0  # ... only when at least this x a trial's steps fit
     final_max_factor: float = 8.0  # ... and at most this x (or phase 0's epoch count, the smaller)
+    # ... at these x the pick's lr, when the budget holds one long run per factor (else at 1x only): the
+    # lr chosen on short trials need not suit a run several times longer (protocol 3: the best lr moves
+    # with the budget), so the long run gets its own x2 step down, measured
+    final_lr_factors: tuple[float, ...] = (0.5, 1.0)
     full_lr_ratio: float = 0.1  # full fine-tuning lr = LoRA lr x this (LoRA wants ~10x, protocol 1)
     allow_past_breakeven: bool = False
     target: float | None = None
@@ -983,8 +988,11 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     """Budget left after every stage goes to the pick itself. The short trials ranked the configs; when
     the pick was still improving as its trial ended (the trial length limits the score), it is trained
     again for longer: phase 0's epoch count (at most `final_max_factor` x a trial), shortened to what
-    the budget still holds, with early stopping on val macro-F1. It replaces the pick only when it
-    scores higher on val; either way the decision says what the longer run gained."""
+    the budget still holds, with early stopping on val macro-F1. The best lr of a short trial need not
+    be the best lr of a run several times longer, so when the budget holds one long run per factor of
+    `final_lr_factors` (lr /2 and lr), each is run at the same length; otherwise one run at the pick's
+    lr. The best long run replaces the pick only when it scores higher on val; either way the decision
+    says what the longer runs gained."""
     inc = _incumbent(ctx)
     final = ctx.state.get("final")
     if not s.final_train or inc is None or ctx.state.get("failed") or not ctx.trial_steps:
@@ -1005,35 +1013,63 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     want = steps0 * s.final_max_factor
     if start.epochs and trial_epochs > 0:
         want = min(want, steps0 * float(start.epochs) / trial_epochs)
-    steps = int(want)
-    while steps >= s.final_min_factor * steps0 and not ctx.meter.fits(ctx.estimate(with_(inc.point, **{"train.max_steps": steps}))):
-        steps = int(steps * 0.8)
-    if steps < s.final_min_factor * steps0:
+    lr = float(inc.point.get(LR, start.lr_centre))
+    lrs = [_round(lr * f) for f in s.final_lr_factors] or [lr]
+    steps = _final_length(ctx, inc, int(want), len(lrs), s.final_min_factor * steps0)
+    if steps is None and len(lrs) > 1:
+        lrs = [lr]  # one long run only: at the lr the short trials chose (measured), not a guess
+        steps = _final_length(ctx, inc, int(want), 1, s.final_min_factor * steps0)
+    if steps is None:
         ctx.decide(phase, "final-train", "still improving; a longer run is not affordable", "keep the trial's adapter",
                    [f"{inc.label} was still improving when its {steps0}-step trial ended",
                     f"{s.final_min_factor:g}x the trial length would need ~{format_amount(ctx.meter.budget.kind, ctx.estimate(with_(inc.point, **{'train.max_steps': int(s.final_min_factor * steps0)})).amount(ctx.meter.budget.kind))}; "
                     f"{ctx.meter.describe_left()}"], [inc])
         return
-    point = with_(inc.point, **{"train.max_steps": steps})
-    rec = ctx.run(ctx.spec(point, phase, f"the pick trained longer: {steps} steps ({steps / steps0:.1f}x a trial)"),
-                  prune=False)
-    if rec is None:
-        _no_budget(ctx, phase, "the longer run of the pick")
+    runs = []
+    for x in lrs:
+        point = with_(inc.point, **{LR: x, "train.max_steps": steps})
+        why = f"the pick trained longer: {steps} steps ({steps / steps0:.1f}x a trial)"
+        rec = ctx.run(ctx.spec(point, phase, why + ("" if x == lr else f" at lr {x:g} ({x / lr:g}x)")), prune=False)
+        if rec is None:
+            _no_budget(ctx, phase, f"the longer run at lr {x:g}")
+            break
+        runs.append(rec)
+    scored = [r for r in runs if r.value is not None]
+    if not scored:
         return
-    gain = (rec.value - inc.value) if rec.value is not None and inc.value is not None else None
+    best = max(scored, key=lambda r: (r.value, -r.number))
+    gain = (best.value - inc.value) if inc.value is not None else None
     ev = [f"{inc.label} was still improving when its {steps0}-step trial ended (best at {frac or 0:.0%} of the run)",
           f"{steps} steps ({steps / steps0:.1f}x; phase 0 planned {start.epochs or '?'} epochs for a full run, a trial is "
-          f"{trial_epochs:.2f}), early stopping on val macro-F1: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)}"
+          f"{trial_epochs:.2f}), early stopping on val macro-F1: {fmt_f1(inc.value)} -> {fmt_f1(best.value)}"
           + (f" (gain {gain:+.3f})" if gain is not None else "")]
-    ev += evidence_of(rec)
+    if len(scored) > 1:
+        ev.append("lr for the long run (the short trials' lr need not suit a longer one): "
+                  + ", ".join(f"lr {r.point[LR]:g} -> {fmt_f1(r.value)}" for r in scored)
+                  + f"; best {best.point[LR]:g}")
+    ev += evidence_of(best)
+    data = {"steps": steps, "gain": gain, "lrs": [{"lr": r.point[LR], "value": r.value, "trial": r.number}
+                                                 for r in runs]}
     if gain is not None and gain > 0:
-        _set_incumbent(ctx, rec)
-        ctx.state["final"] = rec
-        ctx.decide(phase, "final-train", "longer training helps", f"pick = {rec.label}", ev, [inc, rec],
-                   {"steps": steps, "gain": gain})
+        _set_incumbent(ctx, best)
+        ctx.state["final"] = best
+        ctx.decide(phase, "final-train", "longer training helps", f"pick = {best.label}", ev, [inc, *runs], data)
     else:
-        ctx.decide(phase, "final-train", "longer training does not help", f"keep {inc.label}", ev, [inc, rec],
-                   {"steps": steps, "gain": gain})
+        ctx.decide(phase, "final-train", "longer training does not help", f"keep {inc.label}", ev, [inc, *runs], data)
+
+
+def _final_length(ctx: SearchContext, inc, want: int, n_runs: int, min_steps: float) -> int | None:
+    """The longest run (from `want` steps, shortened by 0.8 steps) of which `n_runs` fit the budget left;
+    None when even `min_steps` does not."""
+    steps = want
+    while steps >= min_steps:
+        one, total = ctx.estimate(with_(inc.point, **{"train.max_steps": steps})), Cost()
+        for _ in range(n_runs):
+            total = total + one
+        if ctx.meter.fits(total):
+            return steps
+        steps = int(steps * 0.8)
+    return None
 
 
 def _lr_steps_stage(ctx: SearchContext, s: ProtocolSettings) -> None:
