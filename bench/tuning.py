@@ -4,8 +4,9 @@ On small, deterministic subsets of BANKING77 and CLINC150 (../shared/data), ever
 `loratune tune` (the Python API) with the same budget in training examples processed, the same trial
 length, the same pruning and the same phase-0 assessment (computed once per dataset and copied into
 each study). The samplers' space holds the training length too (1-8x a trial), since the protocol
-trains its pick for up to 8x a trial when it was still improving. A study is run once per replicate seed k: the sampler seed (tpe, random) is k and the
-training seed of every trial is 42 + k (so protocol replicates differ too). Measured per study:
+trains its pick for up to 8x a trial when it was still improving. A study is run once per replicate
+seed k: the sampler seed (tpe, random) is k and the training seed of every trial is 42 + k (so
+protocol replicates differ too). Measured per study:
 
 - best val macro-F1 so far against cumulative training examples (and wall time);
 - the compute each needed to get within 0.5 point of the best val macro-F1 any study found;
@@ -15,7 +16,7 @@ training seed of every trial is 42 + k (so protocol replicates differ too). Meas
   N examples" is read on rows the search never selected on (free of the max-over-draws bias of
   best val).
 
-    python bench/tuning.py                                   # 10000ex per study, seeds 0,1,2, 18 studies
+    python bench/tuning.py                                   # 10000ex per study, seeds 0-4, 30 studies
     python bench/tuning.py --datasets banking77-20 --strategies protocol,tpe --seeds 0
     python bench/tuning.py --render                          # re-aggregate the stored studies only
 
@@ -253,7 +254,7 @@ def aggregate(studies: dict[str, dict]) -> dict:
                                                for row in st["curve"]])} for st in sts]
         for st in short:
             st["best_val"] = max((row["value"] or 0) for row in st["curve"]) if st["curve"] else None
-        out[ds]["search_only"] = _aggregate_one(short, compute_to_reach)
+        out[ds]["trial_length_only"] = _aggregate_one(short, compute_to_reach)
         out[ds]["anytime"] = _anytime(sts)
     return out
 
@@ -382,7 +383,7 @@ def render(results: dict) -> str:
         lines += [f"## {ds}", "", f"Subset: {sub}.", "",
                   "**Whole studies** (the protocol's pick trained longer on the budget it left is part of it):", ""]
         lines += _strategy_table(agg)
-        so = agg.get("search_only")
+        so = agg.get("trial_length_only")
         if so:
             lines += ["", "**Trial length only** (best val among trials of the common length: runs longer than a "
                       "trial, the protocol's final training and the samplers' 2-8x draws, score nothing here but "
@@ -443,7 +444,7 @@ def main(argv=None) -> int:
     p.add_argument("--datasets", default="banking77-20,clinc150-20")
     p.add_argument("--strategies", default="protocol,tpe,random")
     p.add_argument("--budget", default="10000ex")
-    p.add_argument("--seeds", default="0,1,2", help="replicates: sampler seed k, training seed 42 + k")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="replicates: sampler seed k, training seed 42 + k")
     p.add_argument("--trial-steps", type=int, default=47, help="optimizer steps per trial, the same for every "
                    "strategy (47 x 16 = 752 examples, 1.5 epochs of the 500-row subsets)")
     p.add_argument("--rerun", default="", help="stored studies to run again, e.g. banking77-20/tpe/0")

@@ -157,3 +157,8 @@ def test_decision_log_is_append_only_and_replay_safe(tmp_path):
     again.append({"seq": 2, "kind": "pair"})
     assert [d["seq"] for d in again.entries] == [0, 1, 2]
     assert [d["seq"] for d in DecisionLog(path).entries] == [0, 1, 2]  # and on disk, torn line gone
+
+
+def test_cost_times_n_is_n_trials_of_the_same():
+    assert Cost(1.5, 10, 1) * 3 == Cost(4.5, 30, 3)
+    assert Cost(1.5, 10, 1) * 0 == Cost()

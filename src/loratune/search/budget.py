@@ -83,6 +83,10 @@ class Cost:
     def __add__(self, other: "Cost") -> "Cost":
         return Cost(self.wall_s + other.wall_s, self.examples + other.examples, self.trials + other.trials)
 
+    def __mul__(self, n: int) -> "Cost":
+        """n of the same (an estimate for one trial -> n trials)."""
+        return Cost(self.wall_s * n, self.examples * n, self.trials * n)
+
     def amount(self, kind: str) -> float:
         return {"wall_s": self.wall_s, "examples": float(self.examples), "trials": float(self.trials)}[kind]
 

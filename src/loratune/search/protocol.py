@@ -208,7 +208,7 @@ def reserve(ctx: SearchContext, stage: str, settings: ProtocolSettings) -> Cost:
         if n <= 0:
             continue
         est = ctx.estimate({METHOD: "full"} if name == "full-probe" else {})
-        need = Cost(est.wall_s * n, est.examples * n, n)
+        need = est * n
         if ctx.meter.fits(need, total):
             total = total + need
     return total
@@ -329,7 +329,7 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     for _ in range(s.lr_probe_max_moves):
         last = probes[-1]
         grid_two = ctx.estimate(start.point)
-        need = ctx.estimate(last.point) + Cost(grid_two.wall_s * 2, grid_two.examples * 2, 2)
+        need = ctx.estimate(last.point) + grid_two * 2
         if not ctx.meter.fits(need):
             ctx.decide(phase, "lr-probe", "stop probing", "keep the budget for full-length trials",
                        [f"another probe and two grid trials need ~{format_amount(ctx.meter.budget.kind, need.amount(ctx.meter.budget.kind))}"
@@ -463,7 +463,7 @@ def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
     known = {r.key for r in ctx.records}
     new = [p for p in (a_point, b_point) if ctx.spec(p, phase).key not in known]
     est = ctx.estimate(inc.point)
-    need = Cost(est.wall_s * len(new), est.examples * len(new), len(new))
+    need = est * len(new)
     if not ctx.meter.fits(need, reserve(ctx, phase, s)):
         ctx.decide(phase, "pair", "pair not affordable", "follow the prior: keep rank, tune lr in phase 2",
                    [f"the pair needs {len(new)} new trial(s); {ctx.meter.describe_left()} after holding back the "
@@ -1014,7 +1014,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     if start.epochs and trial_epochs > 0:
         want = min(want, steps0 * float(start.epochs) / trial_epochs)
     lr = float(inc.point.get(LR, start.lr_centre))
-    lrs = [_round(lr * f) for f in s.final_lr_factors] or [lr]
+    lrs = [lr if f == 1 else _round(lr * f) for f in s.final_lr_factors] or [lr]
     steps = _final_length(ctx, inc, int(want), len(lrs), s.final_min_factor * steps0)
     if steps is None and len(lrs) > 1:
         lrs = [lr]  # one long run only: at the lr the short trials chose (measured), not a guess
@@ -1063,10 +1063,8 @@ def _final_length(ctx: SearchContext, inc, want: int, n_runs: int, min_steps: fl
     None when even `min_steps` does not."""
     steps = want
     while steps >= min_steps:
-        one, total = ctx.estimate(with_(inc.point, **{"train.max_steps": steps})), Cost()
-        for _ in range(n_runs):
-            total = total + one
-        if ctx.meter.fits(total):
+        one = ctx.estimate(with_(inc.point, **{"train.max_steps": steps}))
+        if ctx.meter.fits(one * n_runs):
             return steps
         steps = int(steps * 0.8)
     return None
