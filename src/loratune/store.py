@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +24,38 @@ CONFIG = "config.yaml"
 CONFUSION = "confusion.json"
 ADAPTER = "adapter"
 LABEL_MAP = "label_map.json"
+LOCK = "run.lock"  # held (flock) by the training process; its mtime is the heartbeat
+HEARTBEAT_S = 10.0  # how often a live run touches run.lock
+# A run whose lock nobody holds, or (another host, where flock says nothing) whose heartbeat is older
+# than this, belonged to a process that died: 12 missed beats, so a stalled NFS write does not kill it.
+HEARTBEAT_STALE_S = 120.0
+PARTIAL_STATUSES = ("interrupted", "died", "failed")  # a record that stops before the planned end
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON has no NaN/inf: write them as null (readers treat null as 'non-finite or missing')."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _clean(obj.item())
+        return json_safe(obj.item())
     return obj
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a record is as readable as any file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -52,7 +68,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(_clean(data), indent=2, ensure_ascii=False) + "\n")
+    write_atomic(path, json.dumps(json_safe(data), indent=2, ensure_ascii=False) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -64,26 +80,174 @@ def read_json(path: Path) -> Any:
         raise UserError(f"'{path}' is not valid JSON ({exc})", "the file is damaged; re-run") from None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """Held by the process that trains into a run directory: an exclusive flock on `run.lock` (the
+    kernel drops it when the process dies, even by kill -9) whose file holds pid and host and whose
+    mtime a thread touches every HEARTBEAT_S seconds (for readers on another host, where flock says
+    nothing). `liveness(run_dir)` tells readers whether a `running` record still has a process."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK
+        self._f = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        f = open(self.path, "a+", encoding="utf-8")
+        for _ in range(50):  # a reader holds the lock shared for microseconds
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.02)
+        else:
+            f.seek(0)
+            holder = f.read().strip()
+            f.close()
+            raise UserError(f"another loratune process is training into '{self.path.parent}' ({holder or 'pid unknown'})",
+                            "wait for it to finish, stop it, or give another output_dir")
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
+        f.flush()
+        self._f = f
+        self._thread = threading.Thread(target=self._beat, name="loratune-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._f is None:
+            return
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+        self._f.close()  # closing drops the flock
+        self._f = None
+
+
+def liveness(run_dir: str | Path) -> tuple[str, str]:
+    """('alive' | 'dead', why) for a run directory whose run.json says `running`."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK
+    try:
+        f = open(path, "r", encoding="utf-8")
+    except FileNotFoundError:
+        return "dead", "no process holds its lock (run.lock is gone)"
+    except OSError as exc:
+        return "alive", f"run.lock cannot be read ({exc})"
+    with f:
+        try:
+            holder = json.loads(f.read() or "{}")
+        except json.JSONDecodeError:
+            holder = {}
+        pid, host = holder.get("pid"), holder.get("host")
+        who = f"pid {pid} on {host}" if pid else "its process"
+        if host in (None, socket.gethostname()):
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "alive", f"{who} holds its lock"
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return "dead", f"{who} no longer holds its lock (killed or crashed)"
+        age = time.time() - os.fstat(f.fileno()).st_mtime
+        if age > HEARTBEAT_STALE_S:
+            return "dead", f"{who} sent no heartbeat for {age:.0f}s"
+        return "alive", f"{who} sent a heartbeat {age:.0f}s ago"
+
+
+def with_liveness(run: dict, run_dir: str | Path) -> dict:
+    """run.json as it should be read: a `running` record whose process is gone reads as status `died`,
+    `partial: true`, with the reason (the file on disk is left as it is; readers decide)."""
+    if not isinstance(run, dict) or run.get("status") != "running":
+        return run
+    state, why = liveness(run_dir)
+    if state == "alive":
+        return run
+    out = dict(run)
+    out.update({"status": "died", "status_recorded": "running", "partial": True,
+                "reason": f"the training process died at step {run.get('steps_done', '?')} of "
+                          f"{run.get('steps_planned', '?')} without finishing: {why}; the record is partial"})
+    return out
+
+
+def check_output_dir(path: Path) -> None:
+    """An output_dir that training could not write: a file, an unwritable directory (or parent)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output_dir '{path}' is a file, not a directory",
+                        "give a directory path (it is created if missing), e.g. output_dir=runs/latest")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"output_dir '{path}' cannot be created: '{probe}' is a file",
+                        "give a path under a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "output_dir" if probe == path else f"the directory '{probe}' that would hold output_dir"
+        raise UserError(f"{what} '{path}' is not writable (permission denied or a read-only file system)",
+                        "give a writable output_dir, e.g. output_dir=runs/latest, or fix the permissions")
+
+
 class RunStore:
     """One run directory."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock: RunLock | None = None
 
     @property
     def adapter_dir(self) -> Path:
         return self.path / ADAPTER
 
     def create(self, config_yaml: str) -> None:
+        check_output_dir(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = RunLock(self.path)
+        self._lock.acquire()
         hist = self.path / HISTORY
         if hist.exists():  # a fresh run in a reused directory starts a fresh history
             hist.unlink()
+        for stale in (CONFUSION,):  # nor may an earlier run's confusion matrix or model pass as this one's
+            if (self.path / stale).exists():
+                (self.path / stale).unlink()
+        if self.adapter_dir.is_dir():
+            import shutil
+
+            shutil.rmtree(self.adapter_dir)
         write_atomic(self.path / CONFIG, config_yaml)
+
+    def close(self) -> None:
+        """Release the run's lock (after the last write of run.json)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def append_history(self, point: dict) -> None:
         with open(self.path / HISTORY, "a", encoding="utf-8") as f:
-            f.write(json.dumps(_clean(point), ensure_ascii=False) + "\n")
+            f.write(json.dumps(json_safe(point), ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -107,7 +271,8 @@ class RunStore:
         return self
 
     def read_run(self) -> dict:
-        return read_json(self.path / RUN)
+        """run.json; a `running` record whose process died reads as `died` (see with_liveness)."""
+        return with_liveness(read_json(self.path / RUN), self.path)
 
     def read_history(self) -> list[dict]:
         p = self.path / HISTORY

@@ -6,7 +6,8 @@ import pytest
 
 from loratune.errors import UserError
 from loratune.search.budget import Budget, Cost, CostModel, Meter, format_amount
-from loratune.search.context import MemoryStore, SearchContext
+from loratune.search.context import SearchContext
+from memory_store import MemoryStore
 from loratune.search.prune import PruneSettings, behind_best, by_diagnosis
 from loratune.search.trial import TrialResult, TrialSpec
 

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from loratune.search.budget import Budget, CostModel, Meter
-from loratune.search.context import MemoryStore, SearchContext
+from loratune.search.context import SearchContext
+from memory_store import MemoryStore
 from loratune.search.protocol import (
     ProtocolSettings,
     Start,

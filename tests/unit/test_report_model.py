@@ -258,7 +258,8 @@ def scripted_study(study_dir: Path, *, finish: bool = True, run_dirs: bool = Fal
     """The protocol on a world where lr binds (F1 peaks at lr 4e-3, rank barely matters), with the
     decision trail in <study_dir>/decisions.jsonl and, when `finish`, final/study.json."""
     from loratune.search.budget import Budget, CostModel, Meter
-    from loratune.search.context import MemoryStore, SearchContext
+    from loratune.search.context import SearchContext
+    from memory_store import MemoryStore
     from loratune.search.protocol import ProtocolSettings, Start, run_protocol
     from loratune.search.summary import finish as finish_study
     from loratune.search.trial import TrialResult

@@ -26,9 +26,9 @@ def console(stderr: bool = False):
 
 
 def print_json(data) -> None:
-    from loratune.store import _clean
+    from loratune.store import json_safe
 
-    json.dump(_clean(data), sys.stdout, indent=2, ensure_ascii=False)
+    json.dump(json_safe(data), sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
 
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Callable, Sequence
 
-FONT = 11  # px, tick labels
 PAD = {"l": 52, "r": 14, "t": 12, "b": 38}
 
 

@@ -202,14 +202,14 @@ class RunReport:
         d["kind"] = self.kind
         d["classes"]["frequency_vs_f1"] = [list(x) for x in self.classes.frequency_vs_f1]
         d["confusion"]["focus_share"] = self.confusion.focus_share
-        return _plain(d)
+        return to_plain(d)
 
 
-def _plain(obj: Any) -> Any:
+def to_plain(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [to_plain(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -222,10 +222,9 @@ def _plain(obj: Any) -> Any:
 LONG_TAIL_RATIO = 2.0  # head/tail median train-count ratio from which the label distribution has a long tail
 FOCUS_K = 25  # classes in the focused confusion matrix
 TOP_PAIRS = 10
-ROLE_LABELS = {"train": "train (running)", "train_eval": "train (eval subsample)", "val": "validation"}
 
 
-def _num(v: Any) -> float | None:
+def as_float(v: Any) -> float | None:
     if isinstance(v, bool) or v is None:
         return None
     try:
@@ -236,11 +235,11 @@ def _num(v: Any) -> float | None:
 
 
 def _int(v: Any) -> int | None:
-    f = _num(v)
+    f = as_float(v)
     return int(round(f)) if f is not None else None
 
 
-def _read_json(path: Path) -> tuple[Any, str | None]:
+def read_json(path: Path) -> tuple[Any, str | None]:
     if not path.is_file():
         return None, f"no {path.name}"
     try:
@@ -286,7 +285,7 @@ def build_curves(points: Sequence[dict], metric: str) -> tuple[CurvePanel, ...]:
     def series(key: str) -> tuple[tuple[float, float], ...]:
         out = []
         for p in points:
-            s, v = _num(p.get("step")), _num(p.get(key))
+            s, v = as_float(p.get("step")), as_float(p.get(key))
             if s is not None and v is not None:
                 out.append((s, v))
         return tuple(sorted(out))
@@ -316,7 +315,7 @@ def build_curves(points: Sequence[dict], metric: str) -> tuple[CurvePanel, ...]:
 def _best_step(points: Sequence[dict], metric: str) -> float | None:
     best = None
     for p in points:
-        v, s = _num(p.get(metric)), _num(p.get("step"))
+        v, s = as_float(p.get(metric)), as_float(p.get("step"))
         if v is not None and s is not None and (best is None or v > best[0] + 1e-12):
             best = (v, s)
     return best[1] if best else None
@@ -349,7 +348,7 @@ def build_diagnosis(run_dir: Path, thresholds: Mapping[str, float] | None = None
 
 
 def _class_stat(point: Mapping[str, Any], split: str, stat: str, label: str) -> float | None:
-    return _num(point.get(f"{split}/{stat}/{label}"))
+    return as_float(point.get(f"{split}/{stat}/{label}"))
 
 
 def build_classes(points: Sequence[dict], run: Mapping[str, Any], labels: Sequence[str],
@@ -366,13 +365,13 @@ def build_classes(points: Sequence[dict], run: Mapping[str, Any], labels: Sequen
     if not with_recall:
         return ClassTable(**{**asdict(empty),
                              "missing": "no per-class val recall (`val/recall/<label>`) in the history"})
-    point = next((p for p in with_recall if best_step is not None and _num(p.get("step")) == best_step),
+    point = next((p for p in with_recall if best_step is not None and as_float(p.get("step")) == best_step),
                  with_recall[-1])
     counts_all = run.get("label_counts") if isinstance(run.get("label_counts"), dict) else {}
     train_counts = counts_all.get("train") if isinstance(counts_all.get("train"), dict) else {}
 
     # long tail: the same quartile rule as the diagnosis (features._tail_head)
-    have = {lab: float(n) for lab, n in train_counts.items() if lab in labels and _num(n) is not None}
+    have = {lab: float(n) for lab, n in train_counts.items() if lab in labels and as_float(n) is not None}
     long_tail, q1, q3, ratio = False, None, None, None
     if len(have) >= 4:
         q1, q3 = _quantile(list(have.values()), 0.25), _quantile(list(have.values()), 0.75)
@@ -401,7 +400,7 @@ def build_classes(points: Sequence[dict], run: Mapping[str, Any], labels: Sequen
         return sum(xs) / len(xs) if xs else None
 
     return ClassTable(
-        step=_num(point.get("step")), rows=tuple(rows), long_tail=long_tail,
+        step=as_float(point.get("step")), rows=tuple(rows), long_tail=long_tail,
         tail_max_count=q1 if long_tail else None, head_min_count=q3 if long_tail else None,
         head_tail_ratio=ratio, tail_recall=mean_recall(lambda r: r.tail) if long_tail else None,
         head_recall=mean_recall(lambda r: r.head) if long_tail else None,
@@ -437,7 +436,7 @@ def build_confusion(conf: Any, conf_note: str | None, focus_k: int = FOCUS_K) ->
     if not n or not isinstance(matrix, list) or len(matrix) != n or any(
             not isinstance(r, list) or len(r) != n for r in matrix):
         return ConfusionView(**empty, missing="confusion.json is not a square matrix over its labels")
-    m = [[int(_num(x) or 0) for x in row] for row in matrix]
+    m = [[int(as_float(x) or 0) for x in row] for row in matrix]
     total = sum(map(sum, m))
     errors = total - sum(m[i][i] for i in range(n))
     mass = [sum(m[i]) - m[i][i] + sum(m[r][i] for r in range(n)) - m[i][i] for i in range(n)]  # FN + FP
@@ -448,7 +447,7 @@ def build_confusion(conf: Any, conf_note: str | None, focus_k: int = FOCUS_K) ->
     fm = tuple(tuple(m[i][j] for j in focus) for i in focus)
     focus_errors = sum(m[i][j] for i in focus for j in focus if i != j)
     cells = tuple((i, j, m[i][j]) for i in range(n) for j in range(n) if m[i][j])
-    return ConfusionView(step=_num(conf.get("step")), n_classes=n, total=total, errors=errors,
+    return ConfusionView(step=as_float(conf.get("step")), n_classes=n, total=total, errors=errors,
                          focus=tuple(labels[i] for i in focus), focus_matrix=fm,
                          focus_support=tuple(sum(m[i]) for i in focus), focus_errors=focus_errors,
                          labels=tuple(labels), cells=cells)
@@ -471,13 +470,13 @@ def build_pairs(confusion: ConfusionView, points: Sequence[dict], best_step: flo
         with_pairs = [p for p in points if isinstance(p.get("val/confused_pairs"), list)]
         if not with_pairs:
             return ()
-        point = next((p for p in with_pairs if best_step is not None and _num(p.get("step")) == best_step),
+        point = next((p for p in with_pairs if best_step is not None and as_float(p.get("step")) == best_step),
                      with_pairs[-1])
         for q in point["val/confused_pairs"]:
             if isinstance(q, dict) and {"true", "pred", "count"} <= set(q):
                 counts[(str(q["true"]), str(q["pred"]))] = int(q["count"])
         for key, v in point.items():
-            if key.startswith("val/support/") and _num(v) is not None:
+            if key.startswith("val/support/") and as_float(v) is not None:
                 support[key.split("/", 2)[2]] = int(v)
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     rows = []
@@ -503,13 +502,13 @@ def build_params(run: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[Par
         ParamRow("Model", "max_length", cm.get("max_length")),
         ParamRow("Model", "total parameters", params.get("total")),
         ParamRow("Model", "trainable parameters", params.get("trainable"),
-                 f"{params['share_of_total']:.2%} of the model" if _num(params.get("share_of_total")) else ""),
+                 f"{params['share_of_total']:.2%} of the model" if as_float(params.get("share_of_total")) else ""),
     ]
     if method != "full":
         rows += [
             ParamRow("Model", "adapter parameters", params.get("adapter"),
                      f"{params['adapter'] / params['adapted_weights']:.2%} of the adapted weights"
-                     if _num(params.get("adapter")) and _num(params.get("adapted_weights")) else ""),
+                     if as_float(params.get("adapter")) and as_float(params.get("adapted_weights")) else ""),
             ParamRow("Model", "head parameters", params.get("head"), "classification head, always trained"),
             ParamRow("Model", "adapted weights", params.get("adapted_weights"),
                      f"{model.get('adapted_modules')} modules" if model.get("adapted_modules") else ""),
@@ -528,7 +527,7 @@ def build_params(run: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[Par
     cost = (("steps done", run.get("steps_done"), f"of {run.get('steps_planned')} planned"
              if run.get("steps_planned") else ""),
             ("examples seen", run.get("examples_seen"), "training examples processed, with repeats"),
-            ("wall time (s)", run.get("wall_s"), f"+ {run['setup_s']:.1f} s set-up" if _num(run.get("setup_s")) else ""),
+            ("wall time (s)", run.get("wall_s"), f"+ {run['setup_s']:.1f} s set-up" if as_float(run.get("setup_s")) else ""),
             ("examples / s", run.get("examples_per_s"), ""),
             ("mean step (s)", run.get("mean_step_s"), ""),
             ("peak memory (MB)", run.get("peak_memory_mb"), ""),
@@ -541,7 +540,7 @@ def _metric_of(points: Sequence[dict]) -> str:
     from loratune.features import METRIC_KEYS
 
     for m in METRIC_KEYS:
-        if any(_num(p.get(f"val/{m}")) is not None for p in points):
+        if any(as_float(p.get(f"val/{m}")) is not None for p in points):
             return f"val/{m}"
     return "val/macro_f1"
 
@@ -549,7 +548,7 @@ def _metric_of(points: Sequence[dict]) -> str:
 def _point_at(points: Sequence[dict], step: float | None) -> dict:
     if step is None:
         return {}
-    return next((p for p in points if _num(p.get("step")) == step), {})
+    return next((p for p in points if as_float(p.get("step")) == step), {})
 
 
 def _summary_point(p: Mapping[str, Any], metric: str) -> dict:
@@ -571,14 +570,14 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         raise UserError(f"'{d}' is not a loratune run directory (no history.jsonl, no run.json)",
                         "give the output_dir of `loratune train`, or a study directory of `loratune tune`")
     notes: list[str] = []
-    run, note = _read_json(d / "run.json")
+    run, note = read_json(d / "run.json")
     if note:
         notes.append(note + ": status, labels and parameter counts are unknown")
     run = run if isinstance(run, dict) else {}
     points, note = read_history(d / "history.jsonl")
     if note:
         notes.append(note)
-    points = sorted((p for p in points if _num(p.get("step")) is not None), key=lambda p: p["step"])
+    points = sorted((p for p in points if as_float(p.get("step")) is not None), key=lambda p: p["step"])
     if not points:
         notes.append("the history has no eval points yet: no curves")
     config: dict = {}
@@ -612,9 +611,9 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         labels = list(seen)
     curves = build_curves(points, metric)
     best_step = _best_step(points, metric)
-    if isinstance(run.get("best"), dict) and _num(run["best"].get("step")) is not None:
+    if isinstance(run.get("best"), dict) and as_float(run["best"].get("step")) is not None:
         best_pt = dict(run["best"])
-        best_step = _num(best_pt["step"]) if _num(best_pt.get(metric)) is not None else best_step
+        best_step = as_float(best_pt["step"]) if as_float(best_pt.get(metric)) is not None else best_step
     best_pt = _point_at(points, best_step) or (run.get("best") if isinstance(run.get("best"), dict) else {})
     final_pt = points[-1] if points else (run.get("final") if isinstance(run.get("final"), dict) else {})
     status = str(run.get("status") or "unknown")
@@ -622,7 +621,7 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         notes.append(f"the run is still training (status `running`, {len(points)} eval points so far): "
                      "this report shows it as it stands")
 
-    conf, conf_note = _read_json(d / "confusion.json")
+    conf, conf_note = read_json(d / "confusion.json")
     confusion = build_confusion(conf, conf_note, focus_k)
     if confusion.missing is None and best_step is not None and confusion.step is not None \
             and confusion.step != best_step:
@@ -643,12 +642,12 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         n_classes=len(labels) or None,
         n_val=_int(rows_info.get("val")) or _int(final_pt.get("val/n")),
         metric=metric, best=_summary_point(best_pt, metric), final=_summary_point(final_pt, metric),
-        start_metric=_num(points[0].get(metric)) if points else None,
+        start_metric=as_float(points[0].get(metric)) if points else None,
         steps_done=_int(run.get("steps_done")) if run.get("steps_done") is not None else (
             _int(points[-1].get("step")) if points else None),
         steps_planned=_int(run.get("steps_planned")), examples_seen=_int(run.get("examples_seen")),
-        wall_s=_num(run.get("wall_s")) or (_num(points[-1].get("wall_s")) if points else None),
-        params_share=_num(params.get("share_of_total")),
+        wall_s=as_float(run.get("wall_s")) or (as_float(points[-1].get("wall_s")) if points else None),
+        params_share=as_float(params.get("share_of_total")),
         curves=curves, diagnosis=build_diagnosis(d, thresholds) if points else DiagnosisView(
             "inconclusive", "", (), (), (), (), (), error="no eval points to diagnose yet"),
         classes=build_classes(points, run, labels, best_step), confusion=confusion, pairs=pairs,

@@ -1,11 +1,11 @@
-"""HTML rendering of a `StudyReport` (see render.py for the shared pieces and the page template)."""
+"""HTML rendering of a `StudyReport` (the shared pieces and the page template are in html.py)."""
 
 from __future__ import annotations
 
 from loratune.report import charts as ch
 from loratune.report.charts import esc
-from loratune.report.render import (
-    _footer,
+from loratune.report.html import (
+    footer,
     badge,
     copy_block,
     duration,
@@ -391,5 +391,5 @@ def render_study(s: StudyReport, link_base: str = "") -> str:
             ("trials", "Trials"))) + "</div></nav>")
     body = (header + nav + '<main class="wrap">' + summary_section(s) + recommendation_section(s)
             + trail_section(s, phases) + compute_section(s, phases) + rank_section(s, phases) + pair_section(s)
-            + lora_full_section(s) + trials_section(s, phases, link_base) + phase0_section(s) + "</main>" + _footer(s.path))
+            + lora_full_section(s) + trials_section(s, phases, link_base) + phase0_section(s) + "</main>" + footer(s.path))
     return page(f"{s.name} · loratune study report", "study", body)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loratune.errors import UserError
-from loratune.report.model import _num, _plain, _read_json, read_history
+from loratune.report.model import as_float, read_history, read_json, to_plain
 
 # ---------------------------------------------------------------------------------------------
 # Records
@@ -187,7 +187,7 @@ class StudyReport:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["kind"] = self.kind
-        return _plain(d)
+        return to_plain(d)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ class StudyReport:
 
 
 def _int(v: Any) -> int | None:
-    f = _num(v)
+    f = as_float(v)
     return int(round(f)) if f is not None else None
 
 
@@ -260,9 +260,9 @@ def _run_curves(run_dir: str | None) -> tuple[tuple, tuple]:
         return (), ()
     points, _ = read_history(Path(run_dir) / "history.jsonl")
     f1 = tuple((float(p["step"]), float(p["val/macro_f1"])) for p in points
-               if _num(p.get("step")) is not None and _num(p.get("val/macro_f1")) is not None)
+               if as_float(p.get("step")) is not None and as_float(p.get("val/macro_f1")) is not None)
     loss = tuple((float(p["step"]), float(p["val/loss"])) for p in points
-                 if _num(p.get("step")) is not None and _num(p.get("val/loss")) is not None)
+                 if as_float(p.get("step")) is not None and as_float(p.get("val/loss")) is not None)
     return f1, loss
 
 
@@ -283,14 +283,14 @@ def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: 
         name=str(row.get("name") or spec.get("name") or "?"),
         phase=str(row.get("phase") or spec.get("phase") or "?"),
         status=str(row.get("status") or res.get("status") or "?"),
-        value=_num(row.get("val_macro_f1", res.get("value"))),
+        value=as_float(row.get("val_macro_f1", res.get("value"))),
         examples=_int(row.get("examples", res.get("examples"))),
-        wall_s=_num(row.get("wall_s", res.get("wall_s"))),
-        mean_step_s=_num(row.get("mean_step_s", res.get("mean_step_s"))),
-        peak_memory_mb=_num(row.get("peak_memory_mb", res.get("peak_memory_mb"))),
+        wall_s=as_float(row.get("wall_s", res.get("wall_s"))),
+        mean_step_s=as_float(row.get("mean_step_s", res.get("mean_step_s"))),
+        peak_memory_mb=as_float(row.get("peak_memory_mb", res.get("peak_memory_mb"))),
         verdict=str(row.get("verdict") or res.get("verdict") or "inconclusive"),
         method=method, r=None if method == "full" else _int(point.get("adapter.r")),
-        learning_rate=_num(point.get("train.learning_rate")), point=point,
+        learning_rate=as_float(point.get("train.learning_rate")), point=point,
         reason=str(row.get("reason") or res.get("reason") or ""), purpose=str(spec.get("purpose") or ""),
         run_dir=run_dir, link=_rel(run_dir, root), curve=f1, loss_curve=loss,
         report_link=(f"{_rel(run_dir, root)}/report.html" if _rel(run_dir, root) and
@@ -307,7 +307,7 @@ def _trials_from_dirs(root: Path) -> list[dict]:
         num, _, name = d.name.partition("-")
         if not num.isdigit():
             continue
-        run, _ = _read_json(d / "run.json")
+        run, _ = read_json(d / "run.json")
         run = run if isinstance(run, dict) else {}
         best = run.get("best") if isinstance(run.get("best"), dict) else {}
         cfg = run.get("config") if isinstance(run.get("config"), dict) else {}
@@ -343,14 +343,14 @@ def _compute_curve(trials: Sequence[TrialView]) -> tuple[ComputePoint, ...]:
 def _share_ref(trials: Sequence[TrialView], table: Sequence[Mapping[str, Any]]) -> tuple[float, float, float | None] | None:
     """(adapter parameters per unit of rank, model parameters, adapted-weight parameters) from any LoRA
     trial's counts, else from the LoRA-vs-full cost table."""
-    t = next((t for t in trials if t.method == "lora" and t.r and _num(t.params.get("adapter"))
-              and _num(t.params.get("total"))), None)
+    t = next((t for t in trials if t.method == "lora" and t.r and as_float(t.params.get("adapter"))
+              and as_float(t.params.get("total"))), None)
     if t is not None:
-        return t.params["adapter"] / t.r, float(t.params["total"]), _num(t.params.get("adapted_weights"))
+        return t.params["adapter"] / t.r, float(t.params["total"]), as_float(t.params.get("adapted_weights"))
     for row in table:
-        a, r, st = _num(row.get("adapter")), _int(row.get("r")), _num(row.get("share_total"))
+        a, r, st = as_float(row.get("adapter")), _int(row.get("r")), as_float(row.get("share_total"))
         if row.get("method") == "lora" and a and r and st:
-            sa = _num(row.get("share_adapted"))
+            sa = as_float(row.get("share_adapted"))
             return a / r, a / st, (a / sa if sa else None)
     return None
 
@@ -363,10 +363,10 @@ def _rank_view(data: Mapping[str, Any] | None, trials: Sequence[TrialView],
     src = data.get("trials") or [{"r": t.r, "value": t.value, "trial": t.number, "phase": t.phase}
                                  for t in trials if t.method == "lora" and t.r and t.value is not None]
     for p in src:
-        if not isinstance(p, dict) or _int(p.get("r")) is None or _num(p.get("value")) is None:
+        if not isinstance(p, dict) or _int(p.get("r")) is None or as_float(p.get("value")) is None:
             continue
         tr = _int(p.get("trial"))
-        pts.append(RankPoint(_int(p["r"]), _num(p["value"]), tr if tr is not None else -1, str(p.get("phase", "?")),
+        pts.append(RankPoint(_int(p["r"]), as_float(p["value"]), tr if tr is not None else -1, str(p.get("phase", "?")),
                              bool(p.get("rslora")), tr in sweep_trials))
     # parameter share per rank, from any LoRA trial's counts (adapter parameters grow linearly with r)
     shares, marks = [], []
@@ -386,7 +386,7 @@ def _rank_view(data: Mapping[str, Any] | None, trials: Sequence[TrialView],
     return RankView(
         points=tuple(sorted(pts, key=lambda p: (p.r, p.trial))), plateau_r=_int(data.get("plateau_r")),
         chosen_r=_int(data.get("chosen_r")), breakeven_r=_int(data.get("breakeven_r")),
-        ceiling_r=_int(data.get("ceiling_r")), threshold=_num(data.get("threshold")),
+        ceiling_r=_int(data.get("ceiling_r")), threshold=as_float(data.get("threshold")),
         threshold_source=str(data.get("threshold_source") or ""), rule=str(data.get("rule") or ""),
         stopped=data.get("stopped"), share_marks=tuple(marks), shares=tuple(shares), missing=missing)
 
@@ -399,12 +399,12 @@ def _pair_view(pair: Mapping[str, Any] | None, trail: Sequence[DecisionView], se
                "before phase 1 needed one)")
         return PairView(None, None, (), None, "", seed_sigma, "", "", missing=why)
     lr, r = pair.get("lr") or [None, None], pair.get("r") or [None, None]
-    arms = (PairArm("lr", _int(pair.get("lr_trial")), lr[0], lr[-1], _num(pair.get("lr_value")),
-                    _num(pair.get("lr_delta"))),
-            PairArm("r", _int(pair.get("r_trial")), r[0], r[-1], _num(pair.get("r_value")), _num(pair.get("r_delta"))))
+    arms = (PairArm("lr", _int(pair.get("lr_trial")), lr[0], lr[-1], as_float(pair.get("lr_value")),
+                    as_float(pair.get("lr_delta"))),
+            PairArm("r", _int(pair.get("r_trial")), r[0], r[-1], as_float(pair.get("r_value")), as_float(pair.get("r_delta"))))
     compare = tuple(f"{f.get('rule_id')}: {f.get('verdict')}" for f in pair.get("compare") or () if isinstance(f, dict))
-    return PairView(_int(pair.get("from")), _num(pair.get("base")), arms, _num(pair.get("noise")),
-                    str(pair.get("noise_source") or ""), _num(pair.get("seed_sigma")) or seed_sigma,
+    return PairView(_int(pair.get("from")), as_float(pair.get("base")), arms, as_float(pair.get("noise")),
+                    str(pair.get("noise_source") or ""), as_float(pair.get("seed_sigma")) or seed_sigma,
                     str(pair.get("binding") or "?"), str(pair.get("how") or ""), compare)
 
 
@@ -415,7 +415,7 @@ def _lora_full_view(data: Mapping[str, Any] | None) -> LoraFullView:
     reasons = tuple((str(r.get("id")), r.get("holds"), str(r.get("text", ""))) for r in data.get("reasons") or ()
                     if isinstance(r, dict))
     table = tuple(dict(t) for t in data.get("table") or () if isinstance(t, dict))
-    noise = next((_num((r.get("evidence") or {}).get("noise")) for r in data.get("reasons") or ()
+    noise = next((as_float((r.get("evidence") or {}).get("noise")) for r in data.get("reasons") or ()
                   if isinstance(r, dict) and r.get("id") == "performance-gap" and isinstance(r.get("evidence"), dict)),
                  None)
     return LoraFullView(data.get("choice"), str(data.get("summary") or ""), reasons, table, _int(data.get("full_trial")),
@@ -432,7 +432,7 @@ def _recommendation(data: Mapping[str, Any] | None, root: Path, trials: Sequence
         t = next((t for t in trials if t.number == _int(data.get("trial"))), None)
         if t and t.run_dir and Path(t.run_dir, "config.yaml").is_file():
             yaml_text = Path(t.run_dir, "config.yaml").read_text(encoding="utf-8")
-    return Recommendation(_int(data.get("trial")), str(data.get("name") or ""), _num(data.get("val_macro_f1")),
+    return Recommendation(_int(data.get("trial")), str(data.get("name") or ""), as_float(data.get("val_macro_f1")),
                           dict(data.get("test") or {}), str(data.get("verdict") or ""), dict(data.get("point") or {}),
                           yaml_text, {k: str(v) for k, v in (data.get("files") or {}).items()},
                           missing=None if yaml_text else "no final/config.yaml was written")
@@ -454,7 +454,7 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
     if not root.is_dir():
         raise UserError(f"'{root}' is not a directory", "give the --study-dir of `loratune tune`")
     notes: list[str] = []
-    summary, why = _read_json(root / "final" / "study.json")
+    summary, why = read_json(root / "final" / "study.json")
     if not isinstance(summary, dict):
         summary = {}
         notes.append(("the study has not finished (no final/study.json): this report is rebuilt from the decision "
@@ -503,14 +503,14 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
     bvc = summary.get("best_vs_compute")
     if bvc:
         best_vs_compute = tuple(ComputePoint(int(p["trial"]), str(p.get("name", "")), str(p.get("phase", "")),
-                                             _num(p.get("value")), int(p.get("examples_cum") or 0),
-                                             float(p.get("wall_s_cum") or 0.0), _num(p.get("best_so_far")))
+                                             as_float(p.get("value")), int(p.get("examples_cum") or 0),
+                                             float(p.get("wall_s_cum") or 0.0), as_float(p.get("best_so_far")))
                                 for p in bvc if isinstance(p, dict) and _int(p.get("trial")) is not None)
     else:
         best_vs_compute = _compute_curve(trials)
     seeds = summary.get("seeds") or {}
-    seed_values = tuple(v for v in (seeds.get("values") or ()) if _num(v) is not None)
-    seed_sigma = _num(seeds.get("sigma"))
+    seed_values = tuple(v for v in (seeds.get("values") or ()) if as_float(v) is not None)
+    seed_sigma = as_float(seeds.get("sigma"))
     start = summary.get("start") or {}
     choices = tuple((str(c.get("key")), c.get("value"), str(c.get("reason", ""))) for c in start.get("choices") or ()
                     if isinstance(c, dict))
@@ -648,7 +648,7 @@ def show_study(con, s: StudyReport) -> None:
         for row in lf.table:
             t.add_row(escape(str(row.get("label"))), _f3(row.get("val_macro_f1")),
                       f"{row['trainable']:,}" if isinstance(row.get("trainable"), int) else "–",
-                      _f3(row.get("mean_step_s")), f"{row['peak_memory_mb']:.0f}" if _num(row.get("peak_memory_mb"))
+                      _f3(row.get("mean_step_s")), f"{row['peak_memory_mb']:.0f}" if as_float(row.get("peak_memory_mb"))
                       else "–")
         con.print(t)
     for rid, holds, text in lf.reasons:

@@ -47,53 +47,28 @@ class UI:
     def note(self, text: str) -> None: ...
 
 
-class MemoryStore:
-    """A study store without Optuna or files (tests, dry benches): same methods as `study.Study`."""
+class Store(Protocol):
+    """Where a search keeps its trials and decisions: `study.Study` (Optuna storage + files); tests use
+    an in-memory one with the same methods (tests/memory_store.py)."""
 
-    def __init__(self, root: str | Path = "mem", decisions_path: str | Path | None = None):
-        from loratune.search.study import DecisionLog
+    dir: Path
+    decisions: Any  # has append(decision: dict) -> dict
+    recovered: list[dict]
 
-        self.dir = Path(root)
-        self._records: list[TrialRecord] = []
-        self._n = 0
-        self.decisions = DecisionLog(Path(decisions_path)) if decisions_path else _ListLog()
-        self.recovered: list[dict] = []
+    def records(self) -> list[TrialRecord]: ...
 
-    def records(self) -> list[TrialRecord]:
-        return list(self._records)
+    def finished_by_key(self) -> dict[str, TrialRecord]: ...
 
-    def finished_by_key(self) -> dict[str, TrialRecord]:
-        out: dict[str, TrialRecord] = {}
-        for r in self._records:
-            out.setdefault(r.key, r)
-        return out
+    def start(self, spec: TrialSpec, trial=None) -> tuple[int, Path]: ...
 
-    def start(self, spec: TrialSpec, trial=None):
-        n = self._n
-        self._n += 1
-        return n, self.dir / "trials" / f"{n:02d}-{spec.name}"
+    def finish(self, trial, spec: TrialSpec, run_dir: Path, result: TrialResult) -> TrialRecord: ...
 
-    def finish(self, trial, spec: TrialSpec, run_dir: Path, result: TrialResult) -> TrialRecord:
-        rec = TrialRecord(int(trial), spec, str(run_dir), result)
-        self._records.append(rec)
-        return rec
-
-    def fail(self, trial, reason: str, status: str = "interrupted") -> None:
-        pass
-
-
-class _ListLog:
-    def __init__(self):
-        self.entries: list[dict] = []
-
-    def append(self, decision: dict) -> dict:
-        self.entries.append(decision)
-        return decision
+    def fail(self, trial, reason: str, status: str = "interrupted") -> None: ...
 
 
 @dataclass
 class SearchContext:
-    store: Any  # study.Study or MemoryStore
+    store: Store  # study.Study, or an in-memory one in tests
     runner: Runner
     meter: Meter
     trial_examples: int  # training examples one full-length trial processes

@@ -75,11 +75,11 @@ class DecisionLog:
         if seq < len(self.entries) and self.entries[seq].get("kind") == decision.get("kind"):
             self._replayed += 1
             return self.entries[seq]  # taken and written by an earlier session
-        from loratune.store import _clean
+        from loratune.store import json_safe
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(_clean(decision), ensure_ascii=False) + "\n")
+            f.write(json.dumps(json_safe(decision), ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.entries.append(decision)
