@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from loratune.data import Dataset, Split
+from loratune.params import breakeven_point
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from loratune.config import RunConfig
@@ -750,11 +751,16 @@ def _max_length(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int | None:
 
 def _ceiling(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int:
     by_data = CEILING_BY_DATA(f)
-    hidden = f.get("model_hidden")
-    # LoRA on a d x d weight has 2rd parameters: a third of the weight (the compute breakeven of
-    # protocol 6) at r = d/6. Ranks beyond that cost like full fine-tuning.
-    by_model = 2 ** int(math.log2(max(2, hidden / 6))) if hidden else by_data
+    by_model = _ceiling_by_model(f.get("model_hidden")) or by_data
     return int(max(chosen.get("adapter.r", 8), min(by_data, by_model)))
+
+
+def _ceiling_by_model(hidden: int | None) -> int | None:
+    """The largest power of 2 at or below the compute-breakeven rank of one hidden x hidden weight
+    (params.breakeven_point: r = hidden/6); ranks beyond that cost like full fine-tuning."""
+    if not hidden:
+        return None
+    return 2 ** int(math.log2(max(2, breakeven_point(hidden * hidden, 2 * hidden))))
 
 
 CEILING_BY_DATA = Bands("train_rows", ((1000, 16), (5000, 32), (20000, 64), (math.inf, 128)))
@@ -825,9 +831,7 @@ def recommend(facts: Mapping[str, Any], rules: Sequence[StartRule] = START_RULES
     chosen: dict[str, Any] = {}
     choices: list[Choice] = []
     ceiling = None
-    hidden = facts.get("model_hidden")
-    extra = {"ffn_top_k": FFN_TOP_K(facts),
-             "ceiling_by_model": 2 ** int(math.log2(max(2, hidden / 6))) if hidden else "?"}
+    extra = {"ffn_top_k": FFN_TOP_K(facts), "ceiling_by_model": _ceiling_by_model(facts.get("model_hidden")) or "?"}
     for rule in rules:
         value = rule.value(facts) if isinstance(rule.value, Bands) else rule.value.fn(facts, chosen)
         if value is None:

@@ -78,7 +78,6 @@ class DecideInputs:
     plateau_detail: str = ""
     target: float | None = None  # the val macro-F1 the user needs, when given
     breakeven_r: int | None = None  # rank where LoRA reaches a third of the adapted weights
-    new_knowledge: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -179,11 +178,9 @@ def performance_gap(inp: DecideInputs) -> Reason:
 
 
 def new_knowledge(inp: DecideInputs) -> Reason:
-    if inp.new_knowledge is None:
-        return Reason("new-knowledge", None, "not assessed: whether the task needs new knowledge (code, math, deep "
-                      "domain shift) rather than new behaviour is not visible in classification curves")
-    return Reason("new-knowledge", inp.new_knowledge, "the task needs new knowledge" if inp.new_knowledge
-                  else "the task needs new behaviour, not new knowledge")
+    """Protocol 6's last reason, listed so the table is complete; nothing measures it."""
+    return Reason("new-knowledge", None, "not assessed: whether the task needs new knowledge (code, math, deep "
+                  "domain shift) rather than new behaviour is not visible in classification curves")
 
 
 def cost_table(inp: DecideInputs) -> tuple[dict, ...]:

@@ -86,6 +86,27 @@ def _rank_for(target: float, per_rank: int) -> int:
     return max(1, math.ceil(target / per_rank)) if per_rank else 0
 
 
+# LoRA's share of the adapted weights from which its training stops being cheaper than full
+# fine-tuning (protocol 6): the frozen weights still run forward and backward through the activations,
+# so only the weight-gradient and optimizer work shrinks, and at about a third of the weights' parameters
+# the adapter's own matmuls and optimizer state eat the saving.
+BREAKEVEN_SHARE = 1 / 3
+
+
+def breakeven_point(adapted_weights: float, per_rank: float) -> float:
+    """The real-valued rank r where LoRA's r * per_rank parameters reach BREAKEVEN_SHARE of the adapted
+    weights; per_rank is sum(d_in + d_out) over the adapted layers (2d for one d x d weight: r = d/6)."""
+    return adapted_weights * BREAKEVEN_SHARE / per_rank
+
+
+def breakeven_rank(adapted_weights: float | None, per_rank: float | None) -> int | None:
+    """The compute-breakeven rank: the smallest integer rank at or past `breakeven_point` (at least 1);
+    None when either count is unknown or zero."""
+    if not adapted_weights or not per_rank or per_rank <= 0:
+        return None
+    return max(1, math.ceil(breakeven_point(adapted_weights, per_rank)))
+
+
 def params_report(model, ranks=DEFAULT_RANKS, target_sets=DEFAULT_TARGETS) -> ParamsReport:
     import torch.nn as nn
 
@@ -102,5 +123,5 @@ def params_report(model, ranks=DEFAULT_RANKS, target_sets=DEFAULT_TARGETS) -> Pa
                      "share_adapted": r * per_rank / adapted} for r in ranks)
         rows.append(TargetParams(tuple(targets), len(sites), adapted, per_rank, per,
                                  _rank_for(0.10 * total, per_rank), _rank_for(0.20 * total, per_rank),
-                                 _rank_for(adapted / 3, per_rank)))
+                                 breakeven_rank(adapted, per_rank) or 0))
     return ParamsReport(model.config.model_type, total, emb, num_layers(model), tuple(rows))

@@ -33,9 +33,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from loratune.params import breakeven_rank as compute_breakeven_rank
 from loratune.search.budget import Cost, format_amount
 from loratune.search.context import SearchContext, fmt_f1, seed_sigma, with_
-from loratune.search.space import alpha_for, scale_of, targets_text
+from loratune.search.space import DEFAULTS, alpha_for, scale_of, targets_text
 from loratune.search.trial import TrialRecord
 
 LR = "train.learning_rate"
@@ -146,7 +147,7 @@ def start_from_assessment(a: dict, user_point: dict | None = None) -> Start:
                     for c in rec.get("choices", ()))
     choices += ({"key": "ceiling.r", "value": ceiling, "rule": rec["capacity_ceiling"]["rule"],
                  "reason": rec["capacity_ceiling"]["reason"]},)
-    return Start(point, max(ceiling, int(point.get(R, 8))), float(point.get(LR, 1e-3)), choices, facts, fixed,
+    return Start(point, max(ceiling, int(point.get(R, DEFAULTS[R]))), float(point.get(LR, DEFAULTS[LR])), choices, facts, fixed,
                  ov.get("train.num_train_epochs"))
 
 
@@ -244,11 +245,11 @@ def cur_lr(rec: TrialRecord) -> float:
 
 
 def _lr(p: dict) -> float:
-    return float(p.get(LR, 1e-3))
+    return float(p.get(LR, DEFAULTS[LR]))
 
 
 def _r(p: dict) -> int:
-    return int(p.get(R, 8))
+    return int(p.get(R, DEFAULTS[R]))
 
 
 def _round(x: float) -> float:
@@ -536,7 +537,7 @@ def _capacity_up_moves(point: dict, ceiling: int) -> list[tuple[str, dict | None
     if "attn.q" in targets and "attn.v" in targets and "attn" not in targets:
         moves.append(("+attn.k, attn.o", with_(point, **{TARGETS: ["attn"] + [t for t in targets
                                                                                if not t.startswith("attn.")]})))
-    if str(point.get(LAYERS, "all")) != "all":
+    if str(point.get(LAYERS, DEFAULTS[LAYERS])) != "all":
         moves.append(("+all layers", with_(point, **{LAYERS: "all"})))
     return moves
 
@@ -547,7 +548,7 @@ def _capacity_down_moves(point: dict) -> list[tuple[str, dict | None]]:
     moves: list[tuple[str, dict | None]] = [("r /2", _set_r(point, r // 2) if r >= 2 else None)]
     kept = [t for t in targets if not t.startswith("ffn")]
     moves.append(("-ffn", with_(point, **{TARGETS: kept}) if kept and kept != targets else None))
-    d = float(point.get(DROPOUT, 0.1))
+    d = float(point.get(DROPOUT, DEFAULTS[DROPOUT]))
     moves.append(("lora_dropout up", with_(point, **{DROPOUT: min(0.3, max(0.1, d * 2))}) if d < 0.3 else None))
     return moves
 
@@ -722,9 +723,9 @@ def _regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
                    [f"train/val F1 gap {gap if gap is None else round(gap, 3)} (large from "
                     f"{_threshold('overfit_gap_min'):g}), val loss/metric turning: {'yes' if rising else 'no'}"], [inc])
         return
-    d = float(inc.point.get(DROPOUT, 0.1))
+    d = float(inc.point.get(DROPOUT, DEFAULTS[DROPOUT]))
     moves = [("lora_dropout up", with_(inc.point, **{DROPOUT: min(0.3, max(0.1, d * 2))}) if d < 0.3 else None),
-             ("weight_decay 0.1", with_(inc.point, **{WD: 0.1}) if float(inc.point.get(WD, 0.01)) < 0.1 else None)]
+             ("weight_decay 0.1", with_(inc.point, **{WD: 0.1}) if float(inc.point.get(WD, DEFAULTS[WD])) < 0.1 else None)]
     for name, point in moves:
         inc = _incumbent(ctx)
         if point is None:
@@ -772,7 +773,7 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
     if inc is None or ctx.state.get("failed") or s.seeds < 2:
         return
     phase = "seeds"
-    seed0 = int(inc.point.get(SEED, ctx.state.get("base_seed", 42)))  # the study's training seed
+    seed0 = int(inc.point.get(SEED, ctx.state.get("base_seed", DEFAULTS[SEED])))  # the study's training seed
     recs = [inc]
     for k in range(1, s.seeds):
         point = with_(inc.point, **{SEED: seed0 + k})
@@ -824,12 +825,11 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
 
 
 def breakeven_rank(params: dict, r: int) -> int | None:
-    """The rank where LoRA's parameters reach a third of the adapted weights (protocol 6)."""
+    """The compute-breakeven rank (params.breakeven_rank) of a trained run's parameter counts at rank r."""
     adapter, adapted = params.get("adapter"), params.get("adapted_weights")
-    if not adapter or not adapted or r <= 0:
+    if not adapter or r <= 0:
         return None
-    per_rank = adapter / r
-    return max(1, math.ceil(adapted / 3 / per_rank))
+    return compute_breakeven_rank(adapted, adapter / r)
 
 
 def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
@@ -947,7 +947,7 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
                        prune=False)
         if full is None:
             _no_budget(ctx, phase, "the full-fine-tuning probe")
-    lora = [r for r in ctx.records if r.point.get(METHOD, "lora") == "lora" and r.value is not None
+    lora = [r for r in ctx.records if r.point.get(METHOD, DEFAULTS[METHOD]) == "lora" and r.value is not None
             and r.result.params.get("adapter")]
     highest = max(lora, key=lambda r: (_r(r.point), r.value or 0)) if lora else None
 
@@ -956,7 +956,7 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
 
     def cp(rec: TrialRecord, label: str) -> CostPoint:
         mem = rec.result.memory_delta_mb if use_delta else rec.result.peak_memory_mb
-        return CostPoint.from_run(label, rec.point.get(METHOD, "lora"), None if rec.point.get(METHOD) == "full"
+        return CostPoint.from_run(label, rec.point.get(METHOD, DEFAULTS[METHOD]), None if rec.point.get(METHOD) == "full"
                                   else _r(rec.point), rec.value, rec.result.params, rec.result.mean_step_s,
                                   mem, rec.result.examples, rec.number)
 

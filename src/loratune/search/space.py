@@ -13,7 +13,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-ROLES = ("capacity", "optimization", "regularization")
+from loratune.config import key_table
+
+# The RunConfig default of every dotted key: a point holds only what differs from the config, and what
+# it leaves out trains with these (config.py is the one place they are written).
+DEFAULTS: dict[str, Any] = {k: f.default for k, f in key_table().items()}
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,8 @@ def default_space(start: Mapping[str, Any], ceiling_r: int | None = None, trial_
     """The space around a start config (dotted overrides from phase 0). With `trial_steps` it also holds
     the training length (`train.max_steps`, 1-8x a trial): the protocol decides how long its pick
     trains, so the samplers searching the same space must be able to as well."""
-    lr = float(start.get("train.learning_rate", 1e-3))
-    r0 = int(start.get("adapter.r", 8))
+    lr = float(start.get("train.learning_rate", DEFAULTS["train.learning_rate"]))
+    r0 = int(start.get("adapter.r", DEFAULTS["adapter.r"]))
     ceiling = int(ceiling_r or max(32, r0))
     ranks = tuple(r for r in (2, 4, 8, 16, 32, 64, 128, 256) if r <= ceiling) or (r0,)
     targets = _target_choices(start.get("adapter.target_modules"))
@@ -139,8 +143,8 @@ def targets_text(targets) -> str:
 
 def scale_of(point: Mapping[str, Any]) -> float:
     """The update scale s of a point: lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA."""
-    r = float(point.get("adapter.r", 8))
-    alpha = float(point.get("adapter.lora_alpha", 2 * r))
+    r = float(point.get("adapter.r", DEFAULTS["adapter.r"]))
+    alpha = float(point.get("adapter.lora_alpha", DEFAULTS["adapter.lora_alpha"]))
     return alpha / (math.sqrt(r) if point.get("adapter.use_rslora") else r)
 
 
@@ -154,6 +158,6 @@ def to_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     if "adapter.target_modules" in out and isinstance(out["adapter.target_modules"], str):
         out["adapter.target_modules"] = out["adapter.target_modules"].split(",")
     if "adapter.scale" in values:
-        r = int(out.get("adapter.r", 8))
+        r = int(out.get("adapter.r", DEFAULTS["adapter.r"]))
         out["adapter.lora_alpha"] = alpha_for(r, float(values["adapter.scale"]), bool(out.get("adapter.use_rslora")))
     return out

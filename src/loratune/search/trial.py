@@ -18,7 +18,6 @@ from typing import Any, Mapping
 KEPT_FEATURES = ("val_metric_best", "val_metric_se", "val_n", "gap_f1", "train_eval_metric_final",
                  "best_step_fraction", "still_improving", "val_metric_final_drop", "val_loss_min",
                  "val_loss_rise", "val_loss_drop", "train_loss_vs_chance", "train_loss_drop")
-FINISHED = ("completed", "pruned", "diverged", "failed")
 
 
 def canonical(point: Mapping[str, Any]) -> str:
