@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from loratune import assess, params
+from loratune import params
+from loratune.assess.rules import ceiling_by_model
 from loratune.config import RunConfig
 from loratune.search import protocol, space
 
@@ -28,8 +29,8 @@ def test_the_protocol_uses_the_same_formula():
 
 @pytest.mark.parametrize("hidden", [32, 64, 95, 96, 100, 384, 576, 768, 1024, 2048, 4096])
 def test_assess_ceiling_by_model_is_the_power_of_two_below_the_breakeven_of_a_square_weight(hidden):
-    assert assess._ceiling_by_model(hidden) == 2 ** int(math.log2(max(2, hidden / 6)))
-    assert assess._ceiling_by_model(hidden) <= params.breakeven_rank(hidden * hidden, 2 * hidden)
+    assert ceiling_by_model(hidden) == 2 ** int(math.log2(max(2, hidden / 6)))
+    assert ceiling_by_model(hidden) <= params.breakeven_rank(hidden * hidden, 2 * hidden)
 
 
 def test_search_defaults_are_the_config_defaults():

@@ -1,4 +1,5 @@
-"""`loratune rules`: print the diagnosis rule table, its thresholds and (with --features) the feature catalogue."""
+"""`loratune rules`: print the diagnosis rule table and its thresholds, then the assess rule tables (start config
+and data findings) and theirs; with --features the feature and assess fact catalogues."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("rules", help="print the diagnosis rule table and its thresholds",
+    p = subparsers.add_parser("rules", help="print the diagnosis and assess rule tables and their thresholds",
                               description=__doc__)
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.add_argument("--thresholds", metavar="FILE.yaml", help="show the table with these threshold overrides")
-    p.add_argument("--features", action="store_true", help="also print the feature catalogue")
+    p.add_argument("--features", action="store_true", help="also print the feature and assess fact catalogues")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from loratune.assess import FACTS, rule_catalog
     from loratune.features import COMPARE_FEATURES, FEATURES
     from loratune.rules import RULES, THRESHOLDS, describe, load_thresholds, rule_to_data
 
@@ -26,9 +28,11 @@ def run(args: argparse.Namespace) -> int:
             "thresholds": {n: {"value": values[n], "default": t.value, "unit": t.unit, "doc": t.doc}
                            for n, t in THRESHOLDS.items()},
         }
+        out["assess"] = rule_catalog()
         if args.features:
             out["features"] = {n: {"group": s.group, "unit": s.unit, "doc": s.doc}
                                for cat in (FEATURES, COMPARE_FEATURES) for n, s in cat.items()}
+            out["assess_facts"] = {n: {"unit": f.unit, "meaning": f.meaning} for n, f in FACTS.items()}
         print(json.dumps(out, indent=2))
         return 0
 
@@ -64,4 +68,40 @@ def run(args: argparse.Namespace) -> int:
             for n, s in cat.items():
                 ft.add_row(n, s.group, s.unit, escape(s.doc))
         console.print(ft)
+    _print_assess(console, rule_catalog(), FACTS if args.features else None)
     return 0
+
+
+def _print_assess(console, rows: list[dict], facts: dict | None) -> None:
+    """The assess tables (`loratune assess`): start-config rows, data findings, their thresholds, facts."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    console.rule("[bold]assess rules[/]  [dim]phase 0: every row is evaluated over the named facts[/]")
+    st = Table(title="start config (one row per key; the first band that holds gives the value)", header_style="bold")
+    st.add_column("id", no_wrap=True)
+    for col in ("key", "value from", "reason"):
+        st.add_column(col, overflow="fold")
+    for r in (r for r in rows if r["table"] == "assess-start"):
+        st.add_row(r["id"], r["key"], escape(r["when"]), escape(r["reason"]))
+    console.print(st)
+    ft = Table(title="data findings", header_style="bold")
+    ft.add_column("id", no_wrap=True)
+    for col in ("severity", "when", "message"):
+        ft.add_column(col, overflow="fold")
+    for r in (r for r in rows if r["table"] == "assess-finding"):
+        ft.add_row(r["id"], r["severity"], escape(r["when"]), escape(r["message"]))
+    console.print(ft)
+    tt = Table(title="assess thresholds (t.name above)", header_style="bold")
+    for col in ("name", "value"):
+        tt.add_column(col)
+    for r in (r for r in rows if r["table"] == "assess-threshold"):
+        tt.add_row(r["id"], f"{r['value']:g}")
+    console.print(tt)
+    if facts:
+        fa = Table(title="assess facts", header_style="bold")
+        for col in ("name", "unit", "meaning"):
+            fa.add_column(col, overflow="fold")
+        for n, f in facts.items():
+            fa.add_row(n, f.unit, escape(f.meaning))
+        console.print(fa)

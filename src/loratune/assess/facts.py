@@ -1,0 +1,205 @@
+"""Facts: the named numbers the rule tables read, each named once in `FACTS` with its unit and meaning,
+and `compute_facts`, which measures them from the profiles."""
+
+from __future__ import annotations
+
+import math
+import string
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from loratune.assess.records import AssessThresholds, Conflicts, Noise, Resolution, SplitProfile, SplitShift
+from loratune.data import Dataset
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from loratune.probe import ModelInfo, ProbeResult
+
+
+@dataclass(frozen=True)
+class Fact:
+    unit: str  # rows, classes, share (0-1), ratio, bits, tokens, text, ...
+    meaning: str
+
+
+# Leakage and shift facts are named per split: `val` is the validation split.
+SHIFT_SPLITS = ("val", "test")
+LEAK_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))  # (earlier split, later split)
+NOISE_KINDS = {"empty": "empty texts", "very_short": "texts under short_chars non-space characters",
+               "no_letters": "texts without a single letter", "encoding_damage": "texts with U+FFFD or mojibake",
+               "non_printable": "texts with control or invisible characters",
+               "duplicate_rows": "rows repeating an earlier (text, label) of the same split"}
+
+
+def _catalogue() -> dict[str, Fact]:
+    f = {
+        "train_rows": Fact("rows", "training rows"),
+        "val_rows": Fact("rows", "validation rows"),
+        "test_rows": Fact("rows", "test rows (0: no test split)"),
+        "classes": Fact("classes", "labels in the label space"),
+        "multi_label": Fact("bool", "the data is multi-label"),
+        "multi_label_rate": Fact("share", "training rows that carry several labels"),
+        "rows_per_class_median": Fact("rows", "median training rows per class (classes with rows)"),
+        "rows_per_class_min": Fact("rows", "fewest training rows of a class (classes with rows)"),
+        "long_tail_classes": Fact("classes", "classes with fewer than long_tail_count training rows"),
+        "long_tail_share": Fact("share", "long-tail classes among all classes"),
+        "long_tail_examples": Fact("text", "the first long-tail class names"),
+        "imbalance_ratio": Fact("ratio", "largest / smallest training class count"),
+        "largest_class": Fact("label", "the class with the most training rows"),
+        "smallest_class": Fact("label", "the class with the fewest (non-zero) training rows"),
+        "token_p50": Fact("tokens", "median training text length under the model's tokenizer"),
+        "token_p99": Fact("tokens", "99th percentile of training text lengths"),
+        "token_p99_ceil": Fact("tokens", "token_p99 rounded up"),
+        "token_max": Fact("tokens", "longest training text"),
+        "max_length": Fact("tokens", "the config's model.max_length"),
+        "truncated_share": Fact("share", "training texts longer than max_length"),
+        "unk_rate": Fact("share", "unknown tokens among training tokens"),
+        "exact_conflict_groups": Fact("texts", "normalised texts that appear with different label sets"),
+        "exact_conflict_rows": Fact("rows", "rows in those groups"),
+        "near_conflict_pairs": Fact("pairs", "near-identical text pairs (char n-gram cosine >= "
+                                             "near_duplicate_similarity) with different labels"),
+        "top_conflict_pair": Fact("text", "the label pair with the most conflicts, 'a / b'"),
+        "leak_rows": Fact("rows", "rows of a later split whose normalised text is in an earlier split"),
+        "leak_where": Fact("text", "where the leaked rows are, 'src->split n'"),
+        "shift_worst_js": Fact("bits", "largest Jensen-Shannon divergence of a split's label shares vs train"),
+        "shift_worst_js_split": Fact("split", "the split with that divergence"),
+        "unseen_label_rows": Fact("rows", "validation/test rows with labels never seen in train"),
+        "length_mean_train": Fact("length_unit", "mean training text length"),
+        "length_unit": Fact("text", "tokens (with a tokenizer) or words"),
+        "val_rows_per_class_min": Fact("rows", "fewest validation rows of a class"),
+        "val_classes_under_min": Fact("classes", "classes with fewer than min_val_per_class validation rows"),
+        "accuracy_se": Fact("accuracy", "standard error of validation accuracy at accuracy_at"),
+        "macro_f1_se": Fact("macro-F1", "standard error of validation macro-F1"),
+        "detectable_difference": Fact("macro-F1", "val differences below this (2 SE) are sampling noise"),
+        "resolution_method": Fact("text", "how the standard errors were estimated"),
+        "accuracy_at": Fact("accuracy", "the accuracy the standard errors assume (the probe's, else 0.9)"),
+        "model_type": Fact("text", "the model's config model_type"),
+        "model_layers": Fact("layers", "transformer blocks of the model"),
+        "model_hidden": Fact("units", "hidden size of the model"),
+        "model_max_positions": Fact("tokens", "the model's maximum positions"),
+        "probe_macro_f1": Fact("macro-F1", "val macro-F1 of a logistic probe on frozen mean-pooled embeddings"),
+        "probe_accuracy": Fact("accuracy", "val accuracy of that probe"),
+        "heterogeneous_classes": Fact("classes", "classes whose embedding spread z >= spread_z (None: no probe)"),
+        "heterogeneous_names": Fact("text", "those classes with spread, neighbour purity and probe recall"),
+        "probe_confused_top": Fact("text", "the probe's three most confused pairs, 'true -> pred (n)'"),
+        "probe_confused_pairs": Fact("pairs", "class pairs the probe confuses"),
+    }
+    for kind, what in NOISE_KINDS.items():
+        f[f"{kind}_rows"] = Fact("rows", f"{what}, all splits")
+        f[f"{kind}_where"] = Fact("text", f"per split: {what}")
+    for src, dst in LEAK_PAIRS:
+        f[f"leak_{src}_{dst}_rows"] = Fact("rows", f"{dst} rows whose normalised text is in {src}")
+        f[f"leak_{src}_{dst}_share"] = Fact("share", f"those rows as a share of {dst}")
+        f[f"near_leak_{src}_{dst}_rows"] = Fact("rows", f"{dst} rows with a near copy (cosine >= "
+                                                        f"near_leak_similarity) in {src}")
+    for s in SHIFT_SPLITS:
+        f[f"js_{s}"] = Fact("bits", f"Jensen-Shannon divergence of {s} label shares vs train")
+        f[f"js_{s}_top"] = Fact("text", f"the labels that move most between train and {s}")
+        f[f"unseen_{s}_labels"] = Fact("labels", f"labels of {s} never seen in train")
+        f[f"unseen_{s}_rows"] = Fact("rows", f"{s} rows with such labels")
+        f[f"unseen_{s}_names"] = Fact("text", "the first of those labels")
+        f[f"missing_{s}_labels"] = Fact("labels", f"training labels with no {s} row")
+        f[f"missing_{s}_names"] = Fact("text", "the first of those labels")
+        f[f"oov_{s}"] = Fact("share", f"{s} word tokens never seen in train")
+        f[f"length_ks_{s}"] = Fact("KS", f"Kolmogorov-Smirnov statistic of {s} lengths vs train")
+        f[f"length_mean_{s}"] = Fact("length_unit", f"mean {s} text length")
+    return f
+
+
+FACTS: dict[str, Fact] = _catalogue()
+
+
+def template_facts(template: str) -> set[str]:
+    """The fact names a message template formats (`{name}`, `{name:.1%}`; `{t.x}` is a threshold)."""
+    out = set()
+    for _, field_name, _, _ in string.Formatter().parse(template):
+        if field_name and not field_name.startswith("t.") and field_name.isidentifier():
+            out.add(field_name)
+    return out
+
+
+def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: Conflicts, noise: Noise,
+                  shifts: Mapping[str, SplitShift], resolution: Resolution, *, max_length: int | None,
+                  model_info: ModelInfo | None, probe: ProbeResult | None,
+                  thresholds: AssessThresholds) -> dict[str, Any]:
+    """Every fact of `FACTS` that the inputs allow (leakage and shift facts for the splits present)."""
+    tr = profiles["train"]
+    val = profiles.get("validation")
+    f: dict[str, Any] = {
+        "train_rows": tr.rows, "val_rows": val.rows if val else 0,
+        "test_rows": profiles["test"].rows if "test" in profiles else 0,
+        "classes": len(ds.label_space), "multi_label": bool(ds.label_space.multi_label),
+        "multi_label_rate": tr.multi_label_rows / max(1, tr.rows),
+        "rows_per_class_median": tr.count_median, "rows_per_class_min": tr.count_min,
+        "long_tail_classes": len(tr.long_tail_classes), "long_tail_share": tr.long_tail_share,
+        "long_tail_examples": ", ".join(tr.long_tail_classes[: thresholds.max_examples]),
+        "imbalance_ratio": tr.imbalance_ratio,
+        "largest_class": next(iter(tr.counts), None),
+        "smallest_class": next((k for k, v in reversed(tr.counts.items()) if v > 0), None),
+        "token_p50": tr.tokens.p50 if tr.tokens else None,
+        "token_p99": tr.tokens.p99 if tr.tokens else None,
+        "token_p99_ceil": math.ceil(tr.tokens.p99) if tr.tokens else None,
+        "token_max": tr.tokens.max if tr.tokens else None,
+        "max_length": max_length, "truncated_share": tr.truncated_share,
+        "unk_rate": tr.unk_rate,
+        "exact_conflict_groups": conflicts.exact_groups, "exact_conflict_rows": conflicts.exact_rows,
+        "near_conflict_pairs": conflicts.near_pairs,
+        "top_conflict_pair": (f"{conflicts.pairs[0].a} / {conflicts.pairs[0].b}" if conflicts.pairs else None),
+    }
+    for kind in ("empty", "very_short", "no_letters", "encoding_damage", "non_printable", "duplicate_rows"):
+        f[f"{kind}_rows"] = sum(getattr(s, kind) for s in noise.splits)
+        f[f"{kind}_where"] = ", ".join(f"{s.split} {getattr(s, kind)}" for s in noise.splits if getattr(s, kind))
+    for lk in noise.leakage:
+        short = {"validation": "val"}.get(lk.split, lk.split)
+        src = {"validation": "val"}.get(lk.source, lk.source)
+        f[f"leak_{src}_{short}_rows"] = lk.rows
+        f[f"leak_{src}_{short}_share"] = lk.share
+        f[f"near_leak_{src}_{short}_rows"] = lk.near_rows
+    f["leak_rows"] = sum(lk.rows for lk in noise.leakage)
+    f["leak_where"] = ", ".join(f"{lk.source}->{lk.split} {lk.rows}" for lk in noise.leakage if lk.rows)
+    for name, sh in shifts.items():
+        s = {"validation": "val"}.get(name, name)
+        f[f"js_{s}"] = sh.js_divergence
+        f[f"js_{s}_top"] = ", ".join(f"{x.label} ({x.train_share:.1%} of train, {x.split_share:.1%} of {s})"
+                                     for x in sh.top_labels[:2])
+        f[f"unseen_{s}_labels"] = len(sh.unseen_labels)
+        f[f"unseen_{s}_rows"] = sum(sh.unseen_labels.values())
+        f[f"unseen_{s}_names"] = ", ".join(list(sh.unseen_labels)[: thresholds.max_examples])
+        f[f"missing_{s}_labels"] = len(sh.missing_labels)
+        f[f"missing_{s}_names"] = ", ".join(sh.missing_labels[: thresholds.max_examples])
+        f[f"oov_{s}"] = sh.oov_token_rate
+        f[f"length_ks_{s}"] = sh.length_ks
+        f[f"length_mean_{s}"] = sh.length_mean_split
+        f["length_mean_train"] = sh.length_mean_train
+        f["length_unit"] = sh.length_unit
+    f["shift_worst_js"] = max((sh.js_divergence for sh in shifts.values()), default=0.0)
+    f["shift_worst_js_split"] = max(shifts, key=lambda k: shifts[k].js_divergence) if shifts else None
+    f["unseen_label_rows"] = sum(sum(sh.unseen_labels.values()) for sh in shifts.values())
+    f["val_rows_per_class_min"] = val.count_min if val else 0
+    f["val_classes_under_min"] = (sum(1 for lab in ds.label_space.labels
+                                      if val.counts.get(lab, 0) < thresholds.min_val_per_class) if val else 0)
+    f["accuracy_se"] = resolution.accuracy_se
+    f["macro_f1_se"] = resolution.macro_f1_se
+    f["detectable_difference"] = resolution.detectable_difference
+    f["resolution_method"] = resolution.method
+    f["accuracy_at"] = resolution.accuracy_at
+    mi = model_info
+    f["model_type"] = mi.model_type if mi else None
+    f["model_layers"] = mi.num_layers if mi else None
+    f["model_hidden"] = mi.hidden_size if mi else None
+    f["model_max_positions"] = mi.max_positions if mi else None
+    f["probe_macro_f1"] = probe.macro_f1 if probe else None
+    f["probe_accuracy"] = probe.accuracy if probe else None
+    if probe is not None:
+        het = [c for c in probe.classes if c.spread_z is not None and c.spread_z >= thresholds.spread_z]
+        het.sort(key=lambda c: -(c.spread_z or 0))
+        f["heterogeneous_classes"] = len(het)
+        f["heterogeneous_names"] = "; ".join(
+            f"{c.label} (spread z={c.spread_z:.1f}, neighbour purity {c.neighbour_purity:.2f}"
+            + (f", probe recall {c.recall:.2f}" if c.recall is not None else "") + ")"
+            for c in het[: thresholds.max_examples])
+        f["probe_confused_top"] = ", ".join(f"{p.true} -> {p.pred} ({p.count})" for p in probe.confused_pairs[:3])
+        f["probe_confused_pairs"] = len(probe.confused_pairs)
+    else:
+        f["heterogeneous_classes"] = None
+    return f

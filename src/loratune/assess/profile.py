@@ -1,0 +1,238 @@
+"""Profiles of the data: each split's shape and counts, label conflicts and noise (all splits pooled),
+and the shift of validation and test from train."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from loratune.assess.records import (AssessThresholds, ConflictExample, Conflicts, LabelShare, Leakage, Noise,
+                                     PairCount, RowRef, SplitNoise, SplitProfile, SplitShift)
+from loratune.assess.stats import js_divergence, ks_statistic, length_stats
+from loratune.assess.text import has_encoding_damage, has_non_printable, normalise, shorten, words
+from loratune.data import Split
+
+def profile_split(split: Split, *, thresholds: AssessThresholds = AssessThresholds(),
+                  token_lengths: Sequence[int] | None = None, max_length: int | None = None,
+                  unk_tokens: int | None = None, label_space: Sequence[str] | None = None) -> SplitProfile:
+    """Shape, counts, long tail, imbalance, multi-label stats and length distributions of one split."""
+    counts = split.label_counts()
+    if label_space is not None and split.name == "train":
+        for lab in label_space:
+            counts.setdefault(lab, 0)
+    values = sorted(counts.values())
+    nonzero = [v for v in values if v > 0] or [0]
+    tail = tuple(sorted(k for k, v in counts.items() if v < thresholds.long_tail_count)) \
+        if split.name == "train" else ()
+    sizes = Counter(len(labs) for labs in split.labels)
+    tokens = trunc = unk = None
+    if token_lengths is not None:
+        tokens = length_stats(token_lengths)
+        if max_length is not None and len(token_lengths):
+            trunc = float(np.mean(np.asarray(token_lengths) > max_length))
+        if unk_tokens is not None:
+            unk = unk_tokens / max(1, int(np.sum(token_lengths)))
+    return SplitProfile(
+        name=split.name, rows=len(split), classes=sum(1 for v in values if v > 0),
+        count_min=int(min(nonzero)), count_median=float(np.median(nonzero)), count_max=int(max(nonzero)),
+        imbalance_ratio=float(max(nonzero) / min(nonzero)) if min(nonzero) > 0 else 0.0,
+        long_tail_classes=tail, long_tail_share=len(tail) / max(1, len(counts)),
+        multi_label_rows=sum(1 for labs in split.labels if len(labs) > 1),
+        unlabelled_rows=sum(1 for labs in split.labels if not labs),
+        label_set_sizes=dict(sorted(sizes.items())),
+        chars=length_stats([len(t) for t in split.texts]),
+        words=length_stats([len(words(t)) for t in split.texts]),
+        tokens=tokens, truncated_share=trunc, unk_rate=unk,
+        counts=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# label consistency and duplicates (all splits pooled)
+
+
+@dataclass
+class TextPool:
+    """Rows of every split keyed by normalised text."""
+
+    refs: list[RowRef]
+    by_norm: dict[str, list[int]]  # normalised text -> indices into refs
+
+    @classmethod
+    def of(cls, splits: Mapping[str, Split]) -> "TextPool":
+        refs, by = [], defaultdict(list)
+        for name, sp in splits.items():
+            for i, (t, labs) in enumerate(zip(sp.texts, sp.labels)):
+                by[normalise(t)].append(len(refs))
+                refs.append(RowRef(name, i, t, tuple(labs)))
+        return cls(refs, dict(by))
+
+
+def _label_key(labels: Sequence[str]) -> str:
+    return "+".join(sorted(labels)) if labels else "(none)"
+
+
+def char_neighbours(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each text, its k nearest texts (itself included) under the cosine of sublinear char 3-4-gram
+    counts: (similarity, index). No IDF: a surface similarity that does not depend on the corpus size."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.neighbors import NearestNeighbors
+
+    if len(texts) < 2:
+        return np.zeros((len(texts), 0)), np.zeros((len(texts), 0), int)
+    X = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 4), sublinear_tf=True, use_idf=False,
+                        dtype=np.float32).fit_transform(texts)
+    k = min(k + 1, len(texts))
+    nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(X)
+    dist, idx = nn.kneighbors(X)
+    return 1.0 - dist, idx
+
+
+def find_conflicts(pool: TextPool, thresholds: AssessThresholds,
+                   neighbours: tuple[np.ndarray, np.ndarray], uniq: list[str]) -> Conflicts:
+    """Exact conflicts (one normalised text, several label sets) and near ones (char n-gram neighbours)."""
+    pairs: Counter = Counter()
+    examples: list[ConflictExample] = []
+    exact_groups = exact_rows = 0
+    main_label: dict[str, str] = {}
+    for n, idxs in pool.by_norm.items():
+        keys = Counter(_label_key(pool.refs[i].labels) for i in idxs)
+        main_label[n] = keys.most_common(1)[0][0]
+        if not n or len(keys) < 2:
+            continue
+        exact_groups += 1
+        exact_rows += len(idxs)
+        ks = sorted(keys)
+        for x in range(len(ks)):
+            for y in range(x + 1, len(ks)):
+                pairs[(ks[x], ks[y])] += 1
+        if len(examples) < thresholds.max_examples:
+            seen, rows = set(), []
+            for i in idxs:  # one row per label set
+                key = _label_key(pool.refs[i].labels)
+                if key not in seen:
+                    seen.add(key)
+                    rows.append(pool.refs[i])
+            examples.append(ConflictExample("exact", 1.0, tuple(rows)))
+    near = 0
+    near_examples: list[ConflictExample] = []
+    done: set[tuple[int, int]] = set()  # kNN is not symmetric: count each pair once, whichever side found it
+    sims, idx = neighbours
+    for a in range(len(uniq)):
+        for s, b in zip(sims[a], idx[a]):
+            b = int(b)
+            pair = (min(a, b), max(a, b))
+            if a == b or pair in done or s < thresholds.near_duplicate_similarity or not uniq[a] or not uniq[b]:
+                continue
+            done.add(pair)
+            la, lb = main_label[uniq[a]], main_label[uniq[b]]
+            if la == lb:
+                continue
+            near += 1
+            pairs[tuple(sorted((la, lb)))] += 1
+            near_examples.append(ConflictExample(
+                "near", round(float(s), 4),
+                (pool.refs[pool.by_norm[uniq[a]][0]], pool.refs[pool.by_norm[uniq[b]][0]])))
+    near_examples.sort(key=lambda e: -e.similarity)
+    examples.extend(near_examples[: thresholds.max_examples])
+    return Conflicts(
+        exact_groups=exact_groups, exact_rows=exact_rows, near_pairs=near,
+        near_threshold=thresholds.near_duplicate_similarity,
+        pairs=tuple(PairCount(a, b, c) for (a, b), c in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))),
+        examples=tuple(examples),
+    )
+
+
+def find_noise(splits: Mapping[str, Split], pool: TextPool, thresholds: AssessThresholds,
+               neighbours: tuple[np.ndarray, np.ndarray], uniq: list[str]) -> Noise:
+    """Empty/short/non-text rows, encoding damage, non-printables, duplicates, cross-split leakage."""
+    out = []
+    for name, sp in splits.items():
+        counts = Counter()
+        ex: dict[str, list[str]] = defaultdict(list)
+        seen: set[tuple[str, str]] = set()
+
+        def hit(kind: str, text: str) -> None:
+            counts[kind] += 1
+            if len(ex[kind]) < thresholds.max_examples:
+                ex[kind].append(shorten(text))
+
+        for t, labs in zip(sp.texts, sp.labels):
+            stripped = "".join(t.split())
+            if not stripped:
+                hit("empty", t)
+            elif len(stripped) < thresholds.short_chars:
+                hit("very_short", t)
+            if stripped and not any(ch.isalpha() for ch in stripped):
+                hit("no_letters", t)
+            if has_encoding_damage(t):
+                hit("encoding_damage", t)
+            if has_non_printable(t):
+                hit("non_printable", t)
+            key = (normalise(t), _label_key(labs))
+            if key in seen:
+                hit("duplicate_rows", t)
+            seen.add(key)
+        out.append(SplitNoise(name, counts["empty"], counts["very_short"], counts["no_letters"],
+                              counts["encoding_damage"], counts["non_printable"], counts["duplicate_rows"],
+                              {k: tuple(v) for k, v in ex.items()}))
+
+    # cross-split: exact (normalised) copies, and near copies among the char n-gram neighbours
+    splits_of: dict[str, set[str]] = {n: {pool.refs[i].split for i in idxs} for n, idxs in pool.by_norm.items()}
+    uid = {u: k for k, u in enumerate(uniq)}
+    sims, nidx = neighbours
+    names = list(splits)
+    leaks = []
+    for x in range(len(names)):
+        for y in range(x + 1, len(names)):
+            src, dst = names[x], names[y]
+            rows = near_rows = 0
+            leak_ex: list[str] = []
+            for i, t in enumerate(splits[dst].texts):
+                n = normalise(t)
+                if not n:
+                    continue
+                if src in splits_of[n]:
+                    rows += 1
+                    if len(leak_ex) < thresholds.max_examples:
+                        leak_ex.append(shorten(t))
+                    continue
+                k = uid[n]
+                if any(s >= thresholds.near_leak_similarity and src in splits_of[uniq[int(j)]]
+                       for s, j in zip(sims[k], nidx[k]) if int(j) != k):
+                    near_rows += 1
+            leaks.append(Leakage(src, dst, rows, rows / max(1, len(splits[dst])), near_rows, tuple(leak_ex)))
+    return Noise(tuple(out), tuple(leaks))
+
+
+# ---------------------------------------------------------------------------------------------
+# shift
+
+
+def measure_shift(train: Split, other: Split, *, train_lengths: Sequence[int] | None = None,
+                  other_lengths: Sequence[int] | None = None, top: int = 3) -> SplitShift:
+    tc, oc = train.label_counts(), other.label_counts()
+    js, per = js_divergence(tc, oc)
+    tn, on = max(1, sum(tc.values())), max(1, sum(oc.values()))
+    top_labels = tuple(LabelShare(k, tc.get(k, 0) / tn, oc.get(k, 0) / on)
+                       for k, _ in sorted(per.items(), key=lambda kv: -kv[1])[:top] if per[k] > 0)
+    vocab = {w for t in train.texts for w in words(t)}
+    toks = [w for t in other.texts for w in words(t)]
+    types_ = set(toks)
+    oov_tok = sum(1 for w in toks if w not in vocab) / max(1, len(toks))
+    oov_type = sum(1 for w in types_ if w not in vocab) / max(1, len(types_))
+    if train_lengths is not None and other_lengths is not None:
+        unit, a, b = "tokens", list(train_lengths), list(other_lengths)
+    else:
+        unit, a, b = "words", [len(words(t)) for t in train.texts], [len(words(t)) for t in other.texts]
+    return SplitShift(
+        split=other.name, js_divergence=js, top_labels=top_labels,
+        unseen_labels=dict(Counter(lab for labs in other.labels for lab in labs if lab not in tc).most_common()),
+        missing_labels=tuple(sorted(k for k in tc if k not in oc)),
+        oov_token_rate=oov_tok, oov_type_rate=oov_type, length_unit=unit,
+        length_mean_train=float(np.mean(a)) if a else 0.0, length_mean_split=float(np.mean(b)) if b else 0.0,
+        length_ks=ks_statistic(a, b),
+    )

@@ -1,0 +1,117 @@
+"""The assessment as two verbs: `assess_dataset` (pure: no model, token lengths, model facts and the
+probe are passed in) and `run_assessment(cfg)` (loads the data, tokenises, runs the probe, then
+`assess_dataset`)."""
+
+from __future__ import annotations
+
+import time
+import typing
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from loratune.assess.facts import compute_facts
+from loratune.assess.profile import (TextPool, char_neighbours, find_conflicts, find_noise, measure_shift,
+                                     profile_split)
+from loratune.assess.records import AssessThresholds, Assessment
+from loratune.assess.rules import evaluate_findings, recommend
+from loratune.assess.stats import estimate_resolution
+from loratune.data import Dataset
+
+if typing.TYPE_CHECKING:  # pragma: no cover
+    from loratune.config import RunConfig
+    from loratune.probe import ModelInfo, ProbeResult
+
+def assess_dataset(ds: Dataset, *, dataset_name: str = "", model_name: str = "",
+                   token_lengths: Mapping[str, Sequence[int]] | None = None,
+                   unk_tokens: Mapping[str, int] | None = None, max_length: int | None = None,
+                   model_info: ModelInfo | None = None, probe: ProbeResult | None = None,
+                   thresholds: AssessThresholds = AssessThresholds(),
+                   timings: Mapping[str, float] | None = None) -> Assessment:
+    """Profile a loaded dataset. No model needed: pass token lengths, model facts and the probe if known."""
+    timings = dict(timings or {})
+    t0 = time.perf_counter()
+    splits = ds.splits()
+    tl = token_lengths or {}
+    unk = unk_tokens or {}
+    profiles = {name: profile_split(sp, thresholds=thresholds, token_lengths=tl.get(name), max_length=max_length,
+                                    unk_tokens=unk.get(name), label_space=ds.label_space.labels)
+                for name, sp in splits.items()}
+    timings["profile_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    pool = TextPool.of(splits)
+    uniq = list(pool.by_norm)
+    neighbours = char_neighbours(uniq, thresholds.near_duplicate_neighbors)
+    conflicts = find_conflicts(pool, thresholds, neighbours, uniq)
+    noise = find_noise(splits, pool, thresholds, neighbours, uniq)
+    timings["consistency_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    shifts = {name: measure_shift(ds.train, sp, train_lengths=tl.get("train"), other_lengths=tl.get(name))
+              for name, sp in splits.items() if name != "train"}
+    timings["shift_s"] = time.perf_counter() - t0
+
+    resolution = estimate_resolution(ds.validation, accuracy=probe.accuracy if probe else None,
+                                     bootstrap_se=probe.macro_f1_se if probe else None)
+    facts = compute_facts(ds, profiles, conflicts, noise, shifts, resolution, max_length=max_length,
+                          model_info=model_info, probe=probe, thresholds=thresholds)
+    rec = recommend(facts)
+    findings = evaluate_findings(facts, thresholds)
+    return Assessment(
+        dataset=dataset_name, model=model_name, multi_label=ds.label_space.multi_label,
+        labels=ds.label_space.labels, splits=tuple(profiles.values()), conflicts=conflicts, noise=noise,
+        shift=tuple(shifts.values()), probe=probe, model_info=model_info, resolution=resolution, facts=facts,
+        recommendation=rec, findings=findings, notes=tuple(ds.notes), timings=timings, thresholds=thresholds,
+    )
+
+
+def run_assessment(cfg: RunConfig, *, probe: bool = True, cache_dir: str | Path | None = None,
+                   thresholds: AssessThresholds = AssessThresholds(), dataset: Dataset | None = None,
+                   progress: Callable[[str], None] | None = None) -> Assessment:
+    """Load the data the config names, tokenise it, run the difficulty probe, and assess.
+
+    cache_dir: where probe embeddings are cached (None: $LORATUNE_CACHE_DIR or ~/.cache/loratune;
+    False: no cache).
+    """
+    from loratune import probe as probe_mod
+    from loratune.data import load_dataset
+
+    say = progress or (lambda msg: None)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    t0 = time.perf_counter()
+    if dataset is None:
+        say("loading data")
+        dataset = load_dataset(cfg.data, seed=cfg.train.seed)
+    timings["load_data_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say("tokenising")
+    info = probe_mod.describe_model(cfg.model)
+    lengths, unks = {}, {}
+    tok = probe_mod.load_tokenizer_quiet(cfg.model)
+    for name, sp in dataset.splits().items():
+        lengths[name], unks[name] = probe_mod.token_lengths(tok, sp.texts)
+    timings["tokenise_s"] = time.perf_counter() - t0
+
+    result = None
+    if probe:
+        t0 = time.perf_counter()
+        say("probing the frozen encoder")
+        result = probe_mod.run_probe(cfg.model, dataset, cache_dir=cache_dir, seed=cfg.train.seed,
+                                     num_threads=cfg.train.num_threads, tokenizer=tok)
+        timings["probe_s"] = time.perf_counter() - t0
+    say("profiling")
+    a = assess_dataset(dataset, dataset_name=cfg.data.train_file or cfg.data.dataset_name or "",
+                       model_name=cfg.model.name_or_path, token_lengths=lengths, unk_tokens=unks,
+                       max_length=cfg.model.max_length, model_info=info, probe=result,
+                       thresholds=thresholds, timings=timings)
+    timings = dict(a.timings)
+    timings["total_s"] = time.perf_counter() - t_all
+    return _replace(a, timings=timings)
+
+
+def _replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)

@@ -1,0 +1,74 @@
+"""Statistics of the assessment: length distributions, distribution distances (KS, Jensen-Shannon) and
+the resolution (standard errors) of the validation split."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from loratune.assess.records import LengthStats, Resolution
+from loratune.data import Split
+
+def length_stats(values: Sequence[int]) -> LengthStats:
+    if len(values) == 0:
+        return LengthStats(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
+    a = np.asarray(values, dtype=np.float64)
+    p50, p90, p95, p99 = (float(x) for x in np.percentile(a, [50, 90, 95, 99]))
+    return LengthStats(len(a), float(a.mean()), p50, p90, p95, p99, int(a.max()))
+
+
+def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."""
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    x, y = np.sort(np.asarray(a, float)), np.sort(np.asarray(b, float))
+    grid = np.concatenate([x, y])
+    cdf_x = np.searchsorted(x, grid, side="right") / len(x)
+    cdf_y = np.searchsorted(y, grid, side="right") / len(y)
+    return float(np.max(np.abs(cdf_x - cdf_y)))
+
+
+def js_divergence(p: Mapping[str, float], q: Mapping[str, float]) -> tuple[float, dict[str, float]]:
+    """Jensen-Shannon divergence in bits between two count (or share) maps, and each label's term."""
+    labels = sorted(set(p) | set(q))
+    P = np.array([p.get(k, 0.0) for k in labels], float)
+    Q = np.array([q.get(k, 0.0) for k in labels], float)
+    if P.sum() == 0 or Q.sum() == 0:
+        return 0.0, {}
+    P, Q = P / P.sum(), Q / Q.sum()
+    M = (P + Q) / 2
+
+    def terms(X):
+        out = np.zeros_like(X)
+        nz = X > 0
+        out[nz] = X[nz] * np.log2(X[nz] / M[nz])
+        return out
+
+    per = 0.5 * terms(P) + 0.5 * terms(Q)
+    return float(max(per.sum(), 0.0)), dict(zip(labels, per.tolist()))
+
+
+def round_up(x: float, multiple: int = 8) -> int:
+    return int(math.ceil(x / multiple) * multiple)
+
+
+def estimate_resolution(val: Split, *, accuracy: float | None = None, bootstrap_se: float | None = None,
+                        assumed_accuracy: float = 0.9) -> Resolution:
+    """Standard errors of val accuracy and macro-F1 for this val size.
+
+    accuracy: binomial sqrt(p(1-p)/n). macro-F1: the bootstrap SE of the probe's val predictions
+    when given, else the SE of macro-recall, sqrt(sum_k p(1-p)/n_k) / K, with each class at p.
+    """
+    p = accuracy if accuracy is not None else assumed_accuracy
+    n = len(val)
+    counts = [c for c in val.label_counts().values() if c > 0]
+    k = max(1, len(counts))
+    acc_se = math.sqrt(p * (1 - p) / max(1, n))
+    approx = math.sqrt(sum(p * (1 - p) / c for c in counts)) / k if counts else 0.0
+    if bootstrap_se is not None:
+        se, method = bootstrap_se, "bootstrap of the probe's val predictions"
+    else:
+        se, method = approx, "binomial approximation (per-class recall at the accuracy)"
+    return Resolution(n, len(counts), p, acc_se, se, method, 2 * se)

@@ -1,0 +1,41 @@
+"""Text checks: normalisation for duplicate and conflict keys, words, encoding damage, non-printables."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_MOJIBAKE = re.compile("[\u00c2\u00c3][\u0080-\u00bf]|\u00e2\u20ac|\u00e2\u0080|\u00c3\u00a2\u00e2")
+_WORD = re.compile(r"\w+")
+_ALLOWED_CONTROL = {"\t", "\n", "\r"}
+_ALLOWED_FORMAT = {"\u200d"}  # zero-width joiner inside emoji
+
+
+def normalise(text: str) -> str:
+    """Case-, space- and punctuation-insensitive key: NFKC, casefold, punctuation/symbols -> space."""
+    t = unicodedata.normalize("NFKC", text).casefold()
+    t = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in t)
+    return " ".join(t.split())
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.casefold())
+
+
+def has_encoding_damage(text: str) -> bool:
+    return "\ufffd" in text or _MOJIBAKE.search(text) is not None
+
+
+def has_non_printable(text: str) -> bool:
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat == "Cc" and ch not in _ALLOWED_CONTROL:
+            return True
+        if cat in ("Cf", "Co", "Cs", "Cn") and ch not in _ALLOWED_FORMAT:
+            return True
+    return False
+
+
+def shorten(text: str, n: int = 120) -> str:
+    t = text if len(text) <= n else text[: n - 1] + "…"
+    return t.encode("unicode_escape").decode("ascii") if has_non_printable(t) else t

@@ -1,0 +1,93 @@
+"""The assess facts catalogue: every fact a rule reads is named once in `FACTS` (with unit and meaning),
+every fact `compute_facts` measures is in it, and a misspelt name is caught instead of silently never
+firing."""
+
+from __future__ import annotations
+
+import pytest
+
+from loratune.assess import FACTS, FINDING_RULES, START_RULES, AssessThresholds, assess_dataset, rule_catalog
+from loratune.assess.rules import Above, Bands, FindingRule, StartRule, lint_rules
+from loratune.probe import ClassProbe, ConfusedPair, ModelInfo, ProbeResult
+from test_assess import clean_rows, make_dataset
+
+
+def test_every_fact_has_a_unit_and_a_meaning():
+    assert len(FACTS) > 60
+    for name, fact in FACTS.items():
+        assert name.isidentifier(), name
+        assert fact.unit and fact.meaning, name
+
+
+def test_the_rule_tables_reference_only_catalogued_facts_and_thresholds():
+    assert lint_rules() == []
+    for rule in START_RULES:
+        assert rule.facts() <= set(FACTS), rule.id
+    for rule in FINDING_RULES:
+        assert rule.facts() <= set(FACTS), rule.id
+        assert rule.when.fact in FACTS, rule.id
+
+
+def test_a_misspelt_fact_or_threshold_is_caught():
+    bad = FindingRule("typo", "warn", Above("exact_confict_groups"), "{exact_conflict_rowz} rows, {t.no_such}",
+                      ("exact_conflict_groups",))
+    problems = lint_rules(START_RULES, FINDING_RULES + (bad,))
+    assert "typo: unknown fact 'exact_confict_groups'" in problems
+    assert "typo: unknown fact 'exact_conflict_rowz'" in problems
+    assert "typo: unknown threshold 'no_such'" in problems
+    bad_start = StartRule("typo-start", "adapter.r", Bands("train_row", ((1, 8),)), "{train_rows} rows")
+    assert lint_rules(START_RULES + (bad_start,), FINDING_RULES) == ["typo-start: unknown fact 'train_row'"]
+
+
+def test_compute_facts_measures_exactly_the_catalogue():
+    """With every input present (a test split, token lengths, model facts, the probe), the assessment's
+    facts are the catalogue: none measured without a name, none named but never measured."""
+    train, val = clean_rows()
+    test = val[::2]
+    ds = make_dataset(train, val, test)
+    lengths = {name: [len(t.split()) + 2 for t in sp.texts] for name, sp in ds.splits().items()}
+    probe = ProbeResult(
+        model="m", method="x", max_length=16, train_rows=90, val_rows=30, macro_f1=0.9, accuracy=0.9,
+        macro_f1_se=0.02, confused_pairs=(ConfusedPair("music", "alarm", 2),), closest_classes=(),
+        classes=(ClassProbe("music", 30, 10, 0.5, 0.8, 4.2, 0.2),), seconds={})
+    a = assess_dataset(ds, token_lengths=lengths, unk_tokens={"train": 0}, max_length=16,
+                       model_info=ModelInfo("bert", 6, 384, 512), probe=probe)
+    assert set(a.facts) - set(FACTS) == set(), "facts without a catalogue entry"
+    assert set(FACTS) - set(a.facts) == set(), "catalogued facts never measured"
+
+
+def test_rule_catalog_describes_conditions_by_fact_name():
+    rows = [r for r in rule_catalog() if r["table"] == "assess-finding"]
+    by_id = {r["id"]: r["when"] for r in rows}
+    assert by_id["class-imbalance"] == "imbalance_ratio >= t.imbalance_ratio"
+    assert by_id["leakage"] == "leak_rows > 0"
+    assert by_id["hard-task"] == "probe_macro_f1 < t.hard_probe_f1"
+    assert {r["id"] for r in rule_catalog() if r["table"] == "assess-threshold"} == set(
+        AssessThresholds.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("rule", FINDING_RULES, ids=lambda r: r.id)
+def test_every_finding_rule_fires_on_its_own_fact(rule):
+    """Each condition holds on a fact map that sets only its fact past the threshold (and never on an
+    empty one)."""
+    t = AssessThresholds()
+    limit = getattr(t, rule.when.threshold) if getattr(rule.when, "threshold", None) else 0
+    value = {"Above": limit + 1, "Below": limit - 1, "IsTrue": True}[type(rule.when).__name__]
+    assert rule.when.holds({rule.when.fact: value}, t)
+    assert not rule.when.holds({}, t)  # an unknown fact never fires a rule
+
+
+def test_rules_command_prints_the_assess_tables(capsys):
+    import json
+
+    from loratune.cli import main
+
+    assert main(["rules"]) == 0
+    out = capsys.readouterr().out
+    assert "assess rules" in out
+    for rule in START_RULES + FINDING_RULES:
+        assert rule.id in out
+    assert main(["rules", "--json", "--features"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["assess"] == json.loads(json.dumps(rule_catalog()))
+    assert set(data["assess_facts"]) == set(FACTS)
