@@ -360,32 +360,68 @@ def _knob_of(key: str) -> str | None:
     return KNOBS.get(key.rsplit(".", 1)[-1])
 
 
+def _knob_value(cfg: Mapping[str, Any], knob: str) -> Any:
+    return next((v for k, v in cfg.items() if _knob_of(k) == knob), None)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal config values; numbers within 1% (learning rates read back from a log carry rounding)."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        return math.isclose(float(a), float(b), rel_tol=0.01, abs_tol=1e-12)
+    return a == b
+
+
+def _differs_only_in(a: Mapping[str, Any], b: Mapping[str, Any], knob: str, mode: str | None
+                     ) -> tuple[bool, set[str]]:
+    """(a and b agree on every key both know, except `knob`; the keys only one of them knows). For r with
+    mode "scale", lora_alpha is compared as lora_alpha / r."""
+    unknown = set(a) ^ set(b)
+    for k in set(a) & set(b):
+        kk = _knob_of(k)
+        if kk == knob or k.rsplit(".", 1)[-1] in IGNORED_KEYS:
+            continue
+        va, vb = a[k], b[k]
+        if mode == "scale" and kk == "lora_alpha":
+            ra, rb = _knob_value(a, "r"), _knob_value(b, "r")
+            if ra and rb and va is not None and vb is not None:
+                va, vb = float(va) / float(ra), float(vb) / float(rb)
+        if not _same(va, vb):
+            return False, unknown
+    return True, {k for k in unknown if k.rsplit(".", 1)[-1] not in IGNORED_KEYS}
+
+
 def _groups(flat: dict[str, dict[str, Any]], knob: str) -> list[tuple[list[str], str]]:
-    """Sets of runs whose configs are equal except for `knob` (for r: alpha fixed, or alpha/r fixed)."""
-    variants: list[tuple[str, Any]] = []
-    if knob == "r":
-        variants = [("lora_alpha fixed", "alpha"), ("scale lora_alpha/r fixed", "scale")]
-    else:
-        variants = [("", None)]
+    """Sets of runs that agree on every config key they both know except `knob` (for r: with lora_alpha
+    fixed, or with the scale lora_alpha/r fixed), with at least two values of the knob. Keys only some runs
+    know (a Trainer run has no seed or dataset in its files) are assumed equal, and the note says so."""
+    variants = [("lora_alpha fixed", "alpha"), ("scale lora_alpha/r fixed", "scale")] if knob == "r" else [("", None)]
     found: list[tuple[list[str], str]] = []
+    names = sorted(flat)
     for note, mode in variants:
-        sig: dict[tuple, list[str]] = {}
-        for run, cfg in flat.items():
-            items = []
-            r_val = next((v for k, v in cfg.items() if _knob_of(k) == "r"), None)
-            for k, v in cfg.items():
-                kk = _knob_of(k)
-                if kk == knob or k.rsplit(".", 1)[-1] in IGNORED_KEYS:
+        for seed_run in names:
+            if _knob_value(flat[seed_run], knob) is None:
+                continue
+            members, assumed = [seed_run], set()
+            for other in names:
+                if other == seed_run or _knob_value(flat[other], knob) is None:
                     continue
-                if mode == "scale" and kk == "lora_alpha" and r_val:
-                    v = round(float(v) / float(r_val), 9)
-                items.append((k, v))
-            sig.setdefault(tuple(sorted(items, key=lambda kv: kv[0])), []).append(run)
-        for members in sig.values():
-            values = {next((v for k, v in flat[m].items() if _knob_of(k) == knob), None) for m in members}
-            if len(members) >= 2 and len(values) == len(members):
-                if not any(set(members) == set(g) for g, _ in found):
-                    found.append((members, note))
+                checks = [_differs_only_in(flat[m], flat[other], knob, mode) for m in members]
+                if all(ok for ok, _ in checks):
+                    members.append(other)
+                    for _, unk in checks:
+                        assumed |= unk
+            values = {_knob_value(flat[m], knob) for m in members}
+            if len(members) < 2 or len(values) < 2:
+                continue
+            if any(set(members) <= set(g) for g, _ in found):
+                continue
+            found = [(g, n) for g, n in found if not set(g) < set(members)]
+            full_note = note
+            if assumed:
+                full_note = (note + "; " if note else "") + "assumed equal (not known for every run): " + \
+                    ", ".join(sorted(k.rsplit(".", 1)[-1] for k in assumed))
+            found.append((sorted(members), full_note))
     return found
 
 
@@ -404,19 +440,26 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
             flat[name] = _flatten(h.config)
         else:
             notes.append(f"{name}: no config, left out of the knob comparison")
-    best = {n: f.values.get("val_metric_best") for n, f in feats.items()}
     vloss = {n: f.values.get("val_loss_min") for n, f in feats.items()}
+    # the measure: the best val metric when every configured run has one, else the lowest val loss (negated,
+    # so higher is better either way); loss-only Trainer and SFT runs are compared on their val loss
+    use_loss = any(feats[n].values.get("val_metric_best") is None for n in flat) and \
+        all(vloss[n] is not None for n in flat)
+    best = {n: (-vloss[n] if vloss[n] is not None else None) if use_loss else f.values.get("val_metric_best")
+            for n, f in feats.items()}
+    measure = "lowest val loss" if use_loss else "best val metric"
 
     groups: list[KnobGroup] = []
     for knob in ("learning_rate", "r", "lora_alpha", "seed"):
         for members, note in _groups(flat, knob):
-            rows = []
-            for m in members:
-                kv = next((v for k, v in flat[m].items() if _knob_of(k) == knob), None)
-                rows.append((m, kv, best[m], vloss[m]))
+            rows = [(m, _knob_value(flat[m], knob), best[m], vloss[m]) for m in members]
             rows.sort(key=lambda r: (r[1] is None, r[1]))
-            ms = [r[2] for r in rows if r[2] is not None]
-            effect = (max(ms) - min(ms)) if len(ms) >= 2 else None
+            by_value: dict[Any, list[float]] = {}
+            for _, kv, m, _ in rows:
+                if m is not None:
+                    by_value.setdefault(kv, []).append(m)
+            means = [sum(v) / len(v) for v in by_value.values()]
+            effect = (max(means) - min(means)) if len(means) >= 2 else None
             groups.append(KnobGroup(knob, tuple(rows), effect, note))
     if len(flat) >= 2 and not groups:
         notes.append("no two runs differ in exactly one of learning_rate, r, lora_alpha, seed")
@@ -438,17 +481,25 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
         acc.details["noise_source"] = f"seed std over {k} runs ({len(variances)} group(s)) x sqrt(2)"
     else:
         acc.set("seed_std", None, "no two runs differ only in seed")
-        ses = [binomial_se(best[n], feats[n].values.get("val_n")) for n in feats
-               if best[n] is not None and feats[n].values.get("val_n")]
-        ses = [s for s in ses if s is not None]
+        if use_loss:
+            ses = [feats[n].values.get("val_loss_noise") for n in flat]
+            source = "the val-loss curves' own jitter"
+        else:
+            ses = [binomial_se(best[n], feats[n].values.get("val_n")) for n in feats
+                   if best[n] is not None and feats[n].values.get("val_n")]
+            source = "binomial standard error from val size"
+            if not [x for x in ses if x is not None]:
+                ses = [feats[n].values.get("val_metric_noise") for n in flat]
+                source = "the metric curves' own jitter"
+        ses = [x for x in ses if x is not None]
         if ses:
             se = sorted(ses)[len(ses) // 2]
-            noise = max(math.sqrt(2) * se, NOISE_FLOOR)
-            acc.details["noise_source"] = (f"binomial standard error from val size (median SE {se:.4f}) x sqrt(2); "
-                                           "no seed runs")
+            noise = max(math.sqrt(2) * se, 0.0 if use_loss else NOISE_FLOOR)
+            acc.details["noise_source"] = f"{source} (median {se:.4f}) x sqrt(2); no seed runs"
         else:
             noise = None
-            acc.details["noise_source"] = "unknown: no seed runs and no val size"
+            acc.details["noise_source"] = "unknown: no seed runs, no val size and too few eval points"
+    acc.details["measure"] = measure
     acc.set("noise", noise, "no seed runs and no val size: noise unknown")
 
     effects: dict[str, float | None] = {}
@@ -501,7 +552,16 @@ def _annotate(f: Finding, groups: Sequence[KnobGroup], features: CurveFeatures) 
             ok = [row for row in g.runs if row[2] is not None]
             if ok:
                 top = max(ok, key=lambda row: row[2])
-                notes.append(f"best {knob}: {top[1]} (run {top[0]}, val metric {top[2]:.3f})")
+                if features.details.get("measure") == "lowest val loss":
+                    notes.append(f"best {knob}: {top[1]} (run {top[0]}, lowest val loss {-top[2]:.3f})")
+                else:
+                    notes.append(f"best {knob}: {top[1]} (run {top[0]}, best val metric {top[2]:.3f})")
+                deltas = [f"{row[0]} ({knob}={row[1]}): {row[2] - top[2]:+.3f}" for row in g.runs
+                          if row[2] is not None and row is not top]
+                noise = features.values.get("noise")
+                if deltas:
+                    notes.append(f"{knob} deltas vs the best run: " + ", ".join(deltas) +
+                                 (f"; noise of a difference {noise:.3f}" if noise else ""))
     return Finding(**{**f.__dict__, "notes": tuple(notes)})
 
 

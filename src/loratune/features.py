@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 # ---------------------------------------------------------------------------------------------
 
 # unit -> how a value is written in evidence text (see `format_value`)
-UNITS = ("fraction", "points", "ratio", "count", "flag", "loss", "se", "per_epoch", "steps", "epochs")
+UNITS = ("fraction", "points", "ratio", "count", "flag", "loss", "se", "per_epoch", "steps", "epochs", "runs")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,13 @@ _CATALOGUE = (
           "train loss reached 90% of its total fall at {} of the run",
           "Run fraction where the smoothed T (3-point moving mean) first reached 90% of its total fall "
           "(start -> minimum); 0 when it never fell by 2%. Early (< 0.5) and high = an early plateau."),
+    _spec("train loss", "train_loss_peak_over_start", "ratio", "train loss peaked at {} its start",
+          "Largest window mean of T after the first / the start (an explosion that later settles shows here)."),
+    _spec("train loss", "train_loss_runs_to_fit", "runs",
+          "at its late pace the train loss needs {} more to reach a tenth of its start",
+          "(final T - 0.1 x start) / the fall per run length of the second half's least-squares line: how far "
+          "what the run reached is from what it shows is reachable. 0 when T is already below a tenth of its "
+          "start; missing when T is not falling over the second half."),
     _spec("train loss", "train_loss_vs_chance", "ratio", "train loss ended at {} of ln(classes)",
           "Final T / ln(n_classes): 1 = the loss of a uniform guess, the level a collapsed model is "
           "pinned to; near 0 = the training set is memorized. Single-label only."),
@@ -100,7 +107,7 @@ _CATALOGUE = (
     _spec("oscillation", "val_metric_drops", "points", "val metric lost {} in total across its falls",
           "Sum of all drops of M between successive eval points (its downward movement)."),
     _spec("oscillation", "val_metric_max_drop_se", "se", "val metric's largest step-to-step drop was {}",
-          "val_metric_max_drop / val_metric_se (how many standard errors)."),
+          "val_metric_max_drop / val_metric_noise (how many noise units)."),
     # val loss (V) ---------------------------------------------------------------------------
     _spec("val loss", "val_loss_start", "loss", "val loss started at {}", "First V (step 0 when recorded)."),
     _spec("val loss", "val_loss_min", "loss", "val loss reached a minimum of {}", "Minimum of V."),
@@ -119,6 +126,13 @@ _CATALOGUE = (
           "lr x steps, from the `lr` of each eval point; steps when absent), so a decaying schedule does not "
           "fake a plateau: ~0.5 for a steady learner, ~0 when the fall happened early and the curve "
           "flattened. Missing when V did not fall by 0.01%."),
+    _spec("val loss", "val_loss_noise", "loss", "the val loss's eval-to-eval jitter is {}",
+          "Noise of one val-loss point, from the curve itself: median |second difference| / (0.6745 sqrt 6) (the "
+          "robust spread of V around a locally straight line; a smooth curve gives ~0), floored at 0.2% of the "
+          "median V (`VAL_LOSS_NOISE_FLOOR`). Needs >= 4 points."),
+    _spec("val loss", "val_loss_rise_noise", "se", "val loss ended {} above its minimum",
+          "(final V - min V) / (sqrt 2 x val_loss_noise): the rise in units of the noise of a difference of two "
+          "points."),
     _spec("val loss", "val_loss_rise_share", "fraction", "{} of the val loss's eval-to-eval movement was upward",
           "Sum of rises / sum of absolute changes of V (0 = monotone fall)."),
     # val metric (M) -------------------------------------------------------------------------
@@ -128,19 +142,26 @@ _CATALOGUE = (
     _spec("val metric", "val_metric_gain", "points", "val metric gained {} from start to best", "best - start of M."),
     _spec("val metric", "val_metric_final_drop", "points", "val metric ended {} below its best", "best - final of M."),
     _spec("val metric", "val_metric_final_drop_se", "se", "val metric ended {} below its best",
-          "val_metric_final_drop / val_metric_se."),
-    _spec("val metric", "best_step_fraction", "fraction", "the best val metric came at {} of the run",
-          "Run fraction of the first point reaching M's maximum."),
+          "val_metric_final_drop / val_metric_noise."),
+    _spec("val metric", "best_step_fraction", "fraction", "the best val point came at {} of the run",
+          "Run fraction of the first point reaching M's maximum (without a val metric: V's minimum)."),
     _spec("val metric", "val_metric_late_gain", "points", "val metric set a new high of +{} in the last third",
           "max of M over the last third of the run - max of M before it (negative: no new high)."),
     _spec("val metric", "val_metric_late_gain_se", "se", "the last third's new high was {}",
-          "val_metric_late_gain / val_metric_se."),
+          "val_metric_late_gain / val_metric_noise."),
     _spec("val metric", "val_metric_gain_per_epoch_late", "per_epoch",
           "val metric moved {} over the last half (sensitivity to more epochs)",
           "Least-squares slope of M against epoch over the second half of the run: what one more epoch "
           "is worth at the current pace."),
     _spec("val metric", "still_improving", "flag", "val metric still improving at the end: {}",
-          "1 when val_metric_late_gain exceeds one standard error (or 0.01 when the SE is unknown)."),
+          "1 when val_metric_late_gain exceeds one noise unit (val_metric_noise; 0.01 when it is unknown). "
+          "Without a val metric: 1 when V's lowest point in the last third is below its lowest before by more "
+          "than val_loss_noise."),
+    _spec("noise", "val_metric_noise", "points", "the val metric's noise is {}",
+          "The noise band of one val-metric point: the binomial standard error when the val size is known "
+          "(`val_metric_se`), else the metric curve's own jitter (median |second difference| / (0.6745 sqrt 6), "
+          "floored at 0.005, needs >= 4 points); `details['val_metric_noise_source']` says which. Every `*_se` "
+          "feature of the val metric is in units of this."),
     _spec("noise", "val_metric_se", "points", "the val metric's standard error is {}",
           "Binomial standard error sqrt(q(1-q)/n), q = (p n + 1)/(n + 2) (p = final M, n = val rows; the +1/+2 "
           "keeps a perfect score on a small set uncertain). For macro-F1 it is a lower bound (per-class F1 "
@@ -212,7 +233,8 @@ _CATALOGUE = (
 
 FEATURES: Mapping[str, FeatureSpec] = MappingProxyType({s.name: s for s in _CATALOGUE})
 
-METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy")
+METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy", "token_accuracy")
+FIT_TARGET_SHARE = 0.1  # "fitted": the train loss at a tenth of its start (train_loss_runs_to_fit)
 LOSS_KEYS = ("train/loss", "train/loss_std", "train/grad_norm", "val/loss", "train_eval/loss")
 
 
@@ -240,6 +262,8 @@ def format_value(unit: str, value: float | None) -> str:
         return f"{value:+.3f}/epoch"
     if unit == "epochs":
         return f"{value:.2f}"
+    if unit == "runs":
+        return f"{value:.1f} run lengths"
     return f"{value:g}"
 
 
@@ -370,6 +394,31 @@ def _std(xs: Sequence[float]) -> float:
     return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
 
 
+# Floors of the curve-jitter noise estimates: a perfectly smooth curve would otherwise make any wiggle
+# "many noise units". 0.5 point of a metric is the smallest difference the protocol counts (section 6);
+# 0.2% of a loss is below what a deterministic val loss moves between two evals of a learning run.
+METRIC_NOISE_FLOOR = 0.005
+VAL_LOSS_NOISE_FLOOR = 0.002
+_MAD_TO_SIGMA = 0.6745
+
+
+JITTER_TAIL_POINTS = 5  # the jitter is read from the second half of the run when it has this many points
+
+
+def curve_jitter(values: Sequence[float], *, floor: float = 0.0) -> float | None:
+    """Noise of one point of a curve, from the curve itself: the robust spread of its second differences
+    (y[i+1] - 2 y[i] + y[i-1] has variance 6 sigma^2 for white noise on a locally straight line), so a
+    smooth trend adds little and a zigzag a lot. Read over the second half of the curve when it has
+    `JITTER_TAIL_POINTS` points (the steep first fall of a learning curve is curvature, not noise), else
+    over the whole curve. None with fewer than 4 points."""
+    if len(values) < 4:
+        return None
+    tail = values[len(values) // 2:]
+    use = tail if len(tail) >= JITTER_TAIL_POINTS else values
+    d2 = [abs(c - 2 * b + a) for a, b, c in zip(use, use[1:], use[2:])]
+    return max(_median(d2) / _MAD_TO_SIGMA / math.sqrt(6), floor)
+
+
 def binomial_se(p: float, n: float) -> float | None:
     """sqrt(q(1-q)/n) with q = (p n + 1) / (n + 2), so a perfect or zero score on a small set still
     carries its uncertainty (plain p(1-p) would give 0 at p = 1); None when n is unknown."""
@@ -418,6 +467,8 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     _train_loss(acc, pts, frac, chance, why_chance)
     _val_loss(acc, pts, frac, chance, why_chance)
     _val_metric(acc, pts, frac, metric)
+    if metric is None:
+        _progress_from_val_loss(acc, pts, frac)
     _gaps(acc, pts, metric)
     _slices(acc, pts)
     _stability(acc, pts, meta)
@@ -456,7 +507,8 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     T = _series(pts, "train/loss", min_step=0)
     names = ("train_loss_start", "train_loss_final", "train_loss_drop", "train_loss_final_over_start",
              "train_loss_late_drop", "train_loss_late_slope", "train_loss_plateau_fraction",
-             "train_loss_vs_chance", "train_loss_rise_share", "train_loss_max_rise", "train_loss_cv")
+             "train_loss_vs_chance", "train_loss_rise_share", "train_loss_max_rise", "train_loss_cv",
+             "train_loss_peak_over_start", "train_loss_runs_to_fit")
     if not T:
         acc.miss(names, "no `train/loss` values in the history")
         return
@@ -481,6 +533,7 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             run_min = min(run_min, v)
         acc.set("train_loss_max_rise", worst / start)
         acc.set("train_loss_plateau_fraction", _plateau_fraction(T, start, frac))
+        acc.set("train_loss_peak_over_start", max(v for _, v in T) / start)
     if len(T) < 2:
         acc.miss(("train_loss_late_drop", "train_loss_late_slope", "train_loss_rise_share"),
                  "fewer than 2 train-loss windows")
@@ -491,11 +544,19 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             y_mid, y_end = max(a + b * 0.5, 0.0), a + b * 1.0
             acc.details["train_loss_late_method"] = "least-squares line over the second half"
             acc.set("train_loss_late_slope", b / start if start > 0 else None, "the start train loss is 0")
+            target = FIT_TARGET_SHARE * start
+            if y_end <= target:
+                acc.set("train_loss_runs_to_fit", 0.0)
+            elif b < 0:
+                acc.set("train_loss_runs_to_fit", (y_end - target) / -b)
+            else:
+                acc.set("train_loss_runs_to_fit", None, "the train loss is not falling over the second half")
         else:
             y_mid, y_end = _interp([(frac(s), v) for s, v in T], 0.5), final
             acc.details["train_loss_late_method"] = "mid-run point vs final (fewer than 3 late points)"
             acc.set("train_loss_late_slope", (y_end - y_mid) / 0.5 / start if start > 0 else None,
                     "the start train loss is 0")
+            acc.set("train_loss_runs_to_fit", None, "fewer than 3 train-loss windows over the second half")
         acc.set("train_loss_late_drop", min(1.0, (y_mid - y_end) / y_mid) if y_mid > 0 else 0.0)
         acc.set("train_loss_rise_share", _rise_share([v for _, v in T]))
     cvs = [_num(p.get("train/loss_std")) / _num(p.get("train/loss")) for p in pts
@@ -519,7 +580,7 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     V = _series(pts, "val/loss")
     names = ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise",
              "val_loss_min_fraction", "val_loss_late_drop", "val_loss_late_share", "val_loss_rise_share",
-             "val_loss_vs_chance")
+             "val_loss_vs_chance", "val_loss_noise", "val_loss_rise_noise")
     if not V:
         acc.miss(names, "no `val/loss` values in the history")
         return
@@ -533,6 +594,11 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     acc.set("val_loss_drop", (start - vmin) / start if start > 0 else None, "val loss starts at 0")
     acc.set("val_loss_rise", (final - vmin) / vmin if vmin > 0 else None, "val loss minimum is 0")
     acc.set("val_loss_min_fraction", frac(V[i_min][0]))
+    vals = [v for _, v in V]
+    noise = curve_jitter(vals, floor=VAL_LOSS_NOISE_FLOOR * _median(vals))
+    acc.set("val_loss_noise", noise, "fewer than 4 val-loss points: no noise band for the val loss")
+    acc.set("val_loss_rise_noise", (final - vmin) / (math.sqrt(2) * noise) if noise else None,
+            "fewer than 4 val-loss points: no noise band for the val loss")
     if len(V) < 3:
         acc.miss(("val_loss_late_drop", "val_loss_late_share", "val_loss_rise_share"),
                  "fewer than 3 val-loss points")
@@ -576,7 +642,7 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
     names = ("val_metric_start", "val_metric_best", "val_metric_final", "val_metric_gain",
              "val_metric_final_drop", "best_step_fraction", "val_metric_late_gain", "val_metric_late_gain_se",
              "val_metric_gain_per_epoch_late", "still_improving", "val_metric_se", "val_metric_max_drop",
-             "val_metric_drops", "val_metric_max_drop_se")
+             "val_metric_drops", "val_metric_max_drop_se", "val_metric_noise")
     if metric is None:
         acc.miss(names, "no val metric (val/macro_f1, val/accuracy, ...) in the history")
         return
@@ -600,14 +666,24 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
     n = acc.values.get("val_n")
     se = binomial_se(vals[-1], n) if n else None
     acc.set("val_metric_se", se, "val size unknown (no `val/n`), so no standard error")
+    jitter = curve_jitter(vals, floor=METRIC_NOISE_FLOOR)
+    if se:
+        noise, acc.details["val_metric_noise_source"] = se, "binomial standard error from the val size"
+    elif jitter is not None:
+        noise, acc.details["val_metric_noise_source"] = jitter, "the metric curve's own eval-to-eval jitter"
+    else:
+        noise = None
+    why_noise = "val size unknown and fewer than 4 metric points: no noise band"
+    acc.set("val_metric_noise", noise, why_noise)
+    se = noise  # every *_se feature below is in units of the noise band
     if se:
         acc.set("val_metric_final_drop_se", (best - vals[-1]) / se)
     else:
-        acc.set("val_metric_final_drop_se", None, acc.missing.get("val_metric_se") or "standard error is 0")
+        acc.set("val_metric_final_drop_se", None, why_noise)
     if se is not None and se > 0 and acc.values.get("val_metric_max_drop") is not None:
         acc.set("val_metric_max_drop_se", acc.values["val_metric_max_drop"] / se)
     else:
-        acc.set("val_metric_max_drop_se", None, acc.missing.get("val_metric_se") or "standard error is 0")
+        acc.set("val_metric_max_drop_se", None, why_noise)
 
     early = [v for s, v in M if frac(s) <= 2 / 3 + 1e-9]
     late = [v for s, v in M if frac(s) > 2 / 3 + 1e-9]
@@ -617,9 +693,9 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
         if se:
             acc.set("val_metric_late_gain_se", gain / se)
         else:
-            acc.set("val_metric_late_gain_se", None, acc.missing.get("val_metric_se") or "standard error is 0")
+            acc.set("val_metric_late_gain_se", None, why_noise)
         acc.set("still_improving", 1.0 if gain > (se if se else 0.01) else 0.0)
-        acc.details["still_improving_margin"] = "one standard error" if se else "0.01 (SE unknown)"
+        acc.details["still_improving_margin"] = "one noise unit" if se else "0.01 (noise unknown)"
     else:
         acc.miss(("val_metric_late_gain", "val_metric_late_gain_se", "still_improving"),
                  "no val-metric points on both sides of 2/3 of the run")
@@ -631,6 +707,24 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
     else:
         acc.set("val_metric_gain_per_epoch_late", None,
                 "needs `epoch` and >= 2 val-metric points over the second half of the run")
+
+
+def _progress_from_val_loss(acc: FeatureSet, pts, frac) -> None:
+    """Without a val metric, `best_step_fraction` and `still_improving` read the val loss instead (its
+    minimum is the best point; a new low in the last third beyond one noise unit is still improving), so
+    loss-only runs (many Trainer and every SFT run) are judged on the same rows."""
+    V = _series(pts, "val/loss")
+    if not V:
+        return
+    i_min = min(range(len(V)), key=lambda i: V[i][1])
+    acc.set("best_step_fraction", frac(V[i_min][0]))
+    early = [v for s, v in V if frac(s) <= 2 / 3 + 1e-9]
+    late = [v for s, v in V if frac(s) > 2 / 3 + 1e-9]
+    noise = acc.values.get("val_loss_noise")
+    if early and late and noise:
+        acc.set("still_improving", 1.0 if min(early) - min(late) > noise else 0.0)
+        acc.details["still_improving_margin"] = "one val-loss noise unit"
+    acc.details["progress_signal"] = "val/loss (no val metric)"
 
 
 def _slices(acc: FeatureSet, pts) -> None:

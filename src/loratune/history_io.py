@@ -10,7 +10,7 @@ import csv
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,16 +18,25 @@ from loratune.errors import UserError
 
 
 @dataclass(frozen=True)
+class Fact:
+    """A knob or property of a run read from its files, with the file (or estimate) it came from."""
+
+    value: Any
+    source: str
+
+
+@dataclass(frozen=True)
 class RunHistory:
     """One run's eval points and what we know about it."""
 
     name: str
-    source: str  # "loratune" | "hf-trainer" | "csv" | "memory"
+    source: str  # "loratune" | "hf-trainer" | "trl" | "tensorboard" | "csv" | "memory"
     points: tuple[dict, ...]
     meta: Mapping[str, Any] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     path: str | None = None
+    facts: Mapping[str, Fact] = field(default_factory=dict)  # name -> Fact (Trainer / TRL / TensorBoard runs)
 
 
 def from_points(points: Sequence[dict], meta: Mapping[str, Any] | None = None,
@@ -46,23 +55,37 @@ def load_run(path: str | Path) -> RunHistory:
     if p.is_dir():
         if (p / "history.jsonl").is_file():
             return read_loratune_run(p)
-        state = _find_trainer_state(p)
-        if state is not None:
-            return read_trainer_state(state)
         if (p / "run.json").is_file():
             raise UserError(f"'{p}' has a run.json but no history.jsonl",
                             "the run wrote no eval point yet; wait for the first evaluation")
-        raise UserError(f"'{p}' holds no history.jsonl and no trainer_state.json",
-                        "give the output_dir of `loratune train` or of a Hugging Face Trainer run")
+        state = _find_trainer_state(p)
+        events = _find_event_files(p)
+        if state is not None:
+            run = read_trainer_state(state)
+            if events and state.parent != p:  # only a checkpoint's state: the event log may go further
+                tb = read_tensorboard(p)
+                if tb.points and run.points and tb.points[-1]["step"] > run.points[-1]["step"]:
+                    return replace(tb, notes=tb.notes + (
+                        f"the TensorBoard log reaches step {tb.points[-1]['step']}, the newest checkpoint's "
+                        f"trainer_state.json only {run.points[-1]['step']}: read the TensorBoard log",))
+            return run
+        if events:
+            return read_tensorboard(p)
+        raise UserError(f"'{p}' holds no history.jsonl, trainer_state.json or TensorBoard event file",
+                        "give the output_dir of `loratune train` or of a Hugging Face Trainer / TRL run, or its "
+                        "TensorBoard logging_dir")
     name = p.name.lower()
     if name == "history.jsonl":
         return read_loratune_run(p.parent)
+    if name.startswith("events.out.tfevents"):
+        return read_tensorboard(p)
     if name.endswith((".csv", ".tsv", ".txt")):
         return read_csv(p)
     if name.endswith(".json"):
         return read_trainer_state(p)
     raise UserError(f"'{p}' is not a kind of input loratune can read",
-                    "give a run directory, trainer_state.json, or a .csv of step/loss/metric columns")
+                    "give a run directory, trainer_state.json, a TensorBoard event file, or a .csv of "
+                    "step/loss/metric columns")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +110,9 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
     if (d / "run.json").is_file():
         try:
             meta = json.loads((d / "run.json").read_text(encoding="utf-8"))
+            from loratune.store import with_liveness  # `running` with a dead process -> status `died`, partial
+
+            meta = with_liveness(meta, d)
         except json.JSONDecodeError:
             notes.append("run.json is not valid JSON; labels, label counts and status are unknown")
     else:
@@ -106,7 +132,7 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
 
 
 # ---------------------------------------------------------------------------------------------
-# Hugging Face Trainer
+# Hugging Face Trainer, TRL, TensorBoard
 # ---------------------------------------------------------------------------------------------
 
 _VAL_NAMES = ("", "val", "validation", "valid", "eval", "dev")
@@ -115,9 +141,20 @@ _METRIC_ALIASES = {
     "loss": "loss", "accuracy": "accuracy", "acc": "accuracy",
     "macro_f1": "macro_f1", "f1_macro": "macro_f1", "f1": "macro_f1", "macro_f1_score": "macro_f1",
     "weighted_f1": "weighted_f1", "f1_weighted": "weighted_f1", "micro_f1": "micro_f1", "f1_micro": "micro_f1",
-    "subset_accuracy": "subset_accuracy",
+    "subset_accuracy": "subset_accuracy", "mean_token_accuracy": "token_accuracy",
 }
 _EVAL_META = ("runtime", "samples_per_second", "steps_per_second")
+# keys only TRL's trainers log (SFTTrainer: token accuracy, token counts, entropy)
+_TRL_KEYS = ("mean_token_accuracy", "num_tokens", "entropy")
+# trainer_state.json top-level fields that are facts about the run (never the pickled training_args.bin)
+_STATE_FACTS = ("train_batch_size", "max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps")
+# adapter_config.json fields that are knobs
+_ADAPTER_FACTS = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "use_dora",
+                  "layers_to_transform", "modules_to_save", "bias", "peft_type", "base_model_name_or_path")
+# first train loss ~ ln(classes) for a fresh classifier head: trusted only this early in the run, and for
+# these class counts (outside them a first loss is not a class count)
+CHANCE_LOSS_MAX_STEP = 10
+CHANCE_CLASSES_RANGE = (2, 1000)
 
 
 def _find_trainer_state(d: Path) -> Path | None:
@@ -131,9 +168,20 @@ def _find_trainer_state(d: Path) -> Path | None:
     return max(ckpts)[1] if ckpts else None
 
 
+def _find_event_files(d: Path) -> list[Path]:
+    """TensorBoard event files of the newest run folder under d (d itself, or `runs/<date>/`)."""
+    files = [f for f in d.rglob("events.out.tfevents.*") if f.is_file()]
+    if not files:
+        return []
+    newest = max({f.parent for f in files}, key=lambda folder: max(x.stat().st_mtime for x in folder.iterdir()))
+    return sorted((f for f in files if f.parent == newest), key=lambda f: f.name)
+
+
 def read_trainer_state(path: str | Path) -> RunHistory:
-    """`trainer_state.json` -> eval points. Training log entries between two evals form one window
-    (train/loss = mean of the logged losses, train/loss_std = their spread)."""
+    """`trainer_state.json` (Trainer, or a TRL trainer) -> eval points. Training log entries between two
+    evals form one window (train/loss = mean of the logged losses, train/loss_std = their spread).
+    Side files read when present: `adapter_config.json` and `config.json` in the same folder or, for a
+    `checkpoint-*` folder, the run folder above it. `training_args.bin` is never read (a pickle)."""
     p = Path(path)
     try:
         state = json.loads(p.read_text(encoding="utf-8"))
@@ -141,8 +189,73 @@ def read_trainer_state(path: str | Path) -> RunHistory:
         raise UserError(f"'{p}' is not valid JSON ({exc})", "give the trainer_state.json a Trainer wrote") from None
     if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
         raise UserError(f"'{p}' has no `log_history` list", "give the trainer_state.json a Trainer wrote")
-    notes: list[str] = []
-    logs = [e for e in state["log_history"] if isinstance(e, dict) and "step" in e]
+    facts = {k: Fact(state[k], "trainer_state.json") for k in _STATE_FACTS if _fin(state.get(k)) is not None}
+    if _fin(state.get("global_step")) is not None:
+        facts["steps_done"] = Fact(int(state["global_step"]), "trainer_state.json global_step")
+    name = p.parent.name if p.name == "trainer_state.json" else p.stem
+    if name.startswith("checkpoint-") and p.name == "trainer_state.json":
+        name = p.parent.parent.name
+    return _from_log_history(state["log_history"], p.parent, facts, name=name, path=str(p),
+                             source_file="trainer_state.json")
+
+
+def read_tensorboard(directory: str | Path) -> RunHistory:
+    """TensorBoard event files (as the Trainer's TensorBoardCallback writes them: `train/loss`,
+    `train/learning_rate`, `eval/loss`, `eval/accuracy`, ...) -> the same eval points as trainer_state.json.
+    Read with the `tensorboard` package's event-file reader; no TensorFlow, no torch."""
+    d = Path(directory)
+    files = _find_event_files(d) if d.is_dir() else [d]
+    if not files:
+        raise UserError(f"'{d}' holds no events.out.tfevents.* file",
+                        "give the Trainer's logging_dir (e.g. output_dir/runs/<date>) or the run folder")
+    try:
+        from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+    except ImportError:
+        raise UserError("reading TensorBoard event files needs the `tensorboard` package",
+                        "pip install tensorboard") from None
+    scalars: dict[int, dict[str, float]] = {}
+    for f in files:
+        for event in LegacyEventFileLoader(str(f)).Load():
+            if not event.HasField("summary"):
+                continue
+            for v in event.summary.value:
+                if v.HasField("simple_value"):
+                    value = float(v.simple_value)
+                elif v.HasField("tensor") and v.tensor.float_val:
+                    value = float(v.tensor.float_val[0])
+                elif v.HasField("tensor") and v.tensor.double_val:
+                    value = float(v.tensor.double_val[0])
+                else:
+                    continue
+                scalars.setdefault(int(event.step), {})[v.tag] = value
+    log_history: list[dict] = []
+    for step in sorted(scalars):  # one train entry and one eval entry per step, as Trainer logs them
+        tags = scalars[step]
+        train = {k[len("train/"):]: v for k, v in tags.items() if k.startswith("train/")}
+        evals = {"eval_" + k[len("eval/"):]: v for k, v in tags.items() if k.startswith("eval/")}
+        epoch = train.pop("epoch", None)
+        for entry in (train, evals):
+            if entry:
+                entry.update(step=step, **({"epoch": epoch} if epoch is not None else {}))
+                log_history.append(entry)
+    if not log_history:
+        raise UserError(f"'{d}': the event files hold no train/* or eval/* scalars",
+                        "log with report_to='tensorboard' from a Hugging Face Trainer, or give trainer_state.json")
+    run_dir = files[0].parent
+    side = next((q for q in (run_dir, run_dir.parent, run_dir.parent.parent)
+                 if (q / "adapter_config.json").is_file() or (q / "config.json").is_file()), d)
+    return _from_log_history(log_history, side, {}, name=d.name if d.name != "runs" else d.parent.name,
+                             path=str(d), source_file="TensorBoard events", source="tensorboard",
+                             notes=[f"read {len(files)} event file(s) in {run_dir}"])
+
+
+def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str, "Fact"], *, name: str,
+                      path: str, source_file: str, source: str | None = None,
+                      notes: list[str] | None = None) -> RunHistory:
+    notes = list(notes or [])
+    logs = [e for e in log_history if isinstance(e, dict) and "step" in e]
+    is_trl = any(k in e or f"eval_{k}" in e for e in logs for k in _TRL_KEYS)
+    source = source or ("trl" if is_trl else "hf-trainer")
     train_logs = [e for e in logs if "loss" in e and not any(k.startswith("eval_") for k in e)
                   and "train_runtime" not in e]
     eval_logs = [e for e in logs if any(k.startswith("eval_") for k in e)]
@@ -152,13 +265,11 @@ def read_trainer_state(path: str | Path) -> RunHistory:
     val_prefix = next((k[:-len("loss")] for k, v in split_of.items() if v == "val/loss"), "eval_")
     points: list[dict] = []
     prev = -1
-    used = 0
     merged: dict[int, dict] = {}  # several eval sets log one entry each at the same step
     for e in eval_logs:
         merged.setdefault(int(e["step"]), {}).update(e)
     for ev in (merged[k] for k in sorted(merged)):
         window = [e for e in train_logs if prev < e["step"] <= ev["step"]]
-        used += len(window)
         pt = {"step": int(ev["step"])}
         if _fin(ev.get("epoch")) is not None:
             pt["epoch"] = float(ev["epoch"])
@@ -178,50 +289,188 @@ def read_trainer_state(path: str | Path) -> RunHistory:
             pt["epoch"] = float(tail[-1]["epoch"])
         points.append(pt)
     if not eval_logs:
-        notes.append("no evaluation entries (eval_*) in log_history: only the train loss can be diagnosed")
+        notes.append("no evaluation entries (eval_*) in the log: only the train loss can be diagnosed; log an "
+                     "eval set (eval_strategy='steps', eval_dataset=...) to see overfitting")
         for e in train_logs:  # every log entry is its own window
             pt = {"step": int(e["step"]), **_window([e])}
             if _fin(e.get("epoch")) is not None:
                 pt["epoch"] = float(e["epoch"])
             points.append(pt)
-    if eval_logs and any("val/n" in q for q in points):
-        notes.append("val size estimated as eval_runtime x eval_samples_per_second")
+    ns = [q["val/n"] for q in points if "val/n" in q]
+    if ns:
+        facts["val_n"] = Fact(ns[-1], "eval runtime x samples/s")
     if train_logs and len(train_logs) > len(eval_logs):
         notes.append("train/loss_std is the spread of the logged losses (each a mean over logging_steps), "
                      "not of single steps")
+    finished = any("train_runtime" in e for e in logs)
+    meta: dict[str, Any] = {"steps_done": facts["steps_done"].value if "steps_done" in facts else
+                            (int(logs[-1]["step"]) if logs else None),
+                            "steps_planned": facts["max_steps"].value if "max_steps" in facts else None}
+    if not finished:
+        meta["partial"] = True
+        notes.append(f"the log has no end-of-training entry (train_runtime): the run was still going or died when "
+                     f"this {source_file} was written; the diagnosis is of a partial run")
+    facts.update(_lr_facts(train_logs))
+    if is_trl:
+        meta["task"] = "causal-lm"
+        facts["task"] = Fact("causal-lm", f"TRL keys in the log ({', '.join(k for k in _TRL_KEYS)})")
+    _model_config_facts(folder, meta, facts, notes)
+    if not is_trl and "n_classes" not in facts:
+        _classes_from_first_loss(train_logs, meta, facts)
+    config = _config_from_facts(_adapter_facts(folder, facts, notes), facts)
+    if not config.get("adapter"):
+        notes.append("no adapter_config.json beside the state: rank, alpha and targets unknown")
+    meta["facts"] = {k: {"value": f.value, "source": f.source} for k, f in facts.items()}
+    return RunHistory(name=name, source=source, points=tuple(points), meta=meta, config=config,
+                      notes=tuple(notes), path=path, facts=dict(facts))
 
-    meta: dict[str, Any] = {}
-    cfg_path = p.parent / "config.json"
-    if not cfg_path.is_file() and p.parent.name.startswith("checkpoint-"):
-        cfg_path = p.parent.parent / "config.json"
-    if cfg_path.is_file():
-        try:
-            mcfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-            id2label = mcfg.get("id2label") or {}
-            if id2label:
-                meta["labels"] = [id2label[k] for k in sorted(id2label, key=lambda x: int(x))]
-            if mcfg.get("problem_type") == "multi_label_classification":
-                meta["task"] = "multi_label"
-            meta["model"] = {"model_type": mcfg.get("model_type"), "num_layers": mcfg.get("num_hidden_layers")}
-        except (json.JSONDecodeError, ValueError, TypeError):
-            notes.append(f"{cfg_path.name} unreadable: number of classes unknown")
-    else:
-        notes.append("no model config.json next to trainer_state.json: number of classes unknown")
-    meta["steps_done"] = state.get("global_step")
-    meta["steps_planned"] = state.get("max_steps")
+
+def _side_file(folder: Path, filename: str) -> Path | None:
+    """`filename` in folder or, for a checkpoint-* folder, in the run folder above it."""
+    for q in (folder, folder.parent) if folder.name.startswith("checkpoint-") else (folder,):
+        if (q / filename).is_file():
+            return q / filename
+    return None
+
+
+def _model_config_facts(folder: Path, meta: dict, facts: dict, notes: list[str]) -> None:
+    cfg_path = _side_file(folder, "config.json")
+    if cfg_path is None:
+        notes.append("no model config.json beside the state: the number of classes is read from the first loss "
+                     "when it can be")
+        return
+    try:
+        mcfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        id2label = mcfg.get("id2label") or {}
+        archs = mcfg.get("architectures") or []
+        causal = any(str(a).endswith("ForCausalLM") for a in archs)
+        if id2label and not causal and len(id2label) >= 2:
+            meta["labels"] = [id2label[k] for k in sorted(id2label, key=lambda x: int(x))]
+            facts["n_classes"] = Fact(len(id2label), f"{cfg_path.name} id2label")
+        if mcfg.get("problem_type") == "multi_label_classification":
+            meta["task"] = "multi_label"
+            facts["task"] = Fact("multi_label", f"{cfg_path.name} problem_type")
+        meta["model"] = {"model_type": mcfg.get("model_type"), "num_layers": mcfg.get("num_hidden_layers")}
+        if mcfg.get("model_type"):
+            facts["model_type"] = Fact(mcfg["model_type"], cfg_path.name)
+    except (json.JSONDecodeError, ValueError, TypeError, AttributeError):
+        notes.append(f"{cfg_path} unreadable: number of classes unknown")
+
+
+def _classes_from_first_loss(train_logs: Sequence[dict], meta: dict, facts: dict) -> None:
+    """A fresh classifier head starts near the loss of a uniform guess, ln(classes)."""
+    first = next((e for e in train_logs if _fin(e.get("loss")) is not None), None)
+    if first is None or first["step"] > CHANCE_LOSS_MAX_STEP:
+        return
+    k = round(math.exp(float(first["loss"])))
+    if CHANCE_CLASSES_RANGE[0] <= k <= CHANCE_CLASSES_RANGE[1]:
+        meta["n_classes"] = k
+        facts["n_classes"] = Fact(k, f"estimated from the first train loss {float(first['loss']):.3f} at step "
+                                     f"{first['step']} (~ ln(classes) for a fresh head); give config.json to be sure")
+
+
+def _adapter_facts(folder: Path, facts: dict, notes: list[str]) -> dict:
+    ad = _side_file(folder, "adapter_config.json")
+    if ad is None:
+        return {}
+    try:
+        a = json.loads(ad.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        notes.append(f"{ad} is not valid JSON: rank, alpha and targets unknown")
+        return {}
+    out = {}
+    for k in _ADAPTER_FACTS:
+        if a.get(k) is not None:
+            v = a[k]
+            out[k] = sorted(v) if isinstance(v, list) and k == "target_modules" else v
+            facts[k] = Fact(out[k], "adapter_config.json")
+    if _fin(a.get("r")) and _fin(a.get("lora_alpha")):
+        scale = a["lora_alpha"] / (math.sqrt(a["r"]) if a.get("use_rslora") else a["r"])
+        facts["lora_scale"] = Fact(round(scale, 6), "adapter_config.json: lora_alpha / " +
+                                   ("sqrt(r) (rsLoRA)" if a.get("use_rslora") else "r"))
+    return out
+
+
+def _config_from_facts(adapter: dict, facts: dict) -> dict:
+    """A loratune-shaped config (`adapter`, `train` sections) from what the files say, for comparisons."""
     config: dict[str, Any] = {}
-    ad = p.parent / "adapter_config.json"
-    if ad.is_file():
-        try:
-            a = json.loads(ad.read_text(encoding="utf-8"))
-            config["adapter"] = {k: a.get(k) for k in ("r", "lora_alpha", "lora_dropout", "target_modules")}
-        except json.JSONDecodeError:
-            pass
-    notes.append("Trainer runs carry no loratune config.yaml: comparisons across runs use adapter_config.json "
-                 "only" if config else "Trainer runs carry no loratune config.yaml: no comparison across runs")
-    name = p.parent.name if p.name == "trainer_state.json" else p.stem
-    return RunHistory(name=name, source="hf-trainer", points=tuple(points), meta=meta, config=config,
-                      notes=tuple(notes), path=str(p))
+    if adapter:
+        config["adapter"] = {k: v for k, v in adapter.items() if k not in ("peft_type", "base_model_name_or_path")}
+    train = {}
+    if "learning_rate" in facts:
+        train["learning_rate"] = facts["learning_rate"].value
+    for k, key in (("train_batch_size", "per_device_train_batch_size"), ("max_steps", "max_steps")):
+        if k in facts:
+            train[key] = facts[k].value
+    if "lr_schedule" in facts:
+        train["lr_scheduler_type"] = facts["lr_schedule"].value
+    if train:
+        config["train"] = train
+    return config
+
+
+def _lr_facts(train_logs: Sequence[dict]) -> dict[str, "Fact"]:
+    """The learning rate's peak and schedule from the `learning_rate` logged at every logging step.
+
+    The logged values are samples of the schedule, so the peak is estimated: after warm-up, each sample
+    divided by the schedule's shape at its step (1 - s/N for linear, (1 + cos(pi s/N))/2 for cosine,
+    1 for constant; N = the last logged step extrapolated to where the fitted schedule ends), taking the
+    shape that fits the samples best. Rounded to 3 significant digits."""
+    lr = [(float(e["step"]), float(e["learning_rate"])) for e in train_logs
+          if _fin(e.get("learning_rate")) is not None]
+    if not lr:
+        return {}
+    out: dict[str, Fact] = {}
+    i_peak = max(range(len(lr)), key=lambda i: lr[i][1])
+    peak_step, peak = lr[i_peak]
+    warm = [v for _, v in lr[:i_peak]]
+    s0 = 0.0
+    if i_peak > 0 and warm and warm[0] < 0.9 * peak:
+        out["warmup_steps"] = Fact(int(peak_step), "log_history learning_rate (rising until this step)")
+        s0 = peak_step
+    after = lr[i_peak:]
+    schedule, estimate = "constant", peak
+    if len(after) >= 3 and after[-1][1] < 0.98 * peak:
+        best = None
+        for shape in ("linear", "cosine"):
+            fit = _fit_decay(after, shape, s0)
+            if fit and (best is None or fit[1] < best[2]):
+                best = (shape, fit[0], fit[1])
+        if best:
+            schedule, estimate = best[0], best[1]
+        else:
+            schedule = "decaying"
+    elif len(after) < 3 and after[-1][1] < 0.98 * peak:
+        schedule = "decaying"
+    out["learning_rate"] = Fact(float(f"{estimate:.3g}"), "log_history learning_rate: " +
+                                ("peak of a constant schedule" if schedule == "constant" else
+                                 f"peak of a {schedule} schedule fitted to the logged values" if schedule in
+                                 ("linear", "cosine") else "largest logged value"))
+    out["lr_schedule"] = Fact(schedule, "log_history learning_rate")
+    return out
+
+
+def _fit_decay(samples: Sequence[tuple[float, float]], shape: str, s0: float) -> tuple[float, float] | None:
+    """Fit lr(s) = peak x shape((s - s0)/(N - s0)) to the samples after the peak (s0: the end of warm-up, 0
+    without), over a grid of end steps N; returns (peak, relative squared error) or None when no N fits."""
+    last = samples[-1][0]
+    if last <= s0:
+        return None
+    best = None
+    for k in range(0, 200):
+        n_end = last + (last - s0) * (k / 100.0) + 1  # the schedule ends at or after the last sample
+        xs = [(s - s0) / (n_end - s0) for s, _ in samples]
+        g = [1 - x if shape == "linear" else 0.5 * (1 + math.cos(math.pi * x)) for x in xs]
+        denom = sum(v * v for v in g)
+        if denom <= 0:
+            continue
+        peak = sum(v * y for v, (_, y) in zip(g, samples)) / denom
+        err = sum((peak * v - y) ** 2 for v, (_, y) in zip(g, samples)) / max(sum(y * y for _, y in samples), 1e-30)
+        if best is None or err < best[1]:
+            best = (peak, err)
+    if best is None or best[1] > 1e-3:
+        return None
+    return best
 
 
 def _eval_key_map(eval_logs: Sequence[dict]) -> tuple[dict[str, str], list[str]]:

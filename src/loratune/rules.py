@@ -104,6 +104,8 @@ _THRESHOLDS = (
     _t("nonfinite_min", 1, "count", "Any non-finite loss or gradient value."),
     _t("flag_on", 0.5, "flag", "A yes/no feature is yes."),
     _t("diverged_loss_ratio", 1.5, "ratio", "Train loss ending at this multiple of its start has blown up."),
+    _t("diverged_chance_ratio", 2.0, "ratio", "Train loss ending at this multiple of ln(classes) has blown up, even "
+       "when the first logged loss already includes the explosion (a uniform guess scores 1x)."),
     _t("collapse_pred_share", 0.5, "fraction", "Share of val predictions in one class that counts as collapse."),
     _t("collapse_loss_vs_chance", 0.8, "ratio", "Train loss at least this share of ln(classes): pinned near chance."),
     _t("collapse_loss_rise", 0.1, "fraction", "A collapse from too high an lr shows the train loss climbing back "
@@ -117,7 +119,11 @@ _THRESHOLDS = (
     _t("fit_loss_vs_chance_max", 0.1, "ratio", "Train loss below this share of ln(classes) (or of its start, "
        "which is ~ln(classes) for a fresh head): memorized."),
     _t("fit_metric_min", 0.95, "points", "Train-subsample metric at or above this: memorized."),
+    _t("fit_loss_over_start_max", 0.25, "ratio", "Train loss below this share of its start: the training set is "
+       "being memorized (loss-only runs, where no train-subsample metric exists)."),
     _t("val_loss_rise_min", 0.1, "fraction", "Val loss rising this much from its minimum counts as rising."),
+    _t("rise_noise_min", 2.0, "se", "...and the rise must clear the noise band: this many noise units of a "
+       "difference of two points (finetune-doctor's band is 2x the eval's step-to-step noise)."),
     _t("val_metric_drop_min", 0.02, "points", "Val metric ending this far below its best counts as falling."),
     _t("drop_se_min", 2.0, "se", "A fall of the val metric must reach this many standard errors to count."),
     _t("late_min_fraction", 0.9, "fraction", "Val loss at its minimum this late: the run has not started to "
@@ -140,7 +146,11 @@ _THRESHOLDS = (
     _t("flat_per_epoch_max", 0.02, "per_epoch", "Val metric gaining less than this per epoch late: more epochs "
        "change nothing."),
     # optimization
-    _t("slow_drop_max", 0.3, "fraction", "Val loss falling less than this (start to min) over the run: slow."),
+    _t("slow_drop_max", 0.3, "fraction", "Val loss falling less than this (start to min) over the run: slow "
+       "(meaningful when the first eval is at step 0, as in loratune runs)."),
+    _t("slow_runs_to_fit_min", 2.0, "runs", "At its late pace the train loss needs at least this many more run "
+       "lengths to reach a tenth of its start: far from what the run shows is reachable."),
+    _t("slow_loss_left_min", 0.5, "ratio", "...and still holds at least this share of its start."),
     _t("steady_late_share_min", 0.3, "fraction", "At least this share of the val loss's fall in the last half: "
        "still falling as fast as early (steady, not plateaued)."),
     _t("steady_rise_share_max", 0.2, "fraction", "Val loss moving up at most this share of the time: steady."),
@@ -151,6 +161,8 @@ _THRESHOLDS = (
     # healthy
     _t("healthy_gain_min", 0.1, "points", "Val metric gaining at least this from the start."),
     _t("healthy_loss_drop_min", 0.3, "fraction", "Train loss falling at least this much."),
+    _t("healthy_val_loss_drop_min", 0.1, "fraction", "...or, without a val metric, the val loss falling at least "
+       "this much from its first eval to its minimum."),
     # per class
     _t("confused_count_min", 3, "count", "A confused pair needs this many val errors to count."),
     _t("confused_rate_min", 0.3, "fraction", "Share of a class's val rows lost to one other class."),
@@ -185,7 +197,8 @@ _RULES = (
         id="diverged", scope="curve", priority=100, knob_class="optimization", confidence=0.95,
         when=any_(c("nonfinite_values", ">=", "nonfinite_min"),
                   c("status_diverged", ">=", "flag_on"),
-                  c("train_loss_final_over_start", ">=", "diverged_loss_ratio")),
+                  c("train_loss_final_over_start", ">=", "diverged_loss_ratio"),
+                  c("train_loss_vs_chance", ">=", "diverged_chance_ratio")),
         verdict="diverged: non-finite or exploding loss",
         moves=("learning_rate /10", "check data"),
         suppresses=_CURVE_AND_CLASS,
@@ -210,13 +223,17 @@ _RULES = (
     Rule(
         id="overfit-capacity", scope="curve", priority=70, knob_class="capacity", confidence=0.8,
         when=all_(any_(c("train_loss_vs_chance", "<=", "fit_loss_vs_chance_max"),
-                       c("train_loss_final_over_start", "<=", "fit_loss_vs_chance_max"),
+                       c("train_loss_final_over_start", "<=", "fit_loss_over_start_max"),
                        c("train_eval_metric_final", ">=", "fit_metric_min")),
-                  any_(c("val_loss_rise", ">=", "val_loss_rise_min"),
+                  any_(all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
+                            c("val_loss_rise_noise", ">=", "rise_noise_min")),
                        all_(c("val_metric_final_drop", ">=", "val_metric_drop_min"),
-                            c("val_metric_final_drop_se", ">=", "drop_se_min"))),
-                  c("gap_f1", ">=", "overfit_gap_min")),
-        verdict="overfit (capacity): train loss near zero while val loss rises / val metric falls",
+                            c("val_metric_final_drop_se", ">=", "drop_se_min"),
+                            c("val_loss_min_fraction", "<", "late_min_fraction")),
+                       all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
+                            c("gap_f1", ">=", "overfit_gap_min")))),
+        verdict="overfit (capacity): train loss near zero while val loss rises / val metric falls beyond noise "
+                "(or rises with a large train/val gap)",
         moves=("r /2", "-ffn", "lora_dropout up"),
         suppresses=("healthy", "undertrained"),
         source="protocol 3: train loss races to ~0, val loss rises / val F1 falls -> lower rank or remove modules",
@@ -243,7 +260,9 @@ _RULES = (
     ),
     Rule(
         id="lr-too-small", scope="curve", priority=50, knob_class="optimization", confidence=0.7,
-        when=all_(c("val_loss_drop", "<", "slow_drop_max"),
+        when=all_(any_(c("val_loss_drop", "<", "slow_drop_max"),
+                       all_(c("train_loss_runs_to_fit", ">=", "slow_runs_to_fit_min"),
+                            c("train_loss_final_over_start", ">=", "slow_loss_left_min"))),
                   c("val_loss_late_share", ">=", "steady_late_share_min"),
                   c("val_loss_rise_share", "<=", "steady_rise_share_max"),
                   c("val_loss_late_drop", ">", "still_falling_min")),
@@ -257,7 +276,6 @@ _RULES = (
         id="undertrained", scope="curve", priority=40, knob_class="budget", confidence=0.7,
         when=all_(c("still_improving", ">=", "flag_on"),
                   c("best_step_fraction", ">=", "late_best_fraction_min"),
-                  c("val_loss_drop", ">=", "slow_drop_max"),
                   any_(c("val_loss_late_drop", ">=", "late_val_drop_min"),
                        c("train_loss_late_drop", ">=", "plateau_late_drop_max"))),
         verdict="undertrained: still improving when the run ended",
@@ -267,9 +285,11 @@ _RULES = (
     ),
     Rule(
         id="healthy", scope="curve", priority=0, knob_class="capacity", confidence=0.75,
-        when=all_(c("val_metric_gain", ">=", "healthy_gain_min"),
+        when=all_(any_(c("val_metric_gain", ">=", "healthy_gain_min"),
+                       c("val_loss_drop", ">=", "healthy_val_loss_drop_min")),
                   c("train_loss_drop", ">=", "healthy_loss_drop_min"),
-                  c("val_loss_rise", "<", "val_loss_rise_min"),
+                  any_(c("val_loss_rise", "<", "val_loss_rise_min"),
+                       c("val_loss_rise_noise", "<", "rise_noise_min")),
                   any_(c("val_metric_final_drop", "<", "val_metric_drop_min"),
                        c("val_metric_final_drop_se", "<", "drop_se_min"),
                        c("val_loss_min_fraction", ">=", "late_min_fraction")),

@@ -73,16 +73,16 @@ def test_runs_differing_in_one_knob_are_compared(tmp_path, capsys):
 def test_threshold_overrides_from_yaml(tmp_path, capsys):
     d = write_run(tmp_path / "ov", s.overfit())
     t = tmp_path / "t.yaml"
-    t.write_text("thresholds:\n  overfit_gap_min: 0.9\n")
+    t.write_text("thresholds:\n  val_loss_rise_min: 9.0\n  val_metric_drop_min: 0.9\n")
     code, out, _ = run_cli(capsys, "diagnose", str(d), "--json", "--thresholds", str(t))
     data = json.loads(out)
     assert data["runs"][0]["verdict"] != "overfit-capacity"
-    assert data["thresholds_overridden"] == {"overfit_gap_min": 0.9}
+    assert data["thresholds_overridden"] == {"val_loss_rise_min": 9.0, "val_metric_drop_min": 0.9}
 
 
 @pytest.mark.parametrize("setup, message", [
     (lambda p: p / "missing", "does not exist"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "no history.jsonl and no trainer_state.json"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "no history.jsonl, trainer_state.json or TensorBoard"),
     (lambda p: (p / "x.csv").write_text("a,b\n1,2\n") and p / "x.csv", "no loss or metric column"),
     (lambda p: (p / "s.json").write_text("{}") and p / "s.json", "no `log_history`"),
 ])
@@ -113,9 +113,11 @@ def test_csv_with_loose_column_names(tmp_path, capsys):
     for part in ("'Global Step' -> step", "'Training Loss' -> train/loss", "'eval_loss' -> val/loss",
                  "'Val F1' -> val/macro_f1", "ignored: 'notes'", "taken as macro-F1"):
         assert part in notes
-    assert run["verdict"] == "overfit-capacity"
+    assert run["verdict"] == "overfit-capacity"  # from the losses alone: no train-eval metric in the CSV
     f = run["findings"][0]
-    assert f["tentative"] and {m["feature"] for m in f["missing"]} == {"gap_f1"}
+    assert not f["tentative"]
+    passed = {e["feature"] for e in f["evidence"] if e["passed"]}
+    assert {"train_loss_final_over_start", "val_loss_rise", "val_loss_rise_noise"} <= passed
 
 
 def test_csv_without_step_uses_row_numbers_and_nan_counts_as_non_finite(tmp_path, capsys):

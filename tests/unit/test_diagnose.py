@@ -202,14 +202,15 @@ def test_label_noise_suspected_needs_two_way_confusion_on_train_rows():
 
 def test_missing_signals_lower_confidence_and_are_named():
     full = verdict(s.overfit())
-    no_train_eval = [{k: v for k, v in p.items() if not k.startswith("train_eval/")} for p in s.overfit()]
-    thin = verdict(no_train_eval)
+    no_val_loss = [{k: v for k, v in p.items() if k not in ("val/loss", "val/n")} for p in s.overfit()]
+    thin = verdict(no_val_loss)
     assert full.verdict == thin.verdict == "overfit-capacity"
     f_full, f_thin = full.primary, thin.primary
     assert not f_full.tentative and f_thin.tentative
     assert f_thin.confidence < f_full.confidence
-    assert [m[0] for m in f_thin.missing] == ["gap_f1"]
-    assert "train_eval" in f_thin.missing[0][1]
+    missing = [m[0] for m in f_thin.missing]
+    assert "val_loss_rise" in missing and "val_loss_min_fraction" in missing
+    assert "val/loss" in dict(f_thin.missing)["val_loss_rise"]
 
 
 def test_required_or_wholly_missing_signals_give_not_evaluated():
@@ -230,8 +231,11 @@ def test_csv_like_history_without_val_size_or_classes_still_diagnoses():
     pts = [{k: v for k, v in p.items() if k in ("step", "train/loss", "val/loss", "val/macro_f1")}
            for p in s.overfit()]
     d = diagnose(pts)
-    assert d.verdict == "overfit-capacity" and d.primary.tentative
-    assert "val_metric_se" in d.features.missing
+    assert d.verdict == "overfit-capacity"  # from the losses alone: no train-eval metric, no classes, no val size
+    assert "val_metric_se" in d.features.missing and "gap_f1" in d.features.missing
+    ev = {e.feature: e for e in d.primary.evidence}
+    assert ev["train_loss_final_over_start"].passed and ev["val_loss_rise_noise"].passed
+    assert d.features.details["val_metric_noise_source"] == "the metric curve's own eval-to-eval jitter"
 
 
 def test_every_row_is_evaluated_regardless_of_table_order():
@@ -256,7 +260,8 @@ def test_a_suppressed_finding_does_not_suppress_others():
 def test_threshold_overrides_change_the_verdict():
     pts = s.overfit()
     assert verdict(pts).verdict == "overfit-capacity"
-    assert verdict(pts, thresholds={"overfit_gap_min": 0.5}).verdict != "overfit-capacity"
+    assert verdict(pts, thresholds={"val_loss_rise_min": 10.0, "val_metric_drop_min": 1.0}).verdict != \
+        "overfit-capacity"
 
 
 def test_to_dict_is_json_ready():
