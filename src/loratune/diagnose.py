@@ -21,14 +21,15 @@ clause unknown, is listed as not evaluated, naming what is missing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loratune.features import COMPARE_FEATURES, FEATURES, CurveFeatures, FeatureSet, binomial_se, \
     compute_features, format_value
 from loratune.history_io import RunHistory, from_points, load_run
-from loratune.rules import RULES, THRESHOLDS, Clause, Cond, Rule, catalogue_for, resolve_thresholds
+from loratune.rules import RULES, SIGNALS, THRESHOLDS, Clause, Cond, Rule, catalogue_for, resolve_thresholds, \
+    signal_for
 
 MISSING_FACTOR = 0.75  # confidence multiplier per unknown clause of a tentatively fired rule
 THIN_MARGIN = 0.1  # a decisive clause passing within 10% (2 points for 0..1 quantities) of its threshold ...
@@ -107,6 +108,7 @@ class Diagnosis:
     not_evaluated: tuple[NotEvaluated, ...]
     notes: tuple[str, ...] = ()
     path: str | None = None
+    facts: Mapping[str, Any] = field(default_factory=dict)  # name -> {"value", "source"} (external runs)
 
     @property
     def active(self) -> tuple[Finding, ...]:
@@ -127,6 +129,20 @@ class Diagnosis:
     def fired(self, rule_id: str, *, active_only: bool = True) -> bool:
         f = self.finding(rule_id)
         return f is not None and (f.suppressed_by is None or not active_only)
+
+    def advice(self) -> list[dict]:
+        """The missing signals that would settle a tentative or unevaluated curve rule (or an inconclusive
+        verdict), each with how to log it: [{signal, how, rules}]."""
+        rules_by_signal: dict[str, list[str]] = {}
+        stuck = [(f.rule_id, f.missing) for f in self.findings if f.tentative and f.scope in ("curve", "class")]
+        stuck += [(n.rule_id, n.missing) for n in self.not_evaluated]
+        for rule_id, missing in stuck:
+            for feature, _ in missing:
+                sg = signal_for(feature)
+                if sg is not None and rule_id not in rules_by_signal.setdefault(sg.name, []):
+                    rules_by_signal[sg.name].append(rule_id)
+        return [{"signal": sg.name, "how": sg.how, "rules": rules_by_signal[sg.name]}
+                for sg in SIGNALS if sg.name in rules_by_signal]
 
     def curve_summary(self) -> list[str]:
         """One-line readings of the curves (start -> best -> final ...), for the terminal and the report."""
@@ -156,7 +172,8 @@ class Diagnosis:
             "run": self.run, "source": self.source, "path": self.path, "verdict": self.verdict,
             "findings": [f.to_dict() for f in self.findings],
             "not_evaluated": [n.to_dict() for n in self.not_evaluated],
-            "features": self.features.to_dict(), "notes": list(self.notes),
+            "features": self.features.to_dict(), "notes": list(self.notes), "advice": self.advice(),
+            "facts": dict(self.facts),
         }
 
 
@@ -312,6 +329,9 @@ def evaluate_rules(features: CurveFeatures, rules: Sequence[Rule], thresholds: M
 # ---------------------------------------------------------------------------------------------
 
 
+PARTIAL_STATUSES = ("running", "interrupted", "died", "failed")  # run.json statuses of a run that did not finish
+
+
 def as_run(source: RunHistory | str | Path | Sequence[dict], meta: Mapping[str, Any] | None = None,
            config: Mapping[str, Any] | None = None, name: str | None = None) -> RunHistory:
     if isinstance(source, RunHistory):
@@ -331,8 +351,14 @@ def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[
     features = compute_features(run.points, run.meta)
     run_rules = [r for r in rules if r.scope != "compare"]
     findings, gaps = evaluate_rules(features, run_rules, values)
+    notes = run.notes
+    if run.meta.get("partial") or run.meta.get("status") in PARTIAL_STATUSES:
+        why = f"status {run.meta['status']}" if run.meta.get("status") in PARTIAL_STATUSES else "no end-of-run entry"
+        notes = (f"partial run ({why}): the curves stop where the run stopped, so 'still improving' and "
+                 "'ended too soon' read the last point, not the planned end",) + tuple(notes)
+    facts = {k: {"value": f.value, "source": f.source} for k, f in run.facts.items()}
     return Diagnosis(run=name or run.name, source=run.source, features=features, findings=findings,
-                     not_evaluated=gaps, notes=run.notes, path=run.path)
+                     not_evaluated=gaps, notes=notes, path=run.path, facts=facts)
 
 
 # ---------------------------------------------------------------------------------------------

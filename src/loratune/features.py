@@ -109,6 +109,9 @@ _CATALOGUE = (
     _spec("oscillation", "val_metric_max_drop_se", "se", "val metric's largest step-to-step drop was {}",
           "val_metric_max_drop / val_metric_noise (how many noise units)."),
     # val loss (V) ---------------------------------------------------------------------------
+    _spec("run", "first_eval_fraction", "fraction", "the first eval came at {} of the run",
+          "Run fraction of the first val-loss (else val-metric) point: 0 when the run was scored before training "
+          "(loratune does), often one epoch in for a Trainer run, so a fall 'from the start' is not measured."),
     _spec("val loss", "val_loss_start", "loss", "val loss started at {}", "First V (step 0 when recorded)."),
     _spec("val loss", "val_loss_min", "loss", "val loss reached a minimum of {}", "Minimum of V."),
     _spec("val loss", "val_loss_final", "loss", "val loss ended at {}", "Last V."),
@@ -463,6 +466,9 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     why_chance = ("multi-label (BCE) has no single-class chance loss" if task != "single_label"
                   else "number of classes unknown")
 
+    first = next((p for p in pts if _num(p.get("val/loss")) is not None), None) or \
+        next((p for p in pts if metric and _num(p.get(f"val/{metric}")) is not None), None)
+    acc.set("first_eval_fraction", frac(first["step"]) if first else None, "no val points")
     _run_size(acc, pts, meta)
     _train_loss(acc, pts, frac, chance, why_chance)
     _val_loss(acc, pts, frac, chance, why_chance)

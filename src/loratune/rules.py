@@ -148,6 +148,8 @@ _THRESHOLDS = (
     # optimization
     _t("slow_drop_max", 0.3, "fraction", "Val loss falling less than this (start to min) over the run: slow "
        "(meaningful when the first eval is at step 0, as in loratune runs)."),
+    _t("early_eval_fraction_max", 0.05, "fraction", "A first eval at most this far into the run measures the "
+       "fall from the start (a Trainer run's first eval, one epoch in, does not)."),
     _t("slow_runs_to_fit_min", 2.0, "runs", "At its late pace the train loss needs at least this many more run "
        "lengths to reach a tenth of its start: far from what the run shows is reachable."),
     _t("slow_loss_left_min", 0.5, "ratio", "...and still holds at least this share of its start."),
@@ -260,7 +262,8 @@ _RULES = (
     ),
     Rule(
         id="lr-too-small", scope="curve", priority=50, knob_class="optimization", confidence=0.7,
-        when=all_(any_(c("val_loss_drop", "<", "slow_drop_max"),
+        when=all_(any_(all_(c("val_loss_drop", "<", "slow_drop_max"),
+                            c("first_eval_fraction", "<=", "early_eval_fraction_max")),
                        all_(c("train_loss_runs_to_fit", ">=", "slow_runs_to_fit_min"),
                             c("train_loss_final_over_start", ">=", "slow_loss_left_min"))),
                   c("val_loss_late_share", ">=", "steady_late_share_min"),
@@ -407,6 +410,52 @@ _RULES = (
 RULES: tuple[Rule, ...] = _RULES
 
 
+@dataclass(frozen=True)
+class Signal:
+    """A signal a run may lack, the features it feeds, and how to log it next time (protocol 5b: when a
+    decisive signal is missing, say which one and how to log it)."""
+
+    name: str
+    features: tuple[str, ...]
+    how: str
+
+
+_SIGNALS = (
+    Signal("a val loss curve", ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise",
+                                "val_loss_min_fraction", "val_loss_late_drop", "val_loss_late_share",
+                                "val_loss_rise_share", "val_loss_noise", "val_loss_rise_noise"),
+           "evaluate during training: eval_strategy='steps' with eval_steps about a tenth of the run, and an "
+           "eval_dataset (at least 4 eval points give a noise band)"),
+    Signal("a val metric (macro-F1 or accuracy)", ("val_metric_start", "val_metric_best", "val_metric_final",
+                                                   "val_metric_gain", "val_metric_final_drop",
+                                                   "val_metric_final_drop_se", "val_metric_max_drop",
+                                                   "val_metric_max_drop_se", "val_metric_late_gain",
+                                                   "val_metric_gain_per_epoch_late", "val_metric_noise"),
+           "pass compute_metrics to the Trainer returning {'macro_f1': f1_score(labels, preds, average='macro'), "
+           "'accuracy': ...} (scikit-learn)"),
+    Signal("a train-subsample metric", ("train_eval_metric_final", "gap_f1"),
+           "evaluate a fixed slice of the training data like the val set: eval_dataset={'val': val_ds, "
+           "'train': train_ds.select(range(500))} logs eval_train_* beside eval_val_*"),
+    Signal("the val size", ("val_n", "val_metric_se"),
+           "keep eval_runtime and eval_samples_per_second in the log (the Trainer writes them), or a val_n column "
+           "in a CSV"),
+    Signal("the number of classes", ("n_classes", "train_loss_vs_chance", "val_loss_vs_chance"),
+           "save the model config beside the state (model.config.save_pretrained(output_dir): its id2label), or "
+           "log the first train loss at step 1 (logging_steps=1 at the start, or logging_first_step=True)"),
+    Signal("per-class val recall and precision", ("val_recall_min", "val_pred_top_share", "val_recall_zero_share",
+                                                  "tail_recall", "confused_top_count"),
+           "train with `loratune train` (it records per-class numbers and confusions at every eval), or log "
+           "recall/precision per class from compute_metrics"),
+)
+
+SIGNALS: tuple[Signal, ...] = _SIGNALS
+
+
+def signal_for(feature: str) -> Signal | None:
+    """The signal a feature comes from (None: not one a user logs)."""
+    return next((sg for sg in SIGNALS if feature in sg.features), None)
+
+
 def rule_by_id(rule_id: str, rules: tuple[Rule, ...] = RULES) -> Rule:
     for r in rules:
         if r.id == rule_id:
@@ -444,6 +493,10 @@ def check_table(rules: tuple[Rule, ...] = RULES, thresholds: Mapping[str, Thresh
         for s in r.suppresses:
             if s not in ids:
                 problems.append(f"{r.id}: suppresses unknown rule {s}")
+    for sg in SIGNALS:
+        for f in sg.features:
+            if f not in FEATURES:
+                problems.append(f"signal {sg.name!r}: unknown feature {f}")
     return problems
 
 

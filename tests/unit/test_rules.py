@@ -31,7 +31,7 @@ FIRING = {
     "underfit-capacity": dict(val_loss_drop=0.2, train_loss_late_drop=0.02, val_loss_late_share=0.05,
                               train_eval_metric_final=0.4, train_loss_vs_chance=0.7, train_loss_final_over_start=0.7,
                               gap_f1=0.03, val_metric_best=0.37, val_metric_gain_per_epoch_late=0.001),
-    "lr-too-small": dict(val_loss_drop=0.05, train_loss_runs_to_fit=5.0, train_loss_final_over_start=0.9,
+    "lr-too-small": dict(val_loss_drop=0.05, first_eval_fraction=0.0, train_loss_runs_to_fit=5.0, train_loss_final_over_start=0.9,
                          val_loss_late_share=0.5, val_loss_rise_share=0.0, val_loss_late_drop=0.02),
     "undertrained": dict(still_improving=1, best_step_fraction=1.0, val_loss_drop=0.5, val_loss_late_drop=0.2,
                          train_loss_late_drop=0.3),

@@ -51,6 +51,9 @@ def render_diagnosis(console: Console, d: Diagnosis) -> None:
         console.print("verdict: [bold]inconclusive[/] (no curve rule fired)")
     for line in d.curve_summary():
         console.print(f"  [dim]{escape(line)}[/]")
+    if d.facts:
+        console.print("  [dim]read from the run's files: " + escape("; ".join(
+            f"{k} {_fact(v['value'])} ({v['source']})" for k, v in d.facts.items())) + "[/]")
     for f in d.active:
         _finding(console, f)
     sup = [f for f in d.findings if f.suppressed_by]
@@ -58,9 +61,13 @@ def render_diagnosis(console: Console, d: Diagnosis) -> None:
         console.print("  [dim]also matched, suppressed: " + escape(", ".join(
             f"{f.rule_id} (by {f.suppressed_by})" for f in sup)) + "[/]")
     if d.not_evaluated:
-        console.print("  [yellow]not evaluated:[/]")
+        by_why: dict[str, list[str]] = {}
         for n in d.not_evaluated:
-            console.print(f"    {escape(n.rule_id)}: " + escape("; ".join(f"{f} ({w})" for f, w in n.missing)))
+            whys = list(dict.fromkeys(w for _, w in n.missing))
+            by_why.setdefault("; ".join(whys), []).append(n.rule_id)
+        console.print("  [yellow]not evaluated:[/]")
+        for why, ids in by_why.items():
+            console.print(f"    {escape(', '.join(ids))}: [dim]{escape(why)}[/]")
     used = _rule_features() - {f for n in d.not_evaluated for f, _ in n.missing}
     by_reason: dict[str, list[str]] = {}
     for name, why in d.features.missing.items():
@@ -70,8 +77,21 @@ def render_diagnosis(console: Console, d: Diagnosis) -> None:
         console.print("  [yellow]missing signals[/] (lower the confidence of the rules that use them):")
         for why, names in by_reason.items():
             console.print(f"    {escape(', '.join(names))}: [dim]{escape(why)}[/]")
+    advice = d.advice()
+    if advice:
+        console.print("  [yellow]to settle it next time, log:[/]")
+        for a in advice:
+            console.print(f"    {escape(a['signal'])} (for {escape(', '.join(a['rules']))}): {escape(a['how'])}")
     for note in d.notes:
         console.print(f"  [dim]note: {escape(note)}[/]")
+
+
+def _fact(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def render_comparison(console: Console, c: Comparison) -> None:
