@@ -51,14 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from loratune import signals
+
     try:
-        return int(args.func(args) or 0)
+        with signals.sigterm_as_interrupt():  # SIGTERM ends a command like Ctrl-C (exit 143, not 130)
+            return int(args.func(args) or 0)
     except UserError as exc:
         print(f"loratune {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"loratune {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"loratune {args.command}: {signals.describe(exc)}", file=sys.stderr)
+        return signals.exit_code(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -175,6 +175,25 @@ def parse_value(text: str) -> Any:
         return text
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML lets the last silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first on line {seen[key] + 1}, again on line "
+                    f"{key_node.start_mark.line + 1}): the last one would silently win", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read YAML (nested sections or flat keys), apply `key=value` overrides, validate, freeze."""
     raw: dict[str, Any] = {}
@@ -183,9 +202,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not p.is_file():
             raise UserError(f"config file '{p}' does not exist", "give the path of a YAML file")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            loaded = load_yaml(p.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise UserError(f"config file '{p}' is not valid YAML: {exc}", "fix the YAML syntax") from None
+            fix = "keep one of the two lines" if "duplicate key" in str(exc) else "fix the YAML syntax"
+            raise UserError(f"config file '{p}' is not valid YAML: {exc}", fix) from None
         if not isinstance(loaded, dict):
             raise UserError(f"config file '{p}' must hold a mapping of keys", "write `key: value` lines")
     problems: list[str] = []

@@ -165,8 +165,10 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
     cols = list(rows[0].keys())
     for col, key in ((cfg.text_column, "data.text_column"), (cfg.label_column, "data.label_column")):
         if col not in rows[0]:
+            other = cfg.label_column if key == "data.text_column" else cfg.text_column
+            guess = suggest_column(rows, "text" if key == "data.text_column" else "label", exclude=other)
             raise UserError(f"data file '{source}' has no column '{col}' (columns: {', '.join(map(str, cols))})",
-                            f"set {key} to one of the columns, e.g. {key.split('.')[1]}={cols[0]}")
+                            f"set {key} to one of the columns, e.g. {key.split('.')[1]}={guess}")
     texts, labels = [], []
     for n, row in enumerate(rows, start=1):
         text = row.get(cfg.text_column)
@@ -181,6 +183,31 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
         texts.append(str(text))
         labels.append(labs)
     return Split(name, tuple(texts), tuple(labels), source)
+
+
+# column names people give their text and their labels, most likely first
+TEXT_NAMES = ("text", "sentence", "utterance", "query", "question", "content", "message", "input", "review")
+LABEL_NAMES = ("label", "labels", "intent", "intents", "category", "class", "target", "tag", "tags", "topic", "y")
+
+
+def suggest_column(rows: list[dict[str, Any]], role: str, exclude: str | None = None) -> str:
+    """The column most likely to hold the texts (role 'text') or the labels ('label'): a familiar name
+    first, else by shape (texts: the longest strings; labels: the fewest distinct values)."""
+    cols = [c for c in rows[0] if c != exclude] or list(rows[0])
+    names = TEXT_NAMES if role == "text" else LABEL_NAMES
+    for name in names:
+        for c in cols:
+            if str(c).lower() == name:
+                return str(c)
+    sample = rows[:500]
+
+    def mean_len(c) -> float:
+        return sum(len(str(r.get(c, ""))) for r in sample) / max(1, len(sample))
+
+    def distinct(c) -> int:
+        return len({json.dumps(r.get(c), sort_keys=True, default=str) for r in sample})
+
+    return str(max(cols, key=mean_len) if role == "text" else min(cols, key=lambda c: (distinct(c), -mean_len(c))))
 
 
 def _labels_of(value: Any, delimiter: str | None) -> tuple[str, ...]:
@@ -216,11 +243,14 @@ def _load_hub(cfg: DataConfig) -> dict[str, Split]:
                         "folder with train/validation/test files") from None
     from datasets import load_dataset as hf_load
 
+    from loratune.models import hub_reason
+
     try:
         dd = hf_load(cfg.dataset_name)
     except Exception as exc:
-        raise UserError(f"could not load dataset '{cfg.dataset_name}' from the hub: {exc}",
-                        "check the id and your connection, or use local files") from None
+        raise UserError(f"dataset_name '{cfg.dataset_name}' is not a local folder (no such path here), and it could "
+                        f"not be loaded as a hub dataset: {hub_reason(exc)}",
+                        "check the path; for a hub dataset check the id and be online, or use local files") from None
     out = {}
     for split, aliases in SPLIT_NAMES.items():
         for a in aliases:
@@ -235,6 +265,39 @@ def _load_hub(cfg: DataConfig) -> dict[str, Split]:
                 out[split] = parse_rows(rows, cfg, f"{cfg.dataset_name}[{a}]", split)
                 break
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# what training needs beyond what can be read (assess reads and reports the same data instead)
+
+MIN_TRAIN_ROWS = 2  # one optimizer step needs a row, a classifier two classes
+MIN_VALIDATION_ROWS = 1  # every evaluation point scores validation
+
+
+def check_trainable(dataset: "Dataset") -> None:
+    """Raise one UserError naming every problem training would crash on or silently get wrong:
+    empty texts (what `loratune assess` calls an error), a split too small to train on or to score."""
+    problems: list[str] = []
+    for name, sp in dataset.splits().items():
+        empty = [n for n, t in enumerate(sp.texts, start=1) if not "".join(t.split())]
+        if empty and len(empty) == len(sp):
+            problems.append(f"{name}: every text in '{sp.source}' is empty ({len(sp)} rows): check data.text_column")
+        elif empty:
+            where = ", ".join(map(str, empty[:8])) + (", ..." if len(empty) > 8 else "")
+            problems.append(f"{name}: {len(empty)} empty text(s) in '{sp.source}' (rows {where}): drop them or "
+                            "fill them in (`loratune assess` lists them)")
+    if len(dataset.train) < MIN_TRAIN_ROWS:
+        problems.append(f"train: {len(dataset.train)} row(s); training needs at least {MIN_TRAIN_ROWS}")
+    if len(dataset.validation) < MIN_VALIDATION_ROWS:
+        carved = "(carved)" in dataset.validation.source
+        problems.append("validation: 0 rows" + (
+            ": no validation file was given and no class has two training rows to carve one from "
+            "(each class needs at least 2 rows, one of them goes to validation)" if carved else ""))
+    if problems:
+        raise UserError(f"the data cannot be trained on ({len(problems)} problem(s)):\n"
+                        + "\n".join(f"  - {p}" for p in problems),
+                        "fix the rows named above; give a validation file (data.validation_file) when classes are "
+                        "this small")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +372,9 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
     elif name and not cfg.train_file:
         if Path(name).suffix.lower() in SUFFIXES or "/" not in name and Path(name).exists():
             raise UserError(f"dataset_name '{name}' is a file, not a folder", f"use data.train_file={name}")
+        if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, never a hub id: no hub call
+            raise UserError(f"dataset_name '{name}' does not exist",
+                            "check the path: a folder with train/validation/test files")
         splits.update(_load_hub(cfg))
     for split, key in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):
         if key:

@@ -96,8 +96,9 @@ class RunLock:
     mtime a thread touches every HEARTBEAT_S seconds (for readers on another host, where flock says
     nothing). `liveness(run_dir)` tells readers whether a `running` record still has a process."""
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK
+    def __init__(self, run_dir: Path, name: str = LOCK, busy: tuple[str, str] | None = None):
+        self.path = Path(run_dir) / name
+        self.busy = busy  # (problem, fix) when another process holds it; {holder} is filled in
         self._f = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,8 +117,9 @@ class RunLock:
             f.seek(0)
             holder = f.read().strip()
             f.close()
-            raise UserError(f"another loratune process is training into '{self.path.parent}' ({holder or 'pid unknown'})",
-                            "wait for it to finish, stop it, or give another output_dir")
+            problem, fix = self.busy or (f"another loratune process is training into '{self.path.parent}' "
+                                         "({holder})", "wait for it to finish, stop it, or give another output_dir")
+            raise UserError(problem.format(holder=_holder_text(holder)), fix)
         f.seek(0)
         f.truncate()
         f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
@@ -143,6 +145,14 @@ class RunLock:
             pass
         self._f.close()  # closing drops the flock
         self._f = None
+
+
+def _holder_text(raw: str) -> str:
+    try:
+        h = json.loads(raw or "{}")
+    except json.JSONDecodeError:
+        h = {}
+    return f"pid {h['pid']} on {h.get('host', '?')}" if h.get("pid") else "pid unknown"
 
 
 def liveness(run_dir: str | Path) -> tuple[str, str]:

@@ -3,18 +3,23 @@
 Read top to bottom: `train()` sets up (seed, model, adapter, encoded data, optimizer), then runs
 `steps` optimizer steps; every `eval_every` steps (and at step 0, before any update) it scores the
 validation split and a fixed train subsample the same way and appends one point to history.jsonl.
-It ends on the planned step count, early stopping, a non-finite loss (status `diverged`), Ctrl-C
-(status `interrupted`) or an error (status `failed`), and always leaves a valid run record with the
-best adapter saved.
+It ends on the planned step count, early stopping, a non-finite or exploding loss (status
+`diverged`), Ctrl-C or SIGTERM (status `interrupted`) or an error (status `failed`), and always
+leaves a valid run record. The model saved is the best *trained* one (the eval point after step 0
+with the best val macro-F1), or none when no trained point was scored; `run.json` says which under
+`saved_model`. While it runs, the process holds `run.lock` (store.RunLock), so a record left at
+`running` by a killed process reads as `died`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import errno
 import math
 import os
 import random
 import resource
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,10 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loratune import __version__, prefix_cache
+from loratune import __version__, prefix_cache, signals
 from loratune.adapt import apply_adapter, count_params, num_layers
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
+from loratune.errors import UserError
 from loratune.eval_extras import EvalExtras
 from loratune.metrics import multi_label_scores, single_label_scores
 from loratune.models import load_classifier, load_tokenizer
@@ -250,6 +256,43 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# A loss this many times the loss of step 1 (the initialised model, before any update), averaged over
+# an evaluation window, has exploded: with a fresh head the start is about ln(classes), and a model
+# that learns never goes back above it. lr=1.0 with no clipping measured 96x; healthy runs stay < 1x.
+DIVERGENCE_FACTOR = 4.0
+
+
+def diverged(window_loss: float, start_loss: float | None) -> str | None:
+    """Why the run has diverged (None: it has not): a non-finite loss, or a window mean past
+    DIVERGENCE_FACTOR times the start."""
+    if not math.isfinite(window_loss):
+        return "non-finite loss"
+    if start_loss and math.isfinite(start_loss) and start_loss > 0 and window_loss > DIVERGENCE_FACTOR * start_loss:
+        return (f"train loss exploded: {window_loss:.3g} over the last window, {window_loss / start_loss:.0f}x "
+                f"its start ({start_loss:.3g}); lower learning_rate (/10) or set max_grad_norm")
+    return None
+
+
+def output_error(exc: BaseException, out_dir) -> UserError | None:
+    """The UserError for a write that failed because of the output location (disk full, read-only,
+    a file where a directory should be); None for anything else."""
+    text = str(exc)
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "StorageFull" in text \
+            or "code: 28" in text:
+        return UserError(f"the disk holding output_dir '{out_dir}' is full (writing failed: {exc})",
+                         "free some space or give an output_dir on another disk; what was written before "
+                         "(history.jsonl, the last run.json) is kept")
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "Read-only file system" in text \
+            or "Permission denied" in text:
+        return UserError(f"output_dir '{out_dir}' is not writable ({exc})",
+                         "give a writable output_dir, or fix its permissions")
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return UserError(f"output_dir '{out_dir}' cannot be used: {exc}",
+                         "give a directory path (it is created if missing)")
+    return None
+
+
 # ----------------------------------------------------------------------------------------------
 # the run
 
@@ -286,6 +329,9 @@ class _Progress:
 
 def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool = True) -> dict:
     """Train one run and write its record into `store`. Returns the final run.json content."""
+    from loratune.data import check_trainable
+
+    check_trainable(dataset)  # empty texts, an empty validation split: a UserError before any model loads
     t_setup = time.perf_counter()
     torch.set_num_threads(cfg.train.num_threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -329,7 +375,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
             yield from batch_order(lengths, cfg.train.per_device_train_batch_size, rng,
                                    cfg.train.length_grouped_batches)
 
-    store.create(to_yaml(cfg))
+    store.create(to_yaml(cfg))  # takes run.lock: from here a killed process reads as `died`
     run = {
         "status": "running", "reason": None,
         "task": "multi_label" if space.multi_label else "single_label",
@@ -346,7 +392,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "steps_planned": steps, "eval_every": eval_every, "steps_done": 0, "examples_seen": 0,
         "started_at": _now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
-        "best": None, "final": None, "adapter_step": None, "device": str(device),
+        "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
+        "pid": os.getpid(),
         "prefix_cache": prefix_note, "threads": torch.get_num_threads(),
         "config": to_dict(cfg), "versions": versions(),
     }
@@ -354,6 +401,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
 
     bar = _Progress(steps, progress)
     best_f1, best_state, evals_since_best = -math.inf, None, 0
+    trained_f1, start_loss = -math.inf, None  # the best val macro-F1 after step 0; the loss of step 1
     examples_seen, step, step_times = 0, 0, []
     window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": []}
     t0 = time.perf_counter()
@@ -361,7 +409,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
 
     def evaluate_now() -> bool:
         """Score val and the train subsample, append a history point. True when early stopping says stop."""
-        nonlocal best_f1, best_state, evals_since_best
+        nonlocal best_f1, best_state, evals_since_best, trained_f1
         point = {"step": step, "epoch": examples_seen / max(1, len(dataset.train)),
                  "examples_seen": examples_seen, "wall_s": round(time.perf_counter() - t0, 3),
                  "lr": scheduler.get_last_lr()[0] if step else 0.0}
@@ -384,17 +432,25 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         run["final"] = point
         f1 = point["val/macro_f1"]
         bar.update(step, point.get("train/loss"), f1)
-        if f1 > best_f1 + cfg.train.early_stopping_threshold or best_state is None:
+        if f1 > best_f1 + cfg.train.early_stopping_threshold or run["best"] is None:
             best_f1, evals_since_best = f1, 0
             run["best"] = point
-            best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
             if cm is not None:
                 store.write_confusion(space.labels, cm, step)
         else:
             evals_since_best += 1
+        # the model kept is the best *trained* one: step 0 is the untrained base with a random head
+        if step > 0 and math.isfinite(f1) and f1 > trained_f1 and not _diverged_point(point):
+            trained_f1 = f1
+            best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+            run["adapter_step"] = step
         store.write_run(run)
         patience = cfg.train.early_stopping_patience
         return bool(patience and evals_since_best >= patience)
+
+    def _diverged_point(point: dict) -> str | None:
+        loss = point.get("train/loss")
+        return diverged(loss, start_loss) if loss is not None else None
 
     try:
         evaluate_now()  # step 0: the base model with its fresh head
@@ -417,6 +473,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                 run["status"], stop_reason = "diverged", f"non-finite loss at step {step}"
                 optimizer.zero_grad(set_to_none=True)
                 break
+            if start_loss is None:
+                start_loss = step_loss
             max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             optimizer.step()
@@ -430,38 +488,75 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
             run["steps_done"], run["examples_seen"] = step, examples_seen
             bar.update(step, step_loss)
             if step % eval_every == 0 or step == steps:
-                if evaluate_now():
+                stop = evaluate_now()
+                why = _diverged_point(run["final"])
+                if why:
+                    run["status"], stop_reason = "diverged", f"{why} (step {step})"
+                    break
+                if stop:
                     stop_reason = (f"early stopping: val macro-F1 did not improve for "
                                    f"{cfg.train.early_stopping_patience} evaluations")
                     break
         if run["status"] == "running":
             run["status"] = "completed"
         run["reason"] = stop_reason
-    except KeyboardInterrupt:
-        run["status"], run["reason"] = "interrupted", f"interrupted by the user at step {step}"
+    except KeyboardInterrupt as exc:
+        run["status"], run["reason"] = "interrupted", f"{signals.describe(exc)} at step {step}"
         raise
     except Exception as exc:
         run["status"], run["reason"] = "failed", f"{type(exc).__name__}: {exc}"
+        user = output_error(exc, store.path)
+        if user is not None:
+            raise user from None
         raise
     finally:
-        bar.close()
-        wall = time.perf_counter() - t0
-        run.update({"ended_at": _now(), "wall_s": round(wall, 3),
-                    "examples_per_s": examples_seen / sum(step_times) if step_times else None,
-                    "mean_step_s": float(np.mean(step_times)) if step_times else None,
-                    "peak_memory_mb": peak_memory_mb(device)})
+        with signals.shielded():  # a second Ctrl-C / SIGTERM waits until the record is whole
+            save_error = _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts,
+                                        best_state, bar, device, t0, examples_seen, step_times)
+            store.close()
+        if save_error is not None and sys.exc_info()[0] is None:
+            raise save_error
+    return run
+
+
+def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts, best_state, bar, device, t0,
+                   examples_seen, step_times) -> UserError | None:
+    """Restore the best trained weights, save them, write the final run.json. A write that fails for
+    the output location (disk full, read-only) is returned as a UserError, not raised, so it never
+    hides the error that ended the run."""
+    bar.close()
+    wall = time.perf_counter() - t0
+    run.update({"ended_at": _now(), "wall_s": round(wall, 3),
+                "examples_per_s": examples_seen / sum(step_times) if step_times else None,
+                "mean_step_s": float(np.mean(step_times)) if step_times else None,
+                "peak_memory_mb": peak_memory_mb(device)})
+    try:
         if best_state is not None:
             with torch.no_grad():
                 named = dict(model.named_parameters())
                 for n, t in best_state.items():
                     named[n].copy_(t)
             save_model(model, tokenizer, space, cfg, store)
-            run["adapter_step"] = run["best"]["step"] if run["best"] else None
+            best_val = (run.get("best") or {}).get("val/macro_f1")
+            step = run["adapter_step"]
+            run["saved_model"] = {"step": step, "note": f"adapter/ holds the model of step {step}, the best val "
+                                  "macro-F1 among the trained evaluation points"
+                                  + ("" if (run.get("best") or {}).get("step") != 0 else
+                                     f"; the untrained model at step 0 scored higher ({best_val:.4f})")}
             if run["status"] in ("completed", "diverged"):
                 run["robustness"] = extras.robustness(predict_texts)  # on the saved (best) weights
+        else:
+            run["adapter_step"] = None
+            run["saved_model"] = {"step": None, "note": "no model saved: the run ended before any trained "
+                                  "evaluation point (or every one had diverged)"}
         run["slices"] = extras.info
         store.write_run(run)
-    return run
+    except Exception as exc:
+        user = output_error(exc, store.path)
+        if user is None:
+            raise
+        return user
+    return None
 
 
 def save_model(model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunStore) -> None:

@@ -19,11 +19,19 @@ def run(args) -> int:
     from loratune import api
     from loratune.config import to_yaml
 
+    from pathlib import Path
+
+    from loratune.store import check_output_dir
+
     cfg = load_cfg(args)  # validated before any model loads
+    check_output_dir(Path(cfg.train.output_dir))  # a file, or not writable: said now, not after training
     out = console()
     dataset = api.prepare(cfg)
     for note in dataset.notes:
         out.print(f"[yellow]note:[/] {note}")
+    from loratune.data import check_trainable
+
+    check_trainable(dataset)  # what training would crash on: the dry run says it too
     if args.dry_run:
         out.print(to_yaml(cfg), markup=False)
         info = api.plan(cfg, dataset)
@@ -42,11 +50,38 @@ def run(args) -> int:
     out.print(f"training -> {cfg.train.output_dir}")
     try:
         run = api.train(cfg, dataset, progress=not args.quiet)
-    except KeyboardInterrupt:
-        out.print(f"[yellow]interrupted[/]: the record in {cfg.train.output_dir} is valid (status interrupted)")
-        return 130
+    except KeyboardInterrupt as exc:
+        from loratune import signals
+
+        out.print(f"[yellow]{signals.describe(exc)}[/]: {_record_after_interrupt(cfg.train.output_dir)}")
+        return signals.exit_code(exc)
     print_summary(out, run)
-    return 0 if run["status"] in ("completed", "diverged") else 1
+    if run["status"] == "diverged":
+        out.print(f"[red]diverged[/]: {run['reason']}. {(run.get('saved_model') or {}).get('note', '')}")
+        return EXIT_DIVERGED
+    return 0 if run["status"] == "completed" else 1
+
+
+EXIT_DIVERGED = 3  # the run ended because its loss exploded or went non-finite (README: exit codes)
+
+
+def _record_after_interrupt(output_dir: str) -> str:
+    """What an interrupted `train` left, said as it is: nothing, or a record of this process."""
+    import os
+    from pathlib import Path
+
+    from loratune.errors import UserError
+    from loratune.store import RunStore
+
+    store = RunStore(output_dir)
+    try:
+        run = store.read_run() if (Path(output_dir) / "run.json").is_file() else None
+    except UserError:
+        run = None
+    if not run or run.get("pid") != os.getpid():
+        return f"stopped before training started; nothing was written to {output_dir}"
+    saved = (run.get("saved_model") or {}).get("note", "")
+    return f"the record in {output_dir} is valid (status {run.get('status')}); {saved}"
 
 
 def print_summary(out, run: dict) -> None:

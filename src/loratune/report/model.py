@@ -571,6 +571,9 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
                         "give the output_dir of `loratune train`, or a study directory of `loratune tune`")
     notes: list[str] = []
     run, note = read_json(d / "run.json")
+    from loratune.store import with_liveness  # a `running` record whose process died reads as `died`
+
+    run = with_liveness(run, d)
     if note:
         notes.append(note + ": status, labels and parameter counts are unknown")
     run = run if isinstance(run, dict) else {}
@@ -620,6 +623,8 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
     if status == "running":
         notes.append(f"the run is still training (status `running`, {len(points)} eval points so far): "
                      "this report shows it as it stands")
+    elif status == "died":
+        notes.append(f"the run is partial: {run.get('reason')}")
 
     conf, conf_note = read_json(d / "confusion.json")
     confusion = build_confusion(conf, conf_note, focus_k)

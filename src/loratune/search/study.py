@@ -12,7 +12,12 @@ Each Optuna trial carries user attrs: `key` (canonical JSON of its config point)
 `point` (dotted overrides), `run_dir`, `status`, and, once finished, `record` (the whole
 `TrialRecord` as plain data: metrics, curve, diagnosis, costs). The objective value is the run's
 best val macro-F1. A trial still RUNNING when a study is reopened belonged to a killed process: it is
-marked FAIL (reason recorded) and its point is trained again; finished trials are never re-run.
+marked FAIL (reason recorded, its run.json rewritten as `died`) and its point is trained again;
+finished trials are never re-run.
+
+One `tune` process runs a study directory at a time: it holds `<study_dir>/study.lock` (an flock the
+kernel drops when the process dies, see store.RunLock); a second `tune` or `tune --resume` on the same
+directory is refused with a message naming the holder, before Optuna touches the storage.
 """
 
 from __future__ import annotations
@@ -33,6 +38,32 @@ TRIALS = "trials"
 FINAL = "final"
 ASSESS = "assess.json"
 DEFAULT_STUDY_NAME = "loratune"
+STUDY_LOCK = "study.lock"
+# the driver each SQLAlchemy dialect needs, and the pip line that installs it
+DRIVERS = {"postgresql": ("psycopg2", "pip install 'loratune[postgres]'  (psycopg2-binary)"),
+           "mysql": ("pymysql", "pip install pymysql, and use mysql+pymysql://...")}
+
+
+def storage_error(url: str, exc: BaseException) -> UserError:
+    """A storage that cannot be opened, said with the fix (a missing driver names its package)."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    text = f"{type(exc).__name__}: {exc}"
+    safe = _redact(url)
+    if scheme in DRIVERS and ("import" in text.lower() or isinstance(exc, ImportError)):
+        module, fix = DRIVERS[scheme]
+        return UserError(f"the storage {safe} needs the database driver `{module}`, which is not installed", fix)
+    if "already exists" in text:
+        return UserError(f"another process is creating the study in {safe} at the same moment",
+                         "start one `loratune tune` per study; wait a second and use --resume to continue it")
+    return UserError(f"cannot open study storage {safe} ({text.splitlines()[0][:300]})",
+                     "check the URL, the server and the credentials (a SQLAlchemy URL such as "
+                     "sqlite:///study.db or postgresql://user@host/db)")
+
+
+def _redact(url: str) -> str:
+    import re
+
+    return "'" + re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url) + "'"
 
 
 def sqlite_url(path: Path) -> str:
@@ -95,6 +126,7 @@ class Study:
         self.storage_url = storage_url
         self.decisions = DecisionLog(self.dir / DECISIONS)
         self.recovered: list[dict] = []  # trials found RUNNING at open (a killed process)
+        self._lock = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -102,25 +134,44 @@ class Study:
              resume: bool = False, sampler=None, meta: dict | None = None) -> "Study":
         import optuna
 
+        from loratune.store import RunLock, check_output_dir
+
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study_dir = Path(study_dir)
+        check_output_dir(study_dir)
         study_dir.mkdir(parents=True, exist_ok=True)
-        url = storage or sqlite_url(study_dir / STUDY_DB)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # experimental-feature warnings of optuna
+        lock = RunLock(study_dir, STUDY_LOCK, busy=(
+            f"another `loratune tune` ({{holder}}) is running the study in {study_dir}",
+            "wait for it to finish or stop it (Ctrl-C / kill), then `loratune tune --resume`; one process "
+            "per study directory"))
+        lock.acquire()
+        try:
+            url = storage or sqlite_url(study_dir / STUDY_DB)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # experimental-feature warnings of optuna
+                try:
+                    existing = optuna.study.get_all_study_names(storage=url)
+                except Exception as exc:
+                    raise storage_error(url, exc) from None
+            if name in existing and not resume:
+                raise UserError(f"a study named '{name}' already exists in {_redact(url)}",
+                                "pass --resume to continue it, or choose another --study-dir / --study-name")
+            if name not in existing and resume:
+                raise UserError(f"no study named '{name}' in {_redact(url)} to resume",
+                                "run without --resume to start one")
             try:
-                existing = optuna.study.get_all_study_names(storage=url)
+                study = optuna.create_study(study_name=name, storage=url, direction="maximize", sampler=sampler,
+                                            load_if_exists=resume)
             except Exception as exc:
-                raise UserError(f"cannot open study storage '{url}' ({type(exc).__name__}: {exc})",
-                                "give a SQLAlchemy URL such as sqlite:///study.db or postgresql://user@host/db") from None
-        if name in existing and not resume:
-            raise UserError(f"a study named '{name}' already exists in {url}",
-                            "pass --resume to continue it, or choose another --study-dir / --study-name")
-        if name not in existing and resume:
-            raise UserError(f"no study named '{name}' in {url} to resume", "run without --resume to start one")
-        study = optuna.create_study(study_name=name, storage=url, direction="maximize", sampler=sampler,
-                                    load_if_exists=resume)
+                if type(exc).__name__ == "DuplicatedStudyError":
+                    raise UserError(f"another process created the study '{name}' in {_redact(url)} just now",
+                                    "one `loratune tune` per study; use --resume to continue it") from None
+                raise storage_error(url, exc) from None
+        except BaseException:
+            lock.release()
+            raise
         self = cls(study_dir, study, url)
+        self._lock = lock
         if not resume:
             study.set_user_attr("loratune", dict(meta or {}))
             if self.decisions.entries:
@@ -154,8 +205,42 @@ class Study:
             self.optuna._storage.set_trial_user_attr(
                 t._trial_id, "reason", "the process running this trial was killed; its point is trained again")
             self.optuna.tell(t.number, state=TrialState.FAIL)
+            _record_died(run_dir)
             self.recovered.append({"number": t.number, "name": t.user_attrs.get("name"), "run_dir": run_dir,
                                    "lost_wall_s": wall})
+
+    def close(self) -> None:
+        """Release the study directory (the end of a `tune` process)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def lost_trials(self) -> list[dict]:
+        """Rows (records_table's shape) for trials that never finished: a killed process's trial
+        (`died`, its point trained again by a later session) or one still marked RUNNING."""
+        from optuna.trial import TrialState
+
+        rows = []
+        for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING)):
+            a = t.user_attrs
+            if "record" in a or (t.state == TrialState.FAIL and a.get("status") != "killed"):
+                continue
+            run = {}
+            if a.get("run_dir") and (Path(a["run_dir"]) / "run.json").is_file():
+                try:
+                    from loratune.store import RunStore
+
+                    run = RunStore(a["run_dir"]).read_run()
+                except UserError:
+                    run = {}
+            best = run.get("best") or {}
+            rows.append({"trial": t.number, "name": a.get("name", "?"), "phase": a.get("phase", "?"),
+                         "status": "died" if t.state == TrialState.FAIL else run.get("status", "running"),
+                         "val_macro_f1": best.get("val/macro_f1"), "examples": int(run.get("examples_seen") or 0),
+                         "wall_s": float(run.get("wall_s") or 0.0), "mean_step_s": run.get("mean_step_s"),
+                         "peak_memory_mb": run.get("peak_memory_mb"), "verdict": "-", "run_dir": a.get("run_dir"),
+                         "point": a.get("point") or {}, "reason": a.get("reason") or run.get("reason") or ""})
+        return rows
 
     # ------------------------------------------------------------------ trials
     def records(self) -> list[TrialRecord]:
@@ -216,6 +301,20 @@ class Study:
     def load_assessment(self) -> dict | None:
         p = self.dir / ASSESS
         return read_json(p) if p.exists() else None
+
+
+def _record_died(run_dir: str | None) -> None:
+    """Write a dead trial's run.json as `died` (the study owns its trial directories)."""
+    if not run_dir or not (Path(run_dir) / "run.json").is_file():
+        return
+    from loratune.store import RunStore, with_liveness
+
+    try:
+        run = read_json(Path(run_dir) / "run.json")
+        if isinstance(run, dict) and run.get("status") == "running":
+            RunStore(run_dir).write_run(with_liveness(run, run_dir))
+    except (UserError, OSError):
+        pass
 
 
 def records_table(records: Iterable[TrialRecord]) -> list[dict]:

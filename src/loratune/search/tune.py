@@ -45,6 +45,15 @@ class TuneOptions:
 
 def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, runner=None, dataset=None) -> dict:
     """Run (or resume) a study; returns the summary written to <study_dir>/final/study.json."""
+    opened: list[Study] = []
+    try:
+        return _tune(cfg, options, ui, runner=runner, dataset=dataset, opened=opened)
+    finally:
+        for study in opened:  # the study directory's lock (one process per study)
+            study.close()
+
+
+def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: list) -> dict:
     from loratune import api
     from loratune.config import to_yaml
     from loratune.search.runner import TrainingRunner
@@ -66,6 +75,7 @@ def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, run
             "user_point": options.user_point, "settings": options.settings.to_dict(), "seed": options.seed}
     study = Study.open(study_dir, storage=options.storage, name=options.study_name, resume=options.resume,
                        meta=meta)
+    opened.append(study)
     if options.resume:  # the study's own base config, strategy and settings; a new budget may be given
         old = study.meta
         cfg = _cfg_from_yaml(old["base_config"]) if old.get("base_config") else cfg
@@ -86,6 +96,9 @@ def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, run
     options = dc_replace(options, strategy=options.strategy or "protocol", budget=options.budget or DEFAULT_BUDGET)
     budget = Budget.parse(options.budget)
     dataset = dataset or api.prepare(cfg)
+    from loratune.data import check_trainable
+
+    check_trainable(dataset)
 
     # phase 0 ----------------------------------------------------------------------------------
     assessment = study.load_assessment()  # a resumed study (or a bench sharing phase 0) has it

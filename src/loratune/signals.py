@@ -1,0 +1,68 @@
+"""SIGTERM handled like Ctrl-C: `kill`, a scheduler's stop or a container shutdown raise `Terminated`
+(a KeyboardInterrupt) in the main thread, so training ends with status `interrupted`, the best
+model saved and a valid record, exactly as after Ctrl-C. Exit codes: 130 (SIGINT), 143 (SIGTERM).
+
+A second signal while the record is being written is ignored (the write takes seconds at most);
+kill -9 cannot be caught: a run killed that way reads as `died` (store.with_liveness).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """The process got SIGTERM."""
+
+    signal_name = "SIGTERM"
+
+
+def exit_code(exc: BaseException) -> int:
+    return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
+
+
+def describe(exc: BaseException) -> str:
+    return "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted by the user (Ctrl-C)"
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM raises `Terminated` once; later ones are ignored until the block ends.
+    A no-op outside the main thread (signal handlers can only be set there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = {"n": 0}
+
+    def handler(signum, frame):
+        fired["n"] += 1
+        if fired["n"] == 1:
+            raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def shielded():
+    """Hold SIGINT/SIGTERM off while a record is being written: they take effect at the end of the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if pending:
+            raise (Terminated() if pending[0] == signal.SIGTERM else KeyboardInterrupt())

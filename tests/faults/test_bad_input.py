@@ -1,0 +1,91 @@
+"""Data and paths that used to pass the dry run and then crash training (or train silently on bad rows):
+each is now a UserError (exit 2, the problem and the fix), in the dry run and in training alike."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loratune.cli import main
+
+from support import make_rows, overrides, write_jsonl
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _data(tmp_path, train, validation=None):
+    d = tmp_path / "data"
+    d.mkdir(exist_ok=True)
+    write_jsonl(d / "train.jsonl", train)
+    if validation is not None:
+        write_jsonl(d / "validation.jsonl", validation)
+    return d
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_one_row_per_class_cannot_carve_validation(dry, tiny_bert, tmp_path, capsys):
+    d = _data(tmp_path, make_rows(1, seed=1))
+    args = ["train", "-q", *(["--dry-run"] if dry else []), *overrides(tiny_bert, d, tmp_path / "run")]
+    assert main(args) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "validation: 0 rows" in err and "at least 2 rows" in err and "fix:" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("which", ["all", "some"])
+def test_empty_texts_are_an_error_as_in_assess(which, tiny_bert, tmp_path, capsys):
+    rows = make_rows(6, seed=1)
+    for i, r in enumerate(rows):
+        if which == "all" or i in (2, 5):
+            r["text"] = "  " if i % 2 else ""
+    d = _data(tmp_path, rows, make_rows(3, seed=2))
+    for dry in (["--dry-run"], []):
+        assert main(["train", "-q", *dry, *overrides(tiny_bert, d, tmp_path / "run")]) == 2
+        err = _flat(capsys.readouterr().err)
+        assert ("every text" in err) if which == "all" else ("2 empty text(s)" in err and "rows 3, 6" in err)
+
+
+def test_missing_label_column_suggests_the_label_like_one(tiny_bert, tmp_path, capsys):
+    rows = [{"text": r["text"], "intent": r["label"], "id": i} for i, r in enumerate(make_rows(4, seed=1))]
+    d = _data(tmp_path, rows)
+    assert main(["train", "--dry-run", *overrides(tiny_bert, d, tmp_path / "run")]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "label_column=intent" in err and "label_column=text" not in err
+
+
+def test_missing_local_dataset_path_is_not_a_hub_error(tiny_bert, tmp_path, capsys):
+    assert main(["train", "--dry-run", *overrides(tiny_bert, tmp_path / "nope" / "data", tmp_path / "run")]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "does not exist" in err and "hub" not in err.lower()
+
+
+def test_missing_local_model_path_names_no_library_dump(intent_data, tmp_path, capsys):
+    assert main(["train", "--dry-run", *overrides("models/nothere", intent_data, tmp_path / "run")]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "not a local folder" in err and "Traceback" not in err and len(err) < 600
+
+
+def test_duplicate_yaml_keys_are_rejected(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("adapter:\n  r: 8\n  r: 16\ntrain:\n  learning_rate: 1e-3\n")
+    assert main(["train", "--dry-run", "--config", str(cfg)]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "duplicate" in err and "r" in err
+
+
+def test_two_trainings_into_one_output_dir(tiny_bert, intent_data, tmp_path, capsys):
+    from loratune.store import RunLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    held = RunLock(out)
+    held.acquire()
+    try:
+        assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 2
+        assert "another loratune process is training into" in _flat(capsys.readouterr().err)
+    finally:
+        held.release()
+    assert not json.dumps([p.name for p in out.iterdir()]).count("run.json")

@@ -1,0 +1,234 @@
+"""Faults during `loratune train`: signals and kill -9 at several points, an exploding or NaN loss, output
+faults (disk full, read-only, a file in the way), a torn history line. For each: no traceback, a clear
+message, a record that says what happened, and nothing finished lost."""
+
+from __future__ import annotations
+
+import errno
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from loratune.cli import main
+from loratune.store import RunStore
+
+from conftest import Proc, history_lines
+from support import overrides
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())  # rich wraps lines at the terminal width
+
+
+def _long(tiny_bert, intent_data, out: Path, **extra) -> list[str]:
+    """A run that only ends when stopped (many steps, an eval every 2)."""
+    return ["train", "-q", *overrides(tiny_bert, intent_data, out, max_steps=100000, eval_steps=2,
+                                      num_threads=1, slices="false", robustness_probe="false", **extra)]
+
+
+@pytest.mark.parametrize("sig,rc,word", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_signal_mid_training_leaves_an_interrupted_record(sig, rc, word, tiny_bert, intent_data, tmp_path):
+    out = tmp_path / "run"
+    proc = Proc(_long(tiny_bert, intent_data, out), tmp_path)
+    assert proc.wait_for(lambda: history_lines(out) >= 3), proc.stderr
+    proc.signal(sig)
+    assert proc.finish() == rc
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert word in proc.stdout and "is valid (status interrupted)" in proc.stdout
+    run = RunStore(out).read_run()
+    assert run["status"] == "interrupted" and word in run["reason"]
+    assert run["saved_model"]["step"] and (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (out / "run.lock").exists()
+
+
+def test_kill_9_mid_training_reads_as_died_everywhere(tiny_bert, intent_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = Proc(_long(tiny_bert, intent_data, out), tmp_path)
+    assert proc.wait_for(lambda: history_lines(out) >= 3), proc.stderr
+    proc.signal(signal.SIGKILL)
+    proc.finish()
+    on_disk = json.loads((out / "run.json").read_text())
+    assert on_disk["status"] == "running"  # what the dead process left
+    run = RunStore(out).read_run()
+    assert run["status"] == "died" and run["partial"] is True and "died" in run["reason"]
+    from loratune.history_io import load_run
+
+    assert load_run(out).meta["status"] == "died"  # what diagnose reads
+    assert main(["show", str(out)]) == 0
+    assert "died" in _flat(capsys.readouterr().out)
+    assert main(["report", str(out), "-o", str(tmp_path / "r.html")]) == 0
+    assert "partial" in (tmp_path / "r.html").read_text()
+
+
+def test_a_live_run_is_not_called_dead(tiny_bert, intent_data, tmp_path):
+    out = tmp_path / "run"
+    proc = Proc(_long(tiny_bert, intent_data, out), tmp_path)
+    try:
+        assert proc.wait_for(lambda: history_lines(out) >= 2), proc.stderr
+        assert RunStore(out).read_run()["status"] == "running"
+    finally:
+        proc.signal(signal.SIGTERM)
+        proc.finish()
+
+
+@pytest.mark.parametrize("exc,rc", [(KeyboardInterrupt, 130), ("terminated", 143)])
+def test_stopped_before_the_output_dir_exists_claims_no_record(exc, rc, tiny_bert, intent_data, tmp_path,
+                                                                monkeypatch, capsys):
+    import loratune.train as T
+    from loratune.signals import Terminated
+
+    def stop(*a, **k):
+        raise Terminated() if exc == "terminated" else exc()
+
+    monkeypatch.setattr(T, "load_classifier", stop)
+    out = tmp_path / "never"
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == rc
+    text = _flat(capsys.readouterr().out)
+    assert "nothing was written" in text and "valid" not in text
+    assert not out.exists()
+
+
+def test_exploding_loss_ends_diverged_with_exit_3(tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
+    import loratune.train as T
+
+    real = T.loss_fn
+    calls = {"n": 0}
+
+    def exploding(logits, *a, **k):  # from step 6 the loss grows 50x (a tiny LayerNorm model stays finite)
+        loss = real(logits, *a, **k)
+        if logits.requires_grad:
+            calls["n"] += 1
+            return loss * 50 if calls["n"] >= 6 else loss
+        return loss
+
+    monkeypatch.setattr(T, "loss_fn", exploding)
+    out = tmp_path / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out, max_steps=40, max_grad_norm=0)]) == 3
+    text = _flat(capsys.readouterr().out)
+    assert "diverged" in text and "adapter/ holds the model of step 4" in text
+    run = RunStore(out).read_run()
+    assert run["status"] == "diverged" and "exploded" in run["reason"] and run["steps_done"] == 8
+    assert run["saved_model"]["step"] == 4 and run["adapter_step"] == 4  # the best trained, never step 0
+
+
+def test_nan_at_step_1_saves_no_model_and_says_so(tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
+    import loratune.train as T
+
+    real = T.loss_fn
+
+    def nan(logits, *a, **k):
+        loss = real(logits, *a, **k)
+        return loss * float("nan") if logits.requires_grad else loss
+
+    monkeypatch.setattr(T, "loss_fn", nan)
+    out = tmp_path / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 3
+    assert "no model saved" in _flat(capsys.readouterr().out)
+    run = RunStore(out).read_run()
+    assert run["status"] == "diverged" and run["reason"] == "non-finite loss at step 1"
+    assert run["saved_model"]["step"] is None and not (out / "adapter").exists()
+    assert [p["step"] for p in RunStore(out).read_history()] == [0]
+
+
+@pytest.mark.parametrize("where", ["history", "model", "run.json"])
+def test_disk_full_is_a_clear_error(where, tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
+    """A full disk at each writer: exit 2 with the fix, no traceback, what was written before kept."""
+    import loratune.store as S
+    import loratune.train as T
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if where == "history":
+        real = S.RunStore.append_history
+        seen = {"n": 0}
+
+        def append(self, point):
+            seen["n"] += 1
+            if seen["n"] == 3:
+                raise full
+            return real(self, point)
+
+        monkeypatch.setattr(S.RunStore, "append_history", append)
+    elif where == "model":
+        from safetensors import SafetensorError
+
+        def save(*a, **k):
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                  'message: "No space left on device" })')
+
+        monkeypatch.setattr(T, "save_model", save)
+    else:
+        real_w = S.write_atomic
+
+        def write(path, text):
+            if Path(path).name == "run.json" and '"completed"' in text:
+                raise full
+            return real_w(path, text)
+
+        monkeypatch.setattr(S, "write_atomic", write)
+    out = tmp_path / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "is full" in err and "fix:" in err and "Traceback" not in err
+    assert len(RunStore(out).read_history()) >= 2  # what was written before the fault is kept
+
+
+def test_read_only_output_dir(tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
+    import os
+
+    out = tmp_path / "ro"
+    out.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, **k: False if Path(p) == out else real(p, m, **k))
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "not writable" in err and "fix:" in err
+
+
+def test_read_only_during_training_is_a_clear_error(tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
+    import loratune.store as S
+
+    def ro(self, point):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(S.RunStore, "append_history", ro)
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, tmp_path / "run")]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "not writable" in err and "Traceback" not in err
+
+
+def test_output_dir_is_a_file(tiny_bert, intent_data, tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    for cmd in (["train", "-q"], ["train", "--dry-run"]):
+        assert main([*cmd, *overrides(tiny_bert, intent_data, f)]) == 2
+        assert "is a file" in _flat(capsys.readouterr().err)
+    assert f.read_text() == "x"
+
+
+def test_a_torn_history_line_keeps_the_whole_ones(tiny_bert, intent_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 0
+    capsys.readouterr()
+    whole = RunStore(out).read_history()
+    with open(out / "history.jsonl", "a") as f:
+        f.write('{"step": 16, "val/macro_f1": 0.')  # a write cut by a hard kill
+    assert RunStore(out).read_history() == whole
+    assert main(["diagnose", str(out)]) == 0
+    assert main(["show", str(out)]) == 0
+    assert "Traceback" not in _flat(capsys.readouterr().err)
+
+
+def test_run_files_follow_the_umask(tiny_bert, intent_data, tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "run"
+    old = os.umask(0o022)
+    try:
+        assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 0
+    finally:
+        os.umask(old)
+    for name in ("run.json", "config.yaml", "history.jsonl", "confusion.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
