@@ -71,8 +71,21 @@ def resolve_model(cfg: ModelConfig) -> ModelSource:
 def _hub_error(src: ModelSource, exc: Exception) -> UserError:
     if src.is_local:
         return UserError(f"could not load the model from '{src.path}': {exc}", "check the folder's files")
-    return UserError(f"could not load model '{src.path}' from the hub ({type(exc).__name__}: {exc})",
-                     "check the id and your connection, or download it and give the local folder")
+    return UserError(f"model '{src.path}' is not a local folder (no such path here), and it could not be loaded "
+                     f"as a hub id: {hub_reason(exc)}",
+                     "check the path; for a hub model check the id and be online (HF_HUB_OFFLINE unset), or "
+                     "download it and give the local folder")
+
+
+def hub_reason(exc: BaseException) -> str:
+    """One line on why a hub load failed, never the library's multi-line dump."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "offline mode (HF_HUB_OFFLINE is set)"
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first[:200]}"
 
 
 def load_tokenizer(cfg: ModelConfig):
