@@ -15,8 +15,9 @@ import numpy as np
 from loratune.config import RunConfig
 from loratune.data import Dataset
 from loratune.metrics import softmax
-from loratune.slices import (PERTURBATIONS, ProbeSet, Slices, assign_slices, confusable_rows, load_probe_set,
-                             perturbed_texts, probe_scores, slice_scores)
+from loratune.robustness import score_robustness
+from loratune.slices import (ProbeSet, Slices, assign_slices, confusable_rows, load_probe_set, probe_scores,
+                             slice_scores)
 
 Predict = Callable[[list[str]], np.ndarray]
 
@@ -72,12 +73,4 @@ class EvalExtras:
         """Accuracy on validation texts under each perturbation kind vs clean (single-label only)."""
         if not self.robustness_on or self.multi_label or len(self.dataset.validation) == 0:
             return None
-        texts = self.dataset.validation.texts
-        clean = float(np.mean(predict(list(texts)).argmax(axis=1) == self.y_true))
-        out = {"clean_accuracy": clean}
-        for kind in PERTURBATIONS:
-            noisy = perturbed_texts(texts, kind, self.seed)
-            acc = float(np.mean(predict(noisy).argmax(axis=1) == self.y_true))
-            changed = float(np.mean([a != b for a, b in zip(noisy, texts)]))
-            out[kind] = {"accuracy": acc, "drop": clean - acc, "texts_changed": changed}
-        return out
+        return score_robustness(predict, self.dataset.validation.texts, self.y_true, self.seed)

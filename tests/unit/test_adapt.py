@@ -10,7 +10,8 @@ import torch
 from loratune.adapt import available_targets, lora_params, resolve_targets
 from loratune.config import AdapterConfig
 from loratune.errors import UserError
-from loratune.params import load_meta_model, params_report
+from loratune.models import load_meta_model
+from loratune.params import params_report
 
 
 def _meta(model_type: str, **kw):

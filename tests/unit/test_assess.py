@@ -12,7 +12,7 @@ import pytest
 from loratune import assess as A
 from loratune.config import RunConfig, replace
 from loratune.data import Dataset, LabelSpace, Split
-from loratune.probe import ClassProbe, ConfusedPair, ProbeResult, probe_from_embeddings
+from loratune.difficulty import ClassProbe, ConfusedPair, ProbeResult, probe_from_embeddings
 
 # ---------------------------------------------------------------------------------------------
 # a clean, balanced 3-class set: fixed length per class, val drawn from the same generator

@@ -8,7 +8,8 @@ import pytest
 
 from loratune.assess import FACTS, FINDING_RULES, START_RULES, AssessThresholds, assess_dataset, rule_catalog
 from loratune.assess.rules import Above, Bands, FindingRule, StartRule, lint_rules
-from loratune.probe import ClassProbe, ConfusedPair, ModelInfo, ProbeResult
+from loratune.difficulty import ClassProbe, ConfusedPair, ProbeResult
+from loratune.model_info import ModelInfo
 from test_assess import clean_rows, make_dataset
 
 

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
 
-from loratune.slices import (PERTURBATIONS, assign_slices, confusable_rows, is_compound, load_probe_set,
-                             nearest_train_similarity, perturb, perturbed_texts, probe_scores, slice_scores)
+from loratune.slices import (assign_slices, confusable_rows, is_compound, load_probe_set, nearest_train_similarity,
+                             probe_scores, slice_scores)
 
 TRAIN = ("how do i reset my pin", "my card was stolen", "what is my account balance", "send money to my sister")
 VAL = (
@@ -87,31 +86,6 @@ def test_probe_set_scored_example_by_example(tmp_path):
     assert ex[0] == {"text": "my new SuperCard is missing", "expected": "b", "predicted": "b", "confidence": 0.8,
                      "correct": True, "known_label": True}
     assert ex[1]["known_label"] is False and ex[1]["correct"] is False
-
-
-@pytest.mark.parametrize("kind", PERTURBATIONS)
-def test_perturbations_change_text_but_keep_codes_amounts_and_names(kind):
-    rng = random.Random(0)
-    text = "Why was I charged 25 EUR for my VISA transfer yesterday?"
-    out = perturb(text, kind, rng)
-    assert out.strip() and out != text
-    for token in ("25", "EUR", "VISA"):  # amounts, currency codes and product names stay intact
-        assert token in out.split() or token in out.replace("?", "").split() or token.lower() in out.lower().split()
-    if kind in ("typo", "drop_word"):
-        assert "25" in out and "EUR" in out and "VISA" in out
-
-
-def test_perturbed_texts_are_seeded():
-    texts = ("please transfer money to my savings account",) * 5
-    assert perturbed_texts(texts, "typo", 1) == perturbed_texts(texts, "typo", 1)
-    assert perturbed_texts(texts, "typo", 1) != perturbed_texts(texts, "typo", 2)
-
-
-def test_short_texts_are_never_emptied():
-    rng = random.Random(0)
-    for kind in PERTURBATIONS:
-        for t in ("?", "hi", "ok!"):
-            assert perturb(t, kind, rng).strip()
 
 
 def _history(familiar, novel, train_loss=0.01):

@@ -13,7 +13,8 @@ from loratune.assess.records import AssessThresholds, Conflicts, Noise, Resoluti
 from loratune.data import Dataset
 
 if typing.TYPE_CHECKING:  # pragma: no cover
-    from loratune.probe import ModelInfo, ProbeResult
+    from loratune.difficulty import ProbeResult
+    from loratune.model_info import ModelInfo
 
 
 @dataclass(frozen=True)

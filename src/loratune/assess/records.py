@@ -12,7 +12,8 @@ from typing import Any, Mapping
 import numpy as np
 
 if typing.TYPE_CHECKING:  # pragma: no cover
-    from loratune.probe import ModelInfo, ProbeResult
+    from loratune.difficulty import ProbeResult
+    from loratune.model_info import ModelInfo
 
 SCHEMA_VERSION = 1
 
@@ -283,10 +284,10 @@ def _from_plain(tp: Any, data: Any) -> Any:
 
 
 def _type_namespace() -> dict[str, Any]:
-    from loratune import probe as probe_mod
+    from loratune import difficulty, model_info
 
     ns = dict(globals())
-    ns.update({"ProbeResult": probe_mod.ProbeResult, "ModelInfo": probe_mod.ModelInfo,
-               "ClassProbe": probe_mod.ClassProbe, "ConfusedPair": probe_mod.ConfusedPair,
-               "ClosePair": probe_mod.ClosePair})
+    ns.update({"ProbeResult": difficulty.ProbeResult, "ModelInfo": model_info.ModelInfo,
+               "ClassProbe": difficulty.ClassProbe, "ConfusedPair": difficulty.ConfusedPair,
+               "ClosePair": difficulty.ClosePair})
     return ns

@@ -19,7 +19,8 @@ from loratune.data import Dataset
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from loratune.config import RunConfig
-    from loratune.probe import ModelInfo, ProbeResult
+    from loratune.difficulty import ProbeResult
+    from loratune.model_info import ModelInfo
 
 def assess_dataset(ds: Dataset, *, dataset_name: str = "", model_name: str = "",
                    token_lengths: Mapping[str, Sequence[int]] | None = None,
@@ -73,8 +74,10 @@ def run_assessment(cfg: RunConfig, *, probe: bool = True, cache_dir: str | Path 
     cache_dir: where probe embeddings are cached (None: $LORATUNE_CACHE_DIR or ~/.cache/loratune;
     False: no cache).
     """
-    from loratune import probe as probe_mod
     from loratune.data import load_dataset
+    from loratune.difficulty import run_probe
+    from loratune.model_info import describe_model
+    from loratune.tokens import load_tokenizer_quiet, token_lengths
 
     say = progress or (lambda msg: None)
     timings: dict[str, float] = {}
@@ -87,18 +90,18 @@ def run_assessment(cfg: RunConfig, *, probe: bool = True, cache_dir: str | Path 
 
     t0 = time.perf_counter()
     say("tokenising")
-    info = probe_mod.describe_model(cfg.model)
+    info = describe_model(cfg.model)
     lengths, unks = {}, {}
-    tok = probe_mod.load_tokenizer_quiet(cfg.model)
+    tok = load_tokenizer_quiet(cfg.model)
     for name, sp in dataset.splits().items():
-        lengths[name], unks[name] = probe_mod.token_lengths(tok, sp.texts)
+        lengths[name], unks[name] = token_lengths(tok, sp.texts)
     timings["tokenise_s"] = time.perf_counter() - t0
 
     result = None
     if probe:
         t0 = time.perf_counter()
         say("probing the frozen encoder")
-        result = probe_mod.run_probe(cfg.model, dataset, cache_dir=cache_dir, seed=cfg.train.seed,
+        result = run_probe(cfg.model, dataset, cache_dir=cache_dir, seed=cfg.train.seed,
                                      num_threads=cfg.train.num_threads, tokenizer=tok)
         timings["probe_s"] = time.perf_counter() - t0
     say("profiling")

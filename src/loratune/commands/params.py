@@ -18,7 +18,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from loratune.errors import UserError
-    from loratune.params import DEFAULT_TARGETS, load_meta_model, params_report
+    from loratune.models import load_meta_model
+    from loratune.params import DEFAULT_TARGETS, params_report
 
     try:
         ranks = tuple(int(r) for r in args.ranks.split(","))

@@ -1,18 +1,13 @@
 """Difficulty probe: how well does the frozen base model already separate the classes?
 
-Mean-pooled embeddings from the base encoder (torch inference mode, batches sorted by length,
-`model.max_length` tokens), then a logistic-regression probe: a baseline val macro-F1 (with its
-bootstrap standard error), the class pairs it confuses (the pairs to watch while tuning), and per
-class the embedding spread and neighbour purity, so that a catch-all class (CLINC's `oos`)
-stands out. Embeddings are cached on disk, keyed by the model, max_length and the texts.
-
-torch and transformers are imported inside the functions that need them.
+A logistic-regression probe on the frozen mean-pooled embeddings (embeddings.py): a baseline val
+macro-F1 (with its bootstrap standard error), the class pairs it confuses (the pairs to watch while
+tuning), and per class the embedding spread and neighbour purity, so that a catch-all class (CLINC's
+`oos`) stands out.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,20 +18,11 @@ import numpy as np
 
 from loratune.config import ModelConfig
 from loratune.data import Dataset, LabelSpace, stratified_subset
-from loratune.errors import UserError
+from loratune.embeddings import embed_texts
 
-CACHE_VERSION = "1"
 PROBE_C = 10.0  # inverse L2 strength of the logistic regression on unit-norm embeddings
 BOOTSTRAP_ROUNDS = 200
 PURITY_K = 5  # neighbours per training row for neighbour purity
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    model_type: str | None
-    num_layers: int | None
-    hidden_size: int | None
-    max_positions: int | None
 
 
 @dataclass(frozen=True)
@@ -84,224 +70,6 @@ class ProbeResult:
     notes: tuple[str, ...] = ()
 
 
-# ---------------------------------------------------------------------------------------------
-# model facts and tokenisation
-
-
-def _quiet():
-    """Context manager: transformers logging at error level, no progress bars."""
-    from contextlib import contextmanager
-
-    from transformers.utils import logging as hf_logging
-
-    @contextmanager
-    def cm():
-        verbosity = hf_logging.get_verbosity()
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
-            yield
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            if bars:
-                hf_logging.enable_progress_bar()
-
-    return cm()
-
-
-def describe_model(cfg: ModelConfig) -> ModelInfo | None:
-    """Layers, hidden size and positions from the model's config (no weights loaded); None if unreadable."""
-    from transformers import AutoConfig
-
-    from loratune.models import resolve_model
-
-    src = resolve_model(cfg)
-    kwargs = {"trust_remote_code": cfg.trust_remote_code}
-    if src.gguf_file:
-        kwargs["gguf_file"] = src.gguf_file
-    try:
-        with _quiet():
-            c = AutoConfig.from_pretrained(src.path, **kwargs)
-    except Exception:  # the tokenizer / model load reports the real problem
-        return None
-
-    def first(*names):
-        for n in names:
-            v = getattr(c, n, None)
-            if isinstance(v, int):
-                return v
-        return None
-
-    return ModelInfo(getattr(c, "model_type", None), first("num_hidden_layers", "n_layer", "num_layers"),
-                     first("hidden_size", "n_embd", "d_model"),
-                     first("max_position_embeddings", "n_positions", "max_seq_len"))
-
-
-def load_tokenizer_quiet(cfg: ModelConfig):
-    from loratune.models import load_tokenizer
-
-    with _quiet():
-        return load_tokenizer(cfg)
-
-
-def token_lengths(tokenizer, texts: Sequence[str]) -> tuple[list[int], int | None]:
-    """Tokens per text (special tokens included, no truncation) and the count of unknown tokens."""
-    if not texts:
-        return [], 0
-    with _quiet():
-        ids = tokenizer(list(texts), add_special_tokens=True, truncation=False,
-                        return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-    unk_id = getattr(tokenizer, "unk_token_id", None)
-    unk = sum(x.count(unk_id) for x in ids) if unk_id is not None else None
-    return [len(x) for x in ids], unk
-
-
-# ---------------------------------------------------------------------------------------------
-# embeddings (cached)
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("LORATUNE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "loratune")
-    return Path(base) / "embeddings"
-
-
-def _model_fingerprint(cfg: ModelConfig) -> str:
-    from loratune.models import resolve_model
-
-    src = resolve_model(cfg)
-    parts = [CACHE_VERSION, "mean-pool", src.path, str(src.gguf_file), str(cfg.max_length)]
-    p = Path(src.path)
-    for name in ([src.gguf_file] if src.gguf_file else ["config.json", "model.safetensors", "pytorch_model.bin"]):
-        f = p / name
-        if f.is_file():
-            st = f.stat()
-            parts.append(f"{name}:{st.st_size}:{int(st.st_mtime)}")
-    return "|".join(parts)
-
-
-def cache_key(cfg: ModelConfig, texts: Sequence[str]) -> str:
-    h = hashlib.sha256(_model_fingerprint(cfg).encode())
-    for t in texts:
-        h.update(t.encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")
-    return h.hexdigest()[:32]
-
-
-def _encode(cfg: ModelConfig, tokenizer, text_lists: list[Sequence[str]], batch_size: int,
-            num_threads: int | None) -> tuple[list[np.ndarray], int]:
-    """Embeddings for each list, and the torch thread count used."""
-    import torch
-    from transformers import AutoModel
-
-    from loratune.models import resolve_model
-
-    src = resolve_model(cfg)
-    kwargs = {"trust_remote_code": cfg.trust_remote_code}
-    if src.gguf_file:
-        kwargs["gguf_file"] = src.gguf_file
-    try:
-        with _quiet():
-            model = AutoModel.from_pretrained(src.path, **kwargs)
-    except Exception as exc:
-        raise UserError(f"could not load model '{cfg.name_or_path}' for the probe: {exc}",
-                        "check model.name_or_path, or run `loratune assess --no-probe`") from None
-    model.eval()
-    accepts = _forward_args(model)
-
-    def embed_batch(texts: Sequence[str]) -> np.ndarray:
-        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=cfg.max_length,
-                          return_tensors="pt")
-        batch = {k: v for k, v in batch.items() if k in accepts}
-        h = model(**batch).last_hidden_state  # [batch, seq, hidden]
-        mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)  # [batch, seq, 1]
-        pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # mean over real tokens: [batch, hidden]
-        return pooled.float().cpu().numpy()
-
-    old_threads = torch.get_num_threads()
-    out = []
-    try:
-        with torch.inference_mode():
-            threads = num_threads or _pick_threads(embed_batch, text_lists, batch_size, old_threads)
-            torch.set_num_threads(threads)
-            for texts in text_lists:
-                order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: little padding
-                emb = None
-                for start in range(0, len(order), batch_size):
-                    idx = order[start:start + batch_size]
-                    pooled = embed_batch([texts[i] for i in idx])
-                    if emb is None:
-                        emb = np.zeros((len(texts), pooled.shape[-1]), np.float32)
-                    emb[idx] = pooled
-                out.append(emb if emb is not None else np.zeros((0, 1), np.float32))
-    finally:
-        torch.set_num_threads(old_threads)
-    return out, threads
-
-
-def _pick_threads(embed_batch, text_lists, batch_size: int, available: int) -> int:
-    """On a shared machine all-core torch can be several times slower than one thread (the cores are
-    busy and OpenMP workers wait on each other). Time one batch both ways and keep the faster."""
-    import torch
-
-    texts = [t for lst in text_lists for t in lst]
-    if available <= 1 or len(texts) < 8 * batch_size:
-        return max(1, available)
-    sample = sorted(texts, key=len)[len(texts) // 2:][:batch_size]  # a typical batch
-    times = {}
-    for n in (available, 1, available):  # the first call also warms up
-        torch.set_num_threads(n)
-        t0 = time.perf_counter()
-        embed_batch(sample)
-        times[n] = time.perf_counter() - t0
-    return 1 if times[1] < 0.8 * times[available] else available
-
-
-def _forward_args(model) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(model.forward).parameters)
-
-
-def embed_texts(cfg: ModelConfig, text_lists: Sequence[Sequence[str]], *, tokenizer=None,
-                cache_dir: str | Path | None | bool = None, batch_size: int = 128,
-                num_threads: int | None = None) -> tuple[list[np.ndarray], bool, int | None]:
-    """Mean-pooled frozen embeddings [n, hidden] (float32) for each list of texts, whether all came
-    from the cache, and the torch threads used (None when nothing was computed).
-
-    cache_dir: None -> default_cache_dir(); False -> no cache. num_threads None: the faster of all
-    cores and one (timed on one batch; a shared machine often favours one).
-    """
-    folder = None if cache_dir is False else Path(cache_dir) if cache_dir else default_cache_dir()
-    keys = [cache_key(cfg, texts) for texts in text_lists]
-    result: list[np.ndarray | None] = [None] * len(text_lists)
-    if folder is not None:
-        for i, k in enumerate(keys):
-            f = folder / f"{k}.npy"
-            if f.is_file():
-                try:
-                    arr = np.load(f)
-                    if arr.shape[0] == len(text_lists[i]):
-                        result[i] = arr
-                except (OSError, ValueError):
-                    pass  # a damaged cache file: recompute
-    missing = [i for i, r in enumerate(result) if r is None]
-    threads = None
-    if missing:
-        if tokenizer is None:
-            tokenizer = load_tokenizer_quiet(cfg)
-        fresh, threads = _encode(cfg, tokenizer, [text_lists[i] for i in missing], batch_size, num_threads)
-        for i, arr in zip(missing, fresh):
-            result[i] = arr
-            if folder is not None:
-                folder.mkdir(parents=True, exist_ok=True)
-                tmp = folder / f".{keys[i]}.{os.getpid()}.tmp.npy"
-                np.save(tmp, arr)
-                os.replace(tmp, folder / f"{keys[i]}.npy")  # atomic
-    return [r for r in result], not missing, threads  # type: ignore[misc]
-
-
-# ---------------------------------------------------------------------------------------------
 # the probe (numpy + scikit-learn)
 
 

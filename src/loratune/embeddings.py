@@ -1,0 +1,150 @@
+"""Frozen mean-pooled embeddings of texts under the base model, cached on disk.
+
+Batches sorted by length, `model.max_length` tokens, torch inference mode; the cache is keyed by the
+model, max_length and the texts. torch is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from loratune.config import ModelConfig
+from loratune.tokens import load_tokenizer_quiet
+
+CACHE_VERSION = "1"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("LORATUNE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "loratune")
+    return Path(base) / "embeddings"
+
+
+def _model_fingerprint(cfg: ModelConfig) -> str:
+    from loratune.models import resolve_model
+
+    src = resolve_model(cfg)
+    parts = [CACHE_VERSION, "mean-pool", src.path, str(src.gguf_file), str(cfg.max_length)]
+    p = Path(src.path)
+    for name in ([src.gguf_file] if src.gguf_file else ["config.json", "model.safetensors", "pytorch_model.bin"]):
+        f = p / name
+        if f.is_file():
+            st = f.stat()
+            parts.append(f"{name}:{st.st_size}:{int(st.st_mtime)}")
+    return "|".join(parts)
+
+
+def cache_key(cfg: ModelConfig, texts: Sequence[str]) -> str:
+    h = hashlib.sha256(_model_fingerprint(cfg).encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()[:32]
+
+
+def _encode(cfg: ModelConfig, tokenizer, text_lists: list[Sequence[str]], batch_size: int,
+            num_threads: int | None) -> tuple[list[np.ndarray], int]:
+    """Embeddings for each list, and the torch thread count used."""
+    import torch
+
+    from loratune.models import load_encoder
+
+    model = load_encoder(cfg, purpose="for the probe", fix="check model.name_or_path, or run `loratune assess --no-probe`")
+    model.eval()
+    accepts = _forward_args(model)
+
+    def embed_batch(texts: Sequence[str]) -> np.ndarray:
+        batch = tokenizer(list(texts), padding=True, truncation=True, max_length=cfg.max_length,
+                          return_tensors="pt")
+        batch = {k: v for k, v in batch.items() if k in accepts}
+        h = model(**batch).last_hidden_state  # [batch, seq, hidden]
+        mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)  # [batch, seq, 1]
+        pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # mean over real tokens: [batch, hidden]
+        return pooled.float().cpu().numpy()
+
+    old_threads = torch.get_num_threads()
+    out = []
+    try:
+        with torch.inference_mode():
+            threads = num_threads or _pick_threads(embed_batch, text_lists, batch_size, old_threads)
+            torch.set_num_threads(threads)
+            for texts in text_lists:
+                order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: little padding
+                emb = None
+                for start in range(0, len(order), batch_size):
+                    idx = order[start:start + batch_size]
+                    pooled = embed_batch([texts[i] for i in idx])
+                    if emb is None:
+                        emb = np.zeros((len(texts), pooled.shape[-1]), np.float32)
+                    emb[idx] = pooled
+                out.append(emb if emb is not None else np.zeros((0, 1), np.float32))
+    finally:
+        torch.set_num_threads(old_threads)
+    return out, threads
+
+
+def _pick_threads(embed_batch, text_lists, batch_size: int, available: int) -> int:
+    """On a shared machine all-core torch can be several times slower than one thread (the cores are
+    busy and OpenMP workers wait on each other). Time one batch both ways and keep the faster."""
+    import torch
+
+    texts = [t for lst in text_lists for t in lst]
+    if available <= 1 or len(texts) < 8 * batch_size:
+        return max(1, available)
+    sample = sorted(texts, key=len)[len(texts) // 2:][:batch_size]  # a typical batch
+    times = {}
+    for n in (available, 1, available):  # the first call also warms up
+        torch.set_num_threads(n)
+        t0 = time.perf_counter()
+        embed_batch(sample)
+        times[n] = time.perf_counter() - t0
+    return 1 if times[1] < 0.8 * times[available] else available
+
+
+def _forward_args(model) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)
+
+
+def embed_texts(cfg: ModelConfig, text_lists: Sequence[Sequence[str]], *, tokenizer=None,
+                cache_dir: str | Path | None | bool = None, batch_size: int = 128,
+                num_threads: int | None = None) -> tuple[list[np.ndarray], bool, int | None]:
+    """Mean-pooled frozen embeddings [n, hidden] (float32) for each list of texts, whether all came
+    from the cache, and the torch threads used (None when nothing was computed).
+
+    cache_dir: None -> default_cache_dir(); False -> no cache. num_threads None: the faster of all
+    cores and one (timed on one batch; a shared machine often favours one).
+    """
+    folder = None if cache_dir is False else Path(cache_dir) if cache_dir else default_cache_dir()
+    keys = [cache_key(cfg, texts) for texts in text_lists]
+    result: list[np.ndarray | None] = [None] * len(text_lists)
+    if folder is not None:
+        for i, k in enumerate(keys):
+            f = folder / f"{k}.npy"
+            if f.is_file():
+                try:
+                    arr = np.load(f)
+                    if arr.shape[0] == len(text_lists[i]):
+                        result[i] = arr
+                except (OSError, ValueError):
+                    pass  # a damaged cache file: recompute
+    missing = [i for i, r in enumerate(result) if r is None]
+    threads = None
+    if missing:
+        if tokenizer is None:
+            tokenizer = load_tokenizer_quiet(cfg)
+        fresh, threads = _encode(cfg, tokenizer, [text_lists[i] for i in missing], batch_size, num_threads)
+        for i, arr in zip(missing, fresh):
+            result[i] = arr
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = folder / f".{keys[i]}.{os.getpid()}.tmp.npy"
+                np.save(tmp, arr)
+                os.replace(tmp, folder / f"{keys[i]}.npy")  # atomic
+    return [r for r in result], not missing, threads  # type: ignore[misc]

@@ -1,0 +1,48 @@
+"""The robustness probe: label-preserving perturbations, seeded, never emptying a text."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from loratune.robustness import PERTURBATIONS, perturb, perturbed_texts, score_robustness
+
+
+@pytest.mark.parametrize("kind", PERTURBATIONS)
+def test_perturbations_change_text_but_keep_codes_amounts_and_names(kind):
+    rng = random.Random(0)
+    text = "Why was I charged 25 EUR for my VISA transfer yesterday?"
+    out = perturb(text, kind, rng)
+    assert out.strip() and out != text
+    for token in ("25", "EUR", "VISA"):  # amounts, currency codes and product names stay intact
+        assert token in out.split() or token in out.replace("?", "").split() or token.lower() in out.lower().split()
+    if kind in ("typo", "drop_word"):
+        assert "25" in out and "EUR" in out and "VISA" in out
+
+
+def test_perturbed_texts_are_seeded():
+    texts = ("please transfer money to my savings account",) * 5
+    assert perturbed_texts(texts, "typo", 1) == perturbed_texts(texts, "typo", 1)
+    assert perturbed_texts(texts, "typo", 1) != perturbed_texts(texts, "typo", 2)
+
+
+def test_short_texts_are_never_emptied():
+    rng = random.Random(0)
+    for kind in PERTURBATIONS:
+        for t in ("?", "hi", "ok!"):
+            assert perturb(t, kind, rng).strip()
+
+
+def test_score_robustness_compares_each_perturbation_with_clean():
+    texts = ("please transfer money to my savings account", "what is my card PIN", "hello")
+    y = np.array([0, 1, 0])
+
+    def predict(batch):  # class 1 when the text mentions PIN, whatever its case
+        return np.array([[0.0, 1.0] if "pin" in t.lower() else [1.0, 0.0] for t in batch])
+
+    out = score_robustness(predict, texts, y, seed=0)
+    assert out["clean_accuracy"] == 1.0
+    assert set(out) == {"clean_accuracy", *PERTURBATIONS}
+    assert out["case"]["accuracy"] == 1.0 and out["case"]["drop"] == 0.0 and out["case"]["texts_changed"] == 1.0
