@@ -2,8 +2,10 @@
 
 The group table is data (one row per `model_type`), like peft's own
 `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`: each row gives the prefix of the transformer
-blocks (with the layer index) and, per group, the module name relative to a block. Architectures
-not in the table still work with `all-linear` and raw module names.
+blocks (with the layer index) and, per group, the module name relative to a block. Every row is
+checked against the real module names of that architecture, built from its `transformers` config on
+the meta device (tests/unit/test_arch_table.py). Architectures not in the table still work with
+`all-linear` and raw module names.
 """
 
 from __future__ import annotations
@@ -56,7 +58,10 @@ GROUP_TABLE: dict[str, dict[str, str]] = {
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
-    "phi3": {**_LLAMA_LIKE},
+    # Phi-3 fuses Q, K and V into one linear layer, and the FFN gate with its up projection: each of those
+    # groups names the fused module, so `attn.q` adapts Q, K and V together (and `ffn.gate` the gate and up).
+    "phi3": {**_LLAMA_LIKE, "attn.q": "self_attn.qkv_proj", "attn.k": "self_attn.qkv_proj",
+             "attn.v": "self_attn.qkv_proj", "ffn.gate": "mlp.gate_up_proj", "ffn.in": "mlp.gate_up_proj"},
 }
 _GENERIC_BLOCKS = r"^(?:.*\.)?(?:layer|layers|h|blocks|block)\.(\d+)\."
 
