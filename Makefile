@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo tune test clean
+.PHONY: install demo tune test test-fast clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# the lane to run on every change: unit tests and pure logic (no training, no browser), under 30 s
+test-fast: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 clean:
 	rm -rf $(VENV) runs
