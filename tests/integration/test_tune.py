@@ -103,6 +103,12 @@ def test_resume_after_kill_keeps_every_finished_trial(tiny_bert, intent_data, tm
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
     assert killed_in is not None, "the study ended before it could be killed mid-trial"
+    from loratune.report.study import build_study_report
+    from loratune.store import RunStore
+
+    assert RunStore(killed_in).read_run()["status"] == "died"  # never `running` forever
+    shown = {t.number: t.status for t in build_study_report(study).trials}
+    assert "died" in shown.values(), shown  # the study report includes the killed trial
     before = {t.number: t for t in _optuna_trials(study)}
     finished_before = {n: t.user_attrs["key"] for n, t in before.items() if "record" in t.user_attrs}
     assert finished_before, "no finished trial before the kill"
@@ -126,6 +132,8 @@ def test_resume_after_kill_keeps_every_finished_trial(tiny_bert, intent_data, tm
     assert [d["seq"] for d in decisions] == list(range(len(decisions))), "decisions written twice"
     summary = json.loads((study / "final" / "study.json").read_text())
     assert summary["budget"]["spent"]["trials"] == len(finished) <= 5
+    assert {r["trial"]: r["status"] for r in summary["trials"]}[killed[0].number] == "died"
+    assert json.loads((killed_in / "run.json").read_text())["status"] == "died"  # rewritten on resume
 
 
 @pytest.mark.parametrize("bad", [["--budget", "soon"], ["--strategy", "bayes"]])

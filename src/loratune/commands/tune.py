@@ -52,11 +52,13 @@ def run(args) -> int:
               f"{args.study_dir}" if not args.resume else f"[bold]loratune tune[/] --resume {args.study_dir}")
     try:
         summary = tune(cfg, opts, ui)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from loratune import signals
+
         ui.stop()
-        out.print(f"[yellow]interrupted[/]: finished trials are kept; continue with "
+        out.print(f"[yellow]{signals.describe(exc)}[/]: finished trials are kept; continue with "
                   f"`loratune tune --resume --study-dir {args.study_dir}`")
-        return 130
+        return signals.exit_code(exc)
     finally:
         ui.stop()
     print_summary(out, summary)

@@ -278,11 +278,16 @@ def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: 
     if not f1 and res.get("curve"):
         f1 = tuple((float(s), float(v)) for s, v in res["curve"])
     method = str(point.get("adapter.method", "lora"))
+    status = str(row.get("status") or res.get("status") or "?")
+    if status == "running" and run_dir:  # a killed tune's trial: its run dir says whether anyone still runs it
+        from loratune.store import liveness
+
+        status = "died" if liveness(run_dir)[0] == "dead" else status
     return TrialView(
         number=int(row.get("trial", rec.get("number", -1))),
         name=str(row.get("name") or spec.get("name") or "?"),
         phase=str(row.get("phase") or spec.get("phase") or "?"),
-        status=str(row.get("status") or res.get("status") or "?"),
+        status=status,
         value=as_float(row.get("val_macro_f1", res.get("value"))),
         examples=_int(row.get("examples", res.get("examples"))),
         wall_s=as_float(row.get("wall_s", res.get("wall_s"))),
@@ -522,7 +527,8 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
     plan = summary.get("plan") or {}
     strategy = str(summary.get("strategy") or meta.get("strategy") or "?")
     if not summary and meta.get("budget"):
-        budget = f"budget {meta['budget'].get('text', '?')}; " + budget
+        b = meta["budget"]  # the study's own: a string ("15m") as tune stores it
+        budget = f"budget {b.get('text', '?') if isinstance(b, dict) else b}; " + budget
     recommendation = _recommendation(summary.get("recommendation"), root, trials)
     pair = summary.get("pair") or next(
         (d["data"] for d in reversed(raw_trail) if isinstance(d, dict) and d.get("kind") == "pair"

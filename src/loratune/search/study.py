@@ -223,7 +223,7 @@ class Study:
         rows = []
         for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING)):
             a = t.user_attrs
-            if "record" in a or (t.state == TrialState.FAIL and a.get("status") != "killed"):
+            if "record" in a or (t.state == TrialState.FAIL and a.get("status") not in ("killed", "interrupted")):
                 continue
             run = {}
             if a.get("run_dir") and (Path(a["run_dir"]) / "run.json").is_file():
@@ -235,7 +235,8 @@ class Study:
                     run = {}
             best = run.get("best") or {}
             rows.append({"trial": t.number, "name": a.get("name", "?"), "phase": a.get("phase", "?"),
-                         "status": "died" if t.state == TrialState.FAIL else run.get("status", "running"),
+                         "status": ({"killed": "died"}.get(a.get("status"), a.get("status"))
+                                    if t.state == TrialState.FAIL else run.get("status", "running")),
                          "val_macro_f1": best.get("val/macro_f1"), "examples": int(run.get("examples_seen") or 0),
                          "wall_s": float(run.get("wall_s") or 0.0), "mean_step_s": run.get("mean_step_s"),
                          "peak_memory_mb": run.get("peak_memory_mb"), "verdict": "-", "run_dir": a.get("run_dir"),
