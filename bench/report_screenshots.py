@@ -2,10 +2,15 @@
 
     python bench/report_screenshots.py runs/demo2 bench/results/report_run_banking77
     python bench/report_screenshots.py runs/tune bench/results/report_study_banking77
+    python bench/report_screenshots.py --scripted bench/results/report_study_scripted
 
 writes <prefix>.html (the report itself), <prefix>.png (the whole page) and <prefix>-<section>.png
-(one per section, easier to read). Needs chromium (`apt-get install chromium`) and playwright
-(the `test` extra); no browser is downloaded.
+(one per section, easier to read). `--scripted` builds the study of the unit tests' scripted world
+(no training) in a temporary directory first. Needs chromium (`apt-get install chromium`) and
+playwright (the `test` extra); no browser is downloaded.
+
+These files are generated, so git ignores them (.gitignore), except the few section images the
+README shows (README_IMAGES): rebuild them here, and commit only those.
 """
 
 from __future__ import annotations
@@ -19,20 +24,42 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--no-first-run", "--disable-dev-shm-usage"]
 
 
+# the screenshots kept in git (the README shows them); everything else this script writes is ignored
+README_IMAGES = ("report_run_banking77-summary.png", "report_run_banking77-curves.png",
+                 "report_study_banking77-summary.png", "report_study_banking77-compute.png")
+
+
+def scripted_study_dir() -> Path:
+    """The unit tests' scripted study (the protocol on scripted trial outcomes), written to a temp dir."""
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(root / "tests"), str(root / "tests" / "unit")]
+    from test_report_model import scripted_study
+
+    d = Path(tempfile.mkdtemp(prefix="loratune-scripted-")) / "study"
+    scripted_study(d, run_dirs=True)
+    return d
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("path", help="run directory or study directory")
+    ap.add_argument("path", nargs="?", help="run directory or study directory (not with --scripted)")
     ap.add_argument("prefix", help="output prefix, e.g. bench/results/report_run_banking77")
+    ap.add_argument("--scripted", action="store_true", help="shoot the scripted study of the unit tests")
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--sections", nargs="*", default=None, help="section ids to shoot alone (default: all)")
     args = ap.parse_args(argv)
+    if args.scripted == bool(args.path):
+        ap.error("give a run or study directory, or --scripted")
+    path = scripted_study_dir() if args.scripted else args.path
 
     from playwright.sync_api import sync_playwright
 
     from loratune.report import write_report
 
     prefix = Path(args.prefix)
-    html = write_report(args.path, prefix.with_suffix(".html"))
+    html = write_report(path, prefix.with_suffix(".html"))
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     problems: list[str] = []
     with sync_playwright() as p:

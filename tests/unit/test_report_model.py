@@ -259,10 +259,10 @@ def scripted_study(study_dir: Path, *, finish: bool = True, run_dirs: bool = Fal
     decision trail in <study_dir>/decisions.jsonl and, when `finish`, final/study.json."""
     from loratune.search.budget import Budget, CostModel, Meter
     from loratune.search.context import SearchContext
-    from memory_store import MemoryStore
     from loratune.search.protocol import ProtocolSettings, Start, run_protocol
     from loratune.search.summary import finish as finish_study
     from loratune.search.trial import TrialResult
+    from memory_store import MemoryStore
 
     start = Start(point={R: 8, "adapter.lora_alpha": 16.0, "adapter.target_modules": ["attn.q", "attn.v"],
                          "adapter.layers_to_transform": "all", "adapter.lora_dropout": 0.1, LR: 1e-3},
