@@ -151,6 +151,9 @@ _STATE_FACTS = ("train_batch_size", "max_steps", "num_train_epochs", "logging_st
 # adapter_config.json fields that are knobs
 _ADAPTER_FACTS = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "use_dora",
                   "layers_to_transform", "modules_to_save", "bias", "peft_type", "base_model_name_or_path")
+# the end-of-training entry the Trainer logs (its own log_history entry; one step with the last train log in TB)
+_TRAIN_SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos",
+                       "train_loss")
 # first train loss ~ ln(classes) for a fresh classifier head: trusted only this early in the run, and for
 # these class counts (outside them a first loss is not a class count)
 CHANCE_LOSS_MAX_STEP = 10
@@ -189,14 +192,23 @@ def read_trainer_state(path: str | Path) -> RunHistory:
         raise UserError(f"'{p}' is not valid JSON ({exc})", "give the trainer_state.json a Trainer wrote") from None
     if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
         raise UserError(f"'{p}' has no `log_history` list", "give the trainer_state.json a Trainer wrote")
-    facts = {k: Fact(state[k], "trainer_state.json") for k in _STATE_FACTS if _fin(state.get(k)) is not None}
-    if _fin(state.get("global_step")) is not None:
-        facts["steps_done"] = Fact(int(state["global_step"]), "trainer_state.json global_step")
     name = p.parent.name if p.name == "trainer_state.json" else p.stem
     if name.startswith("checkpoint-") and p.name == "trainer_state.json":
         name = p.parent.parent.name
-    return _from_log_history(state["log_history"], p.parent, facts, name=name, path=str(p),
-                             source_file="trainer_state.json")
+    return history_from_trainer_state(state, p.parent, name=name, path=str(p))
+
+
+def history_from_trainer_state(state: Mapping[str, Any], folder: Path, *, name: str, path: str | None = None,
+                               adapter: Mapping[str, Any] | None = None,
+                               source_file: str = "trainer_state.json") -> RunHistory:
+    """A trainer state (the parsed trainer_state.json, or a live `TrainerState`'s fields) -> RunHistory.
+    `folder` is where the side files are looked for; `adapter` gives adapter knobs directly (a live peft
+    model's config) when no adapter_config.json is written yet."""
+    facts = {k: Fact(state[k], source_file) for k in _STATE_FACTS if _fin(state.get(k)) is not None}
+    if _fin(state.get("global_step")) is not None:
+        facts["steps_done"] = Fact(int(state["global_step"]), f"{source_file} global_step")
+    return _from_log_history(state.get("log_history") or [], folder, facts, name=name, path=path or str(folder),
+                             source_file=source_file, adapter=adapter)
 
 
 def read_tensorboard(directory: str | Path) -> RunHistory:
@@ -233,8 +245,9 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
         tags = scalars[step]
         train = {k[len("train/"):]: v for k, v in tags.items() if k.startswith("train/")}
         evals = {"eval_" + k[len("eval/"):]: v for k, v in tags.items() if k.startswith("eval/")}
+        summary = {k: train.pop(k) for k in list(train) if k in _TRAIN_SUMMARY_KEYS}
         epoch = train.pop("epoch", None)
-        for entry in (train, evals):
+        for entry in (train, evals, summary):
             if entry:
                 entry.update(step=step, **({"epoch": epoch} if epoch is not None else {}))
                 log_history.append(entry)
@@ -251,7 +264,7 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
 
 def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str, "Fact"], *, name: str,
                       path: str, source_file: str, source: str | None = None,
-                      notes: list[str] | None = None) -> RunHistory:
+                      notes: list[str] | None = None, adapter: Mapping[str, Any] | None = None) -> RunHistory:
     notes = list(notes or [])
     logs = [e for e in log_history if isinstance(e, dict) and "step" in e]
     is_trl = any(k in e or f"eval_{k}" in e for e in logs for k in _TRL_KEYS)
@@ -317,7 +330,7 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     _model_config_facts(folder, meta, facts, notes)
     if not is_trl and "n_classes" not in facts:
         _classes_from_first_loss(train_logs, meta, facts)
-    config = _config_from_facts(_adapter_facts(folder, facts, notes), facts)
+    config = _config_from_facts(_adapter_facts(folder, facts, notes, adapter), facts)
     if not config.get("adapter"):
         notes.append("no adapter_config.json beside the state: rank, alpha and targets unknown")
     meta["facts"] = {k: {"value": f.value, "source": f.source} for k, f in facts.items()}
@@ -369,24 +382,31 @@ def _classes_from_first_loss(train_logs: Sequence[dict], meta: dict, facts: dict
                                      f"{first['step']} (~ ln(classes) for a fresh head); give config.json to be sure")
 
 
-def _adapter_facts(folder: Path, facts: dict, notes: list[str]) -> dict:
-    ad = _side_file(folder, "adapter_config.json")
-    if ad is None:
-        return {}
-    try:
-        a = json.loads(ad.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        notes.append(f"{ad} is not valid JSON: rank, alpha and targets unknown")
-        return {}
+def _adapter_facts(folder: Path, facts: dict, notes: list[str], given: Mapping[str, Any] | None = None) -> dict:
+    where = "the live model's peft config"
+    if given is not None:
+        a = dict(given)
+    else:
+        ad = _side_file(folder, "adapter_config.json")
+        if ad is None:
+            return {}
+        try:
+            a = json.loads(ad.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            notes.append(f"{ad} is not valid JSON: rank, alpha and targets unknown")
+            return {}
+        where = "adapter_config.json"
     out = {}
     for k in _ADAPTER_FACTS:
         if a.get(k) is not None:
             v = a[k]
-            out[k] = sorted(v) if isinstance(v, list) and k == "target_modules" else v
-            facts[k] = Fact(out[k], "adapter_config.json")
+            if isinstance(v, (set, tuple)):
+                v = list(v)
+            out[k] = sorted(map(str, v)) if isinstance(v, list) and k == "target_modules" else v
+            facts[k] = Fact(out[k], where)
     if _fin(a.get("r")) and _fin(a.get("lora_alpha")):
         scale = a["lora_alpha"] / (math.sqrt(a["r"]) if a.get("use_rslora") else a["r"])
-        facts["lora_scale"] = Fact(round(scale, 6), "adapter_config.json: lora_alpha / " +
+        facts["lora_scale"] = Fact(round(scale, 6), f"{where}: lora_alpha / " +
                                    ("sqrt(r) (rsLoRA)" if a.get("use_rslora") else "r"))
     return out
 
@@ -416,7 +436,8 @@ def _lr_facts(train_logs: Sequence[dict]) -> dict[str, "Fact"]:
     divided by the schedule's shape at its step (1 - s/N for linear, (1 + cos(pi s/N))/2 for cosine,
     1 for constant; N = the last logged step extrapolated to where the fitted schedule ends), taking the
     shape that fits the samples best. Rounded to 3 significant digits."""
-    lr = [(float(e["step"]), float(e["learning_rate"])) for e in train_logs
+    # the Trainer logs at step s the rate step s used, i.e. the schedule's value after s - 1 scheduler steps
+    lr = [(float(e["step"]) - 1.0, float(e["learning_rate"])) for e in train_logs
           if _fin(e.get("learning_rate")) is not None]
     if not lr:
         return {}
@@ -426,7 +447,7 @@ def _lr_facts(train_logs: Sequence[dict]) -> dict[str, "Fact"]:
     warm = [v for _, v in lr[:i_peak]]
     s0 = 0.0
     if i_peak > 0 and warm and warm[0] < 0.9 * peak:
-        out["warmup_steps"] = Fact(int(peak_step), "log_history learning_rate (rising until this step)")
+        out["warmup_steps"] = Fact(int(peak_step), "log_history learning_rate (rising over these steps)")
         s0 = peak_step
     after = lr[i_peak:]
     schedule, estimate = "constant", peak
@@ -458,7 +479,7 @@ def _fit_decay(samples: Sequence[tuple[float, float]], shape: str, s0: float) ->
         return None
     best = None
     for k in range(0, 200):
-        n_end = last + (last - s0) * (k / 100.0) + 1  # the schedule ends at or after the last sample
+        n_end = last + (last - s0) * (k / 100.0)  # the schedule ends at or after the last sample
         xs = [(s - s0) / (n_end - s0) for s, _ in samples]
         g = [1 - x if shape == "linear" else 0.5 * (1 + math.cos(math.pi * x)) for x in xs]
         denom = sum(v * v for v in g)

@@ -1,0 +1,181 @@
+"""`LoratuneCallback`: the diagnosis live inside a `transformers.Trainer` (or a TRL trainer).
+
+At every evaluation it rebuilds the run's curves from `state.log_history` (the same reading as
+`loratune diagnose OUTPUT_DIR`), writes them as a loratune run record in `<output_dir>/loratune/`
+(`history.jsonl`, `run.json`; `loratune diagnose <output_dir>/loratune` and `loratune report` read it),
+runs the rule table, and prints each new finding once. It is silent on a healthy run: only findings
+that fire with confidence (not tentative, at least `min_confidence`) and are alarms mid-run are
+printed (`healthy` and `undertrained` describe every run that is still learning, so they are not).
+
+It can stop training (`control.should_training_stop`), saying why:
+- `diverged`: a non-finite train loss at any logging step, or the `diverged` rule at an evaluation;
+- `collapse`: the `lr-too-large` rule's one-class collapse (predictions on one class, loss pinned near
+  ln(classes));
+- overfitting, opt-in: `overfit_patience=N` stops after `overfit-capacity` has fired at N + 1
+  evaluations in a row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from transformers import TrainerCallback
+
+from loratune.diagnose import Diagnosis, diagnose
+from loratune.history_io import history_from_trainer_state
+from loratune.rules import THRESHOLDS
+
+STOP_REASONS = ("diverged", "collapse")  # what the callback may stop on by default
+QUIET_MIDRUN = ("healthy", "undertrained")  # findings that describe any run still learning: never printed
+RECORD_DIR = "loratune"  # the record's folder inside the Trainer's output_dir
+
+
+class LoratuneCallback(TrainerCallback):
+    """Diagnose the run at every evaluation; print new findings; stop on divergence / collapse / overfit.
+
+    Args:
+        stop_on: which of `STOP_REASONS` stop training (default both; `()` never stops).
+        overfit_patience: stop after `overfit-capacity` fired at this many evaluations in a row plus one
+            (None, the default: never stop for overfitting).
+        min_confidence: findings below this confidence are not printed and never stop training.
+        thresholds: rule threshold overrides by name (see `loratune rules`).
+        record: write `<output_dir>/loratune/` (history.jsonl, run.json) at every evaluation.
+        printer: where messages go (default `print`).
+    """
+
+    def __init__(self, *, stop_on: Iterable[str] = STOP_REASONS, overfit_patience: int | None = None,
+                 min_confidence: float = 0.6, thresholds: dict[str, float] | None = None, record: bool = True,
+                 printer: Callable[[str], Any] = print) -> None:
+        stop_on = tuple(stop_on)
+        unknown = [s for s in stop_on if s not in STOP_REASONS]
+        if unknown:
+            raise ValueError(f"stop_on: unknown {unknown}; allowed: {', '.join(STOP_REASONS)}")
+        if overfit_patience is not None and overfit_patience < 0:
+            raise ValueError("overfit_patience: an integer >= 0, or None")
+        self.stop_on = stop_on
+        self.overfit_patience = overfit_patience
+        self.min_confidence = float(min_confidence)
+        self.thresholds = dict(thresholds or {})
+        unknown_t = [k for k in self.thresholds if k not in THRESHOLDS]
+        if unknown_t:
+            raise ValueError(f"thresholds: unknown {unknown_t} (names from `loratune rules`)")
+        self.record = record
+        self.printer = printer
+        self.reported: set[str] = set()
+        self.overfit_streak = 0
+        self.stopped_by: str | None = None
+        self.last: Diagnosis | None = None
+        self._started = time.time()
+
+    # -- Trainer events -------------------------------------------------------------------------
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, (int, float)) and not math.isfinite(float(loss)) and "diverged" in self.stop_on:
+            self._stop(control, "diverged", f"the train loss is {loss} at step {state.global_step}: the run "
+                                            "diverged (next move: learning_rate /10, check the data)")
+        return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        d = self._diagnose(args, state, kwargs.get("model"))
+        self.last = d
+        for f in d.active:
+            if (f.rule_id in QUIET_MIDRUN or f.tentative or f.confidence < self.min_confidence
+                    or f.rule_id in self.reported):
+                continue
+            self.reported.add(f.rule_id)
+            self.printer(f"[loratune] step {state.global_step}: {f.rule_id} - {f.verdict}; next move: "
+                         f"{', '.join(f.moves)} (confidence {f.confidence:.2f})")
+        confident = {f.rule_id for f in d.active if not f.tentative and f.confidence >= self.min_confidence}
+        if "diverged" in confident and "diverged" in self.stop_on:
+            self._stop(control, "diverged", "the diagnosis says diverged (exploding or non-finite loss)")
+        elif "lr-too-large" in confident and "collapse" in self.stop_on and _collapsed(d):
+            self._stop(control, "collapse", "the model collapsed to one class (loss pinned near ln(classes))")
+        self.overfit_streak = self.overfit_streak + 1 if "overfit-capacity" in confident else 0
+        if self.overfit_patience is not None and self.overfit_streak > self.overfit_patience:
+            self._stop(control, "overfit", f"overfit-capacity at {self.overfit_streak} evaluations in a row "
+                                           f"(patience {self.overfit_patience})")
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.record and state.is_world_process_zero:
+            d = self._diagnose(args, state, kwargs.get("model"), final=True)
+            self.last = d
+        return control
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _stop(self, control, reason: str, why: str) -> None:
+        if self.stopped_by is None:
+            self.stopped_by = reason
+            self.printer(f"[loratune] stopping the training: {why}")
+        control.should_training_stop = True
+
+    def _diagnose(self, args, state, model, final: bool = False) -> Diagnosis:
+        out = Path(args.output_dir)
+        fields = {k: getattr(state, k, None) for k in ("max_steps", "num_train_epochs", "train_batch_size",
+                                                        "logging_steps", "eval_steps", "save_steps", "global_step")}
+        fields["log_history"] = list(state.log_history)
+        run = history_from_trainer_state(fields, out, name=out.name, path=str(out), adapter=_peft_config(model),
+                                         source_file="the live TrainerState")
+        meta = dict(run.meta)
+        labels = _labels(model)
+        if labels and "labels" not in meta and meta.get("task") != "causal-lm":
+            meta["labels"] = labels
+        d = diagnose(run.points, meta=meta, thresholds=self.thresholds, name=out.name)
+        if self.record and state.is_world_process_zero:
+            status = "running"
+            if final:  # the loratune record's statuses: a run stopped for divergence is `diverged`
+                status = "diverged" if self.stopped_by == "diverged" else "stopped" if self.stopped_by else "completed"
+            _write_record(out / RECORD_DIR, run.points, {
+                **{k: v for k, v in meta.items() if k != "partial"}, "status": status, "source": "hf-trainer callback",
+                "stopped_by": self.stopped_by, "verdict": d.verdict, "config": run.config,
+                "wall_s": round(time.time() - self._started, 3), "pid": os.getpid()})
+        return d
+
+
+def _collapsed(d: Diagnosis) -> bool:
+    f = d.finding("lr-too-large")
+    if f is None:
+        return False
+    passed = {e.feature for e in f.evidence if e.passed}
+    return "val_pred_top_share" in passed or "train_loss_vs_chance" in passed
+
+
+def _peft_config(model) -> dict | None:
+    cfg = getattr(model, "peft_config", None)
+    if not isinstance(cfg, dict) or not cfg:
+        return None
+    c = next(iter(cfg.values()))
+    return {k: getattr(c, k, None) for k in ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora",
+                                             "use_dora", "layers_to_transform", "bias")}
+
+
+def _labels(model) -> list[str] | None:
+    cfg = getattr(model, "config", None)
+    id2label = getattr(cfg, "id2label", None) or {}
+    if len(id2label) >= 2 and not any(str(a).endswith("ForCausalLM") for a in (getattr(cfg, "architectures", None)
+                                                                                or [])):
+        return [str(id2label[k]) for k in sorted(id2label, key=int)]
+    return None
+
+
+def _write_record(folder: Path, points, meta: dict) -> None:
+    """history.jsonl and run.json, each written whole to a temp file and renamed (never a torn file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in (("history.jsonl", "".join(json.dumps(p, default=_json) + "\n" for p in points)),
+                       ("run.json", json.dumps(meta, indent=2, default=_json) + "\n")):
+        tmp = folder / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, folder / name)
+
+
+def _json(v):
+    if isinstance(v, (set, tuple)):
+        return list(v)
+    return str(v)

@@ -1,0 +1,229 @@
+"""Runs made without loratune, read from real files written in the test: a TensorBoard dir written by the
+Trainer, a TRL SFT run of a tiny Llama, three Trainer runs that differ in one knob, and the live
+`LoratuneCallback` stopping a diverging run. Tiny random-init models, no downloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loratune.diagnose import compare, diagnose
+from loratune.history_io import load_run, read_tensorboard, read_trainer_state
+
+from support import INTENTS, _save_tokenizer, make_rows
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+LABELS = sorted(INTENTS)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bert_trainer(folder: Path, *, lr: float, steps: int = 40, r: int = 4, alpha: int = 8, peft: bool = True,
+                  report_to: str = "none", callbacks=(), scheduler: str = "linear", warmup: int = 0,
+                  save: bool = True, eval_steps: int = 5, metrics: bool = True):
+    """A tiny BERT classifier (+ LoRA through peft) trained by a plain Trainer; returns (output_dir, trainer)."""
+    import numpy as np
+    import torch
+    from transformers import (BertConfig, BertForSequenceClassification, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+
+    torch.set_num_threads(1)
+    tok = _save_tokenizer(folder / "tok")
+    l2i = {lab: i for i, lab in enumerate(LABELS)}
+    train = [dict(tok(r_["text"]), labels=l2i[r_["label"]]) for r_ in make_rows(12, seed=1)]
+    val = [dict(tok(r_["text"]), labels=l2i[r_["label"]]) for r_ in make_rows(5, seed=2)]
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=len(LABELS),
+                     id2label=dict(enumerate(LABELS)), label2id=l2i)
+    model = BertForSequenceClassification(cfg)
+    if peft:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=alpha,
+                                                 target_modules=["query", "value"]))
+
+    def compute(p):
+        pred = np.asarray(p.predictions).argmax(-1)
+        return {"accuracy": float((pred == p.label_ids).mean())}
+
+    out = folder / "out"
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, per_device_eval_batch_size=32,
+        learning_rate=lr, eval_strategy="steps", eval_steps=eval_steps, logging_steps=1, report_to=report_to,
+        use_cpu=True, save_strategy="steps" if save else "no", save_steps=steps, seed=0, disable_tqdm=True,
+        lr_scheduler_type=scheduler, warmup_steps=warmup, max_grad_norm=0.0 if lr >= 1 else 1.0)
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                      data_collator=DataCollatorWithPadding(tok), compute_metrics=compute if metrics else None,
+                      callbacks=list(callbacks))
+    trainer.train()
+    return out, trainer
+
+
+# ---- TensorBoard ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tb_run(tmp_path_factory):
+    return _bert_trainer(tmp_path_factory.mktemp("tb"), lr=5e-3, report_to="tensorboard", save=False)
+
+
+def test_tensorboard_dir_written_by_trainer_reads_like_its_log(tb_run):
+    out, trainer = tb_run
+    assert list(out.rglob("events.out.tfevents.*")) and not list(out.rglob("trainer_state.json"))
+    run = load_run(out)  # no trainer_state.json: the event files are the record
+    assert run.source == "tensorboard"
+    from loratune.history_io import history_from_trainer_state
+
+    live = history_from_trainer_state({"log_history": trainer.state.log_history}, out, name="live")
+    assert [p["step"] for p in run.points] == [p["step"] for p in live.points] == [5, 10, 15, 20, 25, 30, 35, 40]
+    for a, b in zip(run.points, live.points):
+        assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-5)  # float32 in the event file
+        assert a["val/accuracy"] == pytest.approx(b["val/accuracy"], rel=1e-5)
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
+    assert run.facts["learning_rate"].value == pytest.approx(5e-3, rel=0.02)
+    assert run.facts["lr_schedule"].value == "linear"
+    d = diagnose(out)
+    assert d.source == "tensorboard" and d.features["n_eval_points"] == 8
+
+
+# ---- facts: lr schedule, adapter config, classes -------------------------------------------------
+
+@pytest.mark.parametrize("scheduler, warmup", [("cosine", 0), ("linear", 8), ("constant", 0)])
+def test_learning_rate_peak_and_schedule_from_the_log(tmp_path, scheduler, warmup):
+    out, _ = _bert_trainer(tmp_path, lr=3e-3, steps=30, scheduler=scheduler, warmup=warmup, eval_steps=10)
+    run = load_run(out)
+    assert run.source == "hf-trainer"
+    assert run.facts["learning_rate"].value == pytest.approx(3e-3, rel=0.02)
+    assert run.facts["lr_schedule"].value == scheduler
+    assert ("warmup_steps" in run.facts) == (warmup > 0)
+    a = run.facts
+    assert (a["r"].value, a["lora_alpha"].value, a["lora_scale"].value) == (4, 8, 2.0)
+    assert a["r"].source == "adapter_config.json" and a["target_modules"].value == ["query", "value"]
+    # no config.json beside the checkpoint: the classes come from the first loss (~ln 4)
+    assert a["n_classes"].value == 4 and "first train loss" in a["n_classes"].source
+    assert run.config["adapter"]["r"] == 4 and run.config["train"]["learning_rate"] == a["learning_rate"].value
+
+
+def test_training_args_bin_is_never_unpickled(tmp_path, monkeypatch):
+    out, _ = _bert_trainer(tmp_path, lr=3e-3, steps=10, eval_steps=5)
+    ckpt = next(out.glob("checkpoint-*"))
+    assert (ckpt / "training_args.bin").is_file()
+    (ckpt / "training_args.bin").write_bytes(b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.")  # a hostile pickle
+    import pickle
+
+    def refuse(*a, **k):
+        raise AssertionError("a pickle was loaded")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    run = read_trainer_state(ckpt / "trainer_state.json")
+    assert run.source == "hf-trainer" and len(run.points) == 2
+
+
+# ---- the minimal-intervention experiment on Trainer runs --------------------------------------------
+
+def test_three_trainer_runs_differing_in_one_knob_are_compared(tmp_path):
+    base, _ = _bert_trainer(tmp_path / "base", lr=1.25e-2, steps=40)
+    lr4, _ = _bert_trainer(tmp_path / "lr4", lr=5e-2, steps=40)
+    r4, _ = _bert_trainer(tmp_path / "r4", lr=1.25e-2, steps=40, r=16, alpha=32)
+    c = compare([base, lr4, r4])
+    knobs = {g.knob: {row[0] for row in g.runs} for g in c.groups}
+    assert set(knobs) == {"learning_rate", "r"}, c.notes
+    assert len(knobs["learning_rate"]) == 2 and len(knobs["r"]) == 2
+    lr_group = next(g for g in c.groups if g.knob == "learning_rate")
+    r_group = next(g for g in c.groups if g.knob == "r")
+    assert "scale lora_alpha/r fixed" in r_group.note
+    assert lr_group.effect > r_group.effect
+    assert c.fired("optimization-bound"), [(f.rule_id, f.suppressed_by) for f in c.findings]
+    f = next(f for f in c.active if f.rule_id == "optimization-bound")
+    assert any("deltas" in n for n in f.notes) and any("noise" in n for n in f.notes)
+
+
+# ---- TRL SFTTrainer on a tiny Llama ---------------------------------------------------------------
+
+def test_trl_sft_run_is_read_as_a_first_class_run(tmp_path):
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    torch.set_num_threads(1)
+    tok = _save_tokenizer(tmp_path / "tok")
+    tok.eos_token, tok.pad_token = "[SEP]", "[PAD]"
+    rows = make_rows(8, seed=3)
+    data = Dataset.from_list([{"prompt": r_["text"] + " intent:", "completion": " " + r_["label"]} for r_ in rows])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                                         eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id))
+    from peft import LoraConfig
+
+    out = tmp_path / "sft"
+    args = SFTConfig(output_dir=str(out), max_steps=20, per_device_train_batch_size=8, learning_rate=5e-3,
+                     eval_strategy="steps", eval_steps=5, logging_steps=1, report_to="none", use_cpu=True,
+                     save_strategy="steps", save_steps=20, max_length=32, disable_tqdm=True, seed=0)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(12)),
+                         processing_class=tok, peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj",
+                                                                                                           "v_proj"]))
+    trainer.train()
+    run = load_run(out)
+    assert run.source == "trl" and run.meta["task"] == "causal-lm"
+    assert "n_classes" not in run.facts  # a language model's first loss is not ln(classes)
+    assert all("val/token_accuracy" in p for p in run.points if "val/loss" in p)
+    d = diagnose(out)
+    assert d.features.details["val_metric"] == "val/token_accuracy"
+    assert d.features["train_loss_vs_chance"] is None and d.facts["r"]["value"] == 8
+
+
+# ---- the live callback -------------------------------------------------------------------------------
+
+def test_callback_stops_a_diverging_run_and_says_why(tmp_path):
+    from loratune.integrations import LoratuneCallback
+
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append)
+    out, trainer = _bert_trainer(tmp_path, lr=30.0, steps=60, peft=False, callbacks=[cb], eval_steps=5)
+    assert cb.stopped_by == "diverged"
+    assert trainer.state.global_step < 60
+    assert any("stopping the training" in m for m in said)
+    rec = load_run(out / "loratune")
+    assert json.loads((out / "loratune" / "run.json").read_text())["stopped_by"] == "diverged"
+    assert diagnose(rec).verdict == "diverged"
+
+
+def test_callback_is_silent_on_a_learning_run_and_leaves_a_record(tmp_path):
+    from loratune.integrations import LoratuneCallback
+
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append, overfit_patience=1)
+    out, trainer = _bert_trainer(tmp_path, lr=5e-3, steps=30, callbacks=[cb], eval_steps=10)
+    assert cb.stopped_by is None and trainer.state.global_step == 30
+    assert [m for m in said if "eval-too-noisy" not in m] == []
+    meta = json.loads((out / "loratune" / "run.json").read_text())
+    assert meta["status"] == "completed" and meta["labels"] == LABELS and meta["config"]["adapter"]["r"] == 4
+    assert [p["step"] for p in load_run(out / "loratune").points][:3] == [10, 20, 30]
+
+
+def test_callback_rejects_unknown_options():
+    from loratune.integrations import LoratuneCallback
+
+    with pytest.raises(ValueError, match="stop_on"):
+        LoratuneCallback(stop_on=("nan",))
+    with pytest.raises(ValueError, match="thresholds"):
+        LoratuneCallback(thresholds={"no_such": 1})
+
+
+def test_diagnosing_an_external_run_imports_no_torch(tb_run):
+    out, _ = tb_run
+    code = ("import sys, json; from loratune.diagnose import diagnose; d = diagnose(sys.argv[1]); "
+            "print(json.dumps({'verdict': d.verdict, 'torch': 'torch' in sys.modules, "
+            "'transformers': 'transformers' in sys.modules}))")
+    res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    got = json.loads(res.stdout)
+    assert got == {"verdict": got["verdict"], "torch": False, "transformers": False}
