@@ -42,12 +42,43 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    parser.set_defaults(_commands=sub.choices)
     return parser
 
 
+# options whose value may start with '-' (argparse would read `--budget -5m` as an unknown option)
+VALUE_OPTIONS = ("--budget",)
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Options may come before, between or after positionals (`predict RUN --json "text"`,
+    `train r=8 --dry-run lr=1e-3`): what the first pass leaves over is parsed again with the command's
+    parser in intermixed mode."""
+    argv = list(argv)
+    for i in range(len(argv) - 1):
+        if argv[i] in VALUE_OPTIONS and argv[i + 1].startswith("-"):
+            argv[i:i + 2] = [f"{argv[i]}={argv[i + 1]}", ""]
+    argv = [a for a in argv if a != ""]
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    commands = getattr(args, "_commands", {}) or {}
+    if args.command not in commands:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    rest = argv[argv.index(args.command) + 1:]
+    again = commands[args.command].parse_intermixed_args(rest)
+    again.command = args.command
+    return again
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    # the libraries' deprecation notices (transformers' is_gradient_checkpointing on every peft load) are
+    # for their API's callers, not for someone running `loratune predict`
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|torch)(\.|$)")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -564,9 +564,49 @@ def save_model(model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunSt
     full fine-tuning saves the whole model. Tokenizer and label map go beside it."""
     out = store.adapter_dir
     out.mkdir(parents=True, exist_ok=True)
+    peft_cfg = getattr(model, "peft_config", {}).get("default")
+    if peft_cfg is not None and peft_cfg.modules_to_save:
+        # peft's sequence-classification wrapper appends "classifier" and "score" to what we gave: keep each
+        # name once, and only the heads this model has (BERT has no `score`, Llama no `classifier`)
+        present = {n.rsplit(".", 1)[-1] for n, _ in model.base_model.model.named_modules()}
+        peft_cfg.modules_to_save = [m for i, m in enumerate(peft_cfg.modules_to_save)
+                                    if m in present and m not in peft_cfg.modules_to_save[:i]]
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     write_json(out / LABEL_MAP, {"labels": list(space.labels), "multi_label": space.multi_label,
                                  "method": cfg.adapter.method, "base_model": cfg.model.name_or_path,
                                  "gguf_file": cfg.model.gguf_file})
+    from loratune.store import write_atomic
+
+    write_atomic(out / "README.md", model_card(cfg, space, peft_cfg is not None))  # not peft's blank template
+
+
+def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool) -> str:
+    """What the folder holds and how to load it (with loratune, and with plain peft + transformers)."""
+    a = cfg.adapter
+    kind = (f"a LoRA adapter (r={a.r}, lora_alpha={a.lora_alpha}, targets {', '.join(map(str, a.target_modules))}) "
+            "with its trained classification head" if is_adapter else "a fully fine-tuned model")
+    labels = ", ".join(space.labels[:20]) + (f", ... ({len(space)} in all)" if len(space) > 20 else "")
+    if is_adapter:
+        load = ("from peft import PeftModel\nfrom transformers import AutoModelForSequenceClassification, "
+                "AutoTokenizer\n\nbase = AutoModelForSequenceClassification.from_pretrained(BASE, "
+                f"num_labels={len(space)}"
+                + (', problem_type="multi_label_classification"' if space.multi_label else "")
+                + ")\nmodel = PeftModel.from_pretrained(base, \"adapter\")\n"
+                "tokenizer = AutoTokenizer.from_pretrained(\"adapter\")")
+    else:
+        load = ("from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+                "model = AutoModelForSequenceClassification.from_pretrained(\"adapter\")\n"
+                "tokenizer = AutoTokenizer.from_pretrained(\"adapter\")")
+    data = cfg.data.train_file or cfg.data.dataset_name
+    return ("# Text classifier trained with loratune\n\n"
+            f"This folder holds {kind}, trained by `loratune train` on `{data}` for "
+            f"{'multi' if space.multi_label else 'single'}-label classification into {len(space)} labels: "
+            f"{labels}.\n\n"
+            f"- base model (BASE below): `{cfg.model.name_or_path}` (`base_model_path` in `label_map.json` when it "
+            f"is an embedded model), `max_length` {cfg.model.max_length}\n"
+            "- label order: `label_map.json` (logit i is `labels[i]`)\n"
+            "- metrics, curves and the configuration: `../run.json`, `../history.jsonl`, `../config.yaml`\n\n"
+            "## Use\n\n```bash\nloratune predict RUN_DIR \"some text\"\n```\n\n"
+            f"Without loratune:\n\n```python\n{load}\n```\n")
 

@@ -32,6 +32,9 @@ class Budget:
     @classmethod
     def parse(cls, text: str | int | float) -> "Budget":
         s = str(text).strip().lower().replace(" ", "").replace("_", "")
+        if s.startswith("-") or re.match(r"^0+(\.0*)?\D*$", s):
+            raise UserError(f"budget '{text}' is {'negative' if s.startswith('-') else 'zero'}: a budget must be "
+                            "positive", "give a positive amount: 15m, 20trials or 300000ex")
         m = _COUNT.match(s)
         if m:
             mult = {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2)]
