@@ -1,0 +1,57 @@
+"""The rough edges of issue 14, each reproduced first: options after positionals, budgets of zero or
+below, the adapter folder's README and modules_to_save, library FutureWarnings on predict/evaluate."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from loratune.cli import main
+
+from support import overrides
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert, intent_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rough") / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 0
+    return out
+
+
+def test_predict_options_after_the_run_and_between_texts(trained, capsys):
+    capsys.readouterr()
+    assert main(["predict", str(trained), "--json", "lost my card", "--top-k", "2", "change my pin"]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    assert [p["text"] for p in preds] == ["lost my card", "change my pin"] and len(preds[0]["top"]) == 2
+
+
+def test_no_library_future_warning_on_predict_or_evaluate(trained, capsys):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["predict", str(trained), "lost my card"]) == 0
+        assert main(["evaluate", str(trained), "--split", "test"]) == 0
+    assert not [w for w in seen if issubclass(w.category, FutureWarning)], [str(w.message) for w in seen]
+
+
+def test_adapter_folder_has_a_model_card_and_clean_modules_to_save(trained):
+    cfg = json.loads((trained / "adapter" / "adapter_config.json").read_text())
+    mts = cfg["modules_to_save"]
+    assert len(mts) == len(set(mts)) and "score" not in mts and "classifier" in mts
+    card = (trained / "adapter" / "README.md").read_text()
+    assert card.startswith("# Text classifier trained with loratune") and "PeftModel.from_pretrained" in card
+    assert "Provide a quick summary" not in card
+
+
+@pytest.mark.parametrize("budget,word", [("0trials", "zero"), ("0m", "zero"), ("-5m", "negative"),
+                                         ("-3trials", "negative")])
+def test_budget_zero_or_negative(budget, word, tmp_path, capsys):
+    assert main(["tune", "--study-dir", str(tmp_path / "s"), "--budget", budget]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert f"is {word}: a budget must be positive" in err and "fix:" in err
+    assert not (tmp_path / "s").exists()
