@@ -1,13 +1,22 @@
-"""The Python API: a few verbs, each reading like a recipe (setup, work, record).
+"""The Python API: the CLI's verbs, each reading like a recipe (setup, work, record).
 
     from loratune import api
-    run = api.train(api.load_config("my.yaml", ["r=16"]))
-    api.evaluate("runs/latest", split="test")
+    cfg = api.load_config("my.yaml", ["r=16"])
+    a = api.assess(cfg)                                 # loratune assess: data profile + start config
+    run = api.train(cfg)                                # loratune train
+    d = api.diagnose("runs/latest")                     # loratune diagnose: d.verdict, d.findings
+    api.report("runs/latest")                           # loratune report -> runs/latest/report.html
+    api.predict("runs/latest", ["I lost my card"])      # loratune predict
+    api.evaluate("runs/latest", split="test")           # loratune evaluate
+    summary = api.tune(cfg, budget="15m")               # loratune tune
+
+Everything but `train`, `tune`, `predict`, `evaluate` and a probing `assess` runs without torch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from loratune.config import RunConfig, load_config  # noqa: F401  (re-exported)
 from loratune.data import Dataset, load_dataset
@@ -58,3 +67,55 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     from loratune.inference import evaluate_run
 
     return evaluate_run(run_dir, split)
+
+
+def assess(cfg: RunConfig, *, probe: bool = True, dataset: Dataset | None = None):
+    """Profile the data before training and propose the start config (`loratune assess`): an
+    `assess.Assessment` (`.findings`, `.recommendation`, `.to_dict()`)."""
+    from loratune.assess import run_assessment
+
+    return run_assessment(cfg, probe=probe, dataset=dataset)
+
+
+def diagnose(run: str | Path, *, thresholds: Mapping[str, float] | None = None):
+    """The verdict of one run's curves with its evidence and next knob move (`loratune diagnose RUN`): a
+    `diagnose.Diagnosis` (`.verdict`, `.primary`, `.findings`). RUN: a run directory, a Trainer output
+    directory or trainer_state.json, or a CSV. `thresholds`: overrides by name (`loratune rules`)."""
+    from loratune.diagnose import diagnose as _diagnose
+
+    return _diagnose(run, thresholds=thresholds)
+
+
+def compare(runs: Sequence[str | Path], *, thresholds: Mapping[str, float] | None = None):
+    """What two or more runs that differ in one knob say together (`loratune diagnose RUN RUN ...`)."""
+    from loratune.diagnose import compare as _compare
+
+    return _compare(list(runs), thresholds=thresholds)
+
+
+def report(path: str | Path, out: str | Path | None = None, *, examples: bool = True) -> Path:
+    """Write the HTML report of a run or a study (`loratune report`); returns the file
+    (default <path>/report.html)."""
+    from loratune.report import write_report
+
+    return write_report(path, out, examples=examples)
+
+
+def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = None,
+         study_dir: str | Path = "runs/tune", resume: bool = False, fixed: Sequence[str] = (),
+         target: float | None = None, full_probe: bool = True, dataset: Dataset | None = None,
+         **options: Any) -> dict:
+    """The tuning autopilot (`loratune tune`); returns the study summary (final/study.json).
+
+    fixed: dotted keys whose values in `cfg` win over what the assessment proposes (the CLI fixes the
+    keys given on its command line). Other `search.tune.TuneOptions` fields pass through `options`."""
+    from loratune.config import resolve_key, to_dict
+    from loratune.search.protocol import ProtocolSettings
+    from loratune.search.tune import TuneOptions, tune as _tune
+
+    keys = tuple(sorted(resolve_key(k) for k in fixed))
+    flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
+    opts = TuneOptions(budget=budget, strategy=strategy, study_dir=str(study_dir), resume=resume,
+                       explicit_keys=keys, user_point={k: flat[k] for k in keys},
+                       settings=ProtocolSettings(target=target, full_probe=full_probe), **options)
+    return _tune(cfg, opts, dataset=dataset)

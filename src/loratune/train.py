@@ -36,7 +36,7 @@ from loratune.data import Dataset, LabelSpace, Split, stratified_subset
 from loratune.errors import UserError
 from loratune.eval_extras import EvalExtras
 from loratune.metrics import multi_label_scores, single_label_scores
-from loratune.models import load_classifier, load_tokenizer
+from loratune.models import load_classifier, load_tokenizer, resolve_model
 from loratune.store import LABEL_MAP, RunStore, write_json
 
 
@@ -573,9 +573,10 @@ def save_model(model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunSt
                                     if m in present and m not in peft_cfg.modules_to_save[:i]]
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    base = resolve_model(cfg.model)  # base_model_path: what plain transformers loads (README recipe)
     write_json(out / LABEL_MAP, {"labels": list(space.labels), "multi_label": space.multi_label,
                                  "method": cfg.adapter.method, "base_model": cfg.model.name_or_path,
-                                 "gguf_file": cfg.model.gguf_file})
+                                 "base_model_path": base.path, "gguf_file": base.gguf_file})
     from loratune.store import write_atomic
 
     write_atomic(out / "README.md", model_card(cfg, space, peft_cfg is not None))  # not peft's blank template

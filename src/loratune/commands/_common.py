@@ -11,12 +11,17 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="FILE", help="YAML config (sections model/data/adapter/train, or flat keys)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="overrides, e.g. r=16 learning_rate=5e-4 target_modules=[attn,ffn@top:2]")
+    p.add_argument("--data", metavar="DIR", help="the data: a folder of train/validation/test files or a hub "
+                   "dataset id (shorthand of data.dataset_name=DIR; a key=value override still wins)")
 
 
 def load_cfg(args):
     from loratune.config import load_config
 
-    return load_config(args.config, args.overrides)
+    overrides = list(args.overrides or ())
+    if getattr(args, "data", None):
+        overrides.insert(0, f"data.dataset_name={args.data}")
+    return load_config(args.config, overrides)
 
 
 def console(stderr: bool = False):

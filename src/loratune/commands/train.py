@@ -56,6 +56,7 @@ def run(args) -> int:
         out.print(f"[yellow]{signals.describe(exc)}[/]: {_record_after_interrupt(cfg.train.output_dir)}")
         return signals.exit_code(exc)
     print_summary(out, run)
+    print_next_steps(out, cfg.train.output_dir)
     if run["status"] == "diverged":
         out.print(f"[red]diverged[/]: {run['reason']}. {(run.get('saved_model') or {}).get('note', '')}")
         return EXIT_DIVERGED
@@ -101,6 +102,34 @@ def print_summary(out, run: dict) -> None:
     out.print(f"trainable {human(p['trainable'])} of {human(p['total'])} ({p['share_of_total']:.2%}); "
               f"{run['examples_seen']} examples in {run['wall_s']:.1f}s "
               f"({(run.get('examples_per_s') or 0):.1f} ex/s training), peak memory {run['peak_memory_mb']:.0f} MB")
+
+
+def print_next_steps(out, run_dir: str) -> None:
+    """The first hour: the verdict of the run's curves and the commands that come next."""
+    import shlex
+
+    from rich.markup import escape
+
+    from loratune.diagnose import diagnose
+    from loratune.store import LABEL_MAP, RunStore
+
+    try:
+        primary = diagnose(run_dir).primary
+        verdict = (f"[bold]{escape(primary.rule_id)}[/]: {escape(primary.verdict)}"
+                   + (f"; next move: {escape(', '.join(primary.moves))}" if primary.moves else "")
+                   if primary else "[bold]inconclusive[/] (no rule holds on these curves)")
+    except Exception as exc:  # the record is complete whatever the diagnosis makes of it
+        verdict = f"not diagnosed ({escape(type(exc).__name__)}: {escape(str(exc))})"
+    out.print(f"verdict: {verdict}")
+    run = shlex.quote(str(run_dir))
+    steps = [(f"loratune diagnose {run}", "the verdict's evidence and the next knob move"),
+             (f"loratune report {run}", "one HTML page: curves, per-class recall, confusions")]
+    if (RunStore(run_dir).adapter_dir / LABEL_MAP).is_file():
+        steps.append((f'loratune predict {run} "some text"', "labels for new texts"))
+    width = max(len(c) for c, _ in steps)
+    out.print("next:")
+    for cmd, what in steps:
+        out.print(f"  {escape(cmd).ljust(width)}  [dim]{what}[/]")
 
 
 def _fmt(v) -> str:

@@ -54,8 +54,8 @@ def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, run
 
 
 def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: list) -> dict:
-    from loratune import api
     from loratune.config import to_yaml
+    from loratune.data import load_dataset
     from loratune.search.runner import TrainingRunner
     from loratune.search.space import default_space
     from loratune.search.summary import finish
@@ -95,7 +95,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                     "marked failed, its point is trained again")
     options = dc_replace(options, strategy=options.strategy or "protocol", budget=options.budget or DEFAULT_BUDGET)
     budget = Budget.parse(options.budget)
-    dataset = dataset or api.prepare(cfg)
+    dataset = dataset or load_dataset(cfg.data, seed=cfg.train.seed)  # as api.prepare (api imports search)
     from loratune.data import check_trainable
 
     check_trainable(dataset)

@@ -1,0 +1,91 @@
+"""The first hour: `loratune train --data DIR` names the verdict and the next commands, the README's
+plain-peft recipe runs as written on the run's record, and the Python API has the CLI's verbs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from loratune import api
+from loratune.cli import main
+from loratune.config import load_config
+
+from support import overrides
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert, intent_data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("first-hour") / "run"
+    cfg = load_config(None, overrides(tiny_bert, intent_data, run, learning_rate=2e-2, max_steps=16))
+    api.train(cfg, progress=False)
+    return run
+
+
+def test_train_with_data_names_the_verdict_and_next_commands(tiny_bert, intent_data, tmp_path, capsys,
+                                                             monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one command per line, whatever the temp path's length
+    run = tmp_path / "run"
+    args = [a for a in overrides(tiny_bert, intent_data, run) if not a.startswith("dataset_name=")]
+    assert main(["train", "--quiet", "--data", str(intent_data), *args]) == 0
+    out = capsys.readouterr().out
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    verdict = api.diagnose(run).verdict
+    assert re.search(rf"verdict: {re.escape(verdict)}\b", out), out
+    for cmd in (f"loratune diagnose {run}", f"loratune report {run}", f'loratune predict {run} "'):
+        assert cmd in out, out
+
+
+def test_data_shorthand_is_dataset_name_and_an_override_wins(intent_data, tmp_path):
+    from loratune.cli import build_parser
+    from loratune.commands._common import load_cfg
+
+    args = build_parser().parse_args(["train", "--data", str(intent_data)])
+    assert load_cfg(args).data.dataset_name == str(intent_data)
+    args = build_parser().parse_args(["train", "--data", str(intent_data), f"dataset_name={tmp_path}"])
+    assert load_cfg(args).data.dataset_name == str(tmp_path)
+
+
+def _readme_recipe() -> str:
+    text = README.read_text(encoding="utf-8")
+    start = text.index("Load a trained adapter without loratune")
+    return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
+
+
+def test_the_readme_peft_recipe_runs_as_written(trained, capsys):
+    code = _readme_recipe()
+    assert 'run = "runs/latest"' in code
+    meta = json.loads((trained / "adapter" / "label_map.json").read_text())
+    assert Path(meta["base_model_path"]).is_dir() and meta["labels"]
+    exec(compile(code.replace('run = "runs/latest"', f"run = {str(trained)!r}"), "README", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    assert printed == api.predict(trained, ["I lost my card"])[0]["label"]  # the same model as loratune's
+
+
+def test_the_api_has_the_cli_verbs(trained, tiny_bert, intent_data, tmp_path, monkeypatch):
+    cfg = load_config(None, overrides(tiny_bert, intent_data, tmp_path / "x"))
+    a = api.assess(cfg, probe=False)
+    assert a.labels and a.recommendation.overrides
+    d = api.diagnose(trained)
+    assert d.verdict and d.run
+    assert api.compare([trained, trained]).runs
+    html = api.report(trained, tmp_path / "r.html", examples=False)
+    assert html.is_file() and "<html" in html.read_text()[:500].lower()
+
+    seen = {}
+
+    def fake_tune(cfg, opts, ui=None, *, runner=None, dataset=None):
+        seen["opts"] = opts
+        return {"recommendation": "x"}
+
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("loratune.search.tune"), "tune", fake_tune)
+    assert api.tune(cfg, budget="2trials", fixed=["r"], study_dir=tmp_path / "s") == {"recommendation": "x"}
+    opts = seen["opts"]
+    assert opts.budget == "2trials" and opts.explicit_keys == ("adapter.r",)
+    assert opts.user_point == {"adapter.r": 4} and opts.study_dir == str(tmp_path / "s")
