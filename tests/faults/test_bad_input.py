@@ -89,3 +89,22 @@ def test_two_trainings_into_one_output_dir(tiny_bert, intent_data, tmp_path, cap
     finally:
         held.release()
     assert not json.dumps([p.name for p in out.iterdir()]).count("run.json")
+
+
+def test_the_shipped_demo_passes_its_own_assess_checks():
+    """No text in two splits (train -> validation/test leakage) and no text with two labels, by assess's key."""
+    from loratune.assess.text import normalise
+    from loratune.data import embedded_data_dir
+
+    seen: dict[str, tuple[str, str]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for split in ("train", "validation", "test"):
+        for line in (embedded_data_dir() / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            key = normalise(row["text"])
+            assert key not in seen or seen[key] == (split, row["label"]), (row, seen.get(key))
+            seen.setdefault(key, (split, row["label"]))
+            counts.setdefault(split, {}).setdefault(row["label"], 0)
+            counts[split][row["label"]] += 1
+    assert set(counts["train"].values()) == {24} and set(counts["test"].values()) == {10}  # still stratified
+    assert len(counts["validation"]) == 77
