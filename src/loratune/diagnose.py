@@ -11,7 +11,10 @@ diffing their config.yaml), measures how far each knob moved the best val metric
 evaluates the `compare` rules: capacity-bound vs optimization-bound (protocol section 5),
 seed-unstable, alpha-insensitive, update-too-weak, differences-within-noise.
 
-Clause logic is three-valued: a clause over a missing feature is unknown. A rule whose condition is
+Clause logic is three-valued: a clause over a missing feature is unknown; an `all` group with an unknown
+member and no false one is unknown; an `any` group is true when a member is true, unknown only when no
+member could be checked at all (alternatives are routes to one conclusion: a missing route does not hold
+the group open once another route was checked and failed). A rule whose condition is
 true fires; one that is unknown (no clause false, some unknown) fires tentatively, with confidence
 x0.75 per unknown clause, when no `required` clause is unknown and its known-true clauses are at
 least as many as its unknown ones. A rule stopped by a missing `required` clause, or with every
@@ -154,15 +157,25 @@ class Diagnosis:
         metric = self.features.details.get("val_metric") or "val metric"
         lines = []
         if v.get("val_metric_best") is not None:
-            se = f" (SE {fv('val_metric_se')})" if v.get("val_metric_se") is not None else ""
+            se = f" (noise {fv('val_metric_noise')})" if v.get("val_metric_noise") is not None else ""
+            drop = v.get("val_metric_final_drop_se")
+            tie = ""
+            if drop is not None and v.get("val_metric_final_drop", 0) > 0:
+                tie = (": final and best are a tie (inside the noise band)" if drop < TIE_BAND_SE
+                       else f": final is {drop:.1f} noise units below the best")
             lines.append(f"{metric}: {fv('val_metric_start')} at the start, best {fv('val_metric_best')}{se} "
-                         f"at {fv('best_step_fraction')} of the run, final {fv('val_metric_final')}")
+                         f"at {fv('best_step_fraction')} of the run, final {fv('val_metric_final')}{tie}")
         if v.get("train_loss_final") is not None:
             lines.append(f"train loss: {fv('train_loss_start')} -> {fv('train_loss_final')} "
                          f"(fell {fv('train_loss_drop')}; {fv('train_loss_late_drop')} over the last half)")
         if v.get("val_loss_min") is not None:
+            rise = v.get("val_loss_rise_noise")
+            tie = ""
+            if rise is not None and v.get("val_loss_rise", 0) > 0:
+                tie = (" (final and minimum are a tie, inside the noise band)" if rise < TIE_BAND_SE
+                       else f" ({rise:.1f} noise units above the minimum)")
             lines.append(f"val loss: {fv('val_loss_start')} -> min {fv('val_loss_min')} at "
-                         f"{fv('val_loss_min_fraction')} of the run -> final {fv('val_loss_final')}")
+                         f"{fv('val_loss_min_fraction')} of the run -> final {fv('val_loss_final')}{tie}")
         if v.get("gap_f1") is not None:
             lines.append(f"train/val gap: {fv('gap_f1')} ({metric.split('/')[-1]})")
         return lines
@@ -257,7 +270,10 @@ def _eval(node: Cond | Clause, ev: dict[Clause, Evidence]) -> tuple[bool | None,
         return (None if any(s is None for s in states) else True), (min(margins) if margins else math.inf)
     if any(s is True for s in states):
         return True, max(m for s, m in results if s)
-    return (None if any(s is None for s in states) else False), 0.0
+    # alternatives are routes to the same conclusion: once one route could be checked and failed, a route
+    # whose signal is missing (a Trainer run's train-subsample metric, a loss-only run's val metric) does
+    # not hold the group open; only when no route can be checked is the group unknown
+    return (None if all(s is None for s in states) else False), 0.0
 
 
 def _open_unknowns(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Clause]:
@@ -329,6 +345,7 @@ def evaluate_rules(features: CurveFeatures, rules: Sequence[Rule], thresholds: M
 # ---------------------------------------------------------------------------------------------
 
 
+TIE_BAND_SE = THRESHOLDS["drop_se_min"].value  # differences under this many noise units read as ties
 PARTIAL_STATUSES = ("running", "interrupted", "died", "failed")  # run.json statuses of a run that did not finish
 
 
@@ -384,6 +401,25 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _knob_of(key: str) -> str | None:
     return KNOBS.get(key.rsplit(".", 1)[-1])
+
+
+def knob_view(h: RunHistory) -> dict[str, Any]:
+    """A run's config as flat keys, in one vocabulary for every source, so a loratune run and a Trainer run
+    can be compared: the training length is `train.steps` (planned steps: run.json `steps_planned`, or the
+    Trainer's max_steps) instead of max_steps/num_train_epochs; `adapter.target_modules` holds the module
+    names peft adapted when the run's adapter_config.json says them; `layers_to_transform: all` is no list."""
+    flat = _flatten(h.config)
+    steps = h.meta.get("steps_planned")
+    for k in ("train.max_steps", "train.num_train_epochs"):
+        flat.pop(k, None)
+    if isinstance(steps, (int, float)) and steps > 0:
+        flat["train.steps"] = int(steps)
+    if "target_modules" in h.facts and "adapter.target_modules" in flat:
+        v = h.facts["target_modules"].value
+        flat["adapter.target_modules"] = tuple(v) if isinstance(v, list) else v
+    if flat.get("adapter.layers_to_transform") in ("all", None):
+        flat.pop("adapter.layers_to_transform", None)
+    return flat
 
 
 def _knob_value(cfg: Mapping[str, Any], knob: str) -> Any:
@@ -463,7 +499,7 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     for name, h in zip(names, histories):
         feats[name] = compute_features(h.points, h.meta)
         if h.config:
-            flat[name] = _flatten(h.config)
+            flat[name] = knob_view(h)
         else:
             notes.append(f"{name}: no config, left out of the knob comparison")
     vloss = {n: f.values.get("val_loss_min") for n, f in feats.items()}

@@ -237,6 +237,9 @@ _CATALOGUE = (
 FEATURES: Mapping[str, FeatureSpec] = MappingProxyType({s.name: s for s in _CATALOGUE})
 
 METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy", "token_accuracy")
+# a new val-loss low counts as improvement only past its noise and this share of the loss: a smooth, converged
+# curve keeps creeping down by fractions of a percent, which more epochs do not turn into a better model
+IMPROVE_MIN_REL = 0.02
 FIT_TARGET_SHARE = 0.1  # "fitted": the train loss at a tenth of its start (train_loss_runs_to_fit)
 LOSS_KEYS = ("train/loss", "train/loss_std", "train/grad_norm", "val/loss", "train_eval/loss")
 
@@ -728,8 +731,9 @@ def _progress_from_val_loss(acc: FeatureSet, pts, frac) -> None:
     late = [v for s, v in V if frac(s) > 2 / 3 + 1e-9]
     noise = acc.values.get("val_loss_noise")
     if early and late and noise:
-        acc.set("still_improving", 1.0 if min(early) - min(late) > noise else 0.0)
-        acc.details["still_improving_margin"] = "one val-loss noise unit"
+        margin = max(noise, IMPROVE_MIN_REL * min(early))
+        acc.set("still_improving", 1.0 if min(early) - min(late) > margin else 0.0)
+        acc.details["still_improving_margin"] = f"one val-loss noise unit and {IMPROVE_MIN_REL:.0%} of the loss"
     acc.details["progress_signal"] = "val/loss (no val metric)"
 
 

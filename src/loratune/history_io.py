@@ -127,8 +127,19 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
             notes.append("config.yaml is not valid YAML; runs cannot be compared by config")
     else:
         notes.append("no config.yaml: this run cannot be compared with others by config")
+    facts: dict[str, Fact] = {}
+    ad = d / "adapter" / "adapter_config.json"
+    if ad.is_file():  # the peft names the semantic groups resolved to: what a Trainer run's adapter_config says
+        try:
+            targets = json.loads(ad.read_text(encoding="utf-8")).get("target_modules")
+            if isinstance(targets, (list, str)):
+                facts["target_modules"] = Fact(sorted(targets) if isinstance(targets, list) else targets,
+                                               "adapter/adapter_config.json")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
     return RunHistory(name=d.name, source="loratune", points=tuple(points), meta=meta,
-                      config=config if isinstance(config, dict) else {}, notes=tuple(notes), path=str(d))
+                      config=config if isinstance(config, dict) else {}, notes=tuple(notes), path=str(d),
+                      facts=facts)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,294 @@
+"""Calibrate and score `loratune diagnose` on runs loratune did not make.
+
+The corpus (committed fixtures, nothing downloaded):
+- tests/fixtures/external/trainer/: plain HF Trainer + peft runs of MiniLM, and TRL SFTTrainer runs of
+  SmolLM2, with induced pathologies, made by bench/make_external_corpus.py; manifest.json holds each run's
+  label, the verdicts a senior engineer would accept, and the numbers behind the label, plus the
+  minimal-intervention triples;
+- tests/fixtures/external/public/: public trainer_state.json files from GitHub, labelled the same way.
+
+Split by dataset, never by run: fold A (thresholds fitted) = the banking77 and clinc-oos Trainer runs plus
+every other public repository (sorted by name, even positions); fold B (held out) = the clinc150 Trainer
+runs, the TRL SFT runs and the other public repositories. Thresholds are fitted on A by coordinate
+descent over a coarse grid around each default (objective: share of accepted top verdicts, minus a heavy
+penalty for `healthy` on a run labelled overfit / diverged / lr-too-large); the confusion matrix is
+reported on B with those thresholds. The reverse fold (fit on B, score A) is reported too, as a check
+that the result does not hinge on one split.
+
+finetune-doctor (PyPI; the competitor) runs on the same runs from its own virtual environment
+(`--fd-python`, default /work/fd-venv/bin/python; skipped with a note when absent), through
+bench/finetune_doctor_adapter.py.
+
+    python bench/diagnose_external.py            # fit on A, score B, write bench/results/diagnose_external.{md,json}
+    python bench/diagnose_external.py --no-fit   # score the thresholds in src/loratune/rules.py as they are
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from loratune.diagnose import compare, diagnose  # noqa: E402
+from loratune.features import compute_features  # noqa: E402
+from loratune.history_io import load_run  # noqa: E402
+from loratune.rules import RULES, THRESHOLDS, default_thresholds  # noqa: E402
+from loratune.diagnose import evaluate_rules  # noqa: E402
+
+TRAINER = ROOT / "tests" / "fixtures" / "external" / "trainer"
+PUBLIC = ROOT / "tests" / "fixtures" / "external" / "public"
+RESULTS = ROOT / "bench" / "results"
+FOLD_A_DATASETS = ("banking77-10", "clinc-oos-binary")  # fitted on (with the even public repos)
+UNFORGIVABLE = ("overfit-capacity", "diverged", "lr-too-large")  # labels that must never read `healthy`
+# the thresholds the fit may move (the rows that read loss-only curves, noise bands and budgets)
+FITTED = ("fit_loss_over_start_max", "val_loss_rise_min", "rise_noise_min", "val_metric_drop_min", "drop_se_min",
+          "slow_runs_to_fit_min", "slow_loss_left_min", "diverged_loss_ratio", "diverged_chance_ratio",
+          "late_best_fraction_min", "late_val_drop_min", "healthy_val_loss_drop_min", "steady_late_share_min",
+          "healthy_gain_min", "healthy_loss_drop_min", "late_min_fraction", "plateau_late_drop_max")
+GRID = (0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0)
+VERDICTS = ("healthy", "overfit-capacity", "underfit-capacity", "lr-too-small", "lr-too-large", "diverged",
+            "undertrained", "inconclusive")
+
+
+def load_corpus() -> list[dict]:
+    runs = []
+    m = json.loads((TRAINER / "manifest.json").read_text())
+    for r in m["runs"]:
+        runs.append({**r, "path": str(TRAINER / r["name"]), "origin": r.get("kind", "hf-trainer"),
+                     "dataset": r["dataset"]})
+    pub = json.loads((PUBLIC / "manifest.json").read_text())
+    repos = sorted({r["repo"] for r in pub["runs"]})
+    for r in pub["runs"]:
+        runs.append({**r, "path": str(PUBLIC / r["name"]), "origin": "public", "dataset": f"public:{r['repo']}",
+                     "public_fold": "A" if repos.index(r["repo"]) % 2 == 0 else "B"})
+    for r in runs:
+        r["fold"] = (r["public_fold"] if r["origin"] == "public"
+                     else "A" if r["dataset"] in FOLD_A_DATASETS else "B")
+        r["accept"] = r.get("accept") or [r["label"]]
+    return runs
+
+
+def prepare(runs: list[dict]) -> None:
+    """Read every run once and compute its features (the rules are re-evaluated per threshold set)."""
+    for r in runs:
+        h = load_run(r["path"])
+        r["history"] = h
+        t0 = time.perf_counter()
+        r["features"] = compute_features(h.points, h.meta)
+        r["features_ms"] = (time.perf_counter() - t0) * 1000
+
+
+CURVE_RULES = [rule for rule in RULES if rule.scope != "compare"]
+
+
+def verdict_of(r: dict, thresholds: dict) -> str:
+    findings, _ = evaluate_rules(r["features"], CURVE_RULES, thresholds)
+    top = next((f for f in findings if f.suppressed_by is None and f.scope == "curve"), None)
+    return top.rule_id if top else "inconclusive"
+
+
+def score(runs: list[dict], thresholds: dict) -> tuple[float, int, int]:
+    ok = bad = 0
+    for r in runs:
+        v = verdict_of(r, thresholds)
+        ok += v in r["accept"]
+        bad += v == "healthy" and r["label"] in UNFORGIVABLE
+    return ok / max(len(runs), 1), ok, bad
+
+
+def objective(runs, thresholds) -> float:
+    share, _, bad = score(runs, thresholds)
+    return share - 2.0 * bad / max(len(runs), 1)
+
+
+def fit(runs: list[dict], passes: int = 3) -> tuple[dict, list[str]]:
+    th = default_thresholds()
+    log = []
+    best = objective(runs, th)
+    for p in range(passes):
+        moved = False
+        for name in FITTED:
+            base = th[name]
+            cands = sorted({round(base * g, 6) for g in GRID})
+            scores = []
+            for v in cands:
+                trial = {**th, name: v}
+                scores.append((objective(runs, trial), -abs(v - THRESHOLDS[name].value), v))
+            top = max(scores)
+            if top[0] > best + 1e-12:
+                log.append(f"pass {p + 1}: {name} {base:g} -> {top[2]:g} (objective {best:.3f} -> {top[0]:.3f})")
+                th[name], best, moved = top[2], top[0], True
+        if not moved:
+            break
+    return th, log
+
+
+def confusion(runs: list[dict], thresholds: dict) -> dict:
+    rows: dict[str, dict[str, int]] = {}
+    for r in runs:
+        v = verdict_of(r, thresholds)
+        rows.setdefault(r["label"], {}).setdefault(v, 0)
+        rows[r["label"]][v] += 1
+    return rows
+
+
+def triples(thresholds: dict) -> list[dict]:
+    m = json.loads((TRAINER / "manifest.json").read_text())
+    out = []
+    for t in m.get("triples", []):
+        c = compare([TRAINER / n for n in t["runs"]], thresholds=thresholds)
+        binding = [f.rule_id for f in c.active if f.rule_id in ("optimization-bound", "capacity-bound",
+                                                                 "differences-within-noise")]
+        got = binding[0] if binding else "none"
+        groups = {g.knob: g.effect for g in c.groups}
+        out.append({"name": t["name"], "dataset": t["dataset"], "expected": t["expected"], "got": got,
+                    "ok": got == t["expected"], "effects": groups, "noise": c.features.values.get("noise"),
+                    "noise_source": c.features.details.get("noise_source"), "notes": list(c.notes)})
+    return out
+
+
+def finetune_doctor(runs: list[dict], python: str) -> dict[str, dict]:
+    if not Path(python).exists():
+        return {}
+    paths = [r["path"] for r in runs]
+    res = subprocess.run([python, str(ROOT / "bench" / "finetune_doctor_adapter.py"), *paths],
+                         capture_output=True, text=True, timeout=600)
+    out = {}
+    for line in res.stdout.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out[str(Path(row["path"]).resolve())] = row
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--no-fit", action="store_true", help="score the thresholds as they are in rules.py")
+    ap.add_argument("--fd-python", default="/work/fd-venv/bin/python")
+    args = ap.parse_args()
+
+    runs = load_corpus()
+    prepare(runs)
+    fold = {k: [r for r in runs if r["fold"] == k] for k in "AB"}
+    defaults = default_thresholds()
+    if args.no_fit:
+        fitted_a, log_a = defaults, ["(--no-fit: the defaults in rules.py)"]
+        fitted_b, log_b = defaults, []
+    else:
+        fitted_a, log_a = fit(fold["A"])
+        fitted_b, log_b = fit(fold["B"])
+    res = {
+        "n_runs": len(runs), "folds": {k: len(v) for k, v in fold.items()},
+        "fit_log_A": log_a, "fit_log_B": log_b,
+        "thresholds_fitted_on_A": {k: fitted_a[k] for k in FITTED},
+        "thresholds_fitted_on_B": {k: fitted_b[k] for k in FITTED},
+        "defaults": {k: defaults[k] for k in FITTED},
+    }
+    for name, th, part in (("held_out_B_fit_A", fitted_a, fold["B"]), ("held_out_A_fit_B", fitted_b, fold["A"]),
+                           ("fit_A_in_sample", fitted_a, fold["A"]), ("defaults_all", defaults, runs)):
+        share, ok, bad = score(part, th)
+        res[name] = {"n": len(part), "accepted": ok, "share": share, "healthy_on_unforgivable": bad,
+                     "confusion": confusion(part, th)}
+    per_run = []
+    fd = finetune_doctor(runs, args.fd_python)
+    for r in runs:
+        th = fitted_a if r["fold"] == "B" else fitted_b
+        v = verdict_of(r, th)
+        t0 = time.perf_counter()
+        diagnose(r["path"], thresholds=th)
+        ms = (time.perf_counter() - t0) * 1000
+        f = fd.get(str(Path(r["path"]).resolve()), {})
+        per_run.append({"name": r["name"], "origin": r["origin"], "dataset": r["dataset"], "fold": r["fold"],
+                        "label": r["label"], "accept": r["accept"], "verdict": v, "ok": v in r["accept"],
+                        "fd_verdict": f.get("fd_verdict"), "fd_ok": (f.get("fd_verdict") in r["accept"]) if f else None,
+                        "diagnose_ms": round(ms, 1), "reason": r.get("reason", "")})
+    res["runs"] = per_run
+    res["triples"] = triples(fitted_a)
+    res["finetune_doctor"] = {"available": bool(fd)}
+    if fd:
+        res["finetune_doctor"]["version"] = next((row.get("fd_version") for row in fd.values()
+                                                  if row.get("fd_version")), None)
+    ms = [p["diagnose_ms"] for p in per_run]
+    res["diagnose_ms"] = {"median": statistics.median(ms), "max": max(ms)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "diagnose_external.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    (RESULTS / "diagnose_external.md").write_text(render(res))
+    print(render(res))
+    return 0
+
+
+def _matrix(conf: dict) -> list[str]:
+    cols = [v for v in VERDICTS if any(v in row for row in conf.values())]
+    lines = ["| label \\ verdict | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for lab in sorted(conf):
+        lines.append(f"| {lab} | " + " | ".join(str(conf[lab].get(c, ".")) for c in cols) + " |")
+    return lines
+
+
+def render(res: dict) -> str:
+    b = res["held_out_B_fit_A"]
+    a = res["held_out_A_fit_B"]
+    lines = ["# Diagnosis on runs loratune did not make", "",
+             "Generated by `python bench/diagnose_external.py` (see its docstring for the corpus and the split).",
+             "", f"Runs: {res['n_runs']} (fold A {res['folds']['A']}, fold B {res['folds']['B']}). "
+             "Thresholds fitted on fold A, scored on fold B (held out, other datasets and repositories).", "",
+             "## Held out (fold B, thresholds fitted on fold A)", "",
+             f"- accepted top verdicts: **{b['accepted']} of {b['n']} ({b['share']:.0%})**",
+             f"- `healthy` on a run labelled overfit / diverged / lr-too-large: {b['healthy_on_unforgivable']}", ""]
+    lines += _matrix(b["confusion"])
+    lines += ["", "## Reverse fold (fit on B, score A)", "",
+              f"- accepted: {a['accepted']} of {a['n']} ({a['share']:.0%}); `healthy` on unforgivable: "
+              f"{a['healthy_on_unforgivable']}", ""]
+    lines += _matrix(a["confusion"])
+    ins = res["fit_A_in_sample"]
+    lines += ["", f"In-sample on A with its own fit: {ins['accepted']} of {ins['n']} ({ins['share']:.0%}). "
+              f"Defaults (rules.py as committed) on all runs: {res['defaults_all']['accepted']} of "
+              f"{res['defaults_all']['n']} ({res['defaults_all']['share']:.0%}).", "",
+              "## Thresholds fitted on fold A", "", "| threshold | default | fitted on A | fitted on B |",
+              "|---|---|---|---|"]
+    for k, v in res["thresholds_fitted_on_A"].items():
+        lines.append(f"| {k} | {res['defaults'][k]:g} | {v:g} | {res['thresholds_fitted_on_B'][k]:g} |")
+    lines += ["", "Fit log (A): " + ("; ".join(res["fit_log_A"]) or "no move improved the objective"), ""]
+    lines += ["## Minimal-intervention triples (thresholds fitted on A)", "",
+              "| triple | dataset | expected | verdict | lr effect | r effect | noise |", "|---|---|---|---|---|---|---|"]
+    for t in res["triples"]:
+        e = t["effects"]
+        fmt = (lambda x: f"{x:.3f}" if isinstance(x, (int, float)) else "-")
+        lines.append(f"| {t['name']} | {t['dataset']} | {t['expected']} | {t['got']}{'' if t['ok'] else ' (x)'} | "
+                     f"{fmt(e.get('learning_rate'))} | {fmt(e.get('r'))} | {fmt(t['noise'])} |")
+    right = sum(t["ok"] for t in res["triples"])
+    lines += ["", f"Right on {right} of {len(res['triples'])} triples.", ""]
+    fd = res["finetune_doctor"]
+    lines += ["## Per run (each scored with the thresholds fitted on the other fold)", "",
+              "finetune-doctor: " + (f"version {fd.get('version')}, run from its own venv" if fd["available"]
+                                     else "not available on this machine (no --fd-python)"), "",
+              "| run | origin | fold | label | loratune | finetune-doctor | ms |", "|---|---|---|---|---|---|---|"]
+    for p in res["runs"]:
+        mark = "" if p["ok"] else " (x)"
+        fdv = "-" if p["fd_verdict"] is None else p["fd_verdict"] + ("" if p["fd_ok"] else " (x)")
+        lines.append(f"| {p['name']} | {p['origin']} | {p['fold']} | {p['label']} | {p['verdict']}{mark} | {fdv} | "
+                     f"{p['diagnose_ms']} |")
+    if fd["available"]:
+        lines += ["", "## loratune vs finetune-doctor, per label (all runs)", "",
+                  "| label | runs | loratune accepted | finetune-doctor accepted |", "|---|---|---|---|"]
+        by: dict[str, list[dict]] = {}
+        for p in res["runs"]:
+            by.setdefault(p["label"], []).append(p)
+        for lab, ps in sorted(by.items()):
+            lines.append(f"| {lab} | {len(ps)} | {sum(p['ok'] for p in ps)} | {sum(bool(p['fd_ok']) for p in ps)} |")
+    lines += ["", f"Diagnosis time per run (read + features + rules): median {res['diagnose_ms']['median']:.0f} ms, "
+              f"max {res['diagnose_ms']['max']:.0f} ms.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,217 @@
+"""Loss-only diagnosis (what Trainer runs have), noise bands from the curve's own jitter, facts read from
+side files, and comparisons across sources. Synthetic trainer_state.json files written here; no torch."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from loratune.diagnose import compare, diagnose
+from loratune.features import curve_jitter
+from loratune.history_io import load_run
+
+L10 = math.log(10)
+
+
+def trainer_state(folder: Path, *, train, val, metric=None, steps: int = 200, evals: int = 10, lr: float = 2e-4,
+                  n_val: int | None = 400, classes: int | None = 10, adapter: dict | None = None,
+                  noise: float = 0.0, seed: int = 0, finished: bool = True, log_every: int = 5) -> Path:
+    """A trainer_state.json as the Trainer writes it: a train log every `log_every` steps (linear lr decay),
+    an eval entry every steps/evals steps (no eval at step 0), the end-of-training summary."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = []
+    every = steps // evals
+    for s in range(log_every, steps + 1, log_every):
+        f = s / steps
+        log.append({"step": s, "epoch": f * 4, "loss": train(f) * (1 + noise * rng.uniform(-1, 1)),
+                    "grad_norm": 1.0, "learning_rate": lr * (1 - (s - 1) / steps)})
+        if s % every == 0:
+            e = {"step": s, "epoch": f * 4, "eval_loss": val(f) * (1 + noise * rng.uniform(-1, 1))}
+            if metric is not None:
+                e["eval_accuracy"] = min(1.0, metric(f) + noise * rng.uniform(-1, 1))
+            if n_val:
+                e.update(eval_runtime=n_val / 100, eval_samples_per_second=100.0)
+            log.append(e)
+    if finished:
+        log.append({"step": steps, "epoch": 4.0, "train_runtime": 10.0, "train_loss": 0.5})
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": steps, "max_steps": steps,
+                                                           "num_train_epochs": 4, "train_batch_size": 16,
+                                                           "logging_steps": log_every, "log_history": log}))
+    if classes:
+        labels = {str(i): f"c{i}" for i in range(classes)}
+        (folder / "config.json").write_text(json.dumps({"model_type": "bert", "id2label": labels}))
+    if adapter is not None:
+        (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", **adapter}))
+    return folder
+
+
+def exp_decay(start, end, rate):
+    return lambda f: end + (start - end) * math.exp(-rate * f)
+
+
+def u_shape(start, low, at, end):
+    return lambda f: (start + (low - start) * (f / at) ** 0.5) if f <= at else low + (end - low) * (f - at) / (1 - at)
+
+
+# ---- the issue's cases, as a Trainer run shows them -------------------------------------------------
+
+def test_textbook_overfit_from_losses_alone(tmp_path):
+    """train loss 4.2 -> 0.01, val loss bottoming out at 45% and creeping up, F1 3 pt below its best."""
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(4.2, 0.01, 9), val=u_shape(1.2, 0.5, 0.45, 0.62),
+                               metric=lambda f: 0.80 + 0.1 * min(f, 0.45) / 0.45 - 0.03 * max(0, f - 0.45) / 0.55,
+                               classes=None, n_val=400, noise=0.005))
+    assert d.verdict == "overfit-capacity", [(f.rule_id, f.suppressed_by) for f in d.findings]
+    assert not d.fired("healthy")
+    assert d.features["val_loss_rise_noise"] > 2
+
+
+def test_exploding_run_is_diverged_even_when_the_first_log_already_exploded(tmp_path):
+    # logging every 10 steps: the first logged mean already includes the blow-up; val accuracy near 0
+    d = diagnose(trainer_state(tmp_path, train=lambda f: 40 + 20 * f, val=lambda f: 60 + 5 * f,
+                               metric=lambda f: 0.02, log_every=10))
+    assert d.verdict == "diverged"
+    ev = {e.feature: e for e in d.primary.evidence}
+    assert ev["train_loss_vs_chance"].passed and not ev["train_loss_final_over_start"].passed
+
+
+def test_slow_learning_is_not_healthy(tmp_path):
+    """lr too small for the budget: the loss falls slowly and steadily, still falling at the end."""
+    d = diagnose(trainer_state(tmp_path, train=lambda f: L10 * (1 - 0.25 * f), val=lambda f: L10 * (0.97 - 0.22 * f),
+                               metric=lambda f: 0.15 + 0.2 * f, lr=2e-6))
+    assert d.verdict == "lr-too-small", [(f.rule_id, f.suppressed_by) for f in d.findings]
+    assert d.features["train_loss_runs_to_fit"] > 2
+
+
+def test_a_run_that_fell_fast_and_is_still_improving_is_undertrained_not_slow(tmp_path):
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(L10, 0.3, 3), val=exp_decay(1.9, 0.35, 2.5),
+                               metric=lambda f: 0.5 + 0.4 * f))
+    assert d.verdict == "undertrained"
+    assert not d.fired("lr-too-small", active_only=False)
+
+
+def test_healthy_loss_only_run_converged_and_held(tmp_path):
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(L10, 0.05, 8), val=exp_decay(1.5, 0.30, 14), noise=0.003))
+    assert d.verdict == "healthy" and d.primary.tentative  # no val metric: healthy, with lowered confidence
+    assert {a["signal"] for a in d.advice()} >= {"a val metric (macro-F1 or accuracy)"}
+
+
+# ---- near misses: each loss-only branch just short of firing ---------------------------------------
+
+def test_near_miss_overfit_val_loss_rise_inside_the_noise_band(tmp_path):
+    # the val loss ends 10% above its minimum, but zigzags by more than that from eval to eval
+    def zig(f):
+        return 0.5 * (1.1 if f > 0.6 else 1.0) * (1 + (0.12 if int(round(f * 10)) % 2 else -0.12))
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(L10, 0.02, 9), val=zig, classes=None, n_val=None))
+    assert d.features["val_loss_rise"] >= 0.1 and d.features["val_loss_rise_noise"] < 2
+    assert not d.fired("overfit-capacity", active_only=False)
+
+
+def test_near_miss_overfit_train_loss_not_small(tmp_path):
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(L10, 0.8, 5), val=u_shape(1.5, 0.9, 0.4, 1.1), classes=None))
+    assert d.features["train_loss_final_over_start"] > 0.25
+    assert not d.fired("overfit-capacity", active_only=False)
+
+
+def test_near_miss_diverged_loss_above_start_but_below_the_chance_multiple(tmp_path):
+    # a noisy start then a loss that settles below ln(classes): not an explosion
+    d = diagnose(trainer_state(tmp_path, train=lambda f: 1.2 * L10 if f < 0.1 else 1.1 * L10, val=lambda f: L10,
+                               metric=lambda f: 0.1))
+    assert d.features["train_loss_vs_chance"] < 2
+    assert not d.fired("diverged", active_only=False)
+
+
+def test_near_miss_lr_too_small_when_the_first_eval_is_late_and_the_train_loss_fell(tmp_path):
+    # val loss fell only 13% between evals because the first eval came one epoch in; train loss fell 60%
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(0.29, 0.11, 4), val=lambda f: 0.19 - 0.025 * f,
+                               metric=lambda f: 0.6 + 0.14 * f, classes=None, evals=4))
+    assert d.features["val_loss_drop"] < 0.3 and d.features["first_eval_fraction"] > 0.05
+    assert not d.fired("lr-too-small", active_only=False)
+
+
+# ---- noise, facts, partial runs ---------------------------------------------------------------------
+
+def test_curve_jitter_ignores_a_smooth_trend_and_measures_a_zigzag():
+    smooth = [1 / (1 + i) for i in range(10)]
+    zigzag = [0.5 + (0.05 if i % 2 else -0.05) for i in range(10)]
+    assert curve_jitter(smooth) < 0.01
+    assert curve_jitter(zigzag) == pytest.approx(0.2 / 0.6745 / math.sqrt(6), rel=1e-6)
+    assert curve_jitter([1.0, 2.0, 3.0]) is None
+
+
+def test_ties_inside_the_band_are_called_ties(tmp_path):
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(L10, 0.1, 6), val=exp_decay(1.5, 0.4, 6),
+                               metric=lambda f: min(0.9, 0.6 + f) - (0.01 if f == 1 else 0), n_val=200))
+    assert d.features["val_metric_final_drop_se"] < 2
+    assert any("tie" in line for line in d.curve_summary())
+
+
+def test_facts_say_where_they_came_from(tmp_path):
+    run = load_run(trainer_state(tmp_path, train=exp_decay(L10, 0.1, 6), val=exp_decay(1.5, 0.4, 6),
+                                 adapter={"r": 16, "lora_alpha": 32, "use_rslora": True,
+                                          "target_modules": ["value", "query"]}))
+    f = run.facts
+    assert f["n_classes"].value == 10 and f["n_classes"].source == "config.json id2label"
+    assert f["r"].value == 16 and f["lora_scale"].value == pytest.approx(32 / 4) and "rsLoRA" in f["lora_scale"].source
+    assert f["learning_rate"].value == pytest.approx(2e-4, rel=0.01) and f["lr_schedule"].value == "linear"
+    assert f["val_n"].value == 400 and "runtime" in f["val_n"].source
+    assert f["target_modules"].value == ["query", "value"]
+
+
+def test_a_run_without_the_end_of_training_entry_is_called_partial(tmp_path):
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(L10, 0.1, 6), val=exp_decay(1.5, 0.4, 6), finished=False))
+    assert any(n.startswith("partial run") for n in d.notes)
+
+
+def test_language_model_runs_get_no_class_count_from_their_first_loss(tmp_path):
+    folder = trainer_state(tmp_path, train=exp_decay(2.1, 1.2, 3), val=exp_decay(2.0, 1.4, 3), classes=None)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    for e in state["log_history"]:
+        if "eval_loss" in e:
+            e["eval_mean_token_accuracy"] = 0.5
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    run = load_run(folder)
+    assert run.source == "trl" and "n_classes" not in run.facts and run.meta["task"] == "causal-lm"
+
+
+# ---- comparisons across sources --------------------------------------------------------------------
+
+def _loratune_run(folder: Path, *, lr: float, r: int, best: float) -> Path:
+    folder.mkdir(parents=True)
+    pts = [{"step": s, "epoch": s / 50, "lr": lr, "val/loss": 1.0 - 0.3 * s / 200, "val/macro_f1": best * s / 200,
+            "val/accuracy": best * s / 200, "val/n": 400, "train/loss": 2.0 - s / 200} for s in range(0, 201, 20)]
+    (folder / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pts))
+    (folder / "run.json").write_text(json.dumps({"status": "completed", "steps_planned": 200, "task": "single_label"}))
+    cfg = {"model": {"name_or_path": "m"}, "adapter": {"r": r, "lora_alpha": 2 * r, "lora_dropout": 0.1,
+                                                         "target_modules": ["attn.q", "attn.v"],
+                                                         "layers_to_transform": "all", "bias": "none",
+                                                         "use_rslora": False},
+           "train": {"learning_rate": lr, "max_steps": -1, "num_train_epochs": 4.0,
+                     "per_device_train_batch_size": 16, "lr_scheduler_type": "linear", "seed": 42}}
+    import yaml
+
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (folder / "adapter").mkdir()
+    (folder / "adapter" / "adapter_config.json").write_text(json.dumps({"target_modules": ["value", "query"]}))
+    return folder
+
+
+def test_a_loratune_run_and_trainer_runs_are_compared_on_the_knobs_both_know(tmp_path):
+    base = _loratune_run(tmp_path / "lt-base", lr=2e-4, r=8, best=0.70)
+    adapter = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": ["query", "value"], "bias": "none",
+               "use_rslora": False}
+    lr_x4 = trainer_state(tmp_path / "hf-lr", train=exp_decay(L10, 0.2, 5), val=exp_decay(1.0, 0.45, 4),
+                          metric=lambda f: 0.55 + 0.35 * f, lr=8e-4, adapter=adapter)
+    r_x4 = trainer_state(tmp_path / "hf-r", train=exp_decay(L10, 0.5, 4), val=exp_decay(1.0, 0.7, 4),
+                         metric=lambda f: 0.5 + 0.21 * f, lr=2e-4,
+                         adapter={**adapter, "r": 32, "lora_alpha": 64})
+    c = compare([base, lr_x4, r_x4])
+    groups = {g.knob: g for g in c.groups}
+    assert set(groups) == {"learning_rate", "r"}, c.notes
+    assert {row[0] for row in groups["learning_rate"].runs} == {"lt-base", "hf-lr"}
+    assert "assumed equal" in groups["learning_rate"].note and "seed" in groups["learning_rate"].note
+    assert c.fired("optimization-bound")
