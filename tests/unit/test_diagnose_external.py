@@ -97,7 +97,7 @@ def test_a_run_that_fell_fast_and_is_still_improving_is_undertrained_not_slow(tm
 def test_healthy_loss_only_run_converged_and_held(tmp_path):
     d = diagnose(trainer_state(tmp_path, train=exp_decay(L10, 0.05, 8), val=exp_decay(1.5, 0.30, 14), noise=0.003))
     assert d.verdict == "healthy" and d.primary.tentative  # no val metric: healthy, with lowered confidence
-    assert {a["signal"] for a in d.advice()} >= {"a val metric (macro-F1 or accuracy)"}
+    assert "a train-subsample metric" in {a["signal"] for a in d.advice()}
 
 
 # ---- near misses: each loss-only branch just short of firing ---------------------------------------
