@@ -117,6 +117,10 @@ class TrainConfig:
                       "short, compound, confusable classes (val_<slice>/macro_f1 in history.jsonl).")
     robustness_probe: bool = _f(True, "At the end, score validation texts under label-preserving perturbations "
                                 "(typos, dropped words, case, punctuation).")
+    report_to: tuple[str, ...] = _f((), "Also log every evaluation point, and the verdict at the end, to: "
+                                    "tensorboard (<output_dir>/tensorboard), mlflow (MLFLOW_TRACKING_URI, default "
+                                    "./mlruns); a list for both; none or []: nowhere. Each needs its package: "
+                                    "pip install 'loratune[tensorboard]' / 'loratune[mlflow]'.")
 
 
 @dataclass(frozen=True)
@@ -434,7 +438,14 @@ def cross_checks(cfg: RunConfig) -> list[str]:
                 parse_layers(t.split("@", 1)[1])
             except ValueError as exc:
                 problems.append(f"adapter.target_modules: got {t!r}; {exc}")
+    unknown = [r for r in cfg.train.report_to if r not in REPORT_TO]
+    if unknown:
+        problems.append(f"train.report_to: got {', '.join(map(repr, unknown))}; allowed: a list of "
+                        f"{', '.join(REPORT_TO)}")
     return problems
+
+
+REPORT_TO = ("tensorboard", "mlflow", "none")  # trackers.py writes to the first two
 
 
 def to_dict(cfg: RunConfig) -> dict[str, dict[str, Any]]:

@@ -38,6 +38,8 @@ from loratune.eval_extras import EvalExtras
 from loratune.metrics import multi_label_scores, single_label_scores
 from loratune.models import load_classifier, load_tokenizer, resolve_model
 from loratune.store import LABEL_MAP, RunStore, write_json
+from loratune.trackers import Trackers
+from loratune.trackers import require as require_trackers
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,6 +334,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     from loratune.data import check_trainable
 
     check_trainable(dataset)  # empty texts, an empty validation split: a UserError before any model loads
+    require_trackers(cfg.train.report_to)  # a missing tensorboard / mlflow package, said before training
     t_setup = time.perf_counter()
     torch.set_num_threads(cfg.train.num_threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -398,6 +401,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "config": to_dict(cfg), "versions": versions(),
     }
     store.write_run(run)
+    tracking = Trackers.open(cfg.train.report_to, store.path, to_dict(cfg), to_yaml(cfg))  # report_to
 
     bar = _Progress(steps, progress)
     best_f1, best_state, evals_since_best = -math.inf, None, 0
@@ -428,7 +432,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         point.update(te_scores)
         point.update(val_scores)
         point.update(extras.scores(step, val_logits, val_scores, predict_texts))
-        store.append_history(point)
+        store.append_history(point)  # the one place an evaluation point is emitted
+        tracking.log_point(point)
         run["final"] = point
         f1 = point["val/macro_f1"]
         bar.update(step, point.get("train/loss"), f1)
@@ -514,6 +519,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
             save_error = _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts,
                                         best_state, bar, device, t0, examples_seen, step_times)
             store.close()
+            tracking.finish(store.path, run["status"])  # the verdict as text, then close the writers
         if save_error is not None and sys.exc_info()[0] is None:
             raise save_error
     return run
