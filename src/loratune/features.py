@@ -132,13 +132,16 @@ _CATALOGUE = (
     _spec("val loss", "val_loss_noise", "loss", "the val loss's eval-to-eval jitter is {}",
           "Noise of one val-loss point, from the curve itself: median |second difference| / (0.6745 sqrt 6) (the "
           "robust spread of V around a locally straight line; a smooth curve gives ~0), floored at 0.2% of the "
-          "median V (`VAL_LOSS_NOISE_FLOOR`). Needs >= 4 points."),
+          "median V (`VAL_LOSS_NOISE_FLOOR`). With 2-3 points: assumed `SHORT_CURVE_LOSS_NOISE_REL` of the "
+          "median V (`details['val_loss_noise_source']` says which)."),
     _spec("val loss", "val_loss_rise_noise", "se", "val loss ended {} above its minimum",
           "(final V - min V) / (sqrt 2 x val_loss_noise): the rise in units of the noise of a difference of two "
           "points."),
     _spec("val loss", "val_loss_rise_share", "fraction", "{} of the val loss's eval-to-eval movement was upward",
           "Sum of rises / sum of absolute changes of V (0 = monotone fall)."),
     # val metric (M) -------------------------------------------------------------------------
+    _spec("val metric", "val_metric_logged", "flag", "the run logged a val metric: {}",
+          "1 when the history has a val metric (macro-F1, accuracy, ...), 0 for a loss-only run."),
     _spec("val metric", "val_metric_start", "points", "val metric started at {}", "First M."),
     _spec("val metric", "val_metric_best", "points", "val metric peaked at {}", "Maximum of M."),
     _spec("val metric", "val_metric_final", "points", "val metric ended at {}", "Last M."),
@@ -408,6 +411,9 @@ VAL_LOSS_NOISE_FLOOR = 0.002
 _MAD_TO_SIGMA = 0.6745
 
 
+# a val loss with fewer than 4 points has no jitter to read; assume this share of the loss (about the median
+# relative jitter of the val losses in the external corpus, bench/results/diagnose_external.md)
+SHORT_CURVE_LOSS_NOISE_REL = 0.02
 JITTER_TAIL_POINTS = 5  # the jitter is read from the second half of the run when it has this many points
 
 
@@ -605,9 +611,15 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     acc.set("val_loss_min_fraction", frac(V[i_min][0]))
     vals = [v for _, v in V]
     noise = curve_jitter(vals, floor=VAL_LOSS_NOISE_FLOOR * _median(vals))
-    acc.set("val_loss_noise", noise, "fewer than 4 val-loss points: no noise band for the val loss")
+    if noise is None and len(vals) >= 2:
+        noise = SHORT_CURVE_LOSS_NOISE_REL * _median(vals)
+        acc.details["val_loss_noise_source"] = (f"assumed: {SHORT_CURVE_LOSS_NOISE_REL:.0%} of the val loss (fewer "
+                                                "than 4 points, no jitter to read)")
+    elif noise is not None:
+        acc.details["val_loss_noise_source"] = "the val-loss curve's own eval-to-eval jitter"
+    acc.set("val_loss_noise", noise, "a single val-loss point: no noise band for the val loss")
     acc.set("val_loss_rise_noise", (final - vmin) / (math.sqrt(2) * noise) if noise else None,
-            "fewer than 4 val-loss points: no noise band for the val loss")
+            "a single val-loss point: no noise band for the val loss")
     if len(V) < 3:
         acc.miss(("val_loss_late_drop", "val_loss_late_share", "val_loss_rise_share"),
                  "fewer than 3 val-loss points")
@@ -652,6 +664,7 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
              "val_metric_final_drop", "best_step_fraction", "val_metric_late_gain", "val_metric_late_gain_se",
              "val_metric_gain_per_epoch_late", "still_improving", "val_metric_se", "val_metric_max_drop",
              "val_metric_drops", "val_metric_max_drop_se", "val_metric_noise")
+    acc.set("val_metric_logged", 0.0 if metric is None else 1.0)
     if metric is None:
         acc.miss(names, "no val metric (val/macro_f1, val/accuracy, ...) in the history")
         return

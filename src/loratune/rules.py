@@ -215,8 +215,11 @@ _RULES = (
                       c("val_loss_rise_share", ">=", "collapse_val_rise_share"))),
             all_(c("train_loss_max_rise", ">=", "osc_loss_rise"),
                  c("val_metric_max_drop", ">=", "osc_metric_drop"),
-                 c("val_metric_max_drop_se", ">=", "osc_metric_drop_se"))),
-        verdict="learning rate too large: collapsed to one class (loss pinned near ln(classes)) or oscillating",
+                 c("val_metric_max_drop_se", ">=", "osc_metric_drop_se")),
+            all_(c("train_loss_max_rise", ">=", "osc_loss_rise"),
+                 c("val_loss_rise_noise", ">=", "rise_noise_min"))),
+        verdict="learning rate too large: collapsed to one class (loss pinned near ln(classes)), or the train loss "
+                "climbs back up while the val metric or loss swings",
         moves=("learning_rate /2",),
         suppresses=tuple(x for x in _CURVE_AND_CLASS if x != "lr-too-large"),
         source="protocol 3-4: loss oscillates, F1 unstable step to step -> lr /2; too high an lr can collapse "
@@ -295,7 +298,8 @@ _RULES = (
                        c("val_loss_rise_noise", "<", "rise_noise_min")),
                   any_(c("val_metric_final_drop", "<", "val_metric_drop_min"),
                        c("val_metric_final_drop_se", "<", "drop_se_min"),
-                       c("val_loss_min_fraction", ">=", "late_min_fraction")),
+                       c("val_loss_min_fraction", ">=", "late_min_fraction"),
+                       c("val_metric_logged", "<", "flag_on")),
                   c("gap_f1", "<", "overfit_gap_min")),
         verdict="capacity adequate: train and val both improved and held",
         moves=("keep capacity", "phase 2: tune learning_rate"),
