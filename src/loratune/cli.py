@@ -17,6 +17,7 @@ from loratune.errors import UserError
 COMMAND_MODULES = (
     "train",
     "params",
+    "plan",
     "predict",
     "evaluate",
     "assess",

@@ -1,0 +1,485 @@
+"""Planning beyond this machine: trainable parameters, GPU memory and training FLOPs of LoRA, QLoRA and
+full fine-tuning, for a model built from its config alone on the meta device (1B-70B, no weights).
+
+Every formula is in this file, each constant with its reason where it is defined; docs/planning.md
+derives them and compares the Llama-2-7B plan with published figures. The LoRA parameter count and the
+compute-breakeven rank come from `loratune.params` (one formula, one place).
+
+Units: bytes and FLOPs as plain integers/floats; the CLI renders them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from loratune.errors import UserError
+
+# ---------------------------------------------------------------------------------------------------
+# Named shapes: the fields of each model's published config.json that decide its size (the rest take the
+# transformers defaults). `loratune plan llama-2-7b` needs no download.
+PRESETS: dict[str, dict] = {
+    # meta-llama/Llama-2-7b-hf: 6,738,415,616 parameters
+    "llama-2-7b": {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
+                   "max_position_embeddings": 4096, "tie_word_embeddings": False},
+    "llama-2-13b": {"model_type": "llama", "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
+                    "num_attention_heads": 40, "num_key_value_heads": 40, "vocab_size": 32000,
+                    "max_position_embeddings": 4096, "tie_word_embeddings": False},
+    "llama-2-70b": {"model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+                    "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 32000,
+                    "max_position_embeddings": 4096, "tie_word_embeddings": False},
+    # LLaMA-1 65B: the model the QLoRA paper fine-tunes on one 48 GB GPU
+    "llama-65b": {"model_type": "llama", "hidden_size": 8192, "intermediate_size": 22016, "num_hidden_layers": 80,
+                  "num_attention_heads": 64, "num_key_value_heads": 64, "vocab_size": 32000,
+                  "max_position_embeddings": 2048, "tie_word_embeddings": False},
+    "llama-3-8b": {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+                   "max_position_embeddings": 8192, "tie_word_embeddings": False},
+    "mistral-7b": {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000,
+                   "max_position_embeddings": 32768, "tie_word_embeddings": False},
+    "qwen2-7b": {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                 "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                 "max_position_embeddings": 131072, "tie_word_embeddings": False},
+    # Phi-3 fuses Q, K, V into qkv_proj and the FFN gate with its up projection into gate_up_proj
+    "phi-3-mini": {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064,
+                   "max_position_embeddings": 4096, "tie_word_embeddings": False, "pad_token_id": 32000},
+}
+
+# ---------------------------------------------------------------------------------------------------
+# Bytes. Mixed-precision training computes in bf16 (2 bytes); optimizer state lives in fp32 (4 bytes).
+BF16 = 2
+FP32 = 4
+# NF4 with double quantization (Dettmers et al. 2023, QLoRA, section 3): a 4-bit code per weight, one 8-bit
+# absmax per block of 64 weights, one fp32 constant per 256 of those blocks: 4 + 8/64 + 32/(64*256) bits.
+NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+# Full fine-tuning: bytes per parameter of (weights, gradients, optimizer states), by convention.
+FULL_PRECISION = {
+    # ZeRO (Rajbhandari et al. 2020, section 3.1): bf16/fp16 weights and gradients, and AdamW's K = 12 bytes:
+    # an fp32 master copy of the weights, fp32 first and second moments. 16 bytes per parameter.
+    "mixed": (BF16, BF16, 3 * FP32),
+    # PyTorch AMP as the Hugging Face Trainer runs it (fp32 model, bf16 autocast; transformers' "Model training
+    # anatomy"): fp32 weights plus the bf16 copies autocast keeps for backward (6), fp32 gradients (4), AdamW m
+    # and v (8). 18 bytes per parameter, LLaMA-Factory's `18x GB` row.
+    "amp": (FP32 + BF16, FP32, 2 * FP32),
+    # Pure bf16 (LLaMA-Factory's `pure_bf16`): the weights are bf16 and torch's AdamW keeps m and v in the
+    # weights' dtype, no master copy. 8 bytes per parameter.
+    "bf16": (BF16, BF16, 2 * BF16),
+}
+# LoRA / QLoRA trainable parameters: peft keeps adapter weights in fp32 even on a bf16 or 4-bit base
+# (LoraConfig autocast_adapter_dtype=True), so fp32 weights, fp32 gradients, AdamW m and v in fp32:
+# 16 bytes per trainable parameter (the classification head too, when one is trained).
+ADAPTER_BYTES = (FP32, FP32, 2 * FP32)
+# Logits, bytes per vocabulary entry per token at the start of backward (the peak): the bf16 logits the
+# model returns (2), the fp32 log-softmax the loss keeps for backward (4; transformers upcasts logits to fp32
+# for the loss), and the fp32 gradient of the logits (4). 128k-vocabulary models at long sequences are
+# dominated by this term (why chunked cross-entropy exists).
+LOGIT_BYTES = BF16 + FP32 + FP32
+# Eager attention keeps the score matrix per head, query and key: the fp32 softmax output (4) and its bf16
+# copy multiplied with V (2). SDPA / FlashAttention keeps only a log-sum-exp per head and query (ignored).
+EAGER_SCORE_BYTES = FP32 + BF16
+# The CUDA context, cuBLAS workspace and loaded kernels, outside torch's allocator: torch.cuda.max_memory_*
+# never counts it, nvidia-smi does. About 0.3-0.6 GiB on A100/H100 with CUDA 12's lazy module loading.
+CUDA_CONTEXT_BYTES = 512 * 2**20
+
+METHODS = ("lora", "qlora", "full")
+TASKS = ("causal-lm", "classification")
+ATTENTION = ("sdpa", "eager")
+DEFAULT_R = 16
+DEFAULT_TARGETS = ("all-linear",)
+
+
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelShape:
+    """What the arithmetic needs of a model, read once from its meta-device build."""
+
+    model_type: str
+    task: str
+    params: int  # every parameter (shared ones once)
+    linear_params: int  # weights of every nn.Linear, the output head included: 2 FLOPs each per token forward
+    block_linear_params: int  # linear weights inside the transformer blocks: what QLoRA stores in NF4
+    head_params: int  # the classification head trained with every adapter (0 for causal-lm)
+    layers: int
+    hidden: int
+    heads: int
+    head_dim: int
+    kv_heads: int
+    ffn: int  # intermediate size of the FFN
+    gated: bool  # SwiGLU-style FFN (gate and up projections): Llama, Mistral, Qwen2, Phi-3, Gemma
+    vocab: int  # logits per token: the vocabulary (causal-lm) or the number of labels
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoraShape:
+    """The adapter: r(d_in + d_out) summed over the adapted linear layers (params.py's formula)."""
+
+    r: int
+    targets: tuple[str, ...]
+    modules: int
+    adapted_weights: int  # parameters of the adapted weights
+    per_rank: int  # sum of d_in + d_out over the adapted layers
+
+    @property
+    def params(self) -> int:
+        return self.r * self.per_rank
+
+
+@dataclass(frozen=True)
+class Workload:
+    batch: int = 1
+    seq_len: int = 512
+    attention: str = "sdpa"
+    full_precision: str = "mixed"
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq_len
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    method: str
+    trainable: int
+    weights: float  # bytes
+    gradients: float
+    optimizer: float
+    activations: float  # without gradient checkpointing
+    activations_checkpointed: float
+    cuda_context: float
+    flops_per_token: float  # one training step (forward + backward), without checkpointing
+    flops_per_token_checkpointed: float  # one more forward of the blocks
+
+    @property
+    def states(self) -> float:
+        return self.weights + self.gradients + self.optimizer
+
+    @property
+    def total(self) -> float:  # what torch.cuda.max_memory_allocated would report
+        return self.states + self.activations
+
+    @property
+    def total_checkpointed(self) -> float:
+        return self.states + self.activations_checkpointed
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "states": self.states, "total": self.total,
+                "total_checkpointed": self.total_checkpointed,
+                "on_device": self.total + self.cuda_context,
+                "on_device_checkpointed": self.total_checkpointed + self.cuda_context}
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: str
+    shape: ModelShape
+    lora: LoraShape
+    workload: Workload
+    methods: dict[str, MethodPlan]
+    breakeven_rank: int | None  # params.breakeven_rank over the adapted weights (protocol 6)
+    conventions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "shape": self.shape.to_dict(),
+                "lora": {**asdict(self.lora), "params": self.lora.params},
+                "workload": {**asdict(self.workload), "tokens": self.workload.tokens},
+                "methods": {k: v.to_dict() for k, v in self.methods.items()},
+                "breakeven_rank": self.breakeven_rank, "conventions": self.conventions}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Activations. Every tensor autograd keeps for backward, counted per token of one transformer block in
+# bf16 elements (Korthikanti et al. 2022's method, for a pre-norm decoder without dropout):
+#   attention: norm input h, Q/K/V projections' input h, Q h, K and V 2*h_kv, attention output h,
+#              output projection's input h                                   = 5h + 2h_kv
+#   gated FFN: norm input h, gate/up input h, gate output i, up output i, activation output i,
+#              down projection's input i                                     = 2h + 4i
+#   plain FFN: norm input h, fc1 input h, activation input i, fc2 input i    = 2h + 2i
+# Eager attention also keeps the scores: EAGER_SCORE_BYTES per head and key. The head keeps the final norm's
+# input and output (2h) and the logits (LOGIT_BYTES per vocabulary entry). Gradient checkpointing (one
+# checkpoint per block, the Hugging Face default) keeps each block's input (h) and recomputes one block
+# at a time during backward. The same count serves LoRA, QLoRA and full fine-tuning: an adapter on a
+# linear layer needs that layer's input, which the count already holds (with partial targets it is an
+# upper bound: a frozen layer without an adapter does not keep its input).
+
+
+def block_elements(shape: ModelShape) -> int:
+    """bf16 elements kept per token by one transformer block (SDPA attention)."""
+    h, kv, i = shape.hidden, shape.kv_heads * shape.head_dim, shape.ffn
+    attn = 5 * h + 2 * kv
+    ffn = 2 * h + (4 * i if shape.gated else 2 * i)
+    return attn + ffn
+
+
+def block_bytes(shape: ModelShape, w: Workload) -> float:
+    """Bytes kept by one block for the whole batch."""
+    per_token = BF16 * block_elements(shape)
+    if w.attention == "eager":
+        per_token += EAGER_SCORE_BYTES * shape.heads * w.seq_len
+    return per_token * w.tokens
+
+
+def head_bytes(shape: ModelShape, w: Workload) -> float:
+    return (BF16 * 2 * shape.hidden + LOGIT_BYTES * shape.vocab) * w.tokens
+
+
+def activation_bytes(shape: ModelShape, w: Workload, lora: LoraShape | None = None,
+                     checkpointed: bool = False) -> float:
+    """Activation memory of one micro-batch; with LoRA, each adapter also keeps its r-wide A output."""
+    adapter = BF16 * lora.r * lora.modules * w.tokens if lora else 0
+    if checkpointed:
+        kept = BF16 * shape.hidden * w.tokens * shape.layers
+        return kept + block_bytes(shape, w) + adapter / max(1, shape.layers) + head_bytes(shape, w)
+    return shape.layers * block_bytes(shape, w) + adapter + head_bytes(shape, w)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training FLOPs per token. A linear weight costs 2 FLOPs per token forward, 2 for the input gradient and
+# 2 for the weight gradient: 6N for full fine-tuning (Kaplan et al. 2020). Attention over a context of
+# s tokens adds 4*L*h*s forward and twice that backward: 12*L*h*s (PaLM, Chowdhery et al. 2022, app. B;
+# counted dense, as PaLM does). LoRA skips the weight gradients of the frozen base but still needs its input
+# gradients to reach the adapters below: 4N + 6*N_lora. Gradient checkpointing adds one more forward.
+
+
+def attention_flops(shape: ModelShape, w: Workload) -> float:
+    return 4 * shape.layers * shape.heads * shape.head_dim * w.seq_len  # forward, per token
+
+
+def full_flops(shape: ModelShape, w: Workload, checkpointed: bool = False) -> float:
+    n, att = shape.linear_params, attention_flops(shape, w)
+    return 6 * n + 3 * att + ((2 * n + att) if checkpointed else 0)
+
+
+def lora_flops(shape: ModelShape, lora: LoraShape, w: Workload, checkpointed: bool = False) -> float:
+    n, n_lora, att = shape.linear_params, lora.params + shape.head_params, attention_flops(shape, w)
+    return 4 * n + 6 * n_lora + 3 * att + ((2 * n + 2 * n_lora + att) if checkpointed else 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+def method_plan(method: str, shape: ModelShape, lora: LoraShape, w: Workload) -> MethodPlan:
+    """Memory and FLOPs of one method; the formulas are the ones in docs/planning.md."""
+    if method == "full":
+        wb, gb, ob = FULL_PRECISION[w.full_precision]
+        trainable = shape.params
+        weights, grads, opt = shape.params * wb, shape.params * gb, shape.params * ob
+        act, act_ckpt = activation_bytes(shape, w), activation_bytes(shape, w, checkpointed=True)
+        flops, flops_ckpt = full_flops(shape, w), full_flops(shape, w, True)
+    else:
+        trainable = lora.params + shape.head_params
+        aw, ag, ao = ADAPTER_BYTES
+        if method == "qlora":  # block linears in NF4; embeddings, norms and the output head stay bf16
+            base = shape.block_linear_params * NF4_BITS / 8 + (shape.params - shape.block_linear_params) * BF16
+        else:
+            base = shape.params * BF16
+        weights, grads, opt = base + trainable * aw, trainable * ag, trainable * ao
+        act = activation_bytes(shape, w, lora)
+        act_ckpt = activation_bytes(shape, w, lora, checkpointed=True)
+        flops, flops_ckpt = lora_flops(shape, lora, w), lora_flops(shape, lora, w, True)
+    return MethodPlan(method, trainable, weights, grads, opt, act, act_ckpt, CUDA_CONTEXT_BYTES, flops, flops_ckpt)
+
+
+def conventions(shape: ModelShape, w: Workload) -> dict[str, str]:
+    wb, gb, ob = FULL_PRECISION[w.full_precision]
+    return {
+        "full": f"{w.full_precision}: weights {wb} + gradients {gb} + AdamW states {ob} = {wb + gb + ob} bytes/param"
+                + {"mixed": " (bf16 weights and gradients; fp32 master weights + m + v, ZeRO)",
+                   "amp": " (fp32 weights + autocast's bf16 copies, fp32 gradients, fp32 m + v)",
+                   "bf16": " (everything in bf16, no master weights)"}[w.full_precision],
+        "lora": "base in bf16 (2 bytes/param); adapter fp32 weights 4 + gradients 4 + AdamW m, v 8 = 16 bytes/param",
+        "qlora": f"linear weights of the blocks in NF4 with double quantization ({NF4_BITS:.3f} bits), embeddings, "
+                 "norms and output head in bf16; adapter as LoRA",
+        "activations": f"bf16, {w.attention} attention; per block per token 5h + 2h_kv (attention) + "
+                       + ("2h + 4i (gated FFN)" if shape.gated else "2h + 2i (FFN)")
+                       + f" elements; logits {LOGIT_BYTES} bytes per vocabulary entry; gradient checkpointing keeps "
+                       "each block's input and recomputes one block at a time",
+        "flops": "full 6N + 12*L*h*s; LoRA 4N + 6*N_lora + 12*L*h*s (N: linear weights, head included); "
+                 "checkpointing adds one forward",
+        "cuda_context": f"{CUDA_CONTEXT_BYTES / 2**30:.1f} GiB outside torch's allocator (in on_device totals only)",
+    }
+
+
+def make_plan(source: str, shape: ModelShape, lora: LoraShape, w: Workload) -> Plan:
+    from loratune.params import breakeven_rank
+
+    _check_workload(w)
+    methods = {m: method_plan(m, shape, lora, w) for m in METHODS}
+    return Plan(source, shape, lora, w, methods, breakeven_rank(lora.adapted_weights, lora.per_rank),
+                conventions(shape, w))
+
+
+def _check_workload(w: Workload) -> None:
+    problems = []
+    if w.batch < 1:
+        problems.append(f"--batch {w.batch}: must be an integer >= 1")
+    if w.seq_len < 1:
+        problems.append(f"--seq-len {w.seq_len}: must be an integer >= 1")
+    if w.attention not in ATTENTION:
+        problems.append(f"--attention {w.attention}: one of {', '.join(ATTENTION)}")
+    if w.full_precision not in FULL_PRECISION:
+        problems.append(f"--full-precision {w.full_precision}: one of {', '.join(FULL_PRECISION)}")
+    if problems:
+        raise UserError("; ".join(problems), "e.g. --batch 4 --seq-len 1024 --attention sdpa --full-precision mixed")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building the model: a preset, a config.json, a folder with one, an embedded alias, or a hub id whose config
+# is in the local Hugging Face cache (or reachable online).
+
+
+def load_config(source: str):
+    """The transformers config behind `source`; a UserError naming the fix when there is none."""
+    from transformers import AutoConfig
+
+    from loratune.models import EMBEDDED_MODELS, hub_reason, resolve_model
+
+    fix = (f"give a preset ({', '.join(PRESETS)}), a config.json or a model folder holding one, or a hub id "
+           "whose config.json is cached (download it once while online: hf download ID config.json)")
+    if source in PRESETS:
+        raw = dict(PRESETS[source])
+        return AutoConfig.for_model(raw.pop("model_type"), **raw)
+    p = Path(source).expanduser()
+    if p.is_dir() and not (p / "config.json").is_file() and not list(p.glob("*.gguf")):
+        raise UserError(f"folder '{p}' has no config.json", fix)
+    if p.is_file() and p.suffix == ".json" or p.is_dir() and (p / "config.json").is_file():
+        path = p / "config.json" if p.is_dir() else p
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"could not read '{path}' as JSON ({exc})", fix) from None
+        if not isinstance(raw, dict) or "model_type" not in raw:
+            raise UserError(f"'{path}' has no model_type", "give a Hugging Face config.json (it names model_type)")
+        try:
+            return AutoConfig.for_model(raw.pop("model_type"), **raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"'{path}' is not a config transformers knows ({exc})", fix) from None
+    if p.exists() and not p.is_dir() and p.suffix not in (".gguf",):
+        raise UserError(f"'{p}' is neither a config.json nor a model folder", fix)
+    if source in EMBEDDED_MODELS or p.exists():
+        from loratune.config import ModelConfig
+
+        src = resolve_model(ModelConfig(name_or_path=source))
+        try:
+            return AutoConfig.from_pretrained(src.path, **({"gguf_file": src.gguf_file} if src.gguf_file else {}))
+        except Exception as exc:
+            raise UserError(f"could not read a model config from '{source}' ({type(exc).__name__}: {exc})", fix) from None
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise UserError(f"'{source}' does not exist", fix)
+    try:  # a hub id: the cache first, so a cached config needs no network
+        return AutoConfig.from_pretrained(source, local_files_only=True)
+    except Exception:
+        pass
+    why = _offline_reason()
+    if why is None:
+        try:
+            return AutoConfig.from_pretrained(source)
+        except Exception as exc:
+            why = hub_reason(exc)
+    raise UserError(f"'{source}' is not a preset or a local path, and its config is not in the Hugging Face cache "
+                    f"nor could it be fetched ({why})", fix)
+
+
+def _offline_reason() -> str | None:
+    """Why the hub cannot be reached, said at once (the hub client retries a dead network for ~25 s): offline
+    mode, or the hub's host does not resolve. None when it may be reachable."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "offline mode: HF_HUB_OFFLINE is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        return f"offline: {host} does not resolve ({exc})"
+    return None
+
+
+def default_task(config) -> str:
+    """causal-lm for decoders (a *ForCausalLM architecture, or a model type transformers only knows as a causal
+    LM), classification for encoders."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForCausalLM") for a in archs):
+        return "causal-lm"
+    if archs:
+        return "classification"
+    mt = config.model_type
+    return "causal-lm" if mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and mt not in MODEL_FOR_MASKED_LM_MAPPING_NAMES \
+        else "classification"
+
+
+def build_meta_model(config, task: str):
+    """The model on the meta device: names and shapes, no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task not in TASKS:
+        raise UserError(f"--task {task}: one of auto, {', '.join(TASKS)}", "e.g. --task causal-lm")
+    with torch.device("meta"):
+        try:
+            if task == "causal-lm":
+                return AutoModelForCausalLM.from_config(config)
+            config.num_labels = 2
+            return AutoModelForSequenceClassification.from_config(config)
+        except ValueError as exc:
+            raise UserError(f"transformers has no {task} model for '{config.model_type}' ({exc})",
+                            "use --task " + ("classification" if task == "causal-lm" else "causal-lm")) from None
+
+
+def shape_of(model, task: str) -> ModelShape:
+    import torch.nn as nn
+
+    from loratune.adapt import HEAD_NAMES, available_targets, num_layers, resolve_targets
+    from loratune.config import AdapterConfig
+
+    cfg = model.config
+    params = sum(p.numel() for p in model.parameters())
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    blocks = resolve_targets(model, AdapterConfig(target_modules=("all-linear",)))
+    head = 0
+    if task == "classification":
+        head = sum(p.numel() for n, p in model.named_parameters() if set(n.split(".")) & set(HEAD_NAMES))
+    avail = available_targets(model)
+    gated = "ffn.gate" in avail["groups"] or any("gate" in r for r in avail["raw"])
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return ModelShape(
+        model_type=cfg.model_type, task=task, params=params, linear_params=linear,
+        block_linear_params=sum(s.in_features * s.out_features for s in blocks), head_params=head,
+        layers=num_layers(model), hidden=cfg.hidden_size, heads=heads, head_dim=head_dim,
+        kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+        ffn=getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size, gated=gated,
+        vocab=cfg.vocab_size if task == "causal-lm" else cfg.num_labels)
+
+
+def lora_shape(model, r: int, targets: tuple[str, ...]) -> LoraShape:
+    from loratune.adapt import resolve_targets
+    from loratune.config import AdapterConfig
+
+    if r < 1:
+        raise UserError(f"--r {r}: must be an integer >= 1", "e.g. --r 16")
+    sites = resolve_targets(model, AdapterConfig(target_modules=tuple(targets)))
+    return LoraShape(r, tuple(targets), len(sites), sum(s.in_features * s.out_features for s in sites),
+                     sum(s.in_features + s.out_features for s in sites))
+
+
+def plan_model(source: str, r: int = DEFAULT_R, targets: tuple[str, ...] = DEFAULT_TARGETS,
+               workload: Workload | None = None, task: str = "auto") -> Plan:
+    """The plan for `source` (preset, config.json, folder, embedded alias or cached hub id)."""
+    workload = workload or Workload()
+    _check_workload(workload)
+    config = load_config(source)
+    task = default_task(config) if task == "auto" else task
+    model = build_meta_model(config, task)
+    return make_plan(source, shape_of(model, task), lora_shape(model, r, targets), workload)

@@ -1,0 +1,232 @@
+"""`loratune plan`: the memory and FLOPs arithmetic against hand-computed cases, the published Llama-2-7B figures
+(docs/planning.md), Phi-3's fused modules, and bad input (UserError, exit 2, with a fix). Models are built from
+their configs on the meta device: no download, no weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loratune import params, plan
+from loratune.errors import UserError
+from loratune.plan import LoraShape, ModelShape, Workload
+
+GB, GIB = 1e9, 2**30
+LLAMA2_7B_PARAMS = 6_738_415_616  # meta-llama/Llama-2-7b-hf
+
+
+@pytest.fixture(scope="module")
+def llama7b():
+    return plan.plan_model("llama-2-7b")
+
+
+# --- parameters --------------------------------------------------------------------------------------------
+
+def test_llama2_7b_trainable_lora_params_all_linear_r16(llama7b):
+    # per layer and unit of rank: q, k, v, o are 4096 x 4096 (4 * 8192); gate and up 4096 -> 11008
+    # (2 * 15104), down 11008 -> 4096 (15104); 32 layers, r = 16
+    per_rank = 32 * (4 * (4096 + 4096) + 3 * (4096 + 11008))
+    assert per_rank == 2_498_560
+    assert llama7b.lora.params == 16 * per_rank == 39_976_960
+    assert llama7b.methods["lora"].trainable == llama7b.methods["qlora"].trainable == 39_976_960
+    assert llama7b.shape.params == llama7b.methods["full"].trainable == LLAMA2_7B_PARAMS
+    assert llama7b.lora.modules == 32 * 7
+
+
+def test_presets_have_their_published_parameter_counts():
+    published = {"llama-2-13b": 13_015_864_320, "llama-2-70b": 68_976_648_192, "mistral-7b": 7_241_732_096,
+                 "qwen2-7b": 7_615_616_512, "phi-3-mini": 3_821_079_552, "llama-3-8b": 8_030_261_248}
+    for name, n in published.items():
+        assert plan.plan_model(name).shape.params == n, name
+
+
+def test_phi3_fused_qkv_and_gate_up_are_adapted_as_one_module_each():
+    p = plan.plan_model("phi-3-mini")  # qkv_proj 3072 -> 9216, o 3072 -> 3072, gate_up 3072 -> 16384, down 8192 -> 3072
+    assert p.shape.gated
+    assert p.lora.modules == 32 * 4
+    assert p.lora.per_rank == 32 * ((3072 + 9216) + (3072 + 3072) + (3072 + 16384) + (8192 + 3072))
+    assert p.lora.params == 25_165_824
+    q = plan.plan_model("phi-3-mini", targets=("attn.q",))  # attn.q names the fused module: Q, K and V together
+    assert q.lora.modules == 32 and q.lora.adapted_weights == 32 * 3072 * 9216
+
+
+# --- memory ------------------------------------------------------------------------------------------------
+
+def test_full_fine_tuning_states_are_16_bytes_per_parameter(llama7b):
+    full = llama7b.methods["full"]
+    assert (full.weights, full.gradients, full.optimizer) == (2 * LLAMA2_7B_PARAMS, 2 * LLAMA2_7B_PARAMS,
+                                                               12 * LLAMA2_7B_PARAMS)
+    assert full.states == 16 * LLAMA2_7B_PARAMS  # ZeRO's 2 + 2 + 12: 107.8 GB
+    assert sum(plan.FULL_PRECISION["amp"]) == 18 and sum(plan.FULL_PRECISION["bf16"]) == 8
+
+
+def test_lora_and_qlora_states_hand_computed(llama7b):
+    n, lora = LLAMA2_7B_PARAMS, 39_976_960
+    lo, q = llama7b.methods["lora"], llama7b.methods["qlora"]
+    assert lo.weights == 2 * n + 4 * lora  # bf16 base, fp32 adapter
+    assert lo.gradients == q.gradients == 4 * lora and lo.optimizer == q.optimizer == 8 * lora
+    assert plan.NF4_BITS == pytest.approx(4.127, abs=1e-3)  # QLoRA paper: 4 + 0.127 bits with double quantization
+    blocks = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)  # every linear inside the blocks goes to NF4
+    assert llama7b.shape.block_linear_params == blocks == 6_476_005_376
+    assert q.weights == pytest.approx(blocks * 4.127 / 8 + (n - blocks) * 2 + 4 * lora, rel=1e-4)
+    assert q.weights / GB == pytest.approx(4.03, abs=0.01)
+
+
+TINY = ModelShape(model_type="llama", task="causal-lm", params=10_000, linear_params=9_000, block_linear_params=8_000,
+                  head_params=0, layers=2, hidden=8, heads=2, head_dim=4, kv_heads=1, ffn=16, gated=True, vocab=10)
+
+
+def test_activations_hand_computed():
+    w = Workload(batch=2, seq_len=3)  # 6 tokens
+    # per block per token: attention 5h + 2h_kv = 40 + 8, gated FFN 2h + 4i = 16 + 64: 128 elements, 256 bytes
+    assert plan.block_elements(TINY) == 128
+    head = (2 * 2 * 8 + 10 * 10) * 6  # final norm in/out (2h bf16) + 10 bytes per logit, per token
+    assert plan.activation_bytes(TINY, w) == 2 * 256 * 6 + head
+    # checkpointing: each block's input (h, bf16) + one block recomputed + the head
+    assert plan.activation_bytes(TINY, w, checkpointed=True) == 2 * 8 * 2 * 6 + 256 * 6 + head
+    # eager attention adds the scores: 6 bytes per head, query and key
+    eager = Workload(batch=2, seq_len=3, attention="eager")
+    assert plan.activation_bytes(TINY, eager) - plan.activation_bytes(TINY, w) == 2 * 6 * 2 * 3 * 6
+    plain = ModelShape(**{**TINY.to_dict(), "gated": False})
+    assert plan.block_elements(plain) == 48 + 16 + 32
+
+
+def test_activations_grow_linearly_in_batch_and_checkpointing_saves_most(llama7b):
+    s = llama7b.shape
+    one, four = (plan.activation_bytes(s, Workload(batch=b, seq_len=512)) for b in (1, 4))
+    assert four == pytest.approx(4 * one)
+    lo = llama7b.methods["lora"]
+    assert lo.activations_checkpointed < lo.activations / 5
+
+
+# --- FLOPs -------------------------------------------------------------------------------------------------
+
+def test_flops_per_token_hand_computed():
+    w, lora = Workload(batch=1, seq_len=5), LoraShape(r=2, targets=("x",), modules=4, adapted_weights=8_000,
+                                                      per_rank=100)
+    att = 4 * 2 * 2 * 4 * 5  # 4 * L * heads * head_dim * s, forward
+    assert plan.full_flops(TINY, w) == 6 * 9_000 + 3 * att
+    assert plan.lora_flops(TINY, lora, w) == 4 * 9_000 + 6 * 200 + 3 * att
+    assert plan.full_flops(TINY, w, checkpointed=True) == 8 * 9_000 + 4 * att
+    assert plan.lora_flops(TINY, lora, w, checkpointed=True) == 6 * 9_000 + 8 * 200 + 4 * att
+    # LoRA's FLOPs reach full fine-tuning's when its parameters are a third of the linear weights
+    third = LoraShape(r=30, targets=("x",), modules=4, adapted_weights=9_000, per_rank=100)
+    assert plan.lora_flops(TINY, third, w) == plan.full_flops(TINY, w)
+
+
+def test_the_breakeven_rank_is_params_one_formula(llama7b):
+    lo = llama7b.lora
+    assert llama7b.breakeven_rank == params.breakeven_rank(lo.adapted_weights, lo.per_rank) == 864
+    assert llama7b.methods["lora"].flops_per_token / llama7b.methods["full"].flops_per_token == pytest.approx(
+        (4 * 6_607_077_376 + 6 * 39_976_960 + 12 * 32 * 4096 * 512) / (6 * 6_607_077_376 + 12 * 32 * 4096 * 512))
+
+
+# --- published Llama-2-7B figures (docs/planning.md, "Against published figures") ----------------------------
+# (source, method, full-precision convention, r, targets, batch, seq_len, published bytes, which of our totals)
+PUBLISHED = [
+    # LLaMA-Factory README, "Hardware Requirement" (estimated VRAM, 7B column); compared at its own benchmark
+    # setting (batch 1, cutoff_len 1024), its defaults (gradient checkpointing on, LoRA r 8 on all linear layers),
+    # on the device (nvidia-smi: CUDA context included)
+    ("llama-factory full (bf16 or fp16, AMP)", "full", "amp", 8, ("all-linear",), 1, 1024, 120 * GB, "on_device_checkpointed"),
+    ("llama-factory full (pure_bf16)", "full", "bf16", 8, ("all-linear",), 1, 1024, 60 * GB, "on_device_checkpointed"),
+    ("llama-factory LoRA 16-bit", "lora", "mixed", 8, ("all-linear",), 1, 1024, 16 * GB, "on_device_checkpointed"),
+    ("llama-factory QLoRA 4-bit", "qlora", "mixed", 8, ("all-linear",), 1, 1024, 6 * GB, "on_device_checkpointed"),
+    # torchtune "Finetuning Llama2 with QLoRA" tutorial, LoRA peak memory reserved in training (GiB, torch's
+    # allocator): rank 8 on q and v, batch 2, Alpaca at max_seq_len 512, activation checkpointing
+    ("torchtune LoRA (peak reserved)", "lora", "mixed", 8, ("attn.q", "attn.v"), 2, 512, 15.57 * GIB, "total_checkpointed"),
+    # ZeRO (Rajbhandari et al. 2020): mixed-precision AdamW holds 16 bytes per parameter
+    ("ZeRO 16 bytes/param", "full", "mixed", 8, ("all-linear",), 1, 512, 16 * LLAMA2_7B_PARAMS, "states"),
+]
+
+
+@pytest.mark.parametrize("source,method,precision,r,targets,batch,seq,published,key", PUBLISHED,
+                         ids=[row[0] for row in PUBLISHED])
+def test_llama2_7b_plan_within_15pct_of_published(source, method, precision, r, targets, batch, seq, published, key):
+    p = plan.plan_model("llama-2-7b", r=r, targets=targets, workload=Workload(batch, seq, "sdpa", precision))
+    ours = p.methods[method].to_dict()[key]
+    assert abs(ours / published - 1) <= 0.15, f"{source}: ours {ours / GB:.2f} GB vs {published / GB:.2f} GB"
+
+
+def test_qlora_paper_65b_fits_one_48gb_gpu():
+    # Dettmers et al. 2023: LLaMA-65B fine-tuned with QLoRA (r 64 on every linear layer) on one 48 GB GPU
+    p = plan.plan_model("llama-65b", r=64, workload=Workload(batch=1, seq_len=512))
+    assert p.methods["qlora"].to_dict()["on_device_checkpointed"] < 48 * GIB
+    assert p.methods["lora"].to_dict()["on_device_checkpointed"] > 80 * GIB  # 16-bit LoRA would not fit one 80 GB card
+
+
+# --- inputs --------------------------------------------------------------------------------------------------
+
+def _fake_hub_cache(root, repo_id: str, config: dict) -> None:
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snap = repo / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps(config))
+
+
+def test_config_json_folder_and_cached_hub_id_give_the_preset(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    cfg = plan.PRESETS["llama-2-7b"]
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    _fake_hub_cache(tmp_path / "cache", "someorg/llama-2-7b-shaped", cfg)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    for source in (str(tmp_path / "m" / "config.json"), str(tmp_path / "m"), "someorg/llama-2-7b-shaped"):
+        assert plan.plan_model(source).shape.params == LLAMA2_7B_PARAMS, source
+
+
+def test_an_encoder_is_planned_as_a_classifier(tmp_path):
+    bert = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 64, "vocab_size": 100}
+    (tmp_path / "config.json").write_text(json.dumps(bert))
+    p = plan.plan_model(str(tmp_path / "config.json"), r=4)
+    assert p.shape.task == "classification" and p.shape.vocab == 2 and not p.shape.gated
+    assert p.shape.head_params > 0  # pooler and classifier train with the adapter
+    assert p.methods["lora"].trainable == p.lora.params + p.shape.head_params
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"r": 0}, "--r 0"),
+    ({"workload": Workload(batch=0)}, "--batch 0"),
+    ({"workload": Workload(seq_len=-1)}, "--seq-len -1"),
+    ({"workload": Workload(full_precision="fp8")}, "--full-precision fp8"),
+    ({"targets": ("attn.nothing",)}, "attn.nothing"),
+])
+def test_bad_knobs_are_user_errors_with_a_fix(kwargs, needle):
+    with pytest.raises(UserError) as err:
+        plan.plan_model("llama-2-7b", **kwargs)
+    assert needle in err.value.problem and err.value.fix
+
+
+def test_bad_sources_are_user_errors_with_a_fix(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    (tmp_path / "nomodeltype.json").write_text(json.dumps({"hidden_size": 8}))
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "empty").mkdir()
+    cases = {"llama-2-7": "offline", "someorg/not-cached": "HF_HUB_OFFLINE", str(tmp_path / "nomodeltype.json"): "model_type",
+             str(tmp_path / "broken.json"): "JSON", str(tmp_path / "empty"): "no config.json",
+             str(tmp_path / "missing" / "config.json"): "does not exist"}
+    for source, needle in cases.items():
+        with pytest.raises(UserError) as err:
+            plan.plan_model(source)
+        assert needle in err.value.problem and err.value.fix, source
+
+
+def test_cli_exit_2_with_the_fix_and_json_in_bytes(capsys):
+    from loratune.cli import main
+
+    assert main(["plan", "llama-2-7b", "--r", "0"]) == 2
+    assert "fix:" in capsys.readouterr().err
+    assert main(["plan", "llama-2-7b", "--json", "--seq-len", "1024"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["methods"]["full"]["optimizer"] == 12 * LLAMA2_7B_PARAMS
+    assert data["lora"]["params"] == 39_976_960 and data["breakeven_rank"] == 864
+    assert data["workload"]["tokens"] == 1024
+    assert main(["plan", "phi-3-mini"]) == 0
+    assert "LoRA stops paying at r=768" in capsys.readouterr().out
