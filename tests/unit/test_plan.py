@@ -230,3 +230,25 @@ def test_cli_exit_2_with_the_fix_and_json_in_bytes(capsys):
     assert data["workload"]["tokens"] == 1024
     assert main(["plan", "phi-3-mini"]) == 0
     assert "LoRA stops paying at r=768" in capsys.readouterr().out
+
+
+def test_our_lora_count_is_peft_s(llama7b):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    raw = dict(plan.PRESETS["llama-2-7b"])
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(raw.pop("model_type"), **raw))
+        peft_model = get_peft_model(model, LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in trainable) == llama7b.lora.params
+    assert {p.dtype for p in trainable} == {torch.float32}  # ADAPTER_BYTES: peft keeps adapters in fp32
+
+
+def test_params_takes_the_presets_and_shares_the_breakeven(capsys):
+    from loratune.cli import main
+
+    assert main(["params", "llama-2-7b", "--ranks", "16", "--targets", "all-linear", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["targets"][0]
+    assert row["rows"][0]["lora"] == 39_976_960 and row["rank_at_third_adapted"] == 864

@@ -8,7 +8,8 @@ from loratune.commands._common import console, human, print_json
 def register(sub) -> None:
     p = sub.add_parser("params", help="LoRA parameter counts per rank and target set (no weights needed)")
     p.add_argument("model", nargs="?", default="embedded:minilm",
-                   help="model folder, config.json, .gguf file, hub id (online) or embedded:minilm")
+                   help="model folder, config.json, .gguf file, hub id (online), embedded:minilm, or a preset of "
+                        "`loratune plan` (llama-2-7b, mistral-7b, ...)")
     p.add_argument("--ranks", default="1,2,4,8,16,32,64,128,256", help="comma-separated ranks")
     p.add_argument("--targets", action="append", metavar="GROUPS",
                    help="a target set, e.g. 'attn.q,attn.v' (repeatable; default: five common sets)")
@@ -26,7 +27,11 @@ def run(args) -> int:
     except ValueError:
         raise UserError(f"--ranks '{args.ranks}' is not a list of integers", "e.g. --ranks 4,16,64") from None
     targets = tuple(tuple(t.split(",")) for t in args.targets) if args.targets else DEFAULT_TARGETS
-    report = params_report(load_meta_model(args.model), ranks, targets)
+    from loratune.plan import PRESETS, build_meta_model, load_config
+
+    model = (build_meta_model(load_config(args.model), "classification") if args.model in PRESETS
+             else load_meta_model(args.model))
+    report = params_report(model, ranks, targets)
     if args.json:
         print_json(report.to_dict())
         return 0
@@ -46,4 +51,5 @@ def run(args) -> int:
         out.print(f"  LoRA reaches 10% of the model at r={t.rank_at_10pct}, 20% at r={t.rank_at_20pct}; "
                   f"one third of the adapted weights (compute breakeven vs full fine-tuning) at "
                   f"r={t.rank_at_third_adapted}")
+    out.print(f"memory and FLOPs of LoRA, QLoRA and full fine-tuning: loratune plan {args.model}")
     return 0
