@@ -125,6 +125,7 @@ class LoraShape:
     modules: int
     adapted_weights: int  # parameters of the adapted weights
     per_rank: int  # sum of d_in + d_out over the adapted layers
+    input_features: int = 0  # sum of d_in over the adapted layers (each adapter keeps a copy of its input)
 
     @property
     def params(self) -> int:
@@ -194,49 +195,60 @@ class Plan:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Activations. Every tensor autograd keeps for backward, counted per token of one transformer block in
-# bf16 elements (Korthikanti et al. 2022's method, for a pre-norm decoder without dropout):
-#   attention: norm input h, Q/K/V projections' input h, Q h, K and V 2*h_kv, attention output h,
-#              output projection's input h                                   = 5h + 2h_kv
-#   gated FFN: norm input h, gate/up input h, gate output i, up output i, activation output i,
-#              down projection's input i                                     = 2h + 4i
-#   plain FFN: norm input h, fc1 input h, activation input i, fc2 input i    = 2h + 2i
-# Eager attention also keeps the scores: EAGER_SCORE_BYTES per head and key. The head keeps the final norm's
-# input and output (2h) and the logits (LOGIT_BYTES per vocabulary entry). Gradient checkpointing (one
-# checkpoint per block, the Hugging Face default) keeps each block's input (h) and recomputes one block
-# at a time during backward. The same count serves LoRA, QLoRA and full fine-tuning: an adapter on a
-# linear layer needs that layer's input, which the count already holds (with partial targets it is an
-# upper bound: a frozen layer without an adapter does not keep its input).
+# Activations. Every tensor autograd keeps for backward, counted per token of one transformer block
+# (Korthikanti et al. 2022's method, redone for the pre-norm, dropout-free decoders of Llama, Mistral, Qwen2,
+# Phi-3, Gemma, and checked against autograd's saved tensors on a tiny Llama in tests/unit/test_plan.py):
+#   each norm (2 per block): its input upcast to fp32 for the variance (4h); when the norm's weight trains,
+#     also the bf16 normalised input (2h, for that weight's gradient) and the bf16 output the next
+#     projections read (2h, for their weight gradients)                     full 8h, LoRA 4h bytes
+#   attention core (SDPA / FlashAttention): Q, K, V after RoPE and the output, bf16; the output projection
+#     reads the output in place                                             2(2h_q + 2h_kv) bytes
+#   gated FFN: gate output, up output, SiLU output, and the product the down projection reads when its
+#     weight trains                                                         full 8i, LoRA 6i bytes
+#   plain FFN (BERT, GPT-2): the activation's input, and fc2's input when fc2 trains    full 4i, LoRA 2i
+#   each LoRA adapter: its own bf16 copy of the layer input (peft casts the input to the fp32 adapter's
+#     dtype and autocast casts it back for the matmul) and its r-wide A output  2(d_in + r) bytes
+# Eager attention also keeps the scores (EAGER_SCORE_BYTES per head, query and key). The head keeps the final
+# norm (8h full, 4h LoRA) and the logits (LOGIT_BYTES per vocabulary entry). Gradient checkpointing (one
+# checkpoint per block, the Hugging Face default) keeps each block's bf16 input (2h) and recomputes one block
+# at a time during backward. A frozen linear layer without an adapter keeps nothing: its input gradient needs
+# only its weight.
+NORM_BYTES = {True: FP32 + BF16 + BF16, False: FP32}  # per hidden unit, by whether the norm's weight trains
+ADAPTER_INPUT_BYTES = BF16
 
 
-def block_elements(shape: ModelShape) -> int:
-    """bf16 elements kept per token by one transformer block (SDPA attention)."""
-    h, kv, i = shape.hidden, shape.kv_heads * shape.head_dim, shape.ffn
-    attn = 5 * h + 2 * kv
-    ffn = 2 * h + (4 * i if shape.gated else 2 * i)
-    return attn + ffn
+def block_bytes_per_token(shape: ModelShape, lora: LoraShape | None = None) -> float:
+    """Bytes one transformer block keeps per token (SDPA attention): full fine-tuning when `lora` is None."""
+    trains = lora is None
+    h, h_q, kv, i = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, shape.ffn
+    norms = 2 * NORM_BYTES[trains] * h
+    attention = BF16 * (2 * h_q + 2 * kv)
+    ffn = BF16 * ((4 if trains else 3) * i if shape.gated else (2 if trains else 1) * i)
+    adapters = 0.0
+    if lora is not None:  # spread evenly over the blocks (per_block = total / layers)
+        adapters = (ADAPTER_INPUT_BYTES * lora.input_features + BF16 * lora.r * lora.modules) / max(1, shape.layers)
+    return norms + attention + ffn + adapters
 
 
-def block_bytes(shape: ModelShape, w: Workload) -> float:
-    """Bytes kept by one block for the whole batch."""
-    per_token = BF16 * block_elements(shape)
+def block_bytes(shape: ModelShape, w: Workload, lora: LoraShape | None = None) -> float:
+    """Bytes kept by one block for the whole micro-batch."""
+    per_token = block_bytes_per_token(shape, lora)
     if w.attention == "eager":
         per_token += EAGER_SCORE_BYTES * shape.heads * w.seq_len
     return per_token * w.tokens
 
 
-def head_bytes(shape: ModelShape, w: Workload) -> float:
-    return (BF16 * 2 * shape.hidden + LOGIT_BYTES * shape.vocab) * w.tokens
+def head_bytes(shape: ModelShape, w: Workload, lora: LoraShape | None = None) -> float:
+    return (NORM_BYTES[lora is None] * shape.hidden + LOGIT_BYTES * shape.vocab) * w.tokens
 
 
 def activation_bytes(shape: ModelShape, w: Workload, lora: LoraShape | None = None,
                      checkpointed: bool = False) -> float:
-    """Activation memory of one micro-batch; with LoRA, each adapter also keeps its r-wide A output."""
-    adapter = BF16 * lora.r * lora.modules * w.tokens if lora else 0
+    """Activation memory of one micro-batch: full fine-tuning when `lora` is None, else LoRA / QLoRA."""
+    block = block_bytes(shape, w, lora)
     if checkpointed:
-        kept = BF16 * shape.hidden * w.tokens * shape.layers
-        return kept + block_bytes(shape, w) + adapter / max(1, shape.layers) + head_bytes(shape, w)
-    return shape.layers * block_bytes(shape, w) + adapter + head_bytes(shape, w)
+        return BF16 * shape.hidden * w.tokens * shape.layers + block + head_bytes(shape, w, lora)
+    return shape.layers * block + head_bytes(shape, w, lora)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -294,10 +306,11 @@ def conventions(shape: ModelShape, w: Workload) -> dict[str, str]:
         "lora": "base in bf16 (2 bytes/param); adapter fp32 weights 4 + gradients 4 + AdamW m, v 8 = 16 bytes/param",
         "qlora": f"linear weights of the blocks in NF4 with double quantization ({NF4_BITS:.3f} bits), embeddings, "
                  "norms and output head in bf16; adapter as LoRA",
-        "activations": f"bf16, {w.attention} attention; per block per token 5h + 2h_kv (attention) + "
-                       + ("2h + 4i (gated FFN)" if shape.gated else "2h + 2i (FFN)")
-                       + f" elements; logits {LOGIT_BYTES} bytes per vocabulary entry; gradient checkpointing keeps "
-                       "each block's input and recomputes one block at a time",
+        "activations": f"{w.attention} attention; bytes per block per token: full 16h + 4h_q + 4h_kv + "
+                       + ("8i" if shape.gated else "4i") + ", LoRA 8h + 4h_q + 4h_kv + "
+                       + ("6i" if shape.gated else "2i") + " + 2(d_in + r) per adapter; logits "
+                       f"{LOGIT_BYTES} bytes per vocabulary entry; gradient checkpointing keeps each block's input "
+                       "and recomputes one block at a time",
         "flops": "full 6N + 12*L*h*s; LoRA 4N + 6*N_lora + 12*L*h*s (N: linear weights, head included); "
                  "checkpointing adds one forward",
         "cuda_context": f"{CUDA_CONTEXT_BYTES / 2**30:.1f} GiB outside torch's allocator (in on_device totals only)",
@@ -471,7 +484,7 @@ def lora_shape(model, r: int, targets: tuple[str, ...]) -> LoraShape:
         raise UserError(f"--r {r}: must be an integer >= 1", "e.g. --r 16")
     sites = resolve_targets(model, AdapterConfig(target_modules=tuple(targets)))
     return LoraShape(r, tuple(targets), len(sites), sum(s.in_features * s.out_features for s in sites),
-                     sum(s.in_features + s.out_features for s in sites))
+                     sum(s.in_features + s.out_features for s in sites), sum(s.in_features for s in sites))
 
 
 def plan_model(source: str, r: int = DEFAULT_R, targets: tuple[str, ...] = DEFAULT_TARGETS,

@@ -79,17 +79,72 @@ TINY = ModelShape(model_type="llama", task="causal-lm", params=10_000, linear_pa
 
 def test_activations_hand_computed():
     w = Workload(batch=2, seq_len=3)  # 6 tokens
-    # per block per token: attention 5h + 2h_kv = 40 + 8, gated FFN 2h + 4i = 16 + 64: 128 elements, 256 bytes
-    assert plan.block_elements(TINY) == 128
-    head = (2 * 2 * 8 + 10 * 10) * 6  # final norm in/out (2h bf16) + 10 bytes per logit, per token
-    assert plan.activation_bytes(TINY, w) == 2 * 256 * 6 + head
-    # checkpointing: each block's input (h, bf16) + one block recomputed + the head
-    assert plan.activation_bytes(TINY, w, checkpointed=True) == 2 * 8 * 2 * 6 + 256 * 6 + head
+    lora = LoraShape(r=2, targets=("x",), modules=4, adapted_weights=800, per_rank=200, input_features=100)
+    # full, per block per token: 2 norms x 8h = 128, attention 2(2h_q + 2h_kv) = 2(16 + 8) = 48, gated FFN 8i = 128
+    assert plan.block_bytes_per_token(TINY) == 304
+    # LoRA: frozen norms 2 x 4h = 64, attention 48, FFN 6i = 96, adapters (2 * 100 + 2 * r * 4) / 2 blocks = 108
+    assert plan.block_bytes_per_token(TINY, lora) == 316
+    full_head, lora_head = 8 * 8 + 10 * 10, 4 * 8 + 10 * 10  # final norm + 10 bytes per logit, per token
+    assert plan.activation_bytes(TINY, w) == (2 * 304 + full_head) * 6
+    assert plan.activation_bytes(TINY, w, lora) == (2 * 316 + lora_head) * 6
+    # checkpointing: each block's bf16 input (2h) + one block recomputed + the head
+    assert plan.activation_bytes(TINY, w, checkpointed=True) == (2 * 2 * 8 + 304 + full_head) * 6
     # eager attention adds the scores: 6 bytes per head, query and key
     eager = Workload(batch=2, seq_len=3, attention="eager")
     assert plan.activation_bytes(TINY, eager) - plan.activation_bytes(TINY, w) == 2 * 6 * 2 * 3 * 6
     plain = ModelShape(**{**TINY.to_dict(), "gated": False})
-    assert plan.block_elements(plain) == 48 + 16 + 32
+    assert plan.block_bytes_per_token(plain) == 128 + 48 + 4 * 16
+
+
+@pytest.mark.parametrize("targets,checkpointed", [(None, False), (None, True), (("all-linear",), False),
+                                                  (("attn.q", "attn.v"), False), (("all-linear",), True)])
+def test_the_activation_count_is_what_autograd_keeps(targets, checkpointed):
+    """The formula against the bytes autograd really saves for backward (saved-tensor hooks, weights excluded)
+    on a tiny bf16 Llama under bf16 autocast, the way the HF Trainer runs it; peft's default fp32 adapters."""
+    import warnings
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=100)
+    cfg._attn_implementation = "sdpa"
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    shape = plan.shape_of(model, "causal-lm")
+    lora = plan.lora_shape(model, 4, targets) if targets else None
+    if targets:
+        from peft import LoraConfig, get_peft_model
+
+        names = {"all-linear": "all-linear", "attn.q": "q_proj", "attn.v": "v_proj"}
+        tm = "all-linear" if targets == ("all-linear",) else [names[t] for t in targets]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = get_peft_model(model, LoraConfig(r=4, target_modules=tm, task_type="CAUSAL_LM"))
+    if checkpointed:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if targets:
+            model.enable_input_require_grads()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    w = Workload(batch=2, seq_len=32)
+    ids = torch.randint(0, 100, (w.batch, w.seq_len))
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    # the formula counts the peak at the start of backward: the logits at 10 bytes, of which autograd keeps
+    # the fp32 log-softmax's 4; under checkpointing, also the one block recomputed in backward
+    ours = plan.activation_bytes(shape, w, lora, checkpointed) - (plan.LOGIT_BYTES - 4) * shape.vocab * w.tokens
+    if checkpointed:
+        ours -= plan.block_bytes(shape, w, lora)
+    assert ours == pytest.approx(sum(saved.values()), rel=0.08)
 
 
 def test_activations_grow_linearly_in_batch_and_checkpointing_saves_most(llama7b):
