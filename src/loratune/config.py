@@ -61,6 +61,9 @@ class DataConfig:
     max_eval_samples: int | None = _f(None, "Use a stratified subset of this many validation rows.", min=1)
     probe_file: str | None = _f(None, "Hand-written texts with expected labels (text/label columns), scored and "
                                 "shown example by example at every evaluation.")
+    none_label: str | None = _f(None, "Multi-label data: the explicit out-of-scope / none label (e.g. oos). Rows "
+                                "without a label are trained as it; it is exclusive when decoding (never beside "
+                                "another label), and a text no label reaches gets it.")
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,25 @@ class TrainConfig:
                       "short, compound, confusable classes (val_<slice>/macro_f1 in history.jsonl).")
     robustness_probe: bool = _f(True, "At the end, score validation texts under label-preserving perturbations "
                                 "(typos, dropped words, case, punctuation).")
+    metric_for_best_model: str = _f("auto", "Validation metric that picks the saved model, drives early stopping and "
+                                    "is the objective of `loratune tune`. auto: subset_accuracy (exact match) for "
+                                    "multi-label data, macro_f1 for single-label.",
+                                    choices=("auto", "macro_f1", "accuracy", "subset_accuracy", "micro_f1",
+                                             "samples_f1", "weighted_f1"))
+    multi_label_loss: str = _f("bce", "Multi-label loss. bce: plain binary cross-entropy; bce_pos_weight: BCE with "
+                               "each label's positives weighted negatives/positives (train frequencies, capped at "
+                               "100); focal: sigmoid focal loss (Lin et al. 2017, focal_gamma).",
+                               choices=("bce", "bce_pos_weight", "focal"))
+    focal_gamma: float = _f(2.0, "Focusing exponent of the focal loss (0: plain BCE).", min=0.0, max=10.0)
+    threshold_tuning: bool = _f(True, "Multi-label: tune a probability threshold per label on validation at every "
+                                "evaluation (val scores use thresholds cross-fitted on the other half of "
+                                "validation); the saved model's thresholds go to adapter/label_map.json and "
+                                "`predict` / `evaluate` use them. false: 0.5 for every label.")
+    allow_empty: bool | None = _f(None, "Multi-label: may a text get no label? false: at least one (the label "
+                                  "closest to its threshold); null: true only when some training rows have no "
+                                  "label (and no none_label is set).")
+    max_labels_per_row: int | None = _f(None, "Multi-label: at most this many labels per text (the largest margins "
+                                        "over their thresholds); null: the most any training row carries.", min=1)
     report_to: tuple[str, ...] = _f((), "Also log every evaluation point, and the verdict at the end, to: "
                                     "tensorboard (<output_dir>/tensorboard), mlflow (MLFLOW_TRACKING_URI, default "
                                     "./mlruns); a list for both; none or []: nowhere. Each needs its package: "

@@ -177,6 +177,8 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
                             "fill in the text or remove the row")
         lab = row.get(cfg.label_column)
         labs = _labels_of(lab, cfg.label_delimiter)
+        if not labs and cfg.none_label:  # the explicit none / out-of-scope label (multi-label decoding)
+            labs = (cfg.none_label,)
         if not labs and cfg.multi_label is not True:
             raise UserError(f"data file '{source}' row {n} has no label in column '{cfg.label_column}'",
                             "give every row a label (multi-label data may use an empty list with multi_label=true)")

@@ -40,7 +40,8 @@ class EvalExtras:
         y_true = val_targets.astype(int) if multi else np.where(val_targets >= 0, val_targets, -1)
         slices = None
         if cfg.train.slices:
-            slices = assign_slices(dataset.train.texts, dataset.validation.texts, dataset.validation.labels, val_lengths)
+            slices = assign_slices(dataset.train.texts, dataset.validation.texts, dataset.validation.labels, val_lengths,
+                                   multi_label=multi)
         probe = load_probe_set(cfg.data.probe_file, cfg.data.text_column, cfg.data.label_column) \
             if cfg.data.probe_file else None
         extras = cfg_cls(dataset, y_true, multi, slices, probe, cfg.train.seed, cfg.train.robustness_probe)
@@ -50,8 +51,9 @@ class EvalExtras:
                            **slices.info}
         return extras
 
-    def scores(self, step: int, val_logits: np.ndarray, val_point: dict, predict: Predict) -> dict:
-        """Slice and probe scores for one evaluation point."""
+    def scores(self, step: int, val_logits: np.ndarray, val_point: dict, predict: Predict,
+               val_pred: np.ndarray | None = None) -> dict:
+        """Slice and probe scores for one evaluation point (multi-label: `val_pred`, the decoded label sets)."""
         out: dict = {}
         if self.slices is not None:
             if self.confusable_fixed_at is None and step > 0 and not self.multi_label:
@@ -63,7 +65,7 @@ class EvalExtras:
                     self.info["confusable"] = {"fixed_at_step": step, "rows": int(len(rows)),
                                                "classes": sorted({p[k] for p in pairs[:5] for k in ("true", "pred")})}
                     self.info["shares"]["confusable"] = len(rows) / len(self.dataset.validation)
-            out.update(slice_scores(val_logits, self.y_true, self.slices, self.multi_label))
+            out.update(slice_scores(val_logits, self.y_true, self.slices, self.multi_label, val_pred))
         if self.probe is not None:
             out.update(probe_scores(self.probe, softmax(predict(list(self.probe.texts))),
                                     self.dataset.label_space.labels))

@@ -11,7 +11,7 @@ import torch
 from loratune.config import RunConfig, load_config
 from loratune.data import LabelSpace, load_dataset
 from loratune.errors import UserError
-from loratune.metrics import sigmoid, softmax
+from loratune.metrics import Decoding, decode, sigmoid, softmax
 from loratune.store import CONFIG, LABEL_MAP, RunStore, read_json
 
 
@@ -22,6 +22,7 @@ class Trained:
     space: LabelSpace
     cfg: RunConfig
     device: torch.device
+    decoding: Decoding | None = None  # multi-label: thresholds, at least one, cap, none label (label_map.json)
 
     def logits(self, texts: list[str]) -> np.ndarray:
         from loratune.data import Split
@@ -40,8 +41,9 @@ class Trained:
         out = []
         if self.space.multi_label:
             probs = sigmoid(logits)
-            for text, p in zip(texts, probs):
-                labels = [self.space.labels[i] for i in np.flatnonzero(p >= 0.5)]
+            dec = self.decoding or Decoding.from_dict(None, self.space.labels)
+            for text, p, row in zip(texts, probs, decode(probs, dec)):
+                labels = [self.space.labels[i] for i in np.flatnonzero(row)]
                 out.append({"text": text, "labels": labels,
                             "scores": {self.space.labels[i]: float(p[i]) for i in np.argsort(-p)[:max(top_k, 3)]}})
             return out
@@ -68,7 +70,8 @@ def load_trained(run_dir: str | Path) -> Trained:
     model, tokenizer = load_saved(adapter_dir, cfg.model, space.labels, space.multi_label)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
-    return Trained(model, tokenizer, space, cfg, device)
+    decoding = Decoding.from_dict(label_map.get("decoding"), space.labels) if space.multi_label else None
+    return Trained(model, tokenizer, space, cfg, device, decoding)
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
@@ -89,9 +92,12 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     logits = predict_logits(trained.model, enc, trained.cfg.train.per_device_eval_batch_size,
                             trained.tokenizer.pad_token_id, trained.device, False)
     prefix = "test" if split == "test" else ("val" if names[split] == "validation" else "train")
-    scores, _ = score_split(prefix, logits, enc, trained.space)
     store = RunStore(run_dir)
     run = store.read_run()
+    from loratune.losses import LossSpec
+
+    spec = LossSpec.from_dict(run.get("loss"), trained.space.multi_label)  # the loss the run trained with
+    scores, _ = score_split(prefix, logits, enc, trained.space, spec, trained.decoding)
     run.setdefault("eval", {})[split] = scores
     if split == "test":
         run["test"] = scores

@@ -9,6 +9,7 @@ Keys follow `<split>/<metric>`, per class `<split>/recall/<label>`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
@@ -65,9 +66,11 @@ def top_confused_pairs(cm: np.ndarray, labels: tuple[str, ...], top: int = TOP_P
 
 def multi_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, labels: tuple[str, ...],
                        unseen_rows: np.ndarray | None = None, loss: float | None = None,
-                       threshold: float = 0.5) -> dict:
-    """Micro/macro F1, subset accuracy, per-label P/R/F1/support at a fixed probability threshold."""
-    y_pred = (sigmoid(logits) >= threshold).astype(int)
+                       threshold: float = 0.5, pred: np.ndarray | None = None) -> dict:
+    """Subset (exact-match) accuracy, micro/macro/weighted/sample F1, per-label P/R/F1/support, and
+    subset accuracy on the compound (2+ labels) and single-label rows. `pred`: the decoded 0/1 label
+    matrix (`decode`); without it, every label at a fixed probability threshold."""
+    y_pred = (sigmoid(logits) >= threshold).astype(int) if pred is None else np.asarray(pred, dtype=int)
     out: dict = {f"{prefix}/n": int(len(y_true))}
     if loss is not None:
         out[f"{prefix}/loss"] = float(loss)
@@ -78,12 +81,17 @@ def multi_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, labe
     out[f"{prefix}/micro_f1"] = float(f1_score(y_true, y_pred, average="micro", zero_division=0))
     out[f"{prefix}/macro_f1"] = float(f1_score(y_true, y_pred, average="macro", zero_division=0))
     out[f"{prefix}/weighted_f1"] = float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
+    # per row F1, averaged; a row with no true and no predicted label counts 1 (a right empty answer)
+    out[f"{prefix}/samples_f1"] = float(f1_score(y_true, y_pred, average="samples", zero_division=1.0)) \
+        if len(y_true) else math.nan
+    out[f"{prefix}/labels_per_row"] = float(y_pred.sum(axis=1).mean()) if len(y_pred) else math.nan
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
     for i, lab in enumerate(labels):
         out[f"{prefix}/precision/{lab}"] = float(p[i])
         out[f"{prefix}/recall/{lab}"] = float(r[i])
         out[f"{prefix}/f1/{lab}"] = float(f[i])
         out[f"{prefix}/support/{lab}"] = int(s[i])
+    out.update(multi_label_row_scores(prefix, y_pred, y_true, unseen_rows))
     return out
 
 
@@ -92,3 +100,157 @@ def standard_error(p: float, n: int) -> float:
     if n <= 0 or not 0.0 <= p <= 1.0:
         return math.nan
     return math.sqrt(p * (1.0 - p) / n)
+
+
+# ----------------------------------------------------------------------------------------------
+# multi-label decoding: per-label thresholds, at least one label, a cap, an exclusive "none" label
+
+THRESHOLD_GRID = np.round(np.arange(0.02, 0.99, 0.02), 2)  # 49 candidate probabilities, 0.02 apart
+# A label with fewer positives than this in the tuning rows keeps the global threshold: one or two
+# positives make a label's F1 curve a step function that any threshold below their scores maximises.
+MIN_POSITIVES = 3
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How multi-label probabilities become a label set.
+
+    thresholds: [k] (or [n, k], one row per text: cross-fitted thresholds) probabilities; a label is
+    predicted when its probability reaches its threshold. min_labels: 1 forces at least one label per
+    row (the label with the largest margin over its threshold), 0 allows an empty answer. max_labels:
+    keep at most this many labels per row (the largest margins), None: no cap. none_index: the explicit
+    out-of-scope / none label: it is exclusive (with other labels it stays only when its margin is the
+    largest, else it is dropped), and an empty row becomes it.
+    """
+
+    thresholds: np.ndarray
+    min_labels: int = 1
+    max_labels: int | None = None
+    none_index: int | None = None
+
+    def with_thresholds(self, thresholds: np.ndarray) -> "Decoding":
+        return Decoding(np.asarray(thresholds, dtype=np.float64), self.min_labels, self.max_labels, self.none_index)
+
+    def to_dict(self, labels: tuple[str, ...]) -> dict:
+        t = np.asarray(self.thresholds, dtype=np.float64)
+        return {"thresholds": {lab: round(float(t[i]), 4) for i, lab in enumerate(labels)},
+                "min_labels": int(self.min_labels), "max_labels": self.max_labels,
+                "none_label": labels[self.none_index] if self.none_index is not None else None}
+
+    @classmethod
+    def from_dict(cls, d: dict | None, labels: tuple[str, ...]) -> "Decoding":
+        """From label_map.json's `decoding`; a run saved before decoding existed reads as the old
+        behaviour (0.5 everywhere, empty answers allowed, no cap)."""
+        if not d:
+            return cls(np.full(len(labels), 0.5), 0, None, None)
+        th = d.get("thresholds") or {}
+        none = d.get("none_label")
+        return cls(np.array([float(th.get(lab, 0.5)) for lab in labels]), int(d.get("min_labels", 1)),
+                   d.get("max_labels"), labels.index(none) if none in labels else None)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def decode(probs: np.ndarray, dec: Decoding) -> np.ndarray:
+    """0/1 matrix [n, k] of predicted labels from sigmoid probabilities [n, k].
+
+    Labels are ranked by their margin over their own threshold in logit space (logit p - logit t),
+    so a label with a low tuned threshold competes fairly with one at 0.5. Steps: threshold; the none
+    label made exclusive; the cap (keep the max_labels largest margins); then an empty row gets the
+    none label when there is one, else (min_labels 1) its largest-margin label.
+    """
+    n, k = probs.shape
+    if n == 0:
+        return np.zeros((0, k), dtype=int)
+    margin = _logit(probs) - _logit(np.broadcast_to(np.asarray(dec.thresholds, dtype=np.float64), probs.shape))
+    pred = margin >= 0
+    if dec.none_index is not None:
+        j = dec.none_index
+        others = pred.copy()
+        others[:, j] = False
+        both = pred[:, j] & others.any(axis=1)
+        none_wins = margin[:, j] >= np.where(others, margin, -np.inf).max(axis=1)
+        pred[both & none_wins] = False
+        pred[both & none_wins, j] = True
+        pred[both & ~none_wins, j] = False
+    if dec.max_labels is not None and dec.max_labels > 0:
+        over = pred.sum(axis=1) > dec.max_labels
+        if over.any():
+            rank = np.argsort(np.argsort(-np.where(pred, margin, -np.inf), axis=1, kind="stable"), axis=1)
+            pred[over] &= rank[over] < dec.max_labels
+    empty = ~pred.any(axis=1)
+    if empty.any():
+        if dec.none_index is not None:
+            pred[empty, dec.none_index] = True
+        elif dec.min_labels > 0:
+            pred[np.flatnonzero(empty), margin[empty].argmax(axis=1)] = True
+    return pred.astype(int)
+
+
+def _best_on_grid(scores: np.ndarray) -> int:
+    """Index of the best grid value; on a plateau of ties, its middle (robust to where the plateau ends)."""
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    return int(best[len(best) // 2])
+
+
+def tune_thresholds(probs: np.ndarray, y_true: np.ndarray, grid: np.ndarray = THRESHOLD_GRID,
+                    min_positives: int = MIN_POSITIVES) -> np.ndarray:
+    """Per-label probability thresholds [k] that maximise each label's F1 on (probs, y_true).
+
+    First one global threshold (best micro-F1 over the grid); a label with at least `min_positives`
+    positive rows then gets the grid value maximising its own F1 (the middle of a plateau of ties),
+    the others keep the global one. Rare labels are the point: with BCE their probabilities rarely
+    reach 0.5, and a lower threshold of their own recovers them.
+    """
+    k = probs.shape[1]
+    if len(probs) == 0:
+        return np.full(k, 0.5)
+    y = y_true.astype(bool)
+    hit = probs[:, :, None] >= grid[None, None, :]  # [n, k, g]
+    tp = (hit & y[:, :, None]).sum(axis=0).astype(float)  # [k, g]
+    fp = (hit & ~y[:, :, None]).sum(axis=0).astype(float)
+    fn = y.sum(axis=0)[:, None].astype(float) - tp
+    micro = 2 * tp.sum(0) / np.maximum(1e-12, 2 * tp.sum(0) + fp.sum(0) + fn.sum(0))
+    global_t = float(grid[_best_on_grid(micro)])
+    per = 2 * tp / np.maximum(1e-12, 2 * tp + fp + fn)  # [k, g]
+    out = np.full(k, global_t)
+    for j in np.flatnonzero(y.sum(axis=0) >= min_positives):
+        out[j] = grid[_best_on_grid(per[j])]
+    return out
+
+
+def crossfit_thresholds(probs: np.ndarray, y_true: np.ndarray, seed: int, folds: int = 2) -> np.ndarray:
+    """Thresholds per row [n, k]: each row gets the thresholds tuned on the other folds' rows, so
+    the scores of the split the thresholds are tuned on stay honest (an estimate of what the saved
+    thresholds, tuned on all of it, do on new data)."""
+    n, k = probs.shape
+    out = np.full((n, k), 0.5)
+    if n < 2 * folds:
+        out[:] = tune_thresholds(probs, y_true)
+        return out
+    fold = np.random.default_rng(seed).permutation(n) % folds
+    for f in range(folds):
+        out[fold == f] = tune_thresholds(probs[fold != f], y_true[fold != f])
+    return out
+
+
+def multi_label_row_scores(prefix: str, pred: np.ndarray, y_true: np.ndarray,
+                           unseen_rows: np.ndarray | None = None) -> dict:
+    """Subset accuracy on the compound rows (two or more true labels) and on the single-label rows:
+    `<prefix>_compound/subset_accuracy`, `<prefix>_single/subset_accuracy` with their `/n`."""
+    exact = np.all(pred == y_true, axis=1)
+    if unseen_rows is not None:
+        exact = exact & ~unseen_rows
+    n_true = y_true.sum(axis=1)
+    out: dict = {}
+    for name, rows in (("compound", n_true >= 2), ("single", n_true == 1)):
+        out[f"{prefix}_{name}/n"] = int(rows.sum())
+        if rows.any():
+            out[f"{prefix}_{name}/subset_accuracy"] = float(exact[rows].mean())
+            out[f"{prefix}_{name}/samples_f1"] = float(f1_score(y_true[rows], pred[rows], average="samples",
+                                                                zero_division=0))
+    return out

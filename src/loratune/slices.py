@@ -7,7 +7,8 @@ Slices (row indices into the validation split, fixed for the whole run):
   `familiar`, the least similar third `novel` (tertiles within the split, so the slices keep their
   size whatever the train size; the cut values are recorded). Computed once per dataset, cached.
 - `long` / `short`: texts in the top quarter of token lengths vs the rest.
-- `compound`: multi-label rows, or texts whose clauses are joined by a conjunction.
+- `compound`: multi-label rows, or texts whose clauses are joined by a conjunction; in multi-label data,
+  the rows with two or more labels (the labels say what is compound, a conjunction does not).
 - `confusable`: rows whose class is in the most confused pairs of the first evaluation after step 0.
 
 Scores per slice go into history.jsonl as `val_<slice>/accuracy`, `val_<slice>/macro_f1`,
@@ -86,7 +87,7 @@ class Slices:
 
 
 def assign_slices(train_texts: tuple[str, ...], val_texts: tuple[str, ...], val_labels: tuple[tuple[str, ...], ...],
-                  val_lengths: np.ndarray, use_cache: bool = True) -> Slices:
+                  val_lengths: np.ndarray, use_cache: bool = True, multi_label: bool = False) -> Slices:
     """The fixed slices of a validation split (all but `confusable`, which needs a first evaluation)."""
     n = len(val_texts)
     rows: dict[str, np.ndarray] = {}
@@ -108,10 +109,12 @@ def assign_slices(train_texts: tuple[str, ...], val_texts: tuple[str, ...], val_
             rows["long"] = np.flatnonzero(long_mask)
             rows["short"] = np.flatnonzero(~long_mask)
             info["length"] = {"long_above_tokens": cut}
-    compound = [i for i, (t, labs) in enumerate(zip(val_texts, val_labels)) if len(labs) > 1 or is_compound(t)]
+    compound = [i for i, (t, labs) in enumerate(zip(val_texts, val_labels))
+                if len(labs) > 1 or (not multi_label and is_compound(t))]
     if compound:
         rows["compound"] = np.array(compound, dtype=np.int64)
-        info["compound"] = {"rule": "multi-label rows, or two clauses joined by and/but/also/plus"}
+        info["compound"] = {"rule": "rows with two or more labels" if multi_label else
+                            "multi-label rows, or two clauses joined by and/but/also/plus"}
     return Slices(rows, info)
 
 
@@ -120,22 +123,24 @@ def confusable_rows(val_labels: tuple[tuple[str, ...], ...], pairs: list[dict], 
     return np.array([i for i, labs in enumerate(val_labels) if labs and labs[0] in classes], dtype=np.int64)
 
 
-def slice_scores(logits: np.ndarray, y_true: np.ndarray, slices: Slices, multi_label: bool) -> dict:
-    """Accuracy (subset accuracy for multi-label) and macro-F1 over the classes present, per slice."""
+def slice_scores(logits: np.ndarray, y_true: np.ndarray, slices: Slices, multi_label: bool,
+                 pred: np.ndarray | None = None) -> dict:
+    """Accuracy (subset accuracy for multi-label) and macro-F1 over the classes present, per slice.
+    Multi-label: `pred` is the decoded 0/1 label matrix (metrics.decode); without it, logit >= 0."""
     out: dict = {}
     for name, idx in slices.rows.items():
         if len(idx) == 0:
             continue
         lg, yt = logits[idx], y_true[idx]
         if multi_label:
-            pred = (lg >= 0).astype(int)
-            acc = float(np.all(pred == yt, axis=1).mean())
-            f1 = float(f1_score(yt, pred, average="macro", zero_division=0))
+            pr = (lg >= 0).astype(int) if pred is None else np.asarray(pred)[idx]
+            acc = float(np.all(pr == yt, axis=1).mean())
+            f1 = float(f1_score(yt, pr, average="macro", zero_division=0))
         else:
-            pred = lg.argmax(axis=1)
-            acc = float(np.mean(pred == yt))
+            top = lg.argmax(axis=1)
+            acc = float(np.mean(top == yt))
             present = sorted({int(v) for v in yt if v >= 0})
-            f1 = float(f1_score(yt, pred, labels=present, average="macro", zero_division=0)) if present else 0.0
+            f1 = float(f1_score(yt, top, labels=present, average="macro", zero_division=0)) if present else 0.0
         out[f"val_{name}/accuracy"] = acc
         out[f"val_{name}/macro_f1"] = f1
         out[f"val_{name}/n"] = int(len(idx))

@@ -6,7 +6,9 @@ validation split and a fixed train subsample the same way and appends one point 
 It ends on the planned step count, early stopping, a non-finite or exploding loss (status
 `diverged`), Ctrl-C or SIGTERM (status `interrupted`) or an error (status `failed`), and always
 leaves a valid run record. The model saved is the best *trained* one (the eval point after step 0
-with the best val macro-F1), or none when no trained point was scored; `run.json` says which under
+with the best val macro-F1, or the `metric_for_best_model`: subset accuracy for multi-label data), or none
+when no trained point was scored; multi-label runs tune per-label thresholds on validation at every
+evaluation and save those of the saved model's step with it (adapter/label_map.json `decoding`); `run.json` says which under
 `saved_model`. While it runs, the process holds `run.lock` (store.RunLock), so a record left at
 `running` by a killed process reads as `died`.
 """
@@ -35,7 +37,9 @@ from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
 from loratune.errors import UserError
 from loratune.eval_extras import EvalExtras
-from loratune.metrics import multi_label_scores, single_label_scores
+from loratune.losses import LossSpec, compute_loss, loss_spec
+from loratune.metrics import (Decoding, crossfit_thresholds, decode, multi_label_scores, sigmoid,
+                              single_label_scores, tune_thresholds)
 from loratune.models import load_classifier, load_tokenizer, resolve_model
 from loratune.store import LABEL_MAP, RunStore, write_json
 from loratune.trackers import Trackers
@@ -135,10 +139,38 @@ def forward_logits(model, enc: Encoded, rows, batch: dict[str, torch.Tensor]) ->
         return model(**batch).logits
 
 
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
-    if multi_label:
-        return F.binary_cross_entropy_with_logits(logits.float(), targets)
-    return F.cross_entropy(logits.float(), targets, ignore_index=-100)
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool, spec: LossSpec | None = None) -> torch.Tensor:
+    """The run's loss (losses.py): cross-entropy, or for multi-label BCE / BCE with pos_weight / focal."""
+    return compute_loss(logits, targets, spec or LossSpec("bce" if multi_label else "ce"))
+
+
+def objective_key(cfg: RunConfig, multi_label: bool) -> str:
+    """The validation key that picks the saved model (train.metric_for_best_model; auto: subset accuracy
+    for multi-label data, macro-F1 for single-label). A metric the task does not compute is a UserError."""
+    m = cfg.train.metric_for_best_model
+    if m == "auto":
+        m = "subset_accuracy" if multi_label else "macro_f1"
+    single_only, multi_only = {"accuracy"}, {"subset_accuracy", "micro_f1", "samples_f1"}
+    if (multi_label and m in single_only) or (not multi_label and m in multi_only):
+        kind = "multi" if multi_label else "single"
+        raise UserError(f"train.metric_for_best_model: {m} is not computed for {kind}-label data",
+                        "use auto, macro_f1 or weighted_f1, or "
+                        + ("subset_accuracy, micro_f1, samples_f1" if multi_label else "accuracy"))
+    return f"val/{m}"
+
+
+def base_decoding(cfg: RunConfig, dataset: Dataset, space: LabelSpace) -> Decoding:
+    """The decoding rules learned from the training rows and the config (thresholds 0.5 until tuned):
+    at least one label unless empty answers are allowed (allow_empty; null: only when training rows
+    without a label exist), at most max_labels_per_row (null: the most any training row carries), the
+    none label exclusive."""
+    t = cfg.train
+    counts = [len(labs) for labs in dataset.train.labels]
+    none = cfg.data.none_label
+    none_index = space.index.get(none) if none else None
+    allow_empty = t.allow_empty if t.allow_empty is not None else (min(counts, default=1) == 0 and none_index is None)
+    cap = t.max_labels_per_row if t.max_labels_per_row is not None else max(1, max(counts, default=1))
+    return Decoding(np.full(len(space), 0.5), 0 if allow_empty else 1, int(cap), none_index)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,14 +209,19 @@ def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, au
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-def score_split(prefix: str, logits: np.ndarray, enc: Encoded, space: LabelSpace) -> tuple[dict, np.ndarray | None]:
-    """Loss and metrics of one split from its logits. Rows with unknown labels: errors, no loss."""
+def score_split(prefix: str, logits: np.ndarray, enc: Encoded, space: LabelSpace, spec: LossSpec | None = None,
+                decoding: Decoding | None = None) -> tuple[dict, np.ndarray | None]:
+    """Loss and metrics of one split from its logits. Rows with unknown labels: errors, no loss.
+    Multi-label: the label sets come from `decoding` (thresholds, at least one, cap, none label); without
+    one, every label at 0.5."""
     t = torch.from_numpy(logits)
     if space.multi_label:
-        loss = float(loss_fn(t, torch.from_numpy(enc.targets), True))
-        return multi_label_scores(prefix, logits, enc.targets.astype(int), space.labels, enc.unseen, loss), None
+        loss = float(loss_fn(t, torch.from_numpy(enc.targets), True, spec))
+        pred = decode(sigmoid(logits), decoding) if decoding is not None else None
+        return multi_label_scores(prefix, logits, enc.targets.astype(int), space.labels, enc.unseen, loss,
+                                  pred=pred), None
     known = enc.targets >= 0
-    loss = float(loss_fn(t[known], torch.from_numpy(enc.targets[known]), False)) if known.any() else math.nan
+    loss = float(loss_fn(t[known], torch.from_numpy(enc.targets[known]), False, spec)) if known.any() else math.nan
     y_true = np.where(known, enc.targets, -1)
     return single_label_scores(prefix, logits, y_true, space.labels, loss)
 
@@ -340,6 +377,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
     space = dataset.label_space
+    objective = objective_key(cfg, space.multi_label)  # a metric the task lacks: said before any model loads
     seed_everything(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -361,6 +399,9 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                                       lambda ids: collate(ids, pad_id, device),
                                       lambda lengths: eval_batches(lengths, cfg.train.per_device_eval_batch_size))
     extras = EvalExtras.build(cfg, dataset, val_enc.targets, val_enc.lengths)
+    spec = loss_spec(cfg.train.multi_label_loss, space.multi_label, train_enc.targets, cfg.train.focal_gamma)
+    decoding = base_decoding(cfg, dataset, space) if space.multi_label else None
+    tuned = {"now": None, "best": None}  # thresholds tuned at the last eval point, and at the saved model's
 
     def predict_texts(texts: list[str]) -> np.ndarray:  # for probe sets and perturbed texts
         split = Split("extra", tuple(texts), tuple((space.labels[0],) for _ in texts), "extra")
@@ -398,6 +439,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
         "pid": os.getpid(),
         "prefix_cache": prefix_note, "threads": torch.get_num_threads(),
+        "objective": objective, "loss": spec.to_dict(),
+        "decoding": decoding.to_dict(space.labels) if decoding is not None else None,
         "config": to_dict(cfg), "versions": versions(),
     }
     store.write_run(run)
@@ -425,17 +468,27 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                           "train/examples_per_s": float(sum(window["n"]) / max(1e-9, sum(window["time"])))})
         for key in window:
             window[key].clear()
-        te_scores, _ = score_split("train_eval", predict_logits(model, train_eval_enc, cfg.train.per_device_eval_batch_size,
-                                                                pad_id, device, autocast), train_eval_enc, space)
         val_logits = predict_logits(model, val_enc, cfg.train.per_device_eval_batch_size, pad_id, device, autocast)
-        val_scores, cm = score_split("val", val_logits, val_enc, space)
+        val_dec = te_dec = decoding
+        if decoding is not None and cfg.train.threshold_tuning:
+            # thresholds tuned on all of val go with the model (and score train_eval); val itself is scored
+            # with thresholds tuned on its other half (cross-fitted), so its numbers stay honest
+            probs, y_val = sigmoid(val_logits), val_enc.targets.astype(int)
+            tuned["now"] = tune_thresholds(probs, y_val)
+            te_dec = decoding.with_thresholds(tuned["now"])
+            val_dec = decoding.with_thresholds(crossfit_thresholds(probs, y_val, cfg.train.seed))
+        te_scores, _ = score_split("train_eval", predict_logits(model, train_eval_enc, cfg.train.per_device_eval_batch_size,
+                                                                pad_id, device, autocast), train_eval_enc, space,
+                                   spec, te_dec)
+        val_scores, cm = score_split("val", val_logits, val_enc, space, spec, val_dec)
         point.update(te_scores)
         point.update(val_scores)
-        point.update(extras.scores(step, val_logits, val_scores, predict_texts))
+        val_pred = decode(sigmoid(val_logits), val_dec) if val_dec is not None else None
+        point.update(extras.scores(step, val_logits, val_scores, predict_texts, val_pred))
         store.append_history(point)  # the one place an evaluation point is emitted
         tracking.log_point(point)
         run["final"] = point
-        f1 = point["val/macro_f1"]
+        f1 = point.get(objective, math.nan)
         bar.update(step, point.get("train/loss"), f1)
         if f1 > best_f1 + cfg.train.early_stopping_threshold or run["best"] is None:
             best_f1, evals_since_best = f1, 0
@@ -449,6 +502,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
             trained_f1 = f1
             best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
             run["adapter_step"] = step
+            tuned["best"] = tuned["now"]
         store.write_run(run)
         patience = cfg.train.early_stopping_patience
         return bool(patience and evals_since_best >= patience)
@@ -470,7 +524,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                 target = torch.from_numpy(train_enc.targets[rows]).to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                     logits = forward_logits(model, train_enc, rows, batch)
-                loss = loss_fn(logits, target, space.multi_label) / accum
+                loss = loss_fn(logits, target, space.multi_label, spec) / accum
                 loss.backward()
                 step_loss += float(loss.detach())
                 n_examples += len(rows)
@@ -499,7 +553,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                     run["status"], stop_reason = "diverged", f"{why} (step {step})"
                     break
                 if stop:
-                    stop_reason = (f"early stopping: val macro-F1 did not improve for "
+                    stop_reason = (f"early stopping: {_metric_name(objective)} did not improve for "
                                    f"{cfg.train.early_stopping_patience} evaluations")
                     break
         if run["status"] == "running":
@@ -516,8 +570,14 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         raise
     finally:
         with signals.shielded():  # a second Ctrl-C / SIGTERM waits until the record is whole
+            saved_decoding = None
+            if decoding is not None:
+                saved_decoding = decoding.with_thresholds(tuned["best"]) if tuned["best"] is not None else decoding
+                run["decoding"] = {**saved_decoding.to_dict(space.labels),
+                                   "tuned_on": "validation" if tuned["best"] is not None else None,
+                                   "step": run.get("adapter_step") if tuned["best"] is not None else None}
             save_error = _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts,
-                                        best_state, bar, device, t0, examples_seen, step_times)
+                                        best_state, bar, device, t0, examples_seen, step_times, saved_decoding)
             store.close()
             tracking.finish(store.path, run["status"])  # the verdict as text, then close the writers
         if save_error is not None and sys.exc_info()[0] is None:
@@ -525,8 +585,12 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     return run
 
 
+def _metric_name(key: str) -> str:
+    return {"val/macro_f1": "val macro-F1", "val/subset_accuracy": "val subset accuracy"}.get(key, key)
+
+
 def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts, best_state, bar, device, t0,
-                   examples_seen, step_times) -> UserError | None:
+                   examples_seen, step_times, decoding: Decoding | None = None) -> UserError | None:
     """Restore the best trained weights, save them, write the final run.json. A write that fails for
     the output location (disk full, read-only) is returned as a UserError, not raised, so it never
     hides the error that ended the run."""
@@ -542,11 +606,12 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
                 named = dict(model.named_parameters())
                 for n, t in best_state.items():
                     named[n].copy_(t)
-            save_model(model, tokenizer, space, cfg, store)
-            best_val = (run.get("best") or {}).get("val/macro_f1")
+            save_model(model, tokenizer, space, cfg, store, decoding)
+            objective = run.get("objective") or "val/macro_f1"
+            best_val = (run.get("best") or {}).get(objective)
             step = run["adapter_step"]
-            run["saved_model"] = {"step": step, "note": f"adapter/ holds the model of step {step}, the best val "
-                                  "macro-F1 among the trained evaluation points"
+            run["saved_model"] = {"step": step, "note": f"adapter/ holds the model of step {step}, the best "
+                                  f"{_metric_name(objective)} among the trained evaluation points"
                                   + ("" if (run.get("best") or {}).get("step") != 0 else
                                      f"; the untrained model at step 0 scored higher ({best_val:.4f})")}
             if run["status"] in ("completed", "diverged"):
@@ -565,9 +630,11 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
     return None
 
 
-def save_model(model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunStore) -> None:
+def save_model(model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunStore,
+               decoding: Decoding | None = None) -> None:
     """peft's own format for LoRA (adapter_config.json + adapter_model.safetensors, head included);
-    full fine-tuning saves the whole model. Tokenizer and label map go beside it."""
+    full fine-tuning saves the whole model. Tokenizer and label map go beside it (multi-label: with the
+    decoding, i.e. the per-label thresholds, at least one label, the cap and the none label)."""
     out = store.adapter_dir
     out.mkdir(parents=True, exist_ok=True)
     peft_cfg = getattr(model, "peft_config", {}).get("default")
@@ -582,7 +649,8 @@ def save_model(model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunSt
     base = resolve_model(cfg.model)  # base_model_path: what plain transformers loads (README recipe)
     write_json(out / LABEL_MAP, {"labels": list(space.labels), "multi_label": space.multi_label,
                                  "method": cfg.adapter.method, "base_model": cfg.model.name_or_path,
-                                 "base_model_path": base.path, "gguf_file": base.gguf_file})
+                                 "base_model_path": base.path, "gguf_file": base.gguf_file,
+                                 "decoding": decoding.to_dict(space.labels) if decoding is not None else None})
     from loratune.store import write_atomic
 
     write_atomic(out / "README.md", model_card(cfg, space, peft_cfg is not None))  # not peft's blank template

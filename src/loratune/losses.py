@@ -1,0 +1,92 @@
+"""Training losses, chosen by `train.multi_label_loss` for multi-label data (single-label: cross-entropy).
+
+- `bce`: binary cross-entropy per label, averaged over labels and rows (each label's positives are
+  a few percent of rows, so a rare label's gradient is mostly "say no").
+- `bce_pos_weight`: the same with `pos_weight` = negatives / positives per label, from the training
+  label frequencies (torch's `BCEWithLogitsLoss(pos_weight=...)`; the docs' own recipe), capped at
+  `MAX_POS_WEIGHT`: a positive of a label seen in 2% of rows weighs as much as its 49 negatives.
+- `focal`: the sigmoid focal loss of Lin et al. 2017 ("Focal Loss for Dense Object Detection"),
+  FL = -alpha_t (1 - p_t)^gamma log(p_t), written as torchvision.ops.sigmoid_focal_loss computes it
+  (torchvision is not a dependency here; `tests/unit/test_losses.py` checks hand-computed values):
+  easy negatives (p_t near 1) stop dominating, so the few positives of a rare label count.
+  alpha < 0 (the default here) weighs positives and negatives alike.
+
+Each loss is a mean over rows and labels, so its scale stays close to BCE's and one learning rate
+grid serves all three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MULTI_LABEL_LOSSES = ("bce", "bce_pos_weight", "focal")
+# pos_weight cap: a label with one positive in 5000 rows would otherwise weigh its positive 5000x and
+# make every step's gradient that one row's
+MAX_POS_WEIGHT = 100.0
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What the loss of a run is; recorded in run.json (`loss`) so `evaluate` scores with the same one."""
+
+    kind: str = "ce"  # ce (single-label) | bce | bce_pos_weight | focal
+    pos_weight: tuple[float, ...] | None = None
+    gamma: float = 2.0
+    alpha: float = -1.0
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "pos_weight": list(self.pos_weight) if self.pos_weight else None,
+                "gamma": self.gamma, "alpha": self.alpha}
+
+    @classmethod
+    def from_dict(cls, d: dict | None, multi_label: bool) -> "LossSpec":
+        if not d:
+            return cls("bce" if multi_label else "ce")
+        pw = d.get("pos_weight")
+        return cls(str(d.get("kind", "bce")), tuple(float(x) for x in pw) if pw else None,
+                   float(d.get("gamma", 2.0)), float(d.get("alpha", -1.0)))
+
+
+def pos_weights(targets: np.ndarray, cap: float = MAX_POS_WEIGHT) -> tuple[float, ...]:
+    """negatives / positives per label of a multi-hot [n, k] matrix, in [1, cap] (a label without
+    positives gets the cap)."""
+    pos = targets.sum(axis=0).astype(np.float64)
+    neg = len(targets) - pos
+    w = np.where(pos > 0, neg / np.maximum(pos, 1.0), cap)
+    return tuple(float(x) for x in np.clip(w, 1.0, cap))
+
+
+def loss_spec(kind: str, multi_label: bool, targets: np.ndarray, gamma: float = 2.0) -> LossSpec:
+    if not multi_label:
+        return LossSpec("ce")
+    if kind == "bce_pos_weight":
+        return LossSpec(kind, pos_weights(targets))
+    if kind == "focal":
+        return LossSpec(kind, gamma=gamma)
+    return LossSpec("bce")
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
+                       alpha: float = -1.0) -> torch.Tensor:
+    """Mean sigmoid focal loss over all entries (torchvision.ops.sigmoid_focal_loss, reduction 'mean')."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss.mean()
+
+
+def compute_loss(logits: torch.Tensor, targets: torch.Tensor, spec: LossSpec) -> torch.Tensor:
+    logits = logits.float()
+    if spec.kind == "ce":
+        return F.cross_entropy(logits, targets, ignore_index=-100)
+    if spec.kind == "focal":
+        return sigmoid_focal_loss(logits, targets, spec.gamma, spec.alpha)
+    pw = torch.tensor(spec.pos_weight, dtype=logits.dtype, device=logits.device) if spec.pos_weight else None
+    return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pw)

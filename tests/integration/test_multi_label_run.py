@@ -1,0 +1,129 @@
+"""Multi-label runs end to end on the tiny BERT (issue 19): the loss switch, thresholds tuned on validation
+that round-trip through the saved adapter, `predict` and `evaluate`, the decoding rules, the record's keys."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from loratune import api
+from loratune.config import load_config
+from loratune.errors import UserError
+from loratune.inference import load_trained
+from loratune.metrics import Decoding, decode, sigmoid
+from loratune.store import RunStore
+
+from support import make_rows, overrides, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def multi_data(tmp_path_factory):
+    """Every third row also asks for its balance (two labels), the rest carry one."""
+    folder = tmp_path_factory.mktemp("multi")
+    for name, n, seed in (("train", 10, 4), ("validation", 5, 5), ("test", 5, 6)):
+        rows = make_rows(n, seed=seed)
+        for i, r in enumerate(rows):
+            if i % 3 == 0 and r["label"] != "balance":
+                r["text"] += " and what is my balance"
+                r["label"] = [r["label"], "balance"]
+            else:
+                r["label"] = [r["label"]]
+        write_jsonl(folder / f"{name}.jsonl", rows)
+    return folder
+
+
+def _train(model, data, out, **extra):
+    cfg = load_config(None, overrides(model, data, out, **extra))
+    return api.train(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_bert, multi_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ml") / "run"
+    run = _train(tiny_bert, multi_data, out, max_steps=16, multi_label_loss="bce_pos_weight")
+    return out, run
+
+
+def test_record_holds_the_multi_intent_metrics(trained_run):
+    _, run = trained_run
+    assert run["task"] == "multi_label" and run["objective"] == "val/subset_accuracy"
+    assert run["loss"]["kind"] == "bce_pos_weight" and len(run["loss"]["pos_weight"]) == 4
+    for key in ("val/subset_accuracy", "val/micro_f1", "val/macro_f1", "val/samples_f1", "val/recall/balance",
+                "val_compound/subset_accuracy", "val_compound/n", "val_single/subset_accuracy",
+                "train_eval/subset_accuracy", "train_eval_compound/subset_accuracy"):
+        assert key in run["final"], key
+    assert run["final"]["val_compound/n"] > 0 and run["final"]["val_single/n"] > 0
+    # the compound slice of multi-label data is the rows with two or more labels, scored the same way
+    assert run["final"]["val_compound/accuracy"] == run["final"]["val_compound/subset_accuracy"]
+    # the saved model is the best trained point by the objective
+    trained = [json.loads(line) for line in (trained_run[0] / "history.jsonl").read_text().splitlines()][1:]
+    assert run["adapter_step"] == max(trained, key=lambda p: p["val/subset_accuracy"])["step"]
+
+
+def test_thresholds_round_trip_through_save_load_and_predict(trained_run):
+    out, run = trained_run
+    meta = json.loads((out / "adapter" / "label_map.json").read_text())
+    saved = meta["decoding"]
+    assert saved["thresholds"] == run["decoding"]["thresholds"]
+    assert run["decoding"]["tuned_on"] == "validation" and run["decoding"]["step"] == run["adapter_step"]
+    assert saved["min_labels"] == 1 and saved["max_labels"] == 2  # the most labels a training row carries
+    trained = load_trained(out)
+    assert trained.decoding.thresholds.tolist() == [saved["thresholds"][lab] for lab in trained.space.labels]
+    texts = ["lost my card", "what is my balance", "change my pin and what is my balance", "hello"]
+    expected = decode(sigmoid(trained.logits(texts)), trained.decoding)
+    preds = api.predict(out, texts)
+    for p, row in zip(preds, expected):
+        assert p["labels"] == [trained.space.labels[i] for i in np.flatnonzero(row)]
+        assert 1 <= len(p["labels"]) <= 2
+
+
+def test_predict_and_evaluate_use_the_saved_thresholds(trained_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_run[0], out)
+    path = out / "adapter" / "label_map.json"
+    meta = json.loads(path.read_text())
+    labels = meta["labels"]
+    meta["decoding"] = {"thresholds": {lab: 0.001 for lab in labels}, "min_labels": 1, "max_labels": 4,
+                        "none_label": None}
+    path.write_text(json.dumps(meta))
+    preds = api.predict(out, ["lost my card", "hello"])
+    assert all(set(p["labels"]) == set(labels) for p in preds)  # every label passes its threshold
+    scores = api.evaluate(out, "test")
+    assert scores["test/labels_per_row"] == 4.0 and scores["test/subset_accuracy"] == 0.0
+    meta["decoding"] = {"thresholds": {lab: 0.999 for lab in labels}, "min_labels": 1, "max_labels": 4,
+                        "none_label": None}
+    path.write_text(json.dumps(meta))
+    assert all(len(p["labels"]) == 1 for p in api.predict(out, ["lost my card", "hello"]))  # at least one
+    scores = api.evaluate(out, "test")
+    assert scores["test/labels_per_row"] == 1.0
+    assert RunStore(out).read_run()["test"]["test/labels_per_row"] == 1.0
+
+
+@pytest.mark.parametrize("loss", ["bce", "focal"])
+def test_each_loss_and_threshold_switch_trains(tiny_bert, multi_data, tmp_path, loss):
+    run = _train(tiny_bert, multi_data, tmp_path / "run", max_steps=4, multi_label_loss=loss,
+                 threshold_tuning="false", allow_empty="true", max_labels_per_row=3)
+    assert run["status"] == "completed" and run["loss"]["kind"] == loss
+    d = run["decoding"]
+    assert set(d["thresholds"].values()) == {0.5} and d["tuned_on"] is None
+    assert d["min_labels"] == 0 and d["max_labels"] == 3
+
+
+def test_none_label_takes_rows_without_labels(tiny_bert, tmp_path):
+    rows = make_rows(6, seed=7)
+    for i, r in enumerate(rows):
+        r["label"] = [] if i % 4 == 0 else [r["label"]]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "validation.jsonl", rows[:10])
+    run = _train(tiny_bert, tmp_path, tmp_path / "run", max_steps=4, multi_label="true", none_label="none")
+    assert "none" in run["labels"] and run["decoding"]["none_label"] == "none"
+    assert run["decoding"]["min_labels"] == 1  # an explicit none label answers instead of an empty set
+
+
+def test_a_metric_the_task_lacks_is_said_before_training(tiny_bert, multi_data, tmp_path):
+    with pytest.raises(UserError, match="not computed for multi-label"):
+        _train(tiny_bert, multi_data, tmp_path / "run", metric_for_best_model="accuracy")

@@ -1,0 +1,161 @@
+"""Multi-label metrics, decoding, threshold tuning and losses against hand-computed cases (issue 19)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loratune.metrics import (Decoding, crossfit_thresholds, decode, multi_label_row_scores, multi_label_scores,
+                              tune_thresholds)
+
+LABELS = ("a", "b", "c")
+Y = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 1]])
+PRED = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1], [0, 1, 0]])
+
+
+def test_metric_definitions_by_hand():
+    s = multi_label_scores("val", np.zeros_like(Y, dtype=float), Y, LABELS, pred=PRED)
+    # exact match: rows 0 and 2
+    assert s["val/subset_accuracy"] == pytest.approx(0.5)
+    # micro: tp 4, fp 0, fn 2 (row 1's b, row 3's c) -> 2*4 / (2*4 + 0 + 2)
+    assert s["val/micro_f1"] == pytest.approx(0.8)
+    # macro: a 1; b tp 1 fn 1 -> 2/3; c tp 1 fn 1 -> 2/3
+    assert s["val/macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    # samples: per row F1 1, 2/3 (p 1, r 1/2), 1, 2/3
+    assert s["val/samples_f1"] == pytest.approx((1 + 2 / 3 + 1 + 2 / 3) / 4)
+    assert (s["val/recall/a"], s["val/recall/b"], s["val/recall/c"]) == (1.0, 0.5, 0.5)
+    # compound slice (2+ true labels): rows 1 and 3, neither exact; single rows 0 and 2 both exact
+    assert s["val_compound/n"] == 2 and s["val_compound/subset_accuracy"] == 0.0
+    assert s["val_compound/samples_f1"] == pytest.approx(2 / 3)
+    assert s["val_single/n"] == 2 and s["val_single/subset_accuracy"] == 1.0
+    assert s["val/labels_per_row"] == 1.0  # four predicted labels on four rows
+
+
+def test_samples_f1_counts_a_right_empty_answer():
+    y = np.array([[0, 0, 0], [1, 0, 0]])
+    pred = np.array([[0, 0, 0], [0, 0, 0]])
+    s = multi_label_scores("val", np.zeros((2, 3)), y, LABELS, pred=pred)
+    assert s["val/samples_f1"] == pytest.approx(0.5)  # row 0 right (1), row 1 missed (0)
+    assert s["val/subset_accuracy"] == 0.5
+
+
+def test_unseen_rows_fail_the_slices_too():
+    s = multi_label_row_scores("test", PRED, Y, np.array([True, False, False, False]))
+    assert s["test_single/subset_accuracy"] == 0.5  # row 0 matches but carries a label the model does not know
+
+
+def test_fixed_threshold_without_pred_is_the_old_behaviour():
+    logits = np.where(PRED == 1, 3.0, -3.0)
+    assert multi_label_scores("v", logits, Y, LABELS)["v/subset_accuracy"] == 0.5
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def dec(th=(0.5, 0.5, 0.5), **kw):
+    return Decoding(np.array(th, dtype=float), **kw)
+
+
+def test_per_label_threshold():
+    assert decode(np.array([[0.4, 0.35, 0.1]]), dec((0.5, 0.3, 0.5))).tolist() == [[0, 1, 0]]
+
+
+def test_at_least_one_label_unless_empty_allowed():
+    p = np.array([[0.2, 0.1, 0.3]])
+    assert decode(p, dec(min_labels=1)).tolist() == [[0, 0, 1]]
+    assert decode(p, dec(min_labels=0)).tolist() == [[0, 0, 0]]
+
+
+def test_the_fallback_label_is_the_largest_margin_over_its_own_threshold():
+    # a: logit .45 - logit .5 = -0.20; b: logit .09 - logit .10 = -0.12 -> b, though a's probability is higher
+    assert decode(np.array([[0.45, 0.09, 0.2]]), dec((0.5, 0.1, 0.5), min_labels=1)).tolist() == [[0, 1, 0]]
+
+
+def test_cap_keeps_the_largest_margins():
+    p = np.array([[0.9, 0.8, 0.7], [0.6, 0.1, 0.95]])
+    assert decode(p, dec(max_labels=2)).tolist() == [[1, 1, 0], [1, 0, 1]]
+    assert decode(p, dec(max_labels=1)).tolist() == [[1, 0, 0], [0, 0, 1]]
+
+
+def test_none_label_is_exclusive_and_takes_empty_rows():
+    d = dec(none_index=2, min_labels=0)
+    p = np.array([[0.9, 0.1, 0.95], [0.95, 0.1, 0.9], [0.1, 0.1, 0.1], [0.1, 0.1, 0.8]])
+    assert decode(p, d).tolist() == [[0, 0, 1], [1, 0, 0], [0, 0, 1], [0, 0, 1]]
+
+
+def test_decoding_round_trips_through_a_dict():
+    d = dec((0.3, 0.42, 0.7), min_labels=1, max_labels=2, none_index=1)
+    back = Decoding.from_dict(d.to_dict(LABELS), LABELS)
+    assert back.thresholds.tolist() == [0.3, 0.42, 0.7]
+    assert (back.min_labels, back.max_labels, back.none_index) == (1, 2, 1)
+    old = Decoding.from_dict(None, LABELS)  # a run saved before decoding existed: 0.5, empty allowed, no cap
+    assert old.thresholds.tolist() == [0.5] * 3 and old.min_labels == 0 and old.max_labels is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4), min_size=1, max_size=12),
+       st.integers(0, 1), st.integers(1, 3), st.sampled_from([None, 3]))
+def test_decoder_constraints_hold_for_any_probabilities(rows, min_labels, cap, none):
+    p = np.array(rows)
+    out = decode(p, Decoding(np.array([0.5, 0.3, 0.7, 0.5]), min_labels, cap, none))
+    n = out.sum(axis=1)
+    assert (n <= cap).all()
+    if min_labels or none is not None:
+        assert (n >= 1).all()
+    if none is not None:
+        assert ((out[:, none] == 0) | (n == 1)).all()  # the none label never stands beside another
+
+
+# ------------------------------------------------------------------ threshold tuning
+
+
+def test_tuned_thresholds_sit_in_the_middle_of_the_best_plateau():
+    p = np.array([[0.3, 0.2], [0.3, 0.2], [0.3, 0.2], [0.1, 0.9], [0.1, 0.8], [0.1, 0.95]])
+    y = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [0, 1]])
+    t = tune_thresholds(p, y)
+    # label a: F1 1 for 0.12..0.30 (10 grid values) -> the 6th, 0.22; label b: 0.22..0.80 (30) -> 0.52
+    assert t.tolist() == pytest.approx([0.22, 0.52])
+
+
+def test_a_rare_label_keeps_the_global_threshold():
+    p = np.array([[0.9, 0.05], [0.8, 0.1], [0.1, 0.3], [0.2, 0.1], [0.85, 0.1], [0.1, 0.1]])
+    y = np.array([[1, 0], [1, 0], [0, 1], [0, 0], [1, 0], [0, 0]])  # b has one positive: below MIN_POSITIVES
+    t = tune_thresholds(p, y)
+    assert t[1] == t[0] or t[1] == pytest.approx(tune_thresholds(p, y, min_positives=99)[1])
+    assert t[1] == pytest.approx(tune_thresholds(p, y, min_positives=99)[0])
+
+
+def test_crossfit_thresholds_come_from_the_other_fold():
+    rng = np.random.default_rng(0)
+    y = (rng.random((40, 3)) < 0.3).astype(int)
+    p = np.clip(y * 0.5 + rng.random((40, 3)) * 0.5, 0, 1)
+    t = crossfit_thresholds(p, y, seed=1)
+    assert t.shape == (40, 3)
+    fold = np.random.default_rng(1).permutation(40) % 2
+    assert t[fold == 0][0].tolist() == pytest.approx(tune_thresholds(p[fold == 1], y[fold == 1]).tolist())
+
+
+# ------------------------------------------------------------------ losses
+
+
+def test_losses_by_hand():
+    torch = pytest.importorskip("torch")
+    from loratune.losses import LossSpec, compute_loss, pos_weights, sigmoid_focal_loss
+
+    logits = torch.tensor([[0.0, 2.0]])
+    target = torch.tensor([[1.0, 0.0]])
+    # entry 1: p .5, ce ln 2, (1 - p_t)^2 = .25; entry 2: p_t = 1 - sigmoid(2), ce = log(1 + e^2)
+    pt2 = 1 - 1 / (1 + math.exp(-2))
+    expected = (0.25 * math.log(2) + (1 - pt2) ** 2 * math.log(1 + math.exp(2))) / 2
+    assert float(sigmoid_focal_loss(logits, target, gamma=2.0)) == pytest.approx(expected, rel=1e-5)
+    bce = float(compute_loss(logits, target, LossSpec("bce")))
+    assert float(sigmoid_focal_loss(logits, target, gamma=0.0)) == pytest.approx(bce, rel=1e-6)
+    assert pos_weights(np.array([[1, 0], [0, 0], [0, 1], [0, 1]])) == (3.0, 1.0)
+    assert pos_weights(np.array([[1, 0]] + [[0, 0]] * 499), cap=100.0) == (100.0, 100.0)
+    # pos_weight 3 on a positive: 3 * ln 2 for entry 1
+    pw = float(compute_loss(logits, target, LossSpec("bce_pos_weight", (3.0, 1.0))))
+    assert pw == pytest.approx((3 * math.log(2) + math.log(1 + math.exp(2))) / 2, rel=1e-5)
