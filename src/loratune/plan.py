@@ -357,23 +357,13 @@ def load_config(source: str):
         raw = dict(PRESETS[source])
         return AutoConfig.for_model(raw.pop("model_type"), **raw)
     p = Path(source).expanduser()
-    if p.is_dir() and not (p / "config.json").is_file() and not list(p.glob("*.gguf")):
+    if p.is_dir() and (p / "config.json").is_file():
+        p = p / "config.json"
+    if p.is_file() and p.suffix == ".json":
+        return _config_from_json(p, fix)
+    if p.is_dir() and not list(p.glob("*.gguf")):
         raise UserError(f"folder '{p}' has no config.json", fix)
-    if p.is_file() and p.suffix == ".json" or p.is_dir() and (p / "config.json").is_file():
-        path = p / "config.json" if p.is_dir() else p
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UserError(f"could not read '{path}' as JSON ({exc})", fix) from None
-        if not isinstance(raw, dict) or "model_type" not in raw:
-            raise UserError(f"'{path}' has no model_type", "give a Hugging Face config.json (it names model_type)")
-        try:
-            return AutoConfig.for_model(raw.pop("model_type"), **raw)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"'{path}' is not a config transformers knows ({exc})", fix) from None
-    if p.exists() and not p.is_dir() and p.suffix not in (".gguf",):
-        raise UserError(f"'{p}' is neither a config.json nor a model folder", fix)
-    if source in EMBEDDED_MODELS or p.exists():
+    if source in EMBEDDED_MODELS or p.exists() and (p.suffix == ".gguf" or p.is_dir()):  # GGUF: resolve_model's rules
         from loratune.config import ModelConfig
 
         src = resolve_model(ModelConfig(name_or_path=source))
@@ -381,7 +371,9 @@ def load_config(source: str):
             return AutoConfig.from_pretrained(src.path, **({"gguf_file": src.gguf_file} if src.gguf_file else {}))
         except Exception as exc:
             raise UserError(f"could not read a model config from '{source}' ({type(exc).__name__}: {exc})", fix) from None
-    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+    if p.exists():
+        raise UserError(f"'{p}' is neither a config.json nor a model folder", fix)
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or p.suffix in (".json", ".gguf"):
         raise UserError(f"'{source}' does not exist", fix)
     try:  # a hub id: the cache first, so a cached config needs no network
         return AutoConfig.from_pretrained(source, local_files_only=True)
@@ -395,6 +387,21 @@ def load_config(source: str):
             why = hub_reason(exc)
     raise UserError(f"'{source}' is not a preset or a local path, and its config is not in the Hugging Face cache "
                     f"nor could it be fetched ({why})", fix)
+
+
+def _config_from_json(path: Path, fix: str):
+    from transformers import AutoConfig
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not read '{path}' as JSON ({exc})", fix) from None
+    if not isinstance(raw, dict) or "model_type" not in raw:
+        raise UserError(f"'{path}' has no model_type", "give a Hugging Face config.json (it names model_type)")
+    try:
+        return AutoConfig.for_model(raw.pop("model_type"), **raw)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"'{path}' is not a config transformers knows ({exc})", fix) from None
 
 
 def _offline_reason() -> str | None:

@@ -47,7 +47,7 @@ def _gib(n: float) -> str:
 
 
 def _flops(n: float) -> str:
-    return f"{n / 1e9:,.1f} G"
+    return f"{n / 1e9:,.1f} G" if n >= 1e9 else f"{n / 1e6:,.1f} M"
 
 
 def render(plan) -> None:
@@ -56,7 +56,8 @@ def render(plan) -> None:
     s, lo, w, m = plan.shape, plan.lora, plan.workload, plan.methods
     out = console()
     out.print(f"[bold]{plan.source}[/] ({s.model_type}, {s.task}): {human(s.params)} parameters, {s.layers} layers, "
-              f"hidden {s.hidden}, {s.heads} heads ({s.kv_heads} KV), FFN {s.ffn}, vocabulary {s.vocab}")
+              f"hidden {s.hidden}, {s.heads} heads ({s.kv_heads} KV), FFN {s.ffn}, "
+              + (f"vocabulary {s.vocab}" if s.task == "causal-lm" else f"{s.vocab} labels"))
     out.print(f"workload: batch {w.batch} x {w.seq_len} tokens = {w.tokens} tokens per micro-batch, {w.attention} attention")
     out.print(f"LoRA r={lo.r} on {', '.join(lo.targets)}: {lo.modules} modules, {human(lo.params)} parameters "
               f"({lo.params / s.params:.2%} of the model, {lo.params / lo.adapted_weights:.2%} of the adapted weights)")
