@@ -70,8 +70,8 @@ FULL_PRECISION = {
     "bf16": (BF16, BF16, 2 * BF16),
 }
 # LoRA / QLoRA trainable parameters: peft keeps adapter weights in fp32 even on a bf16 or 4-bit base
-# (LoraConfig autocast_adapter_dtype=True), so fp32 weights, fp32 gradients, AdamW m and v in fp32:
-# 16 bytes per trainable parameter (the classification head too, when one is trained).
+# (get_peft_model's autocast_adapter_dtype=True, the default), so fp32 weights, fp32 gradients, AdamW m and v
+# in fp32: 16 bytes per trainable parameter (the classification head too, when one is trained).
 ADAPTER_BYTES = (FP32, FP32, 2 * FP32)
 # Logits, bytes per vocabulary entry per token at the start of backward (the peak): the bf16 logits the
 # model returns (2), the fp32 log-softmax the loss keeps for backward (4; transformers upcasts logits to fp32
@@ -370,7 +370,8 @@ def load_config(source: str):
         try:
             return AutoConfig.from_pretrained(src.path, **({"gguf_file": src.gguf_file} if src.gguf_file else {}))
         except Exception as exc:
-            raise UserError(f"could not read a model config from '{source}' ({type(exc).__name__}: {exc})", fix) from None
+            raise UserError(f"could not read a model config from '{source}' ({type(exc).__name__}: {exc})",
+                            fix) from None
     if p.exists():
         raise UserError(f"'{p}' is neither a config.json nor a model folder", fix)
     if source.startswith((".", "/", "~")) or source.count("/") > 1 or p.suffix in (".json", ".gguf"):

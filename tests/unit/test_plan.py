@@ -192,13 +192,15 @@ PUBLISHED = [
     # LLaMA-Factory README, "Hardware Requirement" (estimated VRAM, 7B column); compared at its own benchmark
     # setting (batch 1, cutoff_len 1024), its defaults (gradient checkpointing on, LoRA r 8 on all linear layers),
     # on the device (nvidia-smi: CUDA context included)
-    ("llama-factory full (bf16 or fp16, AMP)", "full", "amp", 8, ("all-linear",), 1, 1024, 120 * GB, "on_device_checkpointed"),
+    ("llama-factory full (bf16 or fp16, AMP)", "full", "amp", 8, ("all-linear",), 1, 1024, 120 * GB,
+     "on_device_checkpointed"),
     ("llama-factory full (pure_bf16)", "full", "bf16", 8, ("all-linear",), 1, 1024, 60 * GB, "on_device_checkpointed"),
     ("llama-factory LoRA 16-bit", "lora", "mixed", 8, ("all-linear",), 1, 1024, 16 * GB, "on_device_checkpointed"),
     ("llama-factory QLoRA 4-bit", "qlora", "mixed", 8, ("all-linear",), 1, 1024, 6 * GB, "on_device_checkpointed"),
     # torchtune "Finetuning Llama2 with QLoRA" tutorial, LoRA peak memory reserved in training (GiB, torch's
     # allocator): rank 8 on q and v, batch 2, Alpaca at max_seq_len 512, activation checkpointing
-    ("torchtune LoRA (peak reserved)", "lora", "mixed", 8, ("attn.q", "attn.v"), 2, 512, 15.57 * GIB, "total_checkpointed"),
+    ("torchtune LoRA (peak reserved)", "lora", "mixed", 8, ("attn.q", "attn.v"), 2, 512, 15.57 * GIB,
+     "total_checkpointed"),
     # ZeRO (Rajbhandari et al. 2020): mixed-precision AdamW holds 16 bytes per parameter
     ("ZeRO 16 bytes/param", "full", "mixed", 8, ("all-linear",), 1, 512, 16 * LLAMA2_7B_PARAMS, "states"),
 ]
@@ -275,8 +277,9 @@ def test_bad_sources_are_user_errors_with_a_fix(tmp_path, monkeypatch):
     (tmp_path / "nomodeltype.json").write_text(json.dumps({"hidden_size": 8}))
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "empty").mkdir()
-    cases = {"llama-2-7": "offline", "someorg/not-cached": "HF_HUB_OFFLINE", str(tmp_path / "nomodeltype.json"): "model_type",
-             str(tmp_path / "broken.json"): "JSON", str(tmp_path / "empty"): "no config.json",
+    cases = {"llama-2-7": "offline", "someorg/not-cached": "HF_HUB_OFFLINE",
+             str(tmp_path / "nomodeltype.json"): "model_type", str(tmp_path / "broken.json"): "JSON",
+             str(tmp_path / "empty"): "no config.json", "missing.gguf": "does not exist",
              str(tmp_path / "missing" / "config.json"): "does not exist"}
     for source, needle in cases.items():
         with pytest.raises(UserError) as err:

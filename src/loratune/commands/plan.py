@@ -58,7 +58,8 @@ def render(plan) -> None:
     out.print(f"[bold]{plan.source}[/] ({s.model_type}, {s.task}): {human(s.params)} parameters, {s.layers} layers, "
               f"hidden {s.hidden}, {s.heads} heads ({s.kv_heads} KV), FFN {s.ffn}, "
               + (f"vocabulary {s.vocab}" if s.task == "causal-lm" else f"{s.vocab} labels"))
-    out.print(f"workload: batch {w.batch} x {w.seq_len} tokens = {w.tokens} tokens per micro-batch, {w.attention} attention")
+    out.print(f"workload: batch {w.batch} x {w.seq_len} tokens = {w.tokens} tokens per micro-batch, "
+              f"{w.attention} attention")
     out.print(f"LoRA r={lo.r} on {', '.join(lo.targets)}: {lo.modules} modules, {human(lo.params)} parameters "
               f"({lo.params / s.params:.2%} of the model, {lo.params / lo.adapted_weights:.2%} of the adapted weights)")
     cols = ("lora", "qlora", "full")
