@@ -11,6 +11,7 @@ Units: bytes and FLOPs as plain integers/floats; the CLI renders them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,6 +85,10 @@ EAGER_SCORE_BYTES = FP32 + BF16
 # The CUDA context, cuBLAS workspace and loaded kernels, outside torch's allocator: torch.cuda.max_memory_*
 # never counts it, nvidia-smi does. About 0.3-0.6 GiB on A100/H100 with CUDA 12's lazy module loading.
 CUDA_CONTEXT_BYTES = 512 * 2**20
+# Sharding over several GPUs (FSDP FULL_SHARD / ZeRO-3) splits weights, gradients and optimizer states evenly;
+# each GPU also holds the gathered bf16 weights of the block it computes and of the one prefetched next
+# (FSDP's default backward prefetch), and its own micro-batch's activations.
+FSDP_GATHERED_BLOCKS = 2
 
 METHODS = ("lora", "qlora", "full")
 TASKS = ("causal-lm", "classification")
@@ -138,6 +143,7 @@ class Workload:
     seq_len: int = 512
     attention: str = "sdpa"
     full_precision: str = "mixed"
+    gpu_memory_gib: float = 80.0  # one GPU's memory, for how many GPUs each method needs
 
     @property
     def tokens(self) -> int:
@@ -156,6 +162,7 @@ class MethodPlan:
     cuda_context: float
     flops_per_token: float  # one training step (forward + backward), without checkpointing
     flops_per_token_checkpointed: float  # one more forward of the blocks
+    gpus: int | None = None  # GPUs of gpu_memory_gib needed with checkpointing: 1, or sharded (FSDP); None: never
 
     @property
     def states(self) -> float:
@@ -293,7 +300,21 @@ def method_plan(method: str, shape: ModelShape, lora: LoraShape, w: Workload) ->
         act = activation_bytes(shape, w, lora)
         act_ckpt = activation_bytes(shape, w, lora, checkpointed=True)
         flops, flops_ckpt = lora_flops(shape, lora, w), lora_flops(shape, lora, w, True)
-    return MethodPlan(method, trainable, weights, grads, opt, act, act_ckpt, CUDA_CONTEXT_BYTES, flops, flops_ckpt)
+    gpus = gpus_needed(weights + grads + opt, act_ckpt, shape, w.gpu_memory_gib * 2**30)
+    return MethodPlan(method, trainable, weights, grads, opt, act, act_ckpt, CUDA_CONTEXT_BYTES, flops, flops_ckpt,
+                      gpus)
+
+
+def gpus_needed(states: float, activations: float, shape: ModelShape, gpu_bytes: float) -> int | None:
+    """GPUs of `gpu_bytes` each for states + activations (checkpointed) + CUDA context: 1 when it fits, else the
+    states sharded evenly (FSDP / ZeRO-3) next to each GPU's activations and gathered blocks; None when even one
+    GPU's own share cannot fit."""
+    own = activations + CUDA_CONTEXT_BYTES
+    if states + own <= gpu_bytes:
+        return 1
+    gathered = FSDP_GATHERED_BLOCKS * BF16 * shape.block_linear_params / max(1, shape.layers)
+    room = gpu_bytes - own - gathered
+    return max(2, math.ceil(states / room)) if room > 0 else None
 
 
 def conventions(shape: ModelShape, w: Workload) -> dict[str, str]:
@@ -334,10 +355,13 @@ def _check_workload(w: Workload) -> None:
         problems.append(f"--seq-len {w.seq_len}: must be an integer >= 1")
     if w.attention not in ATTENTION:
         problems.append(f"--attention {w.attention}: one of {', '.join(ATTENTION)}")
+    if not w.gpu_memory_gib > 0:
+        problems.append(f"--gpu-memory {w.gpu_memory_gib}: GiB of one GPU, a number > 0")
     if w.full_precision not in FULL_PRECISION:
         problems.append(f"--full-precision {w.full_precision}: one of {', '.join(FULL_PRECISION)}")
     if problems:
-        raise UserError("; ".join(problems), "e.g. --batch 4 --seq-len 1024 --attention sdpa --full-precision mixed")
+        raise UserError("; ".join(problems),
+                        "e.g. --batch 4 --seq-len 1024 --attention sdpa --full-precision mixed --gpu-memory 80")
 
 
 # ---------------------------------------------------------------------------------------------------

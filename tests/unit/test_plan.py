@@ -5,6 +5,7 @@ their configs on the meta device: no download, no weights."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -261,6 +262,7 @@ def test_an_encoder_is_planned_as_a_classifier(tmp_path):
     ({"workload": Workload(batch=0)}, "--batch 0"),
     ({"workload": Workload(seq_len=-1)}, "--seq-len -1"),
     ({"workload": Workload(full_precision="fp8")}, "--full-precision fp8"),
+    ({"workload": Workload(gpu_memory_gib=0)}, "--gpu-memory 0"),
     ({"targets": ("attn.nothing",)}, "attn.nothing"),
 ])
 def test_bad_knobs_are_user_errors_with_a_fix(kwargs, needle):
@@ -321,3 +323,23 @@ def test_params_takes_the_presets_and_shares_the_breakeven(capsys):
     assert main(["params", "llama-2-7b", "--ranks", "16", "--targets", "all-linear", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)["targets"][0]
     assert row["rows"][0]["lora"] == 39_976_960 and row["rank_at_third_adapted"] == 864
+
+
+def test_gpus_needed_hand_computed():
+    gib = 2**30
+    shape = ModelShape(**{**TINY.to_dict(), "layers": 10, "block_linear_params": 10 * gib // 4})
+    ctx = plan.CUDA_CONTEXT_BYTES
+    assert plan.gpus_needed(10 * gib, 1 * gib, shape, 12 * gib) == 1  # 10 + 1 + 0.5 fits 12
+    # sharded: each GPU keeps its activations (1), the context (0.5) and 2 gathered bf16 blocks (2 x 2 x 0.25)
+    room = 12 * gib - gib - ctx - 2 * 2 * gib / 4
+    assert plan.gpus_needed(100 * gib, 1 * gib, shape, 12 * gib) == math.ceil(100 * gib / room) == 11
+    assert plan.gpus_needed(100 * gib, 12 * gib, shape, 12 * gib) is None  # the activations alone overflow
+
+
+def test_gpus_for_70b_agree_with_published_setups():
+    # Hugging Face's "Fine-tuning Llama 2 70B using PyTorch FSDP": full fine-tuning on 2 nodes x 8 A100 80GB
+    full = plan.plan_model("llama-2-70b", workload=Workload(gpu_memory_gib=80)).methods["full"]
+    assert 8 < full.gpus <= 16
+    # LLaMA-Factory's changelog (24/03/20): FSDP + QLoRA fine-tunes a 70B model on 2 x 24 GB GPUs
+    qlora = plan.plan_model("llama-2-70b", workload=Workload(gpu_memory_gib=24)).methods["qlora"]
+    assert qlora.gpus == 2

@@ -23,6 +23,8 @@ def register(sub) -> None:
                    help="sdpa (FlashAttention / memory-efficient, the default) or eager (keeps the score matrix)")
     p.add_argument("--full-precision", default="mixed", choices=tuple(FULL_PRECISION),
                    help="full fine-tuning convention: mixed (16 bytes/param, ZeRO), amp (18, HF Trainer), bf16 (8)")
+    p.add_argument("--gpu-memory", type=float, default=80.0, metavar="GIB",
+                   help="one GPU's memory in GiB, for the GPUs each method needs (default 80)")
     p.add_argument("--task", default="auto", choices=("auto", "causal-lm", "classification"),
                    help="auto: causal-lm for decoders, classification for encoders")
     p.add_argument("--json", action="store_true", help="the plan as JSON (bytes and FLOPs)")
@@ -34,7 +36,8 @@ def run(args) -> int:
 
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
     plan = plan_model(args.model, r=args.r, targets=targets, task=args.task,
-                      workload=Workload(args.batch, args.seq_len, args.attention, args.full_precision))
+                      workload=Workload(args.batch, args.seq_len, args.attention, args.full_precision,
+                                        args.gpu_memory))
     if args.json:
         print_json(plan.to_dict())
         return 0
@@ -77,6 +80,7 @@ def render(plan) -> None:
         ("total (torch allocated)", lambda p: _gib(p.total)),
         ("total, gradient checkpointing", lambda p: _gib(p.total_checkpointed)),
         ("  + CUDA context (nvidia-smi)", lambda p: _gib(p.total_checkpointed + p.cuda_context)),
+        (f"GPUs of {w.gpu_memory_gib:g} GiB (checkpointing; >1: FSDP)", lambda p: str(p.gpus) if p.gpus else "-"),
         ("training FLOPs per token", lambda p: _flops(p.flops_per_token)),
         ("  with gradient checkpointing", lambda p: _flops(p.flops_per_token_checkpointed)),
         ("FLOPs vs full fine-tuning", lambda p: f"{p.flops_per_token / m['full'].flops_per_token:.2f}x"),
