@@ -81,6 +81,8 @@ def read_json(path: Path) -> Any:
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:  # never signal a process group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -30,10 +30,16 @@ def register(sub) -> None:
     p.add_argument("--target", type=float, metavar="F1", help="the val macro-F1 you need (LoRA vs full decision)")
     p.add_argument("--no-full-probe", action="store_true", help="skip the full-fine-tuning probe")
     p.add_argument("--quiet", "-q", action="store_true", help="decisions only, no live status line")
+    p.add_argument("--worker", action="store_true", help="join the running study in --study-dir / --storage as a "
+                   "worker: train the trials its leader queues (README: many workers, one study)")
+    p.add_argument("--heartbeat", type=int, metavar="S", help="seconds between a running trial's heartbeats "
+                   "(default 10); a trial silent for 3 heartbeats belongs to a dead process and is queued again")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.worker:
+        return run_worker(args)
     from loratune.config import resolve_key, to_dict
     from loratune.search.protocol import ProtocolSettings
     from loratune.search.tune import TuneOptions, tune
@@ -45,7 +51,8 @@ def run(args) -> int:
     settings = ProtocolSettings(target=args.target, full_probe=not args.no_full_probe)
     opts = TuneOptions(budget=args.budget, strategy=args.strategy, study_dir=args.study_dir, storage=args.storage,
                        study_name=args.study_name, resume=args.resume, seed=args.seed, trial_steps=args.trial_steps,
-                       explicit_keys=tuple(sorted(explicit)), user_point=user_point, settings=settings)
+                       explicit_keys=tuple(sorted(explicit)), user_point=user_point, settings=settings,
+                       heartbeat_s=args.heartbeat)
     out = console()
     ui = RichUI(out, live=not args.quiet)
     out.print(f"[bold]loratune tune[/] --strategy {args.strategy or 'protocol'} --budget {args.budget or '15m'} -> "
@@ -63,6 +70,30 @@ def run(args) -> int:
         ui.stop()
     print_summary(out, summary)
     return 0 if summary.get("recommendation") else 1
+
+
+def run_worker(args) -> int:
+    from loratune.search.worker import run_worker as work
+
+    if args.overrides or args.config or args.budget or args.strategy or args.resume:
+        from loratune.errors import UserError
+
+        raise UserError("a worker takes its configuration, budget and strategy from the study it joins",
+                        "give only --worker with --study-dir / --storage / --study-name (and --heartbeat)")
+    out = console()
+    ui = RichUI(out, live=False)
+    out.print(f"[bold]loratune tune --worker[/] joining {args.storage or args.study_dir} ({args.study_name})")
+    try:
+        report = work(args.study_dir, storage=args.storage, study_name=args.study_name, heartbeat_s=args.heartbeat,
+                      ui=ui)
+    except KeyboardInterrupt as exc:
+        from loratune import signals
+
+        out.print(f"[yellow]{signals.describe(exc)}[/]: the worker's trial is failed and trained again by the "
+                  "leader or another worker")
+        return signals.exit_code(exc)
+    out.print(f"worker done: {len(report.trials)} trial(s) trained ({report.reason})")
+    return 0
 
 
 def _explicit_keys(args, resolve_key) -> set[str]:

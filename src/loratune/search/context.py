@@ -85,6 +85,7 @@ class SearchContext:
     current: dict[str, Any] = field(default_factory=dict)  # the running trial (for progress)
     phase: str = ""
     _seq: int = 0
+    _queued: set = field(default_factory=set)  # keys this search queued for workers (see prefetch)
 
     # ------------------------------------------------------------------ trials
     def spec(self, point: dict, phase: str, purpose: str = "") -> TrialSpec:
@@ -96,13 +97,42 @@ class SearchContext:
             examples = int(examples * int(point["train.max_steps"]) / self.trial_steps)
         return self.costs.estimate(examples, point.get("adapter.method", "lora"))
 
+    def prefetch(self, specs: Sequence[TrialSpec], *, reserve: Cost = Cost()) -> None:
+        """Queue trials a stage is about to run one after the other and that do not depend on each other,
+        so that `loratune tune --worker` processes can train them meanwhile (a store without a queue, or
+        a batch that does not fit the budget, queues nothing). A queued trial runs unpruned whoever
+        trains it, so its result does not depend on which process ran it."""
+        enqueue = getattr(self.store, "enqueue", None)
+        todo = [s for s in specs if not any(r.key == s.key for r in self.records)]
+        if enqueue is None or len(todo) < 2:
+            return
+        need = Cost()
+        for s in todo:
+            need = need + self.estimate(s.point)
+        if not self.meter.fits(need, reserve):
+            return
+        for s in todo:
+            enqueue(s)
+            self._queued.add(s.key)
+
     def run(self, spec: TrialSpec, *, reserve: Cost = Cost(), prune: bool = True, trial=None,
             reuse: bool = True) -> TrialRecord | None:
         self.phase = spec.phase
         mine = next((r for r in self.records if r.key == spec.key), None) if reuse else None
         if mine is not None:
             return mine  # asked again in this search (e.g. the pair's lr arm is an lr-grid trial): free
+        if spec.key in self._queued:
+            prune = False
+        claimed = False
         done = self.store.finished_by_key().get(spec.key) if reuse else None
+        if done is None and reuse and trial is None and hasattr(self.store, "await_key"):
+            # queued for workers: its record when a worker finished it (waiting while one trains it), or
+            # the queued trial itself, claimed here
+            how, got = self.store.await_key(spec.key, spec)
+            if how == "record":
+                done = got
+            elif how == "claimed":
+                trial, claimed = got[0], True
         if done is not None:
             rec = TrialRecord(done.number, done.spec, done.run_dir, done.result, reused=True)
             self._account(rec, f"{rec.label} (reused from the study)")
@@ -114,6 +144,8 @@ class SearchContext:
         steps = spec.point.get("train.max_steps")
         first = not any(r.point.get("train.max_steps") == steps for r in self.records) and not self.meter.exhausted()
         if not first and not self.meter.fits(self.estimate(spec.point), reserve):
+            if claimed:  # a queued trial this search no longer affords
+                self.store.fail(trial, "not run: the budget left does not fit it", status="skipped")
             return None
         handle, run_dir = self.store.start(spec, trial)
         number = handle if isinstance(handle, int) else handle.number

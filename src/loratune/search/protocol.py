@@ -473,8 +473,10 @@ def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
                     "training length often do; a single curve cannot tell them apart, and this was not tested"],
                    [inc])
         return "unaffordable"
-    a = ctx.run(ctx.spec(a_point, phase, "pair: only lr x2"))
-    b = ctx.run(ctx.spec(b_point, phase, "pair: only r x2 (scale fixed)"))
+    arms = [ctx.spec(a_point, phase, "pair: only lr x2"), ctx.spec(b_point, phase, "pair: only r x2 (scale fixed)")]
+    ctx.prefetch(arms, reserve=reserve(ctx, phase, s))  # independent: workers may train one meanwhile
+    a = ctx.run(arms[0])
+    b = ctx.run(arms[1])
     if a is None or b is None or a.value is None or b.value is None or inc.value is None:
         ctx.decide(phase, "pair", "pair incomplete", "follow the prior: keep rank, tune lr in phase 2",
                    [f"lr arm: {a.label if a else 'not run'}, rank arm: {b.label if b else 'not run'}"], [inc])
@@ -775,6 +777,8 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
     phase = "seeds"
     seed0 = int(inc.point.get(SEED, ctx.state.get("base_seed", DEFAULTS[SEED])))  # the study's training seed
     recs = [inc]
+    ctx.prefetch([ctx.spec(with_(inc.point, **{SEED: seed0 + k}), phase, f"seed noise: seed {seed0 + k}")
+                  for k in range(1, s.seeds)], reserve=reserve(ctx, phase, s))
     for k in range(1, s.seeds):
         point = with_(inc.point, **{SEED: seed0 + k})
         rec = ctx.run(ctx.spec(point, phase, f"seed noise: seed {seed0 + k}"), prune=False,
@@ -1026,9 +1030,11 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
                     f"{ctx.meter.describe_left()}"], [inc])
         return
     runs = []
+    why = f"the pick trained longer: {steps} steps ({steps / steps0:.1f}x a trial)"
+    ctx.prefetch([ctx.spec(with_(inc.point, **{LR: x, "train.max_steps": steps}), phase,
+                           why + ("" if x == lr else f" at lr {x:g} ({x / lr:g}x)")) for x in lrs])
     for x in lrs:
         point = with_(inc.point, **{LR: x, "train.max_steps": steps})
-        why = f"the pick trained longer: {steps} steps ({steps / steps0:.1f}x a trial)"
         rec = ctx.run(ctx.spec(point, phase, why + ("" if x == lr else f" at lr {x:g} ({x / lr:g}x)")), prune=False)
         if rec is None:
             _no_budget(ctx, phase, f"the longer run at lr {x:g}")

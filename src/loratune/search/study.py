@@ -15,9 +15,20 @@ best val macro-F1. A trial still RUNNING when a study is reopened belonged to a 
 marked FAIL (reason recorded, its run.json rewritten as `died`) and its point is trained again;
 finished trials are never re-run.
 
-One `tune` process runs a study directory at a time: it holds `<study_dir>/study.lock` (an flock the
-kernel drops when the process dies, see store.RunLock); a second `tune` or `tune --resume` on the same
-directory is refused with a message naming the holder, before Optuna touches the storage.
+One `tune` process leads a study: it holds `<study_dir>/study.lock` (an flock the kernel drops when the
+process dies, see store.RunLock) and, in the storage, a `leader` lease it renews every heartbeat; a
+second `tune` or `tune --resume` on the same directory or storage is refused with a message naming the
+holder, before Optuna touches the storage.
+
+Many workers, one study (`loratune tune --worker`): only the leader runs the protocol and takes
+decisions. Where a stage needs several trials that do not depend on each other (the pair's two arms,
+the seed replicates, the long runs of the pick), the leader queues them (Optuna WAITING trials carrying
+the trial's spec) before running them in turn; a worker claims a queued trial atomically (WAITING ->
+RUNNING is a row-locked update in the RDB storage, so no trial runs twice), trains it and records it.
+The leader, reaching a queued spec, claims it itself when it is still queued, or waits for the worker's
+record. Every RUNNING trial sends Optuna heartbeats; one silent for the grace period (a dead process)
+is failed by whoever looks next and re-queued (RetryHeartbeatStaleTrialCallback), so another process
+trains it again; a live trial is never touched.
 """
 
 from __future__ import annotations
@@ -39,6 +50,9 @@ FINAL = "final"
 ASSESS = "assess.json"
 DEFAULT_STUDY_NAME = "loratune"
 STUDY_LOCK = "study.lock"
+HEARTBEAT_S = 10  # Optuna heartbeat of a running trial and the leader's lease renewal
+GRACE_FACTOR = 3  # a trial (or leader) silent for 3 heartbeats belongs to a dead process
+MAX_RETRY = 3  # a trial whose process died is queued again at most this many times
 # the driver each SQLAlchemy dialect needs, and the pip line that installs it
 DRIVERS = {"postgresql": ("psycopg2", "pip install 'loratune[postgres]'  (psycopg2-binary)"),
            "mysql": ("pymysql", "pip install pymysql, and use mysql+pymysql://...")}
@@ -58,6 +72,63 @@ def storage_error(url: str, exc: BaseException) -> UserError:
     return UserError(f"cannot open study storage {safe} ({text.splitlines()[0][:300]})",
                      "check the URL, the server and the credentials (a SQLAlchemy URL such as "
                      "sqlite:///study.db or postgresql://user@host/db)")
+
+
+def driver_url(url: str) -> str:
+    """`postgresql://` names no driver and SQLAlchemy 2.1 then wants psycopg 3: use whichever of psycopg 3
+    and psycopg2 is installed (the `postgres` extra installs psycopg2-binary)."""
+    import importlib.util
+
+    if not url.startswith("postgresql://") and not url.startswith("postgres://"):
+        return url
+    rest = url.split("://", 1)[1]
+    for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"{dialect}://{rest}"
+    raise ImportError("No module named 'psycopg2'")
+
+
+def make_storage(url: str, heartbeat_s: int):
+    """Optuna's RDB storage with heartbeats and the retry of a dead process's trial. SQLite waits for a
+    lock held by another process (workers share one file) instead of failing at once."""
+    import inspect
+
+    import optuna
+
+    kwargs: dict[str, Any] = {"heartbeat_interval": int(heartbeat_s), "grace_period": int(heartbeat_s * GRACE_FACTOR)}
+    params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+    if "heartbeat_stale_trial_callback" in params:
+        kwargs["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    else:  # older Optuna
+        kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    return optuna.storages.RDBStorage(driver_url(url), engine_kwargs=engine, **kwargs)
+
+
+class _Beat:
+    """A thread calling `fn` every `every` seconds until stopped (trial heartbeats, the leader lease)."""
+
+    def __init__(self, fn, every: float):
+        import threading
+
+        self.fn, self.every = fn, every
+        self.stop_event = threading.Event()
+        self._call()
+        self.thread = threading.Thread(target=self._run, name="loratune-study-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _call(self) -> None:
+        try:
+            self.fn()
+        except Exception:  # a storage hiccup must not kill training; the next beat tries again
+            pass
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(self.every):
+            self._call()
+
+    def stop(self) -> None:
+        self.stop_event.set()
 
 
 def _redact(url: str) -> str:
@@ -127,11 +198,16 @@ class Study:
         self.decisions = DecisionLog(self.dir / DECISIONS)
         self.recovered: list[dict] = []  # trials found RUNNING at open (a killed process)
         self._lock = None
+        self.heartbeat_s = HEARTBEAT_S
+        self._beats: dict[int, _Beat] = {}  # trial number -> its heartbeat thread
+        self._lease: _Beat | None = None
+        self.worker = False
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, study_dir: str | Path, *, storage: str | None = None, name: str = DEFAULT_STUDY_NAME,
-             resume: bool = False, sampler=None, meta: dict | None = None) -> "Study":
+             resume: bool = False, sampler=None, meta: dict | None = None, worker: bool = False,
+             heartbeat_s: int = HEARTBEAT_S) -> "Study":
         import optuna
 
         from loratune.store import RunLock, check_output_dir
@@ -140,46 +216,101 @@ class Study:
         study_dir = Path(study_dir)
         check_output_dir(study_dir)
         study_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(study_dir, STUDY_LOCK, busy=(
-            f"another `loratune tune` ({{holder}}) is running the study in {study_dir}",
-            "wait for it to finish or stop it (Ctrl-C / kill), then `loratune tune --resume`; one process "
-            "per study directory"))
-        lock.acquire()
+        lock = None
+        if not worker:  # workers join the leader's study; only the leader holds the directory
+            lock = RunLock(study_dir, STUDY_LOCK, busy=(
+                f"another `loratune tune` ({{holder}}) is running the study in {study_dir}",
+                "wait for it to finish or stop it (Ctrl-C / kill), then `loratune tune --resume`; to add a worker "
+                f"to it: `loratune tune --worker --study-dir {study_dir}`"))
+            lock.acquire()
         try:
             url = storage or sqlite_url(study_dir / STUDY_DB)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # experimental-feature warnings of optuna
                 try:
-                    existing = optuna.study.get_all_study_names(storage=url)
+                    rdb = make_storage(url, heartbeat_s)
+                    existing = [s.study_name for s in rdb.get_all_studies()]
                 except Exception as exc:
                     raise storage_error(url, exc) from None
-            if name in existing and not resume:
+            if worker and name not in existing:
+                raise UserError(f"no study named '{name}' in {_redact(url)} to work on",
+                                "start it first with `loratune tune` (same --storage / --study-dir / --study-name); "
+                                "workers join a running study")
+            if name in existing and not resume and not worker:
                 raise UserError(f"a study named '{name}' already exists in {_redact(url)}",
                                 "pass --resume to continue it, or choose another --study-dir / --study-name")
             if name not in existing and resume:
                 raise UserError(f"no study named '{name}' in {_redact(url)} to resume",
                                 "run without --resume to start one")
             try:
-                study = optuna.create_study(study_name=name, storage=url, direction="maximize", sampler=sampler,
-                                            load_if_exists=resume)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", sampler=sampler,
+                                                load_if_exists=resume or worker)
             except Exception as exc:
                 if type(exc).__name__ == "DuplicatedStudyError":
                     raise UserError(f"another process created the study '{name}' in {_redact(url)} just now",
                                     "one `loratune tune` per study; use --resume to continue it") from None
                 raise storage_error(url, exc) from None
+            self = cls(study_dir, study, url)
+            self.heartbeat_s, self.worker = heartbeat_s, worker
+            if not worker:
+                self._take_lease()
         except BaseException:
-            lock.release()
+            if lock is not None:
+                lock.release()
             raise
-        self = cls(study_dir, study, url)
         self._lock = lock
+        if worker:
+            return self
         if not resume:
             study.set_user_attr("loratune", dict(meta or {}))
             if self.decisions.entries:
                 raise UserError(f"{self.dir / DECISIONS} exists but the study is new",
                                 "use an empty --study-dir (or --resume the study it belongs to)")
         else:
+            self.set_meta(finished=False)
             self._recover_running()
         return self
+
+    # ------------------------------------------------------------------ leader lease
+    def _take_lease(self) -> None:
+        """One leader per study, also across machines (PostgreSQL): a lease in the study's attrs that the
+        leader renews every heartbeat; a lease older than the grace period belonged to a dead leader."""
+        import socket
+        import time
+
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        lease = self.optuna.user_attrs.get("leader") or {}
+        age = time.time() - float(lease.get("at") or 0)
+        from loratune.store import _pid_alive
+
+        dead_here = lease.get("host") == me["host"] and not _pid_alive(int(lease.get("pid") or 0) or -1)
+        if lease and (lease.get("pid"), lease.get("host")) != (me["pid"], me["host"]) and not dead_here \
+                and age < self.heartbeat_s * GRACE_FACTOR and not lease.get("released"):
+            raise UserError(f"the study '{self.optuna.study_name}' in {_redact(self.storage_url)} is led by another "
+                            f"`loratune tune` (pid {lease.get('pid')} on {lease.get('host')}, alive {age:.0f}s ago)",
+                            "add this machine as a worker: `loratune tune --worker` with the same --storage and "
+                            "--study-name; or stop the other one first")
+
+        def renew() -> None:
+            self.optuna.set_user_attr("leader", {**me, "at": time.time()})
+
+        self._lease = _Beat(renew, self.heartbeat_s)
+
+    @property
+    def heartbeats(self) -> bool:
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        return is_heartbeat_enabled(self.optuna._storage)
+
+    def fail_stale(self) -> None:
+        """Fail the trials whose process stopped sending heartbeats and queue them again."""
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(self.optuna)
 
     @property
     def meta(self) -> dict:
@@ -193,8 +324,18 @@ class Study:
     def _recover_running(self) -> None:
         from optuna.trial import TrialState
 
+        self.fail_stale()  # a dead process's trial with heartbeats: failed and queued again
+        from loratune.store import liveness
+
         for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             run_dir = t.user_attrs.get("run_dir")
+            if _ran_here_and_died(t.user_attrs.get("worker")):
+                pass  # its process (on this machine) is gone
+            elif run_dir and (Path(run_dir) / "run.json").is_file():
+                if liveness(run_dir)[0] == "alive":
+                    continue  # a worker is training it right now: never touched
+            elif self._beating(t):
+                continue  # its heartbeat is fresh (a worker on another machine)
             wall = 0.0
             if run_dir and (Path(run_dir) / "run.json").exists():
                 try:
@@ -209,11 +350,160 @@ class Study:
             self.recovered.append({"number": t.number, "name": t.user_attrs.get("name"), "run_dir": run_dir,
                                    "lost_wall_s": wall})
 
+    def _beating(self, t) -> bool:
+        """The trial has a heartbeat younger than the grace period (its process is alive, maybe elsewhere)."""
+        if not self.heartbeats:
+            return False
+        try:
+            import sqlalchemy
+            from optuna.storages._rdb import models
+
+            storage = getattr(self.optuna._storage, "_backend", self.optuna._storage)
+            table = models.TrialHeartbeatModel.__table__
+            with storage.engine.connect() as conn:
+                now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+                beat = conn.execute(sqlalchemy.select(table.c.heartbeat)
+                                    .where(table.c.trial_id == t._trial_id)).scalar()
+            if beat is None or now is None:
+                return False
+            now, beat = now.replace(tzinfo=None), beat.replace(tzinfo=None)
+            return (now - beat).total_seconds() < self.heartbeat_s * GRACE_FACTOR
+        except Exception:
+            return False
+
     def close(self) -> None:
-        """Release the study directory (the end of a `tune` process)."""
+        """Stop the heartbeats, release the lease and the study directory (the end of a `tune` process)."""
+        for beat in self._beats.values():
+            beat.stop()
+        self._beats.clear()
+        if self._lease is not None:
+            self._lease.stop()
+            self._lease = None
+            try:
+                lease = dict(self.optuna.user_attrs.get("leader") or {})
+                self.optuna.set_user_attr("leader", {**lease, "released": True})
+            except Exception:
+                pass
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    # ------------------------------------------------------------------ the queue (many workers)
+    def _trials_with_key(self, key: str, states) -> list:
+        return [t for t in self.optuna.get_trials(deepcopy=False, states=states) if t.user_attrs.get("key") == key]
+
+    def enqueue(self, spec: TrialSpec) -> bool:
+        """Queue a trial for any process to run (a WAITING Optuna trial carrying the spec). False when that
+        config point is already queued, running or finished."""
+        from optuna.trial import TrialState
+
+        if self._trials_with_key(spec.key, (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE,
+                                            TrialState.PRUNED)) or spec.key in self.finished_by_key():
+            return False
+        attrs = {"key": spec.key, "name": spec.name, "phase": spec.phase, "point": spec.point,
+                 "purpose": spec.purpose, "status": "queued"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.optuna.enqueue_trial({}, user_attrs=attrs)
+        return True
+
+    def _claim(self, frozen) -> bool:
+        """WAITING -> RUNNING as one conditional UPDATE (`... WHERE state = WAITING`): exactly one process
+        sees a row changed, on SQLite as on PostgreSQL. (Optuna's own read-then-write claim relies on
+        SELECT ... FOR UPDATE, which SQLite ignores: two processes could both claim one trial.)"""
+        from datetime import datetime
+
+        from optuna.storages._rdb import models
+        from optuna.trial import TrialState
+
+        storage = getattr(self.optuna._storage, "_backend", self.optuna._storage)
+        try:
+            with storage.engine.begin() as conn:
+                table = models.TrialModel.__table__
+                res = conn.execute(table.update()
+                                   .where(table.c.trial_id == frozen._trial_id, table.c.state == TrialState.WAITING)
+                                   .values(state=TrialState.RUNNING, datetime_start=datetime.now()))
+                return res.rowcount == 1
+        except Exception:  # a lost race on a busy database: another process has it
+            return False
+
+    def claim_next(self):
+        """(trial, spec, run_dir) of a queued trial this process now owns, or None when none is queued."""
+        from optuna.trial import TrialState
+
+        self.fail_stale()
+        for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if "key" not in t.user_attrs or not self._claim(t):
+                continue
+            spec = TrialSpec(t.user_attrs["name"], t.user_attrs["phase"], dict(t.user_attrs["point"]),
+                             t.user_attrs.get("purpose", ""))
+            return self._own(t, spec)
+        return None
+
+    def _own(self, frozen, spec: TrialSpec):
+        import optuna
+
+        trial = optuna.trial.Trial(self.optuna, frozen._trial_id)
+        run_dir = self.run_dir_for(frozen.number, spec.name)
+        for k, v in (("run_dir", str(run_dir)), ("status", "running"), ("worker", _me())):
+            trial.set_user_attr(k, v)
+        self._beat(trial)
+        return trial, spec, run_dir
+
+    def _beat(self, trial) -> None:
+        if self.heartbeats and trial.number not in self._beats:
+            storage, tid = self.optuna._storage, trial._trial_id
+            self._beats[trial.number] = _Beat(lambda: storage.record_heartbeat(tid), self.heartbeat_s)
+
+    def _unbeat(self, trial) -> None:
+        beat = self._beats.pop(trial.number, None)
+        if beat is not None:
+            beat.stop()
+
+    def await_key(self, key: str, spec: TrialSpec | None = None, poll_s: float = 0.5):
+        """Where the trial of `key` stands, for the leader about to run it: ("record", TrialRecord) when a
+        process finished it (waiting while one runs it), ("claimed", (trial, run_dir)) when it was queued
+        and this process now owns it, ("free", None) when nobody has it. One snapshot of the study per
+        look, so a worker finishing between two reads can never make the leader run it again; a dead
+        worker's trial is re-queued after the grace period and then claimed here or by another worker."""
+        import time
+
+        from optuna.trial import TrialState
+
+        while True:
+            mine = [t for t in self.optuna.get_trials(deepcopy=False) if t.user_attrs.get("key") == key]
+            done = next((t for t in mine if t.user_attrs.get("record") is not None
+                         and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)), None)
+            if done is not None:
+                return "record", TrialRecord.from_dict(done.user_attrs["record"])
+            waiting = [t for t in mine if t.state == TrialState.WAITING]
+            for t in waiting:
+                if self._claim(t):
+                    trial, _, run_dir = self._own(t, spec or TrialSpec(t.user_attrs["name"], t.user_attrs["phase"],
+                                                                       dict(t.user_attrs["point"]),
+                                                                       t.user_attrs.get("purpose", "")))
+                    return "claimed", (trial, run_dir)
+            if not waiting and not any(t.state == TrialState.RUNNING for t in mine):
+                return "free", None
+            time.sleep(poll_s)
+            self.fail_stale()
+
+    def cancel_queued(self, reason: str) -> int:
+        """Fail the queued trials nobody claimed (the search ended without needing them)."""
+        from optuna.trial import TrialState
+
+        n = 0
+        for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            if self._claim(t):
+                self.optuna._storage.set_trial_user_attr(t._trial_id, "status", "skipped")
+                self.optuna._storage.set_trial_user_attr(t._trial_id, "reason", reason)
+                self.optuna.tell(t.number, state=TrialState.FAIL)
+                n += 1
+        return n
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.meta.get("finished"))
 
     def lost_trials(self) -> list[dict]:
         """Rows (records_table's shape) for trials that never finished: a killed process's trial
@@ -223,7 +513,8 @@ class Study:
         rows = []
         for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING)):
             a = t.user_attrs
-            if "record" in a or (t.state == TrialState.FAIL and a.get("status") not in ("killed", "interrupted")):
+            if "record" in a or (t.state == TrialState.FAIL and a.get("status") not in ("killed", "interrupted",
+                                                                                       "running")):
                 continue
             run = {}
             if a.get("run_dir") and (Path(a["run_dir"]) / "run.json").is_file():
@@ -235,7 +526,7 @@ class Study:
                     run = {}
             best = run.get("best") or {}
             rows.append({"trial": t.number, "name": a.get("name", "?"), "phase": a.get("phase", "?"),
-                         "status": ({"killed": "died"}.get(a.get("status"), a.get("status"))
+                         "status": ({"killed": "died", "running": "died"}.get(a.get("status"), a.get("status"))
                                     if t.state == TrialState.FAIL else run.get("status", "running")),
                          "val_macro_f1": best.get("val/macro_f1"), "examples": int(run.get("examples_seen") or 0),
                          "wall_s": float(run.get("wall_s") or 0.0), "mean_step_s": run.get("mean_step_s"),
@@ -266,17 +557,27 @@ class Study:
         return self.dir / TRIALS / f"{number:02d}-{name}"
 
     def start(self, spec: TrialSpec, trial=None):
-        """Open an Optuna trial for `spec` (or adopt one already asked by a sampler)."""
-        trial = trial or self.optuna.ask()
+        """Open an Optuna trial for `spec`: its queued trial when there is one, or one a sampler asked, or
+        a new one (never `ask()`, which would pop another spec's queued trial)."""
+        import optuna
+
+        if trial is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tid = self.optuna._storage.create_new_trial(self.optuna._study_id)
+            trial = optuna.trial.Trial(self.optuna, tid)
         run_dir = self.run_dir_for(trial.number, spec.name)
         for k, v in (("key", spec.key), ("name", spec.name), ("phase", spec.phase), ("point", spec.point),
-                     ("purpose", spec.purpose), ("run_dir", str(run_dir)), ("status", "running")):
+                     ("purpose", spec.purpose), ("run_dir", str(run_dir)), ("status", "running"),
+                     ("worker", _me())):
             trial.set_user_attr(k, v)
+        self._beat(trial)
         return trial, run_dir
 
     def finish(self, trial, spec: TrialSpec, run_dir: Path, result: TrialResult) -> TrialRecord:
         from optuna.trial import TrialState
 
+        self._unbeat(trial)
         record = TrialRecord(trial.number, spec, str(run_dir), result)
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("record", record.to_dict())
@@ -291,6 +592,7 @@ class Study:
     def fail(self, trial, reason: str, status: str = "interrupted") -> None:
         from optuna.trial import TrialState
 
+        self._unbeat(trial)
         trial.set_user_attr("status", status)
         trial.set_user_attr("reason", reason)
         self.optuna.tell(trial, state=TrialState.FAIL)
@@ -302,6 +604,24 @@ class Study:
     def load_assessment(self) -> dict | None:
         p = self.dir / ASSESS
         return read_json(p) if p.exists() else None
+
+
+def _ran_here_and_died(worker: str | None) -> bool:
+    """`worker` ("pid N on HOST", set when a trial starts) names a process of this host that is gone."""
+    import re
+    import socket
+
+    from loratune.store import _pid_alive
+
+    m = re.fullmatch(r"pid (\d+) on (.+)", worker or "")
+    return bool(m) and m.group(2) == socket.gethostname() and int(m.group(1)) != os.getpid() \
+        and not _pid_alive(int(m.group(1)))
+
+
+def _me() -> str:
+    import socket
+
+    return f"pid {os.getpid()} on {socket.gethostname()}"
 
 
 def _record_died(run_dir: str | None) -> None:

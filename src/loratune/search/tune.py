@@ -41,6 +41,7 @@ class TuneOptions:
     user_point: dict = field(default_factory=dict)  # their values
     settings: ProtocolSettings = field(default_factory=ProtocolSettings)
     finish_reserve_s: float = 15.0
+    heartbeat_s: int | None = None  # Optuna trial heartbeat (None: study.HEARTBEAT_S); dead after 3 missed
 
 
 def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, runner=None, dataset=None) -> dict:
@@ -73,8 +74,10 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     meta = {"strategy": options.strategy or "protocol", "budget": options.budget or DEFAULT_BUDGET,
             "base_config": to_yaml(cfg), "explicit_keys": list(options.explicit_keys),
             "user_point": options.user_point, "settings": options.settings.to_dict(), "seed": options.seed}
+    from loratune.search.study import HEARTBEAT_S
+
     study = Study.open(study_dir, storage=options.storage, name=options.study_name, resume=options.resume,
-                       meta=meta)
+                       meta=meta, heartbeat_s=options.heartbeat_s or HEARTBEAT_S)
     opened.append(study)
     if options.resume:  # the study's own base config, strategy and settings; a new budget may be given
         old = study.meta
@@ -127,6 +130,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         study.set_meta(plan=plan)
     base = _base_config(cfg, start, plan, options.explicit_keys)
     runner = runner or TrainingRunner(base, dataset)
+    study.set_meta(trial_base=to_yaml(base))  # what `loratune tune --worker` trains queued trials from
 
     meter = Meter(budget, reserve_s=options.finish_reserve_s)
     # the clock of this session before the first trial (imports, data) and phase 0 count too
@@ -160,6 +164,8 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
              "wall_s_session": round(time.perf_counter() - t_start, 2)}
     summary = finish(ctx, study_dir / FINAL, options.strategy, extra)
     summary["wall_s_session"] = round(time.perf_counter() - t_start, 2)
+    study.cancel_queued("the search ended without needing it")
+    study.set_meta(finished=True)  # workers stop
     return summary
 
 

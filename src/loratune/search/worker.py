@@ -1,0 +1,98 @@
+"""`loratune tune --worker`: join a running study and train the trials its leader queued.
+
+The leader (`loratune tune`) runs the protocol and takes every decision; where a stage needs several
+independent trials it queues them (study.Study.enqueue). A worker loops: re-queue the trials of dead
+processes (Optuna heartbeats), claim one queued trial atomically, train it as an ordinary run directory
+under the study, record it; it stops when the leader marks the study finished, when the leader is
+gone (its lease expired) and nothing is queued, or after `idle_exit_s` without work.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loratune.errors import UserError
+from loratune.search.context import UI
+from loratune.search.runner import Watch
+from loratune.search.study import GRACE_FACTOR, Study
+
+
+@dataclass
+class WorkerReport:
+    trials: list[int] = field(default_factory=list)  # trial numbers this worker trained
+    reason: str = ""
+
+
+def work(study: Study, runner, ui: UI | None = None, *, poll_s: float = 1.0, idle_exit_s: float | None = None,
+         max_trials: int | None = None) -> WorkerReport:
+    """Claim and train queued trials until the study is finished (see the module docstring)."""
+    ui = ui or UI()
+    report = WorkerReport()
+    idle_since = time.monotonic()
+    while True:
+        if study.finished:
+            report.reason = "the leader finished the study"
+            break
+        claimed = study.claim_next()
+        if claimed is None:
+            waited = time.monotonic() - idle_since
+            if idle_exit_s is not None and waited > idle_exit_s:
+                report.reason = f"nothing queued for {waited:.0f}s"
+                break
+            if waited > study.heartbeat_s * GRACE_FACTOR and not leader_alive(study):
+                report.reason = "the leader is gone (its lease expired) and nothing is queued"
+                break
+            time.sleep(poll_s)
+            continue
+        trial, spec, run_dir = claimed
+        ui.note(f"worker: trial #{trial.number} {spec.name} ({spec.phase}: {spec.purpose})")
+        try:
+            result = runner.run(spec, run_dir, Watch(prune=False))  # queued trials run unpruned (context.prefetch)
+        except KeyboardInterrupt:
+            study.fail(trial, "the worker running it was stopped; the leader or another worker trains it again")
+            raise
+        rec = study.finish(trial, spec, run_dir, result)
+        v = "-" if rec.value is None else f"{rec.value:.3f}"
+        ui.note(f"worker: trial #{rec.number} {spec.name}: val macro-F1 {v}, {result.status}")
+        report.trials.append(trial.number)
+        idle_since = time.monotonic()
+        if max_trials is not None and len(report.trials) >= max_trials:
+            report.reason = f"{max_trials} trial(s) done"
+            break
+    return report
+
+
+def leader_alive(study: Study) -> bool:
+    lease = study.optuna.user_attrs.get("leader") or {}
+    if not lease or lease.get("released"):
+        return False
+    return time.time() - float(lease.get("at") or 0) < study.heartbeat_s * GRACE_FACTOR
+
+
+def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name: str = "loratune",
+               heartbeat_s: int | None = None, ui: UI | None = None, idle_exit_s: float | None = None,
+               wait_for_base_s: float = 600.0) -> WorkerReport:
+    """The CLI's worker: the trials' base config comes from the study (the leader writes it once phase 0
+    is done), the data is read here (its paths must exist on this machine)."""
+    from loratune import api
+    from loratune.search.runner import TrainingRunner
+    from loratune.search.study import HEARTBEAT_S
+    from loratune.search.tune import _cfg_from_yaml
+
+    ui = ui or UI()
+    study = Study.open(study_dir, storage=storage, name=study_name, worker=True,
+                       heartbeat_s=heartbeat_s or HEARTBEAT_S)
+    try:
+        t0 = time.monotonic()
+        while "trial_base" not in study.meta:
+            if study.finished or time.monotonic() - t0 > wait_for_base_s:
+                raise UserError("the study's leader has not planned its trials yet (no trial config in the study)",
+                                "start the worker once `loratune tune` has finished phase 0 (it prints the trial plan)")
+            time.sleep(1.0)
+        base = _cfg_from_yaml(study.meta["trial_base"])
+        dataset = api.prepare(base)
+        return work(study, TrainingRunner(base, dataset), ui, idle_exit_s=idle_exit_s)
+    finally:
+        study.close()

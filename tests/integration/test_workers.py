@@ -1,0 +1,219 @@
+"""Many workers on one study, on real engines: a leader and three worker processes on SQLite and on a
+throwaway PostgreSQL server, with scripted trial outcomes (tests/workers_script.py). No trial runs twice,
+no finished trial is lost, a worker killed with kill -9 mid-trial has its trial retried by another process,
+and the decisions and the final pick are those of the leader alone."""
+
+from __future__ import annotations
+
+import collections
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "workers_script.py"
+REQUIRE_PG = os.environ.get("LORATUNE_REQUIRE_POSTGRES") == "1"  # .ci/run: a missing server fails, not skips
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A throwaway PostgreSQL cluster under a temp dir on 127.0.0.1 (stopped at the end). The server
+    refuses to run as root: as root, initdb and pg_ctl run as the `postgres` user."""
+    bindir = _pg_bin()
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        bindir = None
+    if bindir is None:
+        msg = "PostgreSQL binaries (apt-get install postgresql) or psycopg2 are missing"
+        if REQUIRE_PG:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    root = tmp_path_factory.mktemp("pg")
+    data = root / "data"
+    as_root = os.geteuid() == 0
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    if as_root:
+        shutil.chown(root, "postgres")
+        os.chmod(root, 0o755)
+        for parent in root.parents:  # the postgres user must reach the temp dir
+            if str(parent) in ("/", "/tmp"):
+                break
+            os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    port = _free_port()
+    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                    "--no-sync"], check=True, capture_output=True)
+    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True)
+
+
+def _new_storage(engine: str, tmp_path: Path, request, tag: str) -> str:
+    if engine == "sqlite":
+        (tmp_path / tag).mkdir()
+        return f"sqlite:///{tmp_path / tag / 'study.db'}"
+    import psycopg2
+
+    base = request.getfixturevalue("postgres")
+    conn = psycopg2.connect(base + "/postgres")
+    conn.autocommit = True
+    conn.cursor().execute(f"CREATE DATABASE {tag}")
+    conn.close()
+    return f"{base}/{tag}"
+
+
+def _spawn(role: str, url: str, study_dir: Path, out: Path, slow: float = 0.0, wait_workers: int = 0
+           ) -> subprocess.Popen:
+    env = {**os.environ, "LORATUNE_TEST_HEARTBEAT_S": "1", "LORATUNE_SCRIPTED_TRIAL_S": "0.3",
+           "LORATUNE_TEST_WAIT_WORKERS": str(wait_workers)}
+    return subprocess.Popen([sys.executable, str(SCRIPT), role, url, str(study_dir), str(out), str(slow)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(str(out) + ".err", "w"),
+                            start_new_session=True)
+
+
+def _unnumbered(decisions: list) -> list:
+    import re
+
+    return [[re.sub(r"#\d+", "#", str(x)) for x in d] for d in decisions]
+
+
+def _log(path: Path) -> list[list]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def alone(tmp_path_factory) -> dict:
+    """The leader alone (one process): the reference decisions and pick."""
+    d = tmp_path_factory.mktemp("alone")
+    p = _spawn("leader", f"sqlite:///{d / 'study.db'}", d / "study", d / "leader.json")
+    assert p.wait(timeout=180) == 0, (d / "leader.json.err").read_text()
+    return json.loads((d / "leader.json").read_text())
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_three_workers_one_study(engine, alone, tmp_path, request):
+    import optuna
+    from optuna.trial import TrialState
+
+    url = _new_storage(engine, tmp_path, request, f"w3_{engine}")
+    study_dir = tmp_path / "study"
+    procs = {"leader": _spawn("leader", url, study_dir, tmp_path / "leader.json", wait_workers=1),
+             "doomed": _spawn("worker", url, study_dir, tmp_path / "doomed.json", slow=600)}
+    try:
+        deadline = time.time() + 120
+        claimed = None
+        while time.time() < deadline and claimed is None and procs["leader"].poll() is None:
+            starts = [e for e in _log(tmp_path / "doomed.json.log") if e[0] == "start"]
+            claimed = starts[0][2] if starts else None
+            time.sleep(0.05)
+        assert claimed is not None, "the doomed worker never claimed a trial"
+        os.kill(procs["doomed"].pid, signal.SIGKILL)  # mid-trial
+        procs["doomed"].wait(timeout=30)
+        for name in ("w1", "w2"):
+            procs[name] = _spawn("worker", url, study_dir, tmp_path / f"{name}.json")
+        assert procs["leader"].wait(timeout=180) == 0, (tmp_path / "leader.json.err").read_text()
+        for name in ("w1", "w2"):
+            assert procs[name].wait(timeout=60) == 0, (tmp_path / f"{name}.json.err").read_text()
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    led = json.loads((tmp_path / "leader.json").read_text())
+    # the decisions and the pick of the leader alone (trial numbers aside: a retried trial takes a new one)
+    assert _unnumbered(led["decisions"]) == _unnumbered(alone["decisions"])
+    assert led["final"] == alone["final"] and led["trials"] == alone["trials"]
+    # no trial trained to the end twice; the killed worker's trial trained again by another process
+    done = collections.Counter()
+    by = {}
+    for name in ("leader", "w1", "w2", "doomed"):
+        for what, pid, key in _log(tmp_path / f"{name}.json.log"):
+            if what == "done":
+                done[key] += 1
+                by[key] = name
+    assert not [k for k, c in done.items() if c > 1], "a trial ran twice"
+    assert done[claimed] == 1 and by[claimed] != "doomed"
+    worked = [json.loads((tmp_path / f"{n}.json").read_text())["trials"] for n in ("w1", "w2")]
+    # no finished trial lost: every trial trained to the end is a finished trial of the study, once
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from loratune.search.study import driver_url
+
+    trials = optuna.load_study(study_name="loratune", storage=driver_url(url)).get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    keys = [t.user_attrs["key"] for t in finished]
+    assert sorted(keys) == sorted(done) and len(keys) == len(set(keys))
+    dead = [t for t in trials if t.user_attrs.get("key") == claimed and t.state == TrialState.FAIL]
+    assert len(dead) == 1, "the killed worker's trial is failed (stale heartbeat), then retried"
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert sum(len(w) for w in worked) >= 1, "the workers trained nothing"
+
+
+def test_a_second_leader_gets_a_clear_message(tmp_path, capsys):
+    """Two fresh `tune` processes on one study dir: the second is refused before Optuna is touched."""
+    from loratune.cli import main
+    from loratune.store import RunLock
+
+    study = tmp_path / "study"
+    study.mkdir()
+    held = RunLock(study, "study.lock")
+    held.acquire()
+    try:
+        assert main(["tune", "--study-dir", str(study), "--budget", "2trials"]) == 2
+    finally:
+        held.release()
+    err = " ".join(capsys.readouterr().err.split())
+    assert "another `loratune tune`" in err and "--worker" in err and "Traceback" not in err
+    assert not (study / "study.db").exists()
+
+
+def test_postgres_without_its_driver_names_the_extra(monkeypatch, tmp_path):
+    import builtins
+
+    from loratune.errors import UserError
+    from loratune.search.study import Study
+
+    real = builtins.__import__
+
+    def no_psycopg2(name, *a, **k):
+        if name.startswith("psycopg2"):
+            raise ImportError("No module named 'psycopg2'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_psycopg2)
+    with pytest.raises(UserError) as err:
+        Study.open(tmp_path / "s", storage="postgresql://u:secret@127.0.0.1:1/db")
+    text = str(err.value)
+    assert "psycopg2" in text and "loratune[postgres]" in text and "secret" not in text
+
+
+def test_a_worker_without_a_study_is_told_to_start_one(tmp_path, capsys):
+    from loratune.cli import main
+
+    assert main(["tune", "--worker", "--study-dir", str(tmp_path / "none")]) == 2
+    assert "start it first with `loratune tune`" in " ".join(capsys.readouterr().err.split())
