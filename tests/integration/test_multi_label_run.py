@@ -127,3 +127,32 @@ def test_none_label_takes_rows_without_labels(tiny_bert, tmp_path):
 def test_a_metric_the_task_lacks_is_said_before_training(tiny_bert, multi_data, tmp_path):
     with pytest.raises(UserError, match="not computed for multi-label"):
         _train(tiny_bert, multi_data, tmp_path / "run", metric_for_best_model="accuracy")
+
+
+def test_terminal_show_and_report_carry_the_multi_intent_numbers(trained_run, capsys):
+    import re
+
+    from loratune.cli import main
+    from loratune.commands.train import multi_label_note, print_summary
+    from loratune.report.model import build_run_report
+    from loratune.report.render import render_run
+
+    out, run = trained_run
+    from rich.console import Console
+
+    con = Console(record=True, width=200)
+    print_summary(con, run)
+    text = con.export_text()
+    for key in ("val/subset_accuracy", "val/samples_f1", "val_compound/subset_accuracy", "val_single/subset_accuracy"):
+        assert key in text
+    assert "multi-label: loss bce_pos_weight" in text and "at least one label per text" in text
+    assert "thresholds tuned on validation" in multi_label_note(run)
+    assert main(["show", str(out)]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert re.search(r"exact match [\d.]+ · compound rows [\d.]+ \(n=\d+\) · single rows", shown)
+    report = build_run_report(out)
+    assert report.best["val_compound/subset_accuracy"] == run["best"]["val_compound/subset_accuracy"]
+    assert 'data-key="multi"' in render_run(report)
+    assert main(["evaluate", str(out), "--split", "test"]) == 0
+    said = capsys.readouterr().out
+    assert "test_compound/subset_accuracy" in said and "test/samples_f1" in said

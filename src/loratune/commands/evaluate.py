@@ -22,10 +22,13 @@ def run(args) -> int:
         return 0
     out = console()
     prefix = next(iter(scores)).split("/")[0]
-    for key in ("n", "loss", "accuracy", "macro_f1", "weighted_f1", "micro_f1", "subset_accuracy"):
-        v = scores.get(f"{prefix}/{key}")
+    keys = [f"{prefix}/{k}" for k in ("n", "loss", "accuracy", "macro_f1", "weighted_f1", "micro_f1",
+                                       "subset_accuracy", "samples_f1", "labels_per_row")]
+    keys += [f"{prefix}_{rows}/{k}" for rows in ("compound", "single") for k in ("subset_accuracy", "n")]  # multi-label
+    for full in keys:
+        v = scores.get(full)
         if v is not None:
-            out.print(f"{prefix}/{key}: {v:.4f}" if isinstance(v, float) else f"{prefix}/{key}: {v}")
+            out.print(f"{full}: {v:.4f}" if isinstance(v, float) else f"{full}: {v}")
     pairs = scores.get(f"{prefix}/confused_pairs") or []
     if pairs:
         out.print("most confused: " + "; ".join(f"{p['true']} -> {p['pred']} ({p['count']})" for p in pairs[:5]))

@@ -71,6 +71,12 @@ def show_run(con, r, n_classes: int = 10) -> None:
               f" · final {f3(r.final.get(m))} · start {f3(r.start_metric)}"
               f" · {_h(r.examples_seen)} examples in {r.steps_done or '?'}/{r.steps_planned or '?'} steps"
               + (f" · trainable {r.params_share:.2%} of the model" if r.params_share is not None else ""))
+    b = r.best
+    if b.get("val/subset_accuracy") is not None:  # multi-label: exact match, compound (2+ labels) and single rows
+        con.print(f"exact match {f3(b.get('val/subset_accuracy'))} · compound rows "
+                  f"{f3(b.get('val_compound/subset_accuracy'))} (n={b.get('val_compound/n', 0)}) · single rows "
+                  f"{f3(b.get('val_single/subset_accuracy'))} · micro-F1 {f3(b.get('val/micro_f1'))} · samples-F1 "
+                  f"{f3(b.get('val/samples_f1'))} (best step)")
     if r.reason:
         con.print(f"[dim]{escape(str(r.reason))}[/]")
     for n in r.notes:

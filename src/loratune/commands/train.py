@@ -94,14 +94,42 @@ def print_summary(out, run: dict) -> None:
     t.add_column("best", justify="right")
     t.add_column("final", justify="right")
     t.add_row("step", str(best.get("step", "-")), str(final.get("step", "-")))
-    for key in ("val/macro_f1", "val/accuracy", "val/loss", "train_eval/macro_f1", "train_eval/loss"):
+    for key in SUMMARY_KEYS:
         if key in final:
             t.add_row(key, _fmt(best.get(key)), _fmt(final.get(key)))
     out.print(t)
+    if run.get("task") == "multi_label":
+        out.print(multi_label_note(run))
     p = run["params"]
     out.print(f"trainable {human(p['trainable'])} of {human(p['total'])} ({p['share_of_total']:.2%}); "
               f"{run['examples_seen']} examples in {run['wall_s']:.1f}s "
               f"({(run.get('examples_per_s') or 0):.1f} ex/s training), peak memory {run['peak_memory_mb']:.0f} MB")
+
+
+# the headline rows of the summary table; a row shows when the run has the key (the multi-intent ones
+# only for multi-label runs: subset = exact match, compound = rows with two or more labels)
+SUMMARY_KEYS = ("val/macro_f1", "val/accuracy", "val/subset_accuracy", "val/micro_f1", "val/samples_f1",
+                "val_compound/subset_accuracy", "val_single/subset_accuracy", "val/loss", "train_eval/macro_f1",
+                "train_eval/subset_accuracy", "train_eval/loss")
+
+
+def multi_label_note(run: dict) -> str:
+    """One line on how a multi-label run turns probabilities into label sets, and what picked its model."""
+    d = run.get("decoding") or {}
+    th = list((d.get("thresholds") or {}).values())
+    parts = [f"model picked by {run.get('objective', 'val/macro_f1')}"]
+    if th and d.get("tuned_on"):
+        parts.append(f"per-label thresholds tuned on validation at step {d.get('step')} "
+                     f"({min(th):.2f}-{max(th):.2f}, saved in adapter/label_map.json)")
+    elif th:
+        parts.append("threshold 0.5 for every label")
+    parts.append("at least one label per text" if d.get("min_labels") else "empty answers allowed")
+    if d.get("max_labels"):
+        parts.append(f"at most {d['max_labels']}")
+    if d.get("none_label"):
+        parts.append(f"'{d['none_label']}' exclusive")
+    loss = (run.get("loss") or {}).get("kind")
+    return f"multi-label: loss {loss}; " + "; ".join(parts)
 
 
 def print_next_steps(out, run_dir: str) -> None:

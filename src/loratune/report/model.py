@@ -551,10 +551,15 @@ def _point_at(points: Sequence[dict], step: float | None) -> dict:
     return next((p for p in points if as_float(p.get("step")) == step), {})
 
 
+# multi-label runs (issue 19): exact match overall, on the compound rows (2+ labels) and on the single rows
+MULTI_INTENT_KEYS = ("val/subset_accuracy", "val/micro_f1", "val/samples_f1", "val_compound/subset_accuracy",
+                     "val_compound/n", "val_single/subset_accuracy", "val_single/n")
+
+
 def _summary_point(p: Mapping[str, Any], metric: str) -> dict:
     m = metric.split("/", 1)[1]
     keys = ("step", "epoch", metric, "val/loss", "val/accuracy", f"train_eval/{m}", "train_eval/loss",
-            "train/loss", "examples_seen", "wall_s")
+            "train/loss", "examples_seen", "wall_s") + MULTI_INTENT_KEYS
     return {k: p.get(k) for k in keys if p.get(k) is not None}
 
 

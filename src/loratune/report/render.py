@@ -313,6 +313,14 @@ def run_summary(r: RunReport) -> str:
         tile("compute", human(r.examples_seen) + " ex",
              f"{num(r.steps_done)} of {num(r.steps_planned)} steps · {duration(r.wall_s)}", key="compute"),
     ]
+    if r.best.get("val/subset_accuracy") is not None:  # multi-label: what multi-intent users read
+        b = r.best
+        comp = (f"compound rows (2+ labels, n={num(b.get('val_compound/n'))}) {metric(b.get('val_compound/subset_accuracy'))}"
+                if b.get("val_compound/subset_accuracy") is not None else "no compound rows in validation")
+        tiles.append(tile("exact match (best step)", metric(b.get("val/subset_accuracy")),
+                          f"{comp}<br>single rows {metric(b.get('val_single/subset_accuracy'))}<br>"
+                          f"micro-F1 {metric(b.get('val/micro_f1'))} · samples-F1 {metric(b.get('val/samples_f1'))}",
+                          key="multi"))
     weakest = [c for c in r.classes.rows if c.recall is not None][:3]
     if weakest:
         tiles.append(tile("weakest classes", esc(metric(weakest[0].recall)),
