@@ -2,9 +2,10 @@
 
 The corpus (committed fixtures, nothing downloaded):
 - tests/fixtures/external/trainer/: plain HF Trainer + peft runs of MiniLM, and TRL SFTTrainer runs of
-  SmolLM2, with induced pathologies, made by bench/make_external_corpus.py; manifest.json holds each run's
-  label, the verdicts a senior engineer would accept, and the numbers behind the label, plus the
-  minimal-intervention triples;
+  SmolLM2, with induced pathologies, made by bench/make_external_corpus.py (manifest.json: how each run was
+  made, the minimal-intervention triples); labels.json: each run's label, the verdicts a senior engineer
+  would accept, and the numbers behind the label, from an independent review that saw neither loratune's
+  rules nor its verdicts (the manifest's automatic labels are not used);
 - tests/fixtures/external/public/: public trainer_state.json files from GitHub, labelled the same way.
 
 Split by dataset, never by run: fold A (thresholds fitted) = the banking77 and clinc-oos Trainer runs plus
@@ -57,10 +58,22 @@ VERDICTS = ("healthy", "overfit-capacity", "underfit-capacity", "lr-too-small", 
             "undertrained", "inconclusive")
 
 
+def reviewed_labels() -> dict:
+    """tests/fixtures/external/trainer/labels.json: the labels of an independent review (made from the runs'
+    numbers by a reviewer who did not see loratune's rules or verdicts); they replace the manifest's
+    automatic labels."""
+    path = TRAINER / "labels.json"
+    return json.loads(path.read_text()) if path.is_file() else {"runs": {}, "triples": {}}
+
+
 def load_corpus() -> list[dict]:
     runs = []
     m = json.loads((TRAINER / "manifest.json").read_text())
+    review = reviewed_labels()
     for r in m["runs"]:
+        if r["name"] not in review.get("runs", {}):
+            continue  # only runs with a reviewed label count
+        r = {**r, **review["runs"][r["name"]]}
         runs.append({**r, "path": str(TRAINER / r["name"]), "origin": r.get("kind", "hf-trainer"),
                      "dataset": r["dataset"]})
     pub = json.loads((PUBLIC / "manifest.json").read_text())
@@ -141,8 +154,12 @@ def confusion(runs: list[dict], thresholds: dict) -> dict:
 
 def triples(thresholds: dict) -> list[dict]:
     m = json.loads((TRAINER / "manifest.json").read_text())
+    review = reviewed_labels().get("triples", {})
     out = []
     for t in m.get("triples", []):
+        if t["name"] not in review or not all((TRAINER / n).is_dir() for n in t["runs"]):
+            continue
+        t = {**t, **review[t["name"]]}
         c = compare([TRAINER / n for n in t["runs"]], thresholds=thresholds)
         binding = [f.rule_id for f in c.active if f.rule_id in ("optimization-bound", "capacity-bound",
                                                                  "differences-within-noise")]

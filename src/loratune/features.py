@@ -86,6 +86,9 @@ _CATALOGUE = (
           "(final T - 0.1 x start) / the fall per run length of the second half's least-squares line: how far "
           "what the run reached is from what it shows is reachable. 0 when T is already below a tenth of its "
           "start; missing when T is not falling over the second half."),
+    _spec("train loss", "train_loss_peak_vs_chance", "ratio", "train loss peaked at {} of ln(classes)",
+          "Largest window mean of T / ln(n_classes): far above 1, the run blew up at some point (even when its "
+          "first logged loss already includes the blow-up). Single-label only."),
     _spec("train loss", "train_loss_vs_chance", "ratio", "train loss ended at {} of ln(classes)",
           "Final T / ln(n_classes): 1 = the loss of a uniform guess, the level a collapsed model is "
           "pinned to; near 0 = the training set is memorized. Single-label only."),
@@ -523,7 +526,7 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     names = ("train_loss_start", "train_loss_final", "train_loss_drop", "train_loss_final_over_start",
              "train_loss_late_drop", "train_loss_late_slope", "train_loss_plateau_fraction",
              "train_loss_vs_chance", "train_loss_rise_share", "train_loss_max_rise", "train_loss_cv",
-             "train_loss_peak_over_start", "train_loss_runs_to_fit")
+             "train_loss_peak_over_start", "train_loss_runs_to_fit", "train_loss_peak_vs_chance")
     if not T:
         acc.miss(names, "no `train/loss` values in the history")
         return
@@ -535,6 +538,7 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     acc.set("train_loss_start", start)
     acc.set("train_loss_final", final)
     acc.set("train_loss_vs_chance", final / chance if chance else None, why_chance)
+    acc.set("train_loss_peak_vs_chance", max(v for _, v in T) / chance if chance else None, why_chance)
     if start <= 0:
         acc.miss(("train_loss_drop", "train_loss_final_over_start", "train_loss_late_slope",
                   "train_loss_plateau_fraction", "train_loss_max_rise"), "the start train loss is 0")

@@ -108,6 +108,9 @@ _THRESHOLDS = (
        "when the first logged loss already includes the explosion (a uniform guess scores 1x)."),
     _t("collapse_pred_share", 0.5, "fraction", "Share of val predictions in one class that counts as collapse."),
     _t("collapse_loss_vs_chance", 0.8, "ratio", "Train loss at least this share of ln(classes): pinned near chance."),
+    _t("collapse_peak_chance_ratio", 2.0, "ratio", "A train loss that reached this multiple of ln(classes) and "
+       "ended pinned near it collapsed under too high an lr (read without per-class numbers: a too-small lr "
+       "never takes the loss above a uniform guess)."),
     _t("collapse_loss_rise", 0.1, "fraction", "A collapse from too high an lr shows the train loss climbing back "
        "up by this share of its start (a too-small lr shows a smooth fall instead)."),
     _t("collapse_val_rise_share", 0.35, "fraction", "...or the val loss moving up this share of the time."),
@@ -209,6 +212,8 @@ _RULES = (
     Rule(
         id="lr-too-large", scope="curve", priority=90, knob_class="optimization", confidence=0.8,
         when=any_(
+            all_(c("train_loss_peak_vs_chance", ">=", "collapse_peak_chance_ratio"),
+                 c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance")),
             all_(c("val_pred_top_share", ">=", "collapse_pred_share"),
                  c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
                  any_(c("train_loss_max_rise", ">=", "collapse_loss_rise"),

@@ -215,3 +215,18 @@ def test_a_loratune_run_and_trainer_runs_are_compared_on_the_knobs_both_know(tmp
     assert {row[0] for row in groups["learning_rate"].runs} == {"lt-base", "hf-lr"}
     assert "assumed equal" in groups["learning_rate"].note and "seed" in groups["learning_rate"].note
     assert c.fired("optimization-bound")
+
+
+def test_collapse_without_per_class_numbers_reads_from_the_loss_against_chance(tmp_path):
+    # lr 1: the first logged loss is already 2.8 x ln(10), the loss ends pinned above ln(10), macro-F1 at the
+    # one-class level: a collapse, read with no per-class numbers
+    d = diagnose(trainer_state(tmp_path / "big", train=lambda f: L10 * (2.8 if f < 0.15 else 1.25),
+                               val=lambda f: L10 * 1.05, metric=lambda f: 0.018, log_every=10))
+    assert d.verdict == "lr-too-large"
+    ev = {e.feature: e for e in d.primary.evidence}
+    assert ev["train_loss_peak_vs_chance"].passed and ev["train_loss_vs_chance"].passed
+    # its near miss: a too-small lr also leaves the loss at ln(10), but never takes it above
+    slow = diagnose(trainer_state(tmp_path / "small", train=lambda f: L10 * (1.0 - 0.004 * f),
+                                  val=lambda f: L10 * (0.999 - 0.004 * f), metric=lambda f: 0.02 + 0.05 * f, lr=1e-6))
+    assert not slow.fired("lr-too-large", active_only=False)
+    assert slow.verdict == "lr-too-small"
