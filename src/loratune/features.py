@@ -393,7 +393,7 @@ def _median(xs: Sequence[float]) -> float:
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-def _quantile(xs: Sequence[float], q: float) -> float:
+def quantile(xs: Sequence[float], q: float) -> float:
     s = sorted(xs)
     pos = q * (len(s) - 1)
     lo = int(math.floor(pos))
@@ -845,7 +845,7 @@ def _per_class(acc: FeatureSet, pts, meta, labels) -> None:
         acc.details["per_class_step"] = last["step"]
         rs = list(recall.values())
         acc.set("val_recall_min", min(rs))
-        acc.set("val_recall_spread", _quantile(rs, 0.9) - _quantile(rs, 0.1))
+        acc.set("val_recall_spread", quantile(rs, 0.9) - quantile(rs, 0.1))
         acc.set("val_recall_std", _std(rs))
         acc.set("val_recall_zero_share", sum(r == 0 for r in rs) / len(rs))
         acc.details["worst_classes"] = sorted(recall.items(), key=lambda kv: kv[1])[:5]
@@ -935,7 +935,7 @@ def _tail_head(acc: FeatureSet, meta, recall: dict[str, float]) -> None:
     if len(have) < 4:
         acc.miss(names, "fewer than 4 classes with both train counts and val recall")
         return
-    q1, q3 = _quantile(list(have.values()), 0.25), _quantile(list(have.values()), 0.75)
+    q1, q3 = quantile(list(have.values()), 0.25), quantile(list(have.values()), 0.75)
     tail = [c for c, n in have.items() if n <= q1]
     head = [c for c, n in have.items() if n >= q3]
     acc.set("tail_head_count_ratio", _median([have[c] for c in head]) / max(_median([have[c] for c in tail]), 1e-9))

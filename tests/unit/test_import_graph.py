@@ -20,11 +20,7 @@ HEAVY = ("torch", "transformers", "peft")
 
 # A private name taken from another module that is known and owned elsewhere: module -> names. Each entry
 # is a debt with its reason; the test fails when an entry is no longer needed, so the list only shrinks.
-ALLOWED_PRIVATE = {
-    # features.py keeps its quantile private; the report model reuses it so the long-tail rule is the
-    # diagnosis's own. A public `quantile` in features.py (the diagnosis owner's file) removes this.
-    ("loratune.report.model", "loratune.features"): {"_quantile"},
-}
+ALLOWED_PRIVATE: dict[tuple[str, str], set[str]] = {}
 
 
 def _module_name(path: Path) -> str:

@@ -265,9 +265,9 @@ def read_history(path: Path) -> tuple[list[dict], str | None]:
 
 
 def _quantile(xs: Sequence[float], q: float) -> float:
-    from loratune.features import _quantile as fq  # the same definition the diagnosis uses
+    from loratune.features import quantile  # the same definition the diagnosis uses
 
-    return fq(list(xs), q)
+    return quantile(list(xs), q)
 
 
 def _median(xs: Sequence[float]) -> float:
