@@ -4,6 +4,7 @@ that round-trip through the saved adapter, `predict` and `evaluate`, the decodin
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +157,23 @@ def test_terminal_show_and_report_carry_the_multi_intent_numbers(trained_run, ca
     assert main(["evaluate", str(out), "--split", "test"]) == 0
     said = capsys.readouterr().out
     assert "test_compound/subset_accuracy" in said and "test/samples_f1" in said
+
+
+def test_tune_on_multi_label_data_picks_by_subset_accuracy_with_thresholds(tiny_bert, multi_data, tmp_path,
+                                                                         monkeypatch, capsys):
+    from loratune.cli import main
+
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    ov = overrides(tiny_bert, multi_data, study / "unused", learning_rate=2e-2, num_threads=1)
+    ov = [o for o in ov if not o.startswith(("max_steps=", "eval_steps=", "output_dir="))]
+    rc = main(["tune", *ov, "--study-dir", str(study), "-q", "--budget", "3trials", "--trial-steps", "8"])
+    assert rc == 0, capsys.readouterr().out
+    summary = json.loads((study / "final" / "study.json").read_text())
+    assert summary["objective"] == "val/subset_accuracy"
+    picked = json.loads((study / "final" / "test.json").read_text())
+    run = json.loads((Path(picked["run_dir"]) / "run.json").read_text())
+    assert summary["decoding"]["thresholds"] == run["decoding"]["thresholds"]
+    exported = json.loads((study / "final" / "adapter" / "label_map.json").read_text())
+    assert exported["decoding"]["thresholds"] == run["decoding"]["thresholds"]  # the thresholds travel with the pick
+    assert "test/subset_accuracy" in picked["scores"]

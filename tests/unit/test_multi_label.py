@@ -159,3 +159,19 @@ def test_losses_by_hand():
     # pos_weight 3 on a positive: 3 * ln 2 for entry 1
     pw = float(compute_loss(logits, target, LossSpec("bce_pos_weight", (3.0, 1.0))))
     assert pw == pytest.approx((3 * math.log(2) + math.log(1 + math.exp(2))) / 2, rel=1e-5)
+
+
+# ------------------------------------------------------------------ tune reads the objective
+
+
+def test_tune_scores_a_trial_by_its_objective():
+    from loratune.search.runner import curve_of, result_from
+
+    best = {"step": 8, "val/macro_f1": 0.4, "val/subset_accuracy": 0.7, "val_compound/subset_accuracy": 0.5}
+    run = {"status": "completed", "best": best, "objective": "val/subset_accuracy", "examples_seen": 10}
+    res = result_from(run, None, 1.0)
+    assert res.value == 0.7 and res.best["val_compound/subset_accuracy"] == 0.5
+    assert result_from({**run, "objective": None}, None, 1.0).value == 0.4  # older records: macro-F1
+    points = [{"step": 0, "val/macro_f1": 0.1, "val/subset_accuracy": 0.0}, best]
+    assert curve_of(points, "val/subset_accuracy") == ((0, 0.0), (8, 0.7))
+    assert curve_of(points) == ((0, 0.1), (8, 0.4))

@@ -56,7 +56,7 @@ class Watch:
                 return why
         if not self.prune:
             return None
-        curve = curve_of(points)
+        curve = curve_of(points, objective_of(run))
         if step >= self.settings.diagnosis_min_fraction * planned:
             d = diagnose(points, meta=run)
             p = d.primary
@@ -71,10 +71,16 @@ class Watch:
         return behind_best(curve, planned, self.references, se, self.settings)
 
 
-def curve_of(points: Sequence[dict]) -> tuple[tuple[int, float], ...]:
+def objective_of(run: dict) -> str:
+    """The run's objective key (train.metric_for_best_model, resolved: val/subset_accuracy for multi-label
+    data by default); records made before it existed used val macro-F1."""
+    return str(run.get("objective") or "val/macro_f1")
+
+
+def curve_of(points: Sequence[dict], key: str = "val/macro_f1") -> tuple[tuple[int, float], ...]:
     out = []
     for p in points:
-        v = p.get("val/macro_f1", p.get("val/accuracy"))
+        v = p.get(key, p.get("val/accuracy"))
         if v is not None and isinstance(v, (int, float)) and math.isfinite(v):
             out.append((int(p.get("step", 0)), float(v)))
     return tuple(out)
@@ -178,13 +184,14 @@ def result_from(run: dict, diag, wall_s: float, pruned: str | None = None) -> Tr
     """The part of a run record and its diagnosis that decisions read."""
     best = run.get("best") or {}
     keep = ("step", "examples_seen", "val/macro_f1", "val/accuracy", "val/loss", "val/n", "train_eval/macro_f1",
-            "train_eval/loss", "train/loss")
+            "train_eval/loss", "train/loss", "val/subset_accuracy", "val/micro_f1", "val/samples_f1",
+            "val_compound/subset_accuracy", "val_single/subset_accuracy")
     status = run.get("status", "failed")
     if pruned:
         status = "pruned"
     elif status == "interrupted":
         status = "failed"
-    value = best.get("val/macro_f1", best.get("val/accuracy"))
+    value = best.get(objective_of(run), best.get("val/accuracy"))  # the objective: metric_for_best_model
     findings: tuple[dict, ...] = ()
     features: dict[str, Any] = {}
     verdict = "inconclusive"
@@ -255,7 +262,7 @@ class TrainingRunner:
         res = result_from(run, diag, wall, pruned)
         peak = res.peak_memory_mb
         delta = peak - baseline_mb if peak is not None and baseline_mb is not None else None
-        return _with(res, curve=curve_of(store.read_history()), memory_delta_mb=delta)
+        return _with(res, curve=curve_of(store.read_history(), objective_of(run)), memory_delta_mb=delta)
 
     def compare(self, run_dirs: Sequence[str]) -> dict | None:
         from loratune.diagnose import compare

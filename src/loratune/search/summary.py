@@ -100,7 +100,9 @@ def summarize(ctx: SearchContext, strategy: str, final: Any = None, test: dict |
 def _test_subset(test: dict | None) -> dict | None:
     if not test:
         return None
-    keys = ("test/macro_f1", "test/accuracy", "test/weighted_f1", "test/loss", "test/n", "test/micro_f1")
+    keys = ("test/macro_f1", "test/accuracy", "test/weighted_f1", "test/loss", "test/n", "test/micro_f1",
+            "test/subset_accuracy", "test/samples_f1", "test_compound/subset_accuracy", "test_compound/n",
+            "test_single/subset_accuracy")
     return {k: test[k] for k in keys if k in test}
 
 
@@ -142,6 +144,12 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
             files["test"] = str(final_dir / "test.json")
     elif rec is not None:  # scripted runs (tests): no directory, still a score
         test = ctx.runner.evaluate(rec.run_dir, "test")
+    if rec is not None and (Path(rec.run_dir) / "run.json").is_file():
+        # multi-label: the pick's objective and its thresholds (tuned on validation, saved in its adapter's
+        # label_map.json and exported with it) are part of the pick
+        picked = read_json(Path(rec.run_dir) / "run.json") or {}
+        extra = {**(extra or {}), "objective": picked.get("objective") or "val/macro_f1",
+                 **({"decoding": picked["decoding"]} if picked.get("decoding") else {})}
     summary = summarize(ctx, strategy, rec, test, files, extra)
     if rec is not None:
         ctx.decide("finish", "recommendation", f"{rec.label}: val macro-F1 {fmt_f1(rec.value)}"
