@@ -210,9 +210,11 @@ def tune_thresholds(probs: np.ndarray, y_true: np.ndarray, grid: np.ndarray = TH
     if len(probs) == 0:
         return np.full(k, 0.5)
     y = y_true.astype(bool)
-    hit = probs[:, :, None] >= grid[None, None, :]  # [n, k, g]
-    tp = (hit & y[:, :, None]).sum(axis=0).astype(float)  # [k, g]
-    fp = (hit & ~y[:, :, None]).sum(axis=0).astype(float)
+    tp, fp = np.zeros((k, len(grid))), np.zeros((k, len(grid)))  # per label and grid value
+    for j in range(k):  # one label at a time: [n, g] booleans, never [n, k, g]
+        hit = probs[:, j, None] >= grid[None, :]
+        tp[j] = (hit & y[:, j, None]).sum(axis=0)
+        fp[j] = (hit & ~y[:, j, None]).sum(axis=0)
     fn = y.sum(axis=0)[:, None].astype(float) - tp
     micro = 2 * tp.sum(0) / np.maximum(1e-12, 2 * tp.sum(0) + fp.sum(0) + fn.sum(0))
     global_t = float(grid[_best_on_grid(micro)])
