@@ -89,9 +89,9 @@ def _new_storage(engine: str, tmp_path: Path, request, tag: str) -> str:
     return f"{base}/{tag}"
 
 
-def _spawn(role: str, url: str, study_dir: Path, out: Path, slow: float = 0.0, wait_workers: int = 0
-           ) -> subprocess.Popen:
-    env = {**os.environ, "LORATUNE_TEST_HEARTBEAT_S": "1", "LORATUNE_SCRIPTED_TRIAL_S": "0.3",
+def _spawn(role: str, url: str, study_dir: Path, out: Path, slow: float = 0.0, wait_workers: int = 0,
+           trial_s: float = 0.3) -> subprocess.Popen:
+    env = {**os.environ, "LORATUNE_TEST_HEARTBEAT_S": "1", "LORATUNE_SCRIPTED_TRIAL_S": str(trial_s),
            "LORATUNE_TEST_WAIT_WORKERS": str(wait_workers)}
     return subprocess.Popen([sys.executable, str(SCRIPT), role, url, str(study_dir), str(out), str(slow)],
                             env=env, stdout=subprocess.DEVNULL, stderr=open(str(out) + ".err", "w"),
@@ -124,7 +124,8 @@ def test_three_workers_one_study(engine, alone, tmp_path, request):
 
     url = _new_storage(engine, tmp_path, request, f"w3_{engine}")
     study_dir = tmp_path / "study"
-    procs = {"leader": _spawn("leader", url, study_dir, tmp_path / "leader.json", wait_workers=1),
+    # the leader's trials take 1 s, so a worker polling a loaded machine still wins a queued trial
+    procs = {"leader": _spawn("leader", url, study_dir, tmp_path / "leader.json", wait_workers=1, trial_s=1.0),
              "doomed": _spawn("worker", url, study_dir, tmp_path / "doomed.json", slow=600)}
     try:
         deadline = time.time() + 120
