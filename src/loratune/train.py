@@ -596,6 +596,7 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
     hides the error that ended the run."""
     bar.close()
     wall = time.perf_counter() - t0
+    run["partial"] = run["status"] in ("interrupted", "failed")  # stopped before its planned end (docs/run-record.md)
     run.update({"ended_at": _now(), "wall_s": round(wall, 3),
                 "examples_per_s": examples_seen / sum(step_times) if step_times else None,
                 "mean_step_s": float(np.mean(step_times)) if step_times else None,
