@@ -66,6 +66,11 @@ def storage_error(url: str, exc: BaseException) -> UserError:
     if scheme in DRIVERS and ("import" in text.lower() or isinstance(exc, ImportError)):
         module, fix = DRIVERS[scheme]
         return UserError(f"the storage {safe} needs the database driver `{module}`, which is not installed", fix)
+    if "storage upgrade" in text or "no longer compatible" in text:
+        return UserError(f"the study storage {safe} was written by another Optuna version than this one's "
+                         "(an older loratune)",
+                         f"back it up, then upgrade it in place: optuna storage upgrade --storage {url if '@' not in url else '<URL>'}; "
+                         "or start a new --study-dir")
     if "already exists" in text:
         return UserError(f"another process is creating the study in {safe} at the same moment",
                          "start one `loratune tune` per study; wait a second and use --resume to continue it")

@@ -85,9 +85,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         if options.strategy and options.strategy != old.get("strategy"):
             raise UserError(f"the study in {study_dir} was run with --strategy {old.get('strategy')}",
                             f"resume it with --strategy {old.get('strategy')} (or without --strategy)")
-        settings = ProtocolSettings(**{k: (tuple(v) if isinstance(v, list) else v)
-                                       for k, v in old.get("settings", {}).items()}) if old.get("settings") \
-            else options.settings
+        settings = settings_from(old.get("settings"), options.settings, ui)
         options = dc_replace(options, strategy=old.get("strategy", "protocol"), seed=old.get("seed", options.seed),
                              budget=options.budget or old.get("budget") or DEFAULT_BUDGET, settings=settings,
                              user_point=old.get("user_point") or {}, explicit_keys=tuple(old.get("explicit_keys", ())))
@@ -167,6 +165,20 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     study.cancel_queued("the search ended without needing it")
     study.set_meta(finished=True)  # workers stop
     return summary
+
+
+def settings_from(stored: dict | None, default: ProtocolSettings, ui: UI | None = None) -> ProtocolSettings:
+    """The protocol settings a study was started with. A study from another loratune version may carry
+    keys this one does not know (dropped, with a note) or lack newer ones (today's defaults)."""
+    import dataclasses
+
+    if not stored:
+        return default
+    known = {f.name for f in dataclasses.fields(ProtocolSettings)}
+    unknown = sorted(set(stored) - known)
+    if unknown and ui is not None:
+        ui.note(f"the study's settings {', '.join(unknown)} are unknown to this loratune version: ignored")
+    return ProtocolSettings(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in stored.items() if k in known})
 
 
 def _cfg_from_yaml(text: str):

@@ -1,0 +1,74 @@
+"""Faults around `loratune tune`: SIGTERM mid-trial, a study.db from an older loratune/Optuna, a study
+whose stored settings come from another loratune version. (kill -9 mid-trial and resume:
+tests/integration/test_tune.py; two processes on one study and dead workers: test_workers.py.)"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+
+from loratune.cli import main
+from loratune.store import RunStore
+
+from conftest import Proc, history_lines
+from support import overrides
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_sigterm_mid_trial_stops_tune_cleanly(tiny_bert, intent_data, tmp_path):
+    study = tmp_path / "study"
+    ov = [o for o in overrides(tiny_bert, intent_data, tmp_path / "unused", learning_rate=2e-2, num_threads=1)
+          if not o.startswith(("max_steps=", "eval_steps=", "output_dir="))]
+    proc = Proc(["tune", *ov, "--study-dir", str(study), "-q", "--budget", "4trials", "--trial-steps", "400"],
+                tmp_path, env={"LORATUNE_CACHE_DIR": str(tmp_path / "cache")})
+
+    def mid_trial():
+        dirs = sorted((study / "trials").glob("*")) if (study / "trials").exists() else []
+        return bool(dirs) and history_lines(dirs[0]) >= 2
+
+    assert proc.wait_for(mid_trial, timeout=180), proc.stderr
+    proc.signal(signal.SIGTERM)
+    assert proc.finish() == 143
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "stopped by SIGTERM" in proc.stdout and "--resume" in proc.stdout
+    trial_dir = sorted((study / "trials").glob("*"))[0]
+    run = RunStore(trial_dir).read_run()
+    assert run["status"] == "interrupted" and "SIGTERM" in run["reason"] and run["partial"] is True
+    assert not (study / "study.lock").exists()  # released on the way out
+    # the study can be resumed at once (no lease or lock left behind)
+    from loratune.search.study import Study
+
+    Study.open(study, resume=True).close()
+
+
+def test_a_study_db_from_an_older_optuna_is_a_clear_message(tmp_path, capsys):
+    from loratune.search.study import Study
+
+    Study.open(tmp_path / "s", meta={"strategy": "protocol"}).close()
+    db = sqlite3.connect(tmp_path / "s" / "study.db")
+    db.execute("UPDATE alembic_version SET version_num = 'v2.6.0.a'")  # a schema from an older release
+    db.commit()
+    db.close()
+    assert main(["tune", "--resume", "--study-dir", str(tmp_path / "s")]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "another Optuna version" in err and "optuna storage upgrade" in err and "Traceback" not in err
+
+
+def test_stored_settings_from_another_version_are_read(tmp_path):
+    from loratune.search.protocol import ProtocolSettings
+    from loratune.search.tune import settings_from
+
+    notes = []
+
+    class UI:
+        def note(self, text):
+            notes.append(text)
+
+    stored = {**json.loads(json.dumps(ProtocolSettings().to_dict())), "knob_of_the_past": 3}
+    stored.pop(next(iter(stored)))  # a key this version added since
+    got = settings_from(stored, ProtocolSettings(), UI())
+    assert isinstance(got, ProtocolSettings) and "knob_of_the_past" in notes[0]
