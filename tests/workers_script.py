@@ -91,6 +91,8 @@ def worker(url: str, study_dir: Path, out: Path, slow: float) -> None:
             break
         except Exception:
             time.sleep(0.1)
+    if study is None:
+        raise SystemExit("no study to join")
     try:
         study.optuna.set_user_attr(f"ready_{os.getpid()}", True)
         report = work(study, SleepyRunner(Path(str(out) + ".log"), slow), poll_s=0.1, idle_exit_s=120)

@@ -230,13 +230,27 @@ class Study:
             lock.acquire()
         try:
             url = storage or sqlite_url(study_dir / STUDY_DB)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # experimental-feature warnings of optuna
-                try:
-                    rdb = make_storage(url, heartbeat_s)
-                    existing = [s.study_name for s in rdb.get_all_studies()]
-                except Exception as exc:
-                    raise storage_error(url, exc) from None
+            if worker and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+                raise UserError(f"no study in {study_dir} to work on ({url[len('sqlite:///'):]} does not exist)",
+                                "start it first with `loratune tune` (same --study-dir / --storage); workers join "
+                                "a running study")
+            rdb = existing = None
+            for attempt in range(6):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # experimental-feature warnings of optuna
+                    try:
+                        rdb = make_storage(url, heartbeat_s)
+                        existing = [s.study_name for s in rdb.get_all_studies()]
+                        break
+                    except Exception as exc:
+                        text = f"{type(exc).__name__}: {exc}"
+                        racing = ("IntegrityError" in text or "already exists" in text or "UNIQUE constraint" in text
+                                  or "database is locked" in text)
+                        if not racing or attempt == 5:  # two processes creating the tables at once: try again
+                            raise storage_error(url, exc) from None
+                        import time
+
+                        time.sleep(0.2 * (attempt + 1))
             if worker and name not in existing:
                 raise UserError(f"no study named '{name}' in {_redact(url)} to work on",
                                 "start it first with `loratune tune` (same --storage / --study-dir / --study-name); "
