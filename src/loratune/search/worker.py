@@ -76,7 +76,7 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
                wait_for_base_s: float = 600.0) -> WorkerReport:
     """The CLI's worker: the trials' base config comes from the study (the leader writes it once phase 0
     is done), the data is read here (its paths must exist on this machine)."""
-    from loratune import api
+    from loratune.data import load_dataset
     from loratune.search.runner import TrainingRunner
     from loratune.search.study import HEARTBEAT_S
     from loratune.search.tune import _cfg_from_yaml
@@ -92,7 +92,7 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
                                 "start the worker once `loratune tune` has finished phase 0 (it prints the trial plan)")
             time.sleep(1.0)
         base = _cfg_from_yaml(study.meta["trial_base"])
-        dataset = api.prepare(base)
+        dataset = load_dataset(base.data, seed=base.train.seed)  # as api.prepare (search never imports api)
         return work(study, TrainingRunner(base, dataset), ui, idle_exit_s=idle_exit_s)
     finally:
         study.close()
