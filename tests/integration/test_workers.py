@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from loratune.cli import main
+from loratune.store import RunStore
+
 SCRIPT = Path(__file__).resolve().parent.parent / "workers_script.py"
 REQUIRE_PG = os.environ.get("LORATUNE_REQUIRE_POSTGRES") == "1"  # .ci/run: a missing server fails, not skips
 
@@ -218,3 +221,26 @@ def test_a_worker_without_a_study_is_told_to_start_one(tmp_path, capsys):
 
     assert main(["tune", "--worker", "--study-dir", str(tmp_path / "none")]) == 2
     assert "start it first with `loratune tune`" in " ".join(capsys.readouterr().err.split())
+
+
+def test_tune_worker_command_trains_a_queued_trial(tiny_bert, intent_data, tmp_path, capsys):
+    """`loratune tune --worker`: the trials' config from the study, a queued trial trained into an ordinary
+    run directory and recorded; the worker leaves once the leader is gone and nothing is queued."""
+    from loratune.config import load_config, to_yaml
+    from loratune.search.study import Study
+    from loratune.search.trial import TrialSpec
+
+    from support import overrides
+
+    base = load_config(None, overrides(tiny_bert, intent_data, tmp_path / "unused", slices="false",
+                                       robustness_probe="false", num_threads=1))
+    leader = Study.open(tmp_path / "study", meta={"strategy": "protocol"}, heartbeat_s=1)
+    leader.set_meta(trial_base=to_yaml(base))
+    assert leader.enqueue(TrialSpec("r4", "pair", {"adapter.r": 4, "train.learning_rate": 5e-3}, "queued"))
+    leader.close()  # the leader is gone: the worker drains the queue, then leaves
+    assert main(["tune", "--worker", "--study-dir", str(tmp_path / "study"), "--heartbeat", "1"]) == 0
+    assert "1 trial(s) trained" in " ".join(capsys.readouterr().out.split())
+    study = Study.open(tmp_path / "study", worker=True, heartbeat_s=1)
+    (rec,) = study.records()
+    study.close()
+    assert rec.result.status == "completed" and RunStore(rec.run_dir).read_run()["status"] == "completed"
