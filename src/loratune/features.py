@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 # ---------------------------------------------------------------------------------------------
 
 # unit -> how a value is written in evidence text (see `format_value`)
-UNITS = ("fraction", "points", "ratio", "count", "flag", "loss", "se", "per_epoch", "steps", "epochs", "runs")
+UNITS = ("fraction", "points", "ratio", "count", "flag", "loss", "se", "per_epoch", "steps", "epochs", "runs", "lr")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ _CATALOGUE = (
     _spec("run", "n_eval_points", "count", "the history has {} eval points", "Number of eval points."),
     _spec("run", "n_classes", "count", "the task has {} classes",
           "Number of labels (run.json `labels`, else the per-class keys of the history)."),
+    _spec("run", "peak_lr", "lr", "the learning rate peaked at {}",
+          "Largest `lr` over the eval points (the schedule's peak as logged)."),
     _spec("run", "val_n", "count", "the validation set has {} rows",
           "`val/n` at the last point (rows scored), else the sum of val label counts in run.json."),
     _spec("run", "train_examples_per_class", "ratio", "training data has {} examples per class",
@@ -276,6 +278,8 @@ def format_value(unit: str, value: float | None) -> str:
         return f"{value:.2f}"
     if unit == "runs":
         return f"{value:.1f} run lengths"
+    if unit == "lr":
+        return f"{value:.3g}"
     return f"{value:g}"
 
 
@@ -481,6 +485,8 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     first = next((p for p in pts if _num(p.get("val/loss")) is not None), None) or \
         next((p for p in pts if metric and _num(p.get(f"val/{metric}")) is not None), None)
     acc.set("first_eval_fraction", frac(first["step"]) if first else None, "no val points")
+    lrs = [v for _, v in _series(pts, "lr") if v >= 0]
+    acc.set("peak_lr", max(lrs) if lrs else None, "no `lr` in the history")
     _run_size(acc, pts, meta)
     _train_loss(acc, pts, frac, chance, why_chance)
     _val_loss(acc, pts, frac, chance, why_chance)

@@ -169,6 +169,9 @@ _TRAIN_SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps
 # these class counts (outside them a first loss is not a class count)
 CHANCE_LOSS_MAX_STEP = 10
 CHANCE_CLASSES_RANGE = (2, 1000)
+CHANCE_GRAD_NORM_MAX = 10.0  # a first logged gradient norm this large: the first window already blew up
+# classifier weights whose rows are the classes (a saved head: full model or peft's modules_to_save)
+_HEAD_SUFFIXES = ("classifier.weight", "classifier.out_proj.weight", "score.weight")
 
 
 def _find_trainer_state(d: Path) -> Path | None:
@@ -340,6 +343,8 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
         facts["task"] = Fact("causal-lm", f"TRL keys in the log ({', '.join(k for k in _TRL_KEYS)})")
     _model_config_facts(folder, meta, facts, notes)
     if not is_trl and "n_classes" not in facts:
+        _classes_from_weights(folder, meta, facts)
+    if not is_trl and "n_classes" not in facts:
         _classes_from_first_loss(train_logs, meta, facts)
     config = _config_from_facts(_adapter_facts(folder, facts, notes, adapter), facts)
     if not config.get("adapter"):
@@ -381,11 +386,35 @@ def _model_config_facts(folder: Path, meta: dict, facts: dict, notes: list[str])
         notes.append(f"{cfg_path} unreadable: number of classes unknown")
 
 
+def _classes_from_weights(folder: Path, meta: dict, facts: dict) -> None:
+    """The classifier head's rows in a saved `*.safetensors` (read from its JSON header: no torch)."""
+    files = [f for name in ("adapter_model.safetensors", "model.safetensors")
+             if (f := _side_file(folder, name)) is not None]
+    for f in files:
+        try:
+            with f.open("rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size < 100_000_000:
+                    continue
+                header = json.loads(fh.read(size))
+        except (OSError, ValueError):
+            continue
+        for name, info in header.items():
+            shape = info.get("shape") if isinstance(info, dict) else None
+            if name.endswith(_HEAD_SUFFIXES) and isinstance(shape, list) and len(shape) == 2 and \
+                    CHANCE_CLASSES_RANGE[0] <= shape[0] <= 100_000:
+                meta["n_classes"] = int(shape[0])
+                facts["n_classes"] = Fact(int(shape[0]), f"{f.name}: {name} has {shape[0]} rows")
+                return
+
+
 def _classes_from_first_loss(train_logs: Sequence[dict], meta: dict, facts: dict) -> None:
     """A fresh classifier head starts near the loss of a uniform guess, ln(classes)."""
     first = next((e for e in train_logs if _fin(e.get("loss")) is not None), None)
     if first is None or first["step"] > CHANCE_LOSS_MAX_STEP:
         return
+    if (_fin(first.get("grad_norm")) or 0.0) >= CHANCE_GRAD_NORM_MAX:
+        return  # the first window already blew up: its loss says nothing about the classes
     k = round(math.exp(float(first["loss"])))
     if CHANCE_CLASSES_RANGE[0] <= k <= CHANCE_CLASSES_RANGE[1]:
         meta["n_classes"] = k

@@ -111,6 +111,10 @@ _THRESHOLDS = (
     _t("collapse_peak_chance_ratio", 2.0, "ratio", "A train loss that reached this multiple of ln(classes) and "
        "ended pinned near it collapsed under too high an lr (read without per-class numbers: a too-small lr "
        "never takes the loss above a uniform guess)."),
+    _t("collapse_lr_min", 1e-2, "lr", "A learning rate this large (AdamW) that leaves the loss pinned at chance or "
+       "the val metric where it started is the cause: LoRA centres sit at 1e-4..5e-3 even on small models "
+       "(protocol 1), full fine-tuning 10x lower; a too-small lr is never this large."),
+    _t("no_gain_max", 0.05, "points", "The val metric gaining less than this from its first eval: it never learned."),
     _t("collapse_loss_rise", 0.1, "fraction", "A collapse from too high an lr shows the train loss climbing back "
        "up by this share of its start (a too-small lr shows a smooth fall instead)."),
     _t("collapse_val_rise_share", 0.35, "fraction", "...or the val loss moving up this share of the time."),
@@ -214,6 +218,10 @@ _RULES = (
         when=any_(
             all_(c("train_loss_peak_vs_chance", ">=", "collapse_peak_chance_ratio"),
                  c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance")),
+            all_(c("peak_lr", ">=", "collapse_lr_min"),
+                 c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance")),
+            all_(c("peak_lr", ">=", "collapse_lr_min"),
+                 c("val_metric_gain", "<", "no_gain_max")),
             all_(c("val_pred_top_share", ">=", "collapse_pred_share"),
                  c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
                  any_(c("train_loss_max_rise", ">=", "collapse_loss_rise"),
