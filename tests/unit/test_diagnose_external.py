@@ -230,3 +230,21 @@ def test_collapse_without_per_class_numbers_reads_from_the_loss_against_chance(t
                                   val=lambda f: L10 * (0.999 - 0.004 * f), metric=lambda f: 0.02 + 0.05 * f, lr=1e-6))
     assert not slow.fired("lr-too-large", active_only=False)
     assert slow.verdict == "lr-too-small"
+
+
+def test_classes_from_a_saved_heads_safetensors_header(tmp_path):
+    folder = trainer_state(tmp_path, train=exp_decay(3.0, 0.1, 6), val=exp_decay(1.5, 0.4, 6), classes=None)
+    header = json.dumps({"base_model.model.classifier.modules_to_save.default.weight": {
+        "dtype": "F32", "shape": [7, 384], "data_offsets": [0, 7 * 384 * 4]}}).encode()
+    (folder / "adapter_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header +
+                                                       bytes(7 * 384 * 4))
+    run = load_run(folder)
+    assert run.facts["n_classes"].value == 7 and "adapter_model.safetensors" in run.facts["n_classes"].source
+
+
+def test_no_class_count_from_a_first_window_that_already_blew_up(tmp_path):
+    folder = trainer_state(tmp_path, train=lambda f: 6.4 if f < 0.1 else 2.9, val=lambda f: 2.4, classes=None)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    next(e for e in state["log_history"] if "loss" in e)["grad_norm"] = 601.0
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    assert "n_classes" not in load_run(folder).facts  # exp(6.4) ~ 600 classes would be a fiction
