@@ -475,7 +475,7 @@ def _lr_facts(train_logs: Sequence[dict]) -> dict[str, "Fact"]:
     The logged values are samples of the schedule, so the peak is estimated: after warm-up, each sample
     divided by the schedule's shape at its step (1 - s/N for linear, (1 + cos(pi s/N))/2 for cosine,
     1 for constant; N = the last logged step extrapolated to where the fitted schedule ends), taking the
-    shape that fits the samples best. Rounded to 3 significant digits."""
+    shape that fits the samples best (`_round_lr`)."""
     # the Trainer logs at step s the rate step s used, i.e. the schedule's value after s - 1 scheduler steps
     lr = [(float(e["step"]) - 1.0, float(e["learning_rate"])) for e in train_logs
           if _fin(e.get("learning_rate")) is not None]
@@ -503,12 +503,19 @@ def _lr_facts(train_logs: Sequence[dict]) -> dict[str, "Fact"]:
             schedule = "decaying"
     elif len(after) < 3 and after[-1][1] < 0.98 * peak:
         schedule = "decaying"
-    out["learning_rate"] = Fact(float(f"{estimate:.3g}"), "log_history learning_rate: " +
+    out["learning_rate"] = Fact(_round_lr(estimate), "log_history learning_rate: " +
                                 ("peak of a constant schedule" if schedule == "constant" else
                                  f"peak of a {schedule} schedule fitted to the logged values" if schedule in
                                  ("linear", "cosine") else "largest logged value"))
     out["lr_schedule"] = Fact(schedule, "log_history learning_rate")
     return out
+
+
+def _round_lr(value: float) -> float:
+    """An lr read back from a schedule carries fitting error of a few tenths of a percent: snap to 2
+    significant digits when that is within 0.5% (7.99e-4 -> 8e-4), else keep 3 (1.23e-4 stays)."""
+    two = float(f"{value:.2g}")
+    return two if value > 0 and abs(two - value) / value < 0.005 else float(f"{value:.3g}")
 
 
 def _fit_decay(samples: Sequence[tuple[float, float]], shape: str, s0: float) -> tuple[float, float] | None:
