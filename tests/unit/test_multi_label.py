@@ -150,7 +150,7 @@ def test_losses_by_hand():
     target = torch.tensor([[1.0, 0.0]])
     # entry 1: p .5, ce ln 2, (1 - p_t)^2 = .25; entry 2: p_t = 1 - sigmoid(2), ce = log(1 + e^2)
     pt2 = 1 - 1 / (1 + math.exp(-2))
-    expected = (0.25 * math.log(2) + (1 - pt2) ** 2 * math.log(1 + math.exp(2))) / 2
+    expected = 0.25 * math.log(2) + (1 - pt2) ** 2 * math.log(1 + math.exp(2))  # summed over labels, one row
     assert float(sigmoid_focal_loss(logits, target, gamma=2.0)) == pytest.approx(expected, rel=1e-5)
     bce = float(compute_loss(logits, target, LossSpec("bce")))
     assert float(sigmoid_focal_loss(logits, target, gamma=0.0)) == pytest.approx(bce, rel=1e-6)
@@ -158,7 +158,10 @@ def test_losses_by_hand():
     assert pos_weights(np.array([[1, 0]] + [[0, 0]] * 499), cap=100.0) == (100.0, 100.0)
     # pos_weight 3 on a positive: 3 * ln 2 for entry 1
     pw = float(compute_loss(logits, target, LossSpec("bce_pos_weight", (3.0, 1.0))))
-    assert pw == pytest.approx((3 * math.log(2) + math.log(1 + math.exp(2))) / 2, rel=1e-5)
+    assert pw == pytest.approx(3 * math.log(2) + math.log(1 + math.exp(2)), rel=1e-5)
+    # two rows: the mean over rows of the per-row sums
+    two = compute_loss(torch.zeros(2, 3), torch.tensor([[1.0, 0, 0], [0, 1.0, 1.0]]), LossSpec("bce"))
+    assert float(two) == pytest.approx(3 * math.log(2), rel=1e-6)
 
 
 # ------------------------------------------------------------------ tune reads the objective
