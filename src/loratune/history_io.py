@@ -271,7 +271,9 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
     run_dir = files[0].parent
     side = next((q for q in (run_dir, run_dir.parent, run_dir.parent.parent)
                  if (q / "adapter_config.json").is_file() or (q / "config.json").is_file()), d)
-    return _from_log_history(log_history, side, {}, name=d.name if d.name != "runs" else d.parent.name,
+    folder = d if d.is_dir() else d.parent
+    name = next((q.name for q in (folder, *folder.parents) if q.name not in ("runs", "") and q != run_dir), folder.name)
+    return _from_log_history(log_history, side, {}, name=name,
                              path=str(d), source_file="TensorBoard events", source="tensorboard",
                              notes=[f"read {len(files)} event file(s) in {run_dir}"])
 
