@@ -80,7 +80,7 @@ def read_json(path: Path) -> Any:
         raise UserError(f"'{path}' is not valid JSON ({exc})", "the file is damaged; re-run") from None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid <= 0:  # never signal a process group
         return False
     try:

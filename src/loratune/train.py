@@ -490,19 +490,23 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         run["final"] = point
         f1 = point.get(objective, math.nan)
         bar.update(step, point.get("train/loss"), f1)
-        if f1 > best_f1 + cfg.train.early_stopping_threshold or run["best"] is None:
+        if f1 > best_f1 + cfg.train.early_stopping_threshold or not math.isfinite(best_f1):
             best_f1, evals_since_best = f1, 0
-            run["best"] = point
-            if cm is not None:
-                store.write_confusion(space.labels, cm, step)
         else:
             evals_since_best += 1
-        # the model kept is the best *trained* one: step 0 is the untrained base with a random head
+        # the model kept is the best *trained* one (step 0 is the untrained base with a random head), and
+        # `best` is its point: what adapter/ holds, what tune compares; step 0 only until a trained point
+        if step == 0:
+            run["untrained"] = {"step": 0, objective: f1}
         if step > 0 and math.isfinite(f1) and f1 > trained_f1 and not _diverged_point(point):
             trained_f1 = f1
             best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
             run["adapter_step"] = step
             tuned["best"] = tuned["now"]
+        if run["adapter_step"] == step or run["best"] is None:
+            run["best"] = point
+            if cm is not None:
+                store.write_confusion(space.labels, cm, step)
         store.write_run(run)
         patience = cfg.train.early_stopping_patience
         return bool(patience and evals_since_best >= patience)
@@ -610,11 +614,13 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
             save_model(model, tokenizer, space, cfg, store, decoding)
             objective = run.get("objective") or "val/macro_f1"
             best_val = (run.get("best") or {}).get(objective)
+            untrained = (run.get("untrained") or {}).get(objective)
             step = run["adapter_step"]
+            higher = isinstance(untrained, float) and isinstance(best_val, float) and untrained > best_val
             run["saved_model"] = {"step": step, "note": f"adapter/ holds the model of step {step}, the best "
                                   f"{_metric_name(objective)} among the trained evaluation points"
-                                  + ("" if (run.get("best") or {}).get("step") != 0 else
-                                     f"; the untrained model at step 0 scored higher ({best_val:.4f})")}
+                                  + (f"; the untrained model at step 0 scored higher ({untrained:.4f} vs "
+                                     f"{best_val:.4f})" if higher else "")}
             if run["status"] in ("completed", "diverged"):
                 run["robustness"] = extras.robustness(predict_texts)  # on the saved (best) weights
         else:

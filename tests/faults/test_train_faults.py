@@ -14,7 +14,7 @@ import pytest
 from loratune.cli import main
 from loratune.store import RunStore
 
-from conftest import Proc, history_lines
+from support_faults import Proc, history_lines
 from support import overrides
 
 

@@ -11,7 +11,7 @@ import sqlite3
 from loratune.cli import main
 from loratune.store import RunStore
 
-from conftest import Proc, history_lines
+from support_faults import Proc, history_lines
 from support import overrides
 
 

@@ -179,9 +179,17 @@ def test_pairs_fall_back_to_history_without_confusion_json(tmp_path):
 
 
 def test_partial_records_still_give_a_report(tmp_path):
+    from loratune.store import RunLock
+
     d = write_run(tmp_path / "r", k=5, per_class=False, confusion=False, status="running")
     (d / "history.jsonl").write_text((d / "history.jsonl").read_text() + '{"step": 70, "val/lo', encoding="utf-8")
-    r = build_run_report(d)
+    assert build_run_report(d).status == "died"  # `running`, but no process holds run.lock
+    live = RunLock(d)  # a live training process
+    live.acquire()
+    try:
+        r = build_run_report(d)
+    finally:
+        live.release()
     assert r.status == "running"
     assert any("still training" in n for n in r.notes) and any("torn" in n for n in r.notes)
     assert r.classes.rows == () and "per-class" in r.classes.missing

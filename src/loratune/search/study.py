@@ -302,9 +302,9 @@ class Study:
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         lease = self.optuna.user_attrs.get("leader") or {}
         age = time.time() - float(lease.get("at") or 0)
-        from loratune.store import _pid_alive
+        from loratune.store import pid_alive
 
-        dead_here = lease.get("host") == me["host"] and not _pid_alive(int(lease.get("pid") or 0) or -1)
+        dead_here = lease.get("host") == me["host"] and not pid_alive(int(lease.get("pid") or 0) or -1)
         if lease and (lease.get("pid"), lease.get("host")) != (me["pid"], me["host"]) and not dead_here \
                 and age < self.heartbeat_s * GRACE_FACTOR and not lease.get("released"):
             raise UserError(f"the study '{self.optuna.study_name}' in {_redact(self.storage_url)} is led by another "
@@ -630,11 +630,11 @@ def _ran_here_and_died(worker: str | None) -> bool:
     import re
     import socket
 
-    from loratune.store import _pid_alive
+    from loratune.store import pid_alive
 
     m = re.fullmatch(r"pid (\d+) on (.+)", worker or "")
     return bool(m) and m.group(2) == socket.gethostname() and int(m.group(1)) != os.getpid() \
-        and not _pid_alive(int(m.group(1)))
+        and not pid_alive(int(m.group(1)))
 
 
 def _me() -> str:

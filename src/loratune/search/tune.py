@@ -81,7 +81,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     opened.append(study)
     if options.resume:  # the study's own base config, strategy and settings; a new budget may be given
         old = study.meta
-        cfg = _cfg_from_yaml(old["base_config"]) if old.get("base_config") else cfg
+        cfg = cfg_from_yaml(old["base_config"]) if old.get("base_config") else cfg
         if options.strategy and options.strategy != old.get("strategy"):
             raise UserError(f"the study in {study_dir} was run with --strategy {old.get('strategy')}",
                             f"resume it with --strategy {old.get('strategy')} (or without --strategy)")
@@ -181,7 +181,7 @@ def settings_from(stored: dict | None, default: ProtocolSettings, ui: UI | None 
     return ProtocolSettings(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in stored.items() if k in known})
 
 
-def _cfg_from_yaml(text: str):
+def cfg_from_yaml(text: str):
     import yaml
 
     from loratune.config import build_config

@@ -79,7 +79,7 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
     from loratune.data import load_dataset
     from loratune.search.runner import TrainingRunner
     from loratune.search.study import HEARTBEAT_S
-    from loratune.search.tune import _cfg_from_yaml
+    from loratune.search.tune import cfg_from_yaml
 
     ui = ui or UI()
     study = Study.open(study_dir, storage=storage, name=study_name, worker=True,
@@ -91,7 +91,7 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
                 raise UserError("the study's leader has not planned its trials yet (no trial config in the study)",
                                 "start the worker once `loratune tune` has finished phase 0 (it prints the trial plan)")
             time.sleep(1.0)
-        base = _cfg_from_yaml(study.meta["trial_base"])
+        base = cfg_from_yaml(study.meta["trial_base"])
         dataset = load_dataset(base.data, seed=base.train.seed)  # as api.prepare (search never imports api)
         return work(study, TrainingRunner(base, dataset), ui, idle_exit_s=idle_exit_s)
     finally:
