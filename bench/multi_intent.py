@@ -363,6 +363,7 @@ def main(argv=None) -> int:
     ap.add_argument("--build-only", action="store_true", help="build the data, print its description")
     ap.add_argument("--set", nargs="*", default=[], help="key=value overrides for every run (smoke tests)")
     ap.add_argument("--work", default=str(WORK), help="where data and runs go")
+    ap.add_argument("--results-name", default="multi_intent", help="bench/results/<name>.{json,md}")
     args = ap.parse_args(argv)
     WORK = Path(args.work)
     EXTRA[:] = args.set
@@ -381,11 +382,12 @@ def main(argv=None) -> int:
     summary = summarize(results)
     RESULTS.mkdir(exist_ok=True)
     cmd = "python bench/multi_intent.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    (RESULTS / "multi_intent.json").write_text(json.dumps({"data": info, "summary": summary, "per_seed": results},
+    name = args.results_name
+    (RESULTS / f"{name}.json").write_text(json.dumps({"data": info, "summary": summary, "per_seed": results},
                                                           indent=1, default=str), encoding="utf-8")
-    (RESULTS / "multi_intent.md").write_text(markdown(summary, results, info, cmd.strip(), args.epochs),
-                                             encoding="utf-8")
-    print((RESULTS / "multi_intent.md").read_text())
+    (RESULTS / f"{name}.md").write_text(markdown(summary, results, info, cmd.strip(), args.epochs),
+                                        encoding="utf-8")
+    print((RESULTS / f"{name}.md").read_text())
     return 0
 
 
