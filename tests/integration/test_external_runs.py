@@ -103,8 +103,8 @@ def test_learning_rate_peak_and_schedule_from_the_log(tmp_path, scheduler, warmu
     a = run.facts
     assert (a["r"].value, a["lora_alpha"].value, a["lora_scale"].value) == (4, 8, 2.0)
     assert a["r"].source == "adapter_config.json" and a["target_modules"].value == ["query", "value"]
-    # no config.json beside the checkpoint: the classes come from the first loss (~ln 4)
-    assert a["n_classes"].value == 4 and "first train loss" in a["n_classes"].source
+    # no config.json beside the checkpoint: the classes come from the saved head's rows in its safetensors header
+    assert a["n_classes"].value == 4 and "adapter_model.safetensors" in a["n_classes"].source
     assert run.config["adapter"]["r"] == 4 and run.config["train"]["learning_rate"] == a["learning_rate"].value
 
 

@@ -248,3 +248,8 @@ def test_no_class_count_from_a_first_window_that_already_blew_up(tmp_path):
     next(e for e in state["log_history"] if "loss" in e)["grad_norm"] = 601.0
     (folder / "trainer_state.json").write_text(json.dumps(state))
     assert "n_classes" not in load_run(folder).facts  # exp(6.4) ~ 600 classes would be a fiction
+
+
+def test_classes_from_the_first_loss_when_nothing_else_says(tmp_path):
+    run = load_run(trainer_state(tmp_path, train=exp_decay(L10, 0.1, 6), val=exp_decay(1.5, 0.4, 6), classes=None))
+    assert run.facts["n_classes"].value == 10 and "first train loss" in run.facts["n_classes"].source
