@@ -169,6 +169,7 @@ _TRAIN_SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps
 # these class counts (outside them a first loss is not a class count)
 CHANCE_LOSS_MAX_STEP = 10
 CHANCE_CLASSES_RANGE = (2, 1000)
+CHANCE_BACKFILL_MAX = 1.5  # extrapolating the first logged losses back to step 0 raises them at most this much
 CHANCE_GRAD_NORM_MAX = 10.0  # a first logged gradient norm this large: the first window already blew up
 # classifier weights whose rows are the classes (a saved head: full model or peft's modules_to_save)
 _HEAD_SUFFIXES = ("classifier.weight", "classifier.out_proj.weight", "score.weight")
@@ -417,11 +418,19 @@ def _classes_from_first_loss(train_logs: Sequence[dict], meta: dict, facts: dict
         return
     if (_fin(first.get("grad_norm")) or 0.0) >= CHANCE_GRAD_NORM_MAX:
         return  # the first window already blew up: its loss says nothing about the classes
-    k = round(math.exp(float(first["loss"])))
+    l1, s1 = float(first["loss"]), float(first["step"])
+    start, how = l1, f"the first train loss {l1:.3f} at step {first['step']}"
+    second = next((e for e in train_logs if e["step"] > first["step"] and _fin(e.get("loss")) is not None), None)
+    if second is not None and second["step"] <= 2 * CHANCE_LOSS_MAX_STEP and 0 < float(second["loss"]) < l1:
+        # the first window already learned a little: extrapolate the first two windows' log-linear fall to step 0
+        slope = (math.log(float(second["loss"])) - math.log(l1)) / (float(second["step"]) - s1)
+        start = min(l1 * math.exp(-slope * s1), CHANCE_BACKFILL_MAX * l1)
+        how = f"the first train losses {l1:.3f}, {float(second['loss']):.3f} extrapolated to {start:.3f} at step 0"
+    k = round(math.exp(start))
     if CHANCE_CLASSES_RANGE[0] <= k <= CHANCE_CLASSES_RANGE[1]:
         meta["n_classes"] = k
-        facts["n_classes"] = Fact(k, f"estimated from the first train loss {float(first['loss']):.3f} at step "
-                                     f"{first['step']} (~ ln(classes) for a fresh head); give config.json to be sure")
+        facts["n_classes"] = Fact(k, f"estimated from {how} (~ ln(classes) for a fresh head); give config.json "
+                                     "to be sure")
 
 
 def _adapter_facts(folder: Path, facts: dict, notes: list[str], given: Mapping[str, Any] | None = None) -> dict:

@@ -252,4 +252,4 @@ def test_no_class_count_from_a_first_window_that_already_blew_up(tmp_path):
 
 def test_classes_from_the_first_loss_when_nothing_else_says(tmp_path):
     run = load_run(trainer_state(tmp_path, train=exp_decay(L10, 0.1, 6), val=exp_decay(1.5, 0.4, 6), classes=None))
-    assert run.facts["n_classes"].value == 10 and "first train loss" in run.facts["n_classes"].source
+    assert run.facts["n_classes"].value == 10 and "first train losses" in run.facts["n_classes"].source
