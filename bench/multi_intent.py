@@ -337,11 +337,12 @@ def markdown(summary: dict, results: dict, data_info: dict, cmd: str, epochs: fl
                      f"| {len(agg['seeds'])} |")
     lines += ["", "## Each switch on its own (paired over seeds: mean ± sd of the difference)", "",
               "| switch | vs | subset acc | macro-F1 | compound subset acc |", "|---|---|---|---|---|"]
-    pairs = [("multi-bce +thresholds", "multi-bce plain"), ("multi-bce +decoding", "multi-bce plain"),
-             ("multi-bce all", "multi-bce plain"), ("multi-pos_weight plain", "multi-bce plain"),
-             ("multi-focal plain", "multi-bce plain"), ("multi-pos_weight all", "multi-bce all"),
-             ("multi-focal all", "multi-bce all")]
-    for best in ("multi-bce all", "multi-pos_weight all", "multi-focal all"):
+    pairs = []
+    for loss in ("bce", "pos_weight", "focal"):  # the decoding switches, each on the same trained models
+        pairs += [(f"multi-{loss} {v}", f"multi-{loss} plain") for v in ("+thresholds", "+decoding", "all")]
+    pairs += [("multi-pos_weight plain", "multi-bce plain"), ("multi-focal plain", "multi-bce plain"),
+              ("multi-pos_weight all", "multi-bce all"), ("multi-focal all", "multi-bce all")]  # the loss switch
+    for best in ("multi-bce all", "multi-pos_weight all", "multi-focal all", "multi-focal +decoding"):
         pairs.append((best, "combinations"))
     for a, b in pairs:
         cells = []
@@ -381,7 +382,8 @@ def main(argv=None) -> int:
     results = evaluate_all(multi_dir, args.seeds)
     summary = summarize(results)
     RESULTS.mkdir(exist_ok=True)
-    cmd = "python bench/multi_intent.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]  # what trained the runs
+    cmd = "python bench/multi_intent.py " + " ".join(given)
     name = args.results_name
     (RESULTS / f"{name}.json").write_text(json.dumps({"data": info, "summary": summary, "per_seed": results},
                                                           indent=1, default=str), encoding="utf-8")
