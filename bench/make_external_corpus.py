@@ -542,6 +542,86 @@ LABELS: dict[str, tuple[str, list[str], str]] = {
                        "train loss flat at 0.29 after the first eval, val flat at 0.47"),
     "banking77-undertrained-c": ("undertrained", ["undertrained"], _NOT_CONVERGED + " (3 evals)"),
     "clinc150-undertrained-c": ("undertrained", ["undertrained", "lr-too-small"], _NOT_CONVERGED + " (3 evals)"),
+    "oos-undertrained-c": ("overfit-capacity", ["overfit-capacity", "healthy"], "Induced undertrained (45 steps), "
+                           "but lr 3e-3 on 80 binary rows already memorizes: train loss 0.69 -> 0.05, val loss "
+                           "0.543 -> 0.483 -> 0.550 (3 evals: thin evidence)"),
+    "banking77-lr-small-b": ("lr-too-small", ["lr-too-small"], "Val loss 2.30 -> 2.27 in 150 steps, still falling"),
+    "clinc150-lr-small-b": ("lr-too-small", ["lr-too-small"], "Val loss 2.70 -> 2.67 in 150 steps, still falling"),
+    "oos-lr-small-b": ("lr-too-small", ["lr-too-small", "undertrained"], "Val loss -8% in 150 steps, still falling "
+                       "(flattening under the cosine decay)"),
+    "banking77-diverged-b": ("lr-too-large", ["lr-too-large"], "Adam lr 0.3 without clipping did not explode: train "
+                             "loss oscillates 2.3-2.8 around ln C, val loss settles at ln C; nothing learned"),
+    "clinc150-diverged-b": ("lr-too-large", ["lr-too-large"], "Adam lr 0.3 without clipping: one spike to 1.8x ln C, "
+                            "then the train loss oscillates around ln C and the val loss settles there"),
+    "oos-diverged-b": ("lr-too-large", ["lr-too-large"], "Adam lr 0.3 without clipping: train loss oscillates "
+                       "0.43-0.72, val loss settles at the prior entropy (one class)"),
+    "banking77-diverged-e": ("diverged", ["diverged"], "SGD lr 200, no clipping: train loss 2.3 -> ~100 within 3 "
+                             "steps, still 6x its start at the end; val loss 135 -> 7.2, F1 at the one-class value"),
+    "clinc150-diverged-e": ("diverged", ["diverged"], "SGD lr 200, no clipping: train loss 2.7 -> ~120, still 5x "
+                            "its start at the end; val loss 115 -> 10; F1 at the one-class value"),
+    "oos-diverged-e": ("diverged", ["diverged"], "SGD lr 200, no clipping: train loss 0.7 -> 53, ending 6x its "
+                       "start; val loss 2.9 -> 19.7 -> 1.55, F1 at the majority value"),
+    "trl-overfit-a": ("healthy", ["healthy", "overfit-capacity"], "Train loss memorized (3.75 -> 0.009) but the val "
+                      "loss only flattened (min 0.462 at 75%, final 0.468) and token accuracy holds 0.91: at the edge "
+                      "of overfitting, not past it"),
+    "trl-lr-small-a": ("lr-too-small", ["lr-too-small"], "lr 5e-6: val loss 4.95 -> 4.94 in 20 steps, token "
+                       "accuracy flat 0.28; the train loss only jitters"),
+    "banking77-underfit-c": ("underfit-capacity", ["underfit-capacity", "lr-too-small"], "r=1 on query/value, head "
+                             "frozen: val loss 2.25 -> 2.09 then flat for the last 40%, train loss stuck at 91% of "
+                             "ln C, F1 0.60"),
+    "clinc150-underfit-c": ("underfit-capacity", ["underfit-capacity", "lr-too-small"], "r=1 on query/value, head "
+                            "frozen: val loss 2.67 -> 2.52, flat for the last half; train loss at 93% of ln C, F1 0.32"),
+    "oos-underfit-c": ("underfit-capacity", ["underfit-capacity"], "r=1 on query/value, head frozen: val loss flat "
+                       "at 0.50 from 40% on, train loss stuck at 0.36, F1 flat at 0.69"),
+    "banking77-undertrained-b": ("undertrained", ["undertrained"], _NOT_CONVERGED + " (2 epochs, 2 evals)"),
+    "clinc150-undertrained-b": ("undertrained", ["undertrained"], _NOT_CONVERGED + " (2 epochs, 2 evals)"),
+    "oos-undertrained-b": ("undertrained", ["undertrained", "lr-too-small"], "16 steps, 2 evals: val loss 0.550 -> "
+                           "0.533, F1 still at the majority value"),
+    "banking77-lr-large-b": ("lr-too-large", ["lr-too-large"], "Instability: train loss 2.21 -> 0.26 then back up "
+                             "to 0.95; val loss 0.29 at 30-50% then up to 0.68 (constant lr 1e-2)"),
+    "trl-diverged-a": ("diverged", ["diverged"], "lr 0.5, no clipping: train loss 4.3 -> 99, ending 4x its start; "
+                       "val loss 24 -> 14"),
+    "trl-lr-large-a": ("diverged", ["diverged", "lr-too-large"], "Induced lr-too-large (lr 2e-2 with clipping), but "
+                       "the train loss climbs to 40 (10x its start) and ends at 3x; val loss 10-42"),
+    "trl-undertrained-a": ("lr-too-small", ["lr-too-small", "undertrained"], "lr 2e-4, 15 steps: val loss 4.54 -> "
+                           "4.00, token accuracy 0.28 -> 0.31; train loss noisy around 4"),
+    "clinc150-lr-large-b": ("lr-too-large", ["lr-too-large"], "Instability at constant lr 1e-2: train loss 2.66 -> "
+                            "0.41 then back up to 0.55-0.65; val loss min 0.35 at 50%, then 0.44-0.53"),
+    "oos-lr-large-b": ("lr-too-large", ["lr-too-large"], "Oscillation: train loss 0.58 -> 0.05 -> 0.94 -> 0.22; val "
+                       "loss swings 0.58-1.29"),
+    "banking77-healthy-c": ("undertrained", ["undertrained", "healthy"], "3 evals: val loss 1.57 -> 0.88 -> 0.79 and "
+                            "F1 0.81 -> 0.85 still improving; train loss 0.84"),
+    "clinc150-healthy-c": ("undertrained", ["undertrained", "healthy"], "3 evals: val loss 2.15 -> 1.43 -> 1.31 still "
+                           "falling; train loss 1.4 (52% of ln C)"),
+    "oos-healthy-c": ("overfit-capacity", ["overfit-capacity"], _OVERFIT + " (3 evals: min at the first, +76%; F1 "
+                      "0.64 -> 0.75 -> 0.75)"),
+    "banking77-overfit-c": ("healthy", ["healthy"], "Induced overfit (r=64 on all linear layers), but the val loss "
+                            "only flattens (0.183 -> 0.175) and F1 holds 0.96 while the train loss goes to 0.045"),
+    "clinc150-overfit-c": ("healthy", ["healthy"], "Induced overfit, but the val loss flattens at 0.20 and F1 holds "
+                           "0.96-0.97; train loss 0.11-0.15"),
+    "oos-overfit-c": ("overfit-capacity", ["overfit-capacity"], _OVERFIT + " (min at the first eval, then 0.9-1.26; "
+                      "F1 0.63-0.68)"),
+    "banking77-lr-small-c": ("lr-too-small", ["lr-too-small", "undertrained"], "Slow steady fall: val loss 2.28 -> "
+                             "2.04 in 100 steps, still falling (and faster)"),
+    "clinc150-lr-small-c": ("lr-too-small", ["lr-too-small", "undertrained"], "Slow steady fall: val loss 2.69 -> "
+                            "2.52, still falling"),
+    "oos-lr-small-c": ("lr-too-small", ["lr-too-small", "undertrained"], "Slow steady fall: val loss 0.653 -> 0.507 "
+                       "(-22%), still falling"),
+    "banking77-lr-large-c": ("lr-too-large", ["lr-too-large"], _COLLAPSE + "; one spike of the train loss to 1.8x "
+                             "ln C (lr 0.1 with clipping)"),
+    "clinc150-lr-large-c": ("lr-too-large", ["lr-too-large"], _COLLAPSE),
+    "oos-lr-large-c": ("lr-too-large", ["lr-too-large"], _COLLAPSE + " (majority class; loss at the prior entropy "
+                       "0.56 after a first window at 1.5x ln C)"),
+    "banking77-healthy-d": ("healthy", ["healthy"], "Converged: val loss 0.136 -> 0.133 over the last 25%"),
+    "clinc150-healthy-d": ("healthy", ["healthy"], "Converged: val loss 0.183 -> 0.177 over the last 25%"),
+    "oos-healthy-d": ("overfit-capacity", ["overfit-capacity"], _OVERFIT + " (min at the first eval, +116%)"),
+    "banking77-diverged-c": ("diverged", ["diverged", "lr-too-large"], "Adam lr 3, no effective clipping: first "
+                             "logged train loss 21 (9x ln C), still 2.4x ln C at the end; val loss 11.8 -> 3.1; "
+                             "F1 one-class"),
+    "clinc150-diverged-c": ("diverged", ["diverged", "lr-too-large"], "Adam lr 3: first logged train loss 20 (7x ln "
+                            "C), 2.1x ln C at the end; val loss 16 -> 3.3; F1 one-class"),
+    "oos-diverged-c": ("diverged", ["diverged", "lr-too-large"], "Adam lr 3: first logged train loss 10.8 (16x ln C), "
+                       "2.4x ln C at the end; val loss 6.7 -> 0.69; F1 ends at the majority value"),
     "trl-healthy-a": ("undertrained", ["undertrained", "healthy"], "Val loss and token accuracy still improving at "
                       "the last eval (0.687 -> 0.626, 0.86 -> 0.88)"),
 }
