@@ -142,6 +142,9 @@ _CATALOGUE = (
     _spec("val loss", "val_loss_rise_noise", "se", "val loss ended {} above its minimum",
           "(final V - min V) / (sqrt 2 x val_loss_noise): the rise in units of the noise of a difference of two "
           "points."),
+    _spec("val loss", "val_loss_still_falling", "flag", "val loss still setting new lows at the end: {}",
+          "1 when V's lowest point in the last third of the run is below its lowest before by more than "
+          "val_loss_noise and `IMPROVE_MIN_REL` of the loss (with 2 points: the last vs the first)."),
     _spec("val loss", "val_loss_rise_share", "fraction", "{} of the val loss's eval-to-eval movement was upward",
           "Sum of rises / sum of absolute changes of V (0 = monotone fall)."),
     # val metric (M) -------------------------------------------------------------------------
@@ -491,8 +494,7 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     _train_loss(acc, pts, frac, chance, why_chance)
     _val_loss(acc, pts, frac, chance, why_chance)
     _val_metric(acc, pts, frac, metric)
-    if metric is None:
-        _progress_from_val_loss(acc, pts, frac)
+    _val_loss_progress(acc, pts, frac, loss_only=metric is None)
     _gaps(acc, pts, metric)
     _slices(acc, pts)
     _stability(acc, pts, meta)
@@ -741,23 +743,29 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
                 "needs `epoch` and >= 2 val-metric points over the second half of the run")
 
 
-def _progress_from_val_loss(acc: FeatureSet, pts, frac) -> None:
-    """Without a val metric, `best_step_fraction` and `still_improving` read the val loss instead (its
-    minimum is the best point; a new low in the last third beyond one noise unit is still improving), so
-    loss-only runs (many Trainer and every SFT run) are judged on the same rows."""
+def _val_loss_progress(acc: FeatureSet, pts, frac, *, loss_only: bool) -> None:
+    """`val_loss_still_falling` for every run; without a val metric, `best_step_fraction` and
+    `still_improving` read the val loss too (its minimum is the best point), so loss-only runs (many
+    Trainer and every SFT run) are judged on the same rows."""
     V = _series(pts, "val/loss")
     if not V:
+        acc.set("val_loss_still_falling", None, "no `val/loss` values in the history")
         return
-    i_min = min(range(len(V)), key=lambda i: V[i][1])
-    acc.set("best_step_fraction", frac(V[i_min][0]))
-    early = [v for s, v in V if frac(s) <= 2 / 3 + 1e-9]
+    early = [v for s, v in V if frac(s) <= 2 / 3 + 1e-9] or [V[0][1]]
     late = [v for s, v in V if frac(s) > 2 / 3 + 1e-9]
     noise = acc.values.get("val_loss_noise")
-    if early and late and noise:
+    if late and noise and len(V) >= 2:
         margin = max(noise, IMPROVE_MIN_REL * min(early))
-        acc.set("still_improving", 1.0 if min(early) - min(late) > margin else 0.0)
+        acc.set("val_loss_still_falling", 1.0 if min(early) - min(late) > margin else 0.0)
+    else:
+        acc.set("val_loss_still_falling", None, "fewer than 2 val-loss points")
+    if loss_only:
+        i_min = min(range(len(V)), key=lambda i: V[i][1])
+        acc.set("best_step_fraction", frac(V[i_min][0]))
+        acc.set("still_improving", acc.values.get("val_loss_still_falling"),
+                acc.missing.get("val_loss_still_falling", ""))
         acc.details["still_improving_margin"] = f"one val-loss noise unit and {IMPROVE_MIN_REL:.0%} of the loss"
-    acc.details["progress_signal"] = "val/loss (no val metric)"
+        acc.details["progress_signal"] = "val/loss (no val metric)"
 
 
 def _slices(acc: FeatureSet, pts) -> None:

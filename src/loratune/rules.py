@@ -166,6 +166,8 @@ _THRESHOLDS = (
     _t("still_falling_min", 0.0, "fraction", "Val loss fell over the last half (more than this)."),
     # budget
     _t("late_best_fraction_min", 0.8, "fraction", "Best val metric this late in the run: the run ended too soon."),
+    _t("few_evals_max", 3, "count", "With this few eval points the metric's 'new high' is one comparison, mostly "
+       "inside its noise; the val loss (continuous) says whether the run was still improving."),
     _t("late_val_drop_min", 0.03, "fraction", "Val loss still falling this much over the last half."),
     # healthy
     _t("healthy_gain_min", 0.1, "points", "Val metric gaining at least this from the start."),
@@ -230,7 +232,8 @@ _RULES = (
                  c("val_metric_max_drop", ">=", "osc_metric_drop"),
                  c("val_metric_max_drop_se", ">=", "osc_metric_drop_se")),
             all_(c("train_loss_max_rise", ">=", "osc_loss_rise"),
-                 c("val_loss_rise_noise", ">=", "rise_noise_min"))),
+                 any_(c("val_loss_rise_noise", ">=", "rise_noise_min"),
+                      c("val_loss_rise_share", ">=", "collapse_val_rise_share")))),
         verdict="learning rate too large: collapsed to one class (loss pinned near ln(classes)), or the train loss "
                 "climbs back up while the val metric or loss swings",
         moves=("learning_rate /2",),
@@ -293,8 +296,11 @@ _RULES = (
     ),
     Rule(
         id="undertrained", scope="curve", priority=40, knob_class="budget", confidence=0.7,
-        when=all_(c("still_improving", ">=", "flag_on"),
-                  c("best_step_fraction", ">=", "late_best_fraction_min"),
+        when=all_(any_(all_(c("still_improving", ">=", "flag_on"),
+                            c("best_step_fraction", ">=", "late_best_fraction_min")),
+                       all_(c("val_loss_still_falling", ">=", "flag_on"),
+                            c("val_loss_min_fraction", ">=", "late_min_fraction"),
+                            c("n_eval_points", "<=", "few_evals_max"))),
                   any_(c("val_loss_late_drop", ">=", "late_val_drop_min"),
                        c("train_loss_late_drop", ">=", "plateau_late_drop_max"))),
         verdict="undertrained: still improving when the run ended",

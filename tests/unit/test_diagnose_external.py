@@ -253,3 +253,27 @@ def test_no_class_count_from_a_first_window_that_already_blew_up(tmp_path):
 def test_classes_from_the_first_loss_when_nothing_else_says(tmp_path):
     run = load_run(trainer_state(tmp_path, train=exp_decay(L10, 0.1, 6), val=exp_decay(1.5, 0.4, 6), classes=None))
     assert run.facts["n_classes"].value == 10 and "first train losses" in run.facts["n_classes"].source
+
+
+def test_a_short_run_whose_val_loss_is_still_falling_is_undertrained(tmp_path):
+    # two evals (one per epoch): accuracy flat inside its noise, val loss -19% and train loss still falling
+    short = diagnose(trainer_state(tmp_path / "short", train=lambda f: L10 * (1 - 0.3 * f), evals=2, steps=40,
+                                   val=lambda f: 1.85 - 0.7 * (f - 0.5), metric=lambda f: 0.82, n_val=200))
+    assert short.verdict == "undertrained", [(f.rule_id, f.suppressed_by) for f in short.findings]
+    # near miss: with ten evals the metric decides, and a flat metric is not "still improving"
+    long = diagnose(trainer_state(tmp_path / "long", train=exp_decay(L10, 0.3, 4), evals=10,
+                                  val=exp_decay(1.5, 0.3, 2), metric=lambda f: 0.82, n_val=200))
+    assert long.features["val_loss_still_falling"] == 1.0
+    assert not long.fired("undertrained", active_only=False)
+
+
+def test_a_train_loss_climbing_back_while_the_val_loss_swings_is_lr_too_large(tmp_path):
+    def train(f):
+        return 0.58 * (1.0 if f < 0.05 else 0.05 if f < 0.2 else 1.6 if f < 0.6 else 0.45)
+
+    def val(f):
+        return 0.8 + (0.3 if int(round(f * 10)) % 2 else -0.2)
+
+    d = diagnose(trainer_state(tmp_path, train=train, val=val, classes=2, lr=1e-2))
+    assert d.verdict == "lr-too-large", [(f.rule_id, f.suppressed_by) for f in d.findings]
+    assert not d.fired("overfit-capacity")
