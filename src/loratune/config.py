@@ -104,9 +104,11 @@ class TrainConfig:
     eval_steps: int | None = _f(None, "Evaluate every N steps; null: about evals_per_run times per run.", min=1)
     evals_per_run: int = _f(10, "Evaluation points when eval_steps is null.", min=1, max=1000)
     train_eval_size: int = _f(512, "Rows of train (fixed, seeded) scored like validation at each eval.", min=1)
-    early_stopping_patience: int = _f(0, "Stop after this many evals without val macro-F1 improving (0: off).",
+    early_stopping_patience: int = _f(0, "Stop after this many evals without the val metric_for_best_model (macro-F1; "
+                                      "multi-label: subset accuracy) improving (0: off).",
                                       min=0)
-    early_stopping_threshold: float = _f(0.0, "Minimum val macro-F1 gain that counts as improving.", min=0.0)
+    early_stopping_threshold: float = _f(0.0, "Minimum gain of the val metric_for_best_model that counts as "
+                                         "improving.", min=0.0)
     length_grouped_batches: bool = _f(True, "Batch texts of similar length (shuffled within and across buckets) "
                                       "with dynamic padding.")
     num_threads: int | None = _f(None, "CPU threads for torch; null: the cores this process may use "

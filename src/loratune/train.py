@@ -6,10 +6,10 @@ validation split and a fixed train subsample the same way and appends one point 
 It ends on the planned step count, early stopping, a non-finite or exploding loss (status
 `diverged`), Ctrl-C or SIGTERM (status `interrupted`) or an error (status `failed`), and always
 leaves a valid run record. The model saved is the best *trained* one (the eval point after step 0
-with the best val macro-F1, or the `metric_for_best_model`: subset accuracy for multi-label data), or none
-when no trained point was scored; multi-label runs tune per-label thresholds on validation at every
-evaluation and save those of the saved model's step with it (adapter/label_map.json `decoding`); `run.json` says which under
-`saved_model`. While it runs, the process holds `run.lock` (store.RunLock), so a record left at
+with the best `metric_for_best_model`: val macro-F1, or subset accuracy for multi-label data), or
+none when no trained point was scored; `run.json` says which under `saved_model`. Multi-label runs
+tune per-label thresholds on validation at every evaluation and save those of the saved model's
+step with it (adapter/label_map.json `decoding`). While it runs, the process holds `run.lock` (store.RunLock), so a record left at
 `running` by a killed process reads as `died`.
 """
 
@@ -139,7 +139,8 @@ def forward_logits(model, enc: Encoded, rows, batch: dict[str, torch.Tensor]) ->
         return model(**batch).logits
 
 
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool, spec: LossSpec | None = None) -> torch.Tensor:
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool,
+            spec: LossSpec | None = None) -> torch.Tensor:
     """The run's loss (losses.py): cross-entropy, or for multi-label BCE / BCE with pos_weight / focal."""
     return compute_loss(logits, targets, spec or LossSpec("bce" if multi_label else "ce"))
 
