@@ -178,3 +178,12 @@ def test_tune_on_multi_label_data_picks_by_subset_accuracy_with_thresholds(tiny_
     exported = json.loads((study / "final" / "adapter" / "label_map.json").read_text())
     assert exported["decoding"]["thresholds"] == run["decoding"]["thresholds"]  # the thresholds travel with the pick
     assert "test/subset_accuracy" in picked["scores"]
+
+
+def test_the_tune_runner_names_the_objective_of_its_data(tiny_bert, multi_data, intent_data, tmp_path):
+    from loratune.data import load_dataset
+    from loratune.search.runner import TrainingRunner
+
+    for data, key in ((multi_data, "val/subset_accuracy"), (intent_data, "val/macro_f1")):
+        cfg = load_config(None, overrides(tiny_bert, data, tmp_path / "unused"))
+        assert TrainingRunner(cfg, load_dataset(cfg.data)).objective == key

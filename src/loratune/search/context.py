@@ -175,7 +175,7 @@ class SearchContext:
 
     def _on_eval(self, handle, point: dict) -> None:
         self.current["last"] = point
-        v = point.get("val/macro_f1")
+        v = point.get(getattr(self.runner, "objective", "val/macro_f1"))  # metric_for_best_model (multi-label)
         if v is not None and hasattr(handle, "report") and point.get("step", 0) > 0:
             try:
                 handle.report(float(v), int(point["step"]))

@@ -223,6 +223,18 @@ class TrainingRunner:
         self.base = base
         self.dataset = dataset
 
+    @property
+    def objective(self) -> str:
+        """The val key trials are compared on: train.metric_for_best_model resolved for this data
+        (auto: val/subset_accuracy for multi-label, val/macro_f1 for single-label)."""
+        from loratune.errors import UserError
+        from loratune.train import objective_key
+
+        try:
+            return objective_key(self.base, self.dataset.label_space.multi_label)
+        except UserError:  # a metric the task lacks: each trial's run says so
+            return "val/macro_f1"
+
     def config(self, spec: TrialSpec, run_dir: Path):
         from loratune.config import replace
 
