@@ -181,6 +181,8 @@ RUNS = {  # name: (data folder, extra overrides)
     "multi-pos_weight": ("multi", ["multi_label_loss=bce_pos_weight"]),
     "multi-focal": ("multi", ["multi_label_loss=focal"]),
     "combinations": ("combo", ["metric_for_best_model=accuracy"]),
+    # the head's own learning rate (10x the adapter's), with the default loss
+    "multi-focal-head_lr": ("multi", ["multi_label_loss=focal", "head_learning_rate=2e-2"]),
 }
 
 
@@ -340,6 +342,7 @@ def markdown(summary: dict, results: dict, data_info: dict, cmd: str, epochs: fl
     pairs = []
     for loss in ("bce", "pos_weight", "focal"):  # the decoding switches, each on the same trained models
         pairs += [(f"multi-{loss} {v}", f"multi-{loss} plain") for v in ("+thresholds", "+decoding", "all")]
+    pairs += [("multi-focal-head_lr all", "multi-focal all"), ("multi-focal-head_lr plain", "multi-focal plain")]
     pairs += [("multi-pos_weight plain", "multi-bce plain"), ("multi-focal plain", "multi-bce plain"),
               ("multi-pos_weight all", "multi-bce all"), ("multi-focal all", "multi-bce all")]  # the loss switch
     for best in ("multi-bce all", "multi-pos_weight all", "multi-focal all", "multi-focal +decoding"):

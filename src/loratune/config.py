@@ -104,6 +104,8 @@ class TrainConfig:
     eval_steps: int | None = _f(None, "Evaluate every N steps; null: about evals_per_run times per run.", min=1)
     evals_per_run: int = _f(10, "Evaluation points when eval_steps is null.", min=1, max=1000)
     train_eval_size: int = _f(512, "Rows of train (fixed, seeded) scored like validation at each eval.", min=1)
+    head_learning_rate: float | None = _f(None, "Peak learning rate of the classification head (pooler + classifier, "
+                                          "or score); null: learning_rate.", min=0.0, max=1.0, min_exclusive=True)
     early_stopping_patience: int = _f(0, "Stop after this many evals without the val metric_for_best_model (macro-F1; "
                                       "multi-label: subset accuracy) improving (0: off).",
                                       min=0)

@@ -232,16 +232,23 @@ def score_split(prefix: str, logits: np.ndarray, enc: Encoded, space: LabelSpace
 
 
 def build_optimizer(model, cfg: RunConfig, steps: int, device):
-    """AdamW; no weight decay on biases and norms. Warmup then linear/cosine decay (or constant)."""
+    """AdamW; no weight decay on biases and norms. Warmup then linear/cosine decay (or constant).
+    `head_learning_rate` gives the classification head (adapt.HEAD_NAMES) its own peak lr, on the
+    same schedule."""
     from transformers import get_scheduler
 
-    decay, no_decay = [], []
+    from loratune.adapt import HEAD_NAMES
+
+    head_lr = cfg.train.head_learning_rate
+    buckets: dict[tuple[bool, bool], list] = {(d, h): [] for d in (True, False) for h in (False, True)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+        is_head = head_lr is not None and any(h in name.split(".") for h in HEAD_NAMES)
+        buckets[(not (p.ndim < 2 or "norm" in name.lower()), is_head)].append(p)
+    groups = [{"params": params, "weight_decay": cfg.train.weight_decay if decay else 0.0,
+               **({"lr": head_lr} if is_head else {})}
+              for (decay, is_head), params in buckets.items() if params or not is_head]
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(groups, lr=cfg.train.learning_rate, fused=fused)
     name = {"constant": "constant_with_warmup"}.get(cfg.train.lr_scheduler_type, cfg.train.lr_scheduler_type)

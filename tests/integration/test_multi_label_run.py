@@ -187,3 +187,21 @@ def test_the_tune_runner_names_the_objective_of_its_data(tiny_bert, multi_data, 
     for data, key in ((multi_data, "val/subset_accuracy"), (intent_data, "val/macro_f1")):
         cfg = load_config(None, overrides(tiny_bert, data, tmp_path / "unused"))
         assert TrainingRunner(cfg, load_dataset(cfg.data)).objective == key
+
+
+def test_head_learning_rate_is_the_heads_own(tiny_bert, multi_data, tmp_path):
+    import torch
+
+    from loratune.adapt import apply_adapter
+    from loratune.models import load_classifier
+    from loratune.train import build_optimizer
+
+    cfg = load_config(None, overrides(tiny_bert, multi_data, tmp_path / "r", head_learning_rate=0.05))
+    model, _ = apply_adapter(load_classifier(cfg.model, 4, True), cfg.adapter)
+    opt, _ = build_optimizer(model, cfg, 10, torch.device("cpu"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in (g for g in opt.param_groups if g["params"]):
+        heads = {any(h in names[id(p)].split(".") for h in ("classifier", "pooler")) for p in g["params"]}
+        assert len(heads) == 1  # a group is all head or no head
+        assert g["initial_lr"] == (0.05 if heads == {True} else cfg.train.learning_rate)
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in model.parameters())
