@@ -12,7 +12,7 @@ Split by dataset, never by run: fold A (thresholds fitted) = the banking77 and c
 every other public repository (sorted by name, even positions); fold B (held out) = the clinc150 Trainer
 runs, the TRL SFT runs and the other public repositories. Thresholds are fitted on A by coordinate
 descent over a coarse grid around each default (objective: share of accepted top verdicts, minus a heavy
-penalty for `healthy` on a run labelled overfit / diverged / lr-too-large); the confusion matrix is
+penalty for `healthy` on a run labelled overfit / diverged / lr-too-large; a move must win >= 2 runs); the confusion matrix is
 reported on B with those thresholds. The reverse fold (fit on B, score A) is reported too, as a check
 that the result does not hinge on one split.
 
@@ -47,13 +47,17 @@ TRAINER = ROOT / "tests" / "fixtures" / "external" / "trainer"
 PUBLIC = ROOT / "tests" / "fixtures" / "external" / "public"
 RESULTS = ROOT / "bench" / "results"
 FOLD_A_DATASETS = ("banking77-10", "clinc-oos-binary")  # fitted on (with the even public repos)
-UNFORGIVABLE = ("overfit-capacity", "diverged", "lr-too-large")  # labels that must never read `healthy`
+# labels that must never read `healthy` (unless the review accepted healthy for that run too)
+UNFORGIVABLE = ("overfit-capacity", "diverged", "lr-too-large")
 # the thresholds the fit may move (the rows that read loss-only curves, noise bands and budgets)
 FITTED = ("fit_loss_over_start_max", "val_loss_rise_min", "rise_noise_min", "val_metric_drop_min", "drop_se_min",
           "slow_runs_to_fit_min", "slow_loss_left_min", "diverged_loss_ratio", "diverged_chance_ratio",
           "late_best_fraction_min", "late_val_drop_min", "healthy_val_loss_drop_min", "steady_late_share_min",
           "healthy_gain_min", "healthy_loss_drop_min", "late_min_fraction", "plateau_late_drop_max")
 GRID = (0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0)
+# a threshold moves off its value only when that wins at least this many more runs of the fold (one run is
+# one label's judgement call; moving for it is fitting the fold, not the rule)
+MIN_GAIN_RUNS = 2
 VERDICTS = ("healthy", "overfit-capacity", "underfit-capacity", "lr-too-small", "lr-too-large", "diverged",
             "undertrained", "inconclusive")
 
@@ -112,7 +116,7 @@ def score(runs: list[dict], thresholds: dict) -> tuple[float, int, int]:
     for r in runs:
         v = verdict_of(r, thresholds)
         ok += v in r["accept"]
-        bad += v == "healthy" and r["label"] in UNFORGIVABLE
+        bad += v == "healthy" and r["label"] in UNFORGIVABLE and "healthy" not in r["accept"]
     return ok / max(len(runs), 1), ok, bad
 
 
@@ -135,7 +139,7 @@ def fit(runs: list[dict], passes: int = 3) -> tuple[dict, list[str]]:
                 trial = {**th, name: v}
                 scores.append((objective(runs, trial), -abs(v - THRESHOLDS[name].value), v))
             top = max(scores)
-            if top[0] > best + 1e-12:
+            if top[0] > best + MIN_GAIN_RUNS / len(runs) - 1e-12:
                 log.append(f"pass {p + 1}: {name} {base:g} -> {top[2]:g} (objective {best:.3f} -> {top[0]:.3f})")
                 th[name], best, moved = top[2], top[0], True
         if not moved:
