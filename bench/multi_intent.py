@@ -183,6 +183,7 @@ RUNS = {  # name: (data folder, extra overrides)
     "combinations": ("combo", ["metric_for_best_model=accuracy"]),
     # the head's own learning rate (10x the adapter's), with the default loss
     "multi-focal-head_lr": ("multi", ["multi_label_loss=focal", "head_learning_rate=2e-2"]),
+    "combinations-head_lr": ("combo", ["metric_for_best_model=accuracy", "head_learning_rate=2e-2"]),
 }
 
 
@@ -272,8 +273,8 @@ def evaluate_all(multi_dir: Path, seeds: list[int]) -> dict:
             if not (d / "logits.npz").is_file():
                 continue
             info = json.loads((d / "bench.json").read_text())
-            if name == "combinations":
-                results.setdefault("combinations", {})[seed] = {**combo_scores(d, y, labels), **info}
+            if name.startswith("combinations"):
+                results.setdefault(name, {})[seed] = {**combo_scores(d, y, labels), **info}
             else:
                 for variant, s in multi_variants(d, y, labels).items():
                     results.setdefault(f"{name} {variant}", {})[seed] = {**s, **info}
@@ -342,7 +343,8 @@ def markdown(summary: dict, results: dict, data_info: dict, cmd: str, epochs: fl
     pairs = []
     for loss in ("bce", "pos_weight", "focal"):  # the decoding switches, each on the same trained models
         pairs += [(f"multi-{loss} {v}", f"multi-{loss} plain") for v in ("+thresholds", "+decoding", "all")]
-    pairs += [("multi-focal-head_lr all", "multi-focal all"), ("multi-focal-head_lr plain", "multi-focal plain")]
+    pairs += [("multi-focal-head_lr all", "multi-focal all"), ("multi-focal-head_lr plain", "multi-focal plain"),
+              ("combinations-head_lr", "combinations"), ("multi-focal-head_lr all", "combinations-head_lr")]
     pairs += [("multi-pos_weight plain", "multi-bce plain"), ("multi-focal plain", "multi-bce plain"),
               ("multi-pos_weight all", "multi-bce all"), ("multi-focal all", "multi-bce all")]  # the loss switch
     for best in ("multi-bce all", "multi-pos_weight all", "multi-focal all", "multi-focal +decoding"):
