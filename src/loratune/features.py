@@ -197,6 +197,12 @@ _CATALOGUE = (
           "val_familiar/macro_f1 - val_novel/macro_f1 at the last point with both."),
     _spec("slices", "familiar_novel_gap_growth", "points", "the familiar-novel gap grew by {} since the first eval",
           "familiar_novel_gap at the last point minus at the first point after step 0 (widening = overfitting)."),
+    _spec("slices", "compound_metric_final", "points", "exact match on compound (multi-intent) val rows ended at {}",
+          "Last `val_compound/subset_accuracy` (rows with two or more true labels; multi-label runs)."),
+    _spec("slices", "single_metric_final", "points", "exact match on single-intent val rows ended at {}",
+          "Last `val_single/subset_accuracy`."),
+    _spec("slices", "compound_gap", "points", "single-intent minus compound exact match is {}",
+          "single_metric_final - compound_metric_final at the last point with both."),
     # stability -------------------------------------------------------------------------------
     _spec("stability", "nonfinite_values", "count", "{} non-finite loss / gradient values were recorded",
           "Count of NaN/inf (null) values in train/loss, train/loss_std, train/grad_norm, val/loss, "
@@ -497,6 +503,7 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     _val_loss_progress(acc, pts, frac, loss_only=metric is None)
     _gaps(acc, pts, metric)
     _slices(acc, pts)
+    _compound(acc, pts)
     _stability(acc, pts, meta)
     _per_class(acc, pts, meta, labels)
     return acc.done()
@@ -766,6 +773,19 @@ def _val_loss_progress(acc: FeatureSet, pts, frac, *, loss_only: bool) -> None:
                 acc.missing.get("val_loss_still_falling", ""))
         acc.details["still_improving_margin"] = f"one val-loss noise unit and {IMPROVE_MIN_REL:.0%} of the loss"
         acc.details["progress_signal"] = "val/loss (no val metric)"
+
+
+def _compound(acc: FeatureSet, pts) -> None:
+    both = [p for p in pts if _num(p.get("val_compound/subset_accuracy")) is not None
+            and _num(p.get("val_single/subset_accuracy")) is not None]
+    names = ("compound_metric_final", "single_metric_final", "compound_gap")
+    if not both:
+        acc.miss(names, "no val_compound / val_single exact match (single-label data, or an older run)")
+        return
+    last = both[-1]
+    acc.set("compound_metric_final", last["val_compound/subset_accuracy"])
+    acc.set("single_metric_final", last["val_single/subset_accuracy"])
+    acc.set("compound_gap", last["val_single/subset_accuracy"] - last["val_compound/subset_accuracy"])
 
 
 def _slices(acc: FeatureSet, pts) -> None:

@@ -139,6 +139,9 @@ _THRESHOLDS = (
     _t("novel_gap_min", 0.10, "points", "Familiar minus novel val macro-F1 at or above this is a phrasing gap."),
     _t("novel_gap_growth_min", 0.0, "points", "The familiar-novel gap must not have shrunk since the first eval."),
     _t("familiar_fit_min", 0.90, "points", "Familiar-phrasing val macro-F1 at or above this counts as fitted."),
+    _t("compound_gap_min", 0.25, "points", "Single-intent rows out-scoring compound (multi-intent) rows by this much "
+       "in exact match."),
+    _t("single_fit_min", 0.85, "points", "Single-intent val exact match at or above this: single intents are learned."),
     _t("slices_low_max", 0.60, "points", "Familiar and novel val macro-F1 both below this: both low."),
     _t("plateau_late_drop_max", 0.1, "fraction", "Train loss falling less than this over the last half: plateaued."),
     _t("plateau_late_share_max", 0.25, "fraction", "Less than this share of the val loss's fall in the last half: "
@@ -202,7 +205,7 @@ THRESHOLDS: Mapping[str, Threshold] = MappingProxyType({t.name: t for t in _THRE
 
 _CURVE_AND_CLASS = ("lr-too-large", "overfit-capacity", "underfit-capacity", "lr-too-small", "undertrained",
                     "healthy", "confusable-classes-unresolved", "long-tail-collapse", "label-noise-suspected",
-                    "novel-phrasing-gap", "both-slices-low")
+                    "novel-phrasing-gap", "both-slices-low", "compound-intents-missed")
 
 _RULES = (
     Rule(
@@ -363,6 +366,17 @@ _RULES = (
                "(protocol 5) before raising rank",
         source="founding notes / protocol 3: an underfit model fails paraphrases and handles even the "
                "standard phrasing poorly",
+    ),
+    Rule(
+        id="compound-intents-missed", scope="class", priority=23, knob_class="capacity", confidence=0.5,
+        when=all_(c("compound_gap", ">=", "compound_gap_min", required=True),
+                  c("single_metric_final", ">=", "single_fit_min", required=True)),
+        verdict="multi-intent rows fail while single-intent rows fit: the weak spot of a small adapter",
+        moves=("+ffn", "r x2"),
+        caveat="check the multi-label loss and decoding first (focal or pos_weight loss, tuned thresholds, a cap "
+               "on labels per row move this slice more than capacity does), then run the r x2 vs "
+               "learning_rate x2 pair (protocol 5) before raising rank",
+        source="founding notes: multi-intent inputs and compound sentences are where a weak adapter fails first",
     ),
     Rule(
         id="label-noise-suspected", scope="class", priority=20, knob_class="data", confidence=0.5,

@@ -277,3 +277,16 @@ def test_a_train_loss_climbing_back_while_the_val_loss_swings_is_lr_too_large(tm
     d = diagnose(trainer_state(tmp_path, train=train, val=val, classes=2, lr=1e-2))
     assert d.verdict == "lr-too-large", [(f.rule_id, f.suppressed_by) for f in d.findings]
     assert not d.fired("overfit-capacity")
+
+
+def test_compound_intents_missed_while_single_intents_fit():
+    pts = [{"step": s, "train/loss": 2.0 - s / 200, "val/loss": 1.5 - s / 400, "val/subset_accuracy": 0.3 + s / 400,
+            "val_single/subset_accuracy": 0.5 + 0.45 * s / 200, "val_compound/subset_accuracy": 0.1 + 0.2 * s / 200}
+           for s in range(0, 201, 20)]
+    d = diagnose(pts, meta={"task": "multi_label"})
+    f = d.finding("compound-intents-missed")
+    assert f is not None and f.suppressed_by is None and "pair" in f.caveat and "loss" in f.caveat
+    assert d.features["compound_gap"] == pytest.approx(0.95 - 0.3)
+    # near miss: the single-intent rows do not fit either (a general underfit, not a compound weakness)
+    low = [{**p, "val_single/subset_accuracy": 0.6} for p in pts]
+    assert diagnose(low, meta={"task": "multi_label"}).finding("compound-intents-missed") is None

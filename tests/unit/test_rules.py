@@ -47,6 +47,7 @@ FIRING = {
     "long-tail-collapse": dict(tail_head_count_ratio=10.0, tail_head_recall_gap=0.6, tail_recall=0.1),
     "novel-phrasing-gap": dict(familiar_novel_gap=0.25, familiar_novel_gap_growth=0.05, familiar_metric_final=0.99),
     "both-slices-low": dict(familiar_metric_final=0.4, novel_metric_final=0.3),
+    "compound-intents-missed": dict(compound_gap=0.4, single_metric_final=0.95),
     "label-noise-suspected": dict(train_confused_symmetric_pairs=2, train_eval_metric_final=0.85,
                                   train_loss_late_drop=0.01),
     "eval-too-noisy": dict(val_metric_se=0.04),
