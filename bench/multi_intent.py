@@ -181,7 +181,7 @@ RUNS = {  # name: (data folder, extra overrides)
     "multi-pos_weight": ("multi", ["multi_label_loss=bce_pos_weight"]),
     "multi-focal": ("multi", ["multi_label_loss=focal"]),
     "combinations": ("combo", ["metric_for_best_model=accuracy"]),
-    # the head's own learning rate (10x the adapter's), with the default loss
+    # the head's own learning rate (10x the adapter's), with the focal loss
     "multi-focal-head_lr": ("multi", ["multi_label_loss=focal", "head_learning_rate=2e-2"]),
     "combinations-head_lr": ("combo", ["metric_for_best_model=accuracy", "head_learning_rate=2e-2"]),
 }
