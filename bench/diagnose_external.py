@@ -37,11 +37,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from loratune.diagnose import compare, diagnose  # noqa: E402
+from loratune.diagnose import compare, diagnose, evaluate_rules  # noqa: E402
 from loratune.features import compute_features  # noqa: E402
 from loratune.history_io import load_run  # noqa: E402
 from loratune.rules import RULES, THRESHOLDS, default_thresholds  # noqa: E402
-from loratune.diagnose import evaluate_rules  # noqa: E402
 
 TRAINER = ROOT / "tests" / "fixtures" / "external" / "trainer"
 PUBLIC = ROOT / "tests" / "fixtures" / "external" / "public"

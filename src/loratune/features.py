@@ -81,8 +81,6 @@ _CATALOGUE = (
           "train loss reached 90% of its total fall at {} of the run",
           "Run fraction where the smoothed T (3-point moving mean) first reached 90% of its total fall "
           "(start -> minimum); 0 when it never fell by 2%. Early (< 0.5) and high = an early plateau."),
-    _spec("train loss", "train_loss_peak_over_start", "ratio", "train loss peaked at {} its start",
-          "Largest window mean of T after the first / the start (an explosion that later settles shows here)."),
     _spec("train loss", "train_loss_runs_to_fit", "runs",
           "at its late pace the train loss needs {} more to reach a tenth of its start",
           "(final T - 0.1 x start) / the fall per run length of the second half's least-squares line: how far "
@@ -541,7 +539,7 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     names = ("train_loss_start", "train_loss_final", "train_loss_drop", "train_loss_final_over_start",
              "train_loss_late_drop", "train_loss_late_slope", "train_loss_plateau_fraction",
              "train_loss_vs_chance", "train_loss_rise_share", "train_loss_max_rise", "train_loss_cv",
-             "train_loss_peak_over_start", "train_loss_runs_to_fit", "train_loss_peak_vs_chance")
+             "train_loss_runs_to_fit", "train_loss_peak_vs_chance")
     if not T:
         acc.miss(names, "no `train/loss` values in the history")
         return
@@ -567,7 +565,6 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             run_min = min(run_min, v)
         acc.set("train_loss_max_rise", worst / start)
         acc.set("train_loss_plateau_fraction", _plateau_fraction(T, start, frac))
-        acc.set("train_loss_peak_over_start", max(v for _, v in T) / start)
     if len(T) < 2:
         acc.miss(("train_loss_late_drop", "train_loss_late_slope", "train_loss_rise_share"),
                  "fewer than 2 train-loss windows")
