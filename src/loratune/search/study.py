@@ -94,18 +94,13 @@ def driver_url(url: str) -> str:
 
 
 def make_storage(url: str, heartbeat_s: int):
-    """Optuna's RDB storage with heartbeats and the retry of a dead process's trial. SQLite waits for a
-    lock held by another process (workers share one file) instead of failing at once."""
-    import inspect
-
+    """Optuna's RDB storage with heartbeats (a dead process's trial is retried by `Study.fail_stale`). SQLite
+    waits for a lock held by another process (workers share one file) instead of failing at once."""
     import optuna
 
+    # heartbeats only: a stale trial is failed and queued again by Study.fail_stale, exactly once (Optuna's
+    # retry callback runs in every process that saw the trial stale, and two of them can each queue a copy)
     kwargs: dict[str, Any] = {"heartbeat_interval": int(heartbeat_s), "grace_period": int(heartbeat_s * GRACE_FACTOR)}
-    params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
-    if "heartbeat_stale_trial_callback" in params:
-        kwargs["heartbeat_stale_trial_callback"] = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-    else:  # older Optuna
-        kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     return optuna.storages.RDBStorage(driver_url(url), engine_kwargs=engine, **kwargs)
 
@@ -324,12 +319,25 @@ class Study:
         return is_heartbeat_enabled(self.optuna._storage)
 
     def fail_stale(self) -> None:
-        """Fail the trials whose process stopped sending heartbeats and queue them again."""
-        import optuna
+        """Fail the trials whose process stopped sending heartbeats and queue them again. A trial whose
+        process runs on this host and is alive is never stale: its heartbeat is renewed here first (a
+        heartbeat thread starved of CPU, or waiting on a busy SQLite file, can miss the grace period while
+        its process trains on; retrying that trial would run it twice)."""
+        from optuna.trial import TrialState
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            optuna.storages.fail_stale_trials(self.optuna)
+        if not self.heartbeats:
+            return
+        storage = self.optuna._storage
+        for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if _runs_here_alive(t.user_attrs.get("worker")):
+                storage.record_heartbeat(t._trial_id)
+        backend = getattr(storage, "_backend", storage)
+        for trial_id in backend._get_stale_trial_ids(self.optuna._study_id):
+            if not self._transition(trial_id, TrialState.RUNNING, TrialState.FAIL):
+                continue  # another process failed it first, and queued it again
+            a = storage.get_trial(trial_id).user_attrs
+            if "key" in a and len(self._trials_with_key(a["key"], (TrialState.FAIL,))) <= MAX_RETRY:
+                self.enqueue(TrialSpec(a["name"], a["phase"], dict(a["point"]), a.get("purpose", "")))
 
     @property
     def meta(self) -> dict:
@@ -427,21 +435,27 @@ class Study:
         return True
 
     def _claim(self, frozen) -> bool:
-        """WAITING -> RUNNING as one conditional UPDATE (`... WHERE state = WAITING`): exactly one process
-        sees a row changed, on SQLite as on PostgreSQL. (Optuna's own read-then-write claim relies on
-        SELECT ... FOR UPDATE, which SQLite ignores: two processes could both claim one trial.)"""
+        """WAITING -> RUNNING (see `_transition`)."""
+        from optuna.trial import TrialState
+
+        return self._transition(frozen._trial_id, TrialState.WAITING, TrialState.RUNNING)
+
+    def _transition(self, trial_id: int, old, new) -> bool:
+        """`old` -> `new` as one conditional UPDATE (`... WHERE state = old`): exactly one process sees a row
+        changed, on SQLite as on PostgreSQL. (Optuna's own read-then-write state change relies on SELECT ...
+        FOR UPDATE, which SQLite ignores: two processes could both claim, or both fail, one trial.)"""
         from datetime import datetime
 
         from optuna.storages._rdb import models
-        from optuna.trial import TrialState
 
         storage = getattr(self.optuna._storage, "_backend", self.optuna._storage)
+        stamp = {"datetime_start": datetime.now()} if not new.is_finished() else {"datetime_complete": datetime.now()}
         try:
             with storage.engine.begin() as conn:
                 table = models.TrialModel.__table__
                 res = conn.execute(table.update()
-                                   .where(table.c.trial_id == frozen._trial_id, table.c.state == TrialState.WAITING)
-                                   .values(state=TrialState.RUNNING, datetime_start=datetime.now()))
+                                   .where(table.c.trial_id == trial_id, table.c.state == old)
+                                   .values(state=new, **stamp))
                 return res.rowcount == 1
         except Exception:  # a lost race on a busy database: another process has it
             return False
@@ -635,6 +649,17 @@ def _ran_here_and_died(worker: str | None) -> bool:
     m = re.fullmatch(r"pid (\d+) on (.+)", worker or "")
     return bool(m) and m.group(2) == socket.gethostname() and int(m.group(1)) != os.getpid() \
         and not pid_alive(int(m.group(1)))
+
+
+def _runs_here_alive(worker: str | None) -> bool:
+    """`worker` ("pid N on HOST") names a live process of this host."""
+    import re
+    import socket
+
+    from loratune.store import pid_alive
+
+    m = re.fullmatch(r"pid (\d+) on (.+)", worker or "")
+    return bool(m) and m.group(2) == socket.gethostname() and pid_alive(int(m.group(1)))
 
 
 def _me() -> str:
