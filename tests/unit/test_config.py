@@ -38,6 +38,12 @@ def problems_of(overrides: list[str], path=None) -> list[str]:
     return info.value.problems
 
 
+def task_of(dotted: str) -> list[str]:
+    """The model.task override a key needs to be read at all (config.TASK_ONLY_KEYS)."""
+    owner = C.TASK_ONLY_KEYS.get(dotted, "classification")
+    return [] if owner == "classification" else [f"model.task={owner}"]
+
+
 def write(tmp_path, text: str, name: str = "c.yaml"):
     p = tmp_path / name
     p.write_text(text, encoding="utf-8")
@@ -112,7 +118,7 @@ def test_a_value_outside_choices_lists_the_choices(dotted, f):
 def test_every_choice_is_accepted(dotted, f):
     section, name = dotted.split(".")
     for choice in f.metadata["choices"]:
-        cfg = load_config(None, [f"{dotted}={choice}"])
+        cfg = load_config(None, task_of(dotted) + [f"{dotted}={choice}"])
         assert getattr(getattr(cfg, section), name) == choice
 
 
@@ -135,7 +141,7 @@ def test_the_minimum_itself_is_accepted_unless_exclusive(dotted, f):
     else:
         ok = int(meta["min"]) if _is_int_field(dotted) else meta["min"]
     section, name = dotted.split(".")
-    cfg = load_config(None, [f"{dotted}={ok}"])
+    cfg = load_config(None, task_of(dotted) + [f"{dotted}={ok}"])
     assert getattr(getattr(cfg, section), name) == ok
 
 
@@ -148,7 +154,7 @@ def test_a_value_above_the_maximum_states_the_whole_range(dotted, f):
     problems = problems_of([f"{dotted}={bad}"])
     assert problems == [f"{dotted}: got {bad!r}; allowed: {_range_text(dotted, meta)}"]
     section, name = dotted.split(".")
-    at_max = load_config(None, [f"{dotted}={meta['max']}"])
+    at_max = load_config(None, task_of(dotted) + [f"{dotted}={meta['max']}"])
     assert getattr(getattr(at_max, section), name) == meta["max"]
 
 
@@ -560,3 +566,34 @@ def test_cross_checks_on_a_directly_built_config():
     assert len(problems) == 2
     assert problems[0].startswith("adapter.layers_to_transform: got 'sideways'; ")
     assert problems[1].startswith("adapter.target_modules: got an empty list")
+
+
+# ---------------------------------------------------------------------------------------------
+# model.task: causal-lm (generative SFT)
+
+
+def test_causal_lm_defaults_to_the_embedded_decoder_unless_a_model_is_given():
+    assert load_config(None, []).model.name_or_path == C.EMBEDDED_MODEL
+    assert load_config(None, ["task=causal-lm"]).model.name_or_path == C.EMBEDDED_LM
+    assert load_config(None, ["task=causal-lm", "name_or_path=some/model"]).model.name_or_path == "some/model"
+    # the task default survives a round trip through the written config
+    cfg = load_config(None, ["task=causal-lm"])
+    assert replace(cfg, **{"adapter.r": 4}).model.name_or_path == C.EMBEDDED_LM
+
+
+def test_keys_of_the_other_task_are_refused_each_named_with_the_fix():
+    problems = problems_of(["task=causal-lm", "label_column=intent", "metric_for_best_model=accuracy"])
+    assert problems == [
+        "data.label_column: got 'intent' but model.task is causal-lm (only task classification reads it); "
+        "allowed: leave it at 'label', or set model.task=classification",
+        "train.metric_for_best_model: got 'accuracy' but model.task is causal-lm (causal-lm picks the saved "
+        "model by val loss); allowed: leave it at 'auto', or set model.task=classification"]
+    problems = problems_of(["prompt_set=p.jsonl"])
+    assert problems == ["data.prompt_set: got 'p.jsonl' but model.task is classification (only task causal-lm "
+                        "reads it); allowed: leave it at null, or set model.task=causal-lm"]
+
+
+def test_every_task_only_key_exists_and_names_a_task():
+    table = key_table()
+    assert set(C.TASK_ONLY_KEYS) <= set(table)
+    assert set(C.TASK_ONLY_KEYS.values()) == set(table["model.task"].metadata["choices"])
