@@ -103,6 +103,13 @@ _CATALOGUE = (
           "0.5 = pure noise, 1 = only rises)."),
     _spec("oscillation", "train_loss_max_rise", "fraction", "train loss climbed back up by {} of its start at worst",
           "Largest rise of T above its running minimum, divided by the start loss (spikes, blow-ups)."),
+    _spec("oscillation", "train_loss_rebound", "fraction",
+          "after its lowest point the train loss sat {} above it on average",
+          "Mean of T over the windows after the minimum of the smoothed T (3-point moving mean), divided by that "
+          "minimum, minus 1: a loss that found a low and then lived above it (a constant or too-large lr "
+          "bouncing out of the minimum). 0 when the minimum is among the last `REBOUND_MIN_AFTER` windows."),
+    _spec("oscillation", "train_loss_min_fraction", "fraction", "the train loss was lowest at {} of the run",
+          "Run fraction of the smoothed T's minimum (3-point moving mean)."),
     _spec("oscillation", "grad_norm_spike", "ratio", "the largest gradient norm was {} the median",
           "max / median of `train/grad_norm` over windows."),
     _spec("oscillation", "val_metric_max_drop", "points", "val metric fell by up to {} between successive evals",
@@ -255,6 +262,7 @@ METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy", "token_acc
 # a new val-loss low counts as improvement only past its noise and this share of the loss: a smooth, converged
 # curve keeps creeping down by fractions of a percent, which more epochs do not turn into a better model
 IMPROVE_MIN_REL = 0.02
+REBOUND_MIN_AFTER = 3  # windows after the train loss's minimum needed to read a rebound (fewer: a last-point wiggle)
 FIT_TARGET_SHARE = 0.1  # "fitted": the train loss at a tenth of its start (train_loss_runs_to_fit)
 LOSS_KEYS = ("train/loss", "train/loss_std", "train/grad_norm", "val/loss", "train_eval/loss")
 
@@ -539,7 +547,7 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     names = ("train_loss_start", "train_loss_final", "train_loss_drop", "train_loss_final_over_start",
              "train_loss_late_drop", "train_loss_late_slope", "train_loss_plateau_fraction",
              "train_loss_vs_chance", "train_loss_rise_share", "train_loss_max_rise", "train_loss_cv",
-             "train_loss_runs_to_fit", "train_loss_peak_vs_chance")
+             "train_loss_runs_to_fit", "train_loss_peak_vs_chance", "train_loss_rebound", "train_loss_min_fraction")
     if not T:
         acc.miss(names, "no `train/loss` values in the history")
         return
@@ -565,6 +573,7 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             run_min = min(run_min, v)
         acc.set("train_loss_max_rise", worst / start)
         acc.set("train_loss_plateau_fraction", _plateau_fraction(T, start, frac))
+    _rebound(acc, T, frac)
     if len(T) < 2:
         acc.miss(("train_loss_late_drop", "train_loss_late_slope", "train_loss_rise_share"),
                  "fewer than 2 train-loss windows")
@@ -593,6 +602,20 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     cvs = [_num(p.get("train/loss_std")) / _num(p.get("train/loss")) for p in pts
            if _num(p.get("train/loss_std")) is not None and (_num(p.get("train/loss")) or 0) > 0]
     acc.set("train_loss_cv", _median(cvs) if cvs else None, "no `train/loss_std` in the history")
+
+
+def _rebound(acc: FeatureSet, T, frac) -> None:
+    vals = [v for _, v in T]
+    smooth = [sum(vals[max(0, i - 1): i + 2]) / len(vals[max(0, i - 1): i + 2]) for i in range(len(vals))]
+    i = min(range(len(smooth)), key=lambda k: smooth[k])
+    acc.set("train_loss_min_fraction", frac(T[i][0]))
+    after = vals[i + 1:]
+    if smooth[i] <= 0:
+        acc.set("train_loss_rebound", None, "the train loss reached 0")
+    elif len(after) < REBOUND_MIN_AFTER:
+        acc.set("train_loss_rebound", 0.0)
+    else:
+        acc.set("train_loss_rebound", sum(after) / len(after) / smooth[i] - 1.0)
 
 
 def _plateau_fraction(T, start, frac) -> float:

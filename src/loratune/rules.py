@@ -122,6 +122,12 @@ _THRESHOLDS = (
        "this share of its start."),
     _t("osc_metric_drop", 0.05, "points", "Oscillation: val metric falls this much between two evals."),
     _t("osc_metric_drop_se", 3.0, "se", "...and that fall is this many standard errors."),
+    _t("rebound_min", 0.2, "fraction", "Oscillation without a noise band to beat: after its lowest point the train "
+       "loss lives this far above it on average (a falling or settled loss sits within batch noise of its low; "
+       "between 0.13 and 0.21 in the external corpus's lr-too-large and healthy runs, "
+       "bench/results/diagnose_external.md)."),
+    _t("rebound_min_fraction_max", 0.6, "fraction", "...and the low came at most this far into the run (a late low "
+       "with a few windows after it is a noise wiggle of a settled loss)."),
     # capacity
     _t("fit_loss_vs_chance_max", 0.1, "ratio", "Train loss below this share of ln(classes) (or of its start, "
        "which is ~ln(classes) for a fresh head): memorized."),
@@ -163,6 +169,12 @@ _THRESHOLDS = (
     _t("slow_runs_to_fit_min", 2.0, "runs", "At its late pace the train loss needs at least this many more run "
        "lengths to reach a tenth of its start: far from what the run shows is reachable."),
     _t("slow_loss_left_min", 0.5, "ratio", "...and still holds at least this share of its start."),
+    _t("still_train_ratio_min", 0.9, "ratio", "Nothing moved: the train loss ended at this share of its start or "
+       "higher..."),
+    _t("still_val_drop_max", 0.03, "fraction", "...and the val loss fell less than this from its first eval to its "
+       "minimum: the weights barely changed (an lr that is 10-100x too small; or the adapter is not being updated)."),
+    _t("still_metric_max", 0.6, "points", "...while the val metric, where logged, stayed below this (a run that is "
+       "already good and flat has nothing left to learn, not too small a step)."),
     _t("steady_late_share_min", 0.3, "fraction", "At least this share of the val loss's fall in the last half: "
        "still falling as fast as early (steady, not plateaued)."),
     _t("steady_rise_share_max", 0.2, "fraction", "Val loss moving up at most this share of the time: steady."),
@@ -237,7 +249,10 @@ _RULES = (
                  c("val_metric_max_drop_se", ">=", "osc_metric_drop_se")),
             all_(c("train_loss_max_rise", ">=", "osc_loss_rise"),
                  any_(c("val_loss_rise_noise", ">=", "rise_noise_min"),
-                      c("val_loss_rise_share", ">=", "collapse_val_rise_share")))),
+                      c("val_loss_rise_share", ">=", "collapse_val_rise_share"))),
+            all_(c("train_loss_rebound", ">=", "rebound_min"),
+                 c("train_loss_min_fraction", "<=", "rebound_min_fraction_max"),
+                 c("val_loss_rise", ">=", "val_loss_rise_min"))),
         verdict="learning rate too large: collapsed to one class (loss pinned near ln(classes)), or the train loss "
                 "climbs back up while the val metric or loss swings",
         moves=("learning_rate /2",),
@@ -285,14 +300,21 @@ _RULES = (
     ),
     Rule(
         id="lr-too-small", scope="curve", priority=50, knob_class="optimization", confidence=0.7,
-        when=all_(any_(all_(c("val_loss_drop", "<", "slow_drop_max"),
-                            c("first_eval_fraction", "<=", "early_eval_fraction_max")),
-                       all_(c("train_loss_runs_to_fit", ">=", "slow_runs_to_fit_min"),
-                            c("train_loss_final_over_start", ">=", "slow_loss_left_min"))),
-                  c("val_loss_late_share", ">=", "steady_late_share_min"),
-                  c("val_loss_rise_share", "<=", "steady_rise_share_max"),
-                  c("val_loss_late_drop", ">", "still_falling_min")),
-        verdict="learning rate too small: loss falls slowly but steadily",
+        when=any_(all_(any_(all_(c("val_loss_drop", "<", "slow_drop_max"),
+                                 c("first_eval_fraction", "<=", "early_eval_fraction_max")),
+                            all_(c("train_loss_runs_to_fit", ">=", "slow_runs_to_fit_min"),
+                                 c("train_loss_final_over_start", ">=", "slow_loss_left_min"))),
+                       c("val_loss_late_share", ">=", "steady_late_share_min"),
+                       c("val_loss_rise_share", "<=", "steady_rise_share_max"),
+                       c("val_loss_late_drop", ">", "still_falling_min")),
+                  all_(c("n_eval_points", ">", "few_evals_max"),
+                       c("train_loss_final_over_start", ">=", "still_train_ratio_min"),
+                       c("val_loss_drop", "<", "still_val_drop_max"),
+                       c("val_loss_rise", "<", "val_loss_rise_min"),
+                       c("peak_lr", "<", "collapse_lr_min"),
+                       any_(c("val_metric_best", "<", "still_metric_max"),
+                            c("val_metric_logged", "<", "flag_on")))),
+        verdict="learning rate too small: loss falls slowly but steadily, or barely moves at all",
         moves=("learning_rate x2",),
         suppresses=("undertrained", "healthy", "confusable-classes-unresolved", "long-tail-collapse",
                     "label-noise-suspected"),

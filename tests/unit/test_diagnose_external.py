@@ -290,3 +290,60 @@ def test_compound_intents_missed_while_single_intents_fit():
     # near miss: the single-intent rows do not fit either (a general underfit, not a compound weakness)
     low = [{**p, "val_single/subset_accuracy": 0.6} for p in pts]
     assert diagnose(low, meta={"task": "multi_label"}).finding("compound-intents-missed") is None
+
+
+# ---- "nothing moved" and a loss that bounces out of its low ------------------------------------------
+
+def test_a_run_whose_losses_never_moved_is_lr_too_small(tmp_path):
+    # lr 1e-5: train loss pinned at ln(classes) +- batch noise, val loss -0.1% in total, accuracy at chance
+    d = diagnose(trainer_state(tmp_path, train=lambda f: L10 * (1 - 0.001 * f), val=lambda f: L10 * (1 - 0.001 * f),
+                               metric=lambda f: 0.11, lr=1e-5, noise=0.002))
+    assert d.verdict == "lr-too-small", [(f.rule_id, f.suppressed_by) for f in d.findings]
+    assert "barely moves" in d.primary.verdict
+
+
+def test_a_flat_loss_only_sft_run_is_lr_too_small(tmp_path):
+    # an SFT run (no classes, no metric): train loss batch noise with no trend, val loss -0.4%
+    d = diagnose(trainer_state(tmp_path, train=lambda f: 4.6, val=lambda f: 4.95 - 0.02 * f, classes=None,
+                               n_val=None, lr=5e-6, noise=0.05, evals=4, steps=20, log_every=1))
+    assert d.verdict == "lr-too-small", [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+def test_near_miss_nothing_moved_when_the_model_is_already_good(tmp_path):
+    # flat losses, but the val metric is high from the first eval: nothing left to learn, not too small a step
+    d = diagnose(trainer_state(tmp_path, train=lambda f: 0.3, val=lambda f: 0.32 - 0.005 * f,
+                               metric=lambda f: 0.91, noise=0.01))
+    assert d.features["val_loss_drop"] < 0.03 and d.features["train_loss_final_over_start"] > 0.9
+    assert not d.fired("lr-too-small", active_only=False)
+
+
+def test_near_miss_nothing_moved_when_the_train_loss_fell(tmp_path):
+    # val loss flat after the first eval (one epoch in), but the train loss fell 40%: it moved
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(1.0, 0.6, 3), val=lambda f: 0.7, metric=lambda f: 0.4))
+    assert d.features["train_loss_final_over_start"] < 0.9
+    assert not d.fired("lr-too-small", active_only=False)
+
+
+def test_a_loss_that_finds_a_low_and_lives_above_it_is_lr_too_large(tmp_path):
+    # constant lr 1e-2: the loss falls to 0.35 by 45%, then bounces 0.4-0.8 while the val loss sits 25-50% above
+    # its minimum; the swings are the val loss's own jitter, so no rise clears its noise band
+    bounce = (0.41, 0.44, 0.55, 0.48, 0.55, 0.47, 0.65, 0.78, 0.55, 0.46)
+
+    def train(f):
+        return 2.66 * math.exp(-5 * f / 0.45) + 0.3 if f <= 0.45 else bounce[min(9, int((f - 0.45) / 0.055))]
+
+    def val(f):
+        return {1: 1.75, 2: 0.9, 3: 0.52, 4: 0.44, 5: 0.35, 6: 0.354, 7: 0.525, 8: 0.441, 9: 0.518}.get(
+            int(round(f * 10)), 0.482)
+
+    d = diagnose(trainer_state(tmp_path, train=train, val=val, classes=15, lr=1e-2, n_val=None))
+    assert d.features["val_loss_rise_noise"] < 2 and d.features["train_loss_rebound"] >= 0.2
+    assert d.verdict == "lr-too-large", [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+def test_near_miss_rebound_a_late_low_is_a_wiggle_of_a_settled_loss(tmp_path):
+    # the loss settles; its lowest window comes at 80% and the few windows after sit a little above it
+    d = diagnose(trainer_state(tmp_path, train=lambda f: 0.3 + 2.0 * math.exp(-8 * f) + (0.05 if f > 0.82 else 0),
+                               val=exp_decay(1.5, 0.4, 6), metric=lambda f: 0.5 + 0.3 * min(f * 3, 1)))
+    assert d.features["train_loss_min_fraction"] > 0.6
+    assert not d.fired("lr-too-large", active_only=False)
