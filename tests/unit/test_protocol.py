@@ -598,3 +598,68 @@ def test_resume_killed_during_the_final_training_replays_to_the_same_long_run(tm
     assert r2.calls[0].key == ref_runner.calls[-1].key  # the same 256-step run
     assert ctx2.state["final"].key == ref.state["final"].key
     assert ctx2.meter.spent.examples == ref.meter.spent.examples
+
+
+# ---------------------------------------------------------------------------------------------
+# effective step size (protocol 6): a rank change holds lr x s by rule, recorded in the trail
+
+
+def _lr_x_s(p: dict) -> float:
+    from loratune.stepsize import step_size
+
+    return step_size(p)
+
+
+def test_rank_sweep_holds_the_step_size_with_rslora_and_says_so():
+    ctx, runner = make_ctx(lr_binds())
+    run_protocol(ctx, START, ProtocolSettings())
+    inc = next(s for s in runner.calls if s.name == "lr4e-3")
+    sweep = [s for s in runner.calls if s.phase == "rank-sweep"]
+    assert [(s.point[R], s.point["adapter.use_rslora"], s.point[LR]) for s in sweep] == [(32, True, 4e-3)]
+    assert _lr_x_s(sweep[0].point) == pytest.approx(_lr_x_s(inc.point), rel=1e-2)
+    d = next(x for x in ctx.decisions if x["kind"] == "step-size")
+    assert d["code"] == "step-size-held-rslora" and d["phase"] == "rank-sweep"
+    assert d["data"]["rule"] == "rslora" and [p["r"] for p in d["data"]["points"]] == [8, 32]
+    a, b = (p["lr_x_s"] for p in d["data"]["points"])
+    assert a == pytest.approx(8e-3) and b == pytest.approx(a, rel=1e-2)  # alpha 11.3 = 2 x sqrt(32), 3 digits
+    assert ctx.state["rank_sweep"]["scale_rule"] == "rslora"
+    assert next(x for x in ctx.decisions if x["kind"] == "rank")["code"] == "rank-plateau"
+
+
+def test_rank_sweep_with_lr_compensation_carries_the_compensated_lr():
+    """alpha kept at 16: r 8 -> 32 takes s from 2 to 0.5, so the sweep's lr is 4x the working lr."""
+    ctx, runner = make_ctx(lr_binds())
+    run_protocol(ctx, START, ProtocolSettings(scale_rule="lr_compensate"))
+    sweep = [s for s in runner.calls if s.phase == "rank-sweep"]
+    assert [(s.point[R], s.point["adapter.lora_alpha"], s.point[LR]) for s in sweep] == [(32, 16.0, 1.6e-2)]
+    assert not sweep[0].point.get("adapter.use_rslora")
+    d = next(x for x in ctx.decisions if x["kind"] == "step-size")
+    assert d["code"] == "step-size-held-lr"
+    assert [(p["r"], p["lr"]) for p in d["data"]["points"]] == [(8, 4e-3), (32, 1.6e-2)]
+    assert d["data"]["points"][0]["lr_x_s"] == pytest.approx(d["data"]["points"][1]["lr_x_s"])
+
+
+def test_the_pair_rank_arm_holds_the_step_size_by_its_rule():
+    ctx, runner = make_ctx(lr_binds())
+    run_protocol(ctx, START, ProtocolSettings(move_scale_rule="lr_compensate", full_probe=False))
+    arm = next(s for s in runner.calls if s.phase == "pair" and s.point[R] == 16)
+    assert arm.point["adapter.lora_alpha"] == 16.0 and arm.point[LR] == 4e-3  # from lr 2e-3 at r 8, s 2 -> 1
+    step = ctx.state["pair"]["step_size"]
+    assert step["code"] == "step-size-held-lr" and step["before"]["lr_x_s"] == pytest.approx(step["after"]["lr_x_s"])
+    # the default spelling (alpha follows r) holds it with the lr unchanged
+    ctx, runner = make_ctx(lr_binds())
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False))
+    assert ctx.state["pair"]["step_size"]["code"] == "step-size-held-alpha"
+    assert ctx.state["pair"]["step_size"]["after"]["lr"] == 2e-3
+
+
+def test_capacity_rank_moves_record_the_step_size_rule():
+    ctx, runner = make_ctx(capacity_binds())
+    run_protocol(ctx, START, ProtocolSettings())
+    moves = [x for x in ctx.decisions if x["kind"] == "capacity-move" and "step_size" in x["data"]]
+    assert moves and all(x["data"]["step_size"]["code"] == "step-size-held-alpha" for x in moves)
+
+
+def test_an_unknown_scale_rule_is_refused():
+    with pytest.raises(ValueError, match="unknown scale rule"):
+        ProtocolSettings(scale_rule="rank-stable")

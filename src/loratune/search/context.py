@@ -235,8 +235,10 @@ class SearchContext:
 
     # ------------------------------------------------------------------ decisions
     def decide(self, phase: str, kind: str, verdict: str, move: str, evidence: Sequence[str] | str = (),
-               trials: Sequence[TrialRecord | int] = (), data: dict | None = None) -> dict:
-        d = {"seq": self._seq, "phase": phase, "kind": kind,
+               trials: Sequence[TrialRecord | int] = (), data: dict | None = None, *, code: str = "") -> dict:
+        """Record a decision. `code` is its stable id (kebab-case, e.g. `rank-plateau`): what tests and
+        tools read; `verdict` and `move` are the English a person reads and may be reworded."""
+        d = {"seq": self._seq, "phase": phase, "kind": kind, "code": code or kind,
              "trials": [t if isinstance(t, int) else t.number for t in trials],
              "verdict": verdict, "move": move,
              "evidence": [evidence] if isinstance(evidence, str) else list(evidence),

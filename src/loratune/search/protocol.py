@@ -9,7 +9,8 @@
     phase 2  lr in x2 steps, scale s 2 -> 4 when lr barely moves the loss,    (stage_phase2)
              dropout / weight decay against overfitting, early stopping
     noise    the incumbent on 3 seeds: sigma, the plateau threshold            (stage_seeds)
-    sweep    rank x4 with rsLoRA up to the ceiling / compute breakeven         (stage_rank_sweep)
+    sweep    rank x4 up to the ceiling / compute breakeven, lr x s held fixed  (stage_rank_sweep)
+             by rule (rsLoRA or lr compensation, `loratune.stepsize`)
              every linear layer (all-linear) at 1x and 0.5x the lr             (stage_target_sweep)
     full     a full-fine-tuning probe, same data and budget; LoRA vs full     (stage_full_probe)
     final    budget left: the still-improving pick trained longer, at lr /2    (stage_final_train)
@@ -37,6 +38,7 @@ from loratune.params import breakeven_rank as compute_breakeven_rank
 from loratune.search.budget import Cost, format_amount
 from loratune.search.context import SearchContext, fmt_f1, seed_sigma, with_
 from loratune.search.space import DEFAULTS, alpha_for, scale_of, targets_text
+from loratune.stepsize import describe_change, scale_rule, step_size, with_rank
 from loratune.search.trial import TrialRecord
 
 LR = "train.learning_rate"
@@ -110,6 +112,12 @@ class ProtocolSettings:
     full_lr_ratio: float = 0.1  # full fine-tuning lr = LoRA lr x this (LoRA wants ~10x, protocol 1)
     allow_past_breakeven: bool = False
     target: float | None = None
+    # the effective step size lr x s (loratune.stepsize): how a rank change holds it fixed, by rule
+    scale_rule: str = "rslora"  # the rank sweep (x4 steps, the pick may keep the rank): rank-stable spelling
+    move_scale_rule: str = "alpha_follows_r"  # the pair's rank arm and the capacity moves r x2, r /2
+
+    def __post_init__(self) -> None:
+        scale_rule(self.scale_rule), scale_rule(self.move_scale_rule)  # an unknown rule fails here, by name
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -256,10 +264,9 @@ def _round(x: float) -> float:
     return float(f"{x:.3g}")
 
 
-def _set_r(point: dict, r: int) -> dict:
-    """Change the rank keeping the update scale s fixed (alpha follows r)."""
-    s = scale_of(point)
-    return with_(point, **{R: r, ALPHA: alpha_for(r, s, bool(point.get(RSLORA)))})
+def _set_r(point: dict, r: int, rule: str) -> dict:
+    """Change the rank holding the effective step size lr x s fixed by `rule` (stepsize.SCALE_RULES)."""
+    return with_rank(point, r, rule)
 
 
 def _same_except(a: dict, b: dict, keys: Sequence[str]) -> bool:
@@ -456,7 +463,7 @@ def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
     inc = _incumbent(ctx)
     start: Start = ctx.state["start"]
     a_point = with_(inc.point, **{LR: _round(_lr(inc.point) * 2)})
-    b_point = _set_r(inc.point, _r(inc.point) * 2)
+    b_point = _set_r(inc.point, _r(inc.point) * 2, s.move_scale_rule)
     if _r(b_point) > start.ceiling_r:
         ctx.decide(phase, "pair", "rank arm above the capacity ceiling", "no pair; rank kept",
                    [f"r x2 = {_r(b_point)} > ceiling {start.ceiling_r} (phase 0)"], [inc])
@@ -473,7 +480,8 @@ def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
                     "training length often do; a single curve cannot tell them apart, and this was not tested"],
                    [inc])
         return "unaffordable"
-    arms = [ctx.spec(a_point, phase, "pair: only lr x2"), ctx.spec(b_point, phase, "pair: only r x2 (scale fixed)")]
+    arms = [ctx.spec(a_point, phase, "pair: only lr x2"),
+            ctx.spec(b_point, phase, f"pair: only r x2 (lr x s held: {s.move_scale_rule})")]
     ctx.prefetch(arms, reserve=reserve(ctx, phase, s))  # independent: workers may train one meanwhile
     a = ctx.run(arms[0])
     b = ctx.run(arms[1])
@@ -503,7 +511,8 @@ def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
                          "base": inc.value, "lr_value": a.value, "r_value": b.value,
                          "lr_delta": dl, "r_delta": dr, "noise": noise, "noise_source": src,
                          "binding": binding, "how": how, "compare": cmp.get("findings", []),
-                         "compare_noise": cmp.get("noise"), "compare_noise_source": cmp.get("noise_source")}
+                         "compare_noise": cmp.get("noise"), "compare_noise_source": cmp.get("noise_source"),
+                         "step_size": describe_change(inc.point, b.point, s.move_scale_rule)}
     move = "keep the incumbent"
     if binding == "capacity" and dr > noise:
         _set_incumbent(ctx, b)
@@ -517,18 +526,19 @@ def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
         move = "neither knob moved the metric beyond noise: keep rank (prior), tune lr in phase 2"
     ev = [f"from {inc.label} (val macro-F1 {fmt_f1(inc.value)}, diagnosis {inc.result.verdict})",
           f"only lr x2 ({_lr(inc.point):g} -> {_lr(a.point):g}), {a.label}: {fmt_f1(a.value)}, delta {dl:+.3f}",
-          f"only r x2 ({_r(inc.point)} -> {_r(b.point)}, scale fixed), {b.label}: {fmt_f1(b.value)}, delta {dr:+.3f}",
+          f"only r x2 ({_r(inc.point)} -> {_r(b.point)}, lr x s held at {step_size(b.point):.3g} by "
+          f"{scale_rule(s.move_scale_rule).doc}), {b.label}: {fmt_f1(b.value)}, delta {dr:+.3f}",
           f"noise {noise:.3f} ({src})", how]
     ev += [f"compare: {f['rule_id']}: {f['verdict']}" for f in cmp.get("findings", [])]
     ctx.decide(phase, "pair", f"binding knob: {binding}", move, ev, [inc, a, b], ctx.state["pair"])
     return binding
 
 
-def _capacity_up_moves(point: dict, ceiling: int) -> list[tuple[str, dict | None]]:
+def _capacity_up_moves(point: dict, ceiling: int, rule: str) -> list[tuple[str, dict | None]]:
     targets = [str(t) for t in point.get(TARGETS, [])]
     moves: list[tuple[str, dict | None]] = []
     r = _r(point)
-    moves.append(("r x2", _set_r(point, r * 2) if r * 2 <= ceiling else None))
+    moves.append(("r x2", _set_r(point, r * 2, rule) if r * 2 <= ceiling else None))
     if "all-linear" in targets:
         return moves
     if any(t.startswith("ffn@") for t in targets):
@@ -544,10 +554,10 @@ def _capacity_up_moves(point: dict, ceiling: int) -> list[tuple[str, dict | None
     return moves
 
 
-def _capacity_down_moves(point: dict) -> list[tuple[str, dict | None]]:
+def _capacity_down_moves(point: dict, rule: str) -> list[tuple[str, dict | None]]:
     targets = [str(t) for t in point.get(TARGETS, [])]
     r = _r(point)
-    moves: list[tuple[str, dict | None]] = [("r /2", _set_r(point, r // 2) if r >= 2 else None)]
+    moves: list[tuple[str, dict | None]] = [("r /2", _set_r(point, r // 2, rule) if r >= 2 else None)]
     kept = [t for t in targets if not t.startswith("ffn")]
     moves.append(("-ffn", with_(point, **{TARGETS: kept}) if kept and kept != targets else None))
     d = float(point.get(DROPOUT, DEFAULTS[DROPOUT]))
@@ -561,7 +571,8 @@ def _capacity_moves(ctx: SearchContext, s: ProtocolSettings, *, down: bool, max_
     tried = 0
     limit = max_moves if max_moves is not None else s.max_capacity_moves
     inc = _incumbent(ctx)
-    queue = _capacity_down_moves(inc.point) if down else _capacity_up_moves(inc.point, start.ceiling_r)
+    rule = s.move_scale_rule
+    queue = _capacity_down_moves(inc.point, rule) if down else _capacity_up_moves(inc.point, start.ceiling_r, rule)
     names_done: set[str] = set()
     while queue and tried < limit:
         name, _ = queue.pop(0)
@@ -569,7 +580,8 @@ def _capacity_moves(ctx: SearchContext, s: ProtocolSettings, *, down: bool, max_
             continue
         names_done.add(name)
         inc = _incumbent(ctx)
-        fresh = dict(_capacity_down_moves(inc.point) if down else _capacity_up_moves(inc.point, start.ceiling_r))
+        fresh = dict(_capacity_down_moves(inc.point, rule) if down else _capacity_up_moves(inc.point, start.ceiling_r,
+                                                                                              rule))
         point = fresh.get(name)
         if point is None:
             ctx.decide(phase, "capacity-move", f"{name}: not applicable", "next knob",
@@ -584,21 +596,25 @@ def _capacity_moves(ctx: SearchContext, s: ProtocolSettings, *, down: bool, max_
         noise, src = ctx.noise()
         gain = (rec.value - inc.value) if rec.value is not None and inc.value is not None else None
         accept = gain is not None and (gain > 0 if down else gain > noise)
-        rule = "any gain (less capacity)" if down else f"gain > noise {noise:.3f} ({src})"
+        accept_when = "any gain (less capacity)" if down else f"gain > noise {noise:.3f} ({src})"
         ev = [f"{name} from {inc.label}: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)} "
-              f"(gain {gain:+.3f})" if gain is not None else f"{name}: no result", f"accept when {rule}"]
+              f"(gain {gain:+.3f})" if gain is not None else f"{name}: no result", f"accept when {accept_when}"]
         ev += evidence_of(rec)
+        data = {"gain": gain, "noise": noise}
+        if _r(point) != _r(inc.point):
+            data["step_size"] = describe_change(inc.point, point, rule)
+            ev.insert(1, f"lr x s held at {step_size(point):.3g}: {data['step_size']['doc']} "
+                         f"[{data['step_size']['code']}]")
         if accept:
             _set_incumbent(ctx, rec)
-            ctx.decide(phase, "capacity-move", f"{name} helps", f"incumbent = {rec.label}", ev, [inc, rec],
-                       {"gain": gain, "noise": noise})
+            ctx.decide(phase, "capacity-move", f"{name} helps", f"incumbent = {rec.label}", ev, [inc, rec], data)
             adequate = rec.result.verdict == "healthy" or (down and rec.result.verdict != "overfit-capacity")
             if adequate:
                 ctx.decide(phase, "capacity-verdict", "capacity adequate", "go to phase 2", evidence_of(rec), [rec])
                 return
         else:
             ctx.decide(phase, "capacity-move", f"{name} does not help", "keep the incumbent; next knob", ev,
-                       [inc, rec], {"gain": gain, "noise": noise})
+                       [inc, rec], data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -848,9 +864,9 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     if r_be is not None and not s.allow_past_breakeven:
         cap = min(cap, r_be)
     noise, src = ctx.noise()
+    rule = scale_rule(s.scale_rule)
     points: list[dict] = [{"r": r0, "value": inc.value, "trial": inc.number, "rslora": bool(inc.point.get(RSLORA)),
-                           "note": "working point (rsLoRA with alpha = s*sqrt(r) has the same scale here)"}]
-    base = with_(inc.point, **{RSLORA: True, ALPHA: alpha_for(r0, sc, True)})
+                           "lr": _lr(inc.point), "lr_x_s": step_size(inc.point), "note": "working point"}]
     best_rec, r, plateau, stop_why = inc, r0, None, ""
     for _ in range(s.max_rank_points):
         nxt = r * s.rank_step
@@ -861,35 +877,48 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
                 stop_why = (f"next rank {nxt} is past the {'compute-breakeven rank' if r_be and cap == r_be else 'capacity ceiling'}"
                             f" {cap} (ceiling {start.ceiling_r}, breakeven {r_be})")
                 break
-        point = with_(base, **{R: nxt, ALPHA: alpha_for(nxt, sc, True)})
-        rec = ctx.run(ctx.spec(point, phase, f"rank sweep r={nxt} (rsLoRA, scale {sc:g})"),
+        point = _set_r(inc.point, nxt, rule.rule)  # every rank at the working point's lr x s
+        rec = ctx.run(ctx.spec(point, phase, f"rank sweep r={nxt} (lr x s {step_size(point):.3g} held: "
+                                             f"{rule.rule.value})"),
                       reserve=reserve(ctx, phase, s))
         if rec is None:
             _no_budget(ctx, phase, f"rank {nxt}")
             stop_why = "budget"
             break
         gain = (rec.value - best_rec.value) if rec.value is not None and best_rec.value is not None else None
-        points.append({"r": nxt, "value": rec.value, "trial": rec.number, "rslora": True, "gain": gain})
+        points.append({"r": nxt, "value": rec.value, "trial": rec.number, "rslora": bool(point.get(RSLORA)),
+                       "lr": _lr(point), "lr_x_s": step_size(point), "gain": gain})
         if gain is not None and gain >= noise:
             ctx.decide(phase, "rank", f"r={nxt} gains {gain:+.3f}", "keep sweeping",
                        [f"r {r} -> {nxt}: {fmt_f1(best_rec.value)} -> {fmt_f1(rec.value)}, gain {gain:+.3f} >= "
-                        f"threshold {noise:.3f} ({src})"], [best_rec, rec])
+                        f"threshold {noise:.3f} ({src})"], [best_rec, rec], code="rank-gain")
             best_rec, r = rec, nxt
             continue
         plateau = r
         ctx.decide(phase, "rank", f"plateau at r={r}", f"keep r={r}",
                    [f"r {r} -> {nxt}: {fmt_f1(best_rec.value)} -> {fmt_f1(rec.value)}, gain "
-                    f"{gain if gain is None else round(gain, 4)} < threshold {noise:.3f} ({src})"], [best_rec, rec])
+                    f"{gain if gain is None else round(gain, 4)} < threshold {noise:.3f} ({src})"], [best_rec, rec],
+                   code="rank-plateau")
         break
     if stop_why and stop_why != "budget":
         ctx.decide(phase, "rank", "sweep stopped", f"keep r={r}",
                    [stop_why, "not trained past the compute-breakeven rank" if r_be and cap == r_be else
-                    "not trained past the capacity ceiling"], [best_rec])
+                    "not trained past the capacity ceiling"], [best_rec], code="rank-sweep-capped")
+    if len(points) > 1:  # protocol 6: the rule that held the effective step size, recorded
+        ctx.decide(phase, "step-size", f"lr x s held at {step_size(inc.point):.3g} over the sweep",
+                   f"rule {rule.rule.value}: {rule.doc}",
+                   [f"r={p['r']}: lr {p['lr']:g} x s = {p['lr_x_s']:.3g}" + (" (rsLoRA)" if p["rslora"] else "")
+                    for p in points]
+                   + ["a rank sweep that changes r without holding lr x s compares learning rates, not ranks "
+                      "(protocol 6)"], [inc] + [x for x in ctx.records if x.number in {p["trial"] for p in points[1:]}],
+                   {"rule": rule.rule.value, "points": [{k: p[k] for k in ("r", "lr", "lr_x_s", "rslora")}
+                                                        for p in points]}, code=rule.code)
     if best_rec is not inc:
         _set_incumbent(ctx, best_rec)
     ctx.state["rank_sweep"] = {"points": points, "plateau_r": plateau, "chosen_r": _r(best_rec.point),
                                "threshold": noise, "threshold_source": src, "breakeven_r": r_be,
-                               "ceiling_r": start.ceiling_r, "scale": sc, "rule": "rsLoRA, alpha = s * sqrt(r)",
+                               "ceiling_r": start.ceiling_r, "scale": sc, "rule": rule.doc,
+                               "scale_rule": rule.rule.value, "step_size_code": rule.code,
                                "stopped": stop_why or None}
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from loratune.config import key_table
+from loratune.stepsize import alpha_for, scale_of  # noqa: F401 (re-exported: the space's scale knob)
 
 # The RunConfig default of every dotted key: a point holds only what differs from the config, and what
 # it leaves out trains with these (config.py is the one place they are written).
@@ -139,17 +140,6 @@ def targets_text(targets) -> str:
     if isinstance(targets, str):
         return ",".join(t.strip() for t in targets.strip("[]").split(",") if t.strip())
     return ",".join(str(t) for t in targets)
-
-
-def scale_of(point: Mapping[str, Any]) -> float:
-    """The update scale s of a point: lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA."""
-    r = float(point.get("adapter.r", DEFAULTS["adapter.r"]))
-    alpha = float(point.get("adapter.lora_alpha", DEFAULTS["adapter.lora_alpha"]))
-    return alpha / (math.sqrt(r) if point.get("adapter.use_rslora") else r)
-
-
-def alpha_for(r: int, scale: float, rslora: bool = False) -> float:
-    return _round(scale * (math.sqrt(r) if rslora else r))
 
 
 def to_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
