@@ -194,9 +194,14 @@ def _init_arg(choice: str):
     return {"default": True}.get(choice, choice)
 
 
-def apply_adapter(model, adapter: AdapterConfig):
-    """Wrap the model for training. LoRA: a peft model whose head is trained and saved with the
-    adapter. Full: every parameter trainable. Returns (model, targeted sites)."""
+# model.task -> peft's task type. A classifier trains and saves its fresh head with the adapter
+# (modules_to_save); a causal LM keeps its pretrained lm_head frozen (the adapter is the whole update).
+PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
+
+
+def apply_adapter(model, adapter: AdapterConfig, task: str = "classification"):
+    """Wrap the model for training. LoRA: a peft model (classification: its head is trained and saved with
+    the adapter). Full: every parameter trainable. Returns (model, targeted sites)."""
     if adapter.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -205,9 +210,9 @@ def apply_adapter(model, adapter: AdapterConfig):
     from peft import LoraConfig, TaskType, get_peft_model
 
     sites = resolve_targets(model, adapter)
-    heads = head_modules(model)
+    heads = head_modules(model) if task == "classification" else []
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType[PEFT_TASK_TYPES[task]],
         r=adapter.r,
         lora_alpha=adapter.lora_alpha,
         lora_dropout=adapter.lora_dropout,

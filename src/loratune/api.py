@@ -23,17 +23,38 @@ from loratune.data import Dataset, load_dataset
 from loratune.store import RunStore
 
 
+# model.task -> its data reader, the check of what training needs, and its training loop, as
+# "module:function" (imported when used: the loops import torch). The one place the task is dispatched.
+TASK_RECIPES: dict[str, dict[str, str]] = {
+    "classification": {"prepare": "loratune.data:load_dataset", "check": "loratune.data:check_trainable",
+                       "train": "loratune.train:train"},
+    "causal-lm": {"prepare": "loratune.sft_data:load_sft_dataset", "check": "loratune.sft_data:check_trainable",
+                  "train": "loratune.sft:train_sft"},
+}
+
+
+def _recipe(cfg: RunConfig, step: str):
+    import importlib
+
+    module, name = TASK_RECIPES[cfg.model.task][step].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def prepare(cfg: RunConfig) -> Dataset:
-    """Read and check the data (before any model loads)."""
-    return load_dataset(cfg.data, seed=cfg.train.seed)
+    """Read the data (before any model loads): a `data.Dataset` for classification, an
+    `sft_data.SFTDataset` for causal-lm."""
+    return _recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)
+
+
+def check(cfg: RunConfig, dataset) -> None:
+    """A UserError naming what training would crash on (empty texts, a split too small)."""
+    _recipe(cfg, "check")(dataset)
 
 
 def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> dict:
     """Train one run into cfg.train.output_dir; returns its run.json content."""
-    from loratune.train import train as _train
-
     dataset = dataset or prepare(cfg)
-    return _train(cfg, dataset, RunStore(cfg.train.output_dir), progress=progress)
+    return _recipe(cfg, "train")(cfg, dataset, RunStore(cfg.train.output_dir), progress=progress)
 
 
 def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
@@ -43,6 +64,17 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     from loratune.train import plan_steps
 
     dataset = dataset or prepare(cfg)
+    if cfg.model.task == "causal-lm":
+        from loratune.models import load_causal_lm
+
+        model, sites = apply_adapter(load_causal_lm(cfg.model), cfg.adapter, task="causal-lm")
+        steps, every = plan_steps(cfg, len(dataset.train))
+        return {"params": count_params(model, sites, cfg.adapter.method).to_dict(),
+                "adapted_modules": [s.name for s in sites] if cfg.adapter.method == "lora" else [],
+                "steps": steps, "eval_every": every,
+                "examples": steps * cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps,
+                "rows": {k: len(v) for k, v in dataset.splits().items()}, "task": "causal-lm",
+                "labels": None, "multi_label": False, "notes": list(dataset.notes)}
     space = dataset.label_space
     model = load_classifier(cfg.model, len(space), space.multi_label)
     model, sites = apply_adapter(model, cfg.adapter)

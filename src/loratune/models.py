@@ -149,6 +149,32 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
     return model
 
 
+def load_causal_lm(cfg: ModelConfig):
+    """AutoModelForCausalLM (task causal-lm): any decoder transformers loads, from a folder, a hub id or a
+    GGUF file (dequantised to float32). Its pad id is the tokenizer's (decoders often ship without one)."""
+    from transformers import AutoModelForCausalLM
+
+    src, kwargs = _source_kwargs(cfg)
+    try:
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc) or "AutoModelForCausalLM" in str(exc):
+            raise UserError(f"model '{cfg.name_or_path}' has no causal-LM class in transformers (an encoder?)",
+                            "use a decoder (Llama, Qwen2, Mistral, Phi-3, Gemma, SmolLM2...) for task causal-lm, "
+                            "or task=classification") from None
+        raise _hub_error(src, exc) from None
+    except Exception as exc:
+        raise _hub_error(src, exc) from None
+    tok = load_tokenizer(cfg)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.pad_token_id is None:
+        gen.pad_token_id = tok.pad_token_id
+    return model
+
+
 @contextmanager
 def quiet_transformers():
     """transformers logging at error level and no progress bars, restored afterwards."""

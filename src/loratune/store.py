@@ -24,6 +24,7 @@ CONFIG = "config.yaml"
 CONFUSION = "confusion.json"
 ADAPTER = "adapter"
 LABEL_MAP = "label_map.json"
+GENERATIONS = "generations.jsonl"  # causal-lm: the prompt set's greedy outputs, one row per prompt and eval point
 LOCK = "run.lock"  # held (flock) by the training process; its mtime is the heartbeat
 HEARTBEAT_S = 10.0  # how often a live run touches run.lock
 # A run whose lock nobody holds, or (another host, where flock says nothing) whose heartbeat is older
@@ -242,7 +243,7 @@ class RunStore:
         hist = self.path / HISTORY
         if hist.exists():  # a fresh run in a reused directory starts a fresh history
             hist.unlink()
-        for stale in (CONFUSION,):  # nor may an earlier run's confusion matrix or model pass as this one's
+        for stale in (CONFUSION, GENERATIONS):  # nor may an earlier run's outputs or model pass as this one's
             if (self.path / stale).exists():
                 (self.path / stale).unlink()
         if self.adapter_dir.is_dir():
@@ -260,6 +261,13 @@ class RunStore:
     def append_history(self, point: dict) -> None:
         with open(self.path / HISTORY, "a", encoding="utf-8") as f:
             f.write(json.dumps(json_safe(point), ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def append_generations(self, rows: list[dict]) -> None:
+        """Append the prompt-set outputs of one evaluation point (fsync'd, like history.jsonl)."""
+        with open(self.path / GENERATIONS, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(json_safe(r), ensure_ascii=False) + "\n" for r in rows))
             f.flush()
             os.fsync(f.fileno())
 

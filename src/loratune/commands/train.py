@@ -29,15 +29,14 @@ def run(args) -> int:
     dataset = api.prepare(cfg)
     for note in dataset.notes:
         out.print(f"[yellow]note:[/] {note}")
-    from loratune.data import check_trainable
-
-    check_trainable(dataset)  # what training would crash on: the dry run says it too
+    api.check(cfg, dataset)  # what training would crash on: the dry run says it too
     if args.dry_run:
         out.print(to_yaml(cfg), markup=False)
         info = api.plan(cfg, dataset)
         p = info["params"]
-        out.print(f"rows: {info['rows']}  labels: {info['labels']}  "
-                  f"{'multi' if info['multi_label'] else 'single'}-label")
+        out.print(f"rows: {info['rows']}  " + ("task: causal-lm (loss on completion tokens)" if info.get("task")
+                                                == "causal-lm" else f"labels: {info['labels']}  "
+                                                f"{'multi' if info['multi_label'] else 'single'}-label"))
         out.print(f"parameters: total {human(p['total'])}, trainable {human(p['trainable'])} "
                   f"({p['share_of_total']:.2%}), adapter {human(p['adapter'])}, head {human(p['head'])}, "
                   f"adapted weights {human(p['adapted_weights'])}")
@@ -109,7 +108,8 @@ def print_summary(out, run: dict) -> None:
 # the headline rows of the summary table; a row shows when the run has the key (the multi-intent ones
 # only for multi-label runs: subset = exact match, compound = rows with two or more labels)
 SUMMARY_KEYS = ("val/macro_f1", "val/accuracy", "val/subset_accuracy", "val/micro_f1", "val/samples_f1",
-                "val_compound/subset_accuracy", "val_single/subset_accuracy", "val/loss", "train_eval/macro_f1",
+                "val_compound/subset_accuracy", "val_single/subset_accuracy", "val/loss", "val/perplexity",
+                "val/token_accuracy", "val/prompt_familiar_chrf", "val/prompt_novel_chrf", "train_eval/macro_f1",
                 "train_eval/subset_accuracy", "train_eval/loss")
 
 

@@ -1,0 +1,411 @@
+"""The training loop of task causal-lm (generative SFT): the loss is on completion tokens only.
+
+Read top to bottom like `train.train`: `train_sft()` sets up (seed, tokenizer, decoder + adapter,
+encoded data, optimizer), then runs `steps` optimizer steps; every `eval_every` steps (and at step 0,
+before any update) it scores validation and a fixed train subsample the same way (mean cross-entropy
+per completion token, its perplexity, next-token argmax accuracy on completion tokens) and, with
+`data.prompt_set`, generates greedily for every prompt and scores the outputs per group
+(`generation.score_prompt_set`: `val/prompt_<group>_<metric>`); one point goes to history.jsonl, the
+outputs to generations.jsonl. The model kept is the trained evaluation point with the lowest val
+loss; it is saved in peft's format (or whole, for method full) with the tokenizer, loadable by plain
+`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir)`.
+
+Ends, and records, like the classifier loop: planned steps, early stopping (on val loss), a diverged
+loss, Ctrl-C / SIGTERM (`interrupted`) or an error (`failed`). Helpers that are not task-specific
+(optimizer, schedule, seeding, divergence, progress, run record) come from train.py.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from loratune import signals
+from loratune.adapt import apply_adapter, count_params, num_layers
+from loratune.config import RunConfig, to_dict, to_yaml
+from loratune.generation import load_prompt_set, score_prompt_set
+from loratune.models import load_causal_lm, load_tokenizer, resolve_model
+from loratune.sft_data import IGNORE, Example, Renderer, SFTDataset, SFTEncoded, Turn, encode_prompts, encode_sft
+from loratune.store import RunStore, write_atomic
+from loratune.trackers import Trackers
+from loratune.trackers import require as require_trackers
+from loratune.train import (_now, _Progress, batch_order, build_optimizer, cpu_cores, diverged, eval_batches,
+                            output_error, peak_memory_mb, plan_steps, seed_everything, versions)
+
+OBJECTIVE = "val/loss"  # the saved model and early stopping: the lowest val loss per completion token
+# Evaluation batches hold at most this many tokens: the logits are [tokens, vocab] float32, 200 MB at
+# SmolLM2's 49k vocabulary (a classifier's are [rows, classes], so its eval batches can be much larger).
+EVAL_TOKENS = 1024
+GEN_BATCH = 16  # prompts generated together (left-padded)
+
+
+# ----------------------------------------------------------------------------------------------
+# batches, loss and evaluation
+
+
+def collate_lm(enc: SFTEncoded, rows, pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded [batch, longest] input_ids / attention_mask, and labels: -100 on prompt and padding."""
+    longest = max(len(enc.ids[i]) for i in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    labels = torch.full((len(rows), longest), IGNORE, dtype=torch.long)
+    for r, i in enumerate(rows):
+        ids = torch.tensor(enc.ids[i], dtype=torch.long)
+        input_ids[r, : len(ids)] = ids
+        mask[r, : len(ids)] = 1
+        labels[r, : len(ids)] = torch.tensor(enc.labels(i), dtype=torch.long)
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def token_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(summed cross-entropy, completion tokens, argmax hits). logits [b, t, vocab], labels [b, t]:
+    position t predicts token t+1, so the last logit and the first label drop out."""
+    logits, target = logits[:, :-1].float(), labels[:, 1:]
+    scored = target != IGNORE
+    loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
+                               reduction="sum")
+    hits = int(((logits.argmax(-1) == target) & scored).sum())
+    return loss_sum, int(scored.sum()), hits
+
+
+def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the batch's completion tokens (the training loss) and their count."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss_sum, n, _ = token_stats(logits, batch["labels"])
+    return loss_sum / max(1, n), n
+
+
+@torch.inference_mode()
+def evaluate_lm(prefix: str, model, enc: SFTEncoded, pad_id: int, device, autocast: bool) -> dict[str, float]:
+    """`<prefix>/loss` (mean per completion token over the split), `/perplexity` (exp of it) and
+    `/token_accuracy` (share of completion tokens that are the argmax of the logit before them)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, tokens, hits = 0.0, 0, 0
+    for rows in eval_batches(enc.lengths, EVAL_TOKENS // 16):  # at most EVAL_TOKENS padded tokens a batch
+        batch = collate_lm(enc, rows, pad_id, device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        s, n, h = token_stats(logits, batch["labels"])
+        loss_sum, tokens, hits = loss_sum + float(s), tokens + n, hits + h
+    model.train(was_training)
+    loss = loss_sum / tokens if tokens else math.nan
+    return {f"{prefix}/loss": loss, f"{prefix}/perplexity": math.exp(min(loss, 700.0)) if tokens else math.nan,
+            f"{prefix}/token_accuracy": hits / tokens if tokens else math.nan, f"{prefix}/tokens": tokens}
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device) -> list[str]:
+    """Greedy continuations of token-id prompts (left-padded batches, stopped at EOS), decoded without
+    special tokens, in the prompts' order."""
+    from transformers import GenerationConfig
+
+    was_training = model.training
+    model.eval()
+    eos = {tokenizer.eos_token_id} | set(_as_list(getattr(getattr(model, "generation_config", None),
+                                                          "eos_token_id", None)))
+    eos.discard(None)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos) or None)
+    outputs: list[str] = [""] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for b in range(0, len(order), GEN_BATCH):
+        rows = order[b:b + GEN_BATCH]
+        longest = max(len(prompts[i]) for i in rows)
+        ids = torch.full((len(rows), longest), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for r, i in enumerate(rows):  # left padding: every prompt ends where generation starts
+            ids[r, longest - len(prompts[i]):] = torch.tensor(prompts[i], dtype=torch.long)
+            mask[r, longest - len(prompts[i]):] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        for r, i in enumerate(rows):
+            outputs[i] = tokenizer.decode(out[r, longest:], skip_special_tokens=True).strip()
+    model.train(was_training)
+    return outputs
+
+
+def _as_list(v) -> list:
+    return [] if v is None else list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress: bool = True) -> dict:
+    """Train one causal-lm run and write its record into `store`. Returns the final run.json content."""
+    from loratune.sft_data import check_trainable
+
+    check_trainable(dataset)
+    require_trackers(cfg.train.report_to)
+    prompt_items = load_prompt_set(cfg.data.prompt_set) if cfg.data.prompt_set else []  # bad rows: said now
+    t_setup = time.perf_counter()
+    torch.set_num_threads(cfg.train.num_threads or cpu_cores())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    seed_everything(cfg.train.seed)
+
+    tokenizer = load_tokenizer(cfg.model)
+    base = load_causal_lm(cfg.model)
+    model, sites = apply_adapter(base, cfg.adapter, task="causal-lm")
+    model.to(device)
+    model.train()
+    params = count_params(model, sites, cfg.adapter.method)
+    pad_id = tokenizer.pad_token_id
+
+    # every split tokenised once: prompt tokens carry label -100 (sft_data.py)
+    renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
+    max_len = cfg.model.max_length
+    train_enc = encode_sft(tokenizer, renderer, dataset.train.examples, max_len)
+    sub = sorted(random.Random(cfg.train.seed).sample(range(len(dataset.train)),
+                                                      min(cfg.train.train_eval_size, len(dataset.train))))
+    train_eval_enc = encode_sft(tokenizer, renderer, [dataset.train.examples[i] for i in sub], max_len)
+    val_enc = encode_sft(tokenizer, renderer, dataset.validation.examples, max_len)
+    prompt_ids = encode_prompts(tokenizer, renderer, [Example((Turn("user", it.prompt),), it.reference)
+                                                      for it in prompt_items], max_len)
+
+    steps, eval_every = plan_steps(cfg, len(dataset.train))
+    optimizer, scheduler = build_optimizer(model, cfg, steps, device)
+    accum = cfg.train.gradient_accumulation_steps
+    rng = random.Random(cfg.train.seed)
+
+    def micro_batches():  # endless stream over epochs, reshuffled each epoch, length-grouped
+        while True:
+            yield from batch_order(train_enc.lengths, cfg.train.per_device_train_batch_size, rng,
+                                   cfg.train.length_grouped_batches)
+
+    store.create(to_yaml(cfg))  # takes run.lock: from here a killed process reads as `died`
+    run = {
+        "status": "running", "reason": None, "task": "causal-lm",
+        "data_notes": list(dataset.notes),
+        "template": renderer.mode,
+        "truncated": {"train": train_enc.truncated, "val": val_enc.truncated, "max_length": max_len},
+        "tokens": {"train": int(train_enc.lengths.sum()),
+                   "train_completion": int((train_enc.lengths - train_enc.prompt_lens).sum()),
+                   "val": int(val_enc.lengths.sum())},
+        "prompt_set": ({"path": cfg.data.prompt_set, "rows": {g: sum(it.group == g for it in prompt_items)
+                                                              for g in sorted({it.group for it in prompt_items})}}
+                       if prompt_items else None),
+        "model": {"name_or_path": cfg.model.name_or_path, "model_type": base.config.model_type,
+                  "num_layers": num_layers(base), "adapted_modules": len(sites)},
+        "method": cfg.adapter.method,
+        "params": params.to_dict(),
+        "rows": {"train": len(dataset.train), "train_eval": len(sub), "val": len(dataset.validation)},
+        "steps_planned": steps, "eval_every": eval_every, "steps_done": 0, "examples_seen": 0,
+        "started_at": _now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
+        "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
+        "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
+        "pid": os.getpid(), "threads": torch.get_num_threads(), "objective": OBJECTIVE,
+        "config": to_dict(cfg), "versions": versions(),
+    }
+    store.write_run(run)
+    tracking = Trackers.open(cfg.train.report_to, store.path, to_dict(cfg), to_yaml(cfg))
+
+    bar = _Progress(steps, progress)
+    best_loss, best_state, evals_since_best = math.inf, None, 0  # lowest val loss so far (any point)
+    trained_loss, start_loss = math.inf, None  # lowest val loss after step 0; the loss of step 1
+    examples_seen, step, step_times = 0, 0, []
+    window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "tokens": []}
+    t0 = time.perf_counter()
+    run["setup_s"] = round(t0 - t_setup, 3)
+
+    def evaluate_now() -> bool:
+        """Score val, the train subsample and the prompt set; append a history point. True: stop early."""
+        nonlocal best_loss, best_state, evals_since_best, trained_loss
+        point = {"step": step, "epoch": examples_seen / max(1, len(dataset.train)),
+                 "examples_seen": examples_seen, "wall_s": round(time.perf_counter() - t0, 3),
+                 "lr": scheduler.get_last_lr()[0] if step else 0.0}
+        if window["loss"]:
+            losses = np.array(window["loss"])
+            point.update({"train/loss": float(losses.mean()), "train/loss_std": float(losses.std()),
+                          "train/loss_first": float(losses[0]), "train/loss_last": float(losses[-1]),
+                          "train/grad_norm": float(np.mean(window["grad_norm"])),
+                          "train/examples_per_s": float(sum(window["n"]) / max(1e-9, sum(window["time"]))),
+                          "train/tokens_per_s": float(sum(window["tokens"]) / max(1e-9, sum(window["time"])))})
+        for key in window:
+            window[key].clear()
+        point.update(evaluate_lm("train_eval", model, train_eval_enc, pad_id, device, autocast))
+        point.update(evaluate_lm("val", model, val_enc, pad_id, device, autocast))
+        if prompt_items:  # protocol 9: read the outputs, as numbers per group and as text
+            outputs = generate(model, tokenizer, prompt_ids, cfg.train.max_new_tokens, device)
+            point.update(score_prompt_set(prompt_items, outputs))
+            store.append_generations([{"step": step, "group": it.group, "prompt": it.prompt,
+                                       "reference": it.reference, "output": out}
+                                      for it, out in zip(prompt_items, outputs)])
+        store.append_history(point)  # the one place an evaluation point is emitted
+        tracking.log_point(point)
+        run["final"] = point
+        loss = point.get(OBJECTIVE, math.nan)
+        bar.update(step, point.get("train/loss"))
+        if loss < best_loss - cfg.train.early_stopping_threshold or not math.isfinite(best_loss):
+            best_loss, evals_since_best = loss, 0
+        else:
+            evals_since_best += 1
+        # the model kept is the best *trained* one: step 0 is the base model, recorded for comparison
+        if step == 0:
+            run["untrained"] = {"step": 0, OBJECTIVE: loss}
+        if step > 0 and math.isfinite(loss) and loss < trained_loss and not _diverged_point(point):
+            trained_loss = loss
+            best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+            run["adapter_step"] = step
+        if run["adapter_step"] == step or run["best"] is None:
+            run["best"] = point
+        store.write_run(run)
+        patience = cfg.train.early_stopping_patience
+        return bool(patience and evals_since_best >= patience)
+
+    def _diverged_point(point: dict) -> str | None:
+        loss = point.get("train/loss")
+        return diverged(loss, start_loss) if loss is not None else None
+
+    try:
+        evaluate_now()  # step 0: the base model
+        batches = micro_batches()
+        stop_reason = f"planned steps done ({steps})"
+        for step in range(1, steps + 1):
+            t_step = time.perf_counter()
+            step_loss, n_examples, n_tokens = 0.0, 0, 0
+            for _ in range(accum):
+                rows = next(batches)
+                batch = collate_lm(train_enc, rows, pad_id, device)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss, n = lm_loss(model, batch)
+                (loss / accum).backward()
+                step_loss += float(loss.detach()) / accum
+                n_examples += len(rows)
+                n_tokens += int(batch["attention_mask"].sum())
+            if not math.isfinite(step_loss):
+                run["status"], stop_reason = "diverged", f"non-finite loss at step {step}"
+                optimizer.zero_grad(set_to_none=True)
+                break
+            if start_loss is None:
+                start_loss = step_loss
+            max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            examples_seen += n_examples
+            dt = time.perf_counter() - t_step
+            step_times.append(dt)
+            for key, v in (("loss", step_loss), ("grad_norm", grad_norm), ("n", n_examples), ("time", dt),
+                           ("tokens", n_tokens)):
+                window[key].append(v)
+            run["steps_done"], run["examples_seen"] = step, examples_seen
+            bar.update(step, step_loss)
+            if step % eval_every == 0 or step == steps:
+                stop = evaluate_now()
+                why = _diverged_point(run["final"])
+                if why:
+                    run["status"], stop_reason = "diverged", f"{why} (step {step})"
+                    break
+                if stop:
+                    stop_reason = (f"early stopping: val loss did not improve for "
+                                   f"{cfg.train.early_stopping_patience} evaluations")
+                    break
+        if run["status"] == "running":
+            run["status"] = "completed"
+        run["reason"] = stop_reason
+    except KeyboardInterrupt as exc:
+        run["status"], run["reason"] = "interrupted", f"{signals.describe(exc)} at step {step}"
+        raise
+    except Exception as exc:
+        run["status"], run["reason"] = "failed", f"{type(exc).__name__}: {exc}"
+        user = output_error(exc, store.path)
+        if user is not None:
+            raise user from None
+        raise
+    finally:
+        with signals.shielded():  # a second Ctrl-C / SIGTERM waits until the record is whole
+            save_error = _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t0,
+                                        examples_seen, step_times)
+            store.close()
+            tracking.finish(store.path, run["status"])
+        if save_error is not None and sys.exc_info()[0] is None:
+            raise save_error
+    return run
+
+
+def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t0, examples_seen,
+                   step_times):
+    """Restore the best trained weights, save them, write the final run.json (as train._finish_record:
+    a write that fails for the output location is returned as a UserError, never raised over the error
+    that ended the run)."""
+    bar.close()
+    run["partial"] = run["status"] in ("interrupted", "failed")
+    run.update({"ended_at": _now(), "wall_s": round(time.perf_counter() - t0, 3),
+                "examples_per_s": examples_seen / sum(step_times) if step_times else None,
+                "mean_step_s": float(np.mean(step_times)) if step_times else None,
+                "peak_memory_mb": peak_memory_mb(device)})
+    try:
+        if best_state is not None:
+            with torch.no_grad():
+                named = dict(model.named_parameters())
+                for n, t in best_state.items():
+                    named[n].copy_(t)
+            save_lm(model, tokenizer, cfg, store)
+            step = run["adapter_step"]
+            best, untrained = (run.get("best") or {}).get(OBJECTIVE), (run.get("untrained") or {}).get(OBJECTIVE)
+            worse = isinstance(best, float) and isinstance(untrained, float) and untrained < best
+            run["saved_model"] = {"step": step, "note": f"adapter/ holds the model of step {step}, the lowest val "
+                                  "loss among the trained evaluation points"
+                                  + (f"; the untrained model at step 0 had a lower val loss ({untrained:.4f} vs "
+                                     f"{best:.4f})" if worse else "")}
+        else:
+            run["adapter_step"] = None
+            run["saved_model"] = {"step": None, "note": "no model saved: the run ended before any trained "
+                                  "evaluation point (or every one had diverged)"}
+        store.write_run(run)
+    except Exception as exc:
+        user = output_error(exc, store.path)
+        if user is None:
+            raise
+        return user
+    return None
+
+
+def save_lm(model, tokenizer, cfg: RunConfig, store: RunStore) -> None:
+    """peft's own format for LoRA (adapter_config.json + adapter_model.safetensors; the base model is
+    unchanged, so nothing else is saved); the whole model for method full. The tokenizer goes beside it,
+    and a README that says how to load it with plain peft + transformers."""
+    from loratune.models import quiet_transformers
+
+    out = store.adapter_dir
+    out.mkdir(parents=True, exist_ok=True)
+    with quiet_transformers():  # no progress bar per shard
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    write_atomic(out / "README.md", model_card(cfg, hasattr(model, "peft_config")))
+
+
+def model_card(cfg: RunConfig, is_adapter: bool) -> str:
+    a = cfg.adapter
+    src = resolve_model(cfg.model)
+    base = f'"{src.path}"' + (f', gguf_file="{src.gguf_file}"' if src.gguf_file else "")
+    kind = (f"a LoRA adapter (r={a.r}, lora_alpha={a.lora_alpha}, targets {', '.join(map(str, a.target_modules))})"
+            if is_adapter else "a fully fine-tuned model")
+    load = (f"base = AutoModelForCausalLM.from_pretrained({base})\n"
+            "model = PeftModel.from_pretrained(base, \"adapter\")" if is_adapter
+            else "model = AutoModelForCausalLM.from_pretrained(\"adapter\")")
+    return ("# Causal LM fine-tuned (SFT) with loratune\n\n"
+            f"This folder holds {kind}, trained by `loratune train task=causal-lm` on "
+            f"`{cfg.data.train_file or cfg.data.dataset_name}` (loss on completion tokens only, prompts written "
+            f"with chat_template={cfg.data.chat_template}, max_length {cfg.model.max_length}).\n\n"
+            f"- base model: `{cfg.model.name_or_path}`\n"
+            "- curves, prompt-set outputs and the configuration: `../history.jsonl`, `../generations.jsonl`, "
+            "`../run.json`, `../config.yaml`\n\n"
+            "## Use\n\n```python\n"
+            + ("from peft import PeftModel\n" if is_adapter else "")
+            + "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"{load}\ntokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n"
+            "ids = tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": \"...\"}], "
+            "add_generation_prompt=True, return_tensors=\"pt\")\n"
+            "print(tokenizer.decode(model.generate(ids, max_new_tokens=64)[0, ids.shape[1]:], "
+            "skip_special_tokens=True))\n```\n")

@@ -1,0 +1,378 @@
+"""SFT data (task causal-lm): prompt/completion or chat rows -> token ids with a loss mask.
+
+Reads JSONL / CSV / Parquet through `data.read_rows`. A row is either
+- `prompt` + `completion` columns (data.prompt_column / completion_column): strings, or TRL's
+  conversational form (a list of {role, content} as the prompt, the assistant turn as the completion);
+- a chat (data.messages_column, default `messages`): a list of {role, content} whose last turn is the
+  assistant answer that is learnt; every turn before it is the prompt.
+
+Rendering (data.chat_template):
+- `auto`: the tokenizer's chat template when it has one, else `plain`;
+- `plain`: PLAIN_TEMPLATE below: each turn `### User:\\n<content>\\n\\n` (System, User, Assistant),
+  then `### Assistant:\\n` and the completion, then the tokenizer's EOS token;
+- `none`: prompt and completion joined as written, then EOS (TRL's "standard" prompt-completion
+  format); a chat with more than one prompt turn is refused.
+
+Tokenisation: the prompt and the completion are tokenised separately (no special tokens; the
+tokenizer's own BOS prefix is added once) and concatenated, so the prompt/completion boundary is
+exact. labels = -100 on every prompt token: the loss is on completion tokens only (and the EOS that
+ends them). A pair longer than model.max_length is truncated keeping the completion: the prompt loses
+its beginning first, down to half of max_length; only then is the completion cut at its end.
+
+Knows nothing of models or training. Every problem a user can cause raises a `UserError` naming the
+file, the row, the columns found and the fix.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loratune.config import EMBEDDED_DATA, DataConfig
+from loratune.data import SPLIT_NAMES, _find_split_file, read_rows
+from loratune.errors import UserError
+
+ROLES = ("system", "user", "assistant")
+# The plain template: what a prompt looks like when the tokenizer has no chat template (or chat_template=plain).
+PLAIN_TEMPLATE = {"turn": "### {role}:\n{content}\n\n", "generation": "### Assistant:\n",
+                  "roles": {"system": "System", "user": "User", "assistant": "Assistant"}}
+# Column names people give prompts, completions and chats, most likely first (for the fix of a missing column).
+PROMPT_NAMES = ("prompt", "instruction", "question", "input", "query", "text")
+COMPLETION_NAMES = ("completion", "response", "output", "answer", "target", "reference")
+MESSAGES_NAMES = ("messages", "conversations", "conversation", "chat", "dialog")
+IGNORE = -100  # the label torch's cross-entropy skips: prompt tokens and padding
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training pair: the prompt turns and the completion (the assistant answer) that is learnt."""
+
+    prompt: tuple[Turn, ...]
+    completion: str
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt as a person reads it (its turns' contents)."""
+        return "\n".join(t.content for t in self.prompt)
+
+
+@dataclass(frozen=True)
+class SFTSplit:
+    name: str
+    examples: tuple[Example, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def subset(self, indices: list[int], name: str | None = None, source: str | None = None) -> "SFTSplit":
+        return SFTSplit(name or self.name, tuple(self.examples[i] for i in indices), source or self.source)
+
+
+@dataclass(frozen=True)
+class SFTDataset:
+    train: SFTSplit
+    validation: SFTSplit
+    test: SFTSplit | None
+    notes: tuple[str, ...] = ()
+
+    def splits(self) -> dict[str, SFTSplit]:
+        out = {"train": self.train, "validation": self.validation}
+        if self.test is not None:
+            out["test"] = self.test
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# reading rows
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else value  # numpy arrays from parquet
+
+
+def _turns(value: Any, where: str, column: str) -> tuple[Turn, ...]:
+    value = _plain(value)
+    if not isinstance(value, (list, tuple)) or not value:
+        raise UserError(f"{where}: column '{column}' is not a list of {{role, content}} turns",
+                        'write a chat as [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]')
+    turns = []
+    for i, t in enumerate(value):
+        t = _plain(t)
+        if not isinstance(t, dict) or "role" not in t or "content" not in t:
+            raise UserError(f"{where}: turn {i + 1} of column '{column}' is not a {{role, content}} object",
+                            'write each turn as {"role": "user", "content": "..."}')
+        if t["role"] not in ROLES:
+            raise UserError(f"{where}: turn {i + 1} has role '{t['role']}'", f"use one of {', '.join(ROLES)}")
+        turns.append(Turn(str(t["role"]), "" if t["content"] is None else str(t["content"])))
+    return tuple(turns)
+
+
+def _guess(cols: list[str], names: tuple[str, ...]) -> str | None:
+    lower = {str(c).lower(): str(c) for c in cols}
+    return next((lower[n] for n in names if n in lower), None)
+
+
+def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
+    if mode == "chat":
+        turns = _turns(row.get(cfg.messages_column), where, cfg.messages_column)
+        if turns[-1].role != "assistant" or len(turns) < 2:
+            raise UserError(f"{where}: the chat in '{cfg.messages_column}' does not end with an assistant turn "
+                            "after at least one prompt turn", "end every chat with the assistant answer to learn")
+        return Example(turns[:-1], turns[-1].content)
+    prompt, completion = _plain(row.get(cfg.prompt_column)), _plain(row.get(cfg.completion_column))
+    if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+        raise UserError(f"{where} has no prompt in column '{cfg.prompt_column}'", "fill in the prompt or drop the row")
+    if isinstance(completion, (list, tuple)):  # TRL conversational: [{"role": "assistant", "content": ...}]
+        completion = "".join(t.content for t in _turns(completion, where, cfg.completion_column))
+    if completion is None or not str(completion).strip():
+        raise UserError(f"{where} has no completion in column '{cfg.completion_column}'",
+                        "fill in the completion or drop the row")
+    turns = _turns(prompt, where, cfg.prompt_column) if isinstance(prompt, (list, tuple)) \
+        else (Turn("user", str(prompt)),)
+    return Example(turns, str(completion))
+
+
+def parse_sft_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: str) -> SFTSplit:
+    """Pick prompt/completion columns (or the chat column) and build one example per row."""
+    cols = [str(c) for c in rows[0]]
+    if cfg.prompt_column in rows[0] or cfg.completion_column in rows[0]:
+        missing = [c for c in (cfg.prompt_column, cfg.completion_column) if c not in rows[0]]
+        if missing:
+            key = "data.prompt_column" if missing[0] == cfg.prompt_column else "data.completion_column"
+            guess = _guess([c for c in cols if c not in (cfg.prompt_column, cfg.completion_column)],
+                           PROMPT_NAMES if key == "data.prompt_column" else COMPLETION_NAMES)
+            raise UserError(f"data file '{source}' has no column '{missing[0]}' (columns: {', '.join(cols)})",
+                            f"set {key} to the column that holds it" + (f", e.g. {key}={guess}" if guess else ""))
+        mode = "pair"
+    elif cfg.messages_column in rows[0]:
+        mode = "chat"
+    else:
+        p, c, m = _guess(cols, PROMPT_NAMES), _guess(cols, COMPLETION_NAMES), _guess(cols, MESSAGES_NAMES)
+        hint = (f"e.g. data.prompt_column={p} data.completion_column={c}" if p and c else
+                f"e.g. data.messages_column={m}" if m else
+                "set data.prompt_column and data.completion_column, or data.messages_column")
+        raise UserError(f"data file '{source}' has neither prompt/completion columns ('{cfg.prompt_column}', "
+                        f"'{cfg.completion_column}') nor a chat column ('{cfg.messages_column}') "
+                        f"(columns: {', '.join(cols)})", f"name the columns that hold them: {hint}")
+    examples = tuple(_example(row, cfg, mode, f"data file '{source}' row {n}") for n, row in enumerate(rows, start=1))
+    return SFTSplit(name, examples, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# the dataset
+
+
+def embedded_sft_dir() -> Path:
+    """The demo instruction data that ships (demo_data/instructions), when it is there."""
+    return Path(__file__).parent / "demo_data" / "instructions"
+
+
+def _random_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    idx = list(range(n))
+    random.Random(seed).shuffle(idx)
+    k = min(n - 1, max(1, round(fraction * n))) if n > 1 else 0
+    return sorted(idx[k:]), sorted(idx[:k])
+
+
+def _random_subset(n: int, k: int, seed: int) -> list[int]:
+    return sorted(random.Random(seed + 1).sample(range(n), k))
+
+
+def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
+    """Read the splits the config names (a folder of train/validation/test files, or the *_file keys),
+    carve a seeded random validation split when none is given, apply max_*_samples."""
+    notes: list[str] = []
+    splits: dict[str, SFTSplit] = {}
+    name = cfg.dataset_name
+    folder = None
+    if name == EMBEDDED_DATA:  # the classification demo is no SFT data; the SFT demo when it ships
+        folder = embedded_sft_dir() if not cfg.train_file and embedded_sft_dir().is_dir() else None
+    elif name and Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser()
+    elif name and not cfg.train_file:
+        raise UserError(f"dataset_name '{name}' is not a folder here (task causal-lm reads local files only)",
+                        "point data.dataset_name at a folder with train/validation files, or set data.train_file")
+    if folder is not None:
+        for split in SPLIT_NAMES:
+            p = _find_split_file(folder, split)
+            if p is not None:
+                splits[split] = parse_sft_rows(read_rows(p), cfg, str(p), split)
+    for split, key in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):
+        if key:
+            p = Path(key).expanduser()
+            splits[split] = parse_sft_rows(read_rows(p), cfg, str(p), split)
+    if "train" not in splits:
+        raise UserError("no training data found for task causal-lm",
+                        "set data.train_file (rows with prompt/completion, or a messages chat), or "
+                        "data.dataset_name to a folder with train/validation files")
+    train = splits["train"]
+    validation = splits.get("validation")
+    if validation is None:
+        keep, carved = _random_split(len(train), cfg.validation_fraction, seed)
+        validation = train.subset(carved, name="validation", source=f"{train.source} (carved)")
+        train = train.subset(keep)
+        notes.append(f"no validation split given: carved a random {cfg.validation_fraction:.0%} "
+                     f"({len(validation)} rows) from train with seed {seed}")
+    if cfg.max_train_samples and cfg.max_train_samples < len(train):
+        train = train.subset(_random_subset(len(train), cfg.max_train_samples, seed))
+        notes.append(f"train: random subset of {len(train)} rows (max_train_samples)")
+    if cfg.max_eval_samples and cfg.max_eval_samples < len(validation):
+        validation = validation.subset(_random_subset(len(validation), cfg.max_eval_samples, seed))
+        notes.append(f"validation: random subset of {len(validation)} rows (max_eval_samples)")
+    return SFTDataset(train, validation, splits.get("test"), tuple(notes))
+
+
+MIN_TRAIN_ROWS = 1
+MIN_VALIDATION_ROWS = 1
+
+
+def check_trainable(dataset: SFTDataset) -> None:
+    """One UserError naming every split too small to train on or to score."""
+    problems = []
+    if len(dataset.train) < MIN_TRAIN_ROWS:
+        problems.append(f"train: {len(dataset.train)} row(s); training needs at least {MIN_TRAIN_ROWS}")
+    if len(dataset.validation) < MIN_VALIDATION_ROWS:
+        problems.append("validation: 0 rows (a single training row leaves none to carve)")
+    if problems:
+        raise UserError(f"the data cannot be trained on ({len(problems)} problem(s)):\n"
+                        + "\n".join(f"  - {p}" for p in problems), "give more rows, or data.validation_file")
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering and tokenising
+
+
+@dataclass(frozen=True)
+class Renderer:
+    """Writes prompts and completions out as text for one tokenizer (data.chat_template resolved)."""
+
+    tokenizer: Any
+    mode: str  # chat | plain | none
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, choice: str) -> "Renderer":
+        if choice == "auto":
+            choice = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+        return cls(tokenizer, {"plain": "plain", "none": "none"}.get(choice, "chat"))
+
+    def prompt(self, turns: tuple[Turn, ...]) -> str:
+        if self.mode == "chat":
+            return self.tokenizer.apply_chat_template([_msg(t) for t in turns], tokenize=False,
+                                                      add_generation_prompt=True)
+        if self.mode == "plain":
+            return "".join(PLAIN_TEMPLATE["turn"].format(role=PLAIN_TEMPLATE["roles"][t.role], content=t.content)
+                           for t in turns) + PLAIN_TEMPLATE["generation"]
+        if len(turns) > 1:
+            raise UserError("data.chat_template=none cannot write a chat of several turns",
+                            "use chat_template=auto or plain for chat data")
+        return turns[0].content
+
+    def completion(self, turns: tuple[Turn, ...], completion: str) -> str:
+        """The completion as the template writes it after the prompt (chat: up to its end-of-turn mark)."""
+        if self.mode != "chat":
+            return completion
+        prompt = self.prompt(turns)
+        full = self.tokenizer.apply_chat_template([_msg(t) for t in turns] + [{"role": "assistant",
+                                                                                "content": completion}],
+                                                  tokenize=False)
+        return full[len(prompt):] if full.startswith(prompt) else completion
+
+
+def _msg(t: Turn) -> dict[str, str]:
+    return {"role": t.role, "content": t.content}
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before a text on its own (BOS for Llama-2 style tokenizers; none for
+    SmolLM2 and Qwen2), found by tokenising a probe with and without special tokens."""
+    probe = "hello world"
+    with_special = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    without = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    for i in range(len(with_special) - len(without) + 1):
+        if with_special[i:i + len(without)] == without:
+            return list(with_special[:i])
+    return []
+
+
+@dataclass
+class SFTEncoded:
+    """A split tokenised once: ids without padding and, per row, how many leading tokens are prompt."""
+
+    ids: list[list[int]]
+    prompt_lens: np.ndarray  # int64 [n]: tokens 0..prompt_len-1 carry no loss
+    truncated: int = 0  # rows cut to max_length
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+    def labels(self, row: int) -> list[int]:
+        ids, n = self.ids[row], int(self.prompt_lens[row])
+        return [IGNORE] * n + ids[n:]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def fit(prefix: list[int], prompt: list[int], completion: list[int], max_length: int) -> tuple[list[int], int, bool]:
+    """prefix + prompt + completion within max_length, keeping the completion: the prompt loses its
+    beginning first (down to half the room), then the completion its end. Returns (ids, prompt tokens
+    incl. the prefix, truncated?)."""
+    room = max_length - len(prefix)
+    keep_c = min(len(completion), max(room - len(prompt), room // 2))
+    keep_p = min(len(prompt), room - keep_c)
+    ids = prefix + prompt[len(prompt) - keep_p:] + completion[:keep_c]
+    return ids, len(prefix) + keep_p, keep_p < len(prompt) or keep_c < len(completion)
+
+
+def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | list[Example],
+               max_length: int) -> SFTEncoded:
+    """Token ids and prompt lengths of every example (EOS appended to a completion that lacks it)."""
+    prompts = [renderer.prompt(e.prompt) for e in examples]
+    completions = [renderer.completion(e.prompt, e.completion) for e in examples]
+    p_ids = _ids(tokenizer, prompts)
+    c_ids = _ids(tokenizer, completions)
+    eos, prefix = tokenizer.eos_token_id, special_prefix(tokenizer)
+    ids, prompt_lens, truncated = [], [], 0
+    for text, p, c in zip(prompts, p_ids, c_ids):
+        if eos is not None and eos not in c:
+            c = c + [eos]
+        row, n, cut = fit(_prefix_for(tokenizer, text, prefix), p, c, max_length)
+        ids.append(row)
+        prompt_lens.append(n)
+        truncated += cut
+    return SFTEncoded(ids, np.array(prompt_lens, dtype=np.int64), truncated)
+
+
+def encode_prompts(tokenizer, renderer: Renderer, examples, max_length: int) -> list[list[int]]:
+    """Generation inputs: the prefix and the rendered prompt (with the assistant header), keeping its end."""
+    prompts = [renderer.prompt(e.prompt) for e in examples]
+    out, own = [], special_prefix(tokenizer)
+    for text, p in zip(prompts, _ids(tokenizer, prompts)):
+        prefix = _prefix_for(tokenizer, text, own)
+        out.append(prefix + p[max(0, len(p) - (max_length - len(prefix))):])
+    return out
+
+
+def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+
+
+def _prefix_for(tokenizer, text: str, prefix: list[int]) -> list[int]:
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos):  # the chat template wrote it already
+        return []
+    return prefix
