@@ -1,0 +1,114 @@
+"""Prompt-set scoring and the prompt-set file (loratune.generation), with hand-computed values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loratune.errors import UserError
+from loratune.generation import PROMPT_GROUPS, SCORES, PromptItem, chrf, load_prompt_set, normalise, prompt_key, \
+    repetition, score_generations, score_prompt_set
+
+
+def test_prompt_key_is_one_format_and_rejects_unknown_names():
+    assert prompt_key("novel", "chrf") == "val/prompt_novel_chrf"
+    assert prompt_key("familiar", "exact_match") == "val/prompt_familiar_exact_match"
+    with pytest.raises(ValueError, match="allowed: familiar, novel"):
+        prompt_key("train", "chrf")
+    with pytest.raises(ValueError, match="unknown prompt-set score"):
+        prompt_key("novel", "rouge")
+
+
+def test_exact_match_normalises_case_and_whitespace():
+    assert normalise("  The \n Cat\tsat ") == "the cat sat"
+    s = score_generations(["Paris", "  the  Cat ", "no"], ["paris", "the cat", "yes"])
+    assert s["exact_match"] == pytest.approx(2 / 3)
+
+
+def test_chrf_hand_computed():
+    # "ab" vs "abc": orders with n-grams on both sides are 1 and 2.
+    # n=1: precision 2/2, recall 2/3; n=2: precision 1/1, recall 1/2 -> mean P = 1, mean R = 7/12;
+    # F_beta=2 = 5 P R / (4 P + R) = (35/12) / (55/12) = 7/11
+    assert chrf("ab", "abc") == pytest.approx(7 / 11)
+    assert chrf("the same answer", "the same answer") == pytest.approx(1.0)
+    assert chrf("xyz", "abc") == 0.0
+    assert chrf("", "") == 1.0  # nothing expected, nothing said
+    assert chrf("", "abc") == 0.0
+
+
+def test_len_ratio_is_the_mean_of_word_ratios_and_skips_empty_references():
+    # 4/2 = 2.0 and 1/4 = 0.25 -> 1.125; the third row has an empty reference and is left out
+    s = score_generations(["a b c d", "a", "anything"], ["a b", "a b c d", "  "])
+    assert s["len_ratio"] == pytest.approx(1.125)
+
+
+def test_repetition_is_the_share_of_repeated_word_trigrams():
+    # 6 words -> 4 trigrams: (the cat the), (cat the cat), (the cat the), (cat the cat): 2 distinct -> 2/4
+    assert repetition("The cat the cat the CAT") == pytest.approx(0.5)
+    assert repetition("a b c") == 0.0
+    assert repetition("hi") == 0.0  # under 3 words: no trigram to repeat
+    s = score_generations(["the cat the cat the cat", "a b c"], ["x", "y"])
+    assert s["repetition"] == pytest.approx(0.25)
+
+
+def test_empty_rate_and_row_count():
+    s = score_generations(["", "  \n", "x"], ["a", "b", "x"])
+    assert s["empty"] == pytest.approx(2 / 3)
+    assert s["n"] == 3.0
+    assert set(s) == set(SCORES) | {"n"}
+
+
+def test_score_generations_rejects_mismatched_or_empty_lists():
+    with pytest.raises(ValueError, match="2 outputs for 1 references"):
+        score_generations(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="no generations"):
+        score_generations([], [])
+
+
+def test_score_prompt_set_groups_into_history_keys():
+    items = [PromptItem("p1", "Paris", "familiar"), PromptItem("p2", "blue", "novel"),
+             PromptItem("p3", "four words here now", "novel")]
+    out = score_prompt_set(items, ["paris", "red", "four words"])
+    assert out[prompt_key("familiar", "exact_match")] == 1.0
+    assert out[prompt_key("novel", "exact_match")] == 0.0
+    assert out[prompt_key("novel", "len_ratio")] == pytest.approx((1 / 1 + 2 / 4) / 2)
+    assert len(out) == len(PROMPT_GROUPS) * len(SCORES)
+    only_novel = score_prompt_set(items[1:], ["blue", "x"])
+    assert all(k.startswith("val/prompt_novel_") for k in only_novel)
+
+
+def _write(tmp_path, rows, name="prompts.jsonl"):
+    p = tmp_path / name
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return p
+
+
+def test_load_prompt_set_reads_rows(tmp_path):
+    p = _write(tmp_path, [{"prompt": "Q1", "reference": "A1", "group": "familiar"},
+                          {"prompt": "Q2", "reference": "A2", "group": "novel", "extra": 1}])
+    assert load_prompt_set(p) == [PromptItem("Q1", "A1", "familiar"), PromptItem("Q2", "A2", "novel")]
+
+
+def test_load_prompt_set_names_file_rows_and_fix(tmp_path):
+    p = _write(tmp_path, [{"prompt": "Q1", "reference": "A1", "group": "familiar"},
+                          {"prompt": "Q2", "reference": "", "group": "novel"},
+                          {"prompt": "Q3", "reference": "A3", "group": "held-out"},
+                          {"reference": "A4", "group": "novel"}])
+    with pytest.raises(UserError) as exc:
+        load_prompt_set(p)
+    msg = str(exc.value)
+    assert str(p) in msg and "3 bad row(s)" in msg
+    assert 'row 2: "reference" is empty or not text' in msg
+    assert "row 3: \"group\" is 'held-out', allowed: familiar, novel" in msg
+    assert 'row 4: "prompt" is missing' in msg
+    assert exc.value.fix and '"group": "novel"' in exc.value.fix
+
+
+def test_load_prompt_set_missing_file_and_bad_json(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_prompt_set(tmp_path / "nope.jsonl")
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"prompt": "Q", "reference": "A", "group": "novel"}\n{not json\n', encoding="utf-8")
+    with pytest.raises(UserError, match="line 2 is not valid JSON"):
+        load_prompt_set(p)
