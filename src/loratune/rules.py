@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping, Union
 
 from loratune.errors import UserError
 from loratune.features import COMPARE_FEATURES, FEATURES, format_value
+from loratune.moves import is_move
 
 OPS = ("<", "<=", ">", ">=")
 KNOB_CLASSES = ("capacity", "optimization", "data", "budget")
@@ -154,6 +155,12 @@ _THRESHOLDS = (
        "the fall happened early and flattened."),
     _t("underfit_min_drop", 0.05, "fraction", "Val loss fell at least this much: the model learned, then "
        "stopped (a loss that never moved is an optimization problem, not a capacity limit)."),
+    _t("high_lr_min", 1.5e-3, "lr", "An AdamW lr at the top of LoRA's usual range (protocol 1: centres 1e-4..5e-3 on "
+       "small models) that still leaves the train loss stuck high and flat: the step is not what is missing, the "
+       "adapter's capacity is (the external corpus's r=1-2 single-module adapters at 2e-3..1e-2)."),
+    _t("stuck_loss_ratio_min", 0.6, "ratio", "...stuck high: the train loss ended at this share of its start or more..."),
+    _t("stuck_val_drop_max", 0.1, "fraction", "...and the val loss fell less than this from its first eval to its "
+       "minimum (a val loss still falling by more is a run that is learning: prompt tuning runs at lr 3e-2)."),
     _t("underfit_fit_max", 0.6, "points", "Train-subsample metric below this: the model cannot fit training data."),
     _t("underfit_loss_vs_chance_min", 0.3, "ratio", "Train loss still at this share of ln(classes) (or of its "
        "start) or more."),
@@ -280,18 +287,21 @@ _RULES = (
     ),
     Rule(
         id="underfit-capacity", scope="curve", priority=60, knob_class="capacity", confidence=0.6,
-        when=all_(c("val_loss_drop", ">=", "underfit_min_drop"),
+        when=all_(any_(all_(c("val_loss_drop", ">=", "underfit_min_drop"),
+                            c("val_loss_late_share", "<", "plateau_late_share_max")),
+                       all_(c("peak_lr", ">=", "high_lr_min"),
+                            c("train_loss_final_over_start", ">=", "stuck_loss_ratio_min"),
+                            c("val_loss_drop", "<", "stuck_val_drop_max"))),
                   c("train_loss_late_drop", "<", "plateau_late_drop_max"),
-                  c("val_loss_late_share", "<", "plateau_late_share_max"),
                   any_(c("train_eval_metric_final", "<", "underfit_fit_max"),
                        c("train_loss_vs_chance", ">=", "underfit_loss_vs_chance_min"),
                        c("train_loss_final_over_start", ">=", "underfit_loss_vs_chance_min")),
                   c("gap_f1", "<", "underfit_gap_max"),
                   c("val_metric_best", "<", "underfit_metric_max"),
                   c("val_metric_gain_per_epoch_late", "<", "flat_per_epoch_max")),
-        verdict="underfit (capacity): the loss fell, then plateaued early and high; train and val both low, "
-                "small gap",
-        moves=("r x2", "+ffn", "+layers"),
+        verdict="underfit (capacity): the loss fell, then plateaued early and high (or stayed high at an lr "
+                "already at the top of LoRA's range); train and val both low, small gap",
+        moves=("r x2", "+ffn", "+attn.k, attn.o", "+layers"),
         suppresses=("healthy", "undertrained"),
         source="protocol 3: train loss will not go down; train and val both low with a small gap; more epochs "
                "change nothing -> raise rank or add modules",
@@ -553,6 +563,9 @@ def check_table(rules: tuple[Rule, ...] = RULES, thresholds: Mapping[str, Thresh
         for s in r.suppresses:
             if s not in ids:
                 problems.append(f"{r.id}: suppresses unknown rule {s}")
+        for m in r.moves:  # a move is defined once: a row of loratune.moves.MOVES (by id or text)
+            if not is_move(m):
+                problems.append(f"{r.id}: unknown move {m!r} (add it to loratune.moves.MOVES)")
     for sg in SIGNALS:
         for f in sg.features:
             if f not in FEATURES:

@@ -347,3 +347,20 @@ def test_near_miss_rebound_a_late_low_is_a_wiggle_of_a_settled_loss(tmp_path):
                                val=exp_decay(1.5, 0.4, 6), metric=lambda f: 0.5 + 0.3 * min(f * 3, 1)))
     assert d.features["train_loss_min_fraction"] > 0.6
     assert not d.fired("lr-too-large", active_only=False)
+
+
+def test_a_loss_stuck_high_at_an_lr_already_at_the_top_of_loras_range_is_underfit(tmp_path):
+    # r=1 on one module at lr 2e-3: the loss moves 1% of ln(classes) in 150 steps and flattens, F1 low and flat
+    d = diagnose(trainer_state(tmp_path, train=lambda f: L10 * (1 - 0.01 * min(f * 2, 1)),
+                               val=lambda f: L10 * (1 - 0.008 * min(f * 2, 1)), metric=lambda f: 0.2, lr=2e-3,
+                               noise=0.001))
+    assert d.verdict == "underfit-capacity", [(f.rule_id, f.suppressed_by) for f in d.findings]
+    assert d.primary.caveat and "pair experiment" in d.primary.caveat
+
+
+def test_near_miss_stuck_high_but_the_val_loss_is_still_falling(tmp_path):
+    # prompt tuning at lr 3e-2: the train loss stays near its start, but the val loss falls 20% and is still falling
+    d = diagnose(trainer_state(tmp_path, train=lambda f: 2.9 * (1 - 0.11 * f), val=lambda f: 2.88 * (1 - 0.21 * f),
+                               classes=None, n_val=None, lr=3e-2, evals=12, steps=240))
+    assert d.features["val_loss_drop"] > 0.1 and d.features["peak_lr"] >= 1.5e-3
+    assert not d.fired("underfit-capacity", active_only=False)
