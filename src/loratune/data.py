@@ -227,7 +227,7 @@ def _labels_of(value: Any, delimiter: str | None) -> tuple[str, ...]:
     return (s,)
 
 
-def _find_split_file(folder: Path, split: str) -> Path | None:
+def find_split_file(folder: Path, split: str) -> Path | None:
     for stem in SPLIT_NAMES[split]:
         for suffix in SUFFIXES:
             p = folder / f"{stem}{suffix}"
@@ -365,7 +365,7 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         folder = None
     if folder is not None:
         for split in SPLIT_NAMES:
-            p = _find_split_file(folder, split)
+            p = find_split_file(folder, split)
             if p is not None:
                 splits[split] = parse_rows(read_rows(p), cfg, str(p), split)
         if "train" not in splits and cfg.train_file is None:

@@ -22,6 +22,7 @@ import os
 import random
 import sys
 import time
+from datetime import datetime, timezone
 
 import numpy as np
 import torch
@@ -36,8 +37,8 @@ from loratune.sft_data import IGNORE, Example, Renderer, SFTDataset, SFTEncoded,
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
-from loratune.train import (_now, _Progress, batch_order, build_optimizer, cpu_cores, diverged, eval_batches,
-                            output_error, peak_memory_mb, plan_steps, seed_everything, versions)
+from loratune.train import (batch_order, build_optimizer, cpu_cores, diverged, eval_batches, output_error,
+                            peak_memory_mb, plan_steps, seed_everything, versions)
 
 OBJECTIVE = "val/loss"  # the saved model and early stopping: the lowest val loss per completion token
 # Evaluation batches hold at most this many tokens: the logits are [tokens, vocab] float32, 200 MB at
@@ -137,6 +138,35 @@ def _as_list(v) -> list:
 
 # ----------------------------------------------------------------------------------------------
 # the run
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class _Progress:
+    """A rich progress bar: step, train loss, the last val loss (silent when disabled)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]sft"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]}"), TextColumn("val loss {task.fields[val]}"),
+                                TimeRemainingColumn(), console=Console(stderr=True))
+            self.task = self.bar.add_task("sft", total=total, loss="-", val="-")
+            self.bar.start()
+
+    def update(self, step: int, loss: float | None = None, val: float | None = None) -> None:
+        if self.bar is not None:
+            fields = {k: f"{v:.4f}" for k, v in (("loss", loss), ("val", val)) if v is not None}
+            self.bar.update(self.task, completed=step, **fields)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress: bool = True) -> dict:
@@ -243,7 +273,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         tracking.log_point(point)
         run["final"] = point
         loss = point.get(OBJECTIVE, math.nan)
-        bar.update(step, point.get("train/loss"))
+        bar.update(step, point.get("train/loss"), loss)
         if loss < best_loss - cfg.train.early_stopping_threshold or not math.isfinite(best_loss):
             best_loss, evals_since_best = loss, 0
         else:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from loratune.config import EMBEDDED_DATA, DataConfig
-from loratune.data import SPLIT_NAMES, _find_split_file, read_rows
+from loratune.data import SPLIT_NAMES, find_split_file, read_rows
 from loratune.errors import UserError
 
 ROLES = ("system", "user", "assistant")
@@ -205,7 +205,7 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
                         "point data.dataset_name at a folder with train/validation files, or set data.train_file")
     if folder is not None:
         for split in SPLIT_NAMES:
-            p = _find_split_file(folder, split)
+            p = find_split_file(folder, split)
             if p is not None:
                 splits[split] = parse_sft_rows(read_rows(p), cfg, str(p), split)
     for split, key in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):

@@ -1,0 +1,222 @@
+"""SFT data (task causal-lm): reading prompt/completion and chat rows, rendering (chat template or the plain
+template), the loss mask on prompt tokens, truncation that keeps the completion, and the loss itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loratune.config import DataConfig
+from loratune.errors import UserError
+from loratune.sft import token_stats
+from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, Turn, encode_prompts, encode_sft, fit,
+                               load_sft_dataset, parse_sft_rows, special_prefix)
+
+from sft_support import make_sft_rows, make_tokenizer
+from support import write_jsonl
+
+PAIR = Example((Turn("user", "hello lost my card"),), "your card is blocked")
+
+
+def tokens(tok, ids):
+    return tok.convert_ids_to_tokens(ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+def test_a_tokenizer_with_a_chat_template_renders_through_it_and_ends_on_its_end_of_turn_token():
+    tok = make_tokenizer(chat_template=True)
+    r = Renderer.for_tokenizer(tok, "auto")
+    assert r.mode == "chat"
+    assert r.prompt(PAIR.prompt) == "<|user|> hello lost my card <|end|> <|assistant|> "
+    assert r.completion(PAIR.prompt, PAIR.completion) == "your card is blocked <|end|> "
+    enc = encode_sft(tok, r, [PAIR], 64)
+    assert tokens(tok, enc.ids[0]) == ["<|user|>", "hello", "lost", "my", "card", "<|end|>", "<|assistant|>",
+                                       "your", "card", "is", "blocked", "<|end|>"]
+    assert enc.prompt_lens.tolist() == [7]  # the template's end-of-turn is the EOS: not appended twice
+
+
+def test_a_tokenizer_without_a_chat_template_gets_the_plain_template_and_an_eos():
+    tok = make_tokenizer(chat_template=False)
+    r = Renderer.for_tokenizer(tok, "auto")
+    assert r.mode == "plain"
+    assert r.prompt(PAIR.prompt) == "### User:\nhello lost my card\n\n### Assistant:\n"
+    assert PLAIN_TEMPLATE["generation"] == "### Assistant:\n"
+    enc = encode_sft(tok, r, [PAIR], 64)
+    assert tokens(tok, enc.ids[0])[-5:] == ["your", "card", "is", "blocked", "</s>"]
+    assert enc.prompt_lens.tolist() == [len(enc.ids[0]) - 5]
+
+
+def test_chat_template_choice_overrides_the_tokenizer_and_none_joins_as_written():
+    tok = make_tokenizer(chat_template=True)
+    assert Renderer.for_tokenizer(tok, "plain").mode == "plain"
+    none = Renderer.for_tokenizer(tok, "none")
+    assert none.prompt(PAIR.prompt) == "hello lost my card"
+    assert none.completion(PAIR.prompt, PAIR.completion) == "your card is blocked"
+    chat = (Turn("system", "be brief"), Turn("user", "hello"))
+    with pytest.raises(UserError, match="several turns"):
+        none.prompt(chat)
+
+
+def test_system_and_several_turns_render_in_order():
+    tok = make_tokenizer(chat_template=False)
+    r = Renderer.for_tokenizer(tok, "plain")
+    turns = (Turn("system", "be brief"), Turn("user", "lost my card"), Turn("assistant", "your card is blocked"),
+             Turn("user", "thanks"))
+    assert r.prompt(turns) == ("### System:\nbe brief\n\n### User:\nlost my card\n\n### Assistant:\nyour card is "
+                               "blocked\n\n### User:\nthanks\n\n### Assistant:\n")
+
+
+def test_a_bos_the_tokenizer_adds_is_put_once_before_the_prompt():
+    tok = make_tokenizer(chat_template=False, bos=True)
+    assert special_prefix(tok) == [tok.bos_token_id]
+    enc = encode_sft(tok, Renderer.for_tokenizer(tok, "plain"), [PAIR], 64)
+    assert enc.ids[0][0] == tok.bos_token_id and enc.ids[0].count(tok.bos_token_id) == 1
+    prompts = encode_prompts(tok, Renderer.for_tokenizer(tok, "plain"), [PAIR], 64)
+    assert prompts[0] == enc.ids[0][: enc.prompt_lens[0]]  # generation starts where training's completion does
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss mask and the loss
+
+
+def test_labels_ignore_exactly_the_prompt_tokens():
+    tok = make_tokenizer(chat_template=False)
+    examples = [Example((Turn("user", r["prompt"]),), r["completion"]) for r in make_sft_rows(2, seed=0)]
+    enc = encode_sft(tok, Renderer.for_tokenizer(tok, "auto"), examples, 64)
+    for i, ex in enumerate(examples):
+        labels = enc.labels(i)
+        n = int(enc.prompt_lens[i])
+        assert labels[:n] == [IGNORE] * n
+        assert labels[n:] == enc.ids[i][n:]
+        assert tok.decode(labels[n:], skip_special_tokens=True) == ex.completion
+        assert labels[-1] == tok.eos_token_id
+
+
+def test_the_loss_ignores_prompt_positions_and_counts_completion_tokens():
+    # 1 row, 6 tokens: 3 prompt tokens, then 3 completion tokens; position t predicts token t+1
+    labels = torch.tensor([[IGNORE, IGNORE, IGNORE, 4, 5, 6]])
+    torch.manual_seed(0)
+    logits = torch.randn(1, 6, 10)
+    loss, n, _ = token_stats(logits, labels)
+    assert n == 3
+    expected = torch.nn.functional.cross_entropy(logits[0, 2:5], labels[0, 3:], reduction="sum")
+    assert torch.allclose(loss, expected)
+    # logits at positions that predict prompt tokens (0, 1) and the last one (predicts nothing) do not matter
+    changed = logits.clone()
+    changed[0, [0, 1, 5]] = torch.randn(3, 10) * 100
+    assert torch.allclose(token_stats(changed, labels)[0], loss)
+    # a logit that predicts a completion token does
+    changed[0, 2] += torch.randn(10) * 10
+    assert not torch.allclose(token_stats(changed, labels)[0], loss)
+
+
+def test_token_accuracy_counts_argmax_hits_on_completion_tokens_only():
+    labels = torch.tensor([[IGNORE, IGNORE, 1, 2]])
+    logits = torch.full((1, 4, 3), -5.0)
+    logits[0, 0, 0] = 5.0  # predicts the prompt token at 1: not counted, whatever it says
+    logits[0, 1, 1] = 5.0  # predicts token 2 = 1: a hit
+    logits[0, 2, 0] = 5.0  # predicts token 3 = 2 as 0: a miss
+    _, n, hits = token_stats(logits, labels)
+    assert (n, hits) == (2, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# truncation
+
+
+@pytest.mark.parametrize("n_prompt,n_completion,max_length,kept", [
+    (5, 3, 16, (5, 3, False)),  # fits
+    (20, 3, 16, (13, 3, True)),  # long prompt: loses its beginning, the completion stays whole
+    (3, 20, 16, (3, 13, True)),  # long completion after a short prompt: cut at its end
+    (20, 20, 16, (8, 8, True)),  # both long: the prompt keeps half the room
+])
+def test_truncation_keeps_the_completion(n_prompt, n_completion, max_length, kept):
+    prompt, completion = list(range(100, 100 + n_prompt)), list(range(200, 200 + n_completion))
+    ids, n, cut = fit([], prompt, completion, max_length)
+    assert len(ids) <= max_length
+    assert (n, len(ids) - n, cut) == kept
+    assert ids[:n] == prompt[n_prompt - n:]  # the end of the prompt (where the answer starts) is kept
+    assert ids[n:] == completion[:len(ids) - n]
+
+
+def test_truncation_keeps_the_bos_prefix():
+    ids, n, cut = fit([1], list(range(100, 120)), [7, 8], 10)
+    assert ids[0] == 1 and ids[-2:] == [7, 8] and len(ids) == 10 and n == 8 and cut
+
+
+# ---------------------------------------------------------------------------------------------
+# reading rows
+
+
+def test_prompt_completion_rows_chats_and_trl_conversational_rows():
+    cfg = DataConfig()
+    split = parse_sft_rows([{"prompt": "a", "completion": "b"}], cfg, "f.jsonl", "train")
+    assert split.examples == (Example((Turn("user", "a"),), "b"),)
+    chat = [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"},
+                          {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"},
+                          {"role": "assistant", "content": "a2"}]}]
+    ex = parse_sft_rows(chat, cfg, "f.jsonl", "train").examples[0]
+    assert ex.completion == "a2" and [t.role for t in ex.prompt] == ["system", "user", "assistant", "user"]
+    trl = [{"prompt": [{"role": "user", "content": "u"}], "completion": [{"role": "assistant", "content": "c"}]}]
+    assert parse_sft_rows(trl, cfg, "f.jsonl", "train").examples[0] == Example((Turn("user", "u"),), "c")
+
+
+def test_missing_columns_name_the_columns_found_and_the_fix():
+    cfg = DataConfig()
+    with pytest.raises(UserError) as info:
+        parse_sft_rows([{"instruction": "a", "output": "b"}], cfg, "f.jsonl", "train")
+    assert "has neither prompt/completion columns ('prompt', 'completion') nor a chat column ('messages') " \
+           "(columns: instruction, output)" in info.value.problem
+    assert "data.prompt_column=instruction data.completion_column=output" in info.value.fix
+    with pytest.raises(UserError) as info:
+        parse_sft_rows([{"prompt": "a", "response": "b"}], cfg, "f.jsonl", "train")
+    assert "no column 'completion' (columns: prompt, response)" in info.value.problem
+    assert "data.completion_column=response" in info.value.fix
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"messages": [{"role": "user", "content": "u"}]}, "does not end with an assistant turn"),
+    ({"messages": [{"role": "user", "content": "u"}, {"role": "bot", "content": "x"}]}, "has role 'bot'"),
+    ({"messages": "hello"}, "is not a list of {role, content} turns"),
+    ({"prompt": "a", "completion": ""}, "has no completion in column 'completion'"),
+    ({"prompt": None, "completion": "b"}, "has no prompt in column 'prompt'"),
+])
+def test_a_bad_row_is_named(row, message):
+    with pytest.raises(UserError, match="row 2") as info:
+        parse_sft_rows([_good(row), row], DataConfig(), "f.jsonl", "train")
+    assert message in info.value.problem
+
+
+def _good(row: dict) -> dict:
+    if "messages" in row:
+        return {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}
+    return {"prompt": "a", "completion": "b"}
+
+
+def test_files_in_every_format_and_a_carved_validation_split(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = make_sft_rows(5, seed=1)
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    (tmp_path / "t.csv").write_text("prompt,completion\n" + "".join(f"{r['prompt']},{r['completion']}\n"
+                                                                   for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    for name in ("train.jsonl", "t.csv", "t.parquet"):
+        ds = load_sft_dataset(DataConfig(train_file=str(tmp_path / name)), seed=3)
+        assert len(ds.train) + len(ds.validation) == len(rows)
+        assert len(ds.validation) == 2  # 10% of 20, rounded
+        assert "carved a random 10%" in ds.notes[0]
+        assert {e.completion for e in ds.train.examples} <= {r["completion"] for r in rows}
+    folder = load_sft_dataset(DataConfig(dataset_name=str(tmp_path)), seed=3)
+    assert len(folder.train) == 18  # the folder's train.jsonl, validation carved
+
+
+def test_classification_rows_are_no_sft_data_and_the_error_says_which_columns_there_are(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "hello", "label": "a"}])
+    with pytest.raises(UserError) as info:
+        load_sft_dataset(DataConfig(train_file=str(tmp_path / "train.jsonl")))
+    assert "(columns: text, label)" in info.value.problem
