@@ -1,0 +1,199 @@
+"""Task causal-lm end to end on a tiny random-init Llama (hidden 32, 2 layers, a word-level tokenizer):
+the CLI run and its record, prompt-set generations, the adapter with plain peft, full fine-tuning, chats."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from loratune import cli
+from loratune.adapt import apply_adapter
+from loratune.config import load_config
+from loratune.models import load_causal_lm, load_tokenizer
+from loratune.sft import generate, save_lm
+from loratune.sft_data import Example, Renderer, Turn, encode_prompts
+from loratune.store import RunStore
+
+from sft_support import ANSWERS, make_sft_rows, save_tiny_llama_lm
+from support import write_jsonl
+
+STEPS, EVERY = 12, 4
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory) -> str:
+    return save_tiny_llama_lm(tmp_path_factory.mktemp("tiny-llama-lm"), chat_template=False)
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sft-data")
+    write_jsonl(folder / "train.jsonl", make_sft_rows(8, seed=1))
+    write_jsonl(folder / "validation.jsonl", make_sft_rows(2, seed=2))
+    held_out = make_sft_rows(1, seed=3)
+    write_jsonl(folder / "prompt_set.jsonl", [{"prompt": r["prompt"], "reference": r["completion"], "group": g}
+                                              for r, g in zip(held_out, ("familiar", "novel", "familiar", "novel"))])
+    return folder
+
+
+def sft_overrides(model: str, data: Path, out: Path, **extra) -> list[str]:
+    base = {"task": "causal-lm", "name_or_path": model, "dataset_name": str(data), "output_dir": str(out),
+            "max_steps": STEPS, "eval_steps": EVERY, "per_device_train_batch_size": 8, "learning_rate": 1e-2,
+            "target_modules": "[attn.q, attn.v]", "r": 4, "lora_alpha": 8, "max_length": 32, "max_new_tokens": 6}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="module")
+def sft_run(lm, sft_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sft-run") / "run"
+    code = cli.main(["train", "-q", *sft_overrides(lm, sft_data, out,
+                                                   prompt_set=sft_data / "prompt_set.jsonl")])
+    assert code == 0
+    return out
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def test_the_cli_run_records_loss_perplexity_and_token_accuracy_at_every_eval(sft_run):
+    run = json.loads((sft_run / "run.json").read_text())
+    assert (run["task"], run["status"], run["objective"], run["template"]) == ("causal-lm", "completed",
+                                                                               "val/loss", "plain")
+    assert run["rows"] == {"train": 32, "train_eval": 32, "val": 8}
+    assert run["params"]["head"] == 0 and 0 < run["params"]["trainable"] < run["params"]["total"]
+    hist = _history(sft_run)
+    assert [p["step"] for p in hist] == [0, 4, 8, 12]
+    for p in hist:
+        for prefix in ("val", "train_eval"):
+            assert math.isclose(p[f"{prefix}/perplexity"], math.exp(p[f"{prefix}/loss"]), rel_tol=1e-9)
+            assert 0.0 <= p[f"{prefix}/token_accuracy"] <= 1.0
+        # the completion tokens of 8 validation rows: "your card is blocked" style answers (4 words) + EOS
+        assert p["val/tokens"] == 8 * 5
+    assert all("train/loss" in p and "train/grad_norm" in p for p in hist[1:]) and "train/loss" not in hist[0]
+    # a learning run: lr 1e-2 on a 4-answer task lowers the val loss well below the untrained model's
+    assert hist[-1]["val/loss"] < hist[0]["val/loss"] - 0.3, [p["val/loss"] for p in hist]
+    assert run["best"]["step"] == run["adapter_step"] == min(hist[1:], key=lambda p: p["val/loss"])["step"]
+
+
+def test_prompt_set_generations_are_scored_per_group_and_recorded_per_eval_point(sft_run):
+    hist = _history(sft_run)
+    for p in hist:
+        for group in ("familiar", "novel"):
+            for metric in ("exact_match", "chrf", "len_ratio", "repetition", "empty"):
+                assert f"val/prompt_{group}_{metric}" in p
+            assert 0.0 <= p[f"val/prompt_{group}_chrf"] <= 1.0
+    rows = [json.loads(x) for x in (sft_run / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 * len(hist)  # 4 prompts at each of the 4 eval points
+    assert [r["step"] for r in rows[::4]] == [0, 4, 8, 12]
+    assert {r["group"] for r in rows} == {"familiar", "novel"}
+    assert all(set(r) == {"step", "group", "prompt", "reference", "output"} for r in rows)
+    assert {r["reference"] for r in rows} <= set(ANSWERS.values())
+    # the untrained model's outputs are its greedy tokens: at most max_new_tokens words (word-level vocab)
+    assert all(len(r["output"].split()) <= 6 for r in rows)
+    run = json.loads((sft_run / "run.json").read_text())
+    assert run["prompt_set"]["rows"] == {"familiar": 2, "novel": 2}
+
+
+def test_diagnose_reads_the_sft_run(sft_run, capsys):
+    assert cli.main(["diagnose", str(sft_run)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_saved_adapter_loads_with_plain_peft_and_generates(sft_run, lm):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = sft_run / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM" and not config.get("modules_to_save")
+    tok = AutoTokenizer.from_pretrained(adapter)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lm), adapter).eval()
+    trained_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert trained_b and any(p.abs().sum() > 0 for p in trained_b)  # B starts at zero: these were trained
+    ids = tok("### User:\nlost my card\n\n### Assistant:\n", return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_adapter_round_trip_gives_the_same_logits_and_generations(lm, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = load_config(None, sft_overrides(lm, tmp_path, tmp_path / "run", target_modules="[attn, ffn]"))
+    torch.manual_seed(0)
+    model, _ = apply_adapter(load_causal_lm(cfg.model), cfg.adapter, task="causal-lm")
+    with torch.no_grad():  # a non-zero update, as after training
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    model.eval()
+    tok = load_tokenizer(cfg.model)
+    prompts = encode_prompts(tok, Renderer.for_tokenizer(tok, "auto"),
+                             [Example((Turn("user", "lost my card"),), ""), Example((Turn("user", "hello"),), "")], 32)
+    ids = torch.tensor([prompts[0]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    outputs = generate(model, tok, prompts, 5, torch.device("cpu"))
+    store = RunStore(tmp_path / "run")
+    save_lm(model, tok, cfg, store)
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lm), store.adapter_dir).eval()
+    with torch.no_grad():
+        after = reloaded(input_ids=ids).logits
+    base = AutoModelForCausalLM.from_pretrained(lm).eval()
+    with torch.no_grad():
+        assert not torch.allclose(base(input_ids=ids).logits, before, atol=1e-3)  # the adapter changes them
+    assert torch.allclose(before, after, atol=1e-5)
+    assert generate(reloaded, tok, prompts, 5, torch.device("cpu")) == outputs
+    assert "PeftModel.from_pretrained" in (store.adapter_dir / "README.md").read_text()
+
+
+def test_full_finetuning_saves_a_model_transformers_loads(lm, sft_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    assert cli.main(["train", "-q", *sft_overrides(lm, sft_data, out, method="full", learning_rate=1e-3,
+                                                   max_steps=4, eval_steps=2)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "completed" and run["params"]["trainable"] == run["params"]["total"]
+    model = AutoModelForCausalLM.from_pretrained(out / "adapter")
+    base = AutoModelForCausalLM.from_pretrained(lm)
+    changed = [n for (n, p), (_, q) in zip(model.named_parameters(), base.named_parameters()) if not torch.equal(p, q)]
+    assert len(changed) == len(list(base.parameters()))  # every weight moved
+
+
+def test_chat_rows_train_through_the_tokenizer_chat_template(tmp_path):
+    model = save_tiny_llama_lm(tmp_path / "chat-model", chat_template=True)
+    chats = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": r["prompt"]},
+                           {"role": "assistant", "content": r["completion"]}]} for r in make_sft_rows(4, seed=5)]
+    write_jsonl(tmp_path / "chats.jsonl", chats)
+    out = tmp_path / "run"
+    cfg = sft_overrides(model, tmp_path / "none", out, max_steps=2, eval_steps=1)
+    cfg = [c for c in cfg if not c.startswith("dataset_name=")] + [f"train_file={tmp_path / 'chats.jsonl'}"]
+    assert cli.main(["train", "-q", *cfg]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["template"] == "chat" and run["rows"]["train"] + run["rows"]["val"] == 16
+    assert "carved a random 10%" in run["data_notes"][0]
+
+
+def test_classification_data_under_causal_lm_is_a_user_error_naming_the_columns(lm, tmp_path, capsys):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "lost my card", "label": "card_lost"}] * 4)
+    code = cli.main(["train", "-q", "task=causal-lm", f"name_or_path={lm}", f"train_file={tmp_path / 'train.jsonl'}",
+                     f"output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "nor a chat column ('messages') (columns: text, label)" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_counts_the_adapter_without_training(lm, sft_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dry-run", *sft_overrides(lm, sft_data, out)]) == 0
+    text = capsys.readouterr().out
+    assert "task: causal-lm" in text and "planned: 12 optimizer steps" in text
+    assert not out.exists()
