@@ -183,6 +183,7 @@ def test_short_budget_keeps_the_high_priority_stages():
     assert phases == ["phase1-lr-grid", "phase1-lr-grid", "seeds", "lora-vs-full"]
     d = kinds(ctx)
     assert ("pair", "pair", "pair not affordable") in d  # said so, with the prior
+    assert "pair-unaffordable" in codes(ctx) and "budget-skip" in codes(ctx)
     pair = next(x for x in ctx.decisions if x["kind"] == "pair")
     assert any("prior" in e for e in pair["evidence"])
     assert ctx.meter.spent.trials == 4
@@ -274,7 +275,7 @@ def test_seed_unstable_lowers_the_lr_when_the_lower_one_matches_the_seed_mean():
     run_protocol(ctx, START, ProtocolSettings(full_probe=False))
     d = next(x for x in ctx.decisions if x["kind"] == "noise")
     assert d["verdict"] == "seed-unstable: lr at an unstable edge"
-    assert "lower the lr" in d["move"]
+    assert "lower the lr" in d["move"] and d["code"] == "seed-unstable-lr-lowered"
     assert any(">= the seed mean 0.697" in e for e in d["evidence"])
     assert ctx.state["final"].point[LR] == 2e-3  # 0.70 at lr 2e-3 >= 0.697, the unstable lr's average
 
@@ -288,6 +289,7 @@ def test_seed_unstable_never_trades_a_better_average_for_steadiness():
     run_protocol(ctx, START, ProtocolSettings(full_probe=False))
     d = next(x for x in ctx.decisions if x["kind"] == "noise")
     assert d["verdict"] == "seed-unstable: lr at an unstable edge" and d["move"].startswith("keep the lr")
+    assert d["code"] == "seed-unstable-lr-kept"
     assert any("< the seed mean 0.777" in e for e in d["evidence"])
     assert ctx.state["final"].point[LR] == 4e-3  # lr 2e-3 (0.70) is within noise 0.11 but below the mean
 
@@ -459,7 +461,9 @@ def test_phase2_raises_the_scale_when_lr_barely_moves_the_loss():
     ctx, runner = make_ctx(world)
     run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, pair=False))
     alpha = next(x for x in ctx.decisions if x["kind"] == "alpha")
-    assert alpha["verdict"] == "LoRA update too weak"
+    assert alpha["verdict"] == "LoRA update too weak" and alpha["code"] == "scale-step-kept"
+    assert alpha["data"]["step_size"]["code"] == "step-size-raised"  # lr x s x2 on purpose, recorded
+    assert alpha["data"]["step_size"]["after"] == pytest.approx(2 * alpha["data"]["step_size"]["before"])
     assert any("moved the min val loss by 0.0%" in e for e in alpha["evidence"])
     assert any("scale 2 -> 4: 0.700 -> 0.750" in e for e in alpha["evidence"])
     step = next(s for s in runner.calls if s.purpose == "scale 2 -> 4")
@@ -519,6 +523,7 @@ def test_budget_left_trains_a_still_improving_pick_longer():
     assert last.phase == "final-train" and last.point["train.max_steps"] == 400  # 6 epochs / 1.5 per trial
     d = next(x for x in ctx.decisions if x["kind"] == "final-train")
     assert d["verdict"] == "longer training helps" and "0.700 -> 0.730" in d["evidence"][1]
+    assert d["code"] == "final-train-helps"
     assert ctx.state["final"].point["train.max_steps"] == 400 and ctx.state["final"].point[LR] == 1e-3
 
 
@@ -663,3 +668,59 @@ def test_capacity_rank_moves_record_the_step_size_rule():
 def test_an_unknown_scale_rule_is_refused():
     with pytest.raises(ValueError, match="unknown scale rule"):
         ProtocolSettings(scale_rule="rank-stable")
+
+
+# ---------------------------------------------------------------------------------------------
+# decision codes: what tests and tools read (the English beside them may be reworded)
+
+
+def codes(ctx):
+    return [d["code"] for d in ctx.decisions]
+
+
+def test_each_path_is_a_sequence_of_decision_codes():
+    ctx, _ = make_ctx(lr_binds())
+    run_protocol(ctx, START, ProtocolSettings())
+    assert codes(ctx) == ["start-config", "lr-grid-skip-down", "lr-grid-best", "pair-optimization",
+                          "lr-step-rejected", "scale-adequate", "no-overfitting", "early-stopping-none",
+                          "seed-noise-measured", "rank-plateau", "step-size-held-rslora", "targets-no-gain",
+                          "choose-lora"]
+    ctx, _ = make_ctx(capacity_binds())
+    run_protocol(ctx, START, ProtocolSettings())
+    assert codes(ctx)[:5] == ["start-config", "lr-grid-best", "pair-capacity", "capacity-move-kept",
+                              "capacity-adequate"]
+    assert next(d for d in ctx.decisions if d["code"] == "capacity-move-kept")["data"]["move"] == "r-x2"
+    ctx, _ = make_ctx(overfits())
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1))
+    assert codes(ctx)[:5] == ["start-config", "lr-grid-best", "capacity-overfit", "capacity-move-kept",
+                              "capacity-adequate"]
+    assert next(d for d in ctx.decisions if d["code"] == "capacity-move-kept")["data"]["move"] == "r-half"
+
+
+def test_every_decision_code_is_registered():
+    from loratune.search.protocol import DECISION_CODES
+
+    seen = set()
+    runs = [(lr_binds(), "100trials", ProtocolSettings(), None), (capacity_binds(), "100trials", ProtocolSettings(), None),
+            (overfits(), "100trials", ProtocolSettings(full_probe=False, seeds=1), None),
+            (lr_binds(), "4trials", ProtocolSettings(), None), (lr_binds(), "105s", ProtocolSettings(), None),
+            (lr_binds(), "40s", ProtocolSettings(), {"max_steps": 100, "reason": "scripted"}),
+            (lr_binds(), "100trials", ProtocolSettings(scale_rule="lr_compensate"),
+             {"max_steps": 100, "epochs": 1.5, "reason": "scripted"})]
+    for world, budget, settings, plan in runs:
+        ctx, _ = make_ctx(world, budget=budget)
+        run_protocol(ctx, START, settings, plan=plan)
+        seen |= set(codes(ctx))
+    assert seen <= set(DECISION_CODES), seen - set(DECISION_CODES)
+    assert len(seen) >= 20
+
+
+@pytest.mark.parametrize("verdict,code", [("healthy", "capacity-adequate"), ("lr-too-large", "capacity-lr-problem"),
+                                          ("diverged", "capacity-lr-problem"), ("overfit-capacity", "capacity-overfit"),
+                                          ("undertrained", "capacity-no-limit"), ("lr-too-small", "pair-neither"),
+                                          ("underfit-capacity", "pair-neither")])
+def test_the_capacity_policy_maps_each_verdict_to_one_decision(verdict, code):
+    world = World(lambda p: 0.70 + _lr_peak(p), lambda p: verdict)
+    ctx, _ = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, lr_probe=False))
+    assert next(c for c in codes(ctx) if c.startswith(("capacity-", "pair-"))) == code

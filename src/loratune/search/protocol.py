@@ -34,10 +34,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from loratune.moves import MOVES, Move, MoveContext, move
 from loratune.params import breakeven_rank as compute_breakeven_rank
 from loratune.search.budget import Cost, format_amount
 from loratune.search.context import SearchContext, fmt_f1, seed_sigma, with_
-from loratune.search.space import DEFAULTS, alpha_for, scale_of, targets_text
+from loratune.search.space import DEFAULTS, scale_of, targets_text
 from loratune.stepsize import describe_change, scale_rule, step_size, with_rank
 from loratune.search.trial import TrialRecord
 
@@ -54,6 +55,9 @@ SEED = "train.seed"
 
 SLOW_VERDICTS = ("underfit-capacity", "lr-too-small")  # ambiguous slow learning (protocol 5)
 LR_VERDICTS = ("diverged", "lr-too-large")
+# phase 2 against overfitting once capacity is judged adequate (protocol 1: dropout and weight decay are the
+# regularization knobs), in this order: dropout acts on the adapter alone, weight decay on every weight
+REGULARIZATION_MOVES = ("dropout-up", "weight-decay-up")
 
 # (stage, trials it plans, priority: lower is kept first when the budget is short)
 STAGE_PLAN: tuple[tuple[str, int, int], ...] = (
@@ -67,6 +71,73 @@ STAGE_PLAN: tuple[tuple[str, int, int], ...] = (
     ("target-sweep", 2, 5),
     ("full-probe", 1, 2),
 )
+
+# Every decision the protocol records has one of these codes (`SearchContext.decide(code=...)`): the stable
+# id tests and tools read, while the verdict and move texts beside it are for people and may be reworded.
+DECISION_CODES: dict[str, str] = {
+    "start-config": "phase 0: the start config from the assessment",
+    "trial-plan": "phase 0: the length of one trial",
+    "budget-skip": "a trial of a stage did not fit the budget left: skipped (maybe revisited)",
+    "lr-probe-skipped": "no lr probe: a trials budget counts each short probe as a whole trial",
+    "lr-probe-too-short": "no lr probe: a probe would be more than half a trial",
+    "lr-probe-stopped": "probing stopped to keep the budget for full-length trials",
+    "lr-probe-no-learner": "no probe learned: the lr centre stays phase 0's",
+    "lr-probe-centre": "the lr centre the grid brackets",
+    "lr-grid-skip-up": "2x not run: 1x already reads an lr-too-large verdict",
+    "lr-grid-skip-down": "0.5x not run: 2x beat 1x beyond noise",
+    "lr-grid-failed": "no grid trial learned, not even at lr /10: the search stops",
+    "lr-grid-best": "the incumbent is the best lr of the grid",
+    "capacity-adequate": "capacity adequate: phase 2 next",
+    "capacity-lr-problem": "an lr verdict: capacity kept, phase 2 fixes the lr",
+    "capacity-overfit": "overfit (capacity): lowering moves, one knob at a time",
+    "capacity-underfit-unconfirmed": "underfit without the pair (unaffordable): one r x2 step",
+    "capacity-no-limit": "the verdict shows no capacity limit: capacity kept",
+    "capacity-move-kept": "a capacity move gained (raising: beyond noise; lowering: at all): new incumbent",
+    "capacity-move-rejected": "a capacity move did not gain: incumbent kept",
+    "capacity-move-not-applicable": "a capacity move does not apply to the incumbent (ceiling, already there)",
+    "pair-rank-above-ceiling": "no pair: r x2 would pass the capacity ceiling",
+    "pair-unaffordable": "no pair: the budget does not hold it; the prior (lr binds) is followed",
+    "pair-incomplete": "an arm of the pair did not finish: the prior is followed",
+    "pair-capacity": "the pair: the metric is more sensitive to r (capacity binds)",
+    "pair-optimization": "the pair: the metric is more sensitive to lr (optimization binds)",
+    "pair-neither": "the pair: neither knob moved the metric beyond noise",
+    "lr-bracketed": "phase 2: both lr neighbours score lower, lr kept",
+    "lr-already-measured": "phase 2: the next lr step was measured already and is not better",
+    "lr-step-kept": "phase 2: an lr step gained, new incumbent",
+    "lr-step-rejected": "phase 2: an lr step did not gain, lr kept",
+    "lr-steps-capped": "phase 2: every lr step gained, up to the step cap",
+    "scale-not-judged": "fewer than two lrs at this capacity: the scale step is not judged",
+    "scale-adequate": "lr moves the loss (or rank is not at risk, or s is at its cap): scale kept",
+    "scale-step-kept": "update too weak: the scale x2 step gained, new incumbent",
+    "scale-step-rejected": "update too weak: the scale x2 step did not gain, scale kept",
+    "no-overfitting": "no overfitting: dropout and weight decay kept",
+    "regularization-kept": "a regularization move gained, new incumbent",
+    "regularization-rejected": "a regularization move did not gain",
+    "early-stopping-set": "the val metric peaked early and fell: early stopping for the final config",
+    "early-stopping-still-improving": "still improving when the trial ended",
+    "early-stopping-none": "the val metric held to the end",
+    "seed-noise-unmeasured": "fewer than two seed runs: noise from the val set's SE",
+    "seed-noise-measured": "seed sigma measured: the plateau threshold",
+    "seed-unstable-lr-lowered": "seed-unstable, and lr /2 scores the seed mean: lr lowered",
+    "seed-unstable-lr-kept": "seed-unstable, lr kept (lr /2 worse on average or not measured)",
+    "rank-gain": "a higher rank gains beyond noise: the sweep goes on",
+    "rank-plateau": "a higher rank gains less than noise: plateau",
+    "rank-sweep-capped": "the sweep stopped at the capacity ceiling or the compute breakeven",
+    "step-size-held-rslora": "the sweep held lr x s with rsLoRA (alpha = s x sqrt(r))",
+    "step-size-held-alpha": "the sweep held lr x s with alpha following r",
+    "step-size-held-lr": "the sweep held lr x s by compensating the lr",
+    "targets-already": "already on every module set of the target sweep",
+    "targets-gain": "a wider module set gains beyond noise: new incumbent",
+    "targets-no-gain": "a wider module set gains less than noise: targets kept",
+    "choose-lora": "LoRA vs full fine-tuning: LoRA",
+    "choose-full": "LoRA vs full fine-tuning: full fine-tuning",
+    "final-train-peaked": "the pick peaked inside its trial: no longer run",
+    "final-train-unaffordable": "the pick was still improving; a longer run does not fit",
+    "final-train-helps": "the longer run scored higher: it is the pick",
+    "final-train-no-gain": "the longer run did not score higher: the trial's adapter is kept",
+    "revisit": "budget left at the end: the stages skipped for budget run",
+    "finish-best-trained": "the incumbent did not finish: the best trained run is the pick",
+}
 
 
 @dataclass(frozen=True)
@@ -292,7 +363,7 @@ def _no_budget(ctx: SearchContext, phase: str, what: str, held: Cost | None = No
         extra = f"; held back for higher-priority stages: ~{held.trials} trial(s)"
     ctx.decide(phase, "budget", "not affordable", f"skip {what}",
                [f"estimated trial cost {format_amount(ctx.meter.budget.kind, ctx.estimate({}).amount(ctx.meter.budget.kind))}"
-                f", {ctx.meter.describe_left()}{extra}"])
+                f", {ctx.meter.describe_left()}{extra}"], code="budget-skip")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,11 +384,11 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     b = ctx.meter.budget
     if b.kind == "trials" and b.limit < 12:
         ctx.decide(phase, "lr-probe", "probe skipped", f"lr centre {start.lr_centre:g} from phase 0",
-                   [f"a budget of {int(b.limit)} trials counts each short probe as a whole trial"])
+                   [f"a budget of {int(b.limit)} trials counts each short probe as a whole trial"], code="lr-probe-skipped")
         return
     if p_steps * 2 > steps:
         ctx.decide(phase, "lr-probe", "trials too short to probe", f"lr centre {start.lr_centre:g} from phase 0",
-                   [f"a probe of {p_steps} steps would be more than half of a {steps}-step trial"])
+                   [f"a probe of {p_steps} steps would be more than half of a {steps}-step trial"], code="lr-probe-too-short")
         return
 
     def bad(rec: TrialRecord | None) -> bool:
@@ -341,7 +412,7 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
         if not ctx.meter.fits(need):
             ctx.decide(phase, "lr-probe", "stop probing", "keep the budget for full-length trials",
                        [f"another probe and two grid trials need ~{format_amount(ctx.meter.budget.kind, need.amount(ctx.meter.budget.kind))}"
-                        f"; {ctx.meter.describe_left()}"], [last])
+                        f"; {ctx.meter.describe_left()}"], [last], code="lr-probe-stopped")
             break
         rec = probe(_lr(last.point) * factor)
         if rec is None:
@@ -354,7 +425,7 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     good = [r for r in probes if not bad(r)] or [r for r in probes if r.value is not None]
     if not good:
         ctx.decide(phase, "lr-probe", "no probe learned", f"lr centre {start.lr_centre:g} from phase 0",
-                   [line for r in probes for line in evidence_of(r, 1)], probes)
+                   [line for r in probes for line in evidence_of(r, 1)], probes, code="lr-probe-no-learner")
         return
     top = max(good, key=lambda r: r.value)
     noise, src = ctx.noise()
@@ -370,7 +441,7 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     ctx.decide(phase, "lr-probe", f"lr centre {centre:g}", f"phase-1 grid around {centre:g}",
                rows + [f"phase 0 proposed {start.lr_centre:g}; protocol 3: the centre moves with model size, scale, "
                        "batch and budget; short runs favour larger lrs, so the grid also tries 0.5x"], probes,
-               {"probes": {str(_lr(r.point)): r.value for r in probes}, "steps": p_steps, "centre": centre})
+               {"probes": {str(_lr(r.point)): r.value for r in probes}, "steps": p_steps, "centre": centre}, code="lr-probe-centre")
 
 
 def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
@@ -383,7 +454,7 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
             ctx.decide(phase, "lr-grid-skip", f"{f:g}x not needed", f"skip lr {_round(centre * f):g}",
                        [f"lr 1x ({_round(centre):g}) already reads {done[1.0].result.verdict} (val macro-F1 "
                         f"{fmt_f1(done[1.0].value)}): a larger lr can only be worse (protocol 4: lr too large -> lr /2)"],
-                       [done[1.0]])
+                       [done[1.0]], code="lr-grid-skip-up")
             continue
         if f < 1 and s.skip_dominated_lr and 1.0 in done and 2.0 in done:
             lo, hi = done[1.0].value, done[2.0].value
@@ -391,7 +462,7 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
             if lo is not None and hi is not None and hi - lo > noise:
                 ctx.decide(phase, "lr-grid-skip", f"{f:g}x not needed", f"skip lr {_round(centre * f):g}",
                            [f"lr 2x beat 1x by {hi - lo:+.3f} > noise {noise:.3f} ({src}): the metric rises with lr "
-                            "here, so a smaller lr cannot be the best of the grid"], [done[1.0], done[2.0]])
+                            "here, so a smaller lr cannot be the best of the grid"], [done[1.0], done[2.0]], code="lr-grid-skip-down")
                 continue
         point = with_(start.point, **{LR: _round(centre * f)})
         rec = ctx.run(ctx.spec(point, phase, f"start config at {f:g}x the lr centre"),
@@ -402,23 +473,54 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
         done[f] = rec
     inc = ctx.best(list(done.values()))
     if inc is None and done:  # every grid point failed or diverged: protocol 4, lr /10
-        point = with_(start.point, **{LR: _round(centre / 10)})
+        point = MOVES["lr-tenth"].on(with_(start.point, **{LR: centre}))
         rec = ctx.run(ctx.spec(point, phase, "every grid point failed: lr /10"))
         inc = rec if rec is not None and rec.value is not None else None
     if inc is None:
         ctx.state["failed"] = True
         ctx.decide(phase, "lr-grid", "no trial learned", "stop",
-                   [line for r in done.values() for line in evidence_of(r, 2)] or ["no trial could run"])
+                   [line for r in done.values() for line in evidence_of(r, 2)] or ["no trial could run"], code="lr-grid-failed")
         return
     _set_incumbent(ctx, inc)
     rows = [f"lr {_lr(r.point):g}: val macro-F1 {fmt_f1(r.value)} ({r.result.verdict})" for r in done.values()]
     ctx.decide(phase, "lr-grid", f"best lr {_lr(inc.point):g}", f"incumbent = {inc.label}",
                rows + evidence_of(inc), list(done.values()),
-               {"grid": {str(_lr(r.point)): r.value for r in done.values()}, "centre": centre})
+               {"grid": {str(_lr(r.point)): r.value for r in done.values()}, "centre": centre}, code="lr-grid-best")
 
 
 # ---------------------------------------------------------------------------------------------
 # phase 1: capacity
+
+
+@dataclass(frozen=True)
+class VerdictAction:
+    """A row of a verdict -> action policy: which diagnosis verdicts it covers, what the stage does, and
+    the decision it records (code, verdict text with {v} for the verdict, move text)."""
+
+    verdicts: tuple[str, ...]
+    action: str
+    code: str
+    verdict: str
+    move: str
+    secondary: bool = False  # also when one of the verdicts fired beside another primary verdict
+    note: str = ""  # an evidence line the decision adds
+
+    def matches(self, result) -> bool:
+        return result.verdict in self.verdicts or (self.secondary and any(result.fired(x) for x in self.verdicts))
+
+
+# phase 1 (protocol 3 and 5): the incumbent's verdict -> what the capacity stage does, first match wins
+CAPACITY_POLICY: tuple[VerdictAction, ...] = (
+    VerdictAction(("healthy",), "keep", "capacity-adequate", "capacity adequate", "keep capacity; go to phase 2"),
+    VerdictAction(LR_VERDICTS, "keep", "capacity-lr-problem", "{v}: an optimization problem",
+                  "capacity kept; phase 2 fixes the lr", note="protocol 3: do not touch capacity to fix an lr problem"),
+    VerdictAction(("overfit-capacity",), "lower", "capacity-overfit", "overfit (capacity)",
+                  "lower capacity one knob at a time"),
+    # ambiguous slow learning: a single curve cannot tell a capacity limit from a too-small lr (protocol 5)
+    VerdictAction(SLOW_VERDICTS, "pair", "", "", "", secondary=True),
+)
+CAPACITY_DEFAULT = VerdictAction((), "keep", "capacity-no-limit", "{v}: no capacity limit shown",
+                                 "keep capacity; go to phase 2")
 
 
 def stage_capacity(ctx: SearchContext, s: ProtocolSettings) -> None:
@@ -427,21 +529,8 @@ def stage_capacity(ctx: SearchContext, s: ProtocolSettings) -> None:
         return
     phase = "phase1-capacity"
     v = inc.result.verdict
-    slow = v in SLOW_VERDICTS or any(inc.result.fired(x) for x in SLOW_VERDICTS)
-    if v == "healthy":
-        ctx.decide(phase, "capacity-verdict", "capacity adequate", "keep capacity; go to phase 2", evidence_of(inc),
-                   [inc])
-        return
-    if v in LR_VERDICTS:
-        ctx.decide(phase, "capacity-verdict", f"{v}: an optimization problem", "capacity kept; phase 2 fixes the lr",
-                   evidence_of(inc) + ["protocol 3: do not touch capacity to fix an lr problem"], [inc])
-        return
-    if v == "overfit-capacity":
-        ctx.decide(phase, "capacity-verdict", "overfit (capacity)", "lower capacity one knob at a time",
-                   evidence_of(inc), [inc])
-        _capacity_moves(ctx, s, down=True)
-        return
-    if slow:
+    row = next((x for x in CAPACITY_POLICY if x.matches(inc.result)), CAPACITY_DEFAULT)
+    if row.action == "pair":
         binding = _pair(ctx, s) if s.pair else "unaffordable"
         if binding == "capacity":
             _capacity_moves(ctx, s, down=False)
@@ -449,11 +538,15 @@ def stage_capacity(ctx: SearchContext, s: ProtocolSettings) -> None:
             ctx.decide(phase, "capacity-verdict", "underfit (capacity), unconfirmed",
                        "one capacity step (r x2) without the pair",
                        ["the pair experiment is not affordable: following the single curve's verdict, which cannot "
-                        "separate a capacity limit from a too-small lr (protocol 5)"], [inc])
+                        "separate a capacity limit from a too-small lr (protocol 5)"], [inc],
+                       code="capacity-underfit-unconfirmed")
             _capacity_moves(ctx, s, down=False, max_moves=1)
         return
-    ctx.decide(phase, "capacity-verdict", f"{v}: no capacity limit shown", "keep capacity; go to phase 2",
-               evidence_of(inc), [inc])
+    ctx.decide(phase, "capacity-verdict", row.verdict.format(v=v), row.move,
+               evidence_of(inc) + ([row.note] if row.note else []), [inc], {"verdict": v, "action": row.action},
+               code=row.code)
+    if row.action == "lower":
+        _capacity_moves(ctx, s, down=True)
 
 
 def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
@@ -462,11 +555,11 @@ def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
     phase = "pair"
     inc = _incumbent(ctx)
     start: Start = ctx.state["start"]
-    a_point = with_(inc.point, **{LR: _round(_lr(inc.point) * 2)})
-    b_point = _set_r(inc.point, _r(inc.point) * 2, s.move_scale_rule)
+    a_point = MOVES["lr-x2"].on(inc.point)  # the minimal intervention: one move each, the same rows the
+    b_point = MOVES["r-x2"].on(inc.point, MoveContext(scale_rule=s.move_scale_rule))  # diagnosis prescribes
     if _r(b_point) > start.ceiling_r:
         ctx.decide(phase, "pair", "rank arm above the capacity ceiling", "no pair; rank kept",
-                   [f"r x2 = {_r(b_point)} > ceiling {start.ceiling_r} (phase 0)"], [inc])
+                   [f"r x2 = {_r(b_point)} > ceiling {start.ceiling_r} (phase 0)"], [inc], code="pair-rank-above-ceiling")
         return "neither"
     known = {r.key for r in ctx.records}
     new = [p for p in (a_point, b_point) if ctx.spec(p, phase).key not in known]
@@ -478,7 +571,7 @@ def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
                     "higher-priority stages",
                     "protocol 5 prior: on classification with a trained head rank seldom binds while lr and "
                     "training length often do; a single curve cannot tell them apart, and this was not tested"],
-                   [inc])
+                   [inc], code="pair-unaffordable")
         return "unaffordable"
     arms = [ctx.spec(a_point, phase, "pair: only lr x2"),
             ctx.spec(b_point, phase, f"pair: only r x2 (lr x s held: {s.move_scale_rule})")]
@@ -487,7 +580,7 @@ def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
     b = ctx.run(arms[1])
     if a is None or b is None or a.value is None or b.value is None or inc.value is None:
         ctx.decide(phase, "pair", "pair incomplete", "follow the prior: keep rank, tune lr in phase 2",
-                   [f"lr arm: {a.label if a else 'not run'}, rank arm: {b.label if b else 'not run'}"], [inc])
+                   [f"lr arm: {a.label if a else 'not run'}, rank arm: {b.label if b else 'not run'}"], [inc], code="pair-incomplete")
         return "unaffordable"
     dl, dr = a.value - inc.value, b.value - inc.value
     noise, src = ctx.noise()
@@ -530,39 +623,17 @@ def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
           f"{scale_rule(s.move_scale_rule).doc}), {b.label}: {fmt_f1(b.value)}, delta {dr:+.3f}",
           f"noise {noise:.3f} ({src})", how]
     ev += [f"compare: {f['rule_id']}: {f['verdict']}" for f in cmp.get("findings", [])]
-    ctx.decide(phase, "pair", f"binding knob: {binding}", move, ev, [inc, a, b], ctx.state["pair"])
+    ctx.decide(phase, "pair", f"binding knob: {binding}", move, ev, [inc, a, b], ctx.state["pair"], code=f"pair-{binding}")
     return binding
 
 
-def _capacity_up_moves(point: dict, ceiling: int, rule: str) -> list[tuple[str, dict | None]]:
-    targets = [str(t) for t in point.get(TARGETS, [])]
-    moves: list[tuple[str, dict | None]] = []
-    r = _r(point)
-    moves.append(("r x2", _set_r(point, r * 2, rule) if r * 2 <= ceiling else None))
-    if "all-linear" in targets:
-        return moves
-    if any(t.startswith("ffn@") for t in targets):
-        moves.append(("+ffn in every layer", with_(point, **{TARGETS: [t for t in targets if not t.startswith("ffn")]
-                                                             + ["ffn"]})))
-    elif not any(t.startswith("ffn") for t in targets):
-        moves.append(("+ffn of the top 2 layers", with_(point, **{TARGETS: targets + ["ffn@top:2"]})))
-    if "attn.q" in targets and "attn.v" in targets and "attn" not in targets:
-        moves.append(("+attn.k, attn.o", with_(point, **{TARGETS: ["attn"] + [t for t in targets
-                                                                               if not t.startswith("attn.")]})))
-    if str(point.get(LAYERS, DEFAULTS[LAYERS])) != "all":
-        moves.append(("+all layers", with_(point, **{LAYERS: "all"})))
-    return moves
+def capacity_moves(down: bool) -> tuple[Move, ...]:
+    """The capacity moves the diagnosis prescribes, in its order: `overfit-capacity`'s moves to lower
+    capacity, `underfit-capacity`'s to raise it (rules table -> moves table; the protocol adds none)."""
+    from loratune.rules import rule_by_id
 
-
-def _capacity_down_moves(point: dict, rule: str) -> list[tuple[str, dict | None]]:
-    targets = [str(t) for t in point.get(TARGETS, [])]
-    r = _r(point)
-    moves: list[tuple[str, dict | None]] = [("r /2", _set_r(point, r // 2, rule) if r >= 2 else None)]
-    kept = [t for t in targets if not t.startswith("ffn")]
-    moves.append(("-ffn", with_(point, **{TARGETS: kept}) if kept and kept != targets else None))
-    d = float(point.get(DROPOUT, DEFAULTS[DROPOUT]))
-    moves.append(("lora_dropout up", with_(point, **{DROPOUT: min(0.3, max(0.1, d * 2))}) if d < 0.3 else None))
-    return moves
+    rule = rule_by_id("overfit-capacity" if down else "underfit-capacity")
+    return tuple(m for m in (move(x) for x in rule.moves) if m.actionable)
 
 
 def _capacity_moves(ctx: SearchContext, s: ProtocolSettings, *, down: bool, max_moves: int | None = None) -> None:
@@ -572,20 +643,18 @@ def _capacity_moves(ctx: SearchContext, s: ProtocolSettings, *, down: bool, max_
     limit = max_moves if max_moves is not None else s.max_capacity_moves
     inc = _incumbent(ctx)
     rule = s.move_scale_rule
-    queue = _capacity_down_moves(inc.point, rule) if down else _capacity_up_moves(inc.point, start.ceiling_r, rule)
-    names_done: set[str] = set()
+    mc = MoveContext(ceiling_r=start.ceiling_r, scale_rule=rule)
+    # every lowering move is listed (one that does not apply says so); a raising move only where it applies
+    # to the incumbent as the moves start, except the rank (its ceiling is worth saying)
+    queue = [m for m in capacity_moves(down) if down or m.knob == R or m.on(inc.point, mc) is not None]
     while queue and tried < limit:
-        name, _ = queue.pop(0)
-        if name in names_done:
-            continue
-        names_done.add(name)
+        mv = queue.pop(0)
+        name = mv.text
         inc = _incumbent(ctx)
-        fresh = dict(_capacity_down_moves(inc.point, rule) if down else _capacity_up_moves(inc.point, start.ceiling_r,
-                                                                                              rule))
-        point = fresh.get(name)
+        point = mv.on(inc.point, mc)
         if point is None:
             ctx.decide(phase, "capacity-move", f"{name}: not applicable", "next knob",
-                       [f"{name} from {inc.label} is out of range (ceiling r={start.ceiling_r}) or already there"], [inc])
+                       [f"{name} from {inc.label} is out of range (ceiling r={start.ceiling_r}) or already there"], [inc], code="capacity-move-not-applicable")
             continue
         held = reserve(ctx, phase, s)
         rec = ctx.run(ctx.spec(point, phase, f"capacity move: {name}"), reserve=held)
@@ -600,21 +669,21 @@ def _capacity_moves(ctx: SearchContext, s: ProtocolSettings, *, down: bool, max_
         ev = [f"{name} from {inc.label}: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)} "
               f"(gain {gain:+.3f})" if gain is not None else f"{name}: no result", f"accept when {accept_when}"]
         ev += evidence_of(rec)
-        data = {"gain": gain, "noise": noise}
+        data = {"gain": gain, "noise": noise, "move": mv.id}
         if _r(point) != _r(inc.point):
             data["step_size"] = describe_change(inc.point, point, rule)
             ev.insert(1, f"lr x s held at {step_size(point):.3g}: {data['step_size']['doc']} "
                          f"[{data['step_size']['code']}]")
         if accept:
             _set_incumbent(ctx, rec)
-            ctx.decide(phase, "capacity-move", f"{name} helps", f"incumbent = {rec.label}", ev, [inc, rec], data)
+            ctx.decide(phase, "capacity-move", f"{name} helps", f"incumbent = {rec.label}", ev, [inc, rec], data, code="capacity-move-kept")
             adequate = rec.result.verdict == "healthy" or (down and rec.result.verdict != "overfit-capacity")
             if adequate:
-                ctx.decide(phase, "capacity-verdict", "capacity adequate", "go to phase 2", evidence_of(rec), [rec])
+                ctx.decide(phase, "capacity-verdict", "capacity adequate", "go to phase 2", evidence_of(rec), [rec], code="capacity-adequate")
                 return
         else:
             ctx.decide(phase, "capacity-move", f"{name} does not help", "keep the incumbent; next knob", ev,
-                       [inc, rec], data)
+                       [inc, rec], data, code="capacity-move-rejected")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,17 +725,17 @@ def _lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
         ctx.decide(phase, "lr", f"lr {cur:g} bracketed", "keep lr",
                    ["at this capacity: " + ", ".join(f"lr {_lr(r.point):g} -> {fmt_f1(r.value)}" for r in
                                                       sorted(sib, key=lambda r: _lr(r.point))),
-                    "both neighbours (x2 and /2 steps) score lower"], sib)
+                    "both neighbours (x2 and /2 steps) score lower"], sib, code="lr-bracketed")
         return
     for _ in range(s.max_lr_steps):
         inc = _incumbent(ctx)
-        nxt = _round(_lr(inc.point) * direction)
-        point = with_(inc.point, **{LR: nxt})
+        point = MOVES["lr-x2" if direction > 1 else "lr-half"].on(inc.point)
+        nxt = _lr(point)
         seen = next((r for r in ctx.records if r.key == ctx.spec(point, phase).key), None)
         if seen is not None:
             ctx.decide(phase, "lr", f"lr {cur_lr(inc):g} kept", "no step",
                        [why, f"lr {nxt:g} was already measured ({seen.label}: {fmt_f1(seen.value)}) and is not "
-                        f"better than {fmt_f1(inc.value)}"], [inc, seen])
+                        f"better than {fmt_f1(inc.value)}"], [inc, seen], code="lr-already-measured")
             return
         held = reserve(ctx, "phase2", s)
         rec = ctx.run(ctx.spec(point, phase, f"lr step {'x2' if direction > 1 else '/2'}"), reserve=held)
@@ -678,16 +747,16 @@ def _lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
         ev += evidence_of(rec)
         if better:
             _set_incumbent(ctx, rec)
-            ctx.decide(phase, "lr", f"lr {nxt:g} is better", f"incumbent = {rec.label}", ev, [inc, rec])
+            ctx.decide(phase, "lr", f"lr {nxt:g} is better", f"incumbent = {rec.label}", ev, [inc, rec], code="lr-step-kept")
             why = f"the last lr step helped: another {'x2' if direction > 1 else '/2'} step"
         else:
-            ctx.decide(phase, "lr", f"lr {nxt:g} is not better", f"keep lr {_lr(inc.point):g}", ev, [inc, rec])
+            ctx.decide(phase, "lr", f"lr {nxt:g} is not better", f"keep lr {_lr(inc.point):g}", ev, [inc, rec], code="lr-step-rejected")
             return
     inc = _incumbent(ctx)
     ctx.decide(phase, "lr", f"lr steps capped at {s.max_lr_steps}", f"keep lr {_lr(inc.point):g}",
                [f"every x2 step helped so far; at most {s.max_lr_steps} steps per phase 2 (protocol 4: stay within "
                 "x2 steps, never jump an order of magnitude); a further step is worth trying with more budget"],
-               [inc])
+               [inc], code="lr-steps-capped")
 
 
 def _alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
@@ -698,7 +767,7 @@ def _alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
     sib = [r for r in _lr_siblings(ctx, inc.point) if r.result.feature("val_loss_min") is not None]
     if len(sib) < 2:
         ctx.decide(phase, "alpha", "not judged", "keep scale",
-                   ["fewer than two lr values at this capacity: cannot tell whether lr moves the loss"], [inc])
+                   ["fewer than two lr values at this capacity: cannot tell whether lr moves the loss"], [inc], code="scale-not-judged")
         return
     losses = [r.result.feature("val_loss_min") for r in sib]
     effect = (max(losses) - min(losses)) / (sum(losses) / len(losses))
@@ -711,10 +780,9 @@ def _alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
           f"(more rank unwanted from {gap_min:g})", f"scale s = {sc:g}"]
     if not (effect < weak and gap is not None and gap >= gap_min) or sc * 2 > s.max_scale + 1e-9:
         why = "scale already at its maximum" if sc * 2 > s.max_scale + 1e-9 and effect < weak else "lr does move the loss or rank is not at risk"
-        ctx.decide(phase, "alpha", "update strength adequate", f"keep scale {sc:g}", ev + [why], sib)
+        ctx.decide(phase, "alpha", "update strength adequate", f"keep scale {sc:g}", ev + [why], sib, code="scale-adequate")
         return
-    new_alpha = alpha_for(_r(inc.point), sc * 2, bool(inc.point.get(RSLORA)))
-    point = with_(inc.point, **{ALPHA: new_alpha})
+    point = MOVES["scale-x2"].on(inc.point)  # lr x s x2 on purpose: the update-too-weak remedy
     held = reserve(ctx, "phase2", s)
     rec = ctx.run(ctx.spec(point, phase, f"scale {sc:g} -> {sc * 2:g}"), reserve=held)
     if rec is None:
@@ -722,10 +790,20 @@ def _alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
         return
     better = rec.value is not None and inc.value is not None and rec.value > inc.value
     ev.append(f"scale {sc:g} -> {sc * 2:g}: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)}")
+    # the scale step changes the effective step size lr x s on purpose (x2, like an lr x2 step): protocol 4
+    # asks to measure it against an lr step, so the trail puts the lr x2 sibling beside it when it exists
+    same_step = next((r for r in sib if math.isclose(_lr(r.point), _lr(inc.point) * 2, rel_tol=0.01)), None)
+    ev.append(f"lr x s {step_size(inc.point):.3g} -> {step_size(point):.3g} (x2, not held: the move's purpose); "
+              + (f"the lr x2 step to the same lr x s scored {fmt_f1(same_step.value)} ({same_step.label})"
+                 if same_step is not None else "the lr x2 step to the same lr x s was not measured"))
     if better:
         _set_incumbent(ctx, rec)
     ctx.decide(phase, "alpha", "LoRA update too weak", f"incumbent = {rec.label}" if better else "keep scale", ev,
-               [inc, rec])
+               [inc, rec], {"step_size": {"code": "step-size-raised", "before": step_size(inc.point),
+                                          "after": step_size(point),
+                                          "lr_x2_trial": same_step.number if same_step is not None else None,
+                                          "lr_x2_value": same_step.value if same_step is not None else None}},
+               code="scale-step-kept" if better else "scale-step-rejected")
 
 
 def _regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
@@ -739,11 +817,9 @@ def _regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
     if not overfit:
         ctx.decide(phase, "regularization", "no overfitting", "keep dropout and weight decay",
                    [f"train/val F1 gap {gap if gap is None else round(gap, 3)} (large from "
-                    f"{_threshold('overfit_gap_min'):g}), val loss/metric turning: {'yes' if rising else 'no'}"], [inc])
+                    f"{_threshold('overfit_gap_min'):g}), val loss/metric turning: {'yes' if rising else 'no'}"], [inc], code="no-overfitting")
         return
-    d = float(inc.point.get(DROPOUT, DEFAULTS[DROPOUT]))
-    moves = [("lora_dropout up", with_(inc.point, **{DROPOUT: min(0.3, max(0.1, d * 2))}) if d < 0.3 else None),
-             ("weight_decay 0.1", with_(inc.point, **{WD: 0.1}) if float(inc.point.get(WD, DEFAULTS[WD])) < 0.1 else None)]
+    moves = [(MOVES[m].text, MOVES[m].on(inc.point)) for m in REGULARIZATION_MOVES]
     for name, point in moves:
         inc = _incumbent(ctx)
         if point is None:
@@ -759,7 +835,7 @@ def _regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
         ctx.decide(phase, "regularization", f"{name} {'helps' if better else 'does not help'}",
                    f"incumbent = {rec.label}" if better else "keep the incumbent",
                    [f"overfitting: gap {gap:.3f}", f"{name}: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)}"]
-                   + evidence_of(rec), [inc, rec])
+                   + evidence_of(rec), [inc, rec], code="regularization-kept" if better else "regularization-rejected")
 
 
 def _early_stopping(ctx: SearchContext) -> None:
@@ -772,14 +848,14 @@ def _early_stopping(ctx: SearchContext) -> None:
         ctx.state["final_notes"] = {"train.early_stopping_patience": 2}
         ctx.decide("phase2", "early-stopping", "the val metric peaked early and fell",
                    "final config: early_stopping_patience=2 (the best checkpoint is kept either way)",
-                   [f"best at {frac:.0%} of the run, final {drop:.3f} below the best"], [inc])
+                   [f"best at {frac:.0%} of the run, final {drop:.3f} below the best"], [inc], code="early-stopping-set")
     elif still:
         ctx.decide("phase2", "early-stopping", "still improving when the trial ended",
                    f"the trial length limits the score: a full run (phase 0: {start.epochs or '?'} epochs) with "
-                   "early stopping should do better than the trial", [f"best at {frac or 0:.0%} of the run"], [inc])
+                   "early stopping should do better than the trial", [f"best at {frac or 0:.0%} of the run"], [inc], code="early-stopping-still-improving")
     else:
         ctx.decide("phase2", "early-stopping", "the val metric held to the end", "no change",
-                   [f"best at {frac or 0:.0%} of the run"], [inc])
+                   [f"best at {frac or 0:.0%} of the run"], [inc], code="early-stopping-none")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -807,7 +883,7 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
     sigma = seed_sigma(values)
     if sigma is None:
         ctx.decide(phase, "noise", "seed noise not measured", "noise from the val set's binomial SE",
-                   [f"{len(values)} seed run(s)"], recs)
+                   [f"{len(values)} seed run(s)"], recs, code="seed-noise-unmeasured")
         return
     ctx.state["seed_sigma"], ctx.state["seed_values"] = sigma, values
     noise, src = ctx.noise()
@@ -818,7 +894,7 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
     unstable = sigma >= _threshold("seed_std_max")
     if not unstable:
         ctx.decide(phase, "noise", "seed noise measured", "use it as the plateau threshold", ev, recs,
-                   {"sigma": sigma, "values": values, "noise": noise})
+                   {"sigma": sigma, "values": values, "noise": noise}, code="seed-noise-measured")
         return
     # protocol 4: results differ a lot between seeds -> lr at an unstable edge -> lower lr. Act on it
     # when the lr /2 sibling was measured (no extra trial) and scores at least the unstable point's
@@ -841,7 +917,7 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
     else:
         ev.append(f"lr /2 = {_round(_lr(inc.point) / 2):g} was not measured at this capacity")
     ctx.decide(phase, "noise", "seed-unstable: lr at an unstable edge", move, ev, recs,
-               {"sigma": sigma, "values": values, "noise": noise})
+               {"sigma": sigma, "values": values, "noise": noise}, code="seed-unstable-lr-lowered" if move.startswith("lower") else "seed-unstable-lr-kept")
 
 
 def breakeven_rank(params: dict, r: int) -> int | None:
@@ -932,7 +1008,7 @@ def stage_target_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     phase = "target-sweep"
     now = [str(t) for t in inc.point.get(TARGETS, [])]
     if now == list(s.target_sweep):
-        ctx.decide(phase, "targets", "already on every module set of the sweep", "keep targets", [str(now)], [inc])
+        ctx.decide(phase, "targets", "already on every module set of the sweep", "keep targets", [str(now)], [inc], code="targets-already")
         return
     noise, src = ctx.noise()
     arms: list[TrialRecord] = []
@@ -959,10 +1035,10 @@ def stage_target_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     if gain is not None and gain >= noise:
         _set_incumbent(ctx, rec)
         ctx.decide(phase, "targets", f"{','.join(s.target_sweep)} gains {gain:+.3f}", f"incumbent = {rec.label}", ev,
-                   [inc, rec], {"gain": gain, "noise": noise})
+                   [inc, rec], {"gain": gain, "noise": noise}, code="targets-gain")
     else:
         ctx.decide(phase, "targets", "no gain beyond noise", f"keep {','.join(now)}", ev, [inc, rec],
-                   {"gain": gain, "noise": noise})
+                   {"gain": gain, "noise": noise}, code="targets-no-gain")
 
 
 def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
@@ -1014,7 +1090,7 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
           for r in out.reasons]
     ctx.decide(phase, "lora-vs-full", f"choose {out.choice}", out.summary, ev,
                [inc] + ([full] if full else []) + ([highest] if highest and highest is not inc else []),
-               {"table": list(out.table)})
+               {"table": list(out.table)}, code=f"choose-{out.choice}")
 
 
 def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
@@ -1038,7 +1114,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     still = bool(res.feature("still_improving")) or (frac is not None and frac >= 0.8)
     if not still:
         ctx.decide(phase, "final-train", "the pick peaked inside its trial", "keep the trial's adapter",
-                   [f"{inc.label}: best val macro-F1 at {frac or 0:.0%} of the run; a longer run would not help"], [inc])
+                   [f"{inc.label}: best val macro-F1 at {frac or 0:.0%} of the run; a longer run would not help"], [inc], code="final-train-peaked")
         return
     start: Start = ctx.state["start"]
     steps0 = int(ctx.trial_steps)
@@ -1056,7 +1132,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
         ctx.decide(phase, "final-train", "still improving; a longer run is not affordable", "keep the trial's adapter",
                    [f"{inc.label} was still improving when its {steps0}-step trial ended",
                     f"{s.final_min_factor:g}x the trial length would need ~{format_amount(ctx.meter.budget.kind, ctx.estimate(with_(inc.point, **{'train.max_steps': int(s.final_min_factor * steps0)})).amount(ctx.meter.budget.kind))}; "
-                    f"{ctx.meter.describe_left()}"], [inc])
+                    f"{ctx.meter.describe_left()}"], [inc], code="final-train-unaffordable")
         return
     runs = []
     why = f"the pick trained longer: {steps} steps ({steps / steps0:.1f}x a trial)"
@@ -1088,9 +1164,9 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     if gain is not None and gain > 0:
         _set_incumbent(ctx, best)
         ctx.state["final"] = best
-        ctx.decide(phase, "final-train", "longer training helps", f"pick = {best.label}", ev, [inc, *runs], data)
+        ctx.decide(phase, "final-train", "longer training helps", f"pick = {best.label}", ev, [inc, *runs], data, code="final-train-helps")
     else:
-        ctx.decide(phase, "final-train", "longer training does not help", f"keep {inc.label}", ev, [inc, *runs], data)
+        ctx.decide(phase, "final-train", "longer training does not help", f"keep {inc.label}", ev, [inc, *runs], data, code="final-train-no-gain")
 
 
 def _final_length(ctx: SearchContext, inc, want: int, n_runs: int, min_steps: float) -> int | None:
@@ -1132,7 +1208,7 @@ def _revisit(ctx: SearchContext, s: ProtocolSettings) -> None:
     ctx.decide("revisit", "budget", "budget left after the last stage",
                "run the stages skipped for budget: " + ", ".join(n for n, _ in todo),
                [f"{ctx.meter.describe_left()}; a LoRA trial is estimated at "
-                f"{format_amount(ctx.meter.budget.kind, ctx.estimate({}).amount(ctx.meter.budget.kind))}"])
+                f"{format_amount(ctx.meter.budget.kind, ctx.estimate({}).amount(ctx.meter.budget.kind))}"], code="revisit")
     ctx.state["skipped"] = []
     before, seeds_before = _incumbent(ctx), ctx.state.get("seed_sigma")
     for _, fn in todo:
@@ -1163,13 +1239,13 @@ def run_protocol(ctx: SearchContext, start: Start, settings: ProtocolSettings = 
                " ".join(f"{k.split('.')[-1]}={_plain(v)}" for k, v in start.point.items()),
                [f"{c['key']} = {_plain(c['value'])}: {c['reason']} [{c['rule']}]" for c in start.choices]
                or [f"start point given as is: {start.point}; capacity ceiling r={start.ceiling_r}"],
-               data={"point": start.point, "ceiling_r": start.ceiling_r, "facts": start.facts})
+               data={"point": start.point, "ceiling_r": start.ceiling_r, "facts": start.facts}, code="start-config")
     if plan:
         ctx.state["trial_steps"] = int(plan["max_steps"])
         ctx.state["trial_epochs"] = plan.get("epochs")
         ctx.trial_steps = int(plan["max_steps"])
         ctx.decide("phase0", "trial-plan", f"trials of {plan['max_steps']} steps", "plan", [plan["reason"]],
-                   data=plan)
+                   data=plan, code="trial-plan")
     for _, fn in stages:
         fn(ctx, settings)
     _revisit(ctx, settings)
@@ -1183,7 +1259,7 @@ def run_protocol(ctx: SearchContext, start: Start, settings: ProtocolSettings = 
         ctx.decide("finish", "pick", "the incumbent did not finish", f"pick {best.label}",
                    [f"{final.label}: {final.result.reason}" if final else "no incumbent",
                     f"{best.label} scored {fmt_f1(best.value)} ({best.result.status}, {best.result.examples:,} "
-                    "examples): the best trained run of the study"], [x for x in (final, best) if x])
+                    "examples): the best trained run of the study"], [x for x in (final, best) if x], code="finish-best-trained")
         ctx.state["final"] = best
     return ctx
 
