@@ -131,6 +131,11 @@ class TrainConfig:
                                       "with dynamic padding.")
     num_threads: int | None = _f(None, "CPU threads for torch; null: the cores this process may use "
                                  "(CPU affinity, capped by a cgroup quota).", min=1)
+    precision: str = _f("auto", "Compute precision of the forward and backward. auto: bf16 autocast where the "
+                        "hardware has native bf16 (a CUDA GPU with bf16, a CPU with avx512_bf16 or amx_bf16), "
+                        "float32 elsewhere; bf16: always (emulated, and slower, on other CPUs); fp32: never. "
+                        "Weights, optimizer state, the head and the loss stay float32; run.json `precision` "
+                        "says what ran and why.", choices=("auto", "fp32", "bf16"))
     prefix_cache: str = _f("auto", "Frozen-prefix cache. auto: when no adapter (or trained bias) sits in the "
                            "bottom blocks, compute the states entering the first adapted block once (eval mode, "
                            "float16), reuse them across runs with the same model, data and max_length, and run "

@@ -15,6 +15,7 @@ step with it (adapter/label_map.json `decoding`). While it runs, the process hol
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import errno
 import math
@@ -31,8 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loratune import __version__, prefix_cache, signals
-from loratune.adapt import apply_adapter, count_params, num_layers
+from loratune import __version__, precision as precision_mod, prefix_cache, signals
+from loratune.adapt import HEAD_NAMES, apply_adapter, count_params, num_layers
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
 from loratune.errors import UserError
@@ -383,7 +384,9 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     t_setup = time.perf_counter()
     torch.set_num_threads(cfg.train.num_threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    # bf16 autocast only where the hardware has it (precision.py; auto), head and loss in float32
+    precision = precision_mod.detect(cfg.train.precision, device.type)
+    autocast = precision.autocast
     space = dataset.label_space
     objective = objective_key(cfg, space.multi_label)  # a metric the task lacks: said before any model loads
     seed_everything(cfg.train.seed)
@@ -393,6 +396,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     model, sites = apply_adapter(base, cfg.adapter)
     model.to(device)
     model.train()
+    if autocast:
+        precision_mod.head_in_fp32(model, HEAD_NAMES, device.type)
     params = count_params(model, sites, cfg.adapter.method)
     pad_id = tokenizer.pad_token_id
 
@@ -445,6 +450,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "started_at": _now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
+        "precision": precision.to_dict(),
         "pid": os.getpid(),
         "prefix_cache": prefix_note, "threads": torch.get_num_threads(),
         "objective": objective, "loss": spec.to_dict(),
@@ -536,7 +542,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                 target = torch.from_numpy(train_enc.targets[rows]).to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                     logits = forward_logits(model, train_enc, rows, batch)
-                loss = loss_fn(logits, target, space.multi_label, spec) / accum
+                loss = loss_fn(logits.float(), target, space.multi_label, spec) / accum
                 loss.backward()
                 step_loss += float(loss.detach())
                 n_examples += len(rows)

@@ -1,0 +1,75 @@
+"""train.precision resolution (precision.resolve): the hardware facts are inputs, so no case depends on
+the machine the tests run on."""
+
+from __future__ import annotations
+
+import pytest
+
+from loratune import precision
+from loratune.config import load_config
+from loratune.errors import ConfigError
+
+AVX2_ONLY = ("fpu", "sse2", "avx", "avx2", "fma")
+ZEN4 = AVX2_ONLY + ("avx512f", "avx512_bf16")
+SAPPHIRE_RAPIDS = AVX2_ONLY + ("avx512f", "amx_tile", "amx_bf16")
+
+CASES = [
+    # setting, device, cpu flags, cuda bf16 -> dtype, native
+    ("auto", "cpu", AVX2_ONLY, False, "float32", False),
+    ("auto", "cpu", ZEN4, False, "bfloat16", True),
+    ("auto", "cpu", SAPPHIRE_RAPIDS, False, "bfloat16", True),
+    ("auto", "cpu", (), False, "float32", False),  # no /proc/cpuinfo: nothing known, float32
+    ("auto", "cuda", (), True, "bfloat16", True),
+    ("auto", "cuda", (), False, "float32", False),
+    ("auto", "cuda", ZEN4, False, "float32", False),  # the CPU's flags say nothing about the GPU
+    ("auto", "mps", ZEN4, False, "float32", False),
+    ("fp32", "cpu", ZEN4, False, "float32", True),
+    ("fp32", "cuda", (), True, "float32", True),
+    ("bf16", "cpu", AVX2_ONLY, False, "bfloat16", False),  # honoured, said to be emulated
+    ("bf16", "cpu", ZEN4, False, "bfloat16", True),
+    ("bf16", "cuda", (), True, "bfloat16", True),
+]
+
+
+@pytest.mark.parametrize("setting,device,flags,cuda_bf16,dtype,native", CASES)
+def test_resolution_table(setting, device, flags, cuda_bf16, dtype, native):
+    p = precision.resolve(setting, device, flags, cuda_bf16)
+    assert (p.dtype, p.native, p.setting) == (dtype, native, setting)
+    assert p.autocast == (dtype == "bfloat16")
+    assert p.reason  # run.json says why
+
+
+def test_reasons_name_the_deciding_fact():
+    assert "avx512_bf16" in precision.resolve("auto", "cpu", AVX2_ONLY).reason
+    assert "emulated" in precision.resolve("bf16", "cpu", AVX2_ONLY).reason
+    assert "emulated" not in precision.resolve("bf16", "cpu", ZEN4).reason
+    assert "amx_bf16" in precision.resolve("auto", "cpu", SAPPHIRE_RAPIDS).reason
+    assert precision.resolve("fp32", "cpu", ZEN4).reason.startswith("train.precision=fp32")
+
+
+def test_to_dict_is_what_run_json_records():
+    d = precision.resolve("auto", "cpu", ZEN4).to_dict()
+    assert set(d) == {"setting", "dtype", "native", "reason"}
+
+
+def test_unknown_setting_refused():
+    with pytest.raises(ValueError):
+        precision.resolve("fp16", "cpu")
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 avx512_bf16\n\n"
+                    "processor\t: 1\nflags\t\t: fpu avx avx2 avx512_bf16\n")
+    assert precision.cpu_flags(info) == {"fpu", "avx", "avx2", "avx512_bf16"}
+    assert precision.cpu_flags(tmp_path / "missing") == frozenset()
+
+
+@pytest.mark.parametrize("value", ["auto", "fp32", "bf16"])
+def test_config_key(value):
+    assert load_config(None, [f"precision={value}"]).train.precision == value
+
+
+def test_config_refuses_other_values():
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_config(None, ["precision=fp16"])
