@@ -724,3 +724,35 @@ def test_the_capacity_policy_maps_each_verdict_to_one_decision(verdict, code):
     ctx, _ = make_ctx(world)
     run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, lr_probe=False))
     assert next(c for c in codes(ctx) if c.startswith(("capacity-", "pair-"))) == code
+
+
+# ---------------------------------------------------------------------------------------------
+# one stage table, one state record
+
+
+def test_the_stage_table_has_every_stage_once_and_names_every_trail_phase():
+    from loratune.search.protocol import STAGE_TABLE
+    from loratune.search.stages import TRAIL_PHASES, StageId
+
+    assert [x.id for x in STAGE_TABLE] == list(StageId)
+    assert sum(x.planned for x in STAGE_TABLE) == 13  # the plan divides the budget by this
+    assert [x.id.value for x in STAGE_TABLE if x.revisit] == ["phase2", "seeds", "rank-sweep", "target-sweep",
+                                                               "lora-vs-full"]
+    ctx, runner = make_ctx(lr_binds(), budget="105s")
+    ctx.costs = CostModel(prior_examples_per_s=100, full_over_lora=5.0)
+    run_protocol(ctx, START, ProtocolSettings(), plan={"max_steps": 100, "epochs": 1.5, "reason": "scripted"})
+    assert {d["phase"] for d in ctx.decisions} <= set(TRAIL_PHASES)
+    assert {s.phase for s in runner.calls} <= {x.value for x in StageId}
+    assert StageId("rank-sweep").title == "rank sweep" and f"{StageId.SEEDS}" == "seeds" == str(StageId.SEEDS)
+
+
+def test_protocol_state_is_typed_and_still_reads_like_the_dict_it_replaced():
+    from loratune.search.state import ProtocolState
+
+    ctx, _ = make_ctx(lr_binds())
+    run_protocol(ctx, START, ProtocolSettings())
+    st = ctx.state
+    assert isinstance(st, ProtocolState) and st.final is st["final"] and st.incumbent.point[LR] == 4e-3
+    assert st.rank_sweep["scale_rule"] == "rslora" and st.get("lr_centre") is None and "lr_centre" not in st
+    with pytest.raises(KeyError, match="not a ProtocolState field"):
+        st["incumbant"] = None

@@ -21,11 +21,7 @@ from loratune.report.html import (
     value_text,
 )
 from loratune.report.study import StudyReport, TrialView
-
-PHASE_NAMES = {"phase0": "phase 0", "phase1-lr-grid": "lr grid", "phase1-capacity": "capacity", "pair": "pair",
-               "phase2": "phase 2", "seeds": "seeds", "rank-sweep": "rank sweep", "lora-vs-full": "LoRA vs full",
-               "full-probe": "LoRA vs full", "finish": "finish", "yardstick": "sampler", "lr-probe": "lr probe",
-               "target-sweep": "target sweep", "revisit": "revisit", "final-train": "final training"}
+from loratune.search.stages import TRAIL_PHASES as PHASE_NAMES  # the stage table's names, one place
 
 
 PHASE_PALETTE = ("c0", "c2", "c3", "c5", "c6", "c4", "c7")  # no orange: orange is validation / the rank sweep

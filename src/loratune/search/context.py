@@ -22,6 +22,7 @@ from typing import Any, Protocol, Sequence
 from loratune.search.budget import Cost, CostModel, Meter, format_amount
 from loratune.search.prune import PruneSettings
 from loratune.search.runner import Watch
+from loratune.search.state import ProtocolState
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec, short_name
 
 
@@ -81,7 +82,7 @@ class SearchContext:
     finish_rows: int = 0  # test rows scored at the end (wall budgets keep time back for them)
     finish_base_s: float = 15.0  # plus exporting the adapter and writing the summary
     records: list[TrialRecord] = field(default_factory=list)  # trials of this search, in the order asked
-    state: dict[str, Any] = field(default_factory=dict)  # what stages learned (incumbent, noise, ...)
+    state: ProtocolState = field(default_factory=ProtocolState)  # what stages learned (incumbent, noise, ...)
     current: dict[str, Any] = field(default_factory=dict)  # the running trial (for progress)
     phase: str = ""
     _seq: int = 0
@@ -220,12 +221,12 @@ class SearchContext:
     def noise(self) -> tuple[float, str]:
         """The difference below which two trials are not told apart: max(0.5 pt, 2 x seed sigma) once
         seeds were run (protocol 6); before that sqrt(2) x the binomial SE of the incumbent's val metric."""
-        sigma = self.state.get("seed_sigma")
+        sigma = self.state.seed_sigma
         if sigma is not None:
-            n = len(self.state.get("seed_values", ()))
+            n = len(self.state.seed_values)
             v = max(self.noise_floor, 2 * sigma)
             return v, f"max({self.noise_floor:g}, 2 x seed sigma {sigma:.4f} over {n} seeds)"
-        inc = self.state.get("incumbent") or self.best()
+        inc = self.state.incumbent or self.best()
         se = inc.result.feature("val_metric_se") if inc else None
         if se:
             v = max(self.noise_floor, math.sqrt(2) * se)

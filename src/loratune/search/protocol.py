@@ -22,7 +22,8 @@ its evidence through `ctx.decide`. Stages never train directly and never read a 
 runner (tests) the whole path runs in milliseconds, and a resumed study replays it from the finished
 trials to the same point.
 
-When the budget is short, stages are cut by priority (`STAGE_PLAN`): before a trial of a stage, the
+Every stage is a row of `STAGE_TABLE` (id, phase, priority, planned trials, revisit, function).
+When the budget is short, stages are cut by priority: before a trial of a stage, the
 estimated cost of the higher-priority stages still to come is held back, so the lr grid, the
 full-fine-tuning probe, the seeds and the rank and target sweeps get their trials before optional moves do.
 Seed instability (protocol 4) lowers the lr when the lr /2 trial scores at least the incumbent's seed mean.
@@ -39,6 +40,8 @@ from loratune.params import breakeven_rank as compute_breakeven_rank
 from loratune.search.budget import Cost, format_amount
 from loratune.search.context import SearchContext, fmt_f1, seed_sigma, with_
 from loratune.search.space import DEFAULTS, scale_of, targets_text
+from loratune.search.stages import StageId
+from loratune.search.state import ProtocolState, Start  # noqa: F401 (Start: re-exported, phase 0's answer)
 from loratune.stepsize import describe_change, scale_rule, step_size, with_rank
 from loratune.search.trial import TrialRecord
 
@@ -55,22 +58,38 @@ SEED = "train.seed"
 
 SLOW_VERDICTS = ("underfit-capacity", "lr-too-small")  # ambiguous slow learning (protocol 5)
 LR_VERDICTS = ("diverged", "lr-too-large")
+# -- named constants, each with its reason -------------------------------------------------------------
+# A trials budget counts a quarter-length lr probe as a whole trial: below this many trials the three
+# probes would take a quarter of the budget, more than the lr grid they place is worth.
+PROBE_MIN_TRIALS_BUDGET = 12
+# A probe longer than half a trial is no cheaper than the grid point it stands in for.
+PROBE_MAX_SHARE_OF_TRIAL = 0.5
+# Before another probe, the budget must still hold this many full-length grid trials (1x and 2x): the
+# grid, not the probe, decides the incumbent.
+PROBE_KEEPS_GRID_TRIALS = 2
+# A trial whose best val metric came this late (share of its steps) was still improving when it ended:
+# the final training runs it longer (matches the diagnosis' late_best_fraction_min neighbourhood, 0.72-0.8).
+STILL_IMPROVING_BEST_FRACTION = 0.8
+# A best val metric before this share of the steps, followed by a real fall, is an early peak: the final
+# config gets early stopping with this patience (evaluations) -- the best checkpoint is kept either way.
+EARLY_PEAK_BEST_FRACTION = 0.7
+EARLY_STOPPING_PATIENCE = 2
+# Full fine-tuning's lr is LoRA's x full_lr_ratio, kept inside the range full fine-tuning of an encoder
+# uses (1e-5 .. 5e-4; protocol 1: LoRA wants ~10x the full-fine-tuning lr).
+FULL_LR_MIN, FULL_LR_MAX = 1e-5, 5e-4
+# The final training's length shrinks by this factor per try until the runs fit the budget left.
+FINAL_LENGTH_SHRINK = 0.8
+# Float slack when comparing a doubled scale with its cap (alpha is rounded to 3 digits).
+SCALE_EPS = 1e-9
+# Phase-0 defaults of the trial-length plan: ~100 training examples/s (MiniLM on 2 CPU cores, with
+# evaluation), 45 s per trial of model load and set-up, short trials of 1-3 epochs (protocol 3).
+PLAN_EXAMPLES_PER_S = 100.0
+PLAN_OVERHEAD_S = 45.0
+SHORT_TRIAL_EPOCHS = (1.0, 3.0)
 # phase 2 against overfitting once capacity is judged adequate (protocol 1: dropout and weight decay are the
 # regularization knobs), in this order: dropout acts on the adapter alone, weight decay on every weight
 REGULARIZATION_MOVES = ("dropout-up", "weight-decay-up")
 
-# (stage, trials it plans, priority: lower is kept first when the budget is short)
-STAGE_PLAN: tuple[tuple[str, int, int], ...] = (
-    ("lr-probe", 1, 1),  # three quarter-length runs
-    ("phase1-lr-grid", 3, 1),
-    ("pair", 1, 6),
-    ("phase1-capacity", 1, 7),
-    ("phase2", 1, 8),
-    ("seeds", 2, 3),
-    ("rank-sweep", 1, 4),
-    ("target-sweep", 2, 5),
-    ("full-probe", 1, 2),
-)
 
 # Every decision the protocol records has one of these codes (`SearchContext.decide(code=...)`): the stable
 # id tests and tools read, while the verdict and move texts beside it are for people and may be reworded.
@@ -138,19 +157,6 @@ DECISION_CODES: dict[str, str] = {
     "revisit": "budget left at the end: the stages skipped for budget run",
     "finish-best-trained": "the incumbent did not finish: the best trained run is the pick",
 }
-
-
-@dataclass(frozen=True)
-class Start:
-    """Phase 0's answer: the tuned point to start from and the capacity ceiling."""
-
-    point: dict[str, Any]  # dotted overrides of the tuned knobs (r, alpha, targets, layers, dropout, lr)
-    ceiling_r: int
-    lr_centre: float
-    choices: tuple[dict, ...] = ()  # {key, value, rule, reason} from the assessment
-    facts: dict = field(default_factory=dict)
-    fixed: dict = field(default_factory=dict)  # study-wide keys (batch size, max_length)
-    epochs: float | None = None  # the assessment's epoch count for a full run
 
 
 @dataclass(frozen=True)
@@ -241,15 +247,15 @@ def start_config(cfg, dataset, *, user_point: dict | None = None,
 
 
 def plan_trial_length(budget_kind: str, budget_limit: float, n_train: int, batch: int, *,
-                      start_epochs: float | None = None, examples_per_s: float = 100.0,
-                      overhead_s: float = 45.0, planned_trials: int | None = None,
-                      min_epochs: float = 1.0, max_epochs: float = 3.0) -> dict:
+                      start_epochs: float | None = None, examples_per_s: float = PLAN_EXAMPLES_PER_S,
+                      overhead_s: float = PLAN_OVERHEAD_S, planned_trials: int | None = None,
+                      min_epochs: float = SHORT_TRIAL_EPOCHS[0], max_epochs: float = SHORT_TRIAL_EPOCHS[1]) -> dict:
     """How long one trial is (optimizer steps), so that the planned trials fit the budget.
 
     A short trial is 1-3 epochs (protocol 3); within that, the budget divided by the planned trial
-    count (sum of STAGE_PLAN) decides. Wall-time budgets are turned into examples with a throughput
+    count (the planned trials of STAGE_TABLE) decides. Wall-time budgets are turned into examples with a throughput
     estimate (training with evaluation, model load included)."""
-    planned = planned_trials or sum(n for _, n, _ in STAGE_PLAN)
+    planned = planned_trials or sum(x.planned for x in STAGE_TABLE)
     cap_epochs = min(max_epochs, start_epochs or max_epochs)
     if budget_kind == "wall_s":
         budget_examples = max(0.0, budget_limit - overhead_s) * examples_per_s
@@ -275,35 +281,23 @@ def plan_trial_length(budget_kind: str, budget_limit: float, n_train: int, batch
 # helpers
 
 
-def reserve(ctx: SearchContext, stage: str, settings: ProtocolSettings) -> Cost:
+def reserve(ctx: SearchContext, stage: str | StageId, settings: ProtocolSettings) -> Cost:
     """The estimated cost of the later stages that outrank `stage` (held back before its trials), in
     priority order and only as far as they still fit: holding budget back for a stage that cannot run
     anyway would only stop the ones that can."""
-    names = [s for s, _, _ in STAGE_PLAN]
-    prio = {s: p for s, _, p in STAGE_PLAN}
-    later = sorted((row for row in STAGE_PLAN[names.index(stage) + 1:] if row[2] < prio[stage]), key=lambda r: r[2])
+    ids = [x.id for x in STAGE_TABLE]
+    me = STAGE_TABLE[ids.index(StageId(stage))]
+    later = sorted((x for x in STAGE_TABLE[ids.index(me.id) + 1:] if x.priority < me.priority),
+                   key=lambda x: x.priority)
     total = Cost()
-    for name, n, _ in later:
-        n = _still_planned(ctx, name, n, settings)
+    for row in later:
+        n = row.still_planned(ctx, settings)
         if n <= 0:
             continue
-        est = ctx.estimate({METHOD: "full"} if name == "full-probe" else {})
-        need = est * n
+        need = ctx.estimate(row.cost_point) * n
         if ctx.meter.fits(need, total):
             total = total + need
     return total
-
-
-def _still_planned(ctx: SearchContext, stage: str, n: int, settings: ProtocolSettings) -> int:
-    """Trials a stage still plans to run (0 once it ran or when it is switched off)."""
-    ran = {r.spec.phase for r in ctx.records}
-    if stage == "full-probe":
-        return 0 if not settings.full_probe or "lora-vs-full" in ran else n
-    if stage == "seeds":
-        return max(0, settings.seeds - 1 - sum(1 for r in ctx.records if r.spec.phase == "seeds"))
-    if stage in ("rank-sweep", "target-sweep"):
-        return 0 if stage in ran else n
-    return n
 
 
 def evidence_of(rec: TrialRecord, n: int = 4) -> list[str]:
@@ -347,15 +341,15 @@ def _same_except(a: dict, b: dict, keys: Sequence[str]) -> bool:
 
 
 def _incumbent(ctx: SearchContext) -> TrialRecord | None:
-    return ctx.state.get("incumbent")
+    return ctx.state.incumbent
 
 
 def _set_incumbent(ctx: SearchContext, rec: TrialRecord) -> None:
-    ctx.state["incumbent"] = rec
+    ctx.state.incumbent = rec
 
 
 def _no_budget(ctx: SearchContext, phase: str, what: str, held: Cost | None = None) -> None:
-    skipped = ctx.state.setdefault("skipped", [])
+    skipped = ctx.state.skipped
     if phase not in skipped:
         skipped.append(phase)
     extra = ""
@@ -375,18 +369,18 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     config at the assessment's lr for a quarter of a trial, then x4 steps up while the metric rises
     and the diagnosis shows no collapse or divergence (down when the first one collapses). The best
     probe's lr becomes the centre of the phase-1 grid, whose {0.5, 1, 2}x brackets it at full length."""
-    start: Start = ctx.state["start"]
-    steps = int(ctx.state.get("trial_steps") or 0)
-    phase = "lr-probe"
+    start: Start = ctx.state.start
+    steps = int(ctx.state.trial_steps or 0)
+    phase = StageId.LR_PROBE.value
     if not s.lr_probe or not steps:
         return
     p_steps = max(s.lr_probe_min_steps, int(round(steps * s.lr_probe_fraction)))
     b = ctx.meter.budget
-    if b.kind == "trials" and b.limit < 12:
+    if b.kind == "trials" and b.limit < PROBE_MIN_TRIALS_BUDGET:
         ctx.decide(phase, "lr-probe", "probe skipped", f"lr centre {start.lr_centre:g} from phase 0",
                    [f"a budget of {int(b.limit)} trials counts each short probe as a whole trial"], code="lr-probe-skipped")
         return
-    if p_steps * 2 > steps:
+    if p_steps > steps * PROBE_MAX_SHARE_OF_TRIAL:
         ctx.decide(phase, "lr-probe", "trials too short to probe", f"lr centre {start.lr_centre:g} from phase 0",
                    [f"a probe of {p_steps} steps would be more than half of a {steps}-step trial"], code="lr-probe-too-short")
         return
@@ -408,7 +402,7 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     for _ in range(s.lr_probe_max_moves):
         last = probes[-1]
         grid_two = ctx.estimate(start.point)
-        need = ctx.estimate(last.point) + grid_two * 2
+        need = ctx.estimate(last.point) + grid_two * PROBE_KEEPS_GRID_TRIALS
         if not ctx.meter.fits(need):
             ctx.decide(phase, "lr-probe", "stop probing", "keep the budget for full-length trials",
                        [f"another probe and two grid trials need ~{format_amount(ctx.meter.budget.kind, need.amount(ctx.meter.budget.kind))}"
@@ -432,7 +426,7 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     # protocol 3: "pick a value safely below where the loss turns up": the lowest lr within noise of the best
     best = min((r for r in good if r.value >= top.value - noise), key=lambda r: _lr(r.point))
     centre = _lr(best.point)
-    ctx.state["lr_centre"] = centre
+    ctx.state.lr_centre = centre
     rows = [f"lr {_lr(r.point):g}: val macro-F1 {fmt_f1(r.value)} after {r.result.steps_done} steps "
             f"({r.result.verdict})" for r in probes]
     if best is not top:
@@ -445,9 +439,9 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
 
 
 def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
-    start: Start = ctx.state["start"]
-    centre = float(ctx.state.get("lr_centre", start.lr_centre))
-    phase = "phase1-lr-grid"
+    start: Start = ctx.state.start
+    centre = float(ctx.state.lr_centre or start.lr_centre)
+    phase = StageId.LR_GRID.value
     done: dict[float, TrialRecord] = {}
     for f in s.lr_factors:
         if f > 1 and 1.0 in done and (done[1.0].value is None or done[1.0].result.verdict in LR_VERDICTS):
@@ -477,7 +471,7 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
         rec = ctx.run(ctx.spec(point, phase, "every grid point failed: lr /10"))
         inc = rec if rec is not None and rec.value is not None else None
     if inc is None:
-        ctx.state["failed"] = True
+        ctx.state.failed = True
         ctx.decide(phase, "lr-grid", "no trial learned", "stop",
                    [line for r in done.values() for line in evidence_of(r, 2)] or ["no trial could run"], code="lr-grid-failed")
         return
@@ -525,9 +519,9 @@ CAPACITY_DEFAULT = VerdictAction((), "keep", "capacity-no-limit", "{v}: no capac
 
 def stage_capacity(ctx: SearchContext, s: ProtocolSettings) -> None:
     inc = _incumbent(ctx)
-    if inc is None or ctx.state.get("failed"):
+    if inc is None or ctx.state.failed:
         return
-    phase = "phase1-capacity"
+    phase = StageId.CAPACITY.value
     v = inc.result.verdict
     row = next((x for x in CAPACITY_POLICY if x.matches(inc.result)), CAPACITY_DEFAULT)
     if row.action == "pair":
@@ -552,9 +546,9 @@ def stage_capacity(ctx: SearchContext, s: ProtocolSettings) -> None:
 def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
     """The minimal-intervention pair from the incumbent: only lr x2, only r x2, same budget (protocol 5).
     Returns the binding knob: capacity | optimization | neither | unaffordable."""
-    phase = "pair"
+    phase = StageId.PAIR.value
     inc = _incumbent(ctx)
-    start: Start = ctx.state["start"]
+    start: Start = ctx.state.start
     a_point = MOVES["lr-x2"].on(inc.point)  # the minimal intervention: one move each, the same rows the
     b_point = MOVES["r-x2"].on(inc.point, MoveContext(scale_rule=s.move_scale_rule))  # diagnosis prescribes
     if _r(b_point) > start.ceiling_r:
@@ -599,7 +593,7 @@ def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
     else:
         binding = "capacity" if abs(dr) > abs(dl) else "optimization"
         how = f"both knobs matter (ratio < {s.binding_ratio:g}); following the larger delta"
-    ctx.state["pair"] = {"from": inc.number, "lr_trial": a.number, "r_trial": b.number,
+    ctx.state.pair = {"from": inc.number, "lr_trial": a.number, "r_trial": b.number,
                          "lr": [_lr(inc.point), _lr(a.point)], "r": [_r(inc.point), _r(b.point)],
                          "base": inc.value, "lr_value": a.value, "r_value": b.value,
                          "lr_delta": dl, "r_delta": dr, "noise": noise, "noise_source": src,
@@ -623,7 +617,7 @@ def _pair(ctx: SearchContext, s: ProtocolSettings) -> str:
           f"{scale_rule(s.move_scale_rule).doc}), {b.label}: {fmt_f1(b.value)}, delta {dr:+.3f}",
           f"noise {noise:.3f} ({src})", how]
     ev += [f"compare: {f['rule_id']}: {f['verdict']}" for f in cmp.get("findings", [])]
-    ctx.decide(phase, "pair", f"binding knob: {binding}", move, ev, [inc, a, b], ctx.state["pair"], code=f"pair-{binding}")
+    ctx.decide(phase, "pair", f"binding knob: {binding}", move, ev, [inc, a, b], ctx.state.pair, code=f"pair-{binding}")
     return binding
 
 
@@ -637,8 +631,8 @@ def capacity_moves(down: bool) -> tuple[Move, ...]:
 
 
 def _capacity_moves(ctx: SearchContext, s: ProtocolSettings, *, down: bool, max_moves: int | None = None) -> None:
-    phase = "phase1-capacity"
-    start: Start = ctx.state["start"]
+    phase = StageId.CAPACITY.value
+    start: Start = ctx.state.start
     tried = 0
     limit = max_moves if max_moves is not None else s.max_capacity_moves
     inc = _incumbent(ctx)
@@ -692,7 +686,7 @@ def _capacity_moves(ctx: SearchContext, s: ProtocolSettings, *, down: bool, max_
 
 def stage_phase2(ctx: SearchContext, s: ProtocolSettings) -> None:
     inc = _incumbent(ctx)
-    if inc is None or ctx.state.get("failed"):
+    if inc is None or ctx.state.failed:
         return
     _lr_steps(ctx, s)
     _alpha_step(ctx, s)
@@ -705,7 +699,7 @@ def _lr_siblings(ctx: SearchContext, point: dict) -> list[TrialRecord]:
 
 
 def _lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
-    phase = "phase2"
+    phase = StageId.PHASE2.value
     inc = _incumbent(ctx)
     sib = _lr_siblings(ctx, inc.point)
     lrs = sorted({_lr(r.point) for r in sib})
@@ -737,7 +731,7 @@ def _lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
                        [why, f"lr {nxt:g} was already measured ({seen.label}: {fmt_f1(seen.value)}) and is not "
                         f"better than {fmt_f1(inc.value)}"], [inc, seen], code="lr-already-measured")
             return
-        held = reserve(ctx, "phase2", s)
+        held = reserve(ctx, StageId.PHASE2, s)
         rec = ctx.run(ctx.spec(point, phase, f"lr step {'x2' if direction > 1 else '/2'}"), reserve=held)
         if rec is None:
             _no_budget(ctx, phase, f"lr step to {nxt:g}", held)
@@ -762,7 +756,7 @@ def _lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
 def _alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
     """Scale s up (x2, at most max_scale) when lr changes barely move the loss and more rank is
     unwanted (rules table: update-too-weak, thresholds weak_lr_loss_max and weak_gap_min)."""
-    phase = "phase2"
+    phase = StageId.PHASE2.value
     inc = _incumbent(ctx)
     sib = [r for r in _lr_siblings(ctx, inc.point) if r.result.feature("val_loss_min") is not None]
     if len(sib) < 2:
@@ -778,12 +772,12 @@ def _alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
     ev = [f"lr values {', '.join(f'{_lr(r.point):g}' for r in sib)} moved the min val loss by {effect:.1%} "
           f"(weak below {weak:.0%})", f"largest train/val F1 gap {gap if gap is None else round(gap, 3)} "
           f"(more rank unwanted from {gap_min:g})", f"scale s = {sc:g}"]
-    if not (effect < weak and gap is not None and gap >= gap_min) or sc * 2 > s.max_scale + 1e-9:
-        why = "scale already at its maximum" if sc * 2 > s.max_scale + 1e-9 and effect < weak else "lr does move the loss or rank is not at risk"
+    if not (effect < weak and gap is not None and gap >= gap_min) or sc * 2 > s.max_scale + SCALE_EPS:
+        why = "scale already at its maximum" if sc * 2 > s.max_scale + SCALE_EPS and effect < weak else "lr does move the loss or rank is not at risk"
         ctx.decide(phase, "alpha", "update strength adequate", f"keep scale {sc:g}", ev + [why], sib, code="scale-adequate")
         return
     point = MOVES["scale-x2"].on(inc.point)  # lr x s x2 on purpose: the update-too-weak remedy
-    held = reserve(ctx, "phase2", s)
+    held = reserve(ctx, StageId.PHASE2, s)
     rec = ctx.run(ctx.spec(point, phase, f"scale {sc:g} -> {sc * 2:g}"), reserve=held)
     if rec is None:
         _no_budget(ctx, phase, "the scale step", held)
@@ -807,7 +801,7 @@ def _alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
 
 
 def _regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
-    phase = "phase2"
+    phase = StageId.PHASE2.value
     inc = _incumbent(ctx)
     res = inc.result
     gap = res.feature("gap_f1")
@@ -824,7 +818,7 @@ def _regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
         inc = _incumbent(ctx)
         if point is None:
             continue
-        held = reserve(ctx, "phase2", s)
+        held = reserve(ctx, StageId.PHASE2, s)
         rec = ctx.run(ctx.spec(point, phase, f"against overfitting: {name}"), reserve=held)
         if rec is None:
             _no_budget(ctx, phase, name, held)
@@ -843,18 +837,18 @@ def _early_stopping(ctx: SearchContext) -> None:
     res = inc.result
     frac, drop = res.feature("best_step_fraction"), res.feature("val_metric_final_drop")
     still = res.feature("still_improving")
-    start: Start = ctx.state["start"]
-    if frac is not None and frac < 0.7 and (drop or 0) >= _threshold("val_metric_drop_min"):
-        ctx.state["final_notes"] = {"train.early_stopping_patience": 2}
-        ctx.decide("phase2", "early-stopping", "the val metric peaked early and fell",
-                   "final config: early_stopping_patience=2 (the best checkpoint is kept either way)",
+    start: Start = ctx.state.start
+    if frac is not None and frac < EARLY_PEAK_BEST_FRACTION and (drop or 0) >= _threshold("val_metric_drop_min"):
+        ctx.state.final_notes = {"train.early_stopping_patience": EARLY_STOPPING_PATIENCE}
+        ctx.decide(StageId.PHASE2.value, "early-stopping", "the val metric peaked early and fell",
+                   f"final config: early_stopping_patience={EARLY_STOPPING_PATIENCE} (the best checkpoint is kept either way)",
                    [f"best at {frac:.0%} of the run, final {drop:.3f} below the best"], [inc], code="early-stopping-set")
     elif still:
-        ctx.decide("phase2", "early-stopping", "still improving when the trial ended",
+        ctx.decide(StageId.PHASE2.value, "early-stopping", "still improving when the trial ended",
                    f"the trial length limits the score: a full run (phase 0: {start.epochs or '?'} epochs) with "
                    "early stopping should do better than the trial", [f"best at {frac or 0:.0%} of the run"], [inc], code="early-stopping-still-improving")
     else:
-        ctx.decide("phase2", "early-stopping", "the val metric held to the end", "no change",
+        ctx.decide(StageId.PHASE2.value, "early-stopping", "the val metric held to the end", "no change",
                    [f"best at {frac or 0:.0%} of the run"], [inc], code="early-stopping-none")
 
 
@@ -864,10 +858,10 @@ def _early_stopping(ctx: SearchContext) -> None:
 
 def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
     inc = _incumbent(ctx)
-    if inc is None or ctx.state.get("failed") or s.seeds < 2:
+    if inc is None or ctx.state.failed or s.seeds < 2:
         return
-    phase = "seeds"
-    seed0 = int(inc.point.get(SEED, ctx.state.get("base_seed", DEFAULTS[SEED])))  # the study's training seed
+    phase = StageId.SEEDS.value
+    seed0 = int(inc.point.get(SEED, DEFAULTS[SEED] if ctx.state.base_seed is None else ctx.state.base_seed))  # the study's training seed
     recs = [inc]
     ctx.prefetch([ctx.spec(with_(inc.point, **{SEED: seed0 + k}), phase, f"seed noise: seed {seed0 + k}")
                   for k in range(1, s.seeds)], reserve=reserve(ctx, phase, s))
@@ -885,7 +879,7 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
         ctx.decide(phase, "noise", "seed noise not measured", "noise from the val set's binomial SE",
                    [f"{len(values)} seed run(s)"], recs, code="seed-noise-unmeasured")
         return
-    ctx.state["seed_sigma"], ctx.state["seed_values"] = sigma, values
+    ctx.state.seed_sigma, ctx.state.seed_values = sigma, list(values)
     noise, src = ctx.noise()
     ev = [f"val macro-F1 over seeds: {', '.join(fmt_f1(v) for v in values)}; sigma {sigma:.4f}",
           f"noise threshold {noise:.3f} = {src}"]
@@ -930,10 +924,10 @@ def breakeven_rank(params: dict, r: int) -> int | None:
 
 def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     inc = _incumbent(ctx)
-    if inc is None or ctx.state.get("failed") or inc.point.get(METHOD) == "full":
+    if inc is None or ctx.state.failed or inc.point.get(METHOD) == "full":
         return
-    phase = "rank-sweep"
-    start: Start = ctx.state["start"]
+    phase = StageId.RANK_SWEEP.value
+    start: Start = ctx.state.start
     r0, sc = _r(inc.point), scale_of(inc.point)
     r_be = breakeven_rank(inc.result.params, r0)
     cap = start.ceiling_r
@@ -991,7 +985,7 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
                                                         for p in points]}, code=rule.code)
     if best_rec is not inc:
         _set_incumbent(ctx, best_rec)
-    ctx.state["rank_sweep"] = {"points": points, "plateau_r": plateau, "chosen_r": _r(best_rec.point),
+    ctx.state.rank_sweep = {"points": points, "plateau_r": plateau, "chosen_r": _r(best_rec.point),
                                "threshold": noise, "threshold_source": src, "breakeven_r": r_be,
                                "ceiling_r": start.ceiling_r, "scale": sc, "rule": rule.doc,
                                "scale_rule": rule.rule.value, "step_size_code": rule.code,
@@ -1003,9 +997,9 @@ def stage_target_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     (protocol 1: Q/V, then K/O, then the FFN). Kept only when it gains at least the noise threshold
     (the same rule as the rank sweep); the parameter cost is part of the evidence."""
     inc = _incumbent(ctx)
-    if inc is None or ctx.state.get("failed") or inc.point.get(METHOD) == "full" or not s.target_sweep:
+    if inc is None or ctx.state.failed or inc.point.get(METHOD) == "full" or not s.target_sweep:
         return
-    phase = "target-sweep"
+    phase = StageId.TARGET_SWEEP.value
     now = [str(t) for t in inc.point.get(TARGETS, [])]
     if now == list(s.target_sweep):
         ctx.decide(phase, "targets", "already on every module set of the sweep", "keep targets", [str(now)], [inc], code="targets-already")
@@ -1045,12 +1039,12 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     from loratune.decide import CostPoint, DecideInputs, decide
 
     inc = _incumbent(ctx)
-    if inc is None or ctx.state.get("failed"):
+    if inc is None or ctx.state.failed:
         return
-    phase = "lora-vs-full"
+    phase = StageId.FULL_PROBE.value
     full = next((r for r in ctx.records if r.point.get(METHOD) == "full" and r.value is not None), None)
     if full is None and s.full_probe:  # one probe per study: a second decision reuses it
-        lr = min(5e-4, max(1e-5, _round(_lr(inc.point) * s.full_lr_ratio)))
+        lr = min(FULL_LR_MAX, max(FULL_LR_MIN, _round(_lr(inc.point) * s.full_lr_ratio)))
         point = with_(inc.point, **{METHOD: "full", LR: lr})
         full = ctx.run(ctx.spec(point, phase, f"full fine-tuning probe (lr {lr:g} = LoRA lr x {s.full_lr_ratio:g})"),
                        prune=False)
@@ -1070,7 +1064,7 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
                                   mem, rec.result.examples, rec.number)
 
     noise, src = ctx.noise()
-    sweep = ctx.state.get("rank_sweep") or {}
+    sweep = ctx.state.rank_sweep or {}
     plateau = None if not sweep or len(sweep.get("points", [])) < 2 else sweep.get("plateau_r") is not None
     inputs = DecideInputs(
         chosen=cp(inc, f"LoRA r={_r(inc.point)} (chosen)"),
@@ -1081,11 +1075,11 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
                         f"points {[(p['r'], p['value']) for p in sweep.get('points', [])]}") if sweep else "",
         target=s.target, breakeven_r=sweep.get("breakeven_r") or breakeven_rank(inc.result.params, _r(inc.point)))
     out = decide(inputs)
-    ctx.state["lora_vs_full"] = {**out.to_dict(), "full_trial": full.number if full else None,
+    ctx.state.lora_vs_full = {**out.to_dict(), "full_trial": full.number if full else None,
                                  "memory_basis": ("peak above the process's memory at the trial's start" if use_delta
                                                   else "peak of the process during the trial")}
     if out.choice == "full" and full is not None:
-        ctx.state["final"] = full
+        ctx.state.final = full
     ev = [f"{r.id}: {'holds' if r.holds else 'unknown' if r.holds is None else 'does not hold'} - {r.text}"
           for r in out.reasons]
     ctx.decide(phase, "lora-vs-full", f"choose {out.choice}", out.summary, ev,
@@ -1103,22 +1097,22 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     lr. The best long run replaces the pick only when it scores higher on val; either way the decision
     says what the longer runs gained."""
     inc = _incumbent(ctx)
-    final = ctx.state.get("final")
-    if not s.final_train or inc is None or ctx.state.get("failed") or not ctx.trial_steps:
+    final = ctx.state.final
+    if not s.final_train or inc is None or ctx.state.failed or not ctx.trial_steps:
         return
     if final is not None and final.point.get(METHOD) == "full":
         return
-    phase = "final-train"
+    phase = StageId.FINAL_TRAIN.value
     res = inc.result
     frac = res.feature("best_step_fraction")
-    still = bool(res.feature("still_improving")) or (frac is not None and frac >= 0.8)
+    still = bool(res.feature("still_improving")) or (frac is not None and frac >= STILL_IMPROVING_BEST_FRACTION)
     if not still:
         ctx.decide(phase, "final-train", "the pick peaked inside its trial", "keep the trial's adapter",
                    [f"{inc.label}: best val macro-F1 at {frac or 0:.0%} of the run; a longer run would not help"], [inc], code="final-train-peaked")
         return
-    start: Start = ctx.state["start"]
+    start: Start = ctx.state.start
     steps0 = int(ctx.trial_steps)
-    trial_epochs = float(ctx.state.get("trial_epochs") or 0.0)
+    trial_epochs = float(ctx.state.trial_epochs or 0.0)
     want = steps0 * s.final_max_factor
     if start.epochs and trial_epochs > 0:
         want = min(want, steps0 * float(start.epochs) / trial_epochs)
@@ -1163,7 +1157,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
                                                  for r in runs]}
     if gain is not None and gain > 0:
         _set_incumbent(ctx, best)
-        ctx.state["final"] = best
+        ctx.state.final = best
         ctx.decide(phase, "final-train", "longer training helps", f"pick = {best.label}", ev, [inc, *runs], data, code="final-train-helps")
     else:
         ctx.decide(phase, "final-train", "longer training does not help", f"keep {inc.label}", ev, [inc, *runs], data, code="final-train-no-gain")
@@ -1177,63 +1171,97 @@ def _final_length(ctx: SearchContext, inc, want: int, n_runs: int, min_steps: fl
         one = ctx.estimate(with_(inc.point, **{"train.max_steps": steps}))
         if ctx.meter.fits(one * n_runs):
             return steps
-        steps = int(steps * 0.8)
+        steps = int(steps * FINAL_LENGTH_SHRINK)
     return None
 
 
-def _lr_steps_stage(ctx: SearchContext, s: ProtocolSettings) -> None:
-    _lr_steps(ctx, s)
-
-
-# stages skipped for budget that get a second chance when budget is left at the end (the estimates
-# before the first measurements, and a machine whose speed changes, can leave budget unused), in the
-# protocol's order; the LoRA-vs-full decision is then taken again on the new evidence
-REVISIT: tuple[tuple[str, Callable[[SearchContext, ProtocolSettings], None]], ...] = (
-    ("phase2", _lr_steps_stage),
-    ("seeds", lambda ctx, s: stage_seeds(ctx, s)),
-    ("rank-sweep", lambda ctx, s: stage_rank_sweep(ctx, s)),
-    ("target-sweep", lambda ctx, s: stage_target_sweep(ctx, s)),
-    ("lora-vs-full", lambda ctx, s: stage_full_probe(ctx, s)),
-)
-
-
 def _revisit(ctx: SearchContext, s: ProtocolSettings) -> None:
-    skipped = list(ctx.state.get("skipped", []))
-    if not skipped or ctx.state.get("failed") or _incumbent(ctx) is None or ctx.state.get("revisited"):
+    skipped = list(ctx.state.skipped)
+    if not skipped or ctx.state.failed or _incumbent(ctx) is None or ctx.state.revisited:
         return
-    ctx.state["revisited"] = True
-    todo = [(name, fn) for name, fn in REVISIT if name in skipped]
+    ctx.state.revisited = True
+    todo = [(x.id.value, x.revisit) for x in STAGE_TABLE if x.revisit is not None and x.id in skipped]
     if not todo or not ctx.meter.fits(ctx.estimate(_incumbent(ctx).point)):
         return
     ctx.decide("revisit", "budget", "budget left after the last stage",
                "run the stages skipped for budget: " + ", ".join(n for n, _ in todo),
                [f"{ctx.meter.describe_left()}; a LoRA trial is estimated at "
                 f"{format_amount(ctx.meter.budget.kind, ctx.estimate({}).amount(ctx.meter.budget.kind))}"], code="revisit")
-    ctx.state["skipped"] = []
-    before, seeds_before = _incumbent(ctx), ctx.state.get("seed_sigma")
+    ctx.state.skipped = []
+    before, seeds_before = _incumbent(ctx), ctx.state.seed_sigma
     for _, fn in todo:
         fn(ctx, s)
-    changed = _incumbent(ctx) is not before or ctx.state.get("seed_sigma") != seeds_before
-    if changed and "lora-vs-full" not in skipped:
+    changed = _incumbent(ctx) is not before or ctx.state.seed_sigma != seeds_before
+    if changed and StageId.FULL_PROBE not in skipped:
         stage_full_probe(ctx, s)  # new incumbent or noise: decide again (the full probe trial is reused)
 
 
-STAGES: tuple[tuple[str, Callable[[SearchContext, ProtocolSettings], None]], ...] = (
-    ("lr-probe", stage_lr_probe),
-    ("phase1-lr-grid", stage_lr_grid),
-    ("phase1-capacity", stage_capacity),
-    ("phase2", stage_phase2),
-    ("seeds", stage_seeds),
-    ("rank-sweep", stage_rank_sweep),
-    ("target-sweep", stage_target_sweep),
-    ("full-probe", stage_full_probe),
+def _ran(stage: StageId) -> Callable[[SearchContext, ProtocolSettings], int]:
+    """A stage that plans its trials until it has run one."""
+    def left(ctx: SearchContext, s: ProtocolSettings) -> int:
+        return 0 if any(r.spec.phase == stage for r in ctx.records) else STAGE[stage].planned
+    return left
+
+
+def _seeds_left(ctx: SearchContext, s: ProtocolSettings) -> int:
+    return max(0, s.seeds - 1 - sum(1 for r in ctx.records if r.spec.phase == StageId.SEEDS))
+
+
+def _full_probe_left(ctx: SearchContext, s: ProtocolSettings) -> int:
+    return 0 if not s.full_probe or any(r.spec.phase == StageId.FULL_PROBE for r in ctx.records) else 1
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage of the protocol: one row, read by the run loop, the budget reservation, the trial-length
+    plan, the end-of-study revisit and (through `stages.TRAIL_PHASES`) the report."""
+
+    id: StageId
+    phase: str  # the protocol section it implements
+    priority: int  # lower is kept first when the budget is short (its trials are held back for)
+    planned: int  # trials it plans (the trial-length plan divides the budget by their sum)
+    run: Callable[[SearchContext, ProtocolSettings], None] | None  # None: run inside another stage (the pair)
+    revisit: Callable[[SearchContext, ProtocolSettings], None] | None = None  # rerun when skipped for budget
+    in_sequence: bool = True  # run in turn by run_protocol (the final training runs after the revisit)
+    cost_point: dict = field(default_factory=dict)  # the point its trials are estimated at
+    remaining: Callable[[SearchContext, ProtocolSettings], int] | None = None  # trials still planned (default: all)
+
+    def still_planned(self, ctx: SearchContext, s: ProtocolSettings) -> int:
+        return self.planned if self.remaining is None else self.remaining(ctx, s)
+
+    @property
+    def title(self) -> str:
+        return self.id.title
+
+
+# The protocol, in order. Priorities: the lr grid (and its probe) first, since every later stage starts
+# from its incumbent; then the LoRA-vs-full probe (the largest possible change of the pick), the seeds (the
+# noise every later comparison needs), the rank and target sweeps; the optional moves last. A stage skipped
+# for budget is revisited when budget is left at the end (the estimates before the first measurements, and
+# a machine whose speed changes, can leave budget unused), in this order; LoRA vs full is then decided again.
+STAGE_TABLE: tuple[StageSpec, ...] = (
+    StageSpec(StageId.LR_PROBE, "phase 1: lr centre", 1, 1, stage_lr_probe),  # three quarter-length runs
+    StageSpec(StageId.LR_GRID, "phase 1: lr grid", 1, 3, stage_lr_grid),
+    StageSpec(StageId.PAIR, "protocol 5: minimal-intervention pair", 6, 1, None, in_sequence=False),
+    StageSpec(StageId.CAPACITY, "phase 1: capacity", 7, 1, stage_capacity),
+    StageSpec(StageId.PHASE2, "phase 2: optimization", 8, 1, stage_phase2, revisit=lambda ctx, s: _lr_steps(ctx, s)),
+    StageSpec(StageId.SEEDS, "protocol 6: seed noise", 3, 2, stage_seeds, revisit=lambda ctx, s: stage_seeds(ctx, s),
+              remaining=_seeds_left),
+    StageSpec(StageId.RANK_SWEEP, "protocol 6: rank sweep", 4, 1, stage_rank_sweep,
+              revisit=lambda ctx, s: stage_rank_sweep(ctx, s), remaining=_ran(StageId.RANK_SWEEP)),
+    StageSpec(StageId.TARGET_SWEEP, "protocol 1/6: target sweep", 5, 2, stage_target_sweep,
+              revisit=lambda ctx, s: stage_target_sweep(ctx, s), remaining=_ran(StageId.TARGET_SWEEP)),
+    StageSpec(StageId.FULL_PROBE, "protocol 6: LoRA vs full fine-tuning", 2, 1, stage_full_probe,
+              revisit=lambda ctx, s: stage_full_probe(ctx, s), cost_point={METHOD: "full"}, remaining=_full_probe_left),
+    StageSpec(StageId.FINAL_TRAIN, "final: the pick trained longer", 9, 0, stage_final_train, in_sequence=False),
 )
+STAGE: dict[StageId, StageSpec] = {x.id: x for x in STAGE_TABLE}
 
 
 def run_protocol(ctx: SearchContext, start: Start, settings: ProtocolSettings = ProtocolSettings(),
-                 plan: dict | None = None, stages=STAGES) -> SearchContext:
-    """Phase 0's decisions, then every stage in turn. `ctx.state['final']` (or the incumbent) is the pick."""
-    ctx.state["start"] = start
+                 plan: dict | None = None, stages: Sequence[StageSpec] = STAGE_TABLE) -> SearchContext:
+    """Phase 0's decisions, then every stage in turn. `ctx.state.final` (or the incumbent) is the pick."""
+    ctx.state.start = start
     ctx.base_point = dict(start.point)
     ctx.decide("phase0", "start-config", "start config from the assessment",
                " ".join(f"{k.split('.')[-1]}={_plain(v)}" for k, v in start.point.items()),
@@ -1241,18 +1269,19 @@ def run_protocol(ctx: SearchContext, start: Start, settings: ProtocolSettings = 
                or [f"start point given as is: {start.point}; capacity ceiling r={start.ceiling_r}"],
                data={"point": start.point, "ceiling_r": start.ceiling_r, "facts": start.facts}, code="start-config")
     if plan:
-        ctx.state["trial_steps"] = int(plan["max_steps"])
-        ctx.state["trial_epochs"] = plan.get("epochs")
+        ctx.state.trial_steps = int(plan["max_steps"])
+        ctx.state.trial_epochs = plan.get("epochs")
         ctx.trial_steps = int(plan["max_steps"])
         ctx.decide("phase0", "trial-plan", f"trials of {plan['max_steps']} steps", "plan", [plan["reason"]],
                    data=plan, code="trial-plan")
-    for _, fn in stages:
-        fn(ctx, settings)
+    for stage in stages:
+        if stage.in_sequence and stage.run is not None:
+            stage.run(ctx, settings)
     _revisit(ctx, settings)
-    if "final" not in ctx.state and _incumbent(ctx) is not None:
-        ctx.state["final"] = _incumbent(ctx)
-    stage_final_train(ctx, settings)
-    final, best = ctx.state.get("final"), ctx.best()
+    if ctx.state.final is None and _incumbent(ctx) is not None:
+        ctx.state.final = _incumbent(ctx)
+    STAGE[StageId.FINAL_TRAIN].run(ctx, settings)
+    final, best = ctx.state.final, ctx.best()
     if best is not None and (final is None or (final.result.status == "pruned" and best is not final
                                                and best.value > (final.value or 0.0))):
         # the incumbent was cut short (a budget stop before it learned): recommend what did learn
@@ -1260,7 +1289,7 @@ def run_protocol(ctx: SearchContext, start: Start, settings: ProtocolSettings = 
                    [f"{final.label}: {final.result.reason}" if final else "no incumbent",
                     f"{best.label} scored {fmt_f1(best.value)} ({best.result.status}, {best.result.examples:,} "
                     "examples): the best trained run of the study"], [x for x in (final, best) if x], code="finish-best-trained")
-        ctx.state["final"] = best
+        ctx.state.final = best
     return ctx
 
 

@@ -56,8 +56,8 @@ def rank_vs_metric(ctx: SearchContext) -> dict:
         if r.point.get("adapter.method", "lora") == "lora" and r.value is not None:
             pts.append({"r": int(r.point.get("adapter.r", 0)), "value": r.value, "trial": r.number,
                         "phase": r.spec.phase, "rslora": bool(r.point.get("adapter.use_rslora"))})
-    sweep = ctx.state.get("rank_sweep") or {}
-    start = ctx.state.get("start")
+    sweep = ctx.state.rank_sweep or {}
+    start = ctx.state.start
     return {"trials": pts, "sweep": sweep.get("points", []), "plateau_r": sweep.get("plateau_r"),
             "breakeven_r": sweep.get("breakeven_r"), "ceiling_r": sweep.get("ceiling_r",
                                                                            getattr(start, "ceiling_r", None)),
@@ -66,17 +66,17 @@ def rank_vs_metric(ctx: SearchContext) -> dict:
 
 def summarize(ctx: SearchContext, strategy: str, final: Any = None, test: dict | None = None,
               files: dict | None = None, extra: dict | None = None) -> dict:
-    start = ctx.state.get("start")
-    pair = dict(ctx.state.get("pair") or {})
-    if pair and ctx.state.get("seed_sigma") is not None:
-        pair["seed_sigma"] = ctx.state["seed_sigma"]
+    start = ctx.state.start
+    pair = dict(ctx.state.pair or {})
+    if pair and ctx.state.seed_sigma is not None:
+        pair["seed_sigma"] = ctx.state.seed_sigma
     rec = final
     recommendation = None
     if rec is not None:
         recommendation = {"trial": rec.number, "name": rec.spec.name, "run_dir": rec.run_dir, "point": rec.point,
                           "val_macro_f1": rec.value, "verdict": rec.result.verdict,
                           "test": _test_subset(test), "files": files or {},
-                          "notes": ctx.state.get("final_notes", {})}
+                          "notes": ctx.state.final_notes}
     return {
         "strategy": strategy,
         "budget": ctx.meter.to_dict(),
@@ -89,9 +89,9 @@ def summarize(ctx: SearchContext, strategy: str, final: Any = None, test: dict |
         "best_vs_compute": best_vs_compute(ctx.records),
         "rank_vs_metric": rank_vs_metric(ctx),
         "pair": pair or None,
-        "seeds": ({"sigma": ctx.state.get("seed_sigma"), "values": ctx.state.get("seed_values")}
-                  if ctx.state.get("seed_sigma") is not None else None),
-        "lora_vs_full": ctx.state.get("lora_vs_full"),
+        "seeds": ({"sigma": ctx.state.seed_sigma, "values": ctx.state.seed_values}
+                  if ctx.state.seed_sigma is not None else None),
+        "lora_vs_full": ctx.state.lora_vs_full,
         "recommendation": recommendation,
         **(extra or {}),
     }
@@ -112,7 +112,7 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
 
     final_dir = Path(final_dir)
     final_dir.mkdir(parents=True, exist_ok=True)
-    rec = ctx.state.get("final") or ctx.best()
+    rec = ctx.state.final or ctx.best()
     test, files = None, {}
     if rec is not None and Path(rec.run_dir).is_dir():
         test_path = final_dir / "test.json"
@@ -133,7 +133,7 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
         if cfg_path.exists():
             cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
             cfg.setdefault("train", {})["output_dir"] = "runs/tuned"
-            for key, value in (ctx.state.get("final_notes") or {}).items():
+            for key, value in ctx.state.final_notes.items():
                 section, name = key.split(".", 1)
                 cfg.setdefault(section, {})[name] = value
             header = (f"# chosen by `loratune tune --strategy {strategy}`: trial #{rec.number} ({rec.spec.name}), "

@@ -33,7 +33,7 @@ def canonical(point: Mapping[str, Any]) -> str:
 @dataclass(frozen=True)
 class TrialSpec:
     name: str  # short, readable: lr2e-3, r16, full ...
-    phase: str  # phase1-lr-grid, pair, capacity, phase2, seeds, rank-sweep, full-probe, yardstick
+    phase: str  # a stage id (search.stages.StageId: phase1-lr-grid, pair, seeds, ...) or yardstick
     point: dict[str, Any]  # dotted overrides on the base config: the whole tuned point
     purpose: str = ""
 

@@ -145,13 +145,13 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                         finish_rows=len(test) if test is not None else 0, finish_base_s=options.finish_reserve_s)
 
     # search -----------------------------------------------------------------------------------
-    ctx.state["base_seed"] = int(base.train.seed)  # seed replicates count up from the study's seed
+    ctx.state.base_seed = int(base.train.seed)  # seed replicates count up from the study's seed
     if options.strategy == "protocol":
         run_protocol(ctx, start, options.settings, plan)
     else:
         space = default_space(start.point, start.ceiling_r, int(plan["max_steps"]))
         study.optuna.sampler = make_sampler(options.strategy, space, options.seed)
-        ctx.state["start"] = start
+        ctx.state.start = start
         ctx.decide("phase0", "trial-plan", f"trials of {plan['max_steps']} steps", "plan", [plan["reason"]],
                    data=plan)
         run_yardstick(ctx, space, start.point, options.strategy)

@@ -70,7 +70,7 @@ def run_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict, str
         n += 1
     best = ctx.best()
     if best is not None:
-        ctx.state["final"] = best
+        ctx.state.final = best
         ctx.decide(phase, "pick", f"best val macro-F1 {fmt_f1(best.value)}", f"pick {best.label}",
                    [f"{len(ctx.records)} trials; best {best.label}"], [best])
     return ctx
