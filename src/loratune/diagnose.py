@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from loratune.features import COMPARE_FEATURES, FEATURES, CurveFeatures, FeatureSet, binomial_se, \
-    compute_features, format_value
+from loratune.features import COMPARE_FEATURES, FEATURES, KIND_FEATURES, NOT_APPLICABLE, CurveFeatures, FeatureSet, \
+    binomial_se, compute_features, format_value
 from loratune.history_io import RunHistory, from_points, load_run
 from loratune.rules import RULES, SIGNALS, THRESHOLDS, Clause, Cond, Rule, catalogue_for, resolve_thresholds, \
     signal_for
@@ -140,7 +140,9 @@ class Diagnosis:
         stuck = [(f.rule_id, f.missing) for f in self.findings if f.tentative and f.scope in ("curve", "class")]
         stuck += [(n.rule_id, n.missing) for n in self.not_evaluated]
         for rule_id, missing in stuck:
-            for feature, _ in missing:
+            for feature, why in missing:
+                if why.startswith(NOT_APPLICABLE):  # nothing to log: the feature cannot exist for this run
+                    continue
                 sg = signal_for(feature)
                 if sg is not None and rule_id not in rules_by_signal.setdefault(sg.name, []):
                     rules_by_signal[sg.name].append(rule_id)
@@ -178,6 +180,16 @@ class Diagnosis:
                          f"{fv('val_loss_min_fraction')} of the run -> final {fv('val_loss_final')}{tie}")
         if v.get("gap_f1") is not None:
             lines.append(f"train/val gap: {fv('gap_f1')} ({metric.split('/')[-1]})")
+        if v.get("prompt_novel_score_final") is not None or v.get("prompt_familiar_score_final") is not None:
+            line = f"prompt set (chrF): familiar {fv('prompt_familiar_score_final')}, novel " \
+                   f"{fv('prompt_novel_score_final')} (best {fv('prompt_novel_score_best')})"
+            if v.get("prompt_gap_widening") is not None:
+                se = v.get("prompt_gap_widening_se")
+                line += f"; the gap widened {fv('prompt_gap_widening')} from its narrowest" + \
+                    (f" ({se:.1f} noise units)" if se is not None else "")
+            line += f"; outputs {fv('prompt_len_ratio_final')} the reference length, " \
+                    f"{fv('prompt_repetition_final')} repeated 3-grams"
+            lines.append(line)
         return lines
 
     def to_dict(self) -> dict:
@@ -256,12 +268,30 @@ def _margin(ev: Evidence) -> float:
     return abs(ev.value - ev.threshold) / max(abs(ev.threshold), 0.01)
 
 
-def _eval(node: Cond | Clause, ev: dict[Clause, Evidence]) -> tuple[bool | None, float]:
-    """Three-valued truth of a condition and the relative margin of its decisive clauses."""
+NA = "n/a"  # _eval's state of a route that does not exist for this kind of run
+
+
+def _not_applicable(e: Evidence) -> bool:
+    return e.passed is None and (e.missing_reason or "").startswith(NOT_APPLICABLE)
+
+
+def _eval(node: Cond | Clause, ev: dict[Clause, Evidence]) -> tuple[bool | None | str, float]:
+    """Three-valued truth of a condition and the relative margin of its decisive clauses. A clause over a feature
+    that cannot exist for this kind of run (missing for a `NOT_APPLICABLE` reason: ln(classes) of a language model,
+    the prompt set of a classifier) removes its route: an `all` group holding one is `NA`, an `any` group drops
+    its `NA` members (and is `NA` when none is left), so a route written for one kind of run changes nothing for
+    the other."""
     if isinstance(node, Clause):
         e = ev[node]
+        if _not_applicable(e):
+            return NA, 0.0
         return e.passed, (_margin(e) if e.passed else 0.0)
     results = [_eval(item, ev) for item in node.items]
+    if node.mode == "all" and any(s == NA for s, _ in results):
+        return NA, 0.0
+    results = [(s, m) for s, m in results if s != NA]
+    if not results:
+        return NA, 0.0
     states = [s for s, _ in results]
     if node.mode == "all":
         if any(s is False for s in states):
@@ -279,9 +309,9 @@ def _eval(node: Cond | Clause, ev: dict[Clause, Evidence]) -> tuple[bool | None,
 def _open_unknowns(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Clause]:
     """Unknown clauses that could still change the outcome (not inside an already-true `any` group)."""
     if isinstance(node, Clause):
-        return [node] if ev[node].passed is None else []
+        return [node] if ev[node].passed is None and not _not_applicable(ev[node]) else []
     state, _ = _eval(node, ev)
-    if state is not None:
+    if state is not None:  # decided, or not applicable
         return []
     return [cl for item in node.items for cl in _open_unknowns(item, ev)]
 
@@ -293,12 +323,14 @@ def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, 
     leaves = list(dict.fromkeys(rule.when.leaves()))
     ev = {cl: _evidence(cl, features, thresholds, catalogue) for cl in leaves}
     state, margin = _eval(rule.when, ev)
-    if state is False:
+    if state is False or state == NA:
         return None
+    leaves = [cl for cl in leaves if not _not_applicable(ev[cl])]  # the evidence this run can have
     unknown = list(dict.fromkeys(_open_unknowns(rule.when, ev)))
     missing = tuple(dict.fromkeys((cl.feature, ev[cl].missing_reason or "missing") for cl in unknown))
     if state is None:
-        known_true = sum(1 for cl in leaves if ev[cl].passed)
+        # a kind gate (`generative`, `classifier`) says which runs a route is for: no evidence of the verdict
+        known_true = sum(1 for cl in leaves if ev[cl].passed and cl.feature not in KIND_FEATURES)
         if any(cl.required for cl in unknown) or len(unknown) == len(leaves):
             return NotEvaluated(rule.id, missing)
         if known_true < len(unknown):

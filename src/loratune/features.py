@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
+from loratune.generation import prompt_key
+
 # ---------------------------------------------------------------------------------------------
 # The catalogue
 # ---------------------------------------------------------------------------------------------
@@ -55,6 +57,14 @@ _CATALOGUE = (
     _spec("run", "steps", "steps", "the run took {} optimizer steps", "Last step in the history."),
     _spec("run", "epochs", "epochs", "the run covered {} epochs", "Epoch count at the last point."),
     _spec("run", "n_eval_points", "count", "the history has {} eval points", "Number of eval points."),
+    _spec("run", "generative", "flag", "the run is generative (task causal-lm): {}",
+          "1 for task `causal-lm` (run.json), or a history with prompt-set keys (`val/prompt_*`), `val/perplexity` "
+          "or `val/token_accuracy`; not applicable (missing) for a classifier. A kind gate: a rule route that holds "
+          "only for generative runs names it, and a classifier's diagnosis drops that route."),
+    _spec("run", "classifier", "flag", "the run is a classifier: {}",
+          "1 for a classification run (single- or multi-label); not applicable (missing) for a generative run. The "
+          "other kind gate: a route that holds only for classifiers (a loss judged against a fresh head's start "
+          "near ln(classes)) names it."),
     _spec("run", "n_classes", "count", "the task has {} classes",
           "Number of labels (run.json `labels`, else the per-class keys of the history)."),
     _spec("run", "peak_lr", "lr", "the learning rate peaked at {}",
@@ -86,6 +96,9 @@ _CATALOGUE = (
           "(final T - 0.1 x start) / the fall per run length of the second half's least-squares line: how far "
           "what the run reached is from what it shows is reachable. 0 when T is already below a tenth of its "
           "start; missing when T is not falling over the second half."),
+    _spec("train loss", "train_perplexity_final", "ratio", "the training completions' perplexity ended at {}",
+          "exp(final T) of a generative run: per-token perplexity on its own training completions (near 1 = "
+          "memorised). Not applicable to a classifier."),
     _spec("train loss", "train_loss_peak_vs_chance", "ratio", "train loss peaked at {} of ln(classes)",
           "Largest window mean of T / ln(n_classes): far above 1, the run blew up at some point (even when its "
           "first logged loss already includes the blow-up). Single-label only."),
@@ -208,6 +221,38 @@ _CATALOGUE = (
           "Last `val_single/subset_accuracy`."),
     _spec("slices", "compound_gap", "points", "single-intent minus compound exact match is {}",
           "single_metric_final - compound_metric_final at the last point with both."),
+    # prompt set of a generative run (generation.py: `val/prompt_<group>_<metric>`, greedy outputs scored) -------
+    _spec("prompt set", "prompt_familiar_score_final", "points", "chrF on familiar prompts ended at {}",
+          "Last `val/prompt_familiar_chrf` (prompts close to the training prompts)."),
+    _spec("prompt set", "prompt_novel_score_final", "points", "chrF on novel prompts ended at {}",
+          "Last `val/prompt_novel_chrf` (prompts unlike the training prompts)."),
+    _spec("prompt set", "prompt_novel_score_best", "points", "chrF on novel prompts peaked at {}",
+          "Maximum of `val/prompt_novel_chrf` over the eval points."),
+    _spec("prompt set", "prompt_novel_drift", "points", "chrF on novel prompts ended {} below its best",
+          "prompt_novel_score_best - prompt_novel_score_final: drift on new prompts."),
+    _spec("prompt set", "prompt_novel_drift_se", "se", "the novel prompts' drift from their best is {}",
+          "prompt_novel_drift / (sqrt 2 x the novel chrF's noise): a difference of two points in noise units. The "
+          "noise is `val/prompt_novel_chrf_se` (the standard error over the prompts) at the last point, else the "
+          "curve's own jitter (>= 4 points), floored at METRIC_NOISE_FLOOR."),
+    _spec("prompt set", "prompt_gap_final", "points", "familiar minus novel prompt chrF ended at {}",
+          "val/prompt_familiar_chrf - val/prompt_novel_chrf at the last point with both."),
+    _spec("prompt set", "prompt_gap_widening", "points", "the familiar-novel chrF gap widened by {} from its narrowest",
+          "prompt_gap_final - the narrowest gap over the eval points (0 when the last point is the narrowest): "
+          "exact on what resembles training, drifting on the rest (protocol 9: memorising)."),
+    _spec("prompt set", "prompt_gap_widening_se", "se", "the familiar-novel gap's widening is {}",
+          "prompt_gap_widening / (sqrt 2 x the gap's noise); the gap's noise is sqrt(se_familiar^2 + se_novel^2) "
+          "from `val/prompt_<group>_chrf_se` at the last point, else the gap curve's own jitter (>= 4 points), "
+          "floored at METRIC_NOISE_FLOOR. Missing with neither."),
+    _spec("prompt set", "prompt_len_ratio_final", "ratio", "outputs ended at {} the length of the references",
+          "Mean over the groups of the last `val/prompt_<group>_len_ratio` (output words / reference words): well "
+          "below 1 with low chrF = short, vague, over-general answers."),
+    _spec("prompt set", "prompt_familiar_exact_final", "points", "exact match on familiar prompts ended at {}",
+          "Last `val/prompt_familiar_exact_match`."),
+    _spec("prompt set", "prompt_repetition_final", "fraction", "{} of the outputs' word 3-grams are repeats at the end",
+          "Mean over the groups of the last `val/prompt_<group>_repetition`."),
+    _spec("prompt set", "prompt_repetition_rise", "fraction", "the outputs' repeated 3-gram share rose {} from its lowest",
+          "prompt_repetition_final - the lowest group-mean repetition over the eval points: greedy outputs "
+          "starting to loop."),
     # stability -------------------------------------------------------------------------------
     _spec("stability", "nonfinite_values", "count", "{} non-finite loss / gradient values were recorded",
           "Count of NaN/inf (null) values in train/loss, train/loss_std, train/grad_norm, val/loss, "
@@ -265,6 +310,18 @@ IMPROVE_MIN_REL = 0.02
 REBOUND_MIN_AFTER = 3  # windows after the train loss's minimum needed to read a rebound (fewer: a last-point wiggle)
 FIT_TARGET_SHARE = 0.1  # "fitted": the train loss at a tenth of its start (train_loss_runs_to_fit)
 LOSS_KEYS = ("train/loss", "train/loss_std", "train/grad_norm", "val/loss", "train_eval/loss")
+GENERATIVE_TASK = "causal-lm"
+# tasks read from a run's side files (history_io.PEFT_TASK_TYPES / ARCH_TASKS): which are generative, which are
+# classifiers (a loss that can fall to ~0 from a fresh head's ln(classes)); the rest (regression, extractive QA,
+# masked LM) are neither kind, so no route gated on a kind holds for them
+GENERATIVE_TASKS = (GENERATIVE_TASK, "seq2seq")
+CLASSIFIER_TASKS = ("single_label", "multi_label", "token-classification")
+PROMPT_KEY_PREFIX = "val/prompt_"  # generation.prompt_key writes every prompt-set key under it
+# a missing feature whose reason starts with this cannot exist for this kind of run (ln(classes) of a language
+# model, the prompt set of a classifier): no signal to log, so the diagnosis gives no advice for it
+NOT_APPLICABLE = "does not apply: "
+CLASSIFIER_GROUPS = ("per class", "collapse", "slices")  # catalogue groups that need classes
+KIND_FEATURES = ("generative", "classifier")  # gates naming which kind of run a rule route is for (no evidence)
 
 
 def format_value(unit: str, value: float | None) -> str:
@@ -491,10 +548,19 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
         "val/subset_accuracy" in p for p in pts) else "single_label")
     acc.details["task"] = task
     labels = _labels(pts, meta)
+    generative = task in GENERATIVE_TASKS or metric == "token_accuracy" or any(
+        k.startswith(PROMPT_KEY_PREFIX) or k == "val/perplexity" for p in pts for k in p)
+    acc.set("generative", 1.0 if generative else None, NOT_APPLICABLE + f"a {task} run")
+    acc.set("classifier", 1.0 if task in CLASSIFIER_TASKS and not generative else None,
+            NOT_APPLICABLE + f"a {'generative' if generative else task} run")
     k = len(labels) if labels else _num(meta.get("n_classes"))
-    acc.set("n_classes", k, "no labels in run.json and no per-class keys in the history")
-    chance = math.log(k) if (k and k >= 2 and task == "single_label") else None
-    why_chance = ("multi-label (BCE) has no single-class chance loss" if task != "single_label"
+    acc.set("n_classes", k, NOT_APPLICABLE + "a generative run has no classes" if generative
+            else "no labels in run.json and no per-class keys in the history")
+    chance = math.log(k) if (k and k >= 2 and task == "single_label" and not generative) else None
+    why_chance = (NOT_APPLICABLE + "a language model's loss has no ln(classes) reference (its start loss is the "
+                  "reference)" if generative
+                  else "multi-label (BCE) has no single-class chance loss" if task == "multi_label"
+                  else NOT_APPLICABLE + f"a {task} loss has no ln(classes) reference" if task != "single_label"
                   else "number of classes unknown")
 
     first = next((p for p in pts if _num(p.get("val/loss")) is not None), None) or \
@@ -504,14 +570,24 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     acc.set("peak_lr", max(lrs) if lrs else None, "no `lr` in the history")
     _run_size(acc, pts, meta)
     _train_loss(acc, pts, frac, chance, why_chance)
+    tl = acc.values.get("train_loss_final")
+    acc.set("train_perplexity_final", math.exp(min(tl, 50.0)) if generative and tl is not None else None,
+            "no `train/loss` values in the history" if generative else NOT_APPLICABLE + "a classifier")
     _val_loss(acc, pts, frac, chance, why_chance)
     _val_metric(acc, pts, frac, metric)
     _val_loss_progress(acc, pts, frac, loss_only=metric is None)
     _gaps(acc, pts, metric)
     _slices(acc, pts)
+    _prompt_set(acc, pts, generative)
     _compound(acc, pts)
     _stability(acc, pts, meta)
     _per_class(acc, pts, meta, labels)
+    if generative:  # open generation has no classes: say so instead of asking for per-class logs
+        for name, spec in FEATURES.items():
+            if spec.group in CLASSIFIER_GROUPS and acc.values.get(name) is None \
+                    and not acc.missing.get(name, "").startswith(NOT_APPLICABLE):
+                acc.set(name, None, NOT_APPLICABLE + "open generation has no classes (a run that generates labels "
+                        "and logs per-class numbers is read like a classifier's)")
     return acc.done()
 
 
@@ -793,6 +869,76 @@ def _val_loss_progress(acc: FeatureSet, pts, frac, *, loss_only: bool) -> None:
                 acc.missing.get("val_loss_still_falling", ""))
         acc.details["still_improving_margin"] = f"one val-loss noise unit and {IMPROVE_MIN_REL:.0%} of the loss"
         acc.details["progress_signal"] = "val/loss (no val metric)"
+
+
+_PROMPT_NAMES = tuple(n for n, s in FEATURES.items() if s.group == "prompt set")
+
+
+def _prompt_set(acc: FeatureSet, pts, generative: bool) -> None:
+    """Features of the prompt set's scores (generation.py). The noise of a group's chrF is its standard error
+    over the prompts (`chrf_se`, logged beside it); without it, the curve's own jitter."""
+    if not generative:
+        acc.miss(_PROMPT_NAMES, NOT_APPLICABLE + "a classifier has no prompt set (its familiar/novel slices are "
+                 "the val_familiar / val_novel features)")
+        return
+    fam, nov = (_series(pts, prompt_key(g, "chrf")) for g in ("familiar", "novel"))
+    if not fam and not nov:
+        acc.miss(_PROMPT_NAMES, "no prompt-set scores (`val/prompt_<group>_chrf`): set data.prompt_set")
+        return
+
+    def last_of(metric: str) -> list[float]:
+        return [v for v in (next((_num(p.get(prompt_key(g, metric))) for p in reversed(pts)
+                                  if _num(p.get(prompt_key(g, metric))) is not None), None)
+                            for g in ("familiar", "novel")) if v is not None]
+
+    def noise(series: list[tuple[float, float]], se_keys: list[str]) -> float | None:
+        ses = [next((_num(p.get(key)) for p in reversed(pts) if _num(p.get(key)) is not None), None)
+               for key in se_keys]
+        if ses and all(s is not None for s in ses):
+            return max(math.sqrt(sum(s * s for s in ses)), METRIC_NOISE_FLOOR)
+        return curve_jitter([v for _, v in series], floor=METRIC_NOISE_FLOOR)
+
+    why_group = "no `val/prompt_{}_chrf` in the history (the prompt set has no {} rows)"
+    acc.set("prompt_familiar_score_final", fam[-1][1] if fam else None, why_group.format("familiar", "familiar"))
+    famx = [v for _, v in _series(pts, prompt_key("familiar", "exact_match"))]
+    acc.set("prompt_familiar_exact_final", famx[-1] if famx else None,
+            "no `val/prompt_familiar_exact_match` in the history")
+    if nov:
+        vals = [v for _, v in nov]
+        best = max(vals)
+        acc.set("prompt_novel_score_final", vals[-1])
+        acc.set("prompt_novel_score_best", best)
+        acc.set("prompt_novel_drift", best - vals[-1])
+        n = noise(nov, [prompt_key("novel", "chrf_se")])
+        acc.set("prompt_novel_drift_se", (best - vals[-1]) / (math.sqrt(2) * n) if n else None,
+                "no `val/prompt_novel_chrf_se` and fewer than 4 points: no noise band")
+    else:
+        acc.miss(("prompt_novel_score_final", "prompt_novel_score_best", "prompt_novel_drift", "prompt_novel_drift_se"),
+                 why_group.format("novel", "novel"))
+    fam_at, nov_at = dict(fam), dict(nov)
+    both = [(s, fam_at[s] - nov_at[s]) for s, _ in fam if s in nov_at]  # (step, familiar - novel)
+    gap_names = ("prompt_gap_final", "prompt_gap_widening", "prompt_gap_widening_se")
+    if not both:
+        acc.miss(gap_names, "needs familiar and novel prompt-set scores at the same eval point")
+    else:
+        gaps = [g for _, g in both]
+        acc.set("prompt_gap_final", gaps[-1])
+        acc.set("prompt_gap_widening", gaps[-1] - min(gaps))
+        n = noise(both, [prompt_key(g, "chrf_se") for g in ("familiar", "novel")])
+        acc.set("prompt_gap_widening_se", (gaps[-1] - min(gaps)) / (math.sqrt(2) * n) if n else None,
+                "no `val/prompt_<group>_chrf_se` and fewer than 4 points: no noise band")
+    ratios = last_of("len_ratio")
+    acc.set("prompt_len_ratio_final", sum(ratios) / len(ratios) if ratios else None,
+            "no `val/prompt_<group>_len_ratio` in the history")
+    rep = []
+    for p in pts:
+        vs = [_num(p.get(prompt_key(g, "repetition"))) for g in ("familiar", "novel")]
+        vs = [v for v in vs if v is not None]
+        if vs:
+            rep.append(sum(vs) / len(vs))
+    acc.set("prompt_repetition_final", rep[-1] if rep else None, "no `val/prompt_<group>_repetition` in the history")
+    acc.set("prompt_repetition_rise", rep[-1] - min(rep) if rep else None,
+            "no `val/prompt_<group>_repetition` in the history")
 
 
 def _compound(acc: FeatureSet, pts) -> None:

@@ -15,6 +15,7 @@ on familiar prompts while the novel ones drift (the familiar-novel gap widens).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ SCORES: Mapping[str, str] = MappingProxyType({
     "repetition": "mean share of repeated word 3-grams in an output: (3-grams - distinct 3-grams) / 3-grams, "
                   "lower-cased words; 0 for outputs under 3 words. 0 = no 3-gram repeats, near 1 = a loop",
     "empty": "share of outputs with no visible characters",
+    "chrf_se": "standard error of the group's mean chrF: sample standard deviation of the per-prompt chrF / "
+               "sqrt(prompts) (0.5 with a single prompt: the widest a 0..1 score can spread); the noise band of "
+               "`chrf` that the diagnosis compares differences with",
 })
 REPEAT_NGRAM = 3  # word n-gram length of `repetition`: 3-grams repeat in loops, seldom in normal prose
 
@@ -91,9 +95,13 @@ def score_generations(outputs: Sequence[str], references: Sequence[str]) -> dict
     if n == 0:
         raise ValueError("no generations to score")
     ratios = [len(_words(o)) / len(_words(r)) for o, r in zip(outputs, references) if _words(r)]
+    chrfs = [chrf(o, r) for o, r in zip(outputs, references)]
+    mean_chrf = sum(chrfs) / n
+    std = math.sqrt(sum((x - mean_chrf) ** 2 for x in chrfs) / (n - 1)) if n >= 2 else 0.5
     return {
         "exact_match": sum(normalise(o) == normalise(r) for o, r in zip(outputs, references)) / n,
-        "chrf": sum(chrf(o, r) for o, r in zip(outputs, references)) / n,
+        "chrf": mean_chrf,
+        "chrf_se": std / math.sqrt(n),
         "len_ratio": sum(ratios) / len(ratios) if ratios else 0.0,
         "repetition": sum(repetition(o) for o in outputs) / n,
         "empty": sum(not o.strip() for o in outputs) / n,

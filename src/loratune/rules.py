@@ -140,6 +140,21 @@ _THRESHOLDS = (
        "difference of two points (finetune-doctor's band is 2x the eval's step-to-step noise)."),
     _t("val_metric_drop_min", 0.02, "points", "Val metric ending this far below its best counts as falling."),
     _t("drop_se_min", 2.0, "se", "A fall of the val metric must reach this many standard errors to count."),
+    _t("memorised_perplexity_max", 1.1, "ratio", "A language model whose per-token perplexity on its own training "
+       "completions is at most this (train loss <= 0.095 nats; a pretrained model starts at 2-4 nats) has memorised "
+       "them: with the val loss no longer setting new lows, more epochs only memorise (the TRL overfit run of the "
+       "external corpus ends at 1.009, its healthy sibling at 1.55)."),
+    _t("prompt_gap_widening_min", 0.05, "points", "The familiar-minus-novel prompt-set chrF gap widening this much "
+       "from its narrowest point (5 points of chrF) counts as widening..."),
+    _t("prompt_drift_min", 0.03, "points", "...and the novel prompts' chrF ending this far below its best counts as "
+       "drifting (both also beyond their noise bands). Provisional: set from the chrF spread of a 20-prompt group, "
+       "not fitted on runs yet."),
+    _t("vague_len_ratio_max", 0.6, "ratio", "Outputs at most this share of the references' length..."),
+    _t("vague_score_max", 0.25, "points", "...with chrF below this on familiar and on novel prompts: short, vague, "
+       "over-general answers on both (protocol 9: rank or training too small). Provisional, not fitted on runs."),
+    _t("looping_repetition_min", 0.2, "fraction", "A fifth of the outputs' word 3-grams being repeats: greedy outputs "
+       "loop (normal prose repeats few 3-grams)..."),
+    _t("looping_rise_min", 0.1, "fraction", "...and that share rose this much from its lowest eval point."),
     _t("late_min_fraction", 0.9, "fraction", "Val loss at its minimum this late: the run has not started to "
        "degrade (a metric dip then is noise)."),
     _t("overfit_gap_min", 0.15, "points", "Train/val metric gap at or above this is large."),
@@ -224,7 +239,7 @@ THRESHOLDS: Mapping[str, Threshold] = MappingProxyType({t.name: t for t in _THRE
 
 _CURVE_AND_CLASS = ("lr-too-large", "overfit-capacity", "underfit-capacity", "lr-too-small", "undertrained",
                     "healthy", "confusable-classes-unresolved", "long-tail-collapse", "label-noise-suspected",
-                    "novel-phrasing-gap", "both-slices-low", "compound-intents-missed")
+                    "novel-phrasing-gap", "both-slices-low", "compound-intents-missed", "generations-looping")
 
 _RULES = (
     Rule(
@@ -271,19 +286,33 @@ _RULES = (
         id="overfit-capacity", scope="curve", priority=70, knob_class="capacity", confidence=0.8,
         when=all_(any_(c("train_loss_vs_chance", "<=", "fit_loss_vs_chance_max"),
                        c("train_loss_final_over_start", "<=", "fit_loss_over_start_max"),
-                       c("train_eval_metric_final", ">=", "fit_metric_min")),
+                       c("train_eval_metric_final", ">=", "fit_metric_min"),
+                       all_(c("generative", ">=", "flag_on"),  # SFT: the train loss still falling is enough
+                            c("train_loss_late_drop", ">=", "plateau_late_drop_max"))),
                   any_(all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
                             c("val_loss_rise_noise", ">=", "rise_noise_min")),
                        all_(c("val_metric_final_drop", ">=", "val_metric_drop_min"),
                             c("val_metric_final_drop_se", ">=", "drop_se_min"),
                             c("val_loss_min_fraction", "<", "late_min_fraction")),
                        all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
-                            c("gap_f1", ">=", "overfit_gap_min")))),
-        verdict="overfit (capacity): train loss near zero while val loss rises / val metric falls beyond noise "
-                "(or rises with a large train/val gap)",
+                            c("gap_f1", ">=", "overfit_gap_min")),
+                       all_(c("generative", ">=", "flag_on"),  # the prompt set: exact on familiar, drifting on new
+                            c("prompt_gap_widening", ">=", "prompt_gap_widening_min"),
+                            c("prompt_gap_widening_se", ">=", "rise_noise_min"),
+                            c("prompt_novel_drift", ">=", "prompt_drift_min"),
+                            c("prompt_novel_drift_se", ">=", "drop_se_min")),
+                       all_(c("generative", ">=", "flag_on"),  # training completions memorised, val loss stalled
+                            c("train_perplexity_final", "<=", "memorised_perplexity_max"),
+                            c("val_loss_still_falling", "<", "flag_on")))),
+        verdict="overfit (capacity): train loss near zero (or, for SFT, still falling) while val loss rises / val "
+                "metric falls beyond noise (or rises with a large train/val gap); for SFT also: the familiar-novel "
+                "prompt-set gap widens while novel prompts drift below their best, or the training completions are "
+                "memorised while the val loss has stopped falling",
         moves=("r /2", "-ffn", "lora_dropout up"),
         suppresses=("healthy", "undertrained"),
-        source="protocol 3: train loss races to ~0, val loss rises / val F1 falls -> lower rank or remove modules",
+        source="protocol 3: train loss races to ~0, val loss rises / val F1 falls -> lower rank or remove modules; "
+               "protocol 9: rank too high reads as exact answers on familiar prompts, drift on new ones (the gap "
+               "widens); 5b: a widening val-minus-train loss gap is the same story",
     ),
     Rule(
         id="underfit-capacity", scope="curve", priority=60, knob_class="capacity", confidence=0.6,
@@ -295,7 +324,14 @@ _RULES = (
                   c("train_loss_late_drop", "<", "plateau_late_drop_max"),
                   any_(c("train_eval_metric_final", "<", "underfit_fit_max"),
                        c("train_loss_vs_chance", ">=", "underfit_loss_vs_chance_min"),
-                       c("train_loss_final_over_start", ">=", "underfit_loss_vs_chance_min")),
+                       # a fresh head starts near ln(classes), so its start is the reference; a language model
+                       # starts at a pretrained loss with an entropy floor below, so 0.3 of it is no sign of 'high'
+                       all_(c("train_loss_final_over_start", ">=", "underfit_loss_vs_chance_min"),
+                            c("classifier", ">=", "flag_on")),
+                       all_(c("generative", ">=", "flag_on"),  # SFT: short, vague answers on both prompt groups
+                            c("prompt_len_ratio_final", "<=", "vague_len_ratio_max", required=True),
+                            c("prompt_familiar_score_final", "<", "vague_score_max", required=True),
+                            c("prompt_novel_score_final", "<", "vague_score_max", required=True))),
                   c("gap_f1", "<", "underfit_gap_max"),
                   c("val_metric_best", "<", "underfit_metric_max"),
                   c("val_metric_gain_per_epoch_late", "<", "flat_per_epoch_max")),
@@ -304,7 +340,8 @@ _RULES = (
         moves=("r x2", "+ffn", "+attn.k, attn.o", "+layers"),
         suppresses=("healthy", "undertrained"),
         source="protocol 3: train loss will not go down; train and val both low with a small gap; more epochs "
-               "change nothing -> raise rank or add modules",
+               "change nothing -> raise rank or add modules; protocol 9: rank too low reads as vague, over-general "
+               "answers that miss the style and the domain detail on familiar and novel prompts alike",
         caveat="one curve cannot separate a capacity limit from a too-small learning rate (protocol 5): "
                "run the pair experiment (r x2 vs learning_rate x2 from this start) before raising rank",
     ),
@@ -422,6 +459,18 @@ _RULES = (
         source="protocol 2: label consistency (identical texts with different labels)",
     ),
     Rule(
+        id="generations-looping", scope="class", priority=22, knob_class="data", confidence=0.6,
+        when=all_(c("generative", ">=", "flag_on", required=True),
+                  c("prompt_repetition_final", ">=", "looping_repetition_min", required=True),
+                  c("prompt_repetition_rise", ">=", "looping_rise_min")),
+        verdict="greedy outputs loop: a growing share of their word 3-grams are repeats",
+        moves=("check data",),
+        caveat="check that every training completion ends with the end-of-sequence token (the template adds it) so "
+               "the model learns where to stop; loops that grow while the train loss races to zero are "
+               "memorisation (see overfit-capacity)",
+        source="protocol 9: the prompt set's repetition statistics turn degenerate output into a number",
+    ),
+    Rule(
         id="eval-too-noisy", scope="eval", priority=10, knob_class="data", confidence=0.9,
         when=all_(c("val_metric_se", ">=", "eval_se_max", required=True)),
         verdict="the val set is too small to separate differences under 2 standard errors",
@@ -512,6 +561,15 @@ _SIGNALS = (
     Signal("the number of classes", ("n_classes", "train_loss_vs_chance", "val_loss_vs_chance"),
            "save the model config beside the state (model.config.save_pretrained(output_dir): its id2label), or "
            "log the first train loss at step 1 (logging_steps=1 at the start, or logging_first_step=True)"),
+    Signal("a prompt set", ("prompt_familiar_score_final", "prompt_novel_score_final", "prompt_novel_drift",
+                            "prompt_novel_drift_se", "prompt_gap_widening",
+                            "prompt_gap_widening_se", "prompt_len_ratio_final", "prompt_repetition_final",
+                            "prompt_repetition_rise"),
+           "causal-lm: set data.prompt_set to a JSONL file of {\"prompt\", \"reference\", \"group\"} rows, 20 or "
+           "more per group (familiar: close to the training prompts; novel: unlike them; the shipped demo's "
+           "demo_data/instructions/prompt_set.jsonl is one); loratune generates greedily at every eval and logs "
+           "val/prompt_<group>_<metric>. With TRL / the Trainer: generate in a callback's on_evaluate and log "
+           "loratune.generation.score_prompt_set(items, outputs) under the same keys"),
     Signal("per-class val recall and precision", ("val_recall_min", "val_pred_top_share", "val_recall_zero_share",
                                                   "tail_recall", "confused_top_count"),
            "train with `loratune train` (it records per-class numbers and confusions at every eval), or log "

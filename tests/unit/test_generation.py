@@ -37,6 +37,15 @@ def test_chrf_hand_computed():
     assert chrf("", "abc") == 0.0
 
 
+def test_chrf_se_is_the_standard_error_of_the_mean_chrf():
+    # per-prompt chrF 1.0 and 0.0: mean 0.5, sample std sqrt(0.5), SE sqrt(0.5) / sqrt(2) = 0.5
+    s = score_generations(["same words", "xyz"], ["same words", "abc"])
+    assert s["chrf"] == pytest.approx(0.5)
+    assert s["chrf_se"] == pytest.approx(0.5)
+    assert score_generations(["a b", "a b", "a b"], ["a b", "a b", "a b"])["chrf_se"] == 0.0
+    assert score_generations(["x"], ["y"])["chrf_se"] == 0.5  # one prompt: no spread to read, the widest band
+
+
 def test_len_ratio_is_the_mean_of_word_ratios_and_skips_empty_references():
     # 4/2 = 2.0 and 1/4 = 0.25 -> 1.125; the third row has an empty reference and is left out
     s = score_generations(["a b c d", "a", "anything"], ["a b", "a b c d", "  "])

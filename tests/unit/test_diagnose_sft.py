@@ -1,0 +1,239 @@
+"""Diagnosis of generative (SFT, task causal-lm) runs: the prompt-set features, the SFT routes of overfit- and
+underfit-capacity, generations-looping, the loss-only rules on a history without classes, and the advice.
+Each new route has a clear case that fires and a near miss (inside the noise band, or a hair across a threshold)
+that must not."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from loratune.diagnose import diagnose
+from loratune.features import NOT_APPLICABLE, compute_features
+from loratune.generation import prompt_key
+from synth_runs import make_history
+
+SFT = {"task": "causal-lm"}
+SE = 0.03  # chrF standard error of a 20-prompt group (per-prompt spread ~0.13)
+
+
+def lerp(a: float, b: float):
+    return lambda f: a + (b - a) * f
+
+
+def peak(start: float, top: float, at: float, end: float):
+    """Rises linearly from start to top at run fraction `at`, then linearly to end."""
+    return lambda f: start + (top - start) * f / at if f <= at else top + (end - top) * (f - at) / (1 - at)
+
+
+def prompts(familiar, novel, *, len_ratio=lambda f: 0.9, repetition=lambda f: 0.05, se=SE,
+            token_accuracy=lambda f: 0.45 + 0.1 * (1 - math.exp(-8 * f))):
+    def extra(f, i):
+        out = {"val/token_accuracy": token_accuracy(f), "val/perplexity": 5.0}
+        for g, curve in (("familiar", familiar), ("novel", novel)):
+            out[prompt_key(g, "chrf")] = curve(f)
+            out[prompt_key(g, "chrf_se")] = se
+            out[prompt_key(g, "len_ratio")] = len_ratio(f)
+            out[prompt_key(g, "repetition")] = repetition(f)
+            out[prompt_key(g, "exact_match")] = 0.0
+            out[prompt_key(g, "empty")] = 0.0
+        return out
+    return extra
+
+
+def sft_run(*, train, val, extra=None, n_evals=10):
+    return make_history(train_loss=train, val_loss=val, n_evals=n_evals, val_n=None, loss_std=0.05, extra=extra)
+
+
+# an SFT run that learns and holds: both prompt groups improve, the val loss flattens at its low
+HEALTHY = dict(train=lambda f: 2.5 - 1.2 * (1 - math.exp(-8 * f)), val=lambda f: 2.4 - 0.8 * (1 - math.exp(-8 * f)),
+               extra=prompts(lerp(0.25, 0.45), lerp(0.22, 0.36)))
+
+
+def test_prompt_set_features_hand_computed():
+    pts = sft_run(**HEALTHY)
+    f = compute_features(pts, SFT)
+    v = f.values
+    assert v["generative"] == 1.0 and v["classifier"] is None
+    assert v["prompt_familiar_score_final"] == pytest.approx(0.45)
+    assert v["prompt_novel_score_final"] == pytest.approx(0.36)
+    assert v["prompt_novel_drift"] == pytest.approx(0.0)
+    assert v["prompt_gap_final"] == pytest.approx(0.09)
+    # the gap grows linearly from 0.03 (start) to 0.09: widened 0.06 over sqrt(2) x sqrt(2 x 0.03^2) = 0.06
+    assert v["prompt_gap_widening"] == pytest.approx(0.06)
+    assert v["prompt_gap_widening_se"] == pytest.approx(1.0)
+    assert v["prompt_len_ratio_final"] == pytest.approx(0.9)
+    assert v["prompt_repetition_rise"] == pytest.approx(0.0)
+    assert v["train_perplexity_final"] == pytest.approx(math.exp(pts[-1]["train/loss"]))
+
+
+def test_a_language_model_has_no_classes_and_no_chance_loss():
+    f = compute_features(sft_run(**HEALTHY), SFT)
+    for name in ("n_classes", "train_loss_vs_chance", "val_loss_vs_chance", "train_loss_peak_vs_chance",
+                 "val_recall_min", "familiar_metric_final"):
+        assert f.values[name] is None and f.missing[name].startswith(NOT_APPLICABLE), name
+
+
+def test_a_classifier_has_no_prompt_set_and_no_generative_routes():
+    from synth_runs import lnk
+    pts = make_history(train_loss=lambda f: lnk() * (1 - 0.8 * f), val_loss=lambda f: lnk() * (1 - 0.6 * f),
+                       val_f1=lambda f: 0.2 + 0.6 * f)
+    d = diagnose(pts)
+    assert d.features.values["classifier"] == 1.0 and d.features.values["generative"] is None
+    assert d.features.missing["prompt_novel_drift"].startswith(NOT_APPLICABLE)
+    assert "generations-looping" not in {n.rule_id for n in d.not_evaluated}
+    assert all(a["signal"] != "a prompt set" for a in d.advice())
+
+
+def test_healthy_sft_run_is_healthy():
+    d = diagnose(sft_run(**HEALTHY), meta=SFT)
+    assert d.verdict == "healthy"
+    assert not d.fired("overfit-capacity") and not d.fired("underfit-capacity")
+
+
+# ---- overfit: the familiar-novel gap widens while novel prompts drift ------------------------------------------
+
+def _gap_run(novel_end: float):
+    # train loss keeps falling (late drop >= 10%); val loss flat after its fall (no loss route); familiar prompts
+    # climb to 0.8; novel prompts peak at 0.35 at 40% of the run, then fall to novel_end
+    return sft_run(train=lerp(2.5, 0.8), val=lambda f: 2.4 - 0.6 * min(f / 0.3, 1.0),
+                   extra=prompts(lerp(0.30, 0.80), peak(0.28, 0.35, 0.4, novel_end)))
+
+
+def test_overfit_when_the_gap_widens_and_novel_prompts_drift_beyond_noise():
+    d = diagnose(_gap_run(0.22), meta=SFT)
+    v = d.features.values
+    assert v["prompt_novel_drift"] == pytest.approx(0.13)
+    assert v["prompt_novel_drift_se"] == pytest.approx(0.13 / (math.sqrt(2) * SE))
+    assert d.verdict == "overfit-capacity"
+    assert d.primary.moves[0] == "r /2"
+
+
+def test_no_overfit_when_the_novel_drift_is_inside_its_noise_band():
+    # novel ends 0.05 below its best: past prompt_drift_min (0.03) but 1.2 noise units (< 2); the gap still widens
+    d = diagnose(_gap_run(0.30), meta=SFT)
+    v = d.features.values
+    assert v["prompt_novel_drift_se"] == pytest.approx(0.05 / (math.sqrt(2) * SE))
+    assert v["prompt_gap_widening_se"] > 2
+    assert not d.fired("overfit-capacity", active_only=False)
+
+
+# ---- overfit: val loss rising beyond noise while the train loss still falls (not memorised) ----------------------
+
+def _val_rise_run(rise: float):
+    return sft_run(train=lerp(2.5, 1.0), val=lambda f: 1.5 + (0.9 * (1 - f / 0.5) if f <= 0.5 else rise * 1.5 * (f - 0.5) / 0.5),
+                   extra=prompts(lerp(0.3, 0.4), lerp(0.28, 0.33)))
+
+
+def test_overfit_when_val_loss_rises_while_train_loss_still_falls():
+    d = diagnose(_val_rise_run(0.2), meta=SFT)
+    v = d.features.values
+    assert v["train_loss_final_over_start"] > 0.25  # not memorised: the SFT route of the fit group carries it
+    assert v["val_loss_rise"] == pytest.approx(0.2) and v["val_loss_rise_noise"] > 2
+    assert d.verdict == "overfit-capacity"
+
+
+def test_no_overfit_when_val_loss_rises_less_than_its_threshold():
+    d = diagnose(_val_rise_run(0.09), meta=SFT)
+    assert d.features.values["val_loss_rise"] == pytest.approx(0.09)
+    assert not d.fired("overfit-capacity", active_only=False)
+
+
+# ---- overfit: training completions memorised while the val loss stalls (the TRL run) ----------------------------
+
+def _memorised_run(final_train: float):
+    return sft_run(train=lambda f: 2.5 * math.exp(-6 * f) + final_train * f,
+                   val=lambda f: 2.0 - 1.4 * min(f / 0.5, 1.0))
+
+
+def test_overfit_when_training_completions_are_memorised_and_val_loss_stalls():
+    d = diagnose(_memorised_run(0.02), meta=SFT)
+    assert d.features.values["train_perplexity_final"] < 1.1
+    assert d.features.values["val_loss_still_falling"] == 0
+    assert d.verdict == "overfit-capacity"
+
+
+def test_no_overfit_when_the_training_perplexity_is_above_the_memorised_line():
+    d = diagnose(_memorised_run(0.1), meta=SFT)  # train loss 0.106: perplexity 1.11
+    assert 1.1 < d.features.values["train_perplexity_final"] < 1.12
+    assert not d.fired("overfit-capacity", active_only=False)
+
+
+def test_trl_overfit_run_reads_overfit():
+    d = diagnose("tests/fixtures/external/trainer/trl-overfit-a")
+    assert d.features.values["generative"] == 1.0
+    assert d.verdict == "overfit-capacity"
+
+
+# ---- underfit: vague outputs on both groups ---------------------------------------------------------------------
+
+def _plateau_run(**prompt_kw):
+    # val loss falls 10% early, then flat; train loss flat over the last half; token accuracy flat
+    extra = prompts(lambda f: 0.15, lambda f: 0.12, **prompt_kw) if prompt_kw.get("len_ratio") else None
+    return sft_run(train=lambda f: 2.5 - 0.4 * min(f / 0.3, 1.0), val=lambda f: 2.4 - 0.24 * min(f / 0.3, 1.0),
+                   extra=extra)
+
+
+def test_underfit_when_outputs_are_short_and_vague_on_both_groups():
+    d = diagnose(_plateau_run(len_ratio=lambda f: 0.4), meta=SFT)
+    assert d.verdict == "underfit-capacity"
+    assert d.primary.tentative  # no train/val metric gap for SFT: that clause is unknown
+    assert d.primary.moves[0] == "r x2" and "pair experiment" in d.primary.caveat
+
+
+def test_no_underfit_when_outputs_are_long_enough():
+    d = diagnose(_plateau_run(len_ratio=lambda f: 0.65), meta=SFT)
+    assert not d.fired("underfit-capacity", active_only=False)
+
+
+def test_a_plateau_without_a_prompt_set_asks_for_one_instead_of_calling_underfit():
+    # train loss ends at 0.84 of its start: 'high' for a fresh head, no evidence for a language model
+    d = diagnose(_plateau_run(), meta=SFT)
+    assert d.features.values["train_loss_final_over_start"] > 0.3
+    assert not d.fired("underfit-capacity", active_only=False)
+    assert "underfit-capacity" in {n.rule_id for n in d.not_evaluated}
+    advice = {a["signal"]: a for a in d.advice()}
+    assert "underfit-capacity" in advice["a prompt set"]["rules"]
+    assert "data.prompt_set" in advice["a prompt set"]["how"]
+    assert "the number of classes" not in advice and "per-class val recall and precision" not in advice
+
+
+# ---- loss-only rules on a history without classes ---------------------------------------------------------------
+
+def test_diverged_language_model():
+    d = diagnose(sft_run(train=lambda f: 2.5 * (1 + 2 * f), val=lambda f: 2.4 * (1 + 2 * f)), meta=SFT)
+    assert d.verdict == "diverged"
+
+
+def test_lr_too_large_language_model_oscillates():
+    # train loss falls, climbs back 40% of its start, falls again; val loss ends well above its minimum
+    d = diagnose(sft_run(train=lambda f: 2.5 - 1.0 * f + (1.0 if 0.5 < f < 0.8 else 0.0),
+                         val=lambda f: 2.2 - 0.6 * f + (0.8 if f > 0.5 else 0.0)), meta=SFT)
+    assert d.verdict == "lr-too-large"
+
+
+def test_lr_too_small_language_model_falls_slowly_and_steadily():
+    d = diagnose(sft_run(train=lerp(2.5, 2.2), val=lerp(2.4, 2.15)), meta=SFT)
+    assert d.verdict == "lr-too-small"
+    assert all(a["signal"] != "the number of classes" for a in d.advice())
+
+
+# ---- generations-looping ------------------------------------------------------------------------------------------
+
+def _looping_run(repetition):
+    return sft_run(**{**HEALTHY, "extra": prompts(lerp(0.25, 0.45), lerp(0.22, 0.36), repetition=repetition)})
+
+
+def test_generations_looping_when_repetition_rises():
+    d = diagnose(_looping_run(lerp(0.05, 0.35)), meta=SFT)
+    assert d.features.values["prompt_repetition_rise"] == pytest.approx(0.30)
+    f = d.finding("generations-looping")
+    assert f is not None and f.suppressed_by is None and f.moves == ("check data",)
+
+
+@pytest.mark.parametrize("repetition", [lerp(0.05, 0.19),  # rose 0.14, ends under a 0.2 share of repeats
+                                        lerp(0.25, 0.34)],  # high, but rose only 0.09
+                         ids=["ends-low", "rose-little"])
+def test_no_looping_near_misses(repetition):
+    assert not diagnose(_looping_run(repetition), meta=SFT).fired("generations-looping", active_only=False)
