@@ -149,9 +149,10 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
     return model
 
 
-def load_causal_lm(cfg: ModelConfig):
+def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None):
     """AutoModelForCausalLM (task causal-lm): any decoder transformers loads, from a folder, a hub id or a
-    GGUF file (dequantised to float32). Its pad id is the tokenizer's (decoders often ship without one)."""
+    GGUF file (dequantised to float32). Its pad id is `pad_token_id`, else the tokenizer's (decoders often
+    ship without one; a GGUF tokenizer takes seconds to load, so the caller who has it passes the id)."""
     from transformers import AutoModelForCausalLM
 
     src, kwargs = _source_kwargs(cfg)
@@ -166,12 +167,13 @@ def load_causal_lm(cfg: ModelConfig):
         raise _hub_error(src, exc) from None
     except Exception as exc:
         raise _hub_error(src, exc) from None
-    tok = load_tokenizer(cfg)
+    if pad_token_id is None:
+        pad_token_id = load_tokenizer(cfg).pad_token_id
     if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tok.pad_token_id
+        model.config.pad_token_id = pad_token_id
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:
-        gen.pad_token_id = tok.pad_token_id
+        gen.pad_token_id = pad_token_id
     return model
 
 

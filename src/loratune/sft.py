@@ -22,6 +22,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 
 import numpy as np
@@ -183,7 +184,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     seed_everything(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model)
-    base = load_causal_lm(cfg.model)
+    base = load_causal_lm(cfg.model, tokenizer.pad_token_id)
     model, sites = apply_adapter(base, cfg.adapter, task="causal-lm")
     model.to(device)
     model.train()
@@ -409,7 +410,10 @@ def save_lm(model, tokenizer, cfg: RunConfig, store: RunStore) -> None:
 
     out = store.adapter_dir
     out.mkdir(parents=True, exist_ok=True)
-    with quiet_transformers():  # no progress bar per shard
+    with quiet_transformers(), warnings.catch_warnings():  # no progress bar per shard
+        # peft looks for the base's config.json to see whether the vocabulary grew; a GGUF base has none,
+        # and the vocabulary never changes here (the embeddings are frozen or saved whole)
+        warnings.filterwarnings("ignore", message="Could not find a config file")
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
     write_atomic(out / "README.md", model_card(cfg, hasattr(model, "peft_config")))
