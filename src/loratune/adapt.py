@@ -219,6 +219,7 @@ def apply_adapter(model, adapter: AdapterConfig, task: str = "classification"):
         target_modules=[s.name for s in sites],
         bias=adapter.bias,
         use_rslora=adapter.use_rslora,
+        use_dora=adapter.use_dora,
         init_lora_weights=_init_arg(adapter.init_lora_weights),
         modules_to_save=heads or None,
     )
@@ -236,7 +237,8 @@ def count_params(model, sites: list[LinearSite], method: str) -> ParamCount:
         n = p.numel()
         parts = name.split(".")
         is_head = any(h in parts for h in head_names) and "original_module" not in parts
-        is_lora = "lora_A" in parts or "lora_B" in parts or "lora_embedding_A" in parts
+        is_lora = ("lora_A" in parts or "lora_B" in parts or "lora_embedding_A" in parts
+                   or "lora_magnitude_vector" in parts)  # DoRA's trained magnitude is part of the adapter
         if "original_module" in parts:  # peft keeps a frozen copy of the head; not part of the model proper
             continue
         total += n

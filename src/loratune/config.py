@@ -100,6 +100,8 @@ class AdapterConfig:
     use_rslora: bool = _f(False, "Scale by lora_alpha / sqrt(r) (rank-stabilised LoRA).")
     init_lora_weights: str = _f("default", "LoRA init: default (A kaiming, B zero), gaussian, pissa, olora.",
                                 choices=("default", "gaussian", "pissa", "olora"))
+    use_dora: bool = _f(False, "Weight-decomposed LoRA (DoRA, Liu et al. 2024): a trained magnitude per output "
+                        "feature beside the low-rank direction update (peft `use_dora`); slower steps.")
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,11 @@ class TrainConfig:
     train_eval_size: int = _f(512, "Rows of train (fixed, seeded) scored like validation at each eval.", min=1)
     head_learning_rate: float | None = _f(None, "Peak learning rate of the classification head (pooler + classifier, "
                                           "or score); null: learning_rate.", min=0.0, max=1.0, min_exclusive=True)
+    optimizer: str = _f("adamw", "adamw: one lr for every adapter matrix; loraplus: LoRA+ (Hayou et al. 2024), "
+                        "the B matrices at learning_rate x loraplus_lr_ratio (peft create_loraplus_optimizer's "
+                        "grouping), A matrices and the head as with adamw.", choices=("adamw", "loraplus"))
+    loraplus_lr_ratio: float = _f(16.0, "LoRA+: lr of the B matrices over that of the A matrices (the paper's "
+                                  "default is 16).", min=1.0)
     early_stopping_patience: int = _f(0, "Stop after this many evals without the val metric_for_best_model (macro-F1; "
                                       "multi-label: subset accuracy) improving (0: off).",
                                       min=0)
@@ -489,6 +496,11 @@ def cross_checks(cfg: RunConfig) -> list[str]:
                         "allowed: all, top:K, or a list of layer indices")
     if a.method == "lora" and not a.target_modules:
         problems.append("adapter.target_modules: got an empty list; allowed: at least one group or module name")
+    lora_only = [k for k, on in (("train.optimizer=loraplus", cfg.train.optimizer == "loraplus"),
+                                 ("adapter.use_dora=true", a.use_dora)) if on]
+    if a.method == "full" and lora_only:
+        problems.append(f"adapter.method: got 'full' with {', '.join(lora_only)}; allowed: LoRA+ and DoRA only with "
+                        "adapter.method=lora")
     for t in a.target_modules:
         if "@" in t:
             try:

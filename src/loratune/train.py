@@ -235,21 +235,31 @@ def score_split(prefix: str, logits: np.ndarray, enc: Encoded, space: LabelSpace
 def build_optimizer(model, cfg: RunConfig, steps: int, device):
     """AdamW; no weight decay on biases and norms. Warmup then linear/cosine decay (or constant).
     `head_learning_rate` gives the classification head (adapt.HEAD_NAMES) its own peak lr, on the
-    same schedule."""
+    same schedule; `optimizer: loraplus` gives the LoRA B matrices learning_rate x loraplus_lr_ratio."""
     from transformers import get_scheduler
 
     from loratune.adapt import HEAD_NAMES
 
     head_lr = cfg.train.head_learning_rate
     buckets: dict[tuple[bool, bool], list] = {(d, h): [] for d in (True, False) for h in (False, True)}
+    b_side: list = []  # LoRA+: the B matrices, at learning_rate x loraplus_lr_ratio
+    loraplus = cfg.train.optimizer == "loraplus"
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_head = head_lr is not None and any(h in name.split(".") for h in HEAD_NAMES)
+        parts = name.split(".")
+        if loraplus and ("lora_B" in parts or "lora_embedding_B" in parts):
+            b_side.append(p)
+            continue
+        is_head = head_lr is not None and any(h in parts for h in HEAD_NAMES)
         buckets[(not (p.ndim < 2 or "norm" in name.lower()), is_head)].append(p)
     groups = [{"params": params, "weight_decay": cfg.train.weight_decay if decay else 0.0,
                **({"lr": head_lr} if is_head else {})}
               for (decay, is_head), params in buckets.items() if params or not is_head]
+    if b_side:  # LoRA+ (Hayou et al. 2024), as peft.optimizers.create_loraplus_optimizer groups lora_B; unlike
+        # it, 1-d weights (the fresh head's bias, norms, DoRA magnitudes) keep the base lr and weight decay rule
+        groups.append({"params": b_side, "weight_decay": cfg.train.weight_decay,
+                       "lr": cfg.train.learning_rate * cfg.train.loraplus_lr_ratio})
     fused = device.type == "cuda"
     opt = torch.optim.AdamW(groups, lr=cfg.train.learning_rate, fused=fused)
     name = {"constant": "constant_with_warmup"}.get(cfg.train.lr_scheduler_type, cfg.train.lr_scheduler_type)
