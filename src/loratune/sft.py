@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from loratune import precision as precision_mod
 from loratune import signals
 from loratune.adapt import apply_adapter, count_params, num_layers
 from loratune.config import RunConfig, to_dict, to_yaml
@@ -46,6 +47,9 @@ OBJECTIVE = "val/loss"  # the saved model and early stopping: the lowest val los
 # SmolLM2's 49k vocabulary (a classifier's are [rows, classes], so its eval batches can be much larger).
 EVAL_TOKENS = 1024
 GEN_BATCH = 16  # prompts generated together (left-padded)
+# The output projection to the vocabulary: in float32 under bf16 autocast, so the logits and the loss over
+# the whole vocabulary keep full precision (as the classification head does in train.py).
+LM_HEAD_NAMES = ("lm_head", "embed_out")  # Llama-style and GPT-NeoX names
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,7 +184,9 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     t_setup = time.perf_counter()
     torch.set_num_threads(cfg.train.num_threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    # bf16 autocast only where the hardware has it (precision.py; auto); lm_head and the loss in float32
+    precision = precision_mod.detect(cfg.train.precision, device.type)
+    autocast = precision.autocast
     seed_everything(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -188,6 +194,8 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     model, sites = apply_adapter(base, cfg.adapter, task="causal-lm")
     model.to(device)
     model.train()
+    if autocast:
+        precision_mod.head_in_fp32(model, LM_HEAD_NAMES, device.type)
     params = count_params(model, sites, cfg.adapter.method)
     pad_id = tokenizer.pad_token_id
 
@@ -234,6 +242,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
         "pid": os.getpid(), "threads": torch.get_num_threads(), "objective": OBJECTIVE,
+        "precision": precision.to_dict(),
         "config": to_dict(cfg), "versions": versions(),
     }
     store.write_run(run)

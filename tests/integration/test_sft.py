@@ -197,3 +197,12 @@ def test_dry_run_counts_the_adapter_without_training(lm, sft_data, tmp_path, cap
     text = capsys.readouterr().out
     assert "task: causal-lm" in text and "planned: 12 optimizer steps" in text
     assert not out.exists()
+
+
+def test_bf16_autocast_trains_with_the_lm_head_in_float32(lm, sft_data, tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["train", "-q", *sft_overrides(lm, sft_data, out, precision="bf16", max_steps=2,
+                                                   eval_steps=1)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["precision"]["dtype"] == "bfloat16" and run["status"] == "completed"
+    assert all(math.isfinite(p["val/loss"]) for p in _history(out))
