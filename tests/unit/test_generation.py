@@ -121,3 +121,23 @@ def test_load_prompt_set_missing_file_and_bad_json(tmp_path):
     p.write_text('{"prompt": "Q", "reference": "A", "group": "novel"}\n{not json\n', encoding="utf-8")
     with pytest.raises(UserError, match="line 2 is not valid JSON"):
         load_prompt_set(p)
+
+
+def test_the_shipped_instruction_demo():
+    from pathlib import Path
+
+    import loratune
+
+    folder = Path(loratune.__file__).parent / "demo_data" / "instructions"
+    assert (folder / "LICENSE").read_text(encoding="utf-8").lstrip().startswith("Apache License")
+    assert "yizhongw/self-instruct" in (folder / "SOURCE.md").read_text(encoding="utf-8")
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 1_000_000
+    items = load_prompt_set(folder / "prompt_set.jsonl")
+    assert [sum(it.group == g for it in items) for g in PROMPT_GROUPS] == [20, 20]
+    rows = {split: [json.loads(line) for line in (folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+            for split in ("train", "validation")}
+    assert (len(rows["train"]), len(rows["validation"])) == (118, 20)
+    assert all(r["prompt"].strip() and r["completion"].strip() for rs in rows.values() for r in rs)
+    seen = {r["prompt"] for rs in rows.values() for r in rs}
+    assert not seen & {it.prompt for it in items}, "a prompt-set prompt leaked into train/validation"
+    assert not {r["prompt"] for r in rows["train"]} & {r["prompt"] for r in rows["validation"]}
