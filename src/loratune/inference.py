@@ -59,6 +59,11 @@ def load_trained(run_dir: str | Path) -> Trained:
     """The run's best adapter on its base model (or the fully fine-tuned model), in eval mode."""
     store = RunStore(run_dir).require()
     adapter_dir = store.adapter_dir
+    if store.read_run().get("task") == "causal-lm":
+        raise UserError(f"run '{run_dir}' is a causal-lm (SFT) run: predict and evaluate read classifiers",
+                        f"load {adapter_dir} with transformers + peft and call model.generate "
+                        f"({adapter_dir / 'README.md'} shows how); its outputs per evaluation are in "
+                        f"{store.path / 'generations.jsonl'}")
     if not (adapter_dir / LABEL_MAP).is_file():
         raise UserError(f"run '{run_dir}' has no saved model (no {adapter_dir / LABEL_MAP})",
                         "the run ended before its first evaluation; train it again")

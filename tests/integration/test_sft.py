@@ -206,3 +206,9 @@ def test_bf16_autocast_trains_with_the_lm_head_in_float32(lm, sft_data, tmp_path
     run = json.loads((out / "run.json").read_text())
     assert run["precision"]["dtype"] == "bfloat16" and run["status"] == "completed"
     assert all(math.isfinite(p["val/loss"]) for p in _history(out))
+
+
+def test_predict_on_an_sft_run_says_how_to_use_its_adapter(sft_run, capsys):
+    assert cli.main(["predict", str(sft_run), "lost my card"]) == 2
+    err = capsys.readouterr().err
+    assert "is a causal-lm (SFT) run" in err and "model.generate" in err and "Traceback" not in err
