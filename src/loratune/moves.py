@@ -151,6 +151,12 @@ def _scale_x2(p: dict, c: MoveContext) -> dict:
     return {**p, ALPHA: alpha_for(int(_get(p, R)), scale_of(p) * 2, bool(p.get(RSLORA)))}
 
 
+def _set(key: str, value: Any) -> Callable[[dict, MoveContext], dict | None]:
+    def apply(p: dict, c: MoveContext) -> dict | None:
+        return None if _get(p, key) == value else {**p, key: value}
+    return apply
+
+
 def _advice(id: str, text: str, role: str, doc: str, knob: str | None = None) -> Move:
     return Move(id, text, knob, role, doc)
 
@@ -176,6 +182,11 @@ _MOVES = (
     Move("lr-tenth", "learning_rate /10", LR, "optimization", "the lr /10 after a divergence", _lr_times(0.1)),
     Move("scale-x2", "lora_alpha 1->2 (x r)", ALPHA, "optimization", "update scale s x2 at the same rank",
          _scale_x2),
+    # arms: other adapter or optimizer variants, each tried at its own lr (ARMS)
+    Move("arm-loraplus", "LoRA+", "train.optimizer", "optimization", "LoRA+: the B matrices at lr x "
+         "loraplus_lr_ratio (16)", _set("train.optimizer", "loraplus")),
+    Move("arm-dora", "DoRA", "adapter.use_dora", "capacity", "DoRA: a trained magnitude beside the low-rank "
+         "direction", _set("adapter.use_dora", True)),
     # advice: no config change the protocol makes by itself
     _advice("lr-towards-better", "learning_rate towards the better run (x2 or /2)", "optimization",
             "follow the lr of the better run of a pair", LR),
@@ -200,6 +211,27 @@ _MOVES = (
 
 MOVES: Mapping[str, Move] = MappingProxyType({m.id: m for m in _MOVES})
 _BY_TEXT: Mapping[str, Move] = MappingProxyType({m.text: m for m in _MOVES})
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A variant the tuner can try instead of plain LoRA (protocol stage `arms`, and the samplers' `adapter.arm`
+    knob): the move that turns it on and the lr factors (x the incumbent's lr) it is tried at, best guess first.
+    An arm changes the effective step, so it gets its own small lr grid, not the plain-LoRA lr."""
+
+    id: str
+    move: str  # a MOVES id
+    lr_factors: tuple[float, ...]
+    doc: str
+
+
+ARMS: Mapping[str, Arm] = MappingProxyType({a.id: a for a in (
+    # peft's LoRA+ guidance: with B at 16x, "make the learning rate slightly smaller (e.g., by a factor of 2)
+    # than typical vanilla LoRA learning rates"; then LoRA's own lr
+    Arm("loraplus", "arm-loraplus", (0.5, 1.0), "LoRA+ (Hayou et al. 2024)"),
+    # DoRA trains at LoRA's lr in its paper; its magnitude adds a direct scale, so half of it next
+    Arm("dora", "arm-dora", (1.0, 0.5), "DoRA (Liu et al. 2024)"),
+)})
 
 
 def move(name: str) -> Move:

@@ -737,7 +737,7 @@ def test_the_stage_table_has_every_stage_once_and_names_every_trail_phase():
     assert [x.id for x in STAGE_TABLE] == list(StageId)
     assert sum(x.planned for x in STAGE_TABLE) == 13  # the plan divides the budget by this
     assert [x.id.value for x in STAGE_TABLE if x.revisit] == ["phase2", "seeds", "rank-sweep", "target-sweep",
-                                                               "lora-vs-full"]
+                                                               "arms", "lora-vs-full"]
     ctx, runner = make_ctx(lr_binds(), budget="105s")
     ctx.costs = CostModel(prior_examples_per_s=100, full_over_lora=5.0)
     run_protocol(ctx, START, ProtocolSettings(), plan={"max_steps": 100, "epochs": 1.5, "reason": "scripted"})
@@ -756,3 +756,50 @@ def test_protocol_state_is_typed_and_still_reads_like_the_dict_it_replaced():
     assert st.rank_sweep["scale_rule"] == "rslora" and st.get("lr_centre") is None and "lr_centre" not in st
     with pytest.raises(KeyError, match="not a ProtocolState field"):
         st["incumbant"] = None
+
+
+# ---------------------------------------------------------------------------------------------
+# arms: LoRA+ and DoRA, each at its own lr
+
+
+def test_arms_are_tried_each_at_its_own_lr_and_kept_when_they_gain():
+    """LoRA+ peaks at half the LoRA lr (B already steps 16x), DoRA changes nothing."""
+    world = lr_binds()
+    base = world.f1
+
+    def f1(p):
+        if p.get("train.optimizer") == "loraplus":
+            return base({**p, LR: p[LR] * 2}) + (0.03 if not p.get("adapter.use_dora") else 0.0)
+        return base(p)
+
+    world.f1 = f1
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, arms=("loraplus", "dora")))
+    arms = [s for s in runner.calls if s.phase == "arms"]
+    assert [(s.point.get("train.optimizer"), s.point.get("adapter.use_dora"), s.point[LR]) for s in arms] == [
+        ("loraplus", None, 2e-3),  # 0.5x first: gains beyond noise, so 1x is not needed
+        ("loraplus", True, 2e-3), ("loraplus", True, 1e-3)]  # DoRA from the new incumbent, at 1x then 0.5x
+    d = [x for x in ctx.decisions if x["phase"] == "arms"]
+    assert [x["code"] for x in d] == ["arm-gain", "arm-no-gain"]
+    assert d[0]["data"]["arm"] == "loraplus" and d[0]["data"]["gain"] == pytest.approx(0.03)
+    final = ctx.state.final.point
+    assert final["train.optimizer"] == "loraplus" and final[LR] == 2e-3 and not final.get("adapter.use_dora")
+
+
+def test_no_arm_runs_unless_asked_and_unknown_arms_are_refused():
+    ctx, runner = make_ctx(lr_binds())
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False))
+    assert not any(s.phase == "arms" for s in runner.calls) and "arms" not in {d["phase"] for d in ctx.decisions}
+    with pytest.raises(ValueError, match="unknown arm\\(s\\) 'qlora'; known: loraplus, dora"):
+        ProtocolSettings(arms=("qlora",))
+
+
+def test_the_samplers_draw_the_same_arms_at_their_own_lr():
+    from loratune.search.space import default_space, to_overrides
+
+    space = default_space(START.point, 32, arms=("loraplus", "dora"))
+    assert space["adapter.arm"].choices == ("lora", "loraplus", "dora")
+    assert "adapter.arm" not in default_space(START.point, 32).keys
+    assert to_overrides({"adapter.arm": "loraplus", LR: 2e-3}) == {"train.optimizer": "loraplus", LR: 1e-3}
+    assert to_overrides({"adapter.arm": "dora", LR: 2e-3}) == {"adapter.use_dora": True, LR: 2e-3}
+    assert to_overrides({"adapter.arm": "lora", LR: 2e-3}) == {LR: 2e-3}

@@ -29,6 +29,10 @@ def register(sub) -> None:
     p.add_argument("--trial-steps", type=int, metavar="N", help="optimizer steps per trial (default: from the budget)")
     p.add_argument("--target", type=float, metavar="F1", help="the val macro-F1 you need (LoRA vs full decision)")
     p.add_argument("--no-full-probe", action="store_true", help="skip the full-fine-tuning probe")
+    p.add_argument("--arms", type=lambda v: tuple(x.strip() for x in v.split(",") if x.strip()), default=(),
+                   metavar="LIST", help="also try these variants, each at its own lr: loraplus (LoRA+, B at 16x the "
+                   "lr), dora (DoRA); comma-separated. The protocol tries them after the target sweep, the samplers "
+                   "draw them (default: none)")
     p.add_argument("--quiet", "-q", action="store_true", help="decisions only, no live status line")
     p.add_argument("--worker", action="store_true", help="join the running study in --study-dir / --storage as a "
                    "worker: train the trials its leader queues (README: many workers, one study)")
@@ -48,7 +52,12 @@ def run(args) -> int:
     explicit = _explicit_keys(args, resolve_key)
     flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
     user_point = {k: flat[k] for k in explicit if k in flat}  # what the user set wins over the assessment
-    settings = ProtocolSettings(target=args.target, full_probe=not args.no_full_probe)
+    try:
+        settings = ProtocolSettings(target=args.target, full_probe=not args.no_full_probe, arms=args.arms)
+    except ValueError as exc:
+        from loratune.errors import UserError
+
+        raise UserError(f"--arms: {exc}", "give a comma-separated list of loraplus, dora") from None
     opts = TuneOptions(budget=args.budget, strategy=args.strategy, study_dir=args.study_dir, storage=args.storage,
                        study_name=args.study_name, resume=args.resume, seed=args.seed, trial_steps=args.trial_steps,
                        explicit_keys=tuple(sorted(explicit)), user_point=user_point, settings=settings,

@@ -35,7 +35,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from loratune.moves import MOVES, Move, MoveContext, move
+from loratune.moves import ARMS, MOVES, Move, MoveContext, move
 from loratune.params import breakeven_rank as compute_breakeven_rank
 from loratune.search.budget import Cost, format_amount
 from loratune.search.context import SearchContext, fmt_f1, seed_sigma, with_
@@ -148,6 +148,9 @@ DECISION_CODES: dict[str, str] = {
     "targets-already": "already on every module set of the target sweep",
     "targets-gain": "a wider module set gains beyond noise: new incumbent",
     "targets-no-gain": "a wider module set gains less than noise: targets kept",
+    "arm-already-on": "the incumbent already uses the arm",
+    "arm-gain": "an arm (LoRA+, DoRA) gains beyond noise at its best lr: new incumbent",
+    "arm-no-gain": "an arm gains less than noise at every lr tried: kept off",
     "choose-lora": "LoRA vs full fine-tuning: LoRA",
     "choose-full": "LoRA vs full fine-tuning: full fine-tuning",
     "final-train-peaked": "the pick peaked inside its trial: no longer run",
@@ -192,9 +195,15 @@ class ProtocolSettings:
     # the effective step size lr x s (loratune.stepsize): how a rank change holds it fixed, by rule
     scale_rule: str = "rslora"  # the rank sweep (x4 steps, the pick may keep the rank): rank-stable spelling
     move_scale_rule: str = "alpha_follows_r"  # the pair's rank arm and the capacity moves r x2, r /2
+    # variants tried after the target sweep, each at its own lr (moves.ARMS: loraplus, dora); off by default
+    # until the tuning bench shows they pay (issue 15: "modern knobs where they pay")
+    arms: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         scale_rule(self.scale_rule), scale_rule(self.move_scale_rule)  # an unknown rule fails here, by name
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown:
+            raise ValueError(f"unknown arm(s) {', '.join(map(repr, unknown))}; known: {', '.join(ARMS)}")
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -1035,6 +1044,53 @@ def stage_target_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
                    {"gain": gain, "noise": noise}, code="targets-no-gain")
 
 
+def stage_arms(ctx: SearchContext, s: ProtocolSettings) -> None:
+    """LoRA+ and DoRA (moves.ARMS), one after the other from the incumbent, each over its own small lr grid
+    (an arm changes the effective step: LoRA+ multiplies B's lr by 16, DoRA adds a trained magnitude), the
+    next lr only when the first did not already gain beyond noise. Kept when the best of its grid gains at
+    least the noise threshold, like the rank and target sweeps."""
+    inc = _incumbent(ctx)
+    if not s.arms or inc is None or ctx.state.failed or inc.point.get(METHOD) == "full":
+        return
+    phase = StageId.ARMS.value
+    for arm_id in s.arms:
+        arm, inc = ARMS[arm_id], _incumbent(ctx)
+        mv = MOVES[arm.move]
+        base = mv.on(inc.point)
+        if base is None:
+            ctx.decide(phase, "arm", f"{mv.text} already on", "keep", [f"{inc.label} already uses {mv.text}"], [inc],
+                       code="arm-already-on")
+            continue
+        noise, src = ctx.noise()
+        runs: list[TrialRecord] = []
+        for f in arm.lr_factors:
+            if runs and max((r.value or 0.0) for r in runs) - (inc.value or 0.0) >= noise:
+                break  # already gains beyond noise at the first lr
+            point = with_(base, **{LR: _round(_lr(inc.point) * f)})
+            rec = ctx.run(ctx.spec(point, phase, f"arm {mv.text} at {f:g}x lr"), reserve=reserve(ctx, phase, s))
+            if rec is None:
+                _no_budget(ctx, phase, f"{mv.text} at {f:g}x lr")
+                break
+            runs.append(rec)
+        if not runs:
+            return
+        best = max(runs, key=lambda r: (r.value if r.value is not None else -1.0, -r.number))
+        gain = (best.value - inc.value) if best.value is not None and inc.value is not None else None
+        ev = [f"{mv.text} ({arm.doc}) from {inc.label}: {fmt_f1(inc.value)} -> {fmt_f1(best.value)} (best of lr "
+              + ", ".join(f"{_lr(r.point):g}: {fmt_f1(r.value)}" for r in runs)
+              + f"), gain {gain if gain is None else round(gain, 4)} vs threshold {noise:.3f} ({src})"]
+        ev += evidence_of(best)
+        data = {"arm": arm.id, "move": mv.id, "gain": gain, "noise": noise,
+                "lrs": [{"lr": _lr(r.point), "value": r.value, "trial": r.number} for r in runs]}
+        if gain is not None and gain >= noise:
+            _set_incumbent(ctx, best)
+            ctx.decide(phase, "arm", f"{mv.text} gains {gain:+.3f}", f"incumbent = {best.label}", ev, [inc, *runs],
+                       data, code="arm-gain")
+        else:
+            ctx.decide(phase, "arm", f"{mv.text}: no gain beyond noise", f"keep {inc.label}", ev, [inc, *runs], data,
+                       code="arm-no-gain")
+
+
 def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     from loratune.decide import CostPoint, DecideInputs, decide
 
@@ -1251,9 +1307,11 @@ STAGE_TABLE: tuple[StageSpec, ...] = (
               revisit=lambda ctx, s: stage_rank_sweep(ctx, s), remaining=_ran(StageId.RANK_SWEEP)),
     StageSpec(StageId.TARGET_SWEEP, "protocol 1/6: target sweep", 5, 2, stage_target_sweep,
               revisit=lambda ctx, s: stage_target_sweep(ctx, s), remaining=_ran(StageId.TARGET_SWEEP)),
+    StageSpec(StageId.ARMS, "issue 15: LoRA+ / DoRA arms", 9, 0, stage_arms,  # optional: on budget left, unplanned
+              revisit=lambda ctx, s: stage_arms(ctx, s), remaining=_ran(StageId.ARMS)),
     StageSpec(StageId.FULL_PROBE, "protocol 6: LoRA vs full fine-tuning", 2, 1, stage_full_probe,
               revisit=lambda ctx, s: stage_full_probe(ctx, s), cost_point={METHOD: "full"}, remaining=_full_probe_left),
-    StageSpec(StageId.FINAL_TRAIN, "final: the pick trained longer", 9, 0, stage_final_train, in_sequence=False),
+    StageSpec(StageId.FINAL_TRAIN, "final: the pick trained longer", 10, 0, stage_final_train, in_sequence=False),
 )
 STAGE: dict[StageId, StageSpec] = {x.id: x for x in STAGE_TABLE}
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from loratune.config import key_table
+from loratune.moves import ARMS, MOVES
 from loratune.stepsize import alpha_for, scale_of  # noqa: F401 (re-exported: the space's scale knob)
 
 # The RunConfig default of every dotted key: a point holds only what differs from the config, and what
@@ -98,10 +99,12 @@ def lr_grid(centre: float, factors=(0.5, 1.0, 2.0)) -> tuple[float, ...]:
 LENGTH_FACTORS = (1, 2, 4, 8)
 
 
-def default_space(start: Mapping[str, Any], ceiling_r: int | None = None, trial_steps: int | None = None) -> SearchSpace:
+def default_space(start: Mapping[str, Any], ceiling_r: int | None = None, trial_steps: int | None = None,
+                  arms: tuple[str, ...] = ()) -> SearchSpace:
     """The space around a start config (dotted overrides from phase 0). With `trial_steps` it also holds
     the training length (`train.max_steps`, 1-8x a trial): the protocol decides how long its pick
-    trains, so the samplers searching the same space must be able to as well."""
+    trains, so the samplers searching the same space must be able to as well. With `arms` (moves.ARMS ids)
+    it holds the virtual knob `adapter.arm` (plain LoRA or one arm), the same arms the protocol tries."""
     lr = float(start.get("train.learning_rate", DEFAULTS["train.learning_rate"]))
     r0 = int(start.get("adapter.r", DEFAULTS["adapter.r"]))
     ceiling = int(ceiling_r or max(32, r0))
@@ -123,7 +126,10 @@ def default_space(start: Mapping[str, Any], ceiling_r: int | None = None, trial_
             doc="AdamW weight decay"),
     ) + ((Dim("train.max_steps", "optimization", "choice", tuple(int(trial_steps * f) for f in LENGTH_FACTORS),
               doc="training length in optimizer steps: 1, 2, 4 or 8x the planned trial (early stopping "
-                  "keeps the best evaluation)"),) if trial_steps else ()))
+                  "keeps the best evaluation)"),) if trial_steps else ())
+        + ((Dim("adapter.arm", "optimization", "choice", ("lora",) + tuple(arms),
+                doc="plain LoRA or a variant (LoRA+, DoRA); the drawn lr is relative to the arm's own lr "
+                    "centre (its first lr factor in moves.ARMS)"),) if arms else ()))
 
 
 def _target_choices(start_targets) -> tuple[str, ...]:
@@ -143,8 +149,15 @@ def targets_text(targets) -> str:
 
 
 def to_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Space values -> config overrides (`adapter.scale` becomes `adapter.lora_alpha`)."""
-    out = {k: v for k, v in values.items() if k != "adapter.scale"}
+    """Space values -> config overrides (`adapter.scale` becomes `adapter.lora_alpha`; `adapter.arm` turns the
+    arm on and moves the lr to the arm's own centre)."""
+    out = {k: v for k, v in values.items() if k not in ("adapter.scale", "adapter.arm")}
+    arm = values.get("adapter.arm", "lora")
+    if arm != "lora":
+        spec = ARMS[arm]
+        out = MOVES[spec.move].on(out) or out
+        if "train.learning_rate" in out:
+            out["train.learning_rate"] = _round(float(out["train.learning_rate"]) * spec.lr_factors[0])
     if "adapter.target_modules" in out and isinstance(out["adapter.target_modules"], str):
         out["adapter.target_modules"] = out["adapter.target_modules"].split(",")
     if "adapter.scale" in values:

@@ -22,6 +22,7 @@ class StageId(str, Enum):
     SEEDS = "seeds"
     RANK_SWEEP = "rank-sweep"
     TARGET_SWEEP = "target-sweep"
+    ARMS = "arms"  # LoRA+ / DoRA, each at its own lr (off unless ProtocolSettings.arms names them)
     FULL_PROBE = "lora-vs-full"
     FINAL_TRAIN = "final-train"
 
@@ -47,6 +48,7 @@ TRAIL_PHASES: Mapping[str, str] = MappingProxyType({
     StageId.SEEDS.value: "seeds",
     StageId.RANK_SWEEP.value: "rank sweep",
     StageId.TARGET_SWEEP.value: "target sweep",
+    StageId.ARMS.value: "arms",
     StageId.FULL_PROBE.value: "LoRA vs full",
     "full-probe": "LoRA vs full",  # the full probe's name in studies written before the stage table
     StageId.FINAL_TRAIN.value: "final training",

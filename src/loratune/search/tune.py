@@ -149,7 +149,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     if options.strategy == "protocol":
         run_protocol(ctx, start, options.settings, plan)
     else:
-        space = default_space(start.point, start.ceiling_r, int(plan["max_steps"]))
+        space = default_space(start.point, start.ceiling_r, int(plan["max_steps"]), arms=options.settings.arms)
         study.optuna.sampler = make_sampler(options.strategy, space, options.seed)
         ctx.state.start = start
         ctx.decide("phase0", "trial-plan", f"trials of {plan['max_steps']} steps", "plan", [plan["reason"]],
