@@ -801,8 +801,13 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
         acc.miss(("val_metric_max_drop", "val_metric_drops"), "fewer than 2 val-metric points")
 
     n = acc.values.get("val_n")
-    se = binomial_se(vals[-1], n) if n else None
-    acc.set("val_metric_se", se, "val size unknown (no `val/n`), so no standard error")
+    if metric == "token_accuracy":  # a share of tokens, not of rows: the row count is no binomial n
+        se = None
+        acc.set("val_metric_se", None, NOT_APPLICABLE + "token accuracy is a share of tokens (correlated within a "
+                "row), so the row count gives no binomial standard error; the curve's jitter is its noise")
+    else:
+        se = binomial_se(vals[-1], n) if n else None
+        acc.set("val_metric_se", se, "val size unknown (no `val/n`), so no standard error")
     jitter = curve_jitter(vals, floor=METRIC_NOISE_FLOOR)
     if se:
         noise, acc.details["val_metric_noise_source"] = se, "binomial standard error from the val size"

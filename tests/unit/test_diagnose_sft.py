@@ -237,3 +237,20 @@ def test_generations_looping_when_repetition_rises():
                          ids=["ends-low", "rose-little"])
 def test_no_looping_near_misses(repetition):
     assert not diagnose(_looping_run(repetition), meta=SFT).fired("generations-looping", active_only=False)
+
+
+def test_token_accuracy_has_no_binomial_error_from_the_row_count():
+    # 30 val rows hold thousands of tokens: sqrt(q(1-q)/30) would call every SFT eval too noisy
+    pts = make_history(train_loss=HEALTHY["train"], val_loss=HEALTHY["val"], val_n=30,
+                       extra=prompts(lerp(0.25, 0.45), lerp(0.22, 0.36)))
+    d = diagnose(pts, meta=SFT)
+    assert d.features.values["val_metric_se"] is None
+    assert d.features.missing["val_metric_se"].startswith(NOT_APPLICABLE)
+    assert d.features.details["val_metric_noise_source"] == "the metric curve's own eval-to-eval jitter"
+    assert not d.fired("eval-too-noisy", active_only=False)
+    assert "eval-too-noisy" not in {n.rule_id for n in d.not_evaluated}
+
+
+def test_trl_healthy_run_still_learning_reads_undertrained():
+    # the review's label: val loss still setting new lows at the end of 3 epochs
+    assert diagnose("tests/fixtures/external/trainer/trl-healthy-a").verdict == "undertrained"
