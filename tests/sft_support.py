@@ -22,6 +22,7 @@ def vocab() -> list[str]:
     words = {w for phrases in INTENTS.values() for p in phrases for w in p.split()}
     words |= {w for f in FILLERS for w in f.split()}
     words |= {w for a in ANSWERS.values() for w in a.split()}
+    words |= set(INTENTS)  # the label names, for generative classification
     return SPECIALS + sorted(words | set(TEMPLATE_WORDS))
 
 

@@ -77,6 +77,10 @@ class DataConfig:
                             "when it has one, else plain; plain: `### User:\\n<prompt>\\n\\n### Assistant:\\n` "
                             "(sft_data.PLAIN_TEMPLATE); none: prompt and completion joined as written (no chat).",
                             choices=("auto", "plain", "none"))
+    label_format: str = _f("head", "How labelled rows (text_column, label_column) are learnt. head: a classification "
+                           "head over the labels (task classification); generate: the causal LM writes the label as "
+                           "text after the text (task causal-lm), scored per class like a classifier, a generated "
+                           "text that names no label counting as an error.", choices=("head", "generate"))
     prompt_set: str | None = _f(None, "causal-lm: held-out prompts (.jsonl/.csv/.parquet with prompt, reference "
                                 "and group = familiar or novel), generated greedily at every evaluation, scored "
                                 "per group (val/prompt_<group>_<metric>) and written to generations.jsonl.")
@@ -530,8 +534,10 @@ TASK_ONLY_KEYS: dict[str, str] = {
         "train.focal_gamma", "train.allow_empty", "train.max_labels_per_row")},
     **{k: "causal-lm" for k in (
         "data.prompt_column", "data.completion_column", "data.messages_column", "data.chat_template",
-        "data.prompt_set", "train.max_new_tokens")},
+        "data.prompt_set", "train.max_new_tokens", "data.label_format")},
 }
+# Keys of labelled data that causal-lm reads too when it generates labels (data.label_format=generate).
+GENERATE_READS = ("data.text_column", "data.label_column")
 
 
 def task_checks(cfg: RunConfig) -> list[str]:
@@ -539,14 +545,15 @@ def task_checks(cfg: RunConfig) -> list[str]:
     task = cfg.model.task
     table = key_table()
     problems = []
+    generating = task == "causal-lm" and cfg.data.label_format == "generate"
     for dotted, owner in TASK_ONLY_KEYS.items():
-        if owner == task:
+        if owner == task or (generating and dotted in GENERATE_READS):
             continue
         section, name = dotted.split(".", 1)
         value, default = getattr(getattr(cfg, section), name), table[dotted].default
         if value != default:
-            why = ("causal-lm picks the saved model by val loss" if dotted == "train.metric_for_best_model"
-                   else f"only task {owner} reads it")
+            why = ("causal-lm picks the saved model by val loss, or val macro-F1 with label_format=generate"
+                   if dotted == "train.metric_for_best_model" else f"only task {owner} reads it")
             problems.append(f"{dotted}: got {value!r} but model.task is {task} ({why}); allowed: leave it at "
                             f"{'null' if default is None else repr(default)}, or set model.task={owner}")
     return problems

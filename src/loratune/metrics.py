@@ -30,8 +30,16 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def single_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, labels: tuple[str, ...],
                         loss: float | None = None) -> tuple[dict, np.ndarray]:
     """Accuracy, macro/weighted F1, per-class P/R/F1/support, top confused pairs. Returns (scores, confusion)."""
+    return prediction_scores(prefix, logits.argmax(axis=1), y_true, labels, loss)
+
+
+def prediction_scores(prefix: str, y_pred: np.ndarray, y_true: np.ndarray, labels: tuple[str, ...],
+                      loss: float | None = None) -> tuple[dict, np.ndarray]:
+    """`single_label_scores` from predicted label indices. A prediction of -1 (no known label: a generated
+    text that names none) is an error for its row's class and counts for no class; it is left out of
+    the confusion matrix (`<prefix>/unknown_rate` gives their share, in generative classification)."""
     k = len(labels)
-    y_pred = logits.argmax(axis=1)
+    y_pred = np.asarray(y_pred)
     idx = list(range(k))
     out: dict = {f"{prefix}/n": int(len(y_true))}
     if loss is not None:
@@ -49,6 +57,26 @@ def single_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, lab
     cm = confusion_matrix(y_true[known], y_pred[known], labels=idx) if known.any() else np.zeros((k, k), int)
     out[f"{prefix}/confused_pairs"] = top_confused_pairs(cm, labels)
     return out, cm
+
+
+def parse_labels(outputs: list[str], labels: tuple[str, ...]) -> np.ndarray:
+    """Generated texts -> label indices (-1: no known label). A text names a label when its first line,
+    lower-cased with whitespace runs collapsed and trailing punctuation (.!:;,) stripped, equals the label
+    written the same way: `Card_Arrival.` is card_arrival; `card arrival` and `it is card_arrival` are not."""
+    def norm(text: str) -> str:
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        return " ".join(first.lower().split()).rstrip(".!:;,").strip()
+
+    index = {norm(lab): i for i, lab in enumerate(labels)}
+    return np.array([index.get(norm(o), -1) for o in outputs], dtype=np.int64)
+
+
+def top_unknown_outputs(outputs: list[str], pred: np.ndarray, top: int = TOP_PAIRS) -> list[dict]:
+    """The generated texts that named no label, most frequent first: [{"output", "count"}]."""
+    from collections import Counter
+
+    counts = Counter(o.strip() for o, p in zip(outputs, pred) if p < 0)
+    return [{"output": o, "count": int(c)} for o, c in counts.most_common(top)]
 
 
 def top_confused_pairs(cm: np.ndarray, labels: tuple[str, ...], top: int = TOP_PAIRS) -> list[dict]:

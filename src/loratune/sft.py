@@ -6,8 +6,10 @@ before any update) it scores validation and a fixed train subsample the same way
 per completion token, its perplexity, next-token argmax accuracy on completion tokens) and, with
 `data.prompt_set`, generates greedily for every prompt and scores the outputs per group
 (`generation.score_prompt_set`: `val/prompt_<group>_<metric>`); one point goes to history.jsonl, the
-outputs to generations.jsonl. The model kept is the trained evaluation point with the lowest val
-loss; it is saved in peft's format (or whole, for method full) with the tokenizer, loadable by plain
+outputs to generations.jsonl. With data.label_format=generate (generative classification) every val
+text is generated from as well, the label parsed from the output (metrics.parse_labels: an output that
+names no label is an error, `val/unknown_rate`) and scored per class like a classifier. The model kept
+is the trained evaluation point with the lowest val loss (generate: the best val macro-F1); it is saved in peft's format (or whole, for method full) with the tokenizer, loadable by plain
 `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir)`.
 
 Ends, and records, like the classifier loop: planned steps, early stopping (on val loss), a diverged
@@ -34,6 +36,7 @@ from loratune import signals
 from loratune.adapt import apply_adapter, count_params, num_layers
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.generation import load_prompt_set, score_prompt_set
+from loratune.metrics import parse_labels, prediction_scores, top_unknown_outputs
 from loratune.models import load_causal_lm, load_tokenizer, resolve_model
 from loratune.sft_data import IGNORE, Example, Renderer, SFTDataset, SFTEncoded, Turn, encode_prompts, encode_sft
 from loratune.store import RunStore, write_atomic
@@ -42,7 +45,10 @@ from loratune.trackers import require as require_trackers
 from loratune.train import (batch_order, build_optimizer, cpu_cores, diverged, eval_batches, output_error,
                             peak_memory_mb, plan_steps, seed_everything, versions)
 
-OBJECTIVE = "val/loss"  # the saved model and early stopping: the lowest val loss per completion token
+# What picks the saved model and drives early stopping: (key, higher is better, words). Open generation:
+# the val loss per completion token; generative classification (data.label_format=generate): val macro-F1
+# of the labels the model writes, as for a classifier.
+OBJECTIVES = {False: ("val/loss", False, "lowest val loss"), True: ("val/macro_f1", True, "best val macro-F1")}
 # Evaluation batches hold at most this many tokens: the logits are [tokens, vocab] float32, 200 MB at
 # SmolLM2's 49k vocabulary (a classifier's are [rows, classes], so its eval batches can be much larger).
 EVAL_TOKENS = 1024
@@ -209,6 +215,13 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     val_enc = encode_sft(tokenizer, renderer, dataset.validation.examples, max_len)
     prompt_ids = encode_prompts(tokenizer, renderer, [Example((Turn("user", it.prompt),), it.reference)
                                                       for it in prompt_items], max_len)
+    # generative classification: every val text is generated from at each evaluation, its label parsed
+    labels = dataset.label_space.labels if dataset.label_space is not None else ()
+    val_prompt_ids = encode_prompts(tokenizer, renderer, dataset.validation.examples, max_len) if labels else []
+    y_val = np.array([{lab: i for i, lab in enumerate(labels)}.get(e.completion, -1)
+                      for e in dataset.validation.examples], dtype=np.int64)
+    label_tokens = 2 + max((len(tokenizer(lab, add_special_tokens=False)["input_ids"]) for lab in labels), default=0)
+    objective, higher, objective_words = OBJECTIVES[bool(labels)]
 
     steps, eval_every = plan_steps(cfg, len(dataset.train))
     optimizer, scheduler = build_optimizer(model, cfg, steps, device)
@@ -241,7 +254,8 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         "started_at": _now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
-        "pid": os.getpid(), "threads": torch.get_num_threads(), "objective": OBJECTIVE,
+        "pid": os.getpid(), "threads": torch.get_num_threads(), "objective": objective,
+        "label_format": "generate" if labels else None, "labels": list(labels) or None,
         "precision": precision.to_dict(),
         "config": to_dict(cfg), "versions": versions(),
     }
@@ -249,8 +263,9 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     tracking = Trackers.open(cfg.train.report_to, store.path, to_dict(cfg), to_yaml(cfg))
 
     bar = _Progress(steps, progress)
-    best_loss, best_state, evals_since_best = math.inf, None, 0  # lowest val loss so far (any point)
-    trained_loss, start_loss = math.inf, None  # lowest val loss after step 0; the loss of step 1
+    # gain: the objective signed so that larger is better (minus the val loss, or the val macro-F1)
+    best_gain, best_state, evals_since_best = -math.inf, None, 0  # best gain so far (any point)
+    trained_gain, start_loss = -math.inf, None  # best gain after step 0; the loss of step 1
     examples_seen, step, step_times = 0, 0, []
     window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "tokens": []}
     t0 = time.perf_counter()
@@ -258,7 +273,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
 
     def evaluate_now() -> bool:
         """Score val, the train subsample and the prompt set; append a history point. True: stop early."""
-        nonlocal best_loss, best_state, evals_since_best, trained_loss
+        nonlocal best_gain, best_state, evals_since_best, trained_gain
         point = {"step": step, "epoch": examples_seen / max(1, len(dataset.train)),
                  "examples_seen": examples_seen, "wall_s": round(time.perf_counter() - t0, 3),
                  "lr": scheduler.get_last_lr()[0] if step else 0.0}
@@ -279,24 +294,35 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
             store.append_generations([{"step": step, "group": it.group, "prompt": it.prompt,
                                        "reference": it.reference, "output": out}
                                       for it, out in zip(prompt_items, outputs)])
+        cm = None
+        if labels:  # the label each val text gets, scored like a classifier's; no known label = an error
+            outputs = generate(model, tokenizer, val_prompt_ids, min(label_tokens, cfg.train.max_new_tokens), device)
+            pred = parse_labels(outputs, labels)
+            scores, cm = prediction_scores("val", pred, y_val, labels)
+            point.update(scores)
+            point.update({"val/unknown_rate": float(np.mean(pred < 0)),
+                          "val/unknown_outputs": top_unknown_outputs(outputs, pred)})
         store.append_history(point)  # the one place an evaluation point is emitted
         tracking.log_point(point)
         run["final"] = point
-        loss = point.get(OBJECTIVE, math.nan)
-        bar.update(step, point.get("train/loss"), loss)
-        if loss < best_loss - cfg.train.early_stopping_threshold or not math.isfinite(best_loss):
-            best_loss, evals_since_best = loss, 0
+        value = point.get(objective, math.nan)
+        gain = value if higher else -value
+        bar.update(step, point.get("train/loss"), point.get("val/loss"))
+        if gain > best_gain + cfg.train.early_stopping_threshold or not math.isfinite(best_gain):
+            best_gain, evals_since_best = gain, 0
         else:
             evals_since_best += 1
         # the model kept is the best *trained* one: step 0 is the base model, recorded for comparison
         if step == 0:
-            run["untrained"] = {"step": 0, OBJECTIVE: loss}
-        if step > 0 and math.isfinite(loss) and loss < trained_loss and not _diverged_point(point):
-            trained_loss = loss
+            run["untrained"] = {"step": 0, objective: value}
+        if step > 0 and math.isfinite(gain) and gain > trained_gain and not _diverged_point(point):
+            trained_gain = gain
             best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
             run["adapter_step"] = step
         if run["adapter_step"] == step or run["best"] is None:
             run["best"] = point
+            if cm is not None:
+                store.write_confusion(labels, cm, step)
         store.write_run(run)
         patience = cfg.train.early_stopping_patience
         return bool(patience and evals_since_best >= patience)
@@ -347,7 +373,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
                     run["status"], stop_reason = "diverged", f"{why} (step {step})"
                     break
                 if stop:
-                    stop_reason = (f"early stopping: val loss did not improve for "
+                    stop_reason = (f"early stopping: {objective} did not improve for "
                                    f"{cfg.train.early_stopping_patience} evaluations")
                     break
         if run["status"] == "running":
@@ -392,11 +418,14 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
                     named[n].copy_(t)
             save_lm(model, tokenizer, cfg, store)
             step = run["adapter_step"]
-            best, untrained = (run.get("best") or {}).get(OBJECTIVE), (run.get("untrained") or {}).get(OBJECTIVE)
-            worse = isinstance(best, float) and isinstance(untrained, float) and untrained < best
-            run["saved_model"] = {"step": step, "note": f"adapter/ holds the model of step {step}, the lowest val "
-                                  "loss among the trained evaluation points"
-                                  + (f"; the untrained model at step 0 had a lower val loss ({untrained:.4f} vs "
+            key = run["objective"]
+            _, higher, words = next(o for o in OBJECTIVES.values() if o[0] == key)
+            best, untrained = (run.get("best") or {}).get(key), (run.get("untrained") or {}).get(key)
+            worse = isinstance(best, float) and isinstance(untrained, float) and (untrained > best if higher
+                                                                                 else untrained < best)
+            run["saved_model"] = {"step": step, "note": f"adapter/ holds the model of step {step}, the {words} "
+                                  "among the trained evaluation points"
+                                  + (f"; the untrained model at step 0 scored better ({key} {untrained:.4f} vs "
                                      f"{best:.4f})" if worse else "")}
         else:
             run["adapter_step"] = None

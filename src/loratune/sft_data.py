@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from loratune.config import EMBEDDED_DATA, DataConfig
-from loratune.data import SPLIT_NAMES, find_split_file, read_rows
+from loratune.data import SPLIT_NAMES, Dataset, LabelSpace, Split, find_split_file, load_dataset, read_rows
 from loratune.errors import UserError
 
 ROLES = ("system", "user", "assistant")
@@ -85,6 +85,11 @@ class SFTDataset:
     validation: SFTSplit
     test: SFTSplit | None
     notes: tuple[str, ...] = ()
+    label_space: LabelSpace | None = None  # generative classification: the labels a completion may name
+
+    @property
+    def generates_labels(self) -> bool:
+        return self.label_space is not None
 
     def splits(self) -> dict[str, SFTSplit]:
         out = {"train": self.train, "validation": self.validation}
@@ -189,9 +194,30 @@ def _random_subset(n: int, k: int, seed: int) -> list[int]:
     return sorted(random.Random(seed + 1).sample(range(n), k))
 
 
+def from_labelled(dataset: Dataset) -> SFTDataset:
+    """Generative classification (data.label_format=generate): each labelled text becomes a prompt (the
+    text as the user turn) and a completion (its label's name). Splits, carving and subsets are the
+    classifier's (data.load_dataset: stratified); multi-label data is refused."""
+    if dataset.label_space.multi_label:
+        raise UserError("data.label_format=generate reads single-label data; this data is multi-label",
+                        "use task=classification for multi-label data, or give one label per row")
+
+    def convert(split: Split | None) -> SFTSplit | None:
+        if split is None:
+            return None
+        return SFTSplit(split.name, tuple(Example((Turn("user", t),), labs[0]) for t, labs in
+                                          zip(split.texts, split.labels)), split.source)
+
+    return SFTDataset(convert(dataset.train), convert(dataset.validation), convert(dataset.test), dataset.notes,
+                      dataset.label_space)
+
+
 def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
     """Read the splits the config names (a folder of train/validation/test files, or the *_file keys),
-    carve a seeded random validation split when none is given, apply max_*_samples."""
+    carve a seeded random validation split when none is given, apply max_*_samples. Labelled data with
+    label_format=generate goes through the classifier's reader (`from_labelled`)."""
+    if cfg.label_format == "generate":
+        return from_labelled(load_dataset(cfg, seed=seed))
     notes: list[str] = []
     splits: dict[str, SFTSplit] = {}
     name = cfg.dataset_name

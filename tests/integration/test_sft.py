@@ -212,3 +212,27 @@ def test_predict_on_an_sft_run_says_how_to_use_its_adapter(sft_run, capsys):
     assert cli.main(["predict", str(sft_run), "lost my card"]) == 2
     err = capsys.readouterr().err
     assert "is a causal-lm (SFT) run" in err and "model.generate" in err and "Traceback" not in err
+
+
+def test_generated_labels_are_parsed_and_scored_per_class(lm, intent_data, tmp_path):
+    out = tmp_path / "run"
+    args = [a for a in sft_overrides(lm, intent_data, out, label_format="generate", max_steps=30, eval_steps=10,
+                                     learning_rate=2e-2, target_modules="[attn, ffn]", r=8, lora_alpha=16)
+            if not a.startswith("max_new_tokens=")]
+    assert cli.main(["train", "-q", *args]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert (run["task"], run["label_format"], run["objective"]) == ("causal-lm", "generate", "val/macro_f1")
+    assert run["labels"] == ["balance", "card_lost", "pin", "transfer"]
+    hist = _history(out)
+    for p in hist:
+        assert p["val/n"] == 20 and "val/recall/card_lost" in p and "val/loss" in p
+        assert p["val/unknown_rate"] == pytest.approx(sum(u["count"] for u in p["val/unknown_outputs"]) / 20)
+    assert hist[0]["val/unknown_rate"] > 0.5  # the untrained model writes words, not labels
+    best = max(hist[1:], key=lambda p: p["val/macro_f1"])
+    assert best["val/unknown_rate"] < hist[0]["val/unknown_rate"] and best["val/macro_f1"] > hist[0]["val/macro_f1"]
+    assert run["adapter_step"] == best["step"]
+    confusion = json.loads((out / "confusion.json").read_text())
+    assert confusion["step"] == best["step"]
+    diag = sum(confusion["matrix"][i][i] for i in range(4))
+    assert diag == round(best["val/accuracy"] * 20)
+    assert sum(map(sum, confusion["matrix"])) == round((1 - best["val/unknown_rate"]) * 20)

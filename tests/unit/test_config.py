@@ -587,7 +587,8 @@ def test_keys_of_the_other_task_are_refused_each_named_with_the_fix():
         "data.label_column: got 'intent' but model.task is causal-lm (only task classification reads it); "
         "allowed: leave it at 'label', or set model.task=classification",
         "train.metric_for_best_model: got 'accuracy' but model.task is causal-lm (causal-lm picks the saved "
-        "model by val loss); allowed: leave it at 'auto', or set model.task=classification"]
+        "model by val loss, or val macro-F1 with label_format=generate); allowed: leave it at 'auto', or set "
+        "model.task=classification"]
     problems = problems_of(["prompt_set=p.jsonl"])
     assert problems == ["data.prompt_set: got 'p.jsonl' but model.task is classification (only task causal-lm "
                         "reads it); allowed: leave it at null, or set model.task=causal-lm"]
@@ -597,3 +598,14 @@ def test_every_task_only_key_exists_and_names_a_task():
     table = key_table()
     assert set(C.TASK_ONLY_KEYS) <= set(table)
     assert set(C.TASK_ONLY_KEYS.values()) == set(table["model.task"].metadata["choices"])
+
+
+def test_generated_labels_read_the_text_and_label_columns_under_causal_lm():
+    cfg = load_config(None, ["task=causal-lm", "label_format=generate", "text_column=utterance", "label_column=intent"])
+    assert (cfg.data.text_column, cfg.data.label_column) == ("utterance", "intent")
+    assert problems_of(["label_format=generate"]) == [
+        "data.label_format: got 'generate' but model.task is classification (only task causal-lm reads it); "
+        "allowed: leave it at 'head', or set model.task=causal-lm"]
+    # multi-label generation is not built: the classifier-only keys stay refused
+    assert problems_of(["task=causal-lm", "label_format=generate", "multi_label=true"])[0].startswith(
+        "data.multi_label: got True but model.task is causal-lm")
