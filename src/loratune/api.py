@@ -33,11 +33,28 @@ TASK_RECIPES: dict[str, dict[str, str]] = {
 }
 
 
+# Verbs not built for a task yet: said as a UserError before any work, never a traceback half-way.
+NOT_BUILT: dict[str, dict[str, str]] = {
+    "causal-lm": {"assess": "train it directly (`loratune train task=causal-lm ...`); its curves read with "
+                            "`loratune diagnose RUN`",
+                  "tune": "train runs that differ in one knob (`loratune train task=causal-lm r=...`) and compare "
+                          "them with `loratune diagnose RUN RUN ...`"},
+}
+
+
 def _recipe(cfg: RunConfig, step: str):
     import importlib
 
     module, name = TASK_RECIPES[cfg.model.task][step].split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def require_built(cfg: RunConfig, verb: str) -> None:
+    from loratune.errors import UserError
+
+    fix = NOT_BUILT.get(cfg.model.task, {}).get(verb)
+    if fix:
+        raise UserError(f"`loratune {verb}` is not built for model.task={cfg.model.task} yet", fix)
 
 
 def prepare(cfg: RunConfig) -> Dataset:
@@ -106,6 +123,7 @@ def assess(cfg: RunConfig, *, probe: bool = True, dataset: Dataset | None = None
     `assess.Assessment` (`.findings`, `.recommendation`, `.to_dict()`)."""
     from loratune.assess import run_assessment
 
+    require_built(cfg, "assess")
     return run_assessment(cfg, probe=probe, dataset=dataset)
 
 
@@ -141,6 +159,7 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
 
     fixed: dotted keys whose values in `cfg` win over what the assessment proposes (the CLI fixes the
     keys given on its command line). Other `search.tune.TuneOptions` fields pass through `options`."""
+    require_built(cfg, "tune")
     from loratune.config import resolve_key, to_dict
     from loratune.search.protocol import ProtocolSettings
     from loratune.search.tune import TuneOptions, tune as _tune

@@ -32,6 +32,9 @@ def run(args) -> int:
     from loratune.assess import run_assessment
 
     cfg = load_cfg(args)  # validated before any data or model loads
+    from loratune.api import require_built
+
+    require_built(cfg, "assess")
     err = console(stderr=True)
     cache = False if (args.cache_dir or "").lower() == "none" else args.cache_dir
     progress = (lambda msg: None) if args.json else (lambda msg: err.print(f"[dim]{msg}...[/]"))

@@ -49,6 +49,9 @@ def run(args) -> int:
     from loratune.search.tune import TuneOptions, tune
 
     cfg = load_cfg(args)  # validated before anything loads
+    from loratune.api import require_built
+
+    require_built(cfg, "tune")
     explicit = _explicit_keys(args, resolve_key)
     flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
     user_point = {k: flat[k] for k in explicit if k in flat}  # what the user set wins over the assessment
