@@ -160,6 +160,12 @@ _CATALOGUE = (
     _spec("val loss", "val_loss_rise_noise", "se", "val loss ended {} above its minimum",
           "(final V - min V) / (sqrt 2 x val_loss_noise): the rise in units of the noise of a difference of two "
           "points."),
+    _spec("val loss", "val_loss_remaining_gain", "fraction",
+          "at the pace of its last evals the val loss has {} of itself left to lose",
+          "The val loss's last two falls g1, g2 (the last three points) extrapolated: a shrinking fall (q = g2/g1 < 1) "
+          "converges geometrically, leaving g2 q / (1 - q); a fall that does not shrink (or a single fall, with two "
+          "points) leaves `REMAINING_AHEAD` more falls of g2. Divided by the last val loss; 0 when the last fall is not a fall. What training longer "
+          "could still buy."),
     _spec("val loss", "val_loss_still_falling", "flag", "val loss still setting new lows at the end: {}",
           "1 when V's lowest point in the last third of the run is below its lowest before by more than "
           "val_loss_noise and `IMPROVE_MIN_REL` of the loss (with 2 points: the last vs the first)."),
@@ -307,6 +313,7 @@ METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy", "token_acc
 # a new val-loss low counts as improvement only past its noise and this share of the loss: a smooth, converged
 # curve keeps creeping down by fractions of a percent, which more epochs do not turn into a better model
 IMPROVE_MIN_REL = 0.02
+REMAINING_AHEAD = 3  # a val loss falling without slowing: count three more falls like its last (a short horizon)
 REBOUND_MIN_AFTER = 3  # windows after the train loss's minimum needed to read a rebound (fewer: a last-point wiggle)
 FIT_TARGET_SHARE = 0.1  # "fitted": the train loss at a tenth of its start (train_loss_runs_to_fit)
 LOSS_KEYS = ("train/loss", "train/loss_std", "train/grad_norm", "val/loss", "train_eval/loss")
@@ -867,6 +874,13 @@ def _val_loss_progress(acc: FeatureSet, pts, frac, *, loss_only: bool) -> None:
         acc.set("val_loss_still_falling", 1.0 if min(early) - min(late) > margin else 0.0)
     else:
         acc.set("val_loss_still_falling", None, "fewer than 2 val-loss points")
+    if len(V) >= 2 and V[-1][1] > 0:
+        g1, g2 = (V[-3][1] - V[-2][1] if len(V) >= 3 else 0.0), V[-2][1] - V[-1][1]
+        q = g2 / g1 if g1 > 0 else math.inf
+        left = 0.0 if g2 <= 0 else g2 * q / (1 - q) if q < 1 else REMAINING_AHEAD * g2
+        acc.set("val_loss_remaining_gain", left / V[-1][1])
+    else:
+        acc.set("val_loss_remaining_gain", None, "fewer than 2 val-loss points")
     if loss_only:
         i_min = min(range(len(V)), key=lambda i: V[i][1])
         acc.set("best_step_fraction", frac(V[i_min][0]))
@@ -1004,14 +1018,23 @@ def _gaps(acc: FeatureSet, pts, metric) -> None:
 
 def _stability(acc: FeatureSet, pts, meta) -> None:
     bad = []
+    overflow = []
+    last_grad = next((p for p in reversed(pts) if "train/grad_norm" in p), None)
     for p in pts:
         if (_num(p.get("step")) or 0) <= 0:
             continue
         for key in LOSS_KEYS:
             if key in p and _num(p[key]) is None:
-                bad.append({"step": p["step"], "key": key, "value": p[key] if p[key] is None else str(p[key])})
+                row = {"step": p["step"], "key": key, "value": p[key] if p[key] is None else str(p[key])}
+                # an infinite gradient norm beside a finite loss, not at the end, is a float16 loss-scale overflow:
+                # the scaler skips that step and lowers its scale (a divergence shows in the loss, or persists)
+                fp16_skip = (key == "train/grad_norm" and _num(p.get("train/loss")) is not None
+                             and p is not last_grad)
+                (overflow if fp16_skip else bad).append(row)
     acc.set("nonfinite_values", len(bad))
     acc.details["nonfinite"] = bad[:20]
+    if overflow:
+        acc.details["grad_overflow_skipped"] = overflow[:20]
     status = meta.get("status")
     if status:
         acc.set("status_diverged", 1.0 if status == "diverged" else 0.0)

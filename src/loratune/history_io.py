@@ -157,6 +157,15 @@ _METRIC_ALIASES = {
 _EVAL_META = ("runtime", "samples_per_second", "steps_per_second")
 # keys only TRL's trainers log (SFTTrainer: token accuracy, token counts, entropy)
 _TRL_KEYS = ("mean_token_accuracy", "num_tokens", "entropy")
+# What a side file says the model was trained to do: peft's `task_type` in adapter_config.json, and the suffix of
+# the transformers architecture in config.json (plus its problem_type). A language model's, a seq2seq model's or a
+# regression's loss has no ln(classes) reference, so no class count is read for them from id2label or the first loss.
+PEFT_TASK_TYPES = {"CAUSAL_LM": "causal-lm", "SEQ_2_SEQ_LM": "seq2seq", "SEQ_CLS": "single_label",
+                   "TOKEN_CLS": "token-classification", "QUESTION_ANS": "question-answering"}
+ARCH_TASKS = (("ForCausalLM", "causal-lm"), ("ForConditionalGeneration", "seq2seq"), ("ForSeq2SeqLM", "seq2seq"),
+              ("ForSequenceClassification", "single_label"), ("ForTokenClassification", "token-classification"),
+              ("ForQuestionAnswering", "question-answering"), ("ForMaskedLM", "masked-lm"))
+NO_CLASS_TASKS = ("causal-lm", "seq2seq", "regression", "question-answering", "masked-lm")
 # trainer_state.json top-level fields that are facts about the run (never the pickled training_args.bin)
 _STATE_FACTS = ("train_batch_size", "max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps")
 # adapter_config.json fields that are knobs
@@ -345,9 +354,11 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
         meta["task"] = "causal-lm"
         facts["task"] = Fact("causal-lm", f"TRL keys in the log ({', '.join(k for k in _TRL_KEYS)})")
     _model_config_facts(folder, meta, facts, notes)
-    if not is_trl and "n_classes" not in facts:
+    _task_from_side_files(folder, meta, facts, adapter)
+    no_classes = is_trl or meta.get("task") in NO_CLASS_TASKS
+    if not no_classes and "n_classes" not in facts:
         _classes_from_weights(folder, meta, facts)
-    if not is_trl and "n_classes" not in facts:
+    if not no_classes and "n_classes" not in facts:
         _classes_from_first_loss(train_logs, meta, facts)
     config = _config_from_facts(_adapter_facts(folder, facts, notes, adapter), facts)
     if not config.get("adapter"):
@@ -387,6 +398,41 @@ def _model_config_facts(folder: Path, meta: dict, facts: dict, notes: list[str])
             facts["model_type"] = Fact(mcfg["model_type"], cfg_path.name)
     except (json.JSONDecodeError, ValueError, TypeError, AttributeError):
         notes.append(f"{cfg_path} unreadable: number of classes unknown")
+
+
+def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mapping[str, Any] | None) -> None:
+    """meta["task"] from adapter_config.json's task_type, else config.json's architecture (PEFT_TASK_TYPES,
+    ARCH_TASKS); a task already read (TRL keys, problem_type multi-label) stands."""
+    if meta.get("task"):
+        return
+    found: tuple[str, str] | None = None
+    a = dict(adapter) if adapter is not None else None
+    if a is None and (ad := _side_file(folder, "adapter_config.json")) is not None:
+        try:
+            a = json.loads(ad.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            a = None
+    tt = str((a or {}).get("task_type") or "").upper()
+    if tt in PEFT_TASK_TYPES:
+        found = (PEFT_TASK_TYPES[tt], f"adapter_config.json task_type {tt}")
+    if (cp := _side_file(folder, "config.json")) is not None:
+        try:
+            mcfg = json.loads(cp.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            mcfg = {}
+        archs = [str(x) for x in (mcfg.get("architectures") or []) if isinstance(mcfg, dict)]
+        if mcfg.get("problem_type") == "regression" or (
+                any(x.endswith("ForSequenceClassification") for x in archs) and mcfg.get("num_labels") == 1):
+            found = ("regression", f"{cp.name} problem_type regression")
+        elif found is None:
+            found = next(((task, f"{cp.name} architecture {x}") for x in archs for suffix, task in ARCH_TASKS
+                          if x.endswith(suffix)), None)
+    if found is not None:
+        meta["task"] = found[0]
+        facts["task"] = Fact(found[0], found[1])
+        if found[0] in NO_CLASS_TASKS:
+            meta.pop("labels", None)
+            facts.pop("n_classes", None)
 
 
 def _classes_from_weights(folder: Path, meta: dict, facts: dict) -> None:
@@ -529,12 +575,18 @@ def _round_lr(value: float) -> float:
     return two if value > 0 and abs(two - value) / value < 0.005 else float(f"{value:.3g}")
 
 
+LR_FIT_MAX_SAMPLES = 100  # the schedule fit's cost grows with the samples; 100 pin a linear or cosine shape
+
+
 def _fit_decay(samples: Sequence[tuple[float, float]], shape: str, s0: float) -> tuple[float, float] | None:
     """Fit lr(s) = peak x shape((s - s0)/(N - s0)) to the samples after the peak (s0: the end of warm-up, 0
     without), over a grid of end steps N; returns (peak, relative squared error) or None when no N fits."""
     last = samples[-1][0]
     if last <= s0:
         return None
+    if len(samples) > LR_FIT_MAX_SAMPLES:  # a long log: evenly spaced samples (and the last) fit the same shape
+        stride = len(samples) / LR_FIT_MAX_SAMPLES
+        samples = [samples[int(i * stride)] for i in range(LR_FIT_MAX_SAMPLES)] + [samples[-1]]
     best = None
     for k in range(0, 200):
         n_end = last + (last - s0) * (k / 100.0)  # the schedule ends at or after the last sample

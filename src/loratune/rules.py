@@ -144,6 +144,9 @@ _THRESHOLDS = (
        "completions is at most this (train loss <= 0.095 nats; a pretrained model starts at 2-4 nats) has memorised "
        "them: with the val loss no longer setting new lows, more epochs only memorise (the TRL overfit run of the "
        "external corpus ends at 1.009, its healthy sibling at 1.55)."),
+    _t("memorised_gap_min", 0.1, "loss", "...and the val loss at least this far (nats per token) above the train "
+       "loss: new completions are predicted worse than the training ones (a task whose outputs nearly copy their "
+       "inputs, e.g. text rewriting, has a train and a val loss near 0 together: low entropy, not memory)."),
     _t("prompt_gap_widening_min", 0.05, "points", "The familiar-minus-novel prompt-set chrF gap widening this much "
        "from its narrowest point (5 points of chrF) counts as widening..."),
     _t("prompt_drift_min", 0.03, "points", "...and the novel prompts' chrF ending this far below its best counts as "
@@ -155,6 +158,9 @@ _THRESHOLDS = (
     _t("looping_repetition_min", 0.2, "fraction", "A fifth of the outputs' word 3-grams being repeats: greedy outputs "
        "loop (normal prose repeats few 3-grams)..."),
     _t("looping_rise_min", 0.1, "fraction", "...and that share rose this much from its lowest eval point."),
+    _t("early_turn_fraction_max", 0.5, "fraction", "A val loss whose minimum came this early while the train loss was "
+       "still falling over the second half: the train/val divergence is the fit (a train loss near zero is not "
+       "needed: full fine-tuning on large data, or a class-weighted loss, never gets there)."),
     _t("late_min_fraction", 0.9, "fraction", "Val loss at its minimum this late: the run has not started to "
        "degrade (a metric dip then is noise)."),
     _t("overfit_gap_min", 0.15, "points", "Train/val metric gap at or above this is large."),
@@ -206,6 +212,9 @@ _THRESHOLDS = (
        "(0.8 before; fitted on fold A of the external corpus, bench/results/diagnose_external.md)."),
     _t("few_evals_max", 3, "count", "With this few eval points the metric's 'new high' is one comparison, mostly "
        "inside its noise; the val loss (continuous) says whether the run was still improving."),
+    _t("short_remaining_gain_min", 0.02, "fraction", "A short run is undertrained only when its val loss, extrapolated "
+       "from its last falls, still has this share of itself to lose (a fall that halves at each eval is converging: "
+       "more epochs buy little)."),
     _t("late_val_drop_min", 0.03, "fraction", "Val loss still falling this much over the last half."),
     # healthy
     _t("healthy_gain_min", 0.1, "points", "Val metric gaining at least this from the start."),
@@ -288,7 +297,11 @@ _RULES = (
                        c("train_loss_final_over_start", "<=", "fit_loss_over_start_max"),
                        c("train_eval_metric_final", ">=", "fit_metric_min"),
                        all_(c("generative", ">=", "flag_on"),  # SFT: the train loss still falling is enough
-                            c("train_loss_late_drop", ">=", "plateau_late_drop_max"))),
+                            c("train_loss_late_drop", ">=", "plateau_late_drop_max")),
+                       # any run: the train loss kept falling long after the val loss turned (its minimum in the
+                       # first half); the rise itself must still clear the noise band below
+                       all_(c("train_loss_late_drop", ">=", "plateau_late_drop_max"),
+                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max"))),
                   any_(all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
                             c("val_loss_rise_noise", ">=", "rise_noise_min")),
                        all_(c("val_metric_final_drop", ">=", "val_metric_drop_min"),
@@ -303,6 +316,7 @@ _RULES = (
                             c("prompt_novel_drift_se", ">=", "drop_se_min")),
                        all_(c("generative", ">=", "flag_on"),  # training completions memorised, val loss stalled
                             c("train_perplexity_final", "<=", "memorised_perplexity_max"),
+                            c("gap_loss", ">=", "memorised_gap_min"),
                             c("val_loss_still_falling", "<", "flag_on")))),
         verdict="overfit (capacity): train loss near zero (or, for SFT, still falling) while val loss rises / val "
                 "metric falls beyond noise (or rises with a large train/val gap); for SFT also: the familiar-novel "
@@ -349,7 +363,10 @@ _RULES = (
         id="lr-too-small", scope="curve", priority=50, knob_class="optimization", confidence=0.7,
         when=any_(all_(any_(all_(c("val_loss_drop", "<", "slow_drop_max"),
                                  c("first_eval_fraction", "<=", "early_eval_fraction_max")),
-                            all_(c("train_loss_runs_to_fit", ">=", "slow_runs_to_fit_min"),
+                            # a tenth of its start is reachable for a classifier's loss, not for a language model's
+                            # (an entropy floor) or a regression's (the noise variance)
+                            all_(c("classifier", ">=", "flag_on"),
+                                 c("train_loss_runs_to_fit", ">=", "slow_runs_to_fit_min"),
                                  c("train_loss_final_over_start", ">=", "slow_loss_left_min"))),
                        c("val_loss_late_share", ">=", "steady_late_share_min"),
                        c("val_loss_rise_share", "<=", "steady_rise_share_max"),
@@ -370,12 +387,16 @@ _RULES = (
     Rule(
         id="undertrained", scope="curve", priority=40, knob_class="budget", confidence=0.7,
         when=all_(any_(all_(c("still_improving", ">=", "flag_on"),
-                            c("best_step_fraction", ">=", "late_best_fraction_min")),
+                            c("best_step_fraction", ">=", "late_best_fraction_min"),
+                            c("n_eval_points", ">", "few_evals_max")),
                        all_(c("val_loss_still_falling", ">=", "flag_on"),
                             c("val_loss_min_fraction", ">=", "late_min_fraction"),
-                            c("n_eval_points", "<=", "few_evals_max"))),
+                            c("n_eval_points", "<=", "few_evals_max"),
+                            c("val_loss_remaining_gain", ">=", "short_remaining_gain_min"))),
                   any_(c("val_loss_late_drop", ">=", "late_val_drop_min"),
-                       c("train_loss_late_drop", ">=", "plateau_late_drop_max"))),
+                       c("train_loss_late_drop", ">=", "plateau_late_drop_max")),
+                  # a val loss that has risen beyond its noise since its minimum: longer training buys over-confidence
+                  c("val_loss_rise_noise", "<", "rise_noise_min")),
         verdict="undertrained: still improving when the run ended",
         moves=("epochs up",),
         suppresses=("healthy",),

@@ -112,8 +112,9 @@ def test_near_miss_overfit_val_loss_rise_inside_the_noise_band(tmp_path):
 
 
 def test_near_miss_overfit_train_loss_not_small(tmp_path):
-    d = diagnose(trainer_state(tmp_path, train=exp_decay(L10, 0.8, 5), val=u_shape(1.5, 0.9, 0.4, 1.1), classes=None))
-    assert d.features["train_loss_final_over_start"] > 0.25
+    # the val loss turns at 40%, but the train loss is neither small nor still falling (flat over the second half)
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(L10, 0.8, 12), val=u_shape(1.5, 0.9, 0.4, 1.1), classes=None))
+    assert d.features["train_loss_final_over_start"] > 0.25 and d.features["train_loss_late_drop"] < 0.1
     assert not d.fired("overfit-capacity", active_only=False)
 
 
@@ -364,3 +365,87 @@ def test_near_miss_stuck_high_but_the_val_loss_is_still_falling(tmp_path):
                                classes=None, n_val=None, lr=3e-2, evals=12, steps=240))
     assert d.features["val_loss_drop"] > 0.1 and d.features["peak_lr"] >= 1.5e-3
     assert not d.fired("underfit-capacity", active_only=False)
+
+
+# ---- what the run's side files say it is (fold C of the public corpus: LLM SFT read as a 4-class classifier) -----
+
+@pytest.mark.parametrize("side, task", [
+    ({"adapter_config.json": {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16}}, "causal-lm"),
+    ({"config.json": {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral"}}, "causal-lm"),
+    ({"config.json": {"architectures": ["BartForConditionalGeneration"], "model_type": "bart",
+                      "id2label": {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}}}, "seq2seq"),
+    ({"config.json": {"architectures": ["BertForSequenceClassification"], "problem_type": "regression",
+                      "id2label": {"0": "LABEL_0"}}}, "regression"),
+])
+def test_the_task_comes_from_the_side_files_and_a_generative_loss_gets_no_class_count(tmp_path, side, task):
+    # first train loss 1.32 ~ ln 4: without the side files this run would be read as a 4-class classifier
+    folder = trainer_state(tmp_path, train=exp_decay(1.32, 0.95, 2), val=exp_decay(1.2, 0.98, 2), classes=None)
+    for name, body in side.items():
+        (folder / name).write_text(json.dumps(body))
+    run = load_run(folder)
+    assert run.meta["task"] == task and run.facts["task"].value == task
+    assert "n_classes" not in run.facts
+    d = diagnose(folder)
+    assert d.features["n_classes"] is None and d.features["train_loss_vs_chance"] is None
+    assert d.features["classifier"] is None
+    assert not d.fired("lr-too-small", active_only=False)  # a tenth of the start is no target for these losses
+
+
+def test_a_classifier_still_reads_its_class_count_without_side_files(tmp_path):
+    run = load_run(trainer_state(tmp_path, train=exp_decay(L10, 0.2, 4), val=exp_decay(1.5, 0.3, 3), classes=None))
+    assert run.facts["n_classes"].value == 10 and "task" not in run.facts
+
+
+def test_an_infinite_grad_norm_beside_a_finite_loss_is_a_float16_overflow_not_a_divergence(tmp_path):
+    folder = trainer_state(tmp_path, train=exp_decay(L10, 0.3, 4), val=exp_decay(1.6, 0.4, 3), metric=lambda f: 0.8)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    logs = [e for e in state["log_history"] if "loss" in e]
+    logs[3]["grad_norm"] = float("inf")  # the scaler skipped that step
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    d = diagnose(folder)
+    assert d.features["nonfinite_values"] == 0 and d.features.details["grad_overflow_skipped"]
+    assert not d.fired("diverged", active_only=False)
+    # a non-finite loss is still a divergence
+    logs[-1]["loss"] = float("nan")
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    assert diagnose(folder).verdict == "diverged"
+
+
+def test_a_short_run_whose_val_loss_is_converging_is_not_undertrained(tmp_path):
+    # three evals: the val loss falls 0.061 then 0.010 (a fall that shrinks 6x converges: ~0.5% left to gain)
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(0.77, 0.2, 3), evals=3, steps=60, log_every=4,
+                               val=lambda f: {1: 0.477, 2: 0.416}.get(int(round(f * 3)), 0.406), classes=None))
+    assert d.features["val_loss_remaining_gain"] < 0.02
+    assert not d.fired("undertrained", active_only=False)
+
+
+def test_a_val_loss_that_rose_beyond_its_noise_blocks_undertrained_even_when_the_metric_still_improves(tmp_path):
+    # QQP-like: accuracy 0.893 -> 0.908 (n = 40k) while the val loss climbs 0.255 -> 0.375 from the first eval and the
+    # train loss keeps falling (to 0.6x its start: never near zero on 364k rows)
+    val = (0.255, 0.262, 0.288, 0.31, 0.34, 0.375)
+    acc = (0.893, 0.897, 0.9, 0.903, 0.906, 0.908)
+    d = diagnose(trainer_state(tmp_path, train=lambda f: 0.45 - 0.17 * f, evals=6, steps=120, log_every=4, n_val=40000,
+                               val=lambda f: val[min(5, int(round(f * 6)) - 1)],
+                               metric=lambda f: acc[min(5, int(round(f * 6)) - 1)]))
+    assert d.features["still_improving"] == 1.0 and d.features["val_loss_rise_noise"] >= 2
+    assert not d.fired("undertrained", active_only=False)
+    assert d.verdict == "overfit-capacity"  # the train loss kept falling long after the val loss turned
+
+
+def test_a_long_log_subsampled_for_the_schedule_fit_reads_the_same_schedule(tmp_path):
+    # 4,000 lr samples (the fit takes 100 of them; bench/diagnose_external.py times it)
+    folder = trainer_state(tmp_path, train=exp_decay(L10, 0.2, 4), val=exp_decay(1.5, 0.3, 3), steps=20000,
+                           evals=20, log_every=5)
+    run = load_run(folder)
+    assert run.facts["lr_schedule"].value == "linear" and run.facts["learning_rate"].value == pytest.approx(2e-4)
+
+
+def test_a_low_entropy_generative_run_with_train_and_val_loss_near_zero_together_is_not_memorised(tmp_path):
+    # text rewriting (seq2seq): train loss 1.2 -> 0.01 and val loss 0.04 -> 0.012, flat at the end: no gap, no memory
+    folder = trainer_state(tmp_path, train=exp_decay(1.2, 0.011, 9), val=exp_decay(0.04, 0.0119, 20), classes=None,
+                           n_val=None)
+    (folder / "config.json").write_text(json.dumps({"architectures": ["T5ForConditionalGeneration"]}))
+    d = diagnose(folder)
+    assert d.features["generative"] == 1.0 and d.features["train_perplexity_final"] < 1.1
+    assert d.features["val_loss_still_falling"] == 0.0
+    assert not d.fired("overfit-capacity", active_only=False)

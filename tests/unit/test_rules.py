@@ -30,10 +30,10 @@ FIRING = {
                          val_loss_rise=0.05),
     "overfit-capacity": dict(train_loss_vs_chance=0.5, train_loss_final_over_start=0.02,
                              train_eval_metric_final=0.9, val_loss_rise=0.3, val_loss_rise_noise=5.0,
-                             val_metric_final_drop=0.05, val_metric_final_drop_se=3.0, val_loss_min_fraction=0.4,
+                             val_metric_final_drop=0.05, val_metric_final_drop_se=3.0, val_loss_min_fraction=0.6,
                              gap_f1=0.3, generative=0, train_loss_late_drop=0.5, prompt_gap_widening=0.0,
                              prompt_gap_widening_se=0.0, prompt_novel_drift=0.0, prompt_novel_drift_se=0.0,
-                             train_perplexity_final=3.0, val_loss_still_falling=1),
+                             train_perplexity_final=3.0, val_loss_still_falling=1, gap_loss=0.5),
     "underfit-capacity": dict(val_loss_drop=0.2, train_loss_late_drop=0.02, val_loss_late_share=0.05,
                               train_eval_metric_final=0.4, train_loss_vs_chance=0.7, train_loss_final_over_start=0.7,
                               gap_f1=0.03, val_metric_best=0.37, val_metric_gain_per_epoch_late=0.001,
@@ -43,10 +43,10 @@ FIRING = {
     "lr-too-small": dict(val_loss_drop=0.05, first_eval_fraction=0.0, train_loss_runs_to_fit=5.0, train_loss_final_over_start=0.9,
                          val_loss_late_share=0.5, val_loss_rise_share=0.0, val_loss_late_drop=0.02,
                          val_loss_rise=0.0, peak_lr=1e-4, val_metric_best=0.3, val_metric_logged=1,
-                         n_eval_points=10),
+                         n_eval_points=10, classifier=1),
     "undertrained": dict(still_improving=1, best_step_fraction=1.0, val_loss_still_falling=0, n_eval_points=10,
                          val_loss_min_fraction=1.0, val_loss_drop=0.5, val_loss_late_drop=0.2,
-                         train_loss_late_drop=0.3),
+                         train_loss_late_drop=0.3, val_loss_remaining_gain=0.1, val_loss_rise_noise=0.0),
     "healthy": dict(val_metric_gain=0.7, val_loss_drop=0.6, train_loss_drop=0.9, val_loss_rise=0.0,
                     val_loss_rise_noise=0.0, val_metric_final_drop=0.0, val_metric_final_drop_se=0.0,
                     val_loss_min_fraction=1.0, val_metric_logged=1, gap_f1=0.05),
@@ -149,7 +149,8 @@ def test_near_misses_follow_the_table(rule):
             assert fired == expect, (leaf, passing, values)
             stopped += not fired
             if fired:
-                ev = next(e for e in out.evidence if e.feature == leaf.feature and e.threshold_name == leaf.threshold)
+                ev = next(e for e in out.evidence if e.feature == leaf.feature and e.threshold_name == leaf.threshold
+                          and e.op == leaf.op)
                 assert ev.passed is passing
     assert stopped >= 1
 
