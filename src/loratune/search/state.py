@@ -43,6 +43,7 @@ class ProtocolState:
     rank_sweep: dict | None = None  # its points, plateau, threshold, step-size rule
     lora_vs_full: dict | None = None  # decide.py's answer and the probe trial
     final_notes: dict = field(default_factory=dict)  # config keys for the final run (early stopping)
+    stages: tuple = ()  # the stage table run_protocol runs (protocol.table.StageSpec rows; budget reservation)
 
     # ------------------------------------------------------------------ the dict it replaced
     def _field(self, key: str) -> str:

@@ -1,0 +1,84 @@
+"""Phase 0: the start config from the assessment, and the length of one trial."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from loratune.search.budget import format_amount
+from loratune.search.space import DEFAULTS, targets_text
+from loratune.search.state import Start
+from loratune.search.protocol.settings import (ALPHA, DROPOUT, LAYERS, LR, PLAN_EXAMPLES_PER_S, PLAN_OVERHEAD_S, R,
+                                               RSLORA, SHORT_TRIAL_EPOCHS, TARGETS, WD)
+from loratune.search.protocol.table import STAGE_TABLE
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 0: start config from the assessment
+
+
+def start_from_assessment(a: dict, user_point: dict | None = None) -> Start:
+    """An Assessment (as `to_dict()`) -> Start. Keys the user set explicitly win over the assessment."""
+    rec = a["recommendation"]
+    ov = dict(rec["overrides"])
+    tuned_keys = (R, ALPHA, TARGETS, LAYERS, DROPOUT, LR)
+    point = {k: ov[k] for k in tuned_keys if k in ov}
+    fixed = {k: ov[k] for k in ("train.per_device_train_batch_size", "model.max_length") if k in ov}
+    for k, v in (user_point or {}).items():
+        (point if k in tuned_keys or k in (WD, RSLORA) else fixed)[k] = v
+    if TARGETS in point and isinstance(point[TARGETS], str):
+        point[TARGETS] = targets_text(point[TARGETS]).split(",")
+    ceiling = int(rec["capacity_ceiling"]["value"])
+    facts = {k: a.get("facts", {}).get(k) for k in ("train_rows", "val_rows", "classes", "probe_macro_f1",
+                                                    "macro_f1_se", "detectable_difference", "model_hidden",
+                                                    "model_layers", "rows_per_class_median")}
+    user = user_point or {}
+    choices = tuple({"key": c["key"], "value": user.get(c["key"], c["value"]), "rule": c["rule"],
+                     "reason": c["reason"] + (f" -- overridden by the user: {user[c['key']]}" if c["key"] in user
+                                              and user[c["key"]] != c["value"] else "")}
+                    for c in rec.get("choices", ()))
+    choices += ({"key": "ceiling.r", "value": ceiling, "rule": rec["capacity_ceiling"]["rule"],
+                 "reason": rec["capacity_ceiling"]["reason"]},)
+    return Start(point, max(ceiling, int(point.get(R, DEFAULTS[R]))), float(point.get(LR, DEFAULTS[LR])), choices, facts, fixed,
+                 ov.get("train.num_train_epochs"))
+
+
+def start_config(cfg, dataset, *, user_point: dict | None = None,
+                 progress: Callable[[str], None] | None = None) -> tuple[Start, dict]:
+    """Phase 0 through `loratune.assess`: (Start, the assessment as plain data). With
+    `start_from_assessment`, the one place that depends on the assessment's API."""
+    from loratune.assess import run_assessment
+
+    a = run_assessment(cfg, dataset=dataset, progress=progress).to_dict()
+    return start_from_assessment(a, user_point), a
+
+
+def plan_trial_length(budget_kind: str, budget_limit: float, n_train: int, batch: int, *,
+                      start_epochs: float | None = None, examples_per_s: float = PLAN_EXAMPLES_PER_S,
+                      overhead_s: float = PLAN_OVERHEAD_S, planned_trials: int | None = None,
+                      min_epochs: float = SHORT_TRIAL_EPOCHS[0], max_epochs: float = SHORT_TRIAL_EPOCHS[1]) -> dict:
+    """How long one trial is (optimizer steps), so that the planned trials fit the budget.
+
+    A short trial is 1-3 epochs (protocol 3); within that, the budget divided by the planned trial
+    count (the planned trials of STAGE_TABLE) decides. Wall-time budgets are turned into examples with a throughput
+    estimate (training with evaluation, model load included)."""
+    planned = planned_trials or sum(x.planned for x in STAGE_TABLE)
+    cap_epochs = min(max_epochs, start_epochs or max_epochs)
+    if budget_kind == "wall_s":
+        budget_examples = max(0.0, budget_limit - overhead_s) * examples_per_s
+        why = (f"wall budget {format_amount('wall_s', budget_limit)} - {overhead_s:.0f}s overhead at ~"
+               f"{examples_per_s:.0f} examples/s (training + evaluation)")
+    elif budget_kind == "examples":
+        budget_examples = budget_limit
+        why = f"budget of {int(budget_limit):,} training examples"
+    else:
+        budget_examples = math.inf
+        why = f"budget of {int(budget_limit)} trials (length not limited by compute)"
+    per_trial = budget_examples / planned
+    epochs = max(min_epochs, min(cap_epochs, per_trial / max(1, n_train)))
+    steps = max(1, int(round(epochs * n_train / batch)))
+    return {"max_steps": steps, "examples": steps * batch, "epochs": steps * batch / max(1, n_train),
+            "planned_trials": planned, "budget_examples": None if math.isinf(budget_examples) else budget_examples,
+            "reason": (f"{why}; {planned} planned trials -> {steps} steps x {batch} = {steps * batch:,} examples "
+                       f"({steps * batch / max(1, n_train):.2f} epochs of {n_train} rows; short trials are "
+                       f"{min_epochs:g}-{cap_epochs:g} epochs)")}

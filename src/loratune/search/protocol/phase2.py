@@ -1,0 +1,191 @@
+"""Phase 2: lr steps, the scale step (update too weak), regularization, early stopping."""
+
+from __future__ import annotations
+
+import math
+
+from loratune.moves import MOVES, move
+from loratune.search.context import SearchContext, fmt_f1
+from loratune.search.space import scale_of
+from loratune.search.stages import StageId
+from loratune.search.state import Start
+from loratune.stepsize import step_size
+from loratune.search.protocol.settings import (EARLY_PEAK_BEST_FRACTION, EARLY_STOPPING_PATIENCE, LR_VERDICTS,
+                                               ProtocolSettings, REGULARIZATION_MOVES, SCALE_EPS, rule_threshold)
+from loratune.search.protocol.common import (cur_lr, evidence_of, incumbent_of, lr_of, lr_siblings, no_budget, reserve,
+                                             set_incumbent)
+
+
+# ---------------------------------------------------------------------------------------------
+# phase 2: optimization
+
+
+def stage_phase2(ctx: SearchContext, s: ProtocolSettings) -> None:
+    inc = incumbent_of(ctx)
+    if inc is None or ctx.state.failed:
+        return
+    lr_steps(ctx, s)
+    alpha_step(ctx, s)
+    regularize(ctx, s)
+    early_stopping(ctx)
+
+
+def lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
+    phase = StageId.PHASE2.value
+    inc = incumbent_of(ctx)
+    sib = lr_siblings(ctx, inc.point)
+    lrs = sorted({lr_of(r.point) for r in sib})
+    v = inc.result.verdict
+    cur = lr_of(inc.point)
+    higher_lost = any(lr_of(r.point) > cur for r in sib)
+    lower_lost = any(lr_of(r.point) < cur for r in sib)
+    if v in LR_VERDICTS:
+        direction, why = 0.5, f"diagnosis {v}: lr /2"
+    elif v in ("lr-too-small", "undertrained", "underfit-capacity") and not higher_lost:
+        direction, why = 2.0, f"diagnosis {v}: lr x2 (still learning when the trial ended)"
+    elif not higher_lost:
+        direction, why = 2.0, f"lr {cur:g} is the highest tried at this capacity ({', '.join(f'{x:g}' for x in lrs)})"
+    elif not lower_lost:
+        direction, why = 0.5, f"lr {cur:g} is the lowest tried at this capacity ({', '.join(f'{x:g}' for x in lrs)})"
+    else:
+        ctx.decide(phase, "lr", f"lr {cur:g} bracketed", "keep lr",
+                   ["at this capacity: " + ", ".join(f"lr {lr_of(r.point):g} -> {fmt_f1(r.value)}" for r in
+                                                      sorted(sib, key=lambda r: lr_of(r.point))),
+                    "both neighbours (x2 and /2 steps) score lower"], sib, code="lr-bracketed")
+        return
+    for _ in range(s.max_lr_steps):
+        inc = incumbent_of(ctx)
+        point = MOVES["lr-x2" if direction > 1 else "lr-half"].on(inc.point)
+        nxt = lr_of(point)
+        seen = next((r for r in ctx.records if r.key == ctx.spec(point, phase).key), None)
+        if seen is not None:
+            ctx.decide(phase, "lr", f"lr {cur_lr(inc):g} kept", "no step",
+                       [why, f"lr {nxt:g} was already measured ({seen.label}: {fmt_f1(seen.value)}) and is not "
+                        f"better than {fmt_f1(inc.value)}"], [inc, seen], code="lr-already-measured")
+            return
+        held = reserve(ctx, StageId.PHASE2, s)
+        rec = ctx.run(ctx.spec(point, phase, f"lr step {'x2' if direction > 1 else '/2'}"), reserve=held)
+        if rec is None:
+            no_budget(ctx, phase, f"lr step to {nxt:g}", held)
+            return
+        better = rec.value is not None and inc.value is not None and rec.value > inc.value
+        ev = [why, f"lr {lr_of(inc.point):g} -> {nxt:g}: val macro-F1 {fmt_f1(inc.value)} -> {fmt_f1(rec.value)}"]
+        ev += evidence_of(rec)
+        if better:
+            set_incumbent(ctx, rec)
+            ctx.decide(phase, "lr", f"lr {nxt:g} is better", f"incumbent = {rec.label}", ev, [inc, rec],
+                       code="lr-step-kept")
+            why = f"the last lr step helped: another {'x2' if direction > 1 else '/2'} step"
+        else:
+            ctx.decide(phase, "lr", f"lr {nxt:g} is not better", f"keep lr {lr_of(inc.point):g}", ev, [inc, rec],
+                       code="lr-step-rejected")
+            return
+    inc = incumbent_of(ctx)
+    ctx.decide(phase, "lr", f"lr steps capped at {s.max_lr_steps}", f"keep lr {lr_of(inc.point):g}",
+               [f"every x2 step helped so far; at most {s.max_lr_steps} steps per phase 2 (protocol 4: stay within "
+                "x2 steps, never jump an order of magnitude); a further step is worth trying with more budget"],
+               [inc], code="lr-steps-capped")
+
+
+def alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
+    """Scale s up (x2, at most max_scale) when lr changes barely move the loss and more rank is
+    unwanted (rules table: update-too-weak, thresholds weak_lr_loss_max and weak_gap_min)."""
+    phase = StageId.PHASE2.value
+    inc = incumbent_of(ctx)
+    sib = [r for r in lr_siblings(ctx, inc.point) if r.result.feature("val_loss_min") is not None]
+    if len(sib) < 2:
+        ctx.decide(phase, "alpha", "not judged", "keep scale",
+                   ["fewer than two lr values at this capacity: cannot tell whether lr moves the loss"], [inc],
+                   code="scale-not-judged")
+        return
+    losses = [r.result.feature("val_loss_min") for r in sib]
+    effect = (max(losses) - min(losses)) / (sum(losses) / len(losses))
+    gaps = [r.result.feature("gap_f1") for r in sib if r.result.feature("gap_f1") is not None]
+    gap = max(gaps) if gaps else None
+    weak, gap_min = rule_threshold("weak_lr_loss_max"), rule_threshold("weak_gap_min")
+    sc = scale_of(inc.point)
+    ev = [f"lr values {', '.join(f'{lr_of(r.point):g}' for r in sib)} moved the min val loss by {effect:.1%} "
+          f"(weak below {weak:.0%})", f"largest train/val F1 gap {gap if gap is None else round(gap, 3)} "
+          f"(more rank unwanted from {gap_min:g})", f"scale s = {sc:g}"]
+    if not (effect < weak and gap is not None and gap >= gap_min) or sc * 2 > s.max_scale + SCALE_EPS:
+        why = "scale already at its maximum" if sc * 2 > s.max_scale + SCALE_EPS and effect < weak else "lr does move the loss or rank is not at risk"
+        ctx.decide(phase, "alpha", "update strength adequate", f"keep scale {sc:g}", ev + [why], sib,
+                   code="scale-adequate")
+        return
+    point = MOVES["scale-x2"].on(inc.point)  # lr x s x2 on purpose: the update-too-weak remedy
+    held = reserve(ctx, StageId.PHASE2, s)
+    rec = ctx.run(ctx.spec(point, phase, f"scale {sc:g} -> {sc * 2:g}"), reserve=held)
+    if rec is None:
+        no_budget(ctx, phase, "the scale step", held)
+        return
+    better = rec.value is not None and inc.value is not None and rec.value > inc.value
+    ev.append(f"scale {sc:g} -> {sc * 2:g}: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)}")
+    # the scale step changes the effective step size lr x s on purpose (x2, like an lr x2 step): protocol 4
+    # asks to measure it against an lr step, so the trail puts the lr x2 sibling beside it when it exists
+    same_step = next((r for r in sib if math.isclose(lr_of(r.point), lr_of(inc.point) * 2, rel_tol=0.01)), None)
+    ev.append(f"lr x s {step_size(inc.point):.3g} -> {step_size(point):.3g} (x2, not held: the move's purpose); "
+              + (f"the lr x2 step to the same lr x s scored {fmt_f1(same_step.value)} ({same_step.label})"
+                 if same_step is not None else "the lr x2 step to the same lr x s was not measured"))
+    if better:
+        set_incumbent(ctx, rec)
+    ctx.decide(phase, "alpha", "LoRA update too weak", f"incumbent = {rec.label}" if better else "keep scale", ev,
+               [inc, rec], {"step_size": {"code": "step-size-raised", "before": step_size(inc.point),
+                                          "after": step_size(point),
+                                          "lr_x2_trial": same_step.number if same_step is not None else None,
+                                          "lr_x2_value": same_step.value if same_step is not None else None}},
+               code="scale-step-kept" if better else "scale-step-rejected")
+
+
+def regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
+    phase = StageId.PHASE2.value
+    inc = incumbent_of(ctx)
+    res = inc.result
+    gap = res.feature("gap_f1")
+    rising = ((res.feature("val_loss_rise") or 0) >= rule_threshold("val_loss_rise_min")
+              or (res.feature("val_metric_final_drop") or 0) >= rule_threshold("val_metric_drop_min"))
+    overfit = res.verdict == "overfit-capacity" or (gap is not None and gap >= rule_threshold("overfit_gap_min") and rising)
+    if not overfit:
+        ctx.decide(phase, "regularization", "no overfitting", "keep dropout and weight decay",
+                   [f"train/val F1 gap {gap if gap is None else round(gap, 3)} (large from "
+                    f"{rule_threshold('overfit_gap_min'):g}), val loss/metric turning: {'yes' if rising else 'no'}"], [inc],
+                   code="no-overfitting")
+        return
+    moves = [(MOVES[m].text, MOVES[m].on(inc.point)) for m in REGULARIZATION_MOVES]
+    for name, point in moves:
+        inc = incumbent_of(ctx)
+        if point is None:
+            continue
+        held = reserve(ctx, StageId.PHASE2, s)
+        rec = ctx.run(ctx.spec(point, phase, f"against overfitting: {name}"), reserve=held)
+        if rec is None:
+            no_budget(ctx, phase, name, held)
+            return
+        better = rec.value is not None and inc.value is not None and rec.value > inc.value
+        if better:
+            set_incumbent(ctx, rec)
+        ctx.decide(phase, "regularization", f"{name} {'helps' if better else 'does not help'}",
+                   f"incumbent = {rec.label}" if better else "keep the incumbent",
+                   [f"overfitting: gap {gap:.3f}", f"{name}: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)}"]
+                   + evidence_of(rec), [inc, rec], code="regularization-kept" if better else "regularization-rejected")
+
+
+def early_stopping(ctx: SearchContext) -> None:
+    inc = incumbent_of(ctx)
+    res = inc.result
+    frac, drop = res.feature("best_step_fraction"), res.feature("val_metric_final_drop")
+    still = res.feature("still_improving")
+    start: Start = ctx.state.start
+    if frac is not None and frac < EARLY_PEAK_BEST_FRACTION and (drop or 0) >= rule_threshold("val_metric_drop_min"):
+        ctx.state.final_notes = {"train.early_stopping_patience": EARLY_STOPPING_PATIENCE}
+        ctx.decide(StageId.PHASE2.value, "early-stopping", "the val metric peaked early and fell",
+                   f"final config: early_stopping_patience={EARLY_STOPPING_PATIENCE} (the best checkpoint is kept either way)",
+                   [f"best at {frac:.0%} of the run, final {drop:.3f} below the best"], [inc],
+                   code="early-stopping-set")
+    elif still:
+        ctx.decide(StageId.PHASE2.value, "early-stopping", "still improving when the trial ended",
+                   f"the trial length limits the score: a full run (phase 0: {start.epochs or '?'} epochs) with "
+                   "early stopping should do better than the trial", [f"best at {frac or 0:.0%} of the run"], [inc],
+                   code="early-stopping-still-improving")
+    else:
+        ctx.decide(StageId.PHASE2.value, "early-stopping", "the val metric held to the end", "no change",
+                   [f"best at {frac or 0:.0%} of the run"], [inc], code="early-stopping-none")

@@ -1,0 +1,154 @@
+"""The protocol's settings, the config keys it turns, and its named constants (each with its reason)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loratune.moves import ARMS
+from loratune.stepsize import scale_rule
+
+
+LR = "train.learning_rate"
+
+
+R = "adapter.r"
+
+
+ALPHA = "adapter.lora_alpha"
+
+
+TARGETS = "adapter.target_modules"
+
+
+LAYERS = "adapter.layers_to_transform"
+
+
+DROPOUT = "adapter.lora_dropout"
+
+
+WD = "train.weight_decay"
+
+
+RSLORA = "adapter.use_rslora"
+
+
+METHOD = "adapter.method"
+
+
+SEED = "train.seed"
+
+
+SLOW_VERDICTS = ("underfit-capacity", "lr-too-small")  # ambiguous slow learning (protocol 5)
+
+
+LR_VERDICTS = ("diverged", "lr-too-large")
+
+
+# -- named constants, each with its reason -------------------------------------------------------------
+# A trials budget counts a quarter-length lr probe as a whole trial: below this many trials the three
+# probes would take a quarter of the budget, more than the lr grid they place is worth.
+PROBE_MIN_TRIALS_BUDGET = 12
+
+
+# A probe longer than half a trial is no cheaper than the grid point it stands in for.
+PROBE_MAX_SHARE_OF_TRIAL = 0.5
+
+
+# Before another probe, the budget must still hold this many full-length grid trials (1x and 2x): the
+# grid, not the probe, decides the incumbent.
+PROBE_KEEPS_GRID_TRIALS = 2
+
+
+# A trial whose best val metric came this late (share of its steps) was still improving when it ended:
+# the final training runs it longer (matches the diagnosis' late_best_fraction_min neighbourhood, 0.72-0.8).
+STILL_IMPROVING_BEST_FRACTION = 0.8
+
+
+# A best val metric before this share of the steps, followed by a real fall, is an early peak: the final
+# config gets early stopping with this patience (evaluations) -- the best checkpoint is kept either way.
+EARLY_PEAK_BEST_FRACTION = 0.7
+
+
+EARLY_STOPPING_PATIENCE = 2
+
+
+# Full fine-tuning's lr is LoRA's x full_lr_ratio, kept inside the range full fine-tuning of an encoder
+# uses (1e-5 .. 5e-4; protocol 1: LoRA wants ~10x the full-fine-tuning lr).
+FULL_LR_MIN, FULL_LR_MAX = 1e-5, 5e-4
+
+
+# The final training's length shrinks by this factor per try until the runs fit the budget left.
+FINAL_LENGTH_SHRINK = 0.8
+
+
+# Float slack when comparing a doubled scale with its cap (alpha is rounded to 3 digits).
+SCALE_EPS = 1e-9
+
+
+# Phase-0 defaults of the trial-length plan: ~100 training examples/s (MiniLM on 2 CPU cores, with
+# evaluation), 45 s per trial of model load and set-up, short trials of 1-3 epochs (protocol 3).
+PLAN_EXAMPLES_PER_S = 100.0
+
+
+PLAN_OVERHEAD_S = 45.0
+
+
+SHORT_TRIAL_EPOCHS = (1.0, 3.0)
+
+
+# phase 2 against overfitting once capacity is judged adequate (protocol 1: dropout and weight decay are the
+# regularization knobs), in this order: dropout acts on the adapter alone, weight decay on every weight
+REGULARIZATION_MOVES = ("dropout-up", "weight-decay-up")
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    lr_probe: bool = True  # find the lr centre with short runs first (protocol 3: "find it cheaply first")
+    lr_probe_factor: float = 4.0  # probe ladder step
+    lr_probe_max_moves: int = 2  # probes beyond the first, up (or down when the first collapses)
+    lr_probe_fraction: float = 0.25  # probe length: this share of a trial's steps ...
+    lr_probe_min_steps: int = 10  # ... but at least this many
+    lr_factors: tuple[float, ...] = (1.0, 2.0, 0.5)  # the coarse grid, in the order run
+    skip_dominated_lr: bool = True  # skip 0.5x when 2x beat 1x beyond noise
+    pair: bool = True
+    binding_ratio: float = 1.5  # one knob's effect this many times the other's binds (rules: binding_ratio_min)
+    max_capacity_moves: int = 3
+    max_lr_steps: int = 2
+    max_scale: float = 4.0
+    seeds: int = 3
+    rank_step: int = 4
+    max_rank_points: int = 2
+    target_sweep: tuple[str, ...] = ("all-linear",)  # the module set the target sweep tries
+    target_lr_factors: tuple[float, ...] = (1.0, 0.5)  # ... at these x the working lr (more modules: stronger update)
+    full_probe: bool = True
+    final_train: bool = True  # budget left at the end: train a still-improving pick for longer
+    final_min_factor: float = 2.0  # ... only when at least this x a trial's steps fit
+    final_max_factor: float = 8.0  # ... and at most this x (or phase 0's epoch count, the smaller)
+    # ... at these x the pick's lr, when the budget holds one long run per factor (else at 1x only): the
+    # lr chosen on short trials need not suit a run several times longer (protocol 3: the best lr moves
+    # with the budget), so the long run gets its own x2 step down, measured
+    final_lr_factors: tuple[float, ...] = (0.5, 1.0)
+    full_lr_ratio: float = 0.1  # full fine-tuning lr = LoRA lr x this (LoRA wants ~10x, protocol 1)
+    allow_past_breakeven: bool = False
+    target: float | None = None
+    # the effective step size lr x s (loratune.stepsize): how a rank change holds it fixed, by rule
+    scale_rule: str = "rslora"  # the rank sweep (x4 steps, the pick may keep the rank): rank-stable spelling
+    move_scale_rule: str = "alpha_follows_r"  # the pair's rank arm and the capacity moves r x2, r /2
+    # variants tried after the target sweep, each at its own lr (moves.ARMS: loraplus, dora); off by default
+    # until the tuning bench shows they pay (issue 15: "modern knobs where they pay")
+    arms: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        scale_rule(self.scale_rule), scale_rule(self.move_scale_rule)  # an unknown rule fails here, by name
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown:
+            raise ValueError(f"unknown arm(s) {', '.join(map(repr, unknown))}; known: {', '.join(ARMS)}")
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def rule_threshold(name: str) -> float:
+    from loratune.rules import THRESHOLDS
+
+    return THRESHOLDS[name].value
