@@ -1,27 +1,31 @@
 """Training-speed levers of loratune's loop, one at a time, each against the same baseline (issue 17).
 
-    python bench/levers.py                          # every lever, 3 rounds, about 15 min on 2 busy cores
+    python bench/levers.py                          # every lever, 3 rounds, about 8 min on 2 busy cores
     python bench/levers.py --levers bf16,eager --rounds 2 --steps 20
 
-Each arm is a fresh subprocess that builds config (a) of bench/throughput.py (MiniLM-L6, r=8 on attn.q +
-attn.v in every layer + ffn in the top 2, head trained) with loratune's own functions, takes the same
-length-grouped batches of BANKING77 train (batch 32, seed 42) and times `--steps` optimizer steps after
-`--warmup` untimed ones, exactly as train.py's loop does them (collate, forward, loss, backward, clip,
-AdamW, schedule). Rounds alternate the arm order; the gain of a lever is the baseline's median step time
-over the lever's, within a round. Arms:
+A round is one fresh subprocess. It builds config (a) of bench/throughput.py (MiniLM-L6, r=8 on attn.q +
+attn.v in every layer + ffn in the top 2, pooler + classifier trained) once per arm with loratune's own
+functions (same seed: identical initial weights), takes one list of length-grouped BANKING77 train
+batches (batch 32) and runs them step by step: at every step each arm does that step on that batch, in
+a shuffled order, so the arms of a step ran within a second of each other under the same load (the 2
+cores are shared with other jobs; separate processes a minute apart measured 2x apart for identical
+code). A step is exactly train.py's: collate, forward, loss, backward, clip, AdamW, schedule. The gain
+of a lever is the median over steps of baseline step time / lever step time, after `--warmup` steps.
 
-  baseline   train.py as it is: SDPA attention (transformers' default for BERT), for-loop AdamW (torch's
-             default on CPU), the loss and the grad norm read back (`float()`) every step, float32
+  baseline   the loop as train.py ran it before issue 17: SDPA attention (transformers' default for BERT),
+             for-loop AdamW (torch's default on CPU), the loss and grad norm read back (`float()`) every
+             step, float32
   eager      attn_implementation="eager" (what SDPA saves)
   foreach    AdamW(foreach=True)
   fused      AdamW(fused=True)
-  no_sync    no `float()` per step: loss and grad norm stay tensors until the end
-  compile    torch.compile(model); compile_s (the first, compiling steps) reported apart and charged
-  bf16       torch.autocast("cpu", bfloat16) over the forward (head and loss float32)
-  eval_bs64  evaluation (not a training step): predict_logits over validation at eval batch 64 vs 256
+  no_sync    no `float()` per step: loss and grad norm stay tensors until the end of the round
+  compile    torch.compile(model); compile_s (its warmup steps beyond their steady time) reported apart,
+             and the steps it takes to pay that back
+  bf16       torch.autocast("cpu", bfloat16) over the forward, head and loss in float32 (precision.py)
+  eval_bs64  evaluation, not a training step: predict_logits over validation at eval batch 64 vs 256
 
-This script only times (and reports each arm's mean loss over its last 5 steps as a sanity check); the
-quality of a lever that changes numerics is checked with bench/throughput.py's val macro-F1 over seeds.
+This script only times (each arm's mean loss over its last 5 steps is printed as a sanity check); the
+quality of a lever that changes numerics is checked with val macro-F1 over seeds (bench/throughput.py).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import random
 import statistics
 import subprocess
 import sys
@@ -42,93 +46,123 @@ if not DATA.is_dir():
 LEVERS = ("eager", "foreach", "fused", "no_sync", "compile", "bf16", "eval_bs64")
 
 
-def arm(name: str, steps: int, warmup: int) -> dict:
-    import random
+class Arm:
+    """One model + optimizer trained the way `name` says."""
 
+    def __init__(self, name: str, cfg, space, steps: int):
+        import torch
+
+        from loratune import precision as precision_mod
+        from loratune.adapt import HEAD_NAMES, apply_adapter
+        from loratune.models import load_classifier
+        from loratune.train import build_optimizer, seed_everything
+
+        self.name = name
+        seed_everything(42)
+        if name == "eager":
+            import transformers
+
+            auto = transformers.AutoModelForSequenceClassification
+            original = auto.from_pretrained
+            auto.from_pretrained = lambda *a, **k: original(*a, **{**k, "attn_implementation": "eager"})
+            try:
+                base = load_classifier(cfg.model, len(space), False, dict(enumerate(space.labels)))
+            finally:
+                auto.from_pretrained = original
+        else:
+            base = load_classifier(cfg.model, len(space), False, dict(enumerate(space.labels)))
+        self.model, _ = apply_adapter(base, cfg.adapter)
+        self.model.train()
+        device = torch.device("cpu")
+        self.opt, self.sched = build_optimizer(self.model, cfg, steps, device)
+        # the optimizer is pinned per arm (train.build_optimizer's groups; its own choice may change)
+        from transformers import get_scheduler
+
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in self.opt.param_groups]
+        flags = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(name, {"foreach": False})
+        self.opt = torch.optim.AdamW(groups, lr=cfg.train.learning_rate, **flags)
+        self.sched = get_scheduler("linear", self.opt, num_warmup_steps=0, num_training_steps=steps)
+        self.autocast = name == "bf16"
+        if self.autocast:
+            precision_mod.head_in_fp32(self.model, HEAD_NAMES, "cpu")
+        self.forward = torch.compile(self.model) if name == "compile" else self.model
+        self.times: list[float] = []
+        self.losses: list = []
+
+    def step(self, batch, target) -> None:
+        import torch
+
+        from loratune.train import loss_fn
+
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.forward(**batch).logits
+        loss = loss_fn(logits.float(), target, False)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.name == "no_sync":
+            self.losses.append(loss.detach())
+        else:
+            self.losses.append(float(loss.detach()))
+            float(norm)
+        self.times.append(time.perf_counter() - t)
+
+    def final_loss(self) -> float:
+        return float(sum(float(x) for x in self.losses[-5:]) / len(self.losses[-5:]))
+
+
+def one_round(levers: list[str], steps: int, warmup: int, seed: int) -> dict:
     import torch
 
-    from loratune import api, precision as precision_mod
-    from loratune.adapt import HEAD_NAMES, apply_adapter
-    from loratune.models import load_classifier, load_tokenizer
-    from loratune.train import (batch_order, build_optimizer, collate, cpu_cores, encode, loss_fn, predict_logits,
-                                seed_everything)
+    from loratune import api
+    from loratune.models import load_tokenizer
+    from loratune.train import batch_order, collate, cpu_cores, encode, predict_logits
 
     cfg = api.load_config(None, [f"dataset_name={DATA}", "target_modules=[attn.q, attn.v, ffn@top:2]",
-                                 "warmup_ratio=0", "weight_decay=0", f"max_steps={steps + warmup}"])
+                                 "warmup_ratio=0", "weight_decay=0", "learning_rate=1e-3"])
     torch.set_num_threads(cpu_cores())
     dataset = api.prepare(cfg)
     space = dataset.label_space
-    seed_everything(42)
     tok = load_tokenizer(cfg.model)
-    if name == "eager":
-        import transformers
-
-        transformers.AutoModelForSequenceClassification.from_pretrained = _with_eager(
-            transformers.AutoModelForSequenceClassification.from_pretrained)
-    base = load_classifier(cfg.model, len(space), False, dict(enumerate(space.labels)))
-    model, _ = apply_adapter(base, cfg.adapter)
-    model.train()
-    device = torch.device("cpu")
     enc = encode(tok, dataset.train, space, cfg.model.max_length)
-    if name == "eval_bs64":
-        val = encode(tok, dataset.validation, space, cfg.model.max_length)
-        out = {}
-        for bs in (256, 64, 256, 64):  # alternated inside the arm; the median of each
-            t = time.perf_counter()
-            predict_logits(model, val, bs, tok.pad_token_id, device, False)
-            out.setdefault(bs, []).append(time.perf_counter() - t)
-        return {"eval_s_bs256": statistics.median(out[256]), "eval_s_bs64": statistics.median(out[64]),
-                "rows": len(val.ids)}
-    opt, sched = build_optimizer(model, cfg, steps + warmup, device)
-    if name in ("foreach", "fused"):
-        opt = torch.optim.AdamW(opt.param_groups, lr=cfg.train.learning_rate, **{name: True})
-        from transformers import get_scheduler
-        sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=steps + warmup)
-    autocast = name == "bf16"
-    if autocast:
-        precision_mod.head_in_fp32(model, HEAD_NAMES, "cpu")
-    fwd = torch.compile(model) if name == "compile" else model
-    rng = random.Random(42)
-    batches = [b for _ in range(4) for b in batch_order(enc.lengths, 32, rng, True)][: steps + warmup]
-    times, losses = [], []
-    for i, rows in enumerate(batches):
-        t = time.perf_counter()
+    total = steps + max(warmup, 6)
+    arms = [Arm(name, cfg, space, total) for name in ["baseline"] + [x for x in levers if x != "eval_bs64"]]
+    rng = random.Random(seed)
+    batches = batch_order(enc.lengths, 32, rng, True)[:total]
+    device = torch.device("cpu")
+    for rows in batches:
         batch = collate([enc.ids[j] for j in rows], tok.pad_token_id, device)
         target = torch.from_numpy(enc.targets[rows])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = fwd(**batch).logits
-        loss = loss_fn(logits.float(), target, False)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if name == "no_sync":
-            losses.append(loss.detach())
-        else:
-            losses.append(float(loss.detach()))
-            float(norm)
-        times.append(time.perf_counter() - t)
-    final_loss = float(torch.stack(losses[-5:]).mean()) if name == "no_sync" else statistics.mean(losses[-5:])
-    timed = times[warmup:]
-    return {"step_s": statistics.median(timed), "step_s_mean": statistics.mean(timed),
-            "warmup_s": sum(times[:warmup]), "compile_s": sum(times[:warmup]) - warmup * statistics.median(timed)
-            if name == "compile" else None, "final_loss": final_loss,
-            "tokens_per_step": statistics.mean(32 * max(len(enc.ids[j]) for j in b) for b in batches[warmup:])}
-
-
-def _with_eager(from_pretrained):
-    def wrapped(*a, **k):
-        k["attn_implementation"] = "eager"
-        return from_pretrained(*a, **k)
-    return wrapped
-
-
-def child(name: str, steps: int, warmup: int) -> None:
-    load0 = os.getloadavg()[0]
-    res = arm("baseline" if name == "baseline" else name, steps, warmup)
-    res.update({"arm": name, "load": load0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-    print("RESULT " + json.dumps(res))
+        for arm in rng.sample(arms, len(arms)):
+            arm.step(batch, target)
+    base = arms[0]
+    out = {"tokens_per_step": statistics.mean(32 * max(len(enc.ids[j]) for j in b) for b in batches),
+           "threads": torch.get_num_threads(), "load": os.getloadavg()[0], "arms": {}}
+    for arm in arms:
+        w = max(warmup, 6) if arm.name == "compile" else warmup
+        ratios = [b / a for a, b in zip(arm.times[w:], base.times[w:])]
+        steady = statistics.median(arm.times[w:])
+        row = {"step_s": steady, "speedup": statistics.median(ratios), "final_loss": arm.final_loss()}
+        if arm.name == "compile":
+            row["compile_s"] = sum(arm.times[:w]) - w * steady
+            gain = statistics.median(base.times[w:]) - steady
+            row["steps_to_pay_back"] = row["compile_s"] / gain if gain > 0 else None
+        out["arms"][arm.name] = row
+    if "eval_bs64" in levers:
+        val = encode(tok, dataset.validation, space, cfg.model.max_length)
+        t_eval: dict[int, list[float]] = {256: [], 64: []}
+        for bs in (256, 64, 64, 256):
+            t = time.perf_counter()
+            predict_logits(base.model, val, bs, tok.pad_token_id, device, False)
+            t_eval[bs].append(time.perf_counter() - t)
+        out["arms"]["eval_bs64"] = {"eval_s_bs256": statistics.mean(t_eval[256]),
+                                    "eval_s_bs64": statistics.mean(t_eval[64]),
+                                    "speedup": statistics.mean(t_eval[256]) / statistics.mean(t_eval[64]),
+                                    "rows": len(val.ids)}
+    return out
 
 
 def main() -> None:
@@ -138,60 +172,39 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "levers.json"))
-    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]), int(args.child[2]))
+        levers, steps, warmup, seed = args.child
+        res = one_round([x for x in levers.split(",") if x], int(steps), int(warmup), int(seed))
+        print("RESULT " + json.dumps(res))
         return
-    levers = [x for x in args.levers.split(",") if x]
-    train_arms = ["baseline"] + [x for x in levers if x != "eval_bs64"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE"}
-    runs = []
+    rounds, t0 = [], time.perf_counter()
     for rnd in range(args.rounds):
-        order = train_arms if rnd % 2 == 0 else list(reversed(train_arms))
-        if "eval_bs64" in levers:
-            order = order + ["eval_bs64"]
-        for name in order:
-            warmup = max(args.warmup, 6) if name == "compile" else args.warmup
-            proc = subprocess.run([sys.executable, __file__, "--child", name, str(args.steps), str(warmup)],
-                                  capture_output=True, text=True, env=env)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(f"{name} failed:", proc.stderr[-3000:], file=sys.stderr)
-                continue
-            res = {**json.loads(line[7:]), "round": rnd}
-            runs.append(res)
-            print(f"round {rnd} {name:10s} " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()
-                                                          if isinstance(v, float)), flush=True)
-    summary = {"steps": args.steps, "rounds": args.rounds, "levers": {}, "runs": runs}
-    for name in levers:
-        if name == "eval_bs64":
-            rs = [r for r in runs if r["arm"] == name]
-            if rs:
-                summary["levers"][name] = {"speedup": [round(r["eval_s_bs256"] / r["eval_s_bs64"], 3) for r in rs],
-                                           "eval_s_bs256": [round(r["eval_s_bs256"], 2) for r in rs],
-                                           "eval_s_bs64": [round(r["eval_s_bs64"], 2) for r in rs]}
-            continue
-        per_round = []
-        for rnd in range(args.rounds):
-            b = [r for r in runs if r["round"] == rnd and r["arm"] == "baseline"]
-            x = [r for r in runs if r["round"] == rnd and r["arm"] == name]
-            if b and x:
-                per_round.append((b[0], x[0]))
-        if per_round:
-            gains = [b["step_s"] / x["step_s"] for b, x in per_round]
-            summary["levers"][name] = {"speedup": [round(g, 3) for g in gains],
-                                       "speedup_median": round(statistics.median(gains), 3),
-                                       "step_s": [round(x["step_s"], 3) for _, x in per_round],
-                                       "baseline_step_s": [round(b["step_s"], 3) for b, _ in per_round],
-                                       "final_loss": [round(x["final_loss"], 3) for _, x in per_round],
-                                       "baseline_final_loss": [round(b["final_loss"], 3) for b, _ in per_round],
-                                       "compile_s": [round(x["compile_s"], 1) for _, x in per_round
-                                                     if x.get("compile_s") is not None] or None,
-                                       "peak_rss_mb": [round(x["peak_rss_mb"]) for _, x in per_round],
-                                       "load": [round(x["load"], 1) for _, x in per_round]}
+        proc = subprocess.run([sys.executable, __file__, "--child", args.levers, str(args.steps), str(args.warmup),
+                               str(42 + rnd)], capture_output=True, text=True, env=env)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            raise SystemExit(f"round {rnd} failed:\n{proc.stderr[-4000:]}")
+        res = json.loads(line[7:])
+        rounds.append(res)
+        print(f"round {rnd} (load {res['load']:.1f}): " + ", ".join(
+            f"{k} {v['speedup']:.2f}x" for k, v in res["arms"].items()), flush=True)
+    summary = {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+               "elapsed_s": round(time.perf_counter() - t0), "cpu_cores": len(os.sched_getaffinity(0)),
+               "levers": {}, "runs": rounds}
+    for name in rounds[0]["arms"]:
+        rs = [r["arms"][name] for r in rounds]
+        row = {"speedup": [round(r["speedup"], 3) for r in rs],
+               "speedup_median": round(statistics.median(r["speedup"] for r in rs), 3),
+               "load": [round(r["load"], 1) for r in rounds]}
+        for key in ("step_s", "final_loss", "compile_s", "steps_to_pay_back", "eval_s_bs256", "eval_s_bs64"):
+            if key in rs[0]:
+                row[key] = [None if r[key] is None else round(r[key], 3) for r in rs]
+        summary["levers"][name] = row
     Path(args.out).write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    print(json.dumps(summary["levers"], indent=2))
+    print(json.dumps(summary["levers"], indent=1))
 
 
 if __name__ == "__main__":

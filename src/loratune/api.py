@@ -95,7 +95,8 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     space = dataset.label_space
     model = load_classifier(cfg.model, len(space), space.multi_label)
     model, sites = apply_adapter(model, cfg.adapter)
-    steps, every = plan_steps(cfg, len(dataset.train))
+    eval_rows = len(dataset.validation) + min(cfg.train.train_eval_size, len(dataset.train))  # as train.py scores
+    steps, every = plan_steps(cfg, len(dataset.train), eval_rows)
     return {
         "params": count_params(model, sites, cfg.adapter.method).to_dict(),
         "adapted_modules": [s.name for s in sites] if cfg.adapter.method == "lora" else [],

@@ -125,6 +125,10 @@ class TrainConfig:
     seed: int = _f(42, "Seed for init, shuffling, splits and dropout.", min=0)
     eval_steps: int | None = _f(None, "Evaluate every N steps; null: about evals_per_run times per run.", min=1)
     evals_per_run: int = _f(10, "Evaluation points when eval_steps is null.", min=1, max=1000)
+    max_eval_share: float = _f(0.5, "When eval_steps is null, fewer than evals_per_run points on a short run: the "
+                               "rows scored at all evaluation points (validation + train_eval_size, step 0 included) "
+                               "stay within this share of the training work (3 forward passes per trained example), "
+                               "with at least one point after step 0; 0: no cap.", min=0.0)
     train_eval_size: int = _f(512, "Rows of train (fixed, seeded) scored like validation at each eval.", min=1)
     head_learning_rate: float | None = _f(None, "Peak learning rate of the classification head (pooler + classifier, "
                                           "or score); null: learning_rate.", min=0.0, max=1.0, min_exclusive=True)

@@ -104,6 +104,12 @@ def encode(tokenizer, split: Split, space: LabelSpace, max_length: int) -> Encod
     return Encoded(ids, targets, unseen)
 
 
+def subset(enc: Encoded, rows) -> Encoded:
+    """Rows of an encoded split (ids, targets, unseen), without tokenizing again."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return Encoded([enc.ids[i] for i in rows], enc.targets[rows], enc.unseen[rows])
+
+
 def batch_order(lengths: np.ndarray, batch_size: int, rng: random.Random, grouped: bool) -> list[list[int]]:
     """One epoch of batches. Grouped: shuffle, cut into chunks of 50 batches, sort each chunk by
     length, cut into batches and shuffle the batch order (like HF's LengthGroupedSampler), so
@@ -267,14 +273,36 @@ def build_optimizer(model, cfg: RunConfig, steps: int, device):
     return opt, get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=steps)
 
 
-def plan_steps(cfg: RunConfig, n_train: int) -> tuple[int, int]:
-    """(optimizer steps, eval every N steps)."""
+# One trained example costs about 3 forward passes (forward, then backward through activations and
+# weights); an evaluated row costs one. Used to weigh evaluation against training (max_eval_share).
+TRAIN_FORWARDS_PER_EXAMPLE = 3
+
+
+def plan_steps(cfg: RunConfig, n_train: int, eval_rows: int | None = None) -> tuple[int, int]:
+    """(optimizer steps, eval every N steps). With `eval_rows` (rows scored at one evaluation point:
+    validation + the train subsample) and eval_steps null, the points after step 0 are capped so that
+    all points together score at most max_eval_share x the training work (in forward passes): a
+    short run evaluates fewer times, never fewer than once at the end."""
     t = cfg.train
     per_epoch = math.ceil(n_train / t.per_device_train_batch_size)
     steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(per_epoch * t.num_train_epochs
                                                                    / t.gradient_accumulation_steps))
-    every = t.eval_steps or max(1, steps // t.evals_per_run)
+    evals = t.evals_per_run
+    if not t.eval_steps and eval_rows and t.max_eval_share > 0:
+        work = TRAIN_FORWARDS_PER_EXAMPLE * steps * t.per_device_train_batch_size * t.gradient_accumulation_steps
+        evals = max(1, min(evals, int(t.max_eval_share * work // eval_rows) - 1))  # -1: the point at step 0
+    every = t.eval_steps or max(1, steps // evals)
     return steps, every
+
+
+@contextlib.contextmanager
+def timed(timing: dict[str, float], phase: str):
+    """Add the wall seconds of the block to timing[phase] (run.json `timing_s`)."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[phase] = round(timing.get(phase, 0.0) + time.perf_counter() - t, 3)
 
 
 def seed_everything(seed: int) -> None:
@@ -392,6 +420,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     check_trainable(dataset)  # empty texts, an empty validation split: a UserError before any model loads
     require_trackers(cfg.train.report_to)  # a missing tensorboard / mlflow package, said before training
     t_setup = time.perf_counter()
+    timing: dict[str, float] = {}  # wall seconds per phase (run.json timing_s)
     torch.set_num_threads(cfg.train.num_threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # bf16 autocast only where the hardware has it (precision.py; auto), head and loss in float32
@@ -401,9 +430,10 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     objective = objective_key(cfg, space.multi_label)  # a metric the task lacks: said before any model loads
     seed_everything(cfg.train.seed)
 
-    tokenizer = load_tokenizer(cfg.model)
-    base = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)))
-    model, sites = apply_adapter(base, cfg.adapter)
+    with timed(timing, "load_model"):
+        tokenizer = load_tokenizer(cfg.model)
+        base = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)))
+        model, sites = apply_adapter(base, cfg.adapter)
     model.to(device)
     model.train()
     if autocast:
@@ -411,27 +441,31 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     params = count_params(model, sites, cfg.adapter.method)
     pad_id = tokenizer.pad_token_id
 
-    train_enc = encode(tokenizer, dataset.train, space, cfg.model.max_length)
-    sub = stratified_subset(dataset.train, cfg.train.train_eval_size, cfg.train.seed)
-    train_eval_enc = encode(tokenizer, dataset.train.subset(sub), space, cfg.model.max_length)
-    val_enc = encode(tokenizer, dataset.validation, space, cfg.model.max_length)
+    with timed(timing, "tokenize"):
+        train_enc = encode(tokenizer, dataset.train, space, cfg.model.max_length)
+        sub = stratified_subset(dataset.train, cfg.train.train_eval_size, cfg.train.seed)
+        train_eval_enc = subset(train_enc, sub)  # rows of train: tokenized once
+        val_enc = encode(tokenizer, dataset.validation, space, cfg.model.max_length)
     # Frozen-prefix cache: when only the top blocks train, their input states are computed once (or
     # found from an earlier trial) and every forward below starts there (prefix_cache.py).
-    prefix_note = prefix_cache.attach(model, cfg.train.prefix_cache, cfg.adapter.method,
-                                      [train_enc, train_eval_enc, val_enc],
-                                      lambda ids: collate(ids, pad_id, device),
-                                      lambda lengths: eval_batches(lengths, cfg.train.per_device_eval_batch_size))
-    extras = EvalExtras.build(cfg, dataset, val_enc.targets, val_enc.lengths)
+    with timed(timing, "prefix_cache"):
+        prefix_note = prefix_cache.attach(model, cfg.train.prefix_cache, cfg.adapter.method,
+                                          [train_enc, train_eval_enc, val_enc],
+                                          lambda ids: collate(ids, pad_id, device),
+                                          lambda lengths: eval_batches(lengths, cfg.train.per_device_eval_batch_size))
+    with timed(timing, "extras"):
+        extras = EvalExtras.build(cfg, dataset, val_enc.targets, val_enc.lengths)
     spec = loss_spec(cfg.train.multi_label_loss, space.multi_label, train_enc.targets, cfg.train.focal_gamma)
     decoding = base_decoding(cfg, dataset, space) if space.multi_label else None
     tuned = {"now": None, "best": None}  # thresholds tuned at the last eval point, and at the saved model's
+    kept: dict[str, np.ndarray] = {}  # val logits of the saved model's evaluation point
 
     def predict_texts(texts: list[str]) -> np.ndarray:  # for probe sets and perturbed texts
         split = Split("extra", tuple(texts), tuple((space.labels[0],) for _ in texts), "extra")
         return predict_logits(model, encode(tokenizer, split, space, cfg.model.max_length),
                               cfg.train.per_device_eval_batch_size, pad_id, device, autocast)
 
-    steps, eval_every = plan_steps(cfg, len(dataset.train))
+    steps, eval_every = plan_steps(cfg, len(dataset.train), len(val_enc.ids) + len(train_eval_enc.ids))
     optimizer, scheduler = build_optimizer(model, cfg, steps, device)
     accum = cfg.train.gradient_accumulation_steps
     rng = random.Random(cfg.train.seed)
@@ -460,7 +494,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "started_at": _now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
-        "precision": precision.to_dict(),
+        "precision": precision.to_dict(), "timing_s": timing,
         "pid": os.getpid(),
         "prefix_cache": prefix_note, "threads": torch.get_num_threads(),
         "objective": objective, "loss": spec.to_dict(),
@@ -525,6 +559,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         if step > 0 and math.isfinite(f1) and f1 > trained_f1 and not _diverged_point(point):
             trained_f1 = f1
             best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+            kept["val_logits"] = val_logits  # the saved model's clean val predictions (robustness probe)
             run["adapter_step"] = step
             tuned["best"] = tuned["now"]
         if run["adapter_step"] == step or run["best"] is None:
@@ -540,7 +575,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         return diverged(loss, start_loss) if loss is not None else None
 
     try:
-        evaluate_now()  # step 0: the base model with its fresh head
+        with timed(timing, "evaluate"):
+            evaluate_now()  # step 0: the base model with its fresh head
         batches = micro_batches()
         stop_reason = f"planned steps done ({steps})"
         for step in range(1, steps + 1):
@@ -575,7 +611,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
             run["steps_done"], run["examples_seen"] = step, examples_seen
             bar.update(step, step_loss)
             if step % eval_every == 0 or step == steps:
-                stop = evaluate_now()
+                with timed(timing, "evaluate"):
+                    stop = evaluate_now()
                 why = _diverged_point(run["final"])
                 if why:
                     run["status"], stop_reason = "diverged", f"{why} (step {step})"
@@ -605,7 +642,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                                    "tuned_on": "validation" if tuned["best"] is not None else None,
                                    "step": run.get("adapter_step") if tuned["best"] is not None else None}
             save_error = _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts,
-                                        best_state, bar, device, t0, examples_seen, step_times, saved_decoding)
+                                        best_state, bar, device, t0, examples_seen, step_times, saved_decoding,
+                                        kept.get("val_logits"))
             store.close()
             tracking.finish(store.path, run["status"])  # the verdict as text, then close the writers
         if save_error is not None and sys.exc_info()[0] is None:
@@ -618,7 +656,8 @@ def _metric_name(key: str) -> str:
 
 
 def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts, best_state, bar, device, t0,
-                   examples_seen, step_times, decoding: Decoding | None = None) -> UserError | None:
+                   examples_seen, step_times, decoding: Decoding | None = None,
+                   best_val_logits: np.ndarray | None = None) -> UserError | None:
     """Restore the best trained weights, save them, write the final run.json. A write that fails for
     the output location (disk full, read-only) is returned as a UserError, not raised, so it never
     hides the error that ended the run."""
@@ -629,13 +668,16 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
                 "examples_per_s": examples_seen / sum(step_times) if step_times else None,
                 "mean_step_s": float(np.mean(step_times)) if step_times else None,
                 "peak_memory_mb": peak_memory_mb(device)})
+    timing = run.setdefault("timing_s", {})
+    timing["train_steps"] = round(sum(step_times), 3)
     try:
         if best_state is not None:
             with torch.no_grad():
                 named = dict(model.named_parameters())
                 for n, t in best_state.items():
                     named[n].copy_(t)
-            save_model(model, tokenizer, space, cfg, store, decoding)
+            with timed(timing, "save"):
+                save_model(model, tokenizer, space, cfg, store, decoding)
             objective = run.get("objective") or "val/macro_f1"
             best_val = (run.get("best") or {}).get(objective)
             untrained = (run.get("untrained") or {}).get(objective)
@@ -646,7 +688,8 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
                                   + (f"; the untrained model at step 0 scored higher ({untrained:.4f} vs "
                                      f"{best_val:.4f})" if higher else "")}
             if run["status"] in ("completed", "diverged"):
-                run["robustness"] = extras.robustness(predict_texts)  # on the saved (best) weights
+                with timed(timing, "robustness"):  # on the saved (best) weights
+                    run["robustness"] = extras.robustness(predict_texts, best_val_logits)
         else:
             run["adapter_step"] = None
             run["saved_model"] = {"step": None, "note": "no model saved: the run ended before any trained "

@@ -222,6 +222,6 @@ def test_slices_probe_set_and_robustness_are_recorded(tiny_bert, intent_data, tm
     assert last["probe/n"] == 2 and len(last["probe/examples"]) == 2
     assert last["probe/examples"][1]["known_label"] is False and last["probe/examples"][1]["correct"] is False
     rob = run["robustness"]
-    assert set(rob) == {"clean_accuracy", "typo", "drop_word", "case", "punctuation"}
+    assert set(rob) == {"clean_accuracy", "rows", "typo", "drop_word", "case", "punctuation"}
     assert rob["clean_accuracy"] == pytest.approx(run["best"]["val/accuracy"])
     assert rob["typo"]["texts_changed"] > 0.5

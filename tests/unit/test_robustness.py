@@ -44,5 +44,24 @@ def test_score_robustness_compares_each_perturbation_with_clean():
 
     out = score_robustness(predict, texts, y, seed=0)
     assert out["clean_accuracy"] == 1.0
-    assert set(out) == {"clean_accuracy", *PERTURBATIONS}
+    assert set(out) == {"clean_accuracy", "rows", *PERTURBATIONS}
     assert out["case"]["accuracy"] == 1.0 and out["case"]["drop"] == 0.0 and out["case"]["texts_changed"] == 1.0
+
+
+def test_score_robustness_reuses_clean_logits_predicts_only_changed_texts_and_samples():
+    texts = tuple(f"text number {i} about cards" for i in range(40)) + ("hi",) * 10
+    y = np.zeros(len(texts), dtype=int)
+    seen: list[str] = []
+
+    def predict(batch):
+        seen.extend(batch)
+        return np.tile([1.0, 0.0], (len(batch), 1))
+
+    clean = np.tile([1.0, 0.0], (len(texts), 1))
+    full = score_robustness(predict, texts, y, seed=0, clean_logits=clean)
+    assert full["rows"] == 50 and full["clean_accuracy"] == 1.0 and full["typo"]["accuracy"] == 1.0
+    assert seen and not set(seen) & set(texts)  # a clean text (or one left unchanged) is never predicted again
+    seen.clear()
+    small = score_robustness(predict, texts, y, seed=0, clean_logits=clean, max_rows=12)
+    assert small["rows"] == 12 and len(seen) <= 4 * 12
+    assert small == score_robustness(predict, texts, y, seed=0, clean_logits=clean, max_rows=12)  # seeded
