@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -413,8 +414,23 @@ class _Progress:
             self.bar.stop()
 
 
-def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool = True) -> dict:
-    """Train one run and write its record into `store`. Returns the final run.json content."""
+class TrainCallback(Protocol):
+    """What a caller (`loratune tune`) gets to see of a running loop, and how it stops it: the shape of
+    Optuna's `trial.report` / `trial.should_prune`. Each hook returns None to go on, or the reason to stop;
+    a stop ends the run like an interrupted one (status `interrupted` with that reason, the best trained
+    weights saved)."""
+
+    def on_step(self, step: int, examples_seen: int) -> str | None:
+        """After every optimizer step (a wall-time deadline is checked here, between evaluations)."""
+
+    def on_eval(self, point: dict, run: dict) -> str | None:
+        """After every evaluation point (step 0 included), once it is in the record."""
+
+
+def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool = True,
+          callback: TrainCallback | None = None) -> dict:
+    """Train one run and write its record into `store`. Returns the final run.json content. `callback`:
+    see TrainCallback."""
     from loratune.data import check_trainable
 
     check_trainable(dataset)  # empty texts, an empty validation split: a UserError before any model loads
@@ -579,7 +595,10 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
             evaluate_now()  # step 0: the base model with its fresh head
         batches = micro_batches()
         stop_reason = f"planned steps done ({steps})"
+        halt = callback.on_eval(run["final"], run) if callback is not None else None
         for step in range(1, steps + 1):
+            if halt:  # the caller's callback asked to stop (after the previous step or evaluation)
+                break
             t_step = time.perf_counter()
             step_loss, n_examples = 0.0, 0
             for _ in range(accum):
@@ -610,9 +629,11 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                 window[key].append(v)
             run["steps_done"], run["examples_seen"] = step, examples_seen
             bar.update(step, step_loss)
-            if step % eval_every == 0 or step == steps:
+            halt = callback.on_step(step, examples_seen) if callback is not None else None
+            if (step % eval_every == 0 or step == steps) and not halt:
                 with timed(timing, "evaluate"):
                     stop = evaluate_now()
+                halt = callback.on_eval(run["final"], run) if callback is not None else None
                 why = _diverged_point(run["final"])
                 if why:
                     run["status"], stop_reason = "diverged", f"{why} (step {step})"
@@ -621,6 +642,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                     stop_reason = (f"early stopping: {_metric_name(objective)} did not improve for "
                                    f"{cfg.train.early_stopping_patience} evaluations")
                     break
+        if halt and run["status"] == "running":
+            run["status"], stop_reason = "interrupted", halt
         if run["status"] == "running":
             run["status"] = "completed"
         run["reason"] = stop_reason

@@ -2,9 +2,10 @@
 
 The search code never trains by itself; it calls a runner with `run(spec, run_dir, watch)` and gets
 a `TrialResult` back. `TrainingRunner` trains with `loratune.train.train` (what `api.train` calls)
-into a `RunStore` whose `write_run` (called after every evaluation point) lets the `Watch` stop a
-clearly losing trial: the run then ends like an interrupted one (status `interrupted`, reason
-`pruned by tune: ...`, best adapter saved), so every trial, pruned or not, is a valid run record.
+into a `RunStore`; the `Watch` stops a clearly losing trial (or one past the wall-time budget) through
+`train`'s callback (`WatchCallback`, after every step and evaluation point): the run then ends like an interrupted
+one (status `interrupted`, reason `pruned by tune: ...`, best adapter saved), so every trial, pruned or
+not, is a valid run record.
 Tests use a scripted runner with the same two methods instead (no training).
 """
 
@@ -34,7 +35,7 @@ class Watch:
     on_eval: Callable[[dict], None] | None = None  # every eval point (progress, Optuna report)
     prune: bool = True
     # wall-time budgets: (trial wall s, examples) -> seconds this trial may run in all (None: no limit);
-    # asked at the start and at every eval point, enforced before every batch (see _deadline)
+    # asked at the start and at every eval point, enforced after every optimizer step (WatchCallback.on_step)
     time_limit: Callable[[float, int], float | None] | None = None
     limit_s: float | None = None
 
@@ -86,60 +87,31 @@ def curve_of(points: Sequence[dict], key: str = "val/macro_f1") -> tuple[tuple[i
     return tuple(out)
 
 
-class _Stop(BaseException):
-    """Raised inside the training loop to end a trial early (not an error, not a Ctrl-C)."""
+class WatchCallback:
+    """The `Watch` as `train`'s callback (train.TrainCallback): after every evaluation point the trial is
+    checked against the finished ones (pruning, budget stop), after every optimizer step against the
+    wall-time limit (an eval interval can be minutes on a busy machine). A reason to stop ends the run
+    like a pruned one (status `interrupted`, best adapter saved); `stopped` keeps it."""
 
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _WatchedStore(RunStore):
-    def __init__(self, path, watch: Watch):
-        super().__init__(path)
-        self.watch = watch
-        self.t0 = time.perf_counter()
+    def __init__(self, watch: Watch, t0: float):
+        self.watch, self.t0 = watch, t0
+        self.points: list[dict] = []  # the evaluation points so far (what history.jsonl holds)
         self.stopped: str | None = None
-        self._last_step = -1
 
-    def write_run(self, run: dict) -> None:
-        super().write_run(run)
-        final = run.get("final") or {}
-        step = final.get("step", -1)
-        if self.stopped or run.get("status") != "running" or step == self._last_step:
-            return
-        self._last_step = step
-        why = self.watch.check(self.read_history(), run, time.perf_counter() - self.t0)
-        if why:
+    def _stop(self, why: str | None) -> str | None:
+        if why and not self.stopped:
             self.stopped = why
-            raise _Stop(why)
+        return self.stopped
 
+    def on_step(self, step: int, examples_seen: int) -> str | None:
+        limit = self.watch.limit_s
+        if limit is not None and time.perf_counter() - self.t0 > limit:
+            return self._stop(f"budget: the wall-time budget ran out mid-trial (after {limit:.0f}s of this trial)")
+        return self.stopped
 
-@contextlib.contextmanager
-def _deadline(watch: Watch, t0: float):
-    """Enforce a wall-time limit between batches, not only at eval points (an eval interval can be
-    minutes on a busy machine). The training loop has no per-step hook, so `loratune.train.collate`
-    (called once per training and evaluation batch) is wrapped for the duration of the trial: past
-    the limit it raises `_Stop`, which ends the run like a pruned one (best adapter saved). If the loop
-    stops calling `collate`, the limit is still checked at every eval point (`Watch.budget_stop`)."""
-    import loratune.train as train_mod
-
-    original = getattr(train_mod, "collate", None)
-    if original is None or watch.time_limit is None:
-        yield
-        return
-
-    def guarded(*args, **kwargs):
-        if watch.limit_s is not None and time.perf_counter() - t0 > watch.limit_s:
-            limit, watch.limit_s = watch.limit_s, None  # raise once
-            raise _Stop(f"budget: the wall-time budget ran out mid-trial (after {limit:.0f}s of this trial)")
-        return original(*args, **kwargs)
-
-    train_mod.collate = guarded
-    try:
-        yield
-    finally:
-        train_mod.collate = original
+    def on_eval(self, point: dict, run: dict) -> str | None:
+        self.points.append(point)
+        return self._stop(self.watch.check(self.points, run, time.perf_counter() - self.t0))
 
 
 @contextlib.contextmanager
@@ -247,20 +219,20 @@ class TrainingRunner:
         cfg = self.config(spec, run_dir)
         baseline_mb = reset_peak_memory()
         watch = watch or Watch(prune=False)
-        store = _WatchedStore(run_dir, watch)
+        store = RunStore(run_dir)
         t0 = time.perf_counter()
         if watch.time_limit is not None:
             watch.limit_s = watch.time_limit(0.0, 0)
-        pruned, error = None, None
+        callback = WatchCallback(watch, t0)
+        error = None
         try:
-            with _library_noise_hidden(), _deadline(watch, t0):
-                train(cfg, self.dataset, store, progress=False)
-        except _Stop as stop:
-            pruned = stop.reason
+            with _library_noise_hidden():
+                train(cfg, self.dataset, store, progress=False, callback=callback)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # the run record says `failed` with the error; the search goes on
             error = f"{type(exc).__name__}: {exc}"
+        pruned = callback.stopped
         run = (store.read_run() if (Path(run_dir) / "run.json").exists()
                else {"status": "failed", "reason": error})
         if pruned:
