@@ -186,7 +186,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
 
     check_trainable(dataset)
     require_trackers(cfg.train.report_to)
-    prompt_items = load_prompt_set(cfg.data.prompt_set) if cfg.data.prompt_set else []  # bad rows: said now
+    prompt_items = load_prompt_set(dataset.prompt_set) if dataset.prompt_set else []  # bad rows: said now
     t_setup = time.perf_counter()
     torch.set_num_threads(cfg.train.num_threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -221,9 +221,12 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     y_val = np.array([{lab: i for i, lab in enumerate(labels)}.get(e.completion, -1)
                       for e in dataset.validation.examples], dtype=np.int64)
     label_tokens = 2 + max((len(tokenizer(lab, add_special_tokens=False)["input_ids"]) for lab in labels), default=0)
-    objective, higher, objective_words = OBJECTIVES[bool(labels)]
+    objective, higher, _ = OBJECTIVES[bool(labels)]
 
-    steps, eval_every = plan_steps(cfg, len(dataset.train))
+    # rows scored at one evaluation point (val, the train subsample, the prompts and, generating labels, val
+    # again): with eval_steps null, evaluation stays within train.max_eval_share of the training work
+    eval_rows = len(val_enc) + len(train_eval_enc) + len(prompt_ids) + len(val_prompt_ids)
+    steps, eval_every = plan_steps(cfg, len(dataset.train), eval_rows)
     optimizer, scheduler = build_optimizer(model, cfg, steps, device)
     accum = cfg.train.gradient_accumulation_steps
     rng = random.Random(cfg.train.seed)
@@ -242,7 +245,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         "tokens": {"train": int(train_enc.lengths.sum()),
                    "train_completion": int((train_enc.lengths - train_enc.prompt_lens).sum()),
                    "val": int(val_enc.lengths.sum())},
-        "prompt_set": ({"path": cfg.data.prompt_set, "rows": {g: sum(it.group == g for it in prompt_items)
+        "prompt_set": ({"path": dataset.prompt_set, "rows": {g: sum(it.group == g for it in prompt_items)
                                                               for g in sorted({it.group for it in prompt_items})}}
                        if prompt_items else None),
         "model": {"name_or_path": cfg.model.name_or_path, "model_type": base.config.model_type,

@@ -26,7 +26,7 @@ file, the row, the columns found and the fix.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ class SFTDataset:
     test: SFTSplit | None
     notes: tuple[str, ...] = ()
     label_space: LabelSpace | None = None  # generative classification: the labels a completion may name
+    prompt_set: str | None = None  # data.prompt_set, or the shipped demo's own when training on the demo
 
     @property
     def generates_labels(self) -> bool:
@@ -217,7 +218,7 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
     carve a seeded random validation split when none is given, apply max_*_samples. Labelled data with
     label_format=generate goes through the classifier's reader (`from_labelled`)."""
     if cfg.label_format == "generate":
-        return from_labelled(load_dataset(cfg, seed=seed))
+        return replace(from_labelled(load_dataset(cfg, seed=seed)), prompt_set=cfg.prompt_set)
     notes: list[str] = []
     splits: dict[str, SFTSplit] = {}
     name = cfg.dataset_name
@@ -256,7 +257,13 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
     if cfg.max_eval_samples and cfg.max_eval_samples < len(validation):
         validation = validation.subset(_random_subset(len(validation), cfg.max_eval_samples, seed))
         notes.append(f"validation: random subset of {len(validation)} rows (max_eval_samples)")
-    return SFTDataset(train, validation, splits.get("test"), tuple(notes))
+    prompt_set = cfg.prompt_set
+    demo_prompts = embedded_sft_dir() / "prompt_set.jsonl"
+    if prompt_set is None and folder == embedded_sft_dir() and demo_prompts.is_file():
+        prompt_set = str(demo_prompts)
+        notes.append(f"the demo instruction data: its prompt set ({demo_prompts.name}) is generated at every "
+                     "evaluation")
+    return SFTDataset(train, validation, splits.get("test"), tuple(notes), prompt_set=prompt_set)
 
 
 MIN_TRAIN_ROWS = 1

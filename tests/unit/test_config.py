@@ -576,6 +576,12 @@ def test_causal_lm_defaults_to_the_embedded_decoder_unless_a_model_is_given():
     assert load_config(None, []).model.name_or_path == C.EMBEDDED_MODEL
     assert load_config(None, ["task=causal-lm"]).model.name_or_path == C.EMBEDDED_LM
     assert load_config(None, ["task=causal-lm", "name_or_path=some/model"]).model.name_or_path == "some/model"
+    sft = load_config(None, ["task=causal-lm"])
+    assert (sft.model.max_length, sft.train.per_device_train_batch_size) == (128, 8)
+    given = load_config(None, ["task=causal-lm", "max_length=32", "train.per_device_train_batch_size=4"])
+    assert (given.model.max_length, given.train.per_device_train_batch_size) == (32, 4)
+    classifier = load_config(None, [])
+    assert (classifier.model.max_length, classifier.train.per_device_train_batch_size) == (64, 32)
     # the task default survives a round trip through the written config
     cfg = load_config(None, ["task=causal-lm"])
     assert replace(cfg, **{"adapter.r": 4}).model.name_or_path == C.EMBEDDED_LM

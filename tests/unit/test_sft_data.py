@@ -220,3 +220,26 @@ def test_classification_rows_are_no_sft_data_and_the_error_says_which_columns_th
     with pytest.raises(UserError) as info:
         load_sft_dataset(DataConfig(train_file=str(tmp_path / "train.jsonl")))
     assert "(columns: text, label)" in info.value.problem
+
+
+def test_the_shipped_instruction_demo_is_the_default_data_with_its_prompt_set():
+    ds = load_sft_dataset(DataConfig(), seed=42)
+    assert (len(ds.train), len(ds.validation)) == (118, 20)
+    assert ds.prompt_set is not None and ds.prompt_set.endswith("instructions/prompt_set.jsonl")
+    assert "its prompt set" in ds.notes[-1]
+    assert all(e.prompt[0].role == "user" and e.completion for e in ds.train.examples)
+    own = load_sft_dataset(DataConfig(prompt_set="mine.jsonl"), seed=42)
+    assert own.prompt_set == "mine.jsonl"  # a prompt set the user names wins
+
+
+def test_generated_labels_read_labelled_rows_with_the_classifier_reader(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": f"lost my card {i}", "label": "card_lost"} for i in range(4)]
+                + [{"text": f"change my pin {i}", "label": "pin"} for i in range(4)])
+    ds = load_sft_dataset(DataConfig(train_file=str(tmp_path / "train.jsonl"), label_format="generate"), seed=1)
+    assert ds.label_space.labels == ("card_lost", "pin")
+    assert len(ds.train) + len(ds.validation) == 8 and {e.completion for e in ds.validation.examples} == {
+        "card_lost", "pin"}  # stratified carve: one row of each label
+    assert ds.train.examples[0].prompt[0].content.split()[:2] in (["lost", "my"], ["change", "my"])
+    write_jsonl(tmp_path / "multi.jsonl", [{"text": "a", "label": ["x", "y"]}, {"text": "b", "label": ["y"]}])
+    with pytest.raises(UserError, match="multi-label"):
+        load_sft_dataset(DataConfig(train_file=str(tmp_path / "multi.jsonl"), label_format="generate"))
