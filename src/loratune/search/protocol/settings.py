@@ -9,92 +9,54 @@ from loratune.stepsize import scale_rule
 
 
 LR = "train.learning_rate"
-
-
 R = "adapter.r"
-
-
 ALPHA = "adapter.lora_alpha"
-
-
 TARGETS = "adapter.target_modules"
-
-
 LAYERS = "adapter.layers_to_transform"
-
-
 DROPOUT = "adapter.lora_dropout"
-
-
 WD = "train.weight_decay"
-
-
 RSLORA = "adapter.use_rslora"
-
-
 METHOD = "adapter.method"
-
-
 SEED = "train.seed"
-
-
 SLOW_VERDICTS = ("underfit-capacity", "lr-too-small")  # ambiguous slow learning (protocol 5)
-
-
 LR_VERDICTS = ("diverged", "lr-too-large")
-
 
 # -- named constants, each with its reason -------------------------------------------------------------
 # A trials budget counts a quarter-length lr probe as a whole trial: below this many trials the three
 # probes would take a quarter of the budget, more than the lr grid they place is worth.
 PROBE_MIN_TRIALS_BUDGET = 12
 
-
 # A probe longer than half a trial is no cheaper than the grid point it stands in for.
 PROBE_MAX_SHARE_OF_TRIAL = 0.5
-
 
 # Before another probe, the budget must still hold this many full-length grid trials (1x and 2x): the
 # grid, not the probe, decides the incumbent.
 PROBE_KEEPS_GRID_TRIALS = 2
 
-
 # A trial whose best val metric came this late (share of its steps) was still improving when it ended:
 # the final training runs it longer (matches the diagnosis' late_best_fraction_min neighbourhood, 0.72-0.8).
 STILL_IMPROVING_BEST_FRACTION = 0.8
 
-
 # A best val metric before this share of the steps, followed by a real fall, is an early peak: the final
 # config gets early stopping with this patience (evaluations) -- the best checkpoint is kept either way.
 EARLY_PEAK_BEST_FRACTION = 0.7
-
-
 EARLY_STOPPING_PATIENCE = 2
-
 
 # Full fine-tuning's lr is LoRA's x full_lr_ratio, kept inside the range full fine-tuning of an encoder
 # uses (1e-5 .. 5e-4; protocol 1: LoRA wants ~10x the full-fine-tuning lr).
 FULL_LR_MIN, FULL_LR_MAX = 1e-5, 5e-4
 
-
 # The final training's length shrinks by this factor per try until the runs fit the budget left.
 FINAL_LENGTH_SHRINK = 0.8
-
 
 # Float slack when comparing a doubled scale with its cap (alpha is rounded to 3 digits).
 SCALE_EPS = 1e-9
 
-
 # Phase-0 defaults of the trial-length plan: ~100 training examples/s (MiniLM on 2 CPU cores, with
 # evaluation), 45 s per trial of model load and set-up, short trials of 1-3 epochs (protocol 3).
 PLAN_EXAMPLES_PER_S = 100.0
-
-
 PLAN_OVERHEAD_S = 45.0
-
-
 SHORT_TRIAL_EPOCHS = (1.0, 3.0)
-
 
 # phase 2 against overfitting once capacity is judged adequate (protocol 1: dropout and weight decay are the
 # regularization knobs), in this order: dropout acts on the adapter alone, weight decay on every weight
