@@ -32,8 +32,9 @@ SCORES: Mapping[str, str] = MappingProxyType({
                    "runs collapsed to one space, ends stripped)",
     "chrf": "mean sentence-level chrF (character n-grams up to 6, beta 2; sacrebleu's CHRF) on a 0..1 scale: "
             "the token-overlap score, robust to tokenisation and inflection",
-    "len_ratio": "mean of output words / reference words (whitespace words; rows with an empty reference are "
-                 "left out): well below 1 = short, vague answers; well above 1 = rambling or looping",
+    "len_ratio": "mean output length / mean reference length, in whitespace words (the ratio of the totals: a "
+                 "one-word reference answered at length moves it little, where a mean of per-row ratios would be "
+                 "ruled by it): well below 1 = short, vague answers; well above 1 = rambling or looping",
     "repetition": "mean share of repeated word 3-grams in an output: (3-grams - distinct 3-grams) / 3-grams, "
                   "lower-cased words; 0 for outputs under 3 words. 0 = no 3-gram repeats, near 1 = a loop",
     "empty": "share of outputs with no visible characters",
@@ -88,13 +89,13 @@ def chrf(output: str, reference: str) -> float:
 
 def score_generations(outputs: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Mean scores of generations against their references (keys: `SCORES`, plus `n` rows scored).
-    `len_ratio` is None-free: it is the mean over rows with a non-empty reference, 0.0 when there is none."""
+    `len_ratio` is 0.0 when every reference is empty."""
     if len(outputs) != len(references):
         raise ValueError(f"{len(outputs)} outputs for {len(references)} references")
     n = len(outputs)
     if n == 0:
         raise ValueError("no generations to score")
-    ratios = [len(_words(o)) / len(_words(r)) for o, r in zip(outputs, references) if _words(r)]
+    ref_words = sum(len(_words(r)) for r in references)
     chrfs = [chrf(o, r) for o, r in zip(outputs, references)]
     mean_chrf = sum(chrfs) / n
     std = math.sqrt(sum((x - mean_chrf) ** 2 for x in chrfs) / (n - 1)) if n >= 2 else 0.5
@@ -102,7 +103,7 @@ def score_generations(outputs: Sequence[str], references: Sequence[str]) -> dict
         "exact_match": sum(normalise(o) == normalise(r) for o, r in zip(outputs, references)) / n,
         "chrf": mean_chrf,
         "chrf_se": std / math.sqrt(n),
-        "len_ratio": sum(ratios) / len(ratios) if ratios else 0.0,
+        "len_ratio": sum(len(_words(o)) for o in outputs) / ref_words if ref_words else 0.0,
         "repetition": sum(repetition(o) for o in outputs) / n,
         "empty": sum(not o.strip() for o in outputs) / n,
         "n": float(n),

@@ -46,10 +46,15 @@ def test_chrf_se_is_the_standard_error_of_the_mean_chrf():
     assert score_generations(["x"], ["y"])["chrf_se"] == 0.5  # one prompt: no spread to read, the widest band
 
 
-def test_len_ratio_is_the_mean_of_word_ratios_and_skips_empty_references():
-    # 4/2 = 2.0 and 1/4 = 0.25 -> 1.125; the third row has an empty reference and is left out
+def test_len_ratio_is_mean_output_length_over_mean_reference_length():
+    # output words 4 + 1 + 1 = 6, reference words 2 + 4 + 0 = 6 -> 1.0 (a mean of row ratios would be ruled by
+    # the long answer to a short reference)
     s = score_generations(["a b c d", "a", "anything"], ["a b", "a b c d", "  "])
-    assert s["len_ratio"] == pytest.approx(1.125)
+    assert s["len_ratio"] == pytest.approx(1.0)
+    assert score_generations(["one two three four five six seven eight", "x"], ["yes", "a b c d e f g h"])[
+        "len_ratio"] == pytest.approx(9 / 9)
+    assert score_generations(["a", "b"], ["a b c d", "e f g h"])["len_ratio"] == pytest.approx(0.25)
+    assert score_generations(["a"], [" "])["len_ratio"] == 0.0
 
 
 def test_repetition_is_the_share_of_repeated_word_trigrams():
@@ -81,7 +86,7 @@ def test_score_prompt_set_groups_into_history_keys():
     out = score_prompt_set(items, ["paris", "red", "four words"])
     assert out[prompt_key("familiar", "exact_match")] == 1.0
     assert out[prompt_key("novel", "exact_match")] == 0.0
-    assert out[prompt_key("novel", "len_ratio")] == pytest.approx((1 / 1 + 2 / 4) / 2)
+    assert out[prompt_key("novel", "len_ratio")] == pytest.approx((1 + 2) / (1 + 4))
     assert len(out) == len(PROMPT_GROUPS) * len(SCORES)
     only_novel = score_prompt_set(items[1:], ["blue", "x"])
     assert all(k.startswith("val/prompt_novel_") for k in only_novel)
