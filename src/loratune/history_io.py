@@ -162,7 +162,7 @@ _TRL_KEYS = ("mean_token_accuracy", "num_tokens", "entropy")
 # regression's loss has no ln(classes) reference, so no class count is read for them from id2label or the first loss.
 PEFT_TASK_TYPES = {"CAUSAL_LM": "causal-lm", "SEQ_2_SEQ_LM": "seq2seq", "SEQ_CLS": "single_label",
                    "TOKEN_CLS": "token-classification", "QUESTION_ANS": "question-answering"}
-ARCH_TASKS = (("ForCausalLM", "causal-lm"), ("ForConditionalGeneration", "seq2seq"), ("ForSeq2SeqLM", "seq2seq"),
+ARCH_TASKS = (("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"), ("ForConditionalGeneration", "seq2seq"), ("ForSeq2SeqLM", "seq2seq"),
               ("ForSequenceClassification", "single_label"), ("ForTokenClassification", "token-classification"),
               ("ForQuestionAnswering", "question-answering"), ("ForMaskedLM", "masked-lm"))
 NO_CLASS_TASKS = ("causal-lm", "seq2seq", "regression", "question-answering", "masked-lm")

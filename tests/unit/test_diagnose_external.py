@@ -372,6 +372,7 @@ def test_near_miss_stuck_high_but_the_val_loss_is_still_falling(tmp_path):
 @pytest.mark.parametrize("side, task", [
     ({"adapter_config.json": {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16}}, "causal-lm"),
     ({"config.json": {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral"}}, "causal-lm"),
+    ({"config.json": {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}}, "causal-lm"),
     ({"config.json": {"architectures": ["BartForConditionalGeneration"], "model_type": "bart",
                       "id2label": {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}}}, "seq2seq"),
     ({"config.json": {"architectures": ["BertForSequenceClassification"], "problem_type": "regression",
