@@ -2,13 +2,19 @@
 
     python bench/throughput.py                # 2 rounds x 2 configs x 3 arms x 80 steps, about 20 min on 2 busy cores
     python bench/throughput.py --steps 40 --rounds 1 --configs a   # a quick look
+    python bench/throughput.py --device cuda  # on a GPU: bf16, fused AdamW, MFU (skipped without CUDA)
 
 Arms (each a fresh subprocess, so its peak RSS is its own):
   trainer          transformers Trainer + peft, default TrainingArguments (random batches, padded to
                    the longest in each batch by DataCollatorWithPadding)
   trainer-grouped  the same with length-grouped batches (`group_by_length=True`; transformers >= 5
                    spells it `train_sampling_strategy="group_by_length"`)
-  loratune         loratune's own loop (length-grouped batches, frozen-prefix cache when it applies)
+  loratune         loratune's own loop (length-grouped batches, frozen-prefix cache when it applies),
+                   evaluated at step 0 and at the end on val + 128 train rows, no slices (the race)
+  loratune-cli     the whole process a user times: `loratune train -q` with the config's keys and every
+                   other default (evaluation schedule, train_eval_size, slices, robustness probe), timed
+                   from process start to exit like every arm (`process_s`); its run.json `timing_s` gives
+                   the breakdown (load, tokenize, train, evaluate, extras)
 
 Configs: (a) r=8 on attn.q + attn.v in every layer plus ffn (intermediate + output dense) in the top 2;
 (b) r=8 on every linear layer of the top 2 blocks only. Both: lora_alpha 16, lora_dropout 0.1, the
@@ -19,10 +25,11 @@ train (9,003 rows) / validation (1,003 rows) from ../shared/data/banking77; mode
 Timing: examples / seconds of the training phase only (HF: on_train_begin..on_train_end, which
 includes its data loading; loratune: the sum of its step times, which include collation; evaluation
 excluded in both). Each arm is then scored once on validation (macro-F1 over the 77 train labels,
-loratune.metrics for every arm). Config (b) for loratune runs as the second trial of a sweep: the
-same subprocess first runs a 1-step trial that builds the prefix cache (its cost is reported as
-`cache_build_s`), then the timed run finds it warm in memory, as every trial after the first does
-inside `loratune tune`. Rounds alternate the arm order, and the load average is recorded per arm.
+loratune.metrics for every arm). Config (b) for loratune: the timed run is the first trial of a sweep,
+cold (the frozen-prefix cache fills lazily inside its steps, charged to them); the same subprocess
+then runs it again as a later trial finds it (warm, `warm_examples_per_s`). Every arm's subprocess is
+also timed from start to exit (`process_s`, imports included). Rounds alternate the arm order, and
+the load average is recorded per arm.
 Every arm runs with torch's default threads (the cores available) and OMP_WAIT_POLICY=PASSIVE (see main).
 """
 
@@ -44,7 +51,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 if not DATA.is_dir():
     DATA = Path("/work/shared/data/banking77")
 RESULTS = Path(__file__).resolve().parent / "results"
-ARMS = ("trainer", "trainer-grouped", "loratune")
+ARMS = ("trainer", "trainer-grouped", "loratune", "loratune-cli")
 CONFIGS = {
     "a": {"what": "r=8 attn.q+attn.v in all 6 layers + ffn (in, out) in the top 2",
           "loratune": {"target_modules": "[attn.q, attn.v, ffn@top:2]", "layers_to_transform": "all"},
@@ -58,6 +65,11 @@ CONFIGS = {
                    "layers_pattern": "layer"}},
 }
 TARGETS = {"a": 2.0, "b": 3.0}  # issue 7: loratune examples/s vs the default Trainer on 2 CPU cores
+TARGETS_GROUPED = {"a": 2.0, "b": 2.0}  # issue 17: vs the length-grouped Trainer ((b): the first, cold trial)
+# Dense bf16 peak of the GPU (tensor cores, no sparsity), FLOP/s, from the vendors' data sheets; matched on
+# torch.cuda.get_device_name(). --peak-tflops overrides.
+GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12,
+                 "RTX 4090": 165e12, "RTX 3090": 71e12}
 COMMON = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "batch": 32, "lr": 1e-3, "max_length": 64, "seed": 42}
 
 
@@ -120,6 +132,8 @@ def run_trainer(config: str, steps: int, grouped: bool, seed: int) -> dict:
     kwargs = dict(output_dir=tempfile.mkdtemp(prefix="hf-bench-"), per_device_train_batch_size=COMMON["batch"],
                   learning_rate=COMMON["lr"], max_steps=steps, seed=seed, report_to="none",
                   save_strategy="no", disable_tqdm=True)
+    if torch.cuda.is_available():  # --device cuda: what a GPU user sets
+        kwargs.update(bf16=True, optim="adamw_torch_fused")
     if grouped:
         try:
             args = TrainingArguments(group_by_length=True, **kwargs)
@@ -165,6 +179,7 @@ def run_loratune(config: str, steps: int, seed: int) -> dict:
         flat["train_eval_size"] = 128  # scored at step 0 and at the end, outside the timed steps
         if "train.slices" in key_table():  # validation slices and robustness probes: not part of this race
             flat["train.slices"] = False
+            flat["train.robustness_probe"] = False  # (the loratune-cli arm keeps both: the whole process)
         return api.load_config(None, [f"{k}={v}" for k, v in flat.items()])
 
     t_wall = time.perf_counter()
@@ -172,26 +187,89 @@ def run_loratune(config: str, steps: int, seed: int) -> dict:
     extra = {}
     cfg = cfg_for(f"{out}/run", steps)
     dataset = api.prepare(cfg)
-    if config == "b":  # trial 1 of a sweep: builds the prefix cache; the timed run is trial 2
-        warm = api.train(cfg_for(f"{out}/warm", 1), dataset, progress=False)
-        extra = {"cache_build_s": warm["prefix_cache"].get("setup_s"), "warm_trial_wall_s": warm["wall_s"]
-                 + warm["setup_s"], "warm_prefix_cache": warm["prefix_cache"]}
-        t_wall = time.perf_counter()
-    run = api.train(cfg, dataset, progress=False)
+    run = api.train(cfg, dataset, progress=False)  # (b): the sweep's first trial, cache cold (filled lazily)
+    wall = time.perf_counter() - t_wall
+    if config == "b":  # a later trial of the same sweep finds the cache warm
+        warm = api.train(cfg_for(f"{out}/warm", steps), dataset, progress=False)
+        extra = {"warm_examples_per_s": warm["examples_per_s"], "warm_prefix_cache": warm["prefix_cache"],
+                 "warm_val_macro_f1": warm["final"]["val/macro_f1"]}
     adapter_cfg = json.loads((Path(out) / "run" / "adapter" / "adapter_config.json").read_text())
     shutil.rmtree(out, ignore_errors=True)
     return {"train_s": run["examples_seen"] / run["examples_per_s"], "examples": run["examples_seen"],
-            "val_macro_f1": run["final"]["val/macro_f1"], "wall_s": time.perf_counter() - t_wall,
+            "val_macro_f1": run["final"]["val/macro_f1"], "wall_s": wall,
             "setup_s": run["setup_s"], "prefix_cache": run["prefix_cache"], "threads": run.get("threads"),
+            "timing_s": run.get("timing_s"), "precision": run.get("precision"),
+            "peak_memory_mb": run.get("peak_memory_mb"),
             "adapted_modules": sorted(adapter_cfg["target_modules"]), **extra}
 
 
-def child(arm: str, config: str, steps: int, seed: int) -> None:
+def run_loratune_cli(config: str, steps: int, seed: int) -> dict:
+    """`loratune train -q` as a user runs it: only the config's keys are given; every other default
+    (evaluation schedule, train_eval_size, slices, robustness probe) stays."""
+    from loratune.cli import main as cli_main
+
+    out = tempfile.mkdtemp(prefix="lt-cli-")
+    flat = {"dataset_name": str(DATA), "output_dir": f"{out}/run", "max_steps": steps,
+            "per_device_train_batch_size": COMMON["batch"], "learning_rate": COMMON["lr"], "warmup_ratio": 0.0,
+            "weight_decay": 0.0, "max_grad_norm": 1.0, "lr_scheduler_type": "linear",
+            "max_length": COMMON["max_length"], "seed": seed, "r": COMMON["r"], "lora_alpha": COMMON["lora_alpha"],
+            "lora_dropout": COMMON["lora_dropout"], **CONFIGS[config]["loratune"]}
+    rc = cli_main(["train", "-q", *[f"{k}={v}" for k, v in flat.items()]])
+    run = json.loads((Path(out) / "run" / "run.json").read_text())
+    adapter_cfg = json.loads((Path(out) / "run" / "adapter" / "adapter_config.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    return {"rc": rc, "train_s": run["examples_seen"] / run["examples_per_s"], "examples": run["examples_seen"],
+            "val_macro_f1": run["final"]["val/macro_f1"], "best_val_macro_f1": run["best"]["val/macro_f1"],
+            "wall_s": run["setup_s"] + run["wall_s"], "timing_s": run.get("timing_s"),
+            "evals": run["steps_done"] // run["eval_every"] + 1 + (run["steps_done"] % run["eval_every"] != 0),
+            "prefix_cache": run["prefix_cache"], "precision": run.get("precision"),
+            "peak_memory_mb": run.get("peak_memory_mb"),
+            "adapted_modules": sorted(adapter_cfg["target_modules"])}
+
+
+def model_flops_per_token(config: str) -> dict:
+    """Training FLOPs per (unpadded) token of config `config` with LoRA on a frozen base, from the
+    model's own shapes: forward 2 x every matmul weight, backward 2 x those for the activation
+    gradients (frozen weights get none) + 2 x the trainable ones for their weight gradients, and the
+    attention scores and mixing (2 x 2 x layers x seq x hidden forward, twice that backward) at the
+    mean length. Used for MFU on a GPU."""
+    import torch.nn as nn
+
+    from loratune import api
+    from loratune.adapt import apply_adapter
+    from loratune.models import load_classifier
+
+    cfg = api.load_config(None, [f"{k}={v}" for k, v in CONFIGS[config]["loratune"].items()])
+    texts, labels = read_jsonl(DATA / "train.jsonl")
+    model, _ = apply_adapter(load_classifier(cfg.model, len(set(labels)), False), cfg.adapter)
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad and p.ndim >= 2)
+    hf = model.get_base_model().config
+    from loratune.models import load_tokenizer
+    tok = load_tokenizer(cfg.model)
+    mean_len = sum(len(x) for x in tok(texts[:2000], truncation=True, max_length=COMMON["max_length"])["input_ids"]) / 2000
+    attn = 4 * hf.num_hidden_layers * mean_len * hf.hidden_size
+    return {"flops_per_token": 4 * matmul + 2 * trainable + 3 * attn, "mean_tokens": mean_len}
+
+
+def child(arm: str, config: str, steps: int, seed: int, peak: float | None = None) -> None:
     load0 = os.getloadavg()[0]
     if arm == "loratune":
         res = run_loratune(config, steps, seed)
+    elif arm == "loratune-cli":
+        res = run_loratune_cli(config, steps, seed)
     else:
         res = run_trainer(config, steps, grouped=arm == "trainer-grouped", seed=seed)
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        peak = peak or next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+        f = model_flops_per_token(config)
+        flops = f["flops_per_token"] * f["mean_tokens"] * res["examples"]
+        res.update({"gpu": name, "peak_flops": peak, "model_flops": flops,
+                    "mfu": flops / res["train_s"] / peak if peak else None,
+                    "gpu_peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20})
     res.update({"arm": arm, "config": config, "steps": steps, "seed": seed,
                 "examples_per_s": res["examples"] / res["train_s"],
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -215,29 +293,53 @@ def summarize(results: list[dict], steps: int, rounds: int, elapsed: float) -> d
                          "peak_rss_mb": [round(r["peak_rss_mb"]) for r in rs],
                          "val_macro_f1": [round(r["val_macro_f1"], 4) for r in rs],
                          "load": [round(r["load_before"], 2) for r in rs],
-                         "wall_s": [round(r["wall_s"], 1) for r in rs]}
-            if "cache_build_s" in rs[0]:
-                arms[arm]["cache_build_s"] = [r["cache_build_s"] for r in rs]
+                         "wall_s": [round(r["wall_s"], 1) for r in rs],
+                         "process_s": [round(r["process_s"], 1) for r in rs if "process_s" in r]}
+            for key in ("warm_examples_per_s", "warm_val_macro_f1", "mfu", "gpu_peak_memory_mb", "evals",
+                        "best_val_macro_f1"):
+                if key in rs[0]:
+                    arms[arm][key] = [None if r.get(key) is None else round(r[key], 4) for r in rs]
+            if rs[0].get("timing_s"):
+                arms[arm]["timing_s"] = [r["timing_s"] for r in rs]
+            if rs[0].get("prefix_cache"):
+                arms[arm]["runs"] = [{"prefix_cache": r["prefix_cache"]} for r in rs]
+            if arm.startswith("trainer"):  # after imports: load + tokenize, train, predict
+                arms[arm]["timing_s"] = [{"load_tokenize": round(r["wall_s"] - r["train_s"] - r["eval_s"], 1),
+                                          "train": round(r["train_s"], 1), "evaluate": round(r["eval_s"], 1)}
+                                         for r in rs]
         ratios = {}
-        base = by_arm.get("trainer")
-        for arm, rs in by_arm.items():
-            if base is None or arm == "trainer":
+        for base_arm, tag in (("trainer", "trainer"), ("trainer-grouped", "grouped")):
+            base = by_arm.get(base_arm)
+            if base is None:
                 continue
-            # per round: the arms of one round ran back to back, so their ratio shares the load
-            per_round = [a["examples_per_s"] / b["examples_per_s"] for a, b in zip(rs, base)]
-            rss = [a["peak_rss_mb"] / b["peak_rss_mb"] for a, b in zip(rs, base)]
-            ratios[arm] = {"speed_vs_trainer": [round(x, 2) for x in per_round],
-                           "speed_vs_trainer_median": round(statistics.median(per_round), 2),
-                           "peak_rss_vs_trainer": round(statistics.median(rss), 2)}
-        if "loratune" in ratios and config in TARGETS:
-            got = ratios["loratune"]["speed_vs_trainer_median"]
-            ratios["loratune"]["target"] = TARGETS[config]
-            ratios["loratune"]["target_met"] = got >= TARGETS[config]
-            if base is not None and "cache_build_s" in by_arm["loratune"][0]:
-                # cold: as if this run were the sweep's first trial, paying the cache build
-                cold = [r["examples"] / (r["train_s"] + r["cache_build_s"]) / b["examples_per_s"]
-                        for r, b in zip(by_arm["loratune"], base)]
-                ratios["loratune"]["speed_vs_trainer_cold_cache_median"] = round(statistics.median(cold), 2)
+            for arm, rs in by_arm.items():
+                if arm == base_arm or (base_arm == "trainer-grouped" and arm == "trainer"):
+                    continue
+                # per round: the arms of one round ran back to back, so their ratio shares the load
+                pairs = [(a, b) for a in rs for b in base if a["round"] == b["round"]]
+                speed = [a["examples_per_s"] / b["examples_per_s"] for a, b in pairs]
+                row = ratios.setdefault(arm, {})
+                row[f"speed_vs_{tag}"] = [round(x, 2) for x in speed]
+                row[f"speed_vs_{tag}_median"] = round(statistics.median(speed), 2)
+                row[f"peak_rss_vs_{tag}"] = round(statistics.median(a["peak_rss_mb"] / b["peak_rss_mb"]
+                                                                    for a, b in pairs), 2)
+                if all("process_s" in a and "process_s" in b for a, b in pairs):
+                    proc = [b["process_s"] / a["process_s"] for a, b in pairs]  # > 1: this arm's process is faster
+                    row[f"process_speed_vs_{tag}"] = [round(x, 2) for x in proc]
+                    row[f"process_speed_vs_{tag}_median"] = round(statistics.median(proc), 2)
+                if "warm_examples_per_s" in rs[0]:
+                    warm = [a["warm_examples_per_s"] / b["examples_per_s"] for a, b in pairs]
+                    row[f"warm_speed_vs_{tag}_median"] = round(statistics.median(warm), 2)
+        lt = ratios.get("loratune", {})
+        if "speed_vs_trainer_median" in lt and config in TARGETS:
+            lt["target_vs_trainer"] = TARGETS[config]
+            lt["target_vs_trainer_met"] = lt["speed_vs_trainer_median"] >= TARGETS[config]
+        if "speed_vs_grouped_median" in lt:
+            lt["target_vs_grouped"] = TARGETS_GROUPED[config]
+            lt["target_vs_grouped_met"] = lt["speed_vs_grouped_median"] >= TARGETS_GROUPED[config]
+        cli = ratios.get("loratune-cli", {})
+        if "process_speed_vs_grouped_median" in cli:
+            cli["whole_process_faster_than_grouped"] = cli["process_speed_vs_grouped_median"] > 1.0
         same = {arm: rs[0].get("adapted_modules") for arm, rs in by_arm.items()}
         summary["configs"][config] = {"what": CONFIGS[config]["what"], "arms": arms, "ratios": ratios,
                                       "same_adapted_modules": len({json.dumps(v) for v in same.values()}) == 1,
@@ -282,36 +384,87 @@ NOTES = [
     "- No GPU machine was lent to this task, so there are no GPU figures.", ""]
 
 
+def _med(xs) -> float:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _breakdown(arm: str, a: dict) -> str:
+    """Median seconds per phase over the rounds; `rest` is the process (start to exit) less the phases:
+    interpreter start, imports not inside a phase, reading the data, records and CLI output."""
+    runs = a.get("timing_s") or []
+    if not runs:
+        return ""
+    keys = sorted({k for t in runs for k in t})
+    parts = {k: _med([t.get(k) for t in runs]) for k in keys}
+    if a.get("process_s"):
+        parts["rest"] = _med([p - sum(v for v in t.values() if v is not None)
+                              for p, t in zip(a["process_s"], runs)])
+        parts["process"] = _med(a["process_s"])
+    return ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
+
+
 def write_markdown(summary: dict, path: Path) -> None:
-    lines = ["# Training throughput: loratune vs HF Trainer + peft (CPU)", "",
-             f"Command: `python bench/throughput.py --steps {summary['steps']} --rounds {summary['rounds']}`; "
+    cpu = summary.get("device", "cpu") == "cpu"
+    lines = [f"# Training throughput: loratune vs HF Trainer + peft ({'CPU' if cpu else 'GPU'})", "",
+             f"Command: `python bench/throughput.py --steps {summary['steps']} --rounds {summary['rounds']}"
+             f"{'' if cpu else ' --device cuda'}`; "
              f"{summary['cpu_cores']} CPU cores shared with other jobs (load average per arm below); "
              f"{summary['examples']} training examples per arm ({summary['steps']} steps x {summary['batch']}); "
-             f"total {summary['elapsed_s'] / 60:.1f} min.", ""]
+             f"total {summary['elapsed_s'] / 60:.1f} min. Before issue 17: "
+             "[throughput_before_issue17.md](throughput_before_issue17.md); the levers one at a time: "
+             "[levers.md](levers.md).", ""]
     for config, c in summary["configs"].items():
         lines += [f"## Config ({config}): {c['what']}", "",
                   f"Adapted modules identical across arms: {c['same_adapted_modules']} ({c['n_adapted_modules']}).", "",
-                  "| arm | examples/s per round | speed vs trainer, median (per round) | peak RSS MB | RSS vs trainer "
-                  "| val macro-F1 per round | load avg | wall s (load, train, eval) |",
+                  "| arm | examples/s per round | vs trainer, median (per round) | vs grouped trainer, median "
+                  "(per round) | peak RSS MB | val macro-F1 per round | load avg | process s (start to exit) |",
                   "|---|---|---|---|---|---|---|---|"]
         for arm, a in c["arms"].items():
             r = c["ratios"].get(arm, {})
-            lines.append(f"| {arm} | {', '.join(f'{x:.1f}' for x in a['examples_per_s'])} "
-                         f"| {r.get('speed_vs_trainer_median', 1.0):.2f}x "
-                         f"({', '.join(f'{x:.2f}' for x in r.get('speed_vs_trainer', [1.0]))}) "
-                         f"| {', '.join(str(x) for x in a['peak_rss_mb'])} | {r.get('peak_rss_vs_trainer', 1.0):.2f} "
+            vs_t = (f"{r['speed_vs_trainer_median']:.2f}x ({', '.join(f'{x:.2f}' for x in r['speed_vs_trainer'])})"
+                    if "speed_vs_trainer" in r else ("1.00x" if arm == "trainer" else "-"))
+            vs_g = (f"{r['speed_vs_grouped_median']:.2f}x ({', '.join(f'{x:.2f}' for x in r['speed_vs_grouped'])})"
+                    if "speed_vs_grouped" in r else ("1.00x" if arm == "trainer-grouped" else "-"))
+            lines.append(f"| {arm} | {', '.join(f'{x:.1f}' for x in a['examples_per_s'])} | {vs_t} | {vs_g} "
+                         f"| {', '.join(str(x) for x in a['peak_rss_mb'])} "
                          f"| {', '.join(f'{x:.3f}' for x in a['val_macro_f1'])} "
                          f"| {', '.join(f'{x:.1f}' for x in a['load'])} "
-                         f"| {', '.join(f'{x:.0f}' for x in a.get('wall_s', []))} |")
-        if any("cache_build_s" in a for a in c["arms"].values()):
-            build = c["arms"]["loratune"].get("cache_build_s")
-            lines += ["", f"Prefix cache build (trial 1 of the sweep, not timed above): {build} s per round; "
-                          f"charged to this run instead, loratune would be "
-                          f"{c['ratios']['loratune'].get('speed_vs_trainer_cold_cache_median')}x the default Trainer."]
-        lt = c["ratios"].get("loratune", {})
-        if "target" in lt:
-            lines += ["", f"Target {lt['target']:.0f}x the default Trainer: "
-                          f"{'met' if lt['target_met'] else 'MISSED'} ({lt['speed_vs_trainer_median']:.2f}x)."]
+                         f"| {', '.join(f'{x:.0f}' for x in a.get('process_s', []))} |")
+        lt, cli = c["ratios"].get("loratune", {}), c["ratios"].get("loratune-cli", {})
+        lines.append("")
+        if "warm_examples_per_s" in c["arms"].get("loratune", {}):
+            a = c["arms"]["loratune"]
+            lazy = [((r.get("prefix_cache") or {}).get("lazy") or {}) for r in a.get("runs", [])]
+            lines += [f"loratune above is the sweep's first trial, cache cold (filled lazily inside its steps; "
+                      f"rows computed and their seconds: {', '.join(str(x) for x in lazy) or 'see the JSON'}). "
+                      f"A later trial of the same sweep (cache warm): "
+                      f"{', '.join(f'{x:.1f}' for x in a['warm_examples_per_s'])} examples/s, "
+                      f"{lt.get('warm_speed_vs_grouped_median', float('nan')):.2f}x the grouped Trainer, "
+                      f"val macro-F1 {', '.join(f'{x:.3f}' for x in a['warm_val_macro_f1'])}.", ""]
+        if "target_vs_grouped" in lt:
+            lines.append(f"Target (issue 17) {lt['target_vs_grouped']:.0f}x the length-grouped Trainer"
+                         f"{' (first trial, cache cold)' if config == 'b' else ' (cold)'}: "
+                         f"{'met' if lt['target_vs_grouped_met'] else 'MISSED'} ({lt['speed_vs_grouped_median']:.2f}x). ")
+        if "target_vs_trainer" in lt:
+            lines.append(f"Target (issue 7) {lt['target_vs_trainer']:.0f}x the default Trainer: "
+                         f"{'met' if lt['target_vs_trainer_met'] else 'MISSED'} ({lt['speed_vs_trainer_median']:.2f}x).")
+        if "process_speed_vs_grouped_median" in cli:
+            lines += ["", f"Whole process, `loratune train` with its default evaluation schedule and extras vs the "
+                          f"grouped Trainer's script (start to exit): the grouped Trainer's time / loratune's = "
+                          f"{cli['process_speed_vs_grouped_median']:.2f} "
+                          f"({', '.join(f'{x:.2f}' for x in cli['process_speed_vs_grouped'])}): "
+                          f"{'faster' if cli['whole_process_faster_than_grouped'] else 'SLOWER'}; evaluation points: "
+                          f"{', '.join(str(int(x)) for x in c['arms']['loratune-cli'].get('evals', []))}."]
+        rows = [(arm, _breakdown(arm, a)) for arm, a in c["arms"].items()]
+        if any(b for _, b in rows):
+            lines += ["", "Where the wall time goes (median seconds over the rounds):", ""]
+            lines += [f"- {arm}: {b}" for arm, b in rows if b]
+        if not cpu:
+            lines += ["", "| arm | MFU per round | GPU peak memory MB |", "|---|---|---|"]
+            for arm, a in c["arms"].items():
+                lines.append(f"| {arm} | {', '.join(f'{x:.1%}' for x in a.get('mfu', []) if x is not None)} "
+                             f"| {', '.join(f'{x:.0f}' for x in a.get('gpu_peak_memory_mb', []))} |")
         lines.append("")
     lines += NOTES
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -324,11 +477,24 @@ def main() -> None:
     ap.add_argument("--configs", default="a,b")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--render", metavar="JSON", help="only re-summarize the runs of a results JSON")
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: every arm on the GPU, bf16 (HF: bf16=True; loratune: precision auto), fused "
+                         "AdamW, MFU reported; skipped (exit 0) where CUDA is missing")
+    ap.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, when not in GPU_PEAK_BF16")
     ap.add_argument("--child", nargs=4, metavar=("ARM", "CONFIG", "STEPS", "SEED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     if args.child:
-        child(args.child[0], args.child[1], int(args.child[2]), int(args.child[3]))
+        child(args.child[0], args.child[1], int(args.child[2]), int(args.child[3]), peak)
         return
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("skipped: --device cuda needs a CUDA device, and torch sees none "
+                  f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA)")
+            return
     if args.render:  # recompute the summary from the recorded runs, rewrite both files
         old = json.loads(Path(args.render).read_text())
         summary = summarize(old["runs"], old["steps"], old["rounds"], old["elapsed_s"])
@@ -337,14 +503,17 @@ def main() -> None:
         write_markdown(summary, Path(args.out) / "throughput.md")
         return
     configs = args.configs.split(",")
+    arms = tuple(a for a in ARMS if a in args.arms.split(","))
     results, t0 = [], time.perf_counter()
     # OMP_WAIT_POLICY=PASSIVE for every arm: on cores shared with other jobs, spinning OpenMP threads
     # made 2-thread steps 2-3x slower and erratic (measured: 3.3 s vs 1.4 s per step at load 7).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE",
            "LORATUNE_CACHE_DIR": tempfile.mkdtemp(prefix="lt-cache-")}  # no warm disk cache from earlier runs
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU race stays on the CPU where a GPU exists
     for rnd in range(args.rounds):
         for config in configs:
-            order = ARMS if rnd % 2 == 0 else tuple(reversed(ARMS))
+            order = arms if rnd % 2 == 0 else tuple(reversed(arms))
             for arm in order:
                 t = time.perf_counter()
                 seed = COMMON["seed"] + rnd  # a new seed per round: the F1 spread shows the seed noise
@@ -356,6 +525,7 @@ def main() -> None:
                     raise SystemExit(f"arm {arm} config {config} failed")
                 res = json.loads(line[len("RESULT "):])
                 res["round"] = rnd
+                res["process_s"] = time.perf_counter() - t  # start to exit, imports included
                 results.append(res)
                 print(f"round {rnd} config {config} {arm:16s} {res['examples_per_s']:7.1f} ex/s  "
                       f"rss {res['peak_rss_mb']:6.0f} MB  val F1 {res['val_macro_f1']:.4f}  "
@@ -363,10 +533,12 @@ def main() -> None:
     shutil.rmtree(env["LORATUNE_CACHE_DIR"], ignore_errors=True)
     summary = summarize(results, args.steps, args.rounds, time.perf_counter() - t0)
     summary["runs"] = results
+    summary["device"] = args.device
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    write_markdown(summary, out / "throughput.md")
+    stem = "throughput" if args.device == "cpu" else "throughput_cuda"
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_markdown(summary, out / f"{stem}.md")
     print(json.dumps({c: v["ratios"] for c, v in summary["configs"].items()}, indent=2))
 
 

@@ -225,3 +225,28 @@ def test_slices_probe_set_and_robustness_are_recorded(tiny_bert, intent_data, tm
     assert set(rob) == {"clean_accuracy", "rows", "typo", "drop_word", "case", "punctuation"}
     assert rob["clean_accuracy"] == pytest.approx(run["best"]["val/accuracy"])
     assert rob["typo"]["texts_changed"] > 0.5
+
+
+def test_precision_is_recorded_and_bf16_keeps_the_head_and_loss_in_float32(tiny_bert, intent_data, tmp_path):
+    """train.precision=bf16 runs (emulated where the CPU lacks bf16) with the head in float32; run.json
+    says what ran and why; auto picks what precision.detect says for this machine."""
+    from loratune import precision as precision_mod
+    from loratune.adapt import HEAD_NAMES, apply_adapter
+    from loratune.models import load_classifier
+
+    _, run = _train(tiny_bert, intent_data, tmp_path / "bf16", precision="bf16", max_steps=4, eval_steps=2)
+    assert run["status"] == "completed"
+    assert run["precision"]["dtype"] == "bfloat16" and run["precision"]["setting"] == "bf16"
+    assert math.isfinite(run["final"]["val/loss"])
+    _, auto = _train(tiny_bert, intent_data, tmp_path / "auto", max_steps=2, eval_steps=2)
+    assert auto["precision"] == precision_mod.detect("auto", "cpu").to_dict()
+    assert set(auto["timing_s"]) >= {"load_model", "tokenize", "evaluate", "train_steps", "save"}
+
+    cfg = load_config(None, overrides(tiny_bert, intent_data, tmp_path / "x"))
+    model, _ = apply_adapter(load_classifier(cfg.model, 4, False), cfg.adapter)
+    wrapped = precision_mod.head_in_fp32(model, HEAD_NAMES, "cpu")
+    assert any(n.endswith("classifier") for n in wrapped) and any(n.endswith("pooler") for n in wrapped)
+    batch = {"input_ids": torch.tensor([[2, 5, 6, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(**batch).logits
+    assert logits.dtype == torch.float32  # without the wrapper, autocast makes the classifier's output bf16
