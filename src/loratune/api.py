@@ -155,11 +155,13 @@ def report(path: str | Path, out: str | Path | None = None, *, examples: bool = 
 def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = None,
          study_dir: str | Path = "runs/tune", resume: bool = False, fixed: Sequence[str] = (),
          target: float | None = None, full_probe: bool = True, dataset: Dataset | None = None,
-         **options: Any) -> dict:
+         arms: Sequence[str] = (), **options: Any) -> dict:
     """The tuning autopilot (`loratune tune`); returns the study summary (final/study.json).
 
     fixed: dotted keys whose values in `cfg` win over what the assessment proposes (the CLI fixes the
-    keys given on its command line). Other `search.tune.TuneOptions` fields pass through `options`."""
+    keys given on its command line). arms: variants the protocol also tries and the samplers draw, each at
+    its own lr (`loratune.moves.ARMS`: loraplus, dora; `tune --arms`). Other `search.tune.TuneOptions`
+    fields pass through `options`."""
     require_built(cfg, "tune")
     from loratune.config import resolve_key, to_dict
     from loratune.search.protocol import ProtocolSettings
@@ -169,5 +171,5 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
     flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
     opts = TuneOptions(budget=budget, strategy=strategy, study_dir=str(study_dir), resume=resume,
                        explicit_keys=keys, user_point={k: flat[k] for k in keys},
-                       settings=ProtocolSettings(target=target, full_probe=full_probe), **options)
+                       settings=ProtocolSettings(target=target, full_probe=full_probe, arms=tuple(arms)), **options)
     return _tune(cfg, opts, dataset=dataset)

@@ -150,3 +150,9 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_unknown_arms_are_refused_before_anything_trains(tmp_path, capsys):
+    assert main(["tune", "--study-dir", str(tmp_path / "s"), "--arms", "loraplus,qlora"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown arm(s) 'qlora'; known: loraplus, dora" in err and not (tmp_path / "s").exists()

@@ -81,3 +81,21 @@ def test_long_draws_are_charged_for_their_length_and_never_overrun_the_budget(st
 def _spent_before(trials, skipped) -> int:
     return sum(16 * t.params["train.max_steps"] for t in trials
                if t.number < skipped.number and "record" in t.user_attrs)
+
+
+def test_a_sampler_draws_the_arms_each_at_its_own_lr(tmp_path):
+    store = Study.open(tmp_path / "random", meta={"strategy": "random"})
+    space = default_space(START, 32, trial_steps=TRIAL_STEPS, arms=("loraplus", "dora"))
+    store.optuna.sampler = make_sampler("random", space, seed=0)
+    runner = LengthWorld()
+    ctx = SearchContext(store=store, runner=runner, meter=Meter(Budget.parse("12trials")),
+                        trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
+    run_yardstick(ctx, space, START, "random")
+    trials = [t for t in store.optuna.get_trials(deepcopy=False) if t.user_attrs.get("status") != "skipped"]
+    drawn = {t.params["adapter.arm"] for t in trials}
+    assert drawn == {"lora", "loraplus", "dora"}  # 12 random draws of 3 arms
+    for t, spec in zip(trials, runner.calls):
+        arm, lr = t.params["adapter.arm"], t.params["train.learning_rate"]
+        assert spec.point.get("train.optimizer") == ("loraplus" if arm == "loraplus" else None)
+        assert spec.point.get("adapter.use_dora") == (True if arm == "dora" else None)
+        assert spec.point["train.learning_rate"] == pytest.approx(lr * (0.5 if arm == "loraplus" else 1.0), rel=1e-2)
