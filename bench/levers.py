@@ -165,6 +165,51 @@ def one_round(levers: list[str], steps: int, warmup: int, seed: int) -> dict:
     return out
 
 
+WHAT = {"baseline": "the loop before issue 17 (SDPA, for-loop AdamW, float() per step, fp32)",
+        "eager": "eager attention instead of SDPA", "foreach": "AdamW(foreach=True)", "fused": "AdamW(fused=True)",
+        "no_sync": "no float() per step", "compile": "torch.compile(model)",
+        "bf16": "bf16 autocast (emulated: no avx512_bf16 / AMX here)",
+        "eval_bs64": "evaluation batch 64 instead of 256 (validation pass)"}
+
+
+def render(paths: list[str], out: Path) -> None:
+    """levers.md from one or more levers JSON files (e.g. the cheap levers over 3 rounds, and
+    compile + bf16 in a separate, shorter run)."""
+    lines = ["# Speed levers, one at a time (issue 17)", "",
+             "Each lever against the same baseline, arms interleaved step by step inside one process (see "
+             "bench/levers.py). Speed-up = baseline step time / lever step time, median over the timed steps of "
+             "a round; > 1 is faster. CPU: AMD EPYC, 2 cores, avx/avx2 only (no avx512_bf16, no AMX), shared "
+             "with other engineers' jobs (load average per round below: 7-12 on 2 cores, so differences under "
+             "about 10-15% are noise).", "",
+             "| lever | what | speed-up per round | median | step s (lever) | load | kept |", "|---|---|---|---|---|---|---|"]
+    notes = []
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        cmd = f"`python bench/levers.py --levers {','.join(k for k in d['levers'] if k != 'baseline')} " \
+              f"--rounds {d['rounds']} --steps {d['steps']} --warmup {d['warmup']}`"
+        notes.append(f"- {cmd}: {d['elapsed_s'] / 60:.0f} min.")
+        for name, v in d["levers"].items():
+            if name == "baseline":
+                continue
+            step = ", ".join(f"{x:.3f}" for x in v.get("step_s") or []) or \
+                ", ".join(f"{a:.1f} s vs {b:.1f} s" for a, b in zip(v.get("eval_s_bs64", []), v.get("eval_s_bs256", [])))
+            extra = ""
+            if v.get("compile_s"):
+                extra = f" (compile {', '.join(f'{x:.0f}' for x in v['compile_s'])} s, charged apart)"
+            lines.append(f"| {name} | {WHAT.get(name, name)}{extra} | {', '.join(f'{x:.2f}' for x in v['speedup'])} "
+                         f"| {v['speedup_median']:.2f}x | {step} | {', '.join(f'{x:.1f}' for x in v['load'])} "
+                         f"| {KEPT.get(name, '')} |")
+    lines += ["", "Commands:", ""] + notes + [""]
+    out.write_text("\n".join(lines), encoding="utf-8")
+
+
+KEPT = {"eager": "no: SDPA (transformers' default for BERT) stays", "foreach": "no (noise-level)",
+        "fused": "no on CPU (noise-level); yes on CUDA (train.py already fuses there)",
+        "no_sync": "no: on CPU float() is no device sync; the loop needs the loss per step (divergence, bar)",
+        "compile": "no: its compile time is not paid back within a run", "bf16": "no here (`auto` = fp32 on this CPU)",
+        "eval_bs64": "no: 256 stays (bigger batches were faster in a separate 4-size sweep)"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levers", default=",".join(LEVERS))
@@ -173,7 +218,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "levers.json"))
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--render", nargs="+", metavar="JSON", help="write levers.md from levers JSON files")
     args = ap.parse_args()
+    if args.render:
+        render(args.render, Path(args.out).with_suffix(".md"))
+        return
     if args.child:
         levers, steps, warmup, seed = args.child
         res = one_round([x for x in levers.split(",") if x], int(steps), int(warmup), int(seed))

@@ -365,11 +365,20 @@ NOTES = [
     "disable_tqdm). transformers 5 removed `group_by_length=True`; the grouped arm uses "
     "`train_sampling_strategy=\"group_by_length\"`, which also reorders `predict()` output, so "
     "val macro-F1 pairs predictions with the `label_ids` predict() returns.",
-    "- Config (b), loratune: a sweep's later trial. The subprocess first trains a 1-step trial with the "
-    "same model, data and max_length; it builds the frozen-prefix cache (states entering block 4 for "
-    "train, val and the train subsample, float16, in memory); the timed run is a second trial in the "
-    "same process that finds them (`splits_reused: 3`), as every trial after the first does in "
-    "`loratune tune`. Without a cache (first trial), the build cost is shown as the cold ratio.",
+    "- Config (b), loratune: the timed run is a sweep's first trial, cache cold: the states entering "
+    "block 4 are computed lazily, inside the forward of the first batch (or evaluation) that needs a row, "
+    "and that cost is inside its step times. The same subprocess then trains the same config again as a "
+    "later trial of `loratune tune` would (`splits_reused: 3`, cache warm): `warm` figures. A run shorter "
+    "than an epoch meets every training row once, so its first trial computes each row's prefix exactly "
+    "once, as the Trainer's forward does: the cold gain comes from validation (scored at step 0, cached "
+    "for later points) and from rows met again in later epochs.",
+    "- `loratune-cli` is the whole process a user times: `loratune train -q` with the config's keys, "
+    "everything else default (evaluation schedule capped by `max_eval_share`, train_eval_size 512, "
+    "slices, robustness probe on 256 rows), timed from the driver (process start to exit, imports "
+    "included) like the Trainer's script, which loads, tokenizes, trains and predicts validation once "
+    "(the Trainer's default evaluates nothing during training). Its breakdown comes from run.json "
+    "`timing_s`; `rest` is the process less the phases (interpreter start, imports outside a phase, "
+    "reading the data, records, the CLI's diagnosis and output).",
     "- The 2 cores were shared with other engineers' jobs (load average per arm in the tables), so "
     "absolute examples/s are low and noisy; compare the within-round ratios. Every arm ran with "
     "OMP_WAIT_POLICY=PASSIVE (loratune sets it by default on import; the HF arms get it from the "
@@ -381,7 +390,9 @@ NOTES = [
     "per batch, so early in training they are noisier and on average a little behind random batches; "
     "the HF grouped arm shows the same. Compare loratune's F1 with trainer-grouped's, and both with "
     "that spread.",
-    "- No GPU machine was lent to this task, so there are no GPU figures.", ""]
+    "- No GPU machine was lent to this task: `--device cuda` (bf16 autocast, fused AdamW, MFU = model "
+    "FLOPs per step / the GPU's dense bf16 peak) is written but has not run on a GPU; on a machine "
+    "without CUDA it prints `skipped` and exits 0.", ""]
 
 
 def _med(xs) -> float:
@@ -499,6 +510,7 @@ def main() -> None:
         old = json.loads(Path(args.render).read_text())
         summary = summarize(old["runs"], old["steps"], old["rounds"], old["elapsed_s"])
         summary["runs"] = old["runs"]
+        summary["device"] = old.get("device", "cpu")
         (Path(args.out) / "throughput.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         write_markdown(summary, Path(args.out) / "throughput.md")
         return
@@ -527,6 +539,10 @@ def main() -> None:
                 res["round"] = rnd
                 res["process_s"] = time.perf_counter() - t  # start to exit, imports included
                 results.append(res)
+                partial = {"steps": args.steps, "rounds": args.rounds, "elapsed_s": time.perf_counter() - t0,
+                           "device": args.device, "runs": results}  # --render it if the run is cut short
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                (Path(args.out) / "throughput.partial.json").write_text(json.dumps(partial), encoding="utf-8")
                 print(f"round {rnd} config {config} {arm:16s} {res['examples_per_s']:7.1f} ex/s  "
                       f"rss {res['peak_rss_mb']:6.0f} MB  val F1 {res['val_macro_f1']:.4f}  "
                       f"load {res['load_before']:.1f}  ({time.perf_counter() - t:.0f} s)", flush=True)
