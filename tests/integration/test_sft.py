@@ -244,3 +244,52 @@ def test_verbs_not_built_for_causal_lm_say_so_before_any_work(verb, lm, sft_data
     err = capsys.readouterr().err
     assert code == 2 and f"`loratune {verb}` is not built for model.task=causal-lm yet" in err
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop's endings: interrupted, diverged, non-finite at step 1 (each a valid record)
+
+
+def _wrap_loss(monkeypatch, fn):
+    import loratune.sft as S
+
+    real, calls = S.lm_loss, {"n": 0}
+
+    def wrapped(model, batch):
+        calls["n"] += 1
+        return fn(calls["n"], *real(model, batch))
+
+    monkeypatch.setattr(S, "lm_loss", wrapped)
+
+
+def test_ctrl_c_mid_run_keeps_the_saved_model_and_a_partial_record(lm, sft_data, tmp_path, monkeypatch):
+    def interrupt(n, loss, tokens):
+        if n == 6:
+            raise KeyboardInterrupt
+        return loss, tokens
+
+    _wrap_loss(monkeypatch, interrupt)
+    out = tmp_path / "run"
+    assert cli.main(["train", "-q", *sft_overrides(lm, sft_data, out)]) == 130
+    run = json.loads((out / "run.json").read_text())
+    assert (run["status"], run["partial"], run["adapter_step"]) == ("interrupted", True, 4)
+    assert "at step 6" in run["reason"] and [p["step"] for p in _history(out)] == [0, 4]
+    assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "run.lock").exists()
+
+
+def test_an_exploding_loss_ends_diverged_with_exit_3(lm, sft_data, tmp_path, monkeypatch):
+    _wrap_loss(monkeypatch, lambda n, loss, tokens: (loss * (1.0 if n == 1 else 100.0), tokens))
+    out = tmp_path / "run"
+    assert cli.main(["train", "-q", *sft_overrides(lm, sft_data, out)]) == 3
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "diverged" and "train loss exploded" in run["reason"] and run["steps_done"] == 4
+    assert run["adapter_step"] is None and not (out / "adapter").exists()
+
+
+def test_a_non_finite_loss_at_step_1_saves_no_model_and_says_so(lm, sft_data, tmp_path, monkeypatch):
+    _wrap_loss(monkeypatch, lambda n, loss, tokens: (loss * float("nan"), tokens))
+    out = tmp_path / "run"
+    assert cli.main(["train", "-q", *sft_overrides(lm, sft_data, out)]) == 3
+    run = json.loads((out / "run.json").read_text())
+    assert (run["status"], run["reason"]) == ("diverged", "non-finite loss at step 1")
+    assert run["saved_model"]["step"] is None and "no model saved" in run["saved_model"]["note"]
