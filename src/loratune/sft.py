@@ -268,7 +268,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     bar = _Progress(steps, progress)
     # gain: the objective signed so that larger is better (minus the val loss, or the val macro-F1)
     best_gain, best_state, evals_since_best = -math.inf, None, 0  # best gain so far (any point)
-    trained_gain, start_loss = -math.inf, None  # best gain after step 0; the loss of step 1
+    trained_key, start_loss = (-math.inf, -math.inf), None  # best (gain, tie-break) after step 0; step 1's loss
     examples_seen, step, step_times = 0, 0, []
     window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "tokens": []}
     t0 = time.perf_counter()
@@ -276,7 +276,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
 
     def evaluate_now() -> bool:
         """Score val, the train subsample and the prompt set; append a history point. True: stop early."""
-        nonlocal best_gain, best_state, evals_since_best, trained_gain
+        nonlocal best_gain, best_state, evals_since_best, trained_key
         point = {"step": step, "epoch": examples_seen / max(1, len(dataset.train)),
                  "examples_seen": examples_seen, "wall_s": round(time.perf_counter() - t0, 3),
                  "lr": scheduler.get_last_lr()[0] if step else 0.0}
@@ -318,8 +318,11 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         # the model kept is the best *trained* one: step 0 is the base model, recorded for comparison
         if step == 0:
             run["untrained"] = {"step": 0, objective: value}
-        if step > 0 and math.isfinite(gain) and gain > trained_gain and not _diverged_point(point):
-            trained_gain = gain
+        # equal val macro-F1 (all 0.0 early on, while no output names a label yet) goes to the lower val
+        # loss, so a generative classifier never keeps a stale model
+        key = (gain, -point.get("val/loss", math.nan) if higher else 0.0)
+        if step > 0 and math.isfinite(gain) and key > trained_key and not _diverged_point(point):
+            trained_key = key
             best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
             run["adapter_step"] = step
         if run["adapter_step"] == step or run["best"] is None:

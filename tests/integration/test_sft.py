@@ -293,3 +293,19 @@ def test_a_non_finite_loss_at_step_1_saves_no_model_and_says_so(lm, sft_data, tm
     run = json.loads((out / "run.json").read_text())
     assert (run["status"], run["reason"]) == ("diverged", "non-finite loss at step 1")
     assert run["saved_model"]["step"] is None and "no model saved" in run["saved_model"]["note"]
+
+
+def test_equal_macro_f1_keeps_the_model_with_the_lower_val_loss(lm, intent_data, tmp_path, monkeypatch):
+    import loratune.sft as S
+
+    # no output ever names a label: macro-F1 is 0.0 at every point, so the val loss decides
+    monkeypatch.setattr(S, "generate", lambda model, tok, prompts, n, device: ["no idea"] * len(prompts))
+    out = tmp_path / "run"
+    args = [a for a in sft_overrides(lm, intent_data, out, label_format="generate") if not a.startswith("max_new")]
+    assert cli.main(["train", "-q", *args]) == 0
+    hist = _history(out)
+    assert all(p["val/macro_f1"] == 0.0 and p["val/unknown_rate"] == 1.0 for p in hist)
+    run = json.loads((out / "run.json").read_text())
+    assert run["adapter_step"] == min(hist[1:], key=lambda p: p["val/loss"])["step"]
+    assert run["adapter_step"] != hist[1]["step"]  # a learning run: a later point has the lower val loss
+    assert json.loads((out / "confusion.json").read_text())["step"] == run["adapter_step"]
