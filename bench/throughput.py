@@ -58,7 +58,7 @@ CONFIGS = {
           # what a peft user writes: a regex over module names (peft full-matches it)
           "peft": {"target_modules": r".*\.encoder\.layer\.\d+\.attention\.self\.(query|value)"
                                      r"|.*\.encoder\.layer\.(4|5)\.(intermediate|output)\.dense"}},
-    "b": {"what": "r=8 all-linear in the top 2 layers only (frozen-prefix cache warm)",
+    "b": {"what": "r=8 all-linear in the top 2 layers only (frozen-prefix cache)",
           "loratune": {"target_modules": "[all-linear]", "layers_to_transform": "top:2"},
           # peft refuses layers_to_transform with the string "all-linear": name the linear layers
           "peft": {"target_modules": ["query", "key", "value", "dense"], "layers_to_transform": [4, 5],
@@ -252,6 +252,14 @@ def model_flops_per_token(config: str) -> dict:
     return {"flops_per_token": 4 * matmul + 2 * trainable + 3 * attn, "mean_tokens": mean_len}
 
 
+def _process_start() -> float:
+    """This process's start time (epoch seconds), from /proc (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    return boot + start
+
+
 def child(arm: str, config: str, steps: int, seed: int, peak: float | None = None) -> None:
     load0 = os.getloadavg()[0]
     if arm == "loratune":
@@ -270,6 +278,7 @@ def child(arm: str, config: str, steps: int, seed: int, peak: float | None = Non
         res.update({"gpu": name, "peak_flops": peak, "model_flops": flops,
                     "mfu": flops / res["train_s"] / peak if peak else None,
                     "gpu_peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20})
+    res["child_process_s"] = time.time() - _process_start()  # start to (almost) exit, imports included
     res.update({"arm": arm, "config": config, "steps": steps, "seed": seed,
                 "examples_per_s": res["examples"] / res["train_s"],
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -489,6 +498,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--render", metavar="JSON", help="only re-summarize the runs of a results JSON")
     ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--concurrent", action="store_true",
+                    help="start the arms of a round together (they share the cores; same outside load)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: every arm on the GPU, bf16 (HF: bf16=True; loratune: precision auto), fused "
                          "AdamW, MFU reported; skipped (exit 0) where CUDA is missing")
@@ -526,26 +537,33 @@ def main() -> None:
     for rnd in range(args.rounds):
         for config in configs:
             order = arms if rnd % 2 == 0 else tuple(reversed(arms))
-            for arm in order:
+            seed = COMMON["seed"] + rnd  # a new seed per round: the F1 spread shows the seed noise
+            # --concurrent: the arms of a round start together and share the cores for the whole race, so
+            # load from other jobs that comes and goes hits them alike (the default runs them one by one)
+            groups = [order] if args.concurrent else [(arm,) for arm in order]
+            for group in groups:
                 t = time.perf_counter()
-                seed = COMMON["seed"] + rnd  # a new seed per round: the F1 spread shows the seed noise
-                proc = subprocess.run([sys.executable, __file__, "--child", arm, config, str(args.steps), str(seed)],
-                                      capture_output=True, text=True, env=env)
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if proc.returncode != 0 or line is None:
-                    print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-                    raise SystemExit(f"arm {arm} config {config} failed")
-                res = json.loads(line[len("RESULT "):])
-                res["round"] = rnd
-                res["process_s"] = time.perf_counter() - t  # start to exit, imports included
-                results.append(res)
-                partial = {"steps": args.steps, "rounds": args.rounds, "elapsed_s": time.perf_counter() - t0,
-                           "device": args.device, "runs": results}  # --render it if the run is cut short
-                Path(args.out).mkdir(parents=True, exist_ok=True)
-                (Path(args.out) / "throughput.partial.json").write_text(json.dumps(partial), encoding="utf-8")
-                print(f"round {rnd} config {config} {arm:16s} {res['examples_per_s']:7.1f} ex/s  "
-                      f"rss {res['peak_rss_mb']:6.0f} MB  val F1 {res['val_macro_f1']:.4f}  "
-                      f"load {res['load_before']:.1f}  ({time.perf_counter() - t:.0f} s)", flush=True)
+                procs = {arm: subprocess.Popen([sys.executable, __file__, "--child", arm, config, str(args.steps),
+                                                str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                               text=True, env=env) for arm in group}
+                for arm, proc in procs.items():
+                    stdout, stderr = proc.communicate()
+                    line = next((x for x in stdout.splitlines() if x.startswith("RESULT ")), None)
+                    if proc.returncode != 0 or line is None:
+                        print(stdout[-2000:], stderr[-4000:], file=sys.stderr)
+                        raise SystemExit(f"arm {arm} config {config} failed")
+                    res = json.loads(line[len("RESULT "):])
+                    res["round"] = rnd
+                    res["concurrent"] = args.concurrent
+                    res["process_s"] = res.pop("child_process_s", None) or time.perf_counter() - t
+                    results.append(res)
+                    partial = {"steps": args.steps, "rounds": args.rounds, "elapsed_s": time.perf_counter() - t0,
+                               "device": args.device, "runs": results}  # --render it if the run is cut short
+                    Path(args.out).mkdir(parents=True, exist_ok=True)
+                    (Path(args.out) / "throughput.partial.json").write_text(json.dumps(partial), encoding="utf-8")
+                    print(f"round {rnd} config {config} {arm:16s} {res['examples_per_s']:7.1f} ex/s  "
+                          f"rss {res['peak_rss_mb']:6.0f} MB  val F1 {res['val_macro_f1']:.4f}  "
+                          f"load {res['load_before']:.1f}  ({res['process_s']:.0f} s)", flush=True)
     shutil.rmtree(env["LORATUNE_CACHE_DIR"], ignore_errors=True)
     summary = summarize(results, args.steps, args.rounds, time.perf_counter() - t0)
     summary["runs"] = results
