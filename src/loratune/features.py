@@ -75,7 +75,8 @@ _CATALOGUE = (
           "Mean training examples per class (run.json `label_counts.train`)."),
     # train loss (T) -------------------------------------------------------------------------
     _spec("train loss", "train_loss_start", "loss", "train loss started at {}",
-          "First step's loss (`train/loss_first` of the first window), else the first window mean."),
+          "First step's loss (`train/loss_first` of the first window), else the first window mean; a generative "
+          "run takes the window mean when it is the larger (one small batch of a pretrained LM's loss is too noisy)."),
     _spec("train loss", "train_loss_final", "loss", "train loss ended at {}", "Last window mean of T."),
     _spec("train loss", "train_loss_drop", "fraction", "train loss fell {} over the run",
           "(start - final) / start of T; negative when the loss grew."),
@@ -313,6 +314,9 @@ METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy", "token_acc
 # a new val-loss low counts as improvement only past its noise and this share of the loss: a smooth, converged
 # curve keeps creeping down by fractions of a percent, which more epochs do not turn into a better model
 IMPROVE_MIN_REL = 0.02
+# a language model's first window more than this multiple of its first batch blew up inside that window (the TRL
+# lr=0.5 run: 4.9x); below it, the first batch was a lucky draw of rows (bench/results/sft.md: 1.04 vs 2.19 nats)
+FIRST_WINDOW_MAX = 2.5
 REMAINING_AHEAD = 3  # a val loss falling without slowing: count three more falls like its last (a short horizon)
 REBOUND_MIN_AFTER = 3  # windows after the train loss's minimum needed to read a rebound (fewer: a last-point wiggle)
 FIT_TARGET_SHARE = 0.1  # "fitted": the train loss at a tenth of its start (train_loss_runs_to_fit)
@@ -635,8 +639,15 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
         acc.miss(names, "no `train/loss` values in the history")
         return
     first = next((p for p in pts if _num(p.get("train/loss")) is not None and p["step"] > 0), None)
+    # a fresh classifier head's first batch sits at ln(classes) before any learning, so it is the start; a language
+    # model starts at its pretrained loss, and one small batch of it swings 1-3 nats with the rows drawn (a false
+    # 'diverged' in bench/results/sft.md): its start is the larger of that batch and the first window's mean
     start = _num(first.get("train/loss_first")) if first else None
     acc.details["train_loss_start_source"] = "train/loss_first" if start is not None else "first train/loss"
+    if start is not None and acc.values.get("generative") == 1.0 and start < T[0][1] <= FIRST_WINDOW_MAX * start:
+        start = None
+        acc.details["train_loss_start_source"] = ("first train/loss window mean (above the first batch's loss: one "
+                                                  "small batch of a language model's loss is too noisy to start from)")
     start = start if start is not None else T[0][1]
     final = T[-1][1]
     acc.set("train_loss_start", start)

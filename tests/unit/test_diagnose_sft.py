@@ -254,3 +254,28 @@ def test_token_accuracy_has_no_binomial_error_from_the_row_count():
 def test_trl_healthy_run_still_learning_reads_undertrained():
     # the review's label: val loss still setting new lows at the end of 3 epochs
     assert diagnose("tests/fixtures/external/trainer/trl-healthy-a").verdict == "undertrained"
+
+
+def test_a_lucky_low_first_batch_does_not_make_a_flat_sft_run_diverged():
+    # bench/results/sft.md: batch 4, the first batch's loss 1.04 while windows sit at 2.2-2.3 (rows drawn, not
+    # learning); the run's start is its first window's mean, so a flat train loss is not 'ended at 2x its start'
+    pts = sft_run(train=lambda f: 2.25, val=lambda f: 2.45 - 0.2 * f, n_evals=5)
+    pts[1]["train/loss_first"] = 1.04
+    d = diagnose(pts, meta=SFT)
+    assert d.features["train_loss_start"] == pytest.approx(2.25)
+    assert "window mean" in d.features.details["train_loss_start_source"]
+    assert not d.fired("diverged", active_only=False)
+    # a classifier's first batch is still its start (a fresh head sits at ln(classes) before any learning)
+    cls = diagnose(pts, meta={"task": "single_label"})
+    assert cls.features["train_loss_start"] == pytest.approx(1.04)
+    # the usual case, a first batch above the first window (learning within it), still starts from that batch
+    assert diagnose(sft_run(**HEALTHY), meta=SFT).features["train_loss_start"] == pytest.approx(2.5)
+
+
+def test_a_first_window_that_blew_up_keeps_the_first_batch_as_the_start():
+    # TRL at lr 0.5: the first batch 4.3, the first window's mean 21 (the loss exploded inside it), the end 13.8
+    pts = sft_run(train=lambda f: 21.0 if f < 0.15 else 13.8, val=lambda f: 20.0 - 6 * f, n_evals=5)
+    pts[1]["train/loss_first"] = 4.3
+    d = diagnose(pts, meta=SFT)
+    assert d.features["train_loss_start"] == pytest.approx(4.3)
+    assert d.verdict == "diverged"
