@@ -23,7 +23,10 @@ from loratune.search.yardstick import STRATEGIES
 
 DEFAULT_BUDGET = "15m"
 # trial settings every strategy shares (a key the user set explicitly wins)
-TRIAL_DEFAULTS = {"train.evals_per_run": 6, "train.train_eval_size": 256, "train.early_stopping_patience": 3}
+TRIAL_DEFAULTS = {"train.evals_per_run": 6, "train.train_eval_size": 256, "train.early_stopping_patience": 3,
+                  # trials keep their 6 points however short (pruning and the diagnosis read them); the
+                  # short-run evaluation cap of a plain `train` (issue 17) does not apply to them
+                  "train.max_eval_share": 0.0}
 
 
 @dataclass(frozen=True)
