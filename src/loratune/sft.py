@@ -25,7 +25,6 @@ import random
 import sys
 import time
 import warnings
-from datetime import datetime, timezone
 
 import numpy as np
 import torch
@@ -42,8 +41,8 @@ from loratune.sft_data import IGNORE, Example, Renderer, SFTDataset, SFTEncoded,
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
-from loratune.train import (batch_order, build_optimizer, cpu_cores, diverged, eval_batches, output_error,
-                            peak_memory_mb, plan_steps, seed_everything, versions)
+from loratune.train import (RunProgress, batch_order, build_optimizer, cpu_cores, diverged, eval_batches, output_error,
+                            peak_memory_mb, plan_steps, seed_everything, utc_now, versions)
 
 # What picks the saved model and drives early stopping: (key, higher is better, words). Open generation:
 # the val loss per completion token; generative classification (data.label_format=generate): val macro-F1
@@ -151,35 +150,6 @@ def _as_list(v) -> list:
 # the run
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class _Progress:
-    """A rich progress bar: step, train loss, the last val loss (silent when disabled)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("[bold]sft"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]}"), TextColumn("val loss {task.fields[val]}"),
-                                TimeRemainingColumn(), console=Console(stderr=True))
-            self.task = self.bar.add_task("sft", total=total, loss="-", val="-")
-            self.bar.start()
-
-    def update(self, step: int, loss: float | None = None, val: float | None = None) -> None:
-        if self.bar is not None:
-            fields = {k: f"{v:.4f}" for k, v in (("loss", loss), ("val", val)) if v is not None}
-            self.bar.update(self.task, completed=step, **fields)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress: bool = True) -> dict:
     """Train one causal-lm run and write its record into `store`. Returns the final run.json content."""
     from loratune.sft_data import check_trainable
@@ -254,7 +224,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         "params": params.to_dict(),
         "rows": {"train": len(dataset.train), "train_eval": len(sub), "val": len(dataset.validation)},
         "steps_planned": steps, "eval_every": eval_every, "steps_done": 0, "examples_seen": 0,
-        "started_at": _now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
+        "started_at": utc_now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
         "pid": os.getpid(), "threads": torch.get_num_threads(), "objective": objective,
@@ -265,7 +235,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     store.write_run(run)
     tracking = Trackers.open(cfg.train.report_to, store.path, to_dict(cfg), to_yaml(cfg))
 
-    bar = _Progress(steps, progress)
+    bar = RunProgress(steps, progress, title="sft", metric="val loss")
     # gain: the objective signed so that larger is better (minus the val loss, or the val macro-F1)
     best_gain, best_state, evals_since_best = -math.inf, None, 0  # best gain so far (any point)
     trained_key, start_loss = (-math.inf, -math.inf), None  # best (gain, tie-break) after step 0; step 1's loss
@@ -412,7 +382,7 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
     that ended the run)."""
     bar.close()
     run["partial"] = run["status"] in ("interrupted", "failed")
-    run.update({"ended_at": _now(), "wall_s": round(time.perf_counter() - t0, 3),
+    run.update({"ended_at": utc_now(), "wall_s": round(time.perf_counter() - t0, 3),
                 "examples_per_s": examples_seen / sum(step_times) if step_times else None,
                 "mean_step_s": float(np.mean(step_times)) if step_times else None,
                 "peak_memory_mb": peak_memory_mb(device)})

@@ -339,7 +339,7 @@ def versions() -> dict[str, str]:
             "peft": peft.__version__}
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -384,30 +384,26 @@ def output_error(exc: BaseException, out_dir) -> UserError | None:
 # the run
 
 
-class _Progress:
-    """A rich progress bar showing step, loss and the last val macro-F1 (silent when disabled)."""
+class RunProgress:
+    """A rich progress bar showing step, loss and the last value of one val metric (silent when disabled);
+    the classifier loop shows val F1, the SFT loop val loss."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, *, title: str = "train", metric: str = "val F1"):
         self.bar = None
         if enabled:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]}"), TextColumn("val F1 {task.fields[f1]}"),
+            self.bar = Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]}"), TextColumn(metric + " {task.fields[metric]}"),
                                 TimeRemainingColumn(), console=Console(stderr=True))
-            self.task = self.bar.add_task("train", total=total, loss="-", f1="-")
+            self.task = self.bar.add_task(title, total=total, loss="-", metric="-")
             self.bar.start()
 
-    def update(self, step: int, loss: float | None = None, f1: float | None = None) -> None:
-        if self.bar is None:
-            return
-        fields = {}
-        if loss is not None:
-            fields["loss"] = f"{loss:.4f}"
-        if f1 is not None:
-            fields["f1"] = f"{f1:.4f}"
-        self.bar.update(self.task, completed=step, **fields)
+    def update(self, step: int, loss: float | None = None, metric: float | None = None) -> None:
+        if self.bar is not None:
+            fields = {k: f"{v:.4f}" for k, v in (("loss", loss), ("metric", metric)) if v is not None}
+            self.bar.update(self.task, completed=step, **fields)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -507,7 +503,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "params": params.to_dict(),
         "rows": {"train": len(dataset.train), "train_eval": len(sub), "val": len(dataset.validation)},
         "steps_planned": steps, "eval_every": eval_every, "steps_done": 0, "examples_seen": 0,
-        "started_at": _now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
+        "started_at": utc_now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
         "precision": precision.to_dict(), "timing_s": timing,
@@ -520,7 +516,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     store.write_run(run)
     tracking = Trackers.open(cfg.train.report_to, store.path, to_dict(cfg), to_yaml(cfg))  # report_to
 
-    bar = _Progress(steps, progress)
+    bar = RunProgress(steps, progress)
     best_f1, best_state, evals_since_best = -math.inf, None, 0
     trained_f1, start_loss = -math.inf, None  # the best val macro-F1 after step 0; the loss of step 1
     examples_seen, step, step_times = 0, 0, []
@@ -687,7 +683,7 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
     bar.close()
     wall = time.perf_counter() - t0
     run["partial"] = run["status"] in ("interrupted", "failed")  # stopped before its planned end (docs/run-record.md)
-    run.update({"ended_at": _now(), "wall_s": round(wall, 3),
+    run.update({"ended_at": utc_now(), "wall_s": round(wall, 3),
                 "examples_per_s": examples_seen / sum(step_times) if step_times else None,
                 "mean_step_s": float(np.mean(step_times)) if step_times else None,
                 "peak_memory_mb": peak_memory_mb(device)})
