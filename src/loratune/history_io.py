@@ -135,7 +135,7 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
             if isinstance(targets, (list, str)):
                 facts["target_modules"] = Fact(sorted(targets) if isinstance(targets, list) else targets,
                                                "adapter/adapter_config.json")
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):  # not JSON, or not an object
             pass
     return RunHistory(name=d.name, source="loratune", points=tuple(points), meta=meta,
                       config=config if isinstance(config, dict) else {}, notes=tuple(notes), path=str(d),
@@ -412,7 +412,7 @@ def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mappin
             a = json.loads(ad.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, OSError):
             a = None
-    tt = str((a or {}).get("task_type") or "").upper()
+    tt = str((a if isinstance(a, dict) else {}).get("task_type") or "").upper()
     if tt in PEFT_TASK_TYPES:
         found = (PEFT_TASK_TYPES[tt], f"adapter_config.json task_type {tt}")
     if (cp := _side_file(folder, "config.json")) is not None:
@@ -420,7 +420,8 @@ def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mappin
             mcfg = json.loads(cp.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, OSError):
             mcfg = {}
-        archs = [str(x) for x in (mcfg.get("architectures") or []) if isinstance(mcfg, dict)]
+        mcfg = mcfg if isinstance(mcfg, dict) else {}
+        archs = [str(x) for x in (mcfg.get("architectures") or [])]
         if mcfg.get("problem_type") == "regression" or (
                 any(x.endswith("ForSequenceClassification") for x in archs) and mcfg.get("num_labels") == 1):
             found = ("regression", f"{cp.name} problem_type regression")
@@ -491,6 +492,9 @@ def _adapter_facts(folder: Path, facts: dict, notes: list[str], given: Mapping[s
             a = json.loads(ad.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             notes.append(f"{ad} is not valid JSON: rank, alpha and targets unknown")
+            return {}
+        if not isinstance(a, dict):
+            notes.append(f"{ad} is not a JSON object: rank, alpha and targets unknown")
             return {}
         where = "adapter_config.json"
     out = {}

@@ -450,3 +450,11 @@ def test_a_low_entropy_generative_run_with_train_and_val_loss_near_zero_together
     assert d.features["generative"] == 1.0 and d.features["train_perplexity_final"] < 1.1
     assert d.features["val_loss_still_falling"] == 0.0
     assert not d.fired("overfit-capacity", active_only=False)
+
+
+def test_side_files_that_are_valid_json_but_not_objects_are_ignored(tmp_path):
+    folder = trainer_state(tmp_path, train=exp_decay(L10, 0.2, 4), val=exp_decay(1.5, 0.3, 3), classes=None)
+    (folder / "config.json").write_text("[1, 2]")
+    (folder / "adapter_config.json").write_text('"lora"')
+    run = load_run(folder)
+    assert "task" not in run.facts and run.facts["n_classes"].value == 10
