@@ -42,7 +42,8 @@ from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
 from loratune.train import (RunProgress, batch_order, build_optimizer, cpu_cores, diverged, eval_batches, output_error,
-                            peak_memory_mb, plan_steps, seed_everything, utc_now, versions)
+                            peak_memory_mb, plan_steps, seed_everything, utc_now, versions,
+                            window_scores)
 
 # What picks the saved model and drives early stopping: (key, higher is better, words). Open generation:
 # the val loss per completion token; generative classification (data.label_format=generate): val macro-F1
@@ -250,13 +251,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         point = {"step": step, "epoch": examples_seen / max(1, len(dataset.train)),
                  "examples_seen": examples_seen, "wall_s": round(time.perf_counter() - t0, 3),
                  "lr": scheduler.get_last_lr()[0] if step else 0.0}
-        if window["loss"]:
-            losses = np.array(window["loss"])
-            point.update({"train/loss": float(losses.mean()), "train/loss_std": float(losses.std()),
-                          "train/loss_first": float(losses[0]), "train/loss_last": float(losses[-1]),
-                          "train/grad_norm": float(np.mean(window["grad_norm"])),
-                          "train/examples_per_s": float(sum(window["n"]) / max(1e-9, sum(window["time"]))),
-                          "train/tokens_per_s": float(sum(window["tokens"]) / max(1e-9, sum(window["time"])))})
+        point.update(window_scores(window))
         for key in window:
             window[key].clear()
         point.update(evaluate_lm("train_eval", model, train_eval_enc, pad_id, device, autocast))

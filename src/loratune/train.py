@@ -384,6 +384,22 @@ def output_error(exc: BaseException, out_dir) -> UserError | None:
 # the run
 
 
+def window_scores(window: dict[str, list[float]]) -> dict[str, float]:
+    """The train/* keys of a history point from the steps since the last evaluation (per-step losses, grad
+    norms, examples, seconds and, for an LM, tokens); empty before the first step."""
+    if not window["loss"]:
+        return {}
+    losses = np.array(window["loss"])
+    seconds = max(1e-9, sum(window["time"]))
+    out = {"train/loss": float(losses.mean()), "train/loss_std": float(losses.std()),
+           "train/loss_first": float(losses[0]), "train/loss_last": float(losses[-1]),
+           "train/grad_norm": float(np.mean(window["grad_norm"])),
+           "train/examples_per_s": float(sum(window["n"]) / seconds)}
+    if "tokens" in window:
+        out["train/tokens_per_s"] = float(sum(window["tokens"]) / seconds)
+    return out
+
+
 class RunProgress:
     """A rich progress bar showing step, loss and the last value of one val metric (silent when disabled);
     the classifier loop shows val F1, the SFT loop val loss."""
@@ -530,12 +546,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         point = {"step": step, "epoch": examples_seen / max(1, len(dataset.train)),
                  "examples_seen": examples_seen, "wall_s": round(time.perf_counter() - t0, 3),
                  "lr": scheduler.get_last_lr()[0] if step else 0.0}
-        if window["loss"]:
-            losses = np.array(window["loss"])
-            point.update({"train/loss": float(losses.mean()), "train/loss_std": float(losses.std()),
-                          "train/loss_first": float(losses[0]), "train/loss_last": float(losses[-1]),
-                          "train/grad_norm": float(np.mean(window["grad_norm"])),
-                          "train/examples_per_s": float(sum(window["n"]) / max(1e-9, sum(window["time"])))})
+        point.update(window_scores(window))
         for key in window:
             window[key].clear()
         val_logits = predict_logits(model, val_enc, cfg.train.per_device_eval_batch_size, pad_id, device, autocast)
