@@ -41,7 +41,7 @@ from loratune.sft_data import IGNORE, Example, Renderer, SFTDataset, SFTEncoded,
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
-from loratune.train import (RunProgress, batch_order, build_optimizer, cpu_cores, diverged, eval_batches, output_error,
+from loratune.train import (RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged, eval_batches, output_error,
                             peak_memory_mb, plan_steps, seed_everything, utc_now, versions,
                             window_scores)
 
@@ -151,8 +151,10 @@ def _as_list(v) -> list:
 # the run
 
 
-def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress: bool = True) -> dict:
-    """Train one causal-lm run and write its record into `store`. Returns the final run.json content."""
+def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress: bool = True,
+              callback: TrainCallback | None = None) -> dict:
+    """Train one causal-lm run and write its record into `store`. Returns the final run.json content.
+    `callback`: as train.train's (train.TrainCallback: `loratune tune` prunes and stops trials through it)."""
     from loratune.sft_data import check_trainable
 
     check_trainable(dataset)
@@ -306,7 +308,10 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         evaluate_now()  # step 0: the base model
         batches = micro_batches()
         stop_reason = f"planned steps done ({steps})"
+        halt = callback.on_eval(run["final"], run) if callback is not None else None
         for step in range(1, steps + 1):
+            if halt:  # the caller's callback asked to stop (after the previous step or evaluation)
+                break
             t_step = time.perf_counter()
             step_loss, n_examples, n_tokens = 0.0, 0, 0
             for _ in range(accum):
@@ -337,8 +342,10 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
                 window[key].append(v)
             run["steps_done"], run["examples_seen"] = step, examples_seen
             bar.update(step, step_loss)
-            if step % eval_every == 0 or step == steps:
+            halt = callback.on_step(step, examples_seen) if callback is not None else None
+            if (step % eval_every == 0 or step == steps) and not halt:
                 stop = evaluate_now()
+                halt = callback.on_eval(run["final"], run) if callback is not None else None
                 why = _diverged_point(run["final"])
                 if why:
                     run["status"], stop_reason = "diverged", f"{why} (step {step})"
@@ -347,6 +354,8 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
                     stop_reason = (f"early stopping: {objective} did not improve for "
                                    f"{cfg.train.early_stopping_patience} evaluations")
                     break
+        if halt and run["status"] == "running":
+            run["status"], stop_reason = "interrupted", halt
         if run["status"] == "running":
             run["status"] = "completed"
         run["reason"] = stop_reason

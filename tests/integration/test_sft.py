@@ -309,3 +309,38 @@ def test_equal_macro_f1_keeps_the_model_with_the_lower_val_loss(lm, intent_data,
     assert run["adapter_step"] == min(hist[1:], key=lambda p: p["val/loss"])["step"]
     assert run["adapter_step"] != hist[1]["step"]  # a learning run: a later point has the lower val loss
     assert json.loads((out / "confusion.json").read_text())["step"] == run["adapter_step"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the step/eval callback (train.TrainCallback): how `loratune tune` prunes and stops a causal-lm trial
+
+
+class _StopAt:
+    def __init__(self, eval_step=None, step=None):
+        self.steps, self.evals, self.eval_step, self.step = [], [], eval_step, step
+
+    def on_step(self, step, examples_seen):
+        self.steps.append(step)
+        return "enough steps" if step == self.step else None
+
+    def on_eval(self, point, run):
+        self.evals.append(point["step"])
+        assert run["final"] is point and run["status"] == "running"
+        return "pruned here" if point["step"] == self.eval_step else None
+
+
+@pytest.mark.parametrize("where", ["eval", "step"])
+def test_the_callback_sees_steps_and_evals_and_stops_the_sft_loop(where, lm, sft_data, tmp_path):
+    from loratune.sft import train_sft
+    from loratune.sft_data import load_sft_dataset
+
+    cfg = load_config(None, sft_overrides(lm, sft_data, tmp_path / "run"))
+    cb = _StopAt(eval_step=4) if where == "eval" else _StopAt(step=6)
+    run = train_sft(cfg, load_sft_dataset(cfg.data), RunStore(tmp_path / "run"), progress=False, callback=cb)
+    assert run["status"] == "interrupted" and run["partial"] is True and run["adapter_step"] == 4
+    assert cb.evals == [0, 4]
+    if where == "eval":
+        assert (run["reason"], run["steps_done"], cb.steps) == ("pruned here", 4, [1, 2, 3, 4])
+    else:
+        assert (run["reason"], run["steps_done"], cb.steps) == ("enough steps", 6, [1, 2, 3, 4, 5, 6])
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
