@@ -69,6 +69,11 @@ _CATALOGUE = (
           "Number of labels (run.json `labels`, else the per-class keys of the history)."),
     _spec("run", "peak_lr", "lr", "the learning rate peaked at {}",
           "Largest `lr` over the eval points (the schedule's peak as logged)."),
+    _spec("run", "lora", "flag", "the run trained a LoRA adapter: {}",
+          "1 when the run trained a LoRA adapter (adapter_config.json `peft_type` LORA / ADALORA, or run.json "
+          "`method: lora`); not applicable (missing) for full fine-tuning or another peft method (prompt tuning, "
+          "IA3), whose usual learning rates differ; missing when no side file says. A kind gate: the routes that "
+          "read the lr against LoRA's usual range name it."),
     _spec("run", "val_n", "count", "the validation set has {} rows",
           "`val/n` at the last point (rows scored), else the sum of val label counts in run.json."),
     _spec("run", "train_examples_per_class", "ratio", "training data has {} examples per class",
@@ -332,7 +337,9 @@ PROMPT_KEY_PREFIX = "val/prompt_"  # generation.prompt_key writes every prompt-s
 # model, the prompt set of a classifier): no signal to log, so the diagnosis gives no advice for it
 NOT_APPLICABLE = "does not apply: "
 CLASSIFIER_GROUPS = ("per class", "collapse", "slices")  # catalogue groups that need classes
-KIND_FEATURES = ("generative", "classifier")  # gates naming which kind of run a rule route is for (no evidence)
+KIND_FEATURES = ("generative", "classifier", "lora")  # gates naming which kind of run a rule route is for (no evidence)
+# adapter_config.json `peft_type`s that train a low-rank update (LoRA's lr range applies; protocol 1)
+LORA_PEFT_TYPES = ("LORA", "ADALORA")
 
 
 def format_value(unit: str, value: float | None) -> str:
@@ -579,6 +586,7 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     acc.set("first_eval_fraction", frac(first["step"]) if first else None, "no val points")
     lrs = [v for _, v in _series(pts, "lr") if v >= 0]
     acc.set("peak_lr", max(lrs) if lrs else None, "no `lr` in the history")
+    _method(acc, meta)
     _run_size(acc, pts, meta)
     _train_loss(acc, pts, frac, chance, why_chance)
     tl = acc.values.get("train_loss_final")
@@ -611,6 +619,21 @@ def _labels(pts: Sequence[dict], meta: Mapping[str, Any]) -> list[str]:
             if key.startswith("val/recall/") or key.startswith("train_eval/recall/"):
                 seen[key.split("/", 2)[2]] = None
     return list(seen)
+
+
+def _method(acc: FeatureSet, meta: Mapping[str, Any]) -> None:
+    """`lora`: what trained, from run.json `method` or the adapter_config.json `peft_type` fact."""
+    facts = meta.get("facts") if isinstance(meta.get("facts"), dict) else {}
+    peft = facts.get("peft_type", {}).get("value") if isinstance(facts.get("peft_type"), dict) else None
+    method = meta.get("method")
+    if method == "lora" or str(peft).upper() in LORA_PEFT_TYPES:
+        acc.set("lora", 1.0)
+    elif method or peft:
+        acc.set("lora", None, NOT_APPLICABLE + f"the run trained {'every weight' if method == 'full' else peft} "
+                "(LoRA's lr range does not apply)")
+    else:
+        acc.set("lora", None, "no adapter_config.json (peft_type) and no run.json method: whether the run trained "
+                "a LoRA adapter is unknown")
 
 
 def _run_size(acc: FeatureSet, pts: Sequence[dict], meta: Mapping[str, Any]) -> None:

@@ -197,6 +197,11 @@ _THRESHOLDS = (
     _t("slow_runs_to_fit_min", 2.0, "runs", "At its late pace the train loss needs at least this many more run "
        "lengths to reach a tenth of its start: far from what the run shows is reachable."),
     _t("slow_loss_left_min", 0.5, "ratio", "...and still holds at least this share of its start."),
+    _t("lora_lr_floor", 1e-4, "lr", "The low end of LoRA's usual learning rate (protocol 1: AdamW, LoRA centre "
+       "1e-4..5e-4, about 10x full fine-tuning's 1e-5..5e-5; the centre moves down with model size, and 1e-4 is "
+       "where QLoRA-scale 7B-65B runs sit). A LoRA run below it that learned little (train loss down less than "
+       "healthy_loss_drop_min, val loss less than healthy_val_loss_drop_min, still at its low at the end) is read "
+       "as too small a step: the lr prior of the fold-D reviewers (bench/results/diagnose_external_notes.md)."),
     _t("still_train_ratio_min", 0.9, "ratio", "Nothing moved: the train loss ended at this share of its start or "
        "higher..."),
     _t("still_val_drop_max", 0.03, "fraction", "...and the val loss fell less than this from its first eval to its "
@@ -371,6 +376,14 @@ _RULES = (
                        c("val_loss_late_share", ">=", "steady_late_share_min"),
                        c("val_loss_rise_share", "<=", "steady_rise_share_max"),
                        c("val_loss_late_drop", ">", "still_falling_min")),
+                  # the lr prior: a LoRA run below LoRA's usual lr that learned little and was still at its best
+                  # when it ended (a language model's loss has no reachable floor to measure the pace against)
+                  all_(c("lora", ">=", "flag_on"),
+                       c("peak_lr", "<", "lora_lr_floor"),
+                       c("train_loss_drop", "<", "healthy_loss_drop_min"),
+                       c("val_loss_drop", "<", "healthy_val_loss_drop_min"),
+                       c("val_loss_rise", "<", "val_loss_rise_min"),
+                       c("val_loss_min_fraction", ">=", "late_min_fraction")),
                   all_(c("n_eval_points", ">", "few_evals_max"),
                        c("train_loss_final_over_start", ">=", "still_train_ratio_min"),
                        c("val_loss_drop", "<", "still_val_drop_max"),

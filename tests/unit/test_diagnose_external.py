@@ -458,3 +458,30 @@ def test_side_files_that_are_valid_json_but_not_objects_are_ignored(tmp_path):
     (folder / "adapter_config.json").write_text('"lora"')
     run = load_run(folder)
     assert "task" not in run.facts and run.facts["n_classes"].value == 10
+
+
+# ---- fold D (bench/results/diagnose_external_notes.md): each rule change with its near misses -------------
+
+LLM_LORA = {"task_type": "CAUSAL_LM", "r": 16, "lora_alpha": 32}
+SLOW_LLM = {"train": exp_decay(3.4, 2.65, 3), "val": exp_decay(2.84, 2.70, 2)}  # train -20%, val -3.4%, best at end
+
+
+@pytest.mark.parametrize("lr, adapter, learned, verdict", [
+    (5e-5, LLM_LORA, False, "lr-too-small"),  # below LoRA's usual range and learned little: the step is too small
+    (1.15e-4, LLM_LORA, False, None),  # just inside LoRA's range (1.04e-4 at the first eval): no lr evidence
+    (5e-5, None, False, None),  # full fine-tuning (no adapter): 5e-5 is a usual full fine-tuning lr
+    (5e-5, {"task_type": "CAUSAL_LM", "peft_type": "PROMPT_TUNING"}, False, None),  # another peft method
+    (5e-5, LLM_LORA, True, None),  # the same lr, but the train loss fell 70%: it learned (joo9810/hori)
+])
+def test_a_lora_run_below_loras_lr_range_that_learned_little_is_lr_too_small(tmp_path, lr, adapter, learned, verdict):
+    curves = {"train": exp_decay(3.4, 0.9, 3), "val": exp_decay(1.1, 0.95, 2)} if learned else SLOW_LLM
+    folder = trainer_state(tmp_path, **curves, lr=lr, classes=None, n_val=None, adapter=adapter)
+    if adapter is None:
+        (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    d = diagnose(folder)
+    assert d.features["generative"] == 1.0
+    assert d.features["lora"] == (1.0 if adapter and "peft_type" not in adapter else None)
+    if verdict:
+        assert d.verdict == verdict, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    else:
+        assert not d.fired("lr-too-small", active_only=False), [(f.rule_id, f.suppressed_by) for f in d.findings]

@@ -43,7 +43,7 @@ FIRING = {
     "lr-too-small": dict(val_loss_drop=0.05, first_eval_fraction=0.0, train_loss_runs_to_fit=5.0, train_loss_final_over_start=0.9,
                          val_loss_late_share=0.5, val_loss_rise_share=0.0, val_loss_late_drop=0.02,
                          val_loss_rise=0.0, peak_lr=1e-4, val_metric_best=0.3, val_metric_logged=1,
-                         n_eval_points=10, classifier=1),
+                         n_eval_points=10, classifier=1, lora=0, train_loss_drop=0.1, val_loss_min_fraction=1.0),
     "undertrained": dict(still_improving=1, best_step_fraction=1.0, val_loss_still_falling=0, n_eval_points=10,
                          val_loss_min_fraction=1.0, val_loss_drop=0.5, val_loss_late_drop=0.2,
                          train_loss_late_drop=0.3, val_loss_remaining_gain=0.1, val_loss_rise_noise=0.0),
