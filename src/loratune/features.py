@@ -148,6 +148,11 @@ _CATALOGUE = (
           "(start - min) / start of V."),
     _spec("val loss", "val_loss_rise", "fraction", "val loss rose {} from its minimum",
           "(final - min) / min of V."),
+    _spec("val loss", "train_loss_fall_after_val_min", "fraction",
+          "{} of the train loss's fall came after the val loss's minimum",
+          "(train loss at the val minimum's step - final train loss) / (train loss start - final): the share of the "
+          "fit made while the val loss was rising, i.e. the val-minus-train loss gap widening on the train side "
+          "(protocol 5b: a widening gap is the fit). Missing when the train loss did not fall."),
     _spec("val loss", "val_loss_min_fraction", "fraction", "val loss hit its minimum at {} of the run",
           "Run fraction of V's minimum."),
     _spec("val loss", "val_loss_late_drop", "fraction", "val loss fell {} over the last half of training",
@@ -765,6 +770,11 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     acc.set("val_loss_drop", (start - vmin) / start if start > 0 else None, "val loss starts at 0")
     acc.set("val_loss_rise", (final - vmin) / vmin if vmin > 0 else None, "val loss minimum is 0")
     acc.set("val_loss_min_fraction", frac(V[i_min][0]))
+    T = _series(pts, "train/loss", min_step=0)
+    t_start = acc.values.get("train_loss_start")
+    fell = t_start - T[-1][1] if T and t_start is not None else 0.0
+    after = (min(t_start, _interp(T, V[i_min][0])) - T[-1][1]) / fell if fell > 0 else None
+    acc.set("train_loss_fall_after_val_min", after, "the train loss did not fall (or was not logged)")
     vals = [v for _, v in V]
     noise = curve_jitter(vals, floor=VAL_LOSS_NOISE_FLOOR * _median(vals))
     if noise is None and len(vals) >= 2:

@@ -161,6 +161,10 @@ _THRESHOLDS = (
     _t("early_turn_fraction_max", 0.5, "fraction", "A val loss whose minimum came this early while the train loss was "
        "still falling over the second half: the train/val divergence is the fit (a train loss near zero is not "
        "needed: full fine-tuning on large data, or a class-weighted loss, never gets there)."),
+    _t("fit_after_turn_share_min", 0.5, "fraction", "...or most of the train loss's fall came after the val loss's "
+       "minimum (that came early): the model fitted its training rows while new ones got worse, the widening "
+       "val-minus-train gap of protocol 5b, even when the train loss is level by the second half (a seq2seq run of "
+       "fold D, bench/results/diagnose_external_notes.md)."),
     _t("late_min_fraction", 0.9, "fraction", "Val loss at its minimum this late: the run has not started to "
        "degrade (a metric dip then is noise)."),
     _t("overfit_gap_min", 0.15, "points", "Train/val metric gap at or above this is large."),
@@ -306,6 +310,11 @@ _RULES = (
                        # any run: the train loss kept falling long after the val loss turned (its minimum in the
                        # first half); the rise itself must still clear the noise band below
                        all_(c("train_loss_late_drop", ">=", "plateau_late_drop_max"),
+                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max")),
+                       # ...or made most of its fall after the val loss turned (early), then went flat: the
+                       # val-minus-train gap widened (5b) though the second half of the train loss is level
+                       all_(c("train_loss_drop", ">=", "plateau_late_drop_max"),
+                            c("train_loss_fall_after_val_min", ">=", "fit_after_turn_share_min"),
                             c("val_loss_min_fraction", "<=", "early_turn_fraction_max"))),
                   any_(all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
                             c("val_loss_rise_noise", ">=", "rise_noise_min")),

@@ -485,3 +485,19 @@ def test_a_lora_run_below_loras_lr_range_that_learned_little_is_lr_too_small(tmp
         assert d.verdict == verdict, [(f.rule_id, f.suppressed_by) for f in d.findings]
     else:
         assert not d.fired("lr-too-small", active_only=False), [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+@pytest.mark.parametrize("turn, overfit", [(0.1, True), (0.4, False)])
+def test_a_train_loss_that_fell_after_the_val_loss_turned_and_then_went_flat_is_overfit(tmp_path, turn, overfit):
+    # al-Reza89 (fold D, BART): the val loss is lowest at the first eval and climbs 17% while the train loss falls
+    # 0.33 -> 0.24 until 45% of the run and is level after, so its second half says nothing; all of its fall came
+    # after the val loss turned. Near miss: the val loss turns at 40%, when two thirds of the fall are done (the
+    # gap widened on the val side only: no sign that the model fitted its training rows meanwhile)
+    folder = trainer_state(tmp_path, train=lambda f: 0.33 - 0.09 * min(f, 0.45) / 0.45, classes=None, n_val=None,
+                           val=lambda f: 0.41 + 0.07 * abs(f - turn) / (1 - turn))
+    (folder / "config.json").write_text(json.dumps({"architectures": ["BartForConditionalGeneration"]}))
+    d = diagnose(folder)
+    assert d.features["train_loss_late_drop"] < 0.1 and d.features["val_loss_rise_noise"] > 2
+    assert (d.features["train_loss_fall_after_val_min"] >= 0.5) == overfit
+    assert d.fired("overfit-capacity", active_only=False) == overfit, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    assert not d.fired("healthy", active_only=False)
