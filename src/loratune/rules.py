@@ -428,7 +428,12 @@ _RULES = (
         id="healthy", scope="curve", priority=0, knob_class="capacity", confidence=0.75,
         when=all_(any_(c("val_metric_gain", ">=", "healthy_gain_min"),
                        c("val_loss_drop", ">=", "healthy_val_loss_drop_min")),
-                  c("train_loss_drop", ">=", "healthy_loss_drop_min"),
+                  any_(c("train_loss_drop", ">=", "healthy_loss_drop_min"),
+                       # a language model's token loss has an entropy floor: its val loss (perplexity, protocol 9)
+                       # is the measure, and a train loss that fell at all agrees with it
+                       all_(c("generative", ">=", "flag_on"),
+                            c("train_loss_drop", ">", "still_falling_min"),
+                            c("val_loss_drop", ">=", "healthy_val_loss_drop_min"))),
                   any_(c("val_loss_rise", "<", "val_loss_rise_min"),
                        c("val_loss_rise_noise", "<", "rise_noise_min")),
                   any_(c("val_metric_final_drop", "<", "val_metric_drop_min"),

@@ -501,3 +501,17 @@ def test_a_train_loss_that_fell_after_the_val_loss_turned_and_then_went_flat_is_
     assert (d.features["train_loss_fall_after_val_min"] >= 0.5) == overfit
     assert d.fired("overfit-capacity", active_only=False) == overfit, [(f.rule_id, f.suppressed_by) for f in d.findings]
     assert not d.fired("healthy", active_only=False)
+
+
+@pytest.mark.parametrize("val_start, task, healthy", [
+    (1.36, "CAUSAL_LM", True),  # val loss -11%, train loss -10%: a language model learned and converged (imyu7)
+    (1.31, "CAUSAL_LM", False),  # near miss: the val loss fell 8.9%, under healthy_val_loss_drop_min
+    (1.36, "SEQ_CLS", False),  # the same curves from a classifier: a fresh head's loss falls more than 30%
+])
+def test_a_language_model_is_healthy_on_its_val_loss_without_a_classifiers_train_loss_fall(tmp_path, val_start, task,
+                                                                                          healthy):
+    folder = trainer_state(tmp_path, train=exp_decay(1.30, 1.15, 4), val=exp_decay(val_start, 1.14, 4), classes=None,
+                           n_val=None, adapter={"task_type": task, "r": 8, "lora_alpha": 16})
+    d = diagnose(folder)
+    assert d.features["train_loss_drop"] < 0.3
+    assert (d.verdict == "healthy") == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]
