@@ -1,12 +1,15 @@
-"""Protocol vs TPE vs random under the same budget cap (issue 5's evidence).
+"""Protocol vs TPE vs TPE + Hyperband vs random under the same budget cap (issue 5's evidence; issue 15's yardsticks).
 
 On small, deterministic subsets of BANKING77 and CLINC150 (../shared/data), every strategy runs
 `loratune tune` (the Python API) with the same budget in training examples processed, the same trial
 length, the same pruning and the same phase-0 assessment (computed once per dataset and copied into
 each study). The samplers' space holds the training length too (1-8x a trial), since the protocol
 trains its pick for up to 8x a trial when it was still improving. A study is run once per replicate
-seed k: the sampler seed (tpe, random) is k and the training seed of every trial is 42 + k (so
-protocol replicates differ too). Measured per study:
+seed k: the sampler seed (tpe, tpe-hyperband, random) is k and the training seed of every trial is 42 + k
+(so protocol replicates differ too). TPE's random start-up trials are a third of the trials that fit the
+budget (search.yardstick.startup_trials); tpe-hyperband adds Optuna's Hyperband pruner over the steps
+within each trial, the strongest black-box anchor (multi-fidelity; a pruned trial is charged what it
+trained). Measured per study:
 
 - best val macro-F1 so far against cumulative training examples (and wall time);
 - the compute each needed to get within 0.5 point of the best val macro-F1 any study found;
@@ -16,7 +19,7 @@ protocol replicates differ too). Measured per study:
   N examples" is read on rows the search never selected on (free of the max-over-draws bias of
   best val).
 
-    python bench/tuning.py                                   # 10000ex per study, seeds 0-4, 30 studies
+    python bench/tuning.py                                   # 10000ex per study, seeds 0-4, 40 studies
     python bench/tuning.py --datasets banking77-20 --strategies protocol,tpe --seeds 0
     python bench/tuning.py --render                          # re-aggregate the stored studies only
 
@@ -48,8 +51,10 @@ STUDIES = RESULTS / "tuning"
 # below, no 2x after a collapsed 1x, target sweep over {1, 0.5}x lr; 6: budget left trains a still-improving
 # pick longer; 7: the longer run at lr /2 and lr when two fit (studies of older versions are rerun)
 PROTOCOL_VERSION = 7
-# 2: the samplers' space holds the training length (1-8x a trial), as the protocol's final training does
-YARDSTICK_VERSION = 2
+# per sampler (a change reruns only the studies it changes). 2: the samplers' space holds the training length
+# (1-8x a trial), as the protocol's final training does; 3: TPE's start-up trials sized to the budget (a third
+# of the trials that fit, not a fixed 5); tpe-hyperband is new at 3
+YARDSTICK_VERSION = {"grid": 2, "random": 2, "tpe": 3, "tpe-hyperband": 3}
 
 # name -> source, number of intents, every `step`-th sorted label, and per class: train rows (from the
 # source's train split), val and test rows as (split, first row, last row) in file order. BANKING77's
@@ -107,7 +112,7 @@ def _stored_and_same(path: Path, settings: dict, strategy: str) -> bool:
     same = all(old.get("settings", {}).get(k) == settings[k] for k in ("budget", "trial_steps", "subset"))
     if strategy == "protocol":
         return same and old.get("protocol_version") == PROTOCOL_VERSION
-    return same and old.get("yardstick_version") == YARDSTICK_VERSION
+    return same and old.get("yardstick_version") == YARDSTICK_VERSION[strategy]
 
 
 def phase0(cfg, dataset, work: Path, ds: str) -> Path:
@@ -173,7 +178,7 @@ def run(args) -> None:
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.node(), "cpus": os.cpu_count(),
                 "settings": settings,
                 "protocol_version": PROTOCOL_VERSION if strategy == "protocol" else None,
-                "yardstick_version": None if strategy == "protocol" else YARDSTICK_VERSION,
+                "yardstick_version": None if strategy == "protocol" else YARDSTICK_VERSION[strategy],
                 "trials": len(summary["trials"]), "pruned": sum(t["status"] == "pruned" for t in summary["trials"]),
                 "examples": summary["budget"]["spent"]["examples"],
                 "best_val": max((t["val_macro_f1"] or 0) for t in summary["trials"]) if summary["trials"] else None,
@@ -442,7 +447,8 @@ def _strategy_table(agg: dict) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default="banking77-20,clinc150-20")
-    p.add_argument("--strategies", default="protocol,tpe,random")
+    p.add_argument("--strategies", default="protocol,tpe,tpe-hyperband,random",
+                   help="comma-separated, from search.yardstick.STRATEGIES (grid too)")
     p.add_argument("--budget", default="10000ex")
     p.add_argument("--seeds", default="0,1,2,3,4", help="replicates: sampler seed k, training seed 42 + k")
     p.add_argument("--trial-steps", type=int, default=47, help="optimizer steps per trial, the same for every "
@@ -456,6 +462,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.datasets = [d for d in args.datasets.split(",") if d]
     args.strategies = [s for s in args.strategies.split(",") if s]
+    from loratune.search.yardstick import STRATEGIES
+
+    unknown = [s for s in args.strategies if s not in STRATEGIES]
+    if unknown:
+        p.error(f"unknown strategy {', '.join(unknown)}: use {', '.join(STRATEGIES)}")
     args.seeds = [int(x) for x in args.seeds.split(",") if x]
     args.rerun = {x for x in args.rerun.split(",") if x}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

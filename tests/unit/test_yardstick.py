@@ -99,3 +99,170 @@ def test_a_sampler_draws_the_arms_each_at_its_own_lr(tmp_path):
         assert spec.point.get("train.optimizer") == ("loraplus" if arm == "loraplus" else None)
         assert spec.point.get("adapter.use_dora") == (True if arm == "dora" else None)
         assert spec.point["train.learning_rate"] == pytest.approx(lr * (0.5 if arm == "loraplus" else 1.0), rel=1e-2)
+
+
+# ---------------------------------------------------------------- TPE start-up sizing and tpe-hyperband (issue 15)
+@pytest.mark.parametrize("budget,fit,startup", [
+    ("6trials", 6, 3),  # a third is 2: the minimum (3) wins
+    ("21trials", 21, 7),  # a third
+    ("60trials", 60, 10),  # a third is 20: Optuna's default (10) caps it
+    ("9600ex", 12, 4),  # 9,600 examples hold 12 trials of 800
+    ("100s", 12, 4),  # at the prior 100 examples/s a trial of 800 takes 8 s: 12 fit
+])
+@pytest.mark.parametrize("strategy", ["tpe", "tpe-hyperband"])
+def test_tpe_startup_trials_are_a_third_of_the_trials_that_fit(strategy, budget, fit, startup, tmp_path):
+    from loratune.search.yardstick import MAX_STARTUP_TRIALS, MIN_STARTUP_TRIALS, STARTUP_SHARE, prepare_yardstick
+
+    assert startup == min(MAX_STARTUP_TRIALS, max(MIN_STARTUP_TRIALS, fit // STARTUP_SHARE))
+    store = Study.open(tmp_path / "s", meta={"strategy": strategy})
+    space = default_space(START, 32, trial_steps=TRIAL_STEPS)
+    ctx = SearchContext(store=store, runner=LengthWorld(), meter=Meter(Budget.parse(budget)),
+                        trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
+    sampler = prepare_yardstick(ctx, space, START, strategy, seed=1, eval_every=TRIAL_STEPS // 6)
+    d = next(d for d in ctx.decisions if d["code"] == "tpe-startup")
+    assert (d["data"]["trials_fit"], d["data"]["n_startup_trials"]) == (fit, startup)
+    assert store.optuna.sampler is sampler and sampler._n_startup_trials == startup  # what Optuna was given
+
+
+def test_random_and_grid_have_no_startup_and_no_pruner(tmp_path):
+    from loratune.search.yardstick import prepare_yardstick
+
+    for strategy in ("random", "grid"):
+        store = Study.open(tmp_path / strategy, meta={"strategy": strategy})
+        ctx = SearchContext(store=store, runner=LengthWorld(), meter=Meter(Budget.parse("20trials")),
+                            trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
+        prepare_yardstick(ctx, default_space(START, 32, trial_steps=TRIAL_STEPS), START, strategy)
+        assert ctx.decisions == [] and ctx.trial_pruner is None
+        assert type(store.optuna.pruner).__name__ != "HyperbandPruner"
+
+
+def lr_ceiling(point) -> float:
+    """The val macro-F1 a trial climbs to: highest at lr 1e-3, lower the further the lr is (log scale)."""
+    import math
+
+    return max(0.05, 0.85 - 0.25 * abs(math.log2(point["train.learning_rate"] / 1e-3)))
+
+
+class CurveWorld:
+    """Trials train for their `train.max_steps` and evaluate as `train` does (every steps // 6 steps, and at
+    the end); each eval point goes through the tune callback (runner.WatchCallback, as `train` calls it),
+    so the study's pruner stops a trial exactly where a real one would stop. The val macro-F1 rises
+    towards `ceiling(point)`."""
+
+    def __init__(self, ceiling=lr_ceiling, evals: int = 6):
+        self.ceiling, self.evals, self.calls, self.stopped = ceiling, evals, [], {}
+
+    def run(self, spec, run_dir, watch=None):
+        from dataclasses import replace
+
+        from loratune.search.runner import Watch, WatchCallback, curve_of, result_from
+
+        self.calls.append(spec)
+        steps = int(spec.point.get("train.max_steps") or TRIAL_STEPS)
+        every = max(1, steps // self.evals)
+        callback = WatchCallback(watch or Watch(prune=False), 0.0)
+        points, why = [], None
+        for s in sorted({every * k for k in range(1, self.evals + 1) if every * k <= steps} | {steps}):
+            v = self.ceiling(spec.point) * (1 - 0.5 ** (s / 10))
+            points.append({"step": s, "examples_seen": 16 * s, "val/macro_f1": v})
+            why = callback.on_eval(points[-1], {"steps_planned": steps, "examples_seen": 16 * s,
+                                                "objective": "val/macro_f1"})
+            if why:
+                break
+        done = points[-1]["step"]
+        self.stopped[len(self.calls) - 1] = done
+        run = {"status": "interrupted" if why else "completed", "steps_planned": steps, "steps_done": done,
+               "examples_seen": 16 * done, "objective": "val/macro_f1",
+               "best": max(points, key=lambda p: p["val/macro_f1"])}
+        res = result_from(run, None, done / 10, pruned=why)
+        return replace(res, curve=curve_of(points), features={"val_metric_se": 0.01})
+
+    def compare(self, run_dirs):
+        return None
+
+    def evaluate(self, run_dir, split="test"):
+        return {"test/macro_f1": 0.8}
+
+
+def _hyperband_ctx(tmp_path, budget, space, eval_every, runner, study_name="loratune"):
+    from loratune.search.yardstick import prepare_yardstick
+
+    store = Study.open(tmp_path / "hb", meta={"strategy": "tpe-hyperband"}, name=study_name)
+    ctx = SearchContext(store=store, runner=runner, meter=Meter(Budget.parse(budget)),
+                        trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
+    prepare_yardstick(ctx, space, START, "tpe-hyperband", seed=0, eval_every=eval_every)
+    return ctx, store
+
+
+def test_tpe_hyperband_prunes_a_clearly_losing_trial_and_keeps_the_winner(tmp_path):
+    import optuna
+
+    from loratune.search.yardstick import YARDSTICK_CODES
+
+    # one bracket (a rung at step 24 of a 50-step trial, its third eval point; none past 50): plain successive
+    # halving, so the second trial meets the first at the rung whatever bracket a trial number would hash to
+    space = default_space(START, 32)
+    runner = CurveWorld()
+    ctx, store = _hyperband_ctx(tmp_path, "100trials", space, 24, runner)
+    store.optuna.enqueue_trial({"train.learning_rate": 1e-3})  # the winner first: ceiling 0.85
+    store.optuna.enqueue_trial({"train.learning_rate": 1.3e-4})  # lr / 8: ceiling 0.11, clearly losing
+    run_yardstick(ctx, space, START, "tpe-hyperband", max_trials=2)
+
+    trials = store.optuna.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert [t.user_attrs["status"] for t in trials] == ["completed", "pruned"]
+    assert runner.stopped == {0: 50, 1: 24}  # the loser ran to the rung only, and is charged that much
+    assert ctx.meter.spent.examples == 16 * (50 + 24)
+    loser = ctx.records[1].result
+    assert loser.status == "pruned" and loser.reason.startswith("pruned: hyperband: val 0.")
+    codes = [d["code"] for d in ctx.decisions]
+    assert codes == ["tpe-startup", "hyperband-pruner", "space", "trial-pruned-hyperband", "pick"]
+    assert set(codes) <= set(YARDSTICK_CODES)
+    hb = next(d for d in ctx.decisions if d["code"] == "hyperband-pruner")["data"]
+    assert (hb["min_resource"], hb["max_resource"], hb["rungs"]) == (24, 50, [24])
+    assert next(d for d in ctx.decisions if d["code"] == "trial-pruned-hyperband")["trials"] == [1]
+    assert ctx.state["final"].number == 0 and ctx.state["final"].value == pytest.approx(0.85 * (1 - 0.5 ** 5))
+
+
+def test_tpe_hyperband_over_the_length_knob_stops_losers_at_rungs_within_the_budget(tmp_path):
+    import optuna
+
+    from loratune.search.yardstick import HYPERBAND_REDUCTION
+
+    # the real shape: rungs from a 1x trial's first eval point (50 // 6 = 8 steps) to the longest draw (8x)
+    space = default_space(START, 32, trial_steps=TRIAL_STEPS)
+    runner = CurveWorld()
+    budget = 30_000
+    ctx, store = _hyperband_ctx(tmp_path, f"{budget}ex", space, TRIAL_STEPS // 6, runner)
+    run_yardstick(ctx, space, START, "tpe-hyperband")
+
+    hb = next(d for d in ctx.decisions if d["code"] == "hyperband-pruner")["data"]
+    assert (hb["min_resource"], hb["max_resource"]) == (8, 400)
+    assert hb["rungs"] == [8 * HYPERBAND_REDUCTION ** k for k in range(4)]  # 8, 24, 72, 216
+    trials = {t.number: t for t in store.optuna.get_trials(deepcopy=False)}
+    pruned = [r for r in ctx.records if r.result.status == "pruned"]
+    by_hb = [r for r in pruned if r.result.reason.startswith("pruned: hyperband")]
+    assert by_hb, "Hyperband should stop some of the losing draws"
+    for r in pruned:
+        assert trials[r.number].state == optuna.trial.TrialState.PRUNED
+        assert r.result.steps_done < r.result.steps_planned
+    # a Hyperband stop happens at a rung: the first eval point at or past one
+    for r in by_hb:
+        assert any(rung <= r.result.steps_done < rung + max(1, r.result.steps_planned // 6) for rung in hb["rungs"])
+    pruned_codes = [d["code"] for d in ctx.decisions if d["kind"] == "prune"]
+    assert pruned_codes.count("trial-pruned-hyperband") == len(by_hb)
+    assert len(pruned_codes) == len(pruned)
+    # a pruned trial is charged what it trained; the whole search stays within the budget
+    assert ctx.meter.spent.examples == sum(16 * r.result.steps_done for r in ctx.records) <= budget
+    best = ctx.state["final"]
+    assert best.result.status == "completed"
+    assert all(r.value <= best.value for r in pruned)
+
+
+def test_cli_strategy_choices_are_the_yardstick_strategies():
+    from loratune.cli import build_parser
+    from loratune.search.yardstick import STRATEGIES
+
+    tune = build_parser()._defaults["_commands"]["tune"]
+    action = next(a for a in tune._actions if "--strategy" in a.option_strings)
+    assert tuple(action.choices) == STRATEGIES

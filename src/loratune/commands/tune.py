@@ -15,9 +15,10 @@ def register(sub) -> None:
     add_config_args(p)
     p.add_argument("--budget", help="wall time (15m, 900s, 1h), trials (20trials) or training examples processed "
                    "(300000ex); default 15m (on --resume: the study's own, unless given)")
-    p.add_argument("--strategy", choices=("protocol", "grid", "random", "tpe"),
-                   help="the staged protocol (default) or an Optuna sampler over the same space (on --resume: "
-                   "the study's own)")
+    # search.yardstick.STRATEGIES (not imported here: it loads the whole search package; a test keeps them equal)
+    p.add_argument("--strategy", choices=("protocol", "grid", "random", "tpe", "tpe-hyperband"),
+                   help="the staged protocol (default) or an Optuna sampler over the same space; tpe-hyperband "
+                   "adds Hyperband pruning within each trial's steps (on --resume: the study's own)")
     p.add_argument("--study-dir", default="runs/tune", help="study folder: study.db, trials/, decisions.jsonl, "
                    "final/ (default runs/tune)")
     p.add_argument("--storage", metavar="URL", help="Optuna storage as a SQLAlchemy URL (default: "
@@ -25,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--study-name", default="loratune", help="study name inside the storage")
     p.add_argument("--resume", action="store_true", help="continue the study in --study-dir: finished trials "
                    "are kept, a trial cut by a killed process is trained again")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed for grid / random / tpe")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed for grid / random / tpe / tpe-hyperband")
     p.add_argument("--trial-steps", type=int, metavar="N", help="optimizer steps per trial (default: from the budget)")
     p.add_argument("--target", type=float, metavar="F1", help="the val macro-F1 you need (LoRA vs full decision)")
     p.add_argument("--no-full-probe", action="store_true", help="skip the full-fine-tuning probe")

@@ -17,11 +17,12 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
+from loratune.objectives import SCORE_FLOOR, Objective, objective
 from loratune.search.budget import Cost, CostModel, Meter, format_amount
 from loratune.search.prune import PruneSettings
-from loratune.search.runner import Watch
+from loratune.search.runner import Watch, score_at
 from loratune.search.state import ProtocolState
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec, short_name
 
@@ -78,15 +79,31 @@ class SearchContext:
     costs: CostModel = field(default_factory=CostModel)
     ui: UI = field(default_factory=UI)
     prune: PruneSettings = field(default_factory=PruneSettings)
-    noise_floor: float = 0.005  # 0.5 point: the smallest difference that ever counts (protocol 6)
+    noise_floor: float = SCORE_FLOOR  # the smallest difference that ever counts (protocol 6; the objective's)
     finish_rows: int = 0  # test rows scored at the end (wall budgets keep time back for them)
     finish_base_s: float = 15.0  # plus exporting the adapter and writing the summary
+    # a study pruner asked at every eval point a trial reports (tpe-hyperband: yardstick.hyperband_check):
+    # (Optuna trial, step, objective value) -> the reason to stop, or None; None: the Watch's own rules only
+    trial_pruner: Callable[[Any, int, float], str | None] | None = None
     records: list[TrialRecord] = field(default_factory=list)  # trials of this search, in the order asked
     state: ProtocolState = field(default_factory=ProtocolState)  # what stages learned (incumbent, noise, ...)
     current: dict[str, Any] = field(default_factory=dict)  # the running trial (for progress)
     phase: str = ""
     _seq: int = 0
     _queued: set = field(default_factory=set)  # keys this search queued for workers (see prefetch)
+
+    # ------------------------------------------------------------------ the objective
+    @property
+    def objective(self) -> Objective:
+        """What trials are compared on (the runner's objective key; val macro-F1 when it names none).
+        Trial values are its scores (larger is better); `show` / `fmt` give the value a person reads."""
+        return objective(getattr(self.runner, "objective", None))
+
+    def show(self, score: float | None) -> str:
+        return self.objective.show(score)  # 'val loss 2.310', 'val macro-F1 0.812'
+
+    def fmt(self, score: float | None) -> str:
+        return self.objective.fmt(score)  # '2.310'
 
     # ------------------------------------------------------------------ trials
     def spec(self, point: dict, phase: str, purpose: str = "") -> TrialSpec:
@@ -153,7 +170,8 @@ class SearchContext:
         self.current = {"number": number, "spec": spec, "last": None}
         watch = Watch(references=self.references(spec), settings=self.prune, budget_stop=self._budget_stop,
                       on_eval=lambda p: self._on_eval(handle, p), prune=prune,
-                      time_limit=self._time_limit if self.meter.budget.kind == "wall_s" else None)
+                      time_limit=self._time_limit if self.meter.budget.kind == "wall_s" else None,
+                      pruner=self._pruner_for(handle))
         self.ui.trial_start(number, spec, self)
         try:
             result = self.runner.run(spec, run_dir, watch)
@@ -174,15 +192,34 @@ class SearchContext:
         # scoring a row costs about a third of training on it (forward only): keep that time back
         self.meter.reserve_s = self.finish_base_s + self.costs.seconds_per_example("lora") * self.finish_rows / 3
 
+    def _reported(self, point: dict) -> tuple[int, float] | None:
+        """(step, objective value) of an eval point the Optuna trial is told, or None (step 0, no value)."""
+        v = score_at(point, self.objective.key)  # metric_for_best_model, larger is better (minus a loss)
+        if v is None or point.get("step", 0) <= 0:
+            return None
+        return int(point["step"]), v
+
     def _on_eval(self, handle, point: dict) -> None:
         self.current["last"] = point
-        v = point.get(getattr(self.runner, "objective", "val/macro_f1"))  # metric_for_best_model (multi-label)
-        if v is not None and hasattr(handle, "report") and point.get("step", 0) > 0:
+        got = self._reported(point)
+        if got is not None and hasattr(handle, "report"):
             try:
-                handle.report(float(v), int(point["step"]))
+                handle.report(got[1], got[0])
             except Exception:
-                pass  # intermediate values are a convenience for dashboards
+                pass  # intermediate values are a convenience for dashboards (and a study pruner's input)
         self.ui.trial_eval(point, self)
+
+    def _pruner_for(self, handle) -> Callable[[dict], str | None] | None:
+        """The Watch's `pruner` for a trial: `trial_pruner` asked after each point `_on_eval` reported."""
+        ask = self.trial_pruner
+        if ask is None or not hasattr(handle, "should_prune"):
+            return None
+
+        def pruner(point: dict) -> str | None:
+            got = self._reported(point)
+            return ask(handle, *got) if got is not None else None
+
+        return pruner
 
     def _time_limit(self, trial_wall_s: float, examples_seen: int) -> float:
         """Seconds the running trial may take in all: what is left of a wall budget, after keeping back
@@ -264,7 +301,3 @@ def with_(point: dict, **changes: Any) -> dict:
     out = dict(point)
     out.update(changes)
     return out
-
-
-def fmt_f1(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from loratune.objectives import CLASSIFIER_METRICS, objective
 from loratune.search.prune import PruneSettings, behind_best, by_diagnosis
 from loratune.search.trial import KEPT_FEATURES, TrialResult, TrialSpec
 from loratune.store import RunStore
@@ -38,6 +39,9 @@ class Watch:
     # asked at the start and at every eval point, enforced after every optimizer step (WatchCallback.on_step)
     time_limit: Callable[[float, int], float | None] | None = None
     limit_s: float | None = None
+    # a pruner besides the Watch's own rules (tpe-hyperband: Optuna's Hyperband, asked through the Optuna
+    # trial each eval point was reported to): eval point -> the reason to stop, or None
+    pruner: Callable[[dict], str | None] | None = None
 
     def check(self, points: list[dict], run: dict, elapsed_s: float) -> str | None:
         from loratune.diagnose import diagnose
@@ -57,33 +61,54 @@ class Watch:
                 return why
         if not self.prune:
             return None
-        curve = curve_of(points, objective_of(run))
+        if self.pruner is not None:  # asked at every point, so it sees each rung the trial reaches
+            why = self.pruner(points[-1])
+            if why:
+                return why
+        key = objective_of(run)
+        obj = objective(key)
+        curve = curve_of(points, key)
         if step >= self.settings.diagnosis_min_fraction * planned:
             d = diagnose(points, meta=run)
             p = d.primary
             if p is not None and p.rule_id in self.settings.stop_verdicts and not p.tentative:
                 ev = next((e.text for e in p.evidence if e.passed), "")
-                why = by_diagnosis(p.rule_id, ev, curve, planned, self.references, self.settings)
+                why = by_diagnosis(p.rule_id, ev, curve, planned, self.references, self.settings, obj)
                 if why:
                     return why
-            se = d.features.values.get("val_metric_se")
+            # the diagnosis's binomial SE is a classifier metric's; a loss or a prompt-set score has its margin
+            se = d.features.values.get("val_metric_se") if key in CLASSIFIER_KEYS else None
         else:
             se = None
-        return behind_best(curve, planned, self.references, se, self.settings)
+        return behind_best(curve, planned, self.references, se, self.settings, obj)
+
+
+CLASSIFIER_KEYS = frozenset(f"val/{m}" for m in CLASSIFIER_METRICS)
 
 
 def objective_of(run: dict) -> str:
     """The run's objective key (train.metric_for_best_model, resolved: val/subset_accuracy for multi-label
-    data by default); records made before it existed used val macro-F1."""
+    data by default, val/loss for open generation); records made before it existed used val macro-F1."""
     return str(run.get("objective") or "val/macro_f1")
 
 
+def score_at(point: dict, key: str) -> float | None:
+    """The objective of one evaluation point on the search's scale (larger is better: minus a loss). A
+    classifier's record without the key falls back to its val accuracy (records of old versions)."""
+    o = objective(key)
+    v = point.get(key)
+    if v is None and o.higher_is_better:
+        v = point.get("val/accuracy")
+    return o.score(v)
+
+
 def curve_of(points: Sequence[dict], key: str = "val/macro_f1") -> tuple[tuple[int, float], ...]:
+    """(step, score) at every evaluation point, on the search's scale (larger is better)."""
     out = []
     for p in points:
-        v = p.get(key, p.get("val/accuracy"))
-        if v is not None and isinstance(v, (int, float)) and math.isfinite(v):
-            out.append((int(p.get("step", 0)), float(v)))
+        v = score_at(p, key)
+        if v is not None:
+            out.append((int(p.get("step", 0)), v))
     return tuple(out)
 
 
@@ -163,7 +188,7 @@ def result_from(run: dict, diag, wall_s: float, pruned: str | None = None) -> Tr
         status = "pruned"
     elif status == "interrupted":
         status = "failed"
-    value = best.get(objective_of(run), best.get("val/accuracy"))  # the objective: metric_for_best_model
+    value = score_at(best, objective_of(run))  # the objective (metric_for_best_model), larger is better
     findings: tuple[dict, ...] = ()
     features: dict[str, Any] = {}
     verdict = "inconclusive"
@@ -173,13 +198,13 @@ def result_from(run: dict, diag, wall_s: float, pruned: str | None = None) -> Tr
         findings = tuple(_finding(f) for f in diag.active)
         features = {k: diag.features.values.get(k) for k in KEPT_FEATURES}
     return TrialResult(
-        status=status, value=float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None,
+        status=status, value=value,
         examples=int(run.get("examples_seen") or 0), wall_s=float(wall_s),
         steps_planned=int(run.get("steps_planned") or 0), steps_done=int(run.get("steps_done") or 0),
         mean_step_s=run.get("mean_step_s"), peak_memory_mb=run.get("peak_memory_mb"),
         params=dict(run.get("params") or {}), best={k: best[k] for k in keep if k in best},
         curve=curve, verdict=verdict, findings=findings, features=features,
-        reason=(f"pruned: {pruned}" if pruned else str(run.get("reason") or "")))
+        reason=(f"pruned: {pruned}" if pruned else str(run.get("reason") or "")), objective=objective_of(run))
 
 
 def _finding(f) -> dict:
@@ -198,11 +223,17 @@ class TrainingRunner:
     @property
     def objective(self) -> str:
         """The val key trials are compared on: train.metric_for_best_model resolved for this data
-        (auto: val/subset_accuracy for multi-label, val/macro_f1 for single-label)."""
+        (auto: val/subset_accuracy for multi-label, val/macro_f1 for single-label; causal-lm: val/loss, or
+        val/macro_f1 when it generates labels)."""
         from loratune.errors import UserError
-        from loratune.train import objective_key
 
         try:
+            if self.base.model.task == "causal-lm":
+                from loratune.sft import objective_key as lm_objective
+
+                return lm_objective(self.base, self.dataset.label_space is not None, bool(self.dataset.prompt_set))
+            from loratune.train import objective_key
+
             return objective_key(self.base, self.dataset.label_space.multi_label)
         except UserError:  # a metric the task lacks: each trial's run says so
             return "val/macro_f1"
@@ -213,10 +244,11 @@ class TrainingRunner:
         return replace(self.base, **{**spec.point, "train.output_dir": str(run_dir)})
 
     def run(self, spec: TrialSpec, run_dir: Path, watch: Watch | None = None) -> TrialResult:
+        from loratune.tasks import recipe
         from loratune.diagnose import diagnose
-        from loratune.train import train
 
         cfg = self.config(spec, run_dir)
+        train = recipe(cfg, "train")  # the task's training loop (train.train, sft.train_sft)
         baseline_mb = reset_peak_memory()
         watch = watch or Watch(prune=False)
         store = RunStore(run_dir)

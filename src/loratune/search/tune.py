@@ -37,9 +37,9 @@ class TuneOptions:
     storage: str | None = None  # SQLAlchemy URL; default sqlite:///<study_dir>/study.db
     study_name: str = "loratune"
     resume: bool = False
-    seed: int = 0  # sampler seed (grid / random / tpe)
+    seed: int = 0  # sampler seed (grid / random / tpe / tpe-hyperband)
     trial_steps: int | None = None  # override the planned trial length
-    examples_per_s: float = 100.0  # prior throughput for planning wall-time budgets
+    examples_per_s: float | None = None  # prior throughput for planning wall-time budgets (None: the task's)
     explicit_keys: tuple[str, ...] = ()  # config keys the user set (they win over the assessment)
     user_point: dict = field(default_factory=dict)  # their values
     settings: ProtocolSettings = field(default_factory=ProtocolSettings)
@@ -59,11 +59,13 @@ def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, run
 
 def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: list) -> dict:
     from loratune.config import to_yaml
-    from loratune.data import load_dataset
+    from loratune.objectives import objective
+    from loratune.search.protocol.settings import PLAN_PRIORS
     from loratune.search.runner import TrainingRunner
+    from loratune.tasks import recipe
     from loratune.search.space import default_space
     from loratune.search.summary import finish
-    from loratune.search.yardstick import make_sampler, run_yardstick
+    from loratune.search.yardstick import prepare_yardstick, run_yardstick
 
     t_start = time.perf_counter()
     ui = ui or UI()
@@ -99,10 +101,10 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                     "marked failed, its point is trained again")
     options = dc_replace(options, strategy=options.strategy or "protocol", budget=options.budget or DEFAULT_BUDGET)
     budget = Budget.parse(options.budget)
-    dataset = dataset or load_dataset(cfg.data, seed=cfg.train.seed)  # as api.prepare (api imports search)
-    from loratune.data import check_trainable
-
-    check_trainable(dataset)
+    dataset = dataset or recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)  # as api.prepare
+    recipe(cfg, "check")(dataset)
+    prior_eps, prior_overhead_s = PLAN_PRIORS[cfg.model.task]
+    options = dc_replace(options, examples_per_s=options.examples_per_s or prior_eps)
 
     # phase 0 ----------------------------------------------------------------------------------
     assessment = study.load_assessment()  # a resumed study (or a bench sharing phase 0) has it
@@ -123,7 +125,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         batch = cfg.train.per_device_train_batch_size
     if plan is None:
         plan = plan_trial_length(budget.kind, budget.limit, len(dataset.train), batch, start_epochs=start.epochs,
-                                 examples_per_s=options.examples_per_s)
+                                 examples_per_s=options.examples_per_s, overhead_s=prior_overhead_s)
         if options.trial_steps or "train.max_steps" in options.explicit_keys:
             steps = options.trial_steps or cfg.train.max_steps
             plan = {**plan, "max_steps": steps, "examples": steps * batch, "epochs": steps * batch / len(dataset.train),
@@ -143,6 +145,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         meter.charge(Cost(note["lost_wall_s"], 0, 0), f"trial #{note['number']} lost to a killed process")
     test = dataset.splits().get("test")
     ctx = SearchContext(store=study, runner=runner, meter=meter, trial_examples=int(plan["examples"]),
+                        noise_floor=objective(getattr(runner, "objective", None)).noise_floor,
                         trial_steps=int(plan["max_steps"]),
                         base_point=dict(start.point), costs=CostModel(options.examples_per_s), ui=ui,
                         finish_rows=len(test) if test is not None else 0, finish_base_s=options.finish_reserve_s)
@@ -153,10 +156,15 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         run_protocol(ctx, start, options.settings, plan)
     else:
         space = default_space(start.point, start.ceiling_r, int(plan["max_steps"]), arms=options.settings.arms)
-        study.optuna.sampler = make_sampler(options.strategy, space, options.seed)
         ctx.state.start = start
         ctx.decide("phase0", "trial-plan", f"trials of {plan['max_steps']} steps", "plan", [plan["reason"]],
                    data=plan)
+        eval_every = 0
+        if options.strategy == "tpe-hyperband":  # Hyperband's first rung: a 1x trial's first eval point
+            from loratune.train import plan_steps
+
+            eval_every = plan_steps(base, len(dataset.train))[1]
+        prepare_yardstick(ctx, space, start.point, options.strategy, options.seed, eval_every=eval_every)
         run_yardstick(ctx, space, start.point, options.strategy)
 
     # finish -----------------------------------------------------------------------------------

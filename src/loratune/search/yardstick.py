@@ -1,5 +1,5 @@
-"""Grid, random and TPE search over the same space, through Optuna's samplers, with the same budget
-accounting, trial length, pruning and storage as the protocol (protocol section 7).
+"""Grid, random, TPE and TPE + Hyperband search over the same space, through Optuna's samplers, with
+the same budget accounting, trial length, pruning and storage as the protocol (protocol section 7).
 
 Each step asks the study's sampler for a trial, lets the space suggest every knob (`space.suggest`),
 turns the values into config overrides and runs them with `ctx.run`: same `Meter`, same `Watch`
@@ -7,27 +7,146 @@ turns the values into config overrides and runs them with `ctx.run`: same `Meter
 length too (1-8x a trial), as the protocol's final training does; a draw too long for the budget left
 is marked failed and drawn again. The loop stops when a trial of the planned length no longer fits the
 budget (or the grid is exhausted). The pick is the best val macro-F1.
+
+`prepare_yardstick` sets the study's sampler (and pruner) up before the loop and records how:
+
+- TPE (`tpe`, `tpe-hyperband`) starts with random trials before its model guides the draws; their
+  number is sized to the budget (`startup_trials`: a third of the trials of the start point's length
+  that fit, within MIN_STARTUP_TRIALS..MAX_STARTUP_TRIALS), decision `tpe-startup`.
+- `tpe-hyperband` adds Optuna's `HyperbandPruner` (multi-fidelity, decision `hyperband-pruner`). Its
+  resource is optimizer steps *within* a trial: every eval point a trial reports (`trial.report(value,
+  step)` in `SearchContext._on_eval`) is judged against the trials of its bracket that reached the same
+  rung, and a trial outside the top 1/HYPERBAND_REDUCTION stops there through the `Watch` (decision
+  `trial-pruned-hyperband`; the run ends as interrupted with `pruned by tune: hyperband: ...`, its best
+  adapter saved, the Optuna trial PRUNED). The length knob stays in the space as for the other samplers:
+  it sets how far a trial may run (its `train.max_steps`, with the lr schedule over that length), and
+  Hyperband cuts it short. So rungs start at the first eval point of a 1x trial (min_resource) and end at
+  the longest draw (max_resource = 8x a trial), and a long draw is compared at a rung with shorter ones
+  at the same step even though its schedule is less far along. The Watch's own rules (behind the best,
+  a diverged diagnosis, the budget) keep applying on top; a pruned trial is charged what it trained.
 """
 
 from __future__ import annotations
 
-from loratune.search.context import SearchContext, fmt_f1
+from typing import Any
+
+from loratune.search.context import SearchContext
 from loratune.search.space import SearchSpace, to_overrides
 
-STRATEGIES = ("protocol", "grid", "random", "tpe")
+STRATEGIES = ("protocol", "grid", "random", "tpe", "tpe-hyperband")
 MAX_MISSES = 50  # draws in a row whose training length does not fit the budget left before the search stops
 
+# TPE's random start-up trials, sized to the budget (issue 15): at most 1/STARTUP_SHARE of the trials
+# that fit are random, so at least two thirds of a small budget are guided by the model ...
+STARTUP_SHARE = 3
+# ... but never fewer than this: TPE splits the trials so far into good (the top 10%, at least one) and
+# bad ones and needs one good and a couple of bad ones before its two densities say anything ...
+MIN_STARTUP_TRIALS = 3
+# ... nor more than Optuna's own default: past it, more random trials only delay the guided ones
+MAX_STARTUP_TRIALS = 10
 
-def make_sampler(strategy: str, space: SearchSpace, seed: int = 0):
+# Hyperband's reduction factor eta: at every rung (min_resource x eta^k steps) the top 1/eta of a
+# bracket's trials go on. 3 is what Li et al. (2018) recommend and Optuna's default; with rungs from the
+# first of a 1x trial's 6 eval points up to 8x a trial it makes 4 brackets (rungs at 1/6, 1/2, 1.5 and 4.5
+# trials), from aggressive early stopping to none.
+HYPERBAND_REDUCTION = 3
+HYPERBAND_PREFIX = "hyperband"  # how a Hyperband stop reason starts (the trail tells it from the Watch's)
+
+# The codes of the decisions a yardstick records (SearchContext.decide(code=...)), as the protocol's
+# DECISION_CODES: tests and tools read the code; verdict and move beside it are for people.
+YARDSTICK_CODES: dict[str, str] = {
+    "trial-plan": "phase 0: the length of one trial (recorded by tune)",
+    "tpe-startup": "TPE's random start-up trials, sized to the budget",
+    "hyperband-pruner": "tpe-hyperband: the pruner's rungs, in optimizer steps within a trial",
+    "space": "the knobs the sampler draws",
+    "trial-pruned-hyperband": "a trial stopped by Hyperband: outside the top of its bracket at a rung",
+    "trial-pruned": "a trial stopped by the Watch: behind the best, a diverged diagnosis, or the budget",
+    "stop": "the search stopped: budget spent or grid exhausted",
+    "pick": "the best val trial is the pick",
+}
+
+
+def trials_that_fit(ctx: SearchContext, start_point: dict) -> int:
+    """How many trials of the start point's length the budget left holds (at the estimated cost)."""
+    one = ctx.estimate(start_point).amount(ctx.meter.budget.kind)
+    return max(0, int(ctx.meter.left / one + 1e-9)) if one > 0 else 0
+
+
+def startup_trials(fit: int) -> int:
+    """TPE's random start-up trials for a budget that holds `fit` trials (the constants above)."""
+    return min(MAX_STARTUP_TRIALS, max(MIN_STARTUP_TRIALS, fit // STARTUP_SHARE))
+
+
+def make_sampler(strategy: str, space: SearchSpace, seed: int = 0, n_startup_trials: int = MIN_STARTUP_TRIALS):
     import optuna
 
     if strategy == "grid":
         return optuna.samplers.GridSampler(space.grid(), seed=seed)
     if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if strategy == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+    if strategy in ("tpe", "tpe-hyperband"):
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
     raise ValueError(strategy)
+
+
+def hyperband_resources(space: SearchSpace, trial_steps: int, eval_every: int) -> tuple[int, int]:
+    """(min_resource, max_resource) in optimizer steps: the first eval point of a 1x trial, the longest
+    training length the space draws (the planned trial when the space has no length knob)."""
+    lengths = space["train.max_steps"].choices if "train.max_steps" in space.keys else (trial_steps,)
+    low = max(1, int(eval_every))
+    return low, max(low, int(max(lengths)))
+
+
+def make_pruner(strategy: str, space: SearchSpace, trial_steps: int, eval_every: int):
+    """Optuna's Hyperband for tpe-hyperband; None for the other samplers (the Watch's rules only)."""
+    import optuna
+
+    if strategy != "tpe-hyperband":
+        return None
+    low, high = hyperband_resources(space, trial_steps, eval_every)
+    return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=high, reduction_factor=HYPERBAND_REDUCTION)
+
+
+def hyperband_check(trial, step: int, value: float) -> str | None:
+    """`SearchContext.trial_pruner` for tpe-hyperband: the study's pruner on the value just reported."""
+    if not trial.should_prune():
+        return None
+    return (f"{HYPERBAND_PREFIX}: val {value:.3f} at step {step} is outside the top 1/{HYPERBAND_REDUCTION} of "
+            "its bracket's trials at this rung")
+
+
+def prepare_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict, strategy: str, seed: int = 0,
+                      eval_every: int = 0) -> Any:
+    """Set the study's sampler (and for tpe-hyperband its pruner) up for `run_yardstick` and record how;
+    `eval_every`: the steps between a 1x trial's eval points (train.plan_steps; tpe-hyperband's first
+    rung). Returns the sampler."""
+    study = ctx.store.optuna
+    n_startup = MIN_STARTUP_TRIALS
+    if strategy in ("tpe", "tpe-hyperband"):
+        fit = trials_that_fit(ctx, start_point)
+        n_startup = startup_trials(fit)
+        ctx.decide(strategy, "startup", f"{n_startup} random start-up trials before TPE's model guides",
+                   "sample", [f"about {fit} trials of the start point's length fit ({ctx.meter.describe_left()})",
+                              f"a third of them, within {MIN_STARTUP_TRIALS}..{MAX_STARTUP_TRIALS}: {n_startup}"],
+                   data={"n_startup_trials": n_startup, "trials_fit": fit, "share": f"1/{STARTUP_SHARE}",
+                         "min": MIN_STARTUP_TRIALS, "max": MAX_STARTUP_TRIALS}, code="tpe-startup")
+    study.sampler = make_sampler(strategy, space, seed, n_startup)
+    if strategy == "tpe-hyperband":
+        if eval_every <= 0:
+            raise ValueError("tpe-hyperband needs the steps between a trial's eval points (eval_every)")
+        low, high = hyperband_resources(space, ctx.trial_steps, eval_every)
+        study.pruner = make_pruner(strategy, space, ctx.trial_steps, eval_every)
+        ctx.trial_pruner = hyperband_check
+        rungs = []
+        while not rungs or rungs[-1] * HYPERBAND_REDUCTION <= high:
+            rungs.append(low * HYPERBAND_REDUCTION ** len(rungs))
+        ctx.decide(strategy, "pruner", f"Hyperband over steps {low}..{high}, keeping the top 1/{HYPERBAND_REDUCTION}",
+                   "prune", [f"min resource: the first eval point of a 1x trial (step {low})",
+                             f"max resource: the longest draw ({high} steps)",
+                             f"{len(rungs)} brackets; rungs at steps {', '.join(map(str, rungs))}"],
+                   data={"min_resource": low, "max_resource": high, "reduction_factor": HYPERBAND_REDUCTION,
+                         "rungs": rungs}, code="hyperband-pruner")
+    return study.sampler
 
 
 def run_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict, strategy: str,
@@ -68,10 +187,15 @@ def run_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict, str
             ctx.store.fail(trial, "budget")
             break
         n += 1
+        if rec.result.status == "pruned":
+            why = rec.result.reason.removeprefix("pruned: ")
+            ctx.decide(phase, "prune", f"{rec.label} stopped at step {rec.result.steps_done} of "
+                       f"{rec.result.steps_planned}", "stop trial", [why], [rec],
+                       code="trial-pruned-hyperband" if why.startswith(HYPERBAND_PREFIX) else "trial-pruned")
     best = ctx.best()
     if best is not None:
         ctx.state.final = best
-        ctx.decide(phase, "pick", f"best val macro-F1 {fmt_f1(best.value)}", f"pick {best.label}",
+        ctx.decide(phase, "pick", f"best {ctx.show(best.value)}", f"pick {best.label}",
                    [f"{len(ctx.records)} trials; best {best.label}"], [best])
     return ctx
 

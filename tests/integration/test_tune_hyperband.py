@@ -1,0 +1,50 @@
+"""tpe-hyperband's pruner stops a real trial through the tune callback: Optuna's Hyperband, asked at each eval
+point the trial reported (`trial.should_prune`), ends the run like every pruned trial (run.json `interrupted`
+with the reason, the best adapter saved, the Optuna trial PRUNED). Tiny random-init BERT, 12 steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from loratune.config import load_config
+from loratune.data import load_dataset
+from loratune.search.budget import Budget, Meter
+from loratune.search.context import SearchContext
+from loratune.search.runner import TrainingRunner
+from loratune.search.study import Study
+from loratune.search.yardstick import HYPERBAND_REDUCTION, hyperband_check
+
+from support import overrides
+
+
+def test_a_hyperband_stop_ends_a_real_trial_as_pruned(tiny_bert, intent_data, tmp_path):
+    import optuna
+
+    cfg = load_config(None, overrides(tiny_bert, intent_data, tmp_path / "unused", max_steps=12, eval_steps=4,
+                                      num_threads=1))
+    study = Study.open(tmp_path / "study", meta={"strategy": "tpe-hyperband"})
+    # rungs from step 4 (the first eval point) to 8: one bracket, so the trial meets the one before it at step 4
+    study.optuna.pruner = optuna.pruners.HyperbandPruner(min_resource=4, max_resource=8,
+                                                         reduction_factor=HYPERBAND_REDUCTION)
+    ahead = study.optuna.ask()  # a finished trial that reached val 1.0 by the rung: no real trial can beat it
+    ahead.report(1.0, 4)
+    assert not ahead.should_prune()  # the first at its rung goes on (and records its rung value)
+    study.optuna.tell(ahead, 1.0)
+
+    ctx = SearchContext(store=study, runner=TrainingRunner(cfg, load_dataset(cfg.data)),
+                        meter=Meter(Budget.parse("10trials")), trial_examples=12 * 8, trial_steps=12,
+                        trial_pruner=hyperband_check)
+    try:
+        rec = ctx.run(ctx.spec({"train.learning_rate": 5e-3}, "tpe-hyperband"), trial=study.optuna.ask(),
+                      reuse=False)
+    finally:
+        study.close()
+    run = json.loads((Path(rec.run_dir) / "run.json").read_text())
+    assert run["status"] == "interrupted" and run["reason"].startswith("pruned by tune: hyperband: val ")
+    assert run["steps_done"] == 4 and run["adapter_step"] == 4 and (Path(rec.run_dir) / "adapter").is_dir()
+    assert rec.result.status == "pruned" and rec.result.steps_done == 4
+    trial = study.optuna.get_trials(deepcopy=False)[rec.number]
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs["status"] == "pruned"
+    assert trial.intermediate_values[4] == dict(rec.result.curve)[4] < 1.0  # the value Hyperband judged
+    assert ctx.meter.spent.examples == 4 * 8  # charged what it trained
