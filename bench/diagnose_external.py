@@ -49,7 +49,8 @@ from loratune.rules import RULES, THRESHOLDS, default_thresholds  # noqa: E402
 
 TRAINER = ROOT / "tests" / "fixtures" / "external" / "trainer"
 PUBLIC = ROOT / "tests" / "fixtures" / "external" / "public"
-# fresh public sets: fold, folder, the commit whose rules were frozen before the fold's labels existed
+# fresh public sets: fold, folder, the commit whose rules were frozen before the fold's labels existed (listed, never
+# globbed: public_e, fold E, is being collected as a held-out set and stays out until the rules are frozen for it)
 FRESH = (("C", ROOT / "tests" / "fixtures" / "external" / "public_c", "f70a259"),
          ("D", ROOT / "tests" / "fixtures" / "external" / "public_d", "9c8282d"))
 RESULTS = ROOT / "bench" / "results"
