@@ -48,3 +48,25 @@ def test_a_hyperband_stop_ends_a_real_trial_as_pruned(tiny_bert, intent_data, tm
     assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs["status"] == "pruned"
     assert trial.intermediate_values[4] == dict(rec.result.curve)[4] < 1.0  # the value Hyperband judged
     assert ctx.meter.spent.examples == 4 * 8  # charged what it trained
+
+
+def test_tune_cli_runs_tpe_hyperband_end_to_end(tiny_bert, intent_data, tmp_path, monkeypatch):
+    from loratune.cli import main
+
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    ov = overrides(tiny_bert, intent_data, study / "unused", learning_rate=2e-2, num_threads=1)
+    ov = [o for o in ov if not o.startswith(("max_steps=", "eval_steps=", "output_dir="))]
+    assert main(["tune", *ov, "--study-dir", str(study), "-q", "--strategy", "tpe-hyperband", "--budget", "3trials",
+                 "--trial-steps", "12", "--seed", "2"]) == 0
+    decisions = [json.loads(line) for line in (study / "decisions.jsonl").read_text().splitlines()]
+    by_code = {d["code"]: d for d in decisions}
+    assert by_code["tpe-startup"]["data"]["n_startup_trials"] == 3  # 3 trials fit: the minimum
+    # rungs from a 12-step trial's first eval point (12 // 6 evaluation points) to the longest draw (8x)
+    hb = by_code["hyperband-pruner"]["data"]
+    assert (hb["min_resource"], hb["max_resource"]) == (2, 96)
+    summary = json.loads((study / "final" / "study.json").read_text())
+    assert summary["strategy"] == "tpe-hyperband" and summary["budget"]["spent"]["trials"] == 3
+    for t in summary["trials"]:
+        run = json.loads((Path(t["run_dir"]) / "run.json").read_text())
+        assert (run["status"] == "interrupted") == (t["status"] == "pruned")
