@@ -41,7 +41,7 @@ def test_a_hyperband_stop_ends_a_real_trial_as_pruned(tiny_bert, intent_data, tm
     finally:
         study.close()
     run = json.loads((Path(rec.run_dir) / "run.json").read_text())
-    assert run["status"] == "interrupted" and run["reason"].startswith("pruned by tune: hyperband: val ")
+    assert run["status"] == "interrupted" and run["reason"].startswith("pruned by tune: hyperband: val macro-F1 ")
     assert run["steps_done"] == 4 and run["adapter_step"] == 4 and (Path(rec.run_dir) / "adapter").is_dir()
     assert rec.result.status == "pruned" and rec.result.steps_done == 4
     trial = study.optuna.get_trials(deepcopy=False)[rec.number]

@@ -214,7 +214,7 @@ def test_tpe_hyperband_prunes_a_clearly_losing_trial_and_keeps_the_winner(tmp_pa
     assert runner.stopped == {0: 50, 1: 24}  # the loser ran to the rung only, and is charged that much
     assert ctx.meter.spent.examples == 16 * (50 + 24)
     loser = ctx.records[1].result
-    assert loser.status == "pruned" and loser.reason.startswith("pruned: hyperband: val 0.")
+    assert loser.status == "pruned" and loser.reason.startswith("pruned: hyperband: val macro-F1 0.")
     codes = [d["code"] for d in ctx.decisions]
     assert codes == ["tpe-startup", "hyperband-pruner", "space", "trial-pruned-hyperband", "pick"]
     assert set(codes) <= set(YARDSTICK_CODES)

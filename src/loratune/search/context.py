@@ -83,8 +83,9 @@ class SearchContext:
     finish_rows: int = 0  # test rows scored at the end (wall budgets keep time back for them)
     finish_base_s: float = 15.0  # plus exporting the adapter and writing the summary
     # a study pruner asked at every eval point a trial reports (tpe-hyperband: yardstick.hyperband_check):
-    # (Optuna trial, step, objective value) -> the reason to stop, or None; None: the Watch's own rules only
-    trial_pruner: Callable[[Any, int, float], str | None] | None = None
+    # (Optuna trial, step, score, the score as a person reads it) -> the reason to stop, or None; None: the
+    # Watch's own rules only
+    trial_pruner: Callable[[Any, int, float, str], str | None] | None = None
     records: list[TrialRecord] = field(default_factory=list)  # trials of this search, in the order asked
     state: ProtocolState = field(default_factory=ProtocolState)  # what stages learned (incumbent, noise, ...)
     current: dict[str, Any] = field(default_factory=dict)  # the running trial (for progress)
@@ -217,7 +218,7 @@ class SearchContext:
 
         def pruner(point: dict) -> str | None:
             got = self._reported(point)
-            return ask(handle, *got) if got is not None else None
+            return ask(handle, got[0], got[1], self.show(got[1])) if got is not None else None
 
         return pruner
 

@@ -107,11 +107,12 @@ def make_pruner(strategy: str, space: SearchSpace, trial_steps: int, eval_every:
     return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=high, reduction_factor=HYPERBAND_REDUCTION)
 
 
-def hyperband_check(trial, step: int, value: float) -> str | None:
-    """`SearchContext.trial_pruner` for tpe-hyperband: the study's pruner on the value just reported."""
+def hyperband_check(trial, step: int, score: float, shown: str) -> str | None:
+    """`SearchContext.trial_pruner` for tpe-hyperband: the study's pruner on the score just reported
+    (`shown`: as a person reads it, e.g. 'val macro-F1 0.412')."""
     if not trial.should_prune():
         return None
-    return (f"{HYPERBAND_PREFIX}: val {value:.3f} at step {step} is outside the top 1/{HYPERBAND_REDUCTION} of "
+    return (f"{HYPERBAND_PREFIX}: {shown} at step {step} is outside the top 1/{HYPERBAND_REDUCTION} of "
             "its bracket's trials at this rung")
 
 
