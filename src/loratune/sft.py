@@ -15,10 +15,23 @@ is the trained evaluation point with the lowest val loss (generate: the best val
 Ends, and records, like the classifier loop: planned steps, early stopping (on val loss), a diverged
 loss, Ctrl-C / SIGTERM (`interrupted`) or an error (`failed`). Helpers that are not task-specific
 (optimizer, schedule, seeding, divergence, progress, run record) come from train.py.
+
+Several processes (`accelerate launch` / torchrun; `launched()` is the one test: WORLD_SIZE above 1) train
+data parallel: accelerate starts the process group (gloo on CPU, NCCL on GPUs) and wraps the model in DDP.
+Every rank builds the same model, data and batch order from the same seed; each optimizer step draws
+gradient_accumulation_steps x world_size micro-batches and deals each rank its share, and DDP averages the
+gradients, so one step equals one process accumulating all of them (global batch = per_device_train_batch_size
+x gradient_accumulation_steps x world_size: run.json `world_size`, `global_batch`; `examples_seen` and the
+train loss / tokens of a step are over all ranks). Evaluation runs on rank 0 alone (the data is not sharded:
+the same numbers as one process) while the others wait for its decision (early stop, divergence, the
+callback's halt), which it broadcasts. Rank 0 alone writes output_dir: the record, history, generations and
+the model (`NoRecord` stands in for the store of the other ranks). Not supported: FSDP (and DeepSpeed,
+Megatron), as `SHARDING_FLAGS` says.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -148,6 +161,111 @@ def _as_list(v) -> list:
 
 
 # ----------------------------------------------------------------------------------------------
+# data parallel across processes (`accelerate launch` / torchrun)
+
+
+def launched() -> tuple[int, int]:
+    """(rank, world size) that `accelerate launch` / torchrun gave this process; (0, 1) for a plain one. The one
+    place that decides whether a run is distributed: WORLD_SIZE above 1."""
+    return int(os.environ.get("RANK") or 0), int(os.environ.get("WORLD_SIZE") or 1)
+
+
+# accelerate launch's flags for sharded training, refused: the loop builds its optimizer on the unwrapped
+# parameters and saves them whole, which is right for DDP only (FSDP flattens or re-creates the parameters and
+# needs a gathered state dict to save). FSDP for method full was not built for a measured reason: accelerate
+# 1.15 runs FSDP on accelerators only (FullyShardedDataParallelPlugin raises "no available devices found, must
+# be one of 'XPU', 'CUDA', ..." on a CPU machine, and AcceleratorState keeps a gloo run MULTI_CPU), so the
+# two-CPU-process test this project can run could not exercise it.
+SHARDING_FLAGS = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_MEGATRON_LM")
+
+
+class OneProcess:
+    """The default: rank 0 of 1, every hook the identity (accelerate is not imported)."""
+
+    world, rank, main = 1, 0, True
+
+    def place(self, device: torch.device) -> torch.device:
+        return device
+
+    def wrap(self, model):
+        return model
+
+    def no_sync(self, model, skip: bool):
+        return contextlib.nullcontext()
+
+    def sum(self, values: list[float]) -> list[float]:
+        return values
+
+    def from_main(self, obj):
+        return obj
+
+    def close(self) -> None:
+        pass
+
+
+class DataParallel(OneProcess):
+    """Launched with WORLD_SIZE > 1: accelerate starts the process group (gloo on CPU, NCCL on GPUs) and wraps
+    the model in DistributedDataParallel, which averages the gradients across ranks in the backward pass of
+    each optimizer step's last micro-batch (the others run under no_sync)."""
+
+    def __init__(self, num_threads: int):
+        from accelerate import Accelerator
+
+        from loratune.errors import UserError
+
+        sharded = [f for f in SHARDING_FLAGS if os.environ.get(f, "").lower() == "true"]
+        if sharded:
+            raise UserError(f"task causal-lm trains data parallel (DDP) only, and this launch asks for "
+                            f"{sharded[0].removeprefix('ACCELERATE_USE_').lower()} ({sharded[0]}=true)",
+                            "launch with `accelerate launch --multi_gpu --num_processes N -m loratune.cli train ...` "
+                            "(no --use_fsdp / --use_deepspeed / --use_megatron_lm, nor those in the accelerate config)")
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())  # cpu: accelerate's MULTI_CPU, over gloo
+        self.world, self.rank, self.main = self.acc.num_processes, self.acc.process_index, self.acc.is_main_process
+        # this machine's cores shared by its ranks (torchrun's OMP_NUM_THREADS=1 would leave cores idle)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or self.world)
+        torch.set_num_threads(num_threads or max(1, cpu_cores() // local))
+
+    def place(self, device: torch.device) -> torch.device:
+        return self.acc.device
+
+    def wrap(self, model):
+        return self.acc.prepare_model(model)
+
+    def no_sync(self, model, skip: bool):
+        return self.acc.no_sync(model) if skip else contextlib.nullcontext()
+
+    def sum(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.acc.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
+
+    def from_main(self, obj):
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        self.acc.end_training()  # destroys the process group
+
+
+class NoRecord:
+    """The store of ranks above 0: rank 0 writes the whole record (run.json, history, generations, the model),
+    so these write nothing into output_dir and take no run.lock."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def create(self, config_yaml: str) -> None:
+        pass
+
+    def write_run(self, run: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
 # the run
 
 
@@ -166,7 +284,11 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     # bf16 autocast only where the hardware has it (precision.py; auto); lm_head and the loss in float32
     precision = precision_mod.detect(cfg.train.precision, device.type)
     autocast = precision.autocast
-    seed_everything(cfg.train.seed)
+    seed_everything(cfg.train.seed)  # every rank the same seed: identical adapters and batch order
+    ranks = DataParallel(cfg.train.num_threads) if launched()[1] > 1 else OneProcess()
+    device = ranks.place(device)
+    if not ranks.main:
+        store = NoRecord(store.path)
 
     tokenizer = load_tokenizer(cfg.model)
     base = load_causal_lm(cfg.model, tokenizer.pad_token_id)
@@ -199,8 +321,10 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     # rows scored at one evaluation point (val, the train subsample, the prompts and, generating labels, val
     # again): with eval_steps null, evaluation stays within train.max_eval_share of the training work
     eval_rows = len(val_enc) + len(train_eval_enc) + len(prompt_ids) + len(val_prompt_ids)
-    steps, eval_every = plan_steps(cfg, len(dataset.train), eval_rows)
+    # steps are planned over one rank's share of the rows: each step takes accum micro-batches on every rank
+    steps, eval_every = plan_steps(cfg, math.ceil(len(dataset.train) / ranks.world), eval_rows)
     optimizer, scheduler = build_optimizer(model, cfg, steps, device)
+    train_model = ranks.wrap(model)  # DDP when launched; `model` (the same parameters) evaluates and saves
     accum = cfg.train.gradient_accumulation_steps
     rng = random.Random(cfg.train.seed)
 
@@ -230,15 +354,17 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         "started_at": utc_now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
+        "world_size": ranks.world,
+        "global_batch": cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * ranks.world,
         "pid": os.getpid(), "threads": torch.get_num_threads(), "objective": objective,
         "label_format": "generate" if labels else None, "labels": list(labels) or None,
         "precision": precision.to_dict(),
         "config": to_dict(cfg), "versions": versions(),
     }
     store.write_run(run)
-    tracking = Trackers.open(cfg.train.report_to, store.path, to_dict(cfg), to_yaml(cfg))
+    tracking = Trackers.open(cfg.train.report_to if ranks.main else (), store.path, to_dict(cfg), to_yaml(cfg))
 
-    bar = RunProgress(steps, progress, title="sft", metric="val loss")
+    bar = RunProgress(steps, progress and ranks.main, title="sft", metric="val loss")
     # gain: the objective signed so that larger is better (minus the val loss, or the val macro-F1)
     best_gain, best_state, evals_since_best = -math.inf, None, 0  # best gain so far (any point)
     trained_key, start_loss = (-math.inf, -math.inf), None  # best (gain, tie-break) after step 0; step 1's loss
@@ -305,24 +431,28 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         return diverged(loss, start_loss) if loss is not None else None
 
     try:
-        evaluate_now()  # step 0: the base model
+        if ranks.main:  # rank 0 evaluates (and runs the callback); the other ranks wait for its answer
+            evaluate_now()  # step 0: the base model
         batches = micro_batches()
         stop_reason = f"planned steps done ({steps})"
-        halt = callback.on_eval(run["final"], run) if callback is not None else None
+        halt = ranks.from_main(callback.on_eval(run["final"], run) if callback is not None and ranks.main else None)
         for step in range(1, steps + 1):
             if halt:  # the caller's callback asked to stop (after the previous step or evaluation)
                 break
             t_step = time.perf_counter()
             step_loss, n_examples, n_tokens = 0.0, 0, 0
-            for _ in range(accum):
-                rows = next(batches)
+            group = [next(batches) for _ in range(accum * ranks.world)]  # the step's micro-batches, all ranks
+            for i, rows in enumerate(group[ranks.rank::ranks.world]):  # this rank's share
                 batch = collate_lm(train_enc, rows, pad_id, device)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss, n = lm_loss(model, batch)
-                (loss / accum).backward()
+                with ranks.no_sync(train_model, skip=i < accum - 1):  # gradients all-reduced on the last one
+                    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+                        loss, n = lm_loss(train_model, batch)
+                    (loss / accum).backward()
                 step_loss += float(loss.detach()) / accum
                 n_examples += len(rows)
                 n_tokens += int(batch["attention_mask"].sum())
+            loss_sum, n_examples, n_tokens = ranks.sum([step_loss, n_examples, n_tokens])  # over all ranks
+            step_loss, n_examples, n_tokens = loss_sum / ranks.world, int(n_examples), int(n_tokens)
             if not math.isfinite(step_loss):
                 run["status"], stop_reason = "diverged", f"non-finite loss at step {step}"
                 optimizer.zero_grad(set_to_none=True)
@@ -342,11 +472,15 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
                 window[key].append(v)
             run["steps_done"], run["examples_seen"] = step, examples_seen
             bar.update(step, step_loss)
-            halt = callback.on_step(step, examples_seen) if callback is not None else None
+            if callback is not None:
+                halt = ranks.from_main(callback.on_step(step, examples_seen) if ranks.main else None)
             if (step % eval_every == 0 or step == steps) and not halt:
-                stop = evaluate_now()
-                halt = callback.on_eval(run["final"], run) if callback is not None else None
-                why = _diverged_point(run["final"])
+                decision = None
+                if ranks.main:
+                    stop = evaluate_now()
+                    halt = callback.on_eval(run["final"], run) if callback is not None else None
+                    decision = (stop, halt, _diverged_point(run["final"]))
+                stop, halt, why = ranks.from_main(decision)
                 if why:
                     run["status"], stop_reason = "diverged", f"{why} (step {step})"
                     break
@@ -376,6 +510,8 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
             tracking.finish(store.path, run["status"])
         if save_error is not None and sys.exc_info()[0] is None:
             raise save_error
+    run = ranks.from_main(run)  # every rank returns rank 0's record (after rank 0 has saved it)
+    ranks.close()
     return run
 
 

@@ -23,9 +23,19 @@ def run(args) -> int:
 
     from loratune.store import check_output_dir
 
+    from loratune.errors import UserError
+
     cfg = load_cfg(args)  # validated before any model loads
+    from loratune.sft import launched  # (torch: after the config is known to be valid)
+
+    rank, world = launched()
+    if world > 1 and cfg.model.task != "causal-lm":  # each rank would train its own copy into one output_dir
+        raise UserError(f"task {cfg.model.task} does not train across processes (WORLD_SIZE {world}); only task "
+                        "causal-lm runs under accelerate launch / torchrun",
+                        "run `loratune train` as one process (without accelerate launch)")
     check_output_dir(Path(cfg.train.output_dir))  # a file, or not writable: said now, not after training
     out = console()
+    out.quiet = rank > 0  # under accelerate launch rank 0 speaks for the run
     dataset = api.prepare(cfg)
     for note in dataset.notes:
         out.print(f"[yellow]note:[/] {note}")

@@ -1,0 +1,114 @@
+"""Task causal-lm under `accelerate launch`: two CPU processes (gloo, DDP) on the tiny random-init Llama.
+
+The check of the gradient exchange: two ranks with per-device batch 4 take the two micro-batches that one
+process with gradient accumulation 2 takes at each step (the same seed, the same batch order), and DDP
+averages their gradients as accumulation does. So, with dropout off, the adapter rank 0 saves equals the
+single-process one: it could not if rank 1's gradients were missing, or computed on weights that had
+drifted from rank 0's at any step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from loratune import cli
+
+from sft_support import make_sft_rows, save_tiny_llama_lm
+from support import write_jsonl
+
+pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                                reason="torch.distributed with the gloo backend is not available in this torch build")
+
+STEPS, EVERY, BATCH, RANKS = 8, 4, 4, 2
+
+
+def overrides(lm: str, data: Path, out: Path, **extra) -> list[str]:
+    base = {"task": "causal-lm", "name_or_path": lm, "dataset_name": str(data), "output_dir": str(out),
+            "max_steps": STEPS, "eval_steps": EVERY, "per_device_train_batch_size": BATCH, "learning_rate": 1e-2,
+            "target_modules": "[attn.q, attn.v]", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "max_length": 32,
+            "max_new_tokens": 6}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[str, Path]:
+    lm = save_tiny_llama_lm(tmp_path_factory.mktemp("tiny-llama-lm"), chat_template=False)
+    data = tmp_path_factory.mktemp("sft-data")
+    write_jsonl(data / "train.jsonl", make_sft_rows(8, seed=1))
+    write_jsonl(data / "validation.jsonl", make_sft_rows(2, seed=2))
+    return lm, data
+
+
+@pytest.fixture(scope="module")
+def launched(setup, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    lm, data = setup
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    # --multi_gpu is accelerate's torchrun launcher; with no GPU visible the ranks run on CPU over gloo
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(RANKS),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), "-m", "loratune.cli", "train", "-q", *overrides(lm, data, out)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def test_two_ranks_write_one_record_counting_every_rank(launched):
+    out, proc = launched
+    run = json.loads((out / "run.json").read_text())
+    assert (run["status"], run["world_size"], run["steps_done"]) == ("completed", RANKS, STEPS)
+    assert run["global_batch"] == BATCH * RANKS
+    assert run["examples_seen"] == STEPS * BATCH * RANKS
+    hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in hist] == [0, EVERY, 2 * EVERY]
+    assert [p["examples_seen"] for p in hist] == [0, EVERY * BATCH * RANKS, 2 * EVERY * BATCH * RANKS]
+    # rank 0 alone writes (the lock released), and alone speaks: one summary for the two processes
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "config.yaml", "history.jsonl", "run.json"]
+    assert proc.stdout.count("run completed") == 1, proc.stdout
+
+
+def test_the_adapter_loads_with_plain_peft_and_equals_one_process_accumulating_both_ranks(launched, setup,
+                                                                                         tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    lm, data = setup
+    out, _ = launched
+    ref = tmp_path / "one-process"
+    assert cli.main(["train", "-q", *overrides(lm, data, ref, gradient_accumulation_steps=RANKS)]) == 0
+    ddp = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lm), out / "adapter")
+    one = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lm), ref / "adapter")
+    a = {n: p for n, p in ddp.named_parameters() if "lora_" in n}
+    b = {n: p for n, p in one.named_parameters() if "lora_" in n}
+    assert a.keys() == b.keys() and a
+    # not a vacuous match: LoRA's B matrices start at zero, and training moved them
+    assert all(float(b[n].abs().max()) > 1e-3 for n in b if "lora_B" in n)
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=1e-5, atol=1e-6, msg=n)
+    ref_run = json.loads((ref / "run.json").read_text())
+    ddp_run = json.loads((out / "run.json").read_text())
+    assert ref_run["examples_seen"] == ddp_run["examples_seen"]
+    assert ddp_run["best"]["val/loss"] == pytest.approx(ref_run["best"]["val/loss"], rel=1e-5)
+
+
+def test_a_classifier_under_a_launcher_is_a_user_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["train", f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert "only task causal-lm runs under accelerate launch" in err and "fix:" in err
+    assert not (tmp_path / "run").exists()
