@@ -21,32 +21,15 @@ from typing import Any, Mapping, Sequence
 from loratune.config import RunConfig, load_config  # noqa: F401  (re-exported)
 from loratune.data import Dataset, load_dataset
 from loratune.store import RunStore
-
-
-# model.task -> its data reader, the check of what training needs, and its training loop, as
-# "module:function" (imported when used: the loops import torch). The one place the task is dispatched.
-TASK_RECIPES: dict[str, dict[str, str]] = {
-    "classification": {"prepare": "loratune.data:load_dataset", "check": "loratune.data:check_trainable",
-                       "train": "loratune.train:train"},
-    "causal-lm": {"prepare": "loratune.sft_data:load_sft_dataset", "check": "loratune.sft_data:check_trainable",
-                  "train": "loratune.sft:train_sft"},
-}
+from loratune.tasks import TASK_RECIPES, recipe  # noqa: F401  (re-exported)
 
 
 # Verbs not built for a task yet: said as a UserError before any work, never a traceback half-way.
 NOT_BUILT: dict[str, dict[str, str]] = {
     "causal-lm": {"assess": "train it directly (`loratune train task=causal-lm ...`); its curves read with "
-                            "`loratune diagnose RUN`",
-                  "tune": "train runs that differ in one knob (`loratune train task=causal-lm r=...`) and compare "
-                          "them with `loratune diagnose RUN RUN ...`"},
+                            "`loratune diagnose RUN`; `loratune tune task=causal-lm` runs the same phase 0 "
+                            "(assess.sft) before its trials"},
 }
-
-
-def _recipe(cfg: RunConfig, step: str):
-    import importlib
-
-    module, name = TASK_RECIPES[cfg.model.task][step].split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def require_built(cfg: RunConfig, verb: str) -> None:
@@ -60,18 +43,18 @@ def require_built(cfg: RunConfig, verb: str) -> None:
 def prepare(cfg: RunConfig) -> Dataset:
     """Read the data (before any model loads): a `data.Dataset` for classification, an
     `sft_data.SFTDataset` for causal-lm."""
-    return _recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)
+    return recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)
 
 
 def check(cfg: RunConfig, dataset) -> None:
     """A UserError naming what training would crash on (empty texts, a split too small)."""
-    _recipe(cfg, "check")(dataset)
+    recipe(cfg, "check")(dataset)
 
 
 def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> dict:
     """Train one run into cfg.train.output_dir; returns its run.json content."""
     dataset = dataset or prepare(cfg)
-    return _recipe(cfg, "train")(cfg, dataset, RunStore(cfg.train.output_dir), progress=progress)
+    return recipe(cfg, "train")(cfg, dataset, RunStore(cfg.train.output_dir), progress=progress)
 
 
 def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:

@@ -20,6 +20,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from loratune.errors import ConfigError, UserError
+from loratune.objectives import CLASSIFIER_METRICS, METRIC_CHOICES, lm_metrics
 
 EMBEDDED_MODEL = "embedded:minilm"
 EMBEDDED_DATA = "embedded:banking77-demo"
@@ -162,9 +163,10 @@ class TrainConfig:
                                 "(typos, dropped words, case, punctuation).")
     metric_for_best_model: str = _f("auto", "Validation metric that picks the saved model, drives early stopping and "
                                     "is the objective of `loratune tune`. auto: subset_accuracy (exact match) for "
-                                    "multi-label data, macro_f1 for single-label.",
-                                    choices=("auto", "macro_f1", "accuracy", "subset_accuracy", "micro_f1",
-                                             "samples_f1", "weighted_f1"))
+                                    "multi-label data, macro_f1 for single-label; causal-lm: loss (per completion "
+                                    "token), macro_f1 with data.label_format=generate, or a prompt-set score "
+                                    "(prompt_novel_chrf ...) with data.prompt_set.",
+                                    choices=("auto", *METRIC_CHOICES))
     multi_label_loss: str = _f("bce_pos_weight", "Multi-label loss (each summed over labels, averaged over rows). "
                                "bce_pos_weight (the default): BCE with each label's positives weighted "
                                "negatives/positives (train frequencies, capped at 100), the one that beats "
@@ -540,7 +542,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {"causal-lm": {"model.name_or_path": 
 TASK_ONLY_KEYS: dict[str, str] = {
     **{k: "classification" for k in (
         "data.text_column", "data.label_column", "data.multi_label", "data.label_delimiter", "data.none_label",
-        "data.probe_file", "train.head_learning_rate", "train.metric_for_best_model", "train.multi_label_loss",
+        "data.probe_file", "train.head_learning_rate", "train.multi_label_loss",
         "train.focal_gamma", "train.allow_empty", "train.max_labels_per_row")},
     **{k: "causal-lm" for k in (
         "data.prompt_column", "data.completion_column", "data.messages_column", "data.chat_template",
@@ -562,10 +564,19 @@ def task_checks(cfg: RunConfig) -> list[str]:
         section, name = dotted.split(".", 1)
         value, default = getattr(getattr(cfg, section), name), table[dotted].default
         if value != default:
-            why = ("causal-lm picks the saved model by val loss, or val macro-F1 with label_format=generate"
-                   if dotted == "train.metric_for_best_model" else f"only task {owner} reads it")
+            why = f"only task {owner} reads it"
             problems.append(f"{dotted}: got {value!r} but model.task is {task} ({why}); allowed: leave it at "
                             f"{'null' if default is None else repr(default)}, or set model.task={owner}")
+    m = cfg.train.metric_for_best_model
+    if task == "causal-lm":
+        allowed = lm_metrics(generating, cfg.data.prompt_set is not None)
+        why = ("a causal-lm run computes its val loss" + (", the scores of its generated labels" if generating else "")
+               + (", its prompt-set scores" if cfg.data.prompt_set is not None else ""))
+    else:
+        allowed, why = CLASSIFIER_METRICS, "a classifier computes these"
+    if m != "auto" and m not in allowed:
+        problems.append(f"train.metric_for_best_model: got {m!r} but model.task is {task} ({why}); allowed: auto, "
+                        f"{', '.join(allowed)}")
     return problems
 
 

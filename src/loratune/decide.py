@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from loratune.objectives import DEFAULT, Objective
+
 
 @dataclass(frozen=True)
 class CostPoint:
@@ -76,8 +78,10 @@ class DecideInputs:
     noise_source: str = ""
     plateau: bool | None = None  # the rank sweep plateaued
     plateau_detail: str = ""
-    target: float | None = None  # the val macro-F1 the user needs, when given
+    target: float | None = None  # the objective's value the user needs, when given (a loss: at most this)
     breakeven_r: int | None = None  # rank where LoRA reaches a third of the adapted weights
+    # what the values are (CostPoint.val_macro_f1 holds the objective's score, larger is better: minus a loss)
+    objective: Objective = DEFAULT
 
 
 @dataclass(frozen=True)
@@ -132,10 +136,10 @@ def rank_plateau(inp: DecideInputs) -> Reason:
     if inp.target is None:
         return Reason("rank-plateau", None, f"the rank sweep plateaued ({inp.plateau_detail}); no target was "
                       "given, so whether it is met is unknown (pass --target)", {"target": None})
-    unmet = best is None or best < inp.target
-    return Reason("rank-plateau", unmet, f"the rank sweep plateaued ({inp.plateau_detail}); best val macro-F1 "
-                  f"{best if best is not None else float('nan'):.3f} vs target {inp.target:.3f}: "
-                  f"{'not met' if unmet else 'met'}", {"target": inp.target, "best": best})
+    unmet = best is None or best < inp.objective.score(inp.target)
+    return Reason("rank-plateau", unmet, f"the rank sweep plateaued ({inp.plateau_detail}); best "
+                  f"{inp.objective.show(best)} vs target {inp.target:.3f}: "
+                  f"{'not met' if unmet else 'met'}", {"target": inp.target, "best": inp.objective.value(best)})
 
 
 def cost_parity(inp: DecideInputs, t: DecideThresholds) -> Reason:
@@ -171,7 +175,8 @@ def performance_gap(inp: DecideInputs) -> Reason:
         verdict = "LoRA is better beyond noise"
     else:
         verdict = "the difference is within noise"
-    text = (f"full-fine-tuning probe val macro-F1 {full.val_macro_f1:.3f} vs LoRA {lora.val_macro_f1:.3f}: "
+    text = (f"full-fine-tuning probe {inp.objective.show(full.val_macro_f1)} vs LoRA "
+            f"{inp.objective.fmt(lora.val_macro_f1)}: "
             f"gap {gap:+.3f}, noise {inp.noise:.3f} ({inp.noise_source or 'noise'}): {verdict}")
     return Reason("performance-gap", holds, text, {"gap": gap, "noise": inp.noise, "full": full.val_macro_f1,
                                                    "lora": lora.val_macro_f1})

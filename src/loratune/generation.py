@@ -19,39 +19,13 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from loratune.errors import UserError
+from loratune.objectives import PROMPT_GROUPS, SCORES, prompt_key  # noqa: F401  (re-exported)
 
-PROMPT_GROUPS = ("familiar", "novel")
-
-# metric -> what it measures (0..1 scales except len_ratio); the report and `loratune rules` read these
-SCORES: Mapping[str, str] = MappingProxyType({
-    "exact_match": "share of outputs equal to their reference after normalisation (lower case, whitespace "
-                   "runs collapsed to one space, ends stripped)",
-    "chrf": "mean sentence-level chrF (character n-grams up to 6, beta 2; sacrebleu's CHRF) on a 0..1 scale: "
-            "the token-overlap score, robust to tokenisation and inflection",
-    "len_ratio": "mean output length / mean reference length, in whitespace words (the ratio of the totals: a "
-                 "one-word reference answered at length moves it little, where a mean of per-row ratios would be "
-                 "ruled by it): well below 1 = short, vague answers; well above 1 = rambling or looping",
-    "repetition": "mean share of repeated word 3-grams in an output: (3-grams - distinct 3-grams) / 3-grams, "
-                  "lower-cased words; 0 for outputs under 3 words. 0 = no 3-gram repeats, near 1 = a loop",
-    "empty": "share of outputs with no visible characters",
-    "chrf_se": "standard error of the group's mean chrF: sample standard deviation of the per-prompt chrF / "
-               "sqrt(prompts) (0.5 with a single prompt: the widest a 0..1 score can spread); the noise band of "
-               "`chrf` that the diagnosis compares differences with",
-})
+# the prompt-set score names and their history keys are defined with the objectives (objectives.py)
 REPEAT_NGRAM = 3  # word n-gram length of `repetition`: 3-grams repeat in loops, seldom in normal prose
-
-
-def prompt_key(group: str, metric: str) -> str:
-    """The history key of one prompt-set score, e.g. `val/prompt_novel_chrf`. The one place the format lives."""
-    if group not in PROMPT_GROUPS:
-        raise ValueError(f"unknown prompt group {group!r}; allowed: {', '.join(PROMPT_GROUPS)}")
-    if metric not in SCORES:
-        raise ValueError(f"unknown prompt-set score {metric!r}; allowed: {', '.join(SCORES)}")
-    return f"val/prompt_{group}_{metric}"
 
 
 # ---------------------------------------------------------------------------------------------

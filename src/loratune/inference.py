@@ -79,14 +79,19 @@ def load_trained(run_dir: str | Path) -> Trained:
     return Trained(model, tokenizer, space, cfg, device, decoding)
 
 
+SPLIT_NAMES = {"test": "test", "validation": "validation", "val": "validation", "train": "train"}
+
+
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     """Score the run's model on one split of its data; stored in run.json under `eval/<split>`."""
     from loratune.train import encode, score_split
 
-    trained = load_trained(run_dir)
-    names = {"test": "test", "validation": "validation", "val": "validation", "train": "train"}
+    names = SPLIT_NAMES
     if split not in names:
         raise UserError(f"unknown split '{split}'", "use test, validation or train")
+    if RunStore(run_dir).require().read_run().get("task") == "causal-lm":
+        return evaluate_lm_run(run_dir, split)
+    trained = load_trained(run_dir)
     dataset = load_dataset(trained.cfg.data, seed=trained.cfg.train.seed)
     data_split = dataset.splits().get(names[split])
     if data_split is None:
@@ -103,6 +108,61 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
 
     spec = LossSpec.from_dict(run.get("loss"), trained.space.multi_label)  # the loss the run trained with
     scores, _ = score_split(prefix, logits, enc, trained.space, spec, trained.decoding)
+    run.setdefault("eval", {})[split] = scores
+    if split == "test":
+        run["test"] = scores
+    store.write_run(run)
+    return scores
+
+
+def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
+    """A causal-lm run's saved model on one split: `<split>/loss` per completion token, perplexity and token
+    accuracy as its evaluation points have them (sft.evaluate_lm); generating labels, also the per-class
+    scores of the labels it writes and `<split>/unknown_rate`. Stored in run.json under `eval/<split>`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loratune.metrics import parse_labels, prediction_scores
+    from loratune.models import load_causal_lm, quiet_transformers
+    from loratune.sft import evaluate_lm, generate, label_token_cap
+    from loratune.sft_data import Renderer, encode_prompts, encode_sft, load_sft_dataset
+
+    store = RunStore(run_dir).require()
+    adapter_dir = store.adapter_dir
+    if not (adapter_dir / "config.json").is_file() and not (adapter_dir / "adapter_config.json").is_file():
+        raise UserError(f"run '{run_dir}' has no saved model (nothing in {adapter_dir})",
+                        "the run ended before its first trained evaluation; train it again")
+    cfg = load_config(store.path / CONFIG)
+    dataset = load_sft_dataset(cfg.data, seed=cfg.train.seed)
+    data_split = dataset.splits().get(SPLIT_NAMES[split])
+    if data_split is None:
+        raise UserError(f"the run's data has no {split} split", "set data.test_file in the run's config")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+        if (adapter_dir / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(load_causal_lm(cfg.model, tokenizer.pad_token_id), adapter_dir)
+        else:  # method full: the whole model was saved
+            model = AutoModelForCausalLM.from_pretrained(adapter_dir)
+    model.to(device).eval()
+    renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
+    prefix = "test" if split == "test" else ("val" if SPLIT_NAMES[split] == "validation" else "train")
+    enc = encode_sft(tokenizer, renderer, data_split.examples, cfg.model.max_length)
+    scores = evaluate_lm(prefix, model, enc, tokenizer.pad_token_id, device, False)
+    if dataset.label_space is not None:  # generative classification: the labels it writes, per class
+        labels = dataset.label_space.labels
+        y = np.array([{lab: i for i, lab in enumerate(labels)}.get(e.completion, -1) for e in data_split.examples],
+                     dtype=np.int64)
+        cap = label_token_cap(tokenizer, labels)
+        outputs = generate(model, tokenizer, encode_prompts(tokenizer, renderer, data_split.examples,
+                                                             cfg.model.max_length),
+                           min(cap, cfg.train.max_new_tokens), device)
+        pred = parse_labels(outputs, labels)
+        label_scores, _ = prediction_scores(prefix, pred, y, labels)
+        scores.update(label_scores)
+        scores[f"{prefix}/unknown_rate"] = float(np.mean(pred < 0))
+    run = store.read_run()
     run.setdefault("eval", {})[split] = scores
     if split == "test":
         run["test"] = scores

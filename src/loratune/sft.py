@@ -49,6 +49,7 @@ from loratune.adapt import apply_adapter, count_params, num_layers
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.generation import load_prompt_set, score_prompt_set
 from loratune.metrics import parse_labels, prediction_scores, top_unknown_outputs
+from loratune.objectives import lm_metrics, objective as objective_named
 from loratune.models import load_causal_lm, load_tokenizer, resolve_model
 from loratune.sft_data import IGNORE, Example, Renderer, SFTDataset, SFTEncoded, Turn, encode_prompts, encode_sft
 from loratune.store import RunStore, write_atomic
@@ -58,10 +59,25 @@ from loratune.train import (RunProgress, TrainCallback, batch_order, build_optim
                             peak_memory_mb, plan_steps, seed_everything, utc_now, versions,
                             window_scores)
 
-# What picks the saved model and drives early stopping: (key, higher is better, words). Open generation:
-# the val loss per completion token; generative classification (data.label_format=generate): val macro-F1
-# of the labels the model writes, as for a classifier.
-OBJECTIVES = {False: ("val/loss", False, "lowest val loss"), True: ("val/macro_f1", True, "best val macro-F1")}
+# What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
+# the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
+# the labels the model writes, as for a classifier. A prompt-set score may be named instead (objectives.py).
+AUTO_OBJECTIVE = {False: "loss", True: "macro_f1"}
+
+
+def objective_key(cfg: RunConfig, generates_labels: bool, has_prompt_set: bool) -> str:
+    """The val key that picks the saved model of a causal-lm run (and is `loratune tune`'s objective); a metric
+    this run does not compute is a UserError."""
+    from loratune.errors import UserError
+
+    m = cfg.train.metric_for_best_model
+    m = AUTO_OBJECTIVE[generates_labels] if m == "auto" else m
+    computed = lm_metrics(generates_labels, has_prompt_set)
+    if m not in computed:
+        raise UserError(f"train.metric_for_best_model: {m} is not computed by this causal-lm run",
+                        f"use auto or one of {', '.join(computed)}"
+                        + ("" if has_prompt_set else "; prompt-set scores need data.prompt_set"))
+    return f"val/{m}"
 # Evaluation batches hold at most this many tokens: the logits are [tokens, vocab] float32, 200 MB at
 # SmolLM2's 49k vocabulary (a classifier's are [rows, classes], so its eval batches can be much larger).
 EVAL_TOKENS = 1024
@@ -154,6 +170,12 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
             outputs[i] = tokenizer.decode(out[r, longest:], skip_special_tokens=True).strip()
     model.train(was_training)
     return outputs
+
+
+def label_token_cap(tokenizer, labels) -> int:
+    """New tokens generated for a label: the longest label's tokens + 2 (a space or newline before it, an end
+    token after it); more would only let the model ramble past the label."""
+    return 2 + max((len(tokenizer(lab, add_special_tokens=False)["input_ids"]) for lab in labels), default=0)
 
 
 def _as_list(v) -> list:
@@ -278,6 +300,8 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     check_trainable(dataset)
     require_trackers(cfg.train.report_to)
     prompt_items = load_prompt_set(dataset.prompt_set) if dataset.prompt_set else []  # bad rows: said now
+    objective = objective_key(cfg, dataset.label_space is not None, bool(prompt_items))  # a bad one: said now
+    higher = objective_named(objective).higher_is_better
     t_setup = time.perf_counter()
     torch.set_num_threads(cfg.train.num_threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -315,8 +339,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     val_prompt_ids = encode_prompts(tokenizer, renderer, dataset.validation.examples, max_len) if labels else []
     y_val = np.array([{lab: i for i, lab in enumerate(labels)}.get(e.completion, -1)
                       for e in dataset.validation.examples], dtype=np.int64)
-    label_tokens = 2 + max((len(tokenizer(lab, add_special_tokens=False)["input_ids"]) for lab in labels), default=0)
-    objective, higher, _ = OBJECTIVES[bool(labels)]
+    label_tokens = label_token_cap(tokenizer, labels)
 
     # rows scored at one evaluation point (val, the train subsample, the prompts and, generating labels, val
     # again): with eval_steps null, evaluation stays within train.max_eval_share of the training work
@@ -535,7 +558,8 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
             save_lm(model, tokenizer, cfg, store)
             step = run["adapter_step"]
             key = run["objective"]
-            _, higher, words = next(o for o in OBJECTIVES.values() if o[0] == key)
+            higher = objective_named(key).higher_is_better
+            words = f"{'best' if higher else 'lowest'} {objective_named(key).name}"
             best, untrained = (run.get("best") or {}).get(key), (run.get("untrained") or {}).get(key)
             worse = isinstance(best, float) and isinstance(untrained, float) and (untrained > best if higher
                                                                                  else untrained < best)

@@ -38,6 +38,7 @@ from loratune.adapt import HEAD_NAMES, apply_adapter, count_params, num_layers
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
 from loratune.errors import UserError
+from loratune.objectives import objective as objective_named
 from loratune.eval_extras import EvalExtras
 from loratune.losses import LossSpec, compute_loss, loss_spec
 from loratune.metrics import (Decoding, crossfit_thresholds, decode, multi_label_scores, sigmoid,
@@ -682,7 +683,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
 
 
 def _metric_name(key: str) -> str:
-    return {"val/macro_f1": "val macro-F1", "val/subset_accuracy": "val subset accuracy"}.get(key, key)
+    return objective_named(key).name
 
 
 def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts, best_state, bar, device, t0,

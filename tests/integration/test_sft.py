@@ -238,7 +238,7 @@ def test_generated_labels_are_parsed_and_scored_per_class(lm, intent_data, tmp_p
     assert sum(map(sum, confusion["matrix"])) == round((1 - best["val/unknown_rate"]) * 20)
 
 
-@pytest.mark.parametrize("verb", ["tune", "assess"])
+@pytest.mark.parametrize("verb", ["assess"])
 def test_verbs_not_built_for_causal_lm_say_so_before_any_work(verb, lm, sft_data, tmp_path, capsys):
     code = cli.main([verb, "task=causal-lm", f"name_or_path={lm}", f"dataset_name={sft_data}"])
     err = capsys.readouterr().err

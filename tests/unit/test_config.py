@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 
 import pytest
+
+from loratune.objectives import CLASSIFIER_METRICS
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -118,7 +120,10 @@ def test_a_value_outside_choices_lists_the_choices(dotted, f):
 def test_every_choice_is_accepted(dotted, f):
     section, name = dotted.split(".")
     for choice in f.metadata["choices"]:
-        cfg = load_config(None, task_of(dotted) + [f"{dotted}={choice}"])
+        context = task_of(dotted)
+        if dotted == "train.metric_for_best_model" and choice not in CLASSIFIER_METRICS + ("auto",):
+            context = ["task=causal-lm", "prompt_set=p.jsonl"]  # the objectives only a causal-lm run computes
+        cfg = load_config(None, context + [f"{dotted}={choice}"])
         assert getattr(getattr(cfg, section), name) == choice
 
 
@@ -592,9 +597,16 @@ def test_keys_of_the_other_task_are_refused_each_named_with_the_fix():
     assert problems == [
         "data.label_column: got 'intent' but model.task is causal-lm (only task classification reads it); "
         "allowed: leave it at 'label', or set model.task=classification",
-        "train.metric_for_best_model: got 'accuracy' but model.task is causal-lm (causal-lm picks the saved "
-        "model by val loss, or val macro-F1 with label_format=generate); allowed: leave it at 'auto', or set "
-        "model.task=classification"]
+        "train.metric_for_best_model: got 'accuracy' but model.task is causal-lm (a causal-lm run computes its "
+        "val loss); allowed: auto, loss"]
+    # the objective follows what the run computes: generated labels, a prompt set
+    generating = load_config(None, ["task=causal-lm", "label_format=generate", "metric_for_best_model=accuracy"])
+    assert generating.train.metric_for_best_model == "accuracy"
+    prompts = load_config(None, ["task=causal-lm", "prompt_set=p.jsonl", "metric_for_best_model=prompt_novel_chrf"])
+    assert prompts.train.metric_for_best_model == "prompt_novel_chrf"
+    assert problems_of(["metric_for_best_model=loss"]) == [
+        "train.metric_for_best_model: got 'loss' but model.task is classification (a classifier computes these); "
+        "allowed: auto, macro_f1, weighted_f1, accuracy, subset_accuracy, micro_f1, samples_f1"]
     problems = problems_of(["prompt_set=p.jsonl"])
     assert problems == ["data.prompt_set: got 'p.jsonl' but model.task is classification (only task causal-lm "
                         "reads it); allowed: leave it at null, or set model.task=causal-lm"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from loratune.objectives import objective
 from loratune.commands._common import add_config_args, console, load_cfg
 
 
@@ -28,7 +29,8 @@ def register(sub) -> None:
                    "are kept, a trial cut by a killed process is trained again")
     p.add_argument("--seed", type=int, default=0, help="sampler seed for grid / random / tpe / tpe-hyperband")
     p.add_argument("--trial-steps", type=int, metavar="N", help="optimizer steps per trial (default: from the budget)")
-    p.add_argument("--target", type=float, metavar="F1", help="the val macro-F1 you need (LoRA vs full decision)")
+    p.add_argument("--target", type=float, metavar="F1", help="the val objective you need (LoRA vs full decision): a macro-F1, or a val loss to reach "
+                   "(causal-lm)")
     p.add_argument("--no-full-probe", action="store_true", help="skip the full-fine-tuning probe")
     p.add_argument("--arms", type=lambda v: tuple(x.strip() for x in v.split(",") if x.strip()), default=(),
                    metavar="LIST", help="also try these variants, each at its own lr: loraplus (LoRA+, B at 16x the "
@@ -171,7 +173,7 @@ class RichUI:
 
     def _best(self, ctx) -> str:
         b = ctx.best()
-        return f"best {b.value:.3f} ({b.label})" if b else "best -"
+        return f"best {ctx.fmt(b.value)} ({b.label})" if b else "best -"
 
     def trial_start(self, number, spec, ctx) -> None:
         self.out.print(f"  [green]trial #{number}[/] {spec.name} [dim]({spec.phase}: {spec.purpose})[/]")
@@ -181,16 +183,15 @@ class RichUI:
     def trial_eval(self, point, ctx) -> None:
         cur = ctx.current
         spec = cur.get("spec")
-        f1 = point.get("val/macro_f1")
+        v = point.get(ctx.objective.key)
         self._status(f"{ctx.phase} · trial #{cur.get('number')} {spec.name if spec else ''} · step "
-                     f"{point.get('step')} · val F1 {f1 if f1 is None else round(f1, 3)} · {self._best(ctx)} · "
+                     f"{point.get('step')} · {ctx.objective.name} {v if v is None else round(v, 3)} · {self._best(ctx)} · "
                      f"{ctx.meter.describe_left()}")
 
     def trial_end(self, rec, ctx) -> None:
         res = rec.result
         tag = " (reused from the study)" if rec.reused else ""
-        v = "-" if rec.value is None else f"{rec.value:.3f}"
-        self.out.print(f"  [green]trial #{rec.number}[/] {rec.spec.name}: val macro-F1 {v}, {res.status}, "
+        self.out.print(f"  [green]trial #{rec.number}[/] {rec.spec.name}: {ctx.show(rec.value)}, {res.status}, "
                        f"{res.examples:,} examples, {res.wall_s:.0f}s, diagnosis {res.verdict}{tag}")
         self._status(f"{ctx.phase} · {self._best(ctx)} · {ctx.meter.describe_left()}")
 
@@ -198,12 +199,14 @@ class RichUI:
 def print_summary(out, s: dict) -> None:
     from rich.table import Table
 
+    obj = objective(s.get("objective"))
     t = Table(title=f"trials ({s['strategy']})")
-    for col in ("#", "name", "phase", "status", "val F1", "examples", "wall s", "step s", "verdict"):
+    for col in ("#", "name", "phase", "status", obj.name, "examples", "wall s", "step s", "verdict"):
         t.add_column(col)
     for row in s["trials"]:
+        v = row.get("objective_value", row["val_macro_f1"])
         t.add_row(str(row["trial"]), row["name"], row["phase"], row["status"],
-                  "-" if row["val_macro_f1"] is None else f"{row['val_macro_f1']:.3f}", f"{row['examples']:,}",
+                  "-" if v is None else f"{v:.3f}", f"{row['examples']:,}",
                   f"{row['wall_s']:.0f}", "-" if not row["mean_step_s"] else f"{row['mean_step_s']:.3f}",
                   row["verdict"])
     out.print(t)
@@ -212,9 +215,12 @@ def print_summary(out, s: dict) -> None:
         out.print(f"[bold]LoRA vs full:[/] {lvf['summary']}")
     rec = s.get("recommendation")
     if rec:
-        test = (rec.get("test") or {}).get("test/macro_f1")
-        out.print(f"[bold]recommendation:[/] trial #{rec['trial']} {rec['name']}: val macro-F1 "
-                  f"{rec['val_macro_f1']:.4f}" + (f", test macro-F1 {test:.4f}" if test is not None else ""))
+        test_key = obj.key.replace("val/", "test/", 1)
+        test = (rec.get("test") or {}).get(test_key)
+        value = rec.get("objective_value", rec["val_macro_f1"])
+        out.print(f"[bold]recommendation:[/] trial #{rec['trial']} {rec['name']}: {obj.name} "
+                  + ("-" if value is None else f"{value:.4f}")
+                  + (f", {obj.name.replace('val ', 'test ', 1)} {test:.4f}" if test is not None else ""))
         for k, v in rec.get("files", {}).items():
             out.print(f"  {k}: {v}")
     b = s["budget"]

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from loratune.objectives import DEFAULT, Objective
+
 Curve = Sequence[tuple[int, float]]
 
 
@@ -41,8 +43,9 @@ def best_until(curve: Curve, step: int) -> float | None:
 
 
 def behind_best(curve: Curve, steps_planned: int, references: Sequence[tuple[str, Curve]], se: float | None,
-                settings: PruneSettings = PruneSettings()) -> str | None:
-    """The reason to stop when the trial trails a finished one at the same step, else None."""
+                settings: PruneSettings = PruneSettings(), objective: Objective = DEFAULT) -> str | None:
+    """The reason to stop when the trial trails a finished one at the same step, else None. Curves hold the
+    objective's scores (larger is better); `objective` says how to show them."""
     if not curve or steps_planned <= 0 or not references:
         return None
     step = curve[-1][0]
@@ -60,14 +63,15 @@ def behind_best(curve: Curve, steps_planned: int, references: Sequence[tuple[str
         return None
     margin = max(settings.margin_min, settings.margin_se * (se or 0.0))
     if mine + margin < ref_val:
-        return (f"behind the best: val macro-F1 {mine:.3f} by step {step} of {steps_planned} vs {ref_val:.3f} for "
+        return (f"behind the best: {objective.show(mine)} by step {step} of {steps_planned} vs {objective.fmt(ref_val)} for "
                 f"{ref_name} at the same step; trailing by {ref_val - mine:.3f} > margin {margin:.3f} "
                 f"(max({settings.margin_min:g}, {settings.margin_se:g} x SE {se or 0:.3f}))")
     return None
 
 
 def by_diagnosis(verdict: str | None, evidence: str, curve: Curve, steps_planned: int,
-                 references: Sequence[tuple[str, Curve]], settings: PruneSettings = PruneSettings()) -> str | None:
+                 references: Sequence[tuple[str, Curve]], settings: PruneSettings = PruneSettings(),
+                 objective: Objective = DEFAULT) -> str | None:
     """The reason to stop on a collapse / divergence verdict, else None. Only a trial that is also
     losing (a finished trial was better at the same step) is stopped: the first trial never is."""
     if verdict not in settings.stop_verdicts or steps_planned <= 0 or not curve:
@@ -81,5 +85,5 @@ def by_diagnosis(verdict: str | None, evidence: str, curve: Curve, steps_planned
     if not better:
         return None
     name, v = max(better, key=lambda x: x[1])
-    return (f"diagnosis at step {step} of {steps_planned}: {verdict} ({evidence}); val macro-F1 {mine:.3f} vs "
-            f"{v:.3f} for {name} at the same step")
+    return (f"diagnosis at step {step} of {steps_planned}: {verdict} ({evidence}); {objective.show(mine)} vs "
+            f"{objective.fmt(v)} for {name} at the same step")

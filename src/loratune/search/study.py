@@ -39,6 +39,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
+from loratune.objectives import objective
 from loratune.errors import UserError
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
 from loratune.store import read_json, write_json
@@ -688,7 +689,11 @@ def records_table(records: Iterable[TrialRecord]) -> list[dict]:
     for r in records:
         res = r.result
         rows.append({"trial": r.number, "name": r.spec.name, "phase": r.spec.phase, "status": res.status,
-                     "val_macro_f1": res.value, "examples": res.examples, "wall_s": round(res.wall_s, 2),
+                     # the objective's value as a person reads it; val_macro_f1 keeps the score of the
+                     # larger-is-better objectives (the classifier's column), none for a loss
+                     "val_macro_f1": res.value if objective(res.objective).higher_is_better else None,
+                     "objective": res.objective, "objective_value": objective(res.objective).value(res.value),
+                     "examples": res.examples, "wall_s": round(res.wall_s, 2),
                      "mean_step_s": res.mean_step_s, "peak_memory_mb": res.peak_memory_mb,
                      "verdict": res.verdict, "run_dir": r.run_dir, "point": r.point,
                      "reason": res.reason})

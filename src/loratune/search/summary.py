@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from loratune.errors import UserError
-from loratune.search.context import SearchContext, fmt_f1
+from loratune.search.context import SearchContext
 from loratune.search.study import records_table
 from loratune.store import read_json, write_atomic, write_json
 
@@ -74,7 +74,9 @@ def summarize(ctx: SearchContext, strategy: str, final: Any = None, test: dict |
     recommendation = None
     if rec is not None:
         recommendation = {"trial": rec.number, "name": rec.spec.name, "run_dir": rec.run_dir, "point": rec.point,
-                          "val_macro_f1": rec.value, "verdict": rec.result.verdict,
+                          "val_macro_f1": rec.value if ctx.objective.higher_is_better else None,
+                          "objective": ctx.objective.key, "objective_value": ctx.objective.value(rec.value),
+                          "verdict": rec.result.verdict,
                           "test": _test_subset(test), "files": files or {},
                           "notes": ctx.state.final_notes}
     return {
@@ -101,6 +103,7 @@ def _test_subset(test: dict | None) -> dict | None:
     if not test:
         return None
     keys = ("test/macro_f1", "test/accuracy", "test/weighted_f1", "test/loss", "test/n", "test/micro_f1",
+            "test/perplexity", "test/token_accuracy", "test/tokens", "test/unknown_rate",
             "test/subset_accuracy", "test/samples_f1", "test_compound/subset_accuracy", "test_compound/n",
             "test_single/subset_accuracy")
     return {k: test[k] for k in keys if k in test}
@@ -137,7 +140,7 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
                 section, name = key.split(".", 1)
                 cfg.setdefault(section, {})[name] = value
             header = (f"# chosen by `loratune tune --strategy {strategy}`: trial #{rec.number} ({rec.spec.name}), "
-                      f"val macro-F1 {rec.value if rec.value is None else round(rec.value, 4)}\n")
+                      f"{ctx.objective.name} {ctx.fmt(rec.value)}\n")
             write_atomic(final_dir / "config.yaml", header + yaml.safe_dump(cfg, sort_keys=False))
             files["config"] = str(final_dir / "config.yaml")
         if test is not None:
@@ -152,8 +155,9 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
                  **({"decoding": picked["decoding"]} if picked.get("decoding") else {})}
     summary = summarize(ctx, strategy, rec, test, files, extra)
     if rec is not None:
-        ctx.decide("finish", "recommendation", f"{rec.label}: val macro-F1 {fmt_f1(rec.value)}"
-                   + (f", test macro-F1 {test['test/macro_f1']:.4f}" if test and 'test/macro_f1' in test else ""),
+        ctx.decide("finish", "recommendation", f"{rec.label}: {ctx.show(rec.value)}"
+                   + (f", test macro-F1 {test['test/macro_f1']:.4f}" if test and 'test/macro_f1' in test else
+                      f", test loss {test['test/loss']:.4f}" if test and 'test/loss' in test else ""),
                    "export " + (", ".join(sorted(files)) or "nothing"),
                    [f"point: {rec.point}"], [rec])
         summary["trail"] = ctx.decisions

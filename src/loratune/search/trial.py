@@ -48,7 +48,7 @@ class TrialSpec:
 @dataclass(frozen=True)
 class TrialResult:
     status: str  # completed | pruned | diverged | failed
-    value: float | None  # best val macro-F1 of the run (the objective)
+    value: float | None  # the run's best objective as a score, larger is better (val macro-F1; minus a val loss)
     examples: int  # training examples processed (the compute unit)
     wall_s: float  # the trial's whole wall time: model load, training, evaluation, diagnosis
     steps_planned: int = 0
@@ -58,11 +58,12 @@ class TrialResult:
     memory_delta_mb: float | None = None  # that peak above the process's memory when the trial started
     params: dict = field(default_factory=dict)  # run.json params
     best: dict = field(default_factory=dict)  # step, val/macro_f1, val/loss, val/accuracy, train_eval/macro_f1
-    curve: tuple[tuple[int, float], ...] = ()  # (step, val macro-F1) at every eval point
+    curve: tuple[tuple[int, float], ...] = ()  # (step, objective score) at every eval point
     verdict: str = "inconclusive"  # the diagnosis' primary rule id
     findings: tuple[dict, ...] = ()  # active findings: rule_id, verdict, moves, confidence, evidence
     features: dict = field(default_factory=dict)  # KEPT_FEATURES
     reason: str = ""  # why the run ended (a pruned trial: the pruning reason)
+    objective: str = "val/macro_f1"  # the key `value` scores (objectives.objective(key) shows it)
 
     @property
     def ok(self) -> bool:

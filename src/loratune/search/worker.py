@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loratune.objectives import objective
 from loratune.errors import UserError
 from loratune.search.context import UI
 from loratune.search.runner import Watch
@@ -54,8 +55,8 @@ def work(study: Study, runner, ui: UI | None = None, *, poll_s: float = 1.0, idl
             study.fail(trial, "the worker running it was stopped; the leader or another worker trains it again")
             raise
         rec = study.finish(trial, spec, run_dir, result)
-        v = "-" if rec.value is None else f"{rec.value:.3f}"
-        ui.note(f"worker: trial #{rec.number} {spec.name}: val macro-F1 {v}, {result.status}")
+        ui.note(f"worker: trial #{rec.number} {spec.name}: {objective(result.objective).show(rec.value)}, "
+                f"{result.status}")
         report.trials.append(trial.number)
         idle_since = time.monotonic()
         if max_trials is not None and len(report.trials) >= max_trials:
@@ -76,8 +77,8 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
                wait_for_base_s: float = 600.0) -> WorkerReport:
     """The CLI's worker: the trials' base config comes from the study (the leader writes it once phase 0
     is done), the data is read here (its paths must exist on this machine)."""
-    from loratune.data import load_dataset
     from loratune.search.runner import TrainingRunner
+    from loratune.tasks import recipe
     from loratune.search.study import HEARTBEAT_S
     from loratune.search.tune import cfg_from_yaml
 
@@ -92,7 +93,7 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
                                 "start the worker once `loratune tune` has finished phase 0 (it prints the trial plan)")
             time.sleep(1.0)
         base = cfg_from_yaml(study.meta["trial_base"])
-        dataset = load_dataset(base.data, seed=base.train.seed)  # as api.prepare (search never imports api)
+        dataset = recipe(base, "prepare")(base.data, seed=base.train.seed)  # as api.prepare
         return work(study, TrainingRunner(base, dataset), ui, idle_exit_s=idle_exit_s)
     finally:
         study.close()

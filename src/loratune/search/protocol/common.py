@@ -6,7 +6,7 @@ from typing import Sequence
 
 from loratune.params import breakeven_rank as compute_breakeven_rank
 from loratune.search.budget import Cost, format_amount
-from loratune.search.context import SearchContext, fmt_f1
+from loratune.search.context import SearchContext
 from loratune.search.space import DEFAULTS
 from loratune.search.stages import StageId
 from loratune.search.trial import TrialRecord
@@ -41,10 +41,10 @@ def reserve(ctx: SearchContext, stage: str | StageId, settings: ProtocolSettings
     return total
 
 
-def evidence_of(rec: TrialRecord, n: int = 4) -> list[str]:
+def evidence_of(ctx: SearchContext, rec: TrialRecord, n: int = 4) -> list[str]:
     """The diagnosis of a trial as evidence lines: the verdict, then its primary finding's clauses."""
     res = rec.result
-    lines = [f"{rec.label}: val macro-F1 {fmt_f1(rec.value)} ({res.status}, {res.examples:,} examples), "
+    lines = [f"{rec.label}: {ctx.show(rec.value)} ({res.status}, {res.examples:,} examples), "
              f"diagnosis: {res.verdict}"]
     f = res.finding(res.verdict)
     if f:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from loratune.search.budget import format_amount
-from loratune.search.context import SearchContext, fmt_f1, with_
+from loratune.search.context import SearchContext, with_
 from loratune.search.space import DEFAULTS
 from loratune.search.stages import StageId
 from loratune.search.state import Start
@@ -52,7 +52,8 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
         noise=noise, noise_source=src, plateau=plateau,
         plateau_detail=(f"plateau at r={sweep.get('plateau_r')}" if sweep.get("plateau_r") is not None else
                         f"points {[(p['r'], p['value']) for p in sweep.get('points', [])]}") if sweep else "",
-        target=s.target, breakeven_r=sweep.get("breakeven_r") or breakeven_rank(inc.result.params, r_of(inc.point)))
+        target=s.target, breakeven_r=sweep.get("breakeven_r") or breakeven_rank(inc.result.params, r_of(inc.point)),
+        objective=ctx.objective)
     out = decide(inputs)
     ctx.state.lora_vs_full = {**out.to_dict(), "full_trial": full.number if full else None,
                                  "memory_basis": ("peak above the process's memory at the trial's start" if use_delta
@@ -87,7 +88,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     still = bool(res.feature("still_improving")) or (frac is not None and frac >= STILL_IMPROVING_BEST_FRACTION)
     if not still:
         ctx.decide(phase, "final-train", "the pick peaked inside its trial", "keep the trial's adapter",
-                   [f"{inc.label}: best val macro-F1 at {frac or 0:.0%} of the run; a longer run would not help"], [inc],
+                   [f"{inc.label}: best {ctx.objective.name} at {frac or 0:.0%} of the run; a longer run would not help"], [inc],
                    code="final-train-peaked")
         return
     start: Start = ctx.state.start
@@ -126,13 +127,13 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     gain = (best.value - inc.value) if inc.value is not None else None
     ev = [f"{inc.label} was still improving when its {steps0}-step trial ended (best at {frac or 0:.0%} of the run)",
           f"{steps} steps ({steps / steps0:.1f}x; phase 0 planned {start.epochs or '?'} epochs for a full run, a trial is "
-          f"{trial_epochs:.2f}), early stopping on val macro-F1: {fmt_f1(inc.value)} -> {fmt_f1(best.value)}"
+          f"{trial_epochs:.2f}), early stopping on {ctx.objective.name}: {ctx.fmt(inc.value)} -> {ctx.fmt(best.value)}"
           + (f" (gain {gain:+.3f})" if gain is not None else "")]
     if len(scored) > 1:
         ev.append("lr for the long run (the short trials' lr need not suit a longer one): "
-                  + ", ".join(f"lr {r.point[LR]:g} -> {fmt_f1(r.value)}" for r in scored)
+                  + ", ".join(f"lr {r.point[LR]:g} -> {ctx.fmt(r.value)}" for r in scored)
                   + f"; best {best.point[LR]:g}")
-    ev += evidence_of(best)
+    ev += evidence_of(ctx, best)
     data = {"steps": steps, "gain": gain, "lrs": [{"lr": r.point[LR], "value": r.value, "trial": r.number}
                                                  for r in runs]}
     if gain is not None and gain > 0:

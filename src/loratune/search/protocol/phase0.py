@@ -45,11 +45,16 @@ def start_from_assessment(a: dict, user_point: dict | None = None) -> Start:
 
 def start_config(cfg, dataset, *, user_point: dict | None = None,
                  progress: Callable[[str], None] | None = None) -> tuple[Start, dict]:
-    """Phase 0 through `loratune.assess`: (Start, the assessment as plain data). With
-    `start_from_assessment`, the one place that depends on the assessment's API."""
-    from loratune.assess import run_assessment
+    """Phase 0 through `loratune.assess` (a causal-lm run: `assess.sft`): (Start, the assessment as plain
+    data). With `start_from_assessment`, the one place that depends on the assessment's API."""
+    if cfg.model.task == "causal-lm":
+        from loratune.assess.sft import assess_sft
 
-    a = run_assessment(cfg, dataset=dataset, progress=progress).to_dict()
+        a = assess_sft(cfg, dataset, progress=progress)
+    else:
+        from loratune.assess import run_assessment
+
+        a = run_assessment(cfg, dataset=dataset, progress=progress).to_dict()
     return start_from_assessment(a, user_point), a
 
 

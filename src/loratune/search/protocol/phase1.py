@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from loratune.moves import MOVES, Move, MoveContext, move
 from loratune.search.budget import format_amount
-from loratune.search.context import SearchContext, fmt_f1, with_
+from loratune.search.context import SearchContext, with_
 from loratune.search.stages import StageId
 from loratune.search.state import Start
 from loratune.search.trial import TrialRecord
@@ -79,7 +79,7 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     good = [r for r in probes if not bad(r)] or [r for r in probes if r.value is not None]
     if not good:
         ctx.decide(phase, "lr-probe", "no probe learned", f"lr centre {start.lr_centre:g} from phase 0",
-                   [line for r in probes for line in evidence_of(r, 1)], probes, code="lr-probe-no-learner")
+                   [line for r in probes for line in evidence_of(ctx, r, 1)], probes, code="lr-probe-no-learner")
         return
     top = max(good, key=lambda r: r.value)
     noise, src = ctx.noise()
@@ -87,7 +87,7 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     best = min((r for r in good if r.value >= top.value - noise), key=lambda r: lr_of(r.point))
     centre = lr_of(best.point)
     ctx.state.lr_centre = centre
-    rows = [f"lr {lr_of(r.point):g}: val macro-F1 {fmt_f1(r.value)} after {r.result.steps_done} steps "
+    rows = [f"lr {lr_of(r.point):g}: {ctx.show(r.value)} after {r.result.steps_done} steps "
             f"({r.result.verdict})" for r in probes]
     if best is not top:
         rows.append(f"lr {lr_of(top.point):g} scored highest, but lr {centre:g} is within noise {noise:.3f} ({src}) of "
@@ -107,8 +107,8 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
     for f in s.lr_factors:
         if f > 1 and 1.0 in done and (done[1.0].value is None or done[1.0].result.verdict in LR_VERDICTS):
             ctx.decide(phase, "lr-grid-skip", f"{f:g}x not needed", f"skip lr {round3(centre * f):g}",
-                       [f"lr 1x ({round3(centre):g}) already reads {done[1.0].result.verdict} (val macro-F1 "
-                        f"{fmt_f1(done[1.0].value)}): a larger lr can only be worse (protocol 4: lr too large -> lr /2)"],
+                       [f"lr 1x ({round3(centre):g}) already reads {done[1.0].result.verdict} "
+                        f"({ctx.show(done[1.0].value)}): a larger lr can only be worse (protocol 4: lr too large -> lr /2)"],
                        [done[1.0]], code="lr-grid-skip-up")
             continue
         if f < 1 and s.skip_dominated_lr and 1.0 in done and 2.0 in done:
@@ -135,13 +135,13 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
     if inc is None:
         ctx.state.failed = True
         ctx.decide(phase, "lr-grid", "no trial learned", "stop",
-                   [line for r in done.values() for line in evidence_of(r, 2)] or ["no trial could run"],
+                   [line for r in done.values() for line in evidence_of(ctx, r, 2)] or ["no trial could run"],
                    code="lr-grid-failed")
         return
     set_incumbent(ctx, inc)
-    rows = [f"lr {lr_of(r.point):g}: val macro-F1 {fmt_f1(r.value)} ({r.result.verdict})" for r in done.values()]
+    rows = [f"lr {lr_of(r.point):g}: {ctx.show(r.value)} ({r.result.verdict})" for r in done.values()]
     ctx.decide(phase, "lr-grid", f"best lr {lr_of(inc.point):g}", f"incumbent = {inc.label}",
-               rows + evidence_of(inc), list(done.values()),
+               rows + evidence_of(ctx, inc), list(done.values()),
                {"grid": {str(lr_of(r.point)): r.value for r in done.values()}, "centre": centre}, code="lr-grid-best")
 
 
@@ -202,7 +202,7 @@ def stage_capacity(ctx: SearchContext, s: ProtocolSettings) -> None:
             run_capacity_moves(ctx, s, down=False, max_moves=1)
         return
     ctx.decide(phase, "capacity-verdict", row.verdict.format(v=v), row.move,
-               evidence_of(inc) + ([row.note] if row.note else []), [inc], {"verdict": v, "action": row.action},
+               evidence_of(ctx, inc) + ([row.note] if row.note else []), [inc], {"verdict": v, "action": row.action},
                code=row.code)
     if row.action == "lower":
         run_capacity_moves(ctx, s, down=True)
@@ -278,10 +278,10 @@ def run_pair(ctx: SearchContext, s: ProtocolSettings) -> str:
         move = "follow the lr: x2 hurt; phase 2 steps lr the other way"
     elif binding == "neither":
         move = "neither knob moved the metric beyond noise: keep rank (prior), tune lr in phase 2"
-    ev = [f"from {inc.label} (val macro-F1 {fmt_f1(inc.value)}, diagnosis {inc.result.verdict})",
-          f"only lr x2 ({lr_of(inc.point):g} -> {lr_of(a.point):g}), {a.label}: {fmt_f1(a.value)}, delta {dl:+.3f}",
+    ev = [f"from {inc.label} ({ctx.show(inc.value)}, diagnosis {inc.result.verdict})",
+          f"only lr x2 ({lr_of(inc.point):g} -> {lr_of(a.point):g}), {a.label}: {ctx.fmt(a.value)}, delta {dl:+.3f}",
           f"only r x2 ({r_of(inc.point)} -> {r_of(b.point)}, lr x s held at {step_size(b.point):.3g} by "
-          f"{scale_rule(s.move_scale_rule).doc}), {b.label}: {fmt_f1(b.value)}, delta {dr:+.3f}",
+          f"{scale_rule(s.move_scale_rule).doc}), {b.label}: {ctx.fmt(b.value)}, delta {dr:+.3f}",
           f"noise {noise:.3f} ({src})", how]
     ev += [f"compare: {f['rule_id']}: {f['verdict']}" for f in cmp.get("findings", [])]
     ctx.decide(phase, "pair", f"binding knob: {binding}", move, ev, [inc, a, b], ctx.state.pair, code=f"pair-{binding}")
@@ -328,9 +328,9 @@ def run_capacity_moves(ctx: SearchContext, s: ProtocolSettings, *, down: bool, m
         gain = (rec.value - inc.value) if rec.value is not None and inc.value is not None else None
         accept = gain is not None and (gain > 0 if down else gain > noise)
         accept_when = "any gain (less capacity)" if down else f"gain > noise {noise:.3f} ({src})"
-        ev = [f"{name} from {inc.label}: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)} "
+        ev = [f"{name} from {inc.label}: {ctx.fmt(inc.value)} -> {ctx.fmt(rec.value)} "
               f"(gain {gain:+.3f})" if gain is not None else f"{name}: no result", f"accept when {accept_when}"]
-        ev += evidence_of(rec)
+        ev += evidence_of(ctx, rec)
         data = {"gain": gain, "noise": noise, "move": mv.id}
         if r_of(point) != r_of(inc.point):
             data["step_size"] = describe_change(inc.point, point, rule)
@@ -342,7 +342,7 @@ def run_capacity_moves(ctx: SearchContext, s: ProtocolSettings, *, down: bool, m
                        code="capacity-move-kept")
             adequate = rec.result.verdict == "healthy" or (down and rec.result.verdict != "overfit-capacity")
             if adequate:
-                ctx.decide(phase, "capacity-verdict", "capacity adequate", "go to phase 2", evidence_of(rec), [rec],
+                ctx.decide(phase, "capacity-verdict", "capacity adequate", "go to phase 2", evidence_of(ctx, rec), [rec],
                            code="capacity-adequate")
                 return
         else:

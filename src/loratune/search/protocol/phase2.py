@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from loratune.moves import MOVES, move
-from loratune.search.context import SearchContext, fmt_f1
+from loratune.search.context import SearchContext
 from loratune.search.space import scale_of
 from loratune.search.stages import StageId
 from loratune.search.state import Start
@@ -49,7 +49,7 @@ def lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
         direction, why = 0.5, f"lr {cur:g} is the lowest tried at this capacity ({', '.join(f'{x:g}' for x in lrs)})"
     else:
         ctx.decide(phase, "lr", f"lr {cur:g} bracketed", "keep lr",
-                   ["at this capacity: " + ", ".join(f"lr {lr_of(r.point):g} -> {fmt_f1(r.value)}" for r in
+                   ["at this capacity: " + ", ".join(f"lr {lr_of(r.point):g} -> {ctx.fmt(r.value)}" for r in
                                                       sorted(sib, key=lambda r: lr_of(r.point))),
                     "both neighbours (x2 and /2 steps) score lower"], sib, code="lr-bracketed")
         return
@@ -60,8 +60,8 @@ def lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
         seen = next((r for r in ctx.records if r.key == ctx.spec(point, phase).key), None)
         if seen is not None:
             ctx.decide(phase, "lr", f"lr {cur_lr(inc):g} kept", "no step",
-                       [why, f"lr {nxt:g} was already measured ({seen.label}: {fmt_f1(seen.value)}) and is not "
-                        f"better than {fmt_f1(inc.value)}"], [inc, seen], code="lr-already-measured")
+                       [why, f"lr {nxt:g} was already measured ({seen.label}: {ctx.fmt(seen.value)}) and is not "
+                        f"better than {ctx.fmt(inc.value)}"], [inc, seen], code="lr-already-measured")
             return
         held = reserve(ctx, StageId.PHASE2, s)
         rec = ctx.run(ctx.spec(point, phase, f"lr step {'x2' if direction > 1 else '/2'}"), reserve=held)
@@ -69,8 +69,8 @@ def lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
             no_budget(ctx, phase, f"lr step to {nxt:g}", held)
             return
         better = rec.value is not None and inc.value is not None and rec.value > inc.value
-        ev = [why, f"lr {lr_of(inc.point):g} -> {nxt:g}: val macro-F1 {fmt_f1(inc.value)} -> {fmt_f1(rec.value)}"]
-        ev += evidence_of(rec)
+        ev = [why, f"lr {lr_of(inc.point):g} -> {nxt:g}: {ctx.show(inc.value)} -> {ctx.fmt(rec.value)}"]
+        ev += evidence_of(ctx, rec)
         if better:
             set_incumbent(ctx, rec)
             ctx.decide(phase, "lr", f"lr {nxt:g} is better", f"incumbent = {rec.label}", ev, [inc, rec],
@@ -119,12 +119,12 @@ def alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
         no_budget(ctx, phase, "the scale step", held)
         return
     better = rec.value is not None and inc.value is not None and rec.value > inc.value
-    ev.append(f"scale {sc:g} -> {sc * 2:g}: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)}")
+    ev.append(f"scale {sc:g} -> {sc * 2:g}: {ctx.fmt(inc.value)} -> {ctx.fmt(rec.value)}")
     # the scale step changes the effective step size lr x s on purpose (x2, like an lr x2 step): protocol 4
     # asks to measure it against an lr step, so the trail puts the lr x2 sibling beside it when it exists
     same_step = next((r for r in sib if math.isclose(lr_of(r.point), lr_of(inc.point) * 2, rel_tol=0.01)), None)
     ev.append(f"lr x s {step_size(inc.point):.3g} -> {step_size(point):.3g} (x2, not held: the move's purpose); "
-              + (f"the lr x2 step to the same lr x s scored {fmt_f1(same_step.value)} ({same_step.label})"
+              + (f"the lr x2 step to the same lr x s scored {ctx.fmt(same_step.value)} ({same_step.label})"
                  if same_step is not None else "the lr x2 step to the same lr x s was not measured"))
     if better:
         set_incumbent(ctx, rec)
@@ -165,8 +165,8 @@ def regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
             set_incumbent(ctx, rec)
         ctx.decide(phase, "regularization", f"{name} {'helps' if better else 'does not help'}",
                    f"incumbent = {rec.label}" if better else "keep the incumbent",
-                   [f"overfitting: gap {gap:.3f}", f"{name}: {fmt_f1(inc.value)} -> {fmt_f1(rec.value)}"]
-                   + evidence_of(rec), [inc, rec], code="regularization-kept" if better else "regularization-rejected")
+                   [f"overfitting: gap {gap:.3f}", f"{name}: {ctx.fmt(inc.value)} -> {ctx.fmt(rec.value)}"]
+                   + evidence_of(ctx, rec), [inc, rec], code="regularization-kept" if better else "regularization-rejected")
 
 
 def early_stopping(ctx: SearchContext) -> None:

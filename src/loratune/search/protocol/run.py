@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from loratune.search.budget import format_amount
-from loratune.search.context import SearchContext, fmt_f1
+from loratune.search.context import SearchContext
 from loratune.search.stages import StageId
 from loratune.search.state import Start
 from loratune.search.protocol.settings import ProtocolSettings
@@ -66,7 +66,7 @@ def run_protocol(ctx: SearchContext, start: Start, settings: ProtocolSettings = 
         # the incumbent was cut short (a budget stop before it learned): recommend what did learn
         ctx.decide("finish", "pick", "the incumbent did not finish", f"pick {best.label}",
                    [f"{final.label}: {final.result.reason}" if final else "no incumbent",
-                    f"{best.label} scored {fmt_f1(best.value)} ({best.result.status}, {best.result.examples:,} "
+                    f"{best.label} scored {ctx.fmt(best.value)} ({best.result.status}, {best.result.examples:,} "
                     "examples): the best trained run of the study"], [x for x in (final, best) if x],
                    code="finish-best-trained")
         ctx.state.final = best

@@ -56,6 +56,10 @@ SCALE_EPS = 1e-9
 # evaluation), 45 s per trial of model load and set-up, short trials of 1-3 epochs (protocol 3).
 PLAN_EXAMPLES_PER_S = 100.0
 PLAN_OVERHEAD_S = 45.0
+# ... and per task (model.task -> (examples/s, overhead s)): a causal-lm trial is a decoder of 100M+ parameters
+# on 8 x 128-token sequences, ~5 s a step in float32 here (SmolLM2-135M, LoRA r=16 on all linears), so ~1.5
+# examples/s with its evaluations; loading and dequantising a GGUF base takes a minute or more
+PLAN_PRIORS = {"classification": (PLAN_EXAMPLES_PER_S, PLAN_OVERHEAD_S), "causal-lm": (1.5, 90.0)}
 SHORT_TRIAL_EPOCHS = (1.0, 3.0)
 
 # phase 2 against overfitting once capacity is judged adequate (protocol 1: dropout and weight decay are the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from loratune.moves import ARMS, MOVES
-from loratune.search.context import SearchContext, fmt_f1, seed_sigma, with_
+from loratune.search.context import SearchContext, seed_sigma, with_
 from loratune.search.space import DEFAULTS, scale_of
 from loratune.search.stages import StageId
 from loratune.search.state import Start
@@ -46,7 +46,7 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
         return
     ctx.state.seed_sigma, ctx.state.seed_values = sigma, list(values)
     noise, src = ctx.noise()
-    ev = [f"val macro-F1 over seeds: {', '.join(fmt_f1(v) for v in values)}; sigma {sigma:.4f}",
+    ev = [f"{ctx.objective.name} over seeds: {', '.join(ctx.fmt(v) for v in values)}; sigma {sigma:.4f}",
           f"noise threshold {noise:.3f} = {src}"]
     if len(values) < 3:
         ev.append("fewer than 3 seeds: sigma is a rough estimate (protocol 6 asks for >= 3)")
@@ -68,10 +68,10 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
     if lower is not None and lower.value is not None and lower.value >= mean:
         set_incumbent(ctx, lower)
         move = f"lower the lr: incumbent = {lower.label} (lr {lr_of(lower.point):g})"
-        ev.append(f"{lower.label} at lr /2 scored {fmt_f1(lower.value)} >= the seed mean {fmt_f1(mean)} at lr "
+        ev.append(f"{lower.label} at lr /2 scored {ctx.fmt(lower.value)} >= the seed mean {ctx.fmt(mean)} at lr "
                   f"{lr_of(inc.point):g}: the steadier lr loses nothing on average")
     elif lower is not None:
-        ev.append(f"{lower.label} at lr /2 scored {fmt_f1(lower.value)} < the seed mean {fmt_f1(mean)} at lr "
+        ev.append(f"{lower.label} at lr /2 scored {ctx.fmt(lower.value)} < the seed mean {ctx.fmt(mean)} at lr "
                   f"{lr_of(inc.point):g}: the higher lr is better even on average; lr kept")
     else:
         ev.append(f"lr /2 = {round3(lr_of(inc.point) / 2):g} was not measured at this capacity")
@@ -118,13 +118,13 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
                        "lr": lr_of(point), "lr_x_s": step_size(point), "gain": gain})
         if gain is not None and gain >= noise:
             ctx.decide(phase, "rank", f"r={nxt} gains {gain:+.3f}", "keep sweeping",
-                       [f"r {r} -> {nxt}: {fmt_f1(best_rec.value)} -> {fmt_f1(rec.value)}, gain {gain:+.3f} >= "
+                       [f"r {r} -> {nxt}: {ctx.fmt(best_rec.value)} -> {ctx.fmt(rec.value)}, gain {gain:+.3f} >= "
                         f"threshold {noise:.3f} ({src})"], [best_rec, rec], code="rank-gain")
             best_rec, r = rec, nxt
             continue
         plateau = r
         ctx.decide(phase, "rank", f"plateau at r={r}", f"keep r={r}",
-                   [f"r {r} -> {nxt}: {fmt_f1(best_rec.value)} -> {fmt_f1(rec.value)}, gain "
+                   [f"r {r} -> {nxt}: {ctx.fmt(best_rec.value)} -> {ctx.fmt(rec.value)}, gain "
                     f"{gain if gain is None else round(gain, 4)} < threshold {noise:.3f} ({src})"], [best_rec, rec],
                    code="rank-plateau")
         break
@@ -180,11 +180,11 @@ def stage_target_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     rec = max(arms, key=lambda a: (a.value if a.value is not None else -1.0, -a.number))
     gain = (rec.value - inc.value) if rec.value is not None and inc.value is not None else None
     pa, pb = inc.result.params.get("adapter"), rec.result.params.get("adapter")
-    ev = [f"{','.join(now)} -> {','.join(s.target_sweep)} at r={r_of(inc.point)}: {fmt_f1(inc.value)} -> "
-          f"{fmt_f1(rec.value)} (best of lr {', '.join(f'{lr_of(a.point):g}: {fmt_f1(a.value)}' for a in arms)}), "
+    ev = [f"{','.join(now)} -> {','.join(s.target_sweep)} at r={r_of(inc.point)}: {ctx.fmt(inc.value)} -> "
+          f"{ctx.fmt(rec.value)} (best of lr {', '.join(f'{lr_of(a.point):g}: {ctx.fmt(a.value)}' for a in arms)}), "
           f"gain {gain if gain is None else round(gain, 4)} vs threshold {noise:.3f} ({src})",
           f"LoRA parameters {pa:,} -> {pb:,}" if pa and pb else "parameter counts unknown"]
-    ev += evidence_of(rec)
+    ev += evidence_of(ctx, rec)
     if gain is not None and gain >= noise:
         set_incumbent(ctx, rec)
         ctx.decide(phase, "targets", f"{','.join(s.target_sweep)} gains {gain:+.3f}", f"incumbent = {rec.label}", ev,
@@ -226,10 +226,10 @@ def stage_arms(ctx: SearchContext, s: ProtocolSettings) -> None:
             return
         best = max(runs, key=lambda r: (r.value if r.value is not None else -1.0, -r.number))
         gain = (best.value - inc.value) if best.value is not None and inc.value is not None else None
-        ev = [f"{mv.text} ({arm.doc}) from {inc.label}: {fmt_f1(inc.value)} -> {fmt_f1(best.value)} (best of lr "
-              + ", ".join(f"{lr_of(r.point):g}: {fmt_f1(r.value)}" for r in runs)
+        ev = [f"{mv.text} ({arm.doc}) from {inc.label}: {ctx.fmt(inc.value)} -> {ctx.fmt(best.value)} (best of lr "
+              + ", ".join(f"{lr_of(r.point):g}: {ctx.fmt(r.value)}" for r in runs)
               + f"), gain {gain if gain is None else round(gain, 4)} vs threshold {noise:.3f} ({src})"]
-        ev += evidence_of(best)
+        ev += evidence_of(ctx, best)
         data = {"arm": arm.id, "move": mv.id, "gain": gain, "noise": noise,
                 "lrs": [{"lr": lr_of(r.point), "value": r.value, "trial": r.number} for r in runs]}
         if gain is not None and gain >= noise:

@@ -1,0 +1,99 @@
+"""Phase 0 for task causal-lm: the data's shape in tokens and the start config (protocol 2, 3 and 9).
+
+A generative run has no classes to count, so its facts are rows, rendered token lengths (prompt + completion,
+through the same chat template training uses), the completion's share of them, truncation at max_length and
+the model's size. The start config is the classifier's rule table where a rule carries over (rank by data,
+scale 2, Q/V + FFN of the top layers, lr by model size, the capacity ceiling, max_length from the token p99)
+and SFT_ONLY_RULES where it does not (dropout and epochs by rows, not rows per class; a fixed start batch).
+
+    a = assess_sft(cfg, dataset)    # plain data in Assessment.to_dict()'s shape: facts, findings, recommendation
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from loratune.assess.rules import START_RULES, Bands, StartRule, recommend
+
+# Rules of the classifier's table that hold for a generative run as they are (by id).
+SHARED_RULES = ("start-rank-by-data", "start-scale-2", "start-targets-qv-ffn-top", "start-layers-all",
+                "start-lr-by-model-size", "start-max-length-p99", "ceiling-rank")
+
+SFT_ONLY_RULES: tuple[StartRule, ...] = (
+    StartRule("start-dropout-by-rows-sft", "adapter.lora_dropout", Bands("train_rows", ((1000, 0.1), (math.inf, 0.05))),
+              "{train_rows} training rows: lora_dropout={value} (protocol 3: 0.05-0.1, higher for small data)"),
+    StartRule("start-epochs-sft", "train.num_train_epochs",
+              Bands("train_rows", ((1000, 3.0), (10000, 2.0), (math.inf, 1.0))),
+              "{train_rows} training rows: {value:g} epochs (SFT passes over the data 1-3 times; more passes make "
+              "a generative model exact on familiar prompts and drift on new ones, protocol 9)"),
+    StartRule("start-batch-sft", "train.per_device_train_batch_size", Bands("train_rows", ((math.inf, 8),)),
+              "batch {value} sequences (the causal-lm default; gradient accumulation raises it without memory)"),
+)
+SFT_START_RULES: tuple[StartRule, ...] = tuple(r for r in START_RULES if r.id in SHARED_RULES) + SFT_ONLY_RULES
+
+# Findings: the shares past which a generative data set is worth a warning before any training.
+TRUNCATED_WARN = 0.05  # rows longer than max_length lose the start of their prompt (sft_data keeps the completion)
+SHORT_COMPLETION_TOKENS = 2  # a median completion this short is a label, not an answer: label_format=generate?
+
+
+def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
+    """The named numbers the start rules read, from the rendered training rows."""
+    from loratune.model_info import describe_model
+    from loratune.sft_data import Renderer, encode_sft
+
+    renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
+    enc = encode_sft(tokenizer, renderer, dataset.train.examples, 1 << 30)  # untruncated lengths
+    lengths = np.asarray(enc.lengths, dtype=float)
+    completion = lengths - np.asarray(enc.prompt_lens, dtype=float)
+    info = describe_model(cfg.model)
+    facts = {
+        "train_rows": len(dataset.train), "val_rows": len(dataset.validation),
+        "token_p50": float(np.percentile(lengths, 50)), "token_p99": float(np.percentile(lengths, 99)),
+        "token_p99_ceil": int(math.ceil(np.percentile(lengths, 99))), "token_max": int(lengths.max()),
+        "completion_token_p50": float(np.percentile(completion, 50)),
+        "completion_share": float(completion.sum() / max(1.0, lengths.sum())),
+        "truncated_share_at_max_length": float(np.mean(lengths > cfg.model.max_length)),
+        "model_layers": info.num_layers if info else None, "model_hidden": info.hidden_size if info else None,
+        "model_max_positions": info.max_positions if info else None,
+        "template": renderer.mode,
+    }
+    return facts
+
+
+def sft_findings(facts: dict) -> list[dict]:
+    out = []
+    if facts["truncated_share_at_max_length"] > TRUNCATED_WARN:
+        out.append({"id": "truncated-rows", "severity": "warn",
+                    "message": f"{facts['truncated_share_at_max_length']:.0%} of training rows are longer than "
+                               f"model.max_length; the start config raises it to the token p99 ({facts['token_p99_ceil']})",
+                    "evidence": {"share": facts["truncated_share_at_max_length"], "threshold": TRUNCATED_WARN}})
+    if facts["completion_token_p50"] <= SHORT_COMPLETION_TOKENS:
+        out.append({"id": "label-like-completions", "severity": "info",
+                    "message": f"the median completion is {facts['completion_token_p50']:g} tokens: a label, not an "
+                               "answer; with data.label_format=generate it is scored per class like a classifier",
+                    "evidence": {"completion_token_p50": facts["completion_token_p50"]}})
+    return out
+
+
+def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None) -> dict:
+    """Phase 0 of a causal-lm study, as plain data in `Assessment.to_dict()`'s shape (what `tune` stores and
+    `search.protocol.start_from_assessment` reads)."""
+    from loratune.models import load_tokenizer
+
+    say = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    say("tokenising the rendered training rows")
+    facts = sft_facts(cfg, dataset, load_tokenizer(cfg.model))
+    rec = recommend(facts, SFT_START_RULES)
+    as_dict = lambda c: {"key": c.key, "value": c.value, "rule": c.rule, "reason": c.reason}  # noqa: E731
+    return {
+        "task": "causal-lm", "dataset": cfg.data.train_file or cfg.data.dataset_name or "",
+        "model": cfg.model.name_or_path, "facts": facts, "findings": sft_findings(facts),
+        "recommendation": {"overrides": dict(rec.overrides), "choices": [as_dict(c) for c in rec.choices],
+                           "capacity_ceiling": as_dict(rec.capacity_ceiling), "lr_grid": list(rec.lr_grid)},
+        "notes": list(dataset.notes), "timings": {"total_s": time.perf_counter() - t0},
+    }

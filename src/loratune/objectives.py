@@ -1,0 +1,131 @@
+"""What a run is judged on (its objective), as data, with the names of the prompt set's scores: the val key, its direction, its name, and the smallest
+difference between two runs that ever counts.
+
+A classifier is judged on val macro-F1 (or subset accuracy, multi-label), a generative classifier
+(causal-lm, label_format=generate) on the macro-F1 of the labels it writes, open generation on the val loss
+per completion token (protocol 9), or on a prompt-set score the user names. The search compares runs on
+one scale where larger is better: `Objective.score` (the value, or minus it for a loss); what a person
+reads is the value itself (`Objective.show`).
+
+    from loratune.objectives import objective
+    o = objective("val/loss")
+    o.score(2.31)          # -2.31: larger is better
+    o.show(-2.31)          # 'val loss 2.310'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+# ---------------------------------------------------------------------------------------------
+# the prompt set's groups and scores (generation.score_prompt_set computes them; history keys below)
+
+PROMPT_GROUPS = ("familiar", "novel")
+
+# metric -> what it measures (0..1 scales except len_ratio); the report and `loratune rules` read these
+SCORES: Mapping[str, str] = MappingProxyType({
+    "exact_match": "share of outputs equal to their reference after normalisation (lower case, whitespace "
+                   "runs collapsed to one space, ends stripped)",
+    "chrf": "mean sentence-level chrF (character n-grams up to 6, beta 2; sacrebleu's CHRF) on a 0..1 scale: "
+            "the token-overlap score, robust to tokenisation and inflection",
+    "len_ratio": "mean output length / mean reference length, in whitespace words (the ratio of the totals: a "
+                 "one-word reference answered at length moves it little, where a mean of per-row ratios would be "
+                 "ruled by it): well below 1 = short, vague answers; well above 1 = rambling or looping",
+    "repetition": "mean share of repeated word 3-grams in an output: (3-grams - distinct 3-grams) / 3-grams, "
+                  "lower-cased words; 0 for outputs under 3 words. 0 = no 3-gram repeats, near 1 = a loop",
+    "empty": "share of outputs with no visible characters",
+    "chrf_se": "standard error of the group's mean chrF: sample standard deviation of the per-prompt chrF / "
+               "sqrt(prompts) (0.5 with a single prompt: the widest a 0..1 score can spread); the noise band of "
+               "`chrf` that the diagnosis compares differences with",
+})
+
+
+def prompt_key(group: str, metric: str) -> str:
+    """The history key of one prompt-set score, e.g. `val/prompt_novel_chrf`. The one place the format lives."""
+    if group not in PROMPT_GROUPS:
+        raise ValueError(f"unknown prompt group {group!r}; allowed: {', '.join(PROMPT_GROUPS)}")
+    if metric not in SCORES:
+        raise ValueError(f"unknown prompt-set score {metric!r}; allowed: {', '.join(SCORES)}")
+    return f"val/prompt_{group}_{metric}"
+
+
+# ---------------------------------------------------------------------------------------------
+# objectives
+
+# Protocol 6: "the gain per step falls below noise (max(0.5 pt, 2 x seed sigma))": half a point of a score
+# in [0, 1] is the smallest difference that ever counts.
+SCORE_FLOOR = 0.005
+# The same floor for a loss per token: 0.01 nats is a 1% change of perplexity, about what one more or one
+# fewer rare token in a few thousand completion tokens moves a val loss (below it, runs are not told apart).
+LOSS_FLOOR = 0.01
+
+
+@dataclass(frozen=True)
+class Objective:
+    key: str  # the history / run.json key, e.g. val/macro_f1
+    higher_is_better: bool
+    name: str  # how a person reads it
+    noise_floor: float  # the smallest difference between two runs that counts (in the key's own units)
+
+    def score(self, value: float | None) -> float | None:
+        """The value on the search's scale, where larger is better (None and non-finite stay None)."""
+        if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None
+        return float(value) if self.higher_is_better else -float(value)
+
+    def value(self, score: float | None) -> float | None:
+        """Back from the search's scale to the key's own units."""
+        if score is None:
+            return None
+        return float(score) if self.higher_is_better else -float(score)
+
+    def fmt(self, score: float | None) -> str:
+        """The value (not the score) with three decimals; '-' when there is none."""
+        v = self.value(score)
+        return "-" if v is None else f"{v:.3f}"
+
+    def show(self, score: float | None) -> str:
+        return f"{self.name} {self.fmt(score)}"
+
+
+OBJECTIVES: dict[str, Objective] = {o.key: o for o in (
+    Objective("val/macro_f1", True, "val macro-F1", SCORE_FLOOR),
+    Objective("val/weighted_f1", True, "val weighted F1", SCORE_FLOOR),
+    Objective("val/accuracy", True, "val accuracy", SCORE_FLOOR),
+    Objective("val/subset_accuracy", True, "val subset accuracy", SCORE_FLOOR),
+    Objective("val/micro_f1", True, "val micro-F1", SCORE_FLOOR),
+    Objective("val/samples_f1", True, "val samples F1", SCORE_FLOOR),
+    Objective("val/loss", False, "val loss", LOSS_FLOOR),
+)}
+# prompt-set scores a causal-lm run may be judged on (train.metric_for_best_model=prompt_novel_chrf ...): each
+# in [0, 1], larger is better (generation.SCORES); length, repetition and empty share have no "better" end
+PROMPT_OBJECTIVE_SCORES = ("chrf", "exact_match")
+OBJECTIVES.update({o.key: o for o in (
+    Objective(prompt_key(group, m), True, f"{group} prompt-set {m.replace('_', ' ')}", SCORE_FLOOR)
+    for group in PROMPT_GROUPS for m in PROMPT_OBJECTIVE_SCORES)})
+DEFAULT = OBJECTIVES["val/macro_f1"]
+# train.metric_for_best_model's values (besides auto): the table's keys without "val/"; which task computes
+# which is checked where the task resolves it (train.objective_key, sft.objective_key)
+METRIC_CHOICES = tuple(k.removeprefix("val/") for k in OBJECTIVES)
+CLASSIFIER_METRICS = ("macro_f1", "weighted_f1", "accuracy", "subset_accuracy", "micro_f1", "samples_f1")
+# a causal-lm run computes its val loss always, a classifier's single-label scores when it generates labels
+# (data.label_format=generate), the prompt-set scores when it has a prompt set (data.prompt_set)
+GENERATED_LABEL_METRICS = ("macro_f1", "weighted_f1", "accuracy")
+
+
+def lm_metrics(generates_labels: bool, has_prompt_set: bool) -> tuple[str, ...]:
+    """train.metric_for_best_model values a causal-lm run computes (besides auto)."""
+    return (("loss",) + (GENERATED_LABEL_METRICS if generates_labels else ())
+            + (tuple(k.removeprefix("val/") for k in OBJECTIVES if k.startswith("val/prompt_")) if has_prompt_set
+               else ()))
+
+
+def objective(key: str | None) -> Objective:
+    """The objective of a key (None: val macro-F1, as records made before the objective was recorded); a key
+    not in the table is read as a [0, 1] score, larger better."""
+    if not key:
+        return DEFAULT
+    return OBJECTIVES.get(key) or Objective(key, True, key, SCORE_FLOOR)

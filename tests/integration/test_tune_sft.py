@@ -1,0 +1,90 @@
+"""`loratune tune task=causal-lm` end to end on a tiny random-init Llama: phase 0 from the rendered token
+lengths (assess.sft), trials judged on the val loss (lower is better, shown as itself), the LoRA-vs-full
+decision on it, and the pick scored on test by the causal-lm evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from loratune.cli import main
+from loratune.config import load_config
+
+from sft_support import make_sft_rows, save_tiny_llama_lm
+from support import write_jsonl
+
+
+@pytest.fixture(scope="module")
+def sft_study(tmp_path_factory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("tune-sft")
+    lm = save_tiny_llama_lm(root / "lm", chat_template=False)
+    data = root / "data"
+    data.mkdir()
+    for name, n, seed in (("train", 10, 1), ("validation", 3, 2), ("test", 3, 3)):
+        write_jsonl(data / f"{name}.jsonl", make_sft_rows(n, seed=seed))
+    study = root / "study"
+    rc = main(["tune", "task=causal-lm", f"name_or_path={lm}", f"dataset_name={data}", "learning_rate=1e-2",
+               "max_length=32", "num_threads=1", "--study-dir", str(study), "--budget", "8trials",
+               "--trial-steps", "10", "-q"])
+    assert rc == 0
+    return study, lm
+
+
+def _summary(study: Path) -> dict:
+    return json.loads((study / "final" / "study.json").read_text())
+
+
+def test_phase_0_starts_from_the_sft_rule_table(sft_study):
+    s = _summary(sft_study[0])
+    rules = {c["rule"]: c["value"] for c in s["start"]["choices"]}
+    assert rules["start-epochs-sft"] == 3.0 and rules["start-dropout-by-rows-sft"] == 0.1  # 40 rows: small data
+    assert rules["start-rank-by-data"] == 8 and "start-lr-by-model-size" in rules
+    assert s["start"]["facts"]["train_rows"] == 40
+    facts = json.loads((sft_study[0] / "assess.json").read_text())["facts"]  # phase 0 as the study keeps it
+    assert 0 < facts["completion_share"] < 1 and facts["token_p50"] <= facts["token_p99"] <= facts["token_max"]
+    assert facts["model_layers"] == 2 and facts["model_hidden"] == 32
+    codes = [d["code"] for d in s["trail"]]
+    assert codes[:2] == ["start-config", "trial-plan"] and codes[-1] == "recommendation"
+
+
+def test_trials_are_judged_on_the_val_loss_and_shown_as_it(sft_study):
+    study, _ = sft_study
+    s = _summary(study)
+    assert s["objective"] == "val/loss"
+    scored = [t for t in s["trials"] if t["objective_value"] is not None]
+    assert len(scored) >= 4
+    for t in scored:  # the value a person reads is the run's own best val loss, not the search's score
+        best = json.loads((Path(t["run_dir"]) / "run.json").read_text())["best"]
+        assert t["objective"] == "val/loss" and t["objective_value"] == pytest.approx(best["val/loss"])
+        assert t["val_macro_f1"] is None  # no classifier column filled with a loss
+    rec = s["recommendation"]
+    # the pick is the trained trial with the lowest val loss of its phase-1 grid and later stages
+    assert rec["objective_value"] == pytest.approx(min(t["objective_value"] for t in scored
+                                                       if t["phase"] != "lora-vs-full"))
+    decisions = " ".join(" ".join(d["evidence"]) + d["verdict"] for d in s["trail"])
+    assert "val loss" in decisions and "macro-F1" not in decisions
+
+
+def test_lora_vs_full_is_decided_on_the_loss_with_a_full_probe(sft_study):
+    s = _summary(sft_study[0])
+    lvf = s["lora_vs_full"]
+    gap = next(r for r in lvf["reasons"] if r["id"] == "performance-gap")
+    full = next(t for t in s["trials"] if t["point"].get("adapter.method") == "full")
+    assert full["objective_value"] > 0 and f"val loss {full['objective_value']:.3f}" in gap["text"]
+    assert any(d["code"] in ("choose-lora", "choose-full") for d in s["trail"])
+
+
+def test_the_pick_is_scored_on_test_and_exported_ready_to_train(sft_study):
+    study, lm = sft_study
+    s = _summary(study)
+    test = s["recommendation"]["test"]
+    assert test["test/perplexity"] == pytest.approx(math.exp(test["test/loss"]))
+    assert 0.0 <= test["test/token_accuracy"] <= 1.0 and test["test/tokens"] > 0
+    final = study / "final"
+    assert (final / "adapter" / "adapter_config.json").is_file() or (final / "adapter" / "config.json").is_file()
+    cfg = load_config(final / "config.yaml")
+    assert cfg.model.task == "causal-lm" and cfg.model.name_or_path == lm
+    assert json.loads((final / "test.json").read_text())["trial"] == s["recommendation"]["trial"]

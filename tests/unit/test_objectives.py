@@ -1,0 +1,39 @@
+"""The objective table: direction, how a score is shown, and the search's curves on a loss."""
+
+from __future__ import annotations
+
+import pytest
+
+from loratune.objectives import LOSS_FLOOR, SCORE_FLOOR, lm_metrics, objective
+from loratune.search.runner import curve_of, score_at
+
+
+def test_a_loss_is_scored_negated_and_shown_as_itself():
+    o = objective("val/loss")
+    assert (o.higher_is_better, o.noise_floor) == (False, LOSS_FLOOR)
+    assert o.score(2.31) == -2.31 and o.value(-2.31) == 2.31 and o.show(-2.31) == "val loss 2.310"
+    assert o.score(float("nan")) is None and o.score(None) is None and o.fmt(None) == "-"
+
+
+def test_a_classifier_metric_and_a_prompt_set_score_are_larger_is_better():
+    assert objective("val/macro_f1").score(0.8) == 0.8 and objective(None).key == "val/macro_f1"
+    p = objective("val/prompt_novel_chrf")
+    assert p.higher_is_better and p.noise_floor == SCORE_FLOOR and p.show(0.42) == "novel prompt-set chrf 0.420"
+
+
+def test_curves_on_a_loss_rise_as_the_loss_falls():
+    points = [{"step": 0, "val/loss": 3.0}, {"step": 5, "val/loss": 2.5}, {"step": 10, "val/loss": float("nan")}]
+    assert curve_of(points, "val/loss") == ((0, -3.0), (5, -2.5))
+    # a classifier's old record without its key falls back to accuracy; a loss never does
+    assert score_at({"val/accuracy": 0.7}, "val/macro_f1") == 0.7
+    assert score_at({"val/accuracy": 0.7}, "val/loss") is None
+
+
+@pytest.mark.parametrize("labels,prompts,expected", [
+    (False, False, ("loss",)),
+    (True, False, ("loss", "macro_f1", "weighted_f1", "accuracy")),
+    (False, True, ("loss", "prompt_familiar_chrf", "prompt_familiar_exact_match", "prompt_novel_chrf",
+                   "prompt_novel_exact_match")),
+])
+def test_a_causal_lm_run_offers_the_objectives_it_computes(labels, prompts, expected):
+    assert lm_metrics(labels, prompts) == expected
