@@ -112,3 +112,13 @@ def test_a_classifier_under_a_launcher_is_a_user_error(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert "only task causal-lm runs under accelerate launch" in err and "fix:" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_fsdp_launch_is_refused_before_the_model_loads(setup, tmp_path, monkeypatch, capsys):
+    lm, data = setup
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert cli.main(["train", "-q", *overrides(lm, data, tmp_path / "run", method="full")]) == 2
+    err = capsys.readouterr().err
+    assert "data parallel (DDP) only" in err and "ACCELERATE_USE_FSDP=true" in err and "--multi_gpu" in err
+    assert not (tmp_path / "run").exists()
