@@ -24,12 +24,9 @@ from loratune.store import RunStore
 from loratune.tasks import TASK_RECIPES, recipe  # noqa: F401  (re-exported)
 
 
-# Verbs not built for a task yet: said as a UserError before any work, never a traceback half-way.
-NOT_BUILT: dict[str, dict[str, str]] = {
-    "causal-lm": {"assess": "train it directly (`loratune train task=causal-lm ...`); its curves read with "
-                            "`loratune diagnose RUN`; `loratune tune task=causal-lm` runs the same phase 0 "
-                            "(assess.sft) before its trials"},
-}
+# Verbs not built for a task yet (task -> verb -> what to do instead): said as a UserError before any work,
+# never a traceback half-way. Every verb is built for both tasks today.
+NOT_BUILT: dict[str, dict[str, str]] = {}
 
 
 def require_built(cfg: RunConfig, verb: str) -> None:
@@ -104,10 +101,15 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
 
 def assess(cfg: RunConfig, *, probe: bool = True, dataset: Dataset | None = None):
     """Profile the data before training and propose the start config (`loratune assess`): an
-    `assess.Assessment` (`.findings`, `.recommendation`, `.to_dict()`)."""
+    `assess.Assessment` (`.findings`, `.recommendation`, `.to_dict()`); for task causal-lm the same as plain
+    data (`assess.sft.assess_sft`: facts, findings, recommendation)."""
     from loratune.assess import run_assessment
 
     require_built(cfg, "assess")
+    if cfg.model.task == "causal-lm":
+        from loratune.assess.sft import assess_sft
+
+        return assess_sft(cfg, dataset or prepare(cfg))
     return run_assessment(cfg, probe=probe, dataset=dataset)
 
 

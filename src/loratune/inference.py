@@ -60,7 +60,8 @@ def load_trained(run_dir: str | Path) -> Trained:
     store = RunStore(run_dir).require()
     adapter_dir = store.adapter_dir
     if store.read_run().get("task") == "causal-lm":
-        raise UserError(f"run '{run_dir}' is a causal-lm (SFT) run: predict and evaluate read classifiers",
+        raise UserError(f"run '{run_dir}' is a causal-lm (SFT) run: predict reads classifiers (evaluate "
+                        "scores both)",
                         f"load {adapter_dir} with transformers + peft and call model.generate "
                         f"({adapter_dir / 'README.md'} shows how); its outputs per evaluation are in "
                         f"{store.path / 'generations.jsonl'}")

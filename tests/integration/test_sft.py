@@ -214,6 +214,16 @@ def test_predict_on_an_sft_run_says_how_to_use_its_adapter(sft_run, capsys):
     assert "is a causal-lm (SFT) run" in err and "model.generate" in err and "Traceback" not in err
 
 
+def test_evaluate_scores_an_sft_run_as_its_evaluation_points_do(sft_run, capsys):
+    assert cli.main(["evaluate", str(sft_run), "--split", "validation", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    run = json.loads((sft_run / "run.json").read_text())
+    best = run["best"]  # the saved model is the best point: scoring it again gives the same numbers
+    assert scores["val/loss"] == pytest.approx(best["val/loss"], rel=1e-4)
+    assert scores["val/token_accuracy"] == pytest.approx(best["val/token_accuracy"])
+    assert run["eval"]["validation"]["val/tokens"] == best["val/tokens"]
+
+
 def test_generated_labels_are_parsed_and_scored_per_class(lm, intent_data, tmp_path):
     out = tmp_path / "run"
     args = [a for a in sft_overrides(lm, intent_data, out, label_format="generate", max_steps=30, eval_steps=10,
@@ -238,12 +248,20 @@ def test_generated_labels_are_parsed_and_scored_per_class(lm, intent_data, tmp_p
     assert sum(map(sum, confusion["matrix"])) == round((1 - best["val/unknown_rate"]) * 20)
 
 
-@pytest.mark.parametrize("verb", ["assess"])
-def test_verbs_not_built_for_causal_lm_say_so_before_any_work(verb, lm, sft_data, tmp_path, capsys):
-    code = cli.main([verb, "task=causal-lm", f"name_or_path={lm}", f"dataset_name={sft_data}"])
-    err = capsys.readouterr().err
-    assert code == 2 and f"`loratune {verb}` is not built for model.task=causal-lm yet" in err
-    assert "Traceback" not in err
+def test_assess_proposes_an_sft_start_config_from_the_rendered_token_lengths(lm, sft_data, capsys):
+    code = cli.main(["assess", "task=causal-lm", f"name_or_path={lm}", f"dataset_name={sft_data}",
+                     "max_length=8", "--json"])
+    a = json.loads(capsys.readouterr().out)
+    assert code == 0 and a["task"] == "causal-lm" and a["facts"]["train_rows"] == 32
+    rules = {c["rule"]: c for c in a["recommendation"]["choices"]}
+    assert {"start-epochs-sft", "start-dropout-by-rows-sft", "start-rank-by-data", "start-max-length-p99"} <= set(rules)
+    # every row is longer than 8 tokens: the warning, and a max_length that fits 99% of the rows
+    assert a["facts"]["truncated_share_at_max_length"] == 1.0
+    assert [f["id"] for f in a["findings"]] == ["truncated-rows"]
+    assert rules["start-max-length-p99"]["value"] >= a["facts"]["token_p99"]
+    code = cli.main(["assess", "task=causal-lm", f"name_or_path={lm}", f"dataset_name={sft_data}"])
+    out = capsys.readouterr().out
+    assert code == 0 and "start with: loratune train task=causal-lm" in out and "start-epochs-sft" in out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from loratune.commands._common import add_config_args, console, load_cfg
@@ -32,21 +33,27 @@ def run(args) -> int:
     from loratune.assess import run_assessment
 
     cfg = load_cfg(args)  # validated before any data or model loads
-    from loratune.api import require_built
-
-    require_built(cfg, "assess")
     err = console(stderr=True)
     cache = False if (args.cache_dir or "").lower() == "none" else args.cache_dir
     progress = (lambda msg: None) if args.json else (lambda msg: err.print(f"[dim]{msg}...[/]"))
+    if cfg.model.task == "causal-lm":  # phase 0 of a generative run: token shape and the start config
+        from loratune.api import prepare
+        from loratune.assess.sft import assess_sft
+
+        data = assess_sft(cfg, prepare(cfg), progress=progress)
+        return _emit(args, data, lambda out: print_sft_summary(out, data))
     a = run_assessment(cfg, probe=not args.no_probe, cache_dir=cache, progress=progress)
-    data = a.to_dict()
+    return _emit(args, a.to_dict(), lambda out: print_summary(out, a))
+
+
+def _emit(args, data: dict, summary) -> int:
     if args.out:
         write_json_atomic(Path(args.out), data)
     if args.json:
         json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        print_summary(console(), a)
+        summary(console())
         if args.out:
             console().print(f"written: {args.out}")
     return 0
@@ -133,18 +140,40 @@ def print_summary(out, a) -> None:
                 + (f", recall {c.recall:.2f}" if c.recall is not None else "") + ")" for c in spread), markup=False)
 
     r = a.recommendation
-    out.print("[bold]start config[/] (value, then the rule and why)")
-    for c in (*r.choices, r.capacity_ceiling):
-        v = "[" + ", ".join(map(str, c.value)) + "]" if isinstance(c.value, (list, tuple)) else \
-            f"{c.value:g}" if isinstance(c.value, float) else str(c.value)
-        key = "capacity ceiling: max adapter.r" if c is r.capacity_ceiling else c.key
-        out.print(f"  [bold]{key}[/] = {_escape(v)}")
-        out.print(f"      [dim]{c.rule}:[/] {_escape(c.reason)}")
-    if r.lr_grid:
-        out.print(f"lr grid for capacity comparisons: {', '.join(f'{x:g}' for x in r.lr_grid)}")
-    args = " ".join(_override_arg(k, v) for k, v in r.overrides.items())
-    out.print(f"start with: loratune train {args}", markup=False, soft_wrap=True)
+    print_start(out, [asdict(c) for c in r.choices], asdict(r.capacity_ceiling), r.lr_grid, r.overrides)
     total = a.timings.get("total_s")
     if total is not None:
         parts = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in a.timings.items() if k != "total_s")
         out.print(f"[dim]{total:.1f}s ({parts})[/]")
+
+
+def print_start(out, choices: list[dict], ceiling: dict, lr_grid, overrides: dict, prefix: str = "") -> None:
+    """The start config: each value with its rule and reason, the lr grid, the command to train it."""
+    out.print("[bold]start config[/] (value, then the rule and why)")
+    for c in (*choices, ceiling):
+        v = "[" + ", ".join(map(str, c["value"])) + "]" if isinstance(c["value"], (list, tuple)) else \
+            f"{c['value']:g}" if isinstance(c["value"], float) else str(c["value"])
+        key = "capacity ceiling: max adapter.r" if c is ceiling else c["key"]
+        out.print(f"  [bold]{key}[/] = {_escape(v)}")
+        out.print(f"      [dim]{c['rule']}:[/] {_escape(c['reason'])}")
+    if lr_grid:
+        out.print(f"lr grid for capacity comparisons: {', '.join(f'{x:g}' for x in lr_grid)}")
+    args = " ".join(_override_arg(k, v) for k, v in overrides.items())
+    out.print(f"start with: loratune train {prefix}{args}", markup=False, soft_wrap=True)
+
+
+def print_sft_summary(out, a: dict) -> None:
+    """`loratune assess task=causal-lm`: rows and rendered token lengths, findings, the start config."""
+    f = a["facts"]
+    out.print(f"[bold]assess[/] {_escape(a['dataset'])} with {_escape(a['model'])}: causal-lm (SFT), "
+              f"{f['train_rows']} train / {f['val_rows']} val rows, template {f['template']}")
+    for note in a["notes"]:
+        out.print(f"[yellow]note:[/] {_escape(note)}")
+    out.print(f"tokens per rendered row (prompt + completion): p50 {f['token_p50']:.0f}, p99 {f['token_p99']:.0f}, "
+              f"max {f['token_max']}; completions are {f['completion_share']:.0%} of the tokens (median "
+              f"{f['completion_token_p50']:.0f}); {f['truncated_share_at_max_length']:.1%} of rows exceed "
+              "model.max_length")
+    for x in a["findings"]:
+        out.print(f"[{_SEVERITY_STYLE.get(x['severity'], '')}]{x['severity']}[/] {x['id']}: {_escape(x['message'])}")
+    r = a["recommendation"]
+    print_start(out, r["choices"], r["capacity_ceiling"], r["lr_grid"], r["overrides"], prefix="task=causal-lm ")

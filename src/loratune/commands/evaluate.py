@@ -23,7 +23,8 @@ def run(args) -> int:
     out = console()
     prefix = next(iter(scores)).split("/")[0]
     keys = [f"{prefix}/{k}" for k in ("n", "loss", "accuracy", "macro_f1", "weighted_f1", "micro_f1",
-                                       "subset_accuracy", "samples_f1", "labels_per_row")]
+                                       "subset_accuracy", "samples_f1", "labels_per_row",
+                                       "perplexity", "token_accuracy", "tokens", "unknown_rate")]  # + causal-lm
     keys += [f"{prefix}_{rows}/{k}" for rows in ("compound", "single") for k in ("subset_accuracy", "n")]  # multi-label
     for full in keys:
         v = scores.get(full)
