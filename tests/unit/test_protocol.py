@@ -126,7 +126,8 @@ def test_lr_bound_path_follows_the_lr_and_finds_the_plateau():
         ("rank-sweep", "lr4e-3-r32-rs-a11.3"),  # x4 with rsLoRA: gain below the seed noise
         ("target-sweep", "lr4e-3-t-all-linear"),  # more modules at 1x and 0.5x the lr: no gain, targets kept
         ("target-sweep", "lr2e-3-t-all-linear"),
-        ("lora-vs-full", "full-lr4e-4"),
+        # full fine-tuning at its own lr: {1, 0.5, 2}x (LoRA lr x 0.1), 2x capped at FULL_LR_MAX 5e-4
+        ("lora-vs-full", "full-lr4e-4"), ("lora-vs-full", "full-lr2e-4"), ("lora-vs-full", "full-lr5e-4"),
     ]
     d = {(p, k): v for p, k, v in kinds(ctx)}
     assert d[("phase1-lr-grid", "lr-grid-skip")] == "0.5x not needed"
@@ -200,7 +201,7 @@ def test_resume_replays_finished_trials_without_training_them(tmp_path):
     ctx2, r2 = make_ctx(lr_binds(), store=store)
     run_protocol(ctx2, START, ProtocolSettings())
     assert not set(done_before) & {s.key for s in r2.calls}, "a finished trial was trained again"
-    assert len(r1.calls) + len(r2.calls) == 11
+    assert len(r1.calls) + len(r2.calls) == 13
     # the same decisions as an uninterrupted run, none written twice
     ref, _ = make_ctx(lr_binds())
     run_protocol(ref, START, ProtocolSettings())
@@ -434,7 +435,7 @@ def test_budget_is_not_held_back_for_a_stage_that_cannot_fit():
 def test_budget_left_at_the_end_runs_the_skipped_stages():
     ctx, runner = make_ctx(lr_binds(), budget="105s")  # 90 s usable; every scripted trial costs 10 s
     ctx.costs = CostModel(prior_examples_per_s=100, full_over_lora=5.0)  # the full probe looks like 50 s
-    run_protocol(ctx, START, ProtocolSettings())
+    run_protocol(ctx, START, ProtocolSettings(full_lr_factors=(1.0,)))  # one full trial (its lr probe: below)
     phases = [p for p, _ in names(runner)]
     first_pass = phases[:phases.index("lora-vs-full") + 1]
     assert "phase2" not in first_pass and "rank-sweep" not in first_pass and first_pass.count("seeds") == 2
@@ -516,8 +517,8 @@ def test_budget_left_trains_a_still_improving_pick_longer():
     world = World(lambda p: 0.70 + _lr_peak(p) + _longer_helps(p), lambda p: "healthy",
                   features={"still_improving": 1.0, "best_step_fraction": 1.0})
     start = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=6.0)
-    ctx, runner = make_ctx(world)
-    run_protocol(ctx, start, ProtocolSettings(full_probe=False, lr_probe=False),
+    ctx, runner = make_ctx(world)  # the end-of-study path (the default trains long early: tests below)
+    run_protocol(ctx, start, ProtocolSettings(full_probe=False, lr_probe=False, early_long=False),
                  plan={"max_steps": 100, "epochs": 1.5, "reason": "scripted"})
     last = runner.calls[-1]
     assert last.phase == "final-train" and last.point["train.max_steps"] == 400  # 6 epochs / 1.5 per trial
@@ -529,7 +530,8 @@ def test_budget_left_trains_a_still_improving_pick_longer():
 
 def test_long_run_gets_its_own_lr_step_when_two_long_runs_fit():
     """The lr the short trials chose (1e-3, the peak at 100 steps) is too high for a run 4x longer: there
-    the peak is at 5e-4. Both long runs are measured and the better one is the pick."""
+    the peak is at 5e-4. Both long runs are measured and the better one is the pick: the 1x one early (right
+    after the lr grid), the 0.5x one at the end at the same length, reusing the early run (not trained twice)."""
     def f1(p):
         long = int(p.get("train.max_steps") or 0) >= 200
         peak = 5e-4 if long else 1e-3
@@ -540,12 +542,13 @@ def test_long_run_gets_its_own_lr_step_when_two_long_runs_fit():
     ctx, runner = make_ctx(world)
     run_protocol(ctx, start, ProtocolSettings(full_probe=False, lr_probe=False),
                  plan={"max_steps": 100, "epochs": 1.5, "reason": "scripted"})
-    longs = [s for s in runner.calls if s.phase == "final-train"]
-    assert [(s.point[LR], s.point["train.max_steps"]) for s in longs] == [(5e-4, 400), (1e-3, 400)]
+    longs = [s for s in runner.calls if s.point.get("train.max_steps")]
+    assert [(s.phase, s.point[LR], s.point["train.max_steps"]) for s in longs] == [
+        ("early-long", 1e-3, 400), ("final-train", 5e-4, 400)]
     d = next(x for x in ctx.decisions if x["kind"] == "final-train")
-    assert d["verdict"] == "longer training helps"
-    assert "lr 0.0005 -> 0.730, lr 0.001 -> 0.720; best 0.0005" in d["evidence"][2]
-    assert [x["lr"] for x in d["data"]["lrs"]] == [5e-4, 1e-3]
+    assert d["code"] == "final-train-helps" and d["verdict"] == "the long run at another lr scores higher"
+    assert any("lr 0.001 -> 0.720, lr 0.0005 -> 0.730" in e for e in d["evidence"])
+    assert [x["lr"] for x in d["data"]["lrs"]] == [1e-3, 5e-4]
     assert ctx.state["final"].point[LR] == 5e-4 and ctx.state["final"].point["train.max_steps"] == 400
 
 
@@ -555,15 +558,15 @@ def test_final_training_is_shortened_to_the_budget_or_skipped():
     start = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=6.0)
     # examples budget: six scripted trials of 1000 examples run first; a 100-step trial is estimated at
     # 1000 examples, so the 3000 left hold 256 steps (400 shortened by 0.8 steps), not 400
-    ctx, runner = make_ctx(world, budget="9000ex")
-    run_protocol(ctx, start, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False),
+    ctx, runner = make_ctx(world, budget="9000ex")  # the end-of-study path: no early long run
+    run_protocol(ctx, start, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False, early_long=False),
                  plan={"max_steps": 100, "epochs": 1.5, "reason": "scripted"})
     last = runner.calls[-1]
     assert [s.phase for s in runner.calls].count("final-train") == 1 and last.phase == "final-train"
     assert last.point["train.max_steps"] == 256 and ctx.estimate(last.point).examples == 2560
     assert last.point[LR] == 1e-3  # two long runs of >= 200 steps do not fit: one, at the measured lr
     ctx, runner = make_ctx(world, budget="7500ex")  # 1500 left: less than 2 trials' worth
-    run_protocol(ctx, start, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False),
+    run_protocol(ctx, start, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False, early_long=False),
                  plan={"max_steps": 100, "epochs": 1.5, "reason": "scripted"})
     assert all(s.phase != "final-train" for s in runner.calls)
     d = next(x for x in ctx.decisions if x["kind"] == "final-train")
@@ -588,7 +591,7 @@ def test_resume_killed_during_the_final_training_replays_to_the_same_long_run(tm
                   features={"still_improving": 1.0, "best_step_fraction": 1.0})
     start = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=6.0)
     plan = {"max_steps": 100, "epochs": 1.5, "reason": "scripted"}
-    settings = ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False)
+    settings = ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False, early_long=False)
     ref, ref_runner = make_ctx(world, budget="9000ex")
     run_protocol(ref, start, settings, plan=plan)
     n = len(ref_runner.calls)
@@ -684,7 +687,7 @@ def test_each_path_is_a_sequence_of_decision_codes():
     assert codes(ctx) == ["start-config", "lr-grid-skip-down", "lr-grid-best", "pair-optimization",
                           "lr-step-rejected", "scale-adequate", "no-overfitting", "early-stopping-none",
                           "seed-noise-measured", "rank-plateau", "step-size-held-rslora", "targets-no-gain",
-                          "choose-lora"]
+                          "full-lr-probe-best", "choose-lora"]
     ctx, _ = make_ctx(capacity_binds())
     run_protocol(ctx, START, ProtocolSettings())
     assert codes(ctx)[:5] == ["start-config", "lr-grid-best", "pair-capacity", "capacity-move-kept",

@@ -16,6 +16,7 @@ from typing import Mapping
 class StageId(str, Enum):
     LR_PROBE = "lr-probe"
     LR_GRID = "phase1-lr-grid"
+    EARLY_LONG = "early-long"  # the lr grid's incumbent at the final length; promoted challengers (issue 15)
     PAIR = "pair"  # run inside the capacity stage when a slow curve is ambiguous (listed first: it runs first)
     CAPACITY = "phase1-capacity"
     PHASE2 = "phase2"
@@ -42,6 +43,7 @@ TRAIL_PHASES: Mapping[str, str] = MappingProxyType({
     "phase0": "phase 0",
     StageId.LR_PROBE.value: "lr probe",
     StageId.LR_GRID.value: "lr grid",
+    StageId.EARLY_LONG.value: "train long early",
     StageId.CAPACITY.value: "capacity",
     StageId.PAIR.value: "pair",
     StageId.PHASE2.value: "phase 2",

@@ -34,6 +34,10 @@ class ProtocolState:
     lr_centre: float | None = None  # the lr probe's centre
     incumbent: Any = None  # TrialRecord: the best config so far, what later stages start from
     final: Any = None  # TrialRecord: the pick (the incumbent, a full fine-tuning probe, or a long run)
+    # TrialRecord: the trial-length run the pick was trained long from (set once the early long run ran): a
+    # later incumbent replaces the pick only when it beats this one beyond noise, and is then trained long
+    champion: Any = None
+    challenged: list[int] = field(default_factory=list)  # trial numbers already judged as challengers
     failed: bool = False  # no trial learned: later stages do nothing
     skipped: list[str] = field(default_factory=list)  # stages a budget stop cut (revisited at the end)
     revisited: bool = False

@@ -2,16 +2,90 @@
 
 from __future__ import annotations
 
-from loratune.search.budget import format_amount
+from loratune.search.budget import Cost
 from loratune.search.context import SearchContext, with_
 from loratune.search.space import DEFAULTS
 from loratune.search.stages import StageId
 from loratune.search.state import Start
 from loratune.search.trial import TrialRecord
-from loratune.search.protocol.settings import (FINAL_LENGTH_SHRINK, FULL_LR_MAX, FULL_LR_MIN, LR, METHOD,
-                                               ProtocolSettings, STILL_IMPROVING_BEST_FRACTION)
-from loratune.search.protocol.common import (breakeven_rank, evidence_of, incumbent_of, lr_of, no_budget, r_of, round3,
-                                             set_incumbent)
+from loratune.search.protocol.settings import (COST_FREE_KEYS, FULL_LR_MAX, FULL_LR_MIN, LR, METHOD,
+                                               PROBE_MAX_SHARE_OF_TRIAL, ProtocolSettings)
+from loratune.search.protocol.common import (breakeven_rank, evidence_of, incumbent_of, lr_of, no_budget, r_of, reserve,
+                                             round3, set_incumbent)
+from loratune.search.protocol.long import (final_length, is_full, long_of, long_steps_wanted, promote,
+                                           still_improving, unaffordable_line)
+
+
+def full_lr_probe(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord) -> TrialRecord | None:
+    """Full fine-tuning at its own lr (protocol 1: ~1/10 of LoRA's, a prior): short runs at
+    `full_lr_factors` x (LoRA lr x full_lr_ratio), inside FULL_LR_MIN..MAX, 1x first and the others while
+    the budget holds them and the full-length probe; the best probe's lr is the lr of the full-length probe
+    LoRA is compared with (the same trial length on both sides). Without a trial plan (or trials too short
+    to probe) the probes are full-length trials and the best of them is the probe."""
+    phase = StageId.FULL_PROBE.value
+    centre = min(FULL_LR_MAX, max(FULL_LR_MIN, round3(lr_of(inc.point) * s.full_lr_ratio)))
+    lrs: list[float] = []
+    for f in s.full_lr_factors:
+        x = min(FULL_LR_MAX, max(FULL_LR_MIN, round3(centre * f)))
+        if x not in lrs:
+            lrs.append(x)
+    steps = int(ctx.trial_steps or 0)
+    p_steps = max(s.lr_probe_min_steps, int(round(steps * s.lr_probe_fraction))) if steps else 0
+    full_point = with_(inc.point, **{METHOD: "full", LR: centre})
+    # short probes only when a probe and the full-length probe they lead to both fit (else one trial at 1x)
+    short = (bool(steps) and p_steps <= steps * PROBE_MAX_SHARE_OF_TRIAL and len(lrs) > 1
+             and ctx.meter.fits(ctx.estimate(with_(full_point, **{"train.max_steps": p_steps}))
+                                + ctx.estimate(full_point), reserve(ctx, phase, s)))
+    keep = ctx.estimate(full_point) if short else Cost()  # the full-length probe the short ones lead to
+    runs: list[TrialRecord] = []
+    for i, lr in enumerate(lrs):
+        point = with_(full_point, **{LR: lr, **({"train.max_steps": p_steps} if short else {})})
+        if i and not ctx.meter.fits(ctx.estimate(point), keep + reserve(ctx, phase, s)):
+            ctx.decide(phase, "full-lr-probe", "stop probing full fine-tuning's lr", "keep the budget for the probe",
+                       [f"lr {lr:g} not probed: {ctx.meter.describe_left()}"], runs, code="full-lr-probe-stopped")
+            break
+        what = f"{p_steps} steps" if short else "a trial"
+        rec = ctx.run(ctx.spec(point, phase, f"full fine-tuning lr probe: {what} at lr {lr:g} ({lr / centre:g}x "
+                                             f"LoRA lr x {s.full_lr_ratio:g})"), prune=False)
+        if rec is None:
+            break
+        runs.append(rec)
+    scored = [r for r in runs if r.value is not None]
+    if not scored:
+        return None
+    best = max(scored, key=lambda r: (r.value, -r.number))
+    lr = lr_of(best.point)
+    rows = [f"lr {lr_of(r.point):g}: {ctx.show(r.value)} ({r.result.verdict})" for r in runs]
+    if len(runs) > 1:
+        ctx.decide(phase, "full-lr-probe", f"full fine-tuning's lr {lr:g}",
+                   f"the full-fine-tuning probe at lr {lr:g}" + (" (full length)" if short else ""),
+                   rows + [f"LoRA lr {lr_of(inc.point):g} x {s.full_lr_ratio:g} = {centre:g} is a prior (protocol 1); "
+                           f"full fine-tuning is compared at the best lr of its own probe"
+                           + (f" ({p_steps}-step runs)" if short else "")], runs,
+                   {"lrs": [{"lr": lr_of(r.point), "value": r.value, "trial": r.number} for r in runs],
+                    "centre": centre, "best_lr": lr, "short_steps": p_steps if short else None},
+                   code="full-lr-probe-best")
+    if not short:
+        return best
+    return ctx.run(ctx.spec(with_(full_point, **{LR: lr}), phase,
+                            f"full fine-tuning probe (lr {lr:g}, the best of its lr probe)"), prune=False)
+
+
+def measured_cost(ctx: SearchContext, rec: TrialRecord) -> tuple[float | None, float | None, float | None, int]:
+    """(step s, memory above the trial's start MB, peak MB, n): the least of the measurements of every finished
+    trial with `rec`'s shape (the same point but for COST_FREE_KEYS): neither the order trials ran in nor a
+    one-time cost of the process's first trial decides LoRA vs full."""
+    def shape(p: dict) -> dict:
+        return {k: v for k, v in p.items() if k not in COST_FREE_KEYS}
+
+    same = [r for r in ctx.records if r.result.ok and shape(r.point) == shape(rec.point)] or [rec]
+
+    def least(values):
+        got = [v for v in values if v is not None]
+        return min(got) if got else None
+
+    return (least(r.result.mean_step_s for r in same), least(r.result.memory_delta_mb for r in same),
+            least(r.result.peak_memory_mb for r in same), len(same))
 
 
 def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
@@ -21,12 +95,10 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     if inc is None or ctx.state.failed:
         return
     phase = StageId.FULL_PROBE.value
-    full = next((r for r in ctx.records if r.point.get(METHOD) == "full" and r.value is not None), None)
-    if full is None and s.full_probe:  # one probe per study: a second decision reuses it
-        lr = min(FULL_LR_MAX, max(FULL_LR_MIN, round3(lr_of(inc.point) * s.full_lr_ratio)))
-        point = with_(inc.point, **{METHOD: "full", LR: lr})
-        full = ctx.run(ctx.spec(point, phase, f"full fine-tuning probe (lr {lr:g} = LoRA lr x {s.full_lr_ratio:g})"),
-                       prune=False)
+    done = (ctx.state.lora_vs_full or {}).get("full_trial")
+    full = next((r for r in ctx.records if r.number == done), None)  # one probe per study: a new decision reuses it
+    if full is None and s.full_probe:
+        full = full_lr_probe(ctx, s, inc)
         if full is None:
             no_budget(ctx, phase, "the full-fine-tuning probe")
     lora = [r for r in ctx.records if r.point.get(METHOD, DEFAULTS[METHOD]) == "lora" and r.value is not None
@@ -34,13 +106,14 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     highest = max(lora, key=lambda r: (r_of(r.point), r.value or 0)) if lora else None
 
     involved = [r for r in (inc, highest, full) if r is not None]
-    use_delta = all(r.result.memory_delta_mb is not None for r in involved)
+    costs = {r.number: measured_cost(ctx, r) for r in involved}
+    use_delta = all(costs[r.number][1] is not None for r in involved)
 
     def cp(rec: TrialRecord, label: str) -> CostPoint:
-        mem = rec.result.memory_delta_mb if use_delta else rec.result.peak_memory_mb
+        step, delta, peak, _ = costs[rec.number]
         return CostPoint.from_run(label, rec.point.get(METHOD, DEFAULTS[METHOD]), None if rec.point.get(METHOD) == "full"
-                                  else r_of(rec.point), rec.value, rec.result.params, rec.result.mean_step_s,
-                                  mem, rec.result.examples, rec.number)
+                                  else r_of(rec.point), rec.value, rec.result.params, step,
+                                  delta if use_delta else peak, rec.result.examples, rec.number)
 
     noise, src = ctx.noise()
     sweep = ctx.state.rank_sweep or {}
@@ -55,16 +128,26 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
         target=s.target, breakeven_r=sweep.get("breakeven_r") or breakeven_rank(inc.result.params, r_of(inc.point)),
         objective=ctx.objective)
     out = decide(inputs)
+    basis = ("the trial's own peak above the process's memory at its start (the peak was reset as the trial "
+             "started), the least over trials of the same shape" if use_delta else
+             "the process's running peak (it could not be reset per trial): ORDER-DEPENDENT, a trial that ran after "
+             "a larger one reads the larger one's peak")
     ctx.state.lora_vs_full = {**out.to_dict(), "full_trial": full.number if full else None,
-                                 "memory_basis": ("peak above the process's memory at the trial's start" if use_delta
-                                                  else "peak of the process during the trial")}
-    if out.choice == "full" and full is not None:
-        ctx.state.final = full
+                              "memory_basis": basis, "memory_per_trial": use_delta,
+                              "measurements": {str(n): c[3] for n, c in costs.items()}}
     ev = [f"{r.id}: {'holds' if r.holds else 'unknown' if r.holds is None else 'does not hold'} - {r.text}"
           for r in out.reasons]
+    ev.append(f"memory and step time: {basis}; measurements per config: "
+              + ", ".join(f"trial {n}: {c[3]}" for n, c in costs.items()))
     ctx.decide(phase, "lora-vs-full", f"choose {out.choice}", out.summary, ev,
                [inc] + ([full] if full else []) + ([highest] if highest and highest is not inc else []),
-               {"table": list(out.table)}, code=f"choose-{out.choice}")
+               {"table": list(out.table), "memory_per_trial": use_delta}, code=f"choose-{out.choice}")
+    if out.choice == "full" and full is not None and not is_full(ctx.state.final):
+        if ctx.state.champion is not None:  # a long LoRA run is the pick: full fine-tuning is trained long too
+            promote(ctx, s, full, [f"LoRA vs full chose full fine-tuning: {out.summary}"],
+                    {"challenger": full.number, "champion": ctx.state.champion.number}, replace=True)
+        else:
+            ctx.state.final = full
 
 
 def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
@@ -75,18 +158,25 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     be the best lr of a run several times longer, so when the budget holds one long run per factor of
     `final_lr_factors` (lr /2 and lr), each is run at the same length; otherwise one run at the pick's
     lr. The best long run replaces the pick only when it scores higher on val; either way the decision
-    says what the longer runs gained."""
+    says what the longer runs gained. A long run the early stage or a promotion already trained
+    (protocol.long) is reused: only its other lrs are run, at its length."""
     inc = incumbent_of(ctx)
     final = ctx.state.final
     if not s.final_train or inc is None or ctx.state.failed or not ctx.trial_steps:
         return
-    if final is not None and final.point.get(METHOD) == "full":
+    if is_full(final):
         return
     phase = StageId.FINAL_TRAIN.value
-    res = inc.result
-    frac = res.feature("best_step_fraction")
-    still = bool(res.feature("still_improving")) or (frac is not None and frac >= STILL_IMPROVING_BEST_FRACTION)
-    if not still:
+    champ = ctx.state.champion
+    if champ is not None:  # the early long run ran (protocol.long): an incumbent within noise of its trial is not
+        noise, _ = ctx.noise()  # the pick's config; one trained long already is not trained again
+        inc = inc if inc is champ or beats(inc, champ, noise) else champ
+        long = long_of(ctx, inc)
+        if long is not None:
+            reuse_long_run(ctx, s, inc, long, final)
+            return
+    frac = still_improving(inc)[1]
+    if not still_improving(inc)[0]:
         ctx.decide(phase, "final-train", "the pick peaked inside its trial", "keep the trial's adapter",
                    [f"{inc.label}: best {ctx.objective.name} at {frac or 0:.0%} of the run; a longer run would not help"], [inc],
                    code="final-train-peaked")
@@ -94,9 +184,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     start: Start = ctx.state.start
     steps0 = int(ctx.trial_steps)
     trial_epochs = float(ctx.state.trial_epochs or 0.0)
-    want = steps0 * s.final_max_factor
-    if start.epochs and trial_epochs > 0:
-        want = min(want, steps0 * float(start.epochs) / trial_epochs)
+    want = long_steps_wanted(ctx, s)
     lr = float(inc.point.get(LR, start.lr_centre))
     lrs = [lr if f == 1 else round3(lr * f) for f in s.final_lr_factors] or [lr]
     steps = final_length(ctx, inc, int(want), len(lrs), s.final_min_factor * steps0)
@@ -106,8 +194,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     if steps is None:
         ctx.decide(phase, "final-train", "still improving; a longer run is not affordable", "keep the trial's adapter",
                    [f"{inc.label} was still improving when its {steps0}-step trial ended",
-                    f"{s.final_min_factor:g}x the trial length would need ~{format_amount(ctx.meter.budget.kind, ctx.estimate(with_(inc.point, **{'train.max_steps': int(s.final_min_factor * steps0)})).amount(ctx.meter.budget.kind))}; "
-                    f"{ctx.meter.describe_left()}"], [inc], code="final-train-unaffordable")
+                    unaffordable_line(ctx, s, inc, Cost())], [inc], code="final-train-unaffordable")
         return
     runs = []
     why = f"the pick trained longer: {steps} steps ({steps / steps0:.1f}x a trial)"
@@ -124,11 +211,16 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     if not scored:
         return
     best = max(scored, key=lambda r: (r.value, -r.number))
+    # against the trial, and against a long run that is the pick (a challenger promoted here, at the end)
+    bar = max(v for v in (inc.value, final.value if final is not None and champ is not None else None, -1e30)
+              if v is not None)
     gain = (best.value - inc.value) if inc.value is not None else None
     ev = [f"{inc.label} was still improving when its {steps0}-step trial ended (best at {frac or 0:.0%} of the run)",
           f"{steps} steps ({steps / steps0:.1f}x; phase 0 planned {start.epochs or '?'} epochs for a full run, a trial is "
           f"{trial_epochs:.2f}), early stopping on {ctx.objective.name}: {ctx.fmt(inc.value)} -> {ctx.fmt(best.value)}"
           + (f" (gain {gain:+.3f})" if gain is not None else "")]
+    if bar != inc.value:
+        ev.append(f"the pick before it: {final.label}, {ctx.show(final.value)}")
     if len(scored) > 1:
         ev.append("lr for the long run (the short trials' lr need not suit a longer one): "
                   + ", ".join(f"lr {r.point[LR]:g} -> {ctx.fmt(r.value)}" for r in scored)
@@ -136,23 +228,56 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     ev += evidence_of(ctx, best)
     data = {"steps": steps, "gain": gain, "lrs": [{"lr": r.point[LR], "value": r.value, "trial": r.number}
                                                  for r in runs]}
-    if gain is not None and gain > 0:
+    if gain is not None and best.value > bar:
         set_incumbent(ctx, best)
         ctx.state.final = best
         ctx.decide(phase, "final-train", "longer training helps", f"pick = {best.label}", ev, [inc, *runs], data,
                    code="final-train-helps")
     else:
-        ctx.decide(phase, "final-train", "longer training does not help", f"keep {inc.label}", ev, [inc, *runs], data,
-                   code="final-train-no-gain")
+        ctx.decide(phase, "final-train", "longer training does not help", f"keep {(final or inc).label}", ev,
+                   [inc, *runs], data, code="final-train-no-gain")
 
 
-def final_length(ctx: SearchContext, inc, want: int, n_runs: int, min_steps: float) -> int | None:
-    """The longest run (from `want` steps, shortened by 0.8 steps) of which `n_runs` fit the budget left;
-    None when even `min_steps` does not."""
-    steps = want
-    while steps >= min_steps:
-        one = ctx.estimate(with_(inc.point, **{"train.max_steps": steps}))
-        if ctx.meter.fits(one * n_runs):
-            return steps
-        steps = int(steps * FINAL_LENGTH_SHRINK)
-    return None
+def beats(rec: TrialRecord, champ: TrialRecord, noise: float) -> bool:
+    return rec.value is not None and champ.value is not None and rec.value - champ.value > noise
+
+
+def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, long: TrialRecord,
+                   final: TrialRecord) -> None:
+    """`inc` was trained long already (protocol.long): not trained again. The other lrs of `final_lr_factors`
+    run at its length when they all fit (the short trials' lr need not suit a longer run); the best of them
+    and the long run is the pick when it scores higher than the pick."""
+    phase = StageId.FINAL_TRAIN.value
+    steps = int(long.point.get("train.max_steps") or 0)
+    lr = lr_of(long.point)
+    others = [round3(lr * f) for f in s.final_lr_factors if f != 1]
+    ev = [f"{inc.label} was trained long already: {long.label}, {steps} steps, {ctx.show(long.value)} (its trial "
+          f"{ctx.fmt(inc.value)}); no later incumbent beat its trial beyond noise, so it is not trained again",
+          f"the pick: {final.label}, {ctx.show(final.value)}"]
+    runs: list[TrialRecord] = []
+    one = ctx.estimate(long.point)
+    if others and steps and ctx.meter.fits(one * len(others)):
+        for x in others:
+            rec = ctx.run(ctx.spec(with_(long.point, **{LR: x}), phase,
+                                   f"the long run at lr {x:g} ({x / lr:g}x): the short trials' lr need not suit it"),
+                          prune=False)
+            if rec is None:
+                no_budget(ctx, phase, f"the longer run at lr {x:g}")
+                break
+            runs.append(rec)
+    elif others:
+        ev.append(f"its run at lr {', '.join(f'{x:g}' for x in others)} does not fit: {ctx.meter.describe_left()}")
+    scored = [r for r in runs if r.value is not None]
+    best = max(scored, key=lambda r: (r.value, -r.number)) if scored else None
+    data = {"long_trial": long.number, "steps": steps,
+            "lrs": [{"lr": r.point[LR], "value": r.value, "trial": r.number} for r in [long, *runs]]}
+    if scored:
+        ev.append("lr for the long run (the short trials' lr need not suit a longer one): "
+                  + ", ".join(f"lr {r.point[LR]:g} -> {ctx.fmt(r.value)}" for r in [long, *runs]))
+    if best is not None and (final.value is None or best.value > final.value):
+        ctx.state.final = best
+        ctx.decide(phase, "final-train", "the long run at another lr scores higher", f"pick = {best.label}",
+                   ev + evidence_of(ctx, best), [long, *runs], data, code="final-train-helps")
+    else:
+        ctx.decide(phase, "final-train", "the long run is reused", f"keep {final.label}", ev, [long, *runs], data,
+                   code="final-train-reused")

@@ -11,6 +11,7 @@ from loratune.search.state import Start
 from loratune.search.protocol.settings import ProtocolSettings
 from loratune.search.protocol.common import incumbent_of
 from loratune.search.protocol.finish import stage_full_probe
+from loratune.search.protocol.long import cannot_change_pick, challenge
 from loratune.search.protocol.table import STAGE, STAGE_TABLE, StageSpec
 
 
@@ -31,6 +32,7 @@ def revisit_skipped(ctx: SearchContext, s: ProtocolSettings) -> None:
     before, seeds_before = incumbent_of(ctx), ctx.state.seed_sigma
     for _, fn in todo:
         fn(ctx, s)
+        challenge(ctx, s)
     changed = incumbent_of(ctx) is not before or ctx.state.seed_sigma != seeds_before
     if changed and StageId.FULL_PROBE not in skipped:
         stage_full_probe(ctx, s)  # new incumbent or noise: decide again (the full probe trial is reused)
@@ -38,7 +40,8 @@ def revisit_skipped(ctx: SearchContext, s: ProtocolSettings) -> None:
 
 def run_protocol(ctx: SearchContext, start: Start, settings: ProtocolSettings = ProtocolSettings(),
                  plan: dict | None = None, stages: Sequence[StageSpec] = STAGE_TABLE) -> SearchContext:
-    """Phase 0's decisions, then every stage in turn. `ctx.state.final` (or the incumbent) is the pick."""
+    """Phase 0's decisions, then every stage in turn. `ctx.state.final` (or the incumbent) is the pick: from
+    the early long run on (protocol.long), a later incumbent becomes it only by beating its trial beyond noise."""
     ctx.state.start = start
     ctx.state.stages = tuple(stages)
     ctx.base_point = dict(start.point)
@@ -54,8 +57,9 @@ def run_protocol(ctx: SearchContext, start: Start, settings: ProtocolSettings = 
         ctx.decide("phase0", "trial-plan", f"trials of {plan['max_steps']} steps", "plan", [plan["reason"]],
                    data=plan, code="trial-plan")
     for stage in stages:
-        if stage.in_sequence and stage.run is not None:
+        if stage.in_sequence and stage.run is not None and not cannot_change_pick(ctx, settings, stage):
             stage.run(ctx, settings)
+            challenge(ctx, settings)  # a new incumbent against a long-run pick (protocol.long)
     revisit_skipped(ctx, settings)
     if ctx.state.final is None and incumbent_of(ctx) is not None:
         ctx.state.final = incumbent_of(ctx)

@@ -49,6 +49,12 @@ FULL_LR_MIN, FULL_LR_MAX = 1e-5, 5e-4
 # The final training's length shrinks by this factor per try until the runs fit the budget left.
 FINAL_LENGTH_SHRINK = 0.8
 
+# Config keys that change no tensor's size and no step's work: trials that differ only in them measure the
+# same memory and step time, so LoRA vs full takes the least of their measurements as the config's cost (a
+# one-time cost paid by whichever trial ran first in the process, or a neighbour's load on a shared machine,
+# then counts against neither method; protocol 6: "measured ... on this hardware").
+COST_FREE_KEYS = (LR, SEED, DROPOUT, WD, "train.max_steps", "train.early_stopping_patience")
+
 # Float slack when comparing a doubled scale with its cap (alpha is rounded to 3 digits).
 SCALE_EPS = 1e-9
 
@@ -94,7 +100,14 @@ class ProtocolSettings:
     # lr chosen on short trials need not suit a run several times longer (protocol 3: the best lr moves
     # with the budget), so the long run gets its own x2 step down, measured
     final_lr_factors: tuple[float, ...] = (0.5, 1.0)
-    full_lr_ratio: float = 0.1  # full fine-tuning lr = LoRA lr x this (LoRA wants ~10x, protocol 1)
+    full_lr_ratio: float = 0.1  # full fine-tuning lr = LoRA lr x this (LoRA wants ~10x, protocol 1) ...
+    # ... a prior, so full fine-tuning gets its own short lr probe at these x it (1x first; each kept inside
+    # FULL_LR_MIN..MAX), and the best probe's lr is the lr of the full-length full-fine-tuning probe
+    full_lr_factors: tuple[float, ...] = (1.0, 0.5, 2.0)
+    # issue 15 "train long early": the lr grid's incumbent trained at the final length before the evidence
+    # stages (a good model early); later incumbents are challengers, trained long only when they beat the
+    # pick's trial beyond noise at trial length (successive halving)
+    early_long: bool = True
     allow_past_breakeven: bool = False
     target: float | None = None
     # the effective step size lr x s (loratune.stepsize): how a rank change holds it fixed, by rule

@@ -12,6 +12,7 @@ from loratune.search.protocol.phase1 import stage_capacity, stage_lr_grid, stage
 from loratune.search.protocol.phase2 import lr_steps, stage_phase2
 from loratune.search.protocol.sweeps import stage_arms, stage_rank_sweep, stage_seeds, stage_target_sweep
 from loratune.search.protocol.finish import stage_final_train, stage_full_probe
+from loratune.search.protocol.long import stage_early_long
 
 
 def ran_once(stage: StageId) -> Callable[[SearchContext, ProtocolSettings], int]:
@@ -43,6 +44,9 @@ class StageSpec:
     in_sequence: bool = True  # run in turn by run_protocol (the final training runs after the revisit)
     cost_point: dict = field(default_factory=dict)  # the point its trials are estimated at
     remaining: Callable[[SearchContext, ProtocolSettings], int] | None = None  # trials still planned (default: all)
+    # its winner is a challenger of a long-run pick (protocol.long): skipped when its trials and one long run
+    # of its winner do not fit the budget left (its outcome could not change the pick)
+    challenger: bool = False
 
     def still_planned(self, ctx: SearchContext, s: ProtocolSettings) -> int:
         return self.planned if self.remaining is None else self.remaining(ctx, s)
@@ -54,25 +58,30 @@ class StageSpec:
 
 # The protocol, in order. Priorities: the lr grid (and its probe) first, since every later stage starts
 # from its incumbent; then the LoRA-vs-full probe (the largest possible change of the pick), the seeds (the
-# noise every later comparison needs), the rank and target sweeps; the optional moves last. A stage skipped
+# noise every later comparison needs), the early long run (a good model early, from what the first three leave;
+# it plans no trial: its length comes from the budget left, so the trial-length plan does not change), the rank
+# and target sweeps; the optional moves last. A stage skipped
 # for budget is revisited when budget is left at the end (the estimates before the first measurements, and
 # a machine whose speed changes, can leave budget unused), in this order; LoRA vs full is then decided again.
 STAGE_TABLE: tuple[StageSpec, ...] = (
     StageSpec(StageId.LR_PROBE, "phase 1: lr centre", 1, 1, stage_lr_probe),  # three quarter-length runs
     StageSpec(StageId.LR_GRID, "phase 1: lr grid", 1, 3, stage_lr_grid),
+    StageSpec(StageId.EARLY_LONG, "issue 15: train long early", 4, 0, stage_early_long),
     StageSpec(StageId.PAIR, "protocol 5: minimal-intervention pair", 6, 1, None, in_sequence=False),
     StageSpec(StageId.CAPACITY, "phase 1: capacity", 7, 1, stage_capacity),
     StageSpec(StageId.PHASE2, "phase 2: optimization", 8, 1, stage_phase2, revisit=lambda ctx, s: lr_steps(ctx, s)),
     StageSpec(StageId.SEEDS, "protocol 6: seed noise", 3, 2, stage_seeds, revisit=lambda ctx, s: stage_seeds(ctx, s),
               remaining=seeds_left),
     StageSpec(StageId.RANK_SWEEP, "protocol 6: rank sweep", 4, 1, stage_rank_sweep,
-              revisit=lambda ctx, s: stage_rank_sweep(ctx, s), remaining=ran_once(StageId.RANK_SWEEP)),
+              revisit=lambda ctx, s: stage_rank_sweep(ctx, s), remaining=ran_once(StageId.RANK_SWEEP), challenger=True),
     StageSpec(StageId.TARGET_SWEEP, "protocol 1/6: target sweep", 5, 2, stage_target_sweep,
-              revisit=lambda ctx, s: stage_target_sweep(ctx, s), remaining=ran_once(StageId.TARGET_SWEEP)),
+              revisit=lambda ctx, s: stage_target_sweep(ctx, s), remaining=ran_once(StageId.TARGET_SWEEP),
+              challenger=True),
     StageSpec(StageId.ARMS, "issue 15: LoRA+ / DoRA arms", 9, 0, stage_arms,  # optional: on budget left, unplanned
-              revisit=lambda ctx, s: stage_arms(ctx, s), remaining=ran_once(StageId.ARMS)),
+              revisit=lambda ctx, s: stage_arms(ctx, s), remaining=ran_once(StageId.ARMS), challenger=True),
     StageSpec(StageId.FULL_PROBE, "protocol 6: LoRA vs full fine-tuning", 2, 1, stage_full_probe,
-              revisit=lambda ctx, s: stage_full_probe(ctx, s), cost_point={METHOD: "full"}, remaining=full_probe_left),
+              revisit=lambda ctx, s: stage_full_probe(ctx, s), cost_point={METHOD: "full"}, remaining=full_probe_left,
+              challenger=True),
     StageSpec(StageId.FINAL_TRAIN, "final: the pick trained longer", 10, 0, stage_final_train, in_sequence=False),
 )
 

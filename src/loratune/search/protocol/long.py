@@ -1,0 +1,209 @@
+"""Train long early (issue 15): the pick at the final length from the lr grid on, and challengers.
+
+The short trials rank configs; the model handed over is trained longer. Waiting with the long run until
+every stage has spent its trials leaves the pick a short trial for most of the budget. So once the lr grid
+has an incumbent, it is trained at the final length (phase 0's epochs, at most `final_max_factor` x a trial,
+shortened to the budget left after the higher-priority stages' reserve; the trials' early stopping) and
+becomes the pick. Every later incumbent is a challenger (successive halving: many configs at trial length,
+few at full length): it replaces the pick only when its trial beats the pick's trial (`champion`) beyond
+noise, and is then trained long itself; its long run is the pick when it scores higher. A challenger stage
+whose winner could not be trained long within the budget left cannot change the pick: it is skipped, and the
+trail says so. The final training at the end reuses the long run it finds (no point is trained twice).
+"""
+
+from __future__ import annotations
+
+from loratune.search.budget import Cost, format_amount
+from loratune.search.context import SearchContext, with_
+from loratune.search.stages import StageId
+from loratune.search.trial import TrialRecord
+from loratune.search.protocol.settings import (FINAL_LENGTH_SHRINK, METHOD, ProtocolSettings,
+                                               STILL_IMPROVING_BEST_FRACTION)
+from loratune.search.protocol.common import evidence_of, incumbent_of, reserve
+
+PHASE = StageId.EARLY_LONG.value
+
+
+def still_improving(rec: TrialRecord) -> tuple[bool, float | None]:
+    """Whether a trial was still improving when it ended (a longer run can help), and where its best came."""
+    res = rec.result
+    frac = res.feature("best_step_fraction")
+    return bool(res.feature("still_improving")) or (frac is not None and frac >= STILL_IMPROVING_BEST_FRACTION), frac
+
+
+def long_steps_wanted(ctx: SearchContext, s: ProtocolSettings) -> int:
+    """The final length before the budget shortens it: phase 0's epoch count for a full run, at most
+    `final_max_factor` x a trial."""
+    steps0 = int(ctx.trial_steps)
+    trial_epochs = float(ctx.state.trial_epochs or 0.0)
+    want = steps0 * s.final_max_factor
+    start = ctx.state.start
+    if start is not None and start.epochs and trial_epochs > 0:
+        want = min(want, steps0 * float(start.epochs) / trial_epochs)
+    return int(want)
+
+
+def final_length(ctx: SearchContext, inc, want: int, n_runs: int, min_steps: float, held: Cost = Cost()) -> int | None:
+    """The longest run (from `want` steps, shortened by FINAL_LENGTH_SHRINK steps) of which `n_runs` fit the
+    budget left after `held`; None when even `min_steps` does not."""
+    steps = want
+    while steps >= min_steps:
+        one = ctx.estimate(with_(inc.point, **{"train.max_steps": steps}))
+        if ctx.meter.fits(one * n_runs, held):
+            return steps
+        steps = int(steps * FINAL_LENGTH_SHRINK)
+    return None
+
+
+def min_long_cost(ctx: SearchContext, s: ProtocolSettings, point: dict) -> Cost:
+    """The shortest long run the protocol trains (`final_min_factor` x a trial) of `point`."""
+    return ctx.estimate(with_(point, **{"train.max_steps": int(s.final_min_factor * ctx.trial_steps)}))
+
+
+def long_run(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, why: str,
+             held: Cost = Cost()) -> TrialRecord | None:
+    """`rec`'s config trained at the final length (one run, at its lr), or None when it does not fit."""
+    steps0 = int(ctx.trial_steps)
+    steps = final_length(ctx, rec, long_steps_wanted(ctx, s), 1, s.final_min_factor * steps0, held)
+    if steps is None:
+        return None
+    point = with_(rec.point, **{"train.max_steps": steps})
+    return ctx.run(ctx.spec(point, PHASE, f"{why}: {steps} steps ({steps / steps0:.1f}x a trial)"), prune=False,
+                   reserve=held)
+
+
+def unaffordable_line(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, held: Cost) -> str:
+    kind = ctx.meter.budget.kind
+    need = min_long_cost(ctx, s, rec.point).amount(kind)
+    return (f"{s.final_min_factor:g}x the trial length would need ~{format_amount(kind, need)}; "
+            f"{ctx.meter.describe_left()}" + (f", ~{format_amount(kind, held.amount(kind))} held back for "
+                                              "higher-priority stages" if held.amount(kind) else ""))
+
+
+def stage_early_long(ctx: SearchContext, s: ProtocolSettings) -> None:
+    """The lr grid's incumbent at the final length, before the evidence stages (issue 15 item 2)."""
+    inc = incumbent_of(ctx)
+    if not s.early_long or not s.final_train or inc is None or ctx.state.failed or not ctx.trial_steps:
+        return
+    still, frac = still_improving(inc)
+    if not still:
+        ctx.decide(PHASE, "early-long", "the incumbent peaked inside its trial", "no long run: its trial is the pick",
+                   [f"{inc.label}: best {ctx.objective.name} at {frac or 0:.0%} of the run; a longer run would not "
+                    "help", "later incumbents follow the stages' own rules"], [inc], code="early-long-peaked")
+        return
+    held = reserve(ctx, PHASE, s)
+    run = long_run(ctx, s, inc, "train long early", held)
+    if run is None:
+        ctx.decide(PHASE, "early-long", "still improving; a long run does not fit yet",
+                   "the pick stays a trial; the final training tries again with the budget left",
+                   [f"{inc.label} was still improving when its {ctx.trial_steps}-step trial ended",
+                    unaffordable_line(ctx, s, inc, held)], [inc], code="early-long-unaffordable")
+        return
+    ctx.state.champion = inc
+    steps = int(run.point["train.max_steps"])
+    ev = [f"{inc.label} was still improving when its {ctx.trial_steps}-step trial ended (best at {frac or 0:.0%})",
+          f"{steps} steps ({steps / ctx.trial_steps:.1f}x a trial), early stopping on {ctx.objective.name}: "
+          f"{ctx.fmt(inc.value)} -> {ctx.fmt(run.value)}",
+          "later incumbents are challengers: trained long only when they beat this trial beyond noise"]
+    data = {"trial": inc.number, "long_trial": run.number, "steps": steps, "value": run.value, "trial_value": inc.value}
+    if run.value is not None and (inc.value is None or run.value > inc.value):
+        ctx.state.final = run
+        ctx.decide(PHASE, "early-long", "trained long early", f"pick = {run.label}", ev + evidence_of(ctx, run),
+                   [inc, run], data, code="early-long-trained")
+    else:
+        ctx.state.final = inc
+        ctx.decide(PHASE, "early-long", "the long run did not score higher", f"pick = {inc.label} (its trial)",
+                   ev + evidence_of(ctx, run), [inc, run], data, code="early-long-no-gain")
+
+
+def challenge(ctx: SearchContext, s: ProtocolSettings) -> None:
+    """After a stage: a new incumbent replaces the pick only when it beats the pick's trial beyond noise."""
+    champ, inc = ctx.state.champion, incumbent_of(ctx)
+    if champ is None or inc is None or inc is champ or ctx.state.failed or inc.number in ctx.state.challenged:
+        return
+    ctx.state.challenged.append(inc.number)
+    noise, src = ctx.noise()
+    pick = ctx.state.final
+    gain = (inc.value - champ.value) if inc.value is not None and champ.value is not None else None
+    ev = [f"challenger {inc.label} ({inc.spec.phase}): {ctx.show(inc.value)} vs the pick's trial {champ.label} "
+          f"{ctx.fmt(champ.value)} at trial length: gain {'?' if gain is None else f'{gain:+.3f}'}, noise {noise:.3f} "
+          f"({src})", f"the pick: {pick.label}, {ctx.show(pick.value)}"]
+    data = {"challenger": inc.number, "champion": champ.number, "gain": gain, "noise": noise, "pick": pick.number}
+    if gain is None or gain <= noise:
+        ctx.decide(PHASE, "challenger", "within noise of the pick's trial", f"keep the pick {pick.label}",
+                   ev + ["a gain inside the noise is not told apart from none: the long run stays the pick"],
+                   [champ, inc, pick], data, code="challenger-within-noise")
+        return
+    promote(ctx, s, inc, ev, data)
+
+
+def promote(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, ev: list[str], data: dict,
+            replace: bool = False) -> None:
+    """Train a winning challenger long (its trial when it peaked inside it); its run is the pick when it scores
+    higher than the pick (`replace`: whatever it scores, when another rule chose it: LoRA vs full)."""
+    pick = ctx.state.final
+    still, frac = still_improving(rec)
+    if still:
+        held = reserve(ctx, PHASE, s)
+        run = long_run(ctx, s, rec, "promoted challenger", held)
+        if run is None:
+            ev = ev + [unaffordable_line(ctx, s, rec, held)]
+            if replace:
+                ctx.state.final, ctx.state.champion = rec, rec
+            ctx.decide(PHASE, "challenger", "beats the pick beyond noise; a long run does not fit",
+                       f"pick = {rec.label} (its trial)" if replace else
+                       f"keep the pick {pick.label}; the final training tries again with the budget left",
+                       ev, [rec, pick], data, code="challenger-unaffordable")
+            return
+        ev = ev + [f"{rec.label} trained long: {ctx.fmt(rec.value)} -> {ctx.fmt(run.value)}"]
+    else:
+        run = rec
+        ev = ev + [f"{rec.label} peaked at {frac or 0:.0%} of its trial: its trial is its full-length model"]
+    data = {**data, "long_trial": run.number if run is not rec else None, "value": run.value}
+    if replace or (run.value is not None and (pick.value is None or run.value > pick.value)):
+        ctx.state.final, ctx.state.champion = run, rec
+        ctx.decide(PHASE, "challenger", "beats the pick beyond noise", f"pick = {run.label}",
+                   ev + evidence_of(ctx, run), [rec, run, pick], data, code="challenger-promoted")
+    else:
+        ctx.decide(PHASE, "challenger", "beats the pick's trial, not the pick", f"keep the pick {pick.label}",
+                   ev + [f"{run.label} {ctx.fmt(run.value)} <= the pick {ctx.fmt(pick.value)}"], [rec, run, pick],
+                   data, code="challenger-long-no-gain")
+
+
+def cannot_change_pick(ctx: SearchContext, s: ProtocolSettings, stage) -> bool:
+    """Before a challenger stage (`StageSpec.challenger`): with a long run as the pick, a stage whose trials and
+    one long run of its winner do not fit the budget left cannot change the pick: skip it, saying why."""
+    champ, inc = ctx.state.champion, incumbent_of(ctx)
+    if not stage.challenger or champ is None or inc is None or ctx.state.failed or ctx.state.final is champ:
+        return False
+    n = stage.still_planned(ctx, s)
+    if n <= 0:
+        return False
+    point = with_(inc.point, **stage.cost_point)
+    trials, promo = ctx.estimate(point) * n, min_long_cost(ctx, s, point)
+    if ctx.meter.fits(trials + promo):
+        return False
+    kind = ctx.meter.budget.kind
+    ctx.decide(stage.id.value, "skip", "its outcome cannot change the pick within the budget", f"skip {stage.title}",
+               [f"the pick is {ctx.state.final.label} ({ctx.show(ctx.state.final.value)}), a long run; a challenger "
+                "replaces it only through a long run of its own",
+                f"{n} trial(s) ~{format_amount(kind, trials.amount(kind))} + its winner's shortest long run "
+                f"({s.final_min_factor:g}x a trial) ~{format_amount(kind, promo.amount(kind))}; "
+                f"{ctx.meter.describe_left()}"], [ctx.state.final],
+               {"trials": n, "need": (trials + promo).to_dict(), "left": ctx.meter.left},
+               code="stage-cannot-change-pick")
+    return True
+
+
+def long_of(ctx: SearchContext, rec: TrialRecord) -> TrialRecord | None:
+    """A long run of `rec`'s config this study already trained (early, as a promotion, or at the end)."""
+    def bare(p: dict) -> dict:
+        return {k: v for k, v in p.items() if k != "train.max_steps"}
+
+    longs = (PHASE, StageId.FINAL_TRAIN.value)
+    return next((r for r in reversed(ctx.records) if r.spec.phase in longs and r is not rec
+                 and bare(r.point) == bare(rec.point)), None)
+
+
+def is_full(rec: TrialRecord | None) -> bool:
+    return rec is not None and rec.point.get(METHOD) == "full"
