@@ -49,8 +49,9 @@ RESULTS = ROOT / "bench" / "results"
 STUDIES = RESULTS / "tuning"
 # 3: lr probe + target sweep; 4: a seed-unstable lr move must match the seed mean; 5: probe centre safely
 # below, no 2x after a collapsed 1x, target sweep over {1, 0.5}x lr; 6: budget left trains a still-improving
-# pick longer; 7: the longer run at lr /2 and lr when two fit (studies of older versions are rerun)
-PROTOCOL_VERSION = 7
+# pick longer; 7: the longer run at lr /2 and lr when two fit; 8: train long early (the grid's incumbent at the
+# final length, challengers promoted beyond noise) and full fine-tuning's own lr probe (older studies are rerun)
+PROTOCOL_VERSION = 8
 # per sampler (a change reruns only the studies it changes). 2: the samplers' space holds the training length
 # (1-8x a trial), as the protocol's final training does; 3: TPE's start-up trials sized to the budget (a third
 # of the trials that fit, not a fixed 5); tpe-hyperband is new at 3

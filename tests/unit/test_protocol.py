@@ -32,13 +32,17 @@ class World:
 
     SEED_OFFSET = {42: 0.0, 43: -0.004, 44: 0.003}
 
-    def __init__(self, f1, verdict, loss=None, gap=0.05, full_f1=0.70, adapted=300_000, features=None):
+    def __init__(self, f1, verdict, loss=None, gap=0.05, full_f1=0.70, adapted=300_000, features=None, memory=None):
         self.f1, self.verdict, self.loss, self.gap, self.full_f1, self.adapted = f1, verdict, loss, gap, full_f1, adapted
         self.features = features or {}  # extra diagnosis features, the same for every trial
+        self.memory = memory  # (point, trial index) -> memory_delta_mb; None: not measured per trial
+        self.n = 0
 
     def result(self, p: dict) -> TrialResult:
         full = p.get("adapter.method") == "full"
-        v = self.full_f1 if full else self.f1(p) + self.SEED_OFFSET.get(p.get("train.seed", 42), 0.0)
+        v = ((self.full_f1(p) if callable(self.full_f1) else self.full_f1) if full
+             else self.f1(p) + self.SEED_OFFSET.get(p.get("train.seed", 42), 0.0))
+        self.n += 1
         r = int(p.get(R, 8))
         verdict = "healthy" if full else self.verdict(p)
         loss = self.loss(p) if self.loss else 1.0 - v
@@ -48,6 +52,7 @@ class World:
         return TrialResult(
             status="completed", value=v, examples=1000, wall_s=10.0, steps_planned=100, steps_done=100,
             mean_step_s=0.30 if full else 0.10 + 0.001 * r, peak_memory_mb=1500.0 if full else 500.0 + r,
+            memory_delta_mb=self.memory(p, self.n) if self.memory else None,
             params=params, best={"step": 100, "val/macro_f1": v}, curve=((0, 0.0), (100, v)), verdict=verdict,
             findings=({"rule_id": verdict, "verdict": verdict, "moves": [], "evidence": [f"scripted {verdict}"]},),
             features={"val_metric_se": 0.01, "val_loss_min": loss, "gap_f1": self.gap, "best_step_fraction": 1.0,
@@ -806,3 +811,152 @@ def test_the_samplers_draw_the_same_arms_at_their_own_lr():
     assert to_overrides({"adapter.arm": "loraplus", LR: 2e-3}) == {"train.optimizer": "loraplus", LR: 1e-3}
     assert to_overrides({"adapter.arm": "dora", LR: 2e-3}) == {"adapter.use_dora": True, LR: 2e-3}
     assert to_overrides({"adapter.arm": "lora", LR: 2e-3}) == {LR: 2e-3}
+
+
+# ---------------------------------------------------------------------------------------------
+# train long early (issue 15 item 2): the pick at the final length from the lr grid on; challengers
+
+
+PLAN = {"max_steps": 100, "epochs": 1.5, "reason": "scripted"}
+LONG_START = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=6.0)  # 6 epochs: 4x a trial
+STILL = {"still_improving": 1.0, "best_step_fraction": 1.0}
+
+
+def test_the_lr_grids_incumbent_is_trained_long_before_the_evidence_stages():
+    world = World(lambda p: 0.70 + _lr_peak(p) + _longer_helps(p), lambda p: "healthy", features=STILL)
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, LONG_START, ProtocolSettings(full_probe=False, lr_probe=False), plan=PLAN)
+    c = codes(ctx)
+    assert c[c.index("lr-grid-best") + 1] == "early-long-trained"  # right after the grid, before capacity
+    phases = [s.phase for s in runner.calls]
+    assert phases[3] == "early-long" and phases[:3] == ["phase1-lr-grid"] * 3
+    long = runner.calls[3]
+    assert long.point["train.max_steps"] == 400 and long.point[LR] == 1e-3  # 6 epochs / 1.5 per trial
+    d = next(x for x in ctx.decisions if x["code"] == "early-long-trained")
+    assert "0.700 -> 0.730" in d["evidence"][1] and d["data"]["steps"] == 400
+    # the evidence stages ran after it; nothing beat the grid's incumbent, so the long run is the pick, and
+    # the final training reuses it (the 400-step run at lr 1e-3 is trained once)
+    assert {"seeds", "rank-sweep", "target-sweep"} <= set(phases[4:])
+    assert c[-1] == "final-train-reused"
+    assert ctx.state.final.spec.phase == "early-long" and ctx.state.final.value == pytest.approx(0.73)
+    assert len({s.key for s in runner.calls}) == len(runner.calls)
+    assert sum(1 for s in runner.calls if s.point.get("train.max_steps") == 400 and s.point[LR] == 1e-3) == 1
+
+
+def test_the_early_long_run_is_skipped_when_the_budget_cannot_hold_it():
+    world = World(lambda p: 0.70 + _lr_peak(p) + _longer_helps(p), lambda p: "healthy", features=STILL)
+    # three grid trials of 1000 examples; the shortest long run (2 x a trial) is estimated at 2000: 1500 left
+    ctx, runner = make_ctx(world, budget="4500ex")
+    run_protocol(ctx, LONG_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
+    assert "early-long-unaffordable" in codes(ctx) and "early-long-trained" not in codes(ctx)
+    assert all(s.phase != "early-long" for s in runner.calls)
+    assert ctx.state.champion is None and ctx.state.final.point.get("train.max_steps") is None
+    # the early run was skipped; the final training (same length rule) does not fit either and says so
+    assert codes(ctx)[-1] == "final-train-unaffordable"
+
+
+def _capacity_world(gain: float) -> World:
+    """The grid's incumbent (r 8) overfits; r 4 scores `gain` higher at every length (capacity lowers, protocol 3)."""
+    return World(lambda p: 0.70 + (gain if p[R] == 4 else 0.0) + _lr_peak(p) + _longer_helps(p),
+                 lambda p: "overfit-capacity" if p[R] >= 8 else "healthy", gap=0.3, features=STILL)
+
+
+def test_a_challenger_beyond_noise_is_trained_long_and_becomes_the_pick():
+    ctx, runner = make_ctx(_capacity_world(0.05))
+    run_protocol(ctx, LONG_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
+    d = next(x for x in ctx.decisions if x["phase"] == "early-long" and x["kind"] == "challenger")
+    assert d["code"] == "challenger-promoted"
+    assert d["data"]["gain"] == pytest.approx(0.05) and d["data"]["gain"] > d["data"]["noise"]
+    longs = [(s.point[R], s.point["train.max_steps"]) for s in runner.calls if s.phase == "early-long"]
+    assert longs == [(8, 400), (4, 400)]  # the r /2 winner promoted to 400 steps
+    final = ctx.state.final
+    assert final.point[R] == 4 and final.point["train.max_steps"] == 400 and final.value == pytest.approx(0.78)
+    assert ctx.state.champion.point[R] == 4 and codes(ctx)[-1] == "final-train-reused"
+
+
+def test_a_challenger_within_noise_does_not_replace_the_long_run():
+    ctx, runner = make_ctx(_capacity_world(0.005))  # r /2 gains 0.005 < noise sqrt(2) x SE 0.01
+    run_protocol(ctx, LONG_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
+    assert "capacity-move-kept" in codes(ctx)  # the stage's own rule (lowering: kept on any gain) moved the incumbent
+    assert ctx.state.incumbent.point[R] == 4
+    d = next(x for x in ctx.decisions if x["phase"] == "early-long" and x["kind"] == "challenger")
+    assert d["code"] == "challenger-within-noise" and d["data"]["gain"] < d["data"]["noise"]
+    assert {s.point[R] for s in runner.calls if s.point.get("train.max_steps")} == {8}  # r 4 not trained long
+    final = ctx.state.final
+    assert final.point[R] == 8 and final.point["train.max_steps"] == 400  # the long run stays the pick
+    assert codes(ctx)[-1] == "final-train-reused"
+
+
+def test_a_challenger_stage_that_cannot_change_the_pick_is_skipped_and_says_why():
+    world = World(lambda p: 0.70 + _lr_peak(p) + _longer_helps(p), lambda p: "healthy", features=STILL)
+    # grid 3000 + the early long run 1000 (scripted: every run reports 1000 examples) -> 3000 left: the rank sweep
+    # (1000) and its winner's shortest long run (200 steps, ~2000) fit, then 2000 left: the target sweep (2 x 1000)
+    # and a long run (2000) do not
+    ctx, runner = make_ctx(world, budget="7000ex")
+    run_protocol(ctx, LONG_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
+    phases = [s.phase for s in runner.calls]
+    assert "rank-sweep" in phases and "target-sweep" not in phases
+    d = next(x for x in ctx.decisions if x["code"] == "stage-cannot-change-pick")
+    assert d["phase"] == "target-sweep" and d["data"]["trials"] == 2
+    assert any("a long run of its own" in e for e in d["evidence"])
+    from loratune.search.protocol import DECISION_CODES
+    assert set(codes(ctx)) <= set(DECISION_CODES)
+    assert "target-sweep" not in ctx.state.skipped  # not revisited: its outcome could not change the pick
+
+
+# ---------------------------------------------------------------------------------------------
+# a fair LoRA-vs-full probe (issue 15 item 5): full fine-tuning at its own lr, cost measured per trial
+
+
+def _full_peaks_at(best_lr: float, best: float = 0.90):
+    return lambda p: best if p[LR] == best_lr else 0.60
+
+
+def test_full_fine_tuning_gets_its_own_lr_probe_and_the_best_lr_decides():
+    world = lr_binds()
+    world.full_f1 = _full_peaks_at(2e-4)  # the 0.5x probe wins: LoRA lr 4e-3 x 0.1 = 4e-4 is not full's best
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings())
+    fulls = [s.point[LR] for s in runner.calls if s.point.get("adapter.method") == "full"]
+    assert fulls == [4e-4, 2e-4, 5e-4]  # 1x, 0.5x, 2x (8e-4 capped at FULL_LR_MAX 5e-4); no plan: trial length
+    d = next(x for x in ctx.decisions if x["code"] == "full-lr-probe-best")
+    assert d["data"]["best_lr"] == 2e-4 and d["data"]["centre"] == 4e-4
+    assert [x["lr"] for x in d["data"]["lrs"]] == [4e-4, 2e-4, 5e-4]
+    assert "choose-full" in codes(ctx)  # 0.90 vs LoRA 0.78; at LoRA's lr x 0.1 it would have been 0.60
+    assert ctx.state.final.point[LR] == 2e-4 and ctx.state.final.point["adapter.method"] == "full"
+
+
+def test_full_lr_probe_runs_short_and_the_best_lr_gets_the_full_length_trial():
+    world = lr_binds()
+    world.full_f1 = _full_peaks_at(5e-4, 0.70)
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(early_long=False), plan={"max_steps": 100, "reason": "scripted"})
+    fulls = [(s.point[LR], s.point.get("train.max_steps")) for s in runner.calls if s.point.get("adapter.method") == "full"]
+    p = ProtocolSettings()
+    short = max(p.lr_probe_min_steps, round(100 * p.lr_probe_fraction))
+    assert fulls[:3] == [(x, short) for x in (fulls[0][0], fulls[1][0], fulls[2][0])] and fulls[3] == (5e-4, None)
+    assert ctx.state.lora_vs_full["full_trial"] == next(r.number for r in ctx.records
+                                                        if r.point.get("adapter.method") == "full"
+                                                        and not r.point.get("train.max_steps"))
+
+
+def test_lora_vs_full_memory_is_the_least_over_same_shape_trials_not_the_first_trials_bill():
+    """The process's first trial pays one-time costs (its memory above the start includes them); LoRA's
+    incumbent and its seed replicates have the same shape, so the least of their measurements is LoRA's."""
+    world = lr_binds()
+    world.memory = lambda p, n: (900.0 if n == 1 else 1000.0) if p.get("adapter.method") == "full" else (
+        5000.0 if n == 1 else 300.0)
+    ctx, _ = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings())
+    lvf = ctx.state.lora_vs_full
+    assert lvf["memory_per_trial"] is True and "least over trials of the same shape" in lvf["memory_basis"]
+    chosen = next(row for row in lvf["table"] if "chosen" in row["label"])
+    full = next(row for row in lvf["table"] if row["method"] == "full")
+    assert chosen["peak_memory_mb"] == 300.0 and full["peak_memory_mb"] == 1000.0
+    # the incumbent, its seed runs and its lr siblings (lr and seed change no tensor's size)
+    assert lvf["measurements"][str(ctx.state.incumbent.number)] >= 3
+    # without a per-trial measure the trail says the comparison is order-dependent
+    ctx, _ = make_ctx(lr_binds())
+    run_protocol(ctx, START, ProtocolSettings())
+    assert ctx.state.lora_vs_full["memory_per_trial"] is False
+    assert "ORDER-DEPENDENT" in ctx.state.lora_vs_full["memory_basis"]

@@ -3,6 +3,9 @@
     phase 0  start config + capacity ceiling from `loratune assess`          (start_config)
              the lr centre from quarter-length probes, x4 steps                (stage_lr_probe)
     phase 1  the start config on a coarse lr grid {1, 2, 0.5} x centre         (stage_lr_grid)
+    long     its incumbent at the final length, before the evidence stages;   (stage_early_long)
+             later incumbents are challengers, trained long only when they
+             beat the pick's trial beyond noise                                (long.challenge)
              capacity verdict; ambiguous slow learning -> the minimal-          (stage_capacity)
              intervention pair (only lr x2, only r x2); capacity moves one
              knob at a time from the best so far
@@ -12,12 +15,13 @@
     sweep    rank x4 up to the ceiling / compute breakeven, lr x s held fixed  (stage_rank_sweep)
              by rule (rsLoRA or lr compensation, `loratune.stepsize`)
              every linear layer (all-linear) at 1x and 0.5x the lr             (stage_target_sweep)
-    full     a full-fine-tuning probe, same data and budget; LoRA vs full     (stage_full_probe)
-    final    budget left: the still-improving pick trained longer, at lr /2    (stage_final_train)
-             and lr when two long runs fit
+    full     full fine-tuning's own short lr probe, then a full-length probe   (stage_full_probe)
+             at its best lr, same data and budget; LoRA vs full
+    final    budget left: the still-improving pick trained longer (a long run  (stage_final_train)
+             already trained is reused), at lr /2 and lr when two fit
 
 The package: `settings` (ProtocolSettings, keys, named constants), `codes` (DECISION_CODES), `common`
-(what every stage shares), `phase0`, `phase1`, `phase2`, `sweeps`, `finish` (the stages), `table`
+(what every stage shares), `phase0`, `phase1`, `phase2`, `long`, `sweeps`, `finish` (the stages), `table`
 (STAGE_TABLE: one row per stage) and `run` (run_protocol).
 
 Each stage reads what earlier ones fixed (the incumbent, like Optuna's PartialFixedSampler fixes the
