@@ -65,7 +65,9 @@ def test_protocol_study_end_to_end(tiny_bert, intent_data, tmp_path, monkeypatch
     assert rec["test"]["test/macro_f1"] is not None
     assert (final / "adapter" / "adapter_config.json").exists() or (final / "adapter" / "model.safetensors").exists()
     cfg = load_config(final / "config.yaml")  # a ready-to-use config
-    assert cfg.train.max_steps == 12 and cfg.train.output_dir == "runs/tuned"
+    # the pick is a 12-step trial or a long run of one (trained early or at the end: 2-8x a trial, phase 0's epochs)
+    assert cfg.train.max_steps == 12 or 24 <= cfg.train.max_steps <= 96
+    assert cfg.train.output_dir == "runs/tuned"
     assert json.loads((final / "test.json").read_text())["trial"] == rec["trial"]
     # a second run into the same folder must not silently mix studies
     assert main(_tune_args(tiny_bert, intent_data, study, "--budget", "1trials")) == 2
