@@ -25,8 +25,12 @@ x gradient_accumulation_steps x world_size: run.json `world_size`, `global_batch
 train loss / tokens of a step are over all ranks). Evaluation runs on rank 0 alone (the data is not sharded:
 the same numbers as one process) while the others wait for its decision (early stop, divergence, the
 callback's halt), which it broadcasts. Rank 0 alone writes output_dir: the record, history, generations and
-the model (`NoRecord` stands in for the store of the other ranks). Not supported: FSDP (and DeepSpeed,
-Megatron), as `SHARDING_FLAGS` says.
+the model (`NoRecord` stands in for the store of the other ranks). `accelerate launch --use_fsdp` (or
+ACCELERATE_USE_FSDP=true under torchrun) shards method=full instead (`FullyShard`: PyTorch's FSDP2
+`fully_shard`, each rank holding 1/world of every parameter, gradient and optimizer state); then every rank
+takes part in evaluation and generation (each forward pass gathers the weights from all ranks), rank 0 still
+alone records, and the kept model is a full state dict gathered on rank 0. `parallel()` is the one place that
+picks; DeepSpeed and Megatron are refused (`SHARDING_FLAGS`).
 """
 
 from __future__ import annotations
@@ -123,7 +127,7 @@ def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     return loss_sum / max(1, n), n
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP2 gathers weights in place, which inference tensors refuse
 def evaluate_lm(prefix: str, model, enc: SFTEncoded, pad_id: int, device, autocast: bool) -> dict[str, float]:
     """`<prefix>/loss` (mean per completion token over the split), `/perplexity` (exp of it) and
     `/token_accuracy` (share of completion tokens that are the argmax of the logit before them)."""
@@ -142,10 +146,13 @@ def evaluate_lm(prefix: str, model, enc: SFTEncoded, pad_id: int, device, autoca
             f"{prefix}/token_accuracy": hits / tokens if tokens else math.nan, f"{prefix}/tokens": tokens}
 
 
-@torch.inference_mode()
+@torch.no_grad()  # (as evaluate_lm)
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device) -> list[str]:
     """Greedy continuations of token-id prompts (left-padded batches, stopped at EOS), decoded without
-    special tokens, in the prompts' order."""
+    special tokens, in the prompts' order. A model sharded by FSDP (`FullyShard`): every rank calls this with
+    the same prompts, and each keeps taking forward passes until all ranks are done (transformers' synced_gpus),
+    since each forward pass gathers weights from every rank."""
+    from torch.distributed.fsdp import FSDPModule
     from transformers import GenerationConfig
 
     was_training = model.training
@@ -165,7 +172,8 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
         for r, i in enumerate(rows):  # left padding: every prompt ends where generation starts
             ids[r, longest - len(prompts[i]):] = torch.tensor(prompts[i], dtype=torch.long)
             mask[r, longest - len(prompts[i]):] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                             synced_gpus=isinstance(model, FSDPModule))
         for r, i in enumerate(rows):
             outputs[i] = tokenizer.decode(out[r, longest:], skip_special_tokens=True).strip()
     model.train(was_training)
@@ -192,19 +200,59 @@ def launched() -> tuple[int, int]:
     return int(os.environ.get("RANK") or 0), int(os.environ.get("WORLD_SIZE") or 1)
 
 
-# accelerate launch's flags for sharded training, refused: the loop builds its optimizer on the unwrapped
-# parameters and saves them whole, which is right for DDP only (FSDP flattens or re-creates the parameters and
-# needs a gathered state dict to save). FSDP for method full was not built for a measured reason: accelerate
-# 1.15 runs FSDP on accelerators only (FullyShardedDataParallelPlugin raises "no available devices found, must
-# be one of 'XPU', 'CUDA', ..." on a CPU machine, and AcceleratorState keeps a gloo run MULTI_CPU), so the
-# two-CPU-process test this project can run could not exercise it.
-SHARDING_FLAGS = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_MEGATRON_LM")
+# accelerate launch's flags for sharded training. FSDP (`--use_fsdp`) runs as `FullyShard`, for method full;
+# DeepSpeed and Megatron are refused: the loop builds its own optimizer and saves whole models, which is right
+# for DDP and FSDP only. FSDP runs as PyTorch's own FSDP2 (`fully_shard`), not through accelerate, measured on
+# torch 2.13: accelerate 1.15's FullyShardedDataParallelPlugin raises "no available devices found, must be one
+# of 'XPU', 'CUDA', ..." on a CPU machine, and FSDP1 (`FullyShardedDataParallel(device_id=None)`) raises "FSDP
+# needs a non-CPU accelerator device", while fully_shard on a CPU DeviceMesh over gloo trains (docs/distributed.md).
+FSDP_FLAG = "ACCELERATE_USE_FSDP"
+SHARDING_FLAGS = (FSDP_FLAG, "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_MEGATRON_LM")
+# accelerate launch's FSDP options that change what is computed or where weights live, and the values
+# `FullyShard` implements (the launcher's defaults: every parameter sharded, resharded after each block's
+# forward, kept on the device, no activation checkpointing); another value is refused, not silently ignored.
+# The others (wrap policy, prefetch, state-dict type, fsdp_version, ...) are implementation choices that
+# FullyShard makes itself: it shards each of the model's `_no_split_modules` blocks, then the root, with FSDP2.
+FSDP_SETTINGS = {"FSDP_SHARDING_STRATEGY": ("FULL_SHARD", "1"), "FSDP_RESHARD_AFTER_FORWARD": ("true", "FULL_SHARD"),
+                 "FSDP_OFFLOAD_PARAMS": ("false",), "FSDP_ACTIVATION_CHECKPOINTING": ("false",)}
+
+
+def parallel(cfg: RunConfig) -> "OneProcess":
+    """The one place that picks how a causal-lm run spreads over processes: one process (no launcher), FSDP
+    (launched with accelerate's --use_fsdp, which sets ACCELERATE_USE_FSDP=true) or DDP (any other launch).
+    What a run cannot do is a UserError here, before the process group starts or the model loads."""
+    from loratune.errors import UserError
+
+    if launched()[1] <= 1:
+        return OneProcess()
+    asked = [f for f in SHARDING_FLAGS if os.environ.get(f, "").lower() == "true"]
+    what = asked[0].removeprefix("ACCELERATE_USE_").lower() if asked else ""
+    launch = "`accelerate launch --multi_gpu --num_processes N -m loratune.cli train ...`"
+    if asked and asked[0] != FSDP_FLAG:
+        raise UserError(f"task causal-lm trains data parallel (DDP) or sharded (FSDP) only, and this launch asks "
+                        f"for {what} ({asked[0]}=true)",
+                        f"launch with {launch} (DDP) or with --use_fsdp instead of --multi_gpu (FSDP, method full)")
+    if not asked:
+        return DataParallel(cfg.train.num_threads)
+    if cfg.adapter.method != "full":
+        raise UserError(f"FSDP ({FSDP_FLAG}=true) shards adapter.method=full only, and this run trains "
+                        f"method={cfg.adapter.method}",
+                        f"set method=full, or launch a LoRA run with {launch} (DDP: a LoRA adapter's weights and "
+                        "optimizer state are small, and the frozen base is the same on every rank)")
+    for key, allowed in FSDP_SETTINGS.items():
+        value = os.environ.get(key)
+        if value is not None and value.lower() not in {a.lower() for a in allowed}:
+            raise UserError(f"FSDP: {key}={value} is not implemented by loratune's FSDP (it shards every parameter "
+                            "of every block, keeps them on the device, and checkpoints no activations)",
+                            f"launch without that option (the accelerate default: {key}={allowed[0]})")
+    return FullyShard(cfg.train.num_threads)
 
 
 class OneProcess:
-    """The default: rank 0 of 1, every hook the identity (accelerate is not imported)."""
+    """The default: rank 0 of 1, every hook the identity (accelerate is not imported). `evaluates`: this
+    rank runs evaluation; `sharded`: the model is split across ranks (its forward passes need every rank)."""
 
-    world, rank, main = 1, 0, True
+    world, rank, main, evaluates, sharded, kind = 1, 0, True, True, False, None
 
     def place(self, device: torch.device) -> torch.device:
         return device
@@ -221,6 +269,18 @@ class OneProcess:
     def from_main(self, obj):
         return obj
 
+    def agree(self, obj):
+        """Rank 0's value, for a decision taken inside evaluation (where only the evaluating ranks are)."""
+        return obj
+
+    def snapshot(self, model) -> dict[str, torch.Tensor] | None:
+        """A CPU copy of the trained weights (the best model so far); None on ranks that do not save."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+    def local_params(self, model) -> list[int]:
+        """Parameters each rank holds."""
+        return [sum(p.numel() for p in model.parameters())] * self.world
+
     def close(self) -> None:
         pass
 
@@ -228,27 +288,20 @@ class OneProcess:
 class DataParallel(OneProcess):
     """Launched with WORLD_SIZE > 1: accelerate starts the process group (gloo on CPU, NCCL on GPUs) and wraps
     the model in DistributedDataParallel, which averages the gradients across ranks in the backward pass of
-    each optimizer step's last micro-batch (the others run under no_sync)."""
+    each optimizer step's last micro-batch (the others run under no_sync). Rank 0 alone evaluates."""
+
+    kind = "ddp"
 
     def __init__(self, num_threads: int):
         from accelerate import Accelerator
 
-        from loratune.errors import UserError
-
-        sharded = [f for f in SHARDING_FLAGS if os.environ.get(f, "").lower() == "true"]
-        if sharded:
-            raise UserError(f"task causal-lm trains data parallel (DDP) only, and this launch asks for "
-                            f"{sharded[0].removeprefix('ACCELERATE_USE_').lower()} ({sharded[0]}=true)",
-                            "launch with `accelerate launch --multi_gpu --num_processes N -m loratune.cli train ...` "
-                            "(no --use_fsdp / --use_deepspeed / --use_megatron_lm, nor those in the accelerate config)")
         self.acc = Accelerator(cpu=not torch.cuda.is_available())  # cpu: accelerate's MULTI_CPU, over gloo
         self.world, self.rank, self.main = self.acc.num_processes, self.acc.process_index, self.acc.is_main_process
-        # this machine's cores shared by its ranks (torchrun's OMP_NUM_THREADS=1 would leave cores idle)
-        local = int(os.environ.get("LOCAL_WORLD_SIZE") or self.world)
-        torch.set_num_threads(num_threads or max(1, cpu_cores() // local))
+        self.evaluates, self.device = self.main, self.acc.device
+        _share_cores(num_threads, self.world)
 
     def place(self, device: torch.device) -> torch.device:
-        return self.acc.device
+        return self.device
 
     def wrap(self, model):
         return self.acc.prepare_model(model)
@@ -257,7 +310,7 @@ class DataParallel(OneProcess):
         return self.acc.no_sync(model) if skip else contextlib.nullcontext()
 
     def sum(self, values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.acc.device)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t)
         return t.tolist()
 
@@ -270,9 +323,74 @@ class DataParallel(OneProcess):
         self.acc.end_training()  # destroys the process group
 
 
+class FullyShard(DataParallel):
+    """Launched with --use_fsdp, method full: PyTorch's FSDP2. Each of the model's blocks (`_no_split_modules`,
+    e.g. LlamaDecoderLayer) and then the root are `fully_shard`ed over a 1-d DeviceMesh of all ranks (cpu over
+    gloo, cuda over NCCL), so each rank holds 1/world of every parameter (a DTensor shard), of its gradient and
+    of its AdamW state: the optimizer is built on these shards. A forward pass all-gathers each block's weights
+    and frees them after it, a backward pass reduce-scatters (averages) the gradients, at every micro-batch, so
+    an optimizer step equals one process accumulating all ranks' micro-batches, as under DDP. Every rank must
+    take part in every forward pass, so every rank evaluates and generates with the same inputs (generation
+    synced); rank 0 alone records, and takes evaluation decisions that it broadcasts (`agree`). The best model
+    is a full state dict gathered onto rank 0's CPU (`snapshot`), which rank 0 saves."""
+
+    kind, sharded = "fsdp", True
+
+    def __init__(self, num_threads: int):
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK") or 0))
+        dist.init_process_group("nccl" if cuda else "gloo")  # torchrun's env:// rendezvous
+        self.world, self.rank = dist.get_world_size(), dist.get_rank()
+        self.main, self.evaluates = self.rank == 0, True
+        self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        self.mesh = init_device_mesh(self.device.type, (self.world,))
+        _share_cores(num_threads, self.world)
+
+    def wrap(self, model):
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = set(getattr(model, "_no_split_modules", None) or ())
+        for module in model.modules():
+            if type(module).__name__ in blocks:
+                fully_shard(module, mesh=self.mesh)
+        fully_shard(model, mesh=self.mesh)  # the rest (embeddings, final norm, lm_head); the model, in place
+        return model
+
+    def no_sync(self, model, skip: bool):
+        return contextlib.nullcontext()  # gradients reduce-scattered at every micro-batch: they stay sharded
+
+    def agree(self, obj):
+        return self.from_main(obj)
+
+    def snapshot(self, model) -> dict[str, torch.Tensor] | None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return full if self.main else None  # (cpu_offload: the other ranks get an empty dict)
+
+    def local_params(self, model) -> list[int]:
+        held = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+        out: list = [None] * self.world
+        torch.distributed.all_gather_object(out, held)
+        return out
+
+    def close(self) -> None:
+        torch.distributed.destroy_process_group()
+
+
+def _share_cores(num_threads: int | None, world: int) -> None:
+    """This machine's cores shared by its ranks (torchrun's OMP_NUM_THREADS=1 would leave cores idle)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or world)
+    torch.set_num_threads(num_threads or max(1, cpu_cores() // local))
+
+
 class NoRecord:
     """The store of ranks above 0: rank 0 writes the whole record (run.json, history, generations, the model),
-    so these write nothing into output_dir and take no run.lock."""
+    so these write nothing into output_dir and take no run.lock (under FSDP they evaluate too, unrecorded)."""
 
     def __init__(self, path):
         self.path = path
@@ -281,6 +399,15 @@ class NoRecord:
         pass
 
     def write_run(self, run: dict) -> None:
+        pass
+
+    def append_history(self, point: dict) -> None:
+        pass
+
+    def append_generations(self, rows: list[dict]) -> None:
+        pass
+
+    def write_confusion(self, labels, cm, step: int) -> None:
         pass
 
     def close(self) -> None:
@@ -309,7 +436,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     precision = precision_mod.detect(cfg.train.precision, device.type)
     autocast = precision.autocast
     seed_everything(cfg.train.seed)  # every rank the same seed: identical adapters and batch order
-    ranks = DataParallel(cfg.train.num_threads) if launched()[1] > 1 else OneProcess()
+    ranks = parallel(cfg)  # one process, DDP or FSDP (a launch this loop cannot run: a UserError, said now)
     device = ranks.place(device)
     if not ranks.main:
         store = NoRecord(store.path)
@@ -346,8 +473,10 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     eval_rows = len(val_enc) + len(train_eval_enc) + len(prompt_ids) + len(val_prompt_ids)
     # steps are planned over one rank's share of the rows: each step takes accum micro-batches on every rank
     steps, eval_every = plan_steps(cfg, math.ceil(len(dataset.train) / ranks.world), eval_rows)
+    # DDP wraps `model` (the same parameters evaluate and save); FSDP shards it in place, before the optimizer
+    # is built, so that the optimizer holds (and steps) this rank's shards
+    train_model = ranks.wrap(model)
     optimizer, scheduler = build_optimizer(model, cfg, steps, device)
-    train_model = ranks.wrap(model)  # DDP when launched; `model` (the same parameters) evaluates and saves
     accum = cfg.train.gradient_accumulation_steps
     rng = random.Random(cfg.train.seed)
 
@@ -377,7 +506,9 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         "started_at": utc_now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
-        "world_size": ranks.world,
+        "world_size": ranks.world, "distributed": ranks.kind,
+        # parameters each rank holds: all of them under DDP, about 1/world_size each under FSDP
+        "params_per_rank": ranks.local_params(model) if ranks.world > 1 else None,
         "global_batch": cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * ranks.world,
         "pid": os.getpid(), "threads": torch.get_num_threads(), "objective": objective,
         "label_format": "generate" if labels else None, "labels": list(labels) or None,
@@ -437,9 +568,9 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         # equal val macro-F1 (all 0.0 early on, while no output names a label yet) goes to the lower val
         # loss, so a generative classifier never keeps a stale model
         key = (gain, -point.get("val/loss", math.nan) if higher else 0.0)
-        if step > 0 and math.isfinite(gain) and key > trained_key and not _diverged_point(point):
+        if ranks.agree(step > 0 and math.isfinite(gain) and key > trained_key and not _diverged_point(point)):
             trained_key = key
-            best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+            best_state = ranks.snapshot(model)  # FSDP: gathered from every rank onto rank 0
             run["adapter_step"] = step
         if run["adapter_step"] == step or run["best"] is None:
             run["best"] = point
@@ -454,7 +585,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         return diverged(loss, start_loss) if loss is not None else None
 
     try:
-        if ranks.main:  # rank 0 evaluates (and runs the callback); the other ranks wait for its answer
+        if ranks.evaluates:  # rank 0 evaluates (and runs the callback); under DDP the others wait for its answer
             evaluate_now()  # step 0: the base model
         batches = micro_batches()
         stop_reason = f"planned steps done ({steps})"
@@ -499,8 +630,9 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
                 halt = ranks.from_main(callback.on_step(step, examples_seen) if ranks.main else None)
             if (step % eval_every == 0 or step == steps) and not halt:
                 decision = None
-                if ranks.main:
+                if ranks.evaluates:
                     stop = evaluate_now()
+                if ranks.main:
                     halt = callback.on_eval(run["final"], run) if callback is not None else None
                     decision = (stop, halt, _diverged_point(run["final"]))
                 stop, halt, why = ranks.from_main(decision)
@@ -528,7 +660,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     finally:
         with signals.shielded():  # a second Ctrl-C / SIGTERM waits until the record is whole
             save_error = _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t0,
-                                        examples_seen, step_times)
+                                        examples_seen, step_times, ranks.sharded)
             store.close()
             tracking.finish(store.path, run["status"])
         if save_error is not None and sys.exc_info()[0] is None:
@@ -539,10 +671,11 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
 
 
 def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t0, examples_seen,
-                   step_times):
+                   step_times, sharded: bool = False):
     """Restore the best trained weights, save them, write the final run.json (as train._finish_record:
     a write that fails for the output location is returned as a UserError, never raised over the error
-    that ended the run)."""
+    that ended the run). sharded (FSDP): best_state is the full state dict on rank 0, saved as it is (the
+    shards are left as trained: restoring them would need every rank, here where one may have failed)."""
     bar.close()
     run["partial"] = run["status"] in ("interrupted", "failed")
     run.update({"ended_at": utc_now(), "wall_s": round(time.perf_counter() - t0, 3),
@@ -551,11 +684,12 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
                 "peak_memory_mb": peak_memory_mb(device)})
     try:
         if best_state is not None:
-            with torch.no_grad():
-                named = dict(model.named_parameters())
-                for n, t in best_state.items():
-                    named[n].copy_(t)
-            save_lm(model, tokenizer, cfg, store)
+            if not sharded:
+                with torch.no_grad():
+                    named = dict(model.named_parameters())
+                    for n, t in best_state.items():
+                        named[n].copy_(t)
+            save_lm(model, tokenizer, cfg, store, best_state if sharded else None)
             step = run["adapter_step"]
             key = run["objective"]
             higher = objective_named(key).higher_is_better
@@ -580,10 +714,11 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
     return None
 
 
-def save_lm(model, tokenizer, cfg: RunConfig, store: RunStore) -> None:
+def save_lm(model, tokenizer, cfg: RunConfig, store: RunStore, state_dict: dict | None = None) -> None:
     """peft's own format for LoRA (adapter_config.json + adapter_model.safetensors; the base model is
     unchanged, so nothing else is saved); the whole model for method full. The tokenizer goes beside it,
-    and a README that says how to load it with plain peft + transformers."""
+    and a README that says how to load it with plain peft + transformers. state_dict: the weights to write
+    instead of the model's own (FSDP: the full state dict gathered on rank 0)."""
     from loratune.models import quiet_transformers
 
     out = store.adapter_dir
@@ -592,7 +727,7 @@ def save_lm(model, tokenizer, cfg: RunConfig, store: RunStore) -> None:
         # peft looks for the base's config.json to see whether the vocabulary grew; a GGUF base has none,
         # and the vocabulary never changes here (the embeddings are frozen or saved whole)
         warnings.filterwarnings("ignore", message="Could not find a config file")
-        model.save_pretrained(out)
+        model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(out)
     write_atomic(out / "README.md", model_card(cfg, hasattr(model, "peft_config")))
 

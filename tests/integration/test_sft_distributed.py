@@ -4,7 +4,8 @@ The check of the gradient exchange: two ranks with per-device batch 4 take the t
 process with gradient accumulation 2 takes at each step (the same seed, the same batch order), and DDP
 averages their gradients as accumulation does. So, with dropout off, the adapter rank 0 saves equals the
 single-process one: it could not if rank 1's gradients were missing, or computed on weights that had
-drifted from rank 0's at any step.
+drifted from rank 0's at any step. The same check holds for `--use_fsdp` (FSDP2, method full): the whole
+model rank 0 gathers and saves equals the single-process one, while each rank held half the parameters.
 """
 
 from __future__ import annotations
@@ -54,18 +55,23 @@ def setup(tmp_path_factory) -> tuple[str, Path]:
     return lm, data
 
 
+def launch(mode: str, args: list[str]) -> subprocess.CompletedProcess:
+    """accelerate launch with RANKS CPU processes; mode --multi_gpu (DDP: accelerate's torchrun launcher) or
+    --use_fsdp. With no GPU visible the ranks run on CPU over gloo."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", mode, "--num_processes", str(RANKS),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), "-m", "loratune.cli", "train", "-q", *args]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def launched(setup, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     lm, data = setup
     out = tmp_path_factory.mktemp("ddp") / "run"
-    # --multi_gpu is accelerate's torchrun launcher; with no GPU visible the ranks run on CPU over gloo
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(RANKS),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), "-m", "loratune.cli", "train", "-q", *overrides(lm, data, out)]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc
+    return out, launch("--multi_gpu", overrides(lm, data, out))
 
 
 def test_two_ranks_write_one_record_counting_every_rank(launched):
@@ -114,11 +120,60 @@ def test_a_classifier_under_a_launcher_is_a_user_error(tmp_path, monkeypatch, ca
     assert not (tmp_path / "run").exists()
 
 
-def test_an_fsdp_launch_is_refused_before_the_model_loads(setup, tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def fsdp(setup, tmp_path_factory) -> tuple[Path, Path]:
+    """method full under --use_fsdp, generating for a prompt set at each evaluation (every rank must take part
+    in each forward pass), and the same run in one process accumulating both ranks' micro-batches."""
+    lm, data = setup
+    prompts = tmp_path_factory.mktemp("prompts") / "prompt_set.jsonl"
+    write_jsonl(prompts, [{"prompt": r["prompt"], "reference": r["completion"], "group": g}
+                          for r, g in zip(make_sft_rows(1, seed=3), ("familiar", "novel", "familiar", "novel"))])
+    out, ref = tmp_path_factory.mktemp("fsdp") / "run", tmp_path_factory.mktemp("fsdp-ref") / "run"
+    launch("--use_fsdp", overrides(lm, data, out, method="full", prompt_set=prompts))
+    assert cli.main(["train", "-q", *overrides(lm, data, ref, method="full", prompt_set=prompts,
+                                               gradient_accumulation_steps=RANKS)]) == 0
+    return out, ref
+
+
+def test_fsdp_shards_the_full_model_and_saves_what_one_process_accumulating_both_ranks_saves(fsdp, setup):
+    from transformers import AutoModelForCausalLM
+
+    lm, _ = setup
+    out, ref = fsdp
+    run, ref_run = (json.loads((d / "run.json").read_text()) for d in (out, ref))
+    assert (run["status"], run["distributed"], run["world_size"], run["steps_done"]) == ("completed", "fsdp",
+                                                                                         RANKS, STEPS)
+    # really sharded: the ranks' parameters add up to the model, each holding about half of them
+    total = run["params"]["total"]
+    assert sum(run["params_per_rank"]) == total and len(run["params_per_rank"]) == RANKS
+    assert all(abs(n - total / RANKS) <= 0.05 * total for n in run["params_per_rank"]), run["params_per_rank"]
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "config.yaml", "generations.jsonl",
+                                                     "history.jsonl", "run.json"]
+    saved = AutoModelForCausalLM.from_pretrained(out / "adapter").state_dict()  # plain transformers loads it
+    one = AutoModelForCausalLM.from_pretrained(ref / "adapter").state_dict()
+    base = AutoModelForCausalLM.from_pretrained(lm).state_dict()
+    assert saved.keys() == one.keys() and run["adapter_step"] == ref_run["adapter_step"]
+    for n in one:
+        assert float((one[n] - base[n]).abs().max()) > 1e-3, n  # not a vacuous match: training moved it
+        torch.testing.assert_close(saved[n], one[n], rtol=1e-5, atol=1e-6, msg=n)
+    assert run["best"]["val/loss"] == pytest.approx(ref_run["best"]["val/loss"], rel=1e-5)
+    # generation on the sharded model: one record, the outputs one process writes
+    gens, ref_gens = ((d / "generations.jsonl").read_text().splitlines() for d in (out, ref))
+    assert len(gens) == 3 * 4 and gens == ref_gens
+
+
+@pytest.mark.parametrize("env, extra, said", [
+    ({"ACCELERATE_USE_FSDP": "true"}, {}, "shards adapter.method=full only"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}, {"method": "full"}, "FSDP_OFFLOAD_PARAMS=true"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, {"method": "full"}, "ACCELERATE_USE_DEEPSPEED=true"),
+])
+def test_a_launch_this_loop_cannot_run_is_refused_before_the_model_loads(setup, tmp_path, monkeypatch, capsys,
+                                                                         env, extra, said):
     lm, data = setup
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    assert cli.main(["train", "-q", *overrides(lm, data, tmp_path / "run", method="full")]) == 2
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert cli.main(["train", "-q", *overrides(lm, data, tmp_path / "run", **extra)]) == 2
     err = capsys.readouterr().err
-    assert "data parallel (DDP) only" in err and "ACCELERATE_USE_FSDP=true" in err and "--multi_gpu" in err
+    assert said in err and "fix:" in err
     assert not (tmp_path / "run").exists()
