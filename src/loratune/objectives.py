@@ -90,6 +90,17 @@ class Objective:
     def show(self, score: float | None) -> str:
         return f"{self.name} {self.fmt(score)}"
 
+    @property
+    def axis(self) -> str:
+        """The name as a chart axis or column reads it: with the direction when smaller is better (a loss)."""
+        return self.name if self.higher_is_better else f"{self.name} (lower is better)"
+
+    def on(self, split: str) -> "Objective":
+        """The same metric on another split: `objective("val/loss").on("test")` is test/loss, 'test loss'."""
+        metric = self.key.split("/", 1)[-1]
+        name = self.name.removeprefix("val ")
+        return Objective(f"{split}/{metric}", self.higher_is_better, f"{split} {name}", self.noise_floor)
+
 
 OBJECTIVES: dict[str, Objective] = {o.key: o for o in (
     Objective("val/macro_f1", True, "val macro-F1", SCORE_FLOOR),

@@ -88,3 +88,44 @@ def test_the_pick_is_scored_on_test_and_exported_ready_to_train(sft_study):
     cfg = load_config(final / "config.yaml")
     assert cfg.model.task == "causal-lm" and cfg.model.name_or_path == lm
     assert json.loads((final / "test.json").read_text())["trial"] == s["recommendation"]["trial"]
+
+
+def test_the_study_report_shows_the_val_loss_as_study_json_has_it(sft_study, capsys):
+    """`loratune report` / `show` of a causal-lm study name its objective (val loss, lower is better) where a
+    classifier's say val macro-F1, and show each value as a person reads it (the loss, not the search's score)."""
+    import re
+
+    from loratune.report.study import build_study_report
+
+    study, _ = sft_study
+    s = _summary(study)
+    rec, test = s["recommendation"], s["recommendation"]["test"]
+    report = build_study_report(study)
+    assert report.objective == "val/loss" and report.recommendation.value == pytest.approx(rec["objective_value"])
+    values = {t["trial"]: t["objective_value"] for t in s["trials"]}
+    assert {t.number: t.value for t in report.trials} == pytest.approx(values)
+    # the best-so-far line tracks the lowest loss: it never rises and ends at the least loss of the study
+    bsf = [p.best_so_far for p in report.best_vs_compute if p.best_so_far is not None]
+    assert bsf == sorted(bsf, reverse=True) and bsf[-1] == pytest.approx(min(v for v in values.values() if v))
+    assert report.best.value == pytest.approx(bsf[-1])
+    for t in report.trials:  # each trial's curve is its history's val loss, ending where its best is
+        if t.value is not None and t.curve:
+            assert min(v for _, v in t.curve) == pytest.approx(t.value)
+
+    assert main(["report", str(study)]) == 0
+    html = (study / "report.html").read_text(encoding="utf-8")
+    assert "val loss" in html and "val loss (lower is better)" in html and "macro-F1" not in html
+    tile = re.search(r'data-key="recommended">.*?<div class="d">(.*?)</div>', html).group(1)
+    assert f"val loss {rec['objective_value']:.3f}" in tile
+    tile = re.search(r'data-key="test"><div class="k">(.*?)</div><div class="v[^"]*">(.*?)</div>', html)
+    assert tile.groups() == ("test loss", f"{test['test/loss']:.3f}")
+    assert f"perplexity {test['test/perplexity']:.3f}" in html
+    for table in ("trials-table", "lora-full-table", "rank-table"):  # the pick's loss, never minus it (the score)
+        cells = re.search(rf'id="{table}".*?</table>', html, re.S).group(0)
+        assert f">{rec['objective_value']:.3f}<" in cells and f"-{rec['objective_value']:.3f}" not in cells, table
+
+    capsys.readouterr()
+    assert main(["show", str(study)]) == 0
+    out = capsys.readouterr().out
+    assert f"val loss {rec['objective_value']:.3f} · test loss {test['test/loss']:.3f}" in out
+    assert "rank vs val loss" in out and "macro-F1" not in out

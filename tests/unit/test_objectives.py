@@ -37,3 +37,11 @@ def test_curves_on_a_loss_rise_as_the_loss_falls():
 ])
 def test_a_causal_lm_run_offers_the_objectives_it_computes(labels, prompts, expected):
     assert lm_metrics(labels, prompts) == expected
+
+
+def test_the_same_metric_on_test_and_the_axis_says_which_way_is_better():
+    loss, f1 = objective("val/loss"), objective(None)
+    assert (loss.on("test").key, loss.on("test").name) == ("test/loss", "test loss")
+    assert (f1.on("test").key, f1.on("test").name) == ("test/macro_f1", "test macro-F1")
+    assert loss.on("test").higher_is_better is False and f1.on("test").higher_is_better is True
+    assert loss.axis == "val loss (lower is better)" and f1.axis == "val macro-F1"

@@ -20,6 +20,7 @@ from loratune.report.html import (
     tile,
     value_text,
 )
+from loratune.objectives import Objective
 from loratune.report.study import StudyReport, TrialView
 from loratune.search.stages import TRAIL_PHASES as PHASE_NAMES  # the stage table's names, one place
 
@@ -48,18 +49,25 @@ def _point_text(point: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _test_detail(s: StudyReport) -> str:
+    """What the test tile says under its number: the perplexity of a test loss (exp of it) when scored."""
+    ppl = s.recommendation.test.get("test/perplexity") if not s.obj.higher_is_better else None
+    return "scored once, on the pick only" + (f" · perplexity {metric(ppl)}" if isinstance(ppl, (int, float)) else "")
+
+
 def summary_section(s: StudyReport) -> str:
-    rec = s.recommendation
+    o, rec = s.obj, s.recommendation
     best = s.best
     tiles = []
     if rec.missing is None:
-        test = rec.test.get("test/macro_f1")
-        tiles.append(tile("recommended", f"#{rec.trial}", esc(rec.name) + f" · val {metric(rec.value)}", "primary",
-                          key="recommended"))
-        tiles.append(tile("test macro-F1", metric(test), "scored once, on the pick only" if test is not None
+        ot = o.on("test")
+        test = rec.test.get(ot.key)
+        tiles.append(tile("recommended", f"#{rec.trial}", esc(rec.name) + f" · {esc(o.name)} {metric(rec.value)}",
+                          "primary", key="recommended"))
+        tiles.append(tile(ot.name, metric(test), _test_detail(s) if test is not None
                           else "no test split", "ok" if test is not None else "", key="test"))
     if best is not None:
-        tiles.append(tile("best val macro-F1", metric(best.value), f"trial #{best.number} {esc(best.name)}",
+        tiles.append(tile(f"best {o.name}", metric(best.value), f"trial #{best.number} {esc(best.name)}",
                           "" if rec.missing is None else "primary", key="best"))
     ex = s.best_vs_compute[-1].examples_cum if s.best_vs_compute else None
     wall = s.best_vs_compute[-1].wall_s_cum if s.best_vs_compute else None
@@ -91,7 +99,7 @@ def recommendation_section(s: StudyReport) -> str:
         test = ", ".join(f"{k.split('/', 1)[-1]} {metric(v) if isinstance(v, float) else value_text(v)}"
                          for k, v in rec.test.items())
         parts.append(f'<dl class="kv"><dt>trial</dt><dd>{_trial_link(rec.trial, s)}</dd>'
-                     f'<dt>val macro-F1</dt><dd><b>{metric(rec.value)}</b></dd>'
+                     f'<dt>{esc(s.obj.name)}</dt><dd><b>{metric(rec.value)}</b></dd>'
                      f'<dt>test</dt><dd>{esc(test) or "not scored"}</dd>'
                      f'<dt>diagnosis of that run</dt><dd><code>{esc(rec.verdict)}</code></dd>'
                      f'<dt>tuned point</dt><dd class="mono">{esc(_point_text(rec.point))}</dd>'
@@ -130,7 +138,7 @@ def trail_section(s: StudyReport, phases: dict[str, str]) -> str:
 
 
 def compute_section(s: StudyReport, phases: dict[str, str]) -> str:
-    pts = s.best_vs_compute
+    o, pts = s.obj, s.best_vs_compute
     if not pts:
         return section("compute", "Best so far vs compute", "", missing("no finished trial yet"))
     figs = []
@@ -138,10 +146,10 @@ def compute_section(s: StudyReport, phases: dict[str, str]) -> str:
                               ("wall_s_cum", "wall time of the trials (cumulative, s)", ch.fmt)):
         line = [(getattr(p, xkey), p.best_so_far) for p in pts if p.best_so_far is not None]
         dots = [ch.Dot(getattr(p, xkey), p.value, f"s-{phases.get(p.phase, 'c7')}",
-                       f"#{p.trial} {p.name} ({p.phase}): val macro-F1 {metric(p.value)}; after it "
+                       f"#{p.trial} {p.name} ({p.phase}): {o.name} {metric(p.value)}; after it "
                        f"{p.examples_cum:,} examples, {p.wall_s_cum:.0f} s; best so far {metric(p.best_so_far)}",
                        r=4.5) for p in pts if p.value is not None]
-        svg = ch.scatter(dots, width=540, height=270, x_label=xlabel, y_label="val macro-F1", y_lo=0,
+        svg = ch.scatter(dots, width=540, height=270, x_label=xlabel, y_label=o.axis, y_lo=0,
                          lines=[ch.Series("best so far", "s-best", line, step=True)], x_lo=0,
                          aria=f"best so far vs {xlabel}", x_fmt=fmt)
         figs.append(f'<figure data-chart="best-vs-{xkey.split("_")[0]}"><figcaption>vs {esc(xlabel.split(" (")[0])}'
@@ -149,22 +157,25 @@ def compute_section(s: StudyReport, phases: dict[str, str]) -> str:
     used = [ph for ph in phases if any(p.phase == ph for p in pts)]
     items = [("best", "best so far", "line")] + [(phases[ph], PHASE_NAMES.get(ph, ph), "box") for ph in used]
     return section("compute", "Best so far vs compute", "Each dot is a trial (colour: its phase); the line is the "
-                   "best val macro-F1 found so far.", legend(items) + f'<div class="grid2">{"".join(figs)}</div>')
+                   f"best {esc(o.name)} found so far" + ("" if o.higher_is_better else " (the lowest)") + ".",
+                   legend(items) + f'<div class="grid2">{"".join(figs)}</div>')
 
 
 def rank_section(s: StudyReport, phases: dict[str, str]) -> str:
-    rk = s.rank
+    o, rk = s.obj, s.rank
+    title = f"Rank vs {o.name}"
     if not rk.points:
-        return section("rank", "Rank vs val macro-F1", "", missing(rk.missing or "no LoRA trials"))
+        return section("rank", title, "", missing(rk.missing or "no LoRA trials"))
     best_by_r: dict[int, float] = {}
     for p in rk.points:
-        best_by_r[p.r] = max(best_by_r.get(p.r, -1.0), p.value)
+        if p.r not in best_by_r or o.score(p.value) > o.score(best_by_r[p.r]):
+            best_by_r[p.r] = p.value
     sweep = sorted((p.r, p.value) for p in rk.points if p.in_sweep)
     # the line joins the sweep (one lr, one scaling rule); other trials at other lrs are only dots
     line = sweep if len(sweep) >= 2 else sorted(best_by_r.items())
     share = {r: (a, b) for r, a, b in rk.shares}
     dots = [ch.Dot(p.r, p.value, "s-val" if p.in_sweep else f"s-{phases.get(p.phase, 'c7')}",
-                   f"#{p.trial} r={p.r}{' (rsLoRA)' if p.rslora else ''}, {p.phase}: val macro-F1 {metric(p.value)}"
+                   f"#{p.trial} r={p.r}{' (rsLoRA)' if p.rslora else ''}, {p.phase}: {o.name} {metric(p.value)}"
                    + (f"; LoRA = {pct(share[p.r][0], 2)} of the model" if share.get(p.r) and share[p.r][0] else ""),
                    r=5 if p.in_sweep else 4) for p in rk.points]
     rs = [p.r for p in rk.points]
@@ -186,17 +197,18 @@ def rank_section(s: StudyReport, phases: dict[str, str]) -> str:
             vlines.append(ch.VLine(r_share, label, "ref"))
             hi, lo = max(hi, r_share), min(lo, r_share)
     bands = []
-    top = max(best_by_r.values())
-    if rk.threshold:
-        bands.append(ch.Band(top - rk.threshold, top, f"within the gain threshold {rk.threshold:.3f} of the best"
+    top = max(best_by_r.values(), key=o.score)
+    if rk.threshold:  # from the best value towards the worse side (below a score, above a loss)
+        edge = o.value(o.score(top) - rk.threshold)
+        bands.append(ch.Band(min(top, edge), max(top, edge), f"within the gain threshold {rk.threshold:.3f} of the best"
                              + (f" ({rk.threshold_source})" if rk.threshold_source else ""), "band good"))
     x_lo, x_hi = max(lo / 1.6, 0.5), hi * 1.6
     ticks = [2.0 ** k for k in range(0, 14) if x_lo <= 2 ** k <= x_hi]
-    svg = ch.scatter(dots, width=760, height=300, x_label="LoRA rank r (log scale)", y_label="val macro-F1",
+    svg = ch.scatter(dots, width=760, height=300, x_label="LoRA rank r (log scale)", y_label=o.axis,
                      log_x=True, x_lo=x_lo, x_hi=x_hi, vlines=vlines, bands=bands, x_ticks=ticks,
-                     lines=[ch.Series("best per rank", "s-val", line)], aria="rank vs val macro-F1",
+                     lines=[ch.Series("best per rank", "s-val", line)], aria=f"rank vs {o.name}",
                      x_fmt=lambda v: f"{v:g}")
-    items = [("val", "rank sweep (same lr, rsLoRA)" if len(sweep) >= 2 else "best val macro-F1 per rank", "line")]
+    items = [("val", "rank sweep (same lr, rsLoRA)" if len(sweep) >= 2 else f"best {o.name} per rank", "line")]
     items += [(c, PHASE_NAMES.get(ph, ph), "box") for ph, c in phases.items()
               if any(p.phase == ph and not p.in_sweep for p in rk.points)] + marks_legend
     if bands:
@@ -208,21 +220,21 @@ def rank_section(s: StudyReport, phases: dict[str, str]) -> str:
         flags = " ".join(x for x, ok in (("plateau", rk.plateau_r == r), ("chosen", rk.chosen_r == r)) if ok)
         rows.append([(f"{r}", "num"), (metric(v), "num"), (pct(st, 2), "num"), (pct(sa, 1), "num"), (str(n), "num"),
                      (f'<span class="chip move">{esc(flags)}</span>' if flags else "", "")])
-    tbl = table([("r", "num"), ("best val macro-F1", "num"), ("share of model", "num"),
+    tbl = table([("r", "num"), (f"best {o.name}", "num"), ("share of model", "num"),
                  ("share of adapted weights", "num"), ("trials", "num"), ("", "")], rows, id_="rank-table")
     facts = [f"scaling rule of the sweep: {rk.rule}" if rk.rule else "",
              (f"gain threshold {rk.threshold:.3f}" + (f" ({rk.threshold_source})" if rk.threshold_source else ""))
              if rk.threshold else "",
              f"sweep stopped: {rk.stopped}" if rk.stopped else "", rk.missing or ""]
     facts_html = "".join(f'<div class="small muted">{esc(f)}</div>' for f in facts if f)
-    return section("rank", "Rank vs val macro-F1", "The best score at each rank tried, with the plateau, the "
+    return section("rank", title, "The best score at each rank tried, with the plateau, the "
                    "compute-breakeven rank and where LoRA's parameters reach a share of the model.",
                    f'{legend(items)}<figure data-chart="rank">{svg}</figure>{facts_html}'
                    f'<div class="grid2" style="margin-top:10px"><div>{tbl}</div></div>')
 
 
 def pair_section(s: StudyReport) -> str:
-    pv = s.pair
+    o, pv = s.obj, s.pair
     if pv.missing:
         return section("pair", "Minimal-intervention pair", "", missing(pv.missing))
     bars = []
@@ -230,14 +242,15 @@ def pair_section(s: StudyReport) -> str:
         if a.delta is None:
             continue
         label = f"only {a.knob}: {value_text(a.before)} → {value_text(a.after)}"
-        cls = "s-good" if pv.noise is not None and a.delta > pv.noise else (
-            "s-bad" if pv.noise is not None and a.delta < -pv.noise else "s-neutral")
-        bars.append(ch.Bar(label, a.delta, cls, f"{label} (#{a.trial}): val macro-F1 {metric(a.value)}, delta "
+        gain = o.score(a.delta)  # a fall of a loss is a gain
+        cls = "s-good" if pv.noise is not None and gain > pv.noise else (
+            "s-bad" if pv.noise is not None and gain < -pv.noise else "s-neutral")
+        bars.append(ch.Bar(label, a.delta, cls, f"{label} (#{a.trial}): {o.name} {metric(a.value)}, delta "
                            f"{a.delta:+.3f} ± noise {metric(pv.noise)}", err=pv.noise))
     band = (-pv.noise, pv.noise, f"noise ±{pv.noise:.3f} ({pv.noise_source})") if pv.noise else None
-    svg = ch.hbar_chart(bars, width=620, row=40, x_label="change of val macro-F1 from the same start",
+    svg = ch.hbar_chart(bars, width=620, row=40, x_label=f"change of {o.axis} from the same start",
                         band=band, aria="pair deltas", x_fmt=lambda v: f"{v:+.2f}" if v else "0", label_width=200)
-    facts = [f"from {('#' + str(pv.from_trial)) if pv.from_trial is not None else '?'} at val macro-F1 "
+    facts = [f"from {('#' + str(pv.from_trial)) if pv.from_trial is not None else '?'} at {esc(o.name)} "
              f"{metric(pv.base)}; same budget for both arms",
              f"binding knob: <b>{esc(pv.binding)}</b> ({esc(pv.how)})",
              f"noise: {esc(metric(pv.noise))} ({esc(pv.noise_source)})"
@@ -253,7 +266,7 @@ def pair_section(s: StudyReport) -> str:
 
 
 def lora_full_section(s: StudyReport) -> str:
-    lf = s.lora_vs_full
+    o, lf = s.obj, s.lora_vs_full
     if lf.missing and not lf.reasons:
         return section("lora-vs-full", "LoRA vs full fine-tuning", "", missing(lf.missing))
     parts = []
@@ -263,7 +276,7 @@ def lora_full_section(s: StudyReport) -> str:
     if lf.table:
         cols = list(lf.table)
         rows_spec = [("trial", lambda c: _trial_link(c["trial"], s) if c.get("trial") is not None else "–"),
-                     ("val macro-F1", lambda c: f"<b>{metric(c.get('val_macro_f1'))}</b>"),
+                     (o.name, lambda c: f"<b>{metric(c.get('objective_value'))}</b>"),
                      ("trainable parameters", lambda c: human(c.get("trainable"))),
                      ("share of the model", lambda c: pct(c.get("share_total"), 2)),
                      ("share of the adapted weights", lambda c: pct(c.get("share_adapted"), 1)),
@@ -279,9 +292,9 @@ def lora_full_section(s: StudyReport) -> str:
                        for name, fn in rows_spec)
         parts.append(f'<div class="scroll-x"><table id="lora-full-table"><thead><tr><th></th>{head}</tr></thead>'
                      f'<tbody>{body}</tbody></table></div>')
-        bars_f1 = [ch.Bar(c.get("label", "?"), float(c.get("val_macro_f1") or 0.0),
+        bars_f1 = [ch.Bar(c.get("label", "?"), float(c.get("objective_value") or 0.0),
                           "s-c2" if c.get("method") == "full" else "s-c0",
-                          f"{c.get('label')}: val macro-F1 {metric(c.get('val_macro_f1'))}",
+                          f"{c.get('label')}: {o.name} {metric(c.get('objective_value'))}",
                           err=lf.noise or None) for c in cols]
         bars_t = [ch.Bar(c.get("label", "?"), float(c.get("mean_step_s") or 0.0),
                          "s-c2" if c.get("method") == "full" else "s-c0", f"{c.get('label')}: "
@@ -289,8 +302,10 @@ def lora_full_section(s: StudyReport) -> str:
         bars_m = [ch.Bar(c.get("label", "?"), float(c.get("peak_memory_mb") or 0.0),
                          "s-c2" if c.get("method") == "full" else "s-c0", f"{c.get('label')}: "
                          f"{c.get('peak_memory_mb') or 0:.0f} MB peak") for c in cols]
-        figs = [("val macro-F1" + (f" (bars: noise ±{lf.noise:.3f})" if lf.noise else ""), ch.column_chart(bars_f1, height=170, width=330, y_label="val macro-F1", y_hi=1.0,
-                                                  label_chars=22)),
+        # a larger-is-better objective is a [0, 1] score (objectives.objective); a loss has no top
+        figs = [(o.axis + (f" (bars: noise ±{lf.noise:.3f})" if lf.noise else ""),
+                 ch.column_chart(bars_f1, height=170, width=330, y_label=o.name,
+                                 y_hi=1.0 if o.higher_is_better else None, label_chars=22)),
                 ("seconds per optimizer step", ch.column_chart(bars_t, height=170, width=330, y_label="s / step",
                                                                label_chars=22)),
                 ("peak memory (MB)", ch.column_chart(bars_m, height=170, width=330, y_label="MB", label_chars=22,
@@ -309,12 +324,14 @@ def lora_full_section(s: StudyReport) -> str:
                    "parameters, measured step time and peak memory.", "".join(parts))
 
 
-def trial_card(t: TrialView, phases: dict[str, str], link_base: str = "") -> str:
+def trial_card(t: TrialView, phases: dict[str, str], o: Objective, link_base: str = "") -> str:
     chart = ""
     if len(t.curve) >= 2 or len(t.loss_curve) >= 2:
-        series = [ch.Series("val macro-F1", "s-val", t.curve)] if t.curve else []
-        chart = ch.line_chart(series, width=360, height=170, x_label="step", y_label="val macro-F1", y_lo=0, y_hi=1,
-                              aria=f"trial {t.number} curve") if series else ""
+        series = [ch.Series(o.name, "s-val", t.curve)] if t.curve else []
+        # the card's chart is too short for o.axis: the direction of a loss goes under it
+        chart = (ch.line_chart(series, width=360, height=170, x_label="step", y_label=o.name, y_lo=0,
+                               y_hi=1 if o.higher_is_better else None, aria=f"trial {t.number} curve")
+                 + ("" if o.higher_is_better else f'<div class="small muted">{esc(o.axis)}</div>')) if series else ""
     finds = "".join(
         f'<li><code>{esc(f.get("rule_id"))}</code> {esc(f.get("verdict", ""))}'
         + (f' <span class="chip move">→ {esc(", ".join(f.get("moves") or []))}</span>' if f.get("moves") else "")
@@ -326,7 +343,7 @@ def trial_card(t: TrialView, phases: dict[str, str], link_base: str = "") -> str
         link += f' · <a href="{esc(link_base + t.report_link)}">full run report</a>'
 
     ph = phases.get(t.phase, "c7")
-    facts = (f'<dl class="kv"><dt>val macro-F1</dt><dd><b>{metric(t.value)}</b></dd>'
+    facts = (f'<dl class="kv"><dt>{esc(o.name)}</dt><dd><b>{metric(t.value)}</b></dd>'
              f'<dt>status</dt><dd>{badge(t.status, "ok" if t.status == "completed" else "warn")} '
              f'<span class="muted small">{esc(t.reason)}</span></dd>'
              f'<dt>diagnosis</dt><dd><code>{esc(t.verdict)}</code></dd>'
@@ -354,9 +371,9 @@ def trials_section(s: StudyReport, phases: dict[str, str], link_base: str = "") 
                      (metric(bsf.get(t.number)), "num", bsf.get(t.number)),
                      (human(t.examples), "num", t.examples), (duration(t.wall_s), "num", t.wall_s),
                      (f"<code>{esc(t.verdict)}</code>", "", t.verdict)])
-    tbl = table([("#", "num"), ("name", ""), ("phase", ""), ("status", ""), ("val F1", "num"), ("best so far", "num"),
+    tbl = table([("#", "num"), ("name", ""), ("phase", ""), ("status", ""), (s.obj.name, "num"), ("best so far", "num"),
                  ("examples", "num"), ("wall", "num"), ("diagnosis", "")], rows, cls="sortable", id_="trials-table")
-    cards = "".join(trial_card(t, phases, link_base) for t in s.trials)
+    cards = "".join(trial_card(t, phases, s.obj, link_base) for t in s.trials)
     return section("trials", "Trials", "Every trial is an ordinary run directory; its details follow the table.",
                    tbl + f"<details open><summary>Trial details ({len(s.trials)})</summary>{cards}</details>")
 

@@ -11,6 +11,11 @@ Everything is optional. A finished study has final/study.json and the report rea
 still running (or killed) has only the trail, the Optuna records and the trial directories, and the
 report rebuilds what it can from them. A section that cannot be built carries `missing` (why) instead
 of failing. No torch; Optuna is imported only to read study.db when study.json is absent.
+
+Trials are compared on the study's objective (study.json `objective`; val macro-F1 for studies written
+before it was recorded). The search keeps it as a score, larger better (minus a loss); this model holds
+every value as a person reads it (a val loss as itself), converted once here, and compares through
+`StudyReport.obj.score`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loratune.errors import UserError
+from loratune.objectives import Objective, objective
 from loratune.report.model import as_float, read_history, read_json, to_plain
 
 # ---------------------------------------------------------------------------------------------
@@ -35,7 +41,7 @@ class TrialView:
     name: str
     phase: str
     status: str
-    value: float | None  # best val macro-F1 (the objective)
+    value: float | None  # the run's best objective value, as a person reads it (val macro-F1, val loss ...)
     examples: int | None
     wall_s: float | None
     mean_step_s: float | None
@@ -50,7 +56,7 @@ class TrialView:
     run_dir: str | None = None
     link: str | None = None  # run directory relative to the study directory (when inside it)
     report_link: str | None = None  # <link>/report.html when that run report was written
-    curve: tuple[tuple[float, float], ...] = ()  # (step, val macro-F1)
+    curve: tuple[tuple[float, float], ...] = ()  # (step, objective value)
     loss_curve: tuple[tuple[float, float], ...] = ()  # (step, val loss), from the run directory
     findings: tuple[Mapping[str, Any], ...] = ()  # rule_id, verdict, moves, evidence (texts)
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -134,7 +140,8 @@ class LoraFullView:
     choice: str | None
     summary: str
     reasons: tuple[tuple[str, bool | None, str], ...]  # (id, holds, text)
-    table: tuple[Mapping[str, Any], ...]  # label, method, r, val_macro_f1, trainable, mean_step_s, peak_memory_mb ...
+    # label, method, r, val_macro_f1 (the search's score), objective_value, trainable, mean_step_s, peak_memory_mb ...
+    table: tuple[Mapping[str, Any], ...]
     full_trial: int | None = None
     noise: float | None = None  # the difference that counts between the two (from the performance-gap reason)
     missing: str | None = None
@@ -175,6 +182,11 @@ class StudyReport:
     start_choices: tuple[tuple[str, Any, str], ...]  # (key, value, reason) of phase 0
     assessment: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    objective: str = "val/macro_f1"  # the key the trials are compared on (objectives.objective names it)
+
+    @property
+    def obj(self) -> Objective:
+        return objective(self.objective)
 
     def trial(self, number: int) -> TrialView | None:
         return next((t for t in self.trials if t.number == number), None)
@@ -182,7 +194,7 @@ class StudyReport:
     @property
     def best(self) -> TrialView | None:
         ok = [t for t in self.trials if t.value is not None]
-        return max(ok, key=lambda t: (t.value, -t.number)) if ok else None
+        return max(ok, key=lambda t: (self.obj.score(t.value), -t.number)) if ok else None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -255,18 +267,30 @@ def _rel(path: str | None, root: Path) -> str | None:
         return None
 
 
-def _run_curves(run_dir: str | None) -> tuple[tuple, tuple]:
+def _run_curves(run_dir: str | None, key: str) -> tuple[tuple, tuple]:
+    """(step, value) of the objective `key` and of the val loss, from the run's history."""
     if not run_dir or not Path(run_dir, "history.jsonl").is_file():
         return (), ()
     points, _ = read_history(Path(run_dir) / "history.jsonl")
-    f1 = tuple((float(p["step"]), float(p["val/macro_f1"])) for p in points
-               if as_float(p.get("step")) is not None and as_float(p.get("val/macro_f1")) is not None)
-    loss = tuple((float(p["step"]), float(p["val/loss"])) for p in points
-                 if as_float(p.get("step")) is not None and as_float(p.get("val/loss")) is not None)
-    return f1, loss
+
+    def curve(k: str) -> tuple:
+        return tuple((float(p["step"]), float(p[k])) for p in points
+                     if as_float(p.get("step")) is not None and as_float(p.get(k)) is not None)
+
+    return curve(key), curve("val/loss")
 
 
-def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: Path) -> TrialView:
+def _row_value(row: Mapping[str, Any], res: Mapping[str, Any], o: Objective) -> float | None:
+    """A trial's objective value: study.json's `objective_value`; a study written before it, `val_macro_f1`
+    (then the objective); else the trial record's score, turned back into the value."""
+    if "objective_value" in row:
+        return as_float(row["objective_value"])
+    if "val_macro_f1" in row:
+        return as_float(row["val_macro_f1"])
+    return o.value(as_float(res.get("value")))
+
+
+def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: Path, o: Objective) -> TrialView:
     rec = record or {}
     spec = rec.get("spec") or {}
     res = rec.get("result") or {}
@@ -274,9 +298,9 @@ def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: 
     run_dir = row.get("run_dir") or rec.get("run_dir")
     if run_dir and not Path(run_dir).is_absolute() and (root / run_dir).exists():
         run_dir = str(root / run_dir)
-    f1, loss = _run_curves(run_dir)
-    if not f1 and res.get("curve"):
-        f1 = tuple((float(s), float(v)) for s, v in res["curve"])
+    f1, loss = _run_curves(run_dir, o.key)
+    if not f1 and res.get("curve"):  # the record's curve holds scores
+        f1 = tuple((float(s), o.value(float(v))) for s, v in res["curve"])
     method = str(point.get("adapter.method", "lora"))
     status = str(row.get("status") or res.get("status") or "?")
     if status == "running" and run_dir:  # a killed tune's trial: its run dir says whether anyone still runs it
@@ -288,7 +312,7 @@ def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: 
         name=str(row.get("name") or spec.get("name") or "?"),
         phase=str(row.get("phase") or spec.get("phase") or "?"),
         status=status,
-        value=as_float(row.get("val_macro_f1", res.get("value"))),
+        value=_row_value(row, res, o),
         examples=_int(row.get("examples", res.get("examples"))),
         wall_s=as_float(row.get("wall_s", res.get("wall_s"))),
         mean_step_s=as_float(row.get("mean_step_s", res.get("mean_step_s"))),
@@ -326,20 +350,21 @@ def _trials_from_dirs(root: Path) -> list[dict]:
         ad, tr = cfg.get("adapter") or {}, cfg.get("train") or {}
         point = {k: v for k, v in (("adapter.method", ad.get("method")), ("adapter.r", ad.get("r")),
                                    ("train.learning_rate", tr.get("learning_rate"))) if v is not None}
+        key = objective(run.get("objective")).key
         rows.append({"trial": int(num), "name": name, "phase": "?", "status": run.get("status", "?"),
-                     "val_macro_f1": best.get("val/macro_f1"), "examples": run.get("examples_seen"),
+                     "objective": key, "objective_value": best.get(key), "examples": run.get("examples_seen"),
                      "wall_s": run.get("wall_s"), "mean_step_s": run.get("mean_step_s"),
                      "peak_memory_mb": run.get("peak_memory_mb"), "verdict": "inconclusive", "run_dir": str(d),
                      "point": point, "reason": run.get("reason") or "", "_params": run.get("params") or {}})
     return rows
 
 
-def _compute_curve(trials: Sequence[TrialView]) -> tuple[ComputePoint, ...]:
+def _compute_curve(trials: Sequence[TrialView], o: Objective) -> tuple[ComputePoint, ...]:
     out, ex, wall, best = [], 0, 0.0, None
     for t in sorted(trials, key=lambda t: t.number):
         ex += t.examples or 0
         wall += t.wall_s or 0.0
-        if t.value is not None and (best is None or t.value > best):
+        if t.value is not None and (best is None or o.score(t.value) > o.score(best)):
             best = t.value
         out.append(ComputePoint(t.number, t.name, t.phase, t.value, ex, round(wall, 2), best))
     return tuple(out)
@@ -361,12 +386,14 @@ def _share_ref(trials: Sequence[TrialView], table: Sequence[Mapping[str, Any]]) 
 
 
 def _rank_view(data: Mapping[str, Any] | None, trials: Sequence[TrialView],
-               table: Sequence[Mapping[str, Any]] = ()) -> RankView:
+               table: Sequence[Mapping[str, Any]], o: Objective) -> RankView:
     data = data or {}
     sweep_trials = {_int(p.get("trial")) for p in data.get("sweep") or () if isinstance(p, dict)}
     pts = []
-    src = data.get("trials") or [{"r": t.r, "value": t.value, "trial": t.number, "phase": t.phase}
-                                 for t in trials if t.method == "lora" and t.r and t.value is not None]
+    # study.json's rank points hold scores; the trials' values are already values
+    src = [{**p, "value": o.value(as_float(p.get("value")))} for p in data.get("trials") or () if isinstance(p, dict)] \
+        or [{"r": t.r, "value": t.value, "trial": t.number, "phase": t.phase}
+            for t in trials if t.method == "lora" and t.r and t.value is not None]
     for p in src:
         if not isinstance(p, dict) or _int(p.get("r")) is None or as_float(p.get("value")) is None:
             continue
@@ -396,7 +423,10 @@ def _rank_view(data: Mapping[str, Any] | None, trials: Sequence[TrialView],
         stopped=data.get("stopped"), share_marks=tuple(marks), shares=tuple(shares), missing=missing)
 
 
-def _pair_view(pair: Mapping[str, Any] | None, trail: Sequence[DecisionView], seed_sigma: float | None) -> PairView:
+def _pair_view(pair: Mapping[str, Any] | None, trail: Sequence[DecisionView], seed_sigma: float | None,
+               o: Objective) -> PairView:
+    """The pair's values and deltas as a person reads them (the trail holds scores: a loss's delta flips sign,
+    a fall of the loss is a gain); the noise is a width, the same on both scales."""
     if not pair:
         d = next((d for d in reversed(trail) if d.kind == "pair"), None)
         why = (f"the pair was not run: {d.verdict} ({d.move})" if d else
@@ -404,22 +434,24 @@ def _pair_view(pair: Mapping[str, Any] | None, trail: Sequence[DecisionView], se
                "before phase 1 needed one)")
         return PairView(None, None, (), None, "", seed_sigma, "", "", missing=why)
     lr, r = pair.get("lr") or [None, None], pair.get("r") or [None, None]
-    arms = (PairArm("lr", _int(pair.get("lr_trial")), lr[0], lr[-1], as_float(pair.get("lr_value")),
-                    as_float(pair.get("lr_delta"))),
-            PairArm("r", _int(pair.get("r_trial")), r[0], r[-1], as_float(pair.get("r_value")), as_float(pair.get("r_delta"))))
+    arms = tuple(PairArm(knob, _int(pair.get(f"{knob}_trial")), span[0], span[-1],
+                         o.value(as_float(pair.get(f"{knob}_value"))), o.value(as_float(pair.get(f"{knob}_delta"))))
+                 for knob, span in (("lr", lr), ("r", r)))
     compare = tuple(f"{f.get('rule_id')}: {f.get('verdict')}" for f in pair.get("compare") or () if isinstance(f, dict))
-    return PairView(_int(pair.get("from")), as_float(pair.get("base")), arms, as_float(pair.get("noise")),
+    return PairView(_int(pair.get("from")), o.value(as_float(pair.get("base"))), arms, as_float(pair.get("noise")),
                     str(pair.get("noise_source") or ""), as_float(pair.get("seed_sigma")) or seed_sigma,
                     str(pair.get("binding") or "?"), str(pair.get("how") or ""), compare)
 
 
-def _lora_full_view(data: Mapping[str, Any] | None) -> LoraFullView:
+def _lora_full_view(data: Mapping[str, Any] | None, o: Objective) -> LoraFullView:
     if not data:
         return LoraFullView(None, "", (), (), missing="no LoRA-vs-full decision yet (the study stops before it, "
                             "or has not reached it)")
     reasons = tuple((str(r.get("id")), r.get("holds"), str(r.get("text", ""))) for r in data.get("reasons") or ()
                     if isinstance(r, dict))
-    table = tuple(dict(t) for t in data.get("table") or () if isinstance(t, dict))
+    # the cost table's val_macro_f1 holds the search's score (minus a loss); objective_value is the value
+    table = tuple({**t, "objective_value": o.value(as_float(t.get("val_macro_f1")))} for t in data.get("table") or ()
+                  if isinstance(t, dict))
     noise = next((as_float((r.get("evidence") or {}).get("noise")) for r in data.get("reasons") or ()
                   if isinstance(r, dict) and r.get("id") == "performance-gap" and isinstance(r.get("evidence"), dict)),
                  None)
@@ -428,6 +460,7 @@ def _lora_full_view(data: Mapping[str, Any] | None) -> LoraFullView:
 
 
 def _recommendation(data: Mapping[str, Any] | None, root: Path, trials: Sequence[TrialView]) -> Recommendation:
+    """The pick, its objective value (study.json `objective_value`; `val_macro_f1` before it was recorded)."""
     cfg = root / "final" / "config.yaml"
     yaml_text = cfg.read_text(encoding="utf-8") if cfg.is_file() else ""
     if not data:
@@ -437,7 +470,8 @@ def _recommendation(data: Mapping[str, Any] | None, root: Path, trials: Sequence
         t = next((t for t in trials if t.number == _int(data.get("trial"))), None)
         if t and t.run_dir and Path(t.run_dir, "config.yaml").is_file():
             yaml_text = Path(t.run_dir, "config.yaml").read_text(encoding="utf-8")
-    return Recommendation(_int(data.get("trial")), str(data.get("name") or ""), as_float(data.get("val_macro_f1")),
+    value = data["objective_value"] if "objective_value" in data else data.get("val_macro_f1")
+    return Recommendation(_int(data.get("trial")), str(data.get("name") or ""), as_float(value),
                           dict(data.get("test") or {}), str(data.get("verdict") or ""), dict(data.get("point") or {}),
                           yaml_text, {k: str(v) for k, v in (data.get("files") or {}).items()},
                           missing=None if yaml_text else "no final/config.yaml was written")
@@ -452,6 +486,16 @@ def _budget_text(budget: Mapping[str, Any] | None, trail: Sequence[DecisionView]
         return f"spent {', '.join(parts)} of the budget {b.get('text', '?')}", dict(spent)
     left = next((d.budget_left for d in reversed(trail) if d.budget_left), None)
     return (f"budget left at the last decision: {left}" if left else "budget unknown"), {}
+
+
+def _objective_key(summary: Mapping[str, Any], rows: Sequence[Any], records: Sequence[Mapping[str, Any]]) -> str | None:
+    """The key the study compares trials on: study.json's, else the pick's, a trial row's or a trial record's
+    (an unfinished study); None (val macro-F1) for a study written before the objective was recorded."""
+    rec = summary.get("recommendation") if isinstance(summary.get("recommendation"), dict) else {}
+    found = [summary.get("objective"), rec.get("objective")]
+    found += [r.get("objective") for r in rows if isinstance(r, dict)]
+    found += [((r.get("record") or {}).get("result") or {}).get("objective") for r in records]
+    return next((str(k) for k in found if k), None)
 
 
 def build_study_report(study_dir: str | Path) -> StudyReport:
@@ -482,7 +526,7 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
     if not rows:
         rows = [{"trial": r["number"], **(r["record"] and {
             "name": r["record"]["spec"]["name"], "phase": r["record"]["spec"]["phase"],
-            "status": r["record"]["result"]["status"], "val_macro_f1": r["record"]["result"].get("value"),
+            "status": r["record"]["result"]["status"], "objective": r["record"]["result"].get("objective"),
             "examples": r["record"]["result"].get("examples"), "wall_s": r["record"]["result"].get("wall_s"),
             "point": r["record"]["spec"].get("point"), "run_dir": r["record"].get("run_dir")} or {
             "name": r["attrs"].get("name", "?"), "phase": r["attrs"].get("phase", "?"),
@@ -493,6 +537,7 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
             rows = _trials_from_dirs(root)
             if rows:
                 notes.append(f"trials read from the trial directories ({why}); phases unknown")
+    o = objective(_objective_key(summary, rows, records))
     trials = []
     for row in rows:
         if not isinstance(row, dict) or _int(row.get("trial")) is None:
@@ -500,7 +545,7 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
         rec = by_number.get(int(row["trial"]))
         if rec is None and row.get("_params"):
             rec = {"result": {"params": row["_params"]}}
-        trials.append(_trial_from(row, rec, root))
+        trials.append(_trial_from(row, rec, root, o))
     trials.sort(key=lambda t: t.number)
     if not trials:
         notes.append("no trial has finished yet")
@@ -508,13 +553,13 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
     bvc = summary.get("best_vs_compute")
     if bvc:
         best_vs_compute = tuple(ComputePoint(int(p["trial"]), str(p.get("name", "")), str(p.get("phase", "")),
-                                             as_float(p.get("value")), int(p.get("examples_cum") or 0),
-                                             float(p.get("wall_s_cum") or 0.0), as_float(p.get("best_so_far")))
+                                             o.value(as_float(p.get("value"))), int(p.get("examples_cum") or 0),
+                                             float(p.get("wall_s_cum") or 0.0), o.value(as_float(p.get("best_so_far"))))
                                 for p in bvc if isinstance(p, dict) and _int(p.get("trial")) is not None)
     else:
-        best_vs_compute = _compute_curve(trials)
-    seeds = summary.get("seeds") or {}
-    seed_values = tuple(v for v in (seeds.get("values") or ()) if as_float(v) is not None)
+        best_vs_compute = _compute_curve(trials, o)
+    seeds = summary.get("seeds") or {}  # the seeds' scores; sigma is a width, the same on both scales
+    seed_values = tuple(o.value(as_float(v)) for v in (seeds.get("values") or ()) if as_float(v) is not None)
     seed_sigma = as_float(seeds.get("sigma"))
     start = summary.get("start") or {}
     choices = tuple((str(c.get("key")), c.get("value"), str(c.get("reason", ""))) for c in start.get("choices") or ()
@@ -544,8 +589,8 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
                 reasons.append({"id": rid, "holds": {"holds": True, "does not hold": False}.get(state), "text": text})
             lvf = {"choice": str(d.get("verdict", "")).replace("choose ", "") or None, "summary": d.get("move", ""),
                    "reasons": reasons, "table": (d.get("data") or {}).get("table") or []}
-    lvf_view = _lora_full_view(lvf)
-    rank = _rank_view(summary.get("rank_vs_metric"), trials, lvf_view.table)
+    lvf_view = _lora_full_view(lvf, o)
+    rank = _rank_view(summary.get("rank_vs_metric"), trials, lvf_view.table, o)
     if rank.chosen_r is None and recommendation.point.get("adapter.method", "lora") == "lora" \
             and _int(recommendation.point.get("adapter.r")) is not None:
         from dataclasses import replace
@@ -555,11 +600,11 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
         name=root.resolve().name, path=str(root), strategy=strategy, finished=bool(summary),
         budget=budget, spent=spent, plan=str(plan.get("reason") or ""), trials=tuple(trials), trail=trail,
         best_vs_compute=best_vs_compute, rank=rank,
-        pair=_pair_view(pair, trail, seed_sigma), seeds=seed_values, seed_sigma=seed_sigma,
+        pair=_pair_view(pair, trail, seed_sigma, o), seeds=seed_values, seed_sigma=seed_sigma,
         lora_vs_full=lvf_view,
         recommendation=recommendation,
         start_choices=choices, assessment=tuple(str(x) for x in summary.get("assessment_findings") or ()),
-        notes=tuple(notes))
+        notes=tuple(notes), objective=o.key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -580,13 +625,14 @@ def show_study(con, s: StudyReport) -> None:
     con.print(f"[dim]{escape(s.budget)}[/]")
     for n in s.notes:
         con.print(f"[yellow]note:[/] {escape(n)}")
-    rec = s.recommendation
+    o, rec = s.obj, s.recommendation
     if rec.missing is None:
-        test = rec.test.get("test/macro_f1")
-        con.print(f"recommendation: [bold]#{rec.trial} {escape(rec.name)}[/] val macro-F1 [bold]{_f3(rec.value)}[/]"
-                  + (f" · test macro-F1 [bold]{_f3(test)}[/]" if test is not None else ""))
+        ot = o.on("test")
+        test = rec.test.get(ot.key)
+        con.print(f"recommendation: [bold]#{rec.trial} {escape(rec.name)}[/] {escape(o.name)} [bold]{_f3(rec.value)}[/]"
+                  + (f" · {escape(ot.name)} [bold]{_f3(test)}[/]" if test is not None else ""))
     elif s.best is not None:
-        con.print(f"best so far: [bold]#{s.best.number} {escape(s.best.name)}[/] val macro-F1 {_f3(s.best.value)}")
+        con.print(f"best so far: [bold]#{s.best.number} {escape(s.best.name)}[/] {escape(o.name)} {_f3(s.best.value)}")
 
     con.rule("[bold]decision trail[/]", align="left")
     for d in s.trail:
@@ -599,7 +645,7 @@ def show_study(con, s: StudyReport) -> None:
 
     con.rule("[bold]trials[/]", align="left")
     t = Table(header_style="bold", box=None, pad_edge=False)
-    for col, j in (("#", "right"), ("name", "left"), ("phase", "left"), ("status", "left"), ("val F1", "right"),
+    for col, j in (("#", "right"), ("name", "left"), ("phase", "left"), ("status", "left"), (o.name, "right"),
                    ("best so far", "right"), ("examples", "right"), ("wall", "right"), ("verdict", "left")):
         t.add_column(col, justify=j)
     best_so_far = {p.trial: p for p in s.best_vs_compute}
@@ -610,7 +656,7 @@ def show_study(con, s: StudyReport) -> None:
                   f"{tr.wall_s:.0f}s" if tr.wall_s is not None else "–", escape(tr.verdict))
     con.print(t)
 
-    con.rule("[bold]rank vs val macro-F1[/]", align="left")
+    con.rule(f"[bold]rank vs {escape(o.name)}[/]", align="left")
     rk = s.rank
     if rk.points:
         by_r: dict[int, list[float]] = {}
@@ -621,7 +667,7 @@ def show_study(con, s: StudyReport) -> None:
             vals = by_r[r]
             marks = [m for m, ok in (("plateau", rk.plateau_r == r), ("chosen", rk.chosen_r == r)) if ok]
             sh = f" ({share[r]:.2%} of the model)" if share.get(r) is not None else ""
-            con.print(f"  r={r:<4} best {_f3(max(vals))} over {len(vals)} trial(s){sh} "
+            con.print(f"  r={r:<4} best {_f3(max(vals, key=o.score))} over {len(vals)} trial(s){sh} "
                       + (f"[bold]{', '.join(marks)}[/]" if marks else ""))
         extra = [f"breakeven r={rk.breakeven_r}" if rk.breakeven_r else "",
                  f"ceiling r={rk.ceiling_r}" if rk.ceiling_r else "",
@@ -636,7 +682,7 @@ def show_study(con, s: StudyReport) -> None:
     if pv.missing:
         con.print(f"  [dim]{escape(pv.missing)}[/]")
     else:
-        con.print(f"  from #{pv.from_trial} ({_f3(pv.base)}): binding knob [bold]{escape(pv.binding)}[/] "
+        con.print(f"  from #{pv.from_trial} ({escape(o.name)} {_f3(pv.base)}): binding knob [bold]{escape(pv.binding)}[/] "
                   f"[dim]({escape(pv.how)})[/]")
         for a in pv.arms:
             con.print(f"    only {a.knob} {a.before} -> {a.after} (#{a.trial}): {_f3(a.value)}, delta "
@@ -649,10 +695,10 @@ def show_study(con, s: StudyReport) -> None:
         con.print(f"  choice: [bold]{escape(str(lf.choice))}[/] [dim]{escape(lf.summary)}[/]")
     if lf.table:
         t = Table(header_style="bold", box=None, pad_edge=False)
-        for col in ("", "val F1", "trainable", "step (s)", "peak MB"):
+        for col in ("", o.name, "trainable", "step (s)", "peak MB"):
             t.add_column(col, justify="left" if not col else "right")
         for row in lf.table:
-            t.add_row(escape(str(row.get("label"))), _f3(row.get("val_macro_f1")),
+            t.add_row(escape(str(row.get("label"))), _f3(row.get("objective_value")),
                       f"{row['trainable']:,}" if isinstance(row.get("trainable"), int) else "–",
                       _f3(row.get("mean_step_s")), f"{row['peak_memory_mb']:.0f}" if as_float(row.get("peak_memory_mb"))
                       else "–")
