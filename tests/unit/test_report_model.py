@@ -415,3 +415,45 @@ def test_report_model_and_html_import_no_torch(tmp_path):
             f"render(build_report({str(run)!r}, examples=False))\n"
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_loss_study_is_shown_as_losses_with_gains_where_the_loss_fell(tmp_path):
+    """study.json of a val-loss study holds the search's scores (minus the loss) in its curves, rank points,
+    pair and seeds: the report turns each back into the loss, and a fall of the loss counts as a gain."""
+    from loratune.report.study import build_study_report
+
+    d = tmp_path / "study"
+    (d / "final").mkdir(parents=True)
+    (d / "final" / "config.yaml").write_text("train:\n  learning_rate: 0.002\n")
+    losses = {0: 2.0, 1: 1.8, 2: 1.99}
+    trials = [{"trial": n, "name": f"t{n}", "phase": "phase1-lr-grid", "status": "completed", "val_macro_f1": None,
+               "objective": "val/loss", "objective_value": v, "examples": 100, "wall_s": 1.0,
+               "point": {R: 16 if n == 2 else 8, LR: 2e-3 if n == 1 else 1e-3}} for n, v in losses.items()]
+    bsf = [-2.0, -1.8, -1.8]
+    summary = {
+        "objective": "val/loss", "strategy": "protocol", "trials": trials,
+        "best_vs_compute": [{"trial": n, "value": -v, "examples_cum": 100 * (n + 1), "wall_s_cum": n + 1.0,
+                             "best_so_far": bsf[n]} for n, v in losses.items()],
+        "rank_vs_metric": {"trials": [{"r": t["point"][R], "value": -t["objective_value"], "trial": t["trial"],
+                                       "phase": t["phase"]} for t in trials], "threshold": 0.05, "plateau_r": 8},
+        "pair": {"from": 0, "base": -2.0, "lr": [1e-3, 2e-3], "lr_trial": 1, "lr_value": -1.8, "lr_delta": 0.2,
+                 "r": [8, 16], "r_trial": 2, "r_value": -1.99, "r_delta": 0.01, "noise": 0.05,
+                 "noise_source": "2 x seed sigma", "binding": "optimization", "how": "only the lr moved it"},
+        "seeds": {"sigma": 0.02, "values": [-1.8, -1.82]},
+        "recommendation": {"trial": 1, "name": "t1", "point": trials[1]["point"], "val_macro_f1": None,
+                           "objective": "val/loss", "objective_value": 1.8, "verdict": "healthy",
+                           "test": {"test/loss": 1.85, "test/perplexity": math.exp(1.85)}}}
+    (d / "final" / "study.json").write_text(json.dumps(summary))
+    s = build_study_report(d)
+    assert s.obj.name == "val loss" and s.best.number == 1 and s.recommendation.value == 1.8
+    assert [p.best_so_far for p in s.best_vs_compute] == [2.0, 1.8, 1.8] and s.seeds == (1.8, 1.82)
+    assert sorted((p.r, p.value) for p in s.rank.points) == [(8, 1.8), (8, 2.0), (16, 1.99)]
+    arms = {a.knob: a for a in s.pair.arms}
+    assert s.pair.base == 2.0 and (arms["lr"].value, arms["lr"].delta) == (1.8, -0.2)  # the loss fell 0.2
+    html = render_study_html(s)
+    # the lr arm's fall of 0.2 is a gain beyond the noise 0.05; the rank arm's 0.01 is within it
+    assert '<g class="series s-good"><rect class="bar"' in html and '<g class="series s-neutral">' in html
+    assert 'class="series s-bad"' not in html and "macro-F1" not in html
+    assert "change of val loss (lower is better)" in html
+    assert re.search(r'data-key="test"><div class="k">test loss</div><div class="v[^"]*">1.850</div>', html)
+    assert re.search(r"<td[^>]*>8</td><td[^>]*>1.800</td>", html)  # best per rank: the lowest loss at r=8
