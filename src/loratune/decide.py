@@ -185,7 +185,7 @@ def performance_gap(inp: DecideInputs) -> Reason:
 def new_knowledge(inp: DecideInputs) -> Reason:
     """Protocol 6's last reason, listed so the table is complete; nothing measures it."""
     return Reason("new-knowledge", None, "not assessed: whether the task needs new knowledge (code, math, deep "
-                  "domain shift) rather than new behaviour is not visible in classification curves")
+                  "domain shift) rather than new behaviour is not visible in training curves")
 
 
 def cost_table(inp: DecideInputs) -> tuple[dict, ...]:

@@ -124,7 +124,8 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
         full=cp(full, "full fine-tuning") if full is not None and full.value is not None else None,
         noise=noise, noise_source=src, plateau=plateau,
         plateau_detail=(f"plateau at r={sweep.get('plateau_r')}" if sweep.get("plateau_r") is not None else
-                        f"points {[(p['r'], p['value']) for p in sweep.get('points', [])]}") if sweep else "",
+                        "points " + ", ".join(f"r={p['r']}: {ctx.fmt(p['value'])}" for p in sweep.get("points", [])))
+        if sweep else "",
         target=s.target, breakeven_r=sweep.get("breakeven_r") or breakeven_rank(inc.result.params, r_of(inc.point)),
         objective=ctx.objective)
     out = decide(inputs)

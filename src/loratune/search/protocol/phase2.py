@@ -105,7 +105,7 @@ def alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
     weak, gap_min = rule_threshold("weak_lr_loss_max"), rule_threshold("weak_gap_min")
     sc = scale_of(inc.point)
     ev = [f"lr values {', '.join(f'{lr_of(r.point):g}' for r in sib)} moved the min val loss by {effect:.1%} "
-          f"(weak below {weak:.0%})", f"largest train/val F1 gap {gap if gap is None else round(gap, 3)} "
+          f"(weak below {weak:.0%})", f"largest train/val metric gap {gap if gap is None else round(gap, 3)} "
           f"(more rank unwanted from {gap_min:g})", f"scale s = {sc:g}"]
     if not (effect < weak and gap is not None and gap >= gap_min) or sc * 2 > s.max_scale + SCALE_EPS:
         why = "scale already at its maximum" if sc * 2 > s.max_scale + SCALE_EPS and effect < weak else "lr does move the loss or rank is not at risk"
@@ -146,7 +146,7 @@ def regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
     overfit = res.verdict == "overfit-capacity" or (gap is not None and gap >= rule_threshold("overfit_gap_min") and rising)
     if not overfit:
         ctx.decide(phase, "regularization", "no overfitting", "keep dropout and weight decay",
-                   [f"train/val F1 gap {gap if gap is None else round(gap, 3)} (large from "
+                   [f"train/val metric gap {gap if gap is None else round(gap, 3)} (large from "
                     f"{rule_threshold('overfit_gap_min'):g}), val loss/metric turning: {'yes' if rising else 'no'}"], [inc],
                    code="no-overfitting")
         return
