@@ -49,11 +49,14 @@ class World:
         params = ({"total": 1_000_000, "trainable": 1_000_000, "adapter": 0, "adapted_weights": 0} if full else
                   {"total": 1_000_000, "trainable": 1000 * r + 5000, "adapter": 1000 * r,
                    "adapted_weights": self.adapted})
+        # the objective curve peaks where the scripted best_step_fraction says (the protocol reads the curve)
+        frac = self.features.get("best_step_fraction", 1.0)
+        curve = ((0, 0.0), (100, v)) if frac >= 1.0 else ((0, 0.0), (round(100 * frac), v), (100, v - 0.01))
         return TrialResult(
             status="completed", value=v, examples=1000, wall_s=10.0, steps_planned=100, steps_done=100,
             mean_step_s=0.30 if full else 0.10 + 0.001 * r, peak_memory_mb=1500.0 if full else 500.0 + r,
             memory_delta_mb=self.memory(p, self.n) if self.memory else None,
-            params=params, best={"step": 100, "val/macro_f1": v}, curve=((0, 0.0), (100, v)), verdict=verdict,
+            params=params, best={"step": 100, "val/macro_f1": v}, curve=curve, verdict=verdict,
             findings=({"rule_id": verdict, "verdict": verdict, "moves": [], "evidence": [f"scripted {verdict}"]},),
             features={"val_metric_se": 0.01, "val_loss_min": loss, "gap_f1": self.gap, "best_step_fraction": 1.0,
                       "still_improving": 0.0, "val_metric_final_drop": 0.0, "val_loss_rise": 0.0,
@@ -960,3 +963,20 @@ def test_lora_vs_full_memory_is_the_least_over_same_shape_trials_not_the_first_t
     run_protocol(ctx, START, ProtocolSettings())
     assert ctx.state.lora_vs_full["memory_per_trial"] is False
     assert "ORDER-DEPENDENT" in ctx.state.lora_vs_full["memory_basis"]
+
+
+def test_still_improving_reads_the_objective_curve_not_the_diagnosis_metric():
+    """A causal-lm trial: its val loss (the objective, as scores) is lowest at the end while the diagnosis's
+    own val metric (token accuracy) peaked at half the run; the trial was still improving."""
+    from loratune.search.protocol.long import still_improving
+    from loratune.search.trial import TrialRecord, TrialSpec
+
+    def rec(curve):
+        res = TrialResult(status="completed", value=-2.18, examples=96, wall_s=1.0, curve=curve,
+                          features={"best_step_fraction": 0.5, "still_improving": 0.0}, objective="val/loss")
+        return TrialRecord(1, TrialSpec("t", "phase1-lr-grid", {}), "", res)
+
+    assert still_improving(rec(((0, -2.30), (6, -2.22), (12, -2.18)))) == (True, 1.0)
+    assert still_improving(rec(((0, -2.30), (6, -2.10), (12, -2.18)))) == (False, 0.5)
+    # no curve (records of older versions): the diagnosis's features decide
+    assert still_improving(rec(())) == (False, 0.5)

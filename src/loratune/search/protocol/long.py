@@ -25,8 +25,15 @@ PHASE = StageId.EARLY_LONG.value
 
 
 def still_improving(rec: TrialRecord) -> tuple[bool, float | None]:
-    """Whether a trial was still improving when it ended (a longer run can help), and where its best came."""
+    """Whether a trial was still improving when it ended (a longer run can help), and where its best came. Read
+    on the trial's objective curve (a loss for causal-lm, where the diagnosis's own val metric is token accuracy);
+    a trial without a curve falls back to the diagnosis's features."""
     res = rec.result
+    trained = [(step, v) for step, v in res.curve if step > 0]
+    if trained:
+        best = max(v for _, v in trained)
+        frac = min(step for step, v in trained if v == best) / trained[-1][0]
+        return frac >= STILL_IMPROVING_BEST_FRACTION, frac
     frac = res.feature("best_step_fraction")
     return bool(res.feature("still_improving")) or (frac is not None and frac >= STILL_IMPROVING_BEST_FRACTION), frac
 
