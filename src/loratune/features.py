@@ -171,6 +171,9 @@ _CATALOGUE = (
     _spec("val loss", "val_loss_rise_noise", "se", "val loss ended {} above its minimum",
           "(final V - min V) / (sqrt 2 x val_loss_noise): the rise in units of the noise of a difference of two "
           "points."),
+    _spec("val loss", "val_loss_drop_noise", "se", "val loss fell {} from its first eval to its minimum",
+          "(first V - min V) / (sqrt 2 x val_loss_noise): the val loss's improvement in units of the noise of a "
+          "difference of two points, the same band a rise must clear (protocol 5b: a fall inside it is not a fall)."),
     _spec("val loss", "val_loss_remaining_gain", "fraction",
           "at the pace of its last evals the val loss has {} of itself left to lose",
           "The val loss's last two falls g1, g2 (the last three points) extrapolated: a shrinking fall (q = g2/g1 < 1) "
@@ -756,7 +759,7 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     V = _series(pts, "val/loss")
     names = ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise",
              "val_loss_min_fraction", "val_loss_late_drop", "val_loss_late_share", "val_loss_rise_share",
-             "val_loss_vs_chance", "val_loss_noise", "val_loss_rise_noise")
+             "val_loss_vs_chance", "val_loss_noise", "val_loss_rise_noise", "val_loss_drop_noise")
     if not V:
         acc.miss(names, "no `val/loss` values in the history")
         return
@@ -785,6 +788,8 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
         acc.details["val_loss_noise_source"] = "the val-loss curve's own eval-to-eval jitter"
     acc.set("val_loss_noise", noise, "a single val-loss point: no noise band for the val loss")
     acc.set("val_loss_rise_noise", (final - vmin) / (math.sqrt(2) * noise) if noise else None,
+            "a single val-loss point: no noise band for the val loss")
+    acc.set("val_loss_drop_noise", (start - vmin) / (math.sqrt(2) * noise) if noise else None,
             "a single val-loss point: no noise band for the val loss")
     if len(V) < 3:
         acc.miss(("val_loss_late_drop", "val_loss_late_share", "val_loss_rise_share"),

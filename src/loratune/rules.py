@@ -230,6 +230,9 @@ _THRESHOLDS = (
     _t("healthy_loss_drop_min", 0.3, "fraction", "Train loss falling at least this much."),
     _t("healthy_val_loss_drop_min", 0.1, "fraction", "...or, without a val metric, the val loss falling at least "
        "this much from its first eval to its minimum."),
+    _t("healthy_drop_noise_min", 2.0, "se", "...or, for any kind of run, the val loss falling this many noise units "
+       "of a difference of two points from its first eval to its minimum (the band a rise must clear, "
+       "rise_noise_min), ending within that band of its best, the train loss falling too."),
     # per class
     _t("confused_count_min", 3, "count", "A confused pair needs this many val errors to count."),
     _t("confused_rate_min", 0.3, "fraction", "Share of a class's val rows lost to one other class."),
@@ -381,7 +384,10 @@ _RULES = (
                             # (an entropy floor) or a regression's (the noise variance)
                             all_(c("classifier", ">=", "flag_on"),
                                  c("train_loss_runs_to_fit", ">=", "slow_runs_to_fit_min"),
-                                 c("train_loss_final_over_start", ">=", "slow_loss_left_min"))),
+                                 c("train_loss_final_over_start", ">=", "slow_loss_left_min")),
+                            # any kind of run: both losses fell less than a healthy run's (steady, below)
+                            all_(c("train_loss_drop", "<", "healthy_loss_drop_min"),
+                                 c("val_loss_drop", "<", "healthy_val_loss_drop_min"))),
                        c("val_loss_late_share", ">=", "steady_late_share_min"),
                        c("val_loss_rise_share", "<=", "steady_rise_share_max"),
                        c("val_loss_late_drop", ">", "still_falling_min")),
@@ -426,14 +432,21 @@ _RULES = (
     ),
     Rule(
         id="healthy", scope="curve", priority=0, knob_class="capacity", confidence=0.75,
-        when=all_(any_(c("val_metric_gain", ">=", "healthy_gain_min"),
-                       c("val_loss_drop", ">=", "healthy_val_loss_drop_min")),
-                  any_(c("train_loss_drop", ">=", "healthy_loss_drop_min"),
-                       # a language model's token loss has an entropy floor: its val loss (perplexity, protocol 9)
-                       # is the measure, and a train loss that fell at all agrees with it
-                       all_(c("generative", ">=", "flag_on"),
+        when=all_(any_(all_(any_(c("val_metric_gain", ">=", "healthy_gain_min"),
+                                 c("val_loss_drop", ">=", "healthy_val_loss_drop_min")),
+                            any_(c("train_loss_drop", ">=", "healthy_loss_drop_min"),
+                                 # a language model's token loss has an entropy floor: its val loss (perplexity,
+                                 # protocol 9) is the measure, and a train loss that fell at all agrees with it
+                                 all_(c("generative", ">=", "flag_on"),
+                                      c("train_loss_drop", ">", "still_falling_min"),
+                                      c("val_loss_drop", ">=", "healthy_val_loss_drop_min")))),
+                       # any kind of run: the val loss improved beyond its noise band and ended within it of its
+                       # best, the train loss falling with it (protocol 5b: improvements count beyond noise; what
+                       # share of its start a loss can lose depends on the task's floor, which one curve lacks)
+                       all_(c("val_loss_drop_noise", ">=", "healthy_drop_noise_min"),
+                            c("val_loss_rise_share", "<=", "steady_rise_share_max"),
                             c("train_loss_drop", ">", "still_falling_min"),
-                            c("val_loss_drop", ">=", "healthy_val_loss_drop_min"))),
+                            c("val_loss_rise_noise", "<", "rise_noise_min"))),
                   any_(c("val_loss_rise", "<", "val_loss_rise_min"),
                        c("val_loss_rise_noise", "<", "rise_noise_min")),
                   any_(c("val_metric_final_drop", "<", "val_metric_drop_min"),
@@ -590,7 +603,8 @@ class Signal:
 _SIGNALS = (
     Signal("a val loss curve", ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise",
                                 "val_loss_min_fraction", "val_loss_late_drop", "val_loss_late_share",
-                                "val_loss_rise_share", "val_loss_noise", "val_loss_rise_noise"),
+                                "val_loss_rise_share", "val_loss_noise", "val_loss_rise_noise",
+                                "val_loss_drop_noise"),
            "evaluate during training: eval_strategy='steps' with eval_steps about a tenth of the run, and an "
            "eval_dataset (at least 4 eval points give a noise band)"),
     Signal("a val metric (macro-F1 or accuracy)", ("val_metric_start", "val_metric_best", "val_metric_final",
