@@ -62,7 +62,7 @@ FOLD_A_DATASETS = ("banking77-10", "clinc-oos-binary")  # fitted on (with the ev
 UNFORGIVABLE = ("overfit-capacity", "diverged", "lr-too-large")
 # the thresholds the fit may move (the rows that read loss-only curves, noise bands and budgets)
 FITTED = ("fit_loss_over_start_max", "val_loss_rise_min", "rise_noise_min", "val_metric_drop_min", "drop_se_min",
-          "slow_runs_to_fit_min", "slow_loss_left_min", "diverged_loss_ratio", "diverged_chance_ratio",
+          "slow_runs_to_fit_min", "diverged_loss_ratio", "diverged_chance_ratio",
           "late_best_fraction_min", "late_val_drop_min", "healthy_val_loss_drop_min", "steady_late_share_min",
           "healthy_gain_min", "healthy_loss_drop_min", "late_min_fraction", "plateau_late_drop_max")
 GRID = (0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0)

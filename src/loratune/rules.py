@@ -200,7 +200,6 @@ _THRESHOLDS = (
        "fall from the start (a Trainer run's first eval, one epoch in, does not)."),
     _t("slow_runs_to_fit_min", 2.0, "runs", "At its late pace the train loss needs at least this many more run "
        "lengths to reach a tenth of its start: far from what the run shows is reachable."),
-    _t("slow_loss_left_min", 0.5, "ratio", "...and still holds at least this share of its start."),
     _t("lora_lr_floor", 1e-4, "lr", "The low end of LoRA's usual learning rate (protocol 1: AdamW, LoRA centre "
        "1e-4..5e-4, about 10x full fine-tuning's 1e-5..5e-5; the centre moves down with model size, and 1e-4 is "
        "where QLoRA-scale 7B-65B runs sit). A LoRA run below it that learned little (train loss down less than "
@@ -384,7 +383,9 @@ _RULES = (
                             # (an entropy floor) or a regression's (the noise variance)
                             all_(c("classifier", ">=", "flag_on"),
                                  c("train_loss_runs_to_fit", ">=", "slow_runs_to_fit_min"),
-                                 c("train_loss_final_over_start", ">=", "slow_loss_left_min")),
+                                 # ...and it lost less than a healthy run's share (a classifier that lost more and
+                                 # is still falling is learning at a fair pace: undertrained, not too small a step)
+                                 c("train_loss_drop", "<", "healthy_loss_drop_min")),
                             # any kind of run: both losses fell less than a healthy run's (steady, below)
                             all_(c("train_loss_drop", "<", "healthy_loss_drop_min"),
                                  c("val_loss_drop", "<", "healthy_val_loss_drop_min"))),

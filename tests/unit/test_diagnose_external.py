@@ -562,3 +562,19 @@ def test_a_val_loss_that_fell_beyond_its_noise_and_held_is_healthy_for_any_kind_
     assert (d.features["val_loss_drop_noise"] >= 2) == (val_fall > 0.01)
     assert (d.verdict == "healthy") == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]
     assert not d.fired("overfit-capacity", active_only=False)
+
+
+@pytest.mark.parametrize("train_end, slow", [
+    (0.74, True),  # 5-class classifier: train loss -25%, far from a tenth of its start, steady: small steps
+    (0.57, False),  # near miss: -39%, more than a healthy run loses, still falling with the metric (Kalapa2023)
+])
+def test_a_classifier_is_slow_only_while_it_has_lost_less_than_a_healthy_runs_share(tmp_path, train_end, slow):
+    def train(f):  # a fast first fall, then a slow steady one
+        return 0.98 - (0.98 - train_end - 0.06) * f / 0.15 if f < 0.15 else train_end + 0.06 * (1 - f) / 0.85
+
+    d = diagnose(trainer_state(tmp_path, train=train,
+                               val=lambda f: 0.91 - 0.06 * f, metric=lambda f: 0.55 + 0.06 * f, classes=5,
+                               n_val=4000, lr=2e-5))
+    assert d.features["classifier"] == 1.0 and d.features["train_loss_runs_to_fit"] >= 2
+    assert d.fired("lr-too-small", active_only=False) == slow, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    assert d.verdict == ("lr-too-small" if slow else "undertrained")
