@@ -282,7 +282,11 @@ _RULES = (
                  c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance")),
             all_(c("peak_lr", ">=", "collapse_lr_min"),
                  c("val_metric_gain", "<", "no_gain_max")),
-            all_(c("val_pred_top_share", ">=", "collapse_pred_share"),
+            all_(any_(c("val_pred_top_share", ">=", "collapse_pred_share"),
+                      # without per-class numbers: the val metric never rose above its first eval and the val loss
+                      # ended well above its low (a too-small lr's flat loss jitters about its level instead)
+                      all_(c("val_metric_gain", "<", "no_gain_max"),
+                           c("val_loss_rise", ">=", "val_loss_rise_min"))),
                  c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
                  any_(c("train_loss_max_rise", ">=", "collapse_loss_rise"),
                       c("val_loss_rise_share", ">=", "collapse_val_rise_share"))),

@@ -578,3 +578,23 @@ def test_a_classifier_is_slow_only_while_it_has_lost_less_than_a_healthy_runs_sh
     assert d.features["classifier"] == 1.0 and d.features["train_loss_runs_to_fit"] >= 2
     assert d.fired("lr-too-small", active_only=False) == slow, [(f.rule_id, f.suppressed_by) for f in d.findings]
     assert d.verdict == ("lr-too-small" if slow else "undertrained")
+
+
+@pytest.mark.parametrize("acc_start, val_end, collapse", [
+    (0.89, 1.34, True),  # accuracy never above its first eval (0.89 -> 0.81), val loss ends 38% above its low: nothing
+                         # learned at lr 2e-4 (MennatallaHussein)
+    (0.80, 1.34, False),  # near miss: accuracy gains 0.09 (to 0.89): it learned, so the swings are not a collapse
+    (0.89, 1.06, False),  # near miss: the val loss ends 9% above its low (under val_loss_rise_min): no swing up
+])
+def test_a_loss_pinned_at_chance_with_a_metric_that_never_gained_is_a_collapse_without_per_class_numbers(
+        tmp_path, acc_start, val_end, collapse):
+    # 3 classes, full fine-tuning at 2e-4: the train loss stays at 0.91-0.96 of ln 3 while the val loss swings up
+    train = (1.00, 1.06, 0.98, 1.02)
+    val = (1.03, 0.97, min(1.22, val_end), val_end)
+    acc = (acc_start, acc_start + 0.09 if acc_start < 0.85 else 0.87, 0.87, 0.81 if acc_start > 0.85 else 0.89)
+    d = diagnose(trainer_state(tmp_path, train=lambda f: train[min(3, int(f * 4 - 1e-9))], evals=4, steps=80,
+                               log_every=20, val=lambda f: val[min(3, int(round(f * 4)) - 1)], classes=3, n_val=551,
+                               metric=lambda f: acc[min(3, int(round(f * 4)) - 1)]))
+    assert d.features["train_loss_vs_chance"] >= 0.8 and d.features["val_pred_top_share"] is None
+    assert d.fired("lr-too-large", active_only=False) == collapse, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    assert d.verdict != "healthy"
