@@ -282,8 +282,8 @@ def render(res: dict) -> str:
              "", f"Runs: {res['n_runs']} (" + ", ".join(f"fold {k} {n}" for k, n in res["folds"].items())
              + "). Thresholds fitted on fold A, scored on fold B (held out, other datasets and repositories). Folds "
              "C, D and E: public runs labelled blind, each scored first against rules frozen before its labels "
-             "existed, never fitted on (C was read after its first scoring and the rules changed, D likewise; E is "
-             "unread).", ""]
+             "existed, never fitted on (C was read after its first scoring and the rules changed, D and E likewise: all "
+             "three are in-sample now).", ""]
     for k, _, freeze in reversed(FRESH):
         c = res[f"fresh_{k}_defaults"]
         if not c["n"]:
@@ -327,7 +327,7 @@ def render(res: dict) -> str:
     right = sum(t["ok"] for t in res["triples"])
     lines += ["", f"Right on {right} of {len(res['triples'])} triples.", ""]
     fd = res["finetune_doctor"]
-    lines += ["## Per run (A and B scored with the thresholds fitted on the other fold; C and D with the defaults)", "",
+    lines += ["## Per run (A and B scored with the thresholds fitted on the other fold; C, D and E with the defaults)", "",
               "finetune-doctor: " + (f"version {fd.get('version')}, run from its own venv" if fd["available"]
                                      else "not available on this machine (no --fd-python)"), "",
               "| run | origin | fold | label | loratune | finetune-doctor | ms |", "|---|---|---|---|---|---|---|"]
