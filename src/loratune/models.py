@@ -167,6 +167,8 @@ def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None):
         raise _hub_error(src, exc) from None
     except Exception as exc:
         raise _hub_error(src, exc) from None
+    if src.gguf_file:
+        forget_gguf_quantizer(model)
     if pad_token_id is None:
         pad_token_id = load_tokenizer(cfg).pad_token_id
     if getattr(model.config, "pad_token_id", None) is None:
@@ -175,6 +177,21 @@ def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None):
     if gen is not None and gen.pad_token_id is None:
         gen.pad_token_id = pad_token_id
     return model
+
+
+def forget_gguf_quantizer(model) -> None:
+    """A GGUF checkpoint is dequantised to float32 on load, yet transformers keeps its GGUF quantizer on the model
+    and `save_pretrained` then refuses ("quantized with gguf and is not serializable"): a fully fine-tuned model
+    could not be saved. The weights are plain tensors, so the marker goes and the model saves as safetensors."""
+    model.hf_quantizer = None
+    for obj in (model, model.config):
+        if getattr(obj, "quantization_config", None) is not None:
+            try:
+                delattr(obj, "quantization_config")
+            except AttributeError:
+                obj.quantization_config = None
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
 
 
 @contextmanager

@@ -59,9 +59,9 @@ from loratune.sft_data import IGNORE, Example, Renderer, SFTDataset, SFTEncoded,
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
-from loratune.train import (RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged, eval_batches, output_error,
-                            peak_memory_mb, plan_steps, seed_everything, utc_now, versions,
-                            window_scores)
+from loratune.train import (RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged, eval_batches,
+                            output_error, peak_memory_mb, plan_steps, record_save_failure, seed_everything, utc_now,
+                            versions, window_scores)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -659,10 +659,12 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         raise
     finally:
         with signals.shielded():  # a second Ctrl-C / SIGTERM waits until the record is whole
-            save_error = _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t0,
-                                        examples_seen, step_times, ranks.sharded)
-            store.close()
-            tracking.finish(store.path, run["status"])
+            try:
+                save_error = _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t0,
+                                            examples_seen, step_times, ranks.sharded)
+            finally:  # the lock goes and the writers close even when saving the model failed
+                store.close()
+                tracking.finish(store.path, run["status"])
         if save_error is not None and sys.exc_info()[0] is None:
             raise save_error
     run = ranks.from_main(run)  # every rank returns rank 0's record (after rank 0 has saved it)
@@ -709,6 +711,7 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
     except Exception as exc:
         user = output_error(exc, store.path)
         if user is None:
+            record_save_failure(run, store, exc)
             raise
         return user
     return None

@@ -361,6 +361,20 @@ def diverged(window_loss: float, start_loss: float | None) -> str | None:
     return None
 
 
+def record_save_failure(run: dict, store, exc: BaseException) -> None:
+    """Saving the model failed for a reason other than the output location: the record says so (status `failed`,
+    the error, no saved model) before the error goes up, so it never reads `running` or `completed` over a missing
+    model. Best effort: a record that cannot be written either is left as it was."""
+    before = run.get("reason")
+    run["status"], run["partial"] = "failed", True
+    run["reason"] = f"saving the model failed: {type(exc).__name__}: {exc}" + (f" (after: {before})" if before else "")
+    run["saved_model"] = {"step": None, "note": "no model saved: " + run["reason"]}
+    try:
+        store.write_run(run)
+    except Exception:
+        pass
+
+
 def output_error(exc: BaseException, out_dir) -> UserError | None:
     """The UserError for a write that failed because of the output location (disk full, read-only,
     a file where a directory should be); None for anything else."""
@@ -672,11 +686,13 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                 run["decoding"] = {**saved_decoding.to_dict(space.labels),
                                    "tuned_on": "validation" if tuned["best"] is not None else None,
                                    "step": run.get("adapter_step") if tuned["best"] is not None else None}
-            save_error = _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts,
-                                        best_state, bar, device, t0, examples_seen, step_times, saved_decoding,
-                                        kept.get("val_logits"))
-            store.close()
-            tracking.finish(store.path, run["status"])  # the verdict as text, then close the writers
+            try:
+                save_error = _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts,
+                                            best_state, bar, device, t0, examples_seen, step_times, saved_decoding,
+                                            kept.get("val_logits"))
+            finally:  # the lock goes and the writers close even when saving the model failed
+                store.close()
+                tracking.finish(store.path, run["status"])  # the verdict as text, then close the writers
         if save_error is not None and sys.exc_info()[0] is None:
             raise save_error
     return run
@@ -730,6 +746,7 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
     except Exception as exc:
         user = output_error(exc, store.path)
         if user is None:
+            record_save_failure(run, store, exc)
             raise
         return user
     return None

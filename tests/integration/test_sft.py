@@ -362,3 +362,34 @@ def test_the_callback_sees_steps_and_evals_and_stops_the_sft_loop(where, lm, sft
     else:
         assert (run["reason"], run["steps_done"], cb.steps) == ("enough steps", 6, [1, 2, 3, 4, 5, 6])
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_model_that_cannot_be_saved_leaves_a_failed_record_not_a_running_one(lm, sft_data, tmp_path, monkeypatch):
+    """Saving failed for a reason other than the output location (a GGUF-loaded model once refused
+    save_pretrained): the record says failed with the error, never `running` or `completed` over no model."""
+    import loratune.sft as S
+
+    def refuse(*a, **k):
+        raise ValueError("The model is quantized with gguf and is not serializable")
+
+    monkeypatch.setattr(S, "save_lm", refuse)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="not serializable"):  # an internal fault goes up, after the record
+        cli.main(["train", "-q", *sft_overrides(lm, sft_data, out)])
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "failed" and run["partial"] is True and not (out / "run.lock").exists()
+    assert run["reason"].startswith("saving the model failed: ValueError: The model is quantized with gguf")
+    assert run["saved_model"]["step"] is None
+
+
+def test_a_gguf_base_loses_its_quantizer_marker_so_a_full_model_saves(tmp_path):
+    """transformers keeps the GGUF quantizer on a model it dequantised; save_pretrained then refuses."""
+    from types import SimpleNamespace
+
+    from loratune.models import forget_gguf_quantizer
+
+    model = SimpleNamespace(hf_quantizer=object(), quantization_config={"quant_method": "gguf"},
+                            config=SimpleNamespace(quantization_config={"quant_method": "gguf"}))
+    forget_gguf_quantizer(model)
+    assert model.hf_quantizer is None
+    assert getattr(model, "quantization_config", None) is None and getattr(model.config, "quantization_config", None) is None
