@@ -129,3 +129,26 @@ def test_the_study_report_shows_the_val_loss_as_study_json_has_it(sft_study, cap
     out = capsys.readouterr().out
     assert f"val loss {rec['objective_value']:.3f} · test loss {test['test/loss']:.3f}" in out
     assert "rank vs val loss" in out and "macro-F1" not in out
+
+
+def test_a_trial_whose_loop_raised_mid_record_is_failed_not_running(sft_study, tmp_path, monkeypatch):
+    """The runner never leaves a trial `running` in its record or the study when its loop raised."""
+    from loratune.config import load_config as load
+    from loratune.search.runner import TrainingRunner
+    from loratune.search.trial import TrialSpec
+    from loratune.sft_data import load_sft_dataset
+    from loratune.store import RunStore
+
+    study, lm = sft_study
+    base = load(study / "final" / "config.yaml")
+
+    def half_written(cfg, dataset, store, **kw):
+        store.create("x: 1\n")
+        store.write_run({"status": "running", "reason": None, "steps_planned": 4})
+        raise RuntimeError("the loop died")
+
+    monkeypatch.setattr("loratune.sft.train_sft", half_written)
+    res = TrainingRunner(base, load_sft_dataset(base.data)).run(TrialSpec("t", "test", {}), tmp_path / "t")
+    run = RunStore(tmp_path / "t").read_run()
+    assert (run["status"], run["reason"]) == ("failed", "RuntimeError: the loop died")
+    assert res.status == "failed" and res.value is None

@@ -270,6 +270,9 @@ class TrainingRunner:
         if pruned:
             run["status"], run["reason"] = "interrupted", f"pruned by tune: {pruned}"
             RunStore(run_dir).write_run(run)
+        elif error and run.get("status") == "running":  # the loop raised before its record was final
+            run["status"], run["reason"], run["partial"] = "failed", error, True
+            RunStore(run_dir).write_run(run)
         try:
             diag = diagnose(run_dir)
         except Exception:  # a run without a single eval point has nothing to diagnose
