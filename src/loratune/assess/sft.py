@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 from typing import Any, Callable
 
 import numpy as np
@@ -89,11 +90,10 @@ def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None) -
     say("tokenising the rendered training rows")
     facts = sft_facts(cfg, dataset, load_tokenizer(cfg.model))
     rec = recommend(facts, SFT_START_RULES)
-    as_dict = lambda c: {"key": c.key, "value": c.value, "rule": c.rule, "reason": c.reason}  # noqa: E731
     return {
         "task": "causal-lm", "dataset": cfg.data.train_file or cfg.data.dataset_name or "",
         "model": cfg.model.name_or_path, "facts": facts, "findings": sft_findings(facts),
-        "recommendation": {"overrides": dict(rec.overrides), "choices": [as_dict(c) for c in rec.choices],
-                           "capacity_ceiling": as_dict(rec.capacity_ceiling), "lr_grid": list(rec.lr_grid)},
+        "recommendation": {"overrides": dict(rec.overrides), "choices": [asdict(c) for c in rec.choices],
+                           "capacity_ceiling": asdict(rec.capacity_ceiling), "lr_grid": list(rec.lr_grid)},
         "notes": list(dataset.notes), "timings": {"total_s": time.perf_counter() - t0},
     }
