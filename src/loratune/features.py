@@ -176,10 +176,16 @@ _CATALOGUE = (
           "difference of two points, the same band a rise must clear (protocol 5b: a fall inside it is not a fall)."),
     _spec("val loss", "val_loss_remaining_gain", "fraction",
           "at the pace of its last evals the val loss has {} of itself left to lose",
-          "The val loss's last two falls g1, g2 (the last three points) extrapolated: a shrinking fall (q = g2/g1 < 1) "
-          "converges geometrically, leaving g2 q / (1 - q); a fall that does not shrink (or a single fall, with two "
-          "points) leaves `REMAINING_AHEAD` more falls of g2. Divided by the last val loss; 0 when the last fall is not a fall. What training longer "
-          "could still buy."),
+          "The val loss's recent falls extrapolated: the mean fall per eval over the last `REMAINING_WINDOW` evals (g2) "
+          "and over the window before it (g1; with 3 or 4 points, the last two single falls); a shrinking fall "
+          "(q = (g2/g1)^(1/window) < 1 per eval) converges geometrically, leaving g2 q / (1 - q); a fall that does not "
+          "shrink (or a single fall, with two points) leaves `REMAINING_AHEAD` more falls of g2. Divided by the last "
+          "val loss; 0 when the recent falls are not falls. What training longer at the run's own pace could still "
+          "buy (averaging two falls per window keeps one jittered eval from deciding it)."),
+    _spec("val loss", "val_loss_remaining_noise", "se", "at the pace of its last evals the val loss has {} left to lose",
+          "The remaining fall of val_loss_remaining_gain (in loss, not a share) / (sqrt 2 x val_loss_noise): what "
+          "training longer could still buy, in units of the noise of a difference of two points (protocol 5b: inside "
+          "the band, the better loss it promises could not be told from the one reached: converged)."),
     _spec("val loss", "val_loss_still_falling", "flag", "val loss still setting new lows at the end: {}",
           "1 when V's lowest point in the last third of the run is below its lowest before by more than "
           "val_loss_noise and `IMPROVE_MIN_REL` of the loss (with 2 points: the last vs the first)."),
@@ -277,6 +283,12 @@ _CATALOGUE = (
     _spec("stability", "nonfinite_values", "count", "{} non-finite loss / gradient values were recorded",
           "Count of NaN/inf (null) values in train/loss, train/loss_std, train/grad_norm, val/loss, "
           "train_eval/loss after step 0."),
+    _spec("stability", "val_loss_nonfinite_evals", "count", "{} evals logged a non-finite val loss while the train "
+          "loss stayed finite",
+          "Count of null (NaN/inf) `val/loss` values when they are the only non-finite values of the run and the "
+          "train loss is finite at every window, at least one of them after the first such eval: the weights that "
+          "were evaluated went on to train on finite losses, so the evaluation failed (e.g. every eval label masked, "
+          "a 0/0 mean), not the model. These are not counted in nonfinite_values; 0 when there are none."),
     _spec("stability", "status_diverged", "flag", "run.json status is 'diverged': {}",
           "1 when the trainer stopped the run as diverged."),
     # collapse --------------------------------------------------------------------------------
@@ -331,6 +343,7 @@ IMPROVE_MIN_REL = 0.02
 # lr=0.5 run: 4.9x); below it, the first batch was a lucky draw of rows (bench/results/sft.md: 1.04 vs 2.19 nats)
 FIRST_WINDOW_MAX = 2.5
 REMAINING_AHEAD = 3  # a val loss falling without slowing: count three more falls like its last (a short horizon)
+REMAINING_WINDOW = 2  # evals averaged per window when the remaining fall compares the last falls with those before
 REBOUND_MIN_AFTER = 3  # windows after the train loss's minimum needed to read a rebound (fewer: a last-point wiggle)
 FIT_TARGET_SHARE = 0.1  # "fitted": the train loss at a tenth of its start (train_loss_runs_to_fit)
 LOSS_KEYS = ("train/loss", "train/loss_std", "train/grad_norm", "val/loss", "train_eval/loss")
@@ -761,7 +774,10 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
              "val_loss_min_fraction", "val_loss_late_drop", "val_loss_late_share", "val_loss_rise_share",
              "val_loss_vs_chance", "val_loss_noise", "val_loss_rise_noise", "val_loss_drop_noise")
     if not V:
-        acc.miss(names, "no `val/loss` values in the history")
+        broken = any("val/loss" in p for p in pts)  # logged, every value non-finite
+        acc.miss(names, "the val loss is non-finite (NaN/inf) at every eval while the train loss is finite: the "
+                 "evaluation is broken (e.g. every eval label masked to -100), fix it to log a finite eval_loss"
+                 if broken else "no `val/loss` values in the history")
         return
     start, final = V[0][1], V[-1][1]
     i_min = min(range(len(V)), key=lambda i: V[i][1])
@@ -907,6 +923,24 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
                 "needs `epoch` and >= 2 val-metric points over the second half of the run")
 
 
+def remaining_fall(values: Sequence[float]) -> float:
+    """What a falling curve has left to lose at its own recent pace (`val_loss_remaining_gain`'s numerator): the mean
+    fall per point over the last `REMAINING_WINDOW` points against the window before it, extrapolated geometrically
+    when it shrinks, `REMAINING_AHEAD` more falls when it does not; 0 when the recent falls are not falls."""
+    falls = [a - b for a, b in zip(values, values[1:])]
+    if not falls:
+        return 0.0
+    w = max(1, min(REMAINING_WINDOW, len(falls) // 2))
+    g2 = sum(falls[-w:]) / w
+    g1 = sum(falls[-2 * w:-w]) / w if len(falls) >= 2 * w else 0.0
+    if g2 <= 0:
+        return 0.0
+    if g1 <= 0 or g2 >= g1:
+        return REMAINING_AHEAD * g2
+    q = (g2 / g1) ** (1.0 / w)
+    return g2 * q / (1 - q)
+
+
 def _val_loss_progress(acc: FeatureSet, pts, frac, *, loss_only: bool) -> None:
     """`val_loss_still_falling` for every run; without a val metric, `best_step_fraction` and
     `still_improving` read the val loss too (its minimum is the best point), so loss-only runs (many
@@ -924,12 +958,12 @@ def _val_loss_progress(acc: FeatureSet, pts, frac, *, loss_only: bool) -> None:
     else:
         acc.set("val_loss_still_falling", None, "fewer than 2 val-loss points")
     if len(V) >= 2 and V[-1][1] > 0:
-        g1, g2 = (V[-3][1] - V[-2][1] if len(V) >= 3 else 0.0), V[-2][1] - V[-1][1]
-        q = g2 / g1 if g1 > 0 else math.inf
-        left = 0.0 if g2 <= 0 else g2 * q / (1 - q) if q < 1 else REMAINING_AHEAD * g2
+        left = remaining_fall([v for _, v in V])
         acc.set("val_loss_remaining_gain", left / V[-1][1])
+        acc.set("val_loss_remaining_noise", left / (math.sqrt(2) * noise) if noise else None,
+                "no noise band for the val loss")
     else:
-        acc.set("val_loss_remaining_gain", None, "fewer than 2 val-loss points")
+        acc.miss(("val_loss_remaining_gain", "val_loss_remaining_noise"), "fewer than 2 val-loss points")
     if loss_only:
         i_min = min(range(len(V)), key=lambda i: V[i][1])
         acc.set("best_step_fraction", frac(V[i_min][0]))
@@ -1080,6 +1114,11 @@ def _stability(acc: FeatureSet, pts, meta) -> None:
                 fp16_skip = (key == "train/grad_norm" and _num(p.get("train/loss")) is not None
                              and p is not last_grad)
                 (overflow if fp16_skip else bad).append(row)
+    eval_faults = _eval_faults(pts, bad)
+    if eval_faults:
+        bad = []
+        acc.details["val_loss_nonfinite"] = eval_faults[:20]
+    acc.set("val_loss_nonfinite_evals", len(eval_faults))
     acc.set("nonfinite_values", len(bad))
     acc.details["nonfinite"] = bad[:20]
     if overflow:
@@ -1095,6 +1134,19 @@ def _stability(acc: FeatureSet, pts, meta) -> None:
     g = [v for _, v in _series(pts, "train/grad_norm", min_step=0)]
     med = _median(g) if g else 0.0
     acc.set("grad_norm_spike", max(g) / med if g and med > 0 else None, "no `train/grad_norm` in the history")
+
+
+def _eval_faults(pts: Sequence[dict], bad: list[dict]) -> list[dict]:
+    """The non-finite val losses that are the evaluation's fault (`val_loss_nonfinite_evals`): all of `bad` when
+    every entry is a `val/loss`, the train loss is finite at every window and one finite window comes after the first
+    of them; else [] (a NaN eval of weights that never trained again, e.g. the last eval of a run that just blew up,
+    is still the model's)."""
+    if not bad or any(row["key"] != "val/loss" for row in bad):
+        return []
+    if any("train/loss" in p and _num(p["train/loss"]) is None for p in pts):
+        return []
+    first = min(row["step"] for row in bad)
+    return bad if any(p["step"] > first and _num(p.get("train/loss")) is not None for p in pts) else []
 
 
 def _class_values(p: dict, split: str, labels: Sequence[str], stat: str) -> dict[str, float]:

@@ -220,9 +220,18 @@ _THRESHOLDS = (
        "(0.8 before; fitted on fold A of the external corpus, bench/results/diagnose_external.md)."),
     _t("few_evals_max", 3, "count", "With this few eval points the metric's 'new high' is one comparison, mostly "
        "inside its noise; the val loss (continuous) says whether the run was still improving."),
-    _t("short_remaining_gain_min", 0.02, "fraction", "A short run is undertrained only when its val loss, extrapolated "
-       "from its last falls, still has this share of itself to lose (a fall that halves at each eval is converging: "
-       "more epochs buy little)."),
+    _t("remaining_gain_min", 0.02, "fraction", "A run is undertrained only when its val loss, extrapolated "
+       "from its recent falls, still has this share of itself to lose (a fall that halves at each eval is converging: "
+       "more epochs buy little; the same 2% a new low must beat to count as progress, features.IMPROVE_MIN_REL)."),
+    _t("remaining_noise_min", 2.0, "se", "...and, read on the val loss (a run with no val metric), that remaining fall "
+       "reaches this many noise units of a difference of two points: inside the band (rise_noise_min's), the better "
+       "loss more training promises could not be told from the one reached (protocol 5b: noise first), so the run has "
+       "converged, not stopped early (reviewers of folds D and F called such runs healthy: 'gains shrinking to "
+       "nothing as the lr reaches 0', bench/results/diagnose_external_notes.md)."),
+    _t("tail_noise_points_min", 10, "count", "...a noise band to hold it against needs this many val-loss points: the "
+       "jitter is read from the curve's second half from 5 points on (features.JITTER_TAIL_POINTS); on fewer it is "
+       "read over the whole curve and takes in the curve's bend, so a shorter curve's 'within noise' is no measurement "
+       "and its convergence is not claimed."),
     _t("late_val_drop_min", 0.03, "fraction", "Val loss still falling this much over the last half."),
     # healthy
     _t("healthy_gain_min", 0.1, "points", "Val metric gaining at least this from the start."),
@@ -428,7 +437,15 @@ _RULES = (
                        all_(c("val_loss_still_falling", ">=", "flag_on"),
                             c("val_loss_min_fraction", ">=", "late_min_fraction"),
                             c("n_eval_points", "<=", "few_evals_max"),
-                            c("val_loss_remaining_gain", ">=", "short_remaining_gain_min"))),
+                            c("val_loss_remaining_gain", ">=", "remaining_gain_min"))),
+                  # converged is not undertrained (protocol 5b, noise first): a run read on its val loss (no val
+                  # metric) whose extrapolated remaining fall is inside the noise band, or a sliver of the loss, has
+                  # reached what its schedule gives; a run with a val metric is read on the metric's rise beyond its
+                  # noise (still_improving); a curve too short to read a tail noise band is not judged converged
+                  any_(c("val_metric_logged", ">=", "flag_on"),
+                       c("n_eval_points", "<", "tail_noise_points_min"),
+                       all_(c("val_loss_remaining_noise", ">=", "remaining_noise_min"),
+                            c("val_loss_remaining_gain", ">=", "remaining_gain_min"))),
                   any_(c("val_loss_late_drop", ">=", "late_val_drop_min"),
                        c("train_loss_late_drop", ">=", "plateau_late_drop_max")),
                   # a val loss that has risen beyond its noise since its minimum: longer training buys over-confidence
@@ -538,6 +555,18 @@ _RULES = (
                "the model learns where to stop; loops that grow while the train loss races to zero are "
                "memorisation (see overfit-capacity)",
         source="protocol 9: the prompt set's repetition statistics turn degenerate output into a number",
+    ),
+    Rule(
+        id="eval-loss-broken", scope="eval", priority=12, knob_class="data", confidence=0.9,
+        when=all_(c("val_loss_nonfinite_evals", ">=", "nonfinite_min", required=True)),
+        verdict="the eval loss is non-finite (NaN/inf) while the train loss on the same weights stays finite: the "
+                "evaluation is broken, not the model (the curve verdict reads the signals that are finite)",
+        moves=("check data",),
+        caveat="a NaN eval loss beside a finite train loss is usually an eval set whose labels are all masked "
+               "(-100: no completion tokens after truncation, or a collator that masks everything), so the mean "
+               "loss is 0/0; fix the eval labels so that eval_loss is finite and logged",
+        source="protocol 4: a non-finite loss is a divergence when it is the model's (the train loss); 5b: when a "
+               "decisive signal is missing, say which one and how to log it",
     ),
     Rule(
         id="eval-too-noisy", scope="eval", priority=10, knob_class="data", confidence=0.9,

@@ -598,3 +598,79 @@ def test_a_loss_pinned_at_chance_with_a_metric_that_never_gained_is_a_collapse_w
     assert d.features["train_loss_vs_chance"] >= 0.8 and d.features["val_pred_top_share"] is None
     assert d.fired("lr-too-large", active_only=False) == collapse, [(f.rule_id, f.suppressed_by) for f in d.findings]
     assert d.verdict != "healthy"
+
+
+# ---- fold F (bench/results/diagnose_external_notes.md): each rule change with its near misses -------------
+
+def _sft_run(folder: Path, val: list[float], *, metric=None) -> Path:
+    """A loss-only LoRA SFT run (peft task_type CAUSAL_LM) with one eval per value of `val`."""
+    n = len(val)
+    return trainer_state(folder, train=exp_decay(2.4, 1.5, 3), val=lambda f: val[min(n - 1, int(round(f * n)) - 1)],
+                         evals=n, steps=20 * n, log_every=4, classes=None, n_val=None, lr=2e-4, metric=metric,
+                         adapter={"task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16})
+
+
+def _geometric(start: float, first_fall: float, q: float, n: int, jitter: float = 0.0) -> list[float]:
+    """A val loss whose falls shrink by q per eval; `jitter` added to every other point of the second half."""
+    out, fall = [start], first_fall
+    for _ in range(n - 1):
+        out.append(out[-1] - fall)
+        fall *= q
+    return [v + (jitter if i >= n // 2 - 1 and i % 2 == 0 else 0.0) for i, v in enumerate(out)]
+
+
+@pytest.mark.parametrize("q, jitter, evals, metric, undertrained", [
+    (0.68, 0.0, 10, False, False),  # falls shrinking 0.68x per eval: 1.7% of the loss left, under remaining_gain_min
+    (0.69, 0.0, 10, False, True),  # near miss: 2.0% left (and 4.9 noise units): still worth more epochs
+    (0.72, 0.020, 10, False, False),  # 3.3% left but only 1.5 noise units (jitter 0.02): inside the band, converged
+    (0.72, 0.015, 10, False, True),  # near miss: jitter 0.015, the same 3.3% is 2.1 noise units: beyond the band
+    (0.60, 0.0, 8, False, True),  # near miss: 8 evals, no tail to read a noise band from: convergence not claimed
+    (0.60, 0.0, 10, True, True),  # near miss: a val metric still rising is what a run with a metric is read on
+])
+def test_a_loss_only_run_whose_remaining_gain_is_inside_the_noise_band_has_converged(tmp_path, q, jitter, evals,
+                                                                                     metric, undertrained):
+    # LLM SFT, the val loss setting a new low at every eval while its gains shrink (jacobdgm, Shivansh1996, hori)
+    d = diagnose(_sft_run(tmp_path, _geometric(2.0, 0.2, q, evals, jitter),
+                          metric=(lambda f: 0.3 + 0.2 * f) if metric else None))
+    assert d.features["val_loss_still_falling"] == 1.0
+    left, left_noise = d.features["val_loss_remaining_gain"], d.features["val_loss_remaining_noise"]
+    if not metric and evals >= 10:
+        assert (left >= 0.02 and left_noise >= 2) == undertrained, (left, left_noise)
+    assert (d.verdict == "undertrained") == undertrained, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    if not undertrained:
+        assert d.verdict == "healthy"
+
+
+def test_the_remaining_fall_averages_two_falls_per_window_and_matches_the_last_two_falls_on_short_curves():
+    from loratune.features import remaining_fall
+    assert remaining_fall([1.0, 0.9, 0.85]) == pytest.approx(0.05)  # q = 0.5: 0.05 x 0.5 / 0.5
+    assert remaining_fall([1.0, 0.9]) == pytest.approx(0.3)  # one fall: three more like it
+    assert remaining_fall([1.0, 1.1]) == 0.0
+    # windows of two: falls 0.2, 0.2 then 0.05, 0.05 -> g1 0.2, g2 0.05, q = 0.5 per eval -> 0.05
+    assert remaining_fall([1.0, 0.8, 0.6, 0.55, 0.5]) == pytest.approx(0.05)
+    # a jittered last eval does not decide it: the last fall is a rise, the window's mean fall is not
+    assert remaining_fall([1.0, 0.8, 0.6, 0.5, 0.52]) > 0
+
+
+@pytest.mark.parametrize("nan_evals, nan_train, broken", [
+    ("all", False, True),  # TRL SFT, eval_loss NaN at every eval, train loss 0.89 -> 0.05 finite (kcliu23)
+    ("last", False, False),  # near miss: only the last eval is NaN, no training after it: the model's, diverged
+    ("all", True, False),  # near miss: a train window is NaN too: the weights blew up, diverged
+])
+def test_a_nan_eval_loss_beside_a_finite_falling_train_loss_is_a_broken_evaluation(tmp_path, nan_evals, nan_train,
+                                                                                 broken):
+    folder = trainer_state(tmp_path, train=exp_decay(0.9, 0.05, 4), val=lambda f: 0.5, metric=lambda f: 0.8 + 0.05 * f,
+                           classes=None, adapter={"task_type": "CAUSAL_LM", "r": 16, "lora_alpha": 32})
+    state = json.loads((folder / "trainer_state.json").read_text())
+    evals = [e for e in state["log_history"] if "eval_loss" in e]
+    for e in (evals if nan_evals == "all" else evals[-1:]):
+        e["eval_loss"] = float("nan")
+    if nan_train:
+        next(e for e in state["log_history"] if "loss" in e and e["step"] > 100)["loss"] = float("nan")
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    d = diagnose(folder)
+    assert d.fired("eval-loss-broken") == broken
+    assert (d.verdict == "diverged") != broken, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    if broken:
+        assert d.features["nonfinite_values"] == 0 and d.features["val_loss_nonfinite_evals"] == 10
+        assert d.features["val_loss_min"] is None and "evaluation is broken" in d.features.missing["val_loss_min"]
