@@ -195,7 +195,9 @@ _THRESHOLDS = (
        "change nothing."),
     # optimization
     _t("slow_drop_max", 0.3, "fraction", "Val loss falling less than this (start to min) over the run: slow "
-       "(meaningful when the first eval is at step 0, as in loratune runs)."),
+       "(meaningful when the first eval is at step 0, as in loratune runs, and for a classifier, whose fresh head "
+       "starts near ln(classes); a language model's pretrained loss sits above an entropy floor and may lose far "
+       "less while learning well: LLM SFT runs of folds D and F labelled healthy fell 6% and 28%)."),
     _t("early_eval_fraction_max", 0.05, "fraction", "A first eval at most this far into the run measures the "
        "fall from the start (a Trainer run's first eval, one epoch in, does not)."),
     _t("slow_runs_to_fit_min", 2.0, "runs", "At its late pace the train loss needs at least this many more run "
@@ -394,7 +396,14 @@ _RULES = (
     Rule(
         id="lr-too-small", scope="curve", priority=50, knob_class="optimization", confidence=0.7,
         when=any_(all_(any_(all_(c("val_loss_drop", "<", "slow_drop_max"),
-                                 c("first_eval_fraction", "<=", "early_eval_fraction_max")),
+                                 c("first_eval_fraction", "<=", "early_eval_fraction_max"),
+                                 # a 30% fall is a fresh head's from ln(classes); a language model starts at its
+                                 # pretrained loss above an entropy floor (protocol 9) and may lose far less while
+                                 # learning well: slow for it is a fall still going at the end, its extrapolated
+                                 # remaining fall beyond the noise band and 2% of the loss (not converged)
+                                 any_(c("classifier", ">=", "flag_on"),
+                                      all_(c("val_loss_remaining_noise", ">=", "remaining_noise_min"),
+                                           c("val_loss_remaining_gain", ">=", "remaining_gain_min")))),
                             # a tenth of its start is reachable for a classifier's loss, not for a language model's
                             # (an entropy floor) or a regression's (the noise variance)
                             all_(c("classifier", ">=", "flag_on"),

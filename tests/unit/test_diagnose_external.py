@@ -674,3 +674,24 @@ def test_a_nan_eval_loss_beside_a_finite_falling_train_loss_is_a_broken_evaluati
     if broken:
         assert d.features["nonfinite_values"] == 0 and d.features["val_loss_nonfinite_evals"] == 10
         assert d.features["val_loss_min"] is None and "evaluation is broken" in d.features.missing["val_loss_min"]
+
+
+@pytest.mark.parametrize("converging, task, slow", [
+    (False, "CAUSAL_LM", True),  # LLM SFT, val loss -14% from the first eval, falling at an even pace to the end: slow
+    (True, "CAUSAL_LM", False),  # near miss: -12%, its falls shrinking to nothing by the end (wstern1234)
+    (True, "SEQ_CLS", True),  # near miss: the converging curve of a classifier, 30% short of a fresh head's fall
+])
+def test_a_language_models_slow_fall_from_the_start_is_lr_too_small_only_while_it_is_still_going(tmp_path, converging,
+                                                                                                 task, slow):
+    # 25 evals, the first at 4% of the run: the fall from the start is measured; train loss -25%, under a classifier's
+    # healthy share, val loss -12..14%, over healthy_val_loss_drop_min, so only the fall-from-the-start route can fire
+    def val(f):
+        # converging: an even pace in learning-rate time, so its falls shrink to nothing as the linear schedule ends
+        return 1.40 - 0.20 * ((2 * f - f * f) if converging else f)
+
+    folder = trainer_state(tmp_path, train=lambda f: 2.0 - 0.5 * f, val=val, evals=25, steps=500, classes=None,
+                           n_val=None, lr=2e-4, adapter={"task_type": task, "r": 8, "lora_alpha": 16})
+    d = diagnose(folder)
+    assert d.features["first_eval_fraction"] <= 0.05 and 0.1 <= d.features["val_loss_drop"] < 0.3
+    assert (d.features["val_loss_remaining_gain"] >= 0.02) != converging
+    assert d.fired("lr-too-small", active_only=False) == slow, [(f.rule_id, f.suppressed_by) for f in d.findings]
