@@ -50,8 +50,10 @@ class World:
                   {"total": 1_000_000, "trainable": 1000 * r + 5000, "adapter": 1000 * r,
                    "adapted_weights": self.adapted})
         # the objective curve peaks where the scripted best_step_fraction says (the protocol reads the curve)
+        # and ends below its best by the scripted val_metric_final_drop (0.01 when none is scripted)
         frac = self.features.get("best_step_fraction", 1.0)
-        curve = ((0, 0.0), (100, v)) if frac >= 1.0 else ((0, 0.0), (round(100 * frac), v), (100, v - 0.01))
+        drop = self.features.get("val_metric_final_drop", 0.01)
+        curve = ((0, 0.0), (100, v)) if frac >= 1.0 else ((0, 0.0), (round(100 * frac), v), (100, v - drop))
         return TrialResult(
             status="completed", value=v, examples=1000, wall_s=10.0, steps_planned=100, steps_done=100,
             mean_step_s=0.30 if full else 0.10 + 0.001 * r, peak_memory_mb=1500.0 if full else 500.0 + r,
@@ -513,8 +515,22 @@ def test_early_peak_sets_early_stopping_for_the_final_config():
     ctx, runner = make_ctx(world)
     run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, pair=False))
     es = next(x for x in ctx.decisions if x["kind"] == "early-stopping")
-    assert es["verdict"] == "the val metric peaked early and fell"
+    assert es["code"] == "early-stopping-set"
+    assert "noise band 0.014" in es["evidence"][0]  # max(floor 0.005, sqrt(2) x val SE 0.01)
     assert ctx.state["final_notes"] == {"train.early_stopping_patience": 2}
+
+
+def test_an_early_peak_whose_fall_is_inside_the_noise_band_keeps_the_config():
+    """The same early peak, but the objective ends only 0.012 below it: inside the noise band (0.014 with one
+    seed and a val SE of 0.01), so it is a tie, not a fall: no early stopping."""
+    world = World(lambda p: 0.70 + _lr_peak(p), lambda p: "healthy",
+                  features={"best_step_fraction": 0.4, "val_metric_final_drop": 0.012})
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, pair=False))
+    es = next(x for x in ctx.decisions if x["kind"] == "early-stopping")
+    assert es["code"] == "early-stopping-none"
+    assert "inside the noise band" in es["evidence"][0]
+    assert not ctx.state["final_notes"]
 
 
 def _longer_helps(p) -> float:
@@ -693,7 +709,7 @@ def test_each_path_is_a_sequence_of_decision_codes():
     ctx, _ = make_ctx(lr_binds())
     run_protocol(ctx, START, ProtocolSettings())
     assert codes(ctx) == ["start-config", "lr-grid-skip-down", "lr-grid-best", "pair-optimization",
-                          "lr-step-rejected", "scale-adequate", "no-overfitting", "early-stopping-none",
+                          "lr-step-rejected", "scale-adequate", "no-overfitting", "early-stopping-still-improving",
                           "seed-noise-measured", "rank-plateau", "step-size-held-rslora", "targets-no-gain",
                           "full-lr-probe-best", "choose-lora"]
     ctx, _ = make_ctx(capacity_binds())

@@ -24,16 +24,26 @@ from loratune.search.protocol.common import evidence_of, incumbent_of, reserve
 PHASE = StageId.EARLY_LONG.value
 
 
+def curve_peak(rec: TrialRecord) -> tuple[float | None, float | None]:
+    """Where a trial's best came (share of its steps) and how far its last point ended below that best, both read
+    on its objective curve (the search's scale, larger is better: a loss for causal-lm, where the diagnosis's own
+    val metric is token accuracy); (None, None) for a trial without trained points."""
+    trained = [(step, v) for step, v in rec.result.curve if step > 0]
+    if not trained:
+        return None, None
+    best = max(v for _, v in trained)
+    frac = min(step for step, v in trained if v == best) / trained[-1][0]
+    return frac, best - trained[-1][1]
+
+
 def still_improving(rec: TrialRecord) -> tuple[bool, float | None]:
     """Whether a trial was still improving when it ended (a longer run can help), and where its best came. Read
-    on the trial's objective curve (a loss for causal-lm, where the diagnosis's own val metric is token accuracy);
-    a trial without a curve falls back to the diagnosis's features."""
-    res = rec.result
-    trained = [(step, v) for step, v in res.curve if step > 0]
-    if trained:
-        best = max(v for _, v in trained)
-        frac = min(step for step, v in trained if v == best) / trained[-1][0]
+    on the trial's objective curve (`curve_peak`); a trial without a curve falls back to the diagnosis's
+    features."""
+    frac, _ = curve_peak(rec)
+    if frac is not None:
         return frac >= STILL_IMPROVING_BEST_FRACTION, frac
+    res = rec.result
     frac = res.feature("best_step_fraction")
     return bool(res.feature("still_improving")) or (frac is not None and frac >= STILL_IMPROVING_BEST_FRACTION), frac
 

@@ -12,6 +12,7 @@ from loratune.search.state import Start
 from loratune.stepsize import step_size
 from loratune.search.protocol.settings import (EARLY_PEAK_BEST_FRACTION, EARLY_STOPPING_PATIENCE, LR_VERDICTS,
                                                ProtocolSettings, REGULARIZATION_MOVES, SCALE_EPS, rule_threshold)
+from loratune.search.protocol.long import curve_peak, still_improving
 from loratune.search.protocol.common import (cur_lr, evidence_of, incumbent_of, lr_of, lr_siblings, no_budget, reserve,
                                              set_incumbent)
 
@@ -170,16 +171,23 @@ def regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
 
 
 def early_stopping(ctx: SearchContext) -> None:
+    """Early stopping for the final config when the incumbent's objective peaked early and then fell beyond the
+    noise band (`ctx.noise`, on the objective's own scale: a loss for causal-lm, macro-F1 for a classifier)."""
     inc = incumbent_of(ctx)
-    res = inc.result
-    frac, drop = res.feature("best_step_fraction"), res.feature("val_metric_final_drop")
-    still = res.feature("still_improving")
+    frac, drop = curve_peak(inc)
+    if frac is None:  # no objective curve: the diagnosis's features, on its val metric
+        res = inc.result
+        frac, drop = res.feature("best_step_fraction"), res.feature("val_metric_final_drop")
+        band = rule_threshold("val_metric_drop_min")
+    else:
+        band = ctx.noise()[0]
+    still, _ = still_improving(inc)
     start: Start = ctx.state.start
-    if frac is not None and frac < EARLY_PEAK_BEST_FRACTION and (drop or 0) >= rule_threshold("val_metric_drop_min"):
+    if frac is not None and frac < EARLY_PEAK_BEST_FRACTION and (drop or 0) >= band:
         ctx.state.final_notes = {"train.early_stopping_patience": EARLY_STOPPING_PATIENCE}
-        ctx.decide(StageId.PHASE2.value, "early-stopping", "the val metric peaked early and fell",
+        ctx.decide(StageId.PHASE2.value, "early-stopping", f"the {ctx.objective.name} peaked early and fell",
                    f"final config: early_stopping_patience={EARLY_STOPPING_PATIENCE} (the best checkpoint is kept either way)",
-                   [f"best at {frac:.0%} of the run, final {drop:.3f} below the best"], [inc],
+                   [f"best at {frac:.0%} of the run, final {drop:.3f} below the best (noise band {band:.3f})"], [inc],
                    code="early-stopping-set")
     elif still:
         ctx.decide(StageId.PHASE2.value, "early-stopping", "still improving when the trial ended",
@@ -187,5 +195,7 @@ def early_stopping(ctx: SearchContext) -> None:
                    "early stopping should do better than the trial", [f"best at {frac or 0:.0%} of the run"], [inc],
                    code="early-stopping-still-improving")
     else:
-        ctx.decide(StageId.PHASE2.value, "early-stopping", "the val metric held to the end", "no change",
-                   [f"best at {frac or 0:.0%} of the run"], [inc], code="early-stopping-none")
+        ctx.decide(StageId.PHASE2.value, "early-stopping", f"the {ctx.objective.name} held to the end", "no change",
+                   [f"best at {frac or 0:.0%} of the run"
+                    + (f", final {drop:.3f} below it (inside the noise band {band:.3f})" if drop else "")], [inc],
+                   code="early-stopping-none")
