@@ -284,8 +284,8 @@ def render(res: dict) -> str:
              "", f"Runs: {res['n_runs']} (" + ", ".join(f"fold {k} {n}" for k, n in res["folds"].items())
              + "). Thresholds fitted on fold A, scored on fold B (held out, other datasets and repositories). Folds "
              "C to F: public runs labelled blind, each scored first against rules frozen before its labels "
-             "existed, never fitted on (C was read after its first scoring and the rules changed, D and E likewise: "
-             "those three are in-sample now; F is unread).", ""]
+             "existed, never fitted on (C was read after its first scoring and the rules changed, D, E and F likewise: "
+             "all four are in-sample now).", ""]
     for k, _, freeze in reversed(FRESH):
         c = res[f"fresh_{k}_defaults"]
         if not c["n"]:
