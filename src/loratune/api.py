@@ -58,7 +58,7 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     """What a run would do, without training: resolved targets, parameter counts, planned steps."""
     from loratune.adapt import apply_adapter, count_params
     from loratune.models import load_classifier
-    from loratune.train import plan_steps
+    from loratune.train import eval_rows_per_point, plan_steps
 
     dataset = dataset or prepare(cfg)
     if cfg.model.task == "causal-lm":
@@ -75,8 +75,9 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     space = dataset.label_space
     model = load_classifier(cfg.model, len(space), space.multi_label)
     model, sites = apply_adapter(model, cfg.adapter)
-    eval_rows = len(dataset.validation) + min(cfg.train.train_eval_size, len(dataset.train))  # as train.py scores
-    steps, every = plan_steps(cfg, len(dataset.train), eval_rows)
+    step0_rows, eval_rows = eval_rows_per_point(len(dataset.validation),  # as train.py scores
+                                                min(cfg.train.train_eval_size, len(dataset.train)))
+    steps, every = plan_steps(cfg, len(dataset.train), eval_rows, step0_rows)
     return {
         "params": count_params(model, sites, cfg.adapter.method).to_dict(),
         "adapted_modules": [s.name for s in sites] if cfg.adapter.method == "lora" else [],

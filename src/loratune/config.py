@@ -127,9 +127,11 @@ class TrainConfig:
     eval_steps: int | None = _f(None, "Evaluate every N steps; null: about evals_per_run times per run.", min=1)
     evals_per_run: int = _f(10, "Evaluation points when eval_steps is null.", min=1, max=1000)
     max_eval_share: float = _f(0.5, "When eval_steps is null, fewer than evals_per_run points on a short run: the "
-                               "rows scored at all evaluation points (validation + train_eval_size, step 0 included) "
-                               "stay within this share of the training work (3 forward passes per trained example), "
-                               "with at least one point after step 0; 0: no cap.", min=0.0)
+                               "rows scored at all evaluation points (validation + train_eval_size; validation "
+                               "only at step 0) stay within this share of the training work (3 forward passes per "
+                               "trained example), with at least one point after step 0; the robustness probe runs "
+                               "only when its predictions fit what is left (run.json robustness.skipped says "
+                               "why not); 0: no cap.", min=0.0)
     train_eval_size: int = _f(512, "Rows of train (fixed, seeded) scored like validation at each eval.", min=1)
     head_learning_rate: float | None = _f(None, "Peak learning rate of the classification head (pooler + classifier, "
                                           "or score); null: learning_rate.", min=0.0, max=1.0, min_exclusive=True)
@@ -160,7 +162,7 @@ class TrainConfig:
     slices: bool = _f(True, "Score validation slices at every evaluation: familiar vs novel phrasing, long vs "
                       "short, compound, confusable classes (val_<slice>/macro_f1 in history.jsonl).")
     robustness_probe: bool = _f(True, "At the end, score validation texts under label-preserving perturbations "
-                                "(typos, dropped words, case, punctuation).")
+                                "(typos, dropped words, case, punctuation); charged to max_eval_share.")
     metric_for_best_model: str = _f("auto", "Validation metric that picks the saved model, drives early stopping and "
                                     "is the objective of `loratune tune`. auto: subset_accuracy (exact match) for "
                                     "multi-label data, macro_f1 for single-label; causal-lm: loss (per completion "

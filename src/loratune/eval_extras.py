@@ -15,7 +15,7 @@ import numpy as np
 from loratune.config import RunConfig
 from loratune.data import Dataset
 from loratune.metrics import softmax
-from loratune.robustness import score_robustness
+from loratune.robustness import planned_predictions, score_robustness
 from loratune.slices import (ProbeSet, Slices, assign_slices, confusable_rows, load_probe_set, probe_scores,
                              slice_scores)
 
@@ -75,6 +75,12 @@ class EvalExtras:
             out.update(probe_scores(self.probe, softmax(predict(list(self.probe.texts))),
                                     self.dataset.label_space.labels))
         return out
+
+    def robustness_rows(self, clean_known: bool = True) -> int:
+        """Texts the robustness probe would predict (0 when it does not run): what it adds to evaluation."""
+        if not self.robustness_on or self.multi_label or len(self.dataset.validation) == 0:
+            return 0
+        return planned_predictions(self.dataset.validation.texts, self.seed, ROBUSTNESS_ROWS, clean_known)
 
     def robustness(self, predict: Predict, val_logits: np.ndarray | None = None) -> dict | None:
         """Accuracy on validation texts under each perturbation kind vs clean (single-label only), on a

@@ -41,6 +41,23 @@ def perturbed_texts(texts: tuple[str, ...], kind: str, seed: int) -> list[str]:
     return [perturb(t, kind, rng) for t in texts]
 
 
+def sample_rows(n: int, seed: int, max_rows: int | None = None) -> np.ndarray:
+    """The rows the probe scores: all n, or a seeded sample of max_rows (sorted)."""
+    if max_rows is None or n <= max_rows:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
+
+
+def planned_predictions(texts: tuple[str, ...], seed: int, max_rows: int | None = None,
+                        clean_known: bool = True) -> int:
+    """Texts `score_robustness` will predict with the same arguments: the perturbed texts that differ from
+    their clean text (plus the clean ones when their logits are not known). Perturbing is cheap (no model),
+    so the run can weigh the probe against its evaluation budget before it starts."""
+    sample = tuple(texts[i] for i in sample_rows(len(texts), seed, max_rows))
+    changed = sum(a != b for kind in PERTURBATIONS for a, b in zip(perturbed_texts(sample, kind, seed), sample))
+    return changed + (0 if clean_known else len(sample))
+
+
 def score_robustness(predict: Callable[[list[str]], np.ndarray], texts: tuple[str, ...], y_true: np.ndarray,
                      seed: int, clean_logits: np.ndarray | None = None, max_rows: int | None = None) -> dict:
     """Accuracy on the texts clean and under each perturbation kind (single-label: `predict` gives
@@ -49,9 +66,7 @@ def score_robustness(predict: Callable[[list[str]], np.ndarray], texts: tuple[st
     clean_logits: the model's logits on `texts` when already known (the saved model's validation
     logits), so the clean texts are not predicted again; only the texts a perturbation changed are.
     max_rows: score a seeded sample of at most this many rows (`rows` in the result)."""
-    rows = np.arange(len(texts))
-    if max_rows is not None and len(texts) > max_rows:
-        rows = np.sort(np.random.default_rng(seed).choice(len(texts), size=max_rows, replace=False))
+    rows = sample_rows(len(texts), seed, max_rows)
     texts = tuple(texts[i] for i in rows)
     y_true = np.asarray(y_true)[rows]
     logits = clean_logits[rows] if clean_logits is not None else predict(list(texts))

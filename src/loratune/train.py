@@ -1,8 +1,9 @@
 """The training loop: the only place that iterates over batches.
 
 Read top to bottom: `train()` sets up (seed, model, adapter, encoded data, optimizer), then runs
-`steps` optimizer steps; every `eval_every` steps (and at step 0, before any update) it scores the
-validation split and a fixed train subsample the same way and appends one point to history.jsonl.
+`steps` optimizer steps; every `eval_every` steps it scores the validation split and a fixed train
+subsample the same way (at step 0, before any update, validation only: STEP0_SPLITS) and appends one
+point to history.jsonl.
 It ends on the planned step count, early stopping, a non-finite or exploding loss (status
 `diverged`), Ctrl-C or SIGTERM (status `interrupted`) or an error (status `failed`), and always
 leaves a valid run record. The model saved is the best *trained* one (the eval point after step 0
@@ -279,22 +280,57 @@ def build_optimizer(model, cfg: RunConfig, steps: int, device):
 # weights); an evaluated row costs one. Used to weigh evaluation against training (max_eval_share).
 TRAIN_FORWARDS_PER_EXAMPLE = 3
 
+# What the evaluation point at step 0 (before any update) scores: validation only. The train subsample at
+# step 0 would measure the same untrained model (base + fresh head) on rows of the same distribution, so its
+# numbers duplicate validation's; what reads `train_eval/*` (the train/val gaps of features.py, the report's
+# train curves and per-class train recall, tune's trial results) reads trained points. Issue 17: 512 of the
+# 1,515 rows of a BANKING77 step-0 point. run.json `evaluation.step0` records it.
+STEP0_SPLITS = ("val",)
 
-def plan_steps(cfg: RunConfig, n_train: int, eval_rows: int | None = None) -> tuple[int, int]:
-    """(optimizer steps, eval every N steps). With `eval_rows` (rows scored at one evaluation point:
-    validation + the train subsample) and eval_steps null, the points after step 0 are capped so that
-    all points together score at most max_eval_share x the training work (in forward passes): a
-    short run evaluates fewer times, never fewer than once at the end."""
+
+def eval_rows_per_point(n_val: int, n_train_eval: int) -> tuple[int, int]:
+    """(rows scored at step 0, rows scored at every later point), as the loop scores them (STEP0_SPLITS)."""
+    rows = {"val": n_val, "train_eval": n_train_eval}
+    return sum(rows[s] for s in STEP0_SPLITS), n_val + n_train_eval
+
+
+def eval_budget_rows(cfg: RunConfig, steps: int) -> int | None:
+    """Rows evaluation may score over the whole run under max_eval_share (in forward passes: the share of
+    the training work); None when there is no cap (eval_steps given, or max_eval_share 0)."""
+    t = cfg.train
+    if t.eval_steps or t.max_eval_share <= 0:
+        return None
+    work = TRAIN_FORWARDS_PER_EXAMPLE * steps * t.per_device_train_batch_size * t.gradient_accumulation_steps
+    return int(t.max_eval_share * work)
+
+
+def plan_steps(cfg: RunConfig, n_train: int, eval_rows: int | None = None,
+               step0_rows: int | None = None) -> tuple[int, int]:
+    """(optimizer steps, eval every N steps). With `eval_rows` (rows scored at one evaluation point after
+    step 0: validation + the train subsample; `step0_rows` at step 0, default the same) and eval_steps null,
+    the points after step 0 are capped so that all points together score at most eval_budget_rows: a short
+    run evaluates fewer times, never fewer than once at the end."""
     t = cfg.train
     per_epoch = math.ceil(n_train / t.per_device_train_batch_size)
     steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(per_epoch * t.num_train_epochs
                                                                    / t.gradient_accumulation_steps))
     evals = t.evals_per_run
-    if not t.eval_steps and eval_rows and t.max_eval_share > 0:
-        work = TRAIN_FORWARDS_PER_EXAMPLE * steps * t.per_device_train_batch_size * t.gradient_accumulation_steps
-        evals = max(1, min(evals, int(t.max_eval_share * work // eval_rows) - 1))  # -1: the point at step 0
+    budget = eval_budget_rows(cfg, steps)
+    if budget is not None and eval_rows:
+        first = eval_rows if step0_rows is None else step0_rows
+        evals = max(1, min(evals, (budget - first) // eval_rows))
     every = t.eval_steps or max(1, steps // evals)
     return steps, every
+
+
+def robustness_skip(budget: int | None, rows_scored: int, probe_rows: int) -> str | None:
+    """Why the robustness probe does not run (None: it runs). Its predictions are charged to the evaluation
+    budget: under max_eval_share, a probe that would take evaluation past the budget is skipped."""
+    if budget is None or rows_scored + probe_rows <= budget:
+        return None
+    return (f"max_eval_share: evaluation scored {rows_scored} rows of its {budget}-row budget; the probe's "
+            f"{probe_rows} predictions would take it to {rows_scored + probe_rows} (a longer run, eval_steps "
+            "or max_eval_share=0 runs it)")
 
 
 @contextlib.contextmanager
@@ -508,7 +544,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         return predict_logits(model, encode(tokenizer, split, space, cfg.model.max_length),
                               cfg.train.per_device_eval_batch_size, pad_id, device, autocast)
 
-    steps, eval_every = plan_steps(cfg, len(dataset.train), len(val_enc.ids) + len(train_eval_enc.ids))
+    step0_rows, point_rows = eval_rows_per_point(len(val_enc.ids), len(train_eval_enc.ids))
+    steps, eval_every = plan_steps(cfg, len(dataset.train), point_rows, step0_rows)
     optimizer, scheduler = build_optimizer(model, cfg, steps, device)
     accum = cfg.train.gradient_accumulation_steps
     rng = random.Random(cfg.train.seed)
@@ -540,6 +577,9 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "precision": precision.to_dict(), "timing_s": timing,
         "pid": os.getpid(),
         "prefix_cache": prefix_note, "threads": torch.get_num_threads(),
+        # what evaluation scores (rows; the probe set's rows come on top), and the max_eval_share budget
+        "evaluation": {"step0": list(STEP0_SPLITS), "rows_step0": step0_rows, "rows_per_point": point_rows,
+                       "budget_rows": eval_budget_rows(cfg, steps), "rows_scored": 0},
         "objective": objective, "loss": spec.to_dict(),
         "decoding": decoding.to_dict(space.labels) if decoding is not None else None,
         "config": to_dict(cfg), "versions": versions(),
@@ -556,7 +596,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     run["setup_s"] = round(t0 - t_setup, 3)
 
     def evaluate_now() -> bool:
-        """Score val and the train subsample, append a history point. True when early stopping says stop."""
+        """Score val and (after step 0: STEP0_SPLITS) the train subsample, append a history point. True when
+        early stopping says stop."""
         nonlocal best_f1, best_state, evals_since_best, trained_f1
         point = {"step": step, "epoch": examples_seen / max(1, len(dataset.train)),
                  "examples_seen": examples_seen, "wall_s": round(time.perf_counter() - t0, 3),
@@ -573,14 +614,19 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
             tuned["now"] = tune_thresholds(probs, y_val)
             te_dec = decoding.with_thresholds(tuned["now"])
             val_dec = decoding.with_thresholds(crossfit_thresholds(probs, y_val, cfg.train.seed))
-        te_scores, _ = score_split("train_eval", predict_logits(model, train_eval_enc, cfg.train.per_device_eval_batch_size,
-                                                                pad_id, device, autocast), train_eval_enc, space,
-                                   spec, te_dec)
+        scored = len(val_enc.ids)
+        if step > 0 or "train_eval" in STEP0_SPLITS:
+            te_scores, _ = score_split("train_eval", predict_logits(model, train_eval_enc,
+                                                                    cfg.train.per_device_eval_batch_size, pad_id,
+                                                                    device, autocast),
+                                       train_eval_enc, space, spec, te_dec)
+            point.update(te_scores)
+            scored += len(train_eval_enc.ids)
         val_scores, cm = score_split("val", val_logits, val_enc, space, spec, val_dec)
-        point.update(te_scores)
         point.update(val_scores)
         val_pred = decode(sigmoid(val_logits), val_dec) if val_dec is not None else None
         point.update(extras.scores(step, val_logits, val_scores, predict_texts, val_pred))
+        run["evaluation"]["rows_scored"] += scored + (len(extras.probe.texts) if extras.probe is not None else 0)
         store.append_history(point)  # the one place an evaluation point is emitted
         tracking.log_point(point)
         run["final"] = point
@@ -735,8 +781,14 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
                                   + (f"; the untrained model at step 0 scored higher ({untrained:.4f} vs "
                                      f"{best_val:.4f})" if higher else "")}
             if run["status"] in ("completed", "diverged"):
-                with timed(timing, "robustness"):  # on the saved (best) weights
-                    run["robustness"] = extras.robustness(predict_texts, best_val_logits)
+                evaluation = run.get("evaluation") or {}
+                skip = robustness_skip(evaluation.get("budget_rows"), evaluation.get("rows_scored", 0),
+                                       extras.robustness_rows(best_val_logits is not None))
+                if skip is not None:
+                    run["robustness"] = {"skipped": skip}
+                else:
+                    with timed(timing, "robustness"):  # on the saved (best) weights
+                        run["robustness"] = extras.robustness(predict_texts, best_val_logits)
         else:
             run["adapter_step"] = None
             run["saved_model"] = {"step": None, "note": "no model saved: the run ended before any trained "

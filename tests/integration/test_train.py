@@ -89,15 +89,21 @@ def test_record_is_complete(tiny_bert, intent_data, tmp_path):
     assert [p["step"] for p in history] == [0, 4, 8, 12]
     assert "train/loss" not in history[0] and "train/loss" in history[1]
     for p in history:
-        for key in ("val/loss", "val/accuracy", "val/macro_f1", "val/weighted_f1", "train_eval/macro_f1",
+        for key in ("val/loss", "val/accuracy", "val/macro_f1", "val/weighted_f1",
                     "val/recall/balance", "val/support/pin", "val/confused_pairs"):
             assert key in p
-        assert p["train_eval/n"] == 16 and p["val/n"] == 20
+        assert p["val/n"] == 20
+    # step 0 scores validation only (train.STEP0_SPLITS); every trained point scores the train subsample too
+    assert not any(k.startswith("train_eval/") for k in history[0])
+    for p in history[1:]:
+        assert "train_eval/macro_f1" in p and "train_eval/recall/pin" in p and p["train_eval/n"] == 16
     disk = store.read_run()
     assert disk["status"] == "completed" and disk["steps_done"] == 12
     assert disk["examples_seen"] == 12 * 8
     assert disk["params"]["adapter"] == 2 * 4 * (32 + 32) * 2  # 2 layers x (q, v) x r(d_in + d_out)
     assert set(disk["versions"]) >= {"torch", "transformers", "peft", "loratune"}
+    assert disk["evaluation"] == {"step0": ["val"], "rows_step0": 20, "rows_per_point": 36, "budget_rows": None,
+                                  "rows_scored": 20 + 3 * 36}
     confusion = json.loads((tmp_path / "run" / "confusion.json").read_text())
     assert len(confusion["matrix"]) == 4 and sum(map(sum, confusion["matrix"])) == 20
     cfg_back = load_config(tmp_path / "run" / "config.yaml")
@@ -225,6 +231,27 @@ def test_slices_probe_set_and_robustness_are_recorded(tiny_bert, intent_data, tm
     assert set(rob) == {"clean_accuracy", "rows", "typo", "drop_word", "case", "punctuation"}
     assert rob["clean_accuracy"] == pytest.approx(run["best"]["val/accuracy"])
     assert rob["typo"]["texts_changed"] > 0.5
+
+
+def test_robustness_probe_is_skipped_when_it_would_break_the_evaluation_budget(tiny_bert, intent_data, tmp_path):
+    """Under max_eval_share (eval_steps null) the probe's predictions count as evaluation: a short run whose
+    schedule filled the budget records why it skipped the probe; with no cap it runs."""
+    from loratune.eval_extras import ROBUSTNESS_ROWS
+    from loratune.robustness import planned_predictions
+
+    _, run = _train(tiny_bert, intent_data, tmp_path / "capped", eval_steps="null")
+    ev = run["evaluation"]
+    # budget 0.5 x 3 x 12 steps x 8 = 144 rows; step 0 (20 val rows) + 3 points x (20 + 16) = 128
+    assert ev["budget_rows"] == 144 and ev["rows_scored"] == 128 and run["eval_every"] == 4
+    texts = tuple(json.loads(x)["text"] for x in (intent_data / "validation.jsonl").read_text().splitlines())
+    probe = planned_predictions(texts, run["config"]["train"]["seed"], ROBUSTNESS_ROWS)
+    assert 128 + probe > 144
+    assert set(run["robustness"]) == {"skipped"} and f"{128 + probe}" in run["robustness"]["skipped"]
+    assert "robustness" not in run["timing_s"]
+
+    _, free = _train(tiny_bert, intent_data, tmp_path / "free", eval_steps="null", max_eval_share=0)
+    assert free["evaluation"]["budget_rows"] is None
+    assert set(free["robustness"]) == {"clean_accuracy", "rows", "typo", "drop_word", "case", "punctuation"}
 
 
 def test_precision_is_recorded_and_bf16_keeps_the_head_and_loss_in_float32(tiny_bert, intent_data, tmp_path):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from loratune.config import load_config
-from loratune.train import TRAIN_FORWARDS_PER_EXAMPLE, plan_steps
+from loratune.train import (STEP0_SPLITS, TRAIN_FORWARDS_PER_EXAMPLE, eval_budget_rows, eval_rows_per_point,
+                            plan_steps, robustness_skip)
 
 
 def cfg(*overrides):
@@ -38,3 +39,34 @@ def test_explicit_eval_steps_and_no_cap_are_kept():
     assert plan_steps(cfg("max_steps=60", "eval_steps=6"), 9003, 1515)[1] == 6
     assert plan_steps(cfg("max_steps=60", "max_eval_share=0"), 9003, 1515)[1] == 6
     assert plan_steps(cfg("max_steps=60"), 9003)[1] == 6  # no eval_rows given: evals_per_run as before
+
+
+def test_step0_scores_validation_only():
+    assert STEP0_SPLITS == ("val",)
+    assert eval_rows_per_point(1003, 512) == (1003, 1515)
+
+
+@pytest.mark.parametrize("steps,step0_rows,eval_rows,every", [
+    (40, 1003, 1515, 40),   # config (a) of the throughput bench: still one point after step 0
+    (150, 1003, 1515, 37),  # budget 7,200 rows: (7,200 - 1,003) // 1,515 = 4 points (with a full step 0: 3)
+    (290, 604, 1116, 29),   # the demo keeps evals_per_run (10) after step 0
+])
+def test_a_cheaper_step0_leaves_more_of_the_budget_to_later_points(steps, step0_rows, eval_rows, every):
+    c = cfg(f"max_steps={steps}")
+    assert plan_steps(c, 9003, eval_rows, step0_rows)[1] == every
+    points = steps // every
+    assert step0_rows + points * eval_rows <= eval_budget_rows(c, steps) or points == 1
+
+
+def test_eval_budget_rows():
+    assert eval_budget_rows(cfg("max_steps=40"), 40) == 0.5 * TRAIN_FORWARDS_PER_EXAMPLE * 40 * 32 == 1920
+    assert eval_budget_rows(cfg("max_steps=40", "gradient_accumulation_steps=2", "max_eval_share=1"), 40) == 7680
+    assert eval_budget_rows(cfg("max_steps=40", "eval_steps=5"), 40) is None  # an explicit schedule: no cap
+    assert eval_budget_rows(cfg("max_steps=40", "max_eval_share=0"), 40) is None
+
+
+def test_robustness_probe_is_charged_to_the_budget():
+    assert robustness_skip(None, 10_000, 1_000) is None  # no cap: it runs
+    assert robustness_skip(3_000, 2_000, 1_000) is None  # fits exactly
+    why = robustness_skip(1_920, 2_518, 980)
+    assert why is not None and "2518" in why and "1920" in why and "3498" in why

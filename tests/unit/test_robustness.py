@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from loratune.robustness import PERTURBATIONS, perturb, perturbed_texts, score_robustness
+from loratune.robustness import PERTURBATIONS, perturb, perturbed_texts, planned_predictions, score_robustness
 
 
 @pytest.mark.parametrize("kind", PERTURBATIONS)
@@ -65,3 +65,22 @@ def test_score_robustness_reuses_clean_logits_predicts_only_changed_texts_and_sa
     small = score_robustness(predict, texts, y, seed=0, clean_logits=clean, max_rows=12)
     assert small["rows"] == 12 and len(seen) <= 4 * 12
     assert small == score_robustness(predict, texts, y, seed=0, clean_logits=clean, max_rows=12)  # seeded
+
+
+@pytest.mark.parametrize("max_rows", [None, 12])
+@pytest.mark.parametrize("clean_known", [True, False])
+def test_planned_predictions_counts_what_the_probe_predicts(max_rows, clean_known):
+    """The count the run charges to its evaluation budget before the probe runs is the probe's own."""
+    texts = tuple(f"text number {i} about cards" for i in range(40)) + ("hi", "ok") * 5
+    y = np.zeros(len(texts), dtype=int)
+    seen: list[str] = []
+
+    def predict(batch):
+        seen.extend(batch)
+        return np.tile([1.0, 0.0], (len(batch), 1))
+
+    clean = np.tile([1.0, 0.0], (len(texts), 1)) if clean_known else None
+    score_robustness(predict, texts, y, seed=3, clean_logits=clean, max_rows=max_rows)
+    planned = planned_predictions(texts, 3, max_rows, clean_known)
+    assert planned == len(seen) > 0
+    assert planned <= (len(PERTURBATIONS) + (not clean_known)) * (max_rows or len(texts))
