@@ -10,7 +10,7 @@ Arms (each a fresh subprocess, so its peak RSS is its own):
   trainer-grouped  the same with length-grouped batches (`group_by_length=True`; transformers >= 5
                    spells it `train_sampling_strategy="group_by_length"`)
   loratune         loratune's own loop (length-grouped batches, frozen-prefix cache when it applies),
-                   evaluated at step 0 and at the end on val + 128 train rows, no slices (the race)
+                   evaluated at step 0 (val) and at the end (val + 128 train rows), no slices (the race)
   loratune-cli     the whole process a user times: `loratune train -q` with the config's keys and every
                    other default (evaluation schedule, train_eval_size, slices, robustness probe), timed
                    from process start to exit like every arm (`process_s`); its run.json `timing_s` gives
@@ -176,7 +176,7 @@ def run_loratune(config: str, steps: int, seed: int) -> dict:
                 "lr_scheduler_type": "linear", "max_length": COMMON["max_length"], "seed": seed,
                 "r": COMMON["r"], "lora_alpha": COMMON["lora_alpha"], "lora_dropout": COMMON["lora_dropout"],
                 **CONFIGS[config]["loratune"]}
-        flat["train_eval_size"] = 128  # scored at step 0 and at the end, outside the timed steps
+        flat["train_eval_size"] = 128  # scored at the end (step 0: val only), outside the timed steps
         if "train.slices" in key_table():  # validation slices and robustness probes: not part of this race
             flat["train.slices"] = False
             flat["train.robustness_probe"] = False  # (the loratune-cli arm keeps both: the whole process)
@@ -363,7 +363,7 @@ NOTES = [
     "- examples/s counts the training phase only: HF from `on_train_begin` to `on_train_end` (data loading "
     "included), loratune the sum of its step times (collation included); evaluation is outside both. "
     "`wall s` is the whole subprocess after imports: model load, tokenization, training and evaluation "
-    "(loratune scores val + a 128-row train subsample at step 0 and at the end; HF predicts val once "
+    "(loratune scores val at step 0, val + a 128-row train subsample at the end; HF predicts val once "
     "with its default eval batch of 8).",
     "- Same for every arm: embedded MiniLM-L6, BANKING77 train / validation, LoRA r=8 alpha 16 dropout 0.1, "
     "pooler + classifier trained, batch 32, lr 1e-3 linear decay, no warmup, no weight decay, clip 1.0, "
@@ -382,8 +382,9 @@ NOTES = [
     "once, as the Trainer's forward does: the cold gain comes from validation (scored at step 0, cached "
     "for later points) and from rows met again in later epochs.",
     "- `loratune-cli` is the whole process a user times: `loratune train -q` with the config's keys, "
-    "everything else default (evaluation schedule capped by `max_eval_share`, train_eval_size 512, "
-    "slices, robustness probe on 256 rows), timed from the driver (process start to exit, imports "
+    "everything else default (evaluation schedule capped by `max_eval_share`, validation only at step 0, "
+    "train_eval_size 512, slices, robustness probe on 256 rows when its predictions fit the same cap: "
+    "run.json `robustness.skipped` says when not), timed from the driver (process start to exit, imports "
     "included) like the Trainer's script, which loads, tokenizes, trains and predicts validation once "
     "(the Trainer's default evaluates nothing during training). Its breakdown comes from run.json "
     "`timing_s`; `rest` is the process less the phases (interpreter start, imports outside a phase, "
