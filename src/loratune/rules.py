@@ -234,6 +234,12 @@ _THRESHOLDS = (
        "jitter is read from the curve's second half from 5 points on (features.JITTER_TAIL_POINTS); on fewer it is "
        "read over the whole curve and takes in the curve's bend, so a shorter curve's 'within noise' is no measurement "
        "and its convergence is not claimed."),
+    _t("late_gain_se_min", 2.0, "se", "A run with a val metric is read on the metric: its last third's new high "
+       "must beat the earlier best by this many standard errors (drop_se_min's band: inside it two numbers are a tie, "
+       "protocol 5b) to say the run was still improving; a smaller gain is read on the val loss like a loss-only run "
+       "(converged when its remaining fall is inside the noise band or a sliver of the loss). A metric creeping +1 pt "
+       "(1.2 SE) over the last third of 30 epochs while the val loss has 0.8% left is converged (fold G, rdavidm42); "
+       "one jumping 3.2 SE at the last evals is not (fold A, oos-triple-slow-r4)."),
     _t("late_val_drop_min", 0.03, "fraction", "Val loss still falling this much over the last half."),
     # healthy
     _t("healthy_gain_min", 0.1, "points", "Val metric gaining at least this from the start."),
@@ -451,7 +457,8 @@ _RULES = (
                   # metric) whose extrapolated remaining fall is inside the noise band, or a sliver of the loss, has
                   # reached what its schedule gives; a run with a val metric is read on the metric's rise beyond its
                   # noise (still_improving); a curve too short to read a tail noise band is not judged converged
-                  any_(c("val_metric_logged", ">=", "flag_on"),
+                  any_(all_(c("val_metric_logged", ">=", "flag_on"),
+                            c("val_metric_late_gain_se", ">=", "late_gain_se_min")),
                        c("n_eval_points", "<", "tail_noise_points_min"),
                        all_(c("val_loss_remaining_noise", ">=", "remaining_noise_min"),
                             c("val_loss_remaining_gain", ">=", "remaining_gain_min"))),

@@ -695,3 +695,22 @@ def test_a_language_models_slow_fall_from_the_start_is_lr_too_small_only_while_i
     assert d.features["first_eval_fraction"] <= 0.05 and 0.1 <= d.features["val_loss_drop"] < 0.3
     assert (d.features["val_loss_remaining_gain"] >= 0.02) != converging
     assert d.fired("lr-too-small", active_only=False) == slow, [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+# ---- fold G (bench/results/diagnose_external_notes.md): each rule change with its near misses -------------
+
+@pytest.mark.parametrize("late_slope, undertrained", [
+    (0.11, False),  # accuracy +3.7 pt over the last third (1.9 SE at n=400) while the val loss has 0.8% left: converged
+    (0.12, True),  # near miss: +4.0 pt (2.1 SE): the metric's rise is beyond its band, the run was still improving
+])
+def test_a_metric_creeping_inside_its_noise_band_while_the_val_loss_has_converged_is_not_undertrained(
+        tmp_path, late_slope, undertrained):
+    # a classifier, 12 evals, val loss converging geometrically (rdavidm42: +1 pt in the last third of 30 epochs)
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(2.3, 0.1, 3), val=exp_decay(2.3, 0.3, 7),
+                               metric=lambda f: 0.70 + late_slope * f, evals=12, steps=240, n_val=400))
+    assert d.features["val_loss_remaining_gain"] < 0.02 and d.features["still_improving"] == 1.0
+    se = d.features["val_metric_late_gain_se"]
+    assert (se >= 2.0) == undertrained and 1.8 < se < 2.2, se
+    assert (d.verdict == "undertrained") == undertrained, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    if not undertrained:
+        assert d.verdict == "healthy"
