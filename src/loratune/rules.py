@@ -487,7 +487,14 @@ _RULES = (
                        all_(c("val_loss_drop_noise", ">=", "healthy_drop_noise_min"),
                             c("val_loss_rise_share", "<=", "steady_rise_share_max"),
                             c("train_loss_drop", ">", "still_falling_min"),
-                            c("val_loss_rise_noise", "<", "rise_noise_min"))),
+                            c("val_loss_rise_noise", "<", "rise_noise_min"),
+                            # ...and, but for a language model (an entropy floor to settle on), the train loss lost a
+                            # healthy run's share or is still falling: a loss pinned flat far above 0 for most of the
+                            # run is protocol 3's "train loss will not go down", not health (Satya-Check, fold G:
+                            # -26% in the first tenth, then flat at the class prior's entropy, eval equal)
+                            any_(c("generative", ">=", "flag_on"),
+                                 c("train_loss_drop", ">=", "healthy_loss_drop_min"),
+                                 c("train_loss_late_drop", ">", "still_falling_min")))),
                   any_(c("val_loss_rise", "<", "val_loss_rise_min"),
                        c("val_loss_rise_noise", "<", "rise_noise_min")),
                   any_(c("val_metric_final_drop", "<", "val_metric_drop_min"),

@@ -714,3 +714,24 @@ def test_a_metric_creeping_inside_its_noise_band_while_the_val_loss_has_converge
     assert (d.verdict == "undertrained") == undertrained, [(f.rule_id, f.suppressed_by) for f in d.findings]
     if not undertrained:
         assert d.verdict == "healthy"
+
+
+@pytest.mark.parametrize("drop, late, task, healthy", [
+    (0.28, 0.0, None, False),  # a classifier's train loss -28% in the first 15%, then pinned flat: not healthy
+    (0.32, 0.0, None, True),  # near miss: -32%, a healthy run's share (healthy_loss_drop_min), then flat
+    (0.28, 0.01, None, True),  # near miss: -28% but still falling over the second half
+    (0.28, 0.0, "CAUSAL_LM", True),  # near miss: a language model's loss has an entropy floor to settle on
+])
+def test_a_classifier_loss_pinned_high_and_flat_is_not_healthy_on_its_val_loss_alone(tmp_path, drop, late, task,
+                                                                                   healthy):
+    # Satya-Check (G): a BERT full fine-tune pinned at the class prior's entropy from 10% of the run on, eval equal;
+    # the val loss fell 5% (under healthy_val_loss_drop_min) but far beyond its noise: only route 2 of healthy applies
+    x = drop * 0.70 / (5 / 6 + drop / 6)  # the first log (2.5% in) sits a sixth of the way down the fall
+    d = diagnose(trainer_state(tmp_path, train=lambda f: 0.70 - x * min(f / 0.15, 1.0) - late * max(0.0, f - 0.15),
+                               val=lambda f: 0.56 - 0.04 * min(f / 0.3, 1.0), evals=10, steps=200, n_val=None,
+                               classes=None if task else 2,
+                               adapter={"task_type": task, "r": 8, "lora_alpha": 16} if task else None))
+    assert d.features["val_loss_drop"] < 0.1 and d.features["val_loss_drop_noise"] >= 2
+    assert (d.features["train_loss_drop"] >= 0.3 or d.features["train_loss_late_drop"] > 0) == (healthy and not task)
+    assert d.fired("healthy", active_only=False) == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    assert (d.verdict == "healthy") == healthy
