@@ -148,6 +148,12 @@ _CATALOGUE = (
           "(start - min) / start of V."),
     _spec("val loss", "val_loss_rise", "fraction", "val loss rose {} from its minimum",
           "(final - min) / min of V."),
+    _spec("val loss", "train_loss_rise_after_val_min", "fraction",
+          "from the val loss's minimum on, the train loss climbed back up by {} of its start at worst",
+          "Largest rise of T above its running minimum (from the start) at or after the step of the val loss's "
+          "minimum, divided by the start loss: train_loss_max_rise over the stretch where the val loss rose. A spike "
+          "of the train loss before the val loss turned did not make the val loss rise (protocol 3-4: a train loss "
+          "falling while the val loss rises is the fit; one that climbs back while it rises is the step)."),
     _spec("val loss", "train_loss_fall_after_val_min", "fraction",
           "{} of the train loss's fall came after the val loss's minimum",
           "(train loss at the val minimum's step - final train loss) / (train loss start - final): the share of the "
@@ -794,6 +800,15 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     fell = t_start - T[-1][1] if T and t_start is not None else 0.0
     after = (min(t_start, _interp(T, V[i_min][0])) - T[-1][1]) / fell if fell > 0 else None
     acc.set("train_loss_fall_after_val_min", after, "the train loss did not fall (or was not logged)")
+    if T and t_start:
+        run_min, worst = T[0][1], 0.0
+        for s, v in T:
+            if s >= V[i_min][0]:
+                worst = max(worst, v - run_min)
+            run_min = min(run_min, v)
+        acc.set("train_loss_rise_after_val_min", worst / t_start)
+    else:
+        acc.set("train_loss_rise_after_val_min", None, "no train loss (or a start train loss of 0)")
     vals = [v for _, v in V]
     noise = curve_jitter(vals, floor=VAL_LOSS_NOISE_FLOOR * _median(vals))
     if noise is None and len(vals) >= 2:

@@ -166,7 +166,8 @@ _THRESHOLDS = (
        "val-minus-train gap of protocol 5b, even when the train loss is level by the second half (a seq2seq run of "
        "fold D, bench/results/diagnose_external_notes.md)."),
     _t("late_min_fraction", 0.9, "fraction", "Val loss at its minimum this late: the run has not started to "
-       "degrade (a metric dip then is noise)."),
+       "degrade (a metric dip then is noise). Likewise a train loss at its (smoothed) minimum this late has not "
+       "climbed back up: a rise of one window on the way down is batch noise, not protocol 4's oscillation."),
     _t("overfit_gap_min", 0.15, "points", "Train/val metric gap at or above this is large."),
     _t("novel_gap_min", 0.10, "points", "Familiar minus novel val macro-F1 at or above this is a phrasing gap."),
     _t("novel_gap_growth_min", 0.0, "points", "The familiar-novel gap must not have shrunk since the first eval."),
@@ -310,9 +311,15 @@ _RULES = (
             all_(c("train_loss_max_rise", ">=", "osc_loss_rise"),
                  c("val_metric_max_drop", ">=", "osc_metric_drop"),
                  c("val_metric_max_drop_se", ">=", "osc_metric_drop_se")),
+            # the train loss climbed back up while the val loss rose or swung, and stayed up (its low before the
+            # last tenth) or climbed while the val loss rose (after its minimum): a bump before the val loss turned,
+            # then a fall to the train loss's low at the end while the val loss rises, is the overfit of protocol 3
+            # (train loss falls, val loss rises; CurseARealSword, fold G), not an oscillation
             all_(c("train_loss_max_rise", ">=", "osc_loss_rise"),
                  any_(c("val_loss_rise_noise", ">=", "rise_noise_min"),
-                      c("val_loss_rise_share", ">=", "collapse_val_rise_share"))),
+                      c("val_loss_rise_share", ">=", "collapse_val_rise_share")),
+                 any_(c("train_loss_min_fraction", "<", "late_min_fraction"),
+                      c("train_loss_rise_after_val_min", ">=", "osc_loss_rise"))),
             all_(c("train_loss_rebound", ">=", "rebound_min"),
                  c("train_loss_min_fraction", "<=", "rebound_min_fraction_max"),
                  c("val_loss_rise", ">=", "val_loss_rise_min"))),

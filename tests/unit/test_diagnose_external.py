@@ -735,3 +735,26 @@ def test_a_classifier_loss_pinned_high_and_flat_is_not_healthy_on_its_val_loss_a
     assert (d.features["train_loss_drop"] >= 0.3 or d.features["train_loss_late_drop"] > 0) == (healthy and not task)
     assert d.fired("healthy", active_only=False) == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]
     assert (d.verdict == "healthy") == healthy
+
+
+@pytest.mark.parametrize("low_at, spike_at, verdict", [
+    (1.0, 0.08, "overfit-capacity"),  # a train-loss spike before the val loss turned, then a fall to the end
+    (0.88, 0.08, "overfit-capacity"),  # its (smoothed) low at 92% of the run: at its low at the end, never climbed back
+    (0.85, 0.08, "lr-too-large"),  # near miss: low at 88%, then creeping up: the spike and the climb are oscillation
+    (1.0, 0.48, "lr-too-large"),  # near miss: the same spike after the val loss's minimum: it climbed while val rose
+])
+def test_a_train_loss_falling_to_its_low_at_the_end_through_a_spike_while_the_val_loss_rises_is_overfit(
+        tmp_path, low_at, spike_at, verdict):
+    # CurseARealSword (G): a per-step train log of a tiny QA set, a bump of 26% of the start in the first epoch, then a
+    # fall to a fifth of its start while the val loss rose 55x its jitter from 20% of the run
+    def train(f):
+        return 0.72 - 0.57 * min(f, low_at) + 0.05 * max(0.0, f - low_at) + (0.35 if spike_at <= f < spike_at + 0.02
+                                                                               else 0.0)
+
+    d = diagnose(trainer_state(tmp_path, train=train, val=lambda f: 1.0 - 0.2 * f if f <= 0.2 else 0.96 + 0.6 * (f - 0.2),
+                               evals=50, steps=500, classes=None, n_val=None,
+                               adapter={"task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16}))
+    assert d.features["train_loss_max_rise"] >= 0.15 and d.features["val_loss_rise_noise"] >= 2
+    assert (d.features["train_loss_min_fraction"] >= 0.9) == (low_at > 0.85)
+    assert (d.features["train_loss_rise_after_val_min"] >= 0.15) == (spike_at > 0.2)
+    assert d.verdict == verdict, [(f.rule_id, f.suppressed_by) for f in d.findings]

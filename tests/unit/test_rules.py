@@ -27,7 +27,7 @@ FIRING = {
                          train_loss_max_rise=0.3,
                          val_loss_rise_share=0.3, val_metric_max_drop=0.01, val_metric_max_drop_se=0.5,
                          val_loss_rise_noise=0.5, train_loss_rebound=0.05, train_loss_min_fraction=0.9,
-                         val_loss_rise=0.05),
+                         val_loss_rise=0.05, train_loss_rise_after_val_min=0.0),
     "overfit-capacity": dict(train_loss_vs_chance=0.5, train_loss_final_over_start=0.02,
                              train_eval_metric_final=0.9, val_loss_rise=0.3, val_loss_rise_noise=5.0,
                              val_metric_final_drop=0.05, val_metric_final_drop_se=3.0, val_loss_min_fraction=0.6,
