@@ -174,6 +174,15 @@ _ADAPTER_FACTS = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslo
 # the end-of-training entry the Trainer logs (its own log_history entry; one step with the last train log in TB)
 _TRAIN_SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos",
                        "train_loss")
+
+
+def _is_end_entry(e: Mapping[str, Any]) -> bool:
+    """The Trainer's end-of-training summary entry: it carries total_flos, or train_runtime without a `loss`. Newer
+    Trainer versions write train_runtime (and train_tokens_per_second) into every periodic train log too, beside its
+    `loss`, so train_runtime alone does not mark the end (a fold-G run lost its whole train loss to that)."""
+    return "total_flos" in e or ("train_runtime" in e and "loss" not in e)
+
+
 # first train loss ~ ln(classes) for a fresh classifier head: trusted only this early in the run, and for
 # these class counts (outside them a first loss is not a class count)
 CHANCE_LOSS_MAX_STEP = 10
@@ -296,7 +305,7 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     is_trl = any(k in e or f"eval_{k}" in e for e in logs for k in _TRL_KEYS)
     source = source or ("trl" if is_trl else "hf-trainer")
     train_logs = [e for e in logs if "loss" in e and not any(k.startswith("eval_") for k in e)
-                  and "train_runtime" not in e]
+                  and not _is_end_entry(e)]
     eval_logs = [e for e in logs if any(k.startswith("eval_") for k in e)]
     split_of, metric_notes = _eval_key_map(eval_logs)
     notes += metric_notes
@@ -341,7 +350,7 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     if train_logs and len(train_logs) > len(eval_logs):
         notes.append("train/loss_std is the spread of the logged losses (each a mean over logging_steps), "
                      "not of single steps")
-    finished = any("train_runtime" in e for e in logs)
+    finished = any(_is_end_entry(e) for e in logs)
     meta: dict[str, Any] = {"steps_done": facts["steps_done"].value if "steps_done" in facts else
                             (int(logs[-1]["step"]) if logs else None),
                             "steps_planned": facts["max_steps"].value if "max_steps" in facts else None}

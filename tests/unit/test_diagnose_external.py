@@ -758,3 +758,23 @@ def test_a_train_loss_falling_to_its_low_at_the_end_through_a_spike_while_the_va
     assert (d.features["train_loss_min_fraction"] >= 0.9) == (low_at > 0.85)
     assert (d.features["train_loss_rise_after_val_min"] >= 0.15) == (spike_at > 0.2)
     assert d.verdict == verdict, [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+@pytest.mark.parametrize("periodic_runtime, finished", [
+    (True, True),  # newer Trainer versions: train_runtime in every periodic log beside its loss (l13030631144, G)
+    (True, False),  # ...and a run that died before the end-of-training entry is still partial
+    (False, True),  # near miss: the classic log, train_runtime only in the summary (no `loss`): not a train log
+])
+def test_periodic_train_logs_carrying_train_runtime_keep_their_loss(tmp_path, periodic_runtime, finished):
+    folder = trainer_state(tmp_path, train=exp_decay(1.7, 1.3, 2), val=exp_decay(1.6, 1.4, 2), classes=None,
+                           finished=finished, adapter={"task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16})
+    state = json.loads((folder / "trainer_state.json").read_text())
+    for i, e in enumerate(state["log_history"]):
+        if periodic_runtime and "loss" in e:
+            e.update(train_runtime=3.0 * i, train_tokens_per_second=2400.0)
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    run = load_run(folder)
+    losses = [p["train/loss"] for p in run.points if "train/loss" in p]
+    assert len(losses) == 10 and losses[0] > losses[-1]  # one window per eval, the summary's train_loss in none
+    assert bool(run.meta.get("partial")) != finished
+    assert diagnose(folder).features["train_loss_start"] == pytest.approx(exp_decay(1.7, 1.3, 2)(5 / 200))
