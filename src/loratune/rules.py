@@ -234,7 +234,9 @@ _THRESHOLDS = (
     _t("tail_noise_points_min", 10, "count", "...a noise band to hold it against needs this many val-loss points: the "
        "jitter is read from the curve's second half from 5 points on (features.JITTER_TAIL_POINTS); on fewer it is "
        "read over the whole curve and takes in the curve's bend, so a shorter curve's 'within noise' is no measurement "
-       "and its convergence is not claimed."),
+       "and its convergence is not claimed, unless its recent falls are no falls (val_loss_remaining_gain 0: the last "
+       "window's mean fall is a rise, the curve stopped by its own numbers; fold G's arminwitte, 4 evals, the last "
+       "+0.005 above its minimum)."),
     _t("late_gain_se_min", 2.0, "se", "A run with a val metric is read on the metric: its last third's new high "
        "must beat the earlier best by this many standard errors (drop_se_min's band: inside it two numbers are a tie, "
        "protocol 5b) to say the run was still improving; a smaller gain is read on the val loss like a loss-only run "
@@ -463,10 +465,13 @@ _RULES = (
                   # converged is not undertrained (protocol 5b, noise first): a run read on its val loss (no val
                   # metric) whose extrapolated remaining fall is inside the noise band, or a sliver of the loss, has
                   # reached what its schedule gives; a run with a val metric is read on the metric's rise beyond its
-                  # noise (still_improving); a curve too short to read a tail noise band is not judged converged
+                  # noise (still_improving, late_gain_se_min); a curve too short to read a tail noise band is not
+                  # judged converged while its recent falls are still falls (remaining gain > 0): once the last
+                  # window's fall is none, it stopped by its own numbers, no band needed (arminwitte, fold G)
                   any_(all_(c("val_metric_logged", ">=", "flag_on"),
                             c("val_metric_late_gain_se", ">=", "late_gain_se_min")),
-                       c("n_eval_points", "<", "tail_noise_points_min"),
+                       all_(c("n_eval_points", "<", "tail_noise_points_min"),
+                            c("val_loss_remaining_gain", ">", "still_falling_min")),
                        all_(c("val_loss_remaining_noise", ">=", "remaining_noise_min"),
                             c("val_loss_remaining_gain", ">=", "remaining_gain_min"))),
                   any_(c("val_loss_late_drop", ">=", "late_val_drop_min"),

@@ -778,3 +778,16 @@ def test_periodic_train_logs_carrying_train_runtime_keep_their_loss(tmp_path, pe
     assert len(losses) == 10 and losses[0] > losses[-1]  # one window per eval, the summary's train_loss in none
     assert bool(run.meta.get("partial")) != finished
     assert diagnose(folder).features["train_loss_start"] == pytest.approx(exp_decay(1.7, 1.3, 2)(5 / 200))
+
+
+@pytest.mark.parametrize("last, undertrained", [
+    (1.705, False),  # 4 evals, the last +0.005 above the minimum: the fall stopped (arminwitte, G), converged
+    (1.695, True),  # near miss: the last eval a new low by 0.005: still falling, too short a curve to call it done
+])
+def test_a_short_curve_whose_last_fall_is_no_fall_is_not_undertrained(tmp_path, last, undertrained):
+    d = diagnose(_sft_run(tmp_path, [2.0, 1.8, 1.7, last]))
+    assert d.features["n_eval_points"] == 4 and d.features["still_improving"] == 1.0
+    assert (d.features["val_loss_remaining_gain"] > 0) == undertrained
+    assert (d.verdict == "undertrained") == undertrained, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    if not undertrained:
+        assert d.verdict == "healthy"
