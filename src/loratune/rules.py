@@ -243,6 +243,11 @@ _THRESHOLDS = (
        "(converged when its remaining fall is inside the noise band or a sliver of the loss). A metric creeping +1 pt "
        "(1.2 SE) over the last third of 30 epochs while the val loss has 0.8% left is converged (fold G, rdavidm42); "
        "one jumping 3.2 SE at the last evals is not (fold A, oos-triple-slow-r4)."),
+    _t("zero_loss_max", 0.0035, "loss", "A val loss at or below this (nats per row, or per token) leaves nothing "
+       "to gain that counts: a misclassified row costs at least ln 2, so a classifier's val error rate is at most the "
+       "loss / ln 2 = 0.5 point, the smallest difference the protocol counts (section 6; features.METRIC_NOISE_FLOOR), "
+       "and a language model already gives the right token 99.65% on average. Its falls, however steady in relative "
+       "terms, are not a run stopped early (MosheOfer1, fold G: 0.0033 -> 0.0030 over 7 evals as the lr decays)."),
     _t("late_val_drop_min", 0.03, "fraction", "Val loss still falling this much over the last half."),
     # healthy
     _t("healthy_gain_min", 0.1, "points", "Val metric gaining at least this from the start."),
@@ -477,7 +482,9 @@ _RULES = (
                   any_(c("val_loss_late_drop", ">=", "late_val_drop_min"),
                        c("train_loss_late_drop", ">=", "plateau_late_drop_max")),
                   # a val loss that has risen beyond its noise since its minimum: longer training buys over-confidence
-                  c("val_loss_rise_noise", "<", "rise_noise_min")),
+                  c("val_loss_rise_noise", "<", "rise_noise_min"),
+                  # a val loss at ~0 has nothing left to gain that counts, whatever its relative pace
+                  c("val_loss_final", ">", "zero_loss_max")),
         verdict="undertrained: still improving when the run ended",
         moves=("epochs up",),
         suppresses=("healthy",),

@@ -751,8 +751,10 @@ def test_a_train_loss_falling_to_its_low_at_the_end_through_a_spike_while_the_va
         return 0.72 - 0.57 * min(f, low_at) + 0.05 * max(0.0, f - low_at) + (0.35 if spike_at <= f < spike_at + 0.02
                                                                                else 0.0)
 
-    d = diagnose(trainer_state(tmp_path, train=train, val=lambda f: 1.0 - 0.2 * f if f <= 0.2 else 0.96 + 0.6 * (f - 0.2),
-                               evals=50, steps=500, classes=None, n_val=None,
+    def val(f):
+        return 1.0 - 0.2 * f if f <= 0.2 else 0.96 + 0.6 * (f - 0.2)
+
+    d = diagnose(trainer_state(tmp_path, train=train, val=val, evals=50, steps=500, classes=None, n_val=None,
                                adapter={"task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16}))
     assert d.features["train_loss_max_rise"] >= 0.15 and d.features["val_loss_rise_noise"] >= 2
     assert (d.features["train_loss_min_fraction"] >= 0.9) == (low_at > 0.85)
@@ -788,6 +790,20 @@ def test_a_short_curve_whose_last_fall_is_no_fall_is_not_undertrained(tmp_path, 
     d = diagnose(_sft_run(tmp_path, [2.0, 1.8, 1.7, last]))
     assert d.features["n_eval_points"] == 4 and d.features["still_improving"] == 1.0
     assert (d.features["val_loss_remaining_gain"] > 0) == undertrained
+    assert (d.verdict == "undertrained") == undertrained, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    if not undertrained:
+        assert d.verdict == "healthy"
+
+
+@pytest.mark.parametrize("end, undertrained", [
+    (0.0034, False),  # a classifier's val loss falling 10% at an even pace to 0.0034 nats: error <= 0.49%, nothing left
+    (0.0036, True),  # near miss: the same fall ending at 0.0036 nats (error bound 0.52%): still worth more epochs
+])
+def test_a_val_loss_at_zero_has_nothing_left_to_gain_however_steady_its_relative_fall(tmp_path, end, undertrained):
+    # MosheOfer1 (G): 0.0033 -> 0.0030 over 7 evals, tiny new lows as the lr decays; loss-only, 7 evals
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(0.7, 0.005, 4), val=lambda f: end + 0.0004 * (1 - f),
+                               evals=7, steps=210, classes=2, n_val=1300, log_every=5))
+    assert d.features["val_loss_still_falling"] == 1.0 and d.features["val_loss_remaining_gain"] >= 0.02
     assert (d.verdict == "undertrained") == undertrained, [(f.rule_id, f.suppressed_by) for f in d.findings]
     if not undertrained:
         assert d.verdict == "healthy"
