@@ -342,8 +342,10 @@ _RULES = (
         when=all_(any_(c("train_loss_vs_chance", "<=", "fit_loss_vs_chance_max"),
                        c("train_loss_final_over_start", "<=", "fit_loss_over_start_max"),
                        c("train_eval_metric_final", ">=", "fit_metric_min"),
-                       all_(c("generative", ">=", "flag_on"),  # SFT: the train loss still falling is enough
-                            c("train_loss_late_drop", ">=", "plateau_late_drop_max")),
+                       # any run: the train loss still falling over the second half while the val loss rises beyond
+                       # its noise (below) is the val-minus-train gap widening (5b; no near-zero train loss needed:
+                       # an SFT run's entropy floor, a BERT run's third epoch, fold D's Ainna278, fold G's UgoLabbe)
+                       c("train_loss_late_drop", ">=", "plateau_late_drop_max"),
                        # any run: the train loss kept falling long after the val loss turned (its minimum in the
                        # first half); the rise itself must still clear the noise band below
                        all_(c("train_loss_late_drop", ">=", "plateau_late_drop_max"),
@@ -369,7 +371,7 @@ _RULES = (
                             c("train_perplexity_final", "<=", "memorised_perplexity_max"),
                             c("gap_loss", ">=", "memorised_gap_min"),
                             c("val_loss_still_falling", "<", "flag_on")))),
-        verdict="overfit (capacity): train loss near zero (or, for SFT, still falling) while val loss rises / val "
+        verdict="overfit (capacity): train loss near zero (or still falling) while val loss rises / val "
                 "metric falls beyond noise (or rises with a large train/val gap); for SFT also: the familiar-novel "
                 "prompt-set gap widens while novel prompts drift below their best, or the training completions are "
                 "memorised while the val loss has stopped falling",

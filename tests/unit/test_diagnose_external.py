@@ -807,3 +807,21 @@ def test_a_val_loss_at_zero_has_nothing_left_to_gain_however_steady_its_relative
     assert (d.verdict == "undertrained") == undertrained, [(f.rule_id, f.suppressed_by) for f in d.findings]
     if not undertrained:
         assert d.verdict == "healthy"
+
+
+@pytest.mark.parametrize("train_flat_from, overfit", [
+    (1.0, True),  # a classifier's train loss still falling over the second half while its val loss rises 17%: overfit
+    (0.5, False),  # near miss: the train loss flat over the second half: the gap did not widen on the train side
+])
+def test_a_classifier_whose_train_loss_keeps_falling_while_the_val_loss_rises_is_overfit(tmp_path, train_flat_from,
+                                                                                      overfit):
+    # the BERT third epoch (UgoLabbe, G; Ainna278, D): train loss at 40% of its start, not near zero, val minimum at 60%
+    d = diagnose(trainer_state(tmp_path, train=lambda f: 2.3 - 2.6 * min(f, train_flat_from) if train_flat_from < 1
+                               else 2.3 - 1.3 * f, val=lambda f: 1.5 - 0.5 * f if f <= 0.6 else 1.2 + 0.5 * (f - 0.6),
+                               evals=10, steps=200, n_val=None))
+    assert d.features["train_loss_final_over_start"] > 0.25 and d.features["val_loss_min_fraction"] > 0.5
+    assert d.features["val_loss_rise"] >= 0.1 and d.features["val_loss_rise_noise"] >= 2
+    assert (d.features["train_loss_late_drop"] >= 0.1) == overfit
+    assert d.fired("overfit-capacity", active_only=False) == overfit, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    if overfit:
+        assert d.verdict == "overfit-capacity"

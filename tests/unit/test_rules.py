@@ -31,7 +31,7 @@ FIRING = {
     "overfit-capacity": dict(train_loss_vs_chance=0.5, train_loss_final_over_start=0.02,
                              train_eval_metric_final=0.9, val_loss_rise=0.3, val_loss_rise_noise=5.0,
                              val_metric_final_drop=0.05, val_metric_final_drop_se=3.0, val_loss_min_fraction=0.6,
-                             gap_f1=0.3, generative=0, train_loss_late_drop=0.5, prompt_gap_widening=0.0,
+                             gap_f1=0.3, generative=0, train_loss_late_drop=0.05, prompt_gap_widening=0.0,
                              prompt_gap_widening_se=0.0, prompt_novel_drift=0.0, prompt_novel_drift_se=0.0,
                              train_perplexity_final=3.0, val_loss_still_falling=1, gap_loss=0.5,
                              train_loss_fall_after_val_min=0.3, train_loss_drop=0.9),
