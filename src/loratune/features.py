@@ -57,6 +57,9 @@ _CATALOGUE = (
     _spec("run", "steps", "steps", "the run took {} optimizer steps", "Last step in the history."),
     _spec("run", "epochs", "epochs", "the run covered {} epochs", "Epoch count at the last point."),
     _spec("run", "n_eval_points", "count", "the history has {} eval points", "Number of eval points."),
+    _spec("run", "plan_done_fraction", "fraction", "the run stopped at {} of its planned steps",
+          "steps_done / steps_planned (trainer_state.json global_step / max_steps, or run.json): under 1 the schedule "
+          "was cut (a run stopped early, or a checkpoint taken mid-run)."),
     _spec("run", "generative", "flag", "the run is generative (task causal-lm): {}",
           "1 for task `causal-lm` (run.json), or a history with prompt-set keys (`val/prompt_*`), `val/perplexity` "
           "or `val/token_accuracy`; not applicable (missing) for a classifier. A kind gate: a rule route that holds "
@@ -584,6 +587,9 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     frac = (lambda s: s / last_step) if last_step > 0 else (lambda s: 0.0)
     acc.set("steps", last_step)
     acc.set("n_eval_points", len(pts))
+    planned, done = _num(meta.get("steps_planned")), _num(meta.get("steps_done"))
+    acc.set("plan_done_fraction", (done if done is not None else last_step) / planned if planned else None,
+            "the planned number of steps is unknown (no max_steps in trainer_state.json, no run.json steps_planned)")
     ep = _num(pts[-1].get("epoch"))
     acc.set("epochs", ep, "no `epoch` key in the history")
 

@@ -248,6 +248,10 @@ _THRESHOLDS = (
        "loss / ln 2 = 0.5 point, the smallest difference the protocol counts (section 6; features.METRIC_NOISE_FLOOR), "
        "and a language model already gives the right token 99.65% on average. Its falls, however steady in relative "
        "terms, are not a run stopped early (MosheOfer1, fold G: 0.0033 -> 0.0030 over 7 evals as the lr decays)."),
+    _t("plan_cut_max", 0.5, "fraction", "A run that stopped before this share of its own planned steps, its val loss "
+       "still falling to a low at the last eval, is undertrained even when its logged falls shrink: most of its "
+       "schedule (and of a decaying schedule's lr budget) never ran, so a fall extrapolated from the logged pace reads "
+       "a cut schedule, not convergence (protocol 5: still falling -> learning; amerob, fold F: 30% of its plan)."),
     _t("late_val_drop_min", 0.03, "fraction", "Val loss still falling this much over the last half."),
     # healthy
     _t("healthy_gain_min", 0.1, "points", "Val metric gaining at least this from the start."),
@@ -468,7 +472,8 @@ _RULES = (
                        all_(c("val_loss_still_falling", ">=", "flag_on"),
                             c("val_loss_min_fraction", ">=", "late_min_fraction"),
                             c("n_eval_points", "<=", "few_evals_max"),
-                            c("val_loss_remaining_gain", ">=", "remaining_gain_min"))),
+                            any_(c("val_loss_remaining_gain", ">=", "remaining_gain_min"),
+                                 c("plan_done_fraction", "<", "plan_cut_max")))),
                   # converged is not undertrained (protocol 5b, noise first): a run read on its val loss (no val
                   # metric) whose extrapolated remaining fall is inside the noise band, or a sliver of the loss, has
                   # reached what its schedule gives; a run with a val metric is read on the metric's rise beyond its

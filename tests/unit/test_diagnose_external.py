@@ -825,3 +825,22 @@ def test_a_classifier_whose_train_loss_keeps_falling_while_the_val_loss_rises_is
     assert d.fired("overfit-capacity", active_only=False) == overfit, [(f.rule_id, f.suppressed_by) for f in d.findings]
     if overfit:
         assert d.verdict == "overfit-capacity"
+
+
+@pytest.mark.parametrize("max_steps, undertrained", [
+    (200, True),  # 3 evals, the val loss at a new low each time, stopped at 30% of max_steps (amerob, F)
+    (109, False),  # near miss: the same curve at 55% of its plan: the shrinking falls (1.6% left) read as converging
+])
+def test_a_short_run_stopped_before_half_its_plan_while_still_falling_is_undertrained(tmp_path, max_steps,
+                                                                                     undertrained):
+    val = [0.974, 0.928, 0.909]
+    folder = trainer_state(tmp_path, train=exp_decay(1.4, 0.85, 3), val=lambda f: val[int(round(f * 3)) - 1], evals=3,
+                           steps=60, log_every=4, classes=None, n_val=None,
+                           adapter={"task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16})
+    state = json.loads((folder / "trainer_state.json").read_text())
+    state["max_steps"] = max_steps
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    d = diagnose(folder)
+    assert d.features["val_loss_remaining_gain"] < 0.02 and d.features["val_loss_min_fraction"] == 1.0
+    assert d.features["plan_done_fraction"] == pytest.approx(60 / max_steps)
+    assert (d.verdict == "undertrained") == undertrained, [(f.rule_id, f.suppressed_by) for f in d.findings]
