@@ -251,11 +251,24 @@ def score_stored() -> None:
             print(f"{f.name}: {sum(v is not None for v in scored.values())}/{len(scored)} picks scored", flush=True)
 
 
-def load_studies() -> dict[str, dict]:
+def current(st: dict) -> bool:
+    """Whether a stored study ran under the strategy's current version (PROTOCOL_VERSION, YARDSTICK_VERSION)."""
+    if st["strategy"] == "protocol":
+        return st.get("protocol_version") == PROTOCOL_VERSION
+    return st.get("yardstick_version") == YARDSTICK_VERSION.get(st["strategy"])
+
+
+def load_studies(stale: list[str] | None = None) -> dict[str, dict]:
+    """The stored studies of the current versions; the keys of older ones go to `stale` (kept on disk until a
+    run of the current version replaces them, never aggregated with it)."""
     out = {}
     for f in sorted(STUDIES.glob("*.json")):
         st = json.loads(f.read_text())
-        out[f"{st['dataset']}/{st['strategy']}/{st['seed']}"] = st
+        key = f"{st['dataset']}/{st['strategy']}/{st['seed']}"
+        if current(st):
+            out[key] = st
+        elif stale is not None:
+            stale.append(key)
     return out
 
 
@@ -279,10 +292,20 @@ def aggregate(studies: dict[str, dict]) -> dict:
             st["best_val"] = max((row["value"] or 0) for row in st["curve"]) if st["curve"] else None
         out[ds]["trial_length_only"] = _aggregate_one(short, compute_to_reach)
         out[ds]["anytime"] = _anytime(sts)
+        out[ds]["targets"] = _targets(sts)
     return out
 
 
-CHECKPOINTS = (2_500, 5_000, 7_500, 10_000)  # training examples
+CHECKPOINTS = (0.25, 0.5, 0.75, 1.0)  # shares of the study's budget (issue 15's anytime table)
+# the finer grid on which the compute ratio is read: the smallest share of the budget at which the protocol's pick
+# so far is at least a yardstick's pick at the full budget (issue 15: at half the budget, i.e. a ratio >= 2)
+RATIO_GRID = tuple(i / 20 for i in range(1, 21))
+
+
+def budget_examples(st: dict) -> float:
+    from loratune.search.budget import Budget
+
+    return Budget.parse(st["settings"]["budget"]).limit
 
 
 def pick_test_at(st: dict, examples: int) -> float | None:
@@ -300,10 +323,41 @@ def _anytime(sts: list[dict]) -> dict:
     for strat in sorted({st["strategy"] for st in sts}):
         rows = {}
         for c in CHECKPOINTS:
-            vals = [pick_test_at(st, c) for st in sorted(sts, key=lambda x: x["seed"]) if st["strategy"] == strat]
+            vals = [pick_test_at(st, c * budget_examples(st)) for st in sorted(sts, key=lambda x: x["seed"])
+                    if st["strategy"] == strat]
             got = [v for v in vals if v is not None]
             rows[str(c)] = {"mean": statistics.mean(got) if got else None, "values": vals}
         out[strat] = rows
+    return out
+
+
+def _targets(sts: list[dict]) -> dict:
+    """Issue 15's targets, protocol against each yardstick on the replicates (seeds) both have: the paired
+    difference of the final picks' test macro-F1 (mean, its standard error, n); the protocol's pick so far at half
+    the budget against the yardstick's final pick; and the compute ratio, 1 / the smallest share of the budget at
+    which the protocol's mean pick so far reaches the yardstick's mean final pick (None: never within the budget)."""
+    proto = {st["seed"]: st for st in sts if st["strategy"] == "protocol"}
+    out = {}
+    for strat in sorted({st["strategy"] for st in sts} - {"protocol"}):
+        other = {st["seed"]: st for st in sts if st["strategy"] == strat}
+        seeds = sorted(set(proto) & set(other))
+        pairs = [(pick_test_at(proto[k], budget_examples(proto[k])), pick_test_at(other[k], budget_examples(other[k])))
+                 for k in seeds]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if not pairs:
+            continue
+        diffs = [a - b for a, b in pairs]
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+        theirs = statistics.mean(b for _, b in pairs)
+
+        def ours_at(share: float) -> float | None:
+            vals = [pick_test_at(proto[k], share * budget_examples(proto[k])) for k in seeds]
+            return statistics.mean(vals) if vals and all(v is not None for v in vals) else None
+
+        reach = next((f for f in RATIO_GRID if (ours_at(f) or -1.0) >= theirs), None)
+        out[strat] = {"n": len(diffs), "diff_mean": statistics.mean(diffs), "diff_se": se, "diffs": diffs,
+                      "theirs_final": theirs, "ours_half": ours_at(0.5),
+                      "ratio": (1.0 / reach) if reach else None}
     return out
 
 
@@ -365,9 +419,10 @@ def _median_censored(values: list) -> float | None:
 
 
 def render_all() -> None:
-    studies = load_studies()
+    stale: list[str] = []
+    studies = load_studies(stale)
     light = {k: {kk: vv for kk, vv in st.items() if kk != "table"} for k, st in studies.items()}  # tables: tuning/*.json
-    results = {"studies": light, "datasets": aggregate(studies),
+    results = {"studies": light, "datasets": aggregate(studies), "stale": stale,
                "rendered": time.strftime("%Y-%m-%d %H:%M:%S")}
     notes = RESULTS / "tuning_notes.md"
     results["notes"] = notes.read_text() if notes.exists() else ""
@@ -399,6 +454,9 @@ def render(results: dict) -> str:
              f"and phase-0 assessment for every strategy, num_threads={cfg.get('num_threads')}. Replicate k: sampler "
              "seed k and training seed 42 + k. Compute is counted in training examples processed (wall times are "
              "not comparable on a shared machine).", ""]
+    if results.get("stale"):
+        lines += [f"Not aggregated (stored under an older protocol or sampler version, not yet rerun): "
+                  f"{', '.join(results['stale'])}.", ""]
     if results.get("notes"):
         lines += [results["notes"].rstrip(), ""]
     for ds, agg in results["datasets"].items():
@@ -422,12 +480,25 @@ def render(results: dict) -> str:
             lines += ["", "**Test macro-F1 of the pick so far** (each study's best-val trial after N training "
                       "examples, scored on test; mean over replicates, the replicates in brackets; '-' = none "
                       "finished or scored by then):", "",
-                      "| strategy | " + " | ".join(f"{c:,} ex" for c in CHECKPOINTS) + " |",
+                      "| strategy | " + " | ".join(f"{c:.0%} of the budget" for c in CHECKPOINTS) + " |",
                       "|---|" + "---|" * len(CHECKPOINTS)]
             for strat, rows in any_.items():
                 lines.append(f"| {strat} | " + " | ".join(
                     f"{_f(rows[str(c)]['mean'], 3)} ({', '.join(_f(v, 3) for v in rows[str(c)]['values'])})"
                     for c in CHECKPOINTS) + " |")
+        tg = agg.get("targets") or {}
+        if tg:
+            lines += ["", "**Issue 15's targets** (protocol against each yardstick on the replicates both have; test "
+                      "macro-F1 of the picks; compute ratio = 1 / the smallest share of the budget, in steps of 5%, at "
+                      "which the protocol's mean pick so far reaches the yardstick's mean final pick; target >= 2):", "",
+                      "| yardstick | n | final pick: protocol - yardstick, mean +- SE (per replicate) | protocol at 50% "
+                      "| yardstick at 100% | compute ratio |", "|---|---|---|---|---|---|"]
+            for strat, t in tg.items():
+                se = "-" if t["diff_se"] is None else f"{t['diff_se']:.3f}"
+                ratio = "never within the budget" if t["ratio"] is None else f"{t['ratio']:.2f}x"
+                diffs = ", ".join(f"{d:+.3f}" for d in t["diffs"])
+                lines.append(f"| {strat} | {t['n']} | {t['diff_mean']:+.3f} +- {se} ({diffs}) | "
+                             f"{_f(t['ours_half'], 3)} | {_f(t['theirs_final'], 3)} | {ratio} |")
         lines += ["", "| study | trials | runs longer than a trial | examples used | best val | examples to within "
                   "0.5 pt | to within noise | pick steps | pick val | pick test macro-F1 | wall s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
