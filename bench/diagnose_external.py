@@ -10,8 +10,8 @@ The corpus (committed fixtures, nothing downloaded):
 - tests/fixtures/external/public_c/ to public_g/: folds C to G, fresh sets of public trainer_state.json files
   from other repositories, each labelled blind from its numbers by a reviewer who saw neither loratune's rules nor
   its verdicts, after the rule table was frozen (FRESH: the commit each was scored against first). Each fold was
-  then read and the rules changed before the next was labelled; the newest (G, scored at 039c07e) has not been
-  read: the held-out score of record.
+  then read and the rules changed before the next was labelled; the newest (G, scored once at 039c07e: 23/30, the
+  held-out score of record) has been read since, so every fold here is in-sample.
 
 Split by dataset, never by run: fold A (thresholds fitted) = the banking77 and clinc-oos Trainer runs plus
 every other public repository (sorted by name, even positions); fold B (held out) = the clinc150 Trainer
@@ -285,9 +285,9 @@ def render(res: dict) -> str:
              "", f"Runs: {res['n_runs']} (" + ", ".join(f"fold {k} {n}" for k, n in res["folds"].items())
              + "). Thresholds fitted on fold A, scored on fold B (held out, other datasets and repositories). Folds "
              f"C to {FRESH[-1][0]}: public runs labelled blind, each scored first against rules frozen before its labels "
-             "existed, never fitted on (C was read after its first scoring and the rules changed, D, E and F likewise: "
-             f"those four are in-sample now; fold {FRESH[-1][0]}, the newest, has not been read: its table is the "
-             "held-out score of record).", ""]
+             "existed, never fitted on (each was read after its first scoring and the rules changed: C to "
+             f"{FRESH[-1][0]} are all in-sample now; the held-out score of record is fold {FRESH[-1][0]}'s first "
+             "scoring, in bench/results/diagnose_external_notes.md, and the next fresh fold is not scored here).", ""]
     for k, _, freeze in reversed(FRESH):
         c = res[f"fresh_{k}_defaults"]
         if not c["n"]:
