@@ -500,7 +500,13 @@ _RULES = (
     Rule(
         id="healthy", scope="curve", priority=0, knob_class="capacity", confidence=0.75,
         when=all_(any_(all_(any_(c("val_metric_gain", ">=", "healthy_gain_min"),
-                                 c("val_loss_drop", ">=", "healthy_val_loss_drop_min")),
+                                 # a run read on its val loss alone (no val metric, as undertrained reads it) must
+                                 # see that fall clear the noise band too (protocol 5b: a fall inside it is not a
+                                 # fall; CoderJzy, fold H: -84% at 1.9 SE, then 2x its minimum); a run with a val
+                                 # metric has the metric's hold (below) as its second witness
+                                 all_(c("val_loss_drop", ">=", "healthy_val_loss_drop_min"),
+                                      any_(c("val_metric_logged", ">=", "flag_on"),
+                                           c("val_loss_drop_noise", ">=", "healthy_drop_noise_min")))),
                             any_(c("train_loss_drop", ">=", "healthy_loss_drop_min"),
                                  # a language model's token loss has an entropy floor: its val loss (perplexity,
                                  # protocol 9) is the measure, and a train loss that fell at all agrees with it

@@ -844,3 +844,17 @@ def test_a_short_run_stopped_before_half_its_plan_while_still_falling_is_undertr
     assert d.features["val_loss_remaining_gain"] < 0.02 and d.features["val_loss_min_fraction"] == 1.0
     assert d.features["plan_done_fraction"] == pytest.approx(60 / max_steps)
     assert (d.verdict == "undertrained") == undertrained, [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+@pytest.mark.parametrize("first, healthy", [
+    (0.0514, False),  # a loss-only LLM run: val -84% to its minimum at 1.9 SE, then 2x it (CoderJzy, H): not shown healthy
+    (0.0540, True),  # near miss: the same curve from 0.054, a fall of 2.04 SE: beyond the band, healthy
+])
+def test_a_loss_only_run_is_healthy_only_when_its_val_loss_fall_clears_the_noise_band(tmp_path, first, healthy):
+    d = diagnose(_sft_run(tmp_path, [first, 0.0082, 0.0106, 0.0393, 0.0213, 0.0168, 0.0162]))
+    assert d.features["val_metric_logged"] == 0.0 and d.features["val_loss_drop"] >= 0.1
+    assert d.features["val_loss_rise_noise"] < 2 and d.features["val_loss_rise"] >= 0.1
+    assert (d.features["val_loss_drop_noise"] >= 2) == healthy
+    assert (d.verdict == "healthy") == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    if not healthy:
+        assert d.verdict == "inconclusive"
