@@ -248,6 +248,10 @@ _THRESHOLDS = (
        "loss / ln 2 = 0.5 point, the smallest difference the protocol counts (section 6; features.METRIC_NOISE_FLOOR), "
        "and a language model already gives the right token 99.65% on average. Its falls, however steady in relative "
        "terms, are not a run stopped early (MosheOfer1, fold G: 0.0033 -> 0.0030 over 7 evals as the lr decays)."),
+    _t("metric_ceiling_max", 0.995, "points", "A val metric (accuracy, F1: 1 at best) whose best is at or above this "
+       "has under 0.5 point left to gain, the smallest difference the protocol counts (section 6; "
+       "features.METRIC_NOISE_FLOOR): however steady its last rise, more epochs buy nothing that counts, so the run is "
+       "not undertrained (kmanoj845, fold H: accuracy 0.9874 -> 0.9987, a new high at 8 SE, 0.13 point left)."),
     _t("plan_cut_max", 0.5, "fraction", "A run that stopped before this share of its own planned steps, its val loss "
        "still falling to a low at the last eval, is undertrained even when its logged falls shrink: most of its "
        "schedule (and of a decaying schedule's lr budget) never ran, so a fall extrapolated from the logged pace reads "
@@ -491,7 +495,10 @@ _RULES = (
                   # a val loss that has risen beyond its noise since its minimum: longer training buys over-confidence
                   c("val_loss_rise_noise", "<", "rise_noise_min"),
                   # a val loss at ~0 has nothing left to gain that counts, whatever its relative pace
-                  c("val_loss_final", ">", "zero_loss_max")),
+                  c("val_loss_final", ">", "zero_loss_max"),
+                  # ...nor has a val metric within half a point of its ceiling (section 6's smallest difference)
+                  any_(c("val_metric_logged", "<", "flag_on"),
+                       c("val_metric_best", "<", "metric_ceiling_max"))),
         verdict="undertrained: still improving when the run ended",
         moves=("epochs up",),
         suppresses=("healthy",),

@@ -858,3 +858,17 @@ def test_a_loss_only_run_is_healthy_only_when_its_val_loss_fall_clears_the_noise
     assert (d.verdict == "healthy") == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]
     if not healthy:
         assert d.verdict == "inconclusive"
+
+
+@pytest.mark.parametrize("best, undertrained", [
+    (0.996, False),  # accuracy rising steadily to 0.996 (0.4 point left): nothing left that counts (kmanoj845, H)
+    (0.994, True),  # near miss: the same rise ending at 0.994 (0.6 point left): still worth more epochs
+])
+def test_a_val_metric_within_half_a_point_of_its_ceiling_is_not_undertrained(tmp_path, best, undertrained):
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(2.3, 0.05, 4), val=lambda f: 0.2 - 0.15 * f,
+                               metric=lambda f: best - 0.05 * (1 - f), evals=8, steps=160, n_val=20000))
+    assert d.features["val_metric_best"] == pytest.approx(best)
+    assert d.features["val_metric_late_gain_se"] >= 2 and d.features["val_loss_final"] > 0.0035
+    assert (d.verdict == "undertrained") == undertrained, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    if not undertrained:
+        assert d.verdict == "healthy"
