@@ -14,7 +14,8 @@ Conventions used by the definitions below:
 - "T" is the train-loss curve: `train/loss`, the mean training loss of each window between evals
   (noisy: minibatches differ). "V" is `val/loss` (deterministic: a fixed set scored in eval mode).
 - "M" is the validation metric: `val/macro_f1`, else `val/accuracy`, `val/micro_f1`,
-  `val/subset_accuracy` (the key used is in `details["val_metric"]`).
+  `val/subset_accuracy`, the first of them that moved (one stuck at a single value at every eval carries no
+  signal: the next decides; the key used is in `details["val_metric"]`).
 - metric values are in points of the metric's 0..1 scale (0.03 = 3 points of macro-F1).
 - a null in a loss key means a non-finite value (the run record writes NaN/inf as null).
 """
@@ -593,7 +594,11 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     ep = _num(pts[-1].get("epoch"))
     acc.set("epochs", ep, "no `epoch` key in the history")
 
-    metric = next((m for m in METRIC_KEYS if _series(pts, f"val/{m}")), None)
+    # the first metric of METRIC_KEYS that moved: one stuck at a single value at every eval (an F1 of exactly 0.0
+    # throughout while the accuracy beside it rises: an entity scheme the scorer does not read) carries no signal
+    logged = [m for m in METRIC_KEYS if _series(pts, f"val/{m}")]
+    metric = next((m for m in logged if len({v for _, v in _series(pts, f"val/{m}")}) > 1), logged[0] if logged
+                  else None)
     acc.details["val_metric"] = f"val/{metric}" if metric else None
     task = meta.get("task") or ("multi_label" if metric in ("micro_f1", "subset_accuracy") or any(
         "val/subset_accuracy" in p for p in pts) else "single_label")

@@ -115,6 +115,11 @@ _THRESHOLDS = (
     _t("collapse_lr_min", 1e-2, "lr", "A learning rate this large (AdamW) that leaves the loss pinned at chance or "
        "the val metric where it started is the cause: LoRA centres sit at 1e-4..5e-3 even on small models "
        "(protocol 1), full fine-tuning 10x lower; a too-small lr is never this large."),
+    _t("never_learned_metric_max", 0.05, "points", "A val metric (accuracy, F1) whose best stayed below this never "
+       "learned the val task at all (darekpe79, fold H: entity F1 0.000, 0.000, 0.012 on a NER run whose train loss "
+       "sat at the majority 'O' tag's level): with no generalisation to lose, a rising val loss is the model growing "
+       "sure of its one-class answer (protocol 3-4's collapse), not overfitting, which needs a fit that generalised "
+       "and then lost it (protocol 3)."),
     _t("no_gain_max", 0.05, "points", "The val metric gaining less than this from its first eval: it never learned."),
     _t("collapse_loss_rise", 0.1, "fraction", "A collapse from too high an lr shows the train loss climbing back "
        "up by this share of its start (a too-small lr shows a smooth fall instead)."),
@@ -378,7 +383,11 @@ _RULES = (
                        all_(c("generative", ">=", "flag_on"),  # training completions memorised, val loss stalled
                             c("train_perplexity_final", "<=", "memorised_perplexity_max"),
                             c("gap_loss", ">=", "memorised_gap_min"),
-                            c("val_loss_still_falling", "<", "flag_on")))),
+                            c("val_loss_still_falling", "<", "flag_on"))),
+                  # a val metric, where logged, that ever rose off ~0: a model that never got the val task has no
+                  # generalisation to lose (collapse, protocol 3-4), whatever its val loss does
+                  any_(c("val_metric_logged", "<", "flag_on"),
+                       c("val_metric_best", ">=", "never_learned_metric_max"))),
         verdict="overfit (capacity): train loss near zero (or still falling) while val loss rises / val "
                 "metric falls beyond noise (or rises with a large train/val gap); for SFT also: the familiar-novel "
                 "prompt-set gap widens while novel prompts drift below their best, or the training completions are "

@@ -872,3 +872,33 @@ def test_a_val_metric_within_half_a_point_of_its_ceiling_is_not_undertrained(tmp
     assert (d.verdict == "undertrained") == undertrained, [(f.rule_id, f.suppressed_by) for f in d.findings]
     if not undertrained:
         assert d.verdict == "healthy"
+
+
+@pytest.mark.parametrize("f1_last, metric_key", [
+    (0.0, "val/accuracy"),  # entity F1 exactly 0.0 at every eval beside a rising accuracy: the accuracy is read
+    (0.012, "val/macro_f1"),  # near miss: the F1 moved once (0 -> 0.012): it is the metric, as it always was
+])
+def test_a_val_metric_stuck_at_one_value_gives_way_to_the_next_that_moved(tmp_path, f1_last, metric_key):
+    folder = trainer_state(tmp_path, train=exp_decay(2.3, 0.3, 3), val=exp_decay(1.5, 1.0, 3),
+                           metric=lambda f: 0.5 + 0.2 * f, evals=5, steps=100, n_val=2000)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    evals = [e for e in state["log_history"] if "eval_loss" in e]
+    for i, e in enumerate(evals):
+        e["eval_f1"] = f1_last if i == len(evals) - 1 else 0.0
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    d = diagnose(folder)
+    assert d.features.details["val_metric"] == metric_key
+    assert d.features["val_metric_best"] == pytest.approx(0.7 if metric_key == "val/accuracy" else f1_last)
+
+
+@pytest.mark.parametrize("f1_best, overfit", [
+    (0.04, False),  # entity F1 never above 0.04 while the train loss races to ~0 and the val loss rises: collapse
+    (0.06, True),  # near miss: the F1 reached 0.06 (it learned something) and then the val loss rose: overfit
+])
+def test_a_run_whose_val_metric_never_rose_off_zero_is_not_overfit(tmp_path, f1_best, overfit):
+    # darekpe79 (H): NER, F1 0.000, 0.000, 0.012, train loss 1.47 -> 0.025, val loss +58% from its first eval
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(1.5, 0.02, 8), val=lambda f: 0.05 + 0.04 * f,
+                               metric=lambda f: f1_best * f, evals=5, steps=100, n_val=2000, classes=17))
+    assert d.features["val_loss_rise"] >= 0.1 and d.features["val_loss_rise_noise"] >= 2
+    assert d.features["val_metric_best"] == pytest.approx(f1_best)
+    assert (d.verdict == "overfit-capacity") == overfit, [(f.rule_id, f.suppressed_by) for f in d.findings]
