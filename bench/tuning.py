@@ -51,7 +51,8 @@ STUDIES = RESULTS / "tuning"
 # below, no 2x after a collapsed 1x, target sweep over {1, 0.5}x lr; 6: budget left trains a still-improving
 # pick longer; 7: the longer run at lr /2 and lr when two fit; 8: train long early (the grid's incumbent at the
 # final length, challengers promoted beyond noise) and full fine-tuning's own lr probe (older studies are rerun)
-PROTOCOL_VERSION = 8
+# 9: long runs (early, promoted) train at the trial's lr x long_lr_factor (lr /2); the final training tries lr x1
+PROTOCOL_VERSION = 9
 # per sampler (a change reruns only the studies it changes). 2: the samplers' space holds the training length
 # (1-8x a trial), as the protocol's final training does; 3: TPE's start-up trials sized to the budget (a third
 # of the trials that fit, not a fixed 5); tpe-hyperband is new at 3

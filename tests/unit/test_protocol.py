@@ -537,6 +537,13 @@ def _longer_helps(p) -> float:
     return 0.03 if int(p.get("train.max_steps") or 0) >= 200 else 0.0
 
 
+def _lr_peak_moving(p) -> float:
+    """`_lr_peak` for trial-length runs; a long run (>= 200 steps) peaks at half the lr (protocol 3: the best lr
+    moves with the budget), where the protocol trains long runs (`long_lr_factor`)."""
+    peak = 5e-4 if int(p.get("train.max_steps") or 0) >= 200 else 1e-3
+    return -0.01 * abs(math.log2(p[LR] / peak))
+
+
 def test_budget_left_trains_a_still_improving_pick_longer():
     world = World(lambda p: 0.70 + _lr_peak(p) + _longer_helps(p), lambda p: "healthy",
                   features={"still_improving": 1.0, "best_step_fraction": 1.0})
@@ -552,28 +559,54 @@ def test_budget_left_trains_a_still_improving_pick_longer():
     assert ctx.state["final"].point["train.max_steps"] == 400 and ctx.state["final"].point[LR] == 1e-3
 
 
-def test_long_run_gets_its_own_lr_step_when_two_long_runs_fit():
-    """The lr the short trials chose (1e-3, the peak at 100 steps) is too high for a run 4x longer: there
-    the peak is at 5e-4. Both long runs are measured and the better one is the pick: the 1x one early (right
-    after the lr grid), the 0.5x one at the end at the same length, reusing the early run (not trained twice)."""
+def _long_peak_world(long_peak: float) -> World:
+    """The short trials' lr peak is 1e-3; a run 4x longer peaks at `long_peak` and gains 0.03 there."""
     def f1(p):
         long = int(p.get("train.max_steps") or 0) >= 200
-        peak = 5e-4 if long else 1e-3
+        peak = long_peak if long else 1e-3
         return 0.70 - 0.01 * abs(math.log2(p[LR] / peak)) + (0.03 if long else 0.0)
 
-    world = World(f1, lambda p: "healthy", features={"still_improving": 1.0, "best_step_fraction": 1.0})
+    return World(f1, lambda p: "healthy", features={"still_improving": 1.0, "best_step_fraction": 1.0})
+
+
+@pytest.mark.parametrize("long_peak, pick_lr, code", [
+    (5e-4, 5e-4, "final-train-reused"),  # lr /2 suits the long run: the early run stays the pick
+    (1e-3, 1e-3, "final-train-helps"),  # it does not: the end's run at the trial's lr replaces it
+])
+def test_long_runs_train_at_half_the_trials_lr_and_the_end_tries_the_trials_lr(long_peak, pick_lr, code):
+    """The lr the short trials chose (1e-3, the peak at 100 steps) need not suit a run 4x longer (protocol 3: the
+    best lr moves with the budget). The early long run trains at `long_lr_factor` (0.5) x it; the final
+    training runs the other factor of `final_lr_factors` (1x) at the same length, reusing the early run (not
+    trained twice), and the better long run is the pick."""
     start = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=6.0)
-    ctx, runner = make_ctx(world)
+    ctx, runner = make_ctx(_long_peak_world(long_peak))
     run_protocol(ctx, start, ProtocolSettings(full_probe=False, lr_probe=False),
                  plan={"max_steps": 100, "epochs": 1.5, "reason": "scripted"})
     longs = [s for s in runner.calls if s.point.get("train.max_steps")]
     assert [(s.phase, s.point[LR], s.point["train.max_steps"]) for s in longs] == [
-        ("early-long", 1e-3, 400), ("final-train", 5e-4, 400)]
+        ("early-long", 5e-4, 400), ("final-train", 1e-3, 400)]
+    early = next(x for x in ctx.decisions if x["code"] == "early-long-trained")
+    assert any("at lr 0.0005 (0.5x the trial's" in e for e in early["evidence"])
+    d = next(x for x in ctx.decisions if x["kind"] == "final-train")
+    low, high = (0.73, 0.72) if long_peak == 5e-4 else (0.72, 0.73)
+    assert d["code"] == code
+    assert any(f"lr 0.0005 -> {low:.3f}, lr 0.001 -> {high:.3f}" in e for e in d["evidence"])
+    assert [x["lr"] for x in d["data"]["lrs"]] == [5e-4, 1e-3]
+    final = ctx.state["final"]
+    assert final.point[LR] == pick_lr and final.point["train.max_steps"] == 400
+    assert final.value == pytest.approx(0.73)
+
+
+def test_long_lr_factor_one_trains_long_at_the_trials_lr_and_the_end_tries_lr_halved():
+    start = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=6.0)
+    ctx, runner = make_ctx(_long_peak_world(5e-4))
+    run_protocol(ctx, start, ProtocolSettings(full_probe=False, lr_probe=False, long_lr_factor=1.0),
+                 plan={"max_steps": 100, "epochs": 1.5, "reason": "scripted"})
+    longs = [(s.phase, s.point[LR], s.point["train.max_steps"]) for s in runner.calls if s.point.get("train.max_steps")]
+    assert longs == [("early-long", 1e-3, 400), ("final-train", 5e-4, 400)]
     d = next(x for x in ctx.decisions if x["kind"] == "final-train")
     assert d["code"] == "final-train-helps" and d["verdict"] == "the long run at another lr scores higher"
-    assert any("lr 0.001 -> 0.720, lr 0.0005 -> 0.730" in e for e in d["evidence"])
-    assert [x["lr"] for x in d["data"]["lrs"]] == [1e-3, 5e-4]
-    assert ctx.state["final"].point[LR] == 5e-4 and ctx.state["final"].point["train.max_steps"] == 400
+    assert ctx.state["final"].point[LR] == 5e-4
 
 
 def test_final_training_is_shortened_to_the_budget_or_skipped():
@@ -842,7 +875,7 @@ STILL = {"still_improving": 1.0, "best_step_fraction": 1.0}
 
 
 def test_the_lr_grids_incumbent_is_trained_long_before_the_evidence_stages():
-    world = World(lambda p: 0.70 + _lr_peak(p) + _longer_helps(p), lambda p: "healthy", features=STILL)
+    world = World(lambda p: 0.70 + _lr_peak_moving(p) + _longer_helps(p), lambda p: "healthy", features=STILL)
     ctx, runner = make_ctx(world)
     run_protocol(ctx, LONG_START, ProtocolSettings(full_probe=False, lr_probe=False), plan=PLAN)
     c = codes(ctx)
@@ -850,16 +883,16 @@ def test_the_lr_grids_incumbent_is_trained_long_before_the_evidence_stages():
     phases = [s.phase for s in runner.calls]
     assert phases[3] == "early-long" and phases[:3] == ["phase1-lr-grid"] * 3
     long = runner.calls[3]
-    assert long.point["train.max_steps"] == 400 and long.point[LR] == 1e-3  # 6 epochs / 1.5 per trial
+    assert long.point["train.max_steps"] == 400 and long.point[LR] == 5e-4  # 6 epochs / 1.5 per trial; lr x 0.5
     d = next(x for x in ctx.decisions if x["code"] == "early-long-trained")
     assert "0.700 -> 0.730" in d["evidence"][1] and d["data"]["steps"] == 400
     # the evidence stages ran after it; nothing beat the grid's incumbent, so the long run is the pick, and
-    # the final training reuses it (the 400-step run at lr 1e-3 is trained once)
+    # the final training reuses it (the 400-step run at lr 5e-4 is trained once) and tries the trial's lr 1e-3
     assert {"seeds", "rank-sweep", "target-sweep"} <= set(phases[4:])
     assert c[-1] == "final-train-reused"
     assert ctx.state.final.spec.phase == "early-long" and ctx.state.final.value == pytest.approx(0.73)
     assert len({s.key for s in runner.calls}) == len(runner.calls)
-    assert sum(1 for s in runner.calls if s.point.get("train.max_steps") == 400 and s.point[LR] == 1e-3) == 1
+    assert sum(1 for s in runner.calls if s.point.get("train.max_steps") == 400 and s.point[LR] == 5e-4) == 1
 
 
 def test_the_early_long_run_is_skipped_when_the_budget_cannot_hold_it():
@@ -876,7 +909,7 @@ def test_the_early_long_run_is_skipped_when_the_budget_cannot_hold_it():
 
 def _capacity_world(gain: float) -> World:
     """The grid's incumbent (r 8) overfits; r 4 scores `gain` higher at every length (capacity lowers, protocol 3)."""
-    return World(lambda p: 0.70 + (gain if p[R] == 4 else 0.0) + _lr_peak(p) + _longer_helps(p),
+    return World(lambda p: 0.70 + (gain if p[R] == 4 else 0.0) + _lr_peak_moving(p) + _longer_helps(p),
                  lambda p: "overfit-capacity" if p[R] >= 8 else "healthy", gap=0.3, features=STILL)
 
 

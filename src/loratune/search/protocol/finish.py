@@ -172,7 +172,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     if champ is not None:  # the early long run ran (protocol.long): an incumbent within noise of its trial is not
         noise, _ = ctx.noise()  # the pick's config; one trained long already is not trained again
         inc = inc if inc is champ or beats(inc, champ, noise) else champ
-        long = long_of(ctx, inc)
+        long = long_of(ctx, s, inc)
         if long is not None:
             reuse_long_run(ctx, s, inc, long, final)
             return
@@ -245,13 +245,15 @@ def beats(rec: TrialRecord, champ: TrialRecord, noise: float) -> bool:
 
 def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, long: TrialRecord,
                    final: TrialRecord) -> None:
-    """`inc` was trained long already (protocol.long): not trained again. The other lrs of `final_lr_factors`
-    run at its length when they all fit (the short trials' lr need not suit a longer run); the best of them
-    and the long run is the pick when it scores higher than the pick."""
+    """`inc` was trained long already (protocol.long, at `long_lr_factor` x its lr): not trained again. The
+    other lrs of `final_lr_factors` (x the trial's lr) run at its length when they all fit (the short trials'
+    lr need not suit a longer run); the best of them and the long run is the pick when it scores higher than
+    the pick."""
     phase = StageId.FINAL_TRAIN.value
     steps = int(long.point.get("train.max_steps") or 0)
-    lr = lr_of(long.point)
-    others = [round3(lr * f) for f in s.final_lr_factors if f != 1]
+    lr = lr_of(inc.point)
+    others = [x for x in dict.fromkeys(lr if f == 1 else round3(lr * f) for f in s.final_lr_factors)
+              if x != lr_of(long.point)]
     ev = [f"{inc.label} was trained long already: {long.label}, {steps} steps, {ctx.show(long.value)} (its trial "
           f"{ctx.fmt(inc.value)}); no later incumbent beat its trial beyond noise, so it is not trained again",
           f"the pick: {final.label}, {ctx.show(final.value)}"]
@@ -260,7 +262,7 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
     if others and steps and ctx.meter.fits(one * len(others)):
         for x in others:
             rec = ctx.run(ctx.spec(with_(long.point, **{LR: x}), phase,
-                                   f"the long run at lr {x:g} ({x / lr:g}x): the short trials' lr need not suit it"),
+                                   f"the long run at lr {x:g} ({x / lr:g}x the trial's): the short trials' lr need not suit it"),
                           prune=False)
             if rec is None:
                 no_budget(ctx, phase, f"the longer run at lr {x:g}")

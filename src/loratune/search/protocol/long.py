@@ -3,7 +3,8 @@
 The short trials rank configs; the model handed over is trained longer. Waiting with the long run until
 every stage has spent its trials leaves the pick a short trial for most of the budget. So once the lr grid
 has an incumbent, it is trained at the final length (phase 0's epochs, at most `final_max_factor` x a trial,
-shortened to the budget left after the higher-priority stages' reserve; the trials' early stopping) and
+shortened to the budget left after the higher-priority stages' reserve; the trials' early stopping; at
+`long_lr_factor` x the trial's lr, since the lr that wins short runs is too high for long ones) and
 becomes the pick. Every later incumbent is a challenger (successive halving: many configs at trial length,
 few at full length): it replaces the pick only when its trial beats the pick's trial (`champion`) beyond
 noise, and is then trained long itself; its long run is the pick when it scores higher. A challenger stage
@@ -19,7 +20,7 @@ from loratune.search.stages import StageId
 from loratune.search.trial import TrialRecord
 from loratune.search.protocol.settings import (FINAL_LENGTH_SHRINK, METHOD, ProtocolSettings,
                                                STILL_IMPROVING_BEST_FRACTION)
-from loratune.search.protocol.common import evidence_of, incumbent_of, reserve
+from loratune.search.protocol.common import LR, evidence_of, incumbent_of, lr_of, reserve, round3
 
 PHASE = StageId.EARLY_LONG.value
 
@@ -84,9 +85,17 @@ def long_run(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, why: str
     steps = final_length(ctx, rec, long_steps_wanted(ctx, s), 1, s.final_min_factor * steps0, held)
     if steps is None:
         return None
-    point = with_(rec.point, **{"train.max_steps": steps})
-    return ctx.run(ctx.spec(point, PHASE, f"{why}: {steps} steps ({steps / steps0:.1f}x a trial)"), prune=False,
+    lr = long_lr(s, rec.point)
+    point = with_(rec.point, **{"train.max_steps": steps, LR: lr})
+    at = "" if lr == lr_of(rec.point) else f" at lr {lr:g} ({s.long_lr_factor:g}x the trial's)"
+    return ctx.run(ctx.spec(point, PHASE, f"{why}: {steps} steps ({steps / steps0:.1f}x a trial){at}"), prune=False,
                    reserve=held)
+
+
+def long_lr(s: ProtocolSettings, point: dict) -> float:
+    """The lr a long run of `point` (a trial's config) trains at: its lr x `long_lr_factor`."""
+    lr = lr_of(point)
+    return lr if s.long_lr_factor == 1 else round3(lr * s.long_lr_factor)
 
 
 def unaffordable_line(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, held: Cost) -> str:
@@ -119,7 +128,8 @@ def stage_early_long(ctx: SearchContext, s: ProtocolSettings) -> None:
     ctx.state.champion = inc
     steps = int(run.point["train.max_steps"])
     ev = [f"{inc.label} was still improving when its {ctx.trial_steps}-step trial ended (best at {frac or 0:.0%})",
-          f"{steps} steps ({steps / ctx.trial_steps:.1f}x a trial), early stopping on {ctx.objective.name}: "
+          f"{steps} steps ({steps / ctx.trial_steps:.1f}x a trial) at lr {lr_of(run.point):g} ({s.long_lr_factor:g}x "
+          f"the trial's: the best lr falls as the run grows, protocol 3), early stopping on {ctx.objective.name}: "
           f"{ctx.fmt(inc.value)} -> {ctx.fmt(run.value)}",
           "later incumbents are challengers: trained long only when they beat this trial beyond noise"]
     data = {"trial": inc.number, "long_trial": run.number, "steps": steps, "value": run.value, "trial_value": inc.value}
@@ -212,14 +222,14 @@ def cannot_change_pick(ctx: SearchContext, s: ProtocolSettings, stage) -> bool:
     return True
 
 
-def long_of(ctx: SearchContext, rec: TrialRecord) -> TrialRecord | None:
-    """A long run of `rec`'s config this study already trained (early, as a promotion, or at the end)."""
+def long_of(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord) -> TrialRecord | None:
+    """A long run of `rec`'s config this study already trained (early or as a promotion: at `long_lr`)."""
     def bare(p: dict) -> dict:
-        return {k: v for k, v in p.items() if k != "train.max_steps"}
+        return {k: v for k, v in p.items() if k not in ("train.max_steps", LR)}
 
-    longs = (PHASE, StageId.FINAL_TRAIN.value)
-    return next((r for r in reversed(ctx.records) if r.spec.phase in longs and r is not rec
-                 and bare(r.point) == bare(rec.point)), None)
+    lr = long_lr(s, rec.point)
+    return next((r for r in reversed(ctx.records) if r.spec.phase == PHASE and r is not rec
+                 and bare(r.point) == bare(rec.point) and lr_of(r.point) == lr), None)
 
 
 def is_full(rec: TrialRecord | None) -> bool:

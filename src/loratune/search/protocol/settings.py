@@ -108,6 +108,12 @@ class ProtocolSettings:
     # stages (a good model early); later incumbents are challengers, trained long only when they beat the
     # pick's trial beyond noise at trial length (successive halving)
     early_long: bool = True
+    # ... and every long run (early, promoted) trains at the trial's lr x this: the lr that won on short trials
+    # is too high for a run several times longer (protocol 3: the best lr moves with the budget). Measured: v7's
+    # end-of-study pair won at lr /2 in 4 of 4 banking77-20 studies (+0.7 to +2.2 pt val); v8, training long at
+    # the trial's lr, picked lr 8e-3 long runs averaging 0.924 test against 0.962 for 2e-3..4e-3
+    # (bench/results/tuning_notes.md). The final training tries the other `final_lr_factors` at its length.
+    long_lr_factor: float = 0.5
     allow_past_breakeven: bool = False
     target: float | None = None
     # the effective step size lr x s (loratune.stepsize): how a rank change holds it fixed, by rule
