@@ -10,6 +10,7 @@ the meta device (tests/unit/test_arch_table.py). Architectures not in the table 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from dataclasses import asdict, dataclass
@@ -256,3 +257,69 @@ def count_params(model, sites: list[LinearSite], method: str) -> ParamCount:
 def lora_params(sites: list[LinearSite], r: int) -> int:
     """LoRA parameters for rank r on these layers: r * (d_in + d_out) each (protocol section 6)."""
     return sum(r * (s.in_features + s.out_features) for s in sites)
+
+
+# Evaluation runs each plain LoRA layer (peft's lora.Linear on an nn.Linear, one adapter, no DoRA, no LoRA bias) as
+# one matmul with W + scaling * B @ A, where peft's unmerged forward runs the base matmul, the adapter's two thin
+# ones, a scaling and an add: on MiniLM config (a) (LoRA on 16 layers) those were 13-18% of an evaluation pass on 2
+# CPU cores (bench/results/throughput.md, issue 17 round 4). A layer whose B is all zero (LoRA's init: step 0) adds
+# exactly zero and simply runs its base layer, so the step-0 point is bit-identical; a merged layer differs from the
+# unmerged sum by float rounding only (logits within ~1e-7). The merged copies live beside the originals while
+# evaluating: above this many bytes of them the adapters run unmerged (a 7B model's all-linear would need ~26 GB).
+EVAL_MERGE_MAX_BYTES = 256 * 2**20
+
+
+def _plain_lora_layers(model) -> list:
+    """(layer, adapter name) of every peft lora.Linear that evaluation may run merged (see EVAL_MERGE_MAX_BYTES)."""
+    try:
+        import torch
+        from peft.tuners.lora import Linear as LoraLinear
+    except ImportError:
+        return []
+    out = []
+    for m in model.modules():
+        if not isinstance(m, LoraLinear) or not hasattr(m, "_disable_adapters") or m.disable_adapters or m.merged:
+            continue
+        active = [a for a in m.active_adapters if a in m.lora_A]
+        if len(active) != 1 or not isinstance(m.base_layer, torch.nn.Linear) or m.fan_in_fan_out:
+            continue
+        a = active[0]
+        if a in getattr(m, "lora_variant", {}) or getattr(m, "use_dora", {}).get(a) \
+                or getattr(m, "lora_bias", {}).get(a) or m.lora_B[a].bias is not None:
+            continue
+        out.append((m, a))
+    return out
+
+
+@contextlib.contextmanager
+def merged_for_eval(model):
+    """Inside the block, plain LoRA layers run as their base layer: with B all zero as it is (the adapter adds
+    exactly zero), otherwise with the merged weight W + scaling * B @ A (EVAL_MERGE_MAX_BYTES says why and how
+    much). On leaving, each base weight is its original tensor again (swapped back, never recomputed) and the
+    adapters run as before: training is untouched. Any other model passes through unchanged."""
+    import torch
+
+    zero, merge = [], []
+    for m, a in _plain_lora_layers(model):
+        (merge if torch.count_nonzero(m.lora_B[a].weight) else zero).append((m, a))
+    if sum(m.base_layer.weight.numel() * m.base_layer.weight.element_size() for m, _ in merge) > EVAL_MERGE_MAX_BYTES:
+        merge = []
+    swapped, off = [], []
+    try:
+        with torch.no_grad():
+            for m, a in merge:
+                w = m.base_layer.weight
+                merged = w.data + m.get_delta_weight(a).to(w.dtype)
+                swapped.append((w, w.data))
+                w.data = merged
+                off.append(m)
+                m._disable_adapters = True
+        for m, _ in zero:
+            off.append(m)
+            m._disable_adapters = True
+        yield
+    finally:
+        for w, original in swapped:
+            w.data = original
+        for m in off:
+            m._disable_adapters = False

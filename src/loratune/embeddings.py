@@ -103,7 +103,9 @@ def _pick_threads(embed_batch, text_lists, batch_size: int, available: int) -> i
         t0 = time.perf_counter()
         embed_batch(sample)
         times[n] = time.perf_counter() - t0
-    return 1 if times[1] < 0.8 * times[available] else available
+    from loratune.train import faster_on_one_thread
+
+    return 1 if faster_on_one_thread(times[available], times[1]) else available
 
 
 def _forward_args(model) -> set[str]:

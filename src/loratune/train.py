@@ -203,20 +203,53 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return batches
 
 
-@torch.inference_mode()
-def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, autocast: bool) -> np.ndarray:
-    """Logits [n, k] in the split's order; batches are formed from length-sorted rows."""
+# Evaluation on a shared CPU: while other processes keep the cores busy, an all-core matmul waits for its slowest
+# thread to get a core (an OpenMP region ends only when every thread has run), and one thread can be nearly twice as
+# fast: a BANKING77 validation pass on MiniLM took 16.9 s on 2 threads and 9.3 s on 1, 2 cores shared with two tuning
+# jobs (issue 17, round 4), with bit-identical logits. So a pass of at least EVAL_THREAD_PROBE_BATCHES batches times
+# its second batch on one thread and its third on all of them (per padded token; the first warms up) and runs the
+# rest on the faster (faster_on_one_thread); a shorter pass (the train subsample, probe sets) reuses the last choice.
+EVAL_THREAD_PROBE_BATCHES = 4
+_EVAL_ONE_THREAD = {"last": False}  # the last evaluation pass's choice, for the short passes after it
+
+
+def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, autocast: bool,
+                   pick_threads: bool = True) -> np.ndarray:
+    """Logits [n, k] in the split's order; batches are formed from length-sorted rows. Plain LoRA layers run
+    merged (adapt.merged_for_eval). `pick_threads` (CPU, more than one thread): one thread or all of them,
+    whichever is faster now (EVAL_THREAD_PROBE_BATCHES); False keeps torch's setting (train.num_threads given)."""
+    from loratune.adapt import merged_for_eval
+
     was_training = model.training
     model.eval()
+    batches = eval_batches(enc.lengths, batch_size)
+    threads = torch.get_num_threads()
+    pick = pick_threads and device.type == "cpu" and threads > 1
+    probe = {1: 1, 2: threads} if pick and len(batches) >= EVAL_THREAD_PROBE_BATCHES else {}  # batch -> threads
+    per_token: dict[int, float] = {}
     out = None
-    for rows in eval_batches(enc.lengths, batch_size):
-        batch = collate([enc.ids[i] for i in rows], pad_id, device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = forward_logits(model, enc, rows, batch).float().cpu().numpy()
-        if out is None:
-            out = np.empty((len(enc.ids), logits.shape[1]), dtype=np.float32)
-        out[rows] = logits
-    model.train(was_training)
+    try:
+        if pick and not probe and _EVAL_ONE_THREAD["last"]:
+            torch.set_num_threads(1)
+        with merged_for_eval(model), torch.inference_mode():
+            for i, rows in enumerate(batches):
+                if i in probe:
+                    torch.set_num_threads(probe[i])
+                t = time.perf_counter()
+                batch = collate([enc.ids[j] for j in rows], pad_id, device)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+                    logits = forward_logits(model, enc, rows, batch).float().cpu().numpy()
+                if i in probe:
+                    per_token[probe[i]] = (time.perf_counter() - t) / batch["input_ids"].numel()
+                    if len(per_token) == 2:
+                        _EVAL_ONE_THREAD["last"] = faster_on_one_thread(per_token[threads], per_token[1])
+                        torch.set_num_threads(1 if _EVAL_ONE_THREAD["last"] else threads)
+                if out is None:
+                    out = np.empty((len(enc.ids), logits.shape[1]), dtype=np.float32)
+                out[rows] = logits
+    finally:
+        torch.set_num_threads(threads)
+        model.train(was_training)
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -360,6 +393,16 @@ def cpu_cores() -> int:
     except (OSError, ValueError):
         pass
     return max(1, cores)
+
+
+# One thread is taken over all of the cores only when it is this much faster (time ratio): on an idle machine the
+# cores win by ~1.5-2x and timing noise must not flip that (used for evaluation here and frozen embeddings).
+ONE_THREAD_MAX_RATIO = 0.8
+
+
+def faster_on_one_thread(seconds_all: float, seconds_one: float) -> bool:
+    """Whether one thread beats all the cores on the same work (ONE_THREAD_MAX_RATIO)."""
+    return seconds_one < ONE_THREAD_MAX_RATIO * seconds_all
 
 
 def peak_memory_mb(device) -> float:
@@ -539,10 +582,12 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     tuned = {"now": None, "best": None}  # thresholds tuned at the last eval point, and at the saved model's
     kept: dict[str, np.ndarray] = {}  # val logits of the saved model's evaluation point
 
+    pick_threads = cfg.train.num_threads is None  # evaluation: one thread or all, the faster (a given count stays)
+
     def predict_texts(texts: list[str]) -> np.ndarray:  # for probe sets and perturbed texts
         split = Split("extra", tuple(texts), tuple((space.labels[0],) for _ in texts), "extra")
         return predict_logits(model, encode(tokenizer, split, space, cfg.model.max_length),
-                              cfg.train.per_device_eval_batch_size, pad_id, device, autocast)
+                              cfg.train.per_device_eval_batch_size, pad_id, device, autocast, pick_threads)
 
     step0_rows, point_rows = eval_rows_per_point(len(val_enc.ids), len(train_eval_enc.ids))
     steps, eval_every = plan_steps(cfg, len(dataset.train), point_rows, step0_rows)
@@ -605,7 +650,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         point.update(window_scores(window))
         for key in window:
             window[key].clear()
-        val_logits = predict_logits(model, val_enc, cfg.train.per_device_eval_batch_size, pad_id, device, autocast)
+        val_logits = predict_logits(model, val_enc, cfg.train.per_device_eval_batch_size, pad_id, device, autocast,
+                                    pick_threads)
         val_dec = te_dec = decoding
         if decoding is not None and cfg.train.threshold_tuning:
             # thresholds tuned on all of val go with the model (and score train_eval); val itself is scored
@@ -618,7 +664,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         if step > 0 or "train_eval" in STEP0_SPLITS:
             te_scores, _ = score_split("train_eval", predict_logits(model, train_eval_enc,
                                                                     cfg.train.per_device_eval_batch_size, pad_id,
-                                                                    device, autocast),
+                                                                    device, autocast, pick_threads),
                                        train_eval_enc, space, spec, te_dec)
             point.update(te_scores)
             scored += len(train_eval_enc.ids)
