@@ -170,6 +170,11 @@ _THRESHOLDS = (
        "minimum (that came early): the model fitted its training rows while new ones got worse, the widening "
        "val-minus-train gap of protocol 5b, even when the train loss is level by the second half (a seq2seq run of "
        "fold D, bench/results/diagnose_external_notes.md)."),
+    _t("lm_late_fall_min", 0.02, "fraction", "A language model's train loss falling at least this share over the "
+       "second half is still fitting its training rows (the 2% a new low must beat to count as progress, "
+       "features.IMPROVE_MIN_REL): with its val loss turned in the first half, the val-minus-train gap widens (5b), "
+       "though an entropy floor (protocol 9) keeps the fall from plateau_late_drop_max's 10% (Bhattars1 6%, Kyzu07 "
+       "8%, fold I); a level loss moves less (a BART run of fold D, al-Reza89, level after 45%: 0.4%)."),
     _t("late_min_fraction", 0.9, "fraction", "Val loss at its minimum this late: the run has not started to "
        "degrade (a metric dip then is noise). Likewise a train loss at its (smoothed) minimum this late has not "
        "climbed back up: a rise of one window on the way down is batch noise, not protocol 4's oscillation."),
@@ -367,9 +372,23 @@ _RULES = (
                        # val-minus-train gap widened (5b) though the second half of the train loss is level
                        all_(c("train_loss_drop", ">=", "plateau_late_drop_max"),
                             c("train_loss_fall_after_val_min", ">=", "fit_after_turn_share_min"),
+                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max")),
+                       # ...or, for a language model, still falling at all over the second half after the val loss
+                       # turned in the first: its loss sits above an entropy floor (protocol 9), so no share of its
+                       # start measures the fit; the widening val-minus-train gap does (5b)
+                       all_(c("generative", ">=", "flag_on"),
+                            c("train_loss_late_drop", ">=", "lm_late_fall_min"),
                             c("val_loss_min_fraction", "<=", "early_turn_fraction_max"))),
                   any_(all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
                             c("val_loss_rise_noise", ">=", "rise_noise_min")),
+                       # a language model's val loss that turned in the first half and ended above its minimum beyond
+                       # the noise band: protocol 5b's overfit ("passed its minimum and stays above it by more than
+                       # the noise"), however small a share of a loss of ~2 nats above an entropy floor the rise is
+                       # (val_loss_rise_min's 10% is a classifier's scale, as slow_drop_max's 30% fall is): Bhattars1
+                       # +0.8% at 2.7 noise units and Kyzu07 +1.9% at 6.9 (fold I), P-Zande +1.2% at 4.2 (fold C)
+                       all_(c("generative", ">=", "flag_on"),
+                            c("val_loss_rise_noise", ">=", "rise_noise_min"),
+                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max")),
                        all_(c("val_metric_final_drop", ">=", "val_metric_drop_min"),
                             c("val_metric_final_drop_se", ">=", "drop_se_min"),
                             c("val_loss_min_fraction", "<", "late_min_fraction")),

@@ -902,3 +902,35 @@ def test_a_run_whose_val_metric_never_rose_off_zero_is_not_overfit(tmp_path, f1_
     assert d.features["val_loss_rise"] >= 0.1 and d.features["val_loss_rise_noise"] >= 2
     assert d.features["val_metric_best"] == pytest.approx(f1_best)
     assert (d.verdict == "overfit-capacity") == overfit, [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+# ---- fold I (bench/results/diagnose_external_notes.md): each rule change with its near misses -------------
+
+@pytest.mark.parametrize("rise, turn, late, task, overfit", [
+    (0.039, 0.21, 0.11, "CAUSAL_LM", True),  # LM: val +1.8% from a minimum at 21%, 6.3 noise units, train -6% late (Kyzu07)
+    (0.016, 0.21, 0.11, "CAUSAL_LM", True),  # a rise of 0.7% that still clears the band (2.5 noise units): overfit
+    (0.012, 0.21, 0.11, "CAUSAL_LM", False),  # near miss: +0.5%, 1.9 noise units, inside rise_noise_min's band: a tie
+    (0.039, 0.45, 0.11, "CAUSAL_LM", True),  # the val loss turned at 43% of the run: in the first half
+    (0.039, 0.55, 0.11, "CAUSAL_LM", False),  # near miss: turned at 57%, after early_turn_fraction_max
+    (0.039, 0.21, 0.03, "CAUSAL_LM", True),  # the train loss fell 2.2% over the second half: still fitting
+    (0.039, 0.21, 0.02, "CAUSAL_LM", False),  # near miss: 1.7%, under lm_late_fall_min: level, no widening gap
+    (0.039, 0.21, 0.11, "SEQ_CLS", False),  # near miss: a classifier's +1.8% is under val_loss_rise_min (no floor)
+])
+def test_a_language_models_val_loss_rising_beyond_its_noise_from_an_early_minimum_is_overfit(
+        tmp_path, rise, turn, late, task, overfit):
+    # Bhattars1, Kyzu07 (I), P-Zande (C): ~2-nat losses above an entropy floor; a rise of 1-2% is 3-7 noise units
+    def val(f):
+        base = 2.056 - 0.026 * (f / turn) if f <= turn else 2.030 + rise * (f - turn) / (1 - turn)
+        return base + (0.002 if round(f * 14) % 2 else 0.0)
+
+    fall = exp_decay(2.57, 1.9, 8)
+    d = diagnose(trainer_state(tmp_path, train=lambda f: fall(f) - late * max(0.0, f - 0.5) / 0.5, val=val, evals=14,
+                               steps=280, log_every=4, classes=None, n_val=None, lr=5e-5,
+                               adapter={"task_type": task, "r": 8, "lora_alpha": 16}))
+    assert d.features["val_loss_rise"] < 0.1 and d.features["train_loss_late_drop"] < 0.1
+    assert d.features["train_loss_fall_after_val_min"] < 0.5
+    assert (d.features["val_loss_rise_noise"] >= 2) == (rise >= 0.016)
+    assert (d.features["train_loss_late_drop"] >= 0.02) == (late >= 0.03)
+    assert (d.verdict == "overfit-capacity") == overfit, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    if not overfit:
+        assert not d.fired("overfit-capacity", active_only=False)

@@ -121,8 +121,9 @@ def test_no_overfit_when_the_novel_drift_is_inside_its_noise_band():
 
 # ---- overfit: val loss rising beyond noise while the train loss still falls (not memorised) ----------------------
 
-def _val_rise_run(rise: float):
-    return sft_run(train=lerp(2.5, 1.0), val=lambda f: 1.5 + (0.9 * (1 - f / 0.5) if f <= 0.5 else rise * 1.5 * (f - 0.5) / 0.5),
+def _val_rise_run(rise: float, turn: float = 0.5):
+    return sft_run(train=lerp(2.5, 1.0),
+                   val=lambda f: 1.5 + (0.9 * (1 - f / turn) if f <= turn else rise * 1.5 * (f - turn) / (1 - turn)),
                    extra=prompts(lerp(0.3, 0.4), lerp(0.28, 0.33)))
 
 
@@ -134,10 +135,15 @@ def test_overfit_when_val_loss_rises_while_train_loss_still_falls():
     assert d.verdict == "overfit-capacity"
 
 
-def test_no_overfit_when_val_loss_rises_less_than_its_threshold():
-    d = diagnose(_val_rise_run(0.09), meta=SFT)
-    assert d.features.values["val_loss_rise"] == pytest.approx(0.09)
-    assert not d.fired("overfit-capacity", active_only=False)
+@pytest.mark.parametrize("turn, overfit", [
+    (0.6, False),  # turned in the second half: a rise under val_loss_rise_min (10%) is not read as overfit
+    (0.5, True),  # turned in the first half, the train loss still falling: beyond the noise band is enough for a
+                  # language model (its loss sits above an entropy floor; fold I's Bhattars1 and Kyzu07)
+])
+def test_a_val_loss_rise_under_its_threshold_is_overfit_only_for_a_language_model_that_turned_early(turn, overfit):
+    d = diagnose(_val_rise_run(0.09, turn), meta=SFT)
+    assert d.features.values["val_loss_rise"] == pytest.approx(0.09) and d.features.values["val_loss_rise_noise"] > 2
+    assert d.fired("overfit-capacity", active_only=False) == overfit
 
 
 # ---- overfit: training completions memorised while the val loss stalls (the TRL run) ----------------------------
