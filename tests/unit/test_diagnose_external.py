@@ -934,3 +934,36 @@ def test_a_language_models_val_loss_rising_beyond_its_noise_from_an_early_minimu
     assert (d.verdict == "overfit-capacity") == overfit, [(f.rule_id, f.suppressed_by) for f in d.findings]
     if not overfit:
         assert not d.fired("overfit-capacity", active_only=False)
+
+
+@pytest.mark.parametrize("swing, share_max, healthy", [
+    (0.0, 0.1, True),  # 70 evals: -2.8% early, then level, +-0.003 jitter (raw eval-to-eval share 0.42): healthy
+    (0.002, 0.2, True),  # a slow swing of 0.002 over three cycles: the block means move up 0.19 of the time
+    (0.004, 0.3, False),  # near miss: a swing of 0.004: 0.26 of the block means' movement is up: not steady
+])
+def test_a_long_val_loss_that_settled_within_its_noise_is_steady_when_read_over_ten_block_means(tmp_path, swing,
+                                                                                               share_max, healthy):
+    # HenryECA (I): a Llama LoRA run, 70 evals on 50 rows; its jitter's moves add up with every eval, its fall does not
+    def val(f):
+        return (1.293 + 0.045 * math.exp(-f * 20) + (0.003 if round(f * 70) % 2 else 0.0)
+                + swing * math.sin(2 * math.pi * 3 * f))
+
+    folder = trainer_state(tmp_path, train=exp_decay(1.67, 1.3, 8), val=val, evals=70, steps=1400, log_every=10,
+                           classes=None, n_val=None, adapter={"task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16})
+    d = diagnose(folder)
+    vals = [p["val/loss"] for p in load_run(folder).points if "val/loss" in p]
+    raw_up = sum(max(b - a, 0.0) for a, b in zip(vals, vals[1:])) / sum(abs(b - a) for a, b in zip(vals, vals[1:]))
+    assert raw_up > 0.4  # eval to eval, every one of these curves moves up two fifths of the time
+    assert share_max - 0.1 <= d.features["val_loss_rise_share"] < share_max
+    assert d.features["val_loss_drop_noise"] >= 2 and d.features["val_loss_rise_noise"] < 2
+    assert (d.verdict == "healthy") == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+def test_the_rise_share_block_means_keep_ten_points_or_fewer_as_logged():
+    from loratune.features import RISE_SHARE_POINTS_MAX, _block_means
+    assert RISE_SHARE_POINTS_MAX == 10
+    assert _block_means([3.0, 1.0, 2.0], 10) == [3.0, 1.0, 2.0]
+    assert _block_means([float(i) for i in range(10)], 10) == [float(i) for i in range(10)]
+    means = _block_means([float(i) for i in range(70)], 10)
+    assert means == [3.0 + 7 * k for k in range(10)]
+    assert len(_block_means([1.0] * 23, 10)) == 10
