@@ -209,6 +209,8 @@ _CATALOGUE = (
     _spec("val metric", "val_metric_best", "points", "val metric peaked at {}", "Maximum of M."),
     _spec("val metric", "val_metric_final", "points", "val metric ended at {}", "Last M."),
     _spec("val metric", "val_metric_gain", "points", "val metric gained {} from start to best", "best - start of M."),
+    _spec("val metric", "val_metric_gain_se", "se", "val metric gained {} from start to best",
+          "val_metric_gain / val_metric_noise."),
     _spec("val metric", "val_metric_final_drop", "points", "val metric ended {} below its best", "best - final of M."),
     _spec("val metric", "val_metric_final_drop_se", "se", "val metric ended {} below its best",
           "val_metric_final_drop / val_metric_noise."),
@@ -892,7 +894,7 @@ def _lr_clock(pts: Sequence[dict]):
 
 
 def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
-    names = ("val_metric_start", "val_metric_best", "val_metric_final", "val_metric_gain",
+    names = ("val_metric_start", "val_metric_best", "val_metric_final", "val_metric_gain", "val_metric_gain_se",
              "val_metric_final_drop", "best_step_fraction", "val_metric_late_gain", "val_metric_late_gain_se",
              "val_metric_gain_per_epoch_late", "still_improving", "val_metric_se", "val_metric_max_drop",
              "val_metric_drops", "val_metric_max_drop_se", "val_metric_noise")
@@ -937,8 +939,10 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
     se = noise  # every *_se feature below is in units of the noise band
     if se:
         acc.set("val_metric_final_drop_se", (best - vals[-1]) / se)
+        acc.set("val_metric_gain_se", (best - vals[0]) / se)
     else:
         acc.set("val_metric_final_drop_se", None, why_noise)
+        acc.set("val_metric_gain_se", None, why_noise)
     if se is not None and se > 0 and acc.values.get("val_metric_max_drop") is not None:
         acc.set("val_metric_max_drop_se", acc.values["val_metric_max_drop"] / se)
     else:

@@ -272,6 +272,11 @@ _THRESHOLDS = (
     _t("healthy_loss_drop_min", 0.3, "fraction", "Train loss falling at least this much."),
     _t("healthy_val_loss_drop_min", 0.1, "fraction", "...or, without a val metric, the val loss falling at least "
        "this much from its first eval to its minimum."),
+    _t("healthy_gain_se_min", 2.0, "se", "...or, for a run with a val metric, the metric gaining this many noise "
+       "units (its standard error) from its first eval to its best, ending within drop_se_min of it, the val loss "
+       "within its noise band of its minimum and the train loss down healthy_loss_drop_min: improvements count beyond noise (protocol "
+       "5b), and what a metric can gain depends on the task's ceiling (an 11-label exact match near 0.27), which one "
+       "curve lacks, as healthy_drop_noise_min says of the val loss (HeavY-Futhark, fold I: +4.1 points at 5 SE)."),
     _t("healthy_drop_noise_min", 2.0, "se", "...or, for any kind of run, the val loss falling this many noise units "
        "of a difference of two points from its first eval to its minimum (the band a rise must clear, "
        "rise_noise_min), ending within that band of its best, the train loss falling too."),
@@ -561,7 +566,14 @@ _RULES = (
                             # -26% in the first tenth, then flat at the class prior's entropy, eval equal)
                             any_(c("generative", ">=", "flag_on"),
                                  c("train_loss_drop", ">=", "healthy_loss_drop_min"),
-                                 c("train_loss_late_drop", ">", "still_falling_min")))),
+                                 c("train_loss_late_drop", ">", "still_falling_min"))),
+                       # a run with a val metric: the metric gained beyond its noise and held, the val loss inside
+                       # its band of its minimum, the train loss down a healthy run's share (the same reading on the
+                       # metric; a metric that rose while the train loss stayed pinned is no fit, protocol 3)
+                       all_(c("val_metric_gain_se", ">=", "healthy_gain_se_min"),
+                            c("val_metric_final_drop_se", "<", "drop_se_min"),
+                            c("val_loss_rise_noise", "<", "rise_noise_min"),
+                            c("train_loss_drop", ">=", "healthy_loss_drop_min"))),
                   any_(c("val_loss_rise", "<", "val_loss_rise_min"),
                        c("val_loss_rise_noise", "<", "rise_noise_min")),
                   any_(c("val_metric_final_drop", "<", "val_metric_drop_min"),

@@ -967,3 +967,34 @@ def test_the_rise_share_block_means_keep_ten_points_or_fewer_as_logged():
     means = _block_means([float(i) for i in range(70)], 10)
     assert means == [3.0 + 7 * k for k in range(10)]
     assert len(_block_means([1.0] * 23, 10)) == 10
+
+
+_HEAVY_VAL = [0.3305, 0.3132, 0.3220, 0.3344]  # HeavY-Futhark (I): 4 epochs, BERT multi-label, 3,260 eval rows
+
+
+@pytest.mark.parametrize("acc, val, healthy", [
+    # exact match +4.1 points (5.3 SE) to its best at the end; val loss +6.8% at 1.7 noise units: healthy
+    ([0.230, 0.266, 0.256, 0.271], _HEAVY_VAL, True),
+    ([0.230, 0.244, 0.240, 0.246], _HEAVY_VAL, True),  # +1.6 points, 2.1 SE: beyond the band
+    ([0.230, 0.243, 0.239, 0.2445], _HEAVY_VAL, False),  # near miss: +1.45 points, 1.9 SE: a tie with its start
+    ([0.230, 0.266, 0.256, 0.2493], _HEAVY_VAL, False),  # near miss: ended 2.3 SE below its best: did not hold
+    # 8 evals, the metric +5.3 SE; the val loss barely fell and ends +0.3% at 1.1 noise units: healthy
+    ([0.230, 0.250, 0.262, 0.266, 0.262, 0.268, 0.266, 0.271],
+     [0.3305, 0.3300, 0.3298, 0.3300, 0.3302, 0.3304, 0.3306, 0.3308], True),
+    # near miss: the val loss ends +1.0% above its minimum at 3.4 noise units: it did not hold
+    ([0.230, 0.250, 0.262, 0.266, 0.262, 0.268, 0.266, 0.271],
+     [0.3305, 0.3300, 0.3298, 0.3302, 0.3310, 0.3316, 0.3322, 0.3330], False),
+])
+@pytest.mark.parametrize("train_end", [0.10, 0.33])  # near miss: the train loss down 28%, under healthy_loss_drop_min
+def test_a_val_metric_that_gained_beyond_its_noise_and_held_is_healthy(tmp_path, acc, val, healthy, train_end):
+    n = len(val)
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(0.48, train_end, 3), val=lambda f: val[round(f * n) - 1],
+                               metric=lambda f: acc[round(f * n) - 1], evals=n, steps=20 * n, n_val=3260, classes=11))
+    v = d.features
+    assert v["val_metric_gain"] < 0.1 and v["val_loss_drop"] < 0.1 and v["val_loss_drop_noise"] < 2
+    assert v["val_metric_gain_se"] == pytest.approx(v["val_metric_gain"] / v["val_metric_noise"])
+    held = v["val_metric_final_drop_se"] < 2 and v["val_loss_rise_noise"] < 2
+    assert (v["val_metric_gain_se"] >= 2 and held) == healthy
+    assert (v["train_loss_drop"] >= 0.3) == (train_end < 0.3)
+    healthy = healthy and train_end < 0.3
+    assert (d.verdict == "healthy") == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]
