@@ -431,9 +431,16 @@ def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mappin
             mcfg = {}
         mcfg = mcfg if isinstance(mcfg, dict) else {}
         archs = [str(x) for x in (mcfg.get("architectures") or [])]
+        id2label = mcfg.get("id2label") if isinstance(mcfg.get("id2label"), dict) else {}
+        n_labels = mcfg.get("num_labels", len(id2label) if id2label else None)
         if mcfg.get("problem_type") == "regression" or (
                 any(x.endswith("ForSequenceClassification") for x in archs) and mcfg.get("num_labels") == 1):
             found = ("regression", f"{cp.name} problem_type regression")
+        # a config that names one label and no architecture: one label has no ln(classes) and the only head it
+        # configures in transformers (num_labels 1) is a regression's, so it is no classifier (ALLITi, fold F: a
+        # GPT-2 config carrying the default-built id2label {0: LABEL_0}); an architecture, where named, decides
+        elif found is None and not archs and n_labels == 1:
+            found = ("regression", f"{cp.name} one label, no architecture")
         elif found is None:
             found = next(((task, f"{cp.name} architecture {x}") for x in archs for suffix, task in ARCH_TASKS
                           if x.endswith(suffix)), None)

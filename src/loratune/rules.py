@@ -474,9 +474,15 @@ _RULES = (
                                  # ...and it lost less than a healthy run's share (a classifier that lost more and
                                  # is still falling is learning at a fair pace: undertrained, not too small a step)
                                  c("train_loss_drop", "<", "healthy_loss_drop_min")),
-                            # any kind of run: both losses fell less than a healthy run's (steady, below)
+                            # any kind of run: both losses fell less than a healthy run's (steady, below), and
+                            # the fall is still going: its extrapolated remaining fall beyond the noise band (on a
+                            # curve long enough to read one); a fall that has run out inside its noise has converged,
+                            # and slow is a fall still going at the end (protocol 4-5; 5b: noise first): ALLITi (F,
+                            # 0.5 noise units left of a -3.7% fall over 36 evals), hitsdiff (H), nesrinebentmessek (D)
                             all_(c("train_loss_drop", "<", "healthy_loss_drop_min"),
-                                 c("val_loss_drop", "<", "healthy_val_loss_drop_min"))),
+                                 c("val_loss_drop", "<", "healthy_val_loss_drop_min"),
+                                 any_(c("n_eval_points", "<", "tail_noise_points_min"),
+                                      c("val_loss_remaining_noise", ">=", "remaining_noise_min")))),
                        c("val_loss_late_share", ">=", "steady_late_share_min"),
                        c("val_loss_rise_share", "<=", "steady_rise_share_max"),
                        c("val_loss_late_drop", ">", "still_falling_min")),

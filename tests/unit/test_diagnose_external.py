@@ -505,15 +505,18 @@ def test_a_train_loss_that_fell_after_the_val_loss_turned_and_then_went_flat_is_
     assert not d.fired("healthy", active_only=False)
 
 
-@pytest.mark.parametrize("val_start, task, healthy", [
-    (1.36, "CAUSAL_LM", True),  # val loss -11%, train loss -10%: a language model learned and converged (imyu7)
-    (1.31, "CAUSAL_LM", False),  # near miss: the val loss fell 8.9%, under healthy_val_loss_drop_min
-    (1.36, "SEQ_CLS", False),  # the same curves from a classifier: a fresh head's loss falls more than 30%
+@pytest.mark.parametrize("val_start, task, rate, healthy", [
+    (1.36, "CAUSAL_LM", 4, True),  # val loss -11%, train loss -10%: a language model learned and converged (imyu7)
+    # the val loss fell 8.9%, under healthy_val_loss_drop_min, but converged (0.3% left, 1.2 noise units): not a slow
+    # fall still going, so lr-too-small's both-losses-short route stays off and the fall beyond its noise reads healthy
+    (1.31, "CAUSAL_LM", 4, True),
+    (1.31, "CAUSAL_LM", 0.8, False),  # near miss: the same falls still going at the end (6.5% left): lr-too-small
+    (1.36, "SEQ_CLS", 4, False),  # the same curves from a classifier: a fresh head's loss falls more than 30%
 ])
 def test_a_language_model_is_healthy_on_its_val_loss_without_a_classifiers_train_loss_fall(tmp_path, val_start, task,
-                                                                                          healthy):
-    folder = trainer_state(tmp_path, train=exp_decay(1.30, 1.15, 4), val=exp_decay(val_start, 1.14, 4), classes=None,
-                           n_val=None, adapter={"task_type": task, "r": 8, "lora_alpha": 16})
+                                                                                          rate, healthy):
+    folder = trainer_state(tmp_path, train=exp_decay(1.30, 1.15, rate), val=exp_decay(val_start, 1.14, rate),
+                           classes=None, n_val=None, adapter={"task_type": task, "r": 8, "lora_alpha": 16})
     d = diagnose(folder)
     assert d.features["train_loss_drop"] < 0.3
     assert (d.verdict == "healthy") == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]
@@ -998,3 +1001,42 @@ def test_a_val_metric_that_gained_beyond_its_noise_and_held_is_healthy(tmp_path,
     assert (v["train_loss_drop"] >= 0.3) == (train_end < 0.3)
     healthy = healthy and train_end < 0.3
     assert (d.verdict == "healthy") == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+@pytest.mark.parametrize("rate, evals, slow", [
+    (3.0, 20, False),  # LM, both losses short of a healthy share, the val fall run out: 1.4 noise units left: converged
+    (2.5, 20, True),  # near miss: 2.3 noise units left: the slow fall is still going at the end: lr-too-small
+    (3.0, 8, True),  # near miss: 8 evals, under tail_noise_points_min: no band to call the fall converged against
+])
+def test_a_slow_fall_of_both_losses_is_lr_too_small_only_while_it_is_still_going_beyond_its_noise(tmp_path, rate,
+                                                                                                  evals, slow):
+    # ALLITi (F): GPT-2 medium, 36 evals, val -3.7% with 0.5 noise units left; hitsdiff (H), nesrinebentmessek (D)
+    v = exp_decay(2.0, 1.86, rate)
+    folder = _kind(trainer_state(tmp_path, train=exp_decay(2.2, 1.9, rate), evals=evals, steps=20 * evals,
+                                 val=lambda f: v(f) + (0.0015 if round(f * evals) % 2 else 0.0), log_every=4,
+                                 classes=None, n_val=None, lr=5e-5), "GPT2LMHeadModel")
+    d = diagnose(folder)
+    f = d.features
+    assert f["train_loss_drop"] < 0.3 and f["val_loss_drop"] < 0.1 and f["val_loss_remaining_gain"] < 0.02
+    assert (f["val_loss_remaining_noise"] >= 2) == (rate < 3)
+    assert d.fired("lr-too-small", active_only=False) == slow, [(x.rule_id, x.suppressed_by) for x in d.findings]
+    assert d.verdict == ("lr-too-small" if slow else "healthy")
+
+
+@pytest.mark.parametrize("config, task, classifier", [
+    # ALLITi (F): a GPT-2 config with no architectures and one label (LABEL_0): no classes to read, HF's num_labels 1
+    ({"model_type": "gpt2", "id2label": {"0": "LABEL_0"}}, "regression", None),
+    ({"model_type": "gpt2", "num_labels": 1}, "regression", None),
+    # near misses: two labels are a classifier's; an architecture that names the head decides
+    ({"model_type": "gpt2", "id2label": {"0": "LABEL_0", "1": "LABEL_1"}}, None, 1.0),
+    ({"model_type": "gpt2", "id2label": {"0": "LABEL_0"}, "architectures": ["GPT2LMHeadModel"]}, "causal-lm", None),
+])
+def test_a_config_naming_one_label_and_no_architecture_is_no_classifier(tmp_path, config, task, classifier):
+    folder = trainer_state(tmp_path, train=exp_decay(2.3, 1.0, 3), val=exp_decay(2.2, 1.2, 3), classes=None, n_val=None)
+    (folder / "config.json").write_text(json.dumps(config))
+    h = load_run(folder)
+    assert h.meta.get("task") == task
+    d = diagnose(folder)
+    assert d.features["classifier"] == classifier
+    if task:
+        assert d.features["n_classes"] is None and d.features["train_loss_vs_chance"] is None
