@@ -212,6 +212,10 @@ _CATALOGUE = (
     _spec("val metric", "val_metric_gain_se", "se", "val metric gained {} from start to best",
           "val_metric_gain / val_metric_noise."),
     _spec("val metric", "val_metric_final_drop", "points", "val metric ended {} below its best", "best - final of M."),
+    _spec("val metric", "val_metric_repeat_share", "fraction", "{} of the evals logged the same val metric value",
+          "Share of M's points equal (to the logged precision) to its most frequent value: a count metric (accuracy, "
+          "F1) that repeats exactly from eval to eval is a model whose predictions did not change (protocol 5b: "
+          "without per-class numbers, the witness of predictions pinned on one class)."),
     _spec("val metric", "val_metric_final_drop_se", "se", "val metric ended {} below its best",
           "val_metric_final_drop / val_metric_noise."),
     _spec("val metric", "best_step_fraction", "fraction", "the best val point came at {} of the run",
@@ -897,7 +901,7 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
     names = ("val_metric_start", "val_metric_best", "val_metric_final", "val_metric_gain", "val_metric_gain_se",
              "val_metric_final_drop", "best_step_fraction", "val_metric_late_gain", "val_metric_late_gain_se",
              "val_metric_gain_per_epoch_late", "still_improving", "val_metric_se", "val_metric_max_drop",
-             "val_metric_drops", "val_metric_max_drop_se", "val_metric_noise")
+             "val_metric_drops", "val_metric_max_drop_se", "val_metric_noise", "val_metric_repeat_share")
     acc.set("val_metric_logged", 0.0 if metric is None else 1.0)
     if metric is None:
         acc.miss(names, "no val metric (val/macro_f1, val/accuracy, ...) in the history")
@@ -916,8 +920,10 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
     if len(vals) >= 2:
         acc.set("val_metric_max_drop", max(drops) if drops else 0.0)
         acc.set("val_metric_drops", sum(drops))
+        acc.set("val_metric_repeat_share", max(vals.count(v) for v in vals) / len(vals))
     else:
-        acc.miss(("val_metric_max_drop", "val_metric_drops"), "fewer than 2 val-metric points")
+        acc.miss(("val_metric_max_drop", "val_metric_drops", "val_metric_repeat_share"),
+                 "fewer than 2 val-metric points")
 
     n = acc.values.get("val_n")
     if metric == "token_accuracy":  # a share of tokens, not of rows: the row count is no binomial n

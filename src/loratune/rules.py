@@ -124,6 +124,15 @@ _THRESHOLDS = (
     _t("collapse_loss_rise", 0.1, "fraction", "A collapse from too high an lr shows the train loss climbing back "
        "up by this share of its start (a too-small lr shows a smooth fall instead)."),
     _t("collapse_val_rise_share", 0.35, "fraction", "...or the val loss moving up this share of the time."),
+    _t("collapse_repeat_share_max", 0.5, "fraction", "Without per-class numbers, the val metric logging one and the "
+       "same value at more than this share of the evals (on more than few_evals_max evals): the predictions did not "
+       "change (protocol 5b: a collapse is a loss pinned near ln(classes) with the predictions on one class)."),
+    _t("pinned_loss_ratio_min", 0.98, "ratio", "...while the train loss ended at this share of its start or higher: it "
+       "did not fall at all (features.IMPROVE_MIN_REL, 2%, is the least relative move counted as a fall): pinned, "
+       "not protocol 4's slow, steady fall."),
+    _t("usual_lr_min", 1e-5, "lr", "...at a peak lr at or above the low end of protocol 1's usual range (1e-5..1e-3, "
+       "full fine-tuning 1e-5..5e-5): steps of a usual size that moved no prediction are a collapse; steps below it "
+       "that moved none are too small (a warmup that never reached an lr: macyrm, fold E)."),
     _t("osc_loss_rise", 0.15, "fraction", "Oscillation: train loss climbs back above its running minimum by "
        "this share of its start."),
     _t("osc_metric_drop", 0.05, "points", "Oscillation: val metric falls this much between two evals."),
@@ -338,6 +347,18 @@ _RULES = (
                  c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
                  any_(c("train_loss_max_rise", ">=", "collapse_loss_rise"),
                       c("val_loss_rise_share", ">=", "collapse_val_rise_share"))),
+            # without per-class numbers, the predictions frozen: the val metric repeating one value at most of more
+            # than a few evals and never rising, the train loss pinned near ln(classes) and not falling at all, at a
+            # usual lr (protocol 5b's collapse; a too-small lr's steps, which also flip no prediction, are below
+            # usual_lr_min, and its loss falls slowly instead): yanmingk (J, DeBERTa-v2-xlarge, accuracy 0.405 at 3
+            # of 4 evals, train loss 0.95 x ln 3 over 1,600 steps at 1.4e-5)
+            all_(c("classifier", ">=", "flag_on"),
+                 c("n_eval_points", ">", "few_evals_max"),
+                 c("val_metric_repeat_share", ">", "collapse_repeat_share_max"),
+                 c("val_metric_gain", "<", "no_gain_max"),
+                 c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+                 c("train_loss_final_over_start", ">=", "pinned_loss_ratio_min"),
+                 c("peak_lr", ">=", "usual_lr_min")),
             all_(c("train_loss_max_rise", ">=", "osc_loss_rise"),
                  c("val_metric_max_drop", ">=", "osc_metric_drop"),
                  c("val_metric_max_drop_se", ">=", "osc_metric_drop_se")),

@@ -1040,3 +1040,26 @@ def test_a_config_naming_one_label_and_no_architecture_is_no_classifier(tmp_path
     assert d.features["classifier"] == classifier
     if task:
         assert d.features["n_classes"] is None and d.features["train_loss_vs_chance"] is None
+
+
+_YANMINGK_ACC = [0.405, 0.385, 0.405, 0.405]  # yanmingk (J): DeBERTa-v2-xlarge, 3 classes, the same accuracy 3 of 4 evals
+
+
+@pytest.mark.parametrize("acc, train_fall, lr, evals, collapsed", [
+    (_YANMINGK_ACC, 0.0, 2e-5, 4, True),  # predictions frozen, train loss pinned at 0.95 x ln 3, a usual lr: collapse
+    ([0.405, 0.385, 0.395, 0.405], 0.0, 2e-5, 4, False),  # near miss: one value at half the evals, not more
+    (_YANMINGK_ACC, 0.03, 2e-5, 4, False),  # near miss: the train loss fell 3% (ends at 0.97 of its start): slow
+    (_YANMINGK_ACC, 0.0, 1.2e-5, 4, False),  # near miss: peak lr 0.9e-5, under usual_lr_min: too small a step
+    (_YANMINGK_ACC[1:], 0.0, 2e-5, 3, False),  # near miss: 3 evals (few_evals_max): a repeat is one comparison
+])
+def test_a_val_metric_frozen_at_one_value_with_the_train_loss_pinned_at_chance_is_a_collapse(
+        tmp_path, acc, train_fall, lr, evals, collapsed):
+    d = diagnose(trainer_state(tmp_path, train=lambda f: 0.95 * math.log(3) * (1 - train_fall * f),
+                               val=lambda f: 1.09 - 0.02 * f, metric=lambda f: acc[round(f * evals) - 1],
+                               evals=evals, steps=400 * evals, lr=lr, classes=3, n_val=400, log_every=100))
+    f = d.features
+    assert f["val_metric_repeat_share"] == max(acc.count(a) for a in acc) / len(acc)
+    assert f["train_loss_vs_chance"] >= 0.8 and f["val_metric_gain"] < 0.05
+    assert (f["train_loss_final_over_start"] >= 0.98) == (train_fall < 0.02)
+    assert (f["peak_lr"] >= 1e-5) == (lr > 1.5e-5)
+    assert (d.verdict == "lr-too-large") == collapsed, [(x.rule_id, x.suppressed_by) for x in d.findings]
