@@ -89,6 +89,11 @@ _CATALOGUE = (
     _spec("train loss", "train_loss_final", "loss", "train loss ended at {}", "Last window mean of T."),
     _spec("train loss", "train_loss_drop", "fraction", "train loss fell {} over the run",
           "(start - final) / start of T; negative when the loss grew."),
+    _spec("train loss", "train_loss_drop_after_first_eval", "fraction",
+          "train loss fell {} from the first window after the first eval to the end",
+          "(T_w - final) / T_w, T_w the first train-loss window that starts at or after the first val-loss point and "
+          "is not the last: the train loss's fall over the span the val loss's fall is read on (a language model "
+          "makes its fall to the data's format in its first hundreds of steps, before its first eval)."),
     _spec("train loss", "train_loss_final_over_start", "ratio", "train loss ended at {} its start",
           "final / start of T (above 1: the loss grew)."),
     _spec("train loss", "train_loss_late_drop", "fraction", "train loss fell {} over the last half of training",
@@ -720,7 +725,8 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     names = ("train_loss_start", "train_loss_final", "train_loss_drop", "train_loss_final_over_start",
              "train_loss_late_drop", "train_loss_late_slope", "train_loss_plateau_fraction",
              "train_loss_vs_chance", "train_loss_rise_share", "train_loss_max_rise", "train_loss_cv",
-             "train_loss_runs_to_fit", "train_loss_peak_vs_chance", "train_loss_rebound", "train_loss_min_fraction")
+             "train_loss_runs_to_fit", "train_loss_peak_vs_chance", "train_loss_rebound", "train_loss_min_fraction",
+             "train_loss_drop_after_first_eval")
     if not T:
         acc.miss(names, "no `train/loss` values in the history")
         return
@@ -779,6 +785,13 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             acc.set("train_loss_runs_to_fit", None, "fewer than 3 train-loss windows over the second half")
         acc.set("train_loss_late_drop", min(1.0, (y_mid - y_end) / y_mid) if y_mid > 0 else 0.0)
         acc.set("train_loss_rise_share", _rise_share([v for _, v in T]))
+    v0 = next((p["step"] for p in pts if _num(p.get("val/loss")) is not None), None)
+    after = [v for s, v in T if v0 is not None and s > v0]
+    if len(after) >= 2 and after[0] > 0:
+        acc.set("train_loss_drop_after_first_eval", (after[0] - final) / after[0])
+    else:
+        acc.set("train_loss_drop_after_first_eval", None, "no val loss, or fewer than 2 train-loss windows after "
+                "the first val-loss point")
     cvs = [_num(p.get("train/loss_std")) / _num(p.get("train/loss")) for p in pts
            if _num(p.get("train/loss_std")) is not None and (_num(p.get("train/loss")) or 0) > 0]
     acc.set("train_loss_cv", _median(cvs) if cvs else None, "no `train/loss_std` in the history")

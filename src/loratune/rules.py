@@ -225,7 +225,9 @@ _THRESHOLDS = (
     _t("lora_lr_floor", 1e-4, "lr", "The low end of LoRA's usual learning rate (protocol 1: AdamW, LoRA centre "
        "1e-4..5e-4, about 10x full fine-tuning's 1e-5..5e-5; the centre moves down with model size, and 1e-4 is "
        "where QLoRA-scale 7B-65B runs sit). A LoRA run below it that learned little (train loss down less than "
-       "healthy_loss_drop_min, val loss less than healthy_val_loss_drop_min, still at its low at the end) is read "
+       "healthy_loss_drop_min (a language model: or from its first eval on), val loss less than "
+       "healthy_val_loss_drop_min, "
+       "still at its low at the end, its plan run to at least plan_cut_max) is read "
        "as too small a step: the lr prior of the fold-D reviewers (bench/results/diagnose_external_notes.md)."),
     _t("still_train_ratio_min", 0.9, "ratio", "Nothing moved: the train loss ended at this share of its start or "
        "higher..."),
@@ -508,13 +510,27 @@ _RULES = (
                        c("val_loss_rise_share", "<=", "steady_rise_share_max"),
                        c("val_loss_late_drop", ">", "still_falling_min")),
                   # the lr prior: a LoRA run below LoRA's usual lr that learned little and was still at its best
-                  # when it ended (a language model's loss has no reachable floor to measure the pace against)
+                  # when it ended (a language model's loss has no reachable floor to measure the pace against).
+                  # For a language model "learned little" may also be read on the train loss over the span its val
+                  # loss is read on (from its first eval): its fall to the data's format comes in its first hundreds
+                  # of steps, before that eval, and says nothing of the step size after (protocol 5: both losses;
+                  # 9: the entropy floor); a train loss still falling a healthy share after the first eval learned
+                  # (the fold-D near miss of joo9810/hori). "At its best when it ended" is at the last eval
+                  # wherever it came (val_loss_still_falling: the last third's low beyond the noise, 5b), not only in
+                  # the last tenth of the steps; and the run had its schedule: one cut before plan_cut_max of its
+                  # plan learned little because most of it never ran (amerob, F). TobyYang7 Quant-GPT (J, Qwen-7B
+                  # LoRA at 3e-5, train 6.2 -> 0.63 by its first eval and -6% after, val -4.1% to a low at its last
+                  # eval at 86%)
                   all_(c("lora", ">=", "flag_on"),
                        c("peak_lr", "<", "lora_lr_floor"),
-                       c("train_loss_drop", "<", "healthy_loss_drop_min"),
+                       any_(c("train_loss_drop", "<", "healthy_loss_drop_min"),
+                            all_(c("generative", ">=", "flag_on"),
+                                 c("train_loss_drop_after_first_eval", "<", "healthy_loss_drop_min"))),
                        c("val_loss_drop", "<", "healthy_val_loss_drop_min"),
                        c("val_loss_rise", "<", "val_loss_rise_min"),
-                       c("val_loss_min_fraction", ">=", "late_min_fraction")),
+                       any_(c("val_loss_min_fraction", ">=", "late_min_fraction"),
+                            c("val_loss_still_falling", ">=", "flag_on")),
+                       c("plan_done_fraction", ">=", "plan_cut_max")),
                   all_(c("n_eval_points", ">", "few_evals_max"),
                        c("train_loss_final_over_start", ">=", "still_train_ratio_min"),
                        c("val_loss_drop", "<", "still_val_drop_max"),

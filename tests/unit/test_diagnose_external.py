@@ -1063,3 +1063,40 @@ def test_a_val_metric_frozen_at_one_value_with_the_train_loss_pinned_at_chance_i
     assert (f["train_loss_final_over_start"] >= 0.98) == (train_fall < 0.02)
     assert (f["peak_lr"] >= 1e-5) == (lr > 1.5e-5)
     assert (d.verdict == "lr-too-large") == collapsed, [(x.rule_id, x.suppressed_by) for x in d.findings]
+
+
+_QUANT_VAL = {1: 0.652, 2: 0.657, 3: 0.625, 4: 0.620}  # TobyYang7 Quant-GPT (J): the 4th eval is dropped below
+
+
+_FORMAT_FIRST = (lambda f: 0.6 + 5.6 * math.exp(-60 * f))  # 6.2 -> 0.6 before the first eval, level after
+
+
+@pytest.mark.parametrize("last, plan, lr, train, slow", [
+    # LoRA SFT at 3e-5: val -4.1% to a low at its last eval (75% of the steps), train level after its first eval
+    (0.625, 1.0, 3e-5, _FORMAT_FIRST, True),
+    (0.645, 1.0, 3e-5, _FORMAT_FIRST, False),  # near miss: the last eval -1.1%, under 2% of the loss: no new low
+    (0.625, 0.45, 3e-5, _FORMAT_FIRST, False),  # near miss: stopped at 45% of its plan (plan_cut_max 0.5): cut
+    (0.625, 1.0, 1.5e-4, _FORMAT_FIRST, False),  # near miss: a peak lr above lora_lr_floor: no lr prior to read
+    # the train loss fell 28% after the first eval, short of healthy_loss_drop_min 0.3: the lr; near miss: 32%, learned
+    (0.625, 1.0, 3e-5, (lambda f: 0.3 + 5.9 * math.exp(-60 * f) + 0.26 * (1 - f)), True),
+    (0.625, 1.0, 3e-5, (lambda f: 0.3 + 5.9 * math.exp(-60 * f) + 0.32 * (1 - f)), False),
+])
+def test_a_language_model_lora_run_below_loras_lr_that_learned_little_reads_the_lr(tmp_path, last, plan, lr, train,
+                                                                                   slow):
+    val = {**_QUANT_VAL, 3: last}
+    folder = trainer_state(tmp_path, train=train, val=lambda f: val[round(f * 4)],
+                           evals=4, steps=1800, log_every=10, lr=lr, classes=None, n_val=390,
+                           adapter={"task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16})
+    state = json.loads((folder / "trainer_state.json").read_text())
+    state["log_history"] = [e for e in state["log_history"] if not ("eval_loss" in e and e["step"] == 1800)]
+    state["max_steps"] = round(1800 / plan)
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    d = diagnose(folder)
+    f = d.features
+    assert f["generative"] == 1 and f["lora"] == 1 and f["train_loss_drop"] > 0.8 and f["val_loss_drop"] < 0.1
+    drop = f["train_loss_drop_after_first_eval"]
+    assert drop < 0.01 if train is _FORMAT_FIRST else (0.27 < drop < 0.3 if slow else 0.3 <= drop < 0.33)
+    assert f["val_loss_min_fraction"] < 0.9 and (f["val_loss_still_falling"] == 1) == (last < 0.63)
+    assert (f["plan_done_fraction"] >= 0.5) == (plan == 1.0)
+    assert d.fired("lr-too-small", active_only=False) == slow, [(x.rule_id, x.suppressed_by) for x in d.findings]
+    assert (d.verdict == "lr-too-small") == slow
