@@ -559,11 +559,16 @@ _RULES = (
                   # reached what its schedule gives; a run with a val metric is read on the metric's rise beyond its
                   # noise (still_improving, late_gain_se_min); a curve too short to read a tail noise band is not
                   # judged converged while its recent falls are still falls (remaining gain > 0): once the last
-                  # window's fall is none, it stopped by its own numbers, no band needed (arminwitte, fold G)
+                  # window's fall is none, it stopped by its own numbers, no band needed (arminwitte, fold G); and
+                  # not once its train loss has fallen below fit_loss_over_start_max of its start: the run has fitted
+                  # its training rows (protocol 3), more epochs buy the val loss only what beats its noise band, so
+                  # its remaining fall is read against the band as a long curve's is (5b, noise first):
+                  # anonauthors123 (J, 3 evals, 1.2 noise units left), quangbmk66dsai02 (E), clinc150-healthy-d (B)
                   any_(all_(c("val_metric_logged", ">=", "flag_on"),
                             c("val_metric_late_gain_se", ">=", "late_gain_se_min")),
                        all_(c("n_eval_points", "<", "tail_noise_points_min"),
-                            c("val_loss_remaining_gain", ">", "still_falling_min")),
+                            c("val_loss_remaining_gain", ">", "still_falling_min"),
+                            c("train_loss_final_over_start", ">", "fit_loss_over_start_max")),
                        all_(c("val_loss_remaining_noise", ">=", "remaining_noise_min"),
                             c("val_loss_remaining_gain", ">=", "remaining_gain_min"))),
                   any_(c("val_loss_late_drop", ">=", "late_val_drop_min"),

@@ -1100,3 +1100,25 @@ def test_a_language_model_lora_run_below_loras_lr_that_learned_little_reads_the_
     assert (f["plan_done_fraction"] >= 0.5) == (plan == 1.0)
     assert d.fired("lr-too-small", active_only=False) == slow, [(x.rule_id, x.suppressed_by) for x in d.findings]
     assert (d.verdict == "lr-too-small") == slow
+
+
+@pytest.mark.parametrize("train_end, val, undertrained", [
+    # anonauthors123 (J): LoRA SFT, 3 evals, the val loss still falling to its last eval with 0.8 noise units (2.6%)
+    # left, the train loss at 0.24 of its start: fitted, its short curve's remaining fall read against the band
+    (0.85, exp_decay(0.9, 0.078, 6), False),
+    (0.95, exp_decay(0.9, 0.078, 6), True),  # near miss: the train loss at 0.26 of its start: not fitted yet
+    (0.85, exp_decay(0.30, 0.075, 3), True),  # near miss: 3.8 noise units (13%) left: still improving beyond the band
+])
+def test_a_short_curve_whose_train_loss_has_fitted_is_undertrained_only_beyond_the_noise(tmp_path, train_end, val,
+                                                                                        undertrained):
+    folder = _kind(trainer_state(tmp_path, train=exp_decay(4.2, train_end, 4), val=val, evals=3, steps=600,
+                                 classes=None, n_val=None, lr=1e-4,
+                                 adapter={"task_type": "CAUSAL_LM", "r": 8, "lora_alpha": 16}), "Qwen2ForCausalLM")
+    d = diagnose(folder)
+    f = d.features
+    assert f["n_eval_points"] < 10 and f["val_loss_still_falling"] == 1 and f["val_loss_remaining_gain"] > 0.02
+    assert (f["train_loss_final_over_start"] <= 0.25) == (train_end < 0.9)
+    assert 0.22 < f["train_loss_final_over_start"] < 0.28
+    assert (f["val_loss_remaining_noise"] >= 2) == (undertrained and train_end < 0.9)
+    assert (d.verdict == "undertrained") == undertrained, [(x.rule_id, x.suppressed_by) for x in d.findings]
+    assert d.verdict in ("undertrained", "healthy")
