@@ -1122,3 +1122,25 @@ def test_a_short_curve_whose_train_loss_has_fitted_is_undertrained_only_beyond_t
     assert (f["val_loss_remaining_noise"] >= 2) == (undertrained and train_end < 0.9)
     assert (d.verdict == "undertrained") == undertrained, [(x.rule_id, x.suppressed_by) for x in d.findings]
     assert d.verdict in ("undertrained", "healthy")
+
+
+_TIMOTHY_VAL = [0.0716, 0.0710, 0.0693]  # timothymcgarvey (H): BERT NER, 3 epochs, eval n ~3,250
+
+
+@pytest.mark.parametrize("acc, undertrained", [
+    # the val loss still falling at its last eval (2.4 noise units, 7% left) while the val metric tied its best: a run
+    # with a val metric is read on the metric's rise (protocol 5: real F1 gains), and it made none: converged
+    ([0.913, 0.941, 0.941], False),
+    ([0.913, 0.941, 0.960], True),  # near miss: the metric's last-third high +1.9 points (4.5 SE): still improving
+    (None, True),  # near miss: the same losses with no val metric: read on the val loss, 2.4 noise units left
+])
+def test_a_run_with_a_val_metric_is_undertrained_on_the_metrics_rise_not_its_val_loss(tmp_path, acc, undertrained):
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(0.28, 0.02, 5), val=lambda f: _TIMOTHY_VAL[round(f * 3) - 1],
+                               metric=(lambda f: acc[round(f * 3) - 1]) if acc else None, evals=3, steps=600,
+                               classes=9, n_val=3250))
+    f = d.features
+    assert f["val_loss_still_falling"] == 1 and f["val_loss_remaining_noise"] >= 2
+    assert f["val_loss_remaining_gain"] >= 0.02 and f["train_loss_final_over_start"] <= 0.25
+    if acc:
+        assert (f["val_metric_late_gain_se"] >= 2) == undertrained
+    assert (d.verdict == "undertrained") == undertrained, [(x.rule_id, x.suppressed_by) for x in d.findings]
