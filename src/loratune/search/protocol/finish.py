@@ -261,9 +261,8 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
     one = ctx.estimate(long.point)
     if others and steps and ctx.meter.fits(one * len(others)):
         for x in others:
-            rec = ctx.run(ctx.spec(with_(long.point, **{LR: x}), phase,
-                                   f"the long run at lr {x:g} ({x / lr:g}x the trial's): the short trials' lr need not suit it"),
-                          prune=False)
+            why = f"the long run at lr {x:g} ({x / lr:g}x the trial's): the short trials' lr need not suit it"
+            rec = ctx.run(ctx.spec(with_(long.point, **{LR: x}), phase, why), prune=False)
             if rec is None:
                 no_budget(ctx, phase, f"the longer run at lr {x:g}")
                 break
