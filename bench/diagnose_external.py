@@ -130,7 +130,7 @@ def prepare(runs: list[dict]) -> None:
         h = load_run(r["path"])
         r["history"] = h
         t0 = time.perf_counter()
-        r["features"] = compute_features(h.points, h.meta)
+        r["features"] = compute_features(h.points, h.meta, h.config)
         r["features_ms"] = (time.perf_counter() - t0) * 1000
 
 

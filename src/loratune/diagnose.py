@@ -397,7 +397,7 @@ def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[
     (with `meta` = run.json). `thresholds`: overrides by name (see `loratune rules`)."""
     run = as_run(source, meta=meta, name=name)
     values = resolve_thresholds(thresholds if thresholds is not None else {})
-    features = compute_features(run.points, run.meta)
+    features = compute_features(run.points, run.meta, run.config)
     run_rules = [r for r in rules if r.scope != "compare"]
     findings, gaps = evaluate_rules(features, run_rules, values)
     notes = run.notes
@@ -529,7 +529,7 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     flat: dict[str, dict[str, Any]] = {}
     feats: dict[str, CurveFeatures] = {}
     for name, h in zip(names, histories):
-        feats[name] = compute_features(h.points, h.meta)
+        feats[name] = compute_features(h.points, h.meta, h.config)
         if h.config:
             flat[name] = knob_view(h)
         else:

@@ -57,7 +57,10 @@ _CATALOGUE = (
     # run shape ------------------------------------------------------------------------------
     _spec("run", "steps", "steps", "the run took {} optimizer steps", "Last step in the history."),
     _spec("run", "epochs", "epochs", "the run covered {} epochs", "Epoch count at the last point."),
-    _spec("run", "n_eval_points", "count", "the history has {} eval points", "Number of eval points."),
+    _spec("run", "n_eval_points", "count", "the history has {} eval points",
+          "Number of points that carry an evaluation (`is_eval_point`: a key of a scored split, `val/...`, "
+          "`train_eval/...`, `eval_<name>/...`); a train-only point (the train-loss window a Trainer logs after its "
+          "last eval, or each train log of a run with no eval) is no eval."),
     _spec("run", "plan_done_fraction", "fraction", "the run stopped at {} of its planned steps",
           "steps_done / steps_planned (trainer_state.json global_step / max_steps, or run.json): under 1 the schedule "
           "was cut (a run stopped early, or a checkpoint taken mid-run)."),
@@ -71,8 +74,12 @@ _CATALOGUE = (
           "near ln(classes)) names it."),
     _spec("run", "n_classes", "count", "the task has {} classes",
           "Number of labels (run.json `labels`, else the per-class keys of the history)."),
-    _spec("run", "peak_lr", "lr", "the learning rate peaked at {}",
-          "Largest `lr` over the eval points (the schedule's peak as logged)."),
+    _spec("run", "peak_lr", "lr", "the largest learning rate logged was {}",
+          "Largest learning rate logged anywhere in the history: every train log's `learning_rate` (a Trainer "
+          "window's `lr_max`, its `lr` at the eval step), not only the rate at the eval steps, which under a "
+          "warm-up or a decay misses the schedule's top; the config's `train.learning_rate` (a loratune "
+          "config.yaml, or the `learning_rate` fact) only when no rate is logged (source in "
+          "`details['peak_lr_source']`)."),
     _spec("run", "lora", "flag", "the run trained a LoRA adapter: {}",
           "1 when the run trained a LoRA adapter (adapter_config.json `peft_type` LORA / ADALORA, or run.json "
           "`method: lora`); not applicable (missing) for full fine-tuning or another peft method (prompt tuning, "
@@ -383,6 +390,17 @@ CLASSIFIER_GROUPS = ("per class", "collapse", "slices")  # catalogue groups that
 KIND_FEATURES = ("generative", "classifier", "lora")  # gates naming which kind of run a rule route is for (no evidence)
 # adapter_config.json `peft_type`s that train a low-rank update (LoRA's lr range applies; protocol 1)
 LORA_PEFT_TYPES = ("LORA", "ADALORA")
+# the split of a `<split>/<metric>` key that is the training loop's own log, not an evaluation (train/loss,
+# train/loss_std, train/grad_norm, ...); every other split (val, train_eval, val_compound, eval_<name>) was scored
+TRAIN_LOG_SPLIT = "train"
+
+
+def is_eval_point(point: Mapping[str, Any]) -> bool:
+    """A point that carries an evaluation: a `<split>/...` key of a scored split (a null value counts: the eval ran
+    and gave a non-finite number). A point with only train-log keys (`train/...`, `lr`, `epoch`) is none: the
+    window a Trainer logs after its last eval (TobyYang7 Quant-GPT, J: 3 evals, and a 4th point from the train
+    logs up to its last step), or each train log of a run that logged no eval."""
+    return any("/" in k and k.split("/", 1)[0] != TRAIN_LOG_SPLIT for k in point)
 
 
 def format_value(unit: str, value: float | None) -> str:
@@ -604,8 +622,10 @@ def binomial_se(p: float, n: float) -> float | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = None) -> CurveFeatures:
-    """Every feature of `FEATURES` for one run history (list of eval-point dicts) and its run.json."""
+def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = None,
+                     config: Mapping[str, Any] | None = None) -> CurveFeatures:
+    """Every feature of `FEATURES` for one run history (list of eval-point dicts), its run.json and its config
+    (`RunHistory.config`: read only for what the history does not log)."""
     meta = dict(meta or {})
     acc = FeatureSet()
     pts = sorted((p for p in points if _num(p.get("step")) is not None), key=lambda p: p["step"])
@@ -617,7 +637,7 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     last_step = float(pts[-1]["step"])
     frac = (lambda s: s / last_step) if last_step > 0 else (lambda s: 0.0)
     acc.set("steps", last_step)
-    acc.set("n_eval_points", len(pts))
+    acc.set("n_eval_points", sum(1 for p in pts if is_eval_point(p)))
     planned, done = _num(meta.get("steps_planned")), _num(meta.get("steps_done"))
     acc.set("plan_done_fraction", (done if done is not None else last_step) / planned if planned else None,
             "the planned number of steps is unknown (no max_steps in trainer_state.json, no run.json steps_planned)")
@@ -652,8 +672,7 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     first = next((p for p in pts if _num(p.get("val/loss")) is not None), None) or \
         next((p for p in pts if metric and _num(p.get(f"val/{metric}")) is not None), None)
     acc.set("first_eval_fraction", frac(first["step"]) if first else None, "no val points")
-    lrs = [v for _, v in _series(pts, "lr") if v >= 0]
-    acc.set("peak_lr", max(lrs) if lrs else None, "no `lr` in the history")
+    _peak_lr(acc, pts, config or {})
     _method(acc, meta)
     _run_size(acc, pts, meta)
     _train_loss(acc, pts, frac, chance, why_chance)
@@ -676,6 +695,22 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
                 acc.set(name, None, NOT_APPLICABLE + "open generation has no classes (a run that generates labels "
                         "and logs per-class numbers is read like a classifier's)")
     return acc.done()
+
+
+def _peak_lr(acc: FeatureSet, pts: Sequence[dict], config: Mapping[str, Any]) -> None:
+    """`peak_lr`: the largest rate of every logged one (protocol 5b: the lr per step from the log), else the
+    configured rate."""
+    logged = [v for key in ("lr", "lr_max") for _, v in _series(pts, key) if v >= 0]
+    train = config.get("train") if isinstance(config.get("train"), Mapping) else {}
+    configured = _num(train.get("learning_rate"))
+    if logged:
+        acc.set("peak_lr", max(logged))
+        acc.details["peak_lr_source"] = "the largest logged learning rate"
+    elif configured is not None and configured >= 0:
+        acc.set("peak_lr", configured)
+        acc.details["peak_lr_source"] = "the config's train.learning_rate (no learning rate logged)"
+    else:
+        acc.set("peak_lr", None, "no `lr` in the history and no learning_rate in the config")
 
 
 def _labels(pts: Sequence[dict], meta: Mapping[str, Any]) -> list[str]:

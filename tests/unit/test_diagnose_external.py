@@ -1049,7 +1049,7 @@ _YANMINGK_ACC = [0.405, 0.385, 0.405, 0.405]  # yanmingk (J): DeBERTa-v2-xlarge,
     (_YANMINGK_ACC, 0.0, 2e-5, 4, True),  # predictions frozen, train loss pinned at 0.95 x ln 3, a usual lr: collapse
     ([0.405, 0.385, 0.395, 0.405], 0.0, 2e-5, 4, False),  # near miss: one value at half the evals, not more
     (_YANMINGK_ACC, 0.03, 2e-5, 4, False),  # near miss: the train loss fell 3% (ends at 0.97 of its start): slow
-    (_YANMINGK_ACC, 0.0, 1.2e-5, 4, False),  # near miss: peak lr 0.9e-5, under usual_lr_min: too small a step
+    (_YANMINGK_ACC, 0.0, 0.96e-5, 4, False),  # near miss: peak lr 0.9e-5, under usual_lr_min: too small a step
     (_YANMINGK_ACC[1:], 0.0, 2e-5, 3, False),  # near miss: 3 evals (few_evals_max): a repeat is one comparison
 ])
 def test_a_val_metric_frozen_at_one_value_with_the_train_loss_pinned_at_chance_is_a_collapse(
@@ -1061,7 +1061,7 @@ def test_a_val_metric_frozen_at_one_value_with_the_train_loss_pinned_at_chance_i
     assert f["val_metric_repeat_share"] == max(acc.count(a) for a in acc) / len(acc)
     assert f["train_loss_vs_chance"] >= 0.8 and f["val_metric_gain"] < 0.05
     assert (f["train_loss_final_over_start"] >= 0.98) == (train_fall < 0.02)
-    assert (f["peak_lr"] >= 1e-5) == (lr > 1.5e-5)
+    assert (f["peak_lr"] >= 1e-5) == (lr > 1e-5)  # the largest logged rate: step 100's, 0.94 x the set lr
     assert (d.verdict == "lr-too-large") == collapsed, [(x.rule_id, x.suppressed_by) for x in d.findings]
 
 

@@ -304,3 +304,95 @@ def test_late_share_is_measured_in_learning_rate_time():
     no_lr = compute_features([{k: v for k, v in p.items() if k != "lr"} for p in pts])
     assert no_lr.details["late_share_axis"].startswith("steps")
     assert no_lr["val_loss_late_share"] == pytest.approx(0.25, abs=0.01)
+
+
+# ---- which points are evaluations; the largest learning rate logged -------------------------------------------
+
+def _trainer_state(*, steps: int, log_every: int, evals: list[int], lr, end: bool = True) -> dict:
+    """A Trainer's trainer_state.json: a train log every `log_every` steps with the rate `lr(step)`, an eval entry at
+    each step of `evals`, and (with `end`) the end-of-training summary, which carries `train_loss` but no eval."""
+    log = [{"step": s, "epoch": s / 100, "loss": 2.0 - s / steps, "learning_rate": lr(s)}
+           for s in range(log_every, steps + 1, log_every)]
+    log += [{"step": s, "epoch": s / 100, "eval_loss": 2.1 - s / steps} for s in evals]
+    if end:
+        log.append({"step": steps, "epoch": steps / 100, "train_runtime": 60.0, "train_loss": 1.5,
+                    "total_flos": 1.0})
+    return {"global_step": steps, "max_steps": steps, "log_history": sorted(log, key=lambda e: e["step"])}
+
+
+@pytest.mark.parametrize("evals, points, n_evals", [
+    ([50, 100, 150], 4, 3),  # training went on to step 200 after the last eval: a 4th point, train-only, no eval
+    ([50, 100, 150, 200], 4, 4),  # near miss: the last eval at the last step, 4 points that are all evals
+    ([], 20, 0),  # no eval logged: every train log is a point, and none is an eval
+])
+def test_only_points_that_carry_an_evaluation_count_as_eval_points(tmp_path, evals, points, n_evals):
+    from loratune.history_io import history_from_trainer_state
+
+    run = history_from_trainer_state(_trainer_state(steps=200, log_every=10, evals=evals, lr=lambda s: 1e-4),
+                                     tmp_path, name="run")
+    assert len(run.points) == points
+    f = compute_features(run.points, run.meta)
+    assert f["n_eval_points"] == n_evals
+    assert f["steps"] == 200  # the train-only point still ends the run: run fractions are of step 200
+
+
+def test_an_eval_point_is_one_with_a_scored_split_even_a_non_finite_one():
+    pts = [{"step": 0, "val/loss": 2.0, "val/macro_f1": 0.1},  # loratune's step-0 point: val keys only
+           {"step": 10, "lr": 1e-4, "train/loss": 1.5, "train/loss_std": 0.1, "val/loss": None},  # eval ran, gave NaN
+           {"step": 20, "lr": 1e-4, "train/loss": 1.2, "train_eval/loss": 1.1},
+           {"step": 30, "lr": 1e-4, "train/loss": 1.1, "train/grad_norm": 0.5}]  # train log only
+    assert compute_features(pts)["n_eval_points"] == 3
+
+
+@pytest.mark.parametrize("warmup, peak", [
+    (25, 2e-4),  # warm-up to 2e-4 at step 25, then a linear decay: evals at 50.. see at most 1.71e-4
+    (0, 2e-4 * (1 - 4 / 200)),  # no warm-up: the largest rate logged is the first log's (step 5), not the set 2e-4
+])
+def test_peak_lr_is_the_largest_rate_logged_not_the_largest_at_an_eval(tmp_path, warmup, peak):
+    from loratune.history_io import history_from_trainer_state
+
+    def lr(s):  # the rate step s used (the Trainer logs it after s - 1 scheduler steps)
+        return 2e-4 * s / warmup if s <= warmup else 2e-4 * (1 - (s - 1 - warmup) / (200 - warmup))
+
+    run = history_from_trainer_state(_trainer_state(steps=200, log_every=5, evals=[50, 100, 150, 200], lr=lr),
+                                     tmp_path, name="run")
+    at_evals = max(p["lr"] for p in run.points)
+    assert at_evals < 0.99 * peak  # the reading this replaces
+    f = compute_features(run.points, run.meta)
+    assert f["peak_lr"] == pytest.approx(peak, rel=1e-12)
+
+
+def test_peak_lr_falls_back_to_the_config_only_when_no_rate_is_logged():
+    pts = [{"step": s, "val/loss": 2.0 - s / 100, "train/loss": 2.1 - s / 100} for s in (10, 20, 30)]
+    config = {"train": {"learning_rate": 3e-4}}
+    f = compute_features(pts, None, config)
+    assert f["peak_lr"] == 3e-4 and "config" in f.details["peak_lr_source"]
+    logged = compute_features([{**p, "lr": lr} for p, lr in zip(pts, (1e-4, 2e-4, 1.5e-4))], None, config)
+    assert logged["peak_lr"] == 2e-4  # logged: the config's 3e-4 is not read
+    assert logged.details["peak_lr_source"] == "the largest logged learning rate"
+    none = compute_features(pts)
+    assert none["peak_lr"] is None and "no `lr`" in none.missing["peak_lr"]
+
+
+@pytest.mark.parametrize("decay_steps, schedule, fact", [
+    # khuda-3rd (F): a 1e-4 linear decay over 2682 steps, logged every 10 steps to step 200: no shape fits so short
+    # a stretch, so the fact is the largest logged value, as logged (9.966e-5), the reading peak_lr makes
+    (2682, "decaying", 1e-4 * (1 - 9 / 2682)),
+    # near miss: the same decay over the 200 steps logged: a linear fit recovers the set 1e-4, a different quantity
+    # (the schedule's value at step 0), named as such; peak_lr is still the largest logged rate
+    (200, "linear", 1e-4),
+])
+def test_the_learning_rate_fact_of_an_unfitted_schedule_is_the_largest_logged_value(tmp_path, decay_steps, schedule,
+                                                                                   fact):
+    from loratune.history_io import history_from_trainer_state
+
+    state = _trainer_state(steps=200, log_every=10, evals=list(range(10, 201, 10)),
+                           lr=lambda s: 1e-4 * (1 - (s - 1) / decay_steps))
+    run = history_from_trainer_state(state, tmp_path, name="run")
+    assert run.facts["lr_schedule"].value == schedule
+    assert run.facts["learning_rate"].value == pytest.approx(fact, rel=1e-9)
+    f = compute_features(run.points, run.meta)
+    assert f["peak_lr"] == pytest.approx(1e-4 * (1 - 9 / decay_steps), rel=1e-12)
+    if schedule == "decaying":
+        assert run.facts["learning_rate"].source.endswith("largest logged value")
+        assert run.facts["learning_rate"].value == f["peak_lr"]  # one reading, shown and ruled on
