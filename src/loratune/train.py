@@ -211,10 +211,14 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 # rest on the faster (faster_on_one_thread); a shorter pass (the train subsample, probe sets) reuses the last choice.
 EVAL_THREAD_PROBE_BATCHES = 4
 _EVAL_ONE_THREAD = {"last": False}  # the last evaluation pass's choice, for the short passes after it
+# ... off in `loratune train`: a thread count chosen by timing makes a run's logits depend on the machine's load (1 and
+# 2 threads round differently on some models, up to ~5e-7: tests/integration/test_prefix_cache.py's distilbert), and
+# two runs of one config must record the same numbers. predict_logits(pick_threads=True) keeps it for measuring.
+EVAL_PICK_THREADS = False
 
 
 def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, autocast: bool,
-                   pick_threads: bool = True) -> np.ndarray:
+                   pick_threads: bool = False) -> np.ndarray:
     """Logits [n, k] in the split's order; batches are formed from length-sorted rows. Plain LoRA layers run
     merged (adapt.merged_for_eval). `pick_threads` (CPU, more than one thread): one thread or all of them,
     whichever is faster now (EVAL_THREAD_PROBE_BATCHES); False keeps torch's setting (train.num_threads given)."""
@@ -582,7 +586,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     tuned = {"now": None, "best": None}  # thresholds tuned at the last eval point, and at the saved model's
     kept: dict[str, np.ndarray] = {}  # val logits of the saved model's evaluation point
 
-    pick_threads = cfg.train.num_threads is None  # evaluation: one thread or all, the faster (a given count stays)
+    pick_threads = EVAL_PICK_THREADS and cfg.train.num_threads is None  # one thread or all (a given count stays)
 
     def predict_texts(texts: list[str]) -> np.ndarray:  # for probe sets and perturbed texts
         split = Split("extra", tuple(texts), tuple((space.labels[0],) for _ in texts), "extra")

@@ -133,11 +133,11 @@ def test_thread_pick_keeps_the_logits_and_restores_the_thread_count(one_thread, 
     try:
         fixed = predict_logits(model, val, 3, tok.pad_token_id, CPU, False, pick_threads=False)
         assert seen == []
-        picked = predict_logits(model, val, 3, tok.pad_token_id, CPU, False)
+        picked = predict_logits(model, val, 3, tok.pad_token_id, CPU, False, pick_threads=True)
         assert len(seen) == 1 and all(s > 0 for s in seen[0])  # seconds per padded token, both ways
         assert train_mod._EVAL_ONE_THREAD["last"] is one_thread
         assert torch.get_num_threads() == 2
-        short = predict_logits(model, val, 64, tok.pad_token_id, CPU, False)  # one batch: the last choice, no probe
+        short = predict_logits(model, val, 64, tok.pad_token_id, CPU, False, pick_threads=True)  # one batch: no probe
         assert len(seen) == 1 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(old)
