@@ -53,12 +53,15 @@ def sigterm_as_interrupt():
 
 @contextlib.contextmanager
 def shielded():
-    """Hold SIGINT/SIGTERM off while a record is being written: they take effect at the end of the block."""
+    """Hold SIGINT/SIGTERM off while a record is being written: they take effect at the end of the block. A signal
+    the process ignores (SIGINT in a background job of a non-interactive shell) stays ignored inside the block too:
+    otherwise one landing during a write would stop the run, and one landing anywhere else would not."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending: list[int] = []
-    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in held}
     try:
         yield
     finally:

@@ -1,0 +1,32 @@
+"""signals.shielded: a signal during a record write takes effect at the end of the block, unless the process ignores
+it (then it stays ignored, as it is outside the block)."""
+
+import os
+import signal
+
+import pytest
+
+from loratune.signals import shielded
+
+
+def test_a_sigint_during_the_block_is_raised_at_its_end():
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    reached = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with shielded():
+                os.kill(os.getpid(), signal.SIGINT)
+                reached.append("the write finished")
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert reached == ["the write finished"]
+
+
+def test_an_ignored_sigint_stays_ignored_inside_the_block():
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with shielded():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
