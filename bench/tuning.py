@@ -52,7 +52,9 @@ STUDIES = RESULTS / "tuning"
 # pick longer; 7: the longer run at lr /2 and lr when two fit; 8: train long early (the grid's incumbent at the
 # final length, challengers promoted beyond noise) and full fine-tuning's own lr probe (older studies are rerun)
 # 9: long runs (early, promoted) train at the trial's lr x long_lr_factor (lr /2); the final training tries lr x1
-PROTOCOL_VERSION = 9
+# 10: the early long run ends by half the budget (early_long_by); the final training extends it when it was
+# still improving and the budget left holds 1.5x its length
+PROTOCOL_VERSION = 10
 # per sampler (a change reruns only the studies it changes). 2: the samplers' space holds the training length
 # (1-8x a trial), as the protocol's final training does; 3: TPE's start-up trials sized to the budget (a third
 # of the trials that fit, not a fixed 5); tpe-hyperband is new at 3

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from loratune.search.budget import Budget, CostModel, Meter
+from loratune.search.budget import Budget, Cost, CostModel, Meter
 from loratune.search.context import SearchContext
 from memory_store import MemoryStore
 from loratune.search.protocol import (
@@ -1029,3 +1029,78 @@ def test_still_improving_reads_the_objective_curve_not_the_diagnosis_metric():
     assert still_improving(rec(((0, -2.30), (6, -2.10), (12, -2.18)))) == (False, 0.5)
     # no curve (records of older versions): the diagnosis's features decide
     assert still_improving(rec(())) == (False, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# protocol v10: the early long run ends by half the budget; the final training extends it
+
+
+LONG12_START = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=12.0)  # 12 epochs: 8x a trial (800)
+
+
+def _grows_world(after_600: float) -> World:
+    """Long runs gain with length: +0.03 from 200 steps, +0.045 from 300, +`after_600` from 600 (still improving)."""
+    def longer(p):
+        n = int(p.get("train.max_steps") or 0)
+        return 0.0 if n < 200 else 0.03 if n < 300 else 0.045 if n < 600 else after_600
+    return World(lambda p: 0.70 + _lr_peak_moving(p) + longer(p), lambda p: "healthy", features=STILL)
+
+
+def _longs(runner):
+    return [(s.phase, s.point[LR], s.point["train.max_steps"]) for s in runner.calls if s.point.get("train.max_steps")]
+
+
+def test_the_early_long_run_ends_by_half_the_budget_and_the_final_training_extends_it():
+    # examples budget 16000 (a 100-step trial is estimated at 1000): the grid spends 3000, so ending by 8000 leaves
+    # 5000 for the run: 800 wanted, shortened by 0.8 -> 640 -> 512 -> 409 (4090 <= 5000)
+    ctx, runner = make_ctx(_grows_world(0.05), budget="16000ex")
+    run_protocol(ctx, LONG12_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
+    # the evidence stages spend 3 scripted trials of 1000 after it: the 9000 left hold the whole 800 steps
+    assert _longs(runner) == [("early-long", 5e-4, 409), ("final-train", 5e-4, 800)]
+    early = next(x for x in ctx.decisions if x["code"] == "early-long-trained")
+    assert early["data"]["steps"] == 409 and early["data"]["steps_wanted"] == 800
+    assert any("409 of the 800 steps wanted: the run ends by 50% of the budget" in e for e in early["evidence"])
+    assert "capped to end by 50% of the budget" in runner.calls[3].purpose
+    d = next(x for x in ctx.decisions if x["kind"] == "final-train")
+    assert d["code"] == "final-train-extended" and d["data"]["from_steps"] == 409 and d["data"]["steps"] == 800
+    assert any("0.745 -> 0.750" in e for e in d["evidence"])
+    assert ctx.state.final.point["train.max_steps"] == 800 and ctx.state.final.value == pytest.approx(0.75)
+
+
+def test_an_extension_that_does_not_score_higher_leaves_the_early_long_run_the_pick():
+    ctx, runner = make_ctx(_grows_world(0.045), budget="16000ex")  # 800 steps score as 409 do
+    run_protocol(ctx, LONG12_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
+    assert _longs(runner) == [("early-long", 5e-4, 409), ("final-train", 5e-4, 800)]
+    assert codes(ctx)[-1] == "final-train-extended-no-gain"
+    assert ctx.state.final.point["train.max_steps"] == 409 and ctx.state.final.spec.phase == "early-long"
+
+
+def test_without_the_cap_the_early_long_run_takes_the_final_length_and_is_not_extended():
+    ctx, runner = make_ctx(_grows_world(0.05), budget="16000ex")
+    run_protocol(ctx, LONG12_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False,
+                                                     early_long_by=None), plan=PLAN)
+    # 800 wanted, 13000 left after the grid: uncapped; the end runs the trial's lr at its length (v9's rule)
+    assert _longs(runner) == [("early-long", 5e-4, 800), ("final-train", 1e-3, 800)]
+    assert codes(ctx)[-1] == "final-train-reused"
+
+
+def test_an_early_long_run_that_cannot_end_by_half_the_budget_is_the_shortest_long_run():
+    # 8000ex: ending by 4000 leaves 1000 after the grid, less than the shortest long run (200 steps, ~2000): the
+    # shortest long run is trained (it fits the budget), not the longest that fits
+    ctx, runner = make_ctx(_grows_world(0.05), budget="8000ex")
+    run_protocol(ctx, LONG12_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
+    assert _longs(runner)[0] == ("early-long", 5e-4, 200)
+    assert "the shortest long run (it cannot end by 50% of the budget)" in runner.calls[3].purpose
+    assert "early-long-trained" in codes(ctx)
+
+
+def test_the_deadline_is_kept_back_in_the_budgets_own_unit():
+    from loratune.search.protocol.long import deadline_hold
+    ctx, _ = make_ctx(_grows_world(0.05), budget="16000ex")
+    assert deadline_hold(ctx, 0.5) == Cost(examples=8000) and deadline_hold(ctx, None) == Cost()
+    ctx.meter = Meter(Budget.parse("10m"), reserve_s=60)  # left is net of the finishing reserve already
+    assert deadline_hold(ctx, 0.5) == Cost(wall_s=240.0)
+    ctx.meter = Meter(Budget.parse("20trials"))  # a long run is one trial whatever its length: no cap
+    assert deadline_hold(ctx, 0.5) == Cost()
+    with pytest.raises(ValueError, match="early_long_by 1.5 is a share of the budget"):
+        ProtocolSettings(early_long_by=1.5)

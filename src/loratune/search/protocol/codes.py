@@ -84,6 +84,8 @@ DECISION_CODES: dict[str, str] = {
     "final-train-helps": "the longer run scored higher: it is the pick",
     "final-train-no-gain": "the longer run did not score higher: the trial's adapter is kept",
     "final-train-reused": "the pick's config was trained long already (early or promoted): not trained again",
+    "final-train-extended": "the capped early long run, still improving, trained longer with the budget left: the pick",
+    "final-train-extended-no-gain": "the capped early long run trained longer did not score higher: the pick is kept",
     "revisit": "budget left at the end: the stages skipped for budget run",
     "finish-best-trained": "the incumbent did not finish: the best trained run is the pick",
 }

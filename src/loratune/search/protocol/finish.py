@@ -8,7 +8,7 @@ from loratune.search.space import DEFAULTS
 from loratune.search.stages import StageId
 from loratune.search.state import Start
 from loratune.search.trial import TrialRecord
-from loratune.search.protocol.settings import (COST_FREE_KEYS, FULL_LR_MAX, FULL_LR_MIN, LR, METHOD,
+from loratune.search.protocol.settings import (COST_FREE_KEYS, EXTEND_MIN_RATIO, FULL_LR_MAX, FULL_LR_MIN, LR, METHOD,
                                                PROBE_MAX_SHARE_OF_TRIAL, ProtocolSettings)
 from loratune.search.protocol.common import (breakeven_rank, evidence_of, incumbent_of, lr_of, no_budget, r_of, reserve,
                                              round3, set_incumbent)
@@ -251,6 +251,8 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
     the pick."""
     phase = StageId.FINAL_TRAIN.value
     steps = int(long.point.get("train.max_steps") or 0)
+    if extend_long_run(ctx, s, inc, long, final):
+        return
     lr = lr_of(inc.point)
     others = [x for x in dict.fromkeys(lr if f == 1 else round3(lr * f) for f in s.final_lr_factors)
               if x != lr_of(long.point)]
@@ -283,3 +285,41 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
     else:
         ctx.decide(phase, "final-train", "the long run is reused", f"keep {final.label}", ev, [long, *runs], data,
                    code="final-train-reused")
+
+
+def extend_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, long: TrialRecord,
+                    final: TrialRecord) -> bool:
+    """A long run shorter than the final length (the early one, capped to end by `early_long_by` of the budget)
+    that was still improving at its end is trained again, longer, at its lr with the budget left: one run of the
+    final length shortened to fit, at least `EXTEND_MIN_RATIO` x its length. The longer run is the pick when it
+    scores higher. False (nothing run, nothing decided) when the run peaked inside its length or no run long
+    enough fits: the final training then runs the long run's other lrs (`reuse_long_run`)."""
+    phase = StageId.FINAL_TRAIN.value
+    steps = int(long.point.get("train.max_steps") or 0)
+    want = long_steps_wanted(ctx, s)
+    still, frac = still_improving(long)
+    if not steps or not still or want < EXTEND_MIN_RATIO * steps:
+        return False
+    longer = final_length(ctx, long, want, 1, EXTEND_MIN_RATIO * steps)
+    if longer is None:
+        return False
+    why = f"the long run trained longer: {longer} steps ({longer / steps:.1f}x its {steps}) with the budget left"
+    rec = ctx.run(ctx.spec(with_(long.point, **{"train.max_steps": longer}), phase, why), prune=False)
+    if rec is None:
+        no_budget(ctx, phase, "the longer run")
+        return True
+    ev = [f"{long.label} ({steps} steps, {ctx.show(long.value)}) was still improving when it ended (best at "
+          f"{frac or 0:.0%}); the budget left holds {longer} steps, {longer / steps:.1f}x it (at least "
+          f"{EXTEND_MIN_RATIO:g}x to be a step worth a run)",
+          f"{longer} steps at lr {lr_of(long.point):g}, early stopping on {ctx.objective.name}: "
+          f"{ctx.fmt(long.value)} -> {ctx.fmt(rec.value)}", f"the pick before it: {final.label}, {ctx.show(final.value)}"]
+    data = {"long_trial": long.number, "steps": longer, "from_steps": steps, "value": rec.value,
+            "lrs": [{"lr": lr_of(r.point), "value": r.value, "trial": r.number} for r in (long, rec)]}
+    if rec.value is not None and (final.value is None or rec.value > final.value):
+        ctx.state.final = rec
+        ctx.decide(phase, "final-train", "the longer run scores higher", f"pick = {rec.label}",
+                   ev + evidence_of(ctx, rec), [long, rec], data, code="final-train-extended")
+    else:
+        ctx.decide(phase, "final-train", "the longer run does not score higher", f"keep {final.label}", ev,
+                   [long, rec], data, code="final-train-extended-no-gain")
+    return True

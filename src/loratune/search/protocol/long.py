@@ -4,8 +4,8 @@ The short trials rank configs; the model handed over is trained longer. Waiting 
 every stage has spent its trials leaves the pick a short trial for most of the budget. So once the lr grid
 has an incumbent, it is trained at the final length (phase 0's epochs, at most `final_max_factor` x a trial,
 shortened to the budget left after the higher-priority stages' reserve; the trials' early stopping; at
-`long_lr_factor` x the trial's lr, since the lr that wins short runs is too high for long ones) and
-becomes the pick. Every later incumbent is a challenger (successive halving: many configs at trial length,
+`long_lr_factor` x the trial's lr, since the lr that wins short runs is too high for long ones; ending by
+`early_long_by` of the budget where it can, so a good model exists at half the budget) and becomes the pick. Every later incumbent is a challenger (successive halving: many configs at trial length,
 few at full length): it replaces the pick only when its trial beats the pick's trial (`champion`) beyond
 noise, and is then trained long itself; its long run is the pick when it scores higher. A challenger stage
 whose winner could not be trained long within the budget left cannot change the pick: it is skipped, and the
@@ -78,18 +78,42 @@ def min_long_cost(ctx: SearchContext, s: ProtocolSettings, point: dict) -> Cost:
     return ctx.estimate(with_(point, **{"train.max_steps": int(s.final_min_factor * ctx.trial_steps)}))
 
 
+def deadline_hold(ctx: SearchContext, share: float | None) -> Cost:
+    """What a run must leave unspent for it to end by `share` of the budget (a Cost in the budget's unit, kept
+    back like a stage reserve); nothing for no share or a trials budget (a long run is one trial whatever its
+    length)."""
+    kind = ctx.meter.budget.kind
+    if share is None or kind == "trials":
+        return Cost()
+    keep = (1.0 - share) * ctx.meter.budget.limit
+    if kind == "wall_s":  # `left` is net of the finishing reserve already
+        return Cost(wall_s=max(0.0, keep - ctx.meter.reserve_s))
+    return Cost(examples=int(keep))
+
+
+def larger(a: Cost, b: Cost, kind: str) -> Cost:
+    return a if a.amount(kind) >= b.amount(kind) else b
+
+
 def long_run(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, why: str,
-             held: Cost = Cost()) -> TrialRecord | None:
-    """`rec`'s config trained at the final length (one run, at its lr), or None when it does not fit."""
+             held: Cost = Cost(), by: float | None = None) -> TrialRecord | None:
+    """`rec`'s config trained at the final length (one run, at its lr), or None when it does not fit. `by`: the
+    run ends by this share of the budget when a run of at least `final_min_factor` x a trial can (its length
+    capped); when none can, the shortest long run that fits the budget left is trained."""
     steps0 = int(ctx.trial_steps)
-    steps = final_length(ctx, rec, long_steps_wanted(ctx, s), 1, s.final_min_factor * steps0, held)
+    want, least = long_steps_wanted(ctx, s), s.final_min_factor * steps0
+    steps = final_length(ctx, rec, want, 1, least, larger(held, deadline_hold(ctx, by), ctx.meter.budget.kind))
+    capped = "" if steps is None or by is None or steps == want else f", capped to end by {by:.0%} of the budget"
+    if steps is None and by is not None:
+        steps = final_length(ctx, rec, max(int(least), 1), 1, least, held)
+        capped = "" if steps is None else f", the shortest long run (it cannot end by {by:.0%} of the budget)"
     if steps is None:
         return None
     lr = long_lr(s, rec.point)
     point = with_(rec.point, **{"train.max_steps": steps, LR: lr})
     at = "" if lr == lr_of(rec.point) else f" at lr {lr:g} ({s.long_lr_factor:g}x the trial's)"
-    return ctx.run(ctx.spec(point, PHASE, f"{why}: {steps} steps ({steps / steps0:.1f}x a trial){at}"), prune=False,
-                   reserve=held)
+    return ctx.run(ctx.spec(point, PHASE, f"{why}: {steps} steps ({steps / steps0:.1f}x a trial){at}{capped}"),
+                   prune=False, reserve=held)
 
 
 def long_lr(s: ProtocolSettings, point: dict) -> float:
@@ -118,7 +142,7 @@ def stage_early_long(ctx: SearchContext, s: ProtocolSettings) -> None:
                     "help", "later incumbents follow the stages' own rules"], [inc], code="early-long-peaked")
         return
     held = reserve(ctx, PHASE, s)
-    run = long_run(ctx, s, inc, "train long early", held)
+    run = long_run(ctx, s, inc, "train long early", held, by=s.early_long_by)
     if run is None:
         ctx.decide(PHASE, "early-long", "still improving; a long run does not fit yet",
                    "the pick stays a trial; the final training tries again with the budget left",
@@ -127,12 +151,17 @@ def stage_early_long(ctx: SearchContext, s: ProtocolSettings) -> None:
         return
     ctx.state.champion = inc
     steps = int(run.point["train.max_steps"])
+    want = long_steps_wanted(ctx, s)
     ev = [f"{inc.label} was still improving when its {ctx.trial_steps}-step trial ended (best at {frac or 0:.0%})",
           f"{steps} steps ({steps / ctx.trial_steps:.1f}x a trial) at lr {lr_of(run.point):g} ({s.long_lr_factor:g}x "
           f"the trial's: the best lr falls as the run grows, protocol 3), early stopping on {ctx.objective.name}: "
           f"{ctx.fmt(inc.value)} -> {ctx.fmt(run.value)}",
+          *([f"{steps} of the {want} steps wanted: the run ends by {s.early_long_by:.0%} of the budget where it can "
+             "(a good model early); the final training extends it with the budget left"]
+            if steps < want and s.early_long_by is not None else []),
           "later incumbents are challengers: trained long only when they beat this trial beyond noise"]
-    data = {"trial": inc.number, "long_trial": run.number, "steps": steps, "value": run.value, "trial_value": inc.value}
+    data = {"trial": inc.number, "long_trial": run.number, "steps": steps, "steps_wanted": want, "value": run.value,
+            "trial_value": inc.value}
     if run.value is not None and (inc.value is None or run.value > inc.value):
         ctx.state.final = run
         ctx.decide(PHASE, "early-long", "trained long early", f"pick = {run.label}", ev + evidence_of(ctx, run),
