@@ -424,6 +424,13 @@ def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mappin
     tt = str((a if isinstance(a, dict) else {}).get("task_type") or "").upper()
     if tt in PEFT_TASK_TYPES:
         found = (PEFT_TASK_TYPES[tt], f"adapter_config.json task_type {tt}")
+    # no task_type (null, as peft writes it for a model wrapped without one): the base model class peft records in
+    # auto_mapping names the head as config.json's architecture does (caglanakpinar, fold K: Qwen2ForCausalLM)
+    base_class = ((a if isinstance(a, dict) else {}).get("auto_mapping") or {})
+    base_class = str(base_class.get("base_model_class") or "") if isinstance(base_class, dict) else ""
+    if found is None and base_class:
+        found = next(((task, f"adapter_config.json auto_mapping base_model_class {base_class}")
+                      for suffix, task in ARCH_TASKS if base_class.endswith(suffix)), None)
     if (cp := _side_file(folder, "config.json")) is not None:
         try:
             mcfg = json.loads(cp.read_text(encoding="utf-8"))

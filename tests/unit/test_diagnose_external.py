@@ -377,6 +377,10 @@ def test_near_miss_stuck_high_but_the_val_loss_is_still_falling(tmp_path):
                       "id2label": {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}}}, "seq2seq"),
     ({"config.json": {"architectures": ["BertForSequenceClassification"], "problem_type": "regression",
                       "id2label": {"0": "LABEL_0"}}}, "regression"),
+    # peft's task_type null (a custom adapter wrapped without one, caglanakpinar, fold K): the base model class
+    # recorded in auto_mapping names the head
+    ({"adapter_config.json": {"peft_type": "TINYLORA", "task_type": None, "r": 2,
+                              "auto_mapping": {"base_model_class": "Qwen2ForCausalLM"}}}, "causal-lm"),
 ])
 def test_the_task_comes_from_the_side_files_and_a_generative_loss_gets_no_class_count(tmp_path, side, task):
     # first train loss 1.32 ~ ln 4: without the side files this run would be read as a 4-class classifier
@@ -390,6 +394,21 @@ def test_the_task_comes_from_the_side_files_and_a_generative_loss_gets_no_class_
     assert d.features["n_classes"] is None and d.features["train_loss_vs_chance"] is None
     assert d.features["classifier"] is None
     assert not d.fired("lr-too-small", active_only=False)  # a tenth of the start is no target for these losses
+
+
+@pytest.mark.parametrize("adapter, task", [
+    ({"task_type": None, "auto_mapping": {"base_model_class": "ModernBertForSequenceClassification"}},
+     "single_label"),
+    ({"task_type": None, "auto_mapping": {"base_model_class": "CustomBackbone"}}, None),  # no known head suffix
+    ({"task_type": None, "auto_mapping": None}, None),
+    # a task_type, where given, stands over the base class
+    ({"task_type": "SEQ_CLS", "auto_mapping": {"base_model_class": "Qwen2ForCausalLM"}}, "single_label"),
+])
+def test_the_adapters_base_model_class_names_the_task_only_without_a_task_type(tmp_path, adapter, task):
+    folder = trainer_state(tmp_path, train=exp_decay(1.32, 0.95, 2), val=exp_decay(1.2, 0.98, 2), classes=None)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", **adapter}))
+    run = load_run(folder)
+    assert run.meta.get("task") == task
 
 
 def test_a_classifier_still_reads_its_class_count_without_side_files(tmp_path):
