@@ -208,6 +208,9 @@ _CATALOGUE = (
           "The remaining fall of val_loss_remaining_gain (in loss, not a share) / (sqrt 2 x val_loss_noise): what "
           "training longer could still buy, in units of the noise of a difference of two points (protocol 5b: inside "
           "the band, the better loss it promises could not be told from the one reached: converged)."),
+    _spec("val loss", "val_loss_logged", "flag", "the run logged a val loss: {}",
+          "1 when the history has a `val/loss` key at any eval (finite or not), 0 when it has none (a run scored "
+          "by a val metric alone, e.g. the ChatGLM / GLM finetune demos' ROUGE / BLEU)."),
     _spec("val loss", "val_loss_still_falling", "flag", "val loss still setting new lows at the end: {}",
           "1 when V's lowest point in the last third of the run is below its lowest before by more than "
           "val_loss_noise and `IMPROVE_MIN_REL` of the loss (with 2 points: the last vs the first)."),
@@ -247,7 +250,9 @@ _CATALOGUE = (
     _spec("noise", "val_metric_noise", "points", "the val metric's noise is {}",
           "The noise band of one val-metric point: the binomial standard error when the val size is known "
           "(`val_metric_se`), else the metric curve's own jitter (median |second difference| / (0.6745 sqrt 6), "
-          "floored at 0.005, needs >= 4 points); `details['val_metric_noise_source']` says which. Every `*_se` "
+          "floored at 0.005, needs >= 4 points; for a mean of per-row scores (ROUGE-L) read from fewer than "
+          "`ROW_MEAN_JITTER_POINTS_MIN` points, the binomial formula's upper bound when the val size is known); "
+          "`details['val_metric_noise_source']` says which. Every `*_se` "
           "feature of the val metric is in units of this."),
     _spec("noise", "val_metric_se", "points", "the val metric's standard error is {}",
           "Binomial standard error sqrt(q(1-q)/n), q = (p n + 1)/(n + 2) (p = final M, n = val rows; the +1/+2 "
@@ -364,7 +369,13 @@ _CATALOGUE = (
 
 FEATURES: Mapping[str, FeatureSpec] = MappingProxyType({s.name: s for s in _CATALOGUE})
 
-METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy", "token_accuracy")
+METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy", "token_accuracy", "rouge_l")
+# metrics that are no share of rows (a share of tokens, a mean of per-row overlap scores): the row count gives them no
+# binomial standard error, so the curve's own jitter is their noise (protocol 5b), and they mark a generative run
+ROW_MEAN_METRICS = ("token_accuracy", "rouge_l")
+# ...but a jitter read from fewer points than this (one or two second differences) is no band: where the eval size is
+# known, the [0, 1] bound on a mean's standard error stands in (`_val_metric`)
+ROW_MEAN_JITTER_POINTS_MIN = 5
 # a new val-loss low counts as improvement only past its noise and this share of the loss: a smooth, converged
 # curve keeps creeping down by fractions of a percent, which more epochs do not turn into a better model
 IMPROVE_MIN_REL = 0.02
@@ -654,7 +665,7 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
         "val/subset_accuracy" in p for p in pts) else "single_label")
     acc.details["task"] = task
     labels = _labels(pts, meta)
-    generative = task in GENERATIVE_TASKS or metric == "token_accuracy" or any(
+    generative = task in GENERATIVE_TASKS or metric in ROW_MEAN_METRICS or any(
         k.startswith(PROMPT_KEY_PREFIX) or k == "val/perplexity" for p in pts for k in p)
     acc.set("generative", 1.0 if generative else None, NOT_APPLICABLE + f"a {task} run")
     acc.set("classifier", 1.0 if task in CLASSIFIER_TASKS and not generative else None,
@@ -860,6 +871,7 @@ def _plateau_fraction(T, start, frac) -> float:
 
 def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     V = _series(pts, "val/loss")
+    acc.set("val_loss_logged", 1.0 if any("val/loss" in p for p in pts) else 0.0)
     names = ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise",
              "val_loss_min_fraction", "val_loss_late_drop", "val_loss_late_share", "val_loss_rise_share",
              "val_loss_vs_chance", "val_loss_noise", "val_loss_rise_noise", "val_loss_drop_noise")
@@ -974,18 +986,26 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
                  "fewer than 2 val-metric points")
 
     n = acc.values.get("val_n")
-    if metric == "token_accuracy":  # a share of tokens, not of rows: the row count is no binomial n
+    if metric in ROW_MEAN_METRICS:  # a share of tokens, or a mean of overlap scores, not a share of rows
         se = None
-        acc.set("val_metric_se", None, NOT_APPLICABLE + "token accuracy is a share of tokens (correlated within a "
-                "row), so the row count gives no binomial standard error; the curve's jitter is its noise")
+        acc.set("val_metric_se", None, NOT_APPLICABLE + f"{metric} is no share of rows (tokens correlated within a "
+                "row, or a mean of per-row overlap scores), so the row count gives no binomial standard error; the "
+                "curve's jitter is its noise")
     else:
         se = binomial_se(vals[-1], n) if n else None
         acc.set("val_metric_se", se, "val size unknown (no `val/n`), so no standard error")
     jitter = curve_jitter(vals, floor=METRIC_NOISE_FLOOR)
+    if metric in ROW_MEAN_METRICS and len(vals) < ROW_MEAN_JITTER_POINTS_MIN and n:
+        # a jitter read from one or two second differences is no band (protocol 5b, noise first); a mean of n
+        # per-row scores in [0, 1] has a variance of at most p(1 - p) / n (Bhatia-Davis), so the binomial formula
+        # bounds its standard error from above: the band stands in, conservative
+        jitter = binomial_se(vals[-1], n)
+        acc.details["val_metric_noise_source"] = "the [0, 1] bound on a mean of per-row scores (binomial formula)"
     if se:
         noise, acc.details["val_metric_noise_source"] = se, "binomial standard error from the val size"
     elif jitter is not None:
-        noise, acc.details["val_metric_noise_source"] = jitter, "the metric curve's own eval-to-eval jitter"
+        noise = jitter
+        acc.details.setdefault("val_metric_noise_source", "the metric curve's own eval-to-eval jitter")
     else:
         noise = None
     why_noise = "val size unknown and fewer than 4 metric points: no noise band"

@@ -153,7 +153,13 @@ _METRIC_ALIASES = {
     "macro_f1": "macro_f1", "f1_macro": "macro_f1", "f1": "macro_f1", "macro_f1_score": "macro_f1",
     "weighted_f1": "weighted_f1", "f1_weighted": "weighted_f1", "micro_f1": "micro_f1", "f1_micro": "micro_f1",
     "subset_accuracy": "subset_accuracy", "mean_token_accuracy": "token_accuracy",
+    # a generation run's token-overlap score (protocol 9): ROUGE-L as the HF summarization examples
+    # (`rougeL`) and the ChatGLM / GLM finetune demos (`rouge-l`) log it
+    "rougeL": "rouge_l", "rouge-l": "rouge_l", "rouge_l": "rouge_l",
 }
+# a score logged on a 0-100 scale (the HF examples and the ChatGLM demos multiply ROUGE by 100): read as 0..1,
+# the scale every metric threshold is in; a share never exceeds 1, so one value above it names the scale
+_PERCENT_METRICS = ("rouge_l",)
 _EVAL_META = ("runtime", "samples_per_second", "steps_per_second")
 # keys only TRL's trainers log (SFTTrainer: token accuracy, token counts, entropy)
 _TRL_KEYS = ("mean_token_accuracy", "num_tokens", "entropy")
@@ -344,6 +350,13 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
             if _fin(e.get("epoch")) is not None:
                 pt["epoch"] = float(e["epoch"])
             points.append(pt)
+    for key in (f"{split}/{m}" for m in _PERCENT_METRICS for split in ("val", "train_eval")):
+        vals = [_fin(q.get(key)) for q in points]
+        if any(v is not None and v > 1.0 for v in vals):
+            for q in points:
+                if _fin(q.get(key)) is not None:
+                    q[key] = q[key] / 100.0
+            notes.append(f"{key} logged on a 0-100 scale: read as a share (/100)")
     ns = [q["val/n"] for q in points if "val/n" in q]
     if ns:
         facts["val_n"] = Fact(ns[-1], "eval runtime x samples/s")

@@ -419,7 +419,11 @@ _RULES = (
                             c("val_loss_min_fraction", "<=", "early_turn_fraction_max")),
                        all_(c("val_metric_final_drop", ">=", "val_metric_drop_min"),
                             c("val_metric_final_drop_se", ">=", "drop_se_min"),
-                            c("val_loss_min_fraction", "<", "late_min_fraction")),
+                            # the val loss, where logged, past its minimum too; a run scored by a val metric
+                            # alone is read on the metric, protocol 5b's second overfit reading ("the val metric's
+                            # best lies well before the end and the end is below it by more than the noise")
+                            any_(c("val_loss_min_fraction", "<", "late_min_fraction"),
+                                 c("val_loss_logged", "<", "flag_on"))),
                        all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
                             c("gap_f1", ">=", "overfit_gap_min")),
                        all_(c("generative", ">=", "flag_on"),  # the prompt set: exact on familiar, drifting on new

@@ -201,16 +201,25 @@ def test_label_noise_suspected_needs_two_way_confusion_on_train_rows():
 # ---- engine semantics ------------------------------------------------------------------------------
 
 def test_missing_signals_lower_confidence_and_are_named():
-    full = verdict(s.overfit())
-    no_val_loss = [{k: v for k, v in p.items() if k not in ("val/loss", "val/n")} for p in s.overfit()]
+    full = verdict(s.healthy())
+    no_val_loss = [{k: v for k, v in p.items() if k != "val/loss"} for p in s.healthy()]
     thin = verdict(no_val_loss)
-    assert full.verdict == thin.verdict == "overfit-capacity"
+    assert full.verdict == thin.verdict == "healthy"
     f_full, f_thin = full.primary, thin.primary
     assert not f_full.tentative and f_thin.tentative
     assert f_thin.confidence < f_full.confidence
     missing = [m[0] for m in f_thin.missing]
-    assert "val_loss_rise" in missing and "val_loss_min_fraction" in missing
+    assert "val_loss_rise" in missing and "val_loss_rise_noise" in missing
     assert "val/loss" in dict(f_thin.missing)["val_loss_rise"]
+
+
+def test_a_run_with_no_val_loss_at_all_overfits_on_its_val_metric_alone():
+    # protocol 5b's second overfit reading (the metric's best well before the end, the end below it beyond the
+    # noise) needs no val loss: with none logged it is no missing signal, so the verdict is not tentative
+    no_val_loss = [{k: v for k, v in p.items() if k not in ("val/loss", "val/n")} for p in s.overfit()]
+    thin = verdict(no_val_loss)
+    assert thin.verdict == "overfit-capacity" and not thin.primary.tentative
+    assert thin.features["val_loss_logged"] == 0
 
 
 def test_required_or_wholly_missing_signals_give_not_evaluated():

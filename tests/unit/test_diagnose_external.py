@@ -1163,3 +1163,79 @@ def test_a_run_with_a_val_metric_is_undertrained_on_the_metrics_rise_not_its_val
     if acc:
         assert (f["val_metric_late_gain_se"] >= 2) == undertrained
     assert (d.verdict == "undertrained") == undertrained, [(x.rule_id, x.suppressed_by) for x in d.findings]
+
+
+# ---- a generation run scored by ROUGE alone (no eval loss: the ChatGLM / GLM finetune demos, fold K) ----------
+
+def rouge_state(folder: Path, *, rouge, evals: int = 20, steps: int = 100, n_val: int | None = 13,
+                eval_loss=None, key: str = "eval_rouge-l", train=exp_decay(1.7, 0.01, 6)) -> Path:
+    """A LoRA SFT trainer_state.json whose evals log `key` (and `eval_loss` only when given), train loss every 5
+    steps, an adapter_config.json with task_type CAUSAL_LM."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = []
+    every = steps // evals
+    for s in range(5, steps + 1, 5):
+        log.append({"step": s, "epoch": s / 6, "loss": train(s / steps), "learning_rate": 4.5e-4 * (1 - s / steps)})
+    for i in range(evals):
+        s = (i + 1) * every
+        e = {"step": s, "epoch": s / 6, key: rouge(i)}
+        if eval_loss is not None:
+            e["eval_loss"] = eval_loss(i)
+        if n_val:
+            e.update(eval_runtime=n_val / 10, eval_samples_per_second=10.0)
+        log.append(e)
+    log.sort(key=lambda e: (e["step"], "loss" in e))
+    log.append({"step": steps, "epoch": steps / 6, "train_runtime": 10.0, "train_loss": 0.3})
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": steps, "max_steps": steps,
+                                                           "log_history": log}))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "task_type": "CAUSAL_LM",
+                                                            "r": 8, "lora_alpha": 32}))
+    return folder
+
+
+@pytest.mark.parametrize("key, values, read", [
+    ("eval_rouge-l", [12.9, 11.5, 5.1], [0.129, 0.115, 0.051]),  # the demos' 0-100 scale, read as a share
+    ("eval_rougeL", [0.31, 0.33, 0.35], [0.31, 0.33, 0.35]),  # a 0..1 scale stands
+])
+def test_rouge_l_is_read_as_a_share_and_as_the_val_metric_of_a_generative_run(tmp_path, key, values, read):
+    folder = rouge_state(tmp_path, rouge=lambda i: values[i], evals=3, key=key)
+    run = load_run(folder)
+    got = [p["val/rouge_l"] for p in run.points if "val/rouge_l" in p]
+    assert got == pytest.approx(read)
+    d = diagnose(folder)
+    assert d.features["val_metric_logged"] == 1 and d.features["val_loss_logged"] == 0
+    assert d.features["generative"] == 1 and d.features["val_metric_best"] == pytest.approx(max(read))
+
+
+@pytest.mark.parametrize("drop, overfit", [(0.021, True), (0.019, False)])  # val_metric_drop_min 0.02
+def test_a_run_scored_by_its_val_metric_alone_overfits_on_the_metrics_fall_from_an_early_best(tmp_path, drop,
+                                                                                               overfit):
+    # ROUGE-L best at the first eval, a smooth fall of `drop` to the end (jitter at its 0.005 floor: 4 noise units
+    # and more), the train loss at 1% of its start: protocol 5b's metric reading, no val loss to confirm it
+    d = diagnose(rouge_state(tmp_path, rouge=lambda i: 100 * (0.30 - drop * i / 19)))
+    assert d.features["val_loss_logged"] == 0 and d.features["val_metric_final_drop_se"] >= 2
+    assert d.features["val_metric_final_drop"] == pytest.approx(drop)
+    assert d.fired("overfit-capacity") is overfit
+    if overfit:
+        assert d.verdict == "overfit-capacity"
+
+
+def test_a_logged_val_loss_at_its_minimum_at_the_end_still_vetoes_the_metric_reading(tmp_path):
+    # the same fall of the metric, but a val loss logged and falling to its low at the last eval: not overfit
+    d = diagnose(rouge_state(tmp_path, rouge=lambda i: 100 * (0.30 - 0.03 * i / 19), eval_loss=lambda i: 2.0 - 0.02 * i))
+    assert d.features["val_loss_logged"] == 1 and d.features["val_loss_min_fraction"] == 1.0
+    assert d.features["val_metric_final_drop"] >= 0.02
+    assert not d.fired("overfit-capacity", active_only=False)
+
+
+@pytest.mark.parametrize("evals, n_val, bound", [(4, 50, True), (5, 50, False), (4, None, False)])
+def test_a_short_rouge_curve_with_a_known_eval_size_is_held_against_the_bound_not_its_jitter(tmp_path, evals, n_val,
+                                                                                              bound):
+    vals = [0.6766, 0.6602, 0.6886, 0.7109, 0.7050][:evals]  # Wabbybabb0 (fold E) and one eval more
+    d = diagnose(rouge_state(tmp_path, rouge=lambda i: 100 * vals[i], evals=evals, n_val=n_val, steps=100))
+    q = (vals[-1] * 50 + 1) / 52
+    if bound:
+        assert d.features["val_metric_noise"] == pytest.approx(math.sqrt(q * (1 - q) / 50))
+        assert not d.fired("undertrained", active_only=False)  # a 0.034 late gain is 0.5 of the bound's 0.064
+    else:
+        assert d.features["val_metric_noise"] == pytest.approx(curve_jitter(vals, floor=0.005))
