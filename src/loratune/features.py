@@ -69,7 +69,9 @@ _CATALOGUE = (
           "or `val/token_accuracy`; not applicable (missing) for a classifier. A kind gate: a rule route that holds "
           "only for generative runs names it, and a classifier's diagnosis drops that route."),
     _spec("run", "classifier", "flag", "the run is a classifier: {}",
-          "1 for a classification run (single- or multi-label); not applicable (missing) for a generative run. The "
+          "1 for a classification run (single- or multi-label); not applicable (missing) for a generative run; "
+          "unknown (missing) when nothing says it is one (no task from a side file, no class count, no val "
+          "metric): the single-label default is then a guess. The "
           "other kind gate: a route that holds only for classifiers (a loss judged against a fresh head's start "
           "near ln(classes)) names it."),
     _spec("run", "n_classes", "count", "the task has {} classes",
@@ -668,8 +670,13 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     generative = task in GENERATIVE_TASKS or metric in ROW_MEAN_METRICS or any(
         k.startswith(PROMPT_KEY_PREFIX) or k == "val/perplexity" for p in pts for k in p)
     acc.set("generative", 1.0 if generative else None, NOT_APPLICABLE + f"a {task} run")
-    acc.set("classifier", 1.0 if task in CLASSIFIER_TASKS and not generative else None,
-            NOT_APPLICABLE + f"a {'generative' if generative else task} run")
+    # nothing in the run says it is a classifier (no task from a side file, no class count, no val metric): the
+    # single-label default is a guess, not a fact (protocol 5b: the knobs of a run are facts to read, not to assume)
+    guessed = not meta.get("task") and not _labels(pts, meta) and not _num(meta.get("n_classes")) and metric is None
+    acc.set("classifier", 1.0 if task in CLASSIFIER_TASKS and not generative and not guessed else None,
+            "nothing says this run is a classifier (no adapter_config.json task_type or config.json architecture, "
+            "no class count, no val metric)" if guessed and not generative
+            else NOT_APPLICABLE + f"a {'generative' if generative else task} run")
     k = len(labels) if labels else _num(meta.get("n_classes"))
     acc.set("n_classes", k, NOT_APPLICABLE + "a generative run has no classes" if generative
             else "no labels in run.json and no per-class keys in the history")

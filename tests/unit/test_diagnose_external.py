@@ -1239,3 +1239,32 @@ def test_a_short_rouge_curve_with_a_known_eval_size_is_held_against_the_bound_no
         assert not d.fired("undertrained", active_only=False)  # a 0.034 late gain is 0.5 of the bound's 0.064
     else:
         assert d.features["val_metric_noise"] == pytest.approx(curve_jitter(vals, floor=0.005))
+
+
+# ---- a run that nothing marks as a classifier is not read as one (Facico, fold K: LLaMA-7B LoRA, only the state) ----
+
+@pytest.mark.parametrize("classes, metric, log_every, classifier", [
+    (None, None, 20, None),  # no side file, no metric, first log after step 10 (no class count read): a guess
+    (10, None, 20, 1.0),  # config.json's id2label: a classifier
+    (None, lambda f: 0.5 + 0.3 * f, 20, 1.0),  # a val accuracy logged
+    (None, None, 5, 1.0),  # the first train loss at step 5 ~ ln(classes): a class count read from it
+])
+def test_the_classifier_flag_needs_something_that_says_so(tmp_path, classes, metric, log_every, classifier):
+    folder = trainer_state(tmp_path, train=exp_decay(L10, 0.9, 6), val=exp_decay(2.0, 1.0, 6), metric=metric,
+                           classes=classes, n_val=None, log_every=log_every, steps=400, evals=20)
+    d = diagnose(folder)
+    assert d.features["classifier"] == classifier
+    if classifier is None:
+        assert d.features.missing["classifier"].startswith("nothing says this run is a classifier")
+
+
+@pytest.mark.parametrize("classes, underfit", [(None, False), (10, True)])
+def test_a_plateau_at_a_share_of_its_start_is_no_classifier_underfit_without_a_classifier(tmp_path, classes,
+                                                                                          underfit):
+    # train 2.3 -> 0.44 of its start, flat over the second half, val loss plateaued early: with id2label the
+    # classifier reading (start ~ ln(classes) as the reference) calls it underfit; with nothing saying it is a
+    # classifier, 0.44 of an unknown start is no evidence of a high loss
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(L10, 0.44 * L10, 12), val=exp_decay(1.3, 1.04, 12),
+                               classes=classes, n_val=None, log_every=20, steps=400, evals=20))
+    assert d.features["train_loss_final_over_start"] >= 0.3 and d.features["train_loss_late_drop"] < 0.1
+    assert d.fired("underfit-capacity", active_only=False) is underfit
