@@ -5,8 +5,8 @@ every stage has spent its trials leaves the pick a short trial for most of the b
 has an incumbent, it is trained at the final length (phase 0's epochs, at most `final_max_factor` x a trial,
 shortened to the budget left after the higher-priority stages' reserve; the trials' early stopping; at
 `long_lr_factor` x the trial's lr, since the lr that wins short runs is too high for long ones; ending by
-`early_long_by` of the budget where it can, so a good model exists at half the budget) and becomes the pick. Every later incumbent is a challenger (successive halving: many configs at trial length,
-few at full length): it replaces the pick only when its trial beats the pick's trial (`champion`) beyond
+`early_long_by` of the budget where it can, so a good model exists at half the budget) and becomes the pick.
+Every later incumbent is a challenger (successive halving: many configs at trial length, few at full length): it replaces the pick only when its trial beats the pick's trial (`champion`) beyond
 noise, and is then trained long itself; its long run is the pick when it scores higher. A challenger stage
 whose winner could not be trained long within the budget left cannot change the pick: it is skipped, and the
 trail says so. The final training at the end reuses the long run it finds (no point is trained twice).
@@ -18,7 +18,7 @@ from loratune.search.budget import Cost, format_amount
 from loratune.search.context import SearchContext, with_
 from loratune.search.stages import StageId
 from loratune.search.trial import TrialRecord
-from loratune.search.protocol.settings import (FINAL_LENGTH_SHRINK, METHOD, ProtocolSettings,
+from loratune.search.protocol.settings import (EXTEND_MIN_RATIO, FINAL_LENGTH_SHRINK, METHOD, ProtocolSettings,
                                                STILL_IMPROVING_BEST_FRACTION)
 from loratune.search.protocol.common import LR, evidence_of, incumbent_of, lr_of, reserve, round3
 
@@ -103,7 +103,8 @@ def long_run(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, why: str
     steps0 = int(ctx.trial_steps)
     want, least = long_steps_wanted(ctx, s), s.final_min_factor * steps0
     steps = final_length(ctx, rec, want, 1, least, larger(held, deadline_hold(ctx, by), ctx.meter.budget.kind))
-    capped = "" if steps is None or by is None or steps == want else f", capped to end by {by:.0%} of the budget"
+    capped = "" if steps is None or by is None or steps == final_length(ctx, rec, want, 1, least, held) else \
+        f", capped to end by {by:.0%} of the budget"
     if steps is None and by is not None:
         steps = final_length(ctx, rec, max(int(least), 1), 1, least, held)
         capped = "" if steps is None else f", the shortest long run (it cannot end by {by:.0%} of the budget)"
@@ -157,8 +158,8 @@ def stage_early_long(ctx: SearchContext, s: ProtocolSettings) -> None:
           f"the trial's: the best lr falls as the run grows, protocol 3), early stopping on {ctx.objective.name}: "
           f"{ctx.fmt(inc.value)} -> {ctx.fmt(run.value)}",
           *([f"{steps} of the {want} steps wanted: the run ends by {s.early_long_by:.0%} of the budget where it can "
-             "(a good model early); the final training extends it with the budget left"]
-            if steps < want and s.early_long_by is not None else []),
+             f"(a good model early); the final training extends it when the budget left holds {EXTEND_MIN_RATIO:g}x "
+             "its length"] if steps < want and s.early_long_by is not None else []),
           "later incumbents are challengers: trained long only when they beat this trial beyond noise"]
     data = {"trial": inc.number, "long_trial": run.number, "steps": steps, "steps_wanted": want, "value": run.value,
             "trial_value": inc.value}
