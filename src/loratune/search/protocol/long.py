@@ -102,12 +102,12 @@ def long_run(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, why: str
     capped); when none can, the shortest long run that fits the budget left is trained."""
     steps0 = int(ctx.trial_steps)
     want, least = long_steps_wanted(ctx, s), s.final_min_factor * steps0
+    free = final_length(ctx, rec, want, 1, least, held)  # the length without the deadline
     steps = final_length(ctx, rec, want, 1, least, larger(held, deadline_hold(ctx, by), ctx.meter.budget.kind))
-    capped = "" if steps is None or by is None or steps == final_length(ctx, rec, want, 1, least, held) else \
-        f", capped to end by {by:.0%} of the budget"
-    if steps is None and by is not None:
-        steps = final_length(ctx, rec, max(int(least), 1), 1, least, held)
-        capped = "" if steps is None else f", the shortest long run (it cannot end by {by:.0%} of the budget)"
+    capped = "" if steps is None or by is None or steps == free else f", capped to end by {by:.0%} of the budget"
+    if steps is None and free is not None and by is not None:  # only the deadline stops it: the shortest long run
+        steps = max(int(least), 1)
+        capped = f", the shortest long run (it cannot end by {by:.0%} of the budget)"
     if steps is None:
         return None
     lr = long_lr(s, rec.point)
