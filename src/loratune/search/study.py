@@ -504,6 +504,7 @@ class Study:
 
         from optuna.trial import TrialState
 
+        failed_seen = -1
         while True:
             mine = [t for t in self.optuna.get_trials(deepcopy=False) if t.user_attrs.get("key") == key]
             done = next((t for t in mine if t.user_attrs.get("record") is not None
@@ -518,7 +519,13 @@ class Study:
                                                                        t.user_attrs.get("purpose", "")))
                     return "claimed", (trial, run_dir)
             if not waiting and not any(t.state == TrialState.RUNNING for t in mine):
-                return "free", None
+                # a dead worker's trial is failed (`fail_stale`) and then queued again, two writes by whichever
+                # process saw it stale: a look between them finds no copy waiting. Free only when a second look,
+                # one poll later, finds the same failures and still no copy (else both would run it)
+                failed = sum(1 for t in mine if t.state == TrialState.FAIL)
+                if not failed or failed == failed_seen:
+                    return "free", None
+                failed_seen = failed
             time.sleep(poll_s)
             self.fail_stale()
 
