@@ -251,7 +251,7 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
     the pick."""
     phase = StageId.FINAL_TRAIN.value
     steps = int(long.point.get("train.max_steps") or 0)
-    if extend_long_run(ctx, s, inc, long, final):
+    if extend_long_run(ctx, s, long, final):
         return
     lr = lr_of(inc.point)
     others = [x for x in dict.fromkeys(lr if f == 1 else round3(lr * f) for f in s.final_lr_factors)
@@ -287,8 +287,7 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
                    code="final-train-reused")
 
 
-def extend_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, long: TrialRecord,
-                    final: TrialRecord) -> bool:
+def extend_long_run(ctx: SearchContext, s: ProtocolSettings, long: TrialRecord, final: TrialRecord) -> bool:
     """A long run shorter than the final length (the early one, capped to end by `early_long_by` of the budget)
     that was still improving at its end is trained again, longer, at its lr with the budget left: one run of the
     final length shortened to fit, at least `EXTEND_MIN_RATIO` x its length. The longer run is the pick when it
