@@ -91,21 +91,19 @@ def deadline_hold(ctx: SearchContext, share: float | None) -> Cost:
     return Cost(examples=int(keep))
 
 
-def larger(a: Cost, b: Cost, kind: str) -> Cost:
-    return a if a.amount(kind) >= b.amount(kind) else b
-
-
 def long_run(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, why: str,
              held: Cost = Cost(), by: float | None = None) -> TrialRecord | None:
     """`rec`'s config trained at the final length (one run, at its lr), or None when it does not fit. `by`: the
     run ends by this share of the budget when a run of at least `final_min_factor` x a trial can (its length
-    capped); when none can, the shortest long run that fits the budget left is trained."""
+    capped); when only the deadline stops every such run, the shortest long run is trained."""
     steps0 = int(ctx.trial_steps)
     want, least = long_steps_wanted(ctx, s), s.final_min_factor * steps0
-    free = final_length(ctx, rec, want, 1, least, held)  # the length without the deadline
-    steps = final_length(ctx, rec, want, 1, least, larger(held, deadline_hold(ctx, by), ctx.meter.budget.kind))
-    capped = "" if steps is None or by is None or steps == free else f", capped to end by {by:.0%} of the budget"
-    if steps is None and free is not None and by is not None:  # only the deadline stops it: the shortest long run
+    free = steps = final_length(ctx, rec, want, 1, least, held)  # the length without the deadline
+    hold = deadline_hold(ctx, by)
+    if free is not None and hold.amount(ctx.meter.budget.kind) > held.amount(ctx.meter.budget.kind):
+        steps = final_length(ctx, rec, want, 1, least, hold)
+    capped = "" if steps is None or steps == free else f", capped to end by {by:.0%} of the budget"
+    if steps is None and free is not None:  # only the deadline stops it: the shortest long run
         steps = max(int(least), 1)
         capped = f", the shortest long run (it cannot end by {by:.0%} of the budget)"
     if steps is None:
