@@ -230,6 +230,62 @@ def apply_adapter(model, adapter: AdapterConfig, task: str = "classification"):
     return peft_model, sites
 
 
+FULL_WEIGHT_FILE = "model.safetensors"  # what save_pretrained writes for a full fine-tune (never a pickle)
+
+
+def warm_start(model, method: str, path: str) -> str:
+    """Load saved weights into a wrapped model (`train.init_from`): a LoRA adapter folder (adapter and saved head)
+    into the peft model, or a full model's safetensors into every parameter. Every saved tensor must match one
+    of the model's by name and shape, and every trainable one must be saved: a mismatch is a UserError naming the
+    first differences (a different r, targets or layers). Returns a one-line note for run.json."""
+    from pathlib import Path
+
+    import torch
+
+    folder = Path(path)
+    lora = method != "full"
+    need = "adapter_config.json" if lora else FULL_WEIGHT_FILE
+    if not (folder / need).is_file():
+        what = "a LoRA adapter folder (adapter_config.json + adapter_model.safetensors)" if lora else \
+            f"a full model folder ({FULL_WEIGHT_FILE})"
+        raise UserError(f"train.init_from: {path} has no {need}; adapter.method={method} starts from {what}",
+                        "give a run's adapter/ folder saved with the same adapter.method, or drop train.init_from")
+    if lora:
+        from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
+
+        saved = load_peft_weights(str(folder), device="cpu")
+        want = get_peft_model_state_dict(model)
+    else:
+        from safetensors.torch import load_file
+
+        saved = load_file(str(folder / FULL_WEIGHT_FILE), device="cpu")
+        want = model.state_dict()
+    want_shapes = {k: tuple(v.shape) for k, v in want.items()}
+    extra = [k for k in saved if k not in want_shapes]
+    shape = [f"{k} {tuple(saved[k].shape)} vs {want_shapes[k]}" for k in saved
+             if k in want_shapes and tuple(saved[k].shape) != want_shapes[k]]
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = [k for k in want_shapes if k not in saved and (lora or k in trained)]
+    if not lora and missing:  # a tied weight (lm_head = embeddings) is saved once
+        ptrs = {p.data_ptr() for n, p in model.named_parameters() if n in saved}
+        params = dict(model.named_parameters())
+        missing = [k for k in missing if k not in params or params[k].data_ptr() not in ptrs]
+    if extra or shape or missing:
+        first = [*(f"shape {x}" for x in shape[:3]), *(f"not in this model: {k}" for k in extra[:3]),
+                 *(f"not saved: {k}" for k in missing[:3])]
+        raise UserError(f"train.init_from: the weights in {path} do not fit this run's model "
+                        f"({len(shape)} shape, {len(extra)} extra, {len(missing)} missing tensor(s)): "
+                        + "; ".join(first),
+                        "start from weights saved with the same model and adapter.* (method, r, target_modules, "
+                        "layers_to_transform, use_dora), or drop train.init_from")
+    with torch.no_grad():
+        if lora:
+            set_peft_model_state_dict(model, saved)
+        else:
+            model.load_state_dict(saved, strict=False)
+    return f"started from {path} ({len(saved)} tensors)"
+
+
 def count_params(model, sites: list[LinearSite], method: str) -> ParamCount:
     """Parameter counts of a wrapped model (works on the meta device too)."""
     total = trainable = adapter = head = 0

@@ -140,6 +140,12 @@ class TrainConfig:
                         "grouping), A matrices and the head as with adamw.", choices=("adamw", "loraplus"))
     loraplus_lr_ratio: float = _f(16.0, "LoRA+: lr of the B matrices over that of the A matrices (the paper's "
                                   "default is 16).", min=1.0)
+    init_from: str | None = _f(None, "Start from saved weights instead of the base model's fresh adapter: a run's "
+                               "adapter/ folder (LoRA: its adapter_config.json must match adapter.*: method, r, "
+                               "targets, layers, DoRA; the trained head comes with it) or, for adapter.method=full, "
+                               "a saved model folder (model.safetensors). The optimizer and the lr schedule start "
+                               "afresh (warmup, then decay over max_steps): a warm start, not a resume; "
+                               "`loratune tune` continues a long run this way. null: start fresh.")
     early_stopping_patience: int = _f(0, "Stop after this many evals without the val metric_for_best_model (macro-F1; "
                                       "multi-label: subset accuracy) improving (0: off).",
                                       min=0)

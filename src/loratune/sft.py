@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from loratune import precision as precision_mod
 from loratune import signals
-from loratune.adapt import apply_adapter, count_params, num_layers
+from loratune.adapt import apply_adapter, count_params, num_layers, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.generation import load_prompt_set, score_prompt_set
 from loratune.metrics import parse_labels, prediction_scores, top_unknown_outputs
@@ -60,8 +60,8 @@ from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
 from loratune.train import (RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged, eval_batches,
-                            output_error, peak_memory_mb, plan_steps, record_save_failure, seed_everything, utc_now,
-                            versions, window_scores)
+                            fresh_loss, output_error, peak_memory_mb, plan_steps, record_save_failure, seed_everything,
+                            utc_now, versions, window_scores)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -444,6 +444,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     tokenizer = load_tokenizer(cfg.model)
     base = load_causal_lm(cfg.model, tokenizer.pad_token_id)
     model, sites = apply_adapter(base, cfg.adapter, task="causal-lm")
+    warm = warm_start(model, cfg.adapter.method, cfg.train.init_from) if cfg.train.init_from else None
     model.to(device)
     model.train()
     if autocast:
@@ -510,7 +511,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         # parameters each rank holds: all of them under DDP, about 1/world_size each under FSDP
         "params_per_rank": ranks.local_params(model) if ranks.world > 1 else None,
         "global_batch": cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * ranks.world,
-        "pid": os.getpid(), "threads": torch.get_num_threads(), "objective": objective,
+        "pid": os.getpid(), "threads": torch.get_num_threads(), "init_from": warm, "objective": objective,
         "label_format": "generate" if labels else None, "labels": list(labels) or None,
         "precision": precision.to_dict(),
         "config": to_dict(cfg), "versions": versions(),
@@ -613,6 +614,10 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
                 break
             if start_loss is None:
                 start_loss = step_loss
+                if warm is not None:  # a warm start: the un-adapted model's loss (NaN: none, no ratio check)
+                    fresh = fresh_loss(model, lambda: lm_loss(train_model, batch)[0])
+                    start_loss = (max(step_loss, ranks.sum([fresh])[0] / ranks.world) if fresh is not None
+                                  else math.nan)
             max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             optimizer.step()

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from loratune import __version__, precision as precision_mod, prefix_cache, signals
-from loratune.adapt import HEAD_NAMES, apply_adapter, count_params, num_layers
+from loratune.adapt import HEAD_NAMES, apply_adapter, count_params, num_layers, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
 from loratune.errors import UserError
@@ -444,6 +444,19 @@ def diverged(window_loss: float, start_loss: float | None) -> str | None:
     return None
 
 
+def fresh_loss(model, loss_of) -> float | None:
+    """The divergence reference of a warm-started run (train.init_from): its step-1 loss is the saved model's,
+    far below a fresh start's, so DIVERGENCE_FACTOR x it flags an ordinary restart bump. The reference is
+    `loss_of()` (the step's last micro-batch) with the adapter, and the head saved with it, disabled: the
+    un-adapted model a fresh run's step 1 measures (about ln C for a fresh head). None for a model without
+    adapters (a full fine-tune's fresh weights are not at hand): only a non-finite loss then counts."""
+    disable = getattr(model, "disable_adapter", None)
+    if disable is None:
+        return None
+    with torch.no_grad(), disable():
+        return float(loss_of())
+
+
 def record_save_failure(run: dict, store, exc: BaseException) -> None:
     """Saving the model failed for a reason other than the output location: the record says so (status `failed`,
     the error, no saved model) before the error goes up, so it never reads `running` or `completed` over a missing
@@ -560,6 +573,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         tokenizer = load_tokenizer(cfg.model)
         base = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)))
         model, sites = apply_adapter(base, cfg.adapter)
+        warm = warm_start(model, cfg.adapter.method, cfg.train.init_from) if cfg.train.init_from else None
     model.to(device)
     model.train()
     if autocast:
@@ -625,7 +639,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
         "precision": precision.to_dict(), "timing_s": timing,
         "pid": os.getpid(),
-        "prefix_cache": prefix_note, "threads": torch.get_num_threads(),
+        "prefix_cache": prefix_note, "threads": torch.get_num_threads(), "init_from": warm,
         # what evaluation scores (rows; the probe set's rows come on top), and the max_eval_share budget
         "evaluation": {"step0": list(STEP0_SPLITS), "rows_step0": step0_rows, "rows_per_point": point_rows,
                        "budget_rows": eval_budget_rows(cfg, steps), "rows_scored": 0},
@@ -735,6 +749,10 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                 break
             if start_loss is None:
                 start_loss = step_loss
+                if warm is not None:  # a warm start: the un-adapted model's loss (NaN: none, no ratio check)
+                    fresh = fresh_loss(model, lambda: loss_fn(forward_logits(model, train_enc, rows, batch).float(),
+                                                              target, space.multi_label, spec))
+                    start_loss = max(step_loss, fresh) if fresh is not None else math.nan
             max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             optimizer.step()

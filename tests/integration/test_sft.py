@@ -393,3 +393,17 @@ def test_a_gguf_base_loses_its_quantizer_marker_so_a_full_model_saves(tmp_path):
     forget_gguf_quantizer(model)
     assert model.hf_quantizer is None
     assert getattr(model, "quantization_config", None) is None and getattr(model.config, "quantization_config", None) is None
+
+
+def test_an_sft_run_warm_starts_from_a_saved_adapter(sft_run, lm, sft_data, tmp_path):
+    """train.init_from under causal-lm: the run starts from the saved adapter (its step-0 val loss is the saved
+    model's), and its divergence reference is the un-adapted model's loss, not the saved model's low one."""
+    saved_step = json.loads((sft_run / "run.json").read_text())["adapter_step"]
+    saved = next(p for p in _history(sft_run) if p["step"] == saved_step)
+    out = tmp_path / "warm"
+    assert cli.main(["train", "-q", *sft_overrides(lm, sft_data, out, max_steps=4, eval_steps=2,
+                                                   init_from=sft_run / "adapter")]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "completed" and run["init_from"].startswith(f"started from {sft_run / 'adapter'}")
+    assert _history(out)[0]["val/loss"] == pytest.approx(saved["val/loss"], rel=1e-4)
+    assert _history(out)[0]["val/loss"] < _history(sft_run)[0]["val/loss"]

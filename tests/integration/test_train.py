@@ -277,3 +277,81 @@ def test_precision_is_recorded_and_bf16_keeps_the_head_and_loss_in_float32(tiny_
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(**batch).logits
     assert logits.dtype == torch.float32  # without the wrapper, autocast makes the classifier's output bf16
+
+
+@pytest.mark.parametrize("arch", ["tiny_bert", "tiny_llama"])
+def test_init_from_starts_where_the_saved_model_ended(arch, request, intent_data, tmp_path):
+    """train.init_from: a second run starts from the first run's saved adapter and head (a warm start), so its
+    step-0 evaluation scores what the first run saved; a fresh run does not."""
+    folder = request.getfixturevalue(arch)
+    _, first = _train(folder, intent_data, tmp_path / "a", learning_rate=2e-2, max_steps=24, eval_steps=8)
+    assert first["adapter_step"] > 0
+    saved = RunStore(tmp_path / "a").adapter_dir
+    _, warm = _train(folder, intent_data, tmp_path / "b", learning_rate=1e-2, max_steps=8, eval_steps=4,
+                     init_from=str(saved))
+    _, fresh = _train(folder, intent_data, tmp_path / "c", learning_rate=1e-2, max_steps=8, eval_steps=4)
+    step0 = {name: json.loads((tmp_path / name / "history.jsonl").read_text().splitlines()[0])
+             for name in ("a", "b", "c")}
+    best = next(json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()
+                if json.loads(x)["step"] == first["adapter_step"])
+    assert step0["b"]["val/macro_f1"] == pytest.approx(best["val/macro_f1"])
+    assert step0["b"]["val/loss"] == pytest.approx(best["val/loss"], rel=1e-5)
+    assert step0["c"]["val/loss"] == pytest.approx(step0["a"]["val/loss"], rel=1e-5)  # a fresh start
+    assert step0["b"]["val/loss"] < step0["c"]["val/loss"]
+    assert warm["init_from"].startswith(f"started from {saved}") and fresh["init_from"] is None
+    assert warm["status"] == "completed" and warm["config"]["train"]["init_from"] == str(saved)
+
+
+def test_init_from_a_full_model(tiny_bert, intent_data, tmp_path):
+    _, first = _train(tiny_bert, intent_data, tmp_path / "a", method="full", learning_rate=1e-3, max_steps=16,
+                      eval_steps=8)
+    _, warm = _train(tiny_bert, intent_data, tmp_path / "b", method="full", learning_rate=1e-3, max_steps=4,
+                     eval_steps=4, init_from=str(RunStore(tmp_path / "a").adapter_dir))
+    best = next(json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()
+                if json.loads(x)["step"] == first["adapter_step"])
+    step0 = json.loads((tmp_path / "b" / "history.jsonl").read_text().splitlines()[0])
+    assert step0["val/loss"] == pytest.approx(best["val/loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("change, needle", [({"r": 8}, "shape"), ({"target_modules": "[attn.q]"}, "not in this model"),
+                                            ({"method": "full"}, "has no model.safetensors")])
+def test_init_from_weights_that_do_not_fit_is_a_user_error(change, needle, tiny_bert, intent_data, tmp_path):
+    from loratune.errors import UserError
+
+    _train(tiny_bert, intent_data, tmp_path / "a", max_steps=4, eval_steps=4)
+    saved = RunStore(tmp_path / "a").adapter_dir
+    with pytest.raises(UserError, match="train.init_from") as err:
+        _train(tiny_bert, intent_data, tmp_path / "b", max_steps=4, eval_steps=4, init_from=str(saved), **change)
+    assert needle in str(err.value) and err.value.fix
+    assert not (tmp_path / "b" / "run.json").exists()  # refused before a record is started
+
+
+def test_a_warm_starts_divergence_reference_is_the_unadapted_models_loss():
+    """train.fresh_loss: a warm-started run's step-1 loss is the saved model's (low), so 4x it is an ordinary
+    restart bump; the reference is the loss with the adapter and its saved head disabled (a fresh run's start)."""
+    from peft import LoraConfig, get_peft_model
+    from torch import nn
+
+    from loratune.train import diverged, fresh_loss
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    before = float(nn.functional.cross_entropy(base(x), y))
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["0"], modules_to_save=["2"]))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n or "modules_to_save" in n:
+                p.add_(torch.randn_like(p))  # a trained adapter and head: the outputs move
+
+    def loss():
+        return nn.functional.cross_entropy(model(x), y)
+
+    adapted = float(loss())
+    assert adapted != pytest.approx(before)
+    assert fresh_loss(model, loss) == pytest.approx(before)  # the un-adapted model
+    assert float(loss()) == pytest.approx(adapted)  # the adapter is on again afterwards
+    assert fresh_loss(nn.Linear(8, 3), loss) is None  # full fine-tuning: no reference
+    # a window 9x a warm start's low step-1 loss but below 4x the fresh reference is no divergence
+    assert diverged(0.126, 0.0142) and diverged(0.126, max(0.0142, 1.1)) is None
+    assert diverged(0.126, math.nan) is None and diverged(math.inf, math.nan) == "non-finite loss"

@@ -1038,41 +1038,74 @@ def test_still_improving_reads_the_objective_curve_not_the_diagnosis_metric():
 LONG12_START = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=12.0)  # 12 epochs: 8x a trial (800)
 
 
-def _grows_world(after_600: float) -> World:
-    """Long runs gain with length: +0.03 from 200 steps, +0.045 from 300, +`after_600` from 600 (still improving)."""
+def _grows_world(after_600: float, continued: float = 0.05) -> World:
+    """Long runs gain with length: +0.03 from 200 steps, +0.045 from 300, +`after_600` from 600 (still improving);
+    a run continued from a saved model (train.init_from) scores `continued` over the trials."""
     def longer(p):
         n = int(p.get("train.max_steps") or 0)
         return 0.0 if n < 200 else 0.03 if n < 300 else 0.045 if n < 600 else after_600
-    return World(lambda p: 0.70 + _lr_peak_moving(p) + longer(p), lambda p: "healthy", features=STILL)
+    return World(lambda p: 0.70 + (continued if p.get("train.init_from") else _lr_peak_moving(p) + longer(p)),
+                 lambda p: "healthy", features=STILL)
 
 
 def _longs(runner):
     return [(s.phase, s.point[LR], s.point["train.max_steps"]) for s in runner.calls if s.point.get("train.max_steps")]
 
 
-def test_the_early_long_run_ends_by_half_the_budget_and_the_final_training_extends_it():
+def test_the_early_long_run_ends_by_half_the_budget_and_the_final_training_continues_it():
     # examples budget 16000 (a 100-step trial is estimated at 1000): the grid spends 3000, so ending by 8000 leaves
     # 5000 for the run: 800 wanted, shortened by 0.8 -> 640 -> 512 -> 409 (4090 <= 5000)
     ctx, runner = make_ctx(_grows_world(0.05), budget="16000ex")
     run_protocol(ctx, LONG12_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
-    # the evidence stages spend 3 scripted trials of 1000 after it: the 9000 left hold the whole 800 steps
-    assert _longs(runner) == [("early-long", 5e-4, 409), ("final-train", 5e-4, 800)]
+    # the evidence stages spend 3 scripted trials of 1000 after it: the 9000 left hold the 391 steps the run lacks
+    # of 800, continued from its saved weights at half its lr (2.5e-4)
+    assert _longs(runner) == [("early-long", 5e-4, 409), ("final-train", 2.5e-4, 391)]
     early = next(x for x in ctx.decisions if x["code"] == "early-long-trained")
     assert early["data"]["steps"] == 409 and early["data"]["steps_wanted"] == 800
     assert any("409 of the 800 steps wanted: the run ends by 50% of the budget" in e for e in early["evidence"])
     assert "capped to end by 50% of the budget" in runner.calls[3].purpose
+    long_rec = next(r for r in ctx.records if r.spec.phase == "early-long")
+    cont = runner.calls[-1]
+    assert cont.point["train.init_from"] == f"{long_rec.run_dir}/adapter"  # the early run's saved model
+    assert cont.name.endswith("-cont") and "391 more steps (0.96x its 409) at lr 0.00025" in cont.purpose
     d = next(x for x in ctx.decisions if x["kind"] == "final-train")
-    assert d["code"] == "final-train-extended" and d["data"]["from_steps"] == 409 and d["data"]["steps"] == 800
-    assert any("0.745 -> 0.750" in e for e in d["evidence"])
-    assert ctx.state.final.point["train.max_steps"] == 800 and ctx.state.final.value == pytest.approx(0.75)
+    assert d["code"] == "final-train-continued" and d["data"]["from_steps"] == 409 and d["data"]["steps"] == 391
+    assert any("0.745 -> 0.750" in e and "800 steps in all, the cost of 391" in e for e in d["evidence"])
+    assert ctx.state.final is ctx.records[-1] and ctx.state.final.value == pytest.approx(0.75)
+    # priced at its own steps only: 3910 examples, not the 8000 of an 800-step run from scratch
+    assert ctx.estimate(cont.point).examples == 3910
 
 
-def test_an_extension_that_does_not_score_higher_leaves_the_early_long_run_the_pick():
-    ctx, runner = make_ctx(_grows_world(0.045), budget="16000ex")  # 800 steps score as 409 do
+def test_a_continuation_that_does_not_score_higher_leaves_the_early_long_run_the_pick():
+    ctx, runner = make_ctx(_grows_world(0.05, continued=0.04), budget="16000ex")
     run_protocol(ctx, LONG12_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
-    assert _longs(runner) == [("early-long", 5e-4, 409), ("final-train", 5e-4, 800)]
-    assert codes(ctx)[-1] == "final-train-extended-no-gain"
+    assert _longs(runner) == [("early-long", 5e-4, 409), ("final-train", 2.5e-4, 391)]
+    assert codes(ctx)[-1] == "final-train-continued-no-gain"
     assert ctx.state.final.point["train.max_steps"] == 409 and ctx.state.final.spec.phase == "early-long"
+
+
+class _StepCharged(World):
+    """A world whose trials cost 10 examples a step (what the protocol's estimate prices them at)."""
+
+    def result(self, p: dict) -> TrialResult:
+        from dataclasses import replace
+
+        return replace(super().result(p), examples=10 * int(p.get("train.max_steps") or 100))
+
+
+@pytest.mark.parametrize("budget, more", [("5499ex", None), ("5500ex", 50)])
+def test_a_continuation_needs_a_quarter_of_the_run_in_more_steps(budget, more):
+    # the grid (3000) and the shortest long run (200 steps, 2000: the cap cannot hold it) leave 499 / 500: a
+    # quarter of 200 steps is 50 (500 examples); below it the final training reuses the long run
+    world = _grows_world(0.05)
+    world.__class__ = _StepCharged
+    ctx, runner = make_ctx(world, budget=budget)
+    run_protocol(ctx, LONG12_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
+    assert _longs(runner)[0] == ("early-long", 5e-4, 200)
+    if more is None:
+        assert len(_longs(runner)) == 1 and codes(ctx)[-1] == "final-train-reused"
+    else:
+        assert _longs(runner)[1] == ("final-train", 2.5e-4, more) and codes(ctx)[-1] == "final-train-continued"
 
 
 def test_without_the_cap_the_early_long_run_takes_the_final_length_and_is_not_extended():

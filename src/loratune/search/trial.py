@@ -155,5 +155,7 @@ def short_name(point: Mapping[str, Any], base: Mapping[str, Any] | None = None) 
         if isinstance(v, float):
             v = f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e") if 0 < v < 0.01 else f"{v:g}"
         parts.append(f"{tag}{v}")
+    if point.get("train.init_from") and not (base and base.get("train.init_from") == point["train.init_from"]):
+        parts.append("cont")  # a warm start from a saved model (the trail names which)
     name = "-".join(parts) or "start"
     return re.sub(r"[^A-Za-z0-9_.+=-]", "", name)[:60]

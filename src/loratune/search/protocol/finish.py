@@ -8,8 +8,9 @@ from loratune.search.space import DEFAULTS
 from loratune.search.stages import StageId
 from loratune.search.state import Start
 from loratune.search.trial import TrialRecord
-from loratune.search.protocol.settings import (COST_FREE_KEYS, EXTEND_MIN_RATIO, FULL_LR_MAX, FULL_LR_MIN, LR, METHOD,
-                                               PROBE_MAX_SHARE_OF_TRIAL, ProtocolSettings)
+from loratune.search.protocol.settings import (CONTINUE_LR_FACTOR, CONTINUE_MIN_RATIO, COST_FREE_KEYS, FULL_LR_MAX,
+                                               FULL_LR_MIN, INIT_FROM, LR, METHOD, PROBE_MAX_SHARE_OF_TRIAL,
+                                               ProtocolSettings)
 from loratune.search.protocol.common import (breakeven_rank, evidence_of, incumbent_of, lr_of, no_budget, r_of, reserve,
                                              round3, set_incumbent)
 from loratune.search.protocol.long import (final_length, is_full, long_of, long_steps_wanted, promote,
@@ -188,10 +189,10 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     want = long_steps_wanted(ctx, s)
     lr = float(inc.point.get(LR, start.lr_centre))
     lrs = [lr if f == 1 else round3(lr * f) for f in s.final_lr_factors] or [lr]
-    steps = final_length(ctx, inc, int(want), len(lrs), s.final_min_factor * steps0)
+    steps = final_length(ctx, inc.point, int(want), len(lrs), s.final_min_factor * steps0)
     if steps is None and len(lrs) > 1:
         lrs = [lr]  # one long run only: at the lr the short trials chose (measured), not a guess
-        steps = final_length(ctx, inc, int(want), 1, s.final_min_factor * steps0)
+        steps = final_length(ctx, inc.point, int(want), 1, s.final_min_factor * steps0)
     if steps is None:
         ctx.decide(phase, "final-train", "still improving; a longer run is not affordable", "keep the trial's adapter",
                    [f"{inc.label} was still improving when its {steps0}-step trial ended",
@@ -251,7 +252,7 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
     the pick."""
     phase = StageId.FINAL_TRAIN.value
     steps = int(long.point.get("train.max_steps") or 0)
-    if extend_long_run(ctx, s, long, final):
+    if continue_long_run(ctx, s, long, final):
         return
     lr = lr_of(inc.point)
     others = [x for x in dict.fromkeys(lr if f == 1 else round3(lr * f) for f in s.final_lr_factors)
@@ -287,38 +288,58 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
                    code="final-train-reused")
 
 
-def extend_long_run(ctx: SearchContext, s: ProtocolSettings, long: TrialRecord, final: TrialRecord) -> bool:
+def saved_model(rec: TrialRecord) -> str | None:
+    """The folder a finished trial saved its model to (RunStore's adapter/), or None when it saved none (no
+    trained evaluation point: run.json saved_model)."""
+    from pathlib import Path
+
+    from loratune.store import RunStore
+
+    if not rec.run_dir or not rec.result.best.get("step"):
+        return None
+    return str(RunStore(Path(rec.run_dir)).adapter_dir)
+
+
+def continue_long_run(ctx: SearchContext, s: ProtocolSettings, long: TrialRecord, final: TrialRecord) -> bool:
     """A long run shorter than the final length (the early one, capped to end by `early_long_by` of the budget)
-    that was still improving at its end is trained again, longer, at its lr with the budget left: one run of the
-    final length shortened to fit, at least `EXTEND_MIN_RATIO` x its length. The longer run is the pick when it
-    scores higher. False (nothing run, nothing decided) when the run peaked inside its length or no run long
-    enough fits: the final training then runs the long run's other lrs (`reuse_long_run`)."""
+    that was still improving at its end is trained on from its saved weights (`train.init_from`, a warm start:
+    fresh optimizer and schedule) at `CONTINUE_LR_FACTOR` x its lr, for the steps it lacks of the final length,
+    shortened to fit the budget left, at least `CONTINUE_MIN_RATIO` x its length. The continued run is the pick
+    when it scores higher. False (nothing run, nothing decided) when the run peaked inside its length, saved no
+    model, or too few steps fit: the final training then runs the long run's other lrs (`reuse_long_run`)."""
     phase = StageId.FINAL_TRAIN.value
     steps = int(long.point.get("train.max_steps") or 0)
     want = long_steps_wanted(ctx, s)
     still, frac = still_improving(long)
-    if not steps or not still or want < EXTEND_MIN_RATIO * steps:
+    weights = saved_model(long)
+    least = CONTINUE_MIN_RATIO * steps
+    if not steps or not still or weights is None or want - steps < least:
         return False
-    longer = final_length(ctx, long, want, 1, EXTEND_MIN_RATIO * steps)
-    if longer is None:
+    lr = round3(lr_of(long.point) * CONTINUE_LR_FACTOR)
+    point = with_(long.point, **{LR: lr, INIT_FROM: weights})
+    more = final_length(ctx, point, want - steps, 1, least)
+    if more is None:
         return False
-    why = f"the long run trained longer: {longer} steps ({longer / steps:.1f}x its {steps}) with the budget left"
-    rec = ctx.run(ctx.spec(with_(long.point, **{"train.max_steps": longer}), phase, why), prune=False)
+    why = (f"the long run continued from its weights: {more} more steps ({more / steps:.2f}x its {steps}) at lr "
+           f"{lr:g} with the budget left")
+    rec = ctx.run(ctx.spec(with_(point, **{"train.max_steps": more}), phase, why), prune=False)
     if rec is None:
-        no_budget(ctx, phase, "the longer run")
+        no_budget(ctx, phase, "the continued run")
         return True
     ev = [f"{long.label} ({steps} steps, {ctx.show(long.value)}) was still improving when it ended (best at "
-          f"{frac or 0:.0%}); the budget left holds {longer} steps, {longer / steps:.1f}x it (at least "
-          f"{EXTEND_MIN_RATIO:g}x to be a step worth a run)",
-          f"{longer} steps at lr {lr_of(long.point):g}, early stopping on {ctx.objective.name}: "
-          f"{ctx.fmt(long.value)} -> {ctx.fmt(rec.value)}", f"the pick before it: {final.label}, {ctx.show(final.value)}"]
-    data = {"long_trial": long.number, "steps": longer, "from_steps": steps, "value": rec.value,
+          f"{frac or 0:.0%}); the budget left holds {more} more steps, {more / steps:.2f}x it (at least "
+          f"{CONTINUE_MIN_RATIO:g}x to be worth a restart's warmup)",
+          f"started from its saved weights, a fresh schedule at lr {lr:g} ({CONTINUE_LR_FACTOR:g}x its lr: a restart "
+          f"at its own peak undoes part of what it learned), early stopping on {ctx.objective.name}: "
+          f"{ctx.fmt(long.value)} -> {ctx.fmt(rec.value)}; {steps + more} steps in all, the cost of {more}",
+          f"the pick before it: {final.label}, {ctx.show(final.value)}"]
+    data = {"long_trial": long.number, "steps": more, "from_steps": steps, "value": rec.value, "init_from": weights,
             "lrs": [{"lr": lr_of(r.point), "value": r.value, "trial": r.number} for r in (long, rec)]}
     if rec.value is not None and (final.value is None or rec.value > final.value):
         ctx.state.final = rec
-        ctx.decide(phase, "final-train", "the longer run scores higher", f"pick = {rec.label}",
-                   ev + evidence_of(ctx, rec), [long, rec], data, code="final-train-extended")
+        ctx.decide(phase, "final-train", "the continued run scores higher", f"pick = {rec.label}",
+                   ev + evidence_of(ctx, rec), [long, rec], data, code="final-train-continued")
     else:
-        ctx.decide(phase, "final-train", "the longer run does not score higher", f"keep {final.label}", ev,
-                   [long, rec], data, code="final-train-extended-no-gain")
+        ctx.decide(phase, "final-train", "the continued run does not score higher", f"keep {final.label}", ev,
+                   [long, rec], data, code="final-train-continued-no-gain")
     return True

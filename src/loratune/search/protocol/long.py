@@ -18,7 +18,7 @@ from loratune.search.budget import Cost, format_amount
 from loratune.search.context import SearchContext, with_
 from loratune.search.stages import StageId
 from loratune.search.trial import TrialRecord
-from loratune.search.protocol.settings import (EXTEND_MIN_RATIO, FINAL_LENGTH_SHRINK, METHOD, ProtocolSettings,
+from loratune.search.protocol.settings import (CONTINUE_MIN_RATIO, FINAL_LENGTH_SHRINK, METHOD, ProtocolSettings,
                                                STILL_IMPROVING_BEST_FRACTION)
 from loratune.search.protocol.common import LR, evidence_of, incumbent_of, lr_of, reserve, round3
 
@@ -61,12 +61,13 @@ def long_steps_wanted(ctx: SearchContext, s: ProtocolSettings) -> int:
     return int(want)
 
 
-def final_length(ctx: SearchContext, inc, want: int, n_runs: int, min_steps: float, held: Cost = Cost()) -> int | None:
-    """The longest run (from `want` steps, shortened by FINAL_LENGTH_SHRINK steps) of which `n_runs` fit the
-    budget left after `held`; None when even `min_steps` does not."""
+def final_length(ctx: SearchContext, point: dict, want: int, n_runs: int, min_steps: float,
+                 held: Cost = Cost()) -> int | None:
+    """The longest run of `point` (from `want` steps, shortened by FINAL_LENGTH_SHRINK steps) of which `n_runs`
+    fit the budget left after `held`; None when even `min_steps` does not."""
     steps = want
     while steps >= min_steps:
-        one = ctx.estimate(with_(inc.point, **{"train.max_steps": steps}))
+        one = ctx.estimate(with_(point, **{"train.max_steps": steps}))
         if ctx.meter.fits(one * n_runs, held):
             return steps
         steps = int(steps * FINAL_LENGTH_SHRINK)
@@ -98,10 +99,10 @@ def long_run(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, why: str
     capped); when only the deadline stops every such run, the shortest long run is trained."""
     steps0 = int(ctx.trial_steps)
     want, least = long_steps_wanted(ctx, s), s.final_min_factor * steps0
-    free = steps = final_length(ctx, rec, want, 1, least, held)  # the length without the deadline
+    free = steps = final_length(ctx, rec.point, want, 1, least, held)  # the length without the deadline
     hold = deadline_hold(ctx, by)
     if free is not None and hold.amount(ctx.meter.budget.kind) > held.amount(ctx.meter.budget.kind):
-        steps = final_length(ctx, rec, want, 1, least, hold)
+        steps = final_length(ctx, rec.point, want, 1, least, hold)
     capped = "" if steps is None or steps == free else f", capped to end by {by:.0%} of the budget"
     if steps is None and free is not None:  # only the deadline stops it: the shortest long run
         steps = max(int(least), 1)
@@ -156,8 +157,8 @@ def stage_early_long(ctx: SearchContext, s: ProtocolSettings) -> None:
           f"the trial's: the best lr falls as the run grows, protocol 3), early stopping on {ctx.objective.name}: "
           f"{ctx.fmt(inc.value)} -> {ctx.fmt(run.value)}",
           *([f"{steps} of the {want} steps wanted: the run ends by {s.early_long_by:.0%} of the budget where it can "
-             f"(a good model early); the final training extends it when the budget left holds {EXTEND_MIN_RATIO:g}x "
-             "its length"] if steps < want and s.early_long_by is not None else []),
+             f"(a good model early); the final training continues it from its weights when the budget left holds "
+             f"{CONTINUE_MIN_RATIO:g}x its length in more steps"] if steps < want and s.early_long_by is not None else []),
           "later incumbents are challengers: trained long only when they beat this trial beyond noise"]
     data = {"trial": inc.number, "long_trial": run.number, "steps": steps, "steps_wanted": want, "value": run.value,
             "trial_value": inc.value}

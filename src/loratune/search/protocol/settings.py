@@ -49,9 +49,16 @@ FULL_LR_MIN, FULL_LR_MAX = 1e-5, 5e-4
 # The final training's length shrinks by this factor per try until the runs fit the budget left.
 FINAL_LENGTH_SHRINK = 0.8
 
-# The final training extends a capped early long run (`early_long_by`) only when the budget left holds a run
-# at least this x its length: a run 1.2x as long is no measurable step, and it costs a whole run.
-EXTEND_MIN_RATIO = 1.5
+# The final training continues a capped early long run (`early_long_by`) from its saved weights (a warm start,
+# `train.init_from`: it costs only its own steps, where a longer run from scratch costs the whole length again
+# and never fit in v10's studies) when the budget left holds at least this x its length in more steps: fewer
+# are mostly the restart's warmup and decay.
+CONTINUE_MIN_RATIO = 0.25
+# ... at this x the long run's lr (its schedule starts afresh: warmup, then decay over the new steps). Measured
+# (bench/results/continuation.md): a restart at the run's own peak lr undid part of what it had learned
+# (banking77-20 seed 0: val 0.965 -> 0.949, early-stopped), at half of it the run gained on val.
+CONTINUE_LR_FACTOR = 0.5
+INIT_FROM = "train.init_from"  # the config key of a warm start
 
 # Config keys that change no tensor's size and no step's work: trials that differ only in them measure the
 # same memory and step time, so LoRA vs full takes the least of their measurements as the config's cost (a
@@ -122,7 +129,7 @@ class ProtocolSettings:
     # `final_min_factor` x a trial): a good model at half the budget is the compute target (issue 15: the pick
     # so far at 50% at least every yardstick's final). v9, uncapped, ended its 312-step run at 60-80% of the
     # budget, its pick at 50% a 47-step trial (banking77-20 0.901 vs the samplers' final 0.951-0.955). The final
-    # training extends the pick with the budget left (`EXTEND_MIN_RATIO`). Measured (v10, 5 replicates): the pick
+    # training continues the pick from its weights with the budget left (`CONTINUE_MIN_RATIO`). Measured (v10, 5 replicates): the pick
     # at 50% 0.901 -> 0.933 on banking77-20, 0.959 -> 0.965 on clinc150-20; the final pick -0.7 pt on banking
     # (a 159-step run instead of 312), unchanged on clinc (bench/results/tuning_notes.md). None: no cap (v9;
     # wall/examples budgets only: a trials budget counts a long run as one trial whatever its length)
