@@ -41,3 +41,12 @@ def test_a_continued_trial_starts_from_the_long_runs_saved_model(tiny_bert, inte
     assert hist[0]["val/loss"] < long_hist[0]["val/loss"]
     run = json.loads(Path(cont.run_dir, "run.json").read_text())
     assert run["init_from"].startswith(f"started from {weights}") and run["steps_done"] == 8
+    # exported as the pick: the config says it is a warm start, and from what
+    from loratune.search.summary import finish
+
+    ctx.state.final = cont
+    summary = finish(ctx, tmp_path / "final", "protocol")
+    text = (tmp_path / "final" / "config.yaml").read_text()
+    assert "# a warm start: 8 more steps from the saved model in train.init_from" in text
+    assert load_config(tmp_path / "final" / "config.yaml").train.init_from == weights
+    assert summary["recommendation"]["trial"] == cont.number and (tmp_path / "final" / "adapter").is_dir()

@@ -141,6 +141,10 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
                 cfg.setdefault(section, {})[name] = value
             header = (f"# chosen by `loratune tune --strategy {strategy}`: trial #{rec.number} ({rec.spec.name}), "
                       f"{ctx.objective.name} {ctx.fmt(rec.value)}\n")
+            if cfg["train"].get("init_from"):  # a continued long run (protocol v11)
+                header += (f"# a warm start: {cfg['train'].get('max_steps')} more steps from the saved model in "
+                           f"train.init_from (a long run of this study); final/adapter holds the result. Without that "
+                           "folder, drop init_from and train both lengths in one run (one schedule: not the same model)\n")
             write_atomic(final_dir / "config.yaml", header + yaml.safe_dump(cfg, sort_keys=False))
             files["config"] = str(final_dir / "config.yaml")
         if test is not None:
