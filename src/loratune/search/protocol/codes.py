@@ -85,9 +85,9 @@ DECISION_CODES: dict[str, str] = {
     "final-train-no-gain": "the longer run did not score higher: the trial's adapter is kept",
     "final-train-reused": "the pick's config was trained long already (early or promoted): not trained again",
     "final-train-continued": "the capped early long run, still improving, continued from its weights with the budget "
-                             "left: the pick",
-    "final-train-continued-no-gain": "the capped early long run continued from its weights did not score higher: the "
-                                     "pick is kept",
+                             "left, scores higher beyond noise: the pick",
+    "final-train-continued-no-gain": "the capped early long run continued from its weights did not score higher beyond "
+                                     "noise: the pick is kept",
     "revisit": "budget left at the end: the stages skipped for budget run",
     "finish-best-trained": "the incumbent did not finish: the best trained run is the pick",
 }

@@ -333,13 +333,20 @@ def continue_long_run(ctx: SearchContext, s: ProtocolSettings, long: TrialRecord
           f"at its own peak undoes part of what it learned), early stopping on {ctx.objective.name}: "
           f"{ctx.fmt(long.value)} -> {ctx.fmt(rec.value)}; {steps + more} steps in all, the cost of {more}",
           f"the pick before it: {final.label}, {ctx.show(final.value)}"]
+    noise, src = ctx.noise()
+    gain = rec.value - final.value if rec.value is not None and final.value is not None else None
     data = {"long_trial": long.number, "steps": more, "from_steps": steps, "value": rec.value, "init_from": weights,
+            "gain": gain, "noise": noise,
             "lrs": [{"lr": lr_of(r.point), "value": r.value, "trial": r.number} for r in (long, rec)]}
-    if rec.value is not None and (final.value is None or rec.value > final.value):
+    # like a challenger, it replaces the pick only beyond the noise: a gain inside it is not told apart from none
+    if rec.value is not None and (final.value is None or gain > noise):
         ctx.state.final = rec
-        ctx.decide(phase, "final-train", "the continued run scores higher", f"pick = {rec.label}",
-                   ev + evidence_of(ctx, rec), [long, rec], data, code="final-train-continued")
+        ctx.decide(phase, "final-train", "the continued run scores higher beyond noise", f"pick = {rec.label}",
+                   ev + [f"gain {gain if gain is not None else float('nan'):+.3f} > noise {noise:.3f} ({src})"]
+                   + evidence_of(ctx, rec), [long, rec], data, code="final-train-continued")
     else:
-        ctx.decide(phase, "final-train", "the continued run does not score higher", f"keep {final.label}", ev,
+        ctx.decide(phase, "final-train", "the continued run does not score higher beyond noise", f"keep {final.label}",
+                   ev + [f"gain {'?' if gain is None else f'{gain:+.3f}'} <= noise {noise:.3f} ({src}): a gain "
+                         "inside the noise is not told apart from none"],
                    [long, rec], data, code="final-train-continued-no-gain")
     return True
