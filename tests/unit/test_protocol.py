@@ -1052,11 +1052,24 @@ def _longs(runner):
     return [(s.phase, s.point[LR], s.point["train.max_steps"]) for s in runner.calls if s.point.get("train.max_steps")]
 
 
+CONTINUE = ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False, continue_long=True)
+
+
+def test_the_continuation_is_off_by_default():
+    ctx, runner = make_ctx(_grows_world(0.05), budget="16000ex")
+    run_protocol(ctx, LONG12_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
+    # the final training runs the long run's lr x1 (at its length) instead, and keeps the early run
+    assert _longs(runner) == [("early-long", 5e-4, 409), ("final-train", 1e-3, 409)]
+    assert codes(ctx)[-1] == "final-train-reused" and not any(s.point.get("train.init_from") for s in runner.calls)
+    early = next(x for x in ctx.decisions if x["code"] == "early-long-trained")
+    assert not any("continues it" in e for e in early["evidence"])
+
+
 def test_the_early_long_run_ends_by_half_the_budget_and_the_final_training_continues_it():
     # examples budget 16000 (a 100-step trial is estimated at 1000): the grid spends 3000, so ending by 8000 leaves
     # 5000 for the run: 800 wanted, shortened by 0.8 -> 640 -> 512 -> 409 (4090 <= 5000)
     ctx, runner = make_ctx(_grows_world(0.05), budget="16000ex")
-    run_protocol(ctx, LONG12_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
+    run_protocol(ctx, LONG12_START, CONTINUE, plan=PLAN)
     # the evidence stages spend 3 scripted trials of 1000 after it: the 9000 left hold the 391 steps the run lacks
     # of 800, continued from its saved weights at half its lr (2.5e-4)
     assert _longs(runner) == [("early-long", 5e-4, 409), ("final-train", 2.5e-4, 391)]
@@ -1082,7 +1095,7 @@ def test_a_continuation_replaces_the_early_long_run_only_beyond_noise(continued,
     # the early long run scores 0.745; the noise is sqrt(2) x the val SE 0.01 = 0.0141 (no seed runs): a
     # continuation at 0.758 (+0.013) is a tie and the early run stays the pick, at 0.760 (+0.015) it replaces it
     ctx, runner = make_ctx(_grows_world(0.05, continued=continued), budget="16000ex")
-    run_protocol(ctx, LONG12_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
+    run_protocol(ctx, LONG12_START, CONTINUE, plan=PLAN)
     assert _longs(runner) == [("early-long", 5e-4, 409), ("final-train", 2.5e-4, 391)]
     d = next(x for x in ctx.decisions if x["kind"] == "final-train")
     if picked:
@@ -1109,7 +1122,7 @@ def test_a_continuation_needs_a_quarter_of_the_run_in_more_steps(budget, more):
     world = _grows_world(0.05)
     world.__class__ = _StepCharged
     ctx, runner = make_ctx(world, budget=budget)
-    run_protocol(ctx, LONG12_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
+    run_protocol(ctx, LONG12_START, CONTINUE, plan=PLAN)
     assert _longs(runner)[0] == ("early-long", 5e-4, 200)
     if more is None:
         assert len(_longs(runner)) == 1 and codes(ctx)[-1] == "final-train-reused"

@@ -157,8 +157,9 @@ def stage_early_long(ctx: SearchContext, s: ProtocolSettings) -> None:
           f"the trial's: the best lr falls as the run grows, protocol 3), early stopping on {ctx.objective.name}: "
           f"{ctx.fmt(inc.value)} -> {ctx.fmt(run.value)}",
           *([f"{steps} of the {want} steps wanted: the run ends by {s.early_long_by:.0%} of the budget where it can "
-             f"(a good model early); the final training continues it from its weights when the budget left holds "
-             f"{CONTINUE_MIN_RATIO:g}x its length in more steps"] if steps < want and s.early_long_by is not None else []),
+             "(a good model early)" + (f"; the final training continues it from its weights when the budget left "
+                                       f"holds {CONTINUE_MIN_RATIO:g}x its length in more steps" if s.continue_long
+                                       else "")] if steps < want and s.early_long_by is not None else []),
           "later incumbents are challengers: trained long only when they beat this trial beyond noise"]
     data = {"trial": inc.number, "long_trial": run.number, "steps": steps, "steps_wanted": want, "value": run.value,
             "trial_value": inc.value}

@@ -128,12 +128,19 @@ class ProtocolSettings:
     # ... and the early long run ends by this share of the budget (its length capped, at least
     # `final_min_factor` x a trial): a good model at half the budget is the compute target (issue 15: the pick
     # so far at 50% at least every yardstick's final). v9, uncapped, ended its 312-step run at 60-80% of the
-    # budget, its pick at 50% a 47-step trial (banking77-20 0.901 vs the samplers' final 0.951-0.955). The final
-    # training continues the pick from its weights with the budget left (`CONTINUE_MIN_RATIO`). Measured (v10, 5 replicates): the pick
+    # budget, its pick at 50% a 47-step trial (banking77-20 0.901 vs the samplers' final 0.951-0.955). With
+    # `continue_long` the final training continues it from its weights. Measured (v10, 5 replicates): the pick
     # at 50% 0.901 -> 0.933 on banking77-20, 0.959 -> 0.965 on clinc150-20; the final pick -0.7 pt on banking
     # (a 159-step run instead of 312), unchanged on clinc (bench/results/tuning_notes.md). None: no cap (v9;
     # wall/examples budgets only: a trials budget counts a long run as one trial whatever its length)
     early_long_by: float | None = 0.5
+    # ... and the final training continues a capped early long run that was still improving from its saved weights
+    # with the budget left (`CONTINUE_MIN_RATIO`, `CONTINUE_LR_FACTOR`; it replaces the pick only beyond the noise).
+    # Off by default until the tuning bench shows it pays: measured with it on (5 replicates per dataset) it ran in
+    # 2 of 10 studies and replaced no pick; by the bench's pick so far (the best-val trial) banking77-20 seed 0's
+    # continued run (val +1.0 pt, inside the noise) scored test 0.930 against the early run's 0.955, and training
+    # the same total length from scratch gained 0.1-0.4 pt, inside the noise (bench/results/tuning_notes.md)
+    continue_long: bool = False
     allow_past_breakeven: bool = False
     target: float | None = None
     # the effective step size lr x s (loratune.stepsize): how a rank change holds it fixed, by rule
