@@ -306,7 +306,8 @@ def continue_long_run(ctx: SearchContext, s: ProtocolSettings, long: TrialRecord
     fresh optimizer and schedule) at `CONTINUE_LR_FACTOR` x its lr, for the steps it lacks of the final length,
     shortened to fit the budget left, at least `CONTINUE_MIN_RATIO` x its length. The continued run is the pick
     when it scores higher beyond the noise. False (nothing run, nothing decided) when `continue_long` is off, the
-    run peaked inside its length, saved no model, or too few steps fit: the final training then runs the long run's other lrs (`reuse_long_run`)."""
+    run peaked inside its length, saved no model, or too few steps fit: the final training then runs the long
+    run's other lrs (`reuse_long_run`)."""
     if not s.continue_long:
         return False
     phase = StageId.FINAL_TRAIN.value
