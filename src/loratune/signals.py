@@ -51,20 +51,35 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+_depth = [0]  # shielded blocks open in the main thread (a nested block defers to the outermost)
+
+
 @contextlib.contextmanager
 def shielded():
-    """Hold SIGINT/SIGTERM off while a record is being written: they take effect at the end of the block. A signal
+    """Hold SIGINT/SIGTERM off while a record is being written, or while a library that takes locks (Optuna's
+    storage, SQLAlchemy, tensorboard's writer) is called: they take effect at the end of the block. Raised inside
+    such a call, an interrupt can leave a lock held (an SQLite write lock the next write waits 60 s on). A signal
     the process ignores (SIGINT in a background job of a non-interactive shell) stays ignored inside the block too:
-    otherwise one landing during a write would stop the run, and one landing anywhere else would not."""
+    otherwise one landing during a write would stop the run, and one landing anywhere else would not. Blocks nest:
+    only the outermost one raises, once it ends."""
     if threading.current_thread() is not threading.main_thread():
         yield
+        return
+    if _depth[0]:
+        _depth[0] += 1
+        try:
+            yield
+        finally:
+            _depth[0] -= 1
         return
     pending: list[int] = []
     held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
     old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in held}
+    _depth[0] = 1
     try:
         yield
     finally:
+        _depth[0] = 0
         for s, h in old.items():
             signal.signal(s, h)
         if pending:

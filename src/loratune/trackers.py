@@ -14,6 +14,7 @@ that fails mid-run is switched off with a warning, never the run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import shutil
@@ -74,6 +75,9 @@ def _names(report_to: Iterable[str]) -> list[str]:
 
 class TensorBoardWriter:
     name = "tensorboard"
+    # its calls take an in-process lock and a queue shared with a writer thread: an interrupt raised inside one can
+    # leave the lock held, and `close` then waits on it forever; signals wait for the call to return
+    shielded = True
 
     def __init__(self, run_dir: Path, config: Mapping[str, Any], config_yaml: str):
         from torch.utils.tensorboard import SummaryWriter
@@ -150,9 +154,12 @@ class Trackers:
         return cls(writers)
 
     def _each(self, what: str, call) -> None:
+        from loratune import signals
+
         for w in list(self.writers):
             try:
-                call(w)
+                with signals.shielded() if getattr(w, "shielded", False) else contextlib.nullcontext():
+                    call(w)
             except Exception as exc:  # the run's own record is the source of truth: never stop training
                 print(f"loratune: {w.name} {what} failed ({type(exc).__name__}: {exc}); not logging to "
                       f"{w.name} any more", file=sys.stderr)

@@ -138,3 +138,30 @@ def test_no_report_to_opens_nothing(tmp_path):
     assert t.writers == []
     t.log_point({"step": 0})
     t.finish(tmp_path, "completed")
+
+
+def test_a_signal_inside_a_tensorboard_call_waits_for_the_call(tmp_path):
+    # tensorboard's writer holds a lock and a queue shared with its thread: Ctrl-C inside `add_scalar` / `close`
+    # could leave the lock held and the next `close` waiting forever, so its calls run shielded (signals.shielded)
+    import os
+    import signal
+
+    from loratune.trackers import TensorBoardWriter
+
+    calls = []
+
+    class Interrupted(TensorBoardWriter):
+        def __init__(self):  # no SummaryWriter: only the shielding is under test
+            self.step = 0
+
+        def log_point(self, point):
+            os.kill(os.getpid(), signal.SIGINT)
+            calls.append("the write finished")
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Trackers([Interrupted()]).log_point({"step": 1, "val/loss": 1.0})
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert calls == ["the write finished"] and TensorBoardWriter.shielded is True

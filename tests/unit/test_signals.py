@@ -30,3 +30,27 @@ def test_an_ignored_sigint_stays_ignored_inside_the_block():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def test_a_nested_block_defers_to_the_outermost():
+    # the storage's calls are shielded and run inside shielded record writes: the inner block's end must not
+    # raise while the outer write is still half done
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    reached = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with shielded():
+                with shielded():
+                    os.kill(os.getpid(), signal.SIGINT)
+                reached.append("the inner block ended")
+                with shielded():
+                    reached.append("a second inner block ran")
+                reached.append("the outer write finished")
+        with pytest.raises(KeyboardInterrupt):  # the depth is back to zero: a later block holds signals again
+            with shielded():
+                os.kill(os.getpid(), signal.SIGINT)
+                reached.append("a later block finished")
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert reached == ["the inner block ended", "a second inner block ran", "the outer write finished",
+                       "a later block finished"]

@@ -33,12 +33,15 @@ trains it again; a live trial is never touched.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
+from loratune import signals
 from loratune.objectives import objective
 from loratune.errors import UserError
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
@@ -95,15 +98,40 @@ def driver_url(url: str) -> str:
 
 
 def make_storage(url: str, heartbeat_s: int):
-    """Optuna's RDB storage with heartbeats (a dead process's trial is retried by `Study.fail_stale`). SQLite
-    waits for a lock held by another process (workers share one file) instead of failing at once."""
+    """Optuna's RDB storage with heartbeats (a dead process's trial is retried by `Study.fail_stale`), its calls
+    shielded from Ctrl-C / SIGTERM (`_shielded_storage`). SQLite waits for a lock held by another process (workers
+    share one file) instead of failing at once."""
     import optuna
 
     # heartbeats only: a stale trial is failed and queued again by Study.fail_stale, exactly once (Optuna's
     # retry callback runs in every process that saw the trial stale, and two of them can each queue a copy)
     kwargs: dict[str, Any] = {"heartbeat_interval": int(heartbeat_s), "grace_period": int(heartbeat_s * GRACE_FACTOR)}
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(driver_url(url), engine_kwargs=engine, **kwargs)
+    return _shielded_storage()(optuna.storages.RDBStorage(driver_url(url), engine_kwargs=engine, **kwargs))
+
+
+@functools.cache
+def _shielded_storage():
+    """Optuna's cached RDB storage (what `optuna.create_study` wraps an RDBStorage in) whose every public call runs
+    inside `signals.shielded()`: a Ctrl-C / SIGTERM landing in a storage call takes effect when the call returns.
+    Raised inside SQLAlchemy, it could leave the connection holding SQLite's write lock: the next write (the
+    interrupted trial's record) then waited the 60 s busy timeout and failed: in CI a SIGTERM'd `tune` was still
+    running 60 s later (tests/faults/test_study_signals.py drives interrupts into storage calls)."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    def shield(fn):
+        @functools.wraps(fn, updated=())
+        def call(self, *args, **kwargs):
+            with signals.shielded():
+                return fn(self, *args, **kwargs)
+
+        return call
+
+    public: dict[str, Any] = {}
+    for cls in _CachedStorage.__mro__:  # its own methods, then BaseStorage's / BaseHeartbeat's (get_n_trials, ...)
+        public.update({n: shield(f) for n, f in vars(cls).items()
+                       if not n.startswith("_") and inspect.isfunction(f) and n not in public})
+    return type("ShieldedStorage", (_CachedStorage,), public)
 
 
 class _Beat:
@@ -333,7 +361,9 @@ class Study:
             if _runs_here_alive(t.user_attrs.get("worker")):
                 storage.record_heartbeat(t._trial_id)
         backend = getattr(storage, "_backend", storage)
-        for trial_id in backend._get_stale_trial_ids(self.optuna._study_id):
+        with signals.shielded():
+            stale = backend._get_stale_trial_ids(self.optuna._study_id)
+        for trial_id in stale:
             if not self._transition(trial_id, TrialState.RUNNING, TrialState.FAIL):
                 continue  # another process failed it first, and queued it again
             a = storage.get_trial(trial_id).user_attrs
@@ -388,7 +418,7 @@ class Study:
 
             storage = getattr(self.optuna._storage, "_backend", self.optuna._storage)
             table = models.TrialHeartbeatModel.__table__
-            with storage.engine.connect() as conn:
+            with signals.shielded(), storage.engine.connect() as conn:
                 now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
                 beat = conn.execute(sqlalchemy.select(table.c.heartbeat)
                                     .where(table.c.trial_id == t._trial_id)).scalar()
@@ -452,7 +482,7 @@ class Study:
         storage = getattr(self.optuna._storage, "_backend", self.optuna._storage)
         stamp = {"datetime_start": datetime.now()} if not new.is_finished() else {"datetime_complete": datetime.now()}
         try:
-            with storage.engine.begin() as conn:
+            with signals.shielded(), storage.engine.begin() as conn:
                 table = models.TrialModel.__table__
                 res = conn.execute(table.update()
                                    .where(table.c.trial_id == trial_id, table.c.state == old)
