@@ -117,7 +117,8 @@ def assess(cfg: RunConfig, *, probe: bool = True, dataset: Dataset | None = None
 def diagnose(run: str | Path, *, thresholds: Mapping[str, float] | None = None):
     """The verdict of one run's curves with its evidence and next knob move (`loratune diagnose RUN`): a
     `diagnose.Diagnosis` (`.verdict`, `.primary`, `.findings`). RUN: a run directory, a Trainer output
-    directory or trainer_state.json, or a CSV. `thresholds`: overrides by name (`loratune rules`)."""
+    directory or trainer_state.json, a TensorBoard log, a notebook (.ipynb), or a CSV. `thresholds`: overrides by
+    name (`loratune rules`)."""
     from loratune.diagnose import diagnose as _diagnose
 
     return _diagnose(run, thresholds=thresholds)

@@ -11,6 +11,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, replace
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,7 +31,7 @@ class RunHistory:
     """One run's eval points and what we know about it."""
 
     name: str
-    source: str  # "loratune" | "hf-trainer" | "trl" | "tensorboard" | "csv" | "memory"
+    source: str  # "loratune" | "hf-trainer" | "trl" | "tensorboard" | "notebook" | "csv" | "memory"
     points: tuple[dict, ...]
     meta: Mapping[str, Any] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
@@ -51,7 +52,8 @@ def load_run(path: str | Path) -> RunHistory:
     p = Path(path)
     if not p.exists():
         raise UserError(f"'{p}' does not exist",
-                        "give a loratune run directory, a Trainer output directory, a trainer_state.json or a CSV")
+                        "give a loratune run directory, a Trainer output directory, a trainer_state.json, a Jupyter "
+                        "notebook (.ipynb) or a CSV")
     if p.is_dir():
         if (p / "history.jsonl").is_file():
             return read_loratune_run(p)
@@ -77,6 +79,8 @@ def load_run(path: str | Path) -> RunHistory:
     name = p.name.lower()
     if name == "history.jsonl":
         return read_loratune_run(p.parent)
+    if name.endswith(".ipynb"):
+        return read_notebook(p)
     if name.startswith("events.out.tfevents"):
         return read_tensorboard(p)
     if name.endswith((".csv", ".tsv", ".txt")):
@@ -84,7 +88,8 @@ def load_run(path: str | Path) -> RunHistory:
     if name.endswith(".json"):
         return read_trainer_state(p)
     raise UserError(f"'{p}' is not a kind of input loratune can read",
-                    "give a run directory, trainer_state.json, a TensorBoard event file, or a .csv of "
+                    "give a run directory, trainer_state.json, a TensorBoard event file, a Jupyter notebook (.ipynb) "
+                    "with the Trainer's progress table, or a .csv of "
                     "step/loss/metric columns")
 
 
@@ -305,7 +310,8 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
 
 def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str, "Fact"], *, name: str,
                       path: str, source_file: str, source: str | None = None,
-                      notes: list[str] | None = None, adapter: Mapping[str, Any] | None = None) -> RunHistory:
+                      notes: list[str] | None = None, adapter: Mapping[str, Any] | None = None,
+                      finished: bool | None = None) -> RunHistory:
     notes = list(notes or [])
     logs = [e for e in log_history if isinstance(e, dict) and "step" in e]
     is_trl = any(k in e or f"eval_{k}" in e for e in logs for k in _TRL_KEYS)
@@ -363,14 +369,16 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     if train_logs and len(train_logs) > len(eval_logs):
         notes.append("train/loss_std is the spread of the logged losses (each a mean over logging_steps), "
                      "not of single steps")
-    finished = any(_is_end_entry(e) for e in logs)
+    finished = any(_is_end_entry(e) for e in logs) if finished is None else finished
     meta: dict[str, Any] = {"steps_done": facts["steps_done"].value if "steps_done" in facts else
                             (int(logs[-1]["step"]) if logs else None),
                             "steps_planned": facts["max_steps"].value if "max_steps" in facts else None}
     if not finished:
         meta["partial"] = True
         notes.append(f"the log has no end-of-training entry (train_runtime): the run was still going or died when "
-                     f"this {source_file} was written; the diagnosis is of a partial run")
+                     f"this {source_file} was written; the diagnosis is of a partial run"
+                     if source != "notebook" else "the progress bar stops short of its end: the run was stopped "
+                     "(or was still going when the notebook was saved); the diagnosis is of a partial run")
     facts.update(_lr_facts(train_logs))
     if is_trl:
         meta["task"] = "causal-lm"
@@ -724,6 +732,185 @@ def _json_num(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None  # the run-record convention: non-finite as null
     return v
+
+
+# ---------------------------------------------------------------------------------------------
+# Jupyter notebook (the Trainer's progress table)
+# ---------------------------------------------------------------------------------------------
+
+# `[value/max elapsed < remaining, Epoch e/E]`, the line transformers' NotebookProgressCallback writes above its table
+_NB_PROGRESS = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)[^\]]*?(?:Epoch\s+([\d.]+)\s*/\s*(\d+))?\s*\]")
+# a literal learning_rate in a code cell (`TrainingArguments(learning_rate=2e-5)`, `"learning_rate": 1e-4`)
+_NB_LR = re.compile(r"""["']?\blearning_rate["']?\s*[=:]\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\b""")
+_NB_NO_VALUE = ("no log", "", "nan", "none", "-")
+NB_EPOCHS_UNKNOWN = 10**9  # a max_steps run over an iterable dataset shows `Epoch 1/9223372036854775807`
+
+
+class _Tables(HTMLParser):
+    """Every <table> of an HTML output: (text before it, header cells, body rows)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: list[tuple[str, list[str], list[list[str]]]] = []
+        self._text: list[str] = []
+        self._table: tuple[str, list[str], list[list[str]]] | None = None
+        self._cell: list[str] | None = None
+        self._row: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "progress" and self._table is None:
+            self._text.append("<progress>")  # the bar's value and max are in the label text after it
+        elif tag == "table":
+            self._table = ("".join(self._text), [], [])
+            self._text = []
+        elif self._table is not None and tag == "tr":
+            self._row = []
+        elif self._table is not None and tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append((tag, " ".join("".join(self._cell).split())))
+            self._cell = None
+        elif tag == "tr" and self._row is not None and self._table is not None:
+            if self._row and all(t == "th" for t, _ in self._row):
+                self._table[1].extend(v for _, v in self._row)
+            elif self._row:
+                self._table[2].append([v for _, v in self._row])
+            self._row = None
+        elif tag == "table" and self._table is not None:
+            self.tables.append(self._table)
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        elif self._table is None:
+            self._text.append(data)
+
+
+def _nb_float(text: str) -> float | None:
+    if text.strip().lower() in _NB_NO_VALUE:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _nb_progress_tables(nb: Mapping[str, Any]) -> list[dict]:
+    """The Trainer's training tables in a notebook's outputs, in cell order: {header, rows, progress: (value, max,
+    epoch, epochs)}. A training table has a `Training Loss` column and a `Step` or `Epoch`, under the progress bar in
+    the same output (`trainer.evaluate()` alone shows a one-row table of the same columns with no bar: not a run)."""
+    found = []
+    for cell in nb.get("cells") or []:
+        if not isinstance(cell, dict):
+            continue
+        for out in cell.get("outputs") or []:
+            html = (out.get("data") or {}).get("text/html") if isinstance(out, dict) else None
+            if isinstance(html, list):
+                html = "".join(html)
+            if not isinstance(html, str) or "<table" not in html:
+                continue
+            parser = _Tables()
+            parser.feed(html)
+            for before, header, rows in parser.tables:
+                norm = [_norm(h) for h in header]
+                if "training_loss" not in norm or not ({"step", "epoch"} & set(norm)):
+                    continue
+                m = None
+                for m in _NB_PROGRESS.finditer(before if "<progress" in before else ""):
+                    pass
+                if m is None:
+                    continue
+                epochs = int(m.group(4)) if m.group(4) else None
+                progress = (int(m.group(1)), int(m.group(2)), _nb_float(m.group(3) or ""),
+                            epochs if epochs and epochs < NB_EPOCHS_UNKNOWN else None)
+                found.append({"header": header, "norm": norm, "rows": rows, "progress": progress})
+    return found
+
+
+def read_notebook(path: str | Path, table: int | None = None) -> RunHistory:
+    """A Jupyter notebook whose output holds the Hugging Face Trainer's progress table (NotebookProgressCallback: one
+    row per evaluation, `Step` or `Epoch`, `Training Loss`, `Validation Loss`, the metric columns) -> eval points, read
+    as the same log_history a trainer_state.json holds (`notebook_trainer_state`). No side file is read: a notebook's
+    folder holds other things."""
+    p = Path(path)
+    state, facts, notes = notebook_trainer_state(p, table)
+    return _from_log_history(state["log_history"], p, facts, name=p.stem, path=str(p), source_file="notebook table",
+                             source="notebook", notes=notes, finished=state["global_step"] >= state["max_steps"])
+
+
+def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[dict, dict[str, Fact], list[str]]:
+    """(trainer state, facts, notes) of a notebook's Trainer progress table: `log_history` with one train entry per row
+    that shows a training loss (the last one logged by that evaluation; "No log": none since the previous row) and one
+    eval entry per row, `global_step` / `max_steps` / `num_train_epochs` from the progress bar. The last table is read
+    (the notebook's latest training) unless `table` picks one (0-based). A learning rate written as a literal
+    (`learning_rate=2e-5`) in a code cell is a fact when the notebook writes only one."""
+    p = Path(path)
+    try:
+        nb = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"'{p}' is not a readable notebook ({exc})",
+                        "give the .ipynb file as Jupyter saved it") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise UserError(f"'{p}' has no `cells` list", "give the .ipynb file as Jupyter saved it")
+    tables = _nb_progress_tables(nb)
+    if not tables:
+        raise UserError(f"'{p}' holds no Trainer progress table in its outputs (a progress bar over a table with "
+                        f"Step/Epoch and Training Loss columns)",
+                        "run the training cell with the outputs saved, or give the run's trainer_state.json "
+                        "(output_dir/checkpoint-*/trainer_state.json)")
+    if table is not None and not -len(tables) <= table < len(tables):
+        raise UserError(f"'{p}' holds {len(tables)} Trainer progress table(s); there is no table {table}",
+                        f"give a table number from 0 to {len(tables) - 1}")
+    k = len(tables) - 1 if table is None else table % len(tables)
+    t = tables[k]
+    notes = [f"read the Trainer's progress table {k + 1} of {len(tables)} in the notebook's outputs"]
+    value, planned, _, epochs = t["progress"]
+    state: dict[str, Any] = {"global_step": value, "max_steps": planned}
+    facts = {"max_steps": Fact(planned, "notebook progress bar"), "steps_done": Fact(value, "notebook progress bar")}
+    per_epoch = None
+    if epochs:
+        state["num_train_epochs"] = epochs
+        facts["num_train_epochs"] = Fact(epochs, "notebook progress bar")
+        per_epoch = planned / epochs
+    col = {n: i for i, n in enumerate(t["norm"])}
+    metrics = [(i, "eval_loss" if n == "validation_loss" else f"eval_{n}") for i, n in enumerate(t["norm"])
+               if n not in ("step", "epoch", "training_loss")]
+    log_history: list[dict] = []
+    for row in t["rows"]:
+        def cell(name: str) -> str:
+            return row[col[name]] if name in col and col[name] < len(row) else ""
+
+        step, epoch = _nb_float(cell("step")), _nb_float(cell("epoch"))
+        if step is None and epoch is not None and per_epoch:
+            step = round(epoch * per_epoch)
+        if step is None:
+            continue
+        where = {"step": int(step), **({"epoch": epoch} if epoch is not None else {})}
+        loss = _nb_float(cell("training_loss"))
+        if loss is not None:
+            log_history.append({"loss": loss, **where})
+        ev = {key: v for i, key in metrics if i < len(row) and (v := _nb_float(row[i])) is not None}
+        if ev:
+            log_history.append({**ev, **where})
+    if "step" not in col:
+        notes.append("the table has epochs, not steps: steps are epoch x planned steps / epochs from the progress bar"
+                     if per_epoch else "the table has epochs and its progress bar no epoch count: no row is placed")
+    if not any(any(key.startswith("eval_") for key in e) for e in log_history):
+        raise UserError(f"'{p}': the Trainer's progress table has no evaluated row",
+                        "evaluate during training (eval_strategy='steps' or 'epoch' with an eval_dataset)")
+    state["log_history"] = log_history
+    code = ["".join(c.get("source") or []) if isinstance(c.get("source"), list) else str(c.get("source") or "")
+            for c in nb["cells"] if isinstance(c, dict) and c.get("cell_type") == "code"]
+    lrs = sorted({float(m.group(1)) for text in code for m in _NB_LR.finditer(text)})
+    if len(lrs) == 1:
+        facts["learning_rate"] = Fact(lrs[0], "notebook code: the one literal learning_rate")
+    elif lrs:
+        notes.append(f"the notebook's code writes several learning rates ({', '.join(f'{v:g}' for v in lrs)}): "
+                     "none taken")
+    return state, facts, notes
 
 
 # ---------------------------------------------------------------------------------------------

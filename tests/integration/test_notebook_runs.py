@@ -1,0 +1,194 @@
+"""A Jupyter notebook's Trainer progress table read as a run: a real Hugging Face `Trainer` run (tiny random-init
+BERT, no downloads) with transformers' own NotebookProgressCallback, whose HTML is saved into an .ipynb as Jupyter
+saves a display output. IPython is not installed here: a stand-in `IPython.display` keeps what the callback shows."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from loratune.cli import main
+from loratune.diagnose import diagnose
+from loratune.history_io import load_run, read_notebook
+
+from support import INTENTS, _save_tokenizer, make_rows
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+LABELS = sorted(INTENTS)
+
+
+class _Shown:
+    """What a notebook keeps of the displays: the last HTML of each display handle, in display order."""
+
+    def __init__(self):
+        self.outputs: list[list[str]] = []
+
+    def module(self) -> types.ModuleType:
+        shown = self
+
+        class HTML:
+            def __init__(self, data):
+                self.data = data
+
+        class Handle:
+            def __init__(self, slot):
+                self.slot = slot
+
+            def update(self, obj):
+                shown.outputs[self.slot] = [obj.data]
+
+        def display(obj, display_id=None):
+            shown.outputs.append([obj.data])
+            return Handle(len(shown.outputs) - 1)
+
+        mod = types.ModuleType("IPython.display")
+        mod.HTML, mod.display = HTML, display
+        return mod
+
+
+def _notebook_run(folder: Path, monkeypatch, *, eval_strategy: str, lr: float = 1e-2, steps: int = 40,
+                  epochs: int = 4, code: str = "") -> tuple[Path, Path]:
+    """Train with NotebookProgressCallback; returns (notebook path, trainer_state.json of the same run)."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import f1_score
+
+    shown = _Shown()
+    ipython = types.ModuleType("IPython")
+    ipython.display = shown.module()
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "IPython.display", ipython.display)
+    monkeypatch.delitem(sys.modules, "transformers.utils.notebook", raising=False)
+    from transformers import (BertConfig, BertForSequenceClassification, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+    from transformers.trainer_callback import ProgressCallback
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    torch.set_num_threads(1)
+    tok = _save_tokenizer(folder)
+    l2i = {lab: i for i, lab in enumerate(LABELS)}
+
+    def encode(rows):
+        return [dict(tok(r["text"]), labels=l2i[r["label"]]) for r in rows]
+
+    train, val = encode(make_rows(10, seed=1)), encode(make_rows(5, seed=2))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=len(LABELS))
+    model = BertForSequenceClassification(cfg)
+
+    def metrics(p):
+        pred = np.asarray(p.predictions).argmax(-1)
+        return {"accuracy": float((pred == p.label_ids).mean()),
+                "macro_f1": float(f1_score(p.label_ids, pred, average="macro", zero_division=0))}
+
+    out = folder / "out"
+    by_steps = eval_strategy == "steps"
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=8, per_device_eval_batch_size=32,
+                             learning_rate=lr, eval_strategy=eval_strategy, logging_steps=3, report_to="none",
+                             use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True,
+                             **({"max_steps": steps, "eval_steps": 8} if by_steps else {"num_train_epochs": epochs}))
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                      data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(NotebookProgressCallback)
+    trainer.train()
+    trainer.evaluate()  # a one-row table with no progress bar: not the run
+    trainer.save_state()
+    cells = [{"cell_type": "code", "metadata": {}, "execution_count": 1, "outputs": [],
+              "source": (code or f"args = TrainingArguments(learning_rate={lr})\n").splitlines(True)},
+             {"cell_type": "code", "metadata": {}, "execution_count": 2, "source": ["trainer.train()\n"],
+              "outputs": [{"output_type": "display_data", "metadata": {},
+                           "data": {"text/html": html[0].splitlines(True),
+                                    "text/plain": ["<IPython.core.display.HTML object>"]}}
+                          for html in shown.outputs if html[0]]}]
+    nb = folder / "train.ipynb"
+    nb.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": cells}, indent=1))
+    return nb, out / "trainer_state.json"
+
+
+def test_a_step_table_reads_as_the_trainer_state_of_the_same_run(tmp_path, monkeypatch):
+    nb, state_file = _notebook_run(tmp_path, monkeypatch, eval_strategy="steps")
+    run, state = load_run(nb), load_run(state_file)
+    assert run.source == "notebook" and state.source == "hf-trainer"
+    evals = [p for p in state.points if "val/loss" in p]
+    assert [p["step"] for p in run.points] == [p["step"] for p in evals] == [8, 16, 24, 32, 40]
+    for got, want in zip(run.points, evals):
+        for key in ("val/loss", "val/accuracy", "val/macro_f1"):  # the table shows 6 decimals
+            assert got[key] == pytest.approx(want[key], abs=5e-7), key
+        # a row's training loss is the last one logged by its step (logging every 3 steps: step 6 for row 8)
+        log = json.loads(state_file.read_text())["log_history"]
+        last = [e["loss"] for e in log if "loss" in e and "train_runtime" not in e and e["step"] <= got["step"]][-1]
+        assert got["train/loss"] == pytest.approx(last, abs=5e-7)
+    assert run.meta["steps_done"] == run.meta["steps_planned"] == 40 and not run.meta.get("partial")
+    assert run.facts["learning_rate"].value == 1e-2 and "one literal learning_rate" in run.facts["learning_rate"].source
+    assert run.notes[0] == "read the Trainer's progress table 1 of 1 in the notebook's outputs"
+    d, ds = diagnose(nb), diagnose(state_file)
+    assert d.features["peak_lr"] == 1e-2 and d.features["val_loss_drop"] == pytest.approx(ds.features["val_loss_drop"],
+                                                                                          abs=1e-5)
+
+
+def test_an_epoch_table_places_rows_by_the_progress_bar(tmp_path, monkeypatch):
+    # 10 rows x 4 intents = 40 rows, batch 8: 5 steps an epoch, 4 epochs
+    nb, state_file = _notebook_run(tmp_path, monkeypatch, eval_strategy="epoch", epochs=4,
+                                   code="lr = 3e-4\nargs = TrainingArguments(learning_rate=lr)\n")
+    run = load_run(nb)
+    assert [p["step"] for p in run.points] == [5, 10, 15, 20] and [p["epoch"] for p in run.points] == [1, 2, 3, 4]
+    assert run.facts["num_train_epochs"].value == 4 and run.facts["max_steps"].value == 20
+    assert any("epochs, not steps" in n for n in run.notes)
+    assert "learning_rate" not in run.facts  # `learning_rate=lr`: no literal to read, so no guess
+    state = load_run(state_file)
+    assert [p["val/loss"] for p in run.points] == pytest.approx([p["val/loss"] for p in state.points
+                                                                 if "val/loss" in p], abs=5e-7)
+
+
+def _table_notebook(path: Path, bars: list[tuple[str, list[list[str]]]], code: str = "") -> Path:
+    """A notebook with one output per (progress label, rows of Step / Training Loss / Validation Loss / Accuracy)."""
+    outs = []
+    for label, rows in bars:
+        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+        html = (f"<div><progress value='1' max='2'></progress> {label}</div><table border=\"1\" class=\"dataframe\">"
+                f"<thead><tr><th>Step</th><th>Training Loss</th><th>Validation Loss</th><th>Accuracy</th></tr></thead>"
+                f"<tbody>{body}</tbody></table><p>")
+        outs.append({"output_type": "display_data", "metadata": {}, "data": {"text/html": [html]}})
+    cells = [{"cell_type": "code", "metadata": {}, "source": [code], "outputs": []},
+             {"cell_type": "code", "metadata": {}, "source": ["trainer.train()"], "outputs": outs}]
+    path.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": cells}))
+    return path
+
+
+def test_the_last_table_is_read_unless_one_is_picked(tmp_path):
+    rows = [["10", "No log", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"], ["30", "0.70", "0.95", "0.65"]]
+    nb = _table_notebook(tmp_path / "two.ipynb", [("[30/30 00:10, Epoch 3/3]", rows),
+                                                  ("[20/60 00:10 < 00:20, Epoch 1/3]", rows[:2])],
+                         code="TrainingArguments(learning_rate=1e-4)\nTrainingArguments(learning_rate=5e-5)")
+    last = read_notebook(nb)
+    assert [p["step"] for p in last.points] == [10, 20] and last.meta["partial"] is True
+    assert "train/loss" not in last.points[0] and last.points[1]["train/loss"] == 0.9  # "No log": none logged yet
+    assert any("progress bar stops short" in n for n in last.notes)
+    assert any("several learning rates (5e-05, 0.0001)" in n for n in last.notes) and "learning_rate" not in last.facts
+    first = read_notebook(nb, table=0)
+    assert [p["step"] for p in first.points] == [10, 20, 30] and not first.meta.get("partial")
+    assert first.meta["steps_planned"] == 30 and first.notes[0].startswith("read the Trainer's progress table 1 of 2")
+
+
+def test_a_notebook_without_a_training_table_is_a_clear_error(tmp_path, capsys):
+    nb = tmp_path / "eval_only.ipynb"
+    html = ("<table border=\"1\" class=\"dataframe\"><thead><tr><th>Training Loss</th><th>Validation Loss</th>"
+            "<th>Step</th></tr></thead><tbody><tr><td>No log</td><td>0.5</td><td>10</td></tr></tbody></table>")
+    nb.write_text(json.dumps({"nbformat": 4, "cells": [{"cell_type": "code", "source": "trainer.evaluate()",
+                                                        "outputs": [{"data": {"text/html": html}}]}]}))
+    assert main(["diagnose", str(nb)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no Trainer progress table" in err and "trainer_state.json" in err and "Traceback" not in err
+    (tmp_path / "broken.ipynb").write_text("{not json")
+    assert main(["diagnose", str(tmp_path / "broken.ipynb")]) == 2
+    assert "is not a readable notebook" in capsys.readouterr().err
+    two = _table_notebook(tmp_path / "one.ipynb", [("[2/2 00:01, Epoch 1/1]", [["1", "1.0", "1.0", "0.5"]])])
+    with pytest.raises(Exception, match="holds 1 Trainer progress table"):
+        read_notebook(two, table=3)
