@@ -7,6 +7,8 @@ The corpus (committed fixtures, nothing downloaded):
   would accept, and the numbers behind the label, from an independent review that saw neither loratune's
   rules nor its verdicts (the manifest's automatic labels are not used);
 - tests/fixtures/external/public/: public trainer_state.json files from GitHub, labelled the same way;
+- tests/fixtures/external/public_l/: fold L, public Trainer runs recorded in Jupyter notebooks (the progress
+  table of a saved output), read with history_io.read_notebook at the manifest's `table_index`;
 - tests/fixtures/external/public_c/ to public_g/: folds C to G, fresh sets of public trainer_state.json files
   from other repositories, each labelled blind from its numbers by a reviewer who saw neither loratune's rules nor
   its verdicts, after the rule table was frozen (FRESH: the commit each was scored against first). Each fold was
@@ -44,7 +46,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from loratune.diagnose import compare, diagnose, evaluate_rules  # noqa: E402
 from loratune.features import compute_features  # noqa: E402
-from loratune.history_io import load_run  # noqa: E402
+from loratune.history_io import load_run, notebook_trainer_state, read_notebook  # noqa: E402
 from loratune.rules import RULES, THRESHOLDS, default_thresholds  # noqa: E402
 
 TRAINER = ROOT / "tests" / "fixtures" / "external" / "trainer"
@@ -61,13 +63,17 @@ FRESH = (("C", ROOT / "tests" / "fixtures" / "external" / "public_c", "f70a259")
          ("H", ROOT / "tests" / "fixtures" / "external" / "public_h", "4d60d30"),
          ("I", ROOT / "tests" / "fixtures" / "external" / "public_i", "6a9f614"),
          ("J", ROOT / "tests" / "fixtures" / "external" / "public_j", "663c4c3"),
-         ("K", ROOT / "tests" / "fixtures" / "external" / "public_k", "a2d296f"))
+         ("K", ROOT / "tests" / "fixtures" / "external" / "public_k", "a2d296f"),
+         ("L", ROOT / "tests" / "fixtures" / "external" / "public_l", "b41fbd2"))
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
-UNREAD = ()
+UNREAD = ("L",)
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
 FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fold H; its labels were committed "
                     "(233640c, fdcf1c7) after the rules of ab06826 and before the last five rule commits, and the "
                     "rules of ab06826 score it the same, 19 of 27",
+               "L": "rules of b41fbd2 (unchanged since b4927cb); the runs are notebooks, read by the notebook reader of "
+                    "dcfa37f, written before any fold-L verdict was seen (only its parse was checked: point counts); "
+                    "finetune-doctor reads no notebook and is given the same numbers as a trainer_state.json",
                "J": "rules of 663c4c3, frozen before its labels (2ea1a77) were committed in the middle of the fold-I "
                     "round; that round's last two rule commits (95b7441, 4163623) were written by a reviewer who "
                     "never opened fold J (it saw J's folder names only after 4163623)"}
@@ -118,8 +124,9 @@ def load_corpus() -> list[dict]:
     for fold, folder, _ in FRESH:
         if (folder / "manifest.json").is_file():
             for r in json.loads((folder / "manifest.json").read_text())["runs"]:
-                runs.append({**r, "path": str(folder / r["name"]), "origin": "public", "fold": fold,
-                             "dataset": f"public:{r['repo']}"})
+                notebook = next((f for f in r.get("files", []) if f.endswith(".ipynb")), None)
+                runs.append({**r, "path": str(folder / r["name"] / notebook if notebook else folder / r["name"]),
+                             "origin": "public", "fold": fold, "dataset": f"public:{r['repo']}"})
     for r in runs:
         r["accept"] = r.get("accept") or [r["label"]]
     return runs
@@ -128,7 +135,8 @@ def load_corpus() -> list[dict]:
 def prepare(runs: list[dict]) -> None:
     """Read every run once and compute its features (the rules are re-evaluated per threshold set)."""
     for r in runs:
-        h = load_run(r["path"])
+        # a notebook holding several training tables: the one the manifest names
+        h = read_notebook(r["path"], table=r["table_index"]) if r.get("table_index") is not None else load_run(r["path"])
         r["history"] = h
         t0 = time.perf_counter()
         r["features"] = compute_features(h.points, h.meta, h.config)
@@ -211,16 +219,31 @@ def triples(thresholds: dict) -> list[dict]:
 def finetune_doctor(runs: list[dict], python: str) -> dict[str, dict]:
     if not Path(python).exists():
         return {}
-    paths = [r["path"] for r in runs]
-    res = subprocess.run([python, str(ROOT / "bench" / "finetune_doctor_adapter.py"), *paths],
-                         capture_output=True, text=True, timeout=600)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # finetune-doctor reads no notebook: it is given the same numbers as a trainer_state.json (the log_history
+        # loratune reads the notebook's table as), and its answer is filed under the notebook's path
+        given = {}
+        for i, r in enumerate(runs):
+            if r["path"].endswith(".ipynb"):
+                state, _, _ = notebook_trainer_state(r["path"], r.get("table_index"))
+                folder = Path(tmp) / str(i)
+                folder.mkdir()
+                (folder / "trainer_state.json").write_text(json.dumps(state))
+                given[str((folder / "trainer_state.json").resolve())] = r["path"]
+            else:
+                given[str(Path(r["path"]).resolve())] = r["path"]
+        res = subprocess.run([python, str(ROOT / "bench" / "finetune_doctor_adapter.py"), *given],
+                             capture_output=True, text=True, timeout=600)
     out = {}
     for line in res.stdout.splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        out[str(Path(row["path"]).resolve())] = row
+        path = str(Path(row["path"]).resolve())
+        out[str(Path(given.get(path, path)).resolve())] = row
     return out
 
 
