@@ -853,7 +853,10 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
 def _rebound(acc: FeatureSet, T, frac) -> None:
     vals = [v for _, v in T]
     smooth = [sum(vals[max(0, i - 1): i + 2]) / len(vals[max(0, i - 1): i + 2]) for i in range(len(vals))]
-    i = min(range(len(smooth)), key=lambda k: smooth[k])
+    # the last of equal lowest values: a table that rounds (the Trainer's notebook table shows 6 decimals) writes a
+    # loss still falling below 5e-7 as 0.000000 at every later row, and the loss was lowest at the last of them
+    lowest = min(smooth)
+    i = max(k for k, v in enumerate(smooth) if v <= lowest)
     acc.set("train_loss_min_fraction", frac(T[i][0]))
     after = vals[i + 1:]
     if smooth[i] <= 0:

@@ -152,6 +152,12 @@ _THRESHOLDS = (
     _t("val_loss_rise_min", 0.1, "fraction", "Val loss rising this much from its minimum counts as rising."),
     _t("rise_noise_min", 2.0, "se", "...and the rise must clear the noise band: this many noise units of a "
        "difference of two points (finetune-doctor's band is 2x the eval's step-to-step noise)."),
+    _t("val_loss_rise_small_min", 0.03, "fraction", "In a run scored by its losses alone, a smaller val-loss rise "
+       "from its minimum that still counts as rising when it clears `rise_noise_strong_min` while the train loss "
+       "keeps falling (protocol 5b: 'stays above it by more than the noise'; the 10% floor guards rises near the "
+       "band)."),
+    _t("rise_noise_strong_min", 4.0, "se", "...twice the band a rise must clear: this many noise units of a difference "
+       "of two points."),
     _t("val_metric_drop_min", 0.02, "points", "Val metric ending this far below its best counts as falling."),
     _t("drop_se_min", 2.0, "se", "A fall of the val metric must reach this many standard errors to count."),
     _t("memorised_perplexity_max", 1.1, "ratio", "A language model whose per-token perplexity on its own training "
@@ -409,6 +415,14 @@ _RULES = (
                             c("val_loss_min_fraction", "<=", "early_turn_fraction_max"))),
                   any_(all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
                             c("val_loss_rise_noise", ">=", "rise_noise_min")),
+                       # a run scored by its losses alone: a smaller rise far beyond the noise while the train loss
+                       # still falls over the second half is the gap widening, however small a share of the loss the
+                       # rise is (fold L's Dekanenko: +5.5% over six rising evals at 9.7 noise units). Where a val
+                       # metric is logged it speaks instead: a small rise with the metric holding is not overfit
+                       all_(c("val_metric_logged", "<", "flag_on"),
+                            c("val_loss_rise", ">=", "val_loss_rise_small_min"),
+                            c("val_loss_rise_noise", ">=", "rise_noise_strong_min"),
+                            c("train_loss_late_drop", ">=", "plateau_late_drop_max")),
                        # a language model's val loss that turned in the first half and ended above its minimum beyond
                        # the noise band: protocol 5b's overfit ("passed its minimum and stays above it by more than
                        # the noise"), however small a share of a loss of ~2 nats above an entropy floor the rise is

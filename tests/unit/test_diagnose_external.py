@@ -1268,3 +1268,35 @@ def test_a_plateau_at_a_share_of_its_start_is_no_classifier_underfit_without_a_c
                                classes=classes, n_val=None, log_every=20, steps=400, evals=20))
     assert d.features["train_loss_final_over_start"] >= 0.3 and d.features["train_loss_late_drop"] < 0.1
     assert d.fired("underfit-capacity", active_only=False) is underfit
+
+
+def test_a_small_val_loss_rise_far_beyond_the_noise_while_the_train_loss_falls_is_overfit(tmp_path):
+    # protocol 5b: the val loss passed its minimum and stays above it by more than the noise. A 3-10% rise counts
+    # when it clears twice the band (rise_noise_strong_min) while the train loss still falls (fold L's Dekanenko)
+    kw = dict(train=exp_decay(2.0, 0.5, 3), classes=None, n_val=None, evals=20)
+    d = diagnose(trainer_state(tmp_path / "far", val=u_shape(1.0, 0.40, 0.6, 0.424), noise=0.002, **kw))
+    f = d.features
+    assert 0.03 <= f["val_loss_rise"] < 0.10 and f["val_loss_rise_noise"] >= 4 and f["train_loss_late_drop"] >= 0.1
+    assert d.verdict == "overfit-capacity"
+    # a 9.5% rise at 3.2 noise units: inside twice the band, and under the 10% floor
+    d = diagnose(trainer_state(tmp_path / "near", val=u_shape(1.0, 0.40, 0.6, 0.424), noise=0.03, seed=0, **kw))
+    assert d.features["val_loss_rise"] < 0.10 and d.features["val_loss_rise_noise"] < 4
+    assert d.verdict != "overfit-capacity"
+    # far beyond the noise but a 2% rise: under val_loss_rise_small_min
+    d = diagnose(trainer_state(tmp_path / "tiny", val=u_shape(1.0, 0.40, 0.6, 0.408), noise=0.002, **kw))
+    assert d.features["val_loss_rise"] < 0.03 and d.verdict != "overfit-capacity"
+    # the same 6% rise with the train loss flat over the second half: no gap widening to read
+    flat = {**kw, "train": exp_decay(2.0, 0.5, 12)}
+    d = diagnose(trainer_state(tmp_path / "flat", val=u_shape(1.0, 0.40, 0.6, 0.424), noise=0.002, **flat))
+    assert d.features["train_loss_late_drop"] < 0.1 and d.verdict != "overfit-capacity"
+
+
+def test_a_train_loss_rounded_to_zero_is_lowest_at_the_last_zero(tmp_path):
+    # the notebook table shows 6 decimals: a loss still falling below 5e-7 reads 0.000000 at every later row. Read as
+    # lowest at the first zero, the early bump (+0.011) looked like a loss that climbed and never came back
+    # (lr-too-large, fold L's Meenusj); lowest at the last, it is a fitted training set with a rising val loss
+    train = lambda f: 0.0 if f > 0.35 else 0.063 + (0.011 if 0.1 < f <= 0.2 else 0.0)  # noqa: E731
+    d = diagnose(trainer_state(tmp_path, train=train, val=u_shape(0.074, 0.073, 0.4, 0.113), classes=None,
+                               n_val=None, noise=0.002, log_every=20))
+    assert d.features["train_loss_min_fraction"] == 1.0 and d.features["train_loss_max_rise"] > 0.15
+    assert d.verdict == "overfit-capacity", [(x.rule_id, x.suppressed_by) for x in d.findings]
