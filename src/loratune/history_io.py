@@ -755,7 +755,7 @@ class _Tables(HTMLParser):
         self._text: list[str] = []
         self._table: tuple[str, list[str], list[list[str]]] | None = None
         self._cell: list[str] | None = None
-        self._row: list[str] | None = None
+        self._row: list[tuple[str, str]] | None = None  # (th | td, text) of the row being read
 
     def handle_starttag(self, tag, attrs):
         if tag == "progress" and self._table is None:
@@ -841,35 +841,12 @@ def read_notebook(path: str | Path, table: int | None = None) -> RunHistory:
                              source="notebook", notes=notes, finished=state["global_step"] >= state["max_steps"])
 
 
-def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[dict, dict[str, Fact], list[str]]:
-    """(trainer state, facts, notes) of a notebook's Trainer progress table: `log_history` with one train entry per row
-    that shows a training loss (the last one logged by that evaluation; "No log": none since the previous row) and one
-    eval entry per row, `global_step` / `max_steps` / `num_train_epochs` from the progress bar. The last table is read
-    (the notebook's latest training) unless `table` picks one (0-based). A learning rate written as a literal
-    (`learning_rate=2e-5`) in a code cell is a fact when the notebook writes only one."""
-    p = Path(path)
-    try:
-        nb = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"'{p}' is not a readable notebook ({exc})",
-                        "give the .ipynb file as Jupyter saved it") from None
-    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
-        raise UserError(f"'{p}' has no `cells` list", "give the .ipynb file as Jupyter saved it")
-    tables = _nb_progress_tables(nb)
-    if not tables:
-        raise UserError(f"'{p}' holds no Trainer progress table in its outputs (a progress bar over a table with "
-                        f"Step/Epoch and Training Loss columns)",
-                        "run the training cell with the outputs saved, or give the run's trainer_state.json "
-                        "(output_dir/checkpoint-*/trainer_state.json)")
-    if table is not None and not -len(tables) <= table < len(tables):
-        raise UserError(f"'{p}' holds {len(tables)} Trainer progress table(s); there is no table {table}",
-                        f"give a table number from 0 to {len(tables) - 1}")
-    k = len(tables) - 1 if table is None else table % len(tables)
-    t = tables[k]
-    notes = [f"read the Trainer's progress table {k + 1} of {len(tables)} in the notebook's outputs"]
+def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
+    """(trainer state, facts, notes, whether a row was evaluated) of one progress table (see notebook_trainer_state)."""
     value, planned, _, epochs = t["progress"]
     state: dict[str, Any] = {"global_step": value, "max_steps": planned}
     facts = {"max_steps": Fact(planned, "notebook progress bar"), "steps_done": Fact(value, "notebook progress bar")}
+    notes: list[str] = []
     per_epoch = None
     if epochs:
         state["num_train_epochs"] = epochs
@@ -898,10 +875,49 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
     if "step" not in col:
         notes.append("the table has epochs, not steps: steps are epoch x planned steps / epochs from the progress bar"
                      if per_epoch else "the table has epochs and its progress bar no epoch count: no row is placed")
-    if not any(any(key.startswith("eval_") for key in e) for e in log_history):
-        raise UserError(f"'{p}': the Trainer's progress table has no evaluated row",
-                        "evaluate during training (eval_strategy='steps' or 'epoch' with an eval_dataset)")
     state["log_history"] = log_history
+    return state, facts, notes, any(any(key.startswith("eval_") for key in e) for e in log_history)
+
+
+def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[dict, dict[str, Fact], list[str]]:
+    """(trainer state, facts, notes) of a notebook's Trainer progress table: `log_history` with one train entry per row
+    that shows a training loss (the last one logged by that evaluation; "No log": none since the previous row) and one
+    eval entry per row, `global_step` / `max_steps` / `num_train_epochs` from the progress bar. The last table with an
+    evaluated row is read (the notebook's latest training) unless `table` picks one (0-based, among the tables under a
+    progress bar with Training Loss and Step/Epoch columns). A learning rate written as a literal
+    (`learning_rate=2e-5`) in a code cell is a fact when the notebook writes only one."""
+    p = Path(path)
+    try:
+        nb = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"'{p}' is not a readable notebook ({exc})",
+                        "give the .ipynb file as Jupyter saved it") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise UserError(f"'{p}' has no `cells` list", "give the .ipynb file as Jupyter saved it")
+    tables = _nb_progress_tables(nb)
+    if not tables:
+        raise UserError(f"'{p}' holds no Trainer progress table in its outputs (a progress bar over a table with "
+                        f"Step/Epoch and Training Loss columns)",
+                        "run the training cell with the outputs saved, or give the run's trainer_state.json "
+                        "(output_dir/checkpoint-*/trainer_state.json)")
+    if table is not None and not -len(tables) <= table < len(tables):
+        raise UserError(f"'{p}' holds {len(tables)} Trainer progress table(s); there is no table {table}",
+                        f"give a table number from 0 to {len(tables) - 1}")
+    # the last table with an evaluated row (a rerun stopped before its first evaluation shows an empty table)
+    for k in [table % len(tables)] if table is not None else range(len(tables) - 1, -1, -1):
+        state, facts, extra, has_eval = _nb_table_history(tables[k])
+        if has_eval:
+            break
+    if not has_eval:
+        raise UserError(f"'{p}': the Trainer's progress table has no evaluated row" if table is not None or
+                        len(tables) == 1 else f"'{p}': none of its {len(tables)} Trainer progress tables has an "
+                        "evaluated row", "evaluate during training (eval_strategy='steps' or 'epoch' with an "
+                        "eval_dataset)")
+    notes = [f"read the Trainer's progress table {k + 1} of {len(tables)} in the notebook's outputs"]
+    if table is None and k != len(tables) - 1:
+        later = f"table {k + 2}" if k + 2 == len(tables) else f"tables {k + 2}-{len(tables)}"
+        notes.append(f"the later {later} holds no evaluated row (a run stopped before its first evaluation): not read")
+    notes += extra
     code = ["".join(c.get("source") or []) if isinstance(c.get("source"), list) else str(c.get("source") or "")
             for c in nb["cells"] if isinstance(c, dict) and c.get("cell_type") == "code"]
     lrs = sorted({float(m.group(1)) for text in code for m in _NB_LR.finditer(text)})

@@ -192,3 +192,17 @@ def test_a_notebook_without_a_training_table_is_a_clear_error(tmp_path, capsys):
     two = _table_notebook(tmp_path / "one.ipynb", [("[2/2 00:01, Epoch 1/1]", [["1", "1.0", "1.0", "0.5"]])])
     with pytest.raises(Exception, match="holds 1 Trainer progress table"):
         read_notebook(two, table=3)
+
+
+def test_a_last_table_stopped_before_its_first_evaluation_is_passed_over(tmp_path):
+    # a sweep's last run interrupted at once shows a table with no row: the default reads the last one with rows
+    rows = [["10", "No log", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"], ["30", "0.70", "0.95", "0.65"]]
+    nb = _table_notebook(tmp_path / "sweep.ipynb", [("[30/30 00:10, Epoch 3/3]", rows),
+                                                    ("[30/30 00:10, Epoch 3/3]", rows[:2]),
+                                                    ("[3/30 00:01 < 00:10, Epoch 0.3/3]", [])])
+    run = read_notebook(nb)
+    assert [p["step"] for p in run.points] == [10, 20]
+    assert run.notes[0].startswith("read the Trainer's progress table 2 of 3")
+    assert any("the later table 3 holds no evaluated row" in n for n in run.notes)
+    with pytest.raises(Exception, match="has no evaluated row"):
+        read_notebook(nb, table=2)  # picked by hand: said, not passed over
