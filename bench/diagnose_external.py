@@ -7,8 +7,8 @@ The corpus (committed fixtures, nothing downloaded):
   would accept, and the numbers behind the label, from an independent review that saw neither loratune's
   rules nor its verdicts (the manifest's automatic labels are not used);
 - tests/fixtures/external/public/: public trainer_state.json files from GitHub, labelled the same way;
-- tests/fixtures/external/public_l/: fold L, public Trainer runs recorded in Jupyter notebooks (the progress
-  table of a saved output), read with history_io.read_notebook at the manifest's `table_index`;
+- tests/fixtures/external/public_l/, public_m/: folds L and M, public Trainer runs recorded in Jupyter notebooks (the
+  progress table of a saved output), read with history_io.read_notebook at the manifest's `table_index`;
 - tests/fixtures/external/public_c/ to public_g/: folds C to G, fresh sets of public trainer_state.json files
   from other repositories, each labelled blind from its numbers by a reviewer who saw neither loratune's rules nor
   its verdicts, after the rule table was frozen (FRESH: the commit each was scored against first). Each fold was
@@ -64,9 +64,10 @@ FRESH = (("C", ROOT / "tests" / "fixtures" / "external" / "public_c", "f70a259")
          ("I", ROOT / "tests" / "fixtures" / "external" / "public_i", "6a9f614"),
          ("J", ROOT / "tests" / "fixtures" / "external" / "public_j", "663c4c3"),
          ("K", ROOT / "tests" / "fixtures" / "external" / "public_k", "a2d296f"),
-         ("L", ROOT / "tests" / "fixtures" / "external" / "public_l", "b41fbd2"))
+         ("L", ROOT / "tests" / "fixtures" / "external" / "public_l", "b41fbd2"),
+         ("M", ROOT / "tests" / "fixtures" / "external" / "public_m", "c728eba"))
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
-UNREAD = ()
+UNREAD = ("M",)
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
 FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fold H; its labels were committed "
                     "(233640c, fdcf1c7) after the rules of ab06826 and before the last five rule commits, and the "
@@ -74,6 +75,8 @@ FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fo
                "L": "rules of b41fbd2 (unchanged since b4927cb), held out: 18 of 25 (72%), finetune-doctor 14 of 25 "
                     "(f38ac72); the runs are notebooks, read by the notebook reader of dcfa37f, written before any "
                     "fold-L verdict was seen (only its parse was checked: point counts); finetune-doctor reads no "
+                    "notebook and is given the same numbers as a trainer_state.json",
+               "M": "rules of c728eba (the fold-L round), the notebook reader of a5ee5e0; finetune-doctor reads no "
                     "notebook and is given the same numbers as a trainer_state.json",
                "J": "rules of 663c4c3, frozen before its labels (2ea1a77) were committed in the middle of the fold-I "
                     "round; that round's last two rule commits (95b7441, 4163623) were written by a reviewer who "
