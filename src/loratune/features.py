@@ -166,6 +166,10 @@ _CATALOGUE = (
           "(start - min) / start of V."),
     _spec("val loss", "val_loss_rise", "fraction", "val loss rose {} from its minimum",
           "(final - min) / min of V."),
+    _spec("val loss", "val_loss_rise_held", "fraction", "every val loss after its minimum stayed {} or more above it",
+          "min over the points after V's minimum of (v - min) / min, with at least `HELD_POINTS_MIN` such points: a "
+          "rise that every later eval repeats is no single noisy point, whatever a short curve's jitter reads (4-5 "
+          "evals give 2-3 second differences, and the turn itself inflates them)."),
     _spec("val loss", "train_loss_rise_after_val_min", "fraction",
           "from the val loss's minimum on, the train loss climbed back up by {} of its start at worst",
           "Largest rise of T above its running minimum (from the start) at or after the step of the val loss's "
@@ -554,6 +558,7 @@ def _interp(series: Sequence[tuple[float, float]], x: float) -> float:
 # a curve's own noise band is read (rules.py tail_noise_points_min), and block means of k evals shrink the jitter
 # by about sqrt(k), not the trend; a curve of 10 evals or fewer is read as logged
 RISE_SHARE_POINTS_MAX = 10
+HELD_POINTS_MIN = 2  # val_loss_rise_held reads a rise only when this many evals follow the minimum
 
 
 def _block_means(values: Sequence[float], n_max: int) -> list[float]:
@@ -882,7 +887,7 @@ def _plateau_fraction(T, start, frac) -> float:
 def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     V = _series(pts, "val/loss")
     acc.set("val_loss_logged", 1.0 if any("val/loss" in p for p in pts) else 0.0)
-    names = ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise",
+    names = ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise", "val_loss_rise_held",
              "val_loss_min_fraction", "val_loss_late_drop", "val_loss_late_share", "val_loss_rise_share",
              "val_loss_vs_chance", "val_loss_noise", "val_loss_rise_noise", "val_loss_drop_noise")
     if not V:
@@ -900,6 +905,9 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     acc.set("val_loss_vs_chance", final / chance if chance else None, why_chance)
     acc.set("val_loss_drop", (start - vmin) / start if start > 0 else None, "val loss starts at 0")
     acc.set("val_loss_rise", (final - vmin) / vmin if vmin > 0 else None, "val loss minimum is 0")
+    later = [v for _, v in V[i_min + 1:]]
+    acc.set("val_loss_rise_held", (min(later) - vmin) / vmin if vmin > 0 and len(later) >= HELD_POINTS_MIN else None,
+            f"fewer than {HELD_POINTS_MIN} evals after the val loss's minimum (or a minimum of 0)")
     acc.set("val_loss_min_fraction", frac(V[i_min][0]))
     T = _series(pts, "train/loss", min_step=0)
     t_start = acc.values.get("train_loss_start")

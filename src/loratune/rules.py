@@ -378,7 +378,12 @@ _RULES = (
                  any_(c("val_loss_rise_noise", ">=", "rise_noise_min"),
                       c("val_loss_rise_share", ">=", "collapse_val_rise_share")),
                  any_(c("train_loss_min_fraction", "<", "late_min_fraction"),
-                      c("train_loss_rise_after_val_min", ">=", "osc_loss_rise"))),
+                      c("train_loss_rise_after_val_min", ">=", "osc_loss_rise")),
+                 # ...and did not memorise the training set: a train loss ending at a tenth of its start or below
+                 # descended, its bumps the noise of single logged windows (a notebook's per-epoch losses), and a
+                 # val loss rising beside it is the overfit of protocol 3 (fold M's atikulmunna: 0.41 -> 0.03; a
+                 # spike after the val loss's minimum in a run ending at 0.2x its start stays oscillation)
+                 c("train_loss_final_over_start", ">", "fit_loss_vs_chance_max")),
             all_(c("train_loss_rebound", ">=", "rebound_min"),
                  c("train_loss_min_fraction", "<=", "rebound_min_fraction_max"),
                  c("val_loss_rise", ">=", "val_loss_rise_min"))),
@@ -415,6 +420,12 @@ _RULES = (
                             c("val_loss_min_fraction", "<=", "early_turn_fraction_max"))),
                   any_(all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
                             c("val_loss_rise_noise", ">=", "rise_noise_min")),
+                       # a short curve (under tail_noise_points_min evals) whose every eval after the minimum stays
+                       # above it by val_loss_rise_min: its jitter, read from 2-3 second differences, is mostly the
+                       # turn itself, so no noise band can clear even a 16-57% rise (fold M's Henry-325, hstoklosa);
+                       # a rise each later eval repeats is not one noisy point
+                       all_(c("n_eval_points", "<", "tail_noise_points_min"),
+                            c("val_loss_rise_held", ">=", "val_loss_rise_min")),
                        # a run scored by its losses alone: a smaller rise far beyond the noise while the train loss
                        # still falls over the second half is the gap widening, however small a share of the loss the
                        # rise is (fold L's Dekanenko: +5.5% over six rising evals at 9.7 noise units). Where a val

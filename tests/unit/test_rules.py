@@ -36,7 +36,7 @@ FIRING = {
                              prompt_gap_widening_se=0.0, prompt_novel_drift=0.0, prompt_novel_drift_se=0.0,
                              train_perplexity_final=3.0, val_loss_still_falling=1, gap_loss=0.5,
                              train_loss_fall_after_val_min=0.3, train_loss_drop=0.9, val_metric_logged=1,
-                             val_metric_best=0.8, val_loss_logged=1),
+                             val_metric_best=0.8, val_loss_logged=1, n_eval_points=10, val_loss_rise_held=0.3),
     "underfit-capacity": dict(val_loss_drop=0.2, train_loss_late_drop=0.02, val_loss_late_share=0.05,
                               train_eval_metric_final=0.4, train_loss_vs_chance=0.7, train_loss_final_over_start=0.7,
                               gap_f1=0.03, val_metric_best=0.37, val_metric_gain_per_epoch_late=0.001,
