@@ -742,7 +742,7 @@ def _json_num(v: Any) -> Any:
 _NB_PROGRESS = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)[^\]]*?(?:Epoch\s+([\d.]+)\s*/\s*(\d+))?\s*\]")
 # a literal learning_rate in a code cell (`TrainingArguments(learning_rate=2e-5)`, `"learning_rate": 1e-4`)
 _NB_LR = re.compile(r"""["']?\blearning_rate["']?\s*[=:]\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\b""")
-_NB_NO_VALUE = ("no log", "", "nan", "none", "-")
+_NB_NO_VALUE = ("no log", "", "none", "-")  # "nan" / "inf" are values: a non-finite loss, as trainer_state.json keeps
 NB_EPOCHS_UNKNOWN = 10**9  # a max_steps run over an iterable dataset shows `Epoch 1/9223372036854775807`
 
 

@@ -206,3 +206,12 @@ def test_a_last_table_stopped_before_its_first_evaluation_is_passed_over(tmp_pat
     assert any("the later table 3 holds no evaluated row" in n for n in run.notes)
     with pytest.raises(Exception, match="has no evaluated row"):
         read_notebook(nb, table=2)  # picked by hand: said, not passed over
+
+
+def test_a_nan_in_the_table_is_a_non_finite_loss_not_a_missing_one(tmp_path):
+    # "nan" is what the table shows for a non-finite eval loss; a trainer_state.json keeps it (as NaN), and so does this
+    rows = [["10", "1.50", "nan", "0.1"], ["20", "1.20", "nan", "0.1"], ["30", "1.00", "0.90", "0.4"]]
+    run = read_notebook(_table_notebook(tmp_path / "nan.ipynb", [("[30/30 00:10, Epoch 3/3]", rows)]))
+    assert [p["step"] for p in run.points] == [10, 20, 30]
+    assert [p["val/loss"] for p in run.points] == [None, None, 0.9]  # the run-record convention: non-finite as null
+    assert [p["train/loss"] for p in run.points] == [1.5, 1.2, 1.0]
