@@ -50,6 +50,36 @@ def _save_tokenizer(folder: Path):
     return tok
 
 
+def tiny_trainer_classifier(folder: Path, n_train_per_label: int):
+    """(tokenizer, train rows, val rows, model, compute_metrics) for a plain Hugging Face `Trainer` run: a random-init
+    BertForSequenceClassification (hidden 32, 2 layers) over the intents, accuracy and macro-F1 as metrics."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import f1_score
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.set_num_threads(1)  # tiny model: threads only fight over the shared cores
+    labels = sorted(INTENTS)
+    tok = _save_tokenizer(folder)
+    l2i = {lab: i for i, lab in enumerate(labels)}
+
+    def encode(rows):
+        return [dict(tok(r["text"]), labels=l2i[r["label"]]) for r in rows]
+
+    train, val = encode(make_rows(n_train_per_label, seed=1)), encode(make_rows(5, seed=2))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=len(labels),
+                     id2label=dict(enumerate(labels)), label2id=l2i)
+
+    def metrics(p):
+        pred = np.asarray(p.predictions).argmax(-1)
+        return {"accuracy": float((pred == p.label_ids).mean()),
+                "macro_f1": float(f1_score(p.label_ids, pred, average="macro", zero_division=0))}
+
+    return tok, train, val, BertForSequenceClassification(cfg), metrics
+
+
 
 
 def overrides(model: str, data: Path, out: Path, **extra) -> list[str]:

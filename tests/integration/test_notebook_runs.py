@@ -16,10 +16,9 @@ from loratune.cli import main
 from loratune.diagnose import diagnose
 from loratune.history_io import load_run, read_notebook
 
-from support import INTENTS, _save_tokenizer, make_rows
+from support import tiny_trainer_classifier
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-LABELS = sorted(INTENTS)
 
 
 class _Shown:
@@ -54,39 +53,17 @@ class _Shown:
 def _notebook_run(folder: Path, monkeypatch, *, eval_strategy: str, lr: float = 1e-2, steps: int = 40,
                   epochs: int = 4, code: str = "") -> tuple[Path, Path]:
     """Train with NotebookProgressCallback; returns (notebook path, trainer_state.json of the same run)."""
-    import numpy as np
-    import torch
-    from sklearn.metrics import f1_score
-
     shown = _Shown()
     ipython = types.ModuleType("IPython")
     ipython.display = shown.module()
     monkeypatch.setitem(sys.modules, "IPython", ipython)
     monkeypatch.setitem(sys.modules, "IPython.display", ipython.display)
     monkeypatch.delitem(sys.modules, "transformers.utils.notebook", raising=False)
-    from transformers import (BertConfig, BertForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
     from transformers.trainer_callback import ProgressCallback
     from transformers.utils.notebook import NotebookProgressCallback
 
-    torch.set_num_threads(1)
-    tok = _save_tokenizer(folder)
-    l2i = {lab: i for i, lab in enumerate(LABELS)}
-
-    def encode(rows):
-        return [dict(tok(r["text"]), labels=l2i[r["label"]]) for r in rows]
-
-    train, val = encode(make_rows(10, seed=1)), encode(make_rows(5, seed=2))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=len(LABELS))
-    model = BertForSequenceClassification(cfg)
-
-    def metrics(p):
-        pred = np.asarray(p.predictions).argmax(-1)
-        return {"accuracy": float((pred == p.label_ids).mean()),
-                "macro_f1": float(f1_score(p.label_ids, pred, average="macro", zero_division=0))}
-
+    tok, train, val, model, metrics = tiny_trainer_classifier(folder, 10)
     out = folder / "out"
     by_steps = eval_strategy == "steps"
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=8, per_device_eval_batch_size=32,

@@ -12,7 +12,7 @@ from loratune.cli import main
 from loratune.diagnose import diagnose
 from loratune.history_io import load_run
 
-from support import INTENTS, _save_tokenizer, make_rows
+from support import INTENTS, tiny_trainer_classifier
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 LABELS = sorted(INTENTS)
@@ -20,31 +20,9 @@ LABELS = sorted(INTENTS)
 
 def _trainer_run(folder: Path, lr: float, steps: int = 60) -> Path:
     """Train BertForSequenceClassification (hidden 32, 2 layers) with eval sets `val` and `train` every 10 steps."""
-    import numpy as np
-    import torch
-    from sklearn.metrics import f1_score
-    from transformers import (BertConfig, BertForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    torch.set_num_threads(1)  # tiny model: threads only fight over the shared cores
-    tok = _save_tokenizer(folder)
-    l2i = {lab: i for i, lab in enumerate(LABELS)}
-
-    def encode(rows):
-        return [dict(tok(r["text"]), labels=l2i[r["label"]]) for r in rows]
-
-    train, val = encode(make_rows(12, seed=1)), encode(make_rows(5, seed=2))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=len(LABELS),
-                     id2label=dict(enumerate(LABELS)), label2id=l2i)
-    model = BertForSequenceClassification(cfg)
-
-    def metrics(p):
-        pred = np.asarray(p.predictions).argmax(-1)
-        return {"accuracy": float((pred == p.label_ids).mean()),
-                "macro_f1": float(f1_score(p.label_ids, pred, average="macro", zero_division=0))}
-
+    tok, train, val, model, metrics = tiny_trainer_classifier(folder, 12)
     out = folder / "out"
     args = TrainingArguments(output_dir=str(out), max_steps=steps, per_device_train_batch_size=8,
                              per_device_eval_batch_size=32, learning_rate=lr, eval_strategy="steps", eval_steps=10,
