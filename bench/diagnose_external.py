@@ -7,7 +7,7 @@ The corpus (committed fixtures, nothing downloaded):
   would accept, and the numbers behind the label, from an independent review that saw neither loratune's
   rules nor its verdicts (the manifest's automatic labels are not used);
 - tests/fixtures/external/public/: public trainer_state.json files from GitHub, labelled the same way;
-- tests/fixtures/external/public_l/, public_m/: folds L and M, public Trainer runs recorded in Jupyter notebooks (the
+- tests/fixtures/external/public_l/ to public_n/: folds L to N, public Trainer runs recorded in Jupyter notebooks (the
   progress table of a saved output), read with history_io.read_notebook at the manifest's `table_index`;
 - tests/fixtures/external/public_c/ to public_g/: folds C to G, fresh sets of public trainer_state.json files
   from other repositories, each labelled blind from its numbers by a reviewer who saw neither loratune's rules nor
@@ -65,9 +65,10 @@ FRESH = (("C", ROOT / "tests" / "fixtures" / "external" / "public_c", "f70a259")
          ("J", ROOT / "tests" / "fixtures" / "external" / "public_j", "663c4c3"),
          ("K", ROOT / "tests" / "fixtures" / "external" / "public_k", "a2d296f"),
          ("L", ROOT / "tests" / "fixtures" / "external" / "public_l", "b41fbd2"),
-         ("M", ROOT / "tests" / "fixtures" / "external" / "public_m", "c728eba"))
+         ("M", ROOT / "tests" / "fixtures" / "external" / "public_m", "c728eba"),
+         ("N", ROOT / "tests" / "fixtures" / "external" / "public_n", "bca727b"))
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
-UNREAD = ()
+UNREAD = ("N",)
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
 FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fold H; its labels were committed "
                     "(233640c, fdcf1c7) after the rules of ab06826 and before the last five rule commits, and the "
@@ -79,6 +80,8 @@ FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fo
                "M": "rules of c728eba (the fold-L round), the notebook reader of a5ee5e0, held out: 13 of 25 (52%), "
                     "finetune-doctor 19 of 25 (af12714); finetune-doctor reads no notebook and is given the same "
                     "numbers as a trainer_state.json",
+               "N": "rules of bca727b (the fold-M round), the notebook reader of 9fbd1a8; finetune-doctor reads no "
+                    "notebook and is given the same numbers as a trainer_state.json",
                "J": "rules of 663c4c3, frozen before its labels (2ea1a77) were committed in the middle of the fold-I "
                     "round; that round's last two rule commits (95b7441, 4163623) were written by a reviewer who "
                     "never opened fold J (it saw J's folder names only after 4163623)"}
