@@ -383,6 +383,8 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     if is_trl:
         meta["task"] = "causal-lm"
         facts["task"] = Fact("causal-lm", f"TRL keys in the log ({', '.join(k for k in _TRL_KEYS)})")
+    if "n_classes" in facts:  # a count the caller read (a notebook's num_labels)
+        meta["n_classes"] = facts["n_classes"].value
     _model_config_facts(folder, meta, facts, notes)
     _task_from_side_files(folder, meta, facts, adapter)
     no_classes = is_trl or meta.get("task") in NO_CLASS_TASKS
@@ -742,6 +744,8 @@ def _json_num(v: Any) -> Any:
 _NB_PROGRESS = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)[^\]]*?(?:Epoch\s+([\d.]+)\s*/\s*(\d+))?\s*\]")
 # a literal learning_rate in a code cell (`TrainingArguments(learning_rate=2e-5)`, `"learning_rate": 1e-4`)
 _NB_LR = re.compile(r"""["']?\blearning_rate["']?\s*[=:]\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\b""")
+# a literal num_labels (`from_pretrained(name, num_labels=3)`): the classifier head's classes
+_NB_LABELS = re.compile(r"""["']?\bnum_labels["']?\s*[=:]\s*(\d+)\b""")
 _NB_NO_VALUE = ("no log", "", "none", "-")  # "nan" / "inf" are values: a non-finite loss, as trainer_state.json keeps
 NB_EPOCHS_UNKNOWN = 10**9  # a max_steps run over an iterable dataset shows `Epoch 1/9223372036854775807`
 
@@ -884,8 +888,8 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
     that shows a training loss (the last one logged by that evaluation; "No log": none since the previous row) and one
     eval entry per row, `global_step` / `max_steps` / `num_train_epochs` from the progress bar. The last table with an
     evaluated row is read (the notebook's latest training) unless `table` picks one (0-based, among the tables under a
-    progress bar with Training Loss and Step/Epoch columns). A learning rate written as a literal
-    (`learning_rate=2e-5`) in a code cell is a fact when the notebook writes only one."""
+    progress bar with Training Loss and Step/Epoch columns). A learning rate or a class count written as a literal
+    (`learning_rate=2e-5`, `num_labels=3`) in a code cell is a fact when the notebook writes only one of it."""
     p = Path(path)
     try:
         nb = json.loads(p.read_text(encoding="utf-8"))
@@ -926,6 +930,9 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
     elif lrs:
         notes.append(f"the notebook's code writes several learning rates ({', '.join(f'{v:g}' for v in lrs)}): "
                      "none taken")
+    classes = sorted({int(m.group(1)) for text in code for m in _NB_LABELS.finditer(text)})
+    if len(classes) == 1 and CHANCE_CLASSES_RANGE[0] <= classes[0] <= CHANCE_CLASSES_RANGE[1]:
+        facts["n_classes"] = Fact(classes[0], "notebook code: the one literal num_labels")
     return state, facts, notes
 
 

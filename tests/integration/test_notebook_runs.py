@@ -192,3 +192,16 @@ def test_a_nan_in_the_table_is_a_non_finite_loss_not_a_missing_one(tmp_path):
     assert [p["step"] for p in run.points] == [10, 20, 30]
     assert [p["val/loss"] for p in run.points] == [None, None, 0.9]  # the run-record convention: non-finite as null
     assert [p["train/loss"] for p in run.points] == [1.5, 1.2, 1.0]
+
+
+def test_the_class_count_is_read_from_one_literal_num_labels(tmp_path):
+    rows = [["10", "1.30", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"], ["30", "0.70", "0.95", "0.65"]]
+    bar = [("[30/30 00:10, Epoch 3/3]", rows)]
+    one = _table_notebook(tmp_path / "one.ipynb", bar, code="model = AutoModel.from_pretrained(name, num_labels=4)")
+    run = read_notebook(one)
+    assert run.facts["n_classes"].value == 4 and "one literal num_labels" in run.facts["n_classes"].source
+    assert diagnose(one).features["n_classes"] == 4
+    two = _table_notebook(tmp_path / "two.ipynb", bar, code="a = M(num_labels=4)\nb = M(num_labels=2)")
+    assert "one literal" not in read_notebook(two).facts.get("n_classes", types.SimpleNamespace(source="")).source
+    regression = _table_notebook(tmp_path / "reg.ipynb", bar, code="M(num_labels=1)")  # a regression head: no classes
+    assert "one literal" not in read_notebook(regression).facts.get("n_classes", types.SimpleNamespace(source="")).source
