@@ -402,7 +402,9 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
 
 def _side_file(folder: Path, filename: str) -> Path | None:
     """`filename` in folder or, for a checkpoint-* folder, in the run folder above it."""
-    for q in (folder, folder.parent) if folder.name.startswith("checkpoint-") else (folder,):
+    # a checkpoint-* directory also looks in its run folder; a notebook (its path stands in for the folder, so no
+    # side file is ever found) named checkpoint-*.ipynb must not
+    for q in (folder, folder.parent) if folder.name.startswith("checkpoint-") and folder.is_dir() else (folder,):
         if (q / filename).is_file():
             return q / filename
     return None

@@ -205,3 +205,14 @@ def test_the_class_count_is_read_from_one_literal_num_labels(tmp_path):
     assert "one literal" not in read_notebook(two).facts.get("n_classes", types.SimpleNamespace(source="")).source
     regression = _table_notebook(tmp_path / "reg.ipynb", bar, code="M(num_labels=1)")  # a regression head: no classes
     assert "one literal" not in read_notebook(regression).facts.get("n_classes", types.SimpleNamespace(source="")).source
+
+
+def test_a_notebook_reads_no_side_file_even_when_named_like_a_checkpoint(tmp_path):
+    # the folder beside a notebook holds other things: a config.json there is not this run's
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "id2label": {str(i): str(i) for i in
+                                                                                          range(9)}}))
+    rows = [["10", "1.30", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"], ["30", "0.70", "0.95", "0.65"]]
+    for name in ("run.ipynb", "checkpoint-30.ipynb"):
+        run = read_notebook(_table_notebook(tmp_path / name, [("[30/30 00:10, Epoch 3/3]", rows)]))
+        assert not any("id2label" in f.source for f in run.facts.values()), (name, run.facts)
+        assert run.meta.get("n_classes") != 9
