@@ -170,6 +170,9 @@ _CATALOGUE = (
           "min over the points after V's minimum of (v - min) / min, with at least `HELD_POINTS_MIN` such points: a "
           "rise that every later eval repeats is no single noisy point, whatever a short curve's jitter reads (4-5 "
           "evals give 2-3 second differences, and the turn itself inflates them)."),
+    _spec("val loss", "val_loss_rise_steady", "flag", "the val loss rose at every eval after its minimum: {}",
+          "1 when each of the (at least `HELD_POINTS_MIN`) evals after V's minimum is above the one before it: on a "
+          "short curve, a rise that grows at each later eval is a trend, not one noisy point."),
     _spec("val loss", "train_loss_rise_after_val_min", "fraction",
           "from the val loss's minimum on, the train loss climbed back up by {} of its start at worst",
           "Largest rise of T above its running minimum (from the start) at or after the step of the val loss's "
@@ -888,7 +891,7 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     V = _series(pts, "val/loss")
     acc.set("val_loss_logged", 1.0 if any("val/loss" in p for p in pts) else 0.0)
     names = ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise", "val_loss_rise_held",
-             "val_loss_min_fraction", "val_loss_late_drop", "val_loss_late_share", "val_loss_rise_share",
+             "val_loss_rise_steady", "val_loss_min_fraction", "val_loss_late_drop", "val_loss_late_share", "val_loss_rise_share",
              "val_loss_vs_chance", "val_loss_noise", "val_loss_rise_noise", "val_loss_drop_noise")
     if not V:
         broken = any("val/loss" in p for p in pts)  # logged, every value non-finite
@@ -908,6 +911,9 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     later = [v for _, v in V[i_min + 1:]]
     acc.set("val_loss_rise_held", (min(later) - vmin) / vmin if vmin > 0 and len(later) >= HELD_POINTS_MIN else None,
             f"fewer than {HELD_POINTS_MIN} evals after the val loss's minimum (or a minimum of 0)")
+    acc.set("val_loss_rise_steady", (1.0 if all(b > a for a, b in zip([vmin] + later, later)) else 0.0)
+            if len(later) >= HELD_POINTS_MIN else None,
+            f"fewer than {HELD_POINTS_MIN} evals after the val loss's minimum")
     acc.set("val_loss_min_fraction", frac(V[i_min][0]))
     T = _series(pts, "train/loss", min_step=0)
     t_start = acc.values.get("train_loss_start")

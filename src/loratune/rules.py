@@ -426,6 +426,15 @@ _RULES = (
                        # a rise each later eval repeats is not one noisy point
                        all_(c("n_eval_points", "<", "tail_noise_points_min"),
                             c("val_loss_rise_held", ">=", "val_loss_rise_min")),
+                       # ...or whose val loss rose at every eval after its minimum, ending val_loss_rise_small_min
+                       # above it, while the train loss still fell over the second half: a rise that grows at each
+                       # later eval is a trend, not one noisy point, and the widening gap is 5b's overfit (fold L's
+                       # Caarevalor: 1.495 -> 1.501 -> 1.546 -> 1.621 over 5 evals, train -25% over the second half;
+                       # fold M's ed0228: +1.7%, +4.6% over 3)
+                       all_(c("n_eval_points", "<", "tail_noise_points_min"),
+                            c("val_loss_rise_steady", ">=", "flag_on"),
+                            c("val_loss_rise", ">=", "val_loss_rise_small_min"),
+                            c("train_loss_late_drop", ">=", "plateau_late_drop_max")),
                        # a run scored by its losses alone: a smaller rise far beyond the noise while the train loss
                        # still falls over the second half is the gap widening, however small a share of the loss the
                        # rise is (fold L's Dekanenko: +5.5% over six rising evals at 9.7 noise units). Where a val
