@@ -67,6 +67,9 @@ FRESH = (("C", ROOT / "tests" / "fixtures" / "external" / "public_c", "f70a259")
          ("L", ROOT / "tests" / "fixtures" / "external" / "public_l", "b41fbd2"),
          ("M", ROOT / "tests" / "fixtures" / "external" / "public_m", "c728eba"),
          ("N", ROOT / "tests" / "fixtures" / "external" / "public_n", "bca727b"))
+# a second blind review of a fresh fold (same brief, made later, never shown the first): the two reviews' agreement
+# bounds what any reader of the same numbers can score
+REVIEW2 = "review2.json"
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
 UNREAD = ()
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
@@ -131,10 +134,12 @@ def load_corpus() -> list[dict]:
                      else "A" if r["dataset"] in FOLD_A_DATASETS else "B")
     for fold, folder, _ in FRESH:
         if (folder / "manifest.json").is_file():
+            review2 = (json.loads((folder / REVIEW2).read_text())["runs"] if (folder / REVIEW2).is_file() else {})
             for r in json.loads((folder / "manifest.json").read_text())["runs"]:
                 notebook = next((f for f in r.get("files", []) if f.endswith(".ipynb")), None)
                 runs.append({**r, "path": str(folder / r["name"] / notebook if notebook else folder / r["name"]),
-                             "origin": "public", "fold": fold, "dataset": f"public:{r['repo']}"})
+                             "origin": "public", "fold": fold, "dataset": f"public:{r['repo']}",
+                             **({"review2": review2[r["name"]]} if r["name"] in review2 else {})})
     for r in runs:
         r["accept"] = r.get("accept") or [r["label"]]
     return runs
@@ -298,6 +303,10 @@ def main() -> int:
                         "label": r["label"], "accept": r["accept"], "verdict": v, "ok": v in r["accept"],
                         "fd_verdict": f.get("fd_verdict"), "fd_ok": (f.get("fd_verdict") in r["accept"]) if f else None,
                         "diagnose_ms": round(ms, 1), "reason": r.get("reason", "")})
+        if r.get("review2"):
+            a2 = r["review2"].get("accept") or [r["review2"]["label"]]
+            per_run[-1].update({"label2": r["review2"]["label"], "accept2": a2, "ok2": v in a2,
+                                "fd_ok2": (f.get("fd_verdict") in a2) if f else None})
     res["runs"] = per_run
     res["triples"] = triples(fitted_a)
     res["finetune_doctor"] = {"available": bool(fd)}
@@ -318,6 +327,33 @@ def _matrix(conf: dict) -> list[str]:
     lines = ["| label \\ verdict | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for lab in sorted(conf):
         lines.append(f"| {lab} | " + " | ".join(str(conf[lab].get(c, ".")) for c in cols) + " |")
+    return lines
+
+
+def _review2_lines(res: dict) -> list[str]:
+    """Folds reviewed twice: how often the two blind reviews agree, and loratune / finetune-doctor against each."""
+    twice = [p for p in res["runs"] if "label2" in p]
+    if not twice:
+        return []
+    lines = ["", "## Folds reviewed twice, blind: the reviews' agreement and each reader against both", "",
+             f"A second reviewer labelled these folds later from the same brief ({REVIEW2} beside each manifest), "
+             "shown neither the first review nor loratune. 'Accepted by the other': a review's label is in the other "
+             "review's accept list. loratune here is the rules as committed now (review 1's labels of the folds read "
+             "so far were in-sample; review 2's labels were never fitted on).", "",
+             "| fold | runs | same label | each label accepted by the other review | loratune: review 1 / review 2 / "
+             "both | finetune-doctor: review 1 / review 2 / both |", "|---|---|---|---|---|---|"]
+    for k in sorted({p["fold"] for p in twice}) + ["all"]:
+        ps = [p for p in twice if k in ("all", p["fold"])]
+        mutual = sum(p["label2"] in p["accept"] and p["label"] in p["accept2"] for p in ps)
+        lt = (sum(p["ok"] for p in ps), sum(p["ok2"] for p in ps), sum(p["ok"] and p["ok2"] for p in ps))
+        fd = (sum(bool(p["fd_ok"]) for p in ps), sum(bool(p["fd_ok2"]) for p in ps),
+              sum(bool(p["fd_ok"]) and bool(p["fd_ok2"]) for p in ps))
+        lines.append(f"| {k} | {len(ps)} | {sum(p['label'] == p['label2'] for p in ps)} | {mutual} | "
+                     f"{lt[0]} / {lt[1]} / {lt[2]} | {fd[0]} / {fd[1]} / {fd[2]} |")
+    diff = [p for p in twice if p["label"] != p["label2"]]
+    if diff:
+        lines += ["", "Where the two reviews' labels differ: " + "; ".join(
+            f"{p['name']} ({p['label']} / {p['label2']})" for p in diff) + "."]
     return lines
 
 
@@ -393,6 +429,7 @@ def render(res: dict) -> str:
             by.setdefault(p["label"], []).append(p)
         for lab, ps in sorted(by.items()):
             lines.append(f"| {lab} | {len(ps)} | {sum(p['ok'] for p in ps)} | {sum(bool(p['fd_ok']) for p in ps)} |")
+    lines += _review2_lines(res)
     lines += ["", f"Diagnosis time per run (read + features + rules): median {res['diagnose_ms']['median']:.0f} ms, "
               f"max {res['diagnose_ms']['max']:.0f} ms.", ""]
     return "\n".join(lines)
