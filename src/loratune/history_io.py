@@ -862,11 +862,20 @@ def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
     metrics = [(i, "eval_loss" if n == "validation_loss" else f"eval_{n}") for i, n in enumerate(t["norm"])
                if n not in ("step", "epoch", "training_loss")]
     log_history: list[dict] = []
+    last_epoch, repositioned = 0.0, False
     for row in t["rows"]:
         def cell(name: str) -> str:
             return row[col[name]] if name in col and col[name] < len(row) else ""
 
         step, epoch = _nb_float(cell("step")), _nb_float(cell("epoch"))
+        if step is None and epoch is not None and epoch == int(epoch) and epoch <= last_epoch:
+            # the callback writes int(state.epoch): an evaluation at the end of an epoch that the run's steps put at
+            # 2.99 shows 2, so a row at or below the one before it (or at 0: no evaluation runs before the first epoch
+            # ends) is the next epoch's end, not a second evaluation at the same point
+            epoch += 1
+            repositioned = True
+        if epoch is not None:
+            last_epoch = epoch
         if step is None and epoch is not None and per_epoch:
             step = round(epoch * per_epoch)
         if step is None:
@@ -881,6 +890,9 @@ def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
     if "step" not in col:
         notes.append("the table has epochs, not steps: steps are epoch x planned steps / epochs from the progress bar"
                      if per_epoch else "the table has epochs and its progress bar no epoch count: no row is placed")
+    if repositioned:
+        notes.append("the table shows whole epochs (int of the epoch): a row at or below the row before it (or at "
+                     "epoch 0) is read as the end of the next epoch")
     state["log_history"] = log_history
     return state, facts, notes, any(any(key.startswith("eval_") for key in e) for e in log_history)
 

@@ -124,13 +124,14 @@ def test_an_epoch_table_places_rows_by_the_progress_bar(tmp_path, monkeypatch):
                                                                  if "val/loss" in p], abs=5e-7)
 
 
-def _table_notebook(path: Path, bars: list[tuple[str, list[list[str]]]], code: str = "") -> Path:
-    """A notebook with one output per (progress label, rows of Step / Training Loss / Validation Loss / Accuracy)."""
+def _table_notebook(path: Path, bars: list[tuple[str, list[list[str]]]], code: str = "", first: str = "Step") -> Path:
+    """A notebook with one output per (progress label, rows of Step (or `first`) / Training Loss / Validation Loss /
+    Accuracy)."""
     outs = []
     for label, rows in bars:
         body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
         html = (f"<div><progress value='1' max='2'></progress> {label}</div><table border=\"1\" class=\"dataframe\">"
-                f"<thead><tr><th>Step</th><th>Training Loss</th><th>Validation Loss</th><th>Accuracy</th></tr></thead>"
+                f"<thead><tr><th>{first}</th><th>Training Loss</th><th>Validation Loss</th><th>Accuracy</th></tr></thead>"
                 f"<tbody>{body}</tbody></table><p>")
         outs.append({"output_type": "display_data", "metadata": {}, "data": {"text/html": [html]}})
     cells = [{"cell_type": "code", "metadata": {}, "source": [code], "outputs": []},
@@ -183,6 +184,23 @@ def test_a_last_table_stopped_before_its_first_evaluation_is_passed_over(tmp_pat
     assert any("the later table 3 holds no evaluated row" in n for n in run.notes)
     with pytest.raises(Exception, match="has no evaluated row"):
         read_notebook(nb, table=2)  # picked by hand: said, not passed over
+
+
+def test_whole_epochs_shown_truncated_are_placed_at_the_next_epoch_end(tmp_path):
+    # the callback writes int(state.epoch): 4 epoch-end evaluations whose steps put them at 0.99, 2.0, 2.99, 3.99 show
+    # 0, 2, 2, 3 (fold O's Lxt115: the bar ends "Epoch 3/4"); each row is one evaluation, none merged or at step 0
+    rows = [["0", "1.6533", "1.667136", "0.1"], ["2", "1.5216", "1.658416", "0.2"], ["2", "1.7094", "1.656285", "0.3"],
+            ["3", "1.5581", "1.656394", "0.4"]]
+    run = read_notebook(_table_notebook(tmp_path / "trunc.ipynb", [("[248/248 31:46, Epoch 3/4]", rows)],
+                                        first="Epoch"))
+    assert [p["step"] for p in run.points] == [62, 124, 186, 248]
+    assert [p["val/loss"] for p in run.points] == [1.667136, 1.658416, 1.656285, 1.656394]
+    assert any("int of the epoch" in n for n in run.notes)
+    # exact epochs (1, 2, 3) stay where they are, with no note
+    exact = [["1", "1.0", "1.2", "0.5"], ["2", "0.9", "1.0", "0.6"], ["3", "0.7", "0.95", "0.65"]]
+    run = read_notebook(_table_notebook(tmp_path / "exact.ipynb", [("[30/30 00:10, Epoch 3/3]", exact)],
+                                        first="Epoch"))
+    assert [p["step"] for p in run.points] == [10, 20, 30] and not any("int of the epoch" in n for n in run.notes)
 
 
 def test_a_nan_in_the_table_is_a_non_finite_loss_not_a_missing_one(tmp_path):
