@@ -457,3 +457,65 @@ def test_a_loss_study_is_shown_as_losses_with_gains_where_the_loss_fell(tmp_path
     assert "change of val loss (lower is better)" in html
     assert re.search(r'data-key="test"><div class="k">test loss</div><div class="v[^"]*">1.850</div>', html)
     assert re.search(r"<td[^>]*>8</td><td[^>]*>1.800</td>", html)  # best per rank: the lowest loss at r=8
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "external"
+
+
+def test_a_trainer_output_dir_gets_a_report_of_its_curves_diagnosis_and_facts(tmp_path, capsys):
+    import shutil
+
+    from loratune.cli import main
+    from loratune.diagnose import diagnose
+
+    run = tmp_path / "out"
+    shutil.copytree(FIXTURES / "trainer" / "banking77-diverged-a", run)
+    (run / "adapter_config.json").write_text(json.dumps(  # trainer.save_model() writes it beside the state
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["query", "value"],
+         "base_model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2"}))
+    assert main(["report", str(run)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    html = (run / "report.html").read_text()
+    verdict = diagnose(run).verdict
+    report = build_report_of(run)
+    assert report.source == "hf-trainer" and report.diagnosis.verdict == verdict
+    assert report.method == "lora" and report.model_name == "sentence-transformers/all-MiniLM-L6-v2"
+    facts = {p.key: (p.value, p.note) for p in report.params}
+    assert facts["r"] == (8, "adapter_config.json") and facts["lora_scale"][0] == 2.0
+    assert facts["learning_rate"][1].startswith("log_history")
+    assert report.classes.missing and "per-class" in report.classes.missing and report.pairs == ()
+    assert report.curves and report.curves[0].id == "loss"
+    assert verdict in html and ("Read from the run&#x27;s files" in html or "Read from the run's files" in html)
+    assert "LoRA r=8" in html and "not a scored train subsample" in html and "resolved config" not in html
+
+
+def build_report_of(path):
+    from loratune.report import build_report
+
+    return build_report(path, examples=False)
+
+
+def test_a_notebook_report_is_written_beside_it(tmp_path, capsys):
+    import shutil
+
+    from loratune.cli import main
+
+    src = FIXTURES / "public_n" / "49emily__cs229-hateful-memes__bert" / "notebook.ipynb"
+    nb = tmp_path / "run.ipynb"
+    shutil.copy(src, nb)
+    assert main(["report", str(nb)]) == 0
+    out = tmp_path / "run.report.html"
+    assert out.is_file() and str(out) in capsys.readouterr().out
+    report = build_report_of(nb)
+    assert report.source == "notebook" and report.method == "unknown" and report.steps_done == 10630
+    assert report.notes[0].startswith("a notebook run, not made by loratune")
+    assert "method unknown" in out.read_text()
+
+
+def test_a_folder_that_is_no_run_is_a_clear_error(tmp_path, capsys):
+    from loratune.cli import main
+
+    (tmp_path / "notes.md").write_text("nothing")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "trainer_state.json" in err and "Jupyter notebook" in err and "Traceback" not in err

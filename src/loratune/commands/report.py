@@ -6,6 +6,10 @@ per-class recall, the confusion matrix focused on the most confused classes, the
 with example texts, the parameter table. For a study: the decision trail, best-so-far against
 compute, rank against the val metric, the minimal-intervention pairs, LoRA vs full fine-tuning and
 the final recommendation with its YAML config. `loratune show` prints the same essentials.
+
+A run another tool made (a Trainer / TRL output dir, a trainer_state.json, a TensorBoard log, a notebook with the
+Trainer's progress table, a CSV) gets the part of the run report its files allow: the curves, the diagnosis with its
+evidence and what was read from the files, each fact with its source.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("report", help="write a self-contained HTML report of a run or a tuning study",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("path", metavar="RUN|STUDY", help="run directory (loratune train) or study directory (loratune tune)")
-    p.add_argument("-o", "--output", metavar="FILE", help="where to write the HTML (default: RUN/report.html)")
+    p.add_argument("path", metavar="RUN|STUDY", help="run directory (loratune train), study directory (loratune tune), "
+                   "or a run another tool made: a Trainer / TRL output_dir or checkpoint, trainer_state.json, "
+                   "TensorBoard logging_dir, Jupyter notebook (.ipynb) or CSV")
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write the HTML (default: RUN/report.html; "
+                   "beside a file: NAME.report.html)")
     p.add_argument("--no-examples", action="store_true",
                    help="do not load the saved model to find example texts for the confused pairs (faster)")
     p.add_argument("--json", action="store_true", help="print the report's data as JSON instead of writing HTML")
@@ -48,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report.to_dict(), sys.stdout, indent=2, ensure_ascii=False, default=str)
         sys.stdout.write("\n")
         return 0
-    out = Path(args.output) if args.output else Path(args.path) / "report.html"
+    from loratune.report import default_output
+
+    out = Path(args.output) if args.output else default_output(args.path)
     if out.is_dir():
         out = out / "report.html"
     path = write_html(report, out)

@@ -16,7 +16,7 @@ from loratune.errors import UserError
 from loratune.report.model import RunReport, build_run_report, is_run_dir, is_study_dir
 
 __all__ = ["RunReport", "StudyReport", "build_report", "build_run_report", "build_study_report", "run_report",
-           "write_report", "is_run_dir", "is_study_dir"]
+           "write_report", "default_output", "is_run_dir", "is_study_dir"]
 
 
 def __getattr__(name: str):
@@ -44,7 +44,9 @@ def run_report(run_dir: str | Path, *, examples: bool = True, per_pair: int = 3,
 
 
 def build_report(path: str | Path, *, examples: bool = True):
-    """A `StudyReport` for a study directory of `loratune tune`, a `RunReport` for a run directory."""
+    """A `StudyReport` for a study directory of `loratune tune`, a `RunReport` for a run directory, and for a run
+    another tool made (Trainer / TRL dir or checkpoint, trainer_state.json, TensorBoard log, notebook, CSV) a
+    `RunReport` of its curves, diagnosis and facts (`model.build_outside_report`)."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"'{p}' does not exist", "give a run directory (`loratune train`) or a study directory "
@@ -55,9 +57,22 @@ def build_report(path: str | Path, *, examples: bool = True):
         return build_study_report(p)
     if is_run_dir(p):
         return run_report(p, examples=examples)
+    if p.is_file() or _outside_run(p):
+        from loratune.report.model import build_outside_report
+
+        return build_outside_report(p)
     raise UserError(f"'{p}' is neither a run directory (history.jsonl, run.json) nor a study directory "
-                    "(study.db, decisions.jsonl, trials/)",
-                    "give the output_dir of `loratune train` or the study directory of `loratune tune`")
+                    "(study.db, decisions.jsonl, trials/), nor a Trainer / TRL output directory (trainer_state.json) "
+                    "or TensorBoard log",
+                    "give the output_dir of `loratune train`, the study directory of `loratune tune`, or a run "
+                    "another tool made: a Trainer output_dir or checkpoint, a trainer_state.json, a TensorBoard "
+                    "logging_dir, a Jupyter notebook (.ipynb) or a CSV")
+
+
+def _outside_run(p: Path) -> bool:
+    """A directory another tool wrote: a Trainer / TRL output dir or checkpoint, or a TensorBoard log."""
+    return p.is_dir() and (any(p.glob("trainer_state.json")) or any(p.glob("checkpoint-*/trainer_state.json"))
+                           or any(p.rglob("events.out.tfevents.*")))
 
 
 def write_report(path: str | Path, out: str | Path | None = None, *, examples: bool = True) -> Path:
@@ -65,4 +80,10 @@ def write_report(path: str | Path, out: str | Path | None = None, *, examples: b
     from loratune.report.render import write_html
 
     report = build_report(path, examples=examples)
-    return write_html(report, Path(out) if out else Path(path) / "report.html")
+    return write_html(report, Path(out) if out else default_output(path))
+
+
+def default_output(path: str | Path) -> Path:
+    """<dir>/report.html for a directory; beside a file, its name with .report.html (notebook.report.html)."""
+    p = Path(path)
+    return p.with_name(p.stem + ".report.html") if p.is_file() else p / "report.html"

@@ -196,6 +196,7 @@ class RunReport:
     params: tuple[ParamRow, ...]
     config_yaml: str
     notes: tuple[str, ...] = ()
+    source: str = "loratune"  # who made the run: loratune, or the reader's kind (hf-trainer, trl, notebook, ...)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -663,6 +664,58 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         classes=build_classes(points, run, labels, best_step), confusion=confusion, pairs=pairs,
         examples_note=None if examples is not None else examples_note,
         params=build_params(run, config), config_yaml=config_yaml, notes=tuple(notes))
+
+
+OUTSIDE_NO_CLASSES = ("{source} runs log no per-class numbers: per-class recall and the confusion matrix need "
+                      "`loratune train` (it records them at every eval) or a compute_metrics that logs "
+                      "recall/<label> per class")
+
+
+def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | None = None) -> RunReport:
+    """The report of a run loratune did not make: a Trainer / TRL output directory or checkpoint, a
+    trainer_state.json, a TensorBoard log, a Jupyter notebook with the Trainer's progress table, or a CSV. It holds
+    what such a run has: the curves, the diagnosis with its evidence, and what was read from the run's files (each
+    fact with its source); no per-class numbers, confusion or example texts (the run logged none)."""
+    from loratune.history_io import load_run
+
+    p = Path(path)
+    h = load_run(p)  # UserError (exit 2) names what it expected
+    points = sorted((dict(x) for x in h.points if as_float(x.get("step")) is not None), key=lambda x: x["step"])
+    notes = list(h.notes)
+    if not points:
+        notes.append("the run has no eval points: no curves")
+    metric = _metric_of(points)
+    best_step = _best_step(points, metric)
+    facts = h.facts
+    fact = (lambda k: facts[k].value if k in facts else None)  # noqa: E731
+    adapter = h.config.get("adapter") or {}
+    status = "partial" if h.meta.get("partial") else "finished"
+    no_classes = OUTSIDE_NO_CLASSES.format(source=h.source)
+    empty_classes = ClassTable(None, (), False, None, None, None, None, None, missing=no_classes)
+    empty_conf = dict(step=None, n_classes=0, total=0, errors=0, focus=(), focus_matrix=(), focus_support=(),
+                      focus_errors=0, labels=(), cells=())
+    params = [ParamRow("Read from the run's files", k, f.value, f.source) for k, f in facts.items()
+              if k != "task" and f.value is not None]
+    import yaml
+
+    return RunReport(
+        name=h.name or p.name, path=str(p), status=status, reason=None,
+        task=str(h.meta.get("task") or fact("task") or "single_label"),
+        method="lora" if adapter else "unknown",
+        model_name=str(fact("base_model_name_or_path") or fact("model_type") or "?"), dataset="?",
+        n_classes=_int(h.meta.get("n_classes")), n_val=_int(points[-1].get("val/n")) if points else None,
+        metric=metric, best=_summary_point(_point_at(points, best_step), metric) if points else {},
+        final=_summary_point(points[-1], metric) if points else {},
+        start_metric=as_float(points[0].get(metric)) if points else None,
+        steps_done=_int(h.meta.get("steps_done")), steps_planned=_int(h.meta.get("steps_planned")),
+        examples_seen=None, wall_s=None, params_share=None,
+        curves=build_curves(points, metric),
+        diagnosis=build_diagnosis(p, thresholds) if points else DiagnosisView(
+            "inconclusive", "", (), (), (), (), (), error="no eval points to diagnose"),
+        classes=empty_classes, confusion=ConfusionView(**empty_conf, missing=no_classes), pairs=(),
+        examples_note=f"{h.source} runs keep no predictions to draw example texts from",
+        params=tuple(params), config_yaml=yaml.safe_dump(dict(h.config), sort_keys=False) if h.config else "",
+        notes=(f"a {h.source} run, not made by loratune: read from {p}",) + tuple(notes), source=h.source)
 
 
 def with_examples(report: RunReport, examples: Mapping[tuple[str, str], Sequence[str]] | None,

@@ -279,7 +279,9 @@ def params_section(r: RunReport) -> str:
         body = "".join(f"<tr><td>{esc(p.key)}</td><td class=\"mono\">{esc(value_text(p.value))}</td>"
                        f"<td class=\"muted small\">{esc(p.note)}</td></tr>" for p in rows)
         blocks.append(f'<div><h3>{esc(g)}</h3><table class="params"><tbody>{body}</tbody></table></div>')
-    cfg = (f"<details><summary>The resolved config (config.yaml)</summary>{copy_block('run-config', r.config_yaml)}"
+    what = ("The resolved config (config.yaml)" if r.source == "loratune" else
+            "What the run's files say, as a loratune config")
+    cfg = (f"<details><summary>{what}</summary>{copy_block('run-config', r.config_yaml)}"
            f"</details>" if r.config_yaml else "")
     return section("params", "Parameters", "Parameter counts, the adapter and training hyperparameters, and what "
                    "the run cost.", f'<div class="grid2">{"".join(blocks)}</div>{cfg}')
@@ -332,7 +334,7 @@ def run_summary(r: RunReport) -> str:
 
 
 def render_run(r: RunReport) -> str:
-    method = "full fine-tuning" if r.method == "full" else "LoRA" + next(
+    method = "full fine-tuning" if r.method == "full" else "method unknown" if r.method == "unknown" else "LoRA" + next(
         (f" r={p.value}" for p in r.params if p.key == "r"), "")
     meta = [r.model_name, method, r.dataset, f"{r.n_classes} classes" if r.n_classes else "",
             f"{r.n_val:,} val rows" if r.n_val else "", r.task.replace("_", "-")]
@@ -349,7 +351,9 @@ def render_run(r: RunReport) -> str:
         lr_html = (f"<details><summary>Learning-rate schedule</summary>{curve_figure(lr, height=200)}</details>"
                    if lr else "")
         curves = section("curves", "Curves", "Every marker is an eval point. Train (eval subsample) is scored "
-                         "exactly like validation, so the gap between the two is the generalisation gap.",
+                         "exactly like validation, so the gap between the two is the generalisation gap."
+                         if r.source == "loratune" else "Every marker is an eval point; the train loss is the "
+                         "logged training loss (a mean over the logging window), not a scored train subsample.",
                          f'<div class="grid2">{"".join(figs)}</div>{lr_html}')
     else:
         curves = section("curves", "Curves", "", missing("no eval points yet"))
