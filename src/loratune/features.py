@@ -807,7 +807,13 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     acc.set("train_loss_final", final)
     acc.set("train_loss_vs_chance", final / chance if chance else None, why_chance)
     acc.set("train_loss_peak_vs_chance", max(v for _, v in T) / chance if chance else None, why_chance)
-    if start <= 0:
+    if len(T) < 2 and start == final:
+        # one logged value (a Trainer whose logging_steps outlast the run logs its mean once): no fall to read, and
+        # a fall of 0 is not the same as no fall measured
+        acc.miss(("train_loss_drop", "train_loss_final_over_start", "train_loss_plateau_fraction",
+                  "train_loss_max_rise"), "one train loss logged (no trend): log more often (logging_steps about a "
+                 "tenth of an epoch)")
+    elif start <= 0:
         acc.miss(("train_loss_drop", "train_loss_final_over_start", "train_loss_late_slope",
                   "train_loss_plateau_fraction", "train_loss_max_rise"), "the start train loss is 0")
     else:

@@ -385,6 +385,8 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
         facts["task"] = Fact("causal-lm", f"TRL keys in the log ({', '.join(k for k in _TRL_KEYS)})")
     if "n_classes" in facts:  # a count the caller read (a notebook's num_labels)
         meta["n_classes"] = facts["n_classes"].value
+    if "task" in facts and not meta.get("task"):  # a task the caller read (a notebook's model class)
+        meta["task"] = facts["task"].value
     _model_config_facts(folder, meta, facts, notes)
     _task_from_side_files(folder, meta, facts, adapter)
     no_classes = is_trl or meta.get("task") in NO_CLASS_TASKS
@@ -748,6 +750,8 @@ _NB_PROGRESS = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)[^\]]*?(?:Epoch\s+([\d.]+)\s*/
 _NB_LR = re.compile(r"""["']?\blearning_rate["']?\s*[=:]\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\b""")
 # a literal num_labels (`from_pretrained(name, num_labels=3)`): the classifier head's classes
 _NB_LABELS = re.compile(r"""["']?\bnum_labels["']?\s*[=:]\s*(\d+)\b""")
+# a transformers model class in a code cell (`AutoModelForCausalLM`, `GPT2LMHeadModel`, `BartForConditionalGeneration`)
+_NB_MODEL_CLASS = re.compile(r"\b[A-Z][A-Za-z0-9]*(?:" + "|".join(suffix for suffix, _ in ARCH_TASKS) + r")\b")
 _NB_NO_VALUE = ("no log", "", "none", "-")  # "nan" / "inf" are values: a non-finite loss, as trainer_state.json keeps
 NB_EPOCHS_UNKNOWN = 10**9  # a max_steps run over an iterable dataset shows `Epoch 1/9223372036854775807`
 
@@ -947,6 +951,20 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
     classes = sorted({int(m.group(1)) for text in code for m in _NB_LABELS.finditer(text)})
     if len(classes) == 1 and CHANCE_CLASSES_RANGE[0] <= classes[0] <= CHANCE_CLASSES_RANGE[1]:
         facts["n_classes"] = Fact(classes[0], "notebook code: the one literal num_labels")
+    # the model class the code names gives the head, as config.json's architecture does (ARCH_TASKS): taken when
+    # every class named maps to one task (a notebook importing a classifier and a generator says neither)
+    named = sorted({m.group(0) for text in code for m in _NB_MODEL_CLASS.finditer(text)})
+    tasks = {task for n in named for suffix, task in ARCH_TASKS if n.endswith(suffix)}
+    if len(tasks) == 1:
+        task = tasks.pop()
+        multi = task == "single_label" and any("multi_label_classification" in text for text in code)
+        task = "multi_label" if multi else task  # problem_type, as config.json's stands over its architecture
+        facts["task"] = Fact(task, f"notebook code: the model class {', '.join(named)}"
+                             + (" with problem_type multi_label_classification" if multi else ""))
+        if task in NO_CLASS_TASKS:
+            facts.pop("n_classes", None)
+    elif tasks:
+        notes.append(f"the notebook's code names model classes of several kinds ({', '.join(named)}): no task taken")
     return state, facts, notes
 
 

@@ -367,9 +367,17 @@ _RULES = (
                  c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
                  c("train_loss_final_over_start", ">=", "pinned_loss_ratio_min"),
                  c("peak_lr", ">=", "usual_lr_min")),
+            # the train loss climbed back up while the val metric swung beyond its noise; unless the train loss went on
+            # to memorise the training set (a tenth of its start or below: it descended, its bumps the noise of single
+            # logged windows) while the val loss rose beyond its noise: that is the overfit of protocol 3, as the
+            # climb-back route below reads it (fold O's stanleyKS: 1.10 -> 0.0008 over 100 epochs, a bump in epoch
+            # 15, the val loss +231% at 8 noise units; fold J's jerichomcleod, memorised too, swings with its val
+            # loss inside its noise: lr)
             all_(c("train_loss_max_rise", ">=", "osc_loss_rise"),
                  c("val_metric_max_drop", ">=", "osc_metric_drop"),
-                 c("val_metric_max_drop_se", ">=", "osc_metric_drop_se")),
+                 c("val_metric_max_drop_se", ">=", "osc_metric_drop_se"),
+                 any_(c("train_loss_final_over_start", ">", "fit_loss_vs_chance_max"),
+                      c("val_loss_rise_noise", "<", "rise_noise_min"))),
             # the train loss climbed back up while the val loss rose or swung, and stayed up (its low before the
             # last tenth) or climbed while the val loss rose (after its minimum): a bump before the val loss turned,
             # then a fall to the train loss's low at the end while the val loss rises, is the overfit of protocol 3
@@ -539,10 +547,15 @@ _RULES = (
                             # the fall is still going: its extrapolated remaining fall beyond the noise band (on a
                             # curve long enough to read one); a fall that has run out inside its noise has converged,
                             # and slow is a fall still going at the end (protocol 4-5; 5b: noise first): ALLITi (F,
-                            # 0.5 noise units left of a -3.7% fall over 36 evals), hitsdiff (H), nesrinebentmessek (D)
+                            # 0.5 noise units left of a -3.7% fall over 36 evals), hitsdiff (H), nesrinebentmessek (D).
+                            # A curve too short for a tail band (under tail_noise_points_min evals) must still have
+                            # remaining_gain_min of its loss left to lose at its recent pace: a fall that has run out is
+                            # converged, not slow (fold O's Areeb196: GPT-2 on recipes, -0.079 then -0.026 as the lr
+                            # decays, 0.7% left; fold N's DarkFighterLuke, 0.4% left)
                             all_(c("train_loss_drop", "<", "healthy_loss_drop_min"),
                                  c("val_loss_drop", "<", "healthy_val_loss_drop_min"),
-                                 any_(c("n_eval_points", "<", "tail_noise_points_min"),
+                                 any_(all_(c("n_eval_points", "<", "tail_noise_points_min"),
+                                           c("val_loss_remaining_gain", ">=", "remaining_gain_min")),
                                       c("val_loss_remaining_noise", ">=", "remaining_noise_min")))),
                        c("val_loss_late_share", ">=", "steady_late_share_min"),
                        c("val_loss_rise_share", "<=", "steady_rise_share_max"),

@@ -203,6 +203,24 @@ def test_whole_epochs_shown_truncated_are_placed_at_the_next_epoch_end(tmp_path)
     assert [p["step"] for p in run.points] == [10, 20, 30] and not any("int of the epoch" in n for n in run.notes)
 
 
+def test_the_task_is_read_from_the_model_class_the_code_names(tmp_path):
+    rows = [["10", "2.30", "2.20", "0.50"], ["20", "2.10", "2.05", "0.60"], ["30", "2.00", "1.98", "0.65"]]
+    bar = [("[30/30 00:10, Epoch 3/3]", rows)]
+    lm = read_notebook(_table_notebook(tmp_path / "lm.ipynb", bar, code="from transformers import AutoModelForCausalLM\n"
+                                       "model = AutoModelForCausalLM.from_pretrained('gpt2', num_labels=2)"))
+    assert lm.facts["task"].value == "causal-lm" and lm.meta["task"] == "causal-lm"
+    assert "AutoModelForCausalLM" in lm.facts["task"].source and "n_classes" not in lm.facts  # an LM has no classes
+    s2s = read_notebook(_table_notebook(tmp_path / "s2s.ipynb", bar, code="BartForConditionalGeneration.from_pretrained(m)"))
+    assert s2s.facts["task"].value == "seq2seq"
+    multi = read_notebook(_table_notebook(tmp_path / "multi.ipynb", bar, code=(
+        "AutoModelForSequenceClassification.from_pretrained(m, problem_type='multi_label_classification')")))
+    assert multi.facts["task"].value == "multi_label"
+    # a classifier and a generator named in one notebook: neither is taken, and the notes say why
+    both = read_notebook(_table_notebook(tmp_path / "both.ipynb", bar, code=(
+        "from transformers import AutoModelForSequenceClassification, AutoModelForCausalLM")))
+    assert "task" not in both.facts and any("several kinds" in n for n in both.notes)
+
+
 def test_a_nan_in_the_table_is_a_non_finite_loss_not_a_missing_one(tmp_path):
     # "nan" is what the table shows for a non-finite eval loss; a trainer_state.json keeps it (as NaN), and so does this
     rows = [["10", "1.50", "nan", "0.1"], ["20", "1.20", "nan", "0.1"], ["30", "1.00", "0.90", "0.4"]]
