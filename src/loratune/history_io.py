@@ -866,34 +866,45 @@ def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
     metrics = [(i, "eval_loss" if n == "validation_loss" else f"eval_{n}") for i, n in enumerate(t["norm"])
                if n not in ("step", "epoch", "training_loss")]
     log_history: list[dict] = []
+
+    def cell(row: list[str], name: str) -> str:
+        return row[col[name]] if name in col and col[name] < len(row) else ""
+
+    # the callback writes int(state.epoch): an evaluation at the end of an epoch that the run's steps put at 2.99
+    # shows 2, so a row at or below the one before it (or at 0: no evaluation runs before the first epoch ends) is
+    # the next epoch's end, not a second evaluation at the same point
+    row_epochs: list[float | None] = []
     last_epoch, repositioned = 0.0, False
     for row in t["rows"]:
-        def cell(name: str) -> str:
-            return row[col[name]] if name in col and col[name] < len(row) else ""
-
-        step, epoch = _nb_float(cell("step")), _nb_float(cell("epoch"))
-        if step is None and epoch is not None and epoch == int(epoch) and epoch <= last_epoch:
-            # the callback writes int(state.epoch): an evaluation at the end of an epoch that the run's steps put at
-            # 2.99 shows 2, so a row at or below the one before it (or at 0: no evaluation runs before the first epoch
-            # ends) is the next epoch's end, not a second evaluation at the same point
-            epoch += 1
-            repositioned = True
+        epoch = _nb_float(cell(row, "epoch"))
+        if "step" not in col and epoch is not None and epoch == int(epoch) and epoch <= last_epoch:
+            epoch, repositioned = epoch + 1, True
         if epoch is not None:
             last_epoch = epoch
+        row_epochs.append(epoch)
+    if "step" not in col and per_epoch is None and last_epoch > 0 and value:
+        # no epoch count on the bar (a max_steps run over a streamed dataset: `Epoch 2/9223372036854775807`): the
+        # rows are placed in proportion to their epoch, the last at the bar's step
+        per_epoch = value / last_epoch
+        notes.append("the progress bar gives no epoch count: the rows are placed in proportion to their epoch, the "
+                     "last at the bar's step")
+    for row, epoch in zip(t["rows"], row_epochs):
+        step = _nb_float(cell(row, "step"))
         if step is None and epoch is not None and per_epoch:
             step = round(epoch * per_epoch)
         if step is None:
             continue
         where = {"step": int(step), **({"epoch": epoch} if epoch is not None else {})}
-        loss = _nb_float(cell("training_loss"))
+        loss = _nb_float(cell(row, "training_loss"))
         if loss is not None:
             log_history.append({"loss": loss, **where})
         ev = {key: v for i, key in metrics if i < len(row) and (v := _nb_float(row[i])) is not None}
         if ev:
             log_history.append({**ev, **where})
-    if "step" not in col:
-        notes.append("the table has epochs, not steps: steps are epoch x planned steps / epochs from the progress bar"
-                     if per_epoch else "the table has epochs and its progress bar no epoch count: no row is placed")
+    if "step" not in col and epochs:
+        notes.append("the table has epochs, not steps: steps are epoch x planned steps / epochs from the progress bar")
+    elif "step" not in col and not per_epoch:
+        notes.append("the table has epochs and its progress bar no epoch count: no row is placed")
     if repositioned:
         notes.append("the table shows whole epochs (int of the epoch): a row at or below the row before it (or at "
                      "epoch 0) is read as the end of the next epoch")
@@ -953,7 +964,8 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
         facts["n_classes"] = Fact(classes[0], "notebook code: the one literal num_labels")
     # the model class the code names gives the head, as config.json's architecture does (ARCH_TASKS): taken when
     # every class named maps to one task (a notebook importing a classifier and a generator says neither)
-    named = sorted({m.group(0) for text in code for m in _NB_MODEL_CLASS.finditer(text)})
+    named = sorted({m.group(0) for text in code for m in _NB_MODEL_CLASS.finditer(text)
+                    if "Collator" not in m.group(0)})  # DataCollatorForTokenClassification is no model
     tasks = {task for n in named for suffix, task in ARCH_TASKS if n.endswith(suffix)}
     if len(tasks) == 1:
         task = tasks.pop()

@@ -203,6 +203,17 @@ def test_whole_epochs_shown_truncated_are_placed_at_the_next_epoch_end(tmp_path)
     assert [p["step"] for p in run.points] == [10, 20, 30] and not any("int of the epoch" in n for n in run.notes)
 
 
+def test_an_epoch_table_without_an_epoch_count_is_placed_by_the_bar(tmp_path):
+    # max_steps over a streamed dataset: the bar reads `Epoch 2/9223372036854775807` (fold P's Suryansh-23)
+    rows = [["0", "No log", "0.551265", "0.878719"], ["1", "0.404100", "0.517935", "0.879746"],
+            ["2", "0.396800", "0.534966", "0.896676"]]
+    run = read_notebook(_table_notebook(tmp_path / "stream.ipynb", [("[1000/1000 23:07, Epoch 2/9223372036854775807]",
+                                                                      rows)], first="Epoch"))
+    assert [p["step"] for p in run.points] == [333, 667, 1000]
+    assert [p["val/loss"] for p in run.points] == [0.551265, 0.517935, 0.534966]
+    assert any("no epoch count" in n for n in run.notes) and "num_train_epochs" not in run.facts
+
+
 def test_the_task_is_read_from_the_model_class_the_code_names(tmp_path):
     rows = [["10", "2.30", "2.20", "0.50"], ["20", "2.10", "2.05", "0.60"], ["30", "2.00", "1.98", "0.65"]]
     bar = [("[30/30 00:10, Epoch 3/3]", rows)]
@@ -219,6 +230,10 @@ def test_the_task_is_read_from_the_model_class_the_code_names(tmp_path):
     both = read_notebook(_table_notebook(tmp_path / "both.ipynb", bar, code=(
         "from transformers import AutoModelForSequenceClassification, AutoModelForCausalLM")))
     assert "task" not in both.facts and any("several kinds" in n for n in both.notes)
+    # a data collator is no model class
+    tok = read_notebook(_table_notebook(tmp_path / "tok.ipynb", bar, code=(
+        "AutoModelForSequenceClassification.from_pretrained(m)\nDataCollatorForTokenClassification(tokenizer)")))
+    assert tok.facts["task"].value == "single_label"
 
 
 def test_a_nan_in_the_table_is_a_non_finite_loss_not_a_missing_one(tmp_path):
