@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tuning import STUDIES, write_subset  # noqa: E402  (bench/tuning.py: the studies and their subsets)
+from tuning import BASE_OVERRIDES, EXPLICIT_KEYS, STUDIES, write_subset  # noqa: E402  (bench/tuning.py)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LR_FACTORS = (1.0, 0.5)
@@ -37,8 +37,7 @@ def trial_overrides(point: dict) -> list[str]:
     explicitly: those win) and the trial's point."""
     from loratune.search.tune import TRIAL_DEFAULTS
 
-    explicit = ("train.train_eval_size", "train.evals_per_run")
-    trial = {k: v for k, v in TRIAL_DEFAULTS.items() if k not in explicit}
+    trial = {k: v for k, v in TRIAL_DEFAULTS.items() if k not in EXPLICIT_KEYS}
     return [f"{k}={json.dumps(v)}" for k, v in {**trial, **point}.items()]
 
 
@@ -60,8 +59,7 @@ def one(ds: str, seed: int, work: Path, num_threads: int) -> dict | None:
     extra = int(left / per_step)
     data = write_subset(ds, work)
     # the study's base config (bench/tuning.py) and phase 0's batch (its trials' examples per step)
-    base_args = [f"dataset_name={data}", f"num_threads={num_threads}", "train_eval_size=128",
-                 "per_device_eval_batch_size=128", "evals_per_run=5", "max_length=32",
+    base_args = [f"dataset_name={data}", f"num_threads={num_threads}", *BASE_OVERRIDES,
                  f"per_device_train_batch_size={2 ** math.ceil(math.log2(per_step))}"]  # partial batches: < 16/step
     out = {"dataset": ds, "seed": seed, "pick": pick["name"], "pick_test": study["pick"]["test"],
            "left_examples": left, "steps": steps0, "extra_steps": extra, "runs": {}}

@@ -299,8 +299,9 @@ def main() -> int:
     for r in runs:
         th = {"A": fitted_b, "B": fitted_a}.get(r["fold"], defaults)
         v = verdict_of(r, th)
-        t0 = time.perf_counter()
-        diagnose(r["path"], thresholds=th)
+        t0 = time.perf_counter()  # read + features + rules, of the table the manifest names
+        diagnose(read_notebook(r["path"], table=r["table_index"]) if r.get("table_index") is not None else r["path"],
+                 thresholds=th)
         ms = (time.perf_counter() - t0) * 1000
         f = fd.get(str(Path(r["path"]).resolve()), {})
         per_run.append({"name": r["name"], "origin": r["origin"], "dataset": r["dataset"], "fold": r["fold"],

@@ -46,6 +46,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path("/work/shared/data") if Path("/work/shared/data").exists() else (ROOT / ".." / "shared" / "data")
 RESULTS = ROOT / "bench" / "results"
+# every study's base config beside its dataset and thread count, and the keys it sets that `tune` must not override
+# with its trial defaults (bench/continuation.py rebuilds trials from the same two)
+BASE_OVERRIDES = ("train_eval_size=128", "per_device_eval_batch_size=128", "evals_per_run=5", "max_length=32")
+EXPLICIT_KEYS = ("train.num_threads", "train.train_eval_size", "train.seed", "train.per_device_eval_batch_size",
+                 "train.evals_per_run", "model.max_length")
 STUDIES = RESULTS / "tuning"
 # 3: lr probe + target sweep; 4: a seed-unstable lr move must match the seed mean; 5: probe centre safely
 # below, no 2x after a collapsed 1x, target sweep over {1, 0.5}x lr; 6: budget left trains a still-improving
@@ -173,8 +178,7 @@ def run(args) -> None:
         if not todo:
             continue
         data = write_subset(ds, work)
-        base = load_config(None, [f"dataset_name={data}", f"num_threads={args.num_threads}", "train_eval_size=128",
-                                  "per_device_eval_batch_size=128", "evals_per_run=5", "max_length=32"])
+        base = load_config(None, [f"dataset_name={data}", f"num_threads={args.num_threads}", *BASE_OVERRIDES])
         dataset = load_dataset(base.data, seed=42)  # the same splits for every replicate
         assess_path = phase0(base, dataset, work, ds)
         for strategy, seed in todo:
@@ -188,9 +192,7 @@ def run(args) -> None:
             shutil.copy(assess_path, study / "assess.json")  # the same phase 0 for everyone
             opts = TuneOptions(budget=settings["budget"], strategy=strategy, study_dir=str(study), seed=seed,
                                trial_steps=settings["trial_steps"],
-                               explicit_keys=("train.num_threads", "train.train_eval_size", "train.seed",
-                                              "train.per_device_eval_batch_size", "train.evals_per_run",
-                                              "model.max_length"),
+                               explicit_keys=EXPLICIT_KEYS,
                                settings=ProtocolSettings())
             print(f"[{time.strftime('%H:%M:%S')}] {key} ...", flush=True)
             t0 = time.perf_counter()
