@@ -67,12 +67,13 @@ FRESH = (("C", ROOT / "tests" / "fixtures" / "external" / "public_c", "f70a259")
          ("L", ROOT / "tests" / "fixtures" / "external" / "public_l", "b41fbd2"),
          ("M", ROOT / "tests" / "fixtures" / "external" / "public_m", "c728eba"),
          ("N", ROOT / "tests" / "fixtures" / "external" / "public_n", "bca727b"),
-         ("O", ROOT / "tests" / "fixtures" / "external" / "public_o", "42b43e1"))
+         ("O", ROOT / "tests" / "fixtures" / "external" / "public_o", "42b43e1"),
+         ("P", ROOT / "tests" / "fixtures" / "external" / "public_p", "3bf380d"))
 # a second blind review of a fresh fold (same brief, made later, never shown the first): the two reviews' agreement
 # bounds what any reader of the same numbers can score
 REVIEW2 = "review2.json"
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
-UNREAD = ()
+UNREAD = ("P",)
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
 FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fold H; its labels were committed "
                     "(233640c, fdcf1c7) after the rules of ab06826 and before the last five rule commits, and the "
@@ -89,6 +90,9 @@ FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fo
                "O": "rules of 42b43e1 (the fold-N round), the notebook reader of f6fd140 (its epoch fix checked on "
                     "fold O's parse only: point counts); finetune-doctor reads no notebook and is given the same "
                     "numbers as a trainer_state.json",
+               "P": "rules of 3bf380d (the fold-O round), the notebook reader of 949440b (its fixes checked on fold "
+                    "P's parse only: point counts and the task read); finetune-doctor reads no notebook and is given "
+                    "the same numbers as a trainer_state.json",
                "J": "rules of 663c4c3, frozen before its labels (2ea1a77) were committed in the middle of the fold-I "
                     "round; that round's last two rule commits (95b7441, 4163623) were written by a reviewer who "
                     "never opened fold J (it saw J's folder names only after 4163623)"}
