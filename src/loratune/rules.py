@@ -676,6 +676,20 @@ _RULES = (
                        # metric; a metric that rose while the train loss stayed pinned is no fit, protocol 3)
                        all_(c("val_metric_gain_se", ">=", "healthy_gain_se_min"),
                             c("val_metric_final_drop_se", "<", "drop_se_min"),
+                            # (a run that logged no val loss: the metric's best late in the run instead, the hold
+                            # read on the metric alone; fold M's JachinLin2022: first-token accuracy +5.3 points at
+                            # 10.5 SE, best at 77%; fold D's 29aitch, best at 33% beside a memorised train loss, not)
+                            any_(c("val_loss_rise_noise", "<", "rise_noise_min"),
+                                 all_(c("val_loss_logged", "<", "flag_on"),
+                                      c("best_step_fraction", ">=", "late_best_fraction_min"))),
+                            c("train_loss_drop", ">=", "healthy_loss_drop_min")),
+                       # ...or, its gain not measured (a Trainer run's first eval comes an epoch in, after most of
+                       # the learning; 3 evals give no noise band to measure one against): the metric at a level that
+                       # is no underfit's, ended within val_metric_drop_min of its best, the val loss inside its band
+                       # of its minimum, the train loss down a healthy run's share: nothing to fix (protocol 3's
+                       # "capacity adequate"; fold P's saulleyva: token F1 0.927 -> 0.946 over 3 epochs, train -81%)
+                       all_(c("val_metric_best", ">=", "underfit_metric_max"),
+                            c("val_metric_final_drop", "<", "val_metric_drop_min"),
                             c("val_loss_rise_noise", "<", "rise_noise_min"),
                             c("train_loss_drop", ">=", "healthy_loss_drop_min"))),
                   any_(c("val_loss_rise", "<", "val_loss_rise_min"),

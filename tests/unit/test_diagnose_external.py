@@ -1418,3 +1418,40 @@ def test_a_short_curve_whose_fall_ran_out_is_not_lr_too_small(tmp_path):
     # near miss: falls that do not shrink (-0.05, -0.05) leave more than 2% to lose: still slow
     d = diagnose(trainer_state(tmp_path / "steady", val=_per_eval([1.9135, 1.8635, 1.8135]), **kw))
     assert d.features["val_loss_remaining_gain"] >= 0.02 and d.verdict == "lr-too-small"
+
+
+@pytest.mark.parametrize("acc, train_end, healthy", [
+    ([0.927, 0.940, 0.946], 0.19, True),  # fold P's saulleyva: token F1 at its best at the end, the train loss -81%
+    ([0.527, 0.540, 0.546], 0.19, False),  # near miss: a metric at an underfit's level (< underfit_metric_max)
+    ([0.927, 0.976, 0.946], 0.19, False),  # near miss: ended 3 points below its best
+    ([0.927, 0.940, 0.946], 0.80, False),  # near miss: the train loss down 20%, under healthy_loss_drop_min
+])
+def test_a_short_run_whose_gain_came_before_its_first_eval_is_healthy_when_nothing_is_wrong(tmp_path, acc, train_end,
+                                                                                          healthy):
+    # 3 evals, one per epoch, no eval size: the metric's gain after the first eval is not measured against noise, and
+    # most of the learning came before it; the val loss flat inside its band (+1.8%)
+    kw = dict(classes=None, n_val=None, evals=3, steps=120, log_every=40)
+    d = diagnose(trainer_state(tmp_path, train=_per_eval([1.0, 0.5, train_end]), val=_per_eval([0.145, 0.146, 0.1476]),
+                               metric=_per_eval(acc), **kw))
+    assert d.features["val_loss_rise_noise"] < 2
+    assert (d.verdict == "healthy") == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+@pytest.mark.parametrize("best_at, healthy", [(0.8, True), (0.33, False)])
+def test_a_metric_only_run_that_gained_and_held_is_healthy_when_its_best_came_late(tmp_path, best_at, healthy):
+    # no eval loss logged (fold M's JachinLin2022: first-token accuracy on 815 rows, 75 evals): the metric's gain beyond
+    # its noise and its hold, with its best late in the run, read on the metric alone; near miss: its best a third in
+    n, log = 20, []
+    for i in range(1, n + 1):
+        f = i / n
+        acc = 0.79 + 0.05 * min(f, best_at) / best_at - (0.008 * (f - best_at) / (1 - best_at) if f > best_at else 0)
+        log.append({"step": 10 * i, "epoch": f, "loss": 1.0 * (1 - 0.85 * f), "learning_rate": 3e-4 * (1 - f)})
+        log.append({"step": 10 * i, "epoch": f, "eval_accuracy": acc, "eval_runtime": 8.15,
+                    "eval_samples_per_second": 100.0})
+    log.append({"step": 10 * n, "epoch": 1.0, "train_runtime": 100.0, "train_loss": 0.5})
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 10 * n, "max_steps": 10 * n,
+                                                             "log_history": log}))
+    d = diagnose(tmp_path)
+    assert "val_loss_rise_noise" in d.features.missing and d.features["val_metric_gain_se"] >= 2
+    assert d.features["val_metric_final_drop_se"] < 2
+    assert (d.verdict == "healthy") == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]

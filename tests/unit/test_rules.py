@@ -61,7 +61,7 @@ FIRING = {
                     val_loss_rise_noise=0.0, val_metric_final_drop=0.0, val_metric_final_drop_se=0.0,
                     val_loss_min_fraction=1.0, val_metric_logged=1, gap_f1=0.05, generative=0,
                     val_loss_drop_noise=10.0, val_loss_rise_share=0.0, train_loss_late_drop=0.2,
-                    val_metric_gain_se=5.0),
+                    val_metric_gain_se=5.0, val_loss_logged=1, best_step_fraction=1.0, val_metric_best=0.9),
     "confusable-classes-unresolved": dict(confused_top_count=6, confused_top_rate=0.5,
                                           confused_pairs_persist_share=1.0),
     "long-tail-collapse": dict(tail_head_count_ratio=10.0, tail_head_recall_gap=0.6, tail_recall=0.1),
