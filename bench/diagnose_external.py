@@ -68,12 +68,13 @@ FRESH = (("C", ROOT / "tests" / "fixtures" / "external" / "public_c", "f70a259")
          ("M", ROOT / "tests" / "fixtures" / "external" / "public_m", "c728eba"),
          ("N", ROOT / "tests" / "fixtures" / "external" / "public_n", "bca727b"),
          ("O", ROOT / "tests" / "fixtures" / "external" / "public_o", "42b43e1"),
-         ("P", ROOT / "tests" / "fixtures" / "external" / "public_p", "3bf380d"))
+         ("P", ROOT / "tests" / "fixtures" / "external" / "public_p", "3bf380d"),
+         ("Q", ROOT / "tests" / "fixtures" / "external" / "public_q", "e2bbbd0"))
 # a second blind review of a fresh fold (same brief, made later, never shown the first): the two reviews' agreement
 # bounds what any reader of the same numbers can score
 REVIEW2 = "review2.json"
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
-UNREAD = ()
+UNREAD = ("Q",)
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
 FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fold H; its labels were committed "
                     "(233640c, fdcf1c7) after the rules of ab06826 and before the last five rule commits, and the "
@@ -93,6 +94,9 @@ FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fo
                "P": "rules of 3bf380d (the fold-O round), the notebook reader of 949440b (its fixes checked on fold "
                     "P's parse only: point counts and the task read); finetune-doctor reads no notebook and is given "
                     "the same numbers as a trainer_state.json",
+               "Q": "rules of e2bbbd0 (the fold-P round; 46041a8 after it only rewraps a line), the notebook reader of "
+                    "949440b (fold Q's parse checked: point counts); 18 runs, the session's fetch quota then spent; "
+                    "finetune-doctor reads no notebook and is given the same numbers as a trainer_state.json",
                "J": "rules of 663c4c3, frozen before its labels (2ea1a77) were committed in the middle of the fold-I "
                     "round; that round's last two rule commits (95b7441, 4163623) were written by a reviewer who "
                     "never opened fold J (it saw J's folder names only after 4163623)"}
