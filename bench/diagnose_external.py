@@ -87,16 +87,16 @@ FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fo
                     "finetune-doctor 19 of 25 (af12714); finetune-doctor reads no notebook and is given the same "
                     "numbers as a trainer_state.json",
                "N": "rules of bca727b (the fold-M round), the notebook reader of 9fbd1a8; finetune-doctor reads no "
-                    "notebook and is given the same numbers as a trainer_state.json",
+                    "notebook and is given the same numbers as a trainer_state.json; held out: 18 of 25 (72%), finetune-doctor 16 of 25 (b10ce5f)",
                "O": "rules of 42b43e1 (the fold-N round), the notebook reader of f6fd140 (its epoch fix checked on "
                     "fold O's parse only: point counts); finetune-doctor reads no notebook and is given the same "
-                    "numbers as a trainer_state.json",
+                    "numbers as a trainer_state.json; held out: 19 of 25 (76%), finetune-doctor 19 of 25 (161551d)",
                "P": "rules of 3bf380d (the fold-O round), the notebook reader of 949440b (its fixes checked on fold "
                     "P's parse only: point counts and the task read); finetune-doctor reads no notebook and is given "
-                    "the same numbers as a trainer_state.json",
+                    "the same numbers as a trainer_state.json; held out: 14 of 25 (56%), finetune-doctor 6 of 25 (c33ca54)",
                "Q": "rules of e2bbbd0 (the fold-P round; 46041a8 after it only rewraps a line), the notebook reader of "
                     "949440b (fold Q's parse checked: point counts); 18 runs, the session's fetch quota then spent; "
-                    "finetune-doctor reads no notebook and is given the same numbers as a trainer_state.json",
+                    "finetune-doctor reads no notebook and is given the same numbers as a trainer_state.json; held out: 11 of 18 (61%), finetune-doctor 6 of 18 (9f4efbb)",
                "J": "rules of 663c4c3, frozen before its labels (2ea1a77) were committed in the middle of the fold-I "
                     "round; that round's last two rule commits (95b7441, 4163623) were written by a reviewer who "
                     "never opened fold J (it saw J's folder names only after 4163623)"}
