@@ -509,7 +509,9 @@ def test_a_notebook_report_is_written_beside_it(tmp_path, capsys):
     report = build_report_of(nb)
     assert report.source == "notebook" and report.method == "unknown" and report.steps_done == 10630
     assert report.notes[0].startswith("a notebook run, not made by loratune")
-    assert "method unknown" in out.read_text()
+    html = out.read_text()
+    assert "method unknown" in html and "at its first eval" in html and "(saved model)" not in html
+    assert report.name == f"{tmp_path.name}/run.ipynb" and "of 10,630 planned" in html
 
 
 def test_a_folder_that_is_no_run_is_a_clear_error(tmp_path, capsys):

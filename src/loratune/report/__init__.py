@@ -49,8 +49,9 @@ def build_report(path: str | Path, *, examples: bool = True):
     `RunReport` of its curves, diagnosis and facts (`model.build_outside_report`)."""
     p = Path(path)
     if not p.exists():
-        raise UserError(f"'{p}' does not exist", "give a run directory (`loratune train`) or a study directory "
-                                                 "(`loratune tune`)")
+        raise UserError(f"'{p}' does not exist", "give a run directory (`loratune train`), a study directory "
+                                                 "(`loratune tune`), or a run another tool made (a Trainer output "
+                                                 "dir, trainer_state.json, TensorBoard log, notebook or CSV)")
     if is_study_dir(p):
         from loratune.report.study import build_study_report
 

@@ -25,7 +25,9 @@ ROLE_STYLE = {"train": ("train", "dash"), "train_eval": ("train_eval", "line"), 
               "val2": ("val2", "dash"), "lr": ("lr", "line")}
 
 
-def curve_figure(panel: CurvePanel, *, width: int = 540, height: int = 270, epoch_note: str = "") -> str:
+def curve_figure(panel: CurvePanel, *, width: int = 540, height: int = 270, epoch_note: str = "",
+                 saved: bool = True) -> str:
+    """One chart; `saved`: the best step is the saved model's (a loratune run keeps its best adapter)."""
     series = []
     items = []
     for c in panel.curves:
@@ -36,7 +38,7 @@ def curve_figure(panel: CurvePanel, *, width: int = 540, height: int = 270, epoc
     vlines = []
     if panel.best_step is not None and panel.id != "lr":
         vlines.append(ch.VLine(panel.best_step, f"best step {panel.best_step:g}"))
-        items.append(("best", "best val step (saved model)", "mark"))
+        items.append(("best", "best val step (saved model)" if saved else "best val step", "mark"))
     y_lo = 0.0 if panel.id in ("metric", "lr") else None
     y_hi = 1.0 if panel.id == "metric" else None
     svg = ch.line_chart(series, width=width, height=height, x_label="optimizer step", y_label=panel.y_label,
@@ -297,7 +299,8 @@ def run_summary(r: RunReport) -> str:
     if r.best.get("epoch") is not None:
         best_detail.append(f"epoch {r.best['epoch']:.1f}")
     if r.start_metric is not None:
-        best_detail.append(f"from {metric(r.start_metric)} at step 0")
+        best_detail.append(f"from {metric(r.start_metric)} at " + ("step 0" if r.source == "loratune" else
+                                                                    "its first eval"))
     final_v = r.final.get(r.metric)
     gap = r.best.get(f"train_eval/{r.metric.split('/', 1)[-1]}")
     d = r.diagnosis
@@ -310,11 +313,15 @@ def run_summary(r: RunReport) -> str:
                                                                if gap is not None else ""), key="final"),
         tile("verdict", esc(d.verdict), esc(d.verdict_text) + f'<div style="margin-top:4px">{moves}</div>',
              tone, small=True, key="verdict"),
-        tile("trainable", human(next((p.value for p in r.params if p.key == "trainable parameters"), None)),
-             f"{pct(r.params_share, 2)} of the model" if r.params_share is not None else "", key="params"),
-        tile("compute", human(r.examples_seen) + " ex",
-             f"{num(r.steps_done)} of {num(r.steps_planned)} steps · {duration(r.wall_s)}", key="compute"),
     ]
+    if r.source == "loratune":
+        tiles += [
+            tile("trainable", human(next((p.value for p in r.params if p.key == "trainable parameters"), None)),
+                 f"{pct(r.params_share, 2)} of the model" if r.params_share is not None else "", key="params"),
+            tile("compute", human(r.examples_seen) + " ex",
+                 f"{num(r.steps_done)} of {num(r.steps_planned)} steps · {duration(r.wall_s)}", key="compute")]
+    else:  # a run another tool made: its files say how far it ran, not what it cost
+        tiles.append(tile("steps", num(r.steps_done), f"of {num(r.steps_planned)} planned", key="compute"))
     if r.best.get("val/subset_accuracy") is not None:  # multi-label: what multi-intent users read
         b = r.best
         comp = (f"compound rows (2+ labels, n={num(b.get('val_compound/n'))}) {metric(b.get('val_compound/subset_accuracy'))}"
@@ -340,13 +347,14 @@ def render_run(r: RunReport) -> str:
             f"{r.n_val:,} val rows" if r.n_val else "", r.task.replace("_", "-")]
     header = (f'<header class="top"><div class="wrap"><div class="kicker">loratune · run report</div>'
               f'<h1>{esc(r.name)} {badge(r.status, STATUS_TONE.get(r.status, "info"))}</h1>'
-              f'<div class="meta">{"".join(f"<span>{esc(x)}</span>" for x in meta if x)}</div></div></header>')
+              f'<div class="meta">{"".join(f"<span>{esc(x)}</span>" for x in meta if x and x != "?")}</div></div>'
+              f'</header>')
     nav = ('<nav class="toc"><div class="wrap">' + "".join(
         f'<a href="#{i}">{t}</a>' for i, t in (("summary", "Summary"), ("curves", "Curves"), ("diagnosis", "Diagnosis"),
                                                ("classes", "Classes"), ("confusion", "Confusion"),
                                                ("pairs", "Confused pairs"), ("params", "Parameters"))) + "</div></nav>")
     if r.curves:
-        figs = [curve_figure(p) for p in r.curves if p.id != "lr"]
+        figs = [curve_figure(p, saved=r.source == "loratune") for p in r.curves if p.id != "lr"]
         lr = next((p for p in r.curves if p.id == "lr"), None)
         lr_html = (f"<details><summary>Learning-rate schedule</summary>{curve_figure(lr, height=200)}</details>"
                    if lr else "")
