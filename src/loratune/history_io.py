@@ -748,6 +748,9 @@ def _json_num(v: Any) -> Any:
 _NB_PROGRESS = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)[^\]]*?(?:Epoch\s+([\d.]+)\s*/\s*(\d+))?\s*\]")
 # a literal learning_rate in a code cell (`TrainingArguments(learning_rate=2e-5)`, `"learning_rate": 1e-4`)
 _NB_LR = re.compile(r"""["']?\blearning_rate["']?\s*[=:]\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\b""")
+_NB_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+# `learning_rate=LEARNING_RATE`: a name the code assigns the learning rate to
+_NB_LR_NAME = re.compile(r"\blearning_rate\s*=\s*([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*[.(\[])")
 # a literal num_labels (`from_pretrained(name, num_labels=3)`): the classifier head's classes
 _NB_LABELS = re.compile(r"""["']?\bnum_labels["']?\s*[=:]\s*(\d+)\b""")
 # a transformers model class in a code cell (`AutoModelForCausalLM`, `GPT2LMHeadModel`, `BartForConditionalGeneration`)
@@ -954,8 +957,17 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
     code = ["".join(c.get("source") or []) if isinstance(c.get("source"), list) else str(c.get("source") or "")
             for c in nb["cells"] if isinstance(c, dict) and c.get("cell_type") == "code"]
     lrs = sorted({float(m.group(1)) for text in code for m in _NB_LR.finditer(text)})
+    # `learning_rate=LR` with `LR = 2e-5` assigned once as a literal elsewhere: that literal (a name assigned
+    # several values, or from a call, says nothing)
+    named = {m.group(1) for text in code for m in _NB_LR_NAME.finditer(text)}
+    from_names = sorted({float(m.group(1)) for name in named for text in code
+                         for m in re.finditer(rf"(?m)^[ \t]*{re.escape(name)}[ \t]*=[ \t]*{_NB_NUMBER}[ \t]*(?:#.*)?$",
+                                              text)})
+    if from_names and len(from_names) == 1:
+        lrs = sorted(set(lrs) | set(from_names))
     if len(lrs) == 1:
-        facts["learning_rate"] = Fact(lrs[0], "notebook code: the one literal learning_rate")
+        facts["learning_rate"] = Fact(lrs[0], "notebook code: the one literal learning_rate"
+                                      + (f" (through {', '.join(sorted(named))})" if from_names else ""))
     elif lrs:
         notes.append(f"the notebook's code writes several learning rates ({', '.join(f'{v:g}' for v in lrs)}): "
                      "none taken")

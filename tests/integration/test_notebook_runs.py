@@ -214,6 +214,20 @@ def test_an_epoch_table_without_an_epoch_count_is_placed_by_the_bar(tmp_path):
     assert any("no epoch count" in n for n in run.notes) and "num_train_epochs" not in run.facts
 
 
+def test_a_learning_rate_assigned_to_a_name_once_is_read(tmp_path):
+    rows = [["10", "1.30", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"], ["30", "0.70", "0.95", "0.65"]]
+    bar = [("[30/30 00:10, Epoch 3/3]", rows)]
+    one = read_notebook(_table_notebook(tmp_path / "one.ipynb", bar, code=(
+        "LEARNING_RATE = 3e-4  # AdamW\nargs = TrainingArguments(out, learning_rate=LEARNING_RATE)")))
+    assert one.facts["learning_rate"].value == 3e-4 and "through LEARNING_RATE" in one.facts["learning_rate"].source
+    two = read_notebook(_table_notebook(tmp_path / "two.ipynb", bar, code=(
+        "LR = 3e-4\nLR = 1e-4\nargs = TrainingArguments(out, learning_rate=LR)")))
+    assert "learning_rate" not in two.facts  # a name assigned twice: which one ran is not in the code
+    attr = read_notebook(_table_notebook(tmp_path / "attr.ipynb", bar, code=(
+        "lr = 3e-4\nargs = TrainingArguments(out, learning_rate=cfg.lr)")))
+    assert "learning_rate" not in attr.facts  # an attribute, not the name
+
+
 def test_the_task_is_read_from_the_model_class_the_code_names(tmp_path):
     rows = [["10", "2.30", "2.20", "0.50"], ["20", "2.10", "2.05", "0.60"], ["30", "2.00", "1.98", "0.65"]]
     bar = [("[30/30 00:10, Epoch 3/3]", rows)]
