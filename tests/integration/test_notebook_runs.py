@@ -112,14 +112,16 @@ def test_a_step_table_reads_as_the_trainer_state_of_the_same_run(tmp_path, monke
 
 def test_an_epoch_table_places_rows_by_the_progress_bar(tmp_path, monkeypatch):
     # 10 rows x 4 intents = 40 rows, batch 8: 5 steps an epoch, 4 epochs
-    nb, state_file = _notebook_run(tmp_path, monkeypatch, eval_strategy="epoch", epochs=4,
+    nb, state_file = _notebook_run(tmp_path, monkeypatch, eval_strategy="epoch", epochs=4, lr=3e-4,
                                    code="lr = 3e-4\nargs = TrainingArguments(learning_rate=lr)\n")
     run = load_run(nb)
     assert [p["step"] for p in run.points] == [5, 10, 15, 20] and [p["epoch"] for p in run.points] == [1, 2, 3, 4]
     assert run.facts["num_train_epochs"].value == 4 and run.facts["max_steps"].value == 20
     assert any("epochs, not steps" in n for n in run.notes)
-    assert "learning_rate" not in run.facts  # `learning_rate=lr`: no literal to read, so no guess
+    # `learning_rate=lr` with `lr = 3e-4` assigned once: the literal, through its name, as the state logs it
+    assert run.facts["learning_rate"].value == 3e-4 and "through lr" in run.facts["learning_rate"].source
     state = load_run(state_file)
+    assert state.facts["learning_rate"].value == pytest.approx(3e-4)
     assert [p["val/loss"] for p in run.points] == pytest.approx([p["val/loss"] for p in state.points
                                                                  if "val/loss" in p], abs=5e-7)
 
