@@ -963,7 +963,7 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
     from_names = sorted({float(m.group(1)) for name in named for text in code
                          for m in re.finditer(rf"(?m)^[ \t]*{re.escape(name)}[ \t]*=[ \t]*{_NB_NUMBER}[ \t]*(?:#.*)?$",
                                               text)})
-    if from_names and len(from_names) == 1:
+    if len(from_names) == 1:
         lrs = sorted(set(lrs) | set(from_names))
     if len(lrs) == 1:
         facts["learning_rate"] = Fact(lrs[0], "notebook code: the one literal learning_rate"

@@ -322,11 +322,12 @@ def _best_step(points: Sequence[dict], metric: str) -> float | None:
     return best[1] if best else None
 
 
-def build_diagnosis(run_dir: Path, thresholds: Mapping[str, float] | None = None) -> DiagnosisView:
+def build_diagnosis(run: Any, thresholds: Mapping[str, float] | None = None) -> DiagnosisView:
+    """The diagnosis view of a run directory (read here) or of a RunHistory already read."""
     from loratune.diagnose import diagnose
 
     try:
-        d = diagnose(run_dir, thresholds=thresholds)
+        d = diagnose(run, thresholds=thresholds)
     except UserError as exc:
         return DiagnosisView("inconclusive", "", (), (), (), (), (), error=str(exc))
 
@@ -710,7 +711,7 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
         steps_done=_int(h.meta.get("steps_done")), steps_planned=_int(h.meta.get("steps_planned")),
         examples_seen=None, wall_s=None, params_share=None,
         curves=build_curves(points, metric),
-        diagnosis=build_diagnosis(p, thresholds) if points else DiagnosisView(
+        diagnosis=build_diagnosis(h, thresholds) if points else DiagnosisView(  # the history read above
             "inconclusive", "", (), (), (), (), (), error="no eval points to diagnose"),
         classes=empty_classes, confusion=ConfusionView(**empty_conf, missing=no_classes), pairs=(),
         examples_note=f"{h.source} runs keep no predictions to draw example texts from",
