@@ -20,8 +20,8 @@ CHILD = textwrap.dedent("""
     for i in range(int(sys.argv[2])):
         handle, _ = study.start(TrialSpec(f"t{i}", "search", {"train.learning_rate": 1e-4 * (i + 1)}))
         timer = threading.Timer(rng.uniform(0, 0.02), lambda: os.kill(os.getpid(), signal.SIGINT))
-        timer.start()
         try:
+            timer.start()  # inside the try: on a loaded machine the signal can land before start() returns
             while True:
                 step += 1
                 handle.report(0.5, step)
