@@ -139,7 +139,9 @@ _CATALOGUE = (
           "Sum of rises / sum of absolute changes between successive windows of T (0 = only falls, "
           "0.5 = pure noise, 1 = only rises)."),
     _spec("oscillation", "train_loss_max_rise", "fraction", "train loss climbed back up by {} of its start at worst",
-          "Largest rise of T above its running minimum, divided by the start loss (spikes, blow-ups)."),
+          "Largest rise of T above its running minimum, divided by the start loss (spikes, blow-ups); on a curve "
+          "of RISE_SMOOTH_WINDOWS_PER x 2 windows or more, of T's centred moving mean over one window in "
+          "RISE_SMOOTH_WINDOWS_PER (single windows' batch noise is no climb)."),
     _spec("oscillation", "train_loss_rebound", "fraction",
           "after its lowest point the train loss sat {} above it on average",
           "Mean of T over the windows after the minimum of the smoothed T (3-point moving mean), divided by that "
@@ -393,6 +395,7 @@ IMPROVE_MIN_REL = 0.02
 FIRST_WINDOW_MAX = 2.5
 REMAINING_AHEAD = 3  # a val loss falling without slowing: count three more falls like its last (a short horizon)
 REMAINING_WINDOW = 2  # evals averaged per window when the remaining fall compares the last falls with those before
+RISE_SMOOTH_WINDOWS_PER = 40  # train_loss_max_rise: a moving mean over one window in this many (a curve of 80+ windows)
 REBOUND_MIN_AFTER = 3  # windows after the train loss's minimum needed to read a rebound (fewer: a last-point wiggle)
 FIT_TARGET_SHARE = 0.1  # "fitted": the train loss at a tenth of its start (train_loss_runs_to_fit)
 LOSS_KEYS = ("train/loss", "train/loss_std", "train/grad_norm", "val/loss", "train_eval/loss")
@@ -819,9 +822,12 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     else:
         acc.set("train_loss_drop", (start - final) / start)
         acc.set("train_loss_final_over_start", final / start)
-        run_min = T[0][1]
+        # a long curve of logged windows is read on its moving mean: the worst rise of single windows above their
+        # running minimum grows with their count (the extreme of batch noise), where a climb back up lasts
+        vals = _moving_mean([v for _, v in T], len(T) // RISE_SMOOTH_WINDOWS_PER)
+        run_min = vals[0]
         worst = 0.0
-        for _, v in T:
+        for v in vals:
             worst = max(worst, v - run_min)
             run_min = min(run_min, v)
         acc.set("train_loss_max_rise", worst / start)
@@ -862,6 +868,14 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     cvs = [_num(p.get("train/loss_std")) / _num(p.get("train/loss")) for p in pts
            if _num(p.get("train/loss_std")) is not None and (_num(p.get("train/loss")) or 0) > 0]
     acc.set("train_loss_cv", _median(cvs) if cvs else None, "no `train/loss_std` in the history")
+
+
+def _moving_mean(vals: list[float], width: int) -> list[float]:
+    """Centred moving mean over `width` points (shorter at the ends); the values as they are for a width under 2."""
+    if width < 2:
+        return list(vals)
+    h = width // 2
+    return [sum(vals[max(0, i - h): i + h + 1]) / len(vals[max(0, i - h): i + h + 1]) for i in range(len(vals))]
 
 
 def _rebound(acc: FeatureSet, T, frac) -> None:

@@ -468,6 +468,19 @@ _RULES = (
                                  c("val_loss_logged", "<", "flag_on"))),
                        all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
                             c("gap_f1", ">=", "overfit_gap_min")),
+                       # a long curve whose val loss went flat (under late_val_drop_min over the second half) while
+                       # the train loss, already down to a fitted share of its start, kept falling: protocol 5b's
+                       # widening val-minus-train loss gap, the second half's training all memorisation (fold M's
+                       # ALFA-group: MLM, 50 epochs, train 3.04 -> 0.40, val 2.7 +- 0.17 from epoch 2 on)
+                       all_(c("n_eval_points", ">=", "tail_noise_points_min"),
+                            c("train_loss_final_over_start", "<=", "fit_loss_over_start_max"),
+                            c("train_loss_late_drop", ">=", "plateau_late_drop_max"),
+                            c("val_loss_late_drop", "<", "late_val_drop_min"),
+                            # ...past its minimum (ended above it, the minimum before the last tenth): a val loss
+                            # flat at its best at the end has converged (fold C's WELCOME-project: 0.0122 -> 0.0119
+                            # over the last 30 evals, BLEU best at 84%)
+                            c("val_loss_rise", ">", "still_falling_min"),
+                            c("val_loss_min_fraction", "<", "late_min_fraction")),
                        all_(c("generative", ">=", "flag_on"),  # the prompt set: exact on familiar, drifting on new
                             c("prompt_gap_widening", ">=", "prompt_gap_widening_min"),
                             c("prompt_gap_widening_se", ">=", "rise_noise_min"),
@@ -608,9 +621,11 @@ _RULES = (
                   # converged is not undertrained (protocol 5b, noise first): a run read on its val loss (no val
                   # metric) whose extrapolated remaining fall is inside the noise band, or a sliver of the loss, has
                   # reached what its schedule gives; a run with a val metric is read on the metric's rise beyond its
-                  # noise (still_improving, late_gain_se_min); a curve too short to read a tail noise band is not
-                  # judged converged while its recent falls are still falls (remaining gain > 0): once the last
-                  # window's fall is none, it stopped by its own numbers, no band needed (arminwitte, fold G); and
+                  # noise (still_improving, late_gain_se_min); a curve too short to read a tail noise band is
+                  # judged on remaining_gain_min alone, as a long curve is first (or on its plan, cut before
+                  # plan_cut_max): once its pace leaves under 2% to lose, it stopped by its own numbers, no band
+                  # needed (arminwitte, fold G: the last fall none; fold M's EfeSelamet: 7 evals, falls -0.11 ...
+                  # -0.011, -0.0005, both reviews healthy; fold F's amerob: cut at 30% of its plan); and
                   # not once its train loss has fallen below fit_loss_over_start_max of its start: the run has fitted
                   # its training rows (protocol 3), more epochs buy the val loss only what beats its noise band, so
                   # its remaining fall is read against the band as a long curve's is (5b, noise first):
@@ -618,7 +633,8 @@ _RULES = (
                   any_(all_(c("val_metric_logged", ">=", "flag_on"),
                             c("val_metric_late_gain_se", ">=", "late_gain_se_min")),
                        all_(c("n_eval_points", "<", "tail_noise_points_min"),
-                            c("val_loss_remaining_gain", ">", "still_falling_min"),
+                            any_(c("val_loss_remaining_gain", ">=", "remaining_gain_min"),
+                                 c("plan_done_fraction", "<", "plan_cut_max")),
                             c("train_loss_final_over_start", ">", "fit_loss_over_start_max")),
                        # ...the val loss's remaining fall beyond its band is the reading of a loss-only run only:
                        # with a val metric, still improving is the metric's rise (protocol 5: real F1 gains), and a
@@ -696,7 +712,15 @@ _RULES = (
                        all_(c("n_eval_points", "<", "tail_noise_points_min"),
                             c("val_loss_rise_noise", "<", "rise_noise_min"),
                             c("val_loss_rise", "<", "val_loss_rise_min"),
-                            c("train_loss_drop", ">=", "healthy_loss_drop_min"),
+                            # ...or, a language model (an entropy floor: no share of its start measures the fit,
+                            # as the first route reads it), a train loss that fell at all beside a val loss whose
+                            # pace leaves under remaining_gain_min to lose: converged, not slow (fold O's Shiv162003:
+                            # bart-large-cnn, train -19%, val -0.060 then -0.0025; fold P's satojkovic: distilgpt2,
+                            # train -3%, val -0.011 then -0.001; both reviews of each: healthy)
+                            any_(c("train_loss_drop", ">=", "healthy_loss_drop_min"),
+                                 all_(c("generative", ">=", "flag_on"),
+                                      c("train_loss_drop", ">", "still_falling_min"),
+                                      c("val_loss_remaining_gain", "<", "remaining_gain_min"))),
                             # ...a val metric, where logged, not below its best beyond its noise
                             any_(c("val_metric_logged", "<", "flag_on"),
                                  c("val_metric_final_drop_se", "<", "drop_se_min"))),

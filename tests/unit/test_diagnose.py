@@ -269,8 +269,12 @@ def test_a_suppressed_finding_does_not_suppress_others():
 def test_threshold_overrides_change_the_verdict():
     pts = s.overfit()
     assert verdict(pts).verdict == "overfit-capacity"
-    assert verdict(pts, thresholds={"val_loss_rise_min": 10.0, "val_metric_drop_min": 1.0}).verdict != \
-        "overfit-capacity"
+    # every overfit route this run meets: the val loss's rise, the metric's fall, the val loss no lower over the second
+    # half beside a fitted train loss (under late_val_drop_min); each alone still reads overfit
+    off = {"val_loss_rise_min": 10.0, "val_metric_drop_min": 1.0, "late_val_drop_min": -10.0}
+    assert verdict(pts, thresholds=off).verdict != "overfit-capacity"
+    for k in off:
+        assert verdict(pts, thresholds={k: off[k]}).verdict == "overfit-capacity", k
 
 
 def test_to_dict_is_json_ready():
