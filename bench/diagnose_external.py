@@ -70,6 +70,16 @@ FRESH = (("C", ROOT / "tests" / "fixtures" / "external" / "public_c", "f70a259")
          ("O", ROOT / "tests" / "fixtures" / "external" / "public_o", "42b43e1"),
          ("P", ROOT / "tests" / "fixtures" / "external" / "public_p", "3bf380d"),
          ("Q", ROOT / "tests" / "fixtures" / "external" / "public_q", "e2bbbd0"))
+# each fresh fold's first scoring, the held-out record (fold: loratune accepted, runs, finetune-doctor accepted, the
+# commit that recorded the score, None where the notes of that time name none). Written once, when a fold is scored;
+# never recomputed (the rules have changed since). The table shows every fold and two totals: C on, and I on (the span
+# the notes and the closing notes have quoted since fold J).
+HELD_OUT = {"C": (20, 31, 24, "9c8282d"), "D": (21, 30, 24, "a9640b5"), "E": (20, 28, 19, "5b51385"),
+            "F": (18, 30, 24, "f9d356f"), "G": (23, 30, 20, "6985c96"), "H": (19, 27, 20, "0d8611b"),
+            "I": (24, 28, 25, "c9af174"), "J": (16, 19, 14, "4335ef1"), "K": (8, 13, 9, "1643b7f"),
+            "L": (18, 25, 14, "f38ac72"), "M": (13, 25, 19, "af12714"), "N": (18, 25, 16, "b10ce5f"),
+            "O": (19, 25, 19, "161551d"), "P": (14, 25, 6, "c33ca54"), "Q": (11, 18, 6, "9f4efbb")}
+RECORD_FROM = "I"  # the first fold of the quoted span (see HELD_OUT)
 # a second blind review of a fresh fold (same brief, made later, never shown the first): the two reviews' agreement
 # bounds what any reader of the same numbers can score
 REVIEW2 = "review2.json"
@@ -79,24 +89,23 @@ UNREAD = ()
 FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fold H; its labels were committed "
                     "(233640c, fdcf1c7) after the rules of ab06826 and before the last five rule commits, and the "
                     "rules of ab06826 score it the same, 19 of 27",
-               "L": "rules of b41fbd2 (unchanged since b4927cb), held out: 18 of 25 (72%), finetune-doctor 14 of 25 "
-                    "(f38ac72); the runs are notebooks, read by the notebook reader of dcfa37f, written before any "
-                    "fold-L verdict was seen (only its parse was checked: point counts); finetune-doctor reads no "
+               "L": "rules of b41fbd2 (unchanged since b4927cb); the runs are notebooks, read by the notebook "
+                    "reader of dcfa37f, written before any fold-L verdict was seen (only its parse was checked: "
+                    "point counts); finetune-doctor reads no notebook and is given the same numbers as a "
+                    "trainer_state.json",
+               "M": "rules of c728eba (the fold-L round), the notebook reader of a5ee5e0; finetune-doctor reads no "
                     "notebook and is given the same numbers as a trainer_state.json",
-               "M": "rules of c728eba (the fold-L round), the notebook reader of a5ee5e0, held out: 13 of 25 (52%), "
-                    "finetune-doctor 19 of 25 (af12714); finetune-doctor reads no notebook and is given the same "
-                    "numbers as a trainer_state.json",
                "N": "rules of bca727b (the fold-M round), the notebook reader of 9fbd1a8; finetune-doctor reads no "
-                    "notebook and is given the same numbers as a trainer_state.json; held out: 18 of 25 (72%), finetune-doctor 16 of 25 (b10ce5f)",
+                    "notebook and is given the same numbers as a trainer_state.json",
                "O": "rules of 42b43e1 (the fold-N round), the notebook reader of f6fd140 (its epoch fix checked on "
                     "fold O's parse only: point counts); finetune-doctor reads no notebook and is given the same "
-                    "numbers as a trainer_state.json; held out: 19 of 25 (76%), finetune-doctor 19 of 25 (161551d)",
+                    "numbers as a trainer_state.json",
                "P": "rules of 3bf380d (the fold-O round), the notebook reader of 949440b (its fixes checked on fold "
                     "P's parse only: point counts and the task read); finetune-doctor reads no notebook and is given "
-                    "the same numbers as a trainer_state.json; held out: 14 of 25 (56%), finetune-doctor 6 of 25 (c33ca54)",
+                    "the same numbers as a trainer_state.json",
                "Q": "rules of e2bbbd0 (the fold-P round; 46041a8 after it only rewraps a line), the notebook reader of "
                     "949440b (fold Q's parse checked: point counts); 18 runs, the session's fetch quota then spent; "
-                    "finetune-doctor reads no notebook and is given the same numbers as a trainer_state.json; held out: 11 of 18 (61%), finetune-doctor 6 of 18 (9f4efbb)",
+                    "finetune-doctor reads no notebook and is given the same numbers as a trainer_state.json",
                "J": "rules of 663c4c3, frozen before its labels (2ea1a77) were committed in the middle of the fold-I "
                     "round; that round's last two rule commits (95b7441, 4163623) were written by a reviewer who "
                     "never opened fold J (it saw J's folder names only after 4163623)"}
@@ -294,6 +303,9 @@ def main() -> int:
         "thresholds_fitted_on_A": {k: fitted_a[k] for k in FITTED},
         "thresholds_fitted_on_B": {k: fitted_b[k] for k in FITTED},
         "defaults": {k: defaults[k] for k in FITTED},
+        "held_out_record": {k: {"accepted": ok, "n": n, "fd_accepted": fd, "recorded_in": at,
+                                "rules": next(c for f, _, c in FRESH if f == k)}
+                            for k, (ok, n, fd, at) in HELD_OUT.items()},
     }
     for name, th, part in (("held_out_B_fit_A", fitted_a, fold["B"]), ("held_out_A_fit_B", fitted_b, fold["A"]),
                            ("fit_A_in_sample", fitted_a, fold["A"]), ("defaults_all", defaults, runs),
@@ -370,6 +382,20 @@ def _review2_lines(res: dict) -> list[str]:
     return lines
 
 
+def _held_out_lines() -> list[str]:
+    """The held-out record: each fresh fold as first scored (HELD_OUT), with the rules it was frozen at."""
+    freeze = {k: c for k, _, c in FRESH}
+    lines = ["## Held-out record: each fresh fold scored once, against rules frozen before its labels existed", "",
+             "| fold | runs | rules | loratune | finetune-doctor | recorded in |", "|---|---|---|---|---|---|"]
+    for k, (ok, n, fd, at) in HELD_OUT.items():
+        lines.append(f"| {k} | {n} | {freeze[k]} | {ok} ({ok / n:.0%}) | {fd} | {at or '-'} |")
+    for first in (next(iter(HELD_OUT)), RECORD_FROM):
+        ks = [k for k in HELD_OUT if k >= first]
+        ok, n, fd = (sum(HELD_OUT[k][i] for k in ks) for i in range(3))
+        lines.append(f"| **{ks[0]} to {ks[-1]}** | {n} | | **{ok} ({ok / n:.0%})** | {fd} ({fd / n:.0%}) | |")
+    return lines + [""]
+
+
 def render(res: dict) -> str:
     b = res["held_out_B_fit_A"]
     a = res["held_out_A_fit_B"]
@@ -381,6 +407,7 @@ def render(res: dict) -> str:
              "existed, never fitted on. Read after their first scoring, with the rules changed (in-sample now): "
              + ", ".join(k for k, _, _ in FRESH if k not in UNREAD) + ". Not read: "
              + (", ".join(UNREAD) + " (the held-out score of record)" if UNREAD else "none") + ".", ""]
+    lines += _held_out_lines()
     for k, _, freeze in reversed(FRESH):
         c = res[f"fresh_{k}_defaults"]
         if not c["n"]:
@@ -391,6 +418,8 @@ def render(res: dict) -> str:
         frozen = FREEZE_NOTE.get(k, f"rules frozen at {freeze} before the labels existed")
         lines += [f"## Fold {k}: fresh public runs, labelled blind ({'not read: held out' if k in UNREAD else 'in-sample'}; "
                   f"first scored against the {frozen}; this table: the rules as committed now)", "",
+                  *([f"- held out, first scored: {HELD_OUT[k][0]} of {HELD_OUT[k][1]}, finetune-doctor "
+                     f"{HELD_OUT[k][2]} (the record above)"] if k in HELD_OUT else []),
                   f"- accepted top verdicts: **{c['accepted']} of {c['n']} ({c['share']:.0%})**",
                   f"- `healthy` on a run labelled overfit / diverged / lr-too-large: {c['healthy_on_unforgivable']}"
                   + (f" ({', '.join(p['name'] for p in unf)})" if unf else ""),
