@@ -47,8 +47,18 @@ def from_points(points: Sequence[dict], meta: Mapping[str, Any] | None = None,
                       config=dict(config or {}))
 
 
+NOTEBOOK_TABLE = re.compile(r"^(?P<file>.+\.ipynb)#(?P<table>-?\d+)$", re.IGNORECASE)  # NOTEBOOK.ipynb#N: table N
+
+
 def load_run(path: str | Path) -> RunHistory:
-    """Detect the input kind and read it. Raises UserError naming what was expected."""
+    """Detect the input kind and read it. Raises UserError naming what was expected. `NOTEBOOK.ipynb#N` reads the
+    notebook's Nth Trainer progress table (1-based, as the reader's note counts them) instead of its last."""
+    m = NOTEBOOK_TABLE.match(str(path))
+    if m and not Path(path).exists() and Path(m["file"]).is_file():
+        n = int(m["table"])
+        if n < 1:
+            raise UserError(f"'{path}': tables are counted from 1", f"give {m['file']}#1 for the first table")
+        return read_notebook(m["file"], table=n - 1)
     p = Path(path)
     if not p.exists():
         raise UserError(f"'{p}' does not exist",
@@ -937,19 +947,22 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
                         "run the training cell with the outputs saved, or give the run's trainer_state.json "
                         "(output_dir/checkpoint-*/trainer_state.json)")
     if table is not None and not -len(tables) <= table < len(tables):
-        raise UserError(f"'{p}' holds {len(tables)} Trainer progress table(s); there is no table {table}",
-                        f"give a table number from 0 to {len(tables) - 1}")
+        raise UserError(f"'{p}' holds {len(tables)} Trainer progress table(s); there is no table {table + 1}",
+                        f"give {p.name}#1 to {p.name}#{len(tables)} (read_notebook's table=0 to {len(tables) - 1})")
     # the last table with an evaluated row (a rerun stopped before its first evaluation shows an empty table)
     for k in [table % len(tables)] if table is not None else range(len(tables) - 1, -1, -1):
         state, facts, extra, has_eval = _nb_table_history(tables[k])
         if has_eval:
             break
     if not has_eval:
-        raise UserError(f"'{p}': the Trainer's progress table has no evaluated row" if table is not None or
-                        len(tables) == 1 else f"'{p}': none of its {len(tables)} Trainer progress tables has an "
-                        "evaluated row", "evaluate during training (eval_strategy='steps' or 'epoch' with an "
-                        "eval_dataset)")
-    notes = [f"read the Trainer's progress table {k + 1} of {len(tables)} in the notebook's outputs"]
+        if table is not None and len(tables) > 1:
+            raise UserError(f"'{p}': its Trainer progress table {k + 1} of {len(tables)} has no evaluated row",
+                            f"give another table ({p.name}#N), or {p.name} for the last one evaluated")
+        raise UserError(f"'{p}': the Trainer's progress table has no evaluated row" if len(tables) == 1 else
+                        f"'{p}': none of its {len(tables)} Trainer progress tables has an evaluated row",
+                        "evaluate during training (eval_strategy='steps' or 'epoch' with an eval_dataset)")
+    notes = [f"read the Trainer's progress table {k + 1} of {len(tables)} in the notebook's outputs"
+             + (f" (another: {p.name}#N, N from 1 to {len(tables)})" if len(tables) > 1 else "")]
     if table is None and k != len(tables) - 1:
         later = f"table {k + 2}" if k + 2 == len(tables) else f"tables {k + 2}-{len(tables)}"
         notes.append(f"the later {later} holds no evaluated row (a run stopped before its first evaluation): not read")

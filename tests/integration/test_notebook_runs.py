@@ -14,6 +14,7 @@ import pytest
 
 from loratune.cli import main
 from loratune.diagnose import diagnose
+from loratune.errors import UserError
 from loratune.history_io import load_run, read_notebook
 
 from support import tiny_trainer_classifier
@@ -155,6 +156,15 @@ def test_the_last_table_is_read_unless_one_is_picked(tmp_path):
     first = read_notebook(nb, table=0)
     assert [p["step"] for p in first.points] == [10, 20, 30] and not first.meta.get("partial")
     assert first.meta["steps_planned"] == 30 and first.notes[0].startswith("read the Trainer's progress table 1 of 2")
+    assert "(another: two.ipynb#N, N from 1 to 2)" in first.notes[0]
+    # NOTEBOOK.ipynb#N picks a table wherever a run is read (1-based, as the note counts): the CLI compares two tables
+    assert [p["step"] for p in load_run(f"{nb}#1").points] == [10, 20, 30]
+    assert [p["step"] for p in load_run(f"{nb}#2").points] == [10, 20]
+    assert main(["diagnose", f"{nb}#1", f"{nb}#2", "--json"]) == 0
+    for bad, why in ((f"{nb}#3", "there is no table 3"), (f"{nb}#0", "tables are counted from 1")):
+        with pytest.raises(UserError, match=why):
+            load_run(bad)
+        assert main(["diagnose", bad]) == 2
 
 
 def test_a_notebook_without_a_training_table_is_a_clear_error(tmp_path, capsys):

@@ -514,6 +514,24 @@ def test_a_notebook_report_is_written_beside_it(tmp_path, capsys):
     assert report.name == f"{tmp_path.name}/run.ipynb" and "of 10,630 planned" in html
 
 
+def test_a_notebook_tables_report_is_its_own_file_beside_it(tmp_path, capsys):
+    import shutil
+
+    from loratune.cli import main
+
+    # fold L's Gokhan-Ergul: three progress tables, the first never evaluated, the second a 1,377-step run
+    src = FIXTURES / "public_l" / "Gokhan-Ergul__Getting-Started-with-LLM-Fine-Tuning__fine_tuning" / "notebook.ipynb"
+    nb = tmp_path / "run.ipynb"
+    shutil.copy(src, nb)
+    assert main(["report", f"{nb}#2"]) == 0
+    out = tmp_path / "run.table-2.report.html"
+    assert out.is_file() and str(out) in capsys.readouterr().out
+    assert build_report_of(f"{nb}#2").steps_done == 1377 and build_report_of(nb).steps_done == 690
+    assert main(["report", f"{nb}#1"]) == 2
+    assert "table 1 of 3 has no evaluated row" in capsys.readouterr().err
+    assert not (tmp_path / "run.table-1.report.html").exists()
+
+
 def test_a_folder_that_is_no_run_is_a_clear_error(tmp_path, capsys):
     from loratune.cli import main
 

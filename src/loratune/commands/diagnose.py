@@ -1,8 +1,9 @@
 """`loratune diagnose RUN [RUN ...]`: name what is wrong with a run, show the evidence, prescribe the next move.
 
 RUN is a loratune run directory, a Hugging Face Trainer output directory or its trainer_state.json,
-a TensorBoard log directory, a Jupyter notebook (.ipynb) holding the Trainer's progress table, or a CSV
-of step / train loss / val loss / val metric columns. Two or more runs that differ in one
+a TensorBoard log directory, a Jupyter notebook (.ipynb) holding the Trainer's progress table (its last
+evaluated one; NOTEBOOK.ipynb#N for table N), or a CSV of step / train loss / val loss / val metric columns.
+Two or more runs that differ in one
 knob (learning_rate, r, seed, lora_alpha) are also compared. Imports no torch.
 """
 
@@ -17,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "diagnose", help="diagnose runs from their curves: verdict, evidence, next knob move",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN",
-                   help="run directory, Trainer output dir / trainer_state.json, TensorBoard dir, .ipynb, or CSV")
+                   help="run directory, Trainer output dir / trainer_state.json, TensorBoard dir, .ipynb (or "
+                        ".ipynb#N: its table N), or CSV")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of the terminal view")
     p.add_argument("--thresholds", metavar="FILE.yaml",
                    help="override rule thresholds (`name: value` lines; names from `loratune rules`)")

@@ -8,7 +8,7 @@ compute, rank against the val metric, the minimal-intervention pairs, LoRA vs fu
 the final recommendation with its YAML config. `loratune show` prints the same essentials.
 
 A run another tool made (a Trainer / TRL output dir, a trainer_state.json, a TensorBoard log, a notebook with the
-Trainer's progress table, a CSV) gets the part of the run report its files allow: the curves, the diagnosis with its
+Trainer's progress table (NOTEBOOK.ipynb#N: its table N), a CSV) gets the part of the run report its files allow: the curves, the diagnosis with its
 evidence and what was read from the files, each fact with its source.
 """
 
@@ -24,9 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", metavar="RUN|STUDY", help="run directory (loratune train), study directory (loratune tune), "
                    "or a run another tool made: a Trainer / TRL output_dir or checkpoint, trainer_state.json, "
-                   "TensorBoard logging_dir, Jupyter notebook (.ipynb) or CSV")
+                   "TensorBoard logging_dir, Jupyter notebook (.ipynb, or .ipynb#N for its table N) or CSV")
     p.add_argument("-o", "--output", metavar="FILE", help="where to write the HTML (default: RUN/report.html; "
-                   "beside a file: NAME.report.html)")
+                   "beside a file: NAME.report.html; a notebook's table N: NAME.table-N.report.html)")
     p.add_argument("--no-examples", action="store_true",
                    help="do not load the saved model to find example texts for the confused pairs (faster)")
     p.add_argument("--json", action="store_true", help="print the report's data as JSON instead of writing HTML")

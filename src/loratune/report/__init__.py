@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loratune.errors import UserError
+from loratune.history_io import NOTEBOOK_TABLE
 from loratune.report.model import RunReport, build_run_report, is_run_dir, is_study_dir
 
 __all__ = ["RunReport", "StudyReport", "build_report", "build_run_report", "build_study_report", "run_report",
@@ -48,6 +49,10 @@ def build_report(path: str | Path, *, examples: bool = True):
     another tool made (Trainer / TRL dir or checkpoint, trainer_state.json, TensorBoard log, notebook, CSV) a
     `RunReport` of its curves, diagnosis and facts (`model.build_outside_report`)."""
     p = Path(path)
+    if NOTEBOOK_TABLE.match(str(p)) and not p.exists():  # NOTEBOOK.ipynb#N: one of a notebook's tables
+        from loratune.report.model import build_outside_report
+
+        return build_outside_report(p)
     if not p.exists():
         raise UserError(f"'{p}' does not exist", "give a run directory (`loratune train`), a study directory "
                                                  "(`loratune tune`), or a run another tool made (a Trainer output "
@@ -85,6 +90,11 @@ def write_report(path: str | Path, out: str | Path | None = None, *, examples: b
 
 
 def default_output(path: str | Path) -> Path:
-    """<dir>/report.html for a directory; beside a file, its name with .report.html (notebook.report.html)."""
+    """<dir>/report.html for a directory; beside a file, its name with .report.html (notebook.report.html; a
+    notebook's table N, NOTEBOOK.ipynb#N: notebook.table-N.report.html)."""
+    m = NOTEBOOK_TABLE.match(str(path))
+    if m and not Path(path).exists():
+        f = Path(m["file"])
+        return f.with_name(f"{f.stem}.table-{m['table']}.report.html")
     p = Path(path)
     return p.with_name(p.stem + ".report.html") if p.is_file() else p / "report.html"
