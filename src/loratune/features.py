@@ -871,7 +871,8 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
 
 
 def _moving_mean(vals: list[float], width: int) -> list[float]:
-    """Centred moving mean over `width` points (shorter at the ends); the values as they are for a width under 2."""
+    """Centred moving mean over `width` points, an even width rounded up to odd (shorter at the ends); the values as
+    they are for a width under 2."""
     if width < 2:
         return list(vals)
     h = width // 2
@@ -880,7 +881,7 @@ def _moving_mean(vals: list[float], width: int) -> list[float]:
 
 def _rebound(acc: FeatureSet, T, frac) -> None:
     vals = [v for _, v in T]
-    smooth = [sum(vals[max(0, i - 1): i + 2]) / len(vals[max(0, i - 1): i + 2]) for i in range(len(vals))]
+    smooth = _moving_mean(vals, 3)
     # the last of equal lowest values: a table that rounds (the Trainer's notebook table shows 6 decimals) writes a
     # loss still falling below 5e-7 as 0.000000 at every later row, and the loss was lowest at the last of them
     lowest = min(smooth)
@@ -897,7 +898,7 @@ def _rebound(acc: FeatureSet, T, frac) -> None:
 
 def _plateau_fraction(T, start, frac) -> float:
     vals = [v for _, v in T]
-    smooth = [sum(vals[max(0, i - 1): i + 2]) / len(vals[max(0, i - 1): i + 2]) for i in range(len(vals))]
+    smooth = _moving_mean(vals, 3)
     curve = [(0.0, start)] + [(frac(s), v) for (s, _), v in zip(T, smooth)]
     lowest = min(v for _, v in curve)
     total = start - lowest
