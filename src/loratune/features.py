@@ -64,8 +64,9 @@ _CATALOGUE = (
     _spec("run", "plan_done_fraction", "fraction", "the run stopped at {} of its planned steps",
           "steps_done / steps_planned (trainer_state.json global_step / max_steps, or run.json): under 1 the schedule "
           "was cut (a run stopped early, or a checkpoint taken mid-run)."),
-    _spec("run", "generative", "flag", "the run is generative (task causal-lm): {}",
-          "1 for task `causal-lm` (run.json), or a history with prompt-set keys (`val/prompt_*`), `val/perplexity` "
+    _spec("run", "generative", "flag", "the run is a language model (a token loss): {}",
+          "1 for task `causal-lm` (run.json), or `seq2seq` / `masked-lm` read from a side file (GENERATIVE_TASKS), "
+          "or a history with prompt-set keys (`val/prompt_*`), `val/perplexity` "
           "or `val/token_accuracy`; not applicable (missing) for a classifier. A kind gate: a rule route that holds "
           "only for generative runs names it, and a classifier's diagnosis drops that route."),
     _spec("run", "classifier", "flag", "the run is a classifier: {}",
@@ -400,10 +401,12 @@ REBOUND_MIN_AFTER = 3  # windows after the train loss's minimum needed to read a
 FIT_TARGET_SHARE = 0.1  # "fitted": the train loss at a tenth of its start (train_loss_runs_to_fit)
 LOSS_KEYS = ("train/loss", "train/loss_std", "train/grad_norm", "val/loss", "train_eval/loss")
 GENERATIVE_TASK = "causal-lm"
-# tasks read from a run's side files (history_io.PEFT_TASK_TYPES / ARCH_TASKS): which are generative, which are
-# classifiers (a loss that can fall to ~0 from a fresh head's ln(classes)); the rest (regression, extractive QA,
-# masked LM) are neither kind, so no route gated on a kind holds for them
-GENERATIVE_TASKS = (GENERATIVE_TASK, "seq2seq")
+# tasks read from a run's side files (history_io.PEFT_TASK_TYPES / ARCH_TASKS): which are language models (a token
+# loss above an entropy floor: causal, seq2seq, and masked LM, whose masked tokens have one too; fold R's priyashah23,
+# MLM domain adaptation, train -8%, val -0.037 then -0.014), which are classifiers (a loss that can fall to ~0 from a
+# fresh head's ln(classes)); the rest (regression, extractive QA) are neither kind, so no route gated on a kind holds
+# for them
+GENERATIVE_TASKS = (GENERATIVE_TASK, "seq2seq", "masked-lm")
 CLASSIFIER_TASKS = ("single_label", "multi_label", "token-classification")
 PROMPT_KEY_PREFIX = "val/prompt_"  # generation.prompt_key writes every prompt-set key under it
 # a missing feature whose reason starts with this cannot exist for this kind of run (ln(classes) of a language

@@ -765,6 +765,17 @@ _NB_LR_NAME = re.compile(r"\blearning_rate\s*=\s*([A-Za-z_][A-Za-z0-9_]*)\b(?!\s
 _NB_LABELS = re.compile(r"""["']?\bnum_labels["']?\s*[=:]\s*(\d+)\b""")
 # a transformers model class in a code cell (`AutoModelForCausalLM`, `GPT2LMHeadModel`, `BartForConditionalGeneration`)
 _NB_MODEL_CLASS = re.compile(r"\b[A-Z][A-Za-z0-9]*(?:" + "|".join(suffix for suffix, _ in ARCH_TASKS) + r")\b")
+# a peft LoRA adapter the code builds (`LoraConfig(r=8, lora_alpha=16, ...)` and `get_peft_model` / `peft_config=`)
+_NB_LORA = re.compile(r"\bLoraConfig\(([^()]*)\)")
+_NB_LORA_APPLIED = re.compile(r"\bget_peft_model\(|\bpeft_config\s*=")
+_NB_OTHER_PEFT = re.compile(r"\b(?:AdaLora|PromptTuning|PrefixTuning|PromptEncoder|IA3|LoHa|LoKr|Oft|Boft)Config\(")
+# transformers' TrainingArguments.learning_rate default, the lr of a Trainer run whose code sets none: a notebook
+# that builds TrainingArguments (or Seq2SeqTrainingArguments, the same default) and writes no learning_rate or lr
+# anywhere, no trainer config of its own default (TRL's), no hand-made optimizer, and no arguments from elsewhere
+TRAINER_DEFAULT_LR = 5e-5
+_NB_TRAINING_ARGS = re.compile(r"\b(?:Seq2Seq)?TrainingArguments\(")
+_NB_LR_SET_ELSEWHERE = re.compile(r"\blearning_rate\b|\blr\b|\b(?:SFT|DPO|GRPO|ORPO|KTO|Reward|PPO|CPO)Config\b|"
+                                  r"\boptimizers\s*=|\bHfArgumentParser\b|TrainingArguments\(\s*\*\*")
 _NB_NO_VALUE = ("no log", "", "none", "-")  # "nan" / "inf" are values: a non-finite loss, as trainer_state.json keeps
 NB_EPOCHS_UNKNOWN = 10**9  # a max_steps run over an iterable dataset shows `Epoch 1/9223372036854775807`
 
@@ -984,6 +995,21 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
     elif lrs:
         notes.append(f"the notebook's code writes several learning rates ({', '.join(f'{v:g}' for v in lrs)}): "
                      "none taken")
+    elif (any(_NB_TRAINING_ARGS.search(text) for text in code)
+          and not any(_NB_LR_SET_ELSEWHERE.search(text) for text in code)):
+        facts["learning_rate"] = Fact(TRAINER_DEFAULT_LR, "the TrainingArguments default (the notebook's code sets "
+                                      "no learning rate)")
+    loras = {m.group(1) for text in code for m in _NB_LORA.finditer(text)}
+    if (loras and any(_NB_LORA_APPLIED.search(text) for text in code)
+            and not any(_NB_OTHER_PEFT.search(text) for text in code)):
+        facts["peft_type"] = Fact("LORA", "notebook code: LoraConfig")
+        if len(loras) == 1:  # one adapter: its literal rank and alpha
+            args = loras.pop()
+            for key, rx in (("r", r"\br\s*=\s*(\d+)\b"), ("lora_alpha", r"\blora_alpha\s*=\s*(\d+(?:\.\d+)?)\b")):
+                m = re.search(rx, args)
+                if m:
+                    facts[key] = Fact(float(m.group(1)) if "." in m.group(1) else int(m.group(1)),
+                                      "notebook code: LoraConfig")
     classes = sorted({int(m.group(1)) for text in code for m in _NB_LABELS.finditer(text)})
     if len(classes) == 1 and CHANCE_CLASSES_RANGE[0] <= classes[0] <= CHANCE_CLASSES_RANGE[1]:
         facts["n_classes"] = Fact(classes[0], "notebook code: the one literal num_labels")

@@ -240,6 +240,42 @@ def test_a_learning_rate_assigned_to_a_name_once_is_read(tmp_path):
     assert "learning_rate" not in attr.facts  # an attribute, not the name
 
 
+@pytest.mark.parametrize("code, lr", [
+    # fold R's RitaMaria: the code sets no learning rate, so the Trainer ran at TrainingArguments' own default
+    ("args = TrainingArguments(output_dir='out', warmup_steps=100, num_train_epochs=2)", 5e-5),
+    ("args = Seq2SeqTrainingArguments('out', num_train_epochs=2)", 5e-5),  # the same default
+    ("args = SFTConfig(output_dir='out')\nargs2 = TrainingArguments('x')", None),  # TRL's config: its own default
+    ("opt = AdamW(model.parameters(), lr=1e-3)\nargs = TrainingArguments('out')", None),  # a hand-made optimizer
+    ("args = TrainingArguments(**cfg)", None),  # the arguments come from elsewhere
+    ("model.train()", None),  # no TrainingArguments: no Trainer default to read
+])
+def test_a_trainer_whose_code_sets_no_learning_rate_ran_at_the_trainer_default(tmp_path, code, lr):
+    rows = [["10", "1.30", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"], ["30", "0.70", "0.95", "0.65"]]
+    run = read_notebook(_table_notebook(tmp_path / "nb.ipynb", [("[30/30 00:10, Epoch 3/3]", rows)], code=code))
+    assert run.facts.get("learning_rate") is None if lr is None else run.facts["learning_rate"].value == lr
+    if lr is not None:
+        assert "TrainingArguments default" in run.facts["learning_rate"].source
+        assert diagnose(run).features["peak_lr"] == lr
+
+
+@pytest.mark.parametrize("code, facts", [
+    # fold R's parthabits: a LoRA adapter built and applied: peft_type, with its one literal rank and alpha
+    ("cfg = LoraConfig(r=8, lora_alpha=16, target_modules=['q_lin', 'v_lin'])\nmodel = get_peft_model(m, cfg)",
+     {"peft_type": "LORA", "r": 8, "lora_alpha": 16}),
+    ("trainer = SFTTrainer(model, peft_config=LoraConfig(r=16, lora_alpha=32))", {"peft_type": "LORA", "r": 16,
+                                                                                  "lora_alpha": 32}),
+    ("a = LoraConfig(r=8)\nb = LoraConfig(r=16)\nmodel = get_peft_model(m, a)", {"peft_type": "LORA"}),  # which ran?
+    ("cfg = LoraConfig(r=8, lora_alpha=16)", {}),  # built, never applied
+    ("cfg = AdaLoraConfig(r=8)\nmodel = get_peft_model(m, cfg)", {}),  # another method's config
+    ("cfg = LoraConfig(r=8)\np = PromptTuningConfig(n=8)\nmodel = get_peft_model(m, cfg)", {}),  # two methods
+])
+def test_a_lora_adapter_the_code_builds_and_applies_is_read(tmp_path, code, facts):
+    rows = [["10", "1.30", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"], ["30", "0.70", "0.95", "0.65"]]
+    run = read_notebook(_table_notebook(tmp_path / "nb.ipynb", [("[30/30 00:10, Epoch 3/3]", rows)], code=code))
+    assert {k: run.facts[k].value for k in ("peft_type", "r", "lora_alpha") if k in run.facts} == facts
+    assert (diagnose(run).features["lora"] == 1.0) == bool(facts)
+
+
 def test_the_task_is_read_from_the_model_class_the_code_names(tmp_path):
     rows = [["10", "2.30", "2.20", "0.50"], ["20", "2.10", "2.05", "0.60"], ["30", "2.00", "1.98", "0.65"]]
     bar = [("[30/30 00:10, Epoch 3/3]", rows)]

@@ -1553,3 +1553,15 @@ def test_a_long_flat_val_loss_beside_a_train_loss_falling_to_a_fitted_share_is_o
     assert d.features["train_loss_final_over_start"] <= 0.25 and d.features["train_loss_late_drop"] >= 0.1
     assert d.features["val_loss_rise_noise"] < 2 or val_min_at == 1.0
     assert (d.verdict == "overfit-capacity") == overfit, [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+@pytest.mark.parametrize("architecture, healthy", [
+    ("RobertaForMaskedLM", True),  # fold R's priyashah23: MLM domain adaptation, train -8%, val -0.037 then -0.014
+    ("RobertaForSequenceClassification", False),  # near miss: a classifier's train loss down 8% is no fit
+])
+def test_a_masked_language_model_has_an_entropy_floor_as_a_causal_one_does(tmp_path, architecture, healthy):
+    folder = trainer_state(tmp_path, train=_per_eval([2.247, 2.105, 2.066]), val=_per_eval([2.0221, 1.9855, 1.9717]),
+                           classes=None, n_val=None, evals=3, steps=120, log_every=40)
+    d = diagnose(_kind(folder, architecture))
+    assert (d.features["generative"] == 1.0) == healthy and d.features["train_loss_drop"] < 0.3
+    assert (d.verdict == "healthy") == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]
