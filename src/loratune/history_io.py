@@ -185,7 +185,7 @@ PEFT_TASK_TYPES = {"CAUSAL_LM": "causal-lm", "SEQ_2_SEQ_LM": "seq2seq", "SEQ_CLS
                    "TOKEN_CLS": "token-classification", "QUESTION_ANS": "question-answering"}
 ARCH_TASKS = (("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"), ("ForConditionalGeneration", "seq2seq"), ("ForSeq2SeqLM", "seq2seq"),
               ("ForSequenceClassification", "single_label"), ("ForTokenClassification", "token-classification"),
-              ("ForQuestionAnswering", "question-answering"), ("ForMaskedLM", "masked-lm"))
+              ("ForQuestionAnswering", "question-answering"), ("ForMaskedLM", "masked-lm"), ("MTModel", "seq2seq"))
 NO_CLASS_TASKS = ("causal-lm", "seq2seq", "regression", "question-answering", "masked-lm")
 # trainer_state.json top-level fields that are facts about the run (never the pickled training_args.bin)
 _STATE_FACTS = ("train_batch_size", "max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps")
@@ -765,6 +765,9 @@ _NB_LR_NAME = re.compile(r"\blearning_rate\s*=\s*([A-Za-z_][A-Za-z0-9_]*)\b(?!\s
 _NB_LABELS = re.compile(r"""["']?\bnum_labels["']?\s*[=:]\s*(\d+)\b""")
 # a transformers model class in a code cell (`AutoModelForCausalLM`, `GPT2LMHeadModel`, `BartForConditionalGeneration`)
 _NB_MODEL_CLASS = re.compile(r"\b[A-Z][A-Za-z0-9]*(?:" + "|".join(suffix for suffix, _ in ARCH_TASKS) + r")\b")
+# names in a notebook's code that say the task where no model class does: unsloth's loader and TRL's SFT trainer
+# train a causal LM (fold S's omarwaleed523: Qwen2.5 through FastLanguageModel and SFTTrainer)
+NB_TASK_NAMES = (("FastLanguageModel", "causal-lm"), ("SFTTrainer", "causal-lm"))
 # a peft LoRA adapter the code builds (`LoraConfig(r=8, lora_alpha=16, ...)` and `get_peft_model` / `peft_config=`)
 _NB_LORA = re.compile(r"\bLoraConfig\(([^()]*)\)")
 _NB_LORA_APPLIED = re.compile(r"\bget_peft_model\(|\bpeft_config\s*=")
@@ -1017,7 +1020,9 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
     # every class named maps to one task (a notebook importing a classifier and a generator says neither)
     named = sorted({m.group(0) for text in code for m in _NB_MODEL_CLASS.finditer(text)
                     if "Collator" not in m.group(0)})  # DataCollatorForTokenClassification is no model
+    named += [name for name, _ in NB_TASK_NAMES if any(re.search(rf"\b{name}\b", text) for text in code)]
     tasks = {task for n in named for suffix, task in ARCH_TASKS if n.endswith(suffix)}
+    tasks |= {task for name, task in NB_TASK_NAMES if name in named}
     if len(tasks) == 1:
         task = tasks.pop()
         multi = task == "single_label" and any("multi_label_classification" in text for text in code)

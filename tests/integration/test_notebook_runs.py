@@ -296,6 +296,15 @@ def test_the_task_is_read_from_the_model_class_the_code_names(tmp_path):
     tok = read_notebook(_table_notebook(tmp_path / "tok.ipynb", bar, code=(
         "AutoModelForSequenceClassification.from_pretrained(m)\nDataCollatorForTokenClassification(tokenizer)")))
     assert tok.facts["task"].value == "single_label"
+    # fold S: a Marian translation model, and an SFT run through unsloth's loader (no model class of transformers')
+    mt = read_notebook(_table_notebook(tmp_path / "mt.ipynb", bar, code="MarianMTModel.from_pretrained(m)"))
+    assert mt.facts["task"].value == "seq2seq"
+    sft = read_notebook(_table_notebook(tmp_path / "sft.ipynb", bar, code=(
+        "model, tok = FastLanguageModel.from_pretrained(m)\ntrainer = SFTTrainer(model=model)")))
+    assert sft.facts["task"].value == "causal-lm" and "FastLanguageModel, SFTTrainer" in sft.facts["task"].source
+    clash = read_notebook(_table_notebook(tmp_path / "clash.ipynb", bar, code=(
+        "AutoModelForSequenceClassification.from_pretrained(m)\ntrainer = SFTTrainer(model=model)")))
+    assert "task" not in clash.facts
 
 
 def test_a_nan_in_the_table_is_a_non_finite_loss_not_a_missing_one(tmp_path):
