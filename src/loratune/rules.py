@@ -433,7 +433,11 @@ _RULES = (
                        # turn itself, so no noise band can clear even a 16-57% rise (fold M's Henry-325, hstoklosa);
                        # a rise each later eval repeats is not one noisy point
                        all_(c("n_eval_points", "<", "tail_noise_points_min"),
-                            c("val_loss_rise_held", ">=", "val_loss_rise_min")),
+                            c("val_loss_rise_held", ">=", "val_loss_rise_min"),
+                            # ...not beside a val metric at its ceiling: a solved task's val loss moves by single
+                            # examples (fold S's Cansutunc: 0.0156 -> 0.0208 at accuracy 1.000 then 0.9956, n 227)
+                            any_(c("val_metric_logged", "<", "flag_on"),
+                                 c("val_metric_best", "<", "metric_ceiling_max"))),
                        # ...or whose val loss rose at every eval after its minimum, ending val_loss_rise_small_min
                        # above it, while the train loss still fell over the second half: a rise that grows at each
                        # later eval is a trend, not one noisy point, and the widening gap is 5b's overfit (fold L's
@@ -446,8 +450,12 @@ _RULES = (
                        # a run scored by its losses alone: a smaller rise far beyond the noise while the train loss
                        # still falls over the second half is the gap widening, however small a share of the loss the
                        # rise is (fold L's Dekanenko: +5.5% over six rising evals at 9.7 noise units). Where a val
-                       # metric is logged it speaks instead: a small rise with the metric holding is not overfit
-                       all_(c("val_metric_logged", "<", "flag_on"),
+                       # metric is logged it speaks instead: a small rise with the metric holding is not overfit;
+                       # unless the val loss turned in the first half: half a run spent above its minimum, far beyond
+                       # its noise, is 5b's overfit whatever the metric (fold S's lionelmesnam: minimum at epoch 7 of
+                       # 20, +8% at ~8 noise units, accuracy flat within its SE)
+                       all_(any_(c("val_metric_logged", "<", "flag_on"),
+                                 c("val_loss_min_fraction", "<=", "early_turn_fraction_max")),
                             c("val_loss_rise", ">=", "val_loss_rise_small_min"),
                             c("val_loss_rise_noise", ">=", "rise_noise_strong_min"),
                             c("train_loss_late_drop", ">=", "plateau_late_drop_max")),

@@ -1565,3 +1565,38 @@ def test_a_masked_language_model_has_an_entropy_floor_as_a_causal_one_does(tmp_p
     d = diagnose(_kind(folder, architecture))
     assert (d.features["generative"] == 1.0) == healthy and d.features["train_loss_drop"] < 0.3
     assert (d.verdict == "healthy") == healthy, [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+# ---- the fold-S round (S in-sample after its held-out scoring): each change with its near misses --------------------
+
+@pytest.mark.parametrize("turn_at, overfit", [
+    (7, True),  # fold S's lionelmesnam: val minimum at epoch 7 of 20, +8% at ~8 noise units, accuracy flat within SE
+    (13, False),  # near miss: the same rise from a minimum in the second half, the metric holding: not overfit
+])
+def test_a_val_loss_that_turned_early_and_rose_far_beyond_its_noise_is_overfit_beside_a_holding_metric(
+        tmp_path, turn_at, overfit):
+    n = 20
+    val = [1.766 - (1.766 - 1.265) * min(i, turn_at) / turn_at + (0.104 * (i - turn_at) / (n - turn_at) if i > turn_at
+           else 0) + (0.006 if i % 2 else -0.006) for i in range(1, n + 1)]
+    acc = [0.31 + 0.29 * min(i, turn_at) / turn_at + (0.004 if i % 2 else 0) for i in range(1, n + 1)]
+    train = [1.904 - 1.08 * (1 - math.exp(-3 * i / n)) / (1 - math.exp(-3)) for i in range(1, n + 1)]
+    d = diagnose(trainer_state(tmp_path, train=_per_eval(train), val=_per_eval(val), metric=_per_eval(acc), evals=n,
+                               steps=20 * n, log_every=20, classes=7, n_val=343))
+    f = d.features
+    assert 0.03 <= f["val_loss_rise"] < 0.1 and f["val_loss_rise_noise"] >= 4 and f["train_loss_late_drop"] >= 0.1
+    assert f["train_loss_final_over_start"] > 0.25 and f["val_metric_final_drop_se"] < 2
+    assert (d.verdict == "overfit-capacity") == overfit, [(x.rule_id, x.suppressed_by) for x in d.findings]
+
+
+@pytest.mark.parametrize("acc_best, overfit", [
+    (1.0, False),  # fold S's Cansutunc: accuracy 1.000 then 0.9956 (one of 227), val loss 0.0156 -> 0.0208: solved
+    (0.95, True),  # near miss: the same val loss beside a metric below its ceiling: every later eval held above
+])
+def test_a_short_val_loss_held_above_its_minimum_beside_a_metric_at_its_ceiling_is_not_overfit(tmp_path, acc_best,
+                                                                                              overfit):
+    acc = [acc_best, acc_best - 0.0044, acc_best - 0.0044, acc_best - 0.0044, acc_best - 0.0044]
+    d = diagnose(trainer_state(tmp_path, train=_per_eval([0.3, 0.1, 0.03, 0.01, 0.004]),
+                               val=_per_eval([0.0214, 0.0156, 0.0221, 0.0217, 0.0208]), metric=_per_eval(acc),
+                               evals=5, steps=100, log_every=20, classes=4, n_val=227))
+    assert d.features["val_loss_rise_held"] >= 0.1 and d.features["n_eval_points"] == 5
+    assert (d.verdict == "overfit-capacity") == overfit, [(x.rule_id, x.suppressed_by) for x in d.findings]
