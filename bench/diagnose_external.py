@@ -71,7 +71,8 @@ FRESH = (("C", ROOT / "tests" / "fixtures" / "external" / "public_c", "f70a259")
          ("P", ROOT / "tests" / "fixtures" / "external" / "public_p", "3bf380d"),
          ("Q", ROOT / "tests" / "fixtures" / "external" / "public_q", "e2bbbd0"),
          ("R", ROOT / "tests" / "fixtures" / "external" / "public_r", "578c6b3"),
-         ("S", ROOT / "tests" / "fixtures" / "external" / "public_s", "4c2814e"))
+         ("S", ROOT / "tests" / "fixtures" / "external" / "public_s", "4c2814e"),
+         ("T", ROOT / "tests" / "fixtures" / "external" / "public_t", "f3a9c26"))
 # each fresh fold's first scoring, the held-out record (fold: loratune accepted, runs, finetune-doctor accepted, the
 # commit that recorded the score, None where the notes of that time name none). Written once, when a fold is scored;
 # never recomputed (the rules have changed since). The table shows every fold and two totals: C on, and I on (the span
@@ -81,13 +82,14 @@ HELD_OUT = {"C": (20, 31, 24, "9c8282d"), "D": (21, 30, 24, "a9640b5"), "E": (20
             "I": (24, 28, 25, "c9af174"), "J": (16, 19, 14, "4335ef1"), "K": (8, 13, 9, "1643b7f"),
             "L": (18, 25, 14, "f38ac72"), "M": (13, 25, 19, "af12714"), "N": (18, 25, 16, "b10ce5f"),
             "O": (19, 25, 19, "161551d"), "P": (14, 25, 6, "c33ca54"), "Q": (11, 18, 6, "9f4efbb"),
-            "R": (18, 25, 13, "e09eced"), "S": (22, 25, 17, "1153746")}
+            "R": (18, 25, 13, "e09eced"), "S": (22, 25, 17, "1153746"),
+            "T": (15, 20, 12, None)}
 RECORD_FROM = "I"  # the first fold of the quoted span (see HELD_OUT)
 # a second blind review of a fresh fold (same brief, made later, never shown the first): the two reviews' agreement
 # bounds what any reader of the same numbers can score
 REVIEW2 = "review2.json"
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
-UNREAD = ()
+UNREAD = ("T",)
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
 FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fold H; its labels were committed "
                     "(233640c, fdcf1c7) after the rules of ab06826 and before the last five rule commits, and the "
@@ -113,6 +115,9 @@ FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fo
                "S": "rules of 4c2814e (the fold-R round, with the reader's task names found from fold S's parse: its "
                     "task column only); finetune-doctor reads no notebook and is given the same numbers as a "
                     "trainer_state.json",
+               "T": "rules of f3a9c26 (the fold-S round; the rules before it, 4c2814e, score T the same: no T verdict "
+                    "moves); 20 runs, the session's fetch quota then spent; finetune-doctor reads no notebook and is "
+                    "given the same numbers as a trainer_state.json",
                "Q": "rules of e2bbbd0 (the fold-P round; 46041a8 after it only rewraps a line), the notebook reader of "
                     "949440b (fold Q's parse checked: point counts); 18 runs, the session's fetch quota then spent; "
                     "finetune-doctor reads no notebook and is given the same numbers as a trainer_state.json",
