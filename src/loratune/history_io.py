@@ -1027,7 +1027,7 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
         task = tasks.pop()
         multi = task == "single_label" and any("multi_label_classification" in text for text in code)
         task = "multi_label" if multi else task  # problem_type, as config.json's stands over its architecture
-        facts["task"] = Fact(task, f"notebook code: the model class {', '.join(named)}"
+        facts["task"] = Fact(task, f"notebook code: {', '.join(named)}"
                              + (" with problem_type multi_label_classification" if multi else ""))
         if task in NO_CLASS_TASKS:
             facts.pop("n_classes", None)
