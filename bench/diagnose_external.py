@@ -7,7 +7,7 @@ The corpus (committed fixtures, nothing downloaded):
   would accept, and the numbers behind the label, from an independent review that saw neither loratune's
   rules nor its verdicts (the manifest's automatic labels are not used);
 - tests/fixtures/external/public/: public trainer_state.json files from GitHub, labelled the same way;
-- tests/fixtures/external/public_l/ to public_n/: folds L to N, public Trainer runs recorded in Jupyter notebooks (the
+- tests/fixtures/external/public_l/ to public_t/: folds L to T, public Trainer runs recorded in Jupyter notebooks (the
   progress table of a saved output), read with history_io.read_notebook at the manifest's `table_index`;
 - tests/fixtures/external/public_c/ to public_g/: folds C to G, fresh sets of public trainer_state.json files
   from other repositories, each labelled blind from its numbers by a reviewer who saw neither loratune's rules nor
