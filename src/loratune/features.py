@@ -173,6 +173,13 @@ _CATALOGUE = (
           "min over the points after V's minimum of (v - min) / min, with at least `HELD_POINTS_MIN` such points: a "
           "rise that every later eval repeats is no single noisy point, whatever a short curve's jitter reads (4-5 "
           "evals give 2-3 second differences, and the turn itself inflates them)."),
+    _spec("val loss", "val_loss_rise_held_noise", "se",
+          "every val loss after its minimum stayed {} above it",
+          "min over the points after V's minimum of (v - min V) / (sqrt 2 x val_loss_noise), with at least "
+          "`HELD_NOISE_POINTS_MIN` such points: a rise every one of many later evals repeats, in units of the noise "
+          "of a difference of two points. Where the curve only jittered about a level after its minimum, later evals "
+          "fall back within that band (the minimum is the low extreme of the jitter); five or more all staying beyond "
+          "it is a held rise however small its last point reads."),
     _spec("val loss", "val_loss_rise_steady", "flag", "the val loss rose at every eval after its minimum: {}",
           "1 when each of the (at least `HELD_POINTS_MIN`) evals after V's minimum is above the one before it: on a "
           "short curve, a rise that grows at each later eval is a trend, not one noisy point."),
@@ -568,6 +575,7 @@ def _interp(series: Sequence[tuple[float, float]], x: float) -> float:
 # by about sqrt(k), not the trend; a curve of 10 evals or fewer is read as logged
 RISE_SHARE_POINTS_MAX = 10
 HELD_POINTS_MIN = 2  # val_loss_rise_held reads a rise only when this many evals follow the minimum
+HELD_NOISE_POINTS_MIN = 5  # val_loss_rise_held_noise reads a held rise in noise units from this many later evals
 
 
 def _block_means(values: Sequence[float], n_max: int) -> list[float]:
@@ -915,7 +923,7 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     V = _series(pts, "val/loss")
     acc.set("val_loss_logged", 1.0 if any("val/loss" in p for p in pts) else 0.0)
     names = ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise", "val_loss_rise_held",
-             "val_loss_rise_steady", "val_loss_min_fraction", "val_loss_late_drop", "val_loss_late_share",
+             "val_loss_rise_held_noise", "val_loss_rise_steady", "val_loss_min_fraction", "val_loss_late_drop", "val_loss_late_share",
              "val_loss_rise_share", "val_loss_vs_chance", "val_loss_noise", "val_loss_rise_noise", "val_loss_drop_noise")
     if not V:
         broken = any("val/loss" in p for p in pts)  # logged, every value non-finite
@@ -966,6 +974,9 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             "a single val-loss point: no noise band for the val loss")
     acc.set("val_loss_drop_noise", (start - vmin) / (math.sqrt(2) * noise) if noise else None,
             "a single val-loss point: no noise band for the val loss")
+    acc.set("val_loss_rise_held_noise", (min(later) - vmin) / (math.sqrt(2) * noise)
+            if noise and len(later) >= HELD_NOISE_POINTS_MIN else None,
+            f"fewer than {HELD_NOISE_POINTS_MIN} evals after the val loss's minimum (or no noise band)")
     if len(V) < 3:
         acc.miss(("val_loss_late_drop", "val_loss_late_share", "val_loss_rise_share"),
                  "fewer than 3 val-loss points")

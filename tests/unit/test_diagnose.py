@@ -271,9 +271,10 @@ def test_threshold_overrides_change_the_verdict():
     assert verdict(pts).verdict == "overfit-capacity"
     # every overfit route this run meets: the val loss's rise, the metric's fall, the val loss no lower over the second
     # half beside a fitted train loss (under late_val_drop_min), a smaller rise far beyond the noise after an early turn
-    # (rise_noise_strong_min); each alone still reads overfit
+    # (rise_noise_strong_min), or held by every later eval beyond the band (rise_noise_min); each alone still reads
+    # overfit
     off = {"val_loss_rise_min": 10.0, "val_metric_drop_min": 1.0, "late_val_drop_min": -10.0,
-           "rise_noise_strong_min": 1e6}
+           "rise_noise_strong_min": 1e6, "rise_noise_min": 1e6}
     assert verdict(pts, thresholds=off).verdict != "overfit-capacity"
     for k in off:
         assert verdict(pts, thresholds={k: off[k]}).verdict == "overfit-capacity", k
