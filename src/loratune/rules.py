@@ -133,6 +133,9 @@ _THRESHOLDS = (
     _t("usual_lr_min", 1e-5, "lr", "...at a peak lr at or above the low end of protocol 1's usual range (1e-5..1e-3, "
        "full fine-tuning 1e-5..5e-5): steps of a usual size that moved no prediction are a collapse; steps below it "
        "that moved none are too small (a warmup that never reached an lr: macyrm, fold E)."),
+    _t("lr_far_below_max", 3e-6, "lr", "A peak lr under a third of usual_lr_min, the low end of protocol 1's range "
+       "(1e-5..1e-3; full fine-tuning 1e-5..5e-5): for a classifier, steps too small for any method whatever the "
+       "curve's decayed tail shows (a large language model's full fine-tuning may sit lower; classifiers only)."),
     _t("osc_loss_rise", 0.15, "fraction", "Oscillation: train loss climbs back above its running minimum by "
        "this share of its start."),
     _t("osc_metric_drop", 0.05, "points", "Oscillation: val metric falls this much between two evals."),
@@ -616,6 +619,16 @@ _RULES = (
                        c("val_loss_rise", "<", "val_loss_rise_min"),
                        any_(c("val_loss_min_fraction", ">=", "late_min_fraction"),
                             c("val_loss_still_falling", ">=", "flag_on")),
+                       c("plan_done_fraction", ">=", "plan_cut_max")),
+                  # the lr prior for a classifier: a peak lr far below protocol 1's range that left the train loss
+                  # above a fitted share of its start, the val loss not past its low, the plan run: the steps were
+                  # too small to finish the fit, however converged the tail of a schedule decaying to 0 reads
+                  # (fold T's b-paisley: DistilBERT-NER at 1e-6 linear to 0, 30 epochs, train 0.64x its start,
+                  # F1 0.64, the val loss at its low at 87% with 0.2% left at its pace)
+                  all_(c("classifier", ">=", "flag_on"),
+                       c("peak_lr", "<", "lr_far_below_max"),
+                       c("train_loss_final_over_start", ">", "fit_loss_over_start_max"),
+                       c("val_loss_rise", "<", "val_loss_rise_min"),
                        c("plan_done_fraction", ">=", "plan_cut_max")),
                   all_(c("n_eval_points", ">", "few_evals_max"),
                        c("train_loss_final_over_start", ">=", "still_train_ratio_min"),

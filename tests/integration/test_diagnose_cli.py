@@ -74,14 +74,16 @@ def test_threshold_overrides_from_yaml(tmp_path, capsys):
     d = write_run(tmp_path / "ov", s.overfit())
     t = tmp_path / "t.yaml"
     # the overfit routes this run meets: the val loss's rise, the metric's fall, the flat val loss beside a fitted train
-    # loss (a late val fall under late_val_drop_min), a smaller rise far beyond the noise after an early turn
+    # loss (a late val fall under late_val_drop_min), a smaller rise far beyond the noise after an early turn, or held
+    # beyond the band by every later eval (rise_noise_min)
     t.write_text("thresholds:\n  val_loss_rise_min: 9.0\n  val_metric_drop_min: 0.9\n  late_val_drop_min: -9.0\n"
-                 "  rise_noise_strong_min: 1000000.0\n")
+                 "  rise_noise_strong_min: 1000000.0\n  rise_noise_min: 1000000.0\n")
     code, out, _ = run_cli(capsys, "diagnose", str(d), "--json", "--thresholds", str(t))
     data = json.loads(out)
     assert data["runs"][0]["verdict"] != "overfit-capacity"
     assert data["thresholds_overridden"] == {"val_loss_rise_min": 9.0, "val_metric_drop_min": 0.9,
-                                             "late_val_drop_min": -9.0, "rise_noise_strong_min": 1000000.0}
+                                             "late_val_drop_min": -9.0, "rise_noise_strong_min": 1000000.0,
+                                             "rise_noise_min": 1000000.0}
     code, out, _ = run_cli(capsys, "diagnose", str(d), "--json")
     assert json.loads(out)["runs"][0]["verdict"] == "overfit-capacity"
 

@@ -1661,3 +1661,18 @@ def test_a_long_val_loss_whose_every_later_eval_holds_beyond_the_noise_is_overfi
     assert (f["val_loss_rise_held_noise"] >= 2) == overfit
     assert (d.verdict == "overfit-capacity") == overfit, [(x.rule_id, x.suppressed_by) for x in d.findings]
     assert overfit or d.verdict == "healthy"
+
+
+@pytest.mark.parametrize("lr, too_small", [
+    (1e-6, True),  # fold T's b-paisley: DistilBERT-NER at 1e-6 linear to 0, train 0.64x its start after 30 epochs
+    (1e-5, False),  # near miss: the same curve at the low end of protocol 1's range: read on the curve alone
+])
+def test_a_classifier_far_below_the_usual_lr_that_did_not_fit_is_lr_too_small(tmp_path, lr, too_small):
+    train, val = _notebook_curves("t", "b-paisley")
+    n = len(val)
+    d = diagnose(trainer_state(tmp_path, train=_per_eval(train), val=_per_eval(val), metric=lambda x: 0.52 + 0.12 * x,
+                               evals=n, steps=10 * n, log_every=10, lr=lr, classes=9, n_val=1455))
+    f = d.features
+    assert n == 30 and f["classifier"] == 1 and 0.25 < f["train_loss_final_over_start"] < 0.7
+    assert f["val_loss_rise"] < 0.1 and f["val_loss_remaining_gain"] < 0.02
+    assert (d.verdict == "lr-too-small") == too_small, [(x.rule_id, x.suppressed_by) for x in d.findings]
