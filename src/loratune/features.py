@@ -97,6 +97,9 @@ _CATALOGUE = (
           "First step's loss (`train/loss_first` of the first window), else the first window mean; a generative "
           "run takes the window mean when it is the larger (one small batch of a pretrained LM's loss is too noisy)."),
     _spec("train loss", "train_loss_final", "loss", "train loss ended at {}", "Last window mean of T."),
+    _spec("train loss", "train_loss_logged", "flag", "the run logged a train loss: {}",
+          "1 when the history has a `train/loss` value at any step, 0 when it has none (a notebook whose "
+          "logging_steps is longer than the run: every row of its table reads 'No log')."),
     _spec("train loss", "train_loss_drop", "fraction", "train loss fell {} over the run",
           "(start - final) / start of T; negative when the loss grew."),
     _spec("train loss", "train_loss_drop_after_first_eval", "fraction",
@@ -797,6 +800,7 @@ def _run_size(acc: FeatureSet, pts: Sequence[dict], meta: Mapping[str, Any]) -> 
 
 def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     T = _series(pts, "train/loss", min_step=0)
+    acc.set("train_loss_logged", 1.0 if T else 0.0)
     names = ("train_loss_start", "train_loss_final", "train_loss_drop", "train_loss_final_over_start",
              "train_loss_late_drop", "train_loss_late_slope", "train_loss_plateau_fraction",
              "train_loss_vs_chance", "train_loss_rise_share", "train_loss_max_rise", "train_loss_cv",

@@ -614,7 +614,14 @@ _RULES = (
                        c("peak_lr", "<", "lora_lr_floor"),
                        any_(c("train_loss_drop", "<", "healthy_loss_drop_min"),
                             all_(c("generative", ">=", "flag_on"),
-                                 c("train_loss_drop_after_first_eval", "<", "healthy_loss_drop_min"))),
+                                 c("train_loss_drop_after_first_eval", "<", "healthy_loss_drop_min")),
+                            # ...or, with no train loss logged at all, read on the val side alone: the val loss
+                            # (below) and, where logged, a val metric that gained less than a healthy run's (fold U's
+                            # Meerschwein: Longformer LoRA r=8 at 2e-5, every row 'No log', val loss -1.2% over 3
+                            # epochs, accuracy +0.007)
+                            all_(c("train_loss_logged", "<", "flag_on"),
+                                 any_(c("val_metric_logged", "<", "flag_on"),
+                                      c("val_metric_gain", "<", "healthy_gain_min")))),
                        c("val_loss_drop", "<", "healthy_val_loss_drop_min"),
                        c("val_loss_rise", "<", "val_loss_rise_min"),
                        any_(c("val_loss_min_fraction", ">=", "late_min_fraction"),

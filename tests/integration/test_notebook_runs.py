@@ -338,3 +338,23 @@ def test_a_notebook_reads_no_side_file_even_when_named_like_a_checkpoint(tmp_pat
         run = read_notebook(_table_notebook(tmp_path / name, [("[30/30 00:10, Epoch 3/3]", rows)]))
         assert not any("id2label" in f.source for f in run.facts.values()), (name, run.facts)
         assert run.meta.get("n_classes") != 9
+
+
+@pytest.mark.parametrize("lr, acc, too_small", [
+    # fold U's Meerschwein: Longformer LoRA r=8 at 2e-5, logging_steps longer than the run (every row 'No log'),
+    # val loss -1.2% over 3 epochs, accuracy +0.007: a LoRA run below LoRA's usual lr that learned little
+    ("2e-5", ["0.8704", "0.8736", "0.8772"], True),
+    ("2e-5", ["0.70", "0.80", "0.85"], False),  # near miss: its val metric gained a healthy run's share: it learned
+    ("2e-4", ["0.8704", "0.8736", "0.8772"], False),  # near miss: at LoRA's usual lr, no lr prior to read
+])
+def test_a_lora_run_below_loras_lr_with_no_train_loss_logged_is_read_on_its_val_side(tmp_path, lr, acc, too_small):
+    val = ["0.654200", "0.647700", "0.646100"]
+    rows = [[str(e + 1), "No log", v, a] for e, (v, a) in enumerate(zip(val, acc))]
+    code = (f"model = AutoModelForSequenceClassification.from_pretrained('m', num_labels=2)\n"
+            f"model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16))\n"
+            f"args = TrainingArguments(learning_rate={lr}, num_train_epochs=3)")
+    run = read_notebook(_table_notebook(tmp_path / "nb.ipynb", [("[351/351 10:00, Epoch 3/3]", rows)], code=code,
+                                        first="Epoch"))
+    d = diagnose(run)
+    assert d.features["train_loss_logged"] == 0 and d.features["lora"] == 1
+    assert (d.verdict == "lr-too-small") == too_small, [(f.rule_id, f.suppressed_by) for f in d.findings]
