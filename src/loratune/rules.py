@@ -127,6 +127,13 @@ _THRESHOLDS = (
     _t("collapse_repeat_share_max", 0.5, "fraction", "Without per-class numbers, the val metric logging one and the "
        "same value at more than this share of the evals (on more than few_evals_max evals): the predictions did not "
        "change (protocol 5b: a collapse is a loss pinned near ln(classes) with the predictions on one class)."),
+    _t("pinned_val_drop_max", 0.05, "fraction", "...or, for frozen predictions, a val loss that fell less than this from "
+       "its first eval to its minimum: pinned where the first eval left it (a class prior's entropy, not ln(classes), "
+       "when the classes are unbalanced and their count unknown: fold N's pramanik-souvik, 0.631 -> 0.617 over 10 "
+       "epochs beside an accuracy of 0.6929 at every eval)."),
+    _t("frozen_rise_share_min", 0.0, "fraction", "...and a val loss that did not fall at every eval (some of its "
+       "movement upward): a loss that creeps down at each eval is moving, a too-small lr's pace, not a pinned one "
+       "(fold R's Zaitun-dev: a warmup longer than the run, -0.4% in six falls)."),
     _t("pinned_loss_ratio_min", 0.98, "ratio", "...while the train loss ended at this share of its start or higher: it "
        "did not fall at all (features.IMPROVE_MIN_REL, 2%, is the least relative move counted as a fall): pinned, "
        "not protocol 4's slow, steady fall."),
@@ -325,7 +332,7 @@ _THRESHOLDS = (
 
 THRESHOLDS: Mapping[str, Threshold] = MappingProxyType({t.name: t for t in _THRESHOLDS})
 
-_CURVE_AND_CLASS = ("lr-too-large", "overfit-capacity", "underfit-capacity", "lr-too-small", "undertrained",
+_CURVE_AND_CLASS = ("collapsed", "lr-too-large", "overfit-capacity", "underfit-capacity", "lr-too-small", "undertrained",
                     "healthy", "confusable-classes-unresolved", "long-tail-collapse", "label-noise-suspected",
                     "novel-phrasing-gap", "both-slices-low", "compound-intents-missed", "generations-looping")
 
@@ -340,6 +347,40 @@ _RULES = (
         moves=("learning_rate /10", "check data"),
         suppresses=_CURVE_AND_CLASS,
         source="protocol 4: non-finite loss -> diverged -> lr /10, check data",
+    ),
+    Rule(
+        id="collapsed", scope="curve", priority=85, knob_class="optimization", confidence=0.8,
+        # protocol 3's failure "where too high an lr does not explode but collapses the model to predicting one class"
+        # and 5b's "a collapse is a loss pinned near ln(classes) with the predictions on one class", read at an lr
+        # inside protocol 1's range, where the lr alone does not say it (far above it, lr-too-large reads the same
+        # curve; below usual_lr_min, steps too small also move no prediction). Below lr-too-large: where its
+        # routes read the same run (a loss that spiked above ln(classes) first, an oscillation), the lr is named
+        when=all_(c("peak_lr", ">=", "usual_lr_min"),
+                  c("peak_lr", "<", "collapse_lr_min"),
+                  any_(all_(c("classifier", ">=", "flag_on"),
+                            c("val_pred_top_share", ">=", "collapse_pred_share"),
+                            c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance")),
+                       # without per-class numbers, the predictions frozen: the val metric repeating one value at
+                       # most of more than a few evals and never rising, the loss pinned: the train loss near
+                       # ln(classes) and not falling at all, or the val loss where its first eval left it, jittering
+                       # rather than creeping down. yanmingk (J, DeBERTa-v2-xlarge, accuracy 0.405 at 3 of 4 evals,
+                       # train loss 0.95 x ln 3 over 1,600 steps at 1.4e-5); pramanik-souvik (N, accuracy 0.6929 at
+                       # all 10 evals, the majority share); PechimuthuMithil (Q, SST-2 at the class share 0.5092)
+                       all_(c("classifier", ">=", "flag_on"),
+                            c("val_metric_logged", ">=", "flag_on"),
+                            c("n_eval_points", ">", "few_evals_max"),
+                            c("val_metric_repeat_share", ">", "collapse_repeat_share_max"),
+                            c("val_metric_gain", "<", "no_gain_max"),
+                            any_(all_(c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+                                      c("train_loss_final_over_start", ">=", "pinned_loss_ratio_min")),
+                                 all_(c("val_loss_drop", "<", "pinned_val_drop_max"),
+                                      c("val_loss_rise_share", ">", "frozen_rise_share_min")))))),
+        verdict="collapsed to one class: the predictions stopped changing (one class, or one metric value at every "
+                "eval) with the loss pinned, at an lr inside the usual range",
+        moves=("learning_rate /2", "check data"),
+        suppresses=tuple(x for x in _CURVE_AND_CLASS if x not in ("collapsed", "lr-too-large")),
+        source="protocol 3: too high an lr can collapse the model to predicting one class (loss pinned near "
+               "ln(classes)); 5b: a collapse is a loss pinned near ln(classes) with the predictions on one class",
     ),
     Rule(
         id="lr-too-large", scope="curve", priority=90, knob_class="optimization", confidence=0.8,
@@ -358,18 +399,6 @@ _RULES = (
                  c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
                  any_(c("train_loss_max_rise", ">=", "collapse_loss_rise"),
                       c("val_loss_rise_share", ">=", "collapse_val_rise_share"))),
-            # without per-class numbers, the predictions frozen: the val metric repeating one value at most of more
-            # than a few evals and never rising, the train loss pinned near ln(classes) and not falling at all, at a
-            # usual lr (protocol 5b's collapse; a too-small lr's steps, which also flip no prediction, are below
-            # usual_lr_min, and its loss falls slowly instead): yanmingk (J, DeBERTa-v2-xlarge, accuracy 0.405 at 3
-            # of 4 evals, train loss 0.95 x ln 3 over 1,600 steps at 1.4e-5)
-            all_(c("classifier", ">=", "flag_on"),
-                 c("n_eval_points", ">", "few_evals_max"),
-                 c("val_metric_repeat_share", ">", "collapse_repeat_share_max"),
-                 c("val_metric_gain", "<", "no_gain_max"),
-                 c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
-                 c("train_loss_final_over_start", ">=", "pinned_loss_ratio_min"),
-                 c("peak_lr", ">=", "usual_lr_min")),
             # the train loss climbed back up while the val metric swung beyond its noise; unless the train loss went on
             # to memorise the training set (a tenth of its start or below: it descended, its bumps the noise of single
             # logged windows) while the val loss rose beyond its noise: that is the overfit of protocol 3, as the

@@ -22,6 +22,9 @@ ISSUE_IDS = {"underfit-capacity", "overfit-capacity", "lr-too-small", "lr-too-la
 FIRING = {
     "diverged": dict(nonfinite_values=2, status_diverged=0, train_loss_final_over_start=0.5,
                      train_loss_vs_chance=0.3),
+    "collapsed": dict(peak_lr=1e-4, classifier=1, val_pred_top_share=0.95, train_loss_vs_chance=1.0,
+                      val_metric_logged=1, n_eval_points=10, val_metric_repeat_share=0.9, val_metric_gain=0.0,
+                      train_loss_final_over_start=1.0, val_loss_drop=0.01, val_loss_rise_share=0.3),
     "lr-too-large": dict(train_loss_peak_vs_chance=1.2, peak_lr=1e-3, val_metric_gain=0.2,
                          val_pred_top_share=0.95, train_loss_vs_chance=1.0,
                          train_loss_max_rise=0.3,

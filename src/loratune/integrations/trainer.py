@@ -9,8 +9,8 @@ printed (`healthy` and `undertrained` describe every run that is still learning,
 
 It can stop training (`control.should_training_stop`), saying why:
 - `diverged`: a non-finite train loss at any logging step, or the `diverged` rule at an evaluation;
-- `collapse`: the `lr-too-large` rule's one-class collapse (predictions on one class, loss pinned near
-  ln(classes));
+- `collapse`: a one-class collapse (predictions on one class, loss pinned near ln(classes)): the
+  `collapsed` rule, or the `lr-too-large` rule's collapse routes at an lr far above the usual range;
 - overfitting, opt-in: `overfit_patience=N` stops after `overfit-capacity` has fired at N + 1
   evaluations in a row.
 """
@@ -94,7 +94,8 @@ class LoratuneCallback(TrainerCallback):
         confident = {f.rule_id for f in d.active if not f.tentative and f.confidence >= self.min_confidence}
         if "diverged" in confident and "diverged" in self.stop_on:
             self._stop(control, "diverged", "the diagnosis says diverged (exploding or non-finite loss)")
-        elif "lr-too-large" in confident and "collapse" in self.stop_on and _collapsed(d):
+        elif "collapse" in self.stop_on and ("collapsed" in confident or ("lr-too-large" in confident
+                                                                          and _collapsed(d))):
             self._stop(control, "collapse", "the model collapsed to one class (loss pinned near ln(classes))")
         self.overfit_streak = self.overfit_streak + 1 if "overfit-capacity" in confident else 0
         if self.overfit_patience is not None and self.overfit_streak > self.overfit_patience:

@@ -2,8 +2,8 @@
 
 Checked at every evaluation point of a running trial:
 
-- `diagnosis`: from 30% of the planned steps on, a partial diagnosis whose verdict is `diverged` or
-  `lr-too-large` (collapse to one class, oscillation; a confident, not a tentative, finding) stops the
+- `diagnosis`: from 30% of the planned steps on, a partial diagnosis whose verdict is `diverged`,
+  `collapsed` or `lr-too-large` (oscillation; a confident, not a tentative, finding) stops the
   trial when a finished trial was better at the same step: more steps will not fix an lr that is too
   high.
 - `behind-best` (successive-halving style, against the best finished trial instead of a rung
@@ -30,7 +30,7 @@ class PruneSettings:
     margin_min: float = 0.05  # ... when trailing by more than this (points of val macro-F1)
     margin_se: float = 3.0  # ... and by more than this many standard errors of the val metric
     diagnosis_min_fraction: float = 0.3  # act on a collapse / divergence verdict from this share on
-    stop_verdicts: tuple[str, ...] = ("diverged", "lr-too-large")
+    stop_verdicts: tuple[str, ...] = ("diverged", "collapsed", "lr-too-large")
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

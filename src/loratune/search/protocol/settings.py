@@ -19,7 +19,7 @@ RSLORA = "adapter.use_rslora"
 METHOD = "adapter.method"
 SEED = "train.seed"
 SLOW_VERDICTS = ("underfit-capacity", "lr-too-small")  # ambiguous slow learning (protocol 5)
-LR_VERDICTS = ("diverged", "lr-too-large")
+LR_VERDICTS = ("diverged", "collapsed", "lr-too-large")
 
 # -- named constants, each with its reason -------------------------------------------------------------
 # A trials budget counts a quarter-length lr probe as a whole trial: below this many trials the three
