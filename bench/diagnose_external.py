@@ -19,8 +19,8 @@ Split by dataset, never by run: fold A (thresholds fitted) = the banking77 and c
 every other public repository (sorted by name, even positions); fold B (held out) = the clinc150 Trainer
 runs, the TRL SFT runs and the other public repositories; fold C (held out twice over) = public_c. Thresholds are fitted on A by coordinate
 descent over a coarse grid around each default (objective: share of accepted top verdicts, minus a heavy
-penalty for `healthy` on a run labelled overfit / diverged / lr-too-large; a move must win >= 2 runs); the confusion matrix is
-reported on B with those thresholds. The reverse fold (fit on B, score A) is reported too, as a check
+penalty for `healthy` on a run labelled overfit / diverged / collapsed / lr-too-large (UNFORGIVABLE); a move must
+win >= 2 runs); the confusion matrix is reported on B with those thresholds. The reverse fold (fit on B, score A) is reported too, as a check
 that the result does not hinge on one split.
 
 finetune-doctor (PyPI; the competitor) runs on the same runs from its own virtual environment
@@ -74,7 +74,8 @@ FRESH = (("C", ROOT / "tests" / "fixtures" / "external" / "public_c", "f70a259")
          ("S", ROOT / "tests" / "fixtures" / "external" / "public_s", "4c2814e"),
          ("T", ROOT / "tests" / "fixtures" / "external" / "public_t", "f3a9c26"),
          ("U", ROOT / "tests" / "fixtures" / "external" / "public_u", "1ae4a4d"),
-         ("V", ROOT / "tests" / "fixtures" / "external" / "public_v", "bf66ca4"))
+         ("V", ROOT / "tests" / "fixtures" / "external" / "public_v", "bf66ca4"),
+         ("W", ROOT / "tests" / "fixtures" / "external" / "public_w", "2d4a91b"))
 # each fresh fold's first scoring, the held-out record (fold: loratune accepted, runs, finetune-doctor accepted, the
 # commit that recorded the score, None where the notes of that time name none). Written once, when a fold is scored;
 # never recomputed (the rules have changed since). The table shows every fold and two totals: C on, and I on (the span
@@ -92,7 +93,7 @@ RECORD_FROM = "I"  # the first fold of the quoted span (see HELD_OUT)
 # bounds what any reader of the same numbers can score
 REVIEW2 = "review2.json"
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
-UNREAD = ()
+UNREAD = ("W",)
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
 FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fold H; its labels were committed "
                     "(233640c, fdcf1c7) after the rules of ab06826 and before the last five rule commits, and the "
@@ -131,7 +132,7 @@ FOLDS = "AB" + "".join(k for k, _, _ in FRESH)
 RESULTS = ROOT / "bench" / "results"
 FOLD_A_DATASETS = ("banking77-10", "clinc-oos-binary")  # fitted on (with the even public repos)
 # labels that must never read `healthy` (unless the review accepted healthy for that run too)
-UNFORGIVABLE = ("overfit-capacity", "diverged", "lr-too-large")
+UNFORGIVABLE = ("overfit-capacity", "diverged", "collapsed", "lr-too-large")
 # the thresholds the fit may move (the rows that read loss-only curves, noise bands and budgets)
 FITTED = ("fit_loss_over_start_max", "val_loss_rise_min", "rise_noise_min", "val_metric_drop_min", "drop_se_min",
           "slow_runs_to_fit_min", "diverged_loss_ratio", "diverged_chance_ratio",
@@ -439,7 +440,7 @@ def render(res: dict) -> str:
                   *([f"- held out, first scored: {HELD_OUT[k][0]} of {HELD_OUT[k][1]}, finetune-doctor "
                      f"{HELD_OUT[k][2]} (the record above)"] if k in HELD_OUT else []),
                   f"- accepted top verdicts: **{c['accepted']} of {c['n']} ({c['share']:.0%})**",
-                  f"- `healthy` on a run labelled overfit / diverged / lr-too-large: {c['healthy_on_unforgivable']}"
+                  f"- `healthy` on a run labelled {' / '.join(UNFORGIVABLE)}: {c['healthy_on_unforgivable']}"
                   + (f" ({', '.join(p['name'] for p in unf)})" if unf else ""),
                   f"- with the thresholds fitted on fold A instead: {res[f'fresh_{k}_fit_A']['accepted']} of {c['n']}"]
         if fd_c:
@@ -447,7 +448,7 @@ def render(res: dict) -> str:
         lines += [""] + _matrix(c["confusion"]) + [""]
     lines += ["## Held out (fold B, thresholds fitted on fold A)", "",
              f"- accepted top verdicts: **{b['accepted']} of {b['n']} ({b['share']:.0%})**",
-             f"- `healthy` on a run labelled overfit / diverged / lr-too-large: {b['healthy_on_unforgivable']}", ""]
+             f"- `healthy` on a run labelled {' / '.join(UNFORGIVABLE)}: {b['healthy_on_unforgivable']}", ""]
     lines += _matrix(b["confusion"])
     lines += ["", "## Reverse fold (fit on B, score A)", "",
               f"- accepted: {a['accepted']} of {a['n']} ({a['share']:.0%}); `healthy` on unforgivable: "
