@@ -7,7 +7,7 @@ The corpus (committed fixtures, nothing downloaded):
   would accept, and the numbers behind the label, from an independent review that saw neither loratune's
   rules nor its verdicts (the manifest's automatic labels are not used);
 - tests/fixtures/external/public/: public trainer_state.json files from GitHub, labelled the same way;
-- tests/fixtures/external/public_l/ to public_t/: folds L to T, public Trainer runs recorded in Jupyter notebooks (the
+- tests/fixtures/external/public_l/ to public_w/: folds L to W, public Trainer runs recorded in Jupyter notebooks (the
   progress table of a saved output), read with history_io.read_notebook at the manifest's `table_index`;
 - tests/fixtures/external/public_c/ to public_g/: folds C to G, fresh sets of public trainer_state.json files
   from other repositories, each labelled blind from its numbers by a reviewer who saw neither loratune's rules nor
@@ -20,8 +20,8 @@ every other public repository (sorted by name, even positions); fold B (held out
 runs, the TRL SFT runs and the other public repositories; fold C (held out twice over) = public_c. Thresholds are fitted on A by coordinate
 descent over a coarse grid around each default (objective: share of accepted top verdicts, minus a heavy
 penalty for `healthy` on a run labelled overfit / diverged / collapsed / lr-too-large (UNFORGIVABLE); a move must
-win >= 2 runs); the confusion matrix is reported on B with those thresholds. The reverse fold (fit on B, score A) is reported too, as a check
-that the result does not hinge on one split.
+win >= 2 runs); the confusion matrix is reported on B with those thresholds. The reverse fold (fit on B, score A) is
+reported too, as a check that the result does not hinge on one split.
 
 finetune-doctor (PyPI; the competitor) runs on the same runs from its own virtual environment
 (`--fd-python`, default /work/fd-venv/bin/python; skipped with a note when absent), through
@@ -87,13 +87,13 @@ HELD_OUT = {"C": (20, 31, 24, "9c8282d"), "D": (21, 30, 24, "a9640b5"), "E": (20
             "O": (19, 25, 19, "161551d"), "P": (14, 25, 6, "c33ca54"), "Q": (11, 18, 6, "9f4efbb"),
             "R": (18, 25, 13, "e09eced"), "S": (22, 25, 17, "1153746"),
             "T": (15, 20, 12, "8ad02bf"), "U": (19, 25, 15, "dbb9d4f"),
-            "V": (25, 25, 17, "3956a78")}
+            "V": (25, 25, 17, "3956a78"), "W": (24, 25, 12, "e23be45")}
 RECORD_FROM = "I"  # the first fold of the quoted span (see HELD_OUT)
 # a second blind review of a fresh fold (same brief, made later, never shown the first): the two reviews' agreement
 # bounds what any reader of the same numbers can score
 REVIEW2 = "review2.json"
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
-UNREAD = ("W",)
+UNREAD = ()
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
 FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fold H; its labels were committed "
                     "(233640c, fdcf1c7) after the rules of ab06826 and before the last five rule commits, and the "
@@ -119,6 +119,13 @@ FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fo
                "S": "rules of 4c2814e (the fold-R round, with the reader's task names found from fold S's parse: its "
                     "task column only); finetune-doctor reads no notebook and is given the same numbers as a "
                     "trainer_state.json",
+               "U": "rules of 1ae4a4d (the fold-T round), committed while fold U's two blind reviews were being "
+                    "written (they started at d5974b5) and before any of its labels was read; the rules of a3fe81c, "
+                    "before the round, give every U run the same verdict; finetune-doctor reads no notebook and is "
+                    "given the same numbers as a trainer_state.json",
+               "V": "rules of bf66ca4 (the fold-U round); those of a3fe81c and 1ae4a4d score V the same",
+               "W": "rules of 2d4a91b (the collapsed verdict); those of bf66ca4 score W the same, those of a3fe81c "
+                    "23 of 25 (the fold-T round's lr-too-large guard moves FarshadAmiri to overfit)",
                "T": "rules of f3a9c26 (the fold-S round; the rules before it, 4c2814e, score T the same: no T verdict "
                     "moves); 20 runs, the session's fetch quota then spent; finetune-doctor reads no notebook and is "
                     "given the same numbers as a trainer_state.json",

@@ -927,8 +927,9 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     V = _series(pts, "val/loss")
     acc.set("val_loss_logged", 1.0 if any("val/loss" in p for p in pts) else 0.0)
     names = ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise", "val_loss_rise_held",
-             "val_loss_rise_held_noise", "val_loss_rise_steady", "val_loss_min_fraction", "val_loss_late_drop", "val_loss_late_share",
-             "val_loss_rise_share", "val_loss_vs_chance", "val_loss_noise", "val_loss_rise_noise", "val_loss_drop_noise")
+             "val_loss_rise_held_noise", "val_loss_rise_steady", "val_loss_min_fraction", "val_loss_late_drop",
+             "val_loss_late_share", "val_loss_rise_share", "val_loss_vs_chance", "val_loss_noise", "val_loss_rise_noise",
+             "val_loss_drop_noise")
     if not V:
         broken = any("val/loss" in p for p in pts)  # logged, every value non-finite
         acc.miss(names, "the val loss is non-finite (NaN/inf) at every eval while the train loss is finite: the "

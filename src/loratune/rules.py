@@ -127,10 +127,10 @@ _THRESHOLDS = (
     _t("collapse_repeat_share_max", 0.5, "fraction", "Without per-class numbers, the val metric logging one and the "
        "same value at more than this share of the evals (on more than few_evals_max evals): the predictions did not "
        "change (protocol 5b: a collapse is a loss pinned near ln(classes) with the predictions on one class)."),
-    _t("pinned_val_drop_max", 0.05, "fraction", "...or, for frozen predictions, a val loss that fell less than this from "
-       "its first eval to its minimum: pinned where the first eval left it (a class prior's entropy, not ln(classes), "
-       "when the classes are unbalanced and their count unknown: fold N's pramanik-souvik, 0.631 -> 0.617 over 10 "
-       "epochs beside an accuracy of 0.6929 at every eval)."),
+    _t("pinned_val_drop_max", 0.05, "fraction", "...or, for frozen predictions, a val loss that fell less than this "
+       "from its first eval to its minimum: pinned where the first eval left it (a class prior's entropy, not "
+       "ln(classes), when the classes are unbalanced and their count unknown: fold N's pramanik-souvik, 0.631 -> "
+       "0.617 over 10 epochs beside an accuracy of 0.6929 at every eval)."),
     _t("frozen_rise_share_min", 0.0, "fraction", "...and a val loss that did not fall at every eval (some of its "
        "movement upward): a loss that creeps down at each eval is moving, a too-small lr's pace, not a pinned one "
        "(fold R's Zaitun-dev: a warmup longer than the run, -0.4% in six falls)."),
@@ -332,9 +332,10 @@ _THRESHOLDS = (
 
 THRESHOLDS: Mapping[str, Threshold] = MappingProxyType({t.name: t for t in _THRESHOLDS})
 
-_CURVE_AND_CLASS = ("collapsed", "lr-too-large", "overfit-capacity", "underfit-capacity", "lr-too-small", "undertrained",
-                    "healthy", "confusable-classes-unresolved", "long-tail-collapse", "label-noise-suspected",
-                    "novel-phrasing-gap", "both-slices-low", "compound-intents-missed", "generations-looping")
+_CURVE_AND_CLASS = ("collapsed", "lr-too-large", "overfit-capacity", "underfit-capacity", "lr-too-small",
+                    "undertrained", "healthy", "confusable-classes-unresolved", "long-tail-collapse",
+                    "label-noise-suspected", "novel-phrasing-gap", "both-slices-low", "compound-intents-missed",
+                    "generations-looping")
 
 _RULES = (
     Rule(
