@@ -227,3 +227,32 @@ def test_diagnosing_an_external_run_imports_no_torch(tb_run):
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     got = json.loads(res.stdout)
     assert got == {"verdict": got["verdict"], "torch": False, "transformers": False}
+
+
+@pytest.mark.parametrize("acc, stops", [
+    ([0.6929] * 8, True),  # every eval the majority share, the val loss pinned at a usual lr: a one-class collapse
+    ([0.62, 0.66, 0.69, 0.71, 0.73, 0.74, 0.75, 0.76], False),  # near miss: the same losses, predictions moving
+])
+def test_callback_stops_on_a_collapse_at_a_usual_lr(tmp_path, acc, stops):
+    from types import SimpleNamespace
+
+    from loratune.integrations import LoratuneCallback
+
+    val = [0.6311, 0.6177, 0.6169, 0.6188, 0.6174, 0.6171, 0.6183, 0.6175]
+    log = []
+    for i, (v, a) in enumerate(zip(val, acc)):
+        step = 70 * (i + 1)
+        log.append({"step": step, "epoch": i + 1.0, "loss": 0.60 + 0.02 * (i % 2), "learning_rate": 2e-5,
+                    "grad_norm": 1.0})
+        log.append({"step": step, "epoch": i + 1.0, "eval_loss": v, "eval_accuracy": a, "eval_runtime": 2.8,
+                    "eval_samples_per_second": 100.0})
+    state = SimpleNamespace(max_steps=700, num_train_epochs=10, train_batch_size=16, logging_steps=70,
+                            eval_steps=70, save_steps=500, global_step=560, log_history=log,
+                            is_world_process_zero=True)
+    control = SimpleNamespace(should_training_stop=False)
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append, record=False)
+    cb.on_evaluate(SimpleNamespace(output_dir=str(tmp_path)), state, control)
+    assert (cb.last.verdict == "collapsed") == stops, [(f.rule_id, f.suppressed_by) for f in cb.last.findings]
+    assert control.should_training_stop == stops and (cb.stopped_by == "collapse") == stops
+    assert stops == any("collapsed to one class" in m for m in said)
