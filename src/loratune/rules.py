@@ -356,10 +356,10 @@ _RULES = (
         # inside protocol 1's range, where the lr alone does not say it (far above it, lr-too-large reads the same
         # curve; below usual_lr_min, steps too small also move no prediction). Below lr-too-large: where its
         # routes read the same run (a loss that spiked above ln(classes) first, an oscillation), the lr is named
-        when=all_(c("peak_lr", ">=", "usual_lr_min"),
+        when=all_(c("classifier", ">=", "flag_on"),
+                  c("peak_lr", ">=", "usual_lr_min"),
                   c("peak_lr", "<", "collapse_lr_min"),
-                  any_(all_(c("classifier", ">=", "flag_on"),
-                            c("val_pred_top_share", ">=", "collapse_pred_share"),
+                  any_(all_(c("val_pred_top_share", ">=", "collapse_pred_share"),
                             c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance")),
                        # without per-class numbers, the predictions frozen: the val metric repeating one value at
                        # most of more than a few evals and never rising, the loss pinned: the train loss near
@@ -367,8 +367,7 @@ _RULES = (
                        # rather than creeping down. yanmingk (J, DeBERTa-v2-xlarge, accuracy 0.405 at 3 of 4 evals,
                        # train loss 0.95 x ln 3 over 1,600 steps at 1.4e-5); pramanik-souvik (N, accuracy 0.6929 at
                        # all 10 evals, the majority share); PechimuthuMithil (Q, SST-2 at the class share 0.5092)
-                       all_(c("classifier", ">=", "flag_on"),
-                            c("val_metric_logged", ">=", "flag_on"),
+                       all_(c("val_metric_logged", ">=", "flag_on"),
                             c("n_eval_points", ">", "few_evals_max"),
                             c("val_metric_repeat_share", ">", "collapse_repeat_share_max"),
                             c("val_metric_gain", "<", "no_gain_max"),
