@@ -76,7 +76,8 @@ FRESH = (("C", ROOT / "tests" / "fixtures" / "external" / "public_c", "f70a259")
          ("U", ROOT / "tests" / "fixtures" / "external" / "public_u", "1ae4a4d"),
          ("V", ROOT / "tests" / "fixtures" / "external" / "public_v", "bf66ca4"),
          ("W", ROOT / "tests" / "fixtures" / "external" / "public_w", "2d4a91b"),
-         ("X", ROOT / "tests" / "fixtures" / "external" / "public_x", "429e50c"))
+         ("X", ROOT / "tests" / "fixtures" / "external" / "public_x", "429e50c"),
+         ("Y", ROOT / "tests" / "fixtures" / "external" / "public_y", "3bdf90c"))
 # each fresh fold's first scoring, the held-out record (fold: loratune accepted, runs, finetune-doctor accepted, the
 # commit that recorded the score, None where the notes of that time name none). Written once, when a fold is scored;
 # never recomputed (the rules have changed since). The table shows every fold and two totals: C on, and I on (the span
@@ -95,7 +96,7 @@ RECORD_FROM = "I"  # the first fold of the quoted span (see HELD_OUT)
 # bounds what any reader of the same numbers can score
 REVIEW2 = "review2.json"
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
-UNREAD = ()
+UNREAD = ("Y",)
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
 FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fold H; its labels were committed "
                     "(233640c, fdcf1c7) after the rules of ab06826 and before the last five rule commits, and the "
@@ -153,8 +154,9 @@ GRID = (0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0)
 # a threshold moves off its value only when that wins at least this many more runs of the fold (one run is
 # one label's judgement call; moving for it is fitting the fold, not the rule)
 MIN_GAIN_RUNS = 2
-VERDICTS = ("healthy", "overfit-capacity", "underfit-capacity", "lr-too-small", "lr-too-large", "diverged",
-            "undertrained", "inconclusive")
+# the matrices' column order; a verdict missing here still gets a column, after these (none is dropped)
+VERDICTS = ("healthy", "overfit-capacity", "underfit-capacity", "lr-too-small", "lr-too-large", "collapsed",
+            "diverged", "undertrained", "inconclusive")
 
 
 def reviewed_labels() -> dict:
@@ -378,7 +380,8 @@ def main() -> int:
 
 
 def _matrix(conf: dict) -> list[str]:
-    cols = [v for v in VERDICTS if any(v in row for row in conf.values())]
+    seen = {v for row in conf.values() for v in row}
+    cols = [v for v in VERDICTS if v in seen] + sorted(seen - set(VERDICTS))
     lines = ["| label \\ verdict | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for lab in sorted(conf):
         lines.append(f"| {lab} | " + " | ".join(str(conf[lab].get(c, ".")) for c in cols) + " |")
