@@ -391,10 +391,12 @@ _CATALOGUE = (
 
 FEATURES: Mapping[str, FeatureSpec] = MappingProxyType({s.name: s for s in _CATALOGUE})
 
-METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy", "token_accuracy", "rouge_l")
-# metrics that are no share of rows (a share of tokens, a mean of per-row overlap scores): the row count gives them no
-# binomial standard error, so the curve's own jitter is their noise (protocol 5b), and they mark a generative run
-ROW_MEAN_METRICS = ("token_accuracy", "rouge_l")
+METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy", "token_accuracy", "rouge_l", "word_accuracy",
+               "char_accuracy")
+# metrics that are no share of rows (a share of tokens or words, a mean of per-row overlap scores): the row count gives
+# them no binomial standard error, so the curve's own jitter is their noise (protocol 5b), and they mark a generative
+# run (word_accuracy / char_accuracy: 1 - WER / CER, as the reader writes them)
+ROW_MEAN_METRICS = ("token_accuracy", "rouge_l", "word_accuracy", "char_accuracy")
 # ...but a jitter read from fewer points than this (one or two second differences) is no band: where the eval size is
 # known, the [0, 1] bound on a mean's standard error stands in (`_val_metric`)
 ROW_MEAN_JITTER_POINTS_MIN = 5

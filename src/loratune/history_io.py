@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import re
+import statistics
 from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
@@ -175,6 +176,11 @@ _METRIC_ALIASES = {
 # a score logged on a 0-100 scale (the HF examples and the ChatGLM demos multiply ROUGE by 100): read as 0..1,
 # the scale every metric threshold is in; a share never exceeds 1, so one value above it names the scale
 _PERCENT_METRICS = ("rouge_l",)
+# an error rate (lower is better), as the HF speech-recognition examples log it (`wer`, `cer`): read as the share
+# right, 1 - rate, under this name (the val metric every rule reads rises as the run learns); the rate itself is kept.
+# Its scale: a rate is a share, near or below 1 (insertions can push an untrained model's above it); the examples
+# that multiply it by 100 log values far above 1, so a median above 1 names the 0-100 scale
+_ERROR_RATES = {"wer": "word_accuracy", "cer": "char_accuracy"}
 _EVAL_META = ("runtime", "samples_per_second", "steps_per_second")
 # keys only TRL's trainers log (SFTTrainer: token accuracy, token counts, entropy)
 _TRL_KEYS = ("mean_token_accuracy", "num_tokens", "entropy")
@@ -373,6 +379,17 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
                 if _fin(q.get(key)) is not None:
                     q[key] = q[key] / 100.0
             notes.append(f"{key} logged on a 0-100 scale: read as a share (/100)")
+    for rate, right in _ERROR_RATES.items():
+        for split in ("val", "train_eval"):
+            vals = [v for q in points if (v := _fin(q.get(f"{split}/{rate}"))) is not None]
+            if not vals or any(f"{split}/{right}" in q for q in points):
+                continue
+            scale = 100.0 if statistics.median(vals) > 1.0 else 1.0
+            for q in points:
+                if _fin(q.get(f"{split}/{rate}")) is not None:
+                    q[f"{split}/{right}"] = 1.0 - q[f"{split}/{rate}"] / scale
+            notes.append(f"{split}/{rate} is an error rate: read as {split}/{right} = 1 - {rate}"
+                         + (" (logged on a 0-100 scale: /100)" if scale > 1 else ""))
     ns = [q["val/n"] for q in points if "val/n" in q]
     if ns:
         facts["val_n"] = Fact(ns[-1], "eval runtime x samples/s")

@@ -486,7 +486,15 @@ _RULES = (
                        all_(c("n_eval_points", "<", "tail_noise_points_min"),
                             c("val_loss_rise_steady", ">=", "flag_on"),
                             c("val_loss_rise", ">=", "val_loss_rise_small_min"),
-                            c("train_loss_late_drop", ">=", "plateau_late_drop_max")),
+                            c("train_loss_late_drop", ">=", "plateau_late_drop_max"),
+                            # ...where a val metric is logged, it speaks: one still improving over the last third (a
+                            # new best beyond its noise) says the small rise beside it is the loss's confidence, not
+                            # overfit (fold Y's sccn: wav2vec2 on TIMIT, val loss +5.1% over two evals, WER still
+                            # falling to the last); on a curve of few_evals_max evals that reading rests on one
+                            # point against one, and the rise each later eval repeats is the stronger evidence
+                            any_(c("val_metric_logged", "<", "flag_on"),
+                                 c("still_improving", "<", "flag_on"),
+                                 c("n_eval_points", "<=", "few_evals_max"))),
                        # a run scored by its losses alone: a smaller rise far beyond the noise while the train loss
                        # still falls over the second half is the gap widening, however small a share of the loss the
                        # rise is (fold L's Dekanenko: +5.5% over six rising evals at 9.7 noise units). Where a val

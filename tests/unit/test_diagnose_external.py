@@ -1227,6 +1227,28 @@ def test_rouge_l_is_read_as_a_share_and_as_the_val_metric_of_a_generative_run(tm
     assert d.features["generative"] == 1 and d.features["val_metric_best"] == pytest.approx(max(read))
 
 
+@pytest.mark.parametrize("wer, read, note", [
+    ([98.0, 41.0, 30.5, 27.0], [0.02, 0.59, 0.695, 0.73], "0-100 scale"),  # the ASR examples' 100 x WER
+    ([1.02, 0.41, 0.305, 0.27], [-0.02, 0.59, 0.695, 0.73], None),  # a share (an untrained model's can top 1)
+])
+def test_an_error_rate_is_read_as_its_complement_the_val_metric_of_a_generative_run(tmp_path, wer, read, note):
+    folder = trainer_state(tmp_path / "asr", train=exp_decay(4.0, 0.3, 4), val=exp_decay(3.0, 0.5, 4),
+                           metric=lambda f: 0.5, evals=4, classes=None, n_val=None)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    evals = [e for e in state["log_history"] if "eval_accuracy" in e]
+    for e, w in zip(evals, wer):
+        e["eval_wer"] = w
+        del e["eval_accuracy"]
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    run = load_run(folder)
+    assert [p["val/word_accuracy"] for p in run.points if "val/word_accuracy" in p] == pytest.approx(read)
+    assert [p["val/wer"] for p in run.points if "val/wer" in p] == pytest.approx(wer)  # the rate itself is kept
+    assert any("val/wer is an error rate" in n and ((note in n) if note else "scale" not in n) for n in run.notes)
+    d = diagnose(folder)
+    assert d.features.details["val_metric"] == "val/word_accuracy"
+    assert d.features["generative"] == 1 and d.features["val_metric_best"] == pytest.approx(0.73)
+
+
 @pytest.mark.parametrize("drop, overfit", [(0.021, True), (0.019, False)])  # val_metric_drop_min 0.02
 def test_a_run_scored_by_its_val_metric_alone_overfits_on_the_metrics_fall_from_an_early_best(tmp_path, drop,
                                                                                                overfit):
@@ -1362,6 +1384,21 @@ def test_a_short_curve_whose_val_loss_rises_at_every_later_eval_is_overfit(tmp_p
     flat = {**kw, "train": _per_eval([2.0, 1.43, 1.42, 1.42, 1.41])}
     d = diagnose(trainer_state(tmp_path / "flat", val=_per_eval([1.534, 1.495, 1.501, 1.546, 1.621]), **flat))
     assert d.features["train_loss_late_drop"] < 0.1 and d.verdict != "overfit-capacity"
+
+
+def test_a_val_metric_still_improving_vetoes_the_steady_small_rise(tmp_path):
+    # the same steady rise (+8.4% over 3 later evals, train loss still falling) beside a val metric: where the metric
+    # set a new best beyond its noise over the last third, the rise is the loss's confidence, not overfit (fold Y's
+    # sccn: WER best at the last eval); where it ties its earlier best, the rise reads overfit as without a metric
+    train = _per_eval([2.0, 1.43, 1.23, 1.07, 0.917])
+    val = _per_eval([1.534, 1.495, 1.501, 1.546, 1.621])
+    kw = dict(train=train, val=val, classes=None, n_val=400, evals=5, log_every=40)
+    d = diagnose(trainer_state(tmp_path / "rising", metric=_per_eval([0.70, 0.76, 0.80, 0.84, 0.88]), **kw))
+    assert d.features["val_loss_rise_steady"] == 1 and d.features["still_improving"] == 1
+    assert d.features["val_metric_late_gain_se"] >= 2 and d.verdict != "overfit-capacity"
+    d = diagnose(trainer_state(tmp_path / "tied", metric=_per_eval([0.70, 0.76, 0.80, 0.80, 0.805]), **kw))
+    assert d.features["val_loss_rise_steady"] == 1 and d.features["still_improving"] == 0
+    assert d.verdict == "overfit-capacity", [(x.rule_id, x.suppressed_by) for x in d.findings]
 
 
 def test_a_bumpy_train_loss_that_fitted_the_training_set_is_not_lr_too_large(tmp_path):
