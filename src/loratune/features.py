@@ -239,6 +239,10 @@ _CATALOGUE = (
     _spec("val loss", "val_loss_rise_share", "fraction", "{} of the val loss's movement was upward",
           "Sum of rises / sum of absolute changes of V (0 = monotone fall), read over at most "
           "`RISE_SHARE_POINTS_MAX` points: a longer V is first averaged in that many contiguous blocks."),
+    _spec("val loss", "val_loss_max_swing", "fraction", "the val loss climbed at most {} above its low so far",
+          "max over points of (V - the lowest V before it) / that low, on the same blocks as val_loss_rise_share: "
+          "the largest climb, wherever the curve ended (a rise share of 100% can be a 1% drift; a swing that came "
+          "back down ends at its minimum)."),
     # val metric (M) -------------------------------------------------------------------------
     _spec("val metric", "val_metric_logged", "flag", "the run logged a val metric: {}",
           "1 when the history has a val metric (macro-F1, accuracy, ...), 0 for a loss-only run."),
@@ -1004,7 +1008,11 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             acc.set("val_loss_late_share", (mid - final) / fell)
     else:
         acc.set("val_loss_late_share", None, "val loss did not fall (by 0.01%) over the run")
-    acc.set("val_loss_rise_share", _rise_share(_block_means([v for _, v in V], RISE_SHARE_POINTS_MAX)))
+    blocks = _block_means([v for _, v in V], RISE_SHARE_POINTS_MAX)
+    acc.set("val_loss_rise_share", _rise_share(blocks))
+    lows = [min(blocks[:i]) for i in range(1, len(blocks))]
+    acc.set("val_loss_max_swing", max((b - lo) / lo for b, lo in zip(blocks[1:], lows)) if lows and min(lows) > 0
+            else None, "fewer than 2 val-loss points, or a val loss at or below 0")
 
 
 def _lr_clock(pts: Sequence[dict]):

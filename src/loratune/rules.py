@@ -416,7 +416,12 @@ _RULES = (
             # (train loss falls, val loss rises; CurseARealSword, fold G), not an oscillation
             all_(c("train_loss_max_rise", ">=", "osc_loss_rise"),
                  any_(c("val_loss_rise_noise", ">=", "rise_noise_min"),
-                      c("val_loss_rise_share", ">=", "collapse_val_rise_share")),
+                      # (a swing: most of the val loss's movement upward, and one climb of val_loss_rise_small_min
+                      # at least; a 1% drift is all upward too: fold Z's almaratss and atharshlakshmi, runs that
+                      # start converged, every curve flat within its noise, a train loss of 0.03-0.09 whose windows
+                      # differ by 15-20%)
+                      all_(c("val_loss_rise_share", ">=", "collapse_val_rise_share"),
+                           c("val_loss_max_swing", ">=", "val_loss_rise_small_min"))),
                  any_(c("train_loss_min_fraction", "<", "late_min_fraction"),
                       c("train_loss_rise_after_val_min", ">=", "osc_loss_rise")),
                  # ...and did not memorise the training set: a train loss ending at a tenth of its start or below

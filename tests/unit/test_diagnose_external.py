@@ -280,6 +280,21 @@ def test_a_train_loss_climbing_back_while_the_val_loss_swings_is_lr_too_large(tm
     assert not d.fired("overfit-capacity")
 
 
+def test_a_val_loss_drifting_up_by_one_percent_is_no_swing_for_the_climb_back_route(tmp_path):
+    # a run that starts converged (fold Z's almaratss: LoRA on a model already fine-tuned on the same data): the train
+    # loss's windows differ by 20% at 0.03, the val loss drifts up 1% (all of its movement upward), the metric ties:
+    # nothing oscillates. The same climb beside a val loss that swings 16% up and back is the lr's oscillation
+    kw = dict(train=_per_eval([0.0275, 0.0284, 0.0329]), metric=_per_eval([0.9639, 0.9638, 0.9637]), classes=None,
+              n_val=None, evals=3, log_every=66, steps=198)
+    d = diagnose(trainer_state(tmp_path / "drift", val=_per_eval([0.1111, 0.1119, 0.1121]), **kw))
+    assert d.features["train_loss_max_rise"] >= 0.15 and d.features["val_loss_rise_share"] == 1.0
+    assert d.features["val_loss_max_swing"] == pytest.approx(0.0090, abs=1e-3)
+    assert not d.fired("lr-too-large"), [(f.rule_id, f.suppressed_by) for f in d.findings]
+    d = diagnose(trainer_state(tmp_path / "swing", val=_per_eval([0.1111, 0.1290, 0.1121]), **kw))
+    assert d.features["val_loss_max_swing"] == pytest.approx(0.1611, abs=1e-3)
+    assert d.verdict == "lr-too-large", [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
 def test_compound_intents_missed_while_single_intents_fit():
     pts = [{"step": s, "train/loss": 2.0 - s / 200, "val/loss": 1.5 - s / 400, "val/subset_accuracy": 0.3 + s / 400,
             "val_single/subset_accuracy": 0.5 + 0.45 * s / 200, "val_compound/subset_accuracy": 0.1 + 0.2 * s / 200}
