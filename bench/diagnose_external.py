@@ -91,13 +91,14 @@ HELD_OUT = {"C": (20, 31, 24, "9c8282d"), "D": (21, 30, 24, "a9640b5"), "E": (20
             "R": (18, 25, 13, "e09eced"), "S": (22, 25, 17, "1153746"),
             "T": (15, 20, 12, "8ad02bf"), "U": (19, 25, 15, "dbb9d4f"),
             "V": (25, 25, 17, "3956a78"), "W": (24, 25, 12, "e23be45"),
-            "X": (10, 11, 5, "0e25344"), "Y": (20, 25, 17, "14cafbd")}
+            "X": (10, 11, 5, "0e25344"), "Y": (20, 25, 17, "14cafbd"),
+            "Z": (16, 25, 20, "9ad69e7")}
 RECORD_FROM = "I"  # the first fold of the quoted span (see HELD_OUT)
 # a second blind review of a fresh fold (same brief, made later, never shown the first): the two reviews' agreement
 # bounds what any reader of the same numbers can score
 REVIEW2 = "review2.json"
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
-UNREAD = ("Z",)
+UNREAD = ()
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
 FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fold H; its labels were committed "
                     "(233640c, fdcf1c7) after the rules of ab06826 and before the last five rule commits, and the "
@@ -134,6 +135,10 @@ FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fo
                     "the rules of a3fe81c give every X run the same verdict",
                "Y": "rules of 3bdf90c, unchanged while its two blind reviews were written (14cafbd, which scored "
                     "it, changed the bench's tables only)",
+               "Z": "rules of 3bdf90c, unchanged while its two blind reviews were written; the first review's "
+                    "summary, naming a few labels, arrived while the fold-Y round (e2a287c) was being tested, so Z is "
+                    "scored against the rules before that round (e2a287c, committed after the score, moves no Z "
+                    "verdict)",
                "T": "rules of f3a9c26 (the fold-S round; the rules before it, 4c2814e, score T the same: no T verdict "
                     "moves); 20 runs, the session's fetch quota then spent; finetune-doctor reads no notebook and is "
                     "given the same numbers as a trainer_state.json",
@@ -425,8 +430,9 @@ def _held_out_lines() -> list[str]:
              "| fold | runs | rules | loratune | finetune-doctor | recorded in |", "|---|---|---|---|---|---|"]
     for k, (ok, n, fd, at) in HELD_OUT.items():
         lines.append(f"| {k} | {n} | {freeze[k]} | {ok} ({ok / n:.0%}) | {fd} | {at or '-'} |")
-    for first in (next(iter(HELD_OUT)), RECORD_FROM):
-        ks = [k for k in HELD_OUT if k >= first]
+    order = list(HELD_OUT)  # the folds in the order they were scored (after Z: AA, AB, ...)
+    for first in (order[0], RECORD_FROM):
+        ks = order[order.index(first):]
         ok, n, fd = (sum(HELD_OUT[k][i] for k in ks) for i in range(3))
         lines.append(f"| **{ks[0]} to {ks[-1]}** | {n} | | **{ok} ({ok / n:.0%})** | {fd} ({fd / n:.0%}) | |")
     return lines + [""]
