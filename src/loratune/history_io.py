@@ -932,6 +932,10 @@ def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
         per_epoch = value / last_epoch
         notes.append("the progress bar gives no epoch count: the rows are placed in proportion to their epoch, the "
                      "last at the bar's step")
+    # the callback's Training Loss is the last train log in the state's history at that evaluation: a row that repeats
+    # the row before's value shows the same log again (no new one since: logging_steps longer than the eval interval),
+    # and reading it as a second window would make a train loss that was logged once look flat
+    last_loss, repeats = None, 0
     for row, epoch in zip(t["rows"], row_epochs):
         step = _nb_float(cell(row, "step"))
         if step is None and epoch is not None and per_epoch:
@@ -940,8 +944,11 @@ def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
             continue
         where = {"step": int(step), **({"epoch": epoch} if epoch is not None else {})}
         loss = _nb_float(cell(row, "training_loss"))
-        if loss is not None:
+        if loss is not None and loss == last_loss:
+            repeats += 1
+        elif loss is not None:
             log_history.append({"loss": loss, **where})
+            last_loss = loss
         ev = {key: v for i, key in metrics if i < len(row) and (v := _nb_float(row[i])) is not None}
         if ev:
             log_history.append({**ev, **where})
@@ -949,6 +956,9 @@ def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
         notes.append("the table has epochs, not steps: steps are epoch x planned steps / epochs from the progress bar")
     elif "step" not in col and not per_epoch:
         notes.append("the table has epochs and its progress bar no epoch count: no row is placed")
+    if repeats:
+        notes.append(f"{repeats} row(s) repeat the Training Loss of the row before (the same train log, none logged "
+                     "since): read once, at the row that first shows it")
     if repositioned:
         notes.append("the table shows whole epochs (int of the epoch): a row at or below the row before it (or at "
                      "epoch 0) is read as the end of the next epoch")

@@ -52,7 +52,7 @@ class _Shown:
 
 
 def _notebook_run(folder: Path, monkeypatch, *, eval_strategy: str, lr: float = 1e-2, steps: int = 40,
-                  epochs: int = 4, code: str = "") -> tuple[Path, Path]:
+                  epochs: int = 4, code: str = "", logging_steps: int = 3) -> tuple[Path, Path]:
     """Train with NotebookProgressCallback; returns (notebook path, trainer_state.json of the same run)."""
     shown = _Shown()
     ipython = types.ModuleType("IPython")
@@ -68,7 +68,7 @@ def _notebook_run(folder: Path, monkeypatch, *, eval_strategy: str, lr: float = 
     out = folder / "out"
     by_steps = eval_strategy == "steps"
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=8, per_device_eval_batch_size=32,
-                             learning_rate=lr, eval_strategy=eval_strategy, logging_steps=3, report_to="none",
+                             learning_rate=lr, eval_strategy=eval_strategy, logging_steps=logging_steps, report_to="none",
                              use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True,
                              **({"max_steps": steps, "eval_steps": 8} if by_steps else {"num_train_epochs": epochs}))
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
@@ -109,6 +109,23 @@ def test_a_step_table_reads_as_the_trainer_state_of_the_same_run(tmp_path, monke
     d, ds = diagnose(nb), diagnose(state_file)
     assert d.features["peak_lr"] == 1e-2 and d.features["val_loss_drop"] == pytest.approx(ds.features["val_loss_drop"],
                                                                                           abs=1e-5)
+
+
+def test_a_training_loss_the_table_repeats_is_read_once(tmp_path, monkeypatch):
+    # logging every 20 steps, evaluating every 8: the callback shows the last train log at each row, so the log of
+    # step 20 appears at rows 24 and 32. Read twice it would be a flat train loss; the state holds it once
+    nb, state_file = _notebook_run(tmp_path, monkeypatch, eval_strategy="steps", logging_steps=20)
+    run = load_run(nb)
+    logs = [e for e in json.loads(state_file.read_text())["log_history"] if "loss" in e and "train_runtime" not in e]
+    assert [e["step"] for e in logs] == [20, 40]
+    got = [(p["step"], p["train/loss"]) for p in run.points if "train/loss" in p]
+    assert [s for s, _ in got] == [24, 40] and [v for _, v in got] == pytest.approx([e["loss"] for e in logs], abs=5e-7)
+    assert any(n.startswith("1 row(s) repeat the Training Loss of the row before") for n in run.notes)
+    # one train log in the whole table: no fall to read (not a fall of 0)
+    nb1, _ = _notebook_run(tmp_path / "once", monkeypatch, eval_strategy="steps", logging_steps=30)
+    d = diagnose(nb1)
+    assert [p["step"] for p in load_run(nb1).points if "train/loss" in p] == [32]
+    assert "train_loss_drop" in d.features.missing and d.features["train_loss_logged"] == 1
 
 
 def test_an_epoch_table_places_rows_by_the_progress_bar(tmp_path, monkeypatch):
