@@ -149,7 +149,7 @@ FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fo
                "J": "rules of 663c4c3, frozen before its labels (2ea1a77) were committed in the middle of the fold-I "
                     "round; that round's last two rule commits (95b7441, 4163623) were written by a reviewer who "
                     "never opened fold J (it saw J's folder names only after 4163623)"}
-FOLDS = "AB" + "".join(k for k, _, _ in FRESH)
+FOLDS = ("A", "B", *(k for k, _, _ in FRESH))  # fold names (after Z: AA, AB, ...)
 RESULTS = ROOT / "bench" / "results"
 FOLD_A_DATASETS = ("banking77-10", "clinc-oos-binary")  # fitted on (with the even public repos)
 # labels that must never read `healthy` (unless the review accepted healthy for that run too)
