@@ -1059,7 +1059,11 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
         if task in NO_CLASS_TASKS:
             facts.pop("n_classes", None)
     elif tasks:
-        notes.append(f"the notebook's code names model classes of several kinds ({', '.join(named)}): no task taken")
+        # ...nor a class count: its num_labels may be another model's head (fold AA's NLP613-Metaplexia: a
+        # classifier's num_labels=2 beside the question-answering model the table trains, whose loss is ln(512))
+        dropped = facts.pop("n_classes", None)
+        notes.append(f"the notebook's code names model classes of several kinds ({', '.join(named)}): no task taken"
+                     + (f", nor its num_labels ({dropped.value}): it may be another model's" if dropped else ""))
     return state, facts, notes
 
 

@@ -344,6 +344,17 @@ def test_the_class_count_is_read_from_one_literal_num_labels(tmp_path):
     assert "one literal" not in read_notebook(two).facts.get("n_classes", types.SimpleNamespace(source="")).source
     regression = _table_notebook(tmp_path / "reg.ipynb", bar, code="M(num_labels=1)")  # a regression head: no classes
     assert "one literal" not in read_notebook(regression).facts.get("n_classes", types.SimpleNamespace(source="")).source
+    # a classifier's num_labels beside a model of another kind (the table may train either): neither task nor count
+    mixed = _table_notebook(tmp_path / "mixed.ipynb", bar,
+                            code="cls = AutoModelForSequenceClassification.from_pretrained(name, num_labels=2)\n"
+                                 "qa = AutoModelForQuestionAnswering.from_pretrained(name)")
+    run = read_notebook(mixed)
+    assert "num_labels" not in run.facts.get("n_classes", types.SimpleNamespace(source="")).source
+    assert "task" not in run.facts
+    assert any("nor its num_labels (2): it may be another model's" in n for n in run.notes)
+    alone = _table_notebook(tmp_path / "alone.ipynb", bar,
+                            code="cls = AutoModelForSequenceClassification.from_pretrained(name, num_labels=2)")
+    assert read_notebook(alone).facts["n_classes"].value == 2
 
 
 def test_a_notebook_reads_no_side_file_even_when_named_like_a_checkpoint(tmp_path):
