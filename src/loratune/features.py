@@ -100,6 +100,10 @@ _CATALOGUE = (
     _spec("train loss", "train_loss_logged", "flag", "the run logged a train loss: {}",
           "1 when the history has a `train/loss` value at any step, 0 when it has none (a notebook whose "
           "logging_steps is longer than the run: every row of its table reads 'No log')."),
+    _spec("train loss", "train_loss_untracked", "flag", "the run logged no train-loss trend: {}",
+          "1 when the history has one `train/loss` value or none (a Trainer whose logging_steps outlast the run logs "
+          "its mean once, or never): no train-loss fall can be read. A kind gate (KIND_FEATURES): a run with two or "
+          "more has it not applicable, so a route for untracked runs changes nothing for the others."),
     _spec("train loss", "train_loss_drop", "fraction", "train loss fell {} over the run",
           "(start - final) / start of T; negative when the loss grew."),
     _spec("train loss", "train_loss_drop_after_first_eval", "fraction",
@@ -429,7 +433,7 @@ PROMPT_KEY_PREFIX = "val/prompt_"  # generation.prompt_key writes every prompt-s
 # model, the prompt set of a classifier): no signal to log, so the diagnosis gives no advice for it
 NOT_APPLICABLE = "does not apply: "
 CLASSIFIER_GROUPS = ("per class", "collapse", "slices")  # catalogue groups that need classes
-KIND_FEATURES = ("generative", "classifier", "lora")  # gates naming which kind of run a rule route is for (no evidence)
+KIND_FEATURES = ("generative", "classifier", "lora", "train_loss_untracked")  # gates naming which kind of run a rule route is for (no evidence)
 # adapter_config.json `peft_type`s that train a low-rank update (LoRA's lr range applies; protocol 1)
 LORA_PEFT_TYPES = ("LORA", "ADALORA")
 # the split of a `<split>/<metric>` key that is the training loop's own log, not an evaluation (train/loss,
@@ -807,6 +811,8 @@ def _run_size(acc: FeatureSet, pts: Sequence[dict], meta: Mapping[str, Any]) -> 
 def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     T = _series(pts, "train/loss", min_step=0)
     acc.set("train_loss_logged", 1.0 if T else 0.0)
+    acc.set("train_loss_untracked", 1.0 if len(T) < 2 else None,
+            NOT_APPLICABLE + f"the run logged {len(T)} train-loss windows")
     names = ("train_loss_start", "train_loss_final", "train_loss_drop", "train_loss_final_over_start",
              "train_loss_late_drop", "train_loss_late_slope", "train_loss_plateau_fraction",
              "train_loss_vs_chance", "train_loss_rise_share", "train_loss_max_rise", "train_loss_cv",

@@ -725,7 +725,9 @@ _RULES = (
                        all_(c("n_eval_points", "<", "tail_noise_points_min"),
                             any_(c("val_loss_remaining_gain", ">=", "remaining_gain_min"),
                                  c("plan_done_fraction", "<", "plan_cut_max")),
-                            c("train_loss_final_over_start", ">", "fit_loss_over_start_max")),
+                            # (a run that logged no train-loss trend: nothing says its training rows are fitted)
+                            any_(c("train_loss_final_over_start", ">", "fit_loss_over_start_max"),
+                                 c("train_loss_untracked", ">=", "flag_on"))),
                        # ...the val loss's remaining fall beyond its band is the reading of a loss-only run only:
                        # with a val metric, still improving is the metric's rise (protocol 5: real F1 gains), and a
                        # val loss still creeping down under a metric that tied its best has converged
@@ -814,6 +816,21 @@ _RULES = (
                             # ...a val metric, where logged, not below its best beyond its noise
                             any_(c("val_metric_logged", "<", "flag_on"),
                                  c("val_metric_final_drop_se", "<", "drop_se_min"))),
+                       # ...or a run that logged no train-loss trend (one window or none: logging_steps longer than
+                       # the run; the gate is not applicable to any other run, so this route never closes the group
+                       # for one), read on its validation side alone: the val loss fell beyond its noise band, ended
+                       # inside it and within val_loss_rise_min of its minimum, with little left to lose at its pace
+                       # (or what is left inside the band), and a val metric, where logged, within val_metric_drop_min
+                       # of its best. The train side is missing, not flat (fold AA's dannyleo16, loganathanspr,
+                       # xiluohe, fold M's BenjiKCF: both reviews healthy); still falling, undertrained reads it
+                       all_(c("train_loss_untracked", ">=", "flag_on"),
+                            c("val_loss_drop_noise", ">=", "healthy_drop_noise_min"),
+                            c("val_loss_rise_noise", "<", "rise_noise_min"),
+                            c("val_loss_rise", "<", "val_loss_rise_min"),
+                            any_(c("val_loss_remaining_gain", "<", "remaining_gain_min"),
+                                 c("val_loss_remaining_noise", "<", "remaining_noise_min")),
+                            any_(c("val_metric_logged", "<", "flag_on"),
+                                 c("val_metric_final_drop", "<", "val_metric_drop_min"))),
                        all_(c("val_metric_best", ">=", "underfit_metric_max"),
                             c("val_metric_final_drop", "<", "val_metric_drop_min"),
                             # the val loss inside its band or under val_loss_rise_min above its minimum: a small

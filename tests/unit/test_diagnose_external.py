@@ -307,6 +307,35 @@ def test_a_doubling_far_below_ln_classes_is_batch_noise_not_an_explosion(tmp_pat
     assert d.features["train_loss_vs_chance"] >= 0.8 and d.verdict == "diverged"
 
 
+def _untracked(folder: Path, **kw) -> Path:
+    """trainer_state() with every train-loss log removed: a Trainer whose logging_steps outlast the run."""
+    trainer_state(folder, **kw)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    state["log_history"] = [e for e in state["log_history"] if "loss" not in e]
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    return folder
+
+
+def test_a_run_that_logged_no_train_loss_is_read_on_its_validation_side(tmp_path):
+    # 3 evals, no train loss logged (fold M's BenjiKCF: yelp 5-class, 1,000 eval rows): the val loss fell beyond its
+    # band and flattened (-0.079, then -0.006), accuracy best at the end: healthy, the train side missing, not flat
+    kw = dict(train=lambda f: 1.0, classes=5, n_val=1000, evals=3, log_every=50, steps=150)
+    d = diagnose(_untracked(tmp_path / "flat", val=_per_eval([1.112, 1.033, 1.027]),
+                            metric=_per_eval([0.515, 0.571, 0.591]), **kw))
+    assert d.features["train_loss_untracked"] == 1 and d.features["val_loss_remaining_gain"] < 0.02
+    assert d.verdict == "healthy", [(f.rule_id, f.suppressed_by, f.tentative) for f in d.findings]
+    # the val loss still falling fast at the end (-0.20, -0.18) beside a metric whose last gain is inside its noise
+    # (100 eval rows): undertrained, read without a train loss as well (fold Y's binarybeastt)
+    d = diagnose(_untracked(tmp_path / "falling", val=_per_eval([1.40, 1.20, 1.02]),
+                            metric=_per_eval([0.50, 0.60, 0.61]), **{**kw, "n_val": 100}))
+    assert d.features["val_loss_remaining_gain"] >= 0.02 and d.features["val_metric_late_gain_se"] < 2
+    assert d.verdict == "undertrained", [(f.rule_id, f.suppressed_by, f.tentative) for f in d.findings]
+    # the same flattening val loss beside a train loss logged at every eval and pinned: the route is not for it
+    d = diagnose(trainer_state(tmp_path / "tracked", val=_per_eval([1.112, 1.033, 1.027]),
+                               metric=_per_eval([0.515, 0.571, 0.591]), **{**kw, "train": lambda f: 1.6}))
+    assert "train_loss_untracked" in d.features.missing and d.verdict != "healthy"
+
+
 def test_compound_intents_missed_while_single_intents_fit():
     pts = [{"step": s, "train/loss": 2.0 - s / 200, "val/loss": 1.5 - s / 400, "val/subset_accuracy": 0.3 + s / 400,
             "val_single/subset_accuracy": 0.5 + 0.45 * s / 200, "val_compound/subset_accuracy": 0.1 + 0.2 * s / 200}
