@@ -342,13 +342,7 @@ _RULES = (
         id="diverged", scope="curve", priority=100, knob_class="optimization", confidence=0.95,
         when=any_(c("nonfinite_values", ">=", "nonfinite_min"),
                   c("status_diverged", ">=", "flag_on"),
-                  # ...a train loss ending at diverged_loss_ratio x its start, but for a classifier one back near
-                  # ln(classes) at least: a loss that started far below chance (a resumed or already-fitted model, a
-                  # 10-step window of 0.09 at ln 2) doubles inside its batch noise (fold AA's Suchana4Hazra: ViT,
-                  # 0.094 -> 0.175 = 0.25 x ln 2 while the val loss rose from its minimum: overfit)
-                  all_(c("train_loss_final_over_start", ">=", "diverged_loss_ratio"),
-                       any_(c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
-                            c("generative", ">=", "flag_on"))),
+                  c("train_loss_final_over_start", ">=", "diverged_loss_ratio"),
                   c("train_loss_vs_chance", ">=", "diverged_chance_ratio")),
         verdict="diverged: non-finite or exploding loss",
         moves=("learning_rate /10", "check data"),

@@ -295,18 +295,6 @@ def test_a_val_loss_drifting_up_by_one_percent_is_no_swing_for_the_climb_back_ro
     assert d.verdict == "lr-too-large", [(f.rule_id, f.suppressed_by) for f in d.findings]
 
 
-def test_a_doubling_far_below_ln_classes_is_batch_noise_not_an_explosion(tmp_path):
-    # binary, the first eval after most of the learning: 10-step windows of 0.09 -> 0.18 (1.87x the first, 0.25 x ln 2)
-    # while the val loss turns at 40%: no blow-up (fold AA's Suchana4Hazra). The same doubling that ends back near
-    # ln 2 (0.60 = 0.87 x ln 2) is the explosion diverged_loss_ratio reads
-    kw = dict(val=_per_eval([0.460, 0.446, 0.537, 0.652, 0.648]), classes=2, n_val=None, evals=5, log_every=40)
-    d = diagnose(trainer_state(tmp_path / "low", train=_per_eval([0.0936, 0.119, 0.033, 0.0486, 0.1751]), **kw))
-    assert d.features["train_loss_final_over_start"] >= 1.5 and d.features["train_loss_vs_chance"] < 0.8
-    assert not d.fired("diverged"), [(f.rule_id, f.suppressed_by) for f in d.findings]
-    d = diagnose(trainer_state(tmp_path / "near", train=_per_eval([0.30, 0.35, 0.20, 0.30, 0.60]), **kw))
-    assert d.features["train_loss_vs_chance"] >= 0.8 and d.verdict == "diverged"
-
-
 def _untracked(folder: Path, **kw) -> Path:
     """trainer_state() with every train-loss log removed: a Trainer whose logging_steps outlast the run."""
     trainer_state(folder, **kw)
