@@ -416,7 +416,7 @@ def _review2_lines(res: dict) -> list[str]:
              "so far were in-sample; review 2's labels were never fitted on).", "",
              "| fold | runs | same label | each label accepted by the other review | loratune: review 1 / review 2 / "
              "both | finetune-doctor: review 1 / review 2 / both |", "|---|---|---|---|---|---|"]
-    for k in sorted({p["fold"] for p in twice}) + ["all"]:
+    for k in [f for f in FOLDS if any(p["fold"] == f for p in twice)] + ["all"]:
         ps = [p for p in twice if k in ("all", p["fold"])]
         mutual = sum(p["label2"] in p["accept"] and p["label"] in p["accept2"] for p in ps)
         lt = (sum(p["ok"] for p in ps), sum(p["ok2"] for p in ps), sum(p["ok"] and p["ok2"] for p in ps))
