@@ -433,7 +433,8 @@ PROMPT_KEY_PREFIX = "val/prompt_"  # generation.prompt_key writes every prompt-s
 # model, the prompt set of a classifier): no signal to log, so the diagnosis gives no advice for it
 NOT_APPLICABLE = "does not apply: "
 CLASSIFIER_GROUPS = ("per class", "collapse", "slices")  # catalogue groups that need classes
-KIND_FEATURES = ("generative", "classifier", "lora", "train_loss_untracked")  # gates naming which kind of run a rule route is for (no evidence)
+# gates naming which kind of run a rule route is for (no evidence)
+KIND_FEATURES = ("generative", "classifier", "lora", "train_loss_untracked")
 # adapter_config.json `peft_type`s that train a low-rank update (LoRA's lr range applies; protocol 1)
 LORA_PEFT_TYPES = ("LORA", "ADALORA")
 # the split of a `<split>/<metric>` key that is the training loop's own log, not an evaluation (train/loss,
@@ -940,8 +941,8 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     acc.set("val_loss_logged", 1.0 if any("val/loss" in p for p in pts) else 0.0)
     names = ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise", "val_loss_rise_held",
              "val_loss_rise_held_noise", "val_loss_rise_steady", "val_loss_min_fraction", "val_loss_late_drop",
-             "val_loss_late_share", "val_loss_rise_share", "val_loss_vs_chance", "val_loss_noise", "val_loss_rise_noise",
-             "val_loss_drop_noise")
+             "val_loss_late_share", "val_loss_rise_share", "val_loss_vs_chance", "val_loss_noise",
+             "val_loss_rise_noise", "val_loss_drop_noise")
     if not V:
         broken = any("val/loss" in p for p in pts)  # logged, every value non-finite
         acc.miss(names, "the val loss is non-finite (NaN/inf) at every eval while the train loss is finite: the "

@@ -68,8 +68,8 @@ def _notebook_run(folder: Path, monkeypatch, *, eval_strategy: str, lr: float = 
     out = folder / "out"
     by_steps = eval_strategy == "steps"
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=8, per_device_eval_batch_size=32,
-                             learning_rate=lr, eval_strategy=eval_strategy, logging_steps=logging_steps, report_to="none",
-                             use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True,
+                             learning_rate=lr, eval_strategy=eval_strategy, logging_steps=logging_steps,
+                             report_to="none", use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True,
                              **({"max_steps": steps, "eval_steps": 8} if by_steps else {"num_train_epochs": epochs}))
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                       data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics)
