@@ -1777,3 +1777,27 @@ def test_a_frozen_val_metric_beside_a_pinned_val_loss_is_a_collapse_without_a_cl
     assert f["val_metric_repeat_share"] == 1 and f["train_loss_vs_chance"] is None and f["val_loss_drop"] < 0.05
     assert (f["val_loss_rise_share"] > 0) == (val[0] < 0.9)
     assert (d.verdict == "collapsed") == verdict_is_collapsed, [(x.rule_id, x.suppressed_by) for x in d.findings]
+
+
+# ---- fold Z's two healthy on an unforgivable label: a val loss that fell beside a metric that never moved ----------
+
+@pytest.mark.parametrize("acc, healthy", [
+    # fold Z's Munna-Prasad-Gupta (t5-small En->Hi, labels padded without -100): exact match 0.943 -> 0.946 over 6
+    # evals on 2000 rows (0.3 SE) while the val loss fell 12%: the loss scores the padding, not the translation
+    ([0.943, 0.9435, 0.944, 0.9445, 0.945, 0.946], False),
+    # near miss: the metric rose 3 points (6 SE) with the loss: a fit
+    ([0.913, 0.925, 0.933, 0.938, 0.941, 0.943], True),
+    # near miss: the metric flat at its ceiling (nothing left to gain): the loss alone reads the fit
+    ([0.998, 0.998, 0.999, 0.999, 0.999, 0.999], True),
+])
+def test_a_val_loss_that_fell_beside_a_val_metric_that_never_moved_is_not_healthy(tmp_path, acc, healthy):
+    kw = dict(classes=None, n_val=2000, evals=6, steps=600, log_every=100,
+              adapter={"task_type": "SEQ_2_SEQ_LM", "r": 8, "lora_alpha": 16})
+    d = diagnose(trainer_state(tmp_path, train=_per_eval([0.050, 0.042, 0.047, 0.049, 0.042, 0.038]),
+                               val=_per_eval([0.0466, 0.0444, 0.0427, 0.0415, 0.0410, 0.0412]), metric=_per_eval(acc),
+                               **kw))
+    f = d.features
+    assert f["val_loss_drop_noise"] >= 2 and f["val_loss_rise_noise"] < 2
+    assert (f["val_metric_gain_se"] < 1) != healthy
+    assert (d.verdict == "healthy") == healthy, [(x.rule_id, x.suppressed_by) for x in d.findings]
+    assert d.fired("eval-metric-unmoved") != healthy

@@ -81,6 +81,8 @@ FIRING = {
                                   train_loss_late_drop=0.01),
     "eval-too-noisy": dict(val_metric_se=0.04),
     "eval-loss-broken": dict(val_loss_nonfinite_evals=6),
+    "eval-metric-unmoved": dict(val_metric_logged=1, n_eval_points=6, val_metric_best=0.95, val_metric_gain_se=0.5,
+                                val_loss_drop_noise=20.0, val_loss_rise_noise=1.5),
     "seed-unstable": dict(seed_std=0.04),
     "capacity-bound": dict(r_effect_noise=5, r_over_lr_effect=3),
     "optimization-bound": dict(lr_effect_noise=5, lr_over_r_effect=3),
