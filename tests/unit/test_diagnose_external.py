@@ -1801,3 +1801,27 @@ def test_a_val_loss_that_fell_beside_a_val_metric_that_never_moved_is_not_health
     assert (f["val_metric_gain_se"] < 1) != healthy
     assert (d.verdict == "healthy") == healthy, [(x.rule_id, x.suppressed_by) for x in d.findings]
     assert d.fired("eval-metric-unmoved") != healthy
+
+
+@pytest.mark.parametrize("f1, healthy", [
+    # fold Z's Warzkos (bert-base NER, conll2003, 4 epochs, one train loss logged at step 500): entity F1 +1.7 points,
+    # best at the end; the val loss's fall is 1.1 noise units beside a +7% bump inside its band
+    ([0.9196, 0.9340, 0.9339, 0.9370], True),
+    # near miss: the metric ended 1.7 points below its best (beyond its noise)
+    ([0.9196, 0.9340, 0.9339, 0.9170], False),
+    # near miss: the metric's gain inside its noise
+    ([0.9300, 0.9340, 0.9339, 0.9350], False),
+])
+def test_a_run_with_no_train_trend_is_healthy_on_a_val_metric_that_gained_and_held(tmp_path, f1, healthy):
+    log = [{"step": 500, "epoch": 2.27, "loss": 0.105, "grad_norm": 1.0, "learning_rate": 2.2e-5}]
+    for i, (v, m) in enumerate(zip([0.0560, 0.0482, 0.0521, 0.0515], f1), start=1):
+        log.append({"step": 220 * i, "epoch": float(i), "eval_loss": v, "eval_f1": m, "eval_runtime": 32.5,
+                    "eval_samples_per_second": 100.0})
+    log.sort(key=lambda e: e["step"])
+    log.append({"step": 880, "epoch": 4.0, "train_runtime": 300.0, "train_loss": 0.08})
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 880, "max_steps": 880, "num_train_epochs": 4,
+                                                             "logging_steps": 500, "log_history": log}))
+    d = diagnose(tmp_path)
+    f = d.features
+    assert f["train_loss_untracked"] == 1 and f["val_loss_drop_noise"] < 2 and f["val_loss_rise_noise"] < 2
+    assert (d.verdict == "healthy") == healthy, [(x.rule_id, x.suppressed_by) for x in d.findings]
