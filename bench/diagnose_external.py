@@ -96,13 +96,13 @@ HELD_OUT = {"C": (20, 31, 24, "9c8282d"), "D": (21, 30, 24, "a9640b5"), "E": (20
             "V": (25, 25, 17, "3956a78"), "W": (24, 25, 12, "e23be45"),
             "X": (10, 11, 5, "0e25344"), "Y": (20, 25, 17, "14cafbd"),
             "Z": (16, 25, 20, "9ad69e7"), "AA": (14, 25, 15, "295ebac"),
-            "AB": (7, 8, 6, "44d4638")}
+            "AB": (7, 8, 6, "44d4638"), "AC": (18, 25, 15, "c5d9580")}
 RECORD_FROM = "I"  # the first fold of the quoted span (see HELD_OUT)
 # a second blind review of a fresh fold (same brief, made later, never shown the first): the two reviews' agreement
 # bounds what any reader of the same numbers can score
 REVIEW2 = "review2.json"
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
-UNREAD = ("AC",)
+UNREAD = ()
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
 FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fold H; its labels were committed "
                     "(233640c, fdcf1c7) after the rules of ab06826 and before the last five rule commits, and the "
@@ -148,6 +148,10 @@ FREEZE_NOTE = {"H": "rules of 4d60d30, written by a reviewer who never opened fo
                      "6e7c2c9 committed the tables of the run before it, 295ebac the score",
                "AB": "rules of 90f7587 (the fold-AA round); 8 runs, the session's fetch quota then spent; the rules "
                      "of 173d08d, before the round, score it 6 of 8 (MarioMarkov inconclusive)",
+               "AC": "rules of 968fb7d (the fold-AB round: eval-metric-unmoved, the untracked run's metric route), "
+                     "unchanged while its two blind reviews were written (their replies gave label counts only); "
+                     "collected in four parts by four helpers (the session's fetch quota then spent); the rules of "
+                     "074a363, before the round, score it the same 18 of 25",
                "T": "rules of f3a9c26 (the fold-S round; the rules before it, 4c2814e, score T the same: no T verdict "
                     "moves); 20 runs, the session's fetch quota then spent; finetune-doctor reads no notebook and is "
                     "given the same numbers as a trainer_state.json",
