@@ -308,9 +308,10 @@ _THRESHOLDS = (
        "of a difference of two points from its first eval to its minimum (the band a rise must clear, "
        "rise_noise_min), ending within that band of its best, the train loss falling too."),
     _t("healthy_metric_moved_se_min", 1.0, "se", "A run that logged a val metric over more than few_evals_max evals, the "
-       "metric not at its ceiling (metric_ceiling_max), reads healthy only when that metric rose at least this many "
-       "noise units above its first eval: a loss that fell while the task's own metric never left its noise band "
-       "measures something else (padding tokens scored, a metric stuck at one output; protocol 5b). Munna-Prasad-Gupta, "
+       "metric not at its ceiling (metric_ceiling_max), is not read healthy (eval-metric-unmoved suppresses it) when "
+       "its val loss fell beyond its band while that metric rose less than this many noise units above its first "
+       "eval: a loss that fell while the task's own metric never left its noise band measures something else "
+       "(padding tokens scored, a metric stuck at one output; protocol 5b). Munna-Prasad-Gupta, "
        "fold Z: t5 En->Hi, val loss -12%, BLEU 0 at every eval, exact match +0.2 point at 0.5 SE; johnkidsm, fold Z: "
        "whisper on 6 clips, val loss -15%, word accuracy back at its first eval's 0.621."),
     # per class
@@ -846,12 +847,6 @@ _RULES = (
                             c("train_loss_drop", ">=", "healthy_loss_drop_min"))),
                   any_(c("val_loss_rise", "<", "val_loss_rise_min"),
                        c("val_loss_rise_noise", "<", "rise_noise_min")),
-                  # the task's own metric, where logged over enough evals to have a band and below its ceiling,
-                  # moved out of its noise band: a falling loss beside a flat metric is no fit (see the threshold)
-                  any_(c("val_metric_logged", "<", "flag_on"),
-                       c("n_eval_points", "<=", "few_evals_max"),
-                       c("val_metric_best", ">=", "metric_ceiling_max"),
-                       c("val_metric_gain_se", ">=", "healthy_metric_moved_se_min")),
                   any_(c("val_metric_final_drop", "<", "val_metric_drop_min"),
                        c("val_metric_final_drop_se", "<", "drop_se_min"),
                        c("val_loss_min_fraction", ">=", "late_min_fraction"),
@@ -958,6 +953,7 @@ _RULES = (
         verdict="the val loss fell beyond its noise band but the val metric never rose out of its own: the loss and "
                 "the metric disagree, so the curve is not read as healthy",
         moves=("check data",),
+        suppresses=("healthy",),
         caveat="a loss that falls while the task's metric stays flat usually scores something other than the task: "
                "seq2seq labels padded without -100 (the loss learns the padding), a metric computed on empty decoded "
                "outputs, a classifier stuck on one class (its loss settles at the class prior while accuracy "
