@@ -126,6 +126,15 @@ class Diagnosis:
     def verdict(self) -> str:
         return self.primary.rule_id if self.primary else "inconclusive"
 
+    @property
+    def inconclusive_why(self) -> str:
+        """Why no curve verdict stands: no curve rule fired, or those that fired were suppressed (by an eval or class
+        finding: a suppressing curve finding would be the verdict) and by which."""
+        held = [f for f in self.findings if f.scope == "curve" and f.suppressed_by]
+        if not held:
+            return "no curve rule fired"
+        return "no curve rule stands: " + ", ".join(f"{f.rule_id} suppressed by {f.suppressed_by}" for f in held)
+
     def finding(self, rule_id: str) -> Finding | None:
         return next((f for f in self.findings if f.rule_id == rule_id), None)
 

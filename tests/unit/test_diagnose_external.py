@@ -1801,6 +1801,9 @@ def test_a_val_loss_that_fell_beside_a_val_metric_that_never_moved_is_not_health
     assert (f["val_metric_gain_se"] < 1) != healthy
     assert (d.verdict == "healthy") == healthy, [(x.rule_id, x.suppressed_by) for x in d.findings]
     assert d.fired("eval-metric-unmoved") != healthy
+    if not healthy:  # the terminal view and the report say what held the verdict back
+        assert d.verdict == "inconclusive"
+        assert d.inconclusive_why == "no curve rule stands: healthy suppressed by eval-metric-unmoved"
 
 
 @pytest.mark.parametrize("f1, healthy", [

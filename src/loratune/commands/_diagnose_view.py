@@ -48,7 +48,7 @@ def render_diagnosis(console: Console, d: Diagnosis) -> None:
     if p:
         console.print(f"verdict: [bold]{escape(p.rule_id)}[/]  next move: [bold cyan]{escape(', '.join(p.moves))}[/]")
     else:
-        console.print("verdict: [bold]inconclusive[/] (no curve rule fired)")
+        console.print(f"verdict: [bold]inconclusive[/] ({escape(d.inconclusive_why)})")
     for line in d.curve_summary():
         console.print(f"  [dim]{escape(line)}[/]")
     if d.facts:

@@ -341,7 +341,7 @@ def build_diagnosis(run: Any, thresholds: Mapping[str, float] | None = None) -> 
     summary = d.curve_summary()
     p = d.primary
     return DiagnosisView(
-        verdict=d.verdict, verdict_text=p.verdict if p else "no curve rule fired",
+        verdict=d.verdict, verdict_text=p.verdict if p else d.inconclusive_why,
         moves=tuple(p.moves) if p else (),
         findings=tuple(view(f) for f in d.active),
         suppressed=tuple(view(f) for f in d.findings if f.suppressed_by),
