@@ -89,7 +89,8 @@ _CATALOGUE = (
           "IA3), whose usual learning rates differ; missing when no side file says. A kind gate: the routes that "
           "read the lr against LoRA's usual range name it."),
     _spec("run", "val_n", "count", "the validation set has {} rows",
-          "`val/n` at the last point (rows scored), else the sum of val label counts in run.json."),
+          "`val/n` at the last point (rows scored), else the sum of val label counts in run.json, else the smallest n "
+          "that puts every val accuracy on the lattice k/n (accuracy_lattice_n)."),
     _spec("run", "train_examples_per_class", "ratio", "training data has {} examples per class",
           "Mean training examples per class (run.json `label_counts.train`)."),
     # train loss (T) -------------------------------------------------------------------------
@@ -656,6 +657,39 @@ def curve_jitter(values: Sequence[float], *, floor: float = 0.0) -> float | None
     return max(_median(d2) / _MAD_TO_SIGMA / math.sqrt(6), floor)
 
 
+# An accuracy is a share of rows, k/n: when no val size is logged (a notebook's table, a trainer_state.json without
+# eval runtime), the smallest n that puts every logged accuracy on the lattice k/n is the val size, or a divisor of it
+# so rarely that it is ignored (a run of 5+ evals would need every count to share a factor). The lattice is read only
+# where luck cannot make it: at least LATTICE_POINTS_MIN evals with 3 distinct values, and n no larger than the size at
+# which one value would land within its display rounding of some k/n by chance LATTICE_FALSE_FIT_MAX of the time (a
+# table printing 6 decimals: n up to 50,000; 4 decimals: up to 500). A lattice n is a floor on the metric's noise, not
+# the noise: a token-level accuracy sits on a lattice of tokens, which are correlated (`_val_metric` takes the larger
+# of the band it gives and the curve's own jitter).
+LATTICE_POINTS_MIN = 4
+LATTICE_DISTINCT_MIN = 3
+LATTICE_FALSE_FIT_MAX = 0.05
+LATTICE_N_MAX = 100_000  # a search bound (full-precision floats would allow millions)
+LATTICE_SOURCE = "the val accuracy's lattice"
+
+
+def _decimals(v: float) -> int:
+    s = repr(float(v))
+    return 17 if "e" in s else len(s.split(".")[1]) if "." in s else 0
+
+
+def accuracy_lattice_n(values: Sequence[float]) -> int | None:
+    """The smallest n with every value k/n (within its printed rounding), or None where the values are too few, too
+    alike, or too coarsely printed for the lattice to stand out from chance (see LATTICE_FALSE_FIT_MAX)."""
+    vals = [float(v) for v in values if _num(v) is not None and 0.0 <= float(v) <= 1.0]
+    if len(vals) < LATTICE_POINTS_MIN or len(set(vals)) < LATTICE_DISTINCT_MIN:
+        return None
+    tol = max(0.5 * 10.0 ** -max(_decimals(v) for v in vals), 1e-9)
+    for n in range(2, min(int(LATTICE_FALSE_FIT_MAX / (2 * tol)), LATTICE_N_MAX) + 1):
+        if all(abs(v * n - round(v * n)) <= tol * n + 1e-9 for v in vals):
+            return n
+    return None
+
+
 def binomial_se(p: float, n: float) -> float | None:
     """sqrt(q(1-q)/n) with q = (p n + 1) / (n + 2), so a perfect or zero score on a small set still
     carries its uncertainty (plain p(1-p) would give 0 at p = 1); None when n is unknown."""
@@ -801,6 +835,9 @@ def _run_size(acc: FeatureSet, pts: Sequence[dict], meta: Mapping[str, Any]) -> 
         acc.details["val_n_source"] = "run.json label_counts.val"
     elif n is not None:
         acc.details["val_n_source"] = "val/n"
+    elif (lat := accuracy_lattice_n([v for _, v in _series(pts, "val/accuracy")])) is not None:
+        n = float(lat)
+        acc.details["val_n_source"] = f"{LATTICE_SOURCE}: every val accuracy is k/{lat}"
     acc.set("val_n", n, "no `val/n` in the history and no val label counts in run.json")
     train = counts.get("train") if isinstance(counts.get("train"), dict) else None
     if train:
@@ -1082,7 +1119,11 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
         # bounds its standard error from above: the band stands in, conservative
         jitter = binomial_se(vals[-1], n)
         acc.details["val_metric_noise_source"] = "the [0, 1] bound on a mean of per-row scores (binomial formula)"
-    if se:
+    if se and str(acc.details.get("val_n_source", "")).startswith(LATTICE_SOURCE) and jitter is not None \
+            and jitter > se:
+        noise, acc.details["val_metric_noise_source"] = jitter, ("the metric curve's own eval-to-eval jitter (above "
+                                                                 "the binomial standard error of the lattice's val size)")
+    elif se:
         noise, acc.details["val_metric_noise_source"] = se, "binomial standard error from the val size"
     elif jitter is not None:
         noise = jitter

@@ -105,6 +105,9 @@ _THRESHOLDS = (
     _t("nonfinite_min", 1, "count", "Any non-finite loss or gradient value."),
     _t("flag_on", 0.5, "flag", "A yes/no feature is yes."),
     _t("diverged_loss_ratio", 1.5, "ratio", "Train loss ending at this multiple of its start has blown up."),
+    _t("diverged_loss_floor", 1.0, "loss", "A train loss that rose by diverged_loss_ratio has blown up only when it "
+       "ends at least this high: a loss that starts near 0 (a model already fitted, a resumed run) can multiply "
+       "and still sit far below any untrained value (0.0009 -> 0.0068 is memorisation wobbling, not an explosion)."),
     _t("diverged_chance_ratio", 2.0, "ratio", "Train loss ending at this multiple of ln(classes) has blown up, even "
        "when the first logged loss already includes the explosion (a uniform guess scores 1x)."),
     _t("collapse_pred_share", 0.5, "fraction", "Share of val predictions in one class that counts as collapse."),
@@ -349,7 +352,8 @@ _RULES = (
         id="diverged", scope="curve", priority=100, knob_class="optimization", confidence=0.95,
         when=any_(c("nonfinite_values", ">=", "nonfinite_min"),
                   c("status_diverged", ">=", "flag_on"),
-                  c("train_loss_final_over_start", ">=", "diverged_loss_ratio"),
+                  all_(c("train_loss_final_over_start", ">=", "diverged_loss_ratio"),
+                       c("train_loss_final", ">=", "diverged_loss_floor")),
                   c("train_loss_vs_chance", ">=", "diverged_chance_ratio")),
         verdict="diverged: non-finite or exploding loss",
         moves=("learning_rate /10", "check data"),

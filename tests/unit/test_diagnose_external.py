@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loratune.diagnose import compare, diagnose
-from loratune.features import curve_jitter
+from loratune.features import accuracy_lattice_n, binomial_se, curve_jitter
 from loratune.history_io import load_run
 
 L10 = math.log(10)
@@ -699,7 +699,8 @@ def test_a_loss_only_run_whose_remaining_gain_is_inside_the_noise_band_has_conve
                                                                                      metric, undertrained):
     # LLM SFT, the val loss setting a new low at every eval while its gains shrink (jacobdgm, Shivansh1996, hori)
     d = diagnose(_sft_run(tmp_path, _geometric(2.0, 0.2, q, evals, jitter),
-                          metric=(lambda f: 0.3 + 0.2 * f) if metric else None))
+                          # (f ** 1.1: a linear metric on this grid would sit on the lattice k/50, a val size of 50)
+                          metric=(lambda f: 0.3 + 0.2 * f ** 1.1) if metric else None))
     assert d.features["val_loss_still_falling"] == 1.0
     left, left_noise = d.features["val_loss_remaining_gain"], d.features["val_loss_remaining_noise"]
     if not metric and evals >= 10:
@@ -1828,3 +1829,46 @@ def test_a_run_with_no_train_trend_is_healthy_on_a_val_metric_that_gained_and_he
     f = d.features
     assert f["train_loss_untracked"] == 1 and f["val_loss_drop_noise"] < 2 and f["val_loss_rise_noise"] < 2
     assert (d.verdict == "healthy") == healthy, [(x.rule_id, x.suppressed_by) for x in d.findings]
+
+
+@pytest.mark.parametrize("train_start, train_end, diverged", [
+    # fold AC's hyeonggeonkim (the fifth training in a row of one t5-small): 0.0009 -> 0.0068, 7.6x its start and still
+    # near 0: a memorised model wobbling, not an explosion
+    (0.0009, 0.0068, False),
+    (0.12, 0.52, False),  # fold N's Aditi-Baskar: 4.5x its start, half a nat
+    (0.70, 6.7, True),  # an explosion from an untrained start (the corpus's oos-diverged-e)
+    (0.60, 1.2, True),  # just past both: twice its start, above the floor
+])
+def test_a_loss_that_multiplied_its_start_has_diverged_only_above_the_floor(tmp_path, train_start, train_end, diverged):
+    kw = dict(classes=None, adapter={"task_type": "SEQ_2_SEQ_LM", "r": 8, "lora_alpha": 16})
+    d = diagnose(trainer_state(tmp_path, train=lambda f: train_start + (train_end - train_start) * f,
+                               val=lambda f: 0.5, **kw))
+    assert d.features["train_loss_final_over_start"] >= 1.5
+    assert d.fired("diverged", active_only=False) == diverged, [(x.rule_id, x.suppressed_by) for x in d.findings]
+
+
+@pytest.mark.parametrize("acc, lattice", [
+    # fold AC's 123yunnandaxue: accuracy on 80 multiple-choice rows (21-26 correct), no val size logged
+    ([0.2625, 0.2875, 0.3125, 0.325, 0.3125], 80),
+    # 559, 564, 579, 584 and 583 of 640 rows, as a notebook's table prints them (6 decimals, rounded)
+    ([0.873438, 0.88125, 0.904688, 0.9125, 0.910938], 640),
+    # 873 ... 911 of 1000 printed as 0.873000: three decimals, which 50 rows could put on a lattice by luck
+    ([0.873, 0.881, 0.905, 0.912, 0.911], None),
+    ([0.5, 0.5, 0.5, 0.5, 0.5], None),  # one value: every n fits
+    ([0.2625, 0.2875, 0.3125], None),  # three evals: too few for the lattice to stand out from chance
+    ([0.8731234, 0.8812345, 0.9051234, 0.9123456, 0.9114567], None),  # a macro-F1: on no lattice
+])
+def test_the_val_size_is_read_from_the_accuracys_lattice_when_no_size_is_logged(tmp_path, acc, lattice):
+    assert accuracy_lattice_n(acc) == lattice
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(1.9, 1.38, 3), val=exp_decay(1.74, 1.355, 3), evals=len(acc),
+                               metric=_per_eval(acc), n_val=None, classes=None))
+    f = d.features
+    if lattice is None:
+        assert f.get("val_n") is None
+    else:
+        assert f["val_n"] == lattice
+        assert f.details["val_n_source"] == f"the val accuracy's lattice: every val accuracy is k/{lattice}"
+        # the binomial band of the lattice's size is a floor on the metric's noise: 80 rows at 0.31 -> 0.052, where
+        # the five points' own jitter reads 0.0076 and +6 points would read as 8 noise units
+        se = binomial_se(acc[-1], lattice)
+        assert f["val_metric_noise"] >= se - 1e-12
