@@ -107,6 +107,10 @@ _CATALOGUE = (
           "more has it not applicable, so a route for untracked runs changes nothing for the others."),
     _spec("train loss", "train_loss_drop", "fraction", "train loss fell {} over the run",
           "(start - final) / start of T; negative when the loss grew."),
+    _spec("train loss", "train_loss_drop_since_chance", "fraction", "train loss fell {} from where the run began",
+          "The larger of train_loss_drop and 1 - final / ln(classes) where the class count is known (a fresh head "
+          "starts at ln(classes), so a first window already far below it hides the fall made inside it), else "
+          "train_loss_drop."),
     _spec("train loss", "train_loss_drop_after_first_eval", "fraction",
           "train loss fell {} from the first window after the first eval to the end",
           "(T_w - final) / T_w, T_w the first train-loss window that starts at or after the first val-loss point and "
@@ -347,7 +351,8 @@ _CATALOGUE = (
     # stability -------------------------------------------------------------------------------
     _spec("stability", "nonfinite_values", "count", "{} non-finite loss / gradient values were recorded",
           "Count of NaN/inf (null) values in train/loss, train/loss_std, train/grad_norm, val/loss, "
-          "train_eval/loss after step 0."),
+          "train_eval/loss after step 0, and of train-loss windows logged as exactly 0 after a window at "
+          "FILTERED_PRIOR_MIN or more (the Trainer's nan/inf filter's empty mean)."),
     _spec("stability", "val_loss_nonfinite_evals", "count", "{} evals logged a non-finite val loss while the train "
           "loss stayed finite",
           "Count of null (NaN/inf) `val/loss` values when they are the only non-finite values of the run and the "
@@ -855,7 +860,7 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
              "train_loss_late_drop", "train_loss_late_slope", "train_loss_plateau_fraction",
              "train_loss_vs_chance", "train_loss_rise_share", "train_loss_max_rise", "train_loss_cv",
              "train_loss_runs_to_fit", "train_loss_peak_vs_chance", "train_loss_rebound", "train_loss_min_fraction",
-             "train_loss_drop_after_first_eval")
+             "train_loss_drop_after_first_eval", "train_loss_drop_since_chance")
     if not T:
         acc.miss(names, "no `train/loss` values in the history")
         return
@@ -879,14 +884,19 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
         # one logged value (a Trainer whose logging_steps outlast the run logs its mean once): no fall to read, and
         # a fall of 0 is not the same as no fall measured
         acc.miss(("train_loss_drop", "train_loss_final_over_start", "train_loss_plateau_fraction",
-                  "train_loss_max_rise"), "one train loss logged (no trend): log more often (logging_steps about a "
-                 "tenth of an epoch)")
+                  "train_loss_max_rise", "train_loss_drop_since_chance"),
+                 "one train loss logged (no trend): log more often (logging_steps about a tenth of an epoch)")
     elif start <= 0:
         acc.miss(("train_loss_drop", "train_loss_final_over_start", "train_loss_late_slope",
-                  "train_loss_plateau_fraction", "train_loss_max_rise"), "the start train loss is 0")
+                  "train_loss_plateau_fraction", "train_loss_max_rise", "train_loss_drop_since_chance"),
+                 "the start train loss is 0")
     else:
         acc.set("train_loss_drop", (start - final) / start)
         acc.set("train_loss_final_over_start", final / start)
+        # a fresh head starts at ln(classes); a first logged window already well below it (a long window, a run
+        # continuing from a trained model) hides the fall the run made before it
+        acc.set("train_loss_drop_since_chance", max((start - final) / start, 1.0 - final / chance) if chance
+                else (start - final) / start)
         # a long curve of logged windows is read on its moving mean: the worst rise of single windows above their
         # running minimum grows with their count (the extreme of batch noise), where a climb back up lasts
         vals = _moving_mean([v for _, v in T], len(T) // RISE_SMOOTH_WINDOWS_PER)
@@ -1359,6 +1369,8 @@ def _stability(acc: FeatureSet, pts, meta) -> None:
                 fp16_skip = (key == "train/grad_norm" and _num(p.get("train/loss")) is not None
                              and p is not last_grad)
                 (overflow if fp16_skip else bad).append(row)
+    bad.extend(_filtered_windows(pts))
+    bad.sort(key=lambda row: row["step"])
     eval_faults = _eval_faults(pts, bad)
     if eval_faults:
         bad = []
@@ -1379,6 +1391,28 @@ def _stability(acc: FeatureSet, pts, meta) -> None:
     g = [v for _, v in _series(pts, "train/grad_norm", min_step=0)]
     med = _median(g) if g else 0.0
     acc.set("grad_norm_spike", max(g) / med if g and med > 0 else None, "no `train/grad_norm` in the history")
+
+
+# The Trainer's `logging_nan_inf_filter` (on by default) drops a non-finite step's loss from the logged mean; when every
+# step of a logging window was non-finite, the window logs exactly 0.0. A train loss of exactly 0 right after a window
+# at FILTERED_PRIOR_MIN or more is that mark: no optimiser takes a window's mean loss from a nat to below a printed
+# 0.000000 in one window, where a fitted model's loss reaching 0.0 (a saturated softmax) gets there from near 0.
+FILTERED_PRIOR_MIN = 1.0
+
+
+def _filtered_windows(pts: Sequence[dict]) -> list[dict]:
+    """Train-loss windows logged as exactly 0.0 after a window at FILTERED_PRIOR_MIN or more: non-finite steps the
+    Trainer's nan/inf filter hid, counted with the non-finite values."""
+    out, prev = [], None
+    for p in pts:
+        v = _num(p.get("train/loss"))
+        if v is None:
+            continue
+        if v == 0.0 and prev is not None and prev >= FILTERED_PRIOR_MIN and (_num(p.get("step")) or 0) > 0:
+            out.append({"step": p["step"], "key": "train/loss",
+                        "value": f"0.0 after {prev:.4g}: every step of the window non-finite (logging_nan_inf_filter)"})
+        prev = v
+    return out
 
 
 def _eval_faults(pts: Sequence[dict], bad: list[dict]) -> list[dict]:

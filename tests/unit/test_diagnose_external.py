@@ -1872,3 +1872,42 @@ def test_the_val_size_is_read_from_the_accuracys_lattice_when_no_size_is_logged(
         # the five points' own jitter reads 0.0076 and +6 points would read as 8 noise units
         se = binomial_se(acc[-1], lattice)
         assert f["val_metric_noise"] >= se - 1e-12
+
+
+@pytest.mark.parametrize("after, diverged", [
+    # fold AD's amanichopra (ViT on 82 classes at lr 0.07, fp16): 8.83 in the first window, then 0.0 (every step of the
+    # window non-finite: the Trainer's logging_nan_inf_filter logs an empty mean as 0), eval_loss NaN at every eval
+    (0.0, True),
+    (1e-4, False),  # near miss: a tiny but finite window is a (suspiciously fast) fall, not the filter's mark
+])
+def test_a_train_loss_logged_as_exactly_zero_after_a_high_window_is_non_finite_steps(tmp_path, after, diverged):
+    log = [{"step": 92, "epoch": 1.0, "loss": 8.8258, "grad_norm": 1.0, "learning_rate": 0.07},
+           {"step": 92, "epoch": 1.0, "eval_loss": float("nan"), "eval_accuracy": 0.00507}]
+    for i in (2, 3, 4):
+        log += [{"step": 92 * i, "epoch": float(i), "loss": after, "grad_norm": 1.0, "learning_rate": 0.07},
+                {"step": 92 * i, "epoch": float(i), "eval_loss": float("nan"), "eval_accuracy": 0.00507}]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 368, "max_steps": 460, "log_history": log}))
+    d = diagnose(tmp_path)
+    f = d.features
+    assert (f["nonfinite_values"] >= 1) == diverged
+    assert (f["val_loss_nonfinite_evals"] == 0) == diverged  # the NaN evals are the model's, not the evaluation's
+    assert (d.verdict == "diverged") == diverged, [(x.rule_id, x.suppressed_by) for x in d.findings]
+    if not diverged:
+        assert d.fired("eval-loss-broken")
+
+
+@pytest.mark.parametrize("first, slow", [
+    # fold AD's MingjunHu: bert-base-cased on 650k Yelp rows (5 classes), the first window (10,000 steps) already at
+    # 0.54 x ln 5, then -22% to 0.68: -58% since ln 5, a classifier that learned at a fair pace, not too small a step
+    (0.866, False),
+    (1.55, True),  # near miss: the first window near ln 5 and the same slow fall: lost little from where it began
+])
+def test_a_classifiers_fall_is_counted_from_chance_when_its_first_window_sits_far_below_it(tmp_path, first, slow):
+    L5 = math.log(5)
+    d = diagnose(trainer_state(tmp_path, train=lambda f: first * (1 - 0.22 * f), val=lambda f: 0.82 - 0.10 * f,
+                               metric=lambda f: 0.64 + 0.05 * f, classes=5, n_val=50000, lr=5e-5, steps=2000,
+                               evals=10, log_every=200))
+    fs = d.features
+    assert fs["train_loss_drop"] < 0.3 and fs["train_loss_runs_to_fit"] >= 2
+    assert (fs["train_loss_drop_since_chance"] >= 0.3) != slow, fs["train_loss_drop_since_chance"]
+    assert (d.verdict == "lr-too-small") == slow, [(x.rule_id, x.suppressed_by) for x in d.findings]

@@ -53,6 +53,7 @@ FIRING = {
                          val_loss_late_share=0.5, val_loss_rise_share=0.0, val_loss_late_drop=0.02,
                          val_loss_rise=0.0, peak_lr=1e-4, val_metric_best=0.3, val_metric_logged=1,
                          n_eval_points=10, classifier=1, lora=0, train_loss_drop=0.1, val_loss_min_fraction=1.0,
+                         train_loss_drop_since_chance=0.1,
                          generative=0, train_loss_drop_after_first_eval=0.1, val_loss_still_falling=1,
                          plan_done_fraction=1.0,
                          val_loss_remaining_noise=5.0, val_loss_remaining_gain=0.1, train_loss_logged=1,
