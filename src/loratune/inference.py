@@ -23,6 +23,7 @@ class Trained:
     cfg: RunConfig
     device: torch.device
     decoding: Decoding | None = None  # multi-label: thresholds, at least one, cap, none label (label_map.json)
+    autocast: bool = False  # bf16 autocast as the run's own evaluations ran on this hardware (eval_precision)
 
     def logits(self, texts: list[str]) -> np.ndarray:
         from loratune.data import Split
@@ -31,7 +32,7 @@ class Trained:
         split = Split("predict", tuple(texts), tuple((self.space.labels[0],) for _ in texts), "input")
         enc = encode(self.tokenizer, split, self.space, self.cfg.model.max_length)
         return predict_logits(self.model, enc, self.cfg.train.per_device_eval_batch_size,
-                              self.tokenizer.pad_token_id, self.device, False)
+                              self.tokenizer.pad_token_id, self.device, self.autocast)
 
     def predict(self, texts: list[str], top_k: int = 1) -> list[dict]:
         """Per text: the predicted label(s) with probabilities (top_k for single-label)."""
@@ -77,7 +78,21 @@ def load_trained(run_dir: str | Path) -> Trained:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     decoding = Decoding.from_dict(label_map.get("decoding"), space.labels) if space.multi_label else None
-    return Trained(model, tokenizer, space, cfg, device, decoding)
+    from loratune.adapt import HEAD_NAMES
+
+    return Trained(model, tokenizer, space, cfg, device, decoding, eval_precision(cfg, model, device, HEAD_NAMES))
+
+
+def eval_precision(cfg: RunConfig, model, device: torch.device, head_names) -> bool:
+    """Whether to score under bf16 autocast: as training resolves the run's `precision` on this hardware
+    (precision.detect), with the head in float32 as training keeps it, so a saved model scores here what the run's
+    own evaluation points scored (on a CPU with avx512_bf16, 'auto' trains and evaluates under bf16)."""
+    from loratune import precision as precision_mod
+
+    autocast = precision_mod.detect(cfg.train.precision, device.type).autocast
+    if autocast:
+        precision_mod.head_in_fp32(model, head_names, device.type)
+    return autocast
 
 
 SPLIT_NAMES = {"test": "test", "validation": "validation", "val": "validation", "train": "train"}
@@ -101,7 +116,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     from loratune.train import predict_logits
 
     logits = predict_logits(trained.model, enc, trained.cfg.train.per_device_eval_batch_size,
-                            trained.tokenizer.pad_token_id, trained.device, False)
+                            trained.tokenizer.pad_token_id, trained.device, trained.autocast)
     prefix = "test" if split == "test" else ("val" if names[split] == "validation" else "train")
     store = RunStore(run_dir)
     run = store.read_run()
@@ -124,7 +139,7 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
 
     from loratune.metrics import parse_labels, prediction_scores
     from loratune.models import load_causal_lm, quiet_transformers
-    from loratune.sft import evaluate_lm, generate, label_token_cap
+    from loratune.sft import LM_HEAD_NAMES, evaluate_lm, generate, label_token_cap
     from loratune.sft_data import Renderer, encode_prompts, encode_sft, load_sft_dataset
 
     store = RunStore(run_dir).require()
@@ -150,7 +165,8 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
     renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
     prefix = "test" if split == "test" else ("val" if SPLIT_NAMES[split] == "validation" else "train")
     enc = encode_sft(tokenizer, renderer, data_split.examples, cfg.model.max_length)
-    scores = evaluate_lm(prefix, model, enc, tokenizer.pad_token_id, device, False)
+    scores = evaluate_lm(prefix, model, enc, tokenizer.pad_token_id, device,
+                         eval_precision(cfg, model, device, LM_HEAD_NAMES))
     if dataset.label_space is not None:  # generative classification: the labels it writes, per class
         labels = dataset.label_space.labels
         y = np.array([{lab: i for i, lab in enumerate(labels)}.get(e.completion, -1) for e in data_split.examples],

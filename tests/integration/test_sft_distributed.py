@@ -35,7 +35,10 @@ def overrides(lm: str, data: Path, out: Path, **extra) -> list[str]:
     base = {"task": "causal-lm", "name_or_path": lm, "dataset_name": str(data), "output_dir": str(out),
             "max_steps": STEPS, "eval_steps": EVERY, "per_device_train_batch_size": BATCH, "learning_rate": 1e-2,
             "target_modules": "[attn.q, attn.v]", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "max_length": 32,
-            "max_new_tokens": 6}
+            "max_new_tokens": 6,
+            # float32: the ranks are compared with one process to 1e-5, an identity of float32 arithmetic; under bf16
+            # autocast (precision auto on a CPU with avx512_bf16) the ranks' split of the threads rounds differently
+            "precision": "fp32"}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
