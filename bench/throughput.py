@@ -9,12 +9,16 @@ Arms (each a fresh subprocess, so its peak RSS is its own):
                    the longest in each batch by DataCollatorWithPadding)
   trainer-grouped  the same with length-grouped batches (`group_by_length=True`; transformers >= 5
                    spells it `train_sampling_strategy="group_by_length"`)
+  trainer-grouped-bf16  the same with `bf16=True` (the Trainer's CPU autocast): what a careful user sets on a
+                   CPU with avx512_bf16 or AMX, where loratune's precision `auto` trains under bf16 autocast
   loratune         loratune's own loop (length-grouped batches, frozen-prefix cache when it applies),
                    evaluated at step 0 (val) and at the end (val + 128 train rows), no slices (the race)
   loratune-cli     the whole process a user times: `loratune train -q` with the config's keys and every
                    other default (evaluation schedule, train_eval_size, slices, robustness probe), timed
                    from process start to exit like every arm (`process_s`); its run.json `timing_s` gives
                    the breakdown (load, tokenize, train, evaluate, extras)
+  loratune-cli-fp32  the same with `precision=fp32` (what `auto` runs on a CPU without bf16): the bf16 lever's
+                   own gain and its quality parity, seed for seed
 
 Configs: (a) r=8 on attn.q + attn.v in every layer plus ffn (intermediate + output dense) in the top 2;
 (b) r=8 on every linear layer of the top 2 blocks only. Both: lora_alpha 16, lora_dropout 0.1, the
@@ -51,7 +55,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 if not DATA.is_dir():
     DATA = Path("/work/shared/data/banking77")
 RESULTS = Path(__file__).resolve().parent / "results"
-ARMS = ("trainer", "trainer-grouped", "loratune", "loratune-cli")
+ARMS = ("trainer", "trainer-grouped", "trainer-grouped-bf16", "loratune", "loratune-cli", "loratune-cli-fp32")
 CONFIGS = {
     "a": {"what": "r=8 attn.q+attn.v in all 6 layers + ffn (in, out) in the top 2",
           "loratune": {"target_modules": "[attn.q, attn.v, ffn@top:2]", "layers_to_transform": "all"},
@@ -93,7 +97,7 @@ def macro_f1(logits, labels: list[str], label_names: list[str]) -> float:
 # arms (each runs in its own subprocess)
 
 
-def run_trainer(config: str, steps: int, grouped: bool, seed: int) -> dict:
+def run_trainer(config: str, steps: int, grouped: bool, seed: int, bf16: bool = False) -> dict:
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
@@ -134,6 +138,8 @@ def run_trainer(config: str, steps: int, grouped: bool, seed: int) -> dict:
                   save_strategy="no", disable_tqdm=True)
     if torch.cuda.is_available():  # --device cuda: what a GPU user sets
         kwargs.update(bf16=True, optim="adamw_torch_fused")
+    elif bf16:  # what a user with a bf16 CPU (avx512_bf16 / AMX) can set: the Trainer's CPU autocast
+        kwargs.update(bf16=True, use_cpu=True)
     if grouped:
         try:
             args = TrainingArguments(group_by_length=True, **kwargs)
@@ -203,7 +209,7 @@ def run_loratune(config: str, steps: int, seed: int) -> dict:
             "adapted_modules": sorted(adapter_cfg["target_modules"]), **extra}
 
 
-def run_loratune_cli(config: str, steps: int, seed: int) -> dict:
+def run_loratune_cli(config: str, steps: int, seed: int, precision: str = "auto") -> dict:
     """`loratune train -q` as a user runs it: only the config's keys are given; every other default
     (evaluation schedule, train_eval_size, slices, robustness probe) stays."""
     from loratune.cli import main as cli_main
@@ -213,7 +219,7 @@ def run_loratune_cli(config: str, steps: int, seed: int) -> dict:
             "per_device_train_batch_size": COMMON["batch"], "learning_rate": COMMON["lr"], "warmup_ratio": 0.0,
             "weight_decay": 0.0, "max_grad_norm": 1.0, "lr_scheduler_type": "linear",
             "max_length": COMMON["max_length"], "seed": seed, "r": COMMON["r"], "lora_alpha": COMMON["lora_alpha"],
-            "lora_dropout": COMMON["lora_dropout"], **CONFIGS[config]["loratune"]}
+            "lora_dropout": COMMON["lora_dropout"], "precision": precision, **CONFIGS[config]["loratune"]}
     rc = cli_main(["train", "-q", *[f"{k}={v}" for k, v in flat.items()]])
     run = json.loads((Path(out) / "run" / "run.json").read_text())
     adapter_cfg = json.loads((Path(out) / "run" / "adapter" / "adapter_config.json").read_text())
@@ -264,10 +270,11 @@ def child(arm: str, config: str, steps: int, seed: int, peak: float | None = Non
     load0 = os.getloadavg()[0]
     if arm == "loratune":
         res = run_loratune(config, steps, seed)
-    elif arm == "loratune-cli":
-        res = run_loratune_cli(config, steps, seed)
+    elif arm in ("loratune-cli", "loratune-cli-fp32"):
+        res = run_loratune_cli(config, steps, seed, precision="fp32" if arm.endswith("fp32") else "auto")
     else:
-        res = run_trainer(config, steps, grouped=arm == "trainer-grouped", seed=seed)
+        res = run_trainer(config, steps, grouped=arm.startswith("trainer-grouped"), seed=seed,
+                          bf16=arm == "trainer-grouped-bf16")
     import torch
 
     if torch.cuda.is_available():
@@ -317,12 +324,13 @@ def summarize(results: list[dict], steps: int, rounds: int, elapsed: float) -> d
                                           "train": round(r["train_s"], 1), "evaluate": round(r["eval_s"], 1)}
                                          for r in rs]
         ratios = {}
-        for base_arm, tag in (("trainer", "trainer"), ("trainer-grouped", "grouped")):
+        for base_arm, tag in (("trainer", "trainer"), ("trainer-grouped", "grouped"),
+                              ("trainer-grouped-bf16", "grouped_bf16")):
             base = by_arm.get(base_arm)
             if base is None:
                 continue
             for arm, rs in by_arm.items():
-                if arm == base_arm or (base_arm == "trainer-grouped" and arm == "trainer"):
+                if arm == base_arm or (base_arm.startswith("trainer-grouped") and arm.startswith("trainer")):
                     continue
                 # per round: the arms of one round ran back to back, so their ratio shares the load
                 pairs = [(a, b) for a in rs for b in base if a["round"] == b["round"]]
@@ -439,15 +447,19 @@ def write_markdown(summary: dict, path: Path) -> None:
         lines += [f"## Config ({config}): {c['what']}", "",
                   f"Adapted modules identical across arms: {c['same_adapted_modules']} ({c['n_adapted_modules']}).", "",
                   "| arm | examples/s per round | vs trainer, median (per round) | vs grouped trainer, median "
-                  "(per round) | peak RSS MB | val macro-F1 per round | load avg | process s (start to exit) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "(per round) | vs grouped trainer bf16, median (per round) | peak RSS MB | val macro-F1 per round "
+                  "| load avg | process s (start to exit) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for arm, a in c["arms"].items():
             r = c["ratios"].get(arm, {})
             vs_t = (f"{r['speed_vs_trainer_median']:.2f}x ({', '.join(f'{x:.2f}' for x in r['speed_vs_trainer'])})"
                     if "speed_vs_trainer" in r else ("1.00x" if arm == "trainer" else "-"))
             vs_g = (f"{r['speed_vs_grouped_median']:.2f}x ({', '.join(f'{x:.2f}' for x in r['speed_vs_grouped'])})"
                     if "speed_vs_grouped" in r else ("1.00x" if arm == "trainer-grouped" else "-"))
-            lines.append(f"| {arm} | {', '.join(f'{x:.1f}' for x in a['examples_per_s'])} | {vs_t} | {vs_g} "
+            vs_b = (f"{r['speed_vs_grouped_bf16_median']:.2f}x "
+                    f"({', '.join(f'{x:.2f}' for x in r['speed_vs_grouped_bf16'])})"
+                    if "speed_vs_grouped_bf16" in r else ("1.00x" if arm == "trainer-grouped-bf16" else "-"))
+            lines.append(f"| {arm} | {', '.join(f'{x:.1f}' for x in a['examples_per_s'])} | {vs_t} | {vs_g} | {vs_b} "
                          f"| {', '.join(str(x) for x in a['peak_rss_mb'])} "
                          f"| {', '.join(f'{x:.3f}' for x in a['val_macro_f1'])} "
                          f"| {', '.join(f'{x:.1f}' for x in a['load'])} "
