@@ -224,6 +224,18 @@ _CATALOGUE = (
     _spec("val loss", "val_loss_rise_noise", "se", "val loss ended {} above its minimum",
           "(final V - min V) / (sqrt 2 x val_loss_noise): the rise in units of the noise of a difference of two "
           "points."),
+    _spec("val loss", "val_loss_repeats", "count", "{} evals logged the same val loss",
+          "How many of V's points equal (to the logged precision) its most frequent value."),
+    _spec("val loss", "val_loss_repeat_share", "fraction", "{} of the evals logged the same val loss",
+          "Share of V's points equal (to the logged precision) to its most frequent value: a loss averaged over an "
+          "eval set does not repeat to the printed digit while the model's outputs move, so a repeat at most evals is "
+          "the loss-only witness of predictions that stopped changing (the twin of val_metric_repeat_share)."),
+    _spec("val loss", "val_loss_min_vs_reference", "ratio", "val loss stayed at or above {} of ln 2, a DPO "
+          "policy's start",
+          "Min V / ln 2 for a pairwise preference loss (DPO's default sigmoid loss: the history logs reward margins "
+          "and no NLL, log-odds or KL term beside them). At step 0 the policy is its reference, every margin is 0 "
+          "and the loss is exactly ln 2, the ln(classes) of a two-way choice; above 1 at every eval, the training "
+          "never made the policy rank held-out pairs better than the model it started from."),
     _spec("val loss", "val_loss_drop_noise", "se", "val loss fell {} from its first eval to its minimum",
           "(first V - min V) / (sqrt 2 x val_loss_noise): the val loss's improvement in units of the noise of a "
           "difference of two points, the same band a rise must clear (protocol 5b: a fall inside it is not a fall)."),
@@ -983,13 +995,29 @@ def _plateau_fraction(T, start, frac) -> float:
     return next(x for x, v in curve if v <= target + 1e-12)
 
 
+# A pairwise preference loss: DPO's default (TRL's loss_type "sigmoid") is -log sigmoid(margin), exactly ln 2 at step 0,
+# where the policy is its reference and every reward margin is 0. A history that logs the reward margins (the
+# Trainer's eval_rewards/margins, a notebook table's "Rewards/margins") is a preference run; one that also logs an
+# NLL, log-odds or KL term (CPO, ORPO, RPO add an NLL term; KTO logs its KL estimate) has a loss whose start is not ln 2.
+PREFERENCE_START_LOSS = math.log(2)
+PREFERENCE_MARGIN_KEYS = ("rewards_margins",)
+PREFERENCE_OTHER_TERM_MARKS = ("nll", "log_odds", "kl")
+
+
+def _preference_loss(pts: Sequence[dict]) -> bool:
+    keys = {"_" + k.replace("/", "_") + "_" for p in pts for k in p}
+    return any(f"_{m}_" in k for k in keys for m in PREFERENCE_MARGIN_KEYS) and \
+        not any(f"_{m}_" in k for k in keys for m in PREFERENCE_OTHER_TERM_MARKS)
+
+
 def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     V = _series(pts, "val/loss")
     acc.set("val_loss_logged", 1.0 if any("val/loss" in p for p in pts) else 0.0)
     names = ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise", "val_loss_rise_held",
              "val_loss_rise_held_noise", "val_loss_rise_steady", "val_loss_min_fraction", "val_loss_late_drop",
              "val_loss_late_share", "val_loss_rise_share", "val_loss_vs_chance", "val_loss_noise",
-             "val_loss_rise_noise", "val_loss_drop_noise")
+             "val_loss_rise_noise", "val_loss_drop_noise", "val_loss_repeats", "val_loss_repeat_share",
+             "val_loss_min_vs_reference")
     if not V:
         broken = any("val/loss" in p for p in pts)  # logged, every value non-finite
         acc.miss(names, "the val loss is non-finite (NaN/inf) at every eval while the train loss is finite: the "
@@ -1012,6 +1040,13 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             if len(later) >= HELD_POINTS_MIN else None,
             f"fewer than {HELD_POINTS_MIN} evals after the val loss's minimum")
     acc.set("val_loss_min_fraction", frac(V[i_min][0]))
+    vs = [v for _, v in V]
+    repeats = max(vs.count(v) for v in vs)
+    acc.set("val_loss_repeats", float(repeats))
+    acc.set("val_loss_repeat_share", repeats / len(vs) if len(vs) >= 2 else None, "fewer than 2 val-loss points")
+    acc.set("val_loss_min_vs_reference", vmin / PREFERENCE_START_LOSS if _preference_loss(pts) else None,
+            NOT_APPLICABLE + "not a pairwise preference (DPO) loss: no reward margins logged, or an NLL, log-odds or "
+            "KL term beside them (CPO, ORPO, RPO, KTO) moves the loss's start off ln 2")
     T = _series(pts, "train/loss", min_step=0)
     t_start = acc.values.get("train_loss_start")
     fell = t_start - T[-1][1] if T and t_start is not None else 0.0

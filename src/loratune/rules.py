@@ -130,6 +130,15 @@ _THRESHOLDS = (
     _t("collapse_repeat_share_max", 0.5, "fraction", "Without per-class numbers, the val metric logging one and the "
        "same value at more than this share of the evals (on more than few_evals_max evals): the predictions did not "
        "change (protocol 5b: a collapse is a loss pinned near ln(classes) with the predictions on one class)."),
+    _t("frozen_loss_repeats_min", 3, "count", "A val loss that logged one and the same value (to the printed digit) at "
+       "this many evals, more than collapse_repeat_share_max of them, came from outputs that stopped moving: a mean "
+       "over an eval set does not repeat while the model's predictions change (fold AE's will-elsen: 1.301563 at 3 "
+       "of 5 evals, at the label prior's entropy; fold AA's NLP613-Metaplexia: 6.238281 = ln 512 at all 3, a span "
+       "head uniform over the positions). Two equal values can be a coincidence of rounding; three are not."),
+    _t("preference_start_ratio_max", 1.0, "ratio", "A DPO val loss whose lowest eval stays above this multiple of ln 2 "
+       "(the loss where the policy is its reference) never made the policy better than where it started on held-out "
+       "pairs (fold AE's Jason-Toskov: Llama-3-8B QLoRA DPO at 5e-5, 0.876 -> 0.942 after the warm-up and back only "
+       "to 0.749 as the cosine decayed; fold V's PranavGrandhi, 0.708 at best)."),
     _t("pinned_val_drop_max", 0.05, "fraction", "...or, for frozen predictions, a val loss that fell less than this "
        "from its first eval to its minimum: pinned where the first eval left it (a class prior's entropy, not "
        "ln(classes), when the classes are unbalanced and their count unknown: fold N's pramanik-souvik, 0.631 -> "
@@ -367,10 +376,10 @@ _RULES = (
         # inside protocol 1's range, where the lr alone does not say it (far above it, lr-too-large reads the same
         # curve; below usual_lr_min, steps too small also move no prediction). Below lr-too-large: where its
         # routes read the same run (a loss that spiked above ln(classes) first, an oscillation), the lr is named
-        when=all_(c("classifier", ">=", "flag_on"),
-                  c("peak_lr", ">=", "usual_lr_min"),
+        when=all_(c("peak_lr", ">=", "usual_lr_min"),
                   c("peak_lr", "<", "collapse_lr_min"),
-                  any_(all_(c("val_pred_top_share", ">=", "collapse_pred_share"),
+                  any_(all_(c("classifier", ">=", "flag_on"), any_(
+                       all_(c("val_pred_top_share", ">=", "collapse_pred_share"),
                             c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance")),
                        # without per-class numbers, the predictions frozen: the val metric repeating one value at
                        # most of more than a few evals and never rising, the loss pinned: the train loss near
@@ -386,8 +395,17 @@ _RULES = (
                                       c("train_loss_final_over_start", ">=", "pinned_loss_ratio_min")),
                                  all_(c("val_loss_drop", "<", "pinned_val_drop_max"),
                                       c("val_loss_rise_share", ">", "frozen_rise_share_min")))))),
-        verdict="collapsed to one class: the predictions stopped changing (one class, or one metric value at every "
-                "eval) with the loss pinned, at an lr inside the usual range",
+                       # any task: the val loss itself repeating one value at most evals (the outputs frozen; a val
+                       # metric, where logged, not moving either), pinned: near ln(classes), or beside a train loss
+                       # that did not fall at all (a loss of 0 repeating is a target the model fits exactly, not a
+                       # collapse: neither pin holds there)
+                       all_(c("val_loss_repeats", ">=", "frozen_loss_repeats_min"),
+                            c("val_loss_repeat_share", ">", "collapse_repeat_share_max"),
+                            any_(c("val_metric_logged", "<", "flag_on"), c("val_metric_gain", "<", "no_gain_max")),
+                            any_(c("val_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+                                 c("train_loss_final_over_start", ">=", "pinned_loss_ratio_min"))))),
+        verdict="collapsed to one class: the predictions stopped changing (one class, or one metric or loss value at "
+                "every eval) with the loss pinned, at an lr inside the usual range",
         moves=("learning_rate /2", "check data"),
         suppresses=tuple(x for x in _CURVE_AND_CLASS if x not in ("collapsed", "lr-too-large")),
         source="protocol 3: too high an lr can collapse the model to predicting one class (loss pinned near "
@@ -450,9 +468,16 @@ _RULES = (
                       c("train_loss_fall_after_val_min", "<=", "fit_after_turn_share_min"))),
             all_(c("train_loss_rebound", ">=", "rebound_min"),
                  c("train_loss_min_fraction", "<=", "rebound_min_fraction_max"),
-                 c("val_loss_rise", ">=", "val_loss_rise_min"))),
-        verdict="learning rate too large: collapsed to one class (loss pinned near ln(classes)), or the train loss "
-                "climbs back up while the val metric or loss swings",
+                 c("val_loss_rise", ">=", "val_loss_rise_min")),
+            # a DPO loss (ln 2 at step 0, where the policy is its reference) above ln 2 at every one of more than a
+            # few evals: the first steps already made the policy rank held-out pairs worse than the model it started
+            # from and it never got back; unless the train loss memorised its pairs (a tenth of its start or below),
+            # protocol 3's overfit (fold V's Tooba26: 0.79 -> 0.007 while the val loss climbs 0.76 -> 1.64)
+            all_(c("val_loss_min_vs_reference", ">", "preference_start_ratio_max"),
+                 c("n_eval_points", ">", "few_evals_max"),
+                 c("train_loss_final_over_start", ">", "fit_loss_vs_chance_max"))),
+        verdict="learning rate too large: collapsed to one class (loss pinned near ln(classes)), the train loss "
+                "climbs back up while the val metric or loss swings, or a DPO policy never beat its reference's ln 2",
         moves=("learning_rate /2",),
         suppresses=tuple(x for x in _CURVE_AND_CLASS if x != "lr-too-large"),
         source="protocol 3-4: loss oscillates, F1 unstable step to step -> lr /2; too high an lr can collapse "

@@ -1911,3 +1911,83 @@ def test_a_classifiers_fall_is_counted_from_chance_when_its_first_window_sits_fa
     assert fs["train_loss_drop"] < 0.3 and fs["train_loss_runs_to_fit"] >= 2
     assert (fs["train_loss_drop_since_chance"] >= 0.3) != slow, fs["train_loss_drop_since_chance"]
     assert (d.verdict == "lr-too-small") == slow, [(x.rule_id, x.suppressed_by) for x in d.findings]
+
+
+# ---- fold AE's two healthy on an unforgivable label: a val loss frozen at one value, a DPO loss above ln 2 -------
+
+@pytest.mark.parametrize("train, val, classes, lr, collapsed", [
+    # fold AE's will-elsen (DistilBERT LoRA, 5 rating classes from 80 cards, 20 eval cards): the val loss repeats
+    # 1.301563 at 3 of 5 evals, 0.81 x ln 5 (the label prior's entropy): every card gets one distribution
+    ([1.452, 1.421, 1.401, 1.344, 1.284], [1.390625, 1.310938, 1.301563, 1.301563, 1.301563], 5, 1e-4, True),
+    # near miss: the same values moving in the 5th decimal: outputs that still move
+    ([1.452, 1.421, 1.401, 1.344, 1.284], [1.390625, 1.310938, 1.301563, 1.301571, 1.301549], 5, 1e-4, False),
+    # near miss: two equal values can be rounding's coincidence
+    ([1.452, 1.421, 1.401, 1.344, 1.284], [1.390625, 1.310938, 1.305156, 1.301563, 1.301563], 5, 1e-4, False),
+    # near miss: a frozen val loss far below ln 5 beside a train loss that fell: fitted, not pinned
+    ([1.452, 0.9, 0.5, 0.3, 0.2], [0.6, 0.41, 0.352344, 0.352344, 0.352344], 5, 1e-4, False),
+    # fold AA's NLP613-Metaplexia (BERT span QA on squad_v2, lr 3e-4): eval_loss 6.238281 = ln 512 at all 3 evals, the
+    # train loss not falling at all: a span head uniform over the positions (no class count: any task)
+    ([6.2429, 6.2451, 6.2454], [6.238281, 6.238281, 6.238281], None, 3e-4, True),
+    # near miss (fold W's Devesh176): a loss of 0 at every eval is a constant target fitted exactly, not a collapse
+    ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0], None, 2e-4, False),
+])
+def test_a_val_loss_that_repeats_one_value_at_most_evals_is_a_collapse_when_pinned(tmp_path, train, val, classes, lr,
+                                                                                  collapsed):
+    n = len(val)
+    d = diagnose(trainer_state(tmp_path, train=_per_eval(train), val=_per_eval(val), evals=n, steps=20 * n,
+                               log_every=20, lr=lr, classes=classes, n_val=20))
+    f = d.features
+    assert f["val_loss_repeats"] == max(val.count(v) for v in val)
+    assert f["val_loss_repeat_share"] == pytest.approx(f["val_loss_repeats"] / n)
+    assert (d.verdict == "collapsed") == collapsed, [(x.rule_id, x.suppressed_by) for x in d.findings]
+
+
+def dpo_state(folder: Path, *, train, val, extra=None, lr=5e-5, every=700):
+    """A TRL DPOTrainer's trainer_state.json: train windows and evals with the reward columns it logs."""
+    log = []
+    for i, (t, v) in enumerate(zip(train, val), start=1):
+        log.append({"step": every * i, "epoch": i / len(val), "loss": t, "grad_norm": 5.0, "learning_rate": lr,
+                    "rewards/chosen": -1.0, "rewards/rejected": -1.3, "rewards/accuracies": 0.6,
+                    "rewards/margins": 0.3})
+        e = {"step": every * i, "epoch": i / len(val), "eval_loss": v, "eval_rewards/chosen": -1.0,
+             "eval_rewards/rejected": -1.3, "eval_rewards/accuracies": 0.6, "eval_rewards/margins": 0.3,
+             "eval_logps/chosen": -250.0, "eval_logps/rejected": -260.0, "eval_runtime": 25.0,
+             "eval_samples_per_second": 100.0}
+        e.update(extra or {})
+        log.append(e)
+    steps = every * len(val)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": steps, "max_steps": steps,
+                                                           "logging_steps": every, "log_history": log}))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 256,
+                                                            "lora_alpha": 128}))
+    return folder
+
+
+JASON_TRAIN = [0.818, 0.891, 0.926, 0.995, 0.671, 0.612, 0.981, 0.713]
+JASON_VAL = [0.876, 0.942, 0.854, 0.812, 0.785, 0.749, 0.755, 0.754]
+
+
+@pytest.mark.parametrize("train, val, extra, too_large", [
+    # fold AE's Jason-Toskov (Llama-3-8B QLoRA DPO at 5e-5): every eval above ln 2 = 0.693, where the policy starts as
+    # its reference; worst after the warm-up, back to 0.749 only as the cosine decayed
+    (JASON_TRAIN, JASON_VAL, None, True),
+    # near miss: the same shape 0.1 lower: below ln 2 from its fifth eval, the policy beat its reference
+    (JASON_TRAIN, [v - 0.1 for v in JASON_VAL], None, False),
+    # near miss: a CPO / RPO table (an NLL term beside the preference loss): its loss does not start at ln 2
+    (JASON_TRAIN, JASON_VAL, {"eval_nll_loss": 1.2}, False),
+    # near miss: three evals only
+    (JASON_TRAIN[:3], JASON_VAL[:3], None, False),
+    # near miss (fold V's Tooba26): the train loss memorised its pairs while the val loss climbed: overfit, not lr
+    ([0.79, 0.33, 0.12, 0.012, 0.009, 0.008, 0.007, 0.007], [0.755, 0.846, 1.14, 1.208, 1.588, 1.638, 1.6, 1.62], None,
+     False),
+])
+def test_a_dpo_val_loss_that_never_beat_ln_2_is_lr_too_large(tmp_path, train, val, extra, too_large):
+    d = diagnose(dpo_state(tmp_path, train=train, val=val, extra=extra))
+    f = d.features
+    if extra:
+        assert f["val_loss_min_vs_reference"] is None
+    else:
+        assert f["val_loss_min_vs_reference"] == pytest.approx(min(val) / math.log(2))
+    assert (d.verdict == "lr-too-large") == too_large, [(x.rule_id, x.suppressed_by) for x in d.findings]
+    if train[-1] < 0.01:
+        assert d.verdict == "overfit-capacity"
