@@ -1991,3 +1991,29 @@ def test_a_dpo_val_loss_that_never_beat_ln_2_is_lr_too_large(tmp_path, train, va
     assert (d.verdict == "lr-too-large") == too_large, [(x.rule_id, x.suppressed_by) for x in d.findings]
     if train[-1] < 0.01:
         assert d.verdict == "overfit-capacity"
+
+
+@pytest.mark.parametrize("peak, too_large", [
+    # fold AC's bencejdanko (Mistral-7B adapter, binary sentiment at 2.6e-4): a train window at 1.98 x ln 2, the loss
+    # ending at 1.03 x ln 2 and the F1 back at the one-class 0.333 mid-run
+    (1.3739, True),
+    # near miss: the same run whose first window sat just above a uniform guess (1.2 x ln 2): no blow-up to read
+    (0.83, False),
+])
+def test_a_classifier_loss_half_again_above_chance_that_ended_at_chance_is_lr_too_large(tmp_path, peak, too_large):
+    log = []
+    for i, (t, v, f1) in enumerate(zip([None, peak, None, 0.8969, 0.7156], [0.776354, 0.688293, 0.820521, 0.678725,
+                                                                             0.654689],
+                                       [0.333333, 0.523621, 0.333333, 0.578648, 0.64]), start=1):
+        if t is not None:
+            log.append({"step": 313 * i, "epoch": float(i), "loss": t, "grad_norm": 3.0, "learning_rate": 2.58e-4})
+        log.append({"step": 313 * i, "epoch": float(i), "eval_loss": v, "eval_f1": f1, "eval_runtime": 10.0,
+                    "eval_samples_per_second": 100.0})
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 1565, "max_steps": 1565,
+                                                             "logging_steps": 500, "log_history": log}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral", "id2label": {"0": "neg", "1": "pos"}}))
+    d = diagnose(tmp_path)
+    f = d.features
+    assert f["train_loss_vs_chance"] == pytest.approx(0.7156 / math.log(2))
+    assert (f["train_loss_peak_vs_chance"] >= 1.5) == too_large
+    assert (d.verdict == "lr-too-large") == too_large, [(x.rule_id, x.suppressed_by) for x in d.findings]
