@@ -509,7 +509,19 @@ _RULES = (
                        # start measures the fit; the widening val-minus-train gap does (5b)
                        all_(c("generative", ">=", "flag_on"),
                             c("train_loss_late_drop", ">=", "lm_late_fall_min"),
-                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max"))),
+                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max")),
+                       # ...or a run that logged no train-loss trend (one window or none: logging_steps longer than
+                       # the run), read on its validation side alone, as healthy's route for such a run is: the train
+                       # side is missing, not flat, and a val loss that passed its minimum and stays above it (by
+                       # val_loss_rise_min at every later eval, or rising at each) and ends above it by
+                       # val_loss_rise_min and beyond the noise band is protocol 5b's overfit on the val side (fold
+                       # AE's AppleMax1992: CodeBERT, one train window, val loss 0.88 at 57% -> 0.97 -> 1.12 -> 1.38 at
+                       # 10 noise units, accuracy 2 SE below its best; fold T's Benerugg: +57% held +20%, 6.7 units)
+                       all_(c("train_loss_untracked", ">=", "flag_on"),
+                            any_(c("val_loss_rise_steady", ">=", "flag_on"),
+                                 c("val_loss_rise_held", ">=", "val_loss_rise_min")),
+                            c("val_loss_rise", ">=", "val_loss_rise_min"),
+                            c("val_loss_rise_noise", ">=", "rise_noise_min"))),
                   any_(all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
                             c("val_loss_rise_noise", ">=", "rise_noise_min")),
                        # a short curve (under tail_noise_points_min evals) whose every eval after the minimum stays

@@ -324,6 +324,31 @@ def test_a_run_that_logged_no_train_loss_is_read_on_its_validation_side(tmp_path
     assert "train_loss_untracked" in d.features.missing and d.verdict != "healthy"
 
 
+def test_a_run_that_logged_no_train_loss_overfits_on_its_validation_side(tmp_path):
+    # one train window (logging_steps past the run), 7 evals on 267 rows, 3 classes (fold AE's AppleMax1992): the
+    # val loss passes its minimum at 57% and rises at every later eval to +56%, ~10 noise units; accuracy 2 SE below
+    # its best. The train side is missing, not flat: protocol 5b's overfit, read on the val side alone
+    kw = dict(train=lambda f: 1.0, classes=3, n_val=267, evals=7, log_every=78, steps=546)
+    metric = _per_eval([0.524, 0.580, 0.600, 0.644, 0.620, 0.600, 0.580])
+    d = diagnose(_untracked(tmp_path / "rising", val=_per_eval([0.949, 0.914, 0.917, 0.882, 0.970, 1.115, 1.375]),
+                            metric=metric, **kw))
+    assert d.features["train_loss_untracked"] == 1 and d.features["val_loss_rise_steady"] == 1
+    assert d.features["val_loss_rise_noise"] >= 2
+    assert d.verdict == "overfit-capacity", [(f.rule_id, f.suppressed_by, f.tentative) for f in d.findings]
+    # near miss: the same climb that stops at +6% (under val_loss_rise_min) is no overfit read on one side
+    d = diagnose(_untracked(tmp_path / "small", val=_per_eval([0.949, 0.914, 0.917, 0.882, 0.895, 0.91, 0.935]),
+                            metric=metric, **kw))
+    assert d.features["val_loss_rise_steady"] == 1 and d.features["val_loss_rise"] < 0.1
+    assert not d.fired("overfit-capacity"), [(f.rule_id, f.suppressed_by) for f in d.findings]
+    # near miss: a val loss zig-zagging +-0.08 around ln 2 ends 15% above its minimum at under 1 noise unit (fold L's
+    # slhshamloo, 5 evals, both reviews inconclusive or underfit): the rise is the jitter, not a trend
+    d = diagnose(_untracked(tmp_path / "zigzag", val=_per_eval([0.652, 0.728, 0.633, 0.715, 0.728]),
+                            metric=_per_eval([0.607, 0.609, 0.651, 0.637, 0.656]),
+                            **{**kw, "classes": 2, "n_val": 642, "evals": 5, "steps": 470, "log_every": 94}))
+    assert d.features["val_loss_rise"] >= 0.1 and d.features["val_loss_rise_noise"] < 2
+    assert not d.fired("overfit-capacity"), [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
 def test_compound_intents_missed_while_single_intents_fit():
     pts = [{"step": s, "train/loss": 2.0 - s / 200, "val/loss": 1.5 - s / 400, "val/subset_accuracy": 0.3 + s / 400,
             "val_single/subset_accuracy": 0.5 + 0.45 * s / 200, "val_compound/subset_accuracy": 0.1 + 0.2 * s / 200}

@@ -43,7 +43,7 @@ FIRING = {
                              train_loss_fall_after_val_min=0.3, train_loss_drop=0.9, val_metric_logged=1,
                              val_metric_best=0.8, val_loss_logged=1, n_eval_points=10, val_loss_rise_held=0.3,
                              val_loss_rise_steady=1, val_loss_late_drop=-0.1, val_loss_rise_held_noise=3.0,
-                             still_improving=0),
+                             still_improving=0, train_loss_untracked=0),
     "underfit-capacity": dict(val_loss_drop=0.2, train_loss_late_drop=0.02, val_loss_late_share=0.05,
                               train_eval_metric_final=0.4, train_loss_vs_chance=0.7, train_loss_final_over_start=0.7,
                               gap_f1=0.03, val_metric_best=0.37, val_metric_gain_per_epoch_late=0.001,
