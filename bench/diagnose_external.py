@@ -111,7 +111,11 @@ REVIEW2 = "review2.json"
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
 UNREAD = ()
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
-FREEZE_NOTE = {"AH": "rules of 9df7be0 (a val-side overfit route for a run that logged no train-loss trend, in-sample on fold AE's AppleMax1992), committed while its two blind reviews were being written and before any of its labels or curves was read (their replies gave label counts only); collected by five helpers with 493 fetches; the rules of a046f2b, before that change, give every AH run the same verdict",
+FREEZE_NOTE = {"AH": "rules of 9df7be0 (a val-side overfit route for a run that logged no train-loss trend, in-sample "
+                     "on fold AE's AppleMax1992), committed while its two blind reviews were being written and before "
+                     "any of its labels or curves was read (their replies gave label counts only); collected by five "
+                     "helpers with 493 fetches; the rules of a046f2b, before that change, give every AH run the same "
+                     "verdict",
                "AG": "rules of a8fd68f (fold AF's round, in-sample: collapse_peak_chance_ratio 2.0 -> 1.5), committed "
                      "before its two blind reviews began (their replies gave label counts only); collected by one "
                      "helper with the session's last 44 fetches; 3 runs, too few to say more than that the change "
