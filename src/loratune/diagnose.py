@@ -24,7 +24,7 @@ clause unknown, is listed as not evaluated, naming what is missing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -51,6 +51,10 @@ class Evidence:
     passed: bool | None  # None: the feature is missing
     text: str
     missing_reason: str | None = None
+    # on a route that decided the finding (the clauses of every `all` group and the holding members of every `any`
+    # group that made the rule fire); a rule's other routes are evaluated too, and their failed clauses say nothing
+    # about why it fired
+    decisive: bool = False
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -315,6 +319,22 @@ def _eval(node: Cond | Clause, ev: dict[Clause, Evidence]) -> tuple[bool | None 
     return (None if all(s is None for s in states) else False), 0.0
 
 
+def _deciding(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Clause]:
+    """The clauses that made a condition hold (or left it open, where it is unknown): every clause of an `all` group,
+    of an `any` group the members that hold (or, with none holding, the open ones). Empty for a condition that
+    failed or does not apply."""
+    state, _ = _eval(node, ev)
+    if state is False or state == NA:
+        return []
+    if isinstance(node, Clause):
+        return [node]
+    results = [(item, _eval(item, ev)[0]) for item in node.items]
+    if node.mode == "any":
+        want = True if any(s is True for _, s in results) else None
+        results = [(item, s) for item, s in results if s is want]
+    return [cl for item, s in results if s is not False and s != NA for cl in _deciding(item, ev)]
+
+
 def _open_unknowns(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Clause]:
     """Unknown clauses that could still change the outcome (not inside an already-true `any` group)."""
     if isinstance(node, Clause):
@@ -344,6 +364,7 @@ def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, 
             return NotEvaluated(rule.id, missing)
         if known_true < len(unknown):
             return None  # too little positive evidence to fire on; the gaps show in the missing signals
+    deciding = set(_deciding(rule.when, ev))
     confidence = rule.confidence
     if state is None:
         confidence *= MISSING_FACTOR ** len(unknown)
@@ -351,7 +372,8 @@ def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, 
         confidence *= THIN_FACTOR
     return Finding(
         rule_id=rule.id, scope=rule.scope, verdict=rule.verdict, knob_class=rule.knob_class, moves=rule.moves,
-        priority=rule.priority, confidence=confidence, evidence=tuple(ev[cl] for cl in leaves),
+        priority=rule.priority, confidence=confidence,
+        evidence=tuple(replace(ev[cl], decisive=cl in deciding) for cl in leaves),
         missing=missing if state is None else (), tentative=state is None, caveat=rule.caveat,
     )
 

@@ -231,3 +231,44 @@ def test_features_named_by_rules_exist_in_the_right_catalogue():
     for r in RULES:
         cat = COMPARE_FEATURES if r.scope == "compare" else FEATURES
         assert set(r.features()) <= set(cat), r.id
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.id)
+def test_the_deciding_route_is_what_made_the_rule_fire(rule):
+    """A finding marks the clauses of the route(s) that made it fire: all hold, and no other clause is needed (moving
+    any other feature across its threshold, one at a time, leaves the rule firing)."""
+    th = default_thresholds()
+    values = FIRING[rule.id]
+    out = evaluate_rule(rule, features_for(rule, values), th)
+    deciding = [e for e in out.evidence if e.decisive]
+    assert deciding and all(e.passed for e in deciding)
+    needed = {e.feature for e in deciding}
+    for e in out.evidence:
+        if not e.decisive and e.feature not in needed:
+            moved = {**values, e.feature: just_across(e.op, th[e.threshold_name], False)}
+            assert truth(rule.when, moved, th), (e.feature, e.op, e.threshold_name)
+
+
+def test_the_deciding_route_of_a_tentative_finding_is_its_open_clause():
+    # all(any(a, b), c) with a and b missing and c holding: the group is open, the rule fires tentatively, and the open
+    # clauses are what it rests on beside c; with b checked and failed the group is closed (a route that could be
+    # checked failed, so a missing one does not hold it open) and nothing decides
+    from loratune.rules import Rule
+    rule = Rule(id="t", scope="curve", priority=1, knob_class="optimization", confidence=0.8,
+                when=Cond("all", (Cond("any", (Clause("val_loss_drop", ">=", "slow_drop_max", False),
+                                               Clause("train_loss_drop", ">=", "slow_drop_max", False))),
+                                  Clause("n_eval_points", ">", "few_evals_max", False))),
+                verdict="t", moves=(), source="test")
+    th = default_thresholds()
+    from loratune.diagnose import _deciding, _evidence
+
+    def deciding(values):
+        feats = features_for(rule, values)
+        ev = {cl: _evidence(cl, feats, th, catalogue_for(rule)) for cl in rule.when.leaves()}
+        return [cl.feature for cl in _deciding(rule.when, ev)]
+
+    assert deciding({"val_loss_drop": None, "train_loss_drop": None, "n_eval_points": 10}) == [
+        "val_loss_drop", "train_loss_drop", "n_eval_points"]
+    assert deciding({"val_loss_drop": None, "train_loss_drop": 0.0, "n_eval_points": 10}) == []
+    assert deciding({"val_loss_drop": 0.9, "train_loss_drop": None, "n_eval_points": 10}) == [
+        "val_loss_drop", "n_eval_points"]

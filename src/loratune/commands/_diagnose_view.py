@@ -26,7 +26,12 @@ def _finding(console: Console, f: Finding) -> None:
     console.print(f"  [bold]{escape(f.rule_id)}[/] [dim]({f.knob_class})[/] - {escape(f.verdict)}")
     console.print(f"    confidence [{color}]{f.confidence:.2f} ({f.confidence_label}{tent})[/]")
     for e in f.evidence:
-        console.print(f"    {_MARK[e.passed]} {escape(e.text)}")
+        if e.decisive:
+            console.print(f"    {_MARK[e.passed]} {escape(e.text)}")
+    others = sum(1 for e in f.evidence if not e.decisive)
+    if others:
+        console.print(f"    [dim]({others} clause(s) of the rule's other routes, not what made it fire: --json "
+                      "lists every clause)[/]")
     if f.missing:
         console.print("    [yellow]missing:[/] " + escape("; ".join(f"{n} ({w})" for n, w in f.missing)))
     for note in f.notes:

@@ -118,8 +118,9 @@ def show_run(con, r, n_classes: int = 10) -> None:
             con.print(f"  [bold]{escape(f.rule_id)}[/] [dim]({escape(f.knob_class)})[/] {escape(f.verdict)} "
                       f"[{mark}]confidence {f.confidence:.2f}{' tentative' if f.tentative else ''}[/]")
             for e in f.evidence:
-                sym = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]?[/]"}[e.passed]
-                con.print(f"    {sym} {escape(e.text)}")
+                if e.decisive:  # the route that made the rule fire; the report lists the other routes' clauses
+                    sym = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]?[/]"}[e.passed]
+                    con.print(f"    {sym} {escape(e.text)}")
             if f.caveat:
                 con.print(f"    [yellow]caveat:[/] {escape(f.caveat)}")
             con.print(f"    [cyan]→ {escape(', '.join(f.moves) or 'no move')}[/]")

@@ -144,8 +144,9 @@ def _collapsed(d: Diagnosis) -> bool:
     f = d.finding("lr-too-large")
     if f is None:
         return False
-    passed = {e.feature for e in f.evidence if e.passed}
-    return "val_pred_top_share" in passed or "train_loss_vs_chance" in passed
+    # the collapse route made it fire (not an oscillation route beside a loss that happens to sit near chance)
+    held = {e.feature for e in f.evidence if e.decisive and e.passed}
+    return "val_pred_top_share" in held or "train_loss_vs_chance" in held
 
 
 def _peft_config(model) -> dict | None:

@@ -61,6 +61,7 @@ class EvidenceView:
     op: str
     threshold: float
     threshold_name: str
+    decisive: bool = True  # on the route that made the rule fire (diagnose.Evidence.decisive)
 
 
 @dataclass(frozen=True)
@@ -332,8 +333,8 @@ def build_diagnosis(run: Any, thresholds: Mapping[str, float] | None = None) -> 
         return DiagnosisView("inconclusive", "", (), (), (), (), (), error=str(exc))
 
     def view(f) -> FindingView:
-        ev = tuple(EvidenceView(e.text, e.passed, e.feature, e.value, e.op, e.threshold, e.threshold_name)
-                   for e in f.evidence)
+        ev = tuple(EvidenceView(e.text, e.passed, e.feature, e.value, e.op, e.threshold, e.threshold_name,
+                                e.decisive) for e in f.evidence)
         return FindingView(f.rule_id, f.scope, f.verdict, f.knob_class, tuple(f.moves), float(f.confidence),
                            f.confidence_label, bool(f.tentative), ev,
                            tuple(f"{n} ({w})" for n, w in f.missing), f.caveat, tuple(f.notes), f.suppressed_by)

@@ -51,10 +51,17 @@ def curve_figure(panel: CurvePanel, *, width: int = 540, height: int = 270, epoc
 
 def finding_card(f: FindingView) -> str:
     tone = "low" if f.confidence_label == "low" else verdict_tone(f.rule_id)
-    ev = "".join(
-        f'<li class="{"pass" if e.passed else "fail" if e.passed is False else "unknown"}">{esc(e.text)}</li>'
-        for e in f.evidence)
+
+    def items(evidence) -> str:
+        return "".join(f'<li class="{"pass" if e.passed else "fail" if e.passed is False else "unknown"}">'
+                       f'{esc(e.text)}</li>' for e in evidence)
+
+    ev = items(e for e in f.evidence if e.decisive)
+    others = [e for e in f.evidence if not e.decisive]
     extra = ""
+    if others:  # the rule's other routes: evaluated, not what made it fire
+        extra += (f'<details class="small muted"><summary>{len(others)} clause(s) of the rule\'s other routes'
+                  f'</summary><ul class="ev">{items(others)}</ul></details>')
     if f.missing:
         extra += f'<div class="small muted">missing signals: {esc("; ".join(f.missing))}</div>'
     for n in f.notes:

@@ -210,7 +210,7 @@ def result_from(run: dict, diag, wall_s: float, pruned: str | None = None) -> Tr
 def _finding(f) -> dict:
     return {"rule_id": f.rule_id, "scope": f.scope, "verdict": f.verdict, "moves": list(f.moves),
             "confidence": round(f.confidence, 3), "tentative": f.tentative, "caveat": f.caveat,
-            "evidence": [e.text for e in f.evidence if e.passed is not False]}
+            "evidence": [e.text for e in f.evidence if e.decisive]}  # the route that made it fire
 
 
 class TrainingRunner:
