@@ -295,6 +295,24 @@ def test_a_val_loss_drifting_up_by_one_percent_is_no_swing_for_the_climb_back_ro
     assert d.verdict == "lr-too-large", [(f.rule_id, f.suppressed_by) for f in d.findings]
 
 
+def test_a_val_loss_creeping_one_percent_beyond_a_tight_band_is_no_swing_for_the_climb_back_route(tmp_path):
+    # 40 evals; the train loss falls to 0.7x its start at 60% and climbs back 17.5% of its start (fold AH's ikramMc:
+    # per-step SFT losses). A val loss that then creeps +1.3% above its minimum is far beyond its tight band (4.5
+    # noise units) yet moves less than the 3% a swing must climb: a settled loss, not a step that throws it about
+    def train(f):
+        return 2.0 - 0.6 * f / 0.6 if f <= 0.6 else 1.4 + 0.35 * (f - 0.6) / 0.4
+
+    kw = dict(train=train, classes=None, n_val=None, evals=40, steps=400, log_every=10)
+    d = diagnose(trainer_state(tmp_path / "creep", val=u_shape(2.2, 1.60, 0.6, 1.621), **kw))
+    assert d.features["train_loss_max_rise"] >= 0.15 and d.features["val_loss_rise_noise"] >= 2
+    assert d.features["val_loss_rise"] < 0.03
+    assert not d.fired("lr-too-large"), [(f.rule_id, f.suppressed_by) for f in d.findings]
+    # the same climb back beside a val loss rising 6% (21 noise units) is the step's oscillation
+    d = diagnose(trainer_state(tmp_path / "rise", val=u_shape(2.2, 1.60, 0.6, 1.70), **kw))
+    assert d.features["val_loss_rise"] >= 0.03
+    assert d.verdict == "lr-too-large", [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
 def _untracked(folder: Path, **kw) -> Path:
     """trainer_state() with every train-loss log removed: a Trainer whose logging_steps outlast the run."""
     trainer_state(folder, **kw)
