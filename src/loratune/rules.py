@@ -738,10 +738,14 @@ _RULES = (
                        c("train_loss_final_over_start", ">", "fit_loss_over_start_max"),
                        c("val_loss_rise", "<", "val_loss_rise_min"),
                        c("plan_done_fraction", ">=", "plan_cut_max")),
+                  # ...or both losses barely moved over a plan that ran (a run cut before plan_cut_max of its plan
+                  # did not give its step the steps to show, as the routes above read it: fold D's joo9810, LoRA SFT
+                  # stopped at 34% of its plan, train -8%, val -0.8%; reviews underfit, inconclusive or healthy)
                   all_(c("n_eval_points", ">", "few_evals_max"),
                        c("train_loss_final_over_start", ">=", "still_train_ratio_min"),
                        c("val_loss_drop", "<", "still_val_drop_max"),
                        c("val_loss_rise", "<", "val_loss_rise_min"),
+                       c("plan_done_fraction", ">=", "plan_cut_max"),
                        c("peak_lr", "<", "collapse_lr_min"),
                        any_(c("val_metric_best", "<", "still_metric_max"),
                             c("val_metric_logged", "<", "flag_on")))),

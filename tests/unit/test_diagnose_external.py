@@ -397,6 +397,20 @@ def test_a_flat_loss_only_sft_run_is_lr_too_small(tmp_path):
     assert d.verdict == "lr-too-small", [(f.rule_id, f.suppressed_by) for f in d.findings]
 
 
+def test_near_miss_nothing_moved_in_a_run_cut_at_a_third_of_its_plan(tmp_path):
+    # the flat SFT run above, stopped at a third of its planned steps (fold D's joo9810: LoRA SFT cut at 34%): most
+    # of its schedule never ran, so its flat losses do not show the step too small
+    kw = dict(train=lambda f: 4.6, val=lambda f: 4.95 - 0.02 * f, classes=None, n_val=None, lr=5e-6, noise=0.05,
+              evals=4, steps=20, log_every=1)
+    folder = trainer_state(tmp_path / "cut", **kw)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    state["max_steps"] = 60
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    d = diagnose(folder)
+    assert d.features["plan_done_fraction"] == pytest.approx(1 / 3)
+    assert not d.fired("lr-too-small"), [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
 def test_near_miss_nothing_moved_when_the_model_is_already_good(tmp_path):
     # flat losses, but the val metric is high from the first eval: nothing left to learn, not too small a step
     d = diagnose(trainer_state(tmp_path, train=lambda f: 0.3, val=lambda f: 0.32 - 0.005 * f,
