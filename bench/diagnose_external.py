@@ -39,15 +39,16 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from loratune.diagnose import compare, diagnose, evaluate_rules  # noqa: E402
+from loratune.diagnose import Finding, compare, diagnose, evaluate_rule, evaluate_rules  # noqa: E402
 from loratune.features import compute_features  # noqa: E402
 from loratune.history_io import load_run, notebook_trainer_state, read_notebook  # noqa: E402
-from loratune.rules import RULES, THRESHOLDS, default_thresholds  # noqa: E402
+from loratune.rules import RULES, THRESHOLDS, all_, default_thresholds  # noqa: E402
 
 TRAINER = ROOT / "tests" / "fixtures" / "external" / "trainer"
 PUBLIC = ROOT / "tests" / "fixtures" / "external" / "public"
@@ -267,6 +268,45 @@ def verdict_of(r: dict, thresholds: dict) -> str:
     return top.rule_id if top else "inconclusive"
 
 
+def route_of(r: dict, thresholds: dict) -> tuple[str, int] | None:
+    """(rule, route) of a run's top verdict: the first top-level route of the rule (a member of its outermost `any`,
+    or of the first `any` inside its outermost `all`) that holds on its own (else the first left open)."""
+    findings, _ = evaluate_rules(r["features"], CURVE_RULES, thresholds)
+    top = next((f for f in findings if f.suppressed_by is None and f.scope == "curve"), None)
+    if top is None:
+        return None
+    rule = next(x for x in CURVE_RULES if x.id == top.rule_id)
+    held = [(k, out.tentative) for k, item in enumerate(_routes(rule))
+            if isinstance(out := evaluate_rule(replace(rule, when=all_(item)), r["features"], thresholds), Finding)]
+    return rule.id, min(held, key=lambda h: (h[1], h[0]))[0] if held else 0
+
+
+def _routes(rule) -> tuple:
+    node = rule.when
+    if node.mode == "any":
+        return node.items
+    return next((i.items for i in node.items if getattr(i, "mode", None) == "any"), (node,))
+
+
+def route_table(runs: list[dict], per_run: list[dict]) -> list[dict]:
+    """Per (rule, route): how often it decided the top verdict and how often that verdict was accepted."""
+    acc: dict[tuple[str, int], list] = {}
+    for r, p in zip(runs, per_run):
+        if p.get("route") is None:
+            continue
+        row = acc.setdefault(tuple(p["route"]), [0, 0, []])
+        row[0] += 1
+        row[1] += p["ok"]
+        if not p["ok"]:
+            row[2].append(f"{p['fold']}:{p['name']}")
+    rules = {x.id: x for x in CURVE_RULES}
+    out = []
+    for (rid, k), (n, ok, miss) in sorted(acc.items()):
+        leaves = list(dict.fromkeys(f"{cl.feature} {cl.op} {cl.threshold}" for cl in _routes(rules[rid])[k].leaves()))
+        out.append({"rule": rid, "route": k, "reads": leaves, "decided": n, "accepted": ok, "missed": miss})
+    return out
+
+
 def score(runs: list[dict], thresholds: dict) -> tuple[float, int, int]:
     ok = bad = 0
     for r in runs:
@@ -408,12 +448,13 @@ def main() -> int:
         per_run.append({"name": r["name"], "origin": r["origin"], "dataset": r["dataset"], "fold": r["fold"],
                         "label": r["label"], "accept": r["accept"], "verdict": v, "ok": v in r["accept"],
                         "fd_verdict": f.get("fd_verdict"), "fd_ok": (f.get("fd_verdict") in r["accept"]) if f else None,
-                        "diagnose_ms": round(ms, 1), "reason": r.get("reason", "")})
+                        "diagnose_ms": round(ms, 1), "reason": r.get("reason", ""), "route": route_of(r, th)})
         if r.get("review2"):
             a2 = r["review2"].get("accept") or [r["review2"]["label"]]
             per_run[-1].update({"label2": r["review2"]["label"], "accept2": a2, "ok2": v in a2,
                                 "fd_ok2": (f.get("fd_verdict") in a2) if f else None})
     res["runs"] = per_run
+    res["routes"] = route_table(runs, per_run)
     res["triples"] = triples(fitted_a)
     res["finetune_doctor"] = {"available": bool(fd)}
     if fd:
@@ -510,6 +551,17 @@ def render(res: dict) -> str:
         if fd_c:
             lines.append(f"- finetune-doctor on the same runs: {sum(bool(p['fd_ok']) for p in fd_c)} of {len(fd_c)}")
         lines += [""] + _matrix(c["confusion"]) + [""]
+    lines += ["## Route precision (every run, the rules as committed: in-sample)", "",
+              "Which route of a rule decided each run's top verdict (a member of the rule's outermost `any`, by its "
+              "position in rules.py; the clauses the finding marks as deciding), and how often that verdict was "
+              "accepted. A route that is often wrong is where a rule reads a curve badly.", "",
+              "| rule | route | reads (its first clauses) | decided | accepted | missed |", "|---|---|---|---|---|---|"]
+    for row in res["routes"]:
+        reads = "; ".join(row["reads"][:3]) + ("; ..." if len(row["reads"]) > 3 else "")
+        lines.append(f"| {row['rule']} | {row['route']} | {reads} | {row['decided']} | {row['accepted']} "
+                     f"({row['accepted'] / row['decided']:.0%}) | {', '.join(row['missed'][:4])}"
+                     f"{' ...' if len(row['missed']) > 4 else ''} |")
+    lines += [""]
     lines += ["## Held out (fold B, thresholds fitted on fold A)", "",
              f"- accepted top verdicts: **{b['accepted']} of {b['n']} ({b['share']:.0%})**",
              f"- `healthy` on a run labelled {' / '.join(UNFORGIVABLE)}: {b['healthy_on_unforgivable']}", ""]
