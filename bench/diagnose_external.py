@@ -7,13 +7,13 @@ The corpus (committed fixtures, nothing downloaded):
   would accept, and the numbers behind the label, from an independent review that saw neither loratune's
   rules nor its verdicts (the manifest's automatic labels are not used);
 - tests/fixtures/external/public/: public trainer_state.json files from GitHub, labelled the same way;
-- tests/fixtures/external/public_l/ to public_x/: folds L to X, public Trainer runs recorded in Jupyter notebooks (the
-  progress table of a saved output), read with history_io.read_notebook at the manifest's `table_index`;
-- tests/fixtures/external/public_c/ to public_g/: folds C to G, fresh sets of public trainer_state.json files
-  from other repositories, each labelled blind from its numbers by a reviewer who saw neither loratune's rules nor
-  its verdicts, after the rule table was frozen (FRESH: the commit each was scored against first). Each fold was
-  then read and the rules changed before the next was labelled; the newest (G, scored once at 039c07e: 23/30, the
-  held-out score of record) has been read since, so every fold here is in-sample.
+- tests/fixtures/external/public_c/ to public_k/: folds C to K, fresh sets of public trainer_state.json files from
+  other repositories; public_l/ to the newest fold (FRESH): public Trainer runs recorded in Jupyter notebooks (the
+  progress table of a saved output), read with history_io.read_notebook at the manifest's `table_index`, collected
+  by the route of bench/public_folds.py. Each fresh fold is labelled blind from its numbers (twice from fold L on:
+  review2.json) by reviewers who saw neither loratune's rules nor its verdicts, scored once against rules frozen
+  before its labels existed (HELD_OUT: the held-out record, never recomputed), then read and the rules changed
+  before the next fold: every fold here is in-sample now unless UNREAD names it.
 
 Split by dataset, never by run: fold A (thresholds fitted) = the banking77 and clinc-oos Trainer runs plus
 every other public repository (sorted by name, even positions); fold B (held out) = the clinc150 Trainer
@@ -21,7 +21,8 @@ runs, the TRL SFT runs and the other public repositories; fold C (held out twice
 descent over a coarse grid around each default (objective: share of accepted top verdicts, minus a heavy
 penalty for `healthy` on a run labelled overfit / diverged / collapsed / lr-too-large (UNFORGIVABLE); a move must
 win >= 2 runs); the confusion matrix is reported on B with those thresholds. The reverse fold (fit on B, score A) is
-reported too, as a check that the result does not hinge on one split.
+reported too, as a check that the result does not hinge on one split. Route precision: which route of a rule
+decided each run's top verdict, and how often it was accepted (in-sample: where a rule reads curves badly).
 
 finetune-doctor (PyPI; the competitor) runs on the same runs from its own virtual environment
 (`--fd-python`, default /work/fd-venv/bin/python; skipped with a note when absent), through
