@@ -289,10 +289,10 @@ def _routes(rule) -> tuple:
     return next((i.items for i in node.items if getattr(i, "mode", None) == "any"), (node,))
 
 
-def route_table(runs: list[dict], per_run: list[dict]) -> list[dict]:
+def route_table(per_run: list[dict]) -> list[dict]:
     """Per (rule, route): how often it decided the top verdict and how often that verdict was accepted."""
     acc: dict[tuple[str, int], list] = {}
-    for r, p in zip(runs, per_run):
+    for p in per_run:
         if p.get("route") is None:
             continue
         row = acc.setdefault(tuple(p["route"]), [0, 0, []])
@@ -455,7 +455,7 @@ def main() -> int:
             per_run[-1].update({"label2": r["review2"]["label"], "accept2": a2, "ok2": v in a2,
                                 "fd_ok2": (f.get("fd_verdict") in a2) if f else None})
     res["runs"] = per_run
-    res["routes"] = route_table(runs, per_run)
+    res["routes"] = route_table(per_run)
     res["triples"] = triples(fitted_a)
     res["finetune_doctor"] = {"available": bool(fd)}
     if fd:
