@@ -303,8 +303,10 @@ def route_table(per_run: list[dict]) -> list[dict]:
     rules = {x.id: x for x in CURVE_RULES}
     out = []
     for (rid, k), (n, ok, miss) in sorted(acc.items()):
-        leaves = list(dict.fromkeys(f"{cl.feature} {cl.op} {cl.threshold}" for cl in _routes(rules[rid])[k].leaves()))
-        out.append({"rule": rid, "route": k, "reads": leaves, "decided": n, "accepted": ok, "missed": miss})
+        route = _routes(rules[rid])[k]
+        leaves = list(dict.fromkeys(f"{cl.feature} {cl.op} {cl.threshold}" for cl in route.leaves()))
+        out.append({"rule": rid, "route": k, "why": getattr(route, "why", ""), "reads": leaves, "decided": n,
+                    "accepted": ok, "missed": miss})
     return out
 
 
@@ -556,9 +558,9 @@ def render(res: dict) -> str:
               "Which route of a rule decided each run's top verdict (a member of the rule's outermost `any`, by its "
               "position in rules.py; the clauses the finding marks as deciding), and how often that verdict was "
               "accepted. A route that is often wrong is where a rule reads a curve badly.", "",
-              "| rule | route | reads (its first clauses) | decided | accepted | missed |", "|---|---|---|---|---|---|"]
+              "| rule | route | reads (its `why`, else its first clauses) | decided | accepted | missed |", "|---|---|---|---|---|---|"]
     for row in res["routes"]:
-        reads = "; ".join(row["reads"][:3]) + ("; ..." if len(row["reads"]) > 3 else "")
+        reads = row["why"] or ("; ".join(row["reads"][:3]) + ("; ..." if len(row["reads"]) > 3 else ""))
         lines.append(f"| {row['rule']} | {row['route']} | {reads} | {row['decided']} | {row['accepted']} "
                      f"({row['accepted'] / row['decided']:.0%}) | {', '.join(row['missed'][:4])}"
                      f"{' ...' if len(row['missed']) > 4 else ''} |")

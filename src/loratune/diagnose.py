@@ -75,6 +75,7 @@ class Finding:
     suppressed_by: str | None = None
     caveat: str | None = None
     notes: tuple[str, ...] = ()
+    route: tuple[str, ...] = ()  # the readings (`Cond.why`) of the routes that made it fire
 
     @property
     def confidence_label(self) -> str:
@@ -86,6 +87,7 @@ class Finding:
             "moves": list(self.moves), "priority": self.priority, "confidence": round(self.confidence, 3),
             "confidence_label": self.confidence_label, "tentative": self.tentative,
             "suppressed_by": self.suppressed_by, "caveat": self.caveat, "notes": list(self.notes),
+            "route": list(self.route),
             "missing": [{"feature": f, "why": w} for f, w in self.missing],
             "evidence": [e.to_dict() for e in self.evidence],
         }
@@ -319,10 +321,10 @@ def _eval(node: Cond | Clause, ev: dict[Clause, Evidence]) -> tuple[bool | None 
     return (None if all(s is None for s in states) else False), 0.0
 
 
-def _deciding(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Clause]:
-    """The clauses that made a condition hold (or left it open, where it is unknown): every clause of an `all` group,
-    of an `any` group the members that hold (or, with none holding, the open ones). Empty for a condition that
-    failed or does not apply."""
+def _decision_path(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Cond | Clause]:
+    """The groups and clauses that made a condition hold (or left it open, where it is unknown), outermost first:
+    every member of an `all` group, of an `any` group the members that hold (or, with none holding, the open ones).
+    Empty for a condition that failed or does not apply."""
     state, _ = _eval(node, ev)
     if state is False or state == NA:
         return []
@@ -332,7 +334,7 @@ def _deciding(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Clause]:
     if node.mode == "any":
         want = True if any(s is True for _, s in results) else None
         results = [(item, s) for item, s in results if s is want]
-    return [cl for item, s in results if s is not False and s != NA for cl in _deciding(item, ev)]
+    return [node] + [n for item, s in results if s is not False and s != NA for n in _decision_path(item, ev)]
 
 
 def _open_unknowns(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Clause]:
@@ -364,7 +366,8 @@ def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, 
             return NotEvaluated(rule.id, missing)
         if known_true < len(unknown):
             return None  # too little positive evidence to fire on; the gaps show in the missing signals
-    deciding = set(_deciding(rule.when, ev))
+    path = _decision_path(rule.when, ev)
+    deciding = {n for n in path if isinstance(n, Clause)}
     confidence = rule.confidence
     if state is None:
         confidence *= MISSING_FACTOR ** len(unknown)
@@ -375,6 +378,7 @@ def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, 
         priority=rule.priority, confidence=confidence,
         evidence=tuple(replace(ev[cl], decisive=cl in deciding) for cl in leaves),
         missing=missing if state is None else (), tentative=state is None, caveat=rule.caveat,
+        route=tuple(dict.fromkeys(n.why for n in path if isinstance(n, Cond) and n.why)),
     )
 
 

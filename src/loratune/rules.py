@@ -52,6 +52,8 @@ class Cond:
 
     mode: str
     items: tuple[Union[Clause, "Cond"], ...]
+    why: str = ""  # a route's reading in a few words, said with a finding that this route made fire
+
 
     def leaves(self) -> Iterator[Clause]:
         for item in self.items:
@@ -62,12 +64,12 @@ def c(feature: str, op: str, threshold: str, required: bool = False) -> Clause:
     return Clause(feature, op, threshold, required)
 
 
-def all_(*items: Clause | Cond) -> Cond:
-    return Cond("all", tuple(items))
+def all_(*items: Clause | Cond, why: str = "") -> Cond:
+    return Cond("all", tuple(items), why)
 
 
-def any_(*items: Clause | Cond) -> Cond:
-    return Cond("any", tuple(items))
+def any_(*items: Clause | Cond, why: str = "") -> Cond:
+    return Cond("any", tuple(items), why)
 
 
 @dataclass(frozen=True)
@@ -362,11 +364,13 @@ _CURVE_AND_CLASS = ("collapsed", "lr-too-large", "overfit-capacity", "underfit-c
 _RULES = (
     Rule(
         id="diverged", scope="curve", priority=100, knob_class="optimization", confidence=0.95,
-        when=any_(c("nonfinite_values", ">=", "nonfinite_min"),
-                  c("status_diverged", ">=", "flag_on"),
+        when=any_(all_(c("nonfinite_values", ">=", "nonfinite_min"), why="non-finite losses (nan / inf)"),
+                  all_(c("status_diverged", ">=", "flag_on"), why="the run recorded itself as diverged"),
                   all_(c("train_loss_final_over_start", ">=", "diverged_loss_ratio"),
-                       c("train_loss_final", ">=", "diverged_loss_floor")),
-                  c("train_loss_vs_chance", ">=", "diverged_chance_ratio")),
+                       c("train_loss_final", ">=", "diverged_loss_floor"),
+                       why="the train loss ended at a multiple of its start"),
+                  all_(c("train_loss_vs_chance", ">=", "diverged_chance_ratio"),
+                       why="the train loss ended far above a uniform guess's ln(classes)")),
         verdict="diverged: non-finite or exploding loss",
         moves=("learning_rate /10", "check data"),
         suppresses=_CURVE_AND_CLASS,
@@ -397,7 +401,9 @@ _RULES = (
                             any_(all_(c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
                                       c("train_loss_final_over_start", ">=", "pinned_loss_ratio_min")),
                                  all_(c("val_loss_drop", "<", "pinned_val_drop_max"),
-                                      c("val_loss_rise_share", ">", "frozen_rise_share_min")))))),
+                                      c("val_loss_rise_share", ">", "frozen_rise_share_min"))))),
+                            why="a classifier on one class: its predictions, or its val metric, stopped changing "
+                                "with the loss pinned"),
                        # any task: the val loss itself repeating one value at most evals (the outputs frozen; a val
                        # metric, where logged, not moving either), pinned: near ln(classes), or beside a train loss
                        # that did not fall at all (a loss of 0 repeating is a target the model fits exactly, not a
@@ -406,7 +412,9 @@ _RULES = (
                             c("val_loss_repeat_share", ">", "collapse_repeat_share_max"),
                             any_(c("val_metric_logged", "<", "flag_on"), c("val_metric_gain", "<", "no_gain_max")),
                             any_(c("val_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
-                                 c("train_loss_final_over_start", ">=", "pinned_loss_ratio_min"))))),
+                                 c("train_loss_final_over_start", ">=", "pinned_loss_ratio_min")),
+                            why="the val loss repeats one value at most evals with the loss pinned: the outputs "
+                                "stopped moving"))),
         verdict="collapsed to one class: the predictions stopped changing (one class, or one metric or loss value at "
                 "every eval) with the loss pinned, at an lr inside the usual range",
         moves=("learning_rate /2", "check data"),
@@ -418,11 +426,14 @@ _RULES = (
         id="lr-too-large", scope="curve", priority=90, knob_class="optimization", confidence=0.8,
         when=any_(
             all_(c("train_loss_peak_vs_chance", ">=", "collapse_peak_chance_ratio"),
-                 c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance")),
+                 c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+                 why="the train loss went far above ln(classes) and ended pinned near it: a collapse"),
             all_(c("peak_lr", ">=", "collapse_lr_min"),
-                 c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance")),
+                 c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+                 why="an lr far above the usual range with the train loss pinned near ln(classes)"),
             all_(c("peak_lr", ">=", "collapse_lr_min"),
-                 c("val_metric_gain", "<", "no_gain_max")),
+                 c("val_metric_gain", "<", "no_gain_max"),
+                 why="an lr far above the usual range with a val metric that never gained"),
             all_(any_(c("val_pred_top_share", ">=", "collapse_pred_share"),
                       # without per-class numbers: the val metric never rose above its first eval and the val loss
                       # ended well above its low (a too-small lr's flat loss jitters about its level instead)
@@ -430,7 +441,9 @@ _RULES = (
                            c("val_loss_rise", ">=", "val_loss_rise_min"))),
                  c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
                  any_(c("train_loss_max_rise", ">=", "collapse_loss_rise"),
-                      c("val_loss_rise_share", ">=", "collapse_val_rise_share"))),
+                      c("val_loss_rise_share", ">=", "collapse_val_rise_share")),
+                 why="collapsed to one class (or no metric gain beside a rising val loss), the loss pinned near "
+                     "ln(classes) and thrown about"),
             # the train loss climbed back up while the val metric swung beyond its noise; unless the train loss went on
             # to memorise the training set (a tenth of its start or below: it descended, its bumps the noise of single
             # logged windows) while the val loss rose beyond its noise: that is the overfit of protocol 3, as the
@@ -441,7 +454,8 @@ _RULES = (
                  c("val_metric_max_drop", ">=", "osc_metric_drop"),
                  c("val_metric_max_drop_se", ">=", "osc_metric_drop_se"),
                  any_(c("train_loss_final_over_start", ">", "fit_loss_vs_chance_max"),
-                      c("val_loss_rise_noise", "<", "rise_noise_min"))),
+                      c("val_loss_rise_noise", "<", "rise_noise_min")),
+                 why="the train loss climbed back up while the val metric swung beyond its noise"),
             # the train loss climbed back up while the val loss rose or swung, and stayed up (its low before the
             # last tenth) or climbed while the val loss rose (after its minimum): a bump before the val loss turned,
             # then a fall to the train loss's low at the end while the val loss rises, is the overfit of protocol 3
@@ -473,17 +487,20 @@ _RULES = (
                  # AIR-Group11); an oscillating lr's train loss falls before the val loss turns, or not at all
                  # (siasio, fold A)
                  any_(c("train_loss_drop", "<", "plateau_late_drop_max"),
-                      c("train_loss_fall_after_val_min", "<=", "fit_after_turn_share_min"))),
+                      c("train_loss_fall_after_val_min", "<=", "fit_after_turn_share_min")),
+                 why="the train loss climbed back up while the val loss rose or swung"),
             all_(c("train_loss_rebound", ">=", "rebound_min"),
                  c("train_loss_min_fraction", "<=", "rebound_min_fraction_max"),
-                 c("val_loss_rise", ">=", "val_loss_rise_min")),
+                 c("val_loss_rise", ">=", "val_loss_rise_min"),
+                 why="the train loss found a low early and lived above it while the val loss rose"),
             # a DPO loss (ln 2 at step 0, where the policy is its reference) above ln 2 at every one of more than a
             # few evals: the first steps already made the policy rank held-out pairs worse than the model it started
             # from and it never got back; unless the train loss memorised its pairs (a tenth of its start or below),
             # protocol 3's overfit (fold V's Tooba26: 0.79 -> 0.007 while the val loss climbs 0.76 -> 1.64)
             all_(c("val_loss_min_vs_reference", ">", "preference_start_ratio_max"),
                  c("n_eval_points", ">", "few_evals_max"),
-                 c("train_loss_final_over_start", ">", "fit_loss_vs_chance_max"))),
+                 c("train_loss_final_over_start", ">", "fit_loss_vs_chance_max"),
+                 why="a DPO policy never beat its reference's ln 2 on held-out pairs")),
         verdict="learning rate too large: collapsed to one class (loss pinned near ln(classes)), the train loss "
                 "climbs back up while the val metric or loss swings, or a DPO policy never beat its reference's ln 2",
         moves=("learning_rate /2",),
@@ -493,28 +510,35 @@ _RULES = (
     ),
     Rule(
         id="overfit-capacity", scope="curve", priority=70, knob_class="capacity", confidence=0.8,
-        when=all_(any_(c("train_loss_vs_chance", "<=", "fit_loss_vs_chance_max"),
-                       c("train_loss_final_over_start", "<=", "fit_loss_over_start_max"),
-                       c("train_eval_metric_final", ">=", "fit_metric_min"),
+        when=all_(any_(all_(c("train_loss_vs_chance", "<=", "fit_loss_vs_chance_max"),
+                            why="the train loss at a tenth of ln(classes) or less: memorised"),
+                       all_(c("train_loss_final_over_start", "<=", "fit_loss_over_start_max"),
+                            why="the train loss at a tenth of its start or less: memorised"),
+                       all_(c("train_eval_metric_final", ">=", "fit_metric_min"),
+                            why="the train-subsample metric near perfect: memorised"),
                        # any run: the train loss still falling over the second half while the val loss rises beyond
                        # its noise (below) is the val-minus-train gap widening (5b; no near-zero train loss needed:
                        # an SFT run's entropy floor, a BERT run's third epoch, fold D's Ainna278, fold G's UgoLabbe)
-                       c("train_loss_late_drop", ">=", "plateau_late_drop_max"),
+                       all_(c("train_loss_late_drop", ">=", "plateau_late_drop_max"),
+                            why="the train loss still falling over the second half"),
                        # any run: the train loss kept falling long after the val loss turned (its minimum in the
                        # first half); the rise itself must still clear the noise band below
                        all_(c("train_loss_late_drop", ">=", "plateau_late_drop_max"),
-                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max")),
+                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max"),
+                            why="the train loss kept falling long after the val loss turned"),
                        # ...or made most of its fall after the val loss turned (early), then went flat: the
                        # val-minus-train gap widened (5b) though the second half of the train loss is level
                        all_(c("train_loss_drop", ">=", "plateau_late_drop_max"),
                             c("train_loss_fall_after_val_min", ">=", "fit_after_turn_share_min"),
-                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max")),
+                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max"),
+                            why="most of the train loss's fall came after the val loss turned"),
                        # ...or, for a language model, still falling at all over the second half after the val loss
                        # turned in the first: its loss sits above an entropy floor (protocol 9), so no share of its
                        # start measures the fit; the widening val-minus-train gap does (5b)
                        all_(c("generative", ">=", "flag_on"),
                             c("train_loss_late_drop", ">=", "lm_late_fall_min"),
-                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max")),
+                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max"),
+                            why="a language model's train loss still falling after its val loss turned early"),
                        # ...or a run that logged no train-loss trend (one window or none: logging_steps longer than
                        # the run), read on its validation side alone, as healthy's route for such a run is: the train
                        # side is missing, not flat, and a val loss that passed its minimum and stays above it (by
@@ -526,7 +550,8 @@ _RULES = (
                             any_(c("val_loss_rise_steady", ">=", "flag_on"),
                                  c("val_loss_rise_held", ">=", "val_loss_rise_min")),
                             c("val_loss_rise", ">=", "val_loss_rise_min"),
-                            c("val_loss_rise_noise", ">=", "rise_noise_min"))),
+                            c("val_loss_rise_noise", ">=", "rise_noise_min"),
+                            why="no train-loss trend logged: the val loss passed its minimum and stayed above it")),
                   any_(all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
                             c("val_loss_rise_noise", ">=", "rise_noise_min")),
                        # a short curve (under tail_noise_points_min evals) whose every eval after the minimum stays
@@ -630,10 +655,12 @@ _RULES = (
     Rule(
         id="underfit-capacity", scope="curve", priority=60, knob_class="capacity", confidence=0.6,
         when=all_(any_(all_(c("val_loss_drop", ">=", "underfit_min_drop"),
-                            c("val_loss_late_share", "<", "plateau_late_share_max")),
+                            c("val_loss_late_share", "<", "plateau_late_share_max"),
+                            why="the val loss fell, then flattened early, and stayed high"),
                        all_(c("peak_lr", ">=", "high_lr_min"),
                             c("train_loss_final_over_start", ">=", "stuck_loss_ratio_min"),
-                            c("val_loss_drop", "<", "stuck_val_drop_max"))),
+                            c("val_loss_drop", "<", "stuck_val_drop_max"),
+                            why="the loss stuck high at an lr already at the top of LoRA's range")),
                   c("train_loss_late_drop", "<", "plateau_late_drop_max"),
                   # a classifier's fit is low below underfit_fit_max; a language model's token accuracy has an
                   # entropy ceiling far below 1 (as its loss has a floor), so 0.58 of it is no sign of a poor fit
@@ -698,7 +725,8 @@ _RULES = (
                                       c("val_loss_remaining_noise", ">=", "remaining_noise_min")))),
                        c("val_loss_late_share", ">=", "steady_late_share_min"),
                        c("val_loss_rise_share", "<=", "steady_rise_share_max"),
-                       c("val_loss_late_drop", ">", "still_falling_min")),
+                       c("val_loss_late_drop", ">", "still_falling_min"),
+                       why="both losses fall slowly and steadily, still falling at the end"),
                   # the lr prior: a LoRA run below LoRA's usual lr that learned little and was still at its best
                   # when it ended (a language model's loss has no reachable floor to measure the pace against).
                   # For a language model "learned little" may also be read on the train loss over the span its val
@@ -727,7 +755,9 @@ _RULES = (
                        c("val_loss_rise", "<", "val_loss_rise_min"),
                        any_(c("val_loss_min_fraction", ">=", "late_min_fraction"),
                             c("val_loss_still_falling", ">=", "flag_on")),
-                       c("plan_done_fraction", ">=", "plan_cut_max")),
+                       c("plan_done_fraction", ">=", "plan_cut_max"),
+                       why="a LoRA run below LoRA's usual lr that learned little and was still at its best at the "
+                           "end"),
                   # the lr prior for a classifier: a peak lr far below protocol 1's range that left the train loss
                   # above a fitted share of its start, the val loss not past its low, the plan run: the steps were
                   # too small to finish the fit, however converged the tail of a schedule decaying to 0 reads
@@ -737,7 +767,8 @@ _RULES = (
                        c("peak_lr", "<", "lr_far_below_max"),
                        c("train_loss_final_over_start", ">", "fit_loss_over_start_max"),
                        c("val_loss_rise", "<", "val_loss_rise_min"),
-                       c("plan_done_fraction", ">=", "plan_cut_max")),
+                       c("plan_done_fraction", ">=", "plan_cut_max"),
+                       why="a classifier at an lr far below the usual range that left its train loss unfitted"),
                   # ...or both losses barely moved over a plan that ran (a run cut before plan_cut_max of its plan
                   # did not give its step the steps to show, as the routes above read it: fold D's joo9810, LoRA SFT
                   # stopped at 34% of its plan, train -8%, val -0.8%; reviews underfit, inconclusive or healthy)
@@ -748,7 +779,8 @@ _RULES = (
                        c("plan_done_fraction", ">=", "plan_cut_max"),
                        c("peak_lr", "<", "collapse_lr_min"),
                        any_(c("val_metric_best", "<", "still_metric_max"),
-                            c("val_metric_logged", "<", "flag_on")))),
+                            c("val_metric_logged", "<", "flag_on")),
+                       why="both losses barely moved over a plan that ran")),
         verdict="learning rate too small: loss falls slowly but steadily, or barely moves at all",
         moves=("learning_rate x2",),
         suppresses=("undertrained", "healthy", "confusable-classes-unresolved", "long-tail-collapse",
@@ -759,12 +791,14 @@ _RULES = (
         id="undertrained", scope="curve", priority=40, knob_class="budget", confidence=0.7,
         when=all_(any_(all_(c("still_improving", ">=", "flag_on"),
                             c("best_step_fraction", ">=", "late_best_fraction_min"),
-                            c("n_eval_points", ">", "few_evals_max")),
+                            c("n_eval_points", ">", "few_evals_max"),
+                            why="the val metric still improving beyond its noise, its best at the end"),
                        all_(c("val_loss_still_falling", ">=", "flag_on"),
                             c("val_loss_min_fraction", ">=", "late_min_fraction"),
                             c("n_eval_points", "<=", "few_evals_max"),
                             any_(c("val_loss_remaining_gain", ">=", "remaining_gain_min"),
-                                 c("plan_done_fraction", "<", "plan_cut_max")))),
+                                 c("plan_done_fraction", "<", "plan_cut_max")),
+                            why="a short curve whose val loss was still falling to its low at the last eval")),
                   # converged is not undertrained (protocol 5b, noise first): a run read on its val loss (no val
                   # metric) whose extrapolated remaining fall is inside the noise band, or a sliver of the loss, has
                   # reached what its schedule gives; a run with a val metric is read on the metric's rise beyond its
@@ -821,7 +855,8 @@ _RULES = (
                                  # protocol 9) is the measure, and a train loss that fell at all agrees with it
                                  all_(c("generative", ">=", "flag_on"),
                                       c("train_loss_drop", ">", "still_falling_min"),
-                                      c("val_loss_drop", ">=", "healthy_val_loss_drop_min")))),
+                                      c("val_loss_drop", ">=", "healthy_val_loss_drop_min"))),
+                            why="train and val both improved: the val metric or loss gained, the train loss fell"),
                        # any kind of run: the val loss improved beyond its noise band and ended within it of its
                        # best, the train loss falling with it (protocol 5b: improvements count beyond noise; what
                        # share of its start a loss can lose depends on the task's floor, which one curve lacks)
@@ -835,7 +870,8 @@ _RULES = (
                             # -26% in the first tenth, then flat at the class prior's entropy, eval equal)
                             any_(c("generative", ">=", "flag_on"),
                                  c("train_loss_drop", ">=", "healthy_loss_drop_min"),
-                                 c("train_loss_late_drop", ">", "still_falling_min"))),
+                                 c("train_loss_late_drop", ">", "still_falling_min")),
+                            why="the val loss fell beyond its noise and held, beside a falling train loss"),
                        # a run with a val metric: the metric gained beyond its noise and held, the val loss inside
                        # its band of its minimum, the train loss down a healthy run's share (the same reading on the
                        # metric; a metric that rose while the train loss stayed pinned is no fit, protocol 3)
@@ -847,7 +883,8 @@ _RULES = (
                             any_(c("val_loss_rise_noise", "<", "rise_noise_min"),
                                  all_(c("val_loss_logged", "<", "flag_on"),
                                       c("best_step_fraction", ">=", "late_best_fraction_min"))),
-                            c("train_loss_drop", ">=", "healthy_loss_drop_min")),
+                            c("train_loss_drop", ">=", "healthy_loss_drop_min"),
+                            why="the val metric gained beyond its noise and held, beside a falling train loss"),
                        # ...or, its gain not measured (a Trainer run's first eval comes an epoch in, after most of
                        # the learning; 3 evals give no noise band to measure one against): the metric at a level that
                        # is no underfit's, ended within val_metric_drop_min of its best, the val loss inside its band
@@ -872,7 +909,8 @@ _RULES = (
                                       c("val_loss_remaining_gain", "<", "remaining_gain_min"))),
                             # ...a val metric, where logged, not below its best beyond its noise
                             any_(c("val_metric_logged", "<", "flag_on"),
-                                 c("val_metric_final_drop_se", "<", "drop_se_min"))),
+                                 c("val_metric_final_drop_se", "<", "drop_se_min")),
+                            why="a short curve: the train loss fell and the val loss held within its noise"),
                        # ...or a run that logged no train-loss trend (one window or none: logging_steps longer than
                        # the run; the gate is not applicable to any other run, so this route never closes the group
                        # for one), read on its validation side alone: the val loss fell beyond its noise band, ended
@@ -892,7 +930,8 @@ _RULES = (
                             any_(c("val_loss_remaining_gain", "<", "remaining_gain_min"),
                                  c("val_loss_remaining_noise", "<", "remaining_noise_min")),
                             any_(c("val_metric_logged", "<", "flag_on"),
-                                 c("val_metric_final_drop", "<", "val_metric_drop_min"))),
+                                 c("val_metric_final_drop", "<", "val_metric_drop_min")),
+                            why="no train-loss trend logged: the val side improved beyond its noise and settled"),
                        all_(c("val_metric_best", ">=", "underfit_metric_max"),
                             c("val_metric_final_drop", "<", "val_metric_drop_min"),
                             # the val loss inside its band or under val_loss_rise_min above its minimum: a small
@@ -900,7 +939,8 @@ _RULES = (
                             # fold Q's UmaKrishnaPrasadB: +7.8% at 2.7 noise units, accuracy best at its last eval)
                             any_(c("val_loss_rise_noise", "<", "rise_noise_min"),
                                  c("val_loss_rise", "<", "val_loss_rise_min")),
-                            c("train_loss_drop", ">=", "healthy_loss_drop_min"))),
+                            c("train_loss_drop", ">=", "healthy_loss_drop_min"),
+                            why="the val metric high and held, beside a falling train loss")),
                   any_(c("val_loss_rise", "<", "val_loss_rise_min"),
                        c("val_loss_rise_noise", "<", "rise_noise_min")),
                   any_(c("val_metric_final_drop", "<", "val_metric_drop_min"),

@@ -557,6 +557,7 @@ def test_a_finding_shows_the_route_that_made_it_fire_and_folds_the_others(tmp_pa
     assert "✗" not in card and "largest learning rate logged" not in card
     assert "from the val loss's minimum on, the train loss climbed back up by 751.6%" in card
     assert "clause(s) of the rule's other routes" in card
+    assert "read: the train loss climbed back up while the val loss rose or swung" in card
     assert main(["report", str(nb)]) == 0
     html = (tmp_path / "run.report.html").read_text()
     card = html[html.index('data-rule="lr-too-large"'):]
@@ -564,3 +565,4 @@ def test_a_finding_shows_the_route_that_made_it_fire_and_folds_the_others(tmp_pa
     shown, folded = card.split("<details", 1)
     assert "largest learning rate logged" in folded and "largest learning rate logged" not in shown
     assert 'class="fail"' not in shown
+    assert "<b>read:</b> the train loss climbed back up while the val loss rose or swung" in shown

@@ -260,15 +260,46 @@ def test_the_deciding_route_of_a_tentative_finding_is_its_open_clause():
                                   Clause("n_eval_points", ">", "few_evals_max", False))),
                 verdict="t", moves=(), source="test")
     th = default_thresholds()
-    from loratune.diagnose import _deciding, _evidence
+    from loratune.diagnose import _decision_path, _evidence
 
     def deciding(values):
         feats = features_for(rule, values)
         ev = {cl: _evidence(cl, feats, th, catalogue_for(rule)) for cl in rule.when.leaves()}
-        return [cl.feature for cl in _deciding(rule.when, ev)]
+        return [n.feature for n in _decision_path(rule.when, ev) if isinstance(n, Clause)]
 
     assert deciding({"val_loss_drop": None, "train_loss_drop": None, "n_eval_points": 10}) == [
         "val_loss_drop", "train_loss_drop", "n_eval_points"]
     assert deciding({"val_loss_drop": None, "train_loss_drop": 0.0, "n_eval_points": 10}) == []
     assert deciding({"val_loss_drop": 0.9, "train_loss_drop": None, "n_eval_points": 10}) == [
         "val_loss_drop", "n_eval_points"]
+
+
+def _conds(node):
+    if isinstance(node, Cond):
+        yield node
+        for item in node.items:
+            yield from _conds(item)
+
+
+def _top_routes(rule):
+    node = rule.when
+    return node.items if node.mode == "any" else next(
+        (i.items for i in node.items if isinstance(i, Cond) and i.mode == "any"), ())
+
+
+@pytest.mark.parametrize("rule_id", ["diverged", "collapsed", "lr-too-large", "lr-too-small", "undertrained",
+                                     "underfit-capacity", "overfit-capacity", "healthy"])
+def test_every_route_of_a_rule_with_alternative_readings_says_what_it_reads(rule_id):
+    rule = next(r for r in RULES if r.id == rule_id)
+    routes = _top_routes(rule)
+    assert len(routes) >= 2 and all(isinstance(r, Cond) and r.why for r in routes)
+    assert len({r.why for r in routes}) == len(routes)  # each says something of its own
+
+
+@pytest.mark.parametrize("rule", [r for r in RULES if any(c.why for c in _conds(r.when))], ids=lambda r: r.id)
+def test_a_finding_names_the_readings_of_the_routes_that_made_it_fire(rule):
+    th = default_thresholds()
+    out = evaluate_rule(rule, features_for(rule, FIRING[rule.id]), th)
+    whys = {c.why for c in _conds(rule.when) if c.why}
+    assert out.route and set(out.route) <= whys
+    assert out.to_dict()["route"] == list(out.route)

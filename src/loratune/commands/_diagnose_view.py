@@ -24,6 +24,8 @@ def _finding(console: Console, f: Finding) -> None:
     color = _COLOR[f.confidence_label]
     tent = " tentative," if f.tentative else ""
     console.print(f"  [bold]{escape(f.rule_id)}[/] [dim]({f.knob_class})[/] - {escape(f.verdict)}")
+    if f.route:
+        console.print(f"    [bold]read:[/] {escape('; '.join(f.route))}")
     console.print(f"    confidence [{color}]{f.confidence:.2f} ({f.confidence_label}{tent})[/]")
     for e in f.evidence:
         if e.decisive:

@@ -117,6 +117,8 @@ def show_run(con, r, n_classes: int = 10) -> None:
             mark = {"high": "green", "medium": "yellow", "low": "red"}[f.confidence_label]
             con.print(f"  [bold]{escape(f.rule_id)}[/] [dim]({escape(f.knob_class)})[/] {escape(f.verdict)} "
                       f"[{mark}]confidence {f.confidence:.2f}{' tentative' if f.tentative else ''}[/]")
+            if f.route:
+                con.print(f"    [bold]read:[/] {escape('; '.join(f.route))}")
             for e in f.evidence:
                 if e.decisive:  # the route that made the rule fire; the report lists the other routes' clauses
                     sym = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]?[/]"}[e.passed]

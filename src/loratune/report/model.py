@@ -79,6 +79,7 @@ class FindingView:
     caveat: str | None = None
     notes: tuple[str, ...] = ()
     suppressed_by: str | None = None
+    route: tuple[str, ...] = ()  # the readings of the routes that made it fire (diagnose.Finding.route)
 
 
 @dataclass(frozen=True)
@@ -337,7 +338,8 @@ def build_diagnosis(run: Any, thresholds: Mapping[str, float] | None = None) -> 
                                 e.decisive) for e in f.evidence)
         return FindingView(f.rule_id, f.scope, f.verdict, f.knob_class, tuple(f.moves), float(f.confidence),
                            f.confidence_label, bool(f.tentative), ev,
-                           tuple(f"{n} ({w})" for n, w in f.missing), f.caveat, tuple(f.notes), f.suppressed_by)
+                           tuple(f"{n} ({w})" for n, w in f.missing), f.caveat, tuple(f.notes), f.suppressed_by,
+                           tuple(f.route))
 
     summary = d.curve_summary()
     p = d.primary

@@ -75,7 +75,9 @@ def finding_card(f: FindingView) -> str:
     return (f'<div class="finding {tone}" data-rule="{esc(f.rule_id)}"><div class="head">'
             f'<span class="rid">{esc(f.rule_id)}</span><span class="chip">{esc(f.scope)}</span>'
             f'<span class="chip k">{esc(f.knob_class)}</span>{conf}</div>'
-            f'<div class="verdict">{esc(f.verdict)}</div><ul class="ev">{ev}</ul>{extra}'
+            f'<div class="verdict">{esc(f.verdict)}</div>'
+            f'{"<div class=small><b>read:</b> " + esc("; ".join(f.route)) + "</div>" if f.route else ""}'
+            f'<ul class="ev">{ev}</ul>{extra}'
             f'<div class="moves">{moves or "<span class=muted>no move</span>"}</div></div>')
 
 
