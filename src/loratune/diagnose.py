@@ -75,7 +75,7 @@ class Finding:
     suppressed_by: str | None = None
     caveat: str | None = None
     notes: tuple[str, ...] = ()
-    route: tuple[str, ...] = ()  # the readings (`Cond.why`) of the routes that made it fire
+    route: tuple[str, ...] = ()  # the readings (`Cond.why`) of the route that made it fire (per `any`, its first)
 
     @property
     def confidence_label(self) -> str:
@@ -321,10 +321,10 @@ def _eval(node: Cond | Clause, ev: dict[Clause, Evidence]) -> tuple[bool | None 
     return (None if all(s is None for s in states) else False), 0.0
 
 
-def _decision_path(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Cond | Clause]:
+def _decision_path(node: Cond | Clause, ev: dict[Clause, Evidence], first: bool = False) -> list[Cond | Clause]:
     """The groups and clauses that made a condition hold (or left it open, where it is unknown), outermost first:
-    every member of an `all` group, of an `any` group the members that hold (or, with none holding, the open ones).
-    Empty for a condition that failed or does not apply."""
+    every member of an `all` group, of an `any` group the members that hold (or, with none holding, the open ones;
+    `first`: only the first of them). Empty for a condition that failed or does not apply."""
     state, _ = _eval(node, ev)
     if state is False or state == NA:
         return []
@@ -333,8 +333,9 @@ def _decision_path(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Cond
     results = [(item, _eval(item, ev)[0]) for item in node.items]
     if node.mode == "any":
         want = True if any(s is True for _, s in results) else None
-        results = [(item, s) for item, s in results if s is want]
-    return [node] + [n for item, s in results if s is not False and s != NA for n in _decision_path(item, ev)]
+        results = [(item, s) for item, s in results if s is want][:1 if first else None]
+    return [node] + [n for item, s in results if s is not False and s != NA
+                     for n in _decision_path(item, ev, first)]
 
 
 def _open_unknowns(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Clause]:
@@ -378,7 +379,8 @@ def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, 
         priority=rule.priority, confidence=confidence,
         evidence=tuple(replace(ev[cl], decisive=cl in deciding) for cl in leaves),
         missing=missing if state is None else (), tentative=state is None, caveat=rule.caveat,
-        route=tuple(dict.fromkeys(n.why for n in path if isinstance(n, Cond) and n.why)),
+        route=tuple(dict.fromkeys(n.why for n in _decision_path(rule.when, ev, first=True)
+                                  if isinstance(n, Cond) and n.why)),
     )
 
 

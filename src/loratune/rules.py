@@ -553,7 +553,8 @@ _RULES = (
                             c("val_loss_rise_noise", ">=", "rise_noise_min"),
                             why="no train-loss trend logged: the val loss passed its minimum and stayed above it")),
                   any_(all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
-                            c("val_loss_rise_noise", ">=", "rise_noise_min")),
+                            c("val_loss_rise_noise", ">=", "rise_noise_min"),
+                            why="the val loss ended 10% or more above its minimum, beyond its noise"),
                        # a short curve (under tail_noise_points_min evals) whose every eval after the minimum stays
                        # above it by val_loss_rise_min: its jitter, read from 2-3 second differences, is mostly the
                        # turn itself, so no noise band can clear even a 16-57% rise (fold M's Henry-325, hstoklosa);
@@ -563,7 +564,8 @@ _RULES = (
                             # ...not beside a val metric at its ceiling: a solved task's val loss moves by single
                             # examples (fold S's Cansutunc: 0.0156 -> 0.0208 at accuracy 1.000 then 0.9956, n 227)
                             any_(c("val_metric_logged", "<", "flag_on"),
-                                 c("val_metric_best", "<", "metric_ceiling_max"))),
+                                 c("val_metric_best", "<", "metric_ceiling_max")),
+                            why="a short curve whose every eval after the minimum stayed 10% above it"),
                        # ...or whose val loss rose at every eval after its minimum, ending val_loss_rise_small_min
                        # above it, while the train loss still fell over the second half: a rise that grows at each
                        # later eval is a trend, not one noisy point, and the widening gap is 5b's overfit (fold L's
@@ -580,7 +582,8 @@ _RULES = (
                             # point against one, and the rise each later eval repeats is the stronger evidence
                             any_(c("val_metric_logged", "<", "flag_on"),
                                  c("still_improving", "<", "flag_on"),
-                                 c("n_eval_points", "<=", "few_evals_max"))),
+                                 c("n_eval_points", "<=", "few_evals_max")),
+                            why="a short curve whose val loss rose at every eval after its minimum"),
                        # a run scored by its losses alone: a smaller rise far beyond the noise while the train loss
                        # still falls over the second half is the gap widening, however small a share of the loss the
                        # rise is (fold L's Dekanenko: +5.5% over six rising evals at 9.7 noise units). Where a val
@@ -598,7 +601,8 @@ _RULES = (
                             # second half as the epoch's repeats come round)
                             any_(c("val_loss_rise_noise", ">=", "rise_noise_strong_min"),
                                  c("val_loss_rise_held_noise", ">=", "rise_noise_min")),
-                            c("train_loss_late_drop", ">=", "plateau_late_drop_max")),
+                            c("train_loss_late_drop", ">=", "plateau_late_drop_max"),
+                            why="a small val-loss rise far beyond its noise, or held beyond it at many evals"),
                        # a language model's val loss that turned in the first half and ended above its minimum beyond
                        # the noise band: protocol 5b's overfit ("passed its minimum and stays above it by more than
                        # the noise"), however small a share of a loss of ~2 nats above an entropy floor the rise is
@@ -606,16 +610,19 @@ _RULES = (
                        # +0.8% at 2.7 noise units and Kyzu07 +1.9% at 6.9 (fold I), P-Zande +1.2% at 4.2 (fold C)
                        all_(c("generative", ">=", "flag_on"),
                             c("val_loss_rise_noise", ">=", "rise_noise_min"),
-                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max")),
+                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max"),
+                            why="a language model's val loss turned early and ended beyond its noise above the minimum"),
                        all_(c("val_metric_final_drop", ">=", "val_metric_drop_min"),
                             c("val_metric_final_drop_se", ">=", "drop_se_min"),
                             # the val loss, where logged, past its minimum too; a run scored by a val metric
                             # alone is read on the metric, protocol 5b's second overfit reading ("the val metric's
                             # best lies well before the end and the end is below it by more than the noise")
                             any_(c("val_loss_min_fraction", "<", "late_min_fraction"),
-                                 c("val_loss_logged", "<", "flag_on"))),
+                                 c("val_loss_logged", "<", "flag_on")),
+                            why="the val metric's best well before the end, the end below it beyond its noise"),
                        all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
-                            c("gap_f1", ">=", "overfit_gap_min")),
+                            c("gap_f1", ">=", "overfit_gap_min"),
+                            why="the val loss rose beside a large train/val metric gap"),
                        # a long curve whose val loss went flat (under late_val_drop_min over the second half) while
                        # the train loss, already down to a fitted share of its start, kept falling: protocol 5b's
                        # widening val-minus-train loss gap, the second half's training all memorisation (fold M's
@@ -628,16 +635,19 @@ _RULES = (
                             # flat at its best at the end has converged (fold C's WELCOME-project: 0.0122 -> 0.0119
                             # over the last 30 evals, BLEU best at 84%)
                             c("val_loss_rise", ">", "still_falling_min"),
-                            c("val_loss_min_fraction", "<", "late_min_fraction")),
+                            c("val_loss_min_fraction", "<", "late_min_fraction"),
+                            why="the val loss went flat past its minimum while the fitted train loss kept falling"),
                        all_(c("generative", ">=", "flag_on"),  # the prompt set: exact on familiar, drifting on new
                             c("prompt_gap_widening", ">=", "prompt_gap_widening_min"),
                             c("prompt_gap_widening_se", ">=", "rise_noise_min"),
                             c("prompt_novel_drift", ">=", "prompt_drift_min"),
-                            c("prompt_novel_drift_se", ">=", "drop_se_min")),
+                            c("prompt_novel_drift_se", ">=", "drop_se_min"),
+                            why="the familiar-novel prompt gap widens while novel prompts drift below their best"),
                        all_(c("generative", ">=", "flag_on"),  # training completions memorised, val loss stalled
                             c("train_perplexity_final", "<=", "memorised_perplexity_max"),
                             c("gap_loss", ">=", "memorised_gap_min"),
-                            c("val_loss_still_falling", "<", "flag_on"))),
+                            c("val_loss_still_falling", "<", "flag_on"),
+                            why="the training completions memorised while the val loss stopped falling")),
                   # a val metric, where logged, that ever rose off ~0: a model that never got the val task has no
                   # generalisation to lose (collapse, protocol 3-4), whatever its val loss does
                   any_(c("val_metric_logged", "<", "flag_on"),
