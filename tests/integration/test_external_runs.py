@@ -191,6 +191,10 @@ def test_callback_stops_a_diverging_run_and_says_why(tmp_path):
     assert cb.stopped_by == "diverged"
     assert trainer.state.global_step < 60
     assert any("stopping the training" in m for m in said)
+    # the finding says which reading of the rule this run showed (a `why` of one of diverged's routes)
+    from loratune.rules import RULES
+    whys = [item.why for item in next(r for r in RULES if r.id == "diverged").when.items]
+    assert any(m.startswith("[loratune] step") and "diverged - " in m and any(w in m for w in whys) for m in said)
     rec = load_run(out / "loratune")
     assert json.loads((out / "loratune" / "run.json").read_text())["stopped_by"] == "diverged"
     assert diagnose(rec).verdict == "diverged"

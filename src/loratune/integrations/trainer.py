@@ -89,7 +89,8 @@ class LoratuneCallback(TrainerCallback):
                     or f.rule_id in self.reported):
                 continue
             self.reported.add(f.rule_id)
-            self.printer(f"[loratune] step {state.global_step}: {f.rule_id} - {f.verdict}; next move: "
+            reading = "; ".join(f.route) or f.verdict  # what this run showed, else the rule's general verdict
+            self.printer(f"[loratune] step {state.global_step}: {f.rule_id} - {reading}; next move: "
                          f"{', '.join(f.moves)} (confidence {f.confidence:.2f})")
         confident = {f.rule_id for f in d.active if not f.tentative and f.confidence >= self.min_confidence}
         if "diverged" in confident and "diverged" in self.stop_on:
