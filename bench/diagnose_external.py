@@ -40,16 +40,15 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from loratune.diagnose import Finding, compare, diagnose, evaluate_rule, evaluate_rules  # noqa: E402
+from loratune.diagnose import compare, diagnose, evaluate_rules  # noqa: E402
 from loratune.features import compute_features  # noqa: E402
 from loratune.history_io import load_run, notebook_trainer_state, read_notebook  # noqa: E402
-from loratune.rules import RULES, THRESHOLDS, all_, default_thresholds  # noqa: E402
+from loratune.rules import RULES, THRESHOLDS, default_thresholds  # noqa: E402
 
 TRAINER = ROOT / "tests" / "fixtures" / "external" / "trainer"
 PUBLIC = ROOT / "tests" / "fixtures" / "external" / "public"
@@ -263,35 +262,21 @@ def prepare(runs: list[dict]) -> None:
 CURVE_RULES = [rule for rule in RULES if rule.scope != "compare"]
 
 
-def verdict_of(r: dict, thresholds: dict) -> str:
+def top_finding(r: dict, thresholds: dict):
+    """The finding that gives a run's verdict (None: inconclusive)."""
     findings, _ = evaluate_rules(r["features"], CURVE_RULES, thresholds)
-    top = next((f for f in findings if f.suppressed_by is None and f.scope == "curve"), None)
+    return next((f for f in findings if f.suppressed_by is None and f.scope == "curve"), None)
+
+
+def verdict_of(r: dict, thresholds: dict) -> str:
+    top = top_finding(r, thresholds)
     return top.rule_id if top else "inconclusive"
 
 
-def route_of(r: dict, thresholds: dict) -> tuple[str, int] | None:
-    """(rule, route) of a run's top verdict: the first top-level route of the rule (a member of its outermost `any`,
-    or of the first `any` inside its outermost `all`) that holds on its own (else the first left open)."""
-    findings, _ = evaluate_rules(r["features"], CURVE_RULES, thresholds)
-    top = next((f for f in findings if f.suppressed_by is None and f.scope == "curve"), None)
-    if top is None:
-        return None
-    rule = next(x for x in CURVE_RULES if x.id == top.rule_id)
-    held = [(k, out.tentative) for k, item in enumerate(_routes(rule))
-            if isinstance(out := evaluate_rule(replace(rule, when=all_(item)), r["features"], thresholds), Finding)]
-    return rule.id, min(held, key=lambda h: (h[1], h[0]))[0] if held else 0
-
-
-def _routes(rule) -> tuple:
-    node = rule.when
-    if node.mode == "any":
-        return node.items
-    return next((i.items for i in node.items if getattr(i, "mode", None) == "any"), (node,))
-
-
 def route_table(per_run: list[dict]) -> list[dict]:
-    """Per (rule, route): how often it decided the top verdict and how often that verdict was accepted."""
-    acc: dict[tuple[str, int], list] = {}
+    """Per (rule, route): how often a route decided the top verdict and how often that verdict was accepted. A route
+    is named by its reading (`Finding.route`: the first holding route of the rule's alternatives)."""
+    acc: dict[tuple[str, str], list] = {}
     for p in per_run:
         if p.get("route") is None:
             continue
@@ -300,14 +285,8 @@ def route_table(per_run: list[dict]) -> list[dict]:
         row[1] += p["ok"]
         if not p["ok"]:
             row[2].append(f"{p['fold']}:{p['name']}")
-    rules = {x.id: x for x in CURVE_RULES}
-    out = []
-    for (rid, k), (n, ok, miss) in sorted(acc.items()):
-        route = _routes(rules[rid])[k]
-        leaves = list(dict.fromkeys(f"{cl.feature} {cl.op} {cl.threshold}" for cl in route.leaves()))
-        out.append({"rule": rid, "route": k, "why": getattr(route, "why", ""), "reads": leaves, "decided": n,
-                    "accepted": ok, "missed": miss})
-    return out
+    return [{"rule": rid, "reads": why, "decided": n, "accepted": ok, "missed": miss}
+            for (rid, why), (n, ok, miss) in sorted(acc.items(), key=lambda kv: (kv[0][0], -kv[1][0]))]
 
 
 def score(runs: list[dict], thresholds: dict) -> tuple[float, int, int]:
@@ -442,7 +421,8 @@ def main() -> int:
     fd = finetune_doctor(runs, args.fd_python)
     for r in runs:
         th = {"A": fitted_b, "B": fitted_a}.get(r["fold"], defaults)
-        v = verdict_of(r, th)
+        top = top_finding(r, th)
+        v = top.rule_id if top else "inconclusive"
         t0 = time.perf_counter()  # read + features + rules, of the table the manifest names
         diagnose(read_notebook(r["path"], table=r["table_index"]) if r.get("table_index") is not None else r["path"],
                  thresholds=th)
@@ -451,7 +431,7 @@ def main() -> int:
         per_run.append({"name": r["name"], "origin": r["origin"], "dataset": r["dataset"], "fold": r["fold"],
                         "label": r["label"], "accept": r["accept"], "verdict": v, "ok": v in r["accept"],
                         "fd_verdict": f.get("fd_verdict"), "fd_ok": (f.get("fd_verdict") in r["accept"]) if f else None,
-                        "diagnose_ms": round(ms, 1), "reason": r.get("reason", ""), "route": route_of(r, th)})
+                        "diagnose_ms": round(ms, 1), "reason": r.get("reason", ""), "route": [top.rule_id, top.route[0] if top.route else ""] if top else None})
         if r.get("review2"):
             a2 = r["review2"].get("accept") or [r["review2"]["label"]]
             per_run[-1].update({"label2": r["review2"]["label"], "accept2": a2, "ok2": v in a2,
@@ -555,13 +535,12 @@ def render(res: dict) -> str:
             lines.append(f"- finetune-doctor on the same runs: {sum(bool(p['fd_ok']) for p in fd_c)} of {len(fd_c)}")
         lines += [""] + _matrix(c["confusion"]) + [""]
     lines += ["## Route precision (every run, the rules as committed: in-sample)", "",
-              "Which route of a rule decided each run's top verdict (a member of the rule's outermost `any`, by its "
-              "position in rules.py; the clauses the finding marks as deciding), and how often that verdict was "
-              "accepted. A route that is often wrong is where a rule reads a curve badly.", "",
-              "| rule | route | reads (its `why`, else its first clauses) | decided | accepted | missed |", "|---|---|---|---|---|---|"]
+              "Which route of a rule decided each run's top verdict (the reading the finding names first: its "
+              "`why` in rules.py), and how often that verdict was accepted. A route that is often wrong is where a "
+              "rule reads a curve badly.", "",
+              "| rule | route (what it reads) | decided | accepted | missed |", "|---|---|---|---|---|"]
     for row in res["routes"]:
-        reads = row["why"] or ("; ".join(row["reads"][:3]) + ("; ..." if len(row["reads"]) > 3 else ""))
-        lines.append(f"| {row['rule']} | {row['route']} | {reads} | {row['decided']} | {row['accepted']} "
+        lines.append(f"| {row['rule']} | {row['reads'] or '(no reading named)'} | {row['decided']} | {row['accepted']} "
                      f"({row['accepted'] / row['decided']:.0%}) | {', '.join(row['missed'][:4])}"
                      f"{' ...' if len(row['missed']) > 4 else ''} |")
     lines += [""]

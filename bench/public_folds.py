@@ -98,7 +98,8 @@ def _fixture_tables() -> dict[str, tuple[str, ...]]:
     for p in sorted(EXTERNAL.glob("public*/*/*.ipynb")):
         try:
             for t in _nb_progress_tables(json.loads(p.read_text(encoding="utf-8"))):
-                keys[_rows_key(t)] = keys.get(_rows_key(t), ()) + (str(p.relative_to(ROOT)),)
+                key = _rows_key(t)
+                keys[key] = keys.get(key, ()) + (str(p.relative_to(ROOT)),)
         except (ValueError, UnicodeDecodeError):
             pass
     return keys
@@ -116,9 +117,9 @@ def keep(gitdir: str, path: str, table: int, name: str, fold: str, entries: Path
     repo = next((c.replace("+", "/", 1) for c in Path(gitdir).parts if "+" in c), None)  # /work/.mirror/owner+name/
     dst = EXTERNAL / fold / name
     dst.mkdir(parents=True, exist_ok=True)
-    _fixture_tables.cache_clear()
     clean = redact(text)
     (dst / "notebook.ipynb").write_bytes(raw if clean == text else clean.encode("utf-8"))
+    _fixture_tables.cache_clear()  # the fixtures now hold this table too
     entry = {"name": name, "repo": repo, "path": path, "commit": head, "files": ["notebook.ipynb"],
              "table_index": table, "reduced": False}
     if clean != text:
