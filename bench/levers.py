@@ -23,6 +23,11 @@ of a lever is the median over steps of baseline step time / lever step time, aft
              and the steps it takes to pay that back
   bf16       torch.autocast("cpu", bfloat16) over the forward, head and loss in float32 (precision.py)
   eval_bs64  evaluation, not a training step: predict_logits over validation at eval batch 64 vs 256
+  uniform_dropout  dropout masks from one uniform draw instead of bernoulli_ (kernels.py; what train.py runs on CPU)
+  bf16_weights     the frozen base's linear weights stored in bf16 (autocast casts them for every matmul anyway)
+
+An arm may combine levers with `+` (`bf16+uniform_dropout`), and `--baseline` names the arm the others are
+timed against (default: `baseline`; e.g. `--baseline bf16` gives each lever's gain on top of bf16).
 
 This script only times (each arm's mean loss over its last 5 steps is printed as a sanity check); the
 quality of a lever that changes numerics is checked with val macro-F1 over seeds (bench/throughput.py).
@@ -43,7 +48,7 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 if not DATA.is_dir():
     DATA = Path("/work/shared/data/banking77")
-LEVERS = ("eager", "foreach", "fused", "no_sync", "compile", "bf16", "eval_bs64")
+LEVERS = ("eager", "foreach", "fused", "no_sync", "compile", "bf16", "eval_bs64", "uniform_dropout", "bf16_weights")
 
 
 class Arm:
@@ -52,14 +57,19 @@ class Arm:
     def __init__(self, name: str, cfg, space, steps: int):
         import torch
 
+        from loratune import kernels
         from loratune import precision as precision_mod
         from loratune.adapt import HEAD_NAMES, apply_adapter
         from loratune.models import load_classifier
         from loratune.train import build_optimizer, seed_everything
 
         self.name = name
+        parts = set(name.split("+"))
+        unknown = parts - set(LEVERS) - {"baseline"}
+        if unknown:
+            raise SystemExit(f"unknown lever(s) {sorted(unknown)}; choose from {', '.join(LEVERS)}")
         seed_everything(42)
-        if name == "eager":
+        if "eager" in parts:
             import transformers
 
             auto = transformers.AutoModelForSequenceClassification
@@ -73,19 +83,29 @@ class Arm:
             base = load_classifier(cfg.model, len(space), False, dict(enumerate(space.labels)))
         self.model, _ = apply_adapter(base, cfg.adapter)
         self.model.train()
+        if "uniform_dropout" in parts:
+            kernels.uniform_dropout(self.model, "cpu")
+        if "bf16_weights" in parts:
+            for mod_name, mod in self.model.named_modules():
+                if isinstance(mod, torch.nn.Linear) and not mod.weight.requires_grad and \
+                        not any(h in mod_name.split(".") for h in HEAD_NAMES):
+                    mod.weight.data = mod.weight.data.to(torch.bfloat16)
+                    if mod.bias is not None:
+                        mod.bias.data = mod.bias.data.to(torch.bfloat16)
         device = torch.device("cpu")
         self.opt, self.sched = build_optimizer(self.model, cfg, steps, device)
         # the optimizer is pinned per arm (train.build_optimizer's groups; its own choice may change)
         from transformers import get_scheduler
 
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in self.opt.param_groups]
-        flags = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(name, {"foreach": False})
+        flags = {"foreach": True} if "foreach" in parts else {"fused": True} if "fused" in parts else {"foreach": False}
         self.opt = torch.optim.AdamW(groups, lr=cfg.train.learning_rate, **flags)
         self.sched = get_scheduler("linear", self.opt, num_warmup_steps=0, num_training_steps=steps)
-        self.autocast = name == "bf16"
+        self.autocast = "bf16" in parts or "bf16_weights" in parts
+        self.no_sync = "no_sync" in parts
         if self.autocast:
             precision_mod.head_in_fp32(self.model, HEAD_NAMES, "cpu")
-        self.forward = torch.compile(self.model) if name == "compile" else self.model
+        self.forward = torch.compile(self.model) if "compile" in parts else self.model
         self.times: list[float] = []
         self.losses: list = []
 
@@ -103,7 +123,7 @@ class Arm:
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
-        if self.name == "no_sync":
+        if self.no_sync:
             self.losses.append(loss.detach())
         else:
             self.losses.append(float(loss.detach()))
@@ -114,7 +134,7 @@ class Arm:
         return float(sum(float(x) for x in self.losses[-5:]) / len(self.losses[-5:]))
 
 
-def one_round(levers: list[str], steps: int, warmup: int, seed: int) -> dict:
+def one_round(levers: list[str], steps: int, warmup: int, seed: int, baseline: str = "baseline") -> dict:
     import torch
 
     from loratune import api
@@ -129,7 +149,7 @@ def one_round(levers: list[str], steps: int, warmup: int, seed: int) -> dict:
     tok = load_tokenizer(cfg.model)
     enc = encode(tok, dataset.train, space, cfg.model.max_length)
     total = steps + max(warmup, 6)
-    arms = [Arm(name, cfg, space, total) for name in ["baseline"] + [x for x in levers if x != "eval_bs64"]]
+    arms = [Arm(name, cfg, space, total) for name in [baseline] + [x for x in levers if x not in ("eval_bs64", baseline)]]
     rng = random.Random(seed)
     batches = batch_order(enc.lengths, 32, rng, True)[:total]
     device = torch.device("cpu")
@@ -142,11 +162,12 @@ def one_round(levers: list[str], steps: int, warmup: int, seed: int) -> dict:
     out = {"tokens_per_step": statistics.mean(32 * max(len(enc.ids[j]) for j in b) for b in batches),
            "threads": torch.get_num_threads(), "load": os.getloadavg()[0], "arms": {}}
     for arm in arms:
-        w = max(warmup, 6) if arm.name == "compile" else warmup
+        compiled = "compile" in arm.name.split("+")
+        w = max(warmup, 6) if compiled else warmup
         ratios = [b / a for a, b in zip(arm.times[w:], base.times[w:])]
         steady = statistics.median(arm.times[w:])
         row = {"step_s": steady, "speedup": statistics.median(ratios), "final_loss": arm.final_loss()}
-        if arm.name == "compile":
+        if compiled:
             row["compile_s"] = sum(arm.times[:w]) - w * steady
             gain = statistics.median(base.times[w:]) - steady
             row["steps_to_pay_back"] = row["compile_s"] / gain if gain > 0 else None
@@ -169,7 +190,9 @@ WHAT = {"baseline": "the loop before issue 17 (SDPA, for-loop AdamW, float() per
         "eager": "eager attention instead of SDPA", "foreach": "AdamW(foreach=True)", "fused": "AdamW(fused=True)",
         "no_sync": "no float() per step", "compile": "torch.compile(model)",
         "bf16": "bf16 autocast (emulated: no avx512_bf16 / AMX here)",
-        "eval_bs64": "evaluation batch 64 instead of 256 (validation pass)"}
+        "eval_bs64": "evaluation batch 64 instead of 256 (validation pass)",
+        "uniform_dropout": "dropout masks from torch.rand instead of bernoulli_ (kernels.py)",
+        "bf16_weights": "frozen base linear weights stored in bf16"}
 
 
 def render(paths: list[str], out: Path) -> None:
@@ -185,11 +208,13 @@ def render(paths: list[str], out: Path) -> None:
     notes = []
     for path in paths:
         d = json.loads(Path(path).read_text())
-        cmd = f"`python bench/levers.py --levers {','.join(k for k in d['levers'] if k != 'baseline')} " \
-              f"--rounds {d['rounds']} --steps {d['steps']} --warmup {d['warmup']}`"
+        base = d.get("baseline", "baseline")
+        cmd = f"`python bench/levers.py --levers {','.join(k for k in d['levers'] if k != base)} " \
+              f"--rounds {d['rounds']} --steps {d['steps']} --warmup {d['warmup']}" + \
+              ("" if base == "baseline" else f" --baseline {base}") + "`"
         notes.append(f"- {cmd}: {d['elapsed_s'] / 60:.0f} min.")
         for name, v in d["levers"].items():
-            if name == "baseline":
+            if name == base:
                 continue
             step = ", ".join(f"{x:.3f}" for x in v.get("step_s") or []) or \
                 ", ".join(f"{a:.1f} s vs {b:.1f} s" for a, b in zip(v.get("eval_s_bs64", []), v.get("eval_s_bs256", [])))
@@ -217,22 +242,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "levers.json"))
-    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--baseline", default="baseline", help="the arm every other arm is timed against")
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--render", nargs="+", metavar="JSON", help="write levers.md from levers JSON files")
     args = ap.parse_args()
     if args.render:
         render(args.render, Path(args.out).with_suffix(".md"))
         return
     if args.child:
-        levers, steps, warmup, seed = args.child
-        res = one_round([x for x in levers.split(",") if x], int(steps), int(warmup), int(seed))
+        levers, steps, warmup, seed, baseline = args.child
+        res = one_round([x for x in levers.split(",") if x], int(steps), int(warmup), int(seed), baseline)
         print("RESULT " + json.dumps(res))
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE"}
     rounds, t0 = [], time.perf_counter()
     for rnd in range(args.rounds):
         proc = subprocess.run([sys.executable, __file__, "--child", args.levers, str(args.steps), str(args.warmup),
-                               str(42 + rnd)], capture_output=True, text=True, env=env)
+                               str(42 + rnd), args.baseline], capture_output=True, text=True, env=env)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             raise SystemExit(f"round {rnd} failed:\n{proc.stderr[-4000:]}")
@@ -240,7 +266,7 @@ def main() -> None:
         rounds.append(res)
         print(f"round {rnd} (load {res['load']:.1f}): " + ", ".join(
             f"{k} {v['speedup']:.2f}x" for k, v in res["arms"].items()), flush=True)
-    summary = {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+    summary = {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "baseline": args.baseline,
                "elapsed_s": round(time.perf_counter() - t0), "cpu_cores": len(os.sched_getaffinity(0)),
                "levers": {}, "runs": rounds}
     for name in rounds[0]["arms"]:

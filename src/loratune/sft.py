@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from loratune import kernels
 from loratune import precision as precision_mod
 from loratune import signals
 from loratune.adapt import apply_adapter, count_params, num_layers, warm_start
@@ -449,6 +450,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     model.train()
     if autocast:
         precision_mod.head_in_fp32(model, LM_HEAD_NAMES, device.type)
+    dropout = kernels.dropout_record(kernels.uniform_dropout(model, device.type))  # CPU: masks from torch.rand
     params = count_params(model, sites, cfg.adapter.method)
     pad_id = tokenizer.pad_token_id
 
@@ -513,7 +515,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         "global_batch": cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * ranks.world,
         "pid": os.getpid(), "threads": torch.get_num_threads(), "init_from": warm, "objective": objective,
         "label_format": "generate" if labels else None, "labels": list(labels) or None,
-        "precision": precision.to_dict(),
+        "precision": precision.to_dict(), "dropout": dropout,
         "config": to_dict(cfg), "versions": versions(),
     }
     store.write_run(run)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loratune import __version__, precision as precision_mod, prefix_cache, signals
+from loratune import __version__, kernels, precision as precision_mod, prefix_cache, signals
 from loratune.adapt import HEAD_NAMES, apply_adapter, count_params, num_layers, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
@@ -578,6 +578,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     model.train()
     if autocast:
         precision_mod.head_in_fp32(model, HEAD_NAMES, device.type)
+    dropout = kernels.dropout_record(kernels.uniform_dropout(model, device.type))  # CPU: masks from torch.rand
     params = count_params(model, sites, cfg.adapter.method)
     pad_id = tokenizer.pad_token_id
 
@@ -637,7 +638,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "started_at": utc_now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
-        "precision": precision.to_dict(), "timing_s": timing,
+        "precision": precision.to_dict(), "dropout": dropout, "timing_s": timing,
         "pid": os.getpid(),
         "prefix_cache": prefix_note, "threads": torch.get_num_threads(), "init_from": warm,
         # what evaluation scores (rows; the probe set's rows come on top), and the max_eval_share budget

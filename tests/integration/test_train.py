@@ -271,6 +271,8 @@ def test_precision_is_recorded_and_bf16_keeps_the_head_and_loss_in_float32(tiny_
     _, auto = _train(tiny_bert, intent_data, tmp_path / "auto", max_steps=2, eval_steps=2)
     assert auto["precision"] == precision_mod.detect("auto", "cpu").to_dict()
     assert set(auto["timing_s"]) >= {"load_model", "tokenize", "evaluate", "train_steps", "save"}
+    # on CPU every active dropout (hidden, LoRA input, head) draws its mask from torch.rand (kernels.py)
+    assert auto["dropout"]["kernel"] == "uniform" and auto["dropout"]["modules"] >= 2
 
     cfg = load_config(None, overrides(tiny_bert, intent_data, tmp_path / "x"))
     model, _ = apply_adapter(load_classifier(cfg.model, 4, False), cfg.adapter)
