@@ -736,6 +736,14 @@ _RULES = (
                        c("val_loss_late_share", ">=", "steady_late_share_min"),
                        c("val_loss_rise_share", "<=", "steady_rise_share_max"),
                        c("val_loss_late_drop", ">", "still_falling_min"),
+                       # ...and not a language model's adapter at an lr inside LoRA's usual range (lora_lr_floor up to
+                       # high_lr_min; prompt tuning's 0.3 is outside it: fold W's roxyrong): a pretrained
+                       # model's loss starts near its entropy floor and falls slowly at a fair step (protocol 1:
+                       # LoRA's lr range; 9), so a slow fall there is read as healthy or undertrained, not as too
+                       # small a step (fold T's WaliMuhammadAhmad, Llama-3.1-8B LoRA at 2e-4; fold AI's usadiqgriffin,
+                       # Llama-3 LoRA at 1e-4, val -3.9% over 4 evals: both reviews healthy)
+                       any_(c("classifier", ">=", "flag_on"), c("lora", "<", "flag_on"),
+                            c("peak_lr", "<", "lora_lr_floor"), c("peak_lr", ">=", "high_lr_min")),
                        why="both losses fall slowly and steadily, still falling at the end"),
                   # the lr prior: a LoRA run below LoRA's usual lr that learned little and was still at its best
                   # when it ended (a language model's loss has no reachable floor to measure the pace against).

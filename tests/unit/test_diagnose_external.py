@@ -625,17 +625,21 @@ def test_a_train_loss_that_fell_after_the_val_loss_turned_and_then_went_flat_is_
     assert not d.fired("healthy", active_only=False)
 
 
-@pytest.mark.parametrize("val_start, task, rate, healthy", [
-    (1.36, "CAUSAL_LM", 4, True),  # val loss -11%, train loss -10%: a language model learned and converged (imyu7)
+@pytest.mark.parametrize("val_start, task, rate, lr, healthy", [
+    (1.36, "CAUSAL_LM", 4, 2e-4, True),  # val loss -11%, train loss -10%: a language model learned and converged (imyu7)
     # the val loss fell 8.9%, under healthy_val_loss_drop_min, but converged (0.3% left, 1.2 noise units): not a slow
     # fall still going, so lr-too-small's both-losses-short route stays off and the fall beyond its noise reads healthy
-    (1.31, "CAUSAL_LM", 4, True),
-    (1.31, "CAUSAL_LM", 0.8, False),  # near miss: the same falls still going at the end (6.5% left): lr-too-small
-    (1.36, "SEQ_CLS", 4, False),  # the same curves from a classifier: a fresh head's loss falls more than 30%
+    (1.31, "CAUSAL_LM", 4, 2e-4, True),
+    # near miss: the same falls still going at the end (6.5% left) on a LoRA adapter below LoRA's usual lr: lr-too-small
+    (1.31, "CAUSAL_LM", 0.8, 5e-5, False),
+    # ...but at 2e-4, inside LoRA's usual range, a language model's slow fall is not too small a step (fold AI's
+    # usadiqgriffin): the fall beyond its noise reads healthy
+    (1.31, "CAUSAL_LM", 0.8, 2e-4, True),
+    (1.36, "SEQ_CLS", 4, 2e-4, False),  # the same curves from a classifier: a fresh head's loss falls more than 30%
 ])
 def test_a_language_model_is_healthy_on_its_val_loss_without_a_classifiers_train_loss_fall(tmp_path, val_start, task,
-                                                                                          rate, healthy):
-    folder = trainer_state(tmp_path, train=exp_decay(1.30, 1.15, rate), val=exp_decay(val_start, 1.14, rate),
+                                                                                          rate, lr, healthy):
+    folder = trainer_state(tmp_path, train=exp_decay(1.30, 1.15, rate), val=exp_decay(val_start, 1.14, rate), lr=lr,
                            classes=None, n_val=None, adapter={"task_type": task, "r": 8, "lora_alpha": 16})
     d = diagnose(folder)
     assert d.features["train_loss_drop"] < 0.3
@@ -802,13 +806,15 @@ def test_a_nan_eval_loss_beside_a_finite_falling_train_loss_is_a_broken_evaluati
         assert d.features["val_loss_min"] is None and "evaluation is broken" in d.features.missing["val_loss_min"]
 
 
-@pytest.mark.parametrize("converging, task, slow", [
-    (False, "CAUSAL_LM", True),  # LLM SFT, val loss -14% from the first eval, falling at an even pace to the end: slow
-    (True, "CAUSAL_LM", False),  # near miss: -12%, its falls shrinking to nothing by the end (wstern1234)
-    (True, "SEQ_CLS", True),  # near miss: the converging curve of a classifier, 30% short of a fresh head's fall
+@pytest.mark.parametrize("converging, task, lr, slow", [
+    # LLM SFT (LoRA below LoRA's usual lr), val loss -14% from the first eval, falling at an even pace to the end: slow
+    (False, "CAUSAL_LM", 5e-5, True),
+    (True, "CAUSAL_LM", 5e-5, False),  # near miss: -12%, its falls shrinking to nothing by the end (wstern1234)
+    (False, "CAUSAL_LM", 2e-4, False),  # near miss: the even fall at 2e-4, inside LoRA's usual range: not the step
+    (True, "SEQ_CLS", 2e-4, True),  # near miss: the converging curve of a classifier, 30% short of a fresh head's fall
 ])
 def test_a_language_models_slow_fall_from_the_start_is_lr_too_small_only_while_it_is_still_going(tmp_path, converging,
-                                                                                                 task, slow):
+                                                                                                 task, lr, slow):
     # 25 evals, the first at 4% of the run: the fall from the start is measured; train loss -25%, under a classifier's
     # healthy share, val loss -12..14%, over healthy_val_loss_drop_min, so only the fall-from-the-start route can fire
     def val(f):
@@ -816,7 +822,7 @@ def test_a_language_models_slow_fall_from_the_start_is_lr_too_small_only_while_i
         return 1.40 - 0.20 * ((2 * f - f * f) if converging else f)
 
     folder = trainer_state(tmp_path, train=lambda f: 2.0 - 0.5 * f, val=val, evals=25, steps=500, classes=None,
-                           n_val=None, lr=2e-4, adapter={"task_type": task, "r": 8, "lora_alpha": 16})
+                           n_val=None, lr=lr, adapter={"task_type": task, "r": 8, "lora_alpha": 16})
     d = diagnose(folder)
     assert d.features["first_eval_fraction"] <= 0.05 and 0.1 <= d.features["val_loss_drop"] < 0.3
     assert (d.features["val_loss_remaining_gain"] >= 0.02) != converging
@@ -1565,7 +1571,9 @@ def test_a_short_curve_whose_fall_ran_out_is_not_lr_too_small(tmp_path):
     # 3 evals of a language model fine-tune, both losses down little, the val loss's falls shrinking (-0.079, -0.026)
     # with 0.7% of it left at that pace: converged for its schedule, not slow (fold O's Areeb196)
     val = _per_eval([1.9135, 1.8343, 1.8084])
-    kw = dict(train=_per_eval([1.973, 1.873, 1.819]), classes=None, n_val=None, evals=3, steps=120, log_every=40)
+    # (at 5e-5: a step below LoRA's usual range, so a fall still going reads as too small a step)
+    kw = dict(train=_per_eval([1.973, 1.873, 1.819]), classes=None, n_val=None, evals=3, steps=120, log_every=40,
+              lr=5e-5)
     d = diagnose(trainer_state(tmp_path / "ran_out", val=val, **kw))
     assert d.features["val_loss_remaining_gain"] < 0.02 and d.verdict != "lr-too-small"
     # near miss: falls that do not shrink (-0.05, -0.05) leave more than 2% to lose: still slow

@@ -303,3 +303,27 @@ def test_a_finding_names_the_readings_of_the_routes_that_made_it_fire(rule):
     whys = {c.why for c in _conds(rule.when) if c.why}
     assert out.route and set(out.route) <= whys
     assert out.to_dict()["route"] == list(out.route)
+
+
+def test_a_language_models_slow_fall_at_loras_usual_lr_is_not_too_small_a_step():
+    """lr-too-small's slow-fall route reads a step too small, so it holds off on a language model's LoRA adapter at an
+    lr inside LoRA's usual range (lora_lr_floor .. high_lr_min): a pretrained model's loss falls slowly at a fair step
+    (fold AI's usadiqgriffin: Llama-3 LoRA at 1e-4, val -3.9% over 4 evals, both reviews healthy). Below the range,
+    above it (prompt tuning's 0.3) or on a full fine-tune, the same curve still reads as too small a step."""
+    rule = rule_by_id("lr-too-small")
+    th = default_thresholds()
+    curve = dict(generative=1, classifier=0, n_eval_points=4, first_eval_fraction=0.25, plan_done_fraction=1.0,
+                 train_loss_drop=0.134, val_loss_drop=0.039, val_loss_rise=0.0, val_loss_remaining_gain=0.02,
+                 val_loss_remaining_noise=2.2, val_loss_late_share=0.32, val_loss_rise_share=0.0,
+                 val_loss_late_drop=0.013, val_loss_min_fraction=1.0, val_loss_still_falling=1, train_loss_logged=1,
+                 train_loss_drop_after_first_eval=0.1, train_loss_final_over_start=0.87, val_metric_logged=0)
+
+    def reads(**knobs):
+        out = evaluate_rule(rule, features_for(rule, {**curve, **knobs}), th)
+        return out is not None and not out.tentative
+
+    assert not reads(lora=1, peak_lr=1e-4)
+    assert not reads(lora=1, peak_lr=th["high_lr_min"] / 2)
+    assert reads(lora=1, peak_lr=2e-5)  # below LoRA's range (the lr-prior route and the slow fall both)
+    assert reads(lora=1, peak_lr=0.3)  # prompt tuning's step, outside LoRA's range
+    assert reads(lora=0, peak_lr=1e-4)  # a full fine-tune at 1e-4: no LoRA range to be inside
