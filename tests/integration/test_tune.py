@@ -114,7 +114,10 @@ def test_resume_after_kill_keeps_every_finished_trial(tiny_bert, intent_data, tm
     before = {t.number: t for t in _optuna_trials(study)}
     finished_before = {n: t.user_attrs["key"] for n, t in before.items() if "record" in t.user_attrs}
     assert finished_before, "no finished trial before the kill"
-    mtimes = {n: (Path(before[n].user_attrs["run_dir"]) / "run.json").stat().st_mtime for n in finished_before}
+    # a finished trial's training record: its history untouched, its run.json the same but for the test-split scores
+    # the study writes into the run it picks at the end (a kept trial can be that pick)
+    mtimes = {n: (Path(before[n].user_attrs["run_dir"]) / "history.jsonl").stat().st_mtime for n in finished_before}
+    records = {n: json.loads((Path(before[n].user_attrs["run_dir"]) / "run.json").read_text()) for n in finished_before}
     n_decisions = len((study / "decisions.jsonl").read_text().splitlines())
 
     assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "5trials", "-q"]) == 0
@@ -127,7 +130,11 @@ def test_resume_after_kill_keeps_every_finished_trial(tiny_bert, intent_data, tm
     assert len(keys) == len(set(keys)), "a finished trial was run again"
     for n, key in finished_before.items():  # kept, not retrained
         assert key in keys
-        assert (Path(before[n].user_attrs["run_dir"]) / "run.json").stat().st_mtime == mtimes[n]
+        assert (Path(before[n].user_attrs["run_dir"]) / "history.jsonl").stat().st_mtime == mtimes[n]
+        now = json.loads((Path(before[n].user_attrs["run_dir"]) / "run.json").read_text())
+        scored = ("eval", "test")  # what inference.evaluate writes into the run it scores on the test split
+        assert {k: v for k, v in now.items() if k not in scored} == \
+            {k: v for k, v in records[n].items() if k not in scored}
     assert killed[0].user_attrs["key"] in keys  # the cut trial's point was trained again
     decisions = [json.loads(x) for x in (study / "decisions.jsonl").read_text().splitlines()]
     assert len(decisions) > n_decisions
