@@ -1,8 +1,8 @@
 """Cheaper CPU kernels for the same training arithmetic (issue 17's levers; bench/levers.py measures each).
 
 Dropout. On CPU, torch's dropout draws its mask with `bernoulli_`, which costs about twice a uniform draw
-(`torch.rand`) of the same size: on MiniLM with LoRA, the dropout masks (hidden, LoRA-input and classifier
-dropout, about 30 per step) were a third of a bf16 training step's time. `UniformDropout` keeps an element when
+(`torch.rand`) of the same size: on MiniLM with LoRA (bench/throughput.py's config (a)), the 36 dropout masks of a
+step (30 from modules, 6 inside SDPA) took about a third of a bf16 training step's time. `UniformDropout` keeps an element when
 its uniform draw is >= p and scales the kept ones by 1/(1-p): the same distribution as `nn.Dropout` (each
 element dropped independently with probability p, the expectation unchanged), from a different random stream,
 so a run is reproducible from its seed but not bit-identical to one that used `nn.Dropout`. Only on CPU: CUDA's

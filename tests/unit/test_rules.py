@@ -324,6 +324,6 @@ def test_a_language_models_slow_fall_at_loras_usual_lr_is_not_too_small_a_step()
 
     assert not reads(lora=1, peak_lr=1e-4)
     assert not reads(lora=1, peak_lr=th["high_lr_min"] / 2)
-    assert reads(lora=1, peak_lr=2e-5)  # below LoRA's range (the lr-prior route and the slow fall both)
+    assert reads(lora=1, peak_lr=2e-5)  # below LoRA's range
     assert reads(lora=1, peak_lr=0.3)  # prompt tuning's step, outside LoRA's range
     assert reads(lora=0, peak_lr=1e-4)  # a full fine-tune at 1e-4: no LoRA range to be inside
