@@ -23,7 +23,12 @@ of a lever is the median over steps of baseline step time / lever step time, aft
              and the steps it takes to pay that back
   bf16       torch.autocast("cpu", bfloat16) over the forward, head and loss in float32 (precision.py)
   eval_bs64  evaluation, not a training step: predict_logits over validation at eval batch 64 vs 256
-  uniform_dropout  dropout masks from one uniform draw instead of bernoulli_ (kernels.py; what train.py runs on CPU)
+  uniform_dropout  dropout masks from 16-bit lanes of random 64-bit words instead of bernoulli_ (kernels.py;
+                   what train.py runs on CPU)
+  rand_dropout     the kernel uniform_dropout was before (2026-12-03): masks from one float32 `torch.rand` draw
+                   per element, kept here to measure the lanes against
+  lane_attention   the attention-probability dropout from the lanes too (kernels.lane_attention; what train.py
+                   runs on CPU), instead of SDPA's bernoulli_
   bf16_weights     the frozen base's linear weights stored in bf16 (autocast casts them for every matmul anyway)
 
 An arm may combine levers with `+` (`bf16+uniform_dropout`), and `--baseline` names the arm the others are
@@ -48,7 +53,17 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 if not DATA.is_dir():
     DATA = Path("/work/shared/data/banking77")
-LEVERS = ("eager", "foreach", "fused", "no_sync", "compile", "bf16", "eval_bs64", "uniform_dropout", "bf16_weights")
+LEVERS = ("eager", "foreach", "fused", "no_sync", "compile", "bf16", "eval_bs64", "uniform_dropout", "rand_dropout", "lane_attention", "bf16_weights")
+
+
+def rand_dropout_forward(self, x):
+    """uniform_dropout's first kernel (2026-12-03): keep an element when its float32 `torch.rand` draw is >= p."""
+    import torch
+
+    if not self.training or self.p == 0.0:
+        return x
+    keep = (torch.rand(x.shape, device=x.device) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+    return x * keep
 
 
 class Arm:
@@ -85,6 +100,13 @@ class Arm:
         self.model.train()
         if "uniform_dropout" in parts:
             kernels.uniform_dropout(self.model, "cpu")
+        if "lane_attention" in parts:
+            kernels.lane_attention(self.model, "cpu")
+        if "rand_dropout" in parts:
+            kernels.uniform_dropout(self.model, "cpu")
+            for module in self.model.modules():
+                if type(module) is kernels.UniformDropout:
+                    module.forward = rand_dropout_forward.__get__(module)
         if "bf16_weights" in parts:
             for mod_name, mod in self.model.named_modules():
                 if isinstance(mod, torch.nn.Linear) and not mod.weight.requires_grad and \
@@ -191,7 +213,9 @@ WHAT = {"baseline": "the loop before issue 17 (SDPA, for-loop AdamW, float() per
         "no_sync": "no float() per step", "compile": "torch.compile(model)",
         "bf16": "bf16 autocast (emulated: no avx512_bf16 / AMX here)",
         "eval_bs64": "evaluation batch 64 instead of 256 (validation pass)",
-        "uniform_dropout": "dropout masks from torch.rand instead of bernoulli_ (kernels.py)",
+        "uniform_dropout": "dropout masks from 16-bit lanes of random words instead of bernoulli_ (kernels.py)",
+        "lane_attention": "attention-probability dropout from the lanes (kernels.lane_attention) instead of SDPA's",
+        "rand_dropout": "dropout masks from one torch.rand draw per element (uniform_dropout's first kernel)",
         "bf16_weights": "frozen base linear weights stored in bf16"}
 
 

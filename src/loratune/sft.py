@@ -450,7 +450,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     model.train()
     if autocast:
         precision_mod.head_in_fp32(model, LM_HEAD_NAMES, device.type)
-    dropout = kernels.dropout_record(kernels.uniform_dropout(model, device.type))  # CPU: masks from torch.rand
+    dropout = kernels.dropout_record(kernels.uniform_dropout(model, device.type))  # CPU: masks from random 16-bit lanes
     params = count_params(model, sites, cfg.adapter.method)
     pad_id = tokenizer.pad_token_id
 

@@ -578,7 +578,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
     model.train()
     if autocast:
         precision_mod.head_in_fp32(model, HEAD_NAMES, device.type)
-    dropout = kernels.dropout_record(kernels.uniform_dropout(model, device.type))  # CPU: masks from torch.rand
+    dropout = kernels.dropout_record(kernels.uniform_dropout(model, device.type),  # CPU: masks from random 16-bit lanes
+                                     kernels.lane_attention(model, device.type))
     params = count_params(model, sites, cfg.adapter.method)
     pad_id = tokenizer.pad_token_id
 
