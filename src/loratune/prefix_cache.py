@@ -61,6 +61,11 @@ DISK_ENTRY_MB = 256.0  # an entry larger than this goes to disk (memory-mapped)
 STORE_DTYPE = np.float16
 
 
+def _to_store(hidden: torch.Tensor) -> np.ndarray:
+    """A batch of states as stored (STORE_DTYPE, on the host), converted by torch in one pass (no float32 copy)."""
+    return hidden.to(device="cpu", dtype=torch.from_numpy(np.empty(0, dtype=STORE_DTYPE)).dtype).numpy()
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("LORATUNE_CACHE_DIR", Path.home() / ".cache" / "loratune")) / "prefix"
 
@@ -284,7 +289,7 @@ def build(splice: Splice, ids: list[list[int]], make_batch: Callable, plan: Call
     try:
         for rows in plan(lengths):
             hidden = splice.capture(make_batch([ids[i] for i in rows]))  # [b, longest, hidden]
-            hidden = hidden.float().cpu().numpy().astype(STORE_DTYPE)
+            hidden = _to_store(hidden)
             if values is None:
                 shape = (int(offsets[-1]), hidden.shape[-1])
                 if path is not None:
@@ -342,7 +347,7 @@ class Feed:
             hidden = self.splice.capture(self.make_batch([self.ids[i] for i in rows]))
         finally:
             hf.train(was_training)
-        self.states.put(rows, hidden.float().cpu().numpy().astype(STORE_DTYPE))
+        self.states.put(rows, _to_store(hidden))
         self.stats["rows_computed"] = self.stats.get("rows_computed", 0) + len(rows)
         self.stats["compute_s"] = round(self.stats.get("compute_s", 0.0) + time.perf_counter() - t0, 3)
 

@@ -194,3 +194,18 @@ def test_tokenization_is_reused_across_runs(tiny_bert):
     short = train_mod.tokenize(tok_b, texts, 4)
     assert short is not first and max(len(x) for x in short) == 4
     assert first == tok_a(texts, truncation=True, max_length=16)["input_ids"]
+
+
+def test_put_scatters_a_padded_batch_into_its_rows_and_padded_gathers_it_back():
+    offsets = np.array([0, 3, 4, 9])  # rows of 3, 1 and 5 tokens
+    states = prefix_cache.PrefixStates(np.zeros((9, 2), dtype=np.float16), offsets, ready=np.zeros(3, dtype=bool))
+    batch = np.arange(1, 21, dtype=np.float16).reshape(2, 5, 2)  # rows 2 (5 tokens) and 0 (3 tokens, 2 padded)
+    states.put([2, 0], batch)
+    assert states.missing([0, 1, 2]).tolist() == [1]
+    np.testing.assert_array_equal(states.values[4:9], batch[0])
+    np.testing.assert_array_equal(states.values[0:3], batch[1, :3])
+    assert (states.values[3] == 0).all()  # row 1 is untouched
+    back = states.padded([2, 0], 5).numpy()
+    np.testing.assert_array_equal(back[0], batch[0])
+    np.testing.assert_array_equal(back[1, :3], batch[1, :3])
+    assert (back[1, 3:] == 0).all()  # padding comes back as zeros, not as what the batch held there
