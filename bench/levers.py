@@ -53,7 +53,8 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 if not DATA.is_dir():
     DATA = Path("/work/shared/data/banking77")
-LEVERS = ("eager", "foreach", "fused", "no_sync", "compile", "bf16", "eval_bs64", "uniform_dropout", "rand_dropout", "lane_attention", "bf16_weights")
+LEVERS = ("eager", "foreach", "fused", "no_sync", "compile", "bf16", "eval_bs64", "uniform_dropout", "rand_dropout",
+          "lane_attention", "bf16_weights")
 
 
 def rand_dropout_forward(self, x):

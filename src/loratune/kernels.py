@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 LANE = torch.int16  # one mask element per 16-bit lane of a random 64-bit word
-LANE_VALUES = 2 ** 16  # values a lane takes, uniformly: the drop rate's resolution is 1 / LANE_VALUES
-LANES_PER_WORD = 4
+LANE_VALUES = 2 ** torch.iinfo(LANE).bits  # values a lane takes, uniformly: the drop rate's resolution is 1 / this
+LANES_PER_WORD = torch.iinfo(torch.int64).bits // torch.iinfo(LANE).bits
 
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu"
@@ -73,8 +73,8 @@ def _lane_dropout_attention(module: nn.Module, query: torch.Tensor, key: torch.T
                                       **kwargs)
     scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
     if attention_mask is not None:  # SDPA's format: True = attend, or an additive float mask
-        scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
-                  else scores + attention_mask)
+        scores = (scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)  # not -inf: no NaN row
+                  if attention_mask.dtype == torch.bool else scores + attention_mask)
     probs = torch.softmax(scores, dim=-1)
     keep, scale = keep_mask(probs.shape, dropout, probs.device)
     out = torch.matmul(probs * keep.to(probs.dtype).mul_(scale), value)

@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-from loratune.kernels import (LANE_ATTENTION, _lane_dropout_attention, LANE_VALUES, UniformDropout, dropout_record, keep_mask, lane_attention,
-                              uniform_dropout)
+from loratune.kernels import (LANE_ATTENTION, LANE_VALUES, UniformDropout, _lane_dropout_attention, dropout_record,
+                              keep_mask, lane_attention, uniform_dropout)
 
 
 def test_uniform_dropout_drops_at_rate_p_and_keeps_the_expectation():
