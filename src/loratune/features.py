@@ -364,7 +364,8 @@ _CATALOGUE = (
     _spec("stability", "nonfinite_values", "count", "{} non-finite loss / gradient values were recorded",
           "Count of NaN/inf (null) values in train/loss, train/loss_std, train/grad_norm, val/loss, "
           "train_eval/loss after step 0, and of train-loss windows logged as exactly 0 after a window at "
-          "FILTERED_PRIOR_MIN or more (the Trainer's nan/inf filter's empty mean)."),
+          "FILTERED_PRIOR_MIN or more (the Trainer's nan/inf filter's empty mean), unless a 0 also follows a window "
+          "in (0, NATURAL_ZERO_PRIOR_MAX): a loss that reaches 0 on its own."),
     _spec("stability", "val_loss_nonfinite_evals", "count", "{} evals logged a non-finite val loss while the train "
           "loss stayed finite",
           "Count of null (NaN/inf) `val/loss` values when they are the only non-finite values of the run and the "
@@ -1433,16 +1434,26 @@ def _stability(acc: FeatureSet, pts, meta) -> None:
 # at FILTERED_PRIOR_MIN or more is that mark: no optimiser takes a window's mean loss from a nat to below a printed
 # 0.000000 in one window, where a fitted model's loss reaching 0.0 (a saturated softmax) gets there from near 0.
 FILTERED_PRIOR_MIN = 1.0
+# ... unless the run shows that its loss reaches a logged 0.0 on its own: a 0.0 right after a window above 0 and below
+# NATURAL_ZERO_PRIOR_MAX (within a hundredth of a nat of zero) is a loss that got there from near 0 (a preference loss
+# whose margins saturate, a memorised batch; the Trainer rounds the logged loss to 4 decimals). In such a run, logged one
+# step at a time, a 0.0 after a hard batch's 2.07 is the same saturation, not the filter (fold AK's Prathyusha-Guduru:
+# DPO of Mistral-7B, 67 zeros after windows of 0.0001-0.009, one after 2.067). A run whose every zero follows a
+# window at FILTERED_PRIOR_MIN or more, or another zero, keeps the filter's reading.
+NATURAL_ZERO_PRIOR_MAX = 0.01
 
 
 def _filtered_windows(pts: Sequence[dict]) -> list[dict]:
     """Train-loss windows logged as exactly 0.0 after a window at FILTERED_PRIOR_MIN or more: non-finite steps the
-    Trainer's nan/inf filter hid, counted with the non-finite values."""
+    Trainer's nan/inf filter hid, counted with the non-finite values; none where a 0.0 also follows a window in
+    (0, NATURAL_ZERO_PRIOR_MAX), a loss that reaches 0.0 on its own."""
     out, prev = [], None
     for p in pts:
         v = _num(p.get("train/loss"))
         if v is None:
             continue
+        if v == 0.0 and prev is not None and 0.0 < prev < NATURAL_ZERO_PRIOR_MAX:
+            return []
         if v == 0.0 and prev is not None and prev >= FILTERED_PRIOR_MIN and (_num(p.get("step")) or 0) > 0:
             out.append({"step": p["step"], "key": "train/loss",
                         "value": f"0.0 after {prev:.4g}: every step of the window non-finite (logging_nan_inf_filter)"})

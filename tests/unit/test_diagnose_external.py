@@ -1961,6 +1961,24 @@ def test_a_train_loss_logged_as_exactly_zero_after_a_high_window_is_non_finite_s
         assert d.fired("eval-loss-broken")
 
 
+@pytest.mark.parametrize("tail, diverged", [
+    # fold AK's Prathyusha-Guduru (DPO of Mistral-7B, one optimizer step per logged window, no eval set): the loss
+    # saturates to a logged 0.0 from windows of 0.0001-0.009, and one hard batch's 2.07 is followed by a 0.0 too
+    ([0.0004, 0.0, 0.0002, 0.0, 2.067, 0.0, 0.0003, 0.0, 0.0001], False),
+    # near miss: the same 2.07 -> 0.0 with no zero reached from near 0: the filter's mark, as before
+    ([0.0404, 0.031, 0.0502, 0.022, 2.067, 0.0, 0.0, 0.0, 0.0], True),
+])
+def test_a_zero_after_a_high_window_is_not_the_filter_where_the_loss_reaches_zero_on_its_own(tmp_path, tail, diverged):
+    head = [0.693, 0.61, 0.42, 0.27, 0.12, 0.063]
+    log = [{"step": i + 1, "epoch": (i + 1) / 40, "loss": v, "grad_norm": 1.0, "learning_rate": 5e-6}
+           for i, v in enumerate(head + tail)]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": len(log), "max_steps": len(log),
+                                                             "log_history": log}))
+    d = diagnose(tmp_path)
+    assert (d.features["nonfinite_values"] >= 1) == diverged
+    assert (d.verdict == "diverged") == diverged, [(x.rule_id, x.suppressed_by) for x in d.findings]
+
+
 @pytest.mark.parametrize("first, slow", [
     # fold AD's MingjunHu: bert-base-cased on 650k Yelp rows (5 classes), the first window (10,000 steps) already at
     # 0.54 x ln 5, then -22% to 0.68: -58% since ln 5, a classifier that learned at a fair pace, not too small a step
