@@ -30,6 +30,8 @@ of a lever is the median over steps of baseline step time / lever step time, aft
   lane_attention   the attention-probability dropout from the lanes too (kernels.lane_attention; what train.py
                    runs on CPU), instead of SDPA's bernoulli_
   bf16_weights     the frozen base's linear weights stored in bf16 (autocast casts them for every matmul anyway)
+  adapter_inputs   peft's cast of a LoRA layer's input to float32 turned off under autocast
+                   (precision.adapter_inputs_as_is; what train.py and sft.py run under bf16)
 
 An arm may combine levers with `+` (`bf16+uniform_dropout`), and `--baseline` names the arm the others are
 timed against (default: `baseline`; e.g. `--baseline bf16` gives each lever's gain on top of bf16).
@@ -54,7 +56,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 if not DATA.is_dir():
     DATA = Path("/work/shared/data/banking77")
 LEVERS = ("eager", "foreach", "fused", "no_sync", "compile", "bf16", "eval_bs64", "uniform_dropout", "rand_dropout",
-          "lane_attention", "bf16_weights")
+          "lane_attention", "bf16_weights", "adapter_inputs")
 
 
 def rand_dropout_forward(self, x):
@@ -108,6 +110,8 @@ class Arm:
             for module in self.model.modules():
                 if type(module) is kernels.UniformDropout:
                     module.forward = rand_dropout_forward.__get__(module)
+        if "adapter_inputs" in parts:
+            precision_mod.adapter_inputs_as_is(self.model)
         if "bf16_weights" in parts:
             for mod_name, mod in self.model.named_modules():
                 if isinstance(mod, torch.nn.Linear) and not mod.weight.requires_grad and \
@@ -217,7 +221,8 @@ WHAT = {"baseline": "the loop before issue 17 (SDPA, for-loop AdamW, float() per
         "uniform_dropout": "dropout masks from 16-bit lanes of random words instead of bernoulli_ (kernels.py)",
         "lane_attention": "attention-probability dropout from the lanes (kernels.lane_attention) instead of SDPA's",
         "rand_dropout": "dropout masks from one torch.rand draw per element (uniform_dropout's first kernel)",
-        "bf16_weights": "frozen base linear weights stored in bf16"}
+        "bf16_weights": "frozen base linear weights stored in bf16",
+        "adapter_inputs": "LoRA inputs left in bf16 under autocast (precision.adapter_inputs_as_is)"}
 
 
 def render(paths: list[str], out: Path) -> None:

@@ -9,6 +9,15 @@ to run.json as `precision` (what ran and why).
 bf16 means `torch.autocast(dtype=torch.bfloat16)` around the transformer body; weights, gradients and
 the AdamW state stay float32, and the classification head and the loss run in float32
 (`head_in_fp32`), so the logits, the softmax and the cross-entropy keep full precision.
+
+Under autocast a LoRA layer's input reaches it in bf16 wherever the frozen layer before it was a matmul (an FFN's
+down projection takes the bf16 GELU output), and peft casts it to the adapter's float32 weights before the dropout
+and A (`_cast_input_dtype`), which autocast then casts back to bf16 for A's matmul: two full-size copies of the
+input and a float32 dropout in between. `adapter_inputs_as_is` turns that cast off (peft's own switch,
+`cast_input_dtype_enabled`; the `peft.helpers.disable_input_dtype_casting` context) for a run whose every forward is
+autocast (bench/results/levers.md measures it). Without dropout (evaluation) the products are bit-identical
+(bf16 -> float32 -> bf16 is exact); in training the LoRA dropout then runs on the bf16 input, as `nn.Dropout` on a
+bf16 tensor does (kept elements scaled by 1/(1 - p) held in bf16: 1.109375 for p = 0.1, 0.16% under 1/0.9).
 """
 
 from __future__ import annotations
@@ -103,6 +112,25 @@ def autocast(precision: Precision, device_type: str):
     import torch
 
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+
+
+def adapter_inputs_as_is(model) -> int:
+    """Turn off peft's cast of a LoRA layer's input to the adapter weights' dtype, for a model whose every forward
+    runs under autocast (A's matmul casts its input itself). Plain LoRA layers only (a DoRA or other variant keeps
+    the cast). Returns how many layers changed."""
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "cast_input_dtype_enabled", False) and hasattr(module, "lora_A") \
+                and not getattr(module, "lora_variant", None):
+            module.cast_input_dtype_enabled = False
+            changed += 1
+    return changed
+
+
+def record(precision: Precision, inputs_as_is: int) -> dict:
+    """run.json's `precision`: what ran and why, and how many LoRA layers take their input as it comes
+    (`adapter_inputs_as_is`; 0 on a float32 run, where peft's cast has nothing to do)."""
+    return {**precision.to_dict(), "lora_inputs_as_is": inputs_as_is}
 
 
 def head_in_fp32(model, head_names: Iterable[str], device_type: str) -> list[str]:

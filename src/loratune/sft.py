@@ -448,8 +448,10 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     warm = warm_start(model, cfg.adapter.method, cfg.train.init_from) if cfg.train.init_from else None
     model.to(device)
     model.train()
+    inputs_as_is = 0
     if autocast:
         precision_mod.head_in_fp32(model, LM_HEAD_NAMES, device.type)
+        inputs_as_is = precision_mod.adapter_inputs_as_is(model)  # a bf16 input is not copied to fp32 and back
     dropout = kernels.dropout_record(kernels.uniform_dropout(model, device.type))  # CPU: masks from random 16-bit lanes
     params = count_params(model, sites, cfg.adapter.method)
     pad_id = tokenizer.pad_token_id
@@ -515,7 +517,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         "global_batch": cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * ranks.world,
         "pid": os.getpid(), "threads": torch.get_num_threads(), "init_from": warm, "objective": objective,
         "label_format": "generate" if labels else None, "labels": list(labels) or None,
-        "precision": precision.to_dict(), "dropout": dropout,
+        "precision": precision_mod.record(precision, inputs_as_is), "dropout": dropout,
         "config": to_dict(cfg), "versions": versions(),
     }
     store.write_run(run)

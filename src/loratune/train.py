@@ -576,8 +576,10 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         warm = warm_start(model, cfg.adapter.method, cfg.train.init_from) if cfg.train.init_from else None
     model.to(device)
     model.train()
+    inputs_as_is = 0
     if autocast:
         precision_mod.head_in_fp32(model, HEAD_NAMES, device.type)
+        inputs_as_is = precision_mod.adapter_inputs_as_is(model)  # a bf16 input is not copied to fp32 and back
     dropout = kernels.dropout_record(kernels.uniform_dropout(model, device.type),  # CPU: masks from random 16-bit lanes
                                      kernels.lane_attention(model, device.type))
     params = count_params(model, sites, cfg.adapter.method)
@@ -639,7 +641,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "started_at": utc_now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
-        "precision": precision.to_dict(), "dropout": dropout, "timing_s": timing,
+        "precision": precision_mod.record(precision, inputs_as_is), "dropout": dropout, "timing_s": timing,
         "pid": os.getpid(),
         "prefix_cache": prefix_note, "threads": torch.get_num_threads(), "init_from": warm,
         # what evaluation scores (rows; the probe set's rows come on top), and the max_eval_share budget

@@ -205,6 +205,7 @@ def test_bf16_autocast_trains_with_the_lm_head_in_float32(lm, sft_data, tmp_path
                                                    eval_steps=1)]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["precision"]["dtype"] == "bfloat16" and run["status"] == "completed"
+    assert run["precision"]["lora_inputs_as_is"] > 0  # the adapters take autocast's bf16 inputs as they come
     assert all(math.isfinite(p["val/loss"]) for p in _history(out))
 
 

@@ -269,7 +269,11 @@ def test_precision_is_recorded_and_bf16_keeps_the_head_and_loss_in_float32(tiny_
     assert run["precision"]["dtype"] == "bfloat16" and run["precision"]["setting"] == "bf16"
     assert math.isfinite(run["final"]["val/loss"])
     _, auto = _train(tiny_bert, intent_data, tmp_path / "auto", max_steps=2, eval_steps=2)
-    assert auto["precision"] == precision_mod.detect("auto", "cpu").to_dict()
+    # under bf16 every (plain) LoRA layer takes its input as autocast gives it (precision.adapter_inputs_as_is)
+    assert run["precision"]["lora_inputs_as_is"] == run["model"]["adapted_modules"] > 0
+    auto_precision = precision_mod.detect("auto", "cpu")
+    assert auto["precision"] == precision_mod.record(
+        auto_precision, run["precision"]["lora_inputs_as_is"] if auto_precision.autocast else 0)
     assert set(auto["timing_s"]) >= {"load_model", "tokenize", "evaluate", "train_steps", "save"}
     # on CPU every active dropout (hidden, LoRA input, head) draws its mask from random 16-bit lanes (kernels.py);
     # the tiny model has no attention dropout, so its attention stays torch's SDPA

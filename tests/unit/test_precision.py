@@ -73,3 +73,54 @@ def test_config_key(value):
 def test_config_refuses_other_values():
     with pytest.raises(ConfigError, match="train.precision"):
         load_config(None, ["precision=fp16"])
+
+
+def _lora_mlp(use_dora: bool = False):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+    return get_peft_model(body, LoraConfig(r=4, lora_alpha=8, target_modules=["0", "2"], use_dora=use_dora))
+
+
+def test_adapter_inputs_as_is_keeps_a_bf16_input_bf16_for_the_same_numbers():
+    """Under autocast the GELU output reaches the second LoRA layer in bf16; peft casts it to float32 for the
+    dropout and A, and autocast casts it back for A's matmul. Without that round trip the adapter sees the bf16
+    input itself, and with no dropout (lora_dropout 0) the output and the gradients are bit-identical (bf16 -> fp32
+    -> bf16 is exact)."""
+    import torch
+
+    x = torch.randn(5, 8)
+    seen = {}
+
+    def run(model):
+        model.zero_grad()
+        hook = model.base_model.model[2].lora_dropout["default"].register_forward_hook(
+            lambda m, args, out: seen.__setitem__("dtype", args[0].dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().square().sum().backward()
+        hook.remove()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad], seen["dtype"]
+
+    plain, as_is = _lora_mlp(), _lora_mlp()
+    with torch.no_grad():  # a non-zero B, so A gets a gradient too
+        for name, p in plain.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    as_is.load_state_dict(plain.state_dict())
+    assert precision.adapter_inputs_as_is(as_is) == 2
+    out0, grads0, dtype0 = run(plain)
+    out1, grads1, dtype1 = run(as_is)
+    assert (dtype0, dtype1) == (torch.float32, torch.bfloat16)
+    assert torch.equal(out0, out1) and all(torch.equal(a, b) for a, b in zip(grads0, grads1))
+
+
+def test_adapter_inputs_as_is_leaves_dora_and_non_lora_modules_alone():
+    dora = _lora_mlp(use_dora=True)
+    assert precision.adapter_inputs_as_is(dora) == 0
+    assert all(m.cast_input_dtype_enabled for m in dora.modules() if hasattr(m, "cast_input_dtype_enabled"))
+    rec = precision.record(precision.resolve("auto", "cpu", ZEN4), 2)
+    assert rec["lora_inputs_as_is"] == 2 and rec["dtype"] == "bfloat16"
+
