@@ -12,8 +12,7 @@ are scaled by 1/(1 - p'), where p' = round(p * 2**16) / 2**16 is the drop rate t
 reproducible from its seed but not bit-identical to one that used `nn.Dropout`. As in torch's CPU dropout (its mask
 tensor `noise.div_(1 - p)` has the input's dtype), the scaled mask is held in the input's dtype: on a bf16 tensor the
 scale is 1/(1 - p') to bf16's 8 significant bits (1.109375 for p = 0.1, 0.16% under 1/0.9), exactly what
-`nn.Dropout` multiplies a bf16 tensor by. Only on CPU: CUDA's fused dropout
-is already cheap.
+`nn.Dropout` multiplies a bf16 tensor by. Only on CPU: CUDA's fused dropout is already cheap.
 
 Attention dropout. The attention-probability dropout is not a module: BERT-style encoders pass its p to the
 attention function, and torch's SDPA then takes its math path and draws the mask with `bernoulli_` (6 of config
