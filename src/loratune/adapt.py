@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from loratune.config import AdapterConfig, parse_layers
 from loratune.errors import UserError
+from loratune.precision import full_weight
 
 # model_type -> block prefix regex (group 1 = layer index) and group -> module name inside a block.
 _BERT_LIKE = {
@@ -358,14 +359,16 @@ def merged_for_eval(model):
     zero, merge = [], []
     for m, a in _plain_lora_layers(model):
         (merge if torch.count_nonzero(m.lora_B[a].weight) else zero).append((m, a))
-    if sum(m.base_layer.weight.numel() * m.base_layer.weight.element_size() for m, _ in merge) > EVAL_MERGE_MAX_BYTES:
+    if sum(m.base_layer.weight.numel() * full_weight(m.base_layer.weight).element_size() for m, _ in merge) \
+            > EVAL_MERGE_MAX_BYTES:
         merge = []
     swapped, off = [], []
     try:
         with torch.no_grad():
             for m, a in merge:
                 w = m.base_layer.weight
-                merged = w.data + m.get_delta_weight(a).to(w.dtype)
+                full = full_weight(w)  # a base weight held in bf16 for training merges from its float32 original
+                merged = full + m.get_delta_weight(a).to(full.dtype)
                 swapped.append((w, w.data))
                 w.data = merged
                 off.append(m)

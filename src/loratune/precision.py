@@ -127,10 +127,73 @@ def adapter_inputs_as_is(model) -> int:
     return changed
 
 
-def record(precision: Precision, inputs_as_is: int) -> dict:
-    """run.json's `precision`: what ran and why, and how many LoRA layers take their input as it comes
-    (`adapter_inputs_as_is`; 0 on a float32 run, where peft's cast has nothing to do)."""
-    return {**precision.to_dict(), "lora_inputs_as_is": inputs_as_is}
+# Name parts of the modules a peft adapter adds (lora_A, lora_B, lora_embedding_A, ..., and modules_to_save's
+# trained copies): never held in bf16 by frozen_weights_in_bf16.
+ADAPTER_PARTS = ("lora_", "modules_to_save")
+
+# A LoRA layer's base weight held in bf16 -> the float32 tensor it was cast from. Evaluation merges W + scaling * B @ A
+# (adapt.merged_for_eval) from the original: a delta below the weight's bf16 step would be lost if added to the bf16
+# copy, and a saved adapter re-scored on its float32 base (`loratune evaluate`) must read what the run recorded.
+# Keyed by the parameter's identity (torch.utils.weak.WeakIdKeyDictionary, made on first use: a tensor's == is
+# elementwise); an entry goes with its parameter.
+_FULL_WEIGHTS = None
+
+
+def frozen_weights_in_bf16(model, head_names: Iterable[str], skip: Iterable = ()) -> int:
+    """Hold the frozen linear layers' weights and biases in bf16, for a model trained under bf16 autocast:
+    autocast casts a float32 weight to bf16 at every matmul (it caches only the casts of leaves that require grad,
+    so a frozen weight is cast again in every forward and backward), and a bf16 weight is what that cast gives, so
+    the products are the same and the cast is paid once (bench/results/levers.md). Only for a model whose every
+    forward through those layers runs under autocast. A LoRA layer's base weight keeps its float32 original beside
+    it for evaluation's merge (`full_weight`). Not the head's (modules under a name part in `head_names`, float32 by
+    `head_in_fp32`), not an adapter's own (ADAPTER_PARTS), not the modules in `skip` or inside them (a frozen prefix
+    the cache computes outside autocast), not a weight shared with another module (an output projection tied to
+    the embeddings). Returns how many layers changed."""
+    import torch
+
+    heads = set(head_names)
+    skipped = {id(m) for s in skip for m in s.modules()}
+    uses: dict[int, int] = {}
+    for mod in model.modules():
+        for p in mod.parameters(recurse=False):
+            uses[id(p)] = uses.get(id(p), 0) + 1
+    changed = 0
+    for name, mod in model.named_modules():
+        parts = name.split(".")
+        if not isinstance(mod, torch.nn.Linear) or id(mod) in skipped or any(part in heads for part in parts) \
+                or any(part.startswith(ADAPTER_PARTS) for part in parts):
+            continue
+        w = mod.weight
+        if w.requires_grad or w.dtype != torch.float32 or uses[id(w)] > 1:
+            continue
+        if parts[-1] == "base_layer":
+            _full_weights()[w] = w.data
+        w.data = w.data.to(torch.bfloat16)
+        if mod.bias is not None and not mod.bias.requires_grad and uses[id(mod.bias)] == 1:
+            mod.bias.data = mod.bias.data.to(torch.bfloat16)
+        changed += 1
+    return changed
+
+
+def full_weight(weight):
+    """The float32 tensor a weight held in bf16 by `frozen_weights_in_bf16` was cast from; else its own data."""
+    return weight.data if _FULL_WEIGHTS is None else _FULL_WEIGHTS.get(weight, weight.data)
+
+
+def _full_weights():
+    global _FULL_WEIGHTS
+    if _FULL_WEIGHTS is None:
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        _FULL_WEIGHTS = WeakIdKeyDictionary()
+    return _FULL_WEIGHTS
+
+
+def record(precision: Precision, inputs_as_is: int, frozen_bf16: int = 0) -> dict:
+    """run.json's `precision`: what ran and why, how many LoRA layers take their input as it comes
+    (`adapter_inputs_as_is`; 0 on a float32 run, where peft's cast has nothing to do), and how many frozen linear
+    layers hold their weights in bf16 (`frozen_weights_in_bf16`; 0 on a float32 run)."""
+    return {**precision.to_dict(), "lora_inputs_as_is": inputs_as_is, "frozen_linear_bf16": frozen_bf16}
 
 
 def head_in_fp32(model, head_names: Iterable[str], device_type: str) -> list[str]:

@@ -356,7 +356,9 @@ class Feed:
         missing = self.states.missing(rows)
         if len(missing):
             self.fill(missing)
-        dtype = next(p for p in self.splice.top.parameters()).dtype
+        # the dtype the top's input has in a plain forward: the embeddings' (a top block's own weights may be held
+        # in bf16: precision.frozen_weights_in_bf16)
+        dtype = next(p for p in self.splice.embed.parameters()).dtype
         states = self.states.padded(rows, longest).to(device=device, dtype=dtype)
         with self.splice.feed(states):
             yield

@@ -597,6 +597,10 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                                           [train_enc, train_eval_enc, val_enc],
                                           lambda ids: collate(ids, pad_id, device),
                                           lambda lengths: eval_batches(lengths, cfg.train.per_device_eval_batch_size))
+    frozen_bf16 = 0
+    if autocast:  # after the cache: a frozen prefix it computes outside autocast keeps float32 weights
+        prefix = train_enc.prefix.splice.prefix_modules() if train_enc.prefix is not None else ()
+        frozen_bf16 = precision_mod.frozen_weights_in_bf16(model, HEAD_NAMES, skip=prefix)
     with timed(timing, "extras"):
         extras = EvalExtras.build(cfg, dataset, val_enc.targets, val_enc.lengths)
     spec = loss_spec(cfg.train.multi_label_loss, space.multi_label, train_enc.targets, cfg.train.focal_gamma)
@@ -641,7 +645,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "started_at": utc_now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
-        "precision": precision_mod.record(precision, inputs_as_is), "dropout": dropout, "timing_s": timing,
+        "precision": precision_mod.record(precision, inputs_as_is, frozen_bf16), "dropout": dropout, "timing_s": timing,
         "pid": os.getpid(),
         "prefix_cache": prefix_note, "threads": torch.get_num_threads(), "init_from": warm,
         # what evaluation scores (rows; the probe set's rows come on top), and the max_eval_share budget
@@ -754,8 +758,9 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
             if start_loss is None:
                 start_loss = step_loss
                 if warm is not None:  # a warm start: the un-adapted model's loss (NaN: none, no ratio check)
-                    fresh = fresh_loss(model, lambda: loss_fn(forward_logits(model, train_enc, rows, batch).float(),
-                                                              target, space.multi_label, spec))
+                    with precision_mod.autocast(precision, device.type):  # as the step's own forward ran
+                        fresh = fresh_loss(model, lambda: loss_fn(forward_logits(model, train_enc, rows, batch).float(),
+                                                                  target, space.multi_label, spec))
                     start_loss = max(step_loss, fresh) if fresh is not None else math.nan
             max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))

@@ -271,9 +271,12 @@ def test_precision_is_recorded_and_bf16_keeps_the_head_and_loss_in_float32(tiny_
     _, auto = _train(tiny_bert, intent_data, tmp_path / "auto", max_steps=2, eval_steps=2)
     # under bf16 every (plain) LoRA layer takes its input as autocast gives it (precision.adapter_inputs_as_is)
     assert run["precision"]["lora_inputs_as_is"] == run["model"]["adapted_modules"] > 0
+    # ...and every frozen linear layer of the body holds its weights in bf16 (precision.frozen_weights_in_bf16): the
+    # tiny BERT's 2 layers x (query, key, value, attention output, intermediate, output); not the pooler or classifier
+    assert run["precision"]["frozen_linear_bf16"] == 12
     auto_precision = precision_mod.detect("auto", "cpu")
     assert auto["precision"] == precision_mod.record(
-        auto_precision, run["precision"]["lora_inputs_as_is"] if auto_precision.autocast else 0)
+        auto_precision, *((run["precision"]["lora_inputs_as_is"], 12) if auto_precision.autocast else (0, 0)))
     assert set(auto["timing_s"]) >= {"load_model", "tokenize", "evaluate", "train_steps", "save"}
     # on CPU every active dropout (hidden, LoRA input, head) draws its mask from random 16-bit lanes (kernels.py);
     # the tiny model has no attention dropout, so its attention stays torch's SDPA

@@ -124,3 +124,92 @@ def test_adapter_inputs_as_is_leaves_dora_and_non_lora_modules_alone():
     rec = precision.record(precision.resolve("auto", "cpu", ZEN4), 2)
     assert rec["lora_inputs_as_is"] == 2 and rec["dtype"] == "bfloat16"
 
+
+
+def _lora_net():
+    """Two LoRA layers around a GELU, a frozen linear layer without an adapter, a head, and an output projection
+    tied to an embedding: each kind frozen_weights_in_bf16 must treat its own way."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(16, 8)
+            self.up, self.act, self.down = torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)
+            self.mix = torch.nn.Linear(8, 8)
+            self.tied = torch.nn.Linear(8, 16, bias=False)
+            self.tied.weight = self.embed.weight
+            self.classifier = torch.nn.Linear(8, 3)
+
+        def forward(self, ids):
+            h = self.mix(self.down(self.act(self.up(self.embed(ids)))))
+            return self.classifier(h.float()).float(), self.tied(h)
+
+    torch.manual_seed(0)
+    net = get_peft_model(Net(), LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"],
+                                           modules_to_save=["classifier"]))
+    with torch.no_grad():  # a non-zero B, small: its delta sits far below the base weights' bf16 step
+        for name, p in net.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=1e-3)
+    return net
+
+
+def test_frozen_weights_in_bf16_give_the_same_products_under_autocast():
+    """Under autocast a frozen float32 weight is cast to bf16 at each matmul; held in bf16 it gives the same outputs
+    and the same gradients, bit for bit. The head, the adapter's own weights and a tied output projection stay
+    float32; a LoRA layer's float32 original stays reachable for evaluation's merge."""
+    import torch
+
+    ids = torch.randint(0, 16, (4, 6))
+
+    def run(model):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, tied = model(ids)
+        (logits.square().sum() + tied.float().square().sum()).backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    plain, held = _lora_net(), _lora_net()
+    held.load_state_dict(plain.state_dict())
+    originals = {n: p.detach().clone() for n, p in held.named_parameters()}
+    assert precision.frozen_weights_in_bf16(held, ("classifier",)) == 3  # up and down's base layers, mix
+    dtypes = {n: p.dtype for n, p in held.named_parameters()}
+    bf16 = sorted(n for n, d in dtypes.items() if d == torch.bfloat16)
+    assert bf16 == sorted(f"base_model.model.{m}.{k}" for m in ("up.base_layer", "down.base_layer", "mix")
+                          for k in ("weight", "bias"))
+    base = held.base_model.model
+    full = precision.full_weight(base.up.base_layer.weight)
+    assert full.dtype == torch.float32 and torch.equal(full, originals["base_model.model.up.base_layer.weight"])
+    assert precision.full_weight(base.mix.weight).dtype == torch.bfloat16  # no adapter to merge: no original kept
+    out0, grads0 = run(plain)
+    out1, grads1 = run(held)
+    assert torch.equal(out0, out1) and all(torch.equal(a, b) for a, b in zip(grads0, grads1))
+    assert precision.frozen_weights_in_bf16(held, ("classifier",)) == 0  # already held in bf16
+
+
+def test_merged_evaluation_of_bf16_held_weights_is_the_float32_models():
+    """Evaluation merges W + scaling * B @ A from the float32 original: the merged logits of a model whose frozen
+    weights are held in bf16 are those of its float32 twin (what `loratune evaluate` re-scores), where merging into
+    the bf16 copy would round most of this small delta away."""
+    import torch
+
+    from loratune.adapt import merged_for_eval
+
+    ids = torch.randint(0, 16, (4, 6))
+
+    def merged(model):
+        model.eval()
+        with merged_for_eval(model), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(ids)[0]
+
+    plain, held = _lora_net(), _lora_net()
+    held.load_state_dict(plain.state_dict())
+    precision.frozen_weights_in_bf16(held, ("classifier",))
+    up = held.base_model.model.up
+    bf16_sum = up.base_layer.weight.data + up.get_delta_weight("default").to(torch.bfloat16)
+    full_sum = (precision.full_weight(up.base_layer.weight) + up.get_delta_weight("default")).to(torch.bfloat16)
+    assert not torch.equal(bf16_sum, full_sum)  # the case this guards: the bf16 sum loses part of the delta
+    assert torch.equal(merged(plain), merged(held))
+    assert up.base_layer.weight.dtype == torch.bfloat16  # swapped back after the block
