@@ -29,7 +29,8 @@ of a lever is the median over steps of baseline step time / lever step time, aft
                    per element, kept here to measure the lanes against
   lane_attention   the attention-probability dropout from the lanes too (kernels.lane_attention; what train.py
                    runs on CPU), instead of SDPA's bernoulli_
-  bf16_weights     the frozen base's linear weights stored in bf16 (autocast casts them for every matmul anyway)
+  bf16_weights     the frozen base's linear weights held in bf16 (autocast casts them for every matmul anyway;
+                   precision.frozen_weights_in_bf16, what train.py runs under bf16)
   adapter_inputs   peft's cast of a LoRA layer's input to float32 turned off under autocast
                    (precision.adapter_inputs_as_is; what train.py and sft.py run under bf16)
 
@@ -113,12 +114,7 @@ class Arm:
         if "adapter_inputs" in parts:
             precision_mod.adapter_inputs_as_is(self.model)
         if "bf16_weights" in parts:
-            for mod_name, mod in self.model.named_modules():
-                if isinstance(mod, torch.nn.Linear) and not mod.weight.requires_grad and \
-                        not any(h in mod_name.split(".") for h in HEAD_NAMES):
-                    mod.weight.data = mod.weight.data.to(torch.bfloat16)
-                    if mod.bias is not None:
-                        mod.bias.data = mod.bias.data.to(torch.bfloat16)
+            precision_mod.frozen_weights_in_bf16(self.model, HEAD_NAMES)
         device = torch.device("cpu")
         self.opt, self.sched = build_optimizer(self.model, cfg, steps, device)
         # the optimizer is pinned per arm (train.build_optimizer's groups; its own choice may change)
