@@ -146,13 +146,17 @@ def frozen_weights_in_bf16(model, head_names: Iterable[str], skip: Iterable = ()
     the products are the same and the cast is paid once (bench/results/levers.md). Only for a model whose every
     forward through those layers runs under autocast. A LoRA layer's base weight keeps its float32 original beside
     it for evaluation's merge (`full_weight`). Not the head's (modules under a name part in `head_names`, float32 by
-    `head_in_fp32`), not an adapter's own (ADAPTER_PARTS), not the modules in `skip` or inside them (a frozen prefix
-    the cache computes outside autocast), not a weight shared with another module (an output projection tied to
-    the embeddings). Returns how many layers changed."""
+    `head_in_fp32`), not an adapter's own (ADAPTER_PARTS), not a DoRA or other variant layer's base, not the modules
+    in `skip` or inside them (a frozen prefix the cache computes outside autocast), not a weight shared with another
+    module (an output projection tied to the embeddings). Returns how many layers changed."""
     import torch
 
     heads = set(head_names)
-    skipped = {id(m) for s in skip for m in s.modules()}
+    # a DoRA (or other variant) layer reads its base weight itself (DoRA's column norms of W + scaling * B @ A), not
+    # only through an autocast matmul: its base layer stays float32, as adapter_inputs_as_is leaves its input cast
+    variants = [m.base_layer for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")
+                and (getattr(m, "lora_variant", None) or any(getattr(m, "use_dora", {}).values()))]
+    skipped = {id(m) for s in (*skip, *variants) for m in s.modules()}
     uses: dict[int, int] = {}
     for mod in model.modules():
         for p in mod.parameters(recurse=False):

@@ -187,6 +187,10 @@ def test_frozen_weights_in_bf16_give_the_same_products_under_autocast():
     out1, grads1 = run(held)
     assert torch.equal(out0, out1) and all(torch.equal(a, b) for a, b in zip(grads0, grads1))
     assert precision.frozen_weights_in_bf16(held, ("classifier",)) == 0  # already held in bf16
+    # a DoRA layer reads its base weight itself (column norms): its base stays float32, as its input cast does
+    dora = _lora_mlp(use_dora=True)
+    assert precision.frozen_weights_in_bf16(dora, ("classifier",)) == 0
+    assert all(p.dtype == torch.float32 for p in dora.parameters())
 
 
 def test_merged_evaluation_of_bf16_held_weights_is_the_float32_models():
