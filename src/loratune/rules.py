@@ -177,6 +177,8 @@ _THRESHOLDS = (
     _t("fit_loss_over_start_max", 0.25, "ratio", "Train loss below this share of its start: the training set is "
        "being memorized (loss-only runs, where no train-subsample metric exists)."),
     _t("val_loss_rise_min", 0.1, "fraction", "Val loss rising this much from its minimum counts as rising."),
+    _t("short_turn_fraction_min", 0.5, "fraction", "On a curve of few_evals_max (3) evals, a val-loss minimum this far "
+       "into the run or later, not at the end, is at the second eval: the loss fell, then turned at the last."),
     _t("rise_noise_min", 2.0, "se", "...and the rise must clear the noise band: this many noise units of a "
        "difference of two points (finetune-doctor's band is 2x the eval's step-to-step noise)."),
     _t("val_loss_rise_small_min", 0.03, "fraction", "In a run scored by its losses alone, a smaller val-loss rise "
@@ -551,7 +553,19 @@ _RULES = (
                                  c("val_loss_rise_held", ">=", "val_loss_rise_min")),
                             c("val_loss_rise", ">=", "val_loss_rise_min"),
                             c("val_loss_rise_noise", ">=", "rise_noise_min"),
-                            why="no train-loss trend logged: the val loss passed its minimum and stayed above it")),
+                            why="no train-loss trend logged: the val loss passed its minimum and stayed above it"),
+                       # ...or, with no train-loss trend logged, a curve of exactly few_evals_max evals (a Trainer
+                       # run's three epochs) whose val loss fell to its minimum at the second and rose at the last by
+                       # val_loss_rise_min and beyond its noise (below): the one eval past the turn is
+                       # all such a curve has, and 5b's "passed its minimum" is read on it (fold Z's eriktks, fold
+                       # AF's ZahraShourmeij, fold AK's frserras: +14-22% at the third epoch, 4.8-6.7 noise units,
+                       # the metric at its best: both reviews accept overfit-capacity)
+                       all_(c("train_loss_untracked", ">=", "flag_on"),
+                            c("n_eval_points", "<=", "few_evals_max"),
+                            c("n_eval_points", ">=", "few_evals_max"),
+                            c("val_loss_min_fraction", ">=", "short_turn_fraction_min"),
+                            why="a three-eval curve, no train-loss trend logged: the val loss fell, then rose at "
+                                "the last eval")),
                   any_(all_(c("val_loss_rise", ">=", "val_loss_rise_min"),
                             c("val_loss_rise_noise", ">=", "rise_noise_min"),
                             why="the val loss ended 10% or more above its minimum, beyond its noise"),

@@ -2100,3 +2100,26 @@ def test_a_classifier_loss_half_again_above_chance_that_ended_at_chance_is_lr_to
     assert f["train_loss_vs_chance"] == pytest.approx(0.7156 / math.log(2))
     assert (f["train_loss_peak_vs_chance"] >= 1.5) == too_large
     assert (d.verdict == "lr-too-large") == too_large, [(x.rule_id, x.suppressed_by) for x in d.findings]
+
+
+@pytest.mark.parametrize("val, overfit", [
+    # fold AK's frserras (bert-base, 1,000 texts, 3 epochs, the train loss never logged): the val loss fell to its
+    # minimum at epoch 2 and rose 17% at epoch 3, beyond its noise, the accuracy at its best: 5b's "passed its minimum"
+    ([0.557, 0.332, 0.389], True),
+    # near miss: the last eval 6% above the minimum (under val_loss_rise_min)
+    ([0.557, 0.332, 0.352], False),
+    # near miss: two evals (epochs 1 and 2 of 2): one rise after the first eval, no fall seen before it
+    ([0.332, 0.389], False),
+])
+def test_a_three_eval_curve_with_no_train_trend_that_rose_at_its_last_eval_is_overfit(tmp_path, val, overfit):
+    log = []
+    for i, (v, acc) in enumerate(zip(val, [0.770, 0.896, 0.900]), start=1):
+        log.append({"step": 125 * i, "epoch": float(i), "eval_loss": v, "eval_accuracy": acc})
+    end = 125 * len(val)
+    log.append({"step": end, "epoch": float(len(val)), "train_runtime": 60.0, "train_loss": 0.3})
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": end, "max_steps": end,
+                                                             "num_train_epochs": len(val), "logging_steps": 500,
+                                                             "log_history": log}))
+    d = diagnose(tmp_path)
+    assert d.features["train_loss_untracked"] == 1 and d.features["n_eval_points"] == len(val)
+    assert (d.verdict == "overfit-capacity") == overfit, [(x.rule_id, x.suppressed_by) for x in d.findings]
