@@ -556,10 +556,10 @@ _RULES = (
                             why="no train-loss trend logged: the val loss passed its minimum and stayed above it"),
                        # ...or, with no train-loss trend logged, a curve of exactly few_evals_max evals (a Trainer
                        # run's three epochs) whose val loss fell to its minimum at the second and rose at the last by
-                       # val_loss_rise_min and beyond its noise (below): the one eval past the turn is
-                       # all such a curve has, and 5b's "passed its minimum" is read on it (fold Z's eriktks, fold
-                       # AF's ZahraShourmeij, fold AK's frserras: +14-22% at the third epoch, 4.8-6.7 noise units,
-                       # the metric at its best: both reviews accept overfit-capacity)
+                       # val_loss_rise_min and beyond its noise (below): the one eval past the turn is all such a
+                       # curve has, and 5b's "passed its minimum" is read on it (fold Z's eriktks, fold AF's
+                       # ZahraShourmeij, fold AK's frserras: +14-22% at the third epoch, 4.8-6.7 noise units, the
+                       # metric at its best: both reviews accept overfit-capacity)
                        all_(c("train_loss_untracked", ">=", "flag_on"),
                             c("n_eval_points", "<=", "few_evals_max"),
                             c("n_eval_points", ">=", "few_evals_max"),
