@@ -62,7 +62,10 @@ STUDIES = RESULTS / "tuning"
 # (11, measured and not kept as the default: the final training continued the capped early long run from its
 # saved weights; ProtocolSettings(continue_long=True) runs it, its studies are in results/tuning_continuation/.
 # The default since then is 10's trail: the 1.5x extension from scratch it dropped never ran in 10's studies.)
-PROTOCOL_VERSION = 10
+# 12: a trial whose best came before 80% of its steps counts as past its peak (no long run) only when its end fell
+# below that best beyond the noise band (search.protocol.long.longer_may_help); level inside the noise, it is trained
+# long like a still-improving one
+PROTOCOL_VERSION = 12
 # per sampler (a change reruns only the studies it changes). 2: the samplers' space holds the training length
 # (1-8x a trial), as the protocol's final training does; 3: TPE's start-up trials sized to the budget (a third
 # of the trials that fit, not a fixed 5); tpe-hyperband is new at 3

@@ -13,7 +13,7 @@ from loratune.search.protocol.settings import (CONTINUE_LR_FACTOR, CONTINUE_MIN_
                                                ProtocolSettings)
 from loratune.search.protocol.common import (breakeven_rank, evidence_of, incumbent_of, lr_of, no_budget, r_of, reserve,
                                              round3, set_incumbent)
-from loratune.search.protocol.long import (final_length, is_full, long_of, long_steps_wanted, promote,
+from loratune.search.protocol.long import (final_length, is_full, long_of, long_steps_wanted, longer_may_help, promote,
                                            still_improving, unaffordable_line)
 
 
@@ -177,11 +177,10 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
         if long is not None:
             reuse_long_run(ctx, s, inc, long, final)
             return
-    frac = still_improving(inc)[1]
-    if not still_improving(inc)[0]:
+    longer, _, why = longer_may_help(ctx, inc)
+    if not longer:
         ctx.decide(phase, "final-train", "the pick peaked inside its trial", "keep the trial's adapter",
-                   [f"{inc.label}: best {ctx.objective.name} at {frac or 0:.0%} of the run; a longer run would not help"], [inc],
-                   code="final-train-peaked")
+                   [f"{why}; a longer run would not help"], [inc], code="final-train-peaked")
         return
     start: Start = ctx.state.start
     steps0 = int(ctx.trial_steps)
@@ -195,8 +194,8 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
         steps = final_length(ctx, inc.point, int(want), 1, s.final_min_factor * steps0)
     if steps is None:
         ctx.decide(phase, "final-train", "still improving; a longer run is not affordable", "keep the trial's adapter",
-                   [f"{inc.label} was still improving when its {steps0}-step trial ended",
-                    unaffordable_line(ctx, s, inc, Cost())], [inc], code="final-train-unaffordable")
+                   [f"{why} (a {steps0}-step trial)", unaffordable_line(ctx, s, inc, Cost())], [inc],
+                   code="final-train-unaffordable")
         return
     runs = []
     why = f"the pick trained longer: {steps} steps ({steps / steps0:.1f}x a trial)"
@@ -217,7 +216,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     bar = max(v for v in (inc.value, final.value if final is not None and champ is not None else None, -1e30)
               if v is not None)
     gain = (best.value - inc.value) if inc.value is not None else None
-    ev = [f"{inc.label} was still improving when its {steps0}-step trial ended (best at {frac or 0:.0%} of the run)",
+    ev = [f"{why} (a {steps0}-step trial)",
           f"{steps} steps ({steps / steps0:.1f}x; phase 0 planned {start.epochs or '?'} epochs for a full run, a trial is "
           f"{trial_epochs:.2f}), early stopping on {ctx.objective.name}: {ctx.fmt(inc.value)} -> {ctx.fmt(best.value)}"
           + (f" (gain {gain:+.3f})" if gain is not None else "")]

@@ -49,6 +49,25 @@ def still_improving(rec: TrialRecord) -> tuple[bool, float | None]:
     return bool(res.feature("still_improving")) or (frac is not None and frac >= STILL_IMPROVING_BEST_FRACTION), frac
 
 
+def longer_may_help(ctx: SearchContext, rec: TrialRecord) -> tuple[bool, float | None, str]:
+    """Whether a longer run of `rec` may score higher than its trial, where its best came, and the evidence line.
+    Yes when it was still improving when the trial ended (`still_improving`), and also when its best came earlier
+    but its last point is inside the noise band of that best (`ctx.noise`, the band phase 2's early stopping reads):
+    a curve that held level inside the noise at the end of a decaying schedule has not shown that a longer one
+    would not help. Only a fall beyond the noise is a peak. A trial without an objective curve: `still_improving`."""
+    still, frac = still_improving(rec)
+    if still:
+        return True, frac, f"{rec.label}: best {ctx.objective.name} at {frac or 0:.0%} of its trial, still improving"
+    _, drop = curve_peak(rec)
+    if drop is None:
+        return False, frac, f"{rec.label}: best {ctx.objective.name} at {frac or 0:.0%} of its trial"
+    band, _ = ctx.noise()
+    where = f"{rec.label}: best {ctx.objective.name} at {frac or 0:.0%} of its trial, the end {drop:.3f} below it"
+    if drop < band:
+        return True, frac, f"{where}, inside the noise band {band:.3f}: level, not past a peak"
+    return False, frac, f"{where}, beyond the noise band {band:.3f}: past its peak"
+
+
 def long_steps_wanted(ctx: SearchContext, s: ProtocolSettings) -> int:
     """The final length before the budget shortens it: phase 0's epoch count for a full run, at most
     `final_max_factor` x a trial."""
@@ -135,11 +154,11 @@ def stage_early_long(ctx: SearchContext, s: ProtocolSettings) -> None:
     inc = incumbent_of(ctx)
     if not s.early_long or not s.final_train or inc is None or ctx.state.failed or not ctx.trial_steps:
         return
-    still, frac = still_improving(inc)
-    if not still:
+    longer, frac, why = longer_may_help(ctx, inc)
+    if not longer:
         ctx.decide(PHASE, "early-long", "the incumbent peaked inside its trial", "no long run: its trial is the pick",
-                   [f"{inc.label}: best {ctx.objective.name} at {frac or 0:.0%} of the run; a longer run would not "
-                    "help", "later incumbents follow the stages' own rules"], [inc], code="early-long-peaked")
+                   [f"{why}; a longer run would not help", "later incumbents follow the stages' own rules"], [inc],
+                   code="early-long-peaked")
         return
     held = reserve(ctx, PHASE, s)
     run = long_run(ctx, s, inc, "train long early", held, by=s.early_long_by)
@@ -152,7 +171,7 @@ def stage_early_long(ctx: SearchContext, s: ProtocolSettings) -> None:
     ctx.state.champion = inc
     steps = int(run.point["train.max_steps"])
     want = long_steps_wanted(ctx, s)
-    ev = [f"{inc.label} was still improving when its {ctx.trial_steps}-step trial ended (best at {frac or 0:.0%})",
+    ev = [f"{why} (a {ctx.trial_steps}-step trial)",
           f"{steps} steps ({steps / ctx.trial_steps:.1f}x a trial) at lr {lr_of(run.point):g} ({s.long_lr_factor:g}x "
           f"the trial's: the best lr falls as the run grows, protocol 3), early stopping on {ctx.objective.name}: "
           f"{ctx.fmt(inc.value)} -> {ctx.fmt(run.value)}",
@@ -199,8 +218,8 @@ def promote(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, ev: list[
     """Train a winning challenger long (its trial when it peaked inside it); its run is the pick when it scores
     higher than the pick (`replace`: whatever it scores, when another rule chose it: LoRA vs full)."""
     pick = ctx.state.final
-    still, frac = still_improving(rec)
-    if still:
+    longer, frac, why = longer_may_help(ctx, rec)
+    if longer:
         held = reserve(ctx, PHASE, s)
         run = long_run(ctx, s, rec, "promoted challenger", held)
         if run is None:
@@ -215,7 +234,7 @@ def promote(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, ev: list[
         ev = ev + [f"{rec.label} trained long: {ctx.fmt(rec.value)} -> {ctx.fmt(run.value)}"]
     else:
         run = rec
-        ev = ev + [f"{rec.label} peaked at {frac or 0:.0%} of its trial: its trial is its full-length model"]
+        ev = ev + [f"{why}: its trial is its full-length model"]
     data = {**data, "long_trial": run.number if run is not rec else None, "value": run.value}
     if replace or (run.value is not None and (pick.value is None or run.value > pick.value)):
         ctx.state.final, ctx.state.champion = run, rec
