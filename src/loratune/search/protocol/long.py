@@ -154,7 +154,7 @@ def stage_early_long(ctx: SearchContext, s: ProtocolSettings) -> None:
     inc = incumbent_of(ctx)
     if not s.early_long or not s.final_train or inc is None or ctx.state.failed or not ctx.trial_steps:
         return
-    longer, frac, why = longer_may_help(ctx, inc)
+    longer, _, why = longer_may_help(ctx, inc)
     if not longer:
         ctx.decide(PHASE, "early-long", "the incumbent peaked inside its trial", "no long run: its trial is the pick",
                    [f"{why}; a longer run would not help", "later incumbents follow the stages' own rules"], [inc],
@@ -218,7 +218,7 @@ def promote(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, ev: list[
     """Train a winning challenger long (its trial when it peaked inside it); its run is the pick when it scores
     higher than the pick (`replace`: whatever it scores, when another rule chose it: LoRA vs full)."""
     pick = ctx.state.final
-    longer, frac, why = longer_may_help(ctx, rec)
+    longer, _, why = longer_may_help(ctx, rec)
     if longer:
         held = reserve(ctx, PHASE, s)
         run = long_run(ctx, s, rec, "promoted challenger", held)
