@@ -555,6 +555,7 @@ def test_budget_left_trains_a_still_improving_pick_longer():
     assert last.phase == "final-train" and last.point["train.max_steps"] == 400  # 6 epochs / 1.5 per trial
     d = next(x for x in ctx.decisions if x["kind"] == "final-train")
     assert d["verdict"] == "longer training helps" and "0.700 -> 0.730" in d["evidence"][1]
+    assert d["evidence"][0].endswith("of its trial, still improving (a 100-step trial)")  # the trial's curve, read first
     assert d["code"] == "final-train-helps"
     assert ctx.state["final"].point["train.max_steps"] == 400 and ctx.state["final"].point[LR] == 1e-3
 

@@ -177,10 +177,10 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
         if long is not None:
             reuse_long_run(ctx, s, inc, long, final)
             return
-    longer, _, why = longer_may_help(ctx, inc)
+    longer, _, curve_line = longer_may_help(ctx, inc)
     if not longer:
         ctx.decide(phase, "final-train", "the pick peaked inside its trial", "keep the trial's adapter",
-                   [f"{why}; a longer run would not help"], [inc], code="final-train-peaked")
+                   [f"{curve_line}; a longer run would not help"], [inc], code="final-train-peaked")
         return
     start: Start = ctx.state.start
     steps0 = int(ctx.trial_steps)
@@ -194,7 +194,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
         steps = final_length(ctx, inc.point, int(want), 1, s.final_min_factor * steps0)
     if steps is None:
         ctx.decide(phase, "final-train", "still improving; a longer run is not affordable", "keep the trial's adapter",
-                   [f"{why} (a {steps0}-step trial)", unaffordable_line(ctx, s, inc, Cost())], [inc],
+                   [f"{curve_line} (a {steps0}-step trial)", unaffordable_line(ctx, s, inc, Cost())], [inc],
                    code="final-train-unaffordable")
         return
     runs = []
@@ -216,7 +216,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     bar = max(v for v in (inc.value, final.value if final is not None and champ is not None else None, -1e30)
               if v is not None)
     gain = (best.value - inc.value) if inc.value is not None else None
-    ev = [f"{why} (a {steps0}-step trial)",
+    ev = [f"{curve_line} (a {steps0}-step trial)",
           f"{steps} steps ({steps / steps0:.1f}x; phase 0 planned {start.epochs or '?'} epochs for a full run, a trial is "
           f"{trial_epochs:.2f}), early stopping on {ctx.objective.name}: {ctx.fmt(inc.value)} -> {ctx.fmt(best.value)}"
           + (f" (gain {gain:+.3f})" if gain is not None else "")]
