@@ -114,6 +114,13 @@ def autocast(precision: Precision, device_type: str):
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
+def _variant_layer(module) -> bool:
+    """A peft LoRA layer that runs a variant (DoRA, ...): it reads its base weight and its input itself, not only
+    through autocast's matmuls, so neither lever below applies to it."""
+    return hasattr(module, "lora_A") and bool(getattr(module, "lora_variant", None)
+                                              or any(getattr(module, "use_dora", {}).values()))
+
+
 def adapter_inputs_as_is(model) -> int:
     """Turn off peft's cast of a LoRA layer's input to the adapter weights' dtype, for a model whose every forward
     runs under autocast (A's matmul casts its input itself). Plain LoRA layers only (a DoRA or other variant keeps
@@ -121,7 +128,7 @@ def adapter_inputs_as_is(model) -> int:
     changed = 0
     for module in model.modules():
         if getattr(module, "cast_input_dtype_enabled", False) and hasattr(module, "lora_A") \
-                and not getattr(module, "lora_variant", None):
+                and not _variant_layer(module):
             module.cast_input_dtype_enabled = False
             changed += 1
     return changed
@@ -154,8 +161,7 @@ def frozen_weights_in_bf16(model, head_names: Iterable[str], skip: Iterable = ()
     heads = set(head_names)
     # a DoRA (or other variant) layer reads its base weight itself (DoRA's column norms of W + scaling * B @ A), not
     # only through an autocast matmul: its base layer stays float32, as adapter_inputs_as_is leaves its input cast
-    variants = [m.base_layer for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")
-                and (getattr(m, "lora_variant", None) or any(getattr(m, "use_dora", {}).values()))]
+    variants = [m.base_layer for m in model.modules() if _variant_layer(m) and hasattr(m, "base_layer")]
     skipped = {id(m) for s in (*skip, *variants) for m in s.modules()}
     uses: dict[int, int] = {}
     for mod in model.modules():
