@@ -147,6 +147,34 @@ def _stored_and_same(path: Path, settings: dict, strategy: str) -> bool:
     return same and old.get("yardstick_version") == YARDSTICK_VERSION[strategy]
 
 
+def code_stamp() -> str:
+    """The commit the training code ran at (`+src-changes` when src/ differs from it): stored with each study, so
+    strategies compared in one table can be seen to have trained with the same code."""
+    import subprocess
+
+    def git(*a):
+        return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+src-changes" if git("status", "--porcelain", "--", "src") else "")
+
+
+# the modules a trial's training and scoring run through (a study stored before the code stamp is dated by them)
+TRAINING_CODE = tuple(f"src/loratune/{m}.py" for m in ("train", "kernels", "precision", "models", "prefix_cache",
+                                                        "losses", "data", "tokens", "adapt", "inference", "metrics"))
+
+
+def _src_commit_at(st: dict) -> str:
+    """The last commit to the training code before an unstamped study started (its finish time less its wall)."""
+    import subprocess
+    from datetime import datetime, timedelta
+
+    started = datetime.strptime(st["finished"], "%Y-%m-%d %H:%M:%S") - timedelta(seconds=st.get("wall_s") or 0)
+    out = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h", f"--before={started.isoformat()}",
+                          "--", *TRAINING_CODE], capture_output=True, text=True).stdout.strip()
+    return out or "unknown"
+
+
 def phase0(cfg, dataset, work: Path, ds: str) -> Path:
     """The assessment of a subset, computed once and shared by every study of it."""
     from loratune.assess import run_assessment
@@ -198,14 +226,14 @@ def run(args) -> None:
                                explicit_keys=EXPLICIT_KEYS,
                                settings=ProtocolSettings())
             print(f"[{time.strftime('%H:%M:%S')}] {key} ...", flush=True)
-            t0 = time.perf_counter()
+            t0, code = time.perf_counter(), code_stamp()
             summary = tune(cfg, opts, dataset=dataset)
             wall = time.perf_counter() - t0
             rec = summary.get("recommendation") or {}
             st = {
                 "dataset": ds, "strategy": strategy, "seed": seed, "train_seed": 42 + seed, "wall_s": round(wall, 1),
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.node(), "cpus": os.cpu_count(),
-                "settings": settings,
+                "code": code, "settings": settings,
                 "protocol_version": PROTOCOL_VERSION if strategy == "protocol" else None,
                 "yardstick_version": None if strategy == "protocol" else YARDSTICK_VERSION[strategy],
                 "trials": len(summary["trials"]), "pruned": sum(t["status"] == "pruned" for t in summary["trials"]),
@@ -518,6 +546,14 @@ def render(results: dict) -> str:
             lines.append(f"| {name} | {r['trials']} | {r.get('longer_runs', '-')} | {r['examples_total']:,} | "
                          f"{_f(r['best_val'])} | {reach} | {_n(r['reach_noise'])} | {r.get('pick_steps', '-')} | "
                          f"{_f(r['pick_val'])} | {_f(r['pick_test'])} | {r['wall_s']:.0f} |")
+        code: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for st in studies.values():
+            if st["dataset"] == ds:
+                code[st["strategy"]][st.get("code") or f"~{_src_commit_at(st)}"] += 1
+        lines += ["", "Training code per strategy (the commit each study ran at; '~': a study stored before the "
+                  "stamp, given the last commit to the training code (TRAINING_CODE) before it started): " + "; ".join(
+                      f"{strat} " + ", ".join(f"{c} x{n}" for c, n in sorted(cs.items()))
+                      for strat, cs in sorted(code.items())) + "."]
         lines += ["", "Best val macro-F1 so far against cumulative training examples:", ""]
         for key, st in sorted(studies.items()):
             if st["dataset"] != ds:
