@@ -65,7 +65,10 @@ STUDIES = RESULTS / "tuning"
 # 12: a trial whose best came before 80% of its steps counts as past its peak (no long run) only when its end fell
 # below that best beyond the noise band (search.protocol.long.longer_may_help); level inside the noise, it is trained
 # long like a still-improving one
-PROTOCOL_VERSION = 12
+# 13: the early long run outranks the seeds (search.protocol.table): on banking77-77 the seeds' two trials were held
+# back ahead of it and no long run was trained; a v12 study whose decisions v13 takes again on its finished trials
+# is carried by --replay (no 20-class study trained an early long run the seeds' reserve shortened)
+PROTOCOL_VERSION = 13
 # per sampler (a change reruns only the studies it changes). 2: the samplers' space holds the training length
 # (1-8x a trial), as the protocol's final training does; 3: TPE's start-up trials sized to the budget (a third
 # of the trials that fit, not a fixed 5); tpe-hyperband is new at 3
@@ -229,28 +232,113 @@ def run(args) -> None:
             t0, code = time.perf_counter(), code_stamp()
             summary = tune(cfg, opts, dataset=dataset)
             wall = time.perf_counter() - t0
-            rec = summary.get("recommendation") or {}
-            st = {
-                "dataset": ds, "strategy": strategy, "seed": seed, "train_seed": 42 + seed, "wall_s": round(wall, 1),
-                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.node(), "cpus": os.cpu_count(),
-                "code": code, "settings": settings,
-                "protocol_version": PROTOCOL_VERSION if strategy == "protocol" else None,
-                "yardstick_version": None if strategy == "protocol" else YARDSTICK_VERSION[strategy],
-                "trials": len(summary["trials"]), "pruned": sum(t["status"] == "pruned" for t in summary["trials"]),
-                "examples": summary["budget"]["spent"]["examples"],
-                "best_val": max((t["val_macro_f1"] or 0) for t in summary["trials"]) if summary["trials"] else None,
-                "pick": {"trial": rec.get("trial"), "name": rec.get("name"), "val": rec.get("val_macro_f1"),
-                         "test": (rec.get("test") or {}).get("test/macro_f1"), "point": rec.get("point")},
-                "seed_sigma": (summary.get("seeds") or {}).get("sigma"),
-                "curve": summary["best_vs_compute"],
-                "trail": [f"[{d['phase']}] {d['verdict']} -> {d['move']}" for d in summary["trail"]],
-                "table": summary["trials"], "lora_vs_full": (summary.get("lora_vs_full") or {}).get("summary"),
-            }
+            st = study_record(ds, strategy, seed, settings, summary, wall_s=round(wall, 1), code=code,
+                              finished=time.strftime("%Y-%m-%d %H:%M:%S"))
             st["pick_tests"] = score_picks(st)
             write_json(path, st)
             print(f"    {st['trials']} trials, best val {st['best_val']:.4f}, pick test {st['pick']['test']}, "
                   f"{wall:.0f}s", flush=True)
             render_all()
+
+
+def study_record(ds: str, strategy: str, seed: int, settings: dict, summary: dict, **how) -> dict:
+    """What the bench stores of one study (`how`: wall_s, finished, code, and a replay's note)."""
+    rec = summary.get("recommendation") or {}
+    return {
+        "dataset": ds, "strategy": strategy, "seed": seed, "train_seed": 42 + seed, "wall_s": how["wall_s"],
+        "finished": how["finished"], "machine": platform.node(), "cpus": os.cpu_count(),
+        "code": how.get("code"), **({"replayed": how["replayed"]} if how.get("replayed") else {}), "settings": settings,
+        "protocol_version": PROTOCOL_VERSION if strategy == "protocol" else None,
+        "yardstick_version": None if strategy == "protocol" else YARDSTICK_VERSION[strategy],
+        "trials": len(summary["trials"]), "pruned": sum(t["status"] == "pruned" for t in summary["trials"]),
+        "examples": summary["budget"]["spent"]["examples"],
+        "best_val": max((t["val_macro_f1"] or 0) for t in summary["trials"]) if summary["trials"] else None,
+        "pick": {"trial": rec.get("trial"), "name": rec.get("name"), "val": rec.get("val_macro_f1"),
+                 "test": (rec.get("test") or {}).get("test/macro_f1"), "point": rec.get("point")},
+        "seed_sigma": (summary.get("seeds") or {}).get("sigma"),
+        "curve": summary["best_vs_compute"],
+        "trail": [f"[{d['phase']}] {d['verdict']} -> {d['move']}" for d in summary["trail"]],
+        "table": summary["trials"], "lora_vs_full": (summary.get("lora_vs_full") or {}).get("summary"),
+    }
+
+
+class ReplayMiss(RuntimeError):
+    """The current protocol asked for a trial the replayed study never trained."""
+
+
+class RefusingRunner:
+    """A runner for replays: every trial must come from the study's store; asked to train one, it refuses."""
+
+    def run(self, spec, run_dir, watch=None):
+        raise ReplayMiss(f"the current protocol wants trial {spec.key}, which the stored study never trained")
+
+    def compare(self, run_dirs):
+        raise ReplayMiss("the current protocol wants a comparison the stored study never ran")
+
+
+def replay(args) -> None:
+    """--replay DIR: carry protocol studies stored under the previous PROTOCOL_VERSION to the current one without
+    training, where the current protocol takes the same decisions on their finished trials. Each study directory
+    (DIR/studies/<dataset>-protocol-<seed>, the --work of the run that stored it) is copied, its decision log and
+    export dropped, and the study resumed with a runner that refuses to train: every trial the current protocol
+    asks for must already be in the store, and its decision codes must equal the stored log's, in order. Such a
+    study is stored under the current version with a `replayed` note (its wall time and training code stay the
+    original run's); any other is reported and left stale (run it again)."""
+    from loratune.config import load_config
+    from loratune.data import load_dataset
+    from loratune.search.protocol import ProtocolSettings
+    from loratune.search.tune import TuneOptions, tune
+    from loratune.store import write_json
+
+    src_root, work = Path(args.replay) / "studies", Path(args.work) / "replay"
+    for ds in args.datasets:
+        settings = study_settings(args, ds)
+        base, dataset = None, None
+        for seed in args.seeds:
+            key, path = f"{ds}/protocol/{seed}", STUDIES / f"{ds}-protocol-{seed}.json"
+            old = json.loads(path.read_text()) if path.exists() else None
+            src = src_root / f"{ds}-protocol-{seed}"
+            if old is None or old.get("protocol_version") == PROTOCOL_VERSION or not src.exists():
+                print(f"{key}: nothing to replay ({'current' if old else 'not stored'}"
+                      f"{'' if src.exists() else ', no study directory'})", flush=True)
+                continue
+            if base is None:
+                data = write_subset(ds, Path(args.work))
+                base = load_config(None, [f"dataset_name={data}", f"num_threads={args.num_threads}", *BASE_OVERRIDES])
+                dataset = load_dataset(base.data, seed=42)
+            dst = work / src.name
+            if dst.exists():
+                shutil.rmtree(dst)
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("final", "decisions.jsonl", "*.lock"))
+            before = [json.loads(line)["code"] for line in (src / "decisions.jsonl").read_text().splitlines() if line]
+            opts = TuneOptions(resume=True, study_dir=str(dst), strategy="protocol", seed=seed,
+                               budget=settings["budget"], trial_steps=settings["trial_steps"],
+                               explicit_keys=EXPLICIT_KEYS, settings=ProtocolSettings())
+            try:
+                summary = tune(replace_seed(base, seed), opts, dataset=dataset, runner=RefusingRunner())
+            except ReplayMiss as exc:
+                print(f"{key}: NOT carried ({exc}); run it again", flush=True)
+                continue
+            after = [json.loads(line)["code"] for line in (dst / "decisions.jsonl").read_text().splitlines() if line]
+            if after != before:
+                at = next(i for i, (a, b) in enumerate(zip(after + [None], before + [None])) if a != b)
+                print(f"{key}: NOT carried (decision {at} is {after[at:at + 1]} where version "
+                      f"{old.get('protocol_version')} took {before[at:at + 1]}); run it again", flush=True)
+                continue
+            st = study_record(ds, "protocol", seed, settings, summary, wall_s=old["wall_s"], finished=old["finished"],
+                              code=old.get("code"),
+                              replayed={"from_version": old.get("protocol_version"), "at": code_stamp(),
+                                        "on": time.strftime("%Y-%m-%d %H:%M:%S"), "decisions": len(after)})
+            st["pick_tests"] = score_picks(st, old.get("pick_tests"))
+            write_json(path, st)
+            print(f"{key}: carried to version {PROTOCOL_VERSION} ({len(after)} decisions, the same codes; pick "
+                  f"{st['pick']['name']} test {st['pick']['test']})", flush=True)
+
+
+def replace_seed(cfg, seed: int):
+    from loratune.config import replace
+
+    return replace(cfg, **{"train.seed": 42 + seed})
 
 
 def score_picks(st: dict, known: dict | None = None) -> dict[str, float | None]:
@@ -597,6 +685,9 @@ def main(argv=None) -> int:
     p.add_argument("--render", action="store_true", help="only aggregate the stored studies")
     p.add_argument("--score-picks", action="store_true",
                    help="score on test every best-so-far trial of the stored studies (their run dirs must exist)")
+    p.add_argument("--replay", default="", metavar="DIR",
+                   help="carry the stored protocol studies of the previous version to the current one where the "
+                   "current protocol decides the same on their finished trials (DIR: the --work they ran under)")
     p.add_argument("--num-threads", type=int, default=1)
     p.add_argument("--work", default="/tmp/loratune-bench")
     args = p.parse_args(argv)
@@ -612,6 +703,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.score_picks:
         score_stored()
+    elif args.replay:
+        replay(args)
     elif not args.render:
         run(args)
     render_all()

@@ -928,6 +928,24 @@ def test_the_early_long_run_is_skipped_when_the_budget_cannot_hold_it():
     assert codes(ctx)[-1] == "final-train-unaffordable"
 
 
+def test_the_early_long_run_outranks_the_seeds_when_the_budget_holds_one_of_them():
+    world = World(lambda p: 0.70 + _lr_peak(p) + _longer_helps(p), lambda p: "healthy", features=STILL)
+    # three grid trials of 1000 examples leave 3500: the shortest long run (2000) fits beside the full probe's
+    # trial (1000) held back, not beside the seeds' two trials too (protocol version 12 held all 3000 back)
+    ctx, runner = make_ctx(world, budget="6500ex")
+    run_protocol(ctx, LONG_START, ProtocolSettings(lr_probe=False, pair=False), plan=PLAN)
+    c = codes(ctx)
+    assert "early-long-trained" in c and "early-long-unaffordable" not in c
+    assert [s.phase for s in runner.calls][3] == "early-long"
+    assert runner.calls[3].point["train.max_steps"] == 200  # 2x a trial: the shortest long run
+    assert ctx.state.final.spec.phase == "early-long" and ctx.state.final.value == pytest.approx(0.72)  # lr 5e-4: -0.01; long: +0.03
+    # the seeds get what is left after the full probe's trial is held back (one trial here, not two) ...
+    assert sum(s.phase == "seeds" for s in runner.calls) == 1 and "budget-skip" in c
+    # ... and the full probe, whose trial and a long run of its winner no longer fit, cannot change the pick
+    skip = [d for d in ctx.decisions if d["code"] == "stage-cannot-change-pick" and d["phase"] == "lora-vs-full"]
+    assert skip and not any(s.phase == "lora-vs-full" for s in runner.calls)
+
+
 def _capacity_world(gain: float) -> World:
     """The grid's incumbent (r 8) overfits; r 4 scores `gain` higher at every length (capacity lowers, protocol 3)."""
     return World(lambda p: 0.70 + (gain if p[R] == 4 else 0.0) + _lr_peak_moving(p) + _longer_helps(p),

@@ -33,7 +33,8 @@ trials to the same point.
 Every stage is a row of `STAGE_TABLE` (id, phase, priority, planned trials, revisit, function).
 When the budget is short, stages are cut by priority: before a trial of a stage, the
 estimated cost of the higher-priority stages still to come is held back, so the lr grid, the
-full-fine-tuning probe, the seeds and the rank and target sweeps get their trials before optional moves do.
+full-fine-tuning probe, the early long run, the seeds and the rank and target sweeps get their trials (in
+that order) before optional moves do.
 Seed instability (protocol 4) lowers the lr when the lr /2 trial scores at least the incumbent's seed mean.
 """
 
