@@ -167,15 +167,22 @@ TRAINING_CODE = tuple(f"src/loratune/{m}.py" for m in ("train", "kernels", "prec
                                                         "losses", "data", "tokens", "adapt", "inference", "metrics"))
 
 
-def _src_commit_at(st: dict) -> str:
-    """The last commit to the training code before an unstamped study started (its finish time less its wall)."""
+def training_code_of(st: dict) -> str:
+    """The last commit to the training code (TRAINING_CODE) a study ran with: at its stamp (`code`, + when src/ had
+    uncommitted changes), or for a study stored before the stamp, before it started (its finish time less its wall;
+    marked '~')."""
     import subprocess
     from datetime import datetime, timedelta
 
-    started = datetime.strptime(st["finished"], "%Y-%m-%d %H:%M:%S") - timedelta(seconds=st.get("wall_s") or 0)
-    out = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h", f"--before={started.isoformat()}",
-                          "--", *TRAINING_CODE], capture_output=True, text=True).stdout.strip()
-    return out or "unknown"
+    stamp = st.get("code")
+    if stamp:
+        ref, how = stamp.split("+")[0], ("+" if "+" in stamp else "")
+    else:
+        started = datetime.strptime(st["finished"], "%Y-%m-%d %H:%M:%S") - timedelta(seconds=st.get("wall_s") or 0)
+        ref, how = f"--before={started.isoformat()}", "~"
+    out = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h", ref, "--", *TRAINING_CODE],
+                         capture_output=True, text=True).stdout.strip()
+    return f"{how}{out or 'unknown'}"
 
 
 def phase0(cfg, dataset, work: Path, ds: str) -> Path:
@@ -646,9 +653,9 @@ def render(results: dict) -> str:
         code: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for st in studies.values():
             if st["dataset"] == ds:
-                code[st["strategy"]][st.get("code") or f"~{_src_commit_at(st)}"] += 1
-        lines += ["", "Training code per strategy (the commit each study ran at; '~': a study stored before the "
-                  "stamp, given the last commit to the training code (TRAINING_CODE) before it started): " + "; ".join(
+                code[st["strategy"]][training_code_of(st)] += 1
+        lines += ["", "Training code per strategy (the last commit to TRAINING_CODE at each study's stamp; '~': a "
+                  "study stored before the stamp, dated by its start; '+': uncommitted changes in src/): " + "; ".join(
                       f"{strat} " + ", ".join(f"{c} x{n}" for c, n in sorted(cs.items()))
                       for strat, cs in sorted(code.items())) + "."]
         lines += ["", "Best val macro-F1 so far against cumulative training examples:", ""]
