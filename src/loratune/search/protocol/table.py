@@ -56,15 +56,16 @@ class StageSpec:
         return self.id.title
 
 
-# The protocol, in order. Priorities: the lr grid (and its probe) first, since every later stage starts
-# from its incumbent; then the LoRA-vs-full probe (the largest possible change of the pick), the early long run
-# (a good model early, issue 15 item 2: the grid's incumbent is trained long before the evidence stages; it plans
-# no trial: its length comes from the budget left, so the trial-length plan does not change; a promoted
-# challenger's long run holds back what this row does), the seeds (the noise later comparisons read; without them
-# `SearchContext.noise` reads the val metric's binomial SE), the rank and target sweeps; the optional moves last.
-# (Before protocol version 13 the seeds outranked the early long run: on BANKING77's 77 classes their two trials
-# were held back ahead of it and no long run was ever trained.) A stage skipped for budget is revisited when budget is left at the end (the estimates before the first measurements, and
-# a machine whose speed changes, can leave budget unused), in this order; LoRA vs full is then decided again.
+# The protocol, in order. Priorities: the lr grid (and its probe) first, since every later stage starts from its
+# incumbent; then the LoRA-vs-full probe (the largest possible change of the pick), the early long run (a good model
+# early, issue 15 item 2: the grid's incumbent is trained long before the evidence stages; it plans no trial: its
+# length comes from the budget left, so the trial-length plan does not change; a promoted challenger's long run holds
+# back what this row does), the seeds (the noise later comparisons read; without them `SearchContext.noise` reads the
+# val metric's binomial SE), the rank and target sweeps; the optional moves last. (Before protocol version 13 the
+# seeds outranked the early long run: on BANKING77's 77 classes their two trials were held back ahead of it and no
+# long run was ever trained.) A stage skipped for budget is revisited when budget is left at the end (the estimates
+# before the first measurements, and a machine whose speed changes, can leave budget unused), in this order; LoRA vs
+# full is then decided again.
 STAGE_TABLE: tuple[StageSpec, ...] = (
     StageSpec(StageId.LR_PROBE, "phase 1: lr centre", 1, 1, stage_lr_probe),  # three quarter-length runs
     StageSpec(StageId.LR_GRID, "phase 1: lr grid", 1, 3, stage_lr_grid),
