@@ -202,8 +202,6 @@ def phase0(cfg, dataset, work: Path, ds: str) -> Path:
 
 
 def run(args) -> None:
-    from loratune.config import load_config, replace
-    from loratune.data import load_dataset
     from loratune.search.protocol import ProtocolSettings
     from loratune.search.tune import TuneOptions, tune
     from loratune.store import write_json
@@ -218,14 +216,12 @@ def run(args) -> None:
             print(f"[{time.strftime('%H:%M:%S')}] {ds}/{st}/{sd}: stored, kept", flush=True)
         if not todo:
             continue
-        data = write_subset(ds, work)
-        base = load_config(None, [f"dataset_name={data}", f"num_threads={args.num_threads}", *BASE_OVERRIDES])
-        dataset = load_dataset(base.data, seed=42)  # the same splits for every replicate
+        base, dataset = subset_base(args, ds)
         assess_path = phase0(base, dataset, work, ds)
         for strategy, seed in todo:
             key = f"{ds}/{strategy}/{seed}"
             path = STUDIES / f"{ds}-{strategy}-{seed}.json"
-            cfg = replace(base, **{"train.seed": 42 + seed})
+            cfg = replace_seed(base, seed)
             study = work / "studies" / f"{ds}-{strategy}-{seed}"
             if study.exists():
                 shutil.rmtree(study)
@@ -300,8 +296,6 @@ def replay(args) -> None:
     check (as on any resume), so a match is conclusive for a change that holds back no more budget at any point
     than the stored version did (version 13 only lowers the early long run's reserve); a replay that reuses a trial
     the stored study trained later reports a mismatch, and the study is simply run again."""
-    from loratune.config import load_config
-    from loratune.data import load_dataset
     from loratune.search.protocol import ProtocolSettings
     from loratune.search.tune import TuneOptions, tune
     from loratune.store import write_json
@@ -319,9 +313,7 @@ def replay(args) -> None:
                       f"{'' if src.exists() else ', no study directory'})", flush=True)
                 continue
             if base is None:
-                data = write_subset(ds, Path(args.work))
-                base = load_config(None, [f"dataset_name={data}", f"num_threads={args.num_threads}", *BASE_OVERRIDES])
-                dataset = load_dataset(base.data, seed=42)
+                base, dataset = subset_base(args, ds)
             dst = work / src.name
             if dst.exists():
                 shutil.rmtree(dst)
@@ -351,7 +343,18 @@ def replay(args) -> None:
                   f"{st['pick']['name']} test {st['pick']['test']})", flush=True)
 
 
+def subset_base(args, ds: str):
+    """A subset's base config (written under --work) and its dataset: the same splits for every replicate."""
+    from loratune.config import load_config
+    from loratune.data import load_dataset
+
+    data = write_subset(ds, Path(args.work))
+    base = load_config(None, [f"dataset_name={data}", f"num_threads={args.num_threads}", *BASE_OVERRIDES])
+    return base, load_dataset(base.data, seed=42)
+
+
 def replace_seed(cfg, seed: int):
+    """Replicate k's config: training seed 42 + k."""
     from loratune.config import replace
 
     return replace(cfg, **{"train.seed": 42 + seed})
