@@ -697,6 +697,12 @@ def _eval_key_map(eval_logs: Sequence[dict]) -> tuple[dict[str, str], list[str]]
     prefixes = {k[len("eval_"):-len("loss")].rstrip("_") for k in keys if k.endswith("loss")}
     out: dict[str, str] = {}
     notes = []
+    # one held-out set under its own name (`eval_dataset={"yahma/alpaca-cleaned": ...}` logs
+    # `eval_yahma/alpaca-cleaned_loss`) and none under a validation name: that set is the run's validation
+    held_out = [p for p in prefixes if p not in _VAL_NAMES and p not in _TRAIN_NAMES]
+    val_alias = held_out[0] if len(held_out) == 1 and not prefixes & set(_VAL_NAMES) else None
+    if val_alias:
+        notes.append(f"the one held-out eval set, '{val_alias}', read as the validation set")
     for key in sorted(keys):
         rest = key[len("eval_"):]
         name = next((pfx for pfx in sorted(prefixes, key=len, reverse=True)
@@ -704,7 +710,7 @@ def _eval_key_map(eval_logs: Sequence[dict]) -> tuple[dict[str, str], list[str]]
         metric = rest[len(name) + 1:] if name else rest
         if metric in _EVAL_META:
             continue
-        if name in _VAL_NAMES:
+        if name in _VAL_NAMES or name == val_alias:
             split = "val"
         elif name in _TRAIN_NAMES:
             split = "train_eval"

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _bert_trainer(folder: Path, *, lr: float, steps: int = 40, r: int = 4, alpha: int = 8, peft: bool = True,
                   report_to: str = "none", callbacks=(), scheduler: str = "linear", warmup: int = 0,
-                  save: bool = True, eval_steps: int = 5, metrics: bool = True):
+                  save: bool = True, eval_steps: int = 5, metrics: bool = True, eval_name: str = ""):
     """A tiny BERT classifier (+ LoRA through peft) trained by a plain Trainer; returns (output_dir, trainer)."""
     import numpy as np
     import torch
@@ -57,9 +57,9 @@ def _bert_trainer(folder: Path, *, lr: float, steps: int = 40, r: int = 4, alpha
         learning_rate=lr, eval_strategy="steps", eval_steps=eval_steps, logging_steps=1, report_to=report_to,
         use_cpu=True, save_strategy="steps" if save else "no", save_steps=steps, seed=0, disable_tqdm=True,
         lr_scheduler_type=scheduler, warmup_steps=warmup, max_grad_norm=0.0 if lr >= 1 else 1.0)
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
-                      data_collator=DataCollatorWithPadding(tok), compute_metrics=compute if metrics else None,
-                      callbacks=list(callbacks))
+    trainer = Trainer(model=model, args=args, train_dataset=train,
+                      eval_dataset={eval_name: val} if eval_name else val, data_collator=DataCollatorWithPadding(tok),
+                      compute_metrics=compute if metrics else None, callbacks=list(callbacks))
     trainer.train()
     return out, trainer
 
@@ -122,6 +122,26 @@ def test_training_args_bin_is_never_unpickled(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "loads", refuse)
     run = read_trainer_state(ckpt / "trainer_state.json")
     assert run.source == "hf-trainer" and len(run.points) == 2
+
+
+@pytest.mark.parametrize("eval_name", ["yahma/alpaca-cleaned", "validation"])
+def test_one_named_eval_set_is_the_validation_set(tmp_path, eval_name):
+    # `eval_dataset={name: ds}` makes the Trainer log `eval_<name>_loss`: with one held-out set and no set under a
+    # validation name, that set is what the run validated on
+    out, _ = _bert_trainer(tmp_path, lr=3e-3, steps=10, eval_steps=5, eval_name=eval_name)
+    run = load_run(out)
+    assert [p["step"] for p in run.points if "val/loss" in p] == [5, 10]
+    assert all(isinstance(p.get("val/accuracy"), float) for p in run.points if "val/loss" in p)
+
+
+def test_a_train_set_beside_a_named_set_stays_the_train_eval():
+    from loratune.history_io import _eval_key_map
+
+    keys, _ = _eval_key_map([{"eval_train_loss": 0.5, "eval_heldout_loss": 0.7, "eval_heldout_accuracy": 0.8}])
+    assert keys == {"eval_train_loss": "train_eval/loss", "eval_heldout_loss": "val/loss",
+                    "eval_heldout_accuracy": "val/accuracy"}
+    keys, _ = _eval_key_map([{"eval_a_loss": 0.5, "eval_b_loss": 0.7}])  # two named sets: neither is chosen
+    assert keys == {"eval_a_loss": "eval_a/loss", "eval_b_loss": "eval_b/loss"}
 
 
 # ---- the minimal-intervention experiment on Trainer runs --------------------------------------------
