@@ -211,7 +211,8 @@ def run(args) -> None:
     for ds in args.datasets:
         settings = study_settings(args, ds)
         todo = [(st, sd) for sd in args.seeds for st in args.strategies
-                if f"{ds}/{st}/{sd}" in args.rerun or not _stored_and_same(STUDIES / f"{ds}-{st}-{sd}.json", settings, st)]
+                if f"{ds}/{st}/{sd}" in args.rerun
+                or not _stored_and_same(STUDIES / f"{ds}-{st}-{sd}.json", settings, st)]
         for st, sd in [(st, sd) for sd in args.seeds for st in args.strategies if (st, sd) not in todo]:
             print(f"[{time.strftime('%H:%M:%S')}] {ds}/{st}/{sd}: stored, kept", flush=True)
         if not todo:
@@ -567,7 +568,8 @@ def _median_censored(values: list) -> float | None:
 def render_all() -> None:
     stale: list[str] = []
     studies = load_studies(stale)
-    light = {k: {kk: vv for kk, vv in st.items() if kk != "table"} for k, st in studies.items()}  # tables: tuning/*.json
+    # the tables are in tuning/*.json
+    light = {k: {kk: vv for kk, vv in st.items() if kk != "table"} for k, st in studies.items()}
     results = {"studies": light, "datasets": aggregate(studies), "stale": stale,
                "rendered": time.strftime("%Y-%m-%d %H:%M:%S")}
     notes = RESULTS / "tuning_notes.md"
@@ -636,9 +638,10 @@ def render(results: dict) -> str:
         if tg:
             lines += ["", "**Issue 15's targets** (protocol against each yardstick on the replicates both have; test "
                       "macro-F1 of the picks; compute ratio = 1 / the smallest share of the budget, in steps of 5%, at "
-                      "which the protocol's mean pick so far reaches the yardstick's mean final pick; target >= 2):", "",
-                      "| yardstick | n | final pick: protocol - yardstick, mean +- SE (per replicate) | protocol at 50% "
-                      "| yardstick at 100% | compute ratio |", "|---|---|---|---|---|---|"]
+                      "which the protocol's mean pick so far reaches the yardstick's mean final pick; target >= 2):",
+                      "",
+                      "| yardstick | n | final pick: protocol - yardstick, mean +- SE (per replicate) "
+                      "| protocol at 50% | yardstick at 100% | compute ratio |", "|---|---|---|---|---|---|"]
             for strat, t in tg.items():
                 se = "-" if t["diff_se"] is None else f"{t['diff_se']:.3f}"
                 ratio = "never within the budget" if t["ratio"] is None else f"{t['ratio']:.2f}x"
@@ -669,7 +672,8 @@ def render(results: dict) -> str:
             lines.append(f"- {st['strategy']}/{st['seed']}: {pts}")
         for key, st in sorted(studies.items()):
             if st["dataset"] == ds and st["strategy"] == "protocol":
-                lines += ["", f"Protocol decision trail, replicate {st['seed']}:", ""] + [f"    {t}" for t in st["trail"]]
+                lines += ["", f"Protocol decision trail, replicate {st['seed']}:", ""]
+                lines += [f"    {t}" for t in st["trail"]]
         lines.append("")
     return "\n".join(lines) + "\n"
 

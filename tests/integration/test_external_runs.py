@@ -134,14 +134,20 @@ def test_one_named_eval_set_is_the_validation_set(tmp_path, eval_name):
     assert all(isinstance(p.get("val/accuracy"), float) for p in run.points if "val/loss" in p)
 
 
-def test_a_train_set_beside_a_named_set_stays_the_train_eval():
-    from loratune.history_io import _eval_key_map
+def test_a_train_set_beside_a_named_set_stays_the_train_eval(tmp_path):
+    from loratune.history_io import history_from_trainer_state
 
-    keys, _ = _eval_key_map([{"eval_train_loss": 0.5, "eval_heldout_loss": 0.7, "eval_heldout_accuracy": 0.8}])
-    assert keys == {"eval_train_loss": "train_eval/loss", "eval_heldout_loss": "val/loss",
-                    "eval_heldout_accuracy": "val/accuracy"}
-    keys, _ = _eval_key_map([{"eval_a_loss": 0.5, "eval_b_loss": 0.7}])  # two named sets: neither is chosen
-    assert keys == {"eval_a_loss": "eval_a/loss", "eval_b_loss": "eval_b/loss"}
+    def points(eval_entry):
+        state = {"global_step": 5, "max_steps": 5,
+                 "log_history": [{"step": 5, "epoch": 1.0, "loss": 1.0}, {"step": 5, "epoch": 1.0, **eval_entry}]}
+        (point,) = history_from_trainer_state(state, tmp_path, name="run").points
+        return {k: v for k, v in point.items() if not k.startswith("train/")}
+
+    assert points({"eval_train_loss": 0.5, "eval_heldout_loss": 0.7, "eval_heldout_accuracy": 0.8}) == {
+        "step": 5, "epoch": 1.0, "train_eval/loss": 0.5, "val/loss": 0.7, "val/accuracy": 0.8}
+    # two named sets: neither is chosen as the validation set
+    assert points({"eval_a_loss": 0.5, "eval_b_loss": 0.7}) == {"step": 5, "epoch": 1.0, "eval_a/loss": 0.5,
+                                                                "eval_b/loss": 0.7}
 
 
 # ---- the minimal-intervention experiment on Trainer runs --------------------------------------------
