@@ -34,7 +34,11 @@ cold (the frozen-prefix cache fills lazily inside its steps, charged to them); t
 then runs it again as a later trial finds it (warm, `warm_examples_per_s`). Every arm's subprocess is
 also timed from start to exit (`process_s`, imports included). Rounds alternate the arm order, and
 the load average is recorded per arm.
-Every arm runs with torch's default threads (the cores available) and OMP_WAIT_POLICY=PASSIVE (see main).
+Every arm runs with torch's default threads (the cores available). How OpenMP threads wait: by default
+(`--omp as-user`) each arm as its user gets it, the HF arms with libgomp's own default (a 300,000-iteration
+spin) and loratune with the choice it makes on import (src/loratune/openmp.py); `--omp passive` gives every
+arm OMP_WAIT_POLICY=PASSIVE, the setting of the rounds before 2026-12-04 (for a machine shared with other jobs,
+where spinning threads made the ratios meaningless). Each run records what it ran (`omp`).
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 if not DATA.is_dir():
     DATA = Path("/work/shared/data/banking77")
 RESULTS = Path(__file__).resolve().parent / "results"
+# how OpenMP threads wait: the keys of src/loratune/openmp.py USER_KEYS (not imported here: importing loratune
+# makes its choice in this process, and the arms would inherit it)
+OMP_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 ARMS = ("trainer", "trainer-grouped", "trainer-grouped-bf16", "loratune", "loratune-cli", "loratune-cli-fp32")
 CONFIGS = {
     "a": {"what": "r=8 attn.q+attn.v in all 6 layers + ffn (in, out) in the top 2",
@@ -268,6 +275,7 @@ def _process_start() -> float:
 
 def child(arm: str, config: str, steps: int, seed: int, peak: float | None = None) -> None:
     load0 = os.getloadavg()[0]
+    omp = {k: os.environ[k] for k in OMP_KEYS if k in os.environ} or "the runtime's default"  # before any import
     if arm == "loratune":
         res = run_loratune(config, steps, seed)
     elif arm in ("loratune-cli", "loratune-cli-fp32"):
@@ -286,7 +294,9 @@ def child(arm: str, config: str, steps: int, seed: int, peak: float | None = Non
                     "mfu": flops / res["train_s"] / peak if peak else None,
                     "gpu_peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20})
     res["child_process_s"] = time.time() - _process_start()  # start to (almost) exit, imports included
-    res.update({"arm": arm, "config": config, "steps": steps, "seed": seed,
+    if arm.startswith("loratune") and "loratune.openmp" in sys.modules:
+        omp = dict(sys.modules["loratune.openmp"].CHOICE)  # the choice loratune made on import
+    res.update({"arm": arm, "config": config, "steps": steps, "seed": seed, "omp": omp,
                 "examples_per_s": res["examples"] / res["train_s"],
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "load_before": load0, "load_after": os.getloadavg()[0]})
@@ -397,11 +407,12 @@ NOTES = [
     "(the Trainer's default evaluates nothing during training). Its breakdown comes from run.json "
     "`timing_s`; `rest` is the process less the phases (interpreter start, imports outside a phase, "
     "reading the data, records, the CLI's diagnosis and output).",
-    "- The 2 cores were shared with other engineers' jobs (load average per arm in the tables), so "
-    "absolute examples/s are low and noisy; compare the within-round ratios. Every arm ran with "
-    "OMP_WAIT_POLICY=PASSIVE (loratune sets it by default on import; the HF arms get it from the "
-    "environment, so the race is fair): with spinning OpenMP threads, a MiniLM step at batch 32 x 16 "
-    "tokens took 2.8 s instead of 0.23 s at load 4.5, which would have made the ratios meaningless.",
+    "- The 2 cores may be shared with other jobs (load average per arm in the tables), so absolute "
+    "examples/s are noisy; compare the within-round ratios. How OpenMP threads waited is in each run's "
+    "`omp` (`--omp as-user`: the HF arms with libgomp's default spin, loratune with its own choice on "
+    "import; `--omp passive`: OMP_WAIT_POLICY=PASSIVE for every arm, as every round before 2026-12-04 ran, "
+    "because with spinning threads a MiniLM step at batch 32 x 16 tokens took 2.8 s instead of 0.23 s at "
+    "load 4.5).",
     "- Seed noise of val macro-F1 after 80 steps (2,560 examples), measured apart with loratune on "
     "config (b), seeds 1-3: length-grouped batches 0.331 / 0.336 / 0.447, random batches 0.410 / "
     "0.404 / 0.422. Grouped batches hold texts of one length, which in BANKING77 means fewer classes "
@@ -511,6 +522,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--render", metavar="JSON", help="only re-summarize the runs of a results JSON")
     ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--omp", choices=("as-user", "passive"), default="as-user",
+                    help="how OpenMP threads wait in every arm (module docstring)")
     ap.add_argument("--concurrent", action="store_true",
                     help="start the arms of a round together (they share the cores; same outside load)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -541,10 +554,12 @@ def main() -> None:
     configs = args.configs.split(",")
     arms = tuple(a for a in ARMS if a in args.arms.split(","))
     results, t0 = [], time.perf_counter()
-    # OMP_WAIT_POLICY=PASSIVE for every arm: on cores shared with other jobs, spinning OpenMP threads
-    # made 2-thread steps 2-3x slower and erratic (measured: 3.3 s vs 1.4 s per step at load 7).
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "LORATUNE_CACHE_DIR": tempfile.mkdtemp(prefix="lt-cache-")}  # no warm disk cache from earlier runs
+    for key in OMP_KEYS:  # --omp as-user: each arm's runtime decides (module docstring)
+        env.pop(key, None)
+    if args.omp == "passive":  # on cores shared with other jobs, spinning OpenMP threads made 2-thread steps
+        env["OMP_WAIT_POLICY"] = "PASSIVE"  # 2-3x slower and erratic (3.3 s vs 1.4 s per step at load 7)
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU race stays on the CPU where a GPU exists
     for rnd in range(args.rounds):

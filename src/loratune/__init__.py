@@ -1,11 +1,12 @@
 """loratune: LoRA fine-tuning for text classification, tuned by diagnosis."""
 
-import os as _os
+import sys as _sys
 
-# OpenMP threads that spin while waiting steal the cores the working threads need when the CPU is
-# shared with other jobs: training steps measured 3-12x slower at load 4-7 on 2 cores (bench/
-# throughput.py notes). Let them sleep, unless the user chose a policy. Takes effect only when set
-# before torch loads its OpenMP runtime (the CLI imports loratune first).
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from loratune import openmp as _openmp
+
+# How OpenMP threads wait (openmp.py: spin on a quiet machine, sleep beside other jobs). It takes effect only when
+# chosen before torch loads its OpenMP runtime (the CLI imports loratune first); `applied` says whether it did.
+if not _openmp.CHOICE:
+    _openmp.CHOICE.update(_openmp.choose(), applied="torch" not in _sys.modules)
 
 __version__ = "0.1.0"

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loratune import kernels
+from loratune import kernels, openmp
 from loratune import precision as precision_mod
 from loratune import signals
 from loratune.adapt import apply_adapter, count_params, num_layers, warm_start
@@ -515,7 +515,8 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         # parameters each rank holds: all of them under DDP, about 1/world_size each under FSDP
         "params_per_rank": ranks.local_params(model) if ranks.world > 1 else None,
         "global_batch": cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps * ranks.world,
-        "pid": os.getpid(), "threads": torch.get_num_threads(), "init_from": warm, "objective": objective,
+        "pid": os.getpid(), "threads": torch.get_num_threads(), "openmp": dict(openmp.CHOICE), "init_from": warm,
+        "objective": objective,
         "label_format": "generate" if labels else None, "labels": list(labels) or None,
         "precision": precision_mod.record(precision, inputs_as_is), "dropout": dropout,
         "config": to_dict(cfg), "versions": versions(),

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loratune import __version__, kernels, precision as precision_mod, prefix_cache, signals
+from loratune import __version__, kernels, openmp, precision as precision_mod, prefix_cache, signals
 from loratune.adapt import HEAD_NAMES, apply_adapter, count_params, num_layers, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
@@ -647,7 +647,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
         "precision": precision_mod.record(precision, inputs_as_is, frozen_bf16), "dropout": dropout, "timing_s": timing,
         "pid": os.getpid(),
-        "prefix_cache": prefix_note, "threads": torch.get_num_threads(), "init_from": warm,
+        "prefix_cache": prefix_note, "threads": torch.get_num_threads(), "openmp": dict(openmp.CHOICE),
+        "init_from": warm,
         # what evaluation scores (rows; the probe set's rows come on top), and the max_eval_share budget
         "evaluation": {"step0": list(STEP0_SPLITS), "rows_step0": step0_rows, "rows_per_point": point_rows,
                        "budget_rows": eval_budget_rows(cfg, steps), "rows_scored": 0},

@@ -282,6 +282,10 @@ def test_precision_is_recorded_and_bf16_keeps_the_head_and_loss_in_float32(tiny_
     # the tiny model has no attention dropout, so its attention stays torch's SDPA
     assert auto["dropout"]["kernel"] == "uniform" and auto["dropout"]["modules"] >= 2
     assert auto["dropout"]["attention"] == "torch"
+    # how OpenMP threads waited: the choice loratune made on import (openmp.py), recorded as it was made
+    from loratune import openmp
+
+    assert auto["openmp"] == openmp.CHOICE and auto["openmp"]["wait"] in ("spin", "passive", "environment")
 
     cfg = load_config(None, overrides(tiny_bert, intent_data, tmp_path / "x"))
     model, _ = apply_adapter(load_classifier(cfg.model, 4, False), cfg.adapter)
