@@ -3,7 +3,7 @@
 A training step on CPU is thousands of short torch ops, each a parallel region over the cores. Between two of
 them the OpenMP worker threads wait, and how they wait decides the step time:
 - sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) costs a wake-up per op: on an idle 2-core machine config (a) of
-  bench/throughput.py trained 80 steps in 15.6-17.8 s this way, against 10.0-12.2 s with a bounded spin;
+  bench/throughput.py trained 80 steps in 15.6-17.2 s this way, against 10.0-12.2 s with a bounded spin;
 - spinning while other jobs want the cores steals them from the working thread: with four CPU-bound processes
   beside it, the same run took 41.5 s passive, 49 s with a 1,000-iteration spin, 78 s with 10,000 and 116 s with
   100,000 (bench/results/throughput.md, "How OpenMP threads wait").
