@@ -33,7 +33,7 @@ def test_a_quiet_machine_spins_a_bounded_count_and_keeps_passive_for_other_runti
     assert choice["others_runnable"] == 0.0
 
 
-@pytest.mark.parametrize("others", [openmp.QUIET_OTHERS + 0.5, 1.0, 4.0])
+@pytest.mark.parametrize("others", [1.0, 2.0, 4.0])  # whole tasks: the median of 5 counts
 def test_beside_other_runnable_tasks_threads_sleep(others):
     environ: dict[str, str] = {}
     choice = openmp.choose(environ, lambda: others)
