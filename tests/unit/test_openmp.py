@@ -64,7 +64,7 @@ def test_runnable_others_is_the_median_less_the_reader(monkeypatch):
     assert openmp.runnable_others(missing) is None
 
 
-def test_importing_loratune_chooses_once_and_says_whether_torch_was_loaded_before():
+def test_importing_loratune_sets_the_policy_and_says_whether_torch_was_loaded_before():
     """In a fresh interpreter: importing loratune first sets the policy before torch loads its OpenMP runtime
     (`applied`); importing torch first leaves the choice without effect, and the record says so."""
     code = ("import json, os, sys\n{first}\nimport loratune\nfrom loratune import openmp\n"
