@@ -154,7 +154,7 @@ def frozen_weights_in_bf16(model, head_names: Iterable[str], skip: Iterable = ()
     forward through those layers runs under autocast. A LoRA layer's base weight keeps its float32 original beside
     it for evaluation's merge (`full_weight`). Not the head's (modules under a name part in `head_names`, float32 by
     `head_in_fp32`), not an adapter's own (ADAPTER_PARTS), not a DoRA or other variant layer's base, not the modules
-    in `skip` or inside them (a frozen prefix the cache computes outside autocast), not a weight shared with another
+    in `skip` or inside them (a part some forward runs outside autocast), not a weight shared with another
     module (an output projection tied to the embeddings). Returns how many layers changed."""
     import torch
 

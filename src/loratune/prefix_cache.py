@@ -3,8 +3,9 @@
 When no trainable parameter lives in the embeddings or in blocks 0..k-1 (the adapter sits in the top
 blocks only: `layers_to_transform: top:K`, or every target written `group@top:K`, with bias=none), the
 hidden states entering block k depend on nothing but the frozen weights and the token ids. They are
-computed once, with the model in eval mode (no dropout) under inference mode, rounded to float16 and
-kept; every later forward pass (training steps and evaluation alike) feeds them to the model in place
+computed once, with the model in eval mode (no dropout) under inference mode and in the run's precision
+(under bf16 autocast when the run trains under it, `attach(autocast=)`, however the caller got there), rounded to
+float16 and kept; every later forward pass (training steps and evaluation alike) feeds them to the model in place
 of its embedding module and runs only blocks k..L-1, the pooler and the head, with the model's own
 code for the attention mask and the pooling. Backward never went below block k anyway, so the saving
 is the forward pass of the embeddings and the k bottom blocks at every step.
@@ -15,8 +16,8 @@ uses and no separate pass over every row runs before training (a 22 s build on B
 a run shorter than an epoch never computes the rows it does not reach). Entries bound for disk are
 built whole, up front (`build`), as they are read back by later processes.
 
-The states are keyed by (architecture, k, a hash of the frozen weights, a hash of the token ids), so
-the same base model, data, tokenizer and max_length hit the same entry: the trials of a sweep in one
+The states are keyed by (architecture, k, the precision they were computed in, a hash of the frozen weights, a
+hash of the token ids), so the same base model, data, tokenizer, max_length and precision hit the same entry: the trials of a sweep in one
 process share it. Entries live in memory up to `MEMORY_BUDGET_MB` in all (least recently used go
 first); one larger than `DISK_ENTRY_MB` is written under `$LORATUNE_CACHE_DIR/prefix` (default
 `~/.cache/loratune/prefix`) while it is computed, and read back memory-mapped (found there by later
@@ -181,8 +182,9 @@ class Splice:
     state dict, saving, the normal forward) is untouched outside the `with` block.
     """
 
-    def __init__(self, model: nn.Module, model_type: str, first_layer: int):
+    def __init__(self, model: nn.Module, model_type: str, first_layer: int, autocast: bool = False):
         embed_path, blocks_path = SPLICE_TABLE[model_type]
+        self.autocast = autocast  # compute the states under bf16 autocast (the run's precision)
         backbone = _backbone(model)
         self.model = model
         self.k = first_layer
@@ -213,15 +215,19 @@ class Splice:
     @torch.inference_mode()
     def capture(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The hidden states entering block k for one padded batch: [batch, longest, hidden].
-        Runs the model's own forward and stops it at block k's input."""
+        Runs the model's own forward and stops it at block k's input, in the run's precision: under bf16 autocast
+        when the run trains under it (its frozen linear weights may be held in bf16 then, precision.py), whether the
+        caller (a training step, an evaluation, the up-front build) is inside autocast or not."""
         def stop(module, args, kwargs):
             hidden = args[0] if args else next(kwargs[n] for n in ("hidden_states", "hidden_state", "x")
                                                if n in kwargs)
             raise _Captured(hidden)
 
         handle = self.blocks[self.k].register_forward_pre_hook(stop, with_kwargs=True)
+        device = next(self.model.parameters()).device
         try:
-            self.model(**batch)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                self.model(**batch)
         except _Captured as got:
             return got.hidden
         finally:
@@ -364,10 +370,12 @@ class Feed:
             yield
 
 
-def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: Callable, plan: Callable) -> dict:
+def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: Callable, plan: Callable,
+           autocast: bool = False) -> dict:
     """Give each encoded split (objects with `.ids` and a `.prefix` slot) a `Feed` when the prefix
     cache applies; returns the note for run.json (`used`, and why not or what was cached).
-    make_batch(id lists) -> model inputs; plan(lengths) -> batches of row indices for the build."""
+    make_batch(id lists) -> model inputs; plan(lengths) -> batches of row indices for the build;
+    autocast: the run trains under bf16 autocast, and the states are computed under it too."""
     if mode == "off":
         return {"used": False, "reason": "train.prefix_cache is off"}
     if method != "lora":
@@ -383,14 +391,15 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
     n_blocks = len(_get(_backbone(model), SPLICE_TABLE[model_type][1]))
     if k >= n_blocks:
         return {"used": False, "reason": "no block trains (head only); normal forward path"}
-    splice = Splice(model, model_type, k)
+    splice = Splice(model, model_type, k, autocast)
+    computed_in = "bf16" if autocast else "fp32"
     t0 = time.perf_counter()
     weights = _weights_hash(splice.prefix_modules())
     hits, built, disk, total = 0, 0, 0, 0
     stats = {"rows_computed": 0, "compute_s": 0.0}  # lazy rows computed by this run, and their cost
     hidden = getattr(_hf_model(model).config, "hidden_size", 0) or 0
     for enc in splits:
-        key = hashlib.blake2b(f"{model_type}|{k}|{np.dtype(STORE_DTYPE).name}|{weights}|{_ids_hash(enc.ids)}"
+        key = hashlib.blake2b(f"{model_type}|{k}|{computed_in}|{np.dtype(STORE_DTYPE).name}|{weights}|{_ids_hash(enc.ids)}"
                               .encode(), digest_size=16).hexdigest()
         states = _MEMORY.get(key) or _load_disk(key)
         if states is not None:
@@ -415,6 +424,7 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
         total += int(states.values.nbytes)
         enc.prefix = Feed(splice, states, enc.ids, make_batch, stats)
     return {"used": True, "first_layer": k, "skipped_layers": k, "dtype": np.dtype(STORE_DTYPE).name,
+            "computed_in": computed_in,
             "splits_reused": hits, "splits_built": built, "splits_on_disk": disk,
             "mb": round(total / 2**20, 1), "setup_s": round(time.perf_counter() - t0, 3), "lazy": stats,
             "note": "no dropout inside the frozen embeddings and blocks below first_layer; rows not cached "

@@ -596,11 +596,12 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         prefix_note = prefix_cache.attach(model, cfg.train.prefix_cache, cfg.adapter.method,
                                           [train_enc, train_eval_enc, val_enc],
                                           lambda ids: collate(ids, pad_id, device),
-                                          lambda lengths: eval_batches(lengths, cfg.train.per_device_eval_batch_size))
+                                          lambda lengths: eval_batches(lengths, cfg.train.per_device_eval_batch_size),
+                                          autocast)
     frozen_bf16 = 0
-    if autocast:  # after the cache: a frozen prefix it computes outside autocast keeps float32 weights
-        prefix = train_enc.prefix.splice.prefix_modules() if train_enc.prefix is not None else ()
-        frozen_bf16 = precision_mod.frozen_weights_in_bf16(model, HEAD_NAMES, skip=prefix)
+    if autocast:  # after the cache hashed the frozen prefix's weights (the same key as a float32 model's): the
+        # prefix's layers too, as the cache computes its states under autocast (prefix_cache.Splice.capture)
+        frozen_bf16 = precision_mod.frozen_weights_in_bf16(model, HEAD_NAMES)
     with timed(timing, "extras"):
         extras = EvalExtras.build(cfg, dataset, val_enc.targets, val_enc.lengths)
     spec = loss_spec(cfg.train.multi_label_loss, space.multi_label, train_enc.targets, cfg.train.focal_gamma)

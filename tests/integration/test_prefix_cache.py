@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -209,3 +211,53 @@ def test_put_scatters_a_padded_batch_into_its_rows_and_padded_gathers_it_back():
     np.testing.assert_array_equal(back[0], batch[0])
     np.testing.assert_array_equal(back[1, :3], batch[1, :3])
     assert (back[1, 3:] == 0).all()  # padding comes back as zeros, not as what the batch held there
+
+
+def test_under_bf16_the_states_are_computed_in_bf16_and_the_prefix_holds_bf16_weights(tiny_bert, intent_data, tmp_path,
+                                                                                        monkeypatch):
+    """A bf16 run computes the cached states under autocast however the caller got there (the up-front build runs
+    outside autocast), so the prefix's frozen linear layers hold bf16 weights like the rest of the body and the
+    cached forward gives the uncached one's logits; the key names the precision, so a float32 run never reads
+    states computed in bf16."""
+    from loratune import precision as precision_mod
+    from loratune.adapt import HEAD_NAMES
+
+    monkeypatch.setattr(prefix_cache, "STORE_DTYPE", np.float32)
+    _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
+    full = [predict_logits(model, e, 7, tok.pad_token_id, CPU, True) for e in encs]
+    lazy = prefix_cache.attach(model, "auto", "lora", encs, lambda ids: collate(ids, tok.pad_token_id, CPU),
+                               lambda lengths: eval_batches(lengths, 5), autocast=True)
+    assert lazy["computed_in"] == "bf16" and lazy["splits_built"] == 2
+    assert precision_mod.frozen_weights_in_bf16(model, HEAD_NAMES) == 12  # both blocks' six linear layers
+    query0 = model.base_model.model.bert.encoder.layer[0].attention.self.query
+    assert query0.weight.dtype == torch.bfloat16  # block 0 is the cached prefix
+    cached = [predict_logits(model, e, 7, tok.pad_token_id, CPU, True) for e in encs]
+    for f, c in zip(full, cached):
+        assert np.abs(f).max() > 0.1
+        np.testing.assert_allclose(c, f, atol=1e-6 * np.abs(f).max(), rtol=0)
+    # a float32 run of the same weights and data (the same hash) meets those entries in memory and does not read them
+    _, model32, tok, encs32 = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
+    fp32 = _attach(model32, tok, encs32)
+    assert fp32["computed_in"] == "fp32" and fp32["splits_reused"] == 0 and fp32["splits_built"] == 2
+    again = prefix_cache.attach(model32, "auto", "lora", encs32, lambda ids: collate(ids, tok.pad_token_id, CPU),
+                                lambda lengths: eval_batches(lengths, 5), autocast=True)
+    assert again["splits_reused"] == 2  # a bf16 run of them does
+    # built up front (an entry bound for disk), outside any autocast, by the model holding bf16 weights
+    monkeypatch.setattr(prefix_cache, "DISK_ENTRY_MB", 0.0)
+    prefix_cache.clear()
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache-eager"))
+    eager = prefix_cache.attach(model, "auto", "lora", encs, lambda ids: collate(ids, tok.pad_token_id, CPU),
+                                lambda lengths: eval_batches(lengths, 5), autocast=True)
+    assert eager["splits_on_disk"] == 2 and eager["computed_in"] == "bf16"
+    for f, e in zip(full, encs):
+        np.testing.assert_allclose(predict_logits(model, e, 7, tok.pad_token_id, CPU, True), f,
+                                   atol=1e-6 * np.abs(f).max(), rtol=0)
+
+
+def test_a_bf16_run_records_its_states_computed_in_bf16(tiny_bert, intent_data, tmp_path):
+    run = api.train(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "run", precision="bf16", max_steps=3,
+                                                eval_steps=3, layers_to_transform="top:1")), progress=False)
+    assert run["status"] == "completed" and math.isfinite(run["final"]["val/loss"])
+    assert run["prefix_cache"]["used"] and run["prefix_cache"]["computed_in"] == "bf16"
+    assert run["precision"]["frozen_linear_bf16"] == 12  # the cached block 0's six layers too
+    assert run["prefix_cache"]["lazy"]["rows_computed"] > 0
