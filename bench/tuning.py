@@ -274,10 +274,11 @@ class RefusingRunner:
     """A runner for replays: every trial must come from the study's store; asked to train one, it refuses (the
     pick is still scored on test, from its stored run directory, as the study's own finish did)."""
 
-    def evaluate(self, run_dir: str, split: str = "test") -> dict:
+    @staticmethod
+    def evaluate(run_dir: str, split: str = "test") -> dict:
         from loratune.search.runner import TrainingRunner
 
-        return TrainingRunner.evaluate(self, run_dir, split)
+        return TrainingRunner.evaluate(run_dir, split)
 
     def run(self, spec, run_dir, watch=None):
         raise ReplayMiss(f"the current protocol wants trial {spec.key}, which the stored study never trained")

@@ -296,7 +296,10 @@ class TrainingRunner:
                 "noise_source": c.features.details.get("noise_source"),
                 "notes": list(c.notes)}
 
-    def evaluate(self, run_dir: str, split: str = "test") -> dict:
+    @staticmethod
+    def evaluate(run_dir: str, split: str = "test") -> dict:
+        """A finished trial's saved model scored on `split` (needs nothing of the runner: a replay's runner that
+        trains nothing scores its pick with it too)."""
         from loratune.inference import evaluate_run
 
         with _library_noise_hidden():
