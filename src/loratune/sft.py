@@ -110,10 +110,11 @@ def collate_lm(enc: SFTEncoded, rows, pad_id: int, device) -> dict[str, torch.Te
     return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
-def token_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """(summed cross-entropy, completion tokens, argmax hits). logits [b, t, vocab], labels [b, t]:
-    position t predicts token t+1, so the last logit and the first label drop out."""
-    logits, target = logits[:, :-1].float(), labels[:, 1:]
+def token_stats(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(summed cross-entropy, completion tokens, argmax hits) of logits [..., vocab] and the tokens they predict
+    [...] (IGNORE: not scored), aligned: `scored_logits` gives them, or `logits[:, :-1]` and `labels[:, 1:]` of a
+    whole batch (position t predicts token t+1)."""
+    logits = logits.float()
     scored = target != IGNORE
     loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
                                reduction="sum")
@@ -121,10 +122,38 @@ def token_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     return loss_sum, int(scored.sum()), hits
 
 
+def projects_scored_only(model) -> bool:
+    """Whether the model's forward takes transformers' `logits_to_keep` as a boolean [batch, tokens] mask (its
+    modeling code slices the hidden states with `slice_logits_to_keep`, which keeps the True positions), so the
+    output projection runs on the scored positions only. Read through a DDP wrapper (`module`) and a peft model
+    (`get_base_model`), whose forwards pass the argument on."""
+    import inspect
+
+    inner = getattr(model, "module", model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    forward = getattr(type(inner), "forward", None)
+    return (forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
+            and hasattr(sys.modules.get(type(inner).__module__), "slice_logits_to_keep"))
+
+
+def scored_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits that predict a scored (completion) token, and those tokens: ([n, vocab], [n]). Position t
+    predicts token t+1. Where the model allows it (`projects_scored_only`), the output projection runs on those n
+    positions only: a prompt or padding position's logits ([vocab] floats in float32, the largest matmul of a
+    small model's step) would be computed and dropped. Otherwise every position's logits are computed and the
+    unscored ones dropped; the same numbers either way."""
+    target = batch["labels"][:, 1:]
+    keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    keep[:, :-1] = target != IGNORE
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if projects_scored_only(model):
+        return model(**inputs, logits_to_keep=keep).logits, target[keep[:, :-1]]
+    return model(**inputs).logits[keep], target[keep[:, :-1]]
+
+
 def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over the batch's completion tokens (the training loss) and their count."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    loss_sum, n, _ = token_stats(logits, batch["labels"])
+    loss_sum, n, _ = token_stats(*scored_logits(model, batch))
     return loss_sum / max(1, n), n
 
 
@@ -138,8 +167,8 @@ def evaluate_lm(prefix: str, model, enc: SFTEncoded, pad_id: int, device, autoca
     for rows in eval_batches(enc.lengths, EVAL_TOKENS // 16):  # at most EVAL_TOKENS padded tokens a batch
         batch = collate_lm(enc, rows, pad_id, device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        s, n, h = token_stats(logits, batch["labels"])
+            logits, target = scored_logits(model, batch)
+        s, n, h = token_stats(logits, target)
         loss_sum, tokens, hits = loss_sum + float(s), tokens + n, hits + h
     model.train(was_training)
     loss = loss_sum / tokens if tokens else math.nan

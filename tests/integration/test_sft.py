@@ -153,6 +153,52 @@ def test_adapter_round_trip_gives_the_same_logits_and_generations(lm, tmp_path):
     assert "PeftModel.from_pretrained" in (store.adapter_dir / "README.md").read_text()
 
 
+def test_the_output_projection_runs_on_the_scored_positions_only_with_the_full_forwards_numbers(lm, tmp_path):
+    """scored_logits asks the model for the logits of completion positions only (transformers' logits_to_keep
+    mask): the lm_head sees those rows and no other, and the loss, token count, hits and gradients are the ones
+    the whole [batch, tokens, vocab] logits give."""
+    from loratune.sft import IGNORE, projects_scored_only, scored_logits, token_stats
+
+    cfg = load_config(None, sft_overrides(lm, tmp_path, tmp_path / "run", target_modules="[attn, ffn]"))
+    torch.manual_seed(0)
+    model, _ = apply_adapter(load_causal_lm(cfg.model), cfg.adapter, task="causal-lm")
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    model.eval()
+    ids = torch.randint(3, 40, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[2, 6:] = 0  # a shorter row, right-padded
+    labels = torch.full_like(ids, IGNORE)
+    labels[0, 5:] = ids[0, 5:]  # prompts of different lengths, then the completion
+    labels[1, 2:] = ids[1, 2:]
+    labels[2, 4:6] = ids[2, 4:6]
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    assert projects_scored_only(model)
+    seen = []
+    head = model.get_base_model().lm_head
+    hook = head.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+
+    def stats(fn):
+        model.zero_grad(set_to_none=True)
+        loss, n, hits = fn()
+        loss.backward()
+        return loss.detach(), n, hits, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    scored = stats(lambda: token_stats(*scored_logits(model, batch)))
+    whole = stats(lambda: token_stats(model(input_ids=ids, attention_mask=mask).logits[:, :-1], labels[:, 1:]))
+    hook.remove()
+    # [n, hidden]: the 4 + 7 + 2 completion tokens' predecessors, no other position
+    assert seen[0] == (4 + 7 + 2, head.in_features) and scored[1] == whole[1] == 13
+    assert seen[1][:2] == (3, 9)  # the whole forward projects every position
+    assert scored[2] == whole[2]
+    torch.testing.assert_close(scored[0], whole[0], rtol=1e-5, atol=1e-5)
+    assert set(scored[3]) == set(whole[3]) and scored[3]
+    for k in whole[3]:
+        torch.testing.assert_close(scored[3][k], whole[3][k], rtol=1e-4, atol=1e-6)
+
+
 def test_full_finetuning_saves_a_model_transformers_loads(lm, sft_data, tmp_path):
     from transformers import AutoModelForCausalLM
 

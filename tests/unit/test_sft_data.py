@@ -100,17 +100,17 @@ def test_the_loss_ignores_prompt_positions_and_counts_completion_tokens():
     labels = torch.tensor([[IGNORE, IGNORE, IGNORE, 4, 5, 6]])
     torch.manual_seed(0)
     logits = torch.randn(1, 6, 10)
-    loss, n, _ = token_stats(logits, labels)
+    loss, n, _ = token_stats(logits[:, :-1], labels[:, 1:])
     assert n == 3
     expected = torch.nn.functional.cross_entropy(logits[0, 2:5], labels[0, 3:], reduction="sum")
     assert torch.allclose(loss, expected)
     # logits at positions that predict prompt tokens (0, 1) and the last one (predicts nothing) do not matter
     changed = logits.clone()
     changed[0, [0, 1, 5]] = torch.randn(3, 10) * 100
-    assert torch.allclose(token_stats(changed, labels)[0], loss)
+    assert torch.allclose(token_stats(changed[:, :-1], labels[:, 1:])[0], loss)
     # a logit that predicts a completion token does
     changed[0, 2] += torch.randn(10) * 10
-    assert not torch.allclose(token_stats(changed, labels)[0], loss)
+    assert not torch.allclose(token_stats(changed[:, :-1], labels[:, 1:])[0], loss)
 
 
 def test_token_accuracy_counts_argmax_hits_on_completion_tokens_only():
@@ -119,7 +119,7 @@ def test_token_accuracy_counts_argmax_hits_on_completion_tokens_only():
     logits[0, 0, 0] = 5.0  # predicts the prompt token at 1: not counted, whatever it says
     logits[0, 1, 1] = 5.0  # predicts token 2 = 1: a hit
     logits[0, 2, 0] = 5.0  # predicts token 3 = 2 as 0: a miss
-    _, n, hits = token_stats(logits, labels)
+    _, n, hits = token_stats(logits[:, :-1], labels[:, 1:])
     assert (n, hits) == (2, 1)
 
 
