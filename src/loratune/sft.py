@@ -126,14 +126,16 @@ def projects_scored_only(model) -> bool:
     """Whether the model's forward takes transformers' `logits_to_keep` as a boolean [batch, tokens] mask (its
     modeling code slices the hidden states with `slice_logits_to_keep`, which keeps the True positions), so the
     output projection runs on the scored positions only. Read through a DDP wrapper (`module`) and a peft model
-    (`get_base_model`), whose forwards pass the argument on."""
+    (`get_base_model`), whose forwards pass the argument on, and past a class FSDP2 made around the model's own
+    (the first class in its MRO that defines `forward`)."""
     import inspect
 
     inner = getattr(model, "module", model)
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    forward = getattr(type(inner), "forward", None)
-    return (forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
-            and hasattr(sys.modules.get(type(inner).__module__), "slice_logits_to_keep"))
+    owner = next((c for c in type(inner).__mro__ if "forward" in vars(c) and c.__module__.startswith("transformers.")),
+                 None)
+    return (owner is not None and "logits_to_keep" in inspect.signature(owner.forward).parameters
+            and hasattr(sys.modules.get(owner.__module__), "slice_logits_to_keep"))
 
 
 def scored_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
