@@ -62,7 +62,7 @@ from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
 from loratune.train import (RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged, eval_batches,
                             fresh_loss, output_error, peak_memory_mb, plan_steps, record_save_failure, seed_everything,
-                            utc_now, versions, window_scores)
+                            timed, utc_now, versions, window_scores)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -473,10 +473,14 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     if not ranks.main:
         store = NoRecord(store.path)
 
-    tokenizer = load_tokenizer(cfg.model)
-    base = load_causal_lm(cfg.model, tokenizer.pad_token_id)
-    model, sites = apply_adapter(base, cfg.adapter, task="causal-lm")
-    warm = warm_start(model, cfg.adapter.method, cfg.train.init_from) if cfg.train.init_from else None
+    # wall seconds per phase (run.json timing_s, as train.py's): load_model, tokenize, evaluate (the loss scoring of
+    # val and the train subsample), generate (the prompt set and generated labels), train_steps, save
+    timing: dict[str, float] = {}
+    with timed(timing, "load_model"):
+        tokenizer = load_tokenizer(cfg.model)
+        base = load_causal_lm(cfg.model, tokenizer.pad_token_id)
+        model, sites = apply_adapter(base, cfg.adapter, task="causal-lm")
+        warm = warm_start(model, cfg.adapter.method, cfg.train.init_from) if cfg.train.init_from else None
     model.to(device)
     model.train()
     inputs_as_is = 0
@@ -490,16 +494,17 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     # every split tokenised once: prompt tokens carry label -100 (sft_data.py)
     renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
     max_len = cfg.model.max_length
-    train_enc = encode_sft(tokenizer, renderer, dataset.train.examples, max_len)
-    sub = sorted(random.Random(cfg.train.seed).sample(range(len(dataset.train)),
-                                                      min(cfg.train.train_eval_size, len(dataset.train))))
-    train_eval_enc = encode_sft(tokenizer, renderer, [dataset.train.examples[i] for i in sub], max_len)
-    val_enc = encode_sft(tokenizer, renderer, dataset.validation.examples, max_len)
-    prompt_ids = encode_prompts(tokenizer, renderer, [Example((Turn("user", it.prompt),), it.reference)
-                                                      for it in prompt_items], max_len)
     # generative classification: every val text is generated from at each evaluation, its label parsed
     labels = dataset.label_space.labels if dataset.label_space is not None else ()
-    val_prompt_ids = encode_prompts(tokenizer, renderer, dataset.validation.examples, max_len) if labels else []
+    with timed(timing, "tokenize"):
+        train_enc = encode_sft(tokenizer, renderer, dataset.train.examples, max_len)
+        sub = sorted(random.Random(cfg.train.seed).sample(range(len(dataset.train)),
+                                                          min(cfg.train.train_eval_size, len(dataset.train))))
+        train_eval_enc = encode_sft(tokenizer, renderer, [dataset.train.examples[i] for i in sub], max_len)
+        val_enc = encode_sft(tokenizer, renderer, dataset.validation.examples, max_len)
+        prompt_ids = encode_prompts(tokenizer, renderer, [Example((Turn("user", it.prompt),), it.reference)
+                                                          for it in prompt_items], max_len)
+        val_prompt_ids = encode_prompts(tokenizer, renderer, dataset.validation.examples, max_len) if labels else []
     y_val = np.array([{lab: i for i, lab in enumerate(labels)}.get(e.completion, -1)
                       for e in dataset.validation.examples], dtype=np.int64)
     label_tokens = label_token_cap(tokenizer, labels)
@@ -549,7 +554,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         "pid": os.getpid(), "threads": torch.get_num_threads(), "openmp": dict(openmp.CHOICE), "init_from": warm,
         "objective": objective,
         "label_format": "generate" if labels else None, "labels": list(labels) or None,
-        "precision": precision_mod.record(precision, inputs_as_is), "dropout": dropout,
+        "precision": precision_mod.record(precision, inputs_as_is), "dropout": dropout, "timing_s": timing,
         "config": to_dict(cfg), "versions": versions(),
     }
     store.write_run(run)
@@ -573,17 +578,21 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         point.update(window_scores(window))
         for key in window:
             window[key].clear()
-        point.update(evaluate_lm("train_eval", model, train_eval_enc, pad_id, device, autocast))
-        point.update(evaluate_lm("val", model, val_enc, pad_id, device, autocast))
+        with timed(timing, "evaluate"):
+            point.update(evaluate_lm("train_eval", model, train_eval_enc, pad_id, device, autocast))
+            point.update(evaluate_lm("val", model, val_enc, pad_id, device, autocast))
         if prompt_items:  # protocol 9: read the outputs, as numbers per group and as text
-            outputs = generate(model, tokenizer, prompt_ids, cfg.train.max_new_tokens, device)
+            with timed(timing, "generate"):
+                outputs = generate(model, tokenizer, prompt_ids, cfg.train.max_new_tokens, device)
             point.update(score_prompt_set(prompt_items, outputs))
             store.append_generations([{"step": step, "group": it.group, "prompt": it.prompt,
                                        "reference": it.reference, "output": out}
                                       for it, out in zip(prompt_items, outputs)])
         cm = None
         if labels:  # the label each val text gets, scored like a classifier's; no known label = an error
-            outputs = generate(model, tokenizer, val_prompt_ids, min(label_tokens, cfg.train.max_new_tokens), device)
+            with timed(timing, "generate"):
+                outputs = generate(model, tokenizer, val_prompt_ids, min(label_tokens, cfg.train.max_new_tokens),
+                                   device)
             pred = parse_labels(outputs, labels)
             scores, cm = prediction_scores("val", pred, y_val, labels)
             point.update(scores)
@@ -725,6 +734,8 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
                 "examples_per_s": examples_seen / sum(step_times) if step_times else None,
                 "mean_step_s": float(np.mean(step_times)) if step_times else None,
                 "peak_memory_mb": peak_memory_mb(device)})
+    timing = run.setdefault("timing_s", {})
+    timing["train_steps"] = round(sum(step_times), 3)
     try:
         if best_state is not None:
             if not sharded:
@@ -732,7 +743,8 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
                     named = dict(model.named_parameters())
                     for n, t in best_state.items():
                         named[n].copy_(t)
-            save_lm(model, tokenizer, cfg, store, best_state if sharded else None)
+            with timed(timing, "save"):
+                save_lm(model, tokenizer, cfg, store, best_state if sharded else None)
             step = run["adapter_step"]
             key = run["objective"]
             higher = objective_named(key).higher_is_better

@@ -79,6 +79,12 @@ def test_the_cli_run_records_loss_perplexity_and_token_accuracy_at_every_eval(sf
     # a learning run: lr 1e-2 on a 4-answer task lowers the val loss well below the untrained model's
     assert hist[-1]["val/loss"] < hist[0]["val/loss"] - 0.3, [p["val/loss"] for p in hist]
     assert run["best"]["step"] == run["adapter_step"] == min(hist[1:], key=lambda p: p["val/loss"])["step"]
+    # where the wall time went, as a classifier's run.json says it: the loss scoring and the generations apart
+    timing = run["timing_s"]
+    assert set(timing) == {"load_model", "tokenize", "evaluate", "generate", "train_steps", "save"}
+    assert all(v > 0 for v in timing.values())
+    assert timing["train_steps"] == pytest.approx(run["examples_seen"] / run["examples_per_s"], abs=1e-3)  # ms
+    assert sum(timing.values()) <= run["wall_s"] + run["setup_s"]
 
 
 def test_prompt_set_generations_are_scored_per_group_and_recorded_per_eval_point(sft_run):
