@@ -65,6 +65,7 @@ PY = sys.executable
 LORATUNE = str(Path(PY).parent / "loratune")
 
 GROUPS = ("familiar", "novel")
+TP_TRL_ARMS = ("trl", "trl-bf16")  # the throughput arms that run TRL's SFTTrainer (float32, bf16 autocast)
 N_PROMPTS = 8  # per group: 16 prompts are one generation batch (sft.GEN_BATCH)
 PROMPT_METRICS = ("chrf", "exact_match", "len_ratio", "repetition", "empty")
 
@@ -215,7 +216,7 @@ def do_runs(root: Path, only: str | None) -> None:
 TP_STEPS = 6
 
 
-def tp_child_trl(root: Path, steps: int, seed: int, out: Path) -> None:
+def tp_child_trl(root: Path, steps: int, seed: int, out: Path, bf16: bool = False) -> None:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -241,7 +242,7 @@ def tp_child_trl(root: Path, steps: int, seed: int, out: Path) -> None:
     args = SFTConfig(output_dir=str(out / "trl"), max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-3,
                      lr_scheduler_type="linear", warmup_steps=round(0.06 * steps), weight_decay=0.01,
                      max_grad_norm=1.0, optim="adamw_torch", max_length=96, completion_only_loss=True,
-                     packing=False, train_sampling_strategy="group_by_length", use_cpu=True, bf16=False,
+                     packing=False, train_sampling_strategy="group_by_length", use_cpu=True, bf16=bf16,
                      report_to="none", save_strategy="no", eval_strategy="no", logging_steps=steps, seed=seed,
                      disable_tqdm=True, dataloader_num_workers=0,
                      # TRL turns activation checkpointing on by default (a forward recomputed in the backward);
@@ -268,7 +269,7 @@ def tp_child_trl(root: Path, steps: int, seed: int, out: Path) -> None:
     res = trainer.train()
     train_s = time.perf_counter() - t
     n = steps * 4
-    json.dump({"arm": "trl", "trl": __import__("trl").__version__, "steps": steps, "examples": n,
+    json.dump({"arm": "trl-bf16" if bf16 else "trl", "trl": __import__("trl").__version__, "steps": steps, "examples": n,
                "examples_per_s": n / sum(step_times), "mean_step_s": sum(step_times) / len(step_times),
                "train_s": train_s, "train_examples_per_s_incl_overhead": n / train_s,
                "final_train_loss": res.training_loss, "tokens_in_data": tokens, "completion_tokens_in_data": comp,
@@ -283,9 +284,10 @@ def tp_arm(root: Path, arm: str, steps: int, seed: int, rnd: int) -> dict:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     la0 = loadavg()
     t = time.perf_counter()
-    if arm == "trl":
+    if arm in TP_TRL_ARMS:
         proc = subprocess.run([PY, __file__, "--root", str(root), "_trl_child", "--steps", str(steps),
-                               "--seed", str(seed), "--out", str(out)], capture_output=True, text=True, env=env)
+                               "--seed", str(seed), "--out", str(out), *(["--bf16"] if arm == "trl-bf16" else [])],
+                              capture_output=True, text=True, env=env)
         ok = proc.returncode == 0 and (out / "result.json").is_file()
         res = json.loads((out / "result.json").read_text()) if ok else {"error": proc.stderr[-2000:]}
     else:
@@ -305,7 +307,8 @@ def tp_arm(root: Path, arm: str, steps: int, seed: int, rnd: int) -> dict:
                    "completion_tokens_in_data": run["tokens"]["train_completion"],
                    "truncated": run["truncated"], "threads": run["threads"],
                    "final_train_loss": run["final"].get("train/loss"),
-                   "trainable": run["params"]["trainable"], "command": " ".join(["loratune", *args[1:]])}
+                   "trainable": run["params"]["trainable"], "precision": run["precision"]["dtype"],
+                   "command": " ".join(["loratune", *args[1:]])}
         else:
             res = {"error": proc.stderr[-2000:]}
     res.update({"round": rnd, "arm": arm, "process_wall_s": round(time.perf_counter() - t, 1), "load_start": la0,
@@ -314,12 +317,13 @@ def tp_arm(root: Path, arm: str, steps: int, seed: int, rnd: int) -> dict:
     return res
 
 
-def throughput(root: Path, rounds: int, steps: int, start: int = 0) -> None:
-    """Rounds start..start+rounds-1, appended to throughput.json (start > 0: after an earlier call's rounds)."""
+def throughput(root: Path, rounds: int, steps: int, start: int = 0, arms: tuple[str, ...] = ("loratune", "trl")) -> None:
+    """Rounds start..start+rounds-1, appended to throughput.json (start > 0: after an earlier call's rounds); the
+    arms' order reversed every other round."""
     prev = root / "throughput.json"
     results = [r for r in json.loads(prev.read_text()) if r["round"] < start] if start and prev.is_file() else []
     for rnd in range(start, start + rounds):
-        order = ("loratune", "trl") if rnd % 2 == 0 else ("trl", "loratune")
+        order = arms if rnd % 2 == 0 else arms[::-1]
         for arm in order:
             print(f"== throughput round {rnd} {arm} {time.strftime('%H:%M:%S')} load {loadavg()}", flush=True)
             results.append(tp_arm(root, arm, steps, 42, rnd))
@@ -473,11 +477,14 @@ def main(argv=None) -> int:
     t.add_argument("--rounds", type=int, default=2)
     t.add_argument("--steps", type=int, default=TP_STEPS)
     t.add_argument("--start-round", type=int, default=0)
+    t.add_argument("--arms", default="loratune,trl",
+                   help="of loratune, " + ", ".join(TP_TRL_ARMS) + " (trl-bf16: SFTConfig(bf16=True), autocast on CPU)")
     sub.add_parser("report")
     c = sub.add_parser("_trl_child")
     c.add_argument("--steps", type=int)
     c.add_argument("--seed", type=int)
     c.add_argument("--out")
+    c.add_argument("--bf16", action="store_true")
     a = ap.parse_args(argv)
     root = Path(a.root)
     root.mkdir(parents=True, exist_ok=True)
@@ -486,11 +493,11 @@ def main(argv=None) -> int:
     elif a.cmd == "runs":
         do_runs(root, a.only)
     elif a.cmd == "throughput":
-        throughput(root, a.rounds, a.steps, a.start_round)
+        throughput(root, a.rounds, a.steps, a.start_round, tuple(a.arms.split(",")))
     elif a.cmd == "report":
         report(root)
     elif a.cmd == "_trl_child":
-        tp_child_trl(root, a.steps, a.seed, Path(a.out))
+        tp_child_trl(root, a.steps, a.seed, Path(a.out), a.bf16)
     return 0
 
 

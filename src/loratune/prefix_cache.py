@@ -17,8 +17,8 @@ a run shorter than an epoch never computes the rows it does not reach). Entries 
 built whole, up front (`build`), as they are read back by later processes.
 
 The states are keyed by (architecture, k, the precision they were computed in, a hash of the frozen weights, a
-hash of the token ids), so the same base model, data, tokenizer, max_length and precision hit the same entry: the trials of a sweep in one
-process share it. Entries live in memory up to `MEMORY_BUDGET_MB` in all (least recently used go
+hash of the token ids), so the same base model, data, tokenizer, max_length and precision hit the same entry:
+the trials of a sweep in one process share it. Entries live in memory up to `MEMORY_BUDGET_MB` in all (least recently used go
 first); one larger than `DISK_ENTRY_MB` is written under `$LORATUNE_CACHE_DIR/prefix` (default
 `~/.cache/loratune/prefix`) while it is computed, and read back memory-mapped (found there by later
 processes too).
@@ -399,8 +399,8 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
     stats = {"rows_computed": 0, "compute_s": 0.0}  # lazy rows computed by this run, and their cost
     hidden = getattr(_hf_model(model).config, "hidden_size", 0) or 0
     for enc in splits:
-        key = hashlib.blake2b(f"{model_type}|{k}|{computed_in}|{np.dtype(STORE_DTYPE).name}|{weights}|{_ids_hash(enc.ids)}"
-                              .encode(), digest_size=16).hexdigest()
+        key = hashlib.blake2b(f"{model_type}|{k}|{computed_in}|{np.dtype(STORE_DTYPE).name}|{weights}|"
+                              f"{_ids_hash(enc.ids)}".encode(), digest_size=16).hexdigest()
         states = _MEMORY.get(key) or _load_disk(key)
         if states is not None:
             hits += 1

@@ -213,8 +213,8 @@ def test_put_scatters_a_padded_batch_into_its_rows_and_padded_gathers_it_back():
     assert (back[1, 3:] == 0).all()  # padding comes back as zeros, not as what the batch held there
 
 
-def test_under_bf16_the_states_are_computed_in_bf16_and_the_prefix_holds_bf16_weights(tiny_bert, intent_data, tmp_path,
-                                                                                        monkeypatch):
+def test_under_bf16_the_states_are_computed_in_bf16_and_the_prefix_holds_bf16_weights(tiny_bert, intent_data,
+                                                                                        tmp_path, monkeypatch):
     """A bf16 run computes the cached states under autocast however the caller got there (the up-front build runs
     outside autocast), so the prefix's frozen linear layers hold bf16 weights like the rest of the body and the
     cached forward gives the uncached one's logits; the key names the precision, so a float32 run never reads
