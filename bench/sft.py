@@ -269,7 +269,8 @@ def tp_child_trl(root: Path, steps: int, seed: int, out: Path, bf16: bool = Fals
     res = trainer.train()
     train_s = time.perf_counter() - t
     n = steps * 4
-    json.dump({"arm": "trl-bf16" if bf16 else "trl", "trl": __import__("trl").__version__, "steps": steps, "examples": n,
+    json.dump({"arm": "trl-bf16" if bf16 else "trl", "trl": __import__("trl").__version__, "steps": steps,
+               "examples": n,
                "examples_per_s": n / sum(step_times), "mean_step_s": sum(step_times) / len(step_times),
                "train_s": train_s, "train_examples_per_s_incl_overhead": n / train_s,
                "final_train_loss": res.training_loss, "tokens_in_data": tokens, "completion_tokens_in_data": comp,

@@ -36,6 +36,7 @@ picks; DeepSpeed and Megatron are refused (`SHARDING_FLAGS`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
@@ -128,12 +129,15 @@ def projects_scored_only(model) -> bool:
     output projection runs on the scored positions only. Read through a DDP wrapper (`module`) and a peft model
     (`get_base_model`), whose forwards pass the argument on, and past a class FSDP2 made around the model's own
     (the first class in its MRO that defines `forward`)."""
+    inner = getattr(model, "module", model)
+    return _class_projects_scored_only(type(inner.get_base_model() if hasattr(inner, "get_base_model") else inner))
+
+
+@functools.lru_cache(maxsize=None)
+def _class_projects_scored_only(cls: type) -> bool:
     import inspect
 
-    inner = getattr(model, "module", model)
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    owner = next((c for c in type(inner).__mro__ if "forward" in vars(c) and c.__module__.startswith("transformers.")),
-                 None)
+    owner = next((c for c in cls.__mro__ if "forward" in vars(c) and c.__module__.startswith("transformers.")), None)
     return (owner is not None and "logits_to_keep" in inspect.signature(owner.forward).parameters
             and hasattr(sys.modules.get(owner.__module__), "slice_logits_to_keep"))
 

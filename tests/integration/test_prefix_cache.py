@@ -65,9 +65,9 @@ def _model_and_data(folder, data, tmp_path, **extra):
     return cfg, model, tok, encs
 
 
-def _attach(model, tok, encs, mode="auto"):
+def _attach(model, tok, encs, mode="auto", autocast=False):
     return prefix_cache.attach(model, mode, "lora", encs, lambda ids: collate(ids, tok.pad_token_id, CPU),
-                               lambda lengths: eval_batches(lengths, 5))
+                               lambda lengths: eval_batches(lengths, 5), autocast)
 
 
 @pytest.mark.parametrize("arch,store", [("tiny_bert", np.float32), ("tiny_bert", np.float16),
@@ -225,8 +225,7 @@ def test_under_bf16_the_states_are_computed_in_bf16_and_the_prefix_holds_bf16_we
     monkeypatch.setattr(prefix_cache, "STORE_DTYPE", np.float32)
     _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
     full = [predict_logits(model, e, 7, tok.pad_token_id, CPU, True) for e in encs]
-    lazy = prefix_cache.attach(model, "auto", "lora", encs, lambda ids: collate(ids, tok.pad_token_id, CPU),
-                               lambda lengths: eval_batches(lengths, 5), autocast=True)
+    lazy = _attach(model, tok, encs, autocast=True)
     assert lazy["computed_in"] == "bf16" and lazy["splits_built"] == 2
     assert precision_mod.frozen_weights_in_bf16(model, HEAD_NAMES) == 12  # both blocks' six linear layers
     query0 = model.base_model.model.bert.encoder.layer[0].attention.self.query
@@ -239,15 +238,13 @@ def test_under_bf16_the_states_are_computed_in_bf16_and_the_prefix_holds_bf16_we
     _, model32, tok, encs32 = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
     fp32 = _attach(model32, tok, encs32)
     assert fp32["computed_in"] == "fp32" and fp32["splits_reused"] == 0 and fp32["splits_built"] == 2
-    again = prefix_cache.attach(model32, "auto", "lora", encs32, lambda ids: collate(ids, tok.pad_token_id, CPU),
-                                lambda lengths: eval_batches(lengths, 5), autocast=True)
+    again = _attach(model32, tok, encs32, autocast=True)
     assert again["splits_reused"] == 2  # a bf16 run of them does
     # built up front (an entry bound for disk), outside any autocast, by the model holding bf16 weights
     monkeypatch.setattr(prefix_cache, "DISK_ENTRY_MB", 0.0)
     prefix_cache.clear()
     monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache-eager"))
-    eager = prefix_cache.attach(model, "auto", "lora", encs, lambda ids: collate(ids, tok.pad_token_id, CPU),
-                                lambda lengths: eval_batches(lengths, 5), autocast=True)
+    eager = _attach(model, tok, encs, autocast=True)
     assert eager["splits_on_disk"] == 2 and eager["computed_in"] == "bf16"
     for f, e in zip(full, encs):
         np.testing.assert_allclose(predict_logits(model, e, 7, tok.pad_token_id, CPU, True), f,
