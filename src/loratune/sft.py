@@ -148,13 +148,13 @@ def scored_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     positions only: a prompt or padding position's logits ([vocab] floats in float32, the largest matmul of a
     small model's step) would be computed and dropped. Otherwise every position's logits are computed and the
     unscored ones dropped; the same numbers either way."""
-    target = batch["labels"][:, 1:]
     keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
-    keep[:, :-1] = target != IGNORE
+    keep[:, :-1] = batch["labels"][:, 1:] != IGNORE
+    target = batch["labels"][:, 1:][keep[:, :-1]]
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if projects_scored_only(model):
-        return model(**inputs, logits_to_keep=keep).logits, target[keep[:, :-1]]
-    return model(**inputs).logits[keep], target[keep[:, :-1]]
+        return model(**inputs, logits_to_keep=keep).logits, target
+    return model(**inputs).logits[keep], target
 
 
 def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:

@@ -159,7 +159,8 @@ def test_adapter_round_trip_gives_the_same_logits_and_generations(lm, tmp_path):
     assert "PeftModel.from_pretrained" in (store.adapter_dir / "README.md").read_text()
 
 
-def test_the_output_projection_runs_on_the_scored_positions_only_with_the_full_forwards_numbers(lm, tmp_path):
+def test_the_output_projection_runs_on_the_scored_positions_only_with_the_full_forwards_numbers(lm, tmp_path,
+                                                                                               monkeypatch):
     """scored_logits asks the model for the logits of completion positions only (transformers' logits_to_keep
     mask): the lm_head sees those rows and no other, and the loss, token count, hits and gradients are the ones
     the whole [batch, tokens, vocab] logits give."""
@@ -203,6 +204,13 @@ def test_the_output_projection_runs_on_the_scored_positions_only_with_the_full_f
     assert set(scored[3]) == set(whole[3]) and scored[3]
     for k in whole[3]:
         torch.testing.assert_close(scored[3][k], whole[3][k], rtol=1e-4, atol=1e-6)
+    # a model that cannot take the mask: every position projected, the unscored ones dropped, the same numbers
+    import loratune.sft as S
+
+    monkeypatch.setattr(S, "projects_scored_only", lambda m: False)
+    dropped = stats(lambda: token_stats(*scored_logits(model, batch)))
+    assert dropped[1:3] == scored[1:3]
+    torch.testing.assert_close(dropped[0], whole[0], rtol=1e-5, atol=1e-5)
 
 
 def test_full_finetuning_saves_a_model_transformers_loads(lm, sft_data, tmp_path):
