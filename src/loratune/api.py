@@ -62,10 +62,15 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
 
     dataset = dataset or prepare(cfg)
     if cfg.model.task == "causal-lm":
-        from loratune.models import load_causal_lm
+        from loratune.generation import load_prompt_set
+        from loratune.models import load_causal_lm, load_tokenizer
+        from loratune.sft import encode_run
 
-        model, sites = apply_adapter(load_causal_lm(cfg.model), cfg.adapter, task="causal-lm")
-        steps, every = plan_steps(cfg, len(dataset.train))
+        tokenizer = load_tokenizer(cfg.model)
+        model, sites = apply_adapter(load_causal_lm(cfg.model, tokenizer.pad_token_id), cfg.adapter, task="causal-lm")
+        items = load_prompt_set(dataset.prompt_set) if dataset.prompt_set else []
+        step0_rows, eval_rows = encode_run(cfg, dataset, tokenizer, items).eval_cost_rows(cfg.train.max_new_tokens)
+        steps, every = plan_steps(cfg, len(dataset.train), eval_rows, step0_rows)  # as train_sft plans (one process)
         return {"params": count_params(model, sites, cfg.adapter.method).to_dict(),
                 "adapted_modules": [s.name for s in sites] if cfg.adapter.method == "lora" else [],
                 "steps": steps, "eval_every": every,

@@ -128,8 +128,9 @@ class TrainConfig:
     evals_per_run: int = _f(10, "Evaluation points when eval_steps is null.", min=1, max=1000)
     max_eval_share: float = _f(0.5, "When eval_steps is null, fewer than evals_per_run points on a short run: the "
                                "rows scored at all evaluation points (validation + train_eval_size; validation "
-                               "only at step 0) stay within this share of the training work (3 forward passes per "
-                               "trained example), with at least one point after step 0; the robustness probe runs "
+                               "only at step 0; causal-lm: tokens, each generated decode step priced as "
+                               "sft.DECODE_STEP_TOKENS) stay within this share of the training work (3 forward passes "
+                               "per trained example), with at least one point after step 0; the robustness probe runs "
                                "only when its predictions fit what is left (run.json robustness.skipped says "
                                "why not); 0: no cap.", min=0.0)
     train_eval_size: int = _f(512, "Rows of train (fixed, seeded) scored like validation at each eval.", min=1)

@@ -165,8 +165,8 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
     renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
     prefix = "test" if split == "test" else ("val" if SPLIT_NAMES[split] == "validation" else "train")
     enc = encode_sft(tokenizer, renderer, data_split.examples, cfg.model.max_length)
-    scores = evaluate_lm(prefix, model, enc, tokenizer.pad_token_id, device,
-                         eval_precision(cfg, model, device, LM_HEAD_NAMES))
+    autocast = eval_precision(cfg, model, device, LM_HEAD_NAMES)
+    scores = evaluate_lm(prefix, model, enc, tokenizer.pad_token_id, device, autocast)
     if dataset.label_space is not None:  # generative classification: the labels it writes, per class
         labels = dataset.label_space.labels
         y = np.array([{lab: i for i, lab in enumerate(labels)}.get(e.completion, -1) for e in data_split.examples],
@@ -174,7 +174,7 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
         cap = label_token_cap(tokenizer, labels)
         outputs = generate(model, tokenizer, encode_prompts(tokenizer, renderer, data_split.examples,
                                                              cfg.model.max_length),
-                           min(cap, cfg.train.max_new_tokens), device)
+                           min(cap, cfg.train.max_new_tokens), device, autocast)
         pred = parse_labels(outputs, labels)
         label_scores, _ = prediction_scores(prefix, pred, y, labels)
         scores.update(label_scores)

@@ -146,16 +146,17 @@ ADAPTER_PARTS = ("lora_", "modules_to_save")
 _FULL_WEIGHTS = None
 
 
-def frozen_weights_in_bf16(model, head_names: Iterable[str], skip: Iterable = ()) -> int:
+def frozen_weights_in_bf16(model, head_names: Iterable[str], skip: Iterable = (), keep_full: bool = True) -> int:
     """Hold the frozen linear layers' weights and biases in bf16, for a model trained under bf16 autocast:
     autocast casts a float32 weight to bf16 at every matmul (it caches only the casts of leaves that require grad,
     so a frozen weight is cast again in every forward and backward), and a bf16 weight is what that cast gives, so
     the products are the same and the cast is paid once (bench/results/levers.md). Only for a model whose every
     forward through those layers runs under autocast. A LoRA layer's base weight keeps its float32 original beside
-    it for evaluation's merge (`full_weight`). Not the head's (modules under a name part in `head_names`, float32 by
-    `head_in_fp32`), not an adapter's own (ADAPTER_PARTS), not a DoRA or other variant layer's base, not the modules
-    in `skip` or inside them (a part some forward runs outside autocast), not a weight shared with another
-    module (an output projection tied to the embeddings). Returns how many layers changed."""
+    it for evaluation's merge (`full_weight`), unless `keep_full` is False (a caller that never merges). Not the
+    head's (modules under a name part in `head_names`, float32 by `head_in_fp32`), not an adapter's own
+    (ADAPTER_PARTS), not a DoRA or other variant layer's base, not the modules in `skip` or inside them (a part some
+    forward runs outside autocast), not a weight shared with another module (an output projection tied to the
+    embeddings). Returns how many layers changed."""
     import torch
 
     heads = set(head_names)
@@ -176,7 +177,7 @@ def frozen_weights_in_bf16(model, head_names: Iterable[str], skip: Iterable = ()
         w = mod.weight
         if w.requires_grad or w.dtype != torch.float32 or uses[id(w)] > 1:
             continue
-        if parts[-1] == "base_layer":
+        if parts[-1] == "base_layer" and keep_full:
             _full_weights()[w] = w.data
         w.data = w.data.to(torch.bfloat16)
         if mod.bias is not None and not mod.bias.requires_grad and uses[id(mod.bias)] == 1:

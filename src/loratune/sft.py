@@ -36,6 +36,7 @@ picks; DeepSpeed and Megatron are refused (`SHARDING_FLAGS`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -61,9 +62,10 @@ from loratune.sft_data import IGNORE, Example, Renderer, SFTDataset, SFTEncoded,
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
-from loratune.train import (RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged, eval_batches,
-                            fresh_loss, output_error, peak_memory_mb, plan_steps, record_save_failure, seed_everything,
-                            timed, utc_now, versions, window_scores)
+from loratune.train import (STEP0_SPLITS, RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged,
+                            eval_batches, eval_budget_rows, fresh_loss, history_point, output_error, peak_memory_mb,
+                            plan_steps, record_save_failure, seed_everything, timed, train_log_every, utc_now,
+                            versions)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -88,6 +90,11 @@ def objective_key(cfg: RunConfig, generates_labels: bool, has_prompt_set: bool) 
 # SmolLM2's 49k vocabulary (a classifier's are [rows, classes], so its eval batches can be much larger).
 EVAL_TOKENS = 1024
 GEN_BATCH = 16  # prompts generated together (left-padded)
+# What a decode step of generation costs, in tokens of a scoring forward pass (the unit eval_cost_rows charges
+# evaluation in): one step reads every weight for one new position of each row in a batch of up to GEN_BATCH,
+# so it runs at the speed of memory, not of arithmetic. SmolLM2-135M, bf16 weights, 2 CPU cores: ~140 ms a
+# step of 16 rows against ~1.46 ms a scored token (bench/results/sft.md); a prompt's own tokens cost one each.
+DECODE_STEP_TOKENS = 100
 # The output projection to the vocabulary: in float32 under bf16 autocast, so the logits and the loss over
 # the whole vocabulary keep full precision (as the classification head does in train.py).
 LM_HEAD_NAMES = ("lm_head", "embed_out")  # Llama-style and GPT-NeoX names
@@ -183,11 +190,13 @@ def evaluate_lm(prefix: str, model, enc: SFTEncoded, pad_id: int, device, autoca
 
 
 @torch.no_grad()  # (as evaluate_lm)
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device) -> list[str]:
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device,
+             autocast: bool = False) -> list[str]:
     """Greedy continuations of token-id prompts (left-padded batches, stopped at EOS), decoded without
-    special tokens, in the prompts' order. A model sharded by FSDP (`FullyShard`): every rank calls this with
-    the same prompts, and each keeps taking forward passes until all ranks are done (transformers' synced_gpus),
-    since each forward pass gathers weights from every rank."""
+    special tokens, in the prompts' order; under bf16 autocast when `autocast` (as the run scores its loss, so
+    `loratune evaluate` generates what the run's evaluation points generated). A model sharded by FSDP
+    (`FullyShard`): every rank calls this with the same prompts, and each keeps taking forward passes until all
+    ranks are done (transformers' synced_gpus), since each forward pass gathers weights from every rank."""
     from torch.distributed.fsdp import FSDPModule
     from transformers import GenerationConfig
 
@@ -208,12 +217,70 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
         for r, i in enumerate(rows):  # left padding: every prompt ends where generation starts
             ids[r, longest - len(prompts[i]):] = torch.tensor(prompts[i], dtype=torch.long)
             mask[r, longest - len(prompts[i]):] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                             synced_gpus=isinstance(model, FSDPModule))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                                 synced_gpus=isinstance(model, FSDPModule))
         for r, i in enumerate(rows):
             outputs[i] = tokenizer.decode(out[r, longest:], skip_special_tokens=True).strip()
     model.train(was_training)
     return outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInputs:
+    """Every split of a causal-lm run tokenised once (prompt tokens carry label -100, sft_data.py), and the
+    generation inputs: the prompt set's prompts and, generating labels, every val text's prompt."""
+
+    renderer: Renderer
+    train: SFTEncoded
+    train_eval: SFTEncoded  # the fixed, seeded train subsample scored at every trained evaluation point
+    train_eval_rows: list[int]
+    val: SFTEncoded
+    prompts: list[list[int]]
+    val_prompts: list[list[int]]
+    labels: tuple[str, ...]  # generative classification's label names; () for open generation
+    label_new: int  # new tokens per generated label
+
+    def eval_cost_rows(self, max_new_tokens: int) -> tuple[int, int]:
+        """(step 0, every later point) in training rows, as the loop evaluates (eval_cost_rows)."""
+        return eval_cost_rows({"val": self.val, "train_eval": self.train_eval},
+                              [(self.prompts, max_new_tokens), (self.val_prompts, self.label_new)], self.train)
+
+
+def encode_run(cfg: RunConfig, dataset: SFTDataset, tokenizer, prompt_items) -> RunInputs:
+    """What train_sft tokenises, and what `loratune plan` prices its evaluation points with."""
+    renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
+    max_len = cfg.model.max_length
+    # generative classification: every val text is generated from at each evaluation, its label parsed
+    labels = tuple(dataset.label_space.labels) if dataset.label_space is not None else ()
+    sub = sorted(random.Random(cfg.train.seed).sample(range(len(dataset.train)),
+                                                      min(cfg.train.train_eval_size, len(dataset.train))))
+    return RunInputs(
+        renderer=renderer,
+        train=encode_sft(tokenizer, renderer, dataset.train.examples, max_len),
+        train_eval=encode_sft(tokenizer, renderer, [dataset.train.examples[i] for i in sub], max_len),
+        train_eval_rows=sub,
+        val=encode_sft(tokenizer, renderer, dataset.validation.examples, max_len),
+        prompts=encode_prompts(tokenizer, renderer, [Example((Turn("user", it.prompt),), it.reference)
+                                                     for it in prompt_items], max_len),
+        val_prompts=encode_prompts(tokenizer, renderer, dataset.validation.examples, max_len) if labels else [],
+        labels=labels,
+        label_new=min(label_token_cap(tokenizer, labels), cfg.train.max_new_tokens))
+
+
+def eval_cost_rows(scored: dict[str, SFTEncoded], generated: list[tuple[list[list[int]], int]],
+                   train: SFTEncoded) -> tuple[int, int]:
+    """(step 0, every later point): one evaluation point's work in rows of the mean training example, the unit
+    of train.plan_steps' max_eval_share budget. `scored`: the loss-scored splits by name (val, train_eval; step
+    0 scores STEP0_SPLITS only), a token costing one; `generated`: (prompts, new tokens) per generation, each
+    prompt token costing one and each decode step of a GEN_BATCH batch DECODE_STEP_TOKENS (a generation is
+    priced at its full length: a batch stops early only when every row has ended)."""
+    gen = sum(sum(map(len, prompts)) + math.ceil(len(prompts) / GEN_BATCH) * new * DECODE_STEP_TOKENS
+              for prompts, new in generated)
+    per_row = max(1.0, float(train.lengths.mean())) if len(train) else 1.0
+    tokens = {name: int(enc.lengths.sum()) for name, enc in scored.items()}
+    step0 = sum(n for name, n in tokens.items() if name in STEP0_SPLITS) + gen
+    return math.ceil(step0 / per_row), math.ceil((sum(tokens.values()) + gen) / per_row)
 
 
 def label_token_cap(tokenizer, labels) -> int:
@@ -487,37 +554,31 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         warm = warm_start(model, cfg.adapter.method, cfg.train.init_from) if cfg.train.init_from else None
     model.to(device)
     model.train()
-    inputs_as_is = 0
+    inputs_as_is, frozen_bf16 = 0, 0
     if autocast:
         precision_mod.head_in_fp32(model, LM_HEAD_NAMES, device.type)
         inputs_as_is = precision_mod.adapter_inputs_as_is(model)  # a bf16 input is not copied to fp32 and back
+        # every forward (training, the loss scoring, generation) runs under autocast: the frozen weights are
+        # held in bf16 (the cast autocast would make at every matmul, paid once; half the bytes a decode step
+        # reads). Not under FSDP, which shards and gathers parameters by their dtype; nothing is merged here.
+        if not ranks.sharded:
+            frozen_bf16 = precision_mod.frozen_weights_in_bf16(model, LM_HEAD_NAMES, keep_full=False)
     dropout = kernels.dropout_record(kernels.uniform_dropout(model, device.type))  # CPU: masks from random 16-bit lanes
     params = count_params(model, sites, cfg.adapter.method)
     pad_id = tokenizer.pad_token_id
 
-    # every split tokenised once: prompt tokens carry label -100 (sft_data.py)
-    renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
-    max_len = cfg.model.max_length
-    # generative classification: every val text is generated from at each evaluation, its label parsed
-    labels = dataset.label_space.labels if dataset.label_space is not None else ()
     with timed(timing, "tokenize"):
-        train_enc = encode_sft(tokenizer, renderer, dataset.train.examples, max_len)
-        sub = sorted(random.Random(cfg.train.seed).sample(range(len(dataset.train)),
-                                                          min(cfg.train.train_eval_size, len(dataset.train))))
-        train_eval_enc = encode_sft(tokenizer, renderer, [dataset.train.examples[i] for i in sub], max_len)
-        val_enc = encode_sft(tokenizer, renderer, dataset.validation.examples, max_len)
-        prompt_ids = encode_prompts(tokenizer, renderer, [Example((Turn("user", it.prompt),), it.reference)
-                                                          for it in prompt_items], max_len)
-        val_prompt_ids = encode_prompts(tokenizer, renderer, dataset.validation.examples, max_len) if labels else []
+        enc = encode_run(cfg, dataset, tokenizer, prompt_items)
+    renderer, labels, label_new = enc.renderer, enc.labels, enc.label_new
+    train_enc, train_eval_enc, val_enc = enc.train, enc.train_eval, enc.val
+    prompt_ids, val_prompt_ids, sub = enc.prompts, enc.val_prompts, enc.train_eval_rows
     y_val = np.array([{lab: i for i, lab in enumerate(labels)}.get(e.completion, -1)
                       for e in dataset.validation.examples], dtype=np.int64)
-    label_tokens = label_token_cap(tokenizer, labels)
-
-    # rows scored at one evaluation point (val, the train subsample, the prompts and, generating labels, val
-    # again): with eval_steps null, evaluation stays within train.max_eval_share of the training work
-    eval_rows = len(val_enc) + len(train_eval_enc) + len(prompt_ids) + len(val_prompt_ids)
+    # with eval_steps null, evaluation stays within train.max_eval_share of the training work
+    step0_rows, point_rows = enc.eval_cost_rows(cfg.train.max_new_tokens)
     # steps are planned over one rank's share of the rows: each step takes accum micro-batches on every rank
-    steps, eval_every = plan_steps(cfg, math.ceil(len(dataset.train) / ranks.world), eval_rows)
+    steps, eval_every = plan_steps(cfg, math.ceil(len(dataset.train) / ranks.world), point_rows, step0_rows)
+    log_every = train_log_every(cfg, steps, eval_every)
     # DDP wraps `model` (the same parameters evaluate and save); FSDP shards it in place, before the optimizer
     # is built, so that the optimizer holds (and steps) this rank's shards
     train_model = ranks.wrap(model)
@@ -535,7 +596,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         "status": "running", "reason": None, "task": "causal-lm",
         "data_notes": list(dataset.notes),
         "template": renderer.mode,
-        "truncated": {"train": train_enc.truncated, "val": val_enc.truncated, "max_length": max_len},
+        "truncated": {"train": train_enc.truncated, "val": val_enc.truncated, "max_length": cfg.model.max_length},
         "tokens": {"train": int(train_enc.lengths.sum()),
                    "train_completion": int((train_enc.lengths - train_enc.prompt_lens).sum()),
                    "val": int(val_enc.lengths.sum())},
@@ -548,6 +609,10 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         "params": params.to_dict(),
         "rows": {"train": len(dataset.train), "train_eval": len(sub), "val": len(dataset.validation)},
         "steps_planned": steps, "eval_every": eval_every, "steps_done": 0, "examples_seen": 0,
+        # what one evaluation point costs, in rows of the mean training example (eval_cost_rows), and the
+        # max_eval_share budget it is planned within
+        "evaluation": {"step0": list(STEP0_SPLITS), "rows_step0": step0_rows, "rows_per_point": point_rows,
+                       "decode_step_tokens": DECODE_STEP_TOKENS, "budget_rows": eval_budget_rows(cfg, steps)},
         "started_at": utc_now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
@@ -558,7 +623,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         "pid": os.getpid(), "threads": torch.get_num_threads(), "openmp": dict(openmp.CHOICE), "init_from": warm,
         "objective": objective,
         "label_format": "generate" if labels else None, "labels": list(labels) or None,
-        "precision": precision_mod.record(precision, inputs_as_is), "dropout": dropout, "timing_s": timing,
+        "precision": precision_mod.record(precision, inputs_as_is, frozen_bf16), "dropout": dropout, "timing_s": timing,
         "config": to_dict(cfg), "versions": versions(),
     }
     store.write_run(run)
@@ -576,18 +641,15 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     def evaluate_now() -> bool:
         """Score val, the train subsample and the prompt set; append a history point. True: stop early."""
         nonlocal best_gain, best_state, evals_since_best, trained_key
-        point = {"step": step, "epoch": examples_seen / max(1, len(dataset.train)),
-                 "examples_seen": examples_seen, "wall_s": round(time.perf_counter() - t0, 3),
-                 "lr": scheduler.get_last_lr()[0] if step else 0.0}
-        point.update(window_scores(window))
-        for key in window:
-            window[key].clear()
+        point = history_point(step, examples_seen, len(dataset.train), t0,
+                              scheduler.get_last_lr()[0] if step else 0.0, window)
         with timed(timing, "evaluate"):
-            point.update(evaluate_lm("train_eval", model, train_eval_enc, pad_id, device, autocast))
+            if step > 0 or "train_eval" in STEP0_SPLITS:  # step 0 scores the base model on val only
+                point.update(evaluate_lm("train_eval", model, train_eval_enc, pad_id, device, autocast))
             point.update(evaluate_lm("val", model, val_enc, pad_id, device, autocast))
         if prompt_items:  # protocol 9: read the outputs, as numbers per group and as text
             with timed(timing, "generate"):
-                outputs = generate(model, tokenizer, prompt_ids, cfg.train.max_new_tokens, device)
+                outputs = generate(model, tokenizer, prompt_ids, cfg.train.max_new_tokens, device, autocast)
             point.update(score_prompt_set(prompt_items, outputs))
             store.append_generations([{"step": step, "group": it.group, "prompt": it.prompt,
                                        "reference": it.reference, "output": out}
@@ -595,8 +657,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         cm = None
         if labels:  # the label each val text gets, scored like a classifier's; no known label = an error
             with timed(timing, "generate"):
-                outputs = generate(model, tokenizer, val_prompt_ids, min(label_tokens, cfg.train.max_new_tokens),
-                                   device)
+                outputs = generate(model, tokenizer, val_prompt_ids, label_new, device, autocast)
             pred = parse_labels(outputs, labels)
             scores, cm = prediction_scores("val", pred, y_val, labels)
             point.update(scores)
@@ -664,7 +725,11 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
             if start_loss is None:
                 start_loss = step_loss
                 if warm is not None:  # a warm start: the un-adapted model's loss (NaN: none, no ratio check)
-                    fresh = fresh_loss(model, lambda: lm_loss(train_model, batch)[0])
+                    def fresh_of():  # as the step scored it: under the run's autocast (its frozen weights are bf16)
+                        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+                            return lm_loss(train_model, batch)[0]
+
+                    fresh = fresh_loss(model, fresh_of)
                     start_loss = (max(step_loss, ranks.sum([fresh])[0] / ranks.world) if fresh is not None
                                   else math.nan)
             max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
@@ -697,6 +762,11 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
                     stop_reason = (f"early stopping: {objective} did not improve for "
                                    f"{cfg.train.early_stopping_patience} evaluations")
                     break
+            elif log_every and step % log_every == 0:  # evaluation thinned by its budget: the train loss alone
+                point = history_point(step, examples_seen, len(dataset.train), t0, scheduler.get_last_lr()[0], window)
+                if ranks.main:
+                    store.append_history(point)
+                    tracking.log_point(point)
         if halt and run["status"] == "running":
             run["status"], stop_reason = "interrupted", halt
         if run["status"] == "running":

@@ -360,6 +360,28 @@ def plan_steps(cfg: RunConfig, n_train: int, eval_rows: int | None = None,
     return steps, every
 
 
+def train_log_every(cfg: RunConfig, steps: int, eval_every: int) -> int | None:
+    """Steps between train-only history points (the train-loss window since the last point, no evaluation):
+    when eval_steps is null and max_eval_share left fewer evaluation points than evals_per_run, the train loss
+    is still logged about evals_per_run times, so its trend stays readable (diagnose reads such a point as a
+    Trainer's train log). None when evaluation is that dense already, or its schedule was given."""
+    t = cfg.train
+    every = max(1, steps // t.evals_per_run)
+    return every if not t.eval_steps and every < eval_every else None
+
+
+def history_point(step: int, examples_seen: int, n_train: int, t0: float, lr: float,
+                  window: dict[str, list[float]]) -> dict:
+    """A history point's head (step, epoch, examples seen, wall seconds, lr) and the train/* keys of the steps
+    since the last point (window_scores); the window is emptied. An evaluation adds its splits' keys."""
+    point = {"step": step, "epoch": examples_seen / max(1, n_train), "examples_seen": examples_seen,
+             "wall_s": round(time.perf_counter() - t0, 3), "lr": lr}
+    point.update(window_scores(window))
+    for key in window:
+        window[key].clear()
+    return point
+
+
 def robustness_skip(budget: int | None, rows_scored: int, probe_rows: int) -> str | None:
     """Why the robustness probe does not run (None: it runs). Its predictions are charged to the evaluation
     budget: under max_eval_share, a probe that would take evaluation past the budget is skipped."""
@@ -618,6 +640,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
 
     step0_rows, point_rows = eval_rows_per_point(len(val_enc.ids), len(train_eval_enc.ids))
     steps, eval_every = plan_steps(cfg, len(dataset.train), point_rows, step0_rows)
+    log_every = train_log_every(cfg, steps, eval_every)
     optimizer, scheduler = build_optimizer(model, cfg, steps, device)
     accum = cfg.train.gradient_accumulation_steps
     rng = random.Random(cfg.train.seed)
@@ -672,12 +695,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         """Score val and (after step 0: STEP0_SPLITS) the train subsample, append a history point. True when
         early stopping says stop."""
         nonlocal best_f1, best_state, evals_since_best, trained_f1
-        point = {"step": step, "epoch": examples_seen / max(1, len(dataset.train)),
-                 "examples_seen": examples_seen, "wall_s": round(time.perf_counter() - t0, 3),
-                 "lr": scheduler.get_last_lr()[0] if step else 0.0}
-        point.update(window_scores(window))
-        for key in window:
-            window[key].clear()
+        point = history_point(step, examples_seen, len(dataset.train), t0,
+                              scheduler.get_last_lr()[0] if step else 0.0, window)
         val_logits = predict_logits(model, val_enc, cfg.train.per_device_eval_batch_size, pad_id, device, autocast,
                                     pick_threads)
         val_dec = te_dec = decoding
@@ -789,6 +808,10 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                     stop_reason = (f"early stopping: {_metric_name(objective)} did not improve for "
                                    f"{cfg.train.early_stopping_patience} evaluations")
                     break
+            elif log_every and step % log_every == 0:  # evaluation thinned by its budget: the train loss alone
+                point = history_point(step, examples_seen, len(dataset.train), t0, scheduler.get_last_lr()[0], window)
+                store.append_history(point)
+                tracking.log_point(point)
         if halt and run["status"] == "running":
             run["status"], stop_reason = "interrupted", halt
         if run["status"] == "running":

@@ -70,11 +70,14 @@ def test_the_cli_run_records_loss_perplexity_and_token_accuracy_at_every_eval(sf
     hist = _history(sft_run)
     assert [p["step"] for p in hist] == [0, 4, 8, 12]
     for p in hist:
-        for prefix in ("val", "train_eval"):
+        # step 0 scores the base model on val only (train.STEP0_SPLITS, as a classifier's run)
+        for prefix in ("val", "train_eval") if p["step"] else ("val",):
             assert math.isclose(p[f"{prefix}/perplexity"], math.exp(p[f"{prefix}/loss"]), rel_tol=1e-9)
             assert 0.0 <= p[f"{prefix}/token_accuracy"] <= 1.0
         # the completion tokens of 8 validation rows: "your card is blocked" style answers (4 words) + EOS
         assert p["val/tokens"] == 8 * 5
+    assert not any(k.startswith("train_eval/") for k in hist[0])
+    assert run["evaluation"]["step0"] == ["val"] and run["evaluation"]["budget_rows"] is None  # eval_steps given
     assert all("train/loss" in p and "train/grad_norm" in p for p in hist[1:]) and "train/loss" not in hist[0]
     # a learning run: lr 1e-2 on a 4-answer task lowers the val loss well below the untrained model's
     assert hist[-1]["val/loss"] < hist[0]["val/loss"] - 0.3, [p["val/loss"] for p in hist]
@@ -260,13 +263,67 @@ def test_dry_run_counts_the_adapter_without_training(lm, sft_data, tmp_path, cap
 
 
 def test_bf16_autocast_trains_with_the_lm_head_in_float32(lm, sft_data, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from loratune import precision as precision_mod
+    from loratune.generation import load_prompt_set
+    from loratune.sft import LM_HEAD_NAMES
+
     out = tmp_path / "run"
+    prompt_set = sft_data / "prompt_set.jsonl"
     assert cli.main(["train", "-q", *sft_overrides(lm, sft_data, out, precision="bf16", max_steps=2,
-                                                   eval_steps=1)]) == 0
+                                                   eval_steps=1, prompt_set=prompt_set)]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["precision"]["dtype"] == "bfloat16" and run["status"] == "completed"
     assert run["precision"]["lora_inputs_as_is"] > 0  # the adapters take autocast's bf16 inputs as they come
+    # the frozen linear layers are held in bf16: 2 layers x (q, k, v, o, gate, up, down); the lm_head stays float32
+    assert run["precision"]["frozen_linear_bf16"] == 14
     assert all(math.isfinite(p["val/loss"]) for p in _history(out))
+    # the run generated under autocast from bf16 weights; the saved adapter on the float32 base, under autocast as
+    # `loratune evaluate` runs it, writes the same outputs (a bf16 weight is what autocast's cast of it gives)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lm), out / "adapter").eval()
+    precision_mod.head_in_fp32(model, LM_HEAD_NAMES, "cpu")
+    tok = load_tokenizer(load_config(out / "config.yaml").model)
+    items = load_prompt_set(prompt_set)
+    prompts = encode_prompts(tok, Renderer.for_tokenizer(tok, "auto"),
+                             [Example((Turn("user", it.prompt),), it.reference) for it in items], 32)
+    saved = [r["output"] for r in map(json.loads, (out / "generations.jsonl").read_text().splitlines())
+             if r["step"] == run["adapter_step"]]
+    assert generate(model, tok, prompts, 6, torch.device("cpu"), autocast=True) == saved
+
+
+def test_the_default_schedule_charges_generation_to_the_evaluation_budget(lm, sft_data, tmp_path, capsys):
+    from loratune.features import is_eval_point
+    from loratune.sft import DECODE_STEP_TOKENS
+    from loratune.train import plan_steps
+
+    out = tmp_path / "run"
+    args = [a for a in sft_overrides(lm, sft_data, out, prompt_set=sft_data / "prompt_set.jsonl", max_steps=40,
+                                     max_new_tokens=4) if not a.startswith("eval_steps=")]
+    assert cli.main(["train", "--dry-run", *args]) == 0
+    planned = capsys.readouterr().out
+    assert cli.main(["train", "-q", *args]) == 0
+    run = json.loads((out / "run.json").read_text())
+    ev = run["evaluation"]
+    assert ev["budget_rows"] == 0.5 * 3 * 40 * 8 and ev["decode_step_tokens"] == DECODE_STEP_TOKENS
+    # step 0: val's tokens and the 4 prompts' tokens, and one batch of 4 decode steps, in mean training rows
+    tokens_per_row = run["tokens"]["train"] / run["rows"]["train"]
+    assert ev["rows_step0"] > (run["tokens"]["val"] + 4 * DECODE_STEP_TOKENS) / tokens_per_row
+    assert ev["rows_per_point"] > ev["rows_step0"] + 30  # + the train subsample (32 rows)
+    hist = _history(out)
+    evals = [p for p in hist if is_eval_point(p)]
+    points = len(evals) - 1  # after step 0; the last step may fall between two points of the grid (+1)
+    assert points >= 2 and ev["rows_step0"] + (points - 1) * ev["rows_per_point"] <= ev["budget_rows"]
+    # counting a generated prompt as one scored row would have planned more points than the budget holds
+    cfg = load_config(out / "config.yaml")
+    assert plan_steps(cfg, 32, 8 + 32 + 4, 8 + 4)[1] < run["eval_every"] == evals[1]["step"]
+    # the train loss keeps the density of evals_per_run (10: every 4 steps) in train-only points between them
+    train_only = [p for p in hist if not is_eval_point(p)]
+    assert [p["step"] for p in train_only] == [s for s in range(4, 40, 4) if s % run["eval_every"]]
+    assert all(p["train/loss"] > 0 and not any(k.startswith("val/") for k in p) for p in train_only)
+    # the dry run plans what the run did
+    assert f"evaluation every {run['eval_every']} steps" in " ".join(planned.split())
 
 
 def test_predict_on_an_sft_run_says_how_to_use_its_adapter(sft_run, capsys):
@@ -378,7 +435,8 @@ def test_equal_macro_f1_keeps_the_model_with_the_lower_val_loss(lm, intent_data,
     import loratune.sft as S
 
     # no output ever names a label: macro-F1 is 0.0 at every point, so the val loss decides
-    monkeypatch.setattr(S, "generate", lambda model, tok, prompts, n, device: ["no idea"] * len(prompts))
+    monkeypatch.setattr(S, "generate", lambda model, tok, prompts, n, device, autocast=False:
+                        ["no idea"] * len(prompts))
     out = tmp_path / "run"
     args = [a for a in sft_overrides(lm, intent_data, out, label_format="generate") if not a.startswith("max_new")]
     assert cli.main(["train", "-q", *args]) == 0

@@ -246,6 +246,14 @@ def test_robustness_probe_is_skipped_when_it_would_break_the_evaluation_budget(t
     ev = run["evaluation"]
     # budget 0.5 x 3 x 12 steps x 8 = 144 rows; step 0 (20 val rows) + 3 points x (20 + 16) = 128
     assert ev["budget_rows"] == 144 and ev["rows_scored"] == 128 and run["eval_every"] == 4
+    # evaluation thinned below evals_per_run (10): the train loss alone at the steps between (train_log_every)
+    hist = [json.loads(x) for x in (tmp_path / "capped" / "history.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in hist if "val/loss" in p] == [0, 4, 8, 12]
+    train_only = [p for p in hist if "val/loss" not in p]
+    assert [p["step"] for p in train_only] == [1, 2, 3, 5, 6, 7, 9, 10, 11]
+    assert all(set(p) >= {"train/loss", "lr", "epoch"} and not any(k.startswith("train_eval/") for k in p)
+               for p in train_only)
+    assert run["final"]["step"] == 12 and "val/loss" in run["final"]
     texts = tuple(json.loads(x)["text"] for x in (intent_data / "validation.jsonl").read_text().splitlines())
     probe = planned_predictions(texts, run["config"]["train"]["seed"], ROBUSTNESS_ROWS)
     assert 128 + probe > 144

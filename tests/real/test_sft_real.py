@@ -31,8 +31,9 @@ def test_smollm2_sft_trains_generates_and_its_adapter_reloads_with_plain_peft(tm
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from loratune.inference import eval_precision
     from loratune.models import resolve_model
-    from loratune.sft import generate
+    from loratune.sft import LM_HEAD_NAMES, generate
     from loratune.sft_data import Example, Renderer, Turn, encode_prompts
 
     if package_dir(EMBEDDED_MODELS["embedded:smollm2"][0]) is None:
@@ -59,8 +60,8 @@ def test_smollm2_sft_trains_generates_and_its_adapter_reloads_with_plain_peft(tm
     first = hist[0]
     # the instruct model already writes instruction answers: far below ln(49152) = 10.8 nats per token
     assert 1.0 < first["val/loss"] < 4.0 and first["val/token_accuracy"] > 0.3, first
-    assert all(math.isfinite(p["val/loss"]) and math.isfinite(p["train_eval/loss"]) for p in hist)
-    assert hist[-1]["train_eval/loss"] < first["train_eval/loss"]  # it fits the rows it trains on
+    assert all(math.isfinite(p["val/loss"]) for p in hist) and "train_eval/loss" not in first  # step 0: val only
+    assert hist[-1]["train_eval/loss"] < hist[1]["train_eval/loss"]  # it fits the rows it trains on
     gens = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
     assert len(gens) == 3 * 2 and {g["group"] for g in gens} == {"familiar", "novel"}
     assert all(g["output"].strip() for g in gens if g["step"] == 0)  # the instruct model answers every prompt
@@ -73,4 +74,7 @@ def test_smollm2_sft_trains_generates_and_its_adapter_reloads_with_plain_peft(tm
     ids = encode_prompts(tok, Renderer.for_tokenizer(tok, "auto"),
                          [Example((Turn("user", p["prompt"]),), p["reference"]) for p in prompts], 64)
     saved = [g["output"] for g in gens if g["step"] == run["adapter_step"]]
-    assert generate(model, tok, ids, 8, torch.device("cpu")) == saved
+    # in the run's precision, as `loratune evaluate` resolves it (bf16 autocast on a CPU with avx512_bf16)
+    autocast = eval_precision(cfg, model, torch.device("cpu"), LM_HEAD_NAMES)
+    assert autocast == (run["precision"]["dtype"] == "bfloat16")
+    assert generate(model, tok, ids, 8, torch.device("cpu"), autocast) == saved

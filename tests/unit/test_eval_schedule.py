@@ -3,6 +3,9 @@ times, so evaluating never costs more than the cap allows; a run long enough kee
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 
 from loratune.config import load_config
@@ -70,3 +73,34 @@ def test_robustness_probe_is_charged_to_the_budget():
     assert robustness_skip(3_000, 2_000, 1_000) is None  # fits exactly
     why = robustness_skip(1_920, 2_518, 980)
     assert why is not None and "2518" in why and "1920" in why and "3498" in why
+
+
+def _enc(*lengths):
+    from loratune.sft_data import SFTEncoded
+    return SFTEncoded(ids=[[1] * n for n in lengths], prompt_lens=np.zeros(len(lengths), dtype=np.int64))
+
+
+def test_a_causal_lm_point_is_priced_in_mean_training_rows_with_generation_per_decode_step():
+    from loratune.sft import DECODE_STEP_TOKENS, GEN_BATCH, eval_cost_rows
+
+    train = _enc(10, 30)  # the mean training row: 20 tokens
+    scored = {"val": _enc(5, 15), "train_eval": _enc(40)}
+    assert eval_cost_rows(scored, [], train) == (1, 3)  # 20 tokens at step 0 (val only), 60 later
+    prompts = [[7] * 4] * 3  # 12 prompt tokens, one batch: 5 decode steps
+    gen = 12 + 5 * DECODE_STEP_TOKENS
+    assert eval_cost_rows(scored, [(prompts, 5)], train) == (math.ceil((20 + gen) / 20), math.ceil((60 + gen) / 20))
+    # a decode step costs the same for one row as for GEN_BATCH: one more prompt past a full batch is a second batch
+    full, over = [[7]] * GEN_BATCH, [[7]] * (GEN_BATCH + 1)
+    assert eval_cost_rows({}, [(full, 5)], train)[0] == math.ceil((GEN_BATCH + 5 * DECODE_STEP_TOKENS) / 20)
+    assert eval_cost_rows({}, [(over, 5)], train)[0] == math.ceil((GEN_BATCH + 1 + 10 * DECODE_STEP_TOKENS) / 20)
+    assert eval_cost_rows({}, [([], 64)], train) == (0, 0)  # no prompt set: nothing generated
+
+
+def test_the_train_loss_keeps_evals_per_run_points_when_evaluation_is_thinned():
+    from loratune.train import train_log_every
+
+    assert train_log_every(cfg("max_steps=75"), 75, 75) == 7  # one eval after step 0: the train loss every 7 steps
+    assert train_log_every(cfg("max_steps=12"), 12, 4) == 1
+    assert train_log_every(cfg("max_steps=290"), 290, 29) is None  # evaluation as dense as evals_per_run asks
+    assert train_log_every(cfg("max_steps=75", "eval_steps=75"), 75, 75) is None  # a schedule given: as given
+    assert train_log_every(cfg("max_steps=75", "evals_per_run=3"), 75, 75) == 25

@@ -628,10 +628,13 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         best_pt = dict(run["best"])
         best_step = as_float(best_pt["step"]) if as_float(best_pt.get(metric)) is not None else best_step
     best_pt = _point_at(points, best_step) or (run.get("best") if isinstance(run.get("best"), dict) else {})
-    final_pt = points[-1] if points else (run.get("final") if isinstance(run.get("final"), dict) else {})
+    from loratune.features import is_eval_point  # a train-only point (the train loss alone) is no final score
+
+    evals = [p for p in points if is_eval_point(p)]
+    final_pt = evals[-1] if evals else (run.get("final") if isinstance(run.get("final"), dict) else {})
     status = str(run.get("status") or "unknown")
     if status == "running":
-        notes.append(f"the run is still training (status `running`, {len(points)} eval points so far): "
+        notes.append(f"the run is still training (status `running`, {len(evals)} eval points so far): "
                      "this report shows it as it stands")
     elif status == "died":
         notes.append(f"the run is partial: {run.get('reason')}")

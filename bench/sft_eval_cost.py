@@ -1,0 +1,101 @@
+"""What an SFT evaluation point costs on this machine: the measurement behind `sft.DECODE_STEP_TOKENS`
+(the price of one decode step of a generation batch, in tokens of a scoring forward pass) and behind generating
+under the run's precision from bf16 frozen weights.
+
+    python bench/sft_eval_cost.py [--out bench/results/sft_eval_cost.json] [--rounds 3]
+
+On `embedded:smollm2` (SmolLM2-135M) with a LoRA adapter (the default targets) and the demo instruction data,
+in one process:
+- generation of the 40-prompt demo prompt set (64 new tokens) in float32, under bf16 autocast with float32
+  weights, and under autocast with the frozen weights held in bf16 (`precision.frozen_weights_in_bf16`), and
+  whether the outputs agree;
+- the decode step: 16 prompts at 64 and at 8 new tokens, the difference over 56 steps (the prompts' own forward
+  pass cancels); the scored token: `sft.evaluate_lm` over 60 training rows, seconds per token. Medians of
+  `--rounds`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics as st
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from loratune import precision as pm
+from loratune.adapt import apply_adapter
+from loratune.config import load_config
+from loratune.generation import load_prompt_set
+from loratune.models import load_causal_lm, load_tokenizer
+from loratune.sft import DECODE_STEP_TOKENS, GEN_BATCH, LM_HEAD_NAMES, evaluate_lm, generate
+from loratune.sft_data import Example, Renderer, Turn, encode_prompts, encode_sft, load_sft_dataset
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="bench/results/sft_eval_cost.json")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(os.cpu_count() or 1)
+    cpu = torch.device("cpu")
+    cfg = load_config(None, ["task=causal-lm"])
+    tok = load_tokenizer(cfg.model)
+    model, _ = apply_adapter(load_causal_lm(cfg.model, tok.pad_token_id), cfg.adapter, task="causal-lm")
+    model.eval()
+    data = load_sft_dataset(cfg.data, seed=0)
+    renderer = Renderer.for_tokenizer(tok, cfg.data.chat_template)
+    items = load_prompt_set(data.prompt_set)
+    prompts = encode_prompts(tok, renderer, [Example((Turn("user", it.prompt),), it.reference) for it in items],
+                             cfg.model.max_length)
+    rows = encode_sft(tok, renderer, data.train.examples[:60], cfg.model.max_length)
+
+    def timed(fn):
+        t = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t, out
+
+    def gen(batch, new, autocast):
+        return timed(lambda: generate(model, tok, batch, new, cpu, autocast))
+
+    result: dict = {"argv": sys.argv, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "prompts": len(prompts), "prompt_tokens": sum(map(len, prompts)), "gen_batch": GEN_BATCH}
+    arms = {}
+    fp32_s, fp32_out = gen(prompts, 64, False)
+    arms["float32"] = fp32_s
+    pm.head_in_fp32(model, LM_HEAD_NAMES, "cpu")
+    ac_s, ac_out = gen(prompts, 64, True)
+    arms["autocast, float32 weights"] = ac_s
+    result["frozen_linear_bf16"] = pm.frozen_weights_in_bf16(model, LM_HEAD_NAMES, keep_full=False)
+    bf_s, bf_out = gen(prompts, 64, True)
+    arms["autocast, bf16 weights"] = bf_s
+    result["prompt_set_generation_s"] = arms
+    result["same_outputs"] = {"bf16 weights vs autocast float32 weights": sum(a == b for a, b in zip(bf_out, ac_out)),
+                              "bf16 weights vs float32": sum(a == b for a, b in zip(bf_out, fp32_out)),
+                              "of": len(prompts)}
+    print(json.dumps(result, indent=1), flush=True)
+
+    first = prompts[:GEN_BATCH]
+    gen(first, 2, True)  # warm
+    runs: dict[str, list[float]] = {"gen64": [], "gen8": [], "score": []}
+    for _ in range(args.rounds):
+        runs["gen64"].append(gen(first, 64, True)[0])
+        runs["gen8"].append(gen(first, 8, True)[0])
+        runs["score"].append(timed(lambda: evaluate_lm("x", model, rows, tok.pad_token_id, cpu, True))[0])
+    med = {k: st.median(v) for k, v in runs.items()}
+    step_s = (med["gen64"] - med["gen8"]) / 56
+    token_s = med["score"] / int(rows.lengths.sum())
+    result.update({"rounds": runs, "scored_tokens": int(rows.lengths.sum()),
+                   "decode_step_ms": round(step_s * 1e3, 2), "scored_token_ms": round(token_s * 1e3, 4),
+                   "decode_step_in_scored_tokens": round(step_s / token_s, 1),
+                   "DECODE_STEP_TOKENS": DECODE_STEP_TOKENS})
+    print(json.dumps({k: result[k] for k in ("decode_step_ms", "scored_token_ms", "decode_step_in_scored_tokens")}))
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
