@@ -11,7 +11,7 @@ in one process:
   whether the outputs agree;
 - the decode step: 16 prompts at 64 and at 8 new tokens, the difference over 56 steps (the prompts' own forward
   pass cancels); the scored token: `sft.evaluate_lm` over 60 training rows, seconds per token. Medians of
-  `--rounds`.
+  `--rounds`, the arms alternated (a shared machine: read the ratios of neighbours).
 """
 
 from __future__ import annotations
@@ -44,8 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     cpu = torch.device("cpu")
     cfg = load_config(None, ["task=causal-lm"])
     tok = load_tokenizer(cfg.model)
-    model, _ = apply_adapter(load_causal_lm(cfg.model, tok.pad_token_id), cfg.adapter, task="causal-lm")
-    model.eval()
+
+    def adapted():
+        model, _ = apply_adapter(load_causal_lm(cfg.model, tok.pad_token_id), cfg.adapter, task="causal-lm")
+        pm.head_in_fp32(model, LM_HEAD_NAMES, "cpu")  # a no-op outside autocast
+        return model.eval()
+
+    torch.manual_seed(0)
+    model_fp32 = adapted()
+    model = adapted()  # the same weights (a fresh adapter's B is zero); its frozen weights held in bf16
+    frozen = pm.frozen_weights_in_bf16(model, LM_HEAD_NAMES, keep_full=False)
     data = load_sft_dataset(cfg.data, seed=0)
     renderer = Renderer.for_tokenizer(tok, cfg.data.chat_template)
     items = load_prompt_set(data.prompt_set)
@@ -58,24 +66,33 @@ def main(argv: list[str] | None = None) -> int:
         out = fn()
         return time.perf_counter() - t, out
 
-    def gen(batch, new, autocast):
-        return timed(lambda: generate(model, tok, batch, new, cpu, autocast))
+    def gen(batch, new, autocast, m=None):
+        return timed(lambda: generate(m or model, tok, batch, new, cpu, autocast))
 
     result: dict = {"argv": sys.argv, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "prompts": len(prompts), "prompt_tokens": sum(map(len, prompts)), "gen_batch": GEN_BATCH}
-    arms = {}
-    fp32_s, fp32_out = gen(prompts, 64, False)
-    arms["float32"] = fp32_s
-    pm.head_in_fp32(model, LM_HEAD_NAMES, "cpu")
-    ac_s, ac_out = gen(prompts, 64, True)
-    arms["autocast, float32 weights"] = ac_s
-    result["frozen_linear_bf16"] = pm.frozen_weights_in_bf16(model, LM_HEAD_NAMES, keep_full=False)
-    bf_s, bf_out = gen(prompts, 64, True)
-    arms["autocast, bf16 weights"] = bf_s
-    result["prompt_set_generation_s"] = arms
-    result["same_outputs"] = {"bf16 weights vs autocast float32 weights": sum(a == b for a, b in zip(bf_out, ac_out)),
-                              "bf16 weights vs float32": sum(a == b for a, b in zip(bf_out, fp32_out)),
-                              "of": len(prompts)}
+                    "prompts": len(prompts), "prompt_tokens": sum(map(len, prompts)), "gen_batch": GEN_BATCH,
+                    "frozen_linear_bf16": frozen}
+    # the three ways to generate the prompt set, alternated round by round (the machine is shared: ratios of
+    # neighbours, not absolute seconds)
+    arms = {"float32": (model_fp32, False), "autocast, float32 weights": (model_fp32, True),
+            "autocast, bf16 weights": (model, True)}
+    seconds: dict[str, list[float]] = {a: [] for a in arms}
+    outputs = {}
+    for r in range(args.rounds):
+        for arm in (list(arms) if r % 2 == 0 else list(reversed(arms))):
+            m, ac = arms[arm]
+            dt, outputs[arm] = gen(prompts, 64, ac, m)
+            seconds[arm].append(round(dt, 2))
+            print(arm, round(dt, 1), flush=True)
+    result["prompt_set_generation_s"] = seconds
+    med = {a: st.median(v) for a, v in seconds.items()}
+    bf16, ac32 = med["autocast, bf16 weights"], med["autocast, float32 weights"]
+    result["prompt_set_speedup_bf16_weights"] = {"over float32": round(med["float32"] / bf16, 2),
+                                                 "over autocast float32 weights": round(ac32 / bf16, 2)}
+    bf = outputs["autocast, bf16 weights"]
+    result["same_outputs"] = {f"bf16 weights vs {other}": sum(a == b for a, b in zip(bf, outputs[other]))
+                              for other in ("autocast, float32 weights", "float32")} | {"of": len(prompts)}
+    del model_fp32
     print(json.dumps(result, indent=1), flush=True)
 
     first = prompts[:GEN_BATCH]

@@ -154,6 +154,9 @@ class Diagnosis:
         rules_by_signal: dict[str, list[str]] = {}
         stuck = [(f.rule_id, f.missing) for f in self.findings if f.tentative and f.scope in ("curve", "class")]
         stuck += [(n.rule_id, n.missing) for n in self.not_evaluated]
+        if self.primary is None:  # inconclusive: a val loss curve too short (or absent) for any curve rule
+            stuck.append(("inconclusive", tuple((f, why) for f, why in self.features.missing.items()
+                                                if (sg := signal_for(f)) is not None and sg.reads_curve)))
         for rule_id, missing in stuck:
             for feature, why in missing:
                 if why.startswith(NOT_APPLICABLE):  # nothing to log: the feature cannot exist for this run

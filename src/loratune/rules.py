@@ -1157,6 +1157,8 @@ class Signal:
     name: str
     features: tuple[str, ...]
     how: str
+    # advised on an inconclusive verdict when one of its features is missing: a curve too short for any rule
+    reads_curve: bool = False
 
 
 _SIGNALS = (
@@ -1165,7 +1167,9 @@ _SIGNALS = (
                                 "val_loss_rise_share", "val_loss_noise", "val_loss_rise_noise",
                                 "val_loss_drop_noise"),
            "evaluate during training: eval_strategy='steps' with eval_steps about a tenth of the run, and an "
-           "eval_dataset (at least 4 eval points give a noise band)"),
+           "eval_dataset (at least 4 eval points give a noise band); `loratune train`: eval_steps=N, or a larger "
+           "max_eval_share when a short run's evaluation budget left it few points (run.json evaluation)",
+           reads_curve=True),
     Signal("a val metric (macro-F1 or accuracy)", ("val_metric_start", "val_metric_best", "val_metric_final",
                                                    "val_metric_gain", "val_metric_final_drop",
                                                    "val_metric_final_drop_se", "val_metric_max_drop",

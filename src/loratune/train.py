@@ -360,13 +360,19 @@ def plan_steps(cfg: RunConfig, n_train: int, eval_rows: int | None = None,
     return steps, every
 
 
+# The fewest optimizer steps a train-only history point averages: the mean loss of fewer is mostly the noise of
+# its batches, which the diagnosis would read as the curve's own rises and falls (TRL logs every 10 steps).
+TRAIN_LOG_MIN_STEPS = 5
+
+
 def train_log_every(cfg: RunConfig, steps: int, eval_every: int) -> int | None:
     """Steps between train-only history points (the train-loss window since the last point, no evaluation):
     when eval_steps is null and max_eval_share left fewer evaluation points than evals_per_run, the train loss
-    is still logged about evals_per_run times, so its trend stays readable (diagnose reads such a point as a
-    Trainer's train log). None when evaluation is that dense already, or its schedule was given."""
+    is still logged about evals_per_run times (windows of TRAIN_LOG_MIN_STEPS or more), so its trend stays
+    readable (diagnose reads such a point as a Trainer's train log). None when evaluation is that dense already,
+    or its schedule was given."""
     t = cfg.train
-    every = max(1, steps // t.evals_per_run)
+    every = max(TRAIN_LOG_MIN_STEPS, steps // t.evals_per_run)
     return every if not t.eval_steps and every < eval_every else None
 
 

@@ -316,3 +316,33 @@ def test_a_language_models_token_accuracy_below_0_6_is_no_sign_of_a_poor_fit():
     clf = diagnose(_metric_plateau("accuracy", 0.58), meta={"task": "single_label"})
     assert clf.verdict == "underfit-capacity"
     assert any("train-subsample metric ended at 0.580" in e.text and e.passed for e in clf.primary.evidence)
+
+
+
+# The demo run (`loratune train task=causal-lm`, SmolLM2 on the demo instructions, 75 steps; 2026-12-04), as its
+# history recorded it: under the evaluation budget that prices generation (val loss at step 0 and the end, the
+# train loss alone every 7 steps), and before that change (6 evaluation points).
+DEMO_THINNED = [
+    {"step": 0, "epoch": 0.0, "val/loss": 2.2988, "val/token_accuracy": 0.5324},
+    *({"step": s, "epoch": round(s / 15, 4), "train/loss": v} for s, v in (
+        (7, 2.2821), (14, 2.2325), (21, 2.1191), (28, 2.047), (35, 1.9537), (42, 1.7906), (49, 1.7508), (56, 1.8274),
+        (63, 1.7222), (70, 1.6383))),
+    {"step": 75, "epoch": 5.0, "train/loss": 1.673, "val/loss": 2.0737, "val/token_accuracy": 0.5691}]
+DEMO_SIX_EVALS = [
+    {"step": 0, "epoch": 0.0, "val/loss": 2.2988, "val/token_accuracy": 0.5324},
+    {"step": 18, "epoch": 1.2034, "train/loss": 2.2504, "val/loss": 2.0968, "val/token_accuracy": 0.5507},
+    {"step": 36, "epoch": 2.4068, "train/loss": 1.9926, "val/loss": 2.0622, "val/token_accuracy": 0.5557},
+    {"step": 54, "epoch": 3.5932, "train/loss": 1.7978, "val/loss": 2.0642, "val/token_accuracy": 0.5657},
+    {"step": 72, "epoch": 4.8136, "train/loss": 1.6917, "val/loss": 2.0728, "val/token_accuracy": 0.5657},
+    {"step": 75, "epoch": 5.0, "train/loss": 1.5756, "val/loss": 2.0737, "val/token_accuracy": 0.5691}]
+
+
+def test_an_inconclusive_short_curve_says_how_to_get_a_readable_one():
+    d = diagnose(DEMO_THINNED, meta=SFT)  # two val points: no curve rule reads them
+    assert d.verdict == "inconclusive" and d.features["n_eval_points"] == 2
+    curve = [a for a in d.advice() if a["signal"] == "a val loss curve"]
+    assert curve and "inconclusive" in curve[0]["rules"]
+    assert "eval_steps=N" in curve[0]["how"] and "max_eval_share" in curve[0]["how"]
+    # near miss: the same run evaluated 6 times reaches a verdict, and nothing asks for a longer curve
+    d = diagnose(DEMO_SIX_EVALS, meta=SFT)
+    assert d.verdict == "undertrained" and all(a["signal"] != "a val loss curve" for a in d.advice())
