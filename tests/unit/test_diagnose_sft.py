@@ -318,7 +318,6 @@ def test_a_language_models_token_accuracy_below_0_6_is_no_sign_of_a_poor_fit():
     assert any("train-subsample metric ended at 0.580" in e.text and e.passed for e in clf.primary.evidence)
 
 
-
 # The demo run (`loratune train task=causal-lm`, SmolLM2 on the demo instructions, 75 steps; 2026-12-04), as its
 # history recorded it: under the evaluation budget that prices generation (val loss at step 0 and the end, the
 # train loss alone every 7 steps), and before that change (6 evaluation points).
