@@ -762,7 +762,8 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
                     stop_reason = (f"early stopping: {objective} did not improve for "
                                    f"{cfg.train.early_stopping_patience} evaluations")
                     break
-            elif log_every and step % log_every == 0:  # evaluation thinned by its budget: the train loss alone
+            elif log_every and len(window["loss"]) >= log_every:  # evaluation thinned by its budget: the train
+                # loss alone, over the log_every steps since the last history line
                 point = history_point(step, examples_seen, len(dataset.train), t0, scheduler.get_last_lr()[0], window)
                 if ranks.main:
                     store.append_history(point)

@@ -366,14 +366,14 @@ TRAIN_LOG_MIN_STEPS = 5
 
 
 def train_log_every(cfg: RunConfig, steps: int, eval_every: int) -> int | None:
-    """Steps between train-only history points (the train-loss window since the last point, no evaluation):
+    """Steps a train-only history point averages (the train-loss window since the last line, no evaluation):
     when eval_steps is null and max_eval_share left fewer evaluation points than evals_per_run, the train loss
     is still logged about evals_per_run times (windows of TRAIN_LOG_MIN_STEPS or more), so its trend stays
-    readable (diagnose reads such a point as a Trainer's train log). None when evaluation is that dense already,
-    or its schedule was given."""
+    readable (diagnose reads such a point as a Trainer's train log). None when evaluation is that dense already
+    (two such windows do not fit between two evaluations), or its schedule was given."""
     t = cfg.train
     every = max(TRAIN_LOG_MIN_STEPS, steps // t.evals_per_run)
-    return every if not t.eval_steps and every < eval_every else None
+    return every if not t.eval_steps and 2 * every <= eval_every else None
 
 
 def history_point(step: int, examples_seen: int, n_train: int, t0: float, lr: float,
@@ -814,7 +814,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
                     stop_reason = (f"early stopping: {_metric_name(objective)} did not improve for "
                                    f"{cfg.train.early_stopping_patience} evaluations")
                     break
-            elif log_every and step % log_every == 0:  # evaluation thinned by its budget: the train loss alone
+            elif log_every and len(window["loss"]) >= log_every:  # evaluation thinned by its budget: the train
+                # loss alone, over the log_every steps since the last history line
                 point = history_point(step, examples_seen, len(dataset.train), t0, scheduler.get_last_lr()[0], window)
                 store.append_history(point)
                 tracking.log_point(point)

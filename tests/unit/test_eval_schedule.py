@@ -102,6 +102,8 @@ def test_the_train_loss_keeps_evals_per_run_points_when_evaluation_is_thinned():
     assert train_log_every(cfg("max_steps=75"), 75, 75) == 7  # one eval after step 0: the train loss every 7 steps
     assert train_log_every(cfg("max_steps=40"), 40, 20) == TRAIN_LOG_MIN_STEPS == 5  # not a window of 4 steps
     assert train_log_every(cfg("max_steps=12"), 12, 4) is None  # windows of 5 would be longer than the evals'
+    assert train_log_every(cfg("max_steps=40"), 40, 9) is None  # two windows of 5 do not fit between evaluations
+    assert train_log_every(cfg("max_steps=40"), 40, 10) == 5
     assert train_log_every(cfg("max_steps=290"), 290, 29) is None  # evaluation as dense as evals_per_run asks
     assert train_log_every(cfg("max_steps=75", "eval_steps=75"), 75, 75) is None  # a schedule given: as given
     assert train_log_every(cfg("max_steps=75", "evals_per_run=3"), 75, 75) == 25
