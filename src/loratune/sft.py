@@ -92,8 +92,9 @@ EVAL_TOKENS = 1024
 GEN_BATCH = 16  # prompts generated together (left-padded)
 # What a decode step of generation costs, in tokens of a scoring forward pass (the unit eval_cost_rows charges
 # evaluation in): one step reads every weight for one new position of each row in a batch of up to GEN_BATCH,
-# so it runs at the speed of memory, not of arithmetic. SmolLM2-135M, bf16 weights, 2 CPU cores: 129 ms a step
-# of 16 rows against 1.31 ms a scored token, 98 tokens (bench/sft_eval_cost.py); a prompt token costs one.
+# so it runs at the speed of memory, not of arithmetic. SmolLM2-135M, bf16 weights, 2 CPU cores: 78-98 scored
+# tokens a step of 16 rows in three measurements (bench/sft_eval_cost.py); 100, the dear end, since the budget
+# is a ceiling. A prompt token costs one.
 DECODE_STEP_TOKENS = 100
 # The output projection to the vocabulary: in float32 under bf16 autocast, so the logits and the loss over
 # the whole vocabulary keep full precision (as the classification head does in train.py).
