@@ -55,8 +55,8 @@ import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
-if not DATA.is_dir():
+DATA = Path(os.environ.get("BENCH_BANKING77") or Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77")
+if not DATA.is_dir():  # BENCH_BANKING77: the folder elsewhere (bench/gpu_check.sh carries a copy to the GPU machine)
     DATA = Path("/work/shared/data/banking77")
 RESULTS = Path(__file__).resolve().parent / "results"
 # how OpenMP threads wait: the keys of src/loratune/openmp.py USER_KEYS (not imported here: importing loratune
@@ -290,7 +290,12 @@ def child(arm: str, config: str, steps: int, seed: int, peak: float | None = Non
         peak = peak or next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
         f = model_flops_per_token(config)
         flops = f["flops_per_token"] * f["mean_tokens"] * res["examples"]
+        import peft
+        import transformers
+
         res.update({"gpu": name, "peak_flops": peak, "model_flops": flops,
+                    "env": {"torch": torch.__version__, "transformers": transformers.__version__,
+                            "peft": peft.__version__},
                     "mfu": flops / res["train_s"] / peak if peak else None,
                     "gpu_peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20})
     res["child_process_s"] = time.time() - _process_start()  # start to (almost) exit, imports included
@@ -324,7 +329,8 @@ def summarize(results: list[dict], steps: int, rounds: int, elapsed: float) -> d
             for key in ("warm_examples_per_s", "warm_val_macro_f1", "mfu", "gpu_peak_memory_mb", "evals",
                         "best_val_macro_f1"):
                 if key in rs[0]:
-                    arms[arm][key] = [None if r.get(key) is None else round(r[key], 4) for r in rs]
+                    digits = 7 if key == "mfu" else 4  # a GPU's MFU on MiniLM is a few 1e-4
+                    arms[arm][key] = [None if r.get(key) is None else round(r[key], digits) for r in rs]
             if rs[0].get("timing_s"):
                 arms[arm]["timing_s"] = [r["timing_s"] for r in rs]
             if rs[0].get("prefix_cache"):
@@ -419,9 +425,25 @@ NOTES = [
     "per batch, so early in training they are noisier and on average a little behind random batches; "
     "the HF grouped arm shows the same. Compare loratune's F1 with trainer-grouped's, and both with "
     "that spread.",
-    "- No GPU machine was lent to this task: `--device cuda` (bf16 autocast, fused AdamW, MFU = model "
-    "FLOPs per step / the GPU's dense bf16 peak) is written but has not run on a GPU; on a machine "
-    "without CUDA it prints `skipped` and exits 0.", ""]
+    "- `--device cuda` (bf16 autocast, fused AdamW, MFU = model FLOPs per step / the GPU's dense bf16 peak) "
+    "writes throughput_cuda.md; it ran on an H200 on 2026-12-04 (bench/gpu_check.sh). On a machine without CUDA "
+    "it prints `skipped` and exits 0.", ""]
+
+
+# What the GPU rounds ran on and how, for throughput_cuda.md (bench/gpu_check.sh runs them on a lent GPU machine)
+GPU_NOTES = [
+    "## How this was measured (GPU)", "",
+    "- `bash bench/gpu_check.sh run` on a lent GPU machine: its image's own torch / transformers / peft (versions "
+    "per run in the JSON's `env`), loratune from `src/`, no network. The MiniLM weights travelled in float16 (the "
+    "float32 file is over the transfer limit) and were restored to float32 there: every arm read the same weights, "
+    "within 1e-3 of the original.",
+    "- Every arm on the GPU under bf16 autocast with fused AdamW: the Trainer with `bf16=True, "
+    "optim=\"adamw_torch_fused\"` (what a GPU user sets), loratune with `precision: auto` (bf16 on a CUDA device "
+    "with bf16). Length-grouped batches in both; the same configs, data, seeds and examples as the CPU race.",
+    "- MFU = the model FLOPs of the training examples (`model_flops_per_token` x mean unpadded tokens x examples) / "
+    "the training seconds / the GPU's dense bf16 peak (`GPU_PEAK_BF16`, the data sheet's figure).",
+    "- Rounds run in separate leases of a machine are not comparable with each other (a fresh machine's first CUDA "
+    "process pays for starting the device); compare arms within a round.", ""]
 
 
 def _med(xs) -> float:
@@ -449,11 +471,14 @@ def write_markdown(summary: dict, path: Path) -> None:
     lines = [f"# Training throughput: loratune vs HF Trainer + peft ({'CPU' if cpu else 'GPU'})", "",
              f"Command: `python bench/throughput.py --steps {summary['steps']} --rounds {summary['rounds']}"
              f"{'' if cpu else ' --device cuda'}`; "
-             f"{summary['cpu_cores']} CPU cores shared with other jobs (load average per arm below); "
-             f"{summary['examples']} training examples per arm ({summary['steps']} steps x {summary['batch']}); "
+             + (f"{summary['cpu_cores']} CPU cores shared with other jobs (load average per arm below); " if cpu
+                else f"{summary.get('gpu', 'a GPU')}, {summary['cpu_cores']} CPU cores; ")
+             + f"{summary['examples']} training examples per arm ({summary['steps']} steps x {summary['batch']}); "
              f"total {summary['elapsed_s'] / 60:.1f} min. Before issue 17: "
              "[throughput_before_issue17.md](throughput_before_issue17.md); the levers one at a time: "
              "[levers.md](levers.md).", ""]
+    if summary.get("note"):
+        lines += [f"Rounds: {summary['note']}.", ""]
     for config, c in summary["configs"].items():
         lines += [f"## Config ({config}): {c['what']}", "",
                   f"Adapted modules identical across arms: {c['same_adapted_modules']} ({c['n_adapted_modules']}).", "",
@@ -507,10 +532,10 @@ def write_markdown(summary: dict, path: Path) -> None:
         if not cpu:
             lines += ["", "| arm | MFU per round | GPU peak memory MB |", "|---|---|---|"]
             for arm, a in c["arms"].items():
-                lines.append(f"| {arm} | {', '.join(f'{x:.1%}' for x in a.get('mfu', []) if x is not None)} "
+                lines.append(f"| {arm} | {', '.join(f'{x:.3%}' for x in a.get('mfu', []) if x is not None)} "
                              f"| {', '.join(f'{x:.0f}' for x in a.get('gpu_peak_memory_mb', []))} |")
         lines.append("")
-    lines += NOTES
+    lines += NOTES if cpu else GPU_NOTES
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -518,6 +543,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--first-round", type=int, default=0,
+                    help="number the rounds from here (order and seed follow the number): finish a cut-short run "
+                         "in another session, then --render the runs of both")
     ap.add_argument("--configs", default="a,b")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--render", metavar="JSON", help="only re-summarize the runs of a results JSON")
@@ -546,10 +574,16 @@ def main() -> None:
     if args.render:  # recompute the summary from the recorded runs, rewrite both files
         old = json.loads(Path(args.render).read_text())
         summary = summarize(old["runs"], old["steps"], old["rounds"], old["elapsed_s"])
+        summary["cpu_cores"] = old.get("cpu_cores", summary["cpu_cores"])  # the machine that ran them
+        if old.get("note"):  # how the runs came to be (e.g. rounds of several GPU leases)
+            summary["note"] = old["note"]
         summary["runs"] = old["runs"]
         summary["device"] = old.get("device", "cpu")
-        (Path(args.out) / "throughput.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        write_markdown(summary, Path(args.out) / "throughput.md")
+        if summary["device"] != "cpu":
+            summary["gpu"] = next((r["gpu"] for r in old["runs"] if r.get("gpu")), None)
+        stem = "throughput" if summary["device"] == "cpu" else "throughput_cuda"
+        (Path(args.out) / f"{stem}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_markdown(summary, Path(args.out) / f"{stem}.md")
         return
     configs = args.configs.split(",")
     arms = tuple(a for a in ARMS if a in args.arms.split(","))
@@ -562,7 +596,7 @@ def main() -> None:
         env["OMP_WAIT_POLICY"] = "PASSIVE"  # 2-3x slower and erratic (3.3 s vs 1.4 s per step at load 7)
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU race stays on the CPU where a GPU exists
-    for rnd in range(args.rounds):
+    for rnd in range(args.first_round, args.first_round + args.rounds):
         for config in configs:
             order = arms if rnd % 2 == 0 else tuple(reversed(arms))
             seed = COMMON["seed"] + rnd  # a new seed per round: the F1 spread shows the seed noise
@@ -586,7 +620,8 @@ def main() -> None:
                     res["process_s"] = res.pop("child_process_s", None) or time.perf_counter() - t
                     results.append(res)
                     partial = {"steps": args.steps, "rounds": args.rounds, "elapsed_s": time.perf_counter() - t0,
-                               "device": args.device, "runs": results}  # --render it if the run is cut short
+                               "device": args.device, "cpu_cores": len(os.sched_getaffinity(0)),
+                               "runs": results}  # --render it if the run is cut short
                     Path(args.out).mkdir(parents=True, exist_ok=True)
                     (Path(args.out) / "throughput.partial.json").write_text(json.dumps(partial), encoding="utf-8")
                     print(f"round {rnd} config {config} {arm:16s} {res['examples_per_s']:7.1f} ex/s  "
@@ -596,6 +631,8 @@ def main() -> None:
     summary = summarize(results, args.steps, args.rounds, time.perf_counter() - t0)
     summary["runs"] = results
     summary["device"] = args.device
+    if args.device != "cpu":
+        summary["gpu"] = next((r["gpu"] for r in results if r.get("gpu")), None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "throughput" if args.device == "cpu" else "throughput_cuda"
