@@ -74,17 +74,26 @@ FULL_PRECISION = {
 # (get_peft_model's autocast_adapter_dtype=True, the default), so fp32 weights, fp32 gradients, AdamW m and v
 # in fp32: 16 bytes per trainable parameter (the classification head too, when one is trained).
 ADAPTER_BYTES = (FP32, FP32, 2 * FP32)
-# Logits, bytes per vocabulary entry per token at the start of backward (the peak): the bf16 logits the
-# model returns (2), the fp32 log-softmax the loss keeps for backward (4; transformers upcasts logits to fp32
-# for the loss), and the fp32 gradient of the logits (4). 128k-vocabulary models at long sequences are
-# dominated by this term (why chunked cross-entropy exists).
-LOGIT_BYTES = BF16 + FP32 + FP32
+# Logits, bytes per vocabulary entry per token at their peak, in the loss's backward (transformers upcasts the
+# logits to fp32 for the loss): the fp32 log-softmax the loss kept (4), the fp32 gradient the NLL loss hands
+# back, dense over the vocabulary (4), and the fp32 gradient of the logits log-softmax's backward computes from
+# the two (4). (The forward's own peak is lower: bf16 logits 2 + their fp32 copy 4 + the log-softmax 4; the bf16
+# logits are freed with the model's output once the loss is computed.) Measured on an H200
+# (bench/results/plan_vs_measured.md): 2 bytes per entry above the earlier 10 for SmolLM2-135M, 1.7 for a
+# TinyLlama-1.1B shape. 128k-vocabulary models at long sequences are dominated by this term (why chunked
+# cross-entropy exists).
+LOGIT_BYTES = FP32 + FP32 + FP32
 # Eager attention keeps the score matrix per head, query and key: the fp32 softmax output (4) and its bf16
 # copy multiplied with V (2). SDPA / FlashAttention keeps only a log-sum-exp per head and query (ignored).
 EAGER_SCORE_BYTES = FP32 + BF16
-# The CUDA context, cuBLAS workspace and loaded kernels, outside torch's allocator: torch.cuda.max_memory_*
-# never counts it, nvidia-smi does. About 0.3-0.6 GiB on A100/H100 with CUDA 12's lazy module loading.
+# The CUDA context and loaded kernels, outside torch's allocator: torch.cuda.max_memory_* never counts it,
+# nvidia-smi does. About 0.3-0.6 GiB on A100/H100 with CUDA 12's lazy module loading.
 CUDA_CONTEXT_BYTES = 512 * 2**20
+# cuBLAS workspaces, inside torch's allocator (counted by torch.cuda.max_memory_allocated): one per cuBLAS handle
+# and stream, and training uses two (the forward's thread and autograd's backward thread), each 32 MiB on Hopper
+# (torch's default CUBLAS_WORKSPACE_CONFIG=:4096:8 for sm90; 8.1 MiB on older GPUs). Measured on an H200: 64.3-65.2
+# MiB allocated between steps beyond the weights and optimizer states, for both models of plan_vs_measured.md.
+CUBLAS_WORKSPACE_BYTES = 2 * 32 * 2**20
 # Sharding over several GPUs (FSDP FULL_SHARD / ZeRO-3) splits weights, gradients and optimizer states evenly;
 # each GPU also holds the gathered bf16 weights of the block it computes and of the one prefetched next
 # (FSDP's default backward prefetch), and its own micro-batch's activations.
@@ -169,15 +178,19 @@ class MethodPlan:
         return self.weights + self.gradients + self.optimizer
 
     @property
+    def workspace(self) -> float:  # cuBLAS workspaces, in torch's allocator
+        return CUBLAS_WORKSPACE_BYTES
+
+    @property
     def total(self) -> float:  # what torch.cuda.max_memory_allocated would report
-        return self.states + self.activations
+        return self.states + self.activations + self.workspace
 
     @property
     def total_checkpointed(self) -> float:
-        return self.states + self.activations_checkpointed
+        return self.states + self.activations_checkpointed + self.workspace
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "states": self.states, "total": self.total,
+        return {**asdict(self), "states": self.states, "workspace": self.workspace, "total": self.total,
                 "total_checkpointed": self.total_checkpointed,
                 "on_device": self.total + self.cuda_context,
                 "on_device_checkpointed": self.total_checkpointed + self.cuda_context}
@@ -306,10 +319,10 @@ def method_plan(method: str, shape: ModelShape, lora: LoraShape, w: Workload) ->
 
 
 def gpus_needed(states: float, activations: float, shape: ModelShape, gpu_bytes: float) -> int | None:
-    """GPUs of `gpu_bytes` each for states + activations (checkpointed) + CUDA context: 1 when it fits, else the
+    """GPUs of `gpu_bytes` each for states + activations (checkpointed) + cuBLAS workspaces + CUDA context: 1 when it fits, else the
     states sharded evenly (FSDP / ZeRO-3) next to each GPU's activations and gathered blocks; None when even one
     GPU's own share cannot fit."""
-    own = activations + CUDA_CONTEXT_BYTES
+    own = activations + CUBLAS_WORKSPACE_BYTES + CUDA_CONTEXT_BYTES
     if states + own <= gpu_bytes:
         return 1
     gathered = FSDP_GATHERED_BLOCKS * BF16 * shape.block_linear_params / max(1, shape.layers)
@@ -334,6 +347,8 @@ def conventions(shape: ModelShape, w: Workload) -> dict[str, str]:
                        "and recomputes one block at a time",
         "flops": "full 6N + 12*L*h*s; LoRA 4N + 6*N_lora + 12*L*h*s (N: linear weights, head included); "
                  "checkpointing adds one forward",
+        "workspace": f"cuBLAS workspaces {CUBLAS_WORKSPACE_BYTES / 2**20:.0f} MiB in torch's allocator (two handles, "
+                     "32 MiB each on Hopper)",
         "cuda_context": f"{CUDA_CONTEXT_BYTES / 2**30:.1f} GiB outside torch's allocator (in on_device totals only)",
     }
 

@@ -77,6 +77,7 @@ def render(plan) -> None:
         ("optimizer states (AdamW)", lambda p: _gib(p.optimizer)),
         ("activations", lambda p: _gib(p.activations)),
         ("activations, gradient checkpointing", lambda p: _gib(p.activations_checkpointed)),
+        ("cuBLAS workspaces", lambda p: _gib(p.workspace)),
         ("total (torch allocated)", lambda p: _gib(p.total)),
         ("total, gradient checkpointing", lambda p: _gib(p.total_checkpointed)),
         ("  + CUDA context (nvidia-smi)", lambda p: _gib(p.total_checkpointed + p.cuda_context)),
