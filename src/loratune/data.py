@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loratune.config import EMBEDDED_DATA, DataConfig
+from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
 from loratune.errors import UserError
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -359,6 +359,10 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         # the embedded demo is the default dataset_name: a user's own train_file replaces it whole
         # (never mix the user's train with the demo's validation/test)
         folder = None if cfg.train_file else embedded_data_dir()
+    elif name == EMBEDDED_SFT_DATA and not cfg.train_file:
+        raise UserError(f"dataset_name '{name}' is instruction data (prompt/completion pairs), with no labels to learn",
+                        f"train a causal LM on it with model.task=causal-lm, or use labelled data: "
+                        f"data.dataset_name={EMBEDDED_DATA}")
     elif name and Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()
     else:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from loratune.config import EMBEDDED_DATA, DataConfig
+from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
 from loratune.data import SPLIT_NAMES, Dataset, LabelSpace, Split, find_split_file, load_dataset, read_rows
 from loratune.errors import UserError
 
@@ -223,8 +223,12 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
     splits: dict[str, SFTSplit] = {}
     name = cfg.dataset_name
     folder = None
-    if name == EMBEDDED_DATA:  # the classification demo is no SFT data; the SFT demo when it ships
-        folder = embedded_sft_dir() if not cfg.train_file and embedded_sft_dir().is_dir() else None
+    if name == EMBEDDED_SFT_DATA:  # the instruction demo that ships (the task's default)
+        folder = embedded_sft_dir() if not cfg.train_file else None
+    elif name == EMBEDDED_DATA and not cfg.train_file:  # labelled intents: no prompt/completion pairs
+        raise UserError(f"dataset_name '{name}' is labelled intent data, not instruction or chat data",
+                        "generate its labels as text with data.label_format=generate, or train on the instruction "
+                        f"demo: data.dataset_name={EMBEDDED_SFT_DATA}")
     elif name and Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()
     elif name and not cfg.train_file:

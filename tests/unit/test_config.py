@@ -590,6 +590,13 @@ def test_causal_lm_defaults_to_the_embedded_decoder_unless_a_model_is_given():
     # the task default survives a round trip through the written config
     cfg = load_config(None, ["task=causal-lm"])
     assert replace(cfg, **{"adapter.r": 4}).model.name_or_path == C.EMBEDDED_LM
+    # the data: the instruction demo; generating labels reads labelled data, so the intent demo stays
+    assert classifier.data.dataset_name == C.EMBEDDED_DATA
+    assert cfg.data.dataset_name == C.EMBEDDED_SFT_DATA
+    assert replace(cfg, **{"adapter.r": 4}).data.dataset_name == C.EMBEDDED_SFT_DATA
+    generate = load_config(None, ["task=causal-lm", "label_format=generate"])
+    assert generate.data.dataset_name == C.EMBEDDED_DATA
+    assert load_config(None, ["task=causal-lm", "dataset_name=some/folder"]).data.dataset_name == "some/folder"
 
 
 def test_keys_of_the_other_task_are_refused_each_named_with_the_fix():

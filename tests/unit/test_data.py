@@ -414,6 +414,11 @@ def test_embedded_demo_loads_with_license_and_source():
     source = (folder / "SOURCE.md").read_text(encoding="utf-8")
     assert "BANKING77" in source and "CC BY 4.0" in source
     assert load_dataset(DataConfig(), seed=0).train == ds.train  # it is the default
+    # the instruction demo (task causal-lm's default) has nothing to classify: refused with both ways out
+    with pytest.raises(UserError) as info:
+        load_dataset(DataConfig(dataset_name="embedded:instructions-demo"))
+    assert "instruction data" in info.value.problem
+    assert "model.task=causal-lm" in info.value.fix and EMBEDDED_DATA in info.value.fix
 
 
 # ---------------------------------------------------------------------------------------------

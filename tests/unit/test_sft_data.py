@@ -223,13 +223,22 @@ def test_classification_rows_are_no_sft_data_and_the_error_says_which_columns_th
 
 
 def test_the_shipped_instruction_demo_is_the_default_data_with_its_prompt_set():
-    ds = load_sft_dataset(DataConfig(), seed=42)
+    from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, load_config
+
+    cfg = load_config(None, ["task=causal-lm"])
+    assert cfg.data.dataset_name == EMBEDDED_SFT_DATA == "embedded:instructions-demo"  # what the record says
+    ds = load_sft_dataset(cfg.data, seed=42)
     assert (len(ds.train), len(ds.validation)) == (118, 20)
     assert ds.prompt_set is not None and ds.prompt_set.endswith("instructions/prompt_set.jsonl")
     assert "its prompt set" in ds.notes[-1]
     assert all(e.prompt[0].role == "user" and e.completion for e in ds.train.examples)
-    own = load_sft_dataset(DataConfig(prompt_set="mine.jsonl"), seed=42)
+    own = load_sft_dataset(DataConfig(dataset_name=EMBEDDED_SFT_DATA, prompt_set="mine.jsonl"), seed=42)
     assert own.prompt_set == "mine.jsonl"  # a prompt set the user names wins
+    # the intent demo holds no instruction pairs: refused with both ways out, never read as the instruction demo
+    with pytest.raises(UserError) as info:
+        load_sft_dataset(DataConfig(dataset_name=EMBEDDED_DATA))
+    assert "labelled intent data" in info.value.problem
+    assert "label_format=generate" in info.value.fix and EMBEDDED_SFT_DATA in info.value.fix
 
 
 def test_generated_labels_read_labelled_rows_with_the_classifier_reader(tmp_path):
