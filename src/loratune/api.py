@@ -69,11 +69,11 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
         tokenizer = load_tokenizer(cfg.model)
         model, sites = apply_adapter(load_causal_lm(cfg.model, tokenizer.pad_token_id), cfg.adapter, task="causal-lm")
         items = load_prompt_set(dataset.prompt_set) if dataset.prompt_set else []
-        step0_rows, eval_rows = encode_run(cfg, dataset, tokenizer, items).eval_cost_rows(cfg.train.max_new_tokens)
-        steps, every = plan_steps(cfg, len(dataset.train), eval_rows, step0_rows)  # as train_sft plans (one process)
+        steps, every, loss_every, _ = encode_run(cfg, dataset, tokenizer, items).schedule(  # as train_sft plans it
+            cfg, len(dataset.train))  # (one process)
         return {"params": count_params(model, sites, cfg.adapter.method).to_dict(),
                 "adapted_modules": [s.name for s in sites] if cfg.adapter.method == "lora" else [],
-                "steps": steps, "eval_every": every,
+                "steps": steps, "eval_every": every, "loss_every": loss_every,
                 "examples": steps * cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps,
                 "rows": {k: len(v) for k, v in dataset.splits().items()}, "task": "causal-lm",
                 "labels": None, "multi_label": False, "notes": list(dataset.notes)}

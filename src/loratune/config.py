@@ -86,8 +86,9 @@ class DataConfig:
                            "text after the text (task causal-lm), scored per class like a classifier, a generated "
                            "text that names no label counting as an error.", choices=("head", "generate"))
     prompt_set: str | None = _f(None, "causal-lm: held-out prompts (.jsonl/.csv/.parquet with prompt, reference "
-                                "and group = familiar or novel), generated greedily at every evaluation, scored "
-                                "per group (val/prompt_<group>_<metric>) and written to generations.jsonl.")
+                                "and group = familiar or novel), generated greedily at every full evaluation point "
+                                "(not at the val-loss-only ones between them), scored per group "
+                                "(val/prompt_<group>_<metric>) and written to generations.jsonl.")
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,9 @@ class TrainConfig:
                                "rows scored at all evaluation points (validation + train_eval_size; validation "
                                "only at step 0; causal-lm: tokens, each generated decode step priced as "
                                "sft.DECODE_STEP_TOKENS) stay within this share of the training work (3 forward passes "
-                               "per trained example), with at least one point after step 0; the robustness probe runs "
+                               "per trained example), with at least one point after step 0; causal-lm: what the full "
+                               "points leave pays for val-loss-only points between them, up to about evals_per_run "
+                               "points (run.json evaluation.loss_every); the robustness probe runs "
                                "only when its predictions fit what is left (run.json robustness.skipped says "
                                "why not); 0: no cap.", min=0.0)
     train_eval_size: int = _f(512, "Rows of train (fixed, seeded) scored like validation at each eval.", min=1)

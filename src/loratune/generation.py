@@ -1,7 +1,7 @@
 """The prompt set of a generative (SFT) run: its file, and the scores of greedy generations (pure; no torch).
 
 Protocol section 9: a small held-out file of prompts with reference answers, split into prompts close to
-the training prompts (`familiar`) and new ones (`novel`), generated greedily at every evaluation and
+the training prompts (`familiar`) and new ones (`novel`), generated greedily at every full evaluation point and
 scored. Rank too low reads as vague, short, over-general answers on both groups; too high as exact answers
 on familiar prompts while the novel ones drift (the familiar-novel gap widens).
 

@@ -63,9 +63,9 @@ from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
 from loratune.train import (STEP0_SPLITS, RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged,
-                            eval_batches, eval_budget_rows, fresh_loss, history_point, output_error, peak_memory_mb,
-                            plan_steps, record_save_failure, seed_everything, timed, train_log_every, utc_now,
-                            versions)
+                            eval_batches, eval_budget_rows, fresh_loss, history_point, loss_points_every, output_error,
+                            peak_memory_mb, plan_steps, record_save_failure, seed_everything, timed, train_log_every,
+                            utc_now, versions)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -246,6 +246,22 @@ class RunInputs:
         """(step 0, every later point) in training rows, as the loop evaluates (eval_cost_rows)."""
         return eval_cost_rows({"val": self.val, "train_eval": self.train_eval},
                               [(self.prompts, max_new_tokens), (self.val_prompts, self.label_new)], self.train)
+
+    def loss_point_rows(self) -> int:
+        """A val-loss-only point (train.loss_points_every) in training rows: val scored, nothing generated."""
+        return eval_cost_rows({"val": self.val}, [], self.train)[1]
+
+    def schedule(self, cfg: RunConfig, n_train: int) -> tuple[int, int, int | None, int | None]:
+        """(steps, eval_every, loss_every, log_every): the full evaluation points within max_eval_share, the
+        val-loss-only points the rest of the budget pays for, and the train-only lines where neither is dense
+        enough. One plan for train_sft and `loratune train --dry-run` (api.plan)."""
+        step0_rows, point_rows = self.eval_cost_rows(cfg.train.max_new_tokens)
+        steps, eval_every = plan_steps(cfg, n_train, point_rows, step0_rows)
+        budget = eval_budget_rows(cfg, steps)
+        full_points = steps // eval_every + (steps % eval_every != 0)  # after step 0, the last step's included
+        left = None if budget is None else budget - step0_rows - full_points * point_rows
+        loss_every = loss_points_every(cfg, steps, eval_every, left, self.loss_point_rows())
+        return steps, eval_every, loss_every, train_log_every(cfg, steps, loss_every or eval_every)
 
 
 def encode_run(cfg: RunConfig, dataset: SFTDataset, tokenizer, prompt_items) -> RunInputs:
@@ -578,8 +594,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     # with eval_steps null, evaluation stays within train.max_eval_share of the training work
     step0_rows, point_rows = enc.eval_cost_rows(cfg.train.max_new_tokens)
     # steps are planned over one rank's share of the rows: each step takes accum micro-batches on every rank
-    steps, eval_every = plan_steps(cfg, math.ceil(len(dataset.train) / ranks.world), point_rows, step0_rows)
-    log_every = train_log_every(cfg, steps, eval_every)
+    steps, eval_every, loss_every, log_every = enc.schedule(cfg, math.ceil(len(dataset.train) / ranks.world))
     # DDP wraps `model` (the same parameters evaluate and save); FSDP shards it in place, before the optimizer
     # is built, so that the optimizer holds (and steps) this rank's shards
     train_model = ranks.wrap(model)
@@ -613,7 +628,9 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         # what one evaluation point costs, in rows of the mean training example (eval_cost_rows), and the
         # max_eval_share budget it is planned within
         "evaluation": {"step0": list(STEP0_SPLITS), "rows_step0": step0_rows, "rows_per_point": point_rows,
-                       "decode_step_tokens": DECODE_STEP_TOKENS, "budget_rows": eval_budget_rows(cfg, steps)},
+                       "decode_step_tokens": DECODE_STEP_TOKENS, "budget_rows": eval_budget_rows(cfg, steps),
+                       # between the full points, the val loss alone (train.loss_points_every): null when none
+                       "loss_every": loss_every, "rows_per_loss_point": enc.loss_point_rows() if loss_every else None},
         "started_at": utc_now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
@@ -639,15 +656,17 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     t0 = time.perf_counter()
     run["setup_s"] = round(t0 - t_setup, 3)
 
-    def evaluate_now() -> bool:
-        """Score val, the train subsample and the prompt set; append a history point. True: stop early."""
-        nonlocal best_gain, best_state, evals_since_best, trained_key
+    def evaluate_now(loss_only: bool = False) -> bool:
+        """Score val, the train subsample and the prompt set (`loss_only`: val alone); append a history point.
+        True: stop early."""
         point = history_point(step, examples_seen, len(dataset.train), t0,
                               scheduler.get_last_lr()[0] if step else 0.0, window)
         with timed(timing, "evaluate"):
-            if step > 0 or "train_eval" in STEP0_SPLITS:  # step 0 scores the base model on val only
+            if not loss_only and (step > 0 or "train_eval" in STEP0_SPLITS):  # step 0: the base model on val
                 point.update(evaluate_lm("train_eval", model, train_eval_enc, pad_id, device, autocast))
             point.update(evaluate_lm("val", model, val_enc, pad_id, device, autocast))
+        if loss_only:
+            return _keep(point, None)
         if prompt_items:  # protocol 9: read the outputs, as numbers per group and as text
             with timed(timing, "generate"):
                 outputs = generate(model, tokenizer, prompt_ids, cfg.train.max_new_tokens, device, autocast)
@@ -664,12 +683,21 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
             point.update(scores)
             point.update({"val/unknown_rate": float(np.mean(pred < 0)),
                           "val/unknown_outputs": top_unknown_outputs(outputs, pred)})
+        return _keep(point, cm)
+
+    def _keep(point: dict, cm) -> bool:
+        """Emit an evaluation point, keep the model when it is the best so far; True: stop early. A loss-only
+        point without the objective (a generated metric) has no say in the kept model or in early stopping."""
+        nonlocal best_gain, best_state, evals_since_best, trained_key
         store.append_history(point)  # the one place an evaluation point is emitted
         tracking.log_point(point)
         run["final"] = point
+        bar.update(step, point.get("train/loss"), point.get("val/loss"))
+        if objective not in point:
+            store.write_run(run)
+            return False
         value = point.get(objective, math.nan)
         gain = value if higher else -value
-        bar.update(step, point.get("train/loss"), point.get("val/loss"))
         if gain > best_gain + cfg.train.early_stopping_threshold or not math.isfinite(best_gain):
             best_gain, evals_since_best = gain, 0
         else:
@@ -748,12 +776,13 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
             bar.update(step, step_loss)
             if callback is not None:
                 halt = ranks.from_main(callback.on_step(step, examples_seen) if ranks.main else None)
-            if (step % eval_every == 0 or step == steps) and not halt:
+            full = step % eval_every == 0 or step == steps
+            if (full or (loss_every and step % loss_every == 0)) and not halt:
                 decision = None
                 if ranks.evaluates:
-                    stop = evaluate_now()
-                if ranks.main:
-                    halt = callback.on_eval(run["final"], run) if callback is not None else None
+                    stop = evaluate_now(loss_only=not full)
+                if ranks.main:  # the caller's callback reads the full points (TrainCallback.on_eval)
+                    halt = callback.on_eval(run["final"], run) if callback is not None and full else None
                     decision = (stop, halt, _diverged_point(run["final"]))
                 stop, halt, why = ranks.from_main(decision)
                 if why:

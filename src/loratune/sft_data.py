@@ -265,8 +265,8 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
     demo_prompts = embedded_sft_dir() / "prompt_set.jsonl"
     if prompt_set is None and folder == embedded_sft_dir() and demo_prompts.is_file():
         prompt_set = str(demo_prompts)
-        notes.append(f"the demo instruction data: its prompt set ({demo_prompts.name}) is generated at every "
-                     "evaluation")
+        notes.append(f"the demo instruction data: its prompt set ({demo_prompts.name}) is generated at every full "
+                     "evaluation point")
     return SFTDataset(train, validation, splits.get("test"), tuple(notes), prompt_set=prompt_set)
 
 

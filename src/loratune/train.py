@@ -376,6 +376,26 @@ def train_log_every(cfg: RunConfig, steps: int, eval_every: int) -> int | None:
     return every if not t.eval_steps and 2 * every <= eval_every else None
 
 
+def loss_points_every(cfg: RunConfig, steps: int, eval_every: int, rows_left: int | None,
+                      loss_point_rows: int) -> int | None:
+    """Steps between val-loss-only evaluation points, for a run whose full points are dear (a causal LM's
+    generation): when eval_steps is null and max_eval_share left fewer full points than evals_per_run, the val
+    loss alone is scored about evals_per_run times over the run (every TRAIN_LOG_MIN_STEPS steps or more), as
+    often as the `rows_left` of the budget (after step 0 and the full points) pays for at `loss_point_rows` each.
+    Such a point has the curve the diagnosis reads and a model the run may keep; generation stays at the full
+    points. None when no such point fits between two full points."""
+    t = cfg.train
+    if t.eval_steps or rows_left is None or loss_point_rows <= 0:
+        return None
+    every = max(TRAIN_LOG_MIN_STEPS, steps // t.evals_per_run)
+    while 2 * every <= eval_every:
+        extra = sum(1 for s in range(every, steps, every) if s % eval_every)  # full points score the loss already
+        if extra * loss_point_rows <= rows_left:
+            return every
+        every += max(1, every // 4)
+    return None
+
+
 def history_point(step: int, examples_seen: int, n_train: int, t0: float, lr: float,
                   window: dict[str, list[float]]) -> dict:
     """A history point's head (step, epoch, examples seen, wall seconds, lr) and the train/* keys of the steps
@@ -575,7 +595,8 @@ class TrainCallback(Protocol):
         """After every optimizer step (a wall-time deadline is checked here, between evaluations)."""
 
     def on_eval(self, point: dict, run: dict) -> str | None:
-        """After every evaluation point (step 0 included), once it is in the record."""
+        """After every evaluation point (step 0 included), once it is in the record; a causal-lm run's
+        val-loss-only points between its full ones (loss_points_every) are not reported here."""
 
 
 def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool = True,

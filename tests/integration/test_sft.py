@@ -329,6 +329,53 @@ def test_the_default_schedule_charges_generation_to_the_evaluation_budget(lm, sf
     assert f"evaluation every {run['eval_every']} steps" in " ".join(planned.split())
 
 
+def test_between_dear_full_points_the_val_loss_alone_keeps_the_curve(lm, sft_data, tmp_path, capsys):
+    """Generation makes a full point dear; the budget it leaves pays for val-loss-only points between full ones
+    (train.loss_points_every): the curve the diagnosis reads, and models the run may keep; nothing generated."""
+    from loratune.features import is_eval_point
+
+    out = tmp_path / "run"
+    # a constant lr of 1.0: the val loss bottoms out between two full points (step 24 on this data)
+    args = [a for a in sft_overrides(lm, sft_data, out, prompt_set=sft_data / "prompt_set.jsonl", max_steps=40,
+                                     max_new_tokens=6, max_eval_share=0.25, learning_rate=1.0,
+                                     lr_scheduler_type="constant", warmup_ratio=0) if not a.startswith("eval_steps=")]
+    assert cli.main(["train", "--dry-run", *args]) == 0
+    planned = " ".join(capsys.readouterr().out.split())
+    assert cli.main(["train", "-q", *args]) == 0
+    run = json.loads((out / "run.json").read_text())
+    ev, every = run["evaluation"], run["evaluation"]["loss_every"]
+    assert (run["eval_every"], every) == (20, 8)
+    assert f"evaluation every 20 steps, the val loss alone every {every}" in planned  # the dry run plans the run
+    hist = _history(out)
+    full = [p["step"] for p in hist if "val/prompt_familiar_chrf" in p]
+    loss_only = [p for p in hist if is_eval_point(p) and "val/prompt_familiar_chrf" not in p]
+    assert full == [0, 20, 40] and [p["step"] for p in loss_only] == [8, 16, 24, 32]
+    assert len(hist) == 7  # no train-only lines: the loss points are dense enough
+    for p in loss_only:  # val scored, the train window logged; no train subsample, nothing generated
+        assert p["val/loss"] > 0 and 0 <= p["val/token_accuracy"] <= 1 and p["train/loss"] > 0
+        assert not any(k.startswith("train_eval/") or k.startswith("val/prompt_") for k in p)
+    generated = [json.loads(x)["step"] for x in (out / "generations.jsonl").read_text().splitlines()]
+    assert sorted(set(generated)) == full
+    # within the budget: step 0, two full points and four loss points
+    assert ev["rows_step0"] + 2 * ev["rows_per_point"] + 4 * ev["rows_per_loss_point"] <= ev["budget_rows"]
+    assert ev["rows_per_loss_point"] < ev["rows_per_point"] / 4
+    # the kept model is the lowest val loss among the trained points, here a loss-only one: scored again, the
+    # saved adapter gives that point's val loss
+    trained = [p for p in hist if is_eval_point(p) and p["step"] > 0]
+    assert run["adapter_step"] == min(trained, key=lambda p: p["val/loss"])["step"]
+    assert run["adapter_step"] in {p["step"] for p in loss_only}
+    assert run["best"]["step"] == run["adapter_step"] and run["final"]["step"] == 40
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out), "--split", "validation", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["val/loss"] == pytest.approx(run["best"]["val/loss"], rel=1e-4)
+    # the mixed points read and render: the diagnosis counts every point with a val loss
+    from loratune.api import diagnose
+
+    assert diagnose(out).features["n_eval_points"] == 7
+    assert cli.main(["diagnose", str(out)]) == 0
+    assert cli.main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+
+
 def test_predict_on_an_sft_run_says_how_to_use_its_adapter(sft_run, capsys):
     assert cli.main(["predict", str(sft_run), "lost my card"]) == 2
     err = capsys.readouterr().err

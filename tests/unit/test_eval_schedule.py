@@ -107,3 +107,23 @@ def test_the_train_loss_keeps_evals_per_run_points_when_evaluation_is_thinned():
     assert train_log_every(cfg("max_steps=290"), 290, 29) is None  # evaluation as dense as evals_per_run asks
     assert train_log_every(cfg("max_steps=75", "eval_steps=75"), 75, 75) is None  # a schedule given: as given
     assert train_log_every(cfg("max_steps=75", "evals_per_run=3"), 75, 75) == 25
+
+
+def test_val_loss_only_points_fill_the_budget_left_between_the_full_points():
+    from loratune.train import loss_points_every
+
+    forty = cfg("max_steps=40")
+    # evals_per_run 10 over 40 steps: every 4 steps, at least TRAIN_LOG_MIN_STEPS (5); full points at 20 and 40
+    # score the loss already, so 5, 10, 15, 25, 30, 35 cost 6 x 9 = 54 rows
+    assert loss_points_every(forty, 40, 20, 100, 9) == 5
+    assert loss_points_every(forty, 40, 20, 54, 9) == 5
+    # 40 rows left: every 6 (6 points, 54), 7 (5, 45) and 8 (4 points, 36 rows) in turn
+    assert loss_points_every(forty, 40, 20, 40, 9) == 8
+    # nothing fits before two loss windows no longer fit between the full points
+    assert loss_points_every(forty, 40, 20, 5, 9) is None
+    assert loss_points_every(forty, 40, 20, -10, 9) is None  # the full points took the whole budget
+    assert loss_points_every(forty, 40, 9, 1000, 9) is None  # full points as dense as a loss window
+    assert loss_points_every(cfg("max_steps=40", "eval_steps=20"), 40, 20, 1000, 9) is None  # a schedule given
+    assert loss_points_every(forty, 40, 20, None, 9) is None  # no cap (max_eval_share 0)
+    # the demo (75 steps, step 0 and the last step only): every 7 steps, 10 points
+    assert loss_points_every(cfg("max_steps=75"), 75, 75, 200, 20) == 7

@@ -54,7 +54,8 @@ def run(args) -> int:
             out.print(f"adapted modules: {len(info['adapted_modules'])} "
                       f"(e.g. {', '.join(info['adapted_modules'][:3])})")
         out.print(f"planned: {info['steps']} optimizer steps, {info['examples']} training examples, "
-                  f"evaluation every {info['eval_every']} steps")
+                  f"evaluation every {info['eval_every']} steps"
+                  + (f", the val loss alone every {info['loss_every']}" if info.get("loss_every") else ""))
         return 0
     out.print(f"training -> {cfg.train.output_dir}")
     try:
