@@ -87,7 +87,7 @@ def measure(config_path: Path, method: str, full_precision: str, batch: int, seq
     return out
 
 
-def planned(path: Path, method: str, fp: str, batch: int, seq: int, ckpt: bool):
+def planned(path: Path, method: str, fp: str, batch: int, seq: int):
     """The plan's figures for one case (loratune.plan.plan_model, the code behind `loratune plan`)."""
     from loratune import plan
 
@@ -96,21 +96,27 @@ def planned(path: Path, method: str, fp: str, batch: int, seq: int, ckpt: bool):
     return p, p.methods[method]
 
 
+def shapes(smollm2_config: Path) -> dict[str, Path]:
+    """The two model shapes, each as a config.json path (TinyLlama's written to a temporary folder)."""
+    from transformers import AutoConfig
+
+    tiny = Path(tempfile.mkdtemp()) / "tinyllama_1.1b_config.json"
+    raw = dict(TINYLLAMA)
+    AutoConfig.for_model(raw.pop("model_type"), **raw).to_json_file(tiny)
+    return {"SmolLM2-135M": smollm2_config, "TinyLlama-1.1B (shape)": tiny}
+
+
 def render(results: Path, smollm2_config: Path) -> None:
     """plan_vs_measured.md from a results JSON: the torch counts measured on the GPU against the plan recorded
     with them and the plan the current code gives (loratune.plan, recomputed here: no GPU needed)."""
     d = json.loads(results.read_text())
-    tiny = Path(tempfile.mkdtemp()) / "tinyllama_1.1b_config.json"
-    from transformers import AutoConfig
-
-    raw = dict(TINYLLAMA)
-    AutoConfig.for_model(raw.pop("model_type"), **raw).to_json_file(tiny)
-    paths = {"SmolLM2-135M": smollm2_config, "TinyLlama-1.1B (shape)": tiny}
+    paths = shapes(smollm2_config)
     env = d["env"]
     lines = ["# `loratune plan` against torch's count on a GPU", "",
              f"`python bench/plan_vs_measured.py` on {env['gpu']} (torch {env['torch']}, transformers "
              f"{env['transformers']}, peft {env['peft']}), through `bash bench/gpu_check.sh run`; this table: "
-             f"`python bench/plan_vs_measured.py --render {results.name}` (the current plan, recomputed without a GPU).",
+             f"`python bench/plan_vs_measured.py --render {results.name}` (the current plan, recomputed without a "
+             "GPU).",
              "", "Random weights of each model's shape built on the GPU, two training steps (bf16 autocast, fused "
              "AdamW, SDPA attention, labels = inputs); `peak` is `torch.cuda.max_memory_allocated()` over the second "
              "step, which the plan's `total` predicts. LoRA: r 16 on all linear layers, bf16 base, peft's fp32 "
@@ -121,7 +127,7 @@ def render(results: Path, smollm2_config: Path) -> None:
     for r in d["rows"]:
         method = "lora" if r["method"] == "lora" else "full"
         fp = "mixed" if method == "lora" else r["method"].split("(")[1].rstrip(")")
-        _, mp = planned(paths[r["model"]], method, fp, r["batch"], r["seq_len"], r["checkpointed"])
+        _, mp = planned(paths[r["model"]], method, fp, r["batch"], r["seq_len"])
         now = mp.total_checkpointed if r["checkpointed"] else mp.total
         peak = r["measured"]["peak"]
         ratios.append((r["model"], r["method"], r["checkpointed"], peak / now))
@@ -143,7 +149,8 @@ def render(results: Path, smollm2_config: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    ap.add_argument("--smollm2-config", default=str(Path(__file__).resolve().parent / "data" / "smollm2_135m_config.json"))
+    ap.add_argument("--smollm2-config",
+                    default=str(Path(__file__).resolve().parent / "data" / "smollm2_135m_config.json"))
     ap.add_argument("--write-config", action="store_true",
                     help="write SmolLM2-135M's config.json (read from the embedded GGUF) to --smollm2-config")
     ap.add_argument("--render", metavar="JSON", help="only write the markdown of a results JSON (no GPU needed)")
@@ -153,7 +160,6 @@ def main() -> None:
     if args.render:
         render(Path(args.render), Path(args.smollm2_config))
         return
-
     if args.write_config:
         plan.load_config("embedded:smollm2").to_json_file(args.smollm2_config)
         print(f"wrote {args.smollm2_config}")
@@ -163,19 +169,11 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("skipped: needs a CUDA device")
         return
-    tiny = Path(tempfile.mkdtemp()) / "tinyllama_1.1b_config.json"
-    from transformers import AutoConfig
-
-    raw = dict(TINYLLAMA)
-    AutoConfig.for_model(raw.pop("model_type"), **raw).to_json_file(tiny)
-    shapes = {"SmolLM2-135M": Path(args.smollm2_config), "TinyLlama-1.1B (shape)": tiny}
     rows = []
-    for name, path in shapes.items():
+    for name, path in shapes(Path(args.smollm2_config)).items():
         for method, fp, batch, seq in CASES:
             for ckpt in (False, True):
-                w = plan.Workload(batch=batch, seq_len=seq, full_precision=fp)
-                p = plan.plan_model(str(path), r=LORA["r"], targets=LORA["targets"], workload=w, task="causal-lm")
-                mp = p.methods[method]
+                p, mp = planned(path, method, fp, batch, seq)
                 got = measure(path, method, fp, batch, seq, ckpt)
                 planned_total = mp.total_checkpointed if ckpt else mp.total
                 row = {"model": name, "method": method if method == "lora" else f"full ({fp})",

@@ -319,9 +319,9 @@ def method_plan(method: str, shape: ModelShape, lora: LoraShape, w: Workload) ->
 
 
 def gpus_needed(states: float, activations: float, shape: ModelShape, gpu_bytes: float) -> int | None:
-    """GPUs of `gpu_bytes` each for states + activations (checkpointed) + cuBLAS workspaces + CUDA context: 1 when it fits, else the
-    states sharded evenly (FSDP / ZeRO-3) next to each GPU's activations and gathered blocks; None when even one
-    GPU's own share cannot fit."""
+    """GPUs of `gpu_bytes` each for states + activations (checkpointed) + cuBLAS workspaces + CUDA context: 1 when
+    it fits, else the states sharded evenly (FSDP / ZeRO-3) next to each GPU's activations and gathered blocks;
+    None when even one GPU's own share cannot fit."""
     own = activations + CUBLAS_WORKSPACE_BYTES + CUDA_CONTEXT_BYTES
     if states + own <= gpu_bytes:
         return 1
