@@ -374,6 +374,13 @@ def test_between_dear_full_points_the_val_loss_alone_keeps_the_curve(lm, sft_dat
     assert diagnose(out).features["n_eval_points"] == 7
     assert cli.main(["diagnose", str(out)]) == 0
     assert cli.main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+    # the headline names what picked the saved model (the val loss), not the token accuracy's best
+    assert '>best val loss</div><div class="v">' + f"{run['best']['val/loss']:.3f}<" in (out / "report.html").read_text()
+    capsys.readouterr()
+    assert cli.main(["show", str(out)]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"saved model: best val/loss {run['best']['val/loss']:.3f} at step {run['adapter_step']}" in shown
+    assert "classes" not in shown.split("saved model")[0]  # a causal LM has no classes to count
 
 
 def test_predict_on_an_sft_run_says_how_to_use_its_adapter(sft_run, capsys):

@@ -64,12 +64,15 @@ def show_run(con, r, n_classes: int = 10) -> None:
     from rich.table import Table
 
     tone = {"completed": "green", "running": "cyan", "interrupted": "yellow"}.get(r.status, "red")
+    kind = "causal-lm" if r.task == "causal-lm" and not r.n_classes else f"{r.n_classes or '?'} classes"
     con.rule(f"[bold]{escape(r.name)}[/]  [{tone}]{escape(r.status)}[/]  [dim]{escape(r.model_name)} · "
-             f"{escape(r.method)} · {escape(r.dataset)} · {r.n_classes or '?'} classes[/]")
-    m = r.metric
-    con.print(f"best {escape(m)} [bold]{f3(r.best.get(m))}[/] at step {r.best.get('step', '?')}"
-              f" · final {f3(r.final.get(m))} · start {f3(r.start_metric)}"
-              f" · {_h(r.examples_seen)} examples in {r.steps_done or '?'}/{r.steps_planned or '?'} steps"
+             f"{escape(r.method)} · {escape(r.dataset)} · {kind}[/]")
+    m, o = r.metric, r.objective
+    scores = f"final {f3(r.final.get(m))} · start {f3(r.start_metric)}"
+    head = (f"best {escape(m)} [bold]{f3(r.best.get(m))}[/] at step {r.best.get('step', '?')} · {scores}" if not o
+            else f"saved model: best {escape(o)} [bold]{f3(r.best.get(o))}[/] at step {r.best.get('step', '?')} · "
+            f"{escape(m)} {f3(r.best.get(m))} there, {scores.replace(' · ', ', ')}")
+    con.print(head + f" · {_h(r.examples_seen)} examples in {r.steps_done or '?'}/{r.steps_planned or '?'} steps"
               + (f" · trainable {r.params_share:.2%} of the model" if r.params_share is not None else ""))
     b = r.best
     if b.get("val/subset_accuracy") is not None:  # multi-label: exact match, compound (2+ labels) and single rows

@@ -199,6 +199,9 @@ class RunReport:
     config_yaml: str
     notes: tuple[str, ...] = ()
     source: str = "loratune"  # who made the run: loratune, or the reader's kind (hf-trainer, trl, notebook, ...)
+    # what picked the saved model (run.json objective) when it is not `metric`: a causal LM keeps its lowest val
+    # loss, a multi-label run its best exact match; `best` is then that model's point, not `metric`'s best
+    objective: str | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -561,10 +564,10 @@ MULTI_INTENT_KEYS = ("val/subset_accuracy", "val/micro_f1", "val/samples_f1", "v
                      "val_compound/n", "val_single/subset_accuracy", "val_single/n")
 
 
-def _summary_point(p: Mapping[str, Any], metric: str) -> dict:
+def _summary_point(p: Mapping[str, Any], metric: str, objective: str | None = None) -> dict:
     m = metric.split("/", 1)[1]
     keys = ("step", "epoch", metric, "val/loss", "val/accuracy", f"train_eval/{m}", "train_eval/loss",
-            "train/loss", "examples_seen", "wall_s") + MULTI_INTENT_KEYS
+            "train/loss", "examples_seen", "wall_s") + MULTI_INTENT_KEYS + ((objective,) if objective else ())
     return {k: p.get(k) for k in keys if p.get(k) is not None}
 
 
@@ -645,6 +648,8 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
             and confusion.step != best_step:
         notes.append(f"confusion.json is from step {confusion.step:g}, the best val metric from step {best_step:g}")
     pairs = build_pairs(confusion, points, best_step, examples, top_pairs)
+    objective = run.get("objective")  # what picked the saved model, when another metric than the headline one
+    objective = objective if isinstance(objective, str) and objective != metric and objective in best_pt else None
     if examples is None and examples_note is None:
         examples_note = "example texts were not computed (run `loratune report` with examples on)"
     cm = config.get("model") or {}
@@ -659,8 +664,8 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         dataset=str(data.get("dataset_name") or data.get("train_file") or "?"),
         n_classes=len(labels) or None,
         n_val=_int(rows_info.get("val")) or _int(final_pt.get("val/n")),
-        metric=metric, best=_summary_point(best_pt, metric), final=_summary_point(final_pt, metric),
-        start_metric=as_float(points[0].get(metric)) if points else None,
+        metric=metric, best=_summary_point(best_pt, metric, objective), final=_summary_point(final_pt, metric),
+        objective=objective, start_metric=as_float(points[0].get(metric)) if points else None,
         steps_done=_int(run.get("steps_done")) if run.get("steps_done") is not None else (
             _int(points[-1].get("step")) if points else None),
         steps_planned=_int(run.get("steps_planned")), examples_seen=_int(run.get("examples_seen")),

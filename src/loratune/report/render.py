@@ -315,8 +315,14 @@ def run_summary(r: RunReport) -> str:
     d = r.diagnosis
     tone = verdict_tone(d.verdict)
     moves = " ".join(f'<span class="chip move">→ {esc(x)}</span>' for x in d.moves) or '<span class="muted">none</span>'
+    if r.objective:  # the saved model was picked by another metric (a causal LM: its lowest val loss)
+        olabel = r.objective.split("/", 1)[-1].replace("_", " ")
+        best_tile = tile(f"best val {olabel}", metric(r.best.get(r.objective)),
+                         " · ".join(best_detail[:2] + [f"{mlabel} {metric(best_v)} there"]), "primary", key="best")
+    else:
+        best_tile = tile(f"best val {mlabel}", metric(best_v), " · ".join(best_detail), "primary", key="best")
     tiles = [
-        tile(f"best val {mlabel}", metric(best_v), " · ".join(best_detail), "primary", key="best"),
+        best_tile,
         tile("final", metric(final_v),
              f"val loss {metric(r.final.get('val/loss'))}" + (f" · train {mlabel} {metric(gap)} at best"
                                                                if gap is not None else ""), key="final"),
