@@ -374,7 +374,11 @@ def test_between_dear_full_points_the_val_loss_alone_keeps_the_curve(lm, sft_dat
     assert diagnose(out).features["n_eval_points"] == 7
     assert cli.main(["diagnose", str(out)]) == 0
     assert cli.main(["report", str(out)]) == 0 and (out / "report.html").is_file()
-    # the headline names what picked the saved model (the val loss), not the token accuracy's best
+    # the curves mark the saved model's step, not the token accuracy's best; the headline names what picked it
+    from loratune.report.model import build_run_report
+
+    report = build_run_report(out)
+    assert report.objective == "val/loss" and {c.best_step for c in report.curves} == {run["adapter_step"]}
     assert '>best val loss</div><div class="v">' + f"{run['best']['val/loss']:.3f}<" in (out / "report.html").read_text()
     capsys.readouterr()
     assert cli.main(["show", str(out)]) == 0

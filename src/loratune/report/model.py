@@ -285,8 +285,9 @@ def _median(xs: Sequence[float]) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_curves(points: Sequence[dict], metric: str) -> tuple[CurvePanel, ...]:
-    """Loss, metric and learning-rate panels; each series keeps only the eval points that have the key."""
+def build_curves(points: Sequence[dict], metric: str, best_step: float | None = None) -> tuple[CurvePanel, ...]:
+    """Loss, metric and learning-rate panels; each series keeps only the eval points that have the key.
+    `best_step` marks the saved model (default: the best `metric` point)."""
 
     def series(key: str) -> tuple[tuple[float, float], ...]:
         out = []
@@ -301,7 +302,7 @@ def build_curves(points: Sequence[dict], metric: str) -> tuple[CurvePanel, ...]:
 
     m = metric.split("/", 1)[1] if "/" in metric else metric
     mname = m.replace("_", " ")
-    best_step = _best_step(points, metric)
+    best_step = _best_step(points, metric) if best_step is None else best_step
     panels = [
         CurvePanel("loss", "Loss", "cross-entropy", curves((
             ("train/loss", "train (running mean)", "train"),
@@ -625,11 +626,11 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
                 if k.startswith("val/recall/"):
                     seen[k.split("/", 2)[2]] = None
         labels = list(seen)
-    curves = build_curves(points, metric)
     best_step = _best_step(points, metric)
     if isinstance(run.get("best"), dict) and as_float(run["best"].get("step")) is not None:
         best_pt = dict(run["best"])
         best_step = as_float(best_pt["step"]) if as_float(best_pt.get(metric)) is not None else best_step
+    curves = build_curves(points, metric, best_step)  # the marker at the saved model's step
     best_pt = _point_at(points, best_step) or (run.get("best") if isinstance(run.get("best"), dict) else {})
     from loratune.features import is_eval_point  # a train-only point (the train loss alone) is no final score
 
@@ -664,7 +665,8 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         dataset=str(data.get("dataset_name") or data.get("train_file") or "?"),
         n_classes=len(labels) or None,
         n_val=_int(rows_info.get("val")) or _int(final_pt.get("val/n")),
-        metric=metric, best=_summary_point(best_pt, metric, objective), final=_summary_point(final_pt, metric),
+        metric=metric, best=_summary_point(best_pt, metric, objective),
+        final=_summary_point(final_pt, metric, objective),
         objective=objective, start_metric=as_float(points[0].get(metric)) if points else None,
         steps_done=_int(run.get("steps_done")) if run.get("steps_done") is not None else (
             _int(points[-1].get("step")) if points else None),

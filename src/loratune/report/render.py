@@ -321,11 +321,15 @@ def run_summary(r: RunReport) -> str:
                          " · ".join(best_detail[:2] + [f"{mlabel} {metric(best_v)} there"]), "primary", key="best")
     else:
         best_tile = tile(f"best val {mlabel}", metric(best_v), " · ".join(best_detail), "primary", key="best")
+    if r.objective:
+        final_tile = tile("final", metric(r.final.get(r.objective)), f"{mlabel} {metric(final_v)}", key="final")
+    else:
+        final_tile = tile("final", metric(final_v),
+                          f"val loss {metric(r.final.get('val/loss'))}" + (f" · train {mlabel} {metric(gap)} at best"
+                                                                            if gap is not None else ""), key="final")
     tiles = [
         best_tile,
-        tile("final", metric(final_v),
-             f"val loss {metric(r.final.get('val/loss'))}" + (f" · train {mlabel} {metric(gap)} at best"
-                                                               if gap is not None else ""), key="final"),
+        final_tile,
         tile("verdict", esc(d.verdict), esc(d.verdict_text) + f'<div style="margin-top:4px">{moves}</div>',
              tone, small=True, key="verdict"),
     ]
