@@ -342,6 +342,7 @@ def test_between_dear_full_points_the_val_loss_alone_keeps_the_curve(lm, sft_dat
     assert cli.main(["train", "--dry-run", *args]) == 0
     planned = " ".join(capsys.readouterr().out.split())
     assert cli.main(["train", "-q", *args]) == 0
+    assert "curves, the prompt set's outputs" in " ".join(capsys.readouterr().out.split())  # what report shows
     run = json.loads((out / "run.json").read_text())
     ev, every = run["evaluation"], run["evaluation"]["loss_every"]
     assert (run["eval_every"], every) == (20, 8)
@@ -373,7 +374,7 @@ def test_between_dear_full_points_the_val_loss_alone_keeps_the_curve(lm, sft_dat
 
     assert diagnose(out).features["n_eval_points"] == 7
     assert cli.main(["diagnose", str(out)]) == 0
-    assert cli.main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+    assert cli.main(["report", str(out)]) == 0 and 'id="prompts"' in (out / "report.html").read_text()
     # the curves mark the saved model's step, not the token accuracy's best; the headline names what picked it
     from loratune.report.model import build_run_report
 

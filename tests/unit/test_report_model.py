@@ -255,6 +255,56 @@ def test_html_escapes_label_text(tmp_path):
     assert run["labels"]
 
 
+def write_sft_run(path: Path) -> Path:
+    """A causal-lm run (open generation, a prompt set): full points at steps 0 and 6 generate, the val-loss-only
+    points at 2 and 4 do not; the saved model is step 4 (its lowest val loss)."""
+    path.mkdir(parents=True, exist_ok=True)
+    loss = {0: 2.3, 2: 2.1, 4: 2.0, 6: 2.05}
+    hist = []
+    for step, v in loss.items():
+        p = {"step": step, "val/loss": v, "val/token_accuracy": 0.5 + step / 100}
+        if step:
+            p["train/loss"] = v - 0.2
+        if step in (0, 6):
+            p.update({"val/prompt_familiar_chrf": 0.2 + step / 100, "val/prompt_novel_chrf": 0.1 + step / 200,
+                      "val/prompt_novel_exact_match": 0.0, "train_eval/loss": v - 0.3 if step else None})
+        hist.append({k: x for k, x in p.items() if x is not None})
+    (path / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in hist))
+    gens = [{"step": step, "group": g, "prompt": f"{g} prompt {i} <tag>", "reference": f"ref {i}",
+             "output": f"out {g} {i} at {step}"} for step in (0, 6) for g in ("familiar", "novel") for i in range(4)]
+    (path / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gens))
+    (path / "run.json").write_text(json.dumps({
+        "status": "completed", "task": "causal-lm", "objective": "val/loss", "adapter_step": 4,
+        "best": hist[2], "final": hist[3], "steps_done": 6, "steps_planned": 6}))
+    return path
+
+
+def test_a_causal_lm_report_shows_its_prompt_set_in_place_of_classes(tmp_path):
+    from loratune.report.model import PROMPT_ROWS_PER_GROUP
+
+    r = build_run_report(write_sft_run(tmp_path / "sft"))
+    ps = r.prompts
+    assert ps is not None and ps.step == 6 and ps.missing is None
+    # chrF per group at the points that generated; the marker at the saved model (a loss-only point)
+    assert {c.key: [s for s, _ in c.points] for c in ps.panel.curves} == {
+        "val/prompt_familiar_chrf": [0, 6], "val/prompt_novel_chrf": [0, 6]}
+    assert ps.panel.best_step == 4 == r.best["step"] and r.objective == "val/loss"
+    # the first prompts of each group, the base model's output beside the last generation's
+    assert [(g.group, g.prompt) for g in ps.rows] == [
+        (g, f"{g} prompt {i} <tag>") for g in ("familiar", "novel") for i in range(PROMPT_ROWS_PER_GROUP)]
+    assert all(g.before == f"out {g.group} {g.prompt.split()[2]} at 0" and g.after.endswith("at 6") for g in ps.rows)
+    assert ps.scores == {"val/prompt_familiar_chrf": 0.26, "val/prompt_novel_exact_match": 0.0,
+                         "val/prompt_novel_chrf": 0.13}
+    html = render_run(r)
+    assert 'id="prompts"' in html and 'href="#prompts"' in html and "step 6 (the last generation)" in html
+    assert "&lt;tag&gt;" in html and "<tag>" not in html  # outputs and prompts are escaped
+    # an open-generation run has no classes: no class, confusion or pairs sections, no links to them
+    assert not any(f'id="{s}"' in html or f'href="#{s}"' in html for s in ("classes", "confusion", "pairs"))
+    # a classifier's report has no prompt set
+    plain = build_run_report(write_run(tmp_path / "clf", k=4))
+    assert plain.prompts is None and 'id="prompts"' not in render_run(plain) and 'id="classes"' in render_run(plain)
+
+
 # ---------------------------------------------------------------------------------------------
 # Study report model: a study played by a scripted world (no training), finished by `tune`'s own code
 # ---------------------------------------------------------------------------------------------

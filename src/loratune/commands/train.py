@@ -146,11 +146,12 @@ def multi_label_note(run: dict) -> str:
 def print_next_steps(out, run_dir: str) -> None:
     """The first hour: the verdict of the run's curves and the commands that come next."""
     import shlex
+    from pathlib import Path
 
     from rich.markup import escape
 
     from loratune.diagnose import diagnose
-    from loratune.store import LABEL_MAP, RunStore
+    from loratune.store import GENERATIONS, LABEL_MAP, RunStore
 
     try:
         primary = diagnose(run_dir).primary
@@ -161,8 +162,10 @@ def print_next_steps(out, run_dir: str) -> None:
         verdict = f"not diagnosed ({escape(type(exc).__name__)}: {escape(str(exc))})"
     out.print(f"verdict: {verdict}")
     run = shlex.quote(str(run_dir))
+    generated = (Path(run_dir) / GENERATIONS).is_file()  # a causal LM with a prompt set
     steps = [(f"loratune diagnose {run}", "the verdict's evidence and the next knob move"),
-             (f"loratune report {run}", "one HTML page: curves, per-class recall, confusions")]
+             (f"loratune report {run}", "one HTML page: curves, " + ("the prompt set's outputs" if generated else
+                                                                    "per-class recall, confusions"))]
     if (RunStore(run_dir).adapter_dir / LABEL_MAP).is_file():
         steps.append((f'loratune predict {run} "some text"', "labels for new texts"))
     width = max(len(c) for c, _ in steps)

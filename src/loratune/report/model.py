@@ -150,6 +150,29 @@ class ConfusionView:
 
 
 @dataclass(frozen=True)
+class GenerationRow:
+    """One prompt of a causal-lm run's prompt set: what the base model wrote (step 0) and the trained one."""
+
+    group: str  # familiar | novel
+    prompt: str
+    reference: str
+    before: str | None  # the output at step 0 (None: not generated then)
+    after: str  # the output at PromptSetView.step
+
+
+@dataclass(frozen=True)
+class PromptSetView:
+    """A causal-lm run's prompt set (protocol 9): chrF per group over the evaluation points that generated, and a
+    few prompts with their outputs before training and at the last generation."""
+
+    panel: CurvePanel | None  # chrF per group over the generating points
+    step: float | None  # the step whose outputs `rows` show
+    rows: tuple[GenerationRow, ...]
+    scores: Mapping[str, float]  # val/prompt_<group>_<metric> at that step
+    missing: str | None = None
+
+
+@dataclass(frozen=True)
 class PairRow:
     true: str
     pred: str
@@ -202,6 +225,7 @@ class RunReport:
     # what picked the saved model (run.json objective) when it is not `metric`: a causal LM keeps its lowest val
     # loss, a multi-label run its best exact match; `best` is then that model's point, not `metric`'s best
     objective: str | None = None
+    prompts: PromptSetView | None = None  # a causal-lm run with a prompt set (generations.jsonl)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -317,6 +341,43 @@ def build_curves(points: Sequence[dict], metric: str, best_step: float | None = 
         CurvePanel("lr", "Learning rate", "lr", curves((("lr", "learning rate", "lr"),)), False, best_step),
     ]
     return tuple(p for p in panels if p.curves)
+
+
+# Prompts per group the report shows with their outputs (the file has them all)
+PROMPT_ROWS_PER_GROUP = 3
+
+
+def build_prompt_set(d: Path, points: Sequence[dict], best_step: float | None) -> PromptSetView | None:
+    """The prompt-set view of a causal-lm run directory: None when the run generated nothing."""
+    from loratune.objectives import PROMPT_GROUPS, SCORES, prompt_key
+    from loratune.store import GENERATIONS
+
+    rows, note = read_history(d / GENERATIONS)
+    groups = [g for g in PROMPT_GROUPS if any(prompt_key(g, "chrf") in p for p in points)]
+    if not groups and not rows:
+        return None
+    curves = []
+    for g, role in zip(groups, ("val", "val2")):
+        key = prompt_key(g, "chrf")
+        pts = tuple(sorted((as_float(p["step"]), as_float(p[key])) for p in points
+                           if as_float(p.get("step")) is not None and as_float(p.get(key)) is not None))
+        curves.append(Curve(key, f"{g} prompts", role, pts))
+    panel = CurvePanel("prompts", "Prompt set chrF", "chrF", tuple(curves), True, best_step) if curves else None
+    steps = sorted({as_float(r.get("step")) for r in rows if as_float(r.get("step")) is not None})
+    if not steps:
+        return PromptSetView(panel, None, (), {}, note or f"no outputs in {GENERATIONS}")
+    last = steps[-1]
+    before = {(r.get("group"), r.get("prompt")): r.get("output") for r in rows if as_float(r.get("step")) == 0}
+    shown: list[GenerationRow] = []
+    for g in dict.fromkeys(str(r.get("group")) for r in rows):
+        at = [r for r in rows if as_float(r.get("step")) == last and str(r.get("group")) == g]
+        shown += [GenerationRow(g, str(r.get("prompt", "")), str(r.get("reference", "")),
+                                before.get((r.get("group"), r.get("prompt"))) if last != 0 else None,
+                                str(r.get("output", ""))) for r in at[:PROMPT_ROWS_PER_GROUP]]
+    point = next((p for p in points if as_float(p.get("step")) == last), {})
+    scores = {k: float(point[k]) for g in PROMPT_GROUPS for m in SCORES
+              if as_float(point.get(k := prompt_key(g, m))) is not None}
+    return PromptSetView(panel, last, tuple(shown), scores, note)
 
 
 def _best_step(points: Sequence[dict], metric: str) -> float | None:
@@ -649,6 +710,7 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
             and confusion.step != best_step:
         notes.append(f"confusion.json is from step {confusion.step:g}, the best val metric from step {best_step:g}")
     pairs = build_pairs(confusion, points, best_step, examples, top_pairs)
+    prompts = build_prompt_set(d, points, best_step)
     objective = run.get("objective")  # what picked the saved model, when another metric than the headline one
     objective = objective if isinstance(objective, str) and objective != metric and objective in best_pt else None
     if examples is None and examples_note is None:
@@ -667,7 +729,7 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         n_val=_int(rows_info.get("val")) or _int(final_pt.get("val/n")),
         metric=metric, best=_summary_point(best_pt, metric, objective),
         final=_summary_point(final_pt, metric, objective),
-        objective=objective, start_metric=as_float(points[0].get(metric)) if points else None,
+        objective=objective, prompts=prompts, start_metric=as_float(points[0].get(metric)) if points else None,
         steps_done=_int(run.get("steps_done")) if run.get("steps_done") is not None else (
             _int(points[-1].get("step")) if points else None),
         steps_planned=_int(run.get("steps_planned")), examples_seen=_int(run.get("examples_seen")),

@@ -39,8 +39,8 @@ def curve_figure(panel: CurvePanel, *, width: int = 540, height: int = 270, epoc
     if panel.best_step is not None and panel.id != "lr":
         vlines.append(ch.VLine(panel.best_step, f"best step {panel.best_step:g}"))
         items.append(("best", "best val step (saved model)" if saved else "best val step", "mark"))
-    y_lo = 0.0 if panel.id in ("metric", "lr") else None
-    y_hi = 1.0 if panel.id == "metric" else None
+    y_lo = 0.0 if panel.id in ("metric", "prompts", "lr") else None
+    y_hi = 1.0 if panel.id in ("metric", "prompts") else None
     svg = ch.line_chart(series, width=width, height=height, x_label="optimizer step", y_label=panel.y_label,
                         y_lo=y_lo, y_hi=y_hi, vlines=vlines, aria=panel.title,
                         y_fmt=(lambda v: f"{v:.0e}".replace("e-0", "e-")) if panel.id == "lr" else ch.fmt)
@@ -281,6 +281,39 @@ def pairs_section(r: RunReport) -> str:
                    "(both ways usually means overlapping intents or labels).", body)
 
 
+def prompts_section(r: RunReport) -> str:
+    """A causal-lm run's prompt set: chrF per group over the generating points, and a few prompts with the
+    reference, the base model's output (step 0) and the last generation's."""
+    ps = r.prompts
+    if ps is None:
+        return ""
+    if not ps.rows and ps.panel is None:
+        return section("prompts", "Prompt set", "", missing(ps.missing or "no generations"))
+    fig = curve_figure(ps.panel, saved=r.source == "loratune") if ps.panel else ""
+    scores = " · ".join(f"{k.removeprefix('val/prompt_').replace('_', ' ')} {metric(v)}" for k, v in ps.scores.items()
+                        if k.endswith(("_chrf", "_exact_match", "_len_ratio", "_repetition")))
+    step = f"{ps.step:g}" if ps.step is not None else "?"
+
+    def clip(text: str | None, n: int = 280) -> str:
+        if text is None:
+            return '<span class="muted">–</span>'
+        return esc(text if len(text) <= n else text[:n] + "…")
+
+    rows = [[(esc(g.group), ""), (clip(g.prompt), ""), (clip(g.reference), ""), (clip(g.before), ""),
+             (clip(g.after), "")] for g in ps.rows]
+    body = fig + (f'<p class="small muted">at step {step}: {esc(scores)}</p>' if scores else "")
+    if rows:
+        saved = r.best.get("step") is not None and ps.step == r.best.get("step")
+        body += table([("group", ""), ("prompt", ""), ("reference", ""), ("step 0 (base model)", ""),
+                       (f"step {step} ({'the saved model' if saved else 'the last generation'})", "")], rows,
+                      id_="prompts-table")
+    if ps.missing and rows:
+        body += f'<div class="note">{esc(ps.missing)}</div>'
+    return section("prompts", "Prompt set",
+                   "Held-out prompts generated greedily at every full evaluation point: “familiar” ones close to the "
+                   "training prompts, “novel” ones not (protocol 9). Every output: generations.jsonl.", body)
+
+
 def params_section(r: RunReport) -> str:
     groups: dict[str, list] = {}
     for p in r.params:
@@ -368,10 +401,13 @@ def render_run(r: RunReport) -> str:
               f'<h1>{esc(r.name)} {badge(r.status, STATUS_TONE.get(r.status, "info"))}</h1>'
               f'<div class="meta">{"".join(f"<span>{esc(x)}</span>" for x in meta if x and x != "?")}</div></div>'
               f'</header>')
-    nav = ('<nav class="toc"><div class="wrap">' + "".join(
-        f'<a href="#{i}">{t}</a>' for i, t in (("summary", "Summary"), ("curves", "Curves"), ("diagnosis", "Diagnosis"),
-                                               ("classes", "Classes"), ("confusion", "Confusion"),
-                                               ("pairs", "Confused pairs"), ("params", "Parameters"))) + "</div></nav>")
+    # a causal LM that generates no labels has no classes: its prompt set takes their place
+    generative = r.task == "causal-lm" and not r.n_classes
+    parts = [("summary", "Summary"), ("curves", "Curves"), ("diagnosis", "Diagnosis")]
+    parts += [("prompts", "Prompt set")] if r.prompts is not None else []
+    parts += [] if generative else [("classes", "Classes"), ("confusion", "Confusion"), ("pairs", "Confused pairs")]
+    nav = ('<nav class="toc"><div class="wrap">' + "".join(f'<a href="#{i}">{t}</a>' for i, t in
+                                                          parts + [("params", "Parameters")]) + "</div></nav>")
     if r.curves:
         figs = [curve_figure(p, saved=r.source == "loratune") for p in r.curves if p.id != "lr"]
         lr = next((p for p in r.curves if p.id == "lr"), None)
@@ -384,9 +420,10 @@ def render_run(r: RunReport) -> str:
                          f'<div class="grid2">{"".join(figs)}</div>{lr_html}')
     else:
         curves = section("curves", "Curves", "", missing("no eval points yet"))
+    classes = "" if generative else (classes_section(r.classes, r.metric) + confusion_section(r.confusion)
+                                     + pairs_section(r))
     body = (header + nav + '<main class="wrap">' + run_summary(r) + curves + diagnosis_section(r.diagnosis)
-            + classes_section(r.classes, r.metric) + confusion_section(r.confusion) + pairs_section(r)
-            + params_section(r) + "</main>" + footer(r.path))
+            + prompts_section(r) + classes + params_section(r) + "</main>" + footer(r.path))
     return page(f"{r.name} · loratune run report", "run", body)
 
 
