@@ -386,6 +386,8 @@ def test_between_dear_full_points_the_val_loss_alone_keeps_the_curve(lm, sft_dat
     shown = " ".join(capsys.readouterr().out.split())
     assert f"saved model: best val/loss {run['best']['val/loss']:.3f} at step {run['adapter_step']}" in shown
     assert "classes" not in shown.split("saved model")[0]  # a causal LM has no classes to count
+    assert "prompt set (generations.jsonl)" in shown and "at step 40: familiar chrf" in shown
+    assert "per-class recall" not in shown
 
 
 def test_predict_on_an_sft_run_says_how_to_use_its_adapter(sft_run, capsys):

@@ -133,6 +133,36 @@ def show_run(con, r, n_classes: int = 10) -> None:
             con.print("  [dim]suppressed: " + escape(", ".join(f"{f.rule_id} (by {f.suppressed_by})"
                                                           for f in d.suppressed)) + "[/]")
 
+    if r.task == "causal-lm" and not r.n_classes:  # open generation: the prompt set in place of classes
+        _show_prompts(con, r)
+    else:
+        _show_classes(con, r, n_classes)
+
+    # params ---------------------------------------------------------------------------------
+    con.rule("[bold]parameters[/]", align="left")
+    groups: dict[str, list] = {}
+    for p in r.params:
+        groups.setdefault(p.group, []).append(p)
+    for g, rows in groups.items():
+        items = []
+        for p in rows:
+            v = p.value
+            if isinstance(v, (list, tuple)):
+                v = "[" + ", ".join(map(str, v)) + "]"
+            elif isinstance(v, int) and not isinstance(v, bool) and v >= 10000:
+                v = _h(v)
+            elif isinstance(v, float):
+                v = f"{v:g}"
+            items.append(f"{p.key}={v}")
+        con.print(f"[bold]{g}[/]: " + escape("  ".join(items)))
+
+
+
+def _show_classes(con, r, n_classes: int) -> None:
+    """Per-class recall (worst first) and the top confused pairs of a classifier run."""
+    from rich.markup import escape
+    from rich.table import Table
+
     # classes --------------------------------------------------------------------------------
     c = r.classes
     con.rule("[bold]per-class recall[/] [dim](worst first)[/]", align="left")
@@ -171,24 +201,29 @@ def show_run(con, r, n_classes: int = 10) -> None:
     if r.examples_note and r.pairs:
         con.print(f"[dim]{escape(r.examples_note)}[/]")
 
-    # params ---------------------------------------------------------------------------------
-    con.rule("[bold]parameters[/]", align="left")
-    groups: dict[str, list] = {}
-    for p in r.params:
-        groups.setdefault(p.group, []).append(p)
-    for g, rows in groups.items():
-        items = []
-        for p in rows:
-            v = p.value
-            if isinstance(v, (list, tuple)):
-                v = "[" + ", ".join(map(str, v)) + "]"
-            elif isinstance(v, int) and not isinstance(v, bool) and v >= 10000:
-                v = _h(v)
-            elif isinstance(v, float):
-                v = f"{v:g}"
-            items.append(f"{p.key}={v}")
-        con.print(f"[bold]{g}[/]: " + escape("  ".join(items)))
 
+def _show_prompts(con, r, rows: int = 2, width: int = 160) -> None:
+    """A causal-lm run's prompt set: the scores at the last generation and its first prompts' outputs."""
+    from rich.markup import escape
+
+    con.rule("[bold]prompt set[/] [dim](generations.jsonl)[/]", align="left")
+    ps = r.prompts
+    if ps is None or not ps.rows:
+        con.print(f"[dim]{escape((ps.missing if ps else None) or 'no prompt set: data.prompt_set names one')}[/]")
+        return
+    scores = " · ".join(f"{k.removeprefix('val/prompt_').replace('_', ' ')} {f3(v)}" for k, v in ps.scores.items())
+    con.print(f"at step {ps.step:g}: {escape(scores)}")
+
+    def clip(text: str | None) -> str:
+        text = " ".join((text or "–").split())
+        return escape(text if len(text) <= width else text[:width] + "…")
+
+    for g in dict.fromkeys(x.group for x in ps.rows):
+        for x in [x for x in ps.rows if x.group == g][:rows]:
+            con.print(f"  [bold]{escape(g)}[/] {clip(x.prompt)}")
+            con.print(f"    [dim]reference:[/] {clip(x.reference)}")
+            con.print(f"    [dim]step 0:[/]    {clip(x.before)}")
+            con.print(f"    [dim]step {ps.step:g}:[/] {clip(x.after)}")
 
 def show_study(con, s) -> None:
     from loratune.report.study import show_study as _show

@@ -343,13 +343,15 @@ def build_curves(points: Sequence[dict], metric: str, best_step: float | None = 
     return tuple(p for p in panels if p.curves)
 
 
-# Prompts per group the report shows with their outputs (the file has them all)
+# Prompts per group the report shows with their outputs (the file has them all), and the scores it shows of the
+# last generation (generation.SCORES has more: chrf_se, empty)
 PROMPT_ROWS_PER_GROUP = 3
+PROMPT_SCORES_SHOWN = ("chrf", "exact_match", "len_ratio", "repetition")
 
 
 def build_prompt_set(d: Path, points: Sequence[dict], best_step: float | None) -> PromptSetView | None:
     """The prompt-set view of a causal-lm run directory: None when the run generated nothing."""
-    from loratune.objectives import PROMPT_GROUPS, SCORES, prompt_key
+    from loratune.objectives import PROMPT_GROUPS, prompt_key
     from loratune.store import GENERATIONS
 
     rows, note = read_history(d / GENERATIONS)
@@ -375,7 +377,7 @@ def build_prompt_set(d: Path, points: Sequence[dict], best_step: float | None) -
                                 before.get((r.get("group"), r.get("prompt"))) if last != 0 else None,
                                 str(r.get("output", ""))) for r in at[:PROMPT_ROWS_PER_GROUP]]
     point = next((p for p in points if as_float(p.get("step")) == last), {})
-    scores = {k: float(point[k]) for g in PROMPT_GROUPS for m in SCORES
+    scores = {k: float(point[k]) for g in PROMPT_GROUPS for m in PROMPT_SCORES_SHOWN
               if as_float(point.get(k := prompt_key(g, m))) is not None}
     return PromptSetView(panel, last, tuple(shown), scores, note)
 

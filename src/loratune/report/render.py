@@ -290,8 +290,7 @@ def prompts_section(r: RunReport) -> str:
     if not ps.rows and ps.panel is None:
         return section("prompts", "Prompt set", "", missing(ps.missing or "no generations"))
     fig = curve_figure(ps.panel, saved=r.source == "loratune") if ps.panel else ""
-    scores = " · ".join(f"{k.removeprefix('val/prompt_').replace('_', ' ')} {metric(v)}" for k, v in ps.scores.items()
-                        if k.endswith(("_chrf", "_exact_match", "_len_ratio", "_repetition")))
+    scores = " · ".join(f"{k.removeprefix('val/prompt_').replace('_', ' ')} {metric(v)}" for k, v in ps.scores.items())
     step = f"{ps.step:g}" if ps.step is not None else "?"
 
     def clip(text: str | None, n: int = 280) -> str:
