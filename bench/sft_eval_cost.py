@@ -3,6 +3,7 @@
 under the run's precision from bf16 frozen weights.
 
     python bench/sft_eval_cost.py [--out bench/results/sft_eval_cost.json] [--rounds 3]
+    python bench/sft_eval_cost.py --gen-batches 16,32,40 --out bench/results/sft_gen_batch.json   # the batch size
 
 On `embedded:smollm2` (SmolLM2-135M) with a LoRA adapter (the default targets) and the demo instruction data,
 in one process:
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="bench/results/sft_eval_cost.json")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--gen-batches", metavar="N,N,...",
+                    help="only this: the prompt set generated (bf16 weights, autocast, 64 new tokens) with sft.GEN_BATCH "
+                         "set to each N in turn, rounds alternated; seconds and outputs equal to the first N's")
     args = ap.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     cpu = torch.device("cpu")
@@ -73,6 +77,26 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"argv": sys.argv, "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "prompts": len(prompts), "prompt_tokens": sum(map(len, prompts)), "gen_batch": GEN_BATCH,
                     "frozen_linear_bf16": frozen}
+    if args.gen_batches:  # each batch of a generation runs its own decode loop (up to 64 steps): fewer, wider ones
+        import loratune.sft as sft_mod
+
+        sizes = [int(x) for x in args.gen_batches.split(",")]
+        gen(prompts[:4], 2, True)  # warm
+        took: dict[int, list[float]] = {n: [] for n in sizes}
+        outs: dict[int, list[str]] = {}
+        for r in range(args.rounds):
+            for n in (sizes if r % 2 == 0 else sizes[::-1]):
+                sft_mod.GEN_BATCH = n  # generate() reads it at each call
+                dt, outs[n] = gen(prompts, 64, True)
+                took[n].append(round(dt, 2))
+                print(f"GEN_BATCH {n}: {dt:.1f} s", flush=True)
+        sft_mod.GEN_BATCH = GEN_BATCH
+        result.update({"gen_batch_seconds": took, "gen_batch_median_s": {n: st.median(v) for n, v in took.items()},
+                       "gen_batch_same_outputs_as_first": {n: sum(a == b for a, b in zip(outs[n], outs[sizes[0]]))
+                                                           for n in sizes}})
+        print(json.dumps({k: result[k] for k in ("gen_batch_median_s", "gen_batch_same_outputs_as_first")}))
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        return 0
     # the three ways to generate the prompt set, alternated round by round (the machine is shared: ratios of
     # neighbours, not absolute seconds)
     arms = {"float32": (model_fp32, False), "autocast, float32 weights": (model_fp32, True),
