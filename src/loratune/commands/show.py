@@ -64,7 +64,7 @@ def show_run(con, r, n_classes: int = 10) -> None:
     from rich.table import Table
 
     tone = {"completed": "green", "running": "cyan", "interrupted": "yellow"}.get(r.status, "red")
-    kind = "causal-lm" if r.task == "causal-lm" and not r.n_classes else f"{r.n_classes or '?'} classes"
+    kind = "causal-lm" if r.open_generation else f"{r.n_classes or '?'} classes"
     con.rule(f"[bold]{escape(r.name)}[/]  [{tone}]{escape(r.status)}[/]  [dim]{escape(r.model_name)} · "
              f"{escape(r.method)} · {escape(r.dataset)} · {kind}[/]")
     m, o = r.metric, r.objective
@@ -133,7 +133,7 @@ def show_run(con, r, n_classes: int = 10) -> None:
             con.print("  [dim]suppressed: " + escape(", ".join(f"{f.rule_id} (by {f.suppressed_by})"
                                                           for f in d.suppressed)) + "[/]")
 
-    if r.task == "causal-lm" and not r.n_classes:  # open generation: the prompt set in place of classes
+    if r.open_generation:  # the prompt set in place of classes
         _show_prompts(con, r)
     else:
         _show_classes(con, r, n_classes)
@@ -155,7 +155,6 @@ def show_run(con, r, n_classes: int = 10) -> None:
                 v = f"{v:g}"
             items.append(f"{p.key}={v}")
         con.print(f"[bold]{g}[/]: " + escape("  ".join(items)))
-
 
 
 def _show_classes(con, r, n_classes: int) -> None:
@@ -211,7 +210,7 @@ def _show_prompts(con, r, rows: int = 2, width: int = 160) -> None:
     if ps is None or not ps.rows:
         con.print(f"[dim]{escape((ps.missing if ps else None) or 'no prompt set: data.prompt_set names one')}[/]")
         return
-    scores = " · ".join(f"{k.removeprefix('val/prompt_').replace('_', ' ')} {f3(v)}" for k, v in ps.scores.items())
+    scores = " · ".join(f"{name} {f3(v)}" for name, v in ps.score_items())
     con.print(f"at step {ps.step:g}: {escape(scores)}")
 
     def clip(text: str | None) -> str:
@@ -224,6 +223,7 @@ def _show_prompts(con, r, rows: int = 2, width: int = 160) -> None:
             con.print(f"    [dim]reference:[/] {clip(x.reference)}")
             con.print(f"    [dim]step 0:[/]    {clip(x.before)}")
             con.print(f"    [dim]step {ps.step:g}:[/] {clip(x.after)}")
+
 
 def show_study(con, s) -> None:
     from loratune.report.study import show_study as _show

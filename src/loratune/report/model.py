@@ -171,6 +171,10 @@ class PromptSetView:
     scores: Mapping[str, float]  # val/prompt_<group>_<metric> at that step
     missing: str | None = None
 
+    def score_items(self) -> list[tuple[str, float]]:
+        """(readable name, value) of `scores`: "novel chrf", 0.21."""
+        return [(k.removeprefix("val/prompt_").replace("_", " "), v) for k, v in self.scores.items()]
+
 
 @dataclass(frozen=True)
 class PairRow:
@@ -226,6 +230,11 @@ class RunReport:
     # loss, a multi-label run its best exact match; `best` is then that model's point, not `metric`'s best
     objective: str | None = None
     prompts: PromptSetView | None = None  # a causal-lm run with a prompt set (generations.jsonl)
+
+    @property
+    def open_generation(self) -> bool:
+        """A causal LM that generates no labels: no classes, so no class, confusion or pairs views."""
+        return self.task == "causal-lm" and not self.n_classes
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -290,7 +290,7 @@ def prompts_section(r: RunReport) -> str:
     if not ps.rows and ps.panel is None:
         return section("prompts", "Prompt set", "", missing(ps.missing or "no generations"))
     fig = curve_figure(ps.panel, saved=r.source == "loratune") if ps.panel else ""
-    scores = " · ".join(f"{k.removeprefix('val/prompt_').replace('_', ' ')} {metric(v)}" for k, v in ps.scores.items())
+    scores = " · ".join(f"{name} {metric(v)}" for name, v in ps.score_items())
     step = f"{ps.step:g}" if ps.step is not None else "?"
 
     def clip(text: str | None, n: int = 280) -> str:
@@ -400,8 +400,7 @@ def render_run(r: RunReport) -> str:
               f'<h1>{esc(r.name)} {badge(r.status, STATUS_TONE.get(r.status, "info"))}</h1>'
               f'<div class="meta">{"".join(f"<span>{esc(x)}</span>" for x in meta if x and x != "?")}</div></div>'
               f'</header>')
-    # a causal LM that generates no labels has no classes: its prompt set takes their place
-    generative = r.task == "causal-lm" and not r.n_classes
+    generative = r.open_generation  # no classes: the prompt set takes their place
     parts = [("summary", "Summary"), ("curves", "Curves"), ("diagnosis", "Diagnosis")]
     parts += [("prompts", "Prompt set")] if r.prompts is not None else []
     parts += [] if generative else [("classes", "Classes"), ("confusion", "Confusion"), ("pairs", "Confused pairs")]
