@@ -15,6 +15,7 @@
 # What it runs, each with its own time limit, results under $OUT:
 #   1. `loratune train` on the embedded default (the demo) on the GPU: run.json and the log;
 #   2. bench/throughput.py --device cuda: the grouped Trainer against loratune (race and whole process), MFU;
+#   2b. `loratune train task=causal-lm` on SmolLM2-135M's shape with random weights (speed, not quality);
 #   3. bench/plan_vs_measured.py (loratune plan's memory against torch's count) beside
 #   4. the training and SFT integration tests on the GPU (tiny random-init models).
 set -u
@@ -34,6 +35,16 @@ save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v i
           ".devpay/model.fp16.safetensors", metadata={"format": "pt"})
 EOF
   cp ../shared/data/banking77/train.jsonl ../shared/data/banking77/validation.jsonl .devpay/banking77/
+  # SmolLM2-135M's shape and tokenizer (3.5 MB; its 94 MB GGUF is over the transfer limit): the sft stage trains
+  # random weights of that shape, which time like the real ones
+  mkdir -p .devpay/smollm2 && cp bench/data/smollm2_135m_config.json .devpay/smollm2/config.json
+  python - <<'EOF'
+from transformers import AutoTokenizer
+from loratune.config import ModelConfig
+from loratune.models import resolve_model
+src = resolve_model(ModelConfig(name_or_path="embedded:smollm2"))
+AutoTokenizer.from_pretrained(src.path, gguf_file=src.gguf_file).save_pretrained(".devpay/smollm2")
+EOF
   du -sh .devpay
   exit 0
 fi
@@ -56,7 +67,7 @@ torch.version.cuda, torch.cuda.get_device_name(), 'bf16', torch.cuda.is_bf16_sup
 transformers.__version__, '| peft', peft.__version__, '| sklearn', sklearn.__version__)"; nproc; } 2>&1 | tee "$OUT/demo.log"
 
 # STAGES picks what runs (a second lease can finish what the first could not: FIRST_ROUND=1 ROUNDS=1)
-STAGES="${STAGES:-demo race plan tests}"
+STAGES="${STAGES:-demo race sft plan tests}"
 if [[ " $STAGES " == *" demo "* ]]; then
   echo "== 1. loratune train (the embedded default) on the GPU"
   t=$(date +%s)
@@ -75,6 +86,24 @@ if [[ " $STAGES " == *" race "* ]]; then
   # at most 8 files come back: the full results make the partial one and the markdown (rendered here) redundant
   [ -f "$OUT/throughput_cuda.json" ] && rm -f "$OUT/throughput.partial.json" "$OUT/throughput_cuda.md"
 fi
+if [[ " $STAGES " == *" sft "* ]]; then
+  echo "== 2b. loratune train task=causal-lm on the GPU: SmolLM2-135M's shape, random weights, the instruction demo"
+  python3 - <<'EOF'
+import shutil, torch
+from transformers import AutoConfig, AutoModelForCausalLM
+shutil.copytree(".devpay/smollm2", "/tmp/smol", dirs_exist_ok=True)
+torch.manual_seed(0)
+AutoModelForCausalLM.from_config(AutoConfig.from_pretrained("/tmp/smol")).save_pretrained("/tmp/smol")
+EOF
+  t=$(date +%s)
+  timeout -k 5 "${SFT_S:-150}" python3 -c "from loratune.cli import main; raise SystemExit(main(['train', '-q',
+    'task=causal-lm', 'name_or_path=/tmp/smol', 'output_dir=/tmp/sftgpu', 'max_steps=${SFT_STEPS:-75}']))" \
+    > "$OUT/sft.log" 2>&1
+  echo "rc=$? in $(( $(date +%s) - t )) s" | tee -a "$OUT/sft.log"
+  cp /tmp/sftgpu/run.json "$OUT/sft_run.json" 2>/dev/null
+  python3 -c "import json; r = json.load(open('/tmp/sftgpu/run.json')); print({k: r.get(k) for k in
+    ('status', 'examples_per_s', 'mean_step_s', 'timing_s', 'peak_memory_mb', 'precision')})" 2>&1 | tail -3
+fi
 echo "== 3. plan vs measured, 4. the training tests on the GPU (side by side: neither is timed against the other)"
 if [[ " $STAGES " == *" plan "* ]]; then
   timeout -k 5 "${PLAN_S:-90}" python3 bench/plan_vs_measured.py --out "$OUT" > "$OUT/plan.log" 2>&1 &
@@ -88,4 +117,7 @@ if [[ " $STAGES " == *" tests "* ]]; then
 fi
 wait
 cat "$OUT/plan.log" 2>/dev/null
+# at most 8 files come back: everything in one archive beside the two logs read first
+tar czf /tmp/gpu_check.tgz -C "$OUT" . && find "$OUT" -type f ! -name demo.log ! -name tests.log -delete \
+  && mv /tmp/gpu_check.tgz "$OUT/all.tgz"
 ls -la "$OUT"
