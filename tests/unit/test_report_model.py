@@ -300,6 +300,12 @@ def test_a_causal_lm_report_shows_its_prompt_set_in_place_of_classes(tmp_path):
     assert "&lt;tag&gt;" in html and "<tag>" not in html  # outputs and prompts are escaped
     # an open-generation run has no classes: no class, confusion or pairs sections, no links to them
     assert not any(f'id="{s}"' in html or f'href="#{s}"' in html for s in ("classes", "confusion", "pairs"))
+    # the outputs file gone (a copied record): the chrF chart stays, and the section says what is missing
+    (tmp_path / "sft" / "generations.jsonl").unlink()
+    gone = build_run_report(tmp_path / "sft").prompts
+    assert gone.rows == () and gone.panel is not None and gone.missing == "no generations.jsonl"
+    section = render_run(build_run_report(tmp_path / "sft")).split('id="prompts"')[1].split("</section>")[0]
+    assert 'data-chart="prompts"' in section and "no generations.jsonl" in section and "prompts-table" not in section
     # a classifier's report has no prompt set
     plain = build_run_report(write_run(tmp_path / "clf", k=4))
     assert plain.prompts is None and 'id="prompts"' not in render_run(plain) and 'id="classes"' in render_run(plain)

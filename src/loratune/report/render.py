@@ -306,8 +306,8 @@ def prompts_section(r: RunReport) -> str:
         body += table([("group", ""), ("prompt", ""), ("reference", ""), ("step 0 (base model)", ""),
                        (f"step {step} ({'the saved model' if saved else 'the last generation'})", "")], rows,
                       id_="prompts-table")
-    if ps.missing and rows:
-        body += f'<div class="note">{esc(ps.missing)}</div>'
+    if ps.missing:  # a torn outputs file (rows kept), or none at all (the chart alone)
+        body += f'<div class="note">{esc(ps.missing)}</div>' if rows else missing(ps.missing)
     return section("prompts", "Prompt set",
                    "Held-out prompts generated greedily at every full evaluation point: “familiar” ones close to the "
                    "training prompts, “novel” ones not (protocol 9). Every output: generations.jsonl.", body)
