@@ -69,12 +69,12 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
         tokenizer = load_tokenizer(cfg.model)
         model, sites = apply_adapter(load_causal_lm(cfg.model, tokenizer.pad_token_id), cfg.adapter, task="causal-lm")
         items = load_prompt_set(dataset.prompt_set) if dataset.prompt_set else []
-        steps, every, loss_every, _ = encode_run(cfg, dataset, tokenizer, items).schedule(  # as train_sft plans it
-            cfg, len(dataset.train))  # (one process)
-        return {"params": count_params(model, sites, cfg.adapter.method).to_dict(),
+        sched = encode_run(cfg, dataset, tokenizer, items).schedule(cfg, len(dataset.train))  # as train_sft plans
+        return {"params": count_params(model, sites, cfg.adapter.method).to_dict(),  # it (in one process)
                 "adapted_modules": [s.name for s in sites] if cfg.adapter.method == "lora" else [],
-                "steps": steps, "eval_every": every, "loss_every": loss_every,
-                "examples": steps * cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps,
+                "steps": sched.steps, "eval_every": sched.eval_every, "loss_every": sched.loss_every,
+                "examples": sched.steps * cfg.train.per_device_train_batch_size
+                * cfg.train.gradient_accumulation_steps,
                 "rows": {k: len(v) for k, v in dataset.splits().items()}, "task": "causal-lm",
                 "labels": None, "multi_label": False, "notes": list(dataset.notes)}
     space = dataset.label_space

@@ -228,6 +228,20 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
 
 
 @dataclasses.dataclass(frozen=True)
+class Schedule:
+    """When a causal-lm run evaluates (RunInputs.schedule) and what its points cost, in mean training rows."""
+
+    steps: int
+    eval_every: int  # the full points (val, train subsample, generation)
+    loss_every: int | None  # the val-loss-only points between them (train.loss_points_every)
+    log_every: int | None  # train-only lines (train.train_log_every)
+    rows_step0: int
+    rows_per_point: int
+    rows_per_loss_point: int | None  # None: no loss-only points
+    budget_rows: int | None  # max_eval_share's budget (train.eval_budget_rows); None: no cap
+
+
+@dataclasses.dataclass(frozen=True)
 class RunInputs:
     """Every split of a causal-lm run tokenised once (prompt tokens carry label -100, sft_data.py), and the
     generation inputs: the prompt set's prompts and, generating labels, every val text's prompt."""
@@ -251,17 +265,19 @@ class RunInputs:
         """A val-loss-only point (train.loss_points_every) in training rows: val scored, nothing generated."""
         return eval_cost_rows({"val": self.val}, [], self.train)[1]
 
-    def schedule(self, cfg: RunConfig, n_train: int) -> tuple[int, int, int | None, int | None]:
-        """(steps, eval_every, loss_every, log_every): the full evaluation points within max_eval_share, the
-        val-loss-only points the rest of the budget pays for, and the train-only lines where neither is dense
-        enough. One plan for train_sft and `loratune train --dry-run` (api.plan)."""
+    def schedule(self, cfg: RunConfig, n_train: int) -> Schedule:
+        """The full evaluation points within max_eval_share, the val-loss-only points the rest of the budget pays
+        for, and the train-only lines where neither is dense enough, with the prices they were planned at. One
+        plan for train_sft and `loratune train --dry-run` (api.plan)."""
         step0_rows, point_rows = self.eval_cost_rows(cfg.train.max_new_tokens)
         steps, eval_every = plan_steps(cfg, n_train, point_rows, step0_rows)
         budget = eval_budget_rows(cfg, steps)
         full_points = steps // eval_every + (steps % eval_every != 0)  # after step 0, the last step's included
         left = None if budget is None else budget - step0_rows - full_points * point_rows
-        loss_every = loss_points_every(cfg, steps, eval_every, left, self.loss_point_rows())
-        return steps, eval_every, loss_every, train_log_every(cfg, steps, loss_every or eval_every)
+        loss_rows = self.loss_point_rows()
+        loss_every = loss_points_every(cfg, steps, eval_every, left, loss_rows)
+        return Schedule(steps, eval_every, loss_every, train_log_every(cfg, steps, loss_every or eval_every),
+                        step0_rows, point_rows, loss_rows if loss_every else None, budget)
 
 
 def encode_run(cfg: RunConfig, dataset: SFTDataset, tokenizer, prompt_items) -> RunInputs:
@@ -591,10 +607,10 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     prompt_ids, val_prompt_ids, sub = enc.prompts, enc.val_prompts, enc.train_eval_rows
     y_val = np.array([{lab: i for i, lab in enumerate(labels)}.get(e.completion, -1)
                       for e in dataset.validation.examples], dtype=np.int64)
-    # with eval_steps null, evaluation stays within train.max_eval_share of the training work
-    step0_rows, point_rows = enc.eval_cost_rows(cfg.train.max_new_tokens)
-    # steps are planned over one rank's share of the rows: each step takes accum micro-batches on every rank
-    steps, eval_every, loss_every, log_every = enc.schedule(cfg, math.ceil(len(dataset.train) / ranks.world))
+    # with eval_steps null, evaluation stays within train.max_eval_share of the training work; steps are planned
+    # over one rank's share of the rows: each step takes accum micro-batches on every rank
+    sched = enc.schedule(cfg, math.ceil(len(dataset.train) / ranks.world))
+    steps, eval_every, loss_every, log_every = sched.steps, sched.eval_every, sched.loss_every, sched.log_every
     # DDP wraps `model` (the same parameters evaluate and save); FSDP shards it in place, before the optimizer
     # is built, so that the optimizer holds (and steps) this rank's shards
     train_model = ranks.wrap(model)
@@ -627,10 +643,11 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
         "steps_planned": steps, "eval_every": eval_every, "steps_done": 0, "examples_seen": 0,
         # what one evaluation point costs, in rows of the mean training example (eval_cost_rows), and the
         # max_eval_share budget it is planned within
-        "evaluation": {"step0": list(STEP0_SPLITS), "rows_step0": step0_rows, "rows_per_point": point_rows,
-                       "decode_step_tokens": DECODE_STEP_TOKENS, "budget_rows": eval_budget_rows(cfg, steps),
+        "evaluation": {"step0": list(STEP0_SPLITS), "rows_step0": sched.rows_step0,
+                       "rows_per_point": sched.rows_per_point, "decode_step_tokens": DECODE_STEP_TOKENS,
+                       "budget_rows": sched.budget_rows,
                        # between the full points, the val loss alone (train.loss_points_every): null when none
-                       "loss_every": loss_every, "rows_per_loss_point": enc.loss_point_rows() if loss_every else None},
+                       "loss_every": loss_every, "rows_per_loss_point": sched.rows_per_loss_point},
         "started_at": utc_now(), "ended_at": None, "wall_s": 0.0, "setup_s": 0.0,
         "examples_per_s": None, "mean_step_s": None, "peak_memory_mb": None,
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
