@@ -33,6 +33,8 @@ of a lever is the median over steps of baseline step time / lever step time, aft
                    precision.frozen_weights_in_bf16, what train.py runs under bf16)
   adapter_inputs   peft's cast of a LoRA layer's input to float32 turned off under autocast
                    (precision.adapter_inputs_as_is; what train.py and sft.py run under bf16)
+  pooled_block     the last block at the first token only (pooled_block.attach; what train.py runs on a
+                   first-token classifier): its query, output and feed-forward at the one position the head reads
 
 An arm may combine levers with `+` (`bf16+uniform_dropout`), and `--baseline` names the arm the others are
 timed against (default: `baseline`; e.g. `--baseline bf16` gives each lever's gain on top of bf16).
@@ -57,7 +59,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 if not DATA.is_dir():
     DATA = Path("/work/shared/data/banking77")
 LEVERS = ("eager", "foreach", "fused", "no_sync", "compile", "bf16", "eval_bs64", "uniform_dropout", "rand_dropout",
-          "lane_attention", "bf16_weights", "adapter_inputs")
+          "lane_attention", "bf16_weights", "adapter_inputs", "pooled_block")
 
 
 def rand_dropout_forward(self, x):
@@ -113,6 +115,10 @@ class Arm:
                     module.forward = rand_dropout_forward.__get__(module)
         if "adapter_inputs" in parts:
             precision_mod.adapter_inputs_as_is(self.model)
+        if "pooled_block" in parts:
+            from loratune import pooled_block
+
+            assert pooled_block.attach(self.model)["applied"]
         if "bf16_weights" in parts:
             precision_mod.frozen_weights_in_bf16(self.model, HEAD_NAMES)
         device = torch.device("cpu")
@@ -218,7 +224,8 @@ WHAT = {"baseline": "the loop before issue 17 (SDPA, for-loop AdamW, float() per
         "lane_attention": "attention-probability dropout from the lanes (kernels.lane_attention) instead of SDPA's",
         "rand_dropout": "dropout masks from one torch.rand draw per element (uniform_dropout's first kernel)",
         "bf16_weights": "frozen base linear weights stored in bf16",
-        "adapter_inputs": "LoRA inputs left in bf16 under autocast (precision.adapter_inputs_as_is)"}
+        "adapter_inputs": "LoRA inputs left in bf16 under autocast (precision.adapter_inputs_as_is)",
+        "pooled_block": "the last block at the first token only (pooled_block.attach)"}
 
 
 def render(paths: list[str], out: Path) -> None:

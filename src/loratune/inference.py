@@ -77,6 +77,9 @@ def load_trained(run_dir: str | Path) -> Trained:
     model, tokenizer = load_saved(adapter_dir, cfg.model, space.labels, space.multi_label)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
+    from loratune import pooled_block
+
+    pooled_block.attach(model, cfg.train.pooled_last_block)  # the logits of the full forward, with less work
     decoding = Decoding.from_dict(label_map.get("decoding"), space.labels) if space.multi_label else None
     from loratune.adapt import HEAD_NAMES
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from loratune import __version__, kernels, openmp, precision as precision_mod, prefix_cache, signals
+from loratune import __version__, kernels, openmp, pooled_block, precision as precision_mod, prefix_cache, signals
 from loratune.adapt import HEAD_NAMES, apply_adapter, count_params, num_layers, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
@@ -631,6 +631,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         inputs_as_is = precision_mod.adapter_inputs_as_is(model)  # a bf16 input is not copied to fp32 and back
     dropout = kernels.dropout_record(kernels.uniform_dropout(model, device.type),  # CPU: masks from random 16-bit lanes
                                      kernels.lane_attention(model, device.type))
+    pooled = pooled_block.attach(model, cfg.train.pooled_last_block)  # a first-token head: its last block there only
     params = count_params(model, sites, cfg.adapter.method)
     pad_id = tokenizer.pad_token_id
 
@@ -698,7 +699,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "best": None, "final": None, "adapter_step": None, "saved_model": None, "device": str(device),
         "precision": precision_mod.record(precision, inputs_as_is, frozen_bf16), "dropout": dropout, "timing_s": timing,
         "pid": os.getpid(),
-        "prefix_cache": prefix_note, "threads": torch.get_num_threads(), "openmp": dict(openmp.CHOICE),
+        "prefix_cache": prefix_note, "pooled_last_block": pooled, "threads": torch.get_num_threads(),
+        "openmp": dict(openmp.CHOICE),
         "init_from": warm,
         # what evaluation scores (rows; the probe set's rows come on top), and the max_eval_share budget
         "evaluation": {"step0": list(STEP0_SPLITS), "rows_step0": step0_rows, "rows_per_point": point_rows,

@@ -40,6 +40,30 @@ def tiny_llama(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_encoders(tmp_path_factory) -> dict[str, str]:
+    """Tiny random-init RoBERTa and DistilBERT (3 layers), sharing the test tokenizer."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+
+    out = {}
+    for name, build in {
+        "roberta": lambda v: RobertaModel(RobertaConfig(vocab_size=v, hidden_size=32, num_hidden_layers=3,
+                                                        num_attention_heads=2, intermediate_size=64,
+                                                        max_position_embeddings=130, pad_token_id=0, initializer_range=0.2,
+                                                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)),
+        "distilbert": lambda v: DistilBertModel(DistilBertConfig(vocab_size=v, dim=32, n_layers=3, n_heads=2,
+                                                                 hidden_dim=64, dropout=0.0, attention_dropout=0.0,
+                                                                 pad_token_id=0, initializer_range=0.2)),
+    }.items():
+        folder = tmp_path_factory.mktemp(f"tiny-{name}")
+        tok = _save_tokenizer(folder)
+        torch.manual_seed(0)
+        build(len(tok)).save_pretrained(folder)
+        out[name] = str(folder)
+    return out
+
+
+@pytest.fixture(scope="session")
 def intent_data(tmp_path_factory) -> Path:
     """train (12/label), validation (5/label), test (5/label) of a 4-intent toy task."""
     folder = tmp_path_factory.mktemp("intents")

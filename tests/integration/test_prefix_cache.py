@@ -14,7 +14,7 @@ from loratune.config import load_config
 from loratune.models import load_classifier, load_tokenizer
 from loratune.train import collate, encode, eval_batches, forward_logits, predict_logits
 
-from support import _save_tokenizer, overrides
+from support import overrides
 
 CPU = torch.device("cpu")
 
@@ -25,29 +25,6 @@ def _fresh_cache(tmp_path, monkeypatch):
     prefix_cache.clear()
     yield
     prefix_cache.clear()
-
-
-@pytest.fixture(scope="module")
-def tiny_encoders(tmp_path_factory) -> dict[str, str]:
-    """Tiny random-init RoBERTa and DistilBERT (3 layers), sharing the test tokenizer."""
-    from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
-
-    out = {}
-    for name, build in {
-        "roberta": lambda v: RobertaModel(RobertaConfig(vocab_size=v, hidden_size=32, num_hidden_layers=3,
-                                                        num_attention_heads=2, intermediate_size=64,
-                                                        max_position_embeddings=130, pad_token_id=0, initializer_range=0.2,
-                                                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)),
-        "distilbert": lambda v: DistilBertModel(DistilBertConfig(vocab_size=v, dim=32, n_layers=3, n_heads=2,
-                                                                 hidden_dim=64, dropout=0.0, attention_dropout=0.0,
-                                                                 pad_token_id=0, initializer_range=0.2)),
-    }.items():
-        folder = tmp_path_factory.mktemp(f"tiny-{name}")
-        tok = _save_tokenizer(folder)
-        torch.manual_seed(0)
-        build(len(tok)).save_pretrained(folder)
-        out[name] = str(folder)
-    return out
 
 
 def _model_and_data(folder, data, tmp_path, **extra):

@@ -285,7 +285,9 @@ def test_precision_is_recorded_and_bf16_keeps_the_head_and_loss_in_float32(tiny_
     from loratune.adapt import HEAD_NAMES, apply_adapter
     from loratune.models import load_classifier
 
-    _, run = _train(tiny_bert, intent_data, tmp_path / "bf16", precision="bf16", max_steps=4, eval_steps=2)
+    _, run = _train(tiny_bert, intent_data, tmp_path / "bf16", precision="bf16", max_steps=4, eval_steps=2,
+                    pooled_last_block="off")
+    assert not run["pooled_last_block"]["applied"] and "off" in run["pooled_last_block"]["reason"]
     assert run["status"] == "completed"
     assert run["precision"]["dtype"] == "bfloat16" and run["precision"]["setting"] == "bf16"
     assert math.isfinite(run["final"]["val/loss"])
@@ -306,6 +308,8 @@ def test_precision_is_recorded_and_bf16_keeps_the_head_and_loss_in_float32(tiny_
     else:
         assert auto["dropout"]["kernel"] == "torch"
     assert auto["dropout"]["attention"] == "torch"
+    # BERT's head reads the first token: the last of its 2 blocks runs there only (pooled_block.py); off: everywhere
+    assert auto["pooled_last_block"]["applied"] and auto["pooled_last_block"]["block"] == 1
     # how OpenMP threads waited: the choice loratune made on import (openmp.py), recorded as it was made
     from loratune import openmp
 
