@@ -89,3 +89,25 @@ def overrides(model: str, data: Path, out: Path, **extra) -> list[str]:
             "target_modules": "[attn.q, attn.v]", "r": 4, "lora_alpha": 8, "max_length": 16}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def talking_lora_classifier(folder: str, data: Path, out: Path, **extra):
+    """A tiny run's config, dataset, tokenizer and LoRA classifier (seed 0) whose B matrices are not zero, so the
+    adapter changes the logits (a comparison of two forwards then means something)."""
+    import torch
+
+    from loratune import api
+    from loratune.adapt import apply_adapter
+    from loratune.config import load_config
+    from loratune.models import load_classifier, load_tokenizer
+
+    cfg = load_config(None, overrides(folder, data, out, **extra))
+    dataset = api.prepare(cfg)
+    tok = load_tokenizer(cfg.model)
+    torch.manual_seed(0)
+    model, _ = apply_adapter(load_classifier(cfg.model, len(dataset.label_space), False), cfg.adapter)
+    with torch.no_grad():  # LoRA B starts at zero: give the adapter something to say
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    return cfg, dataset, tok, model

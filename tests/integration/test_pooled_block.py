@@ -6,27 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from loratune import api, kernels, pooled_block, prefix_cache
-from loratune.adapt import apply_adapter
-from loratune.config import load_config
-from loratune.models import load_classifier, load_tokenizer
+from loratune import kernels, pooled_block, prefix_cache
 from loratune.train import collate, encode, eval_batches, predict_logits
 
-from support import overrides
+from support import talking_lora_classifier
 
 CPU = torch.device("cpu")
 
 
 def _model(folder, data, tmp_path, **extra):
-    cfg = load_config(None, overrides(folder, data, tmp_path / "run", **extra))
-    dataset = api.prepare(cfg)
-    tok = load_tokenizer(cfg.model)
-    torch.manual_seed(0)
-    model, _ = apply_adapter(load_classifier(cfg.model, len(dataset.label_space), False), cfg.adapter)
-    with torch.no_grad():  # LoRA B starts at zero: give the adapter something to say
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.5)
+    cfg, dataset, tok, model = talking_lora_classifier(folder, data, tmp_path / "run", **extra)
     enc = encode(tok, dataset.validation, dataset.label_space, cfg.model.max_length)
     return model, tok, enc
 

@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from loratune import api, prefix_cache
-from loratune.adapt import apply_adapter
 from loratune.config import load_config
-from loratune.models import load_classifier, load_tokenizer
+from loratune.models import load_tokenizer
 from loratune.train import collate, encode, eval_batches, forward_logits, predict_logits
 
-from support import overrides
+from support import overrides, talking_lora_classifier
 
 CPU = torch.device("cpu")
 
@@ -28,15 +27,7 @@ def _fresh_cache(tmp_path, monkeypatch):
 
 
 def _model_and_data(folder, data, tmp_path, **extra):
-    cfg = load_config(None, overrides(folder, data, tmp_path / "run", **extra))
-    dataset = api.prepare(cfg)
-    tok = load_tokenizer(cfg.model)
-    torch.manual_seed(0)
-    model, _ = apply_adapter(load_classifier(cfg.model, len(dataset.label_space), False), cfg.adapter)
-    with torch.no_grad():  # LoRA B starts at zero: give the adapter something to say
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.5)
+    cfg, dataset, tok, model = talking_lora_classifier(folder, data, tmp_path / "run", **extra)
     encs = [encode(tok, split, dataset.label_space, cfg.model.max_length)
             for split in (dataset.train, dataset.validation)]
     return cfg, model, tok, encs
