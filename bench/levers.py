@@ -35,6 +35,9 @@ of a lever is the median over steps of baseline step time / lever step time, aft
                    (precision.adapter_inputs_as_is; what train.py and sft.py run under bf16)
   pooled_block     the last block at the first token only (pooled_block.attach; what train.py runs on a
                    first-token classifier): its query, output and feed-forward at the one position the head reads
+  ln_bf16          the ceiling of one shared bf16 cast per LayerNorm output (measured, not built): every encoder
+                   LayerNorm returns bf16 under autocast, so q, k, v, LoRA and the feed-forward stop casting the
+                   same float32 tensor each on their own (and the residual stream is bf16 too)
 
 An arm may combine levers with `+` (`bf16+uniform_dropout`), and `--baseline` names the arm the others are
 timed against (default: `baseline`; e.g. `--baseline bf16` gives each lever's gain on top of bf16).
@@ -59,7 +62,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 if not DATA.is_dir():
     DATA = Path("/work/shared/data/banking77")
 LEVERS = ("eager", "foreach", "fused", "no_sync", "compile", "bf16", "eval_bs64", "uniform_dropout", "rand_dropout",
-          "lane_attention", "bf16_weights", "adapter_inputs", "pooled_block")
+          "lane_attention", "bf16_weights", "adapter_inputs", "pooled_block", "ln_bf16")
 
 
 def rand_dropout_forward(self, x):
@@ -115,6 +118,11 @@ class Arm:
                     module.forward = rand_dropout_forward.__get__(module)
         if "adapter_inputs" in parts:
             precision_mod.adapter_inputs_as_is(self.model)
+        if "ln_bf16" in parts:
+            for name, module in self.model.named_modules():
+                if isinstance(module, torch.nn.LayerNorm) and ".encoder." in name:
+                    module.register_forward_hook(lambda m, a, out: out.to(torch.bfloat16)
+                                                 if torch.is_autocast_enabled("cpu") else out)
         if "pooled_block" in parts:
             from loratune import pooled_block
 
@@ -225,7 +233,8 @@ WHAT = {"baseline": "the loop before issue 17 (SDPA, for-loop AdamW, float() per
         "rand_dropout": "dropout masks from one torch.rand draw per element (uniform_dropout's first kernel)",
         "bf16_weights": "frozen base linear weights stored in bf16",
         "adapter_inputs": "LoRA inputs left in bf16 under autocast (precision.adapter_inputs_as_is)",
-        "pooled_block": "the last block at the first token only (pooled_block.attach)"}
+        "pooled_block": "the last block at the first token only (pooled_block.attach)",
+        "ln_bf16": "encoder LayerNorm outputs in bf16 (the ceiling of one shared cast; not built)"}
 
 
 def render(paths: list[str], out: Path) -> None:
