@@ -128,8 +128,6 @@ def attach(model: nn.Module, setting: str = "auto") -> dict:
         return {"applied": False, "reason": f"the last block is a {type(last).__name__}, not a *{spec.block_class}"}
     if getattr(cfg, "is_decoder", False) or getattr(cfg, "add_cross_attention", False):
         return {"applied": False, "reason": "a decoder or cross-attention configuration"}
-    if getattr(cfg, "chunk_size_feed_forward", 0):
-        return {"applied": False, "reason": "chunked feed-forward (config.chunk_size_feed_forward)"}
     last.forward = types.MethodType(spec.forward, last)
     return {"applied": True, "block": len(blocks) - 1,
             "reason": f"the {type(base).__name__} head reads the first token only: block {len(blocks) - 1} runs "

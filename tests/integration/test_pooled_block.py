@@ -101,3 +101,21 @@ def test_it_stays_off_where_the_head_does_not_read_the_first_token(tiny_llama, t
     note = pooled_block.attach(bert, "off")
     assert not note["applied"] and "off" in note["reason"]
     assert not any("forward" in vars(m) for m in bert.modules())  # nothing was patched
+
+
+@pytest.mark.parametrize("model_type", sorted(pooled_block.POOLED_BLOCKS))
+def test_every_architecture_in_the_table_gives_the_full_logits(model_type):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    sizes = (dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64) if model_type == "distilbert" else
+             dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
+    cfg = AutoConfig.for_model(model_type, vocab_size=100, num_labels=3, pad_token_id=0, **sizes)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(cfg).eval()
+    ids = torch.randint(5, 100, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0
+    mask[2, 3:] = 0
+    full = model(input_ids=ids, attention_mask=mask).logits
+    assert pooled_block.attach(model)["applied"]
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, full, atol=1e-6, rtol=1e-4)
