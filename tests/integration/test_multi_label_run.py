@@ -151,6 +151,13 @@ def test_terminal_show_and_report_carry_the_multi_intent_numbers(trained_run, ca
     assert "thresholds tuned on validation" in multi_label_note(run)
     assert main(["show", str(out)]) == 0
     shown = " ".join(capsys.readouterr().out.split())
+    from loratune.commands.show import show_run
+
+    narrow = Console(record=True, width=60)  # the header's details do not fit one rule: they get their own line
+    show_run(narrow, build_run_report(out))
+    head = narrow.export_text().splitlines()[:3]
+    assert "run  completed" in head[0] and "…" not in head[0], head
+    assert head[1].startswith(str(run["model"]["name_or_path"])[:20]) and "classes" in " ".join(head[1:]), head
     assert re.search(r"exact match [\d.]+ · compound rows [\d.]+ \(n=\d+\) · single rows", shown)
     report = build_run_report(out)
     assert report.best["val_compound/subset_accuracy"] == run["best"]["val_compound/subset_accuracy"]

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 SPARK = "▁▂▃▄▅▆▇█"
+RULE_ENDS = 6  # cells a rich rule keeps beside its title: a space and at least two rule characters each side
 
 
 def spark(values: Sequence[float]) -> str:
@@ -62,11 +63,17 @@ def _h(n: Any) -> str:
 def show_run(con, r, n_classes: int = 10) -> None:
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     tone = {"completed": "green", "running": "cyan", "interrupted": "yellow"}.get(r.status, "red")
     kind = "causal-lm" if r.open_generation else f"{r.n_classes or '?'} classes"
-    con.rule(f"[bold]{escape(r.name)}[/]  [{tone}]{escape(r.status)}[/]  [dim]{escape(r.model_name)} · "
-             f"{escape(r.method)} · {escape(r.dataset)} · {kind}[/]")
+    title = f"[bold]{escape(r.name)}[/]  [{tone}]{escape(r.status)}[/]"
+    details = f"[dim]{escape(r.model_name)} · {escape(r.method)} · {escape(r.dataset)} · {kind}[/]"
+    if Text.from_markup(f"{title}  {details}").cell_len + RULE_ENDS <= con.width:
+        con.rule(f"{title}  {details}")
+    else:  # a rule is one line and cuts its title: a long one keeps the name there and gives the rest a line of its own
+        con.rule(title)
+        con.print(details)
     m, o = r.metric, r.objective
     scores = f"final {f3(r.final.get(m))} · start {f3(r.start_metric)}"
     head = (f"best {escape(m)} [bold]{f3(r.best.get(m))}[/] at step {r.best.get('step', '?')} · {scores}" if not o
