@@ -107,6 +107,11 @@ class ParamCount:
         return {**asdict(self), "share_of_total": self.share_of_total}
 
 
+def transformers_model(model):
+    """The transformers model inside a peft wrapper (`get_base_model`), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _linear_sites(model) -> tuple[list[LinearSite], str]:
     import torch.nn as nn
 

@@ -30,6 +30,8 @@ import math
 import torch
 from torch import nn
 
+from loratune.adapt import transformers_model
+
 LANE = torch.int16  # one mask element per 16-bit lane of a random 64-bit word
 LANE_VALUES = 2 ** torch.iinfo(LANE).bits  # values a lane takes, uniformly: the drop rate's resolution is 1 / this
 LANES_PER_WORD = torch.iinfo(torch.int64).bits // torch.iinfo(LANE).bits
@@ -89,7 +91,7 @@ def lane_attention(model: nn.Module, device_type: str) -> bool:
     model, or where transformers does not let the implementation be set)."""
     if device_type != "cpu":
         return False
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = transformers_model(model)
     cfg = getattr(base, "config", None)
     p = getattr(cfg, "attention_probs_dropout_prob", None) or getattr(cfg, "attention_dropout", 0.0)
     if cfg is None or not p or getattr(cfg, "_attn_implementation", None) != "sdpa":

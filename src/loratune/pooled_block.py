@@ -33,6 +33,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from loratune.adapt import transformers_model
+
 
 def _first_row(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """The mask the first query reads: a 4-d mask [batch, 1, queries, keys] keeps its first query row; a mask
@@ -108,7 +110,7 @@ def attach(model: nn.Module, setting: str = "auto") -> dict:
     `pooled_last_block`: {"applied": bool, "reason": str, and, when applied, "block": its index}."""
     if setting == "off":
         return {"applied": False, "reason": "train.pooled_last_block=off: every block runs at every position"}
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = transformers_model(model)
     cfg = getattr(base, "config", None)
     model_type = getattr(cfg, "model_type", None)
     spec = POOLED_BLOCKS.get(model_type)
@@ -117,8 +119,7 @@ def attach(model: nn.Module, setting: str = "auto") -> dict:
                                             "(its head may not read the first token only)"}
     if not type(base).__name__.endswith("ForSequenceClassification"):
         return {"applied": False, "reason": f"{type(base).__name__} is not a sequence classifier"}
-    backbone = base.base_model
-    blocks = backbone
+    blocks = base.base_model
     for part in spec.blocks.split("."):
         blocks = getattr(blocks, part, None)
     if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
@@ -136,7 +137,7 @@ def attach(model: nn.Module, setting: str = "auto") -> dict:
 
 def detach(model: nn.Module) -> None:
     """Undo `attach`: every block runs at every position again."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = transformers_model(model)
     for module in base.modules():
         if "forward" in vars(module) and getattr(module.forward, "__func__", None) in (
                 spec.forward for spec in POOLED_BLOCKS.values()):

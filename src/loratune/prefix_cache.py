@@ -46,6 +46,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from loratune.adapt import transformers_model
+
 # model_type -> (embedding module, block list), dotted paths inside the backbone (`model.base_model`
 # of the transformers model). The embedding module's output must be block 0's input, untouched.
 _BERT = ("embeddings", "encoder.layer")
@@ -237,12 +239,8 @@ class Splice:
 
 def _backbone(model: nn.Module) -> nn.Module:
     """The transformers backbone (BertModel, LlamaModel) under a peft wrapper and a task head."""
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hf = transformers_model(model)
     return getattr(hf, hf.base_model_prefix, hf)
-
-
-def _hf_model(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def first_trained_layer(model: nn.Module, model_type: str) -> int:
@@ -287,7 +285,7 @@ def build(splice: Splice, ids: list[list[int]], make_batch: Callable, plan: Call
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    hf = _hf_model(splice.model)
+    hf = transformers_model(splice.model)
     was_training = hf.training
     hf.eval()  # no dropout in the frozen part
     values = None
@@ -346,7 +344,7 @@ class Feed:
 
     def fill(self, rows: np.ndarray) -> None:
         t0 = time.perf_counter()
-        hf = _hf_model(self.splice.model)
+        hf = transformers_model(self.splice.model)
         was_training = hf.training
         hf.eval()  # no dropout in the frozen part, as in `build`
         try:
@@ -380,7 +378,7 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
         return {"used": False, "reason": "train.prefix_cache is off"}
     if method != "lora":
         return {"used": False, "reason": f"adapter.method={method} trains every layer"}
-    model_type = getattr(_hf_model(model).config, "model_type", "")
+    model_type = getattr(transformers_model(model).config, "model_type", "")
     if model_type not in SPLICE_TABLE:
         return {"used": False, "reason": f"model_type '{model_type}' is not supported by the prefix cache "
                                           f"(supported: {', '.join(SPLICE_TABLE)}); normal forward path"}
@@ -397,7 +395,7 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
     weights = _weights_hash(splice.prefix_modules())
     hits, built, disk, total = 0, 0, 0, 0
     stats = {"rows_computed": 0, "compute_s": 0.0}  # lazy rows computed by this run, and their cost
-    hidden = getattr(_hf_model(model).config, "hidden_size", 0) or 0
+    hidden = getattr(transformers_model(model).config, "hidden_size", 0) or 0
     for enc in splits:
         key = hashlib.blake2b(f"{model_type}|{k}|{computed_in}|{np.dtype(STORE_DTYPE).name}|{weights}|"
                               f"{_ids_hash(enc.ids)}".encode(), digest_size=16).hexdigest()

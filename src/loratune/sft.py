@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from loratune import kernels, openmp
 from loratune import precision as precision_mod
 from loratune import signals
-from loratune.adapt import apply_adapter, count_params, num_layers, warm_start
+from loratune.adapt import apply_adapter, count_params, num_layers, transformers_model, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.generation import load_prompt_set, score_prompt_set
 from loratune.metrics import parse_labels, prediction_scores, top_unknown_outputs
@@ -138,7 +138,7 @@ def projects_scored_only(model) -> bool:
     (`get_base_model`), whose forwards pass the argument on, and past a class FSDP2 made around the model's own
     (the first class in its MRO that defines `forward`)."""
     inner = getattr(model, "module", model)
-    return _class_projects_scored_only(type(inner.get_base_model() if hasattr(inner, "get_base_model") else inner))
+    return _class_projects_scored_only(type(transformers_model(inner)))
 
 
 @functools.lru_cache(maxsize=None)
