@@ -180,7 +180,7 @@ class Diagnosis:
             se = f" (noise {fv('val_metric_noise')})" if v.get("val_metric_noise") is not None else ""
             drop = v.get("val_metric_final_drop_se")
             tie = ""
-            if drop is not None and v.get("val_metric_final_drop", 0) > 0:
+            if drop is not None and (v.get("val_metric_final_drop") or 0) > 0:
                 tie = (": final and best are a tie (inside the noise band)" if drop < TIE_BAND_SE
                        else f": final is {drop:.1f} noise units below the best")
             lines.append(f"{metric}: {fv('val_metric_start')} at the start, best {fv('val_metric_best')}{se} "
@@ -191,7 +191,7 @@ class Diagnosis:
         if v.get("val_loss_min") is not None:
             rise = v.get("val_loss_rise_noise")
             tie = ""
-            if rise is not None and v.get("val_loss_rise", 0) > 0:
+            if rise is not None and (v.get("val_loss_rise") or 0) > 0:
                 tie = (" (final and minimum are a tie, inside the noise band)" if rise < TIE_BAND_SE
                        else f" ({rise:.1f} noise units above the minimum)")
             lines.append(f"val loss: {fv('val_loss_start')} -> min {fv('val_loss_min')} at "

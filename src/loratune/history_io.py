@@ -6,6 +6,7 @@ when known) and `notes` saying what was mapped or guessed. No torch, no transfor
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 import math
@@ -53,7 +54,20 @@ NOTEBOOK_TABLE = re.compile(r"^(?P<file>.+\.ipynb)#(?P<table>-?\d+)$", re.IGNORE
 
 def load_run(path: str | Path) -> RunHistory:
     """Detect the input kind and read it. Raises UserError naming what was expected. `NOTEBOOK.ipynb#N` reads the
-    notebook's Nth Trainer progress table (1-based, as the reader's note counts them) instead of its last."""
+    notebook's Nth Trainer progress table (1-based, as the reader's note counts them) instead of its last. A file
+    it cannot read (permissions, not UTF-8 text) is a UserError naming the file, whichever reader met it."""
+    try:
+        return _load_run(path)
+    except PermissionError as e:
+        raise UserError(f"cannot read '{e.filename or path}': permission denied",
+                        "make the file readable by this user (chmod a+r), or run as its owner") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"'{path}' is not UTF-8 text ({e.encoding} could not decode byte {e.start})",
+                        "save it as UTF-8 (e.g. `iconv -f utf-16 -t utf-8 IN > OUT`, or Excel's 'CSV UTF-8')"
+                        ) from None
+
+
+def _load_run(path: str | Path) -> RunHistory:
     m = NOTEBOOK_TABLE.match(str(path))
     if m and not Path(path).exists() and Path(m["file"]).is_file():
         n = int(m["table"])
@@ -173,9 +187,10 @@ _METRIC_ALIASES = {
     # (`rougeL`) and the ChatGLM / GLM finetune demos (`rouge-l`) log it
     "rougeL": "rouge_l", "rouge-l": "rouge_l", "rouge_l": "rouge_l",
 }
-# a score logged on a 0-100 scale (the HF examples and the ChatGLM demos multiply ROUGE by 100): read as 0..1,
-# the scale every metric threshold is in; a share never exceeds 1, so one value above it names the scale
-_PERCENT_METRICS = ("rouge_l",)
+# a score logged on a 0-100 scale (the HF examples and the ChatGLM demos multiply ROUGE by 100, the question-answering
+# examples F1 and exact match, many notebooks accuracy): read as 0..1, the scale every metric threshold is in; every
+# metric above is a share, which never exceeds 1, so one value above it names the scale
+_PERCENT_METRICS = tuple(sorted(set(_METRIC_ALIASES.values()) - {"loss"}))
 # an error rate (lower is better), as the HF speech-recognition examples log it (`wer`, `cer`): read as the share
 # right, 1 - rate, under this name (the val metric every rule reads rises as the run learns); the rate itself is kept.
 # Its scale: a rate is a share, near or below 1 (insertions can push an untrained model's above it); the examples
@@ -330,6 +345,11 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
                       finished: bool | None = None) -> RunHistory:
     notes = list(notes or [])
     logs = [e for e in log_history if isinstance(e, dict) and "step" in e]
+    steps_ok = [e for e in logs if _fin(e["step"]) is not None]
+    if len(steps_ok) < len(logs):
+        notes.append(f"{len(logs) - len(steps_ok)} log_history entries with a step that is not a finite number "
+                     "(a string, null, NaN): skipped")
+        logs = steps_ok
     is_trl = any(k in e or f"eval_{k}" in e for e in logs for k in _TRL_KEYS)
     source = source or ("trl" if is_trl else "hf-trainer")
     train_logs = [e for e in logs if "loss" in e and not any(k.startswith("eval_") for k in e)
@@ -344,8 +364,13 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     merged: dict[int, dict] = {}  # several eval sets log one entry each at the same step
     for e in eval_logs:
         merged.setdefault(int(e["step"]), {}).update(e)
+    # each eval's window of train logs (prev < step <= its step), in log order, found by bisection: one pass over a
+    # step-sorted index rather than a scan of every train log per eval (100k logs x 1,000 evals took 12 s)
+    by_step = sorted(range(len(train_logs)), key=lambda i: train_logs[i]["step"])
+    sorted_steps = [train_logs[i]["step"] for i in by_step]
     for ev in (merged[k] for k in sorted(merged)):
-        window = [e for e in train_logs if prev < e["step"] <= ev["step"]]
+        lo, hi = bisect.bisect_right(sorted_steps, prev), bisect.bisect_right(sorted_steps, ev["step"])
+        window = [train_logs[i] for i in sorted(by_step[lo:hi])]
         pt = {"step": int(ev["step"])}
         if _fin(ev.get("epoch")) is not None:
             pt["epoch"] = float(ev["epoch"])
@@ -372,13 +397,7 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
             if _fin(e.get("epoch")) is not None:
                 pt["epoch"] = float(e["epoch"])
             points.append(pt)
-    for key in (f"{split}/{m}" for m in _PERCENT_METRICS for split in ("val", "train_eval")):
-        vals = [_fin(q.get(key)) for q in points]
-        if any(v is not None and v > 1.0 for v in vals):
-            for q in points:
-                if _fin(q.get(key)) is not None:
-                    q[key] = q[key] / 100.0
-            notes.append(f"{key} logged on a 0-100 scale: read as a share (/100)")
+    _percent_to_share(points, notes)
     for rate, right in _ERROR_RATES.items():
         for split in ("val", "train_eval"):
             vals = [v for q in points if (v := _fin(q.get(f"{split}/{rate}"))) is not None]
@@ -550,6 +569,8 @@ def _classes_from_first_loss(train_logs: Sequence[dict], meta: dict, facts: dict
         slope = (math.log(float(second["loss"])) - math.log(l1)) / (float(second["step"]) - s1)
         start = min(l1 * math.exp(-slope * s1), CHANCE_BACKFILL_MAX * l1)
         how = f"the first train losses {l1:.3f}, {float(second['loss']):.3f} extrapolated to {start:.3f} at step 0"
+    if not start <= math.log(CHANCE_CLASSES_RANGE[1] + 1):  # a loss far above ln(classes): no class count in it
+        return
     k = round(math.exp(start))
     if CHANCE_CLASSES_RANGE[0] <= k <= CHANCE_CLASSES_RANGE[1]:
         meta["n_classes"] = k
@@ -582,7 +603,7 @@ def _adapter_facts(folder: Path, facts: dict, notes: list[str], given: Mapping[s
                 v = list(v)
             out[k] = sorted(map(str, v)) if isinstance(v, list) and k == "target_modules" else v
             facts[k] = Fact(out[k], where)
-    if _fin(a.get("r")) and _fin(a.get("lora_alpha")):
+    if _fin(a.get("r")) and _fin(a.get("lora_alpha")) and a["r"] > 0:  # r <= 0 is no rank: no scale either
         scale = a["lora_alpha"] / (math.sqrt(a["r"]) if a.get("use_rslora") else a["r"])
         facts["lora_scale"] = Fact(round(scale, 6), f"{where}: lora_alpha / " +
                                    ("sqrt(r) (rsLoRA)" if a.get("use_rslora") else "r"))
@@ -726,6 +747,18 @@ def _eval_key_map(eval_logs: Sequence[dict]) -> tuple[dict[str, str], list[str]]
     return out, notes
 
 
+def _percent_to_share(points: list[dict], notes: list[str]) -> None:
+    """A share metric (_PERCENT_METRICS) with any value above 1 was logged on a 0-100 scale: divide it by 100, in
+    place, and say so."""
+    for key in (f"{split}/{m}" for m in _PERCENT_METRICS for split in ("val", "train_eval")):
+        vals = [_fin(q.get(key)) for q in points]
+        if any(v is not None and v > 1.0 for v in vals):
+            for q in points:
+                if _fin(q.get(key)) is not None:
+                    q[key] = q[key] / 100.0
+            notes.append(f"{key} logged on a 0-100 scale: read as a share (/100)")
+
+
 def _window(entries: Sequence[dict]) -> dict:
     out: dict[str, Any] = {}
     losses = [e.get("loss") for e in entries]
@@ -867,7 +900,8 @@ def _nb_progress_tables(nb: Mapping[str, Any]) -> list[dict]:
         if not isinstance(cell, dict):
             continue
         for out in cell.get("outputs") or []:
-            html = (out.get("data") or {}).get("text/html") if isinstance(out, dict) else None
+            data = out.get("data") if isinstance(out, dict) else None
+            html = data.get("text/html") if isinstance(data, dict) else None
             if isinstance(html, list):
                 html = "".join(html)
             if not isinstance(html, str) or "<table" not in html:
@@ -927,6 +961,7 @@ def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
     last_epoch, repositioned = 0.0, False
     for row in t["rows"]:
         epoch = _nb_float(cell(row, "epoch"))
+        epoch = epoch if epoch is not None and math.isfinite(epoch) else None  # an epoch of nan / inf places nothing
         if "step" not in col and epoch is not None and epoch == int(epoch) and epoch <= last_epoch:
             epoch, repositioned = epoch + 1, True
         if epoch is not None:
@@ -944,6 +979,7 @@ def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
     last_loss, repeats = None, 0
     for row, epoch in zip(t["rows"], row_epochs):
         step = _nb_float(cell(row, "step"))
+        step = step if step is not None and math.isfinite(step) else None
         if step is None and epoch is not None and per_epoch:
             step = round(epoch * per_epoch)
         if step is None:
@@ -1014,7 +1050,8 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
         later = f"table {k + 2}" if k + 2 == len(tables) else f"tables {k + 2}-{len(tables)}"
         notes.append(f"the later {later} holds no evaluated row (a run stopped before its first evaluation): not read")
     notes += extra
-    code = ["".join(c.get("source") or []) if isinstance(c.get("source"), list) else str(c.get("source") or "")
+    code = ["".join(str(x) for x in c.get("source") if isinstance(x, str)) if isinstance(c.get("source"), list)
+            else str(c.get("source") or "")
             for c in nb["cells"] if isinstance(c, dict) and c.get("cell_type") == "code"]
     lrs = sorted({float(m.group(1)) for text in code for m in _NB_LR.finditer(text)})
     # `learning_rate=LR` with `LR = 2e-5` assigned once as a literal elsewhere: that literal (a name assigned
@@ -1146,9 +1183,10 @@ def read_csv(path: str | Path) -> RunHistory:
             except ValueError:
                 bad_cells += 1
                 continue
-            if key == "step":
-                pt[key] = int(v)
-            elif key == "val/n":
+            if key in ("step", "val/n"):
+                if not math.isfinite(v):  # a step or size of inf / nan is no number of anything
+                    bad_cells += 1
+                    continue
                 pt[key] = int(v)
             else:
                 pt[key] = v if math.isfinite(v) else None
@@ -1161,5 +1199,6 @@ def read_csv(path: str | Path) -> RunHistory:
         notes.append(f"{bad_cells} non-numeric cells ignored")
     if not (found & {"val/n"}):
         notes.append("no val size column (val_n): no standard error, so noise checks are skipped")
+    _percent_to_share(points, notes)
     return RunHistory(name=p.stem, source="csv", points=tuple(points), meta={}, config={},
                       notes=tuple(notes), path=str(p))

@@ -259,13 +259,28 @@ def test_diagnosing_an_external_run_imports_no_torch(tb_run):
     assert got == {"verdict": got["verdict"], "torch": False, "transformers": False}
 
 
+def _evaluate_each(cb, log: list[dict], max_steps: int, out) -> tuple[object, int | None]:
+    """Feed `cb` the Trainer's evaluations one at a time, the log growing as a run's does; (control, step it stopped)."""
+    from types import SimpleNamespace
+
+    control = SimpleNamespace(should_training_stop=False)
+    for k, e in enumerate(log):
+        if "eval_loss" not in e:
+            continue
+        state = SimpleNamespace(max_steps=max_steps, num_train_epochs=10, train_batch_size=16, logging_steps=1,
+                                eval_steps=1, save_steps=500, global_step=e["step"], log_history=log[:k + 1],
+                                is_world_process_zero=True)
+        cb.on_evaluate(SimpleNamespace(output_dir=str(out)), state, control)
+        if control.should_training_stop:
+            return control, e["step"]
+    return control, None
+
+
 @pytest.mark.parametrize("acc, stops", [
     ([0.6929] * 8, True),  # every eval the majority share, the val loss pinned at a usual lr: a one-class collapse
     ([0.62, 0.66, 0.69, 0.71, 0.73, 0.74, 0.75, 0.76], False),  # near miss: the same losses, predictions moving
 ])
 def test_callback_stops_on_a_collapse_at_a_usual_lr(tmp_path, acc, stops):
-    from types import SimpleNamespace
-
     from loratune.integrations import LoratuneCallback
 
     val = [0.6311, 0.6177, 0.6169, 0.6188, 0.6174, 0.6171, 0.6183, 0.6175]
@@ -276,13 +291,65 @@ def test_callback_stops_on_a_collapse_at_a_usual_lr(tmp_path, acc, stops):
                     "grad_norm": 1.0})
         log.append({"step": step, "epoch": i + 1.0, "eval_loss": v, "eval_accuracy": a, "eval_runtime": 2.8,
                     "eval_samples_per_second": 100.0})
-    state = SimpleNamespace(max_steps=700, num_train_epochs=10, train_batch_size=16, logging_steps=70,
-                            eval_steps=70, save_steps=500, global_step=560, log_history=log,
-                            is_world_process_zero=True)
-    control = SimpleNamespace(should_training_stop=False)
     said: list[str] = []
     cb = LoratuneCallback(printer=said.append, record=False)
-    cb.on_evaluate(SimpleNamespace(output_dir=str(tmp_path)), state, control)
+    control, at = _evaluate_each(cb, log, 700, tmp_path)
     assert (cb.last.verdict == "collapsed") == stops, [(f.rule_id, f.suppressed_by) for f in cb.last.findings]
     assert control.should_training_stop == stops and (cb.stopped_by == "collapse") == stops
     assert stops == any("collapsed to one class" in m for m in said)
+    if stops:  # collapsed from the 4th eval (step 280, more than few_evals_max evals); held over 0.2 x 700 steps
+        assert at == 420 and "since step 280" in said[-1], (at, said)
+
+
+def _pinned_at_start(evals: int, every: int) -> list[dict]:
+    """A 4-class run at its initial state: train and val loss at ln 4, accuracy at the class share 0.25."""
+    log = []
+    for i in range(1, evals + 1):
+        step = every * i
+        log.append({"step": step, "epoch": step / 4, "loss": 1.386 + 0.01 * (-1) ** i, "learning_rate": 5e-3,
+                    "grad_norm": 0.4})
+        log.append({"step": step, "epoch": step / 4, "eval_loss": 1.3863 - 1e-5 * i, "eval_accuracy": 0.25,
+                    "eval_runtime": 1.0, "eval_samples_per_second": 2000.0})
+    return log
+
+
+def test_callback_waits_before_calling_a_model_at_its_initial_loss_collapsed(tmp_path):
+    # a tiny BERT at lr 5e-3 evaluated every step of 100 sits at ln(4) with one class predicted for its first 10
+    # steps, then learns (0.90 accuracy at the end): the rule reads `collapsed` from the 4th eval, but a collapse
+    # must hold over COLLAPSE_HOLD of the plan before the callback says it or stops
+    from loratune.integrations import LoratuneCallback
+    from loratune.integrations.trainer import COLLAPSE_HOLD
+
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append, record=False)
+    control, at = _evaluate_each(cb, _pinned_at_start(10, 1), 100, tmp_path)
+    assert cb.last.verdict == "collapsed"  # the diagnosis of the curve so far
+    assert at is None and cb.stopped_by is None and said == []
+    # the same pin held on: stopped once it covered COLLAPSE_HOLD of the 100 planned steps (first read at step 4)
+    cb = LoratuneCallback(printer=said.append, record=False)
+    control, at = _evaluate_each(cb, _pinned_at_start(40, 1), 100, tmp_path)
+    assert at == 4 + round(COLLAPSE_HOLD * 100) and cb.stopped_by == "collapse"
+    assert len(said) == 2 and said[0].startswith(f"[loratune] step {at}: collapsed")
+
+
+def test_an_evaluation_after_training_keeps_the_records_final_status(tmp_path):
+    # `trainer.train(); trainer.evaluate()`: the evaluation after on_train_end must not turn `completed` back into
+    # `running` (which `loratune show` then reads as a process that died)
+    from types import SimpleNamespace
+
+    from loratune.integrations import LoratuneCallback
+
+    log = _pinned_at_start(3, 5)
+    state = SimpleNamespace(max_steps=15, num_train_epochs=1, train_batch_size=8, logging_steps=5, eval_steps=5,
+                            save_steps=500, global_step=15, log_history=log, is_world_process_zero=True)
+    args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(should_training_stop=False)
+    cb = LoratuneCallback(printer=lambda s: None)
+    cb.on_evaluate(args, state, control)
+    record = tmp_path / "loratune" / "run.json"
+    assert json.loads(record.read_text())["status"] == "running"
+    cb.on_train_end(args, state, control)
+    assert json.loads(record.read_text())["status"] == "completed"
+    state.log_history = log + [{"step": 15, "eval_loss": 1.38, "eval_accuracy": 0.25, "eval_runtime": 1.0,
+                                "eval_samples_per_second": 2000.0}]
+    cb.on_evaluate(args, state, control)
+    assert json.loads(record.read_text())["status"] == "completed" and not control.should_training_stop

@@ -10,7 +10,11 @@ printed (`healthy` and `undertrained` describe every run that is still learning,
 It can stop training (`control.should_training_stop`), saying why:
 - `diverged`: a non-finite train loss at any logging step, or the `diverged` rule at an evaluation;
 - `collapse`: a one-class collapse (predictions on one class, loss pinned near ln(classes)): the
-  `collapsed` rule, or the `lr-too-large` rule's collapse routes at an lr far above the usual range;
+  `collapsed` rule, or the `lr-too-large` rule's collapse routes at an lr far above the usual range, held at
+  every evaluation over `collapse_hold` of the planned steps (and at two evaluations at least): a model still at
+  its initial loss early in its plan has not started learning yet, which reads the same at one evaluation (a
+  tiny BERT at lr 5e-3, evaluated every step of 100, sits at ln(4) with one class predicted for its first 10
+  steps and ends at 0.90 accuracy); it is neither printed nor acted on before that;
 - overfitting, opt-in: `overfit_patience=N` stops after `overfit-capacity` has fired at N + 1
   evaluations in a row.
 """
@@ -33,6 +37,7 @@ from loratune.rules import THRESHOLDS
 STOP_REASONS = ("diverged", "collapse")  # what the callback may stop on by default
 QUIET_MIDRUN = ("healthy", "undertrained")  # findings that describe any run still learning: never printed
 RECORD_DIR = "loratune"  # the record's folder inside the Trainer's output_dir
+COLLAPSE_HOLD = 0.2  # share of the planned steps a collapse must hold before the callback prints it or stops
 
 
 class LoratuneCallback(TrainerCallback):
@@ -46,11 +51,13 @@ class LoratuneCallback(TrainerCallback):
         thresholds: rule threshold overrides by name (see `loratune rules`).
         record: write `<output_dir>/loratune/` (history.jsonl, run.json) at every evaluation.
         printer: where messages go (default `print`).
+        collapse_hold: the share of the planned steps over which a collapse must hold, at every evaluation,
+            before it is printed or stops training (default `COLLAPSE_HOLD`).
     """
 
     def __init__(self, *, stop_on: Iterable[str] = STOP_REASONS, overfit_patience: int | None = None,
                  min_confidence: float = 0.6, thresholds: dict[str, float] | None = None, record: bool = True,
-                 printer: Callable[[str], Any] = print) -> None:
+                 printer: Callable[[str], Any] = print, collapse_hold: float = COLLAPSE_HOLD) -> None:
         stop_on = tuple(stop_on)
         unknown = [s for s in stop_on if s not in STOP_REASONS]
         if unknown:
@@ -64,6 +71,12 @@ class LoratuneCallback(TrainerCallback):
         unknown_t = [k for k in self.thresholds if k not in THRESHOLDS]
         if unknown_t:
             raise ValueError(f"thresholds: unknown {unknown_t} (names from `loratune rules`)")
+        if not 0.0 <= collapse_hold <= 1.0:
+            raise ValueError("collapse_hold: a share of the planned steps, between 0 and 1")
+        self.collapse_hold = float(collapse_hold)
+        self.collapse_since: int | None = None  # the step of the first evaluation of the current collapse streak
+        self.collapse_streak = 0
+        self.finished = False  # on_train_end ran: a later evaluate() keeps the record's final status
         self.record = record
         self.printer = printer
         self.reported: set[str] = set()
@@ -82,22 +95,34 @@ class LoratuneCallback(TrainerCallback):
         return control
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        d = self._diagnose(args, state, kwargs.get("model"))
+        d = self._diagnose(args, state, kwargs.get("model"), final=self.finished)
         self.last = d
+        confident = {f.rule_id for f in d.active if not f.tentative and f.confidence >= self.min_confidence}
+        collapse = "collapsed" in confident or ("lr-too-large" in confident and _collapsed(d))
+        if collapse:
+            self.collapse_streak += 1
+            self.collapse_since = state.global_step if self.collapse_since is None else self.collapse_since
+        else:
+            self.collapse_streak, self.collapse_since = 0, None
+        collapse_held = collapse and self.collapse_streak >= 2 and (
+            state.global_step - self.collapse_since >= self.collapse_hold * (state.max_steps or 0))
         for f in d.active:
             if (f.rule_id in QUIET_MIDRUN or f.tentative or f.confidence < self.min_confidence
                     or f.rule_id in self.reported):
                 continue
+            if collapse and not collapse_held and (f.rule_id == "collapsed" or f.rule_id == "lr-too-large"):
+                continue  # not yet: a collapse early in the plan reads like a model that has not started learning
             self.reported.add(f.rule_id)
             reading = "; ".join(f.route) or f.verdict  # what this run showed, else the rule's general verdict
             self.printer(f"[loratune] step {state.global_step}: {f.rule_id} - {reading}; next move: "
                          f"{', '.join(f.moves)} (confidence {f.confidence:.2f})")
-        confident = {f.rule_id for f in d.active if not f.tentative and f.confidence >= self.min_confidence}
+        if self.finished:  # an evaluation after training: nothing left to stop
+            return control
         if "diverged" in confident and "diverged" in self.stop_on:
             self._stop(control, "diverged", "the diagnosis says diverged (exploding or non-finite loss)")
-        elif "collapse" in self.stop_on and ("collapsed" in confident or ("lr-too-large" in confident
-                                                                          and _collapsed(d))):
-            self._stop(control, "collapse", "the model collapsed to one class (loss pinned near ln(classes))")
+        elif "collapse" in self.stop_on and collapse_held:
+            self._stop(control, "collapse", f"the model collapsed to one class (loss pinned near ln(classes)) at "
+                                            f"every evaluation since step {self.collapse_since}")
         self.overfit_streak = self.overfit_streak + 1 if "overfit-capacity" in confident else 0
         if self.overfit_patience is not None and self.overfit_streak > self.overfit_patience:
             self._stop(control, "overfit", f"overfit-capacity at {self.overfit_streak} evaluations in a row "
@@ -105,6 +130,7 @@ class LoratuneCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.finished = True
         if self.record and state.is_world_process_zero:
             d = self._diagnose(args, state, kwargs.get("model"), final=True)
             self.last = d

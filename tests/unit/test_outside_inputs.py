@@ -1,0 +1,111 @@
+"""Outside runs the readers met in the wild and fell over on: each is read, or refused with a message (exit 2), never
+a traceback; and a share metric logged on a 0-100 scale is read as a share."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loratune.cli import main
+from loratune.errors import UserError
+from loratune.history_io import load_run
+
+
+def _state(folder: Path, log: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": log}), encoding="utf-8")
+    return folder
+
+
+def test_a_first_loss_far_above_any_ln_classes_gives_no_class_count(tmp_path, capsys):
+    # an MSE regression or an exploded run: exp(1000) overflowed the class estimate
+    run = _state(tmp_path / "big", [{"step": 5, "loss": 1000.0}, {"step": 10, "eval_loss": 900.0},
+                                    {"step": 20, "loss": 500.0}, {"step": 20, "eval_loss": 450.0}])
+    assert "n_classes" not in load_run(run).meta
+    assert main(["diagnose", str(run)]) == 0
+    assert "verdict:" in capsys.readouterr().out
+
+
+def test_a_negative_val_loss_is_summarised(tmp_path, capsys):
+    # a Gaussian NLL goes below 0: its relative rise is undefined (None), which the summary compared with 0
+    run = _state(tmp_path / "neg", [{"step": 10, "loss": 0.5}, {"step": 10, "eval_loss": 0.2},
+                                    {"step": 20, "loss": 0.1}, {"step": 20, "eval_loss": -0.3},
+                                    {"step": 30, "loss": -0.2}, {"step": 30, "eval_loss": -0.1}])
+    assert main(["diagnose", str(run)]) == 0
+    assert "val loss: 0.200 -> min -0.300" in capsys.readouterr().out
+
+
+def test_log_entries_whose_step_is_not_a_number_are_skipped_and_said(tmp_path):
+    run = _state(tmp_path / "s", [{"step": "10", "loss": 0.9}, {"step": 10, "eval_loss": 0.8},
+                                  {"step": None, "loss": 0.7}, {"step": 20, "loss": 0.5},
+                                  {"step": 20, "eval_loss": 0.6}])
+    h = load_run(run)
+    assert [p["step"] for p in h.points] == [10, 20] and h.points[1]["train/loss"] == 0.5
+    assert "train/loss" not in h.points[0]  # its one train log had a string step
+    assert any("2 log_history entries with a step that is not a finite number" in n for n in h.notes)
+
+
+def test_train_windows_follow_the_log_order_between_evals(tmp_path):
+    # each eval's window is the train logs after the previous eval, up to its own step, in the order they were logged
+    log = [{"step": 4, "loss": 1.0, "learning_rate": 1e-3}, {"step": 2, "loss": 3.0, "learning_rate": 2e-3},
+           {"step": 5, "eval_loss": 0.9}, {"step": 10, "loss": 0.5, "learning_rate": 1e-4},
+           {"step": 7, "loss": 0.7, "learning_rate": 5e-4}, {"step": 10, "eval_loss": 0.6}]
+    p = load_run(_state(tmp_path / "w", log)).points
+    assert (p[0]["train/loss_first"], p[0]["train/loss_last"], p[0]["train/loss"]) == (1.0, 3.0, 2.0)
+    assert (p[1]["train/loss_first"], p[1]["train/loss_last"], p[1]["lr"], p[1]["lr_max"]) == (0.5, 0.7, 5e-4, 5e-4)
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_a_share_metric_on_a_0_100_scale_is_read_as_a_share(tmp_path, scale):
+    acc, f1 = [0.62, 0.71, 0.74], [0.55, 0.66, 0.70]
+    log = []
+    for i, (a, f) in enumerate(zip(acc, f1)):
+        log += [{"step": 10 * (i + 1), "loss": 1.0 - 0.2 * i},
+                {"step": 10 * (i + 1), "eval_loss": 0.9 - 0.1 * i, "eval_accuracy": a * scale, "eval_f1": f * scale,
+                 "eval_runtime": 1.0, "eval_samples_per_second": 500.0}]
+    h = load_run(_state(tmp_path / f"t{scale:g}", log))
+    assert [p["val/accuracy"] for p in h.points] == pytest.approx(acc)
+    assert [p["val/macro_f1"] for p in h.points] == pytest.approx(f1)
+    assert any("val/accuracy logged on a 0-100 scale" in n for n in h.notes) == (scale > 1)
+    csv = tmp_path / f"t{scale:g}.csv"
+    csv.write_text("step,train_loss,val_loss,val_accuracy\n"
+                   + "".join(f"{10 * (i + 1)},{1.0 - 0.2 * i},{0.9 - 0.1 * i},{a * scale}\n" for i, a in enumerate(acc)),
+                   encoding="utf-8")
+    assert [p["val/accuracy"] for p in load_run(csv).points] == pytest.approx(acc)
+
+
+def test_a_csv_step_of_inf_or_nan_is_a_bad_cell(tmp_path):
+    csv = tmp_path / "inf.csv"
+    csv.write_text("step,train_loss,val_loss\n10,1.0,1.1\ninf,0.5,0.9\nnan,0.4,0.8\n30,0.3,0.7\n", encoding="utf-8")
+    h = load_run(csv)
+    assert [p["step"] for p in h.points] == [10, 1, 2, 30]  # the row number stands in, as for a row with no step
+    assert any("2 non-numeric cells ignored" in n for n in h.notes)
+
+
+def test_a_file_that_is_not_utf8_or_not_readable_is_refused_by_name(tmp_path, monkeypatch, capsys):
+    csv = tmp_path / "u16.csv"
+    csv.write_bytes("step,train_loss,val_loss\n10,1.0,1.1\n20,0.5,0.9\n".encode("utf-16"))
+    with pytest.raises(UserError, match="is not UTF-8 text"):
+        load_run(csv)
+    assert main(["diagnose", str(csv)]) == 2
+    assert "fix: save it as UTF-8" in capsys.readouterr().err
+    ok = _state(tmp_path / "ok", [{"step": 10, "loss": 0.5}, {"step": 10, "eval_loss": 0.4}])
+    real = Path.read_text
+
+    def denied(self, *a, **k):  # as root, chmod 000 still reads: the OS's refusal, simulated
+        if self.name == "trainer_state.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    assert main(["diagnose", str(ok)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read" in err and "trainer_state.json': permission denied" in err and "Traceback" not in err
+
+
+def test_an_adapter_config_with_a_rank_of_zero_or_less_gives_no_scale(tmp_path):
+    run = _state(tmp_path / "rs", [{"step": 10, "loss": 0.5}, {"step": 10, "eval_loss": 0.4}])
+    (run / "adapter_config.json").write_text(json.dumps({"r": -4, "lora_alpha": 8, "use_rslora": True}))
+    assert "lora_scale" not in load_run(run).facts
