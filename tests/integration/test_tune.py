@@ -165,3 +165,51 @@ def test_unknown_arms_are_refused_before_anything_trains(tmp_path, capsys):
     assert main(["tune", "--study-dir", str(tmp_path / "s"), "--arms", "loraplus,qlora"]) == 2
     err = capsys.readouterr().err
     assert "unknown arm(s) 'qlora'; known: loraplus, dora" in err and not (tmp_path / "s").exists()
+
+
+def test_a_second_study_in_a_study_dir_is_refused_before_anything_is_written(tiny_bert, intent_data, tmp_path,
+                                                                             monkeypatch, capsys):
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--budget", "2trials", "--trial-steps", "8")) == 0
+    first = sorted(p.read_text() for p in (study / "trials").glob("*/run.json"))
+    trail = (study / "decisions.jsonl").read_text()
+    capsys.readouterr()
+    for _ in range(2):  # the message's fix is not "--resume" into the other study's trials
+        rc = main(_tune_args(tiny_bert, intent_data, study, "--study-name", "other", "--budget", "2trials",
+                             "--trial-steps", "8"))
+        err = capsys.readouterr().err
+        assert rc == 2 and "already holds study 'loratune'" in err, err
+    import optuna
+
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{study / 'study.db'}")] == ["loratune"]
+    assert sorted(p.read_text() for p in (study / "trials").glob("*/run.json")) == first
+    assert (study / "decisions.jsonl").read_text() == trail
+
+
+def test_resume_with_a_larger_budget_keeps_one_trail_and_every_trial(tiny_bert, intent_data, tmp_path, monkeypatch,
+                                                                      capsys):
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--budget", "3trials", "--trial-steps", "8")) == 0
+    finished = {t.user_attrs["key"] for t in _optuna_trials(study) if "record" in t.user_attrs}
+    capsys.readouterr()
+    # less, or another unit: what was spent stays spent
+    for budget in ("2trials", "300000ex"):
+        assert main(["tune", "--resume", "--study-dir", str(study), "--budget", budget, "-q"]) == 2
+        assert "its budget can only grow" in capsys.readouterr().err
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "5trials", "-q"]) == 0
+    decisions = [json.loads(x) for x in (study / "decisions.jsonl").read_text().splitlines()]
+    assert [d["seq"] for d in decisions] == list(range(len(decisions))), "two decisions at one seq"
+    assert sum(d["kind"] == "recommendation" for d in decisions) == 1
+    superseded = study / "decisions.superseded.jsonl"
+    if superseded.exists():  # the earlier session's decisions the resumed one took otherwise: kept, marked
+        old = [json.loads(x) for x in superseded.read_text().splitlines()]
+        assert old and all("superseded_at" in d for d in old)
+    summary = json.loads((study / "final" / "study.json").read_text())
+    listed = {r["trial"] for r in summary["trials"]}
+    now = {t.number: t.user_attrs["key"] for t in _optuna_trials(study) if "record" in t.user_attrs}
+    assert finished <= set(now.values()) and set(now) <= listed  # no finished trial dropped from the summary
+    superseded_rows = [r for r in summary["trials"] if r["status"] == "superseded"]
+    assert bool(superseded_rows) == superseded.exists()  # a trial only a superseded decision used is listed as such
+    assert summary["budget"]["spent"]["trials"] == len(now) - len(superseded_rows) <= 5

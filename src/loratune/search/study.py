@@ -37,6 +37,7 @@ import functools
 import inspect
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -49,6 +50,7 @@ from loratune.store import read_json, write_json
 
 STUDY_DB = "study.db"
 DECISIONS = "decisions.jsonl"
+SUPERSEDED = "decisions.superseded.jsonl"  # an earlier session's decisions that a resumed one took otherwise
 TRIALS = "trials"
 FINAL = "final"
 ASSESS = "assess.json"
@@ -191,21 +193,26 @@ class DecisionLog:
                 os.fsync(f.fileno())
             raw = raw[:keep]
         out = []
-        for line in raw.decode("utf-8").splitlines():
+        for line in raw.decode("utf-8", errors="replace").splitlines():
             line = line.strip()
             if not line:
                 continue
             try:
-                out.append(json.loads(line))
+                entry = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(entry, dict):  # a line of another kind (a list, a number) is no decision
+                out.append(entry)
         return out
 
     def append(self, decision: dict) -> dict:
         seq = int(decision["seq"])
-        if seq < len(self.entries) and self.entries[seq].get("kind") == decision.get("kind"):
-            self._replayed += 1
-            return self.entries[seq]  # taken and written by an earlier session
+        if seq < len(self.entries):
+            old = self.entries[seq]
+            if (old.get("kind"), old.get("code")) == (decision.get("kind"), decision.get("code")):
+                self._replayed += 1
+                return old  # taken and written by an earlier session
+            self._supersede(seq)  # this session decides otherwise from here on (a resume with a larger budget)
         from loratune.store import json_safe
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,6 +222,37 @@ class DecisionLog:
             os.fsync(f.fileno())
         self.entries.append(decision)
         return decision
+
+    def _supersede(self, seq: int) -> None:
+        """The earlier session's decisions from `seq` on no longer hold (the resumed study decides otherwise, e.g.
+        with a larger budget): move them to SUPERSEDED, with when and why, and keep the trail to what still holds,
+        so the trail is one session's decision at each seq and nothing decided is lost."""
+        from loratune.store import json_safe
+
+        moved = self.entries[seq:]
+        with open(self.path.with_name(SUPERSEDED), "a", encoding="utf-8") as f:
+            for entry in moved:
+                f.write(json.dumps(json_safe({**entry, "superseded_at": time.time(),
+                                              "superseded_why": f"a resumed session decided otherwise at seq {seq}"}),
+                                   ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.entries = self.entries[:seq]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(json_safe(e), ensure_ascii=False) + "\n" for e in self.entries))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+def _has_decisions(path: Path) -> bool:
+    """Whether a decision trail holds an entry (a line that is not blank)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            return any(line.strip() for line in f)
+    except FileNotFoundError:
+        return False
 
 
 class Study:
@@ -285,6 +323,14 @@ class Study:
             if name not in existing and resume:
                 raise UserError(f"no study named '{name}' in {_redact(url)} to resume",
                                 "run without --resume to start one")
+            if not resume and not worker:  # a study dir holds one study: its trials/, final/ and decision trail
+                others = [s for s in existing if s != name] if storage is None else []
+                if others or _has_decisions(study_dir / DECISIONS):
+                    held = f"study '{others[0]}'" if others else f"a decision trail ({DECISIONS})"
+                    raise UserError(f"{study_dir} already holds {held}: a new study there would write over its "
+                                    "trials and its trail",
+                                    "use another (or an empty) --study-dir for the new study, or --resume "
+                                    + (f"--study-name {others[0]}" if others else "the study it belongs to"))
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -308,9 +354,6 @@ class Study:
             return self
         if not resume:
             study.set_user_attr("loratune", dict(meta or {}))
-            if self.decisions.entries:
-                raise UserError(f"{self.dir / DECISIONS} exists but the study is new",
-                                "use an empty --study-dir (or --resume the study it belongs to)")
         else:
             self.set_meta(finished=False)
             self._recover_running()
@@ -587,23 +630,38 @@ class Study:
             if "record" in a or (t.state == TrialState.FAIL and a.get("status") not in ("killed", "interrupted",
                                                                                        "running")):
                 continue
-            run = {}
-            if a.get("run_dir") and (Path(a["run_dir"]) / "run.json").is_file():
-                try:
-                    from loratune.store import RunStore
-
-                    run = RunStore(a["run_dir"]).read_run()
-                except UserError:
-                    run = {}
-            best = run.get("best") or {}
-            rows.append({"trial": t.number, "name": a.get("name", "?"), "phase": a.get("phase", "?"),
-                         "status": ({"killed": "died", "running": "died"}.get(a.get("status"), a.get("status"))
-                                    if t.state == TrialState.FAIL else run.get("status", "running")),
-                         "val_macro_f1": best.get("val/macro_f1"), "examples": int(run.get("examples_seen") or 0),
-                         "wall_s": float(run.get("wall_s") or 0.0), "mean_step_s": run.get("mean_step_s"),
-                         "peak_memory_mb": run.get("peak_memory_mb"), "verdict": "-", "run_dir": a.get("run_dir"),
-                         "point": a.get("point") or {}, "reason": a.get("reason") or run.get("reason") or ""})
+            rows.append(self._row(t, None))
         return rows
+
+    def superseded_trials(self, claimed: Iterable[int]) -> list[dict]:
+        """Rows for finished trials that no decision of the trail uses any more: an earlier session's, taken otherwise
+        by a resumed one (a larger budget; decisions.superseded.jsonl holds those decisions). They ran, and are
+        listed as `superseded`, not dropped."""
+        claimed = set(claimed)
+        return [self._row(t, "superseded") for t in self.optuna.get_trials(deepcopy=False)
+                if "record" in t.user_attrs and t.number not in claimed]
+
+    def _row(self, t, status: str | None) -> dict:
+        from optuna.trial import TrialState
+
+        a = t.user_attrs
+        run = {}
+        if a.get("run_dir") and (Path(a["run_dir"]) / "run.json").is_file():
+            try:
+                from loratune.store import RunStore
+
+                run = RunStore(a["run_dir"]).read_run()
+            except UserError:
+                run = {}
+        best = run.get("best") or {}
+        if status is None:
+            status = ({"killed": "died", "running": "died"}.get(a.get("status"), a.get("status"))
+                      if t.state == TrialState.FAIL else run.get("status", "running"))
+        return {"trial": t.number, "name": a.get("name", "?"), "phase": a.get("phase", "?"), "status": status,
+                "val_macro_f1": best.get("val/macro_f1"), "examples": int(run.get("examples_seen") or 0),
+                "wall_s": float(run.get("wall_s") or 0.0), "mean_step_s": run.get("mean_step_s"),
+                "peak_memory_mb": run.get("peak_memory_mb"), "verdict": "-", "run_dir": a.get("run_dir"),
+                "point": a.get("point") or {}, "reason": a.get("reason") or run.get("reason") or ""}
 
     # ------------------------------------------------------------------ trials
     def records(self) -> list[TrialRecord]:

@@ -95,6 +95,12 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                              budget=options.budget or old.get("budget") or DEFAULT_BUDGET, settings=settings,
                              user_point=old.get("user_point") or {}, explicit_keys=tuple(old.get("explicit_keys", ())))
         if options.budget != old.get("budget"):
+            was, now = Budget.parse(old.get("budget") or DEFAULT_BUDGET), Budget.parse(options.budget)
+            if now.kind != was.kind or now.limit < was.limit:  # what a study spent stays spent: it can only grow
+                raise UserError(f"the study in {study_dir} was run with --budget {was.text}: a resumed study keeps "
+                                f"the trials it spent, so its budget can only grow, in the same unit "
+                                f"({was.kind.replace('_s', ' time')})",
+                                f"resume with --budget {was.text} or more of it, or start a new study elsewhere")
             study.set_meta(budget=options.budget)
         for note in study.recovered:
             ui.note(f"trial #{note['number']} ({note['name']}) was running when the process was killed: "

@@ -1,0 +1,35 @@
+"""The tuning study's decision trail: one decision per seq; a resumed session that decides otherwise supersedes the
+earlier session's decisions from there on, which are kept beside the trail."""
+
+from __future__ import annotations
+
+import json
+
+from loratune.search.study import DecisionLog, SUPERSEDED
+
+
+def _d(seq: int, kind: str, code: str) -> dict:
+    return {"seq": seq, "kind": kind, "code": code, "verdict": f"{kind} {code}"}
+
+
+def test_a_replay_is_not_written_twice_and_a_different_decision_supersedes(tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path)
+    for d in (_d(0, "lr", "lr-grid-best"), _d(1, "budget", "budget-skip"), _d(2, "noise", "seed-noise-unmeasured")):
+        log.append(d)
+    log = DecisionLog(path)  # a resumed session
+    assert log.append(_d(0, "lr", "lr-grid-best"))["verdict"] == "lr lr-grid-best"  # the same decision: replayed
+    log.append(_d(1, "budget", "budget-allows"))  # a larger budget: decided otherwise at seq 1
+    log.append(_d(2, "noise", "seed-noise-measured"))
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [(d["seq"], d["code"]) for d in lines] == [(0, "lr-grid-best"), (1, "budget-allows"),
+                                                      (2, "seed-noise-measured")]
+    old = [json.loads(x) for x in (tmp_path / SUPERSEDED).read_text().splitlines()]
+    assert [(d["seq"], d["code"]) for d in old] == [(1, "budget-skip"), (2, "seed-noise-unmeasured")]
+    assert all("decided otherwise at seq 1" in d["superseded_why"] for d in old)
+
+
+def test_lines_that_are_not_decisions_are_skipped(tmp_path):
+    path = tmp_path / "decisions.jsonl"
+    path.write_text('not json\n[1, 2]\n7\n' + json.dumps(_d(0, "lr", "x")) + "\n", encoding="utf-8")
+    assert [d["code"] for d in DecisionLog(path).entries] == ["x"]
