@@ -56,6 +56,12 @@ class Trained:
         return out
 
 
+# what a saved model's folder holds its weights in: peft's adapter, or a fully fine-tuned model (sharded or not)
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+STOPPED_UNSAVED = ("died", "interrupted", "running")  # statuses of a process that stopped before it finished
+
+
 def load_trained(run_dir: str | Path) -> Trained:
     """The run's best adapter on its base model (or the fully fine-tuned model), in eval mode."""
     store = RunStore(run_dir).require()
@@ -66,9 +72,14 @@ def load_trained(run_dir: str | Path) -> Trained:
                         f"load {adapter_dir} with transformers + peft and call model.generate "
                         f"({adapter_dir / 'README.md'} shows how); its outputs per evaluation are in "
                         f"{store.path / 'generations.jsonl'}")
+    status = store.read_run().get("status")
     if not (adapter_dir / LABEL_MAP).is_file():
-        raise UserError(f"run '{run_dir}' has no saved model (no {adapter_dir / LABEL_MAP})",
-                        "the run ended before its first evaluation; train it again")
+        why = (f"the run stopped (status {status}) before it saved its model" if status in STOPPED_UNSAVED
+               else "the run ended before its first evaluation")
+        raise UserError(f"run '{run_dir}' has no saved model (no {adapter_dir / LABEL_MAP})", f"{why}; train it again")
+    if not any((adapter_dir / f).is_file() for f in WEIGHT_FILES):
+        raise UserError(f"run '{run_dir}' has no saved model weights in {adapter_dir} (none of {', '.join(WEIGHT_FILES)})",
+                        "the weights file was removed or never written; train the run again")
     cfg = load_config(store.path / CONFIG)
     label_map = read_json(adapter_dir / LABEL_MAP)
     space = LabelSpace(tuple(label_map["labels"]), bool(label_map["multi_label"]))

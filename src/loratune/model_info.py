@@ -35,3 +35,27 @@ def describe_model(cfg: ModelConfig) -> ModelInfo | None:
     return ModelInfo(getattr(c, "model_type", None), first("num_hidden_layers", "n_layer", "num_layers"),
                      first("hidden_size", "n_embd", "d_model"),
                      first("max_position_embeddings", "n_positions", "max_seq_len"))
+
+
+# model types whose learned position ids start after the padding index (RoBERTa's `create_position_ids_from_input_ids`):
+# max_position_embeddings counts those reserved rows too (514 for 512 tokens)
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
+
+
+def input_position_limit(cfg: ModelConfig) -> int | None:
+    """The longest input the model's learned absolute position embeddings can index (a longer `max_length` fails
+    inside the embedding), or None where positions are rotary or relative (Llama, DeBERTa-v3, T5) or unknown."""
+    from loratune.errors import UserError
+    from loratune.models import load_model_config
+
+    try:
+        c = load_model_config(cfg)
+    except UserError:
+        return None
+    if getattr(c, "rope_theta", None) is not None or getattr(c, "rope_scaling", None) is not None \
+            or getattr(c, "position_embedding_type", "absolute") != "absolute" \
+            or getattr(c, "position_biased_input", True) is False:
+        return None
+    n = next((v for v in (getattr(c, k, None) for k in ("max_position_embeddings", "n_positions"))
+              if isinstance(v, int)), None)
+    return None if n is None else n - POSITION_OFFSET.get(getattr(c, "model_type", None), 0)

@@ -55,3 +55,40 @@ def test_budget_zero_or_negative(budget, word, tmp_path, capsys):
     err = _flat(capsys.readouterr().err)
     assert f"is {word}: a budget must be positive" in err and "fix:" in err
     assert not (tmp_path / "s").exists()
+
+
+def test_predict_refuses_a_top_k_below_one_and_a_file_row_without_a_text(trained, tmp_path, capsys):
+    capsys.readouterr()
+    for k in ("0", "-1"):  # 0 crashed in numpy; -1 sliced [:-1] and showed k - 1 labels
+        assert main(["predict", str(trained), "--top-k", k, "hi"]) == 2
+        assert "give --top-k 1 or more" in capsys.readouterr().err
+    rows = tmp_path / "p.jsonl"
+    for second, said in (('{"utterance": "pin"}', "row 2 has no 'text' column"), ('{"text": null}', "None")):
+        rows.write_text('{"text": "lost my card"}\n' + second + "\n", encoding="utf-8")
+        assert main(["predict", str(trained), "--file", str(rows)]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err
+
+
+def test_a_run_whose_weights_file_is_gone_is_refused_by_name(trained, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    for f in (run / "adapter").glob("adapter_model.*"):
+        f.unlink()
+    capsys.readouterr()
+    assert main(["predict", str(run), "hi"]) == 2
+    assert "has no saved model weights" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--split", "validation"]) == 2
+
+
+def test_a_max_length_beyond_the_models_positions_is_refused_in_the_dry_run_too(tiny_bert, intent_data, tmp_path,
+                                                                                capsys):
+    # the tiny BERT has 128 learned positions: max_length 512 failed inside the embedding after the model loaded
+    for dry in (["--dry-run"], []):
+        assert main(["train", "-q", *dry, *overrides(tiny_bert, intent_data, tmp_path / "run", max_length=512)]) == 2
+        err = capsys.readouterr().err
+        assert "position embeddings cover 128 tokens" in err and "max_length=128" in err
+    assert main(["train", "-q", "--dry-run", *overrides(tiny_bert, intent_data, tmp_path / "run",
+                                                        max_length=128)]) == 0

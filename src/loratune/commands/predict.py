@@ -24,9 +24,12 @@ def read_texts(path: str) -> list[str]:
         from loratune.data import read_rows
 
         rows = read_rows(p)
-        if "text" not in rows[0]:
-            raise UserError(f"'{p}' has no 'text' column", "name the text column 'text', or give a plain text file")
-        return [str(r["text"]) for r in rows]
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r.get("text"), str)), None)
+        if bad is not None:  # every row, not the first only: a row without a text has nothing to predict
+            what = "no 'text' column" if "text" not in rows[bad] else f"a 'text' of {rows[bad]['text']!r}"
+            raise UserError(f"'{p}' row {bad + 1} has {what}",
+                            "give every row a 'text' string (name the text column 'text'), or a plain text file")
+        return [r["text"] for r in rows]
     if not p.is_file():
         raise UserError(f"file '{p}' does not exist", "give a text file with one text per line")
     return [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -35,6 +38,8 @@ def read_texts(path: str) -> list[str]:
 def run(args) -> int:
     from loratune import api
 
+    if args.top_k < 1:
+        raise UserError(f"--top-k {args.top_k}: the number of labels to show", "give --top-k 1 or more")
     texts = list(args.texts) + (read_texts(args.file) if args.file else [])
     if not texts:
         raise UserError("no texts given", "pass texts as arguments or --file FILE")
