@@ -491,6 +491,15 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
         flat["adapter.target_modules"] = tuple(v) if isinstance(v, list) else v
     if flat.get("adapter.layers_to_transform") in ("all", None):
         flat.pop("adapter.layers_to_transform", None)
+    # the task's size, where the files say it (config.json id2label, the run's label set; not an estimate from the
+    # first loss, which moves with the run): runs of different datasets (12 classes against 35) are no knob
+    # experiment, whatever their knobs
+    labels = h.meta.get("labels")
+    fact = h.facts.get("n_classes")
+    n_classes = (len(labels) if isinstance(labels, (list, tuple)) and labels
+                 else None if fact is None or str(fact.source).startswith("estimated") else h.meta.get("n_classes"))
+    if isinstance(n_classes, int) and not isinstance(n_classes, bool):
+        flat["data.n_classes"] = n_classes
     return flat
 
 

@@ -109,3 +109,25 @@ def test_an_adapter_config_with_a_rank_of_zero_or_less_gives_no_scale(tmp_path):
     run = _state(tmp_path / "rs", [{"step": 10, "loss": 0.5}, {"step": 10, "eval_loss": 0.4}])
     (run / "adapter_config.json").write_text(json.dumps({"r": -4, "lora_alpha": 8, "use_rslora": True}))
     assert "lora_scale" not in load_run(run).facts
+
+
+def test_runs_whose_config_json_says_different_class_counts_are_no_knob_experiment(tmp_path):
+    import shutil
+
+    from loratune.diagnose import compare
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "external" / "trainer"
+    runs = []
+    for name, k in (("banking77-triple-good-base", 10), ("banking77-triple-good-lr4", 10),
+                    ("banking77-triple-good-r4", 10)):
+        run = tmp_path / name
+        shutil.copytree(fixtures / name, run)
+        runs.append(run)
+    for n_classes, grouped in ((10, True), (35, False)):  # the same dataset, or the lr run from another one
+        for run, k in zip(runs, (10, n_classes, 10)):
+            (run / "config.json").write_text(json.dumps({"model_type": "bert", "id2label": {
+                str(i): f"c{i}" for i in range(k)}}), encoding="utf-8")
+        c = compare(runs)
+        knobs = {g.knob for g in c.groups}
+        assert ("learning_rate" in knobs) == grouped, (n_classes, knobs)
+        assert "r" in knobs  # base and r4 stay a rank pair either way
