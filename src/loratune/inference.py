@@ -78,7 +78,8 @@ def load_trained(run_dir: str | Path) -> Trained:
                else "the run ended before its first evaluation")
         raise UserError(f"run '{run_dir}' has no saved model (no {adapter_dir / LABEL_MAP})", f"{why}; train it again")
     if not any((adapter_dir / f).is_file() for f in WEIGHT_FILES):
-        raise UserError(f"run '{run_dir}' has no saved model weights in {adapter_dir} (none of {', '.join(WEIGHT_FILES)})",
+        raise UserError(f"run '{run_dir}' has no saved model weights in {adapter_dir} "
+                        f"(none of {', '.join(WEIGHT_FILES)})",
                         "the weights file was removed or never written; train the run again")
     cfg = load_config(store.path / CONFIG)
     label_map = read_json(adapter_dir / LABEL_MAP)

@@ -59,16 +59,43 @@ def prediction_scores(prefix: str, y_pred: np.ndarray, y_true: np.ndarray, label
     return out, cm
 
 
+def normalize_label(text: str) -> str:
+    """A generated text (or a label) as `parse_labels` compares it: its first line, lower-cased, whitespace runs
+    collapsed, trailing punctuation (.!:;,) stripped."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return " ".join(first.lower().split()).rstrip(".!:;,").strip()
+
+
 def parse_labels(outputs: list[str], labels: tuple[str, ...]) -> np.ndarray:
     """Generated texts -> label indices (-1: no known label). A text names a label when its first line,
     lower-cased with whitespace runs collapsed and trailing punctuation (.!:;,) stripped, equals the label
     written the same way: `Card_Arrival.` is card_arrival; `card arrival` and `it is card_arrival` are not."""
-    def norm(text: str) -> str:
-        first = text.strip().splitlines()[0] if text.strip() else ""
-        return " ".join(first.lower().split()).rstrip(".!:;,").strip()
+    index = {normalize_label(lab): i for i, lab in enumerate(labels)}
+    return np.array([index.get(normalize_label(o), -1) for o in outputs], dtype=np.int64)
 
-    index = {norm(lab): i for i, lab in enumerate(labels)}
-    return np.array([index.get(norm(o), -1) for o in outputs], dtype=np.int64)
+
+def generated_label_problems(labels: tuple[str, ...] | list[str]) -> list[str]:
+    """Why a label set cannot be generated as text and read back by `parse_labels` (empty: it can): a label on
+    several lines (only the first line of an output is read), one that normalises to nothing, two that
+    normalise to the same text (an output naming either would always be read as one of them)."""
+    problems = []
+    multi_line = [lab for lab in labels if len(lab.splitlines()) > 1 or lab.endswith(("\n", "\r"))]
+    if multi_line:
+        problems.append(f"label(s) {', '.join(map(repr, multi_line))} hold a line break (only an output's first "
+                        "line is read)")
+    empty = [lab for lab in labels if lab not in multi_line and not normalize_label(lab)]
+    if empty:
+        problems.append(f"label(s) {', '.join(map(repr, empty))} are nothing once lower-cased and stripped of "
+                        "whitespace and trailing punctuation (.!:;,)")
+    same: dict[str, list[str]] = {}
+    for lab in labels:
+        if lab not in multi_line and lab not in empty:
+            same.setdefault(normalize_label(lab), []).append(lab)
+    for text, group in same.items():
+        if len(group) > 1:
+            problems.append(f"labels {', '.join(map(repr, group))} are the same text once normalised "
+                            f"({text!r}): a generated answer cannot tell them apart")
+    return problems
 
 
 def top_unknown_outputs(outputs: list[str], pred: np.ndarray, top: int = TOP_PAIRS) -> list[dict]:

@@ -156,6 +156,8 @@ def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None):
     from transformers import AutoModelForCausalLM
 
     src, kwargs = _source_kwargs(cfg)
+    if not src.gguf_file:  # a GGUF file holds a decoder; reading its config alone would parse the whole file
+        refuse_encoder_as_causal_lm(cfg, load_model_config(cfg))
     try:
         with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
@@ -177,6 +179,45 @@ def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None):
     if gen is not None and gen.pad_token_id is None:
         gen.pad_token_id = pad_token_id
     return model
+
+
+# Model types whose AutoModelForCausalLM class is an encoder's LM head (BertLMHeadModel, RobertaForCausalLM...):
+# its attention is causal only when the config says is_decoder=True, otherwise it sees the whole sequence and
+# the loss on next tokens teaches nothing a decoder would use. transformers names the same encoders in its
+# masked-LM table, which covers the ones added after this list was written.
+ENCODER_LM_HEAD_TYPES = frozenset({
+    "bert", "bert-generation", "big_bird", "camembert", "data2vec-text", "electra", "ernie", "megatron-bert",
+    "qdqbert", "reformer", "rembert", "roberta", "roberta-prelayernorm", "roc_bert", "roformer", "xlm-roberta",
+    "xlm-roberta-xl", "xmod", "nezha", "modernbert", "distilbert", "deberta", "deberta-v2",
+})
+
+
+def is_bidirectional_encoder(config) -> bool:
+    """True for an encoder whose config does not make it a decoder: an encoder model type (a masked-LM class,
+    or ENCODER_LM_HEAD_TYPES), `is_decoder` False and not an encoder-decoder. Decoders such as Llama or GPT-2
+    also carry is_decoder=False, so the flag alone says nothing; the model type decides."""
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", None) is not False:
+        return False
+    if getattr(config, "causal", False):  # XLM's causal checkpoints (xlm-clm-*) say so in their own key
+        return False
+    model_type = getattr(config, "model_type", None) or ""
+    if model_type in ENCODER_LM_HEAD_TYPES:
+        return True
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - the table moved; ENCODER_LM_HEAD_TYPES still holds
+        return False
+    return model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def refuse_encoder_as_causal_lm(cfg: ModelConfig, config) -> None:
+    """UserError when task causal-lm would train an encoder: transformers loads its LM head (randomly
+    initialised) over bidirectional attention, and the run would 'complete' having learnt to copy."""
+    if is_bidirectional_encoder(config):
+        raise UserError(f"model '{cfg.name_or_path}' is an encoder ({config.model_type}, is_decoder=False): as a "
+                        "causal LM it would attend to the tokens it predicts, under a randomly initialised LM head",
+                        "use a decoder (Llama, Qwen2, Mistral, Phi-3, Gemma, SmolLM2...) for task causal-lm, "
+                        "or task=classification for this encoder")
 
 
 def forget_gguf_quantizer(model) -> None:

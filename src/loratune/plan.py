@@ -512,7 +512,11 @@ def shape_of(model, task: str) -> ModelShape:
         head = sum(p.numel() for n, p in model.named_parameters() if set(n.split(".")) & set(HEAD_NAMES))
     avail = available_targets(model)
     gated = "ffn.gate" in avail["groups"] or any("gate" in r for r in avail["raw"])
-    heads = cfg.num_attention_heads
+    heads = getattr(cfg, "num_attention_heads", None)
+    if not heads:  # Mamba, RWKV...: the activation and FLOP formulas are those of attention blocks
+        raise UserError(f"'{cfg.model_type}' is an architecture without attention heads (its config has no "
+                        "num_attention_heads): plan covers transformer encoders and decoders",
+                        "plan a transformer: a preset, or a config.json with num_attention_heads")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     return ModelShape(
         model_type=cfg.model_type, task=task, params=params, linear_params=linear,

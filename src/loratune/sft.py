@@ -44,6 +44,7 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Collection
 
 import numpy as np
 import torch
@@ -56,7 +57,8 @@ from loratune.adapt import apply_adapter, count_params, num_layers, transformers
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.generation import load_prompt_set, score_prompt_set
 from loratune.metrics import parse_labels, prediction_scores, top_unknown_outputs
-from loratune.objectives import lm_metrics, objective as objective_named
+from loratune.objectives import (PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, lm_metrics, objective as objective_named,
+                                 prompt_key)
 from loratune.models import load_causal_lm, load_tokenizer, resolve_model
 from loratune.sft_data import IGNORE, Example, Renderer, SFTDataset, SFTEncoded, Turn, encode_prompts, encode_sft
 from loratune.store import RunStore, write_atomic
@@ -71,11 +73,15 @@ from loratune.train import (STEP0_SPLITS, RunProgress, TrainCallback, batch_orde
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
 # the labels the model writes, as for a classifier. A prompt-set score may be named instead (objectives.py).
 AUTO_OBJECTIVE = {False: "loss", True: "macro_f1"}
+# each prompt-set objective key -> the prompt group it is scored on (val/prompt_familiar_chrf -> familiar)
+PROMPT_METRIC_GROUP = {prompt_key(g, m): g for g in PROMPT_GROUPS for m in PROMPT_OBJECTIVE_SCORES}
 
 
-def objective_key(cfg: RunConfig, generates_labels: bool, has_prompt_set: bool) -> str:
+def objective_key(cfg: RunConfig, generates_labels: bool, has_prompt_set: bool,
+                  prompt_groups: Collection[str] | None = None) -> str:
     """The val key that picks the saved model of a causal-lm run (and is `loratune tune`'s objective); a metric
-    this run does not compute is a UserError."""
+    this run does not compute is a UserError. prompt_groups: the groups the prompt set's rows have (when read):
+    a prompt-set score of a group with no rows is never scored, so it could never pick a model."""
     from loratune.errors import UserError
 
     m = cfg.train.metric_for_best_model
@@ -85,6 +91,14 @@ def objective_key(cfg: RunConfig, generates_labels: bool, has_prompt_set: bool) 
         raise UserError(f"train.metric_for_best_model: {m} is not computed by this causal-lm run",
                         f"use auto or one of {', '.join(computed)}"
                         + ("" if has_prompt_set else "; prompt-set scores need data.prompt_set"))
+    group = PROMPT_METRIC_GROUP.get(f"val/{m}")
+    if group is not None and prompt_groups is not None and group not in prompt_groups:
+        others = [x for x in computed if PROMPT_METRIC_GROUP.get(f"val/{x}", group) != group]
+        raise UserError(f"train.metric_for_best_model: {m} scores the prompt set's '{group}' rows, and "
+                        f"data.prompt_set has none (its groups: {', '.join(sorted(prompt_groups)) or 'none'}), "
+                        "so that metric cannot be scored",
+                        f"add rows with \"group\": \"{group}\" to the prompt set, or choose another metric: "
+                        f"auto or one of {', '.join(others)}")
     return f"val/{m}"
 # Evaluation batches hold at most this many tokens: the logits are [tokens, vocab] float32, 200 MB at
 # SmolLM2's 49k vocabulary (a classifier's are [rows, classes], so its eval batches can be much larger).
@@ -563,7 +577,8 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     check_trainable(dataset)
     require_trackers(cfg.train.report_to)
     prompt_items = load_prompt_set(dataset.prompt_set) if dataset.prompt_set else []  # bad rows: said now
-    objective = objective_key(cfg, dataset.label_space is not None, bool(prompt_items))  # a bad one: said now
+    objective = objective_key(cfg, dataset.label_space is not None, bool(prompt_items),  # a bad one: said now
+                              {it.group for it in prompt_items})
     higher = objective_named(objective).higher_is_better
     t_setup = time.perf_counter()
     torch.set_num_threads(cfg.train.num_threads or cpu_cores())

@@ -35,6 +35,7 @@ import numpy as np
 from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
 from loratune.data import SPLIT_NAMES, Dataset, LabelSpace, Split, find_split_file, load_dataset, read_rows
 from loratune.errors import UserError
+from loratune.metrics import generated_label_problems
 
 ROLES = ("system", "user", "assistant")
 # The plain template: what a prompt looks like when the tokenizer has no chat template (or chat_template=plain).
@@ -45,6 +46,9 @@ PROMPT_NAMES = ("prompt", "instruction", "question", "input", "query", "text")
 COMPLETION_NAMES = ("completion", "response", "output", "answer", "target", "reference")
 MESSAGES_NAMES = ("messages", "conversations", "conversation", "chat", "dialog")
 IGNORE = -100  # the label torch's cross-entropy skips: prompt tokens and padding
+# The fix when the tokenizer's own chat template refuses a chat (a system turn, roles that do not alternate).
+CHAT_TEMPLATE_FIX = ("merge the system turn into the user turn (and make user/assistant turns alternate), "
+                     "or chat_template=plain to write the chats with loratune's plain template")
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,13 @@ def from_labelled(dataset: Dataset) -> SFTDataset:
     if dataset.label_space.multi_label:
         raise UserError("data.label_format=generate reads single-label data; this data is multi-label",
                         "use task=classification for multi-label data, or give one label per row")
+    problems = generated_label_problems(dataset.label_space.labels)
+    if problems:
+        raise UserError("data.label_format=generate writes each label as text and reads it back (lower-cased, "
+                        "first line, trailing .!:;, stripped), so these labels cannot be told apart:\n"
+                        + "\n".join(f"  - {p}" for p in problems),
+                        "rename the labels in the data (one line each, distinct after lower-casing), or use "
+                        "task=classification")
 
     def convert(split: Split | None) -> SFTSplit | None:
         if split is None:
@@ -305,8 +316,7 @@ class Renderer:
 
     def prompt(self, turns: tuple[Turn, ...]) -> str:
         if self.mode == "chat":
-            return self.tokenizer.apply_chat_template([_msg(t) for t in turns], tokenize=False,
-                                                      add_generation_prompt=True)
+            return self._chat(turns, [_msg(t) for t in turns], add_generation_prompt=True)
         if self.mode == "plain":
             return "".join(PLAIN_TEMPLATE["turn"].format(role=PLAIN_TEMPLATE["roles"][t.role], content=t.content)
                            for t in turns) + PLAIN_TEMPLATE["generation"]
@@ -320,10 +330,20 @@ class Renderer:
         if self.mode != "chat":
             return completion
         prompt = self.prompt(turns)
-        full = self.tokenizer.apply_chat_template([_msg(t) for t in turns] + [{"role": "assistant",
-                                                                                "content": completion}],
-                                                  tokenize=False)
+        full = self._chat(turns, [_msg(t) for t in turns] + [{"role": "assistant", "content": completion}])
         return full[len(prompt):] if full.startswith(prompt) else completion
+
+    def _chat(self, turns: tuple[Turn, ...], messages: list[dict[str, str]], **kwargs) -> str:
+        """The tokenizer's chat template applied; a template that refuses the chat (Mistral's raises 'System role
+        not supported', others 'Conversation roles must alternate') is a UserError, not a traceback."""
+        from jinja2 import TemplateError
+
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+        except TemplateError as exc:
+            roles = ", ".join(t.role for t in turns)
+            raise UserError(f"the tokenizer's chat template refuses a chat with the turns ({roles}): {exc}",
+                            CHAT_TEMPLATE_FIX) from None
 
 
 def _msg(t: Turn) -> dict[str, str]:
@@ -373,11 +393,24 @@ def fit(prefix: list[int], prompt: list[int], completion: list[int], max_length:
     return ids, len(prefix) + keep_p, keep_p < len(prompt) or keep_c < len(completion)
 
 
+def render_each(render, examples) -> list[str]:
+    """render(example) for every example; a UserError names the example (its place and its prompt's start)."""
+    out = []
+    for n, e in enumerate(examples, start=1):
+        try:
+            out.append(render(e))
+        except UserError as exc:
+            snippet = " ".join(e.prompt_text.split())
+            snippet = snippet if len(snippet) <= 60 else snippet[:57] + "..."
+            raise UserError(f"example {n} of {len(examples)} (prompt '{snippet}'): {exc.problem}", exc.fix) from None
+    return out
+
+
 def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | list[Example],
                max_length: int) -> SFTEncoded:
     """Token ids and prompt lengths of every example (EOS appended to a completion that lacks it)."""
-    prompts = [renderer.prompt(e.prompt) for e in examples]
-    completions = [renderer.completion(e.prompt, e.completion) for e in examples]
+    prompts = render_each(lambda e: renderer.prompt(e.prompt), examples)
+    completions = render_each(lambda e: renderer.completion(e.prompt, e.completion), examples)
     p_ids = _ids(tokenizer, prompts)
     c_ids = _ids(tokenizer, completions)
     eos, prefix = tokenizer.eos_token_id, special_prefix(tokenizer)
@@ -394,7 +427,7 @@ def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | li
 
 def encode_prompts(tokenizer, renderer: Renderer, examples, max_length: int) -> list[list[int]]:
     """Generation inputs: the prefix and the rendered prompt (with the assistant header), keeping its end."""
-    prompts = [renderer.prompt(e.prompt) for e in examples]
+    prompts = render_each(lambda e: renderer.prompt(e.prompt), examples)
     out, own = [], special_prefix(tokenizer)
     for text, p in zip(prompts, _ids(tokenizer, prompts)):
         prefix = _prefix_for(tokenizer, text, own)

@@ -260,7 +260,8 @@ def test_diagnosing_an_external_run_imports_no_torch(tb_run):
 
 
 def _evaluate_each(cb, log: list[dict], max_steps: int, out) -> tuple[object, int | None]:
-    """Feed `cb` the Trainer's evaluations one at a time, the log growing as a run's does; (control, step it stopped)."""
+    """Feed `cb` the Trainer's evaluations one at a time, the log growing as a run's does; returns (control, the
+    step it stopped at)."""
     from types import SimpleNamespace
 
     control = SimpleNamespace(should_training_stop=False)

@@ -71,7 +71,8 @@ def test_a_share_metric_on_a_0_100_scale_is_read_as_a_share(tmp_path, scale):
     assert any("val/accuracy logged on a 0-100 scale" in n for n in h.notes) == (scale > 1)
     csv = tmp_path / f"t{scale:g}.csv"
     csv.write_text("step,train_loss,val_loss,val_accuracy\n"
-                   + "".join(f"{10 * (i + 1)},{1.0 - 0.2 * i},{0.9 - 0.1 * i},{a * scale}\n" for i, a in enumerate(acc)),
+                   + "".join(f"{10 * (i + 1)},{1.0 - 0.2 * i},{0.9 - 0.1 * i},{a * scale}\n"
+                             for i, a in enumerate(acc)),
                    encoding="utf-8")
     assert [p["val/accuracy"] for p in load_run(csv).points] == pytest.approx(acc)
 

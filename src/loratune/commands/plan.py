@@ -34,7 +34,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from loratune.plan import Workload, plan_model
 
-    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    # blanks stay: an empty name matches no layer, and resolve_targets refuses it as it does for `params`
+    targets = tuple(t.strip() for t in args.targets.split(","))
     plan = plan_model(args.model, r=args.r, targets=targets, task=args.task,
                       workload=Workload(args.batch, args.seq_len, args.attention, args.full_precision,
                                         args.gpu_memory))

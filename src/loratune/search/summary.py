@@ -86,7 +86,8 @@ def summarize(ctx: SearchContext, strategy: str, final: Any = None, test: dict |
                                              "lr_centre": start.lr_centre, "choices": list(start.choices),
                                              "facts": start.facts},
         "trials": sorted(records_table(ctx.records) + list(getattr(ctx.store, "lost_trials", list)())
-                         + list(getattr(ctx.store, "superseded_trials", lambda claimed: [])(r.number for r in ctx.records)),
+                         + list(getattr(ctx.store, "superseded_trials", lambda claimed: [])(
+                                             r.number for r in ctx.records)),
                          key=lambda row: row["trial"]),
         "trail": ctx.decisions,
         "best_vs_compute": best_vs_compute(ctx.records),

@@ -1,0 +1,176 @@
+"""Inputs a causal-lm run (or `loratune plan`) cannot use are refused up front with a UserError (exit 2, a fix,
+no traceback): an encoder as a causal LM, a chat template that raises, a prompt-set metric whose group has no
+rows, an attention-free architecture or an empty target list in `plan`, generated labels that read back alike."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loratune import cli
+from loratune.config import ModelConfig
+
+from sft_support import make_sft_rows, make_tokenizer, save_tiny_llama_lm
+from support import make_rows, write_jsonl
+
+# the Mistral-7B-Instruct v0.1 style: a system turn is refused from inside the template
+RAISING_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                    "{{ raise_exception('System role not supported') }}{% endif %}"
+                    "<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+                    "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory) -> str:
+    return save_tiny_llama_lm(tmp_path_factory.mktemp("tiny-llama-lm"), chat_template=False)
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sft-data")
+    write_jsonl(folder / "train.jsonl", make_sft_rows(4, seed=1))
+    write_jsonl(folder / "validation.jsonl", make_sft_rows(1, seed=2))
+    return folder
+
+
+def _args(model: str, data: Path, out: Path, **extra) -> list[str]:
+    base = {"task": "causal-lm", "name_or_path": model, "dataset_name": str(data), "output_dir": str(out),
+            "max_steps": 2, "eval_steps": 1, "per_device_train_batch_size": 4, "target_modules": "[attn.q]",
+            "r": 2, "lora_alpha": 4, "max_length": 32, "max_new_tokens": 4}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    return " ".join(err.split())
+
+
+# --- 1. an encoder is not a causal LM ------------------------------------------------------------------------
+
+
+def test_an_encoder_under_causal_lm_is_refused_before_training(tiny_bert, sft_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    err = _refused(capsys, ["train", "-q", *_args(tiny_bert, sft_data, out)])
+    assert f"model '{tiny_bert}' is an encoder (bert, is_decoder=False)" in err
+    assert "use a decoder" in err and "task=classification" in err
+    assert not out.exists()
+
+
+def test_decoders_whose_configs_say_is_decoder_false_still_load(lm, tmp_path):
+    import torch
+    from transformers import BertConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig
+
+    from loratune.models import is_bidirectional_encoder, load_causal_lm
+
+    torch.manual_seed(0)
+    gpt2 = tmp_path / "tiny-gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2)).save_pretrained(gpt2)
+    for folder in (gpt2, lm):
+        model = load_causal_lm(ModelConfig(name_or_path=str(folder), task="causal-lm"), pad_token_id=0)
+        assert type(model).__name__ in ("GPT2LMHeadModel", "LlamaForCausalLM")
+    assert not is_bidirectional_encoder(GPT2Config()) and not is_bidirectional_encoder(LlamaConfig())
+    assert is_bidirectional_encoder(BertConfig()) and not is_bidirectional_encoder(BertConfig(is_decoder=True))
+
+
+# --- 2. a chat template that raises --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raising_chat(tmp_path_factory) -> tuple[str, Path]:
+    folder = tmp_path_factory.mktemp("raising-template")
+    model = save_tiny_llama_lm(folder / "model", chat_template=True)
+    tok = make_tokenizer(chat_template=True)
+    tok.chat_template = RAISING_TEMPLATE
+    tok.save_pretrained(model)
+    chats = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": r["prompt"]},
+                           {"role": "assistant", "content": r["completion"]}]} for r in make_sft_rows(3, seed=5)]
+    data = folder / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", chats)
+    return model, data
+
+
+@pytest.mark.parametrize("command", ["train", "dry-run", "assess"])
+def test_a_chat_template_that_raises_is_a_user_error_with_the_fix(command, raising_chat, tmp_path, capsys):
+    model, data = raising_chat
+    args = _args(model, data, tmp_path / "run")
+    argv = {"train": ["train", "-q", *args], "dry-run": ["train", "--dry-run", *args],
+            "assess": ["assess", *args[:3]]}[command]
+    err = _refused(capsys, argv)
+    assert "chat template refuses a chat with the turns (system, user" in err and "System role not supported" in err
+    assert "example 1 of" in err
+    assert "merge the system turn into the user turn" in err and "chat_template=plain" in err
+
+
+# --- 3. a prompt-set metric whose group has no rows ---------------------------------------------------------
+
+
+def test_a_prompt_metric_of_a_group_the_prompt_set_lacks_is_refused(lm, sft_data, tmp_path, capsys):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["prompt"], "reference": r["completion"],
+                                                        "group": "novel"} for r in make_sft_rows(1, seed=3)])
+    out = tmp_path / "run"
+    err = _refused(capsys, ["train", "-q", *_args(lm, sft_data, out, prompt_set=prompts,
+                                                  metric_for_best_model="prompt_familiar_chrf")])
+    assert "prompt_familiar_chrf scores the prompt set's 'familiar' rows, and data.prompt_set has none" in err
+    assert "its groups: novel" in err and "cannot be scored" in err
+    assert 'add rows with "group": "familiar"' in err and "prompt_novel_chrf" in err
+    assert not (out / "run.json").exists() or json.loads((out / "run.json").read_text()).get("status") != "completed"
+
+
+# --- 4. `loratune plan`: no attention heads, no targets -----------------------------------------------------
+
+
+def test_plan_refuses_an_architecture_without_attention_heads(tmp_path, capsys):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"], "hidden_size": 256,
+                               "num_hidden_layers": 2, "vocab_size": 1000}))
+    err = _refused(capsys, ["plan", str(cfg)])
+    assert "'mamba' is an architecture without attention heads" in err
+    assert "plan covers transformer encoders and decoders" in err
+
+
+@pytest.mark.parametrize("targets", [",,", ",", " "])
+def test_plan_refuses_an_empty_target_list_as_params_does(targets, capsys):
+    err = _refused(capsys, ["plan", "llama-2-7b", "--targets", targets])
+    assert "match no linear layer of this 'llama' model" in err
+    params_err = _refused(capsys, ["params", "llama-2-7b", "--targets", ","])
+    assert "match no linear layer of this 'llama' model" in params_err
+
+
+# --- 5. generated labels that read back alike ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("renamed, named", [
+    ({"pin": "PIN"}, "labels 'PIN', 'pin' are the same text once normalised ('pin')"),
+    ({"pin": "..."}, "label(s) '...' are nothing once lower-cased"),
+    ({"pin": "pin\nreset"}, "label(s) 'pin\\nreset' hold a line break"),
+])
+def test_generated_labels_that_cannot_be_told_apart_are_refused(renamed, named, lm, tmp_path, capsys):
+    rows = make_rows(6, seed=1)
+    old, new = next(iter(renamed.items()))
+    if new.lower() == old:  # a clash: half the rows keep the old spelling
+        rows = [dict(r, label=new) if r["label"] == old and i % 2 else r for i, r in enumerate(rows)]
+    else:
+        rows = [dict(r, label=new) if r["label"] == old else r for r in rows]
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", rows)
+    out = tmp_path / "run"
+    err = _refused(capsys, ["train", "-q", *_args(lm, data, out, label_format="generate")])
+    assert "data.label_format=generate writes each label as text" in err and named in err
+    assert "rename the labels" in err
+    assert not out.exists()
+
+
+def test_the_label_set_check_is_the_parser_s_normaliser():
+    from loratune.metrics import generated_label_problems, normalize_label, parse_labels
+
+    assert generated_label_problems(("balance", "card_lost", "pin")) == []
+    assert normalize_label("Card_Lost.") == "card_lost"
+    assert parse_labels(["PIN"], ("pin", "balance")).tolist() == [0]
