@@ -19,3 +19,13 @@ class ConfigError(UserError):
         self.problems = list(problems)
         body = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"invalid configuration ({len(self.problems)} problem(s)):\n{body}")
+
+
+class ScoresNotRecorded(UserError):
+    """`evaluate` scored the split but could not write the scores into the run's run.json (a read-only or full
+    disk): the scores travel with the error, so the command still shows them."""
+
+    def __init__(self, scores: dict, path, exc: OSError):
+        self.scores = scores
+        super().__init__(f"the scores could not be written into '{path}' ({exc.strerror or exc})",
+                         "they are shown above; copy the run to a writable place to keep them in its record")

@@ -98,6 +98,16 @@ def load_trained(run_dir: str | Path) -> Trained:
     return Trained(model, tokenizer, space, cfg, device, decoding, eval_precision(cfg, model, device, HEAD_NAMES))
 
 
+def _record_scores(store: RunStore, run: dict, scores: dict) -> None:
+    """run.json with the new scores; a disk that refuses the write is said, with the scores (ScoresNotRecorded)."""
+    from loratune.errors import ScoresNotRecorded
+
+    try:
+        store.write_run(run)
+    except OSError as exc:
+        raise ScoresNotRecorded(scores, store.path / "run.json", exc) from None
+
+
 def eval_precision(cfg: RunConfig, model, device: torch.device, head_names) -> bool:
     """Whether to score under bf16 autocast: as training resolves the run's `precision` on this hardware
     (precision.detect), with the head in float32 as training keeps it, so a saved model scores here what the run's
@@ -142,7 +152,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     run.setdefault("eval", {})[split] = scores
     if split == "test":
         run["test"] = scores
-    store.write_run(run)
+    _record_scores(store, run, scores)
     return scores
 
 
@@ -198,5 +208,5 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
     run.setdefault("eval", {})[split] = scores
     if split == "test":
         run["test"] = scores
-    store.write_run(run)
+    _record_scores(store, run, scores)
     return scores

@@ -539,6 +539,20 @@ def output_error(exc: BaseException, out_dir) -> UserError | None:
     return None
 
 
+@contextlib.contextmanager
+def first_writes(store: RunStore):
+    """The run directory's first writes (config.yaml under run.lock, the first run.json), before the loop whose own
+    handler maps output faults: a full or read-only disk here is the same UserError (exit 2), the lock let go."""
+    try:
+        yield
+    except OSError as exc:
+        store.close()
+        user = output_error(exc, store.path)
+        if user is not None:
+            raise user from None
+        raise
+
+
 # ----------------------------------------------------------------------------------------------
 # the run
 
@@ -679,7 +693,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
             yield from batch_order(lengths, cfg.train.per_device_train_batch_size, rng,
                                    cfg.train.length_grouped_batches)
 
-    store.create(to_yaml(cfg))  # takes run.lock: from here a killed process reads as `died`
+    with first_writes(store):
+        store.create(to_yaml(cfg))  # takes run.lock: from here a killed process reads as `died`
     run = {
         "status": "running", "reason": None,
         "task": "multi_label" if space.multi_label else "single_label",
@@ -709,7 +724,8 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         "decoding": decoding.to_dict(space.labels) if decoding is not None else None,
         "config": to_dict(cfg), "versions": versions(),
     }
-    store.write_run(run)
+    with first_writes(store):
+        store.write_run(run)
     tracking = Trackers.open(cfg.train.report_to, store.path, to_dict(cfg), to_yaml(cfg))  # report_to
 
     bar = RunProgress(steps, progress)

@@ -92,3 +92,22 @@ def test_a_max_length_beyond_the_models_positions_is_refused_in_the_dry_run_too(
         assert "position embeddings cover 128 tokens" in err and "max_length=128" in err
     assert main(["train", "-q", "--dry-run", *overrides(tiny_bert, intent_data, tmp_path / "run",
                                                         max_length=128)]) == 0
+
+
+def test_report_and_evaluate_on_a_disk_that_refuses_the_write(trained, monkeypatch, capsys):
+    import errno
+
+    import loratune.store as S
+
+    def refuse(path, text):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(S, "write_atomic", refuse)
+    capsys.readouterr()
+    assert main(["report", str(trained)]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "cannot write the report to" in err and "Read-only file system" in err and "give -o" in err
+    assert main(["evaluate", str(trained), "--split", "validation"]) == 2
+    out, err = capsys.readouterr()
+    assert "val/macro_f1:" in out  # scored and shown, then the refusal said
+    assert "could not be written into" in _flat(err) and "Traceback" not in err

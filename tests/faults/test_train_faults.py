@@ -132,9 +132,10 @@ def test_nan_at_step_1_saves_no_model_and_says_so(tiny_bert, intent_data, tmp_pa
     assert [p["step"] for p in RunStore(out).read_history()] == [0]
 
 
-@pytest.mark.parametrize("where", ["history", "model", "run.json"])
+@pytest.mark.parametrize("where", ["history", "model", "run.json", "config.yaml", "first run.json"])
 def test_disk_full_is_a_clear_error(where, tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
-    """A full disk at each writer: exit 2 with the fix, no traceback, what was written before kept."""
+    """A full disk at each writer: exit 2 with the fix, no traceback, what was written before kept; at the first
+    writes (config.yaml, the first run.json: before the training loop) the run's lock is let go too."""
     import loratune.store as S
     import loratune.train as T
 
@@ -160,8 +161,11 @@ def test_disk_full_is_a_clear_error(where, tiny_bert, intent_data, tmp_path, mon
         monkeypatch.setattr(T, "save_model", save)
     else:
         real_w = S.write_atomic
+        first = {"config.yaml": "config.yaml", "first run.json": "run.json"}.get(where)
 
         def write(path, text):
+            if first is not None and Path(path).name == first:
+                raise full
             if Path(path).name == "run.json" and '"completed"' in text:
                 raise full
             return real_w(path, text)
@@ -171,6 +175,11 @@ def test_disk_full_is_a_clear_error(where, tiny_bert, intent_data, tmp_path, mon
     assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 2
     err = _flat(capsys.readouterr().err)
     assert "is full" in err and "fix:" in err and "Traceback" not in err
+    if where in ("config.yaml", "first run.json"):  # nothing trained yet; the lock is free for the next try
+        assert not (out / "history.jsonl").exists()
+        monkeypatch.undo()
+        assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 0
+        return
     assert len(RunStore(out).read_history()) >= 2  # what was written before the fault is kept
 
 

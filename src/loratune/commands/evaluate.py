@@ -15,11 +15,21 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from loratune import api
+    from loratune.errors import ScoresNotRecorded
 
-    scores = api.evaluate(args.run, args.split)
+    try:
+        scores = api.evaluate(args.run, args.split)
+    except ScoresNotRecorded as exc:  # scored, not written: show the scores, then say why (exit 2)
+        show(args, exc.scores)
+        raise
+    show(args, scores)
+    return 0
+
+
+def show(args, scores: dict) -> None:
     if args.json:
         print_json({k: v for k, v in scores.items()})
-        return 0
+        return
     out = console()
     prefix = next(iter(scores)).split("/")[0]
     keys = [f"{prefix}/{k}" for k in ("n", "loss", "accuracy", "macro_f1", "weighted_f1", "micro_f1",
@@ -33,4 +43,3 @@ def run(args) -> int:
     pairs = scores.get(f"{prefix}/confused_pairs") or []
     if pairs:
         out.print("most confused: " + "; ".join(f"{p['true']} -> {p['pred']} ({p['count']})" for p in pairs[:5]))
-    return 0

@@ -438,12 +438,19 @@ def write_html(report, path: str | Path) -> Path:
 
     from loratune.store import write_atomic
 
+    from loratune.errors import UserError
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     base = ""
     if getattr(report, "kind", "") == "study":
         rel = os.path.relpath(Path(report.path).resolve(), p.parent.resolve())
         base = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-    write_atomic(p, render(report, link_base=base))
-    p.chmod(0o644)  # a report is meant to be shared (the atomic write creates 0600)
+    html = render(report, link_base=base)
+    try:  # a read-only or full disk, a file where the folder should be: the output's fault, said as such
+        p.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(p, html)
+        p.chmod(0o644)  # a report is meant to be shared (the atomic write creates 0600)
+    except OSError as exc:
+        raise UserError(f"cannot write the report to '{p}' ({exc.strerror or exc})",
+                        "give -o a writable path, e.g. -o /tmp/report.html") from None
     return p
