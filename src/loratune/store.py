@@ -204,24 +204,25 @@ def with_liveness(run: dict, run_dir: str | Path) -> dict:
     return out
 
 
-def check_output_dir(path: Path) -> None:
-    """An output_dir that training could not write: a file, an unwritable directory (or parent)."""
+def check_output_dir(path: Path, name: str = "output_dir", example: str = "output_dir=runs/latest") -> None:
+    """An output folder that could not be written: a file, an unwritable directory (or parent). `name` and
+    `example`: how the user gave it (`output_dir`, or tune's `--study-dir`), so the message names their option."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UserError(f"output_dir '{path}' is a file, not a directory",
-                        "give a directory path (it is created if missing), e.g. output_dir=runs/latest")
+        raise UserError(f"{name} '{path}' is a file, not a directory",
+                        f"give a directory path (it is created if missing), e.g. {example}")
     probe = path
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise UserError(f"output_dir '{path}' cannot be created: '{probe}' is a file",
+        raise UserError(f"{name} '{path}' cannot be created: '{probe}' is a file",
                         "give a path under a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
-        what = "output_dir" if probe == path else f"the directory '{probe}' that would hold output_dir"
+        what = name if probe == path else f"the directory '{probe}' that would hold {name}"
         raise UserError(f"{what} '{path}' is not writable (permission denied or a read-only file system)",
-                        "give a writable output_dir, e.g. output_dir=runs/latest, or fix the permissions")
+                        f"give a writable {name}, e.g. {example}, or fix the permissions")
 
 
 class RunStore:

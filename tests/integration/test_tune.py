@@ -213,3 +213,20 @@ def test_resume_with_a_larger_budget_keeps_one_trail_and_every_trial(tiny_bert, 
     superseded_rows = [r for r in summary["trials"] if r["status"] == "superseded"]
     assert bool(superseded_rows) == superseded.exists()  # a trial only a superseded decision used is listed as such
     assert summary["budget"]["spent"]["trials"] == len(now) - len(superseded_rows) <= 5
+
+
+@pytest.mark.parametrize("flag, value", [("--trial-steps", "-5"), ("--trial-steps", "0"), ("--heartbeat", "0"),
+                                         ("--heartbeat", "-1")])
+def test_trial_steps_and_heartbeat_below_one_are_refused_by_name(flag, value, tmp_path, capsys):
+    # 0 was silently read as "the default"; -5 was refused only after phase 0 had written the study
+    with pytest.raises(SystemExit) as exit_:
+        main(["tune", "--study-dir", str(tmp_path / "s"), flag, value])
+    assert exit_.value.code == 2 and f"argument {flag}: a whole number >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_study_dir_that_is_a_file_is_named_as_the_study_dir(tmp_path, capsys):
+    f = tmp_path / "f"
+    f.write_text("hi")
+    assert main(["tune", "--study-dir", str(f), "--budget", "1trials"]) == 2
+    assert "--study-dir '" in capsys.readouterr().err

@@ -6,6 +6,19 @@ from loratune.objectives import objective
 from loratune.commands._common import add_config_args, console, load_cfg
 
 
+def at_least_one(text: str) -> int:
+    """An argparse type: a whole number >= 1 (0 or below was silently taken as 'the default')."""
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number >= 1, not {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"a whole number >= 1, not {v}")
+    return v
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "tune", help="tune the LoRA configuration by diagnosis (no arguments: MiniLM on the embedded demo, ~15 min)",
@@ -28,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the study in --study-dir: finished trials "
                    "are kept, a trial cut by a killed process is trained again")
     p.add_argument("--seed", type=int, default=0, help="sampler seed for grid / random / tpe / tpe-hyperband")
-    p.add_argument("--trial-steps", type=int, metavar="N", help="optimizer steps per trial (default: from the budget)")
+    p.add_argument("--trial-steps", type=at_least_one, metavar="N", help="optimizer steps per trial (default: from the budget)")
     p.add_argument("--target", type=float, metavar="F1", help="the val objective you need (LoRA vs full decision): a macro-F1, or a val loss to reach "
                    "(causal-lm)")
     p.add_argument("--no-full-probe", action="store_true", help="skip the full-fine-tuning probe")
@@ -39,7 +52,7 @@ def register(sub) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="decisions only, no live status line")
     p.add_argument("--worker", action="store_true", help="join the running study in --study-dir / --storage as a "
                    "worker: train the trials its leader queues (README: many workers, one study)")
-    p.add_argument("--heartbeat", type=int, metavar="S", help="seconds between a running trial's heartbeats "
+    p.add_argument("--heartbeat", type=at_least_one, metavar="S", help="seconds between a running trial's heartbeats "
                    "(default 10); a trial silent for 3 heartbeats belongs to a dead process and is queued again")
     p.set_defaults(func=run)
 

@@ -281,7 +281,7 @@ class Study:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study_dir = Path(study_dir)
-        check_output_dir(study_dir)
+        check_output_dir(study_dir, "--study-dir", "--study-dir runs/tune")
         study_dir.mkdir(parents=True, exist_ok=True)
         lock = None
         if not worker:  # workers join the leader's study; only the leader holds the directory
