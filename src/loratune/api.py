@@ -64,6 +64,15 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = Tr
     return recipe(cfg, "train")(cfg, dataset, RunStore(cfg.train.output_dir), progress=progress)
 
 
+def _check_init_from(cfg: RunConfig, model) -> None:
+    """train.init_from loaded as training loads it (adapt.warm_start): a folder that training would refuse (no
+    adapter, another r or targets) is refused by the dry run too."""
+    if cfg.train.init_from:
+        from loratune.adapt import warm_start
+
+        warm_start(model, cfg.adapter.method, cfg.train.init_from)
+
+
 def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     """What a run would do, without training: resolved targets, parameter counts, planned steps."""
     from loratune.adapt import apply_adapter, count_params
@@ -78,6 +87,7 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
 
         tokenizer = load_tokenizer(cfg.model)
         model, sites = apply_adapter(load_causal_lm(cfg.model, tokenizer.pad_token_id), cfg.adapter, task="causal-lm")
+        _check_init_from(cfg, model)
         items = load_prompt_set(dataset.prompt_set) if dataset.prompt_set else []
         sched = encode_run(cfg, dataset, tokenizer, items).schedule(cfg, len(dataset.train))  # as train_sft plans
         return {"params": count_params(model, sites, cfg.adapter.method).to_dict(),  # it (in one process)
@@ -90,6 +100,7 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     space = dataset.label_space
     model = load_classifier(cfg.model, len(space), space.multi_label)
     model, sites = apply_adapter(model, cfg.adapter)
+    _check_init_from(cfg, model)
     step0_rows, eval_rows = eval_rows_per_point(len(dataset.validation),  # as train.py scores
                                                 min(cfg.train.train_eval_size, len(dataset.train)))
     steps, every = plan_steps(cfg, len(dataset.train), eval_rows, step0_rows)

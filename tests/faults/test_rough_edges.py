@@ -111,3 +111,13 @@ def test_report_and_evaluate_on_a_disk_that_refuses_the_write(trained, monkeypat
     out, err = capsys.readouterr()
     assert "val/macro_f1:" in out  # scored and shown, then the refusal said
     assert "could not be written into" in _flat(err) and "Traceback" not in err
+
+
+def test_the_dry_run_refuses_an_init_from_that_training_refuses(trained, tiny_bert, intent_data, tmp_path, capsys):
+    capsys.readouterr()
+    for bad in (tmp_path / "nowhere", trained):  # no such folder; a run folder, not its adapter/
+        assert main(["train", "--dry-run", "-q", *overrides(tiny_bert, intent_data, tmp_path / "x",
+                                                            init_from=bad)]) == 2
+        assert "train.init_from:" in capsys.readouterr().err
+    assert main(["train", "--dry-run", "-q", *overrides(tiny_bert, intent_data, tmp_path / "x",
+                                                        init_from=trained / "adapter")]) == 0
