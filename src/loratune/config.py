@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -289,6 +290,13 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+# Keys that name a local file or folder: a relative one (`name_or_path=tiny-bert`, `dataset_name=data`) is made
+# absolute when the config is built, so a run's config.yaml (and tune's base config) still names it from another
+# folder (`loratune evaluate /abs/run` run from elsewhere read 'data' as a hub id); hub ids never exist locally
+LOCAL_PATH_KEYS = ("model.name_or_path", "data.dataset_name", "data.train_file", "data.validation_file",
+                   "data.test_file", "data.probe_file", "data.prompt_set", "train.init_from")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read YAML (nested sections or flat keys), apply `key=value` overrides, validate, freeze."""
     raw: dict[str, Any] = {}
@@ -375,6 +383,11 @@ def build_config(flat: dict[str, Any]) -> RunConfig:
         problems.extend(bad)
         if not bad:
             sections[section][name] = coerced
+    for dotted in LOCAL_PATH_KEYS:  # a relative local path, as given from this folder: absolute in the record
+        section, name = dotted.split(".", 1)
+        v = sections[section].get(name)
+        if isinstance(v, str) and v and not os.path.isabs(v) and os.path.exists(v):
+            sections[section][name] = os.path.abspath(v)
     task = sections["model"].get("task", "classification")
     generating = sections["data"].get("label_format") == "generate"
     for dotted, value in TASK_DEFAULTS.get(task, {}).items():  # a default that depends on the task

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,23 @@ def test_the_dry_run_refuses_an_init_from_that_training_refuses(trained, tiny_be
         assert "train.init_from:" in capsys.readouterr().err
     assert main(["train", "--dry-run", "-q", *overrides(tiny_bert, intent_data, tmp_path / "x",
                                                         init_from=trained / "adapter")]) == 0
+
+
+def test_a_run_trained_with_relative_paths_is_evaluated_from_another_folder(tiny_bert, intent_data, tmp_path,
+                                                                            monkeypatch, capsys):
+    import os
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_bert, work / "tiny-bert")
+    shutil.copytree(intent_data, work / "data")
+    monkeypatch.chdir(work)
+    ov = [o for o in overrides("tiny-bert", Path("data"), Path("runs/rel"))]
+    assert main(["train", "-q", *ov]) == 0
+    saved = (work / "runs" / "rel" / "config.yaml").read_text()
+    assert f"name_or_path: {work / 'tiny-bert'}" in saved and f"dataset_name: {work / 'data'}" in saved
+    monkeypatch.chdir(tmp_path)  # elsewhere: the record still names the model and the data
+    capsys.readouterr()
+    assert main(["evaluate", str(work / "runs" / "rel"), "--split", "validation"]) == 0
+    assert main(["predict", str(work / "runs" / "rel"), "lost my card"]) == 0
+    assert os.getcwd() == str(tmp_path)
