@@ -354,3 +354,22 @@ def test_an_evaluation_after_training_keeps_the_records_final_status(tmp_path):
                                 "eval_samples_per_second": 2000.0}]
     cb.on_evaluate(args, state, control)
     assert json.loads(record.read_text())["status"] == "completed" and not control.should_training_stop
+
+
+@pytest.mark.parametrize("peft_knobs, method", [(None, "unknown"), ({"r": 8, "lora_alpha": 16}, "lora")])
+def test_a_callback_record_of_a_plain_fine_tune_is_not_called_lora(tmp_path, monkeypatch, peft_knobs, method):
+    from types import SimpleNamespace
+
+    import loratune.integrations.trainer as T
+    from loratune.integrations import LoratuneCallback
+    from loratune.report import run_report
+
+    monkeypatch.setattr(T, "_peft_config", lambda model: peft_knobs)  # what a peft (or plain) model gives
+    state = SimpleNamespace(max_steps=15, num_train_epochs=1, train_batch_size=8, logging_steps=5, eval_steps=5,
+                            save_steps=500, global_step=15, log_history=_pinned_at_start(3, 5),
+                            is_world_process_zero=True)
+    args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(should_training_stop=False)
+    cb = LoratuneCallback(printer=lambda s: None)
+    cb.on_evaluate(args, state, control)
+    cb.on_train_end(args, state, control)
+    assert run_report(tmp_path / "loratune", examples=False).method == method

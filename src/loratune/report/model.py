@@ -569,13 +569,23 @@ def build_pairs(confusion: ConfusionView, points: Sequence[dict], best_step: flo
     return tuple(rows)
 
 
+def run_method(run: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    """lora / full / ...: what the record says; a record another tool wrote (the Trainer callback's, `source`)
+    that names no method is LoRA only if it holds adapter knobs (a plain fine-tune has none), else unknown."""
+    ad = config.get("adapter") or {}
+    said = ad.get("method") or run.get("method")
+    if said:
+        return str(said)
+    return "lora" if not run.get("source") or ad.get("r") is not None else "unknown"
+
+
 def build_params(run: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[ParamRow, ...]:
     params = run.get("params") if isinstance(run.get("params"), dict) else {}
     model = run.get("model") if isinstance(run.get("model"), dict) else {}
     cm = config.get("model") or {}
     ad = config.get("adapter") or {}
     tr = config.get("train") or {}
-    method = ad.get("method") or run.get("method") or "lora"
+    method = run_method(run, config)
     rows: list[ParamRow] = [
         ParamRow("Model", "base model", cm.get("name_or_path") or model.get("name_or_path")),
         ParamRow("Model", "architecture", f"{model.get('model_type', '?')}, {model.get('num_layers', '?')} layers"
@@ -733,7 +743,7 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
     return RunReport(
         name=name or d.name, path=str(d), status=status, reason=run.get("reason"),
         task=str(run.get("task") or "single_label"),
-        method=str((config.get("adapter") or {}).get("method") or run.get("method") or "lora"),
+        method=run_method(run, config),
         model_name=str(cm.get("name_or_path") or (run.get("model") or {}).get("name_or_path") or "?"),
         dataset=str(data.get("dataset_name") or data.get("train_file") or "?"),
         n_classes=len(labels) or None,
