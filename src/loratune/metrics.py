@@ -45,7 +45,11 @@ def prediction_scores(prefix: str, y_pred: np.ndarray, y_true: np.ndarray, label
     if loss is not None:
         out[f"{prefix}/loss"] = float(loss)
     out[f"{prefix}/accuracy"] = float(np.mean(y_pred == y_true)) if len(y_true) else math.nan
-    out[f"{prefix}/macro_f1"] = float(f1_score(y_true, y_pred, labels=idx, average="macro", zero_division=0))
+    # macro-F1 over the classes the split holds or the model predicted (scikit-learn's default set): a class with
+    # no row and no prediction has no F1, and counting it as 0 capped a split missing a class below 1 (a validation
+    # split of one class-a row, predicted right: accuracy 1.0, macro-F1 0.5 over the two trained classes)
+    seen = sorted({int(i) for i in np.concatenate([y_true, y_pred]) if 0 <= i < k}) or idx
+    out[f"{prefix}/macro_f1"] = float(f1_score(y_true, y_pred, labels=seen, average="macro", zero_division=0))
     out[f"{prefix}/weighted_f1"] = float(f1_score(y_true, y_pred, labels=idx, average="weighted", zero_division=0))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=idx, zero_division=0)
     for i, lab in enumerate(labels):

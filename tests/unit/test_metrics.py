@@ -55,3 +55,16 @@ def test_multi_label():
 def test_standard_error():
     assert standard_error(0.5, 100) == pytest.approx(0.05)
     assert np.isnan(standard_error(0.5, 0))
+
+
+def test_macro_f1_averages_the_classes_the_split_holds_or_the_model_predicted():
+    import numpy as np
+
+    from loratune.metrics import prediction_scores
+
+    labels = ("a", "b", "c")
+    right, _ = prediction_scores("val", np.array([0, 0]), np.array([0, 0]), labels)
+    assert right["val/accuracy"] == 1.0 and right["val/macro_f1"] == 1.0  # b and c: no row, no prediction
+    wrong, _ = prediction_scores("val", np.array([0, 1]), np.array([0, 0]), labels)
+    assert wrong["val/macro_f1"] == (2 / 3 + 0.0) / 2  # a: P 1, R 1/2; b: a false positive, F1 0; c: not counted
+    assert wrong["val/f1/c"] == 0.0 and wrong["val/support/c"] == 0  # the per-class table still lists every class
