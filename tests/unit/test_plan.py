@@ -349,3 +349,16 @@ def test_gpus_for_70b_agree_with_published_setups():
     # LLaMA-Factory's changelog (24/03/20): FSDP + QLoRA fine-tunes a 70B model on 2 x 24 GB GPUs
     qlora = plan.plan_model("llama-2-70b", workload=Workload(gpu_memory_gib=24)).methods["qlora"]
     assert qlora.gpus == 2
+
+
+@pytest.mark.parametrize("preset", ["llama-2-7b", "mistral-7b"])
+def test_params_and_plan_count_the_same_model(preset, capsys):
+    # params built every preset as a 2-way classifier (6.61B for Llama-2-7B), plan as the causal LM (6.74B)
+    import json
+
+    from loratune.cli import main
+
+    assert main(["params", preset, "--json"]) == 0
+    total = json.loads(capsys.readouterr().out)["total"]
+    assert main(["plan", preset, "--json"]) == 0
+    assert total == json.loads(capsys.readouterr().out)["shape"]["params"]

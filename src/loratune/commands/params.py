@@ -19,7 +19,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from loratune.errors import UserError
-    from loratune.models import load_meta_model
     from loratune.params import DEFAULT_TARGETS, params_report
 
     try:
@@ -27,10 +26,11 @@ def run(args) -> int:
     except ValueError:
         raise UserError(f"--ranks '{args.ranks}' is not a list of integers", "e.g. --ranks 4,16,64") from None
     targets = tuple(tuple(t.split(",")) for t in args.targets) if args.targets else DEFAULT_TARGETS
-    from loratune.plan import PRESETS, build_meta_model, load_config
+    from loratune.plan import build_meta_model, default_task, load_config
 
-    model = (build_meta_model(load_config(args.model), "classification") if args.model in PRESETS
-             else load_meta_model(args.model))
+    # the model as `loratune plan` builds it (one route): a decoder with its LM head, an encoder as a classifier
+    config = load_config(args.model)
+    model = build_meta_model(config, default_task(config))
     report = params_report(model, ranks, targets)
     if args.json:
         print_json(report.to_dict())
