@@ -153,7 +153,11 @@ def diagnose(run: str | Path, *, thresholds: Mapping[str, float] | None = None):
 def compare(runs: Sequence[str | Path], *, thresholds: Mapping[str, float] | None = None):
     """What two or more runs that differ in one knob say together (`loratune diagnose RUN RUN ...`)."""
     from loratune.diagnose import compare as _compare
+    from loratune.errors import UserError
 
+    if isinstance(runs, (str, Path)) or len(list(runs)) < 2:
+        raise UserError(f"compare needs two or more runs, got {runs!r}",
+                        "give a list of run folders that differ in one knob, e.g. compare([run_a, run_b])")
     return _compare(list(runs), thresholds=thresholds)
 
 

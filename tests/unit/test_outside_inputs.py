@@ -132,3 +132,11 @@ def test_runs_whose_config_json_says_different_class_counts_are_no_knob_experime
         knobs = {g.knob for g in c.groups}
         assert ("learning_rate" in knobs) == grouped, (n_classes, knobs)
         assert "r" in knobs  # base and r4 stay a rank pair either way
+
+
+@pytest.mark.parametrize("runs", [[], ["one-run"], "one-run"])
+def test_api_compare_needs_two_runs(runs):
+    from loratune import api
+
+    with pytest.raises(UserError, match="compare needs two or more runs"):
+        api.compare(runs)
