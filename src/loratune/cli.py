@@ -55,11 +55,11 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     """Options may come before, between or after positionals (`predict RUN --json "text"`,
     `train r=8 --dry-run lr=1e-3`): what the first pass leaves over is parsed again with the command's
     parser in intermixed mode."""
-    argv = list(argv)
+    argv: list = list(argv)
     for i in range(len(argv) - 1):
-        if argv[i] in VALUE_OPTIONS and argv[i + 1].startswith("-"):
-            argv[i:i + 2] = [f"{argv[i]}={argv[i + 1]}", ""]
-    argv = [a for a in argv if a != ""]
+        if argv[i] in VALUE_OPTIONS and argv[i + 1] is not None and argv[i + 1].startswith("-"):
+            argv[i:i + 2] = [f"{argv[i]}={argv[i + 1]}", None]
+    argv = [a for a in argv if a is not None]  # (an empty argument the user gave stays: `predict RUN ""`)
     args, extra = parser.parse_known_args(argv)
     if not extra:
         return args

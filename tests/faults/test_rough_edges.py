@@ -142,3 +142,21 @@ def test_a_run_trained_with_relative_paths_is_evaluated_from_another_folder(tiny
     assert main(["evaluate", str(work / "runs" / "rel"), "--split", "validation"]) == 0
     assert main(["predict", str(work / "runs" / "rel"), "lost my card"]) == 0
     assert os.getcwd() == str(tmp_path)
+
+
+def test_predict_refuses_an_empty_text_and_reads_the_runs_text_column(tiny_bert, intent_data, trained, tmp_path,
+                                                                     capsys):
+    capsys.readouterr()
+    assert main(["predict", str(trained), "lost my card", ""]) == 2  # "" was dropped without a word
+    assert "text 2 of 2 is empty" in capsys.readouterr().err
+    rows = [json.loads(x) for x in (intent_data / "train.jsonl").read_text().splitlines()][:20]
+    data = tmp_path / "utt"
+    data.mkdir()
+    for split in ("train", "validation"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps({"utterance": r["text"], "label": r["label"]}) + "\n"
+                                                     for r in rows), encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, data, run, text_column="utterance", max_steps=4)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), "--json", "--file", str(data / "validation.jsonl")]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 20  # the run's own data shape: its text_column

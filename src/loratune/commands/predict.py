@@ -18,18 +18,20 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def read_texts(path: str) -> list[str]:
+def read_texts(path: str, column: str = "text") -> list[str]:
+    """The texts of a file: one per line, or the `column` of a .jsonl/.json/.csv/.parquet file (the run's own
+    data.text_column, so a run reads files shaped like its training data)."""
     p = Path(path)
     if p.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
         from loratune.data import read_rows
 
         rows = read_rows(p)
-        bad = next((i for i, r in enumerate(rows) if not isinstance(r.get("text"), str)), None)
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r.get(column), str)), None)
         if bad is not None:  # every row, not the first only: a row without a text has nothing to predict
-            what = "no 'text' column" if "text" not in rows[bad] else f"a 'text' of {rows[bad]['text']!r}"
+            what = f"no '{column}' column" if column not in rows[bad] else f"a '{column}' of {rows[bad][column]!r}"
             raise UserError(f"'{p}' row {bad + 1} has {what}",
-                            "give every row a 'text' string (name the text column 'text'), or a plain text file")
-        return [r["text"] for r in rows]
+                            f"give every row a '{column}' string (the run's data.text_column), or a plain text file")
+        return [r[column] for r in rows]
     if not p.is_file():
         raise UserError(f"file '{p}' does not exist", "give a text file with one text per line")
     return [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -40,9 +42,13 @@ def run(args) -> int:
 
     if args.top_k < 1:
         raise UserError(f"--top-k {args.top_k}: the number of labels to show", "give --top-k 1 or more")
-    texts = list(args.texts) + (read_texts(args.file) if args.file else [])
+    texts = list(args.texts) + (read_texts(args.file, _text_column(args.run)) if args.file else [])
     if not texts:
         raise UserError("no texts given", "pass texts as arguments or --file FILE")
+    empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
+    if empty:  # as training refuses an empty text: there is nothing in it to classify
+        more = f" ({len(empty)} are)" if len(empty) > 1 else ""
+        raise UserError(f"text {empty[0]} of {len(texts)} is empty{more}", "give texts with words in them")
     preds = api.predict(args.run, texts, top_k=args.top_k)
     if args.json:
         print_json(preds)
@@ -55,3 +61,14 @@ def run(args) -> int:
         else:
             out.print(f"[bold]{', '.join(p['labels']) or '(none)'}[/]  {p['text']}")
     return 0
+
+
+def _text_column(run_dir: str) -> str:
+    """The run's data.text_column (config.yaml), or 'text' when the run's config cannot say."""
+    from loratune.config import load_config
+    from loratune.store import CONFIG
+
+    try:
+        return load_config(Path(run_dir) / CONFIG).data.text_column
+    except UserError:
+        return "text"
