@@ -756,7 +756,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
 
     def _diverged_point(point: dict) -> str | None:
         loss = point.get("train/loss")
-        return diverged(loss, start_loss) if loss is not None else None
+        return diverged(loss, start_loss, cfg.train.max_grad_norm > 0) if loss is not None else None
 
     try:
         if ranks.evaluates:  # rank 0 evaluates (and runs the callback); under DDP the others wait for its answer

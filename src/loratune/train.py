@@ -481,14 +481,16 @@ def utc_now() -> str:
 DIVERGENCE_FACTOR = 4.0
 
 
-def diverged(window_loss: float, start_loss: float | None) -> str | None:
+def diverged(window_loss: float, start_loss: float | None, clipped: bool = False) -> str | None:
     """Why the run has diverged (None: it has not): a non-finite loss, or a window mean past
-    DIVERGENCE_FACTOR times the start."""
+    DIVERGENCE_FACTOR times the start. `clipped`: gradients were already clipped (max_grad_norm > 0), so the
+    advice is the learning rate alone."""
     if not math.isfinite(window_loss):
         return "non-finite loss"
     if start_loss and math.isfinite(start_loss) and start_loss > 0 and window_loss > DIVERGENCE_FACTOR * start_loss:
         return (f"train loss exploded: {window_loss:.3g} over the last window, {window_loss / start_loss:.0f}x "
-                f"its start ({start_loss:.3g}); lower learning_rate (/10) or set max_grad_norm")
+                f"its start ({start_loss:.3g}); lower learning_rate (/10)" + ("" if clipped else
+                                                                             " or set max_grad_norm (e.g. 1.0)"))
     return None
 
 
@@ -794,7 +796,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
 
     def _diverged_point(point: dict) -> str | None:
         loss = point.get("train/loss")
-        return diverged(loss, start_loss) if loss is not None else None
+        return diverged(loss, start_loss, cfg.train.max_grad_norm > 0) if loss is not None else None
 
     try:
         with timed(timing, "evaluate"):

@@ -68,3 +68,11 @@ def test_macro_f1_averages_the_classes_the_split_holds_or_the_model_predicted():
     wrong, _ = prediction_scores("val", np.array([0, 1]), np.array([0, 0]), labels)
     assert wrong["val/macro_f1"] == (2 / 3 + 0.0) / 2  # a: P 1, R 1/2; b: a false positive, F1 0; c: not counted
     assert wrong["val/f1/c"] == 0.0 and wrong["val/support/c"] == 0  # the per-class table still lists every class
+
+
+def test_the_divergence_advice_names_clipping_only_when_gradients_were_not_clipped():
+    from loratune.train import diverged
+
+    assert diverged(10.0, 2.0).endswith("lower learning_rate (/10) or set max_grad_norm (e.g. 1.0)")
+    assert diverged(10.0, 2.0, clipped=True).endswith("lower learning_rate (/10)")
+    assert diverged(7.9, 2.0, clipped=True) is None and diverged(float("nan"), 2.0) == "non-finite loss"
