@@ -21,7 +21,7 @@ from loratune.report.html import (
     value_text,
 )
 from loratune.objectives import Objective
-from loratune.report.study import StudyReport, TrialView
+from loratune.report.study import StudyReport, TrialView, trial_count
 from loratune.search.stages import TRAIL_PHASES as PHASE_NAMES  # the stage table's names, one place
 
 
@@ -393,7 +393,7 @@ def phase0_section(s: StudyReport) -> str:
 def render_study(s: StudyReport, link_base: str = "") -> str:
     phases = _phase_classes(s)
     state = badge("finished" if s.finished else "not finished", "ok" if s.finished else "warn")
-    meta = [f"strategy {s.strategy}", f"{len(s.trials)} trials", s.path]
+    meta = [f"strategy {s.strategy}", trial_count(s.trials), s.path]
     header = (f'<header class="top"><div class="wrap"><div class="kicker">loratune · tuning study report</div>'
               f'<h1>{esc(s.name)} {state}</h1><div class="meta">'
               + "".join(f"<span>{esc(x)}</span>" for x in meta) + "</div></div></header>")

@@ -317,7 +317,7 @@ def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: 
         wall_s=as_float(row.get("wall_s", res.get("wall_s"))),
         mean_step_s=as_float(row.get("mean_step_s", res.get("mean_step_s"))),
         peak_memory_mb=as_float(row.get("peak_memory_mb", res.get("peak_memory_mb"))),
-        verdict=str(row.get("verdict") or res.get("verdict") or "inconclusive"),
+        verdict=str(row.get("verdict") or res.get("verdict") or "–"),  # (a queued or cut trial has none)
         method=method, r=None if method == "full" else _int(point.get("adapter.r")),
         learning_rate=as_float(point.get("train.learning_rate")), point=point,
         reason=str(row.get("reason") or res.get("reason") or ""), purpose=str(spec.get("purpose") or ""),
@@ -354,7 +354,7 @@ def _trials_from_dirs(root: Path) -> list[dict]:
         rows.append({"trial": int(num), "name": name, "phase": "?", "status": run.get("status", "?"),
                      "objective": key, "objective_value": best.get(key), "examples": run.get("examples_seen"),
                      "wall_s": run.get("wall_s"), "mean_step_s": run.get("mean_step_s"),
-                     "peak_memory_mb": run.get("peak_memory_mb"), "verdict": "inconclusive", "run_dir": str(d),
+                     "peak_memory_mb": run.get("peak_memory_mb"), "verdict": "–", "run_dir": str(d),
                      "point": point, "reason": run.get("reason") or "", "_params": run.get("params") or {}})
     return rows
 
@@ -498,6 +498,15 @@ def _objective_key(summary: Mapping[str, Any], rows: Sequence[Any], records: Seq
     return next((str(k) for k in found if k), None)
 
 
+UNFINISHED = ("queued", "running", "interrupted", "died", "killed")  # a trial's statuses before it has a result
+
+
+def trial_count(trials) -> str:
+    """'5 trials', or '5 trials (3 finished)' when some are queued, running or were cut."""
+    done = sum(1 for t in trials if t.status not in UNFINISHED)
+    return f"{len(trials)} trials" + (f" ({done} finished)" if done < len(trials) else "")
+
+
 def build_study_report(study_dir: str | Path) -> StudyReport:
     root = Path(study_dir)
     if not root.is_dir():
@@ -621,7 +630,7 @@ def show_study(con, s: StudyReport) -> None:
     from rich.table import Table
 
     state = "[green]finished[/]" if s.finished else "[yellow]not finished[/]"
-    con.rule(f"[bold]study {escape(s.name)}[/]  {state}  [dim]{escape(s.strategy)} · {len(s.trials)} trials[/]")
+    con.rule(f"[bold]study {escape(s.name)}[/]  {state}  [dim]{escape(s.strategy)} · {trial_count(s.trials)}[/]")
     con.print(f"[dim]{escape(s.budget)}[/]")
     for n in s.notes:
         con.print(f"[yellow]note:[/] {escape(n)}")
