@@ -449,13 +449,19 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
 
 
 def _side_file(folder: Path, filename: str) -> Path | None:
-    """`filename` in folder or, for a checkpoint-* folder, in the run folder above it."""
-    # a checkpoint-* directory also looks in its run folder; a notebook (its path stands in for the folder, so no
-    # side file is ever found) named checkpoint-*.ipynb must not
-    for q in (folder, folder.parent) if folder.name.startswith("checkpoint-") and folder.is_dir() else (folder,):
-        if (q / filename).is_file():
-            return q / filename
-    return None
+    """`filename` in folder; for a checkpoint-* folder, in the run folder above it; for a run folder, in its newest
+    checkpoint-* (a run whose model was never saved at the end, `trainer.save_model()`, has its adapter_config.json
+    and config.json in the checkpoints only)."""
+    # a notebook (its path stands in for the folder, so no side file is ever found) named checkpoint-*.ipynb must not
+    if not folder.is_dir():
+        return None
+    if folder.name.startswith("checkpoint-"):
+        places = [folder, folder.parent]
+    else:
+        ckpts = [(int(m.group(1)), q) for q in folder.glob("checkpoint-*")
+                 if (m := re.fullmatch(r"checkpoint-(\d+)", q.name)) and q.is_dir()]
+        places = [folder] + [q for _, q in sorted(ckpts, reverse=True)]
+    return next((q / filename for q in places if (q / filename).is_file()), None)
 
 
 def _model_config_facts(folder: Path, meta: dict, facts: dict, notes: list[str]) -> None:
@@ -594,7 +600,7 @@ def _adapter_facts(folder: Path, facts: dict, notes: list[str], given: Mapping[s
         if not isinstance(a, dict):
             notes.append(f"{ad} is not a JSON object: rank, alpha and targets unknown")
             return {}
-        where = "adapter_config.json"
+        where = "adapter_config.json" if ad.parent == folder else f"{ad.parent.name}/adapter_config.json"
     out = {}
     for k in _ADAPTER_FACTS:
         if a.get(k) is not None:

@@ -140,3 +140,15 @@ def test_api_compare_needs_two_runs(runs):
 
     with pytest.raises(UserError, match="compare needs two or more runs"):
         api.compare(runs)
+
+
+def test_side_files_only_in_the_newest_checkpoint_are_read(tmp_path):
+    # a Trainer run whose model was never saved at the end keeps adapter_config.json in its checkpoints only
+    run = _state(tmp_path / "run", [{"step": 10, "loss": 0.5}, {"step": 10, "eval_loss": 0.4}])
+    for n, r in ((100, 4), (200, 8)):
+        (run / f"checkpoint-{n}").mkdir()
+        (run / f"checkpoint-{n}" / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": 16}))
+    facts = load_run(run).facts
+    assert facts["r"].value == 8 and facts["r"].source == "checkpoint-200/adapter_config.json"
+    (run / "adapter_config.json").write_text(json.dumps({"r": 16, "lora_alpha": 16}))  # the run folder's own wins
+    assert load_run(run).facts["r"].value == 16
