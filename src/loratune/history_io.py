@@ -362,8 +362,18 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     points: list[dict] = []
     prev = -1
     merged: dict[int, dict] = {}  # several eval sets log one entry each at the same step
+    repeats = 0
     for e in eval_logs:
-        merged.setdefault(int(e["step"]), {}).update(e)
+        m = merged.setdefault(int(e["step"]), {})
+        # the same key again at a step is a later evaluation, not the training-time one: `trainer.evaluate()`
+        # after training (of the best checkpoint, reloaded by load_best_model_at_end, or of a test set under the
+        # default eval_ prefix) logs at the last step; it must not replace what the run measured there
+        repeats += any(k in m and k.startswith("eval_") and not k.endswith(_EVAL_META) for k in e)
+        for k, v in e.items():
+            m.setdefault(k, v)
+    if repeats:
+        notes.append(f"{repeats} evaluation(s) logged again at a step already evaluated (trainer.evaluate() after "
+                     "training): the first, made while training, is read")
     # each eval's window of train logs (prev < step <= its step), in log order, found by bisection: one pass over a
     # step-sorted index rather than a scan of every train log per eval (100k logs x 1,000 evals took 12 s)
     by_step = sorted(range(len(train_logs)), key=lambda i: train_logs[i]["step"])

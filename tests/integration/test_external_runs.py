@@ -265,6 +265,7 @@ def _evaluate_each(cb, log: list[dict], max_steps: int, out) -> tuple[object, in
     from types import SimpleNamespace
 
     control = SimpleNamespace(should_training_stop=False)
+    cb.on_train_begin(SimpleNamespace(output_dir=str(out)), None, control)
     for k, e in enumerate(log):
         if "eval_loss" not in e:
             continue
@@ -302,14 +303,15 @@ def test_callback_stops_on_a_collapse_at_a_usual_lr(tmp_path, acc, stops):
         assert at == 420 and "since step 280" in said[-1], (at, said)
 
 
-def _pinned_at_start(evals: int, every: int) -> list[dict]:
-    """A 4-class run at its initial state: train and val loss at ln 4, accuracy at the class share 0.25."""
+def _pinned_at_start(evals: int, every: int, creep: float = 0.0) -> list[dict]:
+    """A 4-class run at its initial state: train and val loss at ln 4 (jittering, or creeping down by `creep` an
+    eval), accuracy at the class share 0.25."""
     log = []
     for i in range(1, evals + 1):
         step = every * i
         log.append({"step": step, "epoch": step / 4, "loss": 1.386 + 0.01 * (-1) ** i, "learning_rate": 5e-3,
                     "grad_norm": 0.4})
-        log.append({"step": step, "epoch": step / 4, "eval_loss": 1.3863 - 1e-5 * i, "eval_accuracy": 0.25,
+        log.append({"step": step, "epoch": step / 4, "eval_loss": 1.3863 + 1e-5 * (-1) ** i - creep * i, "eval_accuracy": 0.25,
                     "eval_runtime": 1.0, "eval_samples_per_second": 2000.0})
     return log
 
@@ -331,6 +333,10 @@ def test_callback_waits_before_calling_a_model_at_its_initial_loss_collapsed(tmp
     control, at = _evaluate_each(cb, _pinned_at_start(40, 1), 100, tmp_path)
     assert at == 4 + round(COLLAPSE_HOLD * 100) and cb.stopped_by == "collapse"
     assert len(said) == 2 and said[0].startswith(f"[loratune] step {at}: collapsed")
+    # ...but a val loss creeping to a new low at every eval is a model moving, however slowly: never stopped
+    cb = LoratuneCallback(printer=said.append, record=False)
+    control, at = _evaluate_each(cb, _pinned_at_start(40, 1, creep=1e-4), 100, tmp_path)
+    assert at is None and cb.stopped_by is None
 
 
 def test_an_evaluation_after_training_keeps_the_records_final_status(tmp_path):
@@ -345,15 +351,23 @@ def test_an_evaluation_after_training_keeps_the_records_final_status(tmp_path):
                             save_steps=500, global_step=15, log_history=log, is_world_process_zero=True)
     args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(should_training_stop=False)
     cb = LoratuneCallback(printer=lambda s: None)
-    cb.on_evaluate(args, state, control)
+    cb.on_evaluate(args, state, control)  # trainer.evaluate() before training: no record of a run
     record = tmp_path / "loratune" / "run.json"
+    assert not record.exists()
+    cb.on_train_begin(args, state, control)
+    cb.on_evaluate(args, state, control)
     assert json.loads(record.read_text())["status"] == "running"
     cb.on_train_end(args, state, control)
     assert json.loads(record.read_text())["status"] == "completed"
-    state.log_history = log + [{"step": 15, "eval_loss": 1.38, "eval_accuracy": 0.25, "eval_runtime": 1.0,
+    before = record.read_text()
+    # load_best_model_at_end reloads an earlier checkpoint, whose evaluate() logs its numbers at the last step
+    state.log_history = log + [{"step": 15, "eval_loss": 2.5, "eval_accuracy": 0.25, "eval_runtime": 1.0,
                                 "eval_samples_per_second": 2000.0}]
     cb.on_evaluate(args, state, control)
-    assert json.loads(record.read_text())["status"] == "completed" and not control.should_training_stop
+    assert record.read_text() == before and not control.should_training_stop  # the record is what training measured
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": state.log_history}))
+    h = load_run(tmp_path)  # the Trainer's own file, read by `loratune diagnose`: the training-time eval is kept
+    assert h.points[-1]["val/loss"] == log[-1]["eval_loss"] and any("logged again" in n for n in h.notes)
 
 
 @pytest.mark.parametrize("peft_knobs, method", [(None, "unknown"), ({"r": 8, "lora_alpha": 16}, "lora")])
@@ -370,6 +384,7 @@ def test_a_callback_record_of_a_plain_fine_tune_is_not_called_lora(tmp_path, mon
                             is_world_process_zero=True)
     args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(should_training_stop=False)
     cb = LoratuneCallback(printer=lambda s: None)
+    cb.on_train_begin(args, state, control)
     cb.on_evaluate(args, state, control)
     cb.on_train_end(args, state, control)
     assert run_report(tmp_path / "loratune", examples=False).method == method

@@ -11,10 +11,11 @@ It can stop training (`control.should_training_stop`), saying why:
 - `diverged`: a non-finite train loss at any logging step, or the `diverged` rule at an evaluation;
 - `collapse`: a one-class collapse (predictions on one class, loss pinned near ln(classes)): the
   `collapsed` rule, or the `lr-too-large` rule's collapse routes at an lr far above the usual range, held at
-  every evaluation over `collapse_hold` of the planned steps (and at two evaluations at least): a model still at
-  its initial loss early in its plan has not started learning yet, which reads the same at one evaluation (a
-  tiny BERT at lr 5e-3, evaluated every step of 100, sits at ln(4) with one class predicted for its first 10
-  steps and ends at 0.90 accuracy); it is neither printed nor acted on before that;
+  every evaluation over `collapse_hold` of the planned steps (and at two evaluations at least), its val loss
+  setting no new low: a model still at its initial loss early in its plan has not started learning yet, which
+  reads the same at one evaluation (a tiny BERT at lr 5e-3, evaluated every step of 100, sits at ln(4) with one
+  class predicted for its first 10 steps and ends at 0.90 accuracy), and one whose val loss keeps creeping to new
+  lows is moving (1.3867 -> 1.383 over 40 steps, then 1.0 accuracy); it is neither printed nor acted on before;
 - overfitting, opt-in: `overfit_patience=N` stops after `overfit-capacity` has fired at N + 1
   evaluations in a row.
 """
@@ -77,6 +78,8 @@ class LoratuneCallback(TrainerCallback):
         self.collapse_since: int | None = None  # the step of the first evaluation of the current collapse streak
         self.collapse_streak = 0
         self.finished = False  # on_train_end ran: a later evaluate() keeps the record's final status
+        self.training = False  # on_train_begin ran: an evaluate() before (or without) training writes nothing
+        self.points: tuple = ()  # the run's points at the last diagnosis
         self.record = record
         self.printer = printer
         self.reported: set[str] = set()
@@ -94,11 +97,22 @@ class LoratuneCallback(TrainerCallback):
                                             "diverged (next move: learning_rate /10, check the data)")
         return control
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+        return control
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        d = self._diagnose(args, state, kwargs.get("model"), final=self.finished)
+        if not self.training or self.finished:
+            # `trainer.evaluate()` with no training, or after it (of the best checkpoint reloaded, or a test set):
+            # not a point of the run; the record keeps what training measured, and its final status
+            return control
+        d = self._diagnose(args, state, kwargs.get("model"))
         self.last = d
         confident = {f.rule_id for f in d.active if not f.tentative and f.confidence >= self.min_confidence}
         collapse = "collapsed" in confident or ("lr-too-large" in confident and _collapsed(d))
+        if collapse and _new_val_low(self.points):  # a loss still setting new lows is moving, not pinned
+            self.collapse_streak, self.collapse_since = 0, None
+            collapse = False
         if collapse:
             self.collapse_streak += 1
             self.collapse_since = state.global_step if self.collapse_since is None else self.collapse_since
@@ -116,8 +130,6 @@ class LoratuneCallback(TrainerCallback):
             reading = "; ".join(f.route) or f.verdict  # what this run showed, else the rule's general verdict
             self.printer(f"[loratune] step {state.global_step}: {f.rule_id} - {reading}; next move: "
                          f"{', '.join(f.moves)} (confidence {f.confidence:.2f})")
-        if self.finished:  # an evaluation after training: nothing left to stop
-            return control
         if "diverged" in confident and "diverged" in self.stop_on:
             self._stop(control, "diverged", "the diagnosis says diverged (exploding or non-finite loss)")
         elif "collapse" in self.stop_on and collapse_held:
@@ -151,6 +163,7 @@ class LoratuneCallback(TrainerCallback):
         fields["log_history"] = list(state.log_history)
         run = history_from_trainer_state(fields, out, name=out.name, path=str(out), adapter=_peft_config(model),
                                          source_file="the live TrainerState")
+        self.points = run.points
         meta = dict(run.meta)
         labels = _labels(model)
         if labels and "labels" not in meta and meta.get("task") != "causal-lm":
@@ -165,6 +178,13 @@ class LoratuneCallback(TrainerCallback):
                 "stopped_by": self.stopped_by, "verdict": d.verdict, "config": run.config,
                 "wall_s": round(time.time() - self._started, 3), "pid": os.getpid()})
         return d
+
+
+def _new_val_low(points) -> bool:
+    """Whether the last point's val loss is below every earlier one's."""
+    vals = [p["val/loss"] for p in points if isinstance(p.get("val/loss"), (int, float))
+            and math.isfinite(p["val/loss"])]
+    return len(vals) >= 2 and vals[-1] < min(vals[:-1])
 
 
 def _collapsed(d: Diagnosis) -> bool:
