@@ -32,6 +32,9 @@ NOT_BUILT: dict[str, dict[str, str]] = {}
 def require_built(cfg: RunConfig, verb: str) -> None:
     from loratune.errors import UserError
 
+    if not isinstance(cfg, RunConfig):  # a path, a dict, None: what a Python caller may hand over
+        raise UserError(f"api.{verb} takes a RunConfig, not {type(cfg).__name__} {cfg!r:.60}",
+                        "cfg = api.load_config('my.yaml' or None, ['key=value', ...])")
     fix = NOT_BUILT.get(cfg.model.task, {}).get(verb)
     if fix:
         raise UserError(f"`loratune {verb}` is not built for model.task={cfg.model.task} yet", fix)
@@ -60,6 +63,7 @@ def check(cfg: RunConfig, dataset) -> None:
 
 def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> dict:
     """Train one run into cfg.train.output_dir; returns its run.json content."""
+    require_built(cfg, "train")
     dataset = dataset or prepare(cfg)
     return recipe(cfg, "train")(cfg, dataset, RunStore(cfg.train.output_dir), progress=progress)
 
@@ -114,16 +118,38 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     }
 
 
-def predict(run_dir: str | Path, texts: list[str], top_k: int = 1) -> list[dict]:
+def _path(value: Any, what: str) -> str | Path:
+    """A run or study folder argument: a str or a Path, else a UserError naming what was given."""
+    from loratune.errors import UserError
+
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise UserError(f"{what}: a folder path (str or Path), not {type(value).__name__} {value!r:.60}",
+                        "give the folder as a string or a pathlib.Path")
+    return value
+
+
+def predict(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) -> list[dict]:
+    """Labels for `texts` (a list of strings; one string is one text) from a trained run."""
+    from loratune.errors import UserError
     from loratune.inference import load_trained
 
-    return load_trained(run_dir).predict(texts, top_k=top_k)
+    texts = [texts] if isinstance(texts, str) else list(texts)  # a str is one text, not its characters
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise UserError(f"texts[{bad}] is {type(texts[bad]).__name__} {texts[bad]!r:.60}, not a string",
+                        "give a list of strings")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise UserError(f"top_k: a whole number >= 1, not {top_k!r}", "e.g. top_k=3")
+    return load_trained(_path(run_dir, "run_dir")).predict(texts, top_k=top_k)
 
 
 def evaluate(run_dir: str | Path, split: str = "test") -> dict:
-    from loratune.inference import evaluate_run
+    from loratune.errors import UserError
+    from loratune.inference import SPLIT_NAMES, evaluate_run
 
-    return evaluate_run(run_dir, split)
+    if not isinstance(split, str):
+        raise UserError(f"split: one of {', '.join(SPLIT_NAMES)}, not {split!r}", "e.g. split='test'")
+    return evaluate_run(_path(run_dir, "run_dir"), split)
 
 
 def assess(cfg: RunConfig, *, probe: bool = True, dataset: Dataset | None = None):
@@ -146,8 +172,16 @@ def diagnose(run: str | Path, *, thresholds: Mapping[str, float] | None = None):
     directory or trainer_state.json, a TensorBoard log, a notebook (.ipynb), or a CSV. `thresholds`: overrides by
     name (`loratune rules`)."""
     from loratune.diagnose import diagnose as _diagnose
+    from loratune.errors import UserError
 
-    return _diagnose(run, thresholds=thresholds)
+    if isinstance(run, (list, tuple)):
+        raise UserError("api.diagnose reads one run; several runs are compared", "api.compare([run_a, run_b, ...])")
+    if thresholds is not None and not isinstance(thresholds, Mapping):
+        raise UserError(f"thresholds: a mapping of rule threshold names to values, not {thresholds!r:.60}",
+                        "e.g. thresholds={'val_loss_rise_min': 0.15} (names from `loratune rules`)")
+    from loratune.history_io import RunHistory
+
+    return _diagnose(run if isinstance(run, RunHistory) else _path(run, "run"), thresholds=thresholds)
 
 
 def compare(runs: Sequence[str | Path], *, thresholds: Mapping[str, float] | None = None):
@@ -166,7 +200,7 @@ def report(path: str | Path, out: str | Path | None = None, *, examples: bool = 
     (default <path>/report.html)."""
     from loratune.report import write_report
 
-    return write_report(path, out, examples=examples)
+    return write_report(_path(path, "path"), out, examples=examples)
 
 
 def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = None,
@@ -184,6 +218,10 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
     from loratune.search.protocol import ProtocolSettings
     from loratune.search.tune import TuneOptions, tune as _tune
 
+    from loratune.errors import UserError
+
+    if isinstance(fixed, str) or isinstance(arms, str):  # a str would be read one character at a time
+        raise UserError("fixed and arms: lists of names, not a string", "e.g. fixed=['r'], arms=['dora']")
     keys = tuple(sorted(resolve_key(k) for k in fixed))
     flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
     opts = TuneOptions(budget=budget, strategy=strategy, study_dir=str(study_dir), resume=resume,

@@ -300,6 +300,12 @@ LOCAL_PATH_KEYS = ("model.name_or_path", "data.dataset_name", "data.train_file",
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read YAML (nested sections or flat keys), apply `key=value` overrides, validate, freeze."""
     raw: dict[str, Any] = {}
+    if path is not None and not isinstance(path, (str, Path)):
+        raise UserError(f"config path: a YAML file's path, not {type(path).__name__} {path!r:.60}",
+                        "give a path, or None and the settings as overrides: load_config(None, ['r=16'])")
+    if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides or ()):
+        raise UserError(f"overrides: a list of 'key=value' strings, not {overrides!r:.60}", "e.g. ['r=16', 'lr=1e-3']")
+    overrides = overrides or ()
     if path is not None:
         p = Path(path)
         if not p.is_file():

@@ -152,3 +152,27 @@ def test_side_files_only_in_the_newest_checkpoint_are_read(tmp_path):
     assert facts["r"].value == 8 and facts["r"].source == "checkpoint-200/adapter_config.json"
     (run / "adapter_config.json").write_text(json.dumps({"r": 16, "lora_alpha": 16}))  # the run folder's own wins
     assert load_run(run).facts["r"].value == 16
+
+
+@pytest.mark.parametrize("call, said", [
+    (lambda api: api.load_config(None, "r=16"), "overrides: a list of 'key=value' strings"),
+    (lambda api: api.load_config({"r": 4}), "config path: a YAML file's path"),
+    (lambda api: api.diagnose(["a", "b"]), "api.diagnose reads one run"),
+    (lambda api: api.diagnose(None), "run: a folder path"),
+    (lambda api: api.train("config.yaml"), "api.train takes a RunConfig"),
+    (lambda api: api.assess(None), "api.assess takes a RunConfig"),
+    (lambda api: api.predict("run", ["ok", None]), "texts[1] is NoneType"),
+    (lambda api: api.predict("run", ["ok"], top_k=0), "top_k: a whole number >= 1"),
+    (lambda api: api.evaluate("run", split=["test"]), "split: one of"),
+    (lambda api: api.report(None), "path: a folder path"),
+    (lambda api: api.tune(api.load_config(None, []), fixed="r"), "fixed and arms: lists of names"),
+])
+def test_the_python_api_names_a_wrong_argument(call, said):
+    # what a Python caller may hand over: each was a TypeError / AttributeError deep inside, or (a str) read one
+    # character at a time
+    from loratune import api
+
+    import re
+
+    with pytest.raises(UserError, match=re.escape(said)):
+        call(api)
