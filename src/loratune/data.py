@@ -213,17 +213,19 @@ def suggest_column(rows: list[dict[str, Any]], role: str, exclude: str | None = 
 
 
 def _labels_of(value: Any, delimiter: str | None) -> tuple[str, ...]:
+    """A row's labels, in their order, each once: a row's label set ([pin, pin] is one pin; counted twice it
+    inflated the class counts and made a single-label row look compound)."""
     if value is None:
         return ()
     if isinstance(value, (list, tuple)):
-        return tuple(str(v) for v in value if v is not None and str(v) != "")
+        return tuple(dict.fromkeys(str(v) for v in value if v is not None and str(v) != ""))
     if hasattr(value, "tolist"):  # numpy arrays from parquet
         return _labels_of(value.tolist(), delimiter)
     s = str(value).strip()
     if s == "":
         return ()
     if delimiter:
-        return tuple(p.strip() for p in s.split(delimiter) if p.strip())
+        return tuple(dict.fromkeys(p.strip() for p in s.split(delimiter) if p.strip()))
     return (s,)
 
 

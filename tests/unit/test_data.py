@@ -482,3 +482,13 @@ def test_stratified_subset_does_not_sample_away_a_small_label():
     for seed in range(30):
         got = Counter(sp.labels[i][0] for i in stratified_subset(sp, 3, seed))
         assert got == Counter({"a": 1, "b": 2}), seed
+
+
+def test_a_label_named_twice_in_a_row_is_one_label(tmp_path):
+    # [pin, pin] counted pin twice: class counts inflated and a single-label row read as compound
+    rows = [{"text": "change my pin", "label": ["pin", "pin"]}, {"text": "pin and balance", "label": "pin#balance#pin"},
+            {"text": "what is my balance", "label": ["balance"]}]
+    for split in ("train", "validation"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    ds = load_dataset(DataConfig(dataset_name=str(tmp_path), label_delimiter="#"))
+    assert ds.train.labels == (("pin",), ("pin", "balance"), ("balance",))
