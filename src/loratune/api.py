@@ -53,6 +53,13 @@ def check(cfg: RunConfig, dataset) -> None:
     from loratune.model_info import input_position_limit
 
     recipe(cfg, "check")(dataset)
+    if cfg.model.task != "causal-lm":  # what training reads before its first step, read now (the dry run too)
+        from loratune.slices import load_probe_set
+        from loratune.train import objective_key
+
+        objective_key(cfg, dataset.label_space.multi_label)  # a metric this task does not compute
+        if cfg.data.probe_file:
+            load_probe_set(cfg.data.probe_file, cfg.data.text_column, cfg.data.label_column)
     # (a classifier's encoder: a causal-lm run's decoder is rotary here, and reading a GGUF's config takes seconds)
     limit = input_position_limit(cfg.model) if cfg.model.task != "causal-lm" else None
     if limit is not None and cfg.model.max_length > limit:

@@ -160,3 +160,15 @@ def test_predict_refuses_an_empty_text_and_reads_the_runs_text_column(tiny_bert,
     capsys.readouterr()
     assert main(["predict", str(run), "--json", "--file", str(data / "validation.jsonl")]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 20  # the run's own data shape: its text_column
+
+
+def test_the_dry_run_refuses_a_metric_or_probe_file_that_training_refuses(tiny_bert, intent_data, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    unlabelled = tmp_path / "nolabel.jsonl"
+    unlabelled.write_text('{"text": "lost my card"}\n', encoding="utf-8")
+    for extra, said in (({"metric_for_best_model": "subset_accuracy"}, "subset_accuracy"),
+                        ({"probe_file": empty}, "empty"), ({"probe_file": unlabelled}, "label")):
+        for dry in (["--dry-run"], []):
+            assert main(["train", "-q", *dry, *overrides(tiny_bert, intent_data, tmp_path / "x", **extra)]) == 2
+            assert said in capsys.readouterr().err
