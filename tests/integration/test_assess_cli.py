@@ -66,7 +66,9 @@ def test_probe_summary_and_cache(data, tmp_path, capsys, monkeypatch):
     p = d["probe"]
     assert p["cached"] is False and p["val_rows"] == 31 and 0.0 <= p["macro_f1"] <= 1.0
     assert {c["label"] for c in p["classes"]} == {"alarm", "music", "weather"}
-    assert d["resolution"]["method"].startswith("bootstrap")
+    # the probe's bootstrap SE, or (a probe right on every row: a bootstrap of 0) the binomial one; never 0
+    assert d["resolution"]["method"].startswith("bootstrap" if 0 < p["macro_f1"] < 1 else "binomial")
+    assert d["resolution"]["macro_f1_se"] > 0
     assert any((tmp_path / "cache" / "embeddings").glob("*.npy"))
     # second run: embeddings come from the cache; the rich summary renders
     assert main(["assess", f"data.dataset_name={data}"]) == 0

@@ -259,10 +259,16 @@ def test_js_and_ks():
 def test_resolution_binomial():
     val = make_split("validation", [(f"t{i}", f"c{i % 10}") for i in range(1000)])
     r = A.estimate_resolution(val, accuracy=0.9)
-    assert r.accuracy_se == pytest.approx(math.sqrt(0.09 / 1000))
-    # macro-recall over 10 classes of 100 rows: sqrt(10 * 0.09 / 100) / 10
-    assert r.macro_f1_se == pytest.approx(math.sqrt(10 * 0.09 / 100) / 10)
+    ps = (0.9 * 1000 + 1) / 1002  # the rate seen as (hits + 1) / (n + 2)
+    assert r.accuracy_se == pytest.approx(math.sqrt(ps * (1 - ps) / 1000))
+    # macro-recall over 10 classes of 100 rows: sqrt(10 * ps(1 - ps) / 100) / 10
+    assert r.macro_f1_se == pytest.approx(math.sqrt(10 * ps * (1 - ps) / 100) / 10)
     assert r.detectable_difference == pytest.approx(2 * r.macro_f1_se)
+    # a probe right on every row of 4 (2 classes): not an SE of 0 (its bootstrap of constant predictions is 0)
+    small = make_split("validation", [("a", "x"), ("b", "x"), ("c", "y"), ("d", "y")])
+    r = A.estimate_resolution(small, accuracy=1.0, bootstrap_se=0.0)
+    assert r.method.startswith("binomial") and r.accuracy_se == pytest.approx(math.sqrt(5 / 36 / 4))
+    assert r.macro_f1_se > 0.15
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +292,8 @@ def _facts(**kw):
     (_facts(model_hidden=2048, model_layers=24), {"train.learning_rate": 3e-4,
                                                   "adapter.target_modules": ["attn.q", "attn.v", "ffn@top:4"]}),
     (_facts(token_p99=3.0), {"model.max_length": 16}),
+    (_facts(train_rows=6, rows_per_class_median=3), {"train.per_device_train_batch_size": 4}),  # never above the rows
+    (_facts(train_rows=16, rows_per_class_median=4), {"train.per_device_train_batch_size": 16}),
     (_facts(token_p99=2000.0), {"model.max_length": 512}),
 ])
 def test_recommendation_rules(facts, expected):

@@ -86,6 +86,14 @@ def _max_length(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int | None:
     return int(min(max(16, round_up(p99, 8)), cap))
 
 
+def _batch(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int | None:
+    """The batch by data size, never above the training rows (6 rows got batch 16: one partial batch an epoch)."""
+    by_data, rows = BATCH_BY_DATA(f), f.get("train_rows")
+    if by_data is None or not rows:
+        return by_data
+    return int(min(by_data, 2 ** int(math.log2(max(1, rows)))))
+
+
 def _ceiling(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int:
     by_data = CEILING_BY_DATA(f)
     by_model = ceiling_by_model(f.get("model_hidden")) or by_data
@@ -100,6 +108,7 @@ def ceiling_by_model(hidden: int | None) -> int | None:
     return 2 ** int(math.log2(max(2, breakeven_point(hidden * hidden, 2 * hidden))))
 
 
+BATCH_BY_DATA = Bands("train_rows", ((1000, 16), (100000, 32), (math.inf, 64)))  # the start batch by data size
 CEILING_BY_DATA = Bands("train_rows", ((1000, 16), (5000, 32), (20000, 64), (math.inf, 128)))
 
 START_RULES: tuple[StartRule, ...] = (
@@ -128,7 +137,8 @@ START_RULES: tuple[StartRule, ...] = (
               "{train_rows} training rows: {value:g} epochs (fewer rows need more passes for a similar "
               "number of optimizer steps)"),
     StartRule("start-batch-by-data", "train.per_device_train_batch_size",
-              Bands("train_rows", ((1000, 16), (100000, 32), (math.inf, 64))),
+              Derived("by data: " + BATCH_BY_DATA.describe() + "; at most the largest power of 2 <= training rows",
+                      _batch, uses=("train_rows",)),
               "{train_rows} training rows: batch {value} (small data: smaller batches give more steps)"),
     StartRule("start-max-length-p99", "model.max_length",
               Derived("token p99 of train rounded up to a multiple of 8, within [16, model max positions]",

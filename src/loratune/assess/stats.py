@@ -65,9 +65,12 @@ def estimate_resolution(val: Split, *, accuracy: float | None = None, bootstrap_
     n = len(val)
     counts = [c for c in val.label_counts().values() if c > 0]
     k = max(1, len(counts))
-    acc_se = math.sqrt(p * (1 - p) / max(1, n))
-    approx = math.sqrt(sum(p * (1 - p) / c for c in counts)) / k if counts else 0.0
-    if bootstrap_se is not None:
+    # the SE at p seen as (hits + 1) / (n + 2) (Laplace): a probe right (or wrong) on every row of a small split
+    # says the rate is near 1 (or 0), not that it is known exactly; at p itself the SE would be 0 (4 rows: 0.000)
+    ps = (p * n + 1) / (n + 2)
+    acc_se = math.sqrt(ps * (1 - ps) / max(1, n))
+    approx = math.sqrt(sum(ps * (1 - ps) / c for c in counts)) / k if counts else 0.0
+    if bootstrap_se:  # (a bootstrap of predictions that are all right or all wrong is 0: no resolution measured)
         se, method = bootstrap_se, "bootstrap of the probe's val predictions"
     else:
         se, method = approx, "binomial approximation (per-class recall at the accuracy)"
