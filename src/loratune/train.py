@@ -576,10 +576,10 @@ def window_scores(window: dict[str, list[float]]) -> dict[str, float]:
 
 
 class RunProgress:
-    """A rich progress bar showing step, loss and the last value of one val metric (silent when disabled);
-    the classifier loop shows val F1, the SFT loop val loss."""
+    """A rich progress bar showing step, loss and the last value of one val metric (silent when disabled):
+    the classifier loop's objective by its name (val macro-F1, val subset accuracy...), the SFT loop's val loss."""
 
-    def __init__(self, total: int, enabled: bool, *, title: str = "train", metric: str = "val F1"):
+    def __init__(self, total: int, enabled: bool, *, title: str = "train", metric: str = "val macro-F1"):
         self.bar = None
         if enabled:
             from rich.console import Console
@@ -730,7 +730,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         store.write_run(run)
     tracking = Trackers.open(cfg.train.report_to, store.path, to_dict(cfg), to_yaml(cfg))  # report_to
 
-    bar = RunProgress(steps, progress)
+    bar = RunProgress(steps, progress, metric=_metric_name(objective))  # the objective, by its name
     best_f1, best_state, evals_since_best = -math.inf, None, 0
     trained_f1, start_loss = -math.inf, None  # the best val macro-F1 after step 0; the loss of step 1
     examples_seen, step, step_times = 0, 0, []
