@@ -5,6 +5,7 @@ Trainer, a TRL SFT run of a tiny Llama, three Trainer runs that differ in one kn
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _bert_trainer(folder: Path, *, lr: float, steps: int = 40, r: int = 4, alpha: int = 8, peft: bool = True,
                   report_to: str = "none", callbacks=(), scheduler: str = "linear", warmup: int = 0,
-                  save: bool = True, eval_steps: int = 5, metrics: bool = True, eval_name: str = ""):
+                  save: bool = True, eval_steps: int = 5, metrics: bool = True, eval_name: str = "", accum: int = 1):
     """A tiny BERT classifier (+ LoRA through peft) trained by a plain Trainer; returns (output_dir, trainer)."""
     import numpy as np
     import torch
@@ -56,7 +57,8 @@ def _bert_trainer(folder: Path, *, lr: float, steps: int = 40, r: int = 4, alpha
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, per_device_eval_batch_size=32,
         learning_rate=lr, eval_strategy="steps", eval_steps=eval_steps, logging_steps=1, report_to=report_to,
         use_cpu=True, save_strategy="steps" if save else "no", save_steps=steps, seed=0, disable_tqdm=True,
-        lr_scheduler_type=scheduler, warmup_steps=warmup, max_grad_norm=0.0 if lr >= 1 else 1.0)
+        lr_scheduler_type=scheduler, warmup_steps=warmup, max_grad_norm=0.0 if lr >= 1 else 1.0,
+        gradient_accumulation_steps=accum)
     trainer = Trainer(model=model, args=args, train_dataset=train,
                       eval_dataset={eval_name: val} if eval_name else val, data_collator=DataCollatorWithPadding(tok),
                       compute_metrics=compute if metrics else None, callbacks=list(callbacks))
@@ -388,3 +390,22 @@ def test_a_callback_record_of_a_plain_fine_tune_is_not_called_lora(tmp_path, mon
     cb.on_evaluate(args, state, control)
     cb.on_train_end(args, state, control)
     assert run_report(tmp_path / "loratune", examples=False).method == method
+
+
+def test_the_callback_reads_a_classifiers_losses_summed_over_accumulation_as_their_mean(tmp_path):
+    # transformers divides a micro-batch's loss by the accumulation steps only for a model that takes no loss kwargs;
+    # BertForSequenceClassification takes **kwargs and never uses them, so with accumulation 3 the Trainer logs
+    # 3 x the mean (3 x ln 4 at the start), which read as an explosion and stopped a healthy run at its first eval
+    from loratune.integrations import LoratuneCallback
+
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append)
+    out, trainer = _bert_trainer(tmp_path, lr=5e-3, steps=20, peft=False, callbacks=[cb], eval_steps=5, accum=3,
+                                 save=False)
+    first = next(e["loss"] for e in trainer.state.log_history if "loss" in e)
+    assert first > 2.5 * math.log(4)  # what the Trainer logged: the sum of three means
+    assert trainer.state.global_step == 20 and cb.stopped_by is None and not any("diverged" in m for m in said)
+    record = json.loads((out / "loratune" / "run.json").read_text())
+    assert record["train_loss_scale"]["factor"] == pytest.approx(1 / 3) and record["status"] == "completed"
+    history = [json.loads(x) for x in (out / "loratune" / "history.jsonl").read_text().splitlines()]
+    assert history[0]["train/loss"] < 1.2 * math.log(4)  # read as the mean

@@ -80,6 +80,7 @@ class LoratuneCallback(TrainerCallback):
         self.finished = False  # on_train_end ran: a later evaluate() keeps the record's final status
         self.training = False  # on_train_begin ran: an evaluate() before (or without) training writes nothing
         self.points: tuple = ()  # the run's points at the last diagnosis
+        self.loss_scale = 1.0  # what each logged train loss is multiplied by to read as a mean (_sums_micro_batch_losses)
         self.record = record
         self.printer = printer
         self.reported: set[str] = set()
@@ -99,6 +100,9 @@ class LoratuneCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.training = True
+        accum = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
+        if accum > 1 and _sums_micro_batch_losses(kwargs.get("model")):
+            self.loss_scale = 1.0 / accum
         return control
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -160,7 +164,7 @@ class LoratuneCallback(TrainerCallback):
         out = Path(args.output_dir)
         fields = {k: getattr(state, k, None) for k in ("max_steps", "num_train_epochs", "train_batch_size",
                                                         "logging_steps", "eval_steps", "save_steps", "global_step")}
-        fields["log_history"] = list(state.log_history)
+        fields["log_history"] = [_scaled(e, self.loss_scale) for e in state.log_history]
         run = history_from_trainer_state(fields, out, name=out.name, path=str(out), adapter=_peft_config(model),
                                          source_file="the live TrainerState")
         self.points = run.points
@@ -176,8 +180,48 @@ class LoratuneCallback(TrainerCallback):
             _write_record(out / RECORD_DIR, run.points, {
                 **{k: v for k, v in meta.items() if k != "partial"}, "status": status, "source": "hf-trainer callback",
                 "stopped_by": self.stopped_by, "verdict": d.verdict, "config": run.config,
+                "train_loss_scale": None if self.loss_scale == 1.0 else {
+                    "factor": self.loss_scale,
+                    "why": "the Trainer logged each train loss as the sum of its gradient-accumulation micro-batches' "
+                           "means (a classifier whose forward takes **kwargs: transformers leaves the scaling to the "
+                           "model, which does not scale): read as their mean"},
                 "wall_s": round(time.time() - self._started, 3), "pid": os.getpid()})
         return d
+
+
+# heads whose loss is a plain mean over the batch, whatever `num_items_in_batch` says (a causal LM's loss function
+# divides by it: its logged loss is a mean already)
+MEAN_LOSS_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice", "ForQuestionAnswering")
+
+
+def _sums_micro_batch_losses(model) -> bool:
+    """Whether the Trainer logs this model's train loss summed over gradient-accumulation micro-batches: it divides a
+    micro-batch's loss by the accumulation steps only when the model does not take loss kwargs
+    (`accepts_loss_kwargs`, else a **kwargs forward: transformers' own test), and a classification head that takes
+    **kwargs never uses them (a tiny BERT with accumulation 3 logged 3 x ln 4 and was stopped as diverged)."""
+    if model is None:
+        return False
+    from loratune.adapt import transformers_model
+
+    base = transformers_model(model)
+    accepts = getattr(base, "accepts_loss_kwargs", None)
+    if accepts is None:
+        import inspect
+
+        try:
+            params = inspect.signature(base.forward).parameters.values()
+        except (TypeError, ValueError):
+            return False
+        accepts = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
+    return bool(accepts) and type(base).__name__.endswith(MEAN_LOSS_HEADS)
+
+
+def _scaled(entry: dict, scale: float) -> dict:
+    """A log entry with its train loss(es) times `scale` (eval entries untouched)."""
+    if scale == 1.0 or any(k.startswith("eval_") for k in entry):
+        return entry
+    return {k: v * scale if k in ("loss", "train_loss") and isinstance(v, (int, float)) else v
+            for k, v in entry.items()}
 
 
 def _new_val_low(points) -> bool:
