@@ -313,7 +313,8 @@ def _pinned_at_start(evals: int, every: int, creep: float = 0.0) -> list[dict]:
         step = every * i
         log.append({"step": step, "epoch": step / 4, "loss": 1.386 + 0.01 * (-1) ** i, "learning_rate": 5e-3,
                     "grad_norm": 0.4})
-        log.append({"step": step, "epoch": step / 4, "eval_loss": 1.3863 + 1e-5 * (-1) ** i - creep * i, "eval_accuracy": 0.25,
+        log.append({"step": step, "epoch": step / 4, "eval_loss": 1.3863 + 1e-5 * (-1) ** i - creep * i,
+                    "eval_accuracy": 0.25,
                     "eval_runtime": 1.0, "eval_samples_per_second": 2000.0})
     return log
 

@@ -80,7 +80,7 @@ class LoratuneCallback(TrainerCallback):
         self.finished = False  # on_train_end ran: a later evaluate() keeps the record's final status
         self.training = False  # on_train_begin ran: an evaluate() before (or without) training writes nothing
         self.points: tuple = ()  # the run's points at the last diagnosis
-        self.loss_scale = 1.0  # what each logged train loss is multiplied by to read as a mean (_sums_micro_batch_losses)
+        self.loss_scale = 1.0  # each logged train loss times this reads as a mean (_sums_micro_batch_losses)
         self.record = record
         self.printer = printer
         self.reported: set[str] = set()
