@@ -71,3 +71,11 @@ def intent_data(tmp_path_factory) -> Path:
     write_jsonl(folder / "validation.jsonl", make_rows(5, seed=2))
     write_jsonl(folder / "test.jsonl", make_rows(5, seed=3))
     return folder
+
+
+@pytest.fixture(scope="session")
+def lm(tmp_path_factory) -> str:
+    """A tiny random-init Llama causal LM without a chat template (sft_support.save_tiny_llama_lm)."""
+    from sft_support import save_tiny_llama_lm
+
+    return save_tiny_llama_lm(tmp_path_factory.mktemp("tiny-llama-lm"), chat_template=False)

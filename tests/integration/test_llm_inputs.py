@@ -23,11 +23,6 @@ RAISING_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'system' %}"
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory) -> str:
-    return save_tiny_llama_lm(tmp_path_factory.mktemp("tiny-llama-lm"), chat_template=False)
-
-
-@pytest.fixture(scope="module")
 def sft_data(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("sft-data")
     write_jsonl(folder / "train.jsonl", make_sft_rows(4, seed=1))
