@@ -41,7 +41,8 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the study in --study-dir: finished trials "
                    "are kept, a trial cut by a killed process is trained again")
     p.add_argument("--seed", type=int, default=0, help="sampler seed for grid / random / tpe / tpe-hyperband")
-    p.add_argument("--trial-steps", type=at_least_one, metavar="N", help="optimizer steps per trial (default: from the budget)")
+    p.add_argument("--trial-steps", type=at_least_one, metavar="N",
+                   help="optimizer steps per trial (default: from the budget)")
     p.add_argument("--target", type=float, metavar="F1", help="the val objective you need (LoRA vs full decision): a macro-F1, or a val loss to reach "
                    "(causal-lm)")
     p.add_argument("--no-full-probe", action="store_true", help="skip the full-fine-tuning probe")

@@ -99,7 +99,7 @@ class LoratuneCallback(TrainerCallback):
         return control
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.training = True
+        self.training, self.finished = True, False  # (a second trainer.train() in the same process trains again)
         accum = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
         if accum > 1 and _sums_micro_batch_losses(kwargs.get("model")):
             self.loss_scale = 1.0 / accum
