@@ -52,6 +52,9 @@ def from_points(points: Sequence[dict], meta: Mapping[str, Any] | None = None,
 NOTEBOOK_TABLE = re.compile(r"^(?P<file>.+\.ipynb)#(?P<table>-?\d+)$", re.IGNORECASE)  # NOTEBOOK.ipynb#N: table N
 
 
+CALLBACK_RECORD_DIR = "loratune"  # where LoratuneCallback writes its record inside a Trainer's output_dir
+
+
 def load_run(path: str | Path) -> RunHistory:
     """Detect the input kind and read it. Raises UserError naming what was expected. `NOTEBOOK.ipynb#N` reads the
     notebook's Nth Trainer progress table (1-based, as the reader's note counts them) instead of its last. A file
@@ -85,6 +88,13 @@ def _load_run(path: str | Path) -> RunHistory:
         if (p / "run.json").is_file():
             raise UserError(f"'{p}' has a run.json but no history.jsonl",
                             "the run wrote no eval point yet; wait for the first evaluation")
+        record = p / CALLBACK_RECORD_DIR
+        if not (p / "trainer_state.json").is_file() and (record / "history.jsonl").is_file():
+            # LoratuneCallback's record of this run: every evaluation up to the end, where a checkpoint's state
+            # stops at its save (and a run with save_strategy='no' has none)
+            run = read_loratune_run(record)
+            return replace(run, notes=run.notes + (f"read the loratune callback's record ({record}): no "
+                                                   "trainer_state.json at the top of the run folder",))
         state = _find_trainer_state(p)
         events = _find_event_files(p)
         if state is not None:

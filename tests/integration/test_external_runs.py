@@ -410,3 +410,14 @@ def test_the_callback_reads_a_classifiers_losses_summed_over_accumulation_as_the
     assert record["train_loss_scale"]["factor"] == pytest.approx(1 / 3) and record["status"] == "completed"
     history = [json.loads(x) for x in (out / "loratune" / "history.jsonl").read_text().splitlines()]
     assert history[0]["train/loss"] < 1.2 * math.log(4)  # read as the mean
+
+
+def test_a_trainer_folder_with_only_the_callbacks_record_is_read_through_it(tmp_path):
+    # save_strategy='no' writes no trainer_state.json: `loratune diagnose OUTPUT_DIR` found nothing to read
+    from loratune.integrations import LoratuneCallback
+
+    out, trainer = _bert_trainer(tmp_path, lr=5e-3, steps=10, callbacks=[LoratuneCallback(printer=lambda s: None)],
+                                 eval_steps=5, save=False)
+    assert not (out / "trainer_state.json").exists()
+    h = load_run(out)
+    assert [p["step"] for p in h.points] == [5, 10] and any("callback's record" in n for n in h.notes)

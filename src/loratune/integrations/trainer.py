@@ -32,12 +32,12 @@ from typing import Any, Callable, Iterable
 from transformers import TrainerCallback
 
 from loratune.diagnose import Diagnosis, diagnose
-from loratune.history_io import history_from_trainer_state
+from loratune.history_io import CALLBACK_RECORD_DIR, history_from_trainer_state
 from loratune.rules import THRESHOLDS
 
 STOP_REASONS = ("diverged", "collapse")  # what the callback may stop on by default
 QUIET_MIDRUN = ("healthy", "undertrained")  # findings that describe any run still learning: never printed
-RECORD_DIR = "loratune"  # the record's folder inside the Trainer's output_dir
+RECORD_DIR = CALLBACK_RECORD_DIR  # the record's folder inside the Trainer's output_dir (where the readers look)
 COLLAPSE_HOLD = 0.2  # share of the planned steps a collapse must hold before the callback prints it or stops
 
 
