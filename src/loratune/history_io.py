@@ -1169,12 +1169,16 @@ def read_csv(path: str | Path) -> RunHistory:
     text = p.read_text(encoding="utf-8-sig")
     if not text.strip():
         raise UserError(f"'{p}' is empty", "give a CSV with a header row: step, train_loss, val_loss, val_f1")
+    lines = text.splitlines()
+    lines = lines[next(i for i, line in enumerate(lines) if line.strip()):]  # blank lines above the header
     try:
-        dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t|")
+        dialect = csv.Sniffer().sniff(lines[0], delimiters=",;\t|")
     except csv.Error:
         dialect = csv.excel
-    rows = list(csv.reader(text.splitlines(), dialect))
+    rows = list(csv.reader(lines, dialect))
     header, body = rows[0], [r for r in rows[1:] if any(cell.strip() for cell in r)]
+    if not body:
+        raise UserError(f"'{p}' has a header ({', '.join(header)}) and no rows", "give the CSV with its data rows")
     lookup = {alias: key for key, aliases in _CSV_COLUMNS.items() for alias in aliases}
     mapping: dict[int, str] = {}
     for i, col in enumerate(header):

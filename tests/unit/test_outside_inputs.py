@@ -176,3 +176,12 @@ def test_the_python_api_names_a_wrong_argument(call, said):
 
     with pytest.raises(UserError, match=re.escape(said)):
         call(api)
+
+
+def test_a_csv_with_blank_lines_above_its_header_is_read_and_one_with_no_rows_is_refused(tmp_path):
+    csv = tmp_path / "blank.csv"
+    csv.write_text("\n\nstep,train_loss,val_loss\n10,1.0,1.1\n20,0.5,0.9\n", encoding="utf-8")
+    assert [p["step"] for p in load_run(csv).points] == [10, 20]
+    csv.write_text("step,train_loss,val_loss\n", encoding="utf-8")
+    with pytest.raises(UserError, match="has a header .* and no rows"):
+        load_run(csv)
