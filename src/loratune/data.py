@@ -278,9 +278,8 @@ MIN_TRAIN_ROWS = 2  # one optimizer step needs a row, a classifier two classes
 MIN_VALIDATION_ROWS = 1  # every evaluation point scores validation
 
 
-def check_trainable(dataset: "Dataset") -> None:
-    """Raise one UserError naming every problem training would crash on or silently get wrong:
-    empty texts (what `loratune assess` calls an error), a split too small to train on or to score."""
+def empty_text_problems(dataset: "Dataset") -> list[str]:
+    """Each split's empty texts (whitespace only), named by row: what no task can learn from or score."""
     problems: list[str] = []
     for name, sp in dataset.splits().items():
         empty = [n for n, t in enumerate(sp.texts, start=1) if not "".join(t.split())]
@@ -290,6 +289,13 @@ def check_trainable(dataset: "Dataset") -> None:
             where = ", ".join(map(str, empty[:8])) + (", ..." if len(empty) > 8 else "")
             problems.append(f"{name}: {len(empty)} empty text(s) in '{sp.source}' (rows {where}): drop them or "
                             "fill them in (`loratune assess` lists them)")
+    return problems
+
+
+def check_trainable(dataset: "Dataset") -> None:
+    """Raise one UserError naming every problem training would crash on or silently get wrong:
+    empty texts (what `loratune assess` calls an error), a split too small to train on or to score."""
+    problems = empty_text_problems(dataset)
     if len(dataset.train) < MIN_TRAIN_ROWS:
         problems.append(f"train: {len(dataset.train)} row(s); training needs at least {MIN_TRAIN_ROWS}")
     if len(dataset.validation) < MIN_VALIDATION_ROWS:

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
-from loratune.data import SPLIT_NAMES, Dataset, LabelSpace, Split, find_split_file, load_dataset, read_rows
+from loratune.data import (SPLIT_NAMES, Dataset, LabelSpace, Split, empty_text_problems, find_split_file,
+                           load_dataset, read_rows)
 from loratune.errors import UserError
 from loratune.metrics import generated_label_problems
 
@@ -206,6 +207,10 @@ def from_labelled(dataset: Dataset) -> SFTDataset:
     if dataset.label_space.multi_label:
         raise UserError("data.label_format=generate reads single-label data; this data is multi-label",
                         "use task=classification for multi-label data, or give one label per row")
+    empty = empty_text_problems(dataset)  # a text that is empty is a prompt with nothing to answer
+    if empty:
+        raise UserError("the labelled data has empty texts:\n" + "\n".join(f"  - {p}" for p in empty),
+                        "drop those rows or fill them in")
     problems = generated_label_problems(dataset.label_space.labels)
     if problems:
         raise UserError("data.label_format=generate writes each label as text and reads it back (lower-cased, "

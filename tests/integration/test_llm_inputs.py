@@ -169,3 +169,14 @@ def test_the_label_set_check_is_the_parser_s_normaliser():
     assert generated_label_problems(("balance", "card_lost", "pin")) == []
     assert normalize_label("Card_Lost.") == "card_lost"
     assert parse_labels(["PIN"], ("pin", "balance")).tolist() == [0]
+
+
+def test_generated_labels_refuse_an_empty_text(lm, tmp_path, capsys):
+    # label_format=generate took an empty text as a prompt with nothing to answer (a classifier refuses it)
+    rows = make_rows(6, seed=1)
+    rows[3] = dict(rows[3], text="   ")
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", rows)
+    err = _refused(capsys, ["train", "-q", *_args(lm, data, tmp_path / "run", label_format="generate")])
+    assert "empty text(s)" in err and "rows 4" in err
