@@ -839,6 +839,7 @@ def _json_num(v: Any) -> Any:
 # `[value/max elapsed < remaining, Epoch e/E]`, the line transformers' NotebookProgressCallback writes above its table
 _NB_PROGRESS = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)[^\]]*?(?:Epoch\s+([\d.]+)\s*/\s*(\d+))?\s*\]")
 # a literal learning_rate in a code cell (`TrainingArguments(learning_rate=2e-5)`, `"learning_rate": 1e-4`)
+_NB_COMMENT_LINE = re.compile(r"(?m)^[ \t]*#.*$")  # a commented-out line (`# learning_rate=1e-3`) sets nothing
 _NB_LR = re.compile(r"""["']?\blearning_rate["']?\s*[=:]\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\b""")
 _NB_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 # `learning_rate=LEARNING_RATE`: a name the code assigns the learning rate to
@@ -1076,8 +1077,8 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
         later = f"table {k + 2}" if k + 2 == len(tables) else f"tables {k + 2}-{len(tables)}"
         notes.append(f"the later {later} holds no evaluated row (a run stopped before its first evaluation): not read")
     notes += extra
-    code = ["".join(str(x) for x in c.get("source") if isinstance(x, str)) if isinstance(c.get("source"), list)
-            else str(c.get("source") or "")
+    code = [_NB_COMMENT_LINE.sub("", "".join(str(x) for x in c.get("source") if isinstance(x, str))
+                                 if isinstance(c.get("source"), list) else str(c.get("source") or ""))
             for c in nb["cells"] if isinstance(c, dict) and c.get("cell_type") == "code"]
     lrs = sorted({float(m.group(1)) for text in code for m in _NB_LR.finditer(text)})
     # `learning_rate=LR` with `LR = 2e-5` assigned once as a literal elsewhere: that literal (a name assigned

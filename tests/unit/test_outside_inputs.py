@@ -185,3 +185,11 @@ def test_a_csv_with_blank_lines_above_its_header_is_read_and_one_with_no_rows_is
     csv.write_text("step,train_loss,val_loss\n", encoding="utf-8")
     with pytest.raises(UserError, match="has a header .* and no rows"):
         load_run(csv)
+
+
+def test_a_commented_out_learning_rate_in_a_notebook_is_not_read():
+    # fold AA's Mitbus notebook: `#     learning_rate=2e-5,` and `# learning_rate = 3e-4,` above the live
+    # `learning_rate = 3e-4,`: the commented lines made it "several learning rates", none read
+    nb = (Path(__file__).resolve().parents[1] / "fixtures" / "external" / "public_aa"
+          / "Mitbus__NlpFinalProject__train_t5" / "notebook.ipynb")
+    assert load_run(nb).facts["learning_rate"].value == 3e-4
