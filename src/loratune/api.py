@@ -145,8 +145,12 @@ def predict(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) -> list
     if bad is not None:
         raise UserError(f"texts[{bad}] is {type(texts[bad]).__name__} {texts[bad]!r:.60}, not a string",
                         "give a list of strings")
+    empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
+    if empty:  # as training refuses an empty text: there is nothing in it to classify
+        more = f" ({len(empty)} are)" if len(empty) > 1 else ""
+        raise UserError(f"text {empty[0]} of {len(texts)} is empty{more}", "give texts with words in them")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise UserError(f"top_k: a whole number >= 1, not {top_k!r}", "e.g. top_k=3")
+        raise UserError(f"top_k (--top-k): a whole number >= 1, not {top_k!r}", "e.g. top_k=3 (--top-k 3)")
     return load_trained(_path(run_dir, "run_dir")).predict(texts, top_k=top_k)
 
 

@@ -66,13 +66,14 @@ def load_trained(run_dir: str | Path) -> Trained:
     """The run's best adapter on its base model (or the fully fine-tuned model), in eval mode."""
     store = RunStore(run_dir).require()
     adapter_dir = store.adapter_dir
-    if store.read_run().get("task") == "causal-lm":
+    run = store.read_run()
+    if run.get("task") == "causal-lm":
         raise UserError(f"run '{run_dir}' is a causal-lm (SFT) run: predict reads classifiers (evaluate "
                         "scores both)",
                         f"load {adapter_dir} with transformers + peft and call model.generate "
                         f"({adapter_dir / 'README.md'} shows how); its outputs per evaluation are in "
                         f"{store.path / 'generations.jsonl'}")
-    status = store.read_run().get("status")
+    status = run.get("status")
     if not (adapter_dir / LABEL_MAP).is_file():
         why = (f"the run stopped (status {status}) before it saved its model" if status in STOPPED_UNSAVED
                else "the run ended before its first evaluation")

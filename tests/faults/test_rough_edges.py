@@ -62,7 +62,7 @@ def test_predict_refuses_a_top_k_below_one_and_a_file_row_without_a_text(trained
     capsys.readouterr()
     for k in ("0", "-1"):  # 0 crashed in numpy; -1 sliced [:-1] and showed k - 1 labels
         assert main(["predict", str(trained), "--top-k", k, "hi"]) == 2
-        assert "give --top-k 1 or more" in capsys.readouterr().err
+        assert "top_k (--top-k): a whole number >= 1" in capsys.readouterr().err
     rows = tmp_path / "p.jsonl"
     for second, said in (('{"utterance": "pin"}', "row 2 has no 'text' column"), ('{"text": null}', "None")):
         rows.write_text('{"text": "lost my card"}\n' + second + "\n", encoding="utf-8")

@@ -40,15 +40,9 @@ def read_texts(path: str, column: str = "text") -> list[str]:
 def run(args) -> int:
     from loratune import api
 
-    if args.top_k < 1:
-        raise UserError(f"--top-k {args.top_k}: the number of labels to show", "give --top-k 1 or more")
     texts = list(args.texts) + (read_texts(args.file, _text_column(args.run)) if args.file else [])
     if not texts:
         raise UserError("no texts given", "pass texts as arguments or --file FILE")
-    empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
-    if empty:  # as training refuses an empty text: there is nothing in it to classify
-        more = f" ({len(empty)} are)" if len(empty) > 1 else ""
-        raise UserError(f"text {empty[0]} of {len(texts)} is empty{more}", "give texts with words in them")
     preds = api.predict(args.run, texts, top_k=args.top_k)
     if args.json:
         print_json(preds)
