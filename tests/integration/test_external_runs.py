@@ -421,3 +421,21 @@ def test_a_trainer_folder_with_only_the_callbacks_record_is_read_through_it(tmp_
     assert not (out / "trainer_state.json").exists()
     h = load_run(out)
     assert [p["step"] for p in h.points] == [5, 10] and any("callback's record" in n for n in h.notes)
+
+
+@pytest.mark.parametrize("at, status", [(15, "completed"), (10, "stopped")])
+def test_a_stop_at_the_last_planned_step_leaves_a_completed_record(tmp_path, at, status):
+    from types import SimpleNamespace
+
+    from loratune.integrations import LoratuneCallback
+
+    log = [e for e in _pinned_at_start(3, 5) if e["step"] <= at]
+    state = SimpleNamespace(max_steps=15, num_train_epochs=1, train_batch_size=8, logging_steps=5, eval_steps=5,
+                            save_steps=500, global_step=at, log_history=log, is_world_process_zero=True)
+    args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(should_training_stop=False)
+    cb = LoratuneCallback(printer=lambda s: None)
+    cb.on_train_begin(args, state, control)
+    cb.stopped_by = "collapse"  # the callback stopped the run at step `at` of 15
+    cb.on_train_end(args, state, control)
+    record = json.loads((tmp_path / "loratune" / "run.json").read_text())
+    assert record["status"] == status and record["stopped_by"] == "collapse"

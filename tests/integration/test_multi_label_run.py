@@ -159,6 +159,7 @@ def test_terminal_show_and_report_carry_the_multi_intent_numbers(trained_run, ca
     assert "run  completed" in head[0] and "…" not in head[0], head
     assert head[1].startswith(str(run["model"]["name_or_path"])[:20]) and "classes" in " ".join(head[1:]), head
     assert re.search(r"exact match [\d.]+ · compound rows [\d.]+ \(n=\d+\) · single rows", shown)
+    assert "no confusion matrix" in shown and "no confused pairs" not in shown  # show says what report says
     report = build_run_report(out)
     assert report.best["val_compound/subset_accuracy"] == run["best"]["val_compound/subset_accuracy"]
     assert 'data-key="multi"' in render_run(report)

@@ -197,7 +197,9 @@ def _show_classes(con, r, n_classes: int) -> None:
         con.print(f"[dim]{r.confusion.errors} errors in {r.confusion.total} val rows; most confused classes: "
                   + escape(", ".join(r.confusion.focus[:8])) + "[/]")
     if not r.pairs:
-        con.print("[dim]no confused pairs[/]")
+        from loratune.report.model import pairs_missing_why
+
+        con.print(f"[dim]{escape(pairs_missing_why(r))}[/]")
     for p in r.pairs:
         rate = f" ({p.rate:.0%} of {escape(p.true)})" if p.rate is not None else ""
         rev = f" [dim]· reverse {p.reverse}[/]" if p.reverse else ""

@@ -176,7 +176,8 @@ class LoratuneCallback(TrainerCallback):
         if self.record and state.is_world_process_zero:
             status = "running"
             if final:  # the loratune record's statuses: a run stopped for divergence is `diverged`
-                status = "diverged" if self.stopped_by == "diverged" else "stopped" if self.stopped_by else "completed"
+                cut = self.stopped_by and (state.global_step or 0) < (state.max_steps or 0)  # a stop at the last step
+                status = "diverged" if self.stopped_by == "diverged" else "stopped" if cut else "completed"
             _write_record(out / RECORD_DIR, run.points, {
                 **{k: v for k, v in meta.items() if k != "partial"}, "status": status, "source": "hf-trainer callback",
                 "stopped_by": self.stopped_by, "verdict": d.verdict, "config": run.config,

@@ -569,6 +569,12 @@ def build_pairs(confusion: ConfusionView, points: Sequence[dict], best_step: flo
     return tuple(rows)
 
 
+def pairs_missing_why(r: "RunReport") -> str:
+    """Why a run report lists no confused pairs (said alike by `report` and `show`)."""
+    return ("no confused pairs: the validation predictions have no errors" if r.confusion.cells
+            else "no confusion matrix and no `val/confused_pairs` in the history (a multi-label run has none)")
+
+
 def run_method(run: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """lora / full / ...: what the record says; a record another tool wrote (the Trainer callback's, `source`)
     that names no method is LoRA only if it holds adapter knobs (a plain fine-tune has none), else unknown."""

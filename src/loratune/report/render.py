@@ -14,7 +14,8 @@ from loratune.report import charts as ch
 from loratune.report.charts import esc
 from loratune.report.html import (STATUS_TONE, badge, copy_block, duration, footer, human, legend, metric, missing,
                                   num, page, pct, section, table, tile, value_text, verdict_tone)
-from loratune.report.model import ClassTable, ConfusionView, CurvePanel, DiagnosisView, FindingView, RunReport
+from loratune.report.model import (ClassTable, ConfusionView, CurvePanel, DiagnosisView, FindingView, RunReport,
+                                   pairs_missing_why)
 from loratune.report.render_study import render_study
 
 # ---------------------------------------------------------------------------------------------
@@ -258,9 +259,7 @@ def confusion_section(c: ConfusionView) -> str:
 
 def pairs_section(r: RunReport) -> str:
     if not r.pairs:
-        why = "no confused pairs: the validation predictions have no errors" if r.confusion.cells else (
-            "no confusion matrix and no `val/confused_pairs` in the history")
-        return section("pairs", "Top confused pairs", "", missing(why))
+        return section("pairs", "Top confused pairs", "", missing(pairs_missing_why(r)))
     rows = []
     for p in r.pairs:
         ex = ""
