@@ -203,6 +203,7 @@ def test_unseen_labels_and_long_tail_named():
     assert a.split("train").long_tail_classes == ("bank",)
     msg = next(f.message for f in a.findings if f.id == "unseen-labels")
     assert "cooking" in msg
+    assert "test: no test split" in msg and "?" not in msg  # a split the data lacks is said, not '?'
 
 
 def test_multi_label_profile():

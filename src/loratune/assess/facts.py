@@ -168,6 +168,10 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         f[f"unseen_{s}_names"] = ", ".join(list(sh.unseen_labels)[: thresholds.max_examples])
         f[f"missing_{s}_labels"] = len(sh.missing_labels)
         f[f"missing_{s}_names"] = ", ".join(sh.missing_labels[: thresholds.max_examples])
+    for name in ("validation", "test"):  # a split the data does not have: its text facts say so (not "?")
+        s = {"validation": "val"}.get(name, name)
+        if name not in shifts:
+            f[f"js_{s}_top"] = f[f"unseen_{s}_names"] = f"no {name} split"
         f[f"oov_{s}"] = sh.oov_token_rate
         f[f"length_ks_{s}"] = sh.length_ks
         f[f"length_mean_{s}"] = sh.length_mean_split
