@@ -167,9 +167,18 @@ def load_probe_set(path: str, text_column: str = "text", label_column: str = "la
         if text_column not in r or label_column not in r:
             raise UserError(f"probe file '{path}' row {n} lacks '{text_column}' or '{label_column}'",
                             "write one {\"text\": ..., \"label\": ...} per row")
-        texts.append(str(r[text_column]))
-        lab = r[label_column]
-        expected.append(str(lab[0] if isinstance(lab, list) and lab else lab))
+        text, lab = r[text_column], r[label_column]
+        if isinstance(lab, list) and len(lab) == 1:  # a one-label list is that label
+            lab = lab[0]
+        # a probe row is one text with its one expected label, checked as a training row is (an empty or null
+        # text, a null label, several labels: read as the text 'None' or the list's first label before)
+        if not isinstance(text, str) or not text.strip() or lab is None or isinstance(lab, (list, dict)) \
+                or not str(lab).strip():
+            raise UserError(f"probe file '{path}' row {n} has text {text!r:.60} and label {lab!r:.60}: a probe row is "
+                            "one non-empty text with its one expected label",
+                            "fix or drop the row (the probe scores single-label predictions)")
+        texts.append(text)
+        expected.append(str(lab))
     return ProbeSet(tuple(texts), tuple(expected), str(path))
 
 

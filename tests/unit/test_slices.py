@@ -120,3 +120,17 @@ def test_runs_without_slices_do_not_fire_slice_rules():
     d = diagnose(pts)
     assert not d.fired("novel-phrasing-gap") and not d.fired("both-slices-low")
     assert "familiar_novel_gap" in d.features.missing
+
+
+@pytest.mark.parametrize("row", [{"text": None, "label": "b"}, {"text": "  ", "label": "b"},
+                                 {"text": "hello", "label": None}, {"text": "hello", "label": ["a", "b"]}])
+def test_a_probe_row_is_one_text_with_one_label(tmp_path, row):
+    # a null text was scored as the text 'None', a null label as the label 'None', a list cut to its first label
+    from loratune.errors import UserError
+
+    p = tmp_path / "probe.jsonl"
+    p.write_text(json.dumps({"text": "fine", "label": ["a"]}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(UserError, match="row 2 has text"):
+        load_probe_set(str(p))
+    p.write_text(json.dumps({"text": "fine", "label": ["a"]}) + "\n")
+    assert load_probe_set(str(p)).expected == ("a",)  # a one-label list is that label
