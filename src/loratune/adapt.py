@@ -65,7 +65,9 @@ GROUP_TABLE: dict[str, dict[str, str]] = {
     "phi3": {**_LLAMA_LIKE, "attn.q": "self_attn.qkv_proj", "attn.k": "self_attn.qkv_proj",
              "attn.v": "self_attn.qkv_proj", "ffn.gate": "mlp.gate_up_proj", "ffn.in": "mlp.gate_up_proj"},
 }
-_GENERIC_BLOCKS = r"^(?:.*\.)?(?:layer|layers|h|blocks|block)\.(\d+)\."
+# The first `<name>.<index>.` in a module name is its block: T5 nests sub-layers inside blocks
+# (`encoder.block.3.layer.1.DenseReluDense.wi`), and the last one would read the sub-layer as the block.
+_GENERIC_BLOCKS = r"^(?:.*?\.)?(?:layer|layers|h|blocks|block)\.(\d+)\."
 
 # Composite names -> the groups they stand for (members missing in an architecture are skipped).
 ALIASES = {

@@ -622,17 +622,25 @@ def _adapter_facts(folder: Path, facts: dict, notes: list[str], given: Mapping[s
             return {}
         where = "adapter_config.json" if ad.parent == folder else f"{ad.parent.name}/adapter_config.json"
     out = {}
+    rank_source = where
+    if str(a.get("peft_type", "")).upper() == "ADALORA" and _fin(a.get("init_r")):
+        # AdaLoRA builds its matrices at init_r and prunes towards an average of target_r; peft ignores `r`
+        # (AdaLoraConfig warns when it is set) and scales by lora_alpha / init_r (its `ranknum`, never updated)
+        rank_source = f"{where}: init_r (AdaLoRA starts at it; its `r` is unused)" + (
+            f", pruned towards an average of target_r {a['target_r']}" if _fin(a.get("target_r")) else "")
+        a = {**a, "r": a["init_r"], "use_rslora": False}
     for k in _ADAPTER_FACTS:
         if a.get(k) is not None:
             v = a[k]
             if isinstance(v, (set, tuple)):
                 v = list(v)
             out[k] = sorted(map(str, v)) if isinstance(v, list) and k == "target_modules" else v
-            facts[k] = Fact(out[k], where)
+            facts[k] = Fact(out[k], rank_source if k == "r" else where)
     if _fin(a.get("r")) and _fin(a.get("lora_alpha")) and a["r"] > 0:  # r <= 0 is no rank: no scale either
         scale = a["lora_alpha"] / (math.sqrt(a["r"]) if a.get("use_rslora") else a["r"])
         facts["lora_scale"] = Fact(round(scale, 6), f"{where}: lora_alpha / " +
-                                   ("sqrt(r) (rsLoRA)" if a.get("use_rslora") else "r"))
+                                   ("sqrt(r) (rsLoRA)" if a.get("use_rslora") else
+                                    "init_r (AdaLoRA)" if rank_source != where else "r"))
     return out
 
 

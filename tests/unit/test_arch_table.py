@@ -73,3 +73,22 @@ def test_phi3_names_its_fused_projections():
     row = GROUP_TABLE["phi3"]
     assert row["attn.q"] == row["attn.k"] == row["attn.v"] == "self_attn.qkv_proj"
     assert row["ffn.gate"] == row["ffn.in"] == "mlp.gate_up_proj"
+
+
+def test_an_architecture_outside_the_table_counts_its_blocks_not_their_sub_layers():
+    """T5 nests numbered sub-layers inside numbered blocks (`encoder.block.3.layer.1.DenseReluDense.wi`): the block
+    index is the first number, so five blocks read as five layers, each with its own feed-forward."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from loratune.adapt import num_layers
+
+    config = AutoConfig.for_model("t5", d_model=32, d_ff=64, num_layers=5, num_decoder_layers=5, num_heads=4, d_kv=8,
+                                  vocab_size=128, num_labels=2)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    assert "t5" not in GROUP_TABLE
+    assert num_layers(model) == 5
+    sites, _ = _linear_sites(model)
+    wi = [s for s in sites if s.relative.endswith("DenseReluDense.wi")]
+    assert sorted(s.layer for s in wi) == sorted(list(range(5)) * 2)  # the encoder's and the decoder's blocks
+    assert all(s.relative == "layer.1.DenseReluDense.wi" or s.relative == "layer.2.DenseReluDense.wi" for s in wi)

@@ -2123,3 +2123,15 @@ def test_a_three_eval_curve_with_no_train_trend_that_rose_at_its_last_eval_is_ov
     d = diagnose(tmp_path)
     assert d.features["train_loss_untracked"] == 1 and d.features["n_eval_points"] == len(val)
     assert (d.verdict == "overfit-capacity") == overfit, [(x.rule_id, x.suppressed_by) for x in d.findings]
+
+
+def test_an_adalora_adapter_reads_its_rank_from_init_r_not_the_unused_r(tmp_path):
+    """peft's AdaLoRA builds its matrices at init_r (pruned towards target_r) and ignores `r`, whose default 8 is
+    still written to adapter_config.json; its scale is lora_alpha / init_r."""
+    folder = trainer_state(tmp_path, train=exp_decay(L10, 0.1, 6), val=exp_decay(1.5, 0.4, 6),
+                           adapter={"r": 8, "lora_alpha": 32, "init_r": 12, "target_r": 4})
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**cfg, "peft_type": "ADALORA"}))
+    f = load_run(folder).facts
+    assert f["r"].value == 12 and "init_r" in f["r"].source and "target_r 4" in f["r"].source
+    assert f["lora_scale"].value == pytest.approx(32 / 12) and "init_r" in f["lora_scale"].source
