@@ -118,6 +118,7 @@ class Diagnosis:
     notes: tuple[str, ...] = ()
     path: str | None = None
     facts: Mapping[str, Any] = field(default_factory=dict)  # name -> {"value", "source"} (external runs)
+    tie_band_se: float | None = None  # the drop_se_min the rules read (an override included); None: the table's
 
     @property
     def active(self) -> tuple[Finding, ...]:
@@ -175,13 +176,14 @@ class Diagnosis:
             return format_value(FEATURES[name].unit, v.get(name))
 
         metric = self.features.details.get("val_metric") or "val metric"
+        band = self.tie_band_se if self.tie_band_se is not None else TIE_BAND_SE
         lines = []
         if v.get("val_metric_best") is not None:
             se = f" (noise {fv('val_metric_noise')})" if v.get("val_metric_noise") is not None else ""
             drop = v.get("val_metric_final_drop_se")
             tie = ""
             if drop is not None and (v.get("val_metric_final_drop") or 0) > 0:
-                tie = (": final and best are a tie (inside the noise band)" if drop < TIE_BAND_SE
+                tie = (": final and best are a tie (inside the noise band)" if drop < band
                        else f": final is {drop:.1f} noise units below the best")
             lines.append(f"{metric}: {fv('val_metric_start')} at the start, best {fv('val_metric_best')}{se} "
                          f"at {fv('best_step_fraction')} of the run, final {fv('val_metric_final')}{tie}")
@@ -192,7 +194,7 @@ class Diagnosis:
             rise = v.get("val_loss_rise_noise")
             tie = ""
             if rise is not None and (v.get("val_loss_rise") or 0) > 0:
-                tie = (" (final and minimum are a tie, inside the noise band)" if rise < TIE_BAND_SE
+                tie = (" (final and minimum are a tie, inside the noise band)" if rise < band
                        else f" ({rise:.1f} noise units above the minimum)")
             lines.append(f"val loss: {fv('val_loss_start')} -> min {fv('val_loss_min')} at "
                          f"{fv('val_loss_min_fraction')} of the run -> final {fv('val_loss_final')}{tie}")
@@ -260,7 +262,14 @@ class Comparison:
 # The engine
 # ---------------------------------------------------------------------------------------------
 
-_OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+def _at_threshold(a: float, b: float) -> bool:
+    """A feature equal to its threshold up to float rounding (a 10% rise computed as 0.09999999999999995) meets
+    `>=` / `<=` and fails `<` / `>`, as the rule table reads, so `>= t` and `< t` stay exact complements."""
+    return abs(a - b) <= 1e-9 * max(1.0, abs(b))
+
+
+_OPS = {"<": lambda a, b: a < b and not _at_threshold(a, b), "<=": lambda a, b: a <= b or _at_threshold(a, b),
+        ">": lambda a, b: a > b and not _at_threshold(a, b), ">=": lambda a, b: a >= b or _at_threshold(a, b)}
 
 
 def _evidence(cl: Clause, features: CurveFeatures, thresholds: Mapping[str, float], catalogue) -> Evidence:
@@ -447,7 +456,7 @@ def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[
                  "'ended too soon' read the last point, not the planned end",) + tuple(notes)
     facts = {k: {"value": f.value, "source": f.source} for k, f in run.facts.items()}
     return Diagnosis(run=name or run.name, source=run.source, features=features, findings=findings,
-                     not_evaluated=gaps, notes=notes, path=run.path, facts=facts)
+                     not_evaluated=gaps, notes=notes, path=run.path, facts=facts, tie_band_se=values["drop_se_min"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,21 +633,26 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
         acc.details["noise_source"] = f"seed std over {k} runs ({len(variances)} group(s)) x sqrt(2)"
     else:
         acc.set("seed_std", None, "no two runs differ only in seed")
+        # the runs whose differences are measured: those in a knob group (every configured run when none is)
+        measured = [n for n in flat if any(n == row[0] for g in groups for row in g.runs)] or list(flat)
         if use_loss:
-            ses = [feats[n].values.get("val_loss_noise") for n in flat]
+            ses = [feats[n].values.get("val_loss_noise") for n in measured]
             source = "the val-loss curves' own jitter"
         else:
-            ses = [binomial_se(best[n], feats[n].values.get("val_n")) for n in feats
+            ses = [binomial_se(best[n], feats[n].values.get("val_n")) for n in measured
                    if best[n] is not None and feats[n].values.get("val_n")]
             source = "binomial standard error from val size"
             if not [x for x in ses if x is not None]:
-                ses = [feats[n].values.get("val_metric_noise") for n in flat]
+                ses = [feats[n].values.get("val_metric_noise") for n in measured]
                 source = "the metric curves' own jitter"
         ses = [x for x in ses if x is not None]
         if ses:
-            se = sorted(ses)[len(ses) // 2]
-            noise = max(math.sqrt(2) * se, 0.0 if use_loss else NOISE_FLOOR)
-            acc.details["noise_source"] = f"{source} (median {se:.4f}) x sqrt(2); no seed runs"
+            # sqrt(se1^2 + se2^2) for a pair; over more runs, a typical pair's: sqrt(2 x the mean of se^2)
+            rms = math.sqrt(sum(x * x for x in ses) / len(ses))
+            noise = max(math.sqrt(2) * rms, 0.0 if use_loss else NOISE_FLOOR)
+            acc.details["noise_source"] = (f"{source}: sqrt(se1^2 + se2^2) = {math.sqrt(2) * rms:.4f}" if len(ses) == 2
+                                           else f"{source}: sqrt(2) x the root mean square of {len(ses)} runs' SE "
+                                                f"({rms:.4f})") + "; no seed runs"
         else:
             noise = None
             acc.details["noise_source"] = "unknown: no seed runs, no val size and too few eval points"

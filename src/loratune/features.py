@@ -243,7 +243,8 @@ _CATALOGUE = (
           "at the pace of its last evals the val loss has {} of itself left to lose",
           "The val loss's recent falls extrapolated: the mean fall per eval over the last `REMAINING_WINDOW` evals (g2) "
           "and over the window before it (g1; with 3 or 4 points, the last two single falls); a shrinking fall "
-          "(q = (g2/g1)^(1/window) < 1 per eval) converges geometrically, leaving g2 q / (1 - q); a fall that does not "
+          "(q = (g2/g1)^(1/window) < 1 per eval) converges geometrically, leaving g2 q / (1 - q), at most the last val "
+          "loss itself (a loss cannot fall below zero); a fall that does not "
           "shrink (or a single fall, with two points) leaves `REMAINING_AHEAD` more falls of g2. Divided by the last "
           "val loss; 0 when the recent falls are not falls. What training longer at the run's own pace could still "
           "buy (averaging two falls per window keeps one jittered eval from deciding it)."),
@@ -1229,7 +1230,8 @@ def remaining_fall(values: Sequence[float]) -> float:
     if g1 <= 0 or g2 >= g1:
         return REMAINING_AHEAD * g2
     q = (g2 / g1) ** (1.0 / w)
-    return g2 * q / (1 - q)
+    # a loss cannot fall below zero: near-constant falls (q -> 1) would otherwise extrapolate to many times the loss
+    return min(g2 * q / (1 - q), max(values[-1], 0.0))
 
 
 def _val_loss_progress(acc: FeatureSet, pts, frac, *, loss_only: bool) -> None:
@@ -1628,7 +1630,8 @@ _COMPARE_CATALOGUE = (
     _spec("compare", "noise", "points", "the noise of a difference between two runs is {}",
           "Standard deviation of the difference of two runs' best val metric: sqrt(2) x seed_std when "
           ">= 2 seed runs exist, else sqrt(se1^2 + se2^2) from the binomial SE of each run's val size "
-          "(`details['noise_source']` says which); floored at 0.0025 so 2 x noise >= 0.5 point."),
+          "(over more than two runs in knob groups, sqrt(2) x the root mean square of their SEs; "
+          "`details['noise_source']` says which); floored at 0.0025 so 2 x noise >= 0.5 point."),
     _spec("compare", "lr_loss_effect", "fraction", "changing only the learning rate moved the min val loss by {}",
           "Range of the minimum val loss over the learning-rate group / its mean."),
     _spec("compare", "gap_f1_max", "points", "the largest train/val metric gap among the runs is {}",

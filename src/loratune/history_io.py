@@ -591,9 +591,13 @@ def _classes_from_first_loss(train_logs: Sequence[dict], meta: dict, facts: dict
     start, how = l1, f"the first train loss {l1:.3f} at step {first['step']}"
     second = next((e for e in train_logs if e["step"] > first["step"] and _fin(e.get("loss")) is not None), None)
     if second is not None and second["step"] <= 2 * CHANCE_LOSS_MAX_STEP and 0 < float(second["loss"]) < l1:
-        # the first window already learned a little: extrapolate the first two windows' log-linear fall to step 0
-        slope = (math.log(float(second["loss"])) - math.log(l1)) / (float(second["step"]) - s1)
-        start = min(l1 * math.exp(-slope * s1), CHANCE_BACKFILL_MAX * l1)
+        # the first window already learned a little: extrapolate the first two windows' log-linear fall to step 0.
+        # A logged loss is the mean over its logging window (steps s1 + 1 .. s2 after s1 updates), so it sits at the
+        # window's centre; read at its end step, a 77-class start (ln 77 = 4.34) extrapolated to ln 99
+        s2 = float(second["step"])
+        c1, c2 = (s1 - 1) / 2, (s1 + s2 - 1) / 2  # updates done, on average, before a window's losses
+        slope = (math.log(float(second["loss"])) - math.log(l1)) / (c2 - c1)
+        start = min(l1 * math.exp(-slope * c1), CHANCE_BACKFILL_MAX * l1)
         how = f"the first train losses {l1:.3f}, {float(second['loss']):.3f} extrapolated to {start:.3f} at step 0"
     if not start <= math.log(CHANCE_CLASSES_RANGE[1] + 1):  # a loss far above ln(classes): no class count in it
         return
@@ -685,11 +689,11 @@ def _lr_facts(train_logs: Sequence[dict]) -> dict[str, "Fact"]:
     after = lr[i_peak:]
     schedule, estimate = "constant", peak
     if len(after) >= 3 and after[-1][1] < 0.98 * peak:
-        best = None
-        for shape in ("linear", "cosine"):
-            fit = _fit_decay(after, shape, s0)
-            if fit and (best is None or fit[1] < best[2]):
-                best = (shape, fit[0], fit[1])
+        best = _best_decay(after, s0)
+        if best and s0 > 0:
+            best, s0 = _warmup_end(lr, i_peak, best, s0)
+            out["warmup_steps"] = Fact(int(round(s0)), "log_history learning_rate (rising over these steps"
+                                       + (")" if s0 == peak_step else ": where its rise meets the fitted decay)"))
         if best:
             schedule, estimate = best[0], best[1]
         else:
@@ -707,6 +711,45 @@ def _lr_facts(train_logs: Sequence[dict]) -> dict[str, "Fact"]:
                                  ("linear", "cosine") else "largest logged value"))
     out["lr_schedule"] = Fact(schedule, "log_history learning_rate")
     return out
+
+
+def _best_decay(samples: Sequence[tuple[float, float]], s0: float) -> tuple[str, float, float] | None:
+    """The decay shape that fits the samples best from the end of warm-up s0: (shape, peak, error) or None."""
+    best = None
+    for shape in ("linear", "cosine"):
+        fit = _fit_decay(samples, shape, s0)
+        if fit and (best is None or fit[1] < best[2]):
+            best = (shape, fit[0], fit[1])
+    return best
+
+
+def _warmup_end(lr: Sequence[tuple[float, float]], i_peak: int, best: tuple[str, float, float],
+                s0: float) -> tuple[tuple[str, float, float], float]:
+    """Where a linear warm-up (the Trainer's, for every schedule: lr = peak x s / W) meets the fitted decay. The
+    largest logged sample lies up to a logging interval past the warm-up's end W, and a decay fitted from it reads
+    the peak low (5e-4 warmed up over 33 steps, logged every 10: 4.94e-4 at step 39). The rising samples give the
+    slope peak / W; W = peak / slope, refitted until it settles, kept only between the last rising sample and the
+    largest one (else the first reading stands)."""
+    rising = [(s, v) for s, v in lr[:i_peak] if s > 0]
+    if not rising:
+        return best, s0
+    slope = sum(s * v for s, v in rising) / sum(s * s for s, _ in rising)
+    lo, hi = rising[-1][0], lr[i_peak][0]
+    first = (best, s0)
+    for _ in range(LR_WARMUP_REFITS):
+        w = best[1] / slope
+        if not lo < w <= hi:
+            return first
+        if abs(w - s0) < 0.01:
+            break
+        refit = _best_decay(lr[i_peak:], w)
+        if refit is None:
+            return first
+        best, s0 = refit, w
+    return best, s0
+
+
+LR_WARMUP_REFITS = 5  # the warm-up's end and the peak refitted in turn: settles in 2-3 (tests)
 
 
 def _round_lr(value: float) -> float:

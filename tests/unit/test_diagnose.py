@@ -357,15 +357,27 @@ def run(name, best, *, lr=1e-4, r=8, alpha=16, seed=42, val_n=1000, gap=0.05, va
     return from_points(pts, meta=META, config=cfg, name=name)
 
 
+def test_two_runs_differ_beyond_noise_by_the_noise_of_their_difference():
+    """The noise of a difference is sqrt(se1^2 + se2^2) (the catalogue's formula), not sqrt(2) x the larger SE:
+    0.80 against 0.85 on 500 rows each is 2.1 noise units apart (the larger SE alone read 1.97, a tie)."""
+    c = compare([run("base", 0.80, val_n=500), run("lr2", 0.85, lr=2e-4, val_n=500)])
+    se = [math.sqrt(q * (1 - q) / 500) for q in ((b * 500 + 1) / 502 for b in (0.80, 0.85))]
+    effect = next(g.effect for g in c.groups if g.knob == "learning_rate")
+    assert c.features["noise"] == pytest.approx(math.hypot(*se), rel=1e-3)
+    assert c.features["max_effect_noise"] == pytest.approx(effect / math.hypot(*se), rel=1e-3)
+    assert effect / (math.sqrt(2) * max(se)) < 2.0 < c.features["max_effect_noise"]
+    assert not c.fired("differences-within-noise")
+
+
 def test_minimal_intervention_pair_optimization_bound_with_binomial_noise():
     c = compare([run("base", 0.60), run("lr2", 0.70, lr=2e-4), run("r16", 0.61, r=16, alpha=32)])
     knobs = {g.knob: g for g in c.groups}
     assert set(knobs) == {"learning_rate", "r"}
     assert knobs["learning_rate"].effect == pytest.approx(0.10, abs=1e-3)
     assert knobs["r"].note == "scale lora_alpha/r fixed"
-    q = (0.61 * 1000 + 1) / 1002
-    noise = math.sqrt(2) * math.sqrt(q * (1 - q) / 1000)  # median SE of the three runs
-    assert c.features["noise"] == pytest.approx(noise, rel=1e-2)
+    se2 = [q * (1 - q) / 1000 for q in ((b * 1000 + 1) / 1002 for b in (0.60, 0.70, 0.61))]
+    noise = math.sqrt(2 * sum(se2) / 3)  # a typical pair's sqrt(se1^2 + se2^2) over the three runs
+    assert c.features["noise"] == pytest.approx(noise, rel=1e-3)
     assert "binomial" in c.features.details["noise_source"]
     assert c.fired("optimization-bound") and not c.fired("capacity-bound")
     f = next(f for f in c.findings if f.rule_id == "optimization-bound")

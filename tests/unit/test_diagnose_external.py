@@ -19,8 +19,10 @@ L10 = math.log(10)
 
 def trainer_state(folder: Path, *, train, val, metric=None, steps: int = 200, evals: int = 10, lr: float = 2e-4,
                   n_val: int | None = 400, classes: int | None = 10, adapter: dict | None = None,
-                  noise: float = 0.0, seed: int = 0, finished: bool = True, log_every: int = 5) -> Path:
-    """A trainer_state.json as the Trainer writes it: a train log every `log_every` steps (linear lr decay),
+                  noise: float = 0.0, seed: int = 0, finished: bool = True, log_every: int = 5,
+                  window_mean: bool = False) -> Path:
+    """A trainer_state.json as the Trainer writes it: a train log every `log_every` steps (the loss at its step, or
+    with `window_mean` the Trainer's mean over the window's steps, each read before its update; linear lr decay),
     an eval entry every steps/evals steps (no eval at step 0), the end-of-training summary."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -28,7 +30,9 @@ def trainer_state(folder: Path, *, train, val, metric=None, steps: int = 200, ev
     every = steps // evals
     for s in range(log_every, steps + 1, log_every):
         f = s / steps
-        log.append({"step": s, "epoch": f * 4, "loss": train(f) * (1 + noise * rng.uniform(-1, 1)),
+        loss = (sum(train((k - 1) / steps) for k in range(s - log_every + 1, s + 1)) / log_every if window_mean
+                else train(f))
+        log.append({"step": s, "epoch": f * 4, "loss": loss * (1 + noise * rng.uniform(-1, 1)),
                     "grad_norm": 1.0, "learning_rate": lr * (1 - (s - 1) / steps)})
         if s % every == 0:
             e = {"step": s, "epoch": f * 4, "eval_loss": val(f) * (1 + noise * rng.uniform(-1, 1))}
@@ -252,8 +256,19 @@ def test_no_class_count_from_a_first_window_that_already_blew_up(tmp_path):
 
 
 def test_classes_from_the_first_loss_when_nothing_else_says(tmp_path):
-    run = load_run(trainer_state(tmp_path, train=exp_decay(L10, 0.1, 6), val=exp_decay(1.5, 0.4, 6), classes=None))
+    run = load_run(trainer_state(tmp_path, train=exp_decay(L10, 0.1, 6), val=exp_decay(1.5, 0.4, 6), classes=None,
+                                 window_mean=True))
     assert run.facts["n_classes"].value == 10 and "first train losses" in run.facts["n_classes"].source
+
+
+@pytest.mark.parametrize("classes,log_every", [(77, 10), (10, 2), (150, 5)])
+def test_the_class_count_reads_a_logged_loss_as_its_windows_mean(tmp_path, classes, log_every):
+    """The Trainer logs the mean loss of a window's steps: read at the window's end step, a 77-class start (ln 77)
+    falling fast extrapolated to about 99 classes; read at the window's centre, to 77."""
+    start = math.log(classes)
+    run = load_run(trainer_state(tmp_path, train=exp_decay(start, 0.05, 3), val=exp_decay(start, 0.5, 3),
+                                 classes=None, log_every=log_every, window_mean=True, steps=300))
+    assert run.facts["n_classes"].value == pytest.approx(classes, rel=0.03)
 
 
 def test_a_short_run_whose_val_loss_is_still_falling_is_undertrained(tmp_path):
@@ -513,7 +528,8 @@ def test_the_adapters_base_model_class_names_the_task_only_without_a_task_type(t
 
 
 def test_a_classifier_still_reads_its_class_count_without_side_files(tmp_path):
-    run = load_run(trainer_state(tmp_path, train=exp_decay(L10, 0.2, 4), val=exp_decay(1.5, 0.3, 3), classes=None))
+    run = load_run(trainer_state(tmp_path, train=exp_decay(L10, 0.2, 4), val=exp_decay(1.5, 0.3, 3), classes=None,
+                                 window_mean=True))
     assert run.facts["n_classes"].value == 10 and "task" not in run.facts
 
 
@@ -573,7 +589,8 @@ def test_a_low_entropy_generative_run_with_train_and_val_loss_near_zero_together
 
 
 def test_side_files_that_are_valid_json_but_not_objects_are_ignored(tmp_path):
-    folder = trainer_state(tmp_path, train=exp_decay(L10, 0.2, 4), val=exp_decay(1.5, 0.3, 3), classes=None)
+    folder = trainer_state(tmp_path, train=exp_decay(L10, 0.2, 4), val=exp_decay(1.5, 0.3, 3), classes=None,
+                           window_mean=True)
     (folder / "config.json").write_text("[1, 2]")
     (folder / "adapter_config.json").write_text('"lora"')
     run = load_run(folder)
@@ -2135,3 +2152,61 @@ def test_an_adalora_adapter_reads_its_rank_from_init_r_not_the_unused_r(tmp_path
     f = load_run(folder).facts
     assert f["r"].value == 12 and "init_r" in f["r"].source and "target_r 4" in f["r"].source
     assert f["lora_scale"].value == pytest.approx(32 / 12) and "init_r" in f["lora_scale"].source
+
+
+def test_the_remaining_fall_of_near_constant_falls_is_at_most_the_loss_itself():
+    """Falls that barely shrink (q -> 1) extrapolate geometrically to many times the loss (1.0, 0.9, 0.801 read as
+    1,224% left; 2.2, 1.9, 1.6 as 1e16 %, the float error of two equal falls): a loss cannot fall below zero."""
+    from loratune.features import remaining_fall
+    assert remaining_fall([1.0, 0.9, 0.801]) == pytest.approx(0.801)
+    assert remaining_fall([2.2, 1.9, 1.6]) <= 1.6
+    assert remaining_fall([1.0, 0.9, 0.85]) == pytest.approx(0.05)  # a fall that halves: unchanged
+
+
+def test_a_feature_exactly_at_its_threshold_meets_at_least_and_fails_below():
+    """val loss 0.40 -> 0.44 is a 10% rise, computed as 0.09999999999999995: it meets overfit's `>= 10%` and
+    fails healthy's `< 10%`, as the rule table reads (both read it the other way before)."""
+    from loratune.diagnose import _OPS
+    rise = (0.44 - 0.40) / 0.40
+    assert rise < 0.1  # the float the feature holds
+    assert _OPS[">="](rise, 0.1) and not _OPS["<"](rise, 0.1)
+    assert _OPS["<="](0.1 + 1e-17, 0.1) and not _OPS[">"](0.30000000000000004, 0.3)
+    assert _OPS["<"](0.0999, 0.1) and _OPS[">="](0.1001, 0.1)  # a real difference still counts
+
+
+def test_the_summary_calls_a_tie_with_the_band_the_rules_read(tmp_path):
+    """An overridden drop_se_min moves the summary's 'tie' line with the rules (it was frozen at import)."""
+    folder = trainer_state(tmp_path, train=exp_decay(L10, 0.05, 8), val=exp_decay(1.5, 0.5, 6),
+                           metric=lambda f: 0.86 if f < 0.55 else 0.825, n_val=400)
+    default = diagnose(folder)
+    drop = default.features.values["val_metric_final_drop_se"]
+    assert 1.0 < drop < 2.0  # between the override and the table's band
+    assert any("a tie" in line for line in default.curve_summary())
+    loose = diagnose(folder, thresholds={"drop_se_min": 1.0})
+    assert not any("a tie" in line for line in loose.curve_summary())
+    assert any("noise units below the best" in line for line in loose.curve_summary())
+
+
+@pytest.mark.parametrize("warmup,log_every,shape", [(33, 10, "linear"), (33, 5, "linear"), (50, 20, "cosine"),
+                                                    (7, 4, "linear")])
+def test_the_peak_lr_and_warmup_are_read_where_the_rise_meets_the_decay(tmp_path, warmup, log_every, shape):
+    """The largest logged rate lies up to a logging interval past the warm-up's end: a decay fitted from there read
+    5e-4 (warm-up 33, logged every 10) as 4.94e-4 with a warm-up of 39, so two runs differing only in rank did not
+    compare (their lrs read 1.2% apart)."""
+    steps, peak = 500, 5e-4
+
+    def lr_at(k):  # the Trainer's schedule after k scheduler steps (linear warm-up for every shape)
+        if k < warmup:
+            return peak * k / warmup
+        x = (k - warmup) / (steps - warmup)
+        return peak * (1 - x if shape == "linear" else 0.5 * (1 + math.cos(math.pi * x)))
+
+    log = [{"step": s, "loss": 2.0 - s / 1000, "learning_rate": lr_at(s - 1)} for s in range(log_every, steps + 1,
+                                                                                             log_every)]
+    log += [{"step": s, "eval_loss": 1.5 - s / 2000} for s in range(50, steps + 1, 50)]
+    log.sort(key=lambda e: e["step"])
+    tmp_path.joinpath("trainer_state.json").write_text(json.dumps({"global_step": steps, "max_steps": steps,
+                                                                   "log_history": log}))
+    f = load_run(tmp_path).facts
+    assert f["learning_rate"].value == pytest.approx(peak, rel=2e-3) and f["lr_schedule"].value == shape
+    assert f["warmup_steps"].value == pytest.approx(warmup, abs=1)
