@@ -94,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"loratune {args.command}: {signals.describe(exc)}", file=sys.stderr)
         return signals.exit_code(exc)
+    except BrokenPipeError:  # `loratune report --json | head`: the reader left; end quietly (Python's own recipe)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when stdout is flushed
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -265,7 +265,7 @@ class Comparison:
 def _at_threshold(a: float, b: float) -> bool:
     """A feature equal to its threshold up to float rounding (a 10% rise computed as 0.09999999999999995) meets
     `>=` / `<=` and fails `<` / `>`, as the rule table reads, so `>= t` and `< t` stay exact complements."""
-    return abs(a - b) <= 1e-9 * max(1.0, abs(b))
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)  # relative: 1e-9 above a threshold of 0 is above it
 
 
 _OPS = {"<": lambda a, b: a < b and not _at_threshold(a, b), "<=": lambda a, b: a <= b or _at_threshold(a, b),

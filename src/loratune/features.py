@@ -470,12 +470,19 @@ def is_eval_point(point: Mapping[str, Any]) -> bool:
     return any("/" in k and k.split("/", 1)[0] != TRAIN_LOG_SPLIT for k in point)
 
 
+HUGE_VALUE = 1e6  # a feature value from here on is written in scientific notation (a fraction: 1e6 is 1e8 %)
+
+
 def format_value(unit: str, value: float | None) -> str:
     """A feature value (or threshold) as evidence text writes it."""
     if value is None:
         return "missing"
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if abs(value) >= HUGE_VALUE and unit not in ("flag", "count", "steps"):  # an exploded loss: 3.4e+38, not 39 digits
+        if unit == "fraction":
+            return f"{value * 100:.3g}%"
+        return f"{value:.3g}" + ("x" if unit == "ratio" else " SE" if unit == "se" else "")
     if unit == "fraction":
         return f"{value:.1%}"
     if unit == "points":

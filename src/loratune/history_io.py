@@ -96,7 +96,7 @@ def _load_run(path: str | Path) -> RunHistory:
             return replace(run, notes=run.notes + (f"read the loratune callback's record ({record}): no "
                                                    "trainer_state.json at the top of the run folder",))
         state = _find_trainer_state(p)
-        events = _find_event_files(p)
+        events = find_event_files(p)
         if state is not None:
             run = read_trainer_state(state)
             if events and state.parent != p:  # only a checkpoint's state: the event log may go further
@@ -256,9 +256,15 @@ def _find_trainer_state(d: Path) -> Path | None:
     return max(ckpts)[1] if ckpts else None
 
 
-def _find_event_files(d: Path) -> list[Path]:
-    """TensorBoard event files of the newest run folder under d (d itself, or `runs/<date>/`)."""
-    files = [f for f in d.rglob("events.out.tfevents.*") if f.is_file()]
+EVENT_SEARCH_DEPTH = 3  # OUTPUT_DIR/runs/<date>/events... is 2 down; a logging_dir of runs a level deeper is 3
+
+
+def find_event_files(d: Path) -> list[Path]:
+    """TensorBoard event files of the newest run folder under d (d itself, `runs/<date>/`, or a logging_dir's sub-
+    folders), at most EVENT_SEARCH_DEPTH folders down: `loratune show /` must not walk the disk and read whichever
+    unrelated run is newest."""
+    files = [f for depth in range(EVENT_SEARCH_DEPTH + 1)
+             for f in d.glob("*/" * depth + "events.out.tfevents.*") if f.is_file()]
     if not files:
         return []
     newest = max({f.parent for f in files}, key=lambda folder: max(x.stat().st_mtime for x in folder.iterdir()))
@@ -301,7 +307,7 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
     `train/learning_rate`, `eval/loss`, `eval/accuracy`, ...) -> the same eval points as trainer_state.json.
     Read with the `tensorboard` package's event-file reader; no TensorFlow, no torch."""
     d = Path(directory)
-    files = _find_event_files(d) if d.is_dir() else [d]
+    files = find_event_files(d) if d.is_dir() else [d]
     if not files:
         raise UserError(f"'{d}' holds no events.out.tfevents.* file",
                         "give the Trainer's logging_dir (e.g. output_dir/runs/<date>) or the run folder")
@@ -1216,6 +1222,22 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
+def _merge_same_step(points: list[dict]) -> tuple[list[dict], int]:
+    """Rows of one step merged into one point (an export may put a step's train and eval numbers on two rows); a
+    column given again at a step keeps its first value, as a Trainer log's repeated eval key does. Returns the
+    points in step order (stable: file order within a step) and how many values were given again."""
+    merged: dict[int, dict] = {}
+    repeated = 0
+    for pt in points:
+        into = merged.setdefault(pt["step"], {})
+        for k, v in pt.items():
+            if k in into and k != "step":
+                repeated += into[k] != v
+                continue
+            into[k] = v
+    return [merged[s] for s in sorted(merged)], repeated
+
+
 def read_csv(path: str | Path) -> RunHistory:
     p = Path(path)
     text = p.read_text(encoding="utf-8-sig")
@@ -1253,7 +1275,7 @@ def read_csv(path: str | Path) -> RunHistory:
            for i in mapping):
         notes.append("an F1 column without 'macro' was taken as macro-F1")
     points = []
-    bad_cells = 0
+    bad_cells = stepless = 0
     for r_i, row in enumerate(body):
         pt: dict[str, Any] = {}
         for i, key in mapping.items():
@@ -1269,12 +1291,25 @@ def read_csv(path: str | Path) -> RunHistory:
                 if not math.isfinite(v):  # a step or size of inf / nan is no number of anything
                     bad_cells += 1
                     continue
+                if key == "step" and (v < 0 or v != int(v)):
+                    raise UserError(f"'{p}' row {r_i + 2}: step {cell} is not a count of optimizer steps (a whole "
+                                    "number, 0 or more)", "give the step column whole steps from 0 (a column of "
+                                    "epochs goes under the name 'epoch')")
                 pt[key] = int(v)
             else:
                 pt[key] = v if math.isfinite(v) else None
         if "step" not in pt:
+            if "step" in found:  # a step column whose cell is empty or no number: the row has no place on the curve
+                stepless += 1
+                continue
             pt["step"] = r_i
         points.append(pt)
+    if stepless:
+        notes.append(f"{stepless} row(s) without a step number left out")
+    points, repeated = _merge_same_step(points)
+    if repeated:
+        notes.append(f"{repeated} value(s) given again at a step that already had one: the first row's value kept "
+                     "(rows of one step are merged, in file order)")
     if "step" not in found:
         notes.append("no step column: row numbers used as steps")
     if bad_cells:

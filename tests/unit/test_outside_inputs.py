@@ -81,8 +81,25 @@ def test_a_csv_step_of_inf_or_nan_is_a_bad_cell(tmp_path):
     csv = tmp_path / "inf.csv"
     csv.write_text("step,train_loss,val_loss\n10,1.0,1.1\ninf,0.5,0.9\nnan,0.4,0.8\n30,0.3,0.7\n", encoding="utf-8")
     h = load_run(csv)
-    assert [p["step"] for p in h.points] == [10, 1, 2, 30]  # the row number stands in, as for a row with no step
+    assert [p["step"] for p in h.points] == [10, 30]  # a row number would put them before step 10
     assert any("2 non-numeric cells ignored" in n for n in h.notes)
+    assert any("2 row(s) without a step number left out" in n for n in h.notes)
+
+
+def test_csv_rows_of_one_step_merge_keeping_the_first_value_and_bad_steps_are_refused(tmp_path):
+    """Two rows at step 10 showed row 1's losses beside row 2's F1, and the curve joined them by value."""
+    csv = tmp_path / "dup.csv"
+    csv.write_text("step,train_loss,val_loss,val_f1\n10,2.0,1.9,0.2\n10,1.5,1.4,0.5\n20,1.0,,\n20,,1.1,0.7\n",
+                   encoding="utf-8")
+    h = load_run(csv)
+    assert [(p["step"], p.get("train/loss"), p.get("val/loss"), p.get("val/macro_f1")) for p in h.points] == \
+        [(10, 2.0, 1.9, 0.2), (20, 1.0, 1.1, 0.7)]  # a train row and an eval row of one step are one point
+    assert any("3 value(s) given again" in n for n in h.notes)
+    for step in ("-10", "10.5"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text(f"step,train_loss\n{step},1.0\n20,0.5\n", encoding="utf-8")
+        with pytest.raises(UserError, match=f"step {step} is not a count of optimizer steps"):
+            load_run(bad)
 
 
 def test_a_file_that_is_not_utf8_or_not_readable_is_refused_by_name(tmp_path, monkeypatch, capsys):

@@ -453,7 +453,8 @@ def test_study_html_has_every_section_and_links_each_trial(tmp_path):
         assert marker in html, marker
     for t in s.trials:
         assert f'id="trial-{t.number}"' in html and f'href="#trial-{t.number}"' in html
-    assert not re.search(r'(src|href)=["\']?(https?:)?//', html)
+        assert t.link is None  # the scripted trials wrote no run directory: no link to a folder that is not there
+    assert not re.search(r'(src|href)=["\']?(https?:)?//', html) and 'href="trials/' not in html
 
 
 def render_study_html(s) -> str:
@@ -622,3 +623,140 @@ def test_a_finding_shows_the_route_that_made_it_fire_and_folds_the_others(tmp_pa
     assert "largest learning rate logged" in folded and "largest learning rate logged" not in shown
     assert 'class="fail"' not in shown
     assert "<b>read:</b> the train loss climbed back up while the val loss rose or swung" in shown
+
+
+# ---------------------------------------------------------------------------------------------
+# report / show as a user runs them (hunt 2)
+# ---------------------------------------------------------------------------------------------
+
+CSV_RUN = "step,train_loss,val_loss,val_f1\n10,2.0,1.9,0.2\n20,1.5,1.4,0.5\n30,1.2,1.3,0.6\n"
+
+
+def test_report_o_never_replaces_the_run_it_reads(tmp_path, capsys):
+    """`report r.csv -o r.csv` turned the CSV into HTML (and -o RUN/run.json the run's record)."""
+    from loratune.cli import main
+
+    csv = tmp_path / "r.csv"
+    csv.write_text(CSV_RUN, encoding="utf-8")
+    run = write_run(tmp_path / "run")
+    before = (run / "run.json").read_bytes()
+    assert main(["report", str(csv), "-o", str(csv)]) == 2
+    assert main(["report", str(run), "-o", str(run / "run.json")]) == 2
+    assert main(["report", str(run), "-o", str(run / "history.jsonl")]) == 2
+    assert "not a report loratune wrote" in capsys.readouterr().err
+    assert csv.read_text(encoding="utf-8") == CSV_RUN and (run / "run.json").read_bytes() == before
+    assert main(["report", str(csv), "-o", str(tmp_path / "r.html")]) == 0
+    assert main(["report", str(csv), "-o", str(tmp_path / "r.html")]) == 0  # its own earlier report: replaced
+
+
+def test_report_json_goes_to_the_o_file_when_one_is_given(tmp_path, capsys):
+    from loratune.cli import main
+
+    csv = tmp_path / "r.csv"
+    csv.write_text(CSV_RUN, encoding="utf-8")
+    assert main(["report", str(csv), "--json", "-o", str(tmp_path / "out.json")]) == 0
+    data = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+    assert data["best"]["val/macro_f1"] == 0.6 and "wrote" in capsys.readouterr().out
+    assert main(["report", str(csv), "--json", "-o", str(csv)]) == 2  # never the run itself
+
+
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path, monkeypatch, capsys):
+    """`loratune report RUN --json | head -1` ended in a BrokenPipeError traceback."""
+    import os
+    import sys
+
+    from loratune import cli
+
+    csv = tmp_path / "r.csv"
+    csv.write_text(CSV_RUN, encoding="utf-8")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    saved = os.dup(1)
+    try:
+        os.dup2(write_end, 1)
+        with open(os.devnull, "w") as sink:  # stdout as a stream on fd 1, whose reader has gone
+            stream = os.fdopen(1, "w", closefd=False)
+            monkeypatch.setattr(sys, "stdout", stream)
+            rc = cli.main(["report", str(csv), "--json"])
+            del sink
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(write_end)
+    assert rc == 1
+
+
+def test_show_classes_needs_at_least_one(tmp_path, capsys):
+    from loratune.cli import main
+
+    run = write_run(tmp_path / "run")
+    for n in ("0", "-3", "x"):
+        with pytest.raises(SystemExit) as exc:
+            main(["show", str(run), "--classes", n])
+        assert exc.value.code == 2
+    assert "1 or more" in capsys.readouterr().err
+
+
+def test_an_exploded_loss_is_written_in_scientific_notation(tmp_path, capsys):
+    from loratune.cli import main
+    from loratune.features import format_value
+    from loratune.report.charts import fmt
+
+    csv = tmp_path / "o.csv"
+    csv.write_text("step,train_loss,val_loss,val_accuracy\n10,2.1,2.0,.3\n20,1.5,1.6,.5\n30,3.4e38,2.5e12,.2\n",
+                   encoding="utf-8")
+    assert main(["show", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "3.4e+38" in out and "2.5e+12" in out and "339999" not in out
+    assert format_value("fraction", -1.619e38) == "-1.62e+40%" and format_value("ratio", 1.62e38) == "1.62e+38x"
+    assert format_value("loss", 2.5) == "2.500" and format_value("count", 10**7) == "10000000"
+    assert fmt(3e32) == "3.0e32" and fmt(3e6) == "3M"
+
+
+def test_show_of_a_bare_file_name_names_its_folder(tmp_path, monkeypatch, capsys):
+    from loratune.cli import main
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "basic.csv").write_text(CSV_RUN, encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "logs")
+    assert main(["show", "basic.csv"]) == 0
+    assert "logs/basic.csv" in capsys.readouterr().out
+
+
+def test_the_best_step_is_called_the_saved_model_only_when_it_is(tmp_path, capsys):
+    """A run that diverged before any trained evaluation saved no model; a run another tool made says nothing of
+    which checkpoint it kept."""
+    from loratune.cli import main
+    from loratune.report.model import build_outside_report
+
+    run = write_run(tmp_path / "run")
+    record = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert build_run_report(run).saved_model  # a record from before `saved_model`: the best step's
+    record["saved_model"] = {"step": None, "note": "no model saved: the run diverged"}
+    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    r = build_run_report(run)
+    assert not r.saved_model
+    html = render_run(r)
+    assert "the saved model" not in html and "saved model)" not in html
+    assert main(["show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "(no model saved)" in out and "(the saved model)" not in out
+    record["saved_model"] = {"step": record["best"]["step"], "note": "adapter/ holds it"}
+    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    assert build_run_report(run).saved_model and "(the best step: the saved model)" in render_run(
+        build_run_report(run))
+    csv = tmp_path / "r.csv"
+    csv.write_text(CSV_RUN, encoding="utf-8")
+    assert not build_outside_report(csv).saved_model
+    assert main(["show", str(csv)]) == 0
+    assert "saved model" not in capsys.readouterr().out
+
+
+def test_a_folder_far_above_a_tensorboard_log_is_not_searched_to_the_bottom(tmp_path):
+    from loratune.history_io import find_event_files
+
+    deep = tmp_path / "a" / "b" / "c" / "d"
+    deep.mkdir(parents=True)
+    (deep / "events.out.tfevents.1.host").write_bytes(b"")
+    assert find_event_files(tmp_path) == []  # 4 folders down: someone else's run
+    assert find_event_files(tmp_path / "a") == [deep / "events.out.tfevents.1.host"]  # OUTPUT/runs/<date>/ and one

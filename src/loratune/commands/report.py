@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "or a run another tool made: a Trainer / TRL output_dir or checkpoint, trainer_state.json, "
                    "TensorBoard logging_dir, Jupyter notebook (.ipynb, or .ipynb#N for its table N) or CSV")
     p.add_argument("-o", "--output", metavar="FILE", help="where to write the HTML (default: RUN/report.html; "
-                   "beside a file: NAME.report.html; a notebook's table N: NAME.table-N.report.html)")
+                   "beside a file: NAME.report.html; a notebook's table N: NAME.table-N.report.html); with --json, "
+                   "where to write the JSON. An existing file is replaced only when it is a report (.html, or .json "
+                   "with --json) and not the run's own record")
     p.add_argument("--no-examples", action="store_true",
                    help="do not load the saved model to find example texts for the confused pairs (faster)")
     p.add_argument("--json", action="store_true", help="print the report's data as JSON instead of writing HTML")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                 run = with_examples(build_run_report(t.run_dir), None, "not computed for trial reports")
                 write_html(run, Path(t.run_dir) / "report.html")
         report = build_report(args.path)  # now with links to the trial reports
-    if args.json:
+    if args.json and not args.output:
         json.dump(report.to_dict(), sys.stdout, indent=2, ensure_ascii=False, default=str)
         sys.stdout.write("\n")
         return 0
@@ -59,8 +61,44 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.output) if args.output else default_output(args.path)
     if out.is_dir():
-        out = out / "report.html"
+        out = out / ("report.json" if args.json else "report.html")
+    _refuse_to_overwrite_a_record(out, args.path, args.json)
+    if args.json:
+        from loratune.errors import UserError
+        from loratune.store import write_atomic
+
+        try:  # as the HTML: a read-only or full disk is the output's fault, said as such
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(out, json.dumps(report.to_dict(), indent=2, ensure_ascii=False, default=str) + "\n")
+        except OSError as exc:
+            raise UserError(f"cannot write the report's JSON to '{out}' ({exc.strerror or exc})",
+                            "give -o a writable path, e.g. -o /tmp/report.json") from None
+        print(f"wrote {out}")
+        return 0
     path = write_html(report, out)
     size = path.stat().st_size
     print(f"wrote {path} ({size / 1024:.0f} KiB, self-contained; open it in a browser)")
     return 0
+
+
+REPORT_SUFFIXES = (".html", ".htm")  # what `report` may replace (and .json with --json)
+
+
+def _refuse_to_overwrite_a_record(out, source: str, as_json: bool) -> None:
+    """`-o` never replaces what the report reads: the run's own file (`report r.csv -o r.csv` turned a CSV into HTML)
+    or any existing file that is not a report (a run.json, history.jsonl or trainer_state.json beside it)."""
+    from pathlib import Path
+
+    from loratune.errors import UserError
+    from loratune.history_io import NOTEBOOK_TABLE
+
+    m = NOTEBOOK_TABLE.match(source)
+    src = Path(m["file"] if m and not Path(source).exists() else source)
+    if not out.exists():
+        return
+    allowed = REPORT_SUFFIXES + ((".json",) if as_json else ())
+    if out.resolve() == src.resolve() or out.suffix.lower() not in allowed or \
+            out.name in ("run.json", "study.json", "trainer_state.json", "summary.json"):
+        raise UserError(f"-o {out}: that file exists and is not a report loratune wrote (it may be the run's own "
+                        "record); the report would replace it",
+                        "give -o a new file name, e.g. report.html" + (" or report.json" if as_json else ""))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Sequence
 
+from loratune.features import HUGE_VALUE
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("show", help="print the essentials of a run or a tuning study in the terminal",
@@ -18,8 +20,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("path", metavar="RUN|STUDY", help="run directory (loratune train) or study directory (loratune tune)")
     p.add_argument("--examples", action="store_true",
                    help="load the saved model to show example texts of the confused pairs (slower)")
-    p.add_argument("--classes", type=int, default=10, metavar="N", help="how many of the weakest classes to list")
+    p.add_argument("--classes", type=_at_least_one, default=10, metavar="N",
+                   help="how many of the weakest classes to list (1 or more)")
     p.set_defaults(func=run)
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of classes, 1 or more")
+    return n
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +64,9 @@ def spark(values: Sequence[float]) -> str:
 
 
 def f3(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return "–"
+    return f"{v:.3g}" if abs(v) >= HUGE_VALUE else f"{v:.3f}"  # an exploded loss: 3.4e+38, not 39 digits
 
 
 def _h(n: Any) -> str:
@@ -76,7 +91,9 @@ def show_run(con, r, n_classes: int = 10) -> None:
         con.print(details)
     m, o = r.metric, r.objective
     scores = f"final {f3(r.final.get(m))} · start {f3(r.start_metric)}"
-    head = (f"best {escape(m)} [bold]{f3(r.best.get(m))}[/] at step {r.best.get('step', '?')} · {scores}" if not o
+    unsaved = " (no model saved)" if r.source == "loratune" and not r.saved_model and r.best else ""
+    head = (f"best {escape(m)} [bold]{f3(r.best.get(m))}[/] at step {r.best.get('step', '?')}{unsaved} · {scores}"
+            if not o
             else f"saved model: best {escape(o)} [bold]{f3(r.best.get(o))}[/] at step {r.best.get('step', '?')} · "
             f"{escape(m)} {f3(r.best.get(m))} there, {scores.replace(' · ', ', ')}")
     con.print(head + f" · {_h(r.examples_seen)} examples in {r.steps_done or '?'}/{r.steps_planned or '?'} steps"
@@ -111,7 +128,8 @@ def show_run(con, r, n_classes: int = 10) -> None:
             t.add_row(*row, style="bold" if s == best else None)
         t.add_row("trend", *[spark([series[k].get(s) for s in steps]) for k, _ in cols], style="cyan")
         con.print(t)
-        con.print("[dim]* best val step (the saved model)[/]")
+        con.print("[dim]* best val step" + (" (the saved model)" if r.saved_model else
+                                             " (no model saved)" if r.source == "loratune" else "") + "[/]")
 
     # diagnosis ------------------------------------------------------------------------------
     d = r.diagnosis

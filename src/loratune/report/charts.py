@@ -26,6 +26,8 @@ def fmt(v: float | None, digits: int = 3) -> str:
     a = abs(v)
     if a == 0:
         return "0"
+    if a >= 1e9:  # beyond millions (an exploded loss): scientific, never 1e+32M
+        return f"{v:.{max(1, digits - 2)}e}".replace("e+0", "e").replace("e+", "e")
     if a >= 1e6:
         return f"{v / 1e6:.{max(0, digits - 2)}g}M".replace("e+0", "e")
     if a >= 1e4:

@@ -230,6 +230,8 @@ class RunReport:
     # loss, a multi-label run its best exact match; `best` is then that model's point, not `metric`'s best
     objective: str | None = None
     prompts: PromptSetView | None = None  # a causal-lm run with a prompt set (generations.jsonl)
+    saved_model: bool = False  # the best step's model is the one saved (run.json saved_model; never a run loratune
+    #                            did not make: its files say which checkpoint was kept, if any)
 
     @property
     def open_generation(self) -> bool:
@@ -328,7 +330,7 @@ def build_curves(points: Sequence[dict], metric: str, best_step: float | None = 
             s, v = as_float(p.get("step")), as_float(p.get(key))
             if s is not None and v is not None:
                 out.append((s, v))
-        return tuple(sorted(out))
+        return tuple(sorted(out, key=lambda sv: sv[0]))  # step order; a repeated step keeps its file order
 
     def curves(specs) -> tuple[Curve, ...]:
         return tuple(Curve(k, lab, role, pts) for k, lab, role in specs if (pts := series(k)))
@@ -766,7 +768,17 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
             "inconclusive", "", (), (), (), (), (), error="no eval points to diagnose yet"),
         classes=build_classes(points, run, labels, best_step), confusion=confusion, pairs=pairs,
         examples_note=None if examples is not None else examples_note,
-        params=build_params(run, config), config_yaml=config_yaml, notes=tuple(notes))
+        params=build_params(run, config), config_yaml=config_yaml, notes=tuple(notes),
+        saved_model=_saved_at(run, best_step))
+
+
+def _saved_at(run: Mapping[str, Any], best_step: float | None) -> bool:
+    """Whether the model saved by the run is the one of `best_step`: run.json `saved_model.step` (null when none was
+    saved: a run that diverged before any trained evaluation); a record from before that field: the best step's."""
+    sm = run.get("saved_model")
+    if isinstance(sm, dict):
+        return best_step is not None and as_float(sm.get("step")) == best_step
+    return best_step is not None
 
 
 OUTSIDE_NO_CLASSES = ("{source} runs log no per-class numbers: per-class recall and the confusion matrix need "
@@ -802,7 +814,7 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
     import yaml
 
     return RunReport(
-        name=p.name if p.is_dir() else f"{p.parent.name}/{p.name}", path=str(p), status=status, reason=None,
+        name=p.name if p.is_dir() else f"{p.resolve().parent.name}/{p.name}", path=str(p), status=status, reason=None,
         task=str(h.meta.get("task") or fact("task") or "single_label"),
         method="lora" if adapter else "unknown",
         model_name=str(fact("base_model_name_or_path") or fact("model_type") or "?"), dataset="?",

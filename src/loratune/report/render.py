@@ -112,7 +112,8 @@ def diagnosis_section(d: DiagnosisView) -> str:
     return section("diagnosis", "Diagnosis", lede, "".join(parts))
 
 
-def classes_section(t: ClassTable, metric_name: str) -> str:
+def classes_section(t: ClassTable, metric_name: str, saved_model: bool = False) -> str:
+    """`saved_model`: the table's step holds the model the run saved (RunReport.saved_model at its best step)."""
     if not t.rows:
         return section("classes", "Per-class recall", "", missing(t.missing or "no per-class metrics"))
     bars = []
@@ -168,7 +169,8 @@ def classes_section(t: ClassTable, metric_name: str) -> str:
             f'classes</figcaption>{tbl}</div></div>'
             f'<details><summary>All {len(t.rows)} classes, with precision and train recall (click a header to sort)'
             f'</summary>{full}</details>')
-    return section("classes", "Per-class recall", f"Validation numbers{step} (the best step: the saved model). "
+    saved = " (the best step: the saved model)" if saved_model else ""
+    return section("classes", "Per-class recall", f"Validation numbers{step}{saved}. "
                    "Train recall is on the train_eval subsample, scored the same way.", body)
 
 
@@ -275,8 +277,9 @@ def pairs_section(r: RunReport) -> str:
     body = note + table([("true class → predicted as", ""), ("count", "num"), ("of the true class", "num"),
                          ("reverse", "num")], rows, id_="pairs-table")
     return section("pairs", "Top confused pairs",
-                   "The most frequent (true, predicted) errors on validation, with validation texts the saved "
-                   "model gets wrong that way. “Reverse”: how often the pair is confused the other way round "
+                   "The most frequent (true, predicted) errors on validation" +
+                   (", with validation texts the saved model gets wrong that way" if r.saved_model else "") +
+                   ". “Reverse”: how often the pair is confused the other way round "
                    "(both ways usually means overlapping intents or labels).", body)
 
 
@@ -288,7 +291,7 @@ def prompts_section(r: RunReport) -> str:
         return ""
     if not ps.rows and ps.panel is None:
         return section("prompts", "Prompt set", "", missing(ps.missing or "no generations"))
-    fig = curve_figure(ps.panel, saved=r.source == "loratune") if ps.panel else ""
+    fig = curve_figure(ps.panel, saved=r.saved_model) if ps.panel else ""
     scores = " · ".join(f"{name} {metric(v)}" for name, v in ps.score_items())
     step = f"{ps.step:g}" if ps.step is not None else "?"
 
@@ -406,7 +409,7 @@ def render_run(r: RunReport) -> str:
     nav = ('<nav class="toc"><div class="wrap">' + "".join(f'<a href="#{i}">{t}</a>' for i, t in
                                                           parts + [("params", "Parameters")]) + "</div></nav>")
     if r.curves:
-        figs = [curve_figure(p, saved=r.source == "loratune") for p in r.curves if p.id != "lr"]
+        figs = [curve_figure(p, saved=r.saved_model) for p in r.curves if p.id != "lr"]
         lr = next((p for p in r.curves if p.id == "lr"), None)
         lr_html = (f"<details><summary>Learning-rate schedule</summary>{curve_figure(lr, height=200)}</details>"
                    if lr else "")
@@ -417,7 +420,9 @@ def render_run(r: RunReport) -> str:
                          f'<div class="grid2">{"".join(figs)}</div>{lr_html}')
     else:
         curves = section("curves", "Curves", "", missing("no eval points yet"))
-    classes = "" if generative else (classes_section(r.classes, r.metric) + confusion_section(r.confusion)
+    classes = "" if generative else (classes_section(r.classes, r.metric, r.saved_model and r.classes.step is not None
+                                                     and r.classes.step == r.best.get("step"))
+                                     + confusion_section(r.confusion)
                                      + pairs_section(r))
     body = (header + nav + '<main class="wrap">' + run_summary(r) + curves + diagnosis_section(r.diagnosis)
             + prompts_section(r) + classes + params_section(r) + "</main>" + footer(r.path))

@@ -259,7 +259,9 @@ def _optuna_records(study_dir: Path) -> tuple[list[dict], dict, str | None]:
 
 
 def _rel(path: str | None, root: Path) -> str | None:
-    if not path:
+    """The run directory relative to the study's, for a link; None outside it or when it was never written (a trial
+    that failed before its first file)."""
+    if not path or not Path(path).is_dir():
         return None
     try:
         return Path(path).resolve().relative_to(root.resolve()).as_posix()
