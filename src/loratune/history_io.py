@@ -206,7 +206,9 @@ _PERCENT_METRICS = tuple(sorted(set(_METRIC_ALIASES.values()) - {"loss"}))
 # Its scale: a rate is a share, near or below 1 (insertions can push an untrained model's above it); the examples
 # that multiply it by 100 log values far above 1, so a median above 1 names the 0-100 scale
 _ERROR_RATES = {"wer": "word_accuracy", "cer": "char_accuracy"}
-_EVAL_META = ("runtime", "samples_per_second", "steps_per_second")
+# eval keys that describe the evaluation, not the eval set's scores: its cost, and TRL's `num_tokens` (the running
+# count of *training* tokens, logged again with every evaluation)
+_EVAL_META = ("runtime", "samples_per_second", "steps_per_second", "num_tokens")
 # keys only TRL's trainers log (SFTTrainer: token accuracy, token counts, entropy)
 _TRL_KEYS = ("mean_token_accuracy", "num_tokens", "entropy")
 # What a side file says the model was trained to do: peft's `task_type` in adapter_config.json, and the suffix of

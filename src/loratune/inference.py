@@ -12,7 +12,7 @@ from loratune.config import RunConfig, load_config
 from loratune.data import LabelSpace, load_dataset
 from loratune.errors import UserError
 from loratune.metrics import Decoding, decode, sigmoid, softmax
-from loratune.store import CONFIG, LABEL_MAP, RunStore, read_json
+from loratune.store import CONFIG, LABEL_MAP, WEIGHT_FILES, RunStore, read_json
 
 
 @dataclass
@@ -56,9 +56,6 @@ class Trained:
         return out
 
 
-# what a saved model's folder holds its weights in: peft's adapter, or a fully fine-tuned model (sharded or not)
-WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
-                "pytorch_model.bin", "pytorch_model.bin.index.json")
 STOPPED_UNSAVED = ("died", "interrupted", "running")  # statuses of a process that stopped before it finished
 
 
@@ -71,8 +68,11 @@ def load_trained(run_dir: str | Path) -> Trained:
         raise UserError(f"run '{run_dir}' is a causal-lm (SFT) run: predict reads classifiers (evaluate "
                         "scores both)",
                         f"load {adapter_dir} with transformers + peft and call model.generate "
-                        f"({adapter_dir / 'README.md'} shows how); its outputs per evaluation are in "
-                        f"{store.path / 'generations.jsonl'}")
+                        f"({adapter_dir / 'README.md'} shows how)" +
+                        (f"; its outputs per evaluation are in {store.path / 'generations.jsonl'}"
+                         if (store.path / "generations.jsonl").is_file() else
+                         "; `loratune evaluate RUN --split test` scores the labels it writes"
+                         if run.get("label_format") == "generate" or (run.get("labels") or []) else ""))
     status = run.get("status")
     if not (adapter_dir / LABEL_MAP).is_file():
         why = (f"the run stopped (status {status}) before it saved its model" if status in STOPPED_UNSAVED
@@ -171,8 +171,10 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
     store = RunStore(run_dir).require()
     adapter_dir = store.adapter_dir
     if not (adapter_dir / "config.json").is_file() and not (adapter_dir / "adapter_config.json").is_file():
-        raise UserError(f"run '{run_dir}' has no saved model (nothing in {adapter_dir})",
-                        "the run ended before its first trained evaluation; train it again")
+        status = store.read_run().get("status")
+        why = (f"the run stopped (status {status}) before it saved its model" if status in STOPPED_UNSAVED
+               else "the run ended before its first trained evaluation")
+        raise UserError(f"run '{run_dir}' has no saved model (nothing in {adapter_dir})", f"{why}; train it again")
     cfg = load_config(store.path / CONFIG)
     dataset = load_sft_dataset(cfg.data, seed=cfg.train.seed)
     data_split = dataset.splits().get(SPLIT_NAMES[split])

@@ -44,7 +44,8 @@ def prediction_scores(prefix: str, y_pred: np.ndarray, y_true: np.ndarray, label
     out: dict = {f"{prefix}/n": int(len(y_true))}
     if loss is not None:
         out[f"{prefix}/loss"] = float(loss)
-    out[f"{prefix}/accuracy"] = float(np.mean(y_pred == y_true)) if len(y_true) else math.nan
+    # a row of a label the model never learned (-1) is an error, even when the output names no label either (-1)
+    out[f"{prefix}/accuracy"] = float(np.mean((y_pred == y_true) & (y_true >= 0))) if len(y_true) else math.nan
     # macro-F1 over the classes the split holds or the model predicted (scikit-learn's default set): a class with
     # no row and no prediction has no F1, and counting it as 0 capped a split missing a class below 1 (a validation
     # split of one class-a row, predicted right: accuracy 1.0, macro-F1 0.5 over the two trained classes)

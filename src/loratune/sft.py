@@ -684,6 +684,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     bar = RunProgress(steps, progress and ranks.main, title="sft", metric="val loss")
     # gain: the objective signed so that larger is better (minus the val loss, or the val macro-F1)
     best_gain, best_state, evals_since_best = -math.inf, None, 0  # best gain so far (any point)
+    tie_loss = math.inf  # the lowest val loss at the best gain: a tie in the metric that lowers it is progress
     trained_key, start_loss = (-math.inf, -math.inf), None  # best (gain, tie-break) after step 0; step 1's loss
     examples_seen, step, step_times = 0, 0, []
     window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "tokens": []}
@@ -722,7 +723,7 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
     def _keep(point: dict, cm) -> bool:
         """Emit an evaluation point, keep the model when it is the best so far; True: stop early. A loss-only
         point without the objective (a generated metric) has no say in the kept model or in early stopping."""
-        nonlocal best_gain, best_state, evals_since_best, trained_key
+        nonlocal best_gain, best_state, evals_since_best, trained_key, tie_loss
         store.append_history(point)  # the one place an evaluation point is emitted
         tracking.log_point(point)
         run["final"] = point
@@ -732,8 +733,13 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
             return False
         value = point.get(objective, math.nan)
         gain = value if higher else -value
+        loss = point.get("val/loss", math.nan)
         if gain > best_gain + cfg.train.early_stopping_threshold or not math.isfinite(best_gain):
-            best_gain, evals_since_best = gain, 0
+            best_gain, evals_since_best, tie_loss = gain, 0, loss
+        elif higher and gain >= best_gain and loss < tie_loss:
+            # the metric ties its best (a generative classifier's 0.0 while no output names a label yet) and the val
+            # loss fell: progress, as the kept model's tie-break reads it, so patience does not end a learning run
+            evals_since_best, tie_loss = 0, loss
         else:
             evals_since_best += 1
         # the model kept is the best *trained* one: step 0 is the base model, recorded for comparison

@@ -140,6 +140,13 @@ def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
         if turns[-1].role != "assistant" or len(turns) < 2:
             raise UserError(f"{where}: the chat in '{cfg.messages_column}' does not end with an assistant turn "
                             "after at least one prompt turn", "end every chat with the assistant answer to learn")
+        # as a prompt/completion row: an empty answer would teach only the end-of-turn token, an empty prompt nothing
+        if not turns[-1].content.strip():
+            raise UserError(f"{where}: the chat's last assistant turn in '{cfg.messages_column}' is empty",
+                            "fill in the answer to learn or drop the row")
+        if not any(t.content.strip() for t in turns[:-1] if t.role != "system"):
+            raise UserError(f"{where}: the chat in '{cfg.messages_column}' has no prompt text before its answer",
+                            "fill in the user turn or drop the row")
         return Example(turns[:-1], turns[-1].content)
     prompt, completion = _plain(row.get(cfg.prompt_column)), _plain(row.get(cfg.completion_column))
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):

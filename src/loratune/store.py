@@ -23,6 +23,9 @@ RUN = "run.json"
 CONFIG = "config.yaml"
 CONFUSION = "confusion.json"
 ADAPTER = "adapter"
+# what a saved model's folder holds its weights in: peft's adapter, or a fully fine-tuned model (sharded or not)
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
 LABEL_MAP = "label_map.json"
 GENERATIONS = "generations.jsonl"  # causal-lm: the prompt set's greedy outputs, one row per prompt and eval point
 LOCK = "run.lock"  # held (flock) by the training process; its mtime is the heartbeat

@@ -195,17 +195,26 @@ def test_trl_sft_run_is_read_as_a_first_class_run(tmp_path):
     args = SFTConfig(output_dir=str(out), max_steps=20, per_device_train_batch_size=8, learning_rate=5e-3,
                      eval_strategy="steps", eval_steps=5, logging_steps=1, report_to="none", use_cpu=True,
                      save_strategy="steps", save_steps=20, max_length=32, disable_tqdm=True, seed=0)
+    from loratune.integrations import LoratuneCallback
+    from loratune.history_io import CALLBACK_RECORD_DIR
+
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(12)),
                          processing_class=tok, peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj",
-                                                                                                           "v_proj"]))
+                                                                                                           "v_proj"]),
+                         callbacks=[LoratuneCallback(printer=lambda *_: None)])
     trainer.train()
-    run = load_run(out)
+    run = load_run(out / "checkpoint-20")  # the Trainer's own files (the folder itself holds the callback's record)
     assert run.source == "trl" and run.meta["task"] == "causal-lm"
     assert "n_classes" not in run.facts  # a language model's first loss is not ln(classes)
     assert all("val/token_accuracy" in p for p in run.points if "val/loss" in p)
-    d = diagnose(out)
+    # TRL's eval_num_tokens is its running count of training tokens, not a number of the eval set
+    assert not any(k.endswith("num_tokens") for p in run.points for k in p)
+    d = diagnose(out / "checkpoint-20")
     assert d.features.details["val_metric"] == "val/token_accuracy"
     assert d.features["train_loss_vs_chance"] is None and d.facts["r"]["value"] == 8
+    # the callback's own record says the adapter is LoRA (peft_type from the live peft config), as the files do
+    live = diagnose(out / CALLBACK_RECORD_DIR)
+    assert live.features["lora"] == 1.0 and json.loads((out / CALLBACK_RECORD_DIR / "run.json").read_text())["method"] == "lora"
 
 
 # ---- the live callback -------------------------------------------------------------------------------

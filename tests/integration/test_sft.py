@@ -507,6 +507,30 @@ def test_equal_macro_f1_keeps_the_model_with_the_lower_val_loss(lm, intent_data,
     assert json.loads((out / "confusion.json").read_text())["step"] == run["adapter_step"]
 
 
+def test_patience_counts_a_falling_val_loss_at_a_tied_metric_as_progress(lm, intent_data, tmp_path, monkeypatch):
+    """While no output names a label, macro-F1 ties at 0.0: a run whose val loss still falls is learning, and early
+    stopping ended it at its third evaluation (every lr-grid trial of a generative `tune` scored 0.000)."""
+    import loratune.sft as S
+
+    monkeypatch.setattr(S, "generate", lambda model, tok, prompts, n, device, autocast=False:
+                        ["no idea"] * len(prompts))
+    out = tmp_path / "run"
+    args = [a for a in sft_overrides(lm, intent_data, out, label_format="generate", early_stopping_patience=2)
+            if not a.startswith("max_new")]
+    assert cli.main(["train", "-q", *args]) == 0
+    hist = _history(out)
+    run = json.loads((out / "run.json").read_text())
+    losses = [p["val/loss"] for p in hist]
+    # patience ran out only after 2 evaluations in a row that set no new lowest val loss
+    lows = [i for i in range(1, len(losses)) if losses[i] < min(losses[:i])]
+    last_progress = max(lows, default=0)
+    if "early stopping" in str(run.get("reason")):
+        assert len(hist) - 1 - last_progress >= 2
+    else:
+        assert run["steps_done"] == run["steps_planned"]
+    assert len(hist) > 3  # the old rule stopped at the third evaluation whatever the loss did
+
+
 # ---------------------------------------------------------------------------------------------
 # the step/eval callback (train.TrainCallback): how `loratune tune` prunes and stops a causal-lm trial
 

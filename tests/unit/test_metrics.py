@@ -37,6 +37,14 @@ def test_unseen_label_rows_are_errors():
     assert cm.sum() == 2
 
 
+def test_a_generated_output_naming_no_label_on_a_row_of_an_unknown_label_is_an_error():
+    """Both are -1 (generative classification): 1 of 9 rows read as right with every output naming no label."""
+    from loratune.metrics import prediction_scores
+
+    s, _ = prediction_scores("val", np.array([-1, -1, 0]), np.array([-1, 0, 0]), LABELS)
+    assert s["val/accuracy"] == pytest.approx(1 / 3)
+
+
 def test_confused_pairs_sorted_and_bounded():
     cm = np.array([[5, 3, 0], [1, 5, 0], [0, 7, 2]])
     pairs = top_confused_pairs(cm, LABELS, top=2)

@@ -731,7 +731,10 @@ def test_the_best_step_is_called_the_saved_model_only_when_it_is(tmp_path, capsy
 
     run = write_run(tmp_path / "run")
     record = json.loads((run / "run.json").read_text(encoding="utf-8"))
-    assert build_run_report(run).saved_model  # a record from before `saved_model`: the best step's
+    assert not build_run_report(run).saved_model  # no saved_model field and no weights: killed before it saved
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+    assert build_run_report(run).saved_model  # a record from before the field, with its weights: the best step's
     record["saved_model"] = {"step": None, "note": "no model saved: the run diverged"}
     (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
     r = build_run_report(run)

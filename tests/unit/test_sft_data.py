@@ -183,6 +183,12 @@ def test_missing_columns_name_the_columns_found_and_the_fix():
     ({"messages": "hello"}, "is not a list of {role, content} turns"),
     ({"prompt": "a", "completion": ""}, "has no completion in column 'completion'"),
     ({"prompt": None, "completion": "b"}, "has no prompt in column 'prompt'"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+     "last assistant turn in 'messages' is empty"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]},
+     "last assistant turn in 'messages' is empty"),
+    ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": " "},
+                   {"role": "assistant", "content": "a"}]}, "has no prompt text before its answer"),
 ])
 def test_a_bad_row_is_named(row, message):
     with pytest.raises(UserError, match="row 2") as info:

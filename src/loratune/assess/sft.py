@@ -65,7 +65,8 @@ def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
     return facts
 
 
-def sft_findings(facts: dict) -> list[dict]:
+def sft_findings(facts: dict, generating_labels: bool = False) -> list[dict]:
+    """`generating_labels`: data.label_format=generate is already set (the finding then says it is scored so)."""
     out = []
     if facts["truncated_share_at_max_length"] > TRUNCATED_WARN:
         out.append({"id": "truncated-rows", "severity": "warn",
@@ -75,7 +76,9 @@ def sft_findings(facts: dict) -> list[dict]:
     if facts["completion_token_p50"] <= SHORT_COMPLETION_TOKENS:
         out.append({"id": "label-like-completions", "severity": "info",
                     "message": f"the median completion is {facts['completion_token_p50']:g} tokens: a label, not an "
-                               "answer; with data.label_format=generate it is scored per class like a classifier",
+                               "answer; " + ("data.label_format=generate scores it per class like a classifier"
+                                             if generating_labels else "with data.label_format=generate it is "
+                                             "scored per class like a classifier"),
                     "evidence": {"completion_token_p50": facts["completion_token_p50"]}})
     return out
 
@@ -92,7 +95,7 @@ def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None) -
     rec = recommend(facts, SFT_START_RULES)
     return {
         "task": "causal-lm", "dataset": cfg.data.train_file or cfg.data.dataset_name or "",
-        "model": cfg.model.name_or_path, "facts": facts, "findings": sft_findings(facts),
+        "model": cfg.model.name_or_path, "facts": facts, "findings": sft_findings(facts, dataset.generates_labels),
         "recommendation": {"overrides": dict(rec.overrides), "choices": [asdict(c) for c in rec.choices],
                            "capacity_ceiling": asdict(rec.capacity_ceiling), "lr_grid": list(rec.lr_grid)},
         "notes": list(dataset.notes), "timings": {"total_s": time.perf_counter() - t0},

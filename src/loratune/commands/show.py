@@ -94,7 +94,8 @@ def show_run(con, r, n_classes: int = 10) -> None:
     unsaved = " (no model saved)" if r.source == "loratune" and not r.saved_model and r.best else ""
     head = (f"best {escape(m)} [bold]{f3(r.best.get(m))}[/] at step {r.best.get('step', '?')}{unsaved} · {scores}"
             if not o
-            else f"saved model: best {escape(o)} [bold]{f3(r.best.get(o))}[/] at step {r.best.get('step', '?')} · "
+            else f"{'best' if unsaved else 'saved model: best'} {escape(o)} [bold]{f3(r.best.get(o))}[/] at step "
+            f"{r.best.get('step', '?')}{unsaved} · "
             f"{escape(m)} {f3(r.best.get(m))} there, {scores.replace(' · ', ', ')}")
     con.print(head + f" · {_h(r.examples_seen)} examples in {r.steps_done or '?'}/{r.steps_planned or '?'} steps"
               + (f" · trainable {r.params_share:.2%} of the model" if r.params_share is not None else ""))

@@ -164,8 +164,9 @@ def print_next_steps(out, run_dir: str) -> None:
     run = shlex.quote(str(run_dir))
     generated = (Path(run_dir) / GENERATIONS).is_file()  # a causal LM with a prompt set
     steps = [(f"loratune diagnose {run}", "the verdict's evidence and the next knob move"),
-             (f"loratune report {run}", "one HTML page: curves, " + ("the prompt set's outputs" if generated else
-                                                                    "per-class recall, confusions"))]
+             (f"loratune report {run}", "one HTML page: curves, " + (
+                 "the prompt set's outputs" if generated else "the diagnosis" if _open_generation(run_dir)
+                 else "per-class recall, confusions"))]
     if (RunStore(run_dir).adapter_dir / LABEL_MAP).is_file():
         steps.append((f'loratune predict {run} "some text"', "labels for new texts"))
     width = max(len(c) for c, _ in steps)
@@ -176,3 +177,11 @@ def print_next_steps(out, run_dir: str) -> None:
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
+
+
+def _open_generation(run_dir) -> bool:
+    """A causal LM that writes no labels: its report has curves and a diagnosis, no classes."""
+    from loratune.store import RunStore
+
+    run = RunStore(run_dir).read_run()
+    return run.get("task") == "causal-lm" and not run.get("labels")

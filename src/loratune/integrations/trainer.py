@@ -33,6 +33,7 @@ from transformers import TrainerCallback
 
 from loratune.diagnose import Diagnosis, diagnose
 from loratune.history_io import CALLBACK_RECORD_DIR, history_from_trainer_state
+from loratune.features import LORA_PEFT_TYPES
 from loratune.rules import THRESHOLDS
 
 STOP_REASONS = ("diverged", "collapse")  # what the callback may stop on by default
@@ -181,6 +182,8 @@ class LoratuneCallback(TrainerCallback):
             _write_record(out / RECORD_DIR, run.points, {
                 **{k: v for k, v in meta.items() if k != "partial"}, "status": status, "source": "hf-trainer callback",
                 "stopped_by": self.stopped_by, "verdict": d.verdict, "config": run.config,
+                **({"method": "lora"} if str((_peft_config(model) or {}).get("peft_type")).upper() in LORA_PEFT_TYPES
+                   else {}),
                 "train_loss_scale": None if self.loss_scale == 1.0 else {
                     "factor": self.loss_scale,
                     "why": "the Trainer logged each train loss as the sum of its gradient-accumulation micro-batches' "
@@ -246,8 +249,11 @@ def _peft_config(model) -> dict | None:
     if not isinstance(cfg, dict) or not cfg:
         return None
     c = next(iter(cfg.values()))
-    return {k: getattr(c, k, None) for k in ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora",
-                                             "use_dora", "layers_to_transform", "bias")}
+    out = {k: getattr(c, k, None) for k in ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora",
+                                            "use_dora", "layers_to_transform", "bias", "init_r", "target_r")}
+    peft_type = getattr(c, "peft_type", None)  # an enum (PeftType.LORA): its value, as adapter_config.json writes it
+    out["peft_type"] = getattr(peft_type, "value", peft_type)
+    return {k: v for k, v in out.items() if v is not None or k in ("r", "lora_alpha")}
 
 
 def _labels(model) -> list[str] | None:

@@ -769,16 +769,19 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         classes=build_classes(points, run, labels, best_step), confusion=confusion, pairs=pairs,
         examples_note=None if examples is not None else examples_note,
         params=build_params(run, config), config_yaml=config_yaml, notes=tuple(notes),
-        saved_model=_saved_at(run, best_step))
+        saved_model=_saved_at(run, best_step, d))
 
 
-def _saved_at(run: Mapping[str, Any], best_step: float | None) -> bool:
+def _saved_at(run: Mapping[str, Any], best_step: float | None, run_dir: Path) -> bool:
     """Whether the model saved by the run is the one of `best_step`: run.json `saved_model.step` (null when none was
-    saved: a run that diverged before any trained evaluation); a record from before that field: the best step's."""
+    saved: a run that diverged before any trained evaluation); without that field (a run still training, one killed
+    before it saved, a record from before the field), whether its adapter folder holds weights."""
+    from loratune.store import ADAPTER, WEIGHT_FILES
+
     sm = run.get("saved_model")
     if isinstance(sm, dict):
         return best_step is not None and as_float(sm.get("step")) == best_step
-    return best_step is not None
+    return best_step is not None and any((run_dir / ADAPTER / f).is_file() for f in WEIGHT_FILES)
 
 
 OUTSIDE_NO_CLASSES = ("{source} runs log no per-class numbers: per-class recall and the confusion matrix need "
