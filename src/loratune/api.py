@@ -52,7 +52,10 @@ def check(cfg: RunConfig, dataset) -> None:
     from loratune.errors import UserError
     from loratune.model_info import input_position_limit
 
+    from loratune.trackers import require as require_trackers
+
     recipe(cfg, "check")(dataset)
+    require_trackers(cfg.train.report_to)  # a tracker's missing package: training would refuse it after loading
     if cfg.model.task != "causal-lm":  # what training reads before its first step, read now (the dry run too)
         from loratune.slices import load_probe_set
         from loratune.train import objective_key
@@ -119,7 +122,9 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
         "params": count_params(model, sites, cfg.adapter.method).to_dict(),
         "adapted_modules": [s.name for s in sites] if cfg.adapter.method == "lora" else [],
         "steps": steps, "eval_every": every,
-        "examples": steps * cfg.train.per_device_train_batch_size * cfg.train.gradient_accumulation_steps,
+        # a batch never holds more rows than the split has
+        "examples": steps * min(cfg.train.per_device_train_batch_size, len(dataset.train))
+        * cfg.train.gradient_accumulation_steps,
         "rows": {k: len(v) for k, v in dataset.splits().items()},
         "labels": len(space), "multi_label": space.multi_label, "notes": list(dataset.notes),
     }

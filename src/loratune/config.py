@@ -266,9 +266,14 @@ def parse_value(text: str) -> Any:
     if text == "" or text.startswith("#") or " #" in text or "\t#" in text:
         return text
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    # a YAML indicator alone (`|`, `>`, `!`, `&`, `*`, ...) loads as '' or null: the user wrote the character itself
+    # (`label_delimiter=|` is the delimiter '|', never an empty one)
+    if value in ("", None) and text.strip() not in ("", "~", "null", "Null", "NULL", "''", '""'):
+        return text
+    return value
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -321,11 +326,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         raw = _flatten(loaded, problems)
     flat: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
     for key, value in raw.items():
         try:
-            flat[resolve_key(key)] = value
+            full = resolve_key(key)
         except UserError as exc:
             problems.append(f"{key}: {exc.problem} ({exc.fix})")
+            continue
+        if full in given_as:  # `r: 4` and `adapter: {r: 16}` in one file: the later would silently win
+            problems.append(f"{key}: the file gives {full} twice ({given_as[full]} and {key}); keep one of them")
+        given_as[full] = key
+        flat[full] = value
     for item in overrides:
         if "=" not in item:
             problems.append(f"override '{item}' is not of the form key=value (e.g. r=16)")
@@ -540,6 +551,9 @@ def parse_layers(spec: str | tuple[int, ...] | list[int], num_layers: int | None
 def cross_checks(cfg: RunConfig) -> list[str]:
     """Checks that involve more than one key, or a key's syntax beyond its type."""
     problems = []
+    if cfg.data.label_delimiter is not None and not str(cfg.data.label_delimiter).strip():
+        problems.append(f"data.label_delimiter: got {cfg.data.label_delimiter!r}; allowed: a character that separates "
+                        "labels, e.g. '#' or '|' (leave it unset for single-label data)")
     a = cfg.adapter
     try:
         parse_layers(a.layers_to_transform)

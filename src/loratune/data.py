@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import random
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +107,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     raw = path.read_bytes()
     text = _decode(raw, path)
     if suffix == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        rows = _read_csv(text, path)
     else:
         rows = _read_jsonl(text, path)
     if not rows:
@@ -124,6 +126,26 @@ def _decode(raw: bytes, path: Path) -> str:
         ) from None
 
 
+def _read_csv(text: str, path: Path) -> list[dict[str, Any]]:
+    """CSV rows as dicts. A field of any length is read (the csv module's default limit is 131,072 characters); a
+    row with more fields than the header (an unquoted comma inside a text) is refused by its line, never read with
+    its text cut at the comma and the rest taken as its label."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        for row in reader:
+            if None in row:  # DictReader's key for the fields beyond the header's
+                raise UserError(f"data file '{path}' line {reader.line_num} has {len(reader.fieldnames or ()) + len(row[None])} "
+                                f"fields, the header {len(reader.fieldnames or ())}",
+                                "quote a text that holds a comma (\"i lost my card, please help\"), or drop the row")
+            rows.append(row)
+    except csv.Error as exc:
+        raise UserError(f"data file '{path}' line {reader.line_num} is not valid CSV ({exc})",
+                        "fix the quoting of that line") from None
+    return rows
+
+
 def _read_jsonl(text: str, path: Path) -> list[dict[str, Any]]:
     stripped = text.lstrip()
     if path.suffix.lower() == ".json" and stripped.startswith("["):
@@ -131,9 +153,14 @@ def _read_jsonl(text: str, path: Path) -> list[dict[str, Any]]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise UserError(f"data file '{path}' is not valid JSON: {exc}", "fix the JSON") from None
-        return [r for r in data if isinstance(r, dict)]
+        bad = next((i for i, r in enumerate(data) if not isinstance(r, dict)), None)
+        if bad is not None:  # as a JSON Lines line that is no object: refused, never dropped unsaid
+            raise UserError(f"data file '{path}' entry {bad + 1} of its array is not a JSON object",
+                            "write each entry as an object, e.g. {\"text\": \"...\", \"label\": \"...\"}")
+        return data
     rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    # lines end at \n alone: str.splitlines() also breaks at U+2028, U+2029 and U+0085, which JSON strings may hold
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -212,16 +239,27 @@ def suggest_column(rows: list[dict[str, Any]], role: str, exclude: str | None = 
     return str(max(cols, key=mean_len) if role == "text" else min(cols, key=lambda c: (distinct(c), -mean_len(c))))
 
 
+def _label_text(value: Any) -> str:
+    """A label as text: a whole number written as a float (JSON 3.0, a pandas column with a gap) is the same class as
+    its int (3), never a class of its own; NaN is no label."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
+
+
 def _labels_of(value: Any, delimiter: str | None) -> tuple[str, ...]:
     """A row's labels, in their order, each once: a row's label set ([pin, pin] is one pin; counted twice it
     inflated the class counts and made a single-label row look compound)."""
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # NaN: pandas' and JSON's missing value
         return ()
     if isinstance(value, (list, tuple)):
-        return tuple(dict.fromkeys(str(v) for v in value if v is not None and str(v) != ""))
+        return tuple(dict.fromkeys(_label_text(v) for v in value if v is not None and _label_text(v) != ""))
     if hasattr(value, "tolist"):  # numpy arrays from parquet
         return _labels_of(value.tolist(), delimiter)
-    s = str(value).strip()
+    s = _label_text(value).strip()
     if s == "":
         return ()
     if delimiter:
@@ -230,12 +268,15 @@ def _labels_of(value: Any, delimiter: str | None) -> tuple[str, ...]:
 
 
 def find_split_file(folder: Path, split: str) -> Path | None:
-    for stem in SPLIT_NAMES[split]:
-        for suffix in SUFFIXES:
-            p = folder / f"{stem}{suffix}"
-            if p.is_file():
-                return p
-    return None
+    """The file of a split in a dataset folder; two candidates (train.jsonl beside train.csv) are refused: which one
+    trained would be a guess no record shows."""
+    found = [folder / f"{stem}{suffix}" for stem in SPLIT_NAMES[split] for suffix in SUFFIXES
+             if (folder / f"{stem}{suffix}").is_file()]
+    if len(found) > 1:
+        raise UserError(f"data folder '{folder}' holds {len(found)} files for the {split} split: "
+                        f"{', '.join(f.name for f in found)}",
+                        f"keep one of them in the folder, or name the one to use with data.{split}_file")
+    return found[0] if found else None
 
 
 def _load_hub(cfg: DataConfig) -> dict[str, Split]:
@@ -377,6 +418,8 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         folder = None
     if folder is not None:
         for split in SPLIT_NAMES:
+            if getattr(cfg, f"{split}_file"):  # named by its own key: the folder's file for it is not read
+                continue
             p = find_split_file(folder, split)
             if p is not None:
                 splits[split] = parse_rows(read_rows(p), cfg, str(p), split)
@@ -434,6 +477,12 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         if sp is None:
             continue
         c = Counter(lab for labs in sp.labels for lab in labs if lab not in known)
+        if sname == "validation" and c and not any(lab in known for labs in sp.labels for lab in labs):
+            raise UserError(f"the validation split shares no label with train (validation: "
+                            f"{', '.join(list(c)[:5])}{'...' if len(c) > 5 else ''}; train: "
+                            f"{', '.join(space.labels[:5])}{'...' if len(space.labels) > 5 else ''})",
+                            "give both splits the same label names (0 and 0.0 are one label; 'pin' and 'PIN' are "
+                            "two)")
         if c:
             unseen[sname] = dict(c.most_common())
             notes.append(f"{sname}: {sum(c.values())} label occurrence(s) of {len(c)} label(s) not in train "

@@ -1499,12 +1499,14 @@ def _per_class(acc: FeatureSet, pts, meta, labels) -> None:
     pair_names = ("confused_top_count", "confused_top_rate", "confused_pairs_persist_share",
                   "confused_symmetric_pairs")
     last = next((p for p in reversed(pts) if labels and _class_values(p, "val", labels, "recall")), None)
+    support = _class_values(last, "val", labels, "support") if last is not None else {}
+    recall = {c: r for c, r in _class_values(last, "val", labels, "recall").items()
+              if support.get(c, 1) > 0} if last is not None else {}
     if last is None:
         acc.miss(recall_names, "no per-class val recall (`val/recall/<label>`) in the history")
+    elif not recall:  # every class of train has no validation row (a validation split of other labels)
+        acc.miss(recall_names, "no class of train has a validation row: per-class recall is undefined")
     else:
-        support = _class_values(last, "val", labels, "support")
-        recall = {c: r for c, r in _class_values(last, "val", labels, "recall").items()
-                  if support.get(c, 1) > 0}
         acc.details["per_class_step"] = last["step"]
         rs = list(recall.values())
         acc.set("val_recall_min", min(rs))

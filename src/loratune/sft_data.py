@@ -259,6 +259,8 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
                         "point data.dataset_name at a folder with train/validation files, or set data.train_file")
     if folder is not None:
         for split in SPLIT_NAMES:
+            if getattr(cfg, f"{split}_file"):  # named by its own key: the folder's file for it is not read
+                continue
             p = find_split_file(folder, split)
             if p is not None:
                 splits[split] = parse_sft_rows(read_rows(p), cfg, str(p), split)

@@ -207,10 +207,20 @@ def with_liveness(run: dict, run_dir: str | Path) -> dict:
     return out
 
 
+NAME_MAX = 255  # bytes in one file or folder name on ext4, xfs, btrfs, APFS, NTFS (in UTF-16 units)
+
+
 def check_output_dir(path: Path, name: str = "output_dir", example: str = "output_dir=runs/latest") -> None:
     """An output folder that could not be written: a file, an unwritable directory (or parent). `name` and
     `example`: how the user gave it (`output_dir`, or tune's `--study-dir`), so the message names their option."""
+    if str(path).strip() in ("", "."):  # '' is the current folder: a run would write over whatever lies there
+        raise UserError(f"{name} is empty" if not str(path).strip() else f"{name} '.' is the current folder",
+                        f"give the run a folder of its own, e.g. {example}")
     path = Path(path)
+    too_long = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if too_long is not None:  # (before any stat: the OS refuses the name itself)
+        raise UserError(f"{name} '{path}' has a folder name of {len(os.fsencode(too_long))} bytes; file systems take "
+                        f"at most {NAME_MAX}", f"give a shorter name, e.g. {example}")
     if path.exists() and not path.is_dir():
         raise UserError(f"{name} '{path}' is a file, not a directory",
                         f"give a directory path (it is created if missing), e.g. {example}")

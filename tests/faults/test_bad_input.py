@@ -108,3 +108,32 @@ def test_the_shipped_demo_passes_its_own_assess_checks():
             counts[split][row["label"]] += 1
     assert set(counts["train"].values()) == {24} and set(counts["test"].values()) == {10}  # still stratified
     assert len(counts["validation"]) == 77
+
+
+@pytest.mark.parametrize("out,message", [("", "is the current folder"), (".", "is the current folder"),
+                                         ("x" * 300, "has a folder name of 300 bytes")])
+def test_an_output_dir_training_could_not_use_is_refused_in_the_dry_run(out, message, tiny_bert, intent_data,
+                                                                        tmp_path, capsys, monkeypatch):
+    """An empty output_dir wrote the run into the current folder (over its history.jsonl); a 300-byte name passed
+    the dry run and ended training in 'File name too long'."""
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in overrides(tiny_bert, intent_data, tmp_path) if not a.startswith("output_dir=")]
+    assert main(["train", "--dry-run", *args, f"output_dir={out}"]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_dry_run_refuses_a_tracker_whose_package_is_missing(tiny_bert, intent_data, tmp_path, capsys,
+                                                                monkeypatch):
+    from loratune import trackers
+
+    monkeypatch.setitem(trackers.EXTRAS, "mlflow", ("a_module_that_is_not_installed", "mlflow"))
+    assert main(["train", "--dry-run", *overrides(tiny_bert, intent_data, tmp_path / "r"), "report_to=[mlflow]"]) == 2
+    assert "needs the a_module_that_is_not_installed package" in capsys.readouterr().err
+
+
+def test_planned_examples_count_the_rows_a_batch_can_hold(tiny_bert, intent_data, tmp_path, capsys):
+    rows = sum(1 for _ in (intent_data / "train.jsonl").open())
+    assert main(["train", "--dry-run", *overrides(tiny_bert, intent_data, tmp_path / "r"),
+                 "per_device_train_batch_size=1000", "max_steps=8"]) == 0
+    assert f"planned: 8 optimizer steps, {8 * rows} training examples" in capsys.readouterr().out

@@ -351,9 +351,24 @@ def test_overrides_win_over_the_file_and_later_overrides_win(tmp_path):
     ("1.0e-3", 0.001), ("16", 16), ("true", True), ("no", False), ("null", None), ("", ""),
     ("[attn.q, attn.v]", ["attn.q", "attn.v"]), ("top:2", "top:2"), ("{", "{"), ("a: b", {"a": "b"}),
     ("#", "#"), ("a #b", "a #b"), ("a#b", "a#b"), ("'#'", "#"),  # `#` is the delimiter, never a comment
+    ("|", "|"), (">", ">"), ("!", "!"), ("~", None), ("''", ""),  # a YAML indicator alone is the character
 ])
 def test_parse_value(text, expected):
     assert parse_value(text) == expected
+
+
+def test_a_delimiter_given_as_a_yaml_indicator_is_kept_and_an_empty_one_refused(tmp_path):
+    """`label_delimiter=|` became '' (YAML's block indicator), and '' turned single-label data multi-label."""
+    assert load_config(None, ["label_delimiter=|"]).data.label_delimiter == "|"
+    for bad in ("label_delimiter=", "label_delimiter=' '"):
+        with pytest.raises(ConfigError, match="data.label_delimiter: got"):
+            load_config(None, [bad])
+
+
+def test_a_key_given_flat_and_in_its_section_of_one_file_is_refused(tmp_path):
+    p = write(tmp_path, "r: 4\nadapter:\n  r: 16\n")
+    with pytest.raises(ConfigError, match="gives adapter.r twice"):
+        load_config(p)
 
 
 # ---------------------------------------------------------------------------------------------

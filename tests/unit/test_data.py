@@ -246,10 +246,52 @@ def test_unseen_validation_and_test_labels_are_reported_not_fatal(tmp_path):
 
 def test_unseen_note_lists_at_most_five_labels(tmp_path):
     train = write_rows(tmp_path / "train.jsonl", make_rows(TRAIN))
-    val = write_rows(tmp_path / "val.jsonl", make_rows({f"u{i}": 1 for i in range(7)}))
+    val = write_rows(tmp_path / "val.jsonl", make_rows({**{f"u{i}": 1 for i in range(7)}, next(iter(TRAIN)): 2}))
     ds = load_dataset(DataConfig(train_file=str(train), validation_file=str(val)), seed=0)
     assert ds.notes[0].endswith("(u0, u1, u2, u3, u4...); they are scored as errors")
     assert len(ds.unseen["validation"]) == 7
+
+
+def test_a_validation_split_of_no_train_label_is_refused_and_whole_floats_are_ints(tmp_path):
+    """Train labels 0..3 and validation labels 0.0..3.0 were two label sets: the run trained, scored 0.0 and
+    crashed diagnose, report and show."""
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": f"t{i}", "label": i % 3}) + "\n" for i in range(12)))
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps({"text": f"v{i}", "label": float(i % 3)}) + "\n" for i in range(6)))
+    ds = load_dataset(DataConfig(train_file=str(train), validation_file=str(val)), seed=0)
+    assert ds.label_space.labels == ("0", "1", "2") and not ds.unseen
+    val.write_text("".join(json.dumps({"text": f"v{i}", "label": f"x{i % 3}"}) + "\n" for i in range(6)))
+    with pytest.raises(UserError, match="the validation split shares no label with train"):
+        load_dataset(DataConfig(train_file=str(train), validation_file=str(val)), seed=0)
+    nan = tmp_path / "nan.jsonl"
+    nan.write_text('{"text": "a", "label": NaN}\n' + train.read_text())
+    with pytest.raises(UserError, match="row 1 has no label"):
+        load_dataset(DataConfig(train_file=str(nan)), seed=0)
+
+
+def test_csv_and_json_rows_that_would_be_misread_are_refused(tmp_path):
+    rows = "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(10))
+    (tmp_path / "comma.csv").write_text("text,label\n" + rows + "i lost my card, please help,a\n")
+    with pytest.raises(UserError, match="line 12 has 3 fields, the header 2"):
+        read_rows(tmp_path / "comma.csv")
+    (tmp_path / "long.csv").write_text("text,label\n" + "w " * 70000 + ",a\n" + rows)
+    assert len(read_rows(tmp_path / "long.csv")[0]["text"]) == 140000  # past the csv module's 131,072 limit
+    (tmp_path / "arr.json").write_text(json.dumps([{"text": "a", "label": "x"}, ["b", "y"]]))
+    with pytest.raises(UserError, match="entry 2 of its array is not a JSON object"):
+        read_rows(tmp_path / "arr.json")
+    (tmp_path / "sep.jsonl").write_text(json.dumps({"text": "lost\u2028my card", "label": "a"}, ensure_ascii=False)
+                                        + "\n", encoding="utf-8")
+    assert read_rows(tmp_path / "sep.jsonl") == [{"text": "lost\u2028my card", "label": "a"}]
+
+
+def test_two_files_for_one_split_are_refused_unless_a_key_names_one(tmp_path):
+    write_rows(tmp_path / "train.jsonl", make_rows(TRAIN))
+    (tmp_path / "train.csv").write_text("text,label\nx,a\ny,b\n")
+    with pytest.raises(UserError, match="holds 2 files for the train split: train.jsonl, train.csv"):
+        load_dataset(DataConfig(dataset_name=str(tmp_path)), seed=0)
+    ds = load_dataset(DataConfig(dataset_name=str(tmp_path), train_file=str(tmp_path / "train.jsonl")), seed=0)
+    assert len(ds.train.texts) + len(ds.validation.texts) == sum(TRAIN.values())  # train.jsonl, with val carved
 
 
 def test_max_samples_take_stratified_subsets_and_say_so(tmp_path):
@@ -492,3 +534,21 @@ def test_a_label_named_twice_in_a_row_is_one_label(tmp_path):
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     ds = load_dataset(DataConfig(dataset_name=str(tmp_path), label_delimiter="#"))
     assert ds.train.labels == (("pin",), ("pin", "balance"), ("balance",))
+
+
+def test_predict_reads_a_text_file_as_utf8_lines_split_at_newlines_only(tmp_path):
+    from loratune.commands.predict import read_texts
+
+    f = tmp_path / "t.txt"
+    f.write_text("\ufeffsend money\r\nlost\u2028my card\n\n", encoding="utf-8")
+    assert read_texts(str(f), "text") == ["send money", "lost\u2028my card"]
+    f.write_bytes(b"caf\xe9 lost my card\n")
+    with pytest.raises(UserError, match="is not UTF-8"):
+        read_texts(str(f), "text")
+
+
+def test_assess_out_to_a_folder_is_refused_before_the_assessment(tmp_path, capsys):
+    from loratune.cli import main
+
+    assert main(["assess", "--no-probe", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err

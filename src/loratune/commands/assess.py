@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from loratune.commands._common import add_config_args, console, load_cfg
+from loratune.errors import UserError
 
 _SEVERITY_STYLE = {"error": "bold red", "warn": "yellow", "info": "cyan"}
 
@@ -33,6 +34,8 @@ def run(args) -> int:
     from loratune.assess import run_assessment
 
     cfg = load_cfg(args)  # validated before any data or model loads
+    if args.out and Path(args.out).is_dir():  # said before the assessment runs, not after it
+        raise UserError(f"--out {args.out} is a folder", "give --out a file name, e.g. --out assessment.json")
     err = console(stderr=True)
     cache = False if (args.cache_dir or "").lower() == "none" else args.cache_dir
     progress = (lambda msg: None) if args.json else (lambda msg: err.print(f"[dim]{msg}...[/]"))
@@ -48,7 +51,12 @@ def run(args) -> int:
 
 def _emit(args, data: dict, summary) -> int:
     if args.out:
-        write_json_atomic(Path(args.out), data)
+        out = Path(args.out)
+        try:
+            write_json_atomic(out, data)
+        except OSError as exc:
+            raise UserError(f"cannot write the assessment to '{out}' ({exc.strerror or exc})",
+                            "give --out a writable file path") from None
     if args.json:
         json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
