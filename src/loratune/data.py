@@ -105,7 +105,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if suffix == ".parquet":
         return _read_parquet(path)
     raw = path.read_bytes()
-    text = _decode(raw, path)
+    text = decode_utf8(raw, path)
     if suffix == ".csv":
         rows = _read_csv(text, path)
     else:
@@ -115,7 +115,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _decode(raw: bytes, path: Path) -> str:
+def decode_utf8(raw: bytes, path: Path) -> str:
+    """A data file's bytes as text (a UTF-8 BOM dropped); any other encoding: a UserError with the iconv fix."""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -34,7 +34,7 @@ def read_texts(path: str, column: str = "text") -> list[str]:
         return [r[column] for r in rows]
     if not p.is_file():
         raise UserError(f"file '{p}' does not exist", "give a text file with one text per line")
-    from loratune.data import _decode
+    from loratune.data import decode_utf8
 
     try:
         raw = p.read_bytes()
@@ -42,7 +42,7 @@ def read_texts(path: str, column: str = "text") -> list[str]:
         raise UserError(f"file '{p}' cannot be read ({exc.strerror or exc})", "give a readable text file") from None
     # UTF-8 (a BOM dropped, other encodings refused as the data files are); lines end at \n alone: splitlines() also
     # cut a text at U+2028 / U+2029 / U+0085
-    return [line.rstrip("\r") for line in _decode(raw, p).split("\n") if line.strip()]
+    return [line.rstrip("\r") for line in decode_utf8(raw, p).split("\n") if line.strip()]
 
 
 def run(args) -> int:
