@@ -14,7 +14,7 @@ import numpy as np
 
 from loratune.config import RunConfig
 from loratune.data import Dataset
-from loratune.metrics import softmax
+from loratune.metrics import sigmoid, softmax
 from loratune.robustness import planned_predictions, score_robustness
 from loratune.slices import (ProbeSet, Slices, assign_slices, confusable_rows, load_probe_set, probe_scores,
                              slice_scores)
@@ -36,6 +36,7 @@ class EvalExtras:
     probe: ProbeSet | None
     seed: int
     robustness_on: bool
+    unseen: np.ndarray | None = None  # val rows carrying a label the model does not know (wrong in every slice)
     confusable_fixed_at: int | None = None
     info: dict = field(default_factory=dict)
 
@@ -49,7 +50,9 @@ class EvalExtras:
                                    multi_label=multi)
         probe = load_probe_set(cfg.data.probe_file, cfg.data.text_column, cfg.data.label_column) \
             if cfg.data.probe_file else None
-        extras = cfg_cls(dataset, y_true, multi, slices, probe, cfg.train.seed, cfg.train.robustness_probe)
+        known = set(dataset.label_space.labels)
+        unseen = np.array([any(lab not in known for lab in labs) for labs in dataset.validation.labels], dtype=bool)
+        extras = cfg_cls(dataset, y_true, multi, slices, probe, cfg.train.seed, cfg.train.robustness_probe, unseen)
         if slices is not None:
             n = len(dataset.validation)
             extras.info = {"shares": slices.shares(n), "rows": {k: int(len(v)) for k, v in slices.rows.items()},
@@ -70,10 +73,11 @@ class EvalExtras:
                     self.info["confusable"] = {"fixed_at_step": step, "rows": int(len(rows)),
                                                "classes": sorted({p[k] for p in pairs[:5] for k in ("true", "pred")})}
                     self.info["shares"]["confusable"] = len(rows) / len(self.dataset.validation)
-            out.update(slice_scores(val_logits, self.y_true, self.slices, self.multi_label, val_pred))
-        if self.probe is not None:
-            out.update(probe_scores(self.probe, softmax(predict(list(self.probe.texts))),
-                                    self.dataset.label_space.labels))
+            out.update(slice_scores(val_logits, self.y_true, self.slices, self.multi_label, val_pred, self.unseen))
+        if self.probe is not None:  # each label's own probability in a multi-label run, never a softmax over them
+            logits = predict(list(self.probe.texts))
+            out.update(probe_scores(self.probe, sigmoid(logits) if self.multi_label else softmax(logits),
+                                    self.dataset.label_space.labels, self.multi_label))
         return out
 
     def robustness_rows(self, clean_known: bool = True) -> int:

@@ -33,6 +33,19 @@ def single_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, lab
     return prediction_scores(prefix, logits.argmax(axis=1), y_true, labels, loss)
 
 
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
+    """Macro-F1 over the classes the rows hold or the model predicted (scikit-learn's default set), for every split
+    and slice alike: a class with no row and no prediction has no F1, and counting it as 0 capped a split missing a
+    class below 1 (one class-a row, predicted right: accuracy 1.0, macro-F1 0.5 over two trained classes).
+    Single-label: class indices (-1: no known class, never a class); multi-label: 0/1 matrices [n, k]."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.ndim == 2:
+        present = [int(i) for i in np.flatnonzero((y_true.sum(axis=0) + y_pred.sum(axis=0)) > 0)]
+    else:
+        present = sorted({int(i) for i in np.concatenate([y_true, y_pred]) if 0 <= i < k})
+    return float(f1_score(y_true, y_pred, labels=present or list(range(k)), average="macro", zero_division=0))
+
+
 def prediction_scores(prefix: str, y_pred: np.ndarray, y_true: np.ndarray, labels: tuple[str, ...],
                       loss: float | None = None) -> tuple[dict, np.ndarray]:
     """`single_label_scores` from predicted label indices. A prediction of -1 (no known label: a generated
@@ -46,11 +59,7 @@ def prediction_scores(prefix: str, y_pred: np.ndarray, y_true: np.ndarray, label
         out[f"{prefix}/loss"] = float(loss)
     # a row of a label the model never learned (-1) is an error, even when the output names no label either (-1)
     out[f"{prefix}/accuracy"] = float(np.mean((y_pred == y_true) & (y_true >= 0))) if len(y_true) else math.nan
-    # macro-F1 over the classes the split holds or the model predicted (scikit-learn's default set): a class with
-    # no row and no prediction has no F1, and counting it as 0 capped a split missing a class below 1 (a validation
-    # split of one class-a row, predicted right: accuracy 1.0, macro-F1 0.5 over the two trained classes)
-    seen = sorted({int(i) for i in np.concatenate([y_true, y_pred]) if 0 <= i < k}) or idx
-    out[f"{prefix}/macro_f1"] = float(f1_score(y_true, y_pred, labels=seen, average="macro", zero_division=0))
+    out[f"{prefix}/macro_f1"] = macro_f1(y_true, y_pred, k)
     out[f"{prefix}/weighted_f1"] = float(f1_score(y_true, y_pred, labels=idx, average="weighted", zero_division=0))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=idx, zero_division=0)
     for i, lab in enumerate(labels):
@@ -139,7 +148,7 @@ def multi_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, labe
         exact = exact & ~unseen_rows
     out[f"{prefix}/subset_accuracy"] = float(exact.mean()) if len(exact) else math.nan
     out[f"{prefix}/micro_f1"] = float(f1_score(y_true, y_pred, average="micro", zero_division=0))
-    out[f"{prefix}/macro_f1"] = float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    out[f"{prefix}/macro_f1"] = macro_f1(y_true, y_pred, len(labels))
     out[f"{prefix}/weighted_f1"] = float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
     # per row F1, averaged; a row with no true and no predicted label counts 1 (a right empty answer)
     out[f"{prefix}/samples_f1"] = float(f1_score(y_true, y_pred, average="samples", zero_division=1.0)) \

@@ -35,8 +35,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import math
 import os
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +62,24 @@ SPLICE_TABLE: dict[str, tuple[str, str]] = {
     "distilbert": ("embeddings", "transformer.layer"),
     "llama": ("embed_tokens", "layers"),
 }
-MEMORY_BUDGET_MB = float(os.environ.get("LORATUNE_PREFIX_CACHE_MB", 1024))  # all in-memory entries
+def _memory_budget_mb(default: float = 1024.0) -> float:
+    """LORATUNE_PREFIX_CACHE_MB: megabytes for all in-memory entries; a value that is no number is said, once, and
+    the default kept (read at import: a traceback there would stop every command)."""
+    text = os.environ.get("LORATUNE_PREFIX_CACHE_MB")
+    if text is None:
+        return default
+    try:
+        value = float(text)
+        if value >= 0 and math.isfinite(value):
+            return value
+    except ValueError:
+        pass
+    warnings.warn(f"LORATUNE_PREFIX_CACHE_MB={text!r} is not a number of megabytes (e.g. 2048); using {default:g}",
+                  stacklevel=2)
+    return default
+
+
+MEMORY_BUDGET_MB = _memory_budget_mb()  # all in-memory entries
 DISK_ENTRY_MB = 256.0  # an entry larger than this goes to disk (memory-mapped)
 STORE_DTYPE = np.float16
 
@@ -141,9 +161,12 @@ def _load_disk(key: str) -> PrefixStates | None:
     if not values.is_file() or not offsets.is_file():
         return None
     try:
-        return PrefixStates(np.load(values, mmap_mode="r"), np.load(offsets), on_disk=True)
-    except (OSError, ValueError):  # a damaged file: recompute
+        vals, offs = np.load(values, mmap_mode="r"), np.load(offsets)
+    except (OSError, ValueError, EOFError):  # a damaged file (empty, cut short): recompute
         return None
+    if offs.ndim != 1 or len(offs) == 0 or vals.ndim != 2 or int(offs[-1]) != vals.shape[0]:
+        return None  # the values of another entry, or cut short: their rows do not match the offsets
+    return PrefixStates(vals, offs, on_disk=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,6 +294,17 @@ def _weights_hash(modules: list[nn.Module]) -> str:
     return h.hexdigest()
 
 
+# config fields that do not change what the frozen blocks compute in eval mode: the head's labels, dropout (off while
+# the states are built), where the model was read from, the dtype (the weights' hash holds their dtypes)
+_CONFIG_NOT_IN_KEY = ("_name_or_path", "architectures", "transformers_version", "id2label", "label2id", "num_labels",
+                      "problem_type", "torch_dtype", "dtype", "finetuning_task")
+
+
+def _config_hash(config) -> str:
+    d = {k: v for k, v in config.to_dict().items() if k not in _CONFIG_NOT_IN_KEY and "dropout" not in k}
+    return hashlib.blake2b(json.dumps(d, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
 def _ids_hash(ids: list[list[int]]) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids)).tobytes())
@@ -304,6 +338,11 @@ def build(splice: Splice, ids: list[list[int]], make_batch: Callable, plan: Call
                     values = np.empty(shape, dtype=STORE_DTYPE)
             for j, row in enumerate(rows):
                 values[offsets[row]:offsets[row + 1]] = hidden[j, : lengths[row]]
+    except BaseException:  # Ctrl-C or an error mid-build: the full-size temporary file must not stay behind
+        if tmp is not None:
+            del values
+            tmp.unlink(missing_ok=True)
+        raise
     finally:
         hf.train(was_training)
     if values is None:  # an empty split
@@ -314,6 +353,15 @@ def build(splice: Splice, ids: list[list[int]], make_batch: Callable, plan: Call
         os.replace(tmp, path)
         return PrefixStates(np.load(path, mmap_mode="r"), offsets, on_disk=True)
     return PrefixStates(values, offsets)
+
+
+def _writable(folder: Path) -> bool:
+    """Whether the cache folder can take an entry (created if missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def _save_offsets(key: str, offsets: np.ndarray) -> None:
@@ -392,7 +440,9 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
     splice = Splice(model, model_type, k, autocast)
     computed_in = "bf16" if autocast else "fp32"
     t0 = time.perf_counter()
-    weights = _weights_hash(splice.prefix_modules())
+    # the states depend on the frozen blocks' weights and on how they compute (activation, norm eps, rope...): the
+    # config is part of the key, or a model differing only in hidden_act reused another's states
+    weights = _weights_hash(splice.prefix_modules()) + _config_hash(transformers_model(model).config)
     hits, built, disk, total = 0, 0, 0, 0
     stats = {"rows_computed": 0, "compute_s": 0.0}  # lazy rows computed by this run, and their cost
     hidden = getattr(transformers_model(model).config, "hidden_size", 0) or 0
@@ -405,6 +455,8 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
         else:
             n_tokens = sum(len(x) for x in enc.ids)
             big = n_tokens * hidden * np.dtype(STORE_DTYPE).itemsize > DISK_ENTRY_MB * 2**20
+            if big and not _writable(cache_dir()):  # an optimisation only: a read-only cache folder is no error
+                big = False
             if big or not hidden:  # disk entries are built whole, up front, for later processes
                 if big:
                     _save_offsets(key, np.concatenate([[0], np.cumsum([len(x) for x in enc.ids])])

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import f1_score
+from loratune.metrics import macro_f1
 
 from loratune.errors import UserError
 
@@ -53,7 +53,12 @@ def nearest_train_similarity(train_texts: tuple[str, ...], texts: tuple[str, ...
     key = _digest(train_texts, texts)
     path = cache_dir() / "familiarity" / f"{key}.npy"
     if use_cache and path.is_file():
-        return np.load(path)
+        try:
+            cached = np.load(path)
+            if cached.shape == (len(texts),):
+                return cached
+        except (OSError, ValueError, EOFError):  # a damaged entry (empty, cut short): computed again, replaced
+            pass
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.neighbors import NearestNeighbors
 
@@ -62,10 +67,13 @@ def nearest_train_similarity(train_texts: tuple[str, ...], texts: tuple[str, ...
     dist, _ = NearestNeighbors(n_neighbors=1, metric="cosine").fit(a).kneighbors(vec.transform(texts))
     sim = np.clip(1.0 - dist[:, 0], 0.0, 1.0).astype(np.float32)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, sim)
-        os.replace(tmp, path)
+        try:  # an optimisation only: a read-only or full cache folder must not stop a run
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+            np.save(tmp, sim)
+            os.replace(tmp, path)
+        except OSError:
+            pass
     return sim
 
 
@@ -124,23 +132,26 @@ def confusable_rows(val_labels: tuple[tuple[str, ...], ...], pairs: list[dict], 
 
 
 def slice_scores(logits: np.ndarray, y_true: np.ndarray, slices: Slices, multi_label: bool,
-                 pred: np.ndarray | None = None) -> dict:
-    """Accuracy (subset accuracy for multi-label) and macro-F1 over the classes present, per slice.
+                 pred: np.ndarray | None = None, unseen: np.ndarray | None = None) -> dict:
+    """Accuracy (subset accuracy for multi-label) and macro-F1 per slice, scored as the whole split is
+    (metrics.macro_f1's class set; a row carrying a label the model does not know, `unseen`, is wrong).
     Multi-label: `pred` is the decoded 0/1 label matrix (metrics.decode); without it, logit >= 0."""
     out: dict = {}
+    k = logits.shape[1]
     for name, idx in slices.rows.items():
         if len(idx) == 0:
             continue
         lg, yt = logits[idx], y_true[idx]
         if multi_label:
             pr = (lg >= 0).astype(int) if pred is None else np.asarray(pred)[idx]
-            acc = float(np.all(pr == yt, axis=1).mean())
-            f1 = float(f1_score(yt, pr, average="macro", zero_division=0))
+            right = np.all(pr == yt, axis=1)
+            if unseen is not None:  # its unknown label was dropped from yt: the row still cannot be right
+                right = right & ~unseen[idx]
+            acc = float(right.mean())
         else:
-            top = lg.argmax(axis=1)
-            acc = float(np.mean(top == yt))
-            present = sorted({int(v) for v in yt if v >= 0})
-            f1 = float(f1_score(yt, top, labels=present, average="macro", zero_division=0)) if present else 0.0
+            pr = lg.argmax(axis=1)
+            acc = float(np.mean((pr == yt) & (yt >= 0)))
+        f1 = macro_f1(yt, pr, k)
         out[f"val_{name}/accuracy"] = acc
         out[f"val_{name}/macro_f1"] = f1
         out[f"val_{name}/n"] = int(len(idx))
@@ -182,12 +193,18 @@ def load_probe_set(path: str, text_column: str = "text", label_column: str = "la
     return ProbeSet(tuple(texts), tuple(expected), str(path))
 
 
-def probe_scores(probe: ProbeSet, probs: np.ndarray, labels: tuple[str, ...]) -> dict:
-    """`probe/accuracy`, `probe/n` and `probe/examples` (text, expected, predicted, confidence, correct)."""
+def probe_scores(probe: ProbeSet, probs: np.ndarray, labels: tuple[str, ...], multi_label: bool = False) -> dict:
+    """`probe/accuracy`, `probe/n` and `probe/examples` (text, expected, predicted, confidence, correct). `probs`:
+    softmax rows, or for a multi-label run each label's sigmoid: its prediction is every label at 0.5 or above (the
+    most likely one when none is), right when the expected label is among them."""
     examples = []
     for text, exp, p in zip(probe.texts, probe.expected, probs):
         i = int(np.argmax(p))
-        examples.append({"text": text, "expected": exp, "predicted": labels[i], "confidence": round(float(p[i]), 4),
-                         "correct": labels[i] == exp, "known_label": exp in labels})
+        chosen = [labels[j] for j in np.argsort(-p) if p[j] >= 0.5] if multi_label else []
+        predicted = chosen or [labels[i]]
+        examples.append({"text": text, "expected": exp,
+                         "predicted": predicted if multi_label else labels[i],
+                         "confidence": round(float(p[i]), 4),
+                         "correct": exp in predicted, "known_label": exp in labels})
     acc = sum(e["correct"] for e in examples) / len(examples) if examples else 0.0
     return {"probe/accuracy": acc, "probe/n": len(examples), "probe/examples": examples}

@@ -135,6 +135,61 @@ def test_large_entries_go_to_disk_and_are_found_by_a_later_process(tiny_bert, in
     np.testing.assert_allclose(cached, full, atol=2e-2 * np.abs(full).max(), rtol=0)
 
 
+def test_a_damaged_or_mismatched_disk_entry_is_rebuilt_and_a_model_config_change_is_a_new_key(
+        tiny_bert, intent_data, tmp_path, monkeypatch):
+    """An empty values file raised EOFError in every later run; another entry's values raised IndexError; a model
+    differing only in hidden_act reused the first model's states."""
+    monkeypatch.setattr(prefix_cache, "DISK_ENTRY_MB", 0.0)
+    _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
+    _attach(model, tok, encs)
+    folder = tmp_path / "cache" / "prefix"
+    values = sorted(folder.glob("*.values.npy"))
+    values[0].write_bytes(b"")  # empty
+    values[1].write_bytes(np.lib.format.header_data_from_array_1_0(np.zeros((3, 2))) and b"")  # empty too
+    np.save(values[1], np.zeros((3, 8), np.float16))  # a readable array with the wrong number of rows
+    prefix_cache.clear()
+    note = _attach(model, tok, encs)
+    assert note["splits_reused"] == 0 and note["splits_built"] == 2
+    prefix_cache.clear()
+    assert _attach(model, tok, encs)["splits_reused"] == 2  # rebuilt whole
+    prefix_cache.clear()
+    model.config.hidden_act = "relu"  # same weights, other computation
+    assert _attach(model, tok, encs)["splits_reused"] == 0
+
+
+def test_an_unwritable_cache_folder_keeps_the_states_in_memory(tiny_bert, intent_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(prefix_cache, "DISK_ENTRY_MB", 0.0)
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
+    note = _attach(model, tok, encs)
+    assert note["splits_built"] == 2 and note["splits_on_disk"] == 0
+
+
+def test_a_bad_memory_budget_is_said_and_the_default_kept(monkeypatch):
+    monkeypatch.setenv("LORATUNE_PREFIX_CACHE_MB", "2GB")
+    with pytest.warns(UserWarning, match="is not a number of megabytes"):
+        assert prefix_cache._memory_budget_mb() == 1024.0
+    monkeypatch.setenv("LORATUNE_PREFIX_CACHE_MB", "2048")
+    assert prefix_cache._memory_budget_mb() == 2048.0
+
+
+def test_an_interrupted_disk_build_leaves_no_temporary_file(tiny_bert, intent_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(prefix_cache, "DISK_ENTRY_MB", 0.0)
+    _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
+    calls = []
+
+    def capture(self, batch, _orig=prefix_cache.Splice.capture):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return _orig(self, batch)
+
+    monkeypatch.setattr(prefix_cache.Splice, "capture", capture)
+    with pytest.raises(KeyboardInterrupt):
+        _attach(model, tok, encs)
+    assert not [p for p in (tmp_path / "cache" / "prefix").iterdir() if ".tmp" in p.name]
+
+
 def test_memory_is_bounded(monkeypatch):
     monkeypatch.setattr(prefix_cache, "MEMORY_BUDGET_MB", 1.0)
     entry = lambda: prefix_cache.PrefixStates(np.zeros((1000, 200), np.float16), np.array([0, 1000]))  # 0.4 MB

@@ -134,3 +134,34 @@ def test_a_probe_row_is_one_text_with_one_label(tmp_path, row):
         load_probe_set(str(p))
     p.write_text(json.dumps({"text": "fine", "label": ["a"]}) + "\n")
     assert load_probe_set(str(p)).expected == ("a",)  # a one-label list is that label
+
+
+def test_a_slice_is_scored_as_the_whole_split_is():
+    """Slices used other class sets than val/ (multi-label macro-F1 0.5 for perfect predictions: labels with no row
+    and no prediction counted as 0; single-label: the true classes only) and read a multi-label row carrying an
+    unknown label as right."""
+    from loratune.metrics import multi_label_scores, prediction_scores
+    from loratune.slices import Slices, slice_scores
+
+    y = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]])
+    every = Slices({"all": np.arange(4)})
+    s = slice_scores(np.zeros((4, 4)), y, every, True, y.copy())
+    assert s["val_all/accuracy"] == 1.0 and s["val_all/macro_f1"] == 1.0
+    assert multi_label_scores("val", np.zeros((4, 4)), y, ("a", "b", "c", "d"), pred=y)["val/macro_f1"] == 1.0
+    unseen = np.array([True, False, False, False])  # row 0 also carried a label the model never learned
+    assert slice_scores(np.zeros((4, 4)), y, every, True, y.copy(), unseen)["val_all/accuracy"] == 0.75
+    # single-label: a class predicted but absent from the rows counts, as it does for val/macro_f1
+    yt, pred = np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])
+    logits = np.eye(3)[pred]
+    whole, _ = prediction_scores("val", pred, yt, ("a", "b", "c"))
+    assert slice_scores(logits, yt, every, False)["val_all/macro_f1"] == pytest.approx(whole["val/macro_f1"])
+
+
+def test_a_multi_label_probe_reads_each_labels_own_probability():
+    from loratune.slices import ProbeSet, probe_scores
+
+    probe = ProbeSet(("i lost my card", "what is my balance"), ("card_lost", "balance"), "p.jsonl")
+    sig = np.array([[0.97, 0.10, 0.02], [0.75, 0.60, 0.01]])  # row 2: card_lost and balance both above 0.5
+    s = probe_scores(probe, sig, ("card_lost", "balance", "pin"), multi_label=True)
+    assert [e["predicted"] for e in s["probe/examples"]] == [["card_lost"], ["card_lost", "balance"]]
+    assert s["probe/accuracy"] == 1.0 and s["probe/examples"][1]["confidence"] == 0.75
