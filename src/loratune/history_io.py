@@ -86,8 +86,17 @@ def _load_run(path: str | Path) -> RunHistory:
         if (p / "history.jsonl").is_file():
             return read_loratune_run(p)
         if (p / "run.json").is_file():
-            raise UserError(f"'{p}' has a run.json but no history.jsonl",
-                            "the run wrote no eval point yet; wait for the first evaluation")
+            from loratune.store import RunStore
+
+            try:
+                status = RunStore(p).read_run().get("status")  # `running` whose process died reads `died`
+            except Exception:
+                status = None
+            if status in (None, "running"):
+                raise UserError(f"'{p}' has a run.json but no history.jsonl",
+                                "the run wrote no eval point yet; wait for the first evaluation")
+            raise UserError(f"'{p}' has no eval point: the run ended (status {status}) before its first evaluation",
+                            "nothing to diagnose; train it again (see its run.json `reason`)")
         record = p / CALLBACK_RECORD_DIR
         if not (p / "trainer_state.json").is_file() and (record / "history.jsonl").is_file():
             # LoratuneCallback's record of this run: every evaluation up to the end, where a checkpoint's state

@@ -531,6 +531,10 @@ def output_error(exc: BaseException, out_dir) -> UserError | None:
         return UserError(f"the disk holding output_dir '{out_dir}' is full (writing failed: {exc})",
                          "free some space or give an output_dir on another disk; what was written before "
                          "(history.jsonl, the last run.json) is kept")
+    if code == errno.EFBIG or "File too large" in text:  # a file-size limit (ulimit -f) or the file system's
+        return UserError(f"a file in output_dir '{out_dir}' reached the largest size allowed ({exc})",
+                         "raise the limit (ulimit -f unlimited) or give an output_dir on another file system; what "
+                         "was written before (history.jsonl, the last run.json) is kept")
     if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "Read-only file system" in text \
             or "Permission denied" in text:
         return UserError(f"output_dir '{out_dir}' is not writable ({exc})",

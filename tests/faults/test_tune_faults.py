@@ -8,6 +8,8 @@ import json
 import signal
 import sqlite3
 
+import pytest
+
 from loratune.cli import main
 from loratune.store import RunStore
 
@@ -72,3 +74,51 @@ def test_stored_settings_from_another_version_are_read(tmp_path):
     stored.pop(next(iter(stored)))  # a key this version added since
     got = settings_from(stored, ProtocolSettings(), UI())
     assert isinstance(got, ProtocolSettings) and "knob_of_the_past" in notes[0]
+
+
+def test_a_study_stopped_before_its_settings_were_stored_is_not_resumed_as_another(tmp_path, capsys):
+    """SIGTERM between creating the study and storing its settings: --resume ran a 15-minute study of the embedded
+    default instead of the user's model and data."""
+    import optuna
+
+    from loratune.search.study import Study
+
+    Study.open(tmp_path / "s", meta={"strategy": "protocol", "base_config": "x: 1"}).close()
+    assert optuna.load_study(study_name="loratune", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}") \
+        .user_attrs["loratune"]["base_config"] == "x: 1"  # written with the study, in one step
+    optuna.create_study(study_name="loratune", storage=f"sqlite:///{tmp_path / 'bare' / 'study.db'}"
+                        if (tmp_path / "bare").mkdir() is None else None)  # what the signal left: no settings
+    assert main(["tune", "--resume", "--study-dir", str(tmp_path / "bare")]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "stopped before its settings were stored" in err and not (tmp_path / "bare" / "study.lock").exists()
+
+
+def test_a_full_disk_or_a_size_limit_mid_study_is_an_output_fault(tmp_path, monkeypatch):
+    """`database or disk is full` from SQLite (wrapped by SQLAlchemy and Optuna) ended `tune` in three tracebacks;
+    a file-size limit was said as 'check the URL, the server and the credentials'."""
+    import errno
+    import sqlite3
+
+    import optuna
+
+    from loratune.errors import UserError
+    from loratune.search.study import Study, storage_error
+    from loratune.train import output_error
+
+    study = Study.open(tmp_path / "s", meta={"strategy": "random"})
+    storage = study.optuna._storage
+
+    def full(*args, **kwargs):
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as cause:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit") from cause
+
+    monkeypatch.setattr(storage._backend, "set_study_user_attr", full)  # the RDB storage under the cache
+    with pytest.raises(UserError, match="the disk holding the study is full") as info:
+        study.set_meta(finished=True)
+    assert "--resume" in info.value.fix
+    monkeypatch.undo()
+    study.close()
+    assert "file-size limit" in storage_error("sqlite:///x.db", OSError(errno.EFBIG, "File too large")).problem
+    assert "reached the largest size allowed" in output_error(OSError(errno.EFBIG, "File too large"), "out").problem

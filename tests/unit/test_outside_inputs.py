@@ -4,6 +4,7 @@ a traceback; and a share metric logged on a 0-100 scale is read as a share."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,14 @@ def test_a_commented_out_learning_rate_in_a_notebook_is_not_read():
     nb = (Path(__file__).resolve().parents[1] / "fixtures" / "external" / "public_aa"
           / "Mitbus__NlpFinalProject__train_t5" / "notebook.ipynb")
     assert load_run(nb).facts["learning_rate"].value == 3e-4
+
+
+@pytest.mark.parametrize("status,message", [("running", "the run ended (status died)"),  # no live process
+                                            ("interrupted", "the run ended (status interrupted)"),
+                                            ("failed", "the run ended (status failed)")])
+def test_a_run_without_eval_points_is_waited_for_only_while_it_runs(tmp_path, status, message):
+    import os
+
+    (tmp_path / "run.json").write_text(json.dumps({"status": status, "pid": os.getpid()}), encoding="utf-8")
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_run(tmp_path)

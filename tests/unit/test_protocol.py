@@ -222,6 +222,32 @@ def test_resume_replays_finished_trials_without_training_them(tmp_path):
     assert ctx2.meter.spent.trials == ref.meter.spent.trials  # replayed trials are charged again
 
 
+def test_a_trial_that_finished_before_the_signal_took_effect_is_kept_not_trained_again(tmp_path):
+    """train() writes its final record with Ctrl-C held off, then raises it: the trial was failed as interrupted and
+    its point trained again on --resume."""
+    from loratune.search.runner import FinishedThenInterrupted
+
+    class FinishesThenStops(ScriptedRunner):
+        def run(self, spec, run_dir, watch=None):
+            if len(self.calls) + 1 == 3:
+                self.calls.append(spec)
+                raise FinishedThenInterrupted(self.world.result(spec.point), KeyboardInterrupt())
+            return super().run(spec, run_dir, watch)
+
+    store = MemoryStore(tmp_path, decisions_path=tmp_path / "decisions.jsonl")
+    runner = FinishesThenStops(lr_binds())
+    ctx1 = SearchContext(store=store, runner=runner, meter=Meter(Budget.parse("100trials")), trial_examples=1000,
+                         costs=CostModel())
+    with pytest.raises(KeyboardInterrupt) as exc:
+        run_protocol(ctx1, START, ProtocolSettings())
+    assert type(exc.value) is KeyboardInterrupt  # the signal itself, for its exit code
+    assert len(ctx1.records) == 3  # the third trial is recorded as finished
+    done_before = [s.key for s in runner.calls]
+    ctx2, r2 = make_ctx(lr_binds(), store=store)
+    run_protocol(ctx2, START, ProtocolSettings())
+    assert not set(done_before) & {s.key for s in r2.calls}, "a finished trial was trained again"
+
+
 def test_breakeven_caps_the_rank_sweep():
     world = lr_binds()
     world.adapted = 30_000  # breakeven rank = 30000 / 3 / 1000 = 10 < 8 x 4
@@ -1200,3 +1226,33 @@ def test_the_deadline_is_kept_back_in_the_budgets_own_unit():
     assert deadline_hold(ctx, 0.5) == Cost()
     with pytest.raises(ValueError, match="early_long_by 1.5 is a share of the budget"):
         ProtocolSettings(early_long_by=1.5)
+
+
+def test_the_runner_keeps_a_run_whose_record_was_final_when_the_signal_took_effect(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    import loratune.tasks as tasks
+    from loratune.config import load_config
+    from loratune.search.runner import FinishedThenInterrupted, TrainingRunner
+    from loratune.search.trial import TrialSpec
+
+    def train(cfg, dataset, store, progress=False, callback=None):  # what train.train does with Ctrl-C held off
+        d = Path(cfg.train.output_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        point = {"step": 10, "val/loss": 0.5, "val/macro_f1": 0.8, "train/loss": 0.4}
+        (d / "history.jsonl").write_text(json.dumps({"step": 0, "val/loss": 1.4, "val/macro_f1": 0.2}) + "\n"
+                                         + json.dumps(point) + "\n")
+        (d / "run.json").write_text(json.dumps({"status": status, "steps_done": 10, "steps_planned": 10,
+                                                "best": point, "final": point, "examples_seen": 80}))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tasks, "recipe", lambda cfg, what: train)
+    runner = TrainingRunner(load_config(None, []), None)
+    spec = TrialSpec("start", "phase1-lr-grid", {})
+    for status, raised in (("completed", FinishedThenInterrupted), ("interrupted", KeyboardInterrupt)):
+        with pytest.raises(KeyboardInterrupt) as exc:
+            runner.run(spec, tmp_path / status)
+        assert type(exc.value) is raised
+        if raised is FinishedThenInterrupted:
+            assert exc.value.result.status == "completed" and type(exc.value.signal) is KeyboardInterrupt

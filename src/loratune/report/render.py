@@ -304,7 +304,7 @@ def prompts_section(r: RunReport) -> str:
              (clip(g.after), "")] for g in ps.rows]
     body = fig + (f'<p class="small muted">at step {step}: {esc(scores)}</p>' if scores else "")
     if rows:
-        saved = r.best.get("step") is not None and ps.step == r.best.get("step")
+        saved = r.saved_model and r.best.get("step") is not None and ps.step == r.best.get("step")
         body += table([("group", ""), ("prompt", ""), ("reference", ""), ("step 0 (base model)", ""),
                        (f"step {step} ({'the saved model' if saved else 'the last generation'})", "")], rows,
                       id_="prompts-table")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol, Sequence
 from loratune.objectives import SCORE_FLOOR, Objective, objective
 from loratune.search.budget import Cost, CostModel, Meter, format_amount
 from loratune.search.prune import PruneSettings
-from loratune.search.runner import Watch, score_at
+from loratune.search.runner import FinishedThenInterrupted, Watch, score_at
 from loratune.search.state import ProtocolState
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec, short_name
 
@@ -176,9 +176,15 @@ class SearchContext:
         self.ui.trial_start(number, spec, self)
         try:
             result = self.runner.run(spec, run_dir, watch)
+        except FinishedThenInterrupted as done:  # the run finished before the signal took effect: keep it
+            self._finished(handle, spec, run_dir, done.result)
+            raise done.signal from None
         except KeyboardInterrupt:
             self.store.fail(handle, "interrupted by the user; trained again on --resume")
             raise
+        return self._finished(handle, spec, run_dir, result)
+
+    def _finished(self, handle, spec: TrialSpec, run_dir, result) -> TrialRecord:
         rec = self.store.finish(handle, spec, run_dir, result)
         self.current = {}
         self._account(rec, rec.label)

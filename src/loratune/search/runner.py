@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from loratune.diagnose import PARTIAL_STATUSES
 from loratune.objectives import CLASSIFIER_METRICS, objective
 from loratune.search.prune import PruneSettings, behind_best, by_diagnosis
 from loratune.search.trial import KEPT_FEATURES, TrialResult, TrialSpec
@@ -148,6 +149,15 @@ def _library_noise_hidden():
         yield
 
 
+class FinishedThenInterrupted(KeyboardInterrupt):
+    """A trial's run finished (its record final) and a Ctrl-C / SIGTERM held off while it wrote that record then
+    ended the process: the study records the trial as finished (`result`) and raises `signal` after it."""
+
+    def __init__(self, result: TrialResult, signal: KeyboardInterrupt):
+        super().__init__()
+        self.result, self.signal = result, signal
+
+
 def reset_peak_memory() -> float | None:
     """Reset the process's peak memory so each trial's `peak_memory_mb` in run.json is its own peak,
     not the largest of the whole study (Linux: /proc/self/clear_refs value 5 resets the peak RSS that
@@ -162,7 +172,10 @@ def reset_peak_memory() -> float | None:
     if torch is not None and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated() / 2**20
-    gc.collect()
+    from loratune import signals
+
+    with signals.shielded():  # a Ctrl-C raised inside a weakref callback of the collection is dropped by Python
+        gc.collect()
     try:  # hand memory freed by earlier trials back to the OS, or it hides in the baseline (glibc)
         import ctypes
 
@@ -257,11 +270,16 @@ class TrainingRunner:
             watch.limit_s = watch.time_limit(0.0, 0)
         callback = WatchCallback(watch, t0)
         error = None
+        interrupted: KeyboardInterrupt | None = None
         try:
             with _library_noise_hidden():
                 train(cfg, self.dataset, store, progress=False, callback=callback)
-        except KeyboardInterrupt:
-            raise
+        except KeyboardInterrupt as exc:
+            # a signal held off while the run wrote its final record ends the process after it: the trial finished,
+            # and is kept as finished (its result below), never failed and trained again on --resume
+            if not (Path(run_dir) / "run.json").exists() or store.read_run().get("status") in PARTIAL_STATUSES:
+                raise
+            interrupted = exc
         except Exception as exc:  # the run record says `failed` with the error; the search goes on
             error = f"{type(exc).__name__}: {exc}"
         pruned = callback.stopped
@@ -281,7 +299,10 @@ class TrainingRunner:
         res = result_from(run, diag, wall, pruned)
         peak = res.peak_memory_mb
         delta = peak - baseline_mb if peak is not None and baseline_mb is not None else None
-        return _with(res, curve=curve_of(store.read_history(), objective_of(run)), memory_delta_mb=delta)
+        res = _with(res, curve=curve_of(store.read_history(), objective_of(run)), memory_delta_mb=delta)
+        if interrupted is not None:
+            raise FinishedThenInterrupted(res, interrupted)
+        return res
 
     def compare(self, run_dirs: Sequence[str]) -> dict | None:
         from loratune.diagnose import compare

@@ -64,8 +64,33 @@ DRIVERS = {"postgresql": ("psycopg2", "pip install 'loratune[postgres]'  (psycop
            "mysql": ("pymysql", "pip install pymysql, and use mysql+pymysql://...")}
 
 
+# what SQLite and the OS say when the study's disk cannot take a write (SQLAlchemy wraps them: read the whole chain)
+WRITE_FAULTS = (("database or disk is full", "is full"), ("No space left", "is full"), ("File too large",
+                "reached the file-size limit (ulimit -f)"), ("readonly database", "is not writable"),
+                ("Read-only file system", "is not writable"), ("disk I/O error", "failed a write (disk I/O error)"))
+
+
+def write_fault(exc: BaseException) -> UserError | None:
+    """The UserError for a storage write the study's disk refused (full, a file-size limit, read-only); None for
+    anything else. The finished trials and the decision trail stay as they were."""
+    chain, e = [], exc
+    while e is not None and len(chain) < 8:
+        chain.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    text = " | ".join(chain)
+    what = next((why for needle, why in WRITE_FAULTS if needle in text), None)
+    if what is None:
+        return None
+    return UserError(f"the disk holding the study {what} ({chain[-1].splitlines()[0][:200]})",
+                     "free some space (or raise the limit) and continue with `loratune tune --resume --study-dir "
+                     "DIR`: the finished trials are kept")
+
+
 def storage_error(url: str, exc: BaseException) -> UserError:
     """A storage that cannot be opened, said with the fix (a missing driver names its package)."""
+    fault = write_fault(exc)
+    if fault is not None:
+        return fault
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     text = f"{type(exc).__name__}: {exc}"
     safe = _redact(url)
@@ -125,7 +150,13 @@ def _shielded_storage():
         @functools.wraps(fn, updated=())
         def call(self, *args, **kwargs):
             with signals.shielded():
-                return fn(self, *args, **kwargs)
+                try:
+                    return fn(self, *args, **kwargs)
+                except Exception as exc:  # a full or read-only disk mid-study: the output's fault (exit 2)
+                    fault = write_fault(exc)
+                    if fault is None:
+                        raise
+                    raise fault from None
 
         return call
 
@@ -332,10 +363,14 @@ class Study:
                                     "use another (or an empty) --study-dir for the new study, or --resume "
                                     + (f"--study-name {others[0]}" if others else "the study it belongs to"))
             try:
-                with warnings.catch_warnings():
+                # a new study and its settings are written as one step: a signal between them left a study with no
+                # settings, which --resume read as the embedded default's
+                with warnings.catch_warnings(), signals.shielded():
                     warnings.simplefilter("ignore")
                     study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", sampler=sampler,
                                                 load_if_exists=resume or worker)
+                    if not resume and not worker:
+                        study.set_user_attr("loratune", dict(meta or {}))
             except Exception as exc:
                 if type(exc).__name__ == "DuplicatedStudyError":
                     raise UserError(f"another process created the study '{name}' in {_redact(url)} just now",
@@ -352,9 +387,12 @@ class Study:
         self._lock = lock
         if worker:
             return self
-        if not resume:
-            study.set_user_attr("loratune", dict(meta or {}))
-        else:
+        if resume:
+            if "loratune" not in self.optuna.user_attrs:
+                self.close()
+                raise UserError(f"the study in {study_dir} was stopped before its settings were stored: there is "
+                                "nothing to resume", f"start it again without --resume in an empty --study-dir (or "
+                                f"remove {study_dir})")
             self.set_meta(finished=False)
             self._recover_running()
         return self
@@ -690,17 +728,18 @@ class Study:
         a new one (never `ask()`, which would pop another spec's queued trial)."""
         import optuna
 
-        if trial is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                tid = self.optuna._storage.create_new_trial(self.optuna._study_id)
-            trial = optuna.trial.Trial(self.optuna, tid)
-        run_dir = self.run_dir_for(trial.number, spec.name)
-        for k, v in (("key", spec.key), ("name", spec.name), ("phase", spec.phase), ("point", spec.point),
-                     ("purpose", spec.purpose), ("run_dir", str(run_dir)), ("status", "running"),
-                     ("worker", _me())):
-            trial.set_user_attr(k, v)
-        self._beat(trial)
+        with signals.shielded():  # a trial and what it is: one step (a signal between left a nameless `running` trial)
+            if trial is None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    tid = self.optuna._storage.create_new_trial(self.optuna._study_id)
+                trial = optuna.trial.Trial(self.optuna, tid)
+            run_dir = self.run_dir_for(trial.number, spec.name)
+            for k, v in (("key", spec.key), ("name", spec.name), ("phase", spec.phase), ("point", spec.point),
+                         ("purpose", spec.purpose), ("run_dir", str(run_dir)), ("status", "running"),
+                         ("worker", _me())):
+                trial.set_user_attr(k, v)
+            self._beat(trial)
         return trial, run_dir
 
     def finish(self, trial, spec: TrialSpec, run_dir: Path, result: TrialResult) -> TrialRecord:
@@ -708,23 +747,25 @@ class Study:
 
         self._unbeat(trial)
         record = TrialRecord(trial.number, spec, str(run_dir), result)
-        trial.set_user_attr("status", result.status)
-        trial.set_user_attr("record", record.to_dict())
-        if result.status == "pruned":
-            self.optuna.tell(trial, state=TrialState.PRUNED)  # its last reported value stands
-        elif result.ok:
-            self.optuna.tell(trial, float(result.value))
-        else:
-            self.optuna.tell(trial, state=TrialState.FAIL)
+        with signals.shielded():  # its record and its state: one step
+            trial.set_user_attr("status", result.status)
+            trial.set_user_attr("record", record.to_dict())
+            if result.status == "pruned":
+                self.optuna.tell(trial, state=TrialState.PRUNED)  # its last reported value stands
+            elif result.ok:
+                self.optuna.tell(trial, float(result.value))
+            else:
+                self.optuna.tell(trial, state=TrialState.FAIL)
         return record
 
     def fail(self, trial, reason: str, status: str = "interrupted") -> None:
         from optuna.trial import TrialState
 
         self._unbeat(trial)
-        trial.set_user_attr("status", status)
-        trial.set_user_attr("reason", reason)
-        self.optuna.tell(trial, state=TrialState.FAIL)
+        with signals.shielded():
+            trial.set_user_attr("status", status)
+            trial.set_user_attr("reason", reason)
+            self.optuna.tell(trial, state=TrialState.FAIL)
 
     # ------------------------------------------------------------------ side files
     def save_assessment(self, data: dict) -> None:
