@@ -64,9 +64,34 @@ class CostPoint:
 
 @dataclass(frozen=True)
 class DecideThresholds:
-    share_total: float = 0.10  # protocol 6: 10-20% of the model
-    share_adapted: float = 0.20  # ... or of the adapted weights
-    cost_parity: float = 0.80  # LoRA step time or memory at >= 80% of full fine-tuning's
+    share_total: float = field(default=0.10, metadata={"doc": "protocol 6: LoRA's trainable parameters at or above "
+                                                               "this share of the whole model (10-20%) favour full "
+                                                               "fine-tuning (param-share)"})
+    share_adapted: float = field(default=0.20, metadata={"doc": "...or at or above this share of the weights it "
+                                                                 "adapts (param-share)"})
+    cost_parity: float = field(default=0.80, metadata={"doc": "protocol 6: LoRA's step time or peak memory at or "
+                                                               "above this share of full fine-tuning's: it no longer "
+                                                               "saves what it is for (cost-parity)"})
+
+
+def lora_vs_full_catalog() -> list[dict]:
+    """Protocol 6's numbers as `loratune rules` shows them: the LoRA-vs-full thresholds, the breakeven rank and the
+    noise band a rank step or a LoRA-vs-full gap must clear (each defined once, where the code reads it)."""
+    from dataclasses import fields
+
+    from loratune.objectives import SCORE_FLOOR
+    from loratune.params import BREAKEVEN_SHARE
+
+    rows = [{"name": f.name, "value": f.default, "doc": f.metadata["doc"]} for f in fields(DecideThresholds)]
+    rows.append({"name": "breakeven_share", "value": BREAKEVEN_SHARE,
+                 "doc": "the breakeven rank: where LoRA's parameters reach this share of the weights they adapt; "
+                        "the rank sweep stops there, and past it full fine-tuning is the cheaper way to that "
+                        "capacity (params.BREAKEVEN_SHARE)"})
+    rows.append({"name": "noise_floor", "value": SCORE_FLOOR,
+                 "doc": "protocol 6's noise band: a gain (a rank step, LoRA against full) counts only above "
+                        "max(this, 2 x the seed sigma) once seeds ran, else max(this, sqrt(2) x the val metric's "
+                        "binomial SE) (search.context.SearchContext.noise; a loss objective: its own floor)"})
+    return rows
 
 
 @dataclass(frozen=True)

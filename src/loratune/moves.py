@@ -211,6 +211,18 @@ _MOVES = (
 
 MOVES: Mapping[str, Move] = MappingProxyType({m.id: m for m in _MOVES})
 _BY_TEXT: Mapping[str, Move] = MappingProxyType({m.text: m for m in _MOVES})
+# the numbers inside the moves, as `loratune rules` lists them beside the move table
+MOVE_CONSTANTS = (("dropout_floor", DROPOUT_FLOOR, "lora_dropout up starts from at least this"),
+                  ("dropout_cap", DROPOUT_CAP, "lora_dropout up doubles it, to at most this"),
+                  ("weight_decay_up", WEIGHT_DECAY_UP, "weight decay up sets it to this (AdamW's common strong "
+                                                       "setting; the config default is 0.01)"),
+                  ("ffn_top", FFN_TOP, "the FFN target a capacity move adds: the top 2 layers' (protocol 3)"))
+
+
+def move_catalog() -> list[dict]:
+    """Every move as data: id, text, the knob it turns, its role and what it does."""
+    return [{"id": m.id, "text": m.text, "knob": m.knob, "role": m.role, "doc": m.doc,
+             "changes_config": m.actionable} for m in _MOVES]
 
 
 @dataclass(frozen=True)

@@ -995,8 +995,9 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool) -> str:
                 "AutoTokenizer\n\nbase = AutoModelForSequenceClassification.from_pretrained(BASE, "
                 f"num_labels={len(space)}"
                 + (', problem_type="multi_label_classification"' if space.multi_label else "")
-                + ")\nmodel = PeftModel.from_pretrained(base, \"adapter\")\n"
-                "tokenizer = AutoTokenizer.from_pretrained(\"adapter\")")
+                + ")\ntokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n"
+                "base.config.pad_token_id = tokenizer.pad_token_id  # a decoder pools its last non-pad token\n"
+                "model = PeftModel.from_pretrained(base, \"adapter\")")
     else:
         load = ("from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
                 "model = AutoModelForSequenceClassification.from_pretrained(\"adapter\")\n"

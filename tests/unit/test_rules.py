@@ -327,3 +327,27 @@ def test_a_language_models_slow_fall_at_loras_usual_lr_is_not_too_small_a_step()
     assert reads(lora=1, peak_lr=2e-5)  # below LoRA's range
     assert reads(lora=1, peak_lr=0.3)  # prompt tuning's step, outside LoRA's range
     assert reads(lora=0, peak_lr=1e-4)  # a full fine-tune at 1e-4: no LoRA range to be inside
+
+
+def test_rules_lists_protocol_6_and_every_move_with_its_numbers(capsys):
+    """protocol.md: every rule must exist as data a user can read; the LoRA-vs-full thresholds, the breakeven share,
+    the noise band and the moves' own numbers were in code only."""
+    import json
+
+    from loratune.cli import main
+    from loratune.decide import DecideThresholds
+    from loratune.moves import DROPOUT_CAP, MOVES
+    from loratune.params import BREAKEVEN_SHARE
+
+    assert main(["rules", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    lv = {r["name"]: r["value"] for r in out["lora_vs_full"]}
+    t = DecideThresholds()
+    assert (lv["share_total"], lv["share_adapted"], lv["cost_parity"]) == (t.share_total, t.share_adapted,
+                                                                           t.cost_parity)
+    assert lv["breakeven_share"] == BREAKEVEN_SHARE and lv["noise_floor"] > 0
+    assert [m["id"] for m in out["moves"]] == list(MOVES)
+    assert {c["name"]: c["value"] for c in out["move_constants"]}["dropout_cap"] == DROPOUT_CAP
+    assert main(["rules"]) == 0
+    text = capsys.readouterr().out
+    assert "LoRA vs full fine-tuning" in text and "the numbers inside the moves" in text

@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from loratune.assess import FACTS, rule_catalog
     from loratune.features import COMPARE_FEATURES, FEATURES
+    from loratune.decide import lora_vs_full_catalog
+    from loratune.moves import MOVE_CONSTANTS, move_catalog
     from loratune.rules import RULES, THRESHOLDS, describe, load_thresholds, rule_to_data
 
     values = load_thresholds(args.thresholds)
@@ -29,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
                            for n, t in THRESHOLDS.items()},
         }
         out["assess"] = rule_catalog()
+        out["lora_vs_full"] = lora_vs_full_catalog()
+        out["moves"] = move_catalog()
+        out["move_constants"] = [{"name": n, "value": v, "doc": d} for n, v, d in MOVE_CONSTANTS]
         if args.features:
             out["features"] = {n: {"group": s.group, "unit": s.unit, "doc": s.doc}
                                for cat in (FEATURES, COMPARE_FEATURES) for n, s in cat.items()}
@@ -69,6 +74,24 @@ def run(args: argparse.Namespace) -> int:
                 ft.add_row(n, s.group, s.unit, escape(s.doc))
         console.print(ft)
     _print_assess(console, rule_catalog(), FACTS if args.features else None)
+    lv = Table(title="LoRA vs full fine-tuning (protocol 6; `loratune tune`'s last stage)", header_style="bold")
+    for col in ("name", "value", "meaning"):
+        lv.add_column(col, overflow="fold")
+    for row in lora_vs_full_catalog():
+        lv.add_row(row["name"], f"{row['value']:.4g}", escape(row["doc"]))
+    console.print(lv)
+    mv = Table(title="moves (what a finding prescribes and what tune applies)", header_style="bold")
+    for col in ("id", "text", "knob", "role", "what it does"):
+        mv.add_column(col, overflow="fold")
+    for m in move_catalog():
+        mv.add_row(m["id"], escape(m["text"]), m["knob"] or "–", m["role"], escape(m["doc"]))
+    console.print(mv)
+    mc = Table(title="the numbers inside the moves", header_style="bold")
+    for col in ("name", "value", "meaning"):
+        mc.add_column(col, overflow="fold")
+    for n, v, d in MOVE_CONSTANTS:
+        mc.add_row(n, str(v), escape(d))
+    console.print(mc)
     return 0
 
 
