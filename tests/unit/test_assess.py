@@ -397,3 +397,11 @@ def test_rule_catalog_lists_every_rule():
     assert tables == {"assess-start", "assess-finding", "assess-threshold"}
     assert {r["id"] for r in rows if r["table"] == "assess-finding"} == {r.id for r in A.FINDING_RULES}
     json.dumps(rows)
+
+
+def test_the_ceiling_reason_states_the_breakeven_rank_it_floors():
+    """'at r = hidden/6 = 4' for hidden 32 (hidden/6 is 5.33; 4 is its power-of-2 floor)."""
+    from loratune.assess.rules import recommend
+
+    reason = recommend({"train_rows": 500, "model_hidden": 32}).capacity_ceiling.reason
+    assert "hidden/6 = 5.33" in reason and "the largest power of 2 at or below it: 4" in reason

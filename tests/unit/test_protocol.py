@@ -634,6 +634,10 @@ def test_long_lr_factor_one_trains_long_at_the_trials_lr_and_the_end_tries_lr_ha
     d = next(x for x in ctx.decisions if x["kind"] == "final-train")
     assert d["code"] == "final-train-helps" and d["verdict"] == "the long run at another lr scores higher"
     assert ctx.state["final"].point[LR] == 5e-4
+    # protocol 5b: the gain (0.01) set against the study's noise band (its floor here): a tie, said so
+    noise, _ = ctx.noise()
+    assert d["data"]["gain"] == pytest.approx(0.01) and d["data"]["noise"] == noise
+    assert any(e.startswith("gain 0.010 over the pick: ") and ("a tie" in e) == (0.01 < noise) for e in d["evidence"])
 
 
 def test_final_training_is_shortened_to_the_budget_or_skipped():

@@ -266,3 +266,35 @@ def test_cli_strategy_choices_are_the_yardstick_strategies():
     tune = build_parser()._defaults["_commands"]["tune"]
     action = next(a for a in tune._actions if "--strategy" in a.option_strings)
     assert tuple(action.choices) == STRATEGIES
+
+
+def test_a_resumed_random_study_draws_new_points_and_the_grid_trail_names_its_values(tmp_path):
+    """A resumed random study restarted its sampler's stream from the stored seed and trained its own 6 trials
+    again; a grid's 'space' line said log-uniform for the lr it walks as 5 values."""
+    from loratune.search.yardstick import prepare_yardstick
+
+    def study(budget, resume):
+        store = Study.open(tmp_path / "random", meta={"strategy": "random"}, resume=resume)
+        space = default_space(START, 32, trial_steps=TRIAL_STEPS)
+        runner = LengthWorld()
+        ctx = SearchContext(store=store, runner=runner, meter=Meter(Budget.parse(budget)),
+                            trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
+        prepare_yardstick(ctx, space, START, "random", seed=7)
+        run_yardstick(ctx, space, START, "random")
+        store.close()
+        return ctx, runner
+
+    _, first = study("4trials", False)
+    ctx, again = study("8trials", True)
+    old = {s.key for s in first.calls}
+    assert again.calls and not old & {s.key for s in again.calls}
+    assert any(d.get("code") == "sampler-reseeded" for d in ctx.decisions)
+    store = Study.open(tmp_path / "grid", meta={"strategy": "grid"})
+    space = default_space(START, 32)
+    ctx = SearchContext(store=store, runner=LengthWorld(), meter=Meter(Budget.parse("2trials")),
+                        trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
+    prepare_yardstick(ctx, space, START, "grid")
+    run_yardstick(ctx, space, START, "grid")
+    line = next(e for d in ctx.decisions if d["kind"] == "space" for e in d["evidence"]
+                if e.startswith("train.learning_rate"))
+    assert "grid [" in line and "log-uniform" not in line

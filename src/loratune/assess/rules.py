@@ -75,7 +75,7 @@ class StartRule:
 
 
 # names a start rule's reason may format besides the facts (computed in `recommend`)
-REASON_EXTRAS = ("value", "ffn_top_k", "ceiling_by_model")
+REASON_EXTRAS = ("value", "ffn_top_k", "ceiling_by_model", "breakeven_r")
 
 
 def _max_length(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int | None:
@@ -147,8 +147,9 @@ START_RULES: tuple[StartRule, ...] = (
     StartRule("ceiling-rank", "ceiling.r", Derived(
         "min(rank by data: " + CEILING_BY_DATA.describe() + "; largest power of 2 <= hidden/6), at least r",
         _ceiling, uses=("train_rows", "model_hidden")),
-        "highest rank worth trying: {value} (less data, lower ceiling; at r = hidden/6 = {ceiling_by_model} LoRA "
-        "reaches a third of each adapted weight, the compute breakeven with full fine-tuning, protocol 6)"),
+        "highest rank worth trying: {value} (less data, lower ceiling; at r = hidden/6 = {breakeven_r} LoRA "
+        "reaches a third of each adapted weight, the compute breakeven with full fine-tuning, protocol 6; the "
+        "largest power of 2 at or below it: {ceiling_by_model}; never below the start rank)"),
 )
 
 FFN_TOP_K = Bands("model_layers", ((7, 2), (13, 3), (math.inf, 4)), default=2)
@@ -178,7 +179,9 @@ def recommend(facts: Mapping[str, Any], rules: Sequence[StartRule] = START_RULES
     chosen: dict[str, Any] = {}
     choices: list[Choice] = []
     ceiling = None
-    extra = {"ffn_top_k": FFN_TOP_K(facts), "ceiling_by_model": ceiling_by_model(facts.get("model_hidden")) or "?"}
+    hidden = facts.get("model_hidden")
+    extra = {"ffn_top_k": FFN_TOP_K(facts), "ceiling_by_model": ceiling_by_model(hidden) or "?",
+             "breakeven_r": f"{breakeven_point(hidden * hidden, 2 * hidden):.3g}" if hidden else "?"}
     for rule in rules:
         value = rule.value(facts) if isinstance(rule.value, Bands) else rule.value.fn(facts, chosen)
         if value is None:

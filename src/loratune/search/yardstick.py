@@ -57,6 +57,7 @@ HYPERBAND_PREFIX = "hyperband"  # how a Hyperband stop reason starts (the trail 
 YARDSTICK_CODES: dict[str, str] = {
     "trial-plan": "phase 0: the length of one trial (recorded by tune)",
     "tpe-startup": "TPE's random start-up trials, sized to the budget",
+    "sampler-reseeded": "a resumed study's sampler seeded past its finished trials, so it draws new points",
     "hyperband-pruner": "tpe-hyperband: the pruner's rungs, in optimizer steps within a trial",
     "space": "the knobs the sampler draws",
     "trial-pruned-hyperband": "a trial stopped by Hyperband: outside the top of its bracket at a rung",
@@ -131,7 +132,14 @@ def prepare_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict,
                               f"a third of them, within {MIN_STARTUP_TRIALS}..{MAX_STARTUP_TRIALS}: {n_startup}"],
                    data={"n_startup_trials": n_startup, "trials_fit": fit, "share": f"1/{STARTUP_SHARE}",
                          "min": MIN_STARTUP_TRIALS, "max": MAX_STARTUP_TRIALS}, code="tpe-startup")
-    study.sampler = make_sampler(strategy, space, seed, n_startup)
+    # a resumed study draws on from where it stopped: the stored seed alone would restart the sampler's stream and
+    # draw the finished trials' points again (a random study's resume retrained exactly its own trials)
+    done = len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(strategy, space, seed + done, n_startup)
+    if done:
+        ctx.decide(strategy, "sampler-seed", f"sampler seed {seed} + {done} finished trials", "sample",
+                   [f"the study holds {done} trial(s): seeded {seed + done}, the sampler draws new points"],
+                   data={"seed": seed, "trials_before": done}, code="sampler-reseeded")
     if strategy == "tpe-hyperband":
         if eval_every <= 0:
             raise ValueError("tpe-hyperband needs the steps between a trial's eval points (eval_every)")
@@ -159,8 +167,10 @@ def run_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict, str
     for rec in ctx.store.records():
         if rec.spec.phase == phase and all(r.number != rec.number for r in ctx.records):
             ctx.run(rec.spec)
+    grid = space.grid() if strategy == "grid" else {}
     ctx.decide(phase, "space", f"{strategy} over {len(space.dims)} knobs", "search",
-               [f"{d.key}: {list(d.choices) if d.kind == 'choice' else f'log-uniform {d.low:g}..{d.high:g}'}"
+               [f"{d.key}: " + (f"grid {list(grid[d.key])}" if d.key in grid else
+                                str(list(d.choices)) if d.kind == "choice" else f"log-uniform {d.low:g}..{d.high:g}")
                 for d in space.dims], data=space.to_dict())
     study = ctx.store.optuna
     n = misses = 0

@@ -280,6 +280,13 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
                   + ", ".join(f"lr {r.point[LR]:g} -> {ctx.fmt(r.value)}" for r in [long, *runs]))
     if best is not None and (final.value is None or best.value > final.value):
         ctx.state.final = best
+        if final.value is not None:  # protocol 5b: a gain inside the noise band is a tie, and the trail says so
+            noise, source = ctx.noise()
+            gain = best.value - final.value
+            ev.append(f"gain {gain:.3f} over the pick: " + (  # differences of scores: no sign to undo
+                f"inside the noise band {noise:.3f} ({source}), a tie; the higher one is kept" if gain < noise
+                else f"beyond the noise band {noise:.3f} ({source})"))
+            data["gain"], data["noise"] = gain, noise
         ctx.decide(phase, "final-train", "the long run at another lr scores higher", f"pick = {best.label}",
                    ev + evidence_of(ctx, best), [long, *runs], data, code="final-train-helps")
     else:

@@ -225,10 +225,13 @@ def run_pair(ctx: SearchContext, s: ProtocolSettings) -> str:
     new = [p for p in (a_point, b_point) if ctx.spec(p, phase).key not in known]
     est = ctx.estimate(inc.point)
     need = est * len(new)
-    if not ctx.meter.fits(need, reserve(ctx, phase, s)):
+    held = reserve(ctx, phase, s)
+    if not ctx.meter.fits(need, held):
+        kind = ctx.meter.budget.kind
         ctx.decide(phase, "pair", "pair not affordable", "follow the prior: keep rank, tune lr in phase 2",
-                   [f"the pair needs {len(new)} new trial(s); {ctx.meter.describe_left()} after holding back the "
-                    "higher-priority stages",
+                   [f"the pair needs {len(new)} new trial(s) (~{format_amount(kind, need.amount(kind))}); "
+                    f"{ctx.meter.describe_left()}, of which ~{format_amount(kind, held.amount(kind))} is held back "
+                    "for the higher-priority stages",
                     "protocol 5 prior: on classification with a trained head rank seldom binds while lr and "
                     "training length often do; a single curve cannot tell them apart, and this was not tested"],
                    [inc], code="pair-unaffordable")
