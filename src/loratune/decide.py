@@ -72,6 +72,10 @@ class DecideThresholds:
     cost_parity: float = field(default=0.80, metadata={"doc": "protocol 6: LoRA's step time or peak memory at or "
                                                                "above this share of full fine-tuning's: it no longer "
                                                                "saves what it is for (cost-parity)"})
+    memory_floor_mb: float = field(default=64.0, metadata={"doc": "a trial's memory (its growth above the process's "
+                                                                   "memory at its start) under this many MB is the "
+                                                                   "allocator's noise, not the method's cost: no "
+                                                                   "memory ratio is read from it (cost-parity)"})
 
 
 def lora_vs_full_catalog() -> list[dict]:
@@ -177,12 +181,16 @@ def cost_parity(inp: DecideInputs, t: DecideThresholds) -> Reason:
                       "no full-fine-tuning probe: step time and memory not compared" + be,
                       {"breakeven_r": inp.breakeven_r, "highest_r": hi.r})
     st, mem = _ratio(hi.mean_step_s, full.mean_step_s), _ratio(hi.peak_memory_mb, full.peak_memory_mb)
+    small = [m for m in (hi.peak_memory_mb, full.peak_memory_mb) if m is not None and m < t.memory_floor_mb]
+    if small:  # 19 MB against 1 MB read as LoRA needing 1,500% of full fine-tuning's memory
+        mem = None
     if st is None and mem is None and not past_breakeven:
         return Reason("cost-parity", None, "step time and memory not measured" + be)
     holds = past_breakeven or (st is not None and st >= t.cost_parity) or (mem is not None and mem >= t.cost_parity)
+    memory = (f"memory {hi.peak_memory_mb or float('nan'):.0f} MB vs {full.peak_memory_mb or float('nan'):.0f} MB "
+              + (f"(under {t.memory_floor_mb:.0f} MB: allocator noise, not compared)" if small else f"({_pct(mem)})"))
     text = (f"{hi.label}: step {hi.mean_step_s or float('nan'):.3f}s vs {full.mean_step_s or float('nan'):.3f}s for "
-            f"full fine-tuning ({_pct(st)}), peak memory {hi.peak_memory_mb or float('nan'):.0f} MB vs "
-            f"{full.peak_memory_mb or float('nan'):.0f} MB ({_pct(mem)}); parity threshold {t.cost_parity:.0%}" + be)
+            f"full fine-tuning ({_pct(st)}), {memory}; parity threshold {t.cost_parity:.0%}" + be)
     return Reason("cost-parity", holds, text, {"step_time_ratio": st, "memory_ratio": mem,
                                                "breakeven_r": inp.breakeven_r, "highest_r": hi.r,
                                                "threshold": t.cost_parity})

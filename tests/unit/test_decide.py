@@ -54,6 +54,17 @@ def test_cost_parity_from_measured_step_time_or_memory():
     assert reasons(cheap)["cost-parity"] is False
 
 
+def test_memory_measured_in_a_few_megabytes_is_no_cost_ratio():
+    """A tiny model's trials grow the process by a few MB: 19 MB against 1 MB read as LoRA needing 1,500% of full
+    fine-tuning's memory, and cost-parity held on it."""
+    full = CostPoint("full fine-tuning", "full", None, 0.80, trainable=TOTAL, total=TOTAL, mean_step_s=0.20,
+                     peak_memory_mb=1.0)
+    out = decide(DecideInputs(lora(8, 0.8), lora(8, 0.8, step=0.05, mem=19.0), full, noise=0.01))
+    r = next(x for x in out.reasons if x.id == "cost-parity")
+    assert r.holds is False and r.evidence["memory_ratio"] is None  # the step time alone: 25%
+    assert "under 64 MB: allocator noise, not compared" in r.text
+
+
 def test_past_the_breakeven_rank_counts_as_cost_parity_even_without_a_probe():
     out = decide(DecideInputs(lora(8, 0.8), lora(128, 0.8), None, noise=0.01, breakeven_r=81))
     assert reasons(out)["cost-parity"] is True
