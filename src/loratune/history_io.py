@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loratune.errors import UserError
+from loratune.store import TENSORBOARD_DIR
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,12 @@ def _load_run(path: str | Path) -> RunHistory:
     if p.is_dir():
         if (p / "history.jsonl").is_file():
             return read_loratune_run(p)
+        if p.name == TENSORBOARD_DIR and (p.parent / "history.jsonl").is_file() and find_event_files(p):
+            # the TensorBoard log `loratune train report_to=tensorboard` wrote inside its run: the run itself holds the
+            # same numbers and the facts the events lack (planned steps, the method, the labels)
+            run = read_loratune_run(p.parent)
+            return replace(run, notes=run.notes + (f"{p} is the TensorBoard log of the loratune run {p.parent}: read "
+                                                   "from its history.jsonl and run.json (the same numbers)",))
         if (p / "run.json").is_file():
             from loratune.store import RunStore
 
@@ -98,12 +105,21 @@ def _load_run(path: str | Path) -> RunHistory:
             raise UserError(f"'{p}' has no eval point: the run ended (status {status}) before its first evaluation",
                             "nothing to diagnose; train it again (see its run.json `reason`)")
         record = p / CALLBACK_RECORD_DIR
-        if not (p / "trainer_state.json").is_file() and (record / "history.jsonl").is_file():
+        if (record / "history.jsonl").is_file():
             # LoratuneCallback's record of this run: every evaluation up to the end, where a checkpoint's state
-            # stops at its save (and a run with save_strategy='no' has none)
-            run = read_loratune_run(record)
-            return replace(run, notes=run.notes + (f"read the loratune callback's record ({record}): no "
-                                                   "trainer_state.json at the top of the run folder",))
+            # stops at its save (and a run with save_strategy='no' has none); read before the Trainer's own state
+            # too when it corrected the logged losses (summed over gradient accumulation: the files read 3 x ln 4
+            # as an explosion)
+            try:
+                scaled = bool(json.loads((record / "run.json").read_text(encoding="utf-8")).get("train_loss_scale"))
+            except (OSError, ValueError, AttributeError):
+                scaled = False
+            top = (p / "trainer_state.json").is_file()
+            if not top or scaled:
+                run = read_loratune_run(record)
+                why = ("its train losses were read as the mean of their accumulation steps, which the Trainer's "
+                       "files cannot say" if top else "no trainer_state.json at the top of the run folder")
+                return replace(run, notes=run.notes + (f"read the loratune callback's record ({record}): {why}",))
         state = _find_trainer_state(p)
         events = find_event_files(p)
         if state is not None:
@@ -342,6 +358,11 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
                 else:
                     continue
                 scalars.setdefault(int(event.step), {})[v.tag] = value
+    # `loratune train report_to=tensorboard` names its scalars as its history does (val/*, train_eval/*, lr):
+    # read under the Trainer's names, so its own log reads as its run does (its val/* tags were dropped)
+    ours = any(k.startswith(("val/", "train_eval/")) for tags in scalars.values() for k in tags)
+    if ours:
+        scalars = {step: {_trainer_tag(k): v for k, v in tags.items()} for step, tags in scalars.items()}
     log_history: list[dict] = []
     for step in sorted(scalars):  # one train entry and one eval entry per step, as Trainer logs them
         tags = scalars[step]
@@ -364,6 +385,16 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
     return _from_log_history(log_history, side, {}, name=name,
                              path=str(d), source_file="TensorBoard events", source="tensorboard",
                              notes=[f"read {len(files)} event file(s) in {run_dir}"])
+
+
+def _trainer_tag(tag: str) -> str:
+    """A loratune history key as the Trainer's TensorBoard tag: val/x -> eval/x, train_eval/x -> eval/train_x,
+    lr -> train/learning_rate, epoch -> train/epoch; train/* as it is."""
+    if tag.startswith("val/"):
+        return "eval/" + tag[len("val/"):]
+    if tag.startswith("train_eval/"):
+        return "eval/train_" + tag[len("train_eval/"):]
+    return {"lr": "train/learning_rate", "epoch": "train/epoch"}.get(tag, tag)
 
 
 def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str, "Fact"], *, name: str,

@@ -27,6 +27,7 @@ ADAPTER = "adapter"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
 LABEL_MAP = "label_map.json"
+TENSORBOARD_DIR = "tensorboard"  # report_to: tensorboard writes its event files here, inside the run directory
 GENERATIONS = "generations.jsonl"  # causal-lm: the prompt set's greedy outputs, one row per prompt and eval point
 LOCK = "run.lock"  # held (flock) by the training process; its mtime is the heartbeat
 HEARTBEAT_S = 10.0  # how often a live run touches run.lock
@@ -260,10 +261,11 @@ class RunStore:
         for stale in (CONFUSION, GENERATIONS):  # nor may an earlier run's outputs or model pass as this one's
             if (self.path / stale).exists():
                 (self.path / stale).unlink()
-        if self.adapter_dir.is_dir():
-            import shutil
+        for folder in (self.adapter_dir, self.path / TENSORBOARD_DIR):  # (an earlier run's events would read as this
+            if folder.is_dir():                                       # run's when this one logs none)
+                import shutil
 
-            shutil.rmtree(self.adapter_dir)
+                shutil.rmtree(folder)
         write_atomic(self.path / CONFIG, config_yaml)
 
     def close(self) -> None:

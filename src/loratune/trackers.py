@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-TENSORBOARD_DIR = "tensorboard"  # inside the run directory
+from loratune.store import TENSORBOARD_DIR
+
 PER_CLASS = ("recall", "precision", "f1", "support")  # `<split>/<stat>/<label>` keys: history.jsonl only
 EXTRAS = {"tensorboard": ("tensorboard", "loratune[tensorboard]"), "mlflow": ("mlflow", "loratune[mlflow]")}
 

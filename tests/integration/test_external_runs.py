@@ -421,6 +421,33 @@ def test_the_callback_reads_a_classifiers_losses_summed_over_accumulation_as_the
     assert history[0]["train/loss"] < 1.2 * math.log(4)  # read as the mean
 
 
+def test_the_corrected_record_is_read_before_the_trainers_state_and_show_reads_a_record_only_folder(tmp_path,
+                                                                                                     capsys):
+    """With accumulation 3 and save_state(), `diagnose OUTPUT_DIR` read the Trainer's summed losses (3 x ln 4) and
+    said diverged; a folder holding only the record was refused by show and report."""
+    from loratune.cli import main
+    from loratune.integrations import LoratuneCallback
+
+    out, trainer = _bert_trainer(tmp_path, lr=5e-3, steps=20, peft=False, eval_steps=5, accum=3, save=False,
+                                 callbacks=[LoratuneCallback(printer=lambda s: None)])
+    assert main(["show", str(out)]) == 0 and main(["report", str(out), "-o", str(tmp_path / "r.html")]) == 0
+    trainer.save_state()  # trainer_state.json at the top, with the summed losses
+    h = load_run(out)
+    assert h.source != "hf-trainer" and any("accumulation" in n for n in h.notes)
+    assert h.points[0]["train/loss"] < 1.2 * math.log(4) and diagnose(out).verdict != "diverged"
+
+
+def test_a_callback_passed_to_a_second_training_starts_it_afresh(tmp_path):
+    from loratune.integrations import LoratuneCallback
+
+    cb = LoratuneCallback(printer=lambda s: None)
+    _bert_trainer(tmp_path / "a", lr=30.0, steps=20, peft=False, eval_steps=5, accum=3, save=False, callbacks=[cb])
+    assert cb.stopped_by == "diverged"
+    out, _ = _bert_trainer(tmp_path / "b", lr=5e-3, steps=10, eval_steps=5, save=False, callbacks=[cb])
+    record = json.loads((out / "loratune" / "run.json").read_text())
+    assert cb.stopped_by is None and record["status"] == "completed" and record.get("train_loss_scale") is None
+
+
 def test_a_trainer_folder_with_only_the_callbacks_record_is_read_through_it(tmp_path):
     # save_strategy='no' writes no trainer_state.json: `loratune diagnose OUTPUT_DIR` found nothing to read
     from loratune.integrations import LoratuneCallback

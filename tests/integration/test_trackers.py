@@ -60,6 +60,22 @@ def test_tensorboard_gets_every_eval_point_and_the_verdict(tiny_bert, intent_dat
     assert texts, acc.Tags()
     text = next(iter(texts.values()))[-1].tensor_proto.string_val[0].decode()
     assert api.diagnose(run).verdict in text
+    # its own log reads as the run does (val/* tags were dropped: 0 eval points, inconclusive)
+    from loratune.history_io import load_run
+
+    tb = load_run(run / "tensorboard")
+    evals = [p for p in tb.points if "val/macro_f1" in p]
+    assert [p["step"] for p in evals] == [p["step"] for p in history if "val/macro_f1" in p]
+    assert [p["val/macro_f1"] for p in evals] == pytest.approx([p["val/macro_f1"] for p in history
+                                                                if "val/macro_f1" in p], abs=1e-6)
+    assert api.diagnose(run / "tensorboard").verdict == api.diagnose(run).verdict  # read through the run
+    import shutil
+
+    copy = tmp_path / "copied-log"
+    shutil.copytree(run / "tensorboard", copy)  # the events alone, away from their run: read by their tags
+    alone = [p for p in load_run(copy).points if "val/macro_f1" in p]
+    assert [(p["step"], round(p["val/macro_f1"], 5)) for p in alone] == \
+        [(p["step"], round(p["val/macro_f1"], 5)) for p in history if "val/macro_f1" in p]
 
 
 class FakeMlflow(types.ModuleType):
@@ -131,6 +147,16 @@ def test_a_failing_tracker_never_stops_the_run(tiny_bert, intent_data, tmp_path,
     assert api.train(cfg, progress=False)["status"] == "completed"
     assert "mlflow logging failed (RuntimeError: tracking server went away)" in capsys.readouterr().err
     assert [c[0] for c in fake.calls][-1] != "end_run"  # dropped at the first failure
+
+
+def test_a_fresh_run_in_a_reused_folder_drops_the_earlier_runs_events(tmp_path):
+    from loratune.store import TENSORBOARD_DIR, RunStore
+
+    old = tmp_path / TENSORBOARD_DIR
+    old.mkdir()
+    (old / "events.out.tfevents.1.host").write_bytes(b"an earlier run's")
+    RunStore(tmp_path).create("train: {}\n")
+    assert not old.exists()  # `tensorboard --logdir` and `diagnose RUN/tensorboard` showed the earlier run
 
 
 def test_no_report_to_opens_nothing(tmp_path):

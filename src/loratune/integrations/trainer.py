@@ -76,14 +76,19 @@ class LoratuneCallback(TrainerCallback):
         if not 0.0 <= collapse_hold <= 1.0:
             raise ValueError("collapse_hold: a share of the planned steps, between 0 and 1")
         self.collapse_hold = float(collapse_hold)
+        self.record = record
+        self.printer = printer
+        self.training = False  # on_train_begin ran: an evaluate() before (or without) training writes nothing
+        self._new_run()
+
+    def _new_run(self) -> None:
+        """The state of one training run: a callback passed to a second `trainer.train()` starts it afresh (the
+        first run's stop reason made the second's record read `diverged`, its loss scale stayed)."""
         self.collapse_since: int | None = None  # the step of the first evaluation of the current collapse streak
         self.collapse_streak = 0
         self.finished = False  # on_train_end ran: a later evaluate() keeps the record's final status
-        self.training = False  # on_train_begin ran: an evaluate() before (or without) training writes nothing
         self.points: tuple = ()  # the run's points at the last diagnosis
         self.loss_scale = 1.0  # each logged train loss times this reads as a mean (_sums_micro_batch_losses)
-        self.record = record
-        self.printer = printer
         self.reported: set[str] = set()
         self.overfit_streak = 0
         self.stopped_by: str | None = None
@@ -100,7 +105,8 @@ class LoratuneCallback(TrainerCallback):
         return control
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.training, self.finished = True, False  # (a second trainer.train() in the same process trains again)
+        self._new_run()  # (a second trainer.train() in the same process trains again)
+        self.training = True
         accum = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
         if accum > 1 and _sums_micro_batch_losses(kwargs.get("model")):
             self.loss_scale = 1.0 / accum

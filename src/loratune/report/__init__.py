@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loratune.errors import UserError
-from loratune.history_io import NOTEBOOK_TABLE, find_event_files
+from loratune.history_io import CALLBACK_RECORD_DIR, NOTEBOOK_TABLE, find_event_files
 from loratune.report.model import RunReport, build_run_report, is_run_dir, is_study_dir
 
 __all__ = ["RunReport", "StudyReport", "build_report", "build_run_report", "build_study_report", "run_report",
@@ -78,7 +78,7 @@ def build_report(path: str | Path, *, examples: bool = True):
 def _outside_run(p: Path) -> bool:
     """A directory another tool wrote: a Trainer / TRL output dir or checkpoint, or a TensorBoard log."""
     return p.is_dir() and (any(p.glob("trainer_state.json")) or any(p.glob("checkpoint-*/trainer_state.json"))
-                           or bool(find_event_files(p)))
+                           or (p / CALLBACK_RECORD_DIR / "history.jsonl").is_file() or bool(find_event_files(p)))
 
 
 def write_report(path: str | Path, out: str | Path | None = None, *, examples: bool = True) -> Path:
