@@ -57,6 +57,13 @@ def _umask() -> int:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all (a temporary file renamed over it). A path that is no regular file
+    (`-o /dev/null`, `/dev/stdout`, a FIFO) is written through: renamed over, /dev/null became a regular file."""
+    path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

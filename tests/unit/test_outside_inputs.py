@@ -223,3 +223,22 @@ def test_a_run_without_eval_points_is_waited_for_only_while_it_runs(tmp_path, st
     (tmp_path / "run.json").write_text(json.dumps({"status": status, "pid": os.getpid()}), encoding="utf-8")
     with pytest.raises(UserError, match=re.escape(message)):
         load_run(tmp_path)
+
+
+def test_an_output_that_is_no_regular_file_is_written_through_not_replaced(tmp_path, capsys):
+    """`report RUN -o /dev/null` (or `assess --out`) renamed a temporary file over the device: /dev/null became a
+    regular file and every later `> /dev/null` on the machine failed. A FIFO stands in for the device here."""
+    import os
+    import stat
+    import threading
+
+    from loratune.store import write_atomic
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text(encoding="utf-8")), daemon=True)
+    reader.start()
+    write_atomic(fifo, "the report")
+    reader.join(timeout=10)
+    assert got == ["the report"] and stat.S_ISFIFO(os.stat(fifo).st_mode)

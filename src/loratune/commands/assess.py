@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from loratune.commands._common import add_config_args, console, load_cfg
 from loratune.errors import UserError
+from loratune.store import write_atomic
 
 _SEVERITY_STYLE = {"error": "bold red", "warn": "yellow", "info": "cyan"}
 
@@ -53,7 +52,7 @@ def _emit(args, data: dict, summary) -> int:
     if args.out:
         out = Path(args.out)
         try:
-            write_json_atomic(out, data)
+            write_atomic(out, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         except OSError as exc:
             raise UserError(f"cannot write the assessment to '{out}' ({exc.strerror or exc})",
                             "give --out a writable file path") from None
@@ -65,21 +64,6 @@ def _emit(args, data: dict, summary) -> int:
         if args.out:
             console().print(f"written: {args.out}")
     return 0
-
-
-def write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _override_arg(key: str, value) -> str:

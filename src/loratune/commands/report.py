@@ -94,7 +94,7 @@ def _refuse_to_overwrite_a_record(out, source: str, as_json: bool) -> None:
 
     m = NOTEBOOK_TABLE.match(source)
     src = Path(m["file"] if m and not Path(source).exists() else source)
-    if not out.exists():
+    if not out.exists() or not out.is_file():  # new, or a device / FIFO (-o /dev/null): written through
         return
     allowed = REPORT_SUFFIXES + ((".json",) if as_json else ())
     if out.resolve() == src.resolve() or out.suffix.lower() not in allowed or \
