@@ -265,6 +265,8 @@ def parse_value(text: str) -> Any:
     """
     if text == "" or text.startswith("#") or " #" in text or "\t#" in text:
         return text
+    if len(text) == 1 and not text.isalnum() and text != "~":  # one punctuation character is that character
+        return text  # (`label_delimiter=-` loaded as [None], `?` as {None: None}, `|` as '')
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:

@@ -472,6 +472,9 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         raise UserError(f"training data '{train.source}' has a single class ('{only}')",
                         "a classifier needs at least two labels: check data.label_column")
     space = LabelSpace(tuple(sorted(counts)), bool(multi))
+    if cfg.none_label and cfg.none_label not in space.index:  # said, not silently ignored
+        notes.append(f"data.none_label '{cfg.none_label}' has no effect: no training row " +
+                     ("lacks a label or carries it" if multi else "carries it (it applies to multi-label data)"))
     unseen: dict[str, dict[str, int]] = {}
     known = set(space.labels)
     for sname, sp in (("validation", validation), ("test", splits.get("test"))):

@@ -14,7 +14,7 @@ import numpy as np
 
 from loratune.config import RunConfig
 from loratune.data import Dataset
-from loratune.metrics import sigmoid, softmax
+from loratune.metrics import Decoding, decode, sigmoid, softmax
 from loratune.robustness import planned_predictions, score_robustness
 from loratune.slices import (ProbeSet, Slices, assign_slices, confusable_rows, load_probe_set, probe_scores,
                              slice_scores)
@@ -60,8 +60,9 @@ class EvalExtras:
         return extras
 
     def scores(self, step: int, val_logits: np.ndarray, val_point: dict, predict: Predict,
-               val_pred: np.ndarray | None = None) -> dict:
-        """Slice and probe scores for one evaluation point (multi-label: `val_pred`, the decoded label sets)."""
+               val_pred: np.ndarray | None = None, decoding: Decoding | None = None) -> dict:
+        """Slice and probe scores for one evaluation point (multi-label: `val_pred`, the decoded label sets;
+        `decoding`, how this step's model would turn a probe text's probabilities into labels if it were saved)."""
         out: dict = {}
         if self.slices is not None:
             if self.confusable_fixed_at is None and step > 0 and not self.multi_label:
@@ -76,8 +77,9 @@ class EvalExtras:
             out.update(slice_scores(val_logits, self.y_true, self.slices, self.multi_label, val_pred, self.unseen))
         if self.probe is not None:  # each label's own probability in a multi-label run, never a softmax over them
             logits = predict(list(self.probe.texts))
-            out.update(probe_scores(self.probe, sigmoid(logits) if self.multi_label else softmax(logits),
-                                    self.dataset.label_space.labels, self.multi_label))
+            probs = sigmoid(logits) if self.multi_label else softmax(logits)
+            decided = decode(probs, decoding) if self.multi_label and decoding is not None else None
+            out.update(probe_scores(self.probe, probs, self.dataset.label_space.labels, self.multi_label, decided))
         return out
 
     def robustness_rows(self, clean_known: bool = True) -> int:

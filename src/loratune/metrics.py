@@ -135,10 +135,12 @@ def top_confused_pairs(cm: np.ndarray, labels: tuple[str, ...], top: int = TOP_P
 
 def multi_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, labels: tuple[str, ...],
                        unseen_rows: np.ndarray | None = None, loss: float | None = None,
-                       threshold: float = 0.5, pred: np.ndarray | None = None) -> dict:
+                       threshold: float = 0.5, pred: np.ndarray | None = None,
+                       label_counts: np.ndarray | None = None) -> dict:
     """Subset (exact-match) accuracy, micro/macro/weighted/sample F1, per-label P/R/F1/support, and
     subset accuracy on the compound (2+ labels) and single-label rows. `pred`: the decoded 0/1 label
-    matrix (`decode`); without it, every label at a fixed probability threshold."""
+    matrix (`decode`); without it, every label at a fixed probability threshold. `label_counts`: each row's
+    labels as the data writes them (a label the model never learned included), which decide compound / single."""
     y_pred = (sigmoid(logits) >= threshold).astype(int) if pred is None else np.asarray(pred, dtype=int)
     out: dict = {f"{prefix}/n": int(len(y_true))}
     if loss is not None:
@@ -160,7 +162,7 @@ def multi_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, labe
         out[f"{prefix}/recall/{lab}"] = float(r[i])
         out[f"{prefix}/f1/{lab}"] = float(f[i])
         out[f"{prefix}/support/{lab}"] = int(s[i])
-    out.update(multi_label_row_scores(prefix, y_pred, y_true, unseen_rows))
+    out.update(multi_label_row_scores(prefix, y_pred, y_true, unseen_rows, label_counts))
     return out
 
 
@@ -310,13 +312,15 @@ def crossfit_thresholds(probs: np.ndarray, y_true: np.ndarray, seed: int, folds:
 
 
 def multi_label_row_scores(prefix: str, pred: np.ndarray, y_true: np.ndarray,
-                           unseen_rows: np.ndarray | None = None) -> dict:
+                           unseen_rows: np.ndarray | None = None, label_counts: np.ndarray | None = None) -> dict:
     """Subset accuracy on the compound rows (two or more true labels) and on the single-label rows:
-    `<prefix>_compound/subset_accuracy`, `<prefix>_single/subset_accuracy` with their `/n`."""
+    `<prefix>_compound/subset_accuracy`, `<prefix>_single/subset_accuracy` with their `/n`. A row's labels are
+    counted as the data writes them (`label_counts`; a label the model never learned is one: [pin, refund] is a
+    compound row), as slices.assign_slices counts them; without `label_counts`, the matrix's."""
     exact = np.all(pred == y_true, axis=1)
     if unseen_rows is not None:
         exact = exact & ~unseen_rows
-    n_true = y_true.sum(axis=1)
+    n_true = np.asarray(label_counts) if label_counts is not None else y_true.sum(axis=1)
     out: dict = {}
     for name, rows in (("compound", n_true >= 2), ("single", n_true == 1)):
         out[f"{prefix}_{name}/n"] = int(rows.sum())

@@ -193,14 +193,17 @@ def load_probe_set(path: str, text_column: str = "text", label_column: str = "la
     return ProbeSet(tuple(texts), tuple(expected), str(path))
 
 
-def probe_scores(probe: ProbeSet, probs: np.ndarray, labels: tuple[str, ...], multi_label: bool = False) -> dict:
+def probe_scores(probe: ProbeSet, probs: np.ndarray, labels: tuple[str, ...], multi_label: bool = False,
+                 decided: np.ndarray | None = None) -> dict:
     """`probe/accuracy`, `probe/n` and `probe/examples` (text, expected, predicted, confidence, correct). `probs`:
-    softmax rows, or for a multi-label run each label's sigmoid: its prediction is every label at 0.5 or above (the
-    most likely one when none is), right when the expected label is among them."""
+    softmax rows, or for a multi-label run each label's sigmoid: its prediction is the label set the run's decoding
+    gives (`decided`, 0/1 rows of metrics.decode: thresholds, cap, none label, as `predict` answers; without it every
+    label at 0.5 or above, the most likely one when none is), right when the expected label is among them."""
     examples = []
-    for text, exp, p in zip(probe.texts, probe.expected, probs):
+    for n, (text, exp, p) in enumerate(zip(probe.texts, probe.expected, probs)):
         i = int(np.argmax(p))
-        chosen = [labels[j] for j in np.argsort(-p) if p[j] >= 0.5] if multi_label else []
+        on = np.flatnonzero(decided[n]) if decided is not None else [j for j in range(len(p)) if p[j] >= 0.5]
+        chosen = [labels[j] for j in sorted(on, key=lambda j: -p[j])] if multi_label else []
         predicted = chosen or [labels[i]]
         examples.append({"text": text, "expected": exp,
                          "predicted": predicted if multi_label else labels[i],

@@ -66,6 +66,7 @@ class Encoded:
     targets: np.ndarray
     unseen: np.ndarray
     prefix: prefix_cache.Feed | None = None  # cached frozen-prefix states, when the cache applies
+    label_counts: np.ndarray | None = None  # labels per row as the data writes them (unknown ones included)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -104,13 +105,15 @@ def encode(tokenizer, split: Split, space: LabelSpace, max_length: int) -> Encod
                     targets[i, index[lab]] = 1.0
     else:
         targets = np.array([index.get(labs[0], -100) for labs in split.labels], dtype=np.int64)
-    return Encoded(ids, targets, unseen)
+    counts = np.array([len(labs) for labs in split.labels], dtype=np.int64)
+    return Encoded(ids, targets, unseen, label_counts=counts)
 
 
 def subset(enc: Encoded, rows) -> Encoded:
     """Rows of an encoded split (ids, targets, unseen), without tokenizing again."""
     rows = np.asarray(rows, dtype=np.int64)
-    return Encoded([enc.ids[i] for i in rows], enc.targets[rows], enc.unseen[rows])
+    counts = enc.label_counts[rows] if enc.label_counts is not None else None
+    return Encoded([enc.ids[i] for i in rows], enc.targets[rows], enc.unseen[rows], label_counts=counts)
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, rng: random.Random, grouped: bool) -> list[list[int]]:
@@ -267,7 +270,7 @@ def score_split(prefix: str, logits: np.ndarray, enc: Encoded, space: LabelSpace
         loss = float(loss_fn(t, torch.from_numpy(enc.targets), True, spec))
         pred = decode(sigmoid(logits), decoding) if decoding is not None else None
         return multi_label_scores(prefix, logits, enc.targets.astype(int), space.labels, enc.unseen, loss,
-                                  pred=pred), None
+                                  pred=pred, label_counts=enc.label_counts), None
     known = enc.targets >= 0
     loss = float(loss_fn(t[known], torch.from_numpy(enc.targets[known]), False, spec)) if known.any() else math.nan
     y_true = np.where(known, enc.targets, -1)
@@ -769,7 +772,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         val_scores, cm = score_split("val", val_logits, val_enc, space, spec, val_dec)
         point.update(val_scores)
         val_pred = decode(sigmoid(val_logits), val_dec) if val_dec is not None else None
-        point.update(extras.scores(step, val_logits, val_scores, predict_texts, val_pred))
+        point.update(extras.scores(step, val_logits, val_scores, predict_texts, val_pred, te_dec))
         run["evaluation"]["rows_scored"] += scored + (len(extras.probe.texts) if extras.probe is not None else 0)
         store.append_history(point)  # the one place an evaluation point is emitted
         tracking.log_point(point)

@@ -92,3 +92,15 @@ def test_rules_command_prints_the_assess_tables(capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["assess"] == json.loads(json.dumps(rule_catalog()))
     assert set(data["assess_facts"]) == set(FACTS)
+
+
+def test_unseen_labels_count_rows_and_the_val_minimum_counts_train_classes_only():
+    """3 validation rows carrying two unknown labels each read as 6 rows; a validation-only class of 4 rows set
+    'min 4' for a smallest trained class of 8."""
+    train, val = clean_rows()
+    labels = sorted({lab for _, lab in train})
+    val = [(t, lab) for t, lab in val if lab != labels[0]] + [(t, labels[0]) for t, lab in val if lab == labels[0]][:8]
+    val += [("an unknown request here", ("refund", "loan"))] * 3 + [("a stray ask", "balance")] * 4
+    a = assess_dataset(make_dataset(train, val, multi=True))
+    assert a.facts["unseen_val_rows"] == 7 and a.facts["unseen_label_rows"] == 7
+    assert a.facts["val_rows_per_class_min"] == 8

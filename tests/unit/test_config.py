@@ -351,7 +351,7 @@ def test_overrides_win_over_the_file_and_later_overrides_win(tmp_path):
     ("1.0e-3", 0.001), ("16", 16), ("true", True), ("no", False), ("null", None), ("", ""),
     ("[attn.q, attn.v]", ["attn.q", "attn.v"]), ("top:2", "top:2"), ("{", "{"), ("a: b", {"a": "b"}),
     ("#", "#"), ("a #b", "a #b"), ("a#b", "a#b"), ("'#'", "#"),  # `#` is the delimiter, never a comment
-    ("|", "|"), (">", ">"), ("!", "!"), ("~", None), ("''", ""),  # a YAML indicator alone is the character
+    ("|", "|"), (">", ">"), ("!", "!"), ("-", "-"), ("?", "?"), (",", ","), ("~", None), ("''", ""),  # the char
 ])
 def test_parse_value(text, expected):
     assert parse_value(text) == expected

@@ -552,3 +552,17 @@ def test_assess_out_to_a_folder_is_refused_before_the_assessment(tmp_path, capsy
 
     assert main(["assess", "--no-probe", "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_a_none_label_no_row_reaches_is_said():
+    from loratune.commands.train import multi_label_note
+
+    rows = [{"text": f"t{i}", "label": ["a", "b"][i % 2:i % 2 + 1]} for i in range(12)]
+    import tempfile
+
+    d = Path(tempfile.mkdtemp())
+    write_rows(d / "train.jsonl", rows)
+    ds = load_dataset(DataConfig(train_file=str(d / "train.jsonl"), multi_label=True, none_label="oos"), seed=0)
+    assert any("data.none_label 'oos' has no effect" in n for n in ds.notes)
+    run = {"decoding": {"min_labels": 0, "none_label": "none", "max_labels": 2}, "loss": {"kind": "bce"}}
+    assert "empty answers allowed" not in multi_label_note(run)  # the none label fills an empty answer

@@ -84,3 +84,14 @@ def test_the_divergence_advice_names_clipping_only_when_gradients_were_not_clipp
     assert diverged(10.0, 2.0).endswith("lower learning_rate (/10) or set max_grad_norm (e.g. 1.0)")
     assert diverged(10.0, 2.0, clipped=True).endswith("lower learning_rate (/10)")
     assert diverged(7.9, 2.0, clipped=True) is None and diverged(float("nan"), 2.0) == "non-finite loss"
+
+
+def test_compound_and_single_rows_count_labels_as_the_data_writes_them():
+    """[pin, refund] with refund unknown to the model was a single row, and [refund] was in neither slice; the
+    slices' compound n (every label counted) then stood beside a subset accuracy over other rows."""
+    y = np.array([[1, 1], [1, 0], [0, 1], [0, 0]])  # rows: [a, b], [a, refund], [b], [refund]
+    counts = np.array([2, 2, 1, 1])
+    unseen = np.array([False, True, False, True])
+    s = multi_label_scores("test", np.zeros((4, 2)), y, ("a", "b"), unseen, pred=y.copy(), label_counts=counts)
+    assert (s["test_compound/n"], s["test_single/n"]) == (2, 2)  # every row in one of them
+    assert s["test_compound/subset_accuracy"] == 0.5 and s["test_single/subset_accuracy"] == 0.5  # unknown: wrong

@@ -165,3 +165,16 @@ def test_a_multi_label_probe_reads_each_labels_own_probability():
     s = probe_scores(probe, sig, ("card_lost", "balance", "pin"), multi_label=True)
     assert [e["predicted"] for e in s["probe/examples"]] == [["card_lost"], ["card_lost", "balance"]]
     assert s["probe/accuracy"] == 1.0 and s["probe/examples"][1]["confidence"] == 0.75
+
+
+def test_a_multi_label_probe_follows_the_runs_decoding():
+    """With max_labels_per_row=1 the probe recorded two labels per text, where predict (the decoding) gave one."""
+    from loratune.metrics import Decoding, decode
+    from loratune.slices import ProbeSet, probe_scores
+
+    labels = ("card_lost", "balance", "pin")
+    probe = ProbeSet(("lost my card and change my pin",), ("pin",), "p.jsonl")
+    sig = np.array([[0.9, 0.2, 0.7]])
+    capped = Decoding(np.full(3, 0.5), 1, 1, None)
+    s = probe_scores(probe, sig, labels, multi_label=True, decided=decode(sig, capped))
+    assert s["probe/examples"][0]["predicted"] == ["card_lost"] and s["probe/accuracy"] == 0.0

@@ -119,6 +119,13 @@ def template_facts(template: str) -> set[str]:
     return out
 
 
+def _unseen_rows(ds: Dataset, split: str) -> int:
+    """Rows of `split` carrying a label train lacks."""
+    sp = ds.splits().get(split)
+    known = set(ds.label_space.labels)
+    return sum(1 for labs in sp.labels if any(lab not in known for lab in labs)) if sp is not None else 0
+
+
 def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: Conflicts, noise: Noise,
                   shifts: Mapping[str, SplitShift], resolution: Resolution, *, max_length: int | None,
                   model_info: ModelInfo | None, probe: ProbeResult | None,
@@ -164,7 +171,7 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         f[f"js_{s}_top"] = ", ".join(f"{x.label} ({x.train_share:.1%} of train, {x.split_share:.1%} of {s})"
                                      for x in sh.top_labels[:2])
         f[f"unseen_{s}_labels"] = len(sh.unseen_labels)
-        f[f"unseen_{s}_rows"] = sum(sh.unseen_labels.values())
+        f[f"unseen_{s}_rows"] = _unseen_rows(ds, name)  # rows, not label occurrences ([pin, refund, loan]: one)
         f[f"unseen_{s}_names"] = ", ".join(list(sh.unseen_labels)[: thresholds.max_examples])
         f[f"missing_{s}_labels"] = len(sh.missing_labels)
         f[f"missing_{s}_names"] = ", ".join(sh.missing_labels[: thresholds.max_examples])
@@ -179,8 +186,10 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         f["length_unit"] = sh.length_unit
     f["shift_worst_js"] = max((sh.js_divergence for sh in shifts.values()), default=0.0)
     f["shift_worst_js_split"] = max(shifts, key=lambda k: shifts[k].js_divergence) if shifts else None
-    f["unseen_label_rows"] = sum(sum(sh.unseen_labels.values()) for sh in shifts.values())
-    f["val_rows_per_class_min"] = val.count_min if val else 0
+    f["unseen_label_rows"] = sum(_unseen_rows(ds, name) for name in shifts)
+    # over the classes the model learns: a validation label train lacks has no recall to resolve
+    f["val_rows_per_class_min"] = min((val.counts.get(lab, 0) for lab in ds.label_space.labels
+                                       if val.counts.get(lab, 0) > 0), default=0) if val else 0
     f["val_classes_under_min"] = (sum(1 for lab in ds.label_space.labels
                                       if val.counts.get(lab, 0) < thresholds.min_val_per_class) if val else 0)
     f["accuracy_se"] = resolution.accuracy_se

@@ -134,7 +134,8 @@ def multi_label_note(run: dict) -> str:
                      f"({min(th):.2f}-{max(th):.2f}, saved in adapter/label_map.json)")
     elif th:
         parts.append("threshold 0.5 for every label")
-    parts.append("at least one label per text" if d.get("min_labels") else "empty answers allowed")
+    parts.append("at least one label per text" if d.get("min_labels") or d.get("none_label") else
+                 "empty answers allowed")  # (a text no label reaches gets the none label: never empty)
     if d.get("max_labels"):
         parts.append(f"at most {d['max_labels']}")
     if d.get("none_label"):
