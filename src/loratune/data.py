@@ -490,5 +490,7 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         if c:
             unseen[sname] = dict(c.most_common())
             notes.append(f"{sname}: {sum(c.values())} label occurrence(s) of {len(c)} label(s) not in train "
-                         f"({', '.join(list(c)[:5])}{'...' if len(c) > 5 else ''}); they are scored as errors")
+                         f"({', '.join(list(c)[:5])}{'...' if len(c) > 5 else ''}); " +
+                         ("a row carrying one is wrong in exact match (the label itself has no column in the F1 "
+                          "scores)" if space.multi_label else "they are scored as errors"))
     return Dataset(train, validation, splits.get("test"), space, tuple(notes), unseen)

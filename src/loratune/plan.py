@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -284,13 +285,17 @@ def attention_flops(shape: ModelShape, w: Workload) -> float:
 
 
 def full_flops(shape: ModelShape, w: Workload, checkpointed: bool = False) -> float:
-    n, att = shape.linear_params, attention_flops(shape, w)
-    return 6 * n + 3 * att + ((2 * n + att) if checkpointed else 0)
+    """6N + 12Lhs per token; checkpointing recomputes one forward of the blocks (N_b: their linear weights, never
+    the LM or classification head, which Hugging Face does not checkpoint)."""
+    n, nb, att = shape.linear_params, shape.block_linear_params, attention_flops(shape, w)
+    return 6 * n + 3 * att + ((2 * nb + att) if checkpointed else 0)
 
 
 def lora_flops(shape: ModelShape, lora: LoraShape, w: Workload, checkpointed: bool = False) -> float:
+    """4N + 6N_lora + 12Lhs per token; checkpointing recomputes the blocks' forward with their adapters."""
     n, n_lora, att = shape.linear_params, lora.params + shape.head_params, attention_flops(shape, w)
-    return 4 * n + 6 * n_lora + 3 * att + ((2 * n + 2 * n_lora + att) if checkpointed else 0)
+    nb = shape.block_linear_params
+    return 4 * n + 6 * n_lora + 3 * att + ((2 * nb + 2 * lora.params + att) if checkpointed else 0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -417,8 +422,11 @@ def load_config(source: str):
         raise UserError(f"'{source}' does not exist", fix)
     try:  # a hub id: the cache first, so a cached config needs no network
         return AutoConfig.from_pretrained(source, local_files_only=True)
-    except Exception:
+    except OSError:  # not in the cache
         pass
+    except Exception as exc:  # in the cache, and not a config transformers accepts: say so, not "not cached"
+        raise UserError(f"the cached config of '{source}' is not one transformers accepts ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:300]})", "fix the field it names, or " + fix) from None
     why = _offline_reason()
     if why is None:
         try:
@@ -440,8 +448,9 @@ def _config_from_json(path: Path, fix: str):
         raise UserError(f"'{path}' has no model_type", "give a Hugging Face config.json (it names model_type)")
     try:
         return AutoConfig.for_model(raw.pop("model_type"), **raw)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"'{path}' is not a config transformers knows ({exc})", fix) from None
+    except Exception as exc:  # transformers' strict config validation raises its own error types too
+        raise UserError(f"'{path}' is not a config transformers accepts ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:300]})", "fix the field it names, or " + fix) from None
 
 
 def _offline_reason() -> str | None:
@@ -486,6 +495,13 @@ def build_meta_model(config, task: str):
 
     if task not in TASKS:
         raise UserError(f"--task {task}: one of auto, {', '.join(TASKS)}", "e.g. --task causal-lm")
+    experts = max((getattr(c, k, None) or 0) for c in (config, getattr(config, "text_config", None)) if c is not None
+                  for k in MOE_KEYS)
+    if isinstance(experts, int) and experts > 1:  # the formulas are a dense transformer's: refused, never wrong
+        raise UserError(f"'{config.model_type}' is a mixture-of-experts model ({experts} experts): plan's counts, "
+                        "memory and FLOPs are those of dense transformers (experts stored outside nn.Linear, a few "
+                        "active per token), and would be wrong for it",
+                        "plan a dense model of the same width, or count a MoE adapter with peft on the meta device")
     with torch.device("meta"):
         try:
             if task == "causal-lm":
@@ -495,6 +511,25 @@ def build_meta_model(config, task: str):
         except ValueError as exc:
             raise UserError(f"transformers has no {task} model for '{config.model_type}' ({exc})",
                             "use --task " + ("classification" if task == "causal-lm" else "causal-lm")) from None
+        except Exception as exc:  # a config whose sizes cannot build a model (heads 0, a negative size)
+            raise UserError(f"'{config.model_type}' cannot be built from this config ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:300]})", "fix the sizes in its config.json") from None
+
+
+MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")  # config fields naming experts
+
+
+def split_targets(text: str) -> tuple[str, ...]:
+    """A --targets list: groups or module names split at commas, but a layer list stays with its group
+    (`attn.q@0,1,ffn` is `attn.q@0,1` and `ffn`, as the README writes layer selections); spaces trimmed."""
+    return tuple(t.strip() for t in re.split(r",(?!\s*\d)", text) if t.strip())
+
+
+def check_rank(r: int, option: str, limit: int | None) -> None:
+    """A rank `train` would take (adapter.r's range), else a UserError naming the option."""
+    if r < 1 or (limit is not None and r > limit):
+        raise UserError(f"{option} {r}: must be an integer >= 1" + (f" and <= {limit} (adapter.r's range)" if limit
+                                                                     else ""), f"e.g. {option} 16")
 
 
 def shape_of(model, task: str) -> ModelShape:
@@ -529,10 +564,9 @@ def shape_of(model, task: str) -> ModelShape:
 
 def lora_shape(model, r: int, targets: tuple[str, ...]) -> LoraShape:
     from loratune.adapt import resolve_targets
-    from loratune.config import AdapterConfig
+    from loratune.config import AdapterConfig, key_table
 
-    if r < 1:
-        raise UserError(f"--r {r}: must be an integer >= 1", "e.g. --r 16")
+    check_rank(r, "--r", key_table()["adapter.r"].metadata["max"])
     sites = resolve_targets(model, AdapterConfig(target_modules=tuple(targets)))
     return LoraShape(r, tuple(targets), len(sites), sum(s.in_features * s.out_features for s in sites),
                      sum(s.in_features + s.out_features for s in sites), sum(s.in_features for s in sites))

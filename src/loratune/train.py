@@ -359,7 +359,9 @@ def plan_steps(cfg: RunConfig, n_train: int, eval_rows: int | None = None,
     if budget is not None and eval_rows:
         first = eval_rows if step0_rows is None else step0_rows
         evals = max(1, min(evals, (budget - first) // eval_rows))
-    every = t.eval_steps or max(1, steps // evals)
+    # at most `evals` points after step 0: every multiple of `every` below `steps`, and the end (steps // evals left
+    # up to twice as many, past the evaluation budget the points were counted against)
+    every = t.eval_steps or max(1, math.ceil(steps / evals))
     return steps, every
 
 

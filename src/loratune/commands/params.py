@@ -25,8 +25,12 @@ def run(args) -> int:
         ranks = tuple(int(r) for r in args.ranks.split(","))
     except ValueError:
         raise UserError(f"--ranks '{args.ranks}' is not a list of integers", "e.g. --ranks 4,16,64") from None
-    targets = tuple(tuple(t.split(",")) for t in args.targets) if args.targets else DEFAULT_TARGETS
-    from loratune.plan import build_meta_model, default_task, load_config
+    from loratune.config import key_table
+    from loratune.plan import build_meta_model, check_rank, default_task, load_config, split_targets
+
+    for r in ranks:  # a rank `train` would take (0 and negatives printed negative counts)
+        check_rank(r, "--ranks", key_table()["adapter.r"].metadata["max"])
+    targets = tuple(split_targets(t) for t in args.targets) if args.targets else DEFAULT_TARGETS
 
     # the model as `loratune plan` builds it (one route): a decoder with its LM head, an encoder as a classifier
     config = load_config(args.model)

@@ -35,7 +35,9 @@ def run(args) -> int:
     from loratune.plan import Workload, plan_model
 
     # blanks stay: an empty name matches no layer, and resolve_targets refuses it as it does for `params`
-    targets = tuple(t.strip() for t in args.targets.split(","))
+    from loratune.plan import split_targets
+
+    targets = split_targets(args.targets)
     plan = plan_model(args.model, r=args.r, targets=targets, task=args.task,
                       workload=Workload(args.batch, args.seq_len, args.attention, args.full_precision,
                                         args.gpu_memory))
