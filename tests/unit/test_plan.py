@@ -363,3 +363,33 @@ def test_params_and_plan_count_the_same_model(preset, capsys):
     total = json.loads(capsys.readouterr().out)["total"]
     assert main(["plan", preset, "--json"]) == 0
     assert total == json.loads(capsys.readouterr().out)["shape"]["params"]
+
+
+@pytest.mark.parametrize("config,said", [
+    ({"model_type": "mixtral", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+      "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128, "num_local_experts": 4,
+      "num_experts_per_tok": 2}, "mixture-of-experts model (4 experts)"),
+    ({"model_type": "llama", "hidden_size": "4096"}, "is not a config transformers accepts"),
+    ({"model_type": "llama", "hidden_size": 100, "num_attention_heads": 3}, "is not a config transformers accepts"),
+    ({"model_type": "llama", "intermediate_size": -5, "hidden_size": 64, "num_attention_heads": 4,
+      "num_hidden_layers": 1, "vocab_size": 32}, "cannot be built from this config"),
+])
+def test_configs_plan_cannot_count_are_refused_by_name(config, said, tmp_path, capsys):
+    """A MoE model printed a 16-bit-dense plan (LoRA 13.6M parameters for peft's 360M); bad sizes were tracebacks."""
+    import json
+
+    from loratune.cli import main
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert main(["plan", str(path)]) == 2
+    assert said in " ".join(capsys.readouterr().err.split())
+
+
+def test_targets_keep_a_layer_list_with_its_group_and_ranks_stay_in_range(capsys):
+    from loratune.cli import main
+
+    assert plan.split_targets("attn.q@0,1, attn.v,ffn@top:2") == ("attn.q@0,1", "attn.v", "ffn@top:2")
+    for argv in (["params", "llama-2-7b", "--ranks", "0,-4"], ["plan", "llama-2-7b", "--r", "100000"]):
+        assert main(argv) == 2
+    assert "adapter.r's range" in capsys.readouterr().err
