@@ -60,7 +60,8 @@ from loratune.metrics import parse_labels, prediction_scores, top_unknown_output
 from loratune.objectives import (PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, lm_metrics, objective as objective_named,
                                  prompt_key)
 from loratune.models import load_causal_lm, load_tokenizer, resolve_model
-from loratune.sft_data import IGNORE, Example, Renderer, SFTDataset, SFTEncoded, Turn, encode_prompts, encode_sft
+from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn, encode_prompts,
+                               encode_sft)
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
@@ -930,10 +931,13 @@ def save_lm(model, tokenizer, cfg: RunConfig, store: RunStore, state_dict: dict 
         warnings.filterwarnings("ignore", message="Could not find a config file")
         model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(out)
-    write_atomic(out / "README.md", model_card(cfg, hasattr(model, "peft_config")))
+    mode = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template).mode
+    write_atomic(out / "README.md", model_card(cfg, hasattr(model, "peft_config"), mode))
 
 
-def model_card(cfg: RunConfig, is_adapter: bool) -> str:
+def model_card(cfg: RunConfig, is_adapter: bool, mode: str = "chat") -> str:
+    """What the folder holds and how to generate with plain peft + transformers, the prompt written as the run wrote
+    it (`mode`: the Renderer's chat / plain / none)."""
     a = cfg.adapter
     src = resolve_model(cfg.model)
     base = f'"{src.path}"' + (f', gguf_file="{src.gguf_file}"' if src.gguf_file else "")
@@ -945,7 +949,8 @@ def model_card(cfg: RunConfig, is_adapter: bool) -> str:
     return ("# Causal LM fine-tuned (SFT) with loratune\n\n"
             f"This folder holds {kind}, trained by `loratune train task=causal-lm` on "
             f"`{cfg.data.train_file or cfg.data.dataset_name}` (loss on completion tokens only, prompts written "
-            f"with chat_template={cfg.data.chat_template}, max_length {cfg.model.max_length}).\n\n"
+            f"with the {mode} template (chat_template={cfg.data.chat_template}), max_length "
+            f"{cfg.model.max_length}).\n\n"
             f"- base model: `{cfg.model.name_or_path}`\n"
             "- curves, prompt-set outputs and the configuration: `../history.jsonl`, `../generations.jsonl`, "
             "`../run.json`, `../config.yaml`\n\n"
@@ -953,7 +958,19 @@ def model_card(cfg: RunConfig, is_adapter: bool) -> str:
             + ("from peft import PeftModel\n" if is_adapter else "")
             + "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
             f"{load}\ntokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n"
-            "ids = tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": \"...\"}], "
-            "add_generation_prompt=True, return_tensors=\"pt\")\n"
+            + _card_prompt(mode) +
+            "ids = tokenizer(prompt, return_tensors=\"pt\", add_special_tokens=" + ("False" if mode == "chat" else "True")
+            + ")[\"input_ids\"]\n"
             "print(tokenizer.decode(model.generate(ids, max_new_tokens=64)[0, ids.shape[1]:], "
             "skip_special_tokens=True))\n```\n")
+
+
+def _card_prompt(mode: str) -> str:
+    """The card's line that writes a prompt as the run wrote its training prompts (sft_data.Renderer)."""
+    if mode == "chat":
+        return ("prompt = tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": \"...\"}], tokenize=False, "
+                "add_generation_prompt=True)\n")
+    if mode == "plain":
+        turn = PLAIN_TEMPLATE["turn"].format(role=PLAIN_TEMPLATE["roles"]["user"], content="...")
+        return f"prompt = {turn + PLAIN_TEMPLATE['generation']!r}  # the plain template the run trained with\n"
+    return "prompt = \"...\"  # chat_template=none: the prompt as written\n"
