@@ -91,3 +91,15 @@ def test_single_class_exits_2(tmp_path, capsys):
     f.write_text('{"text": "a b c", "label": "x"}\n{"text": "d e f", "label": "x"}\n', encoding="utf-8")
     assert main(["assess", "--no-probe", f"data.train_file={f}"]) == 2
     assert "single class" in capsys.readouterr().err
+
+
+def test_the_start_command_trains_the_data_and_model_assessed(tiny_bert, intent_data, capsys):
+    """'start with:' dropped --data and the model: pasted, it trained MiniLM on the embedded demo."""
+    from loratune.cli import main
+
+    assert main(["assess", "--no-probe", "--data", str(intent_data), f"name_or_path={tiny_bert}", "max_length=16",
+                 "per_device_train_batch_size=32"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    start = out[out.index("start with: loratune train"):]
+    assert f"--data {intent_data}" in start and f"name_or_path={tiny_bert}" in start
+    assert "the proposal replaces your" in start and "per_device_train_batch_size=32" in start

@@ -43,9 +43,9 @@ def run(args) -> int:
         from loratune.assess.sft import assess_sft
 
         data = assess_sft(cfg, prepare(cfg), progress=progress)
-        return _emit(args, data, lambda out: print_sft_summary(out, data))
+        return _emit(args, data, lambda out: print_sft_summary(out, data, _inputs(args)))
     a = run_assessment(cfg, probe=not args.no_probe, cache_dir=cache, progress=progress)
-    return _emit(args, a.to_dict(), lambda out: print_summary(out, a))
+    return _emit(args, a.to_dict(), lambda out: print_summary(out, a, _inputs(args)))
 
 
 def _emit(args, data: dict, summary) -> int:
@@ -80,7 +80,26 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def print_summary(out, a) -> None:
+def _inputs(args) -> tuple[str, dict[str, str]]:
+    """What the user gave `assess`, for the `start with:` command: -c FILE and --data DIR as typed, and their
+    key=value overrides by resolved key (the proposal's own keys replace theirs)."""
+    import shlex
+
+    from loratune.config import resolve_key
+
+    head = " ".join(x for x in ((f"-c {shlex.quote(args.config)}" if args.config else ""),
+                                (f"--data {shlex.quote(args.data)}" if getattr(args, "data", None) else "")) if x)
+    given: dict[str, str] = {}
+    for item in args.overrides or ():
+        key, _, _ = item.partition("=")
+        try:
+            given[resolve_key(key.strip())] = item
+        except Exception:  # (load_cfg already refused an unknown key)
+            continue
+    return head, given
+
+
+def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None:
     from rich.table import Table
 
     kind = "multi" if a.multi_label else "single"
@@ -132,15 +151,18 @@ def print_summary(out, a) -> None:
                 + (f", recall {c.recall:.2f}" if c.recall is not None else "") + ")" for c in spread), markup=False)
 
     r = a.recommendation
-    print_start(out, [asdict(c) for c in r.choices], asdict(r.capacity_ceiling), r.lr_grid, r.overrides)
+    print_start(out, [asdict(c) for c in r.choices], asdict(r.capacity_ceiling), r.lr_grid, r.overrides,
+                inputs=inputs)
     total = a.timings.get("total_s")
     if total is not None:
         parts = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in a.timings.items() if k != "total_s")
         out.print(f"[dim]{total:.1f}s ({parts})[/]")
 
 
-def print_start(out, choices: list[dict], ceiling: dict, lr_grid, overrides: dict, prefix: str = "") -> None:
-    """The start config: each value with its rule and reason, the lr grid, the command to train it."""
+def print_start(out, choices: list[dict], ceiling: dict, lr_grid, overrides: dict, prefix: str = "",
+                inputs: tuple[str, dict[str, str]] = ("", {})) -> None:
+    """The start config: each value with its rule and reason, the lr grid, the command to train it (on the user's
+    own config, data and overrides: without them it trained the embedded demo)."""
     out.print("[bold]start config[/] (value, then the rule and why)")
     for c in (*choices, ceiling):
         v = "[" + ", ".join(map(str, c["value"])) + "]" if isinstance(c["value"], (list, tuple)) else \
@@ -150,11 +172,19 @@ def print_start(out, choices: list[dict], ceiling: dict, lr_grid, overrides: dic
         out.print(f"      [dim]{c['rule']}:[/] {_escape(c['reason'])}")
     if lr_grid:
         out.print(f"lr grid for capacity comparisons: {', '.join(f'{x:g}' for x in lr_grid)}")
-    args = " ".join(_override_arg(k, v) for k, v in overrides.items())
+    from loratune.config import resolve_key
+
+    head, given = inputs
+    proposed = {resolve_key(k) for k in overrides}
+    kept = [item for key, item in given.items() if key not in proposed]
+    replaced = [item for key, item in given.items() if key in proposed]
+    args = " ".join(x for x in (head, " ".join(kept), " ".join(_override_arg(k, v) for k, v in overrides.items())) if x)
     out.print(f"start with: loratune train {prefix}{args}", markup=False, soft_wrap=True)
+    if replaced:
+        out.print(f"  (the proposal replaces your {', '.join(replaced)})", markup=False, soft_wrap=True)
 
 
-def print_sft_summary(out, a: dict) -> None:
+def print_sft_summary(out, a: dict, inputs: tuple[str, dict[str, str]] = ("", {})) -> None:
     """`loratune assess task=causal-lm`: rows and rendered token lengths, findings, the start config."""
     f = a["facts"]
     out.print(f"[bold]assess[/] {_escape(a['dataset'])} with {_escape(a['model'])}: causal-lm (SFT), "
@@ -168,4 +198,5 @@ def print_sft_summary(out, a: dict) -> None:
     for x in a["findings"]:
         out.print(f"[{_SEVERITY_STYLE.get(x['severity'], '')}]{x['severity']}[/] {x['id']}: {_escape(x['message'])}")
     r = a["recommendation"]
-    print_start(out, r["choices"], r["capacity_ceiling"], r["lr_grid"], r["overrides"], prefix="task=causal-lm ")
+    print_start(out, r["choices"], r["capacity_ceiling"], r["lr_grid"], r["overrides"], prefix="task=causal-lm ",
+                inputs=(inputs[0], {k: i for k, i in inputs[1].items() if k != "model.task"}))  # (the prefix's)
