@@ -131,8 +131,16 @@ def _linear_sites(model) -> tuple[list[LinearSite], str]:
 
 
 def num_layers(model) -> int:
+    """The highest block index + 1: what `layers_to_transform` counts (an encoder-decoder's two stacks share it)."""
     sites, _ = _linear_sites(model)
     return 1 + max((s.layer for s in sites), default=-1)
+
+
+def num_blocks(model) -> int:
+    """Every transformer block, each stack's counted (BART-large: 12 encoder + 12 decoder = 24): what activation
+    memory and FLOPs scale with."""
+    sites, _ = _linear_sites(model)
+    return len({s.name[: len(s.name) - len(s.relative)] for s in sites})
 
 
 def available_targets(model) -> dict[str, list[str]]:

@@ -73,7 +73,9 @@ def params_report(model, ranks=DEFAULT_RANKS, target_sets=DEFAULT_TARGETS) -> Pa
     from loratune.adapt import num_layers
 
     total = sum(p.numel() for p in model.parameters())
-    emb = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
+    # each embedding matrix once: an encoder-decoder shares one (BART's shared, encoder and decoder embed_tokens)
+    emb = sum(w.numel() for w in {id(m.weight): m.weight for m in model.modules()
+                                  if isinstance(m, nn.Embedding)}.values())
     rows = []
     for targets in target_sets:
         sites = resolve_targets(model, AdapterConfig(target_modules=tuple(targets)))

@@ -535,7 +535,7 @@ def check_rank(r: int, option: str, limit: int | None) -> None:
 def shape_of(model, task: str) -> ModelShape:
     import torch.nn as nn
 
-    from loratune.adapt import HEAD_NAMES, available_targets, num_layers, resolve_targets
+    from loratune.adapt import HEAD_NAMES, available_targets, num_blocks, resolve_targets
     from loratune.config import AdapterConfig
 
     cfg = model.config
@@ -556,7 +556,7 @@ def shape_of(model, task: str) -> ModelShape:
     return ModelShape(
         model_type=cfg.model_type, task=task, params=params, linear_params=linear,
         block_linear_params=sum(s.in_features * s.out_features for s in blocks), head_params=head,
-        layers=num_layers(model), hidden=cfg.hidden_size, heads=heads, head_dim=head_dim,
+        layers=num_blocks(model), hidden=cfg.hidden_size, heads=heads, head_dim=head_dim,
         kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
         ffn=getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size, gated=gated,
         vocab=cfg.vocab_size if task == "causal-lm" else cfg.num_labels)

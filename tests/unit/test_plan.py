@@ -393,3 +393,22 @@ def test_targets_keep_a_layer_list_with_its_group_and_ranks_stay_in_range(capsys
     for argv in (["params", "llama-2-7b", "--ranks", "0,-4"], ["plan", "llama-2-7b", "--r", "100000"]):
         assert main(argv) == 2
     assert "adapter.r's range" in capsys.readouterr().err
+
+
+def test_an_encoder_decoder_counts_both_stacks_and_its_shared_embeddings_once():
+    """BART: the shared, encoder and decoder embed_tokens are one matrix (counted three times), and 3 + 3 blocks
+    were planned as 3."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from loratune.adapt import num_blocks, num_layers
+
+    cfg = AutoConfig.for_model("bart", d_model=32, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
+                               decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=128,
+                               num_labels=2, max_position_embeddings=64)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(cfg)
+    assert (num_blocks(model), num_layers(model)) == (6, 3)  # layers_to_transform indexes 0..2 in each stack
+    report = params.params_report(model, (8,), (("all-linear",),)).to_dict()
+    positions = 2 * (64 + 2) * 32  # BART's learned positions (offset 2), encoder and decoder
+    assert report["embeddings"] == 128 * 32 + positions
