@@ -522,7 +522,7 @@ MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_exp
 def split_targets(text: str) -> tuple[str, ...]:
     """A --targets list: groups or module names split at commas, but a layer list stays with its group
     (`attn.q@0,1,ffn` is `attn.q@0,1` and `ffn`, as the README writes layer selections); spaces trimmed."""
-    return tuple(t.strip() for t in re.split(r",(?!\s*\d)", text) if t.strip())
+    return tuple(t.strip() for t in re.split(r",(?!\s*\d)", text))  # blanks kept: resolve_targets refuses them
 
 
 def check_rank(r: int, option: str, limit: int | None) -> None:

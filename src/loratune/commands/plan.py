@@ -34,8 +34,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from loratune.plan import Workload, plan_model
 
-    # blanks stay: an empty name matches no layer, and resolve_targets refuses it as it does for `params`
-    from loratune.plan import split_targets
+    from loratune.plan import split_targets  # (blanks stay: an empty name matches no layer, refused as params does)
 
     targets = split_targets(args.targets)
     plan = plan_model(args.model, r=args.r, targets=targets, task=args.task,
