@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loratune.errors import UserError
-from loratune.store import TENSORBOARD_DIR
+from loratune.store import TENSORBOARD_DIR, RunStore
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,6 @@ def _load_run(path: str | Path) -> RunHistory:
             return replace(run, notes=run.notes + (f"{p} is the TensorBoard log of the loratune run {p.parent}: read "
                                                    "from its history.jsonl and run.json (the same numbers)",))
         if (p / "run.json").is_file():
-            from loratune.store import RunStore
-
             try:
                 status = RunStore(p).read_run().get("status")  # `running` whose process died reads `died`
             except Exception:
