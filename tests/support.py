@@ -111,3 +111,20 @@ def talking_lora_classifier(folder: str, data: Path, out: Path, **extra):
             if "lora_B" in name:
                 p.normal_(0.0, 0.5)
     return cfg, dataset, tok, model
+
+
+def card_recipe(run_dir: Path, scope: dict, after: str = "") -> dict:
+    """Run the adapter card's first Python block (adapter/README.md) as written, from the run directory (the recipe
+    names the folder "adapter", relative to it), in `scope`; `after` marks the block to take (the text before it).
+    Returns the scope the code filled."""
+    import re
+
+    card = (Path(run_dir) / "adapter" / "README.md").read_text(encoding="utf-8")
+    code = re.search(re.escape(after) + r"```python\n(.*?)```", card, re.S).group(1)
+    here = os.getcwd()
+    os.chdir(run_dir)
+    try:
+        exec(code, scope)
+    finally:
+        os.chdir(here)
+    return scope

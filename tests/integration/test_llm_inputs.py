@@ -185,27 +185,15 @@ def test_generated_labels_refuse_an_empty_text(lm, tmp_path, capsys):
 def test_the_adapter_card_recipe_runs_as_written_on_a_decoder_classifier(tiny_llama, intent_data, tmp_path, capsys):
     """The card's 'Without loratune' code failed on a decoder (no pad token: 'Cannot handle batch sizes > 1'):
     executed as written, it gives the logits `loratune predict` gives."""
-    import re
-
     import torch
 
     from loratune import api
-    from support import overrides
+    from support import card_recipe, overrides
 
     out = tmp_path / "run"
     assert cli.main(["train", "-q", *overrides(tiny_llama, intent_data, out, max_steps=4, eval_steps=4,
                                                layers_to_transform="top:1")]) == 0
-    card = (out / "adapter" / "README.md").read_text()
-    code = re.search(r"Without loratune:\n\n```python\n(.*?)```", card, re.S).group(1)
-    scope = {"BASE": tiny_llama}
-    import os
-
-    here = os.getcwd()
-    os.chdir(out)  # the recipe names the folder "adapter", relative to the run directory
-    try:
-        exec(code, scope)
-    finally:
-        os.chdir(here)
+    scope = card_recipe(out, {"BASE": tiny_llama}, after="Without loratune:\n\n")
     texts = ["lost my card please", "what is my balance"]
     batch = scope["tokenizer"](texts, padding=True, return_tensors="pt")
     with torch.no_grad():

@@ -129,26 +129,18 @@ def test_the_saved_adapter_loads_with_plain_peft_and_generates(sft_run, lm):
 def test_the_adapter_card_recipe_runs_as_written(template, sft_data, tmp_path):
     """The card's code failed as written: apply_chat_template(return_tensors='pt') gives a BatchEncoding in
     transformers 5 (generate wants a tensor), and a run on the plain template was told to use a chat template."""
-    import os
-    import re
-
     from sft_support import save_tiny_llama_lm
+    from support import card_recipe
 
     lm = save_tiny_llama_lm(tmp_path / "lm", chat_template=True)
     out = tmp_path / "run"
     assert cli.main(["train", "-q", *sft_overrides(lm, sft_data, out, chat_template=template)]) == 0
     card = (out / "adapter" / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
-    assert ("apply_chat_template" in code) == (template == "auto") and f"the {'chat' if template == 'auto' else 'plain'} template" in card
-    code = code.replace("print(", "printed = (")
-    scope: dict = {}
-    here = os.getcwd()
-    os.chdir(out)  # the recipe names the folder "adapter", relative to the run directory
-    try:
-        exec(code, scope)
-    finally:
-        os.chdir(here)
-    assert isinstance(scope["printed"], str)
+    mode = "chat" if template == "auto" else "plain"
+    assert ("apply_chat_template" in card) == (template == "auto") and f"the {mode} template" in card
+    printed: list = []
+    card_recipe(out, {"print": printed.append})  # its last line prints the generated text
+    assert len(printed) == 1 and isinstance(printed[0], str)
 
 
 def test_adapter_round_trip_gives_the_same_logits_and_generations(lm, tmp_path):
