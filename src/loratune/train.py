@@ -795,6 +795,10 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
             kept["val_logits"] = val_logits  # the saved model's clean val predictions (robustness probe)
             run["adapter_step"] = step
             tuned["best"] = tuned["now"]
+            if cfg.adapter.method == "lora":  # a small file: saved as it comes, so a killed run keeps its best model
+                save_best_so_far(run, model, tokenizer, space, cfg, store, step,
+                                 decoding.with_thresholds(tuned["best"]) if decoding is not None and
+                                 tuned["best"] is not None else decoding)
         if run["adapter_step"] == step or run["best"] is None:
             run["best"] = point
             if cm is not None:
@@ -961,6 +965,18 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
             raise
         return user
     return None
+
+
+def save_best_so_far(run: dict, model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunStore, step: int,
+                     decoding: Decoding | None) -> None:
+    """A LoRA run's best trained model so far, written when it is found (adapter/, as at the end): `kill -9` or a
+    lost machine no longer loses the run's best model (it lived in memory until the run ended). run.json says no
+    model is saved while the files are being written, and which step they hold once they are."""
+    run["saved_model"] = {"step": None, "note": f"writing the model of step {step} (the best so far)"}
+    store.write_run(run)
+    save_model(model, tokenizer, space, cfg, store, decoding)
+    run["saved_model"] = {"step": step, "note": f"adapter/ holds the model of step {step}, the best so far (the run "
+                                                "has not ended: its end confirms or replaces it)"}
 
 
 def save_model(model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunStore,

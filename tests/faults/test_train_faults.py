@@ -62,6 +62,35 @@ def test_kill_9_mid_training_reads_as_died_everywhere(tiny_bert, intent_data, tm
     assert "partial" in (tmp_path / "r.html").read_text()
 
 
+def test_kill_9_keeps_the_best_model_found_so_far(tiny_bert, intent_data, tmp_path, capsys):
+    """The best trained weights lived in memory until the run ended: kill -9 lost them, while run.json named the
+    step of a model no folder held."""
+    from loratune import api
+    from loratune.store import WEIGHT_FILES
+
+    out = tmp_path / "run"
+    proc = Proc(_long(tiny_bert, intent_data, out), tmp_path)
+
+    def saved_step():  # a model on disk (a kill while one is being written leaves run.json saying so: no step)
+        try:
+            return (json.loads((out / "run.json").read_text()).get("saved_model") or {}).get("step")
+        except (OSError, ValueError):
+            return None
+
+    assert proc.wait_for(lambda: history_lines(out) >= 4 and saved_step() is not None), proc.stderr
+    proc.signal(signal.SIGKILL)
+    proc.finish()
+    run = RunStore(out).read_run()
+    assert run["status"] == "died"
+    assert any((out / "adapter" / f).is_file() for f in WEIGHT_FILES)  # a best model was written before the kill
+    saved = run["saved_model"]["step"]
+    if saved is None:  # killed while a newer best was being written: the record claims no model, and says why
+        assert "writing the model of step" in run["saved_model"]["note"]
+    else:
+        assert saved == run["adapter_step"]
+        assert api.predict(str(out), ["lost my card"])[0]["label"]  # the saved model loads and answers
+
+
 def test_a_live_run_is_not_called_dead(tiny_bert, intent_data, tmp_path):
     out = tmp_path / "run"
     proc = Proc(_long(tiny_bert, intent_data, out), tmp_path)
