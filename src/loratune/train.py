@@ -993,7 +993,15 @@ def save_model(model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunSt
         present = {n.rsplit(".", 1)[-1] for n, _ in model.base_model.model.named_modules()}
         peft_cfg.modules_to_save = [m for i, m in enumerate(peft_cfg.modules_to_save)
                                     if m in present and m not in peft_cfg.modules_to_save[:i]]
-    model.save_pretrained(out)
+    import logging
+
+    card_log = logging.getLogger("huggingface_hub.repocard")  # peft re-reads our model card, which has no metadata
+    level = card_log.level                                     # block, and warns at every save after the first
+    card_log.setLevel(logging.ERROR)
+    try:
+        model.save_pretrained(out)
+    finally:
+        card_log.setLevel(level)
     tokenizer.save_pretrained(out)
     base = resolve_model(cfg.model)  # base_model_path: what plain transformers loads (README recipe)
     write_json(out / LABEL_MAP, {"labels": list(space.labels), "multi_label": space.multi_label,
