@@ -157,8 +157,10 @@ def resolve_targets(model, adapter: AdapterConfig) -> list[LinearSite]:
     """The linear layers that get an adapter, from groups / raw names and the layer selection."""
     sites, model_type = _linear_sites(model)
     if not sites:
-        raise UserError(f"found no linear layers inside transformer blocks of '{model_type}'",
-                        "give raw module names in adapter.target_modules, or use method=full")
+        raise UserError(f"found no nn.Linear layers inside the transformer blocks of '{model_type}' (GPT-2's "
+                        "projections, for one, are transformers' Conv1D, which LoRA targets here do not cover)",
+                        "train every weight with adapter.method=full, or use a model whose blocks are built of "
+                        "nn.Linear (BERT, RoBERTa, DeBERTa, Llama, Mistral, Qwen, Gemma, Phi-3...)")
     n_layers = 1 + max(s.layer for s in sites)
     table = GROUP_TABLE.get(model_type, {})
     avail = available_targets(model)

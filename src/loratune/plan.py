@@ -226,7 +226,7 @@ class Plan:
 #     reads the output in place                                             2(2h_q + 2h_kv) bytes
 #   gated FFN: gate output, up output, SiLU output, and the product the down projection reads when its
 #     weight trains                                                         full 8i, LoRA 6i bytes
-#   plain FFN (BERT, GPT-2): the activation's input, and fc2's input when fc2 trains    full 4i, LoRA 2i
+#   plain FFN (BERT): the activation's input, and fc2's input when fc2 trains    full 4i, LoRA 2i
 #   each LoRA adapter: its own bf16 copy of the layer input (peft casts the input to the fp32 adapter's
 #     dtype and autocast casts it back for the matmul) and its r-wide A output  2(d_in + r) bytes
 # Eager attention also keeps the scores (EAGER_SCORE_BYTES per head, query and key). The head keeps the final

@@ -117,6 +117,12 @@ def test_stopped_before_the_output_dir_exists_claims_no_record(exc, rc, tiny_ber
     text = _flat(capsys.readouterr().out)
     assert "nothing was written" in text and "valid" not in text
     assert not out.exists()
+    # and while the data is read, before "training ->" (it said only "interrupted by the user")
+    import loratune.api as A
+
+    monkeypatch.setattr(A, "prepare", stop)
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == rc
+    assert "nothing was written" in _flat(capsys.readouterr().out) and not out.exists()
 
 
 def test_exploding_loss_ends_diverged_with_exit_3(tiny_bert, intent_data, tmp_path, monkeypatch, capsys):

@@ -412,3 +412,18 @@ def test_an_encoder_decoder_counts_both_stacks_and_its_shared_embeddings_once():
     report = params.params_report(model, (8,), (("all-linear",),)).to_dict()
     positions = 2 * (64 + 2) * 32  # BART's learned positions (offset 2), encoder and decoder
     assert report["embeddings"] == 128 * 32 + positions
+
+
+def test_a_model_without_linear_blocks_is_refused_with_a_fix_that_works(capsys):
+    """GPT-2's Conv1D projections: the fix offered raw module names, which match nothing either."""
+    import json as _json
+    import tempfile
+    from pathlib import Path
+
+    from loratune.cli import main
+
+    path = Path(tempfile.mkdtemp()) / "config.json"
+    path.write_text(_json.dumps({"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 64}))
+    assert main(["plan", str(path), "--targets", "c_attn"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Conv1D" in err and "adapter.method=full" in err and "raw module names" not in err

@@ -36,10 +36,16 @@ def run(args) -> int:
     check_output_dir(Path(cfg.train.output_dir))  # a file, or not writable: said now, not after training
     out = console()
     out.quiet = rank > 0  # under accelerate launch rank 0 speaks for the run
-    dataset = api.prepare(cfg)
-    for note in dataset.notes:
-        out.print(f"[yellow]note:[/] {note}")
-    api.check(cfg, dataset)  # what training would crash on: the dry run says it too
+    try:
+        dataset = api.prepare(cfg)
+        for note in dataset.notes:
+            out.print(f"[yellow]note:[/] {note}")
+        api.check(cfg, dataset)  # what training would crash on: the dry run says it too
+    except KeyboardInterrupt as exc:  # while the data is read: nothing is written yet, and the run says so
+        from loratune import signals
+
+        out.print(f"[yellow]{signals.describe(exc)}[/]: {_record_after_interrupt(cfg.train.output_dir)}")
+        return signals.exit_code(exc)
     if args.dry_run:
         out.print(to_yaml(cfg), markup=False)
         info = api.plan(cfg, dataset)
