@@ -41,7 +41,9 @@ class EvalExtras:
     info: dict = field(default_factory=dict)
 
     @classmethod
-    def build(cfg_cls, cfg: RunConfig, dataset: Dataset, val_targets: np.ndarray, val_lengths: np.ndarray) -> "EvalExtras":
+    def build(cfg_cls, cfg: RunConfig, dataset: Dataset, val_targets: np.ndarray, val_lengths: np.ndarray,
+              val_unseen: np.ndarray | None = None) -> "EvalExtras":
+        """`val_unseen`: the encoded validation split's rows carrying a label the model does not know (train.encode)."""
         multi = dataset.label_space.multi_label
         y_true = val_targets.astype(int) if multi else np.where(val_targets >= 0, val_targets, -1)
         slices = None
@@ -50,9 +52,8 @@ class EvalExtras:
                                    multi_label=multi)
         probe = load_probe_set(cfg.data.probe_file, cfg.data.text_column, cfg.data.label_column) \
             if cfg.data.probe_file else None
-        known = set(dataset.label_space.labels)
-        unseen = np.array([any(lab not in known for lab in labs) for labs in dataset.validation.labels], dtype=bool)
-        extras = cfg_cls(dataset, y_true, multi, slices, probe, cfg.train.seed, cfg.train.robustness_probe, unseen)
+        extras = cfg_cls(dataset, y_true, multi, slices, probe, cfg.train.seed, cfg.train.robustness_probe,
+                         val_unseen)
         if slices is not None:
             n = len(dataset.validation)
             extras.info = {"shares": slices.shares(n), "rows": {k: int(len(v)) for k, v in slices.rows.items()},

@@ -202,9 +202,10 @@ def probe_scores(probe: ProbeSet, probs: np.ndarray, labels: tuple[str, ...], mu
     examples = []
     for n, (text, exp, p) in enumerate(zip(probe.texts, probe.expected, probs)):
         i = int(np.argmax(p))
-        on = np.flatnonzero(decided[n]) if decided is not None else [j for j in range(len(p)) if p[j] >= 0.5]
-        chosen = [labels[j] for j in sorted(on, key=lambda j: -p[j])] if multi_label else []
-        predicted = chosen or [labels[i]]
+        predicted = [labels[i]]
+        if multi_label:
+            on = np.flatnonzero(decided[n]) if decided is not None else np.flatnonzero(p >= 0.5)
+            predicted = [labels[j] for j in sorted(on, key=lambda j: -p[j])] or predicted
         examples.append({"text": text, "expected": exp,
                          "predicted": predicted if multi_label else labels[i],
                          "confidence": round(float(p[i]), 4),

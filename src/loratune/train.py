@@ -678,7 +678,7 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
         # prefix's layers too, as the cache computes its states under autocast (prefix_cache.Splice.capture)
         frozen_bf16 = precision_mod.frozen_weights_in_bf16(model, HEAD_NAMES)
     with timed(timing, "extras"):
-        extras = EvalExtras.build(cfg, dataset, val_enc.targets, val_enc.lengths)
+        extras = EvalExtras.build(cfg, dataset, val_enc.targets, val_enc.lengths, val_enc.unseen)
     spec = loss_spec(cfg.train.multi_label_loss, space.multi_label, train_enc.targets, cfg.train.focal_gamma)
     decoding = base_decoding(cfg, dataset, space) if space.multi_label else None
     tuned = {"now": None, "best": None}  # thresholds tuned at the last eval point, and at the saved model's
