@@ -795,10 +795,11 @@ def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool =
             kept["val_logits"] = val_logits  # the saved model's clean val predictions (robustness probe)
             run["adapter_step"] = step
             tuned["best"] = tuned["now"]
-            if cfg.adapter.method == "lora":  # a small file: saved as it comes, so a killed run keeps its best model
-                save_best_so_far(run, model, tokenizer, space, cfg, store, step,
-                                 decoding.with_thresholds(tuned["best"]) if decoding is not None and
-                                 tuned["best"] is not None else decoding)
+            # saved as it comes (LoRA: a small file; full fine-tuning: the whole model, as the Trainer's
+            # save-on-evaluate does), so a killed run keeps its best model
+            save_best_so_far(run, model, tokenizer, space, cfg, store, step,
+                             decoding.with_thresholds(tuned["best"]) if decoding is not None and
+                             tuned["best"] is not None else decoding)
         if run["adapter_step"] == step or run["best"] is None:
             run["best"] = point
             if cm is not None:
@@ -969,8 +970,8 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
 
 def save_best_so_far(run: dict, model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunStore, step: int,
                      decoding: Decoding | None) -> None:
-    """A LoRA run's best trained model so far, written when it is found (adapter/, as at the end): `kill -9` or a
-    lost machine no longer loses the run's best model (it lived in memory until the run ended). run.json says no
+    """A run's best trained model so far (LoRA or full), written when it is found (adapter/, as at the end): `kill -9`
+    or a lost machine no longer loses the run's best model (it lived in memory until the run ended). run.json says no
     model is saved while the files are being written, and which step they hold once they are."""
     run["saved_model"] = {"step": None, "note": f"writing the model of step {step} (the best so far)"}
     store.write_run(run)

@@ -62,14 +62,12 @@ def test_kill_9_mid_training_reads_as_died_everywhere(tiny_bert, intent_data, tm
     assert "partial" in (tmp_path / "r.html").read_text()
 
 
-def test_kill_9_keeps_the_best_model_found_so_far(tiny_bert, intent_data, tmp_path, capsys):
-    """The best trained weights lived in memory until the run ended: kill -9 lost them, while run.json named the
-    step of a model no folder held."""
-    from loratune import api
+def _kill_9_at_a_saved_best(args: list[str], out: Path, cwd: Path) -> dict:
+    """Run `args` until run.json names a saved best model past a few evaluation points, kill -9 it, return the
+    record as read afterwards."""
     from loratune.store import WEIGHT_FILES
 
-    out = tmp_path / "run"
-    proc = Proc(_long(tiny_bert, intent_data, out), tmp_path)
+    proc = Proc(args, cwd)
 
     def saved_step():  # a model on disk (a kill while one is being written leaves run.json saying so: no step)
         try:
@@ -83,12 +81,43 @@ def test_kill_9_keeps_the_best_model_found_so_far(tiny_bert, intent_data, tmp_pa
     run = RunStore(out).read_run()
     assert run["status"] == "died"
     assert any((out / "adapter" / f).is_file() for f in WEIGHT_FILES)  # a best model was written before the kill
-    saved = run["saved_model"]["step"]
-    if saved is None:  # killed while a newer best was being written: the record claims no model, and says why
+    if run["saved_model"]["step"] is None:  # killed while a newer best was being written: no model claimed, and why
         assert "writing the model of step" in run["saved_model"]["note"]
     else:
-        assert saved == run["adapter_step"]
+        assert run["saved_model"]["step"] == run["adapter_step"]
+    return run
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_kill_9_keeps_the_best_model_found_so_far(method, tiny_bert, intent_data, tmp_path, capsys):
+    """The best trained weights lived in memory until the run ended: kill -9 lost them, while run.json named the
+    step of a model no folder held (a full fine-tuning run lost them until the session after LoRA's fix)."""
+    from loratune import api
+
+    out = tmp_path / "run"
+    run = _kill_9_at_a_saved_best(_long(tiny_bert, intent_data, out, method=method,
+                                        **({"learning_rate": 1e-3} if method == "full" else {})), out, tmp_path)
+    if run["saved_model"]["step"] is not None:
         assert api.predict(str(out), ["lost my card"])[0]["label"]  # the saved model loads and answers
+
+
+def test_kill_9_keeps_an_sft_runs_best_model(tmp_path):
+    """The causal-LM path kept its best weights in memory until the end too."""
+    from sft_support import make_sft_rows, save_tiny_llama_lm
+    from support import write_jsonl
+
+    model = save_tiny_llama_lm(tmp_path / "lm")
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_sft_rows(6, seed=1))
+    write_jsonl(data / "validation.jsonl", make_sft_rows(1, seed=2))
+    out = tmp_path / "run"
+    args = {"task": "causal-lm", "name_or_path": model, "dataset_name": str(data), "output_dir": str(out),
+            "max_steps": 100000, "eval_steps": 2, "per_device_train_batch_size": 4, "r": 2, "lora_alpha": 4,
+            "max_length": 32, "max_new_tokens": 2, "learning_rate": 1e-2, "num_threads": 1}
+    run = _kill_9_at_a_saved_best(["train", "-q", *[f"{k}={v}" for k, v in args.items()]], out, tmp_path)
+    if run["saved_model"]["step"] is not None:
+        assert (out / "adapter" / "adapter_config.json").is_file()
 
 
 def test_a_live_run_is_not_called_dead(tiny_bert, intent_data, tmp_path):
