@@ -536,11 +536,16 @@ def _differs_only_in(a: Mapping[str, Any], b: Mapping[str, Any], knob: str, mode
         va, vb = a[k], b[k]
         if mode == "scale" and kk == "lora_alpha":
             ra, rb = _knob_value(a, "r"), _knob_value(b, "r")
-            if ra and rb and va is not None and vb is not None:
-                va, vb = float(va) / float(ra), float(vb) / float(rb)
+            if ra and rb and va is not None and vb is not None:  # peft's scale: / sqrt(r) under rsLoRA
+                va, vb = (float(v) / (math.sqrt(float(r)) if _rslora(c) else float(r))
+                          for v, r, c in ((va, ra, a), (vb, rb, b)))
         if not _same(va, vb):
             return False, unknown
     return True, {k for k in unknown if k.rsplit(".", 1)[-1] not in IGNORED_KEYS}
+
+
+def _rslora(cfg: Mapping[str, Any]) -> bool:
+    return any(k.rsplit(".", 1)[-1] == "use_rslora" and v is True for k, v in cfg.items())
 
 
 def _groups(flat: dict[str, dict[str, Any]], knob: str) -> list[tuple[list[str], str]]:
@@ -570,6 +575,8 @@ def _groups(flat: dict[str, dict[str, Any]], knob: str) -> list[tuple[list[str],
                 continue
             found = [(g, n) for g, n in found if not set(g) < set(members)]
             full_note = note
+            if mode == "scale" and any(_rslora(flat[m]) for m in members):
+                full_note = "scale lora_alpha/sqrt(r) fixed (rsLoRA)"
             if assumed:
                 full_note = (note + "; " if note else "") + "assumed equal (not known for every run): " + \
                     ", ".join(sorted(k.rsplit(".", 1)[-1] for k in assumed))

@@ -952,7 +952,9 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             acc.set("train_loss_late_slope", (y_end - y_mid) / 0.5 / start if start > 0 else None,
                     "the start train loss is 0")
             acc.set("train_loss_runs_to_fit", None, "fewer than 3 train-loss windows over the second half")
-        acc.set("train_loss_late_drop", min(1.0, (y_mid - y_end) / y_mid) if y_mid > 0 else 0.0)
+        # within [-1, 1]: a rise past twice the mid value reads -100% (a V-shaped second half puts the fitted line's
+        # mid value near 0, and a 3x rise read -27,815%; every rule compares it with thresholds inside the range)
+        acc.set("train_loss_late_drop", max(-1.0, min(1.0, (y_mid - y_end) / y_mid)) if y_mid > 0 else 0.0)
         acc.set("train_loss_rise_share", _rise_share([v for _, v in T]))
     v0 = next((p["step"] for p in pts if _num(p.get("val/loss")) is not None), None)
     after = [v for s, v in T if v0 is not None and s > v0]

@@ -118,16 +118,24 @@ def _load_run(path: str | Path) -> RunHistory:
                 why = ("its train losses were read as the mean of their accumulation steps, which the Trainer's "
                        "files cannot say" if top else "no trainer_state.json at the top of the run folder")
                 return replace(run, notes=run.notes + (f"read the loratune callback's record ({record}): {why}",))
-        state = _find_trainer_state(p)
+        state, why = _find_trainer_state(p)
         events = find_event_files(p)
         if state is not None:
             run = read_trainer_state(state)
+            if why:
+                run = replace(run, notes=run.notes + (why,))
             if events and state.parent != p:  # only a checkpoint's state: the event log may go further
                 tb = read_tensorboard(p)
-                if tb.points and run.points and tb.points[-1]["step"] > run.points[-1]["step"]:
+                if (tb.points and run.points and tb.points[-1]["step"] > run.points[-1]["step"]
+                        and tb.points[0]["step"] <= run.points[0]["step"]):
                     return replace(tb, notes=tb.notes + (
                         f"the TensorBoard log reaches step {tb.points[-1]['step']}, the newest checkpoint's "
                         f"trainer_state.json only {run.points[-1]['step']}: read the TensorBoard log",))
+                if tb.points and run.points and tb.points[-1]["step"] > run.points[-1]["step"]:
+                    return replace(run, notes=run.notes + (
+                        f"the TensorBoard log reaches step {tb.points[-1]['step']} but starts at step "
+                        f"{tb.points[0]['step']}, after this state's first eval point (step {run.points[0]['step']}):"
+                        " read the checkpoint's trainer_state.json, the whole run up to its save",))
             return run
         if events:
             return read_tensorboard(p)
@@ -270,30 +278,91 @@ CHANCE_GRAD_NORM_MAX = 10.0  # a first logged gradient norm this large: the firs
 _HEAD_SUFFIXES = ("classifier.weight", "classifier.out_proj.weight", "score.weight")
 
 
-def _find_trainer_state(d: Path) -> Path | None:
-    if (d / "trainer_state.json").is_file():
-        return d / "trainer_state.json"
+def _find_trainer_state(d: Path) -> tuple[Path | None, str | None]:
+    """The run's newest trainer_state.json: the top-level one (written at the end), unless a `checkpoint-*` inside
+    reached further (a run resumed or continued after the top-level file was written); and a note when a checkpoint
+    was preferred."""
     ckpts = []
     for sub in d.glob("checkpoint-*"):
         m = re.fullmatch(r"checkpoint-(\d+)", sub.name)
         if m and (sub / "trainer_state.json").is_file():
             ckpts.append((int(m.group(1)), sub / "trainer_state.json"))
-    return max(ckpts)[1] if ckpts else None
+    top = d / "trainer_state.json"
+    if not top.is_file():
+        return (max(ckpts)[1] if ckpts else None), None
+    if not ckpts:
+        return top, None
+    newest_step, newest = max(ckpts)
+    try:
+        top_step = json.loads(top.read_text(encoding="utf-8")).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return top, None  # read_trainer_state says what is wrong with it
+    if isinstance(top_step, (int, float)) and newest_step > top_step:
+        return newest, (f"{newest.parent.name}/trainer_state.json reaches step {newest_step}, the top-level "
+                        f"trainer_state.json only {top_step:g}: read the checkpoint's")
+    return top, None
 
 
 EVENT_SEARCH_DEPTH = 3  # OUTPUT_DIR/runs/<date>/events... is 2 down; a logging_dir of runs a level deeper is 3
 
 
 def find_event_files(d: Path) -> list[Path]:
-    """TensorBoard event files of the newest run folder under d (d itself, `runs/<date>/`, or a logging_dir's sub-
-    folders), at most EVENT_SEARCH_DEPTH folders down: `loratune show /` must not walk the disk and read whichever
-    unrelated run is newest."""
-    files = [f for depth in range(EVENT_SEARCH_DEPTH + 1)
-             for f in d.glob("*/" * depth + "events.out.tfevents.*") if f.is_file()]
-    if not files:
-        return []
-    newest = max({f.parent for f in files}, key=lambda folder: max(x.stat().st_mtime for x in folder.iterdir()))
-    return sorted((f for f in files if f.parent == newest), key=lambda f: f.name)
+    """TensorBoard event files under d (d itself, `runs/<date>/`, or a logging_dir's sub-folders), at most
+    EVENT_SEARCH_DEPTH folders down (`loratune show /` must not walk the disk); which of them form the run is
+    read_tensorboard's choice (`_one_run`)."""
+    return sorted((f for depth in range(EVENT_SEARCH_DEPTH + 1)
+                   for f in d.glob("*/" * depth + "events.out.tfevents.*") if f.is_file()), key=str)
+
+
+def _read_event_file(f: Path, loader) -> tuple[float, dict[int, dict[str, float]]]:
+    """One event file -> (wall time of its first event, {step: {tag: value}}). Scalars as the Trainer's
+    TensorBoardCallback writes them (simple_value) or as tensors (torch's new_style, TF2's tensor_content)."""
+    from tensorboard.util import tensor_util
+
+    first, scalars = math.inf, {}
+    for event in loader(str(f)).Load():
+        first = min(first, event.wall_time) if event.wall_time else first
+        if not event.HasField("summary"):
+            continue
+        for v in event.summary.value:
+            if v.HasField("simple_value"):
+                value = float(v.simple_value)
+            elif v.HasField("tensor"):
+                try:
+                    array = tensor_util.make_ndarray(v.tensor)
+                except (TypeError, ValueError):
+                    continue
+                if array.size != 1 or array.dtype.kind not in "fiu":
+                    continue  # text, images, histograms: not a scalar
+                value = float(array.reshape(-1)[0])
+            else:
+                continue
+            scalars.setdefault(int(event.step), {})[v.tag] = value
+    return (first if math.isfinite(first) else f.stat().st_mtime), scalars
+
+
+def _one_run(files: list[tuple[Path, float, dict]]) -> tuple[list[tuple[Path, float, dict]], list[str]]:
+    """The event files of one run, the newest: files in the order they were started, a file that starts its steps
+    past the run's first step continues it (the Trainer opens a new `runs/<date>` folder, or a new file, when it
+    resumes from a checkpoint), and one that starts at or before it is another run written into the same
+    logging_dir (its steps would interleave with the older run's)."""
+    chains: list[list] = []
+    for f in sorted((f for f in files if f[2]), key=lambda f: (f[1], str(f[0]))):
+        start = min(f[2])
+        if chains and start > min(min(c[2]) for c in chains[-1]):
+            chains[-1].append(f)
+        else:
+            chains.append([f])
+    if not chains:
+        return [], []
+    notes = []
+    if len(chains) > 1:
+        notes.append(f"the event files hold {len(chains)} runs (the step counter starts again at "
+                     f"{chains[-1][0][0]}); read the newest")
+    if len(chains[-1]) > 1:
+        notes.append(f"{len(chains[-1])} event files joined in the order they were written (a resumed run; a "
+                     "later file's value replaces an earlier one's at the same step)")
+    return chains[-1], notes
 
 
 def read_trainer_state(path: str | Path) -> RunHistory:
@@ -308,6 +377,13 @@ def read_trainer_state(path: str | Path) -> RunHistory:
         raise UserError(f"'{p}' is not valid JSON ({exc})", "give the trainer_state.json a Trainer wrote") from None
     if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
         raise UserError(f"'{p}' has no `log_history` list", "give the trainer_state.json a Trainer wrote")
+    entries = [e for e in state["log_history"] if isinstance(e, dict)]
+    if not any(_fin(e.get("step")) is not None for e in entries):
+        what = ("is empty: the run logged nothing (a logging_steps larger than the run, or a state saved before "
+                "the first log)" if not state["log_history"] else
+                f"has {len(state['log_history'])} entries and none with a numeric `step`")
+        raise UserError(f"'{p}': its log_history {what}", "give the trainer_state.json of a run that logged its "
+                        "losses (logging_steps smaller than the run; each entry carries its `step`)")
     name = p.parent.name if p.name == "trainer_state.json" else p.stem
     if name.startswith("checkpoint-") and p.name == "trainer_state.json":
         name = p.parent.parent.name
@@ -320,7 +396,8 @@ def history_from_trainer_state(state: Mapping[str, Any], folder: Path, *, name: 
     """A trainer state (the parsed trainer_state.json, or a live `TrainerState`'s fields) -> RunHistory.
     `folder` is where the side files are looked for; `adapter` gives adapter knobs directly (a live peft
     model's config) when no adapter_config.json is written yet."""
-    facts = {k: Fact(state[k], source_file) for k in _STATE_FACTS if _fin(state.get(k)) is not None}
+    # a count the Trainer writes as -1 or 0 when unset (max_steps=-1 under num_train_epochs) is no count
+    facts = {k: Fact(state[k], source_file) for k in _STATE_FACTS if (_fin(state.get(k)) or 0) > 0}
     if _fin(state.get("global_step")) is not None:
         facts["steps_done"] = Fact(int(state["global_step"]), f"{source_file} global_step")
     return _from_log_history(state.get("log_history") or [], folder, facts, name=name, path=path or str(folder),
@@ -341,21 +418,12 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
     except ImportError:
         raise UserError("reading TensorBoard event files needs the `tensorboard` package",
                         "pip install tensorboard") from None
+    run_files, run_notes = _one_run([(f, *_read_event_file(f, LegacyEventFileLoader)) for f in files])
     scalars: dict[int, dict[str, float]] = {}
-    for f in files:
-        for event in LegacyEventFileLoader(str(f)).Load():
-            if not event.HasField("summary"):
-                continue
-            for v in event.summary.value:
-                if v.HasField("simple_value"):
-                    value = float(v.simple_value)
-                elif v.HasField("tensor") and v.tensor.float_val:
-                    value = float(v.tensor.float_val[0])
-                elif v.HasField("tensor") and v.tensor.double_val:
-                    value = float(v.tensor.double_val[0])
-                else:
-                    continue
-                scalars.setdefault(int(event.step), {})[v.tag] = value
+    for _, _, values in run_files:
+        for step, tags in values.items():
+            scalars.setdefault(step, {}).update(tags)
+    files = [f for f, _, _ in run_files] or files
     # `loratune train report_to=tensorboard` names its scalars as its history does (val/*, train_eval/*, lr):
     # read under the Trainer's names, so its own log reads as its run does (its val/* tags were dropped)
     ours = any(k.startswith(("val/", "train_eval/")) for tags in scalars.values() for k in tags)
@@ -375,14 +443,15 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
     if not log_history:
         raise UserError(f"'{d}': the event files hold no train/* or eval/* scalars",
                         "log with report_to='tensorboard' from a Hugging Face Trainer, or give trainer_state.json")
-    run_dir = files[0].parent
+    run_dir = files[-1].parent
     side = next((q for q in (run_dir, run_dir.parent, run_dir.parent.parent)
                  if (q / "adapter_config.json").is_file() or (q / "config.json").is_file()), d)
     folder = d if d.is_dir() else d.parent
     name = next((q.name for q in (folder, *folder.parents) if q.name not in ("runs", "") and q != run_dir), folder.name)
     return _from_log_history(log_history, side, {}, name=name,
                              path=str(d), source_file="TensorBoard events", source="tensorboard",
-                             notes=[f"read {len(files)} event file(s) in {run_dir}"])
+                             notes=[f"read {len(files)} event file(s) in "
+                                    f"{', '.join(sorted({str(f.parent) for f in files}))}", *run_notes])
 
 
 def _trainer_tag(tag: str) -> str:
@@ -400,6 +469,12 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
                       notes: list[str] | None = None, adapter: Mapping[str, Any] | None = None,
                       finished: bool | None = None) -> RunHistory:
     notes = list(notes or [])
+    stepless = sum(1 for e in log_history if isinstance(e, dict) and "step" not in e)
+    if stepless:
+        notes.append(f"{stepless} log_history entries without a `step`: skipped")
+    log_history, texts = _numbers_from_text(log_history)
+    if texts:
+        notes.append(f"{texts} loss, rate or eval values written as text (e.g. \"2.3\"), not as numbers: skipped")
     logs = [e for e in log_history if isinstance(e, dict) and "step" in e]
     steps_ok = [e for e in logs if _fin(e["step"]) is not None]
     if len(steps_ok) < len(logs):
@@ -507,8 +582,10 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     if not no_classes and "n_classes" not in facts:
         _classes_from_first_loss(train_logs, meta, facts)
     config = _config_from_facts(_adapter_facts(folder, facts, notes, adapter), facts)
-    if not config.get("adapter"):
+    if adapter is None and _side_file(folder, "adapter_config.json") is None:
         notes.append("no adapter_config.json beside the state: rank, alpha and targets unknown")
+    elif not config.get("adapter") and "peft_type" in facts:
+        notes.append(f"a {facts['peft_type'].value} adapter: no LoRA rank, alpha or targets to read")
     meta["facts"] = {k: {"value": f.value, "source": f.source} for k, f in facts.items()}
     return RunHistory(name=name, source=source, points=tuple(points), meta=meta, config=config,
                       notes=tuple(notes), path=path, facts=dict(facts))
@@ -542,8 +619,14 @@ def _model_config_facts(folder: Path, meta: dict, facts: dict, notes: list[str])
         archs = mcfg.get("architectures") or []
         causal = any(str(a).endswith("ForCausalLM") for a in archs)
         if id2label and not causal and len(id2label) >= 2:
-            meta["labels"] = [id2label[k] for k in sorted(id2label, key=lambda x: int(x))]
+            keys = list(id2label)
+            if all(re.fullmatch(r"-?\d+", str(k)) for k in keys):  # written as the class ids: their order
+                keys.sort(key=int)
+            meta["labels"] = [id2label[k] for k in keys]
             facts["n_classes"] = Fact(len(id2label), f"{cfg_path.name} id2label")
+        elif (not causal and isinstance(mcfg.get("num_labels"), int) and not isinstance(mcfg["num_labels"], bool)
+              and mcfg["num_labels"] >= 2):
+            facts["n_classes"] = Fact(mcfg["num_labels"], f"{cfg_path.name} num_labels")
         if mcfg.get("problem_type") == "multi_label_classification":
             meta["task"] = "multi_label"
             facts["task"] = Fact("multi_label", f"{cfg_path.name} problem_type")
@@ -691,6 +774,15 @@ def _adapter_facts(folder: Path, facts: dict, notes: list[str], given: Mapping[s
         facts["lora_scale"] = Fact(round(scale, 6), f"{where}: lora_alpha / " +
                                    ("sqrt(r) (rsLoRA)" if a.get("use_rslora") else
                                     "init_r (AdaLoRA)" if rank_source != where else "r"))
+        ranks, alphas = (a.get(k) if isinstance(a.get(k), dict) else {} for k in ("rank_pattern", "alpha_pattern"))
+        if ranks or alphas:  # peft: a module matching a pattern key takes its own rank / alpha
+            own = []
+            for key in sorted(set(ranks) | set(alphas)):
+                r, alpha = ranks.get(key, a["r"]), alphas.get(key, a["lora_alpha"])
+                if _fin(r) and _fin(alpha) and r > 0:
+                    own.append(f"{key}: r {r:g}, scale {alpha / (math.sqrt(r) if a.get('use_rslora') else r):.3g}")
+            notes.append(f"{where} gives some modules their own rank or alpha (rank_pattern / alpha_pattern): "
+                         f"{'; '.join(own) or 'unreadable'}; r and lora_scale above are the other modules'")
     return out
 
 
@@ -847,6 +939,13 @@ def _eval_key_map(eval_logs: Sequence[dict]) -> tuple[dict[str, str], list[str]]
     val_alias = held_out[0] if len(held_out) == 1 and not prefixes & set(_VAL_NAMES) else None
     if val_alias:
         notes.append(f"the one held-out eval set, '{val_alias}', read as the validation set")
+    # several validation sets and none under the plain name (MNLI's `validation_matched` / `validation_mismatched`):
+    # the first by name is the run's validation set, the others stay under their own names
+    named_val = sorted(p for p in held_out if any(p.startswith(v + "_") for v in _VAL_NAMES if v))
+    if val_alias is None and named_val and not prefixes & set(_VAL_NAMES):
+        val_alias = named_val[0]
+        notes.append(f"eval sets {', '.join(map(repr, named_val))} and none named plainly as the validation set: "
+                     f"'{val_alias}' read as the validation set")
     for key in sorted(keys):
         rest = key[len("eval_"):]
         name = next((pfx for pfx in sorted(prefixes, key=len, reverse=True)
@@ -915,6 +1014,25 @@ def _estimate_n(ev: dict, prefix: str) -> int | None:
     if rt and sps:
         return int(round(rt * sps))
     return None
+
+
+_NUMERIC_LOG_KEYS = ("loss", "grad_norm", "learning_rate", "epoch")
+
+
+def _numbers_from_text(log_history: Sequence[Any]) -> tuple[list, int]:
+    """Log entries whose losses, rates or eval values are text ("2.3"): those values left out of the entry, as a
+    string step leaves its entry out. A string is no number: it was read as a non-finite value, and a log of
+    quoted losses read as a divergence. Returns the entries and how many values were left out."""
+    dropped, out = 0, []
+    for e in log_history:
+        if not isinstance(e, dict) or not any(isinstance(v, str) for v in e.values()):
+            out.append(e)
+            continue
+        keep = {k: v for k, v in e.items()
+                if not (isinstance(v, str) and (k in _NUMERIC_LOG_KEYS or k.startswith("eval_")))}
+        dropped += len(e) - len(keep)
+        out.append(keep)
+    return out, dropped
 
 
 def _fin(v: Any) -> float | None:
@@ -1240,8 +1358,8 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
 
 # normalised column name -> loratune key. Normalising: lower case, every non-alphanumeric run -> "_".
 _CSV_COLUMNS = {
-    "step": ["step", "steps", "global_step", "iteration", "iter", "it", "update", "updates"],
-    "epoch": ["epoch", "epochs"],
+    "step": ["step", "steps", "global_step", "train_global_step", "iteration", "iter", "it", "update", "updates"],
+    "epoch": ["epoch", "epochs", "train_epoch"],
     "train/loss": ["train_loss", "loss", "training_loss", "trn_loss", "train_loss_mean"],
     "val/loss": ["val_loss", "eval_loss", "validation_loss", "valid_loss", "dev_loss", "val_loss_mean"],
     "val/macro_f1": ["val_macro_f1", "eval_macro_f1", "macro_f1", "val_f1", "eval_f1", "f1", "f1_macro",
@@ -1252,7 +1370,7 @@ _CSV_COLUMNS = {
     "train_eval/accuracy": ["train_accuracy", "train_acc", "train_eval_accuracy"],
     "train_eval/loss": ["train_eval_loss"],
     "val/n": ["val_n", "eval_n", "val_size"],
-    "lr": ["lr", "learning_rate"],
+    "lr": ["lr", "learning_rate", "train_learning_rate"],
     "train/loss_std": ["train_loss_std"],
     "train/grad_norm": ["grad_norm", "train_grad_norm"],
 }
@@ -1295,13 +1413,25 @@ def read_csv(path: str | Path) -> RunHistory:
         raise UserError(f"'{p}' has a header ({', '.join(header)}) and no rows", "give the CSV with its data rows")
     lookup = {alias: key for key, aliases in _CSV_COLUMNS.items() for alias in aliases}
     mapping: dict[int, str] = {}
-    for i, col in enumerate(header):
-        n = _norm(col)
-        key = lookup.get(n)
-        if key is None and re.fullmatch(r"(train|val|train_eval)/[a-z_0-9/]+", col.strip()):
-            key = col.strip()  # already a loratune key
+    chart_runs: list[str] = []  # a W&B chart export: "<run name> - <metric>", with __MIN / __MAX bands
+    # W&B's own counters (`_step`, `_runtime`) go last: `train/global_step` is the Trainer's step when both are there
+    for i in sorted(range(len(header)), key=lambda i: header[i].strip().startswith("_")):
+        col = header[i].strip()
+        chart = re.fullmatch(r"(.+?) - (.+)", col)
+        if chart:
+            if col.endswith(("__MIN", "__MAX")):
+                continue
+            if chart.group(1) not in chart_runs:
+                chart_runs.append(chart.group(1))
+            if chart.group(1) != chart_runs[0]:
+                continue
+            col = chart.group(2)
+        key = lookup.get(_norm(col))
+        if key is None and re.fullmatch(r"(train|val|train_eval)/[a-z_0-9/]+", col):
+            key = col  # already a loratune key
         if key is not None and key not in mapping.values():
             mapping[i] = key
+    mapping = dict(sorted(mapping.items()))
     found = set(mapping.values())
     if not found & {"train/loss", "val/loss", "val/macro_f1", "val/accuracy"}:
         raise UserError(
@@ -1311,11 +1441,14 @@ def read_csv(path: str | Path) -> RunHistory:
     unused = [h for i, h in enumerate(header) if i not in mapping]
     if unused:
         notes.append(f"CSV columns ignored: {', '.join(map(repr, unused))}")
-    if any(_norm(header[i]) in ("f1", "val_f1", "eval_f1", "validation_f1", "valid_f1", "dev_f1")
-           for i in mapping):
+    if len(chart_runs) > 1:
+        notes.append(f"a chart export of {len(chart_runs)} runs ({', '.join(map(repr, chart_runs))}): read the first,"
+                     " export one run per file to read the others")
+    if any(_norm(header[i].rsplit(" - ", 1)[-1]) in ("f1", "val_f1", "eval_f1", "validation_f1", "valid_f1",
+                                                       "dev_f1") for i in mapping):
         notes.append("an F1 column without 'macro' was taken as macro-F1")
     points = []
-    bad_cells = stepless = 0
+    bad_cells = stepless = decimal_commas = 0
     for r_i, row in enumerate(body):
         pt: dict[str, Any] = {}
         for i, key in mapping.items():
@@ -1325,8 +1458,13 @@ def read_csv(path: str | Path) -> RunHistory:
             try:
                 v = float(cell)
             except ValueError:
-                bad_cells += 1
-                continue
+                # a decimal comma (a spreadsheet's export in many locales), where commas do not delimit
+                if dialect.delimiter != "," and re.fullmatch(r"[-+]?\d+,\d+(?:[eE][-+]?\d+)?", cell):
+                    v = float(cell.replace(",", "."))
+                    decimal_commas += 1
+                else:
+                    bad_cells += 1
+                    continue
             if key in ("step", "val/n"):
                 if not math.isfinite(v):  # a step or size of inf / nan is no number of anything
                     bad_cells += 1
@@ -1354,6 +1492,14 @@ def read_csv(path: str | Path) -> RunHistory:
         notes.append("no step column: row numbers used as steps")
     if bad_cells:
         notes.append(f"{bad_cells} non-numeric cells ignored")
+    if decimal_commas:
+        notes.append(f"{decimal_commas} numbers written with a decimal comma read as decimals")
+    curves = ("train/loss", "val/loss", "val/macro_f1", "val/accuracy")
+    if not any(k in pt for pt in points for k in curves):
+        raise UserError(f"'{p}': no number in its loss or metric columns "
+                        f"({', '.join(repr(header[i]) for i, k in mapping.items() if k in curves)}; "
+                        f"{bad_cells} cells are not numbers)",
+                        "write the values as plain numbers (e.g. 0.25) with a header row of column names")
     if not (found & {"val/n"}):
         notes.append("no val size column (val_n): no standard error, so noise checks are skipped")
     _percent_to_share(points, notes)

@@ -1,0 +1,224 @@
+"""The readers of runs people already have, on the shapes a third bug hunt found read wrongly: a resumed or
+reused TensorBoard logging_dir, TF2-style tensor scalars, W&B / Trainer column names and decimal commas in a CSV,
+a stale top-level trainer_state.json, text where numbers belong, max_steps -1, num_labels, rsLoRA groups, LoRA
+variants' notes and a V-shaped second half."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from loratune.cli import main
+from loratune.errors import UserError
+from loratune.history_io import load_run
+
+
+def _log(n: int = 200, lr: float = 1e-3, first: int = 10) -> list[dict]:
+    out = []
+    for s in range(first, n + 1, 10):
+        out.append({"step": s, "epoch": s / 13, "loss": 2.3 * math.exp(-s / 100), "learning_rate": lr * (1 - (s - 1) / n)})
+        if s % 20 == 0:
+            out.append({"step": s, "epoch": s / 13, "eval_loss": 2.2 * math.exp(-s / 110),
+                        "eval_f1": 0.45 + 0.4 * (1 - math.exp(-s / 50))})
+    return out
+
+
+def _state(folder: Path, log: list[dict], adapter: dict | None = None, config: dict | None = None, **state) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": log, **state}), encoding="utf-8")
+    if adapter is not None:
+        (folder / "adapter_config.json").write_text(json.dumps(adapter), encoding="utf-8")
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+def _tb(folder: Path, first: int, last: int, lr: float = 1e-3) -> None:
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(folder))
+    for s in range(first, last + 1, 10):
+        w.add_scalar("train/loss", 2.3 * math.exp(-s / 100), s)
+        w.add_scalar("train/learning_rate", lr, s)
+        if s % 20 == 0:
+            w.add_scalar("eval/loss", 2.2 * math.exp(-s / 110), s)
+    w.close()
+
+
+LORA = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["query", "value"], "task_type": "SEQ_CLS"}
+
+
+def test_a_resumed_runs_tensorboard_folders_are_joined_into_one_curve(tmp_path):
+    """The Trainer opens a new runs/<date> folder when it resumes: only the newest (steps 110-200) was read, and
+    it outranked the checkpoint's state, which held the run from its start."""
+    run = tmp_path / "r"
+    _tb(run / "runs" / "Dec01_first", 10, 120)
+    time.sleep(1.1)
+    _tb(run / "runs" / "Dec02_resumed", 110, 200)
+    h = load_run(run)
+    assert h.source == "tensorboard" and h.points[0]["step"] == 20 and h.points[-1]["step"] == 200
+    assert any("2 event files joined" in n for n in h.notes)
+
+
+def test_a_checkpoint_state_outranks_a_tensorboard_log_that_misses_the_runs_start(tmp_path):
+    run = tmp_path / "r"
+    _tb(run / "runs" / "Dec02_resumed", 110, 200)  # the first session's log was deleted
+    _state(run / "checkpoint-180", [e for e in _log() if e["step"] <= 180], global_step=180)
+    h = load_run(run)
+    assert h.source == "hf-trainer" and h.points[0]["step"] == 20
+    assert any("starts at step 120" in n and "read the checkpoint's trainer_state.json" in n for n in h.notes)
+
+
+def test_two_runs_in_one_logging_dir_are_not_stitched(tmp_path):
+    """A second run written into the same folder: its steps 10-100 were merged with the first's 110-200."""
+    run = tmp_path / "r"
+    _tb(run, 10, 200, lr=1e-3)
+    time.sleep(1.1)
+    _tb(run, 10, 100, lr=1e-4)
+    h = load_run(run)
+    assert h.points[-1]["step"] == 100
+    assert {round(p["lr"], 6) for p in h.points if p.get("lr")} == {1e-4}
+    assert any("hold 2 runs" in n for n in h.notes)
+
+
+def test_tensor_scalars_written_the_tf2_way_are_read(tmp_path):
+    pytest.importorskip("tensorboard")
+    import numpy as np
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    w = EventFileWriter(str(tmp_path / "r"))
+    for s in range(10, 110, 10):
+        values = [Summary.Value(tag="train/loss", tensor=TensorProto(dtype=1, tensor_content=np.float32(
+            2.0 - s / 100).tobytes()))]
+        if s % 20 == 0:
+            values.append(Summary.Value(tag="eval/loss", tensor=TensorProto(dtype=1, tensor_content=np.float32(
+                2.1 - s / 120).tobytes())))
+        w.add_event(Event(step=s, wall_time=time.time(), summary=Summary(value=values)))
+    w.close()
+    h = load_run(tmp_path / "r")
+    assert [p["step"] for p in h.points] == [20, 40, 60, 80, 100]
+    assert h.points[-1]["val/loss"] == pytest.approx(2.1 - 100 / 120, rel=1e-6)
+
+
+def test_a_csv_with_the_trainers_wandb_names_reads_steps_and_lr(tmp_path):
+    rows = ["_step,train/global_step,train/epoch,train/loss,train/learning_rate,eval/loss,eval/accuracy"]
+    for i, s in enumerate(range(20, 201, 20)):
+        rows.append(f"{i},{s},{s / 50},{2.3 * math.exp(-s / 100):.4f},{1e-3 * (1 - s / 200):.6f},"
+                    f"{2.2 * math.exp(-s / 110):.4f},{0.5 + s / 1000:.3f}")
+    (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
+    h = load_run(tmp_path / "r.csv")
+    assert [p["step"] for p in h.points][:2] == [20, 40] and h.points[-1]["step"] == 200
+    assert h.points[0]["lr"] == pytest.approx(9e-4) and h.points[0]["epoch"] == pytest.approx(0.4)
+
+
+def test_a_wandb_chart_export_reads_its_first_run_and_skips_the_bands(tmp_path):
+    rows = ['Step,"a - train/loss","a - train/loss__MIN","a - train/loss__MAX","b - train/loss","a - eval/loss"']
+    rows += [f"{s},{2 - s / 100},{1.9 - s / 100},{2.1 - s / 100},{9 - s / 100},{2.1 - s / 120}" for s in (20, 40, 60)]
+    (tmp_path / "chart.csv").write_text("\n".join(rows) + "\n")
+    h = load_run(tmp_path / "chart.csv")
+    assert [p["train/loss"] for p in h.points] == pytest.approx([1.8, 1.6, 1.4])
+    assert any("chart export of 2 runs" in n for n in h.notes)
+
+
+def test_decimal_commas_are_read_and_a_csv_with_no_number_is_refused(tmp_path, capsys):
+    (tmp_path / "semi.csv").write_text("step;train_loss;val_loss;val_f1\n20;2,1;2,0;0,5\n40;1,5;1,6;0,6\n")
+    h = load_run(tmp_path / "semi.csv")
+    assert [p["val/loss"] for p in h.points] == [2.0, 1.6] and h.points[1]["val/macro_f1"] == 0.6
+    (tmp_path / "words.csv").write_text("step,train_loss,val_loss\n20,high,higher\n40,low,lower\n")
+    assert main(["diagnose", str(tmp_path / "words.csv")]) == 2
+    assert "no number in its loss or metric columns" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_newer_checkpoint_outranks_a_stale_top_level_state(tmp_path):
+    run = _state(tmp_path / "r", _log(200), global_step=200)
+    _state(run / "checkpoint-400", _log(400), global_step=400, max_steps=500)
+    h = load_run(run)
+    assert h.points[-1]["step"] == 400
+    assert any("checkpoint-400/trainer_state.json reaches step 400" in n for n in h.notes)
+
+
+@pytest.mark.parametrize("log,said", [([], "log_history is empty"),
+                                      ([{"epoch": 1.0, "loss": 2.0}, {"epoch": 1.0, "eval_loss": 1.0}],
+                                       "none with a numeric `step`")])
+def test_a_log_history_with_nothing_on_a_step_is_refused(log, said, tmp_path, capsys):
+    run = _state(tmp_path / "r", log)
+    assert main(["diagnose", str(run)]) == 2
+    assert said in " ".join(capsys.readouterr().err.split())
+
+
+def test_losses_written_as_text_are_no_divergence(tmp_path):
+    """Quoted numbers read as non-finite values, and the run as diverged with confidence 0.95."""
+    from loratune.diagnose import diagnose
+
+    run = _state(tmp_path / "r", [{"step": 10, "loss": "2.3"}, {"step": 20, "loss": "2.0"},
+                                  {"step": 20, "eval_loss": "1.2"}, {"step": 30, "loss": 1.1},
+                                  {"step": 40, "loss": 0.9}, {"step": 40, "eval_loss": 1.0}])
+    h = load_run(run)
+    assert any("3 loss, rate or eval values written as text" in n for n in h.notes)
+    assert diagnose(h).verdict != "diverged"
+
+
+def test_max_steps_minus_one_is_no_planned_length(tmp_path):
+    run = _state(tmp_path / "r", [e for e in _log() if e["step"] <= 100], global_step=100, max_steps=-1)
+    h = load_run(run)
+    assert "max_steps" not in h.facts and h.meta.get("steps_planned") is None
+
+
+def test_num_labels_gives_the_class_count_and_named_id2label_keys_are_read(tmp_path):
+    run = _state(tmp_path / "a", _log(), config={"model_type": "bert", "num_labels": 5})
+    assert load_run(run).facts["n_classes"].value == 5
+    assert load_run(run).facts["n_classes"].source == "config.json num_labels"
+    run = _state(tmp_path / "b", _log(), config={"model_type": "bert", "id2label": {"neg": "neg", "pos": "pos",
+                                                                                      "mid": "mid"}})
+    assert load_run(run).facts["n_classes"].value == 3
+
+
+def test_an_rslora_rank_sweep_groups_on_its_own_scale(tmp_path):
+    from loratune.diagnose import compare
+
+    a = _state(tmp_path / "a", _log(), adapter={**LORA, "use_rslora": True})
+    b = _state(tmp_path / "b", _log(), adapter={**LORA, "r": 16, "lora_alpha": 32, "use_rslora": True})
+    c = _state(tmp_path / "c", _log(), adapter={**LORA, "r": 16, "lora_alpha": 16 * math.sqrt(2), "use_rslora": True})
+    groups = [(sorted(r[0] for r in g.runs), g.note) for g in compare([a, b, c]).groups if g.knob == "r"]
+    # a (alpha 16 / sqrt 8 = 5.66) and c (22.6 / 4 = 5.66) keep the rsLoRA scale; a and b keep alpha/r, not the scale
+    assert (["a", "c"], "scale lora_alpha/sqrt(r) fixed (rsLoRA)") in groups
+    assert not any(g == ["a", "b"] and "scale" in n for g, n in groups)
+
+
+def test_a_non_lora_adapter_and_rank_patterns_are_said_plainly(tmp_path):
+    run = _state(tmp_path / "p", _log(), adapter={"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 20,
+                                                  "task_type": "SEQ_CLS", "base_model_name_or_path": "x"})
+    notes = load_run(run).notes
+    assert not any("no adapter_config.json" in n for n in notes)
+    assert any("a PREFIX_TUNING adapter: no LoRA rank" in n for n in notes)
+    run = _state(tmp_path / "q", _log(), adapter={**LORA, "rank_pattern": {"query": 4}, "alpha_pattern": {"value": 64}})
+    note = next(n for n in load_run(run).notes if "rank_pattern" in n)
+    assert "query: r 4, scale 4" in note and "value: r 8, scale 8" in note
+
+
+def test_a_v_shaped_second_half_reads_a_bounded_late_fall():
+    """A public run whose loss fell to ~2,170 and climbed back to ~8,546 over its second half: the fitted line's mid
+    value sat near 0 and the late fall read -27,814.7%."""
+    from loratune.features import compute_features
+
+    h = load_run(Path(__file__).parents[1] / "fixtures/external/public/siasio__StressDetection__results")
+    assert compute_features(h.points, h.meta, h.config).values["train_loss_late_drop"] == -1.0
+
+
+def test_mnli_style_validation_sets_read_the_first_as_validation(tmp_path):
+    log = []
+    for s in (20, 40, 60):
+        log += [{"step": s, "loss": 2 - s / 100},
+                {"step": s, "eval_validation_matched_loss": 1.9 - s / 100, "eval_validation_matched_accuracy": 0.5},
+                {"step": s, "eval_validation_mismatched_loss": 1.95 - s / 100}]
+    h = load_run(_state(tmp_path / "m", log))
+    assert [p["val/loss"] for p in h.points] == pytest.approx([1.7, 1.5, 1.3])
+    assert any("'validation_matched' read as the validation set" in n for n in h.notes)
