@@ -167,6 +167,22 @@ def test_unknown_arms_are_refused_before_anything_trains(tmp_path, capsys):
     assert "unknown arm(s) 'qlora'; known: loraplus, dora" in err and not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("target", ["-1", "0", "nan"])
+def test_a_target_that_is_no_objective_value_is_refused_by_the_parser(target, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["tune", "--study-dir", str(tmp_path / "s"), "--target", target])
+    assert exc.value.code == 2 and "a macro-F1 in (0, 1] or a val loss above 0" in capsys.readouterr().err
+
+
+def test_a_share_target_above_1_is_refused_before_the_study_is_made(tiny_bert, intent_data, tmp_path, capsys):
+    """--target 1.5 was taken, and the LoRA-vs-full reasons read 'target not met' against it."""
+    study = tmp_path / "s"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--target", "1.5", "--budget", "4trials")) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--target 1.5: the objective (auto) is a share, in 0..1" in err and "--target 0.85 for 85%" in err
+    assert not study.exists()
+
+
 def test_a_second_study_in_a_study_dir_is_refused_before_anything_is_written(tiny_bert, intent_data, tmp_path,
                                                                              monkeypatch, capsys):
     monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))

@@ -958,6 +958,20 @@ def test_the_early_long_run_is_skipped_when_the_budget_cannot_hold_it():
     assert codes(ctx)[-1] == "final-train-unaffordable"
 
 
+def test_phase_0s_epochs_not_the_budget_are_named_when_they_leave_no_room_for_a_long_run():
+    """2 epochs at 1.5 per trial cap a full run at 133 steps, under the shortest long run (200): the trail blamed
+    the budget ("does not fit yet") with most of a large budget unspent."""
+    world = World(lambda p: 0.70 + _lr_peak(p) + _longer_helps(p), lambda p: "healthy", features=STILL)
+    ctx, _ = make_ctx(world, budget="100trials")
+    short = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=2.0)
+    run_protocol(ctx, short, ProtocolSettings(full_probe=False, lr_probe=False, pair=False), plan=PLAN)
+    c = codes(ctx)
+    assert "early-long-epochs-capped" in c and "early-long-unaffordable" not in c
+    assert c[-1] == "final-train-epochs-capped"
+    d = next(x for x in ctx.decisions if x["code"] == "final-train-epochs-capped")
+    assert "phase 0's 2 epochs" in d["evidence"][1] and "cap a full run at 133 steps" in d["evidence"][1]
+
+
 def test_the_early_long_run_outranks_the_seeds_when_the_budget_holds_one_of_them():
     world = World(lambda p: 0.70 + _lr_peak(p) + _longer_helps(p), lambda p: "healthy", features=STILL)
     # three grid trials of 1000 examples leave 3500: the shortest long run (2000) fits beside the full probe's
@@ -1047,6 +1061,23 @@ def test_full_fine_tuning_gets_its_own_lr_probe_and_the_best_lr_decides():
     assert [x["lr"] for x in d["data"]["lrs"]] == [4e-4, 2e-4, 5e-4]
     assert "choose-full" in codes(ctx)  # 0.90 vs LoRA 0.78; at LoRA's lr x 0.1 it would have been 0.60
     assert ctx.state.final.point[LR] == 2e-4 and ctx.state.final.point["adapter.method"] == "full"
+
+
+def test_a_full_lr_prior_above_the_range_probes_three_lrs_inside_it_and_says_it_was_capped():
+    """A prior above FULL_LR_MAX (a tune study saw LoRA lr 2e-2 x 0.1 printed as '= 0.0005', the clamped value as
+    the product), and the 2x factor clamped onto 1x left two probes, the best at the range's top unflagged."""
+    world = lr_binds()
+    world.full_f1 = _full_peaks_at(5e-4)
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_lr_ratio=0.5))  # the incumbent's lr x 0.5: above 5e-4
+    fulls = [s.point[LR] for s in runner.calls if s.point.get("adapter.method") == "full"]
+    d = next(x for x in ctx.decisions if x["code"] == "full-lr-probe-best")
+    probed = [x["lr"] for x in d["data"]["lrs"]]
+    assert probed == [5e-4, 2.5e-4, 1.25e-4] and fulls[:3] == probed
+    lora_lr = next(x for x in d["evidence"] if x.startswith("LoRA lr"))
+    assert "x 0.5 = " in lora_lr and "kept inside full fine-tuning's range 1e-05..0.0005: 0.0005" in lora_lr
+    assert "= 0.0005 is a prior" not in lora_lr
+    assert any("is the top of that range" in x for x in d["evidence"])
 
 
 def test_full_lr_probe_runs_short_and_the_best_lr_gets_the_full_length_trial():

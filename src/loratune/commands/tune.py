@@ -6,6 +6,21 @@ from loratune.objectives import objective
 from loratune.commands._common import add_config_args, console, load_cfg
 
 
+def positive_target(text: str) -> float:
+    """An argparse type: the --target value, a finite number above 0 (a macro-F1 of -1 or a val loss of 0 is no
+    target; whether a score is at most 1 is checked once the objective is known, search.tune)."""
+    import argparse
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number, not {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"a macro-F1 in (0, 1] or a val loss above 0, not {text}")
+    return v
+
+
 def at_least_one(text: str) -> int:
     """An argparse type: a whole number >= 1 (0 or below was silently taken as 'the default')."""
     import argparse
@@ -43,7 +58,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampler seed for grid / random / tpe / tpe-hyperband")
     p.add_argument("--trial-steps", type=at_least_one, metavar="N",
                    help="optimizer steps per trial (default: from the budget)")
-    p.add_argument("--target", type=float, metavar="F1", help="the val objective you need (LoRA vs full decision): a macro-F1, or a val loss to reach "
+    p.add_argument("--target", type=positive_target, metavar="F1", help="the val objective you need (LoRA vs full decision): a macro-F1, or a val loss to reach "
                    "(causal-lm)")
     p.add_argument("--no-full-probe", action="store_true", help="skip the full-fine-tuning probe")
     p.add_argument("--arms", type=lambda v: tuple(x.strip() for x in v.split(",") if x.strip()), default=(),

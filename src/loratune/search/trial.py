@@ -153,7 +153,9 @@ def short_name(point: Mapping[str, Any], base: Mapping[str, Any] | None = None) 
             parts.append(f"t-{v}")
             continue
         if isinstance(v, float):
-            v = f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e") if 0 < v < 0.01 else f"{v:g}"
+            # three significant digits, as round3 makes them: 2.5e-4 read "3e-4", an lr the trial did not train at
+            v = (re.sub(r"\.?0*e", "e", f"{v:.2e}").replace("e-0", "e-").replace("e+0", "e") if 0 < v < 0.01
+                 else f"{v:g}")
         parts.append(f"{tag}{v}")
     if point.get("train.init_from") and not (base and base.get("train.init_from") == point["train.init_from"]):
         parts.append("cont")  # a warm start from a saved model (the trail names which)

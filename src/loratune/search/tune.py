@@ -74,6 +74,14 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     if options.budget is not None:
         Budget.parse(options.budget)  # a typo fails before anything loads
     study_dir = Path(options.study_dir)
+    target, metric = options.settings.target, cfg.train.metric_for_best_model
+    # every objective but a val loss is a share (objectives.OBJECTIVES); a causal-lm run's auto is its val loss
+    # unless it generates labels (sft.AUTO_OBJECTIVE)
+    a_loss = metric == "loss" or (metric == "auto" and cfg.model.task == "causal-lm"
+                                  and cfg.data.label_format != "generate")
+    if target is not None and target > 1 and not a_loss and not options.resume:
+        raise UserError(f"--target {target:g}: the objective ({metric}) is a share, in 0..1",
+                        "give it as a share: --target 0.85 for 85%")
 
     # setup ------------------------------------------------------------------------------------
     meta = {"strategy": options.strategy or "protocol", "budget": options.budget or DEFAULT_BUDGET,

@@ -13,8 +13,8 @@ from loratune.search.protocol.settings import (CONTINUE_LR_FACTOR, CONTINUE_MIN_
                                                ProtocolSettings)
 from loratune.search.protocol.common import (breakeven_rank, evidence_of, incumbent_of, lr_of, no_budget, r_of, reserve,
                                              round3, set_incumbent)
-from loratune.search.protocol.long import (final_length, is_full, long_of, long_steps_wanted, longer_may_help, promote,
-                                           still_improving, unaffordable_line)
+from loratune.search.protocol.long import (epochs_cap_line, final_length, is_full, long_of, long_steps_wanted,
+                                           longer_may_help, promote, still_improving, unaffordable_line)
 
 
 def full_lr_probe(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord) -> TrialRecord | None:
@@ -24,11 +24,14 @@ def full_lr_probe(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord) -> 
     LoRA is compared with (the same trial length on both sides). Without a trial plan (or trials too short
     to probe) the probes are full-length trials and the best of them is the probe."""
     phase = StageId.FULL_PROBE.value
-    centre = min(FULL_LR_MAX, max(FULL_LR_MIN, round3(lr_of(inc.point) * s.full_lr_ratio)))
+    prior = round3(lr_of(inc.point) * s.full_lr_ratio)
+    centre = min(FULL_LR_MAX, max(FULL_LR_MIN, prior))
     lrs: list[float] = []
     for f in s.full_lr_factors:
         x = min(FULL_LR_MAX, max(FULL_LR_MIN, round3(centre * f)))
-        if x not in lrs:
+        if x in lrs and centre in (FULL_LR_MIN, FULL_LR_MAX):  # a factor clamped onto a probed lr at the range's
+            x = round3(min(lrs) / 2) if centre == FULL_LR_MAX else round3(max(lrs) * 2)  # edge: one more inside it
+        if x not in lrs and FULL_LR_MIN <= x <= FULL_LR_MAX:
             lrs.append(x)
     steps = int(ctx.trial_steps or 0)
     p_steps = max(s.lr_probe_min_steps, int(round(steps * s.lr_probe_fraction))) if steps else 0
@@ -60,9 +63,14 @@ def full_lr_probe(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord) -> 
     if len(runs) > 1:
         ctx.decide(phase, "full-lr-probe", f"full fine-tuning's lr {lr:g}",
                    f"the full-fine-tuning probe at lr {lr:g}" + (" (full length)" if short else ""),
-                   rows + [f"LoRA lr {lr_of(inc.point):g} x {s.full_lr_ratio:g} = {centre:g} is a prior (protocol 1); "
-                           f"full fine-tuning is compared at the best lr of its own probe"
-                           + (f" ({p_steps}-step runs)" if short else "")], runs,
+                   rows + [f"LoRA lr {lr_of(inc.point):g} x {s.full_lr_ratio:g} = {prior:g}"
+                           + (f", kept inside full fine-tuning's range {FULL_LR_MIN:g}..{FULL_LR_MAX:g}: {centre:g}"
+                              if centre != prior else "")
+                           + " is a prior (protocol 1); full fine-tuning is compared at the best lr of its own probe"
+                           + (f" ({p_steps}-step runs)" if short else "")]
+                   + ([f"the best lr, {lr:g}, is the {'top' if lr == FULL_LR_MAX else 'bottom'} of that range: "
+                       "full fine-tuning's own best may lie beyond it"] if lr in (FULL_LR_MIN, FULL_LR_MAX) else []),
+                   runs,
                    {"lrs": [{"lr": lr_of(r.point), "value": r.value, "trial": r.number} for r in runs],
                     "centre": centre, "best_lr": lr, "short_steps": p_steps if short else None},
                    code="full-lr-probe-best")
@@ -192,6 +200,11 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     if steps is None and len(lrs) > 1:
         lrs = [lr]  # one long run only: at the lr the short trials chose (measured), not a guess
         steps = final_length(ctx, inc.point, int(want), 1, s.final_min_factor * steps0)
+    if steps is None and (cap := epochs_cap_line(ctx, s)) is not None:
+        ctx.decide(phase, "final-train", "still improving; phase 0's epochs leave no room for a longer run",
+                   "keep the trial's adapter", [f"{curve_line} (a {steps0}-step trial)", cap], [inc],
+                   code="final-train-epochs-capped")
+        return
     if steps is None:
         ctx.decide(phase, "final-train", "still improving; a longer run is not affordable", "keep the trial's adapter",
                    [f"{curve_line} (a {steps0}-step trial)", unaffordable_line(ctx, s, inc, Cost())], [inc],

@@ -80,6 +80,18 @@ def long_steps_wanted(ctx: SearchContext, s: ProtocolSettings) -> int:
     return int(want)
 
 
+def epochs_cap_line(ctx: SearchContext, s: ProtocolSettings) -> str | None:
+    """Why no long run is wanted at all, whatever the budget: phase 0's epoch count caps a full run below the
+    shortest long run (`final_min_factor` x a trial); None when it does not."""
+    want, least = long_steps_wanted(ctx, s), s.final_min_factor * int(ctx.trial_steps)
+    if want >= least:
+        return None
+    start = ctx.state.start
+    return (f"phase 0's {float(start.epochs):g} epochs (a trial covers {float(ctx.state.trial_epochs):.2g}) cap a "
+            f"full run at {want} steps, under the shortest long run ({s.final_min_factor:g}x the "
+            f"{int(ctx.trial_steps)}-step trial): the budget is not what stops it")
+
+
 def final_length(ctx: SearchContext, point: dict, want: int, n_runs: int, min_steps: float,
                  held: Cost = Cost()) -> int | None:
     """The longest run of `point` (from `want` steps, shortened by FINAL_LENGTH_SHRINK steps) of which `n_runs`
@@ -162,6 +174,11 @@ def stage_early_long(ctx: SearchContext, s: ProtocolSettings) -> None:
         return
     held = reserve(ctx, PHASE, s)
     run = long_run(ctx, s, inc, "train long early", held, by=s.early_long_by)
+    if run is None and (cap := epochs_cap_line(ctx, s)) is not None:
+        ctx.decide(PHASE, "early-long", "still improving; phase 0's epochs leave no room for a long run",
+                   "the pick stays a trial", [f"{inc.label} was still improving when its {ctx.trial_steps}-step "
+                                              "trial ended", cap], [inc], code="early-long-epochs-capped")
+        return
     if run is None:
         ctx.decide(PHASE, "early-long", "still improving; a long run does not fit yet",
                    "the pick stays a trial; the final training tries again with the budget left",
