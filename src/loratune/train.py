@@ -83,7 +83,9 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{type(tokenizer).__name__}|{max_length}|{tokenizer.truncation_side}|".encode())
     h.update(backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode())
-    h.update("\x00".join(texts).encode())
+    for t in texts:  # each text with its length: a separator inside a text ("a\x00b") cannot join two others
+        b = t.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little") + b)
     key = h.hexdigest()
     if key not in _TOKENIZED:
         _TOKENIZED[key] = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
