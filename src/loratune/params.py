@@ -67,6 +67,14 @@ def breakeven_rank(adapted_weights: float | None, per_rank: float | None) -> int
     return max(1, math.ceil(breakeven_point(adapted_weights, per_rank)))
 
 
+def highest_rank_within_breakeven(adapted_weights: float | None, per_rank: float | None) -> int | None:
+    """The largest integer rank at or below `breakeven_point` (at least 1): the highest rank a sweep may train
+    without passing the compute breakeven (breakeven_rank, the first rank at or past it, may lie past it)."""
+    if not adapted_weights or not per_rank or per_rank <= 0:
+        return None
+    return max(1, math.floor(breakeven_point(adapted_weights, per_rank) * (1 + 1e-9)))
+
+
 def params_report(model, ranks=DEFAULT_RANKS, target_sets=DEFAULT_TARGETS) -> ParamsReport:
     import torch.nn as nn
 

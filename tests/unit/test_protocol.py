@@ -262,6 +262,17 @@ def test_breakeven_caps_the_rank_sweep():
     assert breakeven_rank({"adapter": 8000, "adapted_weights": 30_000}, 8) == 10
 
 
+def test_the_rank_sweep_stops_at_the_last_rank_before_a_fractional_breakeven_point():
+    """Breakeven at r = 32,000 / 3 / 1,000 = 10.67: the sweep trained r = 11 (the first rank past the point, 34% of
+    the adapted weights) although the README says it never passes it."""
+    world = lr_binds()
+    world.adapted = 32_000
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings())
+    assert [s.point[R] for s in runner.calls if s.phase == "rank-sweep"] == [10]
+    assert ctx.state["rank_sweep"]["breakeven_r"] == 11  # the breakeven rank itself: the first at or past the point
+
+
 def test_full_fine_tuning_chosen_when_the_probe_wins_beyond_noise():
     world = lr_binds()
     world.full_f1 = 0.85

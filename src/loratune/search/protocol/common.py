@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from loratune.params import breakeven_rank as compute_breakeven_rank
+from loratune.params import highest_rank_within_breakeven
 from loratune.search.budget import Cost, format_amount
 from loratune.search.context import SearchContext
 from loratune.search.space import DEFAULTS
@@ -111,3 +112,12 @@ def breakeven_rank(params: dict, r: int) -> int | None:
     if not adapter or r <= 0:
         return None
     return compute_breakeven_rank(adapted, adapter / r)
+
+
+def breakeven_cap(params: dict, r: int) -> int | None:
+    """The highest rank a rank sweep trains without passing the compute breakeven (params.highest_rank_within_
+    breakeven) of a trained run's parameter counts at rank r."""
+    adapter, adapted = params.get("adapter"), params.get("adapted_weights")
+    if not adapter or r <= 0:
+        return None
+    return highest_rank_within_breakeven(adapted, adapter / r)

@@ -12,7 +12,7 @@ from loratune.search.state import Start
 from loratune.search.trial import TrialRecord
 from loratune.stepsize import scale_rule, step_size
 from loratune.search.protocol.settings import LR, METHOD, ProtocolSettings, RSLORA, SEED, TARGETS, rule_threshold
-from loratune.search.protocol.common import (breakeven_rank, evidence_of, incumbent_of, lr_of, lr_siblings, no_budget,
+from loratune.search.protocol.common import (breakeven_cap, breakeven_rank, evidence_of, incumbent_of, lr_of, lr_siblings, no_budget,
                                              r_of, reserve, round3, set_incumbent, with_rank_by)
 
 
@@ -89,8 +89,9 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     r0, sc = r_of(inc.point), scale_of(inc.point)
     r_be = breakeven_rank(inc.result.params, r0)
     cap = start.ceiling_r
-    if r_be is not None and not s.allow_past_breakeven:
-        cap = min(cap, r_be)
+    be_cap = breakeven_cap(inc.result.params, r0) if r_be is not None else None
+    if be_cap is not None and not s.allow_past_breakeven:  # never past the breakeven point (5.33 -> 5, not 6)
+        cap = min(cap, be_cap)
     noise, src = ctx.noise()
     rule = scale_rule(s.scale_rule)
     points: list[dict] = [{"r": r0, "value": inc.value, "trial": inc.number, "rslora": bool(inc.point.get(RSLORA)),
@@ -102,7 +103,7 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
             if r < cap:
                 nxt = cap
             else:
-                stop_why = (f"next rank {nxt} is past the {'compute-breakeven rank' if r_be and cap == r_be else 'capacity ceiling'}"
+                stop_why = (f"next rank {nxt} is past the {'compute-breakeven rank' if be_cap and cap == be_cap else 'capacity ceiling'}"
                             f" {cap} (ceiling {start.ceiling_r}, breakeven {r_be})")
                 break
         point = with_rank_by(inc.point, nxt, rule.rule)  # every rank at the working point's lr x s
