@@ -60,6 +60,7 @@ GROUP_TABLE: dict[str, dict[str, str]] = {
     "qwen3": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,  # Gemma 3's language model (plan.language_model_config reads it out of gemma3)
     # Phi-3 fuses Q, K and V into one linear layer, and the FFN gate with its up projection: each of those
     # groups names the fused module, so `attn.q` adapts Q, K and V together (and `ffn.gate` the gate and up).
     "phi3": {**_LLAMA_LIKE, "attn.q": "self_attn.qkv_proj", "attn.k": "self_attn.qkv_proj",

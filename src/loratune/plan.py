@@ -390,7 +390,23 @@ def _check_workload(w: Workload) -> None:
 
 
 def load_config(source: str):
-    """The transformers config behind `source`; a UserError naming the fix when there is none."""
+    """The transformers config behind `source`; a UserError naming the fix when there is none. A multimodal config
+    (Gemma 3, LLaVA-style: the language model's settings under `text_config`) gives its language model's config:
+    LoRA fine-tuning of text adapts that model (language_model_config says so)."""
+    config = _load_config(source)
+    return language_model_config(config) or config
+
+
+def language_model_config(config):
+    """The `text_config` of a config whose own has no attention heads (a multimodal wrapper), else None."""
+    text = getattr(config, "text_config", None)
+    if text is not None and not getattr(config, "num_attention_heads", None) and getattr(text, "num_attention_heads",
+                                                                                          None):
+        return text
+    return None
+
+
+def _load_config(source: str):
     from transformers import AutoConfig
 
     from loratune.models import EMBEDDED_MODELS, hub_reason, resolve_model

@@ -427,3 +427,18 @@ def test_a_model_without_linear_blocks_is_refused_with_a_fix_that_works(capsys):
     assert main(["plan", str(path), "--targets", "c_attn"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "Conv1D" in err and "adapter.method=full" in err and "raw module names" not in err
+
+
+def test_a_multimodal_config_is_planned_by_its_language_model(tmp_path):
+    """Gemma 3's config keeps the language model under text_config: plan refused it as 'an architecture without
+    attention heads', and params found no attn.q."""
+    from transformers import Gemma3Config, Gemma3TextConfig
+
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=32, vocab_size=1000)
+    Gemma3Config(text_config=Gemma3TextConfig(**text)).save_pretrained(tmp_path / "mm")
+    Gemma3TextConfig(**text).save_pretrained(tmp_path / "text")
+    got = plan.plan_model(str(tmp_path / "mm"), r=8, targets=("attn.q", "attn.v"))
+    want = plan.plan_model(str(tmp_path / "text"), r=8, targets=("attn.q", "attn.v"))
+    assert got.shape.model_type == "gemma3_text" and got.shape == want.shape and got.lora == want.lora
+    assert got.lora.modules == 4  # q and v of 2 layers: the llama-like groups
