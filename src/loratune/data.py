@@ -12,6 +12,7 @@ import io
 import json
 import math
 import random
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -203,16 +204,36 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
         if text is None:
             raise UserError(f"data file '{source}' row {n} has no value in column '{cfg.text_column}'",
                             "fill in the text or remove the row")
+        if not isinstance(text, str):  # a list, object or number: its str() trained as if it were the text
+            raise UserError(f"data file '{source}' row {n} has a '{cfg.text_column}' of {text!r:.60}, not a string",
+                            f"write the text as a string, e.g. {{\"{cfg.text_column}\": \"...\"}}")
+        check_characters(text, f"data file '{source}' row {n}")
         lab = row.get(cfg.label_column)
-        labs = _labels_of(lab, cfg.label_delimiter)
+        labs = labels_of(lab, cfg.label_delimiter)
         if not labs and cfg.none_label:  # the explicit none / out-of-scope label (multi-label decoding)
             labs = (cfg.none_label,)
         if not labs and cfg.multi_label is not True:
             raise UserError(f"data file '{source}' row {n} has no label in column '{cfg.label_column}'",
                             "give every row a label (multi-label data may use an empty list with multi_label=true)")
-        texts.append(str(text))
+        for lab_text in labs:
+            check_characters(lab_text, f"data file '{source}' row {n} label")
+        texts.append(text)
         labels.append(labs)
     return Split(name, tuple(texts), tuple(labels), source)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a str holds a surrogate only unpaired: JSON's pairs decode to one char
+
+
+def check_characters(text: str, where: str) -> None:
+    """Refuse a text with a lone UTF-16 surrogate (U+D800..U+DFFF; JSON's "\\ud83d" without its pair, half an emoji
+    cut off): it is no character, cannot be written as UTF-8 nor tokenized, and failed deep in training or scoring."""
+    m = _SURROGATE.search(text)
+    if m is not None:
+        before = text[max(0, m.start() - 20):m.start()].encode("unicode_escape").decode("ascii")
+        raise UserError(f"{where} has a lone surrogate U+{ord(m.group()):04X} at character {m.start() + 1} "
+                        f"(after {before!r})",
+                        "remove the character or restore its pair (e.g. \\ud83d\\ude00 is one emoji)")
 
 
 # column names people give their text and their labels, most likely first
@@ -251,7 +272,7 @@ def _label_text(value: Any) -> str:
     return str(value)
 
 
-def _labels_of(value: Any, delimiter: str | None) -> tuple[str, ...]:
+def labels_of(value: Any, delimiter: str | None) -> tuple[str, ...]:
     """A row's labels, in their order, each once: a row's label set ([pin, pin] is one pin; counted twice it
     inflated the class counts and made a single-label row look compound)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):  # NaN: pandas' and JSON's missing value
@@ -259,7 +280,7 @@ def _labels_of(value: Any, delimiter: str | None) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)):
         return tuple(dict.fromkeys(_label_text(v) for v in value if v is not None and _label_text(v) != ""))
     if hasattr(value, "tolist"):  # numpy arrays from parquet
-        return _labels_of(value.tolist(), delimiter)
+        return labels_of(value.tolist(), delimiter)
     s = _label_text(value).strip()
     if s == "":
         return ()

@@ -137,3 +137,24 @@ def test_planned_examples_count_the_rows_a_batch_can_hold(tiny_bert, intent_data
     assert main(["train", "--dry-run", *overrides(tiny_bert, intent_data, tmp_path / "r"),
                  "per_device_train_batch_size=1000", "max_steps=8"]) == 0
     assert f"planned: 8 optimizer steps, {8 * rows} training examples" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, said", [("lost \ud83d my card", "row 3 has a lone surrogate U+D83D at character 6"),
+                                        (["lost", "my", "card"], "row 3 has a 'text' of ['lost', 'my', 'card']")])
+def test_a_lone_surrogate_or_a_text_that_is_no_string_is_refused_by_train_assess_and_predict(
+        text, said, tiny_bert, tmp_path, capsys):
+    # a traceback in train (UTF-8 encoding of the text's hash), assess and predict --file (the tokenizer), or for a
+    # list its str() trained as the text
+    from loratune.commands.predict import read_texts
+    from loratune.errors import UserError
+
+    rows = make_rows(6, seed=1)
+    rows[2]["text"] = text
+    d = _data(tmp_path, rows, make_rows(3, seed=2))
+    for cmd in (["train", "-q", "--dry-run"], ["train", "-q"], ["assess", "--no-probe"]):
+        assert main([*cmd, *overrides(tiny_bert, d, tmp_path / "run")]) == 2, cmd
+        err = _flat(capsys.readouterr().err)
+        assert "train.jsonl" in err and said in err and "fix:" in err, (cmd, err)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match="row 3 has" if isinstance(text, str) else "row 3 has a 'text' of \\["):
+        read_texts(str(d / "train.jsonl"))

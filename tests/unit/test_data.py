@@ -285,6 +285,35 @@ def test_csv_and_json_rows_that_would_be_misread_are_refused(tmp_path):
     assert read_rows(tmp_path / "sep.jsonl") == [{"text": "lost\u2028my card", "label": "a"}]
 
 
+@pytest.mark.parametrize("text", [["lost", "my", "card"], {"a": 1}, 12345, 1.5, True])
+def test_a_text_that_is_no_string_is_refused_by_its_row(tmp_path, text):
+    # its str() trained as the text ("['lost', 'my', 'card']"); predict refused the same row
+    rows = make_rows(TRAIN) + [{"text": text, "label": "a"}]
+    err = user_error(parse_rows, rows, DataConfig(), "t.jsonl", "train")
+    assert f"row {len(rows)} has a 'text' of {text!r}, not a string" in err.problem
+    assert parse_rows(make_rows({"a": 1}) + [{"text": "12345", "label": 3}], DataConfig(), "t", "train").labels[1] \
+        == ("3",)  # numbers as labels stay legitimate
+
+
+@pytest.mark.parametrize("row, where", [({"text": "lost \ud83d my card", "label": "a"}, "row 13 has"),
+                                        ({"text": "lost my card", "label": "a\udc00"}, "row 13 label has")])
+def test_a_lone_surrogate_is_refused_by_its_row_and_character(tmp_path, row, where):
+    # JSON's "\\ud83d" without its pair: a traceback in train (UTF-8 encoding), assess and predict (the tokenizer)
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in make_rows(TRAIN) + [row]))
+    err = user_error(read_rows_then_parse, path)
+    assert where in err.problem and "lone surrogate U+" in err.problem
+    assert ("U+D83D at character 6 (after 'lost ')" if "lost \ud83d" in row["text"] else "U+DC00 at character 2") \
+        in err.problem
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text(json.dumps({"text": "lost \ud83d\ude00 card", "label": "a"}) + "\n")
+    assert read_rows_then_parse(ok).texts == ("lost \U0001f600 card",)  # a pair is one character, kept
+
+
+def read_rows_then_parse(path: Path) -> Split:
+    return parse_rows(read_rows(path), DataConfig(), str(path), "train")
+
+
 def test_two_files_for_one_split_are_refused_unless_a_key_names_one(tmp_path):
     write_rows(tmp_path / "train.jsonl", make_rows(TRAIN))
     (tmp_path / "train.csv").write_text("text,label\nx,a\ny,b\n")

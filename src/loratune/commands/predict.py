@@ -23,7 +23,7 @@ def read_texts(path: str, column: str = "text") -> list[str]:
     data.text_column, so a run reads files shaped like its training data)."""
     p = Path(path)
     if p.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
-        from loratune.data import read_rows
+        from loratune.data import check_characters, read_rows
 
         rows = read_rows(p)
         bad = next((i for i, r in enumerate(rows) if not isinstance(r.get(column), str)), None)
@@ -31,6 +31,8 @@ def read_texts(path: str, column: str = "text") -> list[str]:
             what = f"no '{column}' column" if column not in rows[bad] else f"a '{column}' of {rows[bad][column]!r}"
             raise UserError(f"'{p}' row {bad + 1} has {what}",
                             f"give every row a '{column}' string (the run's data.text_column), or a plain text file")
+        for n, r in enumerate(rows, start=1):
+            check_characters(r[column], f"'{p}' row {n}")
         return [r[column] for r in rows]
     if not p.is_file():
         raise UserError(f"file '{p}' does not exist", "give a text file with one text per line")
@@ -48,6 +50,10 @@ def read_texts(path: str, column: str = "text") -> list[str]:
 def run(args) -> int:
     from loratune import api
 
+    from loratune.data import check_characters
+
+    for n, text in enumerate(args.texts, start=1):  # an argument of bytes that are no UTF-8 arrives with surrogates
+        check_characters(text, f"text argument {n}")
     texts = list(args.texts) + (read_texts(args.file, _text_column(args.run)) if args.file else [])
     if not texts:
         raise UserError("no texts given", "pass texts as arguments or --file FILE")
