@@ -170,7 +170,7 @@ class ProbeSet:
 
 
 def load_probe_set(path: str, text_column: str = "text", label_column: str = "label") -> ProbeSet:
-    from loratune.data import read_rows
+    from loratune.data import check_characters, labels_of, read_rows
 
     rows = read_rows(Path(path))
     texts, expected = [], []
@@ -179,17 +179,18 @@ def load_probe_set(path: str, text_column: str = "text", label_column: str = "la
             raise UserError(f"probe file '{path}' row {n} lacks '{text_column}' or '{label_column}'",
                             "write one {\"text\": ..., \"label\": ...} per row")
         text, lab = r[text_column], r[label_column]
-        if isinstance(lab, list) and len(lab) == 1:  # a one-label list is that label
-            lab = lab[0]
+        # the label read as a training row's is (3.0 is class 3, " 3 " is 3, a one-label list is that label): read
+        # as str(lab) it named no class and scored as wrong
+        labs = () if isinstance(lab, dict) else labels_of(lab, None)
         # a probe row is one text with its one expected label, checked as a training row is (an empty or null
         # text, a null label, several labels: read as the text 'None' or the list's first label before)
-        if not isinstance(text, str) or not text.strip() or lab is None or isinstance(lab, (list, dict)) \
-                or not str(lab).strip():
+        if not isinstance(text, str) or not text.strip() or len(labs) != 1:
             raise UserError(f"probe file '{path}' row {n} has text {text!r:.60} and label {lab!r:.60}: a probe row is "
                             "one non-empty text with its one expected label",
                             "fix or drop the row (the probe scores single-label predictions)")
+        check_characters(text, f"probe file '{path}' row {n}")
         texts.append(text)
-        expected.append(str(lab))
+        expected.append(labs[0])
     return ProbeSet(tuple(texts), tuple(expected), str(path))
 
 

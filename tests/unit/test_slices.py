@@ -136,6 +136,17 @@ def test_a_probe_row_is_one_text_with_one_label(tmp_path, row):
     assert load_probe_set(str(p)).expected == ("a",)  # a one-label list is that label
 
 
+def test_a_probe_label_is_read_as_a_training_label_is(tmp_path):
+    # 0.0 and " 3 " named no class of labels 0..3 (str(0.0) is '0.0') and scored as wrong
+    p = tmp_path / "probe.jsonl"
+    p.write_text("".join(json.dumps({"text": f"t{i}", "label": lab}) + "\n"
+                         for i, lab in enumerate([0.0, " 3 ", 2, [1.0], "b "])))
+    probe = load_probe_set(str(p))
+    assert probe.expected == ("0", "3", "2", "1", "b")
+    scores = probe_scores(probe, np.eye(4)[[0, 3, 2, 1, 0]], ("0", "1", "2", "3"))
+    assert [e["correct"] for e in scores["probe/examples"]] == [True, True, True, True, False]
+
+
 def test_a_slice_is_scored_as_the_whole_split_is():
     """Slices used other class sets than val/ (multi-label macro-F1 0.5 for perfect predictions: labels with no row
     and no prediction counted as 0; single-label: the true classes only) and read a multi-label row carrying an
