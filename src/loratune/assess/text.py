@@ -26,14 +26,24 @@ def has_encoding_damage(text: str) -> bool:
     return "\ufffd" in text or _MOJIBAKE.search(text) is not None
 
 
+def _non_printable(ch: str) -> bool:
+    """A control, format, private-use, surrogate or unassigned character, beside tab/newlines and the emoji joiner."""
+    cat = unicodedata.category(ch)
+    if cat == "Cc":
+        return ch not in _ALLOWED_CONTROL
+    return cat in ("Cf", "Co", "Cs", "Cn") and ch not in _ALLOWED_FORMAT
+
+
 def has_non_printable(text: str) -> bool:
-    for ch in text:
-        cat = unicodedata.category(ch)
-        if cat == "Cc" and ch not in _ALLOWED_CONTROL:
-            return True
-        if cat in ("Cf", "Co", "Cs", "Cn") and ch not in _ALLOWED_FORMAT:
-            return True
-    return False
+    return any(_non_printable(ch) for ch in text)
+
+
+def printable(text: str) -> str:
+    """The text with each non-printable character as its escape (ESC as \\x1b, U+202E as \\u202e), the others kept:
+    a label or text printed raw reaches the terminal as a command (clear the screen, retitle the window, reorder)."""
+    if text.isprintable():  # the common case, one C call (isprintable is stricter: a newline or NBSP fails it)
+        return text
+    return "".join(ch.encode("unicode_escape").decode("ascii") if _non_printable(ch) else ch for ch in text)
 
 
 def shorten(text: str, n: int = 120) -> str:

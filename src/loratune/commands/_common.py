@@ -30,6 +30,22 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False)
 
 
+def safe(text) -> str:
+    """A label, text or message from the user's data as rich markup that prints it literally: non-printable
+    characters escaped (assess.text.printable: an ESC sequence cleared the screen, retitled the window) and markup
+    escaped (a label "[/]" raised MarkupError, "[bold red]x[/]" printed restyled). A trailing run of backslashes is
+    doubled and closed by an empty tag: rich halves backslashes only before a tag, so "C:\\" printed "C:\\\\" at the
+    end of a cell and ate the next tag's bracket before it; with a tag of its own it prints as written anywhere."""
+    from rich.markup import escape
+
+    from loratune.assess.text import printable
+
+    s = printable(str(text))
+    body = s.rstrip("\\")
+    tail = len(s) - len(body)
+    return escape(body) + ("\\" * (2 * tail) + "[none][/none]" if tail else "")
+
+
 def print_json(data) -> None:
     from loratune.store import json_safe
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from loratune.commands._common import safe
 from loratune.diagnose import Comparison, Diagnosis, Finding
 from loratune.features import FEATURES, format_value
 from loratune.rules import RULES
@@ -23,24 +23,24 @@ def _f(d: Diagnosis, name: str) -> str:
 def _finding(console: Console, f: Finding) -> None:
     color = _COLOR[f.confidence_label]
     tent = " tentative," if f.tentative else ""
-    console.print(f"  [bold]{escape(f.rule_id)}[/] [dim]({f.knob_class})[/] - {escape(f.verdict)}")
+    console.print(f"  [bold]{safe(f.rule_id)}[/] [dim]({f.knob_class})[/] - {safe(f.verdict)}")
     if f.route:
-        console.print(f"    [bold]read:[/] {escape('; '.join(f.route))}")
+        console.print(f"    [bold]read:[/] {safe('; '.join(f.route))}")
     console.print(f"    confidence [{color}]{f.confidence:.2f} ({f.confidence_label}{tent})[/]")
     for e in f.evidence:
         if e.decisive:
-            console.print(f"    {_MARK[e.passed]} {escape(e.text)}")
+            console.print(f"    {_MARK[e.passed]} {safe(e.text)}")
     others = sum(1 for e in f.evidence if not e.decisive)
     if others:
         console.print(f"    [dim]({others} clause(s) of the rule's other routes, not what made it fire: --json "
                       "lists every clause)[/]")
     if f.missing:
-        console.print("    [yellow]missing:[/] " + escape("; ".join(f"{n} ({w})" for n, w in f.missing)))
+        console.print("    [yellow]missing:[/] " + safe("; ".join(f"{n} ({w})" for n, w in f.missing)))
     for note in f.notes:
-        console.print(f"    [dim]{escape(note)}[/]")
+        console.print(f"    [dim]{safe(note)}[/]")
     if f.caveat:
-        console.print(f"    [yellow]caveat:[/] {escape(f.caveat)}")
-    console.print(f"    [bold cyan]next move:[/] {escape(', '.join(f.moves))}")
+        console.print(f"    [yellow]caveat:[/] {safe(f.caveat)}")
+    console.print(f"    [bold cyan]next move:[/] {safe(', '.join(f.moves))}")
 
 
 def _rule_features() -> set[str]:
@@ -49,23 +49,23 @@ def _rule_features() -> set[str]:
 
 def render_diagnosis(console: Console, d: Diagnosis) -> None:
     n_pts = int(d.features.values.get("n_eval_points") or 0)
-    console.rule(f"[bold]{escape(d.run)}[/]  [dim]{d.source}, {n_pts} eval points, "
+    console.rule(f"[bold]{safe(d.run)}[/]  [dim]{d.source}, {n_pts} eval points, "
                  f"{_f(d, 'steps')} steps[/]")
     p = d.primary
     if p:
-        console.print(f"verdict: [bold]{escape(p.rule_id)}[/]  next move: [bold cyan]{escape(', '.join(p.moves))}[/]")
+        console.print(f"verdict: [bold]{safe(p.rule_id)}[/]  next move: [bold cyan]{safe(', '.join(p.moves))}[/]")
     else:
-        console.print(f"verdict: [bold]inconclusive[/] ({escape(d.inconclusive_why)})")
+        console.print(f"verdict: [bold]inconclusive[/] ({safe(d.inconclusive_why)})")
     for line in d.curve_summary():
-        console.print(f"  [dim]{escape(line)}[/]")
+        console.print(f"  [dim]{safe(line)}[/]")
     if d.facts:
-        console.print("  [dim]read from the run's files: " + escape("; ".join(
+        console.print("  [dim]read from the run's files: " + safe("; ".join(
             f"{k} {_fact(v['value'])} ({v['source']})" for k, v in d.facts.items())) + "[/]")
     for f in d.active:
         _finding(console, f)
     sup = [f for f in d.findings if f.suppressed_by]
     if sup:
-        console.print("  [dim]also matched, suppressed: " + escape(", ".join(
+        console.print("  [dim]also matched, suppressed: " + safe(", ".join(
             f"{f.rule_id} (by {f.suppressed_by})" for f in sup)) + "[/]")
     if d.not_evaluated:
         by_why: dict[str, list[str]] = {}
@@ -74,7 +74,7 @@ def render_diagnosis(console: Console, d: Diagnosis) -> None:
             by_why.setdefault("; ".join(whys), []).append(n.rule_id)
         console.print("  [yellow]not evaluated:[/]")
         for why, ids in by_why.items():
-            console.print(f"    {escape(', '.join(ids))}: [dim]{escape(why)}[/]")
+            console.print(f"    {safe(', '.join(ids))}: [dim]{safe(why)}[/]")
     used = _rule_features() - {f for n in d.not_evaluated for f, _ in n.missing}
     by_reason: dict[str, list[str]] = {}
     for name, why in d.features.missing.items():
@@ -83,14 +83,14 @@ def render_diagnosis(console: Console, d: Diagnosis) -> None:
     if by_reason:
         console.print("  [yellow]missing signals[/] (lower the confidence of the rules that use them):")
         for why, names in by_reason.items():
-            console.print(f"    {escape(', '.join(names))}: [dim]{escape(why)}[/]")
+            console.print(f"    {safe(', '.join(names))}: [dim]{safe(why)}[/]")
     advice = d.advice()
     if advice:
         console.print("  [yellow]to settle it next time, log:[/]")
         for a in advice:
-            console.print(f"    {escape(a['signal'])} (for {escape(', '.join(a['rules']))}): {escape(a['how'])}")
+            console.print(f"    {safe(a['signal'])} (for {safe(', '.join(a['rules']))}): {safe(a['how'])}")
     for note in d.notes:
-        console.print(f"  [dim]note: {escape(note)}[/]")
+        console.print(f"  [dim]note: {safe(note)}[/]")
 
 
 def _fact(value) -> str:
@@ -112,17 +112,17 @@ def render_comparison(console: Console, c: Comparison) -> None:
             runs = ", ".join(f"{r}={v}: {m:.3f}" if m is not None else f"{r}={v}: ?" for r, v, m, _ in g.runs)
             eff = f"{g.effect:.3f}" if g.effect is not None else "?"
             ratio = f"{g.effect / noise:.1f}" if (g.effect is not None and noise) else "?"
-            t.add_row(g.knob + (f" ({g.note})" if g.note else ""), escape(runs), eff, ratio)
+            t.add_row(g.knob + (f" ({g.note})" if g.note else ""), safe(runs), eff, ratio)
         console.print(t)
-    console.print(f"  [dim]noise: {escape(str(c.features.details.get('noise_source')))}[/]")
+    console.print(f"  [dim]noise: {safe(str(c.features.details.get('noise_source')))}[/]")
     for f in c.active:
         _finding(console, f)
     if c.not_evaluated:
         console.print("  [yellow]not evaluated:[/]")
         for n in c.not_evaluated:
-            console.print(f"    {escape(n.rule_id)}: " + escape("; ".join(f"{f} ({w})" for f, w in n.missing)))
+            console.print(f"    {safe(n.rule_id)}: " + safe("; ".join(f"{f} ({w})" for f, w in n.missing)))
     for note in c.notes:
-        console.print(f"  [dim]note: {escape(note)}[/]")
+        console.print(f"  [dim]note: {safe(note)}[/]")
 
 
 def render(diagnoses: Sequence[Diagnosis], comparison: Comparison | None, console: Console | None = None) -> None:

@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from loratune.commands._common import add_config_args, console, load_cfg
+from loratune.commands._common import add_config_args, console, load_cfg, safe
 from loratune.errors import UserError
 from loratune.store import write_atomic
 
@@ -74,12 +74,6 @@ def _override_arg(key: str, value) -> str:
     return f"{key.split('.', 1)[1]}={value}"
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
 def _inputs(args) -> tuple[str, dict[str, str]]:
     """What the user gave `assess`, for the `start with:` command: -c FILE and --data DIR as typed, and their
     key=value overrides by resolved key (the proposal's own keys replace theirs)."""
@@ -104,10 +98,10 @@ def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None
 
     kind = "multi" if a.multi_label else "single"
     rate = f" ({a.facts.get('multi_label_rate', 0):.1%} of train rows carry several)" if a.multi_label else ""
-    out.print(f"[bold]assess[/] {_escape(a.dataset)} with {_escape(a.model)}: {kind}-label{rate}, "
+    out.print(f"[bold]assess[/] {safe(a.dataset)} with {safe(a.model)}: {kind}-label{rate}, "
               f"{len(a.labels)} classes")
     for note in a.notes:
-        out.print(f"[yellow]note:[/] {note}")
+        out.print(f"[yellow]note:[/] {safe(note)}")
 
     t = Table(title="splits (per class: rows of the smallest/median/largest class; tail: classes under "
                     f"{a.thresholds.long_tail_count} rows; tokens: p50/p99/max; trunc: share over model.max_length)",
@@ -127,14 +121,14 @@ def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None
     t.add_column("rule")
     t.add_column("finding", overflow="fold")
     for f in a.findings:
-        t.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/]", f.id, _escape(f.message))
+        t.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/]", f.id, safe(f.message))
     out.print(t)
     if a.conflicts.pairs:
-        out.print("  conflicting label pairs: " + ", ".join(f"{p.a} / {p.b} ({p.count})"
-                                                           for p in a.conflicts.pairs[:5]), markup=False)
+        out.print(safe("  conflicting label pairs: " + ", ".join(f"{p.a} / {p.b} ({p.count})"
+                                                                for p in a.conflicts.pairs[:5])))
     for ex in a.conflicts.examples[:4]:
         rows = "  vs  ".join(f"[{'+'.join(r.labels)}] {r.text!r} ({r.split})" for r in ex.rows)
-        out.print(f"  {ex.kind} conflict ({ex.similarity:.2f}): {rows}", markup=False)
+        out.print(safe(f"  {ex.kind} conflict ({ex.similarity:.2f}): {rows}"))
 
     p = a.probe
     if p is not None:
@@ -142,13 +136,13 @@ def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None
         out.print(f"[bold]probe[/] ({p.method}): val macro-F1 {p.macro_f1:.3f} ± {p.macro_f1_se:.3f}{acc} "
                   f"on {p.val_rows} rows{' (cached embeddings)' if p.cached else ''}")
         if p.confused_pairs:
-            out.print("  pairs to watch: " + ", ".join(f"{c.true} -> {c.pred} ({c.count})"
-                                                      for c in p.confused_pairs[:5]), markup=False)
+            out.print(safe("  pairs to watch: " + ", ".join(f"{c.true} -> {c.pred} ({c.count})"
+                                                           for c in p.confused_pairs[:5])))
         spread = [c for c in p.classes if c.spread_z is not None][:3]
         if spread:
-            out.print("  most spread-out classes: " + "; ".join(
+            out.print(safe("  most spread-out classes: " + "; ".join(
                 f"{c.label} (z {c.spread_z:.1f}, purity {c.neighbour_purity:.2f}"
-                + (f", recall {c.recall:.2f}" if c.recall is not None else "") + ")" for c in spread), markup=False)
+                + (f", recall {c.recall:.2f}" if c.recall is not None else "") + ")" for c in spread)))
 
     r = a.recommendation
     print_start(out, [asdict(c) for c in r.choices], asdict(r.capacity_ceiling), r.lr_grid, r.overrides,
@@ -168,8 +162,8 @@ def print_start(out, choices: list[dict], ceiling: dict, lr_grid, overrides: dic
         v = "[" + ", ".join(map(str, c["value"])) + "]" if isinstance(c["value"], (list, tuple)) else \
             f"{c['value']:g}" if isinstance(c["value"], float) else str(c["value"])
         key = "capacity ceiling: max adapter.r" if c is ceiling else c["key"]
-        out.print(f"  [bold]{key}[/] = {_escape(v)}")
-        out.print(f"      [dim]{c['rule']}:[/] {_escape(c['reason'])}")
+        out.print(f"  [bold]{key}[/] = {safe(v)}")
+        out.print(f"      [dim]{c['rule']}:[/] {safe(c['reason'])}")
     if lr_grid:
         out.print(f"lr grid for capacity comparisons: {', '.join(f'{x:g}' for x in lr_grid)}")
     from loratune.config import resolve_key
@@ -187,16 +181,16 @@ def print_start(out, choices: list[dict], ceiling: dict, lr_grid, overrides: dic
 def print_sft_summary(out, a: dict, inputs: tuple[str, dict[str, str]] = ("", {})) -> None:
     """`loratune assess task=causal-lm`: rows and rendered token lengths, findings, the start config."""
     f = a["facts"]
-    out.print(f"[bold]assess[/] {_escape(a['dataset'])} with {_escape(a['model'])}: causal-lm (SFT), "
+    out.print(f"[bold]assess[/] {safe(a['dataset'])} with {safe(a['model'])}: causal-lm (SFT), "
               f"{f['train_rows']} train / {f['val_rows']} val rows, template {f['template']}")
     for note in a["notes"]:
-        out.print(f"[yellow]note:[/] {_escape(note)}")
+        out.print(f"[yellow]note:[/] {safe(note)}")
     out.print(f"tokens per rendered row (prompt + completion): p50 {f['token_p50']:.0f}, p99 {f['token_p99']:.0f}, "
               f"max {f['token_max']}; completions are {f['completion_share']:.0%} of the tokens (median "
               f"{f['completion_token_p50']:.0f}); {f['truncated_share_at_max_length']:.1%} of rows exceed "
               "model.max_length")
     for x in a["findings"]:
-        out.print(f"[{_SEVERITY_STYLE.get(x['severity'], '')}]{x['severity']}[/] {x['id']}: {_escape(x['message'])}")
+        out.print(f"[{_SEVERITY_STYLE.get(x['severity'], '')}]{x['severity']}[/] {x['id']}: {safe(x['message'])}")
     r = a["recommendation"]
     print_start(out, r["choices"], r["capacity_ceiling"], r["lr_grid"], r["overrides"], prefix="task=causal-lm ",
                 inputs=(inputs[0], {k: i for k, i in inputs[1].items() if k != "model.task"}))  # (the prefix's)

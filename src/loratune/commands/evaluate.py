@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loratune.commands._common import console, print_json
+from loratune.commands._common import console, print_json, safe
 
 
 def register(sub) -> None:
@@ -42,4 +42,5 @@ def show(args, scores: dict) -> None:
             out.print(f"{full}: {v:.4f}" if isinstance(v, float) else f"{full}: {v}")
     pairs = scores.get(f"{prefix}/confused_pairs") or []
     if pairs:
-        out.print("most confused: " + "; ".join(f"{p['true']} -> {p['pred']} ({p['count']})" for p in pairs[:5]))
+        out.print("most confused: " + "; ".join(f"{safe(p['true'])} -> {safe(p['pred'])} ({p['count']})"
+                                                for p in pairs[:5]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loratune.commands._common import console, print_json
+from loratune.commands._common import console, print_json, safe
 from loratune.errors import UserError
 
 
@@ -64,10 +64,11 @@ def run(args) -> int:
     out = console()
     for p in preds:
         if "label" in p:
-            alts = ", ".join(f"{t['label']} {t['score']:.2f}" for t in p["top"][1:])
-            out.print(f"[bold]{p['label']}[/] {p['score']:.2f}  {p['text']}" + (f"  [dim]({alts})[/]" if alts else ""))
+            alts = ", ".join(f"{safe(t['label'])} {t['score']:.2f}" for t in p["top"][1:])
+            out.print(f"[bold]{safe(p['label'])}[/] {p['score']:.2f}  {safe(p['text'])}"
+                      + (f"  [dim]({alts})[/]" if alts else ""))
         else:
-            out.print(f"[bold]{', '.join(p['labels']) or '(none)'}[/]  {p['text']}")
+            out.print(f"[bold]{', '.join(map(safe, p['labels'])) or '(none)'}[/]  {safe(p['text'])}")
     return 0
 
 

@@ -76,14 +76,14 @@ def _h(n: Any) -> str:
 
 
 def show_run(con, r, n_classes: int = 10) -> None:
-    from rich.markup import escape
+    from loratune.commands._common import safe
     from rich.table import Table
     from rich.text import Text
 
     tone = {"completed": "green", "running": "cyan", "interrupted": "yellow"}.get(r.status, "red")
     kind = "causal-lm" if r.open_generation else f"{r.n_classes or '?'} classes"
-    title = f"[bold]{escape(r.name)}[/]  [{tone}]{escape(r.status)}[/]"
-    details = f"[dim]{escape(r.model_name)} · {escape(r.method)} · {escape(r.dataset)} · {kind}[/]"
+    title = f"[bold]{safe(r.name)}[/]  [{tone}]{safe(r.status)}[/]"
+    details = f"[dim]{safe(r.model_name)} · {safe(r.method)} · {safe(r.dataset)} · {kind}[/]"
     if Text.from_markup(f"{title}  {details}").cell_len + RULE_ENDS <= con.width:
         con.rule(f"{title}  {details}")
     else:  # a rule is one line and cuts its title: a long one keeps the name there and gives the rest a line of its own
@@ -92,11 +92,11 @@ def show_run(con, r, n_classes: int = 10) -> None:
     m, o = r.metric, r.objective
     scores = f"final {f3(r.final.get(m))} · start {f3(r.start_metric)}"
     unsaved = " (no model saved)" if r.source == "loratune" and not r.saved_model and r.best else ""
-    head = (f"best {escape(m)} [bold]{f3(r.best.get(m))}[/] at step {r.best.get('step', '?')}{unsaved} · {scores}"
+    head = (f"best {safe(m)} [bold]{f3(r.best.get(m))}[/] at step {r.best.get('step', '?')}{unsaved} · {scores}"
             if not o
-            else f"{'best' if unsaved else 'saved model: best'} {escape(o)} [bold]{f3(r.best.get(o))}[/] at step "
+            else f"{'best' if unsaved else 'saved model: best'} {safe(o)} [bold]{f3(r.best.get(o))}[/] at step "
             f"{r.best.get('step', '?')}{unsaved} · "
-            f"{escape(m)} {f3(r.best.get(m))} there, {scores.replace(' · ', ', ')}")
+            f"{safe(m)} {f3(r.best.get(m))} there, {scores.replace(' · ', ', ')}")
     con.print(head + f" · {_h(r.examples_seen)} examples in {r.steps_done or '?'}/{r.steps_planned or '?'} steps"
               + (f" · trainable {r.params_share:.2%} of the model" if r.params_share is not None else ""))
     b = r.best
@@ -106,9 +106,9 @@ def show_run(con, r, n_classes: int = 10) -> None:
                   f"{f3(b.get('val_single/subset_accuracy'))} · micro-F1 {f3(b.get('val/micro_f1'))} · samples-F1 "
                   f"{f3(b.get('val/samples_f1'))} (best step)")
     if r.reason:
-        con.print(f"[dim]{escape(str(r.reason))}[/]")
+        con.print(f"[dim]{safe(str(r.reason))}[/]")
     for n in r.notes:
-        con.print(f"[yellow]note:[/] {escape(n)}")
+        con.print(f"[yellow]note:[/] {safe(n)}")
 
     # curves ---------------------------------------------------------------------------------
     series = {c.key: dict(c.points) for p in r.curves for c in p.curves}
@@ -136,27 +136,27 @@ def show_run(con, r, n_classes: int = 10) -> None:
     d = r.diagnosis
     con.rule("[bold]diagnosis[/]", align="left")
     if d.error:
-        con.print(f"[yellow]no diagnosis:[/] {escape(d.error)}")
+        con.print(f"[yellow]no diagnosis:[/] {safe(d.error)}")
     else:
         moves = ", ".join(d.moves) or "none"
-        con.print(f"verdict: [bold]{escape(d.verdict)}[/]  next move: [bold cyan]{escape(moves)}[/]")
+        con.print(f"verdict: [bold]{safe(d.verdict)}[/]  next move: [bold cyan]{safe(moves)}[/]")
         for line in d.summary:
-            con.print(f"  [dim]{escape(line)}[/]")
+            con.print(f"  [dim]{safe(line)}[/]")
         for f in d.findings:
             mark = {"high": "green", "medium": "yellow", "low": "red"}[f.confidence_label]
-            con.print(f"  [bold]{escape(f.rule_id)}[/] [dim]({escape(f.knob_class)})[/] {escape(f.verdict)} "
+            con.print(f"  [bold]{safe(f.rule_id)}[/] [dim]({safe(f.knob_class)})[/] {safe(f.verdict)} "
                       f"[{mark}]confidence {f.confidence:.2f}{' tentative' if f.tentative else ''}[/]")
             if f.route:
-                con.print(f"    [bold]read:[/] {escape('; '.join(f.route))}")
+                con.print(f"    [bold]read:[/] {safe('; '.join(f.route))}")
             for e in f.evidence:
                 if e.decisive:  # the route that made the rule fire; the report lists the other routes' clauses
                     sym = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]?[/]"}[e.passed]
-                    con.print(f"    {sym} {escape(e.text)}")
+                    con.print(f"    {sym} {safe(e.text)}")
             if f.caveat:
-                con.print(f"    [yellow]caveat:[/] {escape(f.caveat)}")
-            con.print(f"    [cyan]→ {escape(', '.join(f.moves) or 'no move')}[/]")
+                con.print(f"    [yellow]caveat:[/] {safe(f.caveat)}")
+            con.print(f"    [cyan]→ {safe(', '.join(f.moves) or 'no move')}[/]")
         if d.suppressed:
-            con.print("  [dim]suppressed: " + escape(", ".join(f"{f.rule_id} (by {f.suppressed_by})"
+            con.print("  [dim]suppressed: " + safe(", ".join(f"{f.rule_id} (by {f.suppressed_by})"
                                                           for f in d.suppressed)) + "[/]")
 
     if r.open_generation:  # the prompt set in place of classes
@@ -180,19 +180,19 @@ def show_run(con, r, n_classes: int = 10) -> None:
             elif isinstance(v, float):
                 v = f"{v:g}"
             items.append(f"{p.key}={v}")
-        con.print(f"[bold]{g}[/]: " + escape("  ".join(items)))
+        con.print(f"[bold]{g}[/]: " + safe("  ".join(items)))
 
 
 def _show_classes(con, r, n_classes: int) -> None:
     """Per-class recall (worst first) and the top confused pairs of a classifier run."""
-    from rich.markup import escape
+    from loratune.commands._common import safe
     from rich.table import Table
 
     # classes --------------------------------------------------------------------------------
     c = r.classes
     con.rule("[bold]per-class recall[/] [dim](worst first)[/]", align="left")
     if not c.rows:
-        con.print(f"[dim]{escape(c.missing or 'no per-class metrics')}[/]")
+        con.print(f"[dim]{safe(c.missing or 'no per-class metrics')}[/]")
     else:
         if c.long_tail:
             con.print(f"long tail: head classes have {c.head_tail_ratio:.1f}x the train rows of tail classes; "
@@ -202,7 +202,7 @@ def _show_classes(con, r, n_classes: int) -> None:
                        ("F1", "right"), ("train recall", "right"), ("", "left")):
             t.add_column(col, justify=j)
         for row in c.rows[:n_classes]:
-            t.add_row(escape(row.label), str(row.train_count or "–"), str(row.val_support or "–"), f3(row.recall),
+            t.add_row(safe(row.label), str(row.train_count or "–"), str(row.val_support or "–"), f3(row.recall),
                       f3(row.f1), f3(row.train_recall), "[magenta]tail[/]" if row.tail else "")
         con.print(t)
         recalls = [row.recall for row in c.rows if row.recall is not None]
@@ -214,40 +214,40 @@ def _show_classes(con, r, n_classes: int) -> None:
     con.rule("[bold]top confused pairs[/] [dim](true → predicted)[/]", align="left")
     if r.confusion.missing is None and r.confusion.total:
         con.print(f"[dim]{r.confusion.errors} errors in {r.confusion.total} val rows; most confused classes: "
-                  + escape(", ".join(r.confusion.focus[:8])) + "[/]")
+                  + safe(", ".join(r.confusion.focus[:8])) + "[/]")
     if not r.pairs:
         from loratune.report.model import pairs_missing_why
 
-        con.print(f"[dim]{escape(pairs_missing_why(r))}[/]")
+        con.print(f"[dim]{safe(pairs_missing_why(r))}[/]")
     for p in r.pairs:
-        rate = f" ({p.rate:.0%} of {escape(p.true)})" if p.rate is not None else ""
+        rate = f" ({p.rate:.0%} of {safe(p.true)})" if p.rate is not None else ""
         rev = f" [dim]· reverse {p.reverse}[/]" if p.reverse else ""
-        con.print(f"  {p.count:>3}  [bold]{escape(p.true)}[/] → {escape(p.pred)}{rate}{rev}")
+        con.print(f"  {p.count:>3}  [bold]{safe(p.true)}[/] → {safe(p.pred)}{rate}{rev}")
         for text in (p.examples or ())[:2]:
-            con.print(f"       [dim]“{escape(text)}”[/]")
+            con.print(f"       [dim]“{safe(text)}”[/]")
     if r.examples_note and r.pairs:
-        con.print(f"[dim]{escape(r.examples_note)}[/]")
+        con.print(f"[dim]{safe(r.examples_note)}[/]")
 
 
 def _show_prompts(con, r, rows: int = 2, width: int = 160) -> None:
     """A causal-lm run's prompt set: the scores at the last generation and its first prompts' outputs."""
-    from rich.markup import escape
+    from loratune.commands._common import safe
 
     con.rule("[bold]prompt set[/] [dim](generations.jsonl)[/]", align="left")
     ps = r.prompts
     if ps is None or not ps.rows:
-        con.print(f"[dim]{escape((ps.missing if ps else None) or 'no prompt set: data.prompt_set names one')}[/]")
+        con.print(f"[dim]{safe((ps.missing if ps else None) or 'no prompt set: data.prompt_set names one')}[/]")
         return
     scores = " · ".join(f"{name} {f3(v)}" for name, v in ps.score_items())
-    con.print(f"at step {ps.step:g}: {escape(scores)}")
+    con.print(f"at step {ps.step:g}: {safe(scores)}")
 
     def clip(text: str | None) -> str:
         text = " ".join((text or "–").split())
-        return escape(text if len(text) <= width else text[:width] + "…")
+        return safe(text if len(text) <= width else text[:width] + "…")
 
     for g in dict.fromkeys(x.group for x in ps.rows):
         for x in [x for x in ps.rows if x.group == g][:rows]:
-            con.print(f"  [bold]{escape(g)}[/] {clip(x.prompt)}")
+            con.print(f"  [bold]{safe(g)}[/] {clip(x.prompt)}")
             con.print(f"    [dim]reference:[/] {clip(x.reference)}")
             con.print(f"    [dim]step 0:[/]    {clip(x.before)}")
             con.print(f"    [dim]step {ps.step:g}:[/] {clip(x.after)}")

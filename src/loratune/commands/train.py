@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loratune.commands._common import add_config_args, console, human, load_cfg
+from loratune.commands._common import add_config_args, console, human, load_cfg, safe
 
 
 def register(sub) -> None:
@@ -39,7 +39,7 @@ def run(args) -> int:
     try:
         dataset = api.prepare(cfg)
         for note in dataset.notes:
-            out.print(f"[yellow]note:[/] {note}")
+            out.print(f"[yellow]note:[/] {safe(note)}")
         api.check(cfg, dataset)  # what training would crash on: the dry run says it too
     except KeyboardInterrupt as exc:  # while the data is read: nothing is written yet, and the run says so
         from loratune import signals
@@ -115,7 +115,7 @@ def print_summary(out, run: dict) -> None:
             t.add_row(key, _fmt(best.get(key)), _fmt(final.get(key)))
     out.print(t)
     if run.get("task") == "multi_label":
-        out.print(multi_label_note(run))
+        out.print(safe(multi_label_note(run)))
     p = run["params"]
     out.print(f"trainable {human(p['trainable'])} of {human(p['total'])} ({p['share_of_total']:.2%}); "
               f"{run['examples_seen']} examples in {run['wall_s']:.1f}s "
