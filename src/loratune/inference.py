@@ -12,7 +12,7 @@ from loratune.config import RunConfig, load_config
 from loratune.data import LabelSpace, load_dataset
 from loratune.errors import UserError
 from loratune.metrics import Decoding, decode, sigmoid, softmax
-from loratune.store import CONFIG, LABEL_MAP, WEIGHT_FILES, RunStore, read_json
+from loratune.store import CONFIG, LABEL_MAP, RUN, WEIGHT_FILES, RunStore, liveness, read_json
 
 
 @dataclass
@@ -99,10 +99,30 @@ def load_trained(run_dir: str | Path) -> Trained:
     return Trained(model, tokenizer, space, cfg, device, decoding, eval_precision(cfg, model, device, HEAD_NAMES))
 
 
-def _record_scores(store: RunStore, run: dict, scores: dict) -> None:
-    """run.json with the new scores; a disk that refuses the write is said, with the scores (ScoresNotRecorded)."""
+def refuse_while_training(store: RunStore) -> dict:
+    """run.json as written on disk, refused while a live process still trains into it (the liveness test readers
+    use for `died`, store.liveness): that process rewrites run.json from memory, losing scores written beside it,
+    and adapter/ holds a best-so-far model it may still replace. A dead `running` record is returned as written:
+    `died` and its reason are a reader's view, never stored (docs/run-record.md)."""
+    run = read_json(store.path / RUN)
+    if isinstance(run, dict) and run.get("status") == "running":
+        state, why = liveness(store.path)
+        if state == "alive":
+            raise UserError(f"run '{store.path}' is still training (run.lock held by a live process: {why})",
+                            "wait for it to end (or stop it), then evaluate it; `loratune predict` can read its "
+                            "best model so far")
+    return run
+
+
+def _record_scores(store: RunStore, split: str, scores: dict) -> None:
+    """The scores added to run.json as written on disk (re-read now, and refused if a run started training into it
+    meanwhile); a disk that refuses the write is said, with the scores (ScoresNotRecorded)."""
     from loratune.errors import ScoresNotRecorded
 
+    run = refuse_while_training(store)
+    run.setdefault("eval", {})[split] = scores
+    if split == "test":
+        run["test"] = scores
     try:
         store.write_run(run)
     except OSError as exc:
@@ -131,7 +151,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     names = SPLIT_NAMES
     if split not in names:
         raise UserError(f"unknown split '{split}'", "use test, validation or train")
-    if RunStore(run_dir).require().read_run().get("task") == "causal-lm":
+    if refuse_while_training(RunStore(run_dir).require()).get("task") == "causal-lm":
         return evaluate_lm_run(run_dir, split)
     trained = load_trained(run_dir)
     dataset = load_dataset(trained.cfg.data, seed=trained.cfg.train.seed)
@@ -145,15 +165,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
                             trained.tokenizer.pad_token_id, trained.device, trained.autocast)
     prefix = "test" if split == "test" else ("val" if names[split] == "validation" else "train")
     store = RunStore(run_dir)
-    run = store.read_run()
     from loratune.losses import LossSpec
 
-    spec = LossSpec.from_dict(run.get("loss"), trained.space.multi_label)  # the loss the run trained with
+    spec = LossSpec.from_dict(store.read_run().get("loss"), trained.space.multi_label)  # the loss the run trained with
     scores, _ = score_split(prefix, logits, enc, trained.space, spec, trained.decoding)
-    run.setdefault("eval", {})[split] = scores
-    if split == "test":
-        run["test"] = scores
-    _record_scores(store, run, scores)
+    _record_scores(store, split, scores)
     return scores
 
 
@@ -169,6 +185,7 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
     from loratune.sft_data import Renderer, encode_prompts, encode_sft, load_sft_dataset
 
     store = RunStore(run_dir).require()
+    refuse_while_training(store)  # (evaluate_run checked too; a direct caller gets the same answer)
     adapter_dir = store.adapter_dir
     if not (adapter_dir / "config.json").is_file() and not (adapter_dir / "adapter_config.json").is_file():
         status = store.read_run().get("status")
@@ -207,9 +224,5 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
         label_scores, _ = prediction_scores(prefix, pred, y, labels)
         scores.update(label_scores)
         scores[f"{prefix}/unknown_rate"] = float(np.mean(pred < 0))
-    run = store.read_run()
-    run.setdefault("eval", {})[split] = scores
-    if split == "test":
-        run["test"] = scores
-    _record_scores(store, run, scores)
+    _record_scores(store, split, scores)
     return scores

@@ -305,3 +305,50 @@ def test_run_files_follow_the_umask(tiny_bert, intent_data, tmp_path):
         os.umask(old)
     for name in ("run.json", "config.yaml", "history.jsonl", "confusion.json"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+
+
+def _finished_run_left_running(tiny_bert, intent_data, out: Path) -> dict:
+    """A short finished run whose run.json is put back at `running`, as a training process leaves it (killed, or
+    still training); returns that record as written."""
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out, max_steps=4, eval_steps=4)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    run["status"] = "running"
+    for key in ("reason", "test"):
+        run.pop(key, None)
+    (out / "run.json").write_text(json.dumps(run))
+    return run
+
+
+def test_evaluate_refuses_a_run_still_training(tiny_bert, intent_data, tmp_path, capsys):
+    """`evaluate --split test` on a live run printed scores and exited 0, and the trainer's next write of run.json
+    (from its own dict) dropped them; it also scored a best-so-far model the run could still replace."""
+    from loratune.store import RunLock
+
+    out = tmp_path / "run"
+    _finished_run_left_running(tiny_bert, intent_data, out)
+    before = (out / "run.json").read_text()
+    lock = RunLock(out)
+    lock.acquire()  # a live trainer holds run.lock
+    try:
+        assert main(["evaluate", str(out), "--split", "test"]) == 2
+        err = _flat(capsys.readouterr().err)
+        assert "is still training (run.lock held by a live process" in err and "wait for it to end" in err
+        assert (out / "run.json").read_text() == before  # nothing written
+        assert main(["predict", str(out), "lost my card"]) == 0  # read-only: the best model so far answers
+    finally:
+        lock.release()
+
+
+def test_evaluate_of_a_died_run_keeps_the_record_as_written(tiny_bert, intent_data, tmp_path):
+    """After kill -9, evaluate stored the reader's view (status died, partial, status_recorded, a made-up reason) in
+    run.json; `died` is computed by readers, and the scores go into the record as the trainer left it."""
+    out = tmp_path / "run"
+    written = _finished_run_left_running(tiny_bert, intent_data, out)  # nobody holds run.lock: it reads as died
+    assert RunStore(out).read_run()["status"] == "died"
+    assert main(["evaluate", str(out), "--split", "test"]) == 0
+    on_disk = json.loads((out / "run.json").read_text())
+    assert on_disk["status"] == "running" and "test/accuracy" in on_disk["test"]
+    assert on_disk["eval"]["test"] == on_disk["test"]
+    assert {k: v for k, v in on_disk.items() if k not in ("test", "eval")} == \
+        {k: v for k, v in written.items() if k not in ("test", "eval")}
+    assert RunStore(out).read_run()["status"] == "died"  # and readers still see what happened
