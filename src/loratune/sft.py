@@ -61,7 +61,7 @@ from loratune.objectives import (PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, lm_metr
                                  prompt_key)
 from loratune.models import load_causal_lm, load_tokenizer, resolve_model
 from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn, encode_prompts,
-                               encode_sft)
+                               encode_sft, prompt_prefix)
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
@@ -944,13 +944,15 @@ def save_lm(model, tokenizer, cfg: RunConfig, store: RunStore, state_dict: dict 
         warnings.filterwarnings("ignore", message="Could not find a config file")
         model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(out)
-    mode = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template).mode
-    write_atomic(out / "README.md", model_card(cfg, hasattr(model, "peft_config"), mode))
+    renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
+    prefix = tokenizer.convert_ids_to_tokens(prompt_prefix(tokenizer, renderer))
+    write_atomic(out / "README.md", model_card(cfg, hasattr(model, "peft_config"), renderer.mode, prefix))
 
 
-def model_card(cfg: RunConfig, is_adapter: bool, mode: str = "chat") -> str:
+def model_card(cfg: RunConfig, is_adapter: bool, mode: str = "chat", prefix: Collection[str] = ()) -> str:
     """What the folder holds and how to generate with plain peft + transformers, the prompt written as the run wrote
-    it (`mode`: the Renderer's chat / plain / none)."""
+    it (`mode`: the Renderer's chat / plain / none) and tokenised as it was: `prefix`, the tokens the run put before
+    every prompt (sft_data.prompt_prefix: BOS when the template writes none), then the prompt's own tokens."""
     a = cfg.adapter
     src = resolve_model(cfg.model)
     base = f'"{src.path}"' + (f', gguf_file="{src.gguf_file}"' if src.gguf_file else "")
@@ -968,14 +970,22 @@ def model_card(cfg: RunConfig, is_adapter: bool, mode: str = "chat") -> str:
             "- curves, prompt-set outputs and the configuration: `../history.jsonl`, `../generations.jsonl`, "
             "`../run.json`, `../config.yaml`\n\n"
             "## Use\n\n```python\n"
+            + ("import torch\n" if prefix else "")
             + ("from peft import PeftModel\n" if is_adapter else "")
             + "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
             f"{load}\ntokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n"
-            + _card_prompt(mode) +
-            "ids = tokenizer(prompt, return_tensors=\"pt\", add_special_tokens=" + ("False" if mode == "chat" else "True")
-            + ")[\"input_ids\"]\n"
+            + _card_prompt(mode) + _card_ids(prefix) +
             "print(tokenizer.decode(model.generate(ids, max_new_tokens=64)[0, ids.shape[1]:], "
             "skip_special_tokens=True))\n```\n")
+
+
+def _card_ids(prefix: Collection[str]) -> str:
+    """The card's line that tokenises the prompt as the run did: the prefix tokens, then the prompt's own tokens with
+    no special tokens added (a tokenizer's BOS before a template that writes its own would make two)."""
+    if not prefix:
+        return "ids = tokenizer(prompt, return_tensors=\"pt\", add_special_tokens=False)[\"input_ids\"]\n"
+    return (f"prefix = tokenizer.convert_tokens_to_ids({list(prefix)!r})  # the run put these before every prompt\n"
+            "ids = torch.tensor([prefix + tokenizer(prompt, add_special_tokens=False)[\"input_ids\"]])\n")
 
 
 def _card_prompt(mode: str) -> str:

@@ -460,3 +460,10 @@ def _prefix_for(tokenizer, text: str, prefix: list[int]) -> list[int]:
     if bos and text.startswith(bos):  # the chat template wrote it already
         return []
     return prefix
+
+
+def prompt_prefix(tokenizer, renderer: Renderer) -> list[int]:
+    """The ids the run puts before every rendered prompt (the tokenizer's own BOS unless the template writes it), as
+    encode_sft and encode_prompts do: what the adapter card's recipe must put there too."""
+    text = renderer.prompt((Turn("user", "..."),))
+    return _prefix_for(tokenizer, text, special_prefix(tokenizer))

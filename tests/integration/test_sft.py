@@ -627,3 +627,23 @@ def test_an_sft_run_warm_starts_from_a_saved_adapter(sft_run, lm, sft_data, tmp_
     assert run["status"] == "completed" and run["init_from"].startswith(f"started from {sft_run / 'adapter'}")
     assert _history(out)[0]["val/loss"] == pytest.approx(saved["val/loss"], rel=1e-4)
     assert _history(out)[0]["val/loss"] < _history(sft_run)[0]["val/loss"]
+
+
+@pytest.mark.parametrize("template", ["auto", "plain"])
+def test_the_card_recipe_builds_the_prompt_ids_training_built(template, sft_data, tmp_path):
+    """With a tokenizer that adds BOS and a chat template that writes none, training put <s> before every prompt and
+    the card's recipe (add_special_tokens=False) dropped it: the card's ids are now loratune's, BOS first."""
+    from sft_support import make_tokenizer
+    from support import card_recipe
+    from transformers import AutoTokenizer
+
+    lm = save_tiny_llama_lm(tmp_path / "lm", chat_template=True)
+    make_tokenizer(chat_template=True, bos=True).save_pretrained(lm)
+    out = tmp_path / "run"
+    assert cli.main(["train", "-q", *sft_overrides(lm, sft_data, out, chat_template=template, max_steps=2,
+                                                   eval_steps=2)]) == 0
+    scope = card_recipe(out, {"print": lambda *a: None})
+    tok = AutoTokenizer.from_pretrained(out / "adapter")
+    ours = encode_prompts(tok, Renderer.for_tokenizer(tok, template), [Example((Turn("user", "..."),), "")], 32)[0]
+    assert ours[0] == tok.bos_token_id and ours[1] != tok.bos_token_id  # one BOS, as training wrote it
+    assert scope["ids"][0].tolist() == ours
