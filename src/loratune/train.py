@@ -1023,17 +1023,30 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool) -> str:
             "with its trained classification head" if is_adapter else "a fully fine-tuned model")
     labels = ", ".join(space.labels[:20]) + (f", ... ({len(space)} in all)" if len(space) > 20 else "")
     if is_adapter:
-        load = ("from peft import PeftModel\nfrom transformers import AutoModelForSequenceClassification, "
-                "AutoTokenizer\n\nbase = AutoModelForSequenceClassification.from_pretrained(BASE, "
-                f"num_labels={len(space)}"
+        # the base's own config has its own head size (2, LABEL_i names): the run's labels go in as overrides, so
+        # the head loads and a pipeline says the run's labels (peft's auto class loads the base named in
+        # adapter_config.json the same way, and takes the same overrides)
+        load = ("import json\n\nfrom peft import PeftModel\nfrom transformers import "
+                "AutoModelForSequenceClassification, AutoTokenizer\n\n"
+                "labels = json.load(open(\"adapter/label_map.json\"))[\"labels\"]  # the head's order\n"
+                "head = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), "
+                "label2id={label: i for i, label in enumerate(labels)}"
                 + (', problem_type="multi_label_classification"' if space.multi_label else "")
-                + ")\ntokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n"
+                + ")\nbase = AutoModelForSequenceClassification.from_pretrained(BASE, **head)\n"
+                "tokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n"
                 "base.config.pad_token_id = tokenizer.pad_token_id  # a decoder pools its last non-pad token\n"
                 "model = PeftModel.from_pretrained(base, \"adapter\")")
+        auto = ("\nOr with peft's auto class (it loads the base named in `adapter_config.json`, whose own head has the "
+                "base's size: it needs the same `head`), merged for a pipeline (continuing from the code above):\n\n"
+                "```python\nfrom peft import AutoPeftModelForSequenceClassification\nfrom transformers import "
+                "pipeline\n\nmodel = AutoPeftModelForSequenceClassification.from_pretrained(\"adapter\", **head, "
+                "pad_token_id=tokenizer.pad_token_id)\nclassify = pipeline(\"text-classification\", "
+                "model=model.merge_and_unload(), tokenizer=tokenizer)\nprint(classify(\"some text\"))\n```\n")
     else:
         load = ("from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
-                "model = AutoModelForSequenceClassification.from_pretrained(\"adapter\")\n"
+                "model = AutoModelForSequenceClassification.from_pretrained(\"adapter\")  # config.json: the labels\n"
                 "tokenizer = AutoTokenizer.from_pretrained(\"adapter\")")
+        auto = ""
     data = cfg.data.train_file or cfg.data.dataset_name
     return ("# Text classifier trained with loratune\n\n"
             f"This folder holds {kind}, trained by `loratune train` on `{data}` for "
@@ -1044,5 +1057,5 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool) -> str:
             "- label order: `label_map.json` (logit i is `labels[i]`)\n"
             "- metrics, curves and the configuration: `../run.json`, `../history.jsonl`, `../config.yaml`\n\n"
             "## Use\n\n```bash\nloratune predict RUN_DIR \"some text\"\n```\n\n"
-            f"Without loratune:\n\n```python\n{load}\n```\n")
+            f"Without loratune:\n\n```python\n{load}\n```\n{auto}")
 

@@ -401,3 +401,24 @@ def test_a_warm_starts_divergence_reference_is_the_unadapted_models_loss():
     # a window 9x a warm start's low step-1 loss but below 4x the fresh reference is no divergence
     assert diverged(0.126, 0.0142) and diverged(0.126, max(0.0142, 1.1)) is None
     assert diverged(0.126, math.nan) is None and diverged(math.inf, math.nan) == "non-finite loss"
+
+
+@pytest.mark.parametrize("arch", ["tiny_bert", "tiny_llama"])
+def test_the_adapter_card_recipes_name_the_runs_labels(arch, request, intent_data, tmp_path):
+    """The card's recipe gave the head LABEL_i names, and AutoPeftModelForSequenceClassification crashed (the base's
+    2-label head vs the run's 4): both recipes, run as written, now load it, and a pipeline over the merged model says
+    the labels `loratune predict` says."""
+    from support import card_recipe
+
+    folder = request.getfixturevalue(arch)
+    out = tmp_path / "run"
+    _train(folder, intent_data, out, max_steps=8, eval_steps=4, learning_rate=2e-2)
+    texts = ["lost my card please", "what is my balance", "reset my pin", "send money to mum"]
+    ours = [p["label"] for p in api.predict(str(out), texts)]
+    scope = card_recipe(out, {"BASE": folder}, after="Without loratune:\n\n")
+    labels = json.loads((out / "adapter" / "label_map.json").read_text())["labels"]
+    assert scope["model"].config.id2label == dict(enumerate(labels))
+    printed: list = []
+    scope = card_recipe(out, {**scope, "print": printed.append}, after="(continuing from the code above):\n\n")
+    assert printed and printed[0][0]["label"] in labels
+    assert [r["label"] for r in scope["classify"](texts)] == ours
