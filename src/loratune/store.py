@@ -29,6 +29,7 @@ WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safeten
 LABEL_MAP = "label_map.json"
 TENSORBOARD_DIR = "tensorboard"  # report_to: tensorboard writes its event files here, inside the run directory
 GENERATIONS = "generations.jsonl"  # causal-lm: the prompt set's greedy outputs, one row per prompt and eval point
+REPORT = "report.html"  # `loratune report RUN` writes here by default (report.default_output)
 LOCK = "run.lock"  # held (flock) by the training process; its mtime is the heartbeat
 HEARTBEAT_S = 10.0  # how often a live run touches run.lock
 # A run whose lock nobody holds, or (another host, where flock says nothing) whose heartbeat is older
@@ -265,7 +266,7 @@ class RunStore:
         hist = self.path / HISTORY
         if hist.exists():  # a fresh run in a reused directory starts a fresh history
             hist.unlink()
-        for stale in (CONFUSION, GENERATIONS):  # nor may an earlier run's outputs or model pass as this one's
+        for stale in (CONFUSION, GENERATIONS, REPORT):  # nor may an earlier run's outputs or model pass as this one's
             if (self.path / stale).exists():
                 (self.path / stale).unlink()
         for folder in (self.adapter_dir, self.path / TENSORBOARD_DIR):  # (an earlier run's events would read as this

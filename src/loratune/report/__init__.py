@@ -15,6 +15,7 @@ from pathlib import Path
 from loratune.errors import UserError
 from loratune.history_io import CALLBACK_RECORD_DIR, NOTEBOOK_TABLE, find_event_files
 from loratune.report.model import RunReport, build_run_report, is_run_dir, is_study_dir
+from loratune.store import REPORT
 
 __all__ = ["RunReport", "StudyReport", "build_report", "build_run_report", "build_study_report", "run_report",
            "write_report", "default_output", "is_run_dir", "is_study_dir"]
@@ -97,4 +98,4 @@ def default_output(path: str | Path) -> Path:
         f = Path(m["file"])
         return f.with_name(f"{f.stem}.table-{m['table']}.report.html")
     p = Path(path)
-    return p.with_name(p.stem + ".report.html") if p.is_file() else p / "report.html"
+    return p.with_name(p.stem + ".report.html") if p.is_file() else p / REPORT
