@@ -15,6 +15,7 @@ Everything but `train`, `tune`, `predict`, `evaluate` and a probing `assess` run
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -131,13 +132,14 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
 
 
 def _path(value: Any, what: str) -> str | Path:
-    """A run or study folder argument: a str or a Path, else a UserError naming what was given."""
+    """A run or study folder argument (a str or a Path, `~` expanded), else a UserError naming what was given."""
     from loratune.errors import UserError
 
     if not isinstance(value, (str, Path)) or not str(value):
         raise UserError(f"{what}: a folder path (str or Path), not {type(value).__name__} {value!r:.60}",
                         "give the folder as a string or a pathlib.Path")
-    return value
+    # `~/runs/x` is under the home folder, as the config's paths are (a str stays a str: `NOTEBOOK.ipynb#N`)
+    return os.path.expanduser(value) if isinstance(value, str) else value.expanduser()
 
 
 def predict(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) -> list[dict]:
@@ -216,7 +218,7 @@ def report(path: str | Path, out: str | Path | None = None, *, examples: bool = 
     (default <path>/report.html)."""
     from loratune.report import write_report
 
-    return write_report(_path(path, "path"), out, examples=examples)
+    return write_report(_path(path, "path"), Path(out).expanduser() if out else out, examples=examples)
 
 
 def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = None,

@@ -302,6 +302,9 @@ def load_yaml(text: str) -> Any:
 # folder (`loratune evaluate /abs/run` run from elsewhere read 'data' as a hub id); hub ids never exist locally
 LOCAL_PATH_KEYS = ("model.name_or_path", "data.dataset_name", "data.train_file", "data.validation_file",
                    "data.test_file", "data.probe_file", "data.prompt_set", "train.init_from")
+# Every key that names a path: a leading `~` is the home folder in each (as in a shell), so `output_dir: ~/runs/x`
+# is not a folder named `~` in the current one and the record names the folder that was written
+PATH_KEYS = LOCAL_PATH_KEYS + ("train.output_dir",)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -314,7 +317,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise UserError(f"overrides: a list of 'key=value' strings, not {overrides!r:.60}", "e.g. ['r=16', 'lr=1e-3']")
     overrides = overrides or ()
     if path is not None:
-        p = Path(path)
+        p = Path(path).expanduser()
         if not p.is_file():
             raise UserError(f"config file '{p}' does not exist", "give the path of a YAML file")
         try:
@@ -398,6 +401,8 @@ def build_config(flat: dict[str, Any]) -> RunConfig:
         if not ok:
             problems.append(f"{dotted}: got {value!r}; allowed: {allowed}")
             continue
+        if dotted in PATH_KEYS and isinstance(coerced, str):
+            coerced = os.path.expanduser(coerced)  # (a hub id never starts with `~`)
         bad = _check_constraint(dotted, coerced, f.metadata)
         problems.extend(bad)
         if not bad:

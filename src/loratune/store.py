@@ -251,7 +251,7 @@ class RunStore:
     """One run directory."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(path).expanduser()  # `~/runs/x` from a Python caller, as the config reads it
         self._lock: RunLock | None = None
 
     @property

@@ -27,3 +27,35 @@ def test_a_fresh_run_in_a_reused_directory_drops_the_old_runs_report(tmp_path):
         assert (out / "config.yaml").is_file()
     finally:
         store.close()
+
+
+def test_a_tilde_in_output_dir_and_path_arguments_is_the_home_folder(tiny_bert, intent_data, tmp_path,
+                                                                       monkeypatch):
+    import json
+
+    from loratune import api
+
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    (home / "cfg.yaml").write_text("output_dir: ~/runs/latest\nmax_steps: 4\n", encoding="utf-8")
+    from support import overrides
+
+    given = [o for o in overrides(tiny_bert, intent_data, tmp_path / "unused", max_steps=4, eval_steps=2)
+             if not o.startswith(("output_dir=", "max_steps="))]
+    cfg = api.load_config("~/cfg.yaml", [*given, "num_threads=1"])  # the config file itself under ~ too
+    assert cfg.train.output_dir == str(home / "runs" / "latest")
+    assert api.load_config(None, ["output_dir=~/x"]).train.output_dir == str(home / "x")
+    run = api.train(cfg, progress=False)
+    assert run["status"] == "completed"
+    assert not (cwd / "~").exists()  # no folder literally named `~` in the current one
+    assert (home / "runs" / "latest" / "run.json").is_file()
+    recorded = json.loads((home / "runs" / "latest" / "run.json").read_text(encoding="utf-8"))
+    assert "~" not in json.dumps(recorded)
+    assert api.diagnose("~/runs/latest").verdict
+    assert len(api.predict("~/runs/latest", ["lost my card"])) == 1
+    assert "accuracy" in json.dumps(api.evaluate("~/runs/latest", split="validation"))
+    assert api.report("~/runs/latest", "~/r.html", examples=False) == home / "r.html"
+    assert (home / "r.html").is_file()

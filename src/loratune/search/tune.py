@@ -73,7 +73,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         raise UserError(f"unknown strategy '{options.strategy}'", f"use one of {', '.join(STRATEGIES)}")
     if options.budget is not None:
         Budget.parse(options.budget)  # a typo fails before anything loads
-    study_dir = Path(options.study_dir)
+    study_dir = Path(options.study_dir).expanduser()  # `~/studies/x`, as a config's paths read it
     target, metric = options.settings.target, cfg.train.metric_for_best_model
     # every objective but a val loss is a share (objectives.OBJECTIVES); a causal-lm run's auto is its val loss
     # unless it generates labels (sft.AUTO_OBJECTIVE)
