@@ -15,6 +15,8 @@ Everything but `train`, `tune`, `predict`, `evaluate` and a probing `assess` run
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -194,23 +196,41 @@ def diagnose(run: str | Path, *, thresholds: Mapping[str, float] | None = None):
 
     if isinstance(run, (list, tuple)):
         raise UserError("api.diagnose reads one run; several runs are compared", "api.compare([run_a, run_b, ...])")
+    return _diagnose(_run(run, "run"), thresholds=_thresholds(thresholds))
+
+
+def _thresholds(thresholds: Any) -> Mapping[str, float] | None:
+    """diagnose's and compare's `thresholds`: None or a mapping, else a UserError."""
+    from loratune.errors import UserError
+
     if thresholds is not None and not isinstance(thresholds, Mapping):
         raise UserError(f"thresholds: a mapping of rule threshold names to values, not {thresholds!r:.60}",
                         "e.g. thresholds={'val_loss_rise_min': 0.15} (names from `loratune rules`)")
+    return thresholds
+
+
+def _run(run: Any, what: str):
+    """One run to diagnose: a RunHistory as it is, else a folder or file path (`_path`)."""
     from loratune.history_io import RunHistory
 
-    return _diagnose(run if isinstance(run, RunHistory) else _path(run, "run"), thresholds=thresholds)
+    return run if isinstance(run, RunHistory) else _path(run, what)
 
 
 def compare(runs: Sequence[str | Path], *, thresholds: Mapping[str, float] | None = None):
     """What two or more runs that differ in one knob say together (`loratune diagnose RUN RUN ...`)."""
+    from collections.abc import Iterable
+
     from loratune.diagnose import compare as _compare
     from loratune.errors import UserError
 
-    if isinstance(runs, (str, Path)) or len(list(runs)) < 2:
-        raise UserError(f"compare needs two or more runs, got {runs!r}",
-                        "give a list of run folders that differ in one knob, e.g. compare([run_a, run_b])")
-    return _compare(list(runs), thresholds=thresholds)
+    fix = "give a list of run folders that differ in one knob, e.g. compare([run_a, run_b])"
+    if isinstance(runs, (str, Path, bytes)) or not isinstance(runs, Iterable):
+        raise UserError(f"compare needs two or more runs, got {type(runs).__name__} {runs!r:.60}", fix)
+    runs = list(runs)  # once: a generator read twice is empty the second time
+    if len(runs) < 2:
+        raise UserError(f"compare needs two or more runs, got {len(runs)}: {runs!r:.60}", fix)
+    runs = [_run(r, f"runs[{i}]") for i, r in enumerate(runs)]
+    return _compare(runs, thresholds=_thresholds(thresholds))
 
 
 def report(path: str | Path, out: str | Path | None = None, *, examples: bool = True) -> Path:
@@ -240,6 +260,13 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
 
     if isinstance(fixed, str) or isinstance(arms, str):  # a str would be read one character at a time
         raise UserError("fixed and arms: lists of names, not a string", "e.g. fixed=['r'], arms=['dora']")
+    set_here = {"budget", "strategy", "study_dir", "resume", "explicit_keys", "user_point", "settings"}
+    passable = sorted(f.name for f in dataclasses.fields(TuneOptions) if f.name not in set_here)
+    unknown = sorted(set(options) - set(passable))
+    if unknown:  # TuneOptions' own TypeError named neither what it takes nor where it came from
+        named = sorted(set(inspect.signature(tune).parameters) - {"cfg", "options"})
+        raise UserError(f"api.tune got unknown keyword argument(s) {', '.join(map(repr, unknown))}",
+                        f"its keywords: {', '.join(named)}; TuneOptions fields: {', '.join(passable)}")
     keys = tuple(sorted(resolve_key(k) for k in fixed))
     flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
     opts = TuneOptions(budget=budget, strategy=strategy, study_dir=str(study_dir), resume=resume,

@@ -59,3 +59,40 @@ def test_a_tilde_in_output_dir_and_path_arguments_is_the_home_folder(tiny_bert, 
     assert "accuracy" in json.dumps(api.evaluate("~/runs/latest", split="validation"))
     assert api.report("~/runs/latest", "~/r.html", examples=False) == home / "r.html"
     assert (home / "r.html").is_file()
+
+
+RUNS = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "runs"
+
+
+@pytest.mark.parametrize("call, said", [
+    (lambda api: api.compare([1, 2]), "runs[0]: a folder path (str or Path), not int 1"),
+    (lambda api: api.compare([str(RUNS / "lrsmall-b77-1e-6")] * 2, thresholds=5), "thresholds: a mapping"),
+    (lambda api: api.compare(x for x in [str(RUNS / "lrsmall-b77-1e-6")]), "two or more runs, got 1"),
+    (lambda api: api.compare(7), "two or more runs, got int 7"),
+])
+def test_compare_checks_its_input_as_diagnose_does(call, said):
+    from loratune import api
+    from loratune.errors import UserError
+
+    with pytest.raises(UserError) as exc:
+        call(api)
+    assert said in str(exc.value)
+
+
+def test_compare_reads_a_generator_of_runs_once():
+    from loratune import api
+
+    names = ("lrsmall-b77-1e-6", "lrsmall-b77-3e-6")
+    c = api.compare(str(RUNS / n) for n in names)
+    assert c.runs == names  # (the generator was consumed by the length check: an empty comparison)
+
+
+def test_tune_names_an_unknown_keyword_and_the_known_ones(tmp_path):
+    from loratune import api
+    from loratune.errors import UserError
+
+    with pytest.raises(UserError) as exc:
+        api.tune(api.load_config(None, []), study_dir=tmp_path / "s", foo=1)
+    text = str(exc.value)
+    assert "'foo'" in text and "study_name" in text and "budget" in text and "trial_steps" in text
+    assert not (tmp_path / "s").exists()
