@@ -96,3 +96,15 @@ def test_tune_names_an_unknown_keyword_and_the_known_ones(tmp_path):
     text = str(exc.value)
     assert "'foo'" in text and "study_name" in text and "budget" in text and "trial_steps" in text
     assert not (tmp_path / "s").exists()
+
+
+def test_a_refused_resume_leaves_nothing_behind(tmp_path, capsys):
+    new = tmp_path / "ns2" / "deeper"  # folders the refused call would make
+    assert main(["tune", "--resume", "--study-dir", str(new)]) == 2
+    assert "no study named 'loratune'" in _flat(capsys.readouterr().err)
+    assert not (tmp_path / "ns2").exists()  # (a study.db that `show` read as an unfinished study of 0 trials)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("mine", encoding="utf-8")
+    assert main(["tune", "--resume", "--study-dir", str(empty)]) == 2
+    assert sorted(p.name for p in empty.iterdir()) == ["notes.txt"]  # a folder the user had stays, as it was

@@ -203,6 +203,19 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
+def _remove_made(db: Path | None, folders: list[Path]) -> None:
+    """Remove a SQLite file (and its journals) and the folders (deepest first) that a refused open made; a folder
+    that holds anything else stays."""
+    if db is not None:
+        for f in (db, *(db.with_name(db.name + s) for s in ("-journal", "-wal", "-shm"))):
+            f.unlink(missing_ok=True)
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 class DecisionLog:
     """Append-only, fsync'd JSON lines. Each decision has a `seq`; a replay (resume) that takes the
     same decisions again does not write them twice."""
@@ -313,6 +326,13 @@ class Study:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study_dir = Path(study_dir)
         check_output_dir(study_dir, "--study-dir", "--study-dir runs/tune")
+        url = storage or sqlite_url(study_dir / STUDY_DB)
+        # what a refused call made goes again: `--resume` of a missing study left a study.db that `loratune show`
+        # read as an unfinished study of 0 trials. Only the folders it made and the default study.db that the lock
+        # below guards (a --storage may be another's, and a worker holds no lock)
+        made = [p for p in (study_dir, *study_dir.parents) if not p.exists()]  # deepest first
+        db = study_dir / STUDY_DB
+        fresh_db = db if storage is None and not worker and not db.exists() else None
         study_dir.mkdir(parents=True, exist_ok=True)
         lock = None
         if not worker:  # workers join the leader's study; only the leader holds the directory
@@ -321,8 +341,8 @@ class Study:
                 "wait for it to finish or stop it (Ctrl-C / kill), then `loratune tune --resume`; to add a worker "
                 f"to it: `loratune tune --worker --study-dir {study_dir}`"))
             lock.acquire()
+        study = None
         try:
-            url = storage or sqlite_url(study_dir / STUDY_DB)
             if worker and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
                 raise UserError(f"no study in {study_dir} to work on ({url[len('sqlite:///'):]} does not exist)",
                                 "start it first with `loratune tune` (same --study-dir / --storage); workers join "
@@ -383,6 +403,8 @@ class Study:
         except BaseException:
             if lock is not None:
                 lock.release()
+            if study is None:  # refused (or failed) before a study was made: nothing of this call's is worth keeping
+                _remove_made(fresh_db, made)
             raise
         self._lock = lock
         if worker:
