@@ -72,6 +72,43 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     return again
 
 
+class _ReaderMayLeave:
+    """sys.stdout / sys.stderr for one command: once the reader of the stream is gone (`loratune train ... | head -1`)
+    what is written to it is dropped and the command runs on to its end, so it exits with its own code (a completed
+    run exited 1, which says the run failed, when the pipe closed before its summary was printed)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text):
+        if not self.gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._reader_left()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._reader_left()
+
+    def _reader_left(self) -> None:
+        import os
+
+        self.gone = True
+        try:  # what is still buffered goes nowhere, and Python's flush at exit raises no second error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError):  # a stream with no file descriptor (a test's capture)
+            pass
+
+    def __getattr__(self, name):  # isatty, encoding, fileno ... as the stream answers them
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -85,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from loratune import signals
 
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     try:
         with signals.sigterm_as_interrupt():  # SIGTERM ends a command like Ctrl-C (exit 143, not 130)
             return int(args.func(args) or 0)
@@ -94,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"loratune {args.command}: {signals.describe(exc)}", file=sys.stderr)
         return signals.exit_code(exc)
-    except BrokenPipeError:  # `loratune report --json | head`: the reader left; end quietly (Python's own recipe)
+    except BrokenPipeError:  # output that went round sys.stdout to a reader that left: end quietly (Python's recipe)
         import os
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when stdout is flushed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), streams[0].fileno())  # no second error when stdout is flushed
         return 1
+    finally:
+        sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -108,3 +108,35 @@ def test_a_refused_resume_leaves_nothing_behind(tmp_path, capsys):
     (empty / "notes.txt").write_text("mine", encoding="utf-8")
     assert main(["tune", "--resume", "--study-dir", str(empty)]) == 2
     assert sorted(p.name for p in empty.iterdir()) == ["notes.txt"]  # a folder the user had stays, as it was
+
+
+def test_a_closed_pipe_does_not_turn_a_completed_train_into_a_failure(tiny_bert, intent_data, tmp_path,
+                                                                      monkeypatch):
+    """`loratune train ... | head -1`: the reader leaves before the summary; the run completed, so the exit is 0."""
+    import io
+    import json
+    import sys
+
+    from support import overrides
+
+    class Gone(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", Gone())
+    out = tmp_path / "bp1"
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out), "num_threads=1"]) == 0
+    assert json.loads((out / "run.json").read_text(encoding="utf-8"))["status"] == "completed"
+
+
+def test_a_closed_pipe_exits_with_the_commands_own_code():
+    """The same in a real pipe whose read end is closed (`loratune diagnose RUN | head -1`), with no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "loratune.cli", "diagnose", str(RUNS / "lrsmall-b77-1e-6")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
