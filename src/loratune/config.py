@@ -20,7 +20,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from loratune.errors import ConfigError, UserError
+from loratune.errors import ConfigError, UserError, require_file
 from loratune.objectives import CLASSIFIER_METRICS, METRIC_CHOICES, lm_metrics
 
 EMBEDDED_MODEL = "embedded:minilm"
@@ -318,8 +318,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     overrides = overrides or ()
     if path is not None:
         p = Path(path).expanduser()
-        if not p.is_file():
-            raise UserError(f"config file '{p}' does not exist", "give the path of a YAML file")
+        require_file(p, "config file", "give the path of a YAML file")
         try:
             loaded = load_yaml(p.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
-from loratune.errors import UserError
+from loratune.errors import UserError, require_file
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 SPLIT_NAMES = {
@@ -95,8 +95,7 @@ def embedded_data_dir() -> Path:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of one file as dicts. Format from the suffix."""
-    if not path.is_file():
-        raise UserError(f"data file '{path}' does not exist", "check the path (data.train_file / dataset_name)")
+    require_file(path, "data file", "check the path (data.train_file / dataset_name)")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise UserError(f"data file '{path}' has suffix '{suffix}'",

@@ -29,3 +29,12 @@ class ScoresNotRecorded(UserError):
         self.scores = scores
         super().__init__(f"the scores could not be written into '{path}' ({exc.strerror or exc})",
                          "they are shown above; copy the run to a writable place to keep them in its record")
+
+
+def require_file(path, what: str, fix: str) -> None:
+    """A UserError unless `path` (a pathlib.Path) is a regular file, saying what it is instead: `-c .` and
+    `--file /dev/null` were said not to exist."""
+    if path.is_file():
+        return
+    state = "does not exist" if not path.exists() else "is a directory" if path.is_dir() else "is not a regular file"
+    raise UserError(f"{what} '{path}' {state}", fix)

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterator, Mapping, Union
 
-from loratune.errors import UserError
+from loratune.errors import UserError, require_file
 from loratune.features import COMPARE_FEATURES, FEATURES, format_value
 from loratune.moves import is_move
 
@@ -1292,8 +1292,7 @@ def load_thresholds(path: str | Path | None) -> dict[str, float]:
     import yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"thresholds file '{p}' does not exist", "give a YAML file of `name: value` lines")
+    require_file(p, "thresholds file", "give a YAML file of `name: value` lines")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -140,3 +140,17 @@ def test_a_closed_pipe_exits_with_the_commands_own_code():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["train", "-c", "{dir}"], "config file '{dir}' is a directory"),
+    (["train", "-c", "/dev/null"], "config file '/dev/null' is not a regular file"),
+    (["predict", "{run}", "--file", "/dev/null"], "file '/dev/null' is not a regular file"),
+    (["predict", "{run}", "--file", "{dir}"], "file '{dir}' is a directory"),
+    (["predict", "{run}", "--file", "{dir}/none.txt"], "file '{dir}/none.txt' does not exist"),
+])
+def test_a_path_that_is_no_regular_file_is_named_for_what_it_is(argv, said, tmp_path, capsys):
+    run = RUNS / "lrsmall-b77-1e-6"
+    fill = {"dir": str(tmp_path), "run": str(run)}
+    assert main([a.format(**fill) for a in argv]) == 2
+    assert said.format(**fill) in _flat(capsys.readouterr().err)

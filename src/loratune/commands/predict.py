@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loratune.commands._common import console, print_json, safe
-from loratune.errors import UserError
+from loratune.errors import UserError, require_file
 
 
 def register(sub) -> None:
@@ -34,8 +34,7 @@ def read_texts(path: str, column: str = "text") -> list[str]:
         for n, r in enumerate(rows, start=1):
             check_characters(r[column], f"'{p}' row {n}")
         return [r[column] for r in rows]
-    if not p.is_file():
-        raise UserError(f"file '{p}' does not exist", "give a text file with one text per line")
+    require_file(p, "file", "give a text file with one text per line")
     from loratune.data import decode_utf8
 
     try:
