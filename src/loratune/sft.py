@@ -68,7 +68,7 @@ from loratune.trackers import require as require_trackers
 from loratune.train import (STEP0_SPLITS, RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged,
                             eval_batches, eval_budget_rows, first_writes, fresh_loss, history_point, loss_points_every,
                             output_error, peak_memory_mb, plan_steps, record_save_failure, seed_everything, timed,
-                            train_log_every, utc_now, versions)
+                            torch_threads, train_log_every, utc_now, versions)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -573,6 +573,12 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
               callback: TrainCallback | None = None) -> dict:
     """Train one causal-lm run and write its record into `store`. Returns the final run.json content.
     `callback`: as train.train's (train.TrainCallback: `loratune tune` prunes and stops trials through it)."""
+    with torch_threads():  # the thread count the run (or its rank's share of the cores) sets ends with it
+        return _train_sft(cfg, dataset, store, progress=progress, callback=callback)
+
+
+def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress: bool,
+               callback: TrainCallback | None) -> dict:
     from loratune.sft_data import check_trainable
 
     check_trainable(dataset)

@@ -626,10 +626,29 @@ class TrainCallback(Protocol):
         val-loss-only points between its full ones (loss_points_every) are not reported here."""
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None = None):
+    """torch's thread count set to `n` (None: left as it is) inside the block, and back to what it was after it: a
+    Python caller's own torch.set_num_threads outlives a run (api.train left every core set) or an embedding."""
+    before = torch.get_num_threads()
+    try:
+        if n:
+            torch.set_num_threads(n)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool = True,
           callback: TrainCallback | None = None) -> dict:
     """Train one run and write its record into `store`. Returns the final run.json content. `callback`:
     see TrainCallback."""
+    with torch_threads():  # the thread count the run sets ends with it
+        return _train(cfg, dataset, store, progress=progress, callback=callback)
+
+
+def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
+           callback: TrainCallback | None) -> dict:
     from loratune.data import check_trainable
 
     check_trainable(dataset)  # empty texts, an empty validation split: a UserError before any model loads

@@ -154,3 +154,36 @@ def test_a_path_that_is_no_regular_file_is_named_for_what_it_is(argv, said, tmp_
     fill = {"dir": str(tmp_path), "run": str(run)}
     assert main([a.format(**fill) for a in argv]) == 2
     assert said.format(**fill) in _flat(capsys.readouterr().err)
+
+
+def test_api_train_leaves_the_callers_threads_env_and_progress_bars_as_they_were(tiny_bert, intent_data, tmp_path,
+                                                                                 monkeypatch):
+    import os
+
+    import torch
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    from loratune import api
+    from loratune.train import cpu_cores
+
+    from support import overrides
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    before = torch.get_num_threads()
+    hf_logging.disable_progress_bar()  # the caller's choice: bars off (the run turned them on again)
+    try:
+        torch.set_num_threads(1)
+        cfg = api.load_config(None, overrides(tiny_bert, intent_data, tmp_path / "run", max_steps=4, eval_steps=2))
+        assert cfg.train.num_threads is None and cpu_cores() > 1  # the run sets every core
+        assert api.train(cfg, progress=False)["threads"] == cpu_cores()
+        assert torch.get_num_threads() == 1
+        assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+        assert not hf_logging.is_progress_bar_enabled() and hub_utils.are_progress_bars_disabled()
+        hf_logging.enable_progress_bar()  # and bars on stay on
+        api.train(api.load_config(None, overrides(tiny_bert, intent_data, tmp_path / "run2", max_steps=2,
+                                                   eval_steps=2, num_threads=1)), progress=False)
+        assert hf_logging.is_progress_bar_enabled() and not hub_utils.are_progress_bars_disabled()
+    finally:
+        torch.set_num_threads(before)
+        hf_logging.enable_progress_bar()
