@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 from loratune.config import AdapterConfig, parse_layers
 from loratune.errors import UserError
-from loratune.precision import full_weight
+from loratune.precision import full_weight, under
 
 # model_type -> block prefix regex (group 1 = layer index) and group -> module name inside a block.
 _BERT_LIKE = {
@@ -76,11 +76,15 @@ ALIASES = {
     "ffn": ("ffn.gate", "ffn.in", "ffn.out"),
 }
 GROUPS = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.in", "ffn.out", "ffn.gate")
-# The classification head, trained and saved with every adapter (peft modules_to_save). BERT-family
-# heads start at the pooler (dense + tanh over [CLS]); all-MiniLM-L6-v2's pooler was never trained for
-# classification, and freezing it cost 0.21 val macro-F1 on the BANKING77 demo at 150 steps.
+# The classification head, trained and saved with every adapter (peft modules_to_save), is every module the
+# classifier class adds on top of its base model (what a base checkpoint lacks: BERT's `classifier`, DistilBERT's
+# `pre_classifier` and `classifier`, ModernBERT's `head` and `classifier`, Llama's `score`), plus the base model's
+# own children named here. BERT-family heads start at the pooler (dense + tanh over [CLS]); all-MiniLM-L6-v2's
+# pooler was never trained for classification, and freezing it cost 0.21 val macro-F1 on the BANKING77 demo at
+# 150 steps.
+BASE_HEAD_PARTS = ("pooler",)
+# A model without a base model (no `base_model_prefix` child): its head is found by these last name parts.
 HEAD_NAMES = ("classifier", "score", "pooler")
-
 
 @dataclass(frozen=True)
 class LinearSite:
@@ -206,8 +210,24 @@ def resolve_targets(model, adapter: AdapterConfig) -> list[LinearSite]:
 
 
 def head_modules(model) -> list[str]:
-    names = {n.split(".")[-1] for n, _ in model.named_modules()}
-    return [h for h in HEAD_NAMES if h in names]
+    """The classification head: module paths inside the transformers model (`transformers_model`), e.g.
+    ['bert.pooler', 'classifier']. Every name test of "is this the head" goes through `precision.under` with these
+    paths, so training, saving (modules_to_save), parameter counts and precision agree on one head."""
+    model = transformers_model(model)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    base = getattr(model, prefix, None) if prefix else None
+    if base is None or base is model or not hasattr(base, "named_children"):
+        found = {n: n.split(".")[-1] for n, _ in model.named_modules() if n}
+        outer = [n for n, last in found.items() if last in HEAD_NAMES]
+        return [n for n in outer if not any(n.startswith(o + ".") for o in outer)]
+
+    def has_params(mod) -> bool:
+        return any(True for _ in mod.parameters())
+
+    heads = [name for name, child in model.named_children() if child is not base and has_params(child)]
+    heads += [f"{prefix}.{name}" for name, child in base.named_children()
+              if name in BASE_HEAD_PARTS and has_params(child)]
+    return sorted(heads)
 
 
 def _init_arg(choice: str):
@@ -308,11 +328,11 @@ def warm_start(model, method: str, path: str) -> str:
 def count_params(model, sites: list[LinearSite], method: str) -> ParamCount:
     """Parameter counts of a wrapped model (works on the meta device too)."""
     total = trainable = adapter = head = 0
-    head_names = set(HEAD_NAMES)
+    heads = head_modules(model)
     for name, p in model.named_parameters():
         n = p.numel()
         parts = name.split(".")
-        is_head = any(h in parts for h in head_names) and "original_module" not in parts
+        is_head = under(name, heads) and "original_module" not in parts
         is_lora = ("lora_A" in parts or "lora_B" in parts or "lora_embedding_A" in parts
                    or "lora_magnitude_vector" in parts)  # DoRA's trained magnitude is part of the adapter
         if "original_module" in parts:  # peft keeps a frozen copy of the head; not part of the model proper

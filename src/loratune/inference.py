@@ -94,9 +94,10 @@ def load_trained(run_dir: str | Path) -> Trained:
 
     pooled_block.attach(model, cfg.train.pooled_last_block)  # the logits of the full forward, with less work
     decoding = Decoding.from_dict(label_map.get("decoding"), space.labels) if space.multi_label else None
-    from loratune.adapt import HEAD_NAMES
+    from loratune.adapt import head_modules
 
-    return Trained(model, tokenizer, space, cfg, device, decoding, eval_precision(cfg, model, device, HEAD_NAMES))
+    return Trained(model, tokenizer, space, cfg, device, decoding,
+                   eval_precision(cfg, model, device, head_modules(model)))
 
 
 def refuse_while_training(store: RunStore) -> dict:

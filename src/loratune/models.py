@@ -112,8 +112,30 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
-def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2label: dict[int, str] | None = None):
-    """AutoModelForSequenceClassification with a fresh head of `num_labels` outputs."""
+def align_pad_token_id(model, pad_token_id: int | None) -> str | None:
+    """Give the model's config the pad id loratune pads with. A decoder classifier pools the last token that is not
+    its config's pad id: a config.json pad id the tokenizer never writes (loratune pads with eos when the tokenizer
+    has no pad token) made it pool padding, so a text's prediction changed with its batch-mates. Returns a note when
+    a different id was overridden (None when it agreed, was unset, or there is no id to give)."""
+    if pad_token_id is None:
+        return None
+    old = getattr(model.config, "pad_token_id", None)
+    model.config.pad_token_id = pad_token_id
+    if old is None or old == pad_token_id:
+        return None
+    return (f"config.json's pad_token_id {old} replaced by {pad_token_id}, the id the tokenizer pads with (a "
+            "decoder's head pools the last token that is not the pad id)")
+
+
+# The note align_pad_token_id gave when loading a classifier, kept on the model object (never in its saved config).
+PAD_NOTE_ATTR = "loratune_pad_note"
+
+
+def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2label: dict[int, str] | None = None,
+                    pad_token_id: int | None = None):
+    """AutoModelForSequenceClassification with a fresh head of `num_labels` outputs, its config's pad id the one
+    loratune pads with: `pad_token_id`, else the tokenizer's (`align_pad_token_id`; its note, if any, is the model's
+    PAD_NOTE_ATTR)."""
     from transformers import AutoModelForSequenceClassification
 
     src = resolve_model(cfg)
@@ -137,10 +159,9 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
         raise _hub_error(src, exc) from None
     except Exception as exc:
         raise _hub_error(src, exc) from None
-    if getattr(model.config, "pad_token_id", None) is None:
-        # Decoders pool the last non-pad token and need a pad id; use the tokenizer's choice.
-        tok = load_tokenizer(cfg)
-        model.config.pad_token_id = tok.pad_token_id
+    if pad_token_id is None:
+        pad_token_id = load_tokenizer(cfg).pad_token_id
+    setattr(model, PAD_NOTE_ATTR, align_pad_token_id(model, pad_token_id))
     return model
 
 
@@ -336,8 +357,10 @@ def load_saved(adapter_dir: str | Path, cfg: ModelConfig, labels: tuple[str, ...
     if (adapter_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = load_classifier(cfg, len(labels), multi_label, dict(enumerate(labels)))
+        base = load_classifier(cfg, len(labels), multi_label, dict(enumerate(labels)), tokenizer.pad_token_id)
         return PeftModel.from_pretrained(base, adapter_dir), tokenizer
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(adapter_dir), tokenizer
+    model = AutoModelForSequenceClassification.from_pretrained(adapter_dir)
+    align_pad_token_id(model, tokenizer.pad_token_id)  # a run saved before the pad id was aligned in training
+    return model, tokenizer

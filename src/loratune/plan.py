@@ -551,7 +551,7 @@ def check_rank(r: int, option: str, limit: int | None) -> None:
 def shape_of(model, task: str) -> ModelShape:
     import torch.nn as nn
 
-    from loratune.adapt import HEAD_NAMES, available_targets, num_blocks, resolve_targets
+    from loratune.adapt import available_targets, head_modules, num_blocks, resolve_targets
     from loratune.config import AdapterConfig
 
     cfg = model.config
@@ -560,7 +560,10 @@ def shape_of(model, task: str) -> ModelShape:
     blocks = resolve_targets(model, AdapterConfig(target_modules=("all-linear",)))
     head = 0
     if task == "classification":
-        head = sum(p.numel() for n, p in model.named_parameters() if set(n.split(".")) & set(HEAD_NAMES))
+        from loratune.precision import under
+
+        heads = head_modules(model)
+        head = sum(p.numel() for n, p in model.named_parameters() if under(n, heads))
     avail = available_targets(model)
     gated = "ffn.gate" in avail["groups"] or any("gate" in r for r in avail["raw"])
     heads = getattr(cfg, "num_attention_heads", None)

@@ -134,6 +134,19 @@ def adapter_inputs_as_is(model) -> int:
     return changed
 
 
+# What a peft wrapper puts before the transformers model's own module and parameter names.
+PEFT_PREFIX = "base_model.model."
+
+
+def under(name: str, paths: Iterable[str]) -> bool:
+    """True when the module or parameter `name` (of a transformers model, or of a peft model wrapping one) is one of
+    the modules at `paths` (paths inside the transformers model: 'classifier', 'bert.pooler', 'lm_head') or inside
+    one. Anchored at the model's top: a block's own module that shares a head's name is not the head."""
+    if name.startswith(PEFT_PREFIX):
+        name = name[len(PEFT_PREFIX):]
+    return any(name == p or name.startswith(p + ".") for p in paths)
+
+
 # Name parts of the modules a peft adapter adds (lora_A, lora_B, lora_embedding_A, ..., and modules_to_save's
 # trained copies): never held in bf16 by frozen_weights_in_bf16.
 ADAPTER_PARTS = ("lora_", "modules_to_save")
@@ -153,13 +166,13 @@ def frozen_weights_in_bf16(model, head_names: Iterable[str], skip: Iterable = ()
     the products are the same and the cast is paid once (bench/results/levers.md). Only for a model whose every
     forward through those layers runs under autocast. A LoRA layer's base weight keeps its float32 original beside
     it for evaluation's merge (`full_weight`), unless `keep_full` is False (a caller that never merges). Not the
-    head's (modules under a name part in `head_names`, float32 by `head_in_fp32`), not an adapter's own
+    head's (the modules at the paths `head_names` and inside them, `under`; float32 by `head_in_fp32`), not an adapter's own
     (ADAPTER_PARTS), not a DoRA or other variant layer's base, not the modules in `skip` or inside them (a part some
     forward runs outside autocast), not a weight shared with another module (an output projection tied to the
     embeddings). Returns how many layers changed."""
     import torch
 
-    heads = set(head_names)
+    heads = tuple(head_names)
     # a DoRA (or other variant) layer reads its base weight itself (DoRA's column norms of W + scaling * B @ A), not
     # only through an autocast matmul: its base layer stays float32, as adapter_inputs_as_is leaves its input cast
     variants = [m.base_layer for m in model.modules() if _variant_layer(m) and hasattr(m, "base_layer")]
@@ -171,7 +184,7 @@ def frozen_weights_in_bf16(model, head_names: Iterable[str], skip: Iterable = ()
     changed = 0
     for name, mod in model.named_modules():
         parts = name.split(".")
-        if not isinstance(mod, torch.nn.Linear) or id(mod) in skipped or any(part in heads for part in parts) \
+        if not isinstance(mod, torch.nn.Linear) or id(mod) in skipped or under(name, heads) \
                 or any(part.startswith(ADAPTER_PARTS) for part in parts):
             continue
         w = mod.weight
@@ -208,15 +221,15 @@ def record(precision: Precision, inputs_as_is: int, frozen_bf16: int = 0) -> dic
 
 
 def head_in_fp32(model, head_names: Iterable[str], device_type: str) -> list[str]:
-    """Make the head modules (the outermost modules whose last name part is in `head_names`) run in
+    """Make the head modules (the modules at the paths `head_names`, see `under`) run in
     float32 under autocast: their tensor inputs are cast to float32 and autocast is off inside them.
     Returns the module names changed. A no-op for float32 runs (nothing is autocast)."""
     import torch
 
-    names = set(head_names)
+    names = tuple(head_names)
     done: list[str] = []
     for name, mod in model.named_modules():
-        if not name or name.rsplit(".", 1)[-1] not in names:
+        if not name or not under(name, names):
             continue
         if any(name.startswith(d + ".") for d in done):
             continue  # inside a head already wrapped (peft's ModulesToSaveWrapper holds a copy)

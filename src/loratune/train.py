@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from loratune import __version__, kernels, openmp, pooled_block, precision as precision_mod, prefix_cache, signals
-from loratune.adapt import HEAD_NAMES, apply_adapter, count_params, num_layers, warm_start
+from loratune.adapt import apply_adapter, count_params, head_modules, num_layers, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
 from loratune.errors import UserError
@@ -44,7 +44,7 @@ from loratune.eval_extras import EvalExtras
 from loratune.losses import LossSpec, compute_loss, loss_spec
 from loratune.metrics import (Decoding, crossfit_thresholds, decode, multi_label_scores, sigmoid,
                               single_label_scores, tune_thresholds)
-from loratune.models import load_classifier, load_tokenizer, resolve_model
+from loratune.models import PAD_NOTE_ATTR, load_classifier, load_tokenizer, resolve_model
 from loratune.store import LABEL_MAP, RunStore, write_json
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
@@ -285,12 +285,13 @@ def score_split(prefix: str, logits: np.ndarray, enc: Encoded, space: LabelSpace
 
 def build_optimizer(model, cfg: RunConfig, steps: int, device):
     """AdamW; no weight decay on biases and norms. Warmup then linear/cosine decay (or constant).
-    `head_learning_rate` gives the classification head (adapt.HEAD_NAMES) its own peak lr, on the
+    `head_learning_rate` gives the classification head (adapt.head_modules) its own peak lr, on the
     same schedule; `optimizer: loraplus` gives the LoRA B matrices learning_rate x loraplus_lr_ratio."""
     from transformers import get_scheduler
 
-    from loratune.adapt import HEAD_NAMES
+    from loratune.precision import under
 
+    heads = head_modules(model)
     head_lr = cfg.train.head_learning_rate
     buckets: dict[tuple[bool, bool], list] = {(d, h): [] for d in (True, False) for h in (False, True)}
     b_side: list = []  # LoRA+: the B matrices, at learning_rate x loraplus_lr_ratio
@@ -302,7 +303,7 @@ def build_optimizer(model, cfg: RunConfig, steps: int, device):
         if loraplus and ("lora_B" in parts or "lora_embedding_B" in parts):
             b_side.append(p)
             continue
-        is_head = head_lr is not None and any(h in parts for h in HEAD_NAMES)
+        is_head = head_lr is not None and under(name, heads)
         buckets[(not (p.ndim < 2 or "norm" in name.lower()), is_head)].append(p)
     groups = [{"params": params, "weight_decay": cfg.train.weight_decay if decay else 0.0,
                **({"lr": head_lr} if is_head else {})}
@@ -666,14 +667,15 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
 
     with timed(timing, "load_model"):
         tokenizer = load_tokenizer(cfg.model)
-        base = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)))
+        base = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)),
+                               tokenizer.pad_token_id)
         model, sites = apply_adapter(base, cfg.adapter)
         warm = warm_start(model, cfg.adapter.method, cfg.train.init_from) if cfg.train.init_from else None
     model.to(device)
     model.train()
     inputs_as_is = 0
     if autocast:
-        precision_mod.head_in_fp32(model, HEAD_NAMES, device.type)
+        precision_mod.head_in_fp32(model, head_modules(model), device.type)
         inputs_as_is = precision_mod.adapter_inputs_as_is(model)  # a bf16 input is not copied to fp32 and back
     dropout = kernels.dropout_record(kernels.uniform_dropout(model, device.type),  # CPU: masks from random 16-bit lanes
                                      kernels.lane_attention(model, device.type))
@@ -697,7 +699,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
     frozen_bf16 = 0
     if autocast:  # after the cache hashed the frozen prefix's weights (the same key as a float32 model's): the
         # prefix's layers too, as the cache computes its states under autocast (prefix_cache.Splice.capture)
-        frozen_bf16 = precision_mod.frozen_weights_in_bf16(model, HEAD_NAMES)
+        frozen_bf16 = precision_mod.frozen_weights_in_bf16(model, head_modules(model))
     with timed(timing, "extras"):
         extras = EvalExtras.build(cfg, dataset, val_enc.targets, val_enc.lengths, val_enc.unseen)
     spec = loss_spec(cfg.train.multi_label_loss, space.multi_label, train_enc.targets, cfg.train.focal_gamma)
@@ -736,7 +738,8 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         "unseen_labels": {("val" if k == "validation" else k): v for k, v in dataset.unseen.items()},
         "data_notes": list(dataset.notes),
         "model": {"name_or_path": cfg.model.name_or_path, "model_type": base.config.model_type,
-                  "num_layers": num_layers(base), "adapted_modules": len(sites)},
+                  "num_layers": num_layers(base), "adapted_modules": len(sites),
+                  "pad_token_id": base.config.pad_token_id, "pad_note": getattr(base, PAD_NOTE_ATTR, None)},
         "method": cfg.adapter.method,
         "params": params.to_dict(),
         "rows": {"train": len(dataset.train), "train_eval": len(sub), "val": len(dataset.validation)},

@@ -243,14 +243,14 @@ def test_under_bf16_the_states_are_computed_in_bf16_and_the_prefix_holds_bf16_we
     cached forward gives the uncached one's logits; the key names the precision, so a float32 run never reads
     states computed in bf16."""
     from loratune import precision as precision_mod
-    from loratune.adapt import HEAD_NAMES
+    from loratune.adapt import head_modules
 
     monkeypatch.setattr(prefix_cache, "STORE_DTYPE", np.float32)
     _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
     full = [predict_logits(model, e, 7, tok.pad_token_id, CPU, True) for e in encs]
     lazy = _attach(model, tok, encs, autocast=True)
     assert lazy["computed_in"] == "bf16" and lazy["splits_built"] == 2
-    assert precision_mod.frozen_weights_in_bf16(model, HEAD_NAMES) == 12  # both blocks' six linear layers
+    assert precision_mod.frozen_weights_in_bf16(model, head_modules(model)) == 12  # both blocks' six linear layers
     query0 = model.base_model.model.bert.encoder.layer[0].attention.self.query
     assert query0.weight.dtype == torch.bfloat16  # block 0 is the cached prefix
     cached = [predict_logits(model, e, 7, tok.pad_token_id, CPU, True) for e in encs]

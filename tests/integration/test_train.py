@@ -282,7 +282,7 @@ def test_precision_is_recorded_and_bf16_keeps_the_head_and_loss_in_float32(tiny_
     """train.precision=bf16 runs (emulated where the CPU lacks bf16) with the head in float32; run.json
     says what ran and why; auto picks what precision.detect says for this machine."""
     from loratune import precision as precision_mod
-    from loratune.adapt import HEAD_NAMES, apply_adapter
+    from loratune.adapt import apply_adapter, head_modules
     from loratune.models import load_classifier
 
     _, run = _train(tiny_bert, intent_data, tmp_path / "bf16", precision="bf16", max_steps=4, eval_steps=2,
@@ -317,7 +317,7 @@ def test_precision_is_recorded_and_bf16_keeps_the_head_and_loss_in_float32(tiny_
 
     cfg = load_config(None, overrides(tiny_bert, intent_data, tmp_path / "x"))
     model, _ = apply_adapter(load_classifier(cfg.model, 4, False), cfg.adapter)
-    wrapped = precision_mod.head_in_fp32(model, HEAD_NAMES, "cpu")
+    wrapped = precision_mod.head_in_fp32(model, head_modules(model), "cpu")
     assert any(n.endswith("classifier") for n in wrapped) and any(n.endswith("pooler") for n in wrapped)
     batch = {"input_ids": torch.tensor([[2, 5, 6, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -422,3 +422,55 @@ def test_the_adapter_card_recipes_name_the_runs_labels(arch, request, intent_dat
     scope = card_recipe(out, {**scope, "print": printed.append}, after="(continuing from the code above):\n\n")
     assert printed and printed[0][0]["label"] in labels
     assert [r["label"] for r in scope["classify"](texts)] == ours
+
+
+def test_modernbert_head_is_trained_and_saved_so_evaluate_repeats_the_run(intent_data, tmp_path):
+    """ModernBERT's classifier adds `head` (dense + norm) before `classifier`: both are the head, trained and saved
+    with the adapter (adapt.head_modules). Left out, `head` was random at every load and evaluate changed each call."""
+    from transformers import ModernBertConfig, ModernBertModel
+
+    from support import _save_tokenizer
+
+    folder = tmp_path / "tiny-modernbert"
+    tok = _save_tokenizer(folder)
+    torch.manual_seed(0)
+    ModernBertModel(ModernBertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3,
+        global_attn_every_n_layers=1, local_attention=16)).save_pretrained(folder)
+    _, run = _train(str(folder), intent_data, tmp_path / "run", target_modules="all-linear", max_steps=8)
+    adapter = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert any(k.startswith("base_model.model.head.dense.") for k in adapter)
+    assert any(k.startswith("base_model.model.head.norm.") for k in adapter)
+    # the head's 32x32 dense + norm weight and the 32x4 classifier + bias
+    assert run["params"]["head"] == 32 * 32 + 32 + 32 * 4 + 4
+    first, second = (api.evaluate(tmp_path / "run", split="validation") for _ in range(2))
+    assert first["val/loss"] == second["val/loss"]
+    assert first["val/loss"] == pytest.approx(run["best"]["val/loss"], rel=1e-5)
+
+
+def test_decoder_pad_id_is_the_one_loratune_pads_with_so_predictions_ignore_batch_mates(intent_data, tmp_path):
+    """A decoder classifier pools the last token that is not config.pad_token_id. A config.json pad id (1) the
+    tokenizer never writes (it has no pad token: loratune pads with eos) made it pool padding: a text's scores moved
+    with a longer batch-mate. Training and loading now give the model the id loratune pads with, and say so."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sft_support import make_tokenizer
+
+    folder = tmp_path / "tiny-llama-pad1"
+    tok = make_tokenizer(chat_template=False)
+    tok.pad_token = None
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                                 pad_token_id=1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                 initializer_range=0.2)).save_pretrained(folder)
+    _, run = _train(str(folder), intent_data, tmp_path / "run", learning_rate=2e-2, max_steps=8, precision="fp32")
+    alone = api.predict(tmp_path / "run", ["lost my card"])[0]
+    longer = "hello hello what is my balance please i want to transfer money to my account now thanks"
+    paired = api.predict(tmp_path / "run", ["lost my card", longer])[0]
+    assert alone["label"] == paired["label"]
+    assert [t["score"] for t in alone["top"]] == pytest.approx([t["score"] for t in paired["top"]], abs=1e-5)
+    assert run["model"]["pad_token_id"] == tok.eos_token_id != 1
+    assert "pad_token_id 1 replaced by" in run["model"]["pad_note"]

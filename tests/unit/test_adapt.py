@@ -117,3 +117,43 @@ def test_params_report_from_bare_config_json(tmp_path):
     lin = rep.targets[1]
     assert lin.modules == 2 * 7
     assert lin.rank_at_10pct <= lin.rank_at_20pct
+
+
+def _tiny_classifier(model_type: str, **kw):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(AutoConfig.for_model(model_type, vocab_size=100, **kw))
+
+
+def test_the_head_is_what_the_classifier_adds_to_its_base_one_definition_for_peft_and_counts():
+    """adapt.head_modules: every module the classifier class adds on top of its base model (plus the base's pooler);
+    peft trains and saves exactly those (modules_to_save) and count_params calls exactly those the head."""
+    from loratune.adapt import apply_adapter, count_params, head_modules
+
+    distil = _tiny_classifier("distilbert", dim=32, n_layers=2, n_heads=2, hidden_dim=64, num_labels=4)
+    assert head_modules(distil) == ["classifier", "pre_classifier"]
+    bert = _tiny_classifier("bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    assert head_modules(bert) == ["bert.pooler", "classifier"]
+    modern = _tiny_classifier("modernbert", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2,
+                              eos_token_id=3, global_attn_every_n_layers=1, local_attention=16)
+    assert head_modules(modern) == ["classifier", "head"]
+
+    model, sites = apply_adapter(distil, AdapterConfig(target_modules=("attn.q", "attn.v"), r=4))
+    counts = count_params(model, sites, "lora")
+    # LoRA r=4 on q and v of 2 layers: 4 x (32 + 32) x 4 = 1,024; head: pre_classifier 32x32+32, classifier 32x4+4
+    assert counts.adapter == 1024
+    assert counts.head == 32 * 32 + 32 + 32 * 4 + 4
+    assert counts.trainable == counts.adapter + counts.head
+    trained_outside_lora = {n.split(".modules_to_save.")[0].removeprefix("base_model.model.")
+                            for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert trained_outside_lora == set(head_modules(model))
+
+
+def test_a_block_module_named_like_a_head_is_not_the_head():
+    from loratune.precision import under
+
+    assert under("base_model.model.head.dense.weight", ["head"]) and under("head", ["head"])
+    assert not under("model.layers.0.attention.self.head.weight", ["head"])
+    assert not under("base_model.model.pre_classifier.weight", ["classifier"])
