@@ -166,8 +166,8 @@ def frozen_weights_in_bf16(model, head_names: Iterable[str], skip: Iterable = ()
     the products are the same and the cast is paid once (bench/results/levers.md). Only for a model whose every
     forward through those layers runs under autocast. A LoRA layer's base weight keeps its float32 original beside
     it for evaluation's merge (`full_weight`), unless `keep_full` is False (a caller that never merges). Not the
-    head's (the modules at the paths `head_names` and inside them, `under`; float32 by `head_in_fp32`), not an adapter's own
-    (ADAPTER_PARTS), not a DoRA or other variant layer's base, not the modules in `skip` or inside them (a part some
+    head's (the modules at the paths `head_names` and inside them, `under`; float32 by `head_in_fp32`), not an
+    adapter's own (ADAPTER_PARTS), not a DoRA or other variant layer's base, not the modules in `skip` or inside them (a part some
     forward runs outside autocast), not a weight shared with another module (an output projection tied to the
     embeddings). Returns how many layers changed."""
     import torch
