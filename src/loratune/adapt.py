@@ -54,6 +54,14 @@ GROUP_TABLE: dict[str, dict[str, str]] = {
         "attn.q": "attention.q_lin", "attn.k": "attention.k_lin", "attn.v": "attention.v_lin",
         "attn.o": "attention.out_lin", "ffn.in": "ffn.lin1", "ffn.out": "ffn.lin2",
     },
+    # ALBERT shares weights across depth: num_hidden_layers applications of num_hidden_groups physical groups
+    # (one, as released). A block here is a group's layer (`albert_layer_groups.G.albert_layers.L.`), indexed by
+    # its group: what holds weights and takes an adapter (`depth` counts the layers run).
+    "albert": {
+        "blocks": r"^(?:.*\.)?encoder\.albert_layer_groups\.(\d+)\.albert_layers\.\d+\.",
+        "attn.q": "attention.query", "attn.k": "attention.key", "attn.v": "attention.value",
+        "attn.o": "attention.dense", "ffn.in": "ffn", "ffn.out": "ffn_output",
+    },
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
@@ -146,6 +154,17 @@ def num_blocks(model) -> int:
     memory and FLOPs scale with."""
     sites, _ = _linear_sites(model)
     return len({s.name[: len(s.name) - len(s.relative)] for s in sites})
+
+
+def depth(model) -> int:
+    """The transformer layers a forward runs: the config's num_hidden_layers where the model reuses fewer physical
+    blocks across it (ALBERT: 12 layers from 1 shared block), else `num_blocks`."""
+    blocks = num_blocks(model)
+    configured = getattr(model.config, "num_hidden_layers", None)
+    if isinstance(configured, int) and not getattr(model.config, "is_encoder_decoder", False) \
+            and 0 < num_layers(model) < configured:
+        return configured
+    return blocks
 
 
 def available_targets(model) -> dict[str, list[str]]:

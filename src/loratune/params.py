@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 from loratune.adapt import resolve_targets
 from loratune.config import AdapterConfig
+from loratune.errors import UserError
 
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DEFAULT_TARGETS = (("attn.q", "attn.v"), ("attn.q", "attn.v", "ffn@top:2"), ("attn",), ("attn", "ffn"), ("all-linear",))
@@ -35,8 +36,10 @@ class ParamsReport:
     model_type: str
     total: int  # whole model (with a 2-way head)
     embeddings: int
-    num_layers: int
+    num_layers: int  # physical blocks (what takes an adapter)
     targets: tuple[TargetParams, ...]
+    depth: int = 0  # layers a forward runs: above num_layers when blocks are shared across depth (ALBERT)
+    skipped: tuple[tuple[str, ...], ...] = ()  # default target sets this model has no layers for
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,18 +78,31 @@ def highest_rank_within_breakeven(adapted_weights: float | None, per_rank: float
     return max(1, math.floor(breakeven_point(adapted_weights, per_rank) * (1 + 1e-9)))
 
 
-def params_report(model, ranks=DEFAULT_RANKS, target_sets=DEFAULT_TARGETS) -> ParamsReport:
+def params_report(model, ranks=DEFAULT_RANKS, target_sets=DEFAULT_TARGETS, skip_unresolved: bool = False,
+                  option: str = "--targets") -> ParamsReport:
+    """The arithmetic per target set. `skip_unresolved` (the default sets, no --targets given): a set this model
+    has no layers for (groups of the table on an architecture outside it) is skipped and named in `skipped`,
+    all-linear never. Otherwise a set that matches no layer is a UserError naming `option`."""
     import torch.nn as nn
 
-    from loratune.adapt import num_layers
+    from loratune.adapt import depth, num_layers
 
     total = sum(p.numel() for p in model.parameters())
     # each embedding matrix once: an encoder-decoder shares one (BART's shared, encoder and decoder embed_tokens)
     emb = sum(w.numel() for w in {id(m.weight): m.weight for m in model.modules()
                                   if isinstance(m, nn.Embedding)}.values())
-    rows = []
+    rows, skipped = [], []
     for targets in target_sets:
-        sites = resolve_targets(model, AdapterConfig(target_modules=tuple(targets)))
+        try:
+            sites = resolve_targets(model, AdapterConfig(target_modules=tuple(targets)))
+        except UserError as exc:
+            if skip_unresolved and tuple(targets) != ("all-linear",):
+                skipped.append(tuple(targets))
+                continue
+            if exc.problem.startswith("adapter.target_modules"):  # a name the user gave: say where they gave it
+                raise UserError(f"{option} {','.join(targets)}: {exc.problem.partition(': ')[2]}",
+                                f"{option}: {exc.fix}") from None
+            raise
         adapted = sum(s.in_features * s.out_features for s in sites)
         per_rank = sum(s.in_features + s.out_features for s in sites)
         per = tuple({"r": r, "lora": r * per_rank, "share_total": r * per_rank / total,
@@ -94,4 +110,5 @@ def params_report(model, ranks=DEFAULT_RANKS, target_sets=DEFAULT_TARGETS) -> Pa
         rows.append(TargetParams(tuple(targets), len(sites), adapted, per_rank, per,
                                  _rank_for(0.10 * total, per_rank), _rank_for(0.20 * total, per_rank),
                                  breakeven_rank(adapted, per_rank) or 0))
-    return ParamsReport(model.config.model_type, total, emb, num_layers(model), tuple(rows))
+    return ParamsReport(model.config.model_type, total, emb, num_layers(model), tuple(rows), depth(model),
+                        tuple(skipped))

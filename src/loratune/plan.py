@@ -551,13 +551,19 @@ def check_rank(r: int, option: str, limit: int | None) -> None:
 def shape_of(model, task: str) -> ModelShape:
     import torch.nn as nn
 
-    from loratune.adapt import available_targets, head_modules, num_blocks, resolve_targets
+    from loratune.adapt import available_targets, depth, head_modules, num_blocks, resolve_targets
     from loratune.config import AdapterConfig
 
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     blocks = resolve_targets(model, AdapterConfig(target_modules=("all-linear",)))
+    if depth(model) > num_blocks(model):  # every formula below takes one block's weights per layer run
+        raise UserError(f"'{cfg.model_type}' runs {depth(model)} layers with {num_blocks(model)} shared block(s) of "
+                        "weights: plan's memory and FLOP arithmetic counts one set of weights per layer, and would "
+                        "understate this model's FLOPs and activations",
+                        "loratune params gives LoRA's parameter arithmetic for it; train it and read run.json's "
+                        "peak_memory_mb and timing")
     head = 0
     if task == "classification":
         from loratune.precision import under

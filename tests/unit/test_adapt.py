@@ -157,3 +157,58 @@ def test_a_block_module_named_like_a_head_is_not_the_head():
     assert under("base_model.model.head.dense.weight", ["head"]) and under("head", ["head"])
     assert not under("model.layers.0.attention.self.head.weight", ["head"])
     assert not under("base_model.model.pre_classifier.weight", ["classifier"])
+
+
+def _config_folder(tmp_path, **cfg):
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return str(tmp_path)
+
+
+ALBERT = {"model_type": "albert", "vocab_size": 100, "embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 4,
+          "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def test_albert_blocks_are_found_and_its_shared_layer_counted_once(tmp_path, capsys):
+    """ALBERT's linear layers sit in `albert_layer_groups.G.albert_layers.L.` (no `layer.N.` in the name): they were
+    not found and every LoRA target was refused. One shared block runs at all 4 layers: one adapter per module."""
+    from loratune.adapt import depth, num_blocks
+    from loratune.cli import main
+
+    albert = _meta("albert", **{k: v for k, v in ALBERT.items() if k != "model_type"})
+    sites = resolve_targets(albert, AdapterConfig(target_modules=("all-linear",)))
+    assert names(sites) == [f"albert.encoder.albert_layer_groups.0.albert_layers.0.{m}" for m in
+                            ("attention.dense", "attention.key", "attention.query", "attention.value", "ffn",
+                             "ffn_output")]
+    qv = resolve_targets(albert, AdapterConfig(target_modules=("attn.q", "attn.v")))
+    assert [s.relative for s in qv] == ["attention.query", "attention.value"]
+    assert num_blocks(albert) == 1 and depth(albert) == 4
+    folder = _config_folder(tmp_path, **ALBERT)
+    assert main(["params", folder, "--ranks", "4", "--targets", "attn.q,attn.v", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_layers"] == 1 and report["depth"] == 4
+    assert report["targets"][0]["modules"] == 2 and report["targets"][0]["rows"][0]["lora"] == 4 * 2 * (32 + 32)
+    assert main(["params", folder, "--ranks", "4"]) == 0
+    assert "4 layers run by 1 shared block(s)" in capsys.readouterr().out
+    # plan's arithmetic takes one block of weights per layer: it says so rather than understating FLOPs
+    assert main(["plan", folder]) == 2
+    err = capsys.readouterr().err
+    assert "runs 4 layers with 1 shared block(s)" in err and "loratune params" in err
+
+
+def test_params_without_targets_skips_the_groups_a_model_outside_the_table_lacks(tmp_path, capsys):
+    from loratune.cli import main
+
+    folder = _config_folder(tmp_path, model_type="opt", vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                            ffn_dim=64, num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=64)
+    assert main(["params", folder, "--ranks", "4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [t["targets"] for t in report["targets"]] == [["all-linear"]]
+    assert [tuple(s) for s in report["skipped"]] == [("attn.q", "attn.v"), ("attn.q", "attn.v", "ffn@top:2"),
+                                                     ("attn",), ("attn", "ffn")]
+    assert report["targets"][0]["modules"] == 2 * 6
+    assert main(["params", folder, "--ranks", "4"]) == 0
+    assert "skipped target sets this 'opt' has no layers for: attn.q + attn.v;" in capsys.readouterr().out
+    # targets the user gave still must match: exit 2, naming --targets
+    assert main(["params", folder, "--targets", "attn.q,attn.v"]) == 2
+    err = capsys.readouterr().err
+    assert "--targets attn.q,attn.v:" in err and "match no linear layer" in err

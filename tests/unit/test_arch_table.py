@@ -17,6 +17,7 @@ TINY = dict(hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=4, int
 TINY_BY_TYPE = {  # config classes that name their sizes differently
     "distilbert": dict(dim=32, n_layers=LAYERS, n_heads=4, hidden_dim=64, vocab_size=128,
                        max_position_embeddings=64, num_labels=2, pad_token_id=0),
+    "albert": dict(TINY, num_hidden_groups=LAYERS),  # a group per layer (released ALBERTs share one: test_adapt)
 }
 
 

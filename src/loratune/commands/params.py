@@ -35,15 +35,21 @@ def run(args) -> int:
     # the model as `loratune plan` builds it (one route): a decoder with its LM head, an encoder as a classifier
     config = load_config(args.model)
     model = build_meta_model(config, default_task(config))
-    report = params_report(model, ranks, targets)
+    report = params_report(model, ranks, targets, skip_unresolved=not args.targets)
     if args.json:
         print_json(report.to_dict())
         return 0
     from rich.table import Table
 
     out = console()
-    out.print(f"[bold]{report.model_type}[/]: {human(report.total)} parameters, {report.num_layers} layers, "
+    layers = f"{report.num_layers} layers"
+    if report.depth > report.num_layers:  # ALBERT: one adapter per shared block, applied at every layer it runs
+        layers = f"{report.depth} layers run by {report.num_layers} shared block(s) (adapters count once per block)"
+    out.print(f"[bold]{report.model_type}[/]: {human(report.total)} parameters, {layers}, "
               f"embeddings {human(report.embeddings)} ({report.embeddings / report.total:.0%})")
+    if report.skipped:
+        out.print(f"skipped target sets this '{report.model_type}' has no layers for: "
+                  f"{'; '.join(' + '.join(t) for t in report.skipped)} (name its modules with --targets)")
     for t in report.targets:
         table = Table(title=f"targets {' + '.join(t.targets)}: {t.modules} modules, adapted weights "
                       f"{human(t.adapted_weights)} ({t.adapted_weights / report.total:.1%} of the model)")
