@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from loratune import __version__, kernels, openmp, pooled_block, precision as precision_mod, prefix_cache, signals
-from loratune.adapt import apply_adapter, count_params, head_modules, num_layers, warm_start
+from loratune.adapt import apply_adapter, count_params, depth, head_modules, num_layers, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
 from loratune.errors import UserError
@@ -738,7 +738,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         "unseen_labels": {("val" if k == "validation" else k): v for k, v in dataset.unseen.items()},
         "data_notes": list(dataset.notes),
         "model": {"name_or_path": cfg.model.name_or_path, "model_type": base.config.model_type,
-                  "num_layers": num_layers(base), "adapted_modules": len(sites),
+                  "num_layers": num_layers(base), "depth": depth(base), "adapted_modules": len(sites),
                   "pad_token_id": base.config.pad_token_id, "pad_note": getattr(base, PAD_NOTE_ATTR, None)},
         "method": cfg.adapter.method,
         "params": params.to_dict(),

@@ -474,3 +474,25 @@ def test_decoder_pad_id_is_the_one_loratune_pads_with_so_predictions_ignore_batc
     assert [t["score"] for t in alone["top"]] == pytest.approx([t["score"] for t in paired["top"]], abs=1e-5)
     assert run["model"]["pad_token_id"] == tok.eos_token_id != 1
     assert "pad_token_id 1 replaced by" in run["model"]["pad_note"]
+
+
+def test_albert_trains_with_all_linear_and_records_its_shared_depth(intent_data, tmp_path):
+    """ALBERT was refused ('found no nn.Linear layers inside the transformer blocks'): its one shared block now takes
+    the adapters, and run.json says 1 block of weights runs 4 layers deep."""
+    from transformers import AlbertConfig, AlbertModel
+
+    from support import _save_tokenizer
+
+    folder = tmp_path / "tiny-albert"
+    tok = _save_tokenizer(folder)
+    torch.manual_seed(0)
+    AlbertModel(AlbertConfig(vocab_size=len(tok), embedding_size=16, hidden_size=32, num_hidden_layers=4,
+                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                             pad_token_id=0)).save_pretrained(folder)
+    _, run = _train(str(folder), intent_data, tmp_path / "run", target_modules="all-linear", max_steps=8,
+                    precision="fp32")
+    assert run["status"] == "completed"
+    assert run["model"]["num_layers"] == 1 and run["model"]["depth"] == 4 and run["model"]["adapted_modules"] == 6
+    assert run["params"]["adapter"] == 4 * ((32 + 32) * 4 + (32 + 64) * 2)  # r=4: q, k, v, dense; ffn, ffn_output
+    assert api.evaluate(tmp_path / "run", split="validation")["val/loss"] == pytest.approx(run["best"]["val/loss"],
+                                                                                          rel=1e-5)
