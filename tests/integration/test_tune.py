@@ -84,6 +84,25 @@ def test_yardstick_uses_the_same_budget(tiny_bert, intent_data, tmp_path, monkey
     assert summary["strategy"] == "random" and summary["budget"]["spent"]["trials"] == 3
 
 
+def test_a_trial_with_gradient_accumulation_is_planned_and_charged_as_what_it_trains(tiny_bert, intent_data, tmp_path,
+                                                                                      monkeypatch):
+    """8 steps x batch 8 x 4 accumulated = 256 examples a trial: planned and estimated as 64, the study spent 640 of
+    a 600-example budget."""
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "accum"
+    assert main(_tune_args(tiny_bert, intent_data, study, "gradient_accumulation_steps=4", "--strategy", "random",
+                           "--budget", "600ex", "--trial-steps", "8")) == 0
+    summary = json.loads((study / "final" / "study.json").read_text())
+    assert summary["plan"]["examples"] == 256 and summary["plan"]["max_steps"] == 8
+    assert "8 steps x 8 x 4 accumulated" in summary["plan"]["reason"]
+    trials = [t for t in _optuna_trials(study) if "record" in t.user_attrs]
+    for t in trials:  # random samples the length too: 16 steps are 512 examples
+        run = json.loads((Path(t.user_attrs["run_dir"]) / "run.json").read_text())
+        assert run["examples_seen"] == t.user_attrs["point"]["train.max_steps"] * 8 * 4
+    # the first trial (16 steps, 512) leaves 88: no trial fits them (one was estimated at 64 and cut at 128)
+    assert len(trials) == 1 and summary["budget"]["spent"]["examples"] == 512 <= 600
+
+
 def test_resume_after_kill_keeps_every_finished_trial(tiny_bert, intent_data, tmp_path):
     study = tmp_path / "study"
     env = {**os.environ, "LORATUNE_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}

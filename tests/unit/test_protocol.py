@@ -316,6 +316,14 @@ def test_trial_length_fits_the_budget(kind, limit, steps):
     assert 1.0 - 1e-9 <= plan["epochs"] * 1848 / 1848 <= 3.01
 
 
+def test_trial_length_counts_gradient_accumulation():
+    """A step processes batch x accumulation examples: the same budget gives a quarter of the steps at accum 4."""
+    plain = plan_trial_length("examples", 30_000, 1848, 32, start_epochs=8.0)
+    accum = plan_trial_length("examples", 30_000, 1848, 32, accum=4, start_epochs=8.0)
+    assert accum["max_steps"] == 18 and accum["examples"] == 18 * 32 * 4
+    assert abs(accum["epochs"] - plain["epochs"]) < 0.05 and "32 x 4 accumulated" in accum["reason"]
+
+
 def test_seed_unstable_lowers_the_lr_when_the_lower_one_matches_the_seed_mean():
     world = lr_binds()
     world.SEED_OFFSET = {42: 0.0, 43: -0.15, 44: -0.10}  # lr 4e-3 over seeds: 0.78, 0.63, 0.68 (mean 0.697)

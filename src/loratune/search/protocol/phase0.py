@@ -58,11 +58,12 @@ def start_config(cfg, dataset, *, user_point: dict | None = None,
     return start_from_assessment(a, user_point), a
 
 
-def plan_trial_length(budget_kind: str, budget_limit: float, n_train: int, batch: int, *,
+def plan_trial_length(budget_kind: str, budget_limit: float, n_train: int, batch: int, *, accum: int = 1,
                       start_epochs: float | None = None, examples_per_s: float = PLAN_EXAMPLES_PER_S,
                       overhead_s: float = PLAN_OVERHEAD_S, planned_trials: int | None = None,
                       min_epochs: float = SHORT_TRIAL_EPOCHS[0], max_epochs: float = SHORT_TRIAL_EPOCHS[1]) -> dict:
-    """How long one trial is (optimizer steps), so that the planned trials fit the budget.
+    """How long one trial is (optimizer steps), so that the planned trials fit the budget. One optimizer step
+    processes `batch` x `accum` (gradient_accumulation_steps) training examples.
 
     A short trial is 1-3 epochs (protocol 3); within that, the budget divided by the planned trial
     count (the planned trials of STAGE_TABLE) decides. Wall-time budgets are turned into examples with a throughput
@@ -81,9 +82,15 @@ def plan_trial_length(budget_kind: str, budget_limit: float, n_train: int, batch
         why = f"budget of {int(budget_limit)} trials (length not limited by compute)"
     per_trial = budget_examples / planned
     epochs = max(min_epochs, min(cap_epochs, per_trial / max(1, n_train)))
-    steps = max(1, int(round(epochs * n_train / batch)))
-    return {"max_steps": steps, "examples": steps * batch, "epochs": steps * batch / max(1, n_train),
+    per_step = batch * max(1, int(accum))
+    steps = max(1, int(round(epochs * n_train / per_step)))
+    return {"max_steps": steps, "examples": steps * per_step, "epochs": steps * per_step / max(1, n_train),
             "planned_trials": planned, "budget_examples": None if math.isinf(budget_examples) else budget_examples,
-            "reason": (f"{why}; {planned} planned trials -> {steps} steps x {batch} = {steps * batch:,} examples "
-                       f"({steps * batch / max(1, n_train):.2f} epochs of {n_train} rows; short trials are "
-                       f"{min_epochs:g}-{cap_epochs:g} epochs)")}
+            "reason": (f"{why}; {planned} planned trials -> {steps} steps x {step_text(batch, accum)} = "
+                       f"{steps * per_step:,} examples ({steps * per_step / max(1, n_train):.2f} epochs of {n_train} "
+                       f"rows; short trials are {min_epochs:g}-{cap_epochs:g} epochs)")}
+
+
+def step_text(batch: int, accum: int = 1) -> str:
+    """The examples of one optimizer step, as a person reads it: '8', or '8 x 4 accumulated' with accumulation."""
+    return f"{batch} x {accum} accumulated" if accum > 1 else f"{batch}"
