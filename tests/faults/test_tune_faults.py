@@ -44,7 +44,13 @@ def test_sigterm_mid_trial_stops_tune_cleanly(tiny_bert, intent_data, tmp_path):
     # the study can be resumed at once (no lease or lock left behind)
     from loratune.search.study import Study
 
-    Study.open(study, resume=True).close()
+    resumed = Study.open(study, resume=True)
+    try:  # what the interrupted trial trained is charged to the resumed study's budget
+        lost = resumed.lost_spending()
+    finally:
+        resumed.close()
+    assert [(x["status"], x["examples"]) for x in lost] == [("interrupted", run["examples_seen"])]
+    assert run["examples_seen"] > 0 and lost[0]["wall_s"] == pytest.approx(run["wall_s"]) and run["wall_s"] > 0
 
 
 def test_a_study_db_from_an_older_optuna_is_a_clear_message(tmp_path, capsys):

@@ -138,6 +138,9 @@ def test_resume_after_kill_keeps_every_finished_trial(tiny_bert, intent_data, tm
     mtimes = {n: (Path(before[n].user_attrs["run_dir"]) / "history.jsonl").stat().st_mtime for n in finished_before}
     records = {n: json.loads((Path(before[n].user_attrs["run_dir"]) / "run.json").read_text()) for n in finished_before}
     n_decisions = len((study / "decisions.jsonl").read_text().splitlines())
+    # run.json's wall_s is 0.0 until a run ends; its examples_seen can lag its last history point by a moment
+    cut = json.loads((killed_in / "history.jsonl").read_text().splitlines()[-1])
+    assert cut["examples_seen"] > 0
 
     assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "5trials", "-q"]) == 0
 
@@ -161,6 +164,13 @@ def test_resume_after_kill_keeps_every_finished_trial(tiny_bert, intent_data, tm
     summary = json.loads((study / "final" / "study.json").read_text())
     assert summary["budget"]["spent"]["trials"] == len(finished) <= 5
     assert {r["trial"]: r["status"] for r in summary["trials"]}[killed[0].number] == "died"
+    # what the killed trial trained stays spent: its examples, and its wall time from its timestamps
+    lost = [c for c in summary["budget"]["ledger"] if c["label"] == f"trial #{killed[0].number} lost to a killed process"]
+    assert len(lost) == 1 and lost[0]["cost"]["examples"] == cut["examples_seen"] and lost[0]["cost"]["wall_s"] > 0
+    assert summary["budget"]["spent"]["examples"] == sum(c["cost"]["examples"] for c in summary["budget"]["ledger"])
+    resumed = [d for d in decisions if d["code"] == "study-resumed"]  # the trail says the study was resumed
+    assert len(resumed) == 1 and resumed[0]["trials"] == [killed[0].number] and resumed[0]["seq"] >= n_decisions
+    assert resumed[0]["data"]["spent"]["examples"] == cut["examples_seen"]
     assert json.loads((killed_in / "run.json").read_text())["status"] == "died"  # rewritten on resume
 
 

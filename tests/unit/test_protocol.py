@@ -1310,3 +1310,33 @@ def test_the_runner_keeps_a_run_whose_record_was_final_when_the_signal_took_effe
         assert type(exc.value) is raised
         if raised is FinishedThenInterrupted:
             assert exc.value.result.status == "completed" and type(exc.value.signal) is KeyboardInterrupt
+
+
+def test_a_resume_decision_goes_where_the_replay_ends_and_later_replays_step_over_it(tmp_path):
+    """The trail says a study was resumed without breaking the replay: the decision lands after the decisions the
+    earlier session took (not superseding them), and a second resume replays past it."""
+    path = tmp_path / "decisions.jsonl"
+    first = MemoryStore(decisions_path=path)
+    ctx, _ = make_ctx(lr_binds(), store=first, interrupt_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol(ctx, START, ProtocolSettings(full_probe=False))
+    before = codes(ctx)
+
+    def resume():
+        store = MemoryStore(decisions_path=path)
+        store._records = list(first._records)
+        c, _ = make_ctx(lr_binds(), store=store)
+        c.decide_after_replay("resume", "resume", "resumed: 1 trial lost", "trained again", ["trial #2: 80 examples"],
+                              trials=[2], code="study-resumed")
+        run_protocol(c, START, ProtocolSettings(full_probe=False))
+        first._records = list(store._records)
+        return c
+
+    second = resume()
+    assert codes(second)[:len(before)] == before and codes(second)[len(before)] == "study-resumed"
+    assert codes(second).count("study-resumed") == 1 and len(codes(second)) > len(before) + 1
+    third = resume()  # every decision a replay: the resume decision is the study's last word
+    third.flush_pending()
+    assert codes(third) == codes(second) + ["study-resumed"]
+    assert [d["seq"] for d in third.decisions] == list(range(len(third.decisions)))
+    assert not (tmp_path / "decisions.superseded.jsonl").exists()

@@ -298,3 +298,25 @@ def test_a_resumed_random_study_draws_new_points_and_the_grid_trail_names_its_va
     line = next(e for d in ctx.decisions if d["kind"] == "space" for e in d["evidence"]
                 if e.startswith("train.learning_rate"))
     assert "grid [" in line and "log-uniform" not in line
+
+
+def test_a_pruned_trial_has_its_record_value_in_the_optuna_storage(tmp_path):
+    """Optuna's tell(PRUNED) stored the last reported value (0.40) while the record, the trail and the report read
+    the trial's best (0.60); samplers read the storage's."""
+    import optuna
+
+    from loratune.search.trial import TrialSpec
+
+    store = Study.open(tmp_path / "pruned", meta={"strategy": "tpe"})
+    try:
+        spec = TrialSpec("lr2e-3", "phase1", {"train.learning_rate": 2e-3})
+        trial, run_dir = store.start(spec)
+        trial.report(0.60, 10)
+        trial.report(0.40, 20)  # it fell: pruned here
+        rec = store.finish(trial, spec, run_dir, TrialResult(status="pruned", value=0.60, examples=320, wall_s=2.0,
+                                                             best={"step": 10, "val/macro_f1": 0.60}))
+        stored = store.optuna.get_trials(deepcopy=False)[0]
+        assert stored.state == optuna.trial.TrialState.PRUNED
+        assert stored.value == rec.value == 0.60 and store.records()[0].value == 0.60
+    finally:
+        store.close()

@@ -92,6 +92,7 @@ class SearchContext:
     phase: str = ""
     _seq: int = 0
     _queued: set = field(default_factory=set)  # keys this search queued for workers (see prefetch)
+    _pending: list = field(default_factory=list)  # decisions recorded once a resumed study's replay catches up
 
     # ------------------------------------------------------------------ the objective
     @property
@@ -181,6 +182,7 @@ class SearchContext:
             raise done.signal from None
         except KeyboardInterrupt:
             self.store.fail(handle, "interrupted by the user; trained again on --resume")
+            self._charge_lost(number, run_dir, "interrupted")
             raise
         return self._finished(handle, spec, run_dir, result)
 
@@ -191,6 +193,14 @@ class SearchContext:
         self.records.append(rec)
         self.ui.trial_end(rec, self)
         return rec
+
+    def _charge_lost(self, number: int, run_dir, how: str) -> None:
+        """What a trial that stopped mid-way trained stays spent (a resumed session charges it again from the
+        study: `Study.lost_spending`)."""
+        from loratune.search.study import spent_by_run
+
+        wall, examples = spent_by_run(str(run_dir))
+        self.meter.charge(Cost(wall, examples, 0), f"trial #{number} {how}")
 
     def _account(self, rec: TrialRecord, label: str) -> None:
         r = rec.result
@@ -283,12 +293,38 @@ class SearchContext:
                trials: Sequence[TrialRecord | int] = (), data: dict | None = None, *, code: str = "") -> dict:
         """Record a decision. `code` is its stable id (kebab-case, e.g. `rank-plateau`): what tests and
         tools read; `verdict` and `move` are the English a person reads and may be reworded."""
+        entries = getattr(self.store.decisions, "entries", [])
+        while self._seq < len(entries) and entries[self._seq].get("after_replay"):
+            self._seq += 1  # an earlier resume's own decision: this replay does not take it again
+        if self._pending:
+            old = entries[self._seq] if self._seq < len(entries) else None
+            if old is None or (old.get("kind"), old.get("code")) != (kind, code or kind):
+                self.flush_pending()  # the replay caught up: this session's own decisions start here
+        return self._record(phase, kind, verdict, move, evidence, trials, data, code)
+
+    def decide_after_replay(self, phase: str, kind: str, verdict: str, move: str, evidence: Sequence[str] | str = (),
+                            trials: Sequence[TrialRecord | int] = (), data: dict | None = None, *,
+                            code: str = "") -> None:
+        """A decision of this session that the earlier sessions' trail does not hold (a resume): recorded where the
+        replay of that trail ends (or where this session first decides otherwise), so that it leaves the trail
+        intact; later replays step over it."""
+        self._pending.append((phase, kind, verdict, move, evidence, trials, data, code))
+
+    def flush_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for phase, kind, verdict, move, evidence, trials, data, code in pending:
+            self._record(phase, kind, verdict, move, evidence, trials, data, code, after_replay=True)
+
+    def _record(self, phase: str, kind: str, verdict: str, move: str, evidence: Sequence[str] | str,
+                trials: Sequence[TrialRecord | int], data: dict | None, code: str, after_replay: bool = False) -> dict:
         d = {"seq": self._seq, "phase": phase, "kind": kind, "code": code or kind,
              "trials": [t if isinstance(t, int) else t.number for t in trials],
              "verdict": verdict, "move": move,
              "evidence": [evidence] if isinstance(evidence, str) else list(evidence),
              "data": data or {}, "budget": {"spent": self.meter.spent.to_dict(),
                                             "left": self.meter.describe_left()}}
+        if after_replay:
+            d["after_replay"] = True
         self._seq += 1
         self.store.decisions.append(d)
         self.ui.decision(d)

@@ -59,6 +59,9 @@ STUDY_LOCK = "study.lock"
 HEARTBEAT_S = 10  # Optuna heartbeat of a running trial and the leader's lease renewal
 GRACE_FACTOR = 3  # a trial (or leader) silent for 3 heartbeats belongs to a dead process
 MAX_RETRY = 3  # a trial whose process died is queued again at most this many times
+# a failed trial without a record in these states stopped mid-way (its process killed, a signal, a dead heartbeat):
+# it is listed as lost and what it spent is charged
+LOST_STATUSES = ("killed", "interrupted", "running")
 # the driver each SQLAlchemy dialect needs, and the pip line that installs it
 DRIVERS = {"postgresql": ("psycopg2", "pip install 'loratune[postgres]'  (psycopg2-binary)"),
            "mysql": ("pymysql", "pip install pymysql, and use mysql+pymysql://...")}
@@ -497,19 +500,14 @@ class Study:
                     continue  # a worker is training it right now: never touched
             elif self._beating(t):
                 continue  # its heartbeat is fresh (a worker on another machine)
-            wall = 0.0
-            if run_dir and (Path(run_dir) / "run.json").exists():
-                try:
-                    wall = float(read_json(Path(run_dir) / "run.json").get("wall_s") or 0.0)
-                except (UserError, TypeError, ValueError):
-                    wall = 0.0
+            wall, examples = spent_by_run(run_dir)
             self.optuna._storage.set_trial_user_attr(t._trial_id, "status", "killed")
             self.optuna._storage.set_trial_user_attr(
                 t._trial_id, "reason", "the process running this trial was killed; its point is trained again")
             self.optuna.tell(t.number, state=TrialState.FAIL)
             _record_died(run_dir)
             self.recovered.append({"number": t.number, "name": t.user_attrs.get("name"), "run_dir": run_dir,
-                                   "lost_wall_s": wall})
+                                   "lost_wall_s": wall, "lost_examples": examples})
 
     def _beating(self, t) -> bool:
         """The trial has a heartbeat younger than the grace period (its process is alive, maybe elsewhere)."""
@@ -687,11 +685,26 @@ class Study:
         rows = []
         for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.RUNNING)):
             a = t.user_attrs
-            if "record" in a or (t.state == TrialState.FAIL and a.get("status") not in ("killed", "interrupted",
-                                                                                       "running")):
+            if "record" in a or (t.state == TrialState.FAIL and a.get("status") not in LOST_STATUSES):
                 continue
             rows.append(self._row(t, None))
         return rows
+
+    def lost_spending(self) -> list[dict]:
+        """What each trial that never finished (killed, interrupted, failed for a dead heartbeat) spent before it
+        stopped, from its run directory: {number, name, status, wall_s, examples}. Every session charges these
+        again (its meter starts empty), so what was spent stays spent however often the study is resumed."""
+        from optuna.trial import TrialState
+
+        out = []
+        for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            a = t.user_attrs
+            if "record" in a or a.get("status") not in LOST_STATUSES:
+                continue
+            wall, examples = spent_by_run(a.get("run_dir"))
+            out.append({"number": t.number, "name": a.get("name", "?"), "status": a.get("status"),
+                        "wall_s": wall, "examples": examples})
+        return out
 
     def superseded_trials(self, claimed: Iterable[int]) -> list[dict]:
         """Rows for finished trials that no decision of the trail uses any more: an earlier session's, taken otherwise
@@ -773,12 +786,28 @@ class Study:
             trial.set_user_attr("status", result.status)
             trial.set_user_attr("record", record.to_dict())
             if result.status == "pruned":
-                self.optuna.tell(trial, state=TrialState.PRUNED)  # its last reported value stands
+                self._tell_pruned(trial, result)
             elif result.ok:
                 self.optuna.tell(trial, float(result.value))
             else:
                 self.optuna.tell(trial, state=TrialState.FAIL)
         return record
+
+    def _tell_pruned(self, trial, result: TrialResult) -> None:
+        """Finish a pruned trial with its record's value (its best evaluation, what the trail, show and the report
+        use). Optuna's tell(PRUNED) would store the last reported value instead, and samplers (TPE) read it."""
+        from optuna.trial import TrialState
+
+        if not result.ok:
+            self.optuna.tell(trial, state=TrialState.PRUNED)
+            return
+        storage = self.optuna._storage
+        frozen = storage.get_trial(trial._trial_id)
+        values = [float(result.value)]
+        try:  # what tell() does for any state: the sampler's post-processing, then the storage
+            self.optuna.sampler.after_trial(self.optuna, frozen, TrialState.PRUNED, values)
+        finally:
+            storage.set_trial_state_values(frozen._trial_id, TrialState.PRUNED, values)
 
     def fail(self, trial, reason: str, status: str = "interrupted") -> None:
         from optuna.trial import TrialState
@@ -796,6 +825,44 @@ class Study:
     def load_assessment(self) -> dict | None:
         p = self.dir / ASSESS
         return read_json(p) if p.exists() else None
+
+
+def spent_by_run(run_dir: str | None) -> tuple[float, int]:
+    """(wall seconds, training examples) a run spent, also one that never finished: `examples_seen` of run.json or of
+    its last history point (run.json is rewritten at each evaluation, a moment after the point: a kill between
+    leaves it behind), and its `wall_s` or, while that is 0.0 (it is written when a run ends; a killed one never
+    wrote it), the time from `started_at` to the run's last sign of life (run.json, history.jsonl, the lock's
+    heartbeat). Steps trained after the last evaluation of a killed run are recorded nowhere: not counted."""
+    if not run_dir or not (Path(run_dir) / "run.json").is_file():
+        return 0.0, 0
+    try:
+        run = read_json(Path(run_dir) / "run.json")
+        examples, wall = int(run.get("examples_seen") or 0), float(run.get("wall_s") or 0.0)
+    except (UserError, AttributeError, TypeError, ValueError):
+        return 0.0, 0
+    try:
+        lines = (Path(run_dir) / "history.jsonl").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []  # no history: run.json's count stands
+    for line in reversed(lines):  # the last whole point (a hard kill can tear the last line)
+        try:
+            examples = max(examples, int(json.loads(line).get("examples_seen") or 0))
+            break
+        except (ValueError, TypeError, AttributeError):
+            continue
+    if wall <= 0 and run.get("started_at"):
+        from datetime import datetime
+
+        from loratune.store import LOCK
+
+        try:
+            started = datetime.fromisoformat(str(run["started_at"])).timestamp()
+        except ValueError:
+            return 0.0, examples
+        last = max((p.stat().st_mtime for p in (Path(run_dir) / n for n in ("run.json", "history.jsonl", LOCK))
+                    if p.is_file()), default=started)
+        wall = max(0.0, last - started)
+    return wall, examples
 
 
 def _ran_here_and_died(worker: str | None) -> bool:

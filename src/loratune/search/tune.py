@@ -160,14 +160,27 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                      (assessment.get("timings") or {}).get("total_s") or 0.0)
     meter.charge(Cost(phase0_s, 0, 0), "phase 0: assessment")
     meter.charge(Cost(time.perf_counter() - t_start - assessed_now_s, 0, 0), "startup (this session)")
-    for note in study.recovered:
-        meter.charge(Cost(note["lost_wall_s"], 0, 0), f"trial #{note['number']} lost to a killed process")
+    # what a trial that never finished trained stays spent: charged again by every session (the meter starts empty)
+    lost = study.lost_spending()
+    for row in lost:
+        how = "interrupted" if row["status"] == "interrupted" else "lost to a killed process"
+        meter.charge(Cost(row["wall_s"], row["examples"], 0), f"trial #{row['number']} {how}")
     test = dataset.splits().get("test")
     ctx = SearchContext(store=study, runner=runner, meter=meter, trial_examples=int(plan["examples"]),
                         noise_floor=objective(getattr(runner, "objective", None)).noise_floor,
                         trial_steps=int(plan["max_steps"]),
                         base_point=dict(start.point), costs=CostModel(options.examples_per_s), ui=ui,
                         finish_rows=len(test) if test is not None else 0, finish_base_s=options.finish_reserve_s)
+
+    if options.resume:  # said where the replay of the earlier sessions' decisions ends
+        spent = sum((Cost(r["wall_s"], r["examples"], 0) for r in lost), Cost())
+        ctx.decide_after_replay(
+            "resume", "resume", f"resumed: {len(lost)} trial{'s' if len(lost) != 1 else ''} lost" if lost
+            else "resumed: no trial lost", "the lost trials' points are trained again; what they trained stays spent",
+            [f"trial #{r['number']} ({r['name']}) {r['status']}: {r['examples']:,} examples, {r['wall_s']:.1f}s "
+             "charged" for r in lost] or ["every trial of the earlier sessions finished; their records are reused"],
+            trials=[r["number"] for r in lost], code="study-resumed",
+            data={"lost": lost, "spent": spent.to_dict(), "killed_now": [n["number"] for n in study.recovered]})
 
     # search -----------------------------------------------------------------------------------
     ctx.state.base_seed = int(base.train.seed)  # seed replicates count up from the study's seed
@@ -191,6 +204,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
              "assessment_findings": [f"{f['severity']}: {f['message']}" for f in assessment.get("findings", [])],
              "wall_s_session": round(time.perf_counter() - t_start, 2)}
     summary = finish(ctx, study_dir / FINAL, options.strategy, extra)
+    ctx.flush_pending()  # a resume whose every decision was a replay still says it resumed
     summary["wall_s_session"] = round(time.perf_counter() - t_start, 2)
     study.cancel_queued("the search ended without needing it")
     study.set_meta(finished=True)  # workers stop

@@ -10,6 +10,7 @@ from loratune.moves import move
 # id tests and tools read, while the verdict and move texts beside it are for people and may be reworded.
 DECISION_CODES: dict[str, str] = {
     "start-config": "phase 0: the start config from the assessment",
+    "study-resumed": "a resumed study: the trials killed or interrupted processes lost, and what they spent",
     "trial-plan": "phase 0: the length of one trial",
     "budget-skip": "a trial of a stage did not fit the budget left: skipped (maybe revisited)",
     "lr-probe-skipped": "no lr probe: a trials budget counts each short probe as a whole trial",
