@@ -1340,3 +1340,64 @@ def test_a_resume_decision_goes_where_the_replay_ends_and_later_replays_step_ove
     assert codes(third) == codes(second) + ["study-resumed"]
     assert [d["seq"] for d in third.decisions] == list(range(len(third.decisions)))
     assert not (tmp_path / "decisions.superseded.jsonl").exists()
+
+
+class PruningRunner(ScriptedRunner):
+    """Prunes the trials `prunes(spec)` names whenever their Watch may prune: half their examples, the value so far."""
+
+    def __init__(self, world, prunes):
+        super().__init__(world)
+        self.prunes = prunes
+
+    def run(self, spec, run_dir, watch=None):
+        import dataclasses
+
+        res = super().run(spec, run_dir, watch)
+        if watch is not None and watch.prune and self.prunes(spec):
+            return dataclasses.replace(res, status="pruned", examples=res.examples // 2, steps_done=50,
+                                       reason="pruned: scripted")
+        return res
+
+
+def test_the_pair_trains_a_pruned_lr_arm_again_at_full_length():
+    """The pair's lr arm (lr 2e-3) is the lr grid's 2x trial, pruned at half length: compared as it was with the
+    full-length rank arm, the lr delta read a half-trained run."""
+    world = World(lambda p: 0.5 + 0.08 * math.log2(p[R] / 8) + {0.5e-3: 0.0, 1e-3: 0.02, 2e-3: 0.01}.get(p[LR], 0.0),
+                  lambda p: "underfit-capacity" if p[R] < 32 else "healthy")
+    ctx, _ = make_ctx(world)
+    ctx.runner = runner = PruningRunner(world, lambda s: s.phase == "phase1-lr-grid" and s.point[LR] == 2e-3)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, lr_probe=False))
+    pruned = next(r for r in ctx.records if r.result.status == "pruned")
+    assert pruned.spec.phase == "phase1-lr-grid" and pruned.point[LR] == 2e-3
+    pair = next(d for d in ctx.decisions if d["kind"] == "pair")
+    assert pair["code"] == "pair-capacity"
+    lr_arm = next(r for r in ctx.records if r.number in pair["trials"] and r.point[LR] == 2e-3)
+    assert lr_arm.result.status == "completed" and lr_arm.result.examples == 1000 and lr_arm.number != pruned.number
+    assert ("pair", "lr2e-3") in names(runner)  # trained again, unpruned
+    assert all(r.result.examples == 1000 for r in ctx.records if r.number in pair["trials"])
+
+
+def test_a_pruned_lower_lr_is_no_seed_unstable_remedy():
+    """Seed-unstable at lr 4e-3: the lr /2 sibling (the grid's 2x trial) was pruned at half length, so it is no
+    evidence that the lower lr loses nothing on average: the lr is kept (the pruned trial was made the incumbent)."""
+    world = lr_binds()
+    world.SEED_OFFSET = {42: 0.0, 43: -0.15, 44: -0.10}
+    ctx, _ = make_ctx(world)
+    ctx.runner = PruningRunner(world, lambda s: s.phase == "phase1-lr-grid" and s.point[LR] == 2e-3)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, pair=False))  # the pair would train lr 2e-3 whole
+    assert any(r.result.status == "pruned" and r.point[LR] == 2e-3 for r in ctx.records)
+    d = next(x for x in ctx.decisions if x["kind"] == "noise")
+    assert d["code"] == "seed-unstable-lr-kept"
+    assert ctx.state["final"].result.status != "pruned" and ctx.state["final"].point[LR] == 4e-3
+
+
+def test_the_pair_trains_a_pruned_incumbent_again_before_it_compares():
+    """The grid's best was pruned at half length: the pair's deltas are from its full-length run of the same point."""
+    world = lr_binds()
+    ctx, _ = make_ctx(world)
+    ctx.runner = runner = PruningRunner(world, lambda s: s.phase == "phase1-lr-grid" and s.point[LR] == 2e-3)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1))
+    assert names(runner)[2:5] == [("pair", "lr2e-3"), ("pair", "lr4e-3"), ("pair", "lr2e-3-r16-a32")]
+    pair = next(d for d in ctx.decisions if d["kind"] == "pair")
+    assert all(r.result.full_length for r in ctx.records if r.number in pair["trials"])
+    assert ctx.state["pair"]["lr_delta"] == pytest.approx(0.08)

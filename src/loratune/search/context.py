@@ -136,16 +136,22 @@ class SearchContext:
             self._queued.add(s.key)
 
     def run(self, spec: TrialSpec, *, reserve: Cost = Cost(), prune: bool = True, trial=None,
-            reuse: bool = True) -> TrialRecord | None:
+            reuse: bool = True, full: bool = False) -> TrialRecord | None:
+        """`full`: the trial is compared as trained to its planned length (the pair's arms): it is not pruned, and a
+        pruned record of its point is not reused: the point is trained again, whole."""
         self.phase = spec.phase
-        mine = next((r for r in self.records if r.key == spec.key), None) if reuse else None
+        usable = (lambda r: r.key == spec.key and (not full or r.result.full_length))
+        mine = next((r for r in self.records if usable(r)), None) if reuse else None
         if mine is not None:
             return mine  # asked again in this search (e.g. the pair's lr arm is an lr-grid trial): free
-        if spec.key in self._queued:
+        if spec.key in self._queued or full:
             prune = False
         claimed = False
         done = self.store.finished_by_key().get(spec.key) if reuse else None
-        if done is None and reuse and trial is None and hasattr(self.store, "await_key"):
+        pruned = done is not None and not usable(done)  # trained by this leader, pruned: never queued for workers
+        if pruned:  # a resumed study's whole run of it, if it has one
+            done = next((r for r in self.store.records() if usable(r)), None)
+        if done is None and not pruned and reuse and trial is None and hasattr(self.store, "await_key"):
             # queued for workers: its record when a worker finished it (waiting while one trains it), or
             # the queued trial itself, claimed here
             how, got = self.store.await_key(spec.key, spec)

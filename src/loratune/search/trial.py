@@ -69,6 +69,12 @@ class TrialResult:
     def ok(self) -> bool:
         return self.value is not None and math.isfinite(self.value)
 
+    @property
+    def full_length(self) -> bool:
+        """Trained for its planned length: a pruned trial stopped early (at a rung, or beside losing references), and
+        its value is no evidence beside full-length trials' (lr siblings, the pair's arms)."""
+        return self.status != "pruned"
+
     def fired(self, rule_id: str) -> bool:
         return any(f.get("rule_id") == rule_id for f in self.findings)
 

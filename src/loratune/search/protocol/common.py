@@ -103,7 +103,9 @@ def no_budget(ctx: SearchContext, phase: str, what: str, held: Cost | None = Non
 
 
 def lr_siblings(ctx: SearchContext, point: dict) -> list[TrialRecord]:
-    return [r for r in ctx.records if r.value is not None and same_except(r.point, point, (LR,))]
+    """Trials at `point` but for the lr, trained to their full length (a pruned one is no comparison)."""
+    return [r for r in ctx.records if r.value is not None and r.result.full_length
+            and same_except(r.point, point, (LR,))]
 
 
 def breakeven_rank(params: dict, r: int) -> int | None:

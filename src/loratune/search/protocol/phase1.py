@@ -221,8 +221,8 @@ def run_pair(ctx: SearchContext, s: ProtocolSettings) -> str:
                    [f"r x2 = {r_of(b_point)} > ceiling {start.ceiling_r} (phase 0)"], [inc],
                    code="pair-rank-above-ceiling")
         return "neither"
-    known = {r.key for r in ctx.records}
-    new = [p for p in (a_point, b_point) if ctx.spec(p, phase).key not in known]
+    known = {r.key for r in ctx.records if r.result.full_length}  # a pruned trial is trained again, whole
+    new = [p for p in (inc.point, a_point, b_point) if ctx.spec(p, phase).key not in known]
     est = ctx.estimate(inc.point)
     need = est * len(new)
     held = reserve(ctx, phase, s)
@@ -239,12 +239,19 @@ def run_pair(ctx: SearchContext, s: ProtocolSettings) -> str:
     arms = [ctx.spec(a_point, phase, "pair: only lr x2"),
             ctx.spec(b_point, phase, f"pair: only r x2 (lr x s held: {s.move_scale_rule})")]
     ctx.prefetch(arms, reserve=reserve(ctx, phase, s))  # independent: workers may train one meanwhile
-    a = ctx.run(arms[0])
-    b = ctx.run(arms[1])
-    if a is None or b is None or a.value is None or b.value is None or inc.value is None:
+    if not inc.result.full_length:  # the deltas are from the incumbent: a pruned one is trained again, whole
+        whole = ctx.run(ctx.spec(inc.point, phase, "pair: the pruned incumbent at full length"), full=True)
+        if whole is not None and whole.value is not None:
+            inc = whole
+            set_incumbent(ctx, whole)
+    a = ctx.run(arms[0], full=True)  # the deltas compare trials of one length: unpruned, a pruned record not reused
+    b = ctx.run(arms[1], full=True)
+    if (not inc.result.full_length or a is None or b is None or a.value is None or b.value is None
+            or inc.value is None):
         ctx.decide(phase, "pair", "pair incomplete", "follow the prior: keep rank, tune lr in phase 2",
-                   [f"lr arm: {a.label if a else 'not run'}, rank arm: {b.label if b else 'not run'}"], [inc],
-                   code="pair-incomplete")
+                   [f"lr arm: {a.label if a else 'not run'}, rank arm: {b.label if b else 'not run'}"
+                    + ("" if inc.result.full_length else f"; the incumbent {inc.label} was pruned and not trained "
+                       "again: no comparison at one length")], [inc], code="pair-incomplete")
         return "unaffordable"
     dl, dr = a.value - inc.value, b.value - inc.value
     noise, src = ctx.noise()
