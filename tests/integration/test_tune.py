@@ -165,7 +165,8 @@ def test_resume_after_kill_keeps_every_finished_trial(tiny_bert, intent_data, tm
     assert summary["budget"]["spent"]["trials"] == len(finished) <= 5
     assert {r["trial"]: r["status"] for r in summary["trials"]}[killed[0].number] == "died"
     # what the killed trial trained stays spent: its examples, and its wall time from its timestamps
-    lost = [c for c in summary["budget"]["ledger"] if c["label"] == f"trial #{killed[0].number} lost to a killed process"]
+    label = f"trial #{killed[0].number} lost to a killed process"
+    lost = [c for c in summary["budget"]["ledger"] if c["label"] == label]
     assert len(lost) == 1 and lost[0]["cost"]["examples"] == cut["examples_seen"] and lost[0]["cost"]["wall_s"] > 0
     assert summary["budget"]["spent"]["examples"] == sum(c["cost"]["examples"] for c in summary["budget"]["ledger"])
     resumed = [d for d in decisions if d["code"] == "study-resumed"]  # the trail says the study was resumed

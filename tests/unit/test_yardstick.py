@@ -320,3 +320,47 @@ def test_a_pruned_trial_has_its_record_value_in_the_optuna_storage(tmp_path):
         assert stored.value == rec.value == 0.60 and store.records()[0].value == 0.60
     finally:
         store.close()
+
+
+def test_a_resumed_random_study_trains_the_point_of_its_cut_trial_again(tmp_path):
+    """The sampler was reseeded past the study's trials and nothing asked the cut trial's point again: the resumed
+    study searched other points than an uninterrupted one (the README: a trial cut mid-way is trained again)."""
+    from loratune.search.yardstick import prepare_yardstick
+
+    class Cut(LengthWorld):
+        def run(self, spec, run_dir, watch=None):
+            if len(self.calls) == 2:
+                self.calls.append(spec)
+                raise KeyboardInterrupt  # SIGTERM mid-way through the third trial
+            return super().run(spec, run_dir, watch)
+
+    def study(runner, budget, resume):
+        store = Study.open(tmp_path / "random", meta={"strategy": "random"}, resume=resume)
+        ctx = SearchContext(store=store, runner=runner, meter=Meter(Budget.parse(budget)),
+                            trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
+        space = default_space(START, 32, trial_steps=TRIAL_STEPS)
+        try:
+            prepare_yardstick(ctx, space, START, "random", seed=7)
+            run_yardstick(ctx, space, START, "random")
+        finally:
+            store.close()
+        return ctx
+
+    first = Cut()
+    with pytest.raises(KeyboardInterrupt):
+        study(first, "4trials", False)
+    cut = first.calls[2]
+    again = LengthWorld()
+    ctx = study(again, "4trials", True)
+    assert again.calls[0].key == cut.key  # its point first, then new draws
+    assert [s.key for s in again.calls].count(cut.key) == 1
+    d = next(x for x in ctx.decisions if x["code"] == "cut-trial-again")
+    assert d["trials"] == [2] and d["data"]["points"][0]["status"] == "interrupted"
+    resumed = Study.open(tmp_path / "random", resume=True)
+    try:
+        from loratune.search.yardstick import cut_points
+
+        ctx.store = resumed
+        assert cut_points(ctx, "random") == []  # trained: never queued again by a later resume
+    finally:
+        resumed.close()

@@ -58,6 +58,8 @@ YARDSTICK_CODES: dict[str, str] = {
     "trial-plan": "phase 0: the length of one trial (recorded by tune)",
     "tpe-startup": "TPE's random start-up trials, sized to the budget",
     "sampler-reseeded": "a resumed study's sampler seeded past its finished trials, so it draws new points",
+    "cut-trial-again": "a resumed study trains the points of its trials cut mid-way (killed, interrupted) again first",
+    "study-resumed": "a resumed study: the trials killed or interrupted processes lost, and what they spent (by tune)",
     "hyperband-pruner": "tpe-hyperband: the pruner's rungs, in optimizer steps within a trial",
     "space": "the knobs the sampler draws",
     "trial-pruned-hyperband": "a trial stopped by Hyperband: outside the top of its bracket at a rung",
@@ -140,6 +142,14 @@ def prepare_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict,
         ctx.decide(strategy, "sampler-seed", f"sampler seed {seed} + {done} finished trials", "sample",
                    [f"the study holds {done} trial(s): seeded {seed + done}, the sampler draws new points"],
                    data={"seed": seed, "trials_before": done}, code="sampler-reseeded")
+    again = cut_points(ctx, strategy)
+    for point in again:  # the sampler's next asks: what an uninterrupted study trained at these trials
+        study.enqueue_trial(point["params"])
+    if again:
+        ctx.decide(strategy, "retrain", f"{len(again)} trial(s) cut mid-way: trained again", "sample",
+                   [f"trial #{p['number']} ({p['name']}) was {p['status']}: its point is asked again first"
+                    for p in again], trials=[p["number"] for p in again], data={"points": again},
+                   code="cut-trial-again")
     if strategy == "tpe-hyperband":
         if eval_every <= 0:
             raise ValueError("tpe-hyperband needs the steps between a trial's eval points (eval_every)")
@@ -156,6 +166,29 @@ def prepare_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict,
                    data={"min_resource": low, "max_resource": high, "reduction_factor": HYPERBAND_REDUCTION,
                          "rungs": rungs}, code="hyperband-pruner")
     return study.sampler
+
+
+def cut_points(ctx: SearchContext, strategy: str) -> list[dict]:
+    """The sampled points of this strategy's trials that were cut mid-way (`study.LOST_STATUSES`) and never trained
+    since, nor queued again: {number, name, status, params}, one per point."""
+    from optuna.trial import TrialState
+
+    from loratune.search.study import LOST_STATUSES
+
+    study = ctx.store.optuna
+    trained = {r.key for r in ctx.store.records()}
+    queued = [t.system_attrs.get("fixed_params")
+              for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    out, seen = [], set()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        a = t.user_attrs
+        if (a.get("phase") != strategy or a.get("status") not in LOST_STATUSES or "record" in a or not t.params
+                or a.get("key") in trained or a.get("key") in seen or t.params in queued):
+            continue
+        seen.add(a.get("key"))
+        out.append({"number": t.number, "name": a.get("name", "?"), "status": a.get("status"),
+                    "params": dict(t.params)})
+    return out
 
 
 def run_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict, strategy: str,
