@@ -94,7 +94,7 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     """What a run would do, without training: resolved targets, parameter counts, planned steps."""
     from loratune.adapt import apply_adapter, count_params
     from loratune.models import load_classifier
-    from loratune.train import eval_rows_per_point, plan_steps
+    from loratune.train import eval_rows_per_point, examples_planned, plan_steps
 
     dataset = dataset or prepare(cfg)
     if cfg.model.task == "causal-lm":
@@ -110,8 +110,7 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
         return {"params": count_params(model, sites, cfg.adapter.method).to_dict(),  # it (in one process)
                 "adapted_modules": [s.name for s in sites] if cfg.adapter.method == "lora" else [],
                 "steps": sched.steps, "eval_every": sched.eval_every, "loss_every": sched.loss_every,
-                "examples": sched.steps * cfg.train.per_device_train_batch_size
-                * cfg.train.gradient_accumulation_steps,
+                "examples": examples_planned(cfg, len(dataset.train), sched.steps),
                 "rows": {k: len(v) for k, v in dataset.splits().items()}, "task": "causal-lm",
                 "labels": None, "multi_label": False, "notes": list(dataset.notes)}
     space = dataset.label_space
@@ -125,9 +124,7 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
         "params": count_params(model, sites, cfg.adapter.method).to_dict(),
         "adapted_modules": [s.name for s in sites] if cfg.adapter.method == "lora" else [],
         "steps": steps, "eval_every": every,
-        # a batch never holds more rows than the split has
-        "examples": steps * min(cfg.train.per_device_train_batch_size, len(dataset.train))
-        * cfg.train.gradient_accumulation_steps,
+        "examples": examples_planned(cfg, len(dataset.train), steps),  # as the loop deals its batches
         "rows": {k: len(v) for k, v in dataset.splits().items()},
         "labels": len(space), "multi_label": space.multi_label, "notes": list(dataset.notes),
     }

@@ -19,8 +19,9 @@ loss, Ctrl-C / SIGTERM (`interrupted`) or an error (`failed`). Helpers that are 
 Several processes (`accelerate launch` / torchrun; `launched()` is the one test: WORLD_SIZE above 1) train
 data parallel: accelerate starts the process group (gloo on CPU, NCCL on GPUs) and wraps the model in DDP.
 Every rank builds the same model, data and batch order from the same seed; each optimizer step draws
-gradient_accumulation_steps x world_size micro-batches and deals each rank its share, and DDP averages the
-gradients, so one step equals one process accumulating all of them (global batch = per_device_train_batch_size
+gradient_accumulation_steps x world_size micro-batches (an epoch's last step its remainder) and deals each rank its
+share, and DDP averages the gradients, so one step equals one process accumulating all of them (global batch =
+per_device_train_batch_size
 x gradient_accumulation_steps x world_size: run.json `world_size`, `global_batch`; `examples_seen` and the
 train loss / tokens of a step are over all ranks). Evaluation runs on rank 0 alone (the data is not sharded:
 the same numbers as one process) while the others wait for its decision (early stop, divergence, the
@@ -67,8 +68,8 @@ from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
 from loratune.train import (STEP0_SPLITS, RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged,
                             eval_batches, eval_budget_rows, first_writes, fresh_loss, history_point, loss_points_every,
-                            output_error, peak_memory_mb, plan_steps, record_save_failure, seed_everything, timed,
-                            torch_threads, train_log_every, utc_now, versions)
+                            output_error, peak_memory_mb, plan_steps, record_save_failure, seed_everything, step_groups,
+                            timed, torch_threads, train_log_every, utc_now, versions)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -286,7 +287,7 @@ class RunInputs:
         plan for train_sft and `loratune train --dry-run` (api.plan)."""
         step0_rows, point_rows = self.eval_cost_rows(cfg.train.max_new_tokens)
         steps, eval_every = plan_steps(cfg, n_train, point_rows, step0_rows)
-        budget = eval_budget_rows(cfg, steps)
+        budget = eval_budget_rows(cfg, steps, n_train)
         full_points = steps // eval_every + (steps % eval_every != 0)  # after step 0, the last step's included
         left = None if budget is None else budget - step0_rows - full_points * point_rows
         loss_rows = self.loss_point_rows()
@@ -640,10 +641,9 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     accum = cfg.train.gradient_accumulation_steps
     rng = random.Random(cfg.train.seed)
 
-    def micro_batches():  # endless stream over epochs, reshuffled each epoch, length-grouped
-        while True:
-            yield from batch_order(train_enc.lengths, cfg.train.per_device_train_batch_size, rng,
-                                   cfg.train.length_grouped_batches)
+    def epoch_batches():  # one epoch's batches over all ranks, reshuffled each epoch, length-grouped
+        return batch_order(train_enc.lengths, cfg.train.per_device_train_batch_size, rng,
+                           cfg.train.length_grouped_batches)
 
     with first_writes(store):
         store.create(to_yaml(cfg))  # takes run.lock: from here a killed process reads as `died`
@@ -776,7 +776,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     try:
         if ranks.evaluates:  # rank 0 evaluates (and runs the callback); under DDP the others wait for its answer
             evaluate_now()  # step 0: the base model
-        batches = micro_batches()
+        groups = step_groups(epoch_batches, accum * ranks.world)
         stop_reason = f"planned steps done ({steps})"
         halt = ranks.from_main(callback.on_eval(run["final"], run) if callback is not None and ranks.main else None)
         for step in range(1, steps + 1):
@@ -784,16 +784,24 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
                 break
             t_step = time.perf_counter()
             step_loss, n_examples, n_tokens = 0.0, 0, 0
-            group = [next(batches) for _ in range(accum * ranks.world)]  # the step's micro-batches, all ranks
-            for i, rows in enumerate(group[ranks.rank::ranks.world]):  # this rank's share
+            # the step's micro-batches over all ranks: accum x world, fewer at an epoch's end (train.step_groups);
+            # the step's loss is their mean (DDP and FSDP average the ranks' gradients: each scales by world / count)
+            group = next(groups)
+            share, scale = group[ranks.rank::ranks.world], ranks.world / len(group)
+            passes = math.ceil(len(group) / ranks.world)  # as many on every rank: gradients sync on the last one
+            for i in range(passes):
+                # a rank left without a micro-batch of a short group runs the group's first at weight 0, so that
+                # every rank takes part in every gradient exchange
+                rows, weight = (share[i], scale) if i < len(share) else (group[0], 0.0)
                 batch = collate_lm(train_enc, rows, pad_id, device)
-                with ranks.no_sync(train_model, skip=i < accum - 1):  # gradients all-reduced on the last one
+                with ranks.no_sync(train_model, skip=i < passes - 1):
                     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                         loss, n = lm_loss(train_model, batch)
-                    (loss / accum).backward()
-                step_loss += float(loss.detach()) / accum
-                n_examples += len(rows)
-                n_tokens += int(batch["attention_mask"].sum())
+                    (loss * weight).backward()
+                if weight:
+                    step_loss += float(loss.detach()) * weight
+                    n_examples += len(rows)
+                    n_tokens += int(batch["attention_mask"].sum())
             loss_sum, n_examples, n_tokens = ranks.sum([step_loss, n_examples, n_tokens])  # over all ranks
             step_loss, n_examples, n_tokens = loss_sum / ranks.world, int(n_examples), int(n_tokens)
             if not math.isfinite(step_loss):

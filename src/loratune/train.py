@@ -337,14 +337,39 @@ def eval_rows_per_point(n_val: int, n_train_eval: int) -> tuple[int, int]:
     return sum(rows[s] for s in STEP0_SPLITS), n_val + n_train_eval
 
 
-def eval_budget_rows(cfg: RunConfig, steps: int) -> int | None:
+def steps_per_epoch(cfg: RunConfig, n_train: int) -> int:
+    """Optimizer steps in one pass over `n_train` rows: its micro-batches in groups of gradient_accumulation_steps,
+    the last group the remainder. As the HF Trainer, an epoch ends with an optimizer step (on fewer micro-batches
+    when accumulation does not divide them), so a step never borrows batches of the next epoch (step_groups)."""
+    t = cfg.train
+    return max(1, math.ceil(math.ceil(n_train / t.per_device_train_batch_size) / t.gradient_accumulation_steps))
+
+
+def examples_planned(cfg: RunConfig, n_train: int, steps: int) -> int:
+    """Training rows `steps` optimizer steps process (repeats counted), as step_groups deals them: whole epochs of
+    `n_train` rows, then the first steps of one more (a batch never holds more rows than the split has)."""
+    t = cfg.train
+    epochs, rest = divmod(steps, steps_per_epoch(cfg, n_train))
+    return epochs * n_train + min(n_train, rest * t.gradient_accumulation_steps * t.per_device_train_batch_size)
+
+
+def step_groups(epoch_batches, per_step: int):
+    """Each optimizer step's micro-batches, endlessly: the batches of every epoch (a fresh `epoch_batches()`, so
+    reshuffled) in groups of `per_step`, the epoch's last group the remainder (steps_per_epoch)."""
+    while True:
+        batches = epoch_batches()
+        for i in range(0, len(batches), per_step):
+            yield batches[i:i + per_step]
+
+
+def eval_budget_rows(cfg: RunConfig, steps: int, n_train: int) -> int | None:
     """Rows evaluation may score over the whole run under max_eval_share (in forward passes: the share of
-    the training work); None when there is no cap (eval_steps given, or max_eval_share 0)."""
+    the training work, the rows `steps` steps over `n_train` rows really process: examples_planned); None when
+    there is no cap (eval_steps given, or max_eval_share 0)."""
     t = cfg.train
     if t.eval_steps or t.max_eval_share <= 0:
         return None
-    work = TRAIN_FORWARDS_PER_EXAMPLE * steps * t.per_device_train_batch_size * t.gradient_accumulation_steps
-    return int(t.max_eval_share * work)
+    return int(t.max_eval_share * TRAIN_FORWARDS_PER_EXAMPLE * examples_planned(cfg, n_train, steps))
 
 
 def plan_steps(cfg: RunConfig, n_train: int, eval_rows: int | None = None,
@@ -354,11 +379,9 @@ def plan_steps(cfg: RunConfig, n_train: int, eval_rows: int | None = None,
     the points after step 0 are capped so that all points together score at most eval_budget_rows: a short
     run evaluates fewer times, never fewer than once at the end."""
     t = cfg.train
-    per_epoch = math.ceil(n_train / t.per_device_train_batch_size)
-    steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(per_epoch * t.num_train_epochs
-                                                                   / t.gradient_accumulation_steps))
+    steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(steps_per_epoch(cfg, n_train) * t.num_train_epochs))
     evals = t.evals_per_run
-    budget = eval_budget_rows(cfg, steps)
+    budget = eval_budget_rows(cfg, steps, n_train)
     if budget is not None and eval_rows:
         first = eval_rows if step0_rows is None else step0_rows
         evals = max(1, min(evals, (budget - first) // eval_rows))
@@ -722,10 +745,8 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
     rng = random.Random(cfg.train.seed)
     lengths = train_enc.lengths
 
-    def micro_batches():  # endless stream over epochs, reshuffled each epoch
-        while True:
-            yield from batch_order(lengths, cfg.train.per_device_train_batch_size, rng,
-                                   cfg.train.length_grouped_batches)
+    def epoch_batches():  # one epoch's batches, reshuffled each epoch
+        return batch_order(lengths, cfg.train.per_device_train_batch_size, rng, cfg.train.length_grouped_batches)
 
     with first_writes(store):
         store.create(to_yaml(cfg))  # takes run.lock: from here a killed process reads as `died`
@@ -754,7 +775,8 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         "init_from": warm,
         # what evaluation scores (rows; the probe set's rows come on top), and the max_eval_share budget
         "evaluation": {"step0": list(STEP0_SPLITS), "rows_step0": step0_rows, "rows_per_point": point_rows,
-                       "budget_rows": eval_budget_rows(cfg, steps), "rows_scored": 0},
+                       "budget_rows": eval_budget_rows(cfg, steps, len(dataset.train)),
+                       "rows_scored": 0},
         "objective": objective, "loss": spec.to_dict(),
         "decoding": decoding.to_dict(space.labels) if decoding is not None else None,
         "config": to_dict(cfg), "versions": versions(),
@@ -839,7 +861,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
     try:
         with timed(timing, "evaluate"):
             evaluate_now()  # step 0: the base model with its fresh head
-        batches = micro_batches()
+        groups = step_groups(epoch_batches, accum)
         stop_reason = f"planned steps done ({steps})"
         halt = callback.on_eval(run["final"], run) if callback is not None else None
         for step in range(1, steps + 1):
@@ -847,13 +869,13 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                 break
             t_step = time.perf_counter()
             step_loss, n_examples = 0.0, 0
-            for _ in range(accum):
-                rows = next(batches)
+            group = next(groups)  # accum micro-batches, fewer at an epoch's end: the loss is their mean
+            for rows in group:
                 batch = collate([train_enc.ids[i] for i in rows], pad_id, device)
                 target = torch.from_numpy(train_enc.targets[rows]).to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                     logits = forward_logits(model, train_enc, rows, batch)
-                loss = loss_fn(logits.float(), target, space.multi_label, spec) / accum
+                loss = loss_fn(logits.float(), target, space.multi_label, spec) / len(group)
                 loss.backward()
                 step_loss += float(loss.detach())
                 n_examples += len(rows)

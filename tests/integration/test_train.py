@@ -191,6 +191,38 @@ def test_gradient_accumulation_counts_examples(tiny_bert, intent_data, tmp_path)
     assert run["examples_seen"] == 3 * 2 * 8
 
 
+def test_an_epoch_ends_with_an_optimizer_step_on_its_remainder(tiny_bert, intent_data, tmp_path):
+    # 48 rows at batch 8: 6 micro-batches an epoch; accum 5 steps on 5, then on the last one (as the HF Trainer),
+    # never on 4 batches of the next epoch (the step then saw 80 examples, epoch 1.667)
+    cfg, run = _train(tiny_bert, intent_data, tmp_path / "run", num_train_epochs=1, max_steps=-1,
+                      gradient_accumulation_steps=5, eval_steps=1, learning_rate=1e-9, warmup_ratio=0)
+    assert api.plan(cfg)["steps"] == run["steps_planned"] == run["steps_done"] == 2
+    assert api.plan(cfg)["examples"] == run["examples_seen"] == 48
+    history = RunStore(tmp_path / "run").read_history()
+    assert [(p["step"], p["examples_seen"], p["epoch"]) for p in history] == [(0, 0, 0.0), (1, 40, 40 / 48),
+                                                                               (2, 48, 1.0)]
+    # the short step's loss is the mean over the one micro-batch it accumulated, not 1/5 of it: at an lr of ~0
+    # both steps measure the untrained model (8 rows of it: about its val loss, ~ln 4 on four intents, not a fifth)
+    untrained = history[0]["val/loss"]
+    assert untrained > 1.0 and untrained / 2 < history[2]["train/loss"] < untrained * 2
+    assert untrained / 2 < history[1]["train/loss"] < untrained * 2
+
+
+def test_the_evaluation_budget_counts_the_rows_really_trained(tiny_bert, intent_data, tmp_path):
+    # a batch of 256 on 48 rows trains 48 rows a step: 6 steps are 288 examples, an evaluation budget of
+    # 0.5 x 3 x 288 = 432 rows (it was 0.5 x 3 x 6 x 256 = 2,304: 7 points of 200 validation rows, 1,496 rows
+    # scored, 1.7x the training work, and the robustness probe on top)
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_rows(12, seed=1))
+    write_jsonl(data / "validation.jsonl", make_rows(50, seed=2))
+    _, run = _train(tiny_bert, data, tmp_path / "run", per_device_train_batch_size=256, max_steps=6, eval_steps="null")
+    ev = run["evaluation"]
+    assert run["examples_seen"] == 288 and ev["budget_rows"] == 432
+    assert run["eval_every"] == 6 and ev["rows_scored"] == 200 + 216 <= ev["budget_rows"]  # step 0 and the end
+    assert "skipped" in run["robustness"]  # its predictions do not fit what is left
+
+
 def test_multi_label(tiny_bert, tmp_path):
     rows = make_rows(10, seed=4)
     for i, r in enumerate(rows):  # every third row also asks for its balance

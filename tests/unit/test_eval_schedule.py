@@ -58,14 +58,49 @@ def test_a_cheaper_step0_leaves_more_of_the_budget_to_later_points(steps, step0_
     c = cfg(f"max_steps={steps}")
     assert plan_steps(c, 9003, eval_rows, step0_rows)[1] == every
     points = len(range(every, steps, every)) + 1  # the loop's points after step 0: multiples of `every`, and the end
-    assert step0_rows + points * eval_rows <= eval_budget_rows(c, steps) or points == 1  # (37 gave 5 points, 7,063 >)
+    assert step0_rows + points * eval_rows <= eval_budget_rows(c, steps, 9003) or points == 1  # (37 gave 5 points, 7,063 >)
 
 
 def test_eval_budget_rows():
-    assert eval_budget_rows(cfg("max_steps=40"), 40) == 0.5 * TRAIN_FORWARDS_PER_EXAMPLE * 40 * 32 == 1920
-    assert eval_budget_rows(cfg("max_steps=40", "gradient_accumulation_steps=2", "max_eval_share=1"), 40) == 7680
-    assert eval_budget_rows(cfg("max_steps=40", "eval_steps=5"), 40) is None  # an explicit schedule: no cap
-    assert eval_budget_rows(cfg("max_steps=40", "max_eval_share=0"), 40) is None
+    assert eval_budget_rows(cfg("max_steps=40"), 40, 9003) == 0.5 * TRAIN_FORWARDS_PER_EXAMPLE * 40 * 32 == 1920
+    assert eval_budget_rows(cfg("max_steps=40", "gradient_accumulation_steps=2", "max_eval_share=1"), 40,
+                            9003) == 7680
+    assert eval_budget_rows(cfg("max_steps=40", "eval_steps=5"), 40, 9003) is None  # an explicit schedule: no cap
+    assert eval_budget_rows(cfg("max_steps=40", "max_eval_share=0"), 40, 9003) is None
+
+
+def test_the_budget_counts_the_rows_a_step_really_trains():
+    # a batch larger than the data trains the data's rows, not the nominal batch: 6 steps of batch 256 on 48 rows
+    # are 288 examples, a budget of 0.5 x 3 x 288 = 432 rows (was 0.5 x 3 x 6 x 256 = 2,304)
+    assert eval_budget_rows(cfg("max_steps=6", "per_device_train_batch_size=256"), 6, 48) == 432
+    # an epoch's last step trains its remainder: 48 rows at batch 8 x accum 5 are 2 steps a pass (40 + 8 rows)
+    assert eval_budget_rows(cfg("max_steps=3", "gradient_accumulation_steps=5", "per_device_train_batch_size=8"), 3,
+                            48) == int(0.5 * 3 * (48 + 40))
+    # with 200 validation rows a point, that budget has room for step 0 alone: one point, at the end
+    assert plan_steps(cfg("max_steps=6", "per_device_train_batch_size=256"), 48, 200 + 48, 200) == (6, 6)
+
+
+@pytest.mark.parametrize("overrides,steps,examples", [
+    (("num_train_epochs=1", "gradient_accumulation_steps=5"), 2, 48),  # 6 batches: 5 + 1 (was 2 x 5 = 80 rows)
+    (("num_train_epochs=3", "gradient_accumulation_steps=4", "per_device_train_batch_size=7"), 6, 144),  # 7: 4 + 3
+    (("num_train_epochs=2", "gradient_accumulation_steps=2"), 6, 96),  # divides: as before
+    (("num_train_epochs=1.5", "gradient_accumulation_steps=5"), 3, 88),  # half an epoch more: its first step
+])
+def test_an_epoch_ends_with_a_step_on_its_remainder(overrides, steps, examples):
+    from loratune.train import examples_planned, step_groups, steps_per_epoch
+
+    c = cfg("per_device_train_batch_size=8", *overrides, "max_eval_share=0")
+    assert plan_steps(c, 48, 248, 200)[0] == steps
+    assert examples_planned(c, 48, steps) == examples
+    # the loop's step groups: an epoch's batches in groups of accum, the last group the remainder, never the next
+    # epoch's batches
+    t = c.train
+    bs = t.per_device_train_batch_size
+    batches = [list(range(i, min(48, i + bs))) for i in range(0, 48, bs)]
+    groups = step_groups(lambda: batches, t.gradient_accumulation_steps)
+    dealt = [next(groups) for _ in range(steps)]
+    assert sum(len(rows) for g in dealt for rows in g) == examples
+    assert [b for g in dealt[:steps_per_epoch(c, 48)] for b in g] == batches  # one epoch's steps: its batches
 
 
 def test_robustness_probe_is_charged_to_the_budget():
