@@ -68,8 +68,8 @@ from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
 from loratune.train import (STEP0_SPLITS, RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged,
                             eval_batches, eval_budget_rows, first_writes, fresh_loss, history_point, loss_points_every,
-                            output_error, peak_memory_mb, plan_steps, record_save_failure, seed_everything, step_groups,
-                            timed, torch_threads, train_log_every, utc_now, versions)
+                            output_error, peak_memory_mb, plan_steps, record_save_failure, saved_note,
+                            seed_everything, step_groups, timed, torch_threads, train_log_every, utc_now, versions)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -694,6 +694,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     tie_loss = math.inf  # the lowest val loss at the best gain: a tie in the metric that lowers it is progress
     trained_key, start_loss = (-math.inf, -math.inf), None  # best (gain, tie-break) after step 0; step 1's loss
     examples_seen, step, step_times = 0, 0, []
+    lr0_steps = 0  # the first steps, run at learning rate 0 (a warmup's first), that moved no weight (saved_note)
     window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "tokens": []}
     t0 = time.perf_counter()
     run["setup_s"] = round(t0 - t_setup, 3)
@@ -820,6 +821,8 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
                                   else math.nan)
             max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            if lr0_steps == step - 1 and not any(g["lr"] > 0 for g in optimizer.param_groups):
+                lr0_steps = step  # the step moves no weight (a warmup's first runs at 0): train.saved_note
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -873,7 +876,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         with signals.shielded():  # a second Ctrl-C / SIGTERM waits until the record is whole
             try:
                 save_error = _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t0,
-                                            examples_seen, step_times, ranks.sharded)
+                                            examples_seen, step_times, ranks.sharded, lr0_steps)
             finally:  # the lock goes and the writers close even when saving the model failed
                 store.close()
                 tracking.finish(store.path, run["status"])
@@ -885,7 +888,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
 
 
 def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t0, examples_seen,
-                   step_times, sharded: bool = False):
+                   step_times, sharded: bool = False, lr0_steps: int = 0):
     """Restore the best trained weights, save them, write the final run.json (as train._finish_record:
     a write that fails for the output location is returned as a UserError, never raised over the error
     that ended the run). sharded (FSDP): best_state is the full state dict on rank 0, saved as it is (the
@@ -914,8 +917,7 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
             best, untrained = (run.get("best") or {}).get(key), (run.get("untrained") or {}).get(key)
             worse = isinstance(best, float) and isinstance(untrained, float) and (untrained > best if higher
                                                                                  else untrained < best)
-            run["saved_model"] = {"step": step, "note": f"adapter/ holds the model of step {step}, the {words} "
-                                  "among the trained evaluation points"
+            run["saved_model"] = {"step": step, "note": saved_note(step, words, lr0_steps)
                                   + (f"; the untrained model at step 0 scored better ({key} {untrained:.4f} vs "
                                      f"{best:.4f})" if worse else "")}
         else:

@@ -430,7 +430,8 @@ def loss_points_every(cfg: RunConfig, steps: int, eval_every: int, rows_left: in
 def history_point(step: int, examples_seen: int, n_train: int, t0: float, lr: float,
                   window: dict[str, list[float]]) -> dict:
     """A history point's head (step, epoch, examples seen, wall seconds, lr) and the train/* keys of the steps
-    since the last point (window_scores); the window is emptied. An evaluation adds its splits' keys."""
+    since the last point (window_scores); the window is emptied. An evaluation adds its splits' keys. `lr`: the
+    rate after the step's scheduler update (get_last_lr: the next step's rate), as the HF Trainer logs it."""
     point = {"step": step, "epoch": examples_seen / max(1, n_train), "examples_seen": examples_seen,
              "wall_s": round(time.perf_counter() - t0, 3), "lr": lr}
     point.update(window_scores(window))
@@ -536,6 +537,18 @@ def fresh_loss(model, loss_of) -> float | None:
         return None
     with torch.no_grad(), disable():
         return float(loss_of())
+
+
+def saved_note(step: int, words: str, lr0_steps: int) -> str:
+    """run.json saved_model.note's head: adapter/ holds the model of `step`, the `words` (best val macro-F1...)
+    among the trained evaluation points; unless every step up to it ran at learning rate 0 (`lr0_steps`: the
+    run's first steps that moved no weight; a warmup starts at 0, as the HF Trainer's, so with warmup_ratio > 0
+    step 1 does), when it is the untrained model and no trained point at all."""
+    if step <= lr0_steps:
+        return (f"adapter/ holds the model of step {step}, which is the untrained model: every step up to it ran at "
+                "learning rate 0 (the warmup starts at 0), so no evaluation point was a trained one (a longer run, "
+                "or warmup_ratio=0, trains it)")
+    return f"adapter/ holds the model of step {step}, the {words} among the trained evaluation points"
 
 
 def record_save_failure(run: dict, store, exc: BaseException) -> None:
@@ -789,6 +802,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
     best_f1, best_state, evals_since_best = -math.inf, None, 0
     trained_f1, start_loss = -math.inf, None  # the best val macro-F1 after step 0; the loss of step 1
     examples_seen, step, step_times = 0, 0, []
+    lr0_steps = 0  # the first steps, run at learning rate 0 (a warmup's first), that moved no weight (saved_note)
     window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": []}
     t0 = time.perf_counter()
     run["setup_s"] = round(t0 - t_setup, 3)
@@ -892,6 +906,8 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                     start_loss = max(step_loss, fresh) if fresh is not None else math.nan
             max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            if lr0_steps == step - 1 and not any(g["lr"] > 0 for g in optimizer.param_groups):
+                lr0_steps = step
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -945,7 +961,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
             try:
                 save_error = _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts,
                                             best_state, bar, device, t0, examples_seen, step_times, saved_decoding,
-                                            kept.get("val_logits"))
+                                            kept.get("val_logits"), lr0_steps)
             finally:  # the lock goes and the writers close even when saving the model failed
                 store.close()
                 tracking.finish(store.path, run["status"])  # the verdict as text, then close the writers
@@ -960,7 +976,7 @@ def _metric_name(key: str) -> str:
 
 def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts, best_state, bar, device, t0,
                    examples_seen, step_times, decoding: Decoding | None = None,
-                   best_val_logits: np.ndarray | None = None) -> UserError | None:
+                   best_val_logits: np.ndarray | None = None, lr0_steps: int = 0) -> UserError | None:
     """Restore the best trained weights, save them, write the final run.json. A write that fails for
     the output location (disk full, read-only) is returned as a UserError, not raised, so it never
     hides the error that ended the run."""
@@ -986,8 +1002,7 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
             untrained = (run.get("untrained") or {}).get(objective)
             step = run["adapter_step"]
             higher = isinstance(untrained, float) and isinstance(best_val, float) and untrained > best_val
-            run["saved_model"] = {"step": step, "note": f"adapter/ holds the model of step {step}, the best "
-                                  f"{_metric_name(objective)} among the trained evaluation points"
+            run["saved_model"] = {"step": step, "note": saved_note(step, f"best {_metric_name(objective)}", lr0_steps)
                                   + (f"; the untrained model at step 0 scored higher ({untrained:.4f} vs "
                                      f"{best_val:.4f})" if higher else "")}
             if run["status"] in ("completed", "diverged"):

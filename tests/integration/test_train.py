@@ -208,6 +208,20 @@ def test_an_epoch_ends_with_an_optimizer_step_on_its_remainder(tiny_bert, intent
     assert untrained / 2 < history[1]["train/loss"] < untrained * 2
 
 
+def test_a_model_whose_steps_all_ran_at_lr_0_is_not_called_trained(tiny_bert, intent_data, tmp_path):
+    # any warmup_ratio > 0 warms up over ceil(ratio x steps) >= 1 steps from 0 (as the HF Trainer): step 1 runs at
+    # lr 0, so a 1-step run's only evaluation point holds the untrained weights
+    _, run = _train(tiny_bert, intent_data, tmp_path / "one", max_steps=1, eval_steps=1, warmup_ratio=0.1)
+    note = run["saved_model"]["note"]
+    assert run["saved_model"]["step"] == 1 and "untrained model" in note and "learning rate 0" in note
+    assert "among the trained evaluation points" not in note
+    # two steps: step 2 ran at the full rate, its point is a trained one
+    _, run = _train(tiny_bert, intent_data, tmp_path / "two", max_steps=2, eval_steps=2, warmup_ratio=0.1)
+    assert "among the trained evaluation points" in run["saved_model"]["note"]
+    _, run = _train(tiny_bert, intent_data, tmp_path / "none", max_steps=1, eval_steps=1, warmup_ratio=0)
+    assert "among the trained evaluation points" in run["saved_model"]["note"]
+
+
 def test_the_evaluation_budget_counts_the_rows_really_trained(tiny_bert, intent_data, tmp_path):
     # a batch of 256 on 48 rows trains 48 rows a step: 6 steps are 288 examples, an evaluation budget of
     # 0.5 x 3 x 288 = 432 rows (it was 0.5 x 3 x 6 x 256 = 2,304: 7 points of 200 validation rows, 1,496 rows

@@ -58,7 +58,8 @@ def test_a_cheaper_step0_leaves_more_of_the_budget_to_later_points(steps, step0_
     c = cfg(f"max_steps={steps}")
     assert plan_steps(c, 9003, eval_rows, step0_rows)[1] == every
     points = len(range(every, steps, every)) + 1  # the loop's points after step 0: multiples of `every`, and the end
-    assert step0_rows + points * eval_rows <= eval_budget_rows(c, steps, 9003) or points == 1  # (37 gave 5 points, 7,063 >)
+    # (37 gave 5 points, 7,063 >)
+    assert step0_rows + points * eval_rows <= eval_budget_rows(c, steps, 9003) or points == 1
 
 
 def test_eval_budget_rows():
