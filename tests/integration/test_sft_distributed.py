@@ -115,6 +115,28 @@ def test_the_adapter_loads_with_plain_peft_and_equals_one_process_accumulating_b
     assert ddp_run["best"]["val/loss"] == pytest.approx(ref_run["best"]["val/loss"], rel=1e-5)
 
 
+def test_an_epochs_short_last_step_leaves_no_rank_out_and_equals_one_process(setup, tmp_path):
+    # 32 rows at batch 5: 7 micro-batches an epoch, so each epoch's last step over the two ranks has one micro-batch
+    # (rank 1 none: it runs one at weight 0 to take part in the all-reduce) and the step's gradient is that one
+    # batch's, as one process accumulating 2 takes the epoch in 2 + 2 + 2 + 1 (train.step_groups)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    lm, data = setup
+    extra = {"per_device_train_batch_size": 5, "max_steps": -1, "num_train_epochs": 2, "eval_steps": 4}
+    ddp, ref = tmp_path / "ddp", tmp_path / "one-process"
+    launch("--multi_gpu", overrides(lm, data, ddp, **extra))
+    assert cli.main(["train", "-q", *overrides(lm, data, ref, gradient_accumulation_steps=RANKS, **extra)]) == 0
+    ddp_run, ref_run = (json.loads((d / "run.json").read_text()) for d in (ddp, ref))
+    assert ddp_run["steps_done"] == ref_run["steps_done"] == 8  # 4 steps an epoch, the 4th on one micro-batch
+    assert ddp_run["examples_seen"] == ref_run["examples_seen"] == 64 and ddp_run["final"]["epoch"] == 2.0
+    a, b = (PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lm), d / "adapter") for d in (ddp, ref))
+    one = {n: p for n, p in b.named_parameters() if "lora_" in n}
+    for n, p in a.named_parameters():
+        if "lora_" in n:
+            torch.testing.assert_close(p, one[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
 def test_a_classifier_under_a_launcher_is_a_user_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["train", f"output_dir={tmp_path / 'run'}"]) == 2
