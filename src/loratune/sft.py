@@ -21,12 +21,11 @@ data parallel: accelerate starts the process group (gloo on CPU, NCCL on GPUs) a
 Every rank builds the same model, data and batch order from the same seed; each optimizer step draws
 gradient_accumulation_steps x world_size micro-batches (an epoch's last step its remainder) and deals each rank its
 share, and DDP averages the gradients, so one step equals one process accumulating all of them (global batch =
-per_device_train_batch_size
-x gradient_accumulation_steps x world_size: run.json `world_size`, `global_batch`; `examples_seen` and the
-train loss / tokens of a step are over all ranks). Evaluation runs on rank 0 alone (the data is not sharded:
-the same numbers as one process) while the others wait for its decision (early stop, divergence, the
-callback's halt), which it broadcasts. Rank 0 alone writes output_dir: the record, history, generations and
-the model (`NoRecord` stands in for the store of the other ranks). `accelerate launch --use_fsdp` (or
+per_device_train_batch_size x gradient_accumulation_steps x world_size: run.json `world_size`, `global_batch`;
+`examples_seen` and the train loss / tokens of a step are over all ranks). Evaluation runs on rank 0 alone (the
+data is not sharded: the same numbers as one process) while the others wait for its decision (early stop,
+divergence, the callback's halt), which it broadcasts. Rank 0 alone writes output_dir: the record, history,
+generations and the model (`NoRecord` stands in for the store of the other ranks). `accelerate launch --use_fsdp` (or
 ACCELERATE_USE_FSDP=true under torchrun) shards method=full instead (`FullyShard`: PyTorch's FSDP2
 `fully_shard`, each rank holding 1/world of every parameter, gradient and optimizer state); then every rank
 takes part in evaluation and generation (each forward pass gathers the weights from all ranks), rank 0 still
