@@ -233,6 +233,9 @@ def head_modules(model) -> list[str]:
     ['bert.pooler', 'classifier']. Every name test of "is this the head" goes through `precision.under` with these
     paths, so training, saving (modules_to_save), parameter counts and precision agree on one head."""
     model = transformers_model(model)
+    lm_head = getattr(model, "get_output_embeddings", None)
+    if callable(lm_head) and lm_head() is not None:
+        return []  # a language model: its output layer is the LM head (sft.LM_HEAD_NAMES), no classification head
     prefix = getattr(model, "base_model_prefix", "") or ""
     base = getattr(model, prefix, None) if prefix else None
     if base is None or base is model or not hasattr(base, "named_children"):

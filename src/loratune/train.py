@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from loratune import __version__, kernels, openmp, pooled_block, precision as precision_mod, prefix_cache, signals
+from loratune import steps as _steps
 from loratune.adapt import apply_adapter, count_params, depth, head_modules, num_layers, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
@@ -338,19 +339,16 @@ def eval_rows_per_point(n_val: int, n_train_eval: int) -> tuple[int, int]:
 
 
 def steps_per_epoch(cfg: RunConfig, n_train: int) -> int:
-    """Optimizer steps in one pass over `n_train` rows: its micro-batches in groups of gradient_accumulation_steps,
-    the last group the remainder. As the HF Trainer, an epoch ends with an optimizer step (on fewer micro-batches
-    when accumulation does not divide them), so a step never borrows batches of the next epoch (step_groups)."""
+    """Optimizer steps in one pass over `n_train` rows (steps.steps_per_epoch: an epoch ends with an optimizer step
+    on its remainder, as the HF Trainer's, so a step never borrows batches of the next epoch; step_groups)."""
     t = cfg.train
-    return max(1, math.ceil(math.ceil(n_train / t.per_device_train_batch_size) / t.gradient_accumulation_steps))
+    return _steps.steps_per_epoch(n_train, t.per_device_train_batch_size, t.gradient_accumulation_steps)
 
 
 def examples_planned(cfg: RunConfig, n_train: int, steps: int) -> int:
-    """Training rows `steps` optimizer steps process (repeats counted), as step_groups deals them: whole epochs of
-    `n_train` rows, then the first steps of one more (a batch never holds more rows than the split has)."""
+    """Training rows `steps` optimizer steps process, as step_groups deals them (steps.examples_for)."""
     t = cfg.train
-    epochs, rest = divmod(steps, steps_per_epoch(cfg, n_train))
-    return epochs * n_train + min(n_train, rest * t.gradient_accumulation_steps * t.per_device_train_batch_size)
+    return _steps.examples_for(n_train, t.per_device_train_batch_size, t.gradient_accumulation_steps, steps)
 
 
 def step_groups(epoch_batches, per_step: int):

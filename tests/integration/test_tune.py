@@ -86,21 +86,24 @@ def test_yardstick_uses_the_same_budget(tiny_bert, intent_data, tmp_path, monkey
 
 def test_a_trial_with_gradient_accumulation_is_planned_and_charged_as_what_it_trains(tiny_bert, intent_data, tmp_path,
                                                                                       monkeypatch):
-    """8 steps x batch 8 x 4 accumulated = 256 examples a trial: planned and estimated as 64, the study spent 640 of
-    a 600-example budget."""
+    """48 rows at batch 8, 4 micro-batches a step: an epoch is 2 steps (4 micro-batches, then its remaining 2), so 8
+    steps are 4 epochs, 192 examples. Planned and estimated as 64 (steps x batch), the study spent 640 of a
+    600-example budget."""
+    from loratune.steps import examples_for
+
     monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
     study = tmp_path / "accum"
     assert main(_tune_args(tiny_bert, intent_data, study, "gradient_accumulation_steps=4", "--strategy", "random",
                            "--budget", "600ex", "--trial-steps", "8")) == 0
     summary = json.loads((study / "final" / "study.json").read_text())
-    assert summary["plan"]["examples"] == 256 and summary["plan"]["max_steps"] == 8
-    assert "8 steps x 8 x 4 accumulated" in summary["plan"]["reason"]
+    assert summary["plan"]["examples"] == 192 and summary["plan"]["max_steps"] == 8
+    assert summary["plan"]["epochs"] == 4.0 and "8 steps x 8 x 4 accumulated" in summary["plan"]["reason"]
     trials = [t for t in _optuna_trials(study) if "record" in t.user_attrs]
-    for t in trials:  # random samples the length too: 16 steps are 512 examples
+    for t in trials:  # random samples the length too
         run = json.loads((Path(t.user_attrs["run_dir"]) / "run.json").read_text())
-        assert run["examples_seen"] == t.user_attrs["point"]["train.max_steps"] * 8 * 4
-    # the first trial (16 steps, 512) leaves 88: no trial fits them (one was estimated at 64 and cut at 128)
-    assert len(trials) == 1 and summary["budget"]["spent"]["examples"] == 512 <= 600
+        assert run["examples_seen"] == examples_for(48, 8, 4, t.user_attrs["point"]["train.max_steps"])
+    assert trials and summary["budget"]["spent"]["examples"] == sum(
+        json.loads((Path(t.user_attrs["run_dir"]) / "run.json").read_text())["examples_seen"] for t in trials) <= 600
 
 
 def test_resume_after_kill_keeps_every_finished_trial(tiny_bert, intent_data, tmp_path):

@@ -317,10 +317,14 @@ def test_trial_length_fits_the_budget(kind, limit, steps):
 
 
 def test_trial_length_counts_gradient_accumulation():
-    """A step processes batch x accumulation examples: the same budget gives a quarter of the steps at accum 4."""
+    """A step processes batch x accumulation examples (an epoch's last step its remainder: 58 micro-batches of 32 are
+    15 steps at accum 4): the same budget gives about a quarter of the steps."""
+    from loratune.steps import examples_for
+
     plain = plan_trial_length("examples", 30_000, 1848, 32, start_epochs=8.0)
     accum = plan_trial_length("examples", 30_000, 1848, 32, accum=4, start_epochs=8.0)
-    assert accum["max_steps"] == 18 and accum["examples"] == 18 * 32 * 4
+    assert plain["max_steps"] == 72 and accum["max_steps"] == 19
+    assert accum["examples"] == examples_for(1848, 32, 4, 19) == 1848 + 4 * 32 * 4
     assert abs(accum["epochs"] - plain["epochs"]) < 0.05 and "32 x 4 accumulated" in accum["reason"]
 
 

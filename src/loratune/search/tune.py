@@ -17,6 +17,7 @@ from loratune.errors import UserError
 from loratune.search.budget import Budget, Cost, CostModel, Meter
 from loratune.search.context import UI, SearchContext
 from loratune.search.protocol.phase0 import step_text
+from loratune.steps import examples_for
 from loratune.search.protocol import (ProtocolSettings, Start, plan_trial_length, run_protocol, start_config,
                                       start_from_assessment)
 from loratune.search.study import FINAL, Study
@@ -138,7 +139,8 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     batch = int(start.fixed.get("train.per_device_train_batch_size", cfg.train.per_device_train_batch_size))
     if "train.per_device_train_batch_size" in options.explicit_keys:
         batch = cfg.train.per_device_train_batch_size
-    # a trial processes steps x batch x gradient_accumulation_steps examples: the plan and the estimates count them
+    # a trial's steps process batch x gradient_accumulation_steps examples each (an epoch's last step its remainder:
+    # steps.examples_for): the plan and the estimates count them
     accum = int(cfg.train.gradient_accumulation_steps)
     if plan is None:
         plan = plan_trial_length(budget.kind, budget.limit, len(dataset.train), batch, accum=accum,
@@ -146,8 +148,8 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                                  overhead_s=prior_overhead_s)
         if options.trial_steps or "train.max_steps" in options.explicit_keys:
             steps = options.trial_steps or cfg.train.max_steps
-            plan = {**plan, "max_steps": steps, "examples": steps * batch * accum,
-                    "epochs": steps * batch * accum / len(dataset.train),
+            examples = examples_for(len(dataset.train), batch, accum, steps)
+            plan = {**plan, "max_steps": steps, "examples": examples, "epochs": examples / len(dataset.train),
                     "reason": f"trial length set by the user: {steps} steps x {step_text(batch, accum)}"}
         study.set_meta(plan=plan)
     base = _base_config(cfg, start, plan, options.explicit_keys)

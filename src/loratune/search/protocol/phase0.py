@@ -6,6 +6,7 @@ import math
 from typing import Callable
 
 from loratune.search.budget import format_amount
+from loratune.steps import examples_for, steps_per_epoch
 from loratune.search.space import DEFAULTS, targets_text
 from loratune.search.state import Start
 from loratune.search.protocol.settings import (ALPHA, DROPOUT, LAYERS, LR, PLAN_EXAMPLES_PER_S, PLAN_OVERHEAD_S, R,
@@ -82,12 +83,12 @@ def plan_trial_length(budget_kind: str, budget_limit: float, n_train: int, batch
         why = f"budget of {int(budget_limit)} trials (length not limited by compute)"
     per_trial = budget_examples / planned
     epochs = max(min_epochs, min(cap_epochs, per_trial / max(1, n_train)))
-    per_step = batch * max(1, int(accum))
-    steps = max(1, int(round(epochs * n_train / per_step)))
-    return {"max_steps": steps, "examples": steps * per_step, "epochs": steps * per_step / max(1, n_train),
+    steps = max(1, int(round(epochs * steps_per_epoch(n_train, batch, accum))))
+    examples = examples_for(n_train, batch, accum, steps)  # an epoch's last step takes its remainder only
+    return {"max_steps": steps, "examples": examples, "epochs": examples / max(1, n_train),
             "planned_trials": planned, "budget_examples": None if math.isinf(budget_examples) else budget_examples,
             "reason": (f"{why}; {planned} planned trials -> {steps} steps x {step_text(batch, accum)} = "
-                       f"{steps * per_step:,} examples ({steps * per_step / max(1, n_train):.2f} epochs of {n_train} "
+                       f"{examples:,} examples ({examples / max(1, n_train):.2f} epochs of {n_train} "
                        f"rows; short trials are {min_epochs:g}-{cap_epochs:g} epochs)")}
 
 
