@@ -309,7 +309,8 @@ def test_start_from_assessment_lets_explicit_user_keys_win():
     assert start.ceiling_r == 32 and start.epochs == 8.0
 
 
-@pytest.mark.parametrize("kind,limit,steps", [("wall_s", 900, 173), ("examples", 30_000, 72), ("trials", 20, 173)])
+# 3 epochs of 1,848 rows at batch 32 are 3 x 58 steps (each epoch's last batch its 24 remaining rows)
+@pytest.mark.parametrize("kind,limit,steps", [("wall_s", 900, 174), ("examples", 30_000, 72), ("trials", 20, 174)])
 def test_trial_length_fits_the_budget(kind, limit, steps):
     plan = plan_trial_length(kind, limit, 1848, 32, start_epochs=8.0, examples_per_s=100)
     assert plan["max_steps"] == steps
