@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import pytest
@@ -1345,6 +1347,27 @@ def test_a_resume_decision_goes_where_the_replay_ends_and_later_replays_step_ove
     assert codes(third) == codes(second) + ["study-resumed"]
     assert [d["seq"] for d in third.decisions] == list(range(len(third.decisions)))
     assert not (tmp_path / "decisions.superseded.jsonl").exists()
+
+
+def test_a_resumed_session_killed_in_its_first_own_trial_keeps_its_resume_decision(tmp_path):
+    """The resume decision waited for a later decision that differed from the old trail: a session stopped during
+    its first new trial (every decision before it a replay) left none, and the next resume's came late."""
+    path = tmp_path / "decisions.jsonl"
+    first = MemoryStore(decisions_path=path)
+    ctx, _ = make_ctx(lr_binds(), store=first, interrupt_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol(ctx, START, ProtocolSettings(full_probe=False))
+    before = codes(ctx)
+    store = MemoryStore(decisions_path=path)
+    store._records = list(first._records)
+    again, runner = make_ctx(lr_binds(), store=store, interrupt_at=1)  # stopped in its first trial of its own
+    again.decide_after_replay("resume", "resume", "resumed: 1 trial lost", "trained again", ["trial #2: 80 examples"],
+                              trials=[2], code="study-resumed")
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol(again, START, ProtocolSettings(full_probe=False))
+    assert not runner.calls  # no trial of its own finished
+    assert codes(again) == before + ["study-resumed"]
+    assert json.loads(path.read_text().splitlines()[-1])["code"] == "study-resumed"  # on disk, before the trial
 
 
 class PruningRunner(ScriptedRunner):

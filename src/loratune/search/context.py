@@ -173,6 +173,8 @@ class SearchContext:
             if claimed:  # a queued trial this search no longer affords
                 self.store.fail(trial, "not run: the budget left does not fit it", status="skipped")
             return None
+        if self._pending:  # this session's first trial of its own: the replay is over, its decisions go first (a
+            self.flush_pending()  # second kill during the trial would otherwise lose them)
         handle, run_dir = self.store.start(spec, trial)
         number = handle if isinstance(handle, int) else handle.number
         self.current = {"number": number, "spec": spec, "last": None}

@@ -139,17 +139,19 @@ def prepare_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict,
     done = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(strategy, space, seed + done, n_startup)
     if done:
-        ctx.decide(strategy, "sampler-seed", f"sampler seed {seed} + {done} finished trials", "sample",
-                   [f"the study holds {done} trial(s): seeded {seed + done}, the sampler draws new points"],
-                   data={"seed": seed, "trials_before": done}, code="sampler-reseeded")
+        # this session's own (its seed, the trials it found): recorded after the replay, never replaced by an earlier
+        # session's decision of the same code
+        ctx.decide_after_replay(strategy, "sampler-seed", f"sampler seed {seed} + {done} finished trials", "sample",
+                                [f"the study holds {done} trial(s): seeded {seed + done}, the sampler draws new "
+                                 "points"], data={"seed": seed, "trials_before": done}, code="sampler-reseeded")
     again = cut_points(ctx, strategy)
     for point in again:  # the sampler's next asks: what an uninterrupted study trained at these trials
         study.enqueue_trial(point["params"])
     if again:
-        ctx.decide(strategy, "retrain", f"{len(again)} trial(s) cut mid-way: trained again", "sample",
-                   [f"trial #{p['number']} ({p['name']}) was {p['status']}: its point is asked again first"
-                    for p in again], trials=[p["number"] for p in again], data={"points": again},
-                   code="cut-trial-again")
+        ctx.decide_after_replay(strategy, "retrain", f"{len(again)} trial(s) cut mid-way: trained again", "sample",
+                                [f"trial #{p['number']} ({p['name']}) was {p['status']}: its point is asked again "
+                                 "first" for p in again], trials=[p["number"] for p in again],
+                                data={"points": again}, code="cut-trial-again")
     if strategy == "tpe-hyperband":
         if eval_every <= 0:
             raise ValueError("tpe-hyperband needs the steps between a trial's eval points (eval_every)")
