@@ -150,7 +150,8 @@ def prepare_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict,
     if again:
         ctx.decide_after_replay(strategy, "retrain", f"{len(again)} trial(s) cut mid-way: trained again", "sample",
                                 [f"trial #{p['number']} ({p['name']}) was {p['status']}: its point is asked again "
-                                 "first" for p in again], trials=[p["number"] for p in again],
+                                 "first (trained when it fits the budget left, as any draw)" for p in again],
+                                trials=[p["number"] for p in again],
                                 data={"points": again}, code="cut-trial-again")
     if strategy == "tpe-hyperband":
         if eval_every <= 0:
