@@ -67,7 +67,7 @@ from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
 from loratune.train import (STEP0_SPLITS, RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged,
                             eval_batches, eval_budget_rows, first_writes, fresh_loss, history_point, loss_points_every,
-                            output_error, peak_memory_mb, plan_steps, record_save_failure, saved_note,
+                            output_error, peak_memory_mb, plan_steps, record_save_failure, save_best_so_far, saved_note,
                             seed_everything, step_groups, timed, torch_threads, train_log_every, utc_now, versions)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
@@ -760,7 +760,8 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
             best_state = ranks.snapshot(model)  # FSDP: gathered from every rank onto rank 0
             run["adapter_step"] = step
             if best_state is not None:  # the saving rank: written as found, so a killed run keeps its best model
-                save_best_so_far(run, model, tokenizer, cfg, store, step, best_state if ranks.sharded else None)
+                state = best_state if ranks.sharded else None
+                save_best_so_far(run, store, step, lambda: save_lm(model, tokenizer, cfg, store, state))
         if run["adapter_step"] == step or run["best"] is None:
             run["best"] = point
             if cm is not None:
@@ -931,17 +932,6 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
             raise
         return user
     return None
-
-
-def save_best_so_far(run: dict, model, tokenizer, cfg: RunConfig, store: RunStore, step: int,
-                     state_dict: dict | None) -> None:
-    """The best trained model so far, written when it is found (as train.save_best_so_far: `kill -9` keeps it;
-    run.json says no model is saved while the files are being written)."""
-    run["saved_model"] = {"step": None, "note": f"writing the model of step {step} (the best so far)"}
-    store.write_run(run)
-    save_lm(model, tokenizer, cfg, store, state_dict)
-    run["saved_model"] = {"step": step, "note": f"adapter/ holds the model of step {step}, the best so far (the run "
-                                                "has not ended: its end confirms or replaces it)"}
 
 
 def save_lm(model, tokenizer, cfg: RunConfig, store: RunStore, state_dict: dict | None = None) -> None:

@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -855,9 +855,10 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
             tuned["best"] = tuned["now"]
             # saved as it comes (LoRA: a small file; full fine-tuning: the whole model, as the Trainer's
             # save-on-evaluate does), so a killed run keeps its best model
-            save_best_so_far(run, model, tokenizer, space, cfg, store, step,
-                             decoding.with_thresholds(tuned["best"]) if decoding is not None and
+            best_decoding = (decoding.with_thresholds(tuned["best"]) if decoding is not None and
                              tuned["best"] is not None else decoding)
+            save_best_so_far(run, store, step,
+                             lambda: save_model(model, tokenizer, space, cfg, store, best_decoding))
         if run["adapter_step"] == step or run["best"] is None:
             run["best"] = point
             if cm is not None:
@@ -1027,14 +1028,14 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
     return None
 
 
-def save_best_so_far(run: dict, model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunStore, step: int,
-                     decoding: Decoding | None) -> None:
-    """A run's best trained model so far (LoRA or full), written when it is found (adapter/, as at the end): `kill -9`
-    or a lost machine no longer loses the run's best model (it lived in memory until the run ended). run.json says no
-    model is saved while the files are being written, and which step they hold once they are."""
+def save_best_so_far(run: dict, store: RunStore, step: int, save: Callable[[], None]) -> None:
+    """A run's best trained model so far (LoRA or full; a classifier's or a causal LM's: `save` writes it into
+    adapter/ as the run's end does), written when it is found: `kill -9` or a lost machine no longer loses the run's
+    best model (it lived in memory until the run ended). run.json says no model is saved while the files are being
+    written, and which step they hold once they are."""
     run["saved_model"] = {"step": None, "note": f"writing the model of step {step} (the best so far)"}
     store.write_run(run)
-    save_model(model, tokenizer, space, cfg, store, decoding)
+    save()
     run["saved_model"] = {"step": step, "note": f"adapter/ holds the model of step {step}, the best so far (the run "
                                                 "has not ended: its end confirms or replaces it)"}
 

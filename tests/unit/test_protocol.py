@@ -1319,24 +1319,35 @@ def test_the_runner_keeps_a_run_whose_record_was_final_when_the_signal_took_effe
             assert exc.value.result.status == "completed" and type(exc.value.signal) is KeyboardInterrupt
 
 
-def test_a_resume_decision_goes_where_the_replay_ends_and_later_replays_step_over_it(tmp_path):
-    """The trail says a study was resumed without breaking the replay: the decision lands after the decisions the
-    earlier session took (not superseding them), and a second resume replays past it."""
-    path = tmp_path / "decisions.jsonl"
+def _interrupted_study(path):
+    """A protocol study stopped at its third trial (decisions in `path`): its store and its decision codes."""
     first = MemoryStore(decisions_path=path)
     ctx, _ = make_ctx(lr_binds(), store=first, interrupt_at=3)
     with pytest.raises(KeyboardInterrupt):
         run_protocol(ctx, START, ProtocolSettings(full_probe=False))
-    before = codes(ctx)
+    return first, codes(ctx)
+
+
+def _resumed_ctx(path, first, interrupt_at=None):
+    """A resumed session over `first`'s trials and trail, its study-resumed decision pending (as tune records it)."""
+    store = MemoryStore(decisions_path=path)
+    store._records = list(first._records)
+    ctx, runner = make_ctx(lr_binds(), store=store, interrupt_at=interrupt_at)
+    ctx.decide_after_replay("resume", "resume", "resumed: 1 trial lost", "trained again", ["trial #2: 80 examples"],
+                            trials=[2], code="study-resumed")
+    return ctx, runner
+
+
+def test_a_resume_decision_goes_where_the_replay_ends_and_later_replays_step_over_it(tmp_path):
+    """The trail says a study was resumed without breaking the replay: the decision lands after the decisions the
+    earlier session took (not superseding them), and a second resume replays past it."""
+    path = tmp_path / "decisions.jsonl"
+    first, before = _interrupted_study(path)
 
     def resume():
-        store = MemoryStore(decisions_path=path)
-        store._records = list(first._records)
-        c, _ = make_ctx(lr_binds(), store=store)
-        c.decide_after_replay("resume", "resume", "resumed: 1 trial lost", "trained again", ["trial #2: 80 examples"],
-                              trials=[2], code="study-resumed")
+        c, _ = _resumed_ctx(path, first)
         run_protocol(c, START, ProtocolSettings(full_probe=False))
-        first._records = list(store._records)
+        first._records = list(c.store._records)
         return c
 
     second = resume()
@@ -1353,16 +1364,8 @@ def test_a_resumed_session_killed_in_its_first_own_trial_keeps_its_resume_decisi
     """The resume decision waited for a later decision that differed from the old trail: a session stopped during
     its first new trial (every decision before it a replay) left none, and the next resume's came late."""
     path = tmp_path / "decisions.jsonl"
-    first = MemoryStore(decisions_path=path)
-    ctx, _ = make_ctx(lr_binds(), store=first, interrupt_at=3)
-    with pytest.raises(KeyboardInterrupt):
-        run_protocol(ctx, START, ProtocolSettings(full_probe=False))
-    before = codes(ctx)
-    store = MemoryStore(decisions_path=path)
-    store._records = list(first._records)
-    again, runner = make_ctx(lr_binds(), store=store, interrupt_at=1)  # stopped in its first trial of its own
-    again.decide_after_replay("resume", "resume", "resumed: 1 trial lost", "trained again", ["trial #2: 80 examples"],
-                              trials=[2], code="study-resumed")
+    first, before = _interrupted_study(path)
+    again, runner = _resumed_ctx(path, first, interrupt_at=1)  # stopped in its first trial of its own
     with pytest.raises(KeyboardInterrupt):
         run_protocol(again, START, ProtocolSettings(full_probe=False))
     assert not runner.calls  # no trial of its own finished
