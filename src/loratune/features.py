@@ -177,6 +177,8 @@ _CATALOGUE = (
     _spec("val loss", "val_loss_start", "loss", "val loss started at {}", "First V (step 0 when recorded)."),
     _spec("val loss", "val_loss_min", "loss", "val loss reached a minimum of {}", "Minimum of V."),
     _spec("val loss", "val_loss_final", "loss", "val loss ended at {}", "Last V."),
+    _spec("val loss", "val_loss_final_over_start", "ratio", "val loss ended at {} of its first eval",
+          "Last V / first V (an exploding val loss, read where no train loss was logged)."),
     _spec("val loss", "val_loss_drop", "fraction", "val loss fell {} from its start to its minimum",
           "(start - min) / start of V."),
     _spec("val loss", "val_loss_rise", "fraction", "val loss rose {} from its minimum",
@@ -271,6 +273,8 @@ _CATALOGUE = (
     _spec("val metric", "val_metric_start", "points", "val metric started at {}", "First M."),
     _spec("val metric", "val_metric_best", "points", "val metric peaked at {}", "Maximum of M."),
     _spec("val metric", "val_metric_final", "points", "val metric ended at {}", "Last M."),
+    _spec("val metric", "val_metric_final_vs_start", "points", "val metric ended {} from its first eval",
+          "Last M - first M (negative: the run ended below where it began)."),
     _spec("val metric", "val_metric_gain", "points", "val metric gained {} from start to best", "best - start of M."),
     _spec("val metric", "val_metric_gain_se", "se", "val metric gained {} from start to best",
           "val_metric_gain / val_metric_noise."),
@@ -1028,7 +1032,7 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
              "val_loss_rise_held_noise", "val_loss_rise_steady", "val_loss_min_fraction", "val_loss_late_drop",
              "val_loss_late_share", "val_loss_rise_share", "val_loss_vs_chance", "val_loss_noise",
              "val_loss_rise_noise", "val_loss_drop_noise", "val_loss_repeats", "val_loss_repeat_share",
-             "val_loss_min_vs_reference")
+             "val_loss_min_vs_reference", "val_loss_final_over_start")
     if not V:
         broken = any("val/loss" in p for p in pts)  # logged, every value non-finite
         acc.miss(names, "the val loss is non-finite (NaN/inf) at every eval while the train loss is finite: the "
@@ -1041,6 +1045,7 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     acc.set("val_loss_start", start)
     acc.set("val_loss_min", vmin)
     acc.set("val_loss_final", final)
+    acc.set("val_loss_final_over_start", final / start if start > 0 else None, "val loss starts at 0")
     acc.set("val_loss_vs_chance", final / chance if chance else None, why_chance)
     acc.set("val_loss_drop", (start - vmin) / start if start > 0 else None, "val loss starts at 0")
     acc.set("val_loss_rise", (final - vmin) / vmin if vmin > 0 else None, "val loss minimum is 0")
@@ -1135,7 +1140,8 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
     names = ("val_metric_start", "val_metric_best", "val_metric_final", "val_metric_gain", "val_metric_gain_se",
              "val_metric_final_drop", "best_step_fraction", "val_metric_late_gain", "val_metric_late_gain_se",
              "val_metric_gain_per_epoch_late", "still_improving", "val_metric_se", "val_metric_max_drop",
-             "val_metric_drops", "val_metric_max_drop_se", "val_metric_noise", "val_metric_repeat_share")
+             "val_metric_drops", "val_metric_max_drop_se", "val_metric_noise", "val_metric_repeat_share",
+             "val_metric_final_vs_start")
     acc.set("val_metric_logged", 0.0 if metric is None else 1.0)
     if metric is None:
         acc.miss(names, "no val metric (val/macro_f1, val/accuracy, ...) in the history")
@@ -1147,6 +1153,7 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
     acc.set("val_metric_start", vals[0])
     acc.set("val_metric_best", best)
     acc.set("val_metric_final", vals[-1])
+    acc.set("val_metric_final_vs_start", vals[-1] - vals[0])
     acc.set("val_metric_gain", best - vals[0])
     acc.set("val_metric_final_drop", best - vals[-1])
     acc.set("best_step_fraction", frac(M[i_best][0]))

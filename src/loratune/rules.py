@@ -112,6 +112,14 @@ _THRESHOLDS = (
        "and still sit far below any untrained value (0.0009 -> 0.0068 is memorisation wobbling, not an explosion)."),
     _t("diverged_chance_ratio", 2.0, "ratio", "Train loss ending at this multiple of ln(classes) has blown up, even "
        "when the first logged loss already includes the explosion (a uniform guess scores 1x)."),
+    _t("diverged_val_loss_ratio", 10.0, "ratio", "Val loss ending at this multiple of its first eval has blown up "
+       "when the val metric also ended below where it began (diverged_val_metric_gain_max): read only where the "
+       "train loss is not logged (logging_strategy='no'; a logged train loss decides by its own routes). Overfitting's confident errors lift a val loss a few "
+       "times over its minimum while the metric keeps what it learned; an explosion takes both. Set at twice the "
+       "largest ratio an overfit run of the corpus reached (4.9, fold T's DanielHevdeli, its metric below its start); "
+       "no corpus run reaches it (bench/diagnose_external.py: no verdict moved), so synthetic curves test it."),
+    _t("diverged_val_metric_gain_max", 0.0, "points", "A val metric that ended below its first eval has lost all "
+       "it learned (diverged_val_loss_ratio's second half)."),
     _t("collapse_pred_share", 0.5, "fraction", "Share of val predictions in one class that counts as collapse."),
     _t("collapse_loss_vs_chance", 0.8, "ratio", "Train loss at least this share of ln(classes): pinned near chance."),
     _t("collapse_peak_chance_ratio", 1.5, "ratio", "A train loss that reached this multiple of ln(classes) and "
@@ -372,7 +380,13 @@ _RULES = (
                        c("train_loss_final", ">=", "diverged_loss_floor"),
                        why="the train loss ended at a multiple of its start"),
                   all_(c("train_loss_vs_chance", ">=", "diverged_chance_ratio"),
-                       why="the train loss ended far above a uniform guess's ln(classes)")),
+                       why="the train loss ended far above a uniform guess's ln(classes)"),
+                  all_(c("train_loss_logged", "<", "flag_on"),
+                       c("val_loss_final_over_start", ">=", "diverged_val_loss_ratio"),
+                       c("val_loss_final", ">=", "diverged_loss_floor"),
+                       c("val_metric_final_vs_start", "<", "diverged_val_metric_gain_max"),
+                       why="no train loss logged: the val loss ended at a multiple of its first eval and the val "
+                           "metric below where it began")),
         verdict="diverged: non-finite or exploding loss",
         moves=("learning_rate /10", "check data"),
         suppresses=_CURVE_AND_CLASS,

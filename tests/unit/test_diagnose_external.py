@@ -130,6 +130,32 @@ def test_near_miss_diverged_loss_above_start_but_below_the_chance_multiple(tmp_p
     assert not d.fired("diverged", active_only=False)
 
 
+def _eval_only(folder: Path, val, metric) -> Path:
+    """A Trainer run with logging_strategy='no': eval entries only, no train loss anywhere."""
+    trainer_state(folder, train=lambda f: 1.0, val=val, metric=metric, classes=None, finished=False)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    state["log_history"] = [e for e in state["log_history"] if "loss" not in e]
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    return folder
+
+
+def test_an_exploding_val_loss_with_no_train_loss_logged_is_diverged(tmp_path):
+    # val loss 3.1 -> 2.5 -> 120 and accuracy 0.30 -> 0.45 -> 0.03: an explosion, read without any train loss
+    d = diagnose(_eval_only(tmp_path, val=lambda f: 3.1 - 3 * f if f <= 0.2 else 2.5 * 48 ** ((f - 0.2) / 0.8),
+                            metric=lambda f: 0.30 + 0.75 * f if f <= 0.2 else max(0.03, 0.45 - 1.5 * (f - 0.2))))
+    assert d.features.values.get("train_loss_final_over_start") is None
+    assert d.verdict == "diverged", [(f.rule_id, f.suppressed_by) for f in d.findings]
+    assert d.features["val_loss_final_over_start"] >= 10 and d.features["val_metric_final_vs_start"] < 0
+
+
+@pytest.mark.parametrize("rise, metric_end", [(5.0, 0.25), (14.0, 0.40)])
+def test_near_miss_diverged_from_the_val_side(rise, metric_end, tmp_path):
+    # a val loss 5x its start with the metric below where it began (the corpus's largest overfit rise), and a val
+    # loss 14x its start with the metric above it: neither is an explosion
+    d = diagnose(_eval_only(tmp_path, val=lambda f: 0.3 * rise ** f, metric=lambda f: 0.30 + (metric_end - 0.30) * f))
+    assert not d.fired("diverged", active_only=False)
+
+
 def test_near_miss_lr_too_small_when_the_first_eval_is_late_and_the_train_loss_fell(tmp_path):
     # val loss fell only 13% between evals because the first eval came one epoch in; train loss fell 60%
     d = diagnose(trainer_state(tmp_path, train=exp_decay(0.29, 0.11, 4), val=lambda f: 0.19 - 0.025 * f,
