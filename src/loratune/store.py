@@ -170,14 +170,18 @@ def _holder_text(raw: str) -> str:
     return f"pid {h['pid']} on {h.get('host', '?')}" if h.get("pid") else "pid unknown"
 
 
-def liveness(run_dir: str | Path) -> tuple[str, str]:
-    """('alive' | 'dead', why) for a run directory whose run.json says `running`."""
+def liveness(run_dir: str | Path, worker: str | None = None) -> tuple[str, str]:
+    """('alive' | 'dead', why) for a run directory whose run.json says `running`. `worker` ("pid N on HOST"): the
+    process a study gave the run to; a study trial that is starting has no run.lock (nor directory) yet, and
+    reads as dead only once that process is gone."""
     import fcntl
 
     path = Path(run_dir) / LOCK
     try:
         f = open(path, "r", encoding="utf-8")
     except FileNotFoundError:
+        if worker:
+            return _worker_liveness(worker)
         return "dead", "no process holds its lock (run.lock is gone)"
     except OSError as exc:
         return "alive", f"run.lock cannot be read ({exc})"
@@ -199,6 +203,21 @@ def liveness(run_dir: str | Path) -> tuple[str, str]:
         if age > HEARTBEAT_STALE_S:
             return "dead", f"{who} sent no heartbeat for {age:.0f}s"
         return "alive", f"{who} sent a heartbeat {age:.0f}s ago"
+
+
+def _worker_liveness(worker: str) -> tuple[str, str]:
+    """('alive' | 'dead', why) of the process named "pid N on HOST"; one on another host cannot be seen from here
+    and counts as alive (its run.lock's heartbeat says more once it is written)."""
+    import re
+
+    m = re.fullmatch(r"pid (\d+) on (.+)", worker.strip())
+    if not m:
+        return "dead", f"no process holds its lock (run.lock is gone) and its process is unknown ({worker!r})"
+    if m.group(2) != socket.gethostname():
+        return "alive", f"{worker} has not written run.lock yet (starting)"
+    if pid_alive(int(m.group(1))):
+        return "alive", f"{worker} is alive and has not written run.lock yet (starting)"
+    return "dead", f"{worker} is gone and no process holds its lock"
 
 
 def with_liveness(run: dict, run_dir: str | Path) -> dict:

@@ -763,3 +763,34 @@ def test_a_folder_far_above_a_tensorboard_log_is_not_searched_to_the_bottom(tmp_
     (deep / "events.out.tfevents.1.host").write_bytes(b"")
     assert find_event_files(tmp_path) == []  # 4 folders down: someone else's run
     assert find_event_files(tmp_path / "a") == [deep / "events.out.tfevents.1.host"]  # OUTPUT/runs/<date>/ and one
+
+
+def test_a_starting_trial_of_a_live_study_reads_running_not_died(tmp_path):
+    """A trial the study has started but whose run directory (or run.lock) is not written yet reads `running` while
+    the process it was given to lives (every trial of a live study read `died` in that window), `died` once gone."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import optuna
+
+    from loratune.report.study import build_study_report
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    d = tmp_path / "study"
+    d.mkdir()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="loratune", storage=f"sqlite:///{d / 'study.db'}")
+    host = socket.gethostname()
+    for n, (pid, dir_made) in enumerate(((os.getpid(), False), (os.getpid(), True), (gone.pid, False))):
+        t = study.ask()
+        run_dir = d / "trials" / f"{n:02d}-t{n}"
+        if dir_made:  # the directory exists, run.lock not yet
+            run_dir.mkdir(parents=True)
+        for k, v in (("name", f"t{n}"), ("phase", "phase1-lr-grid"), ("status", "running"),
+                     ("run_dir", str(run_dir)), ("worker", f"pid {pid} on {host}")):
+            t.set_user_attr(k, v)
+    s = build_study_report(d)
+    assert [t.status for t in s.trials] == ["running", "running", "died"]

@@ -305,10 +305,10 @@ def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: 
         f1 = tuple((float(s), o.value(float(v))) for s, v in res["curve"])
     method = str(point.get("adapter.method", "lora"))
     status = str(row.get("status") or res.get("status") or "?")
-    if status == "running" and run_dir:  # a killed tune's trial: its run dir says whether anyone still runs it
-        from loratune.store import liveness
+    if status == "running" and run_dir:  # a killed tune's trial: its run dir says whether anyone still runs it, or
+        from loratune.store import liveness  # while it starts (no run.lock yet), the process the study gave it to
 
-        status = "died" if liveness(run_dir)[0] == "dead" else status
+        status = "died" if liveness(run_dir, row.get("worker"))[0] == "dead" else status
     return TrialView(
         number=int(row.get("trial", rec.get("number", -1))),
         name=str(row.get("name") or spec.get("name") or "?"),
@@ -542,7 +542,7 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
             "point": r["record"]["spec"].get("point"), "run_dir": r["record"].get("run_dir")} or {
             "name": r["attrs"].get("name", "?"), "phase": r["attrs"].get("phase", "?"),
             "status": r["attrs"].get("status", r["state"].lower()), "point": r["attrs"].get("point") or {},
-            "run_dir": r["attrs"].get("run_dir")})} for r in records
+            "run_dir": r["attrs"].get("run_dir"), "worker": r["attrs"].get("worker")})} for r in records
             if r["attrs"].get("status") != "skipped"]  # a sampler's draw too long for the budget: never ran
         if not rows:
             rows = _trials_from_dirs(root)
