@@ -794,3 +794,31 @@ def test_a_starting_trial_of_a_live_study_reads_running_not_died(tmp_path):
             t.set_user_attr(k, v)
     s = build_study_report(d)
     assert [t.status for t in s.trials] == ["running", "running", "died"]
+
+
+@pytest.mark.parametrize("how", ["copy", "move"])
+def test_a_copied_or_moved_study_reads_and_writes_its_own_trial_dirs(tmp_path, how):
+    """tune records absolute run directories: a copy's report read (and --trial-reports wrote into) the original's
+    trials, a moved study's report showed dead paths without links. The study's own <study>/trials/<n>-<name> count."""
+    import argparse
+    import shutil
+
+    from loratune.commands import report as report_cmd
+    from loratune.report.study import build_study_report
+
+    orig = tmp_path / "s1"
+    scripted_study(orig, run_dirs=True)
+    (orig / "final" / "adapter").mkdir()
+    summary = json.loads((orig / "final" / "study.json").read_text())
+    summary["recommendation"]["files"]["adapter"] = str(orig / "final" / "adapter")
+    (orig / "final" / "study.json").write_text(json.dumps(summary))
+    other = tmp_path / "s1other"
+    (shutil.copytree if how == "copy" else shutil.move)(orig, other)
+    report_cmd.run(argparse.Namespace(path=str(other), output=str(tmp_path / "out.html"), no_examples=True,
+                                      json=False, trial_reports=True))
+    s = build_study_report(other)
+    assert s.trials and all(Path(t.run_dir).parent == other / "trials" for t in s.trials)
+    assert [t.link for t in s.trials] == [f"trials/{Path(t.run_dir).name}" for t in s.trials]
+    assert all(t.report_link and (other / t.report_link).is_file() for t in s.trials)
+    assert s.recommendation.files["adapter"] == str(other / "final" / "adapter")
+    assert not list(orig.glob("trials/*/report.html"))  # nothing written into the study it was copied from

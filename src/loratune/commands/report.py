@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if args.trial_reports and getattr(report, "kind", "") == "study" and not args.json:
         from loratune.report.model import build_run_report, is_run_dir, with_examples
 
-        for t in report.trials:
-            if t.run_dir and is_run_dir(t.run_dir):
+        for t in report.trials:  # only the study's own trial directories (`link`): never into another study's
+            if t.run_dir and t.link and is_run_dir(t.run_dir):
                 run = with_examples(build_run_report(t.run_dir), None, "not computed for trial reports")
                 write_html(run, Path(t.run_dir) / "report.html")
         report = build_report(args.path)  # now with links to the trial reports

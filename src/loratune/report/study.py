@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 from loratune.errors import UserError
 from loratune.objectives import Objective, objective
 from loratune.report.model import as_float, read_history, read_json, to_plain
+from loratune.search.study import FINAL, TRIALS
 
 # ---------------------------------------------------------------------------------------------
 # Records
@@ -269,6 +270,17 @@ def _rel(path: str | None, root: Path) -> str | None:
         return None
 
 
+def _in_study(path: str | None, root: Path, folder: str) -> str | None:
+    """`path` as found in this study directory: tune records absolute paths, so a study copied or moved would read
+    (and `report --trial-reports` write into) the directories of the study it was copied from, or dead paths; what
+    this study holds under <root>/<folder>/<name> is its own. A relative path is taken from the study directory."""
+    if not path:
+        return path
+    p = Path(path)
+    here = root / p if not p.is_absolute() else root / folder / p.name if p.parent.name == folder else None
+    return str(here) if here is not None and here.exists() else path
+
+
 def _run_curves(run_dir: str | None, key: str) -> tuple[tuple, tuple]:
     """(step, value) of the objective `key` and of the val loss, from the run's history."""
     if not run_dir or not Path(run_dir, "history.jsonl").is_file():
@@ -297,9 +309,7 @@ def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: 
     spec = rec.get("spec") or {}
     res = rec.get("result") or {}
     point = dict(row.get("point") or spec.get("point") or {})
-    run_dir = row.get("run_dir") or rec.get("run_dir")
-    if run_dir and not Path(run_dir).is_absolute() and (root / run_dir).exists():
-        run_dir = str(root / run_dir)
+    run_dir = _in_study(row.get("run_dir") or rec.get("run_dir"), root, TRIALS)
     f1, loss = _run_curves(run_dir, o.key)
     if not f1 and res.get("curve"):  # the record's curve holds scores
         f1 = tuple((float(s), o.value(float(v))) for s, v in res["curve"])
@@ -475,7 +485,8 @@ def _recommendation(data: Mapping[str, Any] | None, root: Path, trials: Sequence
     value = data["objective_value"] if "objective_value" in data else data.get("val_macro_f1")
     return Recommendation(_int(data.get("trial")), str(data.get("name") or ""), as_float(value),
                           dict(data.get("test") or {}), str(data.get("verdict") or ""), dict(data.get("point") or {}),
-                          yaml_text, {k: str(v) for k, v in (data.get("files") or {}).items()},
+                          yaml_text, {k: str(_in_study(str(v), root, FINAL))
+                                      for k, v in (data.get("files") or {}).items()},
                           missing=None if yaml_text else "no final/config.yaml was written")
 
 
