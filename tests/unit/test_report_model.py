@@ -822,3 +822,25 @@ def test_a_copied_or_moved_study_reads_and_writes_its_own_trial_dirs(tmp_path, h
     assert all(t.report_link and (other / t.report_link).is_file() for t in s.trials)
     assert s.recommendation.files["adapter"] == str(other / "final" / "adapter")
     assert not list(orig.glob("trials/*/report.html"))  # nothing written into the study it was copied from
+
+
+def test_each_rank_shows_its_own_share_of_the_model(tmp_path):
+    """Trials of a TPE study adapt different modules: every rank's share was scaled from one trial's adapter
+    (r=4 13.38%, r=8 26.76%); each rank reads its own counts (r=4 q/v 1024/26020, r=8 attn+ffn 7168/32164)."""
+    from loratune.report.study import build_study_report
+
+    d = tmp_path / "study"
+    (d / "final").mkdir(parents=True)
+    counts = {0: (8, 7168, 32164, 20000), 1: (4, 1024, 26020, 4000), 2: (8, 2048, 27044, 4000)}
+    trials = [{"trial": n, "name": f"t{n}", "phase": "tpe", "status": "completed", "objective": "val/macro_f1",
+               "objective_value": v, "examples": 100, "wall_s": 1.0, "point": {R: counts[n][0], LR: 1e-3},
+               "_params": {"adapter": counts[n][1], "total": counts[n][2], "adapted_weights": counts[n][3]}}
+              for n, v in ((0, 0.5), (1, 0.4), (2, 0.3))]
+    summary = {"objective": "val/macro_f1", "strategy": "tpe", "trials": trials,
+               "rank_vs_metric": {"trials": [{"r": t["point"][R], "value": t["objective_value"], "trial": t["trial"],
+                                              "phase": "tpe"} for t in trials]}}
+    (d / "final" / "study.json").write_text(json.dumps(summary))
+    s = build_study_report(d)
+    shares = {r: (a, b) for r, a, b in s.rank.shares}
+    assert shares[4] == pytest.approx((1024 / 26020, 1024 / 4000))
+    assert shares[8] == pytest.approx((7168 / 32164, 7168 / 20000))  # r=8's best trial (#0), its own modules

@@ -412,13 +412,23 @@ def _rank_view(data: Mapping[str, Any] | None, trials: Sequence[TrialView],
         tr = _int(p.get("trial"))
         pts.append(RankPoint(_int(p["r"]), as_float(p["value"]), tr if tr is not None else -1, str(p.get("phase", "?")),
                              bool(p.get("rslora")), tr in sweep_trials))
-    # parameter share per rank, from any LoRA trial's counts (adapter parameters grow linearly with r)
+    # parameter share per rank: a rank's own counts (its best trial's: trials may adapt other modules, and the
+    # model's total grows with the adapter), else scaled from any LoRA trial's (adapter parameters grow with r)
+    own: dict[int, tuple[float, float, float | None]] = {}
+    for t in sorted(trials, key=lambda t: (t.value is None, -o.score(t.value) if t.value is not None else 0.0)):
+        a, tot = as_float(t.params.get("adapter")), as_float(t.params.get("total"))
+        if t.method == "lora" and t.r and a and tot:
+            own.setdefault(t.r, (a, tot, as_float(t.params.get("adapted_weights"))))
     shares, marks = [], []
     ref = _share_ref(trials, table)
     if ref is not None:
         per_r, total, adapted = ref
         for r in sorted({p.r for p in pts} | ({data["breakeven_r"]} if _int(data.get("breakeven_r")) else set())):
-            shares.append((r, per_r * r / total, per_r * r / adapted if adapted else None))
+            if r in own:
+                a, tot, aw = own[r]
+                shares.append((r, a / tot, a / aw if aw else None))
+            else:
+                shares.append((r, per_r * r / total, per_r * r / adapted if adapted else None))
         for share in (0.01, 0.1):
             marks.append((share * total / per_r, f"LoRA = {share:.0%} of the model"))
     if not pts:
