@@ -844,3 +844,29 @@ def test_each_rank_shows_its_own_share_of_the_model(tmp_path):
     shares = {r: (a, b) for r, a, b in s.rank.shares}
     assert shares[4] == pytest.approx((1024 / 26020, 1024 / 4000))
     assert shares[8] == pytest.approx((7168 / 32164, 7168 / 20000))  # r=8's best trial (#0), its own modules
+
+
+def test_the_compute_tile_says_what_the_budget_spent_after_a_resume(tmp_path):
+    """A resumed study whose trial #1 was cut: the tile counted 3 trials (the cut one too) but not its examples or
+    time, while the lede (the budget) said 2 trials; both now read the budget's spent, the cut trial named."""
+    from loratune.report.render_study import summary_section
+    from loratune.report.study import build_study_report
+
+    d = tmp_path / "study"
+    (d / "final").mkdir(parents=True)
+    rows = [{"trial": n, "name": f"t{n}", "phase": "phase1-lr-grid", "status": st, "objective": "val/macro_f1",
+             "objective_value": v, "examples": ex, "wall_s": w, "point": {R: 4, LR: 1e-3}}
+            for n, st, v, ex, w in ((0, "completed", 0.5, 96, 6.0), (1, "interrupted", None, 16, 0.5),
+                                    (2, "completed", 0.6, 96, 2.0))]
+    summary = {"objective": "val/macro_f1", "strategy": "protocol", "trials": rows,
+               "budget": {"budget": {"text": "2trials"}, "spent": {"trials": 2, "examples": 208, "wall_s": 100.0}},
+               "best_vs_compute": [{"trial": 0, "value": 0.5, "examples_cum": 96, "wall_s_cum": 6.0, "best_so_far": 0.5},
+                                   {"trial": 2, "value": 0.6, "examples_cum": 192, "wall_s_cum": 8.0,
+                                    "best_so_far": 0.6}]}
+    (d / "final" / "study.json").write_text(json.dumps(summary))
+    s = build_study_report(d)
+    assert s.budget.startswith("spent 2 trials, 208 training examples")
+    html = summary_section(s)
+    assert re.search(r'data-key="compute"><div class="k">compute</div><div class="v">2 trials</div>'
+                     r'<div class="d">208 training examples · 1.7 min · 1 cut trial counted in examples and time</div>',
+                     html), html

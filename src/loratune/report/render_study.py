@@ -21,7 +21,7 @@ from loratune.report.html import (
     value_text,
 )
 from loratune.objectives import Objective
-from loratune.report.study import StudyReport, TrialView, trial_count
+from loratune.report.study import CUT, StudyReport, TrialView, trial_count
 from loratune.search.stages import TRAIL_PHASES as PHASE_NAMES  # the stage table's names, one place
 
 
@@ -69,10 +69,16 @@ def summary_section(s: StudyReport) -> str:
     if best is not None:
         tiles.append(tile(f"best {o.name}", metric(best.value), f"trial #{best.number} {esc(best.name)}",
                           "" if rec.missing is None else "primary", key="best"))
-    ex = s.best_vs_compute[-1].examples_cum if s.best_vs_compute else None
-    wall = s.best_vs_compute[-1].wall_s_cum if s.best_vs_compute else None
-    tiles.append(tile("compute", f"{len(s.trials)} trials", f"{human(ex)} training examples · {duration(wall)}",
-                      key="compute"))
+    if s.spent.get("trials") is not None:  # the budget's own count, as the lede says it: a trial cut by a kill (and
+        # trained again on --resume) is no trial there, but its examples and time are spent
+        cut = sum(1 for t in s.trials if t.status in CUT)
+        head, ex, wall = f"{s.spent['trials']} trials", s.spent.get("examples"), s.spent.get("wall_s")
+        tail = f" · {cut} cut trial{'s' if cut > 1 else ''} counted in examples and time" if cut else ""
+    else:  # an unfinished study: what its trials recorded
+        head, tail = trial_count(s.trials), ""
+        ex = s.best_vs_compute[-1].examples_cum if s.best_vs_compute else None
+        wall = s.best_vs_compute[-1].wall_s_cum if s.best_vs_compute else None
+    tiles.append(tile("compute", head, f"{human(ex)} training examples · {duration(wall)}{tail}", key="compute"))
     lf = s.lora_vs_full
     if lf.choice:
         tiles.append(tile("LoRA vs full", esc("full fine-tuning" if lf.choice == "full" else "LoRA"),

@@ -521,7 +521,8 @@ def _objective_key(summary: Mapping[str, Any], rows: Sequence[Any], records: Seq
     return next((str(k) for k in found if k), None)
 
 
-UNFINISHED = ("queued", "running", "interrupted", "died", "killed")  # a trial's statuses before it has a result
+CUT = ("interrupted", "died", "killed")  # a trial stopped before its result (the budget counts its compute, no trial)
+UNFINISHED = ("queued", "running", *CUT)  # a trial's statuses before it has a result
 
 
 def trial_count(trials) -> str:
