@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from loratune.errors import UserError
+from loratune.objectives import objective
 from loratune.search.context import SearchContext
 from loratune.search.study import records_table
 from loratune.store import read_json, write_atomic, write_json
@@ -161,9 +162,12 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
                  **({"decoding": picked["decoding"]} if picked.get("decoding") else {})}
     summary = summarize(ctx, strategy, rec, test, files, extra)
     if rec is not None:
+        # the test score of the metric the val score names (multi-label: subset accuracy, not macro-F1), as the
+        # recommendation shows it; a test split scored without it, the macro-F1 or the loss it has
+        shown = next((o for o in (ctx.objective.on("test"), objective("val/macro_f1").on("test"),
+                                  objective("val/loss").on("test")) if test and o.key in test), None)
         ctx.decide("finish", "recommendation", f"{rec.label}: {ctx.show(rec.value)}"
-                   + (f", test macro-F1 {test['test/macro_f1']:.4f}" if test and 'test/macro_f1' in test else
-                      f", test loss {test['test/loss']:.4f}" if test and 'test/loss' in test else ""),
+                   + (f", {shown.name} {test[shown.key]:.4f}" if shown is not None else ""),
                    "export " + (", ".join(sorted(files)) or "nothing"),
                    [f"point: {rec.point}"], [rec])
         summary["trail"] = ctx.decisions
