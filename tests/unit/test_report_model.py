@@ -870,3 +870,27 @@ def test_the_compute_tile_says_what_the_budget_spent_after_a_resume(tmp_path):
     assert re.search(r'data-key="compute"><div class="k">compute</div><div class="v">2 trials</div>'
                      r'<div class="d">208 training examples · 1.7 min · 1 cut trial counted in examples and time</div>',
                      html), html
+
+
+def test_the_rank_noise_band_is_anchored_at_the_sweep_not_at_a_long_run(tmp_path):
+    """The band hung from each rank's best value, a 60-step long run's included: the plateau point (a short sweep
+    trial) fell outside its own band. It hangs from the sweep's best."""
+    from loratune.report.render_study import rank_band, rank_section
+    from loratune.report.study import build_study_report
+
+    d = tmp_path / "study"
+    (d / "final").mkdir(parents=True)
+    pts = [(0, 4, 0.30, "rank-sweep"), (1, 8, 0.32, "rank-sweep"), (2, 4, 0.70, "final-train")]
+    summary = {"objective": "val/macro_f1", "strategy": "protocol",
+               "trials": [{"trial": n, "name": f"t{n}", "phase": ph, "status": "completed", "objective_value": v,
+                           "point": {R: r, LR: 1e-3}} for n, r, v, ph in pts],
+               "rank_vs_metric": {"trials": [{"r": r, "value": v, "trial": n, "phase": ph} for n, r, v, ph in pts],
+                                  "sweep": [{"trial": 0, "r": 4}, {"trial": 1, "r": 8}], "plateau_r": 4,
+                                  "threshold": 0.05}}
+    (d / "final" / "study.json").write_text(json.dumps(summary))
+    s = build_study_report(d)
+    assert rank_band(s) == pytest.approx((0.27, 0.32))
+    lo, hi = rank_band(s)
+    assert lo <= 0.30 <= hi  # the plateau point lies in the band
+    html = rank_section(s, {})
+    assert re.search(r"within the gain threshold 0\.050 of the sweep(&#x27;|&#39;|')s best", html)

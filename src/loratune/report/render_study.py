@@ -167,6 +167,20 @@ def compute_section(s: StudyReport, phases: dict[str, str]) -> str:
                    legend(items) + f'<div class="grid2">{"".join(figs)}</div>')
 
 
+def rank_band(s: StudyReport) -> tuple[float, float] | None:
+    """(lo, hi) of the rank chart's noise band: the gain threshold from the best value towards the worse side (below
+    a score, above a loss). Anchored at the sweep's best when there is a sweep: the plateau is judged on its points
+    (one lr, one length), and a long run's or another lr's better value would leave the plateau outside its band."""
+    o, rk = s.obj, s.rank
+    sweep = [p.value for p in rk.points if p.in_sweep]
+    ref = sweep if len(sweep) >= 2 else [p.value for p in rk.points]
+    if not rk.threshold or not ref:
+        return None
+    top = max(ref, key=o.score)
+    edge = o.value(o.score(top) - rk.threshold)
+    return min(top, edge), max(top, edge)
+
+
 def rank_section(s: StudyReport, phases: dict[str, str]) -> str:
     o, rk = s.obj, s.rank
     title = f"Rank vs {o.name}"
@@ -203,10 +217,10 @@ def rank_section(s: StudyReport, phases: dict[str, str]) -> str:
             vlines.append(ch.VLine(r_share, label, "ref"))
             hi, lo = max(hi, r_share), min(lo, r_share)
     bands = []
-    top = max(best_by_r.values(), key=o.score)
-    if rk.threshold:  # from the best value towards the worse side (below a score, above a loss)
-        edge = o.value(o.score(top) - rk.threshold)
-        bands.append(ch.Band(min(top, edge), max(top, edge), f"within the gain threshold {rk.threshold:.3f} of the best"
+    band = rank_band(s)
+    if band is not None:
+        bands.append(ch.Band(*band, f"within the gain threshold {rk.threshold:.3f} of the "
+                             + ("sweep's best" if len(sweep) >= 2 else "best")
                              + (f" ({rk.threshold_source})" if rk.threshold_source else ""), "band good"))
     x_lo, x_hi = max(lo / 1.6, 0.5), hi * 1.6
     ticks = [2.0 ** k for k in range(0, 14) if x_lo <= 2 ** k <= x_hi]
