@@ -364,3 +364,19 @@ def test_a_resumed_random_study_trains_the_point_of_its_cut_trial_again(tmp_path
         assert cut_points(ctx, "random") == []  # trained: never queued again by a later resume
     finally:
         resumed.close()
+
+
+def test_a_sampler_study_does_not_warn_about_its_heartbeat(tmp_path):
+    """`tune --strategy tpe` printed optuna's 'Heartbeat of storage is supposed to be used with Study.optimize'
+    at every draw: loratune beats each running trial itself, so the warning is noise to the user."""
+    import warnings
+
+    store = Study.open(tmp_path / "tpe", meta={"strategy": "tpe"})
+    space = default_space(START, 32, trial_steps=TRIAL_STEPS)
+    store.optuna.sampler = make_sampler("tpe", space, seed=0)
+    ctx = SearchContext(store=store, runner=LengthWorld(), meter=Meter(Budget.parse("3trials")),
+                        trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_yardstick(ctx, space, START, "tpe")
+    assert ctx.records and not [w for w in caught if "Heartbeat of storage" in str(w.message)]

@@ -28,6 +28,7 @@ budget (or the grid is exhausted). The pick is the best val macro-F1.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from loratune.search.context import SearchContext
@@ -217,7 +218,10 @@ def run_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict, str
         if not ctx.meter.fits(ctx.estimate(start_point)):
             ctx.decide(phase, "stop", "budget spent", "stop", [ctx.meter.describe_left()])
             break
-        trial = study.ask()
+        with warnings.catch_warnings():  # loratune sends each running trial's heartbeat itself (search.study
+            # Study._beat), outside Study.optimize: optuna's warning about that is no news to the user
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask()
         values = space.suggest(trial)
         point = {**start_point, **to_overrides(values)}
         if not ctx.meter.fits(ctx.estimate(point)):  # a long draw the budget left cannot hold: draw again
