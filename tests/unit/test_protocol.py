@@ -297,6 +297,32 @@ def test_all_trials_failing_stops_with_a_decision():
     assert "final" not in ctx.state
 
 
+def test_a_trial_failed_by_the_users_input_stops_the_search_instead_of_moving_the_lr():
+    """A model that cannot load failed every trial; the lr grid read the failure as an lr verdict (skipped 2x as
+    "a larger lr can only be worse", then tried lr /10) and the load error never reached the screen."""
+    from loratune.errors import UserError
+
+    class CannotLoad(ScriptedRunner):
+        def run(self, spec, run_dir, watch=None):
+            self.calls.append(spec)
+            raise UserError("could not load the model from 'tiny': size mismatch for classifier.weight",
+                            "check the folder's files")
+
+    store = MemoryStore()
+    failed = []
+    store.fail = lambda trial, reason, status="interrupted": failed.append((trial, status, reason))
+    runner = CannotLoad(lr_binds())
+    ctx = SearchContext(store=store, runner=runner, meter=Meter(Budget.parse("20trials")), trial_examples=1000)
+    with pytest.raises(UserError) as err:
+        run_protocol(ctx, START, ProtocolSettings())
+    assert err.value.problem.startswith("could not load the model") and err.value.fix == "check the folder's files"
+    assert len(runner.calls) == 1  # no lr move: the same error would fail every point
+    assert not any(d["phase"] == "phase1-lr-grid" for d in ctx.decisions)
+    assert ctx.records == [] and store.records() == []  # no result a --resume would read as an lr verdict
+    assert failed == [(0, "failed", "stopped tune: could not load the model from 'tiny': size mismatch for "
+                                    "classifier.weight")]
+
+
 def test_start_from_assessment_lets_explicit_user_keys_win():
     a = {"recommendation": {
         "overrides": {"adapter.r": 8, "adapter.lora_alpha": 16.0, "adapter.target_modules": ["attn.q", "attn.v"],

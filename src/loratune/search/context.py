@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from loratune.errors import UserError
 from loratune.objectives import SCORE_FLOOR, Objective, objective
 from loratune.search.budget import Cost, CostModel, Meter, format_amount
 from loratune.search.prune import PruneSettings
@@ -191,6 +192,14 @@ class SearchContext:
         except KeyboardInterrupt:
             self.store.fail(handle, "interrupted by the user; trained again on --resume")
             self._charge_lost(number, run_dir, "interrupted")
+            raise
+        except UserError as exc:
+            # the user's input failed the trial (a model that cannot load): no lr or capacity move fixes that, so it
+            # is no result for a stage to read (a failed lr trial reads as "lr too large"); the search stops with the
+            # error and its fix (exit 2), the trial failed without a record, so a --resume trains it again
+            self.store.fail(handle, f"stopped tune: {exc.problem}", status="failed")
+            self._charge_lost(number, run_dir, "failed")
+            self.current = {}
             raise
         return self._finished(handle, spec, run_dir, result)
 

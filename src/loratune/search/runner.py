@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from loratune.diagnose import PARTIAL_STATUSES
+from loratune.errors import UserError
 from loratune.objectives import CLASSIFIER_METRICS, objective
 from loratune.search.prune import PruneSettings, behind_best, by_diagnosis
 from loratune.search.trial import KEPT_FEATURES, TrialResult, TrialSpec
@@ -238,8 +239,6 @@ class TrainingRunner:
         """The val key trials are compared on: train.metric_for_best_model resolved for this data
         (auto: val/subset_accuracy for multi-label, val/macro_f1 for single-label; causal-lm: val/loss, or
         val/macro_f1 when it generates labels)."""
-        from loratune.errors import UserError
-
         try:
             if self.base.model.task == "causal-lm":
                 from loratune.sft import objective_key as lm_objective
@@ -270,6 +269,7 @@ class TrainingRunner:
             watch.limit_s = watch.time_limit(0.0, 0)
         callback = WatchCallback(watch, t0)
         error = None
+        user_error: UserError | None = None
         interrupted: KeyboardInterrupt | None = None
         try:
             with _library_noise_hidden():
@@ -280,6 +280,8 @@ class TrainingRunner:
             if not (Path(run_dir) / "run.json").exists() or store.read_run().get("status") in PARTIAL_STATUSES:
                 raise
             interrupted = exc
+        except UserError as exc:  # the user's input (a model that cannot load): no search move fixes it, tune stops
+            error, user_error = f"{type(exc).__name__}: {exc}", exc
         except Exception as exc:  # the run record says `failed` with the error; the search goes on
             error = f"{type(exc).__name__}: {exc}"
         pruned = callback.stopped
@@ -291,6 +293,8 @@ class TrainingRunner:
         elif error and run.get("status") == "running":  # the loop raised before its record was final
             run["status"], run["reason"], run["partial"] = "failed", error, True
             RunStore(run_dir).write_run(run)
+        if user_error is not None and not pruned:  # its run record says why (above); the caller stops the search
+            raise user_error
         try:
             diag = diagnose(run_dir)
         except Exception:  # a run without a single eval point has nothing to diagnose

@@ -54,6 +54,9 @@ def work(study: Study, runner, ui: UI | None = None, *, poll_s: float = 1.0, idl
         except KeyboardInterrupt:
             study.fail(trial, "the worker running it was stopped; the leader or another worker trains it again")
             raise
+        except UserError as exc:  # the user's input (a model that cannot load): as the leader, stop with it (exit 2)
+            study.fail(trial, f"stopped tune: {exc.problem}", status="failed")
+            raise
         rec = study.finish(trial, spec, run_dir, result)
         ui.note(f"worker: trial #{rec.number} {spec.name}: {objective(result.objective).show(rec.value)}, "
                 f"{result.status}")
