@@ -422,6 +422,22 @@ def test_lr_probe_steps_down_when_the_centre_collapses():
     assert ctx.state["lr_centre"] == 2.5e-4
 
 
+def test_lr_probe_keeps_phase_0s_centre_when_no_probe_learned():
+    """Every probe read lr-too-large or collapsed at chance (0.100): the probe fell back to all of them, called
+    6.25e-5 'within noise of' 1e-3 'safely below where the metric turns' and cut the centre 16x."""
+    world = lr_binds()
+    world.verdict = lambda p: "collapsed" if p[LR] < 1e-4 else "lr-too-large"
+    world.f1 = lambda p: 0.1
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False), plan={"max_steps": 100, "reason": "scripted"})
+    assert [s.point[LR] for s in runner.calls if s.phase == "lr-probe"] == [1e-3, 2.5e-4, 6.25e-5]
+    d = next(x for x in ctx.decisions if x["kind"] == "lr-probe")
+    assert d["code"] == "lr-probe-no-learner" and d["move"] == "lr centre 0.001 from phase 0"
+    assert ctx.state.lr_centre is None
+    grid = [s.point[LR] for s in runner.calls if s.phase == "phase1-lr-grid"]
+    assert grid[0] == 1e-3  # the grid is centred on phase 0's lr
+
+
 def test_tight_wall_budget_stops_probing_and_still_trains_a_full_length_trial():
     ctx, runner = make_ctx(lr_binds(), budget="40s")  # each scripted trial charges 10 s; 15 s kept for finish
     run_protocol(ctx, START, ProtocolSettings(), plan={"max_steps": 100, "reason": "scripted"})

@@ -76,7 +76,9 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
             break  # the metric turned (or the run collapsed): the centre is below
         if factor < 1 and not bad(rec):
             break  # the first lr that does not collapse
-    good = [r for r in probes if not bad(r)] or [r for r in probes if r.value is not None]
+    # a probe that collapsed or diverged learned nothing to centre on, whatever its score: when none learned, the
+    # centre stays phase 0's (protocol 3), never the lowest of equal chance-level scores
+    good = [r for r in probes if not bad(r)]
     if not good:
         ctx.decide(phase, "lr-probe", "no probe learned", f"lr centre {start.lr_centre:g} from phase 0",
                    [line for r in probes for line in evidence_of(ctx, r, 1)], probes, code="lr-probe-no-learner")
