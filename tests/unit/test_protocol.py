@@ -275,6 +275,21 @@ def test_the_rank_sweep_stops_at_the_last_rank_before_a_fractional_breakeven_poi
     assert ctx.state["rank_sweep"]["breakeven_r"] == 11  # the breakeven rank itself: the first at or past the point
 
 
+def test_a_rank_sweep_capped_by_the_breakeven_says_so_in_both_lines():
+    """Capped at breakeven_cap 10 (breakeven rank 11): the second line compared the cap with the rounded-up
+    breakeven rank and said 'not trained past the capacity ceiling' under 'past the compute-breakeven rank 10'."""
+    world = lr_binds()
+    world.adapted = 32_000
+    base = world.f1
+    world.f1 = lambda p: base(p) + 0.05 * math.log2(p[R] / 8)  # every rank step gains beyond noise
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings())
+    assert [s.point[R] for s in runner.calls if s.phase == "rank-sweep"] == [10]
+    d = next(x for x in ctx.decisions if x["code"] == "rank-sweep-capped")
+    assert d["evidence"] == ["next rank 40 is past the compute-breakeven rank 10 (ceiling 32, breakeven 11)",
+                             "not trained past the compute-breakeven rank"]
+
+
 def test_full_fine_tuning_chosen_when_the_probe_wins_beyond_noise():
     world = lr_binds()
     world.full_f1 = 0.85

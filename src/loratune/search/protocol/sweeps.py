@@ -131,7 +131,7 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
         break
     if stop_why and stop_why != "budget":
         ctx.decide(phase, "rank", "sweep stopped", f"keep r={r}",
-                   [stop_why, "not trained past the compute-breakeven rank" if r_be and cap == r_be else
+                   [stop_why, "not trained past the compute-breakeven rank" if be_cap and cap == be_cap else
                     "not trained past the capacity ceiling"], [best_rec], code="rank-sweep-capped")
     if len(points) > 1:  # protocol 6: the rule that held the effective step size, recorded
         ctx.decide(phase, "step-size", f"lr x s held at {step_size(inc.point):.3g} over the sweep",
