@@ -244,3 +244,28 @@ def test_tune_worker_command_trains_a_queued_trial(tiny_bert, intent_data, tmp_p
     (rec,) = study.records()
     study.close()
     assert rec.result.status == "completed" and RunStore(rec.run_dir).read_run()["status"] == "completed"
+
+
+def test_a_worker_whose_trial_fails_by_the_users_input_stops_with_the_error(tmp_path):
+    """A queued trial that failed by the user's input (a model that cannot load) stopped the worker with the
+    trial left `running`; now it is failed without a record (a --resume trains it again) and the error goes up."""
+    from loratune.errors import UserError
+    from loratune.search.study import Study
+    from loratune.search.trial import TrialSpec
+    from loratune.search.worker import work
+
+    class CannotLoad:
+        def run(self, spec, run_dir, watch=None):
+            raise UserError("could not load the model from 'x'", "check the folder's files")
+
+    study = Study.open(tmp_path / "study", meta={"strategy": "protocol"}, heartbeat_s=1)
+    try:
+        assert study.enqueue(TrialSpec("r4", "pair", {"adapter.r": 4}, "queued"))
+        with pytest.raises(UserError, match="could not load the model"):
+            work(study, CannotLoad(), poll_s=0.01, idle_exit_s=0)
+        (t,) = study.optuna.get_trials(deepcopy=False)
+        assert t.state.name == "FAIL" and "record" not in t.user_attrs and study.records() == []
+        assert (t.user_attrs["status"], t.user_attrs["reason"]) == (
+            "failed", "stopped tune: could not load the model from 'x'")
+    finally:
+        study.close()
