@@ -723,6 +723,47 @@ def test_long_lr_factor_one_trains_long_at_the_trials_lr_and_the_end_tries_lr_ha
     assert any(e.startswith("gain 0.010 over the pick: ") and ("a tie" in e) == (0.01 < noise) for e in d["evidence"])
 
 
+def test_a_reused_long_run_replaced_by_its_other_lr_names_the_new_pick_in_its_evidence():
+    """The long run at lr 1e-3 (long_lr_factor 1) is reused; its run at lr 5e-4 scores higher and becomes the pick:
+    the evidence names the early run as the pick *before* it (it named it "the pick" while the move said another),
+    and says why the config was not trained again as it happened (it is still the incumbent)."""
+    start = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=6.0)
+    ctx, runner = make_ctx(_long_peak_world(5e-4))
+    run_protocol(ctx, start, ProtocolSettings(full_probe=False, lr_probe=False, long_lr_factor=1.0),
+                 plan={"max_steps": 100, "epochs": 1.5, "reason": "scripted"})
+    d = next(x for x in ctx.decisions if x["kind"] == "final-train")
+    early = next(r for r in ctx.records if r.spec.phase == "early-long")
+    final = ctx.state.final
+    assert d["code"] == "final-train-helps" and final is not early and d["move"] == f"pick = {final.label}"
+    assert d["evidence"][1] == f"the pick before it: {early.label}, val macro-F1 0.720"
+    assert not any(e.startswith("the pick: ") for e in d["evidence"])
+    assert "it is still the incumbent, so it is not trained again" in d["evidence"][0]
+
+
+@pytest.mark.parametrize("gain, why", [
+    (0.05, "#4 r4-a8 was trained long already: #5 lr5e-4-r4-a8-steps400, 400 steps, val macro-F1 0.780 (its trial "
+           "0.750); it is still the incumbent"),  # promoted: the champion now
+    (0.005, "the later incumbent #4 r4-a8 (0.705) did not beat its trial beyond the noise 0.014"),
+])
+def test_a_reused_long_run_says_why_it_is_not_trained_again(gain, why):
+    """The reused long run's evidence says what happened to the later incumbent (promoted beyond noise: it is the
+    champion; within it: not trained long), not "no later incumbent beat its trial" whatever happened."""
+    ctx, runner = make_ctx(_capacity_world(gain))
+    run_protocol(ctx, LONG_START, ProtocolSettings(full_probe=False, lr_probe=False, seeds=1, pair=False), plan=PLAN)
+    d = next(x for x in ctx.decisions if x["kind"] == "final-train")
+    assert d["code"] == "final-train-reused" and d["move"] == f"keep {ctx.state.final.label}"
+    assert why in d["evidence"][0]
+    assert d["evidence"][1] == f"the pick: {ctx.state.final.label}, {ctx.show(ctx.state.final.value)}"
+    c = next(x for x in ctx.decisions if x["kind"] == "challenger")
+    early = next(r for r in ctx.records if r.spec.phase == "early-long")
+    if c["code"] == "challenger-promoted":  # the promotion replaced the early run: named as the pick before it
+        assert c["move"] == f"pick = {ctx.state.final.label}" and ctx.state.final is not early
+        assert f"the pick before it: {early.label}, {ctx.show(early.value)}" in c["evidence"]
+        assert not any(e.startswith("the pick: ") for e in c["evidence"])
+    else:
+        assert f"the pick: {early.label}, {ctx.show(early.value)}" in c["evidence"]
+
+
 def test_final_training_is_shortened_to_the_budget_or_skipped():
     world = World(lambda p: 0.70 + _lr_peak(p) + _longer_helps(p), lambda p: "healthy",
                   features={"still_improving": 1.0, "best_step_fraction": 1.0})

@@ -14,7 +14,8 @@ from loratune.search.protocol.settings import (CONTINUE_LR_FACTOR, CONTINUE_MIN_
 from loratune.search.protocol.common import (breakeven_rank, evidence_of, incumbent_of, lr_of, no_budget, r_of, reserve,
                                              round3, set_incumbent)
 from loratune.search.protocol.long import (epochs_cap_line, final_length, is_full, long_of, long_steps_wanted,
-                                           longer_may_help, promote, still_improving, unaffordable_line)
+                                           longer_may_help, pick_line, promote, replaced_pick, still_improving,
+                                           unaffordable_line)
 
 
 def full_lr_probe(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord) -> TrialRecord | None:
@@ -180,10 +181,11 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     champ = ctx.state.champion
     if champ is not None:  # the early long run ran (protocol.long): an incumbent within noise of its trial is not
         noise, _ = ctx.noise()  # the pick's config; one trained long already is not trained again
+        latest = inc
         inc = inc if inc is champ or beats(inc, champ, noise) else champ
         long = long_of(ctx, s, inc)
         if long is not None:
-            reuse_long_run(ctx, s, inc, long, final)
+            reuse_long_run(ctx, s, inc, long, final, why_reused(ctx, latest, champ, noise))
             return
     longer, _, curve_line = longer_may_help(ctx, inc)
     if not longer:
@@ -256,8 +258,21 @@ def beats(rec: TrialRecord, champ: TrialRecord, noise: float) -> bool:
     return rec.value is not None and champ.value is not None and rec.value - champ.value > noise
 
 
+def why_reused(ctx: SearchContext, latest: TrialRecord, champ: TrialRecord, noise: float) -> str:
+    """Why the config trained long already is the one the final training reuses, as it happened: the latest
+    incumbent is the long run's own trial, it beat that trial beyond noise (a promoted challenger, trained long
+    then), or it did not (the long run's config stays)."""
+    if latest is champ:
+        return "it is still the incumbent"
+    if beats(latest, champ, noise):
+        return (f"it beat the earlier long run's trial ({champ.label}, {ctx.fmt(champ.value)}) beyond the noise "
+                f"{noise:.3f} and was trained long as a challenger")
+    return (f"the later incumbent {latest.label} ({ctx.fmt(latest.value)}) did not beat its trial beyond the noise "
+            f"{noise:.3f}")
+
+
 def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, long: TrialRecord,
-                   final: TrialRecord) -> None:
+                   final: TrialRecord, why: str = "it is still the incumbent") -> None:
     """`inc` was trained long already (protocol.long, at `long_lr_factor` x its lr): not trained again. The
     other lrs of `final_lr_factors` (x the trial's lr) run at its length when they all fit (the short trials'
     lr need not suit a longer run); the best of them and the long run is the pick when it scores higher than
@@ -270,8 +285,8 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
     others = [x for x in dict.fromkeys(lr if f == 1 else round3(lr * f) for f in s.final_lr_factors)
               if x != lr_of(long.point)]
     ev = [f"{inc.label} was trained long already: {long.label}, {steps} steps, {ctx.show(long.value)} (its trial "
-          f"{ctx.fmt(inc.value)}); no later incumbent beat its trial beyond noise, so it is not trained again",
-          f"the pick: {final.label}, {ctx.show(final.value)}"]
+          f"{ctx.fmt(inc.value)}); {why}, so it is not trained again",
+          pick_line(ctx, final)]
     runs: list[TrialRecord] = []
     one = ctx.estimate(long.point)
     if others and steps and ctx.meter.fits(one * len(others)):
@@ -293,6 +308,7 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
                   + ", ".join(f"lr {r.point[LR]:g} -> {ctx.fmt(r.value)}" for r in [long, *runs]))
     if best is not None and (final.value is None or best.value > final.value):
         ctx.state.final = best
+        ev = replaced_pick(ctx, final, ev)
         if final.value is not None:  # protocol 5b: a gain inside the noise band is a tie, and the trail says so
             noise, source = ctx.noise()
             gain = best.value - final.value

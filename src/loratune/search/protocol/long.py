@@ -209,6 +209,17 @@ def stage_early_long(ctx: SearchContext, s: ProtocolSettings) -> None:
                    ev + evidence_of(ctx, run), [inc, run], data, code="early-long-no-gain")
 
 
+def pick_line(ctx: SearchContext, pick: TrialRecord, replaced: bool = False) -> str:
+    """The evidence line naming the pick a decision started from; once the decision replaces it, "the pick before
+    it" (a trail that names the old pick as "the pick" while its move sets another contradicts itself)."""
+    return f"the pick{' before it' if replaced else ''}: {pick.label}, {ctx.show(pick.value)}"
+
+
+def replaced_pick(ctx: SearchContext, pick: TrialRecord, ev: list[str]) -> list[str]:
+    """`ev` with its line naming `pick` as the pick reworded: the decision replaces it."""
+    return [pick_line(ctx, pick, replaced=True) if e == pick_line(ctx, pick) else e for e in ev]
+
+
 def challenge(ctx: SearchContext, s: ProtocolSettings) -> None:
     """After a stage: a new incumbent replaces the pick only when it beats the pick's trial beyond noise."""
     champ, inc = ctx.state.champion, incumbent_of(ctx)
@@ -220,7 +231,7 @@ def challenge(ctx: SearchContext, s: ProtocolSettings) -> None:
     gain = (inc.value - champ.value) if inc.value is not None and champ.value is not None else None
     ev = [f"challenger {inc.label} ({inc.spec.phase}): {ctx.show(inc.value)} vs the pick's trial {champ.label} "
           f"{ctx.fmt(champ.value)} at trial length: gain {'?' if gain is None else f'{gain:+.3f}'}, noise {noise:.3f} "
-          f"({src})", f"the pick: {pick.label}, {ctx.show(pick.value)}"]
+          f"({src})", pick_line(ctx, pick)]
     data = {"challenger": inc.number, "champion": champ.number, "gain": gain, "noise": noise, "pick": pick.number}
     if gain is None or gain <= noise:
         ctx.decide(PHASE, "challenger", "within noise of the pick's trial", f"keep the pick {pick.label}",
@@ -243,6 +254,7 @@ def promote(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, ev: list[
             ev = ev + [unaffordable_line(ctx, s, rec, held)]
             if replace:
                 ctx.state.final, ctx.state.champion = rec, rec
+                ev = replaced_pick(ctx, pick, ev)
             ctx.decide(PHASE, "challenger", "beats the pick beyond noise; a long run does not fit",
                        f"pick = {rec.label} (its trial)" if replace else
                        f"keep the pick {pick.label}; the final training tries again with the budget left",
@@ -256,7 +268,7 @@ def promote(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, ev: list[
     if replace or (run.value is not None and (pick.value is None or run.value > pick.value)):
         ctx.state.final, ctx.state.champion = run, rec
         ctx.decide(PHASE, "challenger", "beats the pick beyond noise", f"pick = {run.label}",
-                   ev + evidence_of(ctx, run), [rec, run, pick], data, code="challenger-promoted")
+                   replaced_pick(ctx, pick, ev) + evidence_of(ctx, run), [rec, run, pick], data, code="challenger-promoted")
     else:
         ctx.decide(PHASE, "challenger", "beats the pick's trial, not the pick", f"keep the pick {pick.label}",
                    ev + [f"{run.label} {ctx.fmt(run.value)} <= the pick {ctx.fmt(pick.value)}"], [rec, run, pick],
