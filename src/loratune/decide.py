@@ -7,7 +7,8 @@ protocol 6 is evaluated and reported (holds / does not hold / unknown, with its 
 
 - `param-share`: LoRA's trainable parameters reach a significant share of the model (>= 10%) or of the
   adapted weights (>= 20%) at the highest rank tried;
-- `rank-plateau`: the rank sweep plateaued and the target (when one was given) is not met;
+- `rank-plateau`: the rank sweep plateaued and the target (when one was given) is not met by the best
+  full-length LoRA run of the study (a long run included);
 - `cost-parity`: high-rank LoRA's measured step time or peak memory is close to full fine-tuning's
   (>= 80%), or the highest rank tried reached the compute-breakeven rank;
 - `performance-gap`: the full-fine-tuning probe beats LoRA by more than the noise;
@@ -111,6 +112,10 @@ class DecideInputs:
     breakeven_r: int | None = None  # rank where LoRA reaches a third of the adapted weights
     # what the values are (CostPoint.val_macro_f1 holds the objective's score, larger is better: minus a loss)
     objective: Objective = DEFAULT
+    # the best full-length LoRA run of the study (a long run of the pick can beat the chosen rank's short trial):
+    # what the target is judged against (rank-plateau); None: the chosen point's value
+    best_lora: float | None = None
+    best_lora_label: str = ""
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,9 @@ def rank_plateau(inp: DecideInputs) -> Reason:
     if inp.plateau is None:
         return Reason("rank-plateau", None, "no rank sweep to judge a plateau" +
                       (f" ({inp.plateau_detail})" if inp.plateau_detail else ""))
-    best = inp.chosen.val_macro_f1
+    # the target asks whether LoRA reaches it at all: the best LoRA run, not the chosen rank's short trial
+    best, label = ((inp.best_lora, inp.best_lora_label) if inp.best_lora is not None
+                   else (inp.chosen.val_macro_f1, inp.chosen.label))
     if not inp.plateau:
         return Reason("rank-plateau", False, f"the rank sweep had not plateaued: {inp.plateau_detail}",
                       {"target": inp.target})
@@ -166,9 +173,10 @@ def rank_plateau(inp: DecideInputs) -> Reason:
         return Reason("rank-plateau", None, f"the rank sweep plateaued ({inp.plateau_detail}); no target was "
                       "given, so whether it is met is unknown (pass --target)", {"target": None})
     unmet = best is None or best < inp.objective.score(inp.target)
-    return Reason("rank-plateau", unmet, f"the rank sweep plateaued ({inp.plateau_detail}); best "
-                  f"{inp.objective.show(best)} vs target {inp.target:.3f}: "
-                  f"{'not met' if unmet else 'met'}", {"target": inp.target, "best": inp.objective.value(best)})
+    return Reason("rank-plateau", unmet, f"the rank sweep plateaued ({inp.plateau_detail}); best LoRA run "
+                  f"({label}) {inp.objective.show(best)} vs target {inp.target:.3f}: "
+                  f"{'not met' if unmet else 'met'}", {"target": inp.target, "best": inp.objective.value(best),
+                                                       "best_label": label})
 
 
 def cost_parity(inp: DecideInputs, t: DecideThresholds) -> Reason:

@@ -80,6 +80,20 @@ def test_plateau_with_a_target():
     assert reasons(not_plateaued)["rank-plateau"] is False
 
 
+def test_the_target_is_judged_against_the_best_lora_run_not_the_chosen_rank_s_trial():
+    """The chosen rank's short trial (0.336) misses the target 0.5; the study's long run of it (0.713) meets it:
+    the target is met, and the reason names the run it was judged on (it said "not met" on the short trial)."""
+    out = decide(DecideInputs(lora(4, 0.336), None, None, noise=0.01, plateau=True, target=0.5,
+                              best_lora=0.713, best_lora_label="#2 steps60"))
+    r = next(x for x in out.reasons if x.id == "rank-plateau")
+    assert r.holds is False and r.evidence["best"] == 0.713 and r.evidence["best_label"] == "#2 steps60"
+    assert "best LoRA run (#2 steps60) val macro-F1 0.713 vs target 0.500: met" in r.text
+    # without a best run given: the chosen point's own value, named
+    r = next(x for x in decide(DecideInputs(lora(4, 0.336), None, None, noise=0.01, plateau=True,
+                                            target=0.5)).reasons if x.id == "rank-plateau")
+    assert r.holds is True and r.evidence["best"] == 0.336 and r.evidence["best_label"] == "LoRA r=4"
+
+
 def test_no_probe_means_lora_and_unknown_gap():
     out = decide(DecideInputs(lora(8, 0.8), None, None, noise=0.01))
     assert out.choice == "lora" and reasons(out)["performance-gap"] is None

@@ -764,6 +764,21 @@ def test_a_reused_long_run_says_why_it_is_not_trained_again(gain, why):
         assert f"the pick: {early.label}, {ctx.show(early.value)}" in c["evidence"]
 
 
+def test_the_target_is_met_by_the_long_run_the_study_picked():
+    """--target 0.71: the chosen rank's 100-step trial scored 0.700 (not met), its early long run 0.730 (the pick):
+    LoRA meets the target, so rank-plateau does not hold, and it names the long run it judged."""
+    start = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=6.0)
+    ctx, runner = make_ctx(_long_peak_world(5e-4))
+    run_protocol(ctx, start, ProtocolSettings(lr_probe=False, target=0.71),
+                 plan={"max_steps": 100, "epochs": 1.5, "reason": "scripted"})
+    lvf = ctx.state["lora_vs_full"]
+    r = next(x for x in lvf["reasons"] if x["id"] == "rank-plateau")
+    early = next(x for x in ctx.records if x.spec.phase == "early-long")
+    assert ctx.state.incumbent.value == pytest.approx(0.70) and early.value == pytest.approx(0.73)
+    assert r["holds"] is False and r["evidence"]["best"] == pytest.approx(0.73)
+    assert r["evidence"]["best_label"] == early.label and r["text"].endswith("vs target 0.710: met")
+
+
 def test_final_training_is_shortened_to_the_budget_or_skipped():
     world = World(lambda p: 0.70 + _lr_peak(p) + _longer_helps(p), lambda p: "healthy",
                   features={"still_improving": 1.0, "best_step_fraction": 1.0})

@@ -114,6 +114,9 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     lora = [r for r in ctx.records if r.point.get(METHOD, DEFAULTS[METHOD]) == "lora" and r.value is not None
             and r.result.params.get("adapter")]
     highest = max(lora, key=lambda r: (r_of(r.point), r.value or 0)) if lora else None
+    # the target is met when any LoRA run trained to its length met it (the pick may be a long run): a pruned
+    # trial's partial score is no run's result
+    best_lora = max((r for r in lora if r.result.full_length), key=lambda r: (r.value, -r.number), default=None)
 
     involved = [r for r in (inc, highest, full) if r is not None]
     costs = {r.number: measured_cost(ctx, r) for r in involved}
@@ -137,7 +140,8 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
                         "points " + ", ".join(f"r={p['r']}: {ctx.fmt(p['value'])}" for p in sweep.get("points", [])))
         if sweep else "",
         target=s.target, breakeven_r=sweep.get("breakeven_r") or breakeven_rank(inc.result.params, r_of(inc.point)),
-        objective=ctx.objective)
+        objective=ctx.objective, best_lora=best_lora.value if best_lora is not None else None,
+        best_lora_label=best_lora.label if best_lora is not None else "")
     out = decide(inputs)
     basis = ("the trial's own peak above the process's memory at its start (the peak was reset as the trial "
              "started), the least over trials of the same shape" if use_delta else
