@@ -108,6 +108,36 @@ def lr_siblings(ctx: SearchContext, point: dict) -> list[TrialRecord]:
             and same_except(r.point, point, (LR,))]
 
 
+def pruned_step(rec: TrialRecord) -> int | None:
+    """The step a pruned trial was last evaluated at (where its partial score is from); None: trained to its length."""
+    if rec.result.full_length:
+        return None
+    steps = [s for s, _ in rec.result.curve]
+    return max(steps) if steps else int(rec.result.steps_done or 0)
+
+
+def score_at(rec: TrialRecord, step: int) -> float | None:
+    """`rec`'s best objective score over its evaluations up to `step` (what a trial pruned there would have read)."""
+    got = [v for s, v in rec.result.curve if s <= step]
+    return max(got) if got else None
+
+
+def like_for_like(ctx: SearchContext, rec: TrialRecord, ref: TrialRecord) -> tuple[float | None, float | None, str]:
+    """(`rec`'s score, `ref`'s score, note) at one length. A trial trained to its length: both values, no note. A
+    pruned one: its partial score against `ref`'s at the step it was pruned at (`ref`'s curve), and a note that says
+    so: a pruned trial's partial score is never set against a full-length one (the one rule every stage follows)."""
+    step = pruned_step(rec)
+    if step is None:
+        return rec.value, ref.value, ""
+    other = score_at(ref, step) if ref.value is not None else None
+    planned, why = rec.result.steps_planned, rec.result.reason.removeprefix("pruned: ").split(" (")[0] or "pruned"
+    note = (f"{rec.label} was pruned at step {step}" + (f" of {planned}" if planned else "")
+            + f" ({why}): {ctx.fmt(rec.value)} there vs "
+            + (f"{ctx.fmt(other)} for {ref.label} at the same step" if other is not None
+               else f"{ref.label} not evaluated by that step"))
+    return rec.value, other, note
+
+
 def breakeven_rank(params: dict, r: int) -> int | None:
     """The compute-breakeven rank (params.breakeven_rank) of a trained run's parameter counts at rank r."""
     adapter, adapted = params.get("adapter"), params.get("adapted_weights")

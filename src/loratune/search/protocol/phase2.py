@@ -13,8 +13,8 @@ from loratune.stepsize import step_size
 from loratune.search.protocol.settings import (EARLY_PEAK_BEST_FRACTION, EARLY_STOPPING_PATIENCE, LR_VERDICTS,
                                                ProtocolSettings, REGULARIZATION_MOVES, SCALE_EPS, rule_threshold)
 from loratune.search.protocol.long import curve_peak, still_improving
-from loratune.search.protocol.common import (cur_lr, evidence_of, incumbent_of, lr_of, lr_siblings, no_budget, reserve,
-                                             set_incumbent)
+from loratune.search.protocol.common import (cur_lr, evidence_of, incumbent_of, like_for_like, lr_of, lr_siblings,
+                                             no_budget, pruned_step, reserve, set_incumbent)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,18 +59,34 @@ def lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
         point = MOVES["lr-x2" if direction > 1 else "lr-half"].on(inc.point)
         nxt = lr_of(point)
         seen = next((r for r in ctx.records if r.key == ctx.spec(point, phase).key), None)
+        whole = False  # a pruned record of the step that did not lose at its step: trained again, whole
         if seen is not None:
-            ctx.decide(phase, "lr", f"lr {cur_lr(inc):g} kept", "no step",
-                       [why, f"lr {nxt:g} was already measured ({seen.label}: {ctx.fmt(seen.value)}) and is not "
-                        f"better than {ctx.fmt(inc.value)}"], [inc, seen], code="lr-already-measured")
-            return
+            a, b, note = like_for_like(ctx, seen, inc)
+            if not note:
+                ctx.decide(phase, "lr", f"lr {cur_lr(inc):g} kept", "no step",
+                           [why, f"lr {nxt:g} was already measured ({seen.label}: {ctx.fmt(seen.value)}) and is not "
+                            f"better than {ctx.fmt(inc.value)}"], [inc, seen], code="lr-already-measured")
+                return
+            if a is not None and b is not None and a <= b:
+                ctx.decide(phase, "lr", f"lr {cur_lr(inc):g} kept", "no step",
+                           [why, f"lr {nxt:g} was measured only until it was pruned, and lost at equal steps: {note}; "
+                            "not trained again"], [inc, seen], {"pruned_trial": seen.number,
+                                                                "at_step": pruned_step(seen), "value": a, "ref": b},
+                           code="lr-already-measured")
+                return
+            whole = True
         held = reserve(ctx, StageId.PHASE2, s)
-        rec = ctx.run(ctx.spec(point, phase, f"lr step {'x2' if direction > 1 else '/2'}"), reserve=held)
+        rec = ctx.run(ctx.spec(point, phase, f"lr step {'x2' if direction > 1 else '/2'}"
+                               + (" (its pruned trial trained again, whole)" if whole else "")), reserve=held,
+                      full=whole)
         if rec is None:
             no_budget(ctx, phase, f"lr step to {nxt:g}", held)
             return
-        better = rec.value is not None and inc.value is not None and rec.value > inc.value
-        ev = [why, f"lr {lr_of(inc.point):g} -> {nxt:g}: {ctx.show(inc.value)} -> {ctx.fmt(rec.value)}"]
+        _, _, note = like_for_like(ctx, rec, inc)
+        # a pruned step is no incumbent (a partial score): it lost where the pruner stopped it
+        better = not note and rec.value is not None and inc.value is not None and rec.value > inc.value
+        ev = [why, f"lr {lr_of(inc.point):g} -> {nxt:g}: " + (note if note else
+                                                              f"{ctx.show(inc.value)} -> {ctx.fmt(rec.value)}")]
         ev += evidence_of(ctx, rec)
         if better:
             set_incumbent(ctx, rec)

@@ -12,8 +12,9 @@ from loratune.search.state import Start
 from loratune.search.trial import TrialRecord
 from loratune.stepsize import scale_rule, step_size
 from loratune.search.protocol.settings import LR, METHOD, ProtocolSettings, RSLORA, SEED, TARGETS, rule_threshold
-from loratune.search.protocol.common import (breakeven_cap, breakeven_rank, evidence_of, incumbent_of, lr_of, lr_siblings, no_budget,
-                                             r_of, reserve, round3, set_incumbent, with_rank_by)
+from loratune.search.protocol.common import (breakeven_cap, breakeven_rank, evidence_of, incumbent_of, like_for_like,
+                                             lr_of, lr_siblings, no_budget, pruned_step, r_of, reserve, round3,
+                                             same_except, set_incumbent, with_rank_by)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +75,13 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
         ev.append(f"{lower.label} at lr /2 scored {ctx.fmt(lower.value)} < the seed mean {ctx.fmt(mean)} at lr "
                   f"{lr_of(inc.point):g}: the higher lr is better even on average; lr kept")
     else:
-        ev.append(f"lr /2 = {round3(lr_of(inc.point) / 2):g} was not measured at this capacity")
+        half = round3(lr_of(inc.point) / 2)
+        partial = next((r for r in ctx.records if not r.result.full_length and r.value is not None
+                        and same_except(r.point, inc.point, (LR,))
+                        and math.isclose(lr_of(r.point), half, rel_tol=1e-6)), None)
+        ev.append(f"lr /2 = {half:g} was measured only until it was pruned ({like_for_like(ctx, partial, inc)[2]}): a "
+                  "partial score is no evidence of what that lr delivers on average" if partial is not None else
+                  f"lr /2 = {half:g} was not measured at this capacity")
     ctx.decide(phase, "noise", "seed-unstable: lr at an unstable edge", move, ev, recs,
                {"sigma": sigma, "values": values, "noise": noise},
                code="seed-unstable-lr-lowered" if move.startswith("lower") else "seed-unstable-lr-kept")
@@ -114,9 +121,21 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
             no_budget(ctx, phase, f"rank {nxt}")
             stop_why = "budget"
             break
-        gain = (rec.value - best_rec.value) if rec.value is not None and best_rec.value is not None else None
+        a, b, note = like_for_like(ctx, rec, best_rec)  # a pruned rank: its partial score at its own step
+        gain = (a - b) if a is not None and b is not None else None
+        if note and (gain is None or gain >= noise):  # no gain is told from a partial score: trained again, whole
+            whole = ctx.run(ctx.spec(point, phase, f"rank sweep r={nxt}: its pruned trial trained again, whole"),
+                            reserve=reserve(ctx, phase, s), full=True)
+            if whole is None:
+                no_budget(ctx, phase, f"rank {nxt} at full length")
+                stop_why = "budget"
+                break
+            rec = whole
+            a, b, note = like_for_like(ctx, rec, best_rec)
+            gain = (a - b) if a is not None and b is not None else None
         points.append({"r": nxt, "value": rec.value, "trial": rec.number, "rslora": bool(point.get(RSLORA)),
-                       "lr": lr_of(point), "lr_x_s": step_size(point), "gain": gain})
+                       "lr": lr_of(point), "lr_x_s": step_size(point), "gain": gain,
+                       **({"pruned_step": pruned_step(rec), "compared_with": b} if note else {})})
         if gain is not None and gain >= noise:
             ctx.decide(phase, "rank", f"r={nxt} gains {gain:+.3f}", "keep sweeping",
                        [f"r {r} -> {nxt}: {ctx.fmt(best_rec.value)} -> {ctx.fmt(rec.value)}, gain {gain:+.3f} >= "
@@ -125,8 +144,9 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
             continue
         plateau = r
         ctx.decide(phase, "rank", f"plateau at r={r}", f"keep r={r}",
-                   [f"r {r} -> {nxt}: {ctx.fmt(best_rec.value)} -> {ctx.fmt(rec.value)}, gain "
-                    f"{gain if gain is None else round(gain, 4)} < threshold {noise:.3f} ({src})"], [best_rec, rec],
+                   [f"r {r} -> {nxt}: " + (f"{note}, gain at equal steps " if note else
+                                           f"{ctx.fmt(best_rec.value)} -> {ctx.fmt(rec.value)}, gain ")
+                    + f"{gain if gain is None else round(gain, 4)} < threshold {noise:.3f} ({src})"], [best_rec, rec],
                    code="rank-plateau")
         break
     if stop_why and stop_why != "budget":
