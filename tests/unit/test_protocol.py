@@ -1606,6 +1606,8 @@ def test_pruned_trials_are_compared_at_their_own_step_and_every_stage_agrees():
     point = ctx.state["rank_sweep"]["points"][1]
     assert point["gain"] == pytest.approx(0.0, abs=1e-9) and point["pruned_step"] == 50  # 0.56 vs 0.56, not -0.16
     assert point["compared_with"] == pytest.approx(0.56)
+    table = ctx.state["lora_vs_full"]["table"]  # the partial score listed beside full-length ones says what it is
+    assert [row["label"] for row in table] == ["LoRA r=8 (chosen)", "LoRA r=32 (highest rank tried, pruned at step 50)"]
     assert f"{top.label} was pruned at step 50 of 100 (scripted): 0.560 there vs 0.560 for {inc.label}" in \
         rank["evidence"][0] and "gain at equal steps 0.0 < threshold" in rank["evidence"][0]
 

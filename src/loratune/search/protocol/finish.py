@@ -11,8 +11,8 @@ from loratune.search.trial import TrialRecord
 from loratune.search.protocol.settings import (CONTINUE_LR_FACTOR, CONTINUE_MIN_RATIO, COST_FREE_KEYS, FULL_LR_MAX,
                                                FULL_LR_MIN, INIT_FROM, LR, METHOD, PROBE_MAX_SHARE_OF_TRIAL,
                                                ProtocolSettings)
-from loratune.search.protocol.common import (breakeven_rank, evidence_of, incumbent_of, lr_of, no_budget, r_of, reserve,
-                                             round3, set_incumbent)
+from loratune.search.protocol.common import (breakeven_rank, evidence_of, incumbent_of, lr_of, no_budget, pruned_step,
+                                             r_of, reserve, round3, set_incumbent)
 from loratune.search.protocol.long import (epochs_cap_line, final_length, is_full, long_of, long_steps_wanted,
                                            longer_may_help, pick_line, promote, replaced_pick, still_improving,
                                            unaffordable_line)
@@ -133,7 +133,9 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     plateau = None if not sweep or len(sweep.get("points", [])) < 2 else sweep.get("plateau_r") is not None
     inputs = DecideInputs(
         chosen=cp(inc, f"LoRA r={r_of(inc.point)} (chosen)"),
-        highest=cp(highest, f"LoRA r={r_of(highest.point)} (highest rank tried)") if highest and highest is not inc else None,
+        highest=cp(highest, f"LoRA r={r_of(highest.point)} (highest rank tried"  # its val: a partial score, said so
+                   + (f", pruned at step {pruned_step(highest)})" if not highest.result.full_length else ")"))
+        if highest and highest is not inc else None,
         full=cp(full, "full fine-tuning") if full is not None and full.value is not None else None,
         noise=noise, noise_source=src, plateau=plateau,
         plateau_detail=(f"plateau at r={sweep.get('plateau_r')}" if sweep.get("plateau_r") is not None else
