@@ -1626,3 +1626,17 @@ def test_a_pruned_rank_ahead_at_its_step_is_trained_again_whole_before_it_counts
     assert gain["trials"] == [0, sweep[1].number] and "0.700 -> 0.800" in gain["evidence"][0]
     point = ctx.state["rank_sweep"]["points"][1]
     assert point["trial"] == sweep[1].number and point["gain"] == pytest.approx(0.10) and "pruned_step" not in point
+
+
+def test_a_pruned_target_sweep_arm_is_compared_at_its_step_and_not_kept():
+    """The target sweep's arms are pruned at step 50: their gain is read at that step (0.0, not -0.14 against the
+    incumbent's full-length 0.700), the trail says they were pruned, and no partial score becomes the incumbent."""
+    world = HalfwayWorld(lambda p: 0.70, lambda p: "healthy")
+    ctx, _ = make_ctx(world)
+    ctx.runner = HalfwayPruner(world, lambda s: s.phase == "target-sweep")
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, pair=False, seeds=1, arms=()))
+    d = next(x for x in ctx.decisions if x["kind"] == "targets")
+    assert d["code"] == "targets-no-gain" and d["data"]["gain"] == pytest.approx(0.0, abs=1e-9)
+    assert "was pruned at step 50 of 100 (scripted): 0.560 there vs 0.560 for" in d["evidence"][0]
+    assert "gain at equal steps 0.0 vs threshold" in d["evidence"][0]
+    assert ctx.state.incumbent.result.status == "completed"

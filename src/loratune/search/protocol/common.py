@@ -138,6 +138,22 @@ def like_for_like(ctx: SearchContext, rec: TrialRecord, ref: TrialRecord) -> tup
     return rec.value, other, note
 
 
+def gain_over(ctx: SearchContext, rec: TrialRecord, ref: TrialRecord) -> tuple[float | None, str]:
+    """`rec`'s gain over `ref` at one length (`like_for_like`) and the note saying when `rec` was pruned."""
+    a, b, note = like_for_like(ctx, rec, ref)
+    return (a - b if a is not None and b is not None else None), note
+
+
+def whole_if_ahead(ctx: SearchContext, rec: TrialRecord, ref: TrialRecord, noise: float, phase: str, why: str,
+                   held: Cost = Cost()) -> TrialRecord | None:
+    """`rec`, or, when it was pruned while ahead of `ref` at its step by the noise or more (or with no score of `ref`
+    there), its point trained again whole: a partial score is no gain. None: that run is not affordable."""
+    gain, note = gain_over(ctx, rec, ref)
+    if not note or (gain is not None and gain < noise):
+        return rec
+    return ctx.run(ctx.spec(rec.point, phase, f"{why}: its pruned trial trained again, whole"), reserve=held, full=True)
+
+
 def breakeven_rank(params: dict, r: int) -> int | None:
     """The compute-breakeven rank (params.breakeven_rank) of a trained run's parameter counts at rank r."""
     adapter, adapted = params.get("adapter"), params.get("adapted_weights")

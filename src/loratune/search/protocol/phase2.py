@@ -135,8 +135,9 @@ def alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
     if rec is None:
         no_budget(ctx, phase, "the scale step", held)
         return
-    better = rec.value is not None and inc.value is not None and rec.value > inc.value
-    ev.append(f"scale {sc:g} -> {sc * 2:g}: {ctx.fmt(inc.value)} -> {ctx.fmt(rec.value)}")
+    note = like_for_like(ctx, rec, inc)[2]  # a pruned step is no incumbent: it lost where the pruner stopped it
+    better = not note and rec.value is not None and inc.value is not None and rec.value > inc.value
+    ev.append(f"scale {sc:g} -> {sc * 2:g}: " + (note or f"{ctx.fmt(inc.value)} -> {ctx.fmt(rec.value)}"))
     # the scale step changes the effective step size lr x s on purpose (x2, like an lr x2 step): protocol 4
     # asks to measure it against an lr step, so the trail puts the lr x2 sibling beside it when it exists
     same_step = next((r for r in sib if math.isclose(lr_of(r.point), lr_of(inc.point) * 2, rel_tol=0.01)), None)
@@ -177,12 +178,14 @@ def regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
         if rec is None:
             no_budget(ctx, phase, name, held)
             return
-        better = rec.value is not None and inc.value is not None and rec.value > inc.value
+        note = like_for_like(ctx, rec, inc)[2]  # a pruned move is no incumbent: it lost where the pruner stopped it
+        better = not note and rec.value is not None and inc.value is not None and rec.value > inc.value
         if better:
             set_incumbent(ctx, rec)
         ctx.decide(phase, "regularization", f"{name} {'helps' if better else 'does not help'}",
                    f"incumbent = {rec.label}" if better else "keep the incumbent",
-                   [f"overfitting: gap {gap:.3f}", f"{name}: {ctx.fmt(inc.value)} -> {ctx.fmt(rec.value)}"]
+                   [f"overfitting: gap {gap:.3f}",
+                    f"{name}: " + (note or f"{ctx.fmt(inc.value)} -> {ctx.fmt(rec.value)}")]
                    + evidence_of(ctx, rec), [inc, rec], code="regularization-kept" if better else "regularization-rejected")
 
 

@@ -12,9 +12,10 @@ from loratune.search.state import Start
 from loratune.search.trial import TrialRecord
 from loratune.stepsize import scale_rule, step_size
 from loratune.search.protocol.settings import LR, METHOD, ProtocolSettings, RSLORA, SEED, TARGETS, rule_threshold
-from loratune.search.protocol.common import (breakeven_cap, breakeven_rank, evidence_of, incumbent_of, like_for_like,
-                                             lr_of, lr_siblings, no_budget, pruned_step, r_of, reserve, round3,
-                                             same_except, set_incumbent, with_rank_by)
+from loratune.search.protocol.common import (breakeven_cap, breakeven_rank, evidence_of, gain_over, incumbent_of,
+                                             like_for_like, lr_of, lr_siblings, no_budget, pruned_step, r_of, reserve,
+                                             round3, same_except, set_incumbent, whole_if_ahead,
+                                             with_rank_by)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,18 +122,13 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
             no_budget(ctx, phase, f"rank {nxt}")
             stop_why = "budget"
             break
-        a, b, note = like_for_like(ctx, rec, best_rec)  # a pruned rank: its partial score at its own step
-        gain = (a - b) if a is not None and b is not None else None
-        if note and (gain is None or gain >= noise):  # no gain is told from a partial score: trained again, whole
-            whole = ctx.run(ctx.spec(point, phase, f"rank sweep r={nxt}: its pruned trial trained again, whole"),
-                            reserve=reserve(ctx, phase, s), full=True)
-            if whole is None:
-                no_budget(ctx, phase, f"rank {nxt} at full length")
-                stop_why = "budget"
-                break
-            rec = whole
-            a, b, note = like_for_like(ctx, rec, best_rec)
-            gain = (a - b) if a is not None and b is not None else None
+        rec = whole_if_ahead(ctx, rec, best_rec, noise, phase, f"rank sweep r={nxt}", reserve(ctx, phase, s))
+        if rec is None:
+            no_budget(ctx, phase, f"rank {nxt} at full length")
+            stop_why = "budget"
+            break
+        _, b, note = like_for_like(ctx, rec, best_rec)  # a pruned rank: its partial score at its own step
+        gain, _ = gain_over(ctx, rec, best_rec)
         points.append({"r": nxt, "value": rec.value, "trial": rec.number, "rslora": bool(point.get(RSLORA)),
                        "lr": lr_of(point), "lr_x_s": step_size(point), "gain": gain,
                        **({"pruned_step": pruned_step(rec), "compared_with": b} if note else {})})
@@ -199,14 +195,16 @@ def stage_target_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     if not arms:
         return
     rec = max(arms, key=lambda a: (a.value if a.value is not None else -1.0, -a.number))
-    gain = (rec.value - inc.value) if rec.value is not None and inc.value is not None else None
+    rec = whole_if_ahead(ctx, rec, inc, noise, phase, "target sweep", reserve(ctx, phase, s)) or rec
+    gain, note = gain_over(ctx, rec, inc)
     pa, pb = inc.result.params.get("adapter"), rec.result.params.get("adapter")
     ev = [f"{','.join(now)} -> {','.join(s.target_sweep)} at r={r_of(inc.point)}: {ctx.fmt(inc.value)} -> "
           f"{ctx.fmt(rec.value)} (best of lr {', '.join(f'{lr_of(a.point):g}: {ctx.fmt(a.value)}' for a in arms)}), "
-          f"gain {gain if gain is None else round(gain, 4)} vs threshold {noise:.3f} ({src})",
+          + (f"{note}, gain at equal steps " if note else "gain ")
+          + f"{gain if gain is None else round(gain, 4)} vs threshold {noise:.3f} ({src})",
           f"LoRA parameters {pa:,} -> {pb:,}" if pa and pb else "parameter counts unknown"]
     ev += evidence_of(ctx, rec)
-    if gain is not None and gain >= noise:
+    if gain is not None and gain >= noise and not note:
         set_incumbent(ctx, rec)
         ctx.decide(phase, "targets", f"{','.join(s.target_sweep)} gains {gain:+.3f}", f"incumbent = {rec.label}", ev,
                    [inc, rec], {"gain": gain, "noise": noise}, code="targets-gain")
@@ -246,14 +244,16 @@ def stage_arms(ctx: SearchContext, s: ProtocolSettings) -> None:
         if not runs:
             return
         best = max(runs, key=lambda r: (r.value if r.value is not None else -1.0, -r.number))
-        gain = (best.value - inc.value) if best.value is not None and inc.value is not None else None
+        best = whole_if_ahead(ctx, best, inc, noise, phase, f"arm {mv.text}", reserve(ctx, phase, s)) or best
+        gain, note = gain_over(ctx, best, inc)
         ev = [f"{mv.text} ({arm.doc}) from {inc.label}: {ctx.fmt(inc.value)} -> {ctx.fmt(best.value)} (best of lr "
               + ", ".join(f"{lr_of(r.point):g}: {ctx.fmt(r.value)}" for r in runs)
-              + f"), gain {gain if gain is None else round(gain, 4)} vs threshold {noise:.3f} ({src})"]
+              + (f"), {note}, gain at equal steps " if note else "), gain ")
+              + f"{gain if gain is None else round(gain, 4)} vs threshold {noise:.3f} ({src})"]
         ev += evidence_of(ctx, best)
         data = {"arm": arm.id, "move": mv.id, "gain": gain, "noise": noise,
                 "lrs": [{"lr": lr_of(r.point), "value": r.value, "trial": r.number} for r in runs]}
-        if gain is not None and gain >= noise:
+        if gain is not None and gain >= noise and not note:
             set_incumbent(ctx, best)
             ctx.decide(phase, "arm", f"{mv.text} gains {gain:+.3f}", f"incumbent = {best.label}", ev, [inc, *runs],
                        data, code="arm-gain")
