@@ -104,3 +104,37 @@ def test_unseen_labels_count_rows_and_the_val_minimum_counts_train_classes_only(
     a = assess_dataset(make_dataset(train, val, multi=True))
     assert a.facts["unseen_val_rows"] == 7 and a.facts["unseen_label_rows"] == 7
     assert a.facts["val_rows_per_class_min"] == 8
+
+
+def test_small_validation_counts_only_classes_with_rows_and_names_empty_ones_apart():
+    """Val holds 3 rows of one class, 10 of another and none of the third: one class is under the minimum
+    (min 3); the empty class is told apart, not counted as 'under 10 rows (min 3)'. With only empty classes
+    short, small-validation stays quiet (missing-val-labels says it)."""
+    train, val = clean_rows()
+    labels = sorted({lab for _, lab in train})
+    short = [(t, lab) for t, lab in val if lab == labels[0]][:3] + [(t, lab) for t, lab in val if lab == labels[1]]
+    a = assess_dataset(make_dataset(train, short))
+    assert a.facts["val_classes_under_min"] == 1 and a.facts["val_classes_empty"] == 1
+    msg = next(f.message for f in a.findings if f.id == "small-validation")
+    assert msg.startswith("1 class(es) have under 10 validation rows (min 3)")
+    assert msg.endswith("; 1 more class(es) have no validation row at all")
+    only_empty = [(t, lab) for t, lab in val if lab != labels[0]]
+    a = assess_dataset(make_dataset(train, only_empty))
+    assert a.facts["val_classes_under_min"] == 0 and a.facts["val_classes_empty"] == 1
+    ids = {f.id for f in a.findings}
+    assert "small-validation" not in ids and "missing-val-labels" in ids
+
+
+def test_val_resolution_names_the_accuracy_its_se_is_computed_at():
+    """40 val rows at an assumed 0.90: the SE printed is the one at the accuracy the message names."""
+    import math
+    import re
+
+    train, val = clean_rows()
+    val = (val + val)[:40]
+    a = assess_dataset(make_dataset(train, val))
+    msg = next(f.message for f in a.findings if f.id == "val-resolution")
+    se, at = re.search(r"accuracy SE ~([\d.]+) at accuracy ([\d.]+)", msg).groups()
+    assert float(at) == pytest.approx((0.9 * 40 + 1) / 42, abs=5e-4)
+    assert float(se) == pytest.approx(math.sqrt(float(at) * (1 - float(at)) / 40), abs=5e-4)
+    assert "0.90 on 40 rows seen as (hits + 1) / (n + 2)" in msg

@@ -68,8 +68,13 @@ def _catalogue() -> dict[str, Fact]:
         "length_mean_train": Fact("length_unit", "mean training text length"),
         "length_unit": Fact("text", "tokens (with a tokenizer) or words"),
         "val_rows_per_class_min": Fact("rows", "fewest validation rows of a class"),
-        "val_classes_under_min": Fact("classes", "classes with fewer than min_val_per_class validation rows"),
-        "accuracy_se": Fact("accuracy", "standard error of validation accuracy at accuracy_at"),
+        "val_classes_under_min": Fact("classes", "classes with at least one but fewer than min_val_per_class "
+                                                 "validation rows"),
+        "val_classes_empty": Fact("classes", "trained classes with no validation row"),
+        "val_classes_empty_note": Fact("text", "'; n more class(es) have no validation row at all', or empty"),
+        "accuracy_se": Fact("accuracy", "standard error of validation accuracy at accuracy_se_at"),
+        "accuracy_se_at": Fact("accuracy", "the rate the SEs are computed at: accuracy_at over the val rows seen "
+                                           "as (hits + 1) / (n + 2)"),
         "macro_f1_se": Fact("macro-F1", "standard error of validation macro-F1"),
         "detectable_difference": Fact("macro-F1", "val differences below this (2 SE) are sampling noise"),
         "resolution_method": Fact("text", "how the standard errors were estimated"),
@@ -190,13 +195,19 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
     # over the classes the model learns: a validation label train lacks has no recall to resolve
     f["val_rows_per_class_min"] = min((val.counts.get(lab, 0) for lab in ds.label_space.labels
                                        if val.counts.get(lab, 0) > 0), default=0) if val else 0
+    # the same classes as that minimum: a class with no validation row is no "under 10 rows (min 3)" class;
+    # it is counted apart (and named by missing-val-labels), so the message's count and minimum agree
     f["val_classes_under_min"] = (sum(1 for lab in ds.label_space.labels
-                                      if val.counts.get(lab, 0) < thresholds.min_val_per_class) if val else 0)
+                                      if 0 < val.counts.get(lab, 0) < thresholds.min_val_per_class) if val else 0)
+    empty = sum(1 for lab in ds.label_space.labels if val.counts.get(lab, 0) == 0) if val else 0
+    f["val_classes_empty"] = empty
+    f["val_classes_empty_note"] = f"; {empty} more class(es) have no validation row at all" if empty else ""
     f["accuracy_se"] = resolution.accuracy_se
     f["macro_f1_se"] = resolution.macro_f1_se
     f["detectable_difference"] = resolution.detectable_difference
     f["resolution_method"] = resolution.method
     f["accuracy_at"] = resolution.accuracy_at
+    f["accuracy_se_at"] = resolution.se_at
     mi = model_info
     f["model_type"] = mi.model_type if mi else None
     f["model_layers"] = mi.num_layers if mi else None

@@ -172,6 +172,7 @@ class Resolution:
     macro_f1_se: float
     method: str  # "bootstrap of the probe's val predictions" or "binomial approximation"
     detectable_difference: float  # ~2 SE of macro-F1: differences below this are val-sampling noise
+    se_at: float = 0.0  # the rate the SEs are computed at: accuracy_at seen as (hits + 1) / (n + 2)
 
 
 @dataclass(frozen=True)

@@ -329,12 +329,15 @@ FINDING_RULES: tuple[FindingRule, ...] = (
                 ("truncated_share", "max_length", "token_p99")),
     FindingRule("small-validation", "warn", Above("val_classes_under_min"),
                 "{val_classes_under_min} class(es) have under {t.min_val_per_class} validation rows (min "
-                "{val_rows_per_class_min}): per-class recall moves in steps of 1/{val_rows_per_class_min}",
-                ("val_classes_under_min", "val_rows_per_class_min")),
+                "{val_rows_per_class_min}): per-class recall moves in steps of 1/{val_rows_per_class_min}"
+                "{val_classes_empty_note}",
+                ("val_classes_under_min", "val_rows_per_class_min", "val_classes_empty")),
     FindingRule("val-resolution", "info", Above("val_rows"),
                 "{val_rows} validation rows: macro-F1 SE ~{macro_f1_se:.3f}, accuracy SE ~{accuracy_se:.3f} at "
-                "accuracy {accuracy_at:.2f} ({resolution_method}); val differences under ~{detectable_difference:.3f} "
-                "are sampling noise", ("val_rows", "macro_f1_se", "accuracy_se", "detectable_difference")),
+                "accuracy {accuracy_se_at:.3f} ({accuracy_at:.2f} on {val_rows} rows seen as (hits + 1) / (n + 2); "
+                "{resolution_method}); val differences under ~{detectable_difference:.3f} are sampling noise",
+                ("val_rows", "macro_f1_se", "accuracy_se", "accuracy_se_at", "accuracy_at",
+                 "detectable_difference")),
     FindingRule("heterogeneous-class", "warn", Above("heterogeneous_classes"),
                 "{heterogeneous_classes} class(es) are far more spread out in the base model's embedding space "
                 "than the rest: {heterogeneous_names}; a catch-all class like this needs more data or its own "

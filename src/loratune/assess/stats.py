@@ -74,4 +74,4 @@ def estimate_resolution(val: Split, *, accuracy: float | None = None, bootstrap_
         se, method = bootstrap_se, "bootstrap of the probe's val predictions"
     else:
         se, method = approx, "binomial approximation (per-class recall at the accuracy)"
-    return Resolution(n, len(counts), p, acc_se, se, method, 2 * se)
+    return Resolution(n, len(counts), p, acc_se, se, method, 2 * se, ps)
