@@ -394,7 +394,7 @@ def test_heterogeneous_class_finding_and_round_trip():
 def test_rule_catalog_lists_every_rule():
     rows = A.rule_catalog()
     tables = {r["table"] for r in rows}
-    assert tables == {"assess-start", "assess-finding", "assess-threshold"}
+    assert tables == {"assess-start", "assess-finding", "assess-bands", "assess-threshold"}
     assert {r["id"] for r in rows if r["table"] == "assess-finding"} == {r.id for r in A.FINDING_RULES}
     json.dumps(rows)
 

@@ -138,3 +138,28 @@ def test_val_resolution_names_the_accuracy_its_se_is_computed_at():
     assert float(at) == pytest.approx((0.9 * 40 + 1) / 42, abs=5e-4)
     assert float(se) == pytest.approx(math.sqrt(float(at) * (1 - float(at)) / 40), abs=5e-4)
     assert "0.90 on 40 rows seen as (hits + 1) / (n + 2)" in msg
+
+
+def test_rules_shows_the_ffn_top_k_bands_as_data(capsys):
+    """start-targets-qv-ffn-top reads K from FFN_TOP_K: `loratune rules` lists its bands (<7 layers: 2, <13: 3,
+    else 4) in text and JSON, and every band table a start formula cites by name is listed."""
+    import json
+    import re
+
+    from loratune.cli import main
+
+    assert main(["rules", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["assess"]
+    bands = {r["id"]: r for r in rows if r["table"] == "assess-bands"}
+    assert bands["ffn_top_k"]["fact"] == "model_layers" and bands["ffn_top_k"]["default"] == 2
+    assert bands["ffn_top_k"]["bands"] == [{"below": 7, "value": 2}, {"below": 13, "value": 3},
+                                           {"below": None, "value": 4}]
+    start = {r["id"]: r["when"] for r in rows if r["table"] == "assess-start"}
+    assert "K by bands ffn_top_k" in start["start-targets-qv-ffn-top"]
+    from loratune.assess.rules import NAMED_BANDS
+    for r in rows:
+        for name in re.findall(r"bands (\w+)", r.get("when", "")):
+            assert name in NAMED_BANDS and name in bands, (r["id"], name)
+    assert main(["rules"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "model_layers < 7 -> 2" in out and "7 <= model_layers < 13 -> 3" in out

@@ -110,6 +110,11 @@ def ceiling_by_model(hidden: int | None) -> int | None:
 
 BATCH_BY_DATA = Bands("train_rows", ((1000, 16), (100000, 32), (math.inf, 64)))  # the start batch by data size
 CEILING_BY_DATA = Bands("train_rows", ((1000, 16), (5000, 32), (20000, 64), (math.inf, 128)))
+FFN_TOP_K = Bands("model_layers", ((7, 2), (13, 3), (math.inf, 4)), default=2)  # K of the start's ffn@top:K
+# the band tables start rows read through a derivation, by the name their formula cites (`loratune rules` lists
+# them as data: a cited name with no table behind it could not be checked)
+NAMED_BANDS: dict[str, Bands] = {"ffn_top_k": FFN_TOP_K, "batch_by_data": BATCH_BY_DATA,
+                                 "ceiling_by_data": CEILING_BY_DATA}
 
 START_RULES: tuple[StartRule, ...] = (
     StartRule("start-rank-by-data", "adapter.r", Bands("train_rows", ((3000, 8), (math.inf, 16))),
@@ -118,7 +123,7 @@ START_RULES: tuple[StartRule, ...] = (
                                                              lambda f, c: float(2 * c["adapter.r"])),
               "lora_alpha={value:g}: scale s = alpha/r = 2 (protocol 1: s = 1-2 to start, fixed in phase 1)"),
     StartRule("start-targets-qv-ffn-top", "adapter.target_modules",
-              Derived("[attn.q, attn.v, ffn@top:K], K from model_layers (rule start-ffn-top-k)",
+              Derived("[attn.q, attn.v, ffn@top:K], K by bands ffn_top_k: " + FFN_TOP_K.describe(),
                       lambda f, c: ["attn.q", "attn.v", f"ffn@top:{FFN_TOP_K(f)}"], uses=("model_layers",)),
               "attention Q/V in every layer plus the FFN of the top {ffn_top_k} of {model_layers} layers "
               "(protocol 3: Q/V + FFN of the top 2-4 layers)"),
@@ -151,9 +156,6 @@ START_RULES: tuple[StartRule, ...] = (
         "reaches a third of each adapted weight, the compute breakeven with full fine-tuning, protocol 6; the "
         "largest power of 2 at or below it: {ceiling_by_model}; never below the start rank)"),
 )
-
-FFN_TOP_K = Bands("model_layers", ((7, 2), (13, 3), (math.inf, 4)), default=2)
-
 
 class _Formatter(string.Formatter):
     """str.format over the facts where an unknown or missing fact prints as "?" whatever its format spec."""
@@ -380,6 +382,9 @@ def rule_catalog(thresholds: AssessThresholds = AssessThresholds()) -> list[dict
         for r in START_RULES]
     rows += [{"table": "assess-finding", "id": r.id, "severity": r.severity, "when": r.when.describe(),
               "message": r.message, "uses": list(r.uses)} for r in FINDING_RULES]
+    rows += [{"table": "assess-bands", "id": name, "fact": b.fact, "when": b.describe(), "default": b.default,
+              "bands": [{"below": None if math.isinf(hi) else hi, "value": v} for hi, v in b.rows]}
+             for name, b in NAMED_BANDS.items()]
     rows += [{"table": "assess-threshold", "id": f.name, "value": getattr(thresholds, f.name)}
              for f in fields(thresholds)]
     return rows

@@ -115,6 +115,13 @@ def _print_assess(console, rows: list[dict], facts: dict | None) -> None:
     for r in (r for r in rows if r["table"] == "assess-finding"):
         ft.add_row(r["id"], r["severity"], escape(r["when"]), escape(r["message"]))
     console.print(ft)
+    bt = Table(title="band tables the start rows cite by name (the first band that holds gives the value)",
+               header_style="bold")
+    for col in ("name", "bands"):
+        bt.add_column(col, overflow="fold")
+    for r in (r for r in rows if r["table"] == "assess-bands"):
+        bt.add_row(r["id"], escape(r["when"]))
+    console.print(bt)
     tt = Table(title="assess thresholds (t.name above)", header_style="bold")
     for col in ("name", "value"):
         tt.add_column(col)
