@@ -79,7 +79,7 @@ class DecideThresholds:
                                                                    "memory ratio is read from it (cost-parity)"})
 
 
-def lora_vs_full_catalog() -> list[dict]:
+def lora_vs_full_catalog(thresholds: DecideThresholds | None = None) -> list[dict]:
     """Protocol 6's numbers as `loratune rules` shows them: the LoRA-vs-full thresholds, the breakeven rank and the
     noise band a rank step or a LoRA-vs-full gap must clear (each defined once, where the code reads it)."""
     from dataclasses import fields
@@ -87,12 +87,15 @@ def lora_vs_full_catalog() -> list[dict]:
     from loratune.objectives import SCORE_FLOOR
     from loratune.params import BREAKEVEN_SHARE
 
-    rows = [{"name": f.name, "value": f.default, "doc": f.metadata["doc"]} for f in fields(DecideThresholds)]
-    rows.append({"name": "breakeven_share", "value": BREAKEVEN_SHARE,
+    t = thresholds or DecideThresholds()  # a --thresholds file's values (the default column keeps the table's)
+    rows = [{"name": f.name, "value": getattr(t, f.name), "default": f.default, "overridable": True,
+             "doc": f.metadata["doc"]} for f in fields(DecideThresholds)]
+    # these two are read where they are defined (params, objectives), not from DecideThresholds: shown, fixed
+    rows.append({"name": "breakeven_share", "value": BREAKEVEN_SHARE, "default": BREAKEVEN_SHARE, "overridable": False,
                  "doc": "the breakeven rank: where LoRA's parameters reach this share of the weights they adapt; "
                         "the rank sweep stops there, and past it full fine-tuning is the cheaper way to that "
                         "capacity (params.BREAKEVEN_SHARE)"})
-    rows.append({"name": "noise_floor", "value": SCORE_FLOOR,
+    rows.append({"name": "noise_floor", "value": SCORE_FLOOR, "default": SCORE_FLOOR, "overridable": False,
                  "doc": "protocol 6's noise band: a gain (a rank step, LoRA against full) counts only above "
                         "max(this, 2 x the seed sigma) once seeds ran, else max(this, sqrt(2) x the val metric's "
                         "binomial SE) (search.context.SearchContext.noise; a loss objective: its own floor)"})

@@ -16,6 +16,7 @@ Scopes: `curve` rules give a run its verdict (the protocol's capacity and optimi
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -1279,30 +1280,58 @@ def default_thresholds() -> dict[str, float]:
     return {name: t.value for name, t in THRESHOLDS.items()}
 
 
-def resolve_thresholds(overrides: Mapping[str, Any] | None = None) -> dict[str, float]:
-    """Defaults with `overrides` applied. Unknown names or non-numbers raise one UserError naming all."""
-    values = default_thresholds()
+def _check_value(table: str, name: str, default: Any, value: Any) -> tuple[Any, str | None]:
+    """The override as the table holds it, or the problem. Diagnosis thresholds take any number (some compare
+    signed slopes); assess and LoRA-vs-full values are counts, shares and ratios: finite and >= 0, and a count
+    (an int default) a whole number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, f"threshold '{name}': got {value!r}; allowed: a number"
+    if table == "diagnosis":
+        return float(value), None
+    if not math.isfinite(value) or value < 0:
+        return None, f"threshold '{name}': got {value!r}; allowed: a number >= 0"
+    if isinstance(default, int):
+        if value != int(value):
+            return None, f"threshold '{name}': got {value!r}; allowed: a whole number (it counts rows or items)"
+        return int(value), None
+    return float(value), None
+
+
+def resolve_threshold_tables(overrides: Mapping[str, Any] | None,
+                             tables: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`tables` (table -> name -> default; a name unique across tables) with `overrides` applied. Unknown names or
+    bad values raise one UserError naming all. `loratune.thresholds` passes every table `loratune rules` lists."""
+    tables = {table: dict(values) for table, values in tables.items()}
+    owner = {name: table for table, values in tables.items() for name in values}
     problems = []
     for name, value in (overrides or {}).items():
-        if name not in THRESHOLDS:
-            close = difflib.get_close_matches(str(name), list(THRESHOLDS), n=3)
+        table = owner.get(name)
+        if table is None:
+            close = difflib.get_close_matches(str(name), list(owner), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             problems.append(f"unknown threshold '{name}'{hint}")
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"threshold '{name}': got {value!r}; allowed: a number")
-            continue
-        values[name] = float(value)
+        checked, problem = _check_value(table, name, tables[table][name], value)
+        if problem:
+            problems.append(problem)
+        else:
+            tables[table][name] = checked
     if problems:
         raise UserError("invalid thresholds: " + "; ".join(problems),
                         "use the names listed by `loratune rules` with numeric values")
-    return values
+    return tables
 
 
-def load_thresholds(path: str | Path | None) -> dict[str, float]:
-    """Read overrides from YAML (`name: value` lines, optionally under a `thresholds:` key)."""
+def resolve_thresholds(overrides: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """The diagnosis thresholds: defaults with `overrides` applied (a file naming the other tables' thresholds
+    too goes through `loratune.thresholds.load_threshold_tables`)."""
+    return resolve_threshold_tables(overrides, {"diagnosis": default_thresholds()})["diagnosis"]
+
+
+def read_threshold_file(path: str | Path | None) -> dict[str, Any]:
+    """The overrides of a YAML file (`name: value` lines, optionally under a `thresholds:` key), unchecked."""
     if path is None:
-        return default_thresholds()
+        return {}
     import yaml
 
     p = Path(path)
@@ -1315,7 +1344,12 @@ def load_thresholds(path: str | Path | None) -> dict[str, float]:
         data = data["thresholds"]
     if not isinstance(data, dict):
         raise UserError(f"thresholds file '{p}' must hold a mapping", "write `name: value` lines")
-    return resolve_thresholds(data)
+    return data
+
+
+def load_thresholds(path: str | Path | None) -> dict[str, float]:
+    """The diagnosis thresholds with the file's overrides (diagnosis names only)."""
+    return resolve_thresholds(read_threshold_file(path))
 
 
 # ---------------------------------------------------------------------------------------------

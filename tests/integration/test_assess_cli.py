@@ -103,3 +103,17 @@ def test_the_start_command_trains_the_data_and_model_assessed(tiny_bert, intent_
     start = out[out.index("start with: loratune train"):]
     assert f"--data {intent_data}" in start and f"name_or_path={tiny_bert}" in start
     assert "the proposal replaces your" in start and "per_device_train_batch_size=32" in start
+
+
+def test_assess_takes_a_thresholds_file(data, tmp_path, capsys):
+    """long_tail_count 40 (of 30 rows a class) puts every class in the long tail; a bad value is exit 2."""
+    t = tmp_path / "t.yaml"
+    t.write_text("long_tail_count: 40\n")
+    assert main(["assess", f"data.dataset_name={data}", "--no-probe", "--json", "--thresholds", str(t)]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["thresholds"]["long_tail_count"] == 40
+    tail = next(f for f in d["findings"] if f["id"] == "long-tail")
+    assert tail["evidence"]["long_tail_classes"] == 3 and "under 40 training rows" in tail["message"]
+    t.write_text("long_tail_count: -1\n")
+    assert main(["assess", f"data.dataset_name={data}", "--no-probe", "--thresholds", str(t)]) == 2
+    assert "threshold 'long_tail_count': got -1" in capsys.readouterr().err

@@ -226,3 +226,16 @@ def test_trainer_nan_losses_and_train_only_logs(tmp_path, capsys):
     assert run["verdict"] == "diverged"
     assert run["features"]["values"]["nonfinite_values"] == 3
     assert any("no evaluation entries" in n for n in run["notes"])
+
+
+def test_one_thresholds_file_serves_diagnose_and_assess(tmp_path, capsys):
+    """A file that also sets assess's long_tail_count (a name `loratune rules` lists) is no unknown threshold to
+    diagnose: it takes its own names and reports only those as overridden."""
+    d = write_run(tmp_path / "ov", s.overfit())
+    t = tmp_path / "t.yaml"
+    t.write_text("long_tail_count: 30\nshare_total: 0.2\nval_loss_rise_min: 9.0\n")
+    code, out, _ = run_cli(capsys, "diagnose", str(d), "--json", "--thresholds", str(t))
+    assert code == 0 and json.loads(out)["thresholds_overridden"] == {"val_loss_rise_min": 9.0}
+    t.write_text("long_tail_count: 2.5\n")
+    code, _, err = run_cli(capsys, "diagnose", str(d), "--thresholds", str(t))
+    assert code == 2 and "threshold 'long_tail_count': got 2.5; allowed: a whole number" in err

@@ -352,3 +352,41 @@ def test_rules_lists_protocol_6_and_every_move_with_its_numbers(capsys):
     assert main(["rules"]) == 0
     text = capsys.readouterr().out
     assert "LoRA vs full fine-tuning" in text and "the numbers inside the moves" in text
+
+
+def test_every_threshold_rules_lists_is_overridable_with_a_value_check(tmp_path, capsys):
+    """long_tail_count (assess) and share_total (LoRA vs full) are listed by `loratune rules`: a --thresholds
+    file overrides them there (text and JSON) like a diagnosis threshold; a bad value or name is exit 2."""
+    import json
+
+    from loratune.assess import AssessThresholds
+    from loratune.cli import main
+    from loratune.decide import DecideThresholds
+    from loratune.thresholds import load_threshold_tables, threshold_tables
+
+    tables = threshold_tables()
+    names = [n for t in tables.values() for n in t]
+    assert len(names) == len(set(names))  # one flat file serves every table
+    assert set(tables["assess"]) == set(AssessThresholds.__dataclass_fields__)
+    assert set(tables["lora_vs_full"]) == set(DecideThresholds.__dataclass_fields__)
+    f = tmp_path / "t.yaml"
+    f.write_text("long_tail_count: 30\nshare_total: 0.2\nval_loss_rise_min: 0.2\n")
+    loaded = load_threshold_tables(f)
+    assert loaded["assess"]["long_tail_count"] == 30 and isinstance(loaded["assess"]["long_tail_count"], int)
+    assert loaded["lora_vs_full"]["share_total"] == 0.2 and loaded["diagnosis"]["val_loss_rise_min"] == 0.2
+    with pytest.raises(UserError, match="unknown threshold 'long_tail_count'"):  # the engine's own loader
+        load_thresholds(f)
+    assert main(["rules", "--json", "--thresholds", str(f)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"table": "assess-threshold", "id": "long_tail_count", "value": 30, "default": 20} in data["assess"]
+    share = next(r for r in data["lora_vs_full"] if r["name"] == "share_total")
+    assert share["value"] == 0.2 and share["default"] == 0.1
+    assert main(["rules", "--thresholds", str(f)]) == 0
+    assert "30 *" in capsys.readouterr().out
+    for bad, why in (("long_tail_count: 2.5", "whole number"), ("share_total: -0.1", ">= 0"),
+                     ("share_total: big", "a number"), ("long_tail_cout: 3", "did you mean long_tail_count")):
+        f.write_text(bad + "\n")
+        with pytest.raises(UserError, match=why):
+            load_threshold_tables(f)
+        assert main(["rules", "--thresholds", str(f)]) == 2
+        assert why in capsys.readouterr().err

@@ -385,7 +385,7 @@ def rule_catalog(thresholds: AssessThresholds = AssessThresholds()) -> list[dict
     rows += [{"table": "assess-bands", "id": name, "fact": b.fact, "when": b.describe(), "default": b.default,
               "bands": [{"below": None if math.isinf(hi) else hi, "value": v} for hi, v in b.rows]}
              for name, b in NAMED_BANDS.items()]
-    rows += [{"table": "assess-threshold", "id": f.name, "value": getattr(thresholds, f.name)}
+    rows += [{"table": "assess-threshold", "id": f.name, "value": getattr(thresholds, f.name), "default": f.default}
              for f in fields(thresholds)]
     return rows
 

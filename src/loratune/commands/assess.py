@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the assessment as JSON on stdout (no summary)")
     p.add_argument("--no-probe", action="store_true",
                    help="skip the difficulty probe (no model weights are loaded; the tokenizer still is)")
+    p.add_argument("--thresholds", metavar="FILE.yaml",
+                   help="override assess thresholds (`name: value` lines; names from `loratune rules`)")
     p.add_argument("--out", metavar="FILE", help="also write the JSON to FILE")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="probe embedding cache (default: $LORATUNE_CACHE_DIR or ~/.cache/loratune; `none`: off)")
@@ -30,9 +32,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from loratune.assess import run_assessment
+    from loratune.assess import AssessThresholds, run_assessment
+    from loratune.thresholds import load_threshold_tables
 
     cfg = load_cfg(args)  # validated before any data or model loads
+    # read and checked before any data or model loads too (a typo costs no probe)
+    thresholds = AssessThresholds(**load_threshold_tables(args.thresholds)["assess"])
     if args.out and Path(args.out).is_dir():  # said before the assessment runs, not after it
         raise UserError(f"--out {args.out} is a folder", "give --out a file name, e.g. --out assessment.json")
     err = console(stderr=True)
@@ -44,7 +49,7 @@ def run(args) -> int:
 
         data = assess_sft(cfg, prepare(cfg), progress=progress)
         return _emit(args, data, lambda out: print_sft_summary(out, data, _inputs(args)))
-    a = run_assessment(cfg, probe=not args.no_probe, cache_dir=cache, progress=progress)
+    a = run_assessment(cfg, probe=not args.no_probe, cache_dir=cache, progress=progress, thresholds=thresholds)
     return _emit(args, a.to_dict(), lambda out: print_summary(out, a, _inputs(args)))
 
 

@@ -29,9 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from loratune.diagnose import compare, diagnose
     from loratune.history_io import load_run
-    from loratune.rules import default_thresholds, load_thresholds
+    from loratune.rules import default_thresholds
+    from loratune.thresholds import load_threshold_tables
 
-    thresholds = load_thresholds(args.thresholds)
+    # one file may hold every table `loratune rules` lists (assess's too): diagnose takes its own
+    thresholds = load_threshold_tables(args.thresholds)["diagnosis"]
     histories = [load_run(path) for path in args.runs]
     diagnoses = [diagnose(h, thresholds=thresholds) for h in histories]
     comparison = compare(histories, thresholds=thresholds) if len(histories) >= 2 else None

@@ -21,17 +21,23 @@ def run(args: argparse.Namespace) -> int:
     from loratune.features import COMPARE_FEATURES, FEATURES
     from loratune.decide import lora_vs_full_catalog
     from loratune.moves import MOVE_CONSTANTS, move_catalog
-    from loratune.rules import RULES, THRESHOLDS, describe, load_thresholds, rule_to_data
+    from loratune.assess import AssessThresholds
+    from loratune.decide import DecideThresholds
+    from loratune.rules import RULES, THRESHOLDS, describe, rule_to_data
+    from loratune.thresholds import load_threshold_tables
 
-    values = load_thresholds(args.thresholds)
+    tables = load_threshold_tables(args.thresholds)  # every table's names (assess, LoRA vs full too)
+    values = tables["diagnosis"]
+    assess_catalog = rule_catalog(AssessThresholds(**tables["assess"]))
+    lvf_catalog = lora_vs_full_catalog(DecideThresholds(**tables["lora_vs_full"]))
     if args.json:
         out = {
             "rules": [rule_to_data(r, values) for r in RULES],
             "thresholds": {n: {"value": values[n], "default": t.value, "unit": t.unit, "doc": t.doc}
                            for n, t in THRESHOLDS.items()},
         }
-        out["assess"] = rule_catalog()
-        out["lora_vs_full"] = lora_vs_full_catalog()
+        out["assess"] = assess_catalog
+        out["lora_vs_full"] = lvf_catalog
         out["moves"] = move_catalog()
         out["move_constants"] = [{"name": n, "value": v, "doc": d} for n, v, d in MOVE_CONSTANTS]
         if args.features:
@@ -73,12 +79,14 @@ def run(args: argparse.Namespace) -> int:
             for n, s in cat.items():
                 ft.add_row(n, s.group, s.unit, escape(s.doc))
         console.print(ft)
-    _print_assess(console, rule_catalog(), FACTS if args.features else None)
-    lv = Table(title="LoRA vs full fine-tuning (protocol 6; `loratune tune`'s last stage)", header_style="bold")
+    _print_assess(console, assess_catalog, FACTS if args.features else None)
+    lv = Table(title="LoRA vs full fine-tuning (protocol 6; `loratune tune`'s last stage; * overridden, "
+                     "fixed: not in a --thresholds file)", header_style="bold")
     for col in ("name", "value", "meaning"):
         lv.add_column(col, overflow="fold")
-    for row in lora_vs_full_catalog():
-        lv.add_row(row["name"], f"{row['value']:.4g}", escape(row["doc"]))
+    for row in lvf_catalog:
+        mark = " *" if row["value"] != row["default"] else "" if row["overridable"] else " (fixed)"
+        lv.add_row(row["name"], f"{row['value']:.4g}{mark}", escape(row["doc"]))
     console.print(lv)
     mv = Table(title="moves (what a finding prescribes and what tune applies)", header_style="bold")
     for col in ("id", "text", "knob", "role", "what it does"):
@@ -122,11 +130,13 @@ def _print_assess(console, rows: list[dict], facts: dict | None) -> None:
     for r in (r for r in rows if r["table"] == "assess-bands"):
         bt.add_row(r["id"], escape(r["when"]))
     console.print(bt)
-    tt = Table(title="assess thresholds (t.name above)", header_style="bold")
-    for col in ("name", "value"):
+    tt = Table(title="assess thresholds (t.name above; override with --thresholds FILE.yaml: `name: value`)",
+               header_style="bold")
+    for col in ("name", "value", "default"):
         tt.add_column(col)
     for r in (r for r in rows if r["table"] == "assess-threshold"):
-        tt.add_row(r["id"], f"{r['value']:g}")
+        mark = " *" if r["value"] != r["default"] else ""
+        tt.add_row(r["id"], f"{r['value']:g}{mark}", f"{r['default']:g}")
     console.print(tt)
     if facts:
         fa = Table(title="assess facts", header_style="bold")
