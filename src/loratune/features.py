@@ -88,6 +88,11 @@ _CATALOGUE = (
           "`method: lora`); not applicable (missing) for full fine-tuning or another peft method (prompt tuning, "
           "IA3), whose usual learning rates differ; missing when no side file says. A kind gate: the routes that "
           "read the lr against LoRA's usual range name it."),
+    _spec("run", "lora_adapter", "flag", "the run is known to have trained a LoRA adapter: {}",
+          "1 when `lora` is 1; 0 for every other run, full fine-tuning, another peft method or a method no side file "
+          "says (never missing, unlike `lora`): the gate of a route that reads the lr against protocol 1's general "
+          "range for every run but a LoRA one, whose range starts at lora_lr_floor (a `lora` clause would drop out "
+          "of such a route for exactly the runs it is for)."),
     _spec("run", "val_n", "count", "the validation set has {} rows",
           "`val/n` at the last point (rows scored), else the sum of val label counts in run.json, else the smallest n "
           "that puts every val accuracy on the lattice k/n (accuracy_lattice_n)."),
@@ -458,7 +463,7 @@ PROMPT_KEY_PREFIX = "val/prompt_"  # generation.prompt_key writes every prompt-s
 NOT_APPLICABLE = "does not apply: "
 CLASSIFIER_GROUPS = ("per class", "collapse", "slices")  # catalogue groups that need classes
 # gates naming which kind of run a rule route is for (no evidence)
-KIND_FEATURES = ("generative", "classifier", "lora", "train_loss_untracked")
+KIND_FEATURES = ("generative", "classifier", "lora", "lora_adapter", "train_loss_untracked")
 # adapter_config.json `peft_type`s that train a low-rank update (LoRA's lr range applies; protocol 1)
 LORA_PEFT_TYPES = ("LORA", "ADALORA")
 # the split of a `<split>/<metric>` key that is the training loop's own log, not an evaluation (train/loss,
@@ -847,7 +852,9 @@ def _method(acc: FeatureSet, meta: Mapping[str, Any]) -> None:
     facts = meta.get("facts") if isinstance(meta.get("facts"), dict) else {}
     peft = facts.get("peft_type", {}).get("value") if isinstance(facts.get("peft_type"), dict) else None
     method = meta.get("method")
-    if method == "lora" or str(peft).upper() in LORA_PEFT_TYPES:
+    is_lora = method == "lora" or str(peft).upper() in LORA_PEFT_TYPES
+    acc.set("lora_adapter", 1.0 if is_lora else 0.0)
+    if is_lora:
         acc.set("lora", 1.0)
     elif method or peft:
         acc.set("lora", None, NOT_APPLICABLE + f"the run trained {'every weight' if method == 'full' else peft} "

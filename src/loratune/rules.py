@@ -165,7 +165,8 @@ _THRESHOLDS = (
        "not protocol 4's slow, steady fall."),
     _t("usual_lr_min", 1e-5, "lr", "...at a peak lr at or above the low end of protocol 1's usual range (1e-5..1e-3, "
        "full fine-tuning 1e-5..5e-5): steps of a usual size that moved no prediction are a collapse; steps below it "
-       "that moved none are too small (a warmup that never reached an lr: macyrm, fold E)."),
+       "that moved none are too small (a warmup that never reached an lr: macyrm, fold E). A LoRA adapter's floor is "
+       "lora_lr_floor instead (its range sits 10x higher)."),
     _t("lr_far_below_max", 3e-6, "lr", "A peak lr under a third of usual_lr_min, the low end of protocol 1's range "
        "(1e-5..1e-3; full fine-tuning 1e-5..5e-5): for a classifier, steps too small for any method whatever the "
        "curve's decayed tail shows (a large language model's full fine-tuning may sit lower; classifiers only)."),
@@ -431,7 +432,11 @@ _RULES = (
                             any_(c("val_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
                                  c("train_loss_final_over_start", ">=", "pinned_loss_ratio_min")),
                             why="the val loss repeats one value at most evals with the loss pinned: the outputs "
-                                "stopped moving"))),
+                                "stopped moving")),
+                  # ...and, for a LoRA adapter, at or above LoRA's own floor (protocol 1: LoRA centre 1e-4..5e-4,
+                  # 10x full fine-tuning's): a LoRA run below it whose predictions never moved took steps too small
+                  # to move them (lr-too-small's lr prior), and lr /2 would walk away from its range
+                  any_(c("lora_adapter", "<", "flag_on"), c("peak_lr", ">=", "lora_lr_floor"))),
         verdict="collapsed to one class: the predictions stopped changing (one class, or one metric or loss value at "
                 "every eval) with the loss pinned, at an lr inside the usual range",
         moves=("learning_rate /2", "check data"),

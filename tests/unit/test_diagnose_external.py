@@ -1255,6 +1255,24 @@ def test_a_val_metric_frozen_at_one_value_with_the_train_loss_pinned_at_chance_i
     assert (d.verdict == "collapsed") == collapsed, [(x.rule_id, x.suppressed_by) for x in d.findings]
 
 
+@pytest.mark.parametrize("lr, adapter, verdict", [
+    # a LoRA adapter below lora_lr_floor (1e-4) whose predictions never moved took too small a step: lr x2, not /2
+    (2e-5, {"r": 8, "lora_alpha": 16}, "lr-too-small"),
+    (9e-5, {"r": 8, "lora_alpha": 16}, "lr-too-small"),
+    (2.2e-4, {"r": 8, "lora_alpha": 16}, "collapsed"),  # near miss: inside LoRA's range (peak 2.1e-4): a collapse
+    (2e-5, None, "collapsed"),  # near miss: no adapter_config.json: protocol 1's general floor (1e-5) applies
+])
+def test_a_lora_run_below_loras_lr_range_whose_predictions_never_moved_reads_too_small_not_collapsed(
+        tmp_path, lr, adapter, verdict):
+    d = diagnose(trainer_state(tmp_path, train=lambda f: 0.95 * math.log(3), val=lambda f: 1.09 - 0.02 * f,
+                               metric=lambda f: _YANMINGK_ACC[round(f * 4) - 1], evals=4, steps=1600, lr=lr,
+                               classes=3, n_val=400, log_every=100, adapter=adapter))
+    assert d.verdict == verdict, [(x.rule_id, x.suppressed_by) for x in d.findings]
+    assert d.features["lora_adapter"] == (adapter is not None)
+    assert d.fired("collapsed", active_only=False) == (verdict == "collapsed")
+    assert d.findings[0].moves[0] == ("learning_rate x2" if verdict == "lr-too-small" else "learning_rate /2")
+
+
 _QUANT_VAL = {1: 0.652, 2: 0.657, 3: 0.625, 4: 0.620}  # TobyYang7 Quant-GPT (J): the 4th eval is dropped below
 
 

@@ -23,7 +23,7 @@ FIRING = {
     "diverged": dict(nonfinite_values=2, status_diverged=0, train_loss_final_over_start=0.5, train_loss_final=0.5,
                      train_loss_vs_chance=0.3, train_loss_logged=1, val_loss_final_over_start=2.0, val_loss_final=0.8,
                      val_metric_final_vs_start=0.3),
-    "collapsed": dict(peak_lr=1e-4, classifier=1, val_pred_top_share=0.95, train_loss_vs_chance=1.0,
+    "collapsed": dict(peak_lr=1e-4, lora_adapter=1, classifier=1, val_pred_top_share=0.95, train_loss_vs_chance=1.0,
                       val_metric_logged=1, n_eval_points=10, val_metric_repeat_share=0.9, val_metric_gain=0.0,
                       train_loss_final_over_start=1.0, val_loss_drop=0.01, val_loss_rise_share=0.3,
                       val_loss_repeats=3, val_loss_repeat_share=0.6, val_loss_vs_chance=0.9),
