@@ -368,6 +368,10 @@ _THRESHOLDS = (
 
 THRESHOLDS: Mapping[str, Threshold] = MappingProxyType({t.name: t for t in _THRESHOLDS})
 
+# Protocol 5: rank is never raised on one curve's word. Every single-run rule that moves "r x2" carries this caveat.
+PAIR_CAVEAT = ("one curve cannot separate a capacity limit from a too-small learning rate (protocol 5): run the pair "
+               "experiment (r x2 vs learning_rate x2 from this start) before raising rank")
+
 _CURVE_AND_CLASS = ("collapsed", "lr-too-large", "overfit-capacity", "underfit-capacity", "lr-too-small",
                     "undertrained", "healthy", "confusable-classes-unresolved", "long-tail-collapse",
                     "label-noise-suspected", "novel-phrasing-gap", "both-slices-low", "compound-intents-missed",
@@ -729,8 +733,7 @@ _RULES = (
         source="protocol 3: train loss will not go down; train and val both low with a small gap; more epochs "
                "change nothing -> raise rank or add modules; protocol 9: rank too low reads as vague, over-general "
                "answers that miss the style and the domain detail on familiar and novel prompts alike",
-        caveat="one curve cannot separate a capacity limit from a too-small learning rate (protocol 5): "
-               "run the pair experiment (r x2 vs learning_rate x2 from this start) before raising rank",
+        caveat=PAIR_CAVEAT,
     ),
     Rule(
         id="lr-too-small", scope="curve", priority=50, knob_class="optimization", confidence=0.7,
@@ -1011,6 +1014,7 @@ _RULES = (
                   c("confused_pairs_persist_share", ">=", "confused_persist_min")),
         verdict="the most confusable classes stay confused: the confusion barely moved since the first eval",
         moves=("+ffn", "r x2", "inspect the pair's labels"),
+        caveat=PAIR_CAVEAT,
         source="protocol 3: the most confusable classes stay confused (the confusion matrix barely moves)",
     ),
     Rule(
@@ -1038,8 +1042,7 @@ _RULES = (
                   c("novel_metric_final", "<", "slices_low_max", required=True)),
         verdict="underfitting evidence: even phrasing close to the training texts scores low",
         moves=("r x2", "+ffn"),
-        caveat="a too-small learning rate looks the same on one curve: run the r x2 vs learning_rate x2 pair "
-               "(protocol 5) before raising rank",
+        caveat=PAIR_CAVEAT,
         source="founding notes / protocol 3: an underfit model fails paraphrases and handles even the "
                "standard phrasing poorly",
     ),
@@ -1050,8 +1053,7 @@ _RULES = (
         verdict="multi-intent rows fail while single-intent rows fit: the weak spot of a small adapter",
         moves=("+ffn", "r x2"),
         caveat="check the multi-label loss and decoding first (focal or pos_weight loss, tuned thresholds, a cap "
-               "on labels per row move this slice more than capacity does), then run the r x2 vs "
-               "learning_rate x2 pair (protocol 5) before raising rank",
+               "on labels per row move this slice more than capacity does); then: " + PAIR_CAVEAT,
         source="founding notes: multi-intent inputs and compound sentences are where a weak adapter fails first",
     ),
     Rule(

@@ -14,7 +14,7 @@ import synth_runs as s
 from loratune.diagnose import compare, diagnose, evaluate_rules
 from loratune.features import compute_features
 from loratune.history_io import from_points
-from loratune.rules import RULES, default_thresholds
+from loratune.rules import RULES, default_thresholds, rule_by_id
 
 LABELS = [f"c{i}" for i in range(10)]
 META = {"labels": LABELS, "status": "completed"}
@@ -176,6 +176,9 @@ def test_confusable_classes_fire_when_the_pair_persists_and_not_when_it_improves
     d = diagnose(pts, meta=meta)
     assert d.fired("confusable-classes-unresolved")
     assert d.verdict != "confusable-classes-unresolved"  # class-scope findings never become the run's verdict
+    f = d.finding("confusable-classes-unresolved")
+    # protocol 5: "r x2" from one curve comes with the pair experiment, as underfit-capacity's does
+    assert "r x2" in f.moves and f.caveat == rule_by_id("underfit-capacity").caveat and "pair experiment" in f.caveat
     def improving(f):
         return [{"true": "a", "pred": "b", "count": max(2, int(round(12 * (1 - f)))) if f < 1 else 7}]
 

@@ -123,6 +123,15 @@ def just_across(op: str, t: float, passing: bool) -> float:
 
 def test_table_is_sound():
     assert check_table() == []
+
+
+def test_every_single_run_rule_that_raises_rank_carries_the_pair_experiment_caveat():
+    # protocol 5: never "raise rank" from one curve alone; one caveat text, said by every such rule
+    from loratune.rules import PAIR_CAVEAT
+    raising = [r for r in RULES if r.scope != "compare" and "r x2" in r.moves]
+    assert {r.id for r in raising} >= {"underfit-capacity", "confusable-classes-unresolved", "both-slices-low",
+                                       "compound-intents-missed"}
+    assert [r.id for r in raising if PAIR_CAVEAT not in (r.caveat or "")] == []
     assert ISSUE_IDS <= {r.id for r in RULES}
     assert set(FIRING) == {r.id for r in RULES}, "every rule needs a firing case here"
 
