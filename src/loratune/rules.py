@@ -1145,8 +1145,11 @@ _RULES = (
     ),
     Rule(
         id="update-too-weak", scope="compare", priority=30, knob_class="optimization", confidence=0.6,
+        # protocol 4's condition is both halves: "more rank unwanted" is the overfit risk a train/val metric gap
+        # shows; with no train-subsample metric in any run that half is unknown, and the rule is not evaluated
+        # (a weak lr effect alone is not this verdict: a val set too small to separate the runs reads the same)
         when=all_(c("lr_loss_effect", "<", "weak_lr_loss_max", required=True),
-                  c("gap_f1_max", ">=", "weak_gap_min")),
+                  c("gap_f1_max", ">=", "weak_gap_min", required=True)),
         verdict="LoRA update too weak: lr changes barely move the loss and more rank risks overfitting",
         moves=("lora_alpha 1->2 (x r)",),
         source="protocol 4: lr changes barely move the loss, more rank unwanted -> scale s 1 -> 2",

@@ -354,7 +354,8 @@ def test_any_history_diagnoses_with_at_most_one_primary_and_sane_confidences(row
 
 def run(name, best, *, lr=1e-4, r=8, alpha=16, seed=42, val_n=1000, gap=0.05, val_loss=1.0):
     pts = s.make_history(train_loss=s.decay(2.3, 0.5, 8), val_loss=s.decay(2.3, val_loss, 8),
-                         val_f1=s.decay(0.1, best, 30), train_f1=s.decay(0.1, best + gap, 30), val_n=val_n)
+                         val_f1=s.decay(0.1, best, 30), val_n=val_n,
+                         train_f1=None if gap is None else s.decay(0.1, best + gap, 30))  # None: no train_eval
     cfg = {"adapter": {"r": r, "lora_alpha": alpha}, "train": {"learning_rate": lr, "seed": seed,
                                                                "output_dir": f"runs/{name}"}}
     return from_points(pts, meta=META, config=cfg, name=name)
@@ -417,6 +418,15 @@ def test_update_too_weak_when_lr_barely_moves_the_loss_and_gap_is_large():
     assert c.fired("update-too-weak")
     c = compare([run("base", 0.60, gap=0.2), run("lr2", 0.65, lr=2e-4, gap=0.2, val_loss=0.7)])
     assert not c.fired("update-too-weak")
+
+
+
+def test_update_too_weak_is_not_evaluated_when_no_run_measured_the_train_val_gap():
+    # protocol 4's "more rank unwanted" is half the condition: unknown (no train-subsample metric), no verdict
+    c = compare([run("base", 0.60, gap=None), run("lr2", 0.601, lr=2e-4, gap=None, val_loss=1.01)])
+    assert c.features["gap_f1_max"] is None and c.features["lr_loss_effect"] < 0.05
+    assert all(f.rule_id != "update-too-weak" for f in c.findings), [(f.rule_id, f.missing) for f in c.findings]
+    assert [n.missing[0][0] for n in c.not_evaluated if n.rule_id == "update-too-weak"] == ["gap_f1_max"]
 
 
 def test_runs_differing_in_two_knobs_or_lacking_config_are_not_compared():
