@@ -35,6 +35,9 @@ HEARTBEAT_S = 10.0  # how often a live run touches run.lock
 # A run whose lock nobody holds, or (another host, where flock says nothing) whose heartbeat is older
 # than this, belonged to a process that died: 12 missed beats, so a stalled NFS write does not kill it.
 HEARTBEAT_STALE_S = 120.0
+# what a new run in a reused directory removes of an earlier run's (RunStore.create); run.json and config.yaml are
+# rewritten in place
+STALE_OUTPUTS = (HISTORY, CONFUSION, GENERATIONS, REPORT, ADAPTER, TENSORBOARD_DIR)
 PARTIAL_STATUSES = ("interrupted", "died", "failed")  # a record that stops before the planned end
 
 
@@ -125,9 +128,15 @@ class RunLock:
         for _ in range(50):  # a reader holds the lock shared for microseconds
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
                 time.sleep(0.02)
+                continue
+            if self._holds_path(f):
+                break
+            # The holder unlinked the file we had opened when it released (release): that lock guards nothing, and
+            # the next process locks the file now at the path. Open that one and try again.
+            f.close()
+            f = open(self.path, "a+", encoding="utf-8")
         else:
             f.seek(0)
             holder = f.read().strip()
@@ -142,6 +151,15 @@ class RunLock:
         self._f = f
         self._thread = threading.Thread(target=self._beat, name="loratune-heartbeat", daemon=True)
         self._thread.start()
+
+    def _holds_path(self, f) -> bool:
+        """Whether the locked file `f` is still the one at self.path (not unlinked or replaced since it was opened)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(f.fileno())
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
@@ -282,18 +300,38 @@ class RunStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = RunLock(self.path)
         self._lock.acquire()
-        hist = self.path / HISTORY
-        if hist.exists():  # a fresh run in a reused directory starts a fresh history
-            hist.unlink()
-        for stale in (CONFUSION, GENERATIONS, REPORT):  # nor may an earlier run's outputs or model pass as this one's
-            if (self.path / stale).exists():
-                (self.path / stale).unlink()
-        for folder in (self.adapter_dir, self.path / TENSORBOARD_DIR):  # (an earlier run's events would read as this
-            if folder.is_dir():                                       # run's when this one logs none)
-                import shutil
-
-                shutil.rmtree(folder)
+        try:
+            self._clear_earlier_run()
+        except UserError:
+            self.close()
+            raise
         write_atomic(self.path / CONFIG, config_yaml)
+
+    def _clear_earlier_run(self) -> None:
+        """A fresh run in a reused directory starts a fresh history, and an earlier run's outputs or model may not pass
+        as this one's (nor its TensorBoard events, which would read as this run's when this one logs none). All of them
+        or none: each is first moved into one hidden folder (a rename, undone if a later one fails), so an earlier run
+        that cannot be removed (an unwritable adapter/) is refused with its record whole, then that folder goes."""
+        import shutil
+
+        stale = [n for n in STALE_OUTPUTS if (self.path / n).exists() or (self.path / n).is_symlink()]
+        if not stale:
+            return
+        trash = Path(tempfile.mkdtemp(dir=self.path, prefix=".earlier-run.", suffix=".tmp"))
+        moved: list[str] = []
+        try:
+            for name in stale:
+                os.rename(self.path / name, trash / name)
+                moved.append(name)
+        except OSError as exc:
+            for back in reversed(moved):
+                os.rename(trash / back, self.path / back)
+            trash.rmdir()
+            raise UserError(f"output_dir '{self.path}' holds an earlier run whose {name} cannot be removed ({exc}); "
+                            "nothing was removed", "fix its permissions, or give another output_dir") from None
+        # everything of the earlier run is out of the record now; a file the OS refuses to delete stays in the hidden
+        # folder rather than failing a run whose directory is already consistent
+        shutil.rmtree(trash, ignore_errors=True)
 
     def close(self) -> None:
         """Release the run's lock (after the last write of run.json)."""
