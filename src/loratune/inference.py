@@ -59,6 +59,29 @@ class Trained:
 STOPPED_UNSAVED = ("died", "interrupted", "running")  # statuses of a process that stopped before it finished
 
 
+def run_config(store: RunStore, label_map: dict | None = None) -> RunConfig:
+    """The settings the run trained with (its config.yaml). An empty or damaged file would load as all defaults: another
+    base model, under which the adapter fails on its shapes. So it is refused, naming the file, as is one whose base
+    model is not the one the saved model's label_map.json records."""
+    import yaml
+
+    path = store.path / CONFIG
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        loaded = None
+    if not isinstance(loaded, dict) or not loaded:
+        raise UserError(f"run '{store.path}': its {CONFIG} is empty or damaged (not the settings the run trained with)",
+                        "train the run again; config.yaml is written when a run starts")
+    cfg = load_config(path)
+    recorded = (label_map or {}).get("base_model") if isinstance(label_map, dict) else None
+    if recorded and recorded != cfg.model.name_or_path:
+        raise UserError(f"run '{store.path}': its {CONFIG} names the base model '{cfg.model.name_or_path}' but the "
+                        f"saved model was trained on '{recorded}' ({LABEL_MAP})",
+                        f"restore model.name_or_path: {recorded} in {path}, or train the run again")
+    return cfg
+
+
 def load_trained(run_dir: str | Path) -> Trained:
     """The run's best adapter on its base model (or the fully fine-tuned model), in eval mode."""
     store = RunStore(run_dir).require()
@@ -82,8 +105,8 @@ def load_trained(run_dir: str | Path) -> Trained:
         raise UserError(f"run '{run_dir}' has no saved model weights in {adapter_dir} "
                         f"(none of {', '.join(WEIGHT_FILES)})",
                         "the weights file was removed or never written; train the run again")
-    cfg = load_config(store.path / CONFIG)
     label_map = read_json(adapter_dir / LABEL_MAP)
+    cfg = run_config(store, label_map)
     space = LabelSpace(tuple(label_map["labels"]), bool(label_map["multi_label"]))
     from loratune.models import load_saved
 
@@ -181,7 +204,7 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from loratune.metrics import parse_labels, prediction_scores
-    from loratune.models import load_causal_lm, quiet_transformers
+    from loratune.models import load_causal_lm, quiet_transformers, saved_model_faults
     from loratune.sft import LM_HEAD_NAMES, evaluate_lm, generate, label_token_cap
     from loratune.sft_data import Renderer, encode_prompts, encode_sft, load_sft_dataset
 
@@ -193,13 +216,13 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
         why = (f"the run stopped (status {status}) before it saved its model" if status in STOPPED_UNSAVED
                else "the run ended before its first trained evaluation")
         raise UserError(f"run '{run_dir}' has no saved model (nothing in {adapter_dir})", f"{why}; train it again")
-    cfg = load_config(store.path / CONFIG)
+    cfg = run_config(store)
     dataset = load_sft_dataset(cfg.data, seed=cfg.train.seed)
     data_split = dataset.splits().get(SPLIT_NAMES[split])
     if data_split is None:
         raise UserError(f"the run's data has no {split} split", "set data.test_file in the run's config")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with quiet_transformers():
+    with quiet_transformers(), saved_model_faults(adapter_dir, cfg.model):
         tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
         if (adapter_dir / "adapter_config.json").is_file():
             from peft import PeftModel

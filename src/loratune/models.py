@@ -353,14 +353,52 @@ def load_saved(adapter_dir: str | Path, cfg: ModelConfig, labels: tuple[str, ...
     from transformers import AutoTokenizer
 
     adapter_dir = Path(adapter_dir)
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    with saved_model_faults(adapter_dir, cfg):
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     if (adapter_dir / "adapter_config.json").is_file():
         from peft import PeftModel
 
         base = load_classifier(cfg, len(labels), multi_label, dict(enumerate(labels)), tokenizer.pad_token_id)
-        return PeftModel.from_pretrained(base, adapter_dir), tokenizer
+        with saved_model_faults(adapter_dir, cfg):
+            return PeftModel.from_pretrained(base, adapter_dir), tokenizer
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(adapter_dir)
+    with saved_model_faults(adapter_dir, cfg):
+        model = AutoModelForSequenceClassification.from_pretrained(adapter_dir)
     align_pad_token_id(model, tokenizer.pad_token_id)  # a run saved before the pad id was aligned in training
     return model, tokenizer
+
+
+@contextmanager
+def saved_model_faults(adapter_dir: Path, cfg: ModelConfig):
+    """A saved model that does not load is a UserError naming the damaged file (a kill or a full disk during a
+    best-so-far save leaves an empty or half-written one), not the traceback of safetensors', peft's or json's."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:  # SafetensorError, JSONDecodeError, OSError, RuntimeError (shapes), ...
+        damaged = damaged_file(adapter_dir)
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if damaged is not None:
+            raise UserError(f"the saved model's {adapter_dir.name}/{damaged.name} is damaged ({why})",
+                            "train the run again (a kill or a full disk during a save leaves such a file)") from None
+        raise UserError(f"the saved model in '{adapter_dir}' does not load on its base model "
+                        f"'{cfg.name_or_path}' ({why})",
+                        "the base model changed since training, or the saved files are damaged; train the run "
+                        "again") from None
+
+
+def damaged_file(adapter_dir: Path) -> Path | None:
+    """The first file of a saved model that cannot be what it claims: an empty file, or a .json that does not parse."""
+    for path in sorted(Path(adapter_dir).iterdir()):
+        if not path.is_file():
+            continue
+        if path.stat().st_size == 0:
+            return path
+        if path.suffix == ".json":
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                return path
+    return None
