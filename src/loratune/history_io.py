@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loratune.errors import UserError
-from loratune.store import TENSORBOARD_DIR, RunStore
+from loratune.store import HISTORY, TENSORBOARD_DIR, RunStore, read_history_lines
 
 
 @dataclass(frozen=True)
@@ -166,17 +166,7 @@ def _load_run(path: str | Path) -> RunHistory:
 
 def read_loratune_run(directory: str | Path) -> RunHistory:
     d = Path(directory)
-    notes = []
-    points = []
-    lines = (d / "history.jsonl").read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            points.append(json.loads(line))
-        except json.JSONDecodeError:
-            notes.append(f"history.jsonl line {i + 1} is torn (hard kill?); kept the {len(points)} whole lines")
-            break
+    points, notes = read_history_lines(d / HISTORY)
     meta: dict = {}
     if (d / "run.json").is_file():
         try:

@@ -376,16 +376,40 @@ class RunStore:
         return with_liveness(read_json(self.path / RUN), self.path)
 
     def read_history(self) -> list[dict]:
+        """The whole eval points of history.jsonl (read_history_lines says which lines were left out, and why)."""
         p = self.path / HISTORY
         if not p.exists():
             return []
-        points = []
-        for line in p.read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                points.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line after a hard kill: keep what is whole
-        return points
+        return read_history_lines(p)[0]
+
+
+def read_history_lines(path: Path) -> tuple[list[dict], list[str]]:
+    """(every whole eval point of a history.jsonl, notes on the lines left out). A torn last line is what a hard kill
+    leaves mid-write; a damaged line before it (a bad sector, a hand edit) is skipped alone, so the whole points after
+    it still count (stopping there would read a long run as one that ended early)."""
+    points: list[dict] = []
+    bad: list[int] = []
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            point = json.loads(line)
+        except json.JSONDecodeError:
+            point = None
+        if isinstance(point, dict):
+            points.append(point)
+        else:
+            bad.append(i)
+    notes = []
+    torn = bool(bad) and bad[-1] == last
+    damaged = bad[:-1] if torn else bad
+    if damaged:
+        where = ", ".join(str(i + 1) for i in damaged[:5]) + (", ..." if len(damaged) > 5 else "")
+        notes.append(f"{Path(path).name}: {len(damaged)} damaged line{'s' if len(damaged) > 1 else ''} skipped "
+                     f"(line{'s' if len(damaged) > 1 else ''} {where}); the other eval points are kept")
+    if torn:
+        notes.append(f"{Path(path).name} line {last + 1} (the last) is torn (hard kill?); kept the "
+                     f"{len(points)} whole lines")
+    return points, notes

@@ -92,3 +92,38 @@ def test_a_new_run_in_a_reused_directory_starts_with_none_of_the_earlier_runs_ou
         assert run.read_history() == []
     finally:
         run.close()
+
+
+def _history(d: Path, steps) -> list[str]:
+    lines = [json.dumps({"step": s, "val/macro_f1": round(0.1 + s / 10000, 4)}) + "\n" for s in steps]
+    (d / HISTORY).write_text("".join(lines))
+    return lines
+
+
+def test_a_damaged_middle_history_line_is_skipped_alone_and_counted_by_every_reader(tmp_path):
+    from loratune.history_io import read_loratune_run
+    from loratune.report.model import read_history as report_history
+
+    lines = _history(tmp_path, range(0, 4200, 200))  # 21 eval points, steps 0..4000
+    lines[2] = lines[2][:20] + "\n"  # one line cut short in the middle (a bad sector, an edit), not by a kill
+    lines[5] = "[1, 2]\n"  # valid JSON, but no eval point
+    (tmp_path / HISTORY).write_text("".join(lines))
+    kept = [s for s in range(0, 4200, 200) if s not in (400, 1000)]
+    assert [p["step"] for p in RunStore(tmp_path).read_history()] == kept
+    run = read_loratune_run(tmp_path)
+    assert [p["step"] for p in run.points] == kept and run.points[-1]["val/macro_f1"] == 0.5
+    assert "history.jsonl: 2 damaged lines skipped (lines 3, 6); the other eval points are kept" in run.notes
+    assert not any("torn" in n for n in run.notes)
+    points, note = report_history(tmp_path / HISTORY)
+    assert [p["step"] for p in points] == kept and note == run.notes[0]
+
+
+def test_a_torn_last_history_line_is_the_hard_kill_case(tmp_path):
+    from loratune.history_io import read_loratune_run
+
+    lines = _history(tmp_path, (0, 4, 8))
+    (tmp_path / HISTORY).write_text("".join(lines) + '{"step": 12, "val/macro_f1": 0.\n\n')
+    assert [p["step"] for p in RunStore(tmp_path).read_history()] == [0, 4, 8]
+    notes = read_loratune_run(tmp_path).notes
+    assert [n for n in notes if "history" in n] == [
+        "history.jsonl line 4 (the last) is torn (hard kill?); kept the 3 whole lines"]

@@ -290,19 +290,13 @@ def read_json(path: Path) -> tuple[Any, str | None]:
 
 
 def read_history(path: Path) -> tuple[list[dict], str | None]:
-    """Whole lines of a history.jsonl (a torn last line after a hard kill is dropped, and said)."""
+    """Whole lines of a history.jsonl (a torn or damaged line is skipped, and said: store.read_history_lines)."""
+    from loratune.store import read_history_lines
+
     if not path.is_file():
         return [], f"no {path.name}"
-    points, note = [], None
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            points.append(json.loads(line))
-        except json.JSONDecodeError:
-            note = f"{path.name} line {i + 1} is torn (hard kill?); kept the {len(points)} whole lines"
-            break
-    return [p for p in points if isinstance(p, dict)], note
+    points, notes = read_history_lines(path)
+    return points, "; ".join(notes) or None
 
 
 def _quantile(xs: Sequence[float], q: float) -> float:
