@@ -616,10 +616,14 @@ TASK_ONLY_KEYS: dict[str, str] = {
 }
 # Keys of labelled data that causal-lm reads too when it generates labels (data.label_format=generate).
 GENERATE_READS = ("data.text_column", "data.label_column")
+# Keys of chat data that causal-lm does not read when it generates labels: the rows are labelled text, so set
+# they would be silently ignored.
+GENERATE_IGNORES = ("data.prompt_column", "data.completion_column", "data.messages_column")
 
 
 def task_checks(cfg: RunConfig) -> list[str]:
-    """Keys set for a task the run does not have (TASK_ONLY_KEYS)."""
+    """Keys set for a task the run does not have (TASK_ONLY_KEYS), and chat-data keys set on a run generating
+    labels (GENERATE_IGNORES)."""
     task = cfg.model.task
     table = key_table()
     problems = []
@@ -633,6 +637,13 @@ def task_checks(cfg: RunConfig) -> list[str]:
             why = f"only task {owner} reads it"
             problems.append(f"{dotted}: got {value!r} but model.task is {task} ({why}); allowed: leave it at "
                             f"{'null' if default is None else repr(default)}, or set model.task={owner}")
+    for dotted in GENERATE_IGNORES if generating else ():
+        section, name = dotted.split(".", 1)
+        value, default = getattr(getattr(cfg, section), name), table[dotted].default
+        if value != default:
+            problems.append(f"{dotted}: got {value!r} but data.label_format is generate (a run generating labels "
+                            f"reads data.text_column and data.label_column); allowed: leave it at {default!r}, or "
+                            f"leave data.label_format at 'head' to learn prompt/completion or chat rows")
     m = cfg.train.metric_for_best_model
     if task == "causal-lm":
         allowed = lm_metrics(generating, cfg.data.prompt_set is not None)

@@ -649,3 +649,18 @@ def test_generated_labels_read_the_text_and_label_columns_under_causal_lm():
     # multi-label generation is not built: the classifier-only keys stay refused
     assert problems_of(["task=causal-lm", "label_format=generate", "multi_label=true"])[0].startswith(
         "data.multi_label: got True but model.task is causal-lm")
+
+
+def test_chat_data_keys_are_refused_when_generating_labels():
+    # a run generating labels reads text_column/label_column: a prompt/completion/messages column would be ignored
+    problems = problems_of(["task=causal-lm", "label_format=generate", "prompt_column=question",
+                            "completion_column=answer", "messages_column=chat"])
+    assert problems == [
+        f"data.{key}: got {value!r} but data.label_format is generate (a run generating labels reads "
+        f"data.text_column and data.label_column); allowed: leave it at {default!r}, or leave data.label_format at "
+        "'head' to learn prompt/completion or chat rows"
+        for key, value, default in [("prompt_column", "question", "prompt"),
+                                    ("completion_column", "answer", "completion"), ("messages_column", "chat", "messages")]]
+    # the same keys under a chat run are read, so they stand
+    cfg = load_config(None, ["task=causal-lm", "prompt_column=question", "completion_column=answer"])
+    assert (cfg.data.prompt_column, cfg.data.completion_column) == ("question", "answer")
