@@ -240,10 +240,10 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
         labels = dataset.label_space.labels
         y = np.array([{lab: i for i, lab in enumerate(labels)}.get(e.completion, -1) for e in data_split.examples],
                      dtype=np.int64)
-        cap = label_token_cap(tokenizer, labels)
+        # the same label budget as training's evaluations (not train.max_new_tokens, the prompt set's)
         outputs = generate(model, tokenizer, encode_prompts(tokenizer, renderer, data_split.examples,
                                                              cfg.model.max_length),
-                           min(cap, cfg.train.max_new_tokens), device, autocast)
+                           label_token_cap(tokenizer, labels), device, autocast)
         pred = parse_labels(outputs, labels)
         label_scores, _ = prediction_scores(prefix, pred, y, labels)
         scores.update(label_scores)

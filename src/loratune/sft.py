@@ -313,7 +313,9 @@ def encode_run(cfg: RunConfig, dataset: SFTDataset, tokenizer, prompt_items) -> 
                                                      for it in prompt_items], max_len),
         val_prompts=encode_prompts(tokenizer, renderer, dataset.validation.examples, max_len) if labels else [],
         labels=labels,
-        label_new=min(label_token_cap(tokenizer, labels), cfg.train.max_new_tokens))
+        # the label budget is its own: train.max_new_tokens is the prompt set's, and a cap below the longest
+        # label would cut 'pin reset' to 'pin' and score it as another class
+        label_new=label_token_cap(tokenizer, labels))
 
 
 def eval_cost_rows(scored: dict[str, SFTEncoded], generated: list[tuple[list[list[int]], int]],

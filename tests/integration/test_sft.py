@@ -525,6 +525,30 @@ def test_equal_macro_f1_keeps_the_model_with_the_lower_val_loss(lm, intent_data,
     assert json.loads((out / "confusion.json").read_text())["step"] == run["adapter_step"]
 
 
+def test_generated_labels_get_the_label_budget_whatever_max_new_tokens(lm, intent_data, tmp_path, monkeypatch):
+    """train.max_new_tokens is the prompt set's budget: at 1 it cut 'pin reset' to 'pin' (scored as another class)
+    in training's evaluations and in `evaluate`; a label is generated with label_token_cap new tokens."""
+    import loratune.sft as S
+
+    budgets = []
+
+    def fake(model, tok, prompts, n, device, autocast=False):
+        budgets.append(n)
+        return ["no idea"] * len(prompts)
+
+    monkeypatch.setattr(S, "generate", fake)
+    out = tmp_path / "run"
+    args = [a for a in sft_overrides(lm, intent_data, out, label_format="generate", max_steps=4, eval_steps=2)
+            if not a.startswith("max_new")]
+    assert cli.main(["train", "-q", *args, "max_new_tokens=1"]) == 0
+    cap = S.label_token_cap(load_tokenizer(load_config(None, [f"name_or_path={lm}"]).model),
+                            ["balance", "card_lost", "pin", "transfer"])
+    assert cap > 1 and budgets == [cap] * len(_history(out))
+    budgets.clear()
+    assert cli.main(["evaluate", str(out), "--split", "validation", "--json"]) == 0
+    assert budgets == [cap]
+
+
 def test_patience_counts_a_falling_val_loss_at_a_tied_metric_as_progress(lm, intent_data, tmp_path, monkeypatch):
     """While no output names a label, macro-F1 ties at 0.0: a run whose val loss still falls is learning, and early
     stopping ended it at its third evaluation (every lr-grid trial of a generative `tune` scored 0.000)."""
