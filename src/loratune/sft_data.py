@@ -125,8 +125,37 @@ def _turns(value: Any, where: str, column: str) -> tuple[Turn, ...]:
                             'write each turn as {"role": "user", "content": "..."}')
         if t["role"] not in ROLES:
             raise UserError(f"{where}: turn {i + 1} has role '{t['role']}'", f"use one of {', '.join(ROLES)}")
-        turns.append(Turn(str(t["role"]), "" if t["content"] is None else str(t["content"])))
+        turns.append(Turn(str(t["role"]), _content(t["content"], f"{where}: turn {i + 1} of column '{column}'")))
     return tuple(turns)
+
+
+def _content(value: Any, where: str) -> str:
+    """A turn's content as text: a string, or a list of parts [{"type": "text", "text": "..."}] joined as
+    transformers' chat templates and TRL read them. Anything else (a dict, a number, an image part) was trained on
+    as its Python repr, so it is refused."""
+    value = _plain(value)
+    if value is None or isinstance(value, str):
+        return value or ""
+    if isinstance(value, (list, tuple)):
+        parts = [_plain(p) for p in value]
+        if all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
+            return "".join(p["text"] for p in parts)
+        bad = next(p for p in parts if not (isinstance(p, dict) and p.get("type") == "text"
+                                            and isinstance(p.get("text"), str)))
+        raise UserError(f"{where} has a content part {bad!r:.60}, not a text part",
+                        'write the content as a string, or as text parts [{"type": "text", "text": "..."}] '
+                        "(only text is learnt)")
+    raise UserError(f"{where} has a content of {value!r:.60}, not a string",
+                    'write the content as a string, e.g. {"role": "user", "content": "..."}')
+
+
+def _text(value: Any, where: str, column: str) -> str:
+    """A prompt or completion cell as text: a number or object would be trained on as its str(), as data.py
+    refuses for a classifier's text."""
+    if not isinstance(value, str):
+        raise UserError(f"{where} has a '{column}' of {value!r:.60}, not a string",
+                        f'write it as a string (or a list of {{role, content}} turns), e.g. {{"{column}": "..."}}')
+    return value
 
 
 def _guess(cols: list[str], names: tuple[str, ...]) -> str | None:
@@ -153,12 +182,16 @@ def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
         raise UserError(f"{where} has no prompt in column '{cfg.prompt_column}'", "fill in the prompt or drop the row")
     if isinstance(completion, (list, tuple)):  # TRL conversational: [{"role": "assistant", "content": ...}]
         completion = "".join(t.content for t in _turns(completion, where, cfg.completion_column))
-    if completion is None or not str(completion).strip():
+    if completion is None or (isinstance(completion, str) and not completion.strip()):
+        raise UserError(f"{where} has no completion in column '{cfg.completion_column}'",
+                        "fill in the completion or drop the row")
+    completion = _text(completion, where, cfg.completion_column)
+    if not completion.strip():  # text parts that join to nothing
         raise UserError(f"{where} has no completion in column '{cfg.completion_column}'",
                         "fill in the completion or drop the row")
     turns = _turns(prompt, where, cfg.prompt_column) if isinstance(prompt, (list, tuple)) \
-        else (Turn("user", str(prompt)),)
-    return Example(turns, str(completion))
+        else (Turn("user", _text(prompt, where, cfg.prompt_column)),)
+    return Example(turns, completion)
 
 
 def parse_sft_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: str) -> SFTSplit:

@@ -164,6 +164,37 @@ def test_prompt_completion_rows_chats_and_trl_conversational_rows():
     assert parse_sft_rows(trl, cfg, "f.jsonl", "train").examples[0] == Example((Turn("user", "u"),), "c")
 
 
+def test_content_given_as_text_parts_is_joined_as_chat_templates_read_it():
+    # the multimodal-style chat format transformers and TRL accept; it was trained on as its Python repr
+    part = lambda text: [{"type": "text", "text": text}]  # noqa: E731
+    chat = [{"messages": [{"role": "user", "content": part("lost my card")},
+                          {"role": "assistant", "content": [*part("your card "), *part("is blocked")]}]}]
+    ex = parse_sft_rows(chat, DataConfig(), "f.jsonl", "train").examples[0]
+    assert ex == Example((Turn("user", "lost my card"),), "your card is blocked")
+    trl = [{"prompt": [{"role": "user", "content": part("u")}], "completion": [{"role": "assistant",
+                                                                                  "content": part("c")}]}]
+    assert parse_sft_rows(trl, DataConfig(), "f.jsonl", "train").examples[0] == Example((Turn("user", "u"),), "c")
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"messages": [{"role": "user", "content": {"text": "u"}}, {"role": "assistant", "content": "a"}]},
+     "turn 1 of column 'messages' has a content of {'text': 'u'}, not a string"),
+    ({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]},
+     "turn 1 of column 'messages' has a content of 5, not a string"),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "url": "x.png"}]},
+                   {"role": "assistant", "content": "a"}]},
+     "turn 1 of column 'messages' has a content part {'type': 'image', 'url': 'x.png'}, not a text part"),
+    ({"prompt": "a", "completion": 5}, "has a 'completion' of 5, not a string"),
+    ({"prompt": {"q": "a"}, "completion": "b"}, "has a 'prompt' of {'q': 'a'}, not a string"),
+    ({"prompt": "a", "completion": [{"role": "assistant", "content": [{"type": "text", "text": " "}]}]},
+     "has no completion in column 'completion'"),
+])
+def test_content_that_is_not_text_is_refused_naming_the_turn(row, message):
+    with pytest.raises(UserError, match="row 2") as info:
+        parse_sft_rows([_good(row), row], DataConfig(), "f.jsonl", "train")
+    assert message in info.value.problem and info.value.fix
+
+
 def test_missing_columns_name_the_columns_found_and_the_fix():
     cfg = DataConfig()
     with pytest.raises(UserError) as info:
