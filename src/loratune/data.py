@@ -93,41 +93,56 @@ def embedded_data_dir() -> Path:
 # reading files
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of one file as dicts. Format from the suffix."""
-    require_file(path, "data file", "check the path (data.train_file / dataset_name)")
+@dataclass(frozen=True)
+class RowFile:
+    """What a rows file is, for its errors: a prompt set's missing file was told to fix data.train_file and to
+    hold labelled text."""
+    what: str  # the file as errors name it
+    key: str  # the config key(s) that give its path
+    rows: str  # what its rows hold
+    example: str  # one row as a JSON object
+
+
+LABELLED_ROWS = RowFile("data file", "data.train_file / dataset_name", "labelled text",
+                        '{"text": "...", "label": "..."}')
+
+
+def read_rows(path: Path, kind: RowFile = LABELLED_ROWS) -> list[dict[str, Any]]:
+    """Rows of one file as dicts. Format from the suffix; errors name the file as `kind` says."""
+    require_file(path, kind.what, f"check the path ({kind.key})")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise UserError(f"data file '{path}' has suffix '{suffix}'",
+        raise UserError(f"{kind.what} '{path}' has suffix '{suffix}'",
                         f"use one of {', '.join(SUFFIXES)} (JSON Lines, CSV, Parquet)")
     if path.stat().st_size == 0:
-        raise UserError(f"data file '{path}' is empty", "give a file with a header/rows of labelled text")
+        raise UserError(f"{kind.what} '{path}' is empty", f"give a file with a header/rows of {kind.rows}")
     if suffix == ".parquet":
-        return _read_parquet(path)
+        return _read_parquet(path, kind)
     raw = path.read_bytes()
-    text = decode_utf8(raw, path)
+    text = decode_utf8(raw, path, kind.what)
     if suffix == ".csv":
-        rows = _read_csv(text, path)
+        rows = _read_csv(text, path, kind)
     else:
-        rows = _read_jsonl(text, path)
+        rows = _read_jsonl(text, path, kind)
     if not rows:
-        raise UserError(f"data file '{path}' has no rows", "add labelled rows (one per line / after the CSV header)")
+        raise UserError(f"{kind.what} '{path}' has no rows",
+                        f"add rows of {kind.rows} (one per line / after the CSV header)")
     return rows
 
 
-def decode_utf8(raw: bytes, path: Path) -> str:
+def decode_utf8(raw: bytes, path: Path, what: str = "data file") -> str:
     """A data file's bytes as text (a UTF-8 BOM dropped); any other encoding: a UserError with the iconv fix."""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise UserError(
-            f"data file '{path}' is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line})",
+            f"{what} '{path}' is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line})",
             f"re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 '{path}' > fixed{path.suffix}`",
         ) from None
 
 
-def _read_csv(text: str, path: Path) -> list[dict[str, Any]]:
+def _read_csv(text: str, path: Path, kind: RowFile) -> list[dict[str, Any]]:
     """CSV rows as dicts. A field of any length is read (the csv module's default limit is 131,072 characters); a
     row with more fields than the header (an unquoted comma inside a text) is refused by its line, never read with
     its text cut at the comma and the rest taken as its label."""
@@ -137,27 +152,28 @@ def _read_csv(text: str, path: Path) -> list[dict[str, Any]]:
     try:
         for row in reader:
             if None in row:  # DictReader's key for the fields beyond the header's
-                raise UserError(f"data file '{path}' line {reader.line_num} has {len(reader.fieldnames or ()) + len(row[None])} "
+                raise UserError(f"{kind.what} '{path}' line {reader.line_num} has "
+                                f"{len(reader.fieldnames or ()) + len(row[None])} "
                                 f"fields, the header {len(reader.fieldnames or ())}",
                                 "quote a text that holds a comma (\"i lost my card, please help\"), or drop the row")
             rows.append(row)
     except csv.Error as exc:
-        raise UserError(f"data file '{path}' line {reader.line_num} is not valid CSV ({exc})",
+        raise UserError(f"{kind.what} '{path}' line {reader.line_num} is not valid CSV ({exc})",
                         "fix the quoting of that line") from None
     return rows
 
 
-def _read_jsonl(text: str, path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(text: str, path: Path, kind: RowFile) -> list[dict[str, Any]]:
     stripped = text.lstrip()
     if path.suffix.lower() == ".json" and stripped.startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UserError(f"data file '{path}' is not valid JSON: {exc}", "fix the JSON") from None
+            raise UserError(f"{kind.what} '{path}' is not valid JSON: {exc}", "fix the JSON") from None
         bad = next((i for i, r in enumerate(data) if not isinstance(r, dict)), None)
         if bad is not None:  # as a JSON Lines line that is no object: refused, never dropped unsaid
-            raise UserError(f"data file '{path}' entry {bad + 1} of its array is not a JSON object",
-                            "write each entry as an object, e.g. {\"text\": \"...\", \"label\": \"...\"}")
+            raise UserError(f"{kind.what} '{path}' entry {bad + 1} of its array is not a JSON object",
+                            f"write each entry as an object, e.g. {kind.example}")
         return data
     rows = []
     # lines end at \n alone: str.splitlines() also breaks at U+2028, U+2029 and U+0085, which JSON strings may hold
@@ -167,24 +183,24 @@ def _read_jsonl(text: str, path: Path) -> list[dict[str, Any]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"data file '{path}' line {n} is not valid JSON ({exc.msg})",
-                            "write one JSON object per line, e.g. {\"text\": \"...\", \"label\": \"...\"}") from None
+            raise UserError(f"{kind.what} '{path}' line {n} is not valid JSON ({exc.msg})",
+                            f"write one JSON object per line, e.g. {kind.example}") from None
         if not isinstance(obj, dict):
-            raise UserError(f"data file '{path}' line {n} is not a JSON object", "write one object per line")
+            raise UserError(f"{kind.what} '{path}' line {n} is not a JSON object", "write one object per line")
         rows.append(obj)
     return rows
 
 
-def _read_parquet(path: Path) -> list[dict[str, Any]]:
+def _read_parquet(path: Path, kind: RowFile) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for damaged files
-        raise UserError(f"data file '{path}' could not be read as Parquet: {exc}", "check the file") from None
+        raise UserError(f"{kind.what} '{path}' could not be read as Parquet: {exc}", "check the file") from None
     rows = table.to_pylist()
     if not rows:
-        raise UserError(f"data file '{path}' has no rows", "add labelled rows")
+        raise UserError(f"{kind.what} '{path}' has no rows", f"add rows of {kind.rows}")
     return rows
 
 

@@ -107,10 +107,11 @@ _MAX_LISTED = 5  # problems named in one error; the count says how many more
 def load_prompt_set(path: str | Path) -> list[PromptItem]:
     """The rows of a prompt-set file. Every bad row is found before one UserError names the file, the rows
     (numbered from 1: the line of a JSONL file without blank lines, the data row under a CSV header) and the fix."""
-    from loratune.data import read_rows  # the shared reader: suffix, encoding and JSON errors named once
+    from loratune.data import RowFile, read_rows  # the shared reader: suffix, encoding and JSON errors named once
 
     p = Path(path).expanduser()
-    rows = read_rows(p)
+    rows = read_rows(p, RowFile("prompt set", "data.prompt_set", "prompt / reference / group",
+                                '{"prompt": "...", "reference": "...", "group": "novel"}'))
     items: list[PromptItem] = []
     problems: list[str] = []
     for i, row in enumerate(rows, start=1):

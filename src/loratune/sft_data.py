@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
-from loratune.data import (SPLIT_NAMES, Dataset, LabelSpace, Split, empty_text_problems, find_split_file,
-                           load_dataset, read_rows)
+from loratune.data import (SPLIT_NAMES, Dataset, LabelSpace, RowFile, Split, empty_text_problems,
+                           find_split_file, load_dataset, read_rows)
 from loratune.errors import UserError
 from loratune.metrics import generated_label_problems
 
@@ -106,6 +106,11 @@ class SFTDataset:
 
 # ---------------------------------------------------------------------------------------------
 # reading rows
+
+
+# instruction/chat files, as their read errors describe them
+SFT_ROWS = RowFile("data file", "data.train_file / dataset_name", "prompt/completion pairs or chats",
+                   '{"prompt": "...", "completion": "..."}')
 
 
 def _plain(value: Any) -> Any:
@@ -296,11 +301,11 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
                 continue
             p = find_split_file(folder, split)
             if p is not None:
-                splits[split] = parse_sft_rows(read_rows(p), cfg, str(p), split)
+                splits[split] = parse_sft_rows(read_rows(p, SFT_ROWS), cfg, str(p), split)
     for split, key in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):
         if key:
             p = Path(key).expanduser()
-            splits[split] = parse_sft_rows(read_rows(p), cfg, str(p), split)
+            splits[split] = parse_sft_rows(read_rows(p, SFT_ROWS), cfg, str(p), split)
     if "train" not in splits:
         raise UserError("no training data found for task causal-lm",
                         "set data.train_file (rows with prompt/completion, or a messages chat), or "

@@ -170,9 +170,10 @@ class ProbeSet:
 
 
 def load_probe_set(path: str, text_column: str = "text", label_column: str = "label") -> ProbeSet:
-    from loratune.data import check_characters, labels_of, read_rows
+    from loratune.data import RowFile, check_characters, labels_of, read_rows
 
-    rows = read_rows(Path(path))
+    rows = read_rows(Path(path), RowFile("probe file", "data.probe_file", "text / label",
+                                         '{"text": "...", "label": "..."}'))
     texts, expected = [], []
     for n, r in enumerate(rows, start=1):
         if text_column not in r or label_column not in r:

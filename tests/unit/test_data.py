@@ -364,7 +364,7 @@ def test_file_without_rows(tmp_path, name, content):
     p = tmp_path / name
     p.write_text(content)
     err = user_error(read_rows, p)
-    assert err.problem == f"data file '{p}' has no rows" and "add labelled rows" in err.fix
+    assert err.problem == f"data file '{p}' has no rows" and "add rows of labelled text" in err.fix
 
 
 def test_parquet_without_rows_and_damaged_parquet(tmp_path):

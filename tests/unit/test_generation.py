@@ -128,6 +128,26 @@ def test_load_prompt_set_missing_file_and_bad_json(tmp_path):
         load_prompt_set(p)
 
 
+def test_prompt_set_file_errors_name_data_prompt_set_and_its_rows(tmp_path):
+    # the shared reader told a prompt set to fix data.train_file and to hold labelled text
+    cases = {"nope.jsonl": "does not exist", "empty.jsonl": "is empty", "folder.jsonl": "is a directory",
+             "rows.jsonl": "line 1 is not valid JSON"}
+    (tmp_path / "empty.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / "folder.jsonl").mkdir()
+    (tmp_path / "rows.jsonl").write_text("{not json\n", encoding="utf-8")
+    fixes = {}
+    for name, state in cases.items():
+        with pytest.raises(UserError) as exc:
+            load_prompt_set(tmp_path / name)
+        assert exc.value.problem == f"prompt set '{tmp_path / name}' {state}" + (
+            " (Expecting property name enclosed in double quotes)" if name == "rows.jsonl" else "")
+        fixes[name] = exc.value.fix
+        assert "data.train_file" not in exc.value.fix and "labelled" not in exc.value.fix
+    assert fixes["nope.jsonl"] == fixes["folder.jsonl"] == "check the path (data.prompt_set)"
+    assert fixes["empty.jsonl"] == "give a file with a header/rows of prompt / reference / group"
+    assert '"reference": "..."' in fixes["rows.jsonl"]
+
+
 def test_the_shipped_instruction_demo():
     from pathlib import Path
 

@@ -189,3 +189,12 @@ def test_a_multi_label_probe_follows_the_runs_decoding():
     capped = Decoding(np.full(3, 0.5), 1, 1, None)
     s = probe_scores(probe, sig, labels, multi_label=True, decided=decode(sig, capped))
     assert s["probe/examples"][0]["predicted"] == ["card_lost"] and s["probe/accuracy"] == 0.0
+
+
+def test_a_missing_probe_file_names_data_probe_file(tmp_path):
+    from loratune.errors import UserError
+
+    with pytest.raises(UserError) as exc:
+        load_probe_set(str(tmp_path / "nope.jsonl"))
+    assert exc.value.problem == f"probe file '{tmp_path / 'nope.jsonl'}' does not exist"
+    assert exc.value.fix == "check the path (data.probe_file)"
