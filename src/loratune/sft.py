@@ -68,7 +68,8 @@ from loratune.trackers import require as require_trackers
 from loratune.train import (STEP0_SPLITS, RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged,
                             eval_batches, eval_budget_rows, first_writes, fresh_loss, history_point, loss_points_every,
                             output_error, peak_memory_mb, plan_steps, record_save_failure, save_best_so_far, saved_note,
-                            seed_everything, step_groups, timed, torch_threads, train_log_every, utc_now, versions)
+                            seed_everything, start_note, step_groups, timed, torch_threads, train_log_every, utc_now,
+                            versions)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -751,9 +752,10 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
             evals_since_best, tie_loss = 0, loss
         else:
             evals_since_best += 1
-        # the model kept is the best *trained* one: step 0 is the base model, recorded for comparison
+        # the model kept is the best *trained* one: step 0 is the base model (or the warm start's), recorded for
+        # comparison
         if step == 0:
-            run["untrained"] = {"step": 0, objective: value}
+            run["start"] = {"step": 0, objective: value}
         # equal val macro-F1 (all 0.0 early on, while no output names a label yet) goes to the lower val
         # loss, so a generative classifier never keeps a stale model
         key = (gain, -point.get("val/loss", math.nan) if higher else 0.0)
@@ -916,12 +918,8 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
             key = run["objective"]
             higher = objective_named(key).higher_is_better
             words = f"{'best' if higher else 'lowest'} {objective_named(key).name}"
-            best, untrained = (run.get("best") or {}).get(key), (run.get("untrained") or {}).get(key)
-            worse = isinstance(best, float) and isinstance(untrained, float) and (untrained > best if higher
-                                                                                 else untrained < best)
-            run["saved_model"] = {"step": step, "note": saved_note(step, words, lr0_steps)
-                                  + (f"; the untrained model at step 0 scored better ({key} {untrained:.4f} vs "
-                                     f"{best:.4f})" if worse else "")}
+            run["saved_model"] = {"step": step, "note": saved_note(step, words, lr0_steps, cfg.train.init_from)
+                                  + start_note(run, key, higher, cfg.train.init_from)}
         else:
             run["adapter_step"] = None
             run["saved_model"] = {"step": None, "note": "no model saved: the run ended before any trained "

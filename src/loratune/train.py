@@ -537,15 +537,31 @@ def fresh_loss(model, loss_of) -> float | None:
         return float(loss_of())
 
 
-def saved_note(step: int, words: str, lr0_steps: int) -> str:
+def start_model(init_from: str | None) -> str:
+    """The step-0 model as notes name it: a warm start (train.init_from) begins from a trained model, which a note
+    calling it untrained would misreport."""
+    return f"the starting model (init_from {init_from})" if init_from else "the untrained model"
+
+
+def start_note(run: dict, objective: str, higher_is_better: bool, init_from: str | None) -> str:
+    """saved_model.note's tail when the step-0 model (run["start"]) scored better on the objective than the kept
+    trained one; empty otherwise."""
+    best, start = (run.get("best") or {}).get(objective), (run.get("start") or {}).get(objective)
+    if not (isinstance(best, float) and isinstance(start, float)
+            and (start > best if higher_is_better else start < best)):
+        return ""
+    return f"; {start_model(init_from)} at step 0 scored better ({objective} {start:.4f} vs {best:.4f})"
+
+
+def saved_note(step: int, words: str, lr0_steps: int, init_from: str | None = None) -> str:
     """run.json saved_model.note's head: adapter/ holds the model of `step`, the `words` (best val macro-F1...)
     among the trained evaluation points; unless every step up to it ran at learning rate 0 (`lr0_steps`: the
     run's first steps that moved no weight; a warmup starts at 0, as the HF Trainer's, so with warmup_ratio > 0
-    step 1 does), when it is the untrained model and no trained point at all."""
+    step 1 does), when it is the step-0 model (start_model) and no trained point at all."""
     if step <= lr0_steps:
-        return (f"adapter/ holds the model of step {step}, which is the untrained model: every step up to it ran at "
-                "learning rate 0 (the warmup starts at 0), so no evaluation point was a trained one (a longer run, "
-                "or warmup_ratio=0, trains it)")
+        return (f"adapter/ holds the model of step {step}, which is {start_model(init_from)}: every step up to it "
+                "ran at learning rate 0 (the warmup starts at 0), so no evaluation point was a trained one (a longer "
+                "run, or warmup_ratio=0, trains it)")
     return f"adapter/ holds the model of step {step}, the {words} among the trained evaluation points"
 
 
@@ -843,10 +859,10 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
             best_f1, evals_since_best = f1, 0
         else:
             evals_since_best += 1
-        # the model kept is the best *trained* one (step 0 is the untrained base with a random head), and
-        # `best` is its point: what adapter/ holds, what tune compares; step 0 only until a trained point
+        # the model kept is the best *trained* one (step 0 is the base with a random head, or the warm start's
+        # model), and `best` is its point: what adapter/ holds, what tune compares; step 0 only until a trained point
         if step == 0:
-            run["untrained"] = {"step": 0, objective: f1}
+            run["start"] = {"step": 0, objective: f1}
         if step > 0 and math.isfinite(f1) and f1 > trained_f1 and not _diverged_point(point):
             trained_f1 = f1
             best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
@@ -998,12 +1014,10 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
                 save_model(model, tokenizer, space, cfg, store, decoding)
             objective = run.get("objective") or "val/macro_f1"
             best_val = (run.get("best") or {}).get(objective)
-            untrained = (run.get("untrained") or {}).get(objective)
             step = run["adapter_step"]
-            higher = isinstance(untrained, float) and isinstance(best_val, float) and untrained > best_val
-            run["saved_model"] = {"step": step, "note": saved_note(step, f"best {_metric_name(objective)}", lr0_steps)
-                                  + (f"; the untrained model at step 0 scored higher ({untrained:.4f} vs "
-                                     f"{best_val:.4f})" if higher else "")}
+            run["saved_model"] = {"step": step, "note": saved_note(step, f"best {_metric_name(objective)}", lr0_steps,
+                                                                   cfg.train.init_from)
+                                  + start_note(run, objective, True, cfg.train.init_from)}
             if run["status"] in ("completed", "diverged"):
                 evaluation = run.get("evaluation") or {}
                 skip = robustness_skip(evaluation.get("budget_rows"), evaluation.get("rows_scored", 0),

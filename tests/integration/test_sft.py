@@ -650,6 +650,9 @@ def test_an_sft_run_warm_starts_from_a_saved_adapter(sft_run, lm, sft_data, tmp_
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "completed" and run["init_from"].startswith(f"started from {sft_run / 'adapter'}")
     assert _history(out)[0]["val/loss"] == pytest.approx(saved["val/loss"], rel=1e-4)
+    # step 0 is recorded as the starting model's point, not as an untrained model's
+    assert run["start"] == {"step": 0, "val/loss": _history(out)[0]["val/loss"]} and "untrained" not in run
+    assert "untrained" not in run["saved_model"]["note"]
     assert _history(out)[0]["val/loss"] < _history(sft_run)[0]["val/loss"]
 
 
