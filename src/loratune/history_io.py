@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import itertools
 import json
 import math
 import re
@@ -1387,20 +1388,26 @@ def _merge_same_step(points: list[dict]) -> tuple[list[dict], int]:
 
 
 def read_csv(path: str | Path) -> RunHistory:
+    """A CSV of step / loss / metric columns, streamed: the file is read line by line and only the mapped columns'
+    numbers are kept (a 200 MB W&B export with a hundred other columns held ~10x its size as text, lines and cells)."""
     p = Path(path)
-    text = p.read_text(encoding="utf-8-sig")
-    if not text.strip():
-        raise UserError(f"'{p}' is empty", "give a CSV with a header row: step, train_loss, val_loss, val_f1")
-    lines = text.splitlines()
-    lines = lines[next(i for i, line in enumerate(lines) if line.strip()):]  # blank lines above the header
-    try:
-        dialect = csv.Sniffer().sniff(lines[0], delimiters=",;\t|")
-    except csv.Error:
-        dialect = csv.excel
-    rows = list(csv.reader(lines, dialect))
-    header, body = rows[0], [r for r in rows[1:] if any(cell.strip() for cell in r)]
-    if not body:
-        raise UserError(f"'{p}' has a header ({', '.join(header)}) and no rows", "give the CSV with its data rows")
+    with p.open(encoding="utf-8-sig", newline=None) as f:  # universal newlines: \r, \n, \r\n
+        # each line cut again as str.splitlines() cuts (\f, \x1c, U+2028...): the lines the whole text's splitlines gave
+        lines = (piece for line in f for piece in line.splitlines())
+        first = next((line for line in lines if line.strip()), None)  # blank lines above the header
+        if first is None:
+            raise UserError(f"'{p}' is empty", "give a CSV with a header row: step, train_loss, val_loss, val_f1")
+        try:
+            dialect = csv.Sniffer().sniff(first, delimiters=",;\t|")
+        except csv.Error:
+            dialect = csv.excel
+        reader = csv.reader(itertools.chain([first], lines), dialect)
+        header = next(reader)
+        return _csv_history(p, header, (r for r in reader if any(cell.strip() for cell in r)), dialect)
+
+
+def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
+    """The run of a CSV from its header and its non-blank rows (an iterator: read once, row by row)."""
     lookup = {alias: key for key, aliases in _CSV_COLUMNS.items() for alias in aliases}
     mapping: dict[int, str] = {}
     chart_runs: list[str] = []  # a W&B chart export: "<run name> - <metric>", with __MIN / __MAX bands
@@ -1423,6 +1430,10 @@ def read_csv(path: str | Path) -> RunHistory:
             mapping[i] = key
     mapping = dict(sorted(mapping.items()))
     found = set(mapping.values())
+    body = iter(body)
+    row0 = next(body, None)
+    if row0 is None:
+        raise UserError(f"'{p}' has a header ({', '.join(header)}) and no rows", "give the CSV with its data rows")
     if not found & {"train/loss", "val/loss", "val/macro_f1", "val/accuracy"}:
         raise UserError(
             f"'{p}': no loss or metric column among {header}",
@@ -1439,7 +1450,7 @@ def read_csv(path: str | Path) -> RunHistory:
         notes.append("an F1 column without 'macro' was taken as macro-F1")
     points = []
     bad_cells = stepless = decimal_commas = 0
-    for r_i, row in enumerate(body):
+    for r_i, row in enumerate(itertools.chain([row0], body)):
         pt: dict[str, Any] = {}
         for i, key in mapping.items():
             cell = row[i].strip() if i < len(row) else ""
