@@ -19,7 +19,7 @@ import dataclasses
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from loratune.config import RunConfig, load_config  # noqa: F401  (re-exported)
 from loratune.data import Dataset, load_dataset
@@ -143,6 +143,13 @@ def _path(value: Any, what: str) -> str | Path:
 
 def predict(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) -> list[dict]:
     """Labels for `texts` (a list of strings; one string is one text) from a trained run."""
+    return [p for chunk in predict_chunks(run_dir, texts, top_k) for p in chunk]
+
+
+def predict_chunks(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) -> Iterator[list[dict]]:
+    """`predict`'s results a chunk of texts at a time, in order (inference.PREDICT_CHUNK_ROWS): for long inputs, memory
+    bounded by a chunk and results to write as they come. Bad arguments and a run that cannot load are refused here,
+    before the first chunk."""
     from loratune.errors import UserError
     from loratune.inference import load_trained
 
@@ -157,7 +164,7 @@ def predict(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) -> list
         raise UserError(f"text {empty[0]} of {len(texts)} is empty{more}", "give texts with words in them")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise UserError(f"top_k (--top-k): a whole number >= 1, not {top_k!r}", "e.g. top_k=3 (--top-k 3)")
-    return load_trained(_path(run_dir, "run_dir")).predict(texts, top_k=top_k)
+    return load_trained(_path(run_dir, "run_dir")).predict_chunks(texts, top_k=top_k)
 
 
 def evaluate(run_dir: str | Path, split: str = "test") -> dict:

@@ -18,9 +18,12 @@ TOP_PAIRS = 20
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise probabilities in one new array (exp and the division in place: the shifted logits, their exp and
+    the quotient each took an array of the logits' size); `logits` is left as it was."""
+    p = logits - logits.max(axis=1, keepdims=True)
+    np.exp(p, out=p)
+    p /= p.sum(axis=1, keepdims=True)
+    return p
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -95,3 +95,25 @@ def test_compound_and_single_rows_count_labels_as_the_data_writes_them():
     s = multi_label_scores("test", np.zeros((4, 2)), y, ("a", "b"), unseen, pred=y.copy(), label_counts=counts)
     assert (s["test_compound/n"], s["test_single/n"]) == (2, 2)  # every row in one of them
     assert s["test_compound/subset_accuracy"] == 0.5 and s["test_single/subset_accuracy"] == 0.5  # unknown: wrong
+
+
+def test_softmax_makes_one_array_of_the_logits_size_and_leaves_them_as_they_were():
+    """predict's softmax over a large file's logits made three more arrays of their size (shifted, exp, quotient)."""
+    import tracemalloc
+
+    from loratune.metrics import softmax
+
+    logits = np.random.default_rng(0).normal(size=(2000, 500)).astype(np.float32)
+    logits[0, :3] = [1000.0, 999.0, -1000.0]  # large values: the max shift keeps exp finite
+    before = logits.copy()
+    tracemalloc.start()
+    try:
+        p = softmax(logits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * logits.nbytes, (peak, logits.nbytes)
+    np.testing.assert_array_equal(logits, before)
+    e = np.exp(before.astype(np.float64) - before.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(p, e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
+    assert p.dtype == np.float32 and p[0, 0] == pytest.approx(1 / (1 + np.exp(-1.0)), rel=1e-6)

@@ -53,6 +53,19 @@ def print_json(data) -> None:
     sys.stdout.write("\n")
 
 
+def print_json_items(chunks) -> None:
+    """A JSON list, as print_json writes it, from chunks (lists) of its items written as each chunk comes: a long
+    output starts at once and is never held whole."""
+    from loratune.store import json_safe
+
+    sep = "[\n"
+    for chunk in chunks:
+        for item in chunk:
+            sys.stdout.write(sep + "  " + json.dumps(json_safe(item), indent=2, ensure_ascii=False).replace("\n", "\n  "))
+            sep = ",\n"
+    sys.stdout.write("[]\n" if sep == "[\n" else "\n]\n")
+
+
 def human(n: float) -> str:
     for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
-from loratune.commands._common import console, print_json, safe
+from loratune.commands._common import console, print_json_items, safe
 from loratune.errors import UserError, require_file
 
 
@@ -56,19 +58,48 @@ def run(args) -> int:
     texts = list(args.texts) + (read_texts(args.file, _text_column(args.run)) if args.file else [])
     if not texts:
         raise UserError("no texts given", "pass texts as arguments or --file FILE")
-    preds = api.predict(args.run, texts, top_k=args.top_k)
-    if args.json:
-        print_json(preds)
-        return 0
-    out = console()
-    for p in preds:
-        if "label" in p:
-            alts = ", ".join(f"{safe(t['label'])} {t['score']:.2f}" for t in p["top"][1:])
-            out.print(f"[bold]{safe(p['label'])}[/] {p['score']:.2f}  {safe(p['text'])}"
-                      + (f"  [dim]({alts})[/]" if alts else ""))
-        else:
-            out.print(f"[bold]{', '.join(map(safe, p['labels'])) or '(none)'}[/]  {safe(p['text'])}")
+    chunks = api.predict_chunks(args.run, texts, top_k=args.top_k)
+    # each chunk's results written as it is scored (a long file's first lines come at once, memory stays a chunk's);
+    # progress on stderr only, beside stdout's results, when the input takes more than one chunk
+    with _progress(len(texts)) as advance:
+        if args.json:
+            print_json_items(advance(chunks))
+            return 0
+        out = console()
+        for chunk in advance(chunks):
+            for p in chunk:
+                if "label" in p:
+                    alts = ", ".join(f"{safe(t['label'])} {t['score']:.2f}" for t in p["top"][1:])
+                    out.print(f"[bold]{safe(p['label'])}[/] {p['score']:.2f}  {safe(p['text'])}"
+                              + (f"  [dim]({alts})[/]" if alts else ""))
+                else:
+                    out.print(f"[bold]{', '.join(map(safe, p['labels'])) or '(none)'}[/]  {safe(p['text'])}")
     return 0
+
+
+@contextlib.contextmanager
+def _progress(total: int):
+    """A function that passes the chunks through, counting their texts on a progress bar on stderr: a bar for an
+    input of more than one chunk (inference.PREDICT_CHUNK_ROWS), none for a few texts."""
+    from loratune.inference import PREDICT_CHUNK_ROWS
+
+    if total <= PREDICT_CHUNK_ROWS:
+        yield lambda chunks: chunks
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    # results on a screen print above the bar; stdout sent elsewhere keeps every result (rich would send it to stderr)
+    bar = Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console(stderr=True), redirect_stdout=sys.stdout.isatty(), redirect_stderr=False)
+    task = bar.add_task("predict", total=total)
+
+    def advance(chunks):
+        for chunk in chunks:
+            yield chunk
+            bar.advance(task, len(chunk))
+
+    with bar:
+        yield advance
 
 
 def _text_column(run_dir: str) -> str:
