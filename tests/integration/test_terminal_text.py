@@ -93,3 +93,17 @@ def test_assess_shows_labels_as_written(hostile_run, tiny_bert, capsys):
     findings = _out(capsys).split("findings")[1]
     # the long-tail finding names the classes; the table wraps its cells, so each label is looked for on its own
     assert "long-tail" in findings and all(shown in findings for shown in SHOWN.values()) and "C:\\\\" not in findings
+
+
+def test_train_says_its_preparation_phases_on_stderr_and_nothing_under_quiet(tiny_bert, intent_data, tmp_path, capsys):
+    """Tokenizing and finding the evaluation slices of 200k rows took a minute before the progress bar, silent."""
+    capsys.readouterr()
+    assert main(["train", *overrides(tiny_bert, intent_data, tmp_path / "loud", max_steps=4)]) == 0
+    got = capsys.readouterr()
+    err = " ".join(got.err.split())
+    tok = err.index("tokenizing 48 training and 20 validation texts (max_length 16)")
+    assert tok < err.index("finding the evaluation slices of 20 validation texts (48 training texts)")
+    assert "tokenizing" not in got.out and "slices of" not in got.out
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, tmp_path / "quiet", max_steps=4)]) == 0
+    got = capsys.readouterr()
+    assert "tokenizing" not in got.err + got.out and "slices of" not in got.err + got.out
