@@ -262,7 +262,13 @@ def test_resume_with_a_larger_budget_keeps_one_trail_and_every_trial(tiny_bert, 
     assert finished <= set(now.values()) and set(now) <= listed  # no finished trial dropped from the summary
     superseded_rows = [r for r in summary["trials"] if r["status"] == "superseded"]
     assert superseded_rows  # a trial only a superseded decision used is listed as such, not dropped
-    assert summary["budget"]["spent"]["trials"] == len(now) - len(superseded_rows) <= 5
+    # a superseded trial trained: charged once, so the larger budget bounds every trial the study trained (the
+    # resume charged only the ones it reused and trained 6 under a budget of 5)
+    charged = [c for c in summary["budget"]["ledger"] for r in superseded_rows
+               if c["label"].startswith(f"#{r['trial']} ") and "not reused" in c["label"]]
+    assert [c["cost"]["examples"] for c in charged] == [r["examples"] for r in superseded_rows]
+    assert summary["budget"]["spent"]["trials"] == len(now) <= 5
+    assert summary["budget"]["spent"]["examples"] == sum(r["examples"] for r in summary["trials"])
 
 
 @pytest.mark.parametrize("flag, value", [("--trial-steps", "-5"), ("--trial-steps", "0"), ("--heartbeat", "0"),

@@ -94,6 +94,10 @@ class SearchContext:
     _seq: int = 0
     _queued: set = field(default_factory=set)  # keys this search queued for workers (see prefetch)
     _pending: list = field(default_factory=list)  # decisions recorded once a resumed study's replay catches up
+    # a resumed study: the trials its earlier sessions finished (numbers), and those of them charged without a
+    # reuse (charge_earlier): what was spent stays spent, once
+    earlier: set = field(default_factory=set)
+    _charged: set = field(default_factory=set)
 
     # ------------------------------------------------------------------ the objective
     @property
@@ -162,12 +166,13 @@ class SearchContext:
                 trial, claimed = got[0], True
         if done is not None:
             rec = TrialRecord(done.number, done.spec, done.run_dir, done.result, reused=True)
-            self._account(rec, f"{rec.label} (reused from the study)")
+            self._account(rec, f"{rec.label} (reused from the study)", charge=rec.number not in self._charged)
             self.records.append(rec)
             self.ui.trial_end(rec, self)
             return rec
         # the first trial of its length always starts while budget is left (its deadline bounds it): a
         # study without one full-length trial has nothing to recommend
+        self.charge_earlier()  # before the budget is asked: an earlier session's trial no decision reused is spent
         steps = spec.point.get("train.max_steps")
         first = not any(r.point.get("train.max_steps") == steps for r in self.records) and not self.meter.exhausted()
         if not first and not self.meter.fits(self.estimate(spec.point), reserve):
@@ -219,9 +224,23 @@ class SearchContext:
         wall, examples = spent_by_run(str(run_dir))
         self.meter.charge(Cost(wall, examples, 0), f"trial #{number} {how}")
 
-    def _account(self, rec: TrialRecord, label: str) -> None:
+    def charge_earlier(self) -> None:
+        """Charge the trials earlier sessions finished that this one has not reused: a resume with a larger budget
+        can decide otherwise than the session that trained one (its trial is then `superseded`), but it trained,
+        and what was spent stays spent. Each is charged once: a later reuse of it is free."""
+        if not self.earlier:
+            return
+        mine = {r.number for r in self.records} | self._charged
+        for rec in self.store.records():
+            if rec.number in self.earlier and rec.number not in mine:
+                self._charged.add(rec.number)
+                self.meter.charge(Cost(rec.result.wall_s, rec.result.examples, 1),
+                                  f"{rec.label} (trained by an earlier session, not reused by this one)")
+
+    def _account(self, rec: TrialRecord, label: str, charge: bool = True) -> None:
         r = rec.result
-        self.meter.charge(Cost(r.wall_s, r.examples, 1), label)
+        if charge:
+            self.meter.charge(Cost(r.wall_s, r.examples, 1), label)
         self.costs.observe(rec.point.get("adapter.method", "lora"), r.wall_s, r.examples)
         # scoring a row costs about a third of training on it (forward only): keep that time back
         self.meter.reserve_s = self.finish_base_s + self.costs.seconds_per_example("lora") * self.finish_rows / 3

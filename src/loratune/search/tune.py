@@ -175,6 +175,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                         finish_rows=len(test) if test is not None else 0, finish_base_s=options.finish_reserve_s)
 
     if options.resume:  # said where the replay of the earlier sessions' decisions ends
+        ctx.earlier = {r.number for r in study.records()}  # each charged once: reused, or not (charge_earlier)
         spent = sum((Cost(r["wall_s"], r["examples"], 0) for r in lost), Cost())
         ctx.decide_after_replay(
             "resume", "resume", f"resumed: {len(lost)} trial{'s' if len(lost) != 1 else ''} lost" if lost
@@ -205,6 +206,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     extra = {"study_dir": str(study_dir), "storage": study.storage_url, "plan": plan,
              "assessment_findings": [f"{f['severity']}: {f['message']}" for f in assessment.get("findings", [])],
              "wall_s_session": round(time.perf_counter() - t_start, 2)}
+    ctx.charge_earlier()  # a resume that trained nothing new still spent what its earlier sessions trained
     summary = finish(ctx, study_dir / FINAL, options.strategy, extra)
     ctx.flush_pending()  # a resume whose every decision was a replay still says it resumed
     summary["wall_s_session"] = round(time.perf_counter() - t_start, 2)
