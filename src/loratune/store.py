@@ -238,17 +238,50 @@ def _worker_liveness(worker: str) -> tuple[str, str]:
     return "dead", f"{worker} is gone and no process holds its lock"
 
 
+def last_history_point(run_dir: str | Path) -> dict:
+    """The last whole point of a run's history.jsonl ({} when none): a hard kill can tear the last line."""
+    try:
+        points, _ = read_history_lines(Path(run_dir) / HISTORY)
+    except OSError:
+        return {}
+    return points[-1] if points else {}
+
+
+def last_sign_of_life(run_dir: str | Path) -> float | None:
+    """When a run's process last wrote (run.json, history.jsonl, the lock's heartbeat), as a timestamp; None when
+    none of them is there. Only while its run.json is the process's own: a rewrite (a dead run recorded as `died`)
+    moves it, so that rewrite records the wall time this gives first (with_liveness)."""
+    times = [p.stat().st_mtime for p in (Path(run_dir) / n for n in (RUN, HISTORY, LOCK)) if p.is_file()]
+    return max(times, default=None)
+
+
 def with_liveness(run: dict, run_dir: str | Path) -> dict:
     """run.json as it should be read: a `running` record whose process is gone reads as status `died`,
-    `partial: true`, with the reason (the file on disk is left as it is; readers decide)."""
+    `partial: true`, with the reason (the file on disk is left as it is; readers decide). Its step and examples are
+    the furthest its history reached (run.json is rewritten a moment after each history point: a kill between
+    leaves it behind), and its wall time runs from `started_at` to the process's last sign of life."""
     if not isinstance(run, dict) or run.get("status") != "running":
         return run
     state, why = liveness(run_dir)
     if state == "alive":
         return run
     out = dict(run)
+    point = last_history_point(run_dir)
+    for key, at in (("steps_done", "step"), ("examples_seen", "examples_seen")):
+        try:
+            out[key] = max(int(run.get(key) or 0), int(point.get(at) or 0))
+        except (TypeError, ValueError):
+            pass  # a value no number: the record's own stands
+    last = last_sign_of_life(run_dir)
+    if not float(run.get("wall_s") or 0.0) > 0 and run.get("started_at") and last is not None:
+        from datetime import datetime
+
+        try:
+            out["wall_s"] = round(max(0.0, last - datetime.fromisoformat(str(run["started_at"])).timestamp()), 3)
+        except (TypeError, ValueError):
+            pass
     out.update({"status": "died", "status_recorded": "running", "partial": True,
-                "reason": f"the training process died at step {run.get('steps_done', '?')} of "
+                "reason": f"the training process died at step {out.get('steps_done', '?')} of "
                           f"{run.get('steps_planned', '?')} without finishing: {why}; the record is partial"})
     return out
 

@@ -470,9 +470,16 @@ class Study:
         with signals.shielded():
             stale = backend._get_stale_trial_ids(self.optuna._study_id)
         for trial_id in stale:
+            # recorded as killed, as _recover_running records one it finds first (a resume more than the grace
+            # period after the kill gets here first: its trial stayed `running`, its run.json too); before it is
+            # failed: a finished trial's attributes are read-only
+            self._mark_killed(trial_id, "the process running this trial stopped sending heartbeats (killed or "
+                                        "lost); its point is trained again")
             if not self._transition(trial_id, TrialState.RUNNING, TrialState.FAIL):
                 continue  # another process failed it first, and queued it again
-            a = storage.get_trial(trial_id).user_attrs
+            frozen = storage.get_trial(trial_id)
+            a = frozen.user_attrs
+            self._note_recovered(frozen)
             if "key" in a and len(self._trials_with_key(a["key"], (TrialState.FAIL,))) <= MAX_RETRY:
                 self.enqueue(TrialSpec(a["name"], a["phase"], dict(a["point"]), a.get("purpose", "")))
 
@@ -500,14 +507,27 @@ class Study:
                     continue  # a worker is training it right now: never touched
             elif self._beating(t):
                 continue  # its heartbeat is fresh (a worker on another machine)
-            wall, examples = spent_by_run(run_dir)
-            self.optuna._storage.set_trial_user_attr(t._trial_id, "status", "killed")
-            self.optuna._storage.set_trial_user_attr(
-                t._trial_id, "reason", "the process running this trial was killed; its point is trained again")
+            self._mark_killed(t._trial_id, "the process running this trial was killed; its point is trained again")
             self.optuna.tell(t.number, state=TrialState.FAIL)
-            _record_died(run_dir)
-            self.recovered.append({"number": t.number, "name": t.user_attrs.get("name"), "run_dir": run_dir,
-                                   "lost_wall_s": wall, "lost_examples": examples})
+            self._note_recovered(t)
+
+    def _mark_killed(self, trial_id: int, reason: str) -> None:
+        """A trial whose process died is `killed`, with why (lost_spending charges what it trained)."""
+        storage = self.optuna._storage
+        try:
+            storage.set_trial_user_attr(trial_id, "status", "killed")
+            storage.set_trial_user_attr(trial_id, "reason", reason)
+        except RuntimeError:  # optuna's UpdateFinishedTrialError: another process failed it first, and marked it
+            pass
+
+    def _note_recovered(self, t) -> None:
+        """A killed trial's run.json rewritten as `died` (what its history reached), and the trial listed in
+        `recovered`."""
+        run_dir = t.user_attrs.get("run_dir")
+        _record_died(run_dir)
+        wall, examples = spent_by_run(run_dir)
+        self.recovered.append({"number": t.number, "name": t.user_attrs.get("name"), "run_dir": run_dir,
+                               "lost_wall_s": wall, "lost_examples": examples})
 
     def _beating(self, t) -> bool:
         """The trial has a heartbeat younger than the grace period (its process is alive, maybe elsewhere)."""
@@ -831,8 +851,11 @@ def spent_by_run(run_dir: str | None) -> tuple[float, int]:
     """(wall seconds, training examples) a run spent, also one that never finished: `examples_seen` of run.json or of
     its last history point (run.json is rewritten at each evaluation, a moment after the point: a kill between
     leaves it behind), and its `wall_s` or, while that is 0.0 (it is written when a run ends; a killed one never
-    wrote it), the time from `started_at` to the run's last sign of life (run.json, history.jsonl, the lock's
-    heartbeat). Steps trained after the last evaluation of a killed run are recorded nowhere: not counted."""
+    wrote it), the time from `started_at` to the run's last sign of life (store.last_sign_of_life; a dead run's
+    record rewritten as `died` holds that wall time: the rewrite moves the files' times). Steps trained after the
+    last evaluation of a killed run are recorded nowhere: not counted."""
+    from loratune.store import last_history_point, last_sign_of_life
+
     if not run_dir or not (Path(run_dir) / "run.json").is_file():
         return 0.0, 0
     try:
@@ -841,27 +864,17 @@ def spent_by_run(run_dir: str | None) -> tuple[float, int]:
     except (UserError, AttributeError, TypeError, ValueError):
         return 0.0, 0
     try:
-        lines = (Path(run_dir) / "history.jsonl").read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        lines = []  # no history: run.json's count stands
-    for line in reversed(lines):  # the last whole point (a hard kill can tear the last line)
-        try:
-            examples = max(examples, int(json.loads(line).get("examples_seen") or 0))
-            break
-        except (ValueError, TypeError, AttributeError):
-            continue
+        examples = max(examples, int(last_history_point(run_dir).get("examples_seen") or 0))
+    except (TypeError, ValueError):
+        pass  # run.json's count stands
     if wall <= 0 and run.get("started_at"):
         from datetime import datetime
-
-        from loratune.store import LOCK
 
         try:
             started = datetime.fromisoformat(str(run["started_at"])).timestamp()
         except ValueError:
             return 0.0, examples
-        last = max((p.stat().st_mtime for p in (Path(run_dir) / n for n in ("run.json", "history.jsonl", LOCK))
-                    if p.is_file()), default=started)
-        wall = max(0.0, last - started)
+        wall = max(0.0, (last_sign_of_life(run_dir) or started) - started)
     return wall, examples
 
 
@@ -903,7 +916,9 @@ def _record_died(run_dir: str | None) -> None:
     try:
         run = read_json(Path(run_dir) / "run.json")
         if isinstance(run, dict) and run.get("status") == "running":
-            RunStore(run_dir).write_run(with_liveness(run, run_dir))
+            died = with_liveness(run, run_dir)  # read before the rewrite: it moves the files' times
+            if died.get("status") == "died":  # (a process still holding the run's lock is never written over)
+                RunStore(run_dir).write_run(died)
     except (UserError, OSError):
         pass
 

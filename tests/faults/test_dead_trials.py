@@ -1,0 +1,106 @@
+"""A trial whose process was killed (kill -9) is recorded as it was: `died`/`killed` with the step and examples its
+history reached, and the wall time its process lived, whenever the study is resumed. Built by hand (a killed run's
+files; a study whose trial's process died) so the tests take seconds, not a tune run per case."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from loratune.search.study import _record_died, spent_by_run
+from loratune.store import RunStore, with_liveness
+
+STARTED_AGO_S = 300.0  # the killed run started this long before the test (its lock: stale after 120 s)
+LIVED_S = 1.0  # and its process last wrote this long after it started
+
+
+def _killed_run(run_dir: Path) -> None:
+    """A run killed between appending its step-20 history point and rewriting run.json (which still says step 0),
+    its lock left behind unheld, its files last written LIVED_S after it started."""
+    run_dir.mkdir(parents=True)
+    started = datetime.now(timezone.utc) - timedelta(seconds=STARTED_AGO_S)
+    run = {"status": "running", "steps_done": 0, "steps_planned": 120, "examples_seen": 0, "wall_s": 0.0,
+           "started_at": started.isoformat(timespec="seconds"), "best": {}}
+    (run_dir / "run.json").write_text(json.dumps(run))
+    points = [{"step": 0, "examples_seen": 0, "val/macro_f1": 0.033}, {"step": 20, "examples_seen": 160,
+                                                                         "val/macro_f1": 0.347}]
+    (run_dir / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points) + '{"step": 2')  # torn
+    (run_dir / "run.lock").write_text(json.dumps({"pid": 2 ** 22 + 7, "host": "elsewhere-never"}))
+    # another host's lock reads dead once its heartbeat is old: the files' times are the process's last writes
+    started_s = datetime.fromisoformat(run["started_at"]).timestamp()
+    for name in ("run.json", "history.jsonl", "run.lock"):
+        os.utime(run_dir / name, (started_s + LIVED_S, started_s + LIVED_S))
+
+
+def test_a_killed_run_reads_as_dying_where_its_history_reached(tmp_path):
+    _killed_run(tmp_path / "run")
+    run = with_liveness(json.loads((tmp_path / "run" / "run.json").read_text()), tmp_path / "run")
+    assert (run["status"], run["steps_done"], run["examples_seen"]) == ("died", 20, 160)  # it read step 0, 0 examples
+    assert "died at step 20 of 120" in run["reason"] and run["partial"] is True
+    assert abs(run["wall_s"] - LIVED_S) < 0.01
+
+
+def test_recording_a_run_as_died_keeps_the_wall_time_its_process_lived(tmp_path):
+    """The rewrite moves run.json's time to now: the wall time charged from the last sign of life then ran to the
+    resume (27 s for a process that lived 1 s), for every later session too."""
+    run_dir = tmp_path / "run"
+    _killed_run(run_dir)
+    assert abs(spent_by_run(str(run_dir))[0] - LIVED_S) < 1.5
+    _record_died(str(run_dir))
+    wall, examples = spent_by_run(str(run_dir))
+    assert abs(wall - LIVED_S) < 1.5 and examples == 160  # not STARTED_AGO_S
+    on_disk = json.loads((run_dir / "run.json").read_text())
+    assert (on_disk["status"], on_disk["steps_done"], on_disk["examples_seen"]) == ("died", 20, 160)
+    assert abs(on_disk["wall_s"] - LIVED_S) < 0.01
+    assert RunStore(run_dir).read_run()["steps_done"] == 20
+
+
+CHILD = textwrap.dedent("""
+    import json, os, signal, sys
+    from pathlib import Path
+    from loratune.search.study import Study
+    from loratune.search.trial import TrialSpec
+
+    study = Study.open(sys.argv[1], meta={"strategy": "random"}, heartbeat_s=1)
+    handle, run_dir = study.start(TrialSpec("lr0.04", "search", {"train.learning_rate": 0.04}))
+    run_dir.mkdir(parents=True)
+    run = {"status": "running", "steps_done": 20, "steps_planned": 120, "examples_seen": 160, "wall_s": 0.0,
+           "started_at": "2026-01-01T00:00:00+00:00"}
+    (run_dir / "run.json").write_text(json.dumps(run))
+    (run_dir / "history.jsonl").write_text(json.dumps({"step": 20, "examples_seen": 160}) + "\\n")
+    (run_dir / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    os.kill(os.getpid(), signal.SIGKILL)  # its heartbeats stop with it
+""")
+
+
+def test_a_resume_after_the_heartbeat_grace_period_records_the_dead_trial_as_killed(tmp_path):
+    """A resume more than 3 heartbeats after the kill found the trial stale first (fail_stale): it was failed and
+    queued again but stayed `running`, without a reason, its run.json `running` for good."""
+    import socket
+
+    from loratune.search.study import Study
+
+    study_dir = tmp_path / "study"
+    proc = subprocess.run([sys.executable, "-c", CHILD.replace("os.uname().nodename", repr(socket.gethostname())),
+                           str(study_dir)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stdout + proc.stderr
+    time.sleep(4.5)  # past the grace period of 3 heartbeats of 1 s
+    study = Study.open(study_dir, resume=True, heartbeat_s=1)
+    try:
+        trial = next(t for t in study.optuna.get_trials(deepcopy=False) if t.user_attrs.get("name") == "lr0.04"
+                     and t.state.name == "FAIL")
+        assert trial.user_attrs["status"] == "killed" and "trained again" in trial.user_attrs["reason"]
+        run_dir = Path(trial.user_attrs["run_dir"])
+        on_disk = json.loads((run_dir / "run.json").read_text())
+        assert (on_disk["status"], on_disk["steps_done"], on_disk["examples_seen"]) == ("died", 20, 160)
+        assert [r["number"] for r in study.recovered] == [trial.number]
+        lost = study.lost_spending()
+        assert [(r["number"], r["status"], r["examples"]) for r in lost] == [(trial.number, "killed", 160)]
+    finally:
+        study.close()
