@@ -619,6 +619,9 @@ GENERATE_READS = ("data.text_column", "data.label_column")
 # Keys of chat data that causal-lm does not read when it generates labels: the rows are labelled text, so set
 # they would be silently ignored.
 GENERATE_IGNORES = ("data.prompt_column", "data.completion_column", "data.messages_column")
+# Keys only multi-label data reads (losses.loss_spec: single-label data trains with cross-entropy whatever they
+# say): two single-label runs differing in one trained alike (diagnose.knob_view).
+MULTI_LABEL_ONLY_KEYS = ("train.multi_label_loss", "train.focal_gamma")
 
 
 def task_checks(cfg: RunConfig) -> list[str]:

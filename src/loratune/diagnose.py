@@ -488,8 +488,20 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
     """A run's config as flat keys, in one vocabulary for every source, so a loratune run and a Trainer run
     can be compared: the training length is `train.steps` (planned steps: run.json `steps_planned`, or the
     Trainer's max_steps) instead of max_steps/num_train_epochs; `adapter.target_modules` holds the module
-    names peft adapted when the run's adapter_config.json says them; `layers_to_transform: all` is no list."""
+    names peft adapted when the run's adapter_config.json says them; `layers_to_transform: all` is no list. Keys
+    the run's task does not read are left out (a default that changed between versions, the multi-label loss of a
+    single-label run, is no difference between two runs)."""
+    from loratune.config import GENERATE_READS, MULTI_LABEL_ONLY_KEYS, TASK_ONLY_KEYS
+
     flat = _flatten(h.config)
+    task = flat.get("model.task")
+    generating = task == "causal-lm" and flat.get("data.label_format") == "generate"
+    unread = [k for k, owner in TASK_ONLY_KEYS.items() if task and owner != task
+              and not (generating and k in GENERATE_READS)]
+    if h.meta.get("task") == "single_label":
+        unread += MULTI_LABEL_ONLY_KEYS
+    for k in unread:
+        flat.pop(k, None)
     steps = h.meta.get("steps_planned")
     for k in ("train.max_steps", "train.num_train_epochs"):
         flat.pop(k, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -437,3 +438,20 @@ def test_runs_differing_in_two_knobs_or_lacking_config_are_not_compared():
     c = compare([run("base", 0.6), bare])
     assert any("bare: no config" in n for n in c.notes)
     assert {n.rule_id for n in c.not_evaluated} >= {"capacity-bound", "optimization-bound", "seed-unstable"}
+
+
+def test_a_key_the_runs_task_does_not_read_is_no_difference():
+    """A run of an older version (multi_label_loss bce, the default then) against a current one (bce_pos_weight) at
+    another lr: single-label runs train with cross-entropy whatever that key says, so they differ in lr alone (they
+    read 'no two runs differ in exactly one of learning_rate, ...'). Multi-label runs do read it: not compared."""
+    def with_loss(h, loss, task):
+        h.config["train"]["multi_label_loss"] = loss
+        return replace(h, meta={**h.meta, "task": task})
+
+    c = compare([with_loss(run("old", 0.60), "bce", "single_label"),
+                 with_loss(run("new", 0.70, lr=2e-4), "bce_pos_weight", "single_label")])
+    assert [g.knob for g in c.groups] == ["learning_rate"]
+    assert next(g.effect for g in c.groups) == pytest.approx(0.10, abs=1e-3)
+    c = compare([with_loss(run("old", 0.60), "bce", "multi_label"),
+                 with_loss(run("new", 0.70, lr=2e-4), "bce_pos_weight", "multi_label")])
+    assert c.groups == () and any("exactly one" in n for n in c.notes)
