@@ -542,3 +542,29 @@ def test_albert_trains_with_all_linear_and_records_its_shared_depth(intent_data,
     assert run["params"]["adapter"] == 4 * ((32 + 32) * 4 + (32 + 64) * 2)  # r=4: q, k, v, dense; ffn, ffn_output
     assert api.evaluate(tmp_path / "run", split="validation")["val/loss"] == pytest.approx(run["best"]["val/loss"],
                                                                                           rel=1e-5)
+
+
+# run.json sections whose keys are data (labels, splits' metric names, robustness perturbations), not fields
+_DATA_KEYED = ("label_counts", "unseen_labels", "best", "final", "untrained", "test", "robustness", "timing_s")
+
+
+def test_every_field_of_a_fresh_run_json_is_in_the_run_record_doc(tiny_bert, intent_data, tmp_path):
+    """docs/run-record.md lists what run.json holds: a field training (or evaluate) writes that it does not name
+    fails here (data_notes, method, rows, eval_every, setup_s, device, dropout, openmp, slices, config, eval, partial
+    and model.depth, params.base, precision.lora_inputs_as_is, ... were written unsaid)."""
+    from pathlib import Path
+
+    from loratune.inference import evaluate_run
+
+    _, run = _train(tiny_bert, intent_data, tmp_path / "run", learning_rate=2e-2)
+    evaluate_run(tmp_path / "run", split="test")
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "run-record.md").read_text(encoding="utf-8")
+    block = doc[doc.index("## run.json"):doc.index("### Status")]
+    missing = [k for k in run if f'"{k}"' not in block]
+    for k, v in run.items():
+        if isinstance(v, dict) and k not in _DATA_KEYED and f'"{k}":' in block:
+            after = block[block.index(f'"{k}":'):]
+            missing += [f"{k}.{sub}" for sub in v if f'"{sub}"' not in after]
+    assert not missing, f"run.json fields not in docs/run-record.md: {missing}"
+    assert run["partial"] is False and "eval" in run and run["eval"]["test"] == run["test"]
