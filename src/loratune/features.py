@@ -22,7 +22,9 @@ Conventions used by the definitions below:
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
@@ -617,6 +619,27 @@ def _interp(series: Sequence[tuple[float, float]], x: float) -> float:
     return series[-1][1]
 
 
+def _interpolator(series: Sequence[tuple[float, float]]):
+    """x -> _interp(series, x), by bisection: O(log n) a call where _interp scans the series.
+
+    Callers that read one series at every eval (the lr clock) would otherwise be O(evals x points). The value is the
+    same float _interp returns: bisect_left finds the first bracket x0 < x <= x1, the one _interp's scan stops at, and
+    the formula is the same expression; a series out of step order keeps the scan (its first bracket is no bisection)."""
+    xs = [x for x, _ in series]
+    if any(b < a for a, b in zip(xs, xs[1:])):
+        return lambda x: _interp(series, x)
+
+    def at(x: float) -> float:
+        if x <= xs[0]:
+            return series[0][1]
+        j = bisect.bisect_left(xs, x)
+        if x != x or j >= len(xs):  # NaN brackets nowhere in _interp's scan either: the last value
+            return series[-1][1]
+        (x0, y0), (x1, y1) = series[j - 1], series[j]
+        return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return at
+
+
 # the val loss's rise share is read over at most this many points (means of contiguous blocks of evals): the
 # jitter's up-and-down movement adds up with every eval while the trend's fall does not, so on a long curve the share
 # of upward movement tends to one half once the loss has settled, however much it fell and however well it holds
@@ -1064,7 +1087,7 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             f"fewer than {HELD_POINTS_MIN} evals after the val loss's minimum")
     acc.set("val_loss_min_fraction", frac(V[i_min][0]))
     vs = [v for _, v in V]
-    repeats = max(vs.count(v) for v in vs)
+    repeats = max(Counter(vs).values())  # list.count per value is O(n^2) on a long curve
     acc.set("val_loss_repeats", float(repeats))
     acc.set("val_loss_repeat_share", repeats / len(vs) if len(vs) >= 2 else None, "fewer than 2 val-loss points")
     acc.set("val_loss_min_vs_reference", vmin / PREFERENCE_START_LOSS if _preference_loss(pts) else None,
@@ -1140,7 +1163,7 @@ def _lr_clock(pts: Sequence[dict]):
         marks.append((s1, marks[-1][1] + 0.5 * (a + b) * (s1 - s0)))
     if marks[-1][1] <= 0:
         return None
-    return lambda step: _interp(marks, step)
+    return _interpolator(marks)
 
 
 def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
@@ -1168,7 +1191,7 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
     if len(vals) >= 2:
         acc.set("val_metric_max_drop", max(drops) if drops else 0.0)
         acc.set("val_metric_drops", sum(drops))
-        acc.set("val_metric_repeat_share", max(vals.count(v) for v in vals) / len(vals))
+        acc.set("val_metric_repeat_share", max(Counter(vals).values()) / len(vals))
     else:
         acc.miss(("val_metric_max_drop", "val_metric_drops", "val_metric_repeat_share"),
                  "fewer than 2 val-metric points")
