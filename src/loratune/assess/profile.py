@@ -75,9 +75,37 @@ def _label_key(labels: Sequence[str]) -> str:
     return "+".join(sorted(labels)) if labels else "(none)"
 
 
+# the char n-gram neighbour search compares texts pairwise (brute force: no index keeps cosine kNN on sparse n-grams
+# exact and fast), so its cost grows with queries x texts: 25k rows took 90 s and 2.2 GB when every text was queried.
+# Past this many comparisons a deterministic sample of texts is queried (each still against every text, so a near
+# copy is found whenever either side is in the sample); near-conflict and near-leak counts are then lower bounds, and
+# assess says so. 64M is about 8,000 texts all queried: a few seconds
+NEIGHBOUR_COMPARISONS_MAX = 64_000_000
+NEIGHBOUR_QUERIES_MIN = 1_000  # past ~64,000 texts the sample stays this size: cost linear in the texts
+NEIGHBOUR_SAMPLE_SEED = 0
+
+
+def neighbour_queries(n: int) -> int:
+    """How many of n unique texts char_neighbours queries (all of them up to NEIGHBOUR_COMPARISONS_MAX)."""
+    return n if n * n <= NEIGHBOUR_COMPARISONS_MAX else min(n, max(NEIGHBOUR_QUERIES_MIN, NEIGHBOUR_COMPARISONS_MAX // n))
+
+
+def neighbour_sample_note(n: int) -> str | None:
+    """assess's note when char_neighbours sampled its queries, else None."""
+    q = neighbour_queries(n)
+    if q >= n:
+        return None
+    return (f"near-duplicate and near-leak checks queried a fixed sample of {q:,} of {n:,} unique texts (each against "
+            f"all texts; cost capped at {NEIGHBOUR_COMPARISONS_MAX:,} comparisons): near-conflict pairs and near-leak "
+            "rows are lower bounds")
+
+
 def char_neighbours(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     """For each text, its k nearest texts (itself included) under the cosine of sublinear char 3-4-gram
-    counts: (similarity, index). No IDF: a surface similarity that does not depend on the corpus size."""
+    counts: (similarity, index). No IDF: a surface similarity that does not depend on the corpus size.
+
+    Past NEIGHBOUR_COMPARISONS_MAX only a deterministic sample of texts is queried; the others get (0.0, itself)
+    rows, which every reader skips (a text is never its own near copy, and 0 is below any similarity threshold)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.neighbors import NearestNeighbors
 
@@ -85,10 +113,18 @@ def char_neighbours(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((len(texts), 0)), np.zeros((len(texts), 0), int)
     X = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 4), sublinear_tf=True, use_idf=False,
                         dtype=np.float32).fit_transform(texts)
-    k = min(k + 1, len(texts))
+    n = len(texts)
+    k = min(k + 1, n)
     nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(X)
-    dist, idx = nn.kneighbors(X)
-    return 1.0 - dist, idx
+    q = neighbour_queries(n)
+    if q >= n:
+        dist, idx = nn.kneighbors(X)
+        return 1.0 - dist, idx
+    rows = np.sort(np.random.default_rng(NEIGHBOUR_SAMPLE_SEED).choice(n, q, replace=False))
+    sims, idx = np.zeros((n, k)), np.repeat(np.arange(n)[:, None], k, axis=1)
+    dist, found = nn.kneighbors(X[rows])
+    sims[rows], idx[rows] = 1.0 - dist, found
+    return sims, idx
 
 
 def find_conflicts(pool: TextPool, thresholds: AssessThresholds,

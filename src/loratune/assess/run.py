@@ -11,7 +11,7 @@ from typing import Callable, Mapping, Sequence
 
 from loratune.assess.facts import compute_facts
 from loratune.assess.profile import (TextPool, char_neighbours, find_conflicts, find_noise, measure_shift,
-                                     profile_split)
+                                     neighbour_sample_note, profile_split)
 from loratune.assess.records import AssessThresholds, Assessment
 from loratune.assess.rules import evaluate_findings, recommend
 from loratune.assess.stats import estimate_resolution
@@ -46,6 +46,7 @@ def assess_dataset(ds: Dataset, *, dataset_name: str = "", model_name: str = "",
     conflicts = find_conflicts(pool, thresholds, neighbours, uniq)
     noise = find_noise(splits, pool, thresholds, neighbours, uniq)
     timings["consistency_s"] = time.perf_counter() - t0
+    notes = tuple(ds.notes) + tuple(n for n in [neighbour_sample_note(len(uniq))] if n)  # counts from a sample
 
     t0 = time.perf_counter()
     shifts = {name: measure_shift(ds.train, sp, train_lengths=tl.get("train"), other_lengths=tl.get(name))
@@ -62,7 +63,7 @@ def assess_dataset(ds: Dataset, *, dataset_name: str = "", model_name: str = "",
         dataset=dataset_name, model=model_name, multi_label=ds.label_space.multi_label,
         labels=ds.label_space.labels, splits=tuple(profiles.values()), conflicts=conflicts, noise=noise,
         shift=tuple(shifts.values()), probe=probe, model_info=model_info, resolution=resolution, facts=facts,
-        recommendation=rec, findings=findings, notes=tuple(ds.notes), timings=timings, thresholds=thresholds,
+        recommendation=rec, findings=findings, notes=notes, timings=timings, thresholds=thresholds,
     )
 
 
