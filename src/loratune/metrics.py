@@ -124,16 +124,21 @@ def top_unknown_outputs(outputs: list[str], pred: np.ndarray, top: int = TOP_PAI
 
 
 def top_confused_pairs(cm: np.ndarray, labels: tuple[str, ...], top: int = TOP_PAIRS) -> list[dict]:
-    off = cm.copy()
+    """The `top` largest off-diagonal counts, largest first (ties in row-major order), zeros left out.
+
+    argpartition, not a sort of all C^2 cells: at 2,000 classes the full argsort cost 1.5 s on every eval."""
+    off = np.asarray(cm).copy()
     np.fill_diagonal(off, 0)
-    flat = np.argsort(off, axis=None)[::-1]
-    pairs = []
-    for f in flat[:top]:
-        t, p = divmod(int(f), off.shape[1])
-        if off[t, p] <= 0:
-            break
-        pairs.append({"true": labels[t], "pred": labels[p], "count": int(off[t, p])})
-    return pairs
+    flat = off.ravel()
+    k = min(top, flat.size)
+    if k <= 0:
+        return []
+    cand = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
+    kth = flat[cand].min()
+    cand = np.flatnonzero(flat >= max(kth, 1))  # every cell tied with the k-th: the row-major tie rule picks among them
+    order = cand[np.lexsort((cand, -flat[cand]))][:k]
+    return [{"true": labels[t], "pred": labels[p], "count": int(off[t, p])}
+            for t, p in (divmod(int(f), off.shape[1]) for f in order)]
 
 
 def multi_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, labels: tuple[str, ...],
