@@ -624,7 +624,8 @@ def _interpolator(series: Sequence[tuple[float, float]]):
 
     Callers that read one series at every eval (the lr clock) would otherwise be O(evals x points). The value is the
     same float _interp returns: bisect_left finds the first bracket x0 < x <= x1, the one _interp's scan stops at, and
-    the formula is the same expression; a series out of step order keeps the scan (its first bracket is no bisection)."""
+    the formula is the same expression; a series out of step order keeps the scan (its first bracket is no
+    bisection)."""
     xs = [x for x, _ in series]
     if any(b < a for a, b in zip(xs, xs[1:])):
         return lambda x: _interp(series, x)

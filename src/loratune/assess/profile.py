@@ -87,7 +87,9 @@ NEIGHBOUR_SAMPLE_SEED = 0
 
 def neighbour_queries(n: int) -> int:
     """How many of n unique texts char_neighbours queries (all of them up to NEIGHBOUR_COMPARISONS_MAX)."""
-    return n if n * n <= NEIGHBOUR_COMPARISONS_MAX else min(n, max(NEIGHBOUR_QUERIES_MIN, NEIGHBOUR_COMPARISONS_MAX // n))
+    if n * n <= NEIGHBOUR_COMPARISONS_MAX:
+        return n
+    return min(n, max(NEIGHBOUR_QUERIES_MIN, NEIGHBOUR_COMPARISONS_MAX // n))
 
 
 def neighbour_sample_note(n: int) -> str | None:
