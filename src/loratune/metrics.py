@@ -2,7 +2,9 @@
 
 Single-label: `y_true` holds label indices, -1 for a label the model does not know (seen only in
 validation/test); such rows are always errors. Multi-label: `y_true` is a 0/1 matrix and
-`unseen_rows` marks rows that carried an unknown label (they fail subset accuracy).
+`unseen_rows` marks rows that carried an unknown label (they fail subset accuracy); each unknown label a row carries
+is a false negative in micro, weighted and samples F1 (`with_unseen`). Macro-F1 (`macro_f1`) averages the trained
+classes only: an unknown label is no class of its own there; its rows lower it through their wrong predictions.
 Keys follow `<split>/<metric>`, per class `<split>/recall/<label>`.
 """
 
@@ -63,8 +65,11 @@ def prediction_scores(prefix: str, y_pred: np.ndarray, y_true: np.ndarray, label
     # a row of a label the model never learned (-1) is an error, even when the output names no label either (-1)
     out[f"{prefix}/accuracy"] = float(np.mean((y_pred == y_true) & (y_true >= 0))) if len(y_true) else math.nan
     out[f"{prefix}/macro_f1"] = macro_f1(y_true, y_pred, k)
-    out[f"{prefix}/weighted_f1"] = float(f1_score(y_true, y_pred, labels=idx, average="weighted", zero_division=0))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=idx, zero_division=0)
+    # weighted by support with the unknown-label rows in it: they are errors (F1 0), not rows left out (left out,
+    # weighted-F1 read above accuracy on a split with unknown labels)
+    support = s.sum() + int(np.sum(np.asarray(y_true) < 0))
+    out[f"{prefix}/weighted_f1"] = float(f @ s / support) if support else 0.0
     for i, lab in enumerate(labels):
         out[f"{prefix}/precision/{lab}"] = float(p[i])
         out[f"{prefix}/recall/{lab}"] = float(r[i])
@@ -157,11 +162,12 @@ def multi_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, labe
     if unseen_rows is not None:
         exact = exact & ~unseen_rows
     out[f"{prefix}/subset_accuracy"] = float(exact.mean()) if len(exact) else math.nan
-    out[f"{prefix}/micro_f1"] = float(f1_score(y_true, y_pred, average="micro", zero_division=0))
     out[f"{prefix}/macro_f1"] = macro_f1(y_true, y_pred, len(labels))
-    out[f"{prefix}/weighted_f1"] = float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
+    yt_all, yp_all = with_unseen(y_true, y_pred, unseen_counts(y_true, unseen_rows, label_counts))
+    out[f"{prefix}/micro_f1"] = float(f1_score(yt_all, yp_all, average="micro", zero_division=0))
+    out[f"{prefix}/weighted_f1"] = float(f1_score(yt_all, yp_all, average="weighted", zero_division=0))
     # per row F1, averaged; a row with no true and no predicted label counts 1 (a right empty answer)
-    out[f"{prefix}/samples_f1"] = float(f1_score(y_true, y_pred, average="samples", zero_division=1.0)) \
+    out[f"{prefix}/samples_f1"] = float(f1_score(yt_all, yp_all, average="samples", zero_division=1.0)) \
         if len(y_true) else math.nan
     out[f"{prefix}/labels_per_row"] = float(y_pred.sum(axis=1).mean()) if len(y_pred) else math.nan
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
@@ -172,6 +178,30 @@ def multi_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, labe
         out[f"{prefix}/support/{lab}"] = int(s[i])
     out.update(multi_label_row_scores(prefix, y_pred, y_true, unseen_rows, label_counts))
     return out
+
+
+def unseen_counts(y_true: np.ndarray, unseen_rows: np.ndarray | None = None,
+                  label_counts: np.ndarray | None = None) -> np.ndarray:
+    """Multi-label: the labels each row carries that the model does not know (no column in `y_true`): the data's
+    label count (`label_counts`, labels deduplicated) less the known ones; without counts, one per `unseen_rows`."""
+    n = len(y_true)
+    if label_counts is not None:
+        return np.maximum(np.asarray(label_counts, dtype=np.int64) - np.asarray(y_true).sum(axis=1), 0)
+    if unseen_rows is not None:
+        return np.asarray(unseen_rows, dtype=np.int64)
+    return np.zeros(n, dtype=np.int64)
+
+
+def with_unseen(y_true: np.ndarray, y_pred: np.ndarray, unseen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 matrices with one extra column per unknown label a row may carry, true there and never predicted, so
+    each unknown label is a false negative in micro/weighted/samples F1 (as scikit-learn scores the labels the data
+    writes: [card_lost, refund] predicted [card_lost] is half right, not a perfect row)."""
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    m = int(unseen.max()) if len(unseen) else 0
+    if m == 0:
+        return y_true, y_pred
+    extra = (np.arange(m)[None, :] < np.asarray(unseen)[:, None]).astype(int)
+    return np.hstack([y_true, extra]), np.hstack([y_pred, np.zeros_like(extra)])
 
 
 def standard_error(p: float, n: int) -> float:
@@ -329,11 +359,12 @@ def multi_label_row_scores(prefix: str, pred: np.ndarray, y_true: np.ndarray,
     if unseen_rows is not None:
         exact = exact & ~unseen_rows
     n_true = np.asarray(label_counts) if label_counts is not None else y_true.sum(axis=1)
+    yt_all, yp_all = with_unseen(y_true, pred, unseen_counts(y_true, unseen_rows, label_counts))
     out: dict = {}
     for name, rows in (("compound", n_true >= 2), ("single", n_true == 1)):
         out[f"{prefix}_{name}/n"] = int(rows.sum())
         if rows.any():
             out[f"{prefix}_{name}/subset_accuracy"] = float(exact[rows].mean())
-            out[f"{prefix}_{name}/samples_f1"] = float(f1_score(y_true[rows], pred[rows], average="samples",
+            out[f"{prefix}_{name}/samples_f1"] = float(f1_score(yt_all[rows], yp_all[rows], average="samples",
                                                                 zero_division=0))
     return out

@@ -56,7 +56,8 @@ def test_multi_label():
     logits = np.where(np.array([[1, 0, 1], [0, 1, 1], [1, 0, 0]]) == 1, 4.0, -4.0)
     s = multi_label_scores("val", logits, y, LABELS, unseen_rows=np.array([True, False, False]))
     assert s["val/subset_accuracy"] == 0.0  # row 0 matches but carries an unseen label
-    assert s["val/micro_f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 1))
+    # tp 4, fp 1, fn 1 + row 0's unseen label (a false negative: it was 2*4/(2*4+1+1), the unseen label dropped)
+    assert s["val/micro_f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 2))
     assert s["val/recall/b"] == 0.5
 
 
@@ -117,3 +118,55 @@ def test_softmax_makes_one_array_of_the_logits_size_and_leaves_them_as_they_were
     e = np.exp(before.astype(np.float64) - before.max(axis=1, keepdims=True))
     np.testing.assert_allclose(p, e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
     assert p.dtype == np.float32 and p[0, 0] == pytest.approx(1 / (1 + np.exp(-1.0)), rel=1e-6)
+
+
+def _raw_label_scores(true_sets, pred_sets):
+    """scikit-learn over every label the data writes (the reference the run's numbers must equal)."""
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    mlb = MultiLabelBinarizer().fit(list(true_sets) + list(pred_sets))
+    yt, yp = mlb.transform(true_sets), mlb.transform(pred_sets)
+    return {avg: f1_score(yt, yp, average=avg, zero_division=1.0 if avg == "samples" else 0)
+            for avg in ("micro", "weighted", "samples")}
+
+
+def test_multi_label_unseen_labels_are_false_negatives_in_micro_weighted_and_samples_f1():
+    """[a, refund] predicted [a] is half right, not a perfect row: it scored micro 1.0, samples 1.0 before."""
+    true_sets = [["a", "refund"], ["a", "refund"], ["b"], ["b", "c"], ["c", "refund", "pin"]]
+    pred_sets = [["a"], ["a"], ["b"], ["b", "c"], ["c"]]
+    index = {lab: i for i, lab in enumerate(LABELS)}
+
+    def hot(sets):
+        return np.array([[int(lab in row) for lab in LABELS] for row in sets])
+
+    y, pred = hot(true_sets), hot(pred_sets)
+    counts = np.array([len(row) for row in true_sets])
+    unseen = np.array([any(lab not in index for lab in row) for row in true_sets])
+    s = multi_label_scores("val", np.where(pred == 1, 4.0, -4.0), y, LABELS, unseen_rows=unseen, pred=pred,
+                           label_counts=counts)
+    ref = _raw_label_scores(true_sets, pred_sets)
+    assert s["val/micro_f1"] == pytest.approx(ref["micro"]) == pytest.approx(2 * 6 / (2 * 6 + 0 + 4))
+    assert s["val/weighted_f1"] == pytest.approx(ref["weighted"]) == pytest.approx(6 / 10)
+    assert s["val/samples_f1"] == pytest.approx(ref["samples"])
+    assert s["val/subset_accuracy"] == pytest.approx(2 / 5)
+    assert s["val/macro_f1"] == 1.0  # the trained classes only: every a, b, c is right (docs/run-record.md)
+    # compound rows: [a, refund] x2, [b, c], [c, refund, pin]: per-row F1 2/3, 2/3, 1, 1/2
+    assert s["val_compound/samples_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1 + 0.5) / 4)
+    assert s["val_compound/n"] == 4
+
+
+def test_single_label_weighted_f1_counts_unseen_label_rows_as_errors_with_their_support():
+    """Unseen-label rows had weight 0: weighted-F1 read 0.92 with accuracy 0.81."""
+    from sklearn.metrics import f1_score
+
+    from loratune.metrics import prediction_scores
+
+    raw_true = ["a", "a", "b", "b", "c", "refund", "refund", "refund"]
+    raw_pred = ["a", "a", "b", "c", "c", "a", "b", "b"]
+    index = {lab: i for i, lab in enumerate(LABELS)}
+    s, _ = prediction_scores("val", np.array([index[p] for p in raw_pred]),
+                             np.array([index.get(t, -1) for t in raw_true]), LABELS)
+    ref = f1_score(raw_true, raw_pred, average="weighted", zero_division=0)
+    assert s["val/weighted_f1"] == pytest.approx(ref) == pytest.approx((2 * 0.8 + 2 * 0.4 + 2 / 3) / 8)
+    assert s["val/accuracy"] == 4 / 8
