@@ -405,3 +405,24 @@ def test_the_ceiling_reason_states_the_breakeven_rank_it_floors():
 
     reason = recommend({"train_rows": 500, "model_hidden": 32}).capacity_ceiling.reason
     assert "hidden/6 = 5.33" in reason and "the largest power of 2 at or below it: 4" in reason
+
+
+def test_probe_macro_f1_scores_the_trained_classes_as_training_does():
+    """The probe is the baseline val/macro_f1 is compared with: a val label outside the train space is no class in
+    its macro-F1 either (it was: 0.40 with refund at F1 0, against 0.50 for the same predictions scored as training
+    scores them). Three refund rows sit on class a's centre: the probe says a, three false positives of a."""
+    from loratune.metrics import prediction_scores
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 16) * 10
+    Xt = np.vstack([c + rng.normal(0, 0.1, (10, 16)) for c in centres])
+    yt = [(lab,) for lab in ("a", "b", "c") for _ in range(10)]
+    Xv = np.vstack([centres[0] + rng.normal(0, 0.1, (7, 16)), centres[1] + rng.normal(0, 0.1, (4, 16))])
+    yv = [("a",)] * 4 + [("refund",)] * 3 + [("b",)] * 4  # no c row in validation
+    space = LabelSpace(("a", "b", "c"), False)
+    p = probe_from_embeddings(Xt, yt, Xv, yv, space, seed=0)
+    trained, _ = prediction_scores("val", np.array([0] * 7 + [1] * 4), np.array([0] * 4 + [-1] * 3 + [1] * 4),
+                                   space.labels)
+    assert p.macro_f1 == pytest.approx(trained["val/macro_f1"]) == pytest.approx((8 / 11 + 1.0) / 2)
+    assert p.accuracy == pytest.approx(8 / 11)  # the refund rows are still errors
+    assert {(c.true, c.pred) for c in p.confused_pairs} == {("refund", "a")}
