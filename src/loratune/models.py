@@ -129,6 +129,9 @@ def align_pad_token_id(model, pad_token_id: int | None) -> str | None:
 
 # The note align_pad_token_id gave when loading a classifier, kept on the model object (never in its saved config).
 PAD_NOTE_ATTR = "loratune_pad_note"
+# The note saying a base model's own classification head (another label count) was replaced; the model's, like the
+# pad note (run.json model.head_note).
+HEAD_NOTE_ATTR = "loratune_head_note"
 
 
 def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2label: dict[int, str] | None = None,
@@ -149,6 +152,7 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
         kwargs["label2id"] = {v: int(k) for k, v in id2label.items()}
     if src.gguf_file:
         kwargs["gguf_file"] = src.gguf_file
+    head_note = None
     try:
         with quiet_transformers():  # the "newly initialized head" report is expected, not news
             model = AutoModelForSequenceClassification.from_pretrained(src.path, **kwargs)
@@ -158,11 +162,42 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
                             "use an encoder (BERT family) or a decoder with a *ForSequenceClassification class")
         raise _hub_error(src, exc) from None
     except Exception as exc:
-        raise _hub_error(src, exc) from None
+        if "ignore_mismatched_sizes" not in str(exc):
+            raise _hub_error(src, exc) from None
+        # the folder is already a classifier, with another label count: loratune trains a fresh head anyway
+        model, head_note = _replace_head(cfg, src, kwargs, num_labels, exc)
     if pad_token_id is None:
         pad_token_id = load_tokenizer(cfg).pad_token_id
     setattr(model, PAD_NOTE_ATTR, align_pad_token_id(model, pad_token_id))
+    setattr(model, HEAD_NOTE_ATTR, head_note)
     return model
+
+
+def _replace_head(cfg: ModelConfig, src: ModelSource, kwargs: dict, num_labels: int, exc: Exception):
+    """A base model saved as a classifier with another label count: loaded again with its head's weights left out
+    (ignore_mismatched_sizes), when only the head's shapes differ; any other mismatched weight is a damaged folder,
+    refused. Returns (model, the note for run.json)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from loratune.adapt import head_modules
+    from loratune.precision import under
+
+    try:
+        with quiet_transformers():
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                src.path, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+    except Exception:
+        raise _hub_error(src, exc) from None
+    mismatched = sorted(str(m[0]) for m in info.get("mismatched_keys") or ())
+    heads = head_modules(model)
+    outside = [k for k in mismatched if not under(k, heads)]
+    if outside:
+        raise UserError(f"could not load the model from '{src.path}': weight(s) {', '.join(outside[:5])} have "
+                        "other shapes than its config.json says", "check the folder's files (config.json and "
+                        "the weights must come from the same model)")
+    old = getattr(load_model_config(cfg), "num_labels", None)
+    return model, (f"the folder's own {old}-label classification head ({', '.join(mismatched)}) was replaced by a "
+                   f"fresh {num_labels}-label head (loratune trains its head for the data's labels)")
 
 
 def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None):

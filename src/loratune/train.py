@@ -45,7 +45,7 @@ from loratune.eval_extras import EvalExtras
 from loratune.losses import LossSpec, compute_loss, loss_spec
 from loratune.metrics import (Decoding, crossfit_thresholds, decode, multi_label_scores, sigmoid,
                               single_label_scores, tune_thresholds)
-from loratune.models import PAD_NOTE_ATTR, load_classifier, load_tokenizer, resolve_model
+from loratune.models import HEAD_NOTE_ATTR, PAD_NOTE_ATTR, load_classifier, load_tokenizer, resolve_model
 from loratune.store import LABEL_MAP, RunStore, write_json
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
@@ -809,7 +809,8 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         "data_notes": list(dataset.notes),
         "model": {"name_or_path": cfg.model.name_or_path, "model_type": base.config.model_type,
                   "num_layers": num_layers(base), "depth": depth(base), "adapted_modules": len(sites),
-                  "pad_token_id": base.config.pad_token_id, "pad_note": getattr(base, PAD_NOTE_ATTR, None)},
+                  "pad_token_id": base.config.pad_token_id, "pad_note": getattr(base, PAD_NOTE_ATTR, None),
+                  "head_note": getattr(base, HEAD_NOTE_ATTR, None)},
         "method": cfg.adapter.method,
         "params": params.to_dict(),
         "rows": {"train": len(dataset.train), "train_eval": len(sub), "val": len(dataset.validation)},

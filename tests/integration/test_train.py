@@ -568,3 +568,54 @@ def test_every_field_of_a_fresh_run_json_is_in_the_run_record_doc(tiny_bert, int
             missing += [f"{k}.{sub}" for sub in v if f'"{sub}"' not in after]
     assert not missing, f"run.json fields not in docs/run-record.md: {missing}"
     assert run["partial"] is False and "eval" in run and run["eval"]["test"] == run["test"]
+
+
+def _bert_classifier(folder, num_labels: int, **config) -> str:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from support import _save_tokenizer
+
+    tok = _save_tokenizer(folder)
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128, initializer_range=0.2, num_labels=num_labels, **config)).save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_base_model_that_is_a_classifier_of_another_label_count_gets_a_fresh_head(intent_data, tmp_path):
+    """A BertForSequenceClassification folder with 2 labels failed with 'could not load the model: You set
+    `ignore_mismatched_sizes` to `False`... look at the above report!' (no report shown; the files were fine).
+    Its head is replaced by a fresh one for the data's labels, and run.json says so."""
+    folder = _bert_classifier(tmp_path / "bert-cls2", 2)
+    _, run = _train(folder, intent_data, tmp_path / "run", max_steps=2)
+    k = len(run["labels"])
+    assert k != 2 and run["status"] == "completed"
+    note = run["model"]["head_note"]
+    assert "own 2-label classification head" in note and f"fresh {k}-label head" in note
+    assert "classifier.weight" in note
+    assert len(api.predict(tmp_path / "run", ["lost my card"])[0]["top"]) >= 1
+
+
+def test_a_base_model_with_its_own_head_at_the_data_label_count_has_no_head_note(tmp_path):
+    from loratune.config import ModelConfig
+    from loratune.models import HEAD_NOTE_ATTR, load_classifier
+
+    folder = _bert_classifier(tmp_path / "bert-cls3", 3)
+    assert getattr(load_classifier(ModelConfig(name_or_path=folder), 3, False), HEAD_NOTE_ATTR) is None
+
+
+def test_a_classifier_folder_whose_other_weights_mismatch_its_config_is_refused(tmp_path):
+    """Only the head may be left out: a weight of the encoder with another shape is a damaged folder."""
+    from loratune.config import ModelConfig
+    from loratune.errors import UserError
+    from loratune.models import load_classifier
+
+    folder = _bert_classifier(tmp_path / "bert-bad", 2)
+    cfg_file = tmp_path / "bert-bad" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["intermediate_size"] = 48
+    cfg_file.write_text(json.dumps(cfg))
+    with pytest.raises(UserError) as err:
+        load_classifier(ModelConfig(name_or_path=folder), 4, False)
+    assert "intermediate.dense.weight" in str(err.value) and "other shapes than its config.json" in str(err.value)
