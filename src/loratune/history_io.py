@@ -109,10 +109,7 @@ def _load_run(path: str | Path) -> RunHistory:
             # stops at its save (and a run with save_strategy='no' has none); read before the Trainer's own state
             # too when it corrected the logged losses (summed over gradient accumulation: the files read 3 x ln 4
             # as an explosion)
-            try:
-                scaled = bool(json.loads((record / "run.json").read_text(encoding="utf-8")).get("train_loss_scale"))
-            except (OSError, ValueError, AttributeError):
-                scaled = False
+            scaled = record_loss_scale(p) is not None
             top = (p / "trainer_state.json").is_file()
             if not top or scaled:
                 run = read_loratune_run(record)
@@ -378,7 +375,42 @@ def read_trainer_state(path: str | Path) -> RunHistory:
     name = p.parent.name if p.name == "trainer_state.json" else p.stem
     if name.startswith("checkpoint-") and p.name == "trainer_state.json":
         name = p.parent.parent.name
+        scale = record_loss_scale(p.parent.parent)
+        if scale is not None:
+            # the callback's record in the run folder above says this classifier's logged losses are sums over
+            # gradient accumulation: a checkpoint's state holds the same sums (3 x ln 4 read as diverged)
+            state = {**state, "log_history": [scaled_train_losses(e, scale) for e in entries]}
+            run = history_from_trainer_state(state, p.parent, name=name, path=str(p))
+            return replace(run, notes=run.notes + (
+                f"train losses x {scale:.4g}, read as the mean of their accumulation steps, as the loratune "
+                f"callback's record ({p.parent.parent / CALLBACK_RECORD_DIR}) says",))
     return history_from_trainer_state(state, p.parent, name=name, path=str(p))
+
+
+def record_loss_scale(run_folder: Path) -> float | None:
+    """The factor LoratuneCallback's record in `run_folder` puts on the Trainer's logged train losses (a
+    classifier's sums over gradient accumulation read as their mean), or None when it put none."""
+    try:
+        meta = json.loads((Path(run_folder) / CALLBACK_RECORD_DIR / "run.json").read_text(encoding="utf-8"))
+        factor = (meta.get("train_loss_scale") or {}).get("factor")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(factor) if _fin(factor) and factor > 0 else None
+
+
+def scaled_train_losses(entry: Mapping[str, Any], scale: float) -> Mapping[str, Any]:
+    """A Trainer log entry with its train loss(es) times `scale` (eval entries untouched)."""
+    if scale == 1.0 or not isinstance(entry, Mapping) or any(str(k).startswith("eval_") for k in entry):
+        return entry
+    return {k: v * scale if k in ("loss", "train_loss") and _fin(v) is not None else v for k, v in entry.items()}
+
+
+def nan_filtered_loss(entry: Mapping[str, Any]) -> bool:
+    """Whether a Trainer log entry's loss stands in for a non-finite one. With logging_nan_inf_filter (the default)
+    the Trainer logs a NaN step's loss as the mean of the finite ones since the last log: 0 when there were none
+    (a run diverged to NaN logged `loss 0` at every step, `grad_norm nan` beside it). A real loss of 0 comes with a
+    finite gradient."""
+    return _fin(entry.get("loss")) == 0.0 and "grad_norm" in entry and _fin(entry.get("grad_norm")) is None
 
 
 def history_from_trainer_state(state: Mapping[str, Any], folder: Path, *, name: str, path: str | None = None,
@@ -974,7 +1006,7 @@ def _percent_to_share(points: list[dict], notes: list[str]) -> None:
 
 def _window(entries: Sequence[dict]) -> dict:
     out: dict[str, Any] = {}
-    losses = [e.get("loss") for e in entries]
+    losses = [math.nan if nan_filtered_loss(e) else e.get("loss") for e in entries]  # NaN, never 0
     if not losses:
         return out
     finite = [float(x) for x in losses if _fin(x) is not None]

@@ -475,3 +475,148 @@ def test_a_stop_at_the_last_planned_step_leaves_a_completed_record(tmp_path, at,
     cb.on_train_end(args, state, control)
     record = json.loads((tmp_path / "loratune" / "run.json").read_text())
     assert record["status"] == status and record["stopped_by"] == "collapse"
+
+
+# ---- the callback inside a user's training: faults and edge cases ----------------------------------------------
+
+def test_a_nan_the_trainer_logs_as_loss_0_stops_the_run_and_is_never_recorded_as_0(tmp_path):
+    # logging_nan_inf_filter (the default) logs a NaN step's loss as the mean of the finite ones since the last log:
+    # 0 here, grad_norm nan beside it. The run went on to its first eval (or its end), recorded `completed` at 0.0
+    from loratune.history_io import history_from_trainer_state
+    from loratune.integrations import LoratuneCallback
+
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append)
+    out, trainer = _bert_trainer(tmp_path, lr=1e8, steps=20, peft=False, callbacks=[cb], eval_steps=20, save=False)
+    assert any(e.get("loss") == 0 and math.isnan(e.get("grad_norm", 0.0)) for e in trainer.state.log_history)
+    assert cb.stopped_by == "diverged" and trainer.state.global_step < 5
+    assert any("gradient norm is nan" in m for m in said)
+    assert json.loads((out / "loratune" / "run.json").read_text())["status"] == "diverged"
+    log = [{"step": 1, "loss": 1.39, "grad_norm": 3.0}, {"step": 1, "eval_loss": 1.4},
+           {"step": 2, "loss": 0.0, "grad_norm": float("nan")},
+           {"step": 2, "eval_loss": 1.5}, {"step": 3, "loss": 0.0, "grad_norm": 0.5}, {"step": 3, "eval_loss": 1.4}]
+    run = history_from_trainer_state({"log_history": log, "max_steps": 3}, tmp_path, name="x")
+    assert run.points[1]["train/loss"] is None  # non-finite, as the rules read null
+    assert run.points[2]["train/loss"] == 0.0  # a real 0 (a finite gradient beside it) stays
+
+
+def _fake_diagnosis(rule_ids):
+    from types import SimpleNamespace
+
+    active = [SimpleNamespace(rule_id=r, tentative=False, confidence=0.9, route=("a reading",), verdict=r,
+                              moves=("a move",)) for r in rule_ids]
+    return SimpleNamespace(active=active, verdict=rule_ids[0] if rule_ids else "healthy", finding=lambda r: None)
+
+
+def test_overfit_patience_counts_evaluations_not_eval_sets(tmp_path, monkeypatch):
+    # with eval_dataset={"val": ..., "train": ...} the Trainer calls on_evaluate once per set at the same step:
+    # overfit_patience=2 stopped after two evaluations, saying "3 evaluations in a row"
+    from types import SimpleNamespace
+
+    import loratune.integrations.trainer as T
+    from loratune.integrations import LoratuneCallback
+
+    monkeypatch.setattr(T, "diagnose", lambda *a, **k: _fake_diagnosis(["overfit-capacity"]))
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append, record=False, overfit_patience=2)
+    args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(should_training_stop=False)
+    cb.on_train_begin(args, None, control)
+    stopped_at = None
+    for step in (5, 10, 15, 20):
+        for _ in ("val", "train"):
+            state = SimpleNamespace(max_steps=40, global_step=step, log_history=[], is_world_process_zero=True)
+            cb.on_evaluate(args, state, control)
+        if control.should_training_stop:
+            stopped_at = step
+            break
+    assert stopped_at == 15 and cb.stopped_by == "overfit"
+    assert said[-1].endswith("overfit-capacity at 3 evaluations in a row (patience 2)")
+    assert sum("overfit-capacity -" in m for m in said) == 1
+
+
+def test_a_collapse_reading_on_a_loss_at_new_lows_is_not_said(tmp_path):
+    # the collapse hold was skipped at an evaluation whose val loss set a new low: lr-too-large / collapsed printed
+    # on a run that was learning (and never stopped, so the message was a false alarm)
+    from loratune.integrations import LoratuneCallback
+
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append, record=False, collapse_hold=1.0)
+    control, at = _evaluate_each(cb, _pinned_at_start(40, 1, creep=1e-4), 100, tmp_path)
+    assert at is None and cb.stopped_by is None
+    assert not any(" collapsed - " in m or " lr-too-large - " in m for m in said), said
+
+
+def test_a_live_callback_record_reads_running_and_its_end_completed(tmp_path):
+    # the record said `running` with no run.lock: diagnose/show read the live run as `died` (partial)
+    from types import SimpleNamespace
+
+    from loratune.integrations import LoratuneCallback
+
+    log = _pinned_at_start(3, 5)
+    state = SimpleNamespace(max_steps=15, num_train_epochs=1, train_batch_size=8, logging_steps=5, eval_steps=5,
+                            save_steps=500, global_step=10, log_history=log[:4], is_world_process_zero=True)
+    args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(should_training_stop=False)
+    cb = LoratuneCallback(printer=lambda s: None)
+    cb.on_train_begin(args, state, control)
+    cb.on_evaluate(args, state, control)
+    live = load_run(tmp_path / "loratune")
+    assert live.meta["status"] == "running" and not live.meta.get("partial")
+    state.global_step, state.log_history = 15, log
+    cb.on_train_end(args, state, control)
+    done = load_run(tmp_path / "loratune")
+    assert done.meta["status"] == "completed" and not (tmp_path / "loratune" / "run.lock").exists()
+
+
+@pytest.mark.parametrize("options, names", [
+    ({"thresholds": {"diverged_loss_ratio": "3"}}, "thresholds"),
+    ({"overfit_patience": "2"}, "overfit_patience"),
+    ({"overfit_patience": 1.5}, "overfit_patience"),
+    ({"collapse_hold": "0.2"}, "collapse_hold"),
+    ({"min_confidence": 5}, "min_confidence"),
+])
+def test_callback_options_are_checked_when_it_is_made(options, names):
+    # a non-numeric threshold was accepted, then ended the user's training at its first evaluation
+    from loratune.integrations import LoratuneCallback
+
+    with pytest.raises(ValueError, match=names):
+        LoratuneCallback(**options)
+
+
+def test_a_failing_record_or_diagnosis_warns_once_and_never_ends_the_training(tmp_path, monkeypatch):
+    import errno
+
+    import loratune.integrations.trainer as T
+    from loratune.integrations import LoratuneCallback
+
+    real, writes = T._write_record, []
+
+    def full_disk(folder, points, meta):
+        writes.append(meta["status"])
+        if len(writes) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(folder, points, meta)
+
+    monkeypatch.setattr(T, "_write_record", full_disk)
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append, stop_on=())
+    control, at = _evaluate_each(cb, _pinned_at_start(6, 5), 30, tmp_path)
+    assert at is None and len(writes) == 6
+    warnings = [m for m in said if "warning" in m]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0]
+    monkeypatch.setattr(T, "diagnose", lambda *a, **k: 1 / 0)
+    said.clear()
+    control, at = _evaluate_each(cb, _pinned_at_start(3, 5), 30, tmp_path)
+    assert at is None and len(said) == 1 and "ZeroDivisionError" in said[0]
+
+
+def test_a_checkpoint_of_a_run_with_accumulation_reads_the_callbacks_loss_scale(tmp_path):
+    # `loratune diagnose OUT/checkpoint-N` read the Trainer's summed losses (3 x ln 4) as diverged, although the
+    # callback's record in OUT says they are sums over gradient accumulation
+    from loratune.integrations import LoratuneCallback
+
+    out, _ = _bert_trainer(tmp_path, lr=5e-3, steps=10, peft=False, eval_steps=5, accum=3,
+                           callbacks=[LoratuneCallback(printer=lambda s: None)])
+    for where in (out / "checkpoint-10", out / "checkpoint-10" / "trainer_state.json"):
+        h = load_run(where)
+        assert h.points[0]["train/loss"] < 1.2 * math.log(4) and any("accumulation" in n for n in h.notes)
+        assert diagnose(h).verdict != "diverged"

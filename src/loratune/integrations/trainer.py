@@ -32,9 +32,12 @@ from typing import Any, Callable, Iterable
 from transformers import TrainerCallback
 
 from loratune.diagnose import Diagnosis, diagnose
-from loratune.history_io import CALLBACK_RECORD_DIR, history_from_trainer_state
+from loratune.history_io import (CALLBACK_RECORD_DIR, history_from_trainer_state, nan_filtered_loss,
+                                 scaled_train_losses)
 from loratune.features import LORA_PEFT_TYPES
-from loratune.rules import THRESHOLDS
+from loratune.errors import UserError
+from loratune.rules import THRESHOLDS, resolve_thresholds
+from loratune.store import RunLock
 
 STOP_REASONS = ("diverged", "collapse")  # what the callback may stop on by default
 QUIET_MIDRUN = ("healthy", "undertrained")  # findings that describe any run still learning: never printed
@@ -64,8 +67,15 @@ class LoratuneCallback(TrainerCallback):
         unknown = [s for s in stop_on if s not in STOP_REASONS]
         if unknown:
             raise ValueError(f"stop_on: unknown {unknown}; allowed: {', '.join(STOP_REASONS)}")
-        if overfit_patience is not None and overfit_patience < 0:
-            raise ValueError("overfit_patience: an integer >= 0, or None")
+        # checked here, not at the first evaluation: a bad option must not end the user's training midway
+        if overfit_patience is not None and (not _is_int(overfit_patience) or overfit_patience < 0):
+            raise ValueError(f"overfit_patience: {overfit_patience!r} is not an integer >= 0; give one, or None")
+        if not _is_number(min_confidence) or not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence: {min_confidence!r} is not a confidence between 0 and 1 (above 1 "
+                             "nothing would ever be printed); give e.g. 0.6")
+        if not _is_number(collapse_hold) or not 0.0 <= collapse_hold <= 1.0:
+            raise ValueError(f"collapse_hold: {collapse_hold!r} is not a share of the planned steps; give a number "
+                             "between 0 and 1")
         self.stop_on = stop_on
         self.overfit_patience = overfit_patience
         self.min_confidence = float(min_confidence)
@@ -73,8 +83,10 @@ class LoratuneCallback(TrainerCallback):
         unknown_t = [k for k in self.thresholds if k not in THRESHOLDS]
         if unknown_t:
             raise ValueError(f"thresholds: unknown {unknown_t} (names from `loratune rules`)")
-        if not 0.0 <= collapse_hold <= 1.0:
-            raise ValueError("collapse_hold: a share of the planned steps, between 0 and 1")
+        try:  # the values as the diagnosis will check them at every evaluation (a "3" is no threshold)
+            resolve_thresholds(self.thresholds)
+        except UserError as exc:
+            raise ValueError(f"thresholds: {exc}") from None
         self.collapse_hold = float(collapse_hold)
         self.record = record
         self.printer = printer
@@ -94,14 +106,33 @@ class LoratuneCallback(TrainerCallback):
         self.stopped_by: str | None = None
         self.last: Diagnosis | None = None
         self._started = time.time()
+        # an eval_dataset dict makes the Trainer call on_evaluate once per set, at the same step: the streaks count
+        # evaluations, not sets (two sets stopped an overfit_patience=2 run after two evaluations)
+        self._eval_step: int | None = None  # the step of the evaluation under way
+        self._eval_calls = 0  # on_evaluate calls at that step so far
+        self._sets = 0  # the calls an evaluation made before (the number of eval sets; 0 until one evaluation ended)
+        self._streaks_before: tuple = (0, None, 0)  # (collapse_streak, collapse_since, overfit_streak) before it
+        self._warned: set[str] = set()  # what failed in the callback's own bookkeeping, said once each
+        self._release_lock()
+        self._lock = None  # the record's run.lock, held while training: `running` reads alive (store.liveness)
 
     # -- Trainer events -------------------------------------------------------------------------
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if isinstance(loss, (int, float)) and not math.isfinite(float(loss)) and "diverged" in self.stop_on:
-            self._stop(control, "diverged", f"the train loss is {loss} at step {state.global_step}: the run "
-                                            "diverged (next move: learning_rate /10, check the data)")
+        logs = logs or {}
+        loss, grad = logs.get("loss"), logs.get("grad_norm")
+        why = None
+        if isinstance(loss, (int, float)) and not math.isfinite(float(loss)):
+            why = f"the train loss is {loss}"
+        elif isinstance(grad, (int, float)) and not math.isfinite(float(grad)) and (
+                nan_filtered_loss(logs) or not getattr(args, "fp16", False)):
+            # fp16's loss scaler skips a step whose gradient overflowed (and logs its norm as inf); any other run
+            # applied it and its weights are no numbers now. logging_nan_inf_filter (the default) logs such a
+            # step's loss as the mean of the earlier ones (0 when every step since the last log was NaN)
+            why = f"the gradient norm is {grad} (the logged train loss {loss} stands in for a non-finite one)"
+        if why and "diverged" in self.stop_on:
+            self._stop(control, "diverged", f"{why} at step {state.global_step}: the run diverged (next move: "
+                                            "learning_rate /10, check the data)")
         return control
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -117,29 +148,43 @@ class LoratuneCallback(TrainerCallback):
             # `trainer.evaluate()` with no training, or after it (of the best checkpoint reloaded, or a test set):
             # not a point of the run; the record keeps what training measured, and its final status
             return control
-        d = self._diagnose(args, state, kwargs.get("model"))
+        step = state.global_step
+        if step == self._eval_step:  # another set of the same evaluation: redo its update from where it started
+            self._eval_calls += 1
+            self.collapse_streak, self.collapse_since, self.overfit_streak = self._streaks_before
+        else:
+            self._sets = max(self._sets, self._eval_calls)
+            self._eval_step, self._eval_calls = step, 1
+            self._streaks_before = (self.collapse_streak, self.collapse_since, self.overfit_streak)
+        try:
+            d = self._diagnose(args, state, kwargs.get("model"))
+        except Exception as exc:  # the callback's bookkeeping never ends the user's training
+            self._warn("diagnose", f"could not diagnose the run at step {step} ({type(exc).__name__}: {exc}); "
+                                   "training goes on without the diagnosis")
+            return control
         self.last = d
+        if self._eval_calls < self._sets:
+            return control  # the evaluation's other sets are still to come: act on the whole point
         confident = {f.rule_id for f in d.active if not f.tentative and f.confidence >= self.min_confidence}
-        collapse = "collapsed" in confident or ("lr-too-large" in confident and _collapsed(d))
-        if collapse and _new_val_low(self.points):  # a loss still setting new lows is moving, not pinned
-            self.collapse_streak, self.collapse_since = 0, None
-            collapse = False
+        pinned = "collapsed" in confident or ("lr-too-large" in confident and _collapsed(d))
+        # a loss still setting new lows is moving, not pinned: no streak, yet no alarm either (the hold decides)
+        collapse = pinned and not _new_val_low(self.points)
         if collapse:
             self.collapse_streak += 1
-            self.collapse_since = state.global_step if self.collapse_since is None else self.collapse_since
+            self.collapse_since = step if self.collapse_since is None else self.collapse_since
         else:
             self.collapse_streak, self.collapse_since = 0, None
         collapse_held = collapse and self.collapse_streak >= 2 and (
-            state.global_step - self.collapse_since >= self.collapse_hold * (state.max_steps or 0))
+            step - self.collapse_since >= self.collapse_hold * (state.max_steps or 0))
         for f in d.active:
             if (f.rule_id in QUIET_MIDRUN or f.tentative or f.confidence < self.min_confidence
                     or f.rule_id in self.reported):
                 continue
-            if collapse and not collapse_held and (f.rule_id == "collapsed" or f.rule_id == "lr-too-large"):
+            if pinned and not collapse_held and (f.rule_id == "collapsed" or f.rule_id == "lr-too-large"):
                 continue  # not yet: a collapse early in the plan reads like a model that has not started learning
             self.reported.add(f.rule_id)
             reading = "; ".join(f.route) or f.verdict  # what this run showed, else the rule's general verdict
-            self.printer(f"[loratune] step {state.global_step}: {f.rule_id} - {reading}; next move: "
+            self.printer(f"[loratune] step {step}: {f.rule_id} - {reading}; next move: "
                          f"{', '.join(f.moves)} (confidence {f.confidence:.2f})")
         if "diverged" in confident and "diverged" in self.stop_on:
             self._stop(control, "diverged", "the diagnosis says diverged (exploding or non-finite loss)")
@@ -154,9 +199,14 @@ class LoratuneCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.finished = True
-        if self.record and state.is_world_process_zero:
-            d = self._diagnose(args, state, kwargs.get("model"), final=True)
-            self.last = d
+        try:
+            if self.record and state.is_world_process_zero:
+                try:
+                    self.last = self._diagnose(args, state, kwargs.get("model"), final=True)
+                except Exception as exc:  # the training is over: what it saved stands whatever this says
+                    self._warn("diagnose", f"could not diagnose the finished run ({type(exc).__name__}: {exc})")
+        finally:
+            self._release_lock()  # the final record is written: nothing trains into it any more
         return control
 
     # -- helpers --------------------------------------------------------------------------------
@@ -167,11 +217,36 @@ class LoratuneCallback(TrainerCallback):
             self.printer(f"[loratune] stopping the training: {why}")
         control.should_training_stop = True
 
+    def _warn(self, what: str, message: str) -> None:
+        """Say a failure of the callback's own work once per kind: the training goes on."""
+        if what not in self._warned:
+            self._warned.add(what)
+            self.printer(f"[loratune] warning: {message}")
+
+    def _release_lock(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+        self._lock = None
+
+    def _hold_lock(self, folder: Path) -> None:
+        """Hold `<record>/run.lock` while training, as `loratune train` holds its run's: a record that says
+        `running` with no lock read as a process that died (diagnose: 'partial run (status died)')."""
+        if self._lock is not None:
+            return
+        lock = RunLock(folder)
+        try:
+            lock.acquire()
+        except UserError as exc:  # another process trains into this output_dir: its record, its lock
+            self._warn("lock", f"{exc.problem}; the record at {folder} may mix both runs")
+            return
+        self._lock = lock
+
     def _diagnose(self, args, state, model, final: bool = False) -> Diagnosis:
         out = Path(args.output_dir)
         fields = {k: getattr(state, k, None) for k in ("max_steps", "num_train_epochs", "train_batch_size",
                                                         "logging_steps", "eval_steps", "save_steps", "global_step")}
-        fields["log_history"] = [_scaled(e, self.loss_scale) for e in state.log_history]
+        fields["log_history"] = [scaled_train_losses(e, self.loss_scale) for e in state.log_history]
         run = history_from_trainer_state(fields, out, name=out.name, path=str(out), adapter=_peft_config(model),
                                          source_file="the live TrainerState")
         self.points = run.points
@@ -185,7 +260,7 @@ class LoratuneCallback(TrainerCallback):
             if final:  # the loratune record's statuses: a run stopped for divergence is `diverged`
                 cut = self.stopped_by and (state.global_step or 0) < (state.max_steps or 0)  # a stop at the last step
                 status = "diverged" if self.stopped_by == "diverged" else "stopped" if cut else "completed"
-            _write_record(out / RECORD_DIR, run.points, {
+            record = {
                 **{k: v for k, v in meta.items() if k != "partial"}, "status": status, "source": "hf-trainer callback",
                 "stopped_by": self.stopped_by, "verdict": d.verdict, "config": run.config,
                 **({"method": "lora"} if str((_peft_config(model) or {}).get("peft_type")).upper() in LORA_PEFT_TYPES
@@ -195,13 +270,30 @@ class LoratuneCallback(TrainerCallback):
                     "why": "the Trainer logged each train loss as the sum of its gradient-accumulation micro-batches' "
                            "means (a classifier whose forward takes **kwargs: transformers leaves the scaling to the "
                            "model, which does not scale): read as their mean"},
-                "wall_s": round(time.time() - self._started, 3), "pid": os.getpid()})
+                "wall_s": round(time.time() - self._started, 3), "pid": os.getpid()}
+            try:
+                folder = out / RECORD_DIR
+                folder.mkdir(parents=True, exist_ok=True)
+                if not final:
+                    self._hold_lock(folder)
+                _write_record(folder, run.points, record)
+            except OSError as exc:  # a full or read-only disk: the user's training matters more than our record
+                self._warn("record", f"could not write the run record in {out / RECORD_DIR} "
+                                     f"({exc.strerror or exc}); training goes on, the record is behind")
         return d
 
 
 # heads whose loss is a plain mean over the batch, whatever `num_items_in_batch` says (a causal LM's loss function
 # divides by it: its logged loss is a mean already)
 MEAN_LOSS_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice", "ForQuestionAnswering")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _sums_micro_batch_losses(model) -> bool:
@@ -224,14 +316,6 @@ def _sums_micro_batch_losses(model) -> bool:
             return False
         accepts = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params)
     return bool(accepts) and type(base).__name__.endswith(MEAN_LOSS_HEADS)
-
-
-def _scaled(entry: dict, scale: float) -> dict:
-    """A log entry with its train loss(es) times `scale` (eval entries untouched)."""
-    if scale == 1.0 or any(k.startswith("eval_") for k in entry):
-        return entry
-    return {k: v * scale if k in ("loss", "train_loss") and isinstance(v, (int, float)) else v
-            for k, v in entry.items()}
 
 
 def _new_val_low(points) -> bool:
@@ -273,7 +357,6 @@ def _labels(model) -> list[str] | None:
 
 def _write_record(folder: Path, points, meta: dict) -> None:
     """history.jsonl and run.json, each written whole to a temp file and renamed (never a torn file)."""
-    folder.mkdir(parents=True, exist_ok=True)
     for name, text in (("history.jsonl", "".join(json.dumps(p, default=_json) + "\n" for p in points)),
                        ("run.json", json.dumps(meta, indent=2, default=_json) + "\n")):
         tmp = folder / f".{name}.tmp"
