@@ -8,7 +8,9 @@ that fire with confidence (not tentative, at least `min_confidence`) and are ala
 printed (`healthy` and `undertrained` describe every run that is still learning, so they are not).
 
 It can stop training (`control.should_training_stop`), saying why:
-- `diverged`: a non-finite train loss at any logging step, or the `diverged` rule at an evaluation;
+- `diverged`: a non-finite train loss or gradient norm at any logging step (the Trainer logs a NaN step's loss
+  as 0 by default, its gradient norm as nan; under fp16 a non-finite norm is a step the loss scaler skipped),
+  or the `diverged` rule at an evaluation;
 - `collapse`: a one-class collapse (predictions on one class, loss pinned near ln(classes)): the
   `collapsed` rule, or the `lr-too-large` rule's collapse routes at an lr far above the usual range, held at
   every evaluation over `collapse_hold` of the planned steps (and at two evaluations at least), its val loss
@@ -17,7 +19,10 @@ It can stop training (`control.should_training_stop`), saying why:
   class predicted for its first 10 steps and ends at 0.90 accuracy), and one whose val loss keeps creeping to new
   lows is moving (1.3867 -> 1.383 over 40 steps, then 1.0 accuracy); it is neither printed nor acted on before;
 - overfitting, opt-in: `overfit_patience=N` stops after `overfit-capacity` has fired at N + 1
-  evaluations in a row.
+  evaluations in a row (an evaluation of several eval sets counts once).
+
+Its own bookkeeping never ends the training: a record it cannot write or a diagnosis that fails is said once.
+While training it holds `<output_dir>/loratune/run.lock`, so readers see a live run as `running`.
 """
 
 from __future__ import annotations
