@@ -790,20 +790,23 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
             t_step = time.perf_counter()
             step_loss, n_examples, n_tokens = 0.0, 0, 0
             # the step's micro-batches over all ranks: accum x world, fewer at an epoch's end (train.step_groups);
-            # the step's loss is their mean (DDP and FSDP average the ranks' gradients: each scales by world / count)
+            # the step's loss is the mean over all their completion tokens, as one batch of the step's rows would
+            # give: a micro-batch weighs by its token count, not 1 / count (DDP and FSDP average the ranks'
+            # gradients, so each also scales by world)
             group = next(groups)
-            share, scale = group[ranks.rank::ranks.world], ranks.world / len(group)
+            share, step_scored = group[ranks.rank::ranks.world], max(1, train_enc.scored(r for g in group for r in g))
             passes = math.ceil(len(group) / ranks.world)  # as many on every rank: gradients sync on the last one
             for i in range(passes):
                 # a rank left without a micro-batch of a short group runs the group's first at weight 0, so that
                 # every rank takes part in every gradient exchange
-                rows, weight = (share[i], scale) if i < len(share) else (group[0], 0.0)
+                rows, real = (share[i], True) if i < len(share) else (group[0], False)
                 batch = collate_lm(train_enc, rows, pad_id, device)
                 with ranks.no_sync(train_model, skip=i < passes - 1):
                     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                         loss, n = lm_loss(train_model, batch)
+                    weight = ranks.world * n / step_scored if real else 0.0
                     (loss * weight).backward()
-                if weight:
+                if real:
                     step_loss += float(loss.detach()) * weight
                     n_examples += len(rows)
                     n_tokens += int(batch["attention_mask"].sum())

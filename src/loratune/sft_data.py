@@ -430,6 +430,11 @@ class SFTEncoded:
         ids, n = self.ids[row], int(self.prompt_lens[row])
         return [IGNORE] * n + ids[n:]
 
+    def scored(self, rows) -> int:
+        """Completion tokens the rows' loss scores: position t predicts token t+1, so a row's first token is
+        never scored (sft.scored_logits counts the same ones)."""
+        return sum(max(0, len(self.ids[i]) - max(1, int(self.prompt_lens[i]))) for i in rows)
+
     def __len__(self) -> int:
         return len(self.ids)
 

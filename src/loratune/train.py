@@ -921,13 +921,17 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                 break
             t_step = time.perf_counter()
             step_loss, n_examples = 0.0, 0
-            group = next(groups)  # accum micro-batches, fewer at an epoch's end: the loss is their mean
+            # accum micro-batches, fewer at an epoch's end (so often of unequal size): the step's loss is the mean
+            # over all its rows, as one batch of them would give, so a micro-batch weighs by its rows (each loss
+            # keeps its own reduction, a row mean: losses.reduce_rows), not 1 / count
+            group = next(groups)
+            step_rows = sum(len(rows) for rows in group)
             for rows in group:
                 batch = collate([train_enc.ids[i] for i in rows], pad_id, device)
                 target = torch.from_numpy(train_enc.targets[rows]).to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                     logits = forward_logits(model, train_enc, rows, batch)
-                loss = loss_fn(logits.float(), target, space.multi_label, spec) / len(group)
+                loss = loss_fn(logits.float(), target, space.multi_label, spec) * (len(rows) / step_rows)
                 loss.backward()
                 step_loss += float(loss.detach())
                 n_examples += len(rows)

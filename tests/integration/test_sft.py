@@ -674,3 +674,26 @@ def test_the_card_recipe_builds_the_prompt_ids_training_built(template, sft_data
     ours = encode_prompts(tok, Renderer.for_tokenizer(tok, template), [Example((Turn("user", "..."),), "")], 32)[0]
     assert ours[0] == tok.bos_token_id and ours[1] != tok.bos_token_id  # one BOS, as training wrote it
     assert scope["ids"][0].tolist() == ours
+
+
+def test_accumulation_weighs_micro_batches_by_completion_tokens_as_one_batch(lm, tmp_path):
+    # 8 rows, every other answer 4x as long: accumulated micro-batches hold unequal completion-token counts. The
+    # step is the per-token mean over all of them (as one batch of 8 gives), not the mean of micro-batch means
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = make_sft_rows(2, seed=1)
+    for i, r in enumerate(rows):
+        r["completion"] = " ".join([r["completion"]] * (1 + 3 * (i % 2)))
+    write_jsonl(data / "train.jsonl", rows)
+    write_jsonl(data / "validation.jsonl", make_sft_rows(1, seed=2))
+    seen = {}
+    for bs, accum in ((8, 1), (4, 2), (2, 4)):
+        out = tmp_path / f"r{bs}x{accum}"
+        assert cli.main(["train", "-q", *sft_overrides(lm, data, out, max_steps=1, eval_steps=1, lora_dropout=0,
+                                                       precision="fp32", max_length=64, max_new_tokens=2,
+                                                       per_device_train_batch_size=bs,
+                                                       gradient_accumulation_steps=accum)]) == 0
+        point = _history(out)[1]
+        seen[bs] = (point["train/loss"], point["train/grad_norm"])
+    assert seen[4] == pytest.approx(seen[8], rel=1e-5)
+    assert seen[2] == pytest.approx(seen[8], rel=1e-5)

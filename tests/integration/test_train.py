@@ -619,3 +619,17 @@ def test_a_classifier_folder_whose_other_weights_mismatch_its_config_is_refused(
     with pytest.raises(UserError) as err:
         load_classifier(ModelConfig(name_or_path=folder), 4, False)
     assert "intermediate.dense.weight" in str(err.value) and "other shapes than its config.json" in str(err.value)
+
+
+def test_accumulated_micro_batches_of_unequal_size_give_the_one_batch_step(tiny_bert, intent_data, tmp_path):
+    # 48 rows in one step: one batch of 48, or 32 + 16 accumulated. Each micro-batch weighs by its rows (not 1/2
+    # each, which weighed a row of the 16 twice one of the 32), so the loss and gradient are the one batch's
+    seen = {}
+    for bs, accum in ((48, 1), (32, 2)):
+        _, run = _train(tiny_bert, intent_data, tmp_path / f"r{bs}", per_device_train_batch_size=bs,
+                        gradient_accumulation_steps=accum, max_steps=1, eval_steps=1, lora_dropout=0,
+                        precision="fp32", prefix_cache="off")
+        point = RunStore(tmp_path / f"r{bs}").read_history()[1]
+        assert run["examples_seen"] == 48
+        seen[bs] = (point["train/loss"], point["train/grad_norm"])
+    assert seen[32] == pytest.approx(seen[48], rel=1e-5)
