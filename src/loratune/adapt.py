@@ -293,12 +293,49 @@ def apply_adapter(model, adapter: AdapterConfig, task: str = "classification"):
 
 FULL_WEIGHT_FILE = "model.safetensors"  # what save_pretrained writes for a full fine-tune (never a pickle)
 
+# adapter_config.json fields a LoRA warm start must share with the run beyond the tensors' shapes (which already
+# fix r, targets, layers and DoRA): lora_alpha and use_rslora set the update's scale (alpha / r or / sqrt(r)), so
+# other values change what the loaded A and B compute; pissa / olora rewrite the base weights to W - BA of their
+# own init, so the saved adapter only means the saved model on the base its own init left. Each maps a value to
+# what it changes: default and gaussian only draw the A and B that the warm start overwrites.
+WARM_START_KEYS = {
+    "lora_alpha": float,
+    "use_rslora": bool,
+    "init_lora_weights": lambda v: v if v in ("pissa", "olora") else "A/B draw only",
+}
+
+
+def _config_value(key: str, value):
+    """An adapter_config.json / peft value as adapter.<key> spells it (peft writes init_lora_weights default
+    as true)."""
+    return "default" if key == "init_lora_weights" and value is True else value
+
+
+def _warm_start_mismatch(model, folder) -> list[tuple[str, object, object]]:
+    """(key, saved, this run's) for each WARM_START_KEYS field where the saved adapter_config.json and the run's
+    peft config differ in effect."""
+    import json
+
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    ours = getattr(model, "peft_config", {}).get("default")
+    if ours is None:
+        return []
+    out = []
+    for key, effect in WARM_START_KEYS.items():
+        if key not in saved:  # an older peft's file: nothing to compare
+            continue
+        a, b = _config_value(key, saved[key]), _config_value(key, getattr(ours, key, None))
+        if effect(a) != effect(b):
+            out.append((key, a, b))
+    return out
+
 
 def warm_start(model, method: str, path: str) -> str:
     """Load saved weights into a wrapped model (`train.init_from`): a LoRA adapter folder (adapter and saved head)
     into the peft model, or a full model's safetensors into every parameter. Every saved tensor must match one
     of the model's by name and shape, and every trainable one must be saved: a mismatch is a UserError naming the
-    first differences (a different r, targets or layers). Returns a one-line note for run.json."""
+    first differences (a different r, targets or layers); a LoRA adapter saved under another scale or base-rewriting
+    init (WARM_START_KEYS) is one too. Returns a one-line note for run.json."""
     from pathlib import Path
 
     import torch
@@ -339,6 +376,13 @@ def warm_start(model, method: str, path: str) -> str:
                         + "; ".join(first),
                         "start from weights saved with the same model and adapter.* (method, r, target_modules, "
                         "layers_to_transform, use_dora), or drop train.init_from")
+    differ = _warm_start_mismatch(model, folder) if lora else []
+    if differ:
+        raise UserError(f"train.init_from: the adapter in {path} was saved under other adapter settings, so it "
+                        "would not load as the model it saved: "
+                        + "; ".join(f"adapter.{k} {a} saved vs {b} in this run" for k, a, b in differ),
+                        "set " + " ".join(f"adapter.{k}={a}" for k, a, _ in differ)
+                        + " as saved, or drop train.init_from")
     with torch.no_grad():
         if lora:
             set_peft_model_state_dict(model, saved)

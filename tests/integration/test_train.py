@@ -418,6 +418,29 @@ def test_init_from_weights_that_do_not_fit_is_a_user_error(change, needle, tiny_
     assert not (tmp_path / "b" / "run.json").exists()  # refused before a record is started
 
 
+@pytest.mark.parametrize("change, needle", [({"lora_alpha": 64}, "adapter.lora_alpha 8"),
+                                            ({"use_rslora": True}, "adapter.use_rslora False"),
+                                            ({"init_lora_weights": "pissa"}, "adapter.init_lora_weights default")])
+def test_init_from_an_adapter_saved_under_another_scale_or_init_is_a_user_error(change, needle, tiny_bert,
+                                                                                intent_data, tmp_path):
+    """Same shapes, other meaning: alpha and rsLoRA scale the loaded A and B differently, pissa rewrites the base
+    weights; each would start the run from a model nobody saved. The fix names the saved value."""
+    from loratune.errors import UserError
+
+    _train(tiny_bert, intent_data, tmp_path / "a", max_steps=4, eval_steps=4)
+    saved = RunStore(tmp_path / "a").adapter_dir
+    with pytest.raises(UserError, match="train.init_from") as err:
+        _train(tiny_bert, intent_data, tmp_path / "b", max_steps=4, eval_steps=4, init_from=str(saved), **change)
+    assert needle in str(err.value) and f"set {needle.split()[0]}={needle.split()[1]}" in err.value.fix
+    assert not (tmp_path / "b" / "run.json").exists()
+    if "init_lora_weights" not in change:
+        return
+    # init_lora_weights gaussian only draws the A and B the warm start overwrites: it loads, at the saved model
+    _, run = _train(tiny_bert, intent_data, tmp_path / "c", max_steps=1, eval_steps=1, init_from=str(saved),
+                    init_lora_weights="gaussian")
+    assert run["status"] == "completed"
+
+
 def test_a_warm_starts_divergence_reference_is_the_unadapted_models_loss():
     """train.fresh_loss: a warm-started run's step-1 loss is the saved model's (low), so 4x it is an ordinary
     restart bump; the reference is the loss with the adapter and its saved head disabled (a fresh run's start)."""
