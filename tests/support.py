@@ -88,7 +88,18 @@ def overrides(model: str, data: Path, out: Path, **extra) -> list[str]:
             "per_device_train_batch_size": 8, "learning_rate": 5e-3, "eval_steps": 4, "train_eval_size": 16,
             "target_modules": "[attn.q, attn.v]", "r": 4, "lora_alpha": 8, "max_length": 16}
     base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+    return [f"{k}={v}" for k, v in full_drops_lora_keys(base).items()]
+
+
+def full_drops_lora_keys(base: dict) -> dict:
+    """A tiny run's settings without the LoRA-only keys (config.LORA_ONLY_KEYS) when they ask for adapter.method=full:
+    a full run refuses them (it would not read them)."""
+    from loratune.config import LORA_ONLY_KEYS
+
+    if base.get("method") != "full":
+        return base
+    names = {k.split(".", 1)[1] for k in LORA_ONLY_KEYS}
+    return {k: v for k, v in base.items() if k not in names}
 
 
 def talking_lora_classifier(folder: str, data: Path, out: Path, **extra):

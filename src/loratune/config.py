@@ -307,8 +307,11 @@ LOCAL_PATH_KEYS = ("model.name_or_path", "data.dataset_name", "data.train_file",
 PATH_KEYS = LOCAL_PATH_KEYS + ("train.output_dir",)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read YAML (nested sections or flat keys), apply `key=value` overrides, validate, freeze."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                recorded: bool = False) -> RunConfig:
+    """Read YAML (nested sections or flat keys), apply `key=value` overrides, validate, freeze. `recorded`: the
+    file is a finished run's own config.yaml, whose full fine-tune an older loratune recorded with LoRA-only keys
+    it never read (LORA_ONLY_KEYS): they are reset to their defaults there, not refused, so the run still loads."""
     raw: dict[str, Any] = {}
     if path is not None and not isinstance(path, (str, Path)):
         raise UserError(f"config path: a YAML file's path, not {type(path).__name__} {path!r:.60}",
@@ -350,6 +353,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             flat[resolve_key(key.strip())] = parse_value(value.strip())
         except UserError as exc:
             problems.append(f"{key}: {exc.problem} ({exc.fix})")
+    if recorded and flat.get("adapter.method") == "full":
+        flat.update({k: default_of(k) for k in LORA_ONLY_KEYS})
     try:
         cfg = build_config(flat)
     except ConfigError as exc:
@@ -573,6 +578,11 @@ def cross_checks(cfg: RunConfig) -> list[str]:
     if a.method == "full" and lora_only:
         problems.append(f"adapter.method: got 'full' with {', '.join(lora_only)}; allowed: LoRA+ and DoRA only with "
                         "adapter.method=lora")
+    ignored = lora_keys_set(cfg) if a.method == "full" else []
+    if ignored:
+        problems.append(f"adapter.method: got 'full' with {', '.join(ignored)}; only adapter.method=lora reads "
+                        "them (full fine-tuning trains every weight); allowed: leave them at their defaults, or set "
+                        "adapter.method=lora")
     for t in a.target_modules:
         if "@" in t:
             try:
@@ -624,6 +634,30 @@ GENERATE_IGNORES = ("data.prompt_column", "data.completion_column", "data.messag
 MULTI_LABEL_ONLY_KEYS = ("train.multi_label_loss", "train.focal_gamma")
 
 
+# Keys only a LoRA adapter reads (adapter.method=full trains every weight whatever they say). Set away from its
+# default under method=full a key would be silently ignored, so the config is refused (cross_checks), and
+# `replace` switching a config to full resets them. An empty target_modules is "no targets", full's own reading.
+LORA_ONLY_KEYS = ("adapter.r", "adapter.lora_alpha", "adapter.lora_dropout", "adapter.target_modules",
+                  "adapter.layers_to_transform", "adapter.bias", "adapter.use_rslora", "adapter.init_lora_weights")
+
+
+def default_of(dotted: str) -> Any:
+    """A key's default value (a list-valued key's comes from its factory)."""
+    f = key_table()[dotted]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def lora_keys_set(cfg: RunConfig) -> list[str]:
+    """`key=value` of each LORA_ONLY_KEYS key set away from its default (an empty target_modules counts as unset)."""
+    out = []
+    for dotted in LORA_ONLY_KEYS:
+        section, name = dotted.split(".", 1)
+        value = getattr(getattr(cfg, section), name)
+        if value != default_of(dotted) and not (name == "target_modules" and not value):
+            out.append(f"{dotted}={list(value) if isinstance(value, tuple) else value!r}")
+    return out
+
+
 def task_checks(cfg: RunConfig) -> list[str]:
     """Keys set for a task the run does not have (TASK_ONLY_KEYS), and chat-data keys set on a run generating
     labels (GENERATE_IGNORES)."""
@@ -672,8 +706,12 @@ def to_yaml(cfg: RunConfig) -> str:
 
 
 def replace(cfg: RunConfig, **dotted: Any) -> RunConfig:
-    """A copy with some dotted keys changed (validated): replace(cfg, **{"adapter.r": 16})."""
+    """A copy with some dotted keys changed (validated): replace(cfg, **{"adapter.r": 16}). A change from
+    adapter.method=lora to full (tune's full fine-tuning probe of a LoRA trial's point) resets the LoRA-only keys
+    (LORA_ONLY_KEYS) to their defaults: the full run reads none of them, and its config then says so."""
     flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
     for key, value in dotted.items():
         flat[resolve_key(key)] = value
+    if cfg.adapter.method == "lora" and flat["adapter.method"] == "full":
+        flat.update({k: default_of(k) for k in LORA_ONLY_KEYS})
     return build_config(flat)

@@ -86,7 +86,7 @@ def run_config(store: RunStore, label_map: dict | None = None) -> RunConfig:
     if not isinstance(loaded, dict) or not loaded:
         raise UserError(f"run '{store.path}': its {CONFIG} is empty or damaged (not the settings the run trained with)",
                         "train the run again; config.yaml is written when a run starts")
-    cfg = load_config(path)
+    cfg = load_config(path, recorded=True)
     recorded = (label_map or {}).get("base_model") if isinstance(label_map, dict) else None
     if recorded and recorded != cfg.model.name_or_path:
         raise UserError(f"run '{store.path}': its {CONFIG} names the base model '{cfg.model.name_or_path}' but the "

@@ -103,7 +103,7 @@ def test_short_run_matches_uncached_run_and_reuses_the_cache(tiny_bert, intent_d
 @pytest.mark.parametrize("extra,reason", [
     ({}, "touches block 0"),  # attn.q + attn.v in every layer
     ({"layers_to_transform": "top:1", "bias": "all"}, "touches block 0"),  # biases below train too
-    ({"layers_to_transform": "top:1", "method": "full"}, "trains every layer"),
+    ({"method": "full"}, "trains every layer"),
 ])
 def test_falls_back_when_the_bottom_trains(extra, reason, tiny_bert, intent_data, tmp_path):
     run = api.train(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "run", max_steps=2, eval_steps=2,

@@ -19,7 +19,7 @@ from loratune.sft_data import Example, Renderer, Turn, encode_prompts
 from loratune.store import RunStore
 
 from sft_support import ANSWERS, make_sft_rows, save_tiny_llama_lm
-from support import write_jsonl
+from support import full_drops_lora_keys, write_jsonl
 
 STEPS, EVERY = 12, 4
 
@@ -40,7 +40,7 @@ def sft_overrides(model: str, data: Path, out: Path, **extra) -> list[str]:
             "max_steps": STEPS, "eval_steps": EVERY, "per_device_train_batch_size": 8, "learning_rate": 1e-2,
             "target_modules": "[attn.q, attn.v]", "r": 4, "lora_alpha": 8, "max_length": 32, "max_new_tokens": 6}
     base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+    return [f"{k}={v}" for k, v in full_drops_lora_keys(base).items()]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import torch
 from loratune import cli
 
 from sft_support import make_sft_rows, save_tiny_llama_lm
-from support import write_jsonl
+from support import full_drops_lora_keys, write_jsonl
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is not available in this torch build")
@@ -40,7 +40,7 @@ def overrides(lm: str, data: Path, out: Path, **extra) -> list[str]:
             # autocast (precision auto on a CPU with avx512_bf16) the ranks' split of the threads rounds differently
             "precision": "fp32"}
     base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+    return [f"{k}={v}" for k, v in full_drops_lora_keys(base).items()]
 
 
 def free_port() -> int:

@@ -470,7 +470,8 @@ def test_to_yaml_writes_nested_sections_with_lists():
 @pytest.mark.parametrize("overrides", [
     [],
     ["r=64", "lora_alpha=128", "layers_to_transform=[0, 5]", "target_modules=[attn, ffn@0,1]",
-     "use_rslora=true", "init_lora_weights=pissa", "bias=lora_only", "method=full"],
+     "use_rslora=true", "init_lora_weights=pissa", "bias=lora_only"],
+    ["method=full", "target_modules=[]"],
     ["learning_rate=1e-7", "eval_steps=25", "num_threads=2", "multi_label=true", "label_delimiter=#",
      "gguf_file=model.gguf", "output_dir=123", "text_column=null_text", "max_train_samples=100",
      "validation_fraction=0.5", "lr_scheduler_type=cosine", "num_train_epochs=0.25"],
@@ -664,3 +665,26 @@ def test_chat_data_keys_are_refused_when_generating_labels():
     # the same keys under a chat run are read, so they stand
     cfg = load_config(None, ["task=causal-lm", "prompt_column=question", "completion_column=answer"])
     assert (cfg.data.prompt_column, cfg.data.completion_column) == ("question", "answer")
+
+
+def test_full_fine_tuning_refuses_the_lora_only_keys_it_would_ignore(tmp_path):
+    # method=full trains every weight: r, targets, layers, scale, init, dropout and bias set away from their
+    # defaults would be silently ignored (and recorded as if they had been used)
+    ps = problems_of(["method=full", "layers_to_transform=top:1", "target_modules=[attn.q]", "use_rslora=true",
+                      "init_lora_weights=pissa", "r=64", "bias=all"])
+    assert len(ps) == 1 and ps[0].startswith("adapter.method: got 'full' with adapter.r=64, ")
+    for shown in ("adapter.target_modules=['attn.q']", "adapter.layers_to_transform='top:1'",
+                  "adapter.bias='all'", "adapter.use_rslora=True", "adapter.init_lora_weights='pissa'",
+                  "only adapter.method=lora reads them"):
+        assert shown in ps[0]
+    assert problems_of(["method=full", "lora_dropout=0.0"]) and problems_of(["method=full", "lora_alpha=8"])
+    assert load_config(None, ["method=full"]).adapter.method == "full"  # defaults are not "set"
+    # tune's full fine-tuning probe is its LoRA incumbent's point with method=full: the switch resets those keys
+    lora = load_config(None, ["r=16", "lora_alpha=32", "target_modules=[attn.q]", "use_rslora=true"])
+    full = replace(lora, **{"adapter.method": "full", "adapter.r": 16, "train.learning_rate": 1e-4})
+    assert full.adapter == load_config(None, ["method=full"]).adapter and full.train.learning_rate == 1e-4
+    # a full run an older loratune recorded with those keys still loads from its own config.yaml
+    old = write(tmp_path, "adapter:\n  method: full\n  r: 64\n  target_modules: [attn.q]\n")
+    with pytest.raises(ConfigError):
+        load_config(old)
+    assert load_config(old, recorded=True).adapter == load_config(None, ["method=full"]).adapter

@@ -108,6 +108,6 @@ def _text_column(run_dir: str) -> str:
     from loratune.store import CONFIG
 
     try:
-        return load_config(Path(run_dir) / CONFIG).data.text_column
+        return load_config(Path(run_dir) / CONFIG, recorded=True).data.text_column
     except UserError:
         return "text"
