@@ -151,9 +151,10 @@ class TrainConfig:
     init_from: str | None = _f(None, "Start from saved weights instead of the base model's fresh adapter: a run's "
                                "adapter/ folder (LoRA: its adapter_config.json must match adapter.*: method, r, "
                                "targets, layers, DoRA, lora_alpha, use_rslora, a pissa/olora init; the trained "
-                               "head comes with it) or, for adapter.method=full, a saved model folder (model.safetensors). The optimizer and the lr schedule start "
-                               "afresh (warmup, then decay over max_steps): a warm start, not a resume (with "
-                               "ProtocolSettings continue_long, `loratune tune` continues a long run this way). "
+                               "head comes with it) or, for adapter.method=full, a saved model folder "
+                               "(model.safetensors). The optimizer and the lr schedule start afresh (warmup, "
+                               "then decay over max_steps): a warm start, not a resume (with ProtocolSettings "
+                               "continue_long, `loratune tune` continues a long run this way). "
                                "null: start fresh.")
     early_stopping_patience: int = _f(0, "Stop after this many evals without the val metric_for_best_model (macro-F1; "
                                       "multi-label: subset accuracy) improving (0: off).",
