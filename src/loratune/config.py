@@ -631,8 +631,20 @@ GENERATE_READS = ("data.text_column", "data.label_column")
 # they would be silently ignored.
 GENERATE_IGNORES = ("data.prompt_column", "data.completion_column", "data.messages_column")
 # Keys only multi-label data reads (losses.loss_spec: single-label data trains with cross-entropy whatever they
-# say): two single-label runs differing in one trained alike (diagnose.knob_view).
-MULTI_LABEL_ONLY_KEYS = ("train.multi_label_loss", "train.focal_gamma")
+# say; the thresholds and label counts decode multi-hot outputs): two single-label runs differing in one trained
+# alike (diagnose.knob_view). Whether data is multi-label is found from the data (data.multi_label null), so set
+# on single-label data they are not refused but noted in run.json data_notes (single_label_note).
+MULTI_LABEL_ONLY_KEYS = ("train.multi_label_loss", "train.focal_gamma", "train.threshold_tuning",
+                         "train.allow_empty", "train.max_labels_per_row")
+
+
+def single_label_note(cfg: RunConfig) -> str | None:
+    """The data note of a single-label run whose config sets multi-label-only keys (MULTI_LABEL_ONLY_KEYS)."""
+    unread = keys_set(cfg, MULTI_LABEL_ONLY_KEYS)
+    if not unread:
+        return None
+    return (f"{', '.join(unread)} not used: the data is single-label (cross-entropy, one label per text); "
+            "they apply to multi-label data only")
 
 
 # Keys only a LoRA adapter reads (adapter.method=full trains every weight whatever they say). Set away from its
@@ -648,15 +660,21 @@ def default_of(dotted: str) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
-def lora_keys_set(cfg: RunConfig) -> list[str]:
-    """`key=value` of each LORA_ONLY_KEYS key set away from its default (an empty target_modules counts as unset)."""
+def keys_set(cfg: RunConfig, keys) -> list[str]:
+    """`key=value` of each of `keys` set away from its default."""
     out = []
-    for dotted in LORA_ONLY_KEYS:
+    for dotted in keys:
         section, name = dotted.split(".", 1)
         value = getattr(getattr(cfg, section), name)
-        if value != default_of(dotted) and not (name == "target_modules" and not value):
+        if value != default_of(dotted):
             out.append(f"{dotted}={list(value) if isinstance(value, tuple) else value!r}")
     return out
+
+
+def lora_keys_set(cfg: RunConfig) -> list[str]:
+    """keys_set of LORA_ONLY_KEYS; an empty target_modules counts as unset (full fine-tuning's "no targets")."""
+    return keys_set(cfg, [k for k in LORA_ONLY_KEYS if not (k == "adapter.target_modules"
+                                                            and not cfg.adapter.target_modules)])
 
 
 def task_checks(cfg: RunConfig) -> list[str]:

@@ -43,8 +43,10 @@ class LossSpec:
     alpha: float = -1.0
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "pos_weight": list(self.pos_weight) if self.pos_weight else None,
-                "gamma": self.gamma, "alpha": self.alpha}
+        """The record: gamma and alpha only for the focal loss, the one that uses them (a cross-entropy run's record
+        carrying a gamma would say a knob was used that was not)."""
+        out = {"kind": self.kind, "pos_weight": list(self.pos_weight) if self.pos_weight else None}
+        return {**out, "gamma": self.gamma, "alpha": self.alpha} if self.kind == "focal" else out
 
     @classmethod
     def from_dict(cls, d: dict | None, multi_label: bool) -> "LossSpec":
@@ -65,6 +67,8 @@ def pos_weights(targets: np.ndarray, cap: float = MAX_POS_WEIGHT) -> tuple[float
 
 
 def loss_spec(kind: str, multi_label: bool, targets: np.ndarray, gamma: float = 2.0) -> LossSpec:
+    """The run's loss: `kind` (train.multi_label_loss) for multi-label data; single-label data trains with
+    cross-entropy whatever it and gamma say (config.MULTI_LABEL_ONLY_KEYS; train.py notes them when set)."""
     if not multi_label:
         return LossSpec("ce")
     if kind == "bce_pos_weight":

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from loratune import __version__, kernels, openmp, pooled_block, precision as precision_mod, prefix_cache, signals
 from loratune import steps as _steps
 from loratune.adapt import apply_adapter, count_params, depth, head_modules, num_layers, warm_start
-from loratune.config import RunConfig, to_dict, to_yaml
+from loratune.config import RunConfig, single_label_note, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
 from loratune.errors import UserError
 from loratune.objectives import objective as objective_named
@@ -806,7 +806,8 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         "label_counts": {"train": dict(sorted(dataset.train.label_counts().items())),
                          "val": dict(sorted(dataset.validation.label_counts().items()))},
         "unseen_labels": {("val" if k == "validation" else k): v for k, v in dataset.unseen.items()},
-        "data_notes": list(dataset.notes),
+        # single-label data: the multi-label knobs it set are said to be unused, not silently ignored
+        "data_notes": list(dataset.notes) + [n for n in [None if space.multi_label else single_label_note(cfg)] if n],
         "model": {"name_or_path": cfg.model.name_or_path, "model_type": base.config.model_type,
                   "num_layers": num_layers(base), "depth": depth(base), "adapted_modules": len(sites),
                   "pad_token_id": base.config.pad_token_id, "pad_note": getattr(base, PAD_NOTE_ATTR, None),

@@ -656,3 +656,18 @@ def test_accumulated_micro_batches_of_unequal_size_give_the_one_batch_step(tiny_
         assert run["examples_seen"] == 48
         seen[bs] = (point["train/loss"], point["train/grad_norm"])
     assert seen[32] == pytest.approx(seen[48], rel=1e-5)
+
+
+def test_multi_label_knobs_on_single_label_data_are_noted_and_no_unused_gamma_is_recorded(tiny_bert, intent_data,
+                                                                                          tmp_path):
+    # single-label data trains with cross-entropy: the multi-label loss, gamma, thresholds and label counts it set
+    # are said to be unused (a data note), and the loss record carries no focal gamma it never used
+    _, run = _train(tiny_bert, intent_data, tmp_path / "run", max_steps=2, eval_steps=2, multi_label_loss="focal",
+                    focal_gamma=7, allow_empty="true", max_labels_per_row=3, threshold_tuning="false")
+    assert run["task"] == "single_label" and run["loss"] == {"kind": "ce", "pos_weight": None}
+    note = next(n for n in run["data_notes"] if "not used: the data is single-label" in n)
+    for shown in ("train.multi_label_loss='focal'", "train.focal_gamma=7.0", "train.threshold_tuning=False",
+                  "train.allow_empty=True", "train.max_labels_per_row=3"):
+        assert shown in note
+    _, plain = _train(tiny_bert, intent_data, tmp_path / "plain", max_steps=1, eval_steps=1)
+    assert not any("single-label" in n for n in plain["data_notes"])

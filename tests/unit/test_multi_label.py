@@ -178,3 +178,14 @@ def test_tune_scores_a_trial_by_its_objective():
     points = [{"step": 0, "val/macro_f1": 0.1, "val/subset_accuracy": 0.0}, best]
     assert curve_of(points, "val/subset_accuracy") == ((0, 0.0), (8, 0.7))
     assert curve_of(points) == ((0, 0.1), (8, 0.4))
+
+
+def test_the_loss_record_carries_gamma_and_alpha_only_for_the_focal_loss():
+    from loratune.losses import LossSpec, loss_spec
+
+    targets = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    assert loss_spec("focal", False, targets, gamma=7.0).to_dict() == {"kind": "ce", "pos_weight": None}
+    assert loss_spec("bce", True, targets, gamma=7.0).to_dict() == {"kind": "bce", "pos_weight": None}
+    focal = loss_spec("focal", True, targets, gamma=7.0)
+    assert focal.to_dict() == {"kind": "focal", "pos_weight": None, "gamma": 7.0, "alpha": -1.0}
+    assert LossSpec.from_dict(focal.to_dict(), True) == focal  # evaluate scores with the loss the run trained with
