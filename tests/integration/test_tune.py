@@ -286,3 +286,34 @@ def test_a_study_dir_that_is_a_file_is_named_as_the_study_dir(tmp_path, capsys):
     f.write_text("hi")
     assert main(["tune", "--study-dir", str(f), "--budget", "1trials"]) == 2
     assert "--study-dir '" in capsys.readouterr().err
+
+
+def test_a_study_resumes_from_another_working_directory_and_after_a_move(tiny_bert, intent_data, tmp_path,
+                                                                         monkeypatch):
+    # trial run_dirs were recorded relative to the first session's working directory: a resume from anywhere else
+    # trained a trial, then failed to find the pick ("run directory 'st/trials/02-...' does not exist"), left final/
+    # stale and the trail without its finish
+    import shutil
+
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    args = _tune_args(tiny_bert, intent_data, Path("st"), "--strategy", "random", "--budget", "2trials",
+                      "--trial-steps", "8")
+    assert main(args) == 0
+    monkeypatch.chdir(tmp_path / "b")
+    study = tmp_path / "a" / "st"
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "3trials", "-q"]) == 0
+    summary = json.loads((study / "final" / "study.json").read_text())
+    assert summary["budget"]["spent"]["trials"] == 3 and len(summary["trials"]) == 3
+    assert all(Path(r["run_dir"]).is_dir() and Path(r["run_dir"]).is_relative_to(study) for r in summary["trials"])
+    assert json.loads((study / "decisions.jsonl").read_text().splitlines()[-1])["kind"] != "pick"
+    # moved: its own trials are read, never the old place's
+    moved = tmp_path / "moved"
+    shutil.move(str(study), moved)
+    assert main(["tune", "--resume", "--study-dir", str(moved), "--budget", "4trials", "-q"]) == 0
+    summary = json.loads((moved / "final" / "study.json").read_text())
+    assert summary["budget"]["spent"]["trials"] == 4
+    assert all(Path(r["run_dir"]).is_relative_to(moved) for r in summary["trials"])
+    assert summary["recommendation"]["run_dir"].startswith(str(moved))

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 from loratune.errors import UserError
 from loratune.objectives import Objective, objective
 from loratune.report.model import as_float, read_history, read_json, to_plain
-from loratune.search.study import FINAL, TRIALS
+from loratune.search.study import FINAL, TRIALS, in_study as _in_study
 
 # ---------------------------------------------------------------------------------------------
 # Records
@@ -268,17 +268,6 @@ def _rel(path: str | None, root: Path) -> str | None:
         return Path(path).resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return None
-
-
-def _in_study(path: str | None, root: Path, folder: str) -> str | None:
-    """`path` as found in this study directory: tune records absolute paths, so a study copied or moved would read
-    (and `report --trial-reports` write into) the directories of the study it was copied from, or dead paths; what
-    this study holds under <root>/<folder>/<name> is its own. A relative path is taken from the study directory."""
-    if not path:
-        return path
-    p = Path(path)
-    here = root / p if not p.is_absolute() else root / folder / p.name if p.parent.name == folder else None
-    return str(here) if here is not None and here.exists() else path
 
 
 def _run_curves(run_dir: str | None, key: str) -> tuple[tuple, tuple]:

@@ -39,6 +39,7 @@ import json
 import os
 import time
 import warnings
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -302,11 +303,27 @@ def _has_decisions(path: Path) -> bool:
         return False
 
 
+def in_study(path: str | None, root: Path, folder: str) -> str | None:
+    """`path` as found in the study directory `root`: a study copied or moved would read (and `report --trial-reports`
+    write into) the directories of the study it was copied from, or dead paths, and a path recorded relative to the
+    first session's working directory is dead from any other; what this study holds under <root>/<folder>/<name> is
+    its own. A relative path is taken from the study directory first."""
+    if not path:
+        return path
+    p = Path(path)
+    tries = [root / p] if not p.is_absolute() else []
+    if p.parent.name == folder:
+        tries.append(root / folder / p.name)
+    here = next((t for t in tries if t.exists()), None)
+    return str(here) if here is not None else path
+
+
 class Study:
     """An Optuna study plus the study directory. Open it with `Study.open`."""
 
     def __init__(self, study_dir: Path, optuna_study, storage_url: str):
-        self.dir = Path(study_dir)
+        # absolute: the trial run_dirs it records are read again by sessions started in other working directories
+        self.dir = Path(study_dir).absolute()
         self.optuna = optuna_study
         self.storage_url = storage_url
         self.decisions = DecisionLog(self.dir / DECISIONS)
@@ -347,7 +364,8 @@ class Study:
         study = None
         try:
             if worker and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-                raise UserError(f"no study in {study_dir} to work on ({url[len('sqlite:///'):]} does not exist)",
+                where = f"--storage {_redact(url)}" if storage else str(study_dir)  # what the user gave
+                raise UserError(f"no study in {where} to work on ({url[len('sqlite:///'):]} does not exist)",
                                 "start it first with `loratune tune` (same --study-dir / --storage); workers join "
                                 "a running study")
             rdb = existing = None
@@ -372,8 +390,10 @@ class Study:
                                 "start it first with `loratune tune` (same --storage / --study-dir / --study-name); "
                                 "workers join a running study")
             if name in existing and not resume and not worker:
+                # a study dir's own study.db holds one study (below): there another --study-name is refused too
                 raise UserError(f"a study named '{name}' already exists in {_redact(url)}",
-                                "pass --resume to continue it, or choose another --study-dir / --study-name")
+                                "pass --resume to continue it, or choose another --study-dir"
+                                + (" / --study-name" if storage is not None else ""))
             if name not in existing and resume:
                 raise UserError(f"no study named '{name}' in {_redact(url)} to resume",
                                 "run without --resume to start one")
@@ -492,6 +512,10 @@ class Study:
         meta.update(values)
         self.optuna.set_user_attr("loratune", meta)
 
+    def trial_dir(self, path: str | None) -> str | None:
+        """A recorded trial run_dir as found in this study directory (`in_study`)."""
+        return in_study(path, self.dir, TRIALS)
+
     def _recover_running(self) -> None:
         from optuna.trial import TrialState
 
@@ -499,7 +523,7 @@ class Study:
         from loratune.store import liveness
 
         for t in self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            run_dir = t.user_attrs.get("run_dir")
+            run_dir = self.trial_dir(t.user_attrs.get("run_dir"))
             if _ran_here_and_died(t.user_attrs.get("worker")):
                 pass  # its process (on this machine) is gone
             elif run_dir and (Path(run_dir) / "run.json").is_file():
@@ -523,7 +547,7 @@ class Study:
     def _note_recovered(self, t) -> None:
         """A killed trial's run.json rewritten as `died` (what its history reached), and the trial listed in
         `recovered`."""
-        run_dir = t.user_attrs.get("run_dir")
+        run_dir = self.trial_dir(t.user_attrs.get("run_dir"))
         _record_died(run_dir)
         wall, examples = spent_by_run(run_dir)
         self.recovered.append({"number": t.number, "name": t.user_attrs.get("name"), "run_dir": run_dir,
@@ -721,7 +745,7 @@ class Study:
             a = t.user_attrs
             if "record" in a or a.get("status") not in LOST_STATUSES:
                 continue
-            wall, examples = spent_by_run(a.get("run_dir"))
+            wall, examples = spent_by_run(self.trial_dir(a.get("run_dir")))
             out.append({"number": t.number, "name": a.get("name", "?"), "status": a.get("status"),
                         "wall_s": wall, "examples": examples})
         return out
@@ -739,11 +763,12 @@ class Study:
 
         a = t.user_attrs
         run = {}
-        if a.get("run_dir") and (Path(a["run_dir"]) / "run.json").is_file():
+        run_dir = self.trial_dir(a.get("run_dir"))
+        if run_dir and (Path(run_dir) / "run.json").is_file():
             try:
                 from loratune.store import RunStore
 
-                run = RunStore(a["run_dir"]).read_run()
+                run = RunStore(run_dir).read_run()
             except UserError:
                 run = {}
         best = run.get("best") or {}
@@ -753,7 +778,7 @@ class Study:
         return {"trial": t.number, "name": a.get("name", "?"), "phase": a.get("phase", "?"), "status": status,
                 "val_macro_f1": best.get("val/macro_f1"), "examples": int(run.get("examples_seen") or 0),
                 "wall_s": float(run.get("wall_s") or 0.0), "mean_step_s": run.get("mean_step_s"),
-                "peak_memory_mb": run.get("peak_memory_mb"), "verdict": "-", "run_dir": a.get("run_dir"),
+                "peak_memory_mb": run.get("peak_memory_mb"), "verdict": "-", "run_dir": run_dir,
                 "point": a.get("point") or {}, "reason": a.get("reason") or run.get("reason") or ""}
 
     # ------------------------------------------------------------------ trials
@@ -763,7 +788,8 @@ class Study:
         for t in self.optuna.get_trials(deepcopy=False):
             rec = t.user_attrs.get("record")
             if rec is not None:
-                out.append(TrialRecord.from_dict(rec))
+                rec = TrialRecord.from_dict(rec)
+                out.append(dc_replace(rec, run_dir=self.trial_dir(rec.run_dir)))
         return out
 
     def finished_by_key(self) -> dict[str, TrialRecord]:
