@@ -163,3 +163,24 @@ def test_a_full_disk_or_a_size_limit_mid_study_is_an_output_fault(tmp_path, monk
     study.close()
     assert "file-size limit" in storage_error("sqlite:///x.db", OSError(errno.EFBIG, "File too large")).problem
     assert "reached the largest size allowed" in output_error(OSError(errno.EFBIG, "File too large"), "out").problem
+
+
+def test_the_refusals_of_a_taken_study_name_and_a_missing_worker_storage_give_advice_that_works(tmp_path, capsys,
+                                                                                                 monkeypatch):
+    from loratune.errors import UserError
+    from loratune.search.study import Study
+
+    Study.open(tmp_path / "s", meta={"strategy": "random"}).close()
+    # the study dir's own study.db holds one study: "another --study-name" there is refused too, so not advised
+    with pytest.raises(UserError) as got:
+        Study.open(tmp_path / "s", meta={})
+    assert "already exists" in got.value.problem and got.value.fix.endswith("choose another --study-dir"), got.value
+    with pytest.raises(UserError) as got:  # another storage holds many studies: another name works there
+        Study.open(tmp_path / "t", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}", meta={})
+    assert got.value.fix.endswith("--study-dir / --study-name")
+    # a worker given only --storage is told about that storage, not about the default runs/tune it never named
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'nonexist' / 'study.db'}"
+    assert main(["tune", "--worker", "--storage", url]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert f"no study in --storage '{url}' to work on" in err and "runs/tune" not in err, err
