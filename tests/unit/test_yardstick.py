@@ -380,3 +380,36 @@ def test_a_sampler_study_does_not_warn_about_its_heartbeat(tmp_path):
         warnings.simplefilter("always")
         run_yardstick(ctx, space, START, "tpe")
     assert ctx.records and not [w for w in caught if "Heartbeat of storage" in str(w.message)]
+
+
+@pytest.mark.parametrize("strategy", ["random", "tpe", "grid"])
+def test_a_budget_below_one_trial_still_trains_the_first_as_the_protocol_does(strategy, tmp_path):
+    # 500 examples hold no 800-example trial: the sampler ran nothing, decided "budget spent" with 500 of 500 left
+    # and exited 1 without a recommendation
+    store = Study.open(tmp_path / strategy, meta={"strategy": strategy})
+    space = default_space(START, 32, trial_steps=TRIAL_STEPS)
+    store.optuna.sampler = make_sampler(strategy, space, seed=0)
+    runner = LengthWorld()
+    ctx = SearchContext(store=store, runner=runner, meter=Meter(Budget.parse("500ex")),
+                        trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
+    run_yardstick(ctx, space, START, strategy)
+    assert [int(s.point["train.max_steps"]) for s in runner.calls] == [TRIAL_STEPS]  # one trial, no longer draw
+    assert ctx.state["final"] is ctx.records[0] and ctx.decisions[-1]["kind"] == "pick"
+
+
+def test_a_wall_budget_spent_before_the_first_trial_is_refused_not_called_spent(tmp_path):
+    from loratune.errors import UserError
+    from loratune.search.budget import Cost
+
+    store = Study.open(tmp_path / "s", meta={"strategy": "random"})
+    space = default_space(START, 32, trial_steps=TRIAL_STEPS)
+    store.optuna.sampler = make_sampler("random", space, seed=0)
+    meter = Meter(Budget.parse("20s"), reserve_s=15.0)
+    meter.charge(Cost(6.0, 0, 0), "startup (this session)")
+    ctx = SearchContext(store=store, runner=LengthWorld(), meter=meter, trial_examples=TRIAL_EXAMPLES,
+                        trial_steps=TRIAL_STEPS, costs=CostModel())
+    with pytest.raises(UserError) as got:
+        run_yardstick(ctx, space, START, "random")
+    assert got.value.problem == "the budget 20s holds no trial: startup and the assessment spent 6s, 15s kept back to " \
+                                "finish" and "larger --budget" in got.value.fix
+    assert not [d for d in ctx.decisions if d["kind"] == "stop"]

@@ -122,6 +122,18 @@ class SearchContext:
             examples = int(examples * int(point["train.max_steps"]) / self.trial_steps)
         return self.costs.estimate(examples, point.get("adapter.method", "lora"))
 
+    def may_start(self, point: dict, reserve: Cost = Cost(), *, per_length: bool = True) -> bool:
+        """Whether a trial of `point` may start: its estimated cost fits what is left after `reserve`, or it is the
+        first trial of its length (`per_length=False`, a sampler, whose lengths are a knob it draws: the first of
+        this search, drawn no longer than a trial) while budget is left: its deadline and the Watch's budget stop
+        bound it, and a study without a trial has nothing to recommend. Every strategy asks this one rule."""
+        steps = point.get("train.max_steps")
+        if per_length:
+            first = not any(r.point.get("train.max_steps") == steps for r in self.records)
+        else:
+            first = not self.records and (not self.trial_steps or int(steps or 0) <= self.trial_steps)
+        return (first and not self.meter.exhausted()) or self.meter.fits(self.estimate(point), reserve)
+
     def prefetch(self, specs: Sequence[TrialSpec], *, reserve: Cost = Cost()) -> None:
         """Queue trials a stage is about to run one after the other and that do not depend on each other,
         so that `loratune tune --worker` processes can train them meanwhile (a store without a queue, or
@@ -170,12 +182,8 @@ class SearchContext:
             self.records.append(rec)
             self.ui.trial_end(rec, self)
             return rec
-        # the first trial of its length always starts while budget is left (its deadline bounds it): a
-        # study without one full-length trial has nothing to recommend
         self.charge_earlier()  # before the budget is asked: an earlier session's trial no decision reused is spent
-        steps = spec.point.get("train.max_steps")
-        first = not any(r.point.get("train.max_steps") == steps for r in self.records) and not self.meter.exhausted()
-        if not first and not self.meter.fits(self.estimate(spec.point), reserve):
+        if not self.may_start(spec.point, reserve):
             if claimed:  # a queued trial this search no longer affords
                 self.store.fail(trial, "not run: the budget left does not fit it", status="skipped")
             return None

@@ -31,6 +31,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from loratune.errors import UserError
+from loratune.search.budget import format_amount
 from loratune.search.context import SearchContext
 from loratune.search.space import SearchSpace, to_overrides
 
@@ -215,7 +217,13 @@ def run_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict, str
         if strategy == "grid" and _grid_done(study):
             ctx.decide(phase, "stop", "grid exhausted", "stop", [f"{space.grid_size()} grid points"])
             break
-        if not ctx.meter.fits(ctx.estimate(start_point)):
+        if not ctx.may_start(start_point, per_length=False):  # the first trial starts under any budget left
+            if not ctx.records:  # "budget spent" with nothing trained reads as a search that ran
+                b, m = ctx.meter.budget, ctx.meter
+                kept = f", {format_amount('wall_s', m.reserve_s)} kept back to finish" if b.kind == "wall_s" else ""
+                raise UserError(f"the budget {b.text or b.describe()} holds no trial: startup and the assessment "
+                                f"spent {format_amount('wall_s', m.spent.wall_s)}{kept}",
+                                "give a larger --budget (this study continues with --resume --budget ...)")
             ctx.decide(phase, "stop", "budget spent", "stop", [ctx.meter.describe_left()])
             break
         with warnings.catch_warnings():  # loratune sends each running trial's heartbeat itself (search.study
@@ -224,7 +232,7 @@ def run_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict, str
             trial = study.ask()
         values = space.suggest(trial)
         point = {**start_point, **to_overrides(values)}
-        if not ctx.meter.fits(ctx.estimate(point)):  # a long draw the budget left cannot hold: draw again
+        if not ctx.may_start(point, per_length=False):  # a long draw the budget left cannot hold: draw again
             ctx.store.fail(trial, "its training length does not fit the budget left", status="skipped")
             misses += 1
             if misses >= MAX_MISSES:
