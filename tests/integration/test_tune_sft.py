@@ -152,3 +152,39 @@ def test_a_trial_whose_loop_raised_mid_record_is_failed_not_running(sft_study, t
     run = RunStore(tmp_path / "t").read_run()
     assert (run["status"], run["reason"]) == ("failed", "RuntimeError: the loop died")
     assert res.status == "failed" and res.value is None
+
+
+def test_a_causal_lm_trial_keeps_huggingface_hubs_warnings_off_the_terminal(tmp_path):
+    # `tune -q` on causal-lm printed "Repo card metadata block was not found. Setting CardData to empty." about 3
+    # times a trial (peft saving the adapter's model card): huggingface_hub's handler writes to the stderr it was set
+    # up with, which the runner's redirect did not reach
+    import logging
+
+    from loratune.search.runner import TrainingRunner
+    from loratune.search.trial import TrialSpec
+    from loratune.tasks import recipe
+
+    lm = save_tiny_llama_lm(tmp_path / "lm", chat_template=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n, seed in (("train", 6, 1), ("validation", 3, 2), ("test", 3, 3)):
+        write_jsonl(data / f"{name}.jsonl", make_sft_rows(n, seed=seed))
+    cfg = load_config(None, ["task=causal-lm", f"name_or_path={lm}", f"dataset_name={data}", "max_length=32",
+                             "num_threads=1", "max_steps=2", "eval_steps=1", f"output_dir={tmp_path / 'unused'}"])
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    hub = logging.getLogger("huggingface_hub")
+    keep = Keep(logging.WARNING)
+    hub.addHandler(keep)
+    try:
+        level = hub.level
+        res = TrainingRunner(cfg, recipe(cfg, "prepare")(cfg.data, seed=0)).run(TrialSpec("t", "p", {}), tmp_path / "r")
+        assert hub.level == level  # restored after the trial
+    finally:
+        hub.removeHandler(keep)
+    assert res.status == "completed" and (tmp_path / "r" / "adapter").is_dir()
+    assert not [m for m in seen if "Repo card" in m], seen

@@ -144,10 +144,21 @@ class WatchCallback:
 @contextlib.contextmanager
 def _library_noise_hidden():
     """Library progress bars ("Writing model shards") and deprecation notices go to a buffer, not
-    between the decisions on the terminal; errors still end the run with status `failed`."""
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore", FutureWarning)
-        yield
+    between the decisions on the terminal; errors still end the run with status `failed`. huggingface_hub
+    logs through a handler bound to the terminal's stderr when it was set up (the redirect misses it): its
+    warnings ("Repo card metadata block was not found", each time peft saves a causal-lm adapter's model card)
+    are held back to errors."""
+    import logging
+
+    hub = logging.getLogger("huggingface_hub")
+    level = hub.level
+    hub.setLevel(max(logging.ERROR, level))
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hub.setLevel(level)
 
 
 class FinishedThenInterrupted(KeyboardInterrupt):
