@@ -184,3 +184,46 @@ def test_the_refusals_of_a_taken_study_name_and_a_missing_worker_storage_give_ad
     assert main(["tune", "--worker", "--storage", url]) == 2
     err = _flat(capsys.readouterr().err)
     assert f"no study in --storage '{url}' to work on" in err and "runs/tune" not in err, err
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--seed", "7"], "--seed 3"),
+    (["--trial-steps", "24"], "--trial-steps 8"),
+    (["per_device_train_batch_size=4"], "per_device_train_batch_size=8"),
+    (["--target", "0.9"], "no --target"),
+    (["--seed", "3", "--trial-steps", "8", "per_device_train_batch_size=8"], None),  # the study's own: accepted
+])
+def test_a_resume_refuses_options_that_differ_from_the_studys_own(extra, named, tmp_path, capsys, monkeypatch):
+    # --resume silently replaced them with the study's (a new --seed, --trial-steps or batch size trained as before)
+    from loratune.config import load_config, to_yaml
+    from loratune.search.protocol import ProtocolSettings
+    from loratune.search.study import Study
+
+    base = load_config(None, ["per_device_train_batch_size=8"])
+    Study.open(tmp_path / "s", meta={"strategy": "random", "seed": 3, "budget": "2trials", "base_config": to_yaml(base),
+                                     "settings": ProtocolSettings().to_dict(),
+                                     "plan": {"max_steps": 8, "examples": 64}}).close()
+    import sys
+
+    import loratune.search.tune  # noqa: F401 (the package's `tune` is the function)
+
+    tune_mod = sys.modules["loratune.search.tune"]
+
+    def stop(*a, **k):
+        raise RuntimeError("got past the checks")
+
+    monkeypatch.setattr(tune_mod, "Budget", type("B", (), {"parse": staticmethod(stop)}))
+    args = ["tune", "--resume", "--study-dir", str(tmp_path / "s"), "-q", *extra]
+    if named is None:
+        with pytest.raises(RuntimeError, match="got past the checks"):
+            main(args)
+        return
+    assert main(args) == 2
+    err = _flat(capsys.readouterr().err)
+    assert f"was set up with {named}: a resume continues it as it was" in err and "Traceback" not in err, err
+
+
+def test_a_worker_refuses_a_seed_and_trial_steps_it_would_ignore(tmp_path, capsys):
+    assert main(["tune", "--worker", "--study-dir", str(tmp_path / "s"), "--seed", "3", "--trial-steps", "5"]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert "(given: --seed, --trial-steps)" in err and not (tmp_path / "s").exists()

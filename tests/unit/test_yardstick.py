@@ -413,3 +413,40 @@ def test_a_wall_budget_spent_before_the_first_trial_is_refused_not_called_spent(
     assert got.value.problem == "the budget 20s holds no trial: startup and the assessment spent 6s, 15s kept back to " \
                                 "finish" and "larger --budget" in got.value.fix
     assert not [d for d in ctx.decisions if d["kind"] == "stop"]
+
+
+def test_a_wall_budget_charges_the_real_time_between_and_around_trials(tmp_path):
+    # only each trial's own training time was charged: the sampler, the study's records, decisions and a trial's
+    # setup (~0.8 s a trial) were not, and a 1m budget ended after 82 s, "spent 45s"
+    class Clock:
+        t = 100.0
+
+        def __call__(self):
+            self.t += 0.25  # every reading: time passes outside training (sampler, records, decisions)
+            return self.t
+
+    clock = Clock()
+
+    class Timed(LengthWorld):
+        def run(self, spec, run_dir, watch=None):
+            res = super().run(spec, run_dir, watch)
+            clock.t += 0.5 + res.wall_s  # model setup, then the training the result measures
+            return res
+
+    store = Study.open(tmp_path / "s", meta={"strategy": "random"})
+    space = default_space(START, 32, trial_steps=TRIAL_STEPS)
+    store.optuna.sampler = make_sampler("random", space, seed=0)
+    started = clock.t
+    ctx = SearchContext(store=store, runner=Timed(), meter=Meter(Budget.parse("40s")), trial_examples=TRIAL_EXAMPLES,
+                        trial_steps=TRIAL_STEPS, costs=CostModel(), clock=clock, since=started)
+    run_yardstick(ctx, space, START, "random")
+    ctx.charge_elapsed("after the last trial")
+    spent = ctx.meter.spent.wall_s
+    assert spent == pytest.approx(clock.t - started)  # the meter charged every second the session took
+    assert sum(c.cost.wall_s for c in ctx.meter.ledger) == pytest.approx(spent)  # and its ledger adds up
+    trained = sum(r.result.wall_s for r in ctx.records)
+    outside = [c for c in ctx.meter.ledger if c.cost.trials == 0]
+    assert outside and sum(c.cost.wall_s for c in outside) == pytest.approx(spent - trained)
+    # the trial that starts last fits what was left when it started: the session ends about on budget
+    last = ctx.records[-1].result.wall_s
+    assert spent - 40 < last + 2, [c.to_dict() for c in ctx.meter.ledger]

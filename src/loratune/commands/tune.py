@@ -55,7 +55,8 @@ def register(sub) -> None:
     p.add_argument("--study-name", default="loratune", help="study name inside the storage")
     p.add_argument("--resume", action="store_true", help="continue the study in --study-dir: finished trials "
                    "are kept, a trial cut by a killed process is trained again")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed for grid / random / tpe / tpe-hyperband")
+    p.add_argument("--seed", type=int, help="sampler seed for grid / random / tpe / tpe-hyperband (default 0; on "
+                   "--resume: the study's own)")
     p.add_argument("--trial-steps", type=at_least_one, metavar="N",
                    help="optimizer steps per trial (default: from the budget)")
     p.add_argument("--target", type=positive_target, metavar="F1", help="the val objective you need (LoRA vs full decision): a macro-F1, or a val loss to reach "
@@ -119,10 +120,15 @@ def run(args) -> int:
 def run_worker(args) -> int:
     from loratune.search.worker import run_worker as work
 
-    if args.overrides or args.config or args.budget or args.strategy or args.resume:
+    given = {"key=value overrides": args.overrides, "--config": args.config, "--budget": args.budget,
+             "--strategy": args.strategy, "--resume": args.resume, "--seed": args.seed is not None,
+             "--trial-steps": args.trial_steps, "--target": args.target, "--arms": args.arms,
+             "--no-full-probe": args.no_full_probe}
+    if any(given.values()):
         from loratune.errors import UserError
 
-        raise UserError("a worker takes its configuration, budget and strategy from the study it joins",
+        raise UserError(f"a worker takes its configuration, budget, strategy and trial plan from the study it joins "
+                        f"(given: {', '.join(k for k, v in given.items() if v)})",
                         "give only --worker with --study-dir / --storage / --study-name (and --heartbeat)")
     out = console()
     ui = RichUI(out, live=False)

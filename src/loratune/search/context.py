@@ -98,6 +98,15 @@ class SearchContext:
     # reuse (charge_earlier): what was spent stays spent, once
     earlier: set = field(default_factory=set)
     _charged: set = field(default_factory=set)
+    # the session's clock (tune: time.perf_counter): the real time between and around trials (sampler, study records,
+    # decisions, a trial's model setup) is charged too, so a wall budget bounds the session; None: trials' own
+    # measured wall time only (scripted runs in tests)
+    clock: Callable[[], float] | None = None
+    since: float | None = None  # the clock's reading the meter has charged up to (None: now)
+
+    def __post_init__(self) -> None:
+        if self.since is None and self.clock is not None:
+            self.since = self.clock()
 
     # ------------------------------------------------------------------ the objective
     @property
@@ -179,10 +188,13 @@ class SearchContext:
         if done is not None:
             rec = TrialRecord(done.number, done.spec, done.run_dir, done.result, reused=True)
             self._account(rec, f"{rec.label} (reused from the study)", charge=rec.number not in self._charged)
+            # a worker may have trained it while this waited: that time is its own wall time, charged once
+            self.charge_elapsed(f"{rec.label}: waiting for it, study records", minus=rec.result.wall_s)
             self.records.append(rec)
             self.ui.trial_end(rec, self)
             return rec
         self.charge_earlier()  # before the budget is asked: an earlier session's trial no decision reused is spent
+        self.charge_elapsed("between trials: decisions, sampler, study records")
         if not self.may_start(spec.point, reserve):
             if claimed:  # a queued trial this search no longer affords
                 self.store.fail(trial, "not run: the budget left does not fit it", status="skipped")
@@ -220,6 +232,7 @@ class SearchContext:
         rec = self.store.finish(handle, spec, run_dir, result)
         self.current = {}
         self._account(rec, rec.label)
+        self.charge_elapsed(f"{rec.label}: outside its training (setup, study records)", minus=result.wall_s)
         self.records.append(rec)
         self.ui.trial_end(rec, self)
         return rec
@@ -231,6 +244,18 @@ class SearchContext:
 
         wall, examples = spent_by_run(str(run_dir))
         self.meter.charge(Cost(wall, examples, 0), f"trial #{number} {how}")
+        self.charge_elapsed(f"trial #{number} {how}: outside its training", minus=wall)
+
+    def charge_elapsed(self, label: str, minus: float = 0.0) -> None:
+        """Charge the session's clock since the last charge of it, less `minus` (what was charged meanwhile as a
+        trial's own wall time), so that the ledger adds up to the real time and nothing is charged twice."""
+        if self.clock is None:
+            return
+        now = self.clock()
+        gap = now - (self.since if self.since is not None else now) - minus
+        self.since = now
+        if gap > 0:
+            self.meter.charge(Cost(gap, 0, 0), label)
 
     def charge_earlier(self) -> None:
         """Charge the trials earlier sessions finished that this one has not reused: a resume with a larger budget

@@ -39,7 +39,7 @@ class TuneOptions:
     storage: str | None = None  # SQLAlchemy URL; default sqlite:///<study_dir>/study.db
     study_name: str = "loratune"
     resume: bool = False
-    seed: int = 0  # sampler seed (grid / random / tpe / tpe-hyperband)
+    seed: int | None = None  # sampler seed (grid / random / tpe / tpe-hyperband); None: 0, on resume the study's own
     trial_steps: int | None = None  # override the planned trial length
     examples_per_s: float | None = None  # prior throughput for planning wall-time budgets (None: the task's)
     explicit_keys: tuple[str, ...] = ()  # config keys the user set (they win over the assessment)
@@ -88,7 +88,8 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     # setup ------------------------------------------------------------------------------------
     meta = {"strategy": options.strategy or "protocol", "budget": options.budget or DEFAULT_BUDGET,
             "base_config": to_yaml(cfg), "explicit_keys": list(options.explicit_keys),
-            "user_point": options.user_point, "settings": options.settings.to_dict(), "seed": options.seed}
+            "user_point": options.user_point, "settings": options.settings.to_dict(),
+            "seed": options.seed if options.seed is not None else 0}
     from loratune.search.study import HEARTBEAT_S
 
     study = Study.open(study_dir, storage=options.storage, name=options.study_name, resume=options.resume,
@@ -96,12 +97,14 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     opened.append(study)
     if options.resume:  # the study's own base config, strategy and settings; a new budget may be given
         old = study.meta
+        given = options.user_point
         cfg = cfg_from_yaml(old["base_config"]) if old.get("base_config") else cfg
         if options.strategy and options.strategy != old.get("strategy"):
             raise UserError(f"the study in {study_dir} was run with --strategy {old.get('strategy')}",
                             f"resume it with --strategy {old.get('strategy')} (or without --strategy)")
         settings = settings_from(old.get("settings"), options.settings, ui)
-        options = dc_replace(options, strategy=old.get("strategy", "protocol"), seed=old.get("seed", options.seed),
+        _refuse_changes(study_dir, old, options, settings, given, cfg)
+        options = dc_replace(options, strategy=old.get("strategy", "protocol"), seed=old.get("seed", 0),
                              budget=options.budget or old.get("budget") or DEFAULT_BUDGET, settings=settings,
                              user_point=old.get("user_point") or {}, explicit_keys=tuple(old.get("explicit_keys", ())))
         if options.budget != old.get("budget"):
@@ -161,7 +164,6 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     phase0_s = float((assessment.get("timings") or {}).get("tune_wall_s") or
                      (assessment.get("timings") or {}).get("total_s") or 0.0)
     meter.charge(Cost(phase0_s, 0, 0), "phase 0: assessment")
-    meter.charge(Cost(time.perf_counter() - t_start - assessed_now_s, 0, 0), "startup (this session)")
     # what a trial that never finished trained stays spent: charged again by every session (the meter starts empty)
     lost = study.lost_spending()
     for row in lost:
@@ -172,7 +174,11 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                         noise_floor=objective(getattr(runner, "objective", None)).noise_floor,
                         trial_steps=int(plan["max_steps"]),
                         base_point=dict(start.point), costs=CostModel(options.examples_per_s), ui=ui,
-                        finish_rows=len(test) if test is not None else 0, finish_base_s=options.finish_reserve_s)
+                        finish_rows=len(test) if test is not None else 0, finish_base_s=options.finish_reserve_s,
+                        clock=time.perf_counter, since=t_start)
+    # the clock of this session before the first trial (imports, data, the study's records) counts too; phase 0's
+    # share of it is charged above
+    ctx.charge_elapsed("startup (this session)", minus=assessed_now_s)
 
     if options.resume:  # said where the replay of the earlier sessions' decisions ends
         ctx.earlier = {r.number for r in study.records()}  # each charged once: reused, or not (charge_earlier)
@@ -199,7 +205,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
             from loratune.train import plan_steps
 
             eval_every = plan_steps(base, len(dataset.train))[1]
-        prepare_yardstick(ctx, space, start.point, options.strategy, options.seed, eval_every=eval_every)
+        prepare_yardstick(ctx, space, start.point, options.strategy, options.seed or 0, eval_every=eval_every)
         run_yardstick(ctx, space, start.point, options.strategy)
 
     # finish -----------------------------------------------------------------------------------
@@ -207,12 +213,53 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
              "assessment_findings": [f"{f['severity']}: {f['message']}" for f in assessment.get("findings", [])],
              "wall_s_session": round(time.perf_counter() - t_start, 2)}
     ctx.charge_earlier()  # a resume that trained nothing new still spent what its earlier sessions trained
+    ctx.charge_elapsed("after the last trial: decisions")
     summary = finish(ctx, study_dir / FINAL, options.strategy, extra)
     ctx.flush_pending()  # a resume whose every decision was a replay still says it resumed
     summary["wall_s_session"] = round(time.perf_counter() - t_start, 2)
     study.cancel_queued("the search ended without needing it")
     study.set_meta(finished=True)  # workers stop
     return summary
+
+
+def _refuse_changes(study_dir: Path, old: dict, options: TuneOptions, settings, given: dict, cfg) -> None:
+    """A resume continues the study as it was set up: a --seed, --trial-steps, protocol setting (--target, --arms,
+    --no-full-probe) or config key that differs from the study's own would be silently ignored (its trials, plan
+    and replayed decisions are the study's), so it is refused, naming the study's value (as --strategy is)."""
+    from loratune.config import to_dict
+    from loratune.search.protocol import ProtocolSettings
+
+    diffs = []
+    if options.seed is not None and options.seed != old.get("seed", 0):
+        diffs.append(f"--seed {old.get('seed', 0)}")
+    plan = old.get("plan") or {}
+    if options.trial_steps is not None and plan and options.trial_steps != plan.get("max_steps"):
+        diffs.append(f"--trial-steps {plan.get('max_steps')}")
+    default = ProtocolSettings()
+    for name in ("target", "arms", "full_probe"):  # --target, --arms, --no-full-probe
+        asked = getattr(options.settings, name)
+        if asked != getattr(default, name) and asked != getattr(settings, name):
+            have = getattr(settings, name)
+            if name == "target":
+                diffs.append(f"--target {have:g}" if have is not None else "no --target")
+            elif name == "arms":
+                diffs.append(f"--arms {','.join(have)}" if have else "no --arms")
+            else:
+                diffs.append("the full-fine-tuning probe " + ("on" if have else "off"))
+    flat = {f"{sec}.{k}": v for sec, keys in to_dict(cfg).items() for k, v in keys.items()}
+    for key, value in sorted(given.items()):
+        if key in flat and _plain(value) != _plain(flat[key]):
+            diffs.append(f"{key.split('.', 1)[1]}={_plain(flat[key])}")
+    if diffs:
+        raise UserError(f"the study in {study_dir} was set up with {', '.join(diffs)}: a resume continues it as it was "
+                        "(its plan, trials and decisions), so a different value would be ignored",
+                        "resume without those options (or with the study's values), or start a new study elsewhere "
+                        "with the new ones")
+
+
+def _plain(value):
+    """A config value as compared across a YAML round trip (tuples read back as lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def settings_from(stored: dict | None, default: ProtocolSettings, ui: UI | None = None) -> ProtocolSettings:
