@@ -410,8 +410,8 @@ def test_a_wall_budget_spent_before_the_first_trial_is_refused_not_called_spent(
                         trial_steps=TRIAL_STEPS, costs=CostModel())
     with pytest.raises(UserError) as got:
         run_yardstick(ctx, space, START, "random")
-    assert got.value.problem == "the budget 20s holds no trial: startup and the assessment spent 6s, 15s kept back to " \
-                                "finish" and "larger --budget" in got.value.fix
+    want = "the budget 20s holds no trial: startup and the assessment spent 6s, 15s kept back to finish"
+    assert got.value.problem == want and "larger --budget" in got.value.fix
     assert not [d for d in ctx.decisions if d["kind"] == "stop"]
 
 
