@@ -53,29 +53,21 @@ def test_sigterm_mid_trial_stops_tune_cleanly(tiny_bert, intent_data, tmp_path):
     assert run["examples_seen"] > 0 and lost[0]["wall_s"] == pytest.approx(run["wall_s"]) and run["wall_s"] > 0
 
 
-def test_a_model_that_cannot_load_stops_tune_with_the_error_not_an_lr_move(intent_data, tmp_path, capsys):
-    """A saved BertForSequenceClassification (a 2-label head, the data has 4 intents) fails every trial at load: tune
-    read it as an lr problem ("a larger lr can only be worse", then "every grid point failed: lr /10"), exited 1, and
-    the load error was only in final/study.json."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from support import _save_tokenizer
-
-    model = tmp_path / "cls-bert"
-    tok = _save_tokenizer(model)
-    torch.manual_seed(0)
-    BertForSequenceClassification(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
-                                             num_attention_heads=2, intermediate_size=64,
-                                             max_position_embeddings=128)).save_pretrained(model)
+def test_a_trial_failed_by_the_users_input_stops_tune_with_the_error_not_an_lr_move(tiny_bert, intent_data, tmp_path,
+                                                                                    capsys):
+    """A setting every trial refuses (metric_for_best_model naming a metric single-label data does not compute; a model
+    that cannot load did the same before a classifier head of another label count was replaced) failed every trial:
+    tune read it as an lr problem ("a larger lr can only be worse", then "every grid point failed: lr /10"), exited
+    1, and the error was only in final/study.json."""
     study = tmp_path / "study"
-    ov = [o for o in overrides(str(model), intent_data, tmp_path / "unused", num_threads=1)
+    ov = [o for o in overrides(str(tiny_bert), intent_data, tmp_path / "unused", num_threads=1)
           if not o.startswith(("max_steps=", "eval_steps=", "output_dir="))]
-    rc = main(["tune", *ov, "--study-dir", str(study), "-q", "--budget", "4trials", "--trial-steps", "12"])
+    rc = main(["tune", *ov, "metric_for_best_model=subset_accuracy", "--study-dir", str(study), "-q", "--budget",
+               "4trials", "--trial-steps", "12"])
     cap = capsys.readouterr()
     shown = _flat(cap.out + cap.err)
     assert rc == 2, shown
-    assert "could not load the model" in shown and "check the folder's files" in shown and "Traceback" not in shown
+    assert "subset_accuracy is not computed for single-label data" in shown and "Traceback" not in shown
     decisions = [json.loads(line) for line in (study / "decisions.jsonl").read_text().splitlines()]
     assert not [d for d in decisions if d["phase"] == "phase1-lr-grid"]  # no lr skip, no lr /10
     assert not (study / "final" / "study.json").exists()
@@ -84,8 +76,6 @@ def test_a_model_that_cannot_load_stops_tune_with_the_error_not_an_lr_move(inten
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}").get_trials()
     assert len(trials) == 1 and trials[0].state.name == "FAIL" and "record" not in trials[0].user_attrs
-    assert trials[0].user_attrs["status"] == "failed"
-    assert trials[0].user_attrs["reason"].startswith("stopped tune: could not load the model")
 
 
 def test_a_study_db_from_an_older_optuna_is_a_clear_message(tmp_path, capsys):
