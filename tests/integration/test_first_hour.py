@@ -89,3 +89,22 @@ def test_the_api_has_the_cli_verbs(trained, tiny_bert, intent_data, tmp_path, mo
     opts = seen["opts"]
     assert opts.budget == "2trials" and opts.explicit_keys == ("adapter.r",)
     assert opts.user_point == {"adapter.r": 4} and opts.study_dir == str(tmp_path / "s")
+
+
+def test_the_train_summary_names_the_verdict_once(trained, monkeypatch):
+    """Most verdicts open with their rule's name ("undertrained: still improving"): the summary line names it once."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    import loratune.diagnose
+    from loratune.commands.train import print_next_steps
+
+    finding = SimpleNamespace(rule_id="undertrained", verdict="undertrained: still improving when the run ended",
+                              moves=("epochs up",))
+    monkeypatch.setattr(loratune.diagnose, "diagnose", lambda run_dir: SimpleNamespace(primary=finding))
+    buf = io.StringIO()
+    print_next_steps(Console(file=buf, width=250), str(trained))
+    line = next(ln for ln in buf.getvalue().splitlines() if ln.startswith("verdict:"))
+    assert line == "verdict: undertrained: still improving when the run ended; next move: epochs up", line

@@ -162,7 +162,7 @@ def print_next_steps(out, run_dir: str) -> None:
 
     try:
         primary = diagnose(run_dir).primary
-        verdict = (f"[bold]{escape(primary.rule_id)}[/]: {escape(primary.verdict)}"
+        verdict = (f"[bold]{escape(primary.rule_id)}[/]: {escape(_verdict_text(primary))}"
                    + (f"; next move: {escape(', '.join(primary.moves))}" if primary.moves else "")
                    if primary else "[bold]inconclusive[/] (no rule holds on these curves)")
     except Exception as exc:  # the record is complete whatever the diagnosis makes of it
@@ -180,6 +180,14 @@ def print_next_steps(out, run_dir: str) -> None:
     out.print("next:")
     for cmd, what in steps:
         out.print(f"  {escape(cmd).ljust(width)}  [dim]{what}[/]")
+
+
+def _verdict_text(finding) -> str:
+    """The finding's verdict without its rule name: most verdicts open with it ("undertrained: still improving"),
+    and the line already names the rule in bold."""
+    text = finding.verdict
+    head = f"{finding.rule_id}:"
+    return text[len(head):].lstrip() if text.startswith(head) else text
 
 
 def _fmt(v) -> str:
