@@ -106,6 +106,13 @@ def _primary(findings: Sequence[Finding], scope: str) -> Finding | None:
     return next((f for f in findings if f.suppressed_by is None and f.scope == scope), None)
 
 
+def _moved(name: str, fall: float | None) -> str:
+    """A fall feature as words: "fell 6.6%", "rose 6.6%" (a negative fall), "no fall measured" (missing)."""
+    if fall is None:
+        return "no fall measured"
+    return f"{'fell' if fall >= 0 else 'rose'} {format_value(FEATURES[name].unit, abs(fall))}"
+
+
 @dataclass(frozen=True)
 class Diagnosis:
     """One run: its features, the findings (priority order, suppressed ones flagged) and the gaps."""
@@ -188,8 +195,14 @@ class Diagnosis:
             lines.append(f"{metric}: {fv('val_metric_start')} at the start, best {fv('val_metric_best')}{se} "
                          f"at {fv('best_step_fraction')} of the run, final {fv('val_metric_final')}{tie}")
         if v.get("train_loss_final") is not None:
-            lines.append(f"train loss: {fv('train_loss_start')} -> {fv('train_loss_final')} "
-                         f"(fell {fv('train_loss_drop')}; {fv('train_loss_late_drop')} over the last half)")
+            if v.get("train_loss_untracked") == 1.0:  # one window: a start and a final, and no trend between them
+                trend = "one train-loss window, no trend"
+            else:
+                late = v.get("train_loss_late_drop")
+                trend = f"{_moved('train_loss_drop', v.get('train_loss_drop'))}; " + (
+                    "no reading over the last half" if late is None
+                    else f"{_moved('train_loss_late_drop', late)} over the last half")
+            lines.append(f"train loss: {fv('train_loss_start')} -> {fv('train_loss_final')} ({trend})")
         if v.get("val_loss_min") is not None:
             rise = v.get("val_loss_rise_noise")
             tie = ""

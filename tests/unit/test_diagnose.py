@@ -455,3 +455,15 @@ def test_a_key_the_runs_task_does_not_read_is_no_difference():
     c = compare([with_loss(run("old", 0.60), "bce", "multi_label"),
                  with_loss(run("new", 0.70, lr=2e-4), "bce_pos_weight", "multi_label")])
     assert c.groups == () and any("exactly one" in n for n in c.notes)
+
+
+@pytest.mark.parametrize("n_evals, curve, expect", [
+    (1, lambda f: 2.0, "(one train-loss window, no trend)"),  # a 4-step run: one window, no fall to read
+    (4, lambda f: 2.0 + f, "(rose 50.0%; rose 20.0% over the last half)"),  # a rise is words, not 'fell -50.0%'
+    (4, lambda f: 2.0 - f, "(fell 50.0%; fell 33.3% over the last half)"),
+])
+def test_curve_summary_says_a_missing_trend_or_a_rise_in_words(n_evals, curve, expect):
+    pts = s.make_history(train_loss=curve, val_loss=lambda f: 2.0, n_evals=n_evals, steps_per_eval=4)
+    line = next(ln for ln in diagnose(from_points(pts, meta=META)).curve_summary() if ln.startswith("train loss:"))
+    assert line.endswith(expect), line
+    assert "missing" not in line and " -" not in line.split("(")[1], line
