@@ -697,7 +697,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     trained_key, start_loss = (-math.inf, -math.inf), None  # best (gain, tie-break) after step 0; step 1's loss
     examples_seen, step, step_times = 0, 0, []
     lr0_steps = 0  # the first steps, run at learning rate 0 (a warmup's first), that moved no weight (saved_note)
-    window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "tokens": []}
+    window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "tokens": [], "lr": []}
     t0 = time.perf_counter()
     run["setup_s"] = round(t0 - t_setup, 3)
 
@@ -830,6 +830,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             if lr0_steps == step - 1 and not any(g["lr"] > 0 for g in optimizer.param_groups):
                 lr0_steps = step  # the step moves no weight (a warmup's first runs at 0): train.saved_note
+            window["lr"].append(scheduler.get_last_lr()[0])  # the rate this step uses: the point's lr_max
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

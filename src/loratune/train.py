@@ -437,9 +437,13 @@ def history_point(step: int, examples_seen: int, n_train: int, t0: float, lr: fl
                   window: dict[str, list[float]]) -> dict:
     """A history point's head (step, epoch, examples seen, wall seconds, lr) and the train/* keys of the steps
     since the last point (window_scores); the window is emptied. An evaluation adds its splits' keys. `lr`: the
-    rate after the step's scheduler update (get_last_lr: the next step's rate), as the HF Trainer logs it."""
+    rate after the step's scheduler update (get_last_lr: the next step's rate), as the HF Trainer logs it; `lr_max`: the
+    largest rate the window's steps used (window["lr"]), since a decay to 0 leaves `lr` 0 at the last point and a short
+    run's peak lr (features.peak_lr) would read as 0."""
     point = {"step": step, "epoch": examples_seen / max(1, n_train), "examples_seen": examples_seen,
              "wall_s": round(time.perf_counter() - t0, 3), "lr": lr}
+    if window.get("lr"):
+        point["lr_max"] = max(window["lr"])
     point.update(window_scores(window))
     for key in window:
         window[key].clear()
@@ -841,7 +845,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
     trained_f1, start_loss = -math.inf, None  # the best val macro-F1 after step 0; the loss of step 1
     examples_seen, step, step_times = 0, 0, []
     lr0_steps = 0  # the first steps, run at learning rate 0 (a warmup's first), that moved no weight (saved_note)
-    window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": []}
+    window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "lr": []}
     t0 = time.perf_counter()
     run["setup_s"] = round(t0 - t_setup, 3)
 
@@ -951,6 +955,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             if lr0_steps == step - 1 and not any(g["lr"] > 0 for g in optimizer.param_groups):
                 lr0_steps = step
+            window["lr"].append(scheduler.get_last_lr()[0])  # the rate this step uses: the point's lr_max
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

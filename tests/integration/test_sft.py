@@ -697,3 +697,14 @@ def test_accumulation_weighs_micro_batches_by_completion_tokens_as_one_batch(lm,
         seen[bs] = (point["train/loss"], point["train/grad_norm"])
     assert seen[4] == pytest.approx(seen[8], rel=1e-5)
     assert seen[2] == pytest.approx(seen[8], rel=1e-5)
+
+
+def test_each_point_logs_the_largest_rate_its_steps_used(sft_run):
+    # linear decay after a 1-step warmup (0.06 of 12): the last point's `lr` is the decayed 0, its `lr_max` is not
+    history = _history(sft_run)
+    lr = 1e-2
+    used = [lr * min(1.0, s / 1) * (STEPS - s) / (STEPS - 1) if s else 0.0 for s in range(STEPS)]  # step s+1's rate
+    assert "lr_max" not in history[0] and history[-1]["lr"] == 0.0
+    assert [p["lr_max"] for p in history[1:]] == pytest.approx(
+        [max(used[p["step"] - EVERY:p["step"]]) for p in history[1:]])
+    assert history[1]["lr_max"] == pytest.approx(lr)

@@ -671,3 +671,19 @@ def test_multi_label_knobs_on_single_label_data_are_noted_and_no_unused_gamma_is
         assert shown in note
     _, plain = _train(tiny_bert, intent_data, tmp_path / "plain", max_steps=1, eval_steps=1)
     assert not any("single-label" in n for n in plain["data_notes"])
+
+
+def test_a_short_decayed_runs_points_log_the_rate_their_steps_used(tiny_bert, intent_data, tmp_path):
+    # 4 steps, linear decay, no warmup: the rates used are 5e-3, 3.75e-3, 2.5e-3, 1.25e-3 and the scheduler's next
+    # rate (`lr`) at the last point is 0; `lr_max` keeps the 5e-3 the run trained at, so the peak lr is not read as 0
+    from loratune.diagnose import diagnose
+
+    _train(tiny_bert, intent_data, tmp_path / "run", max_steps=4, eval_steps=2, warmup_ratio=0.0)
+    history = RunStore(tmp_path / "run").read_history()
+    assert [p["step"] for p in history] == [0, 2, 4]
+    assert "lr_max" not in history[0]  # no step taken yet
+    assert [p["lr_max"] for p in history[1:]] == pytest.approx([5e-3, 2.5e-3])
+    assert history[-1]["lr"] == 0.0
+    d = diagnose(tmp_path / "run")
+    assert d.features.values["peak_lr"] == pytest.approx(5e-3)
+    assert not d.fired("lr-too-small", active_only=False)
