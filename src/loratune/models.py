@@ -75,6 +75,44 @@ def resolve_model(cfg: ModelConfig) -> ModelSource:
     return ModelSource(name, cfg.gguf_file, False)  # a hub id, for users who are online
 
 
+def hub_offline_reason() -> str | None:
+    """Why the hub cannot be reached, said at once (the hub client retries a dead network 5 times per file, over a
+    minute for one model): offline mode, or the hub's host does not resolve. None when it may be reachable."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "offline mode: HF_HUB_OFFLINE is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        return f"offline: {host} does not resolve ({exc})"
+    return None
+
+
+def hub_kwargs(src: ModelSource) -> dict:
+    """The from_pretrained arguments a hub id needs here: none online or for a local folder; offline, the cache only
+    (local_files_only: no retries) when the id is in the Hugging Face cache, else a UserError naming the cause."""
+    if src.is_local:
+        return {}
+    why = hub_offline_reason()
+    if why is None:
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(src.path, src.gguf_file or "config.json"), str)
+    except Exception:  # an id the hub client refuses (its own validation): not in the cache
+        cached = False
+    if cached:
+        return {"local_files_only": True}
+    raise UserError(f"model '{src.path}' is not a local folder (no such path here), and as a hub id it is not in the "
+                    f"Hugging Face cache nor can it be fetched ({why})",
+                    "check the path; for a hub model be online (HF_HUB_OFFLINE unset), or download it and give the "
+                    "local folder")
+
+
 def _hub_error(src: ModelSource, exc: Exception) -> UserError:
     if src.is_local:
         return UserError(f"could not load the model from '{src.path}': {exc}", "check the folder's files")
@@ -99,10 +137,7 @@ def load_tokenizer(cfg: ModelConfig):
     """The tokenizer, with a pad token set (decoders often ship without one)."""
     from transformers import AutoTokenizer
 
-    src = resolve_model(cfg)
-    kwargs = {"trust_remote_code": cfg.trust_remote_code}
-    if src.gguf_file:
-        kwargs["gguf_file"] = src.gguf_file
+    src, kwargs = _source_kwargs(cfg)
     try:
         tok = AutoTokenizer.from_pretrained(src.path, **kwargs)
     except Exception as exc:  # transformers raises OSError, ValueError, HF hub errors...
@@ -146,6 +181,7 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
         "num_labels": num_labels,
         "problem_type": "multi_label_classification" if multi_label else "single_label_classification",
         "trust_remote_code": cfg.trust_remote_code,
+        **hub_kwargs(src),
     }
     if id2label:
         kwargs["id2label"] = {int(k): v for k, v in id2label.items()}
@@ -315,7 +351,7 @@ def quiet_transformers():
 
 def _source_kwargs(cfg: ModelConfig) -> tuple[ModelSource, dict]:
     src = resolve_model(cfg)
-    kwargs = {"trust_remote_code": cfg.trust_remote_code}
+    kwargs = {"trust_remote_code": cfg.trust_remote_code, **hub_kwargs(src)}
     if src.gguf_file:
         kwargs["gguf_file"] = src.gguf_file
     return src, kwargs
@@ -362,10 +398,13 @@ def load_meta_model(path: str, gguf_file: str | None = None):
             model_type = raw.pop("model_type")
             config = AutoConfig.for_model(model_type, **raw)
         else:
+            kwargs = {}
             if path in EMBEDDED_MODELS or p.is_dir() or p.suffix == ".gguf":
                 src = resolve_model(ModelConfig(name_or_path=path, gguf_file=gguf_file))
                 path, gguf_file = src.path, src.gguf_file
-            kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+            else:  # a hub id: offline, the cache or a clear error at once
+                kwargs = hub_kwargs(ModelSource(path, gguf_file, False))
+            kwargs = {**kwargs, "gguf_file": gguf_file} if gguf_file else kwargs
             config = AutoConfig.from_pretrained(path, **kwargs)
     except UserError:
         raise

@@ -409,7 +409,7 @@ def language_model_config(config):
 def _load_config(source: str):
     from transformers import AutoConfig
 
-    from loratune.models import EMBEDDED_MODELS, hub_reason, resolve_model
+    from loratune.models import EMBEDDED_MODELS, hub_offline_reason, hub_reason, resolve_model
 
     fix = (f"give a preset ({', '.join(PRESETS)}), a config.json or a model folder holding one, or a hub id "
            "whose config.json is cached (download it once while online: hf download ID config.json)")
@@ -443,7 +443,7 @@ def _load_config(source: str):
     except Exception as exc:  # in the cache, and not a config transformers accepts: say so, not "not cached"
         raise UserError(f"the cached config of '{source}' is not one transformers accepts ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:300]})", "fix the field it names, or " + fix) from None
-    why = _offline_reason()
+    why = hub_offline_reason()
     if why is None:
         try:
             return AutoConfig.from_pretrained(source)
@@ -467,23 +467,6 @@ def _config_from_json(path: Path, fix: str):
     except Exception as exc:  # transformers' strict config validation raises its own error types too
         raise UserError(f"'{path}' is not a config transformers accepts ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:300]})", "fix the field it names, or " + fix) from None
-
-
-def _offline_reason() -> str | None:
-    """Why the hub cannot be reached, said at once (the hub client retries a dead network for ~25 s): offline
-    mode, or the hub's host does not resolve. None when it may be reachable."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return "offline mode: HF_HUB_OFFLINE is set"
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError as exc:
-        return f"offline: {host} does not resolve ({exc})"
-    return None
 
 
 def default_task(config) -> str:
