@@ -317,6 +317,31 @@ def check_output_dir(path: Path, name: str = "output_dir", example: str = "outpu
                         f"give a writable {name}, e.g. {example}, or fix the permissions")
 
 
+def _stale_outputs(path: Path) -> list[str]:
+    """The earlier run's outputs in `path` that a new run removes (STALE_OUTPUTS present)."""
+    return [n for n in STALE_OUTPUTS if (path / n).exists() or (path / n).is_symlink()]
+
+
+def earlier_run_note(path: str | Path) -> str | None:
+    """What a new run into `path` replaces (RunStore.create clears the earlier run's outputs, its model included), in
+    one line to say before training starts; None when the folder holds no earlier run's outputs."""
+    path = Path(path).expanduser()
+    if not _stale_outputs(path):
+        return None
+    try:
+        run = RunStore(path).read_run() if (path / RUN).is_file() else {}
+    except UserError:  # a damaged run.json: the outputs are still replaced
+        run = {}
+    run = run if isinstance(run, dict) else {}
+    best, objective = run.get("best") if isinstance(run.get("best"), dict) else {}, run.get("objective")
+    parts = []
+    if isinstance(objective, str) and isinstance(best.get(objective), (int, float)):
+        parts.append(f"best {objective} {best[objective]:.4g} at step {best.get('step', '?')}")
+    parts.append("saved model" if (path / ADAPTER).exists() else "no saved model")
+    what = f"a {run['status']} run" if isinstance(run.get("status"), str) else "an earlier run's outputs"
+    return f"{path} held {what} ({', '.join(parts)}): replaced by this run; give another output_dir to keep it"
+
+
 class RunStore:
     """One run directory."""
 
@@ -347,7 +372,7 @@ class RunStore:
         that cannot be removed (an unwritable adapter/) is refused with its record whole, then that folder goes."""
         import shutil
 
-        stale = [n for n in STALE_OUTPUTS if (self.path / n).exists() or (self.path / n).is_symlink()]
+        stale = _stale_outputs(self.path)
         if not stale:
             return
         trash = Path(tempfile.mkdtemp(dir=self.path, prefix=".earlier-run.", suffix=".tmp"))

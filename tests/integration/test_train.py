@@ -687,3 +687,24 @@ def test_a_short_decayed_runs_points_log_the_rate_their_steps_used(tiny_bert, in
     d = diagnose(tmp_path / "run")
     assert d.features.values["peak_lr"] == pytest.approx(5e-3)
     assert not d.fired("lr-too-small", active_only=False)
+
+
+def test_a_new_run_into_a_finished_runs_folder_says_what_it_replaces(tiny_bert, intent_data, tmp_path, capsys,
+                                                                   monkeypatch):
+    # the earlier run's model is deleted when the new one starts (RunStore.create): said at start, on stderr, under -q
+    from loratune.cli import main
+    from loratune.store import earlier_run_note
+
+    out = tmp_path / "run"
+    assert earlier_run_note(out) is None
+    _, first = _train(tiny_bert, intent_data, out, max_steps=4, eval_steps=4)
+    best = first["best"]["val/macro_f1"]
+    expect = (f"{out} held a completed run (best val/macro_f1 {best:.4g} at step 4, saved model): replaced by this "
+              "run; give another output_dir to keep it")
+    assert earlier_run_note(out) == expect
+    capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out, max_steps=2, eval_steps=2)]) == 0
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps a long line
+    assert expect in err, err
+    assert RunStore(out).read_run()["steps_done"] == 2
