@@ -37,6 +37,11 @@ def make_rows(n_per_label: int, seed: int, labels=None) -> list[dict]:
     return rows
 
 
+def flat(text: str) -> str:
+    """Terminal text on one line: rich wraps lines at the terminal width."""
+    return " ".join(text.split())
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

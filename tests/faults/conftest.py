@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from support import _save_tokenizer, make_rows, write_jsonl
+from support import _save_tokenizer, make_rows, overrides, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +31,13 @@ def intent_data(tmp_path_factory) -> Path:
     write_jsonl(folder / "validation.jsonl", make_rows(5, seed=2))
     write_jsonl(folder / "test.jsonl", make_rows(5, seed=3))
     return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert, intent_data, tmp_path_factory, request) -> Path:
+    """One finished tiny run per test module, for the tests that damage or misuse what a run leaves behind."""
+    from loratune.cli import main
+
+    out = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]) / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 0
+    return out

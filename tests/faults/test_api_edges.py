@@ -7,9 +7,7 @@ import pytest
 
 from loratune.cli import main
 
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
+from support import flat
 
 
 def test_a_fresh_run_in_a_reused_directory_drops_the_old_runs_report(tmp_path):
@@ -101,7 +99,7 @@ def test_tune_names_an_unknown_keyword_and_the_known_ones(tmp_path):
 def test_a_refused_resume_leaves_nothing_behind(tmp_path, capsys):
     new = tmp_path / "ns2" / "deeper"  # folders the refused call would make
     assert main(["tune", "--resume", "--study-dir", str(new)]) == 2
-    assert "no study named 'loratune'" in _flat(capsys.readouterr().err)
+    assert "no study named 'loratune'" in flat(capsys.readouterr().err)
     assert not (tmp_path / "ns2").exists()  # (a study.db that `show` read as an unfinished study of 0 trials)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -153,7 +151,7 @@ def test_a_path_that_is_no_regular_file_is_named_for_what_it_is(argv, said, tmp_
     run = RUNS / "lrsmall-b77-1e-6"
     fill = {"dir": str(tmp_path), "run": str(run)}
     assert main([a.format(**fill) for a in argv]) == 2
-    assert said.format(**fill) in _flat(capsys.readouterr().err)
+    assert said.format(**fill) in flat(capsys.readouterr().err)
 
 
 def test_api_train_leaves_the_callers_threads_env_and_progress_bars_as_they_were(tiny_bert, intent_data, tmp_path,

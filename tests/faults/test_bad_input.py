@@ -9,11 +9,7 @@ import pytest
 
 from loratune.cli import main
 
-from support import make_rows, overrides, write_jsonl
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
+from support import flat, make_rows, overrides, write_jsonl
 
 
 def _data(tmp_path, train, validation=None):
@@ -30,7 +26,7 @@ def test_one_row_per_class_cannot_carve_validation(dry, tiny_bert, tmp_path, cap
     d = _data(tmp_path, make_rows(1, seed=1))
     args = ["train", "-q", *(["--dry-run"] if dry else []), *overrides(tiny_bert, d, tmp_path / "run")]
     assert main(args) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert "validation: 0 rows" in err and "at least 2 rows" in err and "fix:" in err
     assert not (tmp_path / "run").exists()
 
@@ -44,7 +40,7 @@ def test_empty_texts_are_an_error_as_in_assess(which, tiny_bert, tmp_path, capsy
     d = _data(tmp_path, rows, make_rows(3, seed=2))
     for dry in (["--dry-run"], []):
         assert main(["train", "-q", *dry, *overrides(tiny_bert, d, tmp_path / "run")]) == 2
-        err = _flat(capsys.readouterr().err)
+        err = flat(capsys.readouterr().err)
         assert ("every text" in err) if which == "all" else ("2 empty text(s)" in err and "rows 3, 6" in err)
 
 
@@ -52,19 +48,19 @@ def test_missing_label_column_suggests_the_label_like_one(tiny_bert, tmp_path, c
     rows = [{"text": r["text"], "intent": r["label"], "id": i} for i, r in enumerate(make_rows(4, seed=1))]
     d = _data(tmp_path, rows)
     assert main(["train", "--dry-run", *overrides(tiny_bert, d, tmp_path / "run")]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert "label_column=intent" in err and "label_column=text" not in err
 
 
 def test_missing_local_dataset_path_is_not_a_hub_error(tiny_bert, tmp_path, capsys):
     assert main(["train", "--dry-run", *overrides(tiny_bert, tmp_path / "nope" / "data", tmp_path / "run")]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert "does not exist" in err and "hub" not in err.lower()
 
 
 def test_missing_local_model_path_names_no_library_dump(intent_data, tmp_path, capsys):
     assert main(["train", "--dry-run", *overrides("models/nothere", intent_data, tmp_path / "run")]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert "not a local folder" in err and "Traceback" not in err and len(err) < 600
 
 
@@ -72,7 +68,7 @@ def test_duplicate_yaml_keys_are_rejected(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("adapter:\n  r: 8\n  r: 16\ntrain:\n  learning_rate: 1e-3\n")
     assert main(["train", "--dry-run", "--config", str(cfg)]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert "duplicate" in err and "r" in err
 
 
@@ -85,7 +81,7 @@ def test_two_trainings_into_one_output_dir(tiny_bert, intent_data, tmp_path, cap
     held.acquire()
     try:
         assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 2
-        assert "another loratune process is training into" in _flat(capsys.readouterr().err)
+        assert "another loratune process is training into" in flat(capsys.readouterr().err)
     finally:
         held.release()
     assert not json.dumps([p.name for p in out.iterdir()]).count("run.json")
@@ -153,7 +149,7 @@ def test_a_lone_surrogate_or_a_text_that_is_no_string_is_refused_by_train_assess
     d = _data(tmp_path, rows, make_rows(3, seed=2))
     for cmd in (["train", "-q", "--dry-run"], ["train", "-q"], ["assess", "--no-probe"]):
         assert main([*cmd, *overrides(tiny_bert, d, tmp_path / "run")]) == 2, cmd
-        err = _flat(capsys.readouterr().err)
+        err = flat(capsys.readouterr().err)
         assert "train.jsonl" in err and said in err and "fix:" in err, (cmd, err)
     assert not (tmp_path / "run").exists()
     with pytest.raises(UserError, match="row 3 has" if isinstance(text, str) else "row 3 has a 'text' of \\["):

@@ -10,18 +10,7 @@ import pytest
 
 from loratune.cli import main
 
-from support import overrides
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_bert, intent_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("damaged") / "run"
-    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 0
-    return out
+from support import flat
 
 
 def _copy_with_empty(trained, tmp_path, name: str):
@@ -37,12 +26,12 @@ def test_an_emptied_adapter_file_is_named_by_predict_evaluate_and_report(trained
     capsys.readouterr()
     for cmd in (["predict", str(run), "lost my card"], ["evaluate", str(run), "--split", "test"]):
         assert main(cmd) == 2, cmd
-        err = _flat(capsys.readouterr().err)
+        err = flat(capsys.readouterr().err)
         assert f"the saved model's {name} is damaged" in err and "fix: train the run again" in err, err
         assert "Traceback" not in err
     page = tmp_path / "r.html"
     assert main(["report", str(run), "-o", str(page)]) == 0  # the page, without the examples that need the model
-    html = _flat(page.read_text(encoding="utf-8"))
+    html = flat(page.read_text(encoding="utf-8"))
     assert f"example texts unavailable: the saved model&#x27;s {name} is damaged" in html
 
 
@@ -51,7 +40,7 @@ def test_an_emptied_config_yaml_is_refused_not_read_as_the_default_base_model(tr
     capsys.readouterr()
     for cmd in (["predict", str(run), "lost my card"], ["evaluate", str(run), "--split", "test"]):
         assert main(cmd) == 2, cmd
-        err = _flat(capsys.readouterr().err)
+        err = flat(capsys.readouterr().err)
         assert f"run '{run}': its config.yaml is empty or damaged" in err and "fix: train the run again" in err, err
 
 
@@ -63,6 +52,6 @@ def test_a_config_yaml_naming_another_base_model_than_the_saved_one_is_refused(t
     (run / "config.yaml").write_text(text.replace(base, "embedded:minilm"), encoding="utf-8")
     capsys.readouterr()
     assert main(["predict", str(run), "lost my card"]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert "names the base model 'embedded:minilm' but the saved model was trained on" in err and base in err, err
     assert main(["predict", str(trained), "lost my card"]) == 0  # the intact run still predicts

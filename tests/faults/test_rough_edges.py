@@ -11,18 +11,7 @@ import pytest
 
 from loratune.cli import main
 
-from support import overrides
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_bert, intent_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rough") / "run"
-    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 0
-    return out
+from support import flat, overrides
 
 
 def test_predict_options_after_the_run_and_between_texts(trained, capsys):
@@ -53,7 +42,7 @@ def test_adapter_folder_has_a_model_card_and_clean_modules_to_save(trained):
                                          ("-3trials", "negative")])
 def test_budget_zero_or_negative(budget, word, tmp_path, capsys):
     assert main(["tune", "--study-dir", str(tmp_path / "s"), "--budget", budget]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert f"is {word}: a budget must be positive" in err and "fix:" in err
     assert not (tmp_path / "s").exists()
 
@@ -106,12 +95,12 @@ def test_report_and_evaluate_on_a_disk_that_refuses_the_write(trained, monkeypat
     monkeypatch.setattr(S, "write_atomic", refuse)
     capsys.readouterr()
     assert main(["report", str(trained)]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert "cannot write the report to" in err and "Read-only file system" in err and "give -o" in err
     assert main(["evaluate", str(trained), "--split", "validation"]) == 2
     out, err = capsys.readouterr()
     assert "val/macro_f1:" in out  # scored and shown, then the refusal said
-    assert "could not be written into" in _flat(err) and "Traceback" not in err
+    assert "could not be written into" in flat(err) and "Traceback" not in err
 
 
 def test_the_dry_run_refuses_an_init_from_that_training_refuses(trained, tiny_bert, intent_data, tmp_path, capsys):

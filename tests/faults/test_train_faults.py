@@ -15,11 +15,7 @@ from loratune.cli import main
 from loratune.store import RunStore
 
 from support_faults import Proc, history_lines
-from support import overrides
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())  # rich wraps lines at the terminal width
+from support import flat, overrides
 
 
 def _long(tiny_bert, intent_data, out: Path, **extra) -> list[str]:
@@ -57,7 +53,7 @@ def test_kill_9_mid_training_reads_as_died_everywhere(tiny_bert, intent_data, tm
 
     assert load_run(out).meta["status"] == "died"  # what diagnose reads
     assert main(["show", str(out)]) == 0
-    assert "died" in _flat(capsys.readouterr().out)
+    assert "died" in flat(capsys.readouterr().out)
     assert main(["report", str(out), "-o", str(tmp_path / "r.html")]) == 0
     assert "partial" in (tmp_path / "r.html").read_text()
 
@@ -143,7 +139,7 @@ def test_stopped_before_the_output_dir_exists_claims_no_record(exc, rc, tiny_ber
     monkeypatch.setattr(T, "load_classifier", stop)
     out = tmp_path / "never"
     assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == rc
-    text = _flat(capsys.readouterr().out)
+    text = flat(capsys.readouterr().out)
     assert "nothing was written" in text and "valid" not in text
     assert not out.exists()
     # and while the data is read, before "training ->" (it said only "interrupted by the user")
@@ -151,7 +147,7 @@ def test_stopped_before_the_output_dir_exists_claims_no_record(exc, rc, tiny_ber
 
     monkeypatch.setattr(A, "prepare", stop)
     assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == rc
-    assert "nothing was written" in _flat(capsys.readouterr().out) and not out.exists()
+    assert "nothing was written" in flat(capsys.readouterr().out) and not out.exists()
 
 
 def test_exploding_loss_ends_diverged_with_exit_3(tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
@@ -170,7 +166,7 @@ def test_exploding_loss_ends_diverged_with_exit_3(tiny_bert, intent_data, tmp_pa
     monkeypatch.setattr(T, "loss_fn", exploding)
     out = tmp_path / "run"
     assert main(["train", "-q", *overrides(tiny_bert, intent_data, out, max_steps=40, max_grad_norm=0)]) == 3
-    text = _flat(capsys.readouterr().out)
+    text = flat(capsys.readouterr().out)
     assert "diverged" in text and "adapter/ holds the model of step 4" in text
     run = RunStore(out).read_run()
     assert run["status"] == "diverged" and "exploded" in run["reason"] and run["steps_done"] == 8
@@ -189,7 +185,7 @@ def test_nan_at_step_1_saves_no_model_and_says_so(tiny_bert, intent_data, tmp_pa
     monkeypatch.setattr(T, "loss_fn", nan)
     out = tmp_path / "run"
     assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 3
-    assert "no model saved" in _flat(capsys.readouterr().out)
+    assert "no model saved" in flat(capsys.readouterr().out)
     run = RunStore(out).read_run()
     assert run["status"] == "diverged" and run["reason"] == "non-finite loss at step 1"
     assert run["saved_model"]["step"] is None and not (out / "adapter").exists()
@@ -237,7 +233,7 @@ def test_disk_full_is_a_clear_error(where, tiny_bert, intent_data, tmp_path, mon
         monkeypatch.setattr(S, "write_atomic", write)
     out = tmp_path / "run"
     assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert "is full" in err and "fix:" in err and "Traceback" not in err
     if where in ("config.yaml", "first run.json"):  # nothing trained yet; the lock is free for the next try
         assert not (out / "history.jsonl").exists()
@@ -255,7 +251,7 @@ def test_read_only_output_dir(tiny_bert, intent_data, tmp_path, monkeypatch, cap
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, m, **k: False if Path(p) == out else real(p, m, **k))
     assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert "not writable" in err and "fix:" in err
 
 
@@ -267,7 +263,7 @@ def test_read_only_during_training_is_a_clear_error(tiny_bert, intent_data, tmp_
 
     monkeypatch.setattr(S.RunStore, "append_history", ro)
     assert main(["train", "-q", *overrides(tiny_bert, intent_data, tmp_path / "run")]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert "not writable" in err and "Traceback" not in err
 
 
@@ -276,7 +272,7 @@ def test_output_dir_is_a_file(tiny_bert, intent_data, tmp_path, capsys):
     f.write_text("x")
     for cmd in (["train", "-q"], ["train", "--dry-run"]):
         assert main([*cmd, *overrides(tiny_bert, intent_data, f)]) == 2
-        assert "is a file" in _flat(capsys.readouterr().err)
+        assert "is a file" in flat(capsys.readouterr().err)
     assert f.read_text() == "x"
 
 
@@ -290,7 +286,7 @@ def test_a_torn_history_line_keeps_the_whole_ones(tiny_bert, intent_data, tmp_pa
     assert RunStore(out).read_history() == whole
     assert main(["diagnose", str(out)]) == 0
     assert main(["show", str(out)]) == 0
-    assert "Traceback" not in _flat(capsys.readouterr().err)
+    assert "Traceback" not in flat(capsys.readouterr().err)
 
 
 def test_run_files_follow_the_umask(tiny_bert, intent_data, tmp_path):
@@ -331,7 +327,7 @@ def test_evaluate_refuses_a_run_still_training(tiny_bert, intent_data, tmp_path,
     lock.acquire()  # a live trainer holds run.lock
     try:
         assert main(["evaluate", str(out), "--split", "test"]) == 2
-        err = _flat(capsys.readouterr().err)
+        err = flat(capsys.readouterr().err)
         assert "is still training (run.lock held by a live process" in err and "wait for it to end" in err
         assert (out / "run.json").read_text() == before  # nothing written
         assert main(["predict", str(out), "lost my card"]) == 0  # read-only: the best model so far answers

@@ -14,11 +14,7 @@ from loratune.cli import main
 from loratune.store import RunStore
 
 from support_faults import Proc, history_lines
-from support import overrides
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
+from support import flat, overrides
 
 
 def test_sigterm_mid_trial_stops_tune_cleanly(tiny_bert, intent_data, tmp_path):
@@ -65,7 +61,7 @@ def test_a_trial_failed_by_the_users_input_stops_tune_with_the_error_not_an_lr_m
     rc = main(["tune", *ov, "metric_for_best_model=subset_accuracy", "--study-dir", str(study), "-q", "--budget",
                "4trials", "--trial-steps", "12"])
     cap = capsys.readouterr()
-    shown = _flat(cap.out + cap.err)
+    shown = flat(cap.out + cap.err)
     assert rc == 2, shown
     assert "subset_accuracy is not computed for single-label data" in shown and "Traceback" not in shown
     decisions = [json.loads(line) for line in (study / "decisions.jsonl").read_text().splitlines()]
@@ -87,7 +83,7 @@ def test_a_study_db_from_an_older_optuna_is_a_clear_message(tmp_path, capsys):
     db.commit()
     db.close()
     assert main(["tune", "--resume", "--study-dir", str(tmp_path / "s")]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert "another Optuna version" in err and "optuna storage upgrade" in err and "Traceback" not in err
 
 
@@ -120,7 +116,7 @@ def test_a_study_stopped_before_its_settings_were_stored_is_not_resumed_as_anoth
     optuna.create_study(study_name="loratune", storage=f"sqlite:///{tmp_path / 'bare' / 'study.db'}"
                         if (tmp_path / "bare").mkdir() is None else None)  # what the signal left: no settings
     assert main(["tune", "--resume", "--study-dir", str(tmp_path / "bare")]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert "stopped before its settings were stored" in err and not (tmp_path / "bare" / "study.lock").exists()
 
 
@@ -172,7 +168,7 @@ def test_the_refusals_of_a_taken_study_name_and_a_missing_worker_storage_give_ad
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'nonexist' / 'study.db'}"
     assert main(["tune", "--worker", "--storage", url]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert f"no study in --storage '{url}' to work on" in err and "runs/tune" not in err, err
 
 
@@ -209,11 +205,11 @@ def test_a_resume_refuses_options_that_differ_from_the_studys_own(extra, named, 
             main(args)
         return
     assert main(args) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert f"was set up with {named}: a resume continues it as it was" in err and "Traceback" not in err, err
 
 
 def test_a_worker_refuses_a_seed_and_trial_steps_it_would_ignore(tmp_path, capsys):
     assert main(["tune", "--worker", "--study-dir", str(tmp_path / "s"), "--seed", "3", "--trial-steps", "5"]) == 2
-    err = _flat(capsys.readouterr().err)
+    err = flat(capsys.readouterr().err)
     assert "(given: --seed, --trial-steps)" in err and not (tmp_path / "s").exists()

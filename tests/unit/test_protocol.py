@@ -1499,8 +1499,12 @@ class PruningRunner(ScriptedRunner):
         res = super().run(spec, run_dir, watch)
         if watch is not None and watch.prune and self.prunes(spec):
             return dataclasses.replace(res, status="pruned", examples=res.examples // 2, steps_done=50,
-                                       reason="pruned: scripted")
+                                       reason="pruned: scripted", **self.cut(res))
         return res
+
+    def cut(self, res) -> dict:
+        """What a pruned result keeps of the full one besides its examples and steps (here: its value)."""
+        return {}
 
 
 def test_the_pair_trains_a_pruned_lr_arm_again_at_full_length():
@@ -1558,21 +1562,11 @@ class HalfwayWorld(World):
         return dataclasses.replace(res, curve=((50, round(0.8 * res.value, 6)), (100, res.value)))
 
 
-class HalfwayPruner(ScriptedRunner):
+class HalfwayPruner(PruningRunner):
     """Prunes the trials `prunes(spec)` names at step 50 whenever their Watch may prune: the curve up to there."""
 
-    def __init__(self, world, prunes):
-        super().__init__(world)
-        self.prunes = prunes
-
-    def run(self, spec, run_dir, watch=None):
-        import dataclasses
-
-        res = super().run(spec, run_dir, watch)
-        if watch is not None and watch.prune and self.prunes(spec):
-            return dataclasses.replace(res, status="pruned", value=res.curve[0][1], curve=res.curve[:1],
-                                       examples=res.examples // 2, steps_done=50, reason="pruned: scripted")
-        return res
+    def cut(self, res) -> dict:
+        return {"value": res.curve[0][1], "curve": res.curve[:1]}
 
 
 def test_pruned_trials_are_compared_at_their_own_step_and_every_stage_agrees():
