@@ -42,6 +42,18 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
+def traced_peak(fn, *args):
+    """(fn(*args), the peak bytes Python allocated while it ran): a test of what a call holds in memory at once."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        out = fn(*args)
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -100,19 +100,14 @@ def test_compound_and_single_rows_count_labels_as_the_data_writes_them():
 
 def test_softmax_makes_one_array_of_the_logits_size_and_leaves_them_as_they_were():
     """predict's softmax over a large file's logits made three more arrays of their size (shifted, exp, quotient)."""
-    import tracemalloc
-
     from loratune.metrics import softmax
+
+    from support import traced_peak
 
     logits = np.random.default_rng(0).normal(size=(2000, 500)).astype(np.float32)
     logits[0, :3] = [1000.0, 999.0, -1000.0]  # large values: the max shift keeps exp finite
     before = logits.copy()
-    tracemalloc.start()
-    try:
-        p = softmax(logits)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    p, peak = traced_peak(softmax, logits)
     assert peak < 1.5 * logits.nbytes, (peak, logits.nbytes)
     np.testing.assert_array_equal(logits, before)
     e = np.exp(before.astype(np.float64) - before.max(axis=1, keepdims=True))

@@ -227,7 +227,7 @@ def test_mnli_style_validation_sets_read_the_first_as_validation(tmp_path):
 def test_a_large_csv_is_streamed_keeping_only_its_mapped_columns(tmp_path):
     """A W&B export with a hundred logged system columns: read row by row, the memory it takes stays under the file's
     size (the whole text, its lines and every cell as strings took ~10x), and the curve read is the same."""
-    import tracemalloc
+    from support import traced_peak
 
     extra = ",".join(f"{(i * 37) % 100:.6f}" for i in range(100))
     lines = ["step,train_loss,val_loss,val_f1," + ",".join(f"sys/gpu{i}_util" for i in range(100))]
@@ -237,12 +237,7 @@ def test_a_large_csv_is_streamed_keeping_only_its_mapped_columns(tmp_path):
     path = tmp_path / "export.csv"
     path.write_text("\n\n" + "\r\n".join(lines) + "\n")  # blank lines above the header, CRLF rows
     size = path.stat().st_size
-    tracemalloc.start()
-    try:
-        run = load_run(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    run, peak = traced_peak(load_run, path)
     assert peak < size, (peak, size)
     assert len(run.points) == 2000
     assert run.points[99] == {"step": 100, "train/loss": 0.975, "val/loss": 1.075, "val/macro_f1": 0.5125}
