@@ -534,6 +534,60 @@ def test_overfit_patience_counts_evaluations_not_eval_sets(tmp_path, monkeypatch
     assert sum("overfit-capacity -" in m for m in said) == 1
 
 
+def test_the_first_evaluation_of_named_eval_sets_is_judged_on_every_set(tmp_path, monkeypatch):
+    # eval_dataset={"heldout": ..., "train": ...}: at the first evaluation the callback acted on the first set's call,
+    # a point without the second set's metrics (how many sets there are shows only when the next step begins)
+    from types import SimpleNamespace
+
+    import loratune.integrations.trainer as T
+    from loratune.integrations import LoratuneCallback
+
+    # a reading that holds on the partial point (held-out set only) and not on the whole one
+    monkeypatch.setattr(T, "diagnose", lambda points, **k: _fake_diagnosis(
+        ["overfit-capacity"] if points[-1].get("train_eval/loss") is None else []))
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append, record=False, overfit_patience=0)
+    args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(should_training_stop=False)
+    log: list[dict] = []
+    state = SimpleNamespace(max_steps=20, num_train_epochs=1, train_batch_size=8, logging_steps=5, eval_steps=5,
+                            save_steps=500, global_step=0, log_history=log, is_world_process_zero=True)
+    cb.on_train_begin(args, state, control)
+    for step in (5, 10):
+        state.global_step = step
+        log.append({"step": step, "epoch": step / 20, "loss": 1.0 / step})
+        for name, loss in (("heldout", 0.9), ("train", 0.5)):
+            metrics = {f"eval_{name}_loss": loss, f"eval_{name}_runtime": 0.1, "epoch": step / 20}
+            log.append({"step": step, **metrics})
+            cb.on_evaluate(args, state, control, metrics=metrics)
+        assert not said and not control.should_training_stop, (step, said)
+        cb.on_step_begin(args, state, control)
+        assert not said and not control.should_training_stop, (step, said)
+    cb.on_train_end(args, state, control)
+    assert not said and cb.stopped_by is None
+    # a single unnamed set is acted on at its call, as before (no step needs to begin)
+    monkeypatch.setattr(T, "diagnose", lambda points, **k: _fake_diagnosis(["overfit-capacity"]))
+    cb = LoratuneCallback(printer=said.append, record=False, overfit_patience=0)
+    cb.on_train_begin(args, state, control)
+    cb.on_evaluate(args, state, control, metrics={"eval_loss": 0.9, "eval_runtime": 0.1})
+    assert control.should_training_stop and cb.stopped_by == "overfit"
+
+
+def test_a_stop_at_a_first_evaluation_of_named_sets_lands_when_the_next_step_begins(tmp_path, monkeypatch):
+    # in a real Trainer: the deferred evaluation is acted on at on_step_begin, and the Trainer honours the stop at the
+    # end of that step (one step after the evaluation; a single unnamed set stops at the evaluation itself)
+    import loratune.integrations.trainer as T
+    from loratune.integrations import LoratuneCallback
+
+    monkeypatch.setattr(T, "diagnose", lambda *a, **k: _fake_diagnosis(["overfit-capacity"]))
+    cb = LoratuneCallback(printer=lambda s: None, record=False, overfit_patience=0)
+    _, trainer = _bert_trainer(tmp_path / "named", lr=3e-3, steps=20, eval_steps=5, save=False, eval_name="heldout",
+                               callbacks=[cb])
+    assert cb.stopped_by == "overfit" and trainer.state.global_step == 6
+    cb = LoratuneCallback(printer=lambda s: None, record=False, overfit_patience=0)
+    _, trainer = _bert_trainer(tmp_path / "plain", lr=3e-3, steps=20, eval_steps=5, save=False, callbacks=[cb])
+    assert cb.stopped_by == "overfit" and trainer.state.global_step == 5
+
+
 def test_a_collapse_reading_on_a_loss_at_new_lows_is_not_said(tmp_path):
     # the collapse hold was skipped at an evaluation whose val loss set a new low: lr-too-large / collapsed printed
     # on a run that was learning (and never stopped, so the message was a false alarm)

@@ -21,6 +21,10 @@ It can stop training (`control.should_training_stop`), saying why:
 - overfitting, opt-in: `overfit_patience=N` stops after `overfit-capacity` has fired at N + 1
   evaluations in a row (an evaluation of several eval sets counts once).
 
+An evaluation of several eval sets (`eval_dataset={name: ...}`) is acted on once, on the whole point: from the
+second evaluation on at its last set's call; the first one's number of sets shows only when the next training step
+begins, so its findings are printed, and a stop it calls for lands, one step later.
+
 Its own bookkeeping never ends the training: a record it cannot write or a diagnosis that fails is said once.
 While training it holds `<output_dir>/loratune/run.lock`, so readers see a live run as `running`.
 """
@@ -117,6 +121,9 @@ class LoratuneCallback(TrainerCallback):
         self._eval_calls = 0  # on_evaluate calls at that step so far
         self._sets = 0  # the calls an evaluation made before (the number of eval sets; 0 until one evaluation ended)
         self._streaks_before: tuple = (0, None, 0)  # (collapse_streak, collapse_since, overfit_streak) before it
+        # the step of a first evaluation of named sets not yet acted on: how many sets it has shows only when the
+        # next training step begins (acting at its first set judged a point that lacked the other sets' metrics)
+        self._deferred: int | None = None
         self._warned: set[str] = set()  # what failed in the callback's own bookkeeping, said once each
         self._release_lock()
         self._lock = None  # the record's run.lock, held while training: `running` reads alive (store.liveness)
@@ -154,6 +161,8 @@ class LoratuneCallback(TrainerCallback):
             # not a point of the run; the record keeps what training measured, and its final status
             return control
         step = state.global_step
+        if self._deferred is not None and step != self._deferred:  # (no step began in between: act on it now)
+            self._act_on_deferred(state, control)
         if step == self._eval_step:  # another set of the same evaluation: redo its update from where it started
             self._eval_calls += 1
             self.collapse_streak, self.collapse_since, self.overfit_streak = self._streaks_before
@@ -170,6 +179,24 @@ class LoratuneCallback(TrainerCallback):
         self.last = d
         if self._eval_calls < self._sets:
             return control  # the evaluation's other sets are still to come: act on the whole point
+        if self._sets == 0 and _named_eval_set(metrics):
+            self._deferred = step  # the first evaluation of named sets: more may follow at this step
+            return control
+        return self._act(control, step, d, state)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._deferred is not None:  # the first evaluation of named sets has ended: every set is in
+            self._act_on_deferred(state, control)
+        return control
+
+    def _act_on_deferred(self, state, control) -> None:
+        step, self._deferred = self._deferred, None
+        self._sets = max(self._sets, self._eval_calls)
+        if self.last is not None:
+            self._act(control, step, self.last, state)
+
+    def _act(self, control, step: int, d: Diagnosis, state):
+        """Print an evaluation's new findings and stop on what the options say, once per evaluation (its last set)."""
         confident = {f.rule_id for f in d.active if not f.tentative and f.confidence >= self.min_confidence}
         pinned = "collapsed" in confident or ("lr-too-large" in confident and _collapsed(d))
         # a loss still setting new lows is moving, not pinned: no streak, yet no alarm either (the hold decides)
@@ -203,6 +230,8 @@ class LoratuneCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self._deferred is not None:  # a run whose only evaluation of named sets was at its last step
+            self._act_on_deferred(state, control)
         self.finished = True
         try:
             if self.record and state.is_world_process_zero:
@@ -291,6 +320,13 @@ class LoratuneCallback(TrainerCallback):
 # heads whose loss is a plain mean over the batch, whatever `num_items_in_batch` says (a causal LM's loss function
 # divides by it: its logged loss is a mean already)
 MEAN_LOSS_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice", "ForQuestionAnswering")
+
+
+def _named_eval_set(metrics) -> bool:
+    """Metrics of one named eval set (`eval_dataset={name: ...}`: the Trainer prefixes each key `eval_<name>_`,
+    its runtime included), not of a single unnamed set (`eval_runtime`)."""
+    keys = [k for k in (metrics or {}) if isinstance(k, str)]
+    return "eval_runtime" not in keys and any(k.startswith("eval_") and k.endswith("_runtime") for k in keys)
 
 
 def _is_number(v) -> bool:
