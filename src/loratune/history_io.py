@@ -504,6 +504,10 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
         notes.append(f"{len(logs) - len(steps_ok)} log_history entries with a step that is not a finite number "
                      "(a string, null, NaN): skipped")
         logs = steps_ok
+    # in step order (stable: file order within a step, where a repeated evaluation's first entry is the one read): a
+    # merged or hand-edited log in another order built each eval's window, its first loss and the lr's warm-up and
+    # peak from the file's order, and a reversed log of a diverged run read healthy
+    logs = sorted(logs, key=lambda e: float(e["step"]))
     is_trl = any(k in e or f"eval_{k}" in e for e in logs for k in _TRL_KEYS)
     source = source or ("trl" if is_trl else "hf-trainer")
     train_logs = [e for e in logs if "loss" in e and not any(k.startswith("eval_") for k in e)

@@ -243,3 +243,18 @@ def test_a_large_csv_is_streamed_keeping_only_its_mapped_columns(tmp_path):
     assert run.points[99] == {"step": 100, "train/loss": 0.975, "val/loss": 1.075, "val/macro_f1": 0.5125}
     assert "val/loss" not in run.points[0] and run.points[0]["train/loss"] == pytest.approx(1.0 - 1 / 4000)
     assert any(n.startswith("CSV columns ignored: 'sys/gpu0_util'") for n in run.notes)
+
+
+def test_log_history_entries_are_read_in_step_order_whatever_their_file_order(tmp_path):
+    """A reversed (or shuffled) log_history built each eval's window, its first loss and the lr's warm-up and peak in
+    file order: a diverged run read healthy, with a made-up warm-up and a constant schedule."""
+    log = _log()
+    fwd = load_run(_state(tmp_path / "fwd", log, max_steps=200))
+    order = list(range(len(log)))
+    order = order[::-1][: len(order) // 2] + order[: len(order) - len(order) // 2]  # reversed half, then the rest
+    for name, entries in (("rev", log[::-1]), ("mixed", [log[i] for i in order])):
+        h = load_run(_state(tmp_path / name, entries, max_steps=200))
+        assert h.points == fwd.points
+        assert h.points[0]["train/loss_first"] == pytest.approx(2.3 * math.exp(-0.1))
+        assert "warmup_steps" not in h.facts
+        assert {k: f.value for k, f in h.facts.items()} == {k: f.value for k, f in fwd.facts.items()}
