@@ -1400,7 +1400,12 @@ _CSV_COLUMNS = {
     "lr": ["lr", "learning_rate", "train_learning_rate"],
     "train/loss_std": ["train_loss_std"],
     "train/grad_norm": ["grad_norm", "train_grad_norm"],
+    # not curves: read only to estimate the val size as the trainer_state reader does (`_estimate_n`: runtime x
+    # samples/s), then dropped; without it an export of a run lost the noise band its trainer_state.json gave
+    "eval_runtime": ["eval_runtime", "val_runtime"],
+    "eval_samples_per_second": ["eval_samples_per_second", "val_samples_per_second"],
 }
+_CSV_EVAL_TIMING_PREFIX = "eval_"  # the prefix `_estimate_n` reads the two timing keys above under
 
 
 def _norm(name: str) -> str:
@@ -1522,6 +1527,16 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
     if stepless:
         notes.append(f"{stepless} row(s) without a step number left out")
     points, repeated = _merge_same_step(points)
+    estimated = 0
+    for pt in points:
+        n = _estimate_n(pt, _CSV_EVAL_TIMING_PREFIX)
+        pt.pop(f"{_CSV_EVAL_TIMING_PREFIX}runtime", None)
+        pt.pop(f"{_CSV_EVAL_TIMING_PREFIX}samples_per_second", None)
+        if n is not None and "val/n" not in pt:
+            pt["val/n"] = n
+            estimated += 1
+    if estimated:
+        notes.append(f"val size estimated at {estimated} eval(s) as eval runtime x samples/s")
     if repeated:
         notes.append(f"{repeated} value(s) given again at a step that already had one: the first row's value kept "
                      "(rows of one step are merged, in file order)")
@@ -1537,7 +1552,7 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
                         f"({', '.join(repr(header[i]) for i, k in mapping.items() if k in curves)}; "
                         f"{bad_cells} cells are not numbers)",
                         "write the values as plain numbers (e.g. 0.25) with a header row of column names")
-    if not (found & {"val/n"}):
+    if not estimated and not (found & {"val/n"}):
         notes.append("no val size column (val_n): no standard error, so noise checks are skipped")
     _percent_to_share(points, notes)
     return RunHistory(name=p.stem, source="csv", points=tuple(points), meta={}, config={},

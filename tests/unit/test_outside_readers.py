@@ -258,3 +258,19 @@ def test_log_history_entries_are_read_in_step_order_whatever_their_file_order(tm
         assert h.points[0]["train/loss_first"] == pytest.approx(2.3 * math.exp(-0.1))
         assert "warmup_steps" not in h.facts
         assert {k: f.value for k, f in h.facts.items()} == {k: f.value for k, f in fwd.facts.items()}
+
+
+def test_a_csv_export_estimates_the_val_size_from_eval_runtime_and_samples_per_second(tmp_path):
+    """A CSV export of a run gave no val size where its trainer_state.json gave runtime x samples/s: the noise fell to
+    its floor and the export read undertrained where the state read healthy."""
+    rows = ["step,loss,eval_loss,eval_f1,eval_runtime,eval_samples_per_second"]
+    rows += [f"{s},{2.3 - s / 100},{2.2 - s / 110},{0.5 + s / 1000}" + (",2.0,500.0" if s % 40 == 0 else ",,")
+             for s in range(20, 201, 20)]
+    (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
+    h = load_run(tmp_path / "r.csv")
+    assert [p.get("val/n") for p in h.points] == [None, 1000] * 5
+    assert not any("eval_runtime" in p or "eval_samples_per_second" in p for p in h.points)
+    assert not any("CSV columns ignored" in n or "no val size column" in n for n in h.notes)
+    state = load_run(_state(tmp_path / "s", [{"step": 40, "eval_loss": 1.8, "eval_runtime": 2.0,
+                                              "eval_samples_per_second": 500.0}]))
+    assert state.points[0]["val/n"] == h.points[1]["val/n"]
