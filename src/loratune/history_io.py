@@ -1491,6 +1491,7 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
         notes.append("an F1 column without 'macro' was taken as macro-F1")
     points = []
     bad_cells = stepless = decimal_commas = 0
+    row_step_base = 1
     for r_i, row in enumerate(itertools.chain([row0], body)):
         pt: dict[str, Any] = {}
         for i, key in mapping.items():
@@ -1522,7 +1523,11 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
             if "step" in found:  # a step column whose cell is empty or no number: the row has no place on the curve
                 stepless += 1
                 continue
-            pt["step"] = r_i
+            # rows counted from 1: a logged row comes after a step (the features read a train loss at step 0 as the
+            # untrained model's and left the first row's out), unless the first row's epoch says it came before any
+            if r_i == 0 and pt.get("epoch") == 0:
+                row_step_base = 0
+            pt["step"] = r_i + row_step_base
         points.append(pt)
     if stepless:
         notes.append(f"{stepless} row(s) without a step number left out")
@@ -1541,7 +1546,8 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
         notes.append(f"{repeated} value(s) given again at a step that already had one: the first row's value kept "
                      "(rows of one step are merged, in file order)")
     if "step" not in found:
-        notes.append("no step column: row numbers used as steps")
+        notes.append(f"no step column: row numbers (from {row_step_base}) used as steps; the run's optimizer steps "
+                     "are unknown, its 'steps' count rows")
     if bad_cells:
         notes.append(f"{bad_cells} non-numeric cells ignored")
     if decimal_commas:

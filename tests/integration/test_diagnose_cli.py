@@ -133,7 +133,7 @@ def test_csv_without_step_uses_row_numbers_and_nan_counts_as_non_finite(tmp_path
     path.write_text("loss,val_loss,accuracy\n2.3,2.3,0.1\n1.5,1.6,0.4\nnan,nan,0.1\n")
     code, out, _ = run_cli(capsys, "diagnose", str(path), "--json")
     run = json.loads(out)["runs"][0]
-    assert "no step column: row numbers used as steps" in run["notes"]
+    assert any(n.startswith("no step column: row numbers (from 1) used as steps") for n in run["notes"])
     assert run["features"]["values"]["nonfinite_values"] == 2
     assert run["verdict"] == "diverged"
 

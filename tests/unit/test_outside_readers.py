@@ -274,3 +274,24 @@ def test_a_csv_export_estimates_the_val_size_from_eval_runtime_and_samples_per_s
     state = load_run(_state(tmp_path / "s", [{"step": 40, "eval_loss": 1.8, "eval_runtime": 2.0,
                                               "eval_samples_per_second": 500.0}]))
     assert state.points[0]["val/n"] == h.points[1]["val/n"]
+
+
+def test_a_csv_with_epochs_and_no_step_keeps_its_first_train_loss_and_says_steps_are_rows(tmp_path):
+    """Row 0 became step 0, where the features read a train loss as the untrained model's, so the first logged loss
+    disappeared, and 99 optimizer steps were claimed without a word that they were rows."""
+    from loratune.features import compute_features
+
+    rows = ["epoch,loss,eval_loss,eval_f1,val_n"]
+    rows += [f"{e / 20},{2.3 * math.exp(-e / 20)}" + (f",{2.2 - e / 100},{0.5 + e / 200},500" if e % 10 == 0 else ",,,")
+             for e in range(1, 101)]
+    (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
+    h = load_run(tmp_path / "r.csv")
+    assert [p["step"] for p in h.points] == list(range(1, 101))
+    values = compute_features(h.points, h.meta, h.config).values
+    assert values["train_loss_start"] == pytest.approx(2.3 * math.exp(-1 / 20))
+    assert values["steps"] == 100
+    assert any("no step column: row numbers (from 1) used as steps; the run's optimizer steps are unknown" in n
+               for n in h.notes)
+    # a first row at epoch 0 was logged before any step: it stays at step 0
+    (tmp_path / "z.csv").write_text("epoch,loss,eval_loss\n0,2.3,2.2\n0.5,1.5,1.6\n1.0,1.0,1.2\n")
+    assert [p["step"] for p in load_run(tmp_path / "z.csv").points] == [0, 1, 2]
