@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
@@ -650,6 +649,12 @@ def _interpolator(series: Sequence[tuple[float, float]]):
 RISE_SHARE_POINTS_MAX = 10
 HELD_POINTS_MIN = 2  # val_loss_rise_held reads a rise only when this many evals follow the minimum
 HELD_NOISE_POINTS_MIN = 5  # val_loss_rise_held_noise reads a held rise in noise units from this many later evals
+# two logged values are "the same" (val_loss_repeats, val_metric_repeat_share) within this share of their size: a
+# float32 eval loss carries ~6e-8 of relative precision and a reduction in another order moves it a few ulps, so a
+# frozen model's loss logged 2.3025851 then 2.3025853; exact equality read those as moving predictions and turned
+# "collapsed" into "lr-too-small". 1e-6 is ~16 ulps, far under a learning model's eval-to-eval change and under the
+# step of any accuracy (1/n for n up to 100,000, LATTICE_N_MAX)
+REPEAT_REL_TOL = 1e-6
 
 
 def _block_means(values: Sequence[float], n_max: int) -> list[float]:
@@ -1003,6 +1008,17 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     acc.set("train_loss_cv", _median(cvs) if cvs else None, "no `train/loss_std` in the history")
 
 
+def _repeat_count(vals: Sequence[float]) -> int:
+    """How many of `vals` lie within `REPEAT_REL_TOL` of one of them (the most such): the count of its most frequent
+    value to the logged precision. Sorted and bisected: a count per value is O(n^2) on a long curve."""
+    ordered = sorted(vals)
+    best = 0
+    for v in ordered:
+        tol = REPEAT_REL_TOL * abs(v)
+        best = max(best, bisect.bisect_right(ordered, v + tol) - bisect.bisect_left(ordered, v - tol))
+    return best
+
+
 def _moving_mean(vals: list[float], width: int) -> list[float]:
     """Centred moving mean over `width` points, an even width rounded up to odd (shorter at the ends); the values as
     they are for a width under 2."""
@@ -1088,7 +1104,7 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             f"fewer than {HELD_POINTS_MIN} evals after the val loss's minimum")
     acc.set("val_loss_min_fraction", frac(V[i_min][0]))
     vs = [v for _, v in V]
-    repeats = max(Counter(vs).values())  # list.count per value is O(n^2) on a long curve
+    repeats = _repeat_count(vs)
     acc.set("val_loss_repeats", float(repeats))
     acc.set("val_loss_repeat_share", repeats / len(vs) if len(vs) >= 2 else None, "fewer than 2 val-loss points")
     acc.set("val_loss_min_vs_reference", vmin / PREFERENCE_START_LOSS if _preference_loss(pts) else None,
@@ -1192,7 +1208,7 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
     if len(vals) >= 2:
         acc.set("val_metric_max_drop", max(drops) if drops else 0.0)
         acc.set("val_metric_drops", sum(drops))
-        acc.set("val_metric_repeat_share", max(Counter(vals).values()) / len(vals))
+        acc.set("val_metric_repeat_share", _repeat_count(vals) / len(vals))
     else:
         acc.miss(("val_metric_max_drop", "val_metric_drops", "val_metric_repeat_share"),
                  "fewer than 2 val-metric points")

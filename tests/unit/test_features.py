@@ -396,3 +396,19 @@ def test_the_learning_rate_fact_of_an_unfitted_schedule_is_the_largest_logged_va
     if schedule == "decaying":
         assert run.facts["learning_rate"].source.endswith("largest logged value")
         assert run.facts["learning_rate"].value == f["peak_lr"]  # one reading, shown and ruled on
+
+
+def test_repeats_are_counted_to_the_logged_precision():
+    """A frozen model's float32 eval loss moves by an ulp (2.3025851, 2.3025853, 2.3025849): exact equality read 4 of
+    10 repeats where there were 10, and "collapsed" turned into "lr-too-small". The metric's repeats likewise."""
+    f32 = [2.3025851249694824, 2.3025853633880615, 2.3025848865509033] * 3 + [2.3025851249694824]
+    acc = [0.5 + 5e-8 * (-1) ** i for i in range(10)]
+    f = compute_features(_pts([(100 * (i + 1), i + 1.0, 2.3026, vl, a) for i, (vl, a) in enumerate(zip(f32, acc))]))
+    assert f["val_loss_repeats"] == 10 and f["val_loss_repeat_share"] == 1.0
+    assert f["val_metric_repeat_share"] == 1.0
+    # a loss that moves by a ten-thousandth of itself, and an accuracy by one example in 1,000, are not repeats
+    moving = [2.3 * (1 - 1e-4 * i) for i in range(10)]
+    steps = [0.5 + (i % 2) / 1000 for i in range(10)]
+    f = compute_features(_pts([(100 * (i + 1), i + 1.0, 2.3026, vl, a) for i, (vl, a) in enumerate(zip(moving, steps))]))
+    assert f["val_loss_repeats"] == 1 and f["val_loss_repeat_share"] == 0.1
+    assert f["val_metric_repeat_share"] == 0.5
