@@ -976,7 +976,10 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
         late = [(frac(s), v) for s, v in T if frac(s) >= 0.5 - 1e-9]
         if len(late) >= 3:
             a, b = _ols([x for x, _ in late], [y for _, y in late])
-            y_mid, y_end = max(a + b * 0.5, 0.0), a + b * 1.0
+            # the line's end clamped at the lowest late loss logged: a convex fall (flat, then a steep drop that
+            # flattens) puts the straight line's end below 0, and "fell 100.0% over the last half" was read of a loss
+            # that ended at 0.124
+            y_mid, y_end = max(a + b * 0.5, 0.0), max(a + b * 1.0, min(y for _, y in late))
             acc.details["train_loss_late_method"] = "least-squares line over the second half"
             acc.set("train_loss_late_slope", b / start if start > 0 else None, "the start train loss is 0")
             target = FIT_TARGET_SHARE * start

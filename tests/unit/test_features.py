@@ -412,3 +412,18 @@ def test_repeats_are_counted_to_the_logged_precision():
     f = compute_features(_pts([(100 * (i + 1), i + 1.0, 2.3026, vl, a) for i, (vl, a) in enumerate(zip(moving, steps))]))
     assert f["val_loss_repeats"] == 1 and f["val_loss_repeat_share"] == 0.1
     assert f["val_metric_repeat_share"] == 0.5
+
+
+def test_a_convex_late_fall_is_not_read_as_a_fall_of_100_percent():
+    """Flat at 2.3 to mid-run, then 0.1 + 2.2 exp(-10 (f - 0.5)): the second half's least-squares line ends below 0,
+    and a loss that ended at 0.124 read "fell 100.0% over the last half". The line's end is clamped at the lowest
+    late loss logged."""
+    rows = [(s, 2.3 if s <= 500 else round(0.1 + 2.2 * math.exp(-10 * (s / 1000 - 0.5)), 4)) for s in range(10, 1001, 10)]
+    f = compute_features([{"step": s, "train/loss": v} for s, v in rows])
+    late = [(s / 1000, v) for s, v in rows if s >= 500]
+    xm, ym = sum(x for x, _ in late) / len(late), sum(y for _, y in late) / len(late)
+    b = sum((x - xm) * (y - ym) for x, y in late) / sum((x - xm) ** 2 for x, _ in late)
+    y_mid = ym + b * (0.5 - xm)
+    assert ym + b * (1.0 - xm) < 0  # the straight line's end: below any loss
+    assert f["train_loss_late_drop"] == pytest.approx((y_mid - 0.1148) / y_mid)  # 0.1 + 2.2 exp(-5), the last
+    assert f["train_loss_late_drop"] < f["train_loss_drop"] < 1.0
