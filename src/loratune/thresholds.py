@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from loratune.assess.records import AssessThresholds
 from loratune.decide import DecideThresholds
@@ -26,4 +26,24 @@ def threshold_tables() -> dict[str, dict[str, Any]]:
 
 def load_threshold_tables(path: str | Path | None) -> dict[str, dict[str, Any]]:
     """Every table with the file's overrides applied (each name and value checked; one UserError names all)."""
-    return resolve_threshold_tables(read_threshold_file(path), threshold_tables())
+    return tables_with(read_threshold_file(path))
+
+
+def tables_with(overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Every table with `overrides` (name -> value, as `overridden` gives them: what a study stores) applied, checked
+    as a file's are."""
+    return resolve_threshold_tables(overrides, threshold_tables())
+
+
+def overridden(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """name -> value of every threshold in `tables` whose value differs from its default (a file naming a default
+    changes no decision, so it is no override: what `tune` stores in its study and compares on --resume)."""
+    defaults = threshold_tables()
+    return {name: value for table, values in tables.items() for name, value in sorted(values.items())
+            if value != defaults[table][name]}
+
+
+def overrides_text(overrides: Mapping[str, Any] | None) -> str:
+    """The overrides on one line (`loratune show`, the study report, tune's refusals): 'a=1, b=0.2' or 'none'."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                     for k, v in sorted((overrides or {}).items())) or "none"

@@ -61,6 +61,10 @@ def register(sub) -> None:
                    help="optimizer steps per trial (default: from the budget)")
     p.add_argument("--target", type=positive_target, metavar="F1", help="the val objective you need (LoRA vs full decision): a macro-F1, or a val loss to reach "
                    "(causal-lm)")
+    p.add_argument("--thresholds", metavar="FILE.yaml",
+                   help="decide with these thresholds (`name: value` lines; names from `loratune rules`: the diagnosis, "
+                   "assess and LoRA-vs-full tables), as `diagnose` / `assess --thresholds` do; stored in the study "
+                   "(on --resume: the study's own)")
     p.add_argument("--no-full-probe", action="store_true", help="skip the full-fine-tuning probe")
     p.add_argument("--arms", type=lambda v: tuple(x.strip() for x in v.split(",") if x.strip()), default=(),
                    metavar="LIST", help="also try these variants, each at its own lr: loraplus (LoRA+, B at 16x the "
@@ -81,6 +85,11 @@ def run(args) -> int:
     from loratune.search.protocol import ProtocolSettings
     from loratune.search.tune import TuneOptions, tune
 
+    from loratune.thresholds import load_threshold_tables, overridden
+
+    # the file is checked at once (a bad name or value: exit 2 before anything loads); the study keeps the overrides
+    # only (the names whose value differs from the default), so a resume compares what changes a decision
+    thresholds = overridden(load_threshold_tables(args.thresholds)) if args.thresholds else None
     cfg = load_cfg(args)  # validated before anything loads
     from loratune.api import require_built
 
@@ -97,7 +106,7 @@ def run(args) -> int:
     opts = TuneOptions(budget=args.budget, strategy=args.strategy, study_dir=args.study_dir, storage=args.storage,
                        study_name=args.study_name, resume=args.resume, seed=args.seed, trial_steps=args.trial_steps,
                        explicit_keys=tuple(sorted(explicit)), user_point=user_point, settings=settings,
-                       heartbeat_s=args.heartbeat)
+                       heartbeat_s=args.heartbeat, thresholds=thresholds)
     out = console()
     ui = RichUI(out, live=not args.quiet)
     out.print(f"[bold]loratune tune[/] --strategy {args.strategy or 'protocol'} --budget {args.budget or '15m'} -> "
@@ -123,12 +132,12 @@ def run_worker(args) -> int:
     given = {"key=value overrides": args.overrides, "--config": args.config, "--budget": args.budget,
              "--strategy": args.strategy, "--resume": args.resume, "--seed": args.seed is not None,
              "--trial-steps": args.trial_steps, "--target": args.target, "--arms": args.arms,
-             "--no-full-probe": args.no_full_probe}
+             "--no-full-probe": args.no_full_probe, "--thresholds": args.thresholds}
     if any(given.values()):
         from loratune.errors import UserError
 
-        raise UserError(f"a worker takes its configuration, budget, strategy and trial plan from the study it joins "
-                        f"(given: {', '.join(k for k, v in given.items() if v)})",
+        raise UserError(f"a worker takes its configuration, budget, strategy, thresholds and trial plan from the study "
+                        f"it joins (given: {', '.join(k for k, v in given.items() if v)})",
                         "give only --worker with --study-dir / --storage / --study-name (and --heartbeat)")
     out = console()
     ui = RichUI(out, live=False)
@@ -245,6 +254,10 @@ def print_summary(out, s: dict) -> None:
                   f"{row['wall_s']:.0f}", "-" if not row["mean_step_s"] else f"{row['mean_step_s']:.3f}",
                   row["verdict"])
     out.print(t)
+    if s.get("thresholds_overridden"):
+        from loratune.thresholds import overrides_text
+
+        out.print(f"[bold]thresholds overridden:[/] {overrides_text(s['thresholds_overridden'])}")
     lvf = s.get("lora_vs_full")
     if lvf:
         out.print(f"[bold]LoRA vs full:[/] {lvf['summary']}")

@@ -184,6 +184,14 @@ class StudyReport:
     assessment: tuple[str, ...]
     notes: tuple[str, ...] = ()
     objective: str = "val/macro_f1"  # the key the trials are compared on (objectives.objective names it)
+    thresholds: Mapping[str, Any] = field(default_factory=dict)  # tune --thresholds: name -> value (overrides only)
+
+    @property
+    def thresholds_line(self) -> str | None:
+        """The threshold overrides the study decided with, on one line; None when it used the defaults."""
+        from loratune.thresholds import overrides_text
+
+        return f"thresholds overridden (--thresholds): {overrides_text(self.thresholds)}" if self.thresholds else None
 
     @property
     def obj(self) -> Objective:
@@ -626,7 +634,8 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
         lora_vs_full=lvf_view,
         recommendation=recommendation,
         start_choices=choices, assessment=tuple(str(x) for x in summary.get("assessment_findings") or ()),
-        notes=tuple(notes), objective=o.key)
+        notes=tuple(notes), objective=o.key,
+        thresholds=dict(summary.get("thresholds_overridden") or meta.get("thresholds") or {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,6 +654,8 @@ def show_study(con, s: StudyReport) -> None:
     state = "[green]finished[/]" if s.finished else "[yellow]not finished[/]"
     con.rule(f"[bold]study {escape(s.name)}[/]  {state}  [dim]{escape(s.strategy)} · {trial_count(s.trials)}[/]")
     con.print(f"[dim]{escape(s.budget)}[/]")
+    if s.thresholds_line:
+        con.print(f"[dim]{escape(s.thresholds_line)}[/]")
     for n in s.notes:
         con.print(f"[yellow]note:[/] {escape(n)}")
     o, rec = s.obj, s.recommendation

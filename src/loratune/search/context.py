@@ -103,10 +103,18 @@ class SearchContext:
     # measured wall time only (scripted runs in tests)
     clock: Callable[[], float] | None = None
     since: float | None = None  # the clock's reading the meter has charged up to (None: now)
+    # table -> name -> value of every overridable threshold (thresholds.tables_with: tune --thresholds applied), what
+    # the stages' own rule reads (rule_threshold) and the LoRA-vs-full decision take; the runner holds the diagnosis
+    # table for its diagnoses and comparisons
+    thresholds: dict = field(default_factory=lambda: _default_tables())
 
     def __post_init__(self) -> None:
         if self.since is None and self.clock is not None:
             self.since = self.clock()
+
+    def rule_threshold(self, name: str) -> float:
+        """A diagnosis threshold by name (`loratune rules`), as this study decides with it (tune --thresholds)."""
+        return self.thresholds["diagnosis"][name]
 
     # ------------------------------------------------------------------ the objective
     @property
@@ -413,3 +421,9 @@ def with_(point: dict, **changes: Any) -> dict:
     out = dict(point)
     out.update(changes)
     return out
+
+
+def _default_tables() -> dict:
+    from loratune.thresholds import threshold_tables
+
+    return threshold_tables()

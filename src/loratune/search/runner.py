@@ -18,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from loratune.diagnose import PARTIAL_STATUSES
 from loratune.errors import UserError
@@ -45,7 +45,10 @@ class Watch:
     # trial each eval point was reported to): eval point -> the reason to stop, or None
     pruner: Callable[[dict], str | None] | None = None
 
-    def check(self, points: list[dict], run: dict, elapsed_s: float) -> str | None:
+    def check(self, points: list[dict], run: dict, elapsed_s: float,
+              thresholds: Mapping[str, float] | None = None) -> str | None:
+        """The reason to stop the trial now, or None. `thresholds`: the diagnosis table the runner decides with
+        (tune --thresholds; None: the defaults)."""
         from loratune.diagnose import diagnose
 
         if not points:
@@ -71,7 +74,7 @@ class Watch:
         obj = objective(key)
         curve = curve_of(points, key)
         if step >= self.settings.diagnosis_min_fraction * planned:
-            d = diagnose(points, meta=run)
+            d = diagnose(points, meta=run, thresholds=thresholds)
             p = d.primary
             if p is not None and p.rule_id in self.settings.stop_verdicts and not p.tentative:
                 ev = next((e.text for e in p.evidence if e.passed), "")
@@ -120,8 +123,8 @@ class WatchCallback:
     wall-time limit (an eval interval can be minutes on a busy machine). A reason to stop ends the run
     like a pruned one (status `interrupted`, best adapter saved); `stopped` keeps it."""
 
-    def __init__(self, watch: Watch, t0: float):
-        self.watch, self.t0 = watch, t0
+    def __init__(self, watch: Watch, t0: float, thresholds: Mapping[str, float] | None = None):
+        self.watch, self.t0, self.thresholds = watch, t0, thresholds
         self.points: list[dict] = []  # the evaluation points so far (what history.jsonl holds)
         self.stopped: str | None = None
 
@@ -138,7 +141,7 @@ class WatchCallback:
 
     def on_eval(self, point: dict, run: dict) -> str | None:
         self.points.append(point)
-        return self._stop(self.watch.check(self.points, run, time.perf_counter() - self.t0))
+        return self._stop(self.watch.check(self.points, run, time.perf_counter() - self.t0, self.thresholds))
 
 
 @contextlib.contextmanager
@@ -239,11 +242,13 @@ def _finding(f) -> dict:
 
 
 class TrainingRunner:
-    """Trains each trial for real. `base` is the full run config every trial starts from."""
+    """Trains each trial for real. `base` is the full run config every trial starts from; `thresholds` the diagnosis
+    table its diagnoses (pruning, the trial's verdict) and comparisons read (tune --thresholds; None: the defaults)."""
 
-    def __init__(self, base, dataset):
+    def __init__(self, base, dataset, thresholds: Mapping[str, float] | None = None):
         self.base = base
         self.dataset = dataset
+        self.thresholds = dict(thresholds) if thresholds is not None else None
 
     @property
     def objective(self) -> str:
@@ -278,7 +283,7 @@ class TrainingRunner:
         t0 = time.perf_counter()
         if watch.time_limit is not None:
             watch.limit_s = watch.time_limit(0.0, 0)
-        callback = WatchCallback(watch, t0)
+        callback = WatchCallback(watch, t0, self.thresholds)
         error = None
         user_error: UserError | None = None
         interrupted: KeyboardInterrupt | None = None
@@ -307,7 +312,7 @@ class TrainingRunner:
         if user_error is not None and not pruned:  # its run record says why (above); the caller stops the search
             raise user_error
         try:
-            diag = diagnose(run_dir)
+            diag = diagnose(run_dir, thresholds=self.thresholds)
         except Exception:  # a run without a single eval point has nothing to diagnose
             diag = None
         wall = time.perf_counter() - t0
@@ -323,7 +328,7 @@ class TrainingRunner:
         from loratune.diagnose import compare
 
         try:
-            c = compare(list(run_dirs))
+            c = compare(list(run_dirs), thresholds=self.thresholds)
         except Exception:
             return None
         return {"findings": [_finding(f) for f in c.active],

@@ -47,6 +47,10 @@ class TuneOptions:
     settings: ProtocolSettings = field(default_factory=ProtocolSettings)
     finish_reserve_s: float = 15.0
     heartbeat_s: int | None = None  # Optuna trial heartbeat (None: study.HEARTBEAT_S); dead after 3 missed
+    # --thresholds: name -> value of the overridden thresholds (thresholds.overridden: only those differing from the
+    # default); every diagnosis, comparison, assessment and decision of the study reads them. None: no file given (a
+    # new study: the defaults; on resume: the study's own)
+    thresholds: dict | None = None
 
 
 def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, runner=None, dataset=None) -> dict:
@@ -89,7 +93,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     meta = {"strategy": options.strategy or "protocol", "budget": options.budget or DEFAULT_BUDGET,
             "base_config": to_yaml(cfg), "explicit_keys": list(options.explicit_keys),
             "user_point": options.user_point, "settings": options.settings.to_dict(),
-            "seed": options.seed if options.seed is not None else 0}
+            "seed": options.seed if options.seed is not None else 0, "thresholds": options.thresholds or {}}
     from loratune.search.study import HEARTBEAT_S
 
     study = Study.open(study_dir, storage=options.storage, name=options.study_name, resume=options.resume,
@@ -106,7 +110,8 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         _refuse_changes(study_dir, old, options, settings, given, cfg)
         options = dc_replace(options, strategy=old.get("strategy", "protocol"), seed=old.get("seed", 0),
                              budget=options.budget or old.get("budget") or DEFAULT_BUDGET, settings=settings,
-                             user_point=old.get("user_point") or {}, explicit_keys=tuple(old.get("explicit_keys", ())))
+                             user_point=old.get("user_point") or {}, explicit_keys=tuple(old.get("explicit_keys", ())),
+                             thresholds=old.get("thresholds") or {})
         if options.budget != old.get("budget"):
             was, now = Budget.parse(old.get("budget") or DEFAULT_BUDGET), Budget.parse(options.budget)
             if now.kind != was.kind or now.limit < was.limit:  # what a study spent stays spent: it can only grow
@@ -119,6 +124,11 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
             ui.note(f"trial #{note['number']} ({note['name']}) was running when the process was killed: "
                     "marked failed, its point is trained again")
     options = dc_replace(options, strategy=options.strategy or "protocol", budget=options.budget or DEFAULT_BUDGET)
+    from loratune.assess.records import AssessThresholds
+    from loratune.thresholds import tables_with
+
+    # the study's overrides on every table (a stored name this version lacks fails here, named, as a file's would)
+    tables = tables_with(options.thresholds)
     budget = Budget.parse(options.budget)
     dataset = dataset or recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)  # as api.prepare
     recipe(cfg, "check")(dataset)
@@ -132,7 +142,8 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         ui.note("phase 0: assessing the data and the model")
         t0 = time.perf_counter()
         start, assessment = start_config(cfg, dataset, user_point=options.user_point,
-                                         progress=lambda m: ui.note(f"  {m}"))
+                                         progress=lambda m: ui.note(f"  {m}"),
+                                         thresholds=AssessThresholds(**tables["assess"]))
         assessed_now_s = time.perf_counter() - t0
         assessment.setdefault("timings", {})["tune_wall_s"] = assessed_now_s
         study.save_assessment(assessment)
@@ -156,7 +167,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                     "reason": f"trial length set by the user: {steps} steps x {step_text(batch, accum)}"}
         study.set_meta(plan=plan)
     base = _base_config(cfg, start, plan, options.explicit_keys)
-    runner = runner or TrainingRunner(base, dataset)
+    runner = runner or TrainingRunner(base, dataset, thresholds=tables["diagnosis"])
     study.set_meta(trial_base=to_yaml(base))  # what `loratune tune --worker` trains queued trials from
 
     meter = Meter(budget, reserve_s=options.finish_reserve_s)
@@ -175,7 +186,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                         trial_steps=int(plan["max_steps"]),
                         base_point=dict(start.point), costs=CostModel(options.examples_per_s), ui=ui,
                         finish_rows=len(test) if test is not None else 0, finish_base_s=options.finish_reserve_s,
-                        clock=time.perf_counter, since=t_start)
+                        clock=time.perf_counter, since=t_start, thresholds=tables)
     # the clock of this session before the first trial (imports, data, the study's records) counts too; phase 0's
     # share of it is charged above
     ctx.charge_elapsed("startup (this session)", minus=assessed_now_s)
@@ -210,6 +221,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
 
     # finish -----------------------------------------------------------------------------------
     extra = {"study_dir": str(study_dir), "storage": study.storage_url, "plan": plan,
+             "thresholds_overridden": dict(options.thresholds or {}),
              "assessment_findings": [f"{f['severity']}: {f['message']}" for f in assessment.get("findings", [])],
              "wall_s_session": round(time.perf_counter() - t_start, 2)}
     ctx.charge_earlier()  # a resume that trained nothing new still spent what its earlier sessions trained
@@ -223,8 +235,8 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
 
 
 def _refuse_changes(study_dir: Path, old: dict, options: TuneOptions, settings, given: dict, cfg) -> None:
-    """A resume continues the study as it was set up: a --seed, --trial-steps, protocol setting (--target, --arms,
-    --no-full-probe) or config key that differs from the study's own would be silently ignored (its trials, plan
+    """A resume continues the study as it was set up: a --seed, --trial-steps, --thresholds, protocol setting (--target,
+    --arms, --no-full-probe) or config key that differs from the study's own would be silently ignored (its trials, plan
     and replayed decisions are the study's), so it is refused, naming the study's value (as --strategy is)."""
     from loratune.config import to_dict
     from loratune.search.protocol import ProtocolSettings
@@ -246,6 +258,14 @@ def _refuse_changes(study_dir: Path, old: dict, options: TuneOptions, settings, 
                 diffs.append(f"--arms {','.join(have)}" if have else "no --arms")
             else:
                 diffs.append("the full-fine-tuning probe " + ("on" if have else "off"))
+    # --thresholds: a file whose overrides differ from the study's (one with none, all defaults, included) is refused
+    # like --seed; a resume without --thresholds reuses the study's overrides (as it does its seed and strategy): its
+    # trials were diagnosed and its decisions taken with them, so the continued study stays one study
+    if options.thresholds is not None and options.thresholds != (old.get("thresholds") or {}):
+        from loratune.thresholds import overrides_text
+
+        had = old.get("thresholds") or {}
+        diffs.append(f"the threshold overrides {overrides_text(had)}" if had else "no threshold overrides")
     flat = {f"{sec}.{k}": v for sec, keys in to_dict(cfg).items() for k, v in keys.items()}
     for key, value in sorted(given.items()):
         if key in flat and _plain(value) != _plain(flat[key]):

@@ -78,12 +78,13 @@ def leader_alive(study: Study) -> bool:
 def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name: str = "loratune",
                heartbeat_s: int | None = None, ui: UI | None = None, idle_exit_s: float | None = None,
                wait_for_base_s: float = 600.0) -> WorkerReport:
-    """The CLI's worker: the trials' base config comes from the study (the leader writes it once phase 0
-    is done), the data is read here (its paths must exist on this machine)."""
+    """The CLI's worker: the trials' base config and threshold overrides come from the study (the leader writes them
+    once phase 0 is done), the data is read here (its paths must exist on this machine)."""
     from loratune.search.runner import TrainingRunner
     from loratune.tasks import recipe
     from loratune.search.study import HEARTBEAT_S
     from loratune.search.tune import cfg_from_yaml
+    from loratune.thresholds import tables_with
 
     ui = ui or UI()
     study = Study.open(study_dir, storage=storage, name=study_name, worker=True,
@@ -97,6 +98,8 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
             time.sleep(1.0)
         base = cfg_from_yaml(study.meta["trial_base"])
         dataset = recipe(base, "prepare")(base.data, seed=base.train.seed)  # as api.prepare
-        return work(study, TrainingRunner(base, dataset), ui, idle_exit_s=idle_exit_s)
+        # the leader's --thresholds: a worker's trial is diagnosed (its verdict, what the stages read) as the leader's are
+        diagnosis = tables_with(study.meta.get("thresholds"))["diagnosis"]
+        return work(study, TrainingRunner(base, dataset, thresholds=diagnosis), ui, idle_exit_s=idle_exit_s)
     finally:
         study.close()

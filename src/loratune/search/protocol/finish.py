@@ -99,7 +99,7 @@ def measured_cost(ctx: SearchContext, rec: TrialRecord) -> tuple[float | None, f
 
 
 def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
-    from loratune.decide import CostPoint, DecideInputs, decide
+    from loratune.decide import CostPoint, DecideInputs, DecideThresholds, decide
 
     inc = incumbent_of(ctx)
     if inc is None or ctx.state.failed:
@@ -144,7 +144,7 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
         target=s.target, breakeven_r=sweep.get("breakeven_r") or breakeven_rank(inc.result.params, r_of(inc.point)),
         objective=ctx.objective, best_lora=best_lora.value if best_lora is not None else None,
         best_lora_label=best_lora.label if best_lora is not None else "")
-    out = decide(inputs)
+    out = decide(inputs, DecideThresholds(**ctx.thresholds["lora_vs_full"]))  # the study's (tune --thresholds)
     basis = ("the trial's own peak above the process's memory at its start (the peak was reset as the trial "
              "started), the least over trials of the same shape" if use_delta else
              "the process's running peak (it could not be reset per trial): ORDER-DEPENDENT, a trial that ran after "

@@ -44,10 +44,11 @@ def start_from_assessment(a: dict, user_point: dict | None = None) -> Start:
                  ov.get("train.num_train_epochs"))
 
 
-def start_config(cfg, dataset, *, user_point: dict | None = None,
-                 progress: Callable[[str], None] | None = None) -> tuple[Start, dict]:
+def start_config(cfg, dataset, *, user_point: dict | None = None, progress: Callable[[str], None] | None = None,
+                 thresholds=None) -> tuple[Start, dict]:
     """Phase 0 through `loratune.assess` (a causal-lm run: `assess.sft`): (Start, the assessment as plain
-    data). With `start_from_assessment`, the one place that depends on the assessment's API."""
+    data). With `start_from_assessment`, the one place that depends on the assessment's API. `thresholds`: an
+    `AssessThresholds` (tune --thresholds; None: the defaults); the causal-lm assessment reads none of them."""
     if cfg.model.task == "causal-lm":
         from loratune.assess.sft import assess_sft
 
@@ -55,7 +56,8 @@ def start_config(cfg, dataset, *, user_point: dict | None = None,
     else:
         from loratune.assess import run_assessment
 
-        a = run_assessment(cfg, dataset=dataset, progress=progress).to_dict()
+        extra = {} if thresholds is None else {"thresholds": thresholds}
+        a = run_assessment(cfg, dataset=dataset, progress=progress, **extra).to_dict()
     return start_from_assessment(a, user_point), a
 
 

@@ -11,7 +11,7 @@ from loratune.search.stages import StageId
 from loratune.search.state import Start
 from loratune.stepsize import step_size
 from loratune.search.protocol.settings import (EARLY_PEAK_BEST_FRACTION, EARLY_STOPPING_PATIENCE, LR_VERDICTS,
-                                               ProtocolSettings, REGULARIZATION_MOVES, SCALE_EPS, rule_threshold)
+                                               ProtocolSettings, REGULARIZATION_MOVES, SCALE_EPS)
 from loratune.search.protocol.long import curve_peak, still_improving
 from loratune.search.protocol.common import (cur_lr, evidence_of, incumbent_of, like_for_like, lr_of, lr_siblings,
                                              no_budget, pruned_step, reserve, set_incumbent)
@@ -119,7 +119,7 @@ def alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
     effect = (max(losses) - min(losses)) / (sum(losses) / len(losses))
     gaps = [r.result.feature("gap_f1") for r in sib if r.result.feature("gap_f1") is not None]
     gap = max(gaps) if gaps else None
-    weak, gap_min = rule_threshold("weak_lr_loss_max"), rule_threshold("weak_gap_min")
+    weak, gap_min = ctx.rule_threshold("weak_lr_loss_max"), ctx.rule_threshold("weak_gap_min")
     sc = scale_of(inc.point)
     ev = [f"lr values {', '.join(f'{lr_of(r.point):g}' for r in sib)} moved the min val loss by {effect:.1%} "
           f"(weak below {weak:.0%})", f"largest train/val metric gap {gap if gap is None else round(gap, 3)} "
@@ -159,13 +159,14 @@ def regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
     inc = incumbent_of(ctx)
     res = inc.result
     gap = res.feature("gap_f1")
-    rising = ((res.feature("val_loss_rise") or 0) >= rule_threshold("val_loss_rise_min")
-              or (res.feature("val_metric_final_drop") or 0) >= rule_threshold("val_metric_drop_min"))
-    overfit = res.verdict == "overfit-capacity" or (gap is not None and gap >= rule_threshold("overfit_gap_min") and rising)
+    rising = ((res.feature("val_loss_rise") or 0) >= ctx.rule_threshold("val_loss_rise_min")
+              or (res.feature("val_metric_final_drop") or 0) >= ctx.rule_threshold("val_metric_drop_min"))
+    gap_min = ctx.rule_threshold("overfit_gap_min")
+    overfit = res.verdict == "overfit-capacity" or (gap is not None and gap >= gap_min and rising)
     if not overfit:
         ctx.decide(phase, "regularization", "no overfitting", "keep dropout and weight decay",
                    [f"train/val metric gap {gap if gap is None else round(gap, 3)} (large from "
-                    f"{rule_threshold('overfit_gap_min'):g}), val loss/metric turning: {'yes' if rising else 'no'}"], [inc],
+                    f"{gap_min:g}), val loss/metric turning: {'yes' if rising else 'no'}"], [inc],
                    code="no-overfitting")
         return
     moves = [(MOVES[m].text, MOVES[m].on(inc.point)) for m in REGULARIZATION_MOVES]
@@ -197,7 +198,7 @@ def early_stopping(ctx: SearchContext) -> None:
     if frac is None:  # no objective curve: the diagnosis's features, on its val metric
         res = inc.result
         frac, drop = res.feature("best_step_fraction"), res.feature("val_metric_final_drop")
-        band = rule_threshold("val_metric_drop_min")
+        band = ctx.rule_threshold("val_metric_drop_min")
     else:
         band = ctx.noise()[0]
     still, _ = still_improving(inc)

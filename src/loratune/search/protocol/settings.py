@@ -161,9 +161,3 @@ class ProtocolSettings:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def rule_threshold(name: str) -> float:
-    from loratune.rules import THRESHOLDS
-
-    return THRESHOLDS[name].value

@@ -11,7 +11,7 @@ from loratune.search.stages import StageId
 from loratune.search.state import Start
 from loratune.search.trial import TrialRecord
 from loratune.stepsize import scale_rule, step_size
-from loratune.search.protocol.settings import LR, METHOD, ProtocolSettings, RSLORA, SEED, TARGETS, rule_threshold
+from loratune.search.protocol.settings import LR, METHOD, ProtocolSettings, RSLORA, SEED, TARGETS
 from loratune.search.protocol.common import (breakeven_cap, breakeven_rank, evidence_of, gain_over, incumbent_of,
                                              like_for_like, lr_of, lr_siblings, no_budget, pruned_step, r_of, reserve,
                                              round3, same_except, set_incumbent, whole_if_ahead,
@@ -52,7 +52,7 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
           f"noise threshold {noise:.3f} = {src}"]
     if len(values) < 3:
         ev.append("fewer than 3 seeds: sigma is a rough estimate (protocol 6 asks for >= 3)")
-    unstable = sigma >= rule_threshold("seed_std_max")
+    unstable = sigma >= ctx.rule_threshold("seed_std_max")
     if not unstable:
         ctx.decide(phase, "noise", "seed noise measured", "use it as the plateau threshold", ev, recs,
                    {"sigma": sigma, "values": values, "noise": noise}, code="seed-noise-measured")
@@ -62,7 +62,7 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
     # seed mean: the incumbent's own value was picked as a maximum over trials, so it overstates what
     # that lr delivers on average, and comparing the lower lr with it would be unfair to the lower lr;
     # comparing with anything less than the seed mean would trade score for steadiness unmeasured.
-    ev.append(f"sigma {sigma:.4f} >= {rule_threshold('seed_std_max'):g} (rules: seed_std_max)")
+    ev.append(f"sigma {sigma:.4f} >= {ctx.rule_threshold('seed_std_max'):g} (rules: seed_std_max)")
     mean = sum(values) / len(values)
     lower = next((r for r in lr_siblings(ctx, inc.point)
                   if math.isclose(lr_of(r.point), round3(lr_of(inc.point) / 2), rel_tol=1e-6)), None)

@@ -1,0 +1,121 @@
+"""`tune --thresholds`: the study's threshold overrides reach every decision tune takes (no training).
+
+The trial's own diagnosis goes through the real `TrainingRunner` with its training loop replaced by one that writes a
+scripted curve (`synth_runs.underfit`: verdict underfit-capacity on the defaults, healthy once its
+`underfit_metric_max` is lowered), so the verdict, and the capacity decision the protocol takes on it, come from the
+diagnosis engine with the study's thresholds. The stages' own reads (seed noise) and the LoRA-vs-full decision go
+through the context's tables."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from loratune.search.budget import Budget, CostModel, Meter
+from loratune.search.context import SearchContext
+from loratune.search.protocol import ProtocolSettings, run_protocol
+from loratune.search.runner import TrainingRunner
+from loratune.thresholds import tables_with
+from memory_store import MemoryStore
+from synth_runs import underfit
+from test_protocol import START, lr_binds, make_ctx
+
+FLIP = {"underfit_metric_max": 0.06}  # underfit()'s best val macro-F1 is above it: not an underfit on these
+
+
+def _scripted_train(cfg, dataset, store, progress=False, callback=None):
+    """A training loop that writes the underfit curve as a finished run (every eval point through the callback, as
+    train.train does, so the pruning Watch diagnoses it too)."""
+    points = underfit()
+    best = max(points, key=lambda p: p.get("val/macro_f1", 0.0))
+    run = {"status": "running", "steps_planned": points[-1]["step"], "objective": "val/macro_f1",
+           "params": {"total": 1_000_000, "trainable": 13_000, "adapter": 8_000, "adapted_weights": 300_000}}
+    store.path.mkdir(parents=True, exist_ok=True)
+    for p in points:
+        store.append_history(p)
+        run.update(steps_done=p["step"], examples_seen=p["examples_seen"])
+        if callback is not None and p["step"] > 0:
+            callback.on_eval(p, run)
+    store.write_run({**run, "status": "completed", "best": best})
+
+
+@pytest.fixture
+def scripted_training(monkeypatch):
+    import loratune.tasks
+
+    monkeypatch.setattr(loratune.tasks, "recipe", lambda cfg, step: _scripted_train)
+    # the objective of a single-label classifier, without importing the training loop (torch) to resolve it
+    monkeypatch.setattr(TrainingRunner, "objective", property(lambda self: "val/macro_f1"))
+
+
+def _runner(thresholds):
+    from loratune.config import load_config
+
+    dataset = SimpleNamespace(label_space=SimpleNamespace(multi_label=False), prompt_set=None)
+    return TrainingRunner(load_config(None, []), dataset, thresholds=thresholds)
+
+
+def _capacity(tmp_path, tables):
+    runner = _runner(tables["diagnosis"])
+    ctx = SearchContext(store=MemoryStore(tmp_path), runner=runner, meter=Meter(Budget.parse("2trials")),
+                        trial_examples=1000, costs=CostModel(), thresholds=tables)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, pair=False, lr_probe=False))
+    return ctx
+
+
+def test_a_diagnosis_threshold_override_flips_the_trial_verdict_and_the_capacity_decision(tmp_path, scripted_training):
+    default = _capacity(tmp_path / "default", tables_with(None))
+    d = next(x for x in default.decisions if x["kind"] == "capacity-verdict")
+    assert default.records[0].result.verdict == "underfit-capacity"
+    assert d["code"] == "capacity-underfit-unconfirmed"
+
+    tuned = _capacity(tmp_path / "tuned", tables_with(FLIP))
+    d = next(x for x in tuned.decisions if x["kind"] == "capacity-verdict")
+    assert [r.result.verdict for r in tuned.records] == ["healthy"] * len(tuned.records)
+    assert d["code"] == "capacity-adequate" and d["data"]["verdict"] == "healthy"
+
+
+def test_the_runner_compares_with_the_studys_thresholds(monkeypatch):
+    """The comparison of runs differing in one knob (the pair experiment) reads the study's thresholds too."""
+    import loratune.diagnose
+
+    got = []
+
+    def compare(runs, *, thresholds=None, **kw):
+        got.append(thresholds)
+        raise ValueError("no runs to compare")  # the runner reads a failed comparison as none
+
+    monkeypatch.setattr(loratune.diagnose, "compare", compare)
+    tables = tables_with(FLIP)
+    assert _runner(tables["diagnosis"]).compare(["a", "b"]) is None
+    assert got == [tables["diagnosis"]] and got[0]["underfit_metric_max"] == 0.06
+
+
+def test_a_seed_noise_threshold_override_changes_the_noise_decision():
+    world = lr_binds()
+    world.SEED_OFFSET = {42: 0.0, 43: -0.025, 44: 0.02}  # sigma ~0.023: above the default seed_std_max 0.02
+    ctx, _ = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False))
+    assert next(x for x in ctx.decisions if x["kind"] == "noise")["code"] == "seed-unstable-lr-kept"
+
+    ctx, _ = make_ctx(world)
+    ctx.thresholds = tables_with({"seed_std_max": 0.05})
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False))
+    d = next(x for x in ctx.decisions if x["kind"] == "noise")
+    assert d["code"] == "seed-noise-measured"
+    assert ctx.state["final"].point["train.learning_rate"] == 4e-3
+
+
+def test_the_lora_vs_full_decision_reads_the_studys_thresholds():
+    world = lr_binds()
+    ctx, _ = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings())
+    default = {r["id"]: r for r in ctx.state["lora_vs_full"]["reasons"]}
+
+    ctx, _ = make_ctx(world)
+    ctx.thresholds = tables_with({"share_total": 0.0, "share_adapted": 0.0})
+    run_protocol(ctx, START, ProtocolSettings())
+    tuned = {r["id"]: r for r in ctx.state["lora_vs_full"]["reasons"]}
+    assert default.keys() == tuned.keys()
+    assert any(default[k]["holds"] != tuned[k]["holds"] for k in default), (default, tuned)
