@@ -136,3 +136,24 @@ def test_show_names_the_overrides_on_one_line(tmp_path, stopped, capsys):
     main(["show", study])
     out = flat(capsys.readouterr().out)
     assert "thresholds overridden (--thresholds): seed_std_max=0.05, share_total=0.2" in out, out
+    assert main(["report", study, "-o", str(tmp_path / "r.html")]) == 0  # the HTML report's header says it too
+    assert "thresholds overridden (--thresholds): seed_std_max=0.05, share_total=0.2" in (tmp_path / "r.html").read_text()
+
+
+def test_a_python_callers_thresholds_are_checked_before_the_study_is_made(tmp_path):
+    from loratune import api
+    from loratune.config import load_config
+    from loratune.errors import UserError
+
+    with pytest.raises(UserError, match="unknown threshold 'seed_std_maxx'"):
+        api.tune(load_config(None, []), study_dir=tmp_path / "s", thresholds={"seed_std_maxx": 0.05})
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_python_callers_defaults_are_no_overrides(tmp_path, stopped):
+    from loratune import api
+    from loratune.config import load_config
+
+    with pytest.raises(RuntimeError, match="got past the checks"):
+        api.tune(load_config(None, []), study_dir=tmp_path / "s", thresholds={"seed_std_max": 0.02, "share_total": 0.2})
+    assert _study_meta(tmp_path / "s")["thresholds"] == {"share_total": 0.2}

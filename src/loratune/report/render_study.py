@@ -413,7 +413,9 @@ def phase0_section(s: StudyReport) -> str:
 def render_study(s: StudyReport, link_base: str = "") -> str:
     phases = _phase_classes(s)
     state = badge("finished" if s.finished else "not finished", "ok" if s.finished else "warn")
-    meta = [f"strategy {s.strategy}", trial_count(s.trials), s.path] + ([s.thresholds_line] if s.thresholds_line else [])
+    meta = [f"strategy {s.strategy}", trial_count(s.trials), s.path]
+    if s.thresholds_line:  # the study decided with other thresholds than `loratune rules` lists by default
+        meta.append(s.thresholds_line)
     header = (f'<header class="top"><div class="wrap"><div class="kicker">loratune · tuning study report</div>'
               f'<h1>{esc(s.name)} {state}</h1><div class="meta">'
               + "".join(f"<span>{esc(x)}</span>" for x in meta) + "</div></div></header>")

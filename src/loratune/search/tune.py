@@ -79,6 +79,10 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         raise UserError(f"unknown strategy '{options.strategy}'", f"use one of {', '.join(STRATEGIES)}")
     if options.budget is not None:
         Budget.parse(options.budget)  # a typo fails before anything loads
+    if options.thresholds is not None:  # a Python caller's dict is checked as a file's is, and kept as overrides only
+        from loratune.thresholds import overridden, tables_with
+
+        options = dc_replace(options, thresholds=overridden(tables_with(options.thresholds)))
     study_dir = Path(options.study_dir).expanduser()  # `~/studies/x`, as a config's paths read it
     target, metric = options.settings.target, cfg.train.metric_for_best_model
     # every objective but a val loss is a share (objectives.OBJECTIVES); a causal-lm run's auto is its val loss

@@ -98,7 +98,7 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
             time.sleep(1.0)
         base = cfg_from_yaml(study.meta["trial_base"])
         dataset = recipe(base, "prepare")(base.data, seed=base.train.seed)  # as api.prepare
-        # the leader's --thresholds: a worker's trial is diagnosed (its verdict, what the stages read) as the leader's are
+        # the leader's --thresholds: a worker's trial is diagnosed (its verdict, what stages read) as the leader's are
         diagnosis = tables_with(study.meta.get("thresholds"))["diagnosis"]
         return work(study, TrainingRunner(base, dataset, thresholds=diagnosis), ui, idle_exit_s=idle_exit_s)
     finally:
