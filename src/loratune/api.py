@@ -114,7 +114,7 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
                 "rows": {k: len(v) for k, v in dataset.splits().items()}, "task": "causal-lm",
                 "labels": None, "multi_label": False, "notes": list(dataset.notes)}
     space = dataset.label_space
-    model = load_classifier(cfg.model, len(space), space.multi_label)
+    model = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)))  # as trained
     model, sites = apply_adapter(model, cfg.adapter)
     _check_init_from(cfg, model)
     step0_rows, eval_rows = eval_rows_per_point(len(dataset.validation),  # as train.py scores

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,16 +165,18 @@ def align_pad_token_id(model, pad_token_id: int | None) -> str | None:
 
 # The note align_pad_token_id gave when loading a classifier, kept on the model object (never in its saved config).
 PAD_NOTE_ATTR = "loratune_pad_note"
-# The note saying a base model's own classification head (another label count) was replaced; the model's, like the
-# pad note (run.json model.head_note).
+# The note saying what became of a base model's own classification head (replaced: another label count, or
+# OWN_HEAD_NOTES); the model's, like the pad note (run.json model.head_note).
 HEAD_NOTE_ATTR = "loratune_head_note"
 
 
 def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2label: dict[int, str] | None = None,
                     pad_token_id: int | None = None):
-    """AutoModelForSequenceClassification with a fresh head of `num_labels` outputs, its config's pad id the one
+    """AutoModelForSequenceClassification with a head of `num_labels` outputs, its config's pad id the one
     loratune pads with: `pad_token_id`, else the tokenizer's (`align_pad_token_id`; its note, if any, is the model's
-    PAD_NOTE_ATTR)."""
+    PAD_NOTE_ATTR). The head is fresh, unless the folder saved one at this label count: then, given the data's labels
+    (`id2label`), it is matched to them by name (own_head_case); what became of a folder's own head is the model's
+    HEAD_NOTE_ATTR."""
     from transformers import AutoModelForSequenceClassification
 
     src = resolve_model(cfg)
@@ -191,7 +194,8 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
     head_note = None
     try:
         with quiet_transformers():  # the "newly initialized head" report is expected, not news
-            model = AutoModelForSequenceClassification.from_pretrained(src.path, **kwargs)
+            model, info = AutoModelForSequenceClassification.from_pretrained(src.path, output_loading_info=True,
+                                                                             **kwargs)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "AutoModelForSequenceClassification" in str(exc):
             raise UserError(f"model '{cfg.name_or_path}' has no sequence-classification class in transformers",
@@ -202,6 +206,10 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
             raise _hub_error(src, exc) from None
         # the folder is already a classifier, with another label count: loratune trains a fresh head anyway
         model, head_note = _replace_head(cfg, src, kwargs, num_labels, exc)
+    else:
+        if id2label:  # the data's labels known: a head the folder saved at this label count is matched to them
+            head_note = _match_own_head(cfg, model, info.get("missing_keys") or (),
+                                        [kwargs["id2label"][i] for i in range(num_labels)])
     if pad_token_id is None:
         pad_token_id = load_tokenizer(cfg).pad_token_id
     setattr(model, PAD_NOTE_ATTR, align_pad_token_id(model, pad_token_id))
@@ -234,6 +242,79 @@ def _replace_head(cfg: ModelConfig, src: ModelSource, kwargs: dict, num_labels: 
     old = getattr(load_model_config(cfg), "num_labels", None)
     return model, (f"the folder's own {old}-label classification head ({', '.join(mismatched)}) was replaced by a "
                    f"fresh {num_labels}-label head (loratune trains its head for the data's labels)")
+
+
+# transformers' names for labels nobody named (PretrainedConfig's default id2label: LABEL_0, LABEL_1, ...)
+GENERIC_LABEL = re.compile(r"LABEL_\d+")
+# What becomes of a head the base folder saved at the data's label count (transformers loads it as saved: its row k
+# answers the folder's label k, while the model's config names the data's labels), by own_head_case. The note goes
+# to run.json model.head_note; {head}: the head's output layer, {n}: the label count.
+OWN_HEAD_NOTES = {
+    "same": "the folder's own {n}-label classification head ({head}) was kept as trained: its labels are the data's, "
+            "in the data's order",
+    "reorder": "the folder's own {n}-label classification head ({head}) was kept, its rows reordered from the "
+               "folder's label order [{saved}] to the data's [{data}] (each label keeps the row trained for it)",
+    "other": "the folder's own {n}-label classification head ({head}) was replaced by a fresh {n}-label head: it was "
+             "trained for other labels ([{saved}]; the data's are [{data}])",
+    "generic": "the folder's own {n}-label classification head ({head}) was kept as saved, but its config.json names "
+               "its labels [{saved}] only, so which label a row was trained for is unknown: row k stands for the "
+               "data's k-th label [{data}]",
+}
+
+
+def own_head_case(saved: list[str], data: list[str]) -> tuple[str, list[int] | None]:
+    """The one rule for a folder's own head at the data's label count (OWN_HEAD_NOTES): generic names (LABEL_i) say
+    nothing, so the rows stay; the data's names in another order: reordered, `rows[k]` the folder's row for the data's
+    label k; any other names: trained for other labels, so a fresh head (as for another label count)."""
+    if all(GENERIC_LABEL.fullmatch(n) for n in saved):
+        return "generic", None
+    if sorted(saved) != sorted(data):
+        return "other", None
+    rows = [saved.index(label) for label in data]
+    return ("same" if rows == list(range(len(rows))) else "reorder"), rows
+
+
+def head_projection(model, num_labels: int):
+    """(name, module) of the classification head's output layer: the last linear layer inside the head
+    (adapt.head_modules) with one output per label (BERT `classifier`, RoBERTa `classifier.out_proj`, Llama `score`),
+    or (None, None)."""
+    import torch
+
+    from loratune.adapt import head_modules
+    from loratune.precision import under
+
+    heads = head_modules(model)
+    found = [(n, m) for n, m in model.named_modules() if under(n, heads)
+             and isinstance(m, torch.nn.Linear) and m.out_features == num_labels]
+    return found[-1] if found else (None, None)
+
+
+def _match_own_head(cfg: ModelConfig, model, missing_keys, labels: list[str]) -> str | None:
+    """Apply own_head_case to a head the folder saved at the data's label count, by the label names of the folder's
+    config.json. Returns the note for run.json; None when the folder saved no head (a plain encoder: the head is
+    already fresh) or the head's output layer is not found."""
+    import torch
+
+    name, proj = head_projection(model, len(labels))
+    if proj is None or f"{name}.weight" in missing_keys:
+        return None
+    folder = getattr(load_model_config(cfg), "id2label", None) or {}
+    saved = [str(v) for _, v in sorted(folder.items())]  # the folder's row order
+    case, rows = own_head_case(saved, labels)
+    with torch.no_grad():
+        if case == "reorder":
+            for p in proj.parameters(recurse=False):  # weight (labels x hidden) and bias (labels): rows are labels
+                p.copy_(p[rows])
+        elif case == "other":
+            for p in proj.parameters(recurse=False):
+                p._is_hf_initialized = False  # transformers' init functions skip a weight it loaded
+            model._init_weights(proj)  # the architecture's own init, as a head transformers adds fresh
+    return OWN_HEAD_NOTES[case].format(n=len(labels), head=name, saved=_some(saved), data=_some(labels))
+
+
+def _some(names: list[str], most: int = 8) -> str:
+    """A label list for a note: the first `most` names, then how many in all."""
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None):

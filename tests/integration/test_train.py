@@ -600,9 +600,12 @@ def _bert_classifier(folder, num_labels: int, **config) -> str:
 
     tok = _save_tokenizer(folder)
     torch.manual_seed(0)
-    BertForSequenceClassification(BertConfig(
+    model = BertForSequenceClassification(BertConfig(
         vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=128, initializer_range=0.2, num_labels=num_labels, **config)).save_pretrained(folder)
+        max_position_embeddings=128, initializer_range=0.2, num_labels=num_labels, **config))
+    with torch.no_grad():  # a trained head's bias is not the init's zeros: its rows must move with the weight's
+        model.classifier.bias.normal_()
+    model.save_pretrained(folder)
     return str(folder)
 
 
@@ -642,6 +645,99 @@ def test_a_classifier_folder_whose_other_weights_mismatch_its_config_is_refused(
     with pytest.raises(UserError) as err:
         load_classifier(ModelConfig(name_or_path=folder), 4, False)
     assert "intermediate.dense.weight" in str(err.value) and "other shapes than its config.json" in str(err.value)
+
+
+# the intent data's labels in the folders' own head orders: the data's names shuffled, other names, transformers' own
+DATA_LABELS = ["balance", "card_lost", "pin", "transfer"]
+SHUFFLED = ["pin", "balance", "transfer", "card_lost"]
+HEAD_FOLDERS = {"reorder": SHUFFLED, "other": ["w", "x", "y", "z"], "generic": None}
+
+
+def _labelled_classifier(folder, names) -> str:
+    """A 4-label BERT classifier whose config.json names its head's rows `names` (None: transformers' LABEL_i)."""
+    named = {} if names is None else {"id2label": dict(enumerate(names)),
+                                      "label2id": {n: i for i, n in enumerate(names)}}
+    return _bert_classifier(folder, len(names or DATA_LABELS), **named)
+
+
+def _load_for_data(folder):
+    from loratune.config import ModelConfig
+    from loratune.models import load_classifier
+
+    return load_classifier(ModelConfig(name_or_path=folder), 4, False, dict(enumerate(DATA_LABELS))).eval()
+
+
+def test_a_base_classifier_of_the_data_labels_in_another_order_keeps_each_label_s_trained_row(tmp_path):
+    """transformers kept the folder's head as saved (row k for its label k) while the config named the data's labels:
+    'pin' was predicted where the folder's head said 'balance'. Its rows are reordered to the data's order."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from loratune.models import HEAD_NOTE_ATTR
+
+    folder = _labelled_classifier(tmp_path / "bert-shuffled", SHUFFLED)
+    base = BertForSequenceClassification.from_pretrained(folder).eval()
+    model = _load_for_data(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    texts = [r["text"] for r in make_rows(1, seed=0)] + ["lost my card", "change my pin", "what is my balance",
+                                                         "wire funds now"]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want, got = base(**enc).logits, model(**enc).logits
+    rows = [SHUFFLED.index(label) for label in DATA_LABELS]
+    assert torch.allclose(got, want[:, rows], atol=1e-6)  # each data label's logit is its trained row's
+    assert [model.config.id2label[int(i)] for i in got.argmax(-1)] == \
+        [base.config.id2label[int(i)] for i in want.argmax(-1)]  # the same predictions, by name
+    assert "rows reordered from the folder's label order [pin, balance, transfer, card_lost] to the data's " \
+           "[balance, card_lost, pin, transfer]" in getattr(model, HEAD_NOTE_ATTR)
+
+
+def test_a_base_classifier_of_other_labels_at_the_data_label_count_gets_a_fresh_head(tmp_path):
+    from safetensors.torch import load_file
+
+    from loratune.models import HEAD_NOTE_ATTR
+
+    folder = _labelled_classifier(tmp_path / "bert-other", HEAD_FOLDERS["other"])
+    saved = load_file(f"{folder}/model.safetensors")
+    model = _load_for_data(folder)
+    assert not torch.equal(model.classifier.weight, saved["classifier.weight"])  # its rows meant w..z, not the data's
+    assert torch.equal(model.classifier.bias, torch.zeros(4))  # BERT's init of a fresh head
+    assert 0.1 < model.classifier.weight.std().item() < 0.3  # initializer_range 0.2, not left empty
+    assert torch.equal(model.bert.pooler.dense.weight, saved["bert.pooler.dense.weight"])  # only the head is new
+    assert getattr(model, HEAD_NOTE_ATTR) == (
+        "the folder's own 4-label classification head (classifier) was replaced by a fresh 4-label head: it was "
+        "trained for other labels ([w, x, y, z]; the data's are [balance, card_lost, pin, transfer])")
+
+
+def test_a_base_classifier_with_generic_label_names_keeps_its_rows_and_says_their_meaning_is_unknown(tiny_bert,
+                                                                                                     tmp_path):
+    from safetensors.torch import load_file
+
+    from loratune.models import HEAD_NOTE_ATTR
+
+    folder = _labelled_classifier(tmp_path / "bert-generic", None)
+    saved = load_file(f"{folder}/model.safetensors")
+    model = _load_for_data(folder)
+    assert torch.equal(model.classifier.weight, saved["classifier.weight"])
+    assert torch.equal(model.classifier.bias, saved["classifier.bias"])
+    note = getattr(model, HEAD_NOTE_ATTR)
+    assert "kept as saved" in note and "[LABEL_0, LABEL_1, LABEL_2, LABEL_3]" in note and "unknown" in note
+    assert getattr(_load_for_data(tiny_bert), HEAD_NOTE_ATTR) is None  # a plain encoder saved no head: fresh, no note
+
+
+@pytest.mark.parametrize("case, says", [
+    ("reorder", "its rows reordered from the folder's label order [pin, balance, transfer, card_lost]"),
+    ("other", "replaced by a fresh 4-label head: it was trained for other labels ([w, x, y, z]"),
+    ("generic", "names its labels [LABEL_0, LABEL_1, LABEL_2, LABEL_3] only"),
+], ids=list(HEAD_FOLDERS))
+def test_the_run_record_says_what_became_of_the_base_folder_s_own_head(case, says, intent_data, tmp_path):
+    from loratune.cli import main
+
+    folder = _labelled_classifier(tmp_path / f"bert-{case}", HEAD_FOLDERS[case])
+    out = tmp_path / "run"
+    assert main(["train", "-q", *overrides(folder, intent_data, out, max_steps=2, eval_steps=2)]) == 0
+    run = RunStore(out).read_run()
+    assert run["labels"] == DATA_LABELS and run["status"] == "completed"
+    assert says in run["model"]["head_note"]
 
 
 def test_accumulated_micro_batches_of_unequal_size_give_the_one_batch_step(tiny_bert, intent_data, tmp_path):
