@@ -212,3 +212,29 @@ def test_params_without_targets_skips_the_groups_a_model_outside_the_table_lacks
     assert main(["params", folder, "--targets", "attn.q,attn.v"]) == 2
     err = capsys.readouterr().err
     assert "--targets attn.q,attn.v:" in err and "match no linear layer" in err
+
+
+@pytest.mark.parametrize("saved, case, rows", [
+    (["a", "b"], "same", [0, 1]),
+    (["b", "a"], "reorder", [1, 0]),  # row 1 was trained for the data's first label, a
+    (["x", "a"], "other", None),
+    (["a", "a"], "other", None),
+    (["LABEL_0", "LABEL_1"], "generic", None),
+])
+def test_a_folder_s_own_head_is_matched_to_the_data_s_labels_by_name(saved, case, rows):
+    from loratune.models import own_head_case
+
+    assert own_head_case(saved, ["a", "b"]) == (case, rows)
+
+
+@pytest.mark.parametrize("model_type, kw, name", [
+    ("bert", {}, "classifier"), ("roberta", {}, "classifier.out_proj"), ("llama", {"num_key_value_heads": 2}, "score"),
+    ("distilbert", {"dim": 32, "hidden_dim": 64, "n_layers": 1, "n_heads": 2}, "classifier"),
+])
+def test_the_head_s_output_layer_is_the_one_with_a_row_per_label(model_type, kw, name):
+    from loratune.models import head_projection
+
+    if model_type != "distilbert":
+        kw = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, **kw}
+    found, module = head_projection(_meta(model_type, num_labels=3, **kw), 3)
+    assert found == name and module.out_features == 3
