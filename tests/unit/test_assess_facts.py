@@ -163,3 +163,20 @@ def test_rules_shows_the_ffn_top_k_bands_as_data(capsys):
     assert main(["rules"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "model_layers < 7 -> 2" in out and "7 <= model_layers < 13 -> 3" in out
+
+
+def test_validation_shift_facts_are_validations_own_not_the_test_splits():
+    """Validation drawn like train, test long and full of unknown words: the validation facts (and findings) are
+    validation's own, never the test split's; a missing test split has no test facts."""
+    train, val = clean_rows()
+    test = [(t + " zebra quantum walrus" * 4, lab) for t, lab in val]
+    a = assess_dataset(make_dataset(train, val, test))
+    by = {sh.split: sh for sh in a.shift}
+    assert a.facts["oov_val"] == by["validation"].oov_token_rate == 0.0
+    assert a.facts["length_ks_val"] == by["validation"].length_ks == 0.0
+    assert a.facts["length_mean_val"] == by["validation"].length_mean_split
+    assert a.facts["oov_test"] == by["test"].oov_token_rate > 0.4 and a.facts["length_ks_test"] == 1.0
+    assert not {"vocabulary-shift", "length-shift"} & {f.id for f in a.findings}
+    a = assess_dataset(make_dataset(train, val))
+    assert a.facts["oov_test"] is None and a.facts["length_ks_test"] is None and a.facts["length_mean_test"] is None
+    assert a.facts["length_mean_train"] == a.shift[0].length_mean_train

@@ -184,11 +184,15 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         s = {"validation": "val"}.get(name, name)
         if name not in shifts:
             f[f"js_{s}_top"] = f[f"unseen_{s}_names"] = f"no {name} split"
-        f[f"oov_{s}"] = sh.oov_token_rate
-        f[f"length_ks_{s}"] = sh.length_ks
-        f[f"length_mean_{s}"] = sh.length_mean_split
-        f["length_mean_train"] = sh.length_mean_train
-        f["length_unit"] = sh.length_unit
+        # this split's own shift record: the loop variable left over from above is the last split's (test), whose
+        # vocabulary and lengths were reported as validation's
+        own = shifts.get(name)
+        f[f"oov_{s}"] = own.oov_token_rate if own else None
+        f[f"length_ks_{s}"] = own.length_ks if own else None
+        f[f"length_mean_{s}"] = own.length_mean_split if own else None
+    any_shift = next(iter(shifts.values()), None)  # train's side is the same in every split's record
+    f["length_mean_train"] = any_shift.length_mean_train if any_shift else None
+    f["length_unit"] = any_shift.length_unit if any_shift else None
     f["shift_worst_js"] = max((sh.js_divergence for sh in shifts.values()), default=0.0)
     f["shift_worst_js_split"] = max(shifts, key=lambda k: shifts[k].js_divergence) if shifts else None
     f["unseen_label_rows"] = sum(_unseen_rows(ds, name) for name in shifts)
