@@ -28,6 +28,15 @@ SPLIT_NAMES = {
     "validation": ("validation", "valid", "val", "dev"),
     "test": ("test",),
 }
+CARVED = " (carved)"  # the end of the source of a validation split carved from train (its rows are the train file's)
+
+
+def where_rows(lines: tuple[int, ...], indices: list[int]) -> str:
+    """Rows (0-based indices) as errors name them: the file's lines (1-based, the line a row starts on) where the
+    file has lines (JSON Lines, CSV), else 1-based row numbers (Parquet, a JSON array, a hub dataset)."""
+    if lines:
+        return ("line " if len(indices) == 1 else "lines ") + ", ".join(str(lines[i]) for i in indices)
+    return ("row " if len(indices) == 1 else "rows ") + ", ".join(str(i + 1) for i in indices)
 
 
 @dataclass(frozen=True)
@@ -38,16 +47,26 @@ class Split:
     texts: tuple[str, ...]
     labels: tuple[tuple[str, ...], ...]
     source: str
+    lines: tuple[int, ...] = ()  # per row, the file line it starts on; empty where the file has no lines (Parquet)
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def file(self) -> str:
+        """The file the rows were read from: a carved validation split's rows are the train file's."""
+        return self.source.removesuffix(CARVED)
+
+    def where(self, i: int) -> str:
+        return where_rows(self.lines, [i])
 
     def label_counts(self) -> Counter:
         return Counter(lab for labs in self.labels for lab in labs)
 
     def subset(self, indices: list[int], name: str | None = None, source: str | None = None) -> "Split":
         return Split(name or self.name, tuple(self.texts[i] for i in indices),
-                     tuple(self.labels[i] for i in indices), source or self.source)
+                     tuple(self.labels[i] for i in indices), source or self.source,
+                     tuple(self.lines[i] for i in indices) if self.lines else ())
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,12 @@ LABELLED_ROWS = RowFile("data file", "data.train_file / dataset_name", "labelled
 
 def read_rows(path: Path, kind: RowFile = LABELLED_ROWS) -> list[dict[str, Any]]:
     """Rows of one file as dicts. Format from the suffix; errors name the file as `kind` says."""
+    return read_rows_at(path, kind)[0]
+
+
+def read_rows_at(path: Path, kind: RowFile = LABELLED_ROWS) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
+    """Rows of one file as dicts, and per row the file line it starts on (empty for Parquet and a JSON array): a
+    blank line or a quoted multi-line CSV text makes a row's number no line number, and errors name lines."""
     require_file(path, kind.what, f"check the path ({kind.key})")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -117,17 +142,28 @@ def read_rows(path: Path, kind: RowFile = LABELLED_ROWS) -> list[dict[str, Any]]
     if path.stat().st_size == 0:
         raise UserError(f"{kind.what} '{path}' is empty", f"give a file with a header/rows of {kind.rows}")
     if suffix == ".parquet":
-        return _read_parquet(path, kind)
+        return _read_parquet(path, kind), ()
     raw = path.read_bytes()
     text = decode_utf8(raw, path, kind.what)
     if suffix == ".csv":
-        rows = _read_csv(text, path, kind)
+        rows, lines = _read_csv(text, path, kind)
     else:
-        rows = _read_jsonl(text, path, kind)
+        rows, lines = _read_jsonl(text, path, kind)
     if not rows:
         raise UserError(f"{kind.what} '{path}' has no rows",
                         f"add rows of {kind.rows} (one per line / after the CSV header)")
-    return rows
+    return rows, lines
+
+
+# files that fail UTF-8 by their first bytes, with what they are and how to make them UTF-8 (longest prefix first:
+# a UTF-32 LE BOM starts with the UTF-16 LE one); anything else is taken for a one-byte encoding such as Latin-1
+_NOT_UTF8 = (
+    (b"\x1f\x8b", "gzip-compressed", "decompress it: `gunzip -c '{path}' > fixed{suffix}`"),
+    (b"\xff\xfe\x00\x00", "UTF-32 (little-endian BOM)", "`iconv -f utf-32 -t utf-8 '{path}' > fixed{suffix}`"),
+    (b"\x00\x00\xfe\xff", "UTF-32 (big-endian BOM)", "`iconv -f utf-32 -t utf-8 '{path}' > fixed{suffix}`"),
+    (b"\xff\xfe", "UTF-16 (little-endian BOM)", "`iconv -f utf-16 -t utf-8 '{path}' > fixed{suffix}`"),
+    (b"\xfe\xff", "UTF-16 (big-endian BOM)", "`iconv -f utf-16 -t utf-8 '{path}' > fixed{suffix}`"),
+)
 
 
 def decode_utf8(raw: bytes, path: Path, what: str = "data file") -> str:
@@ -135,6 +171,11 @@ def decode_utf8(raw: bytes, path: Path, what: str = "data file") -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        for magic, what_it_is, fix in _NOT_UTF8:
+            if raw.startswith(magic):
+                raise UserError(f"{what} '{path}' is not UTF-8 text: it is {what_it_is} (starts with bytes "
+                                f"{' '.join(f'{b:02x}' for b in magic)})",
+                                "make it UTF-8 text, e.g. " + fix.format(path=path, suffix=path.suffix)) from None
         line = raw[: exc.start].count(b"\n") + 1
         raise UserError(
             f"{what} '{path}' is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line})",
@@ -142,28 +183,66 @@ def decode_utf8(raw: bytes, path: Path, what: str = "data file") -> str:
         ) from None
 
 
-def _read_csv(text: str, path: Path, kind: RowFile) -> list[dict[str, Any]]:
-    """CSV rows as dicts. A field of any length is read (the csv module's default limit is 131,072 characters); a
-    row with more fields than the header (an unquoted comma inside a text) is refused by its line, never read with
-    its text cut at the comma and the rest taken as its label."""
+def _read_csv(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
+    """CSV rows as dicts, and the line each starts on. A field of any length is read (the csv module's default limit
+    is 131,072 characters). Refused by their line, never read as something else:
+    - a row with more fields than the header (an unquoted comma inside a text: its text cut at the comma, the rest
+      taken as its label);
+    - a quote never closed (the csv module reads the rest of the file as one field: rows silently swallowed);
+    - a header naming a column twice (which of the two was read would be a guess).
+    Header names are stripped (`text, label`: pandas' skipinitialspace), so the column is found as 'label'."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    rows = []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    start = 1  # the line the next record starts on: csv's line_num is the line a record ends on
     try:
-        for row in reader:
-            if None in row:  # DictReader's key for the fields beyond the header's
-                raise UserError(f"{kind.what} '{path}' line {reader.line_num} has "
-                                f"{len(reader.fieldnames or ()) + len(row[None])} "
-                                f"fields, the header {len(reader.fieldnames or ())}",
+        for record in reader:
+            if not record:  # a blank line (DictReader skips it too)
+                start = reader.line_num + 1
+                continue
+            if header is None:
+                header = [h.strip() for h in record]
+                twice = [h for h, n in Counter(header).items() if n > 1 and h]
+                if twice:
+                    raise UserError(f"{kind.what} '{path}' line {start} (the header) names column(s) "
+                                    f"{', '.join(map(repr, twice))} more than once",
+                                    "rename or drop the repeated column: only one of them could be read")
+            elif len(record) > len(header):
+                raise UserError(f"{kind.what} '{path}' line {start} has {len(record)} fields, the header "
+                                f"{len(header)}",
                                 "quote a text that holds a comma (\"i lost my card, please help\"), or drop the row")
-            rows.append(row)
+            else:  # a short row's missing fields are None, as DictReader gives them: a row without a label
+                rows.append({h: (record[i] if i < len(record) else None) for i, h in enumerate(header)})
+                lines.append(start)
+            start = reader.line_num + 1
     except csv.Error as exc:
-        raise UserError(f"{kind.what} '{path}' line {reader.line_num} is not valid CSV ({exc})",
+        raise UserError(f"{kind.what} '{path}' line {start} is not valid CSV ({exc})",
                         "fix the quoting of that line") from None
-    return rows
+    if rows:
+        _refuse_open_quote(text, rows[-1], lines[-1], path, kind)
+    return rows, tuple(lines)
 
 
-def _read_jsonl(text: str, path: Path, kind: RowFile) -> list[dict[str, Any]]:
+def _refuse_open_quote(text: str, last: dict[str, Any], start: int, path: Path, kind: RowFile) -> None:
+    """A quote opened and never closed runs to the end of the file, so it can only be in the last record: read that
+    record again strictly (the lenient reader closes the field at the end of the data without a word)."""
+    raw = io.StringIO(text, newline="").readlines()[start - 1:]
+    try:
+        list(csv.reader(io.StringIO("".join(raw), newline=""), strict=True))
+    except csv.Error as exc:
+        if "end of data" not in str(exc):  # another irregularity (`"a"b`) the lenient reading keeps as before
+            return
+        fields = [v for v in last.values() if v is not None]
+        opened = start + sum(v.count("\n") for v in fields[:-1])  # the line the last (unclosed) field starts on
+        raise UserError(f"{kind.what} '{path}' line {opened} opens a quote that is never closed: the rest of the file "
+                        f"({len(raw)} line(s)) would be read as one field",
+                        "close the quote where the field ends, or drop the stray \" (a quote inside a quoted field "
+                        "is written twice: \"he said \"\"hi\"\"\")") from None
+
+
+def _read_jsonl(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
     stripped = text.lstrip()
     if path.suffix.lower() == ".json" and stripped.startswith("["):
         try:
@@ -174,8 +253,8 @@ def _read_jsonl(text: str, path: Path, kind: RowFile) -> list[dict[str, Any]]:
         if bad is not None:  # as a JSON Lines line that is no object: refused, never dropped unsaid
             raise UserError(f"{kind.what} '{path}' entry {bad + 1} of its array is not a JSON object",
                             f"write each entry as an object, e.g. {kind.example}")
-        return data
-    rows = []
+        return data, ()
+    rows, lines = [], []
     # lines end at \n alone: str.splitlines() also breaks at U+2028, U+2029 and U+0085, which JSON strings may hold
     for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -188,7 +267,8 @@ def _read_jsonl(text: str, path: Path, kind: RowFile) -> list[dict[str, Any]]:
         if not isinstance(obj, dict):
             raise UserError(f"{kind.what} '{path}' line {n} is not a JSON object", "write one object per line")
         rows.append(obj)
-    return rows
+        lines.append(n)
+    return rows, tuple(lines)
 
 
 def _read_parquet(path: Path, kind: RowFile) -> list[dict[str, Any]]:
@@ -204,37 +284,44 @@ def _read_parquet(path: Path, kind: RowFile) -> list[dict[str, Any]]:
     return rows
 
 
-def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: str) -> Split:
-    """Pick the text and label columns; split delimited labels; reject rows we cannot use."""
-    cols = list(rows[0].keys())
+def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: str,
+               lines: tuple[int, ...] = ()) -> Split:
+    """Pick the text and label columns; split delimited labels; reject rows we cannot use, each named by its file
+    line (`lines`, from read_rows_at) or, where the file has no lines, its row number."""
+    cols = list(dict.fromkeys(k for r in rows for k in r))  # every row's keys: JSON Lines rows may differ
     for col, key in ((cfg.text_column, "data.text_column"), (cfg.label_column, "data.label_column")):
-        if col not in rows[0]:
+        # a column some row has is the file's: a row without it is that row's problem, named by its line below
+        if col not in cols:
             other = cfg.label_column if key == "data.text_column" else cfg.text_column
             guess = suggest_column(rows, "text" if key == "data.text_column" else "label", exclude=other)
-            raise UserError(f"data file '{source}' has no column '{col}' (columns: {', '.join(map(str, cols))})",
-                            f"set {key} to one of the columns, e.g. {key.split('.')[1]}={guess}")
+            fix = (f"set {key} to one of the columns, e.g. {key.split('.')[1]}={guess}" if guess is not None else
+                   f"add a '{col}' column: the file's only column, '{other}', cannot be both text and label")
+            raise UserError(f"data file '{source}' has no column '{col}' (columns: {', '.join(map(str, cols))})", fix)
     texts, labels = [], []
-    for n, row in enumerate(rows, start=1):
+    for i, row in enumerate(rows):
+        at = f"data file '{source}' {where_rows(lines, [i])}"
         text = row.get(cfg.text_column)
         if text is None:
-            raise UserError(f"data file '{source}' row {n} has no value in column '{cfg.text_column}'",
-                            "fill in the text or remove the row")
+            raise UserError(f"{at} has no value in column '{cfg.text_column}'", "fill in the text or remove the row")
         if not isinstance(text, str):  # a list, object or number: its str() trained as if it were the text
-            raise UserError(f"data file '{source}' row {n} has a '{cfg.text_column}' of {text!r:.60}, not a string",
+            raise UserError(f"{at} has a '{cfg.text_column}' of {text!r:.60}, not a string",
                             f"write the text as a string, e.g. {{\"{cfg.text_column}\": \"...\"}}")
-        check_characters(text, f"data file '{source}' row {n}")
+        check_characters(text, at)
         lab = row.get(cfg.label_column)
         labs = labels_of(lab, cfg.label_delimiter)
         if not labs and cfg.none_label:  # the explicit none / out-of-scope label (multi-label decoding)
             labs = (cfg.none_label,)
         if not labs and cfg.multi_label is not True:
-            raise UserError(f"data file '{source}' row {n} has no label in column '{cfg.label_column}'",
+            raise UserError(f"{at} has no label in column '{cfg.label_column}'",
                             "give every row a label (multi-label data may use an empty list with multi_label=true)")
         for lab_text in labs:
-            check_characters(lab_text, f"data file '{source}' row {n} label")
+            check_characters(lab_text, f"{at} label")
+            if "\n" in lab_text or "\r" in lab_text:  # a CSV quote opened in the label and closed lines later
+                raise UserError(f"{at} has a label that spans lines ({lab_text!r:.60})",
+                                "a label is one line: close the quote where the label ends, or drop the stray quote")
         texts.append(text)
         labels.append(labs)
-    return Split(name, tuple(texts), tuple(labels), source)
+    return Split(name, tuple(texts), tuple(labels), source, tuple(lines))
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a str holds a surrogate only unpaired: JSON's pairs decode to one char
@@ -256,10 +343,13 @@ TEXT_NAMES = ("text", "sentence", "utterance", "query", "question", "content", "
 LABEL_NAMES = ("label", "labels", "intent", "intents", "category", "class", "target", "tag", "tags", "topic", "y")
 
 
-def suggest_column(rows: list[dict[str, Any]], role: str, exclude: str | None = None) -> str:
+def suggest_column(rows: list[dict[str, Any]], role: str, exclude: str | None = None) -> str | None:
     """The column most likely to hold the texts (role 'text') or the labels ('label'): a familiar name
-    first, else by shape (texts: the longest strings; labels: the fewest distinct values)."""
-    cols = [c for c in rows[0] if c != exclude] or list(rows[0])
+    first, else by shape (texts: the longest strings; labels: the fewest distinct values). Never `exclude` (the
+    other role's column: texts suggested as labels trained every text as its own class); None when no other."""
+    cols = [c for c in dict.fromkeys(k for r in rows[:500] for k in r) if c != exclude]
+    if not cols:
+        return None
     names = TEXT_NAMES if role == "text" else LABEL_NAMES
     for name in names:
         for c in cols:
@@ -276,15 +366,26 @@ def suggest_column(rows: list[dict[str, Any]], role: str, exclude: str | None = 
     return str(max(cols, key=mean_len) if role == "text" else min(cols, key=lambda c: (distinct(c), -mean_len(c))))
 
 
+# a number in plain decimal form, as a CSV cell gives every label as text ("3.0", "-1.50")
+_PLAIN_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
+
+
 def _label_text(value: Any) -> str:
-    """A label as text: a whole number written as a float (JSON 3.0, a pandas column with a gap) is the same class as
-    its int (3), never a class of its own; NaN is no label."""
+    """A label as text, one spelling per number whatever the format: a whole number written as a float (JSON 3.0, a
+    pandas column with a gap, a CSV "3.0") is the class of its int ("3"), "1.50" that of 1.5, never a class of its
+    own; NaN is no label. Any other form stays text as written: "007" or "1e3" (a leading zero marks a code, not a
+    quantity: "007" and "7" may well be two classes, and no JSON number is written so)."""
     if isinstance(value, float):
         if math.isnan(value):
             return ""
         if value.is_integer():
             return str(int(value))
-    return str(value)
+        return str(value)
+    text = str(value).strip()
+    if _PLAIN_DECIMAL.fullmatch(text):  # the fraction's trailing zeros dropped, as str(float) writes it
+        whole, frac = text.split(".")
+        text = f"{whole}.{frac.rstrip('0')}" if frac.rstrip("0") else whole
+    return "0" if text == "-0" else text
 
 
 def labels_of(value: Any, delimiter: str | None) -> tuple[str, ...]:
@@ -296,12 +397,10 @@ def labels_of(value: Any, delimiter: str | None) -> tuple[str, ...]:
         return tuple(dict.fromkeys(_label_text(v) for v in value if v is not None and _label_text(v) != ""))
     if hasattr(value, "tolist"):  # numpy arrays from parquet
         return labels_of(value.tolist(), delimiter)
-    s = _label_text(value).strip()
-    if s == "":
-        return ()
-    if delimiter:
-        return tuple(dict.fromkeys(p.strip() for p in s.split(delimiter) if p.strip()))
-    return (s,)
+    if delimiter and isinstance(value, str):
+        return tuple(dict.fromkeys(_label_text(p) for p in value.split(delimiter) if p.strip()))
+    s = _label_text(value)
+    return (s,) if s else ()
 
 
 def find_split_file(folder: Path, split: str) -> Path | None:
@@ -314,6 +413,12 @@ def find_split_file(folder: Path, split: str) -> Path | None:
                         f"{', '.join(f.name for f in found)}",
                         f"keep one of them in the folder, or name the one to use with data.{split}_file")
     return found[0] if found else None
+
+
+def parse_file(path: Path, cfg: DataConfig, name: str) -> Split:
+    """One split from one file, its rows numbered by the file's lines."""
+    rows, lines = read_rows_at(path)
+    return parse_rows(rows, cfg, str(path), name, lines)
 
 
 def _load_hub(cfg: DataConfig) -> dict[str, Split]:
@@ -357,16 +462,17 @@ MIN_VALIDATION_ROWS = 1  # every evaluation point scores validation
 
 
 def empty_text_problems(dataset: "Dataset") -> list[str]:
-    """Each split's empty texts (whitespace only), named by row: what no task can learn from or score."""
+    """Each split's empty texts (whitespace only), named by the file and its lines (a carved validation split's rows
+    by the train file's lines, not their place in the carved split): what no task can learn from or score."""
     problems: list[str] = []
     for name, sp in dataset.splits().items():
-        empty = [n for n, t in enumerate(sp.texts, start=1) if not "".join(t.split())]
+        empty = [i for i, t in enumerate(sp.texts) if not "".join(t.split())]
         if empty and len(empty) == len(sp):
-            problems.append(f"{name}: every text in '{sp.source}' is empty ({len(sp)} rows): check data.text_column")
+            problems.append(f"{name}: every text in '{sp.file}' is empty ({len(sp)} rows): check data.text_column")
         elif empty:
-            where = ", ".join(map(str, empty[:8])) + (", ..." if len(empty) > 8 else "")
-            problems.append(f"{name}: {len(empty)} empty text(s) in '{sp.source}' (rows {where}): drop them or "
-                            "fill them in (`loratune assess` lists them)")
+            where = where_rows(sp.lines, empty[:8]) + (", ..." if len(empty) > 8 else "")
+            problems.append(f"{name}: {len(empty)} empty text(s) in '{sp.file}' ({where}): drop them or "
+                            "fill them in")
     return problems
 
 
@@ -377,7 +483,7 @@ def check_trainable(dataset: "Dataset") -> None:
     if len(dataset.train) < MIN_TRAIN_ROWS:
         problems.append(f"train: {len(dataset.train)} row(s); training needs at least {MIN_TRAIN_ROWS}")
     if len(dataset.validation) < MIN_VALIDATION_ROWS:
-        carved = "(carved)" in dataset.validation.source
+        carved = dataset.validation.source.endswith(CARVED)
         problems.append("validation: 0 rows" + (
             ": no validation file was given and no class has two training rows to carve one from "
             "(each class needs at least 2 rows, one of them goes to validation)" if carved else ""))
@@ -459,7 +565,7 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
                 continue
             p = find_split_file(folder, split)
             if p is not None:
-                splits[split] = parse_rows(read_rows(p), cfg, str(p), split)
+                splits[split] = parse_file(p, cfg, split)
         if "train" not in splits and cfg.train_file is None:
             raise UserError(f"folder '{folder}' has no train file",
                             "add train.jsonl/.csv/.parquet there, or set data.train_file")
@@ -473,7 +579,7 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
     for split, key in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):
         if key:
             p = Path(key).expanduser()
-            splits[split] = parse_rows(read_rows(p), cfg, str(p), split)
+            splits[split] = parse_file(p, cfg, split)
     if "train" not in splits:
         raise UserError("no training data found", "set data.train_file or data.dataset_name")
 
@@ -483,15 +589,15 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         multi = any(len(labs) != 1 for labs in train.labels) or cfg.label_delimiter is not None
     if not multi:  # every split, not just train: a 2-label validation row cannot be scored single-label
         for sp in splits.values():
-            for n, labs in enumerate(sp.labels, start=1):
+            for i, labs in enumerate(sp.labels):
                 if len(labs) != 1:
-                    raise UserError(f"data file '{sp.source}' row {n} has {len(labs)} labels but the data is "
+                    raise UserError(f"data file '{sp.source}' {sp.where(i)} has {len(labs)} labels but the data is "
                                     "single-label", "set data.multi_label=true, or give one label per row")
 
     validation = splits.get("validation")
     if validation is None:
         keep, carved = stratified_split(train, cfg.validation_fraction, seed)
-        validation = train.subset(carved, name="validation", source=f"{train.source} (carved)")
+        validation = train.subset(carved, name="validation", source=f"{train.source}{CARVED}")
         train = train.subset(keep)
         notes.append(f"no validation split given: carved a stratified {cfg.validation_fraction:.0%} "
                      f"({len(validation)} rows) from train with seed {seed}")

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
-from loratune.data import (SPLIT_NAMES, Dataset, LabelSpace, RowFile, Split, empty_text_problems,
+from loratune.data import (CARVED, SPLIT_NAMES, Dataset, LabelSpace, RowFile, Split, empty_text_problems,
                            find_split_file, load_dataset, read_rows)
 from loratune.errors import UserError
 from loratune.metrics import generated_label_problems
@@ -314,7 +314,7 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
     validation = splits.get("validation")
     if validation is None:
         keep, carved = _random_split(len(train), cfg.validation_fraction, seed)
-        validation = train.subset(carved, name="validation", source=f"{train.source} (carved)")
+        validation = train.subset(carved, name="validation", source=f"{train.source}{CARVED}")
         train = train.subset(keep)
         notes.append(f"no validation split given: carved a random {cfg.validation_fraction:.0%} "
                      f"({len(validation)} rows) from train with seed {seed}")

@@ -41,7 +41,7 @@ def test_empty_texts_are_an_error_as_in_assess(which, tiny_bert, tmp_path, capsy
     for dry in (["--dry-run"], []):
         assert main(["train", "-q", *dry, *overrides(tiny_bert, d, tmp_path / "run")]) == 2
         err = flat(capsys.readouterr().err)
-        assert ("every text" in err) if which == "all" else ("2 empty text(s)" in err and "rows 3, 6" in err)
+        assert ("every text" in err) if which == "all" else ("2 empty text(s)" in err and "lines 3, 6" in err)
 
 
 def test_missing_label_column_suggests_the_label_like_one(tiny_bert, tmp_path, capsys):
@@ -135,8 +135,8 @@ def test_planned_examples_count_the_rows_a_batch_can_hold(tiny_bert, intent_data
     assert f"planned: 8 optimizer steps, {8 * rows} training examples" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("text, said", [("lost \ud83d my card", "row 3 has a lone surrogate U+D83D at character 6"),
-                                        (["lost", "my", "card"], "row 3 has a 'text' of ['lost', 'my', 'card']")])
+@pytest.mark.parametrize("text, said", [("lost \ud83d my card", "line 3 has a lone surrogate U+D83D at character 6"),
+                                        (["lost", "my", "card"], "line 3 has a 'text' of ['lost', 'my', 'card']")])
 def test_a_lone_surrogate_or_a_text_that_is_no_string_is_refused_by_train_assess_and_predict(
         text, said, tiny_bert, tmp_path, capsys):
     # a traceback in train (UTF-8 encoding of the text's hash), assess and predict --file (the tokenizer), or for a
@@ -152,5 +152,5 @@ def test_a_lone_surrogate_or_a_text_that_is_no_string_is_refused_by_train_assess
         err = flat(capsys.readouterr().err)
         assert "train.jsonl" in err and said in err and "fix:" in err, (cmd, err)
     assert not (tmp_path / "run").exists()
-    with pytest.raises(UserError, match="row 3 has" if isinstance(text, str) else "row 3 has a 'text' of \\["):
+    with pytest.raises(UserError, match="line 3 has" if isinstance(text, str) else "line 3 has a 'text' of \\["):
         read_texts(str(d / "train.jsonl"))

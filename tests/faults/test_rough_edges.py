@@ -53,7 +53,7 @@ def test_predict_refuses_a_top_k_below_one_and_a_file_row_without_a_text(trained
         assert main(["predict", str(trained), "--top-k", k, "hi"]) == 2
         assert "top_k (--top-k): a whole number >= 1" in capsys.readouterr().err
     rows = tmp_path / "p.jsonl"
-    for second, said in (('{"utterance": "pin"}', "row 2 has no 'text' column"), ('{"text": null}', "None")):
+    for second, said in (('{"utterance": "pin"}', "line 2 has no 'text' column"), ('{"text": null}', "None")):
         rows.write_text('{"text": "lost my card"}\n' + second + "\n", encoding="utf-8")
         assert main(["predict", str(trained), "--file", str(rows)]) == 2
         err = capsys.readouterr().err

@@ -179,7 +179,7 @@ def test_generated_labels_refuse_an_empty_text(lm, tmp_path, capsys):
     data.mkdir()
     write_jsonl(data / "train.jsonl", rows)
     err = _refused(capsys, ["train", "-q", *_args(lm, data, tmp_path / "run", label_format="generate")])
-    assert "empty text(s)" in err and "rows 4" in err
+    assert "empty text(s)" in err and "line 4" in err
 
 
 def test_the_adapter_card_recipe_runs_as_written_on_a_decoder_classifier(tiny_llama, intent_data, tmp_path, capsys):

@@ -18,7 +18,10 @@ from loratune.config import EMBEDDED_DATA, DataConfig
 from loratune.data import (
     Split,
     embedded_data_dir,
+    empty_text_problems,
+    labels_of,
     load_dataset,
+    parse_file,
     parse_rows,
     read_rows,
     stratified_split,
@@ -177,7 +180,7 @@ def test_empty_label_list_is_allowed_only_when_multi_label_is_forced(tmp_path):
     rows = [{"text": "none", "label": []}] + [{"text": f"t{i}", "label": ["a", "b"][i % 2:]} for i in range(8)]
     p = write_rows(tmp_path / "train.jsonl", rows)
     err = user_error(load_dataset, DataConfig(train_file=str(p)))
-    assert err.problem == f"data file '{p}' row 1 has no label in column 'label'"
+    assert err.problem == f"data file '{p}' line 1 has no label in column 'label'"
     ds = load_dataset(DataConfig(train_file=str(p), multi_label=True, validation_file=str(p)), seed=0)
     assert ds.train.labels[0] == () and ds.label_space.multi_label
 
@@ -187,7 +190,7 @@ def test_forced_single_label_rejects_rows_with_several_labels(tmp_path):
     rows[4]["label"] = "a#b"
     p = write_rows(tmp_path / "train.csv", rows)
     err = user_error(load_dataset, DataConfig(train_file=str(p), label_delimiter="#", multi_label=False))
-    assert err.problem == f"data file '{p}' row 5 has 2 labels but the data is single-label"
+    assert err.problem == f"data file '{p}' line 6 has 2 labels but the data is single-label"
     assert err.fix == "set data.multi_label=true, or give one label per row"
 
 
@@ -197,7 +200,7 @@ def test_single_label_check_covers_validation_and_test_files(tmp_path):
     val_rows[1]["label"] = ["a", "b"]
     val = write_rows(tmp_path / "val.jsonl", val_rows)
     err = user_error(load_dataset, DataConfig(train_file=str(train), validation_file=str(val)))
-    assert err.problem == f"data file '{val}' row 2 has 2 labels but the data is single-label"
+    assert err.problem == f"data file '{val}' line 2 has 2 labels but the data is single-label"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +269,7 @@ def test_a_validation_split_of_no_train_label_is_refused_and_whole_floats_are_in
         load_dataset(DataConfig(train_file=str(train), validation_file=str(val)), seed=0)
     nan = tmp_path / "nan.jsonl"
     nan.write_text('{"text": "a", "label": NaN}\n' + train.read_text())
-    with pytest.raises(UserError, match="row 1 has no label"):
+    with pytest.raises(UserError, match="line 1 has no label"):
         load_dataset(DataConfig(train_file=str(nan)), seed=0)
 
 
@@ -295,8 +298,8 @@ def test_a_text_that_is_no_string_is_refused_by_its_row(tmp_path, text):
         == ("3",)  # numbers as labels stay legitimate
 
 
-@pytest.mark.parametrize("row, where", [({"text": "lost \ud83d my card", "label": "a"}, "row 13 has"),
-                                        ({"text": "lost my card", "label": "a\udc00"}, "row 13 label has")])
+@pytest.mark.parametrize("row, where", [({"text": "lost \ud83d my card", "label": "a"}, "line 13 has"),
+                                        ({"text": "lost my card", "label": "a\udc00"}, "line 13 label has")])
 def test_a_lone_surrogate_is_refused_by_its_row_and_character(tmp_path, row, where):
     # JSON's "\\ud83d" without its pair: a traceback in train (UTF-8 encoding), assess and predict (the tokenizer)
     path = tmp_path / "s.jsonl"
@@ -311,7 +314,7 @@ def test_a_lone_surrogate_is_refused_by_its_row_and_character(tmp_path, row, whe
 
 
 def read_rows_then_parse(path: Path) -> Split:
-    return parse_rows(read_rows(path), DataConfig(), str(path), "train")
+    return parse_file(path, DataConfig(), "train")
 
 
 def test_two_files_for_one_split_are_refused_unless_a_key_names_one(tmp_path):
@@ -418,7 +421,8 @@ def test_row_without_label(tmp_path, suffix):
     rows[2]["label"] = "" if suffix == ".csv" else None
     p = write_rows(tmp_path / f"train{suffix}", rows)
     err = user_error(load_dataset, DataConfig(train_file=str(p)))
-    assert err.problem == f"data file '{p}' row 3 has no label in column 'label'"
+    where = {".jsonl": "line 3", ".csv": "line 4", ".parquet": "row 3"}[suffix]  # a CSV's header is its line 1
+    assert err.problem == f"data file '{p}' {where} has no label in column 'label'"
     assert err.fix.startswith("give every row a label")
 
 
@@ -426,23 +430,23 @@ def test_row_without_label_key_and_without_text(tmp_path):
     rows = make_rows(TRAIN)
     del rows[3]["label"]
     p = write_rows(tmp_path / "a.jsonl", rows)
-    assert user_error(read_and_parse, p).problem == f"data file '{p}' row 4 has no label in column 'label'"
+    assert user_error(read_and_parse, p).problem == f"data file '{p}' line 4 has no label in column 'label'"
     rows = make_rows(TRAIN)
     rows[1]["text"] = None
     q = write_rows(tmp_path / "b.jsonl", rows)
     err = user_error(read_and_parse, q)
-    assert err.problem == f"data file '{q}' row 2 has no value in column 'text'"
+    assert err.problem == f"data file '{q}' line 2 has no value in column 'text'"
     assert err.fix == "fill in the text or remove the row"
 
 
 def test_short_csv_row_is_a_row_without_label(tmp_path):
     p = tmp_path / "train.csv"
     p.write_text("text,label\nhello,a\nno label here\nbye,b\n", encoding="utf-8")
-    assert user_error(read_and_parse, p).problem == f"data file '{p}' row 2 has no label in column 'label'"
+    assert user_error(read_and_parse, p).problem == f"data file '{p}' line 3 has no label in column 'label'"
 
 
 def read_and_parse(p: Path):
-    return parse_rows(read_rows(p), DataConfig(), str(p), "train")
+    return parse_file(p, DataConfig(), "train")
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
@@ -595,3 +599,101 @@ def test_a_none_label_no_row_reaches_is_said():
     assert any("data.none_label 'oos' has no effect" in n for n in ds.notes)
     run = {"decoding": {"min_labels": 0, "none_label": "none", "max_labels": 2}, "loss": {"kind": "bce"}}
     assert "empty answers allowed" not in multi_label_note(run)  # the none label fills an empty answer
+
+
+# ---------------------------------------------------------------------------------------------
+# rows named by their file line; CSV quoting, headers, numeric labels, encodings
+
+
+def test_a_csv_quote_never_closed_is_refused_by_the_line_it_opens_on(tmp_path):
+    """The rest of the file became one label ('card_lost\\ncheck my balance 30,balance\\n...'), 10 rows lost."""
+    lines = ["text,label"] + [f"lost my card {j},card_lost" if j % 2 else f"check my balance {j},balance"
+                              for j in range(40)]
+    lines[31] = 'my card is broken,"card_lost'  # line 32 of the file
+    p = tmp_path / "train.csv"
+    p.write_text("\n".join(lines) + "\n")
+    err = user_error(read_rows, p)
+    assert err.problem == (f"data file '{p}' line 32 opens a quote that is never closed: the rest of the file "
+                           "(10 line(s)) would be read as one field")
+    lines[31] = 'my card is broken,"card_lost\nlost my card 31"'  # closed a line later: a label of two lines
+    p.write_text("\n".join(lines) + "\n")
+    err = user_error(parse_file, p, DataConfig(), "train")
+    assert err.problem.startswith(f"data file '{p}' line 32 has a label that spans lines ('card_lost\\n")
+    p.write_text('text,label\n"i lost\nmy card",card\nreset "pin",pin\n')  # quoted line breaks, inner quotes: kept
+    assert parse_file(p, DataConfig(), "train").texts == ("i lost\nmy card", 'reset "pin"')
+
+
+def test_errors_name_the_file_line_and_the_file_a_carved_split_came_from(tmp_path):
+    rows = [{"text": f"lost my card {i}", "label": "card"} if i % 2 else {"text": f"reset my pin {i}", "label": "pin"}
+            for i in range(20)]
+    rows[15]["text"] = ""
+    p = write_rows(tmp_path / "train.jsonl", rows)
+    ds = load_dataset(DataConfig(train_file=str(p)), seed=0)
+    (problem,) = empty_text_problems(ds)
+    split = "validation" if "" in ds.validation.texts else "train"
+    assert problem == f"{split}: 1 empty text(s) in '{p}' (line 16): drop them or fill them in"
+    b = tmp_path / "blank.jsonl"  # a blank line: row 3 is line 4
+    b.write_text('{"text": "lost my card", "label": "card"}\n\n{"text": "reset my pin", "label": "pin"}\n'
+                 '{"text": "card gone", "label": ""}\n')
+    assert user_error(parse_file, b, DataConfig(), "train").problem == \
+        f"data file '{b}' line 4 has no label in column 'label'"
+    c = tmp_path / "multi.csv"  # a quoted text over three lines: the row after it starts on line 5
+    c.write_text('text,label\n"lost\nmy\ncard",card\n,pin\nreset pin,pin\n')
+    sp = parse_file(c, DataConfig(), "train")
+    assert sp.lines == (2, 5, 6) and sp.where(1) == "line 5"
+    assert sp.subset([2, 1]).lines == (6, 5)
+
+
+def test_numeric_labels_are_one_class_whatever_the_format(tmp_path):
+    """CSV gives every label as text: "0.0" was a class apart from 0, though the error said they are one."""
+    assert [labels_of(v, None) for v in (0, 0.0, "0", "0.0", " 0.00 ", "-0.0", 1.5, "1.50", "3", "3.")] == \
+        [("0",)] * 6 + [("1.5",)] * 2 + [("3",), ("3.",)]
+    assert labels_of("007", None) == ("007",) and labels_of("1e3", None) == ("1e3",)  # codes, not quantities
+    assert labels_of("1.0|2.0", "|") == ("1", "2")
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"hi {w} {j},{i}\n" for j in range(3)
+                                                               for i, w in enumerate(["card", "pin", "cash"])))
+    (tmp_path / "validation.csv").write_text("text,label\n" + "".join(f"{w} today,{float(i)}\n"
+                                                                    for i, w in enumerate(["card", "pin", "cash"])))
+    ds = load_dataset(DataConfig(dataset_name=str(tmp_path)), seed=0)
+    assert ds.label_space.labels == ("0", "1", "2") and ds.validation.labels == (("0",), ("1",), ("2",))
+    assert not ds.unseen
+
+
+def test_a_first_row_without_the_label_is_that_rows_problem_and_text_is_never_suggested_as_label(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_text('{"text": "lost my card"}\n{"text": "reset my pin", "label": "pin"}\n'
+                 '{"text": "card is gone", "label": "card"}\n')
+    assert user_error(parse_file, p, DataConfig(), "train").problem == \
+        f"data file '{p}' line 1 has no label in column 'label'"
+    p.write_text('{"text": "lost my card"}\n{"text": "reset my pin"}\n')
+    err = user_error(parse_file, p, DataConfig(), "train")
+    assert err.problem == f"data file '{p}' has no column 'label' (columns: text)"
+    assert "label_column=text" not in err.fix and err.fix.startswith("add a 'label' column")
+    p.write_text('{"text": "lost my card", "intent": "card"}\n')
+    assert user_error(parse_file, p, DataConfig(), "train").fix.endswith("label_column=intent")
+
+
+def test_csv_header_names_are_stripped_and_a_repeated_one_is_refused(tmp_path):
+    p = tmp_path / "train.csv"
+    p.write_text("text, label\nlost my card, card\nreset pin, pin\n")
+    sp = parse_file(p, DataConfig(), "train")
+    assert sp.labels == (("card",), ("pin",)) and sp.texts == ("lost my card", "reset pin")
+    p.write_text("text,label,label\nlost my card,card,x\nreset pin,pin,x\n")
+    err = user_error(read_rows, p)
+    assert err.problem == f"data file '{p}' line 1 (the header) names column(s) 'label' more than once"
+    p.write_text("text,label,,\nlost my card,card,,\nreset pin,pin,,\n")  # a spreadsheet's empty trailing columns
+    assert parse_file(p, DataConfig(), "train").labels == (("card",), ("pin",))
+
+
+@pytest.mark.parametrize("encode, said, fix", [
+    (lambda b: __import__("gzip").compress(b), "gzip-compressed (starts with bytes 1f 8b)", "gunzip -c"),
+    (lambda b: b.decode().encode("utf-16"), "UTF-16 (little-endian BOM)", "iconv -f utf-16 -t utf-8"),
+    (lambda b: b"\xfe\xff" + b.decode().encode("utf-16-be"), "UTF-16 (big-endian BOM)", "iconv -f utf-16"),
+    (lambda b: b.decode().encode("utf-32"), "UTF-32 (little-endian BOM)", "iconv -f utf-32 -t utf-8"),
+])
+def test_compressed_and_utf16_32_files_are_named_with_their_own_fix(tmp_path, encode, said, fix):
+    p = tmp_path / "train.csv"
+    p.write_bytes(encode(b"text,label\nlost my card,card\nreset pin,pin\n"))
+    err = user_error(read_rows, p)
+    assert err.problem.startswith(f"data file '{p}' is not UTF-8 text: it is {said}") and fix in err.fix
+    assert "latin1" not in err.fix

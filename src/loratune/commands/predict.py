@@ -25,16 +25,16 @@ def read_texts(path: str, column: str = "text") -> list[str]:
     data.text_column, so a run reads files shaped like its training data)."""
     p = Path(path)
     if p.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
-        from loratune.data import check_characters, read_rows
+        from loratune.data import check_characters, read_rows_at, where_rows
 
-        rows = read_rows(p)
+        rows, lines = read_rows_at(p)  # rows named by their file line, as training names them
         bad = next((i for i, r in enumerate(rows) if not isinstance(r.get(column), str)), None)
         if bad is not None:  # every row, not the first only: a row without a text has nothing to predict
             what = f"no '{column}' column" if column not in rows[bad] else f"a '{column}' of {rows[bad][column]!r}"
-            raise UserError(f"'{p}' row {bad + 1} has {what}",
+            raise UserError(f"'{p}' {where_rows(lines, [bad])} has {what}",
                             f"give every row a '{column}' string (the run's data.text_column), or a plain text file")
-        for n, r in enumerate(rows, start=1):
-            check_characters(r[column], f"'{p}' row {n}")
+        for i, r in enumerate(rows):
+            check_characters(r[column], f"'{p}' {where_rows(lines, [i])}")
         return [r[column] for r in rows]
     require_file(p, "file", "give a text file with one text per line")
     from loratune.data import decode_utf8
