@@ -426,3 +426,15 @@ def test_probe_macro_f1_scores_the_trained_classes_as_training_does():
     assert p.macro_f1 == pytest.approx(trained["val/macro_f1"]) == pytest.approx((8 / 11 + 1.0) / 2)
     assert p.accuracy == pytest.approx(8 / 11)  # the refund rows are still errors
     assert {(c.true, c.pred) for c in p.confused_pairs} == {("refund", "a")}
+
+
+def test_distinct_symbol_only_texts_are_no_duplicates_of_each_other():
+    """Normalising turns every emoji- or punctuation-only text into "": four distinct texts were counted as
+    duplicates of the first; the same symbol text twice still is one."""
+    train, val = clean_rows()
+    train += [(t, "weather") for t in ("👍", "🙂", "🎉", "!!", "???")]
+    a = A.assess_dataset(make_dataset(train, val))
+    assert next(s for s in a.noise.splits if s.split == "train").duplicate_rows == 0
+    assert a.facts["duplicate_rows_rows"] == 0
+    a = A.assess_dataset(make_dataset(train + [("👍", "weather"), ("? ? ?", "music")], val))
+    assert next(s for s in a.noise.splits if s.split == "train").duplicate_rows == 1

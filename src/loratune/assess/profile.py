@@ -210,7 +210,9 @@ def find_noise(splits: Mapping[str, Split], pool: TextPool, thresholds: AssessTh
                 hit("encoding_damage", t)
             if has_non_printable(t):
                 hit("non_printable", t)
-            key = (normalise(t), _label_key(labs))
+            # a text of symbols or punctuation only ("👍", "!!") normalises to "": keyed by itself (spaces
+            # collapsed), or every such text counted as a duplicate of the first
+            key = (normalise(t) or " ".join(t.split()), _label_key(labs))
             if key in seen:
                 hit("duplicate_rows", t)
             seen.add(key)
