@@ -204,6 +204,12 @@ def _read_csv(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, Any]
                 continue
             if header is None:
                 header = [h.strip() for h in record]
+                sep = next((c for c in ";\t|" if len(header) == 1 and c in header[0]), None)
+                if sep is not None:  # one column named 'text;label': the fix said text_column=text;label
+                    raise UserError(f"{kind.what} '{path}' line {start} (the header) is one column {header[0]!r}: "
+                                    f"its fields are separated by {sep!r}, and a .csv is read comma-separated",
+                                    "save it comma-separated (pandas: pd.read_csv(f, sep=...).to_csv(out, "
+                                    "index=False)), or as JSON Lines")
                 twice = [h for h, n in Counter(header).items() if n > 1 and h]
                 if twice:
                     raise UserError(f"{kind.what} '{path}' line {start} (the header) names column(s) "
@@ -412,6 +418,15 @@ def find_split_file(folder: Path, split: str) -> Path | None:
         raise UserError(f"data folder '{folder}' holds {len(found)} files for the {split} split: "
                         f"{', '.join(f.name for f in found)}",
                         f"keep one of them in the folder, or name the one to use with data.{split}_file")
+    if not found:  # a split's file in a form not read (train.tsv, validation.jsonl.gz): named, never passed over
+        readable = {f"{stem}{suffix}" for stem in SPLIT_NAMES[split] for suffix in SUFFIXES}
+        unread = sorted(p.name for stem in SPLIT_NAMES[split] for p in folder.glob(f"{stem}.*")
+                        if p.is_file() and p.name not in readable)
+        if unread:
+            raise UserError(f"data folder '{folder}' holds {', '.join(unread)} for the {split} split, a form the "
+                            f"loader does not read (it reads {', '.join(SUFFIXES)})",
+                            f"convert it (a .gz: `gunzip -k` it; a .tsv: save it as CSV), or move it out of the folder"
+                            + (" to carve validation from train" if split == "validation" else ""))
     return found[0] if found else None
 
 

@@ -697,3 +697,25 @@ def test_compressed_and_utf16_32_files_are_named_with_their_own_fix(tmp_path, en
     err = user_error(read_rows, p)
     assert err.problem.startswith(f"data file '{p}' is not UTF-8 text: it is {said}") and fix in err.fix
     assert "latin1" not in err.fix
+
+
+@pytest.mark.parametrize("names, split", [(("train.tsv",), "train"), (("train.jsonl.gz",), "train"),
+                                          (("train.jsonl", "validation.jsonl.gz"), "validation")])
+def test_a_split_file_in_a_form_not_read_is_named_never_passed_over(tmp_path, names, split):
+    for name in names:
+        if name == "train.jsonl":
+            write_rows(tmp_path / name, make_rows(TRAIN))
+        else:
+            (tmp_path / name).write_bytes(b"text\tlabel\nx\ta\n")
+    err = user_error(load_dataset, DataConfig(dataset_name=str(tmp_path)))
+    assert err.problem.startswith(f"data folder '{tmp_path}' holds {names[-1]} for the {split} split, a form the "
+                                  "loader does not read")
+    assert ("to carve validation from train" in err.fix) == (split == "validation")
+
+
+def test_a_semicolon_separated_csv_is_named_not_taken_for_one_column(tmp_path):
+    p = tmp_path / "train.csv"
+    p.write_text("text;label\nlost my card;card\nreset pin;pin\n")
+    err = user_error(read_rows, p)
+    assert err.problem == (f"data file '{p}' line 1 (the header) is one column 'text;label': its fields are "
+                           "separated by ';', and a .csv is read comma-separated")
