@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loratune.features import COMPARE_FEATURES, FEATURES, KIND_FEATURES, NOT_APPLICABLE, CurveFeatures, FeatureSet, \
-    binomial_se, compute_features, format_value
+    binomial_se, compute_features, format_value, has_binomial_se
 from loratune.history_io import RunHistory, from_points, load_run
-from loratune.rules import RULES, SIGNALS, THRESHOLDS, Clause, Cond, Rule, catalogue_for, resolve_thresholds, \
-    signal_for
+from loratune.moves import DOWN, HOLD, UP, towards
+from loratune.rules import COMPARE_KNOBS, RULES, SIGNALS, THRESHOLDS, Clause, Cond, Rule, catalogue_for, \
+    resolve_thresholds, signal_for
 
 MISSING_FACTOR = 0.75  # confidence multiplier per unknown clause of a tentatively fired rule
 THIN_MARGIN = 0.1  # a decisive clause passing within 10% (2 points for 0..1 quantities) of its threshold ...
@@ -235,18 +236,31 @@ class Diagnosis:
         }
 
 
+# what a comparison scores runs by -> which way is better (+1: higher, -1: lower): the best val metric when every
+# configured run has one, else the lowest val loss (loss-only Trainer and SFT runs)
+METRIC_MEASURE, LOSS_MEASURE = "best val metric", "lowest val loss"
+MEASURES: Mapping[str, int] = {METRIC_MEASURE: 1, LOSS_MEASURE: -1}
+
+
 @dataclass(frozen=True)
 class KnobGroup:
     """Runs identical except for one knob."""
 
     knob: str  # learning_rate | r | seed | lora_alpha
-    runs: tuple[tuple[str, Any, float | None, float | None], ...]  # (run, knob value, best metric, min val loss)
-    effect: float | None  # max - min of the best metric
+    # (run, knob value, the measure in its own sign: best val metric or lowest val loss, min val loss)
+    runs: tuple[tuple[str, Any, float | None, float | None], ...]
+    effect: float | None  # max - min of the measure (a size: the same for either sign)
     note: str = ""
+    measure: str = METRIC_MEASURE
+
+    def best(self) -> tuple[str, Any, float | None, float | None] | None:
+        """The row with the best measure (the highest metric, the lowest loss); None when no run has one."""
+        ok = [row for row in self.runs if row[2] is not None]
+        return max(ok, key=lambda row: MEASURES[self.measure] * row[2]) if ok else None
 
     def to_dict(self) -> dict:
-        return {"knob": self.knob, "effect": self.effect, "note": self.note,
-                "runs": [{"run": r, "value": v, "best_metric": m, "val_loss_min": l} for r, v, m, l in self.runs]}
+        return {"knob": self.knob, "effect": self.effect, "note": self.note, "measure": self.measure,
+                "runs": [{"run": r, "value": v, "measured": m, "val_loss_min": l} for r, v, m, l in self.runs]}
 
 
 @dataclass(frozen=True)
@@ -257,6 +271,7 @@ class Comparison:
     findings: tuple[Finding, ...]
     not_evaluated: tuple[NotEvaluated, ...]
     notes: tuple[str, ...] = ()
+    measure: str = METRIC_MEASURE  # a key of MEASURES
 
     @property
     def active(self) -> tuple[Finding, ...]:
@@ -266,7 +281,9 @@ class Comparison:
         return any(f.rule_id == rule_id for f in self.active)
 
     def to_dict(self) -> dict:
-        return {"runs": list(self.runs), "groups": [g.to_dict() for g in self.groups],
+        return {"runs": list(self.runs), "measure": self.measure,
+                "better": "higher" if MEASURES[self.measure] > 0 else "lower",
+                "groups": [g.to_dict() for g in self.groups],
                 "features": self.features.to_dict(), "findings": [f.to_dict() for f in self.findings],
                 "not_evaluated": [n.to_dict() for n in self.not_evaluated], "notes": list(self.notes)}
 
@@ -523,6 +540,13 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
     if "target_modules" in h.facts and "adapter.target_modules" in flat:
         v = h.facts["target_modules"].value
         flat["adapter.target_modules"] = tuple(v) if isinstance(v, list) else v
+    if "adapter.target_modules" in flat:
+        model = h.meta.get("model") if isinstance(h.meta.get("model"), Mapping) else {}
+        targets = flat["adapter.target_modules"]
+        groups = None if "target_modules" in h.facts else _resolve_groups(targets, model.get("model_type"))
+        # no adapter_config.json: loratune's groups, resolved as its plan does, name block-relative modules
+        flat["adapter.target_modules"] = (_shortest_names(groups, model.get("model_type")) if groups is not None
+                                          else _peft_targets(targets, model.get("num_layers"), model.get("model_type")))
     if flat.get("adapter.layers_to_transform") in ("all", None):
         flat.pop("adapter.layers_to_transform", None)
     # the task's size, where the files say it (config.json id2label, the run's label set; not an estimate from the
@@ -535,6 +559,67 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
     if isinstance(n_classes, int) and not isinstance(n_classes, bool):
         flat["data.n_classes"] = n_classes
     return flat
+
+
+def _resolve_groups(targets: Any, model_type: Any) -> tuple[str, ...] | None:
+    """loratune's target groups (attn.q, attn, ...) as the block-relative module names the group table gives them for
+    the run's model_type (`adapt.resolve_targets`' rule), so they compare with peft's names; None where the targets
+    are not all plain groups of a known architecture (a layer selection `@`, all-linear, raw names: literal)."""
+    from loratune.adapt import ALIASES, GROUP_TABLE
+
+    table = GROUP_TABLE.get(model_type) if isinstance(model_type, str) else None
+    if table is None or not isinstance(targets, (list, tuple)):
+        return None
+    names = []
+    for t in targets:
+        # a composite (attn) adapts the members the architecture has, a group its one module
+        known = [g for g in ALIASES.get(t, (t,)) if g in table and g != "blocks"] if isinstance(t, str) else []
+        if not known:
+            return None
+        names += [table[g] for g in known]
+    return tuple(sorted(set(names)))
+
+
+def _peft_targets(targets: Any, depth: Any, model_type: Any = None) -> Any:
+    """peft target names in one form for every source. peft matches a name as a suffix of the module path ('query'
+    adapts 'bert.encoder.layer.0.attention.self.query' and every other '...query'), so the full paths peft resolved
+    (a loratune run's adapter_config.json) read as the shortest name that selects just their modules, as a Trainer
+    user writes them: when the paths cover the same layers for every module and every one of the model's `depth`
+    layers, each block-relative name shortens to its shortest suffix that no other module of the block (the group
+    table's, for a known model_type) ends with. Paths that leave layers out, or whose depth is unknown, stay as they
+    are (a difference, not a guess); names without a layer index are peft's suffixes already."""
+    if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
+        return targets  # a regex string or "all-linear": compared literally
+    layers: dict[str, set[int]] = {}
+    for t in targets:
+        parts = t.split(".")
+        at = [i for i, p in enumerate(parts) if p.isdigit()]
+        if not at:
+            return tuple(sorted(targets))
+        layers.setdefault(".".join(parts[at[-1] + 1:]), set()).add(int(parts[at[-1]]))
+    every = set(range(depth)) if isinstance(depth, int) and not isinstance(depth, bool) and depth > 0 else None
+    if every is None or any(at != every for at in layers.values()):
+        return tuple(sorted(targets))
+    return _shortest_names(layers, model_type)
+
+
+def _shortest_names(relative: Any, model_type: Any) -> tuple[str, ...]:
+    """Block-relative module names (attention.self.query) as the shortest suffix peft would match to just that module
+    among the block's modules (the run's, and the group table's for a known model_type): 'query'."""
+    from loratune.adapt import GROUP_TABLE
+
+    table = GROUP_TABLE.get(model_type, {}) if isinstance(model_type, str) else {}
+    block = set(relative) | {v for k, v in table.items() if k != "blocks"}
+
+    def shortest(rel: str) -> str:
+        parts = rel.split(".")
+        for k in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-k:])
+            if {m for m in block if m == suffix or m.endswith("." + suffix)} == {rel}:
+                return suffix
+        return rel
+
+    return tuple(sorted(shortest(rel) for rel in relative))
 
 
 def _knob_value(cfg: Mapping[str, Any], knob: str) -> Any:
@@ -625,16 +710,14 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
         else:
             notes.append(f"{name}: no config, left out of the knob comparison")
     vloss = {n: f.values.get("val_loss_min") for n, f in feats.items()}
-    # the measure: the best val metric when every configured run has one, else the lowest val loss (negated,
-    # so higher is better either way); loss-only Trainer and SFT runs are compared on their val loss
+    # the measure (MEASURES), in its own sign: loss-only Trainer and SFT runs are compared on their val loss
     use_loss = any(feats[n].values.get("val_metric_best") is None for n in flat) and \
         all(vloss[n] is not None for n in flat)
-    best = {n: (-vloss[n] if vloss[n] is not None else None) if use_loss else f.values.get("val_metric_best")
-            for n, f in feats.items()}
-    measure = "lowest val loss" if use_loss else "best val metric"
+    measure = LOSS_MEASURE if use_loss else METRIC_MEASURE
+    best = {n: vloss[n] if use_loss else f.values.get("val_metric_best") for n, f in feats.items()}
 
     groups: list[KnobGroup] = []
-    for knob in ("learning_rate", "r", "lora_alpha", "seed"):
+    for knob in COMPARE_KNOBS:
         for members, note in _groups(flat, knob):
             rows = [(m, _knob_value(flat[m], knob), best[m], vloss[m]) for m in members]
             rows.sort(key=lambda r: (r[1] is None, r[1]))
@@ -644,7 +727,7 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
                     by_value.setdefault(kv, []).append(m)
             means = [sum(v) / len(v) for v in by_value.values()]
             effect = (max(means) - min(means)) if len(means) >= 2 else None
-            groups.append(KnobGroup(knob, tuple(rows), effect, note))
+            groups.append(KnobGroup(knob, tuple(rows), effect, note, measure))
     if len(flat) >= 2 and not groups:
         notes.append("no two runs differ in exactly one of learning_rate, r, lora_alpha, seed")
 
@@ -671,8 +754,10 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
             ses = [feats[n].values.get("val_loss_noise") for n in measured]
             source = "the val-loss curves' own jitter"
         else:
+            # the single-run policy: only a share of rows has a binomial SE (token accuracy, ROUGE: their jitter)
             ses = [binomial_se(best[n], feats[n].values.get("val_n")) for n in measured
-                   if best[n] is not None and feats[n].values.get("val_n")]
+                   if best[n] is not None and feats[n].values.get("val_n")
+                   and has_binomial_se(feats[n].details.get("val_metric"))]
             source = "binomial standard error from val size"
             if not [x for x in ses if x is not None]:
                 ses = [feats[n].values.get("val_metric_noise") for n in measured]
@@ -726,32 +811,45 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     features = acc.done()
     cmp_rules = [rr for rr in rules if rr.scope == "compare"]
     findings, gaps = evaluate_rules(features, cmp_rules, values)
-    findings = tuple(_annotate(f, groups, features) for f in findings)
+    by_id = {rr.id: rr for rr in cmp_rules}
+    findings = tuple(_annotate(f, by_id.get(f.rule_id), groups, features) for f in findings)
     return Comparison(runs=tuple(names), groups=tuple(groups), features=features, findings=findings,
-                      not_evaluated=gaps, notes=tuple(notes))
+                      not_evaluated=gaps, notes=tuple(notes), measure=measure)
 
 
-def _annotate(f: Finding, groups: Sequence[KnobGroup], features: CurveFeatures) -> Finding:
-    """Add the direction of the better run and the noise source to comparison findings."""
+def _direction(g: KnobGroup) -> str | None:
+    """Where the better run of a group lies: UP (at the largest value tried), DOWN (the smallest) or HOLD (between)."""
+    top = g.best()
+    values = [row[1] for row in g.runs if row[2] is not None and isinstance(row[1], (int, float))]
+    if top is None or not isinstance(top[1], (int, float)) or len(set(values)) < 2:
+        return None
+    return UP if top[1] >= max(values) else DOWN if top[1] <= min(values) else HOLD
+
+
+def _annotate(f: Finding, rule: Rule | None, groups: Sequence[KnobGroup], features: CurveFeatures) -> Finding:
+    """Add the better run, the deltas and the noise source to a comparison finding, and turn its moves towards the
+    better run of the group it reads (the one with the largest effect, which the rule's feature took)."""
     notes = [f"noise: {features.details.get('noise_source')}"]
-    knob = {"optimization-bound": "learning_rate", "capacity-bound": "r", "alpha-insensitive": "lora_alpha",
-            "seed-unstable": "seed"}.get(f.rule_id)
-    for g in groups:
-        if g.knob == knob and knob != "seed":
-            ok = [row for row in g.runs if row[2] is not None]
-            if ok:
-                top = max(ok, key=lambda row: row[2])
-                if features.details.get("measure") == "lowest val loss":
-                    notes.append(f"best {knob}: {top[1]} (run {top[0]}, lowest val loss {-top[2]:.3f})")
-                else:
-                    notes.append(f"best {knob}: {top[1]} (run {top[0]}, best val metric {top[2]:.3f})")
-                deltas = [f"{row[0]} ({knob}={row[1]}): {row[2] - top[2]:+.3f}" for row in g.runs
-                          if row[2] is not None and row is not top]
-                noise = features.values.get("noise")
-                if deltas:
-                    notes.append(f"{knob} deltas vs the best run: " + ", ".join(deltas) +
-                                 (f"; noise of a difference {noise:.3f}" if noise else ""))
-    return Finding(**{**f.__dict__, "notes": tuple(notes)})
+    knob = rule.knob if rule is not None else None
+    moves = f.moves
+    read = [g for g in groups if g.knob == knob and knob != "seed"]
+    for g in read:
+        top = g.best()
+        if top is None:
+            continue
+        lower = MEASURES[g.measure] < 0
+        notes.append(f"best {knob}: {top[1]} (run {top[0]}, {g.measure} {top[2]:.3f})")
+        deltas = [f"{row[0]} ({knob}={row[1]}): {row[2] - top[2]:+.3f}" for row in g.runs
+                  if row[2] is not None and row is not top]
+        noise = features.values.get("noise")
+        if deltas:
+            notes.append(f"{knob} deltas vs the best run" + (" (val loss: lower is better)" if lower else "") + ": "
+                         + ", ".join(deltas) + (f"; noise of a difference {noise:.3f}" if noise else ""))
+    decided = max((g for g in read if g.effect is not None), key=lambda g: g.effect, default=None)
+    direction = _direction(decided) if decided is not None else None
+    if direction is not None:
+        moves = towards(f.moves, direction)
+    return Finding(**{**f.__dict__, "moves": moves, "notes": tuple(notes)})
 
 
 def _unique_names(names: list[str]) -> list[str]:

@@ -435,6 +435,13 @@ METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy", "token_acc
 # them no binomial standard error, so the curve's own jitter is their noise (protocol 5b), and they mark a generative
 # run (word_accuracy / char_accuracy: 1 - WER / CER, as the reader writes them)
 ROW_MEAN_METRICS = ("token_accuracy", "rouge_l", "word_accuracy", "char_accuracy")
+
+
+def has_binomial_se(metric: str | None) -> bool:
+    """Whether a val metric (`macro_f1` or `val/macro_f1`) is a share of rows, so that the row count gives it a
+    binomial standard error (a run's noise band and a comparison's noise both read this)."""
+    return metric is not None and metric.removeprefix("val/") not in ROW_MEAN_METRICS
+
 # ...but a jitter read from fewer points than this (one or two second differences) is no band: where the eval size is
 # known, the [0, 1] bound on a mean's standard error stands in (`_val_metric`)
 ROW_MEAN_JITTER_POINTS_MIN = 5
@@ -1217,7 +1224,7 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
                  "fewer than 2 val-metric points")
 
     n = acc.values.get("val_n")
-    if metric in ROW_MEAN_METRICS:  # a share of tokens, or a mean of overlap scores, not a share of rows
+    if not has_binomial_se(metric):  # a share of tokens, or a mean of overlap scores, not a share of rows
         se = None
         acc.set("val_metric_se", None, NOT_APPLICABLE + f"{metric} is no share of rows (tokens correlated within a "
                 "row, or a mean of per-row overlap scores), so the row count gives no binomial standard error; the "
@@ -1226,7 +1233,7 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
         se = binomial_se(vals[-1], n) if n else None
         acc.set("val_metric_se", se, "val size unknown (no `val/n`), so no standard error")
     jitter = curve_jitter(vals, floor=METRIC_NOISE_FLOOR)
-    if metric in ROW_MEAN_METRICS and len(vals) < ROW_MEAN_JITTER_POINTS_MIN and n:
+    if not has_binomial_se(metric) and len(vals) < ROW_MEAN_JITTER_POINTS_MIN and n:
         # a jitter read from one or two second differences is no band (protocol 5b, noise first); a mean of n
         # per-row scores in [0, 1] has a variance of at most p(1 - p) / n (Bhatia-Davis), so the binomial formula
         # bounds its standard error from above: the band stands in, conservative

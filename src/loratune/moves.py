@@ -188,8 +188,7 @@ _MOVES = (
     Move("arm-dora", "DoRA", "adapter.use_dora", "capacity", "DoRA: a trained magnitude beside the low-rank "
          "direction", _set("adapter.use_dora", True)),
     # advice: no config change the protocol makes by itself
-    _advice("lr-towards-better", "learning_rate towards the better run (x2 or /2)", "optimization",
-            "follow the lr of the better run of a pair", LR),
+    _advice("keep-lr", "keep learning_rate", "optimization", "the best lr lies between the ones tried", LR),
     _advice("epochs-up", "epochs up", "budget", "train longer (the protocol's final training does)",
             "train.num_train_epochs"),
     _advice("keep-capacity", "keep capacity", "capacity", "capacity is adequate"),
@@ -246,6 +245,30 @@ ARMS: Mapping[str, Arm] = MappingProxyType({a.id: a for a in (
 )})
 
 
+# A comparison rule's moves point towards the better run of the knob group it reads (protocol 5): the rule lists them
+# for a better run at the knob's larger value; at the smaller value each directional move turns into its opposite, and
+# a best value between the tried ones holds the knob (the move that keeps what the directional one would turn).
+# Moves in neither table (advice) keep their place whatever the direction.
+UP, DOWN, HOLD = "up", "down", "hold"
+_OPPOSITE = {"r-x2": "r-half", "add-ffn": "drop-ffn", "lr-x2": "lr-half"}
+OPPOSITE: Mapping[str, str] = MappingProxyType({**_OPPOSITE, **{b: a for a, b in _OPPOSITE.items()}})
+HOLD_MOVE: Mapping[str, str] = MappingProxyType({R: "keep-capacity", TARGETS: "keep-capacity", LR: "keep-lr"})
+
+
+def towards(moves: tuple[str, ...], direction: str) -> tuple[str, ...]:
+    """A rule's moves (ids or texts, written for UP) turned towards `direction` (UP, DOWN or HOLD), as texts, each
+    once."""
+    out = []
+    for name in moves:
+        m = move(name)
+        if m.id in OPPOSITE and direction == DOWN:
+            m = MOVES[OPPOSITE[m.id]]
+        elif m.id in OPPOSITE and direction == HOLD:
+            m = MOVES[HOLD_MOVE[m.knob]]
+        out.append(m.text)
+    return tuple(dict.fromkeys(out))
+
+
 def move(name: str) -> Move:
     """The row of a move id ("r-x2") or text ("r x2"); KeyError naming the move otherwise."""
     found = MOVES.get(name) or _BY_TEXT.get(name)
@@ -271,4 +294,10 @@ def check_moves(moves: tuple[Move, ...] = _MOVES) -> list[str]:
             problems.append(f"{m.id}: unknown knob {m.knob}")
         if m.apply is not None and m.knob is None:
             problems.append(f"{m.id}: a move that changes a config must name its knob")
+    known = {m.id: m for m in moves}
+    for a, b in OPPOSITE.items():
+        if a not in known or b not in known:
+            problems.append(f"opposite moves {a} / {b}: not both in the table")
+        elif known[a].knob not in HOLD_MOVE or HOLD_MOVE[known[a].knob] not in known:
+            problems.append(f"{a}: no move holds its knob {known[a].knob} (HOLD_MOVE)")
     return problems

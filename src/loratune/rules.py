@@ -29,6 +29,8 @@ from loratune.moves import is_move
 OPS = ("<", "<=", ">", ">=")
 KNOB_CLASSES = ("capacity", "optimization", "data", "budget")
 SCOPES = ("curve", "class", "eval", "compare")
+# the knobs `compare` groups runs by (runs that differ in exactly one of them), in the order it reports them
+COMPARE_KNOBS = ("learning_rate", "r", "lora_alpha", "seed")
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,10 @@ class Rule:
     confidence: float = 0.8  # before lowering for missing signals and thin margins
     source: str = ""  # the protocol line the row implements
     caveat: str | None = None
+    # compare rules: the knob group the rule reads (learning_rate, r, lora_alpha, seed); its notes show that group, and
+    # its moves, written for a better run at the knob's larger value, are turned towards the group's better run
+    # (loratune.moves.towards)
+    knob: str | None = None
 
     def features(self) -> list[str]:
         return list(dict.fromkeys(cl.feature for cl in self.when.leaves()))
@@ -1121,26 +1127,27 @@ _RULES = (
     ),
     # comparisons between runs that differ in one knob -----------------------------------------
     Rule(
-        id="seed-unstable", scope="compare", priority=70, knob_class="optimization", confidence=0.8,
+        id="seed-unstable", scope="compare", knob="seed", priority=70, knob_class="optimization", confidence=0.8,
         when=all_(c("seed_std", ">=", "seed_std_max", required=True)),
         verdict="results differ a lot between seeds: the learning rate is at an unstable edge",
         moves=("learning_rate /2", "report seed spread"),
         source="protocol 4: results differ a lot between seeds -> lower lr, report seed spread",
     ),
     Rule(
-        id="capacity-bound", scope="compare", priority=60, knob_class="capacity", confidence=0.8,
+        id="capacity-bound", scope="compare", knob="r", priority=60, knob_class="capacity", confidence=0.8,
         when=all_(c("r_effect_noise", ">=", "effect_noise_min", required=True),
                   c("r_over_lr_effect", ">=", "binding_ratio_min")),
         verdict="capacity-bound: the val metric is more sensitive to rank than to learning rate",
-        moves=("r x2", "+ffn"),
+        moves=("r x2", "+ffn"),  # towards the better run: r /2, -ffn where the lower rank did better
         source="protocol 5: minimal-intervention pair; the knob the val metric is more sensitive to binds",
     ),
     Rule(
-        id="optimization-bound", scope="compare", priority=60, knob_class="optimization", confidence=0.8,
+        id="optimization-bound", scope="compare", knob="learning_rate", priority=60, knob_class="optimization",
+        confidence=0.8,
         when=all_(c("lr_effect_noise", ">=", "effect_noise_min", required=True),
                   c("lr_over_r_effect", ">=", "binding_ratio_min")),
         verdict="optimization-bound: the val metric is more sensitive to learning rate than to rank",
-        moves=("learning_rate towards the better run (x2 or /2)",),
+        moves=("learning_rate x2",),  # towards the better run: /2 where the lower lr did better
         source="protocol 5: minimal-intervention pair; the knob the val metric is more sensitive to binds",
     ),
     Rule(
@@ -1155,7 +1162,8 @@ _RULES = (
         source="protocol 4: lr changes barely move the loss, more rank unwanted -> scale s 1 -> 2",
     ),
     Rule(
-        id="alpha-insensitive", scope="compare", priority=20, knob_class="optimization", confidence=0.7,
+        id="alpha-insensitive", scope="compare", knob="lora_alpha", priority=20, knob_class="optimization",
+        confidence=0.7,
         when=all_(c("alpha_effect_noise", "<", "alpha_effect_noise_max", required=True)),
         verdict="alpha-insensitive: changing lora_alpha moved the val metric less than the noise",
         moves=("keep lora_alpha", "tune learning_rate instead"),
@@ -1274,6 +1282,8 @@ def check_table(rules: tuple[Rule, ...] = RULES, thresholds: Mapping[str, Thresh
         for m in r.moves:  # a move is defined once: a row of loratune.moves.MOVES (by id or text)
             if not is_move(m):
                 problems.append(f"{r.id}: unknown move {m!r} (add it to loratune.moves.MOVES)")
+        if r.knob is not None and (r.scope != "compare" or r.knob not in COMPARE_KNOBS):
+            problems.append(f"{r.id}: knob {r.knob} is no compare knob ({', '.join(COMPARE_KNOBS)}) of a compare rule")
     for sg in SIGNALS:
         for f in sg.features:
             if f not in FEATURES:

@@ -674,3 +674,41 @@ def test_a_checkpoint_of_a_run_with_accumulation_reads_the_callbacks_loss_scale(
         h = load_run(where)
         assert h.points[0]["train/loss"] < 1.2 * math.log(4) and any("accumulation" in n for n in h.notes)
         assert diagnose(h).verdict != "diverged"
+
+
+def test_a_loratune_run_and_trainer_runs_adapting_the_same_modules_are_one_group(tmp_path, tiny_bert, intent_data):
+    """peft matches a target name as a suffix of the module path: a loratune run's resolved paths
+    (bert.encoder.layer.N.attention.self.query, every layer) and a Trainer run's `query` adapt the same modules, so
+    the runs differ in the learning rate alone (README: any mix of sources)."""
+    from loratune import api
+    from loratune.config import load_config
+    from loratune.diagnose import knob_view
+
+    from support import overrides
+
+    lt = tmp_path / "lt"
+    api.train(load_config(None, overrides(tiny_bert, intent_data, lt, learning_rate=5e-2, max_steps=10, eval_steps=5,
+                                          lora_dropout=0.0)), progress=False)
+    low, _ = _bert_trainer(tmp_path / "low", lr=2e-2, steps=10)
+    high, _ = _bert_trainer(tmp_path / "high", lr=1e-1, steps=10)
+    assert load_run(lt).facts["target_modules"].value[0].startswith("bert.encoder.layer.")
+    assert knob_view(load_run(lt))["adapter.target_modules"] == ("query", "value")
+    assert knob_view(load_run(high))["adapter.target_modules"] == ("query", "value")
+    c = compare([low, lt, high])
+    (g,) = [g for g in c.groups if g.knob == "learning_rate"]
+    assert [row[1] for row in g.runs] == [pytest.approx(2e-2, rel=0.02), 5e-2, pytest.approx(1e-1, rel=0.02)]
+    assert g.runs[1][0] == "lt" and len(c.runs) == 3
+
+
+def test_trainer_runs_compared_on_val_loss_show_the_losses_themselves(tmp_path):
+    """A run without compute_metrics puts the comparison on the lowest val loss: the rows hold each run's lowest val
+    loss itself (lower is better), not its negation, and the best run is the lowest."""
+    nm, _ = _bert_trainer(tmp_path / "nm", lr=5e-2, steps=20, metrics=False)
+    r4, _ = _bert_trainer(tmp_path / "r4", lr=5e-2, steps=20)
+    r8, _ = _bert_trainer(tmp_path / "r8", lr=5e-2, steps=20, r=8)
+    c = compare([nm, r4, r8])
+    assert c.measure == "lowest val loss" and c.to_dict()["better"] == "lower"
+    (g,) = [g for g in c.groups if g.knob == "r" and len(g.runs) == 3]
+    lowest = sorted(min(q["val/loss"] for q in load_run(p).points if "val/loss" in q) for p in (nm, r4, r8))
+    assert sorted(row[2] for row in g.runs) == pytest.approx(lowest)
+    assert g.best()[2] == pytest.approx(lowest[0])

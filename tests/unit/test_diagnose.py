@@ -467,3 +467,92 @@ def test_curve_summary_says_a_missing_trend_or_a_rise_in_words(n_evals, curve, e
     line = next(ln for ln in diagnose(from_points(pts, meta=META)).curve_summary() if ln.startswith("train loss:"))
     assert line.endswith(expect), line
     assert "missing" not in line and " -" not in line.split("(")[1], line
+
+
+# ---- comparisons: the better run's direction, the measure's sign, the noise policy, peft target names ------------
+
+
+def test_compare_moves_point_towards_the_better_run():
+    """A compare rule's moves are written for a better run at the larger value: where the smaller rank (or lr) did
+    better they turn into their opposites, and a best value between the tried ones holds the knob."""
+    up = compare([run("base", 0.60), run("lr2", 0.605, lr=2e-4), run("r16", 0.70, r=16)])
+    f = next(f for f in up.active if f.rule_id == "capacity-bound")
+    assert f.moves == ("r x2", "+ffn")
+    down = compare([run("base", 0.70), run("lr2", 0.705, lr=2e-4), run("r16", 0.60, r=16)])
+    f = next(f for f in down.active if f.rule_id == "capacity-bound")
+    assert f.moves == ("r /2", "-ffn")
+    assert any("best r: 8 (run base" in n for n in f.notes)
+    held = compare([run("base", 0.70), run("lr2", 0.705, lr=2e-4), run("r4", 0.60, r=4, alpha=8),
+                    run("r16", 0.60, r=16, alpha=32)])
+    f = next(f for f in held.active if f.rule_id == "capacity-bound")
+    assert f.moves == ("keep capacity",)
+    lower_lr = compare([run("base", 0.70), run("lr2", 0.60, lr=2e-4), run("r16", 0.695, r=16, alpha=32)])
+    f = next(f for f in lower_lr.active if f.rule_id == "optimization-bound")
+    assert f.moves == ("learning_rate /2",)
+    higher_lr = compare([run("base", 0.60), run("lr2", 0.70, lr=2e-4), run("r16", 0.61, r=16, alpha=32)])
+    assert next(f for f in higher_lr.active if f.rule_id == "optimization-bound").moves == ("learning_rate x2",)
+
+
+def test_a_loss_based_comparison_shows_losses_in_their_own_sign():
+    """Loss-only runs are compared on their lowest val loss: the rows hold the losses (not negated), the best run is
+    the lowest, the deltas are loss differences (a worse run is +), and the table says which way is better."""
+    import io
+
+    from rich.console import Console
+
+    from loratune.commands._diagnose_view import render_comparison
+
+    def loss_run(name, vloss, r=4, alpha=8):
+        pts = s.make_history(train_loss=s.decay(2.3, 0.5, 8), val_loss=s.decay(2.3, vloss, 8), val_n=None)
+        return from_points(pts, meta=META, config={"adapter": {"r": r, "lora_alpha": alpha},
+                                                   "train": {"learning_rate": 1e-4, "seed": 42}}, name=name)
+
+    c = compare([loss_run("r4", 1.30), loss_run("r8", 1.36, r=8)])
+    assert c.measure == "lowest val loss"
+    (g,) = [g for g in c.groups if g.knob == "r"]
+    assert [(row[0], row[2]) for row in g.runs] == [("r4", pytest.approx(1.30, abs=1e-3)),
+                                                     ("r8", pytest.approx(1.36, abs=1e-3))]
+    assert g.best()[0] == "r4" and g.effect == pytest.approx(0.06, abs=1e-3)
+    assert g.to_dict()["runs"][0]["measured"] == pytest.approx(1.30, abs=1e-3)
+    out = io.StringIO()
+    render_comparison(Console(file=out, width=250), c)
+    text = out.getvalue()
+    assert "lowest val loss (lower is better)" in text and "best val metric" not in text
+    assert "r4=4: 1.300" in text and "r8=8: 1.360" in text and "-1.3" not in text
+    f = next(f for f in c.findings if f.rule_id == "capacity-bound")
+    assert any("best r: 4 (run r4, lowest val loss 1.300)" in n for n in f.notes)
+    assert any("(val loss: lower is better): r8 (r=8): +0.060" in n for n in f.notes)
+
+
+def test_comparison_noise_of_a_token_accuracy_follows_the_single_run_policy():
+    """A token accuracy is no share of rows: a single run gives it no binomial SE (its curve's jitter is its noise),
+    and neither does the comparison."""
+    def tok_run(name, best, lr):
+        pts = s.make_history(train_loss=s.decay(2.3, 0.5, 8), val_loss=s.decay(2.3, 1.0, 8),
+                             val_f1=s.decay(0.1, best, 30), val_n=20, noise=0.0)
+        pts = [{("val/token_accuracy" if k == "val/macro_f1" else k): v for k, v in p.items()
+                if k != "val/accuracy"} for p in pts]
+        return from_points(pts, meta={"status": "completed"}, config={"adapter": {"r": 4, "lora_alpha": 8},
+                                                                       "train": {"learning_rate": lr}}, name=name)
+
+    runs = [tok_run("a", 0.60, 0.01), tok_run("b", 0.70, 0.03)]
+    assert all(diagnose(r).features.values.get("val_metric_se") is None for r in runs)
+    c = compare(runs)
+    assert "binomial" not in c.features.details["noise_source"]
+    assert c.features.details["noise_source"].startswith("the metric curves' own jitter")
+    jit = [compute_features(r.points, r.meta, r.config).values["val_metric_noise"] for r in runs]
+    assert c.features["noise"] == pytest.approx(max(math.hypot(*jit), 0.0025), rel=1e-3)
+
+
+def test_peft_target_names_compare_in_one_form():
+    """Full paths over every layer read as peft's shortest suffixes; paths that leave a layer out, or whose depth is
+    unknown, stay literal (a difference, not a guess); loratune's groups resolve through the group table."""
+    from loratune.diagnose import _peft_targets, _resolve_groups, _shortest_names
+
+    paths = [f"bert.encoder.layer.{i}.attention.{m}" for i in range(2) for m in ("self.query", "output.dense")]
+    assert _peft_targets(paths, 2, "bert") == ("attention.output.dense", "query")
+    assert _peft_targets(paths, 3, "bert") == tuple(sorted(paths))
+    assert _peft_targets(paths, None, "bert") == tuple(sorted(paths))
+    assert _peft_targets(["value", "query"], None) == ("query", "value")
+    assert _shortest_names(_resolve_groups(["attn.q", "attn.v"], "bert"), "bert") == ("query", "value")
+    assert _resolve_groups(["attn.q@0", "attn.v"], "bert") is None and _resolve_groups(["attn.q"], "gpt2") is None

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from loratune.commands._common import safe
-from loratune.diagnose import Comparison, Diagnosis, Finding
+from loratune.diagnose import MEASURES, Comparison, Diagnosis, Finding
 from loratune.features import FEATURES, format_value
 from loratune.rules import RULES
 
@@ -105,7 +105,8 @@ def render_comparison(console: Console, c: Comparison) -> None:
     console.rule("[bold]comparison[/]  [dim]runs that differ in one knob[/]")
     if c.groups:
         t = Table(show_header=True, header_style="bold")
-        for col in ("knob", "runs (value: best val metric)", "effect", "effect / noise"):
+        lower = " (lower is better)" if MEASURES[c.measure] < 0 else ""
+        for col in ("knob", f"runs (value: {c.measure}{lower})", "effect", "effect / noise"):
             t.add_column(col)
         noise = c.features.values.get("noise")
         for g in c.groups:
