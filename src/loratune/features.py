@@ -834,7 +834,13 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     _peak_lr(acc, pts, config or {})
     _method(acc, meta)
     _run_size(acc, pts, meta)
-    _train_loss(acc, pts, frac, chance, why_chance)
+    if meta.get("train_loss_summed"):
+        # the train losses are sums over an unknown number of accumulation micro-batches (history_io._summed_losses):
+        # N x ln(classes) is no blow-up, so they are not compared with ln(classes) (diverged, lr-too-large)
+        _train_loss(acc, pts, frac, None, "the train losses look summed over gradient-accumulation micro-batches "
+                    "(their count unknown): not comparable with ln(classes)")
+    else:
+        _train_loss(acc, pts, frac, chance, why_chance)
     tl = acc.values.get("train_loss_final")
     acc.set("train_perplexity_final", math.exp(min(tl, 50.0)) if generative and tl is not None else None,
             "no `train/loss` values in the history" if generative else NOT_APPLICABLE + "a classifier")

@@ -517,6 +517,12 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     notes += metric_notes
 
     val_prefix = next((k[:-len("loss")] for k, v in split_of.items() if v == "val/loss"), "eval_")
+    summed = None if is_trl else _summed_losses(train_logs, eval_logs, val_prefix, folder, adapter)
+    if summed is not None and summed["factor"] is not None:
+        # the same correction the callback's record makes (record_loss_scale): the losses read as their mean
+        train_logs = [scaled_train_losses(e, summed["factor"]) for e in train_logs]
+    if summed is not None:
+        notes.append(summed["why"])
     points: list[dict] = []
     prev = -1
     merged: dict[int, dict] = {}  # several eval sets log one entry each at the same step
@@ -606,8 +612,10 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     no_classes = is_trl or meta.get("task") in NO_CLASS_TASKS
     if not no_classes and "n_classes" not in facts:
         _classes_from_weights(folder, meta, facts)
-    if not no_classes and "n_classes" not in facts:
-        _classes_from_first_loss(train_logs, meta, facts)
+    if summed is not None:
+        meta["train_loss_scale" if summed["factor"] is not None else "train_loss_summed"] = summed
+    if not no_classes and "n_classes" not in facts and not (summed is not None and summed["factor"] is None):
+        _classes_from_first_loss(train_logs, meta, facts)  # (a first loss summed over N micro-batches: no count)
     config = _config_from_facts(_adapter_facts(folder, facts, notes, adapter), facts)
     if adapter is None and _side_file(folder, "adapter_config.json") is None:
         notes.append("no adapter_config.json beside the state: rank, alpha and targets unknown")
@@ -762,6 +770,97 @@ def _classes_from_first_loss(train_logs: Sequence[dict], meta: dict, facts: dict
         meta["n_classes"] = k
         facts["n_classes"] = Fact(k, f"estimated from {how} (~ ln(classes) for a fresh head); give config.json "
                                      "to be sure")
+
+
+# A classifier's Trainer run with gradient accumulation N logs each train loss as the SUM of its N micro-batches' means
+# (transformers leaves the division to a model whose forward takes **kwargs, and a classification head ignores them:
+# integrations.trainer._sums_micro_batch_losses). Read from the files: the first train loss, logged this early
+# (CHANCE_LOSS_MAX_STEP), at about N x the first eval loss made as early, or N x ln(classes) for a fresh head
+SUMMED_LOSS_RATIO_MIN = 1.8  # a first train loss this many times its reference is no mean of one batch's loss
+SUMMED_LOSS_TOLERANCE = 0.2  # the ratio within this share of N agrees with N accumulation steps
+# the Trainer's model card (trainer.create_model_card(), push_to_hub) lists the accumulation steps under
+# "Training hyperparameters" when there are more than 1
+_CARD_ACCUMULATION = re.compile(r"^\s*[-*]?\s*gradient_accumulation_steps:\s*(\d+)\s*$", re.MULTILINE)
+
+
+def _card_accumulation(folder: Path) -> tuple[int, str] | None:
+    """The gradient accumulation steps the Trainer's model card README.md beside the run lists, and where."""
+    card = _side_file(folder, "README.md")
+    if card is None:
+        return None
+    try:
+        m = _CARD_ACCUMULATION.search(card.read_text(encoding="utf-8", errors="replace")[:200_000])
+    except OSError:
+        return None
+    return (int(m.group(1)), f"{card.parent.name}/{card.name}") if m and int(m.group(1)) > 1 else None
+
+
+def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], val_prefix: str, folder: Path,
+                   adapter: Mapping[str, Any] | None) -> dict | None:
+    """Whether the logged train losses are sums over gradient-accumulation micro-batches: None when nothing says so;
+    else {"factor": 1/N to read them as means, or None where N is unknown, "ratio", "why"}. Rescaled only when the
+    accumulation steps N are known (the model card) and the first loss agrees with N; a ratio that says "summed"
+    without N is reported and the loss left as logged."""
+    first = next((e for e in train_logs if _fin(e.get("loss")) is not None), None)
+    if first is None or first["step"] > CHANCE_LOSS_MAX_STEP or float(first["loss"]) <= 0:
+        return None
+    if (_fin(first.get("grad_norm")) or 0.0) >= CHANCE_GRAD_NORM_MAX:
+        return None  # the first window already blew up: a high loss there is no sum
+    # the class count and task the side files give (the reader sets them on the run later; read here without notes)
+    side_meta: dict = {}
+    side_facts: dict = {}
+    _model_config_facts(folder, side_meta, side_facts, [])
+    _task_from_side_files(folder, side_meta, side_facts, adapter)
+    if side_meta.get("task") in NO_CLASS_TASKS and side_meta.get("task") != "question-answering":
+        return None  # a language model's loss is a mean over tokens (it takes the loss kwargs)
+    if "n_classes" not in side_facts and side_meta.get("task") not in NO_CLASS_TASKS:
+        _classes_from_weights(folder, side_meta, side_facts)
+    loss = float(first["loss"])
+    refs = []  # (reference loss, what it is)
+    k = side_facts["n_classes"].value if "n_classes" in side_facts else None
+    if (side_meta.get("task") in (None, "single_label") and isinstance(k, int)
+            and CHANCE_CLASSES_RANGE[0] <= k <= CHANCE_CLASSES_RANGE[1]):
+        refs.append((math.log(k), f"ln({k} classes, {side_facts['n_classes'].source})"))
+    ev = next((e for e in eval_logs if _fin(e.get(val_prefix + "loss")) is not None), None)
+    if ev is not None and ev["step"] <= CHANCE_LOSS_MAX_STEP and float(ev[val_prefix + "loss"]) > 0:
+        refs.append((float(ev[val_prefix + "loss"]), f"the first eval loss (step {ev['step']:g})"))
+    if not refs:
+        return None
+    ratios = [loss / ref for ref, _ in refs]
+    card = _card_accumulation(folder)
+    said = (f"the first train loss {loss:.3f} (step {first['step']:g}) is "
+            + " and ".join(f"{r:.2f}x {what}" for r, (_, what) in zip(ratios, refs)))
+    if card is not None and all(abs(r / card[0] - 1) <= SUMMED_LOSS_TOLERANCE for r in ratios):
+        n, where = card
+        return {"factor": 1.0 / n, "ratio": round(min(ratios), 3), "accumulation": n,
+                "why": f"train losses x 1/{n}, read as the mean of their gradient-accumulation micro-batches: {where} "
+                       f"lists gradient_accumulation_steps: {n} and {said} (the Trainer logs a classifier's loss "
+                       "summed over them)"}
+    # without N, the ratio must hold all run long: a sum stays N x the eval loss where a first window that blew up
+    # (2.8 x ln 10 at step 10, then 1.25 x) falls back to it, and one the eval loss followed up (40 vs 60) never had it
+    held = _train_over_eval(train_logs, eval_logs, val_prefix)
+    if all(r >= SUMMED_LOSS_RATIO_MIN for r in ratios) and held is not None and held >= SUMMED_LOSS_RATIO_MIN:
+        how = (f"{card[1]} lists gradient_accumulation_steps: {card[0]}, which it does not match" if card else
+               "the accumulation steps are unknown (no Trainer model card README.md listing "
+               "gradient_accumulation_steps; call trainer.create_model_card() to write one)")
+        return {"factor": None, "ratio": round(min(ratios), 3),
+                "why": f"{said}: the train losses look summed over gradient-accumulation micro-batches (the Trainer "
+                       f"logs a classifier's loss so), but {how}: they are kept as logged, no class count is "
+                       "estimated from them, and the train loss is not compared with ln(classes) (diverged, "
+                       "lr-too-large)"}
+    return None
+
+
+def _train_over_eval(train_logs: Sequence[dict], eval_logs: Sequence[dict], val_prefix: str) -> float | None:
+    """The median over evaluations of the last train loss logged at or before it over its eval loss."""
+    steps = [e["step"] for e in train_logs]
+    ratios = []
+    for ev in eval_logs:
+        i = bisect.bisect_right(steps, ev["step"]) - 1
+        v, t = _fin(ev.get(val_prefix + "loss")), _fin(train_logs[i].get("loss")) if i >= 0 else None
+        if v and v > 0 and t is not None:
+            ratios.append(t / v)
+    return statistics.median(ratios) if ratios else None
 
 
 def _adapter_facts(folder: Path, facts: dict, notes: list[str], given: Mapping[str, Any] | None = None) -> dict:

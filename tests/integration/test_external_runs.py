@@ -712,3 +712,18 @@ def test_trainer_runs_compared_on_val_loss_show_the_losses_themselves(tmp_path):
     lowest = sorted(min(q["val/loss"] for q in load_run(p).points if "val/loss" in q) for p in (nm, r4, r8))
     assert sorted(row[2] for row in g.runs) == pytest.approx(lowest)
     assert g.best()[2] == pytest.approx(lowest[0])
+
+
+def test_a_trainer_runs_summed_losses_are_read_as_means_when_its_model_card_names_the_accumulation(tmp_path):
+    """No callback: with accumulation 3 the Trainer logged 3 x ln 4, read as diverged and a class count of ~64. Its
+    model card (create_model_card) lists gradient_accumulation_steps: 3, and the first loss is 3 x the first eval's."""
+    out, trainer = _bert_trainer(tmp_path, lr=5e-3, steps=10, peft=False, eval_steps=5, accum=3, save=False)
+    trainer.save_state()
+    h = load_run(out)
+    assert h.points[0]["train/loss"] > 2.5 * math.log(4) and h.meta["train_loss_summed"]["ratio"] > 2.5
+    assert "n_classes" not in h.facts and diagnose(h).verdict != "diverged"  # no card: kept, but not read as sums
+    trainer.create_model_card()
+    h = load_run(out)
+    assert h.points[0]["train/loss"] < 1.2 * math.log(4) and h.meta["train_loss_scale"]["factor"] == 1 / 3
+    assert any("gradient_accumulation_steps: 3" in n for n in h.notes) and h.facts["n_classes"].value == 4
+    assert diagnose(h).verdict != "diverged"

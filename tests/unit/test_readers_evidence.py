@@ -1,0 +1,69 @@
+"""What the readers of other tools' runs take from the evidence beside the log (a fifth bug hunt): a classifier's
+train losses summed over gradient accumulation, a cosine warm-up read from coarse logs, a CSV's lr column, two
+eval sets under their own names, Trainer defaults the run never used and a resumed TensorBoard log."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from loratune.features import compute_features
+from loratune.history_io import load_run
+
+LN4 = math.log(4)
+CONFIG4 = {"architectures": ["BertForSequenceClassification"], "model_type": "bert",
+           "id2label": {str(i): f"c{i}" for i in range(4)}}
+
+
+def _summed_run(folder: Path, accum: int, card: int | None = None) -> Path:
+    """A 4-class Trainer run that logged each train loss as the sum of `accum` micro-batch means (flat at ln 4)."""
+    folder.mkdir(parents=True)
+    log = []
+    for s in range(1, 41):
+        log.append({"step": s, "loss": accum * LN4 * (1.0 + 0.01 * math.sin(s)), "grad_norm": 0.5,
+                    "learning_rate": 5e-3 * (1 - (s - 1) / 40)})
+        if s % 5 == 0:
+            log.append({"step": s, "eval_loss": LN4 + 0.001, "eval_accuracy": 0.25})
+    log.append({"step": 40, "train_runtime": 3.0, "total_flos": 1.0, "train_loss": accum * LN4})
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": log, "global_step": 40, "max_steps": 40}))
+    (folder / "config.json").write_text(json.dumps(CONFIG4))
+    if card is not None:  # as transformers' model card lists it under "Training hyperparameters"
+        (folder / "README.md").write_text("## Training procedure\n\n### Training hyperparameters\n\n"
+                                          f"- learning_rate: 0.005\n- train_batch_size: 8\n"
+                                          f"- gradient_accumulation_steps: {card}\n- total_train_batch_size: "
+                                          f"{8 * card}\n")
+    return folder
+
+
+def test_losses_summed_over_accumulation_are_rescaled_when_the_model_card_names_it(tmp_path):
+    h = load_run(_summed_run(tmp_path / "a", 4, card=4))
+    assert abs(h.points[0]["train/loss"] - LN4) < 0.05 * LN4  # read as the mean, not 4 x ln 4
+    assert h.meta["train_loss_scale"]["factor"] == 0.25 and h.facts["n_classes"].value == 4
+    assert any("README.md lists gradient_accumulation_steps: 4" in n and "x 1/4" in n for n in h.notes)
+    f = compute_features(h.points, h.meta, h.config)
+    assert f.values["train_loss_vs_chance"] < 1.1
+
+
+def test_summed_losses_without_the_accumulation_steps_are_kept_but_not_read_against_ln_classes(tmp_path):
+    for name, card in (("nocard", None), ("othercard", 2)):  # no card, or one whose N the losses do not match
+        h = load_run(_summed_run(tmp_path / name, 4, card=card))
+        assert abs(h.points[0]["train/loss"] - 4 * LN4) < 0.05 * 4 * LN4  # as logged
+        assert "train_loss_scale" not in h.meta and h.meta["train_loss_summed"]["ratio"] > 3.5
+        assert any("look summed over gradient-accumulation" in n for n in h.notes)
+        f = compute_features(h.points, h.meta, h.config)
+        assert f.values.get("train_loss_vs_chance") is None and f.values.get("train_loss_peak_vs_chance") is None
+
+
+def test_the_trainer_state_alone_estimates_no_class_count_from_summed_losses(tmp_path):
+    folder = _summed_run(tmp_path / "a", 4)
+    (folder / "config.json").unlink()  # only the first eval loss is left to compare with: 4 x, no class count
+    h = load_run(folder / "trainer_state.json")
+    assert "n_classes" not in h.facts and h.meta["train_loss_summed"]["ratio"] > 3.5
+
+
+def test_a_card_with_accumulation_leaves_losses_that_are_already_means_alone(tmp_path):
+    h = load_run(_summed_run(tmp_path / "a", 1, card=4))  # a model that divides by the steps itself
+    assert abs(h.points[0]["train/loss"] - LN4) < 0.05 * LN4
+    assert "train_loss_scale" not in h.meta and "train_loss_summed" not in h.meta
+    assert not any("accumulation" in n for n in h.notes)
