@@ -67,3 +67,28 @@ def test_a_card_with_accumulation_leaves_losses_that_are_already_means_alone(tmp
     assert abs(h.points[0]["train/loss"] - LN4) < 0.05 * LN4
     assert "train_loss_scale" not in h.meta and "train_loss_summed" not in h.meta
     assert not any("accumulation" in n for n in h.notes)
+
+
+def _cosine_with_warmup(s: int, peak: float = 5e-5, warmup: int = 100, total: int = 1000) -> float:
+    """transformers' get_cosine_schedule_with_warmup after s scheduler steps."""
+    if s < warmup:
+        return peak * s / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+
+
+def test_a_cosine_warm_up_logged_coarsely_reads_its_peak_and_warm_up(tmp_path):
+    """Logged every 20-50 steps, the fit from the largest sample read the peak low (4.9e-5, 4.77e-5) and the warm-up
+    at the largest sample (119-149 steps), so two runs with the same lr were compared as an lr pair."""
+    for every in (10, 20, 25, 50):
+        log = []
+        for s in range(every, 1001, every):
+            log.append({"step": s, "loss": 1.0, "learning_rate": _cosine_with_warmup(s - 1)})
+            if s % 100 == 0:
+                log.append({"step": s, "eval_loss": 1.0})
+        folder = tmp_path / f"cos{every}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text(json.dumps({"log_history": log, "global_step": 1000,
+                                                                "max_steps": 1000}))
+        h = load_run(folder)
+        assert h.facts["learning_rate"].value == 5e-5 and h.facts["lr_schedule"].value == "cosine", every
+        assert h.facts["warmup_steps"].value == 100, every
