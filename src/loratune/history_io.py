@@ -1665,5 +1665,12 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
     if not estimated and not (found & {"val/n"}):
         notes.append("no val size column (val_n): no standard error, so noise checks are skipped")
     _percent_to_share(points, notes)
-    return RunHistory(name=p.stem, source="csv", points=tuple(points), meta={}, config={},
-                      notes=tuple(notes), path=str(p))
+    # the lr column's peak and schedule, read as the Trainer and TensorBoard readers read theirs: without them a CSV
+    # had no config and was left out of every knob comparison
+    facts = _lr_facts([{"step": pt["step"], "learning_rate": pt["lr"]} for pt in points if _fin(pt.get("lr"))])
+    if facts and "step" not in found:
+        facts.pop("warmup_steps", None)  # counted in rows, not optimizer steps
+    facts = {k: replace(f, source=f"{f.source.replace('log_history', 'CSV')} ({p.name})") for k, f in facts.items()}
+    meta = {"facts": {k: {"value": f.value, "source": f.source} for k, f in facts.items()}} if facts else {}
+    return RunHistory(name=p.stem, source="csv", points=tuple(points), meta=meta, config=_config_from_facts({}, facts),
+                      notes=tuple(notes), path=str(p), facts=facts)

@@ -92,3 +92,27 @@ def test_a_cosine_warm_up_logged_coarsely_reads_its_peak_and_warm_up(tmp_path):
         h = load_run(folder)
         assert h.facts["learning_rate"].value == 5e-5 and h.facts["lr_schedule"].value == "cosine", every
         assert h.facts["warmup_steps"].value == 100, every
+
+
+def test_a_csvs_learning_rate_column_gives_its_lr_and_joins_the_lr_comparison(tmp_path):
+    """A W&B-style CSV with train/learning_rate had no config and was left out of every knob comparison."""
+    from loratune.diagnose import compare
+
+    def csv_run(name: str, lr: float, gain: float) -> Path:
+        rows = ["_step,train/global_step,train/loss,train/learning_rate,eval/loss,eval/accuracy"]
+        for s in range(5, 101, 5):
+            rows.append(f"{s},{s},{1.4 * math.exp(-s / (60 / gain)):.4f},{lr * (1 - (s - 1) / 100):.6g},,")
+            if s % 20 == 0:
+                rows.append(f"{s},{s},,,{1.3 * math.exp(-s / (90 / gain)):.4f},{0.4 + 0.3 * gain * s / 100:.4f}")
+        path = tmp_path / f"{name}.csv"
+        path.write_text("\n".join(rows) + "\n")
+        return path
+
+    a, b = csv_run("lr1", 1e-4, 1.0), csv_run("lr4", 4e-4, 1.6)
+    h = load_run(b)
+    assert h.facts["learning_rate"].value == 4e-4 and h.facts["lr_schedule"].value == "linear"
+    assert h.config == {"train": {"learning_rate": 4e-4, "lr_scheduler_type": "linear"}}
+    c = compare([a, b])
+    assert not any("no config" in n for n in c.notes)
+    assert [sorted(r[0] for r in g.runs) for g in c.groups if g.knob == "learning_rate"] == [["lr1", "lr4"]]
+
