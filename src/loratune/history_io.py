@@ -1077,6 +1077,13 @@ def _eval_key_map(eval_logs: Sequence[dict]) -> tuple[dict[str, str], list[str]]
         val_alias = named_val[0]
         notes.append(f"eval sets {', '.join(map(repr, named_val))} and none named plainly as the validation set: "
                      f"'{val_alias}' read as the validation set")
+    elif val_alias is None and len(held_out) > 1 and not prefixes & set(_VAL_NAMES):
+        # several sets under names of their own: which one is the validation set is the user's to say, and without
+        # one the run has no val curve (only the train loss is diagnosed), which must not pass unsaid
+        notes.append(f"{len(held_out)} eval sets under their own names ({', '.join(map(repr, sorted(held_out)))}) "
+                     f"and none named as a validation set ({', '.join(repr(v) for v in _VAL_NAMES if v)}): none is "
+                     "read as validation, so the run has no val curve and only its train loss is diagnosed; name the "
+                     "validation set's key in eval_dataset={...} 'validation' (the others stay under their own names)")
     for key in sorted(keys):
         rest = key[len("eval_"):]
         name = next((pfx for pfx in sorted(prefixes, key=len, reverse=True)

@@ -116,3 +116,25 @@ def test_a_csvs_learning_rate_column_gives_its_lr_and_joins_the_lr_comparison(tm
     assert not any("no config" in n for n in c.notes)
     assert [sorted(r[0] for r in g.runs) for g in c.groups if g.knob == "learning_rate"] == [["lr1", "lr4"]]
 
+
+def test_two_eval_sets_under_their_own_names_say_plainly_that_neither_is_the_validation_set(tmp_path, capsys):
+    """eval_dataset={"a": ..., "b": ...}: both curves dropped, the verdict read from the train loss alone, and only
+    the key-mapping note hinted why."""
+    from loratune.cli import main
+
+    log = []
+    for s in range(1, 41):
+        log.append({"step": s, "loss": 1.4 * math.exp(-s / 30), "learning_rate": 1e-3})
+        if s % 5 == 0:
+            for name in ("a", "b"):
+                log.append({"step": s, f"eval_{name}_loss": 1.3 * math.exp(-s / 50), f"eval_{name}_accuracy": 0.5})
+    folder = tmp_path / "two"
+    folder.mkdir()
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": log, "global_step": 40}))
+    h = load_run(folder)
+    assert not any(k.startswith("val/") for p in h.points for k in p)
+    said = [n for n in h.notes if "none named as a validation set" in n]
+    assert len(said) == 1 and "'a', 'b'" in said[0] and "'validation'" in said[0] and "no val curve" in said[0]
+    assert main(["diagnose", str(folder)]) == 0
+    assert "none named as a validation set" in " ".join(capsys.readouterr().out.split())
+
