@@ -421,10 +421,37 @@ def history_from_trainer_state(state: Mapping[str, Any], folder: Path, *, name: 
     model's config) when no adapter_config.json is written yet."""
     # a count the Trainer writes as -1 or 0 when unset (max_steps=-1 under num_train_epochs) is no count
     facts = {k: Fact(state[k], source_file) for k in _STATE_FACTS if (_fin(state.get(k)) or 0) > 0}
+    for k in _unused_intervals(state, folder, facts):
+        facts.pop(k)
     if _fin(state.get("global_step")) is not None:
         facts["steps_done"] = Fact(int(state["global_step"]), f"{source_file} global_step")
     return _from_log_history(state.get("log_history") or [], folder, facts, name=name, path=path or str(folder),
                              source_file=source_file, adapter=adapter)
+
+
+def _unused_intervals(state: Mapping[str, Any], folder: Path, facts: Mapping[str, Fact]) -> list[str]:
+    """The step intervals trainer_state.json holds that the run never went by: the Trainer writes its defaults (500)
+    whatever the strategy, so eval_steps of an eval_strategy='epoch' run and save_steps of a save_strategy='no' one
+    read as facts of runs that never used them. Kept only where the run's evals, train logs or checkpoints fell on
+    them (the last step, and a first train log at step 1 (logging_first_step), may fall off them)."""
+    entries = [e for e in state.get("log_history") or [] if isinstance(e, dict) and _fin(e.get("step")) is not None]
+    ends = {float(x) for x in (_fin(state.get("global_step")), _fin(state.get("max_steps"))) if x}
+    run = folder.parent if folder.name.startswith("checkpoint-") else folder
+    saved = [float(m.group(1)) for q in (run.glob("checkpoint-*") if run.is_dir() else ())
+             if (m := re.fullmatch(r"checkpoint-(\d+)", q.name))]
+    done = {"eval_steps": [float(e["step"]) for e in entries if any(str(k).startswith("eval_") for k in e)],
+            "logging_steps": [float(e["step"]) for e in entries if "loss" in e and not _is_end_entry(e)],
+            "save_steps": saved}
+    unused = []
+    for k, steps in done.items():
+        if k not in facts:
+            continue
+        every = float(facts[k].value)
+        on = [s for s in steps if abs(s / every - round(s / every)) < 1e-6]
+        off = [s for s in steps if s not in on and s not in ends and not (k == "logging_steps" and s == 1)]
+        if not on or off:
+            unused.append(k)
+    return unused
 
 
 def read_tensorboard(directory: str | Path) -> RunHistory:

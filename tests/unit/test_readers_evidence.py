@@ -138,3 +138,28 @@ def test_two_eval_sets_under_their_own_names_say_plainly_that_neither_is_the_val
     assert main(["diagnose", str(folder)]) == 0
     assert "none named as a validation set" in " ".join(capsys.readouterr().out.split())
 
+
+def test_step_intervals_the_run_never_went_by_are_no_facts(tmp_path):
+    """The Trainer writes eval_steps / save_steps 500 whatever the strategy: an eval_strategy='epoch' run showed
+    "eval_steps 500", a save_strategy='no' run "save_steps 500"."""
+    def run(name: str, evals: list[int], checkpoints: list[int]) -> Path:
+        log = [{"step": s, "loss": 1.0, "learning_rate": 1e-3} for s in range(2, 41, 2)]
+        log += [{"step": s, "eval_loss": 0.9} for s in evals]
+        folder = tmp_path / name
+        folder.mkdir()
+        for c in checkpoints:
+            (folder / f"checkpoint-{c}").mkdir()
+        (folder / "trainer_state.json").write_text(json.dumps({
+            "log_history": log, "global_step": 40, "max_steps": 40, "logging_steps": 2, "eval_steps": 500,
+            "save_steps": 500}))
+        return folder
+
+    by_epoch = load_run(run("epoch", [13, 26, 39], []))  # evals at epoch ends, no checkpoint
+    assert by_epoch.facts["logging_steps"].value == 2
+    assert "eval_steps" not in by_epoch.facts and "save_steps" not in by_epoch.facts
+    stepped = run("steps", [10, 20, 30, 40], [10, 20, 30, 40])  # evals and checkpoints every 10
+    state = json.loads((stepped / "trainer_state.json").read_text())
+    (stepped / "trainer_state.json").write_text(json.dumps({**state, "eval_steps": 10, "save_steps": 10}))
+    h = load_run(stepped)
+    assert h.facts["eval_steps"].value == 10 and h.facts["save_steps"].value == 10
+
