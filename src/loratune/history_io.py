@@ -498,10 +498,30 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
                  if (q / "adapter_config.json").is_file() or (q / "config.json").is_file()), d)
     folder = d if d.is_dir() else d.parent
     name = next((q.name for q in (folder, *folder.parents) if q.name not in ("runs", "") and q != run_dir), folder.name)
+    late = _late_start(log_history)
     return _from_log_history(log_history, side, {}, name=name,
                              path=str(d), source_file="TensorBoard events", source="tensorboard",
                              notes=[f"read {len(files)} event file(s) in "
-                                    f"{', '.join(sorted({str(f.parent) for f in files}))}", *run_notes])
+                                    f"{', '.join(sorted({str(f.parent) for f in files}))}", *run_notes,
+                                    *([late] if late else [])])
+
+
+LATE_START_INTERVALS = 2  # a log whose first train loss comes more than this many logging intervals in starts late
+
+
+def _late_start(log_history: Sequence[dict]) -> str | None:
+    """A note when the log begins well past the run's start: the event files of a run resumed from a checkpoint (into
+    a new output_dir, or with its first logging_dir gone) begin at the checkpoint's step, and read alone they show its
+    first point as the untrained model's."""
+    steps = sorted({int(e["step"]) for e in log_history if "loss" in e and not _is_end_entry(e)})
+    if len(steps) < 2:
+        return None
+    every = statistics.median(b - a for a, b in zip(steps, steps[1:]))
+    if steps[0] <= LATE_START_INTERVALS * every + 1:
+        return None
+    return (f"the log begins at step {steps[0]} (its train losses come every {every:g} steps): the steps before are "
+            "not in it, as in a run resumed from a checkpoint, so its first point is not the untrained model (the "
+            "run's trainer_state.json, or its first logging_dir, holds the start)")
 
 
 def _trainer_tag(tag: str) -> str:

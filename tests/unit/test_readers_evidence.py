@@ -163,3 +163,27 @@ def test_step_intervals_the_run_never_went_by_are_no_facts(tmp_path):
     h = load_run(stepped)
     assert h.facts["eval_steps"].value == 10 and h.facts["save_steps"].value == 10
 
+
+def test_a_resumed_runs_tensorboard_log_read_alone_says_it_begins_late(tmp_path):
+    """Resumed from checkpoint-20 into a new folder, the event file begins at step 21 and was shown as the whole run,
+    its first eval as the untrained model's."""
+    import pytest
+
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    def log(folder: Path, first: int) -> Path:
+        w = SummaryWriter(str(folder))
+        for s in range(first, 41):
+            if s % 3 == 0 or s == first:
+                w.add_scalar("train/loss", 1.4 - s / 50, s)
+            if s % 5 == 0:
+                w.add_scalar("eval/loss", 1.3 - s / 60, s)
+        w.close()
+        return folder
+
+    resumed = load_run(log(tmp_path / "resumed" / "runs", 21))
+    said = [n for n in resumed.notes if "begins at step 21" in n]
+    assert resumed.points[0]["step"] == 25 and len(said) == 1 and "not the untrained model" in said[0]
+    whole = load_run(log(tmp_path / "whole" / "runs", 1))  # logging_first_step: step 1, then every 3
+    assert not any("begins at step" in n for n in whole.notes)
