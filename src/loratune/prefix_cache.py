@@ -27,6 +27,10 @@ What it changes against the normal path: no dropout inside the frozen part (embe
 0..k-1) during training, and the states entering block k carry float16 rounding (relative error
 about 5e-4). Dropout in the trained blocks, in LoRA and in the head is untouched.
 
+A fault in the cache (no disk space for an entry, states float16 cannot hold) never fails the run: it goes on
+with the plain forward, and says so once on stderr and in run.json's prefix_cache (`used: false`, `reason`). A disk
+entry that does not hold what its key promises (rows, width, dtype, finite values) is rebuilt.
+
 Architectures: those in `SPLICE_TABLE`, whose embedding module's output is the first block's input.
 Others (and full fine-tuning, or an adapter in block 0) take the normal path; `attach` says why.
 """
@@ -34,10 +38,14 @@ Others (and full fine-tuning, or an adapter in block 0) take the normal path; `a
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import re
+import shutil
+import sys
 import time
 import warnings
 from collections import OrderedDict
@@ -84,9 +92,25 @@ DISK_ENTRY_MB = 256.0  # an entry larger than this goes to disk (memory-mapped)
 STORE_DTYPE = np.float16
 
 
+# rows of a disk entry checked for finite values at a time when it is loaded (bounded memory: 64k rows of 384 float16)
+FINITE_CHECK_ROWS = 1 << 16
+
+
+class CacheFault(Exception):
+    """The cache cannot serve this run (no space for a disk entry, states its dtype cannot hold): the run goes on
+    without it (`attach`, `Feed`), as the cache is an optimisation only."""
+
+
 def _to_store(hidden: torch.Tensor) -> np.ndarray:
-    """A batch of states as stored (STORE_DTYPE, on the host), converted by torch in one pass (no float32 copy)."""
-    return hidden.to(device="cpu", dtype=torch.from_numpy(np.empty(0, dtype=STORE_DTYPE)).dtype).numpy()
+    """A batch of states as stored (STORE_DTYPE, on the host), converted by torch in one pass (no float32 copy).
+    CacheFault when a stored value is not finite: a residual stream beyond float16's range (65504) turns into inf
+    there, and every later forward into a non-finite loss that the plain forward would not have."""
+    stored = hidden.to(device="cpu", dtype=torch.from_numpy(np.empty(0, dtype=STORE_DTYPE)).dtype).numpy()
+    if not np.isfinite(stored).all():
+        top = float(hidden.detach().float().abs().nan_to_num(nan=math.inf).max())
+        raise CacheFault(f"the states entering the first trained block reach |x| = {top:.3g}, not finite in "
+                         f"{np.dtype(STORE_DTYPE).name} (which holds up to {float(np.finfo(STORE_DTYPE).max):g})")
+    return stored
 
 
 def cache_dir() -> Path:
@@ -155,17 +179,28 @@ def _remember(key: str, states: PrefixStates) -> None:
         _MEMORY.popitem(last=False)
 
 
-def _load_disk(key: str) -> PrefixStates | None:
+def _finite(values: np.ndarray) -> bool:
+    """Whether every value is finite, read in slices of FINITE_CHECK_ROWS rows (a memory-mapped entry may be GBs)."""
+    return all(np.isfinite(values[i:i + FINITE_CHECK_ROWS]).all() for i in range(0, len(values), FINITE_CHECK_ROWS))
+
+
+def _load_disk(key: str, offsets: np.ndarray, hidden: int) -> PrefixStates | None:
+    """The entry `key` from disk when it holds what this split needs: the rows' `offsets` (from the token ids) and
+    `hidden` values per token (0: not known) of STORE_DTYPE, all finite; None (recompute) otherwise."""
     folder = cache_dir()
-    values, offsets = folder / f"{key}.values.npy", folder / f"{key}.offsets.npy"
-    if not values.is_file() or not offsets.is_file():
+    values_path, offsets_path = folder / f"{key}.values.npy", folder / f"{key}.offsets.npy"
+    if not values_path.is_file() or not offsets_path.is_file():
         return None
     try:
-        vals, offs = np.load(values, mmap_mode="r"), np.load(offsets)
+        vals, offs = np.load(values_path, mmap_mode="r"), np.load(offsets_path)
+        # a damaged file (another entry's values, a wrong width or dtype, NaN or inf written over it) is rejected,
+        # as a forward on it fails with a shape error or diverges, blamed on training
+        if (not np.array_equal(offs, offsets) or vals.dtype != np.dtype(STORE_DTYPE)
+                or vals.ndim != 2 or vals.shape[0] != int(offsets[-1]) or (hidden and vals.shape[1] != hidden)
+                or not _finite(vals)):
+            return None
     except (OSError, ValueError, EOFError):  # a damaged file (empty, cut short): recompute
         return None
-    if offs.ndim != 1 or len(offs) == 0 or vals.ndim != 2 or int(offs[-1]) != vals.shape[0]:
-        return None  # the values of another entry, or cut short: their rows do not match the offsets
     return PrefixStates(vals, offs, on_disk=True)
 
 
@@ -312,10 +347,30 @@ def _ids_hash(ids: list[list[int]]) -> str:
     return h.hexdigest()
 
 
+def reserve(path: Path) -> None:
+    """Allocate the blocks of the file at `path` (its full size) before it is written through a memory map: a write
+    to a sparse file's page with no free block left is a SIGBUS that kills the process (no exception, no record, the
+    temporary file left behind). OSError (ENOSPC, EDQUOT) when the disk cannot hold it."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+            return
+        except AttributeError:  # no posix_fallocate on this system (macOS, Windows)
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):  # not only "not supported here"
+                raise
+    if shutil.disk_usage(path.parent).free < size:  # no way to reserve: the free space at least
+        raise OSError(errno.ENOSPC, f"{size / 2**20:.0f} MB needed, {shutil.disk_usage(path.parent).free / 2**20:.0f} "
+                                    f"MB free", str(path.parent))
+
+
 def build(splice: Splice, ids: list[list[int]], make_batch: Callable, plan: Callable,
           path: Path | None = None) -> PrefixStates:
     """Run the frozen prefix over every row (the batches `plan(lengths)` gives, eval mode) into one
-    flat array; written straight into a memory-mapped file at `path` when given (bounded memory)."""
+    flat array; written straight into a memory-mapped file at `path` when given (bounded memory).
+    CacheFault (states the store's dtype cannot hold) or OSError (no space on the disk) leave no file behind."""
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -334,6 +389,7 @@ def build(splice: Splice, ids: list[list[int]], make_batch: Callable, plan: Call
                     path.parent.mkdir(parents=True, exist_ok=True)
                     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
                     values = np.lib.format.open_memmap(tmp, mode="w+", dtype=STORE_DTYPE, shape=shape)
+                    reserve(tmp)
                 else:
                     values = np.empty(shape, dtype=STORE_DTYPE)
             for j, row in enumerate(rows):
@@ -341,7 +397,8 @@ def build(splice: Splice, ids: list[list[int]], make_batch: Callable, plan: Call
     except BaseException:  # Ctrl-C or an error mid-build: the full-size temporary file must not stay behind
         if tmp is not None:
             del values
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the error that stopped the build is the one to report
+                tmp.unlink(missing_ok=True)
         raise
     finally:
         hf.train(was_training)
@@ -368,8 +425,54 @@ def _save_offsets(key: str, offsets: np.ndarray) -> None:
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"{key}.offsets.npy.tmp-{os.getpid()}.npy"
-    np.save(tmp, offsets)
-    os.replace(tmp, folder / f"{key}.offsets.npy")
+    try:
+        np.save(tmp, offsets)
+        os.replace(tmp, folder / f"{key}.offsets.npy")
+    except BaseException:  # a full disk: no half-written temporary file stays
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+# the temporary files of `build` and `_save_offsets`: <entry file>.tmp-<pid of the writer>[.npy]
+_TEMPORARY = re.compile(r"\.tmp-(\d+)(\.npy)?$")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (on POSIX; elsewhere assumed: signal 0 is no probe there, it ends the process)."""
+    if os.name != "posix" or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[str]:
+    """Delete the temporary files whose writer is gone (killed mid-build: kill -9, a bus error, power loss): each a
+    full-size values file nobody finishes or removes. A live writer's file is a build under way and stays.
+    Returns the names removed."""
+    removed = []
+    with contextlib.suppress(OSError):  # no folder yet, or not readable: nothing to clean
+        for p in folder.iterdir():
+            m = _TEMPORARY.search(p.name)
+            if m and not _alive(int(m.group(1))):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p.name)
+    return removed
+
+
+def _uncached(note: dict, reason: str) -> dict:
+    """Make `note` (the run record's prefix_cache entry) say the run goes on without the cache, and why, once (in
+    the record and on stderr): a fault in the cache never fails the run, its forwards are the plain ones from then."""
+    if note.get("used") is not False:
+        note.update({"used": False, "reason": f"{reason}; normal forward path"})
+        print(f"loratune: prefix cache not used: {note['reason']}", file=sys.stderr)
+    return note
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,15 +483,22 @@ class Feed:
     """What an encoded split carries when its prefix is cached: `with feed(rows, longest, device):`
     around `model(**batch)` makes that forward start at the first trained block, on the cached states
     of `rows` padded to the batch's `longest` (shapes match the collated ids and mask). Rows of a lazy
-    entry not computed yet are computed first (eval mode, no gradient) and counted in `stats`."""
+    entry not computed yet are computed first (eval mode, no gradient) and counted in `stats`.
+    `note` is the run's record of the cache, shared by the run's feeds: when a row's states cannot be stored
+    (CacheFault) it says so, and every feed of the run leaves the forward alone from then on (the plain forward)."""
 
     def __init__(self, splice: Splice, states: PrefixStates, ids: list[list[int]] | None = None,
-                 make_batch: Callable | None = None, stats: dict | None = None):
+                 make_batch: Callable | None = None, stats: dict | None = None, note: dict | None = None):
         self.splice = splice
         self.states = states
         self.ids = ids
         self.make_batch = make_batch
         self.stats = stats if stats is not None else {}
+        self.note = note if note is not None else {}
+
+    @property
+    def live(self) -> bool:
+        return self.note.get("used", True) is not False
 
     def fill(self, rows: np.ndarray) -> None:
         t0 = time.perf_counter()
@@ -405,9 +515,15 @@ class Feed:
 
     @contextlib.contextmanager
     def __call__(self, rows, longest: int, device: torch.device):
-        missing = self.states.missing(rows)
+        missing = self.states.missing(rows) if self.live else []
         if len(missing):
-            self.fill(missing)
+            try:
+                self.fill(missing)
+            except CacheFault as fault:  # the rows computed so far stay valid; this run goes on without them
+                _uncached(self.note, str(fault))
+        if not self.live:
+            yield
+            return
         # the dtype the top's input has in a plain forward: the embeddings' (a top block's own weights may be held
         # in bf16: precision.frozen_weights_in_bf16)
         dtype = next(p for p in self.splice.embed.parameters()).dtype
@@ -446,36 +562,48 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
     hits, built, disk, total = 0, 0, 0, 0
     stats = {"rows_computed": 0, "compute_s": 0.0}  # lazy rows computed by this run, and their cost
     hidden = getattr(transformers_model(model).config, "hidden_size", 0) or 0
+    note: dict = {}  # the run's record of the cache, shared with its feeds (a fault met later is said there)
+    feeds = []
+    remove_stale_temporaries(cache_dir())  # builds killed mid-way (kill -9, a bus error) hold disk space
     for enc in splits:
         key = hashlib.blake2b(f"{model_type}|{k}|{computed_in}|{np.dtype(STORE_DTYPE).name}|{weights}|"
                               f"{_ids_hash(enc.ids)}".encode(), digest_size=16).hexdigest()
-        states = _MEMORY.get(key) or _load_disk(key)
+        offsets = np.zeros(len(enc.ids) + 1, dtype=np.int64)
+        np.cumsum([len(x) for x in enc.ids], out=offsets[1:])
+        states = _MEMORY.get(key) or _load_disk(key, offsets, hidden)
         if states is not None:
             hits += 1
         else:
-            n_tokens = sum(len(x) for x in enc.ids)
-            big = n_tokens * hidden * np.dtype(STORE_DTYPE).itemsize > DISK_ENTRY_MB * 2**20
+            size = int(offsets[-1]) * hidden * np.dtype(STORE_DTYPE).itemsize
+            big = size > DISK_ENTRY_MB * 2**20
             if big and not _writable(cache_dir()):  # an optimisation only: a read-only cache folder is no error
                 big = False
             if big or not hidden:  # disk entries are built whole, up front, for later processes
-                if big:
-                    _save_offsets(key, np.concatenate([[0], np.cumsum([len(x) for x in enc.ids])])
-                                  .astype(np.int64))
-                states = build(splice, enc.ids, make_batch, plan,
-                               path=cache_dir() / f"{key}.values.npy" if big else None)
+                try:
+                    if big:
+                        _save_offsets(key, offsets)
+                    states = build(splice, enc.ids, make_batch, plan,
+                                   path=cache_dir() / f"{key}.values.npy" if big else None)
+                except CacheFault as fault:
+                    return _uncached(note, str(fault))
+                except OSError as exc:  # a full disk (ENOSPC, EDQUOT): the run goes on without the cache
+                    return _uncached(note, f"the {size / 2**20:.3g} MB entry could not be written under "
+                                           f"{cache_dir()} ({exc.strerror or exc}); free space there or set "
+                                           f"LORATUNE_CACHE_DIR to a disk with room")
             else:  # lazy: each row is computed by the forward that first needs it (Feed.fill)
-                offsets = np.zeros(len(enc.ids) + 1, dtype=np.int64)
-                np.cumsum([len(x) for x in enc.ids], out=offsets[1:])
                 states = PrefixStates(np.empty((int(offsets[-1]), hidden), dtype=STORE_DTYPE), offsets,
                                       ready=np.zeros(len(enc.ids), dtype=bool))
             built += 1
         _remember(key, states)
         disk += int(states.on_disk)
         total += int(states.values.nbytes)
-        enc.prefix = Feed(splice, states, enc.ids, make_batch, stats)
-    return {"used": True, "first_layer": k, "skipped_layers": k, "dtype": np.dtype(STORE_DTYPE).name,
-            "computed_in": computed_in,
-            "splits_reused": hits, "splits_built": built, "splits_on_disk": disk,
-            "mb": round(total / 2**20, 1), "setup_s": round(time.perf_counter() - t0, 3), "lazy": stats,
-            "note": "no dropout inside the frozen embeddings and blocks below first_layer; rows not cached "
-                    "yet are computed by the forward that first needs them (lazy: rows_computed, compute_s)"}
+        feeds.append((enc, Feed(splice, states, enc.ids, make_batch, stats, note)))
+    for enc, feed in feeds:  # only once every split has its states: a fault above leaves every split uncached
+        enc.prefix = feed
+    note.update({"used": True, "first_layer": k, "skipped_layers": k, "dtype": np.dtype(STORE_DTYPE).name,
+                 "computed_in": computed_in,
+                 "splits_reused": hits, "splits_built": built, "splits_on_disk": disk,
+                 "mb": round(total / 2**20, 1), "setup_s": round(time.perf_counter() - t0, 3), "lazy": stats,
+                 "note": "no dropout inside the frozen embeddings and blocks below first_layer; rows not cached "
+                         "yet are computed by the forward that first needs them (lazy: rows_computed, compute_s)"})
+    return note

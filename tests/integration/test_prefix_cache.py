@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -281,3 +282,164 @@ def test_a_bf16_run_records_its_states_computed_in_bf16(tiny_bert, intent_data, 
     assert run["prefix_cache"]["used"] and run["prefix_cache"]["computed_in"] == "bf16"
     assert run["precision"]["frozen_linear_bf16"] == 12  # the cached block 0's six layers too
     assert run["prefix_cache"]["lazy"]["rows_computed"] > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# faults in the cache: the run goes on without it, says so once, and its result is the uncached run's
+
+
+def _temporaries(tmp_path) -> list[str]:
+    folder = tmp_path / "cache" / "prefix"
+    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name) if folder.is_dir() else []
+
+
+@pytest.mark.parametrize("where", ["reserve", "create"])
+def test_a_full_disk_runs_uncached_with_the_reason_recorded_and_no_temporary_file(where, tiny_bert, intent_data,
+                                                                                  tmp_path, monkeypatch, capsys):
+    """A full cache disk killed `train` with SIGBUS (the memory-mapped temporary file was sparse: its page writes
+    fault with no free block): no message, no run record, the temporary file left. The space is reserved first now,
+    and a refusal there (or at the file's creation) is an uncached run."""
+    import errno
+    import json
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    extra = {"layers_to_transform": "top:1", "max_steps": 6, "eval_steps": 3}
+    off = api.train(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "off", prefix_cache="off",
+                                                **extra)), progress=False)
+    monkeypatch.setattr(prefix_cache, "DISK_ENTRY_MB", 0.0)
+    if where == "reserve":  # the file is created (sparse), its blocks cannot be had
+        monkeypatch.setattr(prefix_cache, "reserve", full, raising=False)
+    else:
+        monkeypatch.setattr(np.lib.format, "open_memmap", full)
+    capsys.readouterr()
+    run = api.train(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "run", **extra)), progress=False)
+    assert run["status"] == "completed" and run["steps_done"] == 6
+    note = run["prefix_cache"]
+    assert note["used"] is False and "No space left on device" in note["reason"], note
+    assert "LORATUNE_CACHE_DIR" in note["reason"]  # the way out
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["prefix_cache"] == note
+    assert capsys.readouterr().err.count("prefix cache not used") == 1
+    assert _temporaries(tmp_path) == []
+    assert not list((tmp_path / "cache" / "prefix").glob("*.values.npy"))
+    # the plain forward throughout: the uncached run's numbers
+    for key in ("val/loss", "train_eval/loss", "train/loss", "val/macro_f1"):
+        assert run["final"][key] == off["final"][key], key
+
+
+def test_temporary_files_of_dead_writers_are_removed_and_a_live_writers_kept(tiny_bert, intent_data, tmp_path):
+    """A build killed mid-way (kill -9, a bus error) left its full-size temporary file for good."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid names no process now
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folder = tmp_path / "cache" / "prefix"
+        folder.mkdir(parents=True)
+        names = {"stale_values": f"{'a' * 32}.values.npy.tmp-{dead.pid}",
+                 "stale_offsets": f"{'a' * 32}.offsets.npy.tmp-{dead.pid}.npy",
+                 "live": f"{'b' * 32}.values.npy.tmp-{live.pid}",
+                 "mine": f"{'c' * 32}.values.npy.tmp-{os.getpid()}",
+                 "entry": f"{'d' * 32}.values.npy"}
+        for name in names.values():
+            (folder / name).write_bytes(b"x" * 64)
+        _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
+        assert _attach(model, tok, encs)["used"]
+        left = {p.name for p in folder.iterdir()}
+        assert left == {names["live"], names["mine"], names["entry"]}
+    finally:
+        live.kill()
+        live.wait()
+
+
+def _damage_width(f):
+    v = np.load(f)
+    np.save(f, np.zeros((v.shape[0], 16), dtype=v.dtype))  # the same rows, half the hidden size
+
+
+def _damage_nan(f):
+    v = np.load(f, mmap_mode="r+")
+    v[3:5] = np.nan
+    v.flush()
+    del v
+
+
+def _damage_dtype(f):
+    np.save(f, np.load(f).astype(np.float32))  # the right values, not the store's dtype
+
+
+def _damage_offsets(f):
+    o = np.load(f)
+    o[1:-1] = o[-1] // 2  # the total right, the rows wrong
+    np.save(f, o)
+
+
+@pytest.mark.parametrize("damage,suffix", [(_damage_width, "values"), (_damage_nan, "values"),
+                                           (_damage_dtype, "values"), (_damage_offsets, "offsets")])
+def test_a_disk_entry_that_does_not_hold_its_splits_states_is_rebuilt(damage, suffix, tiny_bert, intent_data,
+                                                                     tmp_path, monkeypatch):
+    """A values file of the right rows and the wrong width was used (a shape error, exit 1); one holding NaN was used
+    too (the run 'diverged', a record blaming training for a cache fault)."""
+    monkeypatch.setattr(prefix_cache, "DISK_ENTRY_MB", 0.0)
+    _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
+    full = [predict_logits(model, e, 7, tok.pad_token_id, CPU, False) for e in encs]
+    assert _attach(model, tok, encs)["splits_built"] == 2
+    for f in (tmp_path / "cache" / "prefix").glob(f"*.{suffix}.npy"):
+        damage(f)
+    prefix_cache.clear()  # a later process
+    note = _attach(model, tok, encs)
+    assert note["used"] and note["splits_reused"] == 0 and note["splits_built"] == 2, note
+    for f, e in zip(full, encs):
+        np.testing.assert_allclose(predict_logits(model, e, 7, tok.pad_token_id, CPU, False), f,
+                                   atol=2e-2 * np.abs(f).max(), rtol=0)
+    prefix_cache.clear()
+    assert _attach(model, tok, encs)["splits_reused"] == 2  # rebuilt sound
+
+
+def _loud_llama(tiny_llama, tmp_path) -> str:
+    """tiny_llama with its embeddings scaled by 2e5: a residual stream beyond float16's 65504, which RMSNorm makes
+    harmless to the plain forward."""
+    import shutil
+
+    from transformers import LlamaModel
+
+    folder = tmp_path / "loud-llama"
+    shutil.copytree(tiny_llama, folder)
+    model = LlamaModel.from_pretrained(tiny_llama)
+    with torch.no_grad():
+        model.embed_tokens.weight.mul_(2e5)
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def test_states_float16_cannot_hold_are_not_cached_and_the_run_is_the_uncached_one(tiny_llama, intent_data,
+                                                                                   tmp_path, capsys):
+    """Cached states rounded to float16 turned into inf, and a healthy run into 'diverged: non-finite loss'."""
+    loud = _loud_llama(tiny_llama, tmp_path)
+    extra = {"layers_to_transform": "top:1", "max_steps": 6, "eval_steps": 3, "learning_rate": 2e-2}
+    off = api.train(load_config(None, overrides(loud, intent_data, tmp_path / "off", prefix_cache="off", **extra)),
+                    progress=False)
+    assert off["status"] == "completed"
+    capsys.readouterr()
+    run = api.train(load_config(None, overrides(loud, intent_data, tmp_path / "on", **extra)), progress=False)
+    assert run["status"] == "completed", run.get("error")
+    note = run["prefix_cache"]
+    assert note["used"] is False and "not finite in float16" in note["reason"], note
+    assert capsys.readouterr().err.count("prefix cache not used") == 1
+    for key in ("val/loss", "train_eval/loss", "train/loss", "val/macro_f1"):
+        assert math.isfinite(run["final"][key]) and run["final"][key] == off["final"][key], key
+
+
+def test_states_float16_cannot_hold_leave_no_disk_entry(tiny_llama, intent_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(prefix_cache, "DISK_ENTRY_MB", 0.0)
+    _, model, tok, encs = _model_and_data(_loud_llama(tiny_llama, tmp_path), intent_data, tmp_path,
+                                          layers_to_transform="top:1")
+    full = predict_logits(model, encs[1], 7, tok.pad_token_id, CPU, False)
+    note = _attach(model, tok, encs)
+    assert note["used"] is False and "not finite in float16" in note["reason"], note
+    assert all(e.prefix is None for e in encs)
+    assert _temporaries(tmp_path) == [] and not list((tmp_path / "cache" / "prefix").glob("*.values.npy"))
+    np.testing.assert_array_equal(predict_logits(model, encs[1], 7, tok.pad_token_id, CPU, False), full)
