@@ -256,6 +256,22 @@ def _is_end_entry(e: Mapping[str, Any]) -> bool:
     return "total_flos" in e or ("train_runtime" in e and "loss" not in e)
 
 
+def _state_ended(state: Mapping[str, Any]) -> str | None:
+    """Why a trainer state with no end-of-training entry is still of a run that ended, or None. A checkpoint's state
+    is saved before the Trainer logs that entry, so a run folder holding only checkpoints never has it; the state's
+    step count and TrainerControl (saved beside it) still say whether training had stopped."""
+    done, planned = _fin(state.get("global_step")), _fin(state.get("max_steps"))
+    if done is not None and planned is not None and planned > 0 and done >= planned:
+        return f"global_step {done:g} reached max_steps {planned:g}"
+    control = ((state.get("stateful_callbacks") or {}).get("TrainerControl") or {}) \
+        if isinstance(state.get("stateful_callbacks"), Mapping) else {}
+    args = control.get("args") if isinstance(control, Mapping) else None
+    if isinstance(args, Mapping) and args.get("should_training_stop") is True:
+        return ("its TrainerControl has should_training_stop set (a callback such as early stopping ended it at "
+                f"step {done:g})" if done is not None else "its TrainerControl has should_training_stop set")
+    return None
+
+
 # first train loss ~ ln(classes) for a fresh classifier head: trusted only this early in the run, and for
 # these class counts (outside them a first loss is not a class count)
 CHANCE_LOSS_MAX_STEP = 10
@@ -426,7 +442,7 @@ def history_from_trainer_state(state: Mapping[str, Any], folder: Path, *, name: 
     if _fin(state.get("global_step")) is not None:
         facts["steps_done"] = Fact(int(state["global_step"]), f"{source_file} global_step")
     return _from_log_history(state.get("log_history") or [], folder, facts, name=name, path=path or str(folder),
-                             source_file=source_file, adapter=adapter)
+                             source_file=source_file, adapter=adapter, ended=_state_ended(state))
 
 
 def _unused_intervals(state: Mapping[str, Any], folder: Path, facts: Mapping[str, Fact]) -> list[str]:
@@ -537,7 +553,7 @@ def _trainer_tag(tag: str) -> str:
 def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str, "Fact"], *, name: str,
                       path: str, source_file: str, source: str | None = None,
                       notes: list[str] | None = None, adapter: Mapping[str, Any] | None = None,
-                      finished: bool | None = None) -> RunHistory:
+                      finished: bool | None = None, ended: str | None = None) -> RunHistory:
     notes = list(notes or [])
     stepless = sum(1 for e in log_history if isinstance(e, dict) and "step" not in e)
     if stepless:
@@ -636,7 +652,12 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     if train_logs and len(train_logs) > len(eval_logs):
         notes.append("train/loss_std is the spread of the logged losses (each a mean over logging_steps), "
                      "not of single steps")
-    finished = any(_is_end_entry(e) for e in logs) if finished is None else finished
+    end_entry = any(_is_end_entry(e) for e in logs)
+    # `ended`: the state's own evidence that training stopped (a checkpoint's state never holds the end entry)
+    finished = (end_entry or ended is not None) if finished is None else finished
+    if finished and not end_entry and ended:
+        notes.append(f"the log has no end-of-training entry (train_runtime), but {ended}: the run ended; "
+                     f"a checkpoint's {source_file} is saved before the Trainer logs that entry")
     meta: dict[str, Any] = {"steps_done": facts["steps_done"].value if "steps_done" in facts else
                             (int(logs[-1]["step"]) if logs else None),
                             "steps_planned": facts["max_steps"].value if "max_steps" in facts else None}

@@ -23,7 +23,8 @@ def trainer_state(folder: Path, *, train, val, metric=None, steps: int = 200, ev
                   window_mean: bool = False) -> Path:
     """A trainer_state.json as the Trainer writes it: a train log every `log_every` steps (the loss at its step, or
     with `window_mean` the Trainer's mean over the window's steps, each read before its update; linear lr decay),
-    an eval entry every steps/evals steps (no eval at step 0), the end-of-training summary."""
+    an eval entry every steps/evals steps (no eval at step 0), the end-of-training summary; not `finished`: a run
+    that died halfway (no summary, max_steps twice the steps done)."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     log = []
@@ -43,7 +44,9 @@ def trainer_state(folder: Path, *, train, val, metric=None, steps: int = 200, ev
             log.append(e)
     if finished:
         log.append({"step": steps, "epoch": 4.0, "train_runtime": 10.0, "train_loss": 0.5})
-    (folder / "trainer_state.json").write_text(json.dumps({"global_step": steps, "max_steps": steps,
+    # a run that died stopped short of its plan (a state at max_steps is of a run that ended, end entry or not)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": steps,
+                                                           "max_steps": steps if finished else 2 * steps,
                                                            "num_train_epochs": 4, "train_batch_size": 16,
                                                            "logging_steps": log_every, "log_history": log}))
     if classes:
@@ -196,6 +199,32 @@ def test_facts_say_where_they_came_from(tmp_path):
 def test_a_run_without_the_end_of_training_entry_is_called_partial(tmp_path):
     d = diagnose(trainer_state(tmp_path, train=exp_decay(L10, 0.1, 6), val=exp_decay(1.5, 0.4, 6), finished=False))
     assert any(n.startswith("partial run") for n in d.notes)
+
+
+@pytest.mark.parametrize("done, stop, partial, evidence", [
+    (8, True, False, "global_step 8 reached max_steps 8"),  # the last checkpoint of a run that ran to its end
+    (8, False, False, "global_step 8 reached max_steps 8"),  # an older Trainer: no stateful_callbacks in the state
+    (6, True, False, "should_training_stop"),  # early stopping ended it before max_steps
+    (6, False, True, None),  # near miss: a checkpoint of a run that died (or is still going) at step 6 of 8
+])
+def test_a_checkpoint_state_of_a_run_that_ended_is_not_partial(tmp_path, done, stop, partial, evidence):
+    # a checkpoint's trainer_state.json is saved before the end-of-training entry, so a run folder holding only
+    # checkpoints (Trainer.train() with save_steps, no save_state) never has it: its step count and TrainerControl say
+    from loratune.report.model import build_outside_report
+
+    log = [e for s in range(2, done + 1, 2) for e in ({"step": s, "epoch": s / 4, "loss": 1.4 - 0.01 * s},
+                                                        {"step": s, "epoch": s / 4, "eval_loss": 1.38 - 0.01 * s})]
+    state = {"global_step": done, "max_steps": 8, "logging_steps": 2, "eval_steps": 2, "log_history": log}
+    if stop or done == 6:
+        state["stateful_callbacks"] = {"TrainerControl": {"args": {"should_training_stop": stop}, "attributes": {}}}
+    (tmp_path / f"checkpoint-{done}").mkdir()
+    (tmp_path / f"checkpoint-{done}" / "trainer_state.json").write_text(json.dumps(state))
+    run = load_run(tmp_path)
+    assert bool(run.meta.get("partial")) == partial and run.meta["steps_done"] == done
+    ended = [n for n in run.notes if "the run ended" in n]
+    assert (len(ended) == 1 and evidence in ended[0]) if evidence else not ended
+    assert any(n.startswith("partial run") for n in diagnose(tmp_path).notes) == partial
+    assert build_outside_report(tmp_path).status == ("partial" if partial else "finished")
 
 
 def test_language_model_runs_get_no_class_count_from_their_first_loss(tmp_path):
