@@ -11,6 +11,7 @@ import csv
 import itertools
 import json
 import math
+import os
 import re
 import statistics
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,12 @@ NOTEBOOK_TABLE = re.compile(r"^(?P<file>.+\.ipynb)#(?P<table>-?\d+)$", re.IGNORE
 
 
 CALLBACK_RECORD_DIR = "loratune"  # where LoratuneCallback writes its record inside a Trainer's output_dir
+
+
+def folder_name(p: str | Path) -> str:
+    """The name of the folder `p` is, also for `.`, `..` or `x/..` (whose Path.name is '' or '..'): a run read as
+    `loratune report .` is named after its folder. Not resolved: a symlinked run keeps the name it was given."""
+    return Path(os.path.abspath(p)).name
 
 
 def load_run(path: str | Path) -> RunHistory:
@@ -196,7 +203,7 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
                                                "adapter/adapter_config.json")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):  # not JSON, or not an object
             pass
-    return RunHistory(name=d.name, source="loratune", points=tuple(points), meta=meta,
+    return RunHistory(name=folder_name(d), source="loratune", points=tuple(points), meta=meta,
                       config=config if isinstance(config, dict) else {}, notes=tuple(notes), path=str(d),
                       facts=facts)
 
@@ -388,10 +395,11 @@ def read_trainer_state(path: str | Path) -> RunHistory:
                 f"has {len(state['log_history'])} entries and none with a numeric `step`")
         raise UserError(f"'{p}': its log_history {what}", "give the trainer_state.json of a run that logged its "
                         "losses (logging_steps smaller than the run; each entry carries its `step`)")
-    name = p.parent.name if p.name == "trainer_state.json" else p.stem
+    here = Path(os.path.abspath(p.parent))  # a relative `trainer_state.json` (or `./`) has no parent to name
+    name = here.name if p.name == "trainer_state.json" else p.stem
     if name.startswith("checkpoint-") and p.name == "trainer_state.json":
-        name = p.parent.parent.name
-        scale = record_loss_scale(p.parent.parent)
+        name = here.parent.name
+        scale = record_loss_scale(here.parent)
         if scale is not None:
             # the callback's record in the run folder above says this classifier's logged losses are sums over
             # gradient accumulation: a checkpoint's state holds the same sums (3 x ln 4 read as diverged)
@@ -513,7 +521,8 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
     side = next((q for q in (run_dir, run_dir.parent, run_dir.parent.parent)
                  if (q / "adapter_config.json").is_file() or (q / "config.json").is_file()), d)
     folder = d if d.is_dir() else d.parent
-    name = next((q.name for q in (folder, *folder.parents) if q.name not in ("runs", "") and q != run_dir), folder.name)
+    here, run_here = Path(os.path.abspath(folder)), Path(os.path.abspath(run_dir))  # `.` has no name of its own
+    name = next((q.name for q in (here, *here.parents) if q.name not in ("runs", "") and q != run_here), here.name)
     late = _late_start(log_history)
     return _from_log_history(log_history, side, {}, name=name,
                              path=str(d), source_file="TensorBoard events", source="tensorboard",

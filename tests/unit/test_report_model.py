@@ -723,6 +723,32 @@ def test_show_of_a_bare_file_name_names_its_folder(tmp_path, monkeypatch, capsys
     assert "logs/basic.csv" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("kind", ["loratune", "trainer"])
+def test_a_run_read_as_dot_is_named_after_its_folder(tmp_path, monkeypatch, capsys, kind):
+    # Path('.').name is '': `cd run && loratune report .` titled the report ' · loratune run report'
+    import shutil
+
+    from loratune.cli import main
+    from loratune.diagnose import diagnose
+
+    run = tmp_path / "my-run"
+    if kind == "loratune":
+        write_run(run)
+    else:  # a Trainer output dir holding only its checkpoint: read from inside the checkpoint too
+        shutil.copytree(FIXTURES / "trainer" / "banking77-diverged-a", run / "checkpoint-40")
+    monkeypatch.chdir(run)
+    assert build_report_of(".").name == "my-run" and diagnose(".").run == "my-run"
+    assert main(["report", ".", "--no-examples"]) == 0
+    assert "<title>my-run · loratune run report" in (run / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["show", "."]) == 0
+    assert "my-run" in capsys.readouterr().out.splitlines()[0]
+    if kind == "trainer":
+        monkeypatch.chdir(run / "checkpoint-40")  # a checkpoint's state is named after the run folder above it
+        assert diagnose(".").run == diagnose("trainer_state.json").run == "my-run"
+        assert build_report_of("..").name == "my-run"
+
+
 def test_the_best_step_is_called_the_saved_model_only_when_it_is(tmp_path, capsys):
     """A run that diverged before any trained evaluation saved no model; a run another tool made says nothing of
     which checkpoint it kept."""

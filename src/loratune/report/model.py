@@ -669,6 +669,7 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
                         "give the output_dir of `loratune train`, or a study directory of `loratune tune`")
     notes: list[str] = []
     run, note = read_json(d / "run.json")
+    from loratune.history_io import folder_name
     from loratune.store import with_liveness  # a `running` record whose process died reads as `died`
 
     run = with_liveness(run, d)
@@ -743,7 +744,7 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
     params = run.get("params") if isinstance(run.get("params"), dict) else {}
     rows_info = run.get("rows") if isinstance(run.get("rows"), dict) else {}
     return RunReport(
-        name=name or d.name, path=str(d), status=status, reason=run.get("reason"),
+        name=name or folder_name(d), path=str(d), status=status, reason=run.get("reason"),
         task=str(run.get("task") or "single_label"),
         method=run_method(run, config),
         model_name=str(cm.get("name_or_path") or (run.get("model") or {}).get("name_or_path") or "?"),
@@ -788,7 +789,7 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
     trainer_state.json, a TensorBoard log, a Jupyter notebook with the Trainer's progress table, or a CSV. It holds
     what such a run has: the curves, the diagnosis with its evidence, and what was read from the run's files (each
     fact with its source); no per-class numbers, confusion or example texts (the run logged none)."""
-    from loratune.history_io import load_run
+    from loratune.history_io import folder_name, load_run
 
     p = Path(path)
     h = load_run(p)  # UserError (exit 2) names what it expected
@@ -811,7 +812,7 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
     import yaml
 
     return RunReport(
-        name=p.name if p.is_dir() else f"{p.resolve().parent.name}/{p.name}", path=str(p), status=status, reason=None,
+        name=folder_name(p) if p.is_dir() else f"{folder_name(p.parent)}/{p.name}", path=str(p), status=status, reason=None,
         task=str(h.meta.get("task") or fact("task") or "single_label"),
         method="lora" if adapter else "unknown",
         model_name=str(fact("base_model_name_or_path") or fact("model_type") or "?"), dataset="?",
