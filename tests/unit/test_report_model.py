@@ -749,6 +749,21 @@ def test_a_run_read_as_dot_is_named_after_its_folder(tmp_path, monkeypatch, caps
         assert build_report_of("..").name == "my-run"
 
 
+def test_show_prints_a_step_count_of_0_the_record_holds(tmp_path, capsys):
+    # a loss that was NaN at step 1: the run stopped with 0 steps done, which show printed as '?' (unknown)
+    from loratune.cli import main
+
+    d = write_run(tmp_path / "nan1", n_evals=1, status="diverged")
+    run = json.loads((d / "run.json").read_text())
+    (d / "run.json").write_text(json.dumps({**run, "steps_done": 0, "examples_seen": 0}))
+    assert main(["show", str(d)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "0 examples in 0/10 steps" in out and "?/10" not in out
+    (d / "run.json").write_text(json.dumps({k: v for k, v in run.items() if k != "steps_done"}))
+    assert main(["show", str(d)]) == 0  # no count in the record: the last eval point's step
+    assert "in 10/10 steps" in " ".join(capsys.readouterr().out.split())
+
+
 def test_the_best_step_is_called_the_saved_model_only_when_it_is(tmp_path, capsys):
     """A run that diverged before any trained evaluation saved no model; a run another tool made says nothing of
     which checkpoint it kept."""

@@ -97,7 +97,8 @@ def show_run(con, r, n_classes: int = 10) -> None:
             else f"{'best' if unsaved else 'saved model: best'} {safe(o)} [bold]{f3(r.best.get(o))}[/] at step "
             f"{r.best.get('step', '?')}{unsaved} · "
             f"{safe(m)} {f3(r.best.get(m))} there, {scores.replace(' · ', ', ')}")
-    con.print(head + f" · {_h(r.examples_seen)} examples in {r.steps_done or '?'}/{r.steps_planned or '?'} steps"
+    done = "?" if r.steps_done is None else r.steps_done  # 0: a run that stopped before its first step, not unknown
+    con.print(head + f" · {_h(r.examples_seen)} examples in {done}/{r.steps_planned or '?'} steps"
               + (f" · trainable {r.params_share:.2%} of the model" if r.params_share is not None else ""))
     b = r.best
     if b.get("val/subset_accuracy") is not None:  # multi-label: exact match, compound (2+ labels) and single rows
