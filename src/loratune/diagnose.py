@@ -195,16 +195,25 @@ class Diagnosis:
                        else f": final is {drop:.1f} noise units below the best")
             lines.append(f"{metric}: {fv('val_metric_start')} at the start, best {fv('val_metric_best')}{se} "
                          f"at {fv('best_step_fraction')} of the run, final {fv('val_metric_final')}{tie}")
+        details = self.features.details
         if v.get("train_loss_final") is not None:
+            cut = details.get("train_loss_nonfinite_from")  # the finite series stops short: its last is no final
             if v.get("train_loss_untracked") == 1.0:  # one window: a start and a final, and no trend between them
                 trend = "one train-loss window, no trend"
+            elif cut is not None:  # no trend over a last half the loss never finitely reached
+                trend = f"{_moved('train_loss_drop', v.get('train_loss_drop'))} to its last finite window"
             else:
                 late = v.get("train_loss_late_drop")
                 trend = f"{_moved('train_loss_drop', v.get('train_loss_drop'))}; " + (
                     "no reading over the last half" if late is None
                     else f"{_moved('train_loss_late_drop', late)} over the last half")
-            lines.append(f"train loss: {fv('train_loss_start')} -> {fv('train_loss_final')} ({trend})")
-        if v.get("val_loss_min") is not None:
+            lines.append(f"train loss: {fv('train_loss_start')} -> {fv('train_loss_final')} ({trend})"
+                         + (f", then non-finite from step {cut:g}" if cut is not None else ""))
+        if v.get("val_loss_min") is not None and details.get("val_loss_nonfinite_from") is not None:
+            lines.append(f"val loss: {fv('val_loss_start')} -> min {fv('val_loss_min')} at "
+                         f"{fv('val_loss_min_fraction')} of the run -> non-finite from step "
+                         f"{details['val_loss_nonfinite_from']:g} (last finite {fv('val_loss_final')})")
+        elif v.get("val_loss_min") is not None:
             rise = v.get("val_loss_rise_noise")
             tie = ""
             if rise is not None and (v.get("val_loss_rise") or 0) > 0:

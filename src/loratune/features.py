@@ -604,6 +604,23 @@ def _series(points: Sequence[dict], key: str, *, min_step: int = -1) -> list[tup
     return out
 
 
+def _nonfinite_from(points: Sequence[dict], key: str, *, min_step: int = -1,
+                    marks: Iterable[float] = ()) -> float | None:
+    """The step from which `key` is non-finite (NaN / inf, null in a record) at every point that logs it, when a finite
+    value came before: the finite series (`_series`) then ends short of the run, and its last value is no final.
+    None when the last logged value is finite. `marks`: steps whose 0.0 stands for non-finite steps (the Trainer's
+    nan/inf filter, `_filtered_windows`)."""
+    marked = set(marks)
+    logged = [(s, _num(p[key]) is None or s in marked) for p in points
+              if key in p and (s := _num(p.get("step"))) is not None and s > min_step]
+    if not logged or not logged[-1][1] or all(bad for _, bad in logged):
+        return None
+    i = len(logged) - 1
+    while logged[i - 1][1]:
+        i -= 1
+    return logged[i][0]
+
+
 def _ols(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     """Least-squares line y = a + b x; returns (a, b). Needs >= 2 distinct xs."""
     n = len(xs)
@@ -950,6 +967,9 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
                                                   "small batch of a language model's loss is too noisy to start from)")
     start = start if start is not None else T[0][1]
     final = T[-1][1]
+    tail = _nonfinite_from(pts, "train/loss", min_step=0, marks=[row["step"] for row in _filtered_windows(pts)])
+    if tail is not None:  # for the summary: the last finite window is no final (the rules read the finite series)
+        acc.details["train_loss_nonfinite_from"] = tail
     acc.set("train_loss_start", start)
     acc.set("train_loss_final", final)
     acc.set("train_loss_vs_chance", final / chance if chance else None, why_chance)
@@ -1103,6 +1123,8 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
                  if broken else "no `val/loss` values in the history")
         return
     start, final = V[0][1], V[-1][1]
+    if (tail := _nonfinite_from(pts, "val/loss")) is not None:  # for the summary, as the train loss's
+        acc.details["val_loss_nonfinite_from"] = tail
     i_min = min(range(len(V)), key=lambda i: V[i][1])
     vmin = V[i_min][1]
     acc.set("val_loss_start", start)

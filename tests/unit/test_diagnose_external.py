@@ -227,6 +227,44 @@ def test_a_checkpoint_state_of_a_run_that_ended_is_not_partial(tmp_path, done, s
     assert build_outside_report(tmp_path).status == ("partial" if partial else "finished")
 
 
+def _nan_tail_state(folder: Path, nan_from: int, *, back: bool = False) -> Path:
+    """A 24-step Trainer run of 4 classes whose losses go NaN from step `nan_from` (the Trainer's nan filter logs a
+    train window of only NaN steps as loss 0.0 beside a NaN grad_norm); `back`: finite again at the last eval."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = []
+    for s, loss, val in ((4, 1.417, 1.395), (8, 1.434, 1.389), (12, 0.851, 1.380), (16, 0.8, 1.37), (24, 0.7, 1.36)):
+        nan = s >= nan_from and not (back and s == 24)
+        log += [{"step": s, "epoch": s / 6, "loss": 0.0 if nan and s > nan_from else loss,
+                 "grad_norm": math.nan if nan else 0.5, "learning_rate": 0.02},
+                {"step": s, "epoch": s / 6, "eval_loss": math.nan if nan else val, "eval_accuracy": 0.25}]
+    log.append({"step": 24, "epoch": 4.0, "train_loss": 0.617, "train_runtime": 1.0})
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 24, "max_steps": 24, "eval_steps": 4,
+                                                           "logging_steps": 4, "log_history": log}))
+    return folder
+
+
+def test_the_summary_calls_no_finite_value_final_when_the_losses_ended_non_finite(tmp_path):
+    # val loss NaN at every eval from step 12 on: "final 1.389" was the last finite value, not the run's final; the
+    # train loss has no finite window in the last half, so "fell 0.0% over the last half" was not in the record
+    d = diagnose(_nan_tail_state(tmp_path, 12))
+    lines = {ln.split(":")[0]: ln for ln in d.curve_summary()}
+    assert lines["val loss"] == ("val loss: 1.395 -> min 1.389 at 33.3% of the run -> non-finite from step 12 "
+                                 "(last finite 1.389)")
+    assert lines["train loss"] == ("train loss: 1.417 -> 0.851 (fell 39.9% to its last finite window), then "
+                                   "non-finite from step 16")
+    # the rules read the finite series as before: only the summary's words changed
+    assert d.features["val_loss_final"] == pytest.approx(1.389) and d.features["train_loss_final"] == 0.851
+    assert d.verdict == "diverged"
+
+
+def test_a_loss_finite_again_at_the_end_keeps_its_final(tmp_path):
+    # near miss: NaN in the middle, finite at the last eval: that value is the final
+    lines = {ln.split(":")[0]: ln for ln in diagnose(_nan_tail_state(tmp_path, 12, back=True)).curve_summary()}
+    assert lines["val loss"].endswith("-> final 1.360") and "non-finite" not in lines["val loss"]
+    assert lines["train loss"].startswith("train loss: 1.417 -> 0.700 (") and "over the last half" in \
+        lines["train loss"] and "non-finite" not in lines["train loss"]
+
+
 def test_language_model_runs_get_no_class_count_from_their_first_loss(tmp_path):
     folder = trainer_state(tmp_path, train=exp_decay(2.1, 1.2, 3), val=exp_decay(2.0, 1.4, 3), classes=None)
     state = json.loads((folder / "trainer_state.json").read_text())
