@@ -812,7 +812,8 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
     import yaml
 
     return RunReport(
-        name=folder_name(p) if p.is_dir() else f"{folder_name(p.parent)}/{p.name}", path=str(p), status=status, reason=None,
+        name=folder_name(p) if p.is_dir() else f"{folder_name(p.parent)}/{p.name}", path=str(p), status=status,
+        reason=None,
         task=str(h.meta.get("task") or fact("task") or "single_label"),
         method="lora" if adapter else "unknown",
         model_name=str(fact("base_model_name_or_path") or fact("model_type") or "?"), dataset="?",
