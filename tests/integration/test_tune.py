@@ -281,6 +281,24 @@ def test_trial_steps_and_heartbeat_below_one_are_refused_by_name(flag, value, tm
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("value", ["-1", "4294967296", "x"])
+def test_a_sampler_seed_outside_the_samplers_range_is_refused_by_name(value, tmp_path, capsys):
+    # -1 was a traceback from optuna's RandomSampler (exit 1) with study.db, decisions.jsonl and assess.json left
+    with pytest.raises(SystemExit) as exit_:
+        main(["tune", "--study-dir", str(tmp_path / "s"), "--strategy", "random", "--seed", value])
+    assert exit_.value.code == 2 and "argument --seed: a whole number from 0 to 4294967295" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_python_callers_sampler_seed_is_checked_before_the_study_is_made(tmp_path):
+    from loratune.errors import UserError
+    from loratune.search.tune import TuneOptions, tune
+
+    with pytest.raises(UserError, match="seed -1: the samplers take a whole number from 0 to 4294967295"):
+        tune(load_config(None, []), TuneOptions(study_dir=str(tmp_path / "s"), strategy="random", seed=-1))
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_study_dir_that_is_a_file_is_named_as_the_study_dir(tmp_path, capsys):
     f = tmp_path / "f"
     f.write_text("hi")

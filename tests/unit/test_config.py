@@ -99,6 +99,7 @@ def _range_text(dotted: str, meta: dict) -> str:
         parts.append(f"{'>' if meta['min_exclusive'] else '>='} {meta['min']}")
     if meta["max"] is not None:
         parts.append(f"<= {meta['max']}")
+    parts.extend(f"not {x}" for x in meta["excluded"])
     kind = "an integer" if _is_int_field(dotted) else "a number"
     return f"{kind} {' and '.join(parts)}"
 
@@ -169,7 +170,11 @@ def test_a_value_above_the_maximum_states_the_whole_range(dotted, f):
     ("train.learning_rate", "0", "train.learning_rate: got 0.0; allowed: a number > 0.0 and <= 1.0"),
     ("train.learning_rate", "2", "train.learning_rate: got 2.0; allowed: a number > 0.0 and <= 1.0"),
     ("data.validation_fraction", "0.6", "data.validation_fraction: got 0.6; allowed: a number > 0.0 and <= 0.5"),
-    ("train.max_steps", "-2", "train.max_steps: got -2; allowed: an integer >= -1"),
+    ("train.max_steps", "-2", "train.max_steps: got -2; allowed: an integer >= -1 and not 0"),
+    # 0 trained the epoch count (as -1) though the help named only -1 for that
+    ("train.max_steps", "0", "train.max_steps: got 0; allowed: an integer >= -1 and not 0"),
+    # numpy's seeding (train) and Optuna's samplers (tune) take no larger seed: a traceback after the data loaded
+    ("train.seed", "4294967296", "train.seed: got 4294967296; allowed: an integer >= 0 and <= 4294967295"),
     ("train.lr_scheduler_type", "step", "train.lr_scheduler_type: got 'step'; allowed: one of linear, cosine, "
                                         "constant"),
     ("adapter.bias", "some", "adapter.bias: got 'some'; allowed: one of none, all, lora_only"),
@@ -688,3 +693,15 @@ def test_full_fine_tuning_refuses_the_lora_only_keys_it_would_ignore(tmp_path):
     with pytest.raises(ConfigError):
         load_config(old)
     assert load_config(old, recorded=True).adapter == load_config(None, ["method=full"]).adapter
+
+
+def test_a_recorded_max_steps_of_0_loads_as_the_epochs_it_trained(tmp_path):
+    # an older loratune took max_steps 0 as -1 (train by num_train_epochs); its runs and studies still load, as run
+    from loratune.search.tune import cfg_from_yaml
+
+    old = write(tmp_path, "train:\n  max_steps: 0\n  num_train_epochs: 2\n")
+    with pytest.raises(ConfigError):
+        load_config(old)
+    assert load_config(old, recorded=True).train.max_steps == -1
+    assert cfg_from_yaml("train:\n  max_steps: 0\n").train.max_steps == -1
+    assert load_config(None, ["max_steps=1"]).train.max_steps == 1

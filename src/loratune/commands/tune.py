@@ -34,6 +34,22 @@ def at_least_one(text: str) -> int:
     return v
 
 
+def sampler_seed(text: str) -> int:
+    """An argparse type: a whole number in 0..config.SEED_MAX, what Optuna's samplers take (-1 was a traceback from
+    the sampler after the study folder was made)."""
+    import argparse
+
+    from loratune.config import SEED_MAX
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number from 0 to {SEED_MAX}, not {text!r}") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"a whole number from 0 to {SEED_MAX}, not {v}")
+    return v
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "tune", help="tune the LoRA configuration by diagnosis (no arguments: MiniLM on the embedded demo, ~15 min)",
@@ -55,7 +71,7 @@ def register(sub) -> None:
     p.add_argument("--study-name", default="loratune", help="study name inside the storage")
     p.add_argument("--resume", action="store_true", help="continue the study in --study-dir: finished trials "
                    "are kept, a trial cut by a killed process is trained again")
-    p.add_argument("--seed", type=int, help="sampler seed for grid / random / tpe / tpe-hyperband (default 0; on "
+    p.add_argument("--seed", type=sampler_seed, metavar="N", help="sampler seed for grid / random / tpe / tpe-hyperband (default 0; on "
                    "--resume: the study's own)")
     p.add_argument("--trial-steps", type=at_least_one, metavar="N",
                    help="optimizer steps per trial (default: from the budget)")

@@ -64,7 +64,7 @@ def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, run
 
 
 def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: list) -> dict:
-    from loratune.config import to_yaml
+    from loratune.config import SEED_MAX, to_yaml
     from loratune.objectives import objective
     from loratune.search.protocol.settings import PLAN_PRIORS
     from loratune.search.runner import TrainingRunner
@@ -77,6 +77,10 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     ui = ui or UI()
     if options.strategy is not None and options.strategy not in STRATEGIES:
         raise UserError(f"unknown strategy '{options.strategy}'", f"use one of {', '.join(STRATEGIES)}")
+    if options.seed is not None and (isinstance(options.seed, bool) or not isinstance(options.seed, int)
+                                     or not 0 <= options.seed <= SEED_MAX):  # (the CLI's --seed type says it first)
+        raise UserError(f"seed {options.seed!r}: the samplers take a whole number from 0 to {SEED_MAX}",
+                        "give a seed in that range, e.g. seed=0")
     if options.budget is not None:
         Budget.parse(options.budget)  # a typo fails before anything loads
     if options.thresholds is not None:  # a Python caller's dict is checked as a file's is, and kept as overrides only
@@ -303,11 +307,11 @@ def settings_from(stored: dict | None, default: ProtocolSettings, ui: UI | None 
 def cfg_from_yaml(text: str):
     import yaml
 
-    from loratune.config import build_config
+    from loratune.config import build_config, upgrade_recorded
 
     data = yaml.safe_load(text) or {}
     flat = {f"{s}.{k}": v for s, sec in data.items() for k, v in (sec or {}).items()}
-    return build_config(flat)
+    return build_config(upgrade_recorded(flat))  # a study an older loratune started
 
 
 def _base_config(cfg, start: Start, plan: dict, explicit: tuple[str, ...]):

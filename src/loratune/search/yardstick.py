@@ -31,6 +31,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from loratune.config import SEED_MAX
 from loratune.errors import UserError
 from loratune.search.budget import format_amount
 from loratune.search.context import SearchContext
@@ -140,12 +141,13 @@ def prepare_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict,
     # a resumed study draws on from where it stopped: the stored seed alone would restart the sampler's stream and
     # draw the finished trials' points again (a random study's resume retrained exactly its own trials)
     done = len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(strategy, space, seed + done, n_startup)
+    reseed = (seed + done) % (SEED_MAX + 1)  # (a seed near the top wraps: the samplers take no larger one)
+    study.sampler = make_sampler(strategy, space, reseed, n_startup)
     if done:
         # this session's own (its seed, the trials it found): recorded after the replay, never replaced by an earlier
         # session's decision of the same code
         ctx.decide_after_replay(strategy, "sampler-seed", f"sampler seed {seed} + {done} finished trials", "sample",
-                                [f"the study holds {done} trial(s): seeded {seed + done}, the sampler draws new "
+                                [f"the study holds {done} trial(s): seeded {reseed}, the sampler draws new "
                                  "points"], data={"seed": seed, "trials_before": done}, code="sampler-reseeded")
     again = cut_points(ctx, strategy)
     for point in again:  # the sampler's next asks: what an uninterrupted study trained at these trials
