@@ -501,15 +501,17 @@ def build_meta_model(config, task: str):
                         "memory and FLOPs are those of dense transformers (experts stored outside nn.Linear, a few "
                         "active per token), and would be wrong for it",
                         "plan a dense model of the same width, or count a MoE adapter with peft on the meta device")
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    # asked of transformers' own table, not read from a ValueError: a config whose sizes are invalid (hidden 33 over 2
+    # heads) raises ValueError too, and was blamed on the task
+    if type(config) not in auto._model_mapping:
+        raise UserError(f"transformers has no {task} model for '{config.model_type}'",
+                        "use --task " + ("classification" if task == "causal-lm" else "causal-lm"))
     with torch.device("meta"):
         try:
-            if task == "causal-lm":
-                return AutoModelForCausalLM.from_config(config)
-            config.num_labels = 2
-            return AutoModelForSequenceClassification.from_config(config)
-        except ValueError as exc:
-            raise UserError(f"transformers has no {task} model for '{config.model_type}' ({exc})",
-                            "use --task " + ("classification" if task == "causal-lm" else "causal-lm")) from None
+            if task != "causal-lm":
+                config.num_labels = 2
+            return auto.from_config(config)
         except Exception as exc:  # a config whose sizes cannot build a model (heads 0, a negative size)
             raise UserError(f"'{config.model_type}' cannot be built from this config ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:300]})", "fix the sizes in its config.json") from None

@@ -386,6 +386,30 @@ def test_configs_plan_cannot_count_are_refused_by_name(config, said, tmp_path, c
     assert said in " ".join(capsys.readouterr().err.split())
 
 
+@pytest.mark.parametrize("argv", [["plan", "{}", "--task", "classification"], ["params", "{}"]])
+def test_a_config_that_cannot_be_built_is_not_blamed_on_the_task(argv, tmp_path, capsys):
+    """BERT with hidden 33 over 2 heads raises ValueError while it is built: it was said as 'transformers has no
+    classification model for bert' with the fix 'use --task causal-lm' (and params has no --task)."""
+    from loratune.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 33,
+                                                      "num_attention_heads": 2}))
+    assert main([a.format(tmp_path) for a in argv]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "'bert' cannot be built from this config (ValueError: The hidden size (33) is not a multiple" in err
+    assert "fix the sizes in its config.json" in err and "has no" not in err and "--task" not in err
+
+
+def test_a_model_type_without_the_tasks_model_names_the_other_task(tmp_path, capsys):
+    from loratune.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 1,
+                                                      "num_attention_heads": 2, "intermediate_size": 64}))
+    assert main(["plan", str(tmp_path), "--task", "classification"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "transformers has no classification model for 'vit'" in err and "use --task causal-lm" in err
+
+
 def test_targets_keep_a_layer_list_with_its_group_and_ranks_stay_in_range(capsys):
     from loratune.cli import main
 
