@@ -311,10 +311,20 @@ def check_output_dir(path: Path, name: str = "output_dir", example: str = "outpu
     if not probe.is_dir():
         raise UserError(f"{name} '{path}' cannot be created: '{probe}' is a file",
                         "give a path under a directory")
+    what = name if probe == path else f"the directory '{probe}' that would hold {name}"
     if not os.access(probe, os.W_OK | os.X_OK):
-        what = name if probe == path else f"the directory '{probe}' that would hold {name}"
         raise UserError(f"{what} '{path}' is not writable (permission denied or a read-only file system)",
                         f"give a writable {name}, e.g. {example}, or fix the permissions")
+    if probe != path:
+        # os.access says yes where the file system still refuses a new folder (/proc, /sys as root: ENOENT, EPERM):
+        # a folder made and removed beside where the run's would go is the honest test
+        import tempfile
+
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".loratune-probe-", dir=probe))
+        except OSError as exc:
+            raise UserError(f"{name} '{path}' cannot be created in '{probe}' ({exc.strerror or exc})",
+                            f"give a {name} on a writable disk, e.g. {example}") from None
 
 
 def _stale_outputs(path: Path) -> list[str]:
@@ -355,7 +365,11 @@ class RunStore:
 
     def create(self, config_yaml: str) -> None:
         check_output_dir(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # (what the check could not foresee: a folder gone or made read-only since)
+            raise UserError(f"output_dir '{self.path}' cannot be created ({exc.strerror or exc})",
+                            "give an output_dir on a writable disk, e.g. output_dir=runs/latest") from None
         self._lock = RunLock(self.path)
         self._lock.acquire()
         try:

@@ -4,6 +4,7 @@ each is now a UserError (exit 2, the problem and the fix), in the dry run and in
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,27 @@ def test_max_steps_0_is_refused_in_the_dry_run(tiny_bert, intent_data, tmp_path,
     # 0 was accepted and trained num_train_epochs (10 planned steps here); the help names only -1 for that
     assert main(["train", "--dry-run", *overrides(tiny_bert, intent_data, tmp_path / "run", max_steps=0)]) == 2
     assert "train.max_steps: got 0; allowed: an integer >= -1 and not 0" in flat(capsys.readouterr().err)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("dry", [True, False])
+def test_an_output_dir_that_cannot_be_created_is_named_in_the_dry_run_too(dry, tiny_bert, intent_data, tmp_path,
+                                                                          capsys):
+    # /proc passes os.access for root but refuses a new folder (ENOENT): the dry run said yes and training was a
+    # traceback from RunStore.create's mkdir (exit 1)
+    args = ["train", "-q", *(["--dry-run"] if dry else []), *overrides(tiny_bert, intent_data, "/proc/loratune-x")]
+    assert main(args) == 2
+    err = flat(capsys.readouterr().err)
+    assert "output_dir '/proc/loratune-x' cannot be created in '/proc'" in err and "fix:" in err
+
+
+def test_a_run_folder_that_fails_to_be_made_after_the_check_is_a_user_error(tmp_path, monkeypatch):
+    from loratune.errors import UserError
+    from loratune.store import RunStore
+
+    def refuse(self, *a, **k):
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)  # (a folder gone between the check and the run's first write)
+    with pytest.raises(UserError, match=r"output_dir '.*run' cannot be created \(No such file or directory\)"):
+        RunStore(tmp_path / "run").create("{}\n")
