@@ -76,11 +76,48 @@ def any_(*items: Clause | Cond, why: str = "") -> Cond:
 
 
 @dataclass(frozen=True)
+class ValueRange:
+    """The values a threshold of one unit can mean something at: below `lo` (or at it, `lo_exclusive`) or above `hi`
+    a rule reading it fires on every run or on none (a loss ratio under 0; flag_on 0 makes every yes/no feature yes,
+    so a healthy run is called diverged)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_exclusive: bool = False
+    why: str = ""
+
+    def problem(self, value: float) -> str | None:
+        """What is wrong with `value` (a finite number), or None."""
+        low = self.lo is not None and (value < self.lo or (self.lo_exclusive and value == self.lo))
+        if low or (self.hi is not None and value > self.hi):
+            parts = ([f"{'>' if self.lo_exclusive else '>='} {self.lo:g}"] if self.lo is not None else []) + \
+                    ([f"<= {self.hi:g}"] if self.hi is not None else [])
+            return f"a number {' and '.join(parts)} ({self.why})"
+        return None
+
+
+# unit -> the range its thresholds take. Units of signed quantities (gains and drops in points, shares of a move,
+# slopes, gaps, noise units) take any finite number: a negative one still reads as a condition
+UNIT_RANGES: Mapping[str, ValueRange] = MappingProxyType({
+    "flag": ValueRange(0.0, 1.0, lo_exclusive=True, why="yes/no features are 0 or 1; the default 0.5 splits them"),
+    "ratio": ValueRange(0.0, why="a ratio of losses, counts or effects is never negative"),
+    "count": ValueRange(0.0, why="it counts evals, values or pairs"),
+    "runs": ValueRange(0.0, why="it counts runs"),
+    "lr": ValueRange(0.0, why="a learning rate is never negative"),
+})
+ANY_FINITE = ValueRange(why="any finite number")
+
+
+@dataclass(frozen=True)
 class Threshold:
     name: str
     value: float
-    unit: str  # same unit vocabulary as the features (for formatting)
+    unit: str  # same unit vocabulary as the features (for formatting); UNIT_RANGES: the values it takes
     doc: str
+
+    @property
+    def allowed(self) -> ValueRange:
+        return UNIT_RANGES.get(self.unit, ANY_FINITE)
 
 
 @dataclass(frozen=True)
@@ -1284,6 +1321,10 @@ def check_table(rules: tuple[Rule, ...] = RULES, thresholds: Mapping[str, Thresh
                 problems.append(f"{r.id}: unknown move {m!r} (add it to loratune.moves.MOVES)")
         if r.knob is not None and (r.scope != "compare" or r.knob not in COMPARE_KNOBS):
             problems.append(f"{r.id}: knob {r.knob} is no compare knob ({', '.join(COMPARE_KNOBS)}) of a compare rule")
+    for t in thresholds.values():
+        problem = t.allowed.problem(t.value)
+        if problem:
+            problems.append(f"threshold {t.name}: its default {t.value:g} is outside its unit's range ({problem})")
     for sg in SIGNALS:
         for f in sg.features:
             if f not in FEATURES:
@@ -1301,14 +1342,17 @@ def default_thresholds() -> dict[str, float]:
 
 
 def _check_value(table: str, name: str, default: Any, value: Any) -> tuple[Any, str | None]:
-    """The override as the table holds it, or the problem. Diagnosis thresholds take any number (some compare
-    signed slopes); assess and LoRA-vs-full values are counts, shares and ratios: finite and >= 0, and a count
-    (an int default) a whole number."""
+    """The override as the table holds it, or the problem. Every value is finite. A diagnosis threshold takes its
+    unit's range (UNIT_RANGES; signed units any number); assess and LoRA-vs-full values are counts, shares and
+    ratios: >= 0, and a count (an int default) a whole number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None, f"threshold '{name}': got {value!r}; allowed: a number"
+    if not math.isfinite(value):  # nan compares false with everything: each rule reading it silently changes verdict
+        return None, f"threshold '{name}': got {value!r}; allowed: a finite number"
     if table == "diagnosis":
-        return float(value), None
-    if not math.isfinite(value) or value < 0:
+        problem = THRESHOLDS[name].allowed.problem(value) if name in THRESHOLDS else None
+        return (None, f"threshold '{name}': got {value!r}; allowed: {problem}") if problem else (float(value), None)
+    if value < 0:
         return None, f"threshold '{name}': got {value!r}; allowed: a number >= 0"
     if isinstance(default, int):
         if value != int(value):

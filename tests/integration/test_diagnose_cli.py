@@ -107,6 +107,46 @@ def test_bad_thresholds_file_is_a_user_error(tmp_path, capsys):
     assert code == 2 and "unknown threshold 'overfit_gap'" in err and "overfit_gap_min" in err
 
 
+@pytest.mark.parametrize("text,said", [
+    ("diverged_loss_ratio: -5", "got -5; allowed: a number >= 0 (a ratio"),
+    ("diverged_loss_ratio: .nan", "got nan; allowed: a finite number"),
+    ("osc_metric_drop: .inf", "got inf; allowed: a finite number"),
+    ("flag_on: 0", "got 0; allowed: a number > 0 and <= 1 (yes/no features are 0 or 1"),
+    ("flag_on: 2", "got 2; allowed: a number > 0 and <= 1"),
+    ("nonfinite_min: -1", "got -1; allowed: a number >= 0"),
+])
+def test_a_threshold_outside_its_meaningful_range_is_refused(text, said, tmp_path, capsys):
+    # each was taken: a healthy run read as diverged (flag_on 0, diverged_loss_ratio -5), nan silently off
+    d = write_run(tmp_path / "ok", s.healthy())
+    t = tmp_path / "t.yaml"
+    t.write_text(text + "\n")
+    name = text.split(":")[0]
+    for argv in (("diagnose", "--json", str(d)), ("rules",)):
+        code, out, err = run_cli(capsys, *argv, "--thresholds", str(t))
+        assert code == 2 and f"threshold '{name}': {said}" in " ".join(err.split()) and "fix:" in err, err
+        assert out == ""
+
+
+def test_signed_thresholds_still_take_a_negative_value_and_flag_on_1_keeps_the_verdict(tmp_path, capsys):
+    d = write_run(tmp_path / "ok", s.healthy())
+    code, out, _ = run_cli(capsys, "diagnose", "--json", str(d))
+    verdict = json.loads(out)["runs"][0]["verdict"]
+    t = tmp_path / "t.yaml"
+    t.write_text("flag_on: 1\nosc_metric_drop: -0.5\n")  # a gain or drop in points is signed; a flag is 0 or 1
+    code, out, _ = run_cli(capsys, "diagnose", "--json", "--thresholds", str(t), str(d))
+    assert code == 0 and json.loads(out)["runs"][0]["verdict"] == verdict
+
+
+def test_the_callbacks_thresholds_are_checked_as_a_files_are():
+    pytest.importorskip("transformers")
+    from loratune.integrations.trainer import LoratuneCallback
+
+    with pytest.raises(ValueError, match="threshold 'flag_on': got 0; allowed: a number > 0 and <= 1"):
+        LoratuneCallback(thresholds={"flag_on": 0})
+    with pytest.raises(ValueError, match="threshold 'diverged_loss_ratio': got nan; allowed: a finite number"):
+        LoratuneCallback(thresholds={"diverged_loss_ratio": float("nan")})
+
+
 def test_csv_with_loose_column_names(tmp_path, capsys):
     rows = ["Global Step;Training Loss;eval_loss;Val F1;notes"]
     for p in s.overfit():

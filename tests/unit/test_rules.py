@@ -3,6 +3,7 @@ near-miss cases (each clause moved just across its threshold) checked against an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import MappingProxyType
 
@@ -399,3 +400,12 @@ def test_every_threshold_rules_lists_is_overridable_with_a_value_check(tmp_path,
             load_threshold_tables(f)
         assert main(["rules", "--thresholds", str(f)]) == 2
         assert why in capsys.readouterr().err
+
+
+def test_every_threshold_default_lies_in_its_units_range():
+    from loratune.rules import ANY_FINITE, UNIT_RANGES
+
+    assert check_table() == []  # (check_table holds each default to its unit's range)
+    assert THRESHOLDS["flag_on"].allowed == UNIT_RANGES["flag"] and THRESHOLDS["no_gain_max"].allowed == ANY_FINITE
+    broken = dict(THRESHOLDS, flag_on=dataclasses.replace(THRESHOLDS["flag_on"], value=0.0))
+    assert any("threshold flag_on: its default 0 is outside" in p for p in check_table(thresholds=broken))
