@@ -60,6 +60,28 @@ def _umask() -> int:
     return mask
 
 
+# the records of a run, a study or another tool's run: an output option (report -o, assess --out) never replaces one,
+# whatever its suffix
+RECORD_NAMES = (RUN, CONFUSION, LABEL_MAP, "study.json", "summary.json", "trainer_state.json")
+
+
+def refuse_to_replace(out: Path, option: str, what: str, allowed: tuple[str, ...], inputs=(),
+                      example: str = "") -> None:
+    """`option` replaces an existing file only when it is `what` loratune wrote: a suffix in `allowed`, not a record
+    (RECORD_NAMES) and none of the command's `inputs` (files, or folders whose every file is an input: a dataset, a
+    model). A new path, or a device or FIFO (-o /dev/null), is written through."""
+    out = Path(out)
+    if not out.exists() or not out.is_file():
+        return
+    real = out.resolve()
+    given = [Path(p).expanduser().resolve() for p in inputs if p and Path(p).expanduser().exists()]
+    if out.suffix.lower() not in allowed or out.name in RECORD_NAMES or \
+            any(real == p or p in real.parents for p in given):
+        raise UserError(f"{option} {out}: that file exists and is not {what} loratune wrote (it may be a run's own "
+                        f"record or one of this command's inputs); {what} would replace it",
+                        f"give {option} a new file name, e.g. {example}")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` whole or not at all (a temporary file renamed over it). A path that is no regular file
     (`-o /dev/null`, `/dev/stdout`, a FIFO) is written through: renamed over, /dev/null became a regular file."""

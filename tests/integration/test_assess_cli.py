@@ -59,6 +59,26 @@ def test_json_without_probe(data, tmp_path, capsys):
     assert json.loads(out_file.read_text()) == d
 
 
+def test_out_never_replaces_the_data_a_record_or_a_file_that_is_no_assessment(data, tmp_path, capsys):
+    # --out overwrote anything: the training data (the next assess failed on it) and a run's run.json
+    (data / "extra.json").write_text('{"rows": []}\n')
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "run.json").write_text('{"status": "completed"}\n')
+    (tmp_path / "notes.txt").write_text("mine\n")
+    kept = {p: p.read_bytes() for p in (data / "train.jsonl", data / "extra.json", run / "run.json",
+                                        tmp_path / "notes.txt")}
+    for target in kept:
+        assert main(["assess", f"data.dataset_name={data}", "--no-probe", "--json", "--out", str(target)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"--out {target}: that file exists and is not an assessment loratune wrote" in err and "fix:" in err
+    assert {p: p.read_bytes() for p in kept} == kept
+    out = tmp_path / "assessment.json"
+    for _ in range(2):  # a new file, then its own earlier assessment: replaced
+        assert main(["assess", f"data.dataset_name={data}", "--no-probe", "--json", "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["labels"] == ["alarm", "music", "weather"]
+
+
 def test_probe_summary_and_cache(data, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["assess", f"data.dataset_name={data}", "--json"]) == 0

@@ -40,6 +40,13 @@ def run(args) -> int:
     thresholds = AssessThresholds(**load_threshold_tables(args.thresholds)["assess"])
     if args.out and Path(args.out).is_dir():  # said before the assessment runs, not after it
         raise UserError(f"--out {args.out} is a folder", "give --out a file name, e.g. --out assessment.json")
+    if args.out:  # as report -o: never a run's record, the training data or any other file but an assessment's JSON
+        from loratune.config import LOCAL_PATH_KEYS
+        from loratune.store import refuse_to_replace
+
+        inputs = [getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in LOCAL_PATH_KEYS]
+        refuse_to_replace(Path(args.out), "--out", "an assessment", (".json",),
+                          inputs=[*inputs, args.config, args.thresholds], example="assessment.json")
     err = console(stderr=True)
     cache = False if (args.cache_dir or "").lower() == "none" else args.cache_dir
     progress = (lambda msg: None) if args.json else (lambda msg: err.print(f"[dim]{msg}...[/]"))

@@ -89,16 +89,12 @@ def _refuse_to_overwrite_a_record(out, source: str, as_json: bool) -> None:
     or any existing file that is not a report (a run.json, history.jsonl or trainer_state.json beside it)."""
     from pathlib import Path
 
-    from loratune.errors import UserError
     from loratune.history_io import NOTEBOOK_TABLE
+    from loratune.store import refuse_to_replace
 
     m = NOTEBOOK_TABLE.match(source)
     src = Path(m["file"] if m and not Path(source).exists() else source)
-    if not out.exists() or not out.is_file():  # new, or a device / FIFO (-o /dev/null): written through
-        return
-    allowed = REPORT_SUFFIXES + ((".json",) if as_json else ())
-    if out.resolve() == src.resolve() or out.suffix.lower() not in allowed or \
-            out.name in ("run.json", "study.json", "trainer_state.json", "summary.json"):
-        raise UserError(f"-o {out}: that file exists and is not a report loratune wrote (it may be the run's own "
-                        "record); the report would replace it",
-                        "give -o a new file name, e.g. report.html" + (" or report.json" if as_json else ""))
+    # a run folder is no input as a whole: its report.html is this command's own
+    refuse_to_replace(out, "-o", "a report", REPORT_SUFFIXES + ((".json",) if as_json else ()),
+                      inputs=[src] if src.is_file() else [],
+                      example="report.html" + (" or report.json" if as_json else ""))
