@@ -1382,7 +1382,7 @@ def resolve_threshold_tables(overrides: Mapping[str, Any] | None,
             tables[table][name] = checked
     if problems:
         raise UserError("invalid thresholds: " + "; ".join(problems),
-                        "use the names listed by `loratune rules` with numeric values")
+                        "use the names listed by `loratune rules`, each with a number in its allowed range")
     return tables
 
 
