@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from loratune.metrics import macro_f1
+from loratune.metrics import Decoding, decode, macro_f1
 
 from loratune.errors import UserError
 
@@ -199,15 +199,19 @@ def probe_scores(probe: ProbeSet, probs: np.ndarray, labels: tuple[str, ...], mu
                  decided: np.ndarray | None = None) -> dict:
     """`probe/accuracy`, `probe/n` and `probe/examples` (text, expected, predicted, confidence, correct). `probs`:
     softmax rows, or for a multi-label run each label's sigmoid: its prediction is the label set the run's decoding
-    gives (`decided`, 0/1 rows of metrics.decode: thresholds, cap, none label, as `predict` answers; without it every
-    label at 0.5 or above, the most likely one when none is), right when the expected label is among them."""
+    gives (`decided`, 0/1 rows of metrics.decode: thresholds, cap, none label, as `predict` answers, an empty set
+    included when the decoding allows one; without it metrics.decode's default: every label at 0.5 or above, the most
+    likely one when none is), right when the expected label is among them."""
+    if multi_label and decided is None:
+        decided = decode(np.asarray(probs, dtype=np.float64), Decoding(np.full(len(labels), 0.5)))
     examples = []
     for n, (text, exp, p) in enumerate(zip(probe.texts, probe.expected, probs)):
         i = int(np.argmax(p))
         predicted = [labels[i]]
         if multi_label:
-            on = np.flatnonzero(decided[n]) if decided is not None else np.flatnonzero(p >= 0.5)
-            predicted = [labels[j] for j in sorted(on, key=lambda j: -p[j])] or predicted
+            # exactly the decoded set, as predict answers: falling back to the argmax label on an empty row (a
+            # decoding with min_labels 0) counted answers predict never gives as right
+            predicted = [labels[j] for j in sorted(np.flatnonzero(decided[n]), key=lambda j: -p[j])]
         examples.append({"text": text, "expected": exp,
                          "predicted": predicted if multi_label else labels[i],
                          "confidence": round(float(p[i]), 4),

@@ -88,6 +88,22 @@ def test_probe_set_scored_example_by_example(tmp_path):
     assert ex[1]["known_label"] is False and ex[1]["correct"] is False
 
 
+def test_multi_label_probe_shows_the_decoded_set_even_when_it_is_empty(tmp_path):
+    from loratune.metrics import Decoding, decode
+    p = tmp_path / "probe.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"text": "today", "label": "rare"}, {"text": "x y z", "label": "balance"}]))
+    probe = load_probe_set(str(p))
+    probs = np.array([[0.3, 0.711], [0.9, 0.1]])  # "today": rare 0.711 below its 0.72 threshold
+    dec = Decoding(np.array([0.76, 0.72]), min_labels=0)  # empty answers allowed, as predict decodes them
+    out = probe_scores(probe, probs, ("balance", "rare"), multi_label=True, decided=decode(probs, dec))
+    assert [e["predicted"] for e in out["probe/examples"]] == [[], ["balance"]]
+    assert out["probe/accuracy"] == 0.5
+    # without a decoding: decode's default (0.5, at least one label), the most likely label on an empty row
+    out = probe_scores(probe, np.array([[0.3, 0.4], [0.9, 0.6]]), ("balance", "rare"), multi_label=True)
+    assert [e["predicted"] for e in out["probe/examples"]] == [["rare"], ["balance", "rare"]]
+
+
 def _history(familiar, novel, train_loss=0.01):
     pts = [{"step": 0, "val/loss": 3.0, "val/macro_f1": 0.02}]
     for i, (f, n) in enumerate(zip(familiar, novel), start=1):
