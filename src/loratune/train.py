@@ -833,7 +833,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                        "budget_rows": eval_budget_rows(cfg, steps, len(dataset.train)),
                        "rows_scored": 0},
         "objective": objective, "loss": spec.to_dict(),
-        "decoding": decoding.to_dict(space.labels) if decoding is not None else None,
+        "decoding": _decoding_record(decoding, None, None, space.labels),
         "config": to_dict(cfg), "versions": versions(),
     }
     with first_writes(store):
@@ -903,6 +903,9 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                              tuned["best"] is not None else decoding)
             save_best_so_far(run, store, step,
                              lambda: save_model(model, tokenizer, space, cfg, store, best_decoding))
+            # the record names the thresholds adapter/ now holds, from this save on: updated only at the run's end,
+            # a killed or still-running run's run.json said 0.5 everywhere beside a model using tuned ones
+            run["decoding"] = _decoding_record(best_decoding, tuned["best"], step, space.labels)
         if run["adapter_step"] == step or run["best"] is None:
             run["best"] = point
             if cm is not None:
@@ -1003,9 +1006,8 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
             saved_decoding = None
             if decoding is not None:
                 saved_decoding = decoding.with_thresholds(tuned["best"]) if tuned["best"] is not None else decoding
-                run["decoding"] = {**saved_decoding.to_dict(space.labels),
-                                   "tuned_on": "validation" if tuned["best"] is not None else None,
-                                   "step": run.get("adapter_step") if tuned["best"] is not None else None}
+                run["decoding"] = _decoding_record(saved_decoding, tuned["best"], run.get("adapter_step"),
+                                                   space.labels)
             try:
                 save_error = _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts,
                                             best_state, bar, device, t0, examples_seen, step_times, saved_decoding,
@@ -1016,6 +1018,17 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         if save_error is not None and sys.exc_info()[0] is None:
             raise save_error
     return run
+
+
+def _decoding_record(decoding: Decoding | None, tuned: np.ndarray | None, step: int | None,
+                     labels: tuple[str, ...]) -> dict | None:
+    """run.json's `decoding`: the saved model's decoding rules, with where its thresholds were tuned (`tuned`: the
+    thresholds tuned at `step`; None: untuned, 0.5 everywhere). One shape for the run's start, each best-model
+    save and its end."""
+    if decoding is None:
+        return None
+    return {**decoding.to_dict(labels), "tuned_on": "validation" if tuned is not None else None,
+            "step": step if tuned is not None else None}
 
 
 def _metric_name(key: str) -> str:

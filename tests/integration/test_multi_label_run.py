@@ -104,6 +104,41 @@ def test_predict_and_evaluate_use_the_saved_thresholds(trained_run, tmp_path):
     assert RunStore(out).read_run()["test"]["test/labels_per_row"] == 1.0
 
 
+class _OnDisk:
+    """At each evaluation point (run.json just written), what a `kill -9` there would leave: run.json's decoding
+    and the saved model's."""
+
+    def __init__(self, out: Path):
+        self.out, self.seen = out, []
+
+    def on_step(self, step, examples_seen):
+        return None
+
+    def on_eval(self, point, run):
+        rec = json.loads((self.out / "run.json").read_text())
+        label_map = self.out / "adapter" / "label_map.json"
+        if rec["saved_model"] and rec["saved_model"]["step"] is not None:
+            self.seen.append((rec["saved_model"]["step"], rec["decoding"], json.loads(label_map.read_text())))
+        return None
+
+
+def test_a_running_or_killed_runs_record_names_the_saved_models_thresholds(tiny_bert, multi_data, tmp_path):
+    from loratune.data import load_dataset
+    from loratune.train import train
+
+    out = tmp_path / "run"
+    cfg = load_config(None, overrides(tiny_bert, multi_data, out, max_steps=12, learning_rate=2e-2))
+    cb = _OnDisk(out)
+    train(cfg, load_dataset(cfg.data), RunStore(out), progress=False, callback=cb)
+    assert cb.seen  # a best model was saved while the run went on
+    tuned = 0
+    for step, record, label_map in cb.seen:
+        assert record["thresholds"] == label_map["decoding"]["thresholds"]
+        assert record["tuned_on"] == "validation" and record["step"] == step
+        tuned += set(record["thresholds"].values()) != {0.5}
+    assert tuned  # thresholds tuned away from 0.5: the record said 0.5 everywhere until the run's end
+
+
 @pytest.mark.parametrize("loss", ["bce", "focal"])
 def test_each_loss_and_threshold_switch_trains(tiny_bert, multi_data, tmp_path, loss):
     run = _train(tiny_bert, multi_data, tmp_path / "run", max_steps=4, multi_label_loss=loss,
