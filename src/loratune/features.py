@@ -13,9 +13,10 @@ Conventions used by the definitions below:
 - run fraction of a point = its step / the last step of the history (so 0.5 is "half-way").
 - "T" is the train-loss curve: `train/loss`, the mean training loss of each window between evals
   (noisy: minibatches differ). "V" is `val/loss` (deterministic: a fixed set scored in eval mode).
-- "M" is the validation metric: `val/macro_f1`, else `val/accuracy`, `val/micro_f1`,
-  `val/subset_accuracy`, the first of them that moved (one stuck at a single value at every eval carries no
-  signal: the next decides; the key used is in `details["val_metric"]`).
+- "M" is the validation metric: the run's objective when its record (run.json `objective`) names one of these the
+  history logs, else `val/macro_f1`, `val/accuracy`, `val/micro_f1`, `val/subset_accuracy`, the first of them that
+  moved (one stuck at a single value at every eval carries no signal: the next decides; the key used is in
+  `details["val_metric"]`).
 - metric values are in points of the metric's 0..1 scale (0.03 = 3 points of macro-F1).
 - a null in a loss key means a non-finite value (the run record writes NaN/inf as null).
 """
@@ -793,6 +794,20 @@ def binomial_se(p: float, n: float) -> float | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _val_metric_key(pts: Sequence[dict], meta: Mapping[str, Any]) -> str | None:
+    """The val metric M (a METRIC_KEYS name): the run's own objective when its record names one the history logs
+    (a multi-label run keeps its model by subset accuracy: judged on macro-F1, the diagnosis missed a fall the
+    objective took); else the first of METRIC_KEYS that moved: one stuck at a single value at every eval (an F1 of
+    exactly 0.0 throughout while the accuracy beside it rises: an entity scheme the scorer does not read) carries no
+    signal."""
+    own = str(meta.get("objective") or "").removeprefix("val/")
+    if own in METRIC_KEYS and _series(pts, f"val/{own}"):
+        return own
+    logged = [m for m in METRIC_KEYS if _series(pts, f"val/{m}")]
+    return next((m for m in logged if len({v for _, v in _series(pts, f"val/{m}")}) > 1), logged[0] if logged
+                else None)
+
+
 def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = None,
                      config: Mapping[str, Any] | None = None) -> CurveFeatures:
     """Every feature of `FEATURES` for one run history (list of eval-point dicts), its run.json and its config
@@ -815,11 +830,7 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     ep = _num(pts[-1].get("epoch"))
     acc.set("epochs", ep, "no `epoch` key in the history")
 
-    # the first metric of METRIC_KEYS that moved: one stuck at a single value at every eval (an F1 of exactly 0.0
-    # throughout while the accuracy beside it rises: an entity scheme the scorer does not read) carries no signal
-    logged = [m for m in METRIC_KEYS if _series(pts, f"val/{m}")]
-    metric = next((m for m in logged if len({v for _, v in _series(pts, f"val/{m}")}) > 1), logged[0] if logged
-                  else None)
+    metric = _val_metric_key(pts, meta)
     acc.details["val_metric"] = f"val/{metric}" if metric else None
     task = meta.get("task") or ("multi_label" if metric in ("micro_f1", "subset_accuracy") or any(
         "val/subset_accuracy" in p for p in pts) else "single_label")

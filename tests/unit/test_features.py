@@ -123,6 +123,25 @@ def test_multi_label_has_no_chance_level():
     assert "multi-label" in f.missing["train_loss_vs_chance"]
 
 
+def test_the_metric_is_the_runs_objective_when_its_record_names_one():
+    # macro-F1 rises to the end while the objective (subset accuracy) peaks at step 20 and falls
+    subset = {0: 0.0, 10: 0.40, 20: 0.56, 30: 0.45, 40: 0.375}
+    pts = [{**p, "val/subset_accuracy": subset[p["step"]], "val/n": 32} for p in HAND]
+    for p, f1 in zip(pts, (0.10, 0.40, 0.50, 0.60, 0.65)):
+        p["val/macro_f1"] = f1
+    meta = {"labels": LABELS, "task": "multi_label", "objective": "val/subset_accuracy"}
+    f = compute_features(pts, meta)
+    assert f.details["val_metric"] == "val/subset_accuracy"
+    assert f["val_metric_best"] == pytest.approx(0.56) and f["val_metric_final"] == pytest.approx(0.375)
+    assert f["best_step_fraction"] == pytest.approx(0.5)
+    assert f["val_metric_final_drop"] == pytest.approx(0.185)
+    q = (0.375 * 32 + 1) / 34  # the binomial SE of subset accuracy on the 32 val rows
+    assert f["val_metric_se"] == pytest.approx(math.sqrt(q * (1 - q) / 32))
+    # without an objective (or one the history lacks): the first of METRIC_KEYS that moved, as before
+    assert compute_features(pts, {**meta, "objective": None}).details["val_metric"] == "val/macro_f1"
+    assert compute_features(pts, {**meta, "objective": "val/loss"}).details["val_metric"] == "val/macro_f1"
+
+
 def test_oscillation_features():
     f = compute_features(s.oscillating())
     assert f["train_loss_rise_share"] == pytest.approx(0.5, abs=0.1)
