@@ -314,7 +314,10 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
                             f"write the text as a string, e.g. {{\"{cfg.text_column}\": \"...\"}}")
         check_characters(text, at)
         lab = row.get(cfg.label_column)
-        labs = labels_of(lab, cfg.label_delimiter)
+        try:
+            labs = labels_of(lab, cfg.label_delimiter)
+        except LabelShapeError as exc:
+            raise UserError(f"{at} has {lab!r:.60} in column '{cfg.label_column}': {exc}", LABEL_SHAPE_FIX) from None
         if not labs and cfg.none_label:  # the explicit none / out-of-scope label (multi-label decoding)
             labs = (cfg.none_label,)
         if not labs and cfg.multi_label is not True:
@@ -394,12 +397,30 @@ def _label_text(value: Any) -> str:
     return "0" if text == "-0" else text
 
 
+class LabelShapeError(ValueError):
+    """A label value that is no label: an object, or a list inside the row's list of labels."""
+
+
+LABEL_SHAPE_FIX = ("write a label as a string or number, or a row's labels as a flat list of them, e.g. "
+                   '"label": "pin" or "label": ["pin", "balance"]')
+
+
+def _container(value: Any) -> bool:
+    return isinstance(value, (dict, list, tuple, set)) or (hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0)
+
+
 def labels_of(value: Any, delimiter: str | None) -> tuple[str, ...]:
     """A row's labels, in their order, each once: a row's label set ([pin, pin] is one pin; counted twice it
-    inflated the class counts and made a single-label row look compound)."""
+    inflated the class counts and made a single-label row look compound). Raises LabelShapeError for an object or a
+    nested list (its Python repr, "['balance']" or "{'a': 1}", trained as a label of its own)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):  # NaN: pandas' and JSON's missing value
         return ()
+    if isinstance(value, dict):
+        raise LabelShapeError("an object is no label (a label is a string or a number)")
     if isinstance(value, (list, tuple)):
+        inner = next((v for v in value if _container(v)), None)
+        if inner is not None:
+            raise LabelShapeError(f"{inner!r:.40} inside it is no label (a label is a string or a number)")
         return tuple(dict.fromkeys(_label_text(v) for v in value if v is not None and _label_text(v) != ""))
     if hasattr(value, "tolist"):  # numpy arrays from parquet
         return labels_of(value.tolist(), delimiter)

@@ -170,7 +170,7 @@ class ProbeSet:
 
 
 def load_probe_set(path: str, text_column: str = "text", label_column: str = "label") -> ProbeSet:
-    from loratune.data import RowFile, check_characters, labels_of, read_rows
+    from loratune.data import LabelShapeError, RowFile, check_characters, labels_of, read_rows
 
     rows = read_rows(Path(path), RowFile("probe file", "data.probe_file", "text / label",
                                          '{"text": "...", "label": "..."}'))
@@ -182,7 +182,10 @@ def load_probe_set(path: str, text_column: str = "text", label_column: str = "la
         text, lab = r[text_column], r[label_column]
         # the label read as a training row's is (3.0 is class 3, " 3 " is 3, a one-label list is that label): read
         # as str(lab) it named no class and scored as wrong
-        labs = () if isinstance(lab, dict) else labels_of(lab, None)
+        try:  # an object or a nested list is no label (refused below, as are several labels)
+            labs = labels_of(lab, None)
+        except LabelShapeError:
+            labs = ()
         # a probe row is one text with its one expected label, checked as a training row is (an empty or null
         # text, a null label, several labels: read as the text 'None' or the list's first label before)
         if not isinstance(text, str) or not text.strip() or len(labs) != 1:

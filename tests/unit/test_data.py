@@ -185,6 +185,22 @@ def test_empty_label_list_is_allowed_only_when_multi_label_is_forced(tmp_path):
     assert ds.train.labels[0] == () and ds.label_space.multi_label
 
 
+@pytest.mark.parametrize("label, shown", [(["pin", ["balance"]], "['pin', ['balance']] in column 'label': ['balance'] inside"),
+                                          (["pin", {"a": 1}], "{'a': 1} inside it is no label"),
+                                          ({"a": "pin"}, "{'a': 'pin'} in column 'label': an object is no label")])
+def test_a_nested_list_or_object_as_a_label_is_refused_naming_its_line(tmp_path, label, shown):
+    rows = [{"text": f"t{i}", "label": ["a", "b"][i % 2:]} for i in range(8)]
+    rows[2]["label"] = label  # its Python repr, "['balance']", trained as a label of its own
+    p = write_rows(tmp_path / "train.jsonl", rows)
+    err = user_error(load_dataset, DataConfig(train_file=str(p), validation_file=str(p)))
+    assert err.problem.startswith(f"data file '{p}' line 3 has ") and shown in err.problem
+    assert err.problem.endswith("(a label is a string or a number)") and "string or number" in err.fix
+    probe = write_rows(tmp_path / "probe.jsonl", [{"text": "x", "label": [["balance"]]}])
+    from loratune.slices import load_probe_set
+
+    assert "one expected label" in user_error(load_probe_set, str(probe)).problem
+
+
 def test_forced_single_label_rejects_rows_with_several_labels(tmp_path):
     rows = make_rows(TRAIN)
     rows[4]["label"] = "a#b"
