@@ -290,6 +290,9 @@ def _read_parquet(path: Path, kind: RowFile) -> list[dict[str, Any]]:
     return rows
 
 
+NONE_BESIDE_SHOWN = 5  # rows named when the none label stands beside another label
+
+
 def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: str,
                lines: tuple[int, ...] = ()) -> Split:
     """Pick the text and label columns; split delimited labels; reject rows we cannot use, each named by its file
@@ -330,6 +333,16 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
                                 "a label is one line: close the quote where the label ends, or drop the stray quote")
         texts.append(text)
         labels.append(labs)
+    # the none label is exclusive (metrics.decode never answers it beside another label): a row with both could never
+    # be predicted right, and trained the none label up on a text that has an intent
+    beside = [i for i, labs in enumerate(labels) if cfg.none_label and cfg.none_label in labs and len(labs) > 1]
+    if beside:
+        shown = where_rows(lines, beside[:NONE_BESIDE_SHOWN]) + (f" and {len(beside) - NONE_BESIDE_SHOWN} more"
+                                                                   if len(beside) > NONE_BESIDE_SHOWN else "")
+        raise UserError(f"data file '{source}' {shown} {'has' if len(beside) == 1 else 'have'} the none label "
+                        f"'{cfg.none_label}' beside another label (e.g. {list(labels[beside[0]])!r:.60}): the none "
+                        "label stands alone", f"drop '{cfg.none_label}' from those rows (or their other labels), or "
+                        "unset data.none_label if it is an ordinary label")
     return Split(name, tuple(texts), tuple(labels), source, tuple(lines))
 
 

@@ -201,6 +201,26 @@ def test_a_nested_list_or_object_as_a_label_is_refused_naming_its_line(tmp_path,
     assert "one expected label" in user_error(load_probe_set, str(probe)).problem
 
 
+def test_the_none_label_beside_another_label_is_refused_naming_the_lines(tmp_path):
+    rows = [{"text": f"t{i}", "label": ["a", "b"][i % 2:] if i % 4 else []} for i in range(9)]
+    rows[1]["label"] = ["oos", "b"]
+    p = write_rows(tmp_path / "train.jsonl", rows)
+    cfg = DataConfig(train_file=str(p), validation_file=str(p), multi_label=True, none_label="oos")
+    err = user_error(load_dataset, cfg)
+    assert err.problem == (f"data file '{p}' line 2 has the none label 'oos' beside another label "
+                           "(e.g. ['oos', 'b']): the none label stands alone")
+    assert err.fix.startswith("drop 'oos' from those rows")
+    for i in range(2, 9):
+        rows[i]["label"] = ["b", "oos"]
+    err = user_error(load_dataset, DataConfig(train_file=str(write_rows(p, rows)), validation_file=str(p),
+                                              multi_label=True, none_label="oos"))
+    assert " lines 2, 3, 4, 5, 6 and 3 more have the none label" in err.problem
+    rows = [{"text": f"t{i}", "label": ["a", "b"][i % 2:] if i % 4 else ["oos"]} for i in range(9)]
+    ds = load_dataset(DataConfig(train_file=str(write_rows(p, rows)), validation_file=str(p), multi_label=True,
+                                 none_label="oos"), seed=0)
+    assert ds.train.labels[0] == ("oos",)  # alone it is fine
+
+
 def test_forced_single_label_rejects_rows_with_several_labels(tmp_path):
     rows = make_rows(TRAIN)
     rows[4]["label"] = "a#b"
