@@ -39,10 +39,12 @@ def single_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, lab
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
-    """Macro-F1 over the classes the rows hold or the model predicted (scikit-learn's default set), for every split
-    and slice alike: a class with no row and no prediction has no F1, and counting it as 0 capped a split missing a
-    class below 1 (one class-a row, predicted right: accuracy 1.0, macro-F1 0.5 over two trained classes).
-    Single-label: class indices (-1: no known class, never a class); multi-label: 0/1 matrices [n, k]."""
+    """Macro-F1 over the classes the rows hold or the model predicted, for every split and slice alike: a class with
+    no row and no prediction has no F1, and counting it as 0 capped a split missing a class below 1 (one class-a row,
+    predicted right: accuracy 1.0, macro-F1 0.5 over two trained classes). In scikit-learn's terms: single-label
+    (class indices; -1: no known class, never a class), f1_score's default label set for class labels; multi-label
+    (0/1 matrices [n, k]), f1_score(average="macro", zero_division=np.nan) on the indicator matrix, which leaves
+    such a label out of the average (its default, zero_division=0 over every column, scores it 0)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.ndim == 2:
         present = [int(i) for i in np.flatnonzero((y_true.sum(axis=0) + y_pred.sum(axis=0)) > 0)]

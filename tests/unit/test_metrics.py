@@ -79,6 +79,27 @@ def test_macro_f1_averages_the_classes_the_split_holds_or_the_model_predicted():
     assert wrong["val/f1/c"] == 0.0 and wrong["val/support/c"] == 0  # the per-class table still lists every class
 
 
+def test_multi_label_macro_f1_is_scikit_learns_with_absent_labels_left_out_of_the_average():
+    """A label with no row and no prediction has no F1: scikit-learn's zero_division=np.nan leaves it out of the
+    average, the number metrics.macro_f1 gives (its default, zero_division=0 over every column, would score the
+    label 0 and read perfect predictions of a split without two of four labels as 0.5)."""
+    from sklearn.metrics import f1_score
+
+    from loratune.metrics import macro_f1
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        y = (rng.random((30, 6)) < 0.3).astype(int)
+        p = (rng.random((30, 6)) < 0.3).astype(int)
+        absent = rng.choice(6, size=trial % 4, replace=False)
+        y[:, absent] = 0
+        p[:, absent] = 0
+        want = f1_score(y, p, average="macro", zero_division=np.nan)
+        assert macro_f1(y, p, 6) == pytest.approx(want)
+    y = np.array([[1, 0, 0, 0], [0, 1, 0, 0]])
+    assert macro_f1(y, y.copy(), 4) == 1.0 and f1_score(y, y, average="macro", zero_division=0) == 0.5
+
+
 def test_the_divergence_advice_names_clipping_only_when_gradients_were_not_clipped():
     from loratune.train import diverged
 
