@@ -356,8 +356,9 @@ _CATALOGUE = (
     _spec("prompt set", "prompt_gap_final", "points", "familiar minus novel prompt chrF ended at {}",
           "val/prompt_familiar_chrf - val/prompt_novel_chrf at the last point with both."),
     _spec("prompt set", "prompt_gap_widening", "points", "the familiar-novel chrF gap widened by {} from its narrowest",
-          "prompt_gap_final - the narrowest gap over the eval points (0 when the last point is the narrowest): "
-          "exact on what resembles training, drifting on the rest (protocol 9: memorising)."),
+          "familiar's lead over novel at the last point - its smallest lead over the eval points, a novel lead "
+          "counting as no lead (0 when the last point is the narrowest or novel leads at the end): exact on what "
+          "resembles training, drifting on the rest (protocol 9: memorising)."),
     _spec("prompt set", "prompt_gap_widening_se", "se", "the familiar-novel gap's widening is {}",
           "prompt_gap_widening / (sqrt 2 x the gap's noise); the gap's noise is sqrt(se_familiar^2 + se_novel^2) "
           "from `val/prompt_<group>_chrf_se` at the last point, else the gap curve's own jitter (>= 4 points), "
@@ -1430,9 +1431,13 @@ def _prompt_set(acc: FeatureSet, pts, generative: bool) -> None:
     else:
         gaps = [g for _, g in both]
         acc.set("prompt_gap_final", gaps[-1])
-        acc.set("prompt_gap_widening", gaps[-1] - min(gaps))
+        # protocol 9's memorising sign is familiar >> novel: only familiar's lead can widen. A novel lead counts as
+        # no lead (the signed minimum took novel 0.6 ahead as the "narrowest" gap, so a final tie read as widened)
+        leads = [max(g, 0.0) for g in gaps]
+        widening = leads[-1] - min(leads)
+        acc.set("prompt_gap_widening", widening)
         n = noise(both, [prompt_key(g, "chrf_se") for g in ("familiar", "novel")])
-        acc.set("prompt_gap_widening_se", (gaps[-1] - min(gaps)) / (math.sqrt(2) * n) if n else None,
+        acc.set("prompt_gap_widening_se", widening / (math.sqrt(2) * n) if n else None,
                 "no `val/prompt_<group>_chrf_se` and fewer than 4 points: no noise band")
     ratios = last_of("len_ratio")
     acc.set("prompt_len_ratio_final", sum(ratios) / len(ratios) if ratios else None,

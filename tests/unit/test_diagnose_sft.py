@@ -119,6 +119,25 @@ def test_no_overfit_when_the_novel_drift_is_inside_its_noise_band():
     assert not d.fired("overfit-capacity", active_only=False)
 
 
+
+def test_a_gap_closing_from_a_novel_lead_has_not_widened():
+    # novel starts 0.6 ahead, familiar catches up to a tie: the signed minimum (-0.6) read a 0.6 widening
+    # (6 noise units) and called the run overfit; only familiar's lead is the memorising sign (protocol 9)
+    fam = lambda f: 0.3 if f < 0.7 else 0.5
+    nov = lambda f: 0.3 if f < 0.1 else (0.9 if f < 0.7 else 0.5)
+    # _gap_run's losses: train still falling, val flat (no loss route), so only the prompt set can call overfit
+    d = diagnose(sft_run(train=lerp(2.5, 0.8), val=lambda f: 2.4 - 0.6 * min(f / 0.3, 1.0),
+                         extra=prompts(fam, nov, se=0.05)), meta=SFT)
+    v = d.features.values
+    assert v["prompt_gap_final"] == pytest.approx(0.0)
+    assert v["prompt_gap_widening"] == pytest.approx(0.0) and v["prompt_gap_widening_se"] == pytest.approx(0.0)
+    assert not d.fired("overfit-capacity", active_only=False)
+    # from a novel lead to a familiar lead of 0.2: widened 0.2 (a novel lead counts as no lead, not as -0.6)
+    fam2 = lambda f: 0.3 if f < 0.7 else 0.7
+    v2 = compute_features(sft_run(**{**HEALTHY, "extra": prompts(fam2, nov, se=0.05)}), SFT).values
+    assert v2["prompt_gap_widening"] == pytest.approx(0.2)
+    assert v2["prompt_gap_widening_se"] == pytest.approx(0.2 / (math.sqrt(2) * math.sqrt(2 * 0.05 ** 2)))
+
 # ---- overfit: val loss rising beyond noise while the train loss still falls (not memorised) ----------------------
 
 def _val_rise_run(rise: float, turn: float = 0.5):
