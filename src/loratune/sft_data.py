@@ -2,7 +2,7 @@
 
 Reads JSONL / CSV / Parquet through `data.read_rows`. A row is either
 - `prompt` + `completion` columns (data.prompt_column / completion_column): strings, or TRL's
-  conversational form (a list of {role, content} as the prompt, the assistant turn as the completion);
+  conversational form (a list of {role, content} as the prompt, a single assistant turn as the completion);
 - a chat (data.messages_column, default `messages`): a list of {role, content} whose last turn is the
   assistant answer that is learnt; every turn before it is the prompt.
 
@@ -186,7 +186,18 @@ def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         raise UserError(f"{where} has no prompt in column '{cfg.prompt_column}'", "fill in the prompt or drop the row")
     if isinstance(completion, (list, tuple)):  # TRL conversational: [{"role": "assistant", "content": ...}]
-        completion = "".join(t.content for t in _turns(completion, where, cfg.completion_column))
+        turns = _turns(completion, where, cfg.completion_column)
+        # the completion is one assistant answer (a string everywhere after: the prompt set's reference, the
+        # plain/none templates): several turns were glued with no separator and a user turn was learnt as the
+        # answer, so anything but one assistant turn is refused (rendering them would need a turn-aware completion)
+        if len(turns) != 1 or turns[0].role != "assistant":
+            roles = ", ".join(t.role for t in turns)
+            raise UserError(f"{where}: column '{cfg.completion_column}' has the turns ({roles}); the completion "
+                            "must be a single assistant turn",
+                            f"keep one assistant turn in '{cfg.completion_column}' and move the turns before it "
+                            f"into '{cfg.prompt_column}' (or write the row as a chat in '{cfg.messages_column}', "
+                            "whose last assistant turn is learnt)")
+        completion = turns[0].content
     if completion is None or (isinstance(completion, str) and not completion.strip()):
         raise UserError(f"{where} has no completion in column '{cfg.completion_column}'",
                         "fill in the completion or drop the row")

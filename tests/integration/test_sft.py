@@ -267,6 +267,19 @@ def test_classification_data_under_causal_lm_is_a_user_error_naming_the_columns(
     assert not (tmp_path / "run").exists()
 
 
+def test_a_trl_completion_of_several_turns_is_a_user_error_not_a_glued_answer(lm, tmp_path, capsys):
+    user = [{"role": "user", "content": "lost my card"}]
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": user, "completion": [{"role": "assistant", "content": "ok"}]}] * 3
+                + [{"prompt": user, "completion": [{"role": "assistant", "content": "your card is blocked"},
+                                                   {"role": "user", "content": "thanks"}]}])
+    code = cli.main(["train", "-q", "task=causal-lm", f"name_or_path={lm}", f"train_file={tmp_path / 'train.jsonl'}",
+                     f"output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "row 4: column 'completion' has the turns (assistant, user)" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_dry_run_counts_the_adapter_without_training(lm, sft_data, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "--dry-run", *sft_overrides(lm, sft_data, out)]) == 0

@@ -176,6 +176,26 @@ def test_content_given_as_text_parts_is_joined_as_chat_templates_read_it():
     assert parse_sft_rows(trl, DataConfig(), "f.jsonl", "train").examples[0] == Example((Turn("user", "u"),), "c")
 
 
+
+USER = [{"role": "user", "content": "lost my card"}]
+
+
+@pytest.mark.parametrize("completion,roles", [
+    # several turns were glued with no separator ('your card is blockedthanksyour pin is reset')
+    ([{"role": "assistant", "content": "your card is blocked"}, {"role": "user", "content": "thanks"},
+      {"role": "assistant", "content": "your pin is reset"}], "assistant, user, assistant"),
+    # a user turn was learnt as the answer
+    ([{"role": "user", "content": "your card is blocked"}], "user"),
+    ([{"role": "system", "content": "be brief"}, {"role": "assistant", "content": "ok"}], "system, assistant"),
+])
+def test_a_trl_completion_other_than_one_assistant_turn_is_refused_naming_the_row(completion, roles):
+    good = {"prompt": USER, "completion": [{"role": "assistant", "content": "your card is blocked"}]}
+    with pytest.raises(UserError) as info:
+        parse_sft_rows([good, {"prompt": USER, "completion": completion}], DataConfig(), "f.jsonl", "train")
+    assert info.value.problem == (f"data file 'f.jsonl' row 2: column 'completion' has the turns ({roles}); the "
+                                  "completion must be a single assistant turn")
+    assert "move the turns before it into 'prompt'" in info.value.fix and "'messages'" in info.value.fix
+
 @pytest.mark.parametrize("row,message", [
     ({"messages": [{"role": "user", "content": {"text": "u"}}, {"role": "assistant", "content": "a"}]},
      "turn 1 of column 'messages' has a content of {'text': 'u'}, not a string"),
