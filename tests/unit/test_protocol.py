@@ -286,9 +286,26 @@ def test_a_rank_sweep_capped_by_the_breakeven_says_so_in_both_lines():
     run_protocol(ctx, START, ProtocolSettings())
     assert [s.point[R] for s in runner.calls if s.phase == "rank-sweep"] == [10]
     d = next(x for x in ctx.decisions if x["code"] == "rank-sweep-capped")
-    assert d["evidence"] == ["next rank 40 is past the compute-breakeven rank 10 (ceiling 32, breakeven 11)",
-                             "not trained past the compute-breakeven rank"]
+    # one breakeven rank (11, as lora-vs-full names it); 10 is the highest rank at or below the point, not "the
+    # compute-breakeven rank 10 (..., breakeven 11)"
+    assert d["evidence"] == ["next rank 40 is past rank 10, the highest at or below the compute breakeven "
+                             "(compute-breakeven rank 11, capacity ceiling 32)",
+                             "not trained past the compute breakeven"]
+    assert ctx.state["rank_sweep"]["breakeven_r"] == 11
 
+
+
+def test_a_rank_sweep_capped_by_the_ceiling_names_the_ceiling_and_the_breakeven_rank_once():
+    world = lr_binds()
+    world.adapted = 300_000  # breakeven rank = 300000 / 3 / 1000 = 100, past the ceiling 32
+    base = world.f1
+    world.f1 = lambda p: base(p) + 0.05 * math.log2(p[R] / 8)
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings())
+    assert [s.point[R] for s in runner.calls if s.phase == "rank-sweep"] == [32]
+    d = next(x for x in ctx.decisions if x["code"] == "rank-sweep-capped")
+    assert d["evidence"] == ["next rank 128 is past the capacity ceiling 32 (compute-breakeven rank 100)",
+                             "not trained past the capacity ceiling"]
 
 def test_full_fine_tuning_chosen_when_the_probe_wins_beyond_noise():
     world = lr_binds()

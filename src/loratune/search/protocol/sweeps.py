@@ -104,6 +104,7 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     rule = scale_rule(s.scale_rule)
     points: list[dict] = [{"r": r0, "value": inc.value, "trial": inc.number, "rslora": bool(inc.point.get(RSLORA)),
                            "lr": lr_of(inc.point), "lr_x_s": step_size(inc.point), "note": "working point"}]
+    by_breakeven = bool(be_cap) and cap == be_cap  # the sweep stops at the compute breakeven, not the ceiling
     best_rec, r, plateau, stop_why = inc, r0, None, ""
     for _ in range(s.max_rank_points):
         nxt = r * s.rank_step
@@ -111,8 +112,12 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
             if r < cap:
                 nxt = cap
             else:
-                stop_why = (f"next rank {nxt} is past the {'compute-breakeven rank' if be_cap and cap == be_cap else 'capacity ceiling'}"
-                            f" {cap} (ceiling {start.ceiling_r}, breakeven {r_be})")
+                # one breakeven number: the cap is the last rank at or below the breakeven point, r_be the first
+                # rank at or past it (the rank lora-vs-full names); calling both "the breakeven rank" read 10 and 11
+                stop_why = (f"next rank {nxt} is past rank {cap}, the highest at or below the compute breakeven "
+                            f"(compute-breakeven rank {r_be}, capacity ceiling {start.ceiling_r})" if by_breakeven
+                            else f"next rank {nxt} is past the capacity ceiling {cap}"
+                            + (f" (compute-breakeven rank {r_be})" if r_be is not None else ""))
                 break
         point = with_rank_by(inc.point, nxt, rule.rule)  # every rank at the working point's lr x s
         rec = ctx.run(ctx.spec(point, phase, f"rank sweep r={nxt} (lr x s {step_size(point):.3g} held: "
@@ -147,7 +152,7 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
         break
     if stop_why and stop_why != "budget":
         ctx.decide(phase, "rank", "sweep stopped", f"keep r={r}",
-                   [stop_why, "not trained past the compute-breakeven rank" if be_cap and cap == be_cap else
+                   [stop_why, "not trained past the compute breakeven" if by_breakeven else
                     "not trained past the capacity ceiling"], [best_rec], code="rank-sweep-capped")
     if len(points) > 1:  # protocol 6: the rule that held the effective step size, recorded
         ctx.decide(phase, "step-size", f"lr x s held at {step_size(inc.point):.3g} over the sweep",
