@@ -405,14 +405,21 @@ def forget_gguf_quantizer(model) -> None:
 
 @contextmanager
 def quiet_transformers():
-    """transformers logging at error level and no progress bars (transformers', the hub's, and the hub's environment
-    switch), each restored afterwards as it was: a Python caller's own settings outlive a run."""
+    """transformers and huggingface_hub logging at error level and no progress bars (transformers', the hub's, and
+    the hub's environment switch), each restored afterwards as it was: a Python caller's own settings outlive a run.
+    (The hub logs on its own logger: peft re-reading the model card it saved warned "Repo card metadata block was
+    not found" at every save of a causal-lm adapter, under -q too.)"""
+    import logging
+
     from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     bars, hub_off = hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()
     env = os.environ.get(HUB_BARS_ENV)
+    hub_log = logging.getLogger("huggingface_hub")
+    hub_level = hub_log.level
+    hub_log.setLevel(max(logging.ERROR, hub_level))
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # (the hub's too)
     os.environ[HUB_BARS_ENV] = "1"
@@ -420,6 +427,7 @@ def quiet_transformers():
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
+        hub_log.setLevel(hub_level)
         if env is None:
             os.environ.pop(HUB_BARS_ENV, None)
         else:

@@ -45,7 +45,8 @@ from loratune.eval_extras import EvalExtras
 from loratune.losses import LossSpec, compute_loss, loss_spec
 from loratune.metrics import (Decoding, crossfit_thresholds, decode, multi_label_scores, sigmoid,
                               single_label_scores, tune_thresholds)
-from loratune.models import HEAD_NOTE_ATTR, PAD_NOTE_ATTR, load_classifier, load_tokenizer, resolve_model
+from loratune.models import (HEAD_NOTE_ATTR, PAD_NOTE_ATTR, load_classifier, load_tokenizer, quiet_transformers,
+                             resolve_model)
 from loratune.store import LABEL_MAP, RunStore, write_json
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
@@ -1114,15 +1115,8 @@ def save_model(model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunSt
         present = {n.rsplit(".", 1)[-1] for n, _ in model.base_model.model.named_modules()}
         peft_cfg.modules_to_save = [m for i, m in enumerate(peft_cfg.modules_to_save)
                                     if m in present and m not in peft_cfg.modules_to_save[:i]]
-    import logging
-
-    card_log = logging.getLogger("huggingface_hub.repocard")  # peft re-reads our model card, which has no metadata
-    level = card_log.level                                     # block, and warns at every save after the first
-    card_log.setLevel(logging.ERROR)
-    try:
+    with quiet_transformers():  # peft re-reads our model card (no metadata block): the hub warned at every save
         model.save_pretrained(out)
-    finally:
-        card_log.setLevel(level)
     tokenizer.save_pretrained(out)
     base = resolve_model(cfg.model)  # base_model_path: what plain transformers loads (README recipe)
     write_json(out / LABEL_MAP, {"labels": list(space.labels), "multi_label": space.multi_label,

@@ -175,6 +175,33 @@ def test_adapter_round_trip_gives_the_same_logits_and_generations(lm, tmp_path):
     assert "PeftModel.from_pretrained" in (store.adapter_dir / "README.md").read_text()
 
 
+def test_saving_an_adapter_again_says_nothing_of_its_model_card(lm, tmp_path):
+    # `train -q` on causal-lm printed "Repo card metadata block was not found. Setting CardData to empty." at every
+    # best-model save after the first (peft re-reads the card loratune wrote): the hub logs on its own logger
+    import logging
+
+    cfg = load_config(None, sft_overrides(lm, tmp_path, tmp_path / "run"))
+    model, _ = apply_adapter(load_causal_lm(cfg.model), cfg.adapter, task="causal-lm")
+    tok = load_tokenizer(cfg.model)
+    store = RunStore(tmp_path / "run")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    hub = logging.getLogger("huggingface_hub")
+    keep, level = Keep(logging.WARNING), hub.level
+    hub.addHandler(keep)
+    try:
+        for _ in range(2):
+            save_lm(model, tok, cfg, store)
+        assert hub.level == level  # restored
+    finally:
+        hub.removeHandler(keep)
+    assert not [m for m in seen if "Repo card" in m], seen
+
+
 def test_the_output_projection_runs_on_the_scored_positions_only_with_the_full_forwards_numbers(lm, tmp_path,
                                                                                                monkeypatch):
     """scored_logits asks the model for the logits of completion positions only (transformers' logits_to_keep
