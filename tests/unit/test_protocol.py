@@ -1651,3 +1651,23 @@ def test_a_pruned_target_sweep_arm_is_compared_at_its_step_and_not_kept():
     assert "was pruned at step 50 of 100 (scripted): 0.560 there vs 0.560 for" in d["evidence"][0]
     assert "gain at equal steps 0.0 vs threshold" in d["evidence"][0]
     assert ctx.state.incumbent.result.status == "completed"
+
+
+def test_a_trials_evidence_says_which_metric_its_diagnosis_read_when_it_is_not_the_objective():
+    # a causal-lm study on a prompt-set score: the trial's diagnosis read token accuracy as "the val metric" ("the
+    # best val point came at 100% of the run") beside the objective's own curve, which peaked at 25%
+    from types import SimpleNamespace
+
+    from loratune.search.protocol import evidence_of
+    from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
+
+    def rec(read):
+        res = TrialResult(status="completed", value=0.29, examples=64, wall_s=1.0, verdict="undertrained",
+                          features={"val_metric": read}, objective="val/prompt_novel_chrf")
+        return TrialRecord(1, TrialSpec("lr0.04", "lr-grid", {}), "trials/01", res)
+
+    ctx = SimpleNamespace(show=lambda v: f"{v:.3f}")
+    assert "diagnosis (its val metric: val/token_accuracy, not the objective): undertrained" in evidence_of(
+        ctx, rec("val/token_accuracy"))[0]
+    assert evidence_of(ctx, rec("val/prompt_novel_chrf"))[0].endswith("diagnosis: undertrained")
+    assert evidence_of(ctx, rec(None))[0].endswith("diagnosis: undertrained")  # records of older versions

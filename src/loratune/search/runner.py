@@ -225,6 +225,7 @@ def result_from(run: dict, diag, wall_s: float, pruned: str | None = None) -> Tr
         verdict = diag.verdict
         findings = tuple(_finding(f) for f in diag.active)
         features = {k: diag.features.values.get(k) for k in KEPT_FEATURES}
+        features["val_metric"] = diag.features.details.get("val_metric")  # what "the val metric" of its evidence is
     return TrialResult(
         status=status, value=value,
         examples=int(run.get("examples_seen") or 0), wall_s=float(wall_s),

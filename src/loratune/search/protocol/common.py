@@ -45,8 +45,12 @@ def reserve(ctx: SearchContext, stage: str | StageId, settings: ProtocolSettings
 def evidence_of(ctx: SearchContext, rec: TrialRecord, n: int = 4) -> list[str]:
     """The diagnosis of a trial as evidence lines: the verdict, then its primary finding's clauses."""
     res = rec.result
+    # the diagnosis judges the run's objective when it is a metric it reads (features.METRIC_KEYS); on another one
+    # (a prompt-set score) its "val metric" is the first that moved: said, so a clause is not read as the objective's
+    read = res.features.get("val_metric")
+    on = f" (its val metric: {read}, not the objective)" if read and read != res.objective else ""
     lines = [f"{rec.label}: {ctx.show(rec.value)} ({res.status}, {res.examples:,} examples), "
-             f"diagnosis: {res.verdict}"]
+             f"diagnosis{on}: {res.verdict}"]
     f = res.finding(res.verdict)
     if f:
         lines += [f"  {e}" for e in f.get("evidence", [])[:n]]
