@@ -608,11 +608,27 @@ def cross_checks(cfg: RunConfig) -> list[str]:
             except ValueError as exc:
                 problems.append(f"adapter.target_modules: got {t!r}; {exc}")
     problems.extend(task_checks(cfg))
+    inside = init_from_inside_output(cfg)
+    if inside:
+        problems.append(f"train.init_from: got {cfg.train.init_from!r}, {inside}; allowed: a folder outside "
+                        "train.output_dir (copy it elsewhere first, or give the run another output_dir)")
     unknown = [r for r in cfg.train.report_to if r not in REPORT_TO]
     if unknown:
         problems.append(f"train.report_to: got {', '.join(map(repr, unknown))}; allowed: a list of "
                         f"{', '.join(REPORT_TO)}")
     return problems
+
+
+def init_from_inside_output(cfg: RunConfig) -> str | None:
+    """Why train.init_from cannot be read from where it is: inside train.output_dir, which the run clears of an earlier
+    run's outputs (store.RunStore.create) and saves its own model into, so the starting model would be gone while the
+    record still names it. None when it lies elsewhere (or there is none)."""
+    if not cfg.train.init_from or not str(cfg.train.output_dir).strip():
+        return None
+    start, out = Path(cfg.train.init_from).resolve(), Path(cfg.train.output_dir).resolve()
+    if start != out and out not in start.parents:
+        return None
+    return f"inside train.output_dir '{cfg.train.output_dir}', which the run clears and saves its own model into"
 
 
 REPORT_TO = ("tensorboard", "mlflow", "none")  # trackers.py writes to the first two

@@ -1,0 +1,39 @@
+"""train.init_from given something a warm start cannot start from: the run's own output folder (which the run clears),
+a damaged saved folder. Each is a UserError (exit 2) said before a record starts, in the dry run too, and the saved
+model the user pointed at stays whole."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+from loratune.cli import main
+
+from support import flat, overrides
+
+
+def _digest(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_init_from_inside_the_runs_own_output_dir_is_refused(trained, tiny_bert, intent_data, tmp_path, capsys):
+    """A copy of a run trained on into itself: the run would clear adapter/ (RunStore.create) before its first step
+    and its record would name a starting model that is gone."""
+    run = tmp_path / "runC"
+    shutil.copytree(trained, run)
+    before = _digest(run / "adapter")
+    capsys.readouterr()
+    for dry in (["--dry-run"], []):
+        assert main(["train", "-q", *dry, *overrides(tiny_bert, intent_data, run, max_steps=4,
+                                                     init_from=run / "adapter")]) == 2
+        err = flat(capsys.readouterr().err)
+        assert "train.init_from:" in err and "inside train.output_dir" in err and "copy it elsewhere" in err
+        assert "Traceback" not in err
+        assert _digest(run / "adapter") == before  # the starting model is still there
+    # init_from the output folder itself is inside it too
+    assert main(["train", "-q", "--dry-run", *overrides(tiny_bert, intent_data, run / "adapter",
+                                                        init_from=run / "adapter")]) == 2
+    # a copy elsewhere starts the run
+    shutil.copytree(run / "adapter", tmp_path / "start")
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, run, max_steps=4, eval_steps=4,
+                                           init_from=tmp_path / "start")]) == 0
