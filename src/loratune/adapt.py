@@ -15,7 +15,7 @@ import re
 import warnings
 from dataclasses import asdict, dataclass
 
-from loratune.config import AdapterConfig, parse_layers
+from loratune.config import AdapterConfig, RunConfig, parse_layers
 from loratune.errors import UserError
 from loratune.precision import full_weight, under
 
@@ -311,12 +311,9 @@ def _config_value(key: str, value):
     return "default" if key == "init_lora_weights" and value is True else value
 
 
-def _warm_start_mismatch(model, folder) -> list[tuple[str, object, object]]:
-    """(key, saved, this run's) for each WARM_START_KEYS field where the saved adapter_config.json and the run's
-    peft config differ in effect."""
-    import json
-
-    saved = json.loads((folder / "adapter_config.json").read_text())
+def _warm_start_mismatch(model, saved: dict) -> list[tuple[str, object, object]]:
+    """(key, saved, this run's) for each WARM_START_KEYS field where the saved adapter_config.json (`saved`, read) and
+    the run's peft config differ in effect."""
     ours = getattr(model, "peft_config", {}).get("default")
     if ours is None:
         return []
@@ -330,16 +327,62 @@ def _warm_start_mismatch(model, folder) -> list[tuple[str, object, object]]:
     return out
 
 
-def warm_start(model, method: str, path: str) -> str:
+# What a warm start reads its weights from, by adapter.method: peft's adapter files (safetensors, or an older peft's
+# pickle), or the full model's safetensors
+WARM_START_WEIGHTS = {"lora": ("adapter_model.safetensors", "adapter_model.bin"), "full": (FULL_WEIGHT_FILE,)}
+
+
+@contextlib.contextmanager
+def _init_from_faults(path: str):
+    """A file of train.init_from that does not read (a truncated safetensors, a half-written json: what a run killed
+    while saving leaves) is a UserError naming it, not safetensors' or json's traceback."""
+    from pathlib import Path
+
+    from loratune.models import damaged_file
+
+    reading: list[Path] = []  # the file being read, set by the block
+
+    try:
+        yield reading
+    except UserError:
+        raise
+    except Exception as exc:  # SafetensorError, JSONDecodeError, UnpicklingError, OSError, ...
+        bad = damaged_file(Path(path)) or (reading[-1] if reading else Path(path))
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise UserError(f"train.init_from: {bad} is unreadable ({why})",
+                        "start from a complete saved folder (a run killed while saving leaves a damaged one: train "
+                        "that run again), or drop train.init_from") from None
+
+
+def _same_place(a: str | None, b: str | None) -> bool:
+    """Two model paths (or hub ids) that name the same place once resolved."""
+    from pathlib import Path
+
+    if not a or not b:
+        return True  # nothing recorded: nothing to compare
+    return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def warm_start(model, cfg: RunConfig, labels: list[str] | None = None) -> str:
     """Load saved weights into a wrapped model (`train.init_from`): a LoRA adapter folder (adapter and saved head)
     into the peft model, or a full model's safetensors into every parameter. Every saved tensor must match one
     of the model's by name and shape, and every trainable one must be saved: a mismatch is a UserError naming the
     first differences (a different r, targets or layers); a LoRA adapter saved under another scale or base-rewriting
-    init (WARM_START_KEYS) is one too. Returns a one-line note for run.json."""
+    init (WARM_START_KEYS) is one too, and so is a missing or unreadable file. `labels`: the run's labels (a
+    classifier), compared with the folder's label_map.json by the rule of a base folder's own head
+    (models.own_head_case): the same names in another order get the head's rows reordered, other names are refused.
+    Returns a one-line note for run.json, with a warning (also on stderr) when the folder was saved on another base
+    model path."""
+    import json
+    import sys
     from pathlib import Path
 
     import torch
 
+    from loratune.models import head_projection, own_head_case, resolve_model
+    from loratune.store import LABEL_MAP
+
+    method, path = cfg.adapter.method, cfg.train.init_from
     folder = Path(path)
     lora = method != "full"
     need = "adapter_config.json" if lora else FULL_WEIGHT_FILE
@@ -348,16 +391,41 @@ def warm_start(model, method: str, path: str) -> str:
             f"a full model folder ({FULL_WEIGHT_FILE})"
         raise UserError(f"train.init_from: {path} has no {need}; adapter.method={method} starts from {what}",
                         "give a run's adapter/ folder saved with the same adapter.method, or drop train.init_from")
-    if lora:
-        from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
+    weights = next((folder / f for f in WARM_START_WEIGHTS["lora" if lora else "full"] if (folder / f).is_file()),
+                   None)
+    if weights is None:
+        raise UserError(f"train.init_from: {path} has {need} but no weights file (none of "
+                        f"{', '.join(WARM_START_WEIGHTS['lora'])}): a run killed while saving leaves such a folder",
+                        "start from a complete saved folder (train that run again), or drop train.init_from")
+    with _init_from_faults(path) as reading:
+        reading.append(folder / need)
+        config = json.loads((folder / need).read_text(encoding="utf-8")) if lora else {}
+        reading.append(folder / LABEL_MAP)
+        label_map = json.loads((folder / LABEL_MAP).read_text(encoding="utf-8")) \
+            if (folder / LABEL_MAP).is_file() else {}
+        if not isinstance(config, dict) or not isinstance(label_map, dict):
+            raise ValueError("not a JSON object")
+        reading.append(weights)
+        if lora:
+            from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 
-        saved = load_peft_weights(str(folder), device="cpu")
-        want = get_peft_model_state_dict(model)
-    else:
-        from safetensors.torch import load_file
+            saved = load_peft_weights(str(folder), device="cpu")
+            want = get_peft_model_state_dict(model)
+        else:
+            from safetensors.torch import load_file
 
-        saved = load_file(str(folder / FULL_WEIGHT_FILE), device="cpu")
-        want = model.state_dict()
+            saved = load_file(str(weights), device="cpu")
+            want = model.state_dict()
+    rows = None
+    saved_labels = label_map.get("labels")
+    if labels is not None and isinstance(saved_labels, list):  # the head's row k answers saved_labels[k]
+        saved_labels = [str(x) for x in saved_labels]
+        case, rows = own_head_case(saved_labels, list(labels))
+        if case == "other":
+            raise UserError(f"train.init_from: {path} was trained for the labels [{', '.join(saved_labels)}], this "
+                            f"run's data has [{', '.join(labels)}]: its head's rows would answer other labels",
+                            "start from a run trained on data with the same label names, or drop train.init_from")
+        rows = rows if case == "reorder" else None
     want_shapes = {k: tuple(v.shape) for k, v in want.items()}
     extra = [k for k in saved if k not in want_shapes]
     shape = [f"{k} {tuple(saved[k].shape)} vs {want_shapes[k]}" for k in saved
@@ -376,7 +444,7 @@ def warm_start(model, method: str, path: str) -> str:
                         + "; ".join(first),
                         "start from weights saved with the same model and adapter.* (method, r, target_modules, "
                         "layers_to_transform, use_dora), or drop train.init_from")
-    differ = _warm_start_mismatch(model, folder) if lora else []
+    differ = _warm_start_mismatch(model, config) if lora else []
     if differ:
         raise UserError(f"train.init_from: the adapter in {path} was saved under other adapter settings, so it "
                         "would not load as the model it saved: "
@@ -388,7 +456,21 @@ def warm_start(model, method: str, path: str) -> str:
             set_peft_model_state_dict(model, saved)
         else:
             model.load_state_dict(saved, strict=False)
-    return f"started from {path} ({len(saved)} tensors)"
+        if rows is not None:  # the same labels in another order: each label keeps the row trained for it
+            _, proj = head_projection(model, len(rows))
+            for p in proj.parameters(recurse=False):  # weight (labels x hidden) and bias (labels): rows are labels
+                p.copy_(p[rows])
+    note = f"started from {path} ({len(saved)} tensors)"
+    if rows is not None:
+        note += f"; its head's rows reordered from its label order [{', '.join(saved_labels)}] to the data's"
+    saved_base = label_map.get("base_model_path") or config.get("base_model_name_or_path")
+    ours = resolve_model(cfg.model).path
+    if isinstance(saved_base, str) and not _same_place(saved_base, ours):
+        warning = (f"warning: saved on the base model {saved_base}, this run's is {ours} (model.name_or_path): "
+                   "unless it is the same model moved, the adapter starts from a model nobody trained")
+        print(f"train.init_from: {warning}", file=sys.stderr)
+        note += f"; {warning}"
+    return note
 
 
 def count_params(model, sites: list[LinearSite], method: str) -> ParamCount:

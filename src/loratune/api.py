@@ -81,13 +81,13 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = Tr
     return recipe(cfg, "train")(cfg, dataset, RunStore(cfg.train.output_dir), progress=progress)
 
 
-def _check_init_from(cfg: RunConfig, model) -> None:
+def _check_init_from(cfg: RunConfig, model, labels: list[str] | None = None) -> None:
     """train.init_from loaded as training loads it (adapt.warm_start): a folder that training would refuse (no
-    adapter, another r or targets) is refused by the dry run too."""
+    adapter, another r, targets or labels, a damaged file) is refused by the dry run too."""
     if cfg.train.init_from:
         from loratune.adapt import warm_start
 
-        warm_start(model, cfg.adapter.method, cfg.train.init_from)
+        warm_start(model, cfg, labels)
 
 
 def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
@@ -116,7 +116,7 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     space = dataset.label_space
     model = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)))  # as trained
     model, sites = apply_adapter(model, cfg.adapter)
-    _check_init_from(cfg, model)
+    _check_init_from(cfg, model, list(space.labels))
     step0_rows, eval_rows = eval_rows_per_point(len(dataset.validation),  # as train.py scores
                                                 min(cfg.train.train_eval_size, len(dataset.train)))
     steps, every = plan_steps(cfg, len(dataset.train), eval_rows, step0_rows)

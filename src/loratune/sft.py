@@ -609,7 +609,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         tokenizer = load_tokenizer(cfg.model)
         base = load_causal_lm(cfg.model, tokenizer.pad_token_id)
         model, sites = apply_adapter(base, cfg.adapter, task="causal-lm")
-        warm = warm_start(model, cfg.adapter.method, cfg.train.init_from) if cfg.train.init_from else None
+        warm = warm_start(model, cfg) if cfg.train.init_from else None
     model.to(device)
     model.train()
     inputs_as_is, frozen_bf16 = 0, 0

@@ -742,7 +742,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         base = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)),
                                tokenizer.pad_token_id)
         model, sites = apply_adapter(base, cfg.adapter)
-        warm = warm_start(model, cfg.adapter.method, cfg.train.init_from) if cfg.train.init_from else None
+        warm = warm_start(model, cfg, list(space.labels)) if cfg.train.init_from else None
     model.to(device)
     model.train()
     inputs_as_is = 0

@@ -37,3 +37,31 @@ def test_init_from_inside_the_runs_own_output_dir_is_refused(trained, tiny_bert,
     shutil.copytree(run / "adapter", tmp_path / "start")
     assert main(["train", "-q", *overrides(tiny_bert, intent_data, run, max_steps=4, eval_steps=4,
                                            init_from=tmp_path / "start")]) == 0
+
+
+def test_a_damaged_init_from_folder_is_a_user_error(trained, tiny_bert, intent_data, tmp_path, capsys):
+    """What a run killed while saving leaves: no weights file, a truncated one, a half-written adapter_config.json.
+    Each is refused naming the file (exit 2, the dry run too), not huggingface_hub's, safetensors' or json's
+    traceback."""
+    adapter = trained / "adapter"
+    cases = {}
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    shutil.copy(adapter / "adapter_config.json", no_weights)
+    cases[no_weights] = f"{no_weights} has adapter_config.json but no weights file"
+    truncated = tmp_path / "truncated"
+    shutil.copytree(adapter, truncated)
+    (truncated / "adapter_model.safetensors").write_bytes((adapter / "adapter_model.safetensors").read_bytes()[:300])
+    cases[truncated] = f"{truncated / 'adapter_model.safetensors'} is unreadable (SafetensorError"
+    half = tmp_path / "half"
+    shutil.copytree(adapter, half)
+    (half / "adapter_config.json").write_text("{\n")
+    cases[half] = f"{half / 'adapter_config.json'} is unreadable (JSONDecodeError"
+    capsys.readouterr()
+    for folder, needle in cases.items():
+        for dry in (["--dry-run"], []):
+            assert main(["train", "-q", *dry, *overrides(tiny_bert, intent_data, tmp_path / "out", max_steps=4,
+                                                         init_from=folder)]) == 2, folder
+            err = flat(capsys.readouterr().err)
+            assert f"train.init_from: {needle}" in err and "fix:" in err and "Traceback" not in err
+        assert not (tmp_path / "out" / "run.json").exists()

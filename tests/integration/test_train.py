@@ -441,6 +441,72 @@ def test_init_from_an_adapter_saved_under_another_scale_or_init_is_a_user_error(
     assert run["status"] == "completed"
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_init_from_a_run_with_other_label_names_is_refused_and_another_order_reordered(method, tiny_bert, intent_data,
+                                                                                      tmp_path):
+    """The head's row k answers the saved label_map.json's label k: a run whose data names one label otherwise (same
+    count, so the shapes fit) is refused naming both lists; the same names in another order get the rows reordered by
+    name (models.own_head_case, the rule of a base folder's own head), so step 0 scores what the saved model did."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from loratune.errors import UserError
+
+    lr = 1e-3 if method == "full" else 2e-2
+    _, first = _train(tiny_bert, intent_data, tmp_path / "a", method=method, learning_rate=lr, max_steps=16,
+                      eval_steps=8)
+    saved = RunStore(tmp_path / "a").adapter_dir
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for f in intent_data.iterdir():
+        (renamed / f.name).write_text(f.read_text().replace('"balance"', '"zbalance"'))
+    with pytest.raises(UserError, match="train.init_from") as err:
+        _train(tiny_bert, renamed, tmp_path / "b", method=method, max_steps=4, eval_steps=4, init_from=str(saved))
+    assert "[balance, card_lost, pin, transfer]" in str(err.value)
+    assert "[card_lost, pin, transfer, zbalance]" in str(err.value)
+    assert not (tmp_path / "b" / "run.json").exists()
+    # the same folder saved in another label order (rows and label_map.json permuted together): the same model
+    perm = [2, 0, 3, 1]
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(saved, shuffled)
+    weights = shuffled / ("adapter_model.safetensors" if method == "lora" else "model.safetensors")
+    tensors = load_file(weights)
+    head = "base_model.model.classifier." if method == "lora" else "classifier."
+    for k in ("weight", "bias"):
+        tensors[head + k] = tensors[head + k][perm].contiguous()
+    save_file(tensors, weights, metadata={"format": "pt"})
+    label_map = json.loads((shuffled / "label_map.json").read_text())
+    label_map["labels"] = [label_map["labels"][i] for i in perm]
+    (shuffled / "label_map.json").write_text(json.dumps(label_map))
+    _, warm = _train(tiny_bert, intent_data, tmp_path / "c", method=method, max_steps=1, eval_steps=1,
+                     init_from=str(shuffled))
+    best = next(json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()
+                if json.loads(x)["step"] == first["adapter_step"])
+    step0 = json.loads((tmp_path / "c" / "history.jsonl").read_text().splitlines()[0])
+    assert step0["val/loss"] == pytest.approx(best["val/loss"], rel=1e-5)
+    assert step0["val/macro_f1"] == pytest.approx(best["val/macro_f1"])
+    assert "rows reordered from its label order [pin, balance, transfer, card_lost]" in warm["init_from"]
+
+
+def test_init_from_saved_on_another_base_model_path_is_a_recorded_warning(tiny_bert, intent_data, tmp_path, capsys):
+    """A warm start onto another base model of the same shapes loads, but the adapter was trained on other weights: a
+    warning naming both paths goes to run.json init_from and stderr (not a refusal: a moved copy of the base is the
+    same model)."""
+    import shutil
+
+    _train(tiny_bert, intent_data, tmp_path / "a", max_steps=4, eval_steps=4)
+    saved = RunStore(tmp_path / "a").adapter_dir
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_bert, other)
+    capsys.readouterr()
+    _, same = _train(tiny_bert, intent_data, tmp_path / "b", max_steps=1, eval_steps=1, init_from=str(saved))
+    assert "warning" not in same["init_from"] and "warning" not in capsys.readouterr().err
+    _, moved = _train(str(other), intent_data, tmp_path / "c", max_steps=1, eval_steps=1, init_from=str(saved))
+    note = f"warning: saved on the base model {tiny_bert}, this run's is {other} (model.name_or_path)"
+    assert note in moved["init_from"] and note in capsys.readouterr().err
+
+
 def test_a_warm_starts_divergence_reference_is_the_unadapted_models_loss():
     """train.fresh_loss: a warm-started run's step-1 loss is the saved model's (low), so 4x it is an ordinary
     restart bump; the reference is the loss with the adapter and its saved head disabled (a fresh run's start)."""
