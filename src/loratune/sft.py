@@ -856,7 +856,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
                 if why:
                     run["status"], stop_reason = "diverged", f"{why} (step {step})"
                     break
-                if stop:
+                if stop and step < steps:  # patience run out at the last step: the plan ended the run, not it
                     stop_reason = (f"early stopping: {objective} did not improve for "
                                    f"{cfg.train.early_stopping_patience} evaluations")
                     break

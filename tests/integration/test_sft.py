@@ -613,6 +613,16 @@ def test_patience_counts_a_falling_val_loss_at_a_tied_metric_as_progress(lm, int
     assert len(hist) > 3  # the old rule stopped at the third evaluation whatever the loss did
 
 
+def test_patience_running_out_at_the_last_planned_step_is_no_early_stop(lm, sft_data, tmp_path):
+    """As the classifier loop: the evaluation that exhausts the patience is the last planned step's, so the run ended
+    by its plan (reason "planned steps done"), not by early stopping."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "-q", *sft_overrides(lm, sft_data, out, learning_rate=1e-9, max_steps=4, eval_steps=2,
+                                                   early_stopping_patience=2, early_stopping_threshold=0.5)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["steps_done"] == run["steps_planned"] == 4 and run["reason"] == "planned steps done (4)"
+
+
 # ---------------------------------------------------------------------------------------------
 # the step/eval callback (train.TrainCallback): how `loratune tune` prunes and stops a causal-lm trial
 

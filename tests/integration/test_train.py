@@ -185,6 +185,15 @@ def test_early_stopping(tiny_bert, intent_data, tmp_path):
     assert run["steps_done"] == 4  # evals at 2 and 4 showed no gain of 0.5 over step 0
 
 
+def test_patience_running_out_at_the_last_planned_step_is_no_early_stop(tiny_bert, intent_data, tmp_path):
+    """The evaluation that exhausts the patience is the last planned step's: every planned step ran, so the run ended
+    by its plan, and its reason (and the terminal's "run completed: ...") says so."""
+    _, run = _train(tiny_bert, intent_data, tmp_path / "run", learning_rate=1e-7, max_steps=4, eval_steps=2,
+                    early_stopping_patience=2, early_stopping_threshold=0.5)
+    assert run["status"] == "completed" and run["steps_done"] == run["steps_planned"] == 4
+    assert run["reason"] == "planned steps done (4)"
+
+
 def test_gradient_accumulation_counts_examples(tiny_bert, intent_data, tmp_path):
     _, run = _train(tiny_bert, intent_data, tmp_path / "run", gradient_accumulation_steps=2, max_steps=3,
                     eval_steps=3)
