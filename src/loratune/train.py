@@ -130,8 +130,11 @@ def subset(enc: Encoded, rows) -> Encoded:
 
 def batch_order(lengths: np.ndarray, batch_size: int, rng: random.Random, grouped: bool) -> list[list[int]]:
     """One epoch of batches. Grouped: shuffle, cut into chunks of 50 batches, sort each chunk by
-    length, cut into batches and shuffle the batch order (like HF's LengthGroupedSampler), so
-    batches hold texts of similar length (little padding) while training stays randomised."""
+    length, cut into batches and shuffle the order of the full batches (like HF's LengthGroupedSampler), so
+    batches hold texts of similar length (little padding) while training stays randomised. The short remainder
+    batch (rows not a multiple of batch_size) stays last either way, as HF's DataLoader deals it and as
+    steps.examples_for counts a run's examples: shuffled in, it landed early, and a run ending inside an epoch saw
+    fewer rows than its plan said."""
     idx = list(range(len(lengths)))
     rng.shuffle(idx)
     if grouped:
@@ -140,7 +143,9 @@ def batch_order(lengths: np.ndarray, batch_size: int, rng: random.Random, groupe
                for i in sorted(idx[c:c + chunk], key=lambda j: -lengths[j])]
     batches = [idx[b:b + batch_size] for b in range(0, len(idx), batch_size)]
     if grouped:
-        rng.shuffle(batches)
+        full = batches[:len(idx) // batch_size]
+        rng.shuffle(full)
+        batches = full + batches[len(full):]
     return batches
 
 

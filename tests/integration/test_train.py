@@ -194,6 +194,21 @@ def test_patience_running_out_at_the_last_planned_step_is_no_early_stop(tiny_ber
     assert run["reason"] == "planned steps done (4)"
 
 
+@pytest.mark.parametrize("accum", [1, 2])
+def test_the_planned_examples_are_the_examples_seen_when_an_epoch_ends_short(accum, tiny_bert, intent_data, tmp_path):
+    """45 rows at batch 8 (the sixth batch holds 5), 1.5 epochs: the plan (the dry run, max_eval_share, tune's
+    budgets: steps.examples_for) and the loop agree on the rows seen, with length-grouped batches (the default)."""
+    data = tmp_path / "data45"
+    data.mkdir()
+    for f in intent_data.iterdir():
+        lines = f.read_text().splitlines(keepends=True)
+        (data / f.name).write_text("".join(lines[:45] if f.name == "train.jsonl" else lines))
+    cfg, run = _train(tiny_bert, data, tmp_path / "run", num_train_epochs=1.5, max_steps=-1, eval_steps=100,
+                      gradient_accumulation_steps=accum, learning_rate=1e-9)
+    assert run["rows"]["train"] == 45
+    assert api.plan(cfg)["examples"] == run["examples_seen"] == {1: 45 + 3 * 8, 2: 45 + 2 * 2 * 8}[accum]
+
+
 def test_gradient_accumulation_counts_examples(tiny_bert, intent_data, tmp_path):
     _, run = _train(tiny_bert, intent_data, tmp_path / "run", gradient_accumulation_steps=2, max_steps=3,
                     eval_steps=3)
