@@ -374,10 +374,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def upgrade_recorded(flat: dict[str, Any]) -> dict[str, Any]:
     """A config an older loratune recorded (a run's config.yaml, a study's base config) in today's allowed values,
-    with the meaning it was run with: max_steps 0, which it trained as -1 (by num_train_epochs), is -1."""
+    with the meaning it was run with: max_steps 0, which it trained as -1 (by num_train_epochs), is -1; an init_from
+    inside the run's own output_dir, a folder the run overwrote with its own model (the warm start it began from is
+    gone: run.json's init_from note says what it was), is none, so evaluate / predict still read the record."""
     flat = dict(flat)
     if flat.get("train.max_steps") == 0 and not isinstance(flat["train.max_steps"], bool):
         flat["train.max_steps"] = -1
+    if init_from_inside_output(flat.get("train.init_from"), flat.get("train.output_dir")):
+        flat["train.init_from"] = None
     return flat
 
 
@@ -608,7 +612,7 @@ def cross_checks(cfg: RunConfig) -> list[str]:
             except ValueError as exc:
                 problems.append(f"adapter.target_modules: got {t!r}; {exc}")
     problems.extend(task_checks(cfg))
-    inside = init_from_inside_output(cfg)
+    inside = init_from_inside_output(cfg.train.init_from, cfg.train.output_dir)
     if inside:
         problems.append(f"train.init_from: got {cfg.train.init_from!r}, {inside}; allowed: a folder outside "
                         "train.output_dir (copy it elsewhere first, or give the run another output_dir)")
@@ -619,16 +623,16 @@ def cross_checks(cfg: RunConfig) -> list[str]:
     return problems
 
 
-def init_from_inside_output(cfg: RunConfig) -> str | None:
+def init_from_inside_output(init_from: Any, output_dir: Any) -> str | None:
     """Why train.init_from cannot be read from where it is: inside train.output_dir, which the run clears of an earlier
     run's outputs (store.RunStore.create) and saves its own model into, so the starting model would be gone while the
     record still names it. None when it lies elsewhere (or there is none)."""
-    if not cfg.train.init_from or not str(cfg.train.output_dir).strip():
+    if not init_from or not str(output_dir or "").strip():
         return None
-    start, out = Path(cfg.train.init_from).resolve(), Path(cfg.train.output_dir).resolve()
+    start, out = Path(str(init_from)).resolve(), Path(str(output_dir)).resolve()
     if start != out and out not in start.parents:
         return None
-    return f"inside train.output_dir '{cfg.train.output_dir}', which the run clears and saves its own model into"
+    return f"inside train.output_dir '{output_dir}', which the run clears and saves its own model into"
 
 
 REPORT_TO = ("tensorboard", "mlflow", "none")  # trackers.py writes to the first two

@@ -65,3 +65,22 @@ def test_a_damaged_init_from_folder_is_a_user_error(trained, tiny_bert, intent_d
             err = flat(capsys.readouterr().err)
             assert f"train.init_from: {needle}" in err and "fix:" in err and "Traceback" not in err
         assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_a_recorded_run_that_started_inside_its_own_output_dir_still_loads(trained, tmp_path):
+    """Runs an older loratune made that way: their config.yaml names an init_from inside output_dir; evaluate and
+    predict read it as a recorded config (the warm start it names was overwritten by the run's own model)."""
+    import pytest
+    import yaml
+
+    from loratune.config import load_config
+    from loratune.errors import UserError
+
+    cfg = yaml.safe_load((trained / "config.yaml").read_text())
+    cfg.setdefault("train", {})["init_from"] = str(trained / "adapter")
+    cfg["train"]["output_dir"] = str(trained)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert load_config(path, recorded=True).train.init_from is None
+    with pytest.raises(UserError, match="inside train.output_dir"):
+        load_config(path)
