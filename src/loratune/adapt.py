@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 from loratune.config import AdapterConfig, RunConfig, parse_layers
 from loratune.errors import UserError
+from loratune.heads import head_modules
 from loratune.precision import full_weight, under
 
 # model_type -> block prefix regex (group 1 = layer index) and group -> module name inside a block.
@@ -84,15 +85,6 @@ ALIASES = {
     "ffn": ("ffn.gate", "ffn.in", "ffn.out"),
 }
 GROUPS = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.in", "ffn.out", "ffn.gate")
-# The classification head, trained and saved with every adapter (peft modules_to_save), is every module the
-# classifier class adds on top of its base model (what a base checkpoint lacks: BERT's `classifier`, DistilBERT's
-# `pre_classifier` and `classifier`, ModernBERT's `head` and `classifier`, Llama's `score`), plus the base model's
-# own children named here. BERT-family heads start at the pooler (dense + tanh over [CLS]); all-MiniLM-L6-v2's
-# pooler was never trained for classification, and freezing it cost 0.21 val macro-F1 on the BANKING77 demo at
-# 150 steps.
-BASE_HEAD_PARTS = ("pooler",)
-# A model without a base model (no `base_model_prefix` child): its head is found by these last name parts.
-HEAD_NAMES = ("classifier", "score", "pooler")
 
 @dataclass(frozen=True)
 class LinearSite:
@@ -120,11 +112,6 @@ class ParamCount:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "share_of_total": self.share_of_total}
-
-
-def transformers_model(model):
-    """The transformers model inside a peft wrapper (`get_base_model`), or the model itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _linear_sites(model) -> tuple[list[LinearSite], str]:
@@ -226,30 +213,6 @@ def resolve_targets(model, adapter: AdapterConfig) -> list[LinearSite]:
             f"'{model_type}' model",
             f"use groups {', '.join(avail['groups'])} or raw names {', '.join(avail['raw'])}")
     return sorted(chosen.values(), key=lambda s: (s.layer, s.name))
-
-
-def head_modules(model) -> list[str]:
-    """The classification head: module paths inside the transformers model (`transformers_model`), e.g.
-    ['bert.pooler', 'classifier']. Every name test of "is this the head" goes through `precision.under` with these
-    paths, so training, saving (modules_to_save), parameter counts and precision agree on one head."""
-    model = transformers_model(model)
-    lm_head = getattr(model, "get_output_embeddings", None)
-    if callable(lm_head) and lm_head() is not None:
-        return []  # a language model: its output layer is the LM head (sft.LM_HEAD_NAMES), no classification head
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    base = getattr(model, prefix, None) if prefix else None
-    if base is None or base is model or not hasattr(base, "named_children"):
-        found = {n: n.split(".")[-1] for n, _ in model.named_modules() if n}
-        outer = [n for n, last in found.items() if last in HEAD_NAMES]
-        return [n for n in outer if not any(n.startswith(o + ".") for o in outer)]
-
-    def has_params(mod) -> bool:
-        return any(True for _ in mod.parameters())
-
-    heads = [name for name, child in model.named_children() if child is not base and has_params(child)]
-    heads += [f"{prefix}.{name}" for name, child in base.named_children()
-              if name in BASE_HEAD_PARTS and has_params(child)]
-    return sorted(heads)
 
 
 def _init_arg(choice: str):

@@ -328,7 +328,9 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
                             "give every row a label (multi-label data may use an empty list with multi_label=true)")
         for lab_text in labs:
             check_characters(lab_text, f"{at} label")
-            if "\n" in lab_text or "\r" in lab_text:  # a CSV quote opened in the label and closed lines later
+            if ("\n" in lab_text or "\r" in lab_text) and source.lower().endswith(".csv"):
+                # a CSV quote opened in the label and closed lines later (a JSON label writes its line break as \n:
+                # the task decides whether it can be a label, e.g. data.label_format=generate refuses it)
                 raise UserError(f"{at} has a label that spans lines ({lab_text!r:.60})",
                                 "a label is one line: close the quote where the label ends, or drop the stray quote")
         texts.append(text)

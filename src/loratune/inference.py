@@ -130,7 +130,7 @@ def load_trained(run_dir: str | Path) -> Trained:
 
     pooled_block.attach(model, cfg.train.pooled_last_block)  # the logits of the full forward, with less work
     decoding = Decoding.from_dict(label_map.get("decoding"), space.labels) if space.multi_label else None
-    from loratune.adapt import head_modules
+    from loratune.heads import head_modules
 
     return Trained(model, tokenizer, space, cfg, device, decoding,
                    eval_precision(cfg, model, device, head_modules(model)))

@@ -30,7 +30,7 @@ import math
 import torch
 from torch import nn
 
-from loratune.adapt import transformers_model
+from loratune.heads import transformers_model
 
 LANE = torch.int16  # one mask element per 16-bit lane of a random 64-bit word
 LANE_VALUES = 2 ** torch.iinfo(LANE).bits  # values a lane takes, uniformly: the drop rate's resolution is 1 / this

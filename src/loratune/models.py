@@ -223,7 +223,7 @@ def _replace_head(cfg: ModelConfig, src: ModelSource, kwargs: dict, num_labels: 
     refused. Returns (model, the note for run.json)."""
     from transformers import AutoModelForSequenceClassification
 
-    from loratune.adapt import head_modules
+    from loratune.heads import head_modules
     from loratune.precision import under
 
     try:
@@ -276,11 +276,11 @@ def own_head_case(saved: list[str], data: list[str]) -> tuple[str, list[int] | N
 
 def head_projection(model, num_labels: int):
     """(name, module) of the classification head's output layer: the last linear layer inside the head
-    (adapt.head_modules) with one output per label (BERT `classifier`, RoBERTa `classifier.out_proj`, Llama `score`),
+    (heads.head_modules) with one output per label (BERT `classifier`, RoBERTa `classifier.out_proj`, Llama `score`),
     or (None, None)."""
     import torch
 
-    from loratune.adapt import head_modules
+    from loratune.heads import head_modules
     from loratune.precision import under
 
     heads = head_modules(model)

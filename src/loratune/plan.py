@@ -536,7 +536,8 @@ def check_rank(r: int, option: str, limit: int | None) -> None:
 def shape_of(model, task: str) -> ModelShape:
     import torch.nn as nn
 
-    from loratune.adapt import available_targets, depth, head_modules, num_blocks, resolve_targets
+    from loratune.adapt import available_targets, depth, num_blocks, resolve_targets
+    from loratune.heads import head_modules
     from loratune.config import AdapterConfig
 
     cfg = model.config

@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from loratune.adapt import transformers_model
+from loratune.heads import transformers_model
 
 
 def _first_row(attention_mask: torch.Tensor | None) -> torch.Tensor | None:

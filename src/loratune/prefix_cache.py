@@ -57,7 +57,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from loratune.adapt import transformers_model
+from loratune.heads import transformers_model
 
 # model_type -> (embedding module, block list), dotted paths inside the backbone (`model.base_model`
 # of the transformers model). The embedding module's output must be block 0's input, untouched.

@@ -53,9 +53,10 @@ import torch.nn.functional as F
 from loratune import kernels, openmp
 from loratune import precision as precision_mod
 from loratune import signals
-from loratune.adapt import apply_adapter, count_params, num_layers, transformers_model, warm_start
+from loratune.adapt import apply_adapter, count_params, num_layers, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.generation import load_prompt_set, score_prompt_set
+from loratune.heads import transformers_model
 from loratune.metrics import parse_labels, prediction_scores, top_unknown_outputs
 from loratune.objectives import (PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, lm_metrics, objective as objective_named,
                                  prompt_key)

@@ -36,12 +36,13 @@ import torch.nn.functional as F
 
 from loratune import __version__, kernels, openmp, pooled_block, precision as precision_mod, prefix_cache, signals
 from loratune import steps as _steps
-from loratune.adapt import apply_adapter, count_params, depth, head_modules, num_layers, warm_start
+from loratune.adapt import apply_adapter, count_params, depth, num_layers, warm_start
 from loratune.config import RunConfig, single_label_note, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
 from loratune.errors import UserError
 from loratune.objectives import objective as objective_named
 from loratune.eval_extras import EvalExtras
+from loratune.heads import head_modules
 from loratune.losses import LossSpec, compute_loss, loss_spec
 from loratune.metrics import (Decoding, crossfit_thresholds, decode, multi_label_scores, sigmoid,
                               single_label_scores, tune_thresholds)
@@ -300,7 +301,7 @@ def score_split(prefix: str, logits: np.ndarray, enc: Encoded, space: LabelSpace
 
 def build_optimizer(model, cfg: RunConfig, steps: int, device):
     """AdamW; no weight decay on biases and norms. Warmup then linear/cosine decay (or constant).
-    `head_learning_rate` gives the classification head (adapt.head_modules) its own peak lr, on the
+    `head_learning_rate` gives the classification head (heads.head_modules) its own peak lr, on the
     same schedule; `optimizer: loraplus` gives the LoRA B matrices learning_rate x loraplus_lr_ratio."""
     from transformers import get_scheduler
 

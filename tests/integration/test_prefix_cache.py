@@ -244,7 +244,7 @@ def test_under_bf16_the_states_are_computed_in_bf16_and_the_prefix_holds_bf16_we
     cached forward gives the uncached one's logits; the key names the precision, so a float32 run never reads
     states computed in bf16."""
     from loratune import precision as precision_mod
-    from loratune.adapt import head_modules
+    from loratune.heads import head_modules
 
     monkeypatch.setattr(prefix_cache, "STORE_DTYPE", np.float32)
     _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")

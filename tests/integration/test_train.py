@@ -352,7 +352,8 @@ def test_precision_is_recorded_and_bf16_keeps_the_head_and_loss_in_float32(tiny_
     """train.precision=bf16 runs (emulated where the CPU lacks bf16) with the head in float32; run.json
     says what ran and why; auto picks what precision.detect says for this machine."""
     from loratune import precision as precision_mod
-    from loratune.adapt import apply_adapter, head_modules
+    from loratune.adapt import apply_adapter
+    from loratune.heads import head_modules
     from loratune.models import load_classifier
 
     _, run = _train(tiny_bert, intent_data, tmp_path / "bf16", precision="bf16", max_steps=4, eval_steps=2,
@@ -585,7 +586,7 @@ def test_the_adapter_card_recipes_name_the_runs_labels(arch, request, intent_dat
 
 def test_modernbert_head_is_trained_and_saved_so_evaluate_repeats_the_run(intent_data, tmp_path):
     """ModernBERT's classifier adds `head` (dense + norm) before `classifier`: both are the head, trained and saved
-    with the adapter (adapt.head_modules). Left out, `head` was random at every load and evaluate changed each call."""
+    with the adapter (heads.head_modules). Left out, `head` was random at every load and evaluate changed each call."""
     from transformers import ModernBertConfig, ModernBertModel
 
     from support import _save_tokenizer

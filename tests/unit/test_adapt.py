@@ -127,9 +127,10 @@ def _tiny_classifier(model_type: str, **kw):
 
 
 def test_the_head_is_what_the_classifier_adds_to_its_base_one_definition_for_peft_and_counts():
-    """adapt.head_modules: every module the classifier class adds on top of its base model (plus the base's pooler);
+    """heads.head_modules: every module the classifier class adds on top of its base model (plus the base's pooler);
     peft trains and saves exactly those (modules_to_save) and count_params calls exactly those the head."""
-    from loratune.adapt import apply_adapter, count_params, head_modules
+    from loratune.adapt import apply_adapter, count_params
+    from loratune.heads import head_modules
 
     distil = _tiny_classifier("distilbert", dim=32, n_layers=2, n_heads=2, hidden_dim=64, num_labels=4)
     assert head_modules(distil) == ["classifier", "pre_classifier"]

@@ -344,7 +344,7 @@ def _sums_micro_batch_losses(model) -> bool:
     **kwargs never uses them (a tiny BERT with accumulation 3 logged 3 x ln 4 and was stopped as diverged)."""
     if model is None:
         return False
-    from loratune.adapt import transformers_model
+    from loratune.heads import transformers_model
 
     base = transformers_model(model)
     accepts = getattr(base, "accepts_loss_kwargs", None)
