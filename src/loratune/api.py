@@ -43,9 +43,23 @@ def require_built(cfg: RunConfig, verb: str) -> None:
         raise UserError(f"`loratune {verb}` is not built for model.task={cfg.model.task} yet", fix)
 
 
+def _dataset(cfg: RunConfig, dataset: Any, verb: str) -> Any:
+    """A caller's `dataset` as it is when it is what the task's reader returns (tasks.TASK_RECIPES), None as None (the
+    verb reads cfg.data), else a UserError naming what was given (a list of rows crashed inside the loop)."""
+    from loratune.errors import UserError
+
+    kind = recipe(cfg, "dataset")
+    if dataset is not None and not isinstance(dataset, kind):
+        raise UserError(f"api.{verb}: dataset is a {kind.__module__}.{kind.__name__} for model.task={cfg.model.task}, "
+                        f"not {type(dataset).__name__} {dataset!r:.60}",
+                        "leave dataset out to read cfg.data, or pass dataset=api.prepare(cfg)")
+    return dataset
+
+
 def prepare(cfg: RunConfig) -> Dataset:
     """Read the data (before any model loads): a `data.Dataset` for classification, an
     `sft_data.SFTDataset` for causal-lm."""
+    require_built(cfg, "prepare")
     return recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)
 
 
@@ -57,6 +71,10 @@ def check(cfg: RunConfig, dataset) -> None:
 
     from loratune.trackers import require as require_trackers
 
+    require_built(cfg, "check")
+    if dataset is None:
+        raise UserError("api.check needs the dataset to check", "api.check(cfg, api.prepare(cfg))")
+    dataset = _dataset(cfg, dataset, "check")
     recipe(cfg, "check")(dataset)
     require_trackers(cfg.train.report_to)  # a tracker's missing package: training would refuse it after loading
     if cfg.model.task != "causal-lm":  # what training reads before its first step, read now (the dry run too)
@@ -77,7 +95,8 @@ def check(cfg: RunConfig, dataset) -> None:
 def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> dict:
     """Train one run into cfg.train.output_dir; returns its run.json content."""
     require_built(cfg, "train")
-    dataset = dataset or prepare(cfg)
+    dataset = _dataset(cfg, dataset, "train")
+    dataset = dataset if dataset is not None else prepare(cfg)
     return recipe(cfg, "train")(cfg, dataset, RunStore(cfg.train.output_dir), progress=progress)
 
 
@@ -96,7 +115,9 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     from loratune.models import load_classifier
     from loratune.train import eval_rows_per_point, examples_planned, plan_steps
 
-    dataset = dataset or prepare(cfg)
+    require_built(cfg, "plan")
+    dataset = _dataset(cfg, dataset, "plan")
+    dataset = dataset if dataset is not None else prepare(cfg)
     if cfg.model.task == "causal-lm":
         from loratune.generation import load_prompt_set
         from loratune.models import load_causal_lm, load_tokenizer
@@ -141,6 +162,24 @@ def _path(value: Any, what: str) -> str | Path:
     return os.path.expanduser(value) if isinstance(value, str) else value.expanduser()
 
 
+def _texts(texts: Any) -> list[str]:
+    """predict's `texts` as a list: a str is one text (not its characters); a list, tuple, Series or array of texts
+    as it is. A DataFrame or a dict is refused (their iteration gives column names and keys, each of which passes as a
+    text), and so are None and bytes (read byte by byte: numbers): which column holds the texts is the caller's."""
+    from collections.abc import Iterable
+
+    from loratune.errors import UserError
+
+    if isinstance(texts, str):
+        return [texts]
+    if (texts is None or isinstance(texts, (bytes, bytearray, Mapping)) or hasattr(texts, "columns")
+            or not isinstance(texts, Iterable)):
+        raise UserError(f"texts: a string or a list of strings, not {type(texts).__name__} {texts!r:.60}",
+                        "give the texts as a list of strings, e.g. df['text'].tolist() for a DataFrame's column "
+                        "(bytes: b.decode('utf-8'))")
+    return list(texts)
+
+
 def predict(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) -> list[dict]:
     """Labels for `texts` (a list of strings; one string is one text) from a trained run."""
     return [p for chunk in predict_chunks(run_dir, texts, top_k) for p in chunk]
@@ -153,7 +192,7 @@ def predict_chunks(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) 
     from loratune.errors import UserError
     from loratune.inference import load_trained
 
-    texts = [texts] if isinstance(texts, str) else list(texts)  # a str is one text, not its characters
+    texts = _texts(texts)
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise UserError(f"texts[{bad}] is {type(texts[bad]).__name__} {texts[bad]!r:.60}, not a string",
@@ -183,10 +222,11 @@ def assess(cfg: RunConfig, *, probe: bool = True, dataset: Dataset | None = None
     from loratune.assess import run_assessment
 
     require_built(cfg, "assess")
+    dataset = _dataset(cfg, dataset, "assess")
     if cfg.model.task == "causal-lm":
         from loratune.assess.sft import assess_sft
 
-        return assess_sft(cfg, dataset or prepare(cfg))
+        return assess_sft(cfg, dataset if dataset is not None else prepare(cfg))
     return run_assessment(cfg, probe=probe, dataset=dataset)
 
 
@@ -256,6 +296,7 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
     its own lr (`loratune.moves.ARMS`: loraplus, dora; `tune --arms`). Other `search.tune.TuneOptions`
     fields pass through `options`."""
     require_built(cfg, "tune")
+    dataset = _dataset(cfg, dataset, "tune")
     from loratune.config import resolve_key, to_dict
     from loratune.search.protocol import ProtocolSettings
     from loratune.search.tune import TuneOptions, tune as _tune
