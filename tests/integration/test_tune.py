@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -294,7 +295,7 @@ def test_a_python_callers_sampler_seed_is_checked_before_the_study_is_made(tmp_p
     from loratune.errors import UserError
     from loratune.search.tune import TuneOptions, tune
 
-    with pytest.raises(UserError, match="seed -1: the samplers take a whole number from 0 to 4294967295"):
+    with pytest.raises(UserError, match=re.escape("seed (--seed): a whole number from 0 to 4294967295, not -1")):
         tune(load_config(None, []), TuneOptions(study_dir=str(tmp_path / "s"), strategy="random", seed=-1))
     assert not (tmp_path / "s").exists()
 

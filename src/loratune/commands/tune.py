@@ -7,47 +7,44 @@ from loratune.commands._common import add_config_args, console, load_cfg
 
 
 def positive_target(text: str) -> float:
-    """An argparse type: the --target value, a finite number above 0 (a macro-F1 of -1 or a val loss of 0 is no
-    target; whether a score is at most 1 is checked once the objective is known, search.tune)."""
+    """An argparse type: the --target value, a finite number above 0 (config.positive_number, as target= is checked;
+    whether a score is at most 1 is checked once the objective is known, search.tune)."""
     import argparse
-    import math
+
+    from loratune.config import positive_number
 
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"a number, not {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"a macro-F1 in (0, 1] or a val loss above 0, not {text}")
-    return v
+    try:
+        return positive_number(v)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def at_least_one(text: str) -> int:
-    """An argparse type: a whole number >= 1 (0 or below was silently taken as 'the default')."""
+def whole_option(name: str):
+    """An argparse type for the whole-number option `name` (config.WHOLE_OPTIONS: its range, checked by
+    config.whole_number as the API's keyword is)."""
     import argparse
 
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a whole number >= 1, not {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"a whole number >= 1, not {v}")
-    return v
+    from loratune.config import WHOLE_OPTIONS
+    from loratune.config import whole_number
 
+    _, low, high = WHOLE_OPTIONS[name]
 
-def sampler_seed(text: str) -> int:
-    """An argparse type: a whole number in 0..config.SEED_MAX, what Optuna's samplers take (-1 was a traceback from
-    the sampler after the study folder was made)."""
-    import argparse
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = text  # named as given
+        try:
+            return whole_number(v, low, high)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-    from loratune.config import SEED_MAX
-
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a whole number from 0 to {SEED_MAX}, not {text!r}") from None
-    if not 0 <= v <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"a whole number from 0 to {SEED_MAX}, not {v}")
-    return v
+    parse.__name__ = name  # argparse names a type by it in its 'invalid ... value' fallback
+    return parse
 
 
 def register(sub) -> None:
@@ -71,9 +68,9 @@ def register(sub) -> None:
     p.add_argument("--study-name", default="loratune", help="study name inside the storage")
     p.add_argument("--resume", action="store_true", help="continue the study in --study-dir: finished trials "
                    "are kept, a trial cut by a killed process is trained again")
-    p.add_argument("--seed", type=sampler_seed, metavar="N", help="sampler seed for grid / random / tpe / tpe-hyperband (default 0; on "
+    p.add_argument("--seed", type=whole_option("seed"), metavar="N", help="sampler seed for grid / random / tpe / tpe-hyperband (default 0; on "
                    "--resume: the study's own)")
-    p.add_argument("--trial-steps", type=at_least_one, metavar="N",
+    p.add_argument("--trial-steps", type=whole_option("trial_steps"), metavar="N",
                    help="optimizer steps per trial (default: from the budget)")
     p.add_argument("--target", type=positive_target, metavar="F1", help="the val objective you need (LoRA vs full decision): a macro-F1, or a val loss to reach "
                    "(causal-lm)")
@@ -89,7 +86,7 @@ def register(sub) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="decisions only, no live status line")
     p.add_argument("--worker", action="store_true", help="join the running study in --study-dir / --storage as a "
                    "worker: train the trials its leader queues (README: many workers, one study)")
-    p.add_argument("--heartbeat", type=at_least_one, metavar="S", help="seconds between a running trial's heartbeats "
+    p.add_argument("--heartbeat", type=whole_option("heartbeat_s"), metavar="S", help="seconds between a running trial's heartbeats "
                    "(default 10); a trial silent for 3 heartbeats belongs to a dead process and is queued again")
     p.set_defaults(func=run)
 

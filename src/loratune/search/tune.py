@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace as dc_replace
+from dataclasses import dataclass, field, fields as dc_fields, replace as dc_replace
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,26 @@ def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, run
             study.close()
 
 
+def check_options(options: TuneOptions) -> TuneOptions:
+    """A Python caller's whole-number options (config.WHOLE_OPTIONS: trial_steps, seed, heartbeat_s; a numpy integer
+    taken as an int) and target checked as the CLI's argparse types check them (the same config.whole_number /
+    positive_number), before the study folder is made: -1 trial steps ran on epochs, a target of '0.9' was a
+    TypeError."""
+    from loratune.config import WHOLE_OPTIONS, positive_number, whole_option
+
+    given = {f.name: getattr(options, f.name) for f in dc_fields(options) if f.name in WHOLE_OPTIONS}
+    options = dc_replace(options, **{k: whole_option(k, v) for k, v in given.items() if v is not None})
+    target = options.settings.target
+    if target is not None:
+        try:
+            positive_number(target)
+        except ValueError as exc:
+            raise UserError(f"target (--target): {exc}", "e.g. target=0.85 (--target 0.85)") from None
+    return options
+
+
 def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: list) -> dict:
-    from loratune.config import SEED_MAX, to_yaml
+    from loratune.config import to_yaml
     from loratune.objectives import objective
     from loratune.search.protocol.settings import PLAN_PRIORS
     from loratune.search.runner import TrainingRunner
@@ -77,10 +95,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     ui = ui or UI()
     if options.strategy is not None and options.strategy not in STRATEGIES:
         raise UserError(f"unknown strategy '{options.strategy}'", f"use one of {', '.join(STRATEGIES)}")
-    if options.seed is not None and (isinstance(options.seed, bool) or not isinstance(options.seed, int)
-                                     or not 0 <= options.seed <= SEED_MAX):  # (the CLI's --seed type says it first)
-        raise UserError(f"seed {options.seed!r}: the samplers take a whole number from 0 to {SEED_MAX}",
-                        "give a seed in that range, e.g. seed=0")
+    options = check_options(options)
     if options.budget is not None:
         Budget.parse(options.budget)  # a typo fails before anything loads
     if options.thresholds is not None:  # a Python caller's dict is checked as a file's is, and kept as overrides only
