@@ -464,8 +464,10 @@ class RunStore:
         return (self.path / RUN).is_file() and (self.path / CONFIG).is_file()
 
     def require(self) -> "RunStore":
-        if not self.path.is_dir():
-            raise UserError(f"run directory '{self.path}' does not exist", "give the output_dir of a training run")
+        if not self.path.is_dir():  # a file given for the run was said not to exist (as errors.require_file words it)
+            state = ("does not exist" if not self.path.exists() else "is a file, not a run directory"
+                     if self.path.is_file() else "is not a directory")
+            raise UserError(f"run directory '{self.path}' {state}", "give the output_dir of a training run")
         if not self.exists():
             raise UserError(f"'{self.path}' is not a loratune run directory (no {RUN} / {CONFIG})",
                             "give the output_dir of a `loratune train` run")

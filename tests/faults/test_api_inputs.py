@@ -130,3 +130,14 @@ def test_the_cli_refuses_the_same_values_in_the_same_words(flag, value, said, tm
     with pytest.raises(SystemExit) as exit_:
         main(["tune", "--study-dir", str(tmp_path / "s"), flag, value])
     assert exit_.value.code == 2 and said in flat(capsys.readouterr().err)
+
+
+def test_a_file_given_as_the_run_is_named_a_file(trained, tmp_path):
+    from loratune import api
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "a", "label": "b"}\n', encoding="utf-8")
+    for call in (lambda: api.predict(data, ["lost my card"]), lambda: api.evaluate(data, split="test")):
+        assert f"run directory '{data}' is a file, not a run directory" in _refused(call)
+    gone = tmp_path / "none"
+    assert f"run directory '{gone}' does not exist" in _refused(lambda: api.predict(gone, ["lost my card"]))
