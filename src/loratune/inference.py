@@ -187,7 +187,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
 
     names = SPLIT_NAMES
     if split not in names:
-        raise UserError(f"unknown split '{split}'", "use test, validation or train")
+        raise UserError(f"unknown split '{split}'", f"use {', '.join(names)}")  # (val: the validation split)
     if refuse_while_training(RunStore(run_dir).require()).get("task") == "causal-lm":
         return evaluate_lm_run(run_dir, split)
     trained = load_trained(run_dir)

@@ -141,3 +141,16 @@ def test_a_file_given_as_the_run_is_named_a_file(trained, tmp_path):
         assert f"run directory '{data}' is a file, not a run directory" in _refused(call)
     gone = tmp_path / "none"
     assert f"run directory '{gone}' does not exist" in _refused(lambda: api.predict(gone, ["lost my card"]))
+
+
+def test_a_refusal_shared_by_the_cli_and_the_api_names_the_fix_in_both_spellings(trained, tmp_path, monkeypatch):
+    from loratune import api
+    from loratune.search.study import Study
+
+    Study.open(tmp_path / "sd", meta={"strategy": "random"}).close()  # a study already in the folder
+    text = _refused(lambda: api.tune(api.load_config(None, []), budget="1trials", study_dir=tmp_path / "sd"))
+    assert "pass --resume (resume=True) to continue it, or choose another --study-dir (study_dir=)" in text
+    text = _refused(lambda: api.tune(api.load_config(None, []), resume=True, study_dir=tmp_path / "new"))
+    assert "run without --resume (resume=False) to start one" in text
+    # evaluate takes val as well as validation: the fix names every split it takes
+    assert "use test, validation, val, train" in _refused(lambda: api.evaluate(trained, split="dev"))

@@ -160,10 +160,10 @@ def test_the_refusals_of_a_taken_study_name_and_a_missing_worker_storage_give_ad
     # the study dir's own study.db holds one study: "another --study-name" there is refused too, so not advised
     with pytest.raises(UserError) as got:
         Study.open(tmp_path / "s", meta={})
-    assert "already exists" in got.value.problem and got.value.fix.endswith("choose another --study-dir"), got.value
+    assert "already exists" in got.value.problem and got.value.fix.endswith("choose another --study-dir (study_dir=)"), got.value
     with pytest.raises(UserError) as got:  # another storage holds many studies: another name works there
         Study.open(tmp_path / "t", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}", meta={})
-    assert got.value.fix.endswith("--study-dir / --study-name")
+    assert got.value.fix.endswith("--study-dir (study_dir=) / --study-name (study_name=)")
     # a worker given only --storage is told about that storage, not about the default runs/tune it never named
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'nonexist' / 'study.db'}"

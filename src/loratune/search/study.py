@@ -108,7 +108,8 @@ def storage_error(url: str, exc: BaseException) -> UserError:
                          "or start a new --study-dir")
     if "already exists" in text:
         return UserError(f"another process is creating the study in {safe} at the same moment",
-                         "start one `loratune tune` per study; wait a second and use --resume to continue it")
+                         "start one `loratune tune` per study; wait a second and use --resume (resume=True) to "
+                         "continue it")
     return UserError(f"cannot open study storage {safe} ({text.splitlines()[0][:300]})",
                      "check the URL, the server and the credentials (a SQLAlchemy URL such as "
                      "sqlite:///study.db or postgresql://user@host/db)")
@@ -392,18 +393,19 @@ class Study:
             if name in existing and not resume and not worker:
                 # a study dir's own study.db holds one study (below): there another --study-name is refused too
                 raise UserError(f"a study named '{name}' already exists in {_redact(url)}",
-                                "pass --resume to continue it, or choose another --study-dir"
-                                + (" / --study-name" if storage is not None else ""))
+                                "pass --resume (resume=True) to continue it, or choose another --study-dir (study_dir=)"
+                                + (" / --study-name (study_name=)" if storage is not None else ""))
             if name not in existing and resume:
                 raise UserError(f"no study named '{name}' in {_redact(url)} to resume",
-                                "run without --resume to start one")
+                                "run without --resume (resume=False) to start one")
             if not resume and not worker:  # a study dir holds one study: its trials/, final/ and decision trail
                 others = [s for s in existing if s != name] if storage is None else []
                 if others or _has_decisions(study_dir / DECISIONS):
                     held = f"study '{others[0]}'" if others else f"a decision trail ({DECISIONS})"
                     raise UserError(f"{study_dir} already holds {held}: a new study there would write over its "
                                     "trials and its trail",
-                                    "use another (or an empty) --study-dir for the new study, or --resume "
+                                    "use another (or an empty) --study-dir (study_dir=) for the new study, or "
+                                    "--resume (resume=True) "
                                     + (f"--study-name {others[0]}" if others else "the study it belongs to"))
             try:
                 # a new study and its settings are written as one step: a signal between them left a study with no
@@ -417,7 +419,8 @@ class Study:
             except Exception as exc:
                 if type(exc).__name__ == "DuplicatedStudyError":
                     raise UserError(f"another process created the study '{name}' in {_redact(url)} just now",
-                                    "one `loratune tune` per study; use --resume to continue it") from None
+                                    "one `loratune tune` per study; use --resume (resume=True) to "
+                                    "continue it") from None
                 raise storage_error(url, exc) from None
             self = cls(study_dir, study, url)
             self.heartbeat_s, self.worker = heartbeat_s, worker
@@ -436,8 +439,8 @@ class Study:
             if "loratune" not in self.optuna.user_attrs:
                 self.close()
                 raise UserError(f"the study in {study_dir} was stopped before its settings were stored: there is "
-                                "nothing to resume", f"start it again without --resume in an empty --study-dir (or "
-                                f"remove {study_dir})")
+                                "nothing to resume", "start it again without --resume (resume=False) in an empty "
+                                f"--study-dir (study_dir=), or remove {study_dir}")
             self.set_meta(finished=False)
             self._recover_running()
         return self
