@@ -127,6 +127,7 @@ class Diagnosis:
     path: str | None = None
     facts: Mapping[str, Any] = field(default_factory=dict)  # name -> {"value", "source"} (external runs)
     tie_band_se: float | None = None  # the drop_se_min the rules read (an override included); None: the table's
+    step_unit: str = "step"  # what the curve's x counts: "row" for a CSV with no step column (its steps are unknown)
 
     @property
     def active(self) -> tuple[Finding, ...]:
@@ -241,7 +242,7 @@ class Diagnosis:
             "findings": [f.to_dict() for f in self.findings],
             "not_evaluated": [n.to_dict() for n in self.not_evaluated],
             "features": self.features.to_dict(), "notes": list(self.notes), "advice": self.advice(),
-            "facts": dict(self.facts),
+            "facts": dict(self.facts), "step_unit": self.step_unit,
         }
 
 
@@ -495,7 +496,8 @@ def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[
                  "'ended too soon' read the last point, not the planned end",) + tuple(notes)
     facts = {k: {"value": f.value, "source": f.source} for k, f in run.facts.items()}
     return Diagnosis(run=name or run.name, source=run.source, features=features, findings=findings,
-                     not_evaluated=gaps, notes=notes, path=run.path, facts=facts, tie_band_se=values["drop_se_min"])
+                     not_evaluated=gaps, notes=notes, path=run.path, facts=facts, tie_band_se=values["drop_se_min"],
+                     step_unit=run.meta.get("step_unit", "step"))
 
 
 # ---------------------------------------------------------------------------------------------

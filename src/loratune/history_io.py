@@ -1756,5 +1756,7 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
         facts.pop("warmup_steps", None)  # counted in rows, not optimizer steps
     facts = {k: replace(f, source=f"{f.source.replace('log_history', 'CSV')} ({p.name})") for k, f in facts.items()}
     meta = {"facts": {k: {"value": f.value, "source": f.source} for k, f in facts.items()}} if facts else {}
+    if "step" not in found:
+        meta["step_unit"] = "row"  # what the run's "steps" count, for whoever shows them (the diagnosis header)
     return RunHistory(name=p.stem, source="csv", points=tuple(points), meta=meta, config=_config_from_facts({}, facts),
                       notes=tuple(notes), path=str(p), facts=facts)

@@ -178,6 +178,21 @@ def test_csv_without_step_uses_row_numbers_and_nan_counts_as_non_finite(tmp_path
     assert run["verdict"] == "diverged"
 
 
+def test_csv_without_step_counts_rows_not_steps_in_the_header_and_json(tmp_path, capsys):
+    path = tmp_path / "c.csv"
+    path.write_text("epoch,loss,eval_loss,eval_accuracy\n0.5,2.0,,\n1,1.5,1.4,0.5\n1.5,1.2,,\n2,1.0,1.1,0.6\n"
+                    "2.5,0.9,,\n3,0.8,1.0,0.65\n")
+    code, out, _ = run_cli(capsys, "diagnose", str(path))
+    assert code == 0 and "3 eval points, 6 rows" in out and "6 steps" not in out
+    run = json.loads(run_cli(capsys, "diagnose", str(path), "--json")[1])["runs"][0]
+    assert run["step_unit"] == "row"
+    with_steps = tmp_path / "s.csv"
+    with_steps.write_text("step,loss,eval_loss\n10,2.0,1.9\n20,1.5,1.4\n30,1.2,1.1\n")
+    code, out, _ = run_cli(capsys, "diagnose", str(with_steps))
+    assert code == 0 and "30 steps" in out
+    assert json.loads(run_cli(capsys, "diagnose", str(with_steps), "--json")[1])["runs"][0]["step_unit"] == "step"
+
+
 def test_torn_history_line_is_tolerated(tmp_path, capsys):
     d = write_run(tmp_path / "torn", s.overfit())
     with open(d / "history.jsonl", "a") as f:

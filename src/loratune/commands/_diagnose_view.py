@@ -50,7 +50,7 @@ def _rule_features() -> set[str]:
 def render_diagnosis(console: Console, d: Diagnosis) -> None:
     n_pts = int(d.features.values.get("n_eval_points") or 0)
     console.rule(f"[bold]{safe(d.run)}[/]  [dim]{d.source}, {n_pts} eval points, "
-                 f"{_f(d, 'steps')} steps[/]")
+                 f"{_f(d, 'steps')} {d.step_unit}s[/]")
     p = d.primary
     if p:
         console.print(f"verdict: [bold]{safe(p.rule_id)}[/]  next move: [bold cyan]{safe(', '.join(p.moves))}[/]")
