@@ -99,7 +99,8 @@ FRESH = (("C", ROOT / "tests" / "fixtures" / "external" / "public_c", "f70a259")
          ("AQ", ROOT / "tests" / "fixtures" / "external" / "public_aq", "5214302"),
          ("AR", ROOT / "tests" / "fixtures" / "external" / "public_ar", "5662a6a"),
          ("AS", ROOT / "tests" / "fixtures" / "external" / "public_as", "5662a6a"),
-         ("AT", ROOT / "tests" / "fixtures" / "external" / "public_at", "5662a6a"))
+         ("AT", ROOT / "tests" / "fixtures" / "external" / "public_at", "5662a6a"),
+         ("AU", ROOT / "tests" / "fixtures" / "external" / "public_au", "95028ab"))
 # each fresh fold's first scoring, the held-out record (fold: loratune accepted, runs, finetune-doctor accepted, the
 # commit that recorded the score, None where the notes of that time name none). Written once, when a fold is scored;
 # never recomputed (the rules have changed since). The table shows every fold and two totals: C on, and I on (the span
@@ -127,9 +128,13 @@ RECORD_FROM = "I"  # the first fold of the quoted span (see HELD_OUT)
 # bounds what any reader of the same numbers can score
 REVIEW2 = "review2.json"
 # the fresh folds not read yet (no rule was written looking at them): their tables are held-out scores
-UNREAD = ()
+UNREAD = ("AU",)
 # how a fold's first scoring relates to its labels, where "rules frozen before the labels existed" is not exact
-FREEZE_NOTE = {"AT": "rules of 5662a6a (unchanged since fold AR's scoring), unchanged while its two blind reviews "
+FREEZE_NOTE = {"AU": "rules of 95028ab (no rule or threshold changed since fold AT's scoring; the reader fixes made "
+                     "since moved no corpus verdict), unchanged while its two blind reviews were written, each by two "
+                     "reviewers on alternate runs (their replies gave label counts only); collected by eleven helpers "
+                     "with 497 fetches in a new session",
+               "AT": "rules of 5662a6a (unchanged since fold AR's scoring), unchanged while its two blind reviews "
                      "were written, each by two reviewers on alternate runs (their replies gave label counts only); "
                      "collected by fourteen helpers with 463 fetches in a new session that changed no diagnosis rule "
                      "before the scoring",
