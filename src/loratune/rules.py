@@ -693,6 +693,15 @@ _RULES = (
                             c("val_loss_rise_noise", ">=", "rise_noise_min"),
                             c("val_loss_min_fraction", "<=", "early_turn_fraction_max"),
                             why="a language model's val loss turned early and ended beyond its noise above the minimum"),
+                       # ...or turned later but rose at every eval after its minimum, the lowest of them above it
+                       # beyond the noise band: "stays above it by more than the noise" (5b) read at each later eval,
+                       # not at one (fold AU's zenloger: Qwen3-0.6B LoRA, minimum at 53% of the run, eight rises in a
+                       # row to +2.3% at 8.1 noise units, the lowest later eval 2.3 units above it, train -10% over the
+                       # second half: both reviews overfit-capacity, nothing else accepted)
+                       all_(c("generative", ">=", "flag_on"),
+                            c("val_loss_rise_steady", ">=", "flag_on"),
+                            c("val_loss_rise_held_noise", ">=", "rise_noise_min"),
+                            why="a language model's val loss rose at every eval after its minimum, each beyond its noise"),
                        all_(c("val_metric_final_drop", ">=", "val_metric_drop_min"),
                             c("val_metric_final_drop_se", ">=", "drop_se_min"),
                             # the val loss, where logged, past its minimum too; a run scored by a val metric

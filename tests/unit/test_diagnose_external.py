@@ -1187,6 +1187,39 @@ def test_a_language_models_val_loss_rising_beyond_its_noise_from_an_early_minimu
         assert not d.fired("overfit-capacity", active_only=False)
 
 
+# ---- fold AU: a language model's val loss that turned after the first half and rose at every later eval ------------
+
+@pytest.mark.parametrize("shape, dip, task, overfit", [
+    ("front", False, "CAUSAL_LM", True),  # 7 rises in a row, the lowest later eval 2.6 noise units above the minimum
+    ("front", True, "CAUSAL_LM", False),  # near miss: one later eval dips back near the minimum: not steady
+    ("linear", False, "CAUSAL_LM", False),  # near miss: steady, but the first rise is inside the band (1.1 units)
+    ("front", False, "SEQ_CLS", False),  # near miss: a classifier's +2% is under val_loss_rise_small_min (no floor)
+])
+def test_a_language_models_val_loss_rising_at_every_eval_after_a_late_minimum_beyond_its_noise_is_overfit(
+        tmp_path, shape, dip, task, overfit):
+    # zenloger (AU): Qwen3-0.6B LoRA, minimum at 53% of the run, then eight rises to +2.3% at 8.1 noise units
+    turn = 0.6
+
+    def val(f):
+        up = (f - turn) / (1 - turn)
+        base = 2.056 - 0.026 * (f / turn) if f <= turn else 2.030 + 0.04 * (up ** 0.5 if shape == "front" else up)
+        if dip and abs(f - 0.85) < 0.04:
+            base -= 0.02
+        return base + (0.002 if round(f * 17) % 2 else 0.0)
+
+    fall = exp_decay(2.57, 1.9, 8)
+    d = diagnose(trainer_state(tmp_path, train=lambda f: fall(f) - 0.2 * max(0.0, f - 0.5) / 0.5, val=val, evals=17,
+                               steps=340, log_every=4, classes=None, n_val=None, lr=5e-5,
+                               adapter={"task_type": task, "r": 8, "lora_alpha": 16}))
+    assert d.features["val_loss_min_fraction"] > 0.5 and d.features["val_loss_rise"] < 0.03
+    assert d.features["train_loss_late_drop"] >= 0.1 and d.features["val_loss_rise_noise"] >= 2
+    assert (d.features["val_loss_rise_steady"] == 1) == (not dip)
+    assert (d.features["val_loss_rise_held_noise"] >= 2) == (shape == "front" and not dip)
+    assert (d.verdict == "overfit-capacity") == overfit, [(f.rule_id, f.suppressed_by) for f in d.findings]
+    if not overfit:
+        assert not d.fired("overfit-capacity", active_only=False)
+
+
 @pytest.mark.parametrize("swing, share_max, healthy", [
     (0.0, 0.1, True),  # 70 evals: -2.8% early, then level, +-0.003 jitter (raw eval-to-eval share 0.42): healthy
     (0.002, 0.2, True),  # a slow swing of 0.002 over three cycles: the block means move up 0.19 of the time
