@@ -249,6 +249,8 @@ NO_CLASS_TASKS = ("causal-lm", "seq2seq", "regression", "question-answering", "m
 # trainer_state.json top-level fields that are facts about the run (never the pickled training_args.bin)
 _STATE_FACTS = ("train_batch_size", "max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps")
 # adapter_config.json fields that are knobs
+# the adapter knobs a reader with no adapter_config.json may supply as facts (a notebook's LoraConfig literals)
+CALLER_ADAPTER_FACTS = ("r", "lora_alpha")
 _ADAPTER_FACTS = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "use_dora",
                   "layers_to_transform", "modules_to_save", "bias", "peft_type", "base_model_name_or_path")
 # the end-of-training entry the Trainer logs (its own log_history entry; one step with the last train log in TB)
@@ -693,9 +695,16 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
         meta["train_loss_scale" if summed["factor"] is not None else "train_loss_summed"] = summed
     if not no_classes and "n_classes" not in facts and not (summed is not None and summed["factor"] is None):
         _classes_from_first_loss(train_logs, meta, facts)  # (a first loss summed over N micro-batches: no count)
-    config = _config_from_facts(_adapter_facts(folder, facts, notes, adapter), facts)
+    # a rank / alpha the caller read (a notebook's LoraConfig): the knobs a comparison groups runs by, as an
+    # adapter_config.json's are (which, when there is one, stands over them)
+    read = {k: facts[k].value for k in CALLER_ADAPTER_FACTS if k in facts}
+    config = _config_from_facts(_adapter_facts(folder, facts, notes, adapter) or read, facts)
     if adapter is None and _side_file(folder, "adapter_config.json") is None:
-        notes.append("no adapter_config.json beside the state: rank, alpha and targets unknown")
+        if not read:
+            notes.append("no adapter_config.json beside the state: rank, alpha and targets unknown")
+        elif "target_modules" not in read:
+            notes.append(f"no adapter_config.json beside the state: {' and '.join(read)} from "
+                         f"{facts[next(iter(read))].source}, targets unknown")
     elif not config.get("adapter") and "peft_type" in facts:
         notes.append(f"a {facts['peft_type'].value} adapter: no LoRA rank, alpha or targets to read")
     meta["facts"] = {k: {"value": f.value, "source": f.source} for k, f in facts.items()}
@@ -722,8 +731,9 @@ def _side_file(folder: Path, filename: str) -> Path | None:
 def _model_config_facts(folder: Path, meta: dict, facts: dict, notes: list[str]) -> None:
     cfg_path = _side_file(folder, "config.json")
     if cfg_path is None:
-        notes.append("no model config.json beside the state: the number of classes is read from the first loss "
-                     "when it can be")
+        if "n_classes" not in facts:  # a count the caller read (a notebook's num_labels) stands
+            notes.append("no model config.json beside the state: the number of classes is read from the first "
+                         "loss when it can be")
         return
     try:
         mcfg = json.loads(cfg_path.read_text(encoding="utf-8"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loratune.cli import main
-from loratune.diagnose import diagnose
+from loratune.diagnose import compare, diagnose
 from loratune.errors import UserError
 from loratune.history_io import load_run, read_notebook
 
@@ -386,3 +386,21 @@ def test_a_lora_run_below_loras_lr_with_no_train_loss_logged_is_read_on_its_val_
     d = diagnose(run)
     assert d.features["train_loss_logged"] == 0 and d.features["lora"] == 1
     assert (d.verdict == "lr-too-small") == too_small, [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+def test_a_lora_rank_read_from_the_code_is_a_knob_runs_are_compared_by(tmp_path):
+    # the r / lora_alpha of a notebook's LoraConfig reach the comparison as an adapter_config.json's do, and the notes
+    # no longer say rank, alpha and class count are unknown beside the facts that give them
+    rows = [["10", "1.30", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"], ["30", "0.70", "0.95", "0.65"]]
+    code = ("model = AutoModelForSequenceClassification.from_pretrained('m', num_labels=5)\n"
+            "model = get_peft_model(model, LoraConfig(r=%d, lora_alpha=16))\n"
+            "args = TrainingArguments('o', learning_rate=2e-5)")
+    nbs = [_table_notebook(tmp_path / f"r{r}.ipynb", [("[30/30 00:10, Epoch 3/3]", rows)], code=code % r)
+           for r in (8, 16)]
+    run = read_notebook(nbs[0])
+    assert run.config["adapter"] == {"r": 8, "lora_alpha": 16}
+    assert not any("rank, alpha and targets unknown" in n for n in run.notes)
+    assert any("r and lora_alpha from notebook code: LoraConfig, targets unknown" in n for n in run.notes)
+    assert run.facts["n_classes"].value == 5 and not any("no model config.json" in n for n in run.notes)
+    c = compare(nbs)
+    assert [(g.knob, [v for _, v, _, _ in g.runs]) for g in c.groups] == [("r", [8, 16])]
