@@ -1280,10 +1280,13 @@ def _json_num(v: Any) -> Any:
 _NB_PROGRESS = re.compile(r"\[\s*(\d+)\s*/\s*(\d+)[^\]]*?(?:Epoch\s+([\d.]+)\s*/\s*(\d+))?\s*\]")
 # a literal learning_rate in a code cell (`TrainingArguments(learning_rate=2e-5)`, `"learning_rate": 1e-4`)
 _NB_COMMENT_LINE = re.compile(r"(?m)^[ \t]*#.*$")  # a commented-out line (`# learning_rate=1e-3`) sets nothing
-_NB_LR = re.compile(r"""["']?\blearning_rate["']?\s*[=:]\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\b""")
+# the end of an argument or value: a literal or name followed by anything else (`2 * 1e-5`, `1e-4/2`, `LR * 4`,
+# `cfg.lr`) is an expression, whose value the code does not write
+_NB_END = r"(?=[ \t]*(?:[,)\]};#\r\n]|$))"
 _NB_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+_NB_LR = re.compile(r"""["']?\blearning_rate["']?\s*[=:]\s*""" + _NB_NUMBER + _NB_END)
 # `learning_rate=LEARNING_RATE`: a name the code assigns the learning rate to
-_NB_LR_NAME = re.compile(r"\blearning_rate\s*=\s*([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*[.(\[])")
+_NB_LR_NAME = re.compile(r"\blearning_rate\s*=\s*([A-Za-z_][A-Za-z0-9_]*)" + _NB_END)
 # a literal num_labels (`from_pretrained(name, num_labels=3)`): the classifier head's classes
 _NB_LABELS = re.compile(r"""["']?\bnum_labels["']?\s*[=:]\s*(\d+)\b""")
 # a transformers model class in a code cell (`AutoModelForCausalLM`, `GPT2LMHeadModel`, `BartForConditionalGeneration`)
@@ -1301,7 +1304,10 @@ _NB_OTHER_PEFT = re.compile(r"\b(?:AdaLora|PromptTuning|PrefixTuning|PromptEncod
 TRAINER_DEFAULT_LR = 5e-5
 _NB_TRAINING_ARGS = re.compile(r"\b(?:Seq2Seq)?TrainingArguments\(")
 _NB_LR_SET_ELSEWHERE = re.compile(r"\blearning_rate\b|\blr\b|\b(?:SFT|DPO|GRPO|ORPO|KTO|Reward|PPO|CPO)Config\b|"
-                                  r"\boptimizers\s*=|\bHfArgumentParser\b|TrainingArguments\(\s*\*\*")
+                                  r"\boptimizers\s*=|\bHfArgumentParser\b|"
+                                  # `TrainingArguments(output_dir=d, **cfg)`: **cfg may set it (one level of
+                                  # parentheses inside the call: `os.path.join(a, b)`)
+                                  r"TrainingArguments\((?:[^()]|\([^()]*\))*\*\*")
 _NB_NO_VALUE = ("no log", "", "none", "-")  # "nan" / "inf" are values: a non-finite loss, as trainer_state.json keeps
 NB_EPOCHS_UNKNOWN = 10**9  # a max_steps run over an iterable dataset shows `Epoch 1/9223372036854775807`
 
@@ -1545,7 +1551,8 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
         facts["peft_type"] = Fact("LORA", "notebook code: LoraConfig")
         if len(loras) == 1:  # one adapter: its literal rank and alpha
             args = loras.pop()
-            for key, rx in (("r", r"\br\s*=\s*(\d+)\b"), ("lora_alpha", r"\blora_alpha\s*=\s*(\d+(?:\.\d+)?)\b")):
+            for key, rx in (("r", r"\br\s*=\s*(\d+)" + _NB_END),
+                            ("lora_alpha", r"\blora_alpha\s*=\s*(\d+(?:\.\d+)?)" + _NB_END)):
                 m = re.search(rx, args)
                 if m:
                     facts[key] = Fact(float(m.group(1)) if "." in m.group(1) else int(m.group(1)),

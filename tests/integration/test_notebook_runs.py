@@ -404,3 +404,24 @@ def test_a_lora_rank_read_from_the_code_is_a_knob_runs_are_compared_by(tmp_path)
     assert run.facts["n_classes"].value == 5 and not any("no model config.json" in n for n in run.notes)
     c = compare(nbs)
     assert [(g.knob, [v for _, v, _, _ in g.runs]) for g in c.groups] == [("r", [8, 16])]
+
+
+@pytest.mark.parametrize("code, lr, alpha", [
+    # an expression is no literal: its first number is not the value, nor is the name it scales
+    ("args = TrainingArguments('o', learning_rate=2 * 1e-5)", None, None),
+    ("args = TrainingArguments('o', learning_rate=1e-4/2)", None, None),
+    ("LR = 1e-4\nargs = TrainingArguments('o', learning_rate=LR * 4)", None, None),
+    # **cfg may set it, wherever it stands in the call: no TrainingArguments default either
+    ("args = TrainingArguments(output_dir=os.path.join('a', 'b'), **cfg)", None, None),
+    ("R = 16\nmodel = get_peft_model(m, LoraConfig(r=R, lora_alpha=2 * R))", None, None),
+    # near misses: a literal that ends the argument, the value or the line stays a fact
+    ("args = TrainingArguments('o', learning_rate=2e-5 , num_train_epochs=3)", 2e-5, None),
+    ("cfg = {'learning_rate': 1e-4}\nLR = 3e-4", 1e-4, None),
+    ("LR = 3e-4\nargs = TrainingArguments('o', learning_rate=LR)  # peak", 3e-4, None),
+    ("model = get_peft_model(m, LoraConfig(r=8, lora_alpha=32))", None, 32),
+])
+def test_a_learning_rate_or_alpha_written_as_an_expression_is_no_fact(tmp_path, code, lr, alpha):
+    rows = [["10", "1.30", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"], ["30", "0.70", "0.95", "0.65"]]
+    run = read_notebook(_table_notebook(tmp_path / "nb.ipynb", [("[30/30 00:10, Epoch 3/3]", rows)], code=code))
+    assert (run.facts["learning_rate"].value if "learning_rate" in run.facts else None) == lr
+    assert (run.facts["lora_alpha"].value if "lora_alpha" in run.facts else None) == alpha
