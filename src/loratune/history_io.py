@@ -85,8 +85,14 @@ def _load_run(path: str | Path) -> RunHistory:
         n = int(m["table"])
         if n < 1:
             raise UserError(f"'{path}': tables are counted from 1", f"give {m['file']}#1 for the first table")
-        return read_notebook(m["file"], table=n - 1)
+        run = read_notebook(m["file"], table=n - 1)
+        # named and placed as given: two tables of one notebook are two runs (`two#1`, `two#2`), not `two` twice
+        return replace(run, name=f"{run.name}#{n}", path=str(path))
     p = Path(path)
+    if (not p.exists() and (m := re.match(r"^(?P<file>.+\.ipynb)#(?P<table>.*)$", str(path), re.IGNORECASE))
+            and Path(m["file"]).is_file()):
+        raise UserError(f"'{path}': '{m['table']}' is not a table number (NOTEBOOK.ipynb#N, N a whole number)",
+                        f"give {m['file']}#1 for the first table, or {m['file']} for the last one evaluated")
     if not p.exists():
         raise UserError(f"'{p}' does not exist",
                         "give a loratune run directory, a Trainer output directory, a trainer_state.json, a Jupyter "
@@ -1364,18 +1370,26 @@ def _nb_float(text: str) -> float | None:
         return None
 
 
-def _nb_progress_tables(nb: Mapping[str, Any]) -> list[dict]:
+def _nb_progress_tables(nb: Mapping[str, Any], path: str | Path = "the notebook") -> list[dict]:
     """The Trainer's training tables in a notebook's outputs, in cell order: {header, rows, progress: (value, max,
-    epoch, epochs)}. A training table has a `Training Loss` column and a `Step` or `Epoch`, under the progress bar in
-    the same output (`trainer.evaluate()` alone shows a one-row table of the same columns with no bar: not a run)."""
+    epoch, epochs), cell: its cell's index}. A training table has a `Training Loss` column and a `Step` or `Epoch`,
+    under the progress bar in the same output (`trainer.evaluate()` alone shows a one-row table of the same columns
+    with no bar: not a run). Outputs that are not what nbformat 4 writes are a UserError naming the cell."""
     found = []
-    for cell in nb.get("cells") or []:
+    for c, cell in enumerate(nb.get("cells") or []):
         if not isinstance(cell, dict):
             continue
-        for out in cell.get("outputs") or []:
+        outputs = cell.get("outputs") or []
+        if not isinstance(outputs, list):
+            raise UserError(f"'{path}': cell {c + 1}'s `outputs` is not a list (a {type(outputs).__name__})",
+                            "give the .ipynb file as Jupyter saved it (or clear that cell's outputs)")
+        for o, out in enumerate(outputs):
             data = out.get("data") if isinstance(out, dict) else None
             html = data.get("text/html") if isinstance(data, dict) else None
             if isinstance(html, list):
+                if not all(isinstance(x, str) for x in html):
+                    raise UserError(f"'{path}': cell {c + 1}, output {o + 1}: its text/html holds a non-text item",
+                                    "give the .ipynb file as Jupyter saved it (or clear that cell's outputs)")
                 html = "".join(html)
             if not isinstance(html, str) or "<table" not in html:
                 continue
@@ -1393,7 +1407,7 @@ def _nb_progress_tables(nb: Mapping[str, Any]) -> list[dict]:
                 epochs = int(m.group(4)) if m.group(4) else None
                 progress = (int(m.group(1)), int(m.group(2)), _nb_float(m.group(3) or ""),
                             epochs if epochs and epochs < NB_EPOCHS_UNKNOWN else None)
-                found.append({"header": header, "norm": norm, "rows": rows, "progress": progress})
+                found.append({"header": header, "norm": norm, "rows": rows, "progress": progress, "cell": c})
     return found
 
 
@@ -1494,9 +1508,12 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"'{p}' is not a readable notebook ({exc})",
                         "give the .ipynb file as Jupyter saved it") from None
+    if isinstance(nb, dict) and not isinstance(nb.get("cells"), list) and nb.get("nbformat") in (1, 2, 3):
+        raise UserError(f"'{p}' is an nbformat {nb['nbformat']} notebook (cells under `worksheets`); loratune reads "
+                        "nbformat 4", f"convert it: `jupyter nbconvert --to notebook --nbformat 4 {p.name}`")
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         raise UserError(f"'{p}' has no `cells` list", "give the .ipynb file as Jupyter saved it")
-    tables = _nb_progress_tables(nb)
+    tables = _nb_progress_tables(nb, p)
     if not tables:
         raise UserError(f"'{p}' holds no Trainer progress table in its outputs (a progress bar over a table with "
                         f"Step/Epoch and Training Loss columns)",
@@ -1523,9 +1540,10 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
         later = f"table {k + 2}" if k + 2 == len(tables) else f"tables {k + 2}-{len(tables)}"
         notes.append(f"the later {later} holds no evaluated row (a run stopped before its first evaluation): not read")
     notes += extra
+    # the code up to and including the cell that showed the table: a later cell's settings are a later run's
     code = [_NB_COMMENT_LINE.sub("", "".join(str(x) for x in c.get("source") if isinstance(x, str))
                                  if isinstance(c.get("source"), list) else str(c.get("source") or ""))
-            for c in nb["cells"] if isinstance(c, dict) and c.get("cell_type") == "code"]
+            for c in nb["cells"][:tables[k]["cell"] + 1] if isinstance(c, dict) and c.get("cell_type") == "code"]
     lrs = sorted({float(m.group(1)) for text in code for m in _NB_LR.finditer(text)})
     # `learning_rate=LR` with `LR = 2e-5` assigned once as a literal elsewhere: that literal (a name assigned
     # several values, or from a call, says nothing)

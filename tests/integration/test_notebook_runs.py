@@ -425,3 +425,41 @@ def test_a_learning_rate_or_alpha_written_as_an_expression_is_no_fact(tmp_path, 
     run = read_notebook(_table_notebook(tmp_path / "nb.ipynb", [("[30/30 00:10, Epoch 3/3]", rows)], code=code))
     assert (run.facts["learning_rate"].value if "learning_rate" in run.facts else None) == lr
     assert (run.facts["lora_alpha"].value if "lora_alpha" in run.facts else None) == alpha
+
+
+def test_tables_picked_by_number_keep_it_in_their_name_and_read_the_code_before_them(tmp_path):
+    rows = [["10", "1.30", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"], ["30", "0.70", "0.95", "0.65"]]
+    nb = _table_notebook(tmp_path / "two.ipynb", [("[30/30 00:10, Epoch 3/3]", rows)],
+                         code="args = TrainingArguments('o', learning_rate=1e-4)")
+    doc = json.loads(nb.read_text())
+    doc["cells"] += [{"cell_type": "code", "metadata": {}, "source": ["args = TrainingArguments('o', learning_rate=2e-5)"],
+                      "outputs": []}, dict(doc["cells"][1])]
+    nb.write_text(json.dumps(doc))
+    one, two = load_run(f"{nb}#1"), load_run(f"{nb}#2")
+    assert (one.name, one.path, two.name, two.path) == ("two#1", f"{nb}#1", "two#2", f"{nb}#2")
+    assert one.facts["learning_rate"].value == 1e-4  # the 2e-5 cell comes after table 1: a later run's
+    assert "learning_rate" not in two.facts  # both cells before table 2: which one it ran at is not said
+    assert compare([f"{nb}#1", f"{nb}#2"]).runs == ("two#1", "two#2")
+
+
+@pytest.mark.parametrize("doc, why, fix", [
+    ({"cells": [{"cell_type": "code", "source": "x", "outputs": 5}]}, "cell 1's `outputs` is not a list", "as Jupyter"),
+    ({"cells": [{"cell_type": "code", "source": "x", "outputs": [{"data": {"text/html": ["<table>", 5]}}]}]},
+     "cell 1, output 1: its text/html holds a non-text item", "as Jupyter"),
+    ({"nbformat": 3, "worksheets": [{"cells": []}]}, "nbformat 3 notebook",
+     "jupyter nbconvert --to notebook --nbformat 4"),
+])
+def test_a_malformed_or_old_notebook_is_a_clear_error(tmp_path, capsys, doc, why, fix):
+    nb = tmp_path / "bad.ipynb"
+    nb.write_text(json.dumps(doc))
+    assert main(["diagnose", str(nb)]) == 2
+    err = capsys.readouterr().err
+    assert why in err and fix in err and "Traceback" not in err
+
+
+def test_a_table_number_that_is_no_number_is_said_so(tmp_path, capsys):
+    rows = [["10", "1.30", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"]]
+    nb = _table_notebook(tmp_path / "two.ipynb", [("[20/20 00:10, Epoch 2/2]", rows)])
+    assert main(["diagnose", f"{nb}#x"]) == 2
+    err = capsys.readouterr().err
+    assert "'x' is not a table number" in err and "two.ipynb#1" in err and "does not exist" not in err
