@@ -1428,11 +1428,27 @@ def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
     state: dict[str, Any] = {"global_step": value, "max_steps": planned}
     facts = {"max_steps": Fact(planned, "notebook progress bar"), "steps_done": Fact(value, "notebook progress bar")}
     notes: list[str] = []
-    per_epoch = None
+    per_epoch, end_partial = None, False
     if epochs:
         state["num_train_epochs"] = epochs
         facts["num_train_epochs"] = Fact(epochs, "notebook progress bar")
         per_epoch = planned / epochs
+        if planned % epochs and "step" not in t["norm"]:
+            # under max_steps (or a fractional num_train_epochs) the bar's epoch count is the Trainer's
+            # ceil(planned / steps per epoch), so planned / epochs understates the steps per epoch: the whole steps
+            # per epoch s with ceil(planned / s) = epochs (planned / epochs <= s < planned / (epochs - 1))
+            fits = [k for k in range(math.ceil(planned / epochs), math.ceil(planned / max(epochs - 1, 1)) + 1)
+                    if math.ceil(planned / k) == epochs]
+            if len(fits) == 1:
+                per_epoch = fits[0]
+                # the run stopped inside epoch planned // s and evaluated there (on_epoch_end): the callback shows
+                # that evaluation in place of the row of the same whole epoch, at the bar's last step
+                end_partial = value == planned
+                notes.append(f"the bar's {planned} steps over {epochs} epochs (max_steps): {per_epoch} steps per "
+                             "epoch, the one whole number whose epoch count is the bar's")
+            else:
+                notes.append(f"the bar's {planned} steps over {epochs} epochs (max_steps) fit "
+                             f"{len(fits)} whole step counts per epoch: the rows' steps are approximate")
     col = {n: i for i, n in enumerate(t["norm"])}
     metrics = [(i, "eval_loss" if n == "validation_loss" else f"eval_{n}") for i, n in enumerate(t["norm"])
                if n not in ("step", "epoch", "training_loss")]
@@ -1464,11 +1480,15 @@ def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
     # the row before's value shows the same log again (no new one since: logging_steps longer than the eval interval),
     # and reading it as a second window would make a train loss that was logged once look flat
     last_loss, repeats = None, 0
-    for row, epoch in zip(t["rows"], row_epochs):
+    for i, (row, epoch) in enumerate(zip(t["rows"], row_epochs)):
         step = _nb_float(cell(row, "step"))
         step = step if step is not None and math.isfinite(step) else None
         if step is None and epoch is not None and per_epoch:
             step = round(epoch * per_epoch)
+            if end_partial and i == len(t["rows"]) - 1 and epoch == planned // per_epoch:
+                step = planned
+                notes.append(f"the last row (epoch {epoch:g}) is the evaluation at the run's end, step {planned}, "
+                             f"shown in place of the end of epoch {epoch:g}")
         if step is None:
             continue
         where = {"step": int(step), **({"epoch": epoch} if epoch is not None else {})}
@@ -1481,7 +1501,7 @@ def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
         ev = {key: v for i, key in metrics if i < len(row) and (v := _nb_float(row[i])) is not None}
         if ev:
             log_history.append({**ev, **where})
-    if "step" not in col and epochs:
+    if "step" not in col and epochs and per_epoch == planned / epochs:
         notes.append("the table has epochs, not steps: steps are epoch x planned steps / epochs from the progress bar")
     elif "step" not in col and not per_epoch:
         notes.append("the table has epochs and its progress bar no epoch count: no row is placed")

@@ -52,7 +52,8 @@ class _Shown:
 
 
 def _notebook_run(folder: Path, monkeypatch, *, eval_strategy: str, lr: float = 1e-2, steps: int = 40,
-                  epochs: int = 4, code: str = "", logging_steps: int = 3) -> tuple[Path, Path]:
+                  epochs: int = 4, code: str = "", logging_steps: int = 3,
+                  max_steps: int | None = None) -> tuple[Path, Path]:
     """Train with NotebookProgressCallback; returns (notebook path, trainer_state.json of the same run)."""
     shown = _Shown()
     ipython = types.ModuleType("IPython")
@@ -70,7 +71,8 @@ def _notebook_run(folder: Path, monkeypatch, *, eval_strategy: str, lr: float = 
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=8, per_device_eval_batch_size=32,
                              learning_rate=lr, eval_strategy=eval_strategy, logging_steps=logging_steps,
                              report_to="none", use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True,
-                             **({"max_steps": steps, "eval_steps": 8} if by_steps else {"num_train_epochs": epochs}))
+                             **({"max_steps": steps, "eval_steps": 8} if by_steps else {"num_train_epochs": epochs}),
+                             **({"max_steps": max_steps} if max_steps and not by_steps else {}))
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                       data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics)
     trainer.remove_callback(ProgressCallback)
@@ -463,3 +465,21 @@ def test_a_table_number_that_is_no_number_is_said_so(tmp_path, capsys):
     assert main(["diagnose", f"{nb}#x"]) == 2
     err = capsys.readouterr().err
     assert "'x' is not a table number" in err and "two.ipynb#1" in err and "does not exist" not in err
+
+
+def test_an_epoch_table_under_max_steps_places_rows_at_the_trainers_steps(tmp_path, monkeypatch):
+    # 5 steps an epoch, max_steps=17: the Trainer counts ceil(17 / 5) = 4 epochs (the bar: `[17/17, Epoch 3/4]`) and
+    # evaluates at 5, 10, 15 and at the end, 17, whose row (int(3.4) = 3) replaces epoch 3's. 17 / 4 placed at 4, 8, 13
+    nb, state_file = _notebook_run(tmp_path, monkeypatch, eval_strategy="epoch", max_steps=17)
+    run = load_run(nb)
+    evals = {p["step"]: p for p in load_run(state_file).points if "val/loss" in p}
+    assert sorted(evals) == [5, 10, 15, 17]
+    assert [p["step"] for p in run.points] == [5, 10, 17]
+    assert [p["val/loss"] for p in run.points] == pytest.approx([evals[s]["val/loss"] for s in (5, 10, 17)], abs=5e-7)
+    assert any("5 steps per epoch" in n for n in run.notes) and not any("epochs, not steps" in n for n in run.notes)
+    # a bar that several whole steps-per-epoch fit (ceil(11 / s) = 2 for s = 6..10): the placement is said approximate
+    rows = [["1", "1.3", "1.2", "0.5"], ["2", "0.9", "1.0", "0.6"]]
+    loose = read_notebook(_table_notebook(tmp_path / "loose.ipynb", [("[11/11 00:10, Epoch 2/2]", rows)],
+                                          first="Epoch"))
+    assert [p["step"] for p in loose.points] == [6, 11]
+    assert any("fit 5 whole step counts per epoch: the rows' steps are approximate" in n for n in loose.notes)
