@@ -1407,7 +1407,9 @@ def _nb_progress_tables(nb: Mapping[str, Any], path: str | Path = "the notebook"
                 epochs = int(m.group(4)) if m.group(4) else None
                 progress = (int(m.group(1)), int(m.group(2)), _nb_float(m.group(3) or ""),
                             epochs if epochs and epochs < NB_EPOCHS_UNKNOWN else None)
-                found.append({"header": header, "norm": norm, "rows": rows, "progress": progress, "cell": c})
+                ran = cell.get("execution_count")
+                found.append({"header": header, "norm": norm, "rows": rows, "progress": progress, "cell": c,
+                              "ran": ran if isinstance(ran, int) and not isinstance(ran, bool) else None})
     return found
 
 
@@ -1542,8 +1544,14 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
     if table is not None and not -len(tables) <= table < len(tables):
         raise UserError(f"'{p}' holds {len(tables)} Trainer progress table(s); there is no table {table + 1}",
                         f"give {p.name}#1 to {p.name}#{len(tables)} (read_notebook's table=0 to {len(tables) - 1})")
+    # the order the tables were made in: the cells' execution_count when every table's cell has one (a cell run
+    # again after a later one holds the newer table; the later cell's output is stale), else their order on the page
+    order = list(range(len(tables)))
+    by_count = len(tables) > 1 and all(t["ran"] is not None for t in tables)
+    if by_count:
+        order.sort(key=lambda i: (tables[i]["ran"], i))
     # the last table with an evaluated row (a rerun stopped before its first evaluation shows an empty table)
-    for k in [table % len(tables)] if table is not None else range(len(tables) - 1, -1, -1):
+    for k in [table % len(tables)] if table is not None else reversed(order):
         state, facts, extra, has_eval = _nb_table_history(tables[k])
         if has_eval:
             break
@@ -1556,7 +1564,13 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
                         "evaluate during training (eval_strategy='steps' or 'epoch' with an eval_dataset)")
     notes = [f"read the Trainer's progress table {k + 1} of {len(tables)} in the notebook's outputs"
              + (f" (another: {p.name}#N, N from 1 to {len(tables)})" if len(tables) > 1 else "")]
-    if table is None and k != len(tables) - 1:
+    if table is None and order != sorted(order):
+        stale = [i + 1 for i in order[order.index(k) + 1:]]
+        notes.append(f"table {k + 1} was read as the latest: its cell ran last (execution_count {tables[k]['ran']})"
+                     + (f"; table(s) {', '.join(map(str, stale))} ran later but hold no evaluated row" if stale else "")
+                     + f"; by their cells' execution_count the tables ran in the order "
+                     f"{', '.join(str(i + 1) for i in order)} (a table below a cell run again is an older run's)")
+    elif table is None and k != len(tables) - 1:
         later = f"table {k + 2}" if k + 2 == len(tables) else f"tables {k + 2}-{len(tables)}"
         notes.append(f"the later {later} holds no evaluated row (a run stopped before its first evaluation): not read")
     notes += extra

@@ -483,3 +483,28 @@ def test_an_epoch_table_under_max_steps_places_rows_at_the_trainers_steps(tmp_pa
                                           first="Epoch"))
     assert [p["step"] for p in loose.points] == [6, 11]
     assert any("fit 5 whole step counts per epoch: the rows' steps are approximate" in n for n in loose.notes)
+
+
+def test_the_table_of_the_cell_that_ran_last_is_read_not_a_stale_one_below_it(tmp_path):
+    rows = [["50", "1.30", "1.20", "0.50"], ["100", "0.90", "1.00", "0.60"]]
+    nb = _table_notebook(tmp_path / "stale.ipynb", [("[100/100 00:10, Epoch 2/2]", rows)],
+                         code="args = TrainingArguments('o', learning_rate=3e-3)")
+    doc = json.loads(nb.read_text())
+    new, stale = doc["cells"][1], json.loads(json.dumps(doc["cells"][1]))
+    new["execution_count"], stale["execution_count"] = 9, 4
+    stale["outputs"][0]["data"]["text/html"] = [stale["outputs"][0]["data"]["text/html"][0]
+                                                .replace("100/100", "20/20").replace("<td>50</td>", "<td>10</td>")
+                                                .replace("<td>100</td>", "<td>20</td>")]
+    doc["cells"].append(stale)
+    nb.write_text(json.dumps(doc))
+    run = read_notebook(nb)
+    assert [p["step"] for p in run.points] == [50, 100] and run.facts["learning_rate"].value == 3e-3
+    assert any("table 1 was read as the latest: its cell ran last (execution_count 9)" in n and "order 2, 1" in n
+               for n in run.notes)
+    assert [p["step"] for p in read_notebook(nb, table=1).points] == [10, 20]  # picked by hand: as given
+    # no execution counts (or all equal): the page's order, the last table, with no such note
+    for c in doc["cells"]:
+        c.pop("execution_count", None)
+    nb.write_text(json.dumps(doc))
+    run = read_notebook(nb)
+    assert [p["step"] for p in run.points] == [10, 20] and not any("ran last" in n for n in run.notes)
