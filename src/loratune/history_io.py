@@ -1567,7 +1567,8 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
     if table is None and order != sorted(order):
         stale = [i + 1 for i in order[order.index(k) + 1:]]
         notes.append(f"table {k + 1} was read as the latest: its cell ran last (execution_count {tables[k]['ran']})"
-                     + (f"; table(s) {', '.join(map(str, stale))} ran later but hold no evaluated row" if stale else "")
+                     + (f"; table(s) {', '.join(map(str, stale))} ran later but hold no evaluated row"
+                        if stale else "")
                      + f"; by their cells' execution_count the tables ran in the order "
                      f"{', '.join(str(i + 1) for i in order)} (a table below a cell run again is an older run's)")
     elif table is None and k != len(tables) - 1:

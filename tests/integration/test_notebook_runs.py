@@ -391,8 +391,8 @@ def test_a_lora_run_below_loras_lr_with_no_train_loss_logged_is_read_on_its_val_
 
 
 def test_a_lora_rank_read_from_the_code_is_a_knob_runs_are_compared_by(tmp_path):
-    # the r / lora_alpha of a notebook's LoraConfig reach the comparison as an adapter_config.json's do, and the notes
-    # no longer say rank, alpha and class count are unknown beside the facts that give them
+    # the r / lora_alpha of a notebook's LoraConfig reach the comparison as an adapter_config.json's do, and the
+    # notes no longer say rank, alpha and class count are unknown beside the facts that give them
     rows = [["10", "1.30", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"], ["30", "0.70", "0.95", "0.65"]]
     code = ("model = AutoModelForSequenceClassification.from_pretrained('m', num_labels=5)\n"
             "model = get_peft_model(model, LoraConfig(r=%d, lora_alpha=16))\n"
@@ -434,8 +434,8 @@ def test_tables_picked_by_number_keep_it_in_their_name_and_read_the_code_before_
     nb = _table_notebook(tmp_path / "two.ipynb", [("[30/30 00:10, Epoch 3/3]", rows)],
                          code="args = TrainingArguments('o', learning_rate=1e-4)")
     doc = json.loads(nb.read_text())
-    doc["cells"] += [{"cell_type": "code", "metadata": {}, "source": ["args = TrainingArguments('o', learning_rate=2e-5)"],
-                      "outputs": []}, dict(doc["cells"][1])]
+    later = "args = TrainingArguments('o', learning_rate=2e-5)"
+    doc["cells"] += [{"cell_type": "code", "metadata": {}, "source": [later], "outputs": []}, dict(doc["cells"][1])]
     nb.write_text(json.dumps(doc))
     one, two = load_run(f"{nb}#1"), load_run(f"{nb}#2")
     assert (one.name, one.path, two.name, two.path) == ("two#1", f"{nb}#1", "two#2", f"{nb}#2")
@@ -445,7 +445,8 @@ def test_tables_picked_by_number_keep_it_in_their_name_and_read_the_code_before_
 
 
 @pytest.mark.parametrize("doc, why, fix", [
-    ({"cells": [{"cell_type": "code", "source": "x", "outputs": 5}]}, "cell 1's `outputs` is not a list", "as Jupyter"),
+    ({"cells": [{"cell_type": "code", "source": "x", "outputs": 5}]}, "cell 1's `outputs` is not a list",
+     "as Jupyter"),
     ({"cells": [{"cell_type": "code", "source": "x", "outputs": [{"data": {"text/html": ["<table>", 5]}}]}]},
      "cell 1, output 1: its text/html holds a non-text item", "as Jupyter"),
     ({"nbformat": 3, "worksheets": [{"cells": []}]}, "nbformat 3 notebook",
@@ -469,15 +470,16 @@ def test_a_table_number_that_is_no_number_is_said_so(tmp_path, capsys):
 
 def test_an_epoch_table_under_max_steps_places_rows_at_the_trainers_steps(tmp_path, monkeypatch):
     # 5 steps an epoch, max_steps=17: the Trainer counts ceil(17 / 5) = 4 epochs (the bar: `[17/17, Epoch 3/4]`) and
-    # evaluates at 5, 10, 15 and at the end, 17, whose row (int(3.4) = 3) replaces epoch 3's. 17 / 4 placed at 4, 8, 13
+    # evaluates at 5, 10, 15 and at the end, 17, whose row (int(3.4) = 3) replaces epoch 3's (17 / 4 placed 4, 8, 13)
     nb, state_file = _notebook_run(tmp_path, monkeypatch, eval_strategy="epoch", max_steps=17)
     run = load_run(nb)
     evals = {p["step"]: p for p in load_run(state_file).points if "val/loss" in p}
     assert sorted(evals) == [5, 10, 15, 17]
     assert [p["step"] for p in run.points] == [5, 10, 17]
-    assert [p["val/loss"] for p in run.points] == pytest.approx([evals[s]["val/loss"] for s in (5, 10, 17)], abs=5e-7)
+    want = [evals[s]["val/loss"] for s in (5, 10, 17)]
+    assert [p["val/loss"] for p in run.points] == pytest.approx(want, abs=5e-7)
     assert any("5 steps per epoch" in n for n in run.notes) and not any("epochs, not steps" in n for n in run.notes)
-    # a bar that several whole steps-per-epoch fit (ceil(11 / s) = 2 for s = 6..10): the placement is said approximate
+    # a bar several whole steps-per-epoch fit (ceil(11 / s) = 2 for s = 6..10): the placement is said approximate
     rows = [["1", "1.3", "1.2", "0.5"], ["2", "0.9", "1.0", "0.6"]]
     loose = read_notebook(_table_notebook(tmp_path / "loose.ipynb", [("[11/11 00:10, Epoch 2/2]", rows)],
                                           first="Epoch"))
