@@ -1520,10 +1520,11 @@ def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
 def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[dict, dict[str, Fact], list[str]]:
     """(trainer state, facts, notes) of a notebook's Trainer progress table: `log_history` with one train entry per row
     that shows a training loss (the last one logged by that evaluation; "No log": none since the previous row) and one
-    eval entry per row, `global_step` / `max_steps` / `num_train_epochs` from the progress bar. The last table with an
-    evaluated row is read (the notebook's latest training) unless `table` picks one (0-based, among the tables under a
-    progress bar with Training Loss and Step/Epoch columns). A learning rate or a class count written as a literal
-    (`learning_rate=2e-5`, `num_labels=3`) in a code cell is a fact when the notebook writes only one of it."""
+    eval entry per row, `global_step` / `max_steps` / `num_train_epochs` from the progress bar. The latest table with
+    an evaluated row is read (by its cell's execution_count when every table's cell has one, else the last on the
+    page) unless `table` picks one (0-based, among the tables under a progress bar with Training Loss and Step/Epoch
+    columns). A learning rate or a class count written as a literal (`learning_rate=2e-5`, `num_labels=3`) in the
+    code cells up to the table's is a fact when they write only one of it."""
     p = Path(path)
     try:
         nb = json.loads(p.read_text(encoding="utf-8"))
