@@ -867,7 +867,8 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
                 if ranks.main:
                     store.append_history(point)
                     tracking.log_point(point)
-        if halt and run["status"] == "running":
+        if halt and run["status"] == "running" and run["steps_done"] < steps:  # a halt after the last step: the
+            # plan ended the run, not the callback (docs/run-record.md: interrupted, partial: stopped before its end)
             run["status"], stop_reason = "interrupted", halt
         if run["status"] == "running":
             run["status"] = "completed"

@@ -994,7 +994,8 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                 point = history_point(step, examples_seen, len(dataset.train), t0, scheduler.get_last_lr()[0], window)
                 store.append_history(point)
                 tracking.log_point(point)
-        if halt and run["status"] == "running":
+        if halt and run["status"] == "running" and run["steps_done"] < steps:  # a halt after the last step: the
+            # plan ended the run, not the callback (docs/run-record.md: interrupted, partial: stopped before its end)
             run["status"], stop_reason = "interrupted", halt
         if run["status"] == "running":
             run["status"] = "completed"

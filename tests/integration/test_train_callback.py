@@ -51,3 +51,34 @@ def test_a_stop_between_evaluations_ends_after_that_step(tiny_bert, intent_data,
     run = _run(tiny_bert, intent_data, tmp_path / "c", cb)
     assert (run["status"], run["reason"], run["steps_done"]) == ("interrupted", "enough steps", 6)
     assert cb.evals == [0, 4] and run["adapter_step"] == 4
+
+
+def test_a_stop_at_the_last_eval_point_leaves_a_completed_run(tiny_bert, intent_data, tmp_path):
+    # every planned step ran: the record must not say the run stopped early (docs/run-record.md: partial)
+    cb = Recorder(stop_at_eval_step=12)
+    run = _run(tiny_bert, intent_data, tmp_path / "d", cb)
+    assert (run["status"], run["reason"], run["steps_done"]) == ("completed", "planned steps done (12)", 12)
+    assert cb.evals == [0, 4, 8, 12] and run["partial"] is False
+
+
+def test_a_trial_pruned_at_its_last_eval_point_stays_completed_and_the_study_keeps_the_decision(
+        tiny_bert, intent_data, tmp_path):
+    import json
+
+    from loratune.search.runner import TrainingRunner, Watch
+    from loratune.search.trial import TrialSpec
+
+    cfg = load_config(None, overrides(tiny_bert, intent_data, tmp_path / "unused", max_steps=12, eval_steps=4))
+    runner = TrainingRunner(cfg, load_dataset(cfg.data))
+    last = Watch(pruner=lambda p: "judged last" if p["step"] == 12 else None)
+    res = runner.run(TrialSpec("t", "test", {}), tmp_path / "last", last)
+    run = json.loads((tmp_path / "last" / "run.json").read_text())
+    assert (run["status"], run["partial"], run["steps_done"]) == ("completed", False, 12)
+    assert run["reason"] == ("planned steps done (12); tune's decision at its last evaluation: "
+                             "pruned by tune: judged last")
+    assert (res.status, res.reason, res.steps_done) == ("pruned", "pruned: judged last", 12)  # the study's view
+    early = Watch(pruner=lambda p: "judged early" if p["step"] == 4 else None)  # a real prune: cut short, partial
+    res = runner.run(TrialSpec("t", "test", {}), tmp_path / "early", early)
+    run = json.loads((tmp_path / "early" / "run.json").read_text())
+    assert (run["status"], run["partial"], run["steps_done"]) == ("interrupted", True, 4)
+    assert run["reason"] == "pruned by tune: judged early" and res.status == "pruned"

@@ -5,7 +5,8 @@ a `TrialResult` back. `TrainingRunner` trains with `loratune.train.train` (what 
 into a `RunStore`; the `Watch` stops a clearly losing trial (or one past the wall-time budget) through
 `train`'s callback (`WatchCallback`, after every step and evaluation point): the run then ends like an interrupted
 one (status `interrupted`, reason `pruned by tune: ...`, best adapter saved), so every trial, pruned or
-not, is a valid run record.
+not, is a valid run record. A trial judged at its last evaluation trained all its steps: its run stays `completed`
+(the decision in its reason), the study records it as pruned.
 Tests use a scripted runner with the same two methods instead (no training).
 """
 
@@ -304,7 +305,11 @@ class TrainingRunner:
         pruned = callback.stopped
         run = (store.read_run() if (Path(run_dir) / "run.json").exists()
                else {"status": "failed", "reason": error})
-        if pruned:
+        if pruned and run.get("status") == "completed":  # judged at its last evaluation, after all its planned
+            # steps: the run ended as planned (not partial); the study still records the decision (result_from)
+            run["reason"] = f"{run.get('reason')}; tune's decision at its last evaluation: pruned by tune: {pruned}"
+            RunStore(run_dir).write_run(run)
+        elif pruned:
             run["status"], run["reason"] = "interrupted", f"pruned by tune: {pruned}"
             RunStore(run_dir).write_run(run)
         elif error and run.get("status") == "running":  # the loop raised before its record was final
