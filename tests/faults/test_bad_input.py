@@ -185,3 +185,19 @@ def test_a_run_folder_that_fails_to_be_made_after_the_check_is_a_user_error(tmp_
     monkeypatch.setattr(Path, "mkdir", refuse)  # (a folder gone between the check and the run's first write)
     with pytest.raises(UserError, match=r"output_dir '.*run' cannot be created \(No such file or directory\)"):
         RunStore(tmp_path / "run").create("{}\n")
+
+
+@pytest.mark.parametrize("worker", [False, True])
+def test_tune_under_a_launcher_is_refused_before_the_study_is_made(worker, tiny_bert, tmp_path, monkeypatch, capsys):
+    # docs/distributed.md: `tune` trains its trials in one process; launched, every rank ran the study (the second
+    # found it locked and failed with a traceback)
+    for k, v in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(k, v)
+    study = tmp_path / "study"
+    args = (["--worker"] if worker else
+            ["--budget", "1trials", *overrides(tiny_bert, _data(tmp_path, make_rows(4, seed=1)), tmp_path / "unused")])
+    assert main(["tune", "--study-dir", str(study), *args]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "trains its trials in one process; it is not built to be launched (WORLD_SIZE 2, RANK 0" in err
+    assert "fix: run `loratune tune` as one process, without accelerate launch / torchrun" in err
+    assert not study.exists()

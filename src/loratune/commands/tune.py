@@ -92,6 +92,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    _refuse_launcher()
     if args.worker:
         return run_worker(args)
     from loratune.config import resolve_key, to_dict
@@ -137,6 +138,21 @@ def run(args) -> int:
         ui.stop()
     print_summary(out, summary)
     return 0 if summary.get("recommendation") else 1
+
+
+def _refuse_launcher() -> None:
+    """`tune` trains its trials in one process (docs/distributed.md): under accelerate launch / torchrun every rank
+    would run the study (the second finds it locked), so it stops before the study folder is made."""
+    from loratune.errors import UserError
+    from loratune.sft import launched
+
+    rank, world = launched()
+    if world > 1:
+        raise UserError(f"`loratune tune` trains its trials in one process; it is not built to be launched "
+                        f"(WORLD_SIZE {world}, RANK {rank}: under accelerate launch / torchrun)",
+                        "run `loratune tune` as one process, without accelerate launch / torchrun; to train trials "
+                        "in several processes, start `loratune tune --worker --study-dir DIR` beside it (README: "
+                        "many workers, one study)")
 
 
 def run_worker(args) -> int:
