@@ -36,7 +36,8 @@ from loratune.generation import prompt_key
 # ---------------------------------------------------------------------------------------------
 
 # unit -> how a value is written in evidence text (see `format_value`)
-UNITS = ("fraction", "points", "ratio", "count", "flag", "loss", "se", "per_epoch", "steps", "epochs", "runs", "lr")
+UNITS = ("fraction", "points", "ratio", "count", "flag", "loss", "se", "per_epoch", "steps", "epochs", "runs", "lr",
+         "perplexity")
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ _CATALOGUE = (
           "(final T - 0.1 x start) / the fall per run length of the second half's least-squares line: how far "
           "what the run reached is from what it shows is reachable. 0 when T is already below a tenth of its "
           "start; missing when T is not falling over the second half."),
-    _spec("train loss", "train_perplexity_final", "ratio", "the training completions' perplexity ended at {}",
+    _spec("train loss", "train_perplexity_final", "perplexity", "the training completions' perplexity ended at {}",
           "exp(final T) of a generative run: per-token perplexity on its own training completions (near 1 = "
           "memorised). Not applicable to a classifier."),
     _spec("train loss", "train_loss_peak_vs_chance", "ratio", "train loss peaked at {} of ln(classes)",
@@ -520,6 +521,8 @@ def format_value(unit: str, value: float | None) -> str:
         return f"{value:+.3f}/epoch"
     if unit == "epochs":
         return f"{value:.2f}"
+    if unit == "perplexity":  # a plain number (exp of a loss), not a multiple: 1.009 memorised, 1.55 not
+        return f"{value:.3f}"
     if unit == "runs":
         return f"{value:.1f} run lengths"
     if unit == "lr":

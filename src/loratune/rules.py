@@ -104,6 +104,7 @@ UNIT_RANGES: Mapping[str, ValueRange] = MappingProxyType({
     "count": ValueRange(0.0, why="it counts evals, values or pairs"),
     "runs": ValueRange(0.0, why="it counts runs"),
     "lr": ValueRange(0.0, why="a learning rate is never negative"),
+    "perplexity": ValueRange(1.0, why="a perplexity is exp(a loss), never below 1"),
 })
 ANY_FINITE = ValueRange(why="any finite number")
 
@@ -242,7 +243,7 @@ _THRESHOLDS = (
        "of two points."),
     _t("val_metric_drop_min", 0.02, "points", "Val metric ending this far below its best counts as falling."),
     _t("drop_se_min", 2.0, "se", "A fall of the val metric must reach this many standard errors to count."),
-    _t("memorised_perplexity_max", 1.1, "ratio", "A language model whose per-token perplexity on its own training "
+    _t("memorised_perplexity_max", 1.1, "perplexity", "A language model whose per-token perplexity on its own training "
        "completions is at most this (train loss <= 0.095 nats; a pretrained model starts at 2-4 nats) has memorised "
        "them: with the val loss no longer setting new lows, more epochs only memorise (the TRL overfit run of the "
        "external corpus ends at 1.009, its healthy sibling at 1.55)."),

@@ -409,3 +409,17 @@ def test_every_threshold_default_lies_in_its_units_range():
     assert THRESHOLDS["flag_on"].allowed == UNIT_RANGES["flag"] and THRESHOLDS["no_gain_max"].allowed == ANY_FINITE
     broken = dict(THRESHOLDS, flag_on=dataclasses.replace(THRESHOLDS["flag_on"], value=0.0))
     assert any("threshold flag_on: its default 0 is outside" in p for p in check_table(thresholds=broken))
+
+
+def test_a_perplexity_threshold_reads_as_a_plain_number_not_a_multiple(capsys):
+    # `loratune rules` showed `memorised_perplexity_max (1.10x)`: a perplexity of 1.1 is no multiple of anything
+    from loratune.cli import main
+    from loratune.features import format_value
+
+    t, f = THRESHOLDS["memorised_perplexity_max"], FEATURES["train_perplexity_final"]
+    assert (t.value, t.unit, f.unit) == (1.1, "perplexity", "perplexity")
+    assert format_value(t.unit, t.value) == "1.100" and format_value(f.unit, 1.009) == "1.009"
+    assert t.allowed.problem(0.5) is not None and t.allowed.problem(1.0) is None  # exp(a loss >= 0) >= 1
+    assert main(["rules"]) == 0
+    out = capsys.readouterr().out
+    assert "train_perplexity_final <= memorised_perplexity_max (1.100)" in out and "(1.10x)" not in out
