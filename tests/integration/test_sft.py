@@ -658,6 +658,20 @@ def test_the_callback_sees_steps_and_evals_and_stops_the_sft_loop(where, lm, sft
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
 
 
+def test_a_stop_at_the_sft_loops_last_eval_point_leaves_a_completed_run(lm, sft_data, tmp_path):
+    # every planned step ran: not interrupted, not partial (docs/run-record.md), whatever the callback said
+    from loratune.sft import train_sft
+    from loratune.sft_data import load_sft_dataset
+
+    cfg = load_config(None, sft_overrides(lm, sft_data, tmp_path / "run"))
+    planned = _StopAt()
+    steps = train_sft(cfg, load_sft_dataset(cfg.data), RunStore(tmp_path / "plan"), progress=False,
+                      callback=planned)["steps_done"]
+    cb = _StopAt(eval_step=steps)
+    run = train_sft(cfg, load_sft_dataset(cfg.data), RunStore(tmp_path / "run"), progress=False, callback=cb)
+    assert (run["status"], run["partial"], run["steps_done"]) == ("completed", False, steps)
+    assert run["reason"] == f"planned steps done ({steps})" and cb.evals[-1] == steps
+
 def test_a_model_that_cannot_be_saved_leaves_a_failed_record_not_a_running_one(lm, sft_data, tmp_path, monkeypatch):
     """Saving failed for a reason other than the output location (a GGUF-loaded model once refused
     save_pretrained): the record says failed with the error, never `running` or `completed` over no model."""
