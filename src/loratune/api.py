@@ -190,6 +190,7 @@ def predict_chunks(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) 
     bounded by a chunk and results to write as they come. Bad arguments and a run that cannot load are refused here,
     before the first chunk."""
     from loratune.config import whole_option
+    from loratune.data import has_visible
     from loratune.errors import UserError
     from loratune.inference import load_trained
 
@@ -198,7 +199,7 @@ def predict_chunks(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) 
     if bad is not None:
         raise UserError(f"texts[{bad}] is {type(texts[bad]).__name__} {texts[bad]!r:.60}, not a string",
                         "give a list of strings")
-    empty = [i + 1 for i, t in enumerate(texts) if not t.strip()]
+    empty = [i + 1 for i, t in enumerate(texts) if not has_visible(t)]  # training's test (data.has_visible)
     if empty:  # as training refuses an empty text: there is nothing in it to classify
         more = f" ({len(empty)} are)" if len(empty) > 1 else ""
         raise UserError(f"text {empty[0]} of {len(texts)} is empty{more}", "give texts with words in them")

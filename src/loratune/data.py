@@ -14,6 +14,7 @@ import math
 import random
 import re
 import sys
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ class Split:
     labels: tuple[tuple[str, ...], ...]
     source: str
     lines: tuple[int, ...] = ()  # per row, the file line it starts on; empty where the file has no lines (Parquet)
+    # per label, the spellings its rows wrote it in ('4.1', '4.10'): _label_text merges them, load_dataset says so
+    spellings: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -179,8 +182,16 @@ def decode_utf8(raw: bytes, path: Path, what: str = "data file") -> str:
         line = raw[: exc.start].count(b"\n") + 1
         raise UserError(
             f"{what} '{path}' is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line})",
-            f"re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 '{path}' > fixed{path.suffix}`",
+            f"re-encode the file as UTF-8, e.g. `iconv -f {one_byte_encoding(raw)} -t utf-8 '{path}' > "
+            f"fixed{path.suffix}`",
         ) from None
+
+
+def one_byte_encoding(raw: bytes) -> str:
+    """The one-byte encoding to suggest for bytes that are no UTF-8: cp1252 (Windows' own) where a byte is in
+    0x80-0x9F, its printable range (curly quotes, dashes, the euro sign) that Latin-1 reads as invisible C1 controls;
+    latin1 otherwise (the two agree on every other byte)."""
+    return "cp1252" if any(0x80 <= b <= 0x9F for b in raw) else "latin1"
 
 
 def _read_csv(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
@@ -303,10 +314,15 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
         if col not in cols:
             other = cfg.label_column if key == "data.text_column" else cfg.text_column
             guess = suggest_column(rows, "text" if key == "data.text_column" else "label", exclude=other)
-            fix = (f"set {key} to one of the columns, e.g. {key.split('.')[1]}={guess}" if guess is not None else
+            # names shown quoted (repr) where a space or an invisible character at their end would be lost: the fix
+            # says the value to write (`text_column="text "`), never one that repeats the error
+            fix = (f"set {key} to one of the columns, e.g. {key.split('.')[1]}={_column_value(guess)}"
+                   if guess is not None else
                    f"add a '{col}' column: the file's only column, '{other}', cannot be both text and label")
-            raise UserError(f"data file '{source}' has no column '{col}' (columns: {', '.join(map(str, cols))})", fix)
+            raise UserError(f"data file '{source}' has no column '{col}' (columns: {', '.join(map(_column_name, cols))})",
+                            fix)
     texts, labels = [], []
+    spellings: dict[str, set[str]] = {}
     for i, row in enumerate(rows):
         at = f"data file '{source}' {where_rows(lines, [i])}"
         text = row.get(cfg.text_column)
@@ -333,6 +349,15 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
                 # the task decides whether it can be a label, e.g. data.label_format=generate refuses it)
                 raise UserError(f"{at} has a label that spans lines ({lab_text!r:.60})",
                                 "a label is one line: close the quote where the label ends, or drop the stray quote")
+            hidden = next((ch for ch in lab_text if not ch.isspace() and unicodedata.category(ch) in ("Cc", "Cf")),
+                          None)
+            if hidden is not None:  # 'bal\u200bance' printed as 'balance' beside it: two classes that look one
+                raise UserError(f"{at} has a label with the invisible character U+{ord(hidden):04X} "
+                                f"({lab_text.encode('unicode_escape').decode('ascii')!r:.80})",
+                                "remove the character from the label (a zero-width space or a control character is "
+                                "no part of a label's name)")
+        for written in _written_labels(lab, cfg.label_delimiter):
+            spellings.setdefault(_label_text(written), set()).add(written.strip())
         texts.append(text)
         labels.append(labs)
     # the none label is exclusive (metrics.decode never answers it beside another label): a row with both could never
@@ -345,7 +370,46 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
                         f"'{cfg.none_label}' beside another label (e.g. {list(labels[beside[0]])!r:.60}): the none "
                         "label stands alone", f"drop '{cfg.none_label}' from those rows (or their other labels), or "
                         "unset data.none_label if it is an ordinary label")
-    return Split(name, tuple(texts), tuple(labels), source, tuple(lines))
+    return Split(name, tuple(texts), tuple(labels), source, tuple(lines),
+                 tuple((lab, tuple(sorted(spelt))) for lab, spelt in sorted(spellings.items())))
+
+
+def _written_labels(value: Any, delimiter: str | None) -> list[str]:
+    """A row's labels as the file wrote them (strings only: a JSON number has one spelling per value), for the note
+    on spellings merged into one label."""
+    if isinstance(value, str):
+        return [p for p in value.split(delimiter) if p.strip()] if delimiter else [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, str) and v.strip()]
+    return []
+
+
+def merged_spellings_note(splits: list[Split]) -> str | None:
+    """A note naming the labels that rows wrote in more than one way ('4.1' and '4.10', 'café' composed and
+    decomposed), each trained and scored as one label (_label_text); None when every label has one spelling."""
+    spelt: dict[str, set[str]] = {}
+    for sp in splits:
+        for lab, written in sp.spellings:
+            spelt.setdefault(lab, set()).update(written)
+    merged = {lab: sorted(w) for lab, w in sorted(spelt.items()) if len(w) > 1}
+    if not merged:
+        return None
+    shown = [f"{' / '.join(map(repr, w))} -> {lab!r}" for lab, w in list(merged.items())[:5]]
+    return (f"labels written in more than one way are one label each ({len(merged)}): {'; '.join(shown)}"
+            f"{'; ...' if len(merged) > 5 else ''} (numbers by their value, text by its NFC form); give them "
+            "distinct names if they are distinct classes")
+
+
+def _column_name(col: Any) -> str:
+    """A column name as errors list it: bare where plain, quoted (repr) where a space, quote or invisible character
+    in it would not show."""
+    text = str(col)
+    return text if re.fullmatch(r"[\w.\-]+", text) else repr(text)
+
+
+def _column_value(col: str) -> str:
+    """A column name as the value of a key=value override: quoted where it would not survive unquoted."""
+    return col if re.fullmatch(r"[\w.\-]+", col) else json.dumps(col)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a str holds a surrogate only unpaired: JSON's pairs decode to one char
@@ -398,14 +462,15 @@ def _label_text(value: Any) -> str:
     """A label as text, one spelling per number whatever the format: a whole number written as a float (JSON 3.0, a
     pandas column with a gap, a CSV "3.0") is the class of its int ("3"), "1.50" that of 1.5, never a class of its
     own; NaN is no label. Any other form stays text as written: "007" or "1e3" (a leading zero marks a code, not a
-    quantity: "007" and "7" may well be two classes, and no JSON number is written so)."""
+    quantity: "007" and "7" may well be two classes, and no JSON number is written so). Text is NFC-normalised."""
     if isinstance(value, float):
         if math.isnan(value):
             return ""
         if value.is_integer():
             return str(int(value))
         return str(value)
-    text = str(value).strip()
+    # NFC: 'café' typed (é) and 'café' pasted from a macOS file name (e + U+0301) print alike and are one class
+    text = unicodedata.normalize("NFC", str(value).strip())
     if _PLAIN_DECIMAL.fullmatch(text):  # the fraction's trailing zeros dropped, as str(float) writes it
         whole, frac = text.split(".")
         text = f"{whole}.{frac.rstrip('0')}" if frac.rstrip("0") else whole
@@ -512,12 +577,23 @@ MIN_TRAIN_ROWS = 2  # one optimizer step needs a row, a classifier two classes
 MIN_VALIDATION_ROWS = 1  # every evaluation point scores validation
 
 
+# characters that show nothing: spaces (Zs), controls (Cc: NUL, BEL, ESC) and format characters (Cf: zero-width
+# space/joiner, BOM, direction marks); a text of only these is tokenized to [CLS][SEP], nothing to learn or classify
+INVISIBLE_CATEGORIES = frozenset({"Zs", "Cc", "Cf"})
+
+
+def has_visible(text: str) -> bool:
+    """Whether a text has a character that shows (neither whitespace nor of INVISIBLE_CATEGORIES): the one test of an
+    empty text, for training, evaluation, assess and predict alike."""
+    return any(not ch.isspace() and unicodedata.category(ch) not in INVISIBLE_CATEGORIES for ch in text)
+
+
 def empty_text_problems(dataset: "Dataset") -> list[str]:
-    """Each split's empty texts (whitespace only), named by the file and its lines (a carved validation split's rows
+    """Each split's empty texts (no visible character: has_visible), named by the file and its lines (a carved validation split's rows
     by the train file's lines, not their place in the carved split): what no task can learn from or score."""
     problems: list[str] = []
     for name, sp in dataset.splits().items():
-        empty = [i for i, t in enumerate(sp.texts) if not "".join(t.split())]
+        empty = [i for i, t in enumerate(sp.texts) if not has_visible(t)]
         if empty and len(empty) == len(sp):
             problems.append(f"{name}: every text in '{sp.file}' is empty ({len(sp)} rows): check data.text_column")
         elif empty:
@@ -645,6 +721,9 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
                     raise UserError(f"data file '{sp.source}' {sp.where(i)} has {len(labs)} labels but the data is "
                                     "single-label", "set data.multi_label=true, or give one label per row")
 
+    merged = merged_spellings_note(list(splits.values()))  # every split's spellings, before carving subsets them
+    if merged:
+        notes.append(merged)
     validation = splits.get("validation")
     if validation is None:
         keep, carved = stratified_split(train, cfg.validation_fraction, seed)

@@ -755,3 +755,62 @@ def test_a_semicolon_separated_csv_is_named_not_taken_for_one_column(tmp_path):
     err = user_error(read_rows, p)
     assert err.problem == (f"data file '{p}' line 1 (the header) is one column 'text;label': its fields are "
                            "separated by ';', and a .csv is read comma-separated")
+
+
+def test_bytes_in_cp1252s_printable_range_get_the_cp1252_fix_others_latin1(tmp_path):
+    # Windows' curly quotes (0x93/0x94): `iconv -f latin1` turned them into invisible C1 controls U+0093/U+0094
+    p = tmp_path / "train.csv"
+    p.write_bytes("text,label\n\u201chi\u201d,a\n".encode("cp1252"))
+    err = user_error(load_dataset, DataConfig(train_file=str(p)))
+    assert err.fix == f"re-encode the file as UTF-8, e.g. `iconv -f cp1252 -t utf-8 '{p}' > fixed.csv`"
+    assert "iconv -f latin1 " in user_error(read_rows, write_bytes(tmp_path / "l.csv", "text,label\ncaf\u00e9,a\n")).fix
+
+
+def write_bytes(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode("latin-1"))
+    return path
+
+
+def test_a_column_name_with_a_trailing_space_is_shown_quoted_in_the_list_and_the_fix(tmp_path):
+    p = write_rows(tmp_path / "train.jsonl", [{"text ": f"t {i}", "Label": "ab"[i % 2]} for i in range(4)])
+    err = user_error(load_dataset, DataConfig(train_file=str(p)))
+    assert err.problem == f"data file '{p}' has no column 'text' (columns: 'text ', Label)"
+    assert err.fix == 'set data.text_column to one of the columns, e.g. text_column="text "'
+    from loratune.config import parse_value
+
+    assert parse_value(err.fix.split("text_column=")[1]) == "text "  # following the fix works
+
+
+@pytest.mark.parametrize("text", ["\u200b\u200b", "\u0000", "\u0007\u001b", " \u00a0\ufeff"])
+def test_a_text_of_invisible_characters_only_is_empty(tmp_path, text):
+    rows = make_rows(TRAIN)
+    rows[1]["text"] = text
+    p = write_rows(tmp_path / "train.jsonl", rows)
+    ds = load_dataset(DataConfig(train_file=str(p), validation_file=str(p)))
+    problems = empty_text_problems(ds)
+    assert problems[0] == f"train: 1 empty text(s) in '{p}' (line 2): drop them or fill them in"
+
+
+def test_labels_differing_in_unicode_form_are_one_and_an_invisible_character_in_a_label_is_refused(tmp_path):
+    rows = make_rows({"caf\u00e9": 3, "cafe\u0301": 3, "pin": 4})
+    p = write_rows(tmp_path / "train.jsonl", rows)
+    ds = load_dataset(DataConfig(train_file=str(p), validation_file=str(p)))
+    assert ds.label_space.labels == ("caf\u00e9", "pin")
+    assert ds.train.label_counts()["caf\u00e9"] == 6
+    rows[4]["label"] = "bal\u200bance"
+    write_rows(p, rows)
+    err = user_error(load_dataset, DataConfig(train_file=str(p)))
+    assert err.problem == (f"data file '{p}' line 5 has a label with the invisible character U+200B "
+                           "('bal\\\\u200bance')")
+
+
+def test_decimal_labels_written_two_ways_are_merged_with_a_note(tmp_path):
+    p = tmp_path / "train.csv"
+    p.write_text("text,label\n" + "".join(f"t{i},{lab}\n" for i, lab in enumerate(["4.1", "4.10", "4.2", "4.20"] * 3)))
+    ds = load_dataset(DataConfig(train_file=str(p), validation_file=str(p)))
+    assert ds.label_space.labels == ("4.1", "4.2")
+    assert ds.notes == ("labels written in more than one way are one label each (2): '4.1' / '4.10' -> '4.1'; "
+                        "'4.2' / '4.20' -> '4.2' (numbers by their value, text by its NFC form); give them distinct "
+                        "names if they are distinct classes",)
+    q = write_rows(tmp_path / "one.csv", make_rows(TRAIN))
+    assert load_dataset(DataConfig(train_file=str(q), validation_file=str(q))).notes == ()

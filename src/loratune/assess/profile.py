@@ -13,7 +13,7 @@ from loratune.assess.records import (AssessThresholds, ConflictExample, Conflict
                                      PairCount, RowRef, SplitNoise, SplitProfile, SplitShift)
 from loratune.assess.stats import js_divergence, ks_statistic, length_stats
 from loratune.assess.text import has_encoding_damage, has_non_printable, normalise, shorten, words
-from loratune.data import Split
+from loratune.data import Split, has_visible
 
 def profile_split(split: Split, *, thresholds: AssessThresholds = AssessThresholds(),
                   token_lengths: Sequence[int] | None = None, max_length: int | None = None,
@@ -200,7 +200,7 @@ def find_noise(splits: Mapping[str, Split], pool: TextPool, thresholds: AssessTh
 
         for t, labs in zip(sp.texts, sp.labels):
             stripped = "".join(t.split())
-            if not stripped:
+            if not has_visible(t):  # the test training refuses an empty text by (spaces, controls, zero-widths)
                 hit("empty", t)
             elif len(stripped) < thresholds.short_chars:
                 hit("very_short", t)
