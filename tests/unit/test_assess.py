@@ -206,6 +206,15 @@ def test_unseen_labels_and_long_tail_named():
     assert "test: no test split" in msg and "?" not in msg  # a split the data lacks is said, not '?'
 
 
+def test_unseen_labels_name_only_the_splits_that_have_them():
+    # 'val: ; test: cooking' was printed when validation's labels were all in train
+    train, val = clean_rows()
+    a = A.assess_dataset(make_dataset(train, val, [("how do i bake bread", "cooking"), ("fry an egg", "cooking")]))
+    msg = next(f.message for f in a.findings if f.id == "unseen-labels")
+    assert msg == ("2 validation/test row(s) carry labels never seen in train (test: cooking); they can only be "
+                   "scored as errors")
+
+
 def test_multi_label_profile():
     train, val = clean_rows()
     train = [(t, [lab]) for t, lab in train] + [("play jazz and wake me at six", ["music", "alarm"])]

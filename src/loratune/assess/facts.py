@@ -65,6 +65,7 @@ def _catalogue() -> dict[str, Fact]:
         "shift_worst_js": Fact("bits", "largest Jensen-Shannon divergence of a split's label shares vs train"),
         "shift_worst_js_split": Fact("split", "the split with that divergence"),
         "unseen_label_rows": Fact("rows", "validation/test rows with labels never seen in train"),
+        "unseen_names": Fact("text", "those labels per split, 'val: a, b; test: c' (a split without any left out)"),
         "length_mean_train": Fact("length_unit", "mean training text length"),
         "length_unit": Fact("text", "tokens (with a tokenizer) or words"),
         "val_rows_per_class_min": Fact("rows", "fewest validation rows of a class"),
@@ -196,6 +197,8 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
     f["shift_worst_js"] = max((sh.js_divergence for sh in shifts.values()), default=0.0)
     f["shift_worst_js_split"] = max(shifts, key=lambda k: shifts[k].js_divergence) if shifts else None
     f["unseen_label_rows"] = sum(_unseen_rows(ds, name) for name in shifts)
+    # only the splits that name something: a split whose labels are all in train printed as 'val: ;'
+    f["unseen_names"] = "; ".join(f"{s}: {f[f'unseen_{s}_names']}" for s in ("val", "test") if f[f"unseen_{s}_names"])
     # over the classes the model learns: a validation label train lacks has no recall to resolve
     f["val_rows_per_class_min"] = min((val.counts.get(lab, 0) for lab in ds.label_space.labels
                                        if val.counts.get(lab, 0) > 0), default=0) if val else 0

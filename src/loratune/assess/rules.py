@@ -311,8 +311,8 @@ FINDING_RULES: tuple[FindingRule, ...] = (
                 ("imbalance_ratio", "largest_class", "smallest_class")),
     FindingRule("unseen-labels", "error", Above("unseen_label_rows"),
                 "{unseen_label_rows} validation/test row(s) carry labels never seen in train "
-                "(val: {unseen_val_names}; test: {unseen_test_names}); they can only be scored as errors",
-                ("unseen_label_rows", "unseen_val_names", "unseen_test_names")),
+                "({unseen_names}); they can only be scored as errors",
+                ("unseen_label_rows", "unseen_names")),
     FindingRule("missing-val-labels", "warn", Above("missing_val_labels"),
                 "{missing_val_labels} training label(s) have no validation row ({missing_val_names}): their "
                 "recall cannot be measured", ("missing_val_labels", "missing_val_names")),
