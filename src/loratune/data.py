@@ -24,6 +24,8 @@ from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
 from loratune.errors import UserError, require_file
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+# how to turn a file in a form not read into one that is (training's folder check and predict --file say the same)
+CONVERT_HINT = "a .gz: `gunzip -k` it; a .tsv: save it as CSV"
 SPLIT_NAMES = {
     "train": ("train",),
     "validation": ("validation", "valid", "val", "dev"),
@@ -526,7 +528,7 @@ def find_split_file(folder: Path, split: str) -> Path | None:
         if unread:
             raise UserError(f"data folder '{folder}' holds {', '.join(unread)} for the {split} split, a form the "
                             f"loader does not read (it reads {', '.join(SUFFIXES)})",
-                            f"convert it (a .gz: `gunzip -k` it; a .tsv: save it as CSV), or move it out of the folder"
+                            f"convert it ({CONVERT_HINT}), or move it out of the folder"
                             + (" to carve validation from train" if split == "validation" else ""))
     return found[0] if found else None
 
@@ -588,11 +590,14 @@ def has_visible(text: str) -> bool:
     return any(not ch.isspace() and unicodedata.category(ch) not in INVISIBLE_CATEGORIES for ch in text)
 
 
-def empty_text_problems(dataset: "Dataset") -> list[str]:
+def empty_text_problems(dataset: "Dataset", only: str | None = None) -> list[str]:
     """Each split's empty texts (no visible character: has_visible), named by the file and its lines (a carved validation split's rows
-    by the train file's lines, not their place in the carved split): what no task can learn from or score."""
+    by the train file's lines, not their place in the carved split): what no task can learn from or score. `only`: that
+    split's alone."""
     problems: list[str] = []
     for name, sp in dataset.splits().items():
+        if only is not None and name != only:  # the one split a command scores (evaluate)
+            continue
         empty = [i for i, t in enumerate(sp.texts) if not has_visible(t)]
         if empty and len(empty) == len(sp):
             problems.append(f"{name}: every text in '{sp.file}' is empty ({len(sp)} rows): check data.text_column")
@@ -667,6 +672,18 @@ def stratified_subset(split: Split, n: int, seed: int) -> list[int]:
         rest = [i for i in range(len(split)) if i not in set(picked)]
         picked = sorted(picked + rng.sample(rest, n - len(picked)))
     return picked
+
+
+def refuse_no_shared_label(split: Split, known: tuple[str, ...]) -> None:
+    """Refuse a split none of whose labels is one the model learns (`known`, train's): every row scored wrong, a score
+    of 0 that says nothing about the model (labels renamed, upper-cased, or another column read)."""
+    c = Counter(lab for labs in split.labels for lab in labs if lab not in known)
+    if c and not any(lab in known for labs in split.labels for lab in labs):
+        raise UserError(f"the {split.name} split shares no label with train ({split.name}: "
+                        f"{', '.join(list(c)[:5])}{'...' if len(c) > 5 else ''}; train: "
+                        f"{', '.join(known[:5])}{'...' if len(known) > 5 else ''})",
+                        "give both splits the same label names (0 and 0.0 are one label; 'pin' and 'PIN' are "
+                        "two)")
 
 
 def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
@@ -753,12 +770,8 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         if sp is None:
             continue
         c = Counter(lab for labs in sp.labels for lab in labs if lab not in known)
-        if sname == "validation" and c and not any(lab in known for labs in sp.labels for lab in labs):
-            raise UserError(f"the validation split shares no label with train (validation: "
-                            f"{', '.join(list(c)[:5])}{'...' if len(c) > 5 else ''}; train: "
-                            f"{', '.join(space.labels[:5])}{'...' if len(space.labels) > 5 else ''})",
-                            "give both splits the same label names (0 and 0.0 are one label; 'pin' and 'PIN' are "
-                            "two)")
+        if sname == "validation":
+            refuse_no_shared_label(sp, space.labels)
         if c:
             unseen[sname] = dict(c.most_common())
             notes.append(f"{sname}: {sum(c.values())} label occurrence(s) of {len(c)} label(s) not in train "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from loratune.config import RunConfig, load_config
-from loratune.data import LabelSpace, load_dataset
+from loratune.data import LabelSpace, empty_text_problems, load_dataset, refuse_no_shared_label
 from loratune.errors import UserError
 from loratune.metrics import Decoding, decode, sigmoid, softmax
 from loratune.store import CONFIG, LABEL_MAP, RUN, WEIGHT_FILES, RunStore, liveness, read_json
@@ -195,6 +196,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     data_split = dataset.splits().get(names[split])
     if data_split is None:
         raise UserError(f"the run's data has no {split} split", "set data.test_file in the run's config")
+    empty = empty_text_problems(dataset, only=names[split])  # what training refuses is not scored either
+    if empty:
+        raise UserError(f"the {split} split cannot be scored:\n" + "\n".join(f"  - {p}" for p in empty),
+                        "fix the rows named above")
+    refuse_no_shared_label(data_split, trained.space.labels)
+    # labels the run never trained on: scored as errors, and said (run.json, plain and --json output)
+    unseen = Counter(lab for labs in data_split.labels for lab in labs if lab not in trained.space.index)
     enc = encode(trained.tokenizer, data_split, trained.space, trained.cfg.model.max_length)
     from loratune.train import predict_logits
 
@@ -206,8 +214,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
 
     spec = LossSpec.from_dict(store.read_run().get("loss"), trained.space.multi_label)  # the loss the run trained with
     scores, _ = score_split(prefix, logits, enc, trained.space, spec, trained.decoding)
+    if unseen:
+        scores[f"{prefix}/{UNSEEN_LABELS}"] = dict(unseen.most_common())
     _record_scores(store, split, scores)
     return scores
+
+
+UNSEEN_LABELS = "unseen_labels"  # the scores' key of a split's labels the run never trained on -> rows
 
 
 def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:

@@ -40,6 +40,12 @@ def show(args, scores: dict) -> None:
         v = scores.get(full)
         if v is not None:
             out.print(f"{full}: {v:.4f}" if isinstance(v, float) else f"{full}: {v}")
+    from loratune.inference import UNSEEN_LABELS
+
+    unseen = scores.get(f"{prefix}/{UNSEEN_LABELS}") or {}
+    if unseen:  # scored as errors: a score lower than the model is, for a reason the numbers do not show
+        out.print(f"note: {len(unseen)} label(s) the run never trained on, their rows scored as errors: "
+                  + ", ".join(f"{safe(lab)} ({n} row(s))" for lab, n in unseen.items()))
     pairs = scores.get(f"{prefix}/confused_pairs") or []
     if pairs:
         out.print("most confused: " + "; ".join(f"{safe(p['true'])} -> {safe(p['pred'])} ({p['count']})"

@@ -20,11 +20,23 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+PLAIN_SUFFIXES = ("", ".txt")  # files read one text per line; any other form not read as data is refused
+
+
 def read_texts(path: str, column: str = "text") -> list[str]:
-    """The texts of a file: one per line, or the `column` of a .jsonl/.json/.csv/.parquet file (the run's own
-    data.text_column, so a run reads files shaped like its training data)."""
+    """The texts of a file: one per line (.txt, or no suffix), or the `column` of a .jsonl/.json/.csv/.parquet file
+    (the run's own data.text_column, so a run reads files shaped like its training data). Any other suffix (.tsv,
+    .xlsx) is refused: read as lines, its header and label column were predicted as texts. A text with no visible
+    character is refused by its file and line, as training refuses it."""
+    from loratune.data import CONVERT_HINT, SUFFIXES, has_visible
+
     p = Path(path)
-    if p.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
+    suffix = p.suffix.lower()
+    if suffix not in SUFFIXES + PLAIN_SUFFIXES:
+        raise UserError(f"file '{p}' has suffix '{suffix}', a form predict does not read (it reads "
+                        f"{', '.join(SUFFIXES)} with a '{column}' column, or .txt with one text per line)",
+                        f"convert it ({CONVERT_HINT}), or save its texts one per line as .txt")
+    if suffix in SUFFIXES:
         from loratune.data import check_characters, read_rows_at, where_rows
 
         rows, lines = read_rows_at(p)  # rows named by their file line, as training names them
@@ -35,6 +47,11 @@ def read_texts(path: str, column: str = "text") -> list[str]:
                             f"give every row a '{column}' string (the run's data.text_column), or a plain text file")
         for i, r in enumerate(rows):
             check_characters(r[column], f"'{p}' {where_rows(lines, [i])}")
+        empty = [i for i, r in enumerate(rows) if not has_visible(r[column])]
+        if empty:
+            raise UserError(f"'{p}' {where_rows(lines, empty[:8])}{', ...' if len(empty) > 8 else ''}: "
+                            f"{len(empty)} empty text(s) in column '{column}'", "give texts with words in them, or "
+                            "drop those rows")
         return [r[column] for r in rows]
     require_file(p, "file", "give a text file with one text per line")
     from loratune.data import decode_utf8
@@ -45,7 +62,16 @@ def read_texts(path: str, column: str = "text") -> list[str]:
         raise UserError(f"file '{p}' cannot be read ({exc.strerror or exc})", "give a readable text file") from None
     # UTF-8 (a BOM dropped, other encodings refused as the data files are); lines end at \n alone: splitlines() also
     # cut a text at U+2028 / U+2029 / U+0085
-    return [line.rstrip("\r") for line in decode_utf8(raw, p).split("\n") if line.strip()]
+    numbered = [(n, line.rstrip("\r")) for n, line in enumerate(decode_utf8(raw, p).split("\n"), start=1)
+                if line.strip()]  # blank lines separate, as in the data files
+    if not numbered:
+        raise UserError(f"file '{p}' has no texts (only empty lines)", "give one text per line")
+    hidden = [n for n, line in numbered if not has_visible(line)]
+    if hidden:  # a line of zero-width or control characters only: nothing to classify, and no blank line either
+        raise UserError(f"file '{p}' line{'s' if len(hidden) > 1 else ''} {', '.join(map(str, hidden[:8]))}"
+                        f"{', ...' if len(hidden) > 8 else ''}: no visible character (only control or zero-width "
+                        "characters)", "give texts with words in them, or drop those lines")
+    return [line for _, line in numbered]
 
 
 def run(args) -> int:
@@ -53,7 +79,8 @@ def run(args) -> int:
 
     from loratune.data import check_characters
 
-    for n, text in enumerate(args.texts, start=1):  # an argument of bytes that are no UTF-8 arrives with surrogates
+    for n, text in enumerate(args.texts, start=1):
+        _check_utf8_argument(text, n)
         check_characters(text, f"text argument {n}")
     texts = list(args.texts) + (read_texts(args.file, _text_column(args.run)) if args.file else [])
     if not texts:
@@ -75,6 +102,22 @@ def run(args) -> int:
                 else:
                     out.print(f"[bold]{', '.join(map(safe, p['labels'])) or '(none)'}[/]  {safe(p['text'])}")
     return 0
+
+
+def _check_utf8_argument(text: str, n: int) -> None:
+    """Refuse an argument whose bytes were no UTF-8: Python hands them over as surrogates U+DC80..U+DCFF
+    (surrogateescape), which check_characters took for half an emoji."""
+    import os
+
+    if not any("\udc80" <= ch <= "\udcff" for ch in text):
+        return
+    raw = os.fsencode(text)  # the bytes as given
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"text argument {n} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})",
+                        "set the terminal to UTF-8 and type it again, or convert the text to UTF-8 (e.g. `iconv -f "
+                        "cp1252 -t utf-8`) and pass it in a file with --file") from None
 
 
 @contextlib.contextmanager

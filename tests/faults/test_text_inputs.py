@@ -1,0 +1,113 @@
+"""Texts and labels a trained run is handed at evaluate and predict time that training would refuse or read
+otherwise: empty or invisible texts, labels the run never learned, files in a form not read, bytes that are no
+UTF-8. Each a UserError naming the file and line (exit 2), or a score that says what it counted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from loratune.cli import main
+
+from support import flat, make_rows, overrides, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def run(tiny_bert, intent_data, tmp_path_factory) -> tuple[Path, Path]:
+    """A finished tiny run over its own copy of the data: the tests rewrite its test.jsonl, which evaluate reads."""
+    d = tmp_path_factory.mktemp("text-inputs-data")
+    for name in ("train.jsonl", "validation.jsonl"):
+        shutil.copy(intent_data / name, d / name)
+    write_jsonl(d / "test.jsonl", make_rows(4, seed=3))
+    out = tmp_path_factory.mktemp("text-inputs") / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, d, out)]) == 0
+    return out, d
+
+
+def _test_rows(d: Path, rows: list[dict]) -> None:
+    write_jsonl(d / "test.jsonl", rows)
+
+
+def test_evaluate_refuses_empty_texts_by_their_lines_as_training_does(run, capsys):
+    out, d = run
+    rows = make_rows(4, seed=3)
+    for i in range(0, len(rows), 3):
+        rows[i]["text"] = "   " if i % 2 else "\u200b\u200b"
+    _test_rows(d, rows)
+    assert main(["evaluate", str(out)]) == 2  # scored as texts: 'accuracy 0.3333', rc 0
+    err = flat(capsys.readouterr().err)
+    n = len(range(0, len(rows), 3))
+    assert f"test: {n} empty text(s) in '{d / 'test.jsonl'}' (lines 1, 4, 7, " in err and "fix:" in err
+
+
+def test_evaluate_names_test_labels_the_run_never_learned_and_refuses_a_test_split_of_none(run, capsys):
+    out, d = run
+    rows = make_rows(4, seed=3)
+    first = rows[0]["label"].upper()
+    for r in rows[:3]:
+        r["label"] = "mystery"
+    _test_rows(d, rows)
+    assert main(["evaluate", str(out)]) == 0
+    said = flat(capsys.readouterr().out)
+    assert "note: 1 label(s) the run never trained on, their rows scored as errors: mystery (3 row(s))" in said
+    assert main(["evaluate", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test/unseen_labels"] == {"mystery": 3}
+    assert json.loads((out / "run.json").read_text())["eval"]["test"]["test/unseen_labels"] == {"mystery": 3}
+    _test_rows(d, [{**r, "label": r["label"].upper()} for r in make_rows(4, seed=3)])  # scored 0, said nothing
+    assert main(["evaluate", str(out)]) == 2
+    err = flat(capsys.readouterr().err)
+    assert f"the test split shares no label with train (test: {first}, " in err and "fix:" in err
+
+
+@pytest.mark.parametrize("text", ["\u200b\u200b", "\u0000", "\u0007\u001b"])
+def test_predict_refuses_a_text_of_invisible_characters(run, text, tmp_path, capsys):
+    from loratune import api
+    from loratune.errors import UserError
+
+    out, _ = run
+    with pytest.raises(UserError, match="text 2 of 2 is empty"):
+        api.predict(out, ["lost my card", text])
+    f = tmp_path / "t.jsonl"
+    write_jsonl(f, [{"text": "lost my card"}] * 3 + [{"text": text}])
+    assert main(["predict", str(out), "--file", str(f)]) == 2
+    assert f"'{f}' line 4: 1 empty text(s) in column 'text'" in flat(capsys.readouterr().err)
+    f = tmp_path / "t.txt"
+    f.write_text(f"lost my card\n{text}\n")
+    assert main(["predict", str(out), "--file", str(f)]) == 2
+    assert f"file '{f}' line 2: no visible character" in flat(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".xlsx", ".text"])
+def test_predict_refuses_a_file_in_a_form_not_read_with_trainings_conversion_hint(run, suffix, tmp_path, capsys):
+    from loratune.data import CONVERT_HINT
+
+    out, _ = run
+    f = tmp_path / f"t{suffix}"
+    f.write_text("text\tlabel\nlost my card\tcard_lost\n")  # read as lines: the header and each label predicted
+    assert main(["predict", str(out), "--file", str(f)]) == 2
+    err = flat(capsys.readouterr().err)
+    assert f"file '{f}' has suffix '{suffix}', a form predict does not read" in err and CONVERT_HINT in err
+    (tmp_path / "t.txt").write_text("lost my card\n\nreset my pin\n")
+    assert main(["predict", str(out), "--file", str(tmp_path / "t.txt"), "--json"]) == 0
+    assert [p["text"] for p in json.loads(capsys.readouterr().out)] == ["lost my card", "reset my pin"]
+
+
+def test_a_blank_predict_file_is_named_not_taken_for_no_file(run, tmp_path, capsys):
+    out, _ = run
+    f = tmp_path / "blank.txt"
+    f.write_text("\n   \n\t\n")
+    assert main(["predict", str(out), "--file", str(f)]) == 2
+    err = flat(capsys.readouterr().err)
+    assert f"file '{f}' has no texts (only empty lines)" in err and "no texts given" not in err
+
+
+def test_a_predict_argument_of_bytes_that_are_no_utf8_is_said_so(run, capsys):
+    out, _ = run
+    arg = os.fsdecode(b"bad \xff byte")  # as Python hands over argv bytes that are no UTF-8
+    assert main(["predict", str(out), "lost my card", arg]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "text argument 2 is not valid UTF-8 (byte 0xff at position 4)" in err and "surrogate" not in err
