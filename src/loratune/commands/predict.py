@@ -14,7 +14,8 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="predict labels for texts with a trained run")
     p.add_argument("run", help="run directory (output_dir of `loratune train`)")
     p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--file", "-f", help="a file of texts, one per line (or .jsonl/.csv with a text column)")
+    p.add_argument("--file", "-f", help="a .txt file of texts, one per line (or .jsonl/.json/.csv/.parquet with a text "
+                                        "column)")
     p.add_argument("--top-k", type=int, default=1, help="show the k most likely labels")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
