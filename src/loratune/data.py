@@ -321,8 +321,8 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
             fix = (f"set {key} to one of the columns, e.g. {key.split('.')[1]}={_column_value(guess)}"
                    if guess is not None else
                    f"add a '{col}' column: the file's only column, '{other}', cannot be both text and label")
-            raise UserError(f"data file '{source}' has no column '{col}' (columns: {', '.join(map(_column_name, cols))})",
-                            fix)
+            shown = ", ".join(map(_column_name, cols))
+            raise UserError(f"data file '{source}' has no column '{col}' (columns: {shown})", fix)
     texts, labels = [], []
     spellings: dict[str, set[str]] = {}
     for i, row in enumerate(rows):
@@ -591,8 +591,8 @@ def has_visible(text: str) -> bool:
 
 
 def empty_text_problems(dataset: "Dataset", only: str | None = None) -> list[str]:
-    """Each split's empty texts (no visible character: has_visible), named by the file and its lines (a carved validation split's rows
-    by the train file's lines, not their place in the carved split): what no task can learn from or score. `only`: that
+    """Each split's empty texts (no visible character: has_visible), named by the file and its lines (a carved
+    validation split's rows by the train file's lines, not their place in the carved split): what no task can learn from or score. `only`: that
     split's alone."""
     problems: list[str] = []
     for name, sp in dataset.splits().items():
