@@ -592,8 +592,8 @@ def has_visible(text: str) -> bool:
 
 def empty_text_problems(dataset: "Dataset", only: str | None = None) -> list[str]:
     """Each split's empty texts (no visible character: has_visible), named by the file and its lines (a carved
-    validation split's rows by the train file's lines, not their place in the carved split): what no task can learn from or score. `only`: that
-    split's alone."""
+    validation split's rows by the train file's lines, not their place in the carved split): what no task can learn
+    from or score. `only`: that split's alone."""
     problems: list[str] = []
     for name, sp in dataset.splits().items():
         if only is not None and name != only:  # the one split a command scores (evaluate)
