@@ -145,7 +145,30 @@ def load_tokenizer(cfg: ModelConfig):
         raise _hub_error(src, exc) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    if tok.pad_token_id is None:  # every batch is padded with this id: without one, collating failed mid-setup
+        raise UserError(f"the tokenizer of '{cfg.name_or_path}' has no pad, eos or unk token, so loratune has no id "
+                        "to pad batches with", "give the tokenizer a pad token that the model's embeddings have (set "
+                        "pad_token in its tokenizer_config.json / special_tokens_map.json), or use the model's own "
+                        "tokenizer")
     return tok
+
+
+def check_pad_id(model, pad_token_id: int | None, cfg: ModelConfig) -> None:
+    """The pad id loratune pads with must be a row of the model's input embeddings: a pad token added to the tokenizer
+    without resizing the embeddings (id = vocab size) failed with an IndexError at the first padded batch, or in the
+    robustness probe after training. Refused before training starts."""
+    if pad_token_id is None:
+        return
+    try:
+        rows = model.get_input_embeddings().num_embeddings
+    except (AttributeError, NotImplementedError):  # no embedding table to check against
+        return
+    if pad_token_id >= rows:
+        raise UserError(f"the tokenizer of '{cfg.name_or_path}' pads with token id {pad_token_id}, but the model's "
+                        f"embeddings have {rows} rows (ids 0..{rows - 1}): the pad token was added to the tokenizer "
+                        "without resizing the embeddings", "use the model's own tokenizer, set the tokenizer's pad "
+                        f"token to one of the model's tokens (an id below {rows}), or resize the model's embeddings "
+                        "(model.resize_token_embeddings(len(tokenizer))) and save it")
 
 
 def align_pad_token_id(model, pad_token_id: int | None) -> str | None:
@@ -212,6 +235,7 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
                                         [kwargs["id2label"][i] for i in range(num_labels)])
     if pad_token_id is None:
         pad_token_id = load_tokenizer(cfg).pad_token_id
+    check_pad_id(model, pad_token_id, cfg)
     setattr(model, PAD_NOTE_ATTR, align_pad_token_id(model, pad_token_id))
     setattr(model, HEAD_NOTE_ATTR, head_note)
     return model
@@ -341,6 +365,7 @@ def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None):
         forget_gguf_quantizer(model)
     if pad_token_id is None:
         pad_token_id = load_tokenizer(cfg).pad_token_id
+    check_pad_id(model, pad_token_id, cfg)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
     gen = getattr(model, "generation_config", None)
