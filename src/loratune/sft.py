@@ -911,6 +911,7 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
                 "peak_memory_mb": peak_memory_mb(device)})
     timing = run.setdefault("timing_s", {})
     timing["train_steps"] = round(sum(step_times), 3)
+    saved = False  # adapter/ complete: a failure after it must not say the model was lost
     try:
         if best_state is not None:
             if not sharded:
@@ -920,6 +921,7 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
                         named[n].copy_(t)
             with timed(timing, "save"):
                 save_lm(model, tokenizer, cfg, store, best_state if sharded else None)
+            saved = True
             step = run["adapter_step"]
             key = run["objective"]
             higher = objective_named(key).higher_is_better
@@ -934,7 +936,7 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
     except Exception as exc:
         user = output_error(exc, store.path)
         if user is None:
-            record_save_failure(run, store, exc)
+            record_save_failure(run, store, exc, saved)
             raise
         return user
     return None

@@ -584,14 +584,18 @@ def saved_note(step: int, words: str, lr0_steps: int, init_from: str | None = No
     return f"adapter/ holds the model of step {step}, the {words} among the trained evaluation points"
 
 
-def record_save_failure(run: dict, store, exc: BaseException) -> None:
+def record_save_failure(run: dict, store, exc: BaseException, model_saved: bool = False) -> None:
     """Saving the model failed for a reason other than the output location: the record says so (status `failed`,
     the error, no saved model) before the error goes up, so it never reads `running` or `completed` over a missing
-    model. Best effort: a record that cannot be written either is left as it was."""
+    model. `model_saved`: the model was written and what failed came after it (the final record): saved_model is
+    kept as it was set, since adapter/ is complete. Best effort: a record that cannot be written either is left as
+    it was."""
     before = run.get("reason")
     run["status"], run["partial"] = "failed", True
-    run["reason"] = f"saving the model failed: {type(exc).__name__}: {exc}" + (f" (after: {before})" if before else "")
-    run["saved_model"] = {"step": None, "note": "no model saved: " + run["reason"]}
+    what = "finishing the run failed after the model was saved" if model_saved else "saving the model failed"
+    run["reason"] = f"{what}: {type(exc).__name__}: {exc}" + (f" (after: {before})" if before else "")
+    if not model_saved:
+        run["saved_model"] = {"step": None, "note": "no model saved: " + run["reason"]}
     try:
         store.write_run(run)
     except Exception:
@@ -1058,6 +1062,7 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
                 "peak_memory_mb": peak_memory_mb(device)})
     timing = run.setdefault("timing_s", {})
     timing["train_steps"] = round(sum(step_times), 3)
+    saved = False  # adapter/ complete: a failure after it must not say the model was lost
     try:
         if best_state is not None:
             with torch.no_grad():
@@ -1066,6 +1071,7 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
                     named[n].copy_(t)
             with timed(timing, "save"):
                 save_model(model, tokenizer, space, cfg, store, decoding)
+            saved = True
             objective = run.get("objective") or "val/macro_f1"
             best_val = (run.get("best") or {}).get(objective)
             step = run["adapter_step"]
@@ -1080,7 +1086,7 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
                     run["robustness"] = {"skipped": skip}
                 else:
                     with timed(timing, "robustness"):  # on the saved (best) weights
-                        run["robustness"] = extras.robustness(predict_texts, best_val_logits)
+                        run["robustness"] = _probe(extras, predict_texts, best_val_logits)
         else:
             run["adapter_step"] = None
             run["saved_model"] = {"step": None, "note": "no model saved: the run ended before any trained "
@@ -1090,10 +1096,22 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
     except Exception as exc:
         user = output_error(exc, store.path)
         if user is None:
-            record_save_failure(run, store, exc)
+            record_save_failure(run, store, exc, saved)
             raise
         return user
     return None
+
+
+def _probe(extras, predict_texts, best_val_logits) -> dict | None:
+    """The robustness probe's record. It runs after the model is saved and only measures it: its own failure is
+    recorded (robustness.failed, the error) and the finished run stays as it ended, its model saved (it was recorded
+    as "saving the model failed / no model saved" over a complete adapter/). An output fault still goes up."""
+    try:
+        return extras.robustness(predict_texts, best_val_logits)
+    except Exception as exc:
+        if output_error(exc, "") is not None:
+            raise
+        return {"failed": f"the robustness probe failed: {type(exc).__name__}: {exc}"}
 
 
 def save_best_so_far(run: dict, store: RunStore, step: int, save: Callable[[], None]) -> None:

@@ -348,3 +348,42 @@ def test_evaluate_of_a_died_run_keeps_the_record_as_written(tiny_bert, intent_da
     assert {k: v for k, v in on_disk.items() if k not in ("test", "eval")} == \
         {k: v for k, v in written.items() if k not in ("test", "eval")}
     assert RunStore(out).read_run()["status"] == "died"  # and readers still see what happened
+
+
+def test_a_failing_robustness_probe_keeps_the_saved_model_in_the_record(tiny_bert, intent_data, tmp_path,
+                                                                        monkeypatch, capsys):
+    # the probe runs after adapter/ is written: its crash was recorded as "saving the model failed / no model saved"
+    from loratune.eval_extras import EvalExtras
+
+    def broken(self, predict, val_logits=None):
+        raise IndexError("index out of range in self")
+
+    monkeypatch.setattr(EvalExtras, "robustness", broken)
+    out = tmp_path / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out, slices="false")]) == 0
+    run = RunStore(out).read_run()
+    assert run["status"] == "completed" and not run["partial"]
+    assert run["saved_model"]["step"] == run["adapter_step"] and run["adapter_step"] > 0
+    assert "no model saved" not in run["saved_model"]["note"]
+    assert run["robustness"] == {"failed": "the robustness probe failed: IndexError: index out of range in self"}
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0
+    assert "no model saved" not in flat(capsys.readouterr().out)
+
+
+def test_a_failure_after_the_model_is_saved_does_not_say_it_was_lost(tmp_path):
+    from loratune.train import record_save_failure
+
+    class Store:
+        def write_run(self, run):
+            self.written = dict(run)
+
+    store = Store()
+    run = {"status": "completed", "saved_model": {"step": 8, "note": "adapter/ holds the model of step 8"}}
+    record_save_failure(run, store, ValueError("bad value"), model_saved=True)
+    assert store.written["status"] == "failed"
+    assert store.written["reason"] == "finishing the run failed after the model was saved: ValueError: bad value"
+    assert store.written["saved_model"] == {"step": 8, "note": "adapter/ holds the model of step 8"}
+    record_save_failure(run := {"status": "completed"}, store, ValueError("x"))
+    assert store.written["saved_model"]["step"] is None and store.written["reason"].startswith("saving the model")
