@@ -143,15 +143,37 @@ def num_blocks(model) -> int:
     return len({s.name[: len(s.name) - len(s.relative)] for s in sites})
 
 
-def depth(model) -> int:
-    """The transformer layers a forward runs: the config's num_hidden_layers where the model reuses fewer physical
-    blocks across it (ALBERT: 12 layers from 1 shared block), else `num_blocks`."""
-    blocks = num_blocks(model)
+def shared_depth(model) -> int | None:
+    """The config's num_hidden_layers where the model reuses fewer physical blocks across them (ALBERT: 12 layers
+    from 1 shared block), else None."""
     configured = getattr(model.config, "num_hidden_layers", None)
     if isinstance(configured, int) and not getattr(model.config, "is_encoder_decoder", False) \
             and 0 < num_layers(model) < configured:
         return configured
-    return blocks
+    return None
+
+
+def depth(model) -> int:
+    """The transformer layers a forward runs: `shared_depth` where blocks are shared across layers, else
+    `num_blocks`."""
+    return shared_depth(model) or num_blocks(model)
+
+
+def block_of_layer(layer: int, n_layers: int, n_blocks: int) -> int:
+    """The physical block that layer `layer` of `n_layers` runs, `n_blocks` shared evenly across them (ALBERT's
+    AlbertTransformer: group int(i / (num_hidden_layers / num_hidden_groups)))."""
+    return layer * n_blocks // n_layers
+
+
+def shared_blocks_note(model) -> str | None:
+    """What a layer selection means where blocks are shared across layers (run.json model.layers_note), else None."""
+    layers = shared_depth(model)
+    if layers is None:
+        return None
+    blocks = num_layers(model)
+    return (f"this {model.config.model_type} model runs {layers} layers through {blocks} shared block(s): layer "
+            "indices (layers_to_transform, group@...) count its layers, and a selection adapts each block one of its "
+            "layers runs, so the adapter acts at every layer that block runs")
 
 
 def available_targets(model) -> dict[str, list[str]]:
@@ -172,7 +194,9 @@ def resolve_targets(model, adapter: AdapterConfig) -> list[LinearSite]:
                         "projections, for one, are transformers' Conv1D, which LoRA targets here do not cover)",
                         "train every weight with adapter.method=full, or use a model whose blocks are built of "
                         "nn.Linear (BERT, RoBERTa, DeBERTa, Llama, Mistral, Qwen, Gemma, Phi-3...)")
-    n_layers = 1 + max(s.layer for s in sites)
+    n_blocks = 1 + max(s.layer for s in sites)
+    # layer selections count the layers a forward runs; with shared blocks (ALBERT) each maps to the block it runs
+    n_layers = shared_depth(model) or n_blocks
     table = GROUP_TABLE.get(model_type, {})
     avail = available_targets(model)
     try:
@@ -187,6 +211,7 @@ def resolve_targets(model, adapter: AdapterConfig) -> list[LinearSite]:
             layers = parse_layers(layer_spec, n_layers) if layer_spec else default_layers
         except ValueError as exc:
             raise UserError(f"adapter.target_modules '{target}': {exc}", f"this model has {n_layers} layers") from None
+        blocks = None if layers is None else {block_of_layer(i, n_layers, n_blocks) for i in layers}
         if name == "all-linear":
             rels = {s.relative for s in sites}
         elif name in ALIASES:
@@ -201,7 +226,7 @@ def resolve_targets(model, adapter: AdapterConfig) -> list[LinearSite]:
         else:  # a raw module name: a block-relative name or its last part
             rels = {s.relative for s in sites if s.relative == name or s.relative.endswith("." + name)}
         matched = [s for s in sites if (s.name == name if rels is None else s.relative in rels)
-                   and (layers is None or s.layer in layers)]
+                   and (blocks is None or s.layer in blocks)]
         if not matched:
             unknown.append(target)
             continue

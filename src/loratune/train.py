@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from loratune import __version__, kernels, openmp, pooled_block, precision as precision_mod, prefix_cache, signals
 from loratune import steps as _steps
-from loratune.adapt import apply_adapter, count_params, depth, num_layers, warm_start
+from loratune.adapt import apply_adapter, count_params, depth, num_layers, shared_blocks_note, warm_start
 from loratune.config import RunConfig, single_label_note, to_dict, to_yaml
 from loratune.data import Dataset, LabelSpace, Split, stratified_subset
 from loratune.errors import UserError
@@ -826,7 +826,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         "model": {"name_or_path": cfg.model.name_or_path, "model_type": base.config.model_type,
                   "num_layers": num_layers(base), "depth": depth(base), "adapted_modules": len(sites),
                   "pad_token_id": base.config.pad_token_id, "pad_note": getattr(base, PAD_NOTE_ATTR, None),
-                  "head_note": getattr(base, HEAD_NOTE_ATTR, None)},
+                  "head_note": getattr(base, HEAD_NOTE_ATTR, None), "layers_note": shared_blocks_note(base)},
         "method": cfg.adapter.method,
         "params": params.to_dict(),
         "rows": {"train": len(dataset.train), "train_eval": len(sub), "val": len(dataset.validation)},

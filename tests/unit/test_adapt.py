@@ -239,3 +239,32 @@ def test_the_head_s_output_layer_is_the_one_with_a_row_per_label(model_type, kw,
         kw = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, **kw}
     found, module = head_projection(_meta(model_type, num_labels=3, **kw), 3)
     assert found == name and module.out_features == 3
+
+
+def test_albert_layer_selections_count_layers_and_adapt_the_block_they_run():
+    """Layer selections were counted in physical blocks (1 for ALBERT), so the default `ffn@top:2` and assess's own
+    proposal were refused ("more layers than the model has (1)"). They count the layers a forward runs; each selected
+    layer adapts the block it runs (with 2 groups over 4 layers: layers 0-1 run group 0, layers 2-3 group 1)."""
+    from loratune.adapt import shared_blocks_note
+
+    one = _meta("albert", **{k: v for k, v in ALBERT.items() if k != "model_type"})
+    block = "albert.encoder.albert_layer_groups.0.albert_layers.0."
+    sites = resolve_targets(one, AdapterConfig(target_modules=("attn.q", "attn.v", "ffn@top:2")))
+    assert names(sites) == [block + m for m in ("attention.query", "attention.value", "ffn", "ffn_output")]
+    sites = resolve_targets(one, AdapterConfig(target_modules=("attn.q",), layers_to_transform=(0, 3)))
+    assert names(sites) == [block + "attention.query"]
+    with pytest.raises(UserError, match=r"(?s)outside 0\.\.3.*this model has 4 layers"):
+        resolve_targets(one, AdapterConfig(target_modules=("attn.q",), layers_to_transform=(0, 4)))
+    assert "runs 4 layers through 1 shared block(s)" in shared_blocks_note(one)
+
+    two = _meta("albert", num_hidden_groups=2, **{k: v for k, v in ALBERT.items() if k != "model_type"})
+    groups = [resolve_targets(two, AdapterConfig(target_modules=(f"attn.q@{i}",)))[0].layer for i in range(4)]
+    assert groups == [0, 0, 1, 1]  # as AlbertTransformer runs them
+    assert [s.layer for s in resolve_targets(two, AdapterConfig(target_modules=("ffn.in@top:1",)))] == [1]
+
+
+def test_a_model_without_shared_blocks_has_no_layers_note(bert):
+    from loratune.adapt import shared_blocks_note
+
+    assert shared_blocks_note(bert) is None
+    assert [s.layer for s in resolve_targets(bert, AdapterConfig(target_modules=("attn.q@top:2",)))] == [2, 3]

@@ -571,6 +571,16 @@ def pairs_missing_why(r: "RunReport") -> str:
             else "no confusion matrix and no `val/confused_pairs` in the history (a multi-label run has none)")
 
 
+def _architecture(model: Mapping[str, Any]) -> str:
+    """`show`'s architecture line: the layers a forward runs (run.json model.depth; ALBERT's 12 layers from 1 shared
+    block printed as 1 layer), the physical blocks beside them where fewer are shared across them."""
+    layers, blocks = model.get("depth"), model.get("num_layers")
+    text = f"{model.get('model_type', '?')}, {layers if layers else blocks if blocks is not None else '?'} layers"
+    if model.get("layers_note") and isinstance(blocks, int):
+        text += f" ({blocks} shared block{'s' if blocks != 1 else ''})"
+    return text
+
+
 def run_method(run: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     """lora / full / ...: what the record says; a record another tool wrote (the Trainer callback's, `source`)
     that names no method is LoRA only if it holds adapter knobs (a plain fine-tune has none), else unknown."""
@@ -590,8 +600,7 @@ def build_params(run: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[Par
     method = run_method(run, config)
     rows: list[ParamRow] = [
         ParamRow("Model", "base model", cm.get("name_or_path") or model.get("name_or_path")),
-        ParamRow("Model", "architecture", f"{model.get('model_type', '?')}, {model.get('num_layers', '?')} layers"
-                 if model else None),
+        ParamRow("Model", "architecture", _architecture(model) if model else None),
         ParamRow("Model", "max_length", cm.get("max_length")),
         ParamRow("Model", "total parameters", params.get("total")),
         ParamRow("Model", "trainable parameters", params.get("trainable"),
