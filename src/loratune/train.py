@@ -1136,10 +1136,13 @@ def save_model(model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunSt
     peft_cfg = getattr(model, "peft_config", {}).get("default")
     if peft_cfg is not None and peft_cfg.modules_to_save:
         # peft's sequence-classification wrapper appends "classifier" and "score" to what we gave: keep each
-        # name once, and only the heads this model has (BERT has no `score`, Llama no `classifier`)
-        present = {n.rsplit(".", 1)[-1] for n, _ in model.base_model.model.named_modules()}
+        # name once, and only the heads this model has (BERT has no `score`, Llama no `classifier`). An entry
+        # names a module as peft matches it: the whole path or its tail (`bert.pooler`: a last-part test dropped it,
+        # so a plain peft reload froze the trained pooler)
+        names = [n for n, _ in model.base_model.model.named_modules()]
         peft_cfg.modules_to_save = [m for i, m in enumerate(peft_cfg.modules_to_save)
-                                    if m in present and m not in peft_cfg.modules_to_save[:i]]
+                                    if any(n == m or n.endswith("." + m) for n in names)
+                                    and m not in peft_cfg.modules_to_save[:i]]
     with quiet_transformers():  # peft re-reads our model card (no metadata block): the hub warned at every save
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)

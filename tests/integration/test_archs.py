@@ -53,3 +53,28 @@ def test_albert_takes_a_layer_list_over_its_layers(tiny_albert, intent_data, tmp
     assert main(["train", "--dry-run", *overrides(tiny_albert, intent_data, out, layers_to_transform="[0,2]")]) == 0
     assert main(["train", "--dry-run", *overrides(tiny_albert, intent_data, out, layers_to_transform="[0,3]")]) == 2
     assert "outside 0..2" in flat(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("arch", ["bert", "albert"])
+def test_the_saved_adapter_config_lists_the_trained_pooler(arch, request, tiny_albert, tiny_bert, intent_data,
+                                                           tmp_path):
+    """The pooler is trained and saved with the head, but adapter_config.json's modules_to_save kept only
+    `classifier`: plain peft (is_trainable=True) then froze the pooler and a re-save lost it."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    assert main(_train(tiny_albert if arch == "albert" else tiny_bert, intent_data, out,
+                       target_modules="[attn.q, attn.v]")) == 0
+    saved = json.loads((out / "adapter" / "adapter_config.json").read_text())["modules_to_save"]
+    assert sorted(saved) == sorted([f"{arch}.pooler", "classifier"])
+    tensors = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert any(f".{arch}.pooler." in k for k in tensors)
+    # plain peft, as a user continuing training would load it: the pooler trains (and is saved again)
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(
+        tiny_albert if arch == "albert" else tiny_bert, num_labels=len(RunStore(out).read_run()["labels"]))
+    model = PeftModel.from_pretrained(base, out / "adapter", is_trainable=True)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(f"{arch}.pooler.modules_to_save.default." in n for n in trainable)
