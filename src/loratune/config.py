@@ -496,6 +496,28 @@ def build_config(flat: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def join_layer_lists(items: list) -> list:
+    """The one rule for a comma inside a target's layer list (`group@0,1`, as the README writes it): an item that is
+    only a layer index, right after an item with a layer list (`@`, not `@top:K`), continues that list. A comma split
+    `ffn@0,2` into `ffn@0` and `2` ("'2' match no linear layer"). Other items (and lists of ints) are left as given."""
+    out: list = []
+    for item in items:
+        text = str(item).strip()
+        prev = out[-1] if out else None
+        if (text.isdigit() and not isinstance(item, bool) and isinstance(prev, str) and "@" in prev
+                and not prev.partition("@")[2].strip().lower().startswith("top")):
+            out[-1] = f"{prev},{text}"
+        else:
+            out.append(item)
+    return out
+
+
+def split_list(text: str) -> list[str]:
+    """A comma-separated list value (`attn.q, ffn@0,1`), items trimmed (blanks kept), a layer list kept with its
+    target (join_layer_lists)."""
+    return join_layer_lists([t.strip() for t in text.split(",")])
+
+
 def _coerce(value: Any, hint: Any) -> tuple[bool, Any, str]:
     """Coerce a YAML value to a field's type. Returns (ok, value, description of what is allowed)."""
     origin, args = get_origin(hint), get_args(hint)
@@ -511,7 +533,9 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any, str]:
         return False, None, allowed + (" or null" if type(None) in args else "")
     if origin is tuple:
         if isinstance(value, str):  # "attn.q, attn.v" -> ("attn.q", "attn.v"); "" -> () (caught as empty)
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [v for v in split_list(value) if v]
+        elif isinstance(value, list):  # YAML's flow list `[ffn@0,2]` reads ["ffn@0", 2]: the 2 is ffn's layer
+            value = join_layer_lists(value)
         if not isinstance(value, (list, tuple)):
             return False, None, _describe(hint)
         item = args[0]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -523,7 +522,9 @@ MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_exp
 def split_targets(text: str) -> tuple[str, ...]:
     """A --targets list: groups or module names split at commas, but a layer list stays with its group
     (`attn.q@0,1,ffn` is `attn.q@0,1` and `ffn`, as the README writes layer selections); spaces trimmed."""
-    return tuple(t.strip() for t in re.split(r",(?!\s*\d)", text))  # blanks kept: resolve_targets refuses them
+    from loratune.config import split_list
+
+    return tuple(split_list(text))  # blanks kept: resolve_targets refuses them
 
 
 def check_rank(r: int, option: str, limit: int | None) -> None:

@@ -78,3 +78,17 @@ def test_the_saved_adapter_config_lists_the_trained_pooler(arch, request, tiny_a
     model = PeftModel.from_pretrained(base, out / "adapter", is_trainable=True)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any(f"{arch}.pooler.modules_to_save.default." in n for n in trainable)
+
+
+def test_a_targets_layer_list_on_the_command_line_adapts_those_layers(tiny_bert, intent_data, tmp_path, capsys):
+    # `target_modules=ffn@0,1` was split at the comma: "'1' match no linear layer of this 'bert' model"
+    from loratune import api
+    from loratune.config import load_config
+
+    out = tmp_path / "run"
+    for given in ("ffn@0,1", "[ffn@0,1]"):
+        assert main(["train", "--dry-run", *overrides(tiny_bert, intent_data, out, target_modules=given)]) == 0
+        assert "adapted modules: 4" in flat(capsys.readouterr().out)
+        plan = api.plan(load_config(None, overrides(tiny_bert, intent_data, out, target_modules=given)))
+        assert sorted(plan["adapted_modules"]) == sorted(f"bert.encoder.layer.{i}.{m}" for i in (0, 1)
+                                                         for m in ("intermediate.dense", "output.dense"))

@@ -705,3 +705,21 @@ def test_a_recorded_max_steps_of_0_loads_as_the_epochs_it_trained(tmp_path):
     assert load_config(old, recorded=True).train.max_steps == -1
     assert cfg_from_yaml("train:\n  max_steps: 0\n").train.max_steps == -1
     assert load_config(None, ["max_steps=1"]).train.max_steps == 1
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("ffn@0,2", ("ffn@0,2",)),
+    ("[ffn@0,2]", ("ffn@0,2",)),  # YAML's flow list reads ["ffn@0", 2]
+    ('["ffn@0,2"]', ("ffn@0,2",)),
+    ("attn.q@0,1,ffn", ("attn.q@0,1", "ffn")),
+    ("[attn.q@1, 2, attn.v]", ("attn.q@1,2", "attn.v")),
+    ("attn.q, attn.v, ffn@top:2", ("attn.q", "attn.v", "ffn@top:2")),
+])
+def test_a_comma_inside_a_targets_layer_list_keeps_the_list(given, expected):
+    """The README's `group@0,1` split at every comma on the command line: `ffn@0` and a target named `2`."""
+    assert load_config(None, [f"target_modules={given}"]).adapter.target_modules == expected
+
+
+def test_a_list_of_layer_indices_is_not_joined():
+    assert load_config(None, ["layers_to_transform=[0,2]"]).adapter.layers_to_transform == (0, 2)
+    assert C.split_list("attn.q, , 3") == ["attn.q", "", "3"]  # no `@` before it: a (bad) target of its own
