@@ -114,32 +114,40 @@ class ParamCount:
         return {**asdict(self), "share_of_total": self.share_of_total}
 
 
-def _linear_sites(model) -> tuple[list[LinearSite], str]:
+def _linear_sites(model, conv1d: bool = False) -> tuple[list[LinearSite], str]:
+    """The nn.Linear layers inside the transformer blocks (what LoRA targets here cover). `conv1d`: transformers'
+    Conv1D too (GPT-2's projections, a linear layer with its weight transposed), for what counts blocks and the
+    weights a full fine-tune trains: without them a 3-layer GPT-2 was recorded as 0 layers, 0 adapted weights."""
     import torch.nn as nn
+    from transformers.pytorch_utils import Conv1D
 
     model_type = getattr(model.config, "model_type", "")
     pattern = re.compile(GROUP_TABLE.get(model_type, {}).get("blocks", _GENERIC_BLOCKS))
     sites = []
     for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Linear):
+        if isinstance(mod, nn.Linear):
+            shape = (mod.in_features, mod.out_features)
+        elif conv1d and isinstance(mod, Conv1D):
+            shape = tuple(mod.weight.shape)  # (in, out): Conv1D stores the weight transposed
+        else:
             continue
         m = pattern.match(name)
         if not m:
             continue
-        sites.append(LinearSite(name, int(m.group(1)), name[m.end():], mod.in_features, mod.out_features))
+        sites.append(LinearSite(name, int(m.group(1)), name[m.end():], *shape))
     return sites, model_type
 
 
 def num_layers(model) -> int:
     """The highest block index + 1: what `layers_to_transform` counts (an encoder-decoder's two stacks share it)."""
-    sites, _ = _linear_sites(model)
+    sites, _ = _linear_sites(model, conv1d=True)
     return 1 + max((s.layer for s in sites), default=-1)
 
 
 def num_blocks(model) -> int:
     """Every transformer block, each stack's counted (BART-large: 12 encoder + 12 decoder = 24): what activation
     memory and FLOPs scale with."""
-    sites, _ = _linear_sites(model)
+    sites, _ = _linear_sites(model, conv1d=True)
     return len({s.name[: len(s.name) - len(s.relative)] for s in sites})
 
 
@@ -255,7 +263,7 @@ def apply_adapter(model, adapter: AdapterConfig, task: str = "classification"):
     if adapter.method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
-        sites, _ = _linear_sites(model)
+        sites, _ = _linear_sites(model, conv1d=True)
         return model, sites
     from peft import LoraConfig, TaskType, get_peft_model
 

@@ -268,3 +268,18 @@ def test_a_model_without_shared_blocks_has_no_layers_note(bert):
 
     assert shared_blocks_note(bert) is None
     assert [s.layer for s in resolve_targets(bert, AdapterConfig(target_modules=("attn.q@top:2",)))] == [2, 3]
+
+
+def test_gpt2_blocks_of_conv1d_count_as_layers_for_full_fine_tuning():
+    """GPT-2's projections are transformers' Conv1D: a full run recorded 0 layers, depth 0 and 0 adapted weights.
+    LoRA targets still cover nn.Linear only (refused, as before, with the reason)."""
+    from loratune.adapt import apply_adapter, count_params, depth, num_blocks, num_layers
+
+    gpt2 = _meta("gpt2", n_embd=32, n_layer=3, n_head=2, n_positions=64, vocab_size=100, pad_token_id=0)
+    assert (num_layers(gpt2), num_blocks(gpt2), depth(gpt2)) == (3, 3, 3)
+    model, sites = apply_adapter(gpt2, AdapterConfig(method="full", target_modules=()))
+    assert len(sites) == 12 and {s.layer for s in sites} == {0, 1, 2}
+    per_layer = 32 * 96 + 32 * 32 + 32 * 128 + 128 * 32  # c_attn, attn.c_proj, c_fc, mlp.c_proj (in x out)
+    assert count_params(model, sites, "full").adapted_weights == 3 * per_layer
+    with pytest.raises(UserError, match="Conv1D"):
+        resolve_targets(gpt2, AdapterConfig(target_modules=("all-linear",)))
