@@ -74,3 +74,13 @@ def test_a_pad_id_outside_the_embeddings_is_refused_before_training(dry, pad_out
     run_json = tmp_path / "run" / "run.json"
     if run_json.exists():  # a record, if any, never says training ran
         assert json.loads(run_json.read_text())["status"] != "completed"
+
+
+def test_a_causal_lm_refuses_a_pad_id_outside_its_embeddings_too(pad_outside):
+    from loratune.config import ModelConfig
+    from loratune.errors import UserError
+    from loratune.models import load_causal_lm, load_tokenizer
+
+    cfg = ModelConfig(name_or_path=pad_outside, task="causal-lm")
+    with pytest.raises(UserError, match="pads with token id"):
+        load_causal_lm(cfg, load_tokenizer(cfg).pad_token_id)
