@@ -140,6 +140,9 @@ class LoraShape:
     adapted_weights: int  # parameters of the adapted weights
     per_rank: int  # sum of d_in + d_out over the adapted layers
     input_features: int = 0  # sum of d_in over the adapted layers (each adapter keeps a copy of its input)
+    # the lowest adapted block: nothing below it requires grad (loratune never calls enable_input_require_grads), so
+    # autograd keeps no activations there and the backward pass stops at it (kept_layers)
+    first_layer: int = 0
 
     @property
     def params(self) -> int:
@@ -237,6 +240,12 @@ NORM_BYTES = {True: FP32 + BF16 + BF16, False: FP32}  # per hidden unit, by whet
 ADAPTER_INPUT_BYTES = BF16
 
 
+def kept_layers(shape: ModelShape, lora: LoraShape | None = None) -> int:
+    """The blocks autograd keeps activations for and the backward pass runs through: every one in full fine-tuning
+    (the embeddings train), for LoRA those at or above its lowest adapted layer (below it nothing requires grad)."""
+    return shape.layers if lora is None else max(1, shape.layers - lora.first_layer)
+
+
 def block_bytes_per_token(shape: ModelShape, lora: LoraShape | None = None) -> float:
     """Bytes one transformer block keeps per token (SDPA attention): full fine-tuning when `lora` is None."""
     trains = lora is None
@@ -245,8 +254,8 @@ def block_bytes_per_token(shape: ModelShape, lora: LoraShape | None = None) -> f
     attention = BF16 * (2 * h_q + 2 * kv)
     ffn = BF16 * ((4 if trains else 3) * i if shape.gated else (2 if trains else 1) * i)
     adapters = 0.0
-    if lora is not None:  # spread evenly over the blocks (per_block = total / layers)
-        adapters = (ADAPTER_INPUT_BYTES * lora.input_features + BF16 * lora.r * lora.modules) / max(1, shape.layers)
+    if lora is not None:  # spread evenly over the blocks that keep activations (per_block = total / kept_layers)
+        adapters = (ADAPTER_INPUT_BYTES * lora.input_features + BF16 * lora.r * lora.modules) / kept_layers(shape, lora)
     return norms + attention + ffn + adapters
 
 
@@ -265,10 +274,10 @@ def head_bytes(shape: ModelShape, w: Workload, lora: LoraShape | None = None) ->
 def activation_bytes(shape: ModelShape, w: Workload, lora: LoraShape | None = None,
                      checkpointed: bool = False) -> float:
     """Activation memory of one micro-batch: full fine-tuning when `lora` is None, else LoRA / QLoRA."""
-    block = block_bytes(shape, w, lora)
+    block, kept = block_bytes(shape, w, lora), kept_layers(shape, lora)
     if checkpointed:
-        return BF16 * shape.hidden * w.tokens * shape.layers + block + head_bytes(shape, w, lora)
-    return shape.layers * block + head_bytes(shape, w, lora)
+        return BF16 * shape.hidden * w.tokens * kept + block + head_bytes(shape, w, lora)
+    return kept * block + head_bytes(shape, w, lora)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,7 +285,9 @@ def activation_bytes(shape: ModelShape, w: Workload, lora: LoraShape | None = No
 # 2 for the weight gradient: 6N for full fine-tuning (Kaplan et al. 2020). Attention over a context of
 # s tokens adds 4*L*h*s forward and twice that backward: 12*L*h*s (PaLM, Chowdhery et al. 2022, app. B;
 # counted dense, as PaLM does). LoRA skips the weight gradients of the frozen base but still needs its input
-# gradients to reach the adapters below: 4N + 6*N_lora. Gradient checkpointing adds one more forward.
+# gradients to reach the adapters below, down to the lowest adapted block and no further (kept_layers): 4N + 6*N_lora
+# with every block adapted, the blocks below it run forward only. Gradient checkpointing adds one more forward
+# (of the blocks the backward runs through).
 
 
 def attention_flops(shape: ModelShape, w: Workload) -> float:
@@ -291,10 +302,14 @@ def full_flops(shape: ModelShape, w: Workload, checkpointed: bool = False) -> fl
 
 
 def lora_flops(shape: ModelShape, lora: LoraShape, w: Workload, checkpointed: bool = False) -> float:
-    """4N + 6N_lora + 12Lhs per token; checkpointing recomputes the blocks' forward with their adapters."""
+    """2N forward + 2N_k input gradients + 6N_lora + 4Lhs + 8L_khs per token, N_k and L_k the linear weights (head
+    included) and blocks the backward runs through (kept_layers): 4N + 6N_lora + 12Lhs when every block is adapted.
+    Checkpointing recomputes those blocks' forward with their adapters."""
     n, n_lora, att = shape.linear_params, lora.params + shape.head_params, attention_flops(shape, w)
     nb = shape.block_linear_params
-    return 4 * n + 6 * n_lora + 3 * att + ((2 * nb + 2 * lora.params + att) if checkpointed else 0)
+    kept = kept_layers(shape, lora) / max(1, shape.layers)  # share of the blocks the backward runs through
+    backward = 2 * (n - nb + nb * kept) + 2 * att * kept
+    return 2 * n + backward + 6 * n_lora + att + ((2 * nb * kept + 2 * lora.params + att * kept) if checkpointed else 0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -348,9 +363,10 @@ def conventions(shape: ModelShape, w: Workload) -> dict[str, str]:
                        + ("8i" if shape.gated else "4i") + ", LoRA 8h + 4h_q + 4h_kv + "
                        + ("6i" if shape.gated else "2i") + " + 2(d_in + r) per adapter; logits "
                        f"{LOGIT_BYTES} bytes per vocabulary entry; gradient checkpointing keeps each block's input "
-                       "and recomputes one block at a time",
-        "flops": "full 6N + 12*L*h*s; LoRA 4N + 6*N_lora + 12*L*h*s (N: linear weights, head included); "
-                 "checkpointing adds one forward",
+                       "and recomputes one block at a time; LoRA keeps nothing below its lowest adapted layer",
+        "flops": "full 6N + 12*L*h*s; LoRA 4N + 6*N_lora + 12*L*h*s (N: linear weights, head included) with every "
+                 "block adapted, the blocks below the lowest adapted layer forward only; checkpointing adds one "
+                 "forward",
         "workspace": f"cuBLAS workspaces {CUBLAS_WORKSPACE_BYTES / 2**20:.0f} MiB in torch's allocator (two handles, "
                      "32 MiB each on Hopper)",
         "cuda_context": f"{CUDA_CONTEXT_BYTES / 2**30:.1f} GiB outside torch's allocator (in on_device totals only)",
@@ -580,8 +596,11 @@ def lora_shape(model, r: int, targets: tuple[str, ...]) -> LoraShape:
 
     check_rank(r, "--r", key_table()["adapter.r"].metadata["max"])
     sites = resolve_targets(model, AdapterConfig(target_modules=tuple(targets)))
+    # an encoder-decoder's stacks share layer indices and the decoder's cross-attention carries gradients into every
+    # encoder block: only a decoder-only or encoder-only stack stops its backward at the lowest adapted layer
+    first = 0 if getattr(model.config, "is_encoder_decoder", False) else min(s.layer for s in sites)
     return LoraShape(r, tuple(targets), len(sites), sum(s.in_features * s.out_features for s in sites),
-                     sum(s.in_features + s.out_features for s in sites), sum(s.in_features for s in sites))
+                     sum(s.in_features + s.out_features for s in sites), sum(s.in_features for s in sites), first)
 
 
 def plan_model(source: str, r: int = DEFAULT_R, targets: tuple[str, ...] = DEFAULT_TARGETS,

@@ -162,6 +162,63 @@ def test_the_activation_count_is_what_autograd_keeps(targets, checkpointed):
     assert ours == pytest.approx(sum(saved.values()), rel=0.08)
 
 
+def test_lora_on_the_top_layers_keeps_no_activations_below_them():
+    """Below the lowest adapted layer nothing requires grad: autograd keeps nothing there and the backward pass stops
+    there (the plan counted every block: 4.7-6.4x the saved bytes for LoRA on the top layers)."""
+    w = Workload(batch=2, seq_len=3)
+    lora = LoraShape(r=2, targets=("x@1",), modules=4, adapted_weights=800, per_rank=200, input_features=100,
+                     first_layer=1)
+    assert plan.kept_layers(TINY, lora) == 1 and plan.kept_layers(TINY) == 2
+    # LoRA block 64 + 48 + 96, its adapters all in the one block kept: (2 * 100 + 2 * r * 4) / 1 = 216
+    assert plan.block_bytes_per_token(TINY, lora) == 424
+    assert plan.activation_bytes(TINY, w, lora) == (424 + 4 * 8 + 12 * 10) * 6
+    assert plan.activation_bytes(TINY, w, lora, checkpointed=True) == (2 * 8 + 424 + 4 * 8 + 12 * 10) * 6
+    # FLOPs: 2N forward, input gradients through the head (1,000) and the kept block (4,000), the adapters' 6 * 400,
+    # the attention's forward in both blocks (att) and its backward in the kept one
+    att = 4 * 2 * 2 * 4 * 3
+    assert plan.lora_flops(TINY, lora, w) == 2 * 9_000 + 2 * 5_000 + 6 * 400 + att + 2 * att / 2
+    assert plan.lora_flops(TINY, lora, w, checkpointed=True) == \
+        plan.lora_flops(TINY, lora, w) + 2 * 4_000 + 2 * 400 + att / 2
+
+
+@pytest.mark.parametrize("targets", [("all-linear@3",), ("attn.q@top:1",), ("attn.v@2", "ffn@3")])
+def test_the_activation_count_with_adapters_on_the_top_layers_is_what_autograd_keeps(targets):
+    import warnings
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from loratune.adapt import resolve_targets
+    from loratune.config import AdapterConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=100)
+    cfg._attn_implementation = "sdpa"
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    shape, lora = plan.shape_of(model, "causal-lm"), plan.lora_shape(model, 4, targets)
+    names = [s.name for s in resolve_targets(model, AdapterConfig(target_modules=targets))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=names, task_type="CAUSAL_LM"))
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    w = Workload(batch=2, seq_len=32)
+    ids = torch.randint(0, 100, (w.batch, w.seq_len))
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    ours = plan.activation_bytes(shape, w, lora) - (plan.LOGIT_BYTES - 4) * shape.vocab * w.tokens
+    assert ours == pytest.approx(sum(saved.values()), rel=0.1)
+
+
 def test_activations_grow_linearly_in_batch_and_checkpointing_saves_most(llama7b):
     s = llama7b.shape
     one, four = (plan.activation_bytes(s, Workload(batch=b, seq_len=512)) for b in (1, 4))
