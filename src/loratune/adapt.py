@@ -197,6 +197,11 @@ def available_targets(model) -> dict[str, list[str]]:
 def resolve_targets(model, adapter: AdapterConfig) -> list[LinearSite]:
     """The linear layers that get an adapter, from groups / raw names and the layer selection."""
     sites, model_type = _linear_sites(model)
+    configured = getattr(model.config, "num_hidden_layers", None)
+    if not sites and isinstance(configured, int) and configured < 1:  # no blocks at all, not blocks of Conv1D
+        raise UserError(f"num_hidden_layers must be >= 1: the config of '{model_type}' says {configured}, which builds "
+                        "a model without transformer blocks", "set num_hidden_layers in its config.json to the "
+                        "model's number of layers")
     if not sites:
         raise UserError(f"found no nn.Linear layers inside the transformer blocks of '{model_type}' (GPT-2's "
                         "projections, for one, are transformers' Conv1D, which LoRA targets here do not cover)",

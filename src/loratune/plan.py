@@ -409,7 +409,62 @@ def load_config(source: str):
     (Gemma 3, LLaVA-style: the language model's settings under `text_config`) gives its language model's config:
     LoRA fine-tuning of text adapts that model (language_model_config says so)."""
     config = _load_config(source)
-    return language_model_config(config) or config
+    config = language_model_config(config) or config
+    check_sizes(config, source)
+    return config
+
+
+# The config fields the plan's arithmetic reads (by their transformers names; a config's attribute_map gives the name
+# its config.json uses: GPT-2's n_embd, T5's d_model). A config.json must set each one its config class has:
+# transformers would fill a missing one with the default of its own 7B-class preset. KV heads default to the heads.
+SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
+OPTIONAL_SIZE_FIELDS = ("num_key_value_heads",)
+
+
+def _json_name(config, attr: str) -> str:
+    return getattr(config, "attribute_map", {}).get(attr, attr)
+
+
+def exc_text(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line: every line of it, since transformers' validation errors put the reason
+    (`The hidden size (33) is not a multiple of ...`) on the line after their headline."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:limit]
+
+
+def check_sizes(config, source: str) -> None:
+    """The size fields the plan reads are integers >= 1 and the key/value heads divide the attention heads, else a
+    UserError naming the field (0 layers built a model without blocks; 0 vocabulary, 3 KV heads over 4 were
+    planned)."""
+    problems = []
+    for attr in SIZE_FIELDS + OPTIONAL_SIZE_FIELDS:
+        value = getattr(config, attr, None)
+        if value is None or isinstance(value, (list, tuple, dict)):
+            continue  # a field this architecture has not (ViT's vocabulary); per-layer lists are the model's own
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"{_json_name(config, attr)} must be an integer >= 1 (got {value!r})")
+    heads, kv = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
+    if not problems and isinstance(kv, int) and isinstance(heads, int) and heads % kv:
+        problems.append(f"{_json_name(config, 'num_key_value_heads')} ({kv}) must divide "
+                        f"{_json_name(config, 'num_attention_heads')} ({heads}): each KV head serves a group of heads")
+    if problems:
+        raise UserError(f"the config of '{source}': " + "; ".join(problems),
+                        "fix these fields in its config.json (the values of the model's published config)")
+
+
+def _check_present(config, raw: dict, path: Path) -> None:
+    """Every size field the plan reads is in the config.json itself: a missing one would be planned with
+    transformers' default (hidden 4096, 32 layers...). A multimodal wrapper's text_config is left to its defaults, as
+    the published ones (Gemma 3) rely on them."""
+    if language_model_config(config) is not None:
+        return
+    # the fields its class gives a default (GPT-2 has no intermediate_size: its FFN is 4h unless n_inner says so)
+    needed = [a for a in SIZE_FIELDS if getattr(config, a, None) is not None]
+    missing = [_json_name(config, a) for a in needed if _json_name(config, a) not in raw and a not in raw]
+    if missing:
+        raise UserError(f"'{path}' does not set {', '.join(missing)}: the plan would take transformers' defaults "
+                        f"for a {config.model_type} model, not this model's sizes",
+                        f"add {', '.join(missing)} to it (the values of the model's published config.json)")
+
 
 
 def language_model_config(config):
@@ -457,7 +512,7 @@ def _load_config(source: str):
         pass
     except Exception as exc:  # in the cache, and not a config transformers accepts: say so, not "not cached"
         raise UserError(f"the cached config of '{source}' is not one transformers accepts ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:300]})", "fix the field it names, or " + fix) from None
+                        f"{exc_text(exc)})", "fix the field it names, or " + fix) from None
     why = hub_offline_reason()
     if why is None:
         try:
@@ -478,10 +533,12 @@ def _config_from_json(path: Path, fix: str):
     if not isinstance(raw, dict) or "model_type" not in raw:
         raise UserError(f"'{path}' has no model_type", "give a Hugging Face config.json (it names model_type)")
     try:
-        return AutoConfig.for_model(raw.pop("model_type"), **raw)
+        config = AutoConfig.for_model(raw.pop("model_type"), **raw)
     except Exception as exc:  # transformers' strict config validation raises its own error types too
         raise UserError(f"'{path}' is not a config transformers accepts ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:300]})", "fix the field it names, or " + fix) from None
+                        f"{exc_text(exc)})", "fix the field it names, or " + fix) from None
+    _check_present(config, raw, path)
+    return config
 
 
 def default_task(config) -> str:
@@ -529,7 +586,7 @@ def build_meta_model(config, task: str):
             return auto.from_config(config)
         except Exception as exc:  # a config whose sizes cannot build a model (heads 0, a negative size)
             raise UserError(f"'{config.model_type}' cannot be built from this config ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:300]})", "fix the sizes in its config.json") from None
+                            f"{exc_text(exc)})", "fix the sizes in its config.json") from None
 
 
 MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")  # config fields naming experts

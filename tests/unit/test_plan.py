@@ -429,7 +429,7 @@ def test_params_and_plan_count_the_same_model(preset, capsys):
     ({"model_type": "llama", "hidden_size": "4096"}, "is not a config transformers accepts"),
     ({"model_type": "llama", "hidden_size": 100, "num_attention_heads": 3}, "is not a config transformers accepts"),
     ({"model_type": "llama", "intermediate_size": -5, "hidden_size": 64, "num_attention_heads": 4,
-      "num_hidden_layers": 1, "vocab_size": 32}, "cannot be built from this config"),
+      "num_hidden_layers": 1, "vocab_size": 32}, "intermediate_size must be an integer >= 1 (got -5)"),
 ])
 def test_configs_plan_cannot_count_are_refused_by_name(config, said, tmp_path, capsys):
     """A MoE model printed a 16-bit-dense plan (LoRA 13.6M parameters for peft's 360M); bad sizes were tracebacks."""
@@ -449,12 +449,78 @@ def test_a_config_that_cannot_be_built_is_not_blamed_on_the_task(argv, tmp_path,
     classification model for bert' with the fix 'use --task causal-lm' (and params has no --task)."""
     from loratune.cli import main
 
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 33,
-                                                      "num_attention_heads": 2}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 33, "num_attention_heads": 2,
+                                                      "num_hidden_layers": 2, "intermediate_size": 64,
+                                                      "vocab_size": 100}))
     assert main([a.format(tmp_path) for a in argv]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "'bert' cannot be built from this config (ValueError: The hidden size (33) is not a multiple" in err
     assert "fix the sizes in its config.json" in err and "has no" not in err and "--task" not in err
+
+
+SMALL_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 300}
+
+
+@pytest.mark.parametrize("command", ["plan", "params"])
+@pytest.mark.parametrize("change,said", [
+    # a missing size field was planned with transformers' 7B-class default (hidden 4096, 32 heads, 32 layers)
+    ({"hidden_size": None, "num_attention_heads": None},
+     "does not set hidden_size, num_attention_heads: the plan would take transformers' defaults"),
+    ({"num_hidden_layers": None}, "does not set num_hidden_layers"),
+    ({"intermediate_size": None}, "does not set intermediate_size"),
+    # invalid sizes were planned (or said as GPT-2's Conv1D blocks with a fix that cannot work)
+    ({"num_key_value_heads": 3}, "num_key_value_heads (3) must divide num_attention_heads (4)"),
+    ({"vocab_size": 0}, "vocab_size must be an integer >= 1 (got 0)"),
+    ({"intermediate_size": 0}, "intermediate_size must be an integer >= 1 (got 0)"),
+    ({"num_hidden_layers": 0}, "num_hidden_layers must be an integer >= 1 (got 0)"),
+    ({"num_hidden_layers": -1}, "num_hidden_layers must be an integer >= 1 (got -1)"),
+    # transformers' validation puts the reason on the line after its headline, which was all that was said
+    ({"hidden_size": 33}, "The hidden size (33) is not a multiple of the number of attention heads (4)"),
+    ({"hidden_size": "64"}, "expected int, got str"),
+])
+def test_a_config_json_with_missing_or_invalid_sizes_is_refused_by_field(command, change, said, tmp_path, capsys):
+    from loratune.cli import main
+
+    config = {k: v for k, v in {**SMALL_LLAMA, **change}.items() if v is not None}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main([command, str(tmp_path / "config.json")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert said in err and "fix:" in err and "Conv1D" not in err
+
+
+def test_saved_configs_of_real_models_still_plan():
+    """Only the size fields the plan reads are required: published configs (SmolLM2, MiniLM) set them all."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    got = plan.plan_model(str(root / "bench" / "data" / "smollm2_135m_config.json"))
+    assert (got.shape.layers, got.shape.hidden, got.shape.heads, got.shape.kv_heads) == (30, 576, 9, 3)
+    small = plan.plan_model(_write(SMALL_LLAMA))
+    assert (small.shape.layers, small.shape.hidden, small.shape.ffn, small.shape.vocab) == (2, 64, 96, 300)
+
+
+def _write(config: dict) -> str:
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "config.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def test_resolve_targets_names_a_layer_count_below_one():
+    """`train` reaches resolve_targets without plan's config check: 0 layers was said as GPT-2's Conv1D blocks."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from loratune.adapt import resolve_targets
+    from loratune.config import AdapterConfig
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=0,
+                                         num_attention_heads=2, vocab_size=50))
+    with pytest.raises(UserError) as err:
+        resolve_targets(model, AdapterConfig(target_modules=("all-linear",)))
+    assert "num_hidden_layers must be >= 1" in err.value.problem and "Conv1D" not in err.value.problem
 
 
 def test_a_model_type_without_the_tasks_model_names_the_other_task(tmp_path, capsys):
