@@ -52,6 +52,12 @@ def input_position_limit(cfg: ModelConfig) -> int | None:
         c = load_model_config(cfg)
     except UserError:
         return None
+    return position_limit(c)
+
+
+def position_limit(c) -> int | None:
+    """input_position_limit of a transformers config already loaded (`loratune plan` reads one without a ModelConfig):
+    the one rule for both."""
     if getattr(c, "rope_theta", None) is not None or getattr(c, "rope_scaling", None) is not None \
             or getattr(c, "position_embedding_type", "absolute") != "absolute" \
             or getattr(c, "position_biased_input", True) is False:

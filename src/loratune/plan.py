@@ -99,6 +99,10 @@ CUBLAS_WORKSPACE_BYTES = 2 * 32 * 2**20
 # (FSDP's default backward prefetch), and its own micro-batch's activations.
 FSDP_GATHERED_BLOCKS = 2
 
+# The longest --batch and --seq-len, and their product (tokens per micro-batch), the plan takes: 2^32 tokens already
+# need 8 TiB for one 1024-wide layer's bf16 hidden states, past every GPU; far past it the float arithmetic overflows.
+MAX_TOKENS = 2**32
+
 METHODS = ("lora", "qlora", "full")
 TASKS = ("causal-lm", "classification")
 ATTENTION = ("sdpa", "eager")
@@ -388,6 +392,9 @@ def _check_workload(w: Workload) -> None:
         problems.append(f"--batch {w.batch}: must be an integer >= 1")
     if w.seq_len < 1:
         problems.append(f"--seq-len {w.seq_len}: must be an integer >= 1")
+    if not problems and (w.batch > MAX_TOKENS or w.seq_len > MAX_TOKENS or w.tokens > MAX_TOKENS):
+        problems.append(f"--batch {w.batch} x --seq-len {w.seq_len}: at most {MAX_TOKENS:,} tokens per micro-batch "
+                        f"(2^32 tokens already need 8 TiB for one 1024-wide layer's bf16 hidden states)")
     if w.attention not in ATTENTION:
         problems.append(f"--attention {w.attention}: one of {', '.join(ATTENTION)}")
     if not w.gpu_memory_gib > 0:
@@ -667,5 +674,14 @@ def plan_model(source: str, r: int = DEFAULT_R, targets: tuple[str, ...] = DEFAU
     _check_workload(workload)
     config = load_config(source)
     task = default_task(config) if task == "auto" else task
+    from loratune.model_info import position_limit
+
+    # the limit `train` checks (api.py), for the same models: a classifier's learned absolute positions (a causal-lm
+    # decoder is rotary there)
+    limit = position_limit(config) if task != "causal-lm" else None
+    if limit is not None and workload.seq_len > limit:
+        raise UserError(f"--seq-len {workload.seq_len} is longer than {source} takes: its position embeddings cover "
+                        f"{limit} tokens (train refuses a longer model.max_length too)",
+                        f"give --seq-len {limit} or less")
     model = build_meta_model(config, task)
     return make_plan(source, shape_of(model, task), lora_shape(model, r, targets), workload)

@@ -523,6 +523,35 @@ def test_resolve_targets_names_a_layer_count_below_one():
     assert "num_hidden_layers must be >= 1" in err.value.problem and "Conv1D" not in err.value.problem
 
 
+def test_a_seq_len_past_the_learned_positions_is_refused_as_train_refuses_it(capsys):
+    """MiniLM's 512 learned positions: --seq-len 4096 was planned, though train refuses max_length 4096."""
+    from loratune.cli import main
+    from loratune.model_info import POSITION_OFFSET
+
+    bert = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "vocab_size": 100, "max_position_embeddings": 128}
+    assert main(["plan", _write(bert), "--seq-len", "129"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--seq-len 129 is longer than" in err and "cover 128 tokens" in err and "--seq-len 128 or less" in err
+    assert main(["plan", _write(bert), "--seq-len", "128", "--json"]) == 0
+    capsys.readouterr()
+    roberta = {**bert, "model_type": "roberta", "pad_token_id": 1}  # the same rule train uses: RoBERTa's offset
+    assert main(["plan", _write(roberta), "--seq-len", "127"]) == 2 and POSITION_OFFSET["roberta"] == 2
+    assert "cover 126 tokens" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("argv", [["--batch", "1" + "0" * 310], ["--seq-len", "99999999999999999999999"],
+                                  ["--batch", str(2**20), "--seq-len", str(2**13)]])
+def test_a_huge_workload_is_refused_with_its_range(argv, capsys):
+    """--batch 1e310 was an OverflowError traceback; --seq-len 1e23 printed numbers."""
+    from loratune.cli import main
+
+    assert main(["plan", "llama-2-7b", *argv]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"at most {plan.MAX_TOKENS:,} tokens per micro-batch" in err and "fix:" in err
+    assert plan.MAX_TOKENS == 2**32
+
+
 def test_a_model_type_without_the_tasks_model_names_the_other_task(tmp_path, capsys):
     from loratune.cli import main
 
