@@ -78,6 +78,18 @@ def highest_rank_within_breakeven(adapted_weights: float | None, per_rank: float
     return max(1, math.floor(breakeven_point(adapted_weights, per_rank) * (1 + 1e-9)))
 
 
+def resolve_option_targets(model, targets, option: str = "--targets") -> list:
+    """resolve_targets for a target list given on the command line: a name that matches no layer is said as the
+    option the user gave (`--targets nothing: ...`), not as adapter.target_modules of a config they never wrote."""
+    try:
+        return resolve_targets(model, AdapterConfig(target_modules=tuple(targets)))
+    except UserError as exc:
+        if exc.problem.startswith("adapter.target_modules"):  # a name the user gave: say where they gave it
+            raise UserError(f"{option} {','.join(targets)}: {exc.problem.partition(': ')[2]}",
+                            f"{option}: {exc.fix}") from None
+        raise
+
+
 def params_report(model, ranks=DEFAULT_RANKS, target_sets=DEFAULT_TARGETS, skip_unresolved: bool = False,
                   option: str = "--targets") -> ParamsReport:
     """The arithmetic per target set. `skip_unresolved` (the default sets, no --targets given): a set this model
@@ -94,14 +106,11 @@ def params_report(model, ranks=DEFAULT_RANKS, target_sets=DEFAULT_TARGETS, skip_
     rows, skipped = [], []
     for targets in target_sets:
         try:
-            sites = resolve_targets(model, AdapterConfig(target_modules=tuple(targets)))
-        except UserError as exc:
+            sites = resolve_option_targets(model, targets, option)
+        except UserError:
             if skip_unresolved and tuple(targets) != ("all-linear",):
                 skipped.append(tuple(targets))
                 continue
-            if exc.problem.startswith("adapter.target_modules"):  # a name the user gave: say where they gave it
-                raise UserError(f"{option} {','.join(targets)}: {exc.problem.partition(': ')[2]}",
-                                f"{option}: {exc.fix}") from None
             raise
         adapted = sum(s.in_features * s.out_features for s in sites)
         per_rank = sum(s.in_features + s.out_features for s in sites)

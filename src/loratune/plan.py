@@ -655,11 +655,11 @@ def shape_of(model, task: str) -> ModelShape:
 
 
 def lora_shape(model, r: int, targets: tuple[str, ...]) -> LoraShape:
-    from loratune.adapt import resolve_targets
-    from loratune.config import AdapterConfig, key_table
+    from loratune.config import key_table
+    from loratune.params import resolve_option_targets
 
     check_rank(r, "--r", key_table()["adapter.r"].metadata["max"])
-    sites = resolve_targets(model, AdapterConfig(target_modules=tuple(targets)))
+    sites = resolve_option_targets(model, targets)  # a name that matches nothing is said as --targets, as params does
     # an encoder-decoder's stacks share layer indices and the decoder's cross-attention carries gradients into every
     # encoder block: only a decoder-only or encoder-only stack stops its backward at the lowest adapted layer
     first = 0 if getattr(model.config, "is_encoder_decoder", False) else min(s.layer for s in sites)

@@ -552,6 +552,29 @@ def test_a_huge_workload_is_refused_with_its_range(argv, capsys):
     assert plan.MAX_TOKENS == 2**32
 
 
+@pytest.mark.parametrize("command", ["plan", "params"])
+@pytest.mark.parametrize("targets,said", [("nothing", "--targets nothing: 'nothing' match no linear layer"),
+                                          ("attn.q@5", "--targets attn.q@5: layer indices [5] are outside 0..1")])
+def test_targets_that_match_nothing_are_said_as_the_option(command, targets, said, capsys):
+    """plan said `adapter.target_modules: 'nothing' match...` (a config key the user never wrote) where params said
+    `--targets nothing`: one helper (params.resolve_option_targets) for both."""
+    from loratune.cli import main
+
+    assert main([command, _write(SMALL_LLAMA), "--targets", targets]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert said in err and "fix: --targets:" in err and "adapter.target_modules" not in err
+
+
+def test_a_method_that_fits_no_gpu_count_is_explained(capsys):
+    from loratune.cli import main
+
+    assert main(["plan", "llama-2-7b", "--gpu-memory", "0.0001"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "GPUs '-' (LoRA, QLoRA, full): fits on no number of 0.0001 GiB GPUs" in out and "--gpu-memory" in out
+    assert main(["plan", "llama-2-7b"]) == 0
+    assert "fits on no number" not in capsys.readouterr().out
+
+
 def test_a_model_type_without_the_tasks_model_names_the_other_task(tmp_path, capsys):
     from loratune.cli import main
 

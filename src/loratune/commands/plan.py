@@ -91,6 +91,11 @@ def render(plan) -> None:
     for label, cell in rows:
         table.add_row(label, *(cell(m[c]) for c in cols))
     out.print(table)
+    never = [name for c, name in zip(cols, ("LoRA", "QLoRA", "full")) if not m[c].gpus]
+    if never:  # the row's "-": say why, and what would change it
+        out.print(f"GPUs '-' ({', '.join(never)}): fits on no number of {w.gpu_memory_gib:g} GiB GPUs: one GPU's own "
+                  "activations (checkpointed), workspaces, CUDA context and two gathered blocks already exceed it; "
+                  "lower --batch or --seq-len, or give a larger --gpu-memory")
     if plan.breakeven_rank:
         out.print(f"LoRA stops paying at r={plan.breakeven_rank} on these targets: its parameters reach a third of the "
                   "adapted weights, where its compute matches training those weights fully (protocol 6)")
