@@ -336,3 +336,33 @@ def test_a_study_resumes_from_another_working_directory_and_after_a_move(tiny_be
     assert summary["budget"]["spent"]["trials"] == 4
     assert all(Path(r["run_dir"]).is_relative_to(moved) for r in summary["trials"])
     assert summary["recommendation"]["run_dir"].startswith(str(moved))
+
+
+def test_a_resume_never_lowers_what_the_study_spent(tiny_bert, intent_data, tmp_path, monkeypatch):
+    # a resume's meter starts empty and charges the reused trials' own training only: the earlier sessions' startup
+    # and the time between and around their trials must be charged again (kept in the study as they are charged, so
+    # a killed session's stay spent too)
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--budget", "2trials", "--trial-steps", "4")) == 0
+    first = json.loads((study / "final" / "study.json").read_text())["budget"]
+    overheads = [c for c in first["ledger"] if c["label"].startswith(("startup", "between", "after the last"))
+                 or "outside its training" in c["label"]]
+    assert any(c["label"] == "startup (this session)" for c in overheads)
+
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "2trials", "-q"]) == 0
+    second = json.loads((study / "final" / "study.json").read_text())["budget"]
+    assert second["spent"]["wall_s"] >= first["spent"]["wall_s"]
+    carried = [(c["label"], c["cost"]["wall_s"]) for c in second["ledger"] if c["label"].startswith("session 1: ")]
+    # each earlier overhead charged again, once, as it was charged
+    assert [label for label, _ in carried] == [f"session 1: {c['label']}" for c in overheads]
+    assert [w for _, w in carried] == pytest.approx([c["cost"]["wall_s"] for c in overheads], abs=2e-3)
+    assert second["spent"]["wall_s"] == pytest.approx(sum(c["cost"]["wall_s"] for c in second["ledger"]), abs=0.05)
+    # kept in the study session by session as charged (what a resume after a kill reads)
+    import optuna
+
+    from loratune.search.study import OVERHEADS
+
+    attrs = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}").user_attrs
+    assert [e["label"] for e in attrs[OVERHEADS][0]] == [c["label"] for c in overheads]
+    assert len(attrs[OVERHEADS]) == 2 and any(e["label"] == "startup (this session)" for e in attrs[OVERHEADS][1])

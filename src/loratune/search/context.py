@@ -98,6 +98,13 @@ class SearchContext:
     # reuse (charge_earlier): what was spent stays spent, once
     earlier: set = field(default_factory=set)
     _charged: set = field(default_factory=set)
+    # the real time around trials (startup, between trials, a trial's setup) that each session charged
+    # (charge_elapsed): kept in the study as it is charged (`Study.save_overheads`), so that a resume, whose meter
+    # starts empty and charges the reused trials' own training only, charges the earlier sessions' overheads again
+    # (charge_earlier) and a resume never lowers what was spent, even after a kill. `session`: this session's index
+    session: int = 0
+    earlier_overheads: list = field(default_factory=list)  # [{label, wall_s, session}], charged once
+    _overheads: list = field(default_factory=list)  # this session's own
     # the session's clock (tune: time.perf_counter): the real time between and around trials (sampler, study records,
     # decisions, a trial's model setup) is charged too, so a wall budget bounds the session; None: trials' own
     # measured wall time only (scripted runs in tests)
@@ -264,11 +271,19 @@ class SearchContext:
         self.since = now
         if gap > 0:
             self.meter.charge(Cost(gap, 0, 0), label)
+            self._overheads.append({"label": label, "wall_s": gap})
+            save = getattr(self.store, "save_overheads", None)  # an in-memory store in tests keeps none
+            if save is not None:
+                save(self.session, self._overheads)
 
     def charge_earlier(self) -> None:
         """Charge the trials earlier sessions finished that this one has not reused: a resume with a larger budget
         can decide otherwise than the session that trained one (its trial is then `superseded`), but it trained,
-        and what was spent stays spent. Each is charged once: a later reuse of it is free."""
+        and what was spent stays spent. Each is charged once: a later reuse of it is free. The earlier sessions'
+        overheads (their startup, the time between and around their trials) are charged here too, once."""
+        carried, self.earlier_overheads = self.earlier_overheads, []
+        for e in carried:
+            self.meter.charge(Cost(float(e["wall_s"]), 0, 0), f"session {int(e['session']) + 1}: {e['label']}")
         if not self.earlier:
             return
         mine = {r.number for r in self.records} | self._charged

@@ -51,6 +51,7 @@ from loratune.store import read_json, write_json
 
 STUDY_DB = "study.db"
 DECISIONS = "decisions.jsonl"
+OVERHEADS = "overheads"  # the study's user attr: each session's overhead charges (save_overheads)
 SUPERSEDED = "decisions.superseded.jsonl"  # an earlier session's decisions that a resumed one took otherwise
 TRIALS = "trials"
 FINAL = "final"
@@ -514,6 +515,18 @@ class Study:
         meta = self.meta
         meta.update(values)
         self.optuna.set_user_attr("loratune", meta)
+
+    def overheads(self) -> list[list[dict]]:
+        """Each session's overhead charges ({label, wall_s}), by session in order (`SearchContext.charge_elapsed`)."""
+        return [list(s) for s in self.optuna.user_attrs.get(OVERHEADS, [])]
+
+    def save_overheads(self, session: int, entries: list[dict]) -> None:
+        """Record session `session`'s overhead charges so far: written as they are charged, so a killed session's
+        stay spent for the session that resumes it."""
+        sessions = self.overheads()
+        sessions += [[] for _ in range(session + 1 - len(sessions))]
+        sessions[session] = [{"label": e["label"], "wall_s": round(float(e["wall_s"]), 4)} for e in entries]
+        self.optuna.set_user_attr(OVERHEADS, sessions)
 
     def trial_dir(self, path: str | None) -> str | None:
         """A recorded trial run_dir as found in this study directory (`in_study`)."""

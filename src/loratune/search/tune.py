@@ -210,6 +210,10 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                         base_point=dict(start.point), costs=CostModel(options.examples_per_s), ui=ui,
                         finish_rows=len(test) if test is not None else 0, finish_base_s=options.finish_reserve_s,
                         clock=time.perf_counter, since=t_start, thresholds=tables)
+    sessions = study.overheads()  # each earlier session's overhead charges: this session is the next one
+    ctx.session = len(sessions)
+    if options.resume:  # charged once the replay is over (charge_earlier), as the earlier trials no decision reused
+        ctx.earlier_overheads = [{**e, "session": i} for i, s in enumerate(sessions) for e in s]
     # the clock of this session before the first trial (imports, data, the study's records) counts too; phase 0's
     # share of it is charged above
     ctx.charge_elapsed("startup (this session)", minus=assessed_now_s)
