@@ -796,6 +796,41 @@ def test_the_best_step_is_called_the_saved_model_only_when_it_is(tmp_path, capsy
     assert "saved model" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("status", ["died", "interrupted"])
+def test_a_run_that_did_not_finish_reads_its_best_from_the_history_not_the_lagging_snapshot(status, tmp_path, capsys):
+    """A history point is appended before its model is saved and run.json rewritten: a run killed in between has a
+    run.json `best` (and saved model) of an earlier step. Its best is the history's; the saved model is said apart."""
+    from loratune.cli import main
+
+    run = write_run(tmp_path / "run", status=status, n_evals=2, steps_per_eval=20)
+    record = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    points = [json.loads(x) for x in (run / "history.jsonl").read_text(encoding="utf-8").splitlines()]
+    points[1]["val/macro_f1"] = 0.083  # step 20 below the start: the snapshot's best lags at it
+    (run / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points), encoding="utf-8")
+    record.update(best=points[1], objective="val/macro_f1", saved_model={"step": 20, "note": "adapter/ holds it"})
+    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    r = build_run_report(run)
+    assert r.best["step"] == 40 and r.best["val/macro_f1"] == pytest.approx(points[2]["val/macro_f1"])
+    assert r.best["val/macro_f1"] >= r.final["val/macro_f1"]
+    assert all(p.best_step == 40 for p in r.curves)
+    assert not r.saved_model and r.saved_step == 20
+    assert "the saved model" not in render_run(r)
+    assert main(["show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"best val/macro_f1 {points[2]['val/macro_f1']:.3f} at step 40 (not saved; the saved model is step 20's)" \
+        in out
+    assert re.search(r"^\s*40 \*", out, re.M) and not re.search(r"^\s*20 \*", out, re.M)
+    record["saved_model"] = {"step": None, "note": "writing the model of step 40 (the best so far)"}
+    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    assert main(["show", str(run)]) == 0
+    assert "at step 40 (no model saved)" in capsys.readouterr().out
+    # a loss objective (a causal LM): its best is the lowest
+    record["objective"] = "val/loss"
+    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    low = min(points, key=lambda p: p["val/loss"])["step"]
+    assert build_run_report(run).best["step"] == low
+
+
 def test_a_folder_far_above_a_tensorboard_log_is_not_searched_to_the_bottom(tmp_path):
     from loratune.history_io import find_event_files
 

@@ -91,7 +91,7 @@ def show_run(con, r, n_classes: int = 10) -> None:
         con.print(details)
     m, o = r.metric, r.objective
     scores = f"final {f3(r.final.get(m))} · start {f3(r.start_metric)}"
-    unsaved = " (no model saved)" if r.source == "loratune" and not r.saved_model and r.best else ""
+    unsaved = f" ({_saved_elsewhere(r)})" if r.source == "loratune" and not r.saved_model and r.best else ""
     head = (f"best {safe(m)} [bold]{f3(r.best.get(m))}[/] at step {r.best.get('step', '?')}{unsaved} · {scores}"
             if not o
             else f"{'best' if unsaved else 'saved model: best'} {safe(o)} [bold]{f3(r.best.get(o))}[/] at step "
@@ -131,7 +131,7 @@ def show_run(con, r, n_classes: int = 10) -> None:
         t.add_row("trend", *[spark([series[k].get(s) for s in steps]) for k, _ in cols], style="cyan")
         con.print(t)
         con.print("[dim]* best val step" + (" (the saved model)" if r.saved_model else
-                                             " (no model saved)" if r.source == "loratune" else "") + "[/]")
+                                             f" ({_saved_elsewhere(r)})" if r.source == "loratune" else "") + "[/]")
 
     # diagnosis ------------------------------------------------------------------------------
     d = r.diagnosis
@@ -258,3 +258,9 @@ def show_study(con, s) -> None:
     from loratune.report.study import show_study as _show
 
     _show(con, s)
+
+
+def _saved_elsewhere(r) -> str:
+    """What a run whose best step's model is not the saved one saved: a run killed or interrupted between a best
+    point and its save keeps an earlier step's model, or none (RunReport.saved_step)."""
+    return "no model saved" if r.saved_step is None else f"not saved; the saved model is step {r.saved_step:g}'s"

@@ -232,6 +232,8 @@ class RunReport:
     prompts: PromptSetView | None = None  # a causal-lm run with a prompt set (generations.jsonl)
     saved_model: bool = False  # the best step's model is the one saved (run.json saved_model; never a run loratune
     #                            did not make: its files say which checkpoint was kept, if any)
+    saved_step: float | None = None  # the step of the model the run saved (run.json saved_model.step): a run that did
+    #                                  not finish can have saved another step's model than its best, or none
 
     @property
     def open_generation(self) -> bool:
@@ -388,9 +390,13 @@ def build_prompt_set(d: Path, points: Sequence[dict], best_step: float | None) -
 
 
 def _best_step(points: Sequence[dict], metric: str) -> float | None:
+    """The step of the best `metric` point, by its objective's direction (a loss: the lowest; the first of ties)."""
+    from loratune.objectives import objective
+
+    o = objective(metric)
     best = None
     for p in points:
-        v, s = as_float(p.get(metric)), as_float(p.get("step"))
+        v, s = o.score(as_float(p.get(metric))), as_float(p.get("step"))
         if v is not None and s is not None and (best is None or v > best[0] + 1e-12):
             best = (v, s)
     return best[1] if best else None
@@ -647,6 +653,11 @@ def _metric_of(points: Sequence[dict]) -> str:
     return "val/macro_f1"
 
 
+# statuses whose run.json the run itself rewrote when it ended: its `best` is the saved model's point and the history's
+# best; any other (running, died, interrupted) may lag its history (build_run_report)
+SETTLED = ("completed", "diverged")
+
+
 def _point_at(points: Sequence[dict], step: float | None) -> dict:
     if step is None:
         return {}
@@ -721,16 +732,23 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
                     seen[k.split("/", 2)[2]] = None
         labels = list(seen)
     best_step = _best_step(points, metric)
-    if isinstance(run.get("best"), dict) and as_float(run["best"].get("step")) is not None:
+    status = str(run.get("status") or "unknown")
+    if status not in SETTLED:
+        # run.json's `best` is a snapshot the run rewrites after it saves a best model, and a history point is
+        # appended before that: a run killed or interrupted in between (or still training) has a history whose best
+        # the snapshot lags. Its best is the history's best point by the run's objective (as diagnose reads it);
+        # which step's model was saved is said apart from it (saved_step)
+        key = run.get("objective") if isinstance(run.get("objective"), str) else metric
+        best_step = _best_step(points, key) if _best_step(points, key) is not None else best_step
+    elif isinstance(run.get("best"), dict) and as_float(run["best"].get("step")) is not None:
         best_pt = dict(run["best"])
         best_step = as_float(best_pt["step"]) if as_float(best_pt.get(metric)) is not None else best_step
-    curves = build_curves(points, metric, best_step)  # the marker at the saved model's step
+    curves = build_curves(points, metric, best_step)  # the marker at the best step (the saved model's, settled)
     best_pt = _point_at(points, best_step) or (run.get("best") if isinstance(run.get("best"), dict) else {})
     from loratune.features import is_eval_point  # a train-only point (the train loss alone) is no final score
 
     evals = [p for p in points if is_eval_point(p)]
     final_pt = evals[-1] if evals else (run.get("final") if isinstance(run.get("final"), dict) else {})
-    status = str(run.get("status") or "unknown")
     if status == "running":
         notes.append(f"the run is still training (status `running`, {len(evals)} eval points so far): "
                      "this report shows it as it stands")
@@ -773,7 +791,13 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         classes=build_classes(points, run, labels, best_step), confusion=confusion, pairs=pairs,
         examples_note=None if examples is not None else examples_note,
         params=build_params(run, config), config_yaml=config_yaml, notes=tuple(notes),
-        saved_model=_saved_at(run, best_step, d))
+        saved_model=_saved_at(run, best_step, d), saved_step=_saved_step(run))
+
+
+def _saved_step(run: Mapping[str, Any]) -> float | None:
+    """The step whose model the run saved (run.json `saved_model.step`), None when none was saved or it is unknown."""
+    sm = run.get("saved_model")
+    return as_float(sm.get("step")) if isinstance(sm, dict) else None
 
 
 def _saved_at(run: Mapping[str, Any], best_step: float | None, run_dir: Path) -> bool:
