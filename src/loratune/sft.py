@@ -195,7 +195,8 @@ def evaluate_lm(prefix: str, model, enc: SFTEncoded, pad_id: int, device, autoca
     was_training = model.training
     model.eval()
     loss_sum, tokens, hits = 0.0, 0, 0
-    for rows in eval_batches(enc.lengths, EVAL_TOKENS // 16):  # at most EVAL_TOKENS padded tokens a batch
+    # at most EVAL_TOKENS padded tokens a batch; its own collate pads each batch to its longest
+    for rows in eval_batches(enc.lengths, EVAL_TOKENS // 16, bucket=None):
         batch = collate_lm(enc, rows, pad_id, device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             logits, target = scored_logits(model, batch)

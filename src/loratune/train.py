@@ -70,6 +70,7 @@ class Encoded:
     unseen: np.ndarray
     prefix: prefix_cache.Feed | None = None  # cached frozen-prefix states, when the cache applies
     label_counts: np.ndarray | None = None  # labels per row as the data writes them (unknown ones included)
+    max_length: int | None = None  # the truncation length: no row is padded past it (padded_length)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -119,14 +120,15 @@ def encode(tokenizer, split: Split, space: LabelSpace, max_length: int) -> Encod
     else:
         targets = np.array([index.get(labs[0], -100) for labs in split.labels], dtype=np.int64)
     counts = np.array([len(labs) for labs in split.labels], dtype=np.int64)
-    return Encoded(ids, targets, unseen, label_counts=counts)
+    return Encoded(ids, targets, unseen, label_counts=counts, max_length=max_length)
 
 
 def subset(enc: Encoded, rows) -> Encoded:
     """Rows of an encoded split (ids, targets, unseen), without tokenizing again."""
     rows = np.asarray(rows, dtype=np.int64)
     counts = enc.label_counts[rows] if enc.label_counts is not None else None
-    return Encoded([enc.ids[i] for i in rows], enc.targets[rows], enc.unseen[rows], label_counts=counts)
+    return Encoded([enc.ids[i] for i in rows], enc.targets[rows], enc.unseen[rows], label_counts=counts,
+                   max_length=enc.max_length)
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, rng: random.Random, grouped: bool) -> list[list[int]]:
@@ -150,9 +152,26 @@ def batch_order(lengths: np.ndarray, batch_size: int, rng: random.Random, groupe
     return batches
 
 
-def collate(ids: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Pad to the longest text in the batch (dynamic padding). Shapes: [batch, longest]."""
-    longest = max(len(x) for x in ids)
+# Scoring pads each text to its own padded length, never to its batch's longest: under bf16 autocast a text's logits
+# move with the padded length (the masked columns still change the rounding of attention and layer sums: padding
+# one batch from 10 to 23 columns moved logits by 0.01 and flipped 2 of 1,500 predicted labels), so a text's label
+# would depend on the other texts scored beside it. Its length is rounded up to a multiple of EVAL_PAD_BUCKET, and
+# only texts of one padded length share a batch (eval_batches): a few padded columns per text instead of one
+# length per text keep batches full (bf16's speed), and a multiple of 8 suits tensor cores.
+EVAL_PAD_BUCKET = 8
+
+
+def padded_length(n: int, max_length: int | None = None, bucket: int = EVAL_PAD_BUCKET) -> int:
+    """The columns a text of `n` tokens is scored in: `n` rounded up to `bucket`, never past the truncation length
+    (so never past the model's positions)."""
+    width = -(-max(1, int(n)) // bucket) * bucket
+    return max(int(n), min(width, max_length)) if max_length else width
+
+
+def collate(ids: list[list[int]], pad_id: int, device, length: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad to the longest text in the batch (dynamic padding), or to `length` (scoring: padded_length).
+    Shapes: [batch, longest]."""
+    longest = max(max(len(x) for x in ids), length or 0)
     input_ids = torch.full((len(ids), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), longest), dtype=torch.long)
     for row, x in enumerate(ids):
@@ -209,19 +228,31 @@ def base_decoding(cfg: RunConfig, dataset: Dataset, space: LabelSpace) -> Decodi
 # evaluation
 
 
-def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+def eval_batches(lengths: np.ndarray, batch_size: int, max_length: int | None = None,
+                 bucket: int | None = EVAL_PAD_BUCKET) -> list[np.ndarray]:
     """Row indices sorted longest first, cut into batches of at most `batch_size` rows and at most
     batch_size * 16 padded tokens: short texts go 256 to a batch, a few long ones don't blow up the
-    activation memory (measured: 256 rows x 64 tokens added 650 MB of peak RSS on MiniLM)."""
+    activation memory (measured: 256 rows x 64 tokens added 650 MB of peak RSS on MiniLM). With `bucket` (scoring),
+    a batch holds rows of one padded_length only, so each is padded to its own (collate(length=...));
+    None: rows of any length share a batch (a caller that pads dynamically)."""
     order = np.argsort(-lengths, kind="stable")
+    width = (lambda n: padded_length(n, max_length, bucket)) if bucket else (lambda n: max(1, int(n)))
     budget = batch_size * 16
     batches, start = [], 0
     while start < len(order):
-        longest = max(1, int(lengths[order[start]]))  # the first row of a batch is its longest
+        longest = width(lengths[order[start]])  # the first row of a batch is its longest
         end = min(len(order), start + max(1, min(batch_size, budget // longest)))
+        if bucket:  # cut where the padded length changes
+            end = start + int(np.searchsorted(-np.array([width(lengths[i]) for i in order[start:end]]), -longest,
+                                              side="right"))
         batches.append(order[start:end])
         start = end
     return batches
+
+
+def eval_collate(ids: list[list[int]], pad_id: int, device, max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """A scoring batch (rows of one padded length, eval_batches) padded to that length: each text's own."""
+    return collate(ids, pad_id, device, padded_length(max(len(x) for x in ids), max_length))
 
 
 # Evaluation on a shared CPU: while other processes keep the cores busy, an all-core matmul waits for its slowest
@@ -247,7 +278,7 @@ def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, au
 
     was_training = model.training
     model.eval()
-    batches = eval_batches(enc.lengths, batch_size)
+    batches = eval_batches(enc.lengths, batch_size, enc.max_length)
     threads = torch.get_num_threads()
     pick = pick_threads and device.type == "cpu" and threads > 1
     probe = {1: 1, 2: threads} if pick and len(batches) >= EVAL_THREAD_PROBE_BATCHES else {}  # batch -> threads
@@ -261,7 +292,7 @@ def predict_logits(model, enc: Encoded, batch_size: int, pad_id: int, device, au
                 if i in probe:
                     torch.set_num_threads(probe[i])
                 t = time.perf_counter()
-                batch = collate([enc.ids[j] for j in rows], pad_id, device)
+                batch = eval_collate([enc.ids[j] for j in rows], pad_id, device, enc.max_length)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
                     logits = forward_logits(model, enc, rows, batch).float().cpu().numpy()
                 if i in probe:
@@ -777,8 +808,9 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
     with timed(timing, "prefix_cache"):
         prefix_note = prefix_cache.attach(model, cfg.train.prefix_cache, cfg.adapter.method,
                                           [train_enc, train_eval_enc, val_enc],
-                                          lambda ids: collate(ids, pad_id, device),
-                                          lambda lengths: eval_batches(lengths, cfg.train.per_device_eval_batch_size),
+                                          lambda ids: eval_collate(ids, pad_id, device, cfg.model.max_length),
+                                          lambda lengths: eval_batches(lengths, cfg.train.per_device_eval_batch_size,
+                                                                       cfg.model.max_length),
                                           autocast)
     frozen_bf16 = 0
     if autocast:  # after the cache hashed the frozen prefix's weights (the same key as a float32 model's): the

@@ -11,7 +11,7 @@ from loratune import adapt, api, train as train_mod
 from loratune.adapt import apply_adapter, merged_for_eval
 from loratune.config import load_config
 from loratune.models import load_classifier, load_tokenizer
-from loratune.train import collate, encode, eval_batches, faster_on_one_thread, predict_logits
+from loratune.train import collate, encode, eval_batches, eval_collate, faster_on_one_thread, predict_logits
 
 from support import overrides
 
@@ -39,8 +39,9 @@ def _unmerged_logits(model, enc, pad_id, batch_size=3) -> np.ndarray:
     """The evaluation loop as it was before issue 17's round 4: peft's own (unmerged) forward."""
     model.eval()
     out = np.zeros((len(enc.ids), model.config.num_labels), dtype=np.float32)
-    for rows in eval_batches(enc.lengths, batch_size):
-        out[rows] = model(**collate([enc.ids[i] for i in rows], pad_id, CPU)).logits.float().numpy()
+    for rows in eval_batches(enc.lengths, batch_size, enc.max_length):  # each text padded as scoring pads it
+        batch = eval_collate([enc.ids[i] for i in rows], pad_id, CPU, enc.max_length)
+        out[rows] = model(**batch).logits.float().numpy()
     model.train()
     return out
 
@@ -151,3 +152,29 @@ def test_one_thread_only_when_clearly_faster():
     assert faster_on_one_thread(1.0, 0.79)
     assert not faster_on_one_thread(1.0, 0.8)  # within timing noise of the cores: keep them
     assert not faster_on_one_thread(1.0, 1.5)
+
+
+def test_a_texts_logits_do_not_depend_on_the_texts_scored_beside_it_under_bf16(tiny_bert, intent_data, tmp_path):
+    """Under bf16 autocast a text's logits move with its padded length: padded to its batch's longest, a text's label
+    could change with the other texts of the call (padding 10 -> 23 columns moved logits by 0.01). Each text is
+    padded to its own padded_length, so alone or beside a long text it scores the same."""
+    from loratune.data import Split
+    from loratune.train import subset
+
+    model, tok, val = _model(tiny_bert, intent_data, tmp_path, trained=True, max_length=32)
+    space = api.prepare(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "r"))).label_space
+    long = encode(tok, Split("x", ("please " * 12 + "lost my card " * 3,), ((space.labels[0],),), "x"), space, 32)
+    assert long.lengths[0] > val.lengths.max() + 8  # a neighbour far longer than any val text
+    both = subset(val, range(len(val.ids)))
+    both.ids.append(long.ids[0])  # every val text, then the long one: one call
+    pad = tok.pad_token_id
+    alone = np.concatenate([predict_logits(model, subset(val, [i]), 3, pad, CPU, True) for i in range(len(val.ids))])
+    beside = predict_logits(model, both, 64, pad, CPU, True)[:-1]
+    assert np.abs(alone).max() > 0.01
+    np.testing.assert_allclose(beside, alone, rtol=0, atol=1e-5)
+    assert (beside.argmax(1) == alone.argmax(1)).all()
+    # the padded length is the text's own: its tokens rounded up to the bucket, never past the truncation length
+    from loratune.train import EVAL_PAD_BUCKET, padded_length
+
+    assert [padded_length(n, 32) for n in (1, 8, 9, 31, 32)] == [8, 8, 16, 32, 32]
+    assert padded_length(30, 30) == 30 and padded_length(5, None) == EVAL_PAD_BUCKET

@@ -12,7 +12,7 @@ import torch
 from loratune import api, prefix_cache
 from loratune.config import load_config
 from loratune.models import load_tokenizer
-from loratune.train import collate, encode, eval_batches, forward_logits, predict_logits
+from loratune.train import collate, encode, eval_batches, eval_collate, forward_logits, predict_logits
 
 from support import overrides, talking_lora_classifier
 
@@ -35,8 +35,10 @@ def _model_and_data(folder, data, tmp_path, **extra):
 
 
 def _attach(model, tok, encs, mode="auto", autocast=False):
-    return prefix_cache.attach(model, mode, "lora", encs, lambda ids: collate(ids, tok.pad_token_id, CPU),
-                               lambda lengths: eval_batches(lengths, 5), autocast)
+    # as train.py attaches it: each text's states computed at its own padded length, as scoring pads it
+    m = encs[0].max_length
+    return prefix_cache.attach(model, mode, "lora", encs, lambda ids: eval_collate(ids, tok.pad_token_id, CPU, m),
+                               lambda lengths: eval_batches(lengths, 5, m), autocast)
 
 
 @pytest.mark.parametrize("arch,store", [("tiny_bert", np.float32), ("tiny_bert", np.float16),

@@ -101,3 +101,17 @@ def test_eval_batches_cover_every_row_longest_first_within_a_token_budget():
     assert all(len(b) <= 256 and len(b) * lengths[b].max() <= 256 * 16 for b in batches)
     assert max(len(b) for b in batches) == 256  # short texts still fill whole batches
     assert [len(b) for b in eval_batches(np.array([500, 3]), 4)] == [1, 1]  # one over-long row: alone
+
+
+def test_scoring_batches_hold_one_padded_length_each_so_a_text_is_padded_to_its_own():
+    from loratune.train import eval_collate, padded_length
+
+    lengths = banking77_like_lengths(3000)
+    batches = eval_batches(lengths, 256, 64)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(3000))
+    for b in batches:
+        widths = {padded_length(n, 64) for n in lengths[b]}
+        assert len(widths) == 1 and len(b) * widths.pop() <= 256 * 16
+    batch = eval_collate([[5, 6, 7], [8]], 0, "cpu", 64)
+    assert batch["input_ids"].shape == (2, padded_length(3, 64)) == (2, 8)
+    assert batch["attention_mask"].tolist() == [[1, 1, 1] + [0] * 5, [1] + [0] * 7]
