@@ -380,6 +380,7 @@ def warm_start(model, cfg: RunConfig, labels: list[str] | None = None) -> str:
 
     import torch
 
+    from loratune.data import label_form
     from loratune.models import head_projection, own_head_case, resolve_model
     from loratune.store import LABEL_MAP
 
@@ -420,7 +421,7 @@ def warm_start(model, cfg: RunConfig, labels: list[str] | None = None) -> str:
     rows = None
     saved_labels = label_map.get("labels")
     if labels is not None and isinstance(saved_labels, list):  # the head's row k answers saved_labels[k]
-        saved_labels = [str(x) for x in saved_labels]
+        saved_labels = [label_form(str(x)) for x in saved_labels]
         case, rows = own_head_case(saved_labels, list(labels))
         if case == "other":
             raise UserError(f"train.init_from: {path} was trained for the labels [{', '.join(saved_labels)}], this "

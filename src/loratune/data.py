@@ -460,6 +460,13 @@ def suggest_column(rows: list[dict[str, Any]], role: str, exclude: str | None = 
 _PLAIN_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
 
 
+def label_form(text: str) -> str:
+    """The one Unicode form of a label (NFC): 'café' typed (é) and 'café' pasted from a macOS file name (e + U+0301)
+    print alike and are one class. Labels read back from a saved run (label_map.json, written before labels were
+    normalised) pass through it too, so an older run still scores its own data."""
+    return unicodedata.normalize("NFC", text)
+
+
 def _label_text(value: Any) -> str:
     """A label as text, one spelling per number whatever the format: a whole number written as a float (JSON 3.0, a
     pandas column with a gap, a CSV "3.0") is the class of its int ("3"), "1.50" that of 1.5, never a class of its
@@ -471,8 +478,7 @@ def _label_text(value: Any) -> str:
         if value.is_integer():
             return str(int(value))
         return str(value)
-    # NFC: 'café' typed (é) and 'café' pasted from a macOS file name (e + U+0301) print alike and are one class
-    text = unicodedata.normalize("NFC", str(value).strip())
+    text = label_form(str(value).strip())
     if _PLAIN_DECIMAL.fullmatch(text):  # the fraction's trailing zeros dropped, as str(float) writes it
         whole, frac = text.split(".")
         text = f"{whole}.{frac.rstrip('0')}" if frac.rstrip("0") else whole

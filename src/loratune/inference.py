@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from loratune.config import RunConfig, load_config
-from loratune.data import LabelSpace, empty_text_problems, load_dataset, refuse_no_shared_label
+from loratune.data import LabelSpace, empty_text_problems, label_form, load_dataset, refuse_no_shared_label
 from loratune.errors import UserError
 from loratune.metrics import Decoding, decode, sigmoid, softmax
 from loratune.store import CONFIG, LABEL_MAP, RUN, WEIGHT_FILES, RunStore, liveness, read_json
@@ -121,7 +121,7 @@ def load_trained(run_dir: str | Path) -> Trained:
                         "the weights file was removed or never written; train the run again")
     label_map = read_json(adapter_dir / LABEL_MAP)
     cfg = run_config(store, label_map)
-    space = LabelSpace(tuple(label_map["labels"]), bool(label_map["multi_label"]))
+    space = LabelSpace(tuple(label_form(str(x)) for x in label_map["labels"]), bool(label_map["multi_label"]))
     from loratune.models import load_saved
 
     model, tokenizer = load_saved(adapter_dir, cfg.model, space.labels, space.multi_label)

@@ -111,3 +111,28 @@ def test_a_predict_argument_of_bytes_that_are_no_utf8_is_said_so(run, capsys):
     assert main(["predict", str(out), "lost my card", arg]) == 2
     err = flat(capsys.readouterr().err)
     assert "text argument 2 is not valid UTF-8 (byte 0xff at position 4)" in err and "surrogate" not in err
+
+
+def test_a_run_saved_with_decomposed_labels_scores_its_own_data_as_before(run, tmp_path, capsys):
+    # a run trained before labels were NFC-normalised kept them as the data wrote them (e + U+0301 from a macOS file
+    # name) in label_map.json; the data's labels are NFC now, so the saved ones are read in the same form
+    import unicodedata
+
+    out, d = run
+    rows = make_rows(4, seed=3)
+    _test_rows(d, rows)
+    assert main(["evaluate", str(out), "--json"]) == 0
+    before = json.loads(capsys.readouterr().out)
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    path = old / "adapter" / "label_map.json"
+    label_map = json.loads(path.read_text())
+    label_map["labels"] = [unicodedata.normalize("NFD", f"{x}_é") for x in label_map["labels"]]
+    path.write_text(json.dumps(label_map, ensure_ascii=False))
+    _test_rows(d, [{**r, "label": f"{r['label']}_é"} for r in rows])  # NFC, as JSON typed by hand is
+    assert main(["evaluate", str(old), "--json"]) == 0  # scored its own labels as unseen: accuracy 0.0
+    after = json.loads(capsys.readouterr().out)
+    assert after["test/accuracy"] == before["test/accuracy"] and after["test/macro_f1"] == before["test/macro_f1"]
+    assert "test/unseen_labels" not in after
+    assert main(["predict", str(old), rows[0]["text"]]) == 0
+    assert unicodedata.normalize("NFC", "_é") in capsys.readouterr().out
