@@ -13,27 +13,46 @@ import numpy as np
 PERTURBATIONS = ("typo", "drop_word", "case", "punctuation")
 
 
+def protected(word: str) -> bool:
+    """A word no perturbation touches: it has a digit (an amount, a code: "$1,250.00", "ACME-42") or is upper-case (a
+    name, "EUR", "PAY")."""
+    return word.isupper() or any(c.isdigit() for c in word)
+
+
 def perturb(text: str, kind: str, rng: random.Random) -> str:
-    """A label-preserving perturbation of one text. Words that are all digits or upper-case
-    (amounts, codes, product names) are left intact; the result is never empty."""
+    """A label-preserving perturbation of one text. Protected words (`protected`) are left intact (a sentence mark
+    after one aside); a text with nothing the kind may change comes back unchanged (counted as such:
+    `texts_changed`), never empty."""
     words = text.split()
-    editable = [i for i, w in enumerate(words) if len(w) > 3 and w.isalpha() and not w.isupper()]
-    if kind == "typo" and editable:
+    if kind == "typo":
+        editable = [i for i, w in enumerate(words) if len(w) > 3 and w.isalpha() and not protected(w)]
+        if not editable:
+            return text
         i = rng.choice(editable)
         w = words[i]
         j = rng.randrange(1, len(w) - 2)  # swap two inner letters; first and last stay
         words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
-        return " ".join(words)
-    if kind == "drop_word" and len(words) >= 4:
-        droppable = [i for i, w in enumerate(words) if w.isalpha() and not w.isupper()] or list(range(len(words)))
+    elif kind == "drop_word":
+        # only a plain word: with none, the text stays as it is (dropping an amount or a name can change the label)
+        droppable = [i for i, w in enumerate(words) if w.isalpha() and not protected(w)]
+        if len(words) < 4 or not droppable:
+            return text
         del words[rng.choice(droppable)]
-        return " ".join(words)
-    if kind == "case":
-        return text.lower() if text != text.lower() else text.upper()
-    if kind == "punctuation":
-        stripped = re.sub(r"[^\w\s']", "", text).strip()
-        return stripped if stripped else text
-    return text
+    elif kind == "case":
+        free = [i for i, w in enumerate(words) if not protected(w)]
+        lower = any(words[i] != words[i].lower() for i in free)
+        for i in free:
+            words[i] = words[i].lower() if lower else words[i].upper()
+    elif kind == "punctuation":
+        # a protected word loses only a sentence mark at its end ("ACME-42." -> "ACME-42"): its own ,.-/ stay
+        out = [re.sub(r"(?<=\w)[.,!?;:]+$", "", w) if protected(w) else re.sub(r"[^\w']", "", w) for w in words]
+        if not any(out):
+            return text
+        words = [w for w in out if w]
+    else:
+        return text
+    changed = " ".join(words)
+    return changed if changed != " ".join(text.split()) else text  # only spacing differs: not a perturbation
 
 
 def perturbed_texts(texts: tuple[str, ...], kind: str, seed: int) -> list[str]:

@@ -84,3 +84,22 @@ def test_planned_predictions_counts_what_the_probe_predicts(max_rows, clean_know
     planned = planned_predictions(texts, 3, max_rows, clean_known)
     assert planned == len(seen) > 0
     assert planned <= (len(PERTURBATIONS) + (not clean_known)) * (max_rows or len(texts))
+
+
+@pytest.mark.parametrize("kind,expected", [
+    # amounts, codes and upper-case names untouched (punctuation stripped "$1,250.00" to "125000", case folded
+    # "ACME-42" and "PAY 500 EUR NOW"); nothing droppable leaves the text as it is (it dropped "PAY")
+    ("punctuation", ("transfer $1,250.00 to ACME-42 today", "PAY 500 EUR NOW", "Hi there can you send 20.5 EUR")),
+    ("case", ("TRANSFER $1,250.00 TO ACME-42 TODAY", "PAY 500 EUR NOW", "hi there, can you send 20.5 EUR?")),
+])
+def test_amounts_codes_and_names_stay_intact(kind, expected):
+    texts = ("transfer $1,250.00 to ACME-42 today", "PAY 500 EUR NOW", "Hi there, can you send 20.5 EUR?")
+    assert tuple(perturbed_texts(texts, kind, 42)) == expected
+
+
+def test_drop_word_never_drops_a_protected_word():
+    texts = ("transfer $1,250.00 to ACME-42 today", "PAY 500 EUR NOW")
+    out = perturbed_texts(texts, "drop_word", 42)
+    assert out[1] == "PAY 500 EUR NOW"  # nothing droppable: unchanged, and counted as unchanged below
+    assert {"$1,250.00", "ACME-42"} <= set(out[0].split()) and len(out[0].split()) == 4
+    assert planned_predictions(("PAY 500 EUR NOW",) * 3, 42) == 0
