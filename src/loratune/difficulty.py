@@ -62,7 +62,7 @@ class ProbeResult:
     val_rows: int
     macro_f1: float
     accuracy: float | None  # single-label accuracy; subset accuracy for multi-label
-    macro_f1_se: float  # bootstrap standard error over val rows
+    macro_f1_se: float | None  # bootstrap standard error over val rows (None below 2 rows: undefined)
     confused_pairs: tuple[ConfusedPair, ...]  # most frequent first (val)
     closest_classes: tuple[ClosePair, ...]  # most similar centroids first
     classes: tuple[ClassProbe, ...]  # most spread out first
@@ -90,11 +90,12 @@ def _f1_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
 
 
 def _bootstrap_se(tp_rows: np.ndarray, fp_rows: np.ndarray, fn_rows: np.ndarray, seed: int,
-                  rounds: int = BOOTSTRAP_ROUNDS) -> float:
-    """SE of macro-F1 by resampling val rows. *_rows: [rows, labels] 0/1 indicator matrices."""
+                  rounds: int = BOOTSTRAP_ROUNDS) -> float | None:
+    """SE of macro-F1 by resampling val rows. *_rows: [rows, labels] 0/1 indicator matrices. None below 2 rows: one
+    row resamples to itself, and its 0.0 read as an exact score ("± 0.000")."""
     n = tp_rows.shape[0]
     if n < 2:
-        return 0.0
+        return None
     rng = np.random.default_rng(seed)
     scores = []
     for _ in range(rounds):

@@ -385,6 +385,27 @@ def test_probe_multi_label_and_unseen_val_labels():
     assert 0.3 < p.macro_f1 <= 1.0 and p.val_rows == len(yv)
 
 
+def test_probe_se_is_undefined_on_one_validation_row_and_printed_so():
+    # one row resamples to itself: its SE of 0.0 printed "± 0.000" beside a resolution line saying SE ~0.471
+    import io
+
+    from rich.console import Console
+
+    from loratune.commands.assess import print_summary
+    Xt, yt = _clusters(0)
+    Xv, yv = _clusters(1)
+    space = LabelSpace(tuple(sorted({y[0] for y in yt})), False)
+    p = probe_from_embeddings(Xt, yt, Xv[:1], yv[:1], space, seed=0)
+    assert p.val_rows == 1 and p.macro_f1_se is None
+    train, val = clean_rows()
+    a = A.assess_dataset(make_dataset(train, val[:1]), probe=p)
+    assert a.resolution.method.startswith("binomial") and a.resolution.macro_f1_se > 0.1
+    buf = io.StringIO()
+    print_summary(Console(file=buf, width=200), a)
+    line = next(x for x in buf.getvalue().splitlines() if x.startswith("probe"))
+    assert "SE n/a" in line and "±" not in line
+
+
 def test_heterogeneous_class_finding_and_round_trip():
     train, val = clean_rows()
     probe = ProbeResult(

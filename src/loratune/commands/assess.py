@@ -145,7 +145,8 @@ def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None
     p = a.probe
     if p is not None:
         acc = f", accuracy {p.accuracy:.3f}" if p.accuracy is not None else ""
-        out.print(f"[bold]probe[/] ({p.method}): val macro-F1 {p.macro_f1:.3f} ± {p.macro_f1_se:.3f}{acc} "
+        se = f"± {p.macro_f1_se:.3f}" if p.macro_f1_se is not None else "SE n/a"
+        out.print(f"[bold]probe[/] ({p.method}): val macro-F1 {p.macro_f1:.3f} {se}{acc} "
                   f"on {p.val_rows} rows{' (cached embeddings)' if p.cached else ''}")
         if p.confused_pairs:
             out.print(safe("  pairs to watch: " + ", ".join(f"{c.true} -> {c.pred} ({c.count})"
