@@ -49,16 +49,21 @@ class EvalExtras:
         slices = None
         if cfg.train.slices:
             slices = assign_slices(dataset.train.texts, dataset.validation.texts, dataset.validation.labels, val_lengths,
-                                   multi_label=multi)
+                                   multi_label=multi, max_length=cfg.model.max_length)
         probe = load_probe_set(cfg.data.probe_file, cfg.data.text_column, cfg.data.label_column) \
             if cfg.data.probe_file else None
         extras = cfg_cls(dataset, y_true, multi, slices, probe, cfg.train.seed, cfg.train.robustness_probe,
                          val_unseen)
         if slices is not None:
-            n = len(dataset.validation)
-            extras.info = {"shares": slices.shares(n), "rows": {k: int(len(v)) for k, v in slices.rows.items()},
-                           **slices.info}
+            extras.info = {"shares": {}, "rows": {}, **slices.info}
+            extras._count_rows()
         return extras
+
+    def _count_rows(self) -> None:
+        """The record's shares and rows per slice, from the slices themselves (a slice added later, `confusable`,
+        was in shares but not in rows)."""
+        self.info["shares"] = self.slices.shares(len(self.dataset.validation))
+        self.info["rows"] = {k: int(len(v)) for k, v in self.slices.rows.items()}
 
     def scores(self, step: int, val_logits: np.ndarray, val_point: dict, predict: Predict,
                val_pred: np.ndarray | None = None, decoding: Decoding | None = None) -> dict:
@@ -74,7 +79,7 @@ class EvalExtras:
                     self.confusable_fixed_at = step
                     self.info["confusable"] = {"fixed_at_step": step, "rows": int(len(rows)),
                                                "classes": sorted({p[k] for p in pairs[:5] for k in ("true", "pred")})}
-                    self.info["shares"]["confusable"] = len(rows) / len(self.dataset.validation)
+                    self._count_rows()
             out.update(slice_scores(val_logits, self.y_true, self.slices, self.multi_label, val_pred, self.unseen))
         if self.probe is not None:  # each label's own probability in a multi-label run, never a softmax over them
             logits = predict(list(self.probe.texts))

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import loratune.slices as slices_mod
 from loratune.slices import (assign_slices, confusable_rows, is_compound, load_probe_set, nearest_train_similarity,
                              probe_scores, slice_scores)
 
@@ -30,7 +31,7 @@ def test_familiar_and_novel_are_the_extreme_thirds():
     assert set(s.rows["familiar"]) == {0, 2}
     assert set(s.rows["novel"]) <= {3, 4, 5} and len(s.rows["novel"]) == 2
     fam = s.info["familiarity"]
-    assert 0 <= fam["novel_below"] <= fam["familiar_above"] <= 1
+    assert 0 <= fam["novel_at_most"] < fam["familiar_at_least"] <= 1
 
 
 def test_similarity_is_cached_and_exact_copies_score_one(tmp_path):
@@ -47,6 +48,73 @@ def test_long_short_and_compound():
     assert list(s.rows["long"]) == [0]  # above the 75th percentile of lengths
     assert set(s.rows["short"]) == {1, 2, 3}
     assert set(s.rows["compound"]) == {0, 1, 3}  # two conjunction clauses, and a multi-label row
+
+
+def test_verbatim_validation_cuts_no_familiar_novel_and_says_why():
+    # every validation text a training text, the look-alike rows first: a position cut called the first third
+    # "novel" and a familiar-novel gap appeared from file order alone
+    val = TRAIN * 3
+    s = assign_slices(TRAIN, val, tuple(("a",) for _ in val), np.full(len(val), 6))
+    assert "novel" not in s.rows and "familiar" not in s.rows
+    assert "do not separate" in s.info["skipped"]["familiar/novel"]
+    assert s.info["familiarity"]["novel_at_most"] == s.info["familiarity"]["familiar_at_least"] == 1.0
+
+
+def test_ties_stay_together_and_the_recorded_cuts_are_the_ones_applied():
+    # two verbatim copies, four texts with nothing in common with train (similarity 0): no copy is novel, no row at
+    # 0 is familiar, and equal similarities never land on opposite sides
+    val = ("how do i reset my pin", "my card was stolen", "!!!", "\U0001F600\U0001F600", "\u200b", "???",
+           "what is my balance today", "send money to my brother", "reset the pin please")
+    s = assign_slices(TRAIN, val, tuple(("a",) for _ in val), np.full(len(val), 6))
+    sim = nearest_train_similarity(TRAIN, val)
+    fam = s.info["familiarity"]
+    assert set(s.rows["novel"]) == set(np.flatnonzero(sim <= fam["novel_at_most"])) == {2, 3, 4, 5}
+    assert set(s.rows["familiar"]) == set(np.flatnonzero(sim >= fam["familiar_at_least"]))
+    assert {0, 1} <= set(s.rows["familiar"]) and fam["novel_at_most"] == 0.0
+    for i in range(len(val)):
+        for j in range(len(val)):
+            if sim[i] == sim[j]:
+                assert (i in s.rows["novel"]) == (j in s.rows["novel"])
+                assert (i in s.rows["familiar"]) == (j in s.rows["familiar"])
+
+
+def test_too_few_validation_rows_say_why_no_familiar_novel():
+    s = assign_slices(TRAIN, VAL[:2], (("a",), ("b",)), np.array([6, 4]))
+    assert "novel" not in s.rows
+    assert s.info["skipped"]["familiar/novel"] == "validation has 2 rows; familiar/novel need >= 3"
+
+
+def _brute_force_similarity(train, texts):  # the former NearestNeighbors(metric="cosine") computation
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.neighbors import NearestNeighbors
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True, sublinear_tf=True)
+    dist, _ = NearestNeighbors(n_neighbors=1, metric="cosine").fit(vec.fit_transform(train)).kneighbors(
+        vec.transform(texts))
+    return np.clip(1.0 - dist[:, 0], 0.0, 1.0)
+
+
+def test_chunked_similarity_equals_brute_force_nearest_neighbour(monkeypatch):
+    import random
+    rng = random.Random(3)
+    words = ["card", "pin", "money", "send", "block", "balance", "top", "up", "refund", "fee", "euro", "why"]
+    train = tuple(" ".join(rng.choice(words) for _ in range(rng.randint(2, 8))) for _ in range(60))
+    texts = tuple(" ".join(rng.choice(words) for _ in range(rng.randint(1, 8))) for _ in range(50)) + ("!!!", "xyz")
+    monkeypatch.setattr(slices_mod, "SIMILARITY_CHUNK_BYTES", 16 * 60 * 7)  # 7 rows a chunk: 8 chunks, one short
+    sim = nearest_train_similarity(train, texts, use_cache=False)
+    assert sim.dtype == np.float32 and sim.shape == (len(texts),)
+    np.testing.assert_allclose(sim, _brute_force_similarity(train, texts), atol=1e-6)
+    assert sim[-2] == 0.0 and sim[-1] == 0.0
+
+
+def test_truncated_texts_form_the_long_slice():
+    # 11 of 20 texts reach max_length 8: the 0.75 quantile is the cap itself and `> cut` was empty (no long/short)
+    lengths = np.array([8] * 11 + [3, 4, 5, 6, 7, 5, 4, 3, 6])
+    texts = tuple(f"text {i}" for i in range(20))
+    s = assign_slices(TRAIN, texts, tuple(("a",) for _ in texts), lengths, max_length=8)
+    assert list(s.rows["long"]) == list(range(11)) and len(s.rows["short"]) == 9
+    assert s.info["length"] == {"long_at_least_tokens": 8, "at_max_length": 11}
+    s = assign_slices(TRAIN, texts, tuple(("a",) for _ in texts), np.full(20, 8), max_length=8)
+    assert "long" not in s.rows and "max_length 8" in s.info["skipped"]["long/short"]
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -214,3 +282,24 @@ def test_a_missing_probe_file_names_data_probe_file(tmp_path):
         load_probe_set(str(tmp_path / "nope.jsonl"))
     assert exc.value.problem == f"probe file '{tmp_path / 'nope.jsonl'}' does not exist"
     assert exc.value.fix == "check the path (data.probe_file)"
+
+
+def test_eval_extras_records_rows_of_every_slice_and_the_truncation_cap(tmp_path):
+    # the confusable slice, added at the first trained evaluation, went into shares but not rows; and the
+    # validation lengths' cap is model.max_length (truncated texts form the long slice)
+    from loratune.config import RunConfig, replace
+    from loratune.data import Dataset, LabelSpace, Split
+    from loratune.eval_extras import EvalExtras
+    val_texts = VAL + ("send money to my mother", "zebra card")
+    labels = ("a", "b", "a", "c", "c", "b", "d", "a")
+    train = Split("train", TRAIN, (("a",), ("b",), ("c",), ("d",)), "<train>")
+    val = Split("validation", val_texts, tuple((x,) for x in labels), "<validation>")
+    ds = Dataset(train, val, None, LabelSpace(("a", "b", "c", "d"), False))
+    cfg = replace(RunConfig(), **{"model.max_length": 8, "train.robustness_probe": False})
+    lengths = np.array([8, 8, 8, 5, 4, 3, 6, 4])
+    ex = EvalExtras.build(cfg, ds, np.array([0, 1, 0, 2, 2, 1, 3, 0]), lengths)
+    assert ex.info["length"] == {"long_at_least_tokens": 8, "at_max_length": 3}
+    pairs = [{"true": "c", "pred": "a", "count": 2}]
+    ex.scores(4, np.eye(4)[[0, 1, 0, 0, 0, 1, 3, 0]] * 3.0, {"val/confused_pairs": pairs}, lambda t: None)
+    assert ex.info["rows"]["confusable"] == 5 and ex.info["shares"]["confusable"] == 5 / 8
+    assert ex.info["rows"] == {k: len(v) for k, v in ex.slices.rows.items()}
