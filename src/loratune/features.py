@@ -880,7 +880,7 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     _val_metric(acc, pts, frac, metric)
     _val_loss_progress(acc, pts, frac, loss_only=metric is None)
     _gaps(acc, pts, metric)
-    _slices(acc, pts)
+    _slices(acc, pts, meta)
     _prompt_set(acc, pts, generative)
     _compound(acc, pts)
     _stability(acc, pts, meta)
@@ -1469,12 +1469,16 @@ def _compound(acc: FeatureSet, pts) -> None:
     acc.set("compound_gap", last["val_single/subset_accuracy"] - last["val_compound/subset_accuracy"])
 
 
-def _slices(acc: FeatureSet, pts) -> None:
+def _slices(acc: FeatureSet, pts, meta: Mapping[str, Any]) -> None:
     both = [p for p in pts if _num(p.get("val_familiar/macro_f1")) is not None
             and _num(p.get("val_novel/macro_f1")) is not None and (_num(p.get("step")) or 0) > 0]
     names = ("familiar_metric_final", "novel_metric_final", "familiar_novel_gap", "familiar_novel_gap_growth")
     if not both:
-        acc.miss(names, "no val_familiar / val_novel slice metrics after step 0 (train.slices off, or an older run)")
+        # the run's record says why it cut no familiar/novel slices (slices.assign_slices: too few rows, no spread)
+        rec = meta.get("slices") if isinstance(meta.get("slices"), dict) else {}
+        why = (rec.get("skipped") if isinstance(rec.get("skipped"), dict) else {}).get("familiar/novel")
+        acc.miss(names, f"no familiar / novel slices: {why}" if isinstance(why, str) else
+                 "no val_familiar / val_novel slice metrics after step 0 (train.slices off, or an older run)")
         return
     first, last = both[0], both[-1]
     gap = last["val_familiar/macro_f1"] - last["val_novel/macro_f1"]
@@ -1652,10 +1656,15 @@ def _per_class(acc: FeatureSet, pts, meta, labels) -> None:
         final = pairs_pts[-1]["val/confused_pairs"]
         acc.details["confused_pairs"] = final[:5]
         if final:
-            top = final[0]
+            def rate(q):
+                sup = _num(pairs_pts[-1].get(f"val/support/{q['true']}"))
+                return q["count"] / sup if sup else None
+            # pairs tied on count come in label order: the top one is the larger share of its true class (then the
+            # names), so renaming labels does not change the feature
+            tied = [q for q in final if q["count"] == final[0]["count"]]
+            top = min(tied, key=lambda q: (-(rate(q) or 0.0), str(q["true"]), str(q["pred"])))
             acc.set("confused_top_count", top["count"])
-            sup = _num(pairs_pts[-1].get(f"val/support/{top['true']}"))
-            acc.set("confused_top_rate", top["count"] / sup if sup else None, "no val support for the pair's class")
+            acc.set("confused_top_rate", rate(top), "no val support for the pair's class")
         else:
             acc.set("confused_top_count", 0.0)
             acc.set("confused_top_rate", 0.0)

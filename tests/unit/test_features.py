@@ -446,3 +446,24 @@ def test_a_convex_late_fall_is_not_read_as_a_fall_of_100_percent():
     assert ym + b * (1.0 - xm) < 0  # the straight line's end: below any loss
     assert f["train_loss_late_drop"] == pytest.approx((y_mid - 0.1148) / y_mid)  # 0.1 + 2.2 exp(-5), the last
     assert f["train_loss_late_drop"] < f["train_loss_drop"] < 1.0
+
+
+def test_confused_top_rate_tie_goes_to_the_larger_share_of_its_class_whatever_the_names():
+    # two pairs tied on count: the first in label order was taken, so renaming the labels changed the rate
+    sup = {"a": 10, "b": 4}
+    r = {"a": 0.5, "b": 0.5}
+    for names in ("ab", "ba"):
+        lab = dict(zip("ab", names))
+        pairs = sorted([{"true": lab["a"], "pred": lab["b"], "count": 2},
+                        {"true": lab["b"], "pred": lab["a"], "count": 2}], key=lambda q: q["true"])
+        p = _per_class_point(10, {lab[k]: v for k, v in r.items()}, {lab[k]: v for k, v in sup.items()}, pairs=pairs)
+        f = compute_features([p], {"labels": sorted(names)})
+        assert f["confused_top_count"] == 2 and f["confused_top_rate"] == pytest.approx(0.5)  # 2 of b's 4
+
+
+def test_slices_missing_quotes_the_runs_reason():
+    pts = [{**p, "val_compound/macro_f1": 0.5} for p in HAND]
+    why = "validation has 2 rows; familiar/novel need >= 3"
+    f = compute_features(pts, {"slices": {"skipped": {"familiar/novel": why}}})
+    assert f["familiar_novel_gap"] is None and f.missing["familiar_novel_gap"] == f"no familiar / novel slices: {why}"
+    assert "train.slices off" in compute_features(pts, {}).missing["familiar_novel_gap"]
