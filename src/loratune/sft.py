@@ -45,6 +45,7 @@ import sys
 import time
 import warnings
 from collections.abc import Collection
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -767,7 +768,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
             run["adapter_step"] = step
             if best_state is not None:  # the saving rank: written as found, so a killed run keeps its best model
                 state = best_state if ranks.sharded else None
-                save_best_so_far(run, store, step, lambda: save_lm(model, tokenizer, cfg, store, state))
+                save_best_so_far(run, store, step, lambda: save_lm(model, tokenizer, cfg, store, state, step))
         if run["adapter_step"] == step or run["best"] is None:
             run["best"] = point
             if cm is not None:
@@ -921,7 +922,7 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
                     for n, t in best_state.items():
                         named[n].copy_(t)
             with timed(timing, "save"):
-                save_lm(model, tokenizer, cfg, store, best_state if sharded else None)
+                save_lm(model, tokenizer, cfg, store, best_state if sharded else None, run["adapter_step"])
             saved = True
             step = run["adapter_step"]
             key = run["objective"]
@@ -943,15 +944,19 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
     return None
 
 
-def save_lm(model, tokenizer, cfg: RunConfig, store: RunStore, state_dict: dict | None = None) -> None:
+def save_lm(model, tokenizer, cfg: RunConfig, store: RunStore, state_dict: dict | None = None,
+            step: int | None = None) -> None:
     """peft's own format for LoRA (adapter_config.json + adapter_model.safetensors; the base model is
     unchanged, so nothing else is saved); the whole model for method full. The tokenizer goes beside it,
     and a README that says how to load it with plain peft + transformers. state_dict: the weights to write
-    instead of the model's own (FSDP: the full state dict gathered on rank 0)."""
+    instead of the model's own (FSDP: the full state dict gathered on rank 0). adapter/ is replaced whole once the
+    folder is complete (RunStore.replace_adapter, as train.save_model), naming `step`, the model's step."""
+    store.replace_adapter(step, lambda out: _write_lm(out, model, tokenizer, cfg, state_dict))
+
+
+def _write_lm(out: Path, model, tokenizer, cfg: RunConfig, state_dict: dict | None) -> None:
     from loratune.models import quiet_transformers
 
-    out = store.adapter_dir
-    out.mkdir(parents=True, exist_ok=True)
     with quiet_transformers(), warnings.catch_warnings():  # no progress bar per shard
         # peft looks for the base's config.json to see whether the vocabulary grew; a GGUF base has none,
         # and the vocabulary never changes here (the embeddings are frozen or saved whole)

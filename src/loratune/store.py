@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from loratune.errors import UserError
 
@@ -27,6 +27,11 @@ ADAPTER = "adapter"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
 LABEL_MAP = "label_map.json"
+# in adapter/: the step of the model the folder holds, so a reader can tell it is the one run.json's saved_model names
+SAVED_STEP = "saved_step.json"
+# a model being written goes into a hidden sibling of adapter/ named so (RunStore.replace_adapter); one left by a killed
+# run is removed when the next run starts in the directory
+ADAPTER_TMP = (f".{ADAPTER}.", ".tmp")
 TENSORBOARD_DIR = "tensorboard"  # report_to: tensorboard writes its event files here, inside the run directory
 GENERATIONS = "generations.jsonl"  # causal-lm: the prompt set's greedy outputs, one row per prompt and eval point
 REPORT = "report.html"  # `loratune report RUN` writes here by default (report.default_output)
@@ -374,6 +379,33 @@ def earlier_run_note(path: str | Path) -> str | None:
     return f"{path} held {what} ({', '.join(parts)}): replaced by this run; give another output_dir to keep it"
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2  # <fcntl.h>, <linux/fs.h>
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put the folder `new` at `target`. An existing target is exchanged with it in one step where the system can (the
+    old folder is then at `new`), else moved aside first: a kill between those two renames leaves no `target` (never a
+    mixed one), the old folder kept beside it under a hidden name."""
+    if not (target.exists() or target.is_symlink()):
+        os.rename(new, target)
+        return
+    if _exchange(new, target):
+        return
+    old = new.with_name(new.name[:-len(ADAPTER_TMP[1])] + ".old" + ADAPTER_TMP[1])
+    os.rename(target, old)
+    os.rename(new, target)
+    os.rename(old, new)  # the caller removes `new`, as after an exchange
+
+
 class RunStore:
     """One run directory."""
 
@@ -408,6 +440,8 @@ class RunStore:
         that cannot be removed (an unwritable adapter/) is refused with its record whole, then that folder goes."""
         import shutil
 
+        for left in self.path.glob(f"{ADAPTER_TMP[0]}*{ADAPTER_TMP[1]}"):  # a model a killed run was writing
+            shutil.rmtree(left, ignore_errors=True)
         stale = _stale_outputs(self.path)
         if not stale:
             return
@@ -426,6 +460,22 @@ class RunStore:
         # everything of the earlier run is out of the record now; a file the OS refuses to delete stays in the hidden
         # folder rather than failing a run whose directory is already consistent
         shutil.rmtree(trash, ignore_errors=True)
+
+    def replace_adapter(self, step: int | None, write: Callable[[Path], None]) -> None:
+        """Write a model (`write(folder)`) into a hidden sibling of adapter/, then swap it in, so adapter/ is always one
+        whole model: the one before until the new one is complete. Written straight into adapter/, a kill -9 mid-save
+        left the new weights beside the old config, tokenizer and label map (a mixed folder that still loaded), and a
+        save that failed lost the previous best. SAVED_STEP in it names `step`."""
+        import shutil
+
+        new = Path(tempfile.mkdtemp(dir=self.path, prefix=ADAPTER_TMP[0], suffix=ADAPTER_TMP[1]))
+        try:
+            os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes 0700; adapter/ is as readable as the run's other files
+            write(new)
+            write_json(new / SAVED_STEP, {"step": step})
+            _swap_in(new, self.adapter_dir)
+        finally:
+            shutil.rmtree(new, ignore_errors=True)  # what was not swapped in, or (after an exchange) the old model
 
     def close(self) -> None:
         """Release the run's lock (after the last write of run.json)."""

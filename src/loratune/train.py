@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -619,13 +620,19 @@ def record_save_failure(run: dict, store, exc: BaseException, model_saved: bool 
     """Saving the model failed for a reason other than the output location: the record says so (status `failed`,
     the error, no saved model) before the error goes up, so it never reads `running` or `completed` over a missing
     model. `model_saved`: the model was written and what failed came after it (the final record): saved_model is
-    kept as it was set, since adapter/ is complete. Best effort: a record that cannot be written either is left as
-    it was."""
+    kept as it was set, since adapter/ is complete. A best-so-far model saved before (save_best_so_far) is still in
+    adapter/ (a save replaces it only once complete): the record keeps naming it. Best effort: a record that cannot
+    be written either is left as it was."""
     before = run.get("reason")
     run["status"], run["partial"] = "failed", True
     what = "finishing the run failed after the model was saved" if model_saved else "saving the model failed"
     run["reason"] = f"{what}: {type(exc).__name__}: {exc}" + (f" (after: {before})" if before else "")
-    if not model_saved:
+    held = (run.get("saved_model") or {}).get("step") if isinstance(run.get("saved_model"), dict) else None
+    if not model_saved and held is not None:
+        run["saved_model"] = {"step": held, "note": f"adapter/ holds the model of step {held}, the best saved while "
+                              f"the run trained ({run['reason']})"}
+        run["adapter_step"] = held
+    elif not model_saved:
         run["saved_model"] = {"step": None, "note": "no model saved: " + run["reason"]}
     try:
         store.write_run(run)
@@ -945,7 +952,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
             best_decoding = (decoding.with_thresholds(tuned["best"]) if decoding is not None and
                              tuned["best"] is not None else decoding)
             save_best_so_far(run, store, step,
-                             lambda: save_model(model, tokenizer, space, cfg, store, best_decoding))
+                             lambda: save_model(model, tokenizer, space, cfg, store, best_decoding, step))
             # the record names the thresholds adapter/ now holds, from this save on: updated only at the run's end,
             # a killed or still-running run's run.json said 0.5 everywhere beside a model using tuned ones
             run["decoding"] = _decoding_record(best_decoding, tuned["best"], step, space.labels)
@@ -1102,7 +1109,7 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
                 for n, t in best_state.items():
                     named[n].copy_(t)
             with timed(timing, "save"):
-                save_model(model, tokenizer, space, cfg, store, decoding)
+                save_model(model, tokenizer, space, cfg, store, decoding, run["adapter_step"])
             saved = True
             objective = run.get("objective") or "val/macro_f1"
             best_val = (run.get("best") or {}).get(objective)
@@ -1146,25 +1153,44 @@ def _probe(extras, predict_texts, best_val_logits) -> dict | None:
         return {"failed": f"the robustness probe failed: {type(exc).__name__}: {exc}"}
 
 
+def best_so_far_note(step: int) -> str:
+    return (f"adapter/ holds the model of step {step}, the best so far (the run has not ended: its end confirms or "
+            "replaces it)")
+
+
 def save_best_so_far(run: dict, store: RunStore, step: int, save: Callable[[], None]) -> None:
-    """A run's best trained model so far (LoRA or full; a classifier's or a causal LM's: `save` writes it into
-    adapter/ as the run's end does), written when it is found: `kill -9` or a lost machine no longer loses the run's
-    best model (it lived in memory until the run ended). run.json says no model is saved while the files are being
-    written, and which step they hold once they are."""
-    run["saved_model"] = {"step": None, "note": f"writing the model of step {step} (the best so far)"}
+    """A run's best trained model so far (LoRA or full; a classifier's or a causal LM's: `save` writes it as the run's
+    end does, into a folder swapped in for adapter/ once complete: RunStore.replace_adapter), written when it is found:
+    `kill -9` or a lost machine no longer loses the run's best model (it lived in memory until the run ended), nor,
+    mid-save, the previous one. While the files are being written run.json names the step adapter/ still holds (none
+    before the first save), and says which newer step is being written; once it is swapped in, that step."""
+    before = run.get("saved_model") if isinstance(run.get("saved_model"), dict) else {}
+    held = before.get("step")
+    writing = f"a newer best, the model of step {step}, is being written"
+    run["saved_model"] = ({"step": held, "note": f"{best_so_far_note(held)}; {writing}"} if held is not None else
+                          {"step": None, "note": f"no model saved yet: {writing} (the best so far)"})
+    run["adapter_step"] = held  # what adapter/ holds, as saved_model says, until the new model is in it
     store.write_run(run)
-    save()
-    run["saved_model"] = {"step": step, "note": f"adapter/ holds the model of step {step}, the best so far (the run "
-                                                "has not ended: its end confirms or replaces it)"}
+    try:
+        save()
+    except BaseException:
+        # adapter/ is as it was; adapter_step names the best weights in memory, which the run's end saves
+        run["saved_model"], run["adapter_step"] = before or {"step": None, "note": "no model saved yet"}, step
+        raise
+    run["saved_model"], run["adapter_step"] = {"step": step, "note": best_so_far_note(step)}, step
+    store.write_run(run)  # at once: until run.json names it, a reader refuses adapter/ as not the recorded model
 
 
 def save_model(model, tokenizer, space: LabelSpace, cfg: RunConfig, store: RunStore,
-               decoding: Decoding | None = None) -> None:
+               decoding: Decoding | None = None, step: int | None = None) -> None:
     """peft's own format for LoRA (adapter_config.json + adapter_model.safetensors, head included);
     full fine-tuning saves the whole model. Tokenizer and label map go beside it (multi-label: with the
-    decoding, i.e. the per-label thresholds, at least one label, the cap and the none label)."""
-    out = store.adapter_dir
-    out.mkdir(parents=True, exist_ok=True)
+    decoding, i.e. the per-label thresholds, at least one label, the cap and the none label). adapter/ is replaced
+    whole once the folder is complete (RunStore.replace_adapter), naming `step`, the model's step."""
+    store.replace_adapter(step, lambda out: _write_model(out, model, tokenizer, space, cfg, decoding))
+
+
+def _write_model(out: Path, model, tokenizer, space: LabelSpace, cfg: RunConfig, decoding: Decoding | None) -> None:
     peft_cfg = getattr(model, "peft_config", {}).get("default")
     if peft_cfg is not None and peft_cfg.modules_to_save:
         # peft's sequence-classification wrapper appends "classifier" and "score" to what we gave: keep each
