@@ -468,6 +468,7 @@ class RunStore:
         save that failed lost the previous best. SAVED_STEP in it names `step`."""
         import shutil
 
+        self.path.mkdir(parents=True, exist_ok=True)  # (a caller saving a model outside a training run)
         new = Path(tempfile.mkdtemp(dir=self.path, prefix=ADAPTER_TMP[0], suffix=ADAPTER_TMP[1]))
         try:
             os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes 0700; adapter/ is as readable as the run's other files
