@@ -768,7 +768,8 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
             run["adapter_step"] = step
             if best_state is not None:  # the saving rank: written as found, so a killed run keeps its best model
                 state = best_state if ranks.sharded else None
-                save_best_so_far(run, store, step, lambda: save_lm(model, tokenizer, cfg, store, state, step))
+                save_best_so_far(run, store, step, lambda: save_lm(model, tokenizer, cfg, store, state, step),
+                                 {"best": point})
         if run["adapter_step"] == step or run["best"] is None:
             run["best"] = point
             if cm is not None:

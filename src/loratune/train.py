@@ -951,11 +951,12 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
             # save-on-evaluate does), so a killed run keeps its best model
             best_decoding = (decoding.with_thresholds(tuned["best"]) if decoding is not None and
                              tuned["best"] is not None else decoding)
-            save_best_so_far(run, store, step,
-                             lambda: save_model(model, tokenizer, space, cfg, store, best_decoding, step))
             # the record names the thresholds adapter/ now holds, from this save on: updated only at the run's end,
             # a killed or still-running run's run.json said 0.5 everywhere beside a model using tuned ones
-            run["decoding"] = _decoding_record(best_decoding, tuned["best"], step, space.labels)
+            save_best_so_far(run, store, step,
+                             lambda: save_model(model, tokenizer, space, cfg, store, best_decoding, step),
+                             {"best": point, "decoding": _decoding_record(best_decoding, tuned["best"], step,
+                                                                          space.labels)})
         if run["adapter_step"] == step or run["best"] is None:
             run["best"] = point
             if cm is not None:
@@ -1158,12 +1159,15 @@ def best_so_far_note(step: int) -> str:
             "replaces it)")
 
 
-def save_best_so_far(run: dict, store: RunStore, step: int, save: Callable[[], None]) -> None:
+def save_best_so_far(run: dict, store: RunStore, step: int, save: Callable[[], None],
+                     fields: dict | None = None) -> None:
     """A run's best trained model so far (LoRA or full; a classifier's or a causal LM's: `save` writes it as the run's
     end does, into a folder swapped in for adapter/ once complete: RunStore.replace_adapter), written when it is found:
     `kill -9` or a lost machine no longer loses the run's best model (it lived in memory until the run ended), nor,
     mid-save, the previous one. While the files are being written run.json names the step adapter/ still holds (none
-    before the first save), and says which newer step is being written; once it is swapped in, that step."""
+    before the first save), and says which newer step is being written; once it is swapped in, that step, with
+    `fields` (the record's other keys that describe the saved model: its evaluation point, its decoding) in the same
+    write."""
     before = run.get("saved_model") if isinstance(run.get("saved_model"), dict) else {}
     held = before.get("step")
     writing = f"a newer best, the model of step {step}, is being written"
@@ -1178,6 +1182,7 @@ def save_best_so_far(run: dict, store: RunStore, step: int, save: Callable[[], N
         run["saved_model"], run["adapter_step"] = before or {"step": None, "note": "no model saved yet"}, step
         raise
     run["saved_model"], run["adapter_step"] = {"step": step, "note": best_so_far_note(step)}, step
+    run.update(fields or {})
     store.write_run(run)  # at once: until run.json names it, a reader refuses adapter/ as not the recorded model
 
 

@@ -57,7 +57,7 @@ def test_a_kill_mid_save_keeps_the_previous_best_and_names_it(tiny_bert, intent_
     held = run["saved_model"]["step"]
     # the record names the model adapter/ holds (it said "no model saved" over a complete folder), and says a newer
     # one is being written
-    assert held is not None and run["adapter_step"] == held
+    assert held is not None and run["adapter_step"] == held and run["best"]["step"] == held
     assert "is being written" in run["saved_model"]["note"]
     # adapter/ is the previous best, whole (the new weights had replaced its weights beside the old label map)
     assert _files(killed / "adapter") == kill.before
@@ -96,7 +96,8 @@ def test_a_kill_mid_save_of_an_sft_run_keeps_the_previous_best(tmp_path, monkeyp
     assert kill.before is not None, "no save replaced an earlier one"
     run = json.loads((killed / "run.json").read_text())
     held = run["saved_model"]["step"]
-    assert held is not None and run["adapter_step"] == held and "is being written" in run["saved_model"]["note"]
+    assert held is not None and run["adapter_step"] == run["best"]["step"] == held
+    assert "is being written" in run["saved_model"]["note"]
     assert _files(killed / "adapter") == kill.before
     assert json.loads((killed / "adapter" / SAVED_STEP).read_text()) == {"step": held}
 
