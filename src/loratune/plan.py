@@ -458,12 +458,22 @@ def check_sizes(config, source: str) -> None:
                         "fix these fields in its config.json (the values of the model's published config)")
 
 
+def refuse_headless(config) -> None:
+    """Mamba, RWKV...: an architecture without attention heads; the activation and FLOP formulas are those of
+    attention blocks (said before any missing size field: no field would make them apply)."""
+    if not getattr(config, "num_attention_heads", None):
+        raise UserError(f"'{config.model_type}' is an architecture without attention heads (its config has no "
+                        "num_attention_heads): plan covers transformer encoders and decoders",
+                        "plan a transformer: a preset, or a config.json with num_attention_heads")
+
+
 def _check_present(config, raw: dict, path: Path) -> None:
     """Every size field the plan reads is in the config.json itself: a missing one would be planned with
     transformers' default (hidden 4096, 32 layers...). A multimodal wrapper's text_config is left to its defaults, as
     the published ones (Gemma 3) rely on them."""
     if language_model_config(config) is not None:
         return
+    refuse_headless(config)
     # the fields its class gives a default (GPT-2 has no intermediate_size: its FFN is 4h unless n_inner says so)
     needed = [a for a in SIZE_FIELDS if getattr(config, a, None) is not None]
     missing = [_json_name(config, a) for a in needed if _json_name(config, a) not in raw and a not in raw]
@@ -639,11 +649,8 @@ def shape_of(model, task: str) -> ModelShape:
         head = sum(p.numel() for n, p in model.named_parameters() if under(n, heads))
     avail = available_targets(model)
     gated = "ffn.gate" in avail["groups"] or any("gate" in r for r in avail["raw"])
-    heads = getattr(cfg, "num_attention_heads", None)
-    if not heads:  # Mamba, RWKV...: the activation and FLOP formulas are those of attention blocks
-        raise UserError(f"'{cfg.model_type}' is an architecture without attention heads (its config has no "
-                        "num_attention_heads): plan covers transformer encoders and decoders",
-                        "plan a transformer: a preset, or a config.json with num_attention_heads")
+    refuse_headless(cfg)
+    heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     return ModelShape(
         model_type=cfg.model_type, task=task, params=params, linear_params=linear,

@@ -11,15 +11,18 @@ from loratune.cli import main
 from support import INTENTS, make_rows, overrides, write_jsonl
 
 # each intent of support.py renamed to a label that used to break or restyle the terminal output
-HOSTILE = dict(zip(INTENTS, ["[/]", "[bold red]x[/]", "\x1b[2Jclear", "C:\\"]))
-SHOWN = {"[/]": "[/]", "[bold red]x[/]": "[bold red]x[/]", "\x1b[2Jclear": "\\x1b[2Jclear", "C:\\": "C:\\"}
+# (a label with a control character, "\x1b[2Jclear", is refused when the data is read, as an invisible one is: texts
+# carry the ESC sequences here, and safe()'s own test below prints such a label escaped)
+HOSTILE = dict(zip(INTENTS, ["[/]", "[bold red]x[/]", "a\\[b]", "C:\\"]))
+SHOWN = {"[/]": "[/]", "[bold red]x[/]": "[bold red]x[/]", "a\\[b]": "a\\[b]", "C:\\": "C:\\"}
 
 
 def _rows(n: int, seed: int) -> list[dict]:
     return [{"text": r["text"], "label": HOSTILE[r["label"]]} for r in make_rows(n, seed=seed)]
 
 
-@pytest.mark.parametrize("text, shown", [*SHOWN.items(), ("C:\\\\", "C:\\\\"), ("\\", "\\"), ("a\\[b]", "a\\[b]"),
+@pytest.mark.parametrize("text, shown", [*SHOWN.items(), ("C:\\\\", "C:\\\\"), ("\\", "\\"),
+                                         ("\x1b[2Jclear", "\\x1b[2Jclear"),
                                          ("l\u202eo \x07", "l\\u202eo \\x07"), ("a\u200db", "a\u200db")])
 def test_safe_markup_prints_a_string_as_written_in_every_place(text, shown):
     import io
@@ -66,7 +69,7 @@ def test_predict_prints_labels_and_texts_as_written(hostile_run, capsys):
     assert "C:\\" in lines[1] and "C:\\\\" not in lines[1]
     assert "[bold]x[/] \\x1b[2J" in lines[2]
     for line in lines:  # the top label, then the other three: every label once, as written
-        assert sum(line.count(shown) for shown in ("[bold red]x[/]", "\\x1b[2Jclear")) == 2, line
+        assert sum(line.count(shown) for shown in ("[bold red]x[/]", "a\\[b]")) == 2, line
 
 
 def test_evaluate_names_confused_labels_as_written(hostile_run, capsys):
@@ -83,7 +86,7 @@ def test_show_lists_each_class_and_example_as_written(hostile_run, capsys):
     out = _out(capsys)
     table = out[out.index("per-class recall"):out.index("top confused pairs")]
     rows = [line.split()[0] for line in table.splitlines()[2:] if line.strip() and "·" not in line]
-    assert sorted(rows) == sorted(["[/]", "[bold", "\\x1b[2Jclear", "C:\\"])  # (a space splits the second)
+    assert sorted(rows) == sorted(["[/]", "[bold", "a\\[b]", "C:\\"])  # (a space splits the second)
     assert "[bold red]x[/]" in table and "C:\\\\" not in out
 
 
