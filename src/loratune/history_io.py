@@ -1517,6 +1517,38 @@ def _nb_table_history(t: dict) -> tuple[dict, dict[str, Fact], list[str], bool]:
     return state, facts, notes, any(any(key.startswith("eval_") for key in e) for e in log_history)
 
 
+def _nb_source(cell: dict) -> str:
+    src = cell.get("source")
+    return "".join(str(x) for x in src if isinstance(x, str)) if isinstance(src, list) else str(src or "")
+
+
+def _nb_cells_run_before(cells: list, table: dict) -> tuple[list[dict], str | None]:
+    """(the code cells whose settings the table's run used; a note when that differs from the page or cannot be
+    told). With execution counts on the table's cell and no count on two cells, the cells run up to the table's by
+    count (a cell below it on the page that ran before it counts, a cell above it run after does not; a cell with no
+    count stays where the page puts it). Else (no counts, the table's cell has none, or a kernel restart put one count
+    on two cells) the page up to the table's cell."""
+    code = [(i, c) for i, c in enumerate(cells) if isinstance(c, dict) and c.get("cell_type") == "code"
+            and _nb_source(c).strip()]
+    counts = {i: c.get("execution_count") for i, c in code}
+    counts = {i: n for i, n in counts.items() if isinstance(n, int) and not isinstance(n, bool)}
+    ran, at = table["ran"], table["cell"]
+    page = [c for i, c in code if i <= at]
+    if ran is None or not counts:  # no run order recorded for the table: the page's
+        return page, None
+    if len(set(counts.values())) == len(counts):
+        chosen = sorted((n, i) for i, n in counts.items() if n <= ran)
+        # a cell with no count above the table: where the page puts it (a setup cell saved without its count)
+        chosen = [i for _, i in chosen] + [i for i, _ in code if i not in counts and i <= at]
+        if sorted(chosen) == [i for i, _ in code if i <= at]:
+            return page, None
+        return [cells[i] for i in sorted(chosen)], (
+            f"the code read is that of the cells run up to the table's (execution_count {ran}): cell(s) "
+            f"{', '.join(str(i + 1) for i in sorted(chosen))}, not the page's cells above the table")
+    # a kernel restart put one count on two cells: counts of several sessions do not give one run order
+    return page, None
+
+
 def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[dict, dict[str, Fact], list[str]]:
     """(trainer state, facts, notes) of a notebook's Trainer progress table: `log_history` with one train entry per row
     that shows a training loss (the last one logged by that evaluation; "No log": none since the previous row) and one
@@ -1524,7 +1556,8 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
     an evaluated row is read (by its cell's execution_count when every table's cell has one, else the last on the
     page) unless `table` picks one (0-based, among the tables under a progress bar with Training Loss and Step/Epoch
     columns). A learning rate or a class count written as a literal (`learning_rate=2e-5`, `num_labels=3`) in the
-    code cells up to the table's is a fact when they write only one of it."""
+    code cells run up to the table's (by execution_count, see _nb_cells_run_before) is a fact when they write only one
+    of it."""
     p = Path(path)
     try:
         nb = json.loads(p.read_text(encoding="utf-8"))
@@ -1576,10 +1609,10 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
         later = f"table {k + 2}" if k + 2 == len(tables) else f"tables {k + 2}-{len(tables)}"
         notes.append(f"the later {later} holds no evaluated row (a run stopped before its first evaluation): not read")
     notes += extra
-    # the code up to and including the cell that showed the table: a later cell's settings are a later run's
-    code = [_NB_COMMENT_LINE.sub("", "".join(str(x) for x in c.get("source") if isinstance(x, str))
-                                 if isinstance(c.get("source"), list) else str(c.get("source") or ""))
-            for c in nb["cells"][:tables[k]["cell"] + 1] if isinstance(c, dict) and c.get("cell_type") == "code"]
+    cells, why = _nb_cells_run_before(nb["cells"], tables[k])
+    if why:
+        notes.append(why)
+    code = [_NB_COMMENT_LINE.sub("", _nb_source(c)) for c in cells]
     lrs = sorted({float(m.group(1)) for text in code for m in _NB_LR.finditer(text)})
     # `learning_rate=LR` with `LR = 2e-5` assigned once as a literal elsewhere: that literal (a name assigned
     # several values, or from a call, says nothing)

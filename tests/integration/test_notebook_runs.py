@@ -493,7 +493,7 @@ def test_the_table_of_the_cell_that_ran_last_is_read_not_a_stale_one_below_it(tm
                          code="args = TrainingArguments('o', learning_rate=3e-3)")
     doc = json.loads(nb.read_text())
     new, stale = doc["cells"][1], json.loads(json.dumps(doc["cells"][1]))
-    new["execution_count"], stale["execution_count"] = 9, 4
+    doc["cells"][0]["execution_count"], new["execution_count"], stale["execution_count"] = 1, 9, 4
     stale["outputs"][0]["data"]["text/html"] = [stale["outputs"][0]["data"]["text/html"][0]
                                                 .replace("100/100", "20/20").replace("<td>50</td>", "<td>10</td>")
                                                 .replace("<td>100</td>", "<td>20</td>")]
@@ -510,3 +510,44 @@ def test_the_table_of_the_cell_that_ran_last_is_read_not_a_stale_one_below_it(tm
     nb.write_text(json.dumps(doc))
     run = read_notebook(nb)
     assert [p["step"] for p in run.points] == [10, 20] and not any("ran last" in n for n in run.notes)
+
+
+def _counted(*cells: tuple[str, int | None, bool]) -> dict:
+    """A notebook of (source, execution_count, shows the table) code cells."""
+    rows = [["10", "1.30", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"], ["30", "0.70", "0.95", "0.65"]]
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    html = ("<div><progress value='1' max='2'></progress> [30/30 00:10, Epoch 3/3]</div><table border=\"1\">"
+            "<thead><tr><th>Step</th><th>Training Loss</th><th>Validation Loss</th><th>Accuracy</th></tr></thead>"
+            f"<tbody>{body}</tbody></table><p>")
+    out = {"output_type": "display_data", "metadata": {}, "data": {"text/html": [html]}}
+    return {"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+            "cells": [{"cell_type": "code", "metadata": {}, "execution_count": n, "source": [src],
+                       "outputs": [out] if table else []} for src, n, table in cells]}
+
+
+@pytest.mark.parametrize("cells, lr", [
+    # table 1 (count 6) is the latest; 1e-4 (count 1) and 3e-4 (count 2, below it on the page) both ran before it
+    ([("args = TrainingArguments('o', learning_rate=1e-4)", 1, False), ("trainer.train()", 6, True),
+      ("args = TrainingArguments('o', learning_rate=3e-4)", 2, False), ("trainer.train()", 3, True)], None),
+    # 5e-5 (count 4) sits below the training cell (count 5) but ran before it, as 1e-4 (count 1) above it did
+    ([("args = TrainingArguments('o', learning_rate=1e-4)", 1, False), ("trainer.train()", 5, True),
+      ("args = TrainingArguments('o', learning_rate=5e-5)", 4, False)], None),
+    # 5e-5 below the table ran after it (count 7): a later run's
+    ([("args = TrainingArguments('o', learning_rate=1e-4)", 1, False), ("trainer.train()", 5, True),
+      ("args = TrainingArguments('o', learning_rate=5e-5)", 7, False)], 1e-4),
+    # the one setting cell ran after the table though above it on the page: not the table's
+    ([("args = TrainingArguments('o', learning_rate=1e-4)", 8, False), ("trainer.train()", 5, True)], None),
+    # the table's cell has no count, or a count is on two cells (a kernel restart): the page's order
+    ([("args = TrainingArguments('o', learning_rate=1e-4)", 1, False), ("trainer.train()", None, True),
+      ("args = TrainingArguments('o', learning_rate=5e-5)", 2, False)], 1e-4),
+    ([("args = TrainingArguments('o', learning_rate=1e-4)", 2, False), ("x = 1", 2, False),
+      ("trainer.train()", 3, True), ("args = TrainingArguments('o', learning_rate=5e-5)", 1, False)], 1e-4),
+    # no counts at all: the page's order
+    ([("args = TrainingArguments('o', learning_rate=1e-4)", None, False), ("trainer.train()", None, True),
+      ("args = TrainingArguments('o', learning_rate=5e-5)", None, False)], 1e-4),
+])
+def test_the_code_read_is_that_run_before_the_table_by_execution_count(tmp_path, cells, lr):
+    nb = tmp_path / "rerun.ipynb"
+    nb.write_text(json.dumps(_counted(*cells)))
+    run = read_notebook(nb)
+    assert (run.facts["learning_rate"].value if "learning_rate" in run.facts else None) == lr
