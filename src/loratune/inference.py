@@ -14,7 +14,7 @@ from loratune.config import RunConfig, load_config
 from loratune.data import LabelSpace, empty_text_problems, label_form, load_dataset, refuse_no_shared_label
 from loratune.errors import UserError
 from loratune.metrics import Decoding, decode, sigmoid, softmax
-from loratune.store import CONFIG, LABEL_MAP, RUN, SAVED_STEP, WEIGHT_FILES, RunStore, liveness, read_json
+from loratune.store import CONFIG, LABEL_MAP, RUN, WEIGHT_FILES, RunStore, adapter_step, liveness, read_json
 
 # Texts scored at a time by predict: a chunk's logits [rows, classes] are all it holds (4,096 rows of a 2,000-class
 # run: 33 MB), and a chunk is enough rows for length-sorted batches to pad little
@@ -97,24 +97,13 @@ def run_config(store: RunStore, label_map: dict | None = None) -> RunConfig:
 
 
 def refuse_unrecorded_model(store: RunStore, run: dict) -> None:
-    """adapter/ is used only as the model run.json's saved_model names: a record that says no model is saved (a run
-    stopped while saving its first one, a save that failed), or a folder whose SAVED_STEP names another step (stopped
-    between swapping a new best in and recording it), is refused rather than scored as if it were the run's model.
-    A folder without SAVED_STEP (saved before loratune wrote it) is taken as the record says."""
-    saved = run.get("saved_model")
-    if not isinstance(saved, dict):
-        return
-    if saved.get("step") is None:
-        raise UserError(f"run '{store.path}' has no saved model: its {RUN} says \"{saved.get('note')}\", so whatever "
-                        f"{store.adapter_dir} holds is not a model the run recorded",
-                        "train the run again")
-    marker = store.adapter_dir / SAVED_STEP
-    recorded = read_json(marker) if marker.is_file() else {"step": saved["step"]}
-    held = recorded.get("step") if isinstance(recorded, dict) else None
-    if held != saved["step"]:
-        raise UserError(f"run '{store.path}': {store.adapter_dir} holds the model of step {held} but its {RUN} names "
-                        f"the model of step {saved['step']} (the run stopped between saving a model and recording it)",
-                        "train the run again")
+    """adapter/ is used only as the model run.json vouches for (store.adapter_step): a record that says no model is
+    saved (a run stopped while saving its first one, a save that failed), or a folder whose SAVED_STEP names another
+    step than the recorded one or the evaluated newer best being written, is refused rather than scored as if it were
+    the run's model. A folder without SAVED_STEP (saved before loratune wrote it) is taken as the record says."""
+    _, why = adapter_step(run, store.path)
+    if why:
+        raise UserError(f"run '{store.path}' has no saved model the run recorded: {why}", "train the run again")
 
 
 def load_trained(run_dir: str | Path) -> Trained:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -534,6 +535,49 @@ class RunStore:
         if not p.exists():
             return []
         return read_history_lines(p)[0]
+
+
+# run.json saved_model while a newer best is written in adapter/'s place (train.save_best_so_far): `writing` names its
+# step (records of 8a485e4 say it only in the note, in these words)
+SAVED_WRITING_NOTE = "a newer best, the model of step {step}, is being written"
+_SAVED_WRITING_RX = re.compile(r"a newer best, the model of step (\d+), is being written")
+
+
+def adapter_step(run: dict, run_dir: str | Path) -> tuple[Any, str | None]:
+    """(the step of the model adapter/ holds, as far as run.json vouches for it; None and why not when it vouches for
+    none), for a record with saved_model (callers take a record without it as they did before it existed). The one
+    place that decides which step's model a run folder holds, for predict/evaluate, show, report and warm starts.
+    adapter/'s SAVED_STEP names its step (a folder without it, saved before loratune wrote it, is taken as the record
+    says). It is the recorded model when it is the step saved_model names, or the newer best saved_model says is being
+    written and history.jsonl evaluated: a kill right after the swap, before run.json was written again, leaves that
+    model whole in adapter/ and the rest of the record (history, best) already naming it."""
+    saved = run.get("saved_model")
+    if not isinstance(saved, dict):
+        return None, None
+    step = saved.get("step")
+    writing = saved.get("writing")
+    if writing is None:
+        m = _SAVED_WRITING_RX.search(str(saved.get("note") or ""))
+        writing = int(m.group(1)) if m else None
+    folder = Path(run_dir) / ADAPTER
+    marker = folder / SAVED_STEP
+    try:
+        recorded = read_json(marker) if marker.is_file() else {"step": step}
+    except UserError:
+        recorded = None
+    held = recorded.get("step") if isinstance(recorded, dict) else None
+    if held is not None and held == step:
+        return step, None
+    if writing is not None and held == writing and marker.is_file():
+        history = Path(run_dir) / HISTORY
+        points = read_history_lines(history)[0] if history.is_file() else []
+        if any(p.get("step") == writing and any(str(k).startswith("val/") for k in p) for p in points):
+            return writing, None
+    if step is None:
+        return None, (f"its {RUN} says \"{saved.get('note')}\", so whatever {folder} holds is not a model the run "
+                      "recorded")
+    return None, (f"{folder} holds the model of step {held} but its {RUN} names the model of step {step} (the run "
+                  "stopped between saving a model and recording it)")
 
 
 def read_history_lines(path: Path) -> tuple[list[dict], list[str]]:

@@ -49,7 +49,7 @@ from loratune.metrics import (Decoding, crossfit_thresholds, decode, multi_label
                               single_label_scores, tune_thresholds)
 from loratune.models import (HEAD_NOTE_ATTR, PAD_NOTE_ATTR, load_classifier, load_tokenizer, quiet_transformers,
                              resolve_model)
-from loratune.store import LABEL_MAP, RunStore, write_json
+from loratune.store import LABEL_MAP, SAVED_WRITING_NOTE, RunStore, write_json
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
 
@@ -1170,9 +1170,11 @@ def save_best_so_far(run: dict, store: RunStore, step: int, save: Callable[[], N
     write."""
     before = run.get("saved_model") if isinstance(run.get("saved_model"), dict) else {}
     held = before.get("step")
-    writing = f"a newer best, the model of step {step}, is being written"
-    run["saved_model"] = ({"step": held, "note": f"{best_so_far_note(held)}; {writing}"} if held is not None else
-                          {"step": None, "note": f"no model saved yet: {writing} (the best so far)"})
+    writing = SAVED_WRITING_NOTE.format(step=step)
+    # `writing`: a kill right after the swap leaves adapter/ holding it before run.json says so (store.adapter_step)
+    run["saved_model"] = ({"step": held, "writing": step, "note": f"{best_so_far_note(held)}; {writing}"}
+                          if held is not None else
+                          {"step": None, "writing": step, "note": f"no model saved yet: {writing} (the best so far)"})
     run["adapter_step"] = held  # what adapter/ holds, as saved_model says, until the new model is in it
     store.write_run(run)
     try:

@@ -127,3 +127,45 @@ def test_a_model_the_record_does_not_name_is_refused(command, tiny_bert, intent_
     # as recorded: used
     (out / "adapter" / SAVED_STEP).write_text(json.dumps({"step": saved["step"]}))
     assert main(args) == 0
+
+
+def test_a_kill_right_after_the_swap_leaves_the_newer_best_as_the_saved_model(tiny_bert, intent_data, tmp_path,
+                                                                               monkeypatch, capsys):
+    """A kill after adapter/ was swapped for the newer best, before run.json was written again: run.json names the
+    previous step and says the newer one is being written, adapter/ holds the newer one (the previous one is gone).
+    That model is the run's saved model for predict, show and report; it is not refused as unrecorded."""
+    import loratune.store as st
+    from loratune.report.model import build_run_report as build_report
+
+    out, killed = tmp_path / "run", tmp_path / "killed"
+    original, swaps = st._swap_in, []
+
+    def swap(new, target):
+        original(new, target)
+        swaps.append(json.loads((target / SAVED_STEP).read_text())["step"])
+        if len(swaps) == 2:  # the first swap replacing a saved model: what a kill -9 here leaves on disk
+            shutil.copytree(out, killed)
+
+    monkeypatch.setattr(st, "_swap_in", swap)
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out, max_steps=24, eval_steps=2,
+                                           learning_rate=2e-2, num_threads=1, slices="false",
+                                           robustness_probe="false")]) == 0
+    assert len(swaps) >= 2, "no save replaced an earlier one"
+    run = json.loads((killed / "run.json").read_text())
+    assert (run["saved_model"]["step"], run["saved_model"]["writing"]) == (swaps[0], swaps[1])
+    assert json.loads((killed / "adapter" / SAVED_STEP).read_text()) == {"step": swaps[1]}
+    assert st.adapter_step(run, killed) == (swaps[1], None)
+    capsys.readouterr()
+    assert main(["predict", str(killed), "lost my card"]) == 0
+    report = build_report(killed)
+    assert report.saved_step == swaps[1]
+    assert report.saved_model == (report.best.get("step") == swaps[1])
+    assert main(["show", str(killed)]) == 0
+    shown = capsys.readouterr().out
+    assert f"the saved model is step {swaps[0]}'s" not in shown
+    # the step being written was never evaluated (a hand-made record): not vouched for
+    run["saved_model"]["writing"] = swaps[1] + 1
+    (killed / "adapter" / SAVED_STEP).write_text(json.dumps({"step": swaps[1] + 1}))
+    (killed / "run.json").write_text(json.dumps(run))
+    assert main(["predict", str(killed), "lost my card"]) == 2
+    assert f"holds the model of step {swaps[1] + 1}" in capsys.readouterr().err

@@ -791,24 +791,26 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         classes=build_classes(points, run, labels, best_step), confusion=confusion, pairs=pairs,
         examples_note=None if examples is not None else examples_note,
         params=build_params(run, config), config_yaml=config_yaml, notes=tuple(notes),
-        saved_model=_saved_at(run, best_step, d), saved_step=_saved_step(run))
+        saved_model=_saved_at(run, best_step, d), saved_step=_saved_step(run, d))
 
 
-def _saved_step(run: Mapping[str, Any]) -> float | None:
-    """The step whose model the run saved (run.json `saved_model.step`), None when none was saved or it is unknown."""
-    sm = run.get("saved_model")
-    return as_float(sm.get("step")) if isinstance(sm, dict) else None
+def _saved_step(run: Mapping[str, Any], run_dir: Path) -> float | None:
+    """The step whose model the run saved (store.adapter_step: run.json `saved_model.step`, or the newer best being
+    written that adapter/ already holds), None when none was saved or it is unknown."""
+    from loratune.store import adapter_step
+
+    return as_float(adapter_step(dict(run), run_dir)[0])
 
 
 def _saved_at(run: Mapping[str, Any], best_step: float | None, run_dir: Path) -> bool:
-    """Whether the model saved by the run is the one of `best_step`: run.json `saved_model.step` (null when none was
-    saved: a run that diverged before any trained evaluation); without that field (a run still training, one killed
-    before it saved, a record from before the field), whether its adapter folder holds weights."""
+    """Whether the model saved by the run is the one of `best_step`: the step adapter/ holds as run.json vouches for
+    it (store.adapter_step; none when none was saved: a run that diverged before any trained evaluation); without
+    run.json `saved_model` (a run still training, one killed before it saved, a record from before the field),
+    whether its adapter folder holds weights."""
     from loratune.store import ADAPTER, WEIGHT_FILES
 
-    sm = run.get("saved_model")
-    if isinstance(sm, dict):
-        return best_step is not None and as_float(sm.get("step")) == best_step
+    if isinstance(run.get("saved_model"), dict):
+        return best_step is not None and _saved_step(run, run_dir) == best_step
     return best_step is not None and any((run_dir / ADAPTER / f).is_file() for f in WEIGHT_FILES)
 
 
