@@ -382,7 +382,7 @@ def warm_start(model, cfg: RunConfig, labels: list[str] | None = None) -> str:
 
     from loratune.data import label_form
     from loratune.models import head_projection, own_head_case, resolve_model
-    from loratune.store import LABEL_MAP
+    from loratune.store import ADAPTER, LABEL_MAP, RUN, adapter_step, read_json
 
     method, path = cfg.adapter.method, cfg.train.init_from
     folder = Path(path)
@@ -393,6 +393,13 @@ def warm_start(model, cfg: RunConfig, labels: list[str] | None = None) -> str:
             f"a full model folder ({FULL_WEIGHT_FILE})"
         raise UserError(f"train.init_from: {path} has no {need}; adapter.method={method} starts from {what}",
                         "give a run's adapter/ folder saved with the same adapter.method, or drop train.init_from")
+    if folder.name == ADAPTER and (folder.parent / RUN).is_file():
+        # a run's adapter/: used only as the model its run.json vouches for, as predict does (store.adapter_step); a
+        # plain peft folder has no record to check against
+        _, why = adapter_step(read_json(folder.parent / RUN), folder.parent)
+        if why:
+            raise UserError(f"train.init_from: {path} is not a model its run recorded: {why}",
+                            "start from a run that saved its model (train that run again), or drop train.init_from")
     weights = next((folder / f for f in WARM_START_WEIGHTS["lora" if lora else "full"] if (folder / f).is_file()),
                    None)
     if weights is None:

@@ -84,3 +84,32 @@ def test_a_recorded_run_that_started_inside_its_own_output_dir_still_loads(train
     assert load_config(path, recorded=True).train.init_from is None
     with pytest.raises(UserError, match="inside train.output_dir"):
         load_config(path)
+
+
+def test_init_from_a_runs_adapter_its_record_does_not_vouch_for_is_refused(trained, tiny_bert, intent_data, tmp_path,
+                                                                           capsys):
+    """adapter/ of a run folder holding another step than its run.json names (store.adapter_step: what predict
+    refuses) is refused as a starting model, by train.init_from and by tune's continued long run; the same folder
+    copied out on its own (a plain peft adapter folder, no run.json beside it) starts a run."""
+    import json
+    from types import SimpleNamespace
+
+    from loratune.search.protocol.finish import saved_model
+    from loratune.store import SAVED_STEP
+
+    run = tmp_path / "runX"
+    shutil.copytree(trained, run)
+    step = json.loads((run / "run.json").read_text())["saved_model"]["step"]
+    rec = SimpleNamespace(run_dir=str(run), result=SimpleNamespace(best={"step": step}))
+    assert saved_model(rec) == str(run / "adapter")
+    (run / "adapter" / SAVED_STEP).write_text(json.dumps({"step": step + 1}))
+    capsys.readouterr()
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, tmp_path / "out", max_steps=4, eval_steps=4,
+                                           init_from=run / "adapter")]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "train.init_from:" in err and "is not a model its run recorded" in err
+    assert f"holds the model of step {step + 1}" in err and "Traceback" not in err
+    assert saved_model(rec) is None
+    shutil.copytree(run / "adapter", tmp_path / "plain")
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, tmp_path / "out2", max_steps=4, eval_steps=4,
+                                           init_from=tmp_path / "plain")]) == 0

@@ -331,14 +331,23 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
 
 def saved_model(rec: TrialRecord) -> str | None:
     """The folder a finished trial saved its model to (RunStore's adapter/), or None when it saved none (no
-    trained evaluation point: run.json saved_model)."""
+    trained evaluation point: run.json saved_model) or none its run.json vouches for (store.adapter_step, the check
+    predict and a warm start make)."""
     from pathlib import Path
 
-    from loratune.store import RunStore
+    from loratune.errors import UserError
+    from loratune.store import RUN, RunStore, adapter_step, read_json
 
     if not rec.run_dir or not rec.result.best.get("step"):
         return None
-    return str(RunStore(Path(rec.run_dir)).adapter_dir)
+    store = RunStore(Path(rec.run_dir))
+    if (store.path / RUN).is_file():
+        try:
+            if adapter_step(read_json(store.path / RUN), store.path)[1]:
+                return None
+        except UserError:  # a damaged run.json vouches for nothing
+            return None
+    return str(store.adapter_dir)
 
 
 def continue_long_run(ctx: SearchContext, s: ProtocolSettings, long: TrialRecord, final: TrialRecord) -> bool:
