@@ -366,3 +366,30 @@ def test_a_resume_never_lowers_what_the_study_spent(tiny_bert, intent_data, tmp_
     attrs = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}").user_attrs
     assert [e["label"] for e in attrs[OVERHEADS][0]] == [c["label"] for c in overheads]
     assert len(attrs[OVERHEADS]) == 2 and any(e["label"] == "startup (this session)" for e in attrs[OVERHEADS][1])
+
+
+def test_a_resume_of_a_study_made_before_overheads_were_kept_never_lowers_what_it_spent(
+        tiny_bert, intent_data, tmp_path, monkeypatch):
+    # a study made by a version that kept no overheads per session: its last summary's spend is the floor (a resume
+    # of one went 7.26 s -> 6.60 s spent)
+    import optuna
+
+    from loratune.search.study import OVERHEADS
+
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--budget", "2trials", "--trial-steps", "4")) == 0
+    first = json.loads((study / "final" / "study.json").read_text())["budget"]
+    stored = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}")
+    stored.set_user_attr(OVERHEADS, [])  # as the older version left it
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "2trials", "-q"]) == 0
+    second = json.loads((study / "final" / "study.json").read_text())["budget"]
+    assert second["spent"]["wall_s"] >= first["spent"]["wall_s"]
+    top_up = [c for c in second["ledger"] if c["label"].startswith("earlier sessions' time around their trials")]
+    assert len(top_up) == 1 and top_up[0]["cost"]["wall_s"] > 0
+    assert not any(c["label"].startswith("session 1: ") for c in second["ledger"])
+    # the top-up is kept with that session's overheads: a further resume charges it again, as it charges them
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "2trials", "-q"]) == 0
+    third = json.loads((study / "final" / "study.json").read_text())["budget"]
+    assert third["spent"]["wall_s"] >= second["spent"]["wall_s"]
+    assert any(c["label"].startswith("session 1: earlier sessions' time around") for c in third["ledger"])

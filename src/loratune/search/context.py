@@ -104,6 +104,9 @@ class SearchContext:
     # (charge_earlier) and a resume never lowers what was spent, even after a kill. `session`: this session's index
     session: int = 0
     earlier_overheads: list = field(default_factory=list)  # [{label, wall_s, session}], charged once
+    # a resumed study made before the overheads were kept per session: the wall time its final/study.json said was
+    # spent, to which charge_earlier tops the meter up once (else a resume of it lowered what was spent)
+    recorded_spent_s: float | None = None
     _overheads: list = field(default_factory=list)  # this session's own
     # the session's clock (tune: time.perf_counter): the real time between and around trials (sampler, study records,
     # decisions, a trial's model setup) is charged too, so a wall budget bounds the session; None: trials' own
@@ -270,11 +273,16 @@ class SearchContext:
         gap = now - (self.since if self.since is not None else now) - minus
         self.since = now
         if gap > 0:
-            self.meter.charge(Cost(gap, 0, 0), label)
-            self._overheads.append({"label": label, "wall_s": gap})
-            save = getattr(self.store, "save_overheads", None)  # an in-memory store in tests keeps none
-            if save is not None:
-                save(self.session, self._overheads)
+            self._charge_overhead(label, gap)
+
+    def _charge_overhead(self, label: str, wall_s: float) -> None:
+        """Charge real time around trials, and keep it in the study with this session's overheads (charge_earlier
+        of a later resume charges them again)."""
+        self.meter.charge(Cost(wall_s, 0, 0), label)
+        self._overheads.append({"label": label, "wall_s": wall_s})
+        save = getattr(self.store, "save_overheads", None)  # an in-memory store in tests keeps none
+        if save is not None:
+            save(self.session, self._overheads)
 
     def charge_earlier(self) -> None:
         """Charge the trials earlier sessions finished that this one has not reused: a resume with a larger budget
@@ -284,14 +292,17 @@ class SearchContext:
         carried, self.earlier_overheads = self.earlier_overheads, []
         for e in carried:
             self.meter.charge(Cost(float(e["wall_s"]), 0, 0), f"session {int(e['session']) + 1}: {e['label']}")
-        if not self.earlier:
-            return
-        mine = {r.number for r in self.records} | self._charged
-        for rec in self.store.records():
-            if rec.number in self.earlier and rec.number not in mine:
-                self._charged.add(rec.number)
-                self.meter.charge(Cost(rec.result.wall_s, rec.result.examples, 1),
-                                  f"{rec.label} (trained by an earlier session, not reused by this one)")
+        if self.earlier:
+            mine = {r.number for r in self.records} | self._charged
+            for rec in self.store.records():
+                if rec.number in self.earlier and rec.number not in mine:
+                    self._charged.add(rec.number)
+                    self.meter.charge(Cost(rec.result.wall_s, rec.result.examples, 1),
+                                      f"{rec.label} (trained by an earlier session, not reused by this one)")
+        recorded, self.recorded_spent_s = self.recorded_spent_s, None
+        if recorded is not None and recorded > self.meter.spent.wall_s:
+            self._charge_overhead("earlier sessions' time around their trials (their final/study.json's spent; "
+                                  "kept per session only since)", recorded - self.meter.spent.wall_s)
 
     def _account(self, rec: TrialRecord, label: str, charge: bool = True) -> None:
         r = rec.result

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, fields as dc_fields, replace as dc_replace
 from pathlib import Path
@@ -214,6 +215,8 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     ctx.session = len(sessions)
     if options.resume:  # charged once the replay is over (charge_earlier), as the earlier trials no decision reused
         ctx.earlier_overheads = [{**e, "session": i} for i, s in enumerate(sessions) for e in s]
+        if not sessions:  # a study made before the overheads were kept: its last summary's spend is the floor
+            ctx.recorded_spent_s = _recorded_spent_s(study_dir / FINAL / "study.json")
     # the clock of this session before the first trial (imports, data, the study's records) counts too; phase 0's
     # share of it is charged above
     ctx.charge_elapsed("startup (this session)", minus=assessed_now_s)
@@ -346,3 +349,12 @@ def _base_config(cfg, start: Start, plan: dict, explicit: tuple[str, ...]):
     changes["train.train_eval_size"] = min(int(changes.get("train.train_eval_size", cfg.train.train_eval_size)),
                                            cfg.train.train_eval_size)
     return replace(cfg, **changes)
+
+
+def _recorded_spent_s(path: Path) -> float | None:
+    """The wall time a study's last summary says was spent (None: no summary, or none readable)."""
+    try:
+        spent = json.loads(path.read_text())["budget"]["spent"]["wall_s"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(spent) if isinstance(spent, (int, float)) else None
