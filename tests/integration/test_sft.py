@@ -284,14 +284,19 @@ def test_chat_rows_train_through_the_tokenizer_chat_template(tmp_path):
     assert "carved a random 10%" in run["data_notes"][0]
 
 
-def test_classification_data_under_causal_lm_is_a_user_error_naming_the_columns(lm, tmp_path, capsys):
-    write_jsonl(tmp_path / "train.jsonl", [{"text": "lost my card", "label": "card_lost"}] * 4)
+def _refused_train(lm, tmp_path, capsys) -> str:
+    """train task=causal-lm on tmp_path/train.jsonl: refused (exit 2, no traceback, no run folder made); its stderr."""
     code = cli.main(["train", "-q", "task=causal-lm", f"name_or_path={lm}", f"train_file={tmp_path / 'train.jsonl'}",
                      f"output_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert "nor a chat column ('messages') (columns: text, label)" in err
     assert not (tmp_path / "run").exists()
+    return err
+
+
+def test_classification_data_under_causal_lm_is_a_user_error_naming_the_columns(lm, tmp_path, capsys):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "lost my card", "label": "card_lost"}] * 4)
+    assert "nor a chat column ('messages') (columns: text, label)" in _refused_train(lm, tmp_path, capsys)
 
 
 def test_a_trl_completion_of_several_turns_is_a_user_error_not_a_glued_answer(lm, tmp_path, capsys):
@@ -299,12 +304,7 @@ def test_a_trl_completion_of_several_turns_is_a_user_error_not_a_glued_answer(lm
     write_jsonl(tmp_path / "train.jsonl", [{"prompt": user, "completion": [{"role": "assistant", "content": "ok"}]}] * 3
                 + [{"prompt": user, "completion": [{"role": "assistant", "content": "your card is blocked"},
                                                    {"role": "user", "content": "thanks"}]}])
-    code = cli.main(["train", "-q", "task=causal-lm", f"name_or_path={lm}", f"train_file={tmp_path / 'train.jsonl'}",
-                     f"output_dir={tmp_path / 'run'}"])
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err
-    assert "row 4: column 'completion' has the turns (assistant, user)" in err
-    assert not (tmp_path / "run").exists()
+    assert "row 4: column 'completion' has the turns (assistant, user)" in _refused_train(lm, tmp_path, capsys)
 
 
 def test_dry_run_counts_the_adapter_without_training(lm, sft_data, tmp_path, capsys):
