@@ -17,7 +17,7 @@ a run shorter than an epoch never computes the rows it does not reach). Entries 
 built whole, up front (`build`), as they are read back by later processes.
 
 The states are keyed by (architecture, k, the precision they were computed in, a hash of the frozen weights, a
-hash of the token ids), so the same base model, data, tokenizer, max_length and precision hit the same entry:
+hash of the token ids, the padding they were computed under), so the same base model, data, tokenizer, max_length and precision hit the same entry:
 the trials of a sweep in one process share it. Entries live in memory up to `MEMORY_BUDGET_MB` in all (least recently used go
 first); one larger than `DISK_ENTRY_MB` is written under `$LORATUNE_CACHE_DIR/prefix` (default
 `~/.cache/loratune/prefix`) while it is computed, and read back memory-mapped (found there by later
@@ -533,11 +533,13 @@ class Feed:
 
 
 def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: Callable, plan: Callable,
-           autocast: bool = False) -> dict:
+           autocast: bool = False, layout: str = "") -> dict:
     """Give each encoded split (objects with `.ids` and a `.prefix` slot) a `Feed` when the prefix
     cache applies; returns the note for run.json (`used`, and why not or what was cached).
     make_batch(id lists) -> model inputs; plan(lengths) -> batches of row indices for the build;
-    autocast: the run trains under bf16 autocast, and the states are computed under it too."""
+    autocast: the run trains under bf16 autocast, and the states are computed under it too;
+    layout: how make_batch pads a row (a row's states move with its padded width at bf16 rounding), part of the
+    key, so entries built under another padding are not reused."""
     if mode == "off":
         return {"used": False, "reason": "train.prefix_cache is off"}
     if method != "lora":
@@ -567,7 +569,7 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
     remove_stale_temporaries(cache_dir())  # builds killed mid-way (kill -9, a bus error) hold disk space
     for enc in splits:
         key = hashlib.blake2b(f"{model_type}|{k}|{computed_in}|{np.dtype(STORE_DTYPE).name}|{weights}|"
-                              f"{_ids_hash(enc.ids)}".encode(), digest_size=16).hexdigest()
+                              f"{_ids_hash(enc.ids)}|{layout}".encode(), digest_size=16).hexdigest()
         offsets = np.zeros(len(enc.ids) + 1, dtype=np.int64)
         np.cumsum([len(x) for x in enc.ids], out=offsets[1:])
         states = _MEMORY.get(key) or _load_disk(key, offsets, hidden)

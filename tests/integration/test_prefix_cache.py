@@ -445,3 +445,26 @@ def test_states_float16_cannot_hold_leave_no_disk_entry(tiny_llama, intent_data,
     assert all(e.prefix is None for e in encs)
     assert _temporaries(tmp_path) == [] and not list((tmp_path / "cache" / "prefix").glob("*.values.npy"))
     np.testing.assert_array_equal(predict_logits(model, encs[1], 7, tok.pad_token_id, CPU, False), full)
+
+
+def test_states_built_under_another_padding_are_not_reused(tiny_bert, intent_data, tmp_path, monkeypatch):
+    """Entries computed before scoring padded each text to its own length (batch-longest padding) were reused
+    after it, though a row's states move with its padded width at bf16 rounding: the padding is part of the key."""
+    _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
+    m = encs[0].max_length
+
+    def attach(layout):
+        return prefix_cache.attach(model, "auto", "lora", encs, lambda ids: eval_collate(ids, tok.pad_token_id, CPU, m),
+                                   lambda lengths: eval_batches(lengths, 5, m), False, layout=layout)
+
+    assert attach("batch-longest")["splits_built"] == 2
+    assert attach("padded_length/8")["splits_reused"] == 0
+    assert attach("padded_length/8")["splits_reused"] == 2
+    # train.py keys its entries by the padding it scores with
+    extra = {"layers_to_transform": "top:1", "max_steps": 2, "eval_steps": 2}
+    first = api.train(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "a", **extra)), progress=False)
+    assert first["prefix_cache"]["splits_built"] == 3
+    import loratune.train as train_mod
+    monkeypatch.setattr(train_mod, "SCORING_LAYOUT", "padded_length/16")
+    other = api.train(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "b", **extra)), progress=False)
+    assert other["prefix_cache"]["splits_reused"] == 0 and other["prefix_cache"]["splits_built"] == 3
