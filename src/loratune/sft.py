@@ -62,8 +62,8 @@ from loratune.metrics import parse_labels, prediction_scores, top_unknown_output
 from loratune.objectives import (PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, lm_metrics, objective as objective_named,
                                  prompt_key)
 from loratune.models import load_causal_lm, load_tokenizer, resolve_model
-from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn, encode_prompts,
-                               encode_sft, prompt_prefix)
+from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn,
+                               check_end_token, encode_prompts, encode_sft, prompt_prefix)
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
@@ -302,6 +302,7 @@ class RunInputs:
 def encode_run(cfg: RunConfig, dataset: SFTDataset, tokenizer, prompt_items) -> RunInputs:
     """What train_sft tokenises, and what `loratune plan` prices its evaluation points with."""
     renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
+    check_end_token(tokenizer, renderer, cfg.model.name_or_path)  # no EOS and no end mark: refused, said now
     max_len = cfg.model.max_length
     # generative classification: every val text is generated from at each evaluation, its label parsed
     labels = tuple(dataset.label_space.labels) if dataset.label_space is not None else ()

@@ -474,6 +474,30 @@ def render_each(render, examples) -> list[str]:
     return out
 
 
+def end_marker(renderer: Renderer) -> str:
+    """What the chat template writes after an assistant turn's content ('<|end|>', '<|im_end|>\\n'); '' for the
+    plain and none templates, and for a chat template that ends a turn with nothing."""
+    if renderer.mode != "chat":
+        return ""
+    probe = "ok"
+    text = renderer.completion((Turn("user", "hello"),), probe)
+    return text[text.rfind(probe) + len(probe):].strip() if probe in text else ""
+
+
+def check_end_token(tokenizer, renderer: Renderer, name: str) -> None:
+    """A run must teach its completions to end, as TRL's SFTTrainer does by appending eos_token: with no EOS token
+    and no end-of-turn mark from the chat template, the model learns completions that never stop, so every
+    generation runs to max_new_tokens and no generated label parses (macro-F1 0 at every point). Refused before
+    anything is trained or recorded."""
+    if tokenizer.eos_token_id is not None or end_marker(renderer):
+        return
+    raise UserError(f"the tokenizer of '{name}' has no eos_token and the '{renderer.mode}' template writes no "
+                    "end-of-turn mark, so the run would learn completions that never end (generations would run to "
+                    "max_new_tokens and generated labels would never parse)",
+                    "set eos_token in the tokenizer's tokenizer_config.json (a token the model's vocabulary has, "
+                    "e.g. '</s>'), or use a tokenizer with a chat template that ends each turn with a mark")
+
+
 def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | list[Example],
                max_length: int) -> SFTEncoded:
     """Token ids and prompt lengths of every example (EOS appended to a completion that lacks it)."""

@@ -307,6 +307,27 @@ def test_a_trl_completion_of_several_turns_is_a_user_error_not_a_glued_answer(lm
     assert "row 4: column 'completion' has the turns (assistant, user)" in _refused_train(lm, tmp_path, capsys)
 
 
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_tokenizer_without_eos_is_refused_before_training_learns_endless_completions(dry, lm, intent_data,
+                                                                                       tmp_path, capsys):
+    """No eos_token, no chat template: completions were learnt with no end, every generated label ran on past its
+    label ('balance transfer is sent ...') and val/macro_f1 stayed 0 with exit 0; now exit 2 naming the fix."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path / "lm-noeos"
+    tok = AutoTokenizer.from_pretrained(lm)
+    tok.eos_token = None
+    tok.save_pretrained(folder)
+    AutoModelForCausalLM.from_pretrained(lm).save_pretrained(folder)
+    out = tmp_path / "run"
+    args = sft_overrides(str(folder), intent_data, out, label_format="generate", max_steps=2, eval_steps=1)
+    assert cli.main(["train", "-q", *(["--dry-run"] if dry else []), *args]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "has no eos_token and the 'plain' template writes no end-of-turn mark" in err
+    assert "fix: set eos_token in the tokenizer's tokenizer_config.json" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_dry_run_counts_the_adapter_without_training(lm, sft_data, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", "--dry-run", *sft_overrides(lm, sft_data, out)]) == 0

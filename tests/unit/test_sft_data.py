@@ -9,8 +9,8 @@ import torch
 from loratune.config import DataConfig
 from loratune.errors import UserError
 from loratune.sft import token_stats
-from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, Turn, encode_prompts, encode_sft, fit,
-                               load_sft_dataset, parse_sft_rows, special_prefix)
+from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, Turn, check_end_token, encode_prompts,
+                               encode_sft, end_marker, fit, load_sft_dataset, parse_sft_rows, special_prefix)
 
 from sft_support import make_sft_rows, make_tokenizer
 from support import write_jsonl
@@ -47,6 +47,28 @@ def test_a_tokenizer_without_a_chat_template_gets_the_plain_template_and_an_eos(
     enc = encode_sft(tok, r, [PAIR], 64)
     assert tokens(tok, enc.ids[0])[-5:] == ["your", "card", "is", "blocked", "</s>"]
     assert enc.prompt_lens.tolist() == [len(enc.ids[0]) - 5]
+
+
+def test_completions_that_would_never_end_are_refused_but_a_chat_end_of_turn_mark_is_an_end():
+    """No eos_token and no end-of-turn mark: the run would teach completions that never stop (generated labels never
+    parse), so it is refused naming the fix; a chat template's end-of-turn mark ends a completion without EOS."""
+    plain = make_tokenizer(chat_template=False)
+    plain.eos_token = None
+    for choice in ("auto", "plain", "none"):
+        r = Renderer.for_tokenizer(plain, choice)
+        assert end_marker(r) == ""
+        with pytest.raises(UserError, match="has no eos_token") as exc:
+            check_end_token(plain, r, "lm")
+        assert "set eos_token in the tokenizer's tokenizer_config.json" in exc.value.fix
+    chat = make_tokenizer(chat_template=True)
+    chat.eos_token = None
+    r = Renderer.for_tokenizer(chat, "auto")
+    assert end_marker(r) == "<|end|>"
+    check_end_token(chat, r, "lm")  # the template's mark ends every completion
+    assert tokens(chat, encode_sft(chat, r, [PAIR], 64).ids[0])[-2:] == ["blocked", "<|end|>"]
+    with pytest.raises(UserError, match="'plain' template writes no end-of-turn mark"):
+        check_end_token(chat, Renderer.for_tokenizer(chat, "plain"), "lm")
+    check_end_token(make_tokenizer(chat_template=False), Renderer.for_tokenizer(plain, "plain"), "lm")  # EOS: fine
 
 
 def test_chat_template_choice_overrides_the_tokenizer_and_none_joins_as_written():
