@@ -63,6 +63,10 @@ SCORE_FLOOR = 0.005
 LOSS_FLOOR = 0.01
 
 
+# a comparison of two scores read on values where smaller is better (a loss): the same order turned round
+TURNED_ROUND = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
 @dataclass(frozen=True)
 class Objective:
     key: str  # the history / run.json key, e.g. val/macro_f1
@@ -89,6 +93,11 @@ class Objective:
 
     def show(self, score: float | None) -> str:
         return f"{self.name} {self.fmt(score)}"
+
+    def shown_op(self, op: str) -> str:
+        """The comparator `op` between two scores (larger is better) as it holds between their shown values
+        (`fmt`): turned round for a loss, whose score is its negated value (score a >= score b is loss a <= loss b)."""
+        return op if self.higher_is_better else TURNED_ROUND[op]
 
     @property
     def axis(self) -> str:

@@ -15,6 +15,14 @@ def test_a_loss_is_scored_negated_and_shown_as_itself():
     assert o.score(float("nan")) is None and o.score(None) is None and o.fmt(None) == "-"
 
 
+def test_a_comparison_of_scores_is_printed_turned_round_beside_shown_losses():
+    loss, f1 = objective("val/loss"), objective("val/macro_f1")
+    a, b = loss.score(2.561), loss.score(1.860)
+    assert a < b and f"{loss.fmt(a)} {loss.shown_op('<')} {loss.fmt(b)}" == "2.561 > 1.860"
+    assert [loss.shown_op(op) for op in ("<", "<=", ">", ">=")] == [">", ">=", "<", "<="]
+    assert [f1.shown_op(op) for op in ("<", "<=", ">", ">=")] == ["<", "<=", ">", ">="]
+
+
 def test_a_classifier_metric_and_a_prompt_set_score_are_larger_is_better():
     assert objective("val/macro_f1").score(0.8) == 0.8 and objective(None).key == "val/macro_f1"
     p = objective("val/prompt_novel_chrf")

@@ -1671,3 +1671,21 @@ def test_a_trials_evidence_says_which_metric_its_diagnosis_read_when_it_is_not_t
         ctx, rec("val/token_accuracy"))[0]
     assert evidence_of(ctx, rec("val/prompt_novel_chrf"))[0].endswith("diagnosis: undertrained")
     assert evidence_of(ctx, rec(None))[0].endswith("diagnosis: undertrained")  # records of older versions
+
+
+@pytest.mark.parametrize("offsets,code,shown", [
+    ({42: 0.0, 43: -0.15, 44: -0.10}, "seed-unstable-lr-lowered", "scored 2.300 <= the seed mean 2.303"),
+    ({42: 0.0, 43: -0.06, 44: 0.05}, "seed-unstable-lr-kept", "scored 2.300 > the seed mean 2.223")])
+def test_the_seed_decision_on_a_loss_states_the_comparison_its_shown_losses_make(offsets, code, shown):
+    """A causal-lm study (objective val loss, scores its negated values): the decision compared scores right, but its
+    evidence printed the scores' comparator beside the losses ('2.300 < the seed mean 2.223'); now the shown one."""
+    world = lr_binds()
+    f1 = world.f1
+    world.f1 = lambda p: f1(p) - 3.0  # a loss of 3 - F1: lr 4e-3 at 2.22, lr 2e-3 at 2.30
+    world.SEED_OFFSET = offsets
+    ctx, runner = make_ctx(world)
+    runner.objective = "val/loss"
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False))
+    d = next(x for x in ctx.decisions if x["kind"] == "noise")
+    assert d["code"] == code
+    assert any(shown in e for e in d["evidence"]), d["evidence"]

@@ -139,6 +139,11 @@ class SearchContext:
     def fmt(self, score: float | None) -> str:
         return self.objective.fmt(score)  # '2.310'
 
+    def op(self, op: str) -> str:
+        """The comparator to print between two `fmt` values when the code compared their scores with `op` ('<' on
+        scores is '>' on losses): evidence never writes a hard-coded '<' beside fmt values."""
+        return self.objective.shown_op(op)
+
     # ------------------------------------------------------------------ trials
     def spec(self, point: dict, phase: str, purpose: str = "") -> TrialSpec:
         return TrialSpec(short_name(point, self.base_point), phase, dict(point), purpose)

@@ -271,8 +271,8 @@ def promote(ctx: SearchContext, s: ProtocolSettings, rec: TrialRecord, ev: list[
                    replaced_pick(ctx, pick, ev) + evidence_of(ctx, run), [rec, run, pick], data, code="challenger-promoted")
     else:
         ctx.decide(PHASE, "challenger", "beats the pick's trial, not the pick", f"keep the pick {pick.label}",
-                   ev + [f"{run.label} {ctx.fmt(run.value)} <= the pick {ctx.fmt(pick.value)}"], [rec, run, pick],
-                   data, code="challenger-long-no-gain")
+                   ev + [f"{run.label} {ctx.fmt(run.value)} {ctx.op('<=')} the pick {ctx.fmt(pick.value)}"],
+                   [rec, run, pick], data, code="challenger-long-no-gain")
 
 
 def cannot_change_pick(ctx: SearchContext, s: ProtocolSettings, stage) -> bool:

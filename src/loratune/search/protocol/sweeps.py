@@ -70,11 +70,11 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
     if lower is not None and lower.value is not None and lower.value >= mean:
         set_incumbent(ctx, lower)
         move = f"lower the lr: incumbent = {lower.label} (lr {lr_of(lower.point):g})"
-        ev.append(f"{lower.label} at lr /2 scored {ctx.fmt(lower.value)} >= the seed mean {ctx.fmt(mean)} at lr "
-                  f"{lr_of(inc.point):g}: the steadier lr loses nothing on average")
+        ev.append(f"{lower.label} at lr /2 scored {ctx.fmt(lower.value)} {ctx.op('>=')} the seed mean {ctx.fmt(mean)} "
+                  f"at lr {lr_of(inc.point):g}: the steadier lr loses nothing on average")
     elif lower is not None:
-        ev.append(f"{lower.label} at lr /2 scored {ctx.fmt(lower.value)} < the seed mean {ctx.fmt(mean)} at lr "
-                  f"{lr_of(inc.point):g}: the higher lr is better even on average; lr kept")
+        ev.append(f"{lower.label} at lr /2 scored {ctx.fmt(lower.value)} {ctx.op('<')} the seed mean {ctx.fmt(mean)} "
+                  f"at lr {lr_of(inc.point):g}: the higher lr is better even on average; lr kept")
     else:
         half = round3(lr_of(inc.point) / 2)
         partial = next((r for r in ctx.records if not r.result.full_length and r.value is not None
