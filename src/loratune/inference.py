@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -213,7 +214,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
                         "fix the rows named above")
     refuse_no_shared_label(data_split, trained.space.labels)
     # labels the run never trained on: scored as errors, and said (run.json, plain and --json output)
-    unseen = Counter(lab for labs in data_split.labels for lab in labs if lab not in trained.space.index)
+    unseen = unseen_labels((lab for labs in data_split.labels for lab in labs), trained.space.index)
     enc = encode(trained.tokenizer, data_split, trained.space, trained.cfg.model.max_length)
     from loratune.train import predict_logits
 
@@ -225,13 +226,22 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
 
     spec = LossSpec.from_dict(store.read_run().get("loss"), trained.space.multi_label)  # the loss the run trained with
     scores, _ = score_split(prefix, logits, enc, trained.space, spec, trained.decoding)
-    if unseen:
-        scores[f"{prefix}/{UNSEEN_LABELS}"] = dict(unseen.most_common())
+    scores.update(unseen_scores(prefix, unseen))
     _record_scores(store, split, scores)
     return scores
 
 
 UNSEEN_LABELS = "unseen_labels"  # the scores' key of a split's labels the run never trained on -> rows
+
+
+def unseen_labels(row_labels: Iterable[str], trained: Collection[str]) -> Counter:
+    """label -> rows of the labels a split has that the run never trained on (their rows are scored as errors)."""
+    return Counter(lab for lab in row_labels if lab not in trained)
+
+
+def unseen_scores(prefix: str, unseen: Counter) -> dict:
+    """`<prefix>/unseen_labels` (most rows first) when there are any: what run.json and `evaluate` say."""
+    return {f"{prefix}/{UNSEEN_LABELS}": dict(unseen.most_common())} if unseen else {}
 
 
 def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
@@ -286,5 +296,7 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
         label_scores, _ = prediction_scores(prefix, pred, y, labels)
         scores.update(label_scores)
         scores[f"{prefix}/unknown_rate"] = float(np.mean(pred < 0))
+        # labels the run never trained on (y -1): scored as errors, and said, as a classifier's evaluation says them
+        scores.update(unseen_scores(prefix, unseen_labels((e.completion for e in data_split.examples), labels)))
     _record_scores(store, split, scores)
     return scores

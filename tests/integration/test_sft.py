@@ -19,7 +19,7 @@ from loratune.sft_data import Example, Renderer, Turn, encode_prompts
 from loratune.store import RunStore
 
 from sft_support import ANSWERS, make_sft_rows, save_tiny_llama_lm
-from support import full_drops_lora_keys, write_jsonl
+from support import full_drops_lora_keys, make_rows, write_jsonl
 
 STEPS, EVERY = 12, 4
 
@@ -502,6 +502,29 @@ def test_generated_labels_are_parsed_and_scored_per_class(lm, intent_data, tmp_p
     diag = sum(confusion["matrix"][i][i] for i in range(4))
     assert diag == round(best["val/accuracy"] * 20)
     assert sum(map(sum, confusion["matrix"])) == round((1 - best["val/unknown_rate"]) * 20)
+
+
+def test_evaluate_names_test_labels_a_generative_run_never_trained_on(lm, tmp_path, capsys):
+    """A generated-label run's test split with a label not in train: its rows were scored as errors silently (no
+    note, no test/unseen_labels); now said and recorded as the classifier's evaluation does."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_rows(3, seed=1))
+    write_jsonl(data / "validation.jsonl", make_rows(1, seed=2))
+    test = make_rows(1, seed=3)
+    for r in test[:2]:
+        r["label"] = "refund"
+    write_jsonl(data / "test.jsonl", test)
+    out = tmp_path / "run"
+    assert cli.main(["train", "-q", *sft_overrides(lm, data, out, label_format="generate", max_steps=1,
+                                                   eval_steps=1)]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out), "--split", "test"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "note: 1 label(s) the run never trained on, their rows scored as errors: refund (2 row(s))" in said
+    assert json.loads((out / "run.json").read_text())["eval"]["test"]["test/unseen_labels"] == {"refund": 2}
+    assert cli.main(["evaluate", str(out), "--split", "validation", "--json"]) == 0
+    assert "val/unseen_labels" not in json.loads(capsys.readouterr().out)  # every val label was trained on
 
 
 def test_assess_proposes_an_sft_start_config_from_the_rendered_token_lengths(lm, sft_data, capsys):
