@@ -527,6 +527,27 @@ def test_evaluate_names_test_labels_a_generative_run_never_trained_on(lm, tmp_pa
     assert "val/unseen_labels" not in json.loads(capsys.readouterr().out)  # every val label was trained on
 
 
+def test_the_train_summary_show_and_report_say_the_share_of_truncated_rows(lm, tmp_path, capsys):
+    """run.json counted the rows cut at max_length, but no summary said so; the train summary and `show` (the report
+    model's notes, which `report` renders too) now give each split's share, from the recorded counts."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n, seed in (("train", 4, 1), ("validation", 1, 2)):
+        rows = make_sft_rows(n, seed=seed)
+        for r in rows[::2]:
+            r["prompt"] = " ".join([r["prompt"]] * 6)
+        write_jsonl(data / f"{name}.jsonl", rows)
+    out = tmp_path / "run"
+    assert cli.main(["train", *sft_overrides(lm, data, out, max_steps=1, eval_steps=1, max_length=24)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["truncated"] == {"train": 8, "val": 2, "max_length": 24} and run["rows"]["train"] == 16
+    said = " ".join(capsys.readouterr().out.split())
+    line = "note: 8 of 16 train rows (50%) and 2 of 4 val rows (50%) longer than max_length=24 tokens were truncated"
+    assert line in said
+    assert cli.main(["show", str(out)]) == 0
+    assert line in " ".join(capsys.readouterr().out.split())
+
+
 def test_assess_proposes_an_sft_start_config_from_the_rendered_token_lengths(lm, sft_data, capsys):
     code = cli.main(["assess", "task=causal-lm", f"name_or_path={lm}", f"dataset_name={sft_data}",
                      "max_length=8", "--json"])

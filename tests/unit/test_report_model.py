@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loratune.errors import UserError
-from loratune.report.model import build_confusion, build_run_report, is_run_dir, is_study_dir
+from loratune.report.model import build_confusion, build_run_report, is_run_dir, is_study_dir, truncation_note
 from loratune.report.render import render_run
 
 # ---------------------------------------------------------------------------------------------
@@ -970,3 +970,14 @@ def test_the_rank_noise_band_is_anchored_at_the_sweep_not_at_a_long_run(tmp_path
     assert lo <= 0.30 <= hi  # the plateau point lies in the band
     html = rank_section(s, {})
     assert re.search(r"within the gain threshold 0\.050 of the sweep(&#x27;|&#39;|')s best", html)
+
+
+def test_the_truncation_note_gives_each_splits_share_of_cut_rows_or_nothing():
+    run = {"truncated": {"train": 50, "val": 10, "max_length": 24},
+           "rows": {"train": 100, "train_eval": 100, "val": 20}}
+    note = truncation_note(run)
+    assert note.startswith("50 of 100 train rows (50%) and 10 of 20 val rows (50%) longer than max_length=24 tokens")
+    assert truncation_note({"truncated": {"train": 3, "val": 0, "max_length": 32}, "rows": {"train": 12, "val": 4}}) \
+        .startswith("3 of 12 train rows (25%) longer than max_length=32")
+    assert truncation_note({"truncated": {"train": 0, "val": 0, "max_length": 32}, "rows": {"train": 12}}) is None
+    assert truncation_note({"rows": {"train": 12}}) is None  # a classifier run records no count

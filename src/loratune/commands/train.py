@@ -109,6 +109,8 @@ def _record_after_interrupt(output_dir: str) -> str:
 def print_summary(out, run: dict) -> None:
     from rich.table import Table
 
+    from loratune.report.model import truncation_note
+
     best, final = run.get("best") or {}, run.get("final") or {}
     t = Table(title=f"run {run['status']}: {run.get('reason')}", show_header=True)
     t.add_column("")
@@ -121,6 +123,9 @@ def print_summary(out, run: dict) -> None:
     out.print(t)
     if run.get("task") == "multi_label":
         out.print(safe(multi_label_note(run)))
+    truncated = truncation_note(run)  # (the same line `show` and `report` give)
+    if truncated:
+        out.print(f"[yellow]note:[/] {safe(truncated)}")
     p = run["params"]
     out.print(f"trainable {human(p['trainable'])} of {human(p['total'])} ({p['share_of_total']:.2%}); "
               f"{run['examples_seen']} examples in {run['wall_s']:.1f}s "

@@ -676,6 +676,22 @@ def _summary_point(p: Mapping[str, Any], metric: str, objective: str | None = No
     return {k: p.get(k) for k in keys if p.get(k) is not None}
 
 
+def truncation_note(run: Mapping[str, Any]) -> str | None:
+    """A causal-lm run's rows cut at model.max_length (run.json `truncated`, against `rows`), as the train summary,
+    `show` and `report` say it; None when no row was cut (or the record has no count)."""
+    cut = run.get("truncated") if isinstance(run.get("truncated"), dict) else {}
+    rows = run.get("rows") if isinstance(run.get("rows"), dict) else {}
+    parts = []
+    for split in ("train", "val"):
+        n, total = _int(cut.get(split)), _int(rows.get(split))
+        if n:
+            parts.append(f"{n} of {total} {split} rows ({n / total:.0%})" if total else f"{n} {split} rows")
+    if not parts:
+        return None
+    return (f"{' and '.join(parts)} longer than max_length={cut.get('max_length', '?')} tokens were truncated (the "
+            "prompt's beginning first, then the completion's end): a larger max_length keeps them whole")
+
+
 def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], Sequence[str]] | None = None,
                      examples_note: str | None = None, thresholds: Mapping[str, float] | None = None,
                      focus_k: int = FOCUS_K, top_pairs: int = TOP_PAIRS, name: str | None = None) -> RunReport:
@@ -755,6 +771,9 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
     elif status == "died":
         notes.append(f"the run is partial: {run.get('reason')}")
 
+    truncated = truncation_note(run)
+    if truncated:
+        notes.append(truncated)
     conf, conf_note = read_json(d / "confusion.json")
     confusion = build_confusion(conf, conf_note, focus_k)
     if confusion.missing is None and best_step is not None and confusion.step is not None \
