@@ -123,7 +123,8 @@ HELD_OUT = {"C": (20, 31, 24, "9c8282d"), "D": (21, 30, 24, "a9640b5"), "E": (20
             "AL": (10, 14, 8, "a2e9e65"), "AM": (5, 5, 3, "63f829a"), "AN": (30, 35, 17, "2420c3f"),
             "AO": (8, 8, 5, "4739330"), "AP": (19, 26, 10, "e4913dd"),
             "AQ": (14, 16, 10, "8d25fa4"), "AR": (11, 16, 11, "2fd30c6"),
-            "AS": (3, 3, 3, "fa57785"), "AT": (9, 11, 7, "36f94b4"), "AU": (16, 20, 14, "0c3f089")}
+            "AS": (3, 3, 3, "fa57785"), "AT": (9, 11, 7, "36f94b4"), "AU": (16, 20, 14, "0c3f089"),
+            "AV": (48, 60, 44, "2561b3c")}
 RECORD_FROM = "I"  # the first fold of the quoted span (see HELD_OUT)
 # a second blind review of a fresh fold (same brief, made later, never shown the first): the two reviews' agreement
 # bounds what any reader of the same numbers can score
