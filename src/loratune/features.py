@@ -205,6 +205,11 @@ _CATALOGUE = (
     _spec("val loss", "val_loss_rise_steady", "flag", "the val loss rose at every eval after its minimum: {}",
           "1 when each of the (at least `HELD_POINTS_MIN`) evals after V's minimum is above the one before it: on a "
           "short curve, a rise that grows at each later eval is a trend, not one noisy point."),
+    _spec("val loss", "val_loss_rise_trend", "ratio", "from its minimum on, the val loss's rank trend (Kendall tau) is {}",
+          "Kendall's tau between eval order and V over the evals from V's minimum to the end (at least "
+          "`TREND_POINTS_MIN` of them): 1 when each later eval is above every earlier one, ~0 for a flat noisy tail. "
+          "A trend test beside the noise band (protocol 5b): a zigzag tail whose every step is inside the band can "
+          "still climb as a whole."),
     _spec("val loss", "train_loss_rise_after_val_min", "fraction",
           "from the val loss's minimum on, the train loss climbed back up by {} of its start at worst",
           "Largest rise of T above its running minimum (from the start) at or after the step of the val loss's "
@@ -677,6 +682,9 @@ def _interpolator(series: Sequence[tuple[float, float]]):
 # by about sqrt(k), not the trend; a curve of 10 evals or fewer is read as logged
 RISE_SHARE_POINTS_MAX = 10
 HELD_POINTS_MIN = 2  # val_loss_rise_held reads a rise only when this many evals follow the minimum
+# val_loss_rise_trend reads a trend only over this many evals from the minimum on (the minimum and 5 later): with 6
+# points a Kendall tau of 0.73 or more comes by chance from a flat noisy curve less than 3% of the time (one-sided)
+TREND_POINTS_MIN = 6
 HELD_NOISE_POINTS_MIN = 5  # val_loss_rise_held_noise reads a held rise in noise units from this many later evals
 # two logged values are "the same" (val_loss_repeats, val_metric_repeat_share) within this share of their size: a
 # float32 eval loss carries ~6e-8 of relative precision and a reduction in another order moves it a few ulps, so a
@@ -701,6 +709,13 @@ def _rise_share(values: Sequence[float]) -> float | None:
     if not diffs or total == 0:
         return None if not diffs else 0.0
     return sum(d for d in diffs if d > 0) / total
+
+
+def kendall_tau(xs: Sequence[float]) -> float:
+    """Kendall's tau-a between position and value: (concordant - discordant pairs) / all pairs; ties count 0."""
+    n = len(xs)
+    pairs = sum((xs[j] > xs[i]) - (xs[j] < xs[i]) for i in range(n) for j in range(i + 1, n))
+    return pairs / (n * (n - 1) / 2) if n > 1 else 0.0
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -1127,7 +1142,8 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     V = _series(pts, "val/loss")
     acc.set("val_loss_logged", 1.0 if any("val/loss" in p for p in pts) else 0.0)
     names = ("val_loss_start", "val_loss_min", "val_loss_final", "val_loss_drop", "val_loss_rise", "val_loss_rise_held",
-             "val_loss_rise_held_noise", "val_loss_rise_steady", "val_loss_min_fraction", "val_loss_late_drop",
+             "val_loss_rise_held_noise", "val_loss_rise_steady", "val_loss_rise_trend", "val_loss_min_fraction",
+             "val_loss_late_drop",
              "val_loss_late_share", "val_loss_rise_share", "val_loss_vs_chance", "val_loss_noise",
              "val_loss_rise_noise", "val_loss_drop_noise", "val_loss_repeats", "val_loss_repeat_share",
              "val_loss_min_vs_reference", "val_loss_final_over_start")
@@ -1155,6 +1171,9 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     acc.set("val_loss_rise_steady", (1.0 if all(b > a for a, b in zip([vmin] + later, later)) else 0.0)
             if len(later) >= HELD_POINTS_MIN else None,
             f"fewer than {HELD_POINTS_MIN} evals after the val loss's minimum")
+    tail = [vmin] + later
+    acc.set("val_loss_rise_trend", kendall_tau(tail) if len(tail) >= TREND_POINTS_MIN else None,
+            f"fewer than {TREND_POINTS_MIN} evals from the val loss's minimum on")
     acc.set("val_loss_min_fraction", frac(V[i_min][0]))
     vs = [v for _, v in V]
     repeats = _repeat_count(vs)

@@ -285,6 +285,8 @@ _THRESHOLDS = (
     _t("single_fit_min", 0.85, "points", "Single-intent val exact match at or above this: single intents are learned."),
     _t("slices_low_max", 0.60, "points", "Familiar and novel val macro-F1 both below this: both low."),
     _t("plateau_late_drop_max", 0.1, "fraction", "Train loss falling less than this over the last half: plateaued."),
+    _t("rise_trend_min", 0.7, "ratio", "A val loss's rank trend (Kendall tau, at least 6 evals from its minimum on) at "
+       "least this: it climbed as a whole (a flat noisy tail reaches 0.73 by chance under 3% of the time)."),
     _t("plateau_late_share_max", 0.25, "fraction", "Less than this share of the val loss's fall in the last half: "
        "the fall happened early and flattened."),
     _t("underfit_min_drop", 0.05, "fraction", "Val loss fell at least this much: the model learned, then "
@@ -703,6 +705,15 @@ _RULES = (
                             c("val_loss_rise_steady", ">=", "flag_on"),
                             c("val_loss_rise_held_noise", ">=", "rise_noise_min"),
                             why="a language model's val loss rose at every eval after its minimum, each beyond its noise"),
+                       # ...or, at any kind of run, a val loss that turned in the first half and climbed as a whole
+                       # (a rank trend over at least 6 evals from its minimum on) to 10% above it: protocol 5b's trend
+                       # test beside the noise band, for a zigzag tail whose every step is inside the band (fold AV's
+                       # RamyHamrouni: Llama-3.2-1B SFT, minimum at 33%, then 1.897 1.916 2.024 2.000 2.139 2.098, +11%
+                       # at 1.5 noise units, tau 0.81; both reviews overfit-capacity, nothing else accepted)
+                       all_(c("val_loss_rise_trend", ">=", "rise_trend_min"),
+                            c("val_loss_rise", ">=", "val_loss_rise_min"),
+                            c("val_loss_min_fraction", "<=", "early_turn_fraction_max"),
+                            why="the val loss turned early and climbed as a whole (a rank trend) to 10% above its minimum"),
                        all_(c("val_metric_final_drop", ">=", "val_metric_drop_min"),
                             c("val_metric_final_drop_se", ">=", "drop_se_min"),
                             # the val loss, where logged, past its minimum too; a run scored by a val metric
@@ -831,9 +842,13 @@ _RULES = (
                        # model's loss starts near its entropy floor and falls slowly at a fair step (protocol 1:
                        # LoRA's lr range; 9), so a slow fall there is read as healthy or undertrained, not as too
                        # small a step (fold T's WaliMuhammadAhmad, Llama-3.1-8B LoRA at 2e-4; fold AI's usadiqgriffin,
-                       # Llama-3 LoRA at 1e-4, val -3.9% over 4 evals: both reviews healthy)
+                       # Llama-3 LoRA at 1e-4, val -3.9% over 4 evals: both reviews healthy). Above that range only
+                       # where the adapter is not known to be LoRA's (no peft_type LORA read): a LoRA adapter at the
+                       # top of its range or past it has no smaller step to blame (fold AV's MSDS-Capstone: GPT-2 LoRA
+                       # at 5e-3, still falling at its end: both reviews undertrained)
                        any_(c("classifier", ">=", "flag_on"), c("lora", "<", "flag_on"),
-                            c("peak_lr", "<", "lora_lr_floor"), c("peak_lr", ">=", "high_lr_min")),
+                            c("peak_lr", "<", "lora_lr_floor"),
+                            all_(c("peak_lr", ">=", "high_lr_min"), c("lora_adapter", "<", "flag_on"))),
                        why="both losses fall slowly and steadily, still falling at the end"),
                   # the lr prior: a LoRA run below LoRA's usual lr that learned little and was still at its best
                   # when it ended (a language model's loss has no reachable floor to measure the pace against).

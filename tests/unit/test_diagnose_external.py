@@ -2354,3 +2354,49 @@ def test_the_peak_lr_and_warmup_are_read_where_the_rise_meets_the_decay(tmp_path
     f = load_run(tmp_path).facts
     assert f["learning_rate"].value == pytest.approx(peak, rel=2e-3) and f["lr_schedule"].value == shape
     assert f["warmup_steps"].value == pytest.approx(warmup, abs=1)
+
+
+# ---- fold AV: a val loss that turned early and climbed as a whole in a zigzag (a rank trend) ----------------------
+
+RAMY = (1.947, 1.887, 1.885, 1.897, 1.916, 2.024, 2.000, 2.139, 2.098)  # RamyHamrouni (AV): +11%, tau 0.81
+
+
+@pytest.mark.parametrize("vals, overfit", [
+    (RAMY, True),  # the fold-AV run: every later step inside the band (1.5 noise units at the end), tau 0.81
+    ((1.947, 1.887, 1.885, 2.024, 1.897, 2.139, 1.916, 2.098, 2.000), False),  # near miss: the same values shuffled
+    # into a zigzag with no trend (tau 0.52)
+    ((1.947, 1.887, 1.885, 1.897, 1.916, 1.960, 1.950, 2.010, 1.995), False),  # near miss: the same zigzag climb
+    # to +5.8% only
+    ((1.947, 1.947, 1.947, 1.947, 1.887, 1.885, 1.916, 2.139, 2.098), False),  # near miss: minimum past half, 4 evals
+])
+def test_a_val_loss_that_turned_early_and_climbed_as_a_whole_is_overfit_by_its_rank_trend(tmp_path, vals, overfit):
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(2.1, 0.8, 3), val=lambda f: vals[round(f * 9) - 1],
+                               evals=9, steps=459, log_every=3, classes=None, n_val=None, lr=2e-4,
+                               adapter={"task_type": "CAUSAL_LM", "r": 16, "lora_alpha": 16}))
+    tau = d.features["val_loss_rise_trend"]
+    assert d.features["val_loss_rise_noise"] < 2 or not overfit  # the band alone does not settle the fold-AV run
+    assert (tau is not None and tau >= 0.7 and d.features["val_loss_rise"] >= 0.1
+            and d.features["val_loss_min_fraction"] <= 0.5) == overfit, tau
+    assert (d.verdict == "overfit-capacity") == overfit, [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+def test_kendall_tau_counts_concordant_minus_discordant_pairs():
+    from loratune.features import kendall_tau
+    assert kendall_tau([1, 2, 3, 4]) == 1.0 and kendall_tau([4, 3, 2, 1]) == -1.0
+    assert kendall_tau([1, 3, 2, 4]) == pytest.approx(4 / 6)  # 5 concordant, 1 discordant of 6
+    assert kendall_tau([1.885, 1.897, 1.916, 2.024, 2.000, 2.139, 2.098]) == pytest.approx(17 / 21)
+
+
+@pytest.mark.parametrize("fold, name, verdict", [
+    # MSDS-Capstone (AV): GPT-2 LoRA r=8 (peft_type LORA read from its LoraConfig) at 5e-3 linear to 0, both losses
+    # falling steadily to the end: a LoRA adapter at the top of its lr range has no smaller step to blame
+    ("public_av", "MSDS-Capstone-Project__LLM_FineTuning__LoRA_Tuning", "undertrained"),
+    # near miss: roxyrong (W), T5 soft prompt tuning at 0.3 (no LoRA adapter read): its high lr stays slow
+    ("public_w", "roxyrong__w266_project__t5_soft_prompt_tuning_lambdalabs", "lr-too-small"),
+])
+def test_a_lora_language_model_at_the_top_of_loras_lr_range_still_falling_is_not_too_small_a_step(fold, name, verdict):
+    from loratune.history_io import read_notebook
+    run = next(r for r in json.loads((EXTERNAL / fold / "manifest.json").read_text())["runs"] if r["name"] == name)
+    d = diagnose(read_notebook(EXTERNAL / fold / name / "notebook.ipynb", table=run["table_index"]))
+    assert d.features["peak_lr"] >= 1.5e-3 and d.features["val_loss_still_falling"] == 1
+    assert d.verdict == verdict, [(f.rule_id, f.suppressed_by) for f in d.findings]

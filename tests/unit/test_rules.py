@@ -44,7 +44,8 @@ FIRING = {
                              train_perplexity_final=3.0, val_loss_still_falling=1, gap_loss=0.5,
                              train_loss_fall_after_val_min=0.3, train_loss_drop=0.9, val_metric_logged=1,
                              val_metric_best=0.8, val_loss_logged=1, n_eval_points=10, val_loss_rise_held=0.3,
-                             val_loss_rise_steady=1, val_loss_late_drop=-0.1, val_loss_rise_held_noise=3.0,
+                             val_loss_rise_steady=1, val_loss_rise_trend=0.9, val_loss_late_drop=-0.1,
+                             val_loss_rise_held_noise=3.0,
                              still_improving=0, train_loss_untracked=0),
     "underfit-capacity": dict(val_loss_drop=0.2, train_loss_late_drop=0.02, val_loss_late_share=0.05,
                               train_eval_metric_final=0.4, train_loss_vs_chance=0.7, train_loss_final_over_start=0.7,
@@ -55,7 +56,8 @@ FIRING = {
     "lr-too-small": dict(val_loss_drop=0.05, first_eval_fraction=0.0, train_loss_runs_to_fit=5.0, train_loss_final_over_start=0.9,
                          val_loss_late_share=0.5, val_loss_rise_share=0.0, val_loss_late_drop=0.02,
                          val_loss_rise=0.0, peak_lr=1e-4, val_metric_best=0.3, val_metric_logged=1,
-                         n_eval_points=10, classifier=1, lora=0, train_loss_drop=0.1, val_loss_min_fraction=1.0,
+                         n_eval_points=10, classifier=1, lora=0, lora_adapter=0, train_loss_drop=0.1,
+                         val_loss_min_fraction=1.0,
                          train_loss_drop_since_chance=0.1,
                          generative=0, train_loss_drop_after_first_eval=0.1, val_loss_still_falling=1,
                          plan_done_fraction=1.0,
@@ -320,7 +322,8 @@ def test_a_language_models_slow_fall_at_loras_usual_lr_is_not_too_small_a_step()
     """lr-too-small's slow-fall route reads a step too small, so it holds off on a language model's LoRA adapter at an
     lr inside LoRA's usual range (lora_lr_floor .. high_lr_min): a pretrained model's loss falls slowly at a fair step
     (fold AI's usadiqgriffin: Llama-3 LoRA at 1e-4, val -3.9% over 4 evals, both reviews healthy). Below the range,
-    above it (prompt tuning's 0.3) or on a full fine-tune, the same curve still reads as too small a step."""
+    above it where no LoRA adapter was read (prompt tuning's 0.3) or on a full fine-tune, the same curve still reads as
+    too small a step; a LoRA adapter above the range (fold AV's MSDS-Capstone: GPT-2 LoRA at 5e-3) does not."""
     rule = rule_by_id("lr-too-small")
     th = default_thresholds()
     curve = dict(generative=1, classifier=0, n_eval_points=4, first_eval_fraction=0.25, plan_done_fraction=1.0,
@@ -336,7 +339,8 @@ def test_a_language_models_slow_fall_at_loras_usual_lr_is_not_too_small_a_step()
     assert not reads(lora=1, peak_lr=1e-4)
     assert not reads(lora=1, peak_lr=th["high_lr_min"] / 2)
     assert reads(lora=1, peak_lr=2e-5)  # below LoRA's range
-    assert reads(lora=1, peak_lr=0.3)  # prompt tuning's step, outside LoRA's range
+    assert reads(lora=1, lora_adapter=0, peak_lr=0.3)  # prompt tuning's step, outside LoRA's range
+    assert not reads(lora=1, lora_adapter=1, peak_lr=5e-3)  # a LoRA adapter at the top of its range: no smaller step
     assert reads(lora=0, peak_lr=1e-4)  # a full fine-tune at 1e-4: no LoRA range to be inside
 
 
