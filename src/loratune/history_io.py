@@ -1859,7 +1859,15 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
     if facts and "step" not in found:
         facts.pop("warmup_steps", None)  # counted in rows, not optimizer steps
     facts = {k: replace(f, source=f"{f.source.replace('log_history', 'CSV')} ({p.name})") for k, f in facts.items()}
-    meta = {"facts": {k: {"value": f.value, "source": f.source} for k, f in facts.items()}} if facts else {}
+    meta: dict[str, Any] = {}
+    if "step" in found:
+        # the class count from the first train loss, as the trainer_state and TensorBoard readers estimate it: an
+        # export of a run's log_history had no count, so no ln(classes) reference, and another verdict than the
+        # run's trainer_state.json. Only over optimizer steps: a row number is no step the estimate can place
+        _classes_from_first_loss([{"step": pt["step"], "loss": pt["train/loss"], "grad_norm": pt.get("train/grad_norm")}
+                                  for pt in points if _fin(pt.get("train/loss")) is not None], meta, facts)
+    if facts:
+        meta["facts"] = {k: {"value": f.value, "source": f.source} for k, f in facts.items()}
     if "step" not in found:
         meta["step_unit"] = "row"  # what the run's "steps" count, for whoever shows them (the diagnosis header)
     return RunHistory(name=p.stem, source="csv", points=tuple(points), meta=meta, config=_config_from_facts({}, facts),

@@ -295,3 +295,33 @@ def test_a_csv_with_epochs_and_no_step_keeps_its_first_train_loss_and_says_steps
     # a first row at epoch 0 was logged before any step: it stays at step 0
     (tmp_path / "z.csv").write_text("epoch,loss,eval_loss\n0,2.3,2.2\n0.5,1.5,1.6\n1.0,1.0,1.2\n")
     assert [p["step"] for p in load_run(tmp_path / "z.csv").points] == [0, 1, 2]
+
+
+def test_a_csv_export_of_log_history_gets_the_class_count_and_verdict_of_its_trainer_state(tmp_path):
+    # a 4-class run pinned at ln 4 under lr 0.02: its trainer_state.json reads lr-too-large from the class count its
+    # first train loss gives; the CSV of the same log_history read no count, so no ln(classes), and was inconclusive
+    import csv
+
+    from loratune.diagnose import diagnose
+
+    lh = []
+    for s in range(1, 61):
+        lh.append({"loss": 1.386 + 0.01 * math.sin(s), "grad_norm": 0.3, "learning_rate": 0.02 * (1 - (s - 1) / 60),
+                   "epoch": s / 25, "step": s})
+        if s % 10 == 0:
+            lh.append({"eval_loss": 1.39 - 0.001 * s / 10, "eval_accuracy": 0.25, "eval_f1": 0.1 if s < 60 else 0.21,
+                       "eval_runtime": 0.01, "eval_samples_per_second": 4000.0, "epoch": s / 25, "step": s})
+    lh.append({"train_runtime": 5.0, "train_loss": 1.386, "epoch": 2.4, "step": 60})
+    _state(tmp_path / "run", lh, max_steps=60, train_batch_size=8)
+    keys = sorted({k for e in lh for k in e})
+    with open(tmp_path / "run.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(lh)
+    state, exported = load_run(tmp_path / "run"), load_run(tmp_path / "run.csv")
+    assert exported.meta["n_classes"] == state.meta["n_classes"] == 4
+    assert exported.facts["n_classes"].value == 4 and "first train loss" in exported.facts["n_classes"].source
+    assert diagnose(exported).verdict == diagnose(state).verdict == "lr-too-large"
+    # rows with no step column count rows, not optimizer steps: no estimate placed on them
+    (tmp_path / "rows.csv").write_text("train_loss,val_loss,val_accuracy\n1.39,1.39,0.25\n1.38,1.39,0.25\n")
+    assert "n_classes" not in load_run(tmp_path / "rows.csv").meta
