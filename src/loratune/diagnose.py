@@ -783,7 +783,9 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
                                                 f"({rms:.4f})") + "; no seed runs"
         else:
             noise = None
-            acc.details["noise_source"] = "unknown: no seed runs, no val size and too few eval points"
+            # only runs with a config are measured: with none, naming a missing val size would blame the wrong thing
+            acc.details["noise_source"] = ("unknown: no seed runs, no val size and too few eval points" if flat
+                                           else "unknown: no run has a config to compare")
     acc.details["measure"] = measure
     acc.set("noise", noise, "no seed runs and no val size: noise unknown")
 

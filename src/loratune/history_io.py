@@ -36,7 +36,8 @@ class RunHistory:
     """One run's eval points and what we know about it."""
 
     name: str
-    source: str  # "loratune" | "hf-trainer" | "trl" | "tensorboard" | "notebook" | "csv" | "memory"
+    # "loratune" | "hf-trainer" | "hf-trainer callback" | "trl" | "tensorboard" | "notebook" | "csv" | "memory"
+    source: str
     points: tuple[dict, ...]
     meta: Mapping[str, Any] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
@@ -56,6 +57,8 @@ NOTEBOOK_TABLE = re.compile(r"^(?P<file>.+\.ipynb)#(?P<table>-?\d+)$", re.IGNORE
 
 
 CALLBACK_RECORD_DIR = "loratune"  # where LoratuneCallback writes its record inside a Trainer's output_dir
+# run.json `source` of LoratuneCallback's record, and the source its RunHistory reads as (a Trainer run, recorded live)
+CALLBACK_RECORD_SOURCE = "hf-trainer callback"
 
 
 def folder_name(p: str | Path) -> str:
@@ -189,6 +192,7 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
             notes.append("run.json is not valid JSON; labels, label counts and status are unknown")
     else:
         notes.append("no run.json: labels, label counts and status are unknown")
+    callback = is_callback_record(meta)
     config: dict = {}
     if (d / "config.yaml").is_file():
         import yaml
@@ -197,9 +201,16 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
             config = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
         except yaml.YAMLError:
             notes.append("config.yaml is not valid YAML; runs cannot be compared by config")
+    elif callback and isinstance(meta.get("config"), dict):
+        # LoratuneCallback writes no config.yaml: the knobs it read from the live Trainer and model are in run.json
+        # (read as a trainer_state.json's are), so its runs join a knob comparison
+        config = meta["config"]
     else:
         notes.append("no config.yaml: this run cannot be compared with others by config")
     facts: dict[str, Fact] = {}
+    if callback and isinstance(meta.get("facts"), dict):  # what the callback read, each with its source
+        facts.update({k: Fact(f["value"], str(f.get("source", "run.json"))) for k, f in meta["facts"].items()
+                      if isinstance(f, dict) and "value" in f})
     ad = d / "adapter" / "adapter_config.json"
     if ad.is_file():  # the peft names the semantic groups resolved to: what a Trainer run's adapter_config says
         try:
@@ -209,9 +220,17 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
                                                "adapter/adapter_config.json")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):  # not JSON, or not an object
             pass
-    return RunHistory(name=folder_name(d), source="loratune", points=tuple(points), meta=meta,
-                      config=config if isinstance(config, dict) else {}, notes=tuple(notes), path=str(d),
+    # a callback record is a Trainer run: named after its output_dir (every record's own folder is `loratune`), and
+    # not a `loratune train` run (no step-0 eval, no saved_model bookkeeping: show and the report key on the source)
+    name = folder_name(d.parent) if callback and folder_name(d) == CALLBACK_RECORD_DIR else folder_name(d)
+    return RunHistory(name=name, source=CALLBACK_RECORD_SOURCE if callback else "loratune", points=tuple(points),
+                      meta=meta, config=config if isinstance(config, dict) else {}, notes=tuple(notes), path=str(d),
                       facts=facts)
+
+
+def is_callback_record(meta: Mapping[str, Any]) -> bool:
+    """Whether a run.json is LoratuneCallback's record of a Trainer run (not a `loratune train` run's)."""
+    return str(meta.get("source") or "").startswith(CALLBACK_RECORD_SOURCE)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -727,3 +727,61 @@ def test_a_trainer_runs_summed_losses_are_read_as_means_when_its_model_card_name
     assert h.points[0]["train/loss"] < 1.2 * math.log(4) and h.meta["train_loss_scale"]["factor"] == 1 / 3
     assert any("gradient_accumulation_steps: 3" in n for n in h.notes) and h.facts["n_classes"].value == 4
     assert diagnose(h).verdict != "diverged"
+
+
+# ---- the callback's record read back ------------------------------------------------------------------
+
+def test_callback_records_keep_their_config_facts_and_name_and_compare_by_knob(tmp_path):
+    # the callback writes its knobs and facts into run.json (no config.yaml, no adapter/): read as a config
+    # they join a learning_rate comparison with binomial noise; read as a `loratune train` run they had none, were
+    # all named `loratune`, and the noise line blamed a val size every point logs
+    from loratune.integrations import LoratuneCallback
+
+    outs = []
+    for lr in (1e-3, 5e-3, 2e-2):
+        out, _ = _bert_trainer(tmp_path / f"lr{lr}", lr=lr, steps=10, save=False,
+                               callbacks=[LoratuneCallback(printer=lambda *_: None)])
+        outs.append(out)
+    run = load_run(outs[1])
+    assert run.name == "out" and run.source == "hf-trainer callback"
+    assert run.config["train"]["learning_rate"] == 5e-3 and run.config["adapter"]["r"] == 4
+    assert run.facts["r"].value == 4 and run.facts["val_n"].value == 20
+    assert load_run(outs[1] / "loratune").name == "out"  # the record folder given itself
+    assert diagnose(outs[1]).facts["lora_alpha"]["value"] == 8
+    c = compare(outs)
+    assert not any("left out" in n for n in c.notes)
+    (g,) = [g for g in c.groups if g.knob == "learning_rate"]
+    assert [r[1] for r in g.runs] == [1e-3, 5e-3, 2e-2]
+    assert c.features.details["noise_source"].startswith("binomial standard error from val size")
+
+
+def test_a_callback_record_reports_its_status_method_and_facts_not_a_loratune_train_runs(tmp_path, capsys):
+    from loratune.cli import main
+    from loratune.integrations import LoratuneCallback
+    from loratune.report.model import build_outside_report
+    from loratune.report.render import run_summary
+    from loratune.store import RunLock
+
+    out, _ = _bert_trainer(tmp_path, lr=5e-3, steps=10, callbacks=[LoratuneCallback(printer=lambda *_: None)])
+    (out / "trainer_state.json").unlink(missing_ok=True)  # (the run folder as a save_strategy='no' run leaves it)
+    r = build_outside_report(out)
+    assert (r.status, r.method, r.source) == ("completed", "lora", "hf-trainer callback")
+    assert {p.key: p.value for p in r.params}["r"] == 4
+    assert "at its first eval" in run_summary(r) and "step 0" not in run_summary(r)
+    assert "recorded by LoratuneCallback" in r.notes[0]
+    assert main(["show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "completed" in shown and "lora" in shown and "no model saved" not in shown
+    # a record still training (its lock held) is running, not finished; once nothing holds the lock, died
+    rec = out / "loratune"
+    meta = json.loads((rec / "run.json").read_text())
+    (rec / "run.json").write_text(json.dumps({**meta, "status": "running", "steps_done": 5}))
+    lock = RunLock(rec)
+    lock.acquire()
+    try:
+        r = build_outside_report(out)
+        assert (r.status, r.steps_done) == ("running", 5)
+    finally:
+        lock.release()
+    assert build_outside_report(out).status == "died"
+

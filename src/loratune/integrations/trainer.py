@@ -41,8 +41,8 @@ from typing import Any, Callable, Iterable
 from transformers import TrainerCallback
 
 from loratune.diagnose import Diagnosis, diagnose
-from loratune.history_io import (CALLBACK_RECORD_DIR, history_from_trainer_state, nan_filtered_loss,
-                                 scaled_train_losses)
+from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, history_from_trainer_state,
+                                 nan_filtered_loss, scaled_train_losses)
 from loratune.features import LORA_PEFT_TYPES
 from loratune.errors import UserError
 from loratune.rules import THRESHOLDS, resolve_thresholds
@@ -295,7 +295,7 @@ class LoratuneCallback(TrainerCallback):
                 cut = self.stopped_by and (state.global_step or 0) < (state.max_steps or 0)  # a stop at the last step
                 status = "diverged" if self.stopped_by == "diverged" else "stopped" if cut else "completed"
             record = {
-                **{k: v for k, v in meta.items() if k != "partial"}, "status": status, "source": "hf-trainer callback",
+                **{k: v for k, v in meta.items() if k != "partial"}, "status": status, "source": CALLBACK_RECORD_SOURCE,
                 "stopped_by": self.stopped_by, "verdict": d.verdict, "config": run.config,
                 **({"method": "lora"} if str((_peft_config(model) or {}).get("peft_type")).upper() in LORA_PEFT_TYPES
                    else {}),

@@ -843,7 +843,7 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
     trainer_state.json, a TensorBoard log, a Jupyter notebook with the Trainer's progress table, or a CSV. It holds
     what such a run has: the curves, the diagnosis with its evidence, and what was read from the run's files (each
     fact with its source); no per-class numbers, confusion or example texts (the run logged none)."""
-    from loratune.history_io import folder_name, load_run
+    from loratune.history_io import folder_name, is_callback_record, load_run
 
     p = Path(path)
     h = load_run(p)  # UserError (exit 2) names what it expected
@@ -856,7 +856,11 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
     facts = h.facts
     fact = (lambda k: facts[k].value if k in facts else None)  # noqa: E731
     adapter = h.config.get("adapter") or {}
-    status = "partial" if h.meta.get("partial") else "finished"
+    callback = is_callback_record(h.meta)
+    # LoratuneCallback's record says its status (running while its Trainer trains, interrupted, stopped, died: with
+    # liveness applied); a Trainer's own files never do, so theirs is read from how far they got
+    status = (str(h.meta["status"]) if callback and h.meta.get("status")
+              else "partial" if h.meta.get("partial") else "finished")
     no_classes = OUTSIDE_NO_CLASSES.format(source=h.source)
     empty_classes = ClassTable(None, (), False, None, None, None, None, None, missing=no_classes)
     empty_conf = dict(step=None, n_classes=0, total=0, errors=0, focus=(), focus_matrix=(), focus_support=(),
@@ -869,7 +873,7 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
         name=folder_name(p) if p.is_dir() else f"{folder_name(p.parent)}/{p.name}", path=str(p), status=status,
         reason=None,
         task=str(h.meta.get("task") or fact("task") or "single_label"),
-        method="lora" if adapter else "unknown",
+        method=str(h.meta.get("method") or ("lora" if adapter else "unknown")),
         model_name=str(fact("base_model_name_or_path") or fact("model_type") or "?"), dataset="?",
         n_classes=_int(h.meta.get("n_classes")), n_val=_int(points[-1].get("val/n")) if points else None,
         metric=metric, best=_summary_point(_point_at(points, best_step), metric) if points else {},
@@ -883,7 +887,9 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
         classes=empty_classes, confusion=ConfusionView(**empty_conf, missing=no_classes), pairs=(),
         examples_note=f"{h.source} runs keep no predictions to draw example texts from",
         params=tuple(params), config_yaml=yaml.safe_dump(dict(h.config), sort_keys=False) if h.config else "",
-        notes=(f"a {h.source} run, not made by loratune: read from {p}",) + tuple(notes), source=h.source)
+        notes=((f"a Trainer run recorded by LoratuneCallback, not trained by `loratune train`: read from {p}"
+                if callback else f"a {h.source} run, not made by loratune: read from {p}"),) + tuple(notes),
+        source=h.source)
 
 
 def with_examples(report: RunReport, examples: Mapping[tuple[str, str], Sequence[str]] | None,
