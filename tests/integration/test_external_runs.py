@@ -785,3 +785,73 @@ def test_a_callback_record_reports_its_status_method_and_facts_not_a_loratune_tr
         lock.release()
     assert build_outside_report(out).status == "died"
 
+
+def _ctrl_c_at(step: int):
+    from transformers import TrainerCallback
+
+    class CtrlC(TrainerCallback):  # stands in for a Ctrl-C pressed in a notebook
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == step:
+                raise KeyboardInterrupt
+
+    return CtrlC()
+
+
+def test_a_ctrl_c_inside_train_marks_the_record_interrupted_and_frees_its_lock(tmp_path, monkeypatch):
+    import time
+
+    import loratune.integrations.trainer as cbmod
+    from loratune.integrations import LoratuneCallback
+    from loratune.store import liveness
+
+    monkeypatch.setattr(cbmod, "WATCH_S", 0.05, raising=False)
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):  # the Trainer never calls on_train_end: train() raised
+        _bert_trainer(tmp_path, lr=5e-3, steps=20, save=False,
+                      callbacks=[LoratuneCallback(printer=said.append), _ctrl_c_at(12)])
+    rec = tmp_path / "out" / "loratune"
+    for _ in range(100):  # the watch thread sees the training loop gone from the training thread's stack
+        meta = json.loads((rec / "run.json").read_text())
+        if meta["status"] != "running":
+            break
+        time.sleep(0.05)
+    assert (meta["status"], meta["steps_done"]) == ("interrupted", 12) and "step 12" in meta["reason"]
+    assert not (rec / "run.lock").exists() and liveness(rec)[0] == "dead"
+    # the kernel lives on and trains again into the same folder: no warning of "another process" (its own pid)
+    _bert_trainer(tmp_path, lr=5e-3, steps=10, save=False, callbacks=[LoratuneCallback(printer=said.append)])
+    assert not any("warning" in m for m in said), said
+    assert json.loads((rec / "run.json").read_text())["status"] == "completed"
+
+
+def test_a_run_abandoned_before_its_watch_fired_is_ended_by_the_next_run_or_the_exit(tmp_path, monkeypatch):
+    import loratune.integrations.trainer as cbmod
+    from loratune.integrations import LoratuneCallback
+
+    monkeypatch.setattr(cbmod, "WATCH_S", 3600.0, raising=False)  # the watch never fires here: the next run takes over
+    said: list[str] = []
+    first = LoratuneCallback(printer=said.append)
+    with pytest.raises(KeyboardInterrupt):
+        _bert_trainer(tmp_path, lr=5e-3, steps=20, save=False, callbacks=[first, _ctrl_c_at(12)])
+    rec = tmp_path / "out" / "loratune"
+    assert json.loads((rec / "run.json").read_text())["status"] == "running"
+    cbmod._end_abandoned_runs()  # what the interpreter's exit runs
+    meta = json.loads((rec / "run.json").read_text())
+    assert (meta["status"], meta["steps_done"]) == ("interrupted", 12)
+    with pytest.raises(KeyboardInterrupt):
+        _bert_trainer(tmp_path, lr=5e-3, steps=20, save=False, callbacks=[LoratuneCallback(printer=said.append),
+                                                                         _ctrl_c_at(12)])
+    second = LoratuneCallback(printer=said.append)
+    _bert_trainer(tmp_path, lr=5e-3, steps=10, save=False, callbacks=[second])
+    assert not any("warning" in m for m in said), said
+    assert json.loads((rec / "run.json").read_text())["status"] == "completed" and second._lock is None
+
+
+def test_two_callbacks_in_one_trainer_share_the_run_without_a_false_warning(tmp_path):
+    from loratune.integrations import LoratuneCallback
+
+    said: list[str] = []
+    a, b = LoratuneCallback(printer=said.append), LoratuneCallback(printer=said.append)
+    out, _ = _bert_trainer(tmp_path, lr=5e-3, steps=10, save=False, callbacks=[a, b])
+    assert not any("warning" in m for m in said), said
+    assert json.loads((out / "loratune" / "run.json").read_text())["status"] == "completed"
+    assert not (out / "loratune" / "run.lock").exists() and a._lock is None and b._lock is None

@@ -31,10 +31,14 @@ While training it holds `<output_dir>/loratune/run.lock`, so readers see a live 
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import sys
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -52,6 +56,17 @@ STOP_REASONS = ("diverged", "collapse")  # what the callback may stop on by defa
 QUIET_MIDRUN = ("healthy", "undertrained")  # findings that describe any run still learning: never printed
 RECORD_DIR = CALLBACK_RECORD_DIR  # the record's folder inside the Trainer's output_dir (where the readers look)
 COLLAPSE_HOLD = 0.2  # share of the planned steps a collapse must hold before the callback prints it or stops
+# The callbacks of this process holding a record's lock, by record folder. A train() that raises (a Ctrl-C in a
+# notebook) never calls on_train_end: the next run into the same folder in this process, or the interpreter's exit,
+# is when the callback learns its run ended, and marks it interrupted (its lock held for the kernel's life, the next
+# run warned of "another process": its own pid). Two callbacks in one Trainer share one run and one lock. Held
+# strongly: the lock's heartbeat thread keeps the lock alive after the user's Trainer and callback are gone.
+_HOLDERS: dict[str, "LoratuneCallback"] = {}
+# The Trainer's training loop: while the thread that began training has it on its stack, the run goes on. A watch
+# thread looks every WATCH_S seconds; once it is gone without on_train_end (train() raised: a Ctrl-C in a notebook
+# whose kernel lives on), the run is marked interrupted and its lock released, not left `running` for the kernel's life.
+TRAINING_LOOP = "_inner_training_loop"
+WATCH_S = 2.0
 
 
 class LoratuneCallback(TrainerCallback):
@@ -127,6 +142,11 @@ class LoratuneCallback(TrainerCallback):
         self._warned: set[str] = set()  # what failed in the callback's own bookkeeping, said once each
         self._release_lock()
         self._lock = None  # the record's run.lock, held while training: `running` reads alive (store.liveness)
+        self._lock_key: str | None = None  # its folder, as _HOLDERS keys it
+        self._sharing = False  # another callback of the same train() holds the lock: this one writes beside it
+        self._state_ref = None  # (weakref to) this run's TrainerState: the Trainer makes one per train() call
+        self._step = 0  # the last step trained: where an interrupted run stopped (its last evaluation may be earlier)
+        self._record: tuple[Path, dict] | None = None  # the record last written: (folder, run.json)
 
     # -- Trainer events -------------------------------------------------------------------------
 
@@ -148,8 +168,15 @@ class LoratuneCallback(TrainerCallback):
         return control
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if self.training and not self.finished:  # this callback's last train() raised: that run is over
+            self._abandon("its train() ended without finishing (an exception or Ctrl-C); the callback trains again")
         self._new_run()  # (a second trainer.train() in the same process trains again)
         self.training = True
+        try:
+            self._state_ref = weakref.ref(state)
+        except TypeError:  # a state object that takes no weak reference: held as it is
+            self._state_ref = (lambda s=state: s)
+        self._watch_loop()
         accum = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
         if accum > 1 and _sums_micro_batch_losses(kwargs.get("model")):
             self.loss_scale = 1.0 / accum
@@ -183,6 +210,10 @@ class LoratuneCallback(TrainerCallback):
             self._deferred = step  # the first evaluation of named sets: more may follow at this step
             return control
         return self._act(control, step, d, state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._step = state.global_step
+        return control
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self._deferred is not None:  # the first evaluation of named sets has ended: every set is in
@@ -261,20 +292,81 @@ class LoratuneCallback(TrainerCallback):
         lock = getattr(self, "_lock", None)
         if lock is not None:
             lock.release()
+            if _HOLDERS.get(self._lock_key) is self:
+                del _HOLDERS[self._lock_key]
         self._lock = None
+        self._sharing = False
+
+    def _watch_loop(self) -> None:
+        """Watch, from a daemon thread, that the thread now training stays inside the Trainer's training loop."""
+        frame, code = sys._getframe(), None
+        while frame is not None and code is None:
+            code = frame.f_code if frame.f_code.co_name == TRAINING_LOOP else None
+            frame = frame.f_back
+        if code is None:  # a trainer without that loop: the next run or the process's exit ends an abandoned run
+            return
+        tid, run = threading.get_ident(), self._state_ref
+
+        def in_loop() -> bool:
+            f = sys._current_frames().get(tid)
+            while f is not None and f.f_code is not code:
+                f = f.f_back
+            return f is not None
+
+        def watch() -> None:
+            while self._state_ref is run and not self.finished:
+                time.sleep(WATCH_S)
+                if self._state_ref is run and not self.finished and not in_loop():
+                    self._abandon("its train() ended without finishing (an exception or Ctrl-C)")
+                    return  # (a run that never evaluated has no record nor lock: nothing more to watch)
+
+        threading.Thread(target=watch, name="loratune-watch", daemon=True).start()
+
+    def _abandon(self, why: str) -> None:
+        """This run's train() ended without on_train_end (it raised): mark its record interrupted at the last step
+        trained, and release its lock."""
+        with _ABANDON:  # the watch thread, a new run and the exit hook may all try
+            if self.finished or self._lock is None:
+                return
+            self.finished, self.training = True, False
+            self._mark_interrupted(why)
+
+    def _mark_interrupted(self, why: str) -> None:
+        """Rewrite the last record as `interrupted` at the last step trained, then release the lock."""
+        try:
+            if self._record is not None:
+                folder, record = self._record
+                steps = max(int(record.get("steps_done") or 0), int(self._step or 0))
+                _write_record(folder, self.points, {**record, "status": "interrupted", "steps_done": steps,
+                                                    "reason": f"training stopped at step {steps}: {why}"})
+        except OSError:
+            pass  # the record stays `running`; its lock, released below, lets readers call it died
+        finally:
+            self._release_lock()
 
     def _hold_lock(self, folder: Path) -> None:
         """Hold `<record>/run.lock` while training, as `loratune train` holds its run's: a record that says
         `running` with no lock read as a process that died (diagnose: 'partial run (status died)')."""
-        if self._lock is not None:
+        if self._lock is not None or self._sharing:
             return
+        key = os.path.realpath(folder)
+        other = _HOLDERS.get(key)
+        if other is not None and other is not self:
+            mine = self._state_ref() if self._state_ref else None
+            if mine is not None and other._state_ref is not None and other._state_ref() is mine:
+                self._sharing = True  # two callbacks in one Trainer: one run, one record, one lock (the first's)
+                return
+            # a run of this process that never reached on_train_end (train() raised): it is over, this one begins
+            other._abandon(f"its train() ended without finishing (an exception or Ctrl-C); a new training run in "
+                           f"this process (pid {os.getpid()}) began into {folder}")
         lock = RunLock(folder)
         try:
             lock.acquire()
         except UserError as exc:  # another process trains into this output_dir: its record, its lock
             self._warn("lock", f"{exc.problem}; the record at {folder} may mix both runs")
             return
-        self._lock = lock
+        self._lock, self._lock_key = lock, key
+        _HOLDERS[key] = self
 
     def _diagnose(self, args, state, model, final: bool = False) -> Diagnosis:
         out = Path(args.output_dir)
@@ -311,6 +403,7 @@ class LoratuneCallback(TrainerCallback):
                 if not final:
                     self._hold_lock(folder)
                 _write_record(folder, run.points, record)
+                self._record = (folder, record)
             except OSError as exc:  # a full or read-only disk: the user's training matters more than our record
                 self._warn("record", f"could not write the run record in {out / RECORD_DIR} "
                                      f"({exc.strerror or exc}); training goes on, the record is behind")
@@ -320,6 +413,16 @@ class LoratuneCallback(TrainerCallback):
 # heads whose loss is a plain mean over the batch, whatever `num_items_in_batch` says (a causal LM's loss function
 # divides by it: its logged loss is a mean already)
 MEAN_LOSS_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice", "ForQuestionAnswering")
+
+
+_ABANDON = threading.Lock()
+
+
+@atexit.register
+def _end_abandoned_runs() -> None:
+    """At the interpreter's exit, the runs whose train() raised and that no later run took over: interrupted."""
+    for cb in list(_HOLDERS.values()):
+        cb._abandon("its train() ended without finishing (an exception or Ctrl-C) and the Python process exited")
 
 
 def _named_eval_set(metrics) -> bool:
