@@ -44,7 +44,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +63,7 @@ from loratune.objectives import (PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, lm_metr
                                  prompt_key)
 from loratune.models import load_causal_lm, load_tokenizer, resolve_model
 from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn,
-                               check_end_token, encode_prompts, encode_sft, prompt_prefix)
+                               check_end_token, encode_prompts, encode_sft, prompt_prefix, stop_token_ids)
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
@@ -211,8 +211,9 @@ def evaluate_lm(prefix: str, model, enc: SFTEncoded, pad_id: int, device, autoca
 
 @torch.no_grad()  # (as evaluate_lm)
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device,
-             autocast: bool = False) -> list[str]:
-    """Greedy continuations of token-id prompts (left-padded batches, stopped at EOS), decoded without
+             autocast: bool = False, stop_ids: Sequence[int] = ()) -> list[str]:
+    """Greedy continuations of token-id prompts (left-padded batches, stopped at EOS and at `stop_ids`: the run's
+    sft_data.stop_token_ids, its template's end-of-turn mark), decoded without
     special tokens, in the prompts' order; under bf16 autocast when `autocast` (as the run scores its loss, so
     `loratune evaluate` generates what the run's evaluation points generated). A model sharded by FSDP
     (`FullyShard`): every rank calls this with the same prompts, and each keeps taking forward passes until all
@@ -222,8 +223,8 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
 
     was_training = model.training
     model.eval()
-    eos = {tokenizer.eos_token_id} | set(_as_list(getattr(getattr(model, "generation_config", None),
-                                                          "eos_token_id", None)))
+    eos = {tokenizer.eos_token_id} | set(stop_ids) | set(_as_list(getattr(getattr(model, "generation_config", None),
+                                                                          "eos_token_id", None)))
     eos.discard(None)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos) or None)
@@ -718,7 +719,8 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
             return _keep(point, None)
         if prompt_items:  # protocol 9: read the outputs, as numbers per group and as text
             with timed(timing, "generate"):
-                outputs = generate(model, tokenizer, prompt_ids, cfg.train.max_new_tokens, device, autocast)
+                outputs = generate(model, tokenizer, prompt_ids, cfg.train.max_new_tokens, device, autocast,
+                                   stop_token_ids(tokenizer, renderer))
             point.update(score_prompt_set(prompt_items, outputs))
             store.append_generations([{"step": step, "group": it.group, "prompt": it.prompt,
                                        "reference": it.reference, "output": out}
@@ -726,7 +728,8 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         cm = None
         if labels:  # the label each val text gets, scored like a classifier's; no known label = an error
             with timed(timing, "generate"):
-                outputs = generate(model, tokenizer, val_prompt_ids, label_new, device, autocast)
+                outputs = generate(model, tokenizer, val_prompt_ids, label_new, device, autocast,
+                                   stop_token_ids(tokenizer, renderer))
             pred = parse_labels(outputs, labels)
             scores, cm = prediction_scores("val", pred, y_val, labels)
             point.update(scores)

@@ -484,16 +484,31 @@ def end_marker(renderer: Renderer) -> str:
     return text[text.rfind(probe) + len(probe):].strip() if probe in text else ""
 
 
+def stop_token_ids(tokenizer, renderer: Renderer) -> list[int]:
+    """The token ids a generation stops at: the tokenizer's EOS, and the chat template's end-of-turn mark when it is
+    one token (the run learned to write it after each completion, so a generation that stops only at an EOS the
+    template never writes runs on past its answer)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    mark = end_marker(renderer)
+    if mark:
+        mark_ids = tokenizer.encode(mark, add_special_tokens=False)
+        if len(mark_ids) == 1 and mark_ids[0] not in ids:
+            ids.append(mark_ids[0])
+    return ids
+
+
 def check_end_token(tokenizer, renderer: Renderer, name: str) -> None:
     """A run must teach its completions to end, as TRL's SFTTrainer does by appending eos_token: with no EOS token
-    and no end-of-turn mark from the chat template, the model learns completions that never stop, so every
-    generation runs to max_new_tokens and no generated label parses (macro-F1 0 at every point). Refused before
-    anything is trained or recorded."""
-    if tokenizer.eos_token_id is not None or end_marker(renderer):
+    and no one-token end-of-turn mark from the chat template to stop at, the model learns completions that never
+    stop, so every generation runs to max_new_tokens and no generated label parses (macro-F1 0 at every point).
+    Refused before anything is trained or recorded."""
+    if stop_token_ids(tokenizer, renderer):
         return
-    raise UserError(f"the tokenizer of '{name}' has no eos_token and the '{renderer.mode}' template writes no "
-                    "end-of-turn mark, so the run would learn completions that never end (generations would run to "
-                    "max_new_tokens and generated labels would never parse)",
+    mark = end_marker(renderer)
+    raise UserError(f"the tokenizer of '{name}' has no eos_token and the '{renderer.mode}' template writes "
+                    + (f"an end-of-turn mark '{mark}' that is not one token, so a generation has nothing to stop at"
+                       if mark else "no end-of-turn mark, so the run would learn completions that never end")
+                    + " (generations would run to max_new_tokens and generated labels would never parse)",
                     "set eos_token in the tokenizer's tokenizer_config.json (a token the model's vocabulary has, "
                     "e.g. '</s>'), or use a tokenizer with a chat template that ends each turn with a mark")
 

@@ -9,7 +9,7 @@ import torch
 from loratune.config import DataConfig
 from loratune.errors import UserError
 from loratune.sft import token_stats
-from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, Turn, check_end_token, encode_prompts,
+from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, Turn, check_end_token, encode_prompts, stop_token_ids,
                                encode_sft, end_marker, fit, load_sft_dataset, parse_sft_rows, special_prefix)
 
 from sft_support import make_sft_rows, make_tokenizer
@@ -69,6 +69,48 @@ def test_completions_that_would_never_end_are_refused_but_a_chat_end_of_turn_mar
     with pytest.raises(UserError, match="'plain' template writes no end-of-turn mark"):
         check_end_token(chat, Renderer.for_tokenizer(chat, "plain"), "lm")
     check_end_token(make_tokenizer(chat_template=False), Renderer.for_tokenizer(plain, "plain"), "lm")  # EOS: fine
+
+
+def test_a_generation_stops_at_the_templates_end_of_turn_mark_when_the_tokenizer_has_no_eos():
+    """A chat template whose turns end with '<|end|>' and a tokenizer with no eos_token passed the end-token check, but
+    generation stopped only at EOS: half the generated labels ran on past their label ('card_lost card_lost'). The
+    mark is a stop token wherever it is one token; a mark of several tokens with no EOS is refused."""
+    chat = make_tokenizer(chat_template=True)
+    end = chat.convert_tokens_to_ids("<|end|>")
+    chat.eos_token = "</s>"
+    assert stop_token_ids(chat, Renderer.for_tokenizer(chat, "auto")) == [chat.eos_token_id, end]
+    assert stop_token_ids(chat, Renderer.for_tokenizer(chat, "plain")) == [chat.eos_token_id]
+    chat.eos_token = None
+    assert stop_token_ids(chat, Renderer.for_tokenizer(chat, "auto")) == [end]
+    r = Renderer.for_tokenizer(chat, "auto")
+    r_multi = type(r)(**{**r.__dict__}) if hasattr(r, "__dict__") else r
+    import loratune.sft_data as sd
+    real = sd.end_marker
+    try:  # a mark that is several tokens: nothing to stop at, refused
+        sd.end_marker = lambda renderer: "END OF TURN"
+        assert stop_token_ids(chat, r_multi) == []
+        with pytest.raises(UserError, match="end-of-turn mark 'END OF TURN' that is not one token"):
+            check_end_token(chat, r_multi, "lm")
+    finally:
+        sd.end_marker = real
+
+
+def test_generate_stops_at_the_stop_ids_it_is_given():
+    from sft_support import save_tiny_llama_lm
+    import tempfile
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loratune.sft import generate
+    folder = save_tiny_llama_lm(Path(tempfile.mkdtemp()) / "lm", chat_template=True)
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
+    prompt = [tok("hello there", add_special_tokens=False)["input_ids"]]
+    free = generate(model, tok, prompt, 6, torch.device("cpu"))[0]
+    every = list(range(len(tok)))  # whatever it writes first is a stop token: it stops after that one token
+    stopped = generate(model, tok, prompt, 6, torch.device("cpu"), stop_ids=every)[0]
+    assert len(tok(free, add_special_tokens=False)["input_ids"]) > 1
+    assert len(tok(stopped, add_special_tokens=False)["input_ids"]) == 1 and free.startswith(stopped)
 
 
 def test_chat_template_choice_overrides_the_tokenizer_and_none_joins_as_written():
