@@ -1879,7 +1879,13 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
         facts.pop("warmup_steps", None)  # counted in rows, not optimizer steps
     facts = {k: replace(f, source=f"{f.source.replace('log_history', 'CSV')} ({p.name})") for k, f in facts.items()}
     meta: dict[str, Any] = {}
-    if "step" in found:
+    # TRL's keys among the columns (mean_token_accuracy, eval_entropy, ...): a language model's run, as the
+    # trainer_state reader reads them: task causal-lm, no class count
+    trl = [h for h in header if h.strip().rsplit("/", 1)[-1].removeprefix("eval_").removeprefix("train_") in _TRL_KEYS]
+    if trl:
+        meta["task"] = "causal-lm"
+        facts["task"] = Fact("causal-lm", f"TRL keys among the CSV's columns ({', '.join(trl[:3])})")
+    if "step" in found and not trl:
         # the class count from the first train loss, as the trainer_state and TensorBoard readers estimate it: an
         # export of a run's log_history had no count, so no ln(classes) reference, and another verdict than the
         # run's trainer_state.json. Only over optimizer steps: a row number is no step the estimate can place

@@ -325,3 +325,12 @@ def test_a_csv_export_of_log_history_gets_the_class_count_and_verdict_of_its_tra
     # rows with no step column count rows, not optimizer steps: no estimate placed on them
     (tmp_path / "rows.csv").write_text("train_loss,val_loss,val_accuracy\n1.39,1.39,0.25\n1.38,1.39,0.25\n")
     assert "n_classes" not in load_run(tmp_path / "rows.csv").meta
+    # an export of a TRL run (its mean_token_accuracy / entropy columns) is a language model's, as its trainer_state
+    # reads it: task causal-lm, no class count from a first loss of ln 9 (a fresh head it never had)
+    rows = "".join(f"{st},{2.2 - 0.001 * st},{2.15 - 0.0008 * st if st % 20 == 0 else ''},{0.5 + 0.001 * st},2e-4\n"
+                   for st in range(1, 201))
+    (tmp_path / "sft.csv").write_text("step,loss,eval_loss,mean_token_accuracy,learning_rate\n" + rows)
+    sft = load_run(tmp_path / "sft.csv")
+    assert sft.meta["task"] == "causal-lm" and "n_classes" not in sft.meta and "n_classes" not in sft.facts
+    assert "mean_token_accuracy" in sft.facts["task"].source
+    assert diagnose(sft).features["generative"] == 1
