@@ -205,7 +205,7 @@ _CATALOGUE = (
     _spec("val loss", "val_loss_rise_steady", "flag", "the val loss rose at every eval after its minimum: {}",
           "1 when each of the (at least `HELD_POINTS_MIN`) evals after V's minimum is above the one before it: on a "
           "short curve, a rise that grows at each later eval is a trend, not one noisy point."),
-    _spec("val loss", "val_loss_rise_trend", "ratio", "from its minimum on, the val loss's rank trend (Kendall tau) is {}",
+    _spec("val loss", "val_loss_rise_trend", "points", "from its minimum on, the val loss's rank trend (Kendall tau) is {}",
           "Kendall's tau between eval order and V over the evals from V's minimum to the end (at least "
           "`TREND_POINTS_MIN` of them): 1 when each later eval is above every earlier one, ~0 for a flat noisy tail. "
           "A trend test beside the noise band (protocol 5b): a zigzag tail whose every step is inside the band can "

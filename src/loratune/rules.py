@@ -285,7 +285,7 @@ _THRESHOLDS = (
     _t("single_fit_min", 0.85, "points", "Single-intent val exact match at or above this: single intents are learned."),
     _t("slices_low_max", 0.60, "points", "Familiar and novel val macro-F1 both below this: both low."),
     _t("plateau_late_drop_max", 0.1, "fraction", "Train loss falling less than this over the last half: plateaued."),
-    _t("rise_trend_min", 0.7, "ratio", "A val loss's rank trend (Kendall tau, at least 6 evals from its minimum on) at "
+    _t("rise_trend_min", 0.7, "points", "A val loss's rank trend (Kendall tau, at least 6 evals from its minimum on) at "
        "least this: it climbed as a whole (a flat noisy tail reaches 0.73 by chance under 3% of the time)."),
     _t("plateau_late_share_max", 0.25, "fraction", "Less than this share of the val loss's fall in the last half: "
        "the fall happened early and flattened."),
