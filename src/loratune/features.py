@@ -408,13 +408,13 @@ _CATALOGUE = (
     _spec("per class", "val_recall_collapsed_share", "fraction", "{} of classes lost half their best recall",
           "Share of classes whose recall reached >= 0.5 during the run but ends at <= half that best."),
     _spec("per class", "tail_head_count_ratio", "ratio", "head classes have {} the training rows of tail classes",
-          "Median train count of the top-quartile classes / median of the bottom-quartile classes "
-          "(run.json label_counts.train); ~1 for balanced data."),
+          "Median train count of the head classes / median of the tail classes (run.json label_counts.train); "
+          "tail: under LONG_TAIL_COUNT (20) training rows (protocol 2), head: the rest. Missing with no tail."),
     _spec("per class", "tail_recall", "points", "tail classes' mean val recall is {}",
-          "Mean val recall of the classes in the bottom quartile of training counts (needs run.json "
+          "Mean val recall of the classes with under LONG_TAIL_COUNT (20) training rows (needs run.json "
           "label_counts)."),
     _spec("per class", "head_recall", "points", "head classes' mean val recall is {}",
-          "Mean val recall of the classes in the top quartile of training counts."),
+          "Mean val recall of the classes with at least LONG_TAIL_COUNT (20) training rows."),
     _spec("per class", "tail_head_recall_gap", "points", "head classes out-recall tail classes by {}",
           "head_recall - tail_recall."),
     _spec("per class", "confused_top_count", "count", "the most confused pair has {} val errors",
@@ -1730,6 +1730,17 @@ def _pred_top_share(p: dict, labels, support: dict[str, float]) -> float | None:
     return min(1.0, est / n)
 
 
+# Protocol 2's long tail: "classes under e.g. 20 examples". The one definition of a tail class: assess's
+# long_tail_count defaults to it, and the diagnosis and the report mark tail classes by it. A bottom quartile by
+# count called classes of 100+ rows "tail" and advised "more tail data" for them.
+LONG_TAIL_COUNT = 20
+
+
+def tail_head_split(counts: Mapping[str, float], tail_count: float = LONG_TAIL_COUNT) -> tuple[list[str], list[str]]:
+    """(tail, head): the classes with fewer than `tail_count` training rows, and the rest."""
+    return [c for c, n in counts.items() if n < tail_count], [c for c, n in counts.items() if n >= tail_count]
+
+
 def _tail_head(acc: FeatureSet, meta, recall: dict[str, float]) -> None:
     names = ("tail_head_count_ratio", "tail_recall", "head_recall", "tail_head_recall_gap")
     counts = ((meta.get("label_counts") or {}).get("train") if isinstance(meta.get("label_counts"), dict)
@@ -1741,9 +1752,11 @@ def _tail_head(acc: FeatureSet, meta, recall: dict[str, float]) -> None:
     if len(have) < 4:
         acc.miss(names, "fewer than 4 classes with both train counts and val recall")
         return
-    q1, q3 = quantile(list(have.values()), 0.25), quantile(list(have.values()), 0.75)
-    tail = [c for c, n in have.items() if n <= q1]
-    head = [c for c, n in have.items() if n >= q3]
+    tail, head = tail_head_split(have)
+    if not tail or not head:
+        acc.miss(names, NOT_APPLICABLE + (f"no class has under {LONG_TAIL_COUNT} training rows (no long tail)"
+                                          if not tail else f"every class has under {LONG_TAIL_COUNT} training rows"))
+        return
     acc.set("tail_head_count_ratio", _median([have[c] for c in head]) / max(_median([have[c] for c in tail]), 1e-9))
     t = sum(recall[c] for c in tail) / len(tail)
     h = sum(recall[c] for c in head) / len(head)

@@ -169,6 +169,25 @@ def test_long_tail_collapse_fires_and_its_near_miss_does_not():
     assert "long-tail-collapse" not in {n.rule_id for n in d.not_evaluated}
 
 
+def test_long_tail_is_classes_under_long_tail_count_as_in_assess():
+    # classes of 100-400 rows: the weakest by count are no long tail (protocol 2: under e.g. 20 examples); a
+    # bottom quartile called g, h (110, 100 rows) tail and advised "more tail data"
+    recalls = {"a": .95, "b": .9, "c": .9, "d": .8, "e": .7, "f": .6, "g": .1, "h": .05}
+    counts = {"a": 400, "b": 400, "c": 300, "d": 240, "e": 180, "f": 120, "g": 110, "h": 100}
+    pts, meta = _class_history(recalls, counts, pairs_at=lambda f: [])
+    d = diagnose(pts, meta=meta)
+    assert not d.fired("long-tail-collapse", active_only=False)
+    assert "tail_classes" not in d.features.details
+    assert "long-tail-collapse" not in {n.rule_id for n in d.not_evaluated}
+    # the same definition as assess's long_tail_count: 19 rows is tail, 20 is not
+    from loratune.assess.records import AssessThresholds
+    from loratune.features import LONG_TAIL_COUNT
+    assert AssessThresholds().long_tail_count == LONG_TAIL_COUNT == 20
+    pts, meta = _class_history(recalls, dict(counts, g=19, h=20), pairs_at=lambda f: [])
+    d = diagnose(pts, meta=meta)
+    assert d.features.details["tail_classes"] == ["g"] and d.features["tail_recall"] == pytest.approx(0.1)
+
+
 def test_confusable_classes_fire_when_the_pair_persists_and_not_when_it_improves():
     recalls = {c: 0.7 for c in "abcd"}
     counts = {c: 50 for c in "abcd"}

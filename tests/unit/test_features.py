@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loratune.features import COMPARE_FEATURES, FEATURES, compute_features, format_value
+from loratune.features import COMPARE_FEATURES, FEATURES, NOT_APPLICABLE, compute_features, format_value
 
 import synth_runs as s
 
@@ -225,13 +225,18 @@ def test_tail_and_head_recall_need_label_counts_and_imbalance():
     pts = [_per_class_point(0, {c: 0.1 for c in recalls}, sup), _per_class_point(10, recalls, sup)]
     counts = dict(zip("abcdefgh", [100, 100, 80, 80, 40, 30, 5, 5]))
     f = compute_features(pts, {"labels": list(recalls), "label_counts": {"train": counts}})
-    assert f["tail_recall"] == pytest.approx(0.05)  # g, h (bottom quartile)
-    assert f["head_recall"] == pytest.approx(0.9)  # a, b
-    assert f["tail_head_recall_gap"] == pytest.approx(0.85)
+    assert f["tail_recall"] == pytest.approx(0.05)  # g, h: under LONG_TAIL_COUNT (20) rows
+    assert f["head_recall"] == pytest.approx(4.3 / 6)  # a..f: the rest
+    assert f["tail_head_recall_gap"] == pytest.approx(4.3 / 6 - 0.05)
     assert f["train_examples_per_class"] == pytest.approx(55.0)
-    assert f["tail_head_count_ratio"] == pytest.approx(20.0)
-    balanced = compute_features(pts, {"labels": list(recalls), "label_counts": {"train": {c: 20 for c in recalls}}})
-    assert balanced["tail_head_count_ratio"] == 1.0
+    assert f["tail_head_count_ratio"] == pytest.approx(16.0)  # median 80 / median 5
+    assert f.details["tail_classes"] == ["g", "h"]
+    # no class under 20 rows: no long tail, whatever the spread (not "missing, log it": it does not apply)
+    for counts in ({c: 20 for c in recalls}, dict(zip("abcdefgh", [400, 400, 300, 240, 180, 120, 110, 100]))):
+        even = compute_features(pts, {"labels": list(recalls), "label_counts": {"train": counts}})
+        assert even["tail_head_count_ratio"] is None and even["tail_recall"] is None
+        assert even.missing["tail_recall"].startswith(NOT_APPLICABLE) and "under 20 training rows" in \
+            even.missing["tail_recall"]
     none = compute_features(pts, {"labels": list(recalls)})
     assert "label_counts" in none.missing["tail_recall"]
 

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from loratune.features import LONG_TAIL_COUNT
+
 if typing.TYPE_CHECKING:  # pragma: no cover
     from loratune.difficulty import ProbeResult
     from loratune.model_info import ModelInfo
@@ -21,7 +23,7 @@ SCHEMA_VERSION = 1
 # thresholds: named numbers; every one appears in the evidence of the findings it drives
 @dataclass(frozen=True)
 class AssessThresholds:
-    long_tail_count: int = 20  # a class with fewer training rows than this is in the long tail
+    long_tail_count: int = LONG_TAIL_COUNT  # fewer training rows than this: long tail (protocol 2; the diagnosis's)
     imbalance_ratio: float = 10.0  # largest / smallest class count in train
     short_chars: int = 3  # a text with fewer non-space characters than this is "very short"
     near_duplicate_similarity: float = 0.9  # char 3-4-gram TF-IDF cosine for "near-identical"

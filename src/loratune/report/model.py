@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loratune.errors import UserError
+from loratune.features import tail_head_split
+from loratune.rules import THRESHOLDS
 
 # ---------------------------------------------------------------------------------------------
 # Records
@@ -112,8 +114,8 @@ class ClassRow:
 class ClassTable:
     step: float | None  # the eval point the numbers come from (the best step when it has them)
     rows: tuple[ClassRow, ...]  # sorted by val recall, worst first (classes without val rows last)
-    long_tail: bool  # head/tail median train-count ratio >= LONG_TAIL_RATIO
-    tail_max_count: float | None  # a class is "tail" at or below this train count (the 25% quantile)
+    long_tail: bool  # classes under LONG_TAIL_COUNT rows, head/tail median count ratio >= tail_count_ratio_min
+    tail_max_count: float | None  # the largest train count of a tail class (under features.LONG_TAIL_COUNT)
     head_min_count: float | None
     head_tail_ratio: float | None
     tail_recall: float | None  # mean val recall of tail classes
@@ -262,7 +264,6 @@ def to_plain(obj: Any) -> Any:
 # Small readers
 # ---------------------------------------------------------------------------------------------
 
-LONG_TAIL_RATIO = 2.0  # head/tail median train-count ratio from which the label distribution has a long tail
 FOCUS_K = 25  # classes in the focused confusion matrix
 TOP_PAIRS = 10
 
@@ -453,15 +454,14 @@ def build_classes(points: Sequence[dict], run: Mapping[str, Any], labels: Sequen
     counts_all = run.get("label_counts") if isinstance(run.get("label_counts"), dict) else {}
     train_counts = counts_all.get("train") if isinstance(counts_all.get("train"), dict) else {}
 
-    # long tail: the same quartile rule as the diagnosis (features._tail_head)
+    # long tail: the diagnosis's classes (features.tail_head_split: under LONG_TAIL_COUNT rows) and its ratio gate
     have = {lab: float(n) for lab, n in train_counts.items() if lab in labels and as_float(n) is not None}
+    tail_l, head_l = tail_head_split(have)
     long_tail, q1, q3, ratio = False, None, None, None
-    if len(have) >= 4:
-        q1, q3 = _quantile(list(have.values()), 0.25), _quantile(list(have.values()), 0.75)
-        tail_c = [n for n in have.values() if n <= q1]
-        head_c = [n for n in have.values() if n >= q3]
-        ratio = _median(head_c) / max(_median(tail_c), 1e-9)
-        long_tail = ratio >= LONG_TAIL_RATIO
+    if len(have) >= 4 and tail_l and head_l:
+        q1, q3 = max(have[c] for c in tail_l), min(have[c] for c in head_l)
+        ratio = _median([have[c] for c in head_l]) / max(_median([have[c] for c in tail_l]), 1e-9)
+        long_tail = ratio >= THRESHOLDS["tail_count_ratio_min"].value
 
     rows = []
     for lab in labels:
