@@ -192,6 +192,26 @@ def test_planted_details():
     assert a.facts["leak_train_val_rows"] == 3
 
 
+def test_near_leak_is_a_finding_naming_its_rows():
+    # counted as a fact but never reported: val rows that are train rows plus a word are near copies
+    train, val = clean_rows()
+    long = [("i would like to know what the weather in paris will be like tomorrow morning", "weather"),
+            ("please play some quiet jazz songs by adele in the living room tonight", "music")]
+    train += long
+    val += [(t + " thanks", lab) for t, lab in long]
+    a = A.assess_dataset(make_dataset(train, val))
+    assert a.facts["leak_rows"] == 0 and a.facts["near_leak_rows"] == a.facts["near_leak_train_val_rows"] == 2
+    f = next(f for f in a.findings if f.id == "near-leakage")
+    assert f.severity == "warn" and f.evidence["near_leak_rows"] == 2
+    assert f.message.startswith("2 row(s) are near copies (char n-gram cosine >= 0.95)")
+    assert "train->validation 2" in f.message and f"validation row #{len(val) - 1} " in f.message
+    assert "'please play some quiet jazz songs by adele in the living ro…' ~ train 'please play" in f.message
+    # a looser threshold counts more near copies, and the finding follows it
+    loose = A.assess_dataset(make_dataset(train, val), thresholds=A.AssessThresholds(near_leak_similarity=0.5))
+    n = loose.facts["near_leak_rows"]
+    assert n > 2 and next(f for f in loose.findings if f.id == "near-leakage").message.startswith(f"{n} row(s)")
+
+
 def test_unseen_labels_and_long_tail_named():
     train, val = clean_rows()
     train += [("transfer money to savings", "bank")]

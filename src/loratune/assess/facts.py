@@ -62,6 +62,10 @@ def _catalogue() -> dict[str, Fact]:
         "top_conflict_pair": Fact("text", "the label pair with the most conflicts, 'a / b'"),
         "leak_rows": Fact("rows", "rows of a later split whose normalised text is in an earlier split"),
         "leak_where": Fact("text", "where the leaked rows are, 'src->split n'"),
+        "near_leak_rows": Fact("rows", "rows of a later split with a near copy (cosine >= near_leak_similarity) in an "
+                                       "earlier split, exact copies not counted"),
+        "near_leak_where": Fact("text", "where the near copies are, 'src->split n'"),
+        "near_leak_examples": Fact("text", "the first near copies, 'split row #i text ~ src neighbour'"),
         "shift_worst_js": Fact("bits", "largest Jensen-Shannon divergence of a split's label shares vs train"),
         "shift_worst_js_split": Fact("split", "the split with that divergence"),
         "unseen_label_rows": Fact("rows", "validation/test rows with labels never seen in train"),
@@ -171,6 +175,10 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         f[f"near_leak_{src}_{short}_rows"] = lk.near_rows
     f["leak_rows"] = sum(lk.rows for lk in noise.leakage)
     f["leak_where"] = ", ".join(f"{lk.source}->{lk.split} {lk.rows}" for lk in noise.leakage if lk.rows)
+    f["near_leak_rows"] = sum(lk.near_rows for lk in noise.leakage)
+    f["near_leak_where"] = ", ".join(f"{lk.source}->{lk.split} {lk.near_rows}" for lk in noise.leakage if lk.near_rows)
+    near_ex = [e for lk in noise.leakage for e in lk.near_examples]
+    f["near_leak_examples"] = "; ".join(near_ex[: thresholds.max_examples])
     for name, sh in shifts.items():
         s = {"validation": "val"}.get(name, name)
         f[f"js_{s}"] = sh.js_divergence

@@ -231,6 +231,7 @@ def find_noise(splits: Mapping[str, Split], pool: TextPool, thresholds: AssessTh
             src, dst = names[x], names[y]
             rows = near_rows = 0
             leak_ex: list[str] = []
+            near_ex: list[str] = []
             for i, t in enumerate(splits[dst].texts):
                 n = normalise(t)
                 if not n:
@@ -241,10 +242,14 @@ def find_noise(splits: Mapping[str, Split], pool: TextPool, thresholds: AssessTh
                         leak_ex.append(shorten(t))
                     continue
                 k = uid[n]
-                if any(s >= thresholds.near_leak_similarity and src in splits_of[uniq[int(j)]]
-                       for s, j in zip(sims[k], nidx[k]) if int(j) != k):
+                near = next((uniq[int(j)] for s, j in zip(sims[k], nidx[k]) if int(j) != k
+                             and s >= thresholds.near_leak_similarity and src in splits_of[uniq[int(j)]]), None)
+                if near is not None:
                     near_rows += 1
-            leaks.append(Leakage(src, dst, rows, rows / max(1, len(splits[dst])), near_rows, tuple(leak_ex)))
+                    if len(near_ex) < thresholds.max_examples:  # the row (counted from 1, a JSONL line) and its copy
+                        near_ex.append(f"{dst} row #{i + 1} {shorten(t, 60)!r} ~ {src} {shorten(near, 60)!r}")
+            leaks.append(Leakage(src, dst, rows, rows / max(1, len(splits[dst])), near_rows, tuple(leak_ex),
+                                 tuple(near_ex)))
     return Noise(tuple(out), tuple(leaks))
 
 

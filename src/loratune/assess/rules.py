@@ -283,6 +283,11 @@ FINDING_RULES: tuple[FindingRule, ...] = (
                 "rows shared between splits ({leak_where}): validation/test scores overstate generalisation; "
                 "drop the copies from the later split",
                 ("leak_rows", "leak_where")),
+    FindingRule("near-leakage", "warn", Above("near_leak_rows"),
+                "{near_leak_rows} row(s) are near copies (char n-gram cosine >= {t.near_leak_similarity}) of rows of "
+                "an earlier split ({near_leak_where}; e.g. {near_leak_examples}): their scores overstate "
+                "generalisation; drop or rewrite them, or raise near_leak_similarity if they are distinct",
+                ("near_leak_rows", "near_leak_where", "near_leak_examples")),
     FindingRule("duplicate-rows", "warn", Above("duplicate_rows_rows"),
                 "{duplicate_rows_rows} duplicated row(s) within a split ({duplicate_rows_where}): they weigh "
                 "those examples double", ("duplicate_rows_rows", "duplicate_rows_where")),
