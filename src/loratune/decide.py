@@ -96,9 +96,10 @@ def lora_vs_full_catalog(thresholds: DecideThresholds | None = None) -> list[dic
                         "the rank sweep stops there, and past it full fine-tuning is the cheaper way to that "
                         "capacity (params.BREAKEVEN_SHARE)"})
     rows.append({"name": "noise_floor", "value": SCORE_FLOOR, "default": SCORE_FLOOR, "overridable": False,
-                 "doc": "protocol 6's noise band: a gain (a rank step, LoRA against full) counts only above "
-                        "max(this, 2 x the seed sigma) once seeds ran, else max(this, sqrt(2) x the val metric's "
-                        "binomial SE) (search.context.SearchContext.noise; a loss objective: its own floor)"})
+                 "doc": "protocol 6's noise band (objectives.NOISE_BAND): a gain (a rank step, LoRA against full, "
+                        "a knob effect in `diagnose` of several runs) counts only above max(this, 2 x sigma), sigma "
+                        "the seed std once seeds ran, else the val metric's binomial SE (assess: its val "
+                        "resolution); a loss objective: its own floor"})
     return rows
 
 

@@ -32,6 +32,7 @@ from loratune.features import COMPARE_FEATURES, FEATURES, KIND_FEATURES, NOT_APP
     binomial_se, compute_features, format_value, has_binomial_se
 from loratune.history_io import RunHistory, from_points, load_run
 from loratune.moves import DOWN, HOLD, UP, towards
+from loratune.objectives import NOISE_BAND
 from loratune.rules import COMPARE_KNOBS, RULES, SIGNALS, THRESHOLDS, Clause, Cond, Rule, catalogue_for, \
     resolve_thresholds, signal_for
 
@@ -507,7 +508,6 @@ def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[
 KNOBS = {"learning_rate": "learning_rate", "lr": "learning_rate", "r": "r", "seed": "seed",
          "lora_alpha": "lora_alpha"}
 IGNORED_KEYS = ("output_dir", "num_threads", "run_name", "logging_dir", "name")
-NOISE_FLOOR = 0.0025  # 2 x noise >= 0.5 point (protocol 6)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -743,7 +743,9 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
         notes.append("no two runs differ in exactly one of learning_rate, r, lora_alpha, seed")
 
     acc = FeatureSet(COMPARE_FEATURES)
-    # noise: seed std when available, else the binomial SE of each run's val size
+    # noise: one run's sigma (seed std when available, else the binomial SE of each run's val size) as the unit of
+    # protocol 6's band: effect_noise_min of it is objectives.NOISE_BAND's max(0.5 pt, 2 x sigma), as tune reads it
+    k_min = values["effect_noise_min"]
     seed_groups = [g for g in groups if g.knob == "seed"]
     variances = []
     for g in seed_groups:
@@ -754,9 +756,9 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     if variances:
         seed_std = math.sqrt(sum(v * (n - 1) for v, n in variances) / sum(n - 1 for _, n in variances))
         acc.set("seed_std", seed_std)
-        noise = max(math.sqrt(2) * seed_std, NOISE_FLOOR)
+        noise = NOISE_BAND.unit(seed_std, 0.0 if use_loss else None, k_min)
         k = sum(n for _, n in variances)
-        acc.details["noise_source"] = f"seed std over {k} runs ({len(variances)} group(s)) x sqrt(2)"
+        acc.details["noise_source"] = f"seed std over {k} runs ({len(variances)} group(s))"
     else:
         acc.set("seed_std", None, "no two runs differ only in seed")
         # the runs whose differences are measured: those in a knob group (every configured run when none is)
@@ -775,12 +777,12 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
                 source = "the metric curves' own jitter"
         ses = [x for x in ses if x is not None]
         if ses:
-            # sqrt(se1^2 + se2^2) for a pair; over more runs, a typical pair's: sqrt(2 x the mean of se^2)
+            # one run's sigma: the root mean square of the runs' SEs (protocol 6's band is over it, not over the
+            # difference of two runs, whose std is sqrt(2) x it)
             rms = math.sqrt(sum(x * x for x in ses) / len(ses))
-            noise = max(math.sqrt(2) * rms, 0.0 if use_loss else NOISE_FLOOR)
-            acc.details["noise_source"] = (f"{source}: sqrt(se1^2 + se2^2) = {math.sqrt(2) * rms:.4f}" if len(ses) == 2
-                                           else f"{source}: sqrt(2) x the root mean square of {len(ses)} runs' SE "
-                                                f"({rms:.4f})") + "; no seed runs"
+            noise = NOISE_BAND.unit(rms, 0.0 if use_loss else None, k_min)
+            acc.details["noise_source"] = (f"{source}: the root mean square of {len(ses)} runs' SE ({rms:.4f})"
+                                           if len(ses) > 1 else f"{source} ({rms:.4f})") + "; no seed runs"
         else:
             noise = None
             # only runs with a config are measured: with none, naming a missing val size would blame the wrong thing

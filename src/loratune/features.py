@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping, Sequence
 
 from loratune.generation import prompt_key
+from loratune.objectives import SCORE_FLOOR
 
 # ---------------------------------------------------------------------------------------------
 # The catalogue
@@ -740,7 +741,7 @@ def _std(xs: Sequence[float]) -> float:
 # Floors of the curve-jitter noise estimates: a perfectly smooth curve would otherwise make any wiggle
 # "many noise units". 0.5 point of a metric is the smallest difference the protocol counts (section 6);
 # 0.2% of a loss is below what a deterministic val loss moves between two evals of a learning run.
-METRIC_NOISE_FLOOR = 0.005
+METRIC_NOISE_FLOOR = SCORE_FLOOR
 VAL_LOSS_NOISE_FLOOR = 0.002
 _MAD_TO_SIGMA = 0.6745
 
@@ -1790,11 +1791,11 @@ _COMPARE_CATALOGUE = (
           "lr_effect / r_effect."),
     _spec("compare", "seed_std", "points", "best val metric varies by {} (std) across seeds",
           "Sample standard deviation of the best val metric over runs that differ only in seed."),
-    _spec("compare", "noise", "points", "the noise of a difference between two runs is {}",
-          "Standard deviation of the difference of two runs' best val metric: sqrt(2) x seed_std when "
-          ">= 2 seed runs exist, else sqrt(se1^2 + se2^2) from the binomial SE of each run's val size "
-          "(over more than two runs in knob groups, sqrt(2) x the root mean square of their SEs; "
-          "`details['noise_source']` says which); floored at 0.0025 so 2 x noise >= 0.5 point."),
+    _spec("compare", "noise", "points", "one run's noise unit is {}",
+          "Protocol 6's sigma of one run's best val metric: seed_std when >= 2 seed runs exist, else the "
+          "root mean square of the runs' binomial SEs from their val sizes (their curve jitter without; "
+          "`details['noise_source']` says which); floored at 0.5 point / effect_noise_min, so an effect of "
+          "effect_noise_min (2) units is objectives.NOISE_BAND: max(0.5 pt, 2 x sigma)."),
     _spec("compare", "lr_loss_effect", "fraction", "changing only the learning rate moved the min val loss by {}",
           "Range of the minimum val loss over the learning-rate group / its mean."),
     _spec("compare", "gap_f1_max", "points", "the largest train/val metric gap among the runs is {}",

@@ -63,6 +63,34 @@ SCORE_FLOOR = 0.005
 LOSS_FLOOR = 0.01
 
 
+@dataclass(frozen=True)
+class NoiseBand:
+    """Protocol 6's noise band, the one definition diagnose's comparison, tune's trials and assess's val resolution
+    read: a difference between two runs counts only above max(floor, sigmas x sigma). sigma is the spread of one
+    run's score: its seed std once seeds ran, else (protocol 5, "noise first") its sampling SE, binomial from the
+    val size or the curve's own jitter. Coded three ways (2.83 sigma in diagnose, 2 sigma or 1.41 SE in tune, 2 SE
+    in assess), the same numbers were a real gain to tune and noise to diagnose."""
+
+    floor: float  # the smallest difference that ever counts (a loss objective: LOSS_FLOOR)
+    sigmas: float  # a difference must reach this many sigmas of one run's score
+
+    def width(self, sigma: float | None, floor: float | None = None) -> float:
+        """The band: differences under it are noise."""
+        f = self.floor if floor is None else floor
+        return f if sigma is None else max(f, self.sigmas * sigma)
+
+    def unit(self, sigma: float, floor: float | None = None, sigmas: float | None = None) -> float:
+        """The noise unit whose `sigmas` multiple is the band, max(sigma, floor / sigmas): what diagnose's
+        comparison divides an effect by and holds against `effect_noise_min` (its default: `sigmas`)."""
+        return max(sigma, (self.floor if floor is None else floor) / (sigmas or self.sigmas))
+
+    def describe(self) -> str:
+        return f"max({self.floor:g}, {self.sigmas:g} x sigma)"
+
+
+NOISE_BAND = NoiseBand(floor=SCORE_FLOOR, sigmas=2.0)
+
+
 # a comparison of two scores read on values where smaller is better (a loss): the same order turned round
 TURNED_ROUND = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
 

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping, Union
 from loratune.errors import UserError, require_file
 from loratune.features import COMPARE_FEATURES, FEATURES, format_value
 from loratune.moves import is_move
+from loratune.objectives import NOISE_BAND
 
 OPS = ("<", "<=", ">", ">=")
 KNOB_CLASSES = ("capacity", "optimization", "data", "budget")
@@ -404,7 +405,8 @@ _THRESHOLDS = (
     _t("eval_se_max", 0.025, "points", "Val metric standard error at or above this: differences under 2 SE "
        "(5 points) cannot be told from noise."),
     # comparisons
-    _t("effect_noise_min", 2.0, "se", "A knob effect must reach this many noise units to count."),
+    _t("effect_noise_min", NOISE_BAND.sigmas, "se", "A knob effect must reach this many noise units (one run's "
+       "sigma) to count: protocol 6's band max(0.5 pt, 2 x sigma), objectives.NOISE_BAND."),
     _t("binding_ratio_min", 1.5, "ratio", "One knob's effect this many times the other's names the binding knob."),
     _t("seed_std_max", 0.02, "points", "Seed std of best val metric at or above this: unstable."),
     _t("alpha_effect_noise_max", 1.0, "se", "A lora_alpha effect under this many noise units: insensitive."),

@@ -169,6 +169,44 @@ def test_long_tail_collapse_fires_and_its_near_miss_does_not():
     assert "long-tail-collapse" not in {n.rule_id for n in d.not_evaluated}
 
 
+def test_comparison_tune_and_assess_read_one_noise_band():
+    """Protocol 6: a gain counts above max(0.5 pt, 2 x seed sigma). Seeds .70/.71/.72 (sigma .01) and r16 at .725:
+    the rank effect .025 is beyond the band .02, real to diagnose as to tune (diagnose read it as 1.77 units of
+    sqrt(2) sigma, under its 2: 2.83 sigma, and called the runs within noise)."""
+    from types import SimpleNamespace
+
+    from loratune.search.context import SearchContext
+    c = compare([run("s1", 0.70, seed=1), run("s2", 0.71, seed=2), run("s3", 0.72, seed=3),
+                 run("r16", 0.725, r=16, alpha=32, seed=1)])
+    sigma, effect = c.features["seed_std"], c.features["r_effect"]
+    assert sigma == pytest.approx(0.01) and effect == pytest.approx(0.025)
+    band = max(0.005, 2 * sigma)
+    assert c.features["r_effect_noise"] == pytest.approx(2.5)
+    assert c.fired("capacity-bound") and not c.fired("differences-within-noise")
+    from loratune.objectives import NOISE_BAND
+    assert NOISE_BAND.width(sigma) == pytest.approx(band) == pytest.approx(0.02)
+    assert c.features["noise"] * default_thresholds()["effect_noise_min"] == pytest.approx(band)
+    # a smaller gain inside the band is a tie for both
+    tie = compare([run("s1", 0.70, seed=1), run("s2", 0.71, seed=2), run("s3", 0.72, seed=3),
+                   run("r16", 0.715, r=16, alpha=32, seed=1)])
+    assert tie.features["r_effect"] < band and tie.fired("differences-within-noise")
+    # tune's SearchContext.noise: the same band over the same sigma (with seeds) or SE (without)
+    ctx = SimpleNamespace(state=SimpleNamespace(seed_sigma=sigma, seed_values=[0.70, 0.71, 0.72]), noise_floor=0.005)
+    assert SearchContext.noise(ctx)[0] == pytest.approx(band)
+    inc = SimpleNamespace(result=SimpleNamespace(feature=lambda k: 0.004 if k == "val_metric_se" else None))
+    ctx.state = SimpleNamespace(seed_sigma=None, seed_values=[], incumbent=inc)
+    assert SearchContext.noise(ctx)[0] == pytest.approx(NOISE_BAND.width(0.004)) == pytest.approx(0.008)
+    # the floor: two runs 0.4 point apart on huge val sets are a tie (one 0.5 point floor, not a diagnose copy)
+    big = compare([run("base", 0.800, val_n=10 ** 7), run("lr2", 0.804, lr=2e-4, val_n=10 ** 7)])
+    assert big.features["max_effect_noise"] < 2 and big.fired("differences-within-noise")
+    # assess's val resolution: differences under the same band over the macro-F1 SE are sampling noise
+    from loratune.assess.stats import estimate_resolution
+    from loratune.data import Split
+    val = Split("validation", tuple(f"text {i}" for i in range(400)), tuple((f"c{i % 4}",) for i in range(400)), "<v>")
+    res = estimate_resolution(val, accuracy=0.9)
+    assert res.detectable_difference == pytest.approx(NOISE_BAND.width(res.macro_f1_se))
+
+
 def test_long_tail_is_classes_under_long_tail_count_as_in_assess():
     # classes of 100-400 rows: the weakest by count are no long tail (protocol 2: under e.g. 20 examples); a
     # bottom quartile called g, h (110, 100 rows) tail and advised "more tail data"
@@ -382,14 +420,14 @@ def run(name, best, *, lr=1e-4, r=8, alpha=16, seed=42, val_n=1000, gap=0.05, va
 
 
 def test_two_runs_differ_beyond_noise_by_the_noise_of_their_difference():
-    """The noise of a difference is sqrt(se1^2 + se2^2) (the catalogue's formula), not sqrt(2) x the larger SE:
-    0.80 against 0.85 on 500 rows each is 2.1 noise units apart (the larger SE alone read 1.97, a tie)."""
+    """One run's sigma is the root mean square of the runs' SEs (the catalogue's formula), not the larger SE; the
+    band is protocol 6's 2 sigma: 0.80 against 0.85 on 500 rows each is 2.9 sigma apart."""
     c = compare([run("base", 0.80, val_n=500), run("lr2", 0.85, lr=2e-4, val_n=500)])
     se = [math.sqrt(q * (1 - q) / 500) for q in ((b * 500 + 1) / 502 for b in (0.80, 0.85))]
     effect = next(g.effect for g in c.groups if g.knob == "learning_rate")
-    assert c.features["noise"] == pytest.approx(math.hypot(*se), rel=1e-3)
-    assert c.features["max_effect_noise"] == pytest.approx(effect / math.hypot(*se), rel=1e-3)
-    assert effect / (math.sqrt(2) * max(se)) < 2.0 < c.features["max_effect_noise"]
+    rms = math.hypot(*se) / math.sqrt(2)
+    assert c.features["noise"] == pytest.approx(rms, rel=1e-3)
+    assert c.features["max_effect_noise"] == pytest.approx(effect / rms, rel=1e-3) == pytest.approx(2.94, abs=0.01)
     assert not c.fired("differences-within-noise")
 
 
@@ -400,7 +438,7 @@ def test_minimal_intervention_pair_optimization_bound_with_binomial_noise():
     assert knobs["learning_rate"].effect == pytest.approx(0.10, abs=1e-3)
     assert knobs["r"].note == "scale lora_alpha/r fixed"
     se2 = [q * (1 - q) / 1000 for q in ((b * 1000 + 1) / 1002 for b in (0.60, 0.70, 0.61))]
-    noise = math.sqrt(2 * sum(se2) / 3)  # a typical pair's sqrt(se1^2 + se2^2) over the three runs
+    noise = math.sqrt(sum(se2) / 3)  # one run's sigma: the root mean square of the three runs' SEs
     assert c.features["noise"] == pytest.approx(noise, rel=1e-3)
     assert "binomial" in c.features.details["noise_source"]
     assert c.fired("optimization-bound") and not c.fired("capacity-bound")
@@ -421,7 +459,7 @@ def test_seed_noise_is_used_when_seed_runs_exist_and_can_swallow_an_effect():
     assert c.features["seed_std"] == pytest.approx(0.06, abs=1e-3)
     assert "seed std over 3 runs" in c.features.details["noise_source"]
     assert c.fired("seed-unstable")
-    assert c.features["lr_effect_noise"] == pytest.approx(0.05 / (math.sqrt(2) * 0.06), rel=1e-2)
+    assert c.features["lr_effect_noise"] == pytest.approx(0.05 / 0.06, rel=1e-2)  # under 2 seed sigmas
     assert not c.fired("optimization-bound")
     assert c.fired("differences-within-noise")
 
@@ -560,7 +598,7 @@ def test_comparison_noise_of_a_token_accuracy_follows_the_single_run_policy():
     assert "binomial" not in c.features.details["noise_source"]
     assert c.features.details["noise_source"].startswith("the metric curves' own jitter")
     jit = [compute_features(r.points, r.meta, r.config).values["val_metric_noise"] for r in runs]
-    assert c.features["noise"] == pytest.approx(max(math.hypot(*jit), 0.0025), rel=1e-3)
+    assert c.features["noise"] == pytest.approx(max(math.hypot(*jit) / math.sqrt(2), 0.0025), rel=1e-3)
 
 
 def test_peft_target_names_compare_in_one_form():

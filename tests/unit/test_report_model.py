@@ -399,7 +399,7 @@ def test_study_report_reads_a_finished_study(tmp_path):
     assert s.pair.missing is None and s.pair.binding == "optimization"
     deltas = {a.knob: a.delta for a in s.pair.arms}
     assert deltas["lr"] == pytest.approx(0.08) and deltas["r"] == pytest.approx(0.001)
-    assert s.pair.noise == pytest.approx(math.sqrt(2) * 0.01)
+    assert s.pair.noise == pytest.approx(2 * 0.01)  # protocol 6: 2 x the val SE, no seeds
     # LoRA vs full: the full probe (0.70) loses to LoRA (0.78)
     assert s.lora_vs_full.choice == "lora" and len(s.lora_vs_full.table) >= 2
     assert {rid for rid, _, _ in s.lora_vs_full.reasons} >= {"param-share", "performance-gap"}

@@ -81,7 +81,8 @@ def _catalogue() -> dict[str, Fact]:
         "accuracy_se_at": Fact("accuracy", "the rate the SEs are computed at: accuracy_at over the val rows seen "
                                            "as (hits + 1) / (n + 2)"),
         "macro_f1_se": Fact("macro-F1", "standard error of validation macro-F1"),
-        "detectable_difference": Fact("macro-F1", "val differences below this (2 SE) are sampling noise"),
+        "detectable_difference": Fact("macro-F1", "val differences below this (protocol 6's band over the SE: "
+                                     "max(0.5 pt, 2 SE)) are sampling noise"),
         "resolution_method": Fact("text", "how the standard errors were estimated"),
         "accuracy_at": Fact("accuracy", "the accuracy the standard errors assume (the probe's, else 0.9)"),
         "model_type": Fact("text", "the model's config model_type"),

@@ -174,7 +174,7 @@ class Resolution:
     accuracy_se: float
     macro_f1_se: float
     method: str  # "bootstrap of the probe's val predictions" or "binomial approximation"
-    detectable_difference: float  # ~2 SE of macro-F1: differences below this are val-sampling noise
+    detectable_difference: float  # objectives.NOISE_BAND over the macro-F1 SE: max(0.5 pt, 2 SE); below: noise
     se_at: float = 0.0  # the rate the SEs are computed at: accuracy_at seen as (hits + 1) / (n + 2)
 
 

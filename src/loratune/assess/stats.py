@@ -10,6 +10,7 @@ import numpy as np
 
 from loratune.assess.records import LengthStats, Resolution
 from loratune.data import Split
+from loratune.objectives import NOISE_BAND
 
 def length_stats(values: Sequence[int]) -> LengthStats:
     if len(values) == 0:
@@ -74,4 +75,4 @@ def estimate_resolution(val: Split, *, accuracy: float | None = None, bootstrap_
         se, method = bootstrap_se, "bootstrap of the probe's val predictions"
     else:
         se, method = approx, "binomial approximation (per-class recall at the accuracy)"
-    return Resolution(n, len(counts), p, acc_se, se, method, 2 * se, ps)
+    return Resolution(n, len(counts), p, acc_se, se, method, NOISE_BAND.width(se), ps)  # protocol 6's band

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from loratune.errors import UserError
-from loratune.objectives import SCORE_FLOOR, Objective, objective
+from loratune.objectives import NOISE_BAND, SCORE_FLOOR, Objective, objective
 from loratune.search.budget import Cost, CostModel, Meter, format_amount
 from loratune.search.prune import PruneSettings
 from loratune.search.runner import FinishedThenInterrupted, Watch, score_at
@@ -381,19 +381,19 @@ class SearchContext:
         return max(rs, key=lambda r: (r.value, -r.number)) if rs else None
 
     def noise(self) -> tuple[float, str]:
-        """The difference below which two trials are not told apart: max(0.5 pt, 2 x seed sigma) once
-        seeds were run (protocol 6); before that sqrt(2) x the binomial SE of the incumbent's val metric."""
-        sigma = self.state.seed_sigma
+        """The difference below which two trials are not told apart: protocol 6's band (objectives.NOISE_BAND,
+        with the objective's floor) over the seed sigma once seeds were run, before that over the binomial SE of
+        the incumbent's val metric (the sigma diagnose and assess read without seeds)."""
+        sigma, k = self.state.seed_sigma, NOISE_BAND.sigmas
         if sigma is not None:
             n = len(self.state.seed_values)
-            v = max(self.noise_floor, 2 * sigma)
-            return v, f"max({self.noise_floor:g}, 2 x seed sigma {sigma:.4f} over {n} seeds)"
+            v = NOISE_BAND.width(sigma, self.noise_floor)
+            return v, f"max({self.noise_floor:g}, {k:g} x seed sigma {sigma:.4f} over {n} seeds)"
         inc = self.state.incumbent or self.best()
         se = inc.result.feature("val_metric_se") if inc else None
         if se:
-            v = max(self.noise_floor, math.sqrt(2) * se)
-            return v, (f"no seed runs yet: max({self.noise_floor:g}, sqrt(2) x binomial SE {se:.4f} of the val "
-                       f"metric)")
+            v = NOISE_BAND.width(se, self.noise_floor)
+            return v, f"no seed runs yet: max({self.noise_floor:g}, {k:g} x binomial SE {se:.4f} of the val metric)"
         return self.noise_floor, f"floor {self.noise_floor:g} (no seed runs, no val SE)"
 
     # ------------------------------------------------------------------ decisions
