@@ -137,7 +137,8 @@ def short_name(point: Mapping[str, Any], base: Mapping[str, Any] | None = None) 
     """A readable name from what differs from `base` (or the main knobs): lr2e-3-r16-s4-full."""
     base = base or {}
     parts = []
-    abbrev = (("adapter.method", ""), ("train.learning_rate", "lr"), ("adapter.r", "r"),
+    abbrev = (("adapter.method", ""), ("train.optimizer", ""), ("adapter.use_dora", ""),
+              ("train.learning_rate", "lr"), ("adapter.r", "r"),
               ("adapter.target_modules", "t-"), ("adapter.layers_to_transform", "L"), ("adapter.use_rslora", "rs"),
               ("adapter.lora_alpha", "a"), ("adapter.lora_dropout", "do"), ("train.weight_decay", "wd"),
               ("train.seed", "seed"), ("train.max_steps", "steps"))
@@ -148,6 +149,15 @@ def short_name(point: Mapping[str, Any], base: Mapping[str, Any] | None = None) 
         if key == "adapter.method":
             if v == "full":
                 parts.append("full")
+            continue
+        if key == "train.optimizer":
+            # an arm's trials (LoRA+) would otherwise share a plain LoRA trial's name at the same lr
+            if v and v != "adamw":
+                parts.append(str(v))
+            continue
+        if key == "adapter.use_dora":
+            if v:
+                parts.append("dora")
             continue
         if key == "adapter.use_rslora":
             if v:
