@@ -213,3 +213,23 @@ def test_a_worker_refuses_a_seed_and_trial_steps_it_would_ignore(tmp_path, capsy
     assert main(["tune", "--worker", "--study-dir", str(tmp_path / "s"), "--seed", "3", "--trial-steps", "5"]) == 2
     err = flat(capsys.readouterr().err)
     assert "(given: --seed, --trial-steps)" in err and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("budget", ["10ex", "2s"])
+def test_a_budget_smaller_than_one_trial_is_refused_before_training(budget, tiny_bert, intent_data, tmp_path, capsys):
+    """A budget that holds no whole trial: `--budget 2s` exited 1 with an empty trial table and no error line;
+    `--budget 10ex` trained a trial the budget cut at step 2 (160% spent) and exported it as the recommendation. Now:
+    exit 2 before any trial trains, naming the smallest budget that holds one (steps x batch)."""
+    study = tmp_path / "study"
+    ov = [o for o in overrides(str(tiny_bert), intent_data, tmp_path / "unused", num_threads=1)
+          if not o.startswith(("max_steps=", "eval_steps=", "output_dir=", "per_device_train_batch_size="))]
+    rc = main(["tune", *ov, "per_device_train_batch_size=4", "--study-dir", str(study), "-q", "--budget", budget,
+               "--trial-steps", "5"])
+    shown = flat("".join(capsys.readouterr()))
+    assert rc == 2, shown
+    assert "Traceback" not in shown and "cannot hold one trial" in shown
+    assert "5 steps x 4 = 20 examples" in shown
+    if budget == "10ex":
+        assert "give --budget 20ex or more" in shown
+    assert not list((study / "trials").glob("*")) if (study / "trials").exists() else True
+    assert not (study / "final" / "study.json").exists()

@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field, fields as dc_fields, replace as dc_replace
 from pathlib import Path
 from typing import Any
 
 from loratune.errors import UserError
-from loratune.search.budget import Budget, Cost, CostModel, Meter
+from loratune.search.budget import Budget, Cost, CostModel, Meter, format_amount
 from loratune.search.context import UI, SearchContext
 from loratune.search.protocol.phase0 import step_text
 from loratune.steps import examples_for
@@ -220,6 +221,8 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     # the clock of this session before the first trial (imports, data, the study's records) counts too; phase 0's
     # share of it is charged above
     ctx.charge_elapsed("startup (this session)", minus=assessed_now_s)
+    if not study.records():
+        _refuse_budget_below_one_trial(meter, ctx.estimate(dict(start.point)), plan, batch, accum)
 
     if options.resume:  # said where the replay of the earlier sessions' decisions ends
         ctx.earlier = {r.number for r in study.records()}  # each charged once: reused, or not (charge_earlier)
@@ -262,6 +265,27 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     study.cancel_queued("the search ended without needing it")
     study.set_meta(finished=True)  # workers stop
     return summary
+
+
+def _refuse_budget_below_one_trial(meter: Meter, trial: Cost, plan: dict, batch: int, accum: int) -> None:
+    """A budget that cannot hold one whole trial: exit 2 before anything trains. Its first trial would be cut by the
+    budget, and a cut trial is no evidence: the study would end with nothing to recommend (or with a partial score
+    that lies about the config). The smallest budget that fits is named: the trial's examples (steps x batch), or in
+    wall time what this session spent so far, the trial at the planning throughput and the finishing reserve (no
+    model load: a prior that large would refuse budgets that fit on a small model)."""
+    kind = meter.budget.kind
+    if kind == "trials":
+        return  # a trials budget is a whole number >= 1: one trial always fits
+    need = trial.amount(kind)
+    if need <= meter.left + 1e-9:
+        return
+    smallest = math.ceil(meter.used + need + (meter.reserve_s if kind == "wall_s" else 0.0))
+    unit = "s" if kind == "wall_s" else "ex"
+    raise UserError(f"--budget {meter.budget.text or meter.budget.describe()} cannot hold one trial: a trial is "
+                    f"{plan['max_steps']} steps x {step_text(batch, accum)} = {int(plan['examples']):,} examples"
+                    + (f" (~{need:.0f}s at the planning throughput)" if kind == "wall_s" else "")
+                    + f"; {format_amount(kind, max(0.0, meter.left))} is left of it",
+                    f"give --budget {smallest}{unit} or more, or shorter trials with --trial-steps")
 
 
 def _refuse_changes(study_dir: Path, old: dict, options: TuneOptions, settings, given: dict, cfg) -> None:
