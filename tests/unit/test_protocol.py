@@ -1690,3 +1690,66 @@ def test_the_seed_decision_on_a_loss_states_the_comparison_its_shown_losses_make
     d = next(x for x in ctx.decisions if x["kind"] == "noise")
     assert d["code"] == code
     assert any(shown in e for e in d["evidence"]), d["evidence"]
+
+
+# ---------------------------------------------------------------------------------------------
+# step 0 (the untrained model) is the bar, never a trial's score: one definition (common.FIRST_TRAINED_STEP)
+
+
+def _curve_rec(curve, steps_done=12, status="completed"):
+    from loratune.search.trial import TrialRecord, TrialSpec
+
+    res = TrialResult(status=status, value=max(v for s, v in curve if s > 0), examples=96, wall_s=1.0,
+                      steps_planned=12, steps_done=steps_done, curve=curve)
+    return TrialRecord(2, TrialSpec("lr5e-4", "phase1-lr-grid", {LR: 5e-4}), "", res)
+
+
+def test_a_score_at_a_step_reads_trained_points_not_the_untrained_models():
+    """S1: "0.100 there vs 0.159 for #0 start at the same step": 0.159 was #0's step-0 score, 0.1475 its step 4."""
+    from loratune.search.protocol.common import score_at, untrained_score
+
+    ref = _curve_rec(((0, 0.159), (4, 0.1475), (8, 0.30), (12, 0.40)))
+    assert score_at(ref, 4) == 0.1475
+    assert score_at(ref, 8) == 0.30
+    assert score_at(ref, 0) is None  # no trained point by then
+    assert untrained_score(ref) == 0.159
+
+
+def test_a_trial_its_early_stopping_ended_is_never_still_improving():
+    """P1: #2 scored 0.1588 untrained, then 0.1456, 0.1332, 0.1571 and early stopping ended it at step 6 of 12; the
+    trail called it "still improving" (best trained point at 100%) and trained it long on that claim."""
+    from loratune.search.protocol.long import longer_may_help, still_improving
+
+    rec = _curve_rec(((0, 0.1588), (2, 0.1456), (4, 0.1332), (6, 0.1571)), steps_done=6)
+    assert still_improving(rec) == (False, 1.0)
+    ctx, _ = make_ctx(lr_binds())
+    longer, frac, why = longer_may_help(ctx, rec)
+    assert (longer, frac) == (False, 1.0) and "step 6 of 12" in why
+    # the same curve trained to its planned length is still improving
+    assert still_improving(_curve_rec(((0, 0.1588), (2, 0.1456), (4, 0.1332), (12, 0.1571)))) == (True, 1.0)
+
+
+def test_the_lr_grid_says_when_no_lr_beat_the_untrained_model():
+    import dataclasses
+
+    world = lr_binds()
+    plain = world.result
+    world.result = lambda p: dataclasses.replace(plain(p), curve=((0, 0.95),) + plain(p).curve[1:])  # untrained 0.95
+    ctx, _ = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings())
+    got = [d for d in ctx.decisions if d.get("code") == "lr-grid-no-gain-over-untrained"]
+    assert len(got) == 1 and got[0]["data"]["untrained"] == 0.95
+    assert all(g is not None and g < 0 for g in got[0]["data"]["gains"].values())
+    # a grid that beats the untrained model (0.0 at step 0 in the scripted world) records no such decision
+    ctx, _ = make_ctx(lr_binds())
+    run_protocol(ctx, START, ProtocolSettings())
+    assert not [d for d in ctx.decisions if d.get("code") == "lr-grid-no-gain-over-untrained"]
+
+
+def test_pruning_compares_trained_points_at_the_same_step():
+    from loratune.search.prune import behind_best, best_until
+
+    assert best_until(((0, 0.9), (4, 0.2), (8, 0.3)), 4) == 0.2
+    assert best_until(((0, 0.9),), 4) is None
+    # the reference's untrained 0.9 is no score to trail: its trained 0.2 by step 6 is what the trial is held to
+    assert behind_best(((0, 0.9), (6, 0.15)), 12, [("#0", ((0, 0.9), (6, 0.2), (12, 0.5)))], 0.01) is None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from loratune.objectives import DEFAULT, Objective
+from loratune.search.trial import trained_points
 
 Curve = Sequence[tuple[int, float]]
 
@@ -37,8 +38,9 @@ class PruneSettings:
 
 
 def best_until(curve: Curve, step: int) -> float | None:
-    """The best value of a curve at or before `step` (None when it has no point there)."""
-    vals = [v for s, v in curve if s <= step and v is not None]
+    """The best trained value of a curve at or before `step` (None when it has no point there): the untrained
+    model's point is no trial's score (trial.FIRST_TRAINED_STEP)."""
+    vals = [v for s, v in trained_points(curve) if s <= step and v is not None]
     return max(vals) if vals else None
 
 

@@ -20,6 +20,20 @@ KEPT_FEATURES = ("val_metric_best", "val_metric_se", "val_n", "gap_f1", "train_e
                  "val_loss_rise", "val_loss_drop", "train_loss_vs_chance", "train_loss_drop")
 
 
+# Step 0 is the untrained model (the base with a fresh head, or a warm start's model): the bar every trial is
+# measured against, never a trial's score. A trial's value (run.json best) is its best *trained* point, so every
+# search rule that reads a curve reads its trained points only (`trained_points`: where the best came, the score at a
+# pruned trial's step, pruning's comparison at the same step); training's early stopping counts step 0 as the bar to
+# beat, so a run it stopped beat neither the untrained model's score nor its own best for `patience` evaluations
+# (never "still improving": protocol.common.early_stopped).
+FIRST_TRAINED_STEP = 1
+
+
+def trained_points(curve) -> list[tuple[int, float]]:
+    """A (step, score) curve without the untrained model's point (FIRST_TRAINED_STEP)."""
+    return [(step, v) for step, v in curve if step >= FIRST_TRAINED_STEP]
+
+
 def canonical(point: Mapping[str, Any]) -> str:
     def plain(v):
         if isinstance(v, (list, tuple)):

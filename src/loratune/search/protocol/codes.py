@@ -22,6 +22,7 @@ DECISION_CODES: dict[str, str] = {
     "lr-grid-skip-down": "0.5x not run: 2x beat 1x beyond noise",
     "lr-grid-failed": "no grid trial learned, not even at lr /10: the search stops",
     "lr-grid-best": "the incumbent is the best lr of the grid",
+    "lr-grid-no-gain-over-untrained": "no grid lr beat the untrained model (step 0) beyond noise",
     "early-long-trained": "the lr grid's incumbent trained at the final length early: its long run is the pick",
     "early-long-no-gain": "the early long run did not score higher than its trial: the trial is the pick",
     "early-long-peaked": "the incumbent fell past its best beyond the noise inside its trial: no early long run",

@@ -10,7 +10,7 @@ from loratune.search.budget import Cost, format_amount
 from loratune.search.context import SearchContext
 from loratune.search.space import DEFAULTS
 from loratune.search.stages import StageId
-from loratune.search.trial import TrialRecord
+from loratune.search.trial import FIRST_TRAINED_STEP, TrialRecord, trained_points
 from loratune.stepsize import with_rank
 from loratune.search.protocol.settings import LR, ProtocolSettings, R
 
@@ -120,9 +120,26 @@ def pruned_step(rec: TrialRecord) -> int | None:
     return max(steps) if steps else int(rec.result.steps_done or 0)
 
 
+def trained_curve(rec: TrialRecord) -> list[tuple[int, float]]:
+    """`rec`'s objective curve without the untrained model's point (trial.FIRST_TRAINED_STEP)."""
+    return trained_points(rec.result.curve)
+
+
+def untrained_score(rec: TrialRecord) -> float | None:
+    """The untrained model's objective score on `rec`'s curve (its step-0 point), None when not recorded."""
+    return next((v for step, v in rec.result.curve if step < FIRST_TRAINED_STEP), None)
+
+
+def early_stopped(rec: TrialRecord) -> bool:
+    """Ended by training's own early stopping: completed (not pruned, not diverged) before its planned steps."""
+    res = rec.result
+    return res.status == "completed" and bool(res.steps_planned) and 0 < res.steps_done < res.steps_planned
+
+
 def score_at(rec: TrialRecord, step: int) -> float | None:
-    """`rec`'s best objective score over its evaluations up to `step` (what a trial pruned there would have read)."""
-    got = [v for s, v in rec.result.curve if s <= step]
+    """`rec`'s best trained objective score over its evaluations up to `step` (what a trial pruned there would have
+    read: a trial's score never counts the untrained model's, trial.FIRST_TRAINED_STEP)."""
+    got = [v for s, v in trained_curve(rec) if s <= step]
     return max(got) if got else None
 
 

@@ -20,7 +20,8 @@ from loratune.search.stages import StageId
 from loratune.search.trial import TrialRecord
 from loratune.search.protocol.settings import (CONTINUE_MIN_RATIO, FINAL_LENGTH_SHRINK, METHOD, ProtocolSettings,
                                                STILL_IMPROVING_BEST_FRACTION)
-from loratune.search.protocol.common import LR, evidence_of, incumbent_of, lr_of, reserve, round3
+from loratune.search.protocol.common import (LR, early_stopped, evidence_of, incumbent_of, lr_of, reserve, round3,
+                                             trained_curve)
 
 PHASE = StageId.EARLY_LONG.value
 
@@ -29,7 +30,7 @@ def curve_peak(rec: TrialRecord) -> tuple[float | None, float | None]:
     """Where a trial's best came (share of its steps) and how far its last point ended below that best, both read
     on its objective curve (the search's scale, larger is better: a loss for causal-lm, where the diagnosis's own
     val metric is token accuracy); (None, None) for a trial without trained points."""
-    trained = [(step, v) for step, v in rec.result.curve if step > 0]
+    trained = trained_curve(rec)
     if not trained:
         return None, None
     best = max(v for _, v in trained)
@@ -40,8 +41,11 @@ def curve_peak(rec: TrialRecord) -> tuple[float | None, float | None]:
 def still_improving(rec: TrialRecord) -> tuple[bool, float | None]:
     """Whether a trial was still improving when it ended (a longer run can help), and where its best came. Read
     on the trial's objective curve (`curve_peak`); a trial without a curve falls back to the diagnosis's
-    features."""
+    features. A trial its own early stopping ended was not improving (the untrained model's score
+    is the bar that stopping counts: trial.FIRST_TRAINED_STEP), wherever its trained best came."""
     frac, _ = curve_peak(rec)
+    if early_stopped(rec):
+        return False, frac if frac is not None else rec.result.feature("best_step_fraction")
     if frac is not None:
         return frac >= STILL_IMPROVING_BEST_FRACTION, frac
     res = rec.result
@@ -56,6 +60,9 @@ def longer_may_help(ctx: SearchContext, rec: TrialRecord) -> tuple[bool, float |
     a curve that held level inside the noise at the end of a decaying schedule has not shown that a longer one
     would not help. Only a fall beyond the noise is a peak. A trial without an objective curve: `still_improving`."""
     still, frac = still_improving(rec)
+    if early_stopped(rec):  # its own early stopping saw no gain for `patience` evaluations: a longer run is no help
+        return False, frac, (f"{rec.label}: early stopping ended it at step {rec.result.steps_done} of "
+                             f"{rec.result.steps_planned}: not improving")
     if still:
         return True, frac, f"{rec.label}: best {ctx.objective.name} at {frac or 0:.0%} of its trial, still improving"
     _, drop = curve_peak(rec)

@@ -15,7 +15,7 @@ from loratune.stepsize import describe_change, scale_rule, step_size
 from loratune.search.protocol.settings import (LR, LR_VERDICTS, PROBE_KEEPS_GRID_TRIALS, PROBE_MAX_SHARE_OF_TRIAL,
                                                PROBE_MIN_TRIALS_BUDGET, ProtocolSettings, R, SLOW_VERDICTS)
 from loratune.search.protocol.common import (evidence_of, incumbent_of, lr_of, no_budget, r_of, reserve, round3,
-                                             set_incumbent)
+                                             set_incumbent, untrained_score)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +145,17 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
     ctx.decide(phase, "lr-grid", f"best lr {lr_of(inc.point):g}", f"incumbent = {inc.label}",
                rows + evidence_of(ctx, inc), list(done.values()),
                {"grid": {str(lr_of(r.point)): r.value for r in done.values()}, "centre": centre}, code="lr-grid-best")
+    untrained = untrained_score(inc)  # every grid trial starts from the same model: the bar (trial.FIRST_TRAINED_STEP)
+    noise, src = ctx.noise()
+    if untrained is not None and all(r.value is None or r.value - untrained < noise for r in done.values()):
+        ctx.decide(phase, "lr-grid", "no grid lr beat the untrained model beyond noise",
+                   f"incumbent = {inc.label}, a trial no better than the untrained model",
+                   [f"the untrained model (step 0) scored {ctx.fmt(untrained)}; the grid's trained bests: "
+                    + ", ".join(f"lr {lr_of(r.point):g}: {ctx.fmt(r.value)}" for r in done.values())
+                    + f"; noise {noise:.3f} ({src})"], list(done.values()),
+                   {"untrained": untrained, "noise": noise,
+                    "gains": {str(lr_of(r.point)): (None if r.value is None else r.value - untrained)
+                              for r in done.values()}}, code="lr-grid-no-gain-over-untrained")
 
 
 # ---------------------------------------------------------------------------------------------
