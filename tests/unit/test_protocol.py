@@ -1753,3 +1753,30 @@ def test_pruning_compares_trained_points_at_the_same_step():
     assert best_until(((0, 0.9),), 4) is None
     # the reference's untrained 0.9 is no score to trail: its trained 0.2 by step 6 is what the trial is held to
     assert behind_best(((0, 0.9), (6, 0.15)), 12, [("#0", ((0, 0.9), (6, 0.2), (12, 0.5)))], 0.01) is None
+
+
+def test_a_budget_skip_states_its_trials_cost_and_the_reserve_and_the_revisit_does_not_repeat_it():
+    """P1: "skip DoRA at 1x lr / estimated trial cost 1 trial, 1 trial left of 14 trials" (the start point's cost,
+    the reserve that refused it unstated); then "revisit ... arms" ran the stage again only to skip DoRA again."""
+    from loratune.search.protocol import reserve
+    from loratune.search.protocol.common import no_budget
+    from loratune.search.protocol.run import revisit_skipped
+    from loratune.search.protocol.table import STAGE_TABLE
+
+    ctx, runner = make_ctx(lr_binds(), budget="3trials")
+    ctx.state.start, ctx.state.stages = START, STAGE_TABLE
+    ctx.state.incumbent = _curve_rec(((0, 0.1), (12, 0.5)))
+    ctx.meter.charge(Cost(20.0, 2000, 2), "two trials")
+    s = ProtocolSettings(arms=("dora",))
+    held = reserve(ctx, "arms", s)
+    assert held.trials == 1  # the full-fine-tuning probe outranks the arms
+    dora = {**START.point, "adapter.use_dora": True}
+    no_budget(ctx, "arms", "DoRA at 1x lr", held, dora)
+    d = ctx.decisions[-1]
+    assert d["code"] == "budget-skip" and d["move"] == "skip DoRA at 1x lr"
+    assert d["evidence"] == ["estimated cost of this trial 1 trial, 1 trial left of 3 trials; held back for "
+                             "higher-priority stages: ~1 trial"]
+    revisit_skipped(ctx, s)  # the same trial under the same reserve: still not affordable, not run again
+    assert runner.calls == [] and not [x for x in ctx.decisions if x.get("code") == "revisit"]
+    no_budget(ctx, "seeds", "seed 43", Cost(), START.point)
+    assert ctx.decisions[-1]["evidence"][0].endswith("; nothing held back for other stages")

@@ -40,6 +40,7 @@ class ProtocolState:
     challenged: list[int] = field(default_factory=list)  # trial numbers already judged as challengers
     failed: bool = False  # no trial learned: later stages do nothing
     skipped: list[str] = field(default_factory=list)  # stages a budget stop cut (revisited at the end)
+    skipped_points: dict = field(default_factory=dict)  # stage -> the point of the trial the budget skipped first
     revisited: bool = False
     seed_sigma: float | None = None  # std of the incumbent's val metric over seeds
     seed_values: list[float] = field(default_factory=list)

@@ -94,16 +94,34 @@ def set_incumbent(ctx: SearchContext, rec: TrialRecord) -> None:
     ctx.state.incumbent = rec
 
 
-def no_budget(ctx: SearchContext, phase: str, what: str, held: Cost | None = None) -> None:
+def no_budget(ctx: SearchContext, phase: str, what: str, held: Cost | None = None, point: dict | None = None) -> None:
+    """Record a stage's trial skipped for budget: the skipped trial's own estimated cost (`point`; without it the
+    start point's), what is left, and what is held back for higher-priority stages (`held`: the reserve the trial
+    was refused under; a zero reserve is said too). The point is kept, so the revisit reruns the stage only once
+    that trial fits (`affordable_again`)."""
     skipped = ctx.state.skipped
     if phase not in skipped:
         skipped.append(phase)
+    if point is not None:
+        ctx.state.skipped_points.setdefault(phase, dict(point))
+    kind = ctx.meter.budget.kind
     extra = ""
-    if held is not None and held.trials:
-        extra = f"; held back for higher-priority stages: ~{held.trials} trial(s)"
+    if held is not None:
+        amount = max(held.amount(kind), float(held.trials) if kind == "trials" else 0.0)
+        extra = (f"; held back for higher-priority stages: ~{format_amount(kind, amount)}" if amount
+                 else "; nothing held back for other stages")
     ctx.decide(phase, "budget", "not affordable", f"skip {what}",
-               [f"estimated trial cost {format_amount(ctx.meter.budget.kind, ctx.estimate({}).amount(ctx.meter.budget.kind))}"
+               [f"estimated cost of this trial {format_amount(kind, ctx.estimate(point or {}).amount(kind))}"
                 f", {ctx.meter.describe_left()}{extra}"], code="budget-skip")
+
+
+def affordable_again(ctx: SearchContext, phase: str, s: ProtocolSettings) -> bool:
+    """Whether the trial a stage skipped for budget (`no_budget`) fits now, under the reserve the stage holds now:
+    a stage whose affordability did not change is not run again only to skip the same trial."""
+    point = ctx.state.skipped_points.get(phase)
+    if point is None:  # skipped without its point: the revisit's own check (a LoRA trial fits) decides
+        return True
+    return ctx.meter.fits(ctx.estimate(point), reserve(ctx, phase, s))
 
 
 def lr_siblings(ctx: SearchContext, point: dict) -> list[TrialRecord]:

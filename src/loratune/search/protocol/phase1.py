@@ -126,7 +126,7 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
         rec = ctx.run(ctx.spec(point, phase, f"start config at {f:g}x the lr centre"),
                       reserve=reserve(ctx, phase, s))
         if rec is None:
-            no_budget(ctx, phase, f"lr {f:g}x")
+            no_budget(ctx, phase, f"lr {f:g}x", reserve(ctx, phase, s), point)
             break
         done[f] = rec
     inc = ctx.best(list(done.values()))

@@ -9,7 +9,7 @@ from loratune.search.context import SearchContext
 from loratune.search.stages import StageId
 from loratune.search.state import Start
 from loratune.search.protocol.settings import ProtocolSettings
-from loratune.search.protocol.common import incumbent_of
+from loratune.search.protocol.common import affordable_again, incumbent_of
 from loratune.search.protocol.finish import stage_full_probe
 from loratune.search.protocol.long import cannot_change_pick, challenge
 from loratune.search.protocol.table import STAGE, STAGE_TABLE, StageSpec
@@ -20,7 +20,8 @@ def revisit_skipped(ctx: SearchContext, s: ProtocolSettings) -> None:
     if not skipped or ctx.state.failed or incumbent_of(ctx) is None or ctx.state.revisited:
         return
     ctx.state.revisited = True
-    todo = [(x.id.value, x.revisit) for x in STAGE_TABLE if x.revisit is not None and x.id in skipped]
+    todo = [(x.id.value, x.revisit) for x in STAGE_TABLE if x.revisit is not None and x.id in skipped
+            and affordable_again(ctx, x.id.value, s)]
     if not todo or not ctx.meter.fits(ctx.estimate(incumbent_of(ctx).point)):
         return
     ctx.decide("revisit", "budget", "budget left after the last stage",

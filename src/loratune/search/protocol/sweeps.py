@@ -37,7 +37,7 @@ def stage_seeds(ctx: SearchContext, s: ProtocolSettings) -> None:
         rec = ctx.run(ctx.spec(point, phase, f"seed noise: seed {seed0 + k}"), prune=False,
                       reserve=reserve(ctx, phase, s))
         if rec is None:
-            no_budget(ctx, phase, f"seed {seed0 + k}")
+            no_budget(ctx, phase, f"seed {seed0 + k}", reserve(ctx, phase, s), point)
             break
         recs.append(rec)
     values = [r.value for r in recs if r.value is not None]
@@ -124,12 +124,12 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
                                              f"{rule.rule.value})"),
                       reserve=reserve(ctx, phase, s))
         if rec is None:
-            no_budget(ctx, phase, f"rank {nxt}")
+            no_budget(ctx, phase, f"rank {nxt}", reserve(ctx, phase, s), point)
             stop_why = "budget"
             break
         rec = whole_if_ahead(ctx, rec, best_rec, noise, phase, f"rank sweep r={nxt}", reserve(ctx, phase, s))
         if rec is None:
-            no_budget(ctx, phase, f"rank {nxt} at full length")
+            no_budget(ctx, phase, f"rank {nxt} at full length", reserve(ctx, phase, s), point)
             stop_why = "budget"
             break
         _, b, note = like_for_like(ctx, rec, best_rec)  # a pruned rank: its partial score at its own step
@@ -194,7 +194,7 @@ def stage_target_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
         rec = ctx.run(ctx.spec(point, phase, f"target sweep: {','.join(s.target_sweep)} at r={r_of(inc.point)}, "
                                f"{f:g}x lr"), reserve=reserve(ctx, phase, s))
         if rec is None:
-            no_budget(ctx, phase, f"the target sweep at {f:g}x lr")
+            no_budget(ctx, phase, f"the target sweep at {f:g}x lr", reserve(ctx, phase, s), point)
             break
         arms.append(rec)
     if not arms:
@@ -243,7 +243,7 @@ def stage_arms(ctx: SearchContext, s: ProtocolSettings) -> None:
             point = with_(base, **{LR: round3(lr_of(inc.point) * f)})
             rec = ctx.run(ctx.spec(point, phase, f"arm {mv.text} at {f:g}x lr"), reserve=reserve(ctx, phase, s))
             if rec is None:
-                no_budget(ctx, phase, f"{mv.text} at {f:g}x lr")
+                no_budget(ctx, phase, f"{mv.text} at {f:g}x lr", reserve(ctx, phase, s), point)
                 break
             runs.append(rec)
         if not runs:
