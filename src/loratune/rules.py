@@ -144,6 +144,22 @@ class Rule:
         return list(dict.fromkeys(cl.feature for cl in self.when.leaves()))
 
 
+# Protocol 1's learning-rate ranges, stated once: the usual range, LoRA's centre, and full fine-tuning's (LoRA wants
+# ~10x the full-fine-tuning lr: its centre / 10). The rules' texts and the tune protocol's full-fine-tuning lr
+# probe (search.protocol.settings: FULL_LR_MIN, FULL_LR_MAX) read them here.
+USUAL_LR_RANGE = (1e-5, 1e-3)
+LORA_LR_CENTRE = (1e-4, 5e-4)
+LORA_OVER_FULL_LR = 10
+FULL_FT_LR_RANGE = tuple(float(f"{x / LORA_OVER_FULL_LR:.3g}") for x in LORA_LR_CENTRE)  # 1e-5..5e-5
+
+
+def _lr_range(lo_hi: tuple) -> str:
+    return "..".join(f"{x:.0e}".replace("e-0", "e-") for x in lo_hi)
+
+
+_USUAL, _LORA_CENTRE, _FULL = _lr_range(USUAL_LR_RANGE), _lr_range(LORA_LR_CENTRE), _lr_range(FULL_FT_LR_RANGE)
+
+
 def _t(name: str, value: float, unit: str, doc: str) -> Threshold:
     return Threshold(name, float(value), unit, doc)
 
@@ -208,12 +224,12 @@ _THRESHOLDS = (
     _t("pinned_loss_ratio_min", 0.98, "ratio", "...while the train loss ended at this share of its start or higher: it "
        "did not fall at all (features.IMPROVE_MIN_REL, 2%, is the least relative move counted as a fall): pinned, "
        "not protocol 4's slow, steady fall."),
-    _t("usual_lr_min", 1e-5, "lr", "...at a peak lr at or above the low end of protocol 1's usual range (1e-5..1e-3, "
-       "full fine-tuning 1e-5..5e-5): steps of a usual size that moved no prediction are a collapse; steps below it "
+    _t("usual_lr_min", 1e-5, "lr", f"...at a peak lr at or above the low end of protocol 1's usual range ({_USUAL}, "
+       f"full fine-tuning {_FULL}): steps of a usual size that moved no prediction are a collapse; steps below it "
        "that moved none are too small (a warmup that never reached an lr: macyrm, fold E). A LoRA adapter's floor is "
        "lora_lr_floor instead (its range sits 10x higher)."),
     _t("lr_far_below_max", 3e-6, "lr", "A peak lr under a third of usual_lr_min, the low end of protocol 1's range "
-       "(1e-5..1e-3; full fine-tuning 1e-5..5e-5): for a classifier, steps too small for any method whatever the "
+       f"({_USUAL}; full fine-tuning {_FULL}): for a classifier, steps too small for any method whatever the "
        "curve's decayed tail shows (a large language model's full fine-tuning may sit lower; classifiers only)."),
     _t("osc_loss_rise", 0.15, "fraction", "Oscillation: train loss climbs back above its running minimum by "
        "this share of its start."),
@@ -315,7 +331,7 @@ _THRESHOLDS = (
     _t("slow_runs_to_fit_min", 2.0, "runs", "At its late pace the train loss needs at least this many more run "
        "lengths to reach a tenth of its start: far from what the run shows is reachable."),
     _t("lora_lr_floor", 1e-4, "lr", "The low end of LoRA's usual learning rate (protocol 1: AdamW, LoRA centre "
-       "1e-4..5e-4, about 10x full fine-tuning's 1e-5..5e-5; the centre moves down with model size, and 1e-4 is "
+       f"{_LORA_CENTRE}, about {LORA_OVER_FULL_LR}x full fine-tuning's {_FULL}; the centre moves down with model size, and 1e-4 is "
        "where QLoRA-scale 7B-65B runs sit). A LoRA run below it that learned little (train loss down less than "
        "healthy_loss_drop_min (a language model: or from its first eval on), val loss less than "
        "healthy_val_loss_drop_min, "

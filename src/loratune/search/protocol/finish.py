@@ -50,8 +50,12 @@ def full_lr_probe(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord) -> 
                        [f"lr {lr:g} not probed: {ctx.meter.describe_left()}"], runs, code="full-lr-probe-stopped")
             break
         what = f"{p_steps} steps" if short else "a trial"
-        rec = ctx.run(ctx.spec(point, phase, f"full fine-tuning lr probe: {what} at lr {lr:g} ({lr / centre:g}x "
-                                             f"LoRA lr x {s.full_lr_ratio:g})"), prune=False)
+        # the multiplier is of the prior (LoRA lr x ratio) the label names, not of the centre it was clamped to
+        rec = ctx.run(ctx.spec(point, phase, f"full fine-tuning lr probe: {what} at lr {lr:g} ({lr / prior:.3g}x "
+                                             f"LoRA lr {lr_of(inc.point):g} x {s.full_lr_ratio:g} = {prior:g}"
+                                             + (f"; the centre kept inside full fine-tuning's range "
+                                                f"{FULL_LR_MIN:g}..{FULL_LR_MAX:g}: {centre:g}" if centre != prior
+                                                else "") + ")"), prune=False)
         if rec is None:
             break
         runs.append(rec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loratune.moves import ARMS
+from loratune.rules import FULL_FT_LR_RANGE
 from loratune.stepsize import scale_rule
 
 
@@ -42,9 +43,9 @@ STILL_IMPROVING_BEST_FRACTION = 0.8
 EARLY_PEAK_BEST_FRACTION = 0.7
 EARLY_STOPPING_PATIENCE = 2
 
-# Full fine-tuning's lr is LoRA's x full_lr_ratio, kept inside the range full fine-tuning of an encoder
-# uses (1e-5 .. 5e-4; protocol 1: LoRA wants ~10x the full-fine-tuning lr).
-FULL_LR_MIN, FULL_LR_MAX = 1e-5, 5e-4
+# Full fine-tuning's lr is LoRA's x full_lr_ratio, kept inside protocol 1's full-fine-tuning range (rules.FULL_FT_LR_RANGE,
+# 1e-5 .. 5e-5: LoRA's centre / 10), the one the diagnosis rules state.
+FULL_LR_MIN, FULL_LR_MAX = FULL_FT_LR_RANGE
 
 # The final training's length shrinks by this factor per try until the runs fit the budget left.
 FINAL_LENGTH_SHRINK = 0.8
