@@ -1786,3 +1786,22 @@ def test_a_budget_skip_states_its_trials_cost_and_the_reserve_and_the_revisit_do
     assert runner.calls == [] and not [x for x in ctx.decisions if x.get("code") == "revisit"]
     no_budget(ctx, "seeds", "seed 43", Cost(), START.point)
     assert ctx.decisions[-1]["evidence"][0].endswith("; nothing held back for other stages")
+
+
+def test_a_long_run_that_lost_to_its_trial_is_not_called_reused():
+    """Every row the same text: the early long run scored no higher than its trial, so the trial stayed the pick;
+    the final training then said "the long run is reused -> keep #0 start", a long run that was not the pick."""
+    def f1(p):
+        return 0.70 - (0.10 if int(p.get("train.max_steps") or 0) >= 200 else 0.0) - 0.01 * abs(math.log2(p[LR] / 1e-3))
+
+    start = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=6.0)
+    world = World(f1, lambda p: "healthy", features={"still_improving": 1.0, "best_step_fraction": 1.0})
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, start, ProtocolSettings(full_probe=False, lr_probe=False),
+                 plan={"max_steps": 100, "epochs": 1.5, "reason": "scripted"})
+    assert "early-long-no-gain" in codes(ctx)
+    d = next(x for x in ctx.decisions if x["kind"] == "final-train")
+    final = ctx.state["final"]
+    assert not final.point.get("train.max_steps")  # the pick is a trial
+    assert d["code"] == "final-train-no-gain" and d["move"] == f"keep {final.label}"
+    assert "final-train-reused" not in codes(ctx)

@@ -328,9 +328,12 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
             data["gain"], data["noise"] = gain, noise
         ctx.decide(phase, "final-train", "the long run at another lr scores higher", f"pick = {best.label}",
                    ev + evidence_of(ctx, best), [long, *runs], data, code="final-train-helps")
-    else:
+    elif final is long:
         ctx.decide(phase, "final-train", "the long run is reused", f"keep {final.label}", ev, [long, *runs], data,
                    code="final-train-reused")
+    else:  # the pick is a trial (the long run scored no higher): nothing is reused, the trial's adapter is kept
+        ctx.decide(phase, "final-train", "the long run did not score higher than the pick",
+                   f"keep {final.label}", ev, [long, *runs], data, code="final-train-no-gain")
 
 
 def saved_model(rec: TrialRecord) -> str | None:
