@@ -8,6 +8,8 @@ through the context's tables."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -19,7 +21,7 @@ from loratune.search.runner import TrainingRunner
 from loratune.thresholds import tables_with
 from memory_store import MemoryStore
 from synth_runs import underfit
-from test_protocol import START, lr_binds, make_ctx
+from test_protocol import START, World, lr_binds, make_ctx
 
 FLIP = {"underfit_metric_max": 0.06}  # underfit()'s best val macro-F1 is above it: not an underfit on these
 
@@ -119,3 +121,22 @@ def test_the_lora_vs_full_decision_reads_the_studys_thresholds():
     tuned = {r["id"]: r for r in ctx.state["lora_vs_full"]["reasons"]}
     assert default.keys() == tuned.keys()
     assert any(default[k]["holds"] != tuned[k]["holds"] for k in default), (default, tuned)
+
+
+def test_the_pair_reads_binding_ratio_min_from_the_studys_thresholds():
+    """tune's pair decided with its own ProtocolSettings.binding_ratio (1.5), whatever --thresholds set
+    binding_ratio_min to: an lr effect 1.33x the rank's read "both knobs matter" under a 1.2 override too."""
+    def f1(p):
+        return 0.5 + 0.02 * math.log2(p["train.learning_rate"] / 1e-3) + 0.015 * math.log2(p["adapter.r"] / 8)
+
+    def pair(tables):
+        ctx, _ = make_ctx(World(f1, lambda p: "lr-too-small" if p["train.learning_rate"] < 4e-3 else "healthy"))
+        ctx.thresholds = tables
+        run_protocol(ctx, START, ProtocolSettings(full_probe=False))
+        return ctx.state["pair"]
+
+    default, tuned = pair(tables_with(None)), pair(tables_with({"binding_ratio_min": 1.2}))
+    assert default["lr_delta"] == pytest.approx(0.02) and default["r_delta"] == pytest.approx(0.015)
+    assert default["how"].startswith("both knobs matter (ratio < 1.5")
+    assert tuned["binding"] == "optimization" and tuned["how"].startswith("|lr delta| >= 1.2 x |r delta|")
+    assert "binding_ratio" not in {f.name for f in dataclasses.fields(ProtocolSettings)}  # one value, one place

@@ -268,6 +268,7 @@ def run_pair(ctx: SearchContext, s: ProtocolSettings) -> str:
         return "unaffordable"
     dl, dr = a.value - inc.value, b.value - inc.value
     noise, src = ctx.noise()
+    ratio = ctx.rule_threshold("binding_ratio_min")  # the compare rules' own ratio, as the study sets it (--thresholds)
     cmp = ctx.runner.compare([inc.run_dir, a.run_dir, b.run_dir]) or {}
     fired = {f["rule_id"]: f for f in cmp.get("findings", [])}
     if "capacity-bound" in fired:
@@ -276,13 +277,13 @@ def run_pair(ctx: SearchContext, s: ProtocolSettings) -> str:
         binding, how = "optimization", "compare: optimization-bound fired"
     elif max(abs(dl), abs(dr)) <= noise:
         binding, how = "neither", f"both |deltas| <= noise {noise:.3f}"
-    elif abs(dr) >= s.binding_ratio * abs(dl):
-        binding, how = "capacity", f"|r delta| >= {s.binding_ratio:g} x |lr delta|"
-    elif abs(dl) >= s.binding_ratio * abs(dr):
-        binding, how = "optimization", f"|lr delta| >= {s.binding_ratio:g} x |r delta|"
+    elif abs(dr) >= ratio * abs(dl):
+        binding, how = "capacity", f"|r delta| >= {ratio:g} x |lr delta| (binding_ratio_min)"
+    elif abs(dl) >= ratio * abs(dr):
+        binding, how = "optimization", f"|lr delta| >= {ratio:g} x |r delta| (binding_ratio_min)"
     else:
         binding = "capacity" if abs(dr) > abs(dl) else "optimization"
-        how = f"both knobs matter (ratio < {s.binding_ratio:g}); following the larger delta"
+        how = f"both knobs matter (ratio < {ratio:g}, binding_ratio_min); following the larger delta"
     ctx.state.pair = {"from": inc.number, "lr_trial": a.number, "r_trial": b.number,
                          "lr": [lr_of(inc.point), lr_of(a.point)], "r": [r_of(inc.point), r_of(b.point)],
                          "base": inc.value, "lr_value": a.value, "r_value": b.value,

@@ -95,7 +95,6 @@ class ProtocolSettings:
     lr_factors: tuple[float, ...] = (1.0, 2.0, 0.5)  # the coarse grid, in the order run
     skip_dominated_lr: bool = True  # skip 0.5x when 2x beat 1x beyond noise
     pair: bool = True
-    binding_ratio: float = 1.5  # one knob's effect this many times the other's binds (rules: binding_ratio_min)
     max_capacity_moves: int = 3
     max_lr_steps: int = 2
     max_scale: float = 4.0
