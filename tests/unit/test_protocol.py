@@ -1805,3 +1805,19 @@ def test_a_long_run_that_lost_to_its_trial_is_not_called_reused():
     assert not final.point.get("train.max_steps")  # the pick is a trial
     assert d["code"] == "final-train-no-gain" and d["move"] == f"keep {final.label}"
     assert "final-train-reused" not in codes(ctx)
+
+
+def test_the_capacity_ceiling_reads_the_users_start_rank():
+    """S1 (user r=4, hidden 32): "at r = hidden/6 = 5.33 ... largest power of 2 at or below it: 4; never below the
+    start rank" recorded ceiling 8, the assessment's own start rank; the user's r=4 is the start rank."""
+    a = {"recommendation": {
+        "overrides": {"adapter.r": 8, "adapter.lora_alpha": 16.0, "train.learning_rate": 1e-3},
+        "choices": [{"key": "adapter.r", "value": 8, "rule": "start-rank-by-data", "reason": "50 rows"}],
+        "capacity_ceiling": {"key": "adapter.r", "value": 8, "rule": "ceiling-rank", "reason": "hidden/6"},
+        "lr_grid": [1e-3]}, "facts": {"train_rows": 50, "model_hidden": 32}}
+    start = start_from_assessment(a, {"adapter.r": 4})
+    assert start.point[R] == 4 and start.ceiling_r == 4
+    ceiling = next(c for c in start.choices if c["key"] == "ceiling.r")
+    assert ceiling["value"] == 4 and "the user's start rank r=4: 4" in ceiling["reason"]
+    assert start_from_assessment(a).ceiling_r == 8  # the assessment's own start rank
+    assert start_from_assessment(a, {"adapter.r": 16}).ceiling_r == 16  # never below the start rank

@@ -95,9 +95,15 @@ def _batch(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int | None:
 
 
 def _ceiling(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int:
+    return capacity_ceiling(f, chosen.get("adapter.r", 8))
+
+
+def capacity_ceiling(f: Mapping[str, Any], start_r: int) -> int:
+    """The highest rank worth trying: min(rank by data, rank by model), never below the start rank `start_r` (the
+    assessment's own, or the one a user set: tune's phase 0 asks again with it)."""
     by_data = CEILING_BY_DATA(f)
     by_model = ceiling_by_model(f.get("model_hidden")) or by_data
-    return int(max(chosen.get("adapter.r", 8), min(by_data, by_model)))
+    return int(max(start_r, min(by_data, by_model)))
 
 
 def ceiling_by_model(hidden: int | None) -> int | None:

@@ -30,6 +30,17 @@ def start_from_assessment(a: dict, user_point: dict | None = None) -> Start:
     if TARGETS in point and isinstance(point[TARGETS], str):
         point[TARGETS] = targets_text(point[TARGETS]).split(",")
     ceiling = int(rec["capacity_ceiling"]["value"])
+    ceiling_why = rec["capacity_ceiling"]["reason"]
+    facts_all = a.get("facts", {})
+    if R in (user_point or {}) and facts_all.get("train_rows"):
+        # the rule's "never below the start rank" is the user's start rank, not the assessment's own (user r=4 under
+        # a hidden/6 bound of 4 kept the assessment's r=8 as the ceiling)
+        from loratune.assess.rules import capacity_ceiling
+
+        mine = capacity_ceiling(facts_all, int(user_point[R]))
+        if mine != ceiling:
+            ceiling_why += f" -- with the user's start rank r={int(user_point[R])}: {mine}"
+            ceiling = mine
     facts = {k: a.get("facts", {}).get(k) for k in ("train_rows", "val_rows", "classes", "probe_macro_f1",
                                                     "macro_f1_se", "detectable_difference", "model_hidden",
                                                     "model_layers", "rows_per_class_median")}
@@ -39,7 +50,7 @@ def start_from_assessment(a: dict, user_point: dict | None = None) -> Start:
                                               and user[c["key"]] != c["value"] else "")}
                     for c in rec.get("choices", ()))
     choices += ({"key": "ceiling.r", "value": ceiling, "rule": rec["capacity_ceiling"]["rule"],
-                 "reason": rec["capacity_ceiling"]["reason"]},)
+                 "reason": ceiling_why},)
     return Start(point, max(ceiling, int(point.get(R, DEFAULTS[R]))), float(point.get(LR, DEFAULTS[LR])), choices, facts, fixed,
                  ov.get("train.num_train_epochs"))
 
