@@ -350,6 +350,7 @@ def test_a_resume_never_lowers_what_the_study_spent(tiny_bert, intent_data, tmp_
                  or "outside its training" in c["label"]]
     assert any(c["label"] == "startup (this session)" for c in overheads)
 
+    _unfinish(study)  # as a session killed before its finish leaves it (a finished study's resume changes nothing)
     assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "2trials", "-q"]) == 0
     second = json.loads((study / "final" / "study.json").read_text())["budget"]
     assert second["spent"]["wall_s"] >= first["spent"]["wall_s"]
@@ -382,6 +383,7 @@ def test_a_resume_of_a_study_made_before_overheads_were_kept_never_lowers_what_i
     first = json.loads((study / "final" / "study.json").read_text())["budget"]
     stored = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}")
     stored.set_user_attr(OVERHEADS, [])  # as the older version left it
+    _unfinish(study)
     assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "2trials", "-q"]) == 0
     second = json.loads((study / "final" / "study.json").read_text())["budget"]
     assert second["spent"]["wall_s"] >= first["spent"]["wall_s"]
@@ -389,7 +391,37 @@ def test_a_resume_of_a_study_made_before_overheads_were_kept_never_lowers_what_i
     assert len(top_up) == 1 and top_up[0]["cost"]["wall_s"] > 0
     assert not any(c["label"].startswith("session 1: ") for c in second["ledger"])
     # the top-up is kept with that session's overheads: a further resume charges it again, as it charges them
+    _unfinish(study)
     assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "2trials", "-q"]) == 0
     third = json.loads((study / "final" / "study.json").read_text())["budget"]
     assert third["spent"]["wall_s"] >= second["spent"]["wall_s"]
     assert any(c["label"].startswith("session 1: earlier sessions' time around") for c in third["ledger"])
+
+
+def _unfinish(study: Path) -> None:
+    """Mark a study as not finished, as a session killed before its finish leaves it."""
+    import optuna
+
+    stored = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}")
+    stored.set_user_attr("loratune", {**stored.user_attrs["loratune"], "finished": False})
+
+
+def test_a_resume_of_a_finished_study_says_so_and_changes_nothing(tiny_bert, intent_data, tmp_path, monkeypatch,
+                                                                   capsys):
+    """A resume of a finished study appended study-resumed "the lost trials' points are trained again" though none
+    was lost, and rewrote final/study.json's spent.wall_s and the first session's startup ledger entry."""
+    import optuna
+
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--budget", "2trials", "--trial-steps", "4")) == 0
+    before = {p: (study / p).read_bytes() for p in ("final/study.json", "decisions.jsonl")}
+    overheads = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}").user_attrs
+    capsys.readouterr()
+    assert main(["tune", "--resume", "--study-dir", str(study), "-q"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "is finished: nothing to resume" in out and "recommendation:" in out
+    assert {p: (study / p).read_bytes() for p in before} == before
+    after = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}").user_attrs
+    overheads.pop("leader"), after.pop("leader")  # the lease a session takes and releases
+    assert after == overheads  # the sessions' overheads, the meta (finished) as they were

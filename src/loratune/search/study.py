@@ -330,6 +330,7 @@ class Study:
         self.storage_url = storage_url
         self.decisions = DecisionLog(self.dir / DECISIONS)
         self.recovered: list[dict] = []  # trials found RUNNING at open (a killed process)
+        self.was_finished = False  # set on resume: the study had finished before this open
         self._lock = None
         self.heartbeat_s = HEARTBEAT_S
         self._beats: dict[int, _Beat] = {}  # trial number -> its heartbeat thread
@@ -442,6 +443,7 @@ class Study:
                 raise UserError(f"the study in {study_dir} was stopped before its settings were stored: there is "
                                 "nothing to resume", "start it again without --resume (resume=False) in an empty "
                                 f"--study-dir (study_dir=), or remove {study_dir}")
+            self.was_finished = bool(self.meta.get("finished"))  # a resume of a finished study changes nothing
             self.set_meta(finished=False)
             self._recover_running()
         return self

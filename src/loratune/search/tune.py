@@ -137,6 +137,15 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                              budget=options.budget or old.get("budget") or DEFAULT_BUDGET, settings=settings,
                              user_point=old.get("user_point") or {}, explicit_keys=tuple(old.get("explicit_keys", ())),
                              thresholds=old.get("thresholds") or {})
+        summary_path = study_dir / FINAL / "study.json"
+        if (getattr(study, "was_finished", False) and options.budget == old.get("budget") and not study.recovered
+                and not study.lost_spending() and summary_path.exists()):
+            # nothing was lost and the budget did not grow: there is nothing to resume, and a rerun of the finish
+            # would rewrite the study's spend and its first session's ledger, and claim lost trials trained again
+            study.set_meta(finished=True)
+            ui.note(f"the study in {study_dir} is finished: nothing to resume (its summary: {summary_path}); give a "
+                    "larger --budget to continue it")
+            return json.loads(summary_path.read_text())
         if options.budget != old.get("budget"):
             was, now = Budget.parse(old.get("budget") or DEFAULT_BUDGET), Budget.parse(options.budget)
             if now.kind != was.kind or now.limit < was.limit:  # what a study spent stays spent: it can only grow
