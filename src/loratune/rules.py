@@ -331,7 +331,8 @@ _THRESHOLDS = (
     _t("slow_runs_to_fit_min", 2.0, "runs", "At its late pace the train loss needs at least this many more run "
        "lengths to reach a tenth of its start: far from what the run shows is reachable."),
     _t("lora_lr_floor", 1e-4, "lr", "The low end of LoRA's usual learning rate (protocol 1: AdamW, LoRA centre "
-       f"{_LORA_CENTRE}, about {LORA_OVER_FULL_LR}x full fine-tuning's {_FULL}; the centre moves down with model size, and 1e-4 is "
+       f"{_LORA_CENTRE}, about {LORA_OVER_FULL_LR}x full fine-tuning's {_FULL}; the centre moves down with model size, "
+       "and 1e-4 is "
        "where QLoRA-scale 7B-65B runs sit). A LoRA run below it that learned little (train loss down less than "
        "healthy_loss_drop_min (a language model: or from its first eval on), val loss less than "
        "healthy_val_loss_drop_min, "

@@ -43,8 +43,8 @@ STILL_IMPROVING_BEST_FRACTION = 0.8
 EARLY_PEAK_BEST_FRACTION = 0.7
 EARLY_STOPPING_PATIENCE = 2
 
-# Full fine-tuning's lr is LoRA's x full_lr_ratio, kept inside protocol 1's full-fine-tuning range (rules.FULL_FT_LR_RANGE,
-# 1e-5 .. 5e-5: LoRA's centre / 10), the one the diagnosis rules state.
+# Full fine-tuning's lr is LoRA's x full_lr_ratio, kept inside protocol 1's full-fine-tuning range
+# (rules.FULL_FT_LR_RANGE, 1e-5 .. 5e-5: LoRA's centre / 10), the one the diagnosis rules state.
 FULL_LR_MIN, FULL_LR_MAX = FULL_FT_LR_RANGE
 
 # The final training's length shrinks by this factor per try until the runs fit the budget left.
