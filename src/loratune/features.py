@@ -478,6 +478,12 @@ PROMPT_KEY_PREFIX = "val/prompt_"  # generation.prompt_key writes every prompt-s
 # a missing feature whose reason starts with this cannot exist for this kind of run (ln(classes) of a language
 # model, the prompt set of a classifier): no signal to log, so the diagnosis gives no advice for it
 NOT_APPLICABLE = "does not apply: "
+# an online RL run (history_io.TRL_KINDS: GRPO, RLOO, PPO). Its loss is ~ beta x KL to the reference (plus a
+# policy term whose mean is ~0): 0 at the start and rising by design as the policy moves, so a rise from its minimum
+# is no overfit and its lowest value no best run. Its fit is its reward, which no rule reads yet: no loss feature.
+RL_KIND = "rl"
+RL_LOSS_WHY = (NOT_APPLICABLE + "an RL run's loss (GRPO, RLOO, PPO: ~ beta x KL to its reference, 0 at the start "
+               "and rising by design) measures no fit: judge the run by its reward (eval_reward on held-out prompts)")
 CLASSIFIER_GROUPS = ("per class", "collapse", "slices")  # catalogue groups that need classes
 # gates naming which kind of run a rule route is for (no evidence)
 KIND_FEATURES = ("generative", "classifier", "lora", "lora_adapter", "train_loss_untracked")
@@ -835,6 +841,11 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     meta = dict(meta or {})
     acc = FeatureSet()
     pts = sorted((p for p in points if _num(p.get("step")) is not None), key=lambda p: p["step"])
+    rl = meta.get("trl_kind") == RL_KIND
+    if rl:  # its loss is no fit to judge (RL_LOSS_WHY): no loss feature is read from it
+        pts = [{k: v for k, v in p.items() if not (k.startswith("train/loss") or k in ("val/loss",
+                                                                                         "train_eval/loss"))}
+               for p in pts]
     acc.details["n_points_without_step"] = len(points) - len(pts)
     if not pts:
         acc.miss(FEATURES, "the history has no eval points with a step")
@@ -901,6 +912,8 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     _compound(acc, pts)
     _stability(acc, pts, meta)
     _per_class(acc, pts, meta, labels)
+    if rl:
+        acc.miss([n for n, spec in FEATURES.items() if spec.group in ("train loss", "val loss")], RL_LOSS_WHY)
     if generative:  # open generation has no classes: say so instead of asking for per-class logs
         for name, spec in FEATURES.items():
             if spec.group in CLASSIFIER_GROUPS and acc.values.get(name) is None \

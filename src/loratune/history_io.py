@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from loratune.errors import UserError
 from loratune.store import HISTORY, TENSORBOARD_DIR, RunStore, read_history_lines
@@ -262,6 +262,33 @@ _ERROR_RATES = {"wer": "word_accuracy", "cer": "char_accuracy"}
 _EVAL_META = ("runtime", "samples_per_second", "steps_per_second", "num_tokens")
 # keys only TRL's trainers log (SFTTrainer: token accuracy, token counts, entropy)
 _TRL_KEYS = ("mean_token_accuracy", "num_tokens", "entropy")
+# What kind of TRL run a log is, by the keys its trainer logs (TRL 1.16's sources), first match wins: an online RL
+# trainer (GRPO, RLOO, PPO: a reward, a KL, completion lengths; its loss ~ beta x KL starts at 0 and rises by design),
+# a RewardTrainer (a sequence classifier scoring pairs: mean/min/max reward), a pairwise preference trainer (DPO, IPO,
+# RPO, CPO, ORPO, KTO: reward margins, chosen rewards, log-probs, ORPO's NLL and log-odds), and any other (SFTTrainer).
+# Each is a run of a language model or a reward model, never a fresh classifier head: no class count from its first
+# loss, whether or not the newer _TRL_KEYS are logged beside (an ORPO log has none of them).
+TRL_KINDS = (("rl", "causal-lm", ("reward", "kl", "completions/mean_length", "completion_length", "objective/kl",
+                                  "objective/rlhf_reward", "objective/scores")),
+             ("reward-model", "reward-model", ("mean_reward", "min_reward", "max_reward")),
+             ("preference", "causal-lm", ("rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
+                                          "logps/rejected", "nll_loss", "log_odds_ratio", "log_odds_chosen")),
+             ("sft", "causal-lm", _TRL_KEYS))
+
+
+def _trl_kind(keys: Iterable[str]) -> tuple[str, str, list[str]] | None:
+    """(kind, task, the keys found) of a TRL run from its log's keys (a trainer_state's `eval_rewards/margins` or an
+    export's `eval/rewards/margins`, `train/kl` columns alike), or None for no TRL trainer's keys."""
+    bare = {}
+    for k in keys:
+        b = k.strip()
+        b = b.split("/", 1)[1] if b.split("/", 1)[0] in ("train", "eval") and "/" in b else b
+        bare.setdefault(b.removeprefix("eval_").removeprefix("train_"), k.strip())
+    for kind, task, marks in TRL_KINDS:
+        found = [m for m in marks if m in bare]
+        if found:
+            return kind, task, found
+    return None
 # What a side file says the model was trained to do: peft's `task_type` in adapter_config.json, and the suffix of
 # the transformers architecture in config.json (plus its problem_type). A language model's, a seq2seq model's or a
 # regression's loss has no ln(classes) reference, so no class count is read for them from id2label or the first loss.
@@ -270,7 +297,7 @@ PEFT_TASK_TYPES = {"CAUSAL_LM": "causal-lm", "SEQ_2_SEQ_LM": "seq2seq", "SEQ_CLS
 ARCH_TASKS = (("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"), ("ForConditionalGeneration", "seq2seq"), ("ForSeq2SeqLM", "seq2seq"),
               ("ForSequenceClassification", "single_label"), ("ForTokenClassification", "token-classification"),
               ("ForQuestionAnswering", "question-answering"), ("ForMaskedLM", "masked-lm"), ("MTModel", "seq2seq"))
-NO_CLASS_TASKS = ("causal-lm", "seq2seq", "regression", "question-answering", "masked-lm")
+NO_CLASS_TASKS = ("causal-lm", "seq2seq", "regression", "question-answering", "masked-lm", "reward-model")
 # trainer_state.json top-level fields that are facts about the run (never the pickled training_args.bin)
 _STATE_FACTS = ("train_batch_size", "max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps")
 # adapter_config.json fields that are knobs
@@ -607,7 +634,8 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     # merged or hand-edited log in another order built each eval's window, its first loss and the lr's warm-up and
     # peak from the file's order, and a reversed log of a diverged run read healthy
     logs = sorted(logs, key=lambda e: float(e["step"]))
-    is_trl = any(k in e or f"eval_{k}" in e for e in logs for k in _TRL_KEYS)
+    trl_kind = _trl_kind({k for e in logs for k in e})
+    is_trl = trl_kind is not None
     source = source or ("trl" if is_trl else "hf-trainer")
     train_logs = [e for e in logs if "loss" in e and not any(k.startswith("eval_") for k in e)
                   and not _is_end_entry(e)]
@@ -704,9 +732,9 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
                      if source != "notebook" else "the progress bar stops short of its end: the run was stopped "
                      "(or was still going when the notebook was saved); the diagnosis is of a partial run")
     facts.update(_lr_facts(train_logs))
-    if is_trl:
-        meta["task"] = "causal-lm"
-        facts["task"] = Fact("causal-lm", f"TRL keys in the log ({', '.join(k for k in _TRL_KEYS)})")
+    if trl_kind is not None:
+        meta["task"], meta["trl_kind"] = trl_kind[1], trl_kind[0]
+        facts["task"] = Fact(trl_kind[1], f"TRL {trl_kind[0]} keys in the log ({', '.join(trl_kind[2][:3])})")
     if "n_classes" in facts:  # a count the caller read (a notebook's num_labels)
         meta["n_classes"] = facts["n_classes"].value
     if "task" in facts and not meta.get("task"):  # a task the caller read (a notebook's model class)
@@ -1881,10 +1909,12 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
     meta: dict[str, Any] = {}
     # TRL's keys among the columns (mean_token_accuracy, eval_entropy, ...): a language model's run, as the
     # trainer_state reader reads them: task causal-lm, no class count
-    trl = [h for h in header if h.strip().rsplit("/", 1)[-1].removeprefix("eval_").removeprefix("train_") in _TRL_KEYS]
-    if trl:
-        meta["task"] = "causal-lm"
-        facts["task"] = Fact("causal-lm", f"TRL keys among the CSV's columns ({', '.join(trl[:3])})")
+    trl_kind = _trl_kind(header)
+    trl = trl_kind is not None
+    if trl_kind is not None:
+        meta["task"], meta["trl_kind"] = trl_kind[1], trl_kind[0]
+        facts["task"] = Fact(trl_kind[1], f"TRL {trl_kind[0]} keys among the CSV's columns "
+                                          f"({', '.join(trl_kind[2][:3])})")
     if "step" in found and not trl:
         # the class count from the first train loss, as the trainer_state and TensorBoard readers estimate it: an
         # export of a run's log_history had no count, so no ln(classes) reference, and another verdict than the

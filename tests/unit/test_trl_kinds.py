@@ -1,0 +1,109 @@
+"""TRL's trainers told apart by the keys they log (history_io.TRL_KINDS): preference, RL and reward-model runs are no
+classifiers, and each is read as what it is."""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+from loratune.diagnose import diagnose
+from loratune.history_io import load_run
+
+
+def _state(folder: Path, rows, every: int = 10) -> Path:
+    """A trainer_state.json of train logs (every step) and evals (every `every`): rows(i, x) -> (train, eval) dicts."""
+    log, n = [], 100
+    for i in range(1, n + 1):
+        train, ev = rows(i, i / n)
+        log.append({"step": i, "epoch": i / n, "learning_rate": 1e-6, "grad_norm": 1.0, **train})
+        if i % every == 0:
+            log.append({"step": i, "epoch": i / n, "eval_runtime": 1.0, "eval_samples_per_second": 20.0, **ev})
+    log.append({"step": n, "epoch": 1.0, "train_runtime": 10.0, "total_flos": 0, "train_loss": 1.0})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": n, "max_steps": n, "logging_steps": 1,
+                                                           "eval_steps": every, "log_history": log}))
+    return folder
+
+
+def _orpo(i, x):  # ORPO (TRL 1.16, experimental): no mean_token_accuracy / num_tokens / entropy, a first loss of 4.7
+    keys = {"loss": 4.724 - 0.01 * x, "nll_loss": 4.0, "log_odds_ratio": -0.7, "log_odds_chosen": 0.1,
+            "rewards/margins": 0.01 * x, "rewards/chosen": -0.4, "rewards/accuracies": 0.5, "logps/chosen": -40.0}
+    return keys, {"eval_" + k: v for k, v in keys.items()}
+
+
+def _bare_dpo(i, x):  # a DPO log with its auxiliary keys removed: only the loss (ln 2 at the start) and the rewards
+    keys = {"loss": math.log(2) - 0.002 * x, "rewards/margins": 0.01 * x, "rewards/chosen": -0.1}
+    return keys, {"eval_" + k: v for k, v in keys.items()}
+
+
+def test_preference_runs_without_trls_newer_keys_get_no_class_count(tmp_path):
+    for name, rows, loss in (("orpo", _orpo, 4.724), ("dpo", _bare_dpo, math.log(2))):
+        run = load_run(_state(tmp_path / name, rows))
+        assert run.meta["task"] == "causal-lm" and run.meta["trl_kind"] == "preference", name
+        assert "n_classes" not in run.meta and "n_classes" not in run.facts, (name, run.facts.get("n_classes"))
+        assert "rewards/margins" in run.facts["task"].source and "mean_token_accuracy" not in run.facts["task"].source
+        f = diagnose(run).features
+        assert f["classifier"] is None and f["n_classes"] is None and f["generative"] == 1, name
+    # an export with W&B's column names (train/..., eval/...): the same keys, the same reading
+    rows = "".join(f"{st},{0.693 - 0.001 * st},{0.69 - 0.001 * st if st % 10 == 0 else ''},"
+                   f"{0.01 * st if st % 10 == 0 else ''}\n" for st in range(1, 101))
+    (tmp_path / "dpo.csv").write_text("train/global_step,train/loss,eval/loss,eval/rewards/margins\n" + rows)
+    run = load_run(tmp_path / "dpo.csv")
+    assert run.meta["task"] == "causal-lm" and run.meta["trl_kind"] == "preference"
+    assert "n_classes" not in run.meta and "n_classes" not in run.facts
+    assert run.facts["task"].source == "TRL preference keys among the CSV's columns (rewards/margins)"
+
+
+def _grpo(i, x):  # GRPO as TRL 1.16 logs it: reward, kl, completion lengths, num_tokens and entropy; no token accuracy
+    keys = {"loss": 0.04 * x, "num_tokens": 1000 * i, "reward": 0.1 + 0.8 * x, "reward_std": 0.3, "kl": x,
+            "entropy": 1.0, "completions/mean_length": 100.0}
+    return keys, {"eval_" + k: v for k, v in keys.items()}
+
+
+def _reward_trainer(i, x):  # RewardTrainer (a sequence classifier scoring pairs): num_tokens and its reward stats only
+    keys = {"loss": math.log(2) - 0.3 * x, "num_tokens": 1000 * i, "mean_reward": 0.1, "min_reward": -1.0,
+            "max_reward": 1.0, "accuracy": 0.5 + 0.3 * x, "margin": 0.5 * x}
+    return keys, {"eval_" + k: v for k, v in keys.items()}
+
+
+def test_the_task_fact_names_the_keys_found_and_a_reward_model_is_no_language_model(tmp_path):
+    grpo = load_run(_state(tmp_path / "grpo", _grpo))
+    assert grpo.meta["trl_kind"] == "rl" and grpo.meta["task"] == "causal-lm"
+    assert grpo.facts["task"].source == "TRL rl keys in the log (reward, kl, completions/mean_length)"
+    rm = load_run(_state(tmp_path / "rm", _reward_trainer))
+    assert rm.meta["trl_kind"] == "reward-model" and rm.meta["task"] == "reward-model"
+    assert rm.facts["task"].source == "TRL reward-model keys in the log (mean_reward, min_reward, max_reward)"
+    assert "n_classes" not in rm.meta
+    f = diagnose(rm).features
+    assert f["generative"] is None and f["classifier"] is None and f["n_classes"] is None
+    # near miss: an SFT run is still read from TRL's token keys, and names only those it logged
+    sft = load_run(_state(tmp_path / "sft", lambda i, x: ({"loss": 2.0 - x, "num_tokens": 100 * i},
+                                                         {"eval_loss": 2.0 - x})))
+    assert sft.meta["trl_kind"] == "sft" and sft.facts["task"].source == "TRL sft keys in the log (num_tokens)"
+
+
+def test_an_rl_runs_rising_loss_is_not_judged_and_no_comparison_picks_by_it(tmp_path):
+    from loratune.diagnose import compare
+
+    def grpo(reward_end, lr):
+        def rows(i, x):
+            kl = x if reward_end > 0.2 else 0.01 * x  # the policy moves from its reference only where it learns
+            keys = {"loss": 0.04 * kl + random.Random(i).gauss(0, 0.002), "num_tokens": 1000 * i, "kl": kl,
+                    "reward": 0.1 + (reward_end - 0.1) * x, "reward_std": 0.3, "entropy": 1.0,
+                    "completions/mean_length": 100.0, "learning_rate": lr}
+            return keys, {"eval_" + k: v for k, v in keys.items() if k != "learning_rate"}
+        return rows
+
+    good = load_run(_state(tmp_path / "good", grpo(0.9, 1e-6)))
+    flat = load_run(_state(tmp_path / "flat", grpo(0.1, 1e-7)))
+    d = diagnose(good)
+    # the loss (~ beta x KL) rose ~10x from its minimum by design: no lr-too-large, no overfit; read the reward
+    assert d.verdict == "inconclusive", [(f.rule_id, f.suppressed_by) for f in d.findings]
+    assert d.features["val_loss_rise"] is None and "judge the run by its reward" in d.features.missing["val_loss_rise"]
+    c = compare([good, flat])
+    assert all(g.best() is None for g in c.groups)  # never the lowest loss (the run whose reward never moved)
+    # near miss: the same curves without the RL keys are an SFT loss, judged as one
+    sft = _state(tmp_path / "sft", lambda i, x: ({"loss": 0.04 * x + random.Random(i).gauss(0, 0.002)},
+                                                 {"eval_loss": 0.004 + 0.04 * x}))
+    assert diagnose(load_run(sft)).features["val_loss_rise"] > 1.0
