@@ -107,3 +107,25 @@ def test_an_rl_runs_rising_loss_is_not_judged_and_no_comparison_picks_by_it(tmp_
     sft = _state(tmp_path / "sft", lambda i, x: ({"loss": 0.04 * x + random.Random(i).gauss(0, 0.002)},
                                                  {"eval_loss": 0.004 + 0.04 * x}))
     assert diagnose(load_run(sft)).features["val_loss_rise"] > 1.0
+
+
+def _dpo(start, end, acc_end):  # a DPO-trainer log (TRL 1.16 keys) whose loss falls from `start` to `end`
+    def rows(i, x):
+        loss = start + (end - start) * x
+        keys = {"loss": loss, "num_tokens": 100 * i, "mean_token_accuracy": 0.3, "entropy": 3.0,
+                "rewards/margins": x, "rewards/chosen": 0.1 * x, "rewards/accuracies": 0.5 + (acc_end - 0.5) * x}
+        return keys, {"eval_" + k: v * 0.98 if k == "loss" else v for k, v in keys.items()}
+    return rows
+
+
+def test_ln_2_is_a_preference_runs_reference_only_where_its_loss_starts_near_it(tmp_path):
+    # IPO (1/(4 beta^2) = 25 at beta 0.1) and sigmoid+sft (ln 2 + NLL) learning well: far above ln 2 by design
+    for name, start, end in (("ipo", 24.4, 20.9), ("rpo", 4.69, 2.29)):
+        d = diagnose(load_run(_state(tmp_path / name, _dpo(start, end, 0.9))))
+        assert d.features["val_loss_min_vs_reference"] is None, name
+        assert "first loss far from ln 2" in d.features.missing["val_loss_min_vs_reference"]
+        assert d.verdict != "lr-too-large", (name, [(f.rule_id, f.suppressed_by) for f in d.findings])
+    # near miss: a sigmoid DPO loss that starts at ln 2 and climbs above it keeps its reference and its verdict
+    d = diagnose(load_run(_state(tmp_path / "sig", _dpo(math.log(2), 0.95, 0.4))))
+    assert 1.0 < d.features["val_loss_min_vs_reference"] < 1.05
+    assert d.verdict == "lr-too-large"
