@@ -669,6 +669,18 @@ def _rslora(cfg: Mapping[str, Any]) -> bool:
     return any(k.rsplit(".", 1)[-1] == "use_rslora" and v is True for k, v in cfg.items())
 
 
+# what a run trains (history_io.TRL_KINDS' preference / rl / reward-model, else a classifier or a language model by
+# the kind gates): a config key of its own in a knob comparison
+RUN_KIND_KEY = "run.kind"
+
+
+def _run_kind(h: RunHistory, f: CurveFeatures) -> str | None:
+    kind = h.meta.get("trl_kind")
+    if kind and kind != "sft":
+        return str(kind)
+    return "classifier" if f.values.get("classifier") else "language model" if f.values.get("generative") else None
+
+
 def _groups(flat: dict[str, dict[str, Any]], knob: str) -> list[tuple[list[str], str]]:
     """Sets of runs that agree on every config key they both know except `knob` (for r: with lora_alpha
     fixed, or with the scale lora_alpha/r fixed), with at least two values of the knob. Keys only some runs
@@ -720,6 +732,15 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
             flat[name] = knob_view(h)
         else:
             notes.append(f"{name}: no config, left out of the knob comparison")
+    kinds = {n: _run_kind(h, feats[n]) for n, h in zip(names, histories) if n in flat}
+    if len({k for k in kinds.values() if k}) > 1:
+        # runs of different kinds differ in more than a knob (a DPO loss and an SFT loss at two learning rates): the
+        # kind is one more config key, so only runs of one kind form a knob group
+        for n, k in kinds.items():
+            if k:
+                flat[n] = {**flat[n], RUN_KIND_KEY: k}
+        notes.append("runs of different kinds are compared only within their kind: " +
+                     ", ".join(f"{n} ({k or 'unknown'})" for n, k in kinds.items()))
     vloss = {n: f.values.get("val_loss_min") for n, f in feats.items()}
     # the measure (MEASURES), in its own sign: loss-only Trainer and SFT runs are compared on their val loss
     use_loss = any(feats[n].values.get("val_metric_best") is None for n in flat) and \

@@ -129,3 +129,19 @@ def test_ln_2_is_a_preference_runs_reference_only_where_its_loss_starts_near_it(
     d = diagnose(load_run(_state(tmp_path / "sig", _dpo(math.log(2), 0.95, 0.4))))
     assert 1.0 < d.features["val_loss_min_vs_reference"] < 1.05
     assert d.verdict == "lr-too-large"
+
+
+def test_runs_of_different_kinds_are_no_one_knob_pair(tmp_path):
+    from loratune.diagnose import compare
+
+    def sft(lr):
+        return lambda i, x: ({"loss": 4.7 - 2.5 * x, "num_tokens": 100 * i, "mean_token_accuracy": 0.1 + 0.4 * x,
+                              "learning_rate": lr},
+                             {"eval_loss": 4.0 - 1.8 * x, "eval_mean_token_accuracy": 0.1 + 0.35 * x})
+
+    dpo = load_run(_state(tmp_path / "dpo", _dpo(math.log(2), 0.53, 0.8)))
+    c = compare([dpo, load_run(_state(tmp_path / "sft", sft(2e-3)))])
+    assert not c.groups and any("dpo (preference), sft (language model)" in n for n in c.notes), c.notes
+    # near miss: two SFT runs at two learning rates are still a learning-rate pair
+    c = compare([load_run(_state(tmp_path / "a", sft(2e-3))), load_run(_state(tmp_path / "b", sft(5e-4)))])
+    assert [g.knob for g in c.groups] == ["learning_rate"] and not any("kinds" in n for n in c.notes)
