@@ -439,6 +439,10 @@ _CATALOGUE = (
 
 FEATURES: Mapping[str, FeatureSpec] = MappingProxyType({s.name: s for s in _CATALOGUE})
 
+# a preference run's own score: the share of held-out pairs whose chosen answer the policy rewards above the rejected
+# one (TRL's eval_rewards/accuracies; a share of pairs, so binomial). Its token accuracy scores the chosen answers as
+# an SFT target, which DPO does not train toward: a good run's stays flat while its reward accuracy climbs
+PREFERENCE_KIND, PREFERENCE_METRIC = "preference", "rewards/accuracies"
 METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy", "token_accuracy", "rouge_l", "word_accuracy",
                "char_accuracy")
 # metrics that are no share of rows (a share of tokens or words, a mean of per-row overlap scores): the row count gives
@@ -830,6 +834,8 @@ def _val_metric_key(pts: Sequence[dict], meta: Mapping[str, Any]) -> str | None:
     own = str(meta.get("objective") or "").removeprefix("val/")
     if own in METRIC_KEYS and _series(pts, f"val/{own}"):
         return own
+    if meta.get("trl_kind") == PREFERENCE_KIND and _series(pts, f"val/{PREFERENCE_METRIC}"):
+        return PREFERENCE_METRIC
     logged = [m for m in METRIC_KEYS if _series(pts, f"val/{m}")]
     return next((m for m in logged if len({v for _, v in _series(pts, f"val/{m}")}) > 1), logged[0] if logged
                 else None)

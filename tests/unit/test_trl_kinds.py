@@ -7,6 +7,8 @@ import math
 import random
 from pathlib import Path
 
+import pytest
+
 from loratune.diagnose import diagnose
 from loratune.history_io import load_run
 
@@ -145,3 +147,29 @@ def test_runs_of_different_kinds_are_no_one_knob_pair(tmp_path):
     # near miss: two SFT runs at two learning rates are still a learning-rate pair
     c = compare([load_run(_state(tmp_path / "a", sft(2e-3))), load_run(_state(tmp_path / "b", sft(5e-4)))])
     assert [g.knob for g in c.groups] == ["learning_rate"] and not any("kinds" in n for n in c.notes)
+
+
+def test_a_preference_runs_val_metric_is_its_reward_accuracy(tmp_path):
+    from loratune.diagnose import compare
+
+    def dpo(lr, loss_end, acc_end):  # token accuracy flat at 0.3 throughout, as DPO does not train toward it
+        def rows(i, x):
+            keys = {"loss": math.log(2) + (loss_end - math.log(2)) * x, "num_tokens": 100 * i, "entropy": 3.0,
+                    "mean_token_accuracy": 0.3, "rewards/margins": x, "rewards/chosen": 0.2 * x,
+                    "rewards/accuracies": 0.5 + (acc_end - 0.5) * x, "learning_rate": lr}
+            ev = {"eval_" + k: v for k, v in keys.items() if k != "learning_rate"}
+            return keys, {**ev, "eval_samples_per_second": 200.0}
+        return rows
+
+    good = load_run(_state(tmp_path / "good", dpo(5e-6, 0.45, 0.85)))
+    d = diagnose(good)
+    assert d.features.details["val_metric"] == "val/rewards/accuracies"
+    assert d.features["val_metric_best"] == pytest.approx(0.85) and d.verdict != "inconclusive"
+    worse = load_run(_state(tmp_path / "worse", dpo(1e-6, 0.6, 0.6)))
+    (g,) = compare([good, worse]).groups
+    assert g.best()[0] == "good" and g.best()[2] == pytest.approx(0.85)
+    # near miss: an SFT run's val metric is still its token accuracy
+    sft = load_run(_state(tmp_path / "sft", lambda i, x: ({"loss": 2.0 - x, "mean_token_accuracy": 0.3 + 0.3 * x},
+                                                          {"eval_loss": 2.0 - x,
+                                                           "eval_mean_token_accuracy": 0.3 + 0.3 * x})))
+    assert diagnose(sft).features.details["val_metric"] == "val/token_accuracy"
