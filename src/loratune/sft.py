@@ -67,11 +67,11 @@ from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDat
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
-from loratune.train import (STEP0_SPLITS, RunProgress, TrainCallback, batch_order, build_optimizer, cpu_cores, diverged,
-                            eval_batches, eval_budget_rows, first_writes, fresh_loss, history_point, loss_points_every,
-                            output_error, peak_memory_mb, plan_steps, record_save_failure, save_best_so_far, saved_note,
-                            seed_everything, start_note, step_groups, timed, torch_threads, train_log_every, utc_now,
-                            versions)
+from loratune.train import (STEP0_SPLITS, BestModel, RunProgress, TrainCallback, batch_order, build_optimizer,
+                            confusion_writer, cpu_cores, diverged, eval_batches, eval_budget_rows, first_writes,
+                            fresh_loss, history_point, loss_points_every, output_error, peak_memory_mb, plan_steps,
+                            record_save_failure, save_best_so_far, saved_note, seed_everything, start_note,
+                            step_groups, timed, torch_threads, train_log_every, utc_now, versions)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -697,7 +697,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
 
     bar = RunProgress(steps, progress and ranks.main, title="sft", metric="val loss")
     # gain: the objective signed so that larger is better (minus the val loss, or the val macro-F1)
-    best_gain, best_state, evals_since_best = -math.inf, None, 0  # best gain so far (any point)
+    best_gain, best, evals_since_best = -math.inf, None, 0  # best gain so far (any point); the kept model (BestModel)
     tie_loss = math.inf  # the lowest val loss at the best gain: a tie in the metric that lowers it is progress
     trained_key, start_loss = (-math.inf, -math.inf), None  # best (gain, tie-break) after step 0; step 1's loss
     examples_seen, step, step_times = 0, 0, []
@@ -740,7 +740,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     def _keep(point: dict, cm) -> bool:
         """Emit an evaluation point, keep the model when it is the best so far; True: stop early. A loss-only
         point without the objective (a generated metric) has no say in the kept model or in early stopping."""
-        nonlocal best_gain, best_state, evals_since_best, trained_key, tie_loss
+        nonlocal best_gain, best, evals_since_best, trained_key, tie_loss
         store.append_history(point)  # the one place an evaluation point is emitted
         tracking.log_point(point)
         run["final"] = point
@@ -768,13 +768,14 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         key = (gain, -point.get("val/loss", math.nan) if higher else 0.0)
         if ranks.agree(step > 0 and math.isfinite(gain) and key > trained_key and not _diverged_point(point)):
             trained_key = key
-            best_state = ranks.snapshot(model)  # FSDP: gathered from every rank onto rank 0
-            run["adapter_step"] = step
-            if best_state is not None:  # the saving rank: written as found, so a killed run keeps its best model
-                state = best_state if ranks.sharded else None
-                save_best_so_far(run, store, step, lambda: save_lm(model, tokenizer, cfg, store, state, step),
-                                 {"best": point})
-        if run["adapter_step"] == step or run["best"] is None:
+            best = BestModel(ranks.snapshot(model), step, {"best": point},  # FSDP: gathered onto rank 0
+                             confusion_writer(store, labels, cm, step))
+            if best.state is not None:  # the saving rank: written as found, so a killed run keeps its best model
+                state = best.state if ranks.sharded else None
+                save_best_so_far(run, store, best, lambda: save_lm(model, tokenizer, cfg, store, state, step))
+            else:  # a rank that saves nothing: its record (never written) follows rank 0's
+                best.record_saved(run)
+        if run["best"] is None:  # step 0's point (or an untrained one) until a trained model is saved
             run["best"] = point
             if cm is not None:
                 store.write_confusion(labels, cm, step)
@@ -892,7 +893,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     finally:
         with signals.shielded():  # a second Ctrl-C / SIGTERM waits until the record is whole
             try:
-                save_error = _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t0,
+                save_error = _finish_record(run, model, tokenizer, cfg, store, best, bar, device, t0,
                                             examples_seen, step_times, ranks.sharded, lr0_steps)
             finally:  # the lock goes and the writers close even when saving the model failed
                 store.close()
@@ -904,11 +905,11 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     return run
 
 
-def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t0, examples_seen,
+def _finish_record(run, model, tokenizer, cfg, store, best: BestModel | None, bar, device, t0, examples_seen,
                    step_times, sharded: bool = False, lr0_steps: int = 0):
     """Restore the best trained weights, save them, write the final run.json (as train._finish_record:
-    a write that fails for the output location is returned as a UserError, never raised over the error
-    that ended the run). sharded (FSDP): best_state is the full state dict on rank 0, saved as it is (the
+    a write that fails for the output location is recorded, then returned as a UserError, never raised over the error
+    that ended the run). sharded (FSDP): best.state is the full state dict on rank 0, saved as it is (the
     shards are left as trained: restoring them would need every rank, here where one may have failed)."""
     bar.close()
     run["partial"] = run["status"] in ("interrupted", "failed")
@@ -920,30 +921,31 @@ def _finish_record(run, model, tokenizer, cfg, store, best_state, bar, device, t
     timing["train_steps"] = round(sum(step_times), 3)
     saved = False  # adapter/ complete: a failure after it must not say the model was lost
     try:
-        if best_state is not None:
+        if best is not None and best.state is not None:
             if not sharded:
                 with torch.no_grad():
                     named = dict(model.named_parameters())
-                    for n, t in best_state.items():
+                    for n, t in best.state.items():
                         named[n].copy_(t)
             with timed(timing, "save"):
-                save_lm(model, tokenizer, cfg, store, best_state if sharded else None, run["adapter_step"])
+                save_lm(model, tokenizer, cfg, store, best.state if sharded else None, best.step)
             saved = True
-            step = run["adapter_step"]
+            step = best.step
             key = run["objective"]
             higher = objective_named(key).higher_is_better
             words = f"{'best' if higher else 'lowest'} {objective_named(key).name}"
             run["saved_model"] = {"step": step, "note": saved_note(step, words, lr0_steps, cfg.train.init_from)
                                   + start_note(run, key, higher, cfg.train.init_from)}
+            best.record_saved(run)
         else:
             run["adapter_step"] = None
             run["saved_model"] = {"step": None, "note": "no model saved: the run ended before any trained "
                                   "evaluation point (or every one had diverged)"}
         store.write_run(run)
     except Exception as exc:
+        record_save_failure(run, store, exc, saved)  # an output fault too: the record says how the run ended
         user = output_error(exc, store.path)
         if user is None:
-            record_save_failure(run, store, exc, saved)
             raise
         return user
     return None

@@ -627,7 +627,9 @@ def record_save_failure(run: dict, store, exc: BaseException, model_saved: bool 
     before = run.get("reason")
     run["status"], run["partial"] = "failed", True
     what = "finishing the run failed after the model was saved" if model_saved else "saving the model failed"
-    run["reason"] = f"{what}: {type(exc).__name__}: {exc}" + (f" (after: {before})" if before else "")
+    error = f"{type(exc).__name__}: {exc}"
+    # (the same fault can end the loop first, then fail the end's save: said once)
+    run["reason"] = f"{what}: {error}" + (f" (after: {before})" if before and before != error else "")
     held = (run.get("saved_model") or {}).get("step") if isinstance(run.get("saved_model"), dict) else None
     if not model_saved and held is not None:
         run["saved_model"] = {"step": held, "note": f"adapter/ holds the model of step {held}, the best saved while "
@@ -892,7 +894,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
     tracking = Trackers.open(cfg.train.report_to, store.path, to_dict(cfg), to_yaml(cfg))  # report_to
 
     bar = RunProgress(steps, progress, metric=_metric_name(objective))  # the objective, by its name
-    best_f1, best_state, evals_since_best = -math.inf, None, 0
+    best_f1, best, evals_since_best = -math.inf, None, 0  # best: the best trained model so far (BestModel)
     trained_f1, start_loss = -math.inf, None  # the best val macro-F1 after step 0; the loss of step 1
     examples_seen, step, step_times = 0, 0, []
     lr0_steps = 0  # the first steps, run at learning rate 0 (a warmup's first), that moved no weight (saved_note)
@@ -903,7 +905,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
     def evaluate_now() -> bool:
         """Score val and (after step 0: STEP0_SPLITS) the train subsample, append a history point. True when
         early stopping says stop."""
-        nonlocal best_f1, best_state, evals_since_best, trained_f1
+        nonlocal best_f1, best, evals_since_best, trained_f1
         point = history_point(step, examples_seen, len(dataset.train), t0,
                               scheduler.get_last_lr()[0] if step else 0.0, window)
         val_logits = predict_logits(model, val_enc, cfg.train.per_device_eval_batch_size, pad_id, device, autocast,
@@ -944,9 +946,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
             run["start"] = {"step": 0, objective: f1}
         if step > 0 and math.isfinite(f1) and f1 > trained_f1 and not _diverged_point(point):
             trained_f1 = f1
-            best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
             kept["val_logits"] = val_logits  # the saved model's clean val predictions (robustness probe)
-            run["adapter_step"] = step
             tuned["best"] = tuned["now"]
             # saved as it comes (LoRA: a small file; full fine-tuning: the whole model, as the Trainer's
             # save-on-evaluate does), so a killed run keeps its best model
@@ -954,11 +954,14 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                              tuned["best"] is not None else decoding)
             # the record names the thresholds adapter/ now holds, from this save on: updated only at the run's end,
             # a killed or still-running run's run.json said 0.5 everywhere beside a model using tuned ones
-            save_best_so_far(run, store, step,
-                             lambda: save_model(model, tokenizer, space, cfg, store, best_decoding, step),
+            best = BestModel({n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+                              if p.requires_grad}, step,
                              {"best": point, "decoding": _decoding_record(best_decoding, tuned["best"], step,
-                                                                          space.labels)})
-        if run["adapter_step"] == step or run["best"] is None:
+                                                                          space.labels)},
+                             confusion_writer(store, space.labels, cm, step))
+            save_best_so_far(run, store, best,
+                             lambda: save_model(model, tokenizer, space, cfg, store, best_decoding, step))
+        if run["best"] is None:  # step 0's point (or an untrained one) until a trained model is saved
             run["best"] = point
             if cm is not None:
                 store.write_confusion(space.labels, cm, step)
@@ -1056,14 +1059,12 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         raise
     finally:
         with signals.shielded():  # a second Ctrl-C / SIGTERM waits until the record is whole
-            saved_decoding = None
+            saved_decoding = None  # (run.json's `decoding` is the saved model's: BestModel.fields)
             if decoding is not None:
                 saved_decoding = decoding.with_thresholds(tuned["best"]) if tuned["best"] is not None else decoding
-                run["decoding"] = _decoding_record(saved_decoding, tuned["best"], run.get("adapter_step"),
-                                                   space.labels)
             try:
                 save_error = _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts,
-                                            best_state, bar, device, t0, examples_seen, step_times, saved_decoding,
+                                            best, bar, device, t0, examples_seen, step_times, saved_decoding,
                                             kept.get("val_logits"), lr0_steps)
             finally:  # the lock goes and the writers close even when saving the model failed
                 store.close()
@@ -1088,12 +1089,13 @@ def _metric_name(key: str) -> str:
     return objective_named(key).name
 
 
-def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts, best_state, bar, device, t0,
-                   examples_seen, step_times, decoding: Decoding | None = None,
+def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts, best: BestModel | None, bar,
+                   device, t0, examples_seen, step_times, decoding: Decoding | None = None,
                    best_val_logits: np.ndarray | None = None, lr0_steps: int = 0) -> UserError | None:
     """Restore the best trained weights, save them, write the final run.json. A write that fails for
     the output location (disk full, read-only) is returned as a UserError, not raised, so it never
-    hides the error that ended the run."""
+    hides the error that ended the run; the record says so first (record_save_failure) wherever run.json can still be
+    written."""
     bar.close()
     wall = time.perf_counter() - t0
     run["partial"] = run["status"] in ("interrupted", "failed")  # stopped before its planned end (docs/run-record.md)
@@ -1105,20 +1107,20 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
     timing["train_steps"] = round(sum(step_times), 3)
     saved = False  # adapter/ complete: a failure after it must not say the model was lost
     try:
-        if best_state is not None:
+        if best is not None:
             with torch.no_grad():
                 named = dict(model.named_parameters())
-                for n, t in best_state.items():
+                for n, t in best.state.items():
                     named[n].copy_(t)
             with timed(timing, "save"):
-                save_model(model, tokenizer, space, cfg, store, decoding, run["adapter_step"])
+                save_model(model, tokenizer, space, cfg, store, decoding, best.step)
             saved = True
             objective = run.get("objective") or "val/macro_f1"
-            best_val = (run.get("best") or {}).get(objective)
-            step = run["adapter_step"]
+            step = best.step
             run["saved_model"] = {"step": step, "note": saved_note(step, f"best {_metric_name(objective)}", lr0_steps,
                                                                    cfg.train.init_from)
                                   + start_note(run, objective, True, cfg.train.init_from)}
+            best.record_saved(run)
             if run["status"] in ("completed", "diverged"):
                 evaluation = run.get("evaluation") or {}
                 skip = robustness_skip(evaluation.get("budget_rows"), evaluation.get("rows_scored", 0),
@@ -1135,9 +1137,11 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
         run["slices"] = extras.info
         store.write_run(run)
     except Exception as exc:
+        # an output fault too (a file-size limit, a full disk: the model's big file fails where run.json still fits):
+        # the record says the run failed and which model adapter/ holds, not `running` over a dead process
+        record_save_failure(run, store, exc, saved)
         user = output_error(exc, store.path)
         if user is None:
-            record_save_failure(run, store, exc, saved)
             raise
         return user
     return None
@@ -1160,17 +1164,44 @@ def best_so_far_note(step: int) -> str:
             "replaces it)")
 
 
-def save_best_so_far(run: dict, store: RunStore, step: int, save: Callable[[], None],
-                     fields: dict | None = None) -> None:
+@dataclass
+class BestModel:
+    """The best trained model so far, in memory, with all the record says about it: the one source of which step's
+    weights adapter/ gets and which step `best`, `decoding` and confusion.json describe. The record takes them together
+    and only once adapter/ holds those weights (record_saved): a stop anywhere between finding a best and recording it
+    leaves run.json naming what adapter/ holds, and the run's end, which saves `state` under `step`, records it whole
+    (it saved the newer weights under the older step, or recorded the newer step beside the older `best`)."""
+
+    state: dict | None  # the trained weights (None: a rank that does not save, under DDP/FSDP)
+    step: int
+    fields: dict  # run.json's keys that describe the model: `best` (its eval point), `decoding`
+    confusion: Callable[[], None] | None = None  # writes its val confusion.json
+
+    def record_saved(self, run: dict) -> None:
+        """adapter/ holds this model now: run's fields and confusion.json describe it (run.json is the caller's to
+        write)."""
+        run.update(self.fields)
+        run["adapter_step"] = self.step
+        if self.confusion is not None:
+            self.confusion()
+
+
+def confusion_writer(store: RunStore, labels, cm, step: int) -> Callable[[], None] | None:
+    """BestModel.confusion for an eval point's val confusion matrix (None: the point has none)."""
+    return None if cm is None else (lambda: store.write_confusion(labels, cm, step))
+
+
+def save_best_so_far(run: dict, store: RunStore, best: BestModel, save: Callable[[], None]) -> None:
     """A run's best trained model so far (LoRA or full; a classifier's or a causal LM's: `save` writes it as the run's
     end does, into a folder swapped in for adapter/ once complete: RunStore.replace_adapter), written when it is found:
     `kill -9` or a lost machine no longer loses the run's best model (it lived in memory until the run ended), nor,
     mid-save, the previous one. While the files are being written run.json names the step adapter/ still holds (none
-    before the first save), and says which newer step is being written; once it is swapped in, that step, with
-    `fields` (the record's other keys that describe the saved model: its evaluation point, its decoding) in the same
-    write."""
+    before the first save), and says which newer step is being written; once it is swapped in, that step, with the
+    record's other keys that describe it (BestModel.record_saved) in the same write. A stop anywhere in here leaves
+    the record naming the model it named before (or the one being written, store.adapter_step); the run's end saves
+    and records `best` whole."""
     before = run.get("saved_model") if isinstance(run.get("saved_model"), dict) else {}
-    held = before.get("step")
+    held, step = before.get("step"), best.step
     writing = SAVED_WRITING_NOTE.format(step=step)
     # `writing`: a kill right after the swap leaves adapter/ holding it before run.json says so (store.adapter_step)
     run["saved_model"] = ({"step": held, "writing": step, "note": f"{best_so_far_note(held)}; {writing}"}
@@ -1178,14 +1209,9 @@ def save_best_so_far(run: dict, store: RunStore, step: int, save: Callable[[], N
                           {"step": None, "writing": step, "note": f"no model saved yet: {writing} (the best so far)"})
     run["adapter_step"] = held  # what adapter/ holds, as saved_model says, until the new model is in it
     store.write_run(run)
-    try:
-        save()
-    except BaseException:
-        # adapter/ is as it was; adapter_step names the best weights in memory, which the run's end saves
-        run["saved_model"], run["adapter_step"] = before or {"step": None, "note": "no model saved yet"}, step
-        raise
-    run["saved_model"], run["adapter_step"] = {"step": step, "note": best_so_far_note(step)}, step
-    run.update(fields or {})
+    save()
+    run["saved_model"] = {"step": step, "note": best_so_far_note(step)}
+    best.record_saved(run)
     store.write_run(run)  # at once: until run.json names it, a reader refuses adapter/ as not the recorded model
 
 
