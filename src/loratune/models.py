@@ -560,7 +560,14 @@ def load_saved(adapter_dir: str | Path, cfg: ModelConfig, labels: tuple[str, ...
 @contextmanager
 def saved_model_faults(adapter_dir: Path, cfg: ModelConfig):
     """A saved model that does not load is a UserError naming the damaged file (a kill or a full disk during a
-    best-so-far save leaves an empty or half-written one), not the traceback of safetensors', peft's or json's."""
+    best-so-far save leaves an empty or half-written one), not the traceback of safetensors', peft's or json's. A file
+    this user may not read is said to be so first: peft reports it as missing, which read as a damaged model."""
+    unreadable = unreadable_file(adapter_dir)
+    if unreadable is not None:
+        what = adapter_dir.name + ("" if unreadable == adapter_dir else f"/{unreadable.name}")
+        raise UserError(f"the saved model's {what} cannot be read: permission denied",
+                        f"ask the run's owner to make it readable (chmod -R a+rX {adapter_dir}), or train the run "
+                        "again as yourself")
     try:
         yield
     except UserError:
@@ -575,6 +582,17 @@ def saved_model_faults(adapter_dir: Path, cfg: ModelConfig):
                         f"'{cfg.name_or_path}' ({why})",
                         "the base model changed since training, or the saved files are damaged; train the run "
                         "again") from None
+
+
+def unreadable_file(adapter_dir: Path) -> Path | None:
+    """The saved model's folder, or its first file, that this process may not read (None: all readable, or no
+    folder: the loader says what is missing)."""
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        return None
+    if not os.access(adapter_dir, os.R_OK | os.X_OK):
+        return adapter_dir
+    return next((p for p in sorted(adapter_dir.iterdir()) if p.is_file() and not os.access(p, os.R_OK)), None)
 
 
 def damaged_file(adapter_dir: Path) -> Path | None:

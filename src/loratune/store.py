@@ -392,6 +392,18 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+def _follow_umask(folder: Path) -> None:
+    """Give what a model save wrote the modes of the run's other files (0666, 0777 for folders, less the umask):
+    safetensors writes its weights 0600 (through a temporary file), so another user could read every file of
+    adapter/ but the weights."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 def _swap_in(new: Path, target: Path) -> None:
     """Put the folder `new` at `target`. An existing target is exchanged with it in one step where the system can (the
     old folder is then at `new`), else moved aside first: a kill between those two renames leaves no `target` (never a
@@ -475,6 +487,7 @@ class RunStore:
             os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes 0700; adapter/ is as readable as the run's other files
             write(new)
             write_json(new / SAVED_STEP, {"step": step})
+            _follow_umask(new)
             _swap_in(new, self.adapter_dir)
         finally:
             shutil.rmtree(new, ignore_errors=True)  # what was not swapped in, or (after an exchange) the old model

@@ -301,6 +301,27 @@ def test_run_files_follow_the_umask(tiny_bert, intent_data, tmp_path):
         os.umask(old)
     for name in ("run.json", "config.yaml", "history.jsonl", "confusion.json"):
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+    # the saved model too: safetensors wrote its weights 0600, so another user could load all of adapter/ but them
+    assert stat.S_IMODE((out / "adapter").stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (out / "adapter").iterdir()}
+    assert "adapter_model.safetensors" in modes and set(modes.values()) == {0o644}, modes
+
+
+def test_an_unreadable_saved_model_says_permission_denied(tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
+    """Another user's run whose weights they may not read: "permission denied" and what to do, not "the base model
+    changed or the files are damaged". (The tests may run as root, who reads anything: os.access is what says no.)"""
+    import os
+
+    out = tmp_path / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out, max_steps=4, eval_steps=4)]) == 0
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, **k: False if Path(p).name == "adapter_model.safetensors"
+                        else real(p, m, **k))
+    capsys.readouterr()
+    assert main(["predict", str(out), "lost my card"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "adapter/adapter_model.safetensors cannot be read: permission denied" in err
+    assert "chmod" in err and "damaged" not in err and "Traceback" not in err
 
 
 def _finished_run_left_running(tiny_bert, intent_data, out: Path) -> dict:
