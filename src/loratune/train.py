@@ -833,8 +833,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         extras = EvalExtras.build(cfg, dataset, val_enc.targets, val_enc.lengths, val_enc.unseen)
     spec = loss_spec(cfg.train.multi_label_loss, space.multi_label, train_enc.targets, cfg.train.focal_gamma)
     decoding = base_decoding(cfg, dataset, space) if space.multi_label else None
-    tuned = {"now": None, "best": None}  # thresholds tuned at the last eval point, and at the saved model's
-    kept: dict[str, np.ndarray] = {}  # val logits of the saved model's evaluation point
+    tuned = {"now": None}  # thresholds tuned at the last eval point (the saved model's: BestModel.decoding)
 
     pick_threads = EVAL_PICK_THREADS and cfg.train.num_threads is None  # one thread or all (a given count stays)
 
@@ -946,19 +945,18 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
             run["start"] = {"step": 0, objective: f1}
         if step > 0 and math.isfinite(f1) and f1 > trained_f1 and not _diverged_point(point):
             trained_f1 = f1
-            kept["val_logits"] = val_logits  # the saved model's clean val predictions (robustness probe)
-            tuned["best"] = tuned["now"]
             # saved as it comes (LoRA: a small file; full fine-tuning: the whole model, as the Trainer's
             # save-on-evaluate does), so a killed run keeps its best model
-            best_decoding = (decoding.with_thresholds(tuned["best"]) if decoding is not None and
-                             tuned["best"] is not None else decoding)
+            best_decoding = (decoding.with_thresholds(tuned["now"]) if decoding is not None and
+                             tuned["now"] is not None else decoding)
             # the record names the thresholds adapter/ now holds, from this save on: updated only at the run's end,
             # a killed or still-running run's run.json said 0.5 everywhere beside a model using tuned ones
             best = BestModel({n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
                               if p.requires_grad}, step,
-                             {"best": point, "decoding": _decoding_record(best_decoding, tuned["best"], step,
+                             {"best": point, "decoding": _decoding_record(best_decoding, tuned["now"], step,
                                                                           space.labels)},
-                             confusion_writer(store, space.labels, cm, step))
+                             confusion_writer(store, space.labels, cm, step), best_decoding,
+                             val_logits)  # the saved model's clean val predictions (robustness probe)
             save_best_so_far(run, store, best,
                              lambda: save_model(model, tokenizer, space, cfg, store, best_decoding, step))
         if run["best"] is None:  # step 0's point (or an untrained one) until a trained model is saved
@@ -1059,13 +1057,11 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         raise
     finally:
         with signals.shielded():  # a second Ctrl-C / SIGTERM waits until the record is whole
-            saved_decoding = None  # (run.json's `decoding` is the saved model's: BestModel.fields)
-            if decoding is not None:
-                saved_decoding = decoding.with_thresholds(tuned["best"]) if tuned["best"] is not None else decoding
-            try:
+            try:  # (run.json's `decoding` is the saved model's: BestModel.fields)
                 save_error = _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts,
-                                            best, bar, device, t0, examples_seen, step_times, saved_decoding,
-                                            kept.get("val_logits"), lr0_steps)
+                                            best, bar, device, t0, examples_seen, step_times,
+                                            best.decoding if best is not None else decoding,
+                                            best.val_logits if best is not None else None, lr0_steps)
             finally:  # the lock goes and the writers close even when saving the model failed
                 store.close()
                 tracking.finish(store.path, run["status"])  # the verdict as text, then close the writers
@@ -1176,6 +1172,8 @@ class BestModel:
     step: int
     fields: dict  # run.json's keys that describe the model: `best` (its eval point), `decoding`
     confusion: Callable[[], None] | None = None  # writes its val confusion.json
+    decoding: Decoding | None = None  # multi-label: its decoding rules (thresholds tuned at its point), saved with it
+    val_logits: np.ndarray | None = None  # its clean val predictions (the robustness probe's baseline)
 
     def record_saved(self, run: dict) -> None:
         """adapter/ holds this model now: run's fields and confusion.json describe it (run.json is the caller's to
