@@ -617,7 +617,7 @@ def test_equal_macro_f1_keeps_the_model_with_the_lower_val_loss(lm, intent_data,
     import loratune.sft as S
 
     # no output ever names a label: macro-F1 is 0.0 at every point, so the val loss decides
-    monkeypatch.setattr(S, "generate", lambda model, tok, prompts, n, device, autocast=False:
+    monkeypatch.setattr(S, "generate", lambda model, tok, prompts, n, device, autocast=False, stop_ids=():
                         ["no idea"] * len(prompts))
     out = tmp_path / "run"
     args = [a for a in sft_overrides(lm, intent_data, out, label_format="generate") if not a.startswith("max_new")]
@@ -637,7 +637,7 @@ def test_generated_labels_get_the_label_budget_whatever_max_new_tokens(lm, inten
 
     budgets = []
 
-    def fake(model, tok, prompts, n, device, autocast=False):
+    def fake(model, tok, prompts, n, device, autocast=False, stop_ids=()):
         budgets.append(n)
         return ["no idea"] * len(prompts)
 
@@ -659,7 +659,7 @@ def test_patience_counts_a_falling_val_loss_at_a_tied_metric_as_progress(lm, int
     stopping ended it at its third evaluation (every lr-grid trial of a generative `tune` scored 0.000)."""
     import loratune.sft as S
 
-    monkeypatch.setattr(S, "generate", lambda model, tok, prompts, n, device, autocast=False:
+    monkeypatch.setattr(S, "generate", lambda model, tok, prompts, n, device, autocast=False, stop_ids=():
                         ["no idea"] * len(prompts))
     out = tmp_path / "run"
     args = [a for a in sft_overrides(lm, intent_data, out, label_format="generate", early_stopping_patience=2)
