@@ -426,3 +426,35 @@ def test_a_resume_of_a_finished_study_says_so_and_changes_nothing(tiny_bert, int
     after = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}").user_attrs
     overheads.pop("leader"), after.pop("leader")  # the lease a session takes and releases
     assert after == overheads  # the sessions' overheads, the meta (finished) as they were
+
+
+def test_a_refused_or_respelled_resume_of_a_finished_study_leaves_it_finished(tiny_bert, intent_data, tmp_path,
+                                                                              monkeypatch, capsys):
+    """A refused --resume (a changed --thresholds: exit 2) cleared the study's finished flag at open, so the next
+    plain --resume reran its finish (spend and ledger rewritten, study-resumed appended); the same budget spelled
+    differently ("2 trials" for "2trials") bypassed the no-op guard; the no-op printed the last session's time as
+    this session's."""
+    import optuna
+
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--budget", "2trials", "--trial-steps", "4")) == 0
+    summary = json.loads((study / "final" / "study.json").read_text())
+    summary["wall_s_session"] = 999.0  # a last session far longer than a no-op could take
+    (study / "final" / "study.json").write_text(json.dumps(summary))
+    before = {p: (study / p).read_bytes() for p in ("final/study.json", "decisions.jsonl")}
+    attrs = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}").user_attrs
+    th = tmp_path / "th.json"
+    th.write_text('{"binding_ratio_min": 3.0}')
+    assert main(["tune", "--resume", "--study-dir", str(study), "--thresholds", str(th), "-q"]) == 2
+    stored = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}").user_attrs
+    assert stored["loratune"]["finished"] is True
+    capsys.readouterr()
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "2 trials", "-q"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "is finished: nothing to resume" in out
+    assert "this session 999s" not in out and "this session 0s" in out
+    assert {p: (study / p).read_bytes() for p in before} == before
+    after = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}").user_attrs
+    attrs.pop("leader"), after.pop("leader")
+    assert after == attrs  # the meta (finished, the budget's text) as it was

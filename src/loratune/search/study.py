@@ -443,8 +443,9 @@ class Study:
                 raise UserError(f"the study in {study_dir} was stopped before its settings were stored: there is "
                                 "nothing to resume", "start it again without --resume (resume=False) in an empty "
                                 f"--study-dir (study_dir=), or remove {study_dir}")
-            self.was_finished = bool(self.meta.get("finished"))  # a resume of a finished study changes nothing
-            self.set_meta(finished=False)
+            # a resume of a finished study changes nothing; its caller clears the flag once the resume is accepted
+            # (search.tune), so a refused one (a changed setting, a Ctrl-C) leaves the study finished
+            self.was_finished = bool(self.meta.get("finished"))
             self._recover_running()
         return self
 

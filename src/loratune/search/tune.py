@@ -138,22 +138,23 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                              user_point=old.get("user_point") or {}, explicit_keys=tuple(old.get("explicit_keys", ())),
                              thresholds=old.get("thresholds") or {})
         summary_path = study_dir / FINAL / "study.json"
-        if (getattr(study, "was_finished", False) and options.budget == old.get("budget") and not study.recovered
+        was, now = Budget.parse(old.get("budget") or DEFAULT_BUDGET), Budget.parse(options.budget)
+        same_budget = (now.kind, now.limit) == (was.kind, was.limit)  # "6trials" and "6 trials" are one budget
+        if (getattr(study, "was_finished", False) and same_budget and not study.recovered
                 and not study.lost_spending() and summary_path.exists()):
             # nothing was lost and the budget did not grow: there is nothing to resume, and a rerun of the finish
             # would rewrite the study's spend and its first session's ledger, and claim lost trials trained again
-            study.set_meta(finished=True)
             ui.note(f"the study in {study_dir} is finished: nothing to resume (its summary: {summary_path}); give a "
                     "larger --budget to continue it")
-            return json.loads(summary_path.read_text())
-        if options.budget != old.get("budget"):
-            was, now = Budget.parse(old.get("budget") or DEFAULT_BUDGET), Budget.parse(options.budget)
-            if now.kind != was.kind or now.limit < was.limit:  # what a study spent stays spent: it can only grow
-                raise UserError(f"the study in {study_dir} was run with --budget {was.text}: a resumed study keeps "
-                                f"the trials it spent, so its budget can only grow, in the same unit "
-                                f"({was.kind.replace('_s', ' time')})",
-                                f"resume with --budget {was.text} or more of it, or start a new study elsewhere")
-            study.set_meta(budget=options.budget)
+            # the summary's this-session time was its last session's: this one trained nothing
+            return {**json.loads(summary_path.read_text()), "wall_s_session": round(time.perf_counter() - t_start, 2)}
+        if now.kind != was.kind or now.limit < was.limit:  # what a study spent stays spent: it can only grow
+            raise UserError(f"the study in {study_dir} was run with --budget {was.text}: a resumed study keeps "
+                            f"the trials it spent, so its budget can only grow, in the same unit "
+                            f"({was.kind.replace('_s', ' time')})",
+                            f"resume with --budget {was.text} or more of it, or start a new study elsewhere")
+        # written once every refusal above is passed: a refused resume leaves the study as it was (finished)
+        study.set_meta(finished=False, **({} if same_budget else {"budget": options.budget}))
         for note in study.recovered:
             ui.note(f"trial #{note['number']} ({note['name']}) was running when the process was killed: "
                     "marked failed, its point is trained again")
