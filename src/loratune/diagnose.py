@@ -32,7 +32,7 @@ from loratune.features import COMPARE_FEATURES, FEATURES, KIND_FEATURES, NOT_APP
     binomial_se, compute_features, format_value, has_binomial_se
 from loratune.history_io import RunHistory, from_points, load_run
 from loratune.moves import DOWN, HOLD, UP, towards
-from loratune.objectives import NOISE_BAND
+from loratune.objectives import NOISE_BAND, objective
 from loratune.rules import COMPARE_KNOBS, RULES, SIGNALS, THRESHOLDS, Clause, Cond, Rule, catalogue_for, \
     resolve_thresholds, signal_for
 
@@ -767,6 +767,9 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     # noise: one run's sigma (seed std when available, else the binomial SE of each run's val size) as the unit of
     # protocol 6's band: effect_noise_min of it is objectives.NOISE_BAND's max(0.5 pt, 2 x sigma), as tune reads it
     k_min = values["effect_noise_min"]
+    # a loss comparison keeps the floor tune's loss objective reads (its SearchContext.noise): without it two seeds
+    # a hair apart made a 0.3% val-loss difference 42 noise units, and identical seeds made the noise unknown
+    floor = objective("val/loss").noise_floor if use_loss else None
     seed_groups = [g for g in groups if g.knob == "seed"]
     variances = []
     for g in seed_groups:
@@ -777,7 +780,7 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     if variances:
         seed_std = math.sqrt(sum(v * (n - 1) for v, n in variances) / sum(n - 1 for _, n in variances))
         acc.set("seed_std", seed_std)
-        noise = NOISE_BAND.unit(seed_std, 0.0 if use_loss else None, k_min)
+        noise = NOISE_BAND.unit(seed_std, floor, k_min)
         k = sum(n for _, n in variances)
         acc.details["noise_source"] = f"seed std over {k} runs ({len(variances)} group(s))"
     else:
@@ -801,7 +804,7 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
             # one run's sigma: the root mean square of the runs' SEs (protocol 6's band is over it, not over the
             # difference of two runs, whose std is sqrt(2) x it)
             rms = math.sqrt(sum(x * x for x in ses) / len(ses))
-            noise = NOISE_BAND.unit(rms, 0.0 if use_loss else None, k_min)
+            noise = NOISE_BAND.unit(rms, floor, k_min)
             acc.details["noise_source"] = (f"{source}: the root mean square of {len(ses)} runs' SE ({rms:.4f})"
                                            if len(ses) > 1 else f"{source} ({rms:.4f})") + "; no seed runs"
         else:

@@ -613,3 +613,27 @@ def test_peft_target_names_compare_in_one_form():
     assert _peft_targets(["value", "query"], None) == ("query", "value")
     assert _shortest_names(_resolve_groups(["attn.q", "attn.v"], "bert"), "bert") == ("query", "value")
     assert _resolve_groups(["attn.q@0", "attn.v"], "bert") is None and _resolve_groups(["attn.q"], "gpt2") is None
+
+
+def _loss_run(final: float, lr: float, seed: int, name: str):
+    """A loss-only causal-lm run (no val metric: compared on its lowest val loss) whose val loss ends at `final`."""
+    pts = [{"step": st, "train/loss": 2.0 - 0.015 * st, "val/loss": 2.0 - (2.0 - final) * st / 100}
+           for st in range(0, 101, 10)]
+    cfg = {"train": {"learning_rate": lr, "seed": seed, "max_steps": 100},
+           "adapter": {"method": "lora", "r": 8, "lora_alpha": 16}, "model": {"name_or_path": "x", "task": "causal-lm"}}
+    return from_points(pts, {}, cfg, name)
+
+
+@pytest.mark.parametrize("seed_final", [1.0001, 1.0])
+def test_a_loss_comparison_with_seed_runs_keeps_tunes_loss_floor(seed_final):
+    """A loss comparison with seed runs had no noise floor: two seeds 1e-4 apart made a 0.3% val-loss difference 42
+    noise units (optimization-bound), identical seeds made the noise 0 and the effect 'noise unknown'. It keeps the
+    floor tune's loss objective reads (objectives: val/loss's noise_floor, NOISE_BAND's unit of it)."""
+    from loratune.objectives import NOISE_BAND, objective
+
+    c = compare([_loss_run(1.0, 1e-4, 0, "a"), _loss_run(seed_final, 1e-4, 1, "b"), _loss_run(1.003, 2e-4, 0, "c")])
+    assert c.measure == "lowest val loss"
+    unit = objective("val/loss").noise_floor / NOISE_BAND.sigmas
+    assert c.features.values["noise"] == pytest.approx(unit)
+    assert c.features.values["lr_effect_noise"] == pytest.approx(0.003 / unit, rel=1e-6)
+    assert [f.rule_id for f in c.findings] == ["differences-within-noise"]
