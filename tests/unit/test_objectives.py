@@ -53,3 +53,20 @@ def test_the_same_metric_on_test_and_the_axis_says_which_way_is_better():
     assert (f1.on("test").key, f1.on("test").name) == ("test/macro_f1", "test macro-F1")
     assert loss.on("test").higher_is_better is False and f1.on("test").higher_is_better is True
     assert loss.axis == "val loss (lower is better)" and f1.axis == "val macro-F1"
+
+
+def test_a_trial_is_valued_at_its_best_trained_point_never_the_untrained_model():
+    """A trial the wall budget cut after one step (no trained evaluation) took its run.json best, the untrained
+    model's step 0, as its value: it became the lr grid's 'trained best', the incumbent and the recommendation.
+    Its value is now its best trained point (trial.FIRST_TRAINED_STEP), and none without one."""
+    from loratune.search.runner import result_from
+
+    untrained = {"step": 0, "val/macro_f1": 0.033}
+    cut = {"status": "interrupted", "best": untrained, "objective": "val/macro_f1", "examples_seen": 8}
+    assert result_from(cut, None, 3.0, pruned="budget", curve=((0, 0.033),)).value is None
+    assert result_from(cut, None, 3.0, pruned="budget").value is None
+    # trained points all below the untrained model: the best of them, not step 0's
+    assert result_from(cut, None, 3.0, curve=((0, 0.033), (4, 0.02), (8, 0.025))).value == 0.025
+    trained = {**cut, "best": {"step": 8, "val/macro_f1": 0.4}}
+    assert result_from(trained, None, 3.0, curve=((0, 0.033), (8, 0.4))).value == 0.4
+    assert result_from({**cut, "best": {"val/macro_f1": 0.4}}, None, 3.0).value == 0.4  # an old record: no step

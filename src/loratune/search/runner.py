@@ -25,7 +25,7 @@ from loratune.diagnose import PARTIAL_STATUSES
 from loratune.errors import UserError
 from loratune.objectives import CLASSIFIER_METRICS, objective
 from loratune.search.prune import PruneSettings, behind_best, by_diagnosis
-from loratune.search.trial import KEPT_FEATURES, TrialResult, TrialSpec
+from loratune.search.trial import FIRST_TRAINED_STEP, KEPT_FEATURES, TrialResult, TrialSpec, trained_points
 from loratune.store import RunStore
 
 
@@ -206,8 +206,11 @@ def reset_peak_memory() -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # = current RSS right after the reset
 
 
-def result_from(run: dict, diag, wall_s: float, pruned: str | None = None) -> TrialResult:
-    """The part of a run record and its diagnosis that decisions read."""
+def result_from(run: dict, diag, wall_s: float, pruned: str | None = None, curve: Sequence = ()) -> TrialResult:
+    """The part of a run record and its diagnosis that decisions read. Its value is its best trained point's
+    (trial.FIRST_TRAINED_STEP): a run whose record's best is the untrained model (step 0: cut after a step, or no
+    trained point scored higher) takes the best trained point of `curve` (its objective curve), and a run without
+    one has no value: the untrained model's score is the bar, never a trial's."""
     best = run.get("best") or {}
     keep = ("step", "examples_seen", "val/macro_f1", "val/accuracy", "val/loss", "val/n", "train_eval/macro_f1",
             "train_eval/loss", "train/loss", "val/subset_accuracy", "val/micro_f1", "val/samples_f1",
@@ -217,7 +220,11 @@ def result_from(run: dict, diag, wall_s: float, pruned: str | None = None) -> Tr
         status = "pruned"
     elif status == "interrupted":
         status = "failed"
-    value = score_at(best, objective_of(run))  # the objective (metric_for_best_model), larger is better
+    value = None  # the objective (metric_for_best_model), larger is better
+    if int(best.get("step", FIRST_TRAINED_STEP)) >= FIRST_TRAINED_STEP:  # a record without a step: an old trained one
+        value = score_at(best, objective_of(run))
+    else:
+        value = max((v for _, v in trained_points(curve)), default=None)
     findings: tuple[dict, ...] = ()
     features: dict[str, Any] = {}
     verdict = "inconclusive"
@@ -322,10 +329,11 @@ class TrainingRunner:
         except Exception:  # a run without a single eval point has nothing to diagnose
             diag = None
         wall = time.perf_counter() - t0
-        res = result_from(run, diag, wall, pruned)
+        curve = curve_of(store.read_history(), objective_of(run))
+        res = result_from(run, diag, wall, pruned, curve)
         peak = res.peak_memory_mb
         delta = peak - baseline_mb if peak is not None and baseline_mb is not None else None
-        res = _with(res, curve=curve_of(store.read_history(), objective_of(run)), memory_delta_mb=delta)
+        res = _with(res, curve=curve, memory_delta_mb=delta)
         if interrupted is not None:
             raise FinishedThenInterrupted(res, interrupted)
         return res
