@@ -262,18 +262,21 @@ _ERROR_RATES = {"wer": "word_accuracy", "cer": "char_accuracy"}
 _EVAL_META = ("runtime", "samples_per_second", "steps_per_second", "num_tokens")
 # keys only TRL's trainers log (SFTTrainer: token accuracy, token counts, entropy)
 _TRL_KEYS = ("mean_token_accuracy", "num_tokens", "entropy")
-# What kind of TRL run a log is, by the keys its trainer logs (TRL 1.16's sources), first match wins: an online RL
-# trainer (GRPO, RLOO, PPO: a reward, a KL, completion lengths; its loss ~ beta x KL starts at 0 and rises by design),
-# a RewardTrainer (a sequence classifier scoring pairs: mean/min/max reward), a pairwise preference trainer (DPO, IPO,
-# RPO, CPO, ORPO, KTO: reward margins, chosen rewards, log-probs, ORPO's NLL and log-odds), and any other (SFTTrainer).
-# Each is a run of a language model or a reward model, never a fresh classifier head: no class count from its first
-# loss, whether or not the newer _TRL_KEYS are logged beside (an ORPO log has none of them).
-TRL_KINDS = (("rl", "causal-lm", ("reward", "kl", "completions/mean_length", "completion_length", "objective/kl",
-                                  "objective/rlhf_reward", "objective/scores")),
-             ("reward-model", "reward-model", ("mean_reward", "min_reward", "max_reward")),
-             ("preference", "causal-lm", ("rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
-                                          "logps/rejected", "nll_loss", "log_odds_ratio", "log_odds_chosen")),
-             ("sft", "causal-lm", _TRL_KEYS))
+# What kind of TRL run a log is, by the keys its trainer logs (TRL 1.16's sources), first match wins: a RewardTrainer
+# (a sequence classifier scoring pairs: mean/min/max reward), a pairwise or unpaired preference trainer (DPO, IPO, RPO,
+# CPO, ORPO, KTO: reward margins, chosen rewards, log-probs, ORPO's NLL and log-odds; KTO logs a `kl` beside them), an
+# online RL trainer (GRPO, RLOO, PPO: a reward AND a KL / completion lengths / reward spread; its loss ~ beta x KL starts
+# at 0 and rises by design), and any other (SFTTrainer, DistillationTrainer: token accuracy, counts, entropy). A kind
+# is read only when each of its groups has a key in the log: one generic name (a classifier's own `kl` or `reward`
+# metric, a distillation run's completion length) marks no TRL run. Each is a run of a language model or a reward
+# model, never a fresh classifier head: no class count from its first loss, whether or not the newer _TRL_KEYS are
+# logged beside (an ORPO log has none of them).
+TRL_KINDS = (("reward-model", "reward-model", (("mean_reward", "min_reward", "max_reward"),)),
+             ("preference", "causal-lm", (("rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
+                                           "logps/rejected", "nll_loss", "log_odds_ratio", "log_odds_chosen"),)),
+             ("rl", "causal-lm", (("reward", "objective/rlhf_reward", "objective/scores"),
+                                  ("kl", "objective/kl", "completions/mean_length", "completion_length", "reward_std"))),
+             ("sft", "causal-lm", (_TRL_KEYS,)))
 
 
 def _trl_kind(keys: Iterable[str]) -> tuple[str, str, list[str]] | None:
@@ -284,10 +287,10 @@ def _trl_kind(keys: Iterable[str]) -> tuple[str, str, list[str]] | None:
         b = k.strip()
         b = b.split("/", 1)[1] if b.split("/", 1)[0] in ("train", "eval") and "/" in b else b
         bare.setdefault(b.removeprefix("eval_").removeprefix("train_"), k.strip())
-    for kind, task, marks in TRL_KINDS:
-        found = [m for m in marks if m in bare]
-        if found:
-            return kind, task, found
+    for kind, task, groups in TRL_KINDS:
+        found = [[m for m in marks if m in bare] for marks in groups]
+        if all(found):
+            return kind, task, [m for group in found for m in group]
     return None
 # What a side file says the model was trained to do: peft's `task_type` in adapter_config.json, and the suffix of
 # the transformers architecture in config.json (plus its problem_type). A language model's, a seq2seq model's or a

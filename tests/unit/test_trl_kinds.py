@@ -173,3 +173,39 @@ def test_a_preference_runs_val_metric_is_its_reward_accuracy(tmp_path):
                                                           {"eval_loss": 2.0 - x,
                                                            "eval_mean_token_accuracy": 0.3 + 0.3 * x})))
     assert diagnose(sft).features.details["val_metric"] == "val/token_accuracy"
+
+
+def _kto(i, x, kl=True):  # KTOTrainer (TRL 1.16): rewards/* and logps/* beside a `kl`; the val loss turns at 40%
+    v = 0.5 - 0.75 * x if x <= 0.4 else 0.2 + 1.2 * (x - 0.4)
+    k = {"loss": 0.5 - 0.49 * x, "rewards/chosen": 0.1 * x, "rewards/rejected": -0.1 * x, "rewards/margins": 0.2 * x,
+         "logps/chosen": -40.0, "logps/rejected": -45.0, "entropy": 1.0, "num_tokens": 1000 * i,
+         **({"kl": 0.5 * x} if kl else {})}
+    return k, {**{"eval_" + a: b for a, b in k.items()}, "eval_loss": v}
+
+
+def _distill(i, x):  # DistillationTrainer (TRL 1.16): completion lengths, no reward; the same turn
+    v = 2.0 - 3 * x if x <= 0.4 else 0.8 + 2 * (x - 0.4)
+    k = {"loss": 2.0 - 1.9 * x, "completions/mean_length": 60.0, "entropy": 1.0, "num_tokens": 1000 * i}
+    return k, {**{"eval_" + a: b for a, b in k.items()}, "eval_loss": v}
+
+
+def _classifier_with_kl(i, x):  # a plain Trainer classifier logging its own distillation `kl` term
+    v = 2.0 - 3 * x if x <= 0.4 else 0.8 + 2 * (x - 0.4)
+    return {"loss": 2.3 - 2.2 * x, "kl": 0.3}, {"eval_loss": v, "eval_accuracy": 0.3 + 0.5 * min(x, 0.4)}
+
+
+@pytest.mark.parametrize("rows, kind", [
+    (_kto, "preference"),  # a KTO log's `kl` does not make it RL: its rewards/* say preference
+    (lambda i, x: _kto(i, x, kl=False), "preference"),
+    (_distill, "sft"),  # a completion length without a reward is no RL run
+    (_classifier_with_kl, None),  # one generic name marks no TRL run: a classifier's own `kl`
+])
+def test_a_generic_kl_or_completion_length_key_makes_no_rl_run(tmp_path, rows, kind):
+    """KTO and distillation runs (a `kl`, a completion length) were read as RL runs and their loss was never judged:
+    a val loss that turned at 40% and rose 3.6x read inconclusive; a classifier logging `kl` lost its class count."""
+    run = load_run(_state(tmp_path / "run", rows))
+    assert run.meta.get("trl_kind") == kind
+    d = diagnose(run)
+    assert d.features["val_loss_rise"] is not None and d.features["val_loss_rise"] > 1
+    if kind is None:
+        assert run.meta.get("task") is None and run.facts["n_classes"].value == 10
