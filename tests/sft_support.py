@@ -73,3 +73,16 @@ def save_tiny_llama_lm(folder: Path, chat_template: bool = True, seed: int = 0) 
                       initializer_range=0.2)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return str(folder)
+
+
+def tiny_sft_inputs(folder: Path, val_per_label: int = 2) -> tuple[str, Path]:
+    """A tiny Llama (`folder`/lm) and an SFT data folder (`folder`/data: 6 train and `val_per_label` validation rows
+    per intent) for a causal-LM run: (model path, data folder)."""
+    from support import write_jsonl
+
+    model = save_tiny_llama_lm(folder / "lm")
+    data = folder / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_sft_rows(6, seed=1))
+    write_jsonl(data / "validation.jsonl", make_sft_rows(val_per_label, seed=2))
+    return model, data

@@ -81,14 +81,9 @@ def test_ctrl_c_at_a_newer_best_leaves_one_step_everywhere(where, tiny_bert, int
 
 def test_ctrl_c_after_the_swap_in_an_sft_run_leaves_one_step(tmp_path, monkeypatch):
     import loratune.store as S
-    from sft_support import make_sft_rows, save_tiny_llama_lm
-    from support import write_jsonl
+    from sft_support import tiny_sft_inputs
 
-    model = save_tiny_llama_lm(tmp_path / "lm")
-    data = tmp_path / "data"
-    data.mkdir()
-    write_jsonl(data / "train.jsonl", make_sft_rows(6, seed=1))
-    write_jsonl(data / "validation.jsonl", make_sft_rows(2, seed=2))
+    model, data = tiny_sft_inputs(tmp_path, val_per_label=2)
     out = tmp_path / "run"
     real_swap, swaps = S._swap_in, []
 
@@ -151,14 +146,9 @@ def test_a_save_failing_on_an_output_fault_still_writes_the_final_record(after, 
 
 def test_an_sft_save_failing_on_an_output_fault_still_writes_the_final_record(tmp_path, monkeypatch, capsys):
     import loratune.store as S
-    from sft_support import make_sft_rows, save_tiny_llama_lm
-    from support import write_jsonl
+    from sft_support import tiny_sft_inputs
 
-    model = save_tiny_llama_lm(tmp_path / "lm")
-    data = tmp_path / "data"
-    data.mkdir()
-    write_jsonl(data / "train.jsonl", make_sft_rows(6, seed=1))
-    write_jsonl(data / "validation.jsonl", make_sft_rows(2, seed=2))
+    model, data = tiny_sft_inputs(tmp_path, val_per_label=2)
     out = tmp_path / "run"
     monkeypatch.setattr(S.RunStore, "replace_adapter", _too_large(0))
     args = {"task": "causal-lm", "name_or_path": model, "dataset_name": str(data), "output_dir": str(out),

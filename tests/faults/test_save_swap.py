@@ -78,14 +78,9 @@ def test_a_kill_mid_save_keeps_the_previous_best_and_names_it(tiny_bert, intent_
 
 
 def test_a_kill_mid_save_of_an_sft_run_keeps_the_previous_best(tmp_path, monkeypatch):
-    from sft_support import make_sft_rows, save_tiny_llama_lm
-    from support import write_jsonl
+    from sft_support import tiny_sft_inputs
 
-    model = save_tiny_llama_lm(tmp_path / "lm")
-    data = tmp_path / "data"
-    data.mkdir()
-    write_jsonl(data / "train.jsonl", make_sft_rows(6, seed=1))
-    write_jsonl(data / "validation.jsonl", make_sft_rows(2, seed=2))
+    model, data = tiny_sft_inputs(tmp_path, val_per_label=2)
     out, killed = tmp_path / "run", tmp_path / "killed"
     kill = KillMidSave(monkeypatch, out, killed)
     args = {"task": "causal-lm", "name_or_path": model, "dataset_name": str(data), "output_dir": str(out),

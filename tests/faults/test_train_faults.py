@@ -99,14 +99,9 @@ def test_kill_9_keeps_the_best_model_found_so_far(method, tiny_bert, intent_data
 
 def test_kill_9_keeps_an_sft_runs_best_model(tmp_path):
     """The causal-LM path kept its best weights in memory until the end too."""
-    from sft_support import make_sft_rows, save_tiny_llama_lm
-    from support import write_jsonl
+    from sft_support import tiny_sft_inputs
 
-    model = save_tiny_llama_lm(tmp_path / "lm")
-    data = tmp_path / "data"
-    data.mkdir()
-    write_jsonl(data / "train.jsonl", make_sft_rows(6, seed=1))
-    write_jsonl(data / "validation.jsonl", make_sft_rows(1, seed=2))
+    model, data = tiny_sft_inputs(tmp_path, val_per_label=1)
     out = tmp_path / "run"
     args = {"task": "causal-lm", "name_or_path": model, "dataset_name": str(data), "output_dir": str(out),
             "max_steps": 100000, "eval_steps": 2, "per_device_train_batch_size": 4, "r": 2, "lora_alpha": 4,
