@@ -138,9 +138,8 @@ def test_lr_bound_path_follows_the_lr_and_finds_the_plateau():
         ("rank-sweep", "lr4e-3-r32-rs-a11.3"),  # x4 with rsLoRA: gain below the seed noise
         ("target-sweep", "lr4e-3-t-all-linear"),  # more modules at 1x and 0.5x the lr: no gain, targets kept
         ("target-sweep", "lr2e-3-t-all-linear"),
-        # full fine-tuning at its own lr: LoRA lr x 0.1 = 4e-4 clamped to FULL_LR_MAX 5e-5, then 0.5x, and (2x clamped
-        # onto 1x) one more inside the range
-        ("lora-vs-full", "full-lr5e-5"), ("lora-vs-full", "full-lr2.5e-5"), ("lora-vs-full", "full-lr1.25e-5"),
+        # full fine-tuning at its own lr: LoRA lr x 0.1 = 4e-4, then 0.5x and 2x (inside protocol 1's 1e-5..1e-3)
+        ("lora-vs-full", "full-lr4e-4"), ("lora-vs-full", "full-lr2e-4"), ("lora-vs-full", "full-lr8e-4"),
     ]
     d = {(p, k): v for p, k, v in kinds(ctx)}
     assert d[("phase1-lr-grid", "lr-grid-skip")] == "0.5x not needed"
@@ -1212,10 +1211,10 @@ def test_full_fine_tuning_gets_its_own_lr_probe_and_the_best_lr_decides():
     ctx, runner = make_ctx(world)
     run_protocol(ctx, START, ProtocolSettings(full_lr_ratio=0.01))
     fulls = [s.point[LR] for s in runner.calls if s.point.get("adapter.method") == "full"]
-    assert fulls == [4e-5, 2e-5, 5e-5]  # 1x, 0.5x, 2x (8e-5 capped at FULL_LR_MAX 5e-5); no plan: trial length
+    assert fulls == [4e-5, 2e-5, 8e-5]  # 1x, 0.5x, 2x; no plan: trial length
     d = next(x for x in ctx.decisions if x["code"] == "full-lr-probe-best")
     assert d["data"]["best_lr"] == 2e-5 and d["data"]["centre"] == 4e-5
-    assert [x["lr"] for x in d["data"]["lrs"]] == [4e-5, 2e-5, 5e-5]
+    assert [x["lr"] for x in d["data"]["lrs"]] == [4e-5, 2e-5, 8e-5]
     assert "choose-full" in codes(ctx)  # 0.90 vs LoRA 0.78; at LoRA's lr x 0.1 it would have been 0.60
     assert ctx.state.final.point[LR] == 2e-5 and ctx.state.final.point["adapter.method"] == "full"
 
@@ -1224,33 +1223,33 @@ def test_a_full_lr_prior_above_the_range_probes_three_lrs_inside_it_and_says_it_
     """A prior above FULL_LR_MAX (a tune study saw LoRA lr 2e-2 x 0.1 printed as '= 0.0005', the clamped value as
     the product), and the 2x factor clamped onto 1x left two probes, the best at the range's top unflagged."""
     world = lr_binds()
-    world.full_f1 = _full_peaks_at(5e-5)
+    world.full_f1 = _full_peaks_at(1e-3)
     ctx, runner = make_ctx(world)
-    run_protocol(ctx, START, ProtocolSettings(full_lr_ratio=0.5))  # the incumbent's lr x 0.5: above 5e-5
+    run_protocol(ctx, START, ProtocolSettings(full_lr_ratio=0.5))  # the incumbent's lr x 0.5: above 1e-3
     fulls = [s.point[LR] for s in runner.calls if s.point.get("adapter.method") == "full"]
     d = next(x for x in ctx.decisions if x["code"] == "full-lr-probe-best")
     probed = [x["lr"] for x in d["data"]["lrs"]]
-    assert probed == [5e-5, 2.5e-5, 1.25e-5] and fulls[:3] == probed
+    assert probed == [1e-3, 5e-4, 2.5e-4] and fulls[:3] == probed
     lora_lr = next(x for x in d["evidence"] if x.startswith("LoRA lr"))
-    assert "x 0.5 = " in lora_lr and "kept inside full fine-tuning's range 1e-05..5e-05: 5e-05" in lora_lr
-    assert "= 5e-05 is a prior" not in lora_lr
+    assert "x 0.5 = " in lora_lr and "kept inside protocol 1's lr range 1e-05..0.001: 0.001" in lora_lr
+    assert "= 0.001 is a prior" not in lora_lr
     # each probe's label states its multiplier of the prior (LoRA lr 4e-3 x 0.5 = 2e-3), not of the clamped centre
     purposes = [s.purpose for s in runner.calls if s.point.get("adapter.method") == "full"]
-    assert [p.split("(")[1].split("x LoRA")[0] for p in purposes[:3]] == ["0.025", "0.0125", "0.00625"]
-    assert all("LoRA lr 0.004 x 0.5 = 0.002; the centre kept inside full fine-tuning's range 1e-05..5e-05: 5e-05"
+    assert [p.split("(")[1].split("x LoRA")[0] for p in purposes[:3]] == ["0.5", "0.25", "0.125"]
+    assert all("LoRA lr 0.004 x 0.5 = 0.002; the centre kept inside protocol 1's lr range 1e-05..0.001: 0.001"
                in p for p in purposes[:3])
     assert any("is the top of that range" in x for x in d["evidence"])
 
 
 def test_full_lr_probe_runs_short_and_the_best_lr_gets_the_full_length_trial():
     world = lr_binds()
-    world.full_f1 = _full_peaks_at(5e-5, 0.70)
+    world.full_f1 = _full_peaks_at(2e-4, 0.70)
     ctx, runner = make_ctx(world)
     run_protocol(ctx, START, ProtocolSettings(early_long=False), plan={"max_steps": 100, "reason": "scripted"})
     fulls = [(s.point[LR], s.point.get("train.max_steps")) for s in runner.calls if s.point.get("adapter.method") == "full"]
     p = ProtocolSettings()
     short = max(p.lr_probe_min_steps, round(100 * p.lr_probe_fraction))
-    assert fulls[:3] == [(x, short) for x in (fulls[0][0], fulls[1][0], fulls[2][0])] and fulls[3] == (5e-5, None)
+    assert fulls[:3] == [(x, short) for x in (fulls[0][0], fulls[1][0], fulls[2][0])] and fulls[3] == (2e-4, None)
     assert ctx.state.lora_vs_full["full_trial"] == next(r.number for r in ctx.records
                                                         if r.point.get("adapter.method") == "full"
                                                         and not r.point.get("train.max_steps"))

@@ -430,11 +430,13 @@ def test_a_perplexity_threshold_reads_as_a_plain_number_not_a_multiple(capsys):
 
 
 def test_full_fine_tuning_lr_range_is_stated_once_and_matches_protocol_1():
-    """rules.py said full fine-tuning runs at 1e-5..5e-5 while the tune protocol clamped its probe to 1e-5..5e-4."""
-    from loratune.rules import FULL_FT_LR_RANGE, LORA_LR_CENTRE, LORA_OVER_FULL_LR, THRESHOLDS
+    """rules.py said full fine-tuning runs at 1e-5..5e-5 while the tune protocol clamped its probe to 1e-5..5e-4, a
+    range stated nowhere else. The prior is stated once (LoRA's centre / 10); the probe follows the measured LoRA lr /
+    10 inside protocol 1's usual range, also stated once (rules.USUAL_LR_RANGE)."""
+    from loratune.rules import FULL_FT_LR_RANGE, LORA_LR_CENTRE, LORA_OVER_FULL_LR, THRESHOLDS, USUAL_LR_RANGE
     from loratune.search.protocol.settings import FULL_LR_MAX, FULL_LR_MIN
 
-    assert FULL_FT_LR_RANGE == (1e-5, 5e-5) == (FULL_LR_MIN, FULL_LR_MAX)
+    assert FULL_FT_LR_RANGE == (1e-5, 5e-5) and (FULL_LR_MIN, FULL_LR_MAX) == USUAL_LR_RANGE == (1e-5, 1e-3)
     assert FULL_FT_LR_RANGE == tuple(round(x / LORA_OVER_FULL_LR, 12) for x in LORA_LR_CENTRE)
     for name in ("usual_lr_min", "lr_far_below_max", "lora_lr_floor"):
         assert "full fine-tuning" in THRESHOLDS[name].doc and "1e-5..5e-5" in THRESHOLDS[name].doc

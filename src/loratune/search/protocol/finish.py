@@ -53,7 +53,7 @@ def full_lr_probe(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord) -> 
         # the multiplier is of the prior (LoRA lr x ratio) the label names, not of the centre it was clamped to
         rec = ctx.run(ctx.spec(point, phase, f"full fine-tuning lr probe: {what} at lr {lr:g} ({lr / prior:.3g}x "
                                              f"LoRA lr {lr_of(inc.point):g} x {s.full_lr_ratio:g} = {prior:g}"
-                                             + (f"; the centre kept inside full fine-tuning's range "
+                                             + (f"; the centre kept inside protocol 1's lr range "
                                                 f"{FULL_LR_MIN:g}..{FULL_LR_MAX:g}: {centre:g}" if centre != prior
                                                 else "") + ")"), prune=False)
         if rec is None:
@@ -69,7 +69,7 @@ def full_lr_probe(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord) -> 
         ctx.decide(phase, "full-lr-probe", f"full fine-tuning's lr {lr:g}",
                    f"the full-fine-tuning probe at lr {lr:g}" + (" (full length)" if short else ""),
                    rows + [f"LoRA lr {lr_of(inc.point):g} x {s.full_lr_ratio:g} = {prior:g}"
-                           + (f", kept inside full fine-tuning's range {FULL_LR_MIN:g}..{FULL_LR_MAX:g}: {centre:g}"
+                           + (f", kept inside protocol 1's lr range {FULL_LR_MIN:g}..{FULL_LR_MAX:g}: {centre:g}"
                               if centre != prior else "")
                            + " is a prior (protocol 1); full fine-tuning is compared at the best lr of its own probe"
                            + (f" ({p_steps}-step runs)" if short else "")]
