@@ -220,11 +220,9 @@ def result_from(run: dict, diag, wall_s: float, pruned: str | None = None, curve
         status = "pruned"
     elif status == "interrupted":
         status = "failed"
-    value = None  # the objective (metric_for_best_model), larger is better
-    if int(best.get("step", FIRST_TRAINED_STEP)) >= FIRST_TRAINED_STEP:  # a record without a step: an old trained one
-        value = score_at(best, objective_of(run))
-    else:
-        value = max((v for _, v in trained_points(curve)), default=None)
+    # the objective (metric_for_best_model), larger is better; a record without a step: an old trained one
+    value = (score_at(best, objective_of(run)) if int(best.get("step", FIRST_TRAINED_STEP)) >= FIRST_TRAINED_STEP
+             else max((v for _, v in trained_points(curve)), default=None))
     findings: tuple[dict, ...] = ()
     features: dict[str, Any] = {}
     verdict = "inconclusive"

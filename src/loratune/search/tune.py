@@ -140,7 +140,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         summary_path = study_dir / FINAL / "study.json"
         was, now = Budget.parse(old.get("budget") or DEFAULT_BUDGET), Budget.parse(options.budget)
         same_budget = (now.kind, now.limit) == (was.kind, was.limit)  # "6trials" and "6 trials" are one budget
-        if (getattr(study, "was_finished", False) and same_budget and not study.recovered
+        if (study.was_finished and same_budget and not study.recovered
                 and not study.lost_spending() and summary_path.exists()):
             # nothing was lost and the budget did not grow: there is nothing to resume, and a rerun of the finish
             # would rewrite the study's spend and its first session's ledger, and claim lost trials trained again
