@@ -473,8 +473,13 @@ _RULES = (
         when=all_(c("peak_lr", ">=", "usual_lr_min"),
                   c("peak_lr", "<", "collapse_lr_min"),
                   any_(all_(c("classifier", ">=", "flag_on"), any_(
+                       # per-class numbers: one class takes most predictions with the loss pinned, and the val
+                       # metric no longer climbing: a metric still rising beyond its noise at the end is a model
+                       # still leaving its first guess (a 12-step lr probe at 1e-3: 0.028 -> 0.265, 51% of the
+                       # predictions on one class, train loss 0.92 x ln 20), not predictions that stopped changing
                        all_(c("val_pred_top_share", ">=", "collapse_pred_share"),
-                            c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance")),
+                            c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+                            c("still_improving", "<", "flag_on")),
                        # without per-class numbers, the predictions frozen: the val metric repeating one value at
                        # most of more than a few evals and never rising, the loss pinned: the train loss near
                        # ln(classes) and not falling at all, or the val loss where its first eval left it, jittering
