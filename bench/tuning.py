@@ -68,7 +68,13 @@ STUDIES = RESULTS / "tuning"
 # 13: the early long run outranks the seeds (search.protocol.table): on banking77-77 the seeds' two trials were held
 # back ahead of it and no long run was trained; a v12 study whose decisions v13 takes again on its finished trials
 # is carried by --replay (17 of the 20 20-class studies; the other 3 and banking77-77's 5 were run again)
-PROTOCOL_VERSION = 13
+# 14: no rule of the stage table changed; the protocol studies are run again on stop 54's code (64 commits to
+# search/ since 13's: step 0 is the bar and never a trial's score, pruned trials are no full-length evidence,
+# protocol 6's one noise band, the LoRA-vs-full probe at LoRA's measured lr / 10 in the usual lr range, an epoch's
+# short last step counted, validation scored unpadded; and collapsed's per-class route needs a val metric no longer
+# climbing: a 12-step lr probe read collapsed and stepped clinc150-20 seed 0's lr centre down 4x), the yardsticks
+# as stored
+PROTOCOL_VERSION = 14
 # per sampler (a change reruns only the studies it changes). 2: the samplers' space holds the training length
 # (1-8x a trial), as the protocol's final training does; 3: TPE's start-up trials sized to the budget (a third
 # of the trials that fit, not a fixed 5); tpe-hyperband is new at 3
