@@ -647,7 +647,11 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     notes += metric_notes
 
     val_prefix = next((k[:-len("loss")] for k, v in split_of.items() if v == "val/loss"), "eval_")
-    summed = None if is_trl else _summed_losses(train_logs, eval_logs, val_prefix, folder, adapter)
+    # the eval loss a summed train loss is measured against: the validation set's, else any held-out set's (several
+    # sets under names of their own have no val curve, but each one's loss still tells a sum from a mean)
+    ref_losses = ([val_prefix + "loss"] if val_prefix + "loss" in split_of else
+                  sorted(k for k, v in split_of.items() if v.endswith("/loss") and not v.startswith("train_eval/")))
+    summed = None if is_trl else _summed_losses(train_logs, eval_logs, ref_losses, folder, adapter)
     if summed is not None and summed["factor"] is not None:
         # the same correction the callback's record makes (record_loss_scale): the losses read as their mean
         train_logs = [scaled_train_losses(e, summed["factor"]) for e in train_logs]
@@ -938,10 +942,11 @@ def _card_accumulation(folder: Path) -> tuple[int, str] | None:
     return (int(m.group(1)), f"{card.parent.name}/{card.name}") if m and int(m.group(1)) > 1 else None
 
 
-def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], val_prefix: str, folder: Path,
+def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], ref_losses: Sequence[str], folder: Path,
                    adapter: Mapping[str, Any] | None) -> dict | None:
     """Whether the logged train losses are sums over gradient-accumulation micro-batches: None when nothing says so;
-    else {"factor": 1/N to read them as means, or None where N is unknown, "ratio", "why"}. Rescaled only when the
+    else {"factor": 1/N to read them as means, or None where N is unknown, "ratio", "why"}. `ref_losses`: the eval
+    loss keys to compare with, in order of preference (_eval_ref_loss). Rescaled only when the
     accumulation steps N are known (the model card) and the first loss agrees with N; a ratio that says "summed"
     without N is reported and the loss left as logged."""
     first = next((e for e in train_logs if _fin(e.get("loss")) is not None), None)
@@ -964,9 +969,9 @@ def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], val_pr
     if (side_meta.get("task") in (None, "single_label") and isinstance(k, int)
             and CHANCE_CLASSES_RANGE[0] <= k <= CHANCE_CLASSES_RANGE[1]):
         refs.append((math.log(k), f"ln({k} classes, {side_facts['n_classes'].source})"))
-    ev = next((e for e in eval_logs if _fin(e.get(val_prefix + "loss")) is not None), None)
-    if ev is not None and ev["step"] <= CHANCE_LOSS_MAX_STEP and float(ev[val_prefix + "loss"]) > 0:
-        refs.append((float(ev[val_prefix + "loss"]), f"the first eval loss (step {ev['step']:g})"))
+    ev = next((e for e in eval_logs if _eval_ref_loss(e, ref_losses) is not None), None)
+    if ev is not None and ev["step"] <= CHANCE_LOSS_MAX_STEP and _eval_ref_loss(ev, ref_losses) > 0:
+        refs.append((_eval_ref_loss(ev, ref_losses), f"the first eval loss (step {ev['step']:g})"))
     if not refs:
         return None
     ratios = [loss / ref for ref, _ in refs]
@@ -981,7 +986,7 @@ def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], val_pr
                        "summed over them)"}
     # without N, the ratio must hold all run long: a sum stays N x the eval loss where a first window that blew up
     # (2.8 x ln 10 at step 10, then 1.25 x) falls back to it, and one the eval loss followed up (40 vs 60) never had it
-    held = _train_over_eval(train_logs, eval_logs, val_prefix)
+    held = _train_over_eval(train_logs, eval_logs, ref_losses)
     if all(r >= SUMMED_LOSS_RATIO_MIN for r in ratios) and held is not None and held >= SUMMED_LOSS_RATIO_MIN:
         how = (f"{card[1]} lists gradient_accumulation_steps: {card[0]}, which it does not match" if card else
                "the accumulation steps are unknown (no Trainer model card README.md listing "
@@ -994,13 +999,18 @@ def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], val_pr
     return None
 
 
-def _train_over_eval(train_logs: Sequence[dict], eval_logs: Sequence[dict], val_prefix: str) -> float | None:
+def _eval_ref_loss(ev: dict, ref_losses: Sequence[str]) -> float | None:
+    """An eval entry's loss under the first of `ref_losses` it logs finite (several named sets log one entry each)."""
+    return next((float(ev[k]) for k in ref_losses if _fin(ev.get(k)) is not None), None)
+
+
+def _train_over_eval(train_logs: Sequence[dict], eval_logs: Sequence[dict], ref_losses: Sequence[str]) -> float | None:
     """The median over evaluations of the last train loss logged at or before it over its eval loss."""
     steps = [e["step"] for e in train_logs]
     ratios = []
     for ev in eval_logs:
         i = bisect.bisect_right(steps, ev["step"]) - 1
-        v, t = _fin(ev.get(val_prefix + "loss")), _fin(train_logs[i].get("loss")) if i >= 0 else None
+        v, t = _eval_ref_loss(ev, ref_losses), _fin(train_logs[i].get("loss")) if i >= 0 else None
         if v and v > 0 and t is not None:
             ratios.append(t / v)
     return statistics.median(ratios) if ratios else None

@@ -16,15 +16,17 @@ CONFIG4 = {"architectures": ["BertForSequenceClassification"], "model_type": "be
            "id2label": {str(i): f"c{i}" for i in range(4)}}
 
 
-def _summed_run(folder: Path, accum: int, card: int | None = None) -> Path:
-    """A 4-class Trainer run that logged each train loss as the sum of `accum` micro-batch means (flat at ln 4)."""
+def _summed_run(folder: Path, accum: int, card: int | None = None, sets: tuple[str, ...] = ("",)) -> Path:
+    """A 4-class Trainer run that logged each train loss as the sum of `accum` micro-batch means (flat at ln 4);
+    `sets`: the eval sets' names (eval_dataset={name: ...} logs eval_<name>_loss; "" is the plain eval_loss)."""
     folder.mkdir(parents=True)
     log = []
     for s in range(1, 41):
         log.append({"step": s, "loss": accum * LN4 * (1.0 + 0.01 * math.sin(s)), "grad_norm": 0.5,
                     "learning_rate": 5e-3 * (1 - (s - 1) / 40)})
-        if s % 5 == 0:
-            log.append({"step": s, "eval_loss": LN4 + 0.001, "eval_accuracy": 0.25})
+        for name in sets if s % 5 == 0 else ():
+            p = f"eval_{name}_" if name else "eval_"
+            log.append({"step": s, p + "loss": LN4 + 0.001, p + "accuracy": 0.25})
     log.append({"step": 40, "train_runtime": 3.0, "total_flos": 1.0, "train_loss": accum * LN4})
     (folder / "trainer_state.json").write_text(json.dumps({"log_history": log, "global_step": 40, "max_steps": 40}))
     (folder / "config.json").write_text(json.dumps(CONFIG4))
@@ -53,6 +55,23 @@ def test_summed_losses_without_the_accumulation_steps_are_kept_but_not_read_agai
         assert any("look summed over gradient-accumulation" in n for n in h.notes)
         f = compute_features(h.points, h.meta, h.config)
         assert f.values.get("train_loss_vs_chance") is None and f.values.get("train_loss_peak_vs_chance") is None
+
+
+def test_summed_losses_are_read_against_named_eval_sets_when_none_is_the_validation_set(tmp_path):
+    # eval_dataset={"banking": ..., "clinc": ...}: no eval_loss and no val curve, but each set's loss still shows the
+    # train loss is 2 x it; before, the sum went unseen and the stuck run read "diverged" (2.00x ln(classes))
+    for name, card in (("nocard", None), ("card", 2)):
+        h = load_run(_summed_run(tmp_path / name, 2, card=card, sets=("banking", "clinc")))
+        assert not any(k.startswith("val/") for q in h.points for k in q)
+        f = compute_features(h.points, h.meta, h.config)
+        if card is None:
+            assert h.meta["train_loss_summed"]["ratio"] > 1.9 and "train_loss_scale" not in h.meta
+            assert any("look summed over gradient-accumulation" in n for n in h.notes)
+            assert f.values.get("train_loss_vs_chance") is None and f.values.get("train_loss_peak_vs_chance") is None
+        else:
+            assert h.meta["train_loss_scale"]["factor"] == 0.5
+            assert abs(h.points[0]["train/loss"] - LN4) < 0.05 * LN4
+            assert f.values["train_loss_vs_chance"] < 1.1
 
 
 def test_the_trainer_state_alone_estimates_no_class_count_from_summed_losses(tmp_path):
