@@ -1780,6 +1780,45 @@ def _merge_same_step(points: list[dict]) -> tuple[list[dict], int]:
     return [merged[s] for s in sorted(merged)], repeated
 
 
+def _csv_column_notes(header: list[str], mapping: dict[int, str]) -> list[str]:
+    """What a CSV's columns were read as, and which were not read."""
+    notes = ["CSV columns mapped: " + ", ".join(f"{header[i]!r} -> {k}" for i, k in mapping.items())]
+    unused = [h for i, h in enumerate(header) if i not in mapping]
+    if unused:
+        notes.append(f"CSV columns ignored: {', '.join(map(repr, unused))}")
+    return notes
+
+
+def _spare_key(i: int) -> str:
+    """Where a spare column's numbers wait (in each point) until _summary_columns keeps or drops them."""
+    return f"\x00spare{i}"
+
+
+def _summary_columns(points: list[dict], mapping: dict[int, str], spare: dict[int, str], header: list[str],
+                     notes: list[str]) -> None:
+    """Two columns for one key (`train_loss` and `loss`): the first in the header is read, unless it holds a single
+    value where the other holds a curve; that one value is a summary (the Trainer's `train_loss`, a run's mean loss
+    at its end, as an MLflow pivot exports it), not the curve. In place: points, mapping and notes; True if a column
+    was swapped."""
+    swapped = False
+    for i, key in spare.items():
+        first = next(j for j, k in mapping.items() if k == key)
+        n_first = sum(1 for pt in points if pt.get(key) is not None)
+        n_spare = sum(1 for pt in points if pt.get(_spare_key(i)) is not None)
+        if n_first <= 1 < n_spare:
+            for pt in points:
+                pt.pop(key, None)
+                if _spare_key(i) in pt:
+                    pt[key] = pt[_spare_key(i)]
+            mapping[i] = mapping.pop(first)
+            swapped = True
+            notes.append(f"CSV columns {header[first]!r} and {header[i]!r} both name {key}: {header[i]!r} read (a "
+                         f"curve of {n_spare} values), {header[first]!r} left out (one value: a run's summary)")
+        for pt in points:
+            pt.pop(_spare_key(i), None)
+    return swapped
+
+
 def read_csv(path: str | Path) -> RunHistory:
     """A CSV of step / loss / metric columns, streamed: the file is read line by line and only the mapped columns'
     numbers are kept (a 200 MB W&B export with a hundred other columns held ~10x its size as text, lines and cells)."""
@@ -1803,6 +1842,8 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
     """The run of a CSV from its header and its non-blank rows (an iterator: read once, row by row)."""
     lookup = {alias: key for key, aliases in _CSV_COLUMNS.items() for alias in aliases}
     mapping: dict[int, str] = {}
+    spare: dict[int, str] = {}  # a later column under a key already mapped: read, in case the first is a summary
+    eval_cols: dict[int, str] = {}  # eval_* columns no alias names: the Trainer's named eval sets
     chart_runs: list[str] = []  # a W&B chart export: "<run name> - <metric>", with __MIN / __MAX bands
     # W&B's own counters (`_step`, `_runtime`) go last: `train/global_step` is the Trainer's step when both are there
     for i in sorted(range(len(header)), key=lambda i: header[i].strip().startswith("_")):
@@ -1819,6 +1860,22 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
         key = lookup.get(_norm(col))
         if key is None and re.fullmatch(r"(train|val|train_eval)/[a-z_0-9/]+", col):
             key = col  # already a loratune key
+        if _norm(col).startswith("eval_"):
+            eval_cols[i] = _norm(col)  # all of them: which set is the validation set depends on every set's name
+        if key is not None and key not in mapping.values():
+            mapping[i] = key
+        elif key is not None:
+            spare[i] = key
+    # a Trainer log exported as is (`eval_validation_loss`, W&B's `eval/validation_loss`): its eval sets' columns
+    # named as the trainer_state and TensorBoard readers name them (_eval_key_map), which none of the fixed aliases do
+    split_of, _ = _eval_key_map([{c: 0.0 for c in eval_cols.values()}])
+    val_prefix = next((c[:-len("loss")] for c, k in split_of.items() if k == "val/loss"), None)
+    for i, c in eval_cols.items():
+        if i in mapping or i in spare:
+            continue  # a fixed alias (eval_loss, eval_accuracy) named it
+        key = split_of.get(c)
+        if key is None and val_prefix and c[len(val_prefix):] in ("runtime", "samples_per_second"):
+            key = _CSV_EVAL_TIMING_PREFIX + c[len(val_prefix):]  # the val set's timing: its size, as _estimate_n reads
         if key is not None and key not in mapping.values():
             mapping[i] = key
     mapping = dict(sorted(mapping.items()))
@@ -1831,10 +1888,8 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
         raise UserError(
             f"'{p}': no loss or metric column among {header}",
             "name columns like step, train_loss, val_loss, val_f1 (or val_accuracy)")
-    notes = ["CSV columns mapped: " + ", ".join(f"{header[i]!r} -> {k}" for i, k in mapping.items())]
-    unused = [h for i, h in enumerate(header) if i not in mapping]
-    if unused:
-        notes.append(f"CSV columns ignored: {', '.join(map(repr, unused))}")
+    column_notes = _csv_column_notes(header, mapping)
+    notes = list(column_notes)
     if len(chart_runs) > 1:
         notes.append(f"a chart export of {len(chart_runs)} runs ({', '.join(map(repr, chart_runs))}): read the first,"
                      " export one run per file to read the others")
@@ -1846,7 +1901,7 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
     row_step_base = 1
     for r_i, row in enumerate(itertools.chain([row0], body)):
         pt: dict[str, Any] = {}
-        for i, key in mapping.items():
+        for i, key in itertools.chain(mapping.items(), ((i, _spare_key(i)) for i in spare)):
             cell = row[i].strip() if i < len(row) else ""
             if cell == "":
                 continue
@@ -1884,6 +1939,8 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
     if stepless:
         notes.append(f"{stepless} row(s) without a step number left out")
     points, repeated = _merge_same_step(points)
+    if _summary_columns(points, mapping, spare, header, notes):  # a column swapped for another: one in, one out
+        notes[:len(column_notes)] = _csv_column_notes(header, dict(sorted(mapping.items())))
     estimated = 0
     for pt in points:
         n = _estimate_n(pt, _CSV_EVAL_TIMING_PREFIX)

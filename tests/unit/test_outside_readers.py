@@ -334,3 +334,44 @@ def test_a_csv_export_of_log_history_gets_the_class_count_and_verdict_of_its_tra
     assert sft.meta["task"] == "causal-lm" and "n_classes" not in sft.meta and "n_classes" not in sft.facts
     assert "mean_token_accuracy" in sft.facts["task"].source
     assert diagnose(sft).features["generative"] == 1
+
+
+def test_a_csv_export_of_named_eval_sets_reads_the_validation_set_as_its_trainer_state_does(tmp_path):
+    """eval_dataset={"validation": ..., "clinc": ...} exported as CSV (Trainer keys, or W&B's eval/... names): the
+    eval_validation_* columns matched no fixed alias, so the export had no val curve and read inconclusive where its
+    trainer_state.json read healthy."""
+    lh = []
+    for s in range(10, 101, 10):
+        lh.append({"step": s, "epoch": s / 50, "loss": 2.0 * math.exp(-s / 60), "learning_rate": 1e-3})
+        if s % 20 == 0:
+            for name, acc in (("validation", 0.5 + s / 400), ("clinc", 0.3)):
+                lh.append({"step": s, "epoch": s / 50, f"eval_{name}_loss": 1.9 * math.exp(-s / 70),
+                           f"eval_{name}_accuracy": acc, f"eval_{name}_runtime": 2.0,
+                           f"eval_{name}_samples_per_second": 150.0})
+    state = load_run(_state(tmp_path / "run", lh, max_steps=100))
+    keys = sorted({k for e in lh for k in e})
+    for fname, name_of in (("trainer.csv", lambda k: k), ("wandb.csv", lambda k: k.replace("eval_", "eval/", 1))):
+        rows = [",".join(name_of(k) for k in keys)] + [",".join(str(e.get(k, "")) for k in keys) for e in lh]
+        (tmp_path / fname).write_text("\n".join(rows) + "\n")
+        h = load_run(tmp_path / fname)
+        for key in ("val/loss", "val/accuracy", "val/n", "eval_clinc/accuracy"):
+            got = [p.get(key) for p in h.points if p.get(key) is not None]
+            assert got == pytest.approx([p[key] for p in state.points if p.get(key) is not None]) and len(got) == 5
+        assert h.points[-1]["val/n"] == 300
+        assert not any("eval_validation" in n or "eval/validation" in n for n in h.notes if "ignored" in n)
+
+
+def test_a_csv_with_a_train_loss_summary_and_a_loss_curve_reads_the_curve(tmp_path):
+    """An MLflow pivot: `train_loss` (the Trainer's one end-of-run mean) and `loss` (the per-step curve) both alias
+    train/loss; the first in the header won, so the curve was a single value at the last step and read undertrained."""
+    rows = ["step,train_loss,loss,eval_loss"] + [f"{s},,{2.0 - s / 200},{2.1 - s / 220 if s % 20 == 0 else ''}"
+                                                 for s in range(10, 201, 10)]
+    rows[-1] = rows[-1].replace("200,,", "200,0.8,")
+    (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
+    h = load_run(tmp_path / "r.csv")
+    assert [p["train/loss"] for p in h.points] == pytest.approx([2.0 - s / 200 for s in range(10, 201, 10)])
+    assert any("'loss' -> train/loss" in n for n in h.notes) and any("ignored: 'train_loss'" in n for n in h.notes)
+    assert any("'loss' read (a curve of 20 values), 'train_loss' left out" in n for n in h.notes)
+    # two curves under one key: the first in the header is read, as before
+    (tmp_path / "two.csv").write_text("step,train_loss,loss\n10,2.0,9.0\n20,1.5,9.0\n30,1.2,9.0\n")
+    assert [p["train/loss"] for p in load_run(tmp_path / "two.csv").points] == [2.0, 1.5, 1.2]
