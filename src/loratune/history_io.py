@@ -362,13 +362,48 @@ def _find_trainer_state(d: Path) -> tuple[Path | None, str | None]:
         return top, None
     newest_step, newest = max(ckpts)
     try:
-        top_step = json.loads(top.read_text(encoding="utf-8")).get("global_step")
+        top_state = json.loads(top.read_text(encoding="utf-8"))
+        top_step = top_state.get("global_step")
     except (OSError, ValueError, AttributeError):
         return top, None  # read_trainer_state says what is wrong with it
     if isinstance(top_step, (int, float)) and newest_step > top_step:
+        parted = _log_parts_at(top_state, newest)
+        if parted is not None:
+            # an output_dir reused: an older, longer run's checkpoint is no continuation of the run that wrote the
+            # top-level state (a resumed run's checkpoint holds the log it resumed from, value for value)
+            return top, (f"{newest.parent.name}/trainer_state.json reaches step {newest_step}, the top-level "
+                         f"trainer_state.json only {top_step:g}, but their logs differ from step {parted:g} on: "
+                         "the checkpoint is another run's (an output_dir reused), so the top-level state is read; "
+                         "remove the stale checkpoint-* folders, or diagnose the checkpoint's folder on its own")
         return newest, (f"{newest.parent.name}/trainer_state.json reaches step {newest_step}, the top-level "
                         f"trainer_state.json only {top_step:g}: read the checkpoint's")
     return top, None
+
+
+def _log_parts_at(top_state: Any, ckpt: Path) -> float | None:
+    """The first step at which a checkpoint's log_history and the top-level one's logged another loss, learning rate
+    or eval value (so the checkpoint does not continue the top-level run), or None where they agree or cannot be
+    compared."""
+    try:
+        ckpt_log = json.loads(ckpt.read_text(encoding="utf-8")).get("log_history")
+        top_log = top_state.get("log_history")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(ckpt_log, list) or not isinstance(top_log, list):
+        return None
+
+    def values(log: list) -> dict[tuple[float, str], float]:
+        out: dict[tuple[float, str], float] = {}
+        for e in log:
+            if isinstance(e, dict) and _fin(e.get("step")) is not None:
+                for k, v in e.items():
+                    if (k in ("loss", "learning_rate") or k.startswith("eval_")) and _fin(v) is not None:
+                        out.setdefault((float(e["step"]), k), float(v))  # a repeated key: the first, as read
+        return out
+
+    top, mine = values(top_log), values(ckpt_log)
+    differ = [key[0] for key in top.keys() & mine.keys() if not math.isclose(top[key], mine[key], rel_tol=1e-6)]
+    return min(differ) if differ else None
 
 
 EVENT_SEARCH_DEPTH = 3  # OUTPUT_DIR/runs/<date>/events... is 2 down; a logging_dir of runs a level deeper is 3

@@ -139,10 +139,31 @@ def test_decimal_commas_are_read_and_a_csv_with_no_number_is_refused(tmp_path, c
 
 def test_a_newer_checkpoint_outranks_a_stale_top_level_state(tmp_path):
     run = _state(tmp_path / "r", _log(200), global_step=200)
-    _state(run / "checkpoint-400", _log(400), global_step=400, max_steps=500)
+    # resumed from step 200 and trained on: the checkpoint's log holds the first 200 steps' entries as they were
+    _state(run / "checkpoint-400", _log(200) + [e for e in _log(400) if e["step"] > 200], global_step=400,
+           max_steps=500)
     h = load_run(run)
     assert h.points[-1]["step"] == 400
     assert any("checkpoint-400/trainer_state.json reaches step 400" in n for n in h.notes)
+
+
+def test_a_stale_checkpoint_of_another_run_in_a_reused_output_dir_does_not_outrank_the_finished_state(tmp_path):
+    """output_dir reused: an older 500-step run at lr 2e-4 left checkpoint-500; the new run (300 steps, lr 1e-4)
+    finished and wrote the top-level state. The checkpoint won on its step number alone and the run read lr 2e-4."""
+    def log(total: int, peak: float) -> list[dict]:
+        out = [{"step": s, "loss": 0.3 + 2.0 * math.exp(-s / 60), "learning_rate": peak * (total - s) / total}
+               for s in range(10, total + 1, 10)]
+        out += [{"step": s, "eval_loss": 0.5 + 1.5 * math.exp(-s / 80)} for s in range(50, total + 1, 50)]
+        return sorted(out, key=lambda e: e["step"])
+
+    run = _state(tmp_path / "r", log(300, 1e-4) + [{"step": 300, "train_runtime": 60.0, "train_loss": 0.8}],
+                 global_step=300, max_steps=300)
+    _state(run / "checkpoint-500", log(500, 2e-4), global_step=500, max_steps=500)
+    h = load_run(run)
+    assert h.points[-1]["step"] == 300 and h.facts["max_steps"].value == 300
+    assert h.facts["learning_rate"].value == pytest.approx(1e-4, rel=0.05)
+    assert any("checkpoint-500/trainer_state.json reaches step 500" in n and "their logs differ from step 10 on" in n
+               and "the top-level state is read" in n for n in h.notes)
 
 
 @pytest.mark.parametrize("log,said", [([], "log_history is empty"),
