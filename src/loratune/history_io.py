@@ -1131,7 +1131,7 @@ def _lr_facts(train_logs: Sequence[dict]) -> dict[str, "Fact"]:
     if not lr:
         return {}
     out: dict[str, Fact] = {}
-    i_peak = max(range(len(lr)), key=lambda i: lr[i][1])
+    i_peak = _lr_peak_index(lr)
     peak_step, peak = lr[i_peak]
     warm = [v for _, v in lr[:i_peak]]
     s0 = 0.0
@@ -1139,30 +1139,71 @@ def _lr_facts(train_logs: Sequence[dict]) -> dict[str, "Fact"]:
         out["warmup_steps"] = Fact(int(peak_step), "log_history learning_rate (rising over these steps)")
         s0 = peak_step
     after = lr[i_peak:]
-    schedule, estimate = "constant", peak
-    if len(after) >= 3 and after[-1][1] < 0.98 * peak:
+    # a restart (cosine_with_restarts jumps back to the peak) ends the first cycle: the shape is fitted to that one
+    restart = next((j for j in range(1, len(after)) if after[j][1] > after[j - 1][1] * LR_RESTART_RISE), None)
+    if restart is not None:
+        after = after[:restart]
+    decays = after[-1][1] < 0.98 * peak
+    # too few samples from the peak on tell no constant rate from a decay to come: the largest value, as logged
+    schedule, estimate = ("constant" if len(after) >= LR_SCHEDULE_MIN_SAMPLES else "unknown"), peak
+    if s0 > 0 and not decays:
+        # no decay to fit the warm-up's end to (constant_with_warmup, or a short log): its slope alone gives it, where
+        # the peak's step is the first sample after it (a logging interval late)
+        w = _warmup_from_slope(lr, i_peak, peak)
+        if w is not None:
+            out["warmup_steps"] = Fact(w, "log_history learning_rate (rising over these steps: where its slope "
+                                          "reaches the peak)" if schedule == "constant" else
+                                       "log_history learning_rate (rising over at least these steps: where its "
+                                       "slope reaches the largest logged value)")
+    if decays and len(after) >= LR_SCHEDULE_MIN_SAMPLES:
         best = _best_decay(after, s0)
         if best and s0 > 0:
-            best, s0 = _warmup_end(lr, i_peak, best, s0)
+            best, s0 = _warmup_end(lr, i_peak, best, s0, after)
             out["warmup_steps"] = Fact(int(round(s0)), "log_history learning_rate (rising over these steps"
                                        + (")" if s0 == peak_step else ": where its rise meets the fitted decay)"))
         if best:
             schedule, estimate = best[0], best[1]
         else:
             schedule = "decaying"
-    elif len(after) < 3 and after[-1][1] < 0.98 * peak:
+    elif decays:
         schedule = "decaying"
     # a fitted peak (or a constant rate, float32 in an event file) is snapped; the largest logged value, when no shape
     # fits, is reported as logged: it is the reading the diagnosis's `peak_lr` makes, and snapped it contradicted
     # the rules beside it (khuda-3rd, F: 9.96e-5 logged at step 10 of a 1e-4 decay, shown as a 1e-4 "largest logged
     # value" while the rules read 9.96e-5)
-    out["learning_rate"] = Fact(estimate if schedule == "decaying" else _round_lr(estimate),
+    cycle = f" (its first cycle: the rate restarts after step {after[-1][0] + 1:g})" if restart is not None else ""
+    out["learning_rate"] = Fact(estimate if schedule in ("decaying", "unknown") else _round_lr(estimate),
                                 "log_history learning_rate: " +
                                 ("peak of a constant schedule" if schedule == "constant" else
-                                 f"peak of a {schedule} schedule fitted to the logged values" if schedule in
+                                 f"peak of a {schedule} schedule fitted to the logged values{cycle}" if schedule in
                                  ("linear", "cosine") else "largest logged value"))
-    out["lr_schedule"] = Fact(schedule, "log_history learning_rate")
+    if schedule != "unknown":
+        out["lr_schedule"] = Fact(schedule, "log_history learning_rate")
     return out
+
+
+LR_SCHEDULE_MIN_SAMPLES = 3  # samples from the peak on that tell a constant rate from a decay
+LR_RESTART_RISE = 1.05  # after the peak, a sample this many times the one before it: the schedule restarted
+LR_PEAK_FIRST_RISE = 0.9  # the initial rise's top, when at least this share of the largest value, is the peak
+
+
+def _lr_peak_index(lr: Sequence[tuple[float, float]]) -> int:
+    """The peak: the top of the initial rise (the warm-up's end), not the largest value, which a schedule that
+    restarts (cosine_with_restarts) may log in a later cycle; the largest where the first rise stops well below it."""
+    i_max = max(range(len(lr)), key=lambda i: lr[i][1])
+    i_top = next((i for i in range(len(lr) - 1) if lr[i + 1][1] <= lr[i][1]), len(lr) - 1)
+    return i_top if lr[i_top][1] >= LR_PEAK_FIRST_RISE * lr[i_max][1] else i_max
+
+
+def _warmup_from_slope(lr: Sequence[tuple[float, float]], i_peak: int, peak: float) -> int | None:
+    """The warm-up's length from the rising samples' slope (the Trainer's warm-up: lr = peak x s / W): the first
+    whole step where the slope reaches `peak`, kept only between the last rising sample and the peak's sample."""
+    rising = [(s, v) for s, v in lr[:i_peak] if s > 0]
+    if not rising:
+        return None
+    slope = sum(s * v for s, v in rising) / sum(s * s for s, _ in rising)
+    w = math.ceil(round(peak / slope, 6))
+    return w if rising[-1][0] <= w <= lr[i_peak][0] else None
 
 
 def _best_decay(samples: Sequence[tuple[float, float]], s0: float) -> tuple[str, float, float] | None:
@@ -1176,12 +1217,12 @@ def _best_decay(samples: Sequence[tuple[float, float]], s0: float) -> tuple[str,
 
 
 def _warmup_end(lr: Sequence[tuple[float, float]], i_peak: int, best: tuple[str, float, float],
-                s0: float) -> tuple[tuple[str, float, float], float]:
+                s0: float, after: Sequence[tuple[float, float]]) -> tuple[tuple[str, float, float], float]:
     """Where a linear warm-up (the Trainer's, for every schedule: lr = peak x s / W) meets the fitted decay. The
     largest logged sample lies up to a logging interval past the warm-up's end W, and a decay fitted from it reads
     the peak low (5e-4 warmed up over 33 steps, logged every 10: 4.94e-4 at step 39). The rising samples give the
     slope peak / W; W = peak / slope, refitted until it settles, kept only between the last rising sample and the
-    largest one (else the first reading stands)."""
+    largest one (else the first reading stands). `after`: the samples the decay is fitted to (the first cycle)."""
     rising = [(s, v) for s, v in lr[:i_peak] if s > 0]
     if not rising:
         return best, s0
@@ -1199,7 +1240,7 @@ def _warmup_end(lr: Sequence[tuple[float, float]], i_peak: int, best: tuple[str,
             return first
         if abs(w - s0) < 0.01:
             break
-        refit = _best_decay(lr[i_peak:], w)
+        refit = _best_decay(after, w)
         if refit is None:
             return first
         best, s0 = refit, w

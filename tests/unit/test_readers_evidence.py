@@ -8,6 +8,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from loratune.features import compute_features
 from loratune.history_io import load_run
 
@@ -113,6 +115,46 @@ def test_a_cosine_warm_up_logged_coarsely_reads_its_peak_and_warm_up(tmp_path):
         assert h.facts["warmup_steps"].value == 100, every
 
 
+def _lr_run(folder: Path, rates: list[tuple[int, float]], total: int) -> Path:
+    """A Trainer run that logged `rates` as (step, learning_rate), with an eval every 50 steps."""
+    folder.mkdir()
+    log = [{"step": s, "loss": 1.0, "learning_rate": v} for s, v in rates]
+    log += [{"step": s, "eval_loss": 1.0} for s in range(50, total + 1, 50)]
+    log.sort(key=lambda e: e["step"])
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": log, "global_step": total,
+                                                            "max_steps": total}))
+    return folder
+
+
+def test_standard_schedules_read_their_warm_up_and_peak(tmp_path):
+    """cosine_with_restarts' second rise (a jump back to the peak at step 320) was the global maximum, read as the end
+    of a 319-step warm-up; constant_with_warmup's 50-step warm-up read as 59 (the first sample on the plateau), the
+    slope refit running only after a decay fit."""
+    def restarts(s: int, peak: float = 1e-4, warmup: int = 20, total: int = 600, cycles: int = 2) -> float:
+        if s < warmup:  # transformers' get_cosine_with_hard_restarts_schedule_with_warmup
+            return peak * s / warmup
+        progress = (s - warmup) / (total - warmup)
+        return peak * max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((cycles * progress) % 1.0))))
+
+    h = load_run(_lr_run(tmp_path / "restarts", [(s, restarts(s - 1)) for s in range(10, 601, 10)], 600))
+    assert h.facts["warmup_steps"].value == 20 and h.facts["learning_rate"].value == 1e-4
+    assert h.facts["lr_schedule"].value == "cosine" and "first cycle" in h.facts["learning_rate"].source
+    const = [(s, 2e-5 * min(1.0, (s - 1) / 50)) for s in range(20, 601, 20)]  # get_constant_schedule_with_warmup
+    h = load_run(_lr_run(tmp_path / "constwarm", const, 600))
+    assert h.facts["warmup_steps"].value == 50 and h.facts["learning_rate"].value == 2e-5
+    assert h.facts["lr_schedule"].value == "constant"
+
+
+def test_a_rate_with_too_few_samples_after_its_largest_is_no_constant_schedule(tmp_path):
+    """A checkpoint-10 of a linear schedule (peak 1e-3, warm-up 6, logged every 3 steps) has one sample past its
+    warm-up: it read "peak of a constant schedule" 9.17e-4 with an 8-step warm-up, a fitted fact from one sample."""
+    rates = [(3, 1e-3 * 2 / 6), (6, 1e-3 * 5 / 6), (9, 1e-3 * 22 / 24)]
+    h = load_run(_lr_run(tmp_path / "short", rates, 10))
+    assert h.facts["learning_rate"].value == pytest.approx(1e-3 * 22 / 24)  # as logged, not snapped
+    assert h.facts["learning_rate"].source.endswith("largest logged value") and "lr_schedule" not in h.facts
+    assert h.facts["warmup_steps"].value == 6 and "at least" in h.facts["warmup_steps"].source
+
+
 def test_a_csvs_learning_rate_column_gives_its_lr_and_joins_the_lr_comparison(tmp_path):
     """A W&B-style CSV with train/learning_rate had no config and was left out of every knob comparison."""
     from loratune.diagnose import compare
@@ -186,8 +228,6 @@ def test_step_intervals_the_run_never_went_by_are_no_facts(tmp_path):
 def test_a_resumed_runs_tensorboard_log_read_alone_says_it_begins_late(tmp_path):
     """Resumed from checkpoint-20 into a new folder, the event file begins at step 21 and was shown as the whole run,
     its first eval as the untrained model's."""
-    import pytest
-
     pytest.importorskip("tensorboard")
     from torch.utils.tensorboard import SummaryWriter
 
