@@ -199,6 +199,8 @@ _THRESHOLDS = (
        "sure of its one-class answer (protocol 3-4's collapse), not overfitting, which needs a fit that generalised "
        "and then lost it (protocol 3)."),
     _t("no_gain_max", 0.05, "points", "The val metric gaining less than this from its first eval: it never learned."),
+    _t("metric_dead_max", 0.0, "points", "A val metric never above this at any eval (an F1 of exactly 0 throughout): "
+       "the model never predicted the classes it scores; no such run is healthy."),
     _t("collapse_loss_rise", 0.1, "fraction", "A collapse from too high an lr shows the train loss climbing back "
        "up by this share of its start (a too-small lr shows a smooth fall instead)."),
     _t("collapse_val_rise_share", 0.35, "fraction", "...or the val loss moving up this share of the time."),
@@ -1094,6 +1096,11 @@ _RULES = (
                        c("val_metric_final_drop_se", "<", "drop_se_min"),
                        c("val_loss_min_fraction", ">=", "late_min_fraction"),
                        c("val_metric_logged", "<", "flag_on")),
+                  # a val metric, where logged, that rose above nothing at some eval: an F1 of exactly 0 at every
+                  # eval is a model that never predicted the classes it scores, however its loss fell (fold AW's
+                  # Zain1796: a RoBERTa NER run, entity F1 0 and token accuracy 0.977634, the 'O' share, at all 3
+                  # evals while the val loss fell 13%; both reviews: not healthy)
+                  any_(c("val_metric_logged", "<", "flag_on"), c("val_metric_best", ">", "metric_dead_max")),
                   c("gap_f1", "<", "overfit_gap_min")),
         verdict="capacity adequate: train and val both improved and held",
         moves=("keep capacity", "phase 2: tune learning_rate"),

@@ -2400,3 +2400,26 @@ def test_a_lora_language_model_at_the_top_of_loras_lr_range_still_falling_is_not
     d = diagnose(read_notebook(EXTERNAL / fold / name / "notebook.ipynb", table=run["table_index"]))
     assert d.features["peak_lr"] >= 1.5e-3 and d.features["val_loss_still_falling"] == 1
     assert d.verdict == verdict, [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+def test_a_val_metric_at_zero_at_every_eval_is_never_healthy(tmp_path):
+    """Zain1796 (AW): a RoBERTa NER run whose entity F1 is exactly 0 at all 3 evals (token accuracy 0.977634, the 'O'
+    share, at each) while its val loss fell 13% read healthy on its validation side ('the val side improved beyond
+    its noise and settled'). A model that never predicted the classes it scores is not healthy; the same curve
+    with a metric that rose above 0 still is."""
+    from loratune.history_io import read_notebook
+    name = "Zain1796__Lucky-Cement-AI-System__NER_training"
+    run = next(r for r in json.loads((EXTERNAL / "public_aw" / "manifest.json").read_text())["runs"]
+               if r["name"] == name)
+    d = diagnose(read_notebook(EXTERNAL / "public_aw" / name / "notebook.ipynb", table=run["table_index"]))
+    assert d.features["val_metric_best"] == 0.0 and d.features["val_loss_drop"] > 0.1
+    assert d.verdict != "healthy", [(f.rule_id, f.suppressed_by) for f in d.findings]
+    # near miss: the same val loss with an entity F1 that rose above 0 (no train-loss trend logged, as there)
+    log = [{"step": s, "epoch": s / 39, "eval_loss": v, "eval_f1": m, "eval_runtime": 1.0}
+           for s, v, m in ((39, 0.1357, 0.0), (78, 0.1194, 0.21), (117, 0.1182, 0.34))]
+    log.append({"step": 117, "epoch": 3.0, "train_runtime": 10.0, "train_loss": 0.3})
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 117, "max_steps": 117,
+                                                             "num_train_epochs": 3, "log_history": log}))
+    d = diagnose(tmp_path)
+    assert d.features["val_metric_best"] == pytest.approx(0.34)
+    assert d.verdict == "healthy", [(f.rule_id, f.suppressed_by) for f in d.findings]
