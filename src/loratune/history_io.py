@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from loratune.errors import UserError
-from loratune.store import HISTORY, TENSORBOARD_DIR, RunStore, read_history_lines
+from loratune.store import HISTORY, RUN, TENSORBOARD_DIR, RunStore, read_history_lines
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,8 @@ def _load_run(path: str | Path) -> RunHistory:
     name = p.name.lower()
     if name == "history.jsonl":
         return read_loratune_run(p.parent)
+    if name == RUN:  # a loratune run's record (no Trainer names its state so): read its folder, as above
+        return load_run(p.parent)
     if name.endswith(".ipynb"):
         return read_notebook(p)
     if name.startswith("events.out.tfevents"):
@@ -184,10 +186,13 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
     meta: dict = {}
     if (d / "run.json").is_file():
         try:
-            meta = json.loads((d / "run.json").read_text(encoding="utf-8"))
-            from loratune.store import with_liveness  # `running` with a dead process -> status `died`, partial
+            loaded = json.loads((d / "run.json").read_text(encoding="utf-8"))
+            if isinstance(loaded, dict):
+                from loratune.store import with_liveness  # `running` with a dead process -> status `died`, partial
 
-            meta = with_liveness(meta, d)
+                meta = with_liveness(loaded, d)
+            else:  # valid JSON but a list, string, number or null: no field of it can be read
+                notes.append("run.json is not a JSON object; labels, label counts and status are unknown")
         except json.JSONDecodeError:
             notes.append("run.json is not valid JSON; labels, label counts and status are unknown")
     else:

@@ -540,7 +540,11 @@ class RunStore:
 
     def read_run(self) -> dict:
         """run.json; a `running` record whose process died reads as `died` (see with_liveness)."""
-        return with_liveness(read_json(self.path / RUN), self.path)
+        run = read_json(self.path / RUN)
+        if not isinstance(run, dict):  # valid JSON but a list, string, number or null: no field of it can be read
+            raise UserError(f"'{self.path / RUN}' is not a JSON object (it holds {json.dumps(run)[:40]})",
+                            "the file is damaged; re-run")
+        return with_liveness(run, self.path)
 
     def read_history(self) -> list[dict]:
         """The whole eval points of history.jsonl (read_history_lines says which lines were left out, and why)."""

@@ -981,3 +981,50 @@ def test_the_truncation_note_gives_each_splits_share_of_cut_rows_or_nothing():
         .startswith("3 of 12 train rows (25%) longer than max_length=32")
     assert truncation_note({"truncated": {"train": 0, "val": 0, "max_length": 32}, "rows": {"train": 12}}) is None
     assert truncation_note({"rows": {"train": 12}}) is None  # a classifier run records no count
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "null", '"x"', "42"])
+def test_a_run_json_that_is_valid_json_but_no_object_reads_as_unknown(text, tmp_path, capsys):
+    """report / diagnose / show read such a run.json as they read a damaged one (a note: status unknown), and
+    the commands that need its fields refuse it with exit 2, never an AttributeError."""
+    from loratune.cli import main
+    from loratune.history_io import load_run
+
+    d = write_run(tmp_path / "r", k=4)
+    (d / "run.json").write_text(text, encoding="utf-8")
+    r = build_run_report(d)
+    assert r.status == "unknown"
+    assert any("run.json is not a JSON object" in n for n in r.notes)
+    assert any("not a JSON object" in n for n in load_run(d).notes) and load_run(d).meta == {}
+    assert main(["report", str(d), "--no-examples", "-o", str(tmp_path / "r.html")]) == 0
+    assert main(["diagnose", str(d)]) == 0 and main(["show", str(d)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(d), "hello"]) == 2
+    assert "is not a JSON object" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["history.jsonl", "run.json"])
+def test_a_runs_own_file_gets_the_report_of_its_folder(name, tmp_path, capsys):
+    """`loratune report RUN/history.jsonl` (or RUN/run.json) is the report of RUN: the status and best run.json
+    records (a diverged run's kept best is its step 0), its per-class numbers, no 'not made by loratune' note;
+    diagnose and show read the folder too, not a trainer_state.json."""
+    from loratune.cli import main
+    from loratune.history_io import load_run
+    from loratune.report.model import build_outside_report
+
+    d = write_run(tmp_path / "r", k=4, status="diverged")
+    run = json.loads((d / "run.json").read_text())
+    points = [json.loads(x) for x in (d / "history.jsonl").read_text().splitlines()]
+    run["best"], run["steps_done"] = points[0], 40  # nothing trained was kept: the untrained model's point
+    (d / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    folder = build_report_of(d)
+    for report in (build_report_of(d / name), build_outside_report(d / name)):
+        assert report.status == folder.status == "diverged"
+        assert report.best["step"] == folder.best["step"] == 0
+        assert report.classes.rows and not report.classes.missing
+        assert not any("not made by loratune" in n for n in report.notes)
+    assert load_run(d / name).source == "loratune" and load_run(d / name).meta["status"] == "diverged"
+    assert main(["diagnose", str(d / name)]) == 0 and main(["show", str(d / name)]) == 0
+    assert main(["report", str(d / name), "--no-examples", "-o", str(tmp_path / "f.html")]) == 0
+    html = (tmp_path / "f.html").read_text()
+    assert "diverged" in html and "not made by loratune" not in html and "log no per-class" not in html

@@ -15,7 +15,7 @@ from pathlib import Path
 from loratune.errors import UserError
 from loratune.history_io import CALLBACK_RECORD_DIR, NOTEBOOK_TABLE, find_event_files
 from loratune.report.model import RunReport, build_run_report, is_run_dir, is_study_dir
-from loratune.store import REPORT
+from loratune.store import HISTORY, REPORT, RUN
 
 __all__ = ["RunReport", "StudyReport", "build_report", "build_run_report", "build_study_report", "run_report",
            "write_report", "default_output", "is_run_dir", "is_study_dir"]
@@ -64,6 +64,10 @@ def build_report(path: str | Path, *, examples: bool = True):
         return build_study_report(p)
     if is_run_dir(p):
         return run_report(p, examples=examples)
+    if p.name in (HISTORY, RUN) and is_run_dir(p.parent):
+        # a run's own history.jsonl or run.json: the report of its folder (read as an outside log, the file would
+        # lose the status, the saved model and the run's facts that run.json keeps beside it)
+        return run_report(p.parent, examples=examples)
     if p.is_file() or _outside_run(p):
         from loratune.report.model import build_outside_report
 

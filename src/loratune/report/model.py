@@ -711,6 +711,8 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
     run = with_liveness(run, d)
     if note:
         notes.append(note + ": status, labels and parameter counts are unknown")
+    elif not isinstance(run, dict):  # valid JSON but a list, string, number or null
+        notes.append("run.json is not a JSON object: status, labels and parameter counts are unknown")
     run = run if isinstance(run, dict) else {}
     points, note = read_history(d / "history.jsonl")
     if note:
@@ -847,6 +849,10 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
 
     p = Path(path)
     h = load_run(p)  # UserError (exit 2) names what it expected
+    if h.source == "loratune":
+        # a `loratune train` run's own file or TensorBoard log: its folder's report, with the status, the saved
+        # model's best and the per-class numbers its run.json and history keep (read as a log, they were lost)
+        return build_run_report(h.path, thresholds=thresholds)
     points = sorted((dict(x) for x in h.points if as_float(x.get("step")) is not None), key=lambda x: x["step"])
     notes = list(h.notes)
     if not points:
