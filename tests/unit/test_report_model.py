@@ -1028,3 +1028,22 @@ def test_a_runs_own_file_gets_the_report_of_its_folder(name, tmp_path, capsys):
     assert main(["report", str(d / name), "--no-examples", "-o", str(tmp_path / "f.html")]) == 0
     html = (tmp_path / "f.html").read_text()
     assert "diverged" in html and "not made by loratune" not in html and "log no per-class" not in html
+
+
+def test_an_outside_runs_final_card_is_its_last_eval_point_not_a_train_only_row(tmp_path):
+    """A log that ends with a train-only row (the loss a Trainer logs after its last eval): the Summary's final is
+    the last eval point, as the diagnosis reads it, not '–'."""
+    from loratune.report.model import build_outside_report
+
+    csv = tmp_path / "log.csv"
+    csv.write_text("step,loss,eval_loss,eval_macro_f1\n10,1.9,,\n20,1.5,1.6,0.40\n30,1.2,,\n40,0.9,1.2,0.55\n"
+                   "50,0.7,,\n60,0.5,1.1,0.61\n70,0.4,,\n", encoding="utf-8")
+    state = tmp_path / "trainer_state.json"
+    log = [{"step": 10, "loss": 1.9}, {"step": 20, "eval_loss": 1.6, "eval_f1": 0.40}, {"step": 30, "loss": 1.2},
+           {"step": 40, "eval_loss": 1.1, "eval_f1": 0.61}, {"step": 50, "loss": 0.9}]
+    state.write_text(json.dumps({"global_step": 50, "max_steps": 50, "log_history": log}), encoding="utf-8")
+    for path, step, f1, loss in ((csv, 60, 0.61, 1.1), (state, 40, 0.61, 1.1)):
+        r = build_outside_report(path)
+        assert r.final["step"] == step and r.final[r.metric] == pytest.approx(f1)
+        assert r.final["val/loss"] == pytest.approx(loss)
+        assert 'final' in render_run(r)

@@ -763,9 +763,7 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         best_step = as_float(best_pt["step"]) if as_float(best_pt.get(metric)) is not None else best_step
     curves = build_curves(points, metric, best_step)  # the marker at the best step (the saved model's, settled)
     best_pt = _point_at(points, best_step) or (run.get("best") if isinstance(run.get("best"), dict) else {})
-    from loratune.features import is_eval_point  # a train-only point (the train loss alone) is no final score
-
-    evals = [p for p in points if is_eval_point(p)]
+    evals = _eval_points(points)
     final_pt = evals[-1] if evals else (run.get("final") if isinstance(run.get("final"), dict) else {})
     if status == "running":
         notes.append(f"the run is still training (status `running`, {len(evals)} eval points so far): "
@@ -840,6 +838,14 @@ OUTSIDE_NO_CLASSES = ("{source} runs log no per-class numbers: per-class recall 
                       "recall/<label> per class")
 
 
+def _eval_points(points: Sequence[Mapping[str, Any]]) -> list:
+    """The points that carry an evaluation: a train-only point (the train loss a log writes after its last eval) is
+    no final score."""
+    from loratune.features import is_eval_point
+
+    return [p for p in points if is_eval_point(p)]
+
+
 def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | None = None) -> RunReport:
     """The report of a run loratune did not make: a Trainer / TRL output directory or checkpoint, a
     trainer_state.json, a TensorBoard log, a Jupyter notebook with the Trainer's progress table, or a CSV. It holds
@@ -859,6 +865,8 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
         notes.append("the run has no eval points: no curves")
     metric = _metric_of(points)
     best_step = _best_step(points, metric)
+    evals = _eval_points(points)
+    final_pt = evals[-1] if evals else points[-1] if points else None
     facts = h.facts
     fact = (lambda k: facts[k].value if k in facts else None)  # noqa: E731
     adapter = h.config.get("adapter") or {}
@@ -881,9 +889,9 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
         task=str(h.meta.get("task") or fact("task") or "single_label"),
         method=str(h.meta.get("method") or ("lora" if adapter else "unknown")),
         model_name=str(fact("base_model_name_or_path") or fact("model_type") or "?"), dataset="?",
-        n_classes=_int(h.meta.get("n_classes")), n_val=_int(points[-1].get("val/n")) if points else None,
+        n_classes=_int(h.meta.get("n_classes")), n_val=_int(final_pt.get("val/n")) if final_pt else None,
         metric=metric, best=_summary_point(_point_at(points, best_step), metric) if points else {},
-        final=_summary_point(points[-1], metric) if points else {},
+        final=_summary_point(final_pt, metric) if final_pt else {},
         start_metric=as_float(points[0].get(metric)) if points else None,
         steps_done=_int(h.meta.get("steps_done")), steps_planned=_int(h.meta.get("steps_planned")),
         examples_seen=None, wall_s=None, params_share=None,
