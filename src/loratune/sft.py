@@ -882,7 +882,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
             run["status"] = "completed"
         run["reason"] = stop_reason
     except KeyboardInterrupt as exc:
-        run["status"], run["reason"] = "interrupted", f"{signals.describe(exc)} at step {step}"
+        run["status"], run["reason"] = "interrupted", f"{signals.describe(exc)} after step {run['steps_done']}"
         raise
     except Exception as exc:
         run["status"], run["reason"] = "failed", f"{type(exc).__name__}: {exc}"

@@ -1047,7 +1047,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
             run["status"] = "completed"
         run["reason"] = stop_reason
     except KeyboardInterrupt as exc:
-        run["status"], run["reason"] = "interrupted", f"{signals.describe(exc)} at step {step}"
+        run["status"], run["reason"] = "interrupted", f"{signals.describe(exc)} after step {run['steps_done']}"
         raise
     except Exception as exc:
         run["status"], run["reason"] = "failed", f"{type(exc).__name__}: {exc}"

@@ -145,6 +145,27 @@ def test_stopped_before_the_output_dir_exists_claims_no_record(exc, rc, tiny_ber
     assert "nothing was written" in flat(capsys.readouterr().out) and not out.exists()
 
 
+def test_an_interrupted_runs_reason_names_the_last_step_done(tiny_bert, intent_data, tmp_path, monkeypatch):
+    """Ctrl-C during step 6: 5 steps done, and the reason says so (it said 'at step 6' beside '5 of N steps')."""
+    import loratune.train as T
+
+    real, calls = T.loss_fn, {"n": 0}
+
+    def interrupt(logits, *a, **k):
+        if logits.requires_grad:
+            calls["n"] += 1
+            if calls["n"] == 6:
+                raise KeyboardInterrupt
+        return real(logits, *a, **k)
+
+    monkeypatch.setattr(T, "loss_fn", interrupt)
+    out = tmp_path / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out, max_steps=40)]) == 130
+    run = RunStore(out).read_run()
+    assert run["status"] == "interrupted" and run["steps_done"] == 5
+    assert run["reason"] == "interrupted by the user (Ctrl-C) after step 5"
+
+
 def test_exploding_loss_ends_diverged_with_exit_3(tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
     import loratune.train as T
 

@@ -591,7 +591,8 @@ def test_ctrl_c_mid_run_keeps_the_saved_model_and_a_partial_record(lm, sft_data,
     assert cli.main(["train", "-q", *sft_overrides(lm, sft_data, out)]) == 130
     run = json.loads((out / "run.json").read_text())
     assert (run["status"], run["partial"], run["adapter_step"]) == ("interrupted", True, 4)
-    assert "at step 6" in run["reason"] and [p["step"] for p in _history(out)] == [0, 4]
+    # the reason names the last step done, the record's steps_done (it named the step in progress, one past it)
+    assert "after step 5" in run["reason"] and run["steps_done"] == 5 and [p["step"] for p in _history(out)] == [0, 4]
     assert (out / "adapter" / "adapter_config.json").is_file() and not (out / "run.lock").exists()
 
 
