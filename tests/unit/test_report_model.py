@@ -1047,3 +1047,22 @@ def test_an_outside_runs_final_card_is_its_last_eval_point_not_a_train_only_row(
         assert r.final["step"] == step and r.final[r.metric] == pytest.approx(f1)
         assert r.final["val/loss"] == pytest.approx(loss)
         assert 'final' in render_run(r)
+
+
+def test_a_study_in_a_folder_named_with_hash_percent_or_question_mark_links_its_trials(tmp_path):
+    """The study page's links to trial folders and their reports are percent-encoded: 'studies/s #1' linked to
+    '../studies/s ' (the '#' ended the path), '%' and '?' broke it the same way."""
+    from urllib.parse import unquote
+
+    from loratune.report import write_report
+    from loratune.report.study import build_study_report
+
+    study = tmp_path / "studies" / "s #1 50% ?"
+    scripted_study(study, run_dirs=True)
+    out = write_report(study, tmp_path / "out" / "s1.html", examples=False)
+    hrefs = re.findall(r'href="(\.\./[^"]*)"', out.read_text())
+    assert hrefs and all(h.startswith("../studies/s%20%231%2050%25%20%3F/trials/") for h in hrefs)
+    links = {t.link for t in build_study_report(study).trials}
+    for h in hrefs:  # each resolves to the trial folder (or its report) it names
+        target = (out.parent / unquote(h)).resolve()
+        assert target.relative_to(study.resolve()).parts[1] in {Path(x).name for x in links}

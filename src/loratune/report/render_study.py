@@ -344,6 +344,14 @@ def lora_full_section(s: StudyReport) -> str:
                    "parameters, measured step time and peak memory.", "".join(parts))
 
 
+def file_href(path: str) -> str:
+    """A relative file path as an href: percent-encoded (a '#', '?' or '%' in a folder name would end or change the
+    URL: `studies/s #1` linked to `studies/s `), then HTML-escaped."""
+    from urllib.parse import quote
+
+    return esc(quote(path, safe="/"))
+
+
 def trial_card(t: TrialView, phases: dict[str, str], o: Objective, link_base: str = "") -> str:
     chart = ""
     if len(t.curve) >= 2 or len(t.loss_curve) >= 2:
@@ -357,10 +365,10 @@ def trial_card(t: TrialView, phases: dict[str, str], o: Objective, link_base: st
         + (f' <span class="chip move">→ {esc(", ".join(f.get("moves") or []))}</span>' if f.get("moves") else "")
         + "".join(f'<div class="small muted">{esc(e)}</div>' for e in (f.get("evidence") or [])[:4]) + "</li>"
         for f in t.findings)
-    link = (f'<a href="{esc(link_base + t.link)}/">{esc(t.link)}</a>' if t.link else
+    link = (f'<a href="{file_href(link_base + t.link)}/">{esc(t.link)}</a>' if t.link else
             (f"<code>{esc(t.run_dir)}</code>" if t.run_dir else "–"))
     if t.report_link:
-        link += f' · <a href="{esc(link_base + t.report_link)}">full run report</a>'
+        link += f' · <a href="{file_href(link_base + t.report_link)}">full run report</a>'
 
     ph = phases.get(t.phase, "c7")
     facts = (f'<dl class="kv"><dt>{esc(o.name)}</dt><dd><b>{metric(t.value)}</b></dd>'
