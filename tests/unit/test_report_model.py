@@ -1066,3 +1066,25 @@ def test_a_study_in_a_folder_named_with_hash_percent_or_question_mark_links_its_
     for h in hrefs:  # each resolves to the trial folder (or its report) it names
         target = (out.parent / unquote(h)).resolve()
         assert target.relative_to(study.resolve()).parts[1] in {Path(x).name for x in links}
+
+
+def test_a_multi_label_runs_metric_panel_plots_its_objective_with_the_marker_on_it(tmp_path):
+    """A run kept by subset accuracy (multi-label): the metric chart plots val/subset_accuracy with macro-F1 beside,
+    and its best-step marker sits on the objective's best (it plotted only macro-F1, the marker off its peak)."""
+    d = write_run(tmp_path / "r", k=4, n_evals=3)
+    points = [json.loads(x) for x in (d / "history.jsonl").read_text().splitlines()]
+    subset = [0.1, 0.15, 0.2, 0.3]  # rises to the end, while macro-F1 peaks at step 20
+    f1 = [0.3, 0.4, 0.6, 0.5]
+    for p, s, f in zip(points, subset, f1):
+        p["val/subset_accuracy"], p["val/macro_f1"] = s, f
+    (d / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points), encoding="utf-8")
+    run = json.loads((d / "run.json").read_text())
+    run.update(task="multi_label", objective="val/subset_accuracy", best=points[-1])
+    (d / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    r = build_run_report(d)
+    assert r.metric == "val/subset_accuracy" and r.best["step"] == 30
+    panel = next(c for c in r.curves if c.id == "metric")
+    series = {c.key: c.points for c in panel.curves}
+    assert series["val/subset_accuracy"] == tuple((float(p["step"]), s) for p, s in zip(points, subset))
+    assert "val/macro_f1" in series and panel.best_step == 30
+    assert max(series["val/subset_accuracy"], key=lambda sv: sv[1])[0] == panel.best_step

@@ -334,6 +334,8 @@ def build_curves(points: Sequence[dict], metric: str, best_step: float | None = 
 
     m = metric.split("/", 1)[1] if "/" in metric else metric
     mname = m.replace("_", " ")
+    # beside the metric: accuracy, or macro-F1 when the metric is another score (a multi-label run's subset accuracy)
+    beside = "accuracy" if m == "macro_f1" or not any("val/macro_f1" in p for p in points) else "macro_f1"
     best_step = _best_step(points, metric) if best_step is None else best_step
     panels = [
         CurvePanel("loss", "Loss", "cross-entropy", curves((
@@ -344,7 +346,8 @@ def build_curves(points: Sequence[dict], metric: str, best_step: float | None = 
                    mname, curves((
                        (f"train_eval/{m}", f"train {mname} (eval subsample)", "train_eval"),
                        (f"val/{m}", f"validation {mname}", "val"),
-                       *((("val/accuracy", "validation accuracy", "val2"),) if m != "accuracy" else ()))),
+                       *(((f"val/{beside}", f"validation {beside.replace('_', ' ')}", "val2"),) if m != beside
+                         else ()))),
                    True, best_step),
         CurvePanel("lr", "Learning rate", "lr", curves((("lr", "learning rate", "lr"),)), False, best_step),
     ]
@@ -644,13 +647,14 @@ def build_params(run: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[Par
     return tuple(r for r in rows if r.value is not None)
 
 
-def _metric_of(points: Sequence[dict]) -> str:
-    from loratune.features import METRIC_KEYS
+def _metric_of(points: Sequence[dict], meta: Mapping[str, Any] | None = None) -> str:
+    """The val metric the report plots and marks: the one the diagnosis reads (the run's objective when it logs it,
+    e.g. a multi-label run's subset accuracy; else the first metric that moved), so the curve, its best-step marker
+    and the Summary's best are of one series."""
+    from loratune.features import _val_metric_key
 
-    for m in METRIC_KEYS:
-        if any(as_float(p.get(f"val/{m}")) is not None for p in points):
-            return f"val/{m}"
-    return "val/macro_f1"
+    m = _val_metric_key(points, meta or {})
+    return f"val/{m}" if m else "val/macro_f1"
 
 
 # statuses whose run.json the run itself rewrote when it ended: its `best` is the saved model's point and the history's
@@ -740,7 +744,7 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
 
         config_yaml = yaml.safe_dump(config, sort_keys=False)
 
-    metric = _metric_of(points)
+    metric = _metric_of(points, run)
     labels = [str(x) for x in run.get("labels") or []]
     if not labels:
         seen: dict[str, None] = {}
@@ -863,7 +867,7 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
     notes = list(h.notes)
     if not points:
         notes.append("the run has no eval points: no curves")
-    metric = _metric_of(points)
+    metric = _metric_of(points, h.meta)
     best_step = _best_step(points, metric)
     evals = _eval_points(points)
     final_pt = evals[-1] if evals else points[-1] if points else None
