@@ -1088,3 +1088,21 @@ def test_a_multi_label_runs_metric_panel_plots_its_objective_with_the_marker_on_
     assert series["val/subset_accuracy"] == tuple((float(p["step"]), s) for p, s in zip(points, subset))
     assert "val/macro_f1" in series and panel.best_step == 30
     assert max(series["val/subset_accuracy"], key=lambda sv: sv[1])[0] == panel.best_step
+
+
+def test_a_diverged_run_that_kept_its_untrained_start_says_so_on_the_best_card(tmp_path):
+    """Every trained point diverged: run.json's best is step 0 and no model is saved. The Summary's best card and the
+    charts' marker say it is the untrained start (they read 'best val Macro-F1 ..., step 0' beside a diagnosis
+    whose best was the diverged point's); a run that kept a trained point reads as before."""
+    d = write_run(tmp_path / "r", k=4, status="diverged")
+    run = json.loads((d / "run.json").read_text())
+    points = [json.loads(x) for x in (d / "history.jsonl").read_text().splitlines()]
+    run.update(best=points[0], steps_done=40, saved_model={"step": None, "note": "no model saved"}, adapter_step=None)
+    (d / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    r = build_run_report(d)
+    assert r.kept_untrained and r.best["step"] == 0 and r.saved_step is None
+    html = render_run(r)
+    assert "no trained point kept (the run diverged): best kept = the untrained model, step 0 · no model saved" in html
+    assert "best kept: the untrained start" in html
+    ok = build_run_report(write_run(tmp_path / "ok", k=4))
+    assert not ok.kept_untrained and "no trained point kept" not in render_run(ok)

@@ -238,6 +238,13 @@ class RunReport:
     #                                  not finish can have saved another step's model than its best, or none
 
     @property
+    def kept_untrained(self) -> bool:
+        """A loratune run that trained but whose kept best is its step 0: every trained eval point diverged (the
+        run keeps only a trained point that did not), so run.json's best is the untrained model's point, not the
+        history's highest, which the diagnosis reads."""
+        return self.source == "loratune" and as_float(self.best.get("step")) == 0 and (self.steps_done or 0) > 0
+
+    @property
     def open_generation(self) -> bool:
         """A causal LM that generates no labels: no classes, so no class, confusion or pairs views."""
         return self.task == "causal-lm" and not self.n_classes

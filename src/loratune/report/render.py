@@ -27,8 +27,9 @@ ROLE_STYLE = {"train": ("train", "dash"), "train_eval": ("train_eval", "line"), 
 
 
 def curve_figure(panel: CurvePanel, *, width: int = 540, height: int = 270, epoch_note: str = "",
-                 saved: bool = True) -> str:
-    """One chart; `saved`: the best step is the saved model's (a loratune run keeps its best adapter)."""
+                 saved: bool = True, untrained: bool = False) -> str:
+    """One chart; `saved`: the best step is the saved model's (a loratune run keeps its best adapter); `untrained`:
+    the best kept is the untrained start (RunReport.kept_untrained), not the curve's highest point."""
     series = []
     items = []
     for c in panel.curves:
@@ -39,7 +40,8 @@ def curve_figure(panel: CurvePanel, *, width: int = 540, height: int = 270, epoc
     vlines = []
     if panel.best_step is not None and panel.id != "lr":
         vlines.append(ch.VLine(panel.best_step, f"best step {panel.best_step:g}"))
-        items.append(("best", "best val step (saved model)" if saved else "best val step", "mark"))
+        items.append(("best", "best kept: the untrained start (no trained point kept)" if untrained else
+                      "best val step (saved model)" if saved else "best val step", "mark"))
     y_lo = 0.0 if panel.id in ("metric", "prompts", "lr") else None
     y_hi = 1.0 if panel.id in ("metric", "prompts") else None
     svg = ch.line_chart(series, width=width, height=height, x_label="optimizer step", y_label=panel.y_label,
@@ -344,6 +346,10 @@ def run_summary(r: RunReport) -> str:
     if r.start_metric is not None:
         best_detail.append(f"from {metric(r.start_metric)} at " + ("step 0" if r.source == "loratune" else
                                                                     "its first eval"))
+    if r.kept_untrained:  # the history's highest trained point diverged: say what the record kept, and why
+        why = "the run diverged" if r.status == "diverged" else "every trained point diverged"
+        best_detail = [f"no trained point kept ({why}): best kept = the untrained model, step 0"
+                       + ("" if r.saved_step is not None else " · no model saved")]
     final_v = r.final.get(r.metric)
     gap = r.best.get(f"train_eval/{r.metric.split('/', 1)[-1]}")
     d = r.diagnosis
@@ -409,7 +415,7 @@ def render_run(r: RunReport) -> str:
     nav = ('<nav class="toc"><div class="wrap">' + "".join(f'<a href="#{i}">{t}</a>' for i, t in
                                                           parts + [("params", "Parameters")]) + "</div></nav>")
     if r.curves:
-        figs = [curve_figure(p, saved=r.saved_model) for p in r.curves if p.id != "lr"]
+        figs = [curve_figure(p, saved=r.saved_model, untrained=r.kept_untrained) for p in r.curves if p.id != "lr"]
         lr = next((p for p in r.curves if p.id == "lr"), None)
         lr_html = (f"<details><summary>Learning-rate schedule</summary>{curve_figure(lr, height=200)}</details>"
                    if lr else "")
