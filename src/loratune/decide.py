@@ -31,7 +31,7 @@ from loratune.objectives import DEFAULT, Objective
 class CostPoint:
     """One measured configuration."""
 
-    label: str  # "LoRA r=8 (chosen)", "LoRA r=32 (highest rank tried)", "full fine-tuning"
+    label: str  # "LoRA r=8 (best at the probe, #3)", "LoRA r=32 (highest rank tried)", "full fine-tuning"
     method: str  # lora | full
     r: int | None
     val_macro_f1: float | None
@@ -146,6 +146,17 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _memory_ratio(a: float | None, b: float | None, t: DecideThresholds) -> float | None:
+    """a's peak memory over b's, None when either is under the floor (the allocator's noise, not the method's cost:
+    19 MB against 1 MB read as LoRA needing 1,500% of full fine-tuning's memory). cost-parity and the cost table
+    both read it, so the table shows no ratio the reason did not compare."""
+    return None if _under_memory_floor(a, b, t) else _ratio(a, b)
+
+
+def _under_memory_floor(a: float | None, b: float | None, t: DecideThresholds) -> bool:
+    return any(m is not None and m < t.memory_floor_mb for m in (a, b))
+
+
 def _pct(x: float | None) -> str:
     return "?" if x is None else f"{x:.1%}"
 
@@ -192,10 +203,8 @@ def cost_parity(inp: DecideInputs, t: DecideThresholds) -> Reason:
         return Reason("cost-parity", True if past_breakeven else None,
                       "no full-fine-tuning probe: step time and memory not compared" + be,
                       {"breakeven_r": inp.breakeven_r, "highest_r": hi.r})
-    st, mem = _ratio(hi.mean_step_s, full.mean_step_s), _ratio(hi.peak_memory_mb, full.peak_memory_mb)
-    small = [m for m in (hi.peak_memory_mb, full.peak_memory_mb) if m is not None and m < t.memory_floor_mb]
-    if small:  # 19 MB against 1 MB read as LoRA needing 1,500% of full fine-tuning's memory
-        mem = None
+    st, mem = _ratio(hi.mean_step_s, full.mean_step_s), _memory_ratio(hi.peak_memory_mb, full.peak_memory_mb, t)
+    small = _under_memory_floor(hi.peak_memory_mb, full.peak_memory_mb, t)
     if st is None and mem is None and not past_breakeven:
         return Reason("cost-parity", None, "step time and memory not measured" + be)
     holds = past_breakeven or (st is not None and st >= t.cost_parity) or (mem is not None and mem >= t.cost_parity)
@@ -233,7 +242,7 @@ def new_knowledge(inp: DecideInputs) -> Reason:
                   "domain shift) rather than new behaviour is not visible in training curves")
 
 
-def cost_table(inp: DecideInputs) -> tuple[dict, ...]:
+def cost_table(inp: DecideInputs, t: DecideThresholds = DecideThresholds()) -> tuple[dict, ...]:
     rows = []
     points = [inp.chosen] + [p for p in (inp.highest, inp.full) if p is not None and p is not inp.chosen]
     full = inp.full
@@ -243,7 +252,7 @@ def cost_table(inp: DecideInputs) -> tuple[dict, ...]:
                      "share_total": p.share_total, "share_adapted": p.share_adapted,
                      "mean_step_s": p.mean_step_s, "peak_memory_mb": p.peak_memory_mb, "examples": p.examples,
                      "step_time_vs_full": _ratio(p.mean_step_s, full.mean_step_s) if full else None,
-                     "memory_vs_full": _ratio(p.peak_memory_mb, full.peak_memory_mb) if full else None})
+                     "memory_vs_full": _memory_ratio(p.peak_memory_mb, full.peak_memory_mb, t) if full else None})
     return tuple(rows)
 
 
@@ -263,4 +272,4 @@ def decide(inp: DecideInputs, thresholds: DecideThresholds = DecideThresholds())
         extra = (f"; full fine-tuning is worth a longer probe because {', '.join(considered)} held" if considered
                  else "; no protocol-6 reason for full fine-tuning held")
         summary = f"LoRA: {why}{extra}"
-    return LoraVsFull(choice, summary, reasons, cost_table(inp))
+    return LoraVsFull(choice, summary, reasons, cost_table(inp, thresholds))

@@ -112,3 +112,17 @@ def test_cost_table_has_every_measured_point_with_ratios_to_full():
 def test_thresholds_are_overridable():
     strict = DecideThresholds(share_total=0.001)
     assert reasons(decide(DecideInputs(lora(8, 0.8), None, None, noise=0.01), strict))["param-share"] is True
+
+
+def test_the_cost_table_shows_no_memory_ratio_the_cost_parity_reason_did_not_compare():
+    """Peaks under the memory floor: cost-parity says 'not compared', and the table's 'memory vs full' is empty
+    (it showed 139% from 1 MB vs 1 MB beside that reason); above the floor both read the same ratio."""
+    full = CostPoint("full fine-tuning", "full", None, 0.80, trainable=TOTAL, total=TOTAL, mean_step_s=0.40,
+                     peak_memory_mb=0.7)
+    out = decide(DecideInputs(lora(8, 0.79, mem=1.0), lora(32, 0.795, mem=1.0), full, noise=0.02))
+    parity = next(r for r in out.reasons if r.id == "cost-parity")
+    assert "not compared" in parity.text and parity.evidence["memory_ratio"] is None
+    assert [row["memory_vs_full"] for row in out.table] == [None, None, None]
+    out = decide(DecideInputs(lora(8, 0.79), lora(32, 0.795, mem=700.0), FULL, noise=0.02))
+    parity = next(r for r in out.reasons if r.id == "cost-parity")
+    assert out.table[1]["memory_vs_full"] == pytest.approx(0.5) == parity.evidence["memory_ratio"]

@@ -1265,7 +1265,7 @@ def test_lora_vs_full_memory_is_the_least_over_same_shape_trials_not_the_first_t
     run_protocol(ctx, START, ProtocolSettings())
     lvf = ctx.state.lora_vs_full
     assert lvf["memory_per_trial"] is True and "least over trials of the same shape" in lvf["memory_basis"]
-    chosen = next(row for row in lvf["table"] if "chosen" in row["label"])
+    chosen = next(row for row in lvf["table"] if "best at the probe" in row["label"])
     full = next(row for row in lvf["table"] if row["method"] == "full")
     assert chosen["peak_memory_mb"] == 300.0 and full["peak_memory_mb"] == 1000.0
     # the incumbent, its seed runs and its lr siblings (lr and seed change no tensor's size)
@@ -1624,7 +1624,8 @@ def test_pruned_trials_are_compared_at_their_own_step_and_every_stage_agrees():
     assert point["gain"] == pytest.approx(0.0, abs=1e-9) and point["pruned_step"] == 50  # 0.56 vs 0.56, not -0.16
     assert point["compared_with"] == pytest.approx(0.56)
     table = ctx.state["lora_vs_full"]["table"]  # the partial score listed beside full-length ones says what it is
-    assert [row["label"] for row in table] == ["LoRA r=8 (chosen)", "LoRA r=32 (highest rank tried, pruned at step 50)"]
+    assert [row["label"] for row in table] == [f"LoRA r=8 (best at the probe, #{table[0]['trial']})",
+                                                "LoRA r=32 (highest rank tried, pruned at step 50)"]
     assert f"{top.label} was pruned at step 50 of 100 (scripted): 0.560 there vs 0.560 for {inc.label}" in \
         rank["evidence"][0] and "gain at equal steps 0.0 < threshold" in rank["evidence"][0]
 

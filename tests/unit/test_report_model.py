@@ -1106,3 +1106,17 @@ def test_a_diverged_run_that_kept_its_untrained_start_says_so_on_the_best_card(t
     assert "best kept: the untrained start" in html
     ok = build_run_report(write_run(tmp_path / "ok", k=4))
     assert not ok.kept_untrained and "no trained point kept" not in render_run(ok)
+
+
+def test_the_lora_vs_full_table_says_which_share_and_which_lora_it_shows(tmp_path):
+    """Its share row is the adapter's alone (decide.CostPoint.share_total; a trial's run report counts the head too)
+    and says so, and its LoRA column is the best trial when the probe ran, named by number (it said '(chosen)' of a
+    trial the study's later pick replaced)."""
+    from loratune.report.study import build_study_report
+
+    scripted_study(tmp_path / "study")
+    s = build_study_report(tmp_path / "study")
+    html = render_study_html(s)
+    assert "share of the model (LoRA: adapter only)" in html and "(chosen)" not in html
+    first = s.lora_vs_full.table[0]
+    assert first["label"] == f"LoRA r={first['r']} (best at the probe, #{first['trial']})"

@@ -298,7 +298,8 @@ def lora_full_section(s: StudyReport) -> str:
         rows_spec = [("trial", lambda c: _trial_link(c["trial"], s) if c.get("trial") is not None else "–"),
                      (o.name, lambda c: f"<b>{metric(c.get('objective_value'))}</b>"),
                      ("trainable parameters", lambda c: human(c.get("trainable"))),
-                     ("share of the model", lambda c: pct(c.get("share_total"), 2)),
+                     # decide.CostPoint.share_total: LoRA's adapter alone (a run report's share adds the head)
+                     ("share of the model (LoRA: adapter only)", lambda c: pct(c.get("share_total"), 2)),
                      ("share of the adapted weights", lambda c: pct(c.get("share_adapted"), 1)),
                      ("mean step", lambda c: f"{c['mean_step_s']:.3f} s" if isinstance(c.get("mean_step_s"), float)
                       else "–"),

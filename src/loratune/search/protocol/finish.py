@@ -136,7 +136,8 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     sweep = ctx.state.rank_sweep or {}
     plateau = None if not sweep or len(sweep.get("points", [])) < 2 else sweep.get("plateau_r") is not None
     inputs = DecideInputs(
-        chosen=cp(inc, f"LoRA r={r_of(inc.point)} (chosen)"),
+        # the study's best when the probe ran, not necessarily its final pick (trials after it can beat it)
+        chosen=cp(inc, f"LoRA r={r_of(inc.point)} (best at the probe, #{inc.number})"),
         highest=cp(highest, f"LoRA r={r_of(highest.point)} (highest rank tried"  # its val: a partial score, said so
                    + (f", pruned at step {pruned_step(highest)})" if not highest.result.full_length else ")"))
         if highest and highest is not inc else None,
