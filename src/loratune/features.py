@@ -825,7 +825,7 @@ def binomial_se(p: float, n: float) -> float | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _val_metric_key(pts: Sequence[dict], meta: Mapping[str, Any]) -> str | None:
+def val_metric_key(pts: Sequence[dict], meta: Mapping[str, Any]) -> str | None:
     """The val metric M (a METRIC_KEYS name): the run's own objective when its record names one the history logs
     (a multi-label run keeps its model by subset accuracy: judged on macro-F1, the diagnosis missed a fall the
     objective took); else the first of METRIC_KEYS that moved: one stuck at a single value at every eval (an F1 of
@@ -868,7 +868,7 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     ep = _num(pts[-1].get("epoch"))
     acc.set("epochs", ep, "no `epoch` key in the history")
 
-    metric = _val_metric_key(pts, meta)
+    metric = val_metric_key(pts, meta)
     acc.details["val_metric"] = f"val/{metric}" if metric else None
     task = meta.get("task") or ("multi_label" if metric in ("micro_f1", "subset_accuracy") or any(
         "val/subset_accuracy" in p for p in pts) else "single_label")

@@ -658,9 +658,9 @@ def _metric_of(points: Sequence[dict], meta: Mapping[str, Any] | None = None) ->
     """The val metric the report plots and marks: the one the diagnosis reads (the run's objective when it logs it,
     e.g. a multi-label run's subset accuracy; else the first metric that moved), so the curve, its best-step marker
     and the Summary's best are of one series."""
-    from loratune.features import _val_metric_key
+    from loratune.features import val_metric_key
 
-    m = _val_metric_key(points, meta or {})
+    m = val_metric_key(points, meta or {})
     return f"val/{m}" if m else "val/macro_f1"
 
 
