@@ -553,6 +553,14 @@ _RULES = (
                  c("val_metric_max_drop_se", ">=", "osc_metric_drop_se"),
                  any_(c("train_loss_final_over_start", ">", "fit_loss_vs_chance_max"),
                       c("val_loss_rise_noise", "<", "rise_noise_min")),
+                 # ...nor, with the val loss risen beyond its noise, made most of its fall after the val loss's
+                 # minimum: a train loss descending while the val loss climbs is protocol 3's overfit, as the next
+                 # route reads it (fold AW's LineIntegralx: Longformer, val loss 2.5x its minimum at 33% in a steady
+                 # climb, Kendall tau 0.91 over 20 evals, all of the train loss's fall after that minimum; both
+                 # reviews overfit-capacity)
+                 any_(c("val_loss_rise_noise", "<", "rise_noise_min"),
+                      c("train_loss_drop", "<", "plateau_late_drop_max"),
+                      c("train_loss_fall_after_val_min", "<=", "fit_after_turn_share_min")),
                  why="the train loss climbed back up while the val metric swung beyond its noise"),
             # the train loss climbed back up while the val loss rose or swung, and stayed up (its low before the
             # last tenth) or climbed while the val loss rose (after its minimum): a bump before the val loss turned,

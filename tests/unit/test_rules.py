@@ -366,6 +366,32 @@ def test_a_model_still_leaving_its_first_guess_is_not_a_collapse():
     assert reads(still_improving=0)
 
 
+def test_a_metric_swing_beside_a_train_loss_that_fell_after_the_val_loss_turned_is_no_lr_verdict():
+    """lr-too-large's metric-swing route (the train loss climbed back, the val metric swung beyond its noise) holds
+    off, as its val-loss route does, where the val loss rose beyond its noise and the train loss made most of its
+    fall after the val loss's minimum: protocol 3's overfit. Fold AW's LineIntegralx (Longformer, val loss 2.5x its
+    minimum at 33%, all of the train loss's fall after it) read lr-too-large; a train loss that fell before the val
+    loss turned, or a val loss inside its noise, still reads the swing as the lr's."""
+    rule = rule_by_id("lr-too-large")
+    th = default_thresholds()
+    run = dict(train_loss_max_rise=0.6, val_metric_max_drop=0.1, val_metric_max_drop_se=7.6,
+               train_loss_final_over_start=0.64, val_loss_rise_noise=9.4, train_loss_drop=0.36,
+               train_loss_fall_after_val_min=1.0, train_loss_peak_vs_chance=0.5, train_loss_vs_chance=0.3,
+               peak_lr=2e-5, val_loss_min_vs_reference=None, val_loss_rise=1.48, val_loss_rise_share=0.6,
+               val_loss_max_swing=0.2, train_loss_min_fraction=0.7, train_loss_rise_after_val_min=0.6,
+               train_loss_rebound=0.18, val_metric_gain=0.3, classifier=1, n_eval_points=30)
+
+    def route(**kw):
+        out = evaluate_rule(rule, features_for(rule, {**run, **kw}), th)
+        return None if out is None or out.tentative else out.route
+
+    assert route() is None or "the val metric swung" not in " ".join(route())
+    assert "the train loss climbed back up while the val metric swung beyond its noise" in route(
+        train_loss_fall_after_val_min=0.2)
+    assert "the train loss climbed back up while the val metric swung beyond its noise" in route(
+        val_loss_rise_noise=1.0)
+
+
 def test_rules_lists_protocol_6_and_every_move_with_its_numbers(capsys):
     """protocol.md: every rule must exist as data a user can read; the LoRA-vs-full thresholds, the breakeven share,
     the noise band and the moves' own numbers were in code only."""
