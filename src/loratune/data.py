@@ -362,6 +362,7 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
             spellings.setdefault(_label_text(written), set()).add(written.strip())
         texts.append(text)
         labels.append(labs)
+    _refuse_joined_labels(rows, labels, cfg, source, lines)
     # the none label is exclusive (metrics.decode never answers it beside another label): a row with both could never
     # be predicted right, and trained the none label up on a text that has an intent
     beside = [i for i, labs in enumerate(labels) if cfg.none_label and cfg.none_label in labs and len(labs) > 1]
@@ -374,6 +375,41 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
                         "unset data.none_label if it is an ordinary label")
     return Split(name, tuple(texts), tuple(labels), source, tuple(lines),
                  tuple((lab, tuple(sorted(spelt))) for lab, spelt in sorted(spellings.items())))
+
+
+# characters a row's labels are joined with when a list was written as one string ("card_lost,balance")
+LABEL_JOINERS = (",", ";", "|")
+
+
+def _refuse_joined_labels(rows: list[dict[str, Any]], labels: list[tuple[str, ...]], cfg: DataConfig, source: str,
+                          lines: tuple[int, ...]) -> None:
+    """Refuse a string label whose parts, split on a LABEL_JOINERS character, are all labels of other rows, in
+    multi-label data without data.label_delimiter (rows written as lists, or multi_label=true): "card_lost,balance"
+    became a class of its own, trained apart from card_lost and balance, and nothing said so."""
+    if cfg.label_delimiter is not None:
+        return
+    raw = [row.get(cfg.label_column) for row in rows]
+    listed = any(_container(v) for v in raw)  # data.label_delimiter splits strings only: a list row is not split
+    if cfg.multi_label is not True and not listed:
+        return
+    known = {lab for labs in labels for lab in labs}
+    joined = []
+    for i, value in enumerate(raw):
+        if not isinstance(value, str):
+            continue
+        for sep in LABEL_JOINERS:
+            parts = [_label_text(p) for p in value.split(sep) if p.strip()]
+            if len(parts) > 1 and all(p in known for p in parts):
+                joined.append((i, sep, parts))
+                break
+    if joined:
+        i, sep, parts = joined[0]
+        raise UserError(f"data file '{source}' {where_rows(lines, [j for j, _, _ in joined[:NONE_BESIDE_SHOWN]])} "
+                        f"{'has' if len(joined) == 1 else 'have'} a label that joins other rows' labels with "
+                        f"{sep!r} (e.g. {rows[i][cfg.label_column]!r:.60}): it would be a class of its own",
+                        f"write the labels as a list, e.g. {json.dumps(parts)}" + (
+                            "" if listed else f", or set data.label_delimiter='{sep}' (every row's labels one "
+                            "delimited string)"))
 
 
 def _written_labels(value: Any, delimiter: str | None) -> list[str]:
@@ -638,7 +674,8 @@ def check_trainable(dataset: "Dataset") -> None:
 
 def stratified_split(split: Split, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (keep, carved): per label (first label of each row), `fraction` of rows, at least one
-    on each side when the label has two or more rows. Seeded, order-preserving."""
+    on each side when the label has two or more rows. Seeded, order-preserving. A label that is no row's first
+    (multi-label: 'zeta' only ever beside another label) keeps a row too: _cover swaps one of its carved rows back."""
     rng = random.Random(seed)
     by_label: dict[str, list[int]] = {}
     for i, labs in enumerate(split.labels):
@@ -652,7 +689,32 @@ def stratified_split(split: Split, fraction: float, seed: int) -> tuple[list[int
         k = min(len(idx) - 1, max(1, round(fraction * len(idx))))
         carved.update(idx[:k])
     keep = [i for i in range(len(split)) if i not in carved]
-    return keep, sorted(carved)
+    keep = _cover(split, keep, sorted(carved), first=True)
+    return keep, [i for i in range(len(split)) if i not in set(keep)]
+
+
+def _cover(split: Split, chosen: list[int], pool: list[int], first: bool = False, size: bool = False) -> list[int]:
+    """`chosen` with, for each label of `pool`'s rows that no chosen row carries, one pool row carrying it (the first,
+    in row order: the seeded choices stay the caller's) swapped in for a spare chosen row, one all of whose labels
+    another chosen row still carries (`first`: of the same first label, so the strata keep their sizes). No spare:
+    the row is added all the same, or with `size` (a subset of n rows) left out."""
+    chosen = list(chosen)
+    have = Counter(lab for i in chosen for lab in split.labels[i])
+    for i in pool:
+        labs = split.labels[i]
+        if all(have[lab] for lab in labs):
+            continue
+        have.update(labs)
+        spare = next((j for j in reversed(chosen) if (not first or split.labels[j][:1] == labs[:1])
+                      and all(have[lab] > 1 for lab in split.labels[j])), None)
+        if spare is None and size:
+            have.subtract(labs)
+            continue
+        chosen.append(i)
+        if spare is not None:
+            chosen.remove(spare)
+            have.subtract(split.labels[spare])
+    return sorted(chosen)
 
 
 def stratified_subset(split: Split, n: int, seed: int) -> list[int]:
@@ -677,12 +739,21 @@ def stratified_subset(split: Split, n: int, seed: int) -> list[int]:
     elif len(picked) < n:
         rest = [i for i in range(len(split)) if i not in set(picked)]
         picked = sorted(picked + rng.sample(rest, n - len(picked)))
-    return picked
+    # a label carried only beside another row's first label (or trimmed away above) is swapped in for a spare row
+    return _cover(split, picked, [i for i in range(len(split)) if i not in set(picked)], size=True)
 
 
 def refuse_no_shared_label(split: Split, known: tuple[str, ...]) -> None:
     """Refuse a split none of whose labels is one the model learns (`known`, train's): every row scored wrong, a score
-    of 0 that says nothing about the model (labels renamed, upper-cased, or another column read)."""
+    of 0 that says nothing about the model (labels renamed, upper-cased, or another column read). A split with no
+    label at all (multi-label rows of `[]` only) is refused too: its F1 scores are 0 and its exact match rewards the
+    model that predicts nothing, so the best checkpoint and the thresholds were picked on an empty target."""
+    if len(split) and not any(split.labels):
+        raise UserError(f"the {split.name} split has no label on any row ({len(split)} rows in '{split.file}', each "
+                        "an empty label list): there is nothing to score a model against",
+                        f"label the {split.name} rows (data.none_label names the class of a row with no label), "
+                        + ("or remove the file to carve validation from train" if split.name == "validation" else
+                           "or remove the file (data.test_file) to train without a test split"))
     c = Counter(lab for labs in split.labels for lab in labs if lab not in known)
     if c and not any(lab in known for labs in split.labels for lab in labs):
         raise UserError(f"the {split.name} split shares no label with train ({split.name}: "
@@ -776,8 +847,7 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         if sp is None:
             continue
         c = Counter(lab for labs in sp.labels for lab in labs if lab not in known)
-        if sname == "validation":
-            refuse_no_shared_label(sp, space.labels)
+        refuse_no_shared_label(sp, space.labels)  # the test split too: its scores, recorded at the end, would lie
         if c:
             unseen[sname] = dict(c.most_common())
             notes.append(f"{sname}: {sum(c.values())} label occurrence(s) of {len(c)} label(s) not in train "

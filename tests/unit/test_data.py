@@ -814,3 +814,69 @@ def test_decimal_labels_written_two_ways_are_merged_with_a_note(tmp_path):
                         "names if they are distinct classes",)
     q = write_rows(tmp_path / "one.csv", make_rows(TRAIN))
     assert load_dataset(DataConfig(train_file=str(q), validation_file=str(q))).notes == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-label splits: an empty target, a carved label, a joined label string
+
+
+def _multi_rows(n: int = 10, seed: int = 1) -> list[dict]:
+    from tests.support import make_rows as intent_rows
+
+    return [{"text": r["text"], "labels": [r["label"]]} for r in intent_rows(n, seed)]
+
+
+def test_a_validation_or_test_split_with_no_label_at_all_is_refused(tmp_path):
+    """Every validation row `"labels": []`: accepted, the best checkpoint picked by exact match on an empty target
+    (the model that predicts nothing won) and thresholds tuned on it."""
+    train = write_rows(tmp_path / "train.jsonl", _multi_rows())
+    empty = write_rows(tmp_path / "empty.jsonl", [{**r, "labels": []} for r in _multi_rows(2, seed=5)])
+    cfg = dict(train_file=str(train), label_column="labels", multi_label=True)
+    with pytest.raises(UserError, match=r"the validation split has no label on any row \(8 rows in ") as e:
+        load_dataset(DataConfig(**cfg, validation_file=str(empty)), seed=0)
+    assert "data.none_label" in e.value.fix and "carve validation" in e.value.fix
+    with pytest.raises(UserError, match=r"the test split has no label on any row"):
+        load_dataset(DataConfig(**cfg, test_file=str(empty)), seed=0)
+    # one labelled row is a target; the empty rows are scored as rows with no label
+    some = write_rows(tmp_path / "some.jsonl", [{**r, "labels": []} for r in _multi_rows(2, seed=5)][:-1]
+                      + _multi_rows(1, seed=6)[:1])
+    assert len(load_dataset(DataConfig(**cfg, validation_file=str(some)), seed=0).validation) == 8
+
+
+def test_the_carved_validation_split_never_takes_a_label_out_of_train(tmp_path):
+    """'zeta' rides beside another label in two rows; carving stratified by the first label took both and train
+    never saw zeta (validation: 'label(s) not in train (zeta)')."""
+    rows = _multi_rows()
+    for i in (3, 7):
+        rows[i]["labels"] = rows[i]["labels"] + ["zeta"]
+    train = write_rows(tmp_path / "train.jsonl", rows)
+    for seed in range(60):  # seed 51 carved both zeta rows
+        ds = load_dataset(DataConfig(train_file=str(train), label_column="labels"), seed=seed)
+        assert "zeta" in ds.label_space.labels and not ds.unseen, seed
+        assert len(ds.validation) == 4 and len(ds.train) == 36  # the strata keep their sizes
+        sub = stratified_subset(ds.train, 5, seed)
+        assert len(sub) == 5 and {lab for i in sub for lab in ds.train.labels[i]} == set(ds.label_space.labels)
+
+
+def test_a_label_string_joining_other_labels_in_list_labelled_data_is_refused(tmp_path):
+    """'card_lost,balance' in list-labelled data became a fifth class of its own, nothing said."""
+    rows = _multi_rows(3)
+    first, second = rows[0]["labels"][0], next(r["labels"][0] for r in rows if r["labels"][0] != rows[0]["labels"][0])
+    rows[4]["labels"] = f"{first},{second}"
+    train = write_rows(tmp_path / "train.jsonl", rows)
+    with pytest.raises(UserError, match=r"line 5 has a label that joins other rows' labels with ','") as e:
+        load_dataset(DataConfig(train_file=str(train), label_column="labels", multi_label=True), seed=0)
+    assert f'["{first}", "{second}"]' in e.value.fix and "label_delimiter" not in e.value.fix
+    # string-labelled multi_label data: the fix offers the delimiter too; with it set the row splits
+    strs = [{"text": r["text"], "labels": r["labels"][0]} for r in _multi_rows(3)]
+    strs.append({"text": "x", "labels": "pin;balance"})
+    path = write_rows(tmp_path / "s.jsonl", strs)
+    with pytest.raises(UserError, match="joins other rows' labels with ';'") as e:
+        load_dataset(DataConfig(train_file=str(path), label_column="labels", multi_label=True), seed=0)
+    assert "data.label_delimiter=';'" in e.value.fix
+    ds = load_dataset(DataConfig(train_file=str(path), label_column="labels", label_delimiter=";"), seed=0)
+    assert ds.label_space.labels == ("balance", "card_lost", "pin", "transfer")
+    # a comma inside a label of its own (no part a label) stays one label
+    path.write_text(path.read_text().replace("pin;balance", "pin, or else"))
+    assert "pin, or else" in load_dataset(DataConfig(train_file=str(path), label_column="labels",
+                                                     multi_label=True), seed=0).label_space.labels
