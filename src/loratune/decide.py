@@ -34,7 +34,7 @@ class CostPoint:
     label: str  # "LoRA r=8 (best at the probe, #3)", "LoRA r=32 (highest rank tried)", "full fine-tuning"
     method: str  # lora | full
     r: int | None
-    val_macro_f1: float | None
+    score: float | None  # the objective's score (larger is better: minus a loss); its value: Objective.value
     trainable: int | None = None  # trainable parameters (adapter + head for LoRA)
     adapter: int | None = None  # LoRA parameters only
     total: int | None = None  # parameters of the whole model
@@ -56,10 +56,10 @@ class CostPoint:
         return self.adapter / self.adapted_weights if self.adapter is not None and self.adapted_weights else None
 
     @classmethod
-    def from_run(cls, label: str, method: str, r: int | None, val_macro_f1: float | None, params: dict,
+    def from_run(cls, label: str, method: str, r: int | None, score: float | None, params: dict,
                  mean_step_s: float | None, peak_memory_mb: float | None, examples: int | None = None,
                  trial: int | None = None) -> "CostPoint":
-        return cls(label, method, r, val_macro_f1, params.get("trainable"), params.get("adapter"),
+        return cls(label, method, r, score, params.get("trainable"), params.get("adapter"),
                    params.get("total"), params.get("adapted_weights"), mean_step_s, peak_memory_mb, examples, trial)
 
 
@@ -114,7 +114,7 @@ class DecideInputs:
     plateau_detail: str = ""
     target: float | None = None  # the objective's value the user needs, when given (a loss: at most this)
     breakeven_r: int | None = None  # rank where LoRA reaches a third of the adapted weights
-    # what the values are (CostPoint.val_macro_f1 holds the objective's score, larger is better: minus a loss)
+    # what the values are (CostPoint.score holds the objective's score, larger is better: minus a loss)
     objective: Objective = DEFAULT
     # the best full-length LoRA run of the study (a long run of the pick can beat the chosen rank's short trial):
     # what the target is judged against (rank-plateau); None: the chosen point's value
@@ -180,7 +180,7 @@ def rank_plateau(inp: DecideInputs) -> Reason:
                       (f" ({inp.plateau_detail})" if inp.plateau_detail else ""))
     # the target asks whether LoRA reaches it at all: the best LoRA run, not the chosen rank's short trial
     best, label = ((inp.best_lora, inp.best_lora_label) if inp.best_lora is not None
-                   else (inp.chosen.val_macro_f1, inp.chosen.label))
+                   else (inp.chosen.score, inp.chosen.label))
     if not inp.plateau:
         return Reason("rank-plateau", False, f"the rank sweep had not plateaued: {inp.plateau_detail}",
                       {"target": inp.target})
@@ -219,9 +219,9 @@ def cost_parity(inp: DecideInputs, t: DecideThresholds) -> Reason:
 
 def performance_gap(inp: DecideInputs) -> Reason:
     full, lora = inp.full, inp.chosen
-    if full is None or full.val_macro_f1 is None or lora.val_macro_f1 is None:
+    if full is None or full.score is None or lora.score is None:
         return Reason("performance-gap", None, "no full-fine-tuning probe result to compare")
-    gap = full.val_macro_f1 - lora.val_macro_f1
+    gap = full.score - lora.score
     holds = gap > inp.noise
     if holds:
         verdict = "full fine-tuning is better beyond noise"
@@ -229,11 +229,11 @@ def performance_gap(inp: DecideInputs) -> Reason:
         verdict = "LoRA is better beyond noise"
     else:
         verdict = "the difference is within noise"
-    text = (f"full-fine-tuning probe {inp.objective.show(full.val_macro_f1)} vs LoRA "
-            f"{inp.objective.fmt(lora.val_macro_f1)}: "
+    text = (f"full-fine-tuning probe {inp.objective.show(full.score)} vs LoRA "
+            f"{inp.objective.fmt(lora.score)}: "
             f"gap {gap:+.3f}, noise {inp.noise:.3f} ({inp.noise_source or 'noise'}): {verdict}")
-    return Reason("performance-gap", holds, text, {"gap": gap, "noise": inp.noise, "full": full.val_macro_f1,
-                                                   "lora": lora.val_macro_f1})
+    return Reason("performance-gap", holds, text, {"gap": gap, "noise": inp.noise, "full": full.score,
+                                                   "lora": lora.score})
 
 
 def new_knowledge(inp: DecideInputs) -> Reason:
@@ -248,7 +248,9 @@ def cost_table(inp: DecideInputs, t: DecideThresholds = DecideThresholds()) -> t
     full = inp.full
     for p in points:
         rows.append({"label": p.label, "method": p.method, "r": p.r, "trial": p.trial,
-                     "val_macro_f1": p.val_macro_f1, "trainable": p.trainable, "adapter": p.adapter,
+                     # named by the objective (it held subset accuracy under the key val_macro_f1)
+                     "objective": inp.objective.key, "objective_value": inp.objective.value(p.score),
+                     "trainable": p.trainable, "adapter": p.adapter,
                      "share_total": p.share_total, "share_adapted": p.share_adapted,
                      "mean_step_s": p.mean_step_s, "peak_memory_mb": p.peak_memory_mb, "examples": p.examples,
                      "step_time_vs_full": _ratio(p.mean_step_s, full.mean_step_s) if full else None,

@@ -154,7 +154,8 @@ PROMPT_OBJECTIVE_SCORES = ("chrf", "exact_match")
 OBJECTIVES.update({o.key: o for o in (
     Objective(prompt_key(group, m), True, f"{group} prompt-set {m.replace('_', ' ')}", SCORE_FLOOR)
     for group in PROMPT_GROUPS for m in PROMPT_OBJECTIVE_SCORES)})
-DEFAULT = OBJECTIVES["val/macro_f1"]
+MACRO_F1 = OBJECTIVES["val/macro_f1"]  # the classifier's default; study.json's val_macro_f1 column holds it alone
+DEFAULT = MACRO_F1
 # train.metric_for_best_model's values (besides auto): the table's keys without "val/"; which task computes
 # which is checked where the task resolves it (train.objective_key, sft.objective_key)
 METRIC_CHOICES = tuple(k.removeprefix("val/") for k in OBJECTIVES)

@@ -126,3 +126,18 @@ def test_the_cost_table_shows_no_memory_ratio_the_cost_parity_reason_did_not_com
     out = decide(DecideInputs(lora(8, 0.79), lora(32, 0.795, mem=700.0), FULL, noise=0.02))
     parity = next(r for r in out.reasons if r.id == "cost-parity")
     assert out.table[1]["memory_vs_full"] == pytest.approx(0.5) == parity.evidence["memory_ratio"]
+
+
+def test_cost_table_names_the_objective_it_holds():
+    """The table kept the objective's score under `val_macro_f1` whatever the objective: a multi-label study's
+    subset accuracy (0.229) read as macro-F1 in decisions.jsonl and study.json."""
+    from loratune.objectives import objective
+
+    subset = objective("val/subset_accuracy")
+    out = decide(DecideInputs(lora(8, 0.229), None, FULL, noise=0.01, objective=subset))
+    assert [(t["objective"], t["objective_value"]) for t in out.table] == [("val/subset_accuracy", 0.229),
+                                                                          ("val/subset_accuracy", 0.80)]
+    assert all("val_macro_f1" not in t for t in out.table)
+    loss = objective("val/loss")  # a loss's score is minus the loss: the table holds the loss itself
+    out = decide(DecideInputs(lora(8, -0.5), None, None, noise=0.01, objective=loss))
+    assert (out.table[0]["objective"], out.table[0]["objective_value"]) == ("val/loss", 0.5)

@@ -1120,3 +1120,38 @@ def test_the_lora_vs_full_table_says_which_share_and_which_lora_it_shows(tmp_pat
     assert "share of the model (LoRA: adapter only)" in html and "(chosen)" not in html
     first = s.lora_vs_full.table[0]
     assert first["label"] == f"LoRA r={first['r']} (best at the probe, #{first['trial']})"
+
+
+def test_a_multi_label_study_shows_its_objective_in_the_cost_table_and_keeps_the_test_prefixes(tmp_path):
+    """The LoRA-vs-full table held subset accuracy under `val_macro_f1` (now `objective_value`, an old study.json's
+    `val_macro_f1` still read), and the recommendation's test line cut `test_compound/` and `test_single/` off:
+    'subset_accuracy 0.688, ..., subset_accuracy 0.429, n 35, subset_accuracy 0.917'."""
+    from loratune.report.study import build_study_report
+
+    d = tmp_path / "study"
+    (d / "final").mkdir(parents=True)
+    (d / "final" / "config.yaml").write_text("train:\n  learning_rate: 0.005\n")
+    trials = [{"trial": n, "name": f"t{n}", "phase": "phase1-lr-grid", "status": "completed", "val_macro_f1": None,
+               "objective": "val/subset_accuracy", "objective_value": v, "examples": 100, "wall_s": 1.0,
+               "point": {R: 8, LR: 5e-3}} for n, v in ((0, 0.229), (1, 0.31))]
+    table = [{"label": "LoRA r=8 (chosen)", "method": "lora", "r": 8, "trial": 1, "objective": "val/subset_accuracy",
+              "objective_value": 0.31, "trainable": 1000},
+             {"label": "full fine-tuning", "method": "full", "r": None, "trial": 0, "val_macro_f1": 0.229,
+              "trainable": 9000}]  # a row written before objective_value: its score under val_macro_f1
+    summary = {"objective": "val/subset_accuracy", "strategy": "protocol", "trials": trials,
+               "lora_vs_full": {"choice": "lora", "summary": "LoRA", "reasons": [], "table": table, "full_trial": 0},
+               "recommendation": {"trial": 1, "name": "t1", "point": trials[1]["point"], "val_macro_f1": None,
+                                  "objective": "val/subset_accuracy", "objective_value": 0.31, "verdict": "healthy",
+                                  "test": {"test/subset_accuracy": 0.688, "test/n": 80,
+                                           "test_compound/subset_accuracy": 0.429, "test_compound/n": 35,
+                                           "test_single/subset_accuracy": 0.917}}}
+    (d / "final" / "study.json").write_text(json.dumps(summary))
+    s = build_study_report(d)
+    assert [t["objective_value"] for t in s.lora_vs_full.table] == [0.31, 0.229]
+    html = render_study_html(s)
+    test_line = re.search(r"<dt>test</dt><dd>([^<]*)", html).group(1)
+    assert test_line == ("subset_accuracy 0.688, n 80, test_compound/subset_accuracy 0.429, test_compound/n 35, "
+                         "test_single/subset_accuracy 0.917")
+    table_html = html[html.index('id="lora-full-table"'):]
+    assert re.search(r"<td>val subset accuracy</td><td[^>]*><b>0.310</b></td><td[^>]*><b>0.229</b></td>",
+                     table_html)

@@ -102,7 +102,7 @@ def recommendation_section(s: StudyReport) -> str:
         return section("recommendation", "Final recommendation", "", missing(rec.missing))
     parts = []
     if rec.trial is not None:
-        test = ", ".join(f"{k.split('/', 1)[-1]} {metric(v) if isinstance(v, float) else value_text(v)}"
+        test = ", ".join(f"{k.removeprefix('test/')} {metric(v) if isinstance(v, float) else value_text(v)}"
                          for k, v in rec.test.items())
         parts.append(f'<dl class="kv"><dt>trial</dt><dd>{_trial_link(rec.trial, s)}</dd>'
                      f'<dt>{esc(s.obj.name)}</dt><dd><b>{metric(rec.value)}</b></dd>'

@@ -141,7 +141,8 @@ class LoraFullView:
     choice: str | None
     summary: str
     reasons: tuple[tuple[str, bool | None, str], ...]  # (id, holds, text)
-    # label, method, r, val_macro_f1 (the search's score), objective_value, trainable, mean_step_s, peak_memory_mb ...
+    # label, method, r, objective, objective_value, trainable, mean_step_s, peak_memory_mb ... (a study written
+    # before objective_value: val_macro_f1, the search's score)
     table: tuple[Mapping[str, Any], ...]
     full_trial: int | None = None
     noise: float | None = None  # the difference that counts between the two (from the performance-gap reason)
@@ -468,9 +469,11 @@ def _lora_full_view(data: Mapping[str, Any] | None, o: Objective) -> LoraFullVie
                             "or has not reached it)")
     reasons = tuple((str(r.get("id")), r.get("holds"), str(r.get("text", ""))) for r in data.get("reasons") or ()
                     if isinstance(r, dict))
-    # the cost table's val_macro_f1 holds the search's score (minus a loss); objective_value is the value
-    table = tuple({**t, "objective_value": o.value(as_float(t.get("val_macro_f1")))} for t in data.get("table") or ()
-                  if isinstance(t, dict))
+    # the cost table's objective_value is the value; a study written before it has the search's score (minus a
+    # loss) under val_macro_f1, whatever the objective
+    table = tuple({**t, "objective_value": as_float(t["objective_value"]) if "objective_value" in t
+                   else o.value(as_float(t.get("val_macro_f1")))}
+                  for t in data.get("table") or () if isinstance(t, dict))
     noise = next((as_float((r.get("evidence") or {}).get("noise")) for r in data.get("reasons") or ()
                   if isinstance(r, dict) and r.get("id") == "performance-gap" and isinstance(r.get("evidence"), dict)),
                  None)

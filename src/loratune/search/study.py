@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from loratune import signals
-from loratune.objectives import objective
+from loratune.objectives import MACRO_F1, objective
 from loratune.errors import UserError
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
 from loratune.store import read_json, write_json
@@ -974,9 +974,9 @@ def records_table(records: Iterable[TrialRecord]) -> list[dict]:
     for r in records:
         res = r.result
         rows.append({"trial": r.number, "name": r.spec.name, "phase": r.spec.phase, "status": res.status,
-                     # the objective's value as a person reads it; val_macro_f1 keeps the score of the
-                     # larger-is-better objectives (the classifier's column), none for a loss
-                     "val_macro_f1": res.value if objective(res.objective).higher_is_better else None,
+                     # the objective's value as a person reads it; val_macro_f1 (read by older readers) holds
+                     # macro-F1 alone: under another objective (subset accuracy, a loss) it is none
+                     "val_macro_f1": res.value if objective(res.objective).key == MACRO_F1.key else None,
                      "objective": res.objective, "objective_value": objective(res.objective).value(res.value),
                      "examples": res.examples, "wall_s": round(res.wall_s, 2),
                      "mean_step_s": res.mean_step_s, "peak_memory_mb": res.peak_memory_mb,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from loratune.errors import UserError
-from loratune.objectives import objective
+from loratune.objectives import MACRO_F1, objective
 from loratune.search.context import SearchContext
 from loratune.search.study import records_table
 from loratune.store import read_json, write_atomic, write_json
@@ -75,7 +75,7 @@ def summarize(ctx: SearchContext, strategy: str, final: Any = None, test: dict |
     recommendation = None
     if rec is not None:
         recommendation = {"trial": rec.number, "name": rec.spec.name, "run_dir": rec.run_dir, "point": rec.point,
-                          "val_macro_f1": rec.value if ctx.objective.higher_is_better else None,
+                          "val_macro_f1": rec.value if ctx.objective.key == MACRO_F1.key else None,
                           "objective": ctx.objective.key, "objective_value": ctx.objective.value(rec.value),
                           "verdict": rec.result.verdict,
                           "test": _test_subset(test), "files": files or {},
