@@ -14,12 +14,15 @@ import torch
 from loratune.config import RunConfig, load_config
 from loratune.data import LabelSpace, empty_text_problems, label_form, load_dataset, refuse_no_shared_label
 from loratune.errors import UserError
-from loratune.metrics import Decoding, decode, sigmoid, softmax
+from loratune.metrics import Decoding, decode, margins, sigmoid, softmax
 from loratune.store import CONFIG, LABEL_MAP, RUN, WEIGHT_FILES, RunStore, adapter_step, liveness, read_json
 
 # Texts scored at a time by predict: a chunk's logits [rows, classes] are all it holds (4,096 rows of a 2,000-class
 # run: 33 MB), and a chunk is enough rows for length-sorted batches to pad little
 PREDICT_CHUNK_ROWS = 4096
+
+
+MULTI_LABEL_SCORES = 3  # a multi-label prediction's scores list at least this many labels (more: top_k)
 
 
 @dataclass
@@ -58,10 +61,15 @@ class Trained:
         if self.space.multi_label:
             probs = sigmoid(logits)
             dec = self.decoding or Decoding.from_dict(None, self.space.labels)
-            for text, p, row in zip(texts, probs, decode(probs, dec)):
-                labels = [self.space.labels[i] for i in np.flatnonzero(row)]
-                out.append({"text": text, "labels": labels,
-                            "scores": {self.space.labels[i]: float(p[i]) for i in np.argsort(-p)[:max(top_k, 3)]}})
+            # scores: every predicted label, then the others by the rank decoding gives them (margin over their own
+            # threshold, not raw probability: a label of a high threshold was listed ahead of a predicted one), to
+            # at least max(top_k, MULTI_LABEL_SCORES) labels
+            for text, p, m, row in zip(texts, probs, margins(probs, dec), decode(probs, dec)):
+                order = np.argsort(-m, kind="stable")
+                shown = [i for i in order if row[i]] + [i for i in order if not row[i]]
+                shown = shown[:max(top_k, MULTI_LABEL_SCORES, int(row.sum()))]
+                out.append({"text": text, "labels": [self.space.labels[i] for i in np.flatnonzero(row)],
+                            "scores": {self.space.labels[i]: float(p[i]) for i in shown}})
             return out
         probs = softmax(logits)
         for text, p in zip(texts, probs):

@@ -266,6 +266,12 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def margins(probs: np.ndarray, dec: Decoding) -> np.ndarray:
+    """Each label's margin over its own threshold in logit space [n, k]: the order decode ranks labels in (and what
+    predict lists their scores by)."""
+    return _logit(probs) - _logit(np.broadcast_to(np.asarray(dec.thresholds, dtype=np.float64), probs.shape))
+
+
 def decode(probs: np.ndarray, dec: Decoding) -> np.ndarray:
     """0/1 matrix [n, k] of predicted labels from sigmoid probabilities [n, k].
 
@@ -277,7 +283,7 @@ def decode(probs: np.ndarray, dec: Decoding) -> np.ndarray:
     n, k = probs.shape
     if n == 0:
         return np.zeros((0, k), dtype=int)
-    margin = _logit(probs) - _logit(np.broadcast_to(np.asarray(dec.thresholds, dtype=np.float64), probs.shape))
+    margin = margins(probs, dec)
     pred = margin >= 0
     if dec.none_index is not None:
         j = dec.none_index

@@ -248,3 +248,20 @@ def test_head_learning_rate_is_the_heads_own(tiny_bert, multi_data, tmp_path):
         assert len(heads) == 1  # a group is all head or no head
         assert g["initial_lr"] == (0.05 if heads == {True} else cfg.train.learning_rate)
     assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_predict_top_k_shows_scores_of_a_multi_label_run(trained_run, capsys):
+    """`predict --top-k 4` printed the same line as without it on a multi-label run; --json's scores could leave a
+    predicted label out."""
+    from loratune.cli import main
+
+    out, _ = trained_run
+    assert main(["predict", str(out), "lost my card"]) == 0
+    plain = capsys.readouterr().out
+    assert "(" not in plain
+    assert main(["predict", str(out), "--top-k", "4", "lost my card"]) == 0
+    shown = capsys.readouterr().out
+    p = api.predict(out, ["lost my card"], top_k=4)[0]
+    assert len(p["scores"]) == 4 and set(p["labels"]) <= set(p["scores"])
+    alts = ", ".join(f"{lab} {v:.2f}" for lab, v in p["scores"].items())
+    assert f"({alts})" in " ".join(shown.split())

@@ -189,3 +189,23 @@ def test_the_loss_record_carries_gamma_and_alpha_only_for_the_focal_loss():
     focal = loss_spec("focal", True, targets, gamma=7.0)
     assert focal.to_dict() == {"kind": "focal", "pos_weight": None, "gamma": 7.0, "alpha": -1.0}
     assert LossSpec.from_dict(focal.to_dict(), True) == focal  # evaluate scores with the loss the run trained with
+
+
+def test_predict_scores_every_predicted_label_in_decodings_order():
+    """Scores were the top 3 by raw probability while decoding ranks by margin over each label's threshold:
+    card_lost predicted without a score, oos (threshold 0.9) listed though not predicted."""
+    from loratune.data import LabelSpace
+    from loratune.inference import Trained
+
+    labels = ("balance", "card_lost", "oos", "pin", "transfer")
+    probs = np.array([[0.62, 0.40, 0.676, 0.05, 0.667]])
+    dec = Decoding(np.array([0.5, 0.3, 0.9, 0.5, 0.5]), min_labels=1, max_labels=None)
+    trained = Trained(None, None, LabelSpace(labels, True), None, None, decoding=dec)
+    logits = np.log(probs / (1 - probs))
+    p = trained._predict_chunk(["lost my card"], logits, top_k=1)[0]
+    assert p["labels"] == ["balance", "card_lost", "transfer"]
+    # the predicted ones by margin in logit space (transfer 0.69, balance 0.49, card_lost 0.44: 0.40 over 0.3)
+    assert list(p["scores"]) == ["transfer", "balance", "card_lost"]
+    assert p["scores"]["card_lost"] == pytest.approx(0.40)
+    p = trained._predict_chunk(["lost my card"], logits, top_k=4)[0]
+    assert list(p["scores"]) == ["transfer", "balance", "card_lost", "oos"]  # then oos, the best of the rest

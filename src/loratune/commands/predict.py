@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--file", "-f", help="a .txt file of texts, one per line (or .jsonl/.json/.csv/.parquet with a text "
                                         "column)")
-    p.add_argument("--top-k", type=int, default=1, help="show the k most likely labels")
+    p.add_argument("--top-k", type=int, default=1, help="show the k most likely labels (multi-label: the scores of k labels, the predicted ones first)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -100,8 +100,11 @@ def run(args) -> int:
                     alts = ", ".join(f"{safe(t['label'])} {t['score']:.2f}" for t in p["top"][1:])
                     out.print(f"[bold]{safe(p['label'])}[/] {p['score']:.2f}  {safe(p['text'])}"
                               + (f"  [dim]({alts})[/]" if alts else ""))
-                else:
-                    out.print(f"[bold]{', '.join(map(safe, p['labels'])) or '(none)'}[/]  {safe(p['text'])}")
+                else:  # multi-label: --top-k lists that many labels' scores (the predicted ones first)
+                    shown = list(p["scores"].items())[:max(args.top_k, len(p["labels"]))] if args.top_k > 1 else []
+                    alts = ", ".join(f"{safe(lab)} {v:.2f}" for lab, v in shown)
+                    out.print(f"[bold]{', '.join(map(safe, p['labels'])) or '(none)'}[/]  {safe(p['text'])}"
+                              + (f"  [dim]({alts})[/]" if alts else ""))
     return 0
 
 
