@@ -16,7 +16,8 @@ def register(sub) -> None:
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--file", "-f", help="a .txt file of texts, one per line (or .jsonl/.json/.csv/.parquet with a text "
                                         "column)")
-    p.add_argument("--top-k", type=int, default=1, help="show the k most likely labels (multi-label: the scores of k labels, the predicted ones first)")
+    p.add_argument("--top-k", type=int, default=1,
+                   help="show the k most likely labels (multi-label: the scores of k labels, the predicted ones first)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
