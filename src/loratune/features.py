@@ -1701,7 +1701,10 @@ def _per_class(acc: FeatureSet, pts, meta, labels) -> None:
 
     pairs_pts = [p for p in pts if isinstance(p.get("val/confused_pairs"), list)]
     if not pairs_pts:
-        acc.miss(pair_names, "no `val/confused_pairs` in the history")
+        # a multi-label run scores each label on its own (a row's labels are no one predicted class mistaken for
+        # another): it never records confusion pairs, and no logging would give them
+        acc.miss(pair_names, NOT_APPLICABLE + "a multi_label run (each label is scored on its own: no confusion "
+                 "pairs)" if acc.details.get("task") == "multi_label" else "no `val/confused_pairs` in the history")
     else:
         final = pairs_pts[-1]["val/confused_pairs"]
         acc.details["confused_pairs"] = final[:5]
@@ -1767,6 +1770,9 @@ def _pred_top_share(p: dict, labels, support: dict[str, float]) -> float | None:
 LONG_TAIL_COUNT = 20
 
 
+TAIL_HEAD_MIN_CLASSES = 4  # classes (with train counts and val recall) a tail/head comparison needs
+
+
 def tail_head_split(counts: Mapping[str, float], tail_count: float = LONG_TAIL_COUNT) -> tuple[list[str], list[str]]:
     """(tail, head): the classes with fewer than `tail_count` training rows, and the rest."""
     return [c for c, n in counts.items() if n < tail_count], [c for c, n in counts.items() if n >= tail_count]
@@ -1780,8 +1786,10 @@ def _tail_head(acc: FeatureSet, meta, recall: dict[str, float]) -> None:
         acc.miss(names, "run.json has no label_counts.train (needed to tell tail from head classes)")
         return
     have = {c: float(n) for c, n in counts.items() if c in recall and _num(n) is not None}
-    if len(have) < 4:
-        acc.miss(names, "fewer than 4 classes with both train counts and val recall")
+    if len(have) < TAIL_HEAD_MIN_CLASSES:
+        # the run recorded its counts and per-class recall: the data has too few classes, nothing to log next time
+        acc.miss(names, (NOT_APPLICABLE if recall else "") + f"fewer than {TAIL_HEAD_MIN_CLASSES} classes with both "
+                 "train counts and val recall")
         return
     tail, head = tail_head_split(have)
     if not tail or not head:

@@ -472,3 +472,20 @@ def test_slices_missing_quotes_the_runs_reason():
     f = compute_features(pts, {"slices": {"skipped": {"familiar/novel": why}}})
     assert f["familiar_novel_gap"] is None and f.missing["familiar_novel_gap"] == f"no familiar / novel slices: {why}"
     assert "train.slices off" in compute_features(pts, {}).missing["familiar_novel_gap"]
+
+
+def test_a_multi_label_run_has_no_confusion_pairs_to_log_and_few_classes_no_tail():
+    """diagnose told a loratune multi-label run to 'train with `loratune train`' to get per-class signals: such a run
+    never records val/confused_pairs (labels are scored one by one), and a run whose counts and per-class recall
+    are recorded for 3 classes cannot split them into tail and head; both are missing as not applicable."""
+    sup = {"a": 10, "b": 10, "c": 10}
+    pts = [_per_class_point(0, {"a": 0.1, "b": 0.1, "c": 0.1}, sup),
+           _per_class_point(10, {"a": 0.9, "b": 0.5, "c": 0.2}, sup)]
+    meta = {"labels": ["a", "b", "c", "d"], "task": "multi_label", "label_counts": {"train": dict.fromkeys("abcd", 9)}}
+    f = compute_features(pts, meta)
+    assert f.missing["confused_top_count"] == NOT_APPLICABLE + "a multi_label run (each label is scored on its own: " \
+        "no confusion pairs)"
+    assert f.missing["tail_recall"] == NOT_APPLICABLE + "fewer than 4 classes with both train counts and val recall"
+    single = compute_features(pts, {"labels": list("abc")})  # a single-label run that could log them: missing
+    assert single.missing["confused_top_count"] == "no `val/confused_pairs` in the history"
+    assert not single.missing["tail_recall"].startswith(NOT_APPLICABLE)
