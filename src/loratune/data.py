@@ -743,11 +743,12 @@ def stratified_subset(split: Split, n: int, seed: int) -> list[int]:
     return _cover(split, picked, [i for i in range(len(split)) if i not in set(picked)], size=True)
 
 
-def refuse_no_shared_label(split: Split, known: tuple[str, ...]) -> None:
+def refuse_no_shared_label(split: Split, known: tuple[str, ...], shared: bool = True) -> None:
     """Refuse a split none of whose labels is one the model learns (`known`, train's): every row scored wrong, a score
     of 0 that says nothing about the model (labels renamed, upper-cased, or another column read). A split with no
     label at all (multi-label rows of `[]` only) is refused too: its F1 scores are 0 and its exact match rewards the
-    model that predicts nothing, so the best checkpoint and the thresholds were picked on an empty target."""
+    model that predicts nothing, so the best checkpoint and the thresholds were picked on an empty target. `shared`
+    False checks only that: a test split read beside a train file, which a saved run does not score against."""
     if len(split) and not any(split.labels):
         raise UserError(f"the {split.name} split has no label on any row ({len(split)} rows in '{split.file}', each "
                         "an empty label list): there is nothing to score a model against",
@@ -755,7 +756,7 @@ def refuse_no_shared_label(split: Split, known: tuple[str, ...]) -> None:
                         + ("or remove the file to carve validation from train" if split.name == "validation" else
                            "or remove the file (data.test_file) to train without a test split"))
     c = Counter(lab for labs in split.labels for lab in labs if lab not in known)
-    if c and not any(lab in known for labs in split.labels for lab in labs):
+    if shared and c and not any(lab in known for labs in split.labels for lab in labs):
         raise UserError(f"the {split.name} split shares no label with train ({split.name}: "
                         f"{', '.join(list(c)[:5])}{'...' if len(c) > 5 else ''}; train: "
                         f"{', '.join(known[:5])}{'...' if len(known) > 5 else ''})",
@@ -847,7 +848,9 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         if sp is None:
             continue
         c = Counter(lab for labs in sp.labels for lab in labs if lab not in known)
-        refuse_no_shared_label(sp, space.labels)  # the test split too: its scores, recorded at the end, would lie
+        # an empty test split too (its scores, recorded at the end, would lie); a test split that shares no label
+        # with this train file is only noted: a saved run scores it against its own label map (evaluate)
+        refuse_no_shared_label(sp, space.labels, shared=sname == "validation")
         if c:
             unseen[sname] = dict(c.most_common())
             notes.append(f"{sname}: {sum(c.values())} label occurrence(s) of {len(c)} label(s) not in train "

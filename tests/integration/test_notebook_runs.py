@@ -261,7 +261,9 @@ def test_a_learning_rate_assigned_to_a_name_once_is_read(tmp_path):
 
 @pytest.mark.parametrize("code, lr", [
     # fold R's RitaMaria: the code sets no learning rate, so the Trainer ran at TrainingArguments' own default
-    ("args = TrainingArguments(output_dir='out', warmup_steps=100, num_train_epochs=2)", 5e-5),
+    ("args = TrainingArguments(output_dir='out', warmup_steps=10, num_train_epochs=2)", 5e-5),
+    # ...with a warm-up longer than the 30-step run: the rate its linear warm-up reached, 5e-5 x 30 / 100
+    ("args = TrainingArguments(output_dir='out', warmup_steps=100, num_train_epochs=2)", 1.5e-5),
     ("args = Seq2SeqTrainingArguments('out', num_train_epochs=2)", 5e-5),  # the same default
     ("args = SFTConfig(output_dir='out')\nargs2 = TrainingArguments('x')", None),  # TRL's config: its own default
     ("opt = AdamW(model.parameters(), lr=1e-3)\nargs = TrainingArguments('out')", None),  # a hand-made optimizer
@@ -271,10 +273,10 @@ def test_a_learning_rate_assigned_to_a_name_once_is_read(tmp_path):
 def test_a_trainer_whose_code_sets_no_learning_rate_ran_at_the_trainer_default(tmp_path, code, lr):
     rows = [["10", "1.30", "1.20", "0.50"], ["20", "0.90", "1.00", "0.60"], ["30", "0.70", "0.95", "0.65"]]
     run = read_notebook(_table_notebook(tmp_path / "nb.ipynb", [("[30/30 00:10, Epoch 3/3]", rows)], code=code))
-    assert run.facts.get("learning_rate") is None if lr is None else run.facts["learning_rate"].value == lr
+    assert run.facts.get("learning_rate") is None if lr is None else run.facts["learning_rate"].value == pytest.approx(lr)
     if lr is not None:
         assert "TrainingArguments default" in run.facts["learning_rate"].source
-        assert diagnose(run).features["peak_lr"] == lr
+        assert diagnose(run).features["peak_lr"] == pytest.approx(lr)
 
 
 @pytest.mark.parametrize("code, facts", [

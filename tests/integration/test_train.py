@@ -172,7 +172,8 @@ def test_ctrl_c_leaves_valid_interrupted_record(tiny_bert, intent_data, tmp_path
         _train(tiny_bert, intent_data, tmp_path / "run")
     store = RunStore(tmp_path / "run")
     run = store.read_run()
-    assert run["status"] == "interrupted" and "step 6" in run["reason"]
+    # the Ctrl-C came in step 6's loss: 5 steps were done, and the reason names the last one (as steps_done does)
+    assert run["status"] == "interrupted" and "after step 5" in run["reason"] and run["steps_done"] == 5
     assert [p["step"] for p in store.read_history()] == [0, 4]
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()  # best so far is kept
 
