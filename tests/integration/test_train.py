@@ -896,3 +896,15 @@ def test_a_new_run_into_a_finished_runs_folder_says_what_it_replaces(tiny_bert, 
     err = " ".join(capsys.readouterr().err.split())  # rich wraps a long line
     assert expect in err, err
     assert RunStore(out).read_run()["steps_done"] == 2
+
+
+def test_api_train_into_a_finished_runs_folder_says_what_it_replaces(tiny_bert, intent_data, tmp_path, capsys):
+    # README's `run = api.train(cfg)` re-run in a notebook cell deleted the earlier run's model without a word
+    out = tmp_path / "run"
+    _, first = _train(tiny_bert, intent_data, out, max_steps=2, eval_steps=2)
+    assert "held" not in capsys.readouterr().err  # a new folder replaces nothing
+    expect = (f"note: {out} held a completed run (best val/macro_f1 {first['best']['val/macro_f1']:.4g} at step 2, "
+              "saved model): replaced by this run; give another output_dir to keep it")
+    _, second = _train(tiny_bert, intent_data, out, max_steps=2, eval_steps=2)
+    assert capsys.readouterr().err.count(expect) == 1
+    assert second["status"] == "completed"

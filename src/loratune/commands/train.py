@@ -63,11 +63,7 @@ def run(args) -> int:
                   f"evaluation every {info['eval_every']} steps"
                   + (f", the val loss alone every {info['loss_every']}" if info.get("loss_every") else ""))
         return 0
-    from loratune.store import earlier_run_note
-
-    replaced = earlier_run_note(cfg.train.output_dir)
-    if replaced and rank == 0:  # on stderr whatever -q says: the earlier run's model is deleted when training starts
-        console(stderr=True).print(f"[yellow]note:[/] {safe(replaced)}")
+    # (what a run into a used output_dir replaces: api.train says it on stderr whatever -q says, before it is deleted)
     out.print(f"training -> {cfg.train.output_dir}")
     try:
         run = api.train(cfg, dataset, progress=not args.quiet)
