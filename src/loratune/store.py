@@ -44,6 +44,8 @@ HEARTBEAT_STALE_S = 120.0
 # what a new run in a reused directory removes of an earlier run's (RunStore.create); run.json and config.yaml are
 # rewritten in place
 STALE_OUTPUTS = (HISTORY, CONFUSION, GENERATIONS, REPORT, ADAPTER, TENSORBOARD_DIR)
+# what says a folder holds a loratune run (written as a run starts), so its STALE_OUTPUTS are the run's to replace
+RUN_MARKERS = (RUN, HISTORY)
 PARTIAL_STATUSES = ("interrupted", "died", "failed")  # a record that stops before the planned end
 
 
@@ -356,13 +358,21 @@ def check_output_dir(path: Path, name: str = "output_dir", example: str = "outpu
 
 
 def _stale_outputs(path: Path) -> list[str]:
-    """The earlier run's outputs in `path` that a new run removes (STALE_OUTPUTS present)."""
-    return [n for n in STALE_OUTPUTS if (path / n).exists() or (path / n).is_symlink()]
+    """The earlier run's outputs in `path` that a new run removes (STALE_OUTPUTS present). Only a loratune run's
+    (RUN_MARKERS there): files of those names in a folder no run wrote (a user's own adapter/ or report.html) are
+    refused, never deleted, as a name alone said nothing of whose they were."""
+    present = [n for n in STALE_OUTPUTS if (path / n).exists() or (path / n).is_symlink()]
+    if present and not any((path / n).exists() for n in RUN_MARKERS):
+        raise UserError(f"output_dir '{path}' holds {', '.join(present)} but no loratune run "
+                        f"({' or '.join(RUN_MARKERS)}): a run there would delete {'them' if len(present) > 1 else 'it'}",
+                        "give another output_dir (a new or empty folder), or move those files out of it")
+    return present
 
 
 def earlier_run_note(path: str | Path) -> str | None:
     """What a new run into `path` replaces (RunStore.create clears the earlier run's outputs, its model included), in
-    one line to say before training starts; None when the folder holds no earlier run's outputs."""
+    one line to say before training starts; None when the folder holds no earlier run's outputs. A UserError where
+    those names are not a run's (_stale_outputs): said before training, not after the model loads."""
     path = Path(path).expanduser()
     if not _stale_outputs(path):
         return None

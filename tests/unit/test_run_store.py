@@ -127,3 +127,27 @@ def test_a_torn_last_history_line_is_the_hard_kill_case(tmp_path):
     notes = read_loratune_run(tmp_path).notes
     assert [n for n in notes if "history" in n] == [
         "history.jsonl line 4 (the last) is torn (hard kill?); kept the 3 whole lines"]
+
+
+def test_a_folder_whose_adapter_and_report_no_run_wrote_is_refused_and_kept(tmp_path):
+    # names alone said nothing of whose they were: a user's own adapter/ notes and report.html were deleted as an
+    # "earlier run's outputs"
+    from loratune.store import REPORT, earlier_run_note
+
+    (tmp_path / ADAPTER).mkdir()
+    (tmp_path / ADAPTER / "my_notes.txt").write_text("keep")
+    (tmp_path / REPORT).write_text("x")
+    with pytest.raises(UserError) as note:
+        earlier_run_note(tmp_path)  # said before training, as the CLI and api.train ask it first
+    assert f"holds {REPORT}, {ADAPTER} but no loratune run ({RUN} or {HISTORY})" in note.value.problem
+    assert "another output_dir" in note.value.fix
+    with pytest.raises(UserError, match="no loratune run"):
+        RunStore(tmp_path).create("seed: 1\n")
+    assert (tmp_path / ADAPTER / "my_notes.txt").read_text() == "keep" and (tmp_path / REPORT).read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ADAPTER, REPORT]  # no lock, no config.yaml left
+    (tmp_path / RUN).write_text('{"status": "completed"}\n')  # a run's own report and model: replaced, as before
+    assert "held a completed run" in earlier_run_note(tmp_path)
+    store = RunStore(tmp_path)
+    store.create("seed: 1\n")
+    store.close()
+    assert not (tmp_path / ADAPTER).exists() and not (tmp_path / REPORT).exists()
