@@ -43,3 +43,51 @@ def test_an_interrupt_inside_a_storage_call_leaves_no_lock(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.split() == ["ok", "40"]
+
+
+CLOSE_CHILD = textwrap.dedent("""
+    import importlib, os, signal, sys
+    tune_mod = importlib.import_module("loratune.search.tune")  # (the package's `tune` is the function)
+    from loratune.search.study import Study
+
+    where = sys.argv[1]
+    # an interrupt inside close (the lease's stop) still lets the study directory go
+    study = Study.open(where + "/a", meta={"strategy": "random"})
+    def stop_hit():
+        raise KeyboardInterrupt
+    study._lease.stop = stop_hit
+    try:
+        study.close()
+    except KeyboardInterrupt:
+        pass
+    Study.open(where + "/a", resume=True).close()  # was: 'another `loratune tune` (pid <this one>) is running'
+    print("close ok")
+
+    # a Ctrl-C landing as tune() starts closing its study waits until the lock is let go
+    def fake_tune(cfg, options, ui, *, runner, dataset, opened):
+        opened.append(Study.open(where + "/b", meta={"strategy": "random"}))
+        return {}
+    tune_mod._tune = fake_tune
+    orig = Study.close
+    def close_as_ctrl_c_lands(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        orig(self)
+    Study.close = close_as_ctrl_c_lands
+    try:
+        tune_mod.tune(None)
+        print("no interrupt")
+    except KeyboardInterrupt:
+        pass
+    Study.close = orig
+    Study.open(where + "/b", resume=True).close()
+    print("tune ok")
+""")
+
+
+def test_an_interrupt_as_a_study_closes_still_releases_its_directory(tmp_path):
+    # a Ctrl-C while api.tune closed its study left the study locked for the rest of the process: close released the
+    # lock last, after the lease's stop and a DB write, and tune's close was not shielded
+    proc = subprocess.run([sys.executable, "-c", CLOSE_CHILD, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["close ok", "tune ok"], proc.stdout + proc.stderr

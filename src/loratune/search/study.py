@@ -594,21 +594,25 @@ class Study:
             return False
 
     def close(self) -> None:
-        """Stop the heartbeats, release the lease and the study directory (the end of a `tune` process)."""
-        for beat in self._beats.values():
-            beat.stop()
-        self._beats.clear()
-        if self._lease is not None:
-            self._lease.stop()
-            self._lease = None
-            try:
-                lease = dict(self.optuna.user_attrs.get("leader") or {})
-                self.optuna.set_user_attr("leader", {**lease, "released": True})
-            except Exception:
-                pass
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        """Stop the heartbeats, release the lease and the study directory (the end of a `tune` process). The directory's
+        lock goes whatever happens before it (an interrupt in a heartbeat's stop or the lease's DB write): left held,
+        every later `tune --resume` in this process was refused as 'another tune' with this process's own pid."""
+        try:
+            for beat in self._beats.values():
+                beat.stop()
+            self._beats.clear()
+            if self._lease is not None:
+                self._lease.stop()
+                self._lease = None
+                try:
+                    lease = dict(self.optuna.user_attrs.get("leader") or {})
+                    self.optuna.set_user_attr("leader", {**lease, "released": True})
+                except Exception:
+                    pass
+        finally:
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                lock.release()
 
     # ------------------------------------------------------------------ the queue (many workers)
     def _trials_with_key(self, key: str, states) -> list:

@@ -61,8 +61,11 @@ def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, run
     try:
         return _tune(cfg, options, ui, runner=runner, dataset=dataset, opened=opened)
     finally:
-        for study in opened:  # the study directory's lock (one process per study)
-            study.close()
+        from loratune import signals
+
+        with signals.shielded():  # a Ctrl-C as the study closes waits until its lock is let go (as train's record)
+            for study in opened:  # the study directory's lock (one process per study)
+                study.close()
 
 
 def check_options(options: TuneOptions) -> TuneOptions:
