@@ -53,6 +53,13 @@ def _dataset(cfg: RunConfig, dataset: Any, verb: str) -> Any:
         raise UserError(f"api.{verb}: dataset is a {kind.__module__}.{kind.__name__} for model.task={cfg.model.task}, "
                         f"not {type(dataset).__name__} {dataset!r:.60}",
                         "leave dataset out to read cfg.data, or pass dataset=api.prepare(cfg)")
+    source = getattr(dataset, "prepared_from", None)
+    if source is not None and source != cfg.data:  # the record (config.yaml) and evaluate would name cfg.data
+        differ = [f"data.{f.name} {getattr(source, f.name)!r} (dataset) vs {getattr(cfg.data, f.name)!r} (cfg)"
+                  for f in dataclasses.fields(source) if getattr(source, f.name) != getattr(cfg.data, f.name)]
+        raise UserError(f"api.{verb}: dataset was prepared from other data than cfg.data ({'; '.join(differ)}): the "
+                        "run's record would name data it did not use",
+                        "pass dataset=api.prepare(cfg) for this cfg, or leave dataset out to read cfg.data")
     return dataset
 
 
@@ -60,7 +67,7 @@ def prepare(cfg: RunConfig) -> Dataset:
     """Read the data (before any model loads): a `data.Dataset` for classification, an
     `sft_data.SFTDataset` for causal-lm."""
     require_built(cfg, "prepare")
-    return recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)
+    return dataclasses.replace(recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed), prepared_from=cfg.data)
 
 
 def check(cfg: RunConfig, dataset) -> None:

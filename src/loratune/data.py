@@ -97,6 +97,9 @@ class Dataset:
     label_space: LabelSpace
     notes: tuple[str, ...] = ()  # what we did that the user should know (carved validation, subsets)
     unseen: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> label -> rows
+    # the data config api.prepare read it from (None: built by hand): a verb given this dataset with another cfg.data
+    # refuses it (api._dataset), as the run's record would name data it did not train on
+    prepared_from: DataConfig | None = field(default=None, compare=False, repr=False)
 
     def splits(self) -> dict[str, Split]:
         out = {"train": self.train, "validation": self.validation}

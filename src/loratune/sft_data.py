@@ -26,7 +26,7 @@ file, the row, the columns found and the fix.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,7 @@ class SFTDataset:
     notes: tuple[str, ...] = ()
     label_space: LabelSpace | None = None  # generative classification: the labels a completion may name
     prompt_set: str | None = None  # data.prompt_set, or the shipped demo's own when training on the demo
+    prepared_from: DataConfig | None = field(default=None, compare=False, repr=False)  # as data.Dataset's
 
     @property
     def generates_labels(self) -> bool:

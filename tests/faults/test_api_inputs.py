@@ -76,6 +76,32 @@ def test_a_dataset_that_is_no_dataset_is_refused_before_anything_loads(tiny_bert
     assert api.plan(cfg, dataset=real)["rows"] == {k: len(v) for k, v in real.splits().items()}
 
 
+def test_a_dataset_prepared_from_other_data_than_cfg_data_is_refused(tiny_bert, intent_data, tmp_path):
+    # api.train(cfg_b, api.prepare(cfg_a)) trained on a's data, wrote config.yaml naming b's, and evaluate then
+    # scored b's test split
+    from loratune import api
+    from support import make_rows, write_jsonl
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for split, n, seed in (("train", 12, 11), ("validation", 5, 12), ("test", 5, 13)):
+        write_jsonl(other / f"{split}.jsonl", make_rows(n, seed, ["card_lost", "balance"]))
+    cfg_a = api.load_config(None, overrides(tiny_bert, intent_data, tmp_path / "run", max_steps=4, eval_steps=2))
+    cfg_b = api.load_config(None, overrides(tiny_bert, other, tmp_path / "run", max_steps=4, eval_steps=2))
+    prepared = api.prepare(cfg_a)
+    for verb, call in (("train", lambda: api.train(cfg_b, prepared, progress=False)),
+                       ("plan", lambda: api.plan(cfg_b, prepared)),
+                       ("tune", lambda: api.tune(cfg_b, dataset=prepared, study_dir=tmp_path / "s"))):
+        text = _refused(call)
+        assert (f"api.{verb}: dataset was prepared from other data than cfg.data (data.dataset_name "
+                f"'{intent_data}' (dataset) vs '{other}' (cfg))") in text, text
+        assert "dataset=api.prepare(cfg) for this cfg" in text
+    assert not (tmp_path / "run").exists() and not (tmp_path / "s").exists()
+    again = api.prepare(cfg_a)  # the same data config, read twice: taken
+    assert api.plan(cfg_a, prepared)["rows"] == api.plan(cfg_a, again)["rows"] == {"train": 48, "validation": 20,
+                                                                                    "test": 20}
+
+
 @pytest.mark.parametrize("given, said", [
     ({"study_dir": None}, "study_dir: a folder path (str or Path), not NoneType None"),
     ({"trial_steps": -1}, "trial_steps (--trial-steps): a whole number >= 1, not -1"),
