@@ -32,15 +32,21 @@ from loratune.tasks import TASK_RECIPES, recipe  # noqa: F401  (re-exported)
 NOT_BUILT: dict[str, dict[str, str]] = {}
 
 
-def require_built(cfg: RunConfig, verb: str) -> None:
+def require_built(cfg: RunConfig, verb: str) -> RunConfig:
+    """`cfg` validated as load_config and config.replace validate it (the same build_config), for the verb to use: a
+    RunConfig changed with dataclasses.replace skipped every check (adapter.r=0 failed inside peft, learning_rate='1e-3'
+    inside torch's optimizer)."""
+    from loratune.config import replace
     from loratune.errors import UserError
 
     if not isinstance(cfg, RunConfig):  # a path, a dict, None: what a Python caller may hand over
         raise UserError(f"api.{verb} takes a RunConfig, not {type(cfg).__name__} {cfg!r:.60}",
                         "cfg = api.load_config('my.yaml' or None, ['key=value', ...])")
+    cfg = replace(cfg)  # (rebuilt from its dotted keys: a ConfigError naming each bad key, values coerced as loaded)
     fix = NOT_BUILT.get(cfg.model.task, {}).get(verb)
     if fix:
         raise UserError(f"`loratune {verb}` is not built for model.task={cfg.model.task} yet", fix)
+    return cfg
 
 
 def _dataset(cfg: RunConfig, dataset: Any, verb: str) -> Any:
@@ -66,7 +72,7 @@ def _dataset(cfg: RunConfig, dataset: Any, verb: str) -> Any:
 def prepare(cfg: RunConfig) -> Dataset:
     """Read the data (before any model loads): a `data.Dataset` for classification, an
     `sft_data.SFTDataset` for causal-lm."""
-    require_built(cfg, "prepare")
+    cfg = require_built(cfg, "prepare")
     return dataclasses.replace(recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed), prepared_from=cfg.data)
 
 
@@ -78,7 +84,7 @@ def check(cfg: RunConfig, dataset) -> None:
 
     from loratune.trackers import require as require_trackers
 
-    require_built(cfg, "check")
+    cfg = require_built(cfg, "check")
     if dataset is None:
         raise UserError("api.check needs the dataset to check", "api.check(cfg, api.prepare(cfg))")
     dataset = _dataset(cfg, dataset, "check")
@@ -101,7 +107,7 @@ def check(cfg: RunConfig, dataset) -> None:
 
 def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> dict:
     """Train one run into cfg.train.output_dir; returns its run.json content."""
-    require_built(cfg, "train")
+    cfg = require_built(cfg, "train")
     dataset = _dataset(cfg, dataset, "train")
     dataset = dataset if dataset is not None else prepare(cfg)
     _say_replaced(cfg.train.output_dir)
@@ -137,7 +143,7 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     from loratune.models import load_classifier
     from loratune.train import eval_rows_per_point, examples_planned, plan_steps
 
-    require_built(cfg, "plan")
+    cfg = require_built(cfg, "plan")
     dataset = _dataset(cfg, dataset, "plan")
     dataset = dataset if dataset is not None else prepare(cfg)
     if cfg.model.task == "causal-lm":
@@ -244,7 +250,7 @@ def assess(cfg: RunConfig, *, probe: bool = True, dataset: Dataset | None = None
     data (`assess.sft.assess_sft`: facts, findings, recommendation)."""
     from loratune.assess import run_assessment
 
-    require_built(cfg, "assess")
+    cfg = require_built(cfg, "assess")
     dataset = _dataset(cfg, dataset, "assess")
     if cfg.model.task == "causal-lm":
         from loratune.assess.sft import assess_sft
@@ -318,7 +324,7 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
     keys given on its command line). arms: variants the protocol also tries and the samplers draw, each at
     its own lr (`loratune.moves.ARMS`: loraplus, dora; `tune --arms`). Other `search.tune.TuneOptions`
     fields pass through `options`."""
-    require_built(cfg, "tune")
+    cfg = require_built(cfg, "tune")
     dataset = _dataset(cfg, dataset, "tune")
     from loratune.config import resolve_key, to_dict
     from loratune.search.protocol import ProtocolSettings

@@ -102,6 +102,32 @@ def test_a_dataset_prepared_from_other_data_than_cfg_data_is_refused(tiny_bert, 
                                                                                     "test": 20}
 
 
+def test_a_runconfig_changed_with_dataclasses_replace_is_validated_as_config_replace_validates_it(
+        tiny_bert, intent_data, tmp_path):
+    # an unvalidated r=0 failed inside peft (ValueError) and learning_rate='1e-3' inside torch's Adam (TypeError)
+    import dataclasses
+
+    from loratune import api
+    from loratune.config import replace
+    from loratune.errors import ConfigError
+
+    cfg = api.load_config(None, overrides(tiny_bert, intent_data, tmp_path / "run", max_steps=2, eval_steps=2))
+    bad = dataclasses.replace(cfg, adapter=dataclasses.replace(cfg.adapter, r=0),
+                              train=dataclasses.replace(cfg.train, learning_rate="fast"))
+    with pytest.raises(ConfigError) as given:
+        api.train(bad, progress=False)
+    with pytest.raises(ConfigError) as replaced:
+        replace(cfg, **{"adapter.r": 0, "train.learning_rate": "fast"})
+    assert given.value.problems == replaced.value.problems and len(given.value.problems) == 2
+    with pytest.raises(ConfigError, match="adapter.r"):
+        api.plan(dataclasses.replace(cfg, adapter=dataclasses.replace(cfg.adapter, r=0)))
+    assert not (tmp_path / "run").exists()
+    text_lr = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, learning_rate="1e-3"))
+    run = api.train(text_lr, progress=False)  # a number as text is taken as load_config takes it
+    assert run["status"] == "completed" and run["config"]["train"]["learning_rate"] == 1e-3
+
+
+
 @pytest.mark.parametrize("given, said", [
     ({"study_dir": None}, "study_dir: a folder path (str or Path), not NoneType None"),
     ({"trial_steps": -1}, "trial_steps (--trial-steps): a whole number >= 1, not -1"),
