@@ -179,13 +179,14 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     }
 
 
-def _path(value: Any, what: str) -> str | Path:
-    """A run or study folder argument (a str or a Path, `~` expanded), else a UserError naming what was given."""
+def _path(value: Any, what: str, thing: str = "folder") -> str | Path:
+    """A run or study folder argument (a str or a Path, `~` expanded), else a UserError naming what was given.
+    `thing`: what the path names (report's `out` is a file)."""
     from loratune.errors import UserError
 
     if not isinstance(value, (str, Path)) or not str(value):
-        raise UserError(f"{what}: a folder path (str or Path), not {type(value).__name__} {value!r:.60}",
-                        "give the folder as a string or a pathlib.Path")
+        raise UserError(f"{what}: a {thing} path (str or Path), not {type(value).__name__} {value!r:.60}",
+                        f"give the {thing} as a string or a pathlib.Path")
     # `~/runs/x` is under the home folder, as the config's paths are (a str stays a str: `NOTEBOOK.ipynb#N`)
     return os.path.expanduser(value) if isinstance(value, str) else value.expanduser()
 
@@ -311,7 +312,9 @@ def report(path: str | Path, out: str | Path | None = None, *, examples: bool = 
     (default <path>/report.html)."""
     from loratune.report import write_report
 
-    return write_report(_path(path, "path"), Path(out).expanduser() if out else out, examples=examples)
+    # checked as `path` is (out=5 was pathlib's TypeError); None or '' is the default, <path>/report.html
+    out = Path(_path(out, "out", "file")) if out is not None and out != "" else None
+    return write_report(_path(path, "path"), out, examples=examples)
 
 
 def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = None,

@@ -206,3 +206,13 @@ def test_a_refusal_shared_by_the_cli_and_the_api_names_the_fix_in_both_spellings
     assert "run without --resume (resume=False) to start one" in text
     # evaluate takes val as well as validation: the fix names every split it takes
     assert "use test, validation, val, train" in _refused(lambda: api.evaluate(trained, split="dev"))
+
+
+def test_report_checks_its_out_as_it_checks_its_path(trained, tmp_path):
+    # out=5 was a raw TypeError from pathlib
+    from loratune import api
+
+    assert _refused(lambda: api.report(trained, out=5)) == (
+        "out: a file path (str or Path), not int 5 fix: give the file as a string or a pathlib.Path")
+    assert _refused(lambda: api.report(5)).startswith("path: a folder path (str or Path), not int 5")
+    assert api.report(trained, out=tmp_path / "r.html") == tmp_path / "r.html" and (tmp_path / "r.html").is_file()
