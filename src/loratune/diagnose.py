@@ -813,6 +813,7 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
             acc.details["noise_source"] = ("unknown: no seed runs, no val size and too few eval points" if flat
                                            else "unknown: no run has a config to compare")
     acc.details["measure"] = measure
+    acc.details["effect_noise_min"] = k_min  # what an effect is held against, in noise units (_annotate says it)
     acc.set("noise", noise, "no seed runs and no val size: noise unknown")
 
     effects: dict[str, float | None] = {}
@@ -881,9 +882,16 @@ def _annotate(f: Finding, rule: Rule | None, groups: Sequence[KnobGroup], featur
         deltas = [f"{row[0]} ({knob}={row[1]}): {row[2] - top[2]:+.3f}" for row in g.runs
                   if row[2] is not None and row is not top]
         noise = features.values.get("noise")
+        k_min = features.details.get("effect_noise_min")
+        # the number the rules compare, named as what it is: one run's sigma (the noise unit), and the effect it takes
+        # to count (effect_noise_min units: NOISE_BAND's band). Called "noise of a difference", it understated that
+        # difference's own std (sqrt 2 x it), while the band is over one run's sigma (protocol 6)
+        band = (f"; noise unit (one run's sigma) {noise:.3f}: an effect counts from {k_min * noise:.3f} "
+                f"(effect_noise_min {k_min:g} units)" if noise and k_min else f"; noise unit {noise:.3f}" if noise
+                else "")
         if deltas:
             notes.append(f"{knob} deltas vs the best run" + (" (val loss: lower is better)" if lower else "") + ": "
-                         + ", ".join(deltas) + (f"; noise of a difference {noise:.3f}" if noise else ""))
+                         + ", ".join(deltas) + band)
     decided = max((g for g in read if g.effect is not None), key=lambda g: g.effect, default=None)
     direction = _direction(decided) if decided is not None else None
     if direction is not None:

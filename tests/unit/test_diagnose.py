@@ -444,6 +444,12 @@ def test_minimal_intervention_pair_optimization_bound_with_binomial_noise():
     assert c.fired("optimization-bound") and not c.fired("capacity-bound")
     f = next(f for f in c.findings if f.rule_id == "optimization-bound")
     assert any("best learning_rate: 0.0002" in n for n in f.notes)
+    # the number printed beside the deltas is one run's sigma, the unit the rule holds effect_noise_min of (2 x it,
+    # NOISE_BAND's band): it was called "noise of a difference", whose std is sqrt 2 x it
+    said = next(n for n in f.notes if n.startswith("learning_rate deltas vs the best run"))
+    assert said.endswith(f"; noise unit (one run's sigma) {noise:.3f}: an effect counts from {2 * noise:.3f} "
+                         "(effect_noise_min 2 units)"), said
+    assert "noise of a difference" not in " ".join(f.notes)
 
 
 def test_minimal_intervention_pair_capacity_bound():
