@@ -114,7 +114,27 @@ def hub_kwargs(src: ModelSource) -> dict:
                     "local folder")
 
 
+def _import_failure(exc: BaseException) -> BaseException | None:
+    """The ImportError behind a load's failure (transformers' lazy module raises one naming the class it could not
+    import, e.g. after a Ctrl-C landed during an earlier call's imports and left a module half-initialised), else
+    None: that is this Python's, not the model folder's, and blaming its files sent the user to check good files."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ImportError) or "partially initialized module" in str(exc):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _hub_error(src: ModelSource, exc: Exception) -> UserError:
+    failed = _import_failure(exc)
+    if failed is not None:
+        first = (str(failed).strip().splitlines() or [""])[0][:200]
+        return UserError(f"a Python import failed while loading the model '{src.path}' ({type(failed).__name__}: "
+                         f"{first}): the model's files were not the problem",
+                         "if a package is missing, install it; if an earlier call was interrupted (Ctrl-C) while it "
+                         "imported, restart the Python interpreter (or the notebook's kernel)")
     if src.is_local:
         return UserError(f"could not load the model from '{src.path}': {exc}", "check the folder's files")
     return UserError(f"model '{src.path}' is not a local folder (no such path here), and it could not be loaded "

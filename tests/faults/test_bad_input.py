@@ -201,3 +201,30 @@ def test_tune_under_a_launcher_is_refused_before_the_study_is_made(worker, tiny_
     assert "trains its trials in one process; it is not built to be launched (WORLD_SIZE 2, RANK 0" in err
     assert "fix: run `loratune tune` as one process, without accelerate launch / torchrun" in err
     assert not study.exists()
+
+
+def test_an_import_failure_while_loading_a_model_is_not_blamed_on_the_folder(tiny_bert, monkeypatch):
+    # after a Ctrl-C landed during an earlier call's lazy imports, transformers' lazy module raised this on the next
+    # load, and loratune said "could not load the model from '<a good folder>' ... fix: check the folder's files"
+    import transformers
+
+    from loratune.config import load_config
+    from loratune.errors import UserError
+    from loratune.models import load_classifier
+
+    def half_imported(*args, **kwargs):
+        try:
+            raise AttributeError("partially initialized module 'transformers.models.bert.modeling_bert' has no "
+                                 "attribute 'BertForSequenceClassification'")
+        except AttributeError as exc:  # as transformers.utils.import_utils._LazyModule.__getattr__ raises it
+            raise ModuleNotFoundError("Could not import module 'BertForSequenceClassification'. Are this object's "
+                                      "requirements defined correctly?") from exc
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", half_imported)
+    cfg = load_config(None, [f"name_or_path={tiny_bert}"]).model
+    with pytest.raises(UserError) as err:
+        load_classifier(cfg, 4, False)
+    assert err.value.problem == (f"a Python import failed while loading the model '{tiny_bert}' (ModuleNotFoundError: "
+                                 "Could not import module 'BertForSequenceClassification'. Are this object's "
+                                 "requirements defined correctly?): the model's files were not the problem")
+    assert "restart the Python interpreter" in err.value.fix and "folder" not in err.value.fix
