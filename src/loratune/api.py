@@ -80,7 +80,7 @@ def check(cfg: RunConfig, dataset) -> None:
     """A UserError naming what training would crash on (empty texts, a split too small, a max_length beyond the
     model's position embeddings)."""
     from loratune.errors import UserError
-    from loratune.model_info import input_position_limit
+    from loratune.model_info import check_max_length
 
     from loratune.trackers import require as require_trackers
 
@@ -97,12 +97,7 @@ def check(cfg: RunConfig, dataset) -> None:
         objective_key(cfg, dataset.label_space.multi_label)  # a metric this task does not compute
         if cfg.data.probe_file:
             load_probe_set(cfg.data.probe_file, cfg.data.text_column, cfg.data.label_column)
-    # (a classifier's encoder: a causal-lm run's decoder is rotary here, and reading a GGUF's config takes seconds)
-    limit = input_position_limit(cfg.model) if cfg.model.task != "causal-lm" else None
-    if limit is not None and cfg.model.max_length > limit:
-        raise UserError(f"model.max_length {cfg.model.max_length} is longer than {cfg.model.name_or_path} takes: its "
-                        f"position embeddings cover {limit} tokens",
-                        f"set max_length={limit} or less")
+    check_max_length(cfg.model)
 
 
 def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> dict:

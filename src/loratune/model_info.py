@@ -32,9 +32,13 @@ def describe_model(cfg: ModelConfig) -> ModelInfo | None:
                 return v
         return None
 
-    return ModelInfo(getattr(c, "model_type", None), first("num_hidden_layers", "n_layer", "num_layers"),
-                     first("hidden_size", "n_embd", "d_model"),
-                     first("max_position_embeddings", "n_positions", "max_seq_len"))
+    model_type = getattr(c, "model_type", None)
+    positions = first("max_position_embeddings", "n_positions", "max_seq_len")
+    # the positions an input can use: RoBERTa's reserved rows are no token's (66 rows take 64 tokens), so a
+    # max_length proposed from the raw count was refused by train and crashed every tune trial
+    usable = None if positions is None else positions - POSITION_OFFSET.get(model_type, 0)
+    return ModelInfo(model_type, first("num_hidden_layers", "n_layer", "num_layers"),
+                     first("hidden_size", "n_embd", "d_model"), usable)
 
 
 # model types whose learned position ids start after the padding index (RoBERTa's `create_position_ids_from_input_ids`):
@@ -65,3 +69,17 @@ def position_limit(c) -> int | None:
     n = next((v for v in (getattr(c, k, None) for k in ("max_position_embeddings", "n_positions"))
               if isinstance(v, int)), None)
     return None if n is None else n - POSITION_OFFSET.get(getattr(c, "model_type", None), 0)
+
+
+def check_max_length(cfg: ModelConfig) -> None:
+    """A UserError where a classifier's `max_length` is longer than its position embeddings index (it would fail
+    inside the embedding at the first batch): the one check `train` (api.check) and `tune` (before its first trial)
+    run."""
+    from loratune.errors import UserError
+
+    # (a classifier's encoder: a causal-lm run's decoder is rotary here, and reading a GGUF's config takes seconds)
+    limit = input_position_limit(cfg) if cfg.task != "causal-lm" else None
+    if limit is not None and cfg.max_length > limit:
+        raise UserError(f"model.max_length {cfg.max_length} is longer than {cfg.name_or_path} takes: its "
+                        f"position embeddings cover {limit} tokens",
+                        f"set max_length={limit} or less")

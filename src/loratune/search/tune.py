@@ -88,6 +88,7 @@ def check_options(options: TuneOptions) -> TuneOptions:
 
 def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: list) -> dict:
     from loratune.config import to_yaml
+    from loratune.model_info import check_max_length
     from loratune.objectives import objective
     from loratune.search.protocol.settings import PLAN_PRIORS
     from loratune.search.runner import TrainingRunner
@@ -116,6 +117,10 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     if target is not None and target > 1 and not a_loss and not options.resume:
         raise UserError(f"--target {target:g}: the objective ({metric}) is a share, in 0..1",
                         "give it as a share: --target 0.85 for 85%")
+
+    # what train's dry run refuses (api.check), refused before the study folder is made: a max_length past the position
+    # embeddings crashed phase 0's probe, then every trial, inside the embedding
+    check_max_length(cfg.model)
 
     # setup ------------------------------------------------------------------------------------
     meta = {"strategy": options.strategy or "protocol", "budget": options.budget or DEFAULT_BUDGET,
@@ -205,6 +210,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                     "reason": f"trial length set by the user: {steps} steps x {step_text(batch, accum)}"}
         study.set_meta(plan=plan)
     base = _base_config(cfg, start, plan, options.explicit_keys)
+    check_max_length(base.model)  # and the assessment's max_length, before any trial
     runner = runner or TrainingRunner(base, dataset, thresholds=tables["diagnosis"])
     study.set_meta(trial_base=to_yaml(base))  # what `loratune tune --worker` trains queued trials from
 

@@ -1,0 +1,50 @@
+"""`loratune assess` on inputs that fooled it: a RoBERTa's reserved positions, currency symbols, near copies."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from loratune.cli import main  # noqa: E402
+from support import _save_tokenizer, make_rows, write_jsonl  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta(tmp_path_factory) -> str:
+    """66 position rows, 2 reserved for RoBERTa's padding offset: 64 usable tokens."""
+    import torch
+    from transformers import RobertaConfig, RobertaModel
+
+    folder = tmp_path_factory.mktemp("tinyroberta")
+    tok = _save_tokenizer(folder)
+    torch.manual_seed(0)
+    RobertaModel(RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=66, pad_token_id=tok.pad_token_id,
+                               type_vocab_size=1)).save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_roberta_gets_a_max_length_its_positions_take_and_tune_refuses_one_they_do_not(tiny_roberta, tmp_path,
+                                                                                         capsys):
+    data = tmp_path / "longtxt"
+    data.mkdir()
+    long = lambda rows: [{"text": " ".join([r["text"]] * 16), "label": r["label"]} for r in rows]  # noqa: E731
+    write_jsonl(data / "train.jsonl", long(make_rows(12, seed=1)))
+    write_jsonl(data / "validation.jsonl", long(make_rows(5, seed=2)))
+    assert main(["assess", "--no-probe", "--json", "--data", str(data), f"name_or_path={tiny_roberta}"]) == 0
+    rec = json.loads(capsys.readouterr().out)["recommendation"]
+    assert rec["overrides"]["model.max_length"] == 64  # was 66: the raw row count, which train refuses
+    assert main(["train", "-q", "--dry-run", "--data", str(data), f"name_or_path={tiny_roberta}", "max_length=64",
+                 f"output_dir={tmp_path / 'r'}"]) == 0
+    capsys.readouterr()
+    # tune trained every trial into "index 66 is out of bounds" (exit 1): refused up front as train refuses it
+    assert main(["tune", "-q", "--budget", "2trials", "--study-dir", str(tmp_path / "st"), "--data", str(data),
+                 f"name_or_path={tiny_roberta}", "max_length=66", "num_threads=1"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "model.max_length 66 is longer than" in err and "position embeddings cover 64 tokens" in err
+    assert "max_length=64" in err and "Traceback" not in err
+    assert not (tmp_path / "st").exists()  # refused before the study folder is made
