@@ -192,6 +192,21 @@ def test_planted_details():
     assert a.facts["leak_train_val_rows"] == 3
 
 
+def test_currency_symbols_keep_texts_apart():
+    # symbols were deleted before comparing: $100 -> usd and €100 -> eur read as one text with two labels (an
+    # exact-conflict error) and £100 in validation as a leak of both
+    train, val = clean_rows()
+    train += [("how do i send $100 abroad", "usd"), ("how do i send €100 abroad", "eur")]
+    val += [("how do i send £100 abroad", "usd")]
+    a = A.assess_dataset(make_dataset(train, val))
+    assert a.conflicts.exact_groups == 0 and "label-conflict-exact" not in ids(a)
+    assert all(lk.rows == 0 for lk in a.noise.leakage) and "leakage" not in ids(a)
+    assert a.facts["leak_rows"] == 0
+    # the same symbol is still the same text
+    a = A.assess_dataset(make_dataset(train + [("How do I send $100 abroad?", "eur")], val))
+    assert a.conflicts.exact_groups == 1
+
+
 def test_near_leak_is_a_finding_naming_its_rows():
     # counted as a fact but never reported: val rows that are train rows plus a word are near copies
     train, val = clean_rows()
@@ -261,7 +276,10 @@ def test_token_lengths_drive_max_length_and_truncation():
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("Hello,  WORLD!", "hello world"), ("what's up?", "what s up"), ("  ", ""), ("Ｆｕｌｌ", "full")])
+    ("Hello,  WORLD!", "hello world"), ("what's up?", "what s up"), ("  ", ""), ("Ｆｕｌｌ", "full"),
+    # symbols that mean something stay, as tokens of their own (they were deleted: $100 and €100 one key)
+    ("send $100", "send $ 100"), ("send €100!", "send € 100"), ("2+2", "2 + 2"), ("love it 😀", "love it 😀"),
+    ("na^ive", "na ive")])
 def test_normalise(text, expected):
     assert A.normalise(text) == expected
 

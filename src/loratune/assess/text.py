@@ -11,10 +11,24 @@ _ALLOWED_CONTROL = {"\t", "\n", "\r"}
 _ALLOWED_FORMAT = {"\u200d"}  # zero-width joiner inside emoji
 
 
+# symbol categories that carry meaning, kept as tokens of their own: currency (Sc: "$100" and "€100" are other
+# requests), maths (Sm: "+", "<") and other symbols (So: emoji). Deleting them made false conflicts and false leakage;
+# only modifier symbols (Sk: ^ ` ¨, formatting) fold with punctuation
+_KEPT_SYMBOLS = ("Sc", "Sm", "So")
+
+
+def _key_char(ch: str) -> str:
+    cat = unicodedata.category(ch)
+    if cat in _KEPT_SYMBOLS:
+        return f" {ch} "
+    return " " if cat[0] in "PS" else ch
+
+
 def normalise(text: str) -> str:
-    """Case-, space- and punctuation-insensitive key: NFKC, casefold, punctuation/symbols -> space."""
+    """Case-, space- and punctuation-insensitive key: NFKC, casefold, punctuation -> space, meaningful symbols
+    (_KEPT_SYMBOLS) kept as tokens."""
     t = unicodedata.normalize("NFKC", text).casefold()
-    t = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in t)
+    t = "".join(_key_char(ch) for ch in t)
     return " ".join(t.split())
 
 
