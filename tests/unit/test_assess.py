@@ -227,6 +227,26 @@ def test_near_leak_is_a_finding_naming_its_rows():
     assert n > 2 and next(f for f in loose.findings if f.id == "near-leakage").message.startswith(f"{n} row(s)")
 
 
+@pytest.mark.parametrize("copies", [1, 6])
+def test_near_leak_counts_every_copy_of_a_train_text(copies):
+    # 6 validation copies of one train text filled each other's 5 neighbour places: the train text was never seen,
+    # near leakage 0 (1 copy: 1). A text whose neighbours are all near copies is now asked for more
+    train, val = clean_rows()
+    text = ("please transfer my savings from the joint account to the new card tomorrow morning before nine and "
+            "send me a confirmation email with the receipt of the transfer")
+    train.append((text, "weather"))
+    val += [(f"{text} thanks {i}", "weather") for i in range(copies)]
+    a = A.assess_dataset(make_dataset(train, val))
+    assert a.facts["near_leak_rows"] == a.facts["near_leak_train_val_rows"] == copies
+    f = next(f for f in a.findings if f.id == "near-leakage")
+    assert f.message.startswith(f"{copies} row(s) are near copies")
+    # and a copy with another label is a near conflict with the train text, whichever side lists it
+    val[-1] = (val[-1][0], "music")
+    a = A.assess_dataset(make_dataset(train, val))
+    assert any({p.a, p.b} == {"music", "weather"} for p in a.conflicts.pairs)
+    assert a.conflicts.near_pairs == copies  # with the train text and with each of its sibling copies
+
+
 def test_unseen_labels_and_long_tail_named():
     train, val = clean_rows()
     train += [("transfer money to savings", "bank")]

@@ -102,9 +102,19 @@ def neighbour_sample_note(n: int) -> str | None:
             "rows are lower bounds")
 
 
-def char_neighbours(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+# a text whose k neighbours are all near copies may have more past them: 6 validation copies of one train text filled
+# each other's 5 places and the train text was never seen (near leakage 0). Such rows are asked again for twice as
+# many neighbours, up to this many (beyond it, counts are lower bounds)
+NEIGHBOURS_GROWN_MAX = 64
+
+
+def char_neighbours(texts: list[str], k: int, min_similarity: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For each text, its k nearest texts (itself included) under the cosine of sublinear char 3-4-gram
     counts: (similarity, index). No IDF: a surface similarity that does not depend on the corpus size.
+
+    A text whose k-th neighbour is still at or above `min_similarity` (the lowest threshold a reader applies) gets
+    more neighbours, doubling up to NEIGHBOURS_GROWN_MAX, so every near copy of it is listed; the other rows are
+    padded with (0.0, itself).
 
     Past NEIGHBOUR_COMPARISONS_MAX only a deterministic sample of texts is queried; the others get (0.0, itself)
     rows, which every reader skips (a text is never its own near copy, and 0 is below any similarity threshold)."""
@@ -119,13 +129,23 @@ def char_neighbours(texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k + 1, n)
     nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(X)
     q = neighbour_queries(n)
-    if q >= n:
-        dist, idx = nn.kneighbors(X)
-        return 1.0 - dist, idx
-    rows = np.sort(np.random.default_rng(NEIGHBOUR_SAMPLE_SEED).choice(n, q, replace=False))
-    sims, idx = np.zeros((n, k)), np.repeat(np.arange(n)[:, None], k, axis=1)
+    rows = np.arange(n) if q >= n else np.sort(np.random.default_rng(NEIGHBOUR_SAMPLE_SEED).choice(n, q, replace=False))
     dist, found = nn.kneighbors(X[rows])
-    sims[rows], idx[rows] = 1.0 - dist, found
+    found_s = 1.0 - dist
+    while min_similarity is not None and k < min(n, NEIGHBOURS_GROWN_MAX + 1):
+        full = np.flatnonzero(found_s[:, -1] >= min_similarity)  # every listed neighbour a near copy: maybe more
+        if not len(full):
+            break
+        k = min(n, NEIGHBOURS_GROWN_MAX + 1, 2 * k)
+        pad = k - found_s.shape[1]
+        found_s = np.hstack([found_s, np.zeros((len(rows), pad))])
+        found = np.hstack([found, np.repeat(rows[:, None], pad, axis=1)])
+        dist, more = nn.kneighbors(X[rows[full]], n_neighbors=k)
+        found_s[full], found[full] = 1.0 - dist, more
+    if q >= n:
+        return found_s, found
+    sims, idx = np.zeros((n, k)), np.repeat(np.arange(n)[:, None], k, axis=1)
+    sims[rows], idx[rows] = found_s, found
     return sims, idx
 
 

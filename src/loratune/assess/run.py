@@ -42,7 +42,8 @@ def assess_dataset(ds: Dataset, *, dataset_name: str = "", model_name: str = "",
     t0 = time.perf_counter()
     pool = TextPool.of(splits)
     uniq = list(pool.by_norm)
-    neighbours = char_neighbours(uniq, thresholds.near_duplicate_neighbors)
+    neighbours = char_neighbours(uniq, thresholds.near_duplicate_neighbors,
+                                 min(thresholds.near_duplicate_similarity, thresholds.near_leak_similarity))
     conflicts = find_conflicts(pool, thresholds, neighbours, uniq)
     noise = find_noise(splits, pool, thresholds, neighbours, uniq)
     timings["consistency_s"] = time.perf_counter() - t0
