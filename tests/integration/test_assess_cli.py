@@ -125,6 +125,22 @@ def test_the_start_command_trains_the_data_and_model_assessed(tiny_bert, intent_
     assert "the proposal replaces your" in start and "per_device_train_batch_size=32" in start
 
 
+def test_the_start_command_quotes_the_overrides_as_a_shell_reads_them(tiny_bert, intent_data, tmp_path, capsys):
+    """'dataset_name=my data' was printed unquoted: pasted, train read an override 'data' with no '='."""
+    import shlex
+    import shutil
+
+    from loratune.cli import main
+
+    spaced = tmp_path / "my data"
+    shutil.copytree(intent_data, spaced)
+    assert main(["assess", "--no-probe", f"dataset_name={spaced}", f"name_or_path={tiny_bert}", "max_length=16"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("start with: loratune train"))
+    argv = shlex.split(line.removeprefix("start with: "))
+    assert argv[:2] == ["loratune", "train"] and f"dataset_name={spaced}" in argv
+    assert all("=" in a for a in argv[2:]), argv
+
+
 def test_assess_takes_a_thresholds_file(data, tmp_path, capsys):
     """long_tail_count 40 (of 30 rows a class) puts every class in the long tail; a bad value is exit 2."""
     t = tmp_path / "t.yaml"

@@ -99,7 +99,7 @@ def _inputs(args) -> tuple[str, dict[str, str]]:
     for item in args.overrides or ():
         key, _, _ = item.partition("=")
         try:
-            given[resolve_key(key.strip())] = item
+            given[resolve_key(key.strip())] = shlex.quote(item)  # pasted, "dataset_name=my data" was two words
         except Exception:  # (load_cfg already refused an unknown key)
             continue
     return head, given
