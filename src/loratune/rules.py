@@ -1405,10 +1405,11 @@ def default_thresholds() -> dict[str, float]:
     return {name: t.value for name, t in THRESHOLDS.items()}
 
 
-def _check_value(table: str, name: str, default: Any, value: Any) -> tuple[Any, str | None]:
+def _check_value(table: str, name: str, default: Any, value: Any,
+                 allowed: ValueRange | None = None) -> tuple[Any, str | None]:
     """The override as the table holds it, or the problem. Every value is finite. A diagnosis threshold takes its
     unit's range (UNIT_RANGES; signed units any number); assess and LoRA-vs-full values are counts, shares and
-    ratios: >= 0, and a count (an int default) a whole number."""
+    ratios: >= 0, a count (an int default) a whole number, and one with a range of its own (`allowed`) in it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None, f"threshold '{name}': got {value!r}; allowed: a number"
     if not math.isfinite(value):  # nan compares false with everything: each rule reading it silently changes verdict
@@ -1418,6 +1419,9 @@ def _check_value(table: str, name: str, default: Any, value: Any) -> tuple[Any, 
         return (None, f"threshold '{name}': got {value!r}; allowed: {problem}") if problem else (float(value), None)
     if value < 0:
         return None, f"threshold '{name}': got {value!r}; allowed: a number >= 0"
+    problem = allowed.problem(value) if allowed is not None else None
+    if problem:
+        return None, f"threshold '{name}': got {value!r}; allowed: {problem}"
     if isinstance(default, int):
         if value != int(value):
             return None, f"threshold '{name}': got {value!r}; allowed: a whole number (it counts rows or items)"
@@ -1425,10 +1429,11 @@ def _check_value(table: str, name: str, default: Any, value: Any) -> tuple[Any, 
     return float(value), None
 
 
-def resolve_threshold_tables(overrides: Mapping[str, Any] | None,
-                             tables: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def resolve_threshold_tables(overrides: Mapping[str, Any] | None, tables: Mapping[str, Mapping[str, Any]],
+                             ranges: Mapping[str, ValueRange] | None = None) -> dict[str, dict[str, Any]]:
     """`tables` (table -> name -> default; a name unique across tables) with `overrides` applied. Unknown names or
-    bad values raise one UserError naming all. `loratune.thresholds` passes every table `loratune rules` lists."""
+    bad values raise one UserError naming all. `loratune.thresholds` passes every table `loratune rules` lists, and
+    `ranges` (name -> ValueRange) for the non-diagnosis values bounded above."""
     tables = {table: dict(values) for table, values in tables.items()}
     owner = {name: table for table, values in tables.items() for name in values}
     problems = []
@@ -1439,7 +1444,7 @@ def resolve_threshold_tables(overrides: Mapping[str, Any] | None,
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             problems.append(f"unknown threshold '{name}'{hint}")
             continue
-        checked, problem = _check_value(table, name, tables[table][name], value)
+        checked, problem = _check_value(table, name, tables[table][name], value, (ranges or {}).get(name))
         if problem:
             problems.append(problem)
         else:

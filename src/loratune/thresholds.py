@@ -12,9 +12,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from loratune.assess.records import AssessThresholds
+from loratune.assess.records import UNIT_INTERVAL_THRESHOLDS, AssessThresholds
 from loratune.decide import DecideThresholds
-from loratune.rules import default_thresholds, read_threshold_file, resolve_threshold_tables
+from loratune.rules import ValueRange, default_thresholds, read_threshold_file, resolve_threshold_tables
+
+# the range of each assess threshold bounded by 1 (AssessThresholds's UNIT_INTERVAL_THRESHOLDS)
+UNIT_INTERVAL = ValueRange(0.0, 1.0, why="a cosine, share or score: above 1 the check never fires")
 
 
 def threshold_tables() -> dict[str, dict[str, Any]]:
@@ -32,7 +35,7 @@ def load_threshold_tables(path: str | Path | None) -> dict[str, dict[str, Any]]:
 def tables_with(overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     """Every table with `overrides` (name -> value, as `overridden` gives them: what a study stores) applied, checked
     as a file's are."""
-    return resolve_threshold_tables(overrides, threshold_tables())
+    return resolve_threshold_tables(overrides, threshold_tables(), {n: UNIT_INTERVAL for n in UNIT_INTERVAL_THRESHOLDS})
 
 
 def overridden(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

@@ -153,3 +153,12 @@ def test_assess_takes_a_thresholds_file(data, tmp_path, capsys):
     t.write_text("long_tail_count: -1\n")
     assert main(["assess", f"data.dataset_name={data}", "--no-probe", "--thresholds", str(t)]) == 2
     assert "threshold 'long_tail_count': got -1" in capsys.readouterr().err
+    # a cosine above 1 turned near-leakage off, silently (exit 0): shares and cosines are refused outside 0..1
+    for name in ("near_leak_similarity", "near_duplicate_similarity", "truncation_share"):
+        t.write_text(f"{name}: 1.5\n")
+        assert main(["assess", f"data.dataset_name={data}", "--no-probe", "--thresholds", str(t)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"threshold '{name}': got 1.5; allowed: a number >= 0 and <= 1" in err and "Traceback" not in err
+    t.write_text("near_leak_similarity: 1\n")  # the bound itself: only identical texts
+    assert main(["assess", f"data.dataset_name={data}", "--no-probe", "--json", "--thresholds", str(t)]) == 0
+    assert json.loads(capsys.readouterr().out)["thresholds"]["near_leak_similarity"] == 1

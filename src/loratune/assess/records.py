@@ -40,6 +40,13 @@ class AssessThresholds:
     max_examples: int = 5  # examples kept per finding
 
 
+# the thresholds above that are cosines, shares, F1 scores or distances bounded by 1 (KS, JS in bits): past 1 a check
+# can never fire (near_leak_similarity 1.5 turned near-leakage off, silently), so `--thresholds` takes them in 0..1 only
+UNIT_INTERVAL_THRESHOLDS = frozenset({
+    "near_duplicate_similarity", "near_leak_similarity", "label_shift_js", "oov_rate", "length_shift_ks",
+    "truncation_share", "hard_probe_f1", "easy_probe_f1"})
+
+
 @dataclass(frozen=True)
 class LengthStats:
     """A length distribution (characters, words or model tokens incl. special tokens)."""
