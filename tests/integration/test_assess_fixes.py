@@ -48,3 +48,17 @@ def test_a_roberta_gets_a_max_length_its_positions_take_and_tune_refuses_one_the
     assert "model.max_length 66 is longer than" in err and "position embeddings cover 64 tokens" in err
     assert "max_length=64" in err and "Traceback" not in err
     assert not (tmp_path / "st").exists()  # refused before the study folder is made
+
+
+def test_the_probe_says_se_n_a_when_the_bootstrap_measured_none(tiny_bert, tmp_path, capsys):
+    # 2 validation rows: the bootstrap SE is 0, printed "± 0.000" while val-resolution used the binomial 0.306
+    data = tmp_path / "v2"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_rows(15, seed=1))
+    write_jsonl(data / "validation.jsonl", [{"text": "lost my card", "label": "card_lost"},
+                                            {"text": "reset the pin", "label": "pin"}])
+    assert main(["assess", "--data", str(data), f"name_or_path={tiny_bert}", "max_length=16", "num_threads=1",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    probe = out[out.index("probe ("):]
+    assert "SE n/a" in probe.split(" on 2 rows")[0] and "± 0.000" not in out

@@ -55,6 +55,12 @@ def round_up(x: float, multiple: int = 8) -> int:
     return int(math.ceil(x / multiple) * multiple)
 
 
+def measured_se(bootstrap_se: float | None) -> float | None:
+    """The probe's bootstrap SE, or None where it measured none: a bootstrap of predictions that are all right or all
+    wrong is 0 (2 rows), not a known macro-F1. The one rule for the resolution estimate and the probe's summary."""
+    return bootstrap_se if bootstrap_se else None
+
+
 def estimate_resolution(val: Split, *, accuracy: float | None = None, bootstrap_se: float | None = None,
                         assumed_accuracy: float = 0.9) -> Resolution:
     """Standard errors of val accuracy and macro-F1 for this val size.
@@ -71,7 +77,7 @@ def estimate_resolution(val: Split, *, accuracy: float | None = None, bootstrap_
     ps = (p * n + 1) / (n + 2)
     acc_se = math.sqrt(ps * (1 - ps) / max(1, n))
     approx = math.sqrt(sum(ps * (1 - ps) / c for c in counts)) / k if counts else 0.0
-    if bootstrap_se:  # (a bootstrap of predictions that are all right or all wrong is 0: no resolution measured)
+    if measured_se(bootstrap_se) is not None:
         se, method = bootstrap_se, "bootstrap of the probe's val predictions"
     else:
         se, method = approx, "binomial approximation (per-class recall at the accuracy)"

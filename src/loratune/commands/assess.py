@@ -108,6 +108,8 @@ def _inputs(args) -> tuple[str, dict[str, str]]:
 def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None:
     from rich.table import Table
 
+    from loratune.assess.stats import measured_se
+
     kind = "multi" if a.multi_label else "single"
     rate = f" ({a.facts.get('multi_label_rate', 0):.1%} of train rows carry several)" if a.multi_label else ""
     out.print(f"[bold]assess[/] {safe(a.dataset)} with {safe(a.model)}: {kind}-label{rate}, "
@@ -145,7 +147,8 @@ def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None
     p = a.probe
     if p is not None:
         acc = f", accuracy {p.accuracy:.3f}" if p.accuracy is not None else ""
-        se = f"± {p.macro_f1_se:.3f}" if p.macro_f1_se is not None else "SE n/a"
+        # a bootstrap SE of 0 measured nothing ("± 0.000" on 2 rows while val-resolution used 0.306)
+        se = f"± {p.macro_f1_se:.3f}" if measured_se(p.macro_f1_se) is not None else "SE n/a"
         out.print(f"[bold]probe[/] ({p.method}): val macro-F1 {p.macro_f1:.3f} {se}{acc} "
                   f"on {p.val_rows} rows{' (cached embeddings)' if p.cached else ''}")
         if p.confused_pairs:
