@@ -227,6 +227,21 @@ def test_near_leak_is_a_finding_naming_its_rows():
     assert n > 2 and next(f for f in loose.findings if f.id == "near-leakage").message.startswith(f"{n} row(s)")
 
 
+def test_leak_rows_counts_each_row_once():
+    # a test row whose text is in train and in validation was summed over both pairs: 5 where 4 rows leak
+    train, val = clean_rows()
+    shared = ("is my refund on its way", "weather")
+    test = val[:2] + [shared]
+    a = A.assess_dataset(make_dataset(train + [shared], val + [shared], test))
+    where = {(lk.source, lk.split): lk.rows for lk in a.noise.leakage}
+    assert where == {("train", "validation"): 1, ("train", "test"): 1, ("validation", "test"): 3}
+    assert a.facts["leak_rows"] == 4  # validation's copy, and test's 3 rows
+    assert a.noise.leak_rows == 4
+    f = next(f for f in a.findings if f.id == "leakage")
+    assert f.evidence["leak_rows"] == 4
+    assert A.Assessment.from_dict(a.to_dict()).noise == a.noise
+
+
 @pytest.mark.parametrize("copies", [1, 6])
 def test_near_leak_counts_every_copy_of_a_train_text(copies):
     # 6 validation copies of one train text filled each other's 5 neighbour places: the train text was never seen,

@@ -174,9 +174,11 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         f[f"leak_{src}_{short}_rows"] = lk.rows
         f[f"leak_{src}_{short}_share"] = lk.share
         f[f"near_leak_{src}_{short}_rows"] = lk.near_rows
-    f["leak_rows"] = sum(lk.rows for lk in noise.leakage)
+    # rows, each once: the per-pair sums counted a test row in both train and validation twice
+    f["leak_rows"] = noise.leak_rows if noise.leak_rows is not None else sum(lk.rows for lk in noise.leakage)
     f["leak_where"] = ", ".join(f"{lk.source}->{lk.split} {lk.rows}" for lk in noise.leakage if lk.rows)
-    f["near_leak_rows"] = sum(lk.near_rows for lk in noise.leakage)
+    f["near_leak_rows"] = (noise.near_leak_rows if noise.near_leak_rows is not None
+                           else sum(lk.near_rows for lk in noise.leakage))
     f["near_leak_where"] = ", ".join(f"{lk.source}->{lk.split} {lk.near_rows}" for lk in noise.leakage if lk.near_rows)
     near_ex = [e for lk in noise.leakage for e in lk.near_examples]
     f["near_leak_examples"] = "; ".join(near_ex[: thresholds.max_examples])

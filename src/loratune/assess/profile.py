@@ -246,6 +246,8 @@ def find_noise(splits: Mapping[str, Split], pool: TextPool, thresholds: AssessTh
     sims, nidx = neighbours
     names = list(splits)
     leaks = []
+    leaked: set[tuple[str, int]] = set()  # (split, row) with a copy in some earlier split, each row once
+    near_leaked: set[tuple[str, int]] = set()
     for x in range(len(names)):
         for y in range(x + 1, len(names)):
             src, dst = names[x], names[y]
@@ -258,6 +260,7 @@ def find_noise(splits: Mapping[str, Split], pool: TextPool, thresholds: AssessTh
                     continue
                 if src in splits_of[n]:
                     rows += 1
+                    leaked.add((dst, i))
                     if len(leak_ex) < thresholds.max_examples:
                         leak_ex.append(shorten(t))
                     continue
@@ -266,11 +269,12 @@ def find_noise(splits: Mapping[str, Split], pool: TextPool, thresholds: AssessTh
                              and s >= thresholds.near_leak_similarity and src in splits_of[uniq[int(j)]]), None)
                 if near is not None:
                     near_rows += 1
+                    near_leaked.add((dst, i))
                     if len(near_ex) < thresholds.max_examples:  # the row (counted from 1, a JSONL line) and its copy
                         near_ex.append(f"{dst} row #{i + 1} {shorten(t, 60)!r} ~ {src} {shorten(near, 60)!r}")
             leaks.append(Leakage(src, dst, rows, rows / max(1, len(splits[dst])), near_rows, tuple(leak_ex),
                                  tuple(near_ex)))
-    return Noise(tuple(out), tuple(leaks))
+    return Noise(tuple(out), tuple(leaks), len(leaked), len(near_leaked))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -145,6 +145,10 @@ class Leakage:
 class Noise:
     splits: tuple[SplitNoise, ...]
     leakage: tuple[Leakage, ...]
+    # distinct rows of the later splits with an exact (near) copy in an earlier one: a test row in both train and
+    # validation is one row, where the per-pair counts above sum it twice (None: a record written before these)
+    leak_rows: int | None = None
+    near_leak_rows: int | None = None
 
 
 @dataclass(frozen=True)
