@@ -826,9 +826,14 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
     if validation is None:
         keep, carved = stratified_split(train, cfg.validation_fraction, seed)
         validation = train.subset(carved, name="validation", source=f"{train.source}{CARVED}")
+        # the share carved, not the one asked: each class rounds to whole rows, at least one (1% of 48 rows in 4
+        # classes was noted "1% (4 rows)")
+        share, asked = len(validation) / len(train), cfg.validation_fraction
+        why = "" if f"{share:.0%}" == f"{asked:.0%}" else \
+            f" (validation_fraction {asked:.0%}: each class rounds to whole rows, at least one)"
+        notes.append(f"no validation split given: carved a stratified {share:.0%} ({len(validation)} of {len(train)} "
+                     f"rows) from train with seed {seed}{why}")
         train = train.subset(keep)
-        notes.append(f"no validation split given: carved a stratified {cfg.validation_fraction:.0%} "
-                     f"({len(validation)} rows) from train with seed {seed}")
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         train = train.subset(stratified_subset(train, cfg.max_train_samples, seed))
         notes.append(f"train: stratified subset of {len(train)} rows (max_train_samples)")

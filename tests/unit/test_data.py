@@ -248,6 +248,16 @@ def _carve(tmp_path, seed, counts=None, fraction=0.25):
     return load_dataset(DataConfig(train_file=str(p), validation_fraction=fraction), seed=seed), p
 
 
+def test_the_carved_note_gives_the_share_carved(tmp_path):
+    # 1% of 48 rows in 4 classes carves one row a class, 8%: the note said "carved a stratified 1% (4 rows)"
+    ds, _ = _carve(tmp_path, seed=0, counts={"a": 12, "b": 12, "c": 12, "d": 12}, fraction=0.01)
+    assert len(ds.validation) == 4
+    assert ds.notes == ("no validation split given: carved a stratified 8% (4 of 48 rows) from train with seed 0 "
+                        "(validation_fraction 1%: each class rounds to whole rows, at least one)",)
+    ds, _ = _carve(tmp_path, seed=0, counts={"a": 20, "b": 20}, fraction=0.25)  # exact: no aside
+    assert ds.notes == ("no validation split given: carved a stratified 25% (10 of 40 rows) from train with seed 0",)
+
+
 def test_missing_validation_is_carved_stratified_seeded_and_noted(tmp_path):
     ds, p = _carve(tmp_path, seed=7)
     v, t = ds.validation.label_counts(), ds.train.label_counts()
@@ -256,7 +266,8 @@ def test_missing_validation_is_carved_stratified_seeded_and_noted(tmp_path):
     assert set(ds.train.texts).isdisjoint(ds.validation.texts)
     assert len(ds.train) + len(ds.validation) == 35
     assert ds.validation.name == "validation" and ds.validation.source == f"{p} (carved)"
-    assert ds.notes == ("no validation split given: carved a stratified 25% (9 rows) from train with seed 7",)
+    assert ds.notes == ("no validation split given: carved a stratified 26% (9 of 35 rows) from train with seed 7 "
+                        "(validation_fraction 25%: each class rounds to whole rows, at least one)",)
     assert ds.label_space.labels == ("a", "b", "c", "d")
 
 
