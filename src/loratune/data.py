@@ -675,6 +675,15 @@ def check_trainable(dataset: "Dataset") -> None:
 # building the dataset
 
 
+def carved_note(kind: str, carved: int, total: int, asked: float, seed: int, rounding: str) -> str:
+    """The note of a validation split carved from train: the share carved, not the one asked (1% of 48 rows in 4
+    classes carves one a class, and was noted "1% (4 rows)"), and why they differ (`rounding`) where they do."""
+    share = carved / max(1, total)
+    why = "" if f"{share:.0%}" == f"{asked:.0%}" else f" (validation_fraction {asked:.0%}: {rounding})"
+    return (f"no validation split given: carved a {kind} {share:.0%} ({carved} of {total} rows) from train "
+            f"with seed {seed}{why}")
+
+
 def stratified_split(split: Split, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (keep, carved): per label (first label of each row), `fraction` of rows, at least one
     on each side when the label has two or more rows. Seeded, order-preserving. A label that is no row's first
@@ -826,13 +835,8 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
     if validation is None:
         keep, carved = stratified_split(train, cfg.validation_fraction, seed)
         validation = train.subset(carved, name="validation", source=f"{train.source}{CARVED}")
-        # the share carved, not the one asked: each class rounds to whole rows, at least one (1% of 48 rows in 4
-        # classes was noted "1% (4 rows)")
-        share, asked = len(validation) / len(train), cfg.validation_fraction
-        why = "" if f"{share:.0%}" == f"{asked:.0%}" else \
-            f" (validation_fraction {asked:.0%}: each class rounds to whole rows, at least one)"
-        notes.append(f"no validation split given: carved a stratified {share:.0%} ({len(validation)} of {len(train)} "
-                     f"rows) from train with seed {seed}{why}")
+        notes.append(carved_note("stratified", len(validation), len(train), cfg.validation_fraction, seed,
+                                 "each class rounds to whole rows, at least one"))
         train = train.subset(keep)
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         train = train.subset(stratified_subset(train, cfg.max_train_samples, seed))

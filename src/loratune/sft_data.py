@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
-from loratune.data import (CARVED, SPLIT_NAMES, Dataset, LabelSpace, RowFile, Split, empty_text_problems,
-                           find_split_file, load_dataset, read_rows)
+from loratune.data import (CARVED, SPLIT_NAMES, Dataset, LabelSpace, RowFile, Split, carved_note,
+                           empty_text_problems, find_split_file, load_dataset, read_rows)
 from loratune.errors import UserError
 from loratune.metrics import generated_label_problems
 
@@ -327,9 +327,9 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
     if validation is None:
         keep, carved = _random_split(len(train), cfg.validation_fraction, seed)
         validation = train.subset(carved, name="validation", source=f"{train.source}{CARVED}")
+        notes.append(carved_note("random", len(validation), len(train), cfg.validation_fraction, seed,
+                                 "whole rows, at least one"))
         train = train.subset(keep)
-        notes.append(f"no validation split given: carved a random {cfg.validation_fraction:.0%} "
-                     f"({len(validation)} rows) from train with seed {seed}")
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         train = train.subset(_random_subset(len(train), cfg.max_train_samples, seed))
         notes.append(f"train: random subset of {len(train)} rows (max_train_samples)")

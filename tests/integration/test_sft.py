@@ -281,7 +281,7 @@ def test_chat_rows_train_through_the_tokenizer_chat_template(tmp_path):
     assert cli.main(["train", "-q", *cfg]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["template"] == "chat" and run["rows"]["train"] + run["rows"]["val"] == 16
-    assert "carved a random 10%" in run["data_notes"][0]
+    assert "carved a random 12% (2 of 16 rows)" in run["data_notes"][0]  # the share carved, 10% asked
 
 
 def _refused_train(lm, tmp_path, capsys) -> str:

@@ -332,6 +332,10 @@ def test_files_in_every_format_and_a_carved_validation_split(tmp_path):
         assert len(ds.validation) == 2  # 10% of 20, rounded
         assert "carved a random 10%" in ds.notes[0]
         assert {e.completion for e in ds.train.examples} <= {r["completion"] for r in rows}
+    # the share carved, not the one asked: 1% of 20 rows is one row, 5% (it said "1% (1 rows)")
+    ds = load_sft_dataset(DataConfig(train_file=str(tmp_path / "train.jsonl"), validation_fraction=0.01), seed=3)
+    assert ds.notes[0] == ("no validation split given: carved a random 5% (1 of 20 rows) from train with seed 3 "
+                           "(validation_fraction 1%: whole rows, at least one)")
     folder = load_sft_dataset(DataConfig(dataset_name=str(tmp_path)), seed=3)
     assert len(folder.train) == 18  # the folder's train.jsonl, validation carved
 
