@@ -541,3 +541,22 @@ def test_distinct_symbol_only_texts_are_no_duplicates_of_each_other():
     assert a.facts["duplicate_rows_rows"] == 0
     a = A.assess_dataset(make_dataset(train + [("👍", "weather"), ("? ? ?", "music")], val))
     assert next(s for s in a.noise.splits if s.split == "train").duplicate_rows == 1
+
+
+def test_a_max_length_capped_by_the_model_says_so():
+    # "99% of training texts fit in 155 tokens: max_length=66" and the causal-lm finding "raises it to the token p99
+    # (308)" while the start config proposed 256: the model's positions set the value, and neither said so
+    from loratune.assess.sft import sft_findings
+
+    facts = {**A.assess_dataset(make_dataset(*clean_rows())).facts,
+             "token_p99": 155.0, "token_p99_ceil": 155, "token_max": 162, "model_max_positions": 64}
+    c = next(c for c in A.recommend(facts).choices if c.rule == "start-max-length-p99")
+    assert c.value == 64 and c.reason == ("99% of training texts fit in 155 tokens (max 162): max_length=64, capped "
+                                          "at the model's 64 positions")
+    c = next(c for c in A.recommend({**facts, "model_max_positions": 512}).choices if c.rule == "start-max-length-p99")
+    assert c.value == 160 and c.reason.endswith("max_length=160")  # the p99 set it: no aside
+    sft = {"truncated_share_at_max_length": 0.6, "token_p99": 308.0, "token_p99_ceil": 308,
+           "model_max_positions": 256, "completion_token_p50": 5.0}
+    msg = sft_findings(sft, proposed_max_length=256)[0]["message"]
+    assert msg == ("60% of training rows are longer than model.max_length; the start config proposes max_length=256, "
+                   "capped at the model's 256 positions (token p99 308)")

@@ -75,15 +75,30 @@ class StartRule:
 
 
 # names a start rule's reason may format besides the facts (computed in `recommend`)
-REASON_EXTRAS = ("value", "ffn_top_k", "ceiling_by_model", "breakeven_r")
+REASON_EXTRAS = ("value", "ffn_top_k", "ceiling_by_model", "breakeven_r", "max_length_cap")
+
+
+MAX_LENGTH_CAP_UNKNOWN = 512  # the max_length cap where the model's positions are unknown
 
 
 def _max_length(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int | None:
     p99 = f.get("token_p99")
     if p99 is None:
         return None
-    cap = f.get("model_max_positions") or 512
+    cap = f.get("model_max_positions") or MAX_LENGTH_CAP_UNKNOWN
     return int(min(max(16, round_up(p99, 8)), cap))
+
+
+def max_length_cap_note(f: Mapping[str, Any]) -> str:
+    """", capped at the model's N positions" where the cap, not the token p99, set start-max-length-p99's value, else
+    "": a reason or finding naming only the p99 named a max_length the start config does not propose (p99 308,
+    max_length 256)."""
+    p99 = f.get("token_p99")
+    if p99 is None or _max_length(f, {}) >= max(16, round_up(p99, 8)):
+        return ""
+    known = f.get("model_max_positions")
+    return (f", capped at the model's {known} positions" if known else
+            f", capped at {MAX_LENGTH_CAP_UNKNOWN} (the model's positions unknown)")
 
 
 def _batch(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int | None:
@@ -154,7 +169,8 @@ START_RULES: tuple[StartRule, ...] = (
     StartRule("start-max-length-p99", "model.max_length",
               Derived("token p99 of train rounded up to a multiple of 8, within [16, model max positions]",
                       _max_length, uses=("token_p99", "model_max_positions")),
-              "99% of training texts fit in {token_p99_ceil} tokens (max {token_max}): max_length={value}"),
+              "99% of training texts fit in {token_p99_ceil} tokens (max {token_max}): max_length={value}"
+              "{max_length_cap}"),
     StartRule("ceiling-rank", "ceiling.r", Derived(
         "min(rank by data: " + CEILING_BY_DATA.describe() + "; largest power of 2 <= hidden/6), at least r",
         _ceiling, uses=("train_rows", "model_hidden")),
@@ -189,7 +205,8 @@ def recommend(facts: Mapping[str, Any], rules: Sequence[StartRule] = START_RULES
     ceiling = None
     hidden = facts.get("model_hidden")
     extra = {"ffn_top_k": FFN_TOP_K(facts), "ceiling_by_model": ceiling_by_model(hidden) or "?",
-             "breakeven_r": f"{breakeven_point(hidden * hidden, 2 * hidden):.3g}" if hidden else "?"}
+             "breakeven_r": f"{breakeven_point(hidden * hidden, 2 * hidden):.3g}" if hidden else "?",
+             "max_length_cap": max_length_cap_note(facts)}
     for rule in rules:
         value = rule.value(facts) if isinstance(rule.value, Bands) else rule.value.fn(facts, chosen)
         if value is None:

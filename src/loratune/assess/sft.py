@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from loratune.assess.rules import START_RULES, Bands, StartRule, recommend
+from loratune.assess.rules import START_RULES, Bands, StartRule, max_length_cap_note, recommend
 
 # Rules of the classifier's table that hold for a generative run as they are (by id).
 SHARED_RULES = ("start-rank-by-data", "start-scale-2", "start-targets-qv-ffn-top", "start-layers-all",
@@ -65,13 +65,18 @@ def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
     return facts
 
 
-def sft_findings(facts: dict, generating_labels: bool = False) -> list[dict]:
-    """`generating_labels`: data.label_format=generate is already set (the finding then says it is scored so)."""
+def sft_findings(facts: dict, generating_labels: bool = False, proposed_max_length: int | None = None) -> list[dict]:
+    """`generating_labels`: data.label_format=generate is already set (the finding then says it is scored so).
+    `proposed_max_length`: the start config's (start-max-length-p99), which the truncation finding names."""
     out = []
     if facts["truncated_share_at_max_length"] > TRUNCATED_WARN:
+        # the value the start config proposes, and why (it named the p99, 308, where the model's 256 positions set 256)
+        to = (f"proposes max_length={proposed_max_length}{max_length_cap_note(facts)} (token p99 "
+              f"{facts['token_p99_ceil']})" if proposed_max_length is not None
+              else f"raises it to the token p99 ({facts['token_p99_ceil']})")
         out.append({"id": "truncated-rows", "severity": "warn",
                     "message": f"{facts['truncated_share_at_max_length']:.0%} of training rows are longer than "
-                               f"model.max_length; the start config raises it to the token p99 ({facts['token_p99_ceil']})",
+                               f"model.max_length; the start config {to}",
                     "evidence": {"share": facts["truncated_share_at_max_length"], "threshold": TRUNCATED_WARN}})
     if facts["completion_token_p50"] <= SHORT_COMPLETION_TOKENS:
         out.append({"id": "label-like-completions", "severity": "info",
@@ -95,7 +100,8 @@ def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None) -
     rec = recommend(facts, SFT_START_RULES)
     return {
         "task": "causal-lm", "dataset": cfg.data.train_file or cfg.data.dataset_name or "",
-        "model": cfg.model.name_or_path, "facts": facts, "findings": sft_findings(facts, dataset.generates_labels),
+        "model": cfg.model.name_or_path, "facts": facts, "findings": sft_findings(
+            facts, dataset.generates_labels, rec.overrides.get("model.max_length")),
         "recommendation": {"overrides": dict(rec.overrides), "choices": [asdict(c) for c in rec.choices],
                            "capacity_ceiling": asdict(rec.capacity_ceiling), "lr_grid": list(rec.lr_grid)},
         "notes": list(dataset.notes), "timings": {"total_s": time.perf_counter() - t0},
