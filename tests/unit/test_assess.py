@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -560,3 +561,35 @@ def test_a_max_length_capped_by_the_model_says_so():
     msg = sft_findings(sft, proposed_max_length=256)[0]["message"]
     assert msg == ("60% of training rows are longer than model.max_length; the start config proposes max_length=256, "
                    "capped at the model's 256 positions (token p99 308)")
+
+
+def test_label_and_length_shift_allow_for_the_sample_size():
+    # fixed limits (JS 0.05 bits, KS 0.15) warned on most clean random splits with a small validation split: 200 train
+    # vs 20 val rows of 10 classes reach 0.1 bits and KS 0.3 by chance alone
+    from loratune.assess.stats import js_critical, ks_critical
+
+    assert ks_critical(200, 20, 0.05) == pytest.approx(1.3581 * math.sqrt(220 / 4000), abs=1e-3)  # 0.318
+    assert ks_critical(20_000, 2_000, 0.05) < 0.035 and ks_critical(0, 5, 0.05) == 1.0
+    same = {f"c{i}": 20 for i in range(10)}
+    small, large = js_critical(same, {k: 2 for k in same}, 0.05), js_critical(same, {k: 200 for k in same}, 0.05)
+    assert 0.08 < small < 0.25 and large < small / 4  # chance's divergence shrinks with the split
+    assert js_critical(same, {k: 2 for k in same}, 0.05) == small  # seeded
+
+    rng = random.Random(0)
+    words_ = "card pin refund loan limit fee cash transfer top up atm rate account".split()
+    pool = [(" ".join(rng.choice(words_) for _ in range(rng.randint(3, 20))), f"c{i % 10}") for i in range(400)]
+    fired = Counter()
+    for seed in range(40):
+        rows = pool[:]
+        random.Random(seed).shuffle(rows)
+        a = A.assess_dataset(make_dataset(rows[:200], rows[200:220]))
+        fired.update(ids(a) & {"label-shift", "length-shift"})
+    assert fired["label-shift"] <= 6 and fired["length-shift"] <= 6, fired  # ~alpha (5%) of 40, not most of them
+    # a real shift still fires, and the finding states the limits it passed
+    train, val = clean_rows()
+    a = A.assess_dataset(make_dataset(train, [(t + " " + t + " " + t, lab) for t, lab in val]))
+    f = next(f for f in a.findings if f.id == "length-shift")
+    crit = a.facts["length_ks_val_critical"]
+    assert crit == pytest.approx(ks_critical(90, 30, 0.05)) and a.facts["length_ks_val"] >= crit
+    assert f"past 0.15 and the {crit:.2f} a random split of these sizes reaches at alpha 0.05" in f.message
+    assert f.evidence["shift_alpha"] == 0.05 and f.evidence["length_ks_val_critical"] == crit

@@ -66,8 +66,11 @@ def _catalogue() -> dict[str, Fact]:
                                        "earlier split, exact copies not counted"),
         "near_leak_where": Fact("text", "where the near copies are, 'src->split n'"),
         "near_leak_examples": Fact("text", "the first near copies, 'split row #i text ~ src neighbour'"),
-        "shift_worst_js": Fact("bits", "largest Jensen-Shannon divergence of a split's label shares vs train"),
+        "shift_worst_js": Fact("bits", "Jensen-Shannon divergence of label shares vs train of the split furthest past "
+                                       "its limit, max(label_shift_js, its js critical value)"),
         "shift_worst_js_split": Fact("split", "the split with that divergence"),
+        "shift_worst_js_critical": Fact("bits", "the divergence a random split of that split's size reaches with "
+                                                "probability shift_alpha"),
         "unseen_label_rows": Fact("rows", "validation/test rows with labels never seen in train"),
         "unseen_names": Fact("text", "those labels per split, 'val: a, b; test: c' (a split without any left out)"),
         "length_mean_train": Fact("length_unit", "mean training text length"),
@@ -106,6 +109,10 @@ def _catalogue() -> dict[str, Fact]:
                                                         f"near_leak_similarity) in {src}")
     for s in SHIFT_SPLITS:
         f[f"js_{s}"] = Fact("bits", f"Jensen-Shannon divergence of {s} label shares vs train")
+        f[f"js_{s}_critical"] = Fact("bits", f"the divergence a random split of {s}'s size (the pooled labels dealt "
+                                             "at random) reaches with probability shift_alpha")
+        f[f"length_ks_{s}_critical"] = Fact("KS", f"the KS statistic a random split of {s}'s and train's sizes "
+                                                     "exceeds with probability shift_alpha")
         f[f"js_{s}_top"] = Fact("text", f"the labels that move most between train and {s}")
         f[f"unseen_{s}_labels"] = Fact("labels", f"labels of {s} never seen in train")
         f[f"unseen_{s}_rows"] = Fact("rows", f"{s} rows with such labels")
@@ -201,12 +208,21 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         own = shifts.get(name)
         f[f"oov_{s}"] = own.oov_token_rate if own else None
         f[f"length_ks_{s}"] = own.length_ks if own else None
+        f[f"js_{s}_critical"] = own.js_critical if own else None
+        f[f"length_ks_{s}_critical"] = own.length_ks_critical if own else None
         f[f"length_mean_{s}"] = own.length_mean_split if own else None
     any_shift = next(iter(shifts.values()), None)  # train's side is the same in every split's record
     f["length_mean_train"] = any_shift.length_mean_train if any_shift else None
     f["length_unit"] = any_shift.length_unit if any_shift else None
-    f["shift_worst_js"] = max((sh.js_divergence for sh in shifts.values()), default=0.0)
-    f["shift_worst_js_split"] = max(shifts, key=lambda k: shifts[k].js_divergence) if shifts else None
+    # the split furthest past its limit (the larger of the floor and what chance reaches at its size): the largest
+    # divergence alone named a 30-row split whose 0.1 bits chance reaches as often as not
+    def past(k: str) -> float:
+        return shifts[k].js_divergence - max(thresholds.label_shift_js, shifts[k].js_critical or 0.0)
+
+    worst = max(shifts, key=past) if shifts else None
+    f["shift_worst_js"] = shifts[worst].js_divergence if worst else 0.0
+    f["shift_worst_js_split"] = worst
+    f["shift_worst_js_critical"] = shifts[worst].js_critical if worst else None
     f["unseen_label_rows"] = sum(_unseen_rows(ds, name) for name in shifts)
     # only the splits that name something: a split whose labels are all in train printed as 'val: ;'
     f["unseen_names"] = "; ".join(f"{s}: {f[f'unseen_{s}_names']}" for s in ("val", "test") if f[f"unseen_{s}_names"])

@@ -11,7 +11,7 @@ import numpy as np
 
 from loratune.assess.records import (AssessThresholds, ConflictExample, Conflicts, LabelShare, Leakage, Noise,
                                      PairCount, RowRef, SplitNoise, SplitProfile, SplitShift)
-from loratune.assess.stats import js_divergence, ks_statistic, length_stats
+from loratune.assess.stats import js_critical, js_divergence, ks_critical, ks_statistic, length_stats
 from loratune.assess.text import has_encoding_damage, has_non_printable, normalise, shorten, words
 from loratune.data import Split, has_visible
 
@@ -282,7 +282,9 @@ def find_noise(splits: Mapping[str, Split], pool: TextPool, thresholds: AssessTh
 
 
 def measure_shift(train: Split, other: Split, *, train_lengths: Sequence[int] | None = None,
-                  other_lengths: Sequence[int] | None = None, top: int = 3) -> SplitShift:
+                  other_lengths: Sequence[int] | None = None, top: int = 3,
+                  alpha: float = AssessThresholds.shift_alpha) -> SplitShift:
+    """`other` against train; `alpha`: the chance a random split of these sizes reaches the critical values."""
     tc, oc = train.label_counts(), other.label_counts()
     js, per = js_divergence(tc, oc)
     tn, on = max(1, sum(tc.values())), max(1, sum(oc.values()))
@@ -303,5 +305,6 @@ def measure_shift(train: Split, other: Split, *, train_lengths: Sequence[int] | 
         missing_labels=tuple(sorted(k for k in tc if k not in oc)),
         oov_token_rate=oov_tok, oov_type_rate=oov_type, length_unit=unit,
         length_mean_train=float(np.mean(a)) if a else 0.0, length_mean_split=float(np.mean(b)) if b else 0.0,
-        length_ks=ks_statistic(a, b),
+        length_ks=ks_statistic(a, b), js_critical=js_critical(tc, oc, alpha),
+        length_ks_critical=ks_critical(len(a), len(b), alpha),
     )

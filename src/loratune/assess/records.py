@@ -29,9 +29,12 @@ class AssessThresholds:
     near_duplicate_similarity: float = 0.9  # char 3-4-gram TF-IDF cosine for "near-identical"
     near_leak_similarity: float = 0.95  # cosine above which a val/test row counts as a near copy of train
     near_duplicate_neighbors: int = 5  # neighbours examined per unique text
-    label_shift_js: float = 0.05  # Jensen-Shannon divergence (bits) of label shares vs train
+    label_shift_js: float = 0.05  # Jensen-Shannon divergence (bits) of label shares vs train, at least
     oov_rate: float = 0.10  # share of val/test word tokens never seen in train
-    length_shift_ks: float = 0.15  # Kolmogorov-Smirnov statistic of length distributions vs train
+    length_shift_ks: float = 0.15  # Kolmogorov-Smirnov statistic of length distributions vs train, at least
+    # ...and past what a random split of these sizes reaches with this probability (the KS critical value; the JS of
+    # the pooled labels dealt at random): fixed limits alone warned on 92% of clean 200/20-row splits
+    shift_alpha: float = 0.05
     truncation_share: float = 0.01  # share of train texts longer than model.max_length
     min_val_per_class: int = 10  # fewer val rows than this for a class: its recall is noise
     spread_z: float = 3.0  # a class whose embedding spread is this many SDs above the mean is heterogeneous
@@ -44,7 +47,7 @@ class AssessThresholds:
 # can never fire (near_leak_similarity 1.5 turned near-leakage off, silently), so `--thresholds` takes them in 0..1 only
 UNIT_INTERVAL_THRESHOLDS = frozenset({
     "near_duplicate_similarity", "near_leak_similarity", "label_shift_js", "oov_rate", "length_shift_ks",
-    "truncation_share", "hard_probe_f1", "easy_probe_f1"})
+    "truncation_share", "hard_probe_f1", "easy_probe_f1", "shift_alpha"})
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,10 @@ class SplitShift:
     length_mean_train: float
     length_mean_split: float
     length_ks: float  # Kolmogorov-Smirnov statistic between the two length distributions
+    # what a random split of these sizes reaches with probability shift_alpha (stats.js_critical, ks_critical; None:
+    # a record written before these)
+    js_critical: float | None = None
+    length_ks_critical: float | None = None
 
 
 @dataclass(frozen=True)

@@ -231,18 +231,24 @@ def recommend(facts: Mapping[str, Any], rules: Sequence[StartRule] = START_RULES
 
 @dataclass(frozen=True)
 class Above:
-    """fact > limit (or >= with strict=False); the limit is a named threshold, or 0. Unknown counts as 0."""
+    """fact > limit (or >= with strict=False); the limit is a named threshold, or 0, or the larger of the threshold
+    and the fact `critical` (a limit that depends on the data: what chance reaches at these sample sizes). Unknown
+    counts as 0."""
 
     fact: str
     threshold: str | None = None  # an AssessThresholds field
     strict: bool = True
+    critical: str | None = None  # a fact
 
     def holds(self, facts: Mapping[str, Any], t: AssessThresholds) -> bool:
         x, limit = facts.get(self.fact) or 0, getattr(t, self.threshold) if self.threshold else 0
+        limit = max(limit, facts.get(self.critical) or 0) if self.critical else limit
         return x > limit if self.strict else x >= limit
 
     def describe(self) -> str:
-        return f"{self.fact} {'>' if self.strict else '>='} {'t.' + self.threshold if self.threshold else 0}"
+        limit = "t." + self.threshold if self.threshold else "0"
+        limit = f"max({limit}, {self.critical})" if self.critical else limit
+        return f"{self.fact} {'>' if self.strict else '>='} {limit}"
 
 
 @dataclass(frozen=True)
@@ -284,7 +290,8 @@ class FindingRule:
 
     def facts(self) -> set[str]:
         """The facts this row reads: its condition's, its evidence and those its message formats."""
-        return {self.when.fact} | set(self.uses) | template_facts(self.message)
+        critical = {self.when.critical} if getattr(self.when, "critical", None) else set()
+        return {self.when.fact} | critical | set(self.uses) | template_facts(self.message)
 
     def thresholds(self) -> set[str]:
         """The thresholds it reads: its condition's and those its message formats ({t.name})."""
@@ -344,16 +351,21 @@ FINDING_RULES: tuple[FindingRule, ...] = (
     FindingRule("missing-val-labels", "warn", Above("missing_val_labels"),
                 "{missing_val_labels} training label(s) have no validation row ({missing_val_names}): their "
                 "recall cannot be measured", ("missing_val_labels", "missing_val_names")),
-    FindingRule("label-shift", "warn", Above("shift_worst_js", "label_shift_js", strict=False),
+    FindingRule("label-shift", "warn", Above("shift_worst_js", "label_shift_js", strict=False,
+                                             critical="shift_worst_js_critical"),
                 "label distribution of {shift_worst_js_split} differs from train (Jensen-Shannon "
-                "{shift_worst_js:.3f} bits; val {js_val:.3f}, test {js_test:.3f}); most: val {js_val_top}; test "
-                "{js_test_top}", ("shift_worst_js", "shift_worst_js_split", "js_val", "js_test")),
+                "{shift_worst_js:.3f} bits, past {t.label_shift_js} and the {shift_worst_js_critical:.3f} a random "
+                "split of its size reaches at alpha {t.shift_alpha}; val {js_val:.3f}, test {js_test:.3f}); most: val "
+                "{js_val_top}; test {js_test_top}",
+                ("shift_worst_js", "shift_worst_js_split", "shift_worst_js_critical", "js_val", "js_test")),
     FindingRule("vocabulary-shift", "warn", Above("oov_val", "oov_rate", strict=False),
                 "{oov_val:.1%} of validation words never occur in train", ("oov_val",)),
-    FindingRule("length-shift", "warn", Above("length_ks_val", "length_shift_ks", strict=False),
-                "validation lengths differ from train (KS {length_ks_val:.2f}; mean {length_mean_val:.1f} vs "
-                "{length_mean_train:.1f} {length_unit})",
-                ("length_ks_val", "length_mean_val", "length_mean_train")),
+    FindingRule("length-shift", "warn", Above("length_ks_val", "length_shift_ks", strict=False,
+                                              critical="length_ks_val_critical"),
+                "validation lengths differ from train (KS {length_ks_val:.2f}, past {t.length_shift_ks} and the "
+                "{length_ks_val_critical:.2f} a random split of these sizes reaches at alpha {t.shift_alpha}; mean "
+                "{length_mean_val:.1f} vs {length_mean_train:.1f} {length_unit})",
+                ("length_ks_val", "length_ks_val_critical", "length_mean_val", "length_mean_train")),
     FindingRule("truncation", "warn", Above("truncated_share", "truncation_share"),
                 "{truncated_share:.1%} of training texts exceed max_length={max_length} tokens (p99 {token_p99_ceil})",
                 ("truncated_share", "max_length", "token_p99")),

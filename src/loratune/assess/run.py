@@ -50,7 +50,8 @@ def assess_dataset(ds: Dataset, *, dataset_name: str = "", model_name: str = "",
     notes = tuple(ds.notes) + tuple(n for n in [neighbour_sample_note(len(uniq))] if n)  # counts from a sample
 
     t0 = time.perf_counter()
-    shifts = {name: measure_shift(ds.train, sp, train_lengths=tl.get("train"), other_lengths=tl.get(name))
+    shifts = {name: measure_shift(ds.train, sp, train_lengths=tl.get("train"), other_lengths=tl.get(name),
+                                  alpha=thresholds.shift_alpha)
               for name, sp in splits.items() if name != "train"}
     timings["shift_s"] = time.perf_counter() - t0
 

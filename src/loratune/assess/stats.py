@@ -31,6 +31,41 @@ def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.max(np.abs(cdf_x - cdf_y)))
 
 
+def ks_critical(n: int, m: int, alpha: float) -> float:
+    """The two-sample KS statistic that samples of n and m rows of one distribution exceed with probability `alpha`:
+    the asymptotic c(alpha) sqrt((n + m) / (n m)), c(alpha) = sqrt(-ln(alpha / 2) / 2) (1.36 at 0.05; 200 vs 20 rows:
+    0.32), at most 1. Lengths are whole numbers (ties), which makes it conservative. 1 where a side is empty."""
+    if n == 0 or m == 0 or alpha <= 0:
+        return 1.0
+    return min(1.0, math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((n + m) / (n * m)))
+
+
+JS_NULL_DRAWS = 400  # random deals of the pooled labels behind js_critical
+JS_NULL_SEED = 0
+
+
+def js_critical(train_counts: Mapping[str, float], split_counts: Mapping[str, float], alpha: float) -> float:
+    """The Jensen-Shannon divergence (bits) that a split of this size dealt at random from the pooled labels of both
+    reaches with probability `alpha`: the 1 - alpha quantile over JS_NULL_DRAWS deals (seeded; a multivariate
+    hypergeometric draw of the split's counts). 30 rows of 10 classes reach ~0.1 bits by chance alone."""
+    labels = sorted(set(train_counts) | set(split_counts))
+    pooled = np.array([int(train_counts.get(k, 0)) + int(split_counts.get(k, 0)) for k in labels], np.int64)
+    m = int(sum(int(split_counts.get(k, 0)) for k in labels))
+    n = int(pooled.sum()) - m
+    if m == 0 or n == 0 or len(labels) < 2:
+        return 0.0
+    Q = np.random.default_rng(JS_NULL_SEED).multivariate_hypergeometric(pooled, m, size=JS_NULL_DRAWS) / m
+    P = (pooled - Q * m) / n
+    M = (P + Q) / 2
+
+    def terms(X):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(X > 0, X * np.log2(np.where(X > 0, X, 1) / np.where(M > 0, M, 1)), 0.0)
+
+    js = np.maximum((0.5 * terms(P) + 0.5 * terms(Q)).sum(axis=1), 0.0)
+    return float(np.quantile(js, 1 - min(1.0, max(0.0, alpha))))
+
+
 def js_divergence(p: Mapping[str, float], q: Mapping[str, float]) -> tuple[float, dict[str, float]]:
     """Jensen-Shannon divergence in bits between two count (or share) maps, and each label's term."""
     labels = sorted(set(p) | set(q))
