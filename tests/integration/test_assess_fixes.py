@@ -62,3 +62,19 @@ def test_the_probe_says_se_n_a_when_the_bootstrap_measured_none(tiny_bert, tmp_p
     out = " ".join(capsys.readouterr().out.split())
     probe = out[out.index("probe ("):]
     assert "SE n/a" in probe.split(" on 2 rows")[0] and "± 0.000" not in out
+
+
+def test_the_splits_table_keeps_its_numbers_whole_on_80_columns(tiny_bert, tmp_path, capsys, monkeypatch):
+    # every column was no_wrap: at 80 columns "100.0%" printed as "100.…" and the header "per class" as "per cla…"
+    monkeypatch.setenv("COLUMNS", "80")
+    data = tmp_path / "longtxt"
+    data.mkdir()
+    long = lambda rows: [{"text": " ".join([r["text"]] * 16), "label": r["label"]} for r in rows]  # noqa: E731
+    write_jsonl(data / "train.jsonl", long(make_rows(12, seed=1)))
+    write_jsonl(data / "validation.jsonl", long(make_rows(5, seed=2)))
+    assert main(["assess", "--no-probe", "--data", str(data), f"name_or_path={tiny_bert}", "max_length=16"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("split "):out.index("findings")]
+    assert "…" not in table and "per class" in table and "max/min" in table
+    train = next(x for x in table.splitlines() if x.startswith("train "))
+    assert train.split()[-1] == "100.0%" and max(len(x.rstrip()) for x in table.splitlines()) <= 80

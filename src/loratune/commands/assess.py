@@ -106,6 +106,7 @@ def _inputs(args) -> tuple[str, dict[str, str]]:
 
 
 def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None:
+    from rich import box
     from rich.table import Table
 
     from loratune.assess.stats import measured_se
@@ -120,14 +121,21 @@ def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None
     t = Table(title="splits (per class: rows of the smallest/median/largest class; tail: classes under "
                     f"{a.thresholds.long_tail_count} rows; tokens: p50/p99/max; trunc: share over model.max_length)",
               title_justify="left")
-    for col in ("split", "rows", "classes", "per class", "tail", "max/min", "tokens", "trunc"):
-        t.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
+    rows = []
     for s in a.splits:
         tok = f"{s.tokens.p50:.0f}/{s.tokens.p99:.0f}/{s.tokens.max}" if s.tokens else "-"
         trunc = f"{s.truncated_share:.1%}" if s.truncated_share is not None else "-"
         tail = str(len(s.long_tail_classes)) if s.name == "train" else ""
-        t.add_row(s.name, str(s.rows), str(s.classes), f"{s.count_min}/{s.count_median:g}/{s.count_max}", tail,
-                  f"{s.imbalance_ratio:.1f}", tok, trunc)
+        rows.append((s.name, str(s.rows), str(s.classes), f"{s.count_min}/{s.count_median:g}/{s.count_max}", tail,
+                     f"{s.imbalance_ratio:.1f}", tok, trunc))
+    # no vertical rules, one space between columns: the table fits 80 columns (74 with 4-digit counts); a narrower
+    # terminal folds a cell onto two lines, never cuts it (no_wrap cut "100.0%" to "100.…" and "per class" to
+    # "per cla…" at 80 columns)
+    t.box, t.show_edge, t.pad_edge, t.collapse_padding = box.SIMPLE_HEAD, False, False, True
+    for col in ("split", "rows", "classes", "per class", "tail", "max/min", "tokens", "trunc"):
+        t.add_column(col, justify="left" if col == "split" else "right", overflow="fold")
+    for r in rows:
+        t.add_row(*r)
     out.print(t)
 
     t = Table(title="findings", title_justify="left", show_lines=False)
