@@ -372,7 +372,10 @@ def _find_trainer_state(d: Path) -> tuple[Path | None, str | None]:
     except (OSError, ValueError, AttributeError):
         return top, None  # read_trainer_state says what is wrong with it
     if isinstance(top_step, (int, float)) and newest_step > top_step:
-        parted = _log_parts_at(top_state, newest)
+        # a checkpoint written after the top-level state is the newest work (a resume, or a re-run into the same
+        # output_dir, even one whose log forks from the old run's); only an older checkpoint whose log does not
+        # continue the top-level one is another run's leftover
+        parted = None if _mtime(newest) >= _mtime(top) else _log_parts_at(top_state, newest)
         if parted is not None:
             # an output_dir reused: an older, longer run's checkpoint is no continuation of the run that wrote the
             # top-level state (a resumed run's checkpoint holds the log it resumed from, value for value)
@@ -383,6 +386,13 @@ def _find_trainer_state(d: Path) -> tuple[Path | None, str | None]:
         return newest, (f"{newest.parent.name}/trainer_state.json reaches step {newest_step}, the top-level "
                         f"trainer_state.json only {top_step:g}: read the checkpoint's")
     return top, None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _log_parts_at(top_state: Any, ckpt: Path) -> float | None:

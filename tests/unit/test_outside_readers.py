@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -158,12 +159,20 @@ def test_a_stale_checkpoint_of_another_run_in_a_reused_output_dir_does_not_outra
 
     run = _state(tmp_path / "r", log(300, 1e-4) + [{"step": 300, "train_runtime": 60.0, "train_loss": 0.8}],
                  global_step=300, max_steps=300)
-    _state(run / "checkpoint-500", log(500, 2e-4), global_step=500, max_steps=500)
+    ckpt = _state(run / "checkpoint-500", log(500, 2e-4), global_step=500, max_steps=500) / "trainer_state.json"
+    top = (run / "trainer_state.json").stat().st_mtime
+    os.utime(ckpt, (top - 86400, top - 86400))  # the older run's, a day before the new run's end
     h = load_run(run)
     assert h.points[-1]["step"] == 300 and h.facts["max_steps"].value == 300
     assert h.facts["learning_rate"].value == pytest.approx(1e-4, rel=0.05)
     assert any("checkpoint-500/trainer_state.json reaches step 500" in n and "their logs differ from step 10 on" in n
                and "the top-level state is read" in n for n in h.notes)
+    # near miss: the same checkpoint written after the top-level state is the newest work (a re-run into the same
+    # output_dir, killed after its checkpoint; or a resume whose log forks mid-window): it is read, never "stale"
+    os.utime(ckpt, (top + 60, top + 60))
+    h = load_run(run)
+    assert h.points[-1]["step"] == 500 and h.facts["max_steps"].value == 500
+    assert not any("stale" in n for n in h.notes)
 
 
 @pytest.mark.parametrize("log,said", [([], "log_history is empty"),

@@ -1047,6 +1047,11 @@ def test_an_outside_runs_final_card_is_its_last_eval_point_not_a_train_only_row(
         assert r.final["step"] == step and r.final[r.metric] == pytest.approx(f1)
         assert r.final["val/loss"] == pytest.approx(loss)
         assert 'final' in render_run(r)
+    # ...and a last eval that logged its loss but not the metric: the final card is the last point with the metric
+    state.write_text(json.dumps({"global_step": 60, "max_steps": 60, "log_history": log + [
+        {"step": 60, "eval_loss": 1.05}]}), encoding="utf-8")
+    r = build_outside_report(state)
+    assert r.final["step"] == 40 and r.final[r.metric] == pytest.approx(0.61)
 
 
 def test_a_study_in_a_folder_named_with_hash_percent_or_question_mark_links_its_trials(tmp_path):
@@ -1106,6 +1111,16 @@ def test_a_diverged_run_that_kept_its_untrained_start_says_so_on_the_best_card(t
     assert "best kept: the untrained start" in html
     ok = build_run_report(write_run(tmp_path / "ok", k=4))
     assert not ok.kept_untrained and "no trained point kept" not in render_run(ok)
+    # an interrupted run stopped before its first trained eval: nothing diverged, nothing was evaluated yet
+    d = write_run(tmp_path / "int", k=4, status="interrupted")
+    points = [json.loads(x) for x in (d / "history.jsonl").read_text().splitlines()]
+    (d / "history.jsonl").write_text(json.dumps(points[0]) + "\n", encoding="utf-8")
+    run = json.loads((d / "run.json").read_text())
+    run.update(best=points[0], steps_done=80, saved_model={"step": None, "note": "no model saved"}, adapter_step=None)
+    (d / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    html = render_run(build_run_report(d))
+    assert "no trained point kept (no trained eval point before the run stopped)" in html
+    assert "diverged" not in html.split("no trained point kept")[1][:80]
 
 
 def test_the_lora_vs_full_table_says_which_share_and_which_lora_it_shows(tmp_path):

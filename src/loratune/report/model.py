@@ -877,7 +877,10 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
     metric = _metric_of(points, h.meta)
     best_step = _best_step(points, metric)
     evals = _eval_points(points)
-    final_pt = evals[-1] if evals else points[-1] if points else None
+    # the final card is the last eval point that scored the metric, as the diagnosis's 'final' reads it (a last eval
+    # that logged the loss alone would show the metric as '–' beside a diagnosis that gives it)
+    scored = [p for p in evals if as_float(p.get(metric)) is not None]
+    final_pt = scored[-1] if scored else evals[-1] if evals else points[-1] if points else None
     facts = h.facts
     fact = (lambda k: facts[k].value if k in facts else None)  # noqa: E731
     adapter = h.config.get("adapter") or {}

@@ -15,7 +15,7 @@ from loratune.report.charts import esc
 from loratune.report.html import (STATUS_TONE, badge, copy_block, duration, footer, human, legend, metric, missing,
                                   num, page, pct, section, table, tile, value_text, verdict_tone)
 from loratune.report.model import (ClassTable, ConfusionView, CurvePanel, DiagnosisView, FindingView, RunReport,
-                                   pairs_missing_why)
+                                   as_float, pairs_missing_why)
 from loratune.report.render_study import render_study
 
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +347,9 @@ def run_summary(r: RunReport) -> str:
         best_detail.append(f"from {metric(r.start_metric)} at " + ("step 0" if r.source == "loratune" else
                                                                     "its first eval"))
     if r.kept_untrained:  # the history's highest trained point diverged: say what the record kept, and why
-        why = "the run diverged" if r.status == "diverged" else "every trained point diverged"
+        why = ("the run diverged" if r.status == "diverged" else
+               "no trained eval point before the run stopped" if (as_float(r.final.get("step")) or 0) <= 0 else
+               "no trained eval point scored above the untrained start")
         best_detail = [f"no trained point kept ({why}): best kept = the untrained model, step 0"
                        + ("" if r.saved_step is not None else " · no model saved")]
     final_v = r.final.get(r.metric)
