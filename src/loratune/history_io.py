@@ -1442,9 +1442,6 @@ _NB_COMMENT_LINE = re.compile(r"(?m)^[ \t]*#.*$")  # a commented-out line (`# le
 _NB_END = r"(?=[ \t]*(?:[,)\]};#\r\n]|$))"
 _NB_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 _NB_LR = re.compile(r"""["']?\blearning_rate["']?\s*[=:]\s*""" + _NB_NUMBER + _NB_END)
-# a literal warmup_steps (`TrainingArguments(warmup_steps=500)`): with the progress bar's planned steps, how far up
-# its linear warm-up the lr got
-_NB_WARMUP = re.compile(r"""["']?\bwarmup_steps["']?\s*[=:]\s*(\d+)""" + _NB_END)
 # `learning_rate=LEARNING_RATE`: a name the code assigns the learning rate to
 _NB_LR_NAME = re.compile(r"\blearning_rate\s*=\s*([A-Za-z_][A-Za-z0-9_]*)" + _NB_END)
 # a literal num_labels (`from_pretrained(name, num_labels=3)`): the classifier head's classes
@@ -1786,19 +1783,6 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
           and not any(_NB_LR_SET_ELSEWHERE.search(text) for text in code)):
         facts["learning_rate"] = Fact(TRAINER_DEFAULT_LR, "the TrainingArguments default (the notebook's code sets "
                                       "no learning rate)")
-    # a warm-up planned longer than the run (one literal warmup_steps past the progress bar's planned steps): the
-    # Trainer's linear warm-up never reached the learning rate set, so the run's largest step is that rate times the
-    # share of the warm-up it ran (fold AW's gravisandeep: SciBERT MLM at 5e-5 with warmup_steps=5000 over 100 steps:
-    # 1e-6 at its last step; both reviews lr-too-small)
-    warmups = sorted({int(m.group(1)) for text in code for m in _NB_WARMUP.finditer(text)})
-    done = facts.get("steps_done") or facts.get("max_steps")
-    if ("learning_rate" in facts and len(warmups) == 1 and done is not None and _fin(done.value)
-            and 0 < done.value < warmups[0]):
-        lr = facts["learning_rate"].value
-        facts["learning_rate"] = Fact(lr * done.value / warmups[0],
-                                      f"{facts['learning_rate'].source} ({lr:g}), reached only {done.value:g} "
-                                      f"steps into its warmup_steps={warmups[0]} (notebook code): the warm-up is "
-                                      "longer than the run")
     loras = {m.group(1) for text in code for m in _NB_LORA.finditer(text)}
     if (loras and any(_NB_LORA_APPLIED.search(text) for text in code)
             and not any(_NB_OTHER_PEFT.search(text) for text in code)):

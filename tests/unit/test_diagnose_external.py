@@ -2423,20 +2423,3 @@ def test_a_val_metric_at_zero_at_every_eval_is_never_healthy(tmp_path):
     d = diagnose(tmp_path)
     assert d.features["val_metric_best"] == pytest.approx(0.34)
     assert d.verdict == "healthy", [(f.rule_id, f.suppressed_by) for f in d.findings]
-
-
-@pytest.mark.parametrize("fold, name, lr, cut", [
-    # gravisandeep (AW): SciBERT MLM, learning_rate=5e-5 with warmup_steps=5000 over a 100-step run: the linear
-    # warm-up reached 100/5000 of the rate set
-    ("public_aw", "gravisandeep__Clinical-Document-Summarization-code__SciBERT", 1e-6, True),
-    # near miss: a warm-up shorter than its run leaves the rate set as the peak (BasmaZouaoui, AA: ViT at 3e-5)
-    ("public_aa", "BasmaZouaoui__Brain-MRI-Analysis-System__finetuning_vit", 3e-5, False),
-])
-def test_a_notebooks_warm_up_longer_than_its_run_lowers_the_learning_rate_it_reached(fold, name, lr, cut):
-    from loratune.history_io import read_notebook
-    run = next(r for r in json.loads((EXTERNAL / fold / "manifest.json").read_text())["runs"] if r["name"] == name)
-    h = read_notebook(EXTERNAL / fold / name / "notebook.ipynb", table=run["table_index"])
-    fact = h.facts["learning_rate"]
-    assert fact.value == pytest.approx(lr)
-    assert ("the warm-up is longer than the run" in fact.source) == cut
-    assert diagnose(h).features["peak_lr"] == pytest.approx(lr)
