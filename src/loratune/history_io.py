@@ -1150,7 +1150,10 @@ def _lr_facts(train_logs: Sequence[dict]) -> dict[str, "Fact"]:
     peak_step, peak = lr[i_peak]
     warm = [v for _, v in lr[:i_peak]]
     s0 = 0.0
-    if i_peak > 0 and warm and warm[0] < 0.9 * peak:
+    # a warm-up rises to the peak; a peak taken past a fall (a later cycle of a restarting schedule logged coarsely)
+    # says nothing of where the warm-up ended
+    first_rise = all(lr[i + 1][1] > lr[i][1] for i in range(i_peak))
+    if i_peak > 0 and warm and warm[0] < 0.9 * peak and first_rise:
         out["warmup_steps"] = Fact(int(peak_step), "log_history learning_rate (rising over these steps)")
         s0 = peak_step
     after = lr[i_peak:]
@@ -1186,7 +1189,11 @@ def _lr_facts(train_logs: Sequence[dict]) -> dict[str, "Fact"]:
     # fits, is reported as logged: it is the reading the diagnosis's `peak_lr` makes, and snapped it contradicted
     # the rules beside it (khuda-3rd, F: 9.96e-5 logged at step 10 of a 1e-4 decay, shown as a 1e-4 "largest logged
     # value" while the rules read 9.96e-5)
-    cycle = f" (its first cycle: the rate restarts after step {after[-1][0] + 1:g})" if restart is not None else ""
+    # "first cycle" only where the peak is the top of the first rise: a peak taken from a later cycle (the first rise
+    # logged too coarsely to reach LR_PEAK_FIRST_RISE of it) is the cycle it is in, named by its step
+    cycle = ("" if restart is None else
+             f" (its first cycle: the rate restarts after step {after[-1][0] + 1:g})" if first_rise else
+             f" (the cycle from step {peak_step + 1:g}: the rate restarts after step {after[-1][0] + 1:g})")
     out["learning_rate"] = Fact(estimate if schedule in ("decaying", "unknown") else _round_lr(estimate),
                                 "log_history learning_rate: " +
                                 ("peak of a constant schedule" if schedule == "constant" else

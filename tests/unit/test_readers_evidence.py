@@ -246,3 +246,16 @@ def test_a_resumed_runs_tensorboard_log_read_alone_says_it_begins_late(tmp_path)
     assert resumed.points[0]["step"] == 25 and len(said) == 1 and "not the untrained model" in said[0]
     whole = load_run(log(tmp_path / "whole" / "runs", 1))  # logging_first_step: step 1, then every 3
     assert not any("begins at step" in n for n in whole.notes)
+
+
+def test_a_restarting_schedule_logged_coarsely_claims_no_warm_up_and_no_first_cycle(tmp_path):
+    """cosine_with_restarts (warm-up 30, 300 steps, 3 cycles) logged every 25 steps: the first rise tops out below
+    0.9x the largest value, so the peak is a later cycle's. The facts claimed a 124-step warm-up and 'its first
+    cycle'; a peak taken past a fall says neither."""
+    lr = [160.0, 178.8, 103.49, 25.69, 199.03, 152.99, 69.1, 7.28, 188.29, 120.79, 38.43, 0.06]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 300, "max_steps": 300, "log_history": [
+        {"step": 25 * (i + 1), "loss": 2 - 0.125 * (i + 1), "learning_rate": v * 1e-6} for i, v in enumerate(lr)]}))
+    facts = load_run(tmp_path).facts
+    assert "warmup_steps" not in facts
+    assert "first cycle" not in facts["learning_rate"].source
+    assert facts["learning_rate"].value == pytest.approx(199.03e-6)
