@@ -661,9 +661,14 @@ def check_trainable(dataset: "Dataset") -> None:
         problems.append(f"train: {len(dataset.train)} row(s); training needs at least {MIN_TRAIN_ROWS}")
     if len(dataset.validation) < MIN_VALIDATION_ROWS:
         carved = dataset.validation.source.endswith(CARVED)
+        # the cause claimed only where it is the cause: stratified_split carves a row of every stratum of 2 or more
+        strata = Counter(labs[0] if labs else "" for labs in dataset.train.labels)
+        small = carved and max(strata.values(), default=0) < 2
         problems.append("validation: 0 rows" + (
             ": no validation file was given and no class has two training rows to carve one from "
-            "(each class needs at least 2 rows, one of them goes to validation)" if carved else ""))
+            "(each class needs at least 2 rows, one of them goes to validation"
+            + ("; a multi-label row counts under its first label)" if dataset.label_space.multi_label else ")")
+            if small else ": no validation file was given and none was carved from train" if carved else ""))
     if problems:
         raise UserError(f"the data cannot be trained on ({len(problems)} problem(s)):\n"
                         + "\n".join(f"  - {p}" for p in problems),
@@ -709,7 +714,9 @@ def _cover(split: Split, chosen: list[int], pool: list[int], first: bool = False
     """`chosen` with, for each label of `pool`'s rows that no chosen row carries, one pool row carrying it (the first,
     in row order: the seeded choices stay the caller's) swapped in for a spare chosen row, one all of whose labels
     another chosen row still carries (`first`: of the same first label, so the strata keep their sizes). No spare:
-    the row is added all the same, or with `size` (a subset of n rows) left out."""
+    the row is added all the same, or with `size` (a subset of n rows) or `first` (a carving) left out: a carved
+    validation split never shrinks for it (to 0 rows, where every row of a stratum has a label of its own), its label
+    is noted as not in train instead."""
     chosen = list(chosen)
     have = Counter(lab for i in chosen for lab in split.labels[i])
     for i in pool:
@@ -719,7 +726,7 @@ def _cover(split: Split, chosen: list[int], pool: list[int], first: bool = False
         have.update(labs)
         spare = next((j for j in reversed(chosen) if (not first or split.labels[j][:1] == labs[:1])
                       and all(have[lab] > 1 for lab in split.labels[j])), None)
-        if spare is None and size:
+        if spare is None and (size or first):
             have.subtract(labs)
             continue
         chosen.append(i)

@@ -869,6 +869,43 @@ def test_the_carved_validation_split_never_takes_a_label_out_of_train(tmp_path):
         assert len(sub) == 5 and {lab for i in sub for lab in ds.train.labels[i]} == set(ds.label_space.labels)
 
 
+def test_carving_never_shrinks_validation_to_keep_a_label_in_train(tmp_path):
+    """Every 'a' row carries a label of its own (x0..x3): _cover swapped each carved row back into train with no
+    spare row to take its place, so validation came out with 0 rows and training was refused with "no class has two
+    training rows" (a and b have 4 each). The carved row stays in validation; its own label is noted as not in train."""
+    from dataclasses import replace
+
+    from loratune.data import check_trainable
+
+    rows = ([{"text": f"alpha thing {i}", "labels": ["a", f"x{i}"]} for i in range(4)]
+            + [{"text": f"beta thing {i}", "labels": ["b", f"y{i}"]} for i in range(4)])
+    path = write_rows(tmp_path / "ml3.jsonl", rows)
+    cfg = DataConfig(train_file=str(path), label_column="labels")
+    for seed in range(10):
+        ds = load_dataset(cfg, seed=seed)
+        assert len(ds.validation) == 2 and len(ds.train) == 6, seed
+        assert sorted(labs[0] for labs in ds.validation.labels) == ["a", "b"]
+        assert any("carved a stratified 25% (2 of 8 rows)" in n for n in ds.notes)
+        assert set(ds.unseen["validation"]) == {lab for labs in ds.validation.labels for lab in labs[1:]}
+        check_trainable(ds)
+    # milder: the 'a' stratum keeps its carved row (no row of 'b' was ever a spare for it)
+    rows = ([{"text": f"alpha {i}", "labels": ["a", f"x{i}"]} for i in range(6)]
+            + [{"text": f"beta {i}", "labels": ["b"]} for i in range(6)])
+    ds = load_dataset(DataConfig(train_file=str(write_rows(tmp_path / "m.jsonl", rows)), label_column="labels"),
+                      seed=42)
+    assert sorted(labs[0] for labs in ds.validation.labels) == ["a", "b"] and len(ds.train) == 10
+    # the message claims "no class has two training rows" only where it is so
+    two = write_rows(tmp_path / "two.jsonl", [{"text": "one", "labels": ["a", "b"]},
+                                              {"text": "two", "labels": ["b", "a"]}])
+    ds = load_dataset(DataConfig(train_file=str(two), label_column="labels"), seed=0)
+    with pytest.raises(UserError, match="no class has two training rows.*counts under its first label"):
+        check_trainable(ds)
+    ds = load_dataset(cfg, seed=0)
+    with pytest.raises(UserError) as e:
+        check_trainable(replace(ds, validation=ds.validation.subset([])))
+    assert "validation: 0 rows" in e.value.problem and "two training rows" not in e.value.problem
+
+
 def test_a_label_string_joining_other_labels_in_list_labelled_data_is_refused(tmp_path):
     """'card_lost,balance' in list-labelled data became a fifth class of its own, nothing said."""
     rows = _multi_rows(3)
