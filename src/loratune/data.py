@@ -412,7 +412,10 @@ def _refuse_joined_labels(rows: list[dict[str, Any]], labels: list[tuple[str, ..
                         f"{sep!r} (e.g. {rows[i][cfg.label_column]!r:.60}): it would be a class of its own",
                         f"write the labels as a list, e.g. {json.dumps(parts)}" + (
                             "" if listed else f", or set data.label_delimiter='{sep}' (every row's labels one "
-                            "delimited string)"))
+                            "delimited string)")
+                        # a list's strings are never split or checked here: the way to keep a label with a comma
+                        + f"; if it is one label that contains {sep!r}, write it as a list of one, e.g. "
+                        f"{json.dumps([rows[i][cfg.label_column]])}")
 
 
 def _written_labels(value: Any, delimiter: str | None) -> list[str]:

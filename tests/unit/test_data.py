@@ -924,6 +924,16 @@ def test_a_label_string_joining_other_labels_in_list_labelled_data_is_refused(tm
     assert "data.label_delimiter=';'" in e.value.fix
     ds = load_dataset(DataConfig(train_file=str(path), label_column="labels", label_delimiter=";"), seed=0)
     assert ds.label_space.labels == ("balance", "card_lost", "pin", "transfer")
+    # the fix names the way to keep a label that contains the comma: a list of one, which is accepted
+    rows = [r for i in range(6) for r in ({"text": f"sure {i}", "labels": "yes"}, {"text": f"kindly {i}",
+                                           "labels": "please"}, {"text": f"yes please {i}", "labels": "yes, please"})]
+    joined = write_rows(tmp_path / "joined.jsonl", rows)
+    with pytest.raises(UserError, match="joins other rows' labels with ','") as e:
+        load_dataset(DataConfig(train_file=str(joined), label_column="labels", multi_label=True), seed=0)
+    assert "contains ','" in e.value.fix and '["yes, please"]' in e.value.fix
+    joined.write_text(joined.read_text().replace('"yes, please"', '["yes, please"]'))
+    assert load_dataset(DataConfig(train_file=str(joined), label_column="labels", multi_label=True),
+                        seed=0).label_space.labels == ("please", "yes", "yes, please")
     # a comma inside a label of its own (no part a label) stays one label
     path.write_text(path.read_text().replace("pin;balance", "pin, or else"))
     assert "pin, or else" in load_dataset(DataConfig(train_file=str(path), label_column="labels",
