@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from loratune.config import RunConfig, load_config  # noqa: F401  (re-exported)
-from loratune.data import Dataset, load_dataset
+from loratune.data import Dataset, load_dataset, seed_drew
 from loratune.store import RunStore
 from loratune.tasks import TASK_RECIPES, recipe  # noqa: F401  (re-exported)
 
@@ -66,6 +66,12 @@ def _dataset(cfg: RunConfig, dataset: Any, verb: str) -> Any:
         raise UserError(f"api.{verb}: dataset was prepared from other data than cfg.data ({'; '.join(differ)}): the "
                         "run's record would name data it did not use",
                         "pass dataset=api.prepare(cfg) for this cfg, or leave dataset out to read cfg.data")
+    seed = getattr(dataset, "prepared_seed", None)
+    drew = seed_drew(dataset, cfg.data) if seed is not None and seed != cfg.train.seed else None
+    if drew:  # the record would name cfg's seed, and evaluate re-read a split drawn with it (rows trained on)
+        raise UserError(f"api.{verb}: dataset was prepared with train.seed {seed}, cfg has {cfg.train.seed}: the seed "
+                        f"drew {drew}, so the run's record would name rows it did not use",
+                        "pass dataset=api.prepare(cfg) for this cfg, or leave dataset out to read cfg.data")
     return dataset
 
 
@@ -73,7 +79,8 @@ def prepare(cfg: RunConfig) -> Dataset:
     """Read the data (before any model loads): a `data.Dataset` for classification, an
     `sft_data.SFTDataset` for causal-lm."""
     cfg = require_built(cfg, "prepare")
-    return dataclasses.replace(recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed), prepared_from=cfg.data)
+    return dataclasses.replace(recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed), prepared_from=cfg.data,
+                               prepared_seed=cfg.train.seed)
 
 
 def check(cfg: RunConfig, dataset) -> None:

@@ -100,6 +100,7 @@ class Dataset:
     # the data config api.prepare read it from (None: built by hand): a verb given this dataset with another cfg.data
     # refuses it (api._dataset), as the run's record would name data it did not train on
     prepared_from: DataConfig | None = field(default=None, compare=False, repr=False)
+    prepared_seed: int | None = field(default=None, compare=False, repr=False)  # the seed it was read with (seed_drew)
 
     def splits(self) -> dict[str, Split]:
         out = {"train": self.train, "validation": self.validation}
@@ -681,6 +682,14 @@ def check_trainable(dataset: "Dataset") -> None:
 
 # ---------------------------------------------------------------------------------------------
 # building the dataset
+
+
+def seed_drew(dataset: Any, cfg: DataConfig) -> str | None:
+    """What of a dataset (data.Dataset or sft_data.SFTDataset) the seed it was read with drew: its carved validation
+    split, its max_*_samples subsets; None where the same data read with any seed gives the same rows."""
+    drew = (["the carved validation split"] if dataset.validation.source.endswith(CARVED) else []) + [
+        f"the {key} subset" for key in ("max_train_samples", "max_eval_samples") if getattr(cfg, key)]
+    return " and ".join(drew) or None
 
 
 def carved_note(kind: str, carved: int, total: int, asked: float, seed: int, rounding: str) -> str:

@@ -93,6 +93,7 @@ class SFTDataset:
     label_space: LabelSpace | None = None  # generative classification: the labels a completion may name
     prompt_set: str | None = None  # data.prompt_set, or the shipped demo's own when training on the demo
     prepared_from: DataConfig | None = field(default=None, compare=False, repr=False)  # as data.Dataset's
+    prepared_seed: int | None = field(default=None, compare=False, repr=False)  # as data.Dataset's
 
     @property
     def generates_labels(self) -> bool:

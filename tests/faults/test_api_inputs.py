@@ -102,6 +102,32 @@ def test_a_dataset_prepared_from_other_data_than_cfg_data_is_refused(tiny_bert, 
                                                                                     "test": 20}
 
 
+def test_a_dataset_prepared_with_another_seed_is_refused_where_the_seed_drew_its_rows(tiny_bert, intent_data,
+                                                                                      tmp_path):
+    # api.train(cfg seed 7, api.prepare(cfg seed 42)) trained on the split carved with 42 and recorded seed 7: evaluate
+    # re-carved with 7 and scored a validation split most of whose rows were training rows
+    from loratune import api
+    from loratune.data import load_dataset
+
+    base = overrides(tiny_bert, intent_data, tmp_path / "run", max_steps=4, eval_steps=2)
+    carve = [o for o in base if not o.startswith("dataset_name=")] + [f"train_file={intent_data}/train.jsonl"]
+    a, b = api.load_config(None, carve), api.load_config(None, carve + ["seed=7"])
+    prepared = api.prepare(a)
+    assert set(load_dataset(b.data, seed=7).validation.texts) & set(prepared.train.texts)  # what evaluate would score
+    for verb, call in (("train", lambda: api.train(b, prepared, progress=False)),
+                       ("plan", lambda: api.plan(b, prepared))):
+        text = _refused(call)
+        assert (f"api.{verb}: dataset was prepared with train.seed 42, cfg has 7: the seed drew the carved "
+                "validation split") in text, text
+    assert not (tmp_path / "run").exists()
+    sub = base + ["max_train_samples=10"]
+    text = _refused(lambda: api.plan(api.load_config(None, sub + ["seed=3"]), api.prepare(api.load_config(None, sub))))
+    assert "the seed drew the max_train_samples subset" in text
+    # a validation file and no subset: the seed draws nothing, the dataset is the same rows under any seed
+    given = api.prepare(api.load_config(None, base))
+    assert api.plan(api.load_config(None, base + ["seed=7"]), given)["rows"]["validation"] == 20
+
+
 def test_a_runconfig_changed_with_dataclasses_replace_is_validated_as_config_replace_validates_it(
         tiny_bert, intent_data, tmp_path):
     # an unvalidated r=0 failed inside peft (ValueError) and learning_rate='1e-3' inside torch's Adam (TypeError)
