@@ -8,6 +8,7 @@ file, a missing column, a single class, bytes that are not UTF-8, a row without 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -690,6 +691,33 @@ def seed_drew(dataset: Any, cfg: DataConfig) -> str | None:
     drew = (["the carved validation split"] if dataset.validation.source.endswith(CARVED) else []) + [
         f"the {key} subset" for key in ("max_train_samples", "max_eval_samples") if getattr(cfg, key)]
     return " and ".join(drew) or None
+
+
+VALIDATED_ON = "validated_on"  # run.json: the validation split a run was validated on ({rows, digest})
+
+
+def validated_on(split: Any) -> dict:
+    """What a run was validated on (recorded in run.json at train time): the validation split's row count and a short
+    digest of its rows in order (texts and labels; prompts and completions for causal-lm), so a later re-read of the
+    run's data (evaluate, tune --resume) can tell whether it is the same split: a carving, or the file, may differ."""
+    h = hashlib.sha256()
+    rows = (zip(split.texts, split.labels) if hasattr(split, "texts") else
+            (([(t.role, t.content) for t in e.prompt], e.completion) for e in split.examples))
+    for row in rows:
+        h.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+    return {"rows": len(split), "digest": h.hexdigest()[:16]}
+
+
+def validation_differs(recorded: Any, split: Any) -> str | None:
+    """How `split` differs from the validation split a run (or study) recorded (validated_on), e.g. "(8 rows then,
+    8 now, other rows or labels)"; None where it is the same, or where none was recorded (a run made before the digest
+    existed: no claim either way)."""
+    if not isinstance(recorded, dict) or "digest" not in recorded:
+        return None
+    now = validated_on(split)
+    if now["digest"] == recorded["digest"]:
+        return None
+    return f"({recorded.get('rows')} rows then, {now['rows']} now, other rows or labels)"
 
 
 def carved_note(kind: str, carved: int, total: int, asked: float, seed: int, rounding: str) -> str:

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from loratune.config import RunConfig, load_config
-from loratune.data import LabelSpace, empty_text_problems, label_form, load_dataset, refuse_no_shared_label
+from loratune.data import (VALIDATED_ON, LabelSpace, empty_text_problems, label_form, load_dataset,
+                           refuse_no_shared_label, validation_differs)
 from loratune.errors import UserError
 from loratune.metrics import Decoding, decode, margins, sigmoid, softmax
 from loratune.store import CONFIG, LABEL_MAP, RUN, WEIGHT_FILES, RunStore, adapter_step, liveness, read_json
@@ -235,8 +236,22 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     spec = LossSpec.from_dict(store.read_run().get("loss"), trained.space.multi_label)  # the loss the run trained with
     scores, _ = score_split(prefix, logits, enc, trained.space, spec, trained.decoding)
     scores.update(unseen_scores(prefix, unseen))
+    if names[split] == "validation":  # re-carved or re-read: said where it is not the split the run recorded
+        scores.update(differs_scores(prefix, store.read_run(), data_split))
     _record_scores(store, split, scores)
     return scores
+
+
+SPLIT_DIFFERS = "split_differs"  # the scores' key of the note that a validation split is not the run's own
+
+
+def differs_scores(prefix: str, run: dict, split) -> dict:
+    """`<prefix>/split_differs`, the note, where `split` is not the validation split the run recorded it was
+    validated on (data.validated_on): recorded beside the scores, so run.json does not pass them off as the run's."""
+    how = validation_differs(run.get(VALIDATED_ON), split)
+    return {f"{prefix}/{SPLIT_DIFFERS}": f"scored on a different validation split than the run was validated on {how}"
+            ": these are not the scores of the split it picked its checkpoint on, and a split carved from train may "
+            "now hold rows it trained on"} if how else {}
 
 
 UNSEEN_LABELS = "unseen_labels"  # the scores' key of a split's labels the run never trained on -> rows
@@ -306,5 +321,7 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
         scores[f"{prefix}/unknown_rate"] = float(np.mean(pred < 0))
         # labels the run never trained on (y -1): scored as errors, and said, as a classifier's evaluation says them
         scores.update(unseen_scores(prefix, unseen_labels((e.completion for e in data_split.examples), labels)))
+    if SPLIT_NAMES[split] == "validation":
+        scores.update(differs_scores(prefix, store.read_run(), data_split))
     _record_scores(store, split, scores)
     return scores

@@ -908,3 +908,35 @@ def test_api_train_into_a_finished_runs_folder_says_what_it_replaces(tiny_bert, 
     _, second = _train(tiny_bert, intent_data, out, max_steps=2, eval_steps=2)
     assert capsys.readouterr().err.count(expect) == 1
     assert second["status"] == "completed"
+
+
+def test_evaluate_notes_a_validation_split_other_than_the_one_the_run_was_validated_on(tiny_bert, intent_data,
+                                                                                       tmp_path, capsys):
+    """A run trained before the carving changed (7baf8a1) was evaluated on the new carving, rows it trained on among
+    them, with no word said, and run.json's eval.validation stored it as the run's score. The run records what it was
+    validated on (validated_on); evaluate says so where the re-read split differs."""
+    from loratune.cli import main
+
+    data = tmp_path / "train.jsonl"
+    data.write_text((intent_data / "train.jsonl").read_text())
+    _, run = _train(tiny_bert, tmp_path, tmp_path / "run", max_steps=4, eval_steps=2)
+    assert run["validated_on"]["rows"] == run["rows"]["val"] == 4 and len(run["validated_on"]["digest"]) == 16
+    assert "val/split_differs" not in api.evaluate(tmp_path / "run", split="validation")  # the same carving
+    lines = data.read_text().splitlines(keepends=True)
+    data.write_text("".join(lines[1:] + lines[:1]))  # the same rows, another order: another carving
+    scores = api.evaluate(tmp_path / "run", split="validation")
+    note = scores["val/split_differs"]
+    assert note.startswith("scored on a different validation split than the run was validated on (4 rows then, 4 "
+                           "now, other rows or labels)") and "rows it trained on" in note
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["eval"]["validation"]["val/split_differs"] == note  # the record does not pass it off as the run's
+    assert main(["evaluate", str(tmp_path / "run"), "--split", "validation"]) == 0
+    assert f"note: {note}" in " ".join(capsys.readouterr().out.split())
+    # a run recorded before validated_on existed: no claim either way
+    del record["validated_on"]
+    (tmp_path / "run" / "run.json").write_text(json.dumps(record))
+    assert "val/split_differs" not in api.evaluate(tmp_path / "run", split="validation")
+    from loratune.data import validated_on
+
+    assert validated_on(api.prepare(load_config(None, overrides(tiny_bert, tmp_path, tmp_path / "r"))).validation) \
+        != run["validated_on"]  # (the split did change)

@@ -458,3 +458,23 @@ def test_a_refused_or_respelled_resume_of_a_finished_study_leaves_it_finished(ti
     after = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}").user_attrs
     attrs.pop("leader"), after.pop("leader")
     assert after == attrs  # the meta (finished, the budget's text) as it was
+
+
+def test_a_resume_notes_a_validation_split_other_than_the_studys(tiny_bert, intent_data, tmp_path, monkeypatch,
+                                                                 capsys):
+    # a study begun before the carving changed (7baf8a1) resumed on the new carving: its trials' scores mixed two
+    # validation splits, and nothing said so
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text((intent_data / "train.jsonl").read_text())  # validation carved from train
+    study = tmp_path / "st"
+    assert main(_tune_args(tiny_bert, data, study, "--strategy", "random", "--budget", "1trials",
+                           "--trial-steps", "4")) == 0
+    assert "different validation split" not in capsys.readouterr().out
+    lines = (data / "train.jsonl").read_text().splitlines(keepends=True)
+    (data / "train.jsonl").write_text("".join(lines[1:] + lines[:1]))  # the same rows, another carving
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "2trials", "-q"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("note: this session validates on a different validation split than the study's earlier trials (4 rows "
+            "then, 4 now, other rows or labels): their scores and this session's are not comparable") in out, out

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields as dc_fields, replace as dc_rep
 from pathlib import Path
 from typing import Any
 
+from loratune.data import VALIDATED_ON, validated_on, validation_differs
 from loratune.errors import UserError
 from loratune.search.budget import Budget, Cost, CostModel, Meter, format_amount
 from loratune.search.context import UI, SearchContext
@@ -175,6 +176,13 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     budget = Budget.parse(options.budget)
     dataset = dataset or recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)  # as api.prepare
     recipe(cfg, "check")(dataset)
+    how = validation_differs(study.meta.get(VALIDATED_ON), dataset.validation)
+    if how:  # a carving (or the file) changed since the study began: its trials' scores mix two splits
+        ui.note(f"note: this session validates on a different validation split than the study's earlier trials {how}"
+                ": their scores and this session's are not comparable, and a split carved from train may now hold "
+                "rows the earlier trials trained on")
+    elif not study.records() and VALIDATED_ON not in study.meta:  # an older study, resumed, gets no record (no claim)
+        study.set_meta(**{VALIDATED_ON: validated_on(dataset.validation)})
     prior_eps, prior_overhead_s = PLAN_PRIORS[cfg.model.task]
     options = dc_replace(options, examples_per_s=options.examples_per_s or prior_eps)
 
