@@ -43,7 +43,8 @@ def describe_model(cfg: ModelConfig) -> ModelInfo | None:
 
 # model types whose learned position ids start after the padding index (RoBERTa's `create_position_ids_from_input_ids`):
 # max_position_embeddings counts those reserved rows too (514 for 512 tokens)
-POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2, "mpnet": 2, "data2vec-text": 2,
+                   "roberta-prelayernorm": 2, "xlm-roberta-xl": 2, "xmod": 2}
 
 
 def input_position_limit(cfg: ModelConfig) -> int | None:

@@ -314,8 +314,12 @@ def test_token_lengths_drive_max_length_and_truncation():
 @pytest.mark.parametrize("text,expected", [
     ("Hello,  WORLD!", "hello world"), ("what's up?", "what s up"), ("  ", ""), ("Ｆｕｌｌ", "full"),
     # symbols that mean something stay, as tokens of their own (they were deleted: $100 and €100 one key)
-    ("send $100", "send $ 100"), ("send €100!", "send € 100"), ("2+2", "2 + 2"), ("love it 😀", "love it 😀"),
-    ("na^ive", "na ive")])
+    ("send $100", "send $ 100"), ("send €100!", "send € 100"), ("love it 😀", "love it 😀"), ("I ❤ it", "i ❤ it"),
+    ("na^ive", "na ive"),
+    # decoration folds with punctuation: texts that differ only by a bullet, a tilde, a pipe or a rule line stay one
+    # key (keeping every Sm/So symbol made '● Reset my PIN' a new text beside '• Reset my PIN': an exact leak lost)
+    ("● Reset my PIN", "reset my pin"), ("reset my pin ~", "reset my pin"), ("card | account", "card account"),
+    ("==== reset pin ====", "reset pin"), ("2+2", "2 2")])
 def test_normalise(text, expected):
     assert A.normalise(text) == expected
 
@@ -593,3 +597,28 @@ def test_label_and_length_shift_allow_for_the_sample_size():
     assert crit == pytest.approx(ks_critical(90, 30, 0.05)) and a.facts["length_ks_val"] >= crit
     assert f"past 0.15 and the {crit:.2f} a random split of these sizes reaches at alpha 0.05" in f.message
     assert f.evidence["shift_alpha"] == 0.05 and f.evidence["length_ks_val_critical"] == crit
+
+
+def test_zero_near_duplicate_neighbours_examines_none():
+    """near_duplicate_neighbors 0: each text's own row alone, as before the neighbour doubling (its self-match, a
+    similarity of 1, read as 'every neighbour a near copy' and grew every row to 64)."""
+    from loratune.assess.profile import char_neighbours
+
+    texts = ["reset my card pin today", "reset my card pin today x", "weather", "book a flight"]
+    assert char_neighbours(texts, 0, 0.9)[0].shape == (4, 1)
+    assert char_neighbours(texts, 1, 0.9)[0].shape[1] >= 2
+
+
+def test_an_mpnet_reserves_its_padding_offset_as_roberta_does(tmp_path):
+    """MPNet's position ids start after padding_idx as RoBERTa's do: 66 rows take 64 tokens (assess proposed 66 and
+    train crashed inside the embedding with an IndexError)."""
+    import torch
+    from transformers import MPNetConfig, MPNetModel
+
+    from loratune.config import load_config
+    from loratune.model_info import input_position_limit
+
+    torch.manual_seed(0)
+    MPNetModel(MPNetConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=66, pad_token_id=1)).save_pretrained(tmp_path)
+    assert input_position_limit(load_config(None, [f"name_or_path={tmp_path}"]).model) == 64

@@ -126,13 +126,14 @@ def char_neighbours(texts: list[str], k: int, min_similarity: float | None = Non
     X = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 4), sublinear_tf=True, use_idf=False,
                         dtype=np.float32).fit_transform(texts)
     n = len(texts)
+    grow = k >= 1  # 0 neighbours asked: the text itself alone, never grown (its self-match is always a "near copy")
     k = min(k + 1, n)
     nn = NearestNeighbors(n_neighbors=k, metric="cosine", algorithm="brute").fit(X)
     q = neighbour_queries(n)
     rows = np.arange(n) if q >= n else np.sort(np.random.default_rng(NEIGHBOUR_SAMPLE_SEED).choice(n, q, replace=False))
     dist, found = nn.kneighbors(X[rows])
     found_s = 1.0 - dist
-    while min_similarity is not None and k < min(n, NEIGHBOURS_GROWN_MAX + 1):
+    while grow and min_similarity is not None and k < min(n, NEIGHBOURS_GROWN_MAX + 1):
         full = np.flatnonzero(found_s[:, -1] >= min_similarity)  # every listed neighbour a near copy: maybe more
         if not len(full):
             break

@@ -11,15 +11,17 @@ _ALLOWED_CONTROL = {"\t", "\n", "\r"}
 _ALLOWED_FORMAT = {"\u200d"}  # zero-width joiner inside emoji
 
 
-# symbol categories that carry meaning, kept as tokens of their own: currency (Sc: "$100" and "€100" are other
-# requests), maths (Sm: "+", "<") and other symbols (So: emoji). Deleting them made false conflicts and false leakage;
-# only modifier symbols (Sk: ^ ` ¨, formatting) fold with punctuation
-_KEPT_SYMBOLS = ("Sc", "Sm", "So")
+# symbols that carry meaning, kept as tokens of their own: currency (Sc: "$100" and "€100" are other requests) and
+# emoji ("I ❤️ it", "I 👎 it"); deleting them made false conflicts and false leakage. Other symbols are decoration
+# (bullets ●, rules ====, ~, |, arrows) and fold with punctuation, so texts differing only by them stay exact copies
+_KEPT_SYMBOLS = ("Sc",)
+# emoji blocks: Miscellaneous Symbols and Dingbats (☀ ❤ ✈), and everything from Mahjong Tiles on (🙂 👎 🚀)
+_EMOJI_RANGES = ((0x2600, 0x27BF), (0x1F000, 0x1FAFF))
 
 
 def _key_char(ch: str) -> str:
     cat = unicodedata.category(ch)
-    if cat in _KEPT_SYMBOLS:
+    if cat in _KEPT_SYMBOLS or (cat == "So" and any(lo <= ord(ch) <= hi for lo, hi in _EMOJI_RANGES)):
         return f" {ch} "
     return " " if cat[0] in "PS" else ch
 

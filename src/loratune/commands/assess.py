@@ -128,12 +128,13 @@ def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None
         tail = str(len(s.long_tail_classes)) if s.name == "train" else ""
         rows.append((s.name, str(s.rows), str(s.classes), f"{s.count_min}/{s.count_median:g}/{s.count_max}", tail,
                      f"{s.imbalance_ratio:.1f}", tok, trunc))
-    # no vertical rules, one space between columns: the table fits 80 columns (74 with 4-digit counts); a narrower
-    # terminal folds a cell onto two lines, never cuts it (no_wrap cut "100.0%" to "100.…" and "per class" to
-    # "per cla…" at 80 columns)
+    # no vertical rules, one space between columns: the table fits 80 columns (74 with 4-digit counts; no_wrap cut
+    # "100.0%" to "100.…" and "per class" to "per cla…" at 80). Below that a number is never folded (a fold of
+    # "114/162/162" read "114/16" on its line): it is cut with an ellipsis, which says so
     t.box, t.show_edge, t.pad_edge, t.collapse_padding = box.SIMPLE_HEAD, False, False, True
     for col in ("split", "rows", "classes", "per class", "tail", "max/min", "tokens", "trunc"):
-        t.add_column(col, justify="left" if col == "split" else "right", overflow="fold")
+        t.add_column(col, justify="left" if col == "split" else "right", no_wrap=col != "split",
+                     overflow="fold" if col == "split" else "ellipsis")
     for r in rows:
         t.add_row(*r)
     out.print(t)
