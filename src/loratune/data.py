@@ -412,12 +412,18 @@ def _refuse_joined_labels(rows: list[dict[str, Any]], labels: list[tuple[str, ..
         raise UserError(f"data file '{source}' {where_rows(lines, [j for j, _, _ in joined[:NONE_BESIDE_SHOWN]])} "
                         f"{'has' if len(joined) == 1 else 'have'} a label that joins other rows' labels with "
                         f"{sep!r} (e.g. {rows[i][cfg.label_column]!r:.60}): it would be a class of its own",
-                        f"write the labels as a list, e.g. {json.dumps(parts)}" + (
+                        # a CSV cell is never read as a list (a cell '["yes, please"]' is a label of that name):
+                        # there the delimiter is the one way, a character the labels do not contain
+                        (f"set data.label_delimiter='{sep}' (every row's labels one delimited string); if it is one "
+                         f"label that contains {sep!r}, set data.label_delimiter to a character no label contains "
+                         f"(e.g. '{next(c for c in LABEL_JOINERS + ('#',) if c != sep)}')"
+                         if str(source).lower().endswith((".csv", ".tsv")) else
+                         f"write the labels as a list, e.g. {json.dumps(parts)}" + (
                             "" if listed else f", or set data.label_delimiter='{sep}' (every row's labels one "
                             "delimited string)")
-                        # a list's strings are never split or checked here: the way to keep a label with a comma
-                        + f"; if it is one label that contains {sep!r}, write it as a list of one, e.g. "
-                        f"{json.dumps([rows[i][cfg.label_column]])}")
+                         # a list's strings are never split or checked here: the way to keep a label with a comma
+                         + f"; if it is one label that contains {sep!r}, write it as a list of one, e.g. "
+                         f"{json.dumps([rows[i][cfg.label_column]])}"))
 
 
 def _written_labels(value: Any, delimiter: str | None) -> list[str]:
@@ -688,12 +694,26 @@ def check_trainable(dataset: "Dataset") -> None:
 def seed_drew(dataset: Any, cfg: DataConfig) -> str | None:
     """What of a dataset (data.Dataset or sft_data.SFTDataset) the seed it was read with drew: its carved validation
     split, its max_*_samples subsets; None where the same data read with any seed gives the same rows."""
+    # a max_*_samples subset is drawn only where the split was longer than the cap (load_dataset): the split now as
+    # long as it (a file of exactly that many rows reads as drawn: refused where it need not be, never let through)
     drew = (["the carved validation split"] if dataset.validation.source.endswith(CARVED) else []) + [
-        f"the {key} subset" for key in ("max_train_samples", "max_eval_samples") if getattr(cfg, key)]
+        f"the {key} subset" for key, split in (("max_train_samples", dataset.train),
+                                               ("max_eval_samples", dataset.validation))
+        if getattr(cfg, key) and len(split) >= getattr(cfg, key)]
     return " and ".join(drew) or None
 
 
 VALIDATED_ON = "validated_on"  # run.json: the validation split a run was validated on ({rows, digest})
+# run.json: the seed its data was read with (carving, subsets), where it differs from train.seed: a study's seed
+# replicates train on the study's data (read with the study's seed) under their own train.seed, and evaluate re-reads
+# the data with this one
+DATA_SEED = "data_seed"
+
+
+def data_seed_record(dataset: Any, train_seed: int) -> dict:
+    """{DATA_SEED: seed} where the dataset was read with another seed than the run's train.seed, else {}."""
+    seed = getattr(dataset, "prepared_seed", None)
+    return {DATA_SEED: seed} if seed is not None and seed != train_seed else {}
 
 
 def validated_on(split: Any) -> dict:
@@ -701,7 +721,8 @@ def validated_on(split: Any) -> dict:
     digest of its rows in order (texts and labels; prompts and completions for causal-lm), so a later re-read of the
     run's data (evaluate, tune --resume) can tell whether it is the same split: a carving, or the file, may differ."""
     h = hashlib.sha256()
-    rows = (zip(split.texts, split.labels) if hasattr(split, "texts") else
+    # a row's labels as a set (their order inside a multi-label row is no other split)
+    rows = (((t, sorted(labs)) for t, labs in zip(split.texts, split.labels)) if hasattr(split, "texts") else
             (([(t.role, t.content) for t in e.prompt], e.completion) for e in split.examples))
     for row in rows:
         h.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
@@ -916,4 +937,4 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
                          f"({', '.join(list(c)[:5])}{'...' if len(c) > 5 else ''}); " +
                          ("a row carrying one is wrong in exact match (the label itself has no column in the F1 "
                           "scores)" if space.multi_label else "they are scored as errors"))
-    return Dataset(train, validation, splits.get("test"), space, tuple(notes), unseen)
+    return Dataset(train, validation, splits.get("test"), space, tuple(notes), unseen, prepared_seed=seed)

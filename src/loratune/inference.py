@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from loratune.config import RunConfig, load_config
-from loratune.data import (VALIDATED_ON, LabelSpace, empty_text_problems, label_form, load_dataset,
+from loratune.data import (DATA_SEED, VALIDATED_ON, LabelSpace, empty_text_problems, label_form, load_dataset,
                            refuse_no_shared_label, validation_differs)
 from loratune.errors import UserError
 from loratune.metrics import Decoding, decode, margins, sigmoid, softmax
@@ -210,10 +210,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     names = SPLIT_NAMES
     if split not in names:
         raise UserError(f"unknown split '{split}'", f"use {', '.join(names)}")  # (val: the validation split)
-    if refuse_while_training(RunStore(run_dir).require()).get("task") == "causal-lm":
+    record = refuse_while_training(RunStore(run_dir).require())
+    if record.get("task") == "causal-lm":
         return evaluate_lm_run(run_dir, split)
     trained = load_trained(run_dir)
-    dataset = load_dataset(trained.cfg.data, seed=trained.cfg.train.seed)
+    dataset = load_dataset(trained.cfg.data, seed=record.get(DATA_SEED, trained.cfg.train.seed))
     data_split = dataset.splits().get(names[split])
     if data_split is None:
         raise UserError(f"the run's data has no {split} split", "set data.test_file in the run's config")
@@ -288,7 +289,7 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
         raise UserError(f"run '{run_dir}' has no saved model (nothing in {adapter_dir})", f"{why}; train it again")
     refuse_unrecorded_model(store, store.read_run())
     cfg = run_config(store)
-    dataset = load_sft_dataset(cfg.data, seed=cfg.train.seed)
+    dataset = load_sft_dataset(cfg.data, seed=store.read_run().get(DATA_SEED, cfg.train.seed))
     data_split = dataset.splits().get(SPLIT_NAMES[split])
     if data_split is None:
         raise UserError(f"the run's data has no {split} split", "set data.test_file in the run's config")

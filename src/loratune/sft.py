@@ -56,7 +56,7 @@ from loratune import precision as precision_mod
 from loratune import signals
 from loratune.adapt import apply_adapter, count_params, num_layers, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
-from loratune.data import VALIDATED_ON, validated_on
+from loratune.data import VALIDATED_ON, data_seed_record, validated_on
 from loratune.generation import load_prompt_set, score_prompt_set
 from loratune.heads import transformers_model
 from loratune.metrics import parse_labels, prediction_scores, top_unknown_outputs
@@ -659,6 +659,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         "status": "running", "reason": None, "task": "causal-lm",
         "data_notes": list(dataset.notes),
         VALIDATED_ON: validated_on(dataset.validation),  # evaluate and tune --resume check they re-read this split
+        **data_seed_record(dataset, cfg.train.seed),
         "template": renderer.mode,
         "truncated": {"train": train_enc.truncated, "val": val_enc.truncated, "max_length": cfg.model.max_length},
         "tokens": {"train": int(train_enc.lengths.sum()),

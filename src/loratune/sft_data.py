@@ -343,7 +343,7 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
         prompt_set = str(demo_prompts)
         notes.append(f"the demo instruction data: its prompt set ({demo_prompts.name}) is generated at every full "
                      "evaluation point")
-    return SFTDataset(train, validation, splits.get("test"), tuple(notes), prompt_set=prompt_set)
+    return SFTDataset(train, validation, splits.get("test"), tuple(notes), prompt_set=prompt_set, prepared_seed=seed)
 
 
 MIN_TRAIN_ROWS = 1

@@ -39,7 +39,8 @@ from loratune import __version__, kernels, openmp, pooled_block, precision as pr
 from loratune import steps as _steps
 from loratune.adapt import apply_adapter, count_params, depth, num_layers, shared_blocks_note, warm_start
 from loratune.config import RunConfig, single_label_note, to_dict, to_yaml
-from loratune.data import VALIDATED_ON, Dataset, LabelSpace, Split, stratified_subset, validated_on
+from loratune.data import (VALIDATED_ON, Dataset, LabelSpace, Split, data_seed_record, stratified_subset,
+                           validated_on)
 from loratune.errors import UserError
 from loratune.objectives import objective as objective_named
 from loratune.eval_extras import EvalExtras
@@ -865,6 +866,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         # single-label data: the multi-label knobs it set are said to be unused, not silently ignored
         "data_notes": list(dataset.notes) + [n for n in [None if space.multi_label else single_label_note(cfg)] if n],
         VALIDATED_ON: validated_on(dataset.validation),  # evaluate and tune --resume check they re-read this split
+        **data_seed_record(dataset, cfg.train.seed),
         "model": {"name_or_path": cfg.model.name_or_path, "model_type": base.config.model_type,
                   "num_layers": num_layers(base), "depth": depth(base), "adapted_modules": len(sites),
                   "pad_token_id": base.config.pad_token_id, "pad_note": getattr(base, PAD_NOTE_ATTR, None),

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from loratune import api
 from loratune.config import load_config
+from loratune.data import load_dataset
 from loratune.inference import load_trained
 from loratune.store import RunStore
 
@@ -940,3 +941,21 @@ def test_evaluate_notes_a_validation_split_other_than_the_one_the_run_was_valida
 
     assert validated_on(api.prepare(load_config(None, overrides(tiny_bert, tmp_path, tmp_path / "r"))).validation) \
         != run["validated_on"]  # (the split did change)
+
+
+def test_a_seed_replicate_on_the_studys_data_records_the_seed_its_data_was_read_with(tiny_bert, intent_data, tmp_path):
+    """tune's seed replicates train on the study's data (carved with its seed) under their own train.seed: run.json
+    named seed 43 and evaluate re-carved with it, scoring rows the run trained on (and calling it another split). The
+    record now keeps data_seed where it differs, and evaluate reads the data with it."""
+    from loratune.train import train
+
+    data = tmp_path / "train.jsonl"
+    data.write_text((intent_data / "train.jsonl").read_text())
+    base = load_config(None, overrides(tiny_bert, tmp_path, tmp_path / "r42", max_steps=4, eval_steps=2))
+    dataset = load_dataset(base.data, seed=base.train.seed)  # the study's data, carved with its seed
+    cfg = load_config(None, overrides(tiny_bert, tmp_path, tmp_path / "r43", max_steps=4, eval_steps=2, seed=43))
+    run = train(cfg, dataset, RunStore(tmp_path / "r43"), progress=False)
+    assert run["data_seed"] == base.train.seed != cfg.train.seed
+    assert "val/split_differs" not in api.evaluate(tmp_path / "r43", split="validation")
+    same = train(base, dataset, RunStore(tmp_path / "r42"), progress=False)
+    assert "data_seed" not in same  # read with its own seed: nothing to record

@@ -938,3 +938,41 @@ def test_a_label_string_joining_other_labels_in_list_labelled_data_is_refused(tm
     path.write_text(path.read_text().replace("pin;balance", "pin, or else"))
     assert "pin, or else" in load_dataset(DataConfig(train_file=str(path), label_column="labels",
                                                      multi_label=True), seed=0).label_space.labels
+
+
+def test_the_validated_on_digest_reads_a_rows_labels_as_a_set(tmp_path):
+    """The same rows with a multi-label row's labels in another order were 'a different validation split'."""
+    from loratune.data import Split, validated_on
+
+    a = Split("validation", ("reset pin", "send money"), (("pin", "card"), ("transfer",)), "v.jsonl")
+    b = Split("validation", ("reset pin", "send money"), (("card", "pin"), ("transfer",)), "v.jsonl")
+    c = Split("validation", ("reset pin", "send money"), (("card",), ("transfer",)), "v.jsonl")
+    assert validated_on(a) == validated_on(b) != validated_on(c)
+
+
+def test_a_max_samples_cap_above_the_split_drew_nothing_with_the_seed(tmp_path):
+    """seed_drew named 'the max_eval_samples subset' for a cap of 1000 over a 20-row validation file, so an api verb
+    refused a dataset read with another seed though no row was drawn."""
+    from loratune.data import seed_drew
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_rows({"a": 12, "b": 12, "c": 12})))
+    (d / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make_rows({"a": 5, "b": 5, "c": 5},
+                                                                                         tag="v ")))
+    cfg = DataConfig(dataset_name=str(d), max_eval_samples=1000, max_train_samples=100000)
+    assert seed_drew(load_dataset(cfg), cfg) is None
+    cfg = DataConfig(dataset_name=str(d), max_eval_samples=8)
+    assert seed_drew(load_dataset(cfg), cfg) == "the max_eval_samples subset"
+
+
+def test_a_joined_label_in_a_csv_is_told_the_delimiter_not_a_list(tmp_path):
+    """A CSV cell is never read as a list: the list-of-one advice made a class named '["yes, please"]'."""
+    d = tmp_path / "jc"
+    d.mkdir()
+    (d / "train.csv").write_text('text,label\na,yes\nb,please\nc,yes\nd,please\ne,"yes, please"\nf,yes\n')
+    with pytest.raises(UserError) as e:
+        load_dataset(DataConfig(dataset_name=str(d), multi_label=True))
+    assert "label_delimiter" in e.value.fix and "list" not in e.value.fix
+    kept = load_dataset(DataConfig(dataset_name=str(d), multi_label=True, label_delimiter=";"))
+    assert "yes, please" in kept.label_space.labels
