@@ -203,8 +203,9 @@ def cost_parity(inp: DecideInputs, t: DecideThresholds) -> Reason:
         return Reason("cost-parity", True if past_breakeven else None,
                       "no full-fine-tuning probe: step time and memory not compared" + be,
                       {"breakeven_r": inp.breakeven_r, "highest_r": hi.r})
-    st, mem = _ratio(hi.mean_step_s, full.mean_step_s), _memory_ratio(hi.peak_memory_mb, full.peak_memory_mb, t)
     small = _under_memory_floor(hi.peak_memory_mb, full.peak_memory_mb, t)
+    st = _ratio(hi.mean_step_s, full.mean_step_s)
+    mem = None if small else _ratio(hi.peak_memory_mb, full.peak_memory_mb)  # (the table's _memory_ratio, once)
     if st is None and mem is None and not past_breakeven:
         return Reason("cost-parity", None, "step time and memory not measured" + be)
     holds = past_breakeven or (st is not None and st >= t.cost_parity) or (mem is not None and mem >= t.cost_parity)

@@ -239,9 +239,9 @@ class RunReport:
 
     @property
     def kept_untrained(self) -> bool:
-        """A loratune run that trained but whose kept best is its step 0: every trained eval point diverged (the
-        run keeps only a trained point that did not), so run.json's best is the untrained model's point, not the
-        history's highest, which the diagnosis reads."""
+        """A loratune run that trained but whose kept best is its step 0 (it diverged, stopped before its first
+        trained eval, or no trained point scored above the start: the card says which), so run.json's best is the
+        untrained model's point, not the history's highest, which the diagnosis reads."""
         return self.source == "loratune" and as_float(self.best.get("step")) == 0 and (self.steps_done or 0) > 0
 
     @property
