@@ -172,6 +172,32 @@ def lm_metrics(generates_labels: bool, has_prompt_set: bool) -> tuple[str, ...]:
                else ()))
 
 
+# tasks whose run breaks a tie in a larger-is-better objective on the lower val loss: a generative classifier's
+# macro-F1 is 0.0 at every point until an output names a label, and equal scores later are common on a small val
+# set, so the first of ties would keep a stale model; a classifier keeps the first of ties
+LOSS_TIE_BREAK_TASKS = ("causal-lm",)
+
+
+def keep_order(point: Mapping, key: str, task: str | None) -> tuple[float, float] | None:
+    """Where a history point stands in the order a run keeps its best model by (a larger tuple is better): its
+    objective's score, then, for a task in LOSS_TIE_BREAK_TASKS with a larger-is-better objective, minus its val
+    loss. None: the point has no finite objective. The one statement of the rule: training keeps by it and the
+    report reads an unfinished run's best by it, so the two never name different steps for one tie."""
+    def number(v) -> float:  # a numpy scalar as the float it is; anything else (None, a flag, text): NaN
+        if isinstance(v, bool):
+            return math.nan
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return math.nan
+
+    o = objective(key)
+    score = o.score(number(point.get(key)))
+    if score is None:
+        return None
+    return score, (-number(point.get("val/loss")) if o.higher_is_better and task in LOSS_TIE_BREAK_TASKS else 0.0)
+
+
 def objective(key: str | None) -> Objective:
     """The objective of a key (None: val macro-F1, as records made before the objective was recorded); a key
     not in the table is read as a [0, 1] score, larger better."""

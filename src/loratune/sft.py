@@ -60,8 +60,8 @@ from loratune.data import VALIDATED_ON, data_seed_record, validated_on
 from loratune.generation import load_prompt_set, score_prompt_set
 from loratune.heads import transformers_model
 from loratune.metrics import parse_labels, prediction_scores, top_unknown_outputs
-from loratune.objectives import (PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, lm_metrics, objective as objective_named,
-                                 prompt_key)
+from loratune.objectives import (PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, keep_order, lm_metrics,
+                                 objective as objective_named, prompt_key)
 from loratune.models import load_causal_lm, load_tokenizer, resolve_model
 from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn,
                                check_end_token, encode_prompts, encode_sft, prompt_prefix, stop_token_ids)
@@ -767,9 +767,9 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         if step == 0:
             run["start"] = {"step": 0, objective: value}
         # equal val macro-F1 (all 0.0 early on, while no output names a label yet) goes to the lower val
-        # loss, so a generative classifier never keeps a stale model
-        key = (gain, -point.get("val/loss", math.nan) if higher else 0.0)
-        if ranks.agree(step > 0 and math.isfinite(gain) and key > trained_key and not _diverged_point(point)):
+        # loss, so a generative classifier never keeps a stale model (keep_order: the report reads the same order)
+        key = keep_order(point, objective, run["task"])
+        if ranks.agree(step > 0 and key is not None and key > trained_key and not _diverged_point(point)):
             trained_key = key
             best = BestModel(ranks.snapshot(model), step, {"best": point},  # FSDP: gathered onto rank 0
                              confusion_writer(store, labels, cm, step))

@@ -70,3 +70,18 @@ def test_a_trial_is_valued_at_its_best_trained_point_never_the_untrained_model()
     trained = {**cut, "best": {"step": 8, "val/macro_f1": 0.4}}
     assert result_from(trained, None, 3.0, curve=((0, 0.033), (8, 0.4))).value == 0.4
     assert result_from({**cut, "best": {"val/macro_f1": 0.4}}, None, 3.0).value == 0.4  # an old record: no step
+
+
+def test_keep_order_breaks_a_tie_on_the_val_loss_for_a_causal_lm_run_alone():
+    """The one keep rule (sft and train keep by it, the report reads an unfinished run's best by it)."""
+    from loratune.objectives import keep_order
+
+    a = {"val/macro_f1": 0.8393, "val/loss": 0.9297}
+    b = {"val/macro_f1": 0.8393, "val/loss": 0.6336}
+    assert keep_order(b, "val/macro_f1", "causal-lm") > keep_order(a, "val/macro_f1", "causal-lm")
+    assert keep_order(b, "val/macro_f1", "causal-lm") == (0.8393, -0.6336)
+    # a classifier keeps the first of ties; a loss objective has no tie-break
+    assert keep_order(a, "val/macro_f1", "single_label") == keep_order(b, "val/macro_f1", "single_label")
+    assert keep_order(b, "val/loss", "causal-lm") == (-0.6336, 0.0)
+    assert keep_order({"val/loss": 1.0}, "val/macro_f1", "causal-lm") is None  # no objective: never kept
+    assert keep_order({"val/macro_f1": float("nan")}, "val/macro_f1", "causal-lm") is None

@@ -831,6 +831,44 @@ def test_a_run_that_did_not_finish_reads_its_best_from_the_history_not_the_laggi
     assert build_run_report(run).best["step"] == low
 
 
+@pytest.mark.parametrize("status", ["died", "interrupted"])
+def test_an_unfinished_run_breaks_a_tied_best_as_its_training_kept_it(status, tmp_path, capsys):
+    """A generative classifier (causal-lm, label_format=generate) ties its val macro-F1 at steps 20 and 40 and keeps
+    step 40's model (the lower val loss: objectives.keep_order). Killed or interrupted, its best read from the
+    history is step 40, the saved model, with nothing claiming a better model was lost; a classifier's training
+    keeps the first of ties, and so does its report."""
+    from loratune.cli import main
+
+    run = write_run(tmp_path / "run", status=status, n_evals=3, steps_per_eval=20)
+    record = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    points = [json.loads(x) for x in (run / "history.jsonl").read_text(encoding="utf-8").splitlines()]
+    points[1].update({"val/macro_f1": 0.8393, "val/loss": 0.9297})
+    points[2].update({"val/macro_f1": 0.8393, "val/loss": 0.6336})
+    points[3].update({"val/macro_f1": 0.8125, "val/loss": 0.7})
+    (run / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points), encoding="utf-8")
+    record.update(task="causal-lm", label_format="generate", objective="val/macro_f1", best=points[2],
+                  final=points[3], adapter_step=40, saved_model={"step": 40, "note": "adapter/ holds it"})
+    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    conf = json.loads((run / "confusion.json").read_text(encoding="utf-8"))
+    (run / "confusion.json").write_text(json.dumps({**conf, "step": 40}), encoding="utf-8")
+    r = build_run_report(run)
+    assert r.best["step"] == 40 and r.best["val/loss"] == 0.6336
+    assert all(p.best_step == 40 for p in r.curves)
+    assert r.saved_model and r.saved_step == 40
+    assert not any("confusion.json is from step" in n for n in r.notes)
+    assert main(["show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "best val/macro_f1 0.839 at step 40" in out and "not saved" not in out
+    assert main(["report", str(run), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["best"]["step"] == 40 and not any("best val metric from step" in n for n in rep["notes"])
+    # a classifier's training keeps the first of tied scores (train.py): its report reads step 20
+    record.update(task="single_label", best=points[1], adapter_step=20, saved_model={"step": 20, "note": "held"})
+    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    r = build_run_report(run)
+    assert r.best["step"] == 20 and r.saved_model
+
+
 def test_a_folder_far_above_a_tensorboard_log_is_not_searched_to_the_bottom(tmp_path):
     from loratune.history_io import find_event_files
 

@@ -400,16 +400,20 @@ def build_prompt_set(d: Path, points: Sequence[dict], best_step: float | None) -
     return PromptSetView(panel, last, tuple(shown), scores, note)
 
 
-def _best_step(points: Sequence[dict], metric: str) -> float | None:
-    """The step of the best `metric` point, by its objective's direction (a loss: the lowest; the first of ties)."""
-    from loratune.objectives import objective
+def _best_step(points: Sequence[dict], metric: str, task: str | None = None) -> float | None:
+    """The step of the best `metric` point, by its objective's direction (a loss: the lowest; the first of ties).
+    `task`: a loratune run's (run.json task), whose ties go as its training's keep_order breaks them (a causal-lm
+    run's to the lower val loss), so an unfinished run's best is the model it kept."""
+    from loratune.objectives import keep_order
 
-    o = objective(metric)
     best = None
     for p in points:
-        v, s = o.score(as_float(p.get(metric))), as_float(p.get("step"))
-        if v is not None and s is not None and (best is None or v > best[0] + 1e-12):
-            best = (v, s)
+        k, s = keep_order(p, metric, task), as_float(p.get("step"))
+        if k is None or s is None:
+            continue
+        # within 1e-12 the scores tie (a log's float32 round trip), and the tie-break decides (none: the first)
+        if best is None or k[0] > best[0][0] + 1e-12 or (k[0] >= best[0][0] - 1e-12 and k[1] > best[0][1]):
+            best = (k, s)
     return best[1] if best else None
 
 
@@ -768,7 +772,8 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         # the snapshot lags. Its best is the history's best point by the run's objective (as diagnose reads it);
         # which step's model was saved is said apart from it (saved_step)
         key = run.get("objective") if isinstance(run.get("objective"), str) else metric
-        best_step = _best_step(points, key) if _best_step(points, key) is not None else best_step
+        task = run.get("task") if isinstance(run.get("task"), str) else None
+        best_step = _best_step(points, key, task) if _best_step(points, key, task) is not None else best_step
     elif isinstance(run.get("best"), dict) and as_float(run["best"].get("step")) is not None:
         best_pt = dict(run["best"])
         best_step = as_float(best_pt["step"]) if as_float(best_pt.get(metric)) is not None else best_step
