@@ -212,10 +212,36 @@ def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
     return Example(turns, completion)
 
 
+# the formats a row can be read in: a prompt/completion pair (its prompt or completion column present) or a chat
+FORMAT_NAMES = {"pair": "a prompt/completion row", "chat": "a chat row"}
+
+
+def _row_formats(row: dict[str, Any], cfg: DataConfig) -> tuple[str, ...]:
+    """The formats `row` has columns for, pair first (row 1's first is the file's format: a pair row may carry a
+    chat column beside it); none: neither column. The one rule that reads a row's format, for row 1 and each after."""
+    return tuple(f for f, has in (("pair", cfg.prompt_column in row or cfg.completion_column in row),
+                                  ("chat", cfg.messages_column in row)) if has)
+
+
+def _same_format(row: dict[str, Any], cfg: DataConfig, mode: str, source: str, n: int) -> dict[str, Any]:
+    """The row, when it can be read in the file's format (or in none: its own error says what it lacks); a row of
+    the other format alone is refused as a mixed file, naming both formats and the rows, not as a row missing its
+    prompt or chat."""
+    formats = _row_formats(row, cfg)
+    if formats and mode not in formats:
+        raise UserError(f"data file '{source}' mixes prompt/completion rows (columns '{cfg.prompt_column}', "
+                        f"'{cfg.completion_column}') and chat rows (column '{cfg.messages_column}'): the format is "
+                        f"taken from row 1, {FORMAT_NAMES[mode]}, and row {n} is {FORMAT_NAMES[formats[0]]}",
+                        "write one format per file: every row a prompt/completion pair, or every row a chat in "
+                        f"'{cfg.messages_column}' (a chat's last assistant turn is its completion)")
+    return row
+
+
 def parse_sft_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: str) -> SFTSplit:
     """Pick prompt/completion columns (or the chat column) and build one example per row."""
     cols = [str(c) for c in rows[0]]
-    if cfg.prompt_column in rows[0] or cfg.completion_column in rows[0]:
+    mode = next(iter(_row_formats(rows[0], cfg)), None)
+    if mode == "pair":
         missing = [c for c in (cfg.prompt_column, cfg.completion_column) if c not in rows[0]]
         if missing:
             key = "data.prompt_column" if missing[0] == cfg.prompt_column else "data.completion_column"
@@ -223,10 +249,7 @@ def parse_sft_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, nam
                            PROMPT_NAMES if key == "data.prompt_column" else COMPLETION_NAMES)
             raise UserError(f"data file '{source}' has no column '{missing[0]}' (columns: {', '.join(cols)})",
                             f"set {key} to the column that holds it" + (f", e.g. {key}={guess}" if guess else ""))
-        mode = "pair"
-    elif cfg.messages_column in rows[0]:
-        mode = "chat"
-    else:
+    elif mode is None:
         p, c, m = _guess(cols, PROMPT_NAMES), _guess(cols, COMPLETION_NAMES), _guess(cols, MESSAGES_NAMES)
         hint = (f"e.g. data.prompt_column={p} data.completion_column={c}" if p and c else
                 f"e.g. data.messages_column={m}" if m else
@@ -234,7 +257,8 @@ def parse_sft_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, nam
         raise UserError(f"data file '{source}' has neither prompt/completion columns ('{cfg.prompt_column}', "
                         f"'{cfg.completion_column}') nor a chat column ('{cfg.messages_column}') "
                         f"(columns: {', '.join(cols)})", f"name the columns that hold them: {hint}")
-    examples = tuple(_example(row, cfg, mode, f"data file '{source}' row {n}") for n, row in enumerate(rows, start=1))
+    examples = tuple(_example(_same_format(row, cfg, mode, source, n), cfg, mode, f"data file '{source}' row {n}")
+                     for n, row in enumerate(rows, start=1))
     return SFTSplit(name, examples, source)
 
 

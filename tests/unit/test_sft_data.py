@@ -279,6 +279,27 @@ def test_content_that_is_not_text_is_refused_naming_the_turn(row, message):
     assert message in info.value.problem and info.value.fix
 
 
+@pytest.mark.parametrize("chat_first", [False, True])
+def test_a_file_mixing_prompt_completion_and_chat_rows_is_refused_as_mixed(chat_first):
+    """The format is taken from row 1: a later row of the other format is a mixed file (one format per file), not a
+    row with no prompt or a chat that is not a list of turns. A pair row with a chat column beside it is a pair."""
+    cfg = DataConfig()
+    pairs = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(3)]
+    chat = {"messages": [{"role": "user", "content": "lost my card"},
+                         {"role": "assistant", "content": "your card is blocked"}]}
+    rows = [chat] + pairs if chat_first else pairs + [chat]
+    with pytest.raises(UserError) as info:
+        parse_sft_rows(rows, cfg, "f.jsonl", "train")
+    first, row = ("a chat row", "row 2 is a prompt/completion row") if chat_first else \
+        ("a prompt/completion row", "row 4 is a chat row")
+    assert info.value.problem == ("data file 'f.jsonl' mixes prompt/completion rows (columns 'prompt', 'completion') "
+                                  f"and chat rows (column 'messages'): the format is taken from row 1, {first}, "
+                                  f"and {row}")
+    assert info.value.fix.startswith("write one format per file")
+    both = pairs + [{**pairs[0], **chat}]  # a pair row that also carries a chat: read as the pair it is
+    assert parse_sft_rows(both, cfg, "f.jsonl", "train").examples[3] == Example((Turn("user", "p0"),), "c0")
+
+
 def test_missing_columns_name_the_columns_found_and_the_fix():
     cfg = DataConfig()
     with pytest.raises(UserError) as info:
