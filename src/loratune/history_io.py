@@ -507,26 +507,113 @@ def read_trainer_state(path: str | Path) -> RunHistory:
     if name.startswith("checkpoint-") and p.name == "trainer_state.json":
         name = here.parent.name
         scale = record_loss_scale(here.parent)
-        if scale is not None:
+        # the record's scale is of the run it recorded: a checkpoint of a later run into the same output_dir (no
+        # accumulation) read its losses 3x too low under an earlier run's record
+        other = scale is not None and record_disagrees(here.parent / CALLBACK_RECORD_DIR, state)
+        if scale is not None and not other:
             # the callback's record in the run folder above says this classifier's logged losses are sums over
             # gradient accumulation: a checkpoint's state holds the same sums (3 x ln 4 read as diverged)
-            state = {**state, "log_history": [scaled_train_losses(e, scale) for e in entries]}
+            state = {**state, "log_history": scaled_log_history(entries, scale)}
             run = history_from_trainer_state(state, p.parent, name=name, path=str(p))
             return replace(run, notes=run.notes + (
-                f"train losses x {scale:.4g}, read as the mean of their accumulation steps, as the loratune "
-                f"callback's record ({p.parent.parent / CALLBACK_RECORD_DIR}) says",))
+                f"train losses read as the mean of their gradient-accumulation micro-batches ({_scale_said(scale)}), "
+                f"as the loratune callback's record ({p.parent.parent / CALLBACK_RECORD_DIR}) says",))
+        if other:
+            run = history_from_trainer_state(state, p.parent, name=name, path=str(p))
+            return replace(run, notes=run.notes + (
+                f"the loratune callback's record ({p.parent.parent / CALLBACK_RECORD_DIR}) is of another run ({other}):"
+                " its train-loss scale is not applied to this checkpoint",))
     return history_from_trainer_state(state, p.parent, name=name, path=str(p))
 
 
-def record_loss_scale(run_folder: Path) -> float | None:
-    """The factor LoratuneCallback's record in `run_folder` puts on the Trainer's logged train losses (a
-    classifier's sums over gradient accumulation read as their mean), or None when it put none."""
+def record_loss_scale(run_folder: Path) -> Mapping[str, Any] | None:
+    """The scale LoratuneCallback's record in `run_folder` puts on the Trainer's logged train losses (a classifier's
+    sums over gradient accumulation read as their mean): its `train_loss_scale` ({"factor": 1/N, and, from records
+    that know them, "accumulation": N, "batches_per_epoch"}), or None when it put none."""
     try:
         meta = json.loads((Path(run_folder) / CALLBACK_RECORD_DIR / "run.json").read_text(encoding="utf-8"))
-        factor = (meta.get("train_loss_scale") or {}).get("factor")
+        scale = meta.get("train_loss_scale") or {}
+        factor = scale.get("factor")
     except (OSError, ValueError, AttributeError):
         return None
-    return float(factor) if _fin(factor) and factor > 0 else None
+    return scale if _fin(factor) and factor > 0 else None
+
+
+def accumulation_window_scale(prev: float, step: float, accumulation: int, batches_per_epoch: int) -> float:
+    """The factor that reads a train loss logged at `step` (the last log at `prev`) as the mean of its micro-batches'
+    losses, where the Trainer summed each optimizer step's micro-batch means: the window's optimizer steps over its
+    micro-batches. Each epoch's `batches_per_epoch` batches go in windows of `accumulation`, its last window holding
+    the remainder (100 rows, batch 8, accumulation 3: 13 batches, every 5th step 1 micro-batch, not 3)."""
+    per_epoch = -(-batches_per_epoch // accumulation)  # optimizer steps per epoch
+    short = batches_per_epoch - accumulation * (per_epoch - 1)  # micro-batches in an epoch's last window
+    first, last = int(prev), int(step)
+    if last <= first:
+        return 1.0 / accumulation
+    ends = last // per_epoch - first // per_epoch  # epochs' last windows among steps first+1 .. last
+    return (last - first) / ((last - first) * accumulation - ends * (accumulation - short))
+
+
+def scaled_log_history(entries: Sequence[Any], scale: Mapping[str, Any]) -> list:
+    """A Trainer log_history with its train losses read as means, as a record's `train_loss_scale` says: window by
+    window where it gives the accumulation and the batches per epoch, else times its one factor."""
+    accum, per_epoch = scale.get("accumulation"), scale.get("batches_per_epoch")
+    if not (_is_count(accum) and _is_count(per_epoch)):
+        return [scaled_train_losses(e, float(scale["factor"])) for e in entries]
+    out, prev = [], 0.0
+    for e in entries:
+        step = _fin(e.get("step")) if isinstance(e, Mapping) else None
+        if step is None or not ({"loss", "train_loss"} & set(e)) or any(str(k).startswith("eval_") for k in e):
+            out.append(e)
+            continue
+        # the end-of-training entry's train_loss is the mean over the whole run: its window starts at step 0
+        out.append(scaled_train_losses(e, accumulation_window_scale(0.0 if _is_end_entry(e) else prev, step, accum,
+                                                                     per_epoch)))
+        if not _is_end_entry(e):
+            prev = step  # the Trainer sums the losses since its last train log
+    return out
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _scale_said(scale: Mapping[str, Any]) -> str:
+    if _is_count(scale.get("accumulation")) and _is_count(scale.get("batches_per_epoch")):
+        return (f"accumulation {scale['accumulation']}, {scale['batches_per_epoch']} batches per epoch: each epoch's "
+                "last window holds the remainder")
+    return f"x {float(scale['factor']):.4g}"
+
+
+def record_disagrees(record: Path, state: Mapping[str, Any]) -> str | None:
+    """Why LoratuneCallback's record in `record` is of another run than a Trainer state (the parsed
+    trainer_state.json) in the same output_dir, or None where nothing says so: another planned step count, or
+    another eval value at a step both evaluated (an output_dir reused: a later run without the callback, or with it
+    interrupted before its first evaluation, left the earlier run's record beside its checkpoints)."""
+    try:
+        meta = json.loads((record / RUN).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    planned, theirs = _fin(meta.get("steps_planned")), _fin(state.get("max_steps"))
+    if planned and theirs and planned > 0 and theirs > 0 and planned != theirs:
+        return f"it plans {planned:g} steps, the Trainer's state {theirs:g}"
+    try:
+        points, _ = read_history_lines(record / HISTORY)
+        mine = history_from_trainer_state(state, record.parent, name="state").points
+    except Exception:  # a state this reader cannot map: read_trainer_state says what is wrong with it
+        return None
+    at = {p["step"]: p for p in mine}
+    for p in points:
+        q = at.get(p.get("step"))
+        for k, v in p.items() if q is not None else ():
+            # eval values only: train losses are what a scale changes
+            w = q.get(k)
+            if k.startswith("train/") or k in ("step", "epoch") or _fin(v) is None or _fin(w) is None:
+                continue
+            if not math.isclose(float(v), float(w), rel_tol=1e-6, abs_tol=1e-12):
+                return f"its {k} at step {p['step']} is {v:.4g}, the Trainer's state logged {w:.4g}"
+    return None
 
 
 def scaled_train_losses(entry: Mapping[str, Any], scale: float) -> Mapping[str, Any]:

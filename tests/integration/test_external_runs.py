@@ -855,3 +855,42 @@ def test_two_callbacks_in_one_trainer_share_the_run_without_a_false_warning(tmp_
     assert not any("warning" in m for m in said), said
     assert json.loads((out / "loratune" / "run.json").read_text())["status"] == "completed"
     assert not (out / "loratune" / "run.lock").exists() and a._lock is None and b._lock is None
+
+
+def _two_runs_into_one_folder(tmp_path):
+    """Run 1 (callback, accumulation 3) then run 2 into the same output_dir without the callback."""
+    from loratune.integrations import LoratuneCallback
+
+    _bert_trainer(tmp_path, lr=5e-3, steps=10, peft=False, accum=3,
+                  callbacks=[LoratuneCallback(printer=lambda s: None)])
+    return _bert_trainer(tmp_path, lr=5e-3, steps=20, peft=False)
+
+
+def test_an_earlier_runs_record_does_not_scale_a_later_runs_checkpoint(tmp_path):
+    # checkpoint-20 got the old record's 1/3 loss scale: its train losses read 3x too low
+    out, trainer = _two_runs_into_one_folder(tmp_path)
+    ckpt = load_run(out / "checkpoint-20")
+    logged = [e["loss"] for e in trainer.state.log_history if "loss" in e][:5]
+    assert ckpt.points[0]["train/loss"] == pytest.approx(sum(logged) / 5)  # as logged: no accumulation in run 2
+    assert any("of another run" in n for n in ckpt.notes) and not any("x 0.333" in n for n in ckpt.notes)
+
+
+def test_a_short_accumulation_window_is_read_over_the_micro_batches_it_holds(tmp_path):
+    # 6 batches per epoch, accumulation 4: each epoch's second step sums 2 micro-batch means, not 4; dividing it by 4
+    # read those steps' losses half as high
+    from loratune.integrations import LoratuneCallback
+    from loratune.history_io import history_from_trainer_state
+
+    out, trainer = _bert_trainer(tmp_path, lr=5e-3, steps=10, peft=False, eval_steps=5, accum=4,
+                                 callbacks=[LoratuneCallback(printer=lambda s: None)])
+    assert len(trainer.get_train_dataloader()) == 6
+    log = trainer.state.log_history
+    means = [{**e, "loss": e["loss"] / (2 if e["step"] % 2 == 0 else 4)} if "loss" in e else e for e in log]
+    assert all(0.7 * math.log(4) < e["loss"] < 1.3 * math.log(4) for e in means if "loss" in e)
+    want = history_from_trainer_state({"log_history": means}, out, name="x").points
+    history = [json.loads(x) for x in (out / "loratune" / "history.jsonl").read_text().splitlines()]
+    assert [p["train/loss"] for p in history] == pytest.approx([p["train/loss"] for p in want])
+    ckpt = load_run(out / "checkpoint-10")  # the checkpoint's state read with the record's windows
+    assert [p["train/loss"] for p in ckpt.points] == pytest.approx([p["train/loss"] for p in want])
+    record = json.loads((out / "loratune" / "run.json").read_text())
+    assert (record["train_loss_scale"]["accumulation"], record["train_loss_scale"]["batches_per_epoch"]) == (4, 6)

@@ -46,7 +46,7 @@ from transformers import TrainerCallback
 
 from loratune.diagnose import Diagnosis, diagnose
 from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, history_from_trainer_state,
-                                 nan_filtered_loss, scaled_train_losses)
+                                 nan_filtered_loss, scaled_log_history)
 from loratune.features import LORA_PEFT_TYPES
 from loratune.errors import UserError
 from loratune.rules import THRESHOLDS, resolve_thresholds
@@ -66,6 +66,9 @@ _HOLDERS: dict[str, "LoratuneCallback"] = {}
 # thread looks every WATCH_S seconds; once it is gone without on_train_end (train() raised: a Ctrl-C in a notebook
 # whose kernel lives on), the run is marked interrupted and its lock released, not left `running` for the kernel's life.
 TRAINING_LOOP = "_inner_training_loop"
+# the TrainerState fields the record is read from (as a trainer_state.json holds them), log_history besides
+STATE_FIELDS = ("max_steps", "num_train_epochs", "train_batch_size", "logging_steps", "eval_steps", "save_steps",
+                "global_step")
 WATCH_S = 2.0
 
 
@@ -124,7 +127,9 @@ class LoratuneCallback(TrainerCallback):
         self.collapse_streak = 0
         self.finished = False  # on_train_end ran: a later evaluate() keeps the record's final status
         self.points: tuple = ()  # the run's points at the last diagnosis
-        self.loss_scale = 1.0  # each logged train loss times this reads as a mean (_sums_micro_batch_losses)
+        # how the logged train losses read as means (_sums_micro_batch_losses): the record's `train_loss_scale`
+        # ({"factor": 1/N, "accumulation": N, "batches_per_epoch"}, history_io.scaled_log_history), or None
+        self.loss_scale: dict | None = None
         self.reported: set[str] = set()
         self.overfit_streak = 0
         self.stopped_by: str | None = None
@@ -179,7 +184,15 @@ class LoratuneCallback(TrainerCallback):
         self._watch_loop()
         accum = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
         if accum > 1 and _sums_micro_batch_losses(kwargs.get("model")):
-            self.loss_scale = 1.0 / accum
+            # each epoch's last window holds what is left of its batches (the Trainer sums that many micro-batch
+            # means, not N): the batches per epoch say which steps those are
+            self.loss_scale = {"factor": 1.0 / accum, "accumulation": accum}
+            try:
+                batches = len(kwargs.get("train_dataloader"))
+            except TypeError:  # no dataloader, or an iterable one without a length: every window read as N
+                batches = None
+            if isinstance(batches, int) and batches > 0:
+                self.loss_scale["batches_per_epoch"] = batches
         return control
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -368,13 +381,17 @@ class LoratuneCallback(TrainerCallback):
         self._lock, self._lock_key = lock, key
         _HOLDERS[key] = self
 
+    def _state_fields(self, state) -> dict:
+        """A live TrainerState's fields as a trainer_state.json holds them, its train losses read as means."""
+        fields = {k: getattr(state, k, None) for k in STATE_FIELDS}
+        fields["log_history"] = (scaled_log_history(state.log_history, self.loss_scale) if self.loss_scale else
+                                 list(state.log_history))
+        return fields
+
     def _diagnose(self, args, state, model, final: bool = False) -> Diagnosis:
         out = Path(args.output_dir)
-        fields = {k: getattr(state, k, None) for k in ("max_steps", "num_train_epochs", "train_batch_size",
-                                                        "logging_steps", "eval_steps", "save_steps", "global_step")}
-        fields["log_history"] = [scaled_train_losses(e, self.loss_scale) for e in state.log_history]
-        run = history_from_trainer_state(fields, out, name=out.name, path=str(out), adapter=_peft_config(model),
-                                         source_file="the live TrainerState")
+        run = history_from_trainer_state(self._state_fields(state), out, name=out.name, path=str(out),
+                                         adapter=_peft_config(model), source_file="the live TrainerState")
         self.points = run.points
         meta = dict(run.meta)
         labels = _labels(model)
@@ -391,11 +408,12 @@ class LoratuneCallback(TrainerCallback):
                 "stopped_by": self.stopped_by, "verdict": d.verdict, "config": run.config,
                 **({"method": "lora"} if str((_peft_config(model) or {}).get("peft_type")).upper() in LORA_PEFT_TYPES
                    else {}),
-                "train_loss_scale": None if self.loss_scale == 1.0 else {
-                    "factor": self.loss_scale,
+                "train_loss_scale": None if not self.loss_scale else {
+                    **self.loss_scale,
                     "why": "the Trainer logged each train loss as the sum of its gradient-accumulation micro-batches' "
                            "means (a classifier whose forward takes **kwargs: transformers leaves the scaling to the "
-                           "model, which does not scale): read as their mean"},
+                           "model, which does not scale): read as their mean, each epoch's last window over the "
+                           "micro-batches it holds"},
                 "wall_s": round(time.time() - self._started, 3), "pid": os.getpid()}
             try:
                 folder = out / RECORD_DIR
