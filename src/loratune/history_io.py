@@ -120,6 +120,7 @@ def _load_run(path: str | Path) -> RunHistory:
             raise UserError(f"'{p}' has no eval point: the run ended (status {status}) before its first evaluation",
                             "nothing to diagnose; train it again (see its run.json `reason`)")
         record = p / CALLBACK_RECORD_DIR
+        stale_note = None  # the callback's record is of an earlier run than the Trainer's files: why it was not read
         if (record / "history.jsonl").is_file():
             # LoratuneCallback's record of this run: every evaluation up to the end, where a checkpoint's state
             # stops at its save (and a run with save_strategy='no' has none); read before the Trainer's own state
@@ -128,16 +129,21 @@ def _load_run(path: str | Path) -> RunHistory:
             scaled = record_loss_scale(p) is not None
             top = (p / "trainer_state.json").is_file()
             if not top or scaled:
-                run = read_loratune_run(record)
-                why = ("its train losses were read as the mean of their accumulation steps, which the Trainer's "
-                       "files cannot say" if top else "no trainer_state.json at the top of the run folder")
-                return replace(run, notes=run.notes + (f"read the loratune callback's record ({record}): {why}",))
+                stale = _stale_record(record, _find_trainer_state(p)[0])
+                if stale is None:
+                    run = read_loratune_run(record)
+                    why = ("its train losses were read as the mean of their accumulation steps, which the Trainer's "
+                           "files cannot say" if top else "no trainer_state.json at the top of the run folder")
+                    return replace(run, notes=run.notes + (f"read the loratune callback's record ({record}): {why}",))
+                stale_note = stale
         state, why = _find_trainer_state(p)
         events = find_event_files(p)
         if state is not None:
             run = read_trainer_state(state)
             if why:
                 run = replace(run, notes=run.notes + (why,))
+            if stale_note:
+                run = replace(run, notes=run.notes + (stale_note,))
             if events and state.parent != p:  # only a checkpoint's state: the event log may go further
                 tb = read_tensorboard(p)
                 if (tb.points and run.points and tb.points[-1]["step"] > run.points[-1]["step"]
@@ -524,6 +530,24 @@ def read_trainer_state(path: str | Path) -> RunHistory:
                 f"the loratune callback's record ({p.parent.parent / CALLBACK_RECORD_DIR}) is of another run ({other}):"
                 " its train-loss scale is not applied to this checkpoint",))
     return history_from_trainer_state(state, p.parent, name=name, path=str(p))
+
+
+def _stale_record(record: Path, state_file: Path | None) -> str | None:
+    """Why LoratuneCallback's record in `record` is not the run to read, beside the Trainer state the folder's reader
+    would read instead: it was last written before that state and disagrees with it (record_disagrees). A record
+    written after it (a later run with save_strategy='no' beside an earlier run's checkpoint) stays the newest work."""
+    if state_file is None or _mtime(record / RUN) >= _mtime(state_file):
+        return None
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    other = record_disagrees(record, state) if isinstance(state, dict) else None
+    if other is None:
+        return None
+    where = state_file.parent.name + "/" + state_file.name if state_file.parent != record.parent else state_file.name
+    return (f"the loratune callback's record ({record}) is older than {where} and of another run ({other}): "
+            f"read {where}, the newer run; remove {record} (an output_dir reused) to silence this")
 
 
 def record_loss_scale(run_folder: Path) -> Mapping[str, Any] | None:

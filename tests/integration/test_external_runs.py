@@ -866,6 +866,14 @@ def _two_runs_into_one_folder(tmp_path):
     return _bert_trainer(tmp_path, lr=5e-3, steps=20, peft=False)
 
 
+def test_an_earlier_runs_record_is_not_read_as_the_later_run_in_its_folder(tmp_path):
+    # the folder read the old record (10 steps), the later run's checkpoint-20 ignored and unmentioned
+    out, _ = _two_runs_into_one_folder(tmp_path)
+    run = load_run(out)
+    assert run.source == "hf-trainer" and run.points[-1]["step"] == 20 and run.meta["steps_planned"] == 20
+    assert any("older than checkpoint-20/trainer_state.json" in n and "plans 10 steps" in n for n in run.notes)
+
+
 def test_an_earlier_runs_record_does_not_scale_a_later_runs_checkpoint(tmp_path):
     # checkpoint-20 got the old record's 1/3 loss scale: its train losses read 3x too low
     out, trainer = _two_runs_into_one_folder(tmp_path)
@@ -873,6 +881,25 @@ def test_an_earlier_runs_record_does_not_scale_a_later_runs_checkpoint(tmp_path)
     logged = [e["loss"] for e in trainer.state.log_history if "loss" in e][:5]
     assert ckpt.points[0]["train/loss"] == pytest.approx(sum(logged) / 5)  # as logged: no accumulation in run 2
     assert any("of another run" in n for n in ckpt.notes) and not any("x 0.333" in n for n in ckpt.notes)
+
+
+def test_a_new_training_moves_the_earlier_runs_record_aside_before_its_first_evaluation(tmp_path):
+    # a second run interrupted before its first evaluation left `completed 10/10` with the first run's pid
+    from loratune.integrations import LoratuneCallback
+
+    said: list[str] = []
+    out, _ = _bert_trainer(tmp_path, lr=5e-3, steps=10, save=False, callbacks=[LoratuneCallback(printer=said.append)])
+    first = json.loads((out / "loratune" / "run.json").read_text())
+    with pytest.raises(KeyboardInterrupt):
+        _bert_trainer(tmp_path, lr=5e-3, steps=20, save=False,
+                      callbacks=[LoratuneCallback(printer=said.append), _ctrl_c_at(3)])
+    assert not (out / "loratune" / "run.json").exists() and not (out / "loratune" / "history.jsonl").exists()
+    kept = json.loads((out / "loratune-previous" / "run.json").read_text())
+    assert kept == first
+    # a third run: the second leftover gets its own name, the first is kept
+    _bert_trainer(tmp_path, lr=5e-3, steps=10, save=False, callbacks=[LoratuneCallback(printer=said.append)])
+    assert json.loads((out / "loratune" / "run.json").read_text())["status"] == "completed"
+    assert json.loads((out / "loratune-previous" / "run.json").read_text()) == first
 
 
 def test_a_short_accumulation_window_is_read_over_the_micro_batches_it_holds(tmp_path):

@@ -50,11 +50,14 @@ from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, hi
 from loratune.features import LORA_PEFT_TYPES
 from loratune.errors import UserError
 from loratune.rules import THRESHOLDS, resolve_thresholds
-from loratune.store import RunLock
+from loratune.store import RUN, RunLock, liveness
 
 STOP_REASONS = ("diverged", "collapse")  # what the callback may stop on by default
 QUIET_MIDRUN = ("healthy", "undertrained")  # findings that describe any run still learning: never printed
 RECORD_DIR = CALLBACK_RECORD_DIR  # the record's folder inside the Trainer's output_dir (where the readers look)
+# where an earlier run's record in the same output_dir goes when a new train() begins (`loratune-previous`, then
+# `loratune-previous-2`, ...): kept, not read as the new run's (the readers look in RECORD_DIR only)
+RETIRED_RECORD_DIR = f"{RECORD_DIR}-previous"
 COLLAPSE_HOLD = 0.2  # share of the planned steps a collapse must hold before the callback prints it or stops
 # The callbacks of this process holding a record's lock, by record folder. A train() that raises (a Ctrl-C in a
 # notebook) never calls on_train_end: the next run into the same folder in this process, or the interpreter's exit,
@@ -193,6 +196,12 @@ class LoratuneCallback(TrainerCallback):
                 batches = None
             if isinstance(batches, int) and batches > 0:
                 self.loss_scale["batches_per_epoch"] = batches
+        if self.record and getattr(state, "is_world_process_zero", True):
+            try:
+                self._retire_record(Path(args.output_dir) / RECORD_DIR)
+            except OSError as exc:
+                self._warn("record", f"could not move the earlier run's record in {Path(args.output_dir) / RECORD_DIR}"
+                                     f" aside ({exc.strerror or exc}); it is overwritten at the first evaluation")
         return control
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -356,6 +365,26 @@ class LoratuneCallback(TrainerCallback):
             pass  # the record stays `running`; its lock, released below, lets readers call it died
         finally:
             self._release_lock()
+
+    def _retire_record(self, folder: Path) -> None:
+        """Move an earlier run's record out of `folder` as this run begins: until this run's first evaluation it
+        read as the run in the output_dir (a new run interrupted before it left `completed 30/30` with the old pid,
+        and its checkpoints were read with the old run's loss scale). Kept beside it, in RETIRED_RECORD_DIR."""
+        if not (folder / RUN).is_file() and not (folder / "history.jsonl").is_file():
+            return
+        other = _HOLDERS.get(os.path.realpath(folder))
+        if other is not None and other is not self:
+            mine = self._state_ref() if self._state_ref else None
+            if mine is not None and other._state_ref is not None and other._state_ref() is mine:
+                return  # two callbacks in one Trainer: the record is this run's
+            other._abandon(f"its train() ended without finishing (an exception or Ctrl-C); a new training run in "
+                           f"this process (pid {os.getpid()}) began into {folder}")
+        elif (folder / "run.lock").is_file() and liveness(folder)[0] == "alive":
+            return  # another process trains into this output_dir: its record (_hold_lock warns of it)
+        n = 1
+        while (to := folder.parent / (RETIRED_RECORD_DIR + (f"-{n}" if n > 1 else ""))).exists():
+            n += 1
+        os.replace(folder, to)  # (not printed: the callback is silent on a healthy run, and a re-run is one)
 
     def _hold_lock(self, folder: Path) -> None:
         """Hold `<record>/run.lock` while training, as `loratune train` holds its run's: a record that says
