@@ -59,6 +59,8 @@ NOTEBOOK_TABLE = re.compile(r"^(?P<file>.+\.ipynb)#(?P<table>-?\d+)$", re.IGNORE
 CALLBACK_RECORD_DIR = "loratune"  # where LoratuneCallback writes its record inside a Trainer's output_dir
 # run.json `source` of LoratuneCallback's record, and the source its RunHistory reads as (a Trainer run, recorded live)
 CALLBACK_RECORD_SOURCE = "hf-trainer callback"
+# how a Trainer log's reading says it has no end entry (a partial run); the callback's record leaves it out
+PARTIAL_LOG_NOTE = "the log has no end-of-training entry (train_runtime): the run was still going or died"
 
 
 def folder_name(p: str | Path) -> str:
@@ -204,6 +206,9 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
     else:
         notes.append("no run.json: labels, label counts and status are unknown")
     callback = is_callback_record(meta)
+    if callback and isinstance(meta.get("notes"), list):
+        # what the callback's reading of the Trainer's log said: the same notes as the Trainer's own files give
+        notes[:0] = [n for n in meta["notes"] if isinstance(n, str)]
     config: dict = {}
     if (d / "config.yaml").is_file():
         import yaml
@@ -895,8 +900,7 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
                             "steps_planned": facts["max_steps"].value if "max_steps" in facts else None}
     if not finished:
         meta["partial"] = True
-        notes.append(f"the log has no end-of-training entry (train_runtime): the run was still going or died when "
-                     f"this {source_file} was written; the diagnosis is of a partial run"
+        notes.append(f"{PARTIAL_LOG_NOTE} when this {source_file} was written; the diagnosis is of a partial run"
                      if source != "notebook" else "the progress bar stops short of its end: the run was stopped "
                      "(or was still going when the notebook was saved); the diagnosis is of a partial run")
     facts.update(_lr_facts(train_logs))

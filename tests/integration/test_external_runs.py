@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _bert_trainer(folder: Path, *, lr: float, steps: int = 40, r: int = 4, alpha: int = 8, peft: bool = True,
                   report_to: str = "none", callbacks=(), scheduler: str = "linear", warmup: int = 0,
-                  save: bool = True, eval_steps: int = 5, metrics: bool = True, eval_name: str = "", accum: int = 1):
+                  save: bool = True, eval_steps: int = 5, metrics: bool = True, eval_name: str = "", accum: int = 1,
+                  two_sets: bool = False):
     """A tiny BERT classifier (+ LoRA through peft) trained by a plain Trainer; returns (output_dir, trainer)."""
     import numpy as np
     import torch
@@ -60,7 +61,8 @@ def _bert_trainer(folder: Path, *, lr: float, steps: int = 40, r: int = 4, alpha
         lr_scheduler_type=scheduler, warmup_steps=warmup, max_grad_norm=0.0 if lr >= 1 else 1.0,
         gradient_accumulation_steps=accum)
     trainer = Trainer(model=model, args=args, train_dataset=train,
-                      eval_dataset={eval_name: val} if eval_name else val, data_collator=DataCollatorWithPadding(tok),
+                      eval_dataset={"a": val, "b": val[:3]} if two_sets else {eval_name: val} if eval_name else val,
+                      data_collator=DataCollatorWithPadding(tok),
                       compute_metrics=compute if metrics else None, callbacks=list(callbacks))
     trainer.train()
     return out, trainer

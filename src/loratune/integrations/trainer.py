@@ -45,8 +45,8 @@ from typing import Any, Callable, Iterable
 from transformers import TrainerCallback
 
 from loratune.diagnose import Diagnosis, diagnose
-from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, history_from_trainer_state,
-                                 nan_filtered_loss, scaled_log_history)
+from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, PARTIAL_LOG_NOTE,
+                                 history_from_trainer_state, nan_filtered_loss, scaled_log_history)
 from loratune.features import LORA_PEFT_TYPES
 from loratune.errors import UserError
 from loratune.rules import THRESHOLDS, resolve_thresholds
@@ -443,6 +443,9 @@ class LoratuneCallback(TrainerCallback):
                            "means (a classifier whose forward takes **kwargs: transformers leaves the scaling to the "
                            "model, which does not scale): read as their mean, each epoch's last window over the "
                            "micro-batches it holds"},
+                # what the reading of the Trainer's log said (a diagnosis with no curve rule says why only here);
+                # not its partial-run note: the record's status says that, and it changes
+                "notes": [n for n in run.notes if not n.startswith(PARTIAL_LOG_NOTE)],
                 "wall_s": round(time.time() - self._started, 3), "pid": os.getpid()}
             try:
                 folder = out / RECORD_DIR
