@@ -923,3 +923,13 @@ def test_a_short_accumulation_window_is_read_over_the_micro_batches_it_holds(tmp
     assert [p["train/loss"] for p in ckpt.points] == pytest.approx([p["train/loss"] for p in want])
     record = json.loads((out / "loratune" / "run.json").read_text())
     assert (record["train_loss_scale"]["accumulation"], record["train_loss_scale"]["batches_per_epoch"]) == (4, 6)
+
+
+def test_the_callbacks_record_keeps_the_notes_of_its_reading(tmp_path):
+    # two named eval sets and none a validation set: the checkpoint said why no curve rule could fire, the record not
+    from loratune.integrations import LoratuneCallback
+
+    out, _ = _bert_trainer(tmp_path, lr=5e-3, steps=10, two_sets=True,
+                           callbacks=[LoratuneCallback(printer=lambda s: None)])
+    said = [n for n in load_run(out / "checkpoint-10").notes if "2 eval sets under their own names" in n]
+    assert said and set(said) <= set(load_run(out).notes) and set(said) <= set(diagnose(out).notes)
