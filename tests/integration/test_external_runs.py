@@ -818,6 +818,11 @@ def test_a_ctrl_c_inside_train_marks_the_record_interrupted_and_frees_its_lock(t
             break
         time.sleep(0.05)
     assert (meta["status"], meta["steps_done"]) == ("interrupted", 12) and "step 12" in meta["reason"]
+    # its facts say the same step count (they said 10, the live state's at its last evaluation)
+    assert meta["facts"]["steps_done"]["value"] == 12 and load_run(rec).facts["steps_done"].value == 12
+    assert diagnose(rec).facts["steps_done"]["value"] == 12
+    # and its curve goes on past the last evaluation (step 10) to the last train loss logged (step 12's never was)
+    assert json.loads((rec / "history.jsonl").read_text().splitlines()[-1])["step"] == 11
     assert not (rec / "run.lock").exists() and liveness(rec)[0] == "dead"
     # the kernel lives on and trains again into the same folder: no warning of "another process" (its own pid)
     _bert_trainer(tmp_path, lr=5e-3, steps=10, save=False, callbacks=[LoratuneCallback(printer=said.append)])

@@ -40,6 +40,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
 from transformers import TrainerCallback
@@ -154,6 +155,9 @@ class LoratuneCallback(TrainerCallback):
         self._sharing = False  # another callback of the same train() holds the lock: this one writes beside it
         self._state_ref = None  # (weakref to) this run's TrainerState: the Trainer makes one per train() call
         self._step = 0  # the last step trained: where an interrupted run stopped (its last evaluation may be earlier)
+        # the state's fields at that step and its log (the Trainer's own list, not a copy): what an interrupted run's
+        # record is rebuilt from, its train logs since the last evaluation included (the Trainer may be gone by then)
+        self._last_state: SimpleNamespace | None = None
         self._record: tuple[Path, dict] | None = None  # the record last written: (folder, run.json)
 
     # -- Trainer events -------------------------------------------------------------------------
@@ -235,6 +239,8 @@ class LoratuneCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._step = state.global_step
+        self._last_state = SimpleNamespace(**{k: getattr(state, k, None) for k in STATE_FIELDS},
+                                           log_history=getattr(state, "log_history", None) or [])
         return control
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -359,8 +365,20 @@ class LoratuneCallback(TrainerCallback):
             if self._record is not None:
                 folder, record = self._record
                 steps = max(int(record.get("steps_done") or 0), int(self._step or 0))
-                _write_record(folder, self.points, {**record, "status": "interrupted", "steps_done": steps,
-                                                    "reason": f"training stopped at step {steps}: {why}"})
+                points, state = self.points, self._last_state
+                if state is not None and (state.global_step or 0) > (points[-1]["step"] if points else 0):
+                    try:  # the train logs since the last evaluation: the curve reaches the last step logged
+                        points = history_from_trainer_state(self._state_fields(state), folder.parent,
+                                                            name=folder.parent.name).points or points
+                    except Exception:  # (a state it cannot read: the record keeps its last evaluation's points)
+                        pass
+                facts = record.get("facts")
+                if isinstance(facts, dict):  # the step count read from the live state at the last evaluation
+                    facts = {**facts, "steps_done": {"value": steps, "source": "the last step trained (the live "
+                                                                               "TrainerState global_step at its end)"}}
+                _write_record(folder, points, {**record, "status": "interrupted", "steps_done": steps,
+                                               "reason": f"training stopped at step {steps}: {why}",
+                                               **({"facts": facts} if facts is not None else {})})
         except OSError:
             pass  # the record stays `running`; its lock, released below, lets readers call it died
         finally:
