@@ -69,10 +69,10 @@ from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
 from loratune.train import (STEP0_SPLITS, BestModel, RunProgress, TrainCallback, batch_order, build_optimizer,
-                            confusion_writer, cpu_cores, diverged, eval_batches, eval_budget_rows, first_writes,
+                            confusion_writer, cpu_cores, diverged, eval_batches, eval_budget_rows,
                             fresh_loss, history_point, loss_points_every, output_error, peak_memory_mb, plan_steps,
                             record_save_failure, save_best_so_far, saved_note, seed_everything, start_note,
-                            step_groups, timed, torch_threads, train_log_every, utc_now, versions)
+                            start_record, step_groups, timed, torch_threads, train_log_every, utc_now, versions)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -653,8 +653,6 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         return batch_order(train_enc.lengths, cfg.train.per_device_train_batch_size, rng,
                            cfg.train.length_grouped_batches)
 
-    with first_writes(store):
-        store.create(to_yaml(cfg))  # takes run.lock: from here a killed process reads as `died`
     run = {
         "status": "running", "reason": None, "task": "causal-lm",
         "data_notes": list(dataset.notes),
@@ -694,8 +692,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         "precision": precision_mod.record(precision, inputs_as_is, frozen_bf16), "dropout": dropout, "timing_s": timing,
         "config": to_dict(cfg), "versions": versions(),
     }
-    with first_writes(store):
-        store.write_run(run)
+    start_record(store, to_yaml(cfg), run)
     tracking = Trackers.open(cfg.train.report_to if ranks.main else (), store.path, to_dict(cfg), to_yaml(cfg))
 
     bar = RunProgress(steps, progress and ranks.main, title="sft", metric="val loss")

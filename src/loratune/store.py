@@ -376,6 +376,10 @@ def earlier_run_note(path: str | Path) -> str | None:
     path = Path(path).expanduser()
     if not _stale_outputs(path):
         return None
+    if (path / LOCK).exists() and liveness(path)[0] == "alive":
+        # another process trains there: RunStore.create's lock refuses this run and nothing is replaced, so a
+        # "replaced by this run" said first was false
+        return None
     try:
         run = RunStore(path).read_run() if (path / RUN).is_file() else {}
     except UserError:  # a damaged run.json: the outputs are still replaced
@@ -440,7 +444,9 @@ class RunStore:
     def adapter_dir(self) -> Path:
         return self.path / ADAPTER
 
-    def create(self, config_yaml: str) -> None:
+    def create(self, config_yaml: str) -> list[str]:
+        """Take the directory for a new run (run.lock), clear the earlier run's outputs, write config.yaml. Returns
+        what of an earlier run was removed (empty: none); the new run.json comes next (train.start_record)."""
         check_output_dir(self.path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -450,24 +456,29 @@ class RunStore:
         self._lock = RunLock(self.path)
         self._lock.acquire()
         try:
-            self._clear_earlier_run()
+            cleared = self._clear_earlier_run()
         except UserError:
             self.close()
             raise
         write_atomic(self.path / CONFIG, config_yaml)
+        return cleared
 
-    def _clear_earlier_run(self) -> None:
+    def _clear_earlier_run(self) -> list[str]:
         """A fresh run in a reused directory starts a fresh history, and an earlier run's outputs or model may not pass
         as this one's (nor its TensorBoard events, which would read as this run's when this one logs none). All of them
         or none: each is first moved into one hidden folder (a rename, undone if a later one fails), so an earlier run
-        that cannot be removed (an unwritable adapter/) is refused with its record whole, then that folder goes."""
+        that cannot be removed (an unwritable adapter/) is refused with its record whole, then that folder goes. Returns
+        the names removed."""
         import shutil
 
         for left in self.path.glob(f"{ADAPTER_TMP[0]}*{ADAPTER_TMP[1]}"):  # a model a killed run was writing
             shutil.rmtree(left, ignore_errors=True)
         stale = _stale_outputs(self.path)
         if not stale:
-            return
+            return []
+        # the earlier run.json goes first and with the rest: a kill -9 before the new one is written leaves no record,
+        # never the earlier run's `completed` one over its removed model and history
+        stale = [RUN, *stale] if (self.path / RUN).exists() else stale
         trash = Path(tempfile.mkdtemp(dir=self.path, prefix=".earlier-run.", suffix=".tmp"))
         moved: list[str] = []
         try:
@@ -483,6 +494,7 @@ class RunStore:
         # everything of the earlier run is out of the record now; a file the OS refuses to delete stays in the hidden
         # folder rather than failing a run whose directory is already consistent
         shutil.rmtree(trash, ignore_errors=True)
+        return stale
 
     def replace_adapter(self, step: int | None, write: Callable[[Path], None]) -> None:
         """Write a model (`write(folder)`) into a hidden sibling of adapter/, then swap it in, so adapter/ is always one

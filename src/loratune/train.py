@@ -682,6 +682,33 @@ def first_writes(store: RunStore):
         raise
 
 
+def start_record(store: RunStore, config_yaml: str, run: dict) -> None:
+    """Take the run directory (RunStore.create: run.lock, the earlier run's outputs cleared, config.yaml) and write
+    the run's first run.json as one step that Ctrl-C and SIGTERM wait for: one landing between the two left the
+    earlier run's `completed` record over its removed model, run.lock behind, and "nothing was written" said. A signal
+    held meanwhile takes effect once the record is this run's: it then says the run was interrupted before training
+    (and that the earlier run is gone), and the lock is let go."""
+    cleared: list[str] | None = None  # None until the new run.json is written
+    try:
+        with signals.shielded(), first_writes(store):
+            removed = store.create(config_yaml)  # takes run.lock: from here a killed process reads as `died`
+            store.write_run(run)
+            cleared = removed
+    except KeyboardInterrupt as exc:  # the held signal, raised as the shield ends
+        if cleared is not None:
+            earlier = f"; the earlier run in {store.path} was removed ({', '.join(cleared)})" if cleared else ""
+            run.update({"status": "interrupted", "reason": f"{signals.describe(exc)} before training started",
+                        "partial": True, "ended_at": utc_now(),
+                        "saved_model": {"step": None,
+                                        "note": f"no model saved: the run ended before training{earlier}"}})
+            with signals.shielded():
+                try:
+                    store.write_run(run)
+                finally:
+                    store.close()
+        raise
+
+
 # ----------------------------------------------------------------------------------------------
 # the run
 
@@ -854,8 +881,6 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
     def epoch_batches():  # one epoch's batches, reshuffled each epoch
         return batch_order(lengths, cfg.train.per_device_train_batch_size, rng, cfg.train.length_grouped_batches)
 
-    with first_writes(store):
-        store.create(to_yaml(cfg))  # takes run.lock: from here a killed process reads as `died`
     run = {
         "status": "running", "reason": None,
         "task": "multi_label" if space.multi_label else "single_label",
@@ -891,8 +916,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         "decoding": _decoding_record(decoding, None, None, space.labels),
         "config": to_dict(cfg), "versions": versions(),
     }
-    with first_writes(store):
-        store.write_run(run)
+    start_record(store, to_yaml(cfg), run)
     tracking = Trackers.open(cfg.train.report_to, store.path, to_dict(cfg), to_yaml(cfg))  # report_to
 
     bar = RunProgress(steps, progress, metric=_metric_name(objective))  # the objective, by its name

@@ -424,3 +424,36 @@ def test_a_failure_after_the_model_is_saved_does_not_say_it_was_lost(tmp_path):
     assert store.written["saved_model"] == {"step": 8, "note": "adapter/ holds the model of step 8"}
     record_save_failure(run := {"status": "completed"}, store, ValueError("x"))
     assert store.written["saved_model"]["step"] is None and store.written["reason"].startswith("saving the model")
+
+
+@pytest.mark.parametrize("sig,rc", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_as_a_run_replaces_an_earlier_one_leaves_no_false_record(sig, rc, tiny_bert, intent_data, tmp_path,
+                                                                          monkeypatch, capsys):
+    """A signal landing just after the earlier run's outputs were cleared (before the new run.json): it left the
+    earlier run's `completed` record over its removed model, run.lock behind, and said "nothing was written"."""
+    import os
+
+    import loratune.store as S
+
+    out = tmp_path / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 0
+    real = S.RunStore._clear_earlier_run
+
+    def clear_then_signal(self):
+        removed = real(self)
+        os.kill(os.getpid(), sig)  # (delivered at once: the handler runs before the next bytecode)
+        return removed
+
+    monkeypatch.setattr(S.RunStore, "_clear_earlier_run", clear_then_signal)
+    capsys.readouterr()
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, out, lora_alpha=4)]) == rc
+    text = flat(capsys.readouterr().out)
+    assert "nothing was written" not in text and "status interrupted" in text
+    assert "the earlier run in" in text and "adapter" in text  # what was removed, said
+    run = RunStore(out).read_run()
+    assert run["status"] == "interrupted" and run["partial"] is True and run["pid"] == os.getpid()
+    assert run["reason"].endswith("before training started") and run["steps_done"] == 0
+    assert run["config"]["adapter"]["lora_alpha"] == 4  # the new run's record, not the earlier one's
+    assert run["saved_model"]["step"] is None and not (out / "adapter").exists()
+    assert not (out / "run.lock").exists() and not (out / "history.jsonl").exists()
+

@@ -88,7 +88,8 @@ def test_a_new_run_in_a_reused_directory_starts_with_none_of_the_earlier_runs_ou
     run = RunStore(tmp_path)
     run.create("seed: 1\n")
     try:
-        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["config.yaml", LOCK, RUN])
+        # the earlier run.json too: the new run writes its own next (train.start_record)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["config.yaml", LOCK])
         assert run.read_history() == []
     finally:
         run.close()
@@ -151,3 +152,41 @@ def test_a_folder_whose_adapter_and_report_no_run_wrote_is_refused_and_kept(tmp_
     store.create("seed: 1\n")
     store.close()
     assert not (tmp_path / ADAPTER).exists() and not (tmp_path / REPORT).exists()
+
+
+def _completed_run(folder: Path) -> None:
+    (folder / RUN).write_text('{"status": "completed", "pid": 1}\n')
+    (folder / HISTORY).write_text('{"step": 0}\n')
+    (folder / ADAPTER).mkdir()
+    (folder / ADAPTER / "adapter_model.safetensors").write_text("w")
+
+
+def test_clearing_an_earlier_run_removes_its_record_with_its_model(tmp_path):
+    # a kill -9 between clearing the earlier run and writing the new run.json left the earlier `completed` run.json
+    # over its removed model: its record goes first, with the rest, so nothing is left that lies
+    _completed_run(tmp_path)
+    store = RunStore(tmp_path)
+    try:
+        assert store.create("seed: 1\n") == [RUN, HISTORY, ADAPTER]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", LOCK]
+    finally:
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_no_replaced_note_for_a_folder_another_process_trains_into(tmp_path):
+    # the note said "replaced by this run", then the lock refused the run and nothing was replaced
+    from loratune.store import earlier_run_note
+
+    _completed_run(tmp_path)
+    (tmp_path / RUN).write_text('{"status": "running", "pid": 1}\n')
+    other = RunLock(tmp_path)  # (another open file: its flock conflicts with this process's next one too)
+    other.acquire()
+    try:
+        assert earlier_run_note(tmp_path) is None
+        with pytest.raises(UserError, match="another loratune process is training into"):
+            RunStore(tmp_path).create("seed: 1\n")
+        assert (tmp_path / ADAPTER / "adapter_model.safetensors").read_text() == "w"
+    finally:
+        other.release()
+    assert "held a died run" in earlier_run_note(tmp_path)  # its process gone: replaced, and said
