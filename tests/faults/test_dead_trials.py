@@ -104,3 +104,28 @@ def test_a_resume_after_the_heartbeat_grace_period_records_the_dead_trial_as_kil
         assert [(r["number"], r["status"], r["examples"]) for r in lost] == [(trial.number, "killed", 160)]
     finally:
         study.close()
+
+
+def test_a_trial_failed_by_a_full_disk_stays_charged_and_listed_on_resume(tmp_path):
+    """A trial that stopped tune with an error (a full disk: status `failed`) had trained 400 examples; a resumed
+    session charged none of it ("no trial lost") and `show` omitted the trial (`failed` was neither finished nor
+    lost)."""
+    from loratune.search.study import Study
+    from loratune.search.trial import TrialSpec
+
+    study = Study.open(tmp_path / "study", meta={"strategy": "random"}, heartbeat_s=1)
+    try:
+        handle, run_dir = study.start(TrialSpec("lr0.04", "search", {"train.learning_rate": 0.04}))
+        run_dir.mkdir(parents=True)
+        (run_dir / "run.json").write_text(json.dumps({"status": "failed", "steps_done": 50, "examples_seen": 400,
+                                                      "wall_s": 0.99, "started_at": "2026-01-01T00:00:00+00:00"}))
+        study.fail(handle, "stopped tune: the disk holding output_dir is full", status="failed")
+    finally:
+        study.close()
+    study = Study.open(tmp_path / "study", resume=True, heartbeat_s=1)
+    try:
+        assert [(r["name"], r["status"], r["examples"], r["wall_s"]) for r in study.lost_spending()] == [
+            ("lr0.04", "failed", 400, 0.99)]
+        assert [(r["name"], r["status"]) for r in study.lost_trials()] == [("lr0.04", "failed")]
+    finally:
+        study.close()

@@ -61,9 +61,11 @@ STUDY_LOCK = "study.lock"
 HEARTBEAT_S = 10  # Optuna heartbeat of a running trial and the leader's lease renewal
 GRACE_FACTOR = 3  # a trial (or leader) silent for 3 heartbeats belongs to a dead process
 MAX_RETRY = 3  # a trial whose process died is queued again at most this many times
-# a failed trial without a record in these states stopped mid-way (its process killed, a signal, a dead heartbeat):
-# it is listed as lost and what it spent is charged
-LOST_STATUSES = ("killed", "interrupted", "running")
+# a failed trial without a record in these states stopped mid-way (its process killed, a signal, a dead heartbeat, an
+# error that stopped tune, a full disk: `failed`): it is listed as lost, what it spent is charged (a resumed session
+# too), and it is trained again; each with how the budget's ledger names it
+LOST_STATUSES = {"killed": "lost to a killed process", "running": "lost to a killed process",
+                 "interrupted": "interrupted", "failed": "failed"}
 # the driver each SQLAlchemy dialect needs, and the pip line that installs it
 DRIVERS = {"postgresql": ("psycopg2", "pip install 'loratune[postgres]'  (psycopg2-binary)"),
            "mysql": ("pymysql", "pip install pymysql, and use mysql+pymysql://...")}
@@ -758,7 +760,7 @@ class Study:
         return rows
 
     def lost_spending(self) -> list[dict]:
-        """What each trial that never finished (killed, interrupted, failed for a dead heartbeat) spent before it
+        """What each trial that never finished (LOST_STATUSES: killed, interrupted, failed) spent before it
         stopped, from its run directory: {number, name, status, wall_s, examples}. Every session charges these
         again (its meter starts empty), so what was spent stays spent however often the study is resumed."""
         from optuna.trial import TrialState

@@ -23,7 +23,7 @@ from loratune.search.protocol.phase0 import step_text
 from loratune.steps import examples_for
 from loratune.search.protocol import (ProtocolSettings, Start, plan_trial_length, run_protocol, start_config,
                                       start_from_assessment)
-from loratune.search.study import FINAL, Study
+from loratune.search.study import FINAL, LOST_STATUSES, Study
 from loratune.search.yardstick import STRATEGIES
 
 DEFAULT_BUDGET = "15m"
@@ -230,8 +230,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     # what a trial that never finished trained stays spent: charged again by every session (the meter starts empty)
     lost = study.lost_spending()
     for row in lost:
-        how = "interrupted" if row["status"] == "interrupted" else "lost to a killed process"
-        meter.charge(Cost(row["wall_s"], row["examples"], 0), f"trial #{row['number']} {how}")
+        meter.charge(Cost(row["wall_s"], row["examples"], 0), f"trial #{row['number']} {LOST_STATUSES[row['status']]}")
     test = dataset.splits().get("test")
     ctx = SearchContext(store=study, runner=runner, meter=meter, trial_examples=int(plan["examples"]),
                         noise_floor=objective(getattr(runner, "objective", None)).noise_floor,
