@@ -233,3 +233,29 @@ def test_a_budget_smaller_than_one_trial_is_refused_before_training(budget, tiny
         assert "give --budget 20ex or more" in shown
     assert not list((study / "trials").glob("*")) if (study / "trials").exists() else True
     assert not (study / "final" / "study.json").exists()
+
+
+@pytest.mark.parametrize("made", [False, True])
+def test_a_ctrl_c_says_resume_only_where_a_study_was_kept(made, tiny_bert, intent_data, tmp_path, monkeypatch,
+                                                            capsys):
+    """A Ctrl-C before the study was made said "finished trials are kept; continue with --resume", and the resume
+    found no study to resume."""
+    import importlib
+
+    T = importlib.import_module("loratune.search.tune")  # (loratune.search.tune, the attribute, is the function)
+    study = tmp_path / "s"
+
+    def interrupted(*a, **k):
+        if made:
+            study.mkdir()
+            (study / "study.db").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "tune", interrupted)
+    rc = main(["tune", *overrides(tiny_bert, intent_data, tmp_path / "unused"), "--study-dir", str(study), "-q"])
+    text = flat(capsys.readouterr().out)
+    assert rc == 130
+    if made:
+        assert f"finished trials are kept; continue with `loratune tune --resume --study-dir {study}`" in text
+    else:
+        assert f"stopped before the study was made; nothing was kept in {study}" in text and "--resume" not in text

@@ -131,13 +131,26 @@ def run(args) -> int:
         from loratune import signals
 
         ui.stop()
-        out.print(f"[yellow]{signals.describe(exc)}[/]: finished trials are kept; continue with "
-                  f"`loratune tune --resume --study-dir {args.study_dir}`")
+        out.print(f"[yellow]{signals.describe(exc)}[/]: {_kept_after_interrupt(args)}")
         return signals.exit_code(exc)
     finally:
         ui.stop()
     print_summary(out, summary)
     return 0 if summary.get("recommendation") else 1
+
+
+def _kept_after_interrupt(args) -> str:
+    """What an interrupted `tune` left, said as it is: a study to resume, or (stopped before its study.db was made,
+    or while it was: Study.open removes what it made) nothing, where "continue with --resume" led to "no study ... to
+    resume". A --storage database is another's to read: its study is taken as kept."""
+    from pathlib import Path
+
+    from loratune.search.study import STUDY_DB
+
+    if args.storage is None and not (Path(args.study_dir) / STUDY_DB).exists():
+        return (f"stopped before the study was made; nothing was kept in {args.study_dir}: start it again with the "
+                "same command")
+    return f"finished trials are kept; continue with `loratune tune --resume --study-dir {args.study_dir}`"
 
 
 def _refuse_launcher() -> None:
