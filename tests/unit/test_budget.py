@@ -163,3 +163,32 @@ def test_decision_log_is_append_only_and_replay_safe(tmp_path):
 def test_cost_times_n_is_n_trials_of_the_same():
     assert Cost(1.5, 10, 1) * 3 == Cost(4.5, 30, 3)
     assert Cost(1.5, 10, 1) * 0 == Cost()
+
+
+def test_a_resume_charges_an_earlier_trial_where_the_replay_reuses_it_not_before():
+    """A resumed study's replay asked the budget for a trial the earlier session had not run (it did not fit): every
+    earlier trial not reused yet was charged then, as "not reused", so the replayed decisions after it showed 1 trial
+    left where the earlier session had 3, and the trials the replay reused next were listed as not reused."""
+    store = MemoryStore()
+    specs = [TrialSpec(f"t{i}", "x", {"train.learning_rate": 1e-4 * (i + 1)}) for i in range(5)]
+    first = SearchContext(store=store, runner=_Runner(), meter=Meter(Budget.parse("6trials")), trial_examples=500)
+    for spec in specs:
+        assert first.run(spec) is not None
+    ctx = SearchContext(store=store, runner=_Runner(), meter=Meter(Budget.parse("6trials")), trial_examples=500)
+    ctx.earlier = {r.number for r in store.records()}
+    for spec in specs[:3]:
+        assert ctx.run(spec).reused
+    wide = TrialSpec("wide", "x", {"train.learning_rate": 9e-3})
+    assert ctx.run(wide, reserve=Cost(0, 0, 3)) is None  # 3 trials left: not 1 + 3 (as the earlier session saw)
+    assert ctx.meter.spent.trials == 3
+    for spec in specs[3:]:
+        assert ctx.run(spec).reused
+    assert ctx.meter.spent == Cost(100.0, 2500, 5) and ctx.runner.calls == 0
+    assert [c.label for c in ctx.meter.ledger] == [f"#{i} t{i} (reused from the study)" for i in range(5)]
+    # a trial of this session's own that fits: the earlier trials no decision reused are charged before it
+    ctx2 = SearchContext(store=store, runner=_Runner(), meter=Meter(Budget.parse("6trials")), trial_examples=500)
+    ctx2.earlier = {r.number for r in store.records()}
+    assert ctx2.run(specs[0]).reused and ctx2.run(wide) is not None
+    assert [c.label for c in ctx2.meter.ledger][1:5] == [
+        f"#{i} t{i} (trained by an earlier session, not reused by this one)" for i in range(1, 5)]
+    assert ctx2.meter.spent.trials == 6

@@ -216,9 +216,17 @@ class SearchContext:
             self.records.append(rec)
             self.ui.trial_end(rec, self)
             return rec
-        self.charge_earlier()  # before the budget is asked: an earlier session's trial no decision reused is spent
         self.charge_elapsed("between trials: decisions, sampler, study records")
-        if not self.may_start(spec.point, reserve):
+        # first the budget as the earlier session had it at this point of the replay: its trials not reused yet may be
+        # reused further on (charged then, each once), and charged here they left every replayed decision after this
+        # one less budget than it had ("1 trial left" for "3"), labelled "not reused" and then reused. A trial that
+        # fits is this session's own (the replay is over): what earlier sessions spent that no decision reused is
+        # charged first, and the budget asked again
+        fits = self.may_start(spec.point, reserve)
+        if fits:
+            self.charge_earlier()
+            fits = self.may_start(spec.point, reserve)
+        if not fits:
             if claimed:  # a queued trial this search no longer affords
                 self.store.fail(trial, "not run: the budget left does not fit it", status="skipped")
             return None
