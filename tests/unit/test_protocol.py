@@ -1821,3 +1821,32 @@ def test_the_capacity_ceiling_reads_the_users_start_rank():
     assert ceiling["value"] == 4 and "the user's start rank r=4: 4" in ceiling["reason"]
     assert start_from_assessment(a).ceiling_r == 8  # the assessment's own start rank
     assert start_from_assessment(a, {"adapter.r": 16}).ceiling_r == 16  # never below the start rank
+
+
+def test_a_resume_whose_budget_ran_out_reuses_the_finished_long_run_at_another_lr(tmp_path, monkeypatch):
+    """A resumed study whose other stages took otherwise spends its budget before the final training (tune_defects
+    1: a larger budget, a full-fine-tuning probe the first session skipped). The long run at the other lr was
+    trained by the first session: it is reused for free, not refused as "does not fit", so the resume keeps the
+    first session's better pick instead of falling back to a worse one."""
+    from loratune.search.protocol import finish as finish_mod
+
+    start = Start(point=START.point, ceiling_r=32, lr_centre=1e-3, epochs=6.0)
+    settings = ProtocolSettings(full_probe=False, lr_probe=False, long_lr_factor=1.0)
+    plan = {"max_steps": 100, "epochs": 1.5, "reason": "scripted"}
+    store = MemoryStore(tmp_path, decisions_path=tmp_path / "decisions.jsonl")
+    ctx1, r1 = make_ctx(_long_peak_world(5e-4), store=store)
+    run_protocol(ctx1, start, settings, plan=plan)
+    first = ctx1.state.final
+    assert first.point[LR] == 5e-4 and first.value == pytest.approx(0.73)
+
+    def spent_elsewhere(ctx, s, long, final):  # the resume's other stages left nothing for a new run
+        ctx.meter.charge(Cost(0.0, 0, int(ctx.meter.left) + 1), "the resumed session's other stages")
+        return False
+
+    monkeypatch.setattr(finish_mod, "continue_long_run", spent_elsewhere)
+    ctx2, r2 = make_ctx(_long_peak_world(5e-4), store=store)
+    run_protocol(ctx2, start, settings, plan=plan)
+    assert r2.calls == []  # nothing trained again
+    d = next(x for x in ctx2.decisions if x["kind"] == "final-train")
+    assert d["code"] == "final-train-helps" and not any("does not fit" in e for e in d["evidence"])
+    assert ctx2.state.final.number == first.number and ctx2.state.final.value == pytest.approx(0.73)

@@ -52,7 +52,10 @@ def _point_text(point: dict) -> str:
 def _test_detail(s: StudyReport) -> str:
     """What the test tile says under its number: the perplexity of a test loss (exp of it) when scored."""
     ppl = s.recommendation.test.get("test/perplexity") if not s.obj.higher_is_better else None
-    return "scored once, on the pick only" + (f" · perplexity {metric(ppl)}" if isinstance(ppl, (int, float)) else "")
+    seen = s.recommendation.test_earlier
+    scored = ("scored once, on the pick only" if not seen else
+              f"scored {len(seen) + 1} times: also on {', '.join(f'#{n}' for n in seen)}, an earlier session's pick")
+    return scored + (f" · perplexity {metric(ppl)}" if isinstance(ppl, (int, float)) else "")
 
 
 def summary_section(s: StudyReport) -> str:

@@ -160,6 +160,7 @@ class Recommendation:
     config_yaml: str
     files: Mapping[str, str]
     missing: str | None = None
+    test_earlier: tuple[int, ...] = ()  # other picks an earlier session scored on test (study.json test_earlier)
 
 
 @dataclass(frozen=True)
@@ -497,7 +498,8 @@ def _recommendation(data: Mapping[str, Any] | None, root: Path, trials: Sequence
                           dict(data.get("test") or {}), str(data.get("verdict") or ""), dict(data.get("point") or {}),
                           yaml_text, {k: str(_in_study(str(v), root, FINAL))
                                       for k, v in (data.get("files") or {}).items()},
-                          missing=None if yaml_text else "no final/config.yaml was written")
+                          missing=None if yaml_text else "no final/config.yaml was written",
+                          test_earlier=tuple(int(n) for n in data.get("test_earlier") or ()))
 
 
 def _budget_text(budget: Mapping[str, Any] | None, trail: Sequence[DecisionView]) -> tuple[str, dict]:

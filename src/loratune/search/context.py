@@ -154,6 +154,16 @@ class SearchContext:
             examples = int(examples * int(point["train.max_steps"]) / self.trial_steps)
         return self.costs.estimate(examples, point.get("adapter.method", "lora"))
 
+    def to_train(self, point: dict, phase: str) -> Cost:
+        """What running `point` would still cost: nothing when this search or the study (an earlier session of a
+        resumed one) finished it already, since `run` then reuses its record for free; else its estimate. A stage
+        asks this before it weighs a run against the budget, so that a finished trial is never given up for a
+        budget it does not need (and a resume never picks worse than the session that trained it)."""
+        key = self.spec(point, phase).key
+        if any(r.key == key for r in self.records) or key in self.store.finished_by_key():
+            return Cost()
+        return self.estimate(point)
+
     def may_start(self, point: dict, reserve: Cost = Cost(), *, per_length: bool = True) -> bool:
         """Whether a trial of `point` may start: its estimated cost fits what is left after `reserve`, or it is the
         first trial of its length (`per_length=False`, a sampler, whose lengths are a knob it draws: the first of

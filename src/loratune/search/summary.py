@@ -119,16 +119,22 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
     final_dir = Path(final_dir)
     final_dir.mkdir(parents=True, exist_ok=True)
     rec = ctx.state.final or ctx.best()
-    test, files = None, {}
+    test, files, earlier = None, {}, []
     if rec is not None and Path(rec.run_dir).is_dir():
         test_path = final_dir / "test.json"
         old = read_json(test_path) if test_path.exists() else None
+        # the other picks an earlier session scored on test (a resume that picked otherwise): test was seen before
+        # for this study, and the record says so rather than "scored once"
+        earlier = list((old or {}).get("earlier") or [])
+        if old and old.get("trial") is not None and old.get("trial") != rec.number:
+            earlier.append({k: old.get(k) for k in ("trial", "run_dir", "scores")})
         if old and old.get("trial") == rec.number:
             test = old.get("scores")  # scored in an earlier session: never twice
         else:
             try:
                 test = ctx.runner.evaluate(rec.run_dir, "test")
-                write_json(test_path, {"trial": rec.number, "run_dir": rec.run_dir, "scores": test})
+                write_json(test_path, {"trial": rec.number, "run_dir": rec.run_dir, "scores": test,
+                                       **({"earlier": earlier} if earlier else {})})
             except UserError as exc:
                 ctx.decide("finish", "test", "no test score", "none", [exc.problem])
         adapter = Path(rec.run_dir) / "adapter"
@@ -161,6 +167,9 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
         extra = {**(extra or {}), "objective": picked.get("objective") or "val/macro_f1",
                  **({"decoding": picked["decoding"]} if picked.get("decoding") else {})}
     summary = summarize(ctx, strategy, rec, test, files, extra)
+    seen = [int(e["trial"]) for e in earlier if e.get("trial") is not None and e.get("trial") != rec.number]
+    if summary["recommendation"] is not None and seen:
+        summary["recommendation"]["test_earlier"] = seen
     if rec is not None:
         # the test score of the metric the val score names (multi-label: subset accuracy, not macro-F1), as the
         # recommendation shows it; a test split scored without it, the macro-F1 or the loss it has
@@ -169,7 +178,9 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
         ctx.decide("finish", "recommendation", f"{rec.label}: {ctx.show(rec.value)}"
                    + (f", {shown.name} {test[shown.key]:.4f}" if shown is not None else ""),
                    "export " + (", ".join(sorted(files)) or "nothing"),
-                   [f"point: {rec.point}"], [rec])
+                   [f"point: {rec.point}"]
+                   + ([f"test was scored before, on an earlier session's pick {', '.join(f'#{n}' for n in seen)}: "
+                       "this pick's test score is not the study's first look at test"] if seen else []), [rec])
         summary["trail"] = ctx.decisions
     write_json(final_dir / "study.json", summary)
     return summary

@@ -299,8 +299,10 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
           f"{ctx.fmt(inc.value)}); {why}, so it is not trained again",
           pick_line(ctx, final)]
     runs: list[TrialRecord] = []
-    one = ctx.estimate(long.point)
-    if others and steps and ctx.meter.fits(one * len(others)):
+    need = Cost()
+    for x in others:  # a run of them the study finished already (an earlier session's) is reused, not paid again
+        need = need + ctx.to_train(with_(long.point, **{LR: x}), phase)
+    if others and steps and (need == Cost() or ctx.meter.fits(need)):  # reuses only: free even past the budget
         for x in others:
             why = f"the long run at lr {x:g} ({x / lr:g}x the trial's): the short trials' lr need not suit it"
             rec = ctx.run(ctx.spec(with_(long.point, **{LR: x}), phase, why), prune=False)
