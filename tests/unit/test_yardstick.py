@@ -450,3 +450,31 @@ def test_a_wall_budget_charges_the_real_time_between_and_around_trials(tmp_path)
     # the trial that starts last fits what was left when it started: the session ends about on budget
     last = ctx.records[-1].result.wall_s
     assert spent - 40 < last + 2, [c.to_dict() for c in ctx.meter.ledger]
+
+
+@pytest.mark.parametrize("strategy", ["random", "grid"])
+def test_a_sampler_over_an_rslora_start_trains_the_scale_it_drew(strategy, tmp_path):
+    """use_rslora=true in the start point: a drawn scale s becomes lora_alpha = s x sqrt(r) (rsLoRA scales by
+    alpha / sqrt(r)), not s x r, so the trained scale is the one the sampler drew and recorded."""
+    import math
+
+    from loratune.stepsize import scale_of
+
+    start = {**START, "adapter.use_rslora": True, "adapter.lora_alpha": 8 * math.sqrt(8)}
+    store = Study.open(tmp_path / strategy, meta={"strategy": strategy})
+    space = default_space(start, 32, trial_steps=TRIAL_STEPS)
+    store.optuna.sampler = make_sampler(strategy, space, seed=1)
+    runner = LengthWorld()
+    ctx = SearchContext(store=store, runner=runner, meter=Meter(Budget.parse("6trials")),
+                        trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
+    run_yardstick(ctx, space, start, strategy)
+    trials = [t for t in store.optuna.get_trials(deepcopy=False) if t.user_attrs.get("status") != "skipped"]
+    assert trials and len(trials) == len(runner.calls)
+    for t, spec in zip(trials, runner.calls):
+        p = spec.point
+        assert p["adapter.use_rslora"] is True
+        assert p["adapter.lora_alpha"] == pytest.approx(t.params["adapter.scale"] * math.sqrt(p["adapter.r"]), rel=5e-3)
+        assert scale_of(p) == pytest.approx(t.params["adapter.scale"], rel=5e-3)
+    # a rank the draw does not set is the start point's, not the default's
+    assert to_overrides({"adapter.scale": 2.0}, {"adapter.r": 16, "adapter.use_rslora": True}) == {
+        "adapter.lora_alpha": 8.0}

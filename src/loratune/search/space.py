@@ -148,9 +148,11 @@ def targets_text(targets) -> str:
     return ",".join(str(t) for t in targets)
 
 
-def to_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+def to_overrides(values: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Space values -> config overrides (`adapter.scale` becomes `adapter.lora_alpha`; `adapter.arm` turns the
-    arm on and moves the lr to the arm's own centre)."""
+    arm on and moves the lr to the arm's own centre). `base`: the point the overrides go onto (the start point):
+    a rank or rsLoRA it sets and the draw does not is what the trial trains with, so the scale is turned into the
+    alpha that gives that scale there (stepsize.alpha_for)."""
     out = {k: v for k, v in values.items() if k not in ("adapter.scale", "adapter.arm")}
     arm = values.get("adapter.arm", "lora")
     if arm != "lora":
@@ -161,6 +163,7 @@ def to_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     if "adapter.target_modules" in out and isinstance(out["adapter.target_modules"], str):
         out["adapter.target_modules"] = out["adapter.target_modules"].split(",")
     if "adapter.scale" in values:
-        r = int(out.get("adapter.r", DEFAULTS["adapter.r"]))
-        out["adapter.lora_alpha"] = alpha_for(r, float(values["adapter.scale"]), bool(out.get("adapter.use_rslora")))
+        at = {**(base or {}), **out}
+        r = int(at.get("adapter.r", DEFAULTS["adapter.r"]))
+        out["adapter.lora_alpha"] = alpha_for(r, float(values["adapter.scale"]), bool(at.get("adapter.use_rslora")))
     return out

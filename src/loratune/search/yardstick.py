@@ -233,7 +233,7 @@ def run_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict, str
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = study.ask()
         values = space.suggest(trial)
-        point = {**start_point, **to_overrides(values)}
+        point = {**start_point, **to_overrides(values, start_point)}
         if not ctx.may_start(point, per_length=False):  # a long draw the budget left cannot hold: draw again
             ctx.store.fail(trial, "its training length does not fit the budget left", status="skipped")
             misses += 1
