@@ -53,7 +53,8 @@ def test_a_resume_that_picks_another_trial_says_test_was_scored_before(tmp_path)
         return TrialRecord(number, TrialSpec(name, "final-train", {"adapter.r": 4, "train.learning_rate": 2e-2}),
                            str(run_dir), TrialResult(status="completed", value=value, examples=100, wall_s=1.0))
 
-    for number, name, value in ((5, "steps60", 0.85), (2, "lr0.01-steps60", 0.71)):  # two sessions of one study
+    # two sessions of one study, each picking its own trial
+    for number, name, value in ((5, "steps60", 0.85), (2, "lr0.01-steps60", 0.71)):
         ctx = SearchContext(store=MemoryStore(tmp_path), runner=Runner(), meter=Meter(Budget.parse("10trials")), trial_examples=100,
                             costs=CostModel())
         ctx.state["final"] = pick(number, name, value)

@@ -179,8 +179,9 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
                    + (f", {shown.name} {test[shown.key]:.4f}" if shown is not None else ""),
                    "export " + (", ".join(sorted(files)) or "nothing"),
                    [f"point: {rec.point}"]
-                   + ([f"test was scored before, on an earlier session's pick {', '.join(f'#{n}' for n in seen)}: "
-                       "this pick's test score is not the study's first look at test"] if seen else []), [rec])
+                   + ([f"test was scored before, on an earlier session's pick "
+                       f"{', '.join(f'#{n}' for n in seen)}: this pick's test score is not the study's first look at "
+                       "test"] if seen else []), [rec])
         summary["trail"] = ctx.decisions
     write_json(final_dir / "study.json", summary)
     return summary
