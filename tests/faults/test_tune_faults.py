@@ -178,6 +178,8 @@ def test_the_refusals_of_a_taken_study_name_and_a_missing_worker_storage_give_ad
     (["per_device_train_batch_size=4"], "per_device_train_batch_size=8"),
     (["--target", "0.9"], "no --target"),
     (["--seed", "3", "--trial-steps", "8", "per_device_train_batch_size=8"], None),  # the study's own: accepted
+    (["--data", "/d/other"], "dataset_name=/d/intent"),  # --data was not compared: the study's data trained on
+    (["--data", "/d/intent"], None),
 ])
 def test_a_resume_refuses_options_that_differ_from_the_studys_own(extra, named, tmp_path, capsys, monkeypatch):
     # --resume silently replaced them with the study's (a new --seed, --trial-steps or batch size trained as before)
@@ -185,7 +187,7 @@ def test_a_resume_refuses_options_that_differ_from_the_studys_own(extra, named, 
     from loratune.search.protocol import ProtocolSettings
     from loratune.search.study import Study
 
-    base = load_config(None, ["per_device_train_batch_size=8"])
+    base = load_config(None, ["per_device_train_batch_size=8", "dataset_name=/d/intent"])
     Study.open(tmp_path / "s", meta={"strategy": "random", "seed": 3, "budget": "2trials", "base_config": to_yaml(base),
                                      "settings": ProtocolSettings().to_dict(),
                                      "plan": {"max_steps": 8, "examples": 64}}).close()

@@ -198,7 +198,9 @@ def run_worker(args) -> int:
 
 
 def _explicit_keys(args, resolve_key) -> set[str]:
-    keys = set()
+    # --data is data.dataset_name given another way (load_cfg): set by the user like a key=value, so a resume
+    # compares it with the study's (a different --data was silently replaced by the study's data)
+    keys = {"data.dataset_name"} if getattr(args, "data", None) else set()
     for item in args.overrides or ():
         if "=" in item:
             try:
