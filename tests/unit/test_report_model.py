@@ -1208,3 +1208,33 @@ def test_a_multi_label_study_shows_its_objective_in_the_cost_table_and_keeps_the
     table_html = html[html.index('id="lora-full-table"'):]
     assert re.search(r"<td>val subset accuracy</td><td[^>]*><b>0.310</b></td><td[^>]*><b>0.229</b></td>",
                      table_html)
+
+
+def test_an_interrupted_studys_report_counts_what_its_cut_trial_trained(tmp_path):
+    """Ctrl-C during trial #1: its run.json says 20 steps, 320 examples, a best val at step 20, but the trial has no
+    record. The report of the unfinished study showed it with no examples, time or val and under-counted the
+    compute; it reads them from the trial's run directory (what a resume charges for it)."""
+    from loratune.report.render_study import summary_section
+    from loratune.report.study import build_study_report
+    from loratune.search.study import Study
+    from loratune.search.trial import TrialResult, TrialSpec
+
+    d = tmp_path / "study"
+    store = Study.open(d, meta={"strategy": "protocol"})
+    done = TrialSpec("start", "phase1-lr-grid", {R: 4, LR: 1e-3})
+    trial, run_dir = store.start(done)
+    write_run(Path(run_dir), k=4, n_evals=2, steps_per_eval=6)  # 12 steps, 192 examples, 6 s
+    store.finish(trial, done, run_dir, TrialResult(status="completed", value=0.5, examples=192, wall_s=6.0,
+                                                   best={"step": 12, "val/macro_f1": 0.5}))
+    cut = TrialSpec("lr2e-3", "phase1-lr-grid", {R: 4, LR: 2e-3})
+    trial, run_dir = store.start(cut)
+    write_run(Path(run_dir), k=4, n_evals=2, steps_per_eval=10, status="interrupted")  # 20 steps, 320 examples, 10 s
+    store.fail(trial, "interrupted by the user; trained again on --resume")
+    store.close()
+    s = build_study_report(d)
+    t = s.trial(1)
+    assert t.status == "interrupted" and t.examples == 320 and t.wall_s == pytest.approx(10.0)
+    best = json.loads((Path(run_dir) / "run.json").read_text())["best"]["val/macro_f1"]
+    assert t.value == pytest.approx(best)
+    assert s.best_vs_compute[-1].examples_cum == 192 + 320
+    assert "512 training examples · 16 s" in summary_section(s)

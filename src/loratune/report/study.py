@@ -338,6 +338,23 @@ def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: 
         findings=tuple(res.get("findings") or ()), params=dict(res.get("params") or {}))
 
 
+def _unfinished_spent(run_dir: str | None, root: Path) -> dict:
+    """What a trial without a record (interrupted, killed, still running) trained, from its run directory: the
+    examples and time it spent (search.study.spent_by_run, what a resume charges for it) and its best evaluation so
+    far. Without them the report under-counted what the study spent and showed the trial as having done nothing."""
+    from loratune.search.study import spent_by_run
+
+    path = _in_study(run_dir, root, TRIALS)
+    run, _ = read_json(Path(path) / "run.json") if path else (None, None)
+    if not isinstance(run, dict):
+        return {}
+    wall, examples = spent_by_run(path)
+    best = run.get("best") if isinstance(run.get("best"), dict) else {}
+    key = objective(run.get("objective")).key
+    return {"examples": examples, "wall_s": wall, "objective": key, "objective_value": best.get(key),
+            "mean_step_s": run.get("mean_step_s"), "peak_memory_mb": run.get("peak_memory_mb")}
+
+
 def _trials_from_dirs(root: Path) -> list[dict]:
     """Rows like study.json's `trials` from the trial directories alone (name from `<n>-<name>`)."""
     rows = []
@@ -566,7 +583,8 @@ def build_study_report(study_dir: str | Path) -> StudyReport:
             "point": r["record"]["spec"].get("point"), "run_dir": r["record"].get("run_dir")} or {
             "name": r["attrs"].get("name", "?"), "phase": r["attrs"].get("phase", "?"),
             "status": r["attrs"].get("status", r["state"].lower()), "point": r["attrs"].get("point") or {},
-            "run_dir": r["attrs"].get("run_dir"), "worker": r["attrs"].get("worker")})} for r in records
+            "run_dir": r["attrs"].get("run_dir"), "worker": r["attrs"].get("worker"),
+            **_unfinished_spent(r["attrs"].get("run_dir"), root)})} for r in records
             if r["attrs"].get("status") != "skipped"]  # a sampler's draw too long for the budget: never ran
         if not rows:
             rows = _trials_from_dirs(root)
