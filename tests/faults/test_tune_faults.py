@@ -232,9 +232,15 @@ def test_a_budget_smaller_than_one_trial_is_refused_before_training(budget, tiny
     assert "Traceback" not in shown and "cannot hold one trial" in shown
     assert "5 steps x 4 = 20 examples" in shown
     if budget == "10ex":
-        assert "give --budget 20ex or more" in shown
+        assert "continue this study with --resume --budget 20ex or more" in shown
     assert not list((study / "trials").glob("*")) if (study / "trials").exists() else True
     assert not (study / "final" / "study.json").exists()
+    if budget == "10ex":  # the printed fix works: the same command with --resume and the budget it names
+        rc = main(["tune", *ov, "per_device_train_batch_size=4", "--study-dir", str(study), "-q", "--resume",
+                   "--budget", "20ex", "--trial-steps", "5"])
+        shown = flat("".join(capsys.readouterr()))
+        assert rc == 0, shown
+        assert len(list((study / "trials").glob("*"))) == 1 and (study / "final" / "study.json").is_file()
 
 
 @pytest.mark.parametrize("made", [False, True])

@@ -311,7 +311,10 @@ def _refuse_budget_below_one_trial(meter: Meter, trial: Cost, plan: dict, batch:
                     f"{plan['max_steps']} steps x {step_text(batch, accum)} = {int(plan['examples']):,} examples"
                     + (f" (~{need:.0f}s at the planning throughput)" if kind == "wall_s" else "")
                     + f"; {format_amount(kind, max(0.0, meter.left))} is left of it",
-                    f"give --budget {smallest}{unit} or more, or shorter trials with --trial-steps")
+                    # the study and its assessment are made by now (the plan needs them): the same command without
+                    # --resume is refused as "already exists", and --trial-steps can no longer change on a resume
+                    f"continue this study with --resume --budget {smallest}{unit} or more (its assessment and trial "
+                    "plan are kept), or give shorter trials with --trial-steps to a new --study-dir")
 
 
 def _refuse_changes(study_dir: Path, old: dict, options: TuneOptions, settings, given: dict, cfg) -> None:
