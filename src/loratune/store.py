@@ -556,9 +556,31 @@ class RunStore:
                      if self.path.is_file() else "is not a directory")
             raise UserError(f"run directory '{self.path}' {state}", "give the output_dir of a training run")
         if not self.exists():
-            raise UserError(f"'{self.path}' is not a loratune run directory (no {RUN} / {CONFIG})",
-                            "give the output_dir of a `loratune train` run")
+            # name only what is missing: "no run.json / config.yaml" beside a config.yaml read as a contradiction
+            missing = " and no ".join(n for n in (RUN, CONFIG) if not (self.path / n).is_file())
+            pick = self._study_pick()
+            raise UserError(f"'{self.path}' is not a loratune run directory (no {missing})"
+                            + (": it is a tune study's final/ folder, the pick's exported adapter and config"
+                               if pick else ""),
+                            f"give the pick's trial directory, '{pick}', which holds its run record" if pick
+                            else "give the output_dir of a `loratune train` run")
         return self
+
+    def _study_pick(self) -> str | None:
+        """The run directory of the trial a `loratune tune` study exported to this folder (its final/: study.json's
+        recommendation, or test.json's), as found in the study; None when this is no study's final/ folder."""
+        from loratune.search.study import TRIALS, in_study
+
+        for name, field in (("study.json", "recommendation"), ("test.json", None)):
+            try:
+                data = json.loads((self.path / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            rec = data.get(field) if field and isinstance(data, dict) else data
+            run_dir = rec.get("run_dir") if isinstance(rec, dict) else None
+            if isinstance(run_dir, str) and run_dir:
+                return in_study(run_dir, self.path.parent, TRIALS)
+        return None
 
     def read_run(self) -> dict:
         """run.json; a `running` record whose process died reads as `died` (see with_liveness)."""

@@ -190,3 +190,35 @@ def test_no_replaced_note_for_a_folder_another_process_trains_into(tmp_path):
     finally:
         other.release()
     assert "held a died run" in earlier_run_note(tmp_path)  # its process gone: replaced, and said
+
+
+def test_a_tune_studys_final_folder_is_refused_naming_the_missing_file_and_the_picks_trial(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """`loratune evaluate g/final` said "no run.json / config.yaml" beside final/config.yaml: the message names only
+    what is missing and points to the pick's trial directory (study.json records it relative to where tune ran)."""
+    from loratune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    final, trial = tmp_path / "g" / "final", tmp_path / "g" / "trials" / "05-steps60"
+    final.mkdir(parents=True)
+    trial.mkdir(parents=True)
+    (final / "config.yaml").write_text("model:\n  name_or_path: tiny\n", encoding="utf-8")
+    (final / "study.json").write_text(json.dumps({"recommendation": {"trial": 5, "run_dir": "g/trials/05-steps60"}}))
+    with pytest.raises(UserError) as got:
+        RunStore(final).require()
+    assert got.value.problem == (f"'{final}' is not a loratune run directory (no run.json): it is a tune study's "
+                                 "final/ folder, the pick's exported adapter and config")
+    assert got.value.fix == f"give the pick's trial directory, '{trial}', which holds its run record"
+    (final / "study.json").unlink()  # an unfinished export: test.json names the pick too
+    (final / "test.json").write_text(json.dumps({"trial": 5, "run_dir": str(trial), "scores": {}}))
+    with pytest.raises(UserError) as got:
+        RunStore(final).require()
+    assert str(trial) in got.value.fix
+    assert main(["evaluate", "g/final", "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml" not in err.split("fix:")[0] and "05-steps60" in err, err
+    empty = tmp_path / "empty"  # no study: both files missing, the train advice
+    empty.mkdir()
+    with pytest.raises(UserError) as got:
+        RunStore(empty).require()
+    assert "(no run.json and no config.yaml)" in got.value.problem and "loratune train" in got.value.fix
