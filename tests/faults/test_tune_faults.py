@@ -217,6 +217,25 @@ def test_a_worker_refuses_a_seed_and_trial_steps_it_would_ignore(tmp_path, capsy
     assert "(given: --seed, --trial-steps)" in err and not (tmp_path / "s").exists()
 
 
+def test_data_training_would_refuse_is_refused_before_the_study_is_made(tiny_bert, intent_data, tmp_path, capsys):
+    """A row with an empty text: tune exited 2 after making the study (study.db, assess.json), so the same command on
+    the fixed data was refused as "a study named 'loratune' already exists". Now nothing is made before the refusal."""
+    import shutil
+
+    data = tmp_path / "bad"
+    shutil.copytree(intent_data, data)
+    with open(data / "train.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"text": "", "label": "pin"}) + "\n")
+    study = tmp_path / "study"
+    ov = [o for o in overrides(str(tiny_bert), intent_data, tmp_path / "unused", num_threads=1)
+          if not o.startswith(("output_dir=", "dataset_name="))]
+    rc = main(["tune", *ov, f"dataset_name={data}", "--study-dir", str(study), "-q", "--budget", "1trials",
+               "--trial-steps", "3"])
+    shown = flat("".join(capsys.readouterr()))
+    assert rc == 2 and "Traceback" not in shown and "empty" in shown, shown
+    assert not study.exists()
+
+
 @pytest.mark.parametrize("budget", ["10ex", "2s"])
 def test_a_budget_smaller_than_one_trial_is_refused_before_training(budget, tiny_bert, intent_data, tmp_path, capsys):
     """A budget that holds no whole trial: `--budget 2s` exited 1 with an empty trial table and no error line;

@@ -122,6 +122,11 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     # what train's dry run refuses (api.check), refused before the study folder is made: a max_length past the position
     # embeddings crashed phase 0's probe, then every trial, inside the embedding
     check_max_length(cfg.model)
+    if not options.resume:  # data training would refuse (an empty text, a label missing from train), refused before
+        # the study is made: a refused study left study.db behind, and the fixed command was refused as "exists"
+        # (a resume reads the study's own base config first, and checks its data below)
+        dataset = dataset or recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)  # as api.prepare
+        recipe(cfg, "check")(dataset)
 
     # setup ------------------------------------------------------------------------------------
     meta = {"strategy": options.strategy or "protocol", "budget": options.budget or DEFAULT_BUDGET,
@@ -174,8 +179,9 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     # the study's overrides on every table (a stored name this version lacks fails here, named, as a file's would)
     tables = tables_with(options.thresholds)
     budget = Budget.parse(options.budget)
-    dataset = dataset or recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)  # as api.prepare
-    recipe(cfg, "check")(dataset)
+    if options.resume:  # (a new study's data was checked before the study was made)
+        dataset = dataset or recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)  # as api.prepare
+        recipe(cfg, "check")(dataset)
     how = validation_differs(study.meta.get(VALIDATED_ON), dataset.validation)
     if how:  # a carving (or the file) changed since the study began: its trials' scores mix two splits
         ui.note(f"note: this session validates on a different validation split than the study's earlier trials {how}"
