@@ -46,6 +46,10 @@ HEARTBEAT_STALE_S = 120.0
 STALE_OUTPUTS = (HISTORY, CONFUSION, GENERATIONS, REPORT, ADAPTER, TENSORBOARD_DIR)
 # what says a folder holds a loratune run (written as a run starts), so its STALE_OUTPUTS are the run's to replace
 RUN_MARKERS = (RUN, HISTORY)
+# the hidden folder RunStore.create moves an earlier run's outputs into before removing them; one left by a process
+# killed mid-clearing says the outputs still beside it were a run's too (its markers may already be in it), and goes
+# when the next run starts
+EARLIER_TMP = (".earlier-run.", ".tmp")
 PARTIAL_STATUSES = ("interrupted", "died", "failed")  # a record that stops before the planned end
 
 
@@ -362,11 +366,16 @@ def _stale_outputs(path: Path) -> list[str]:
     (RUN_MARKERS there): files of those names in a folder no run wrote (a user's own adapter/ or report.html) are
     refused, never deleted, as a name alone said nothing of whose they were."""
     present = [n for n in STALE_OUTPUTS if (path / n).exists() or (path / n).is_symlink()]
-    if present and not any((path / n).exists() for n in RUN_MARKERS):
+    if present and not any((path / n).exists() for n in RUN_MARKERS) and not _clearing_left(path):
         raise UserError(f"output_dir '{path}' holds {', '.join(present)} but no loratune run "
                         f"({' or '.join(RUN_MARKERS)}): a run there would delete {'them' if len(present) > 1 else 'it'}",
                         "give another output_dir (a new or empty folder), or move those files out of it")
     return present
+
+
+def _clearing_left(path: Path) -> list[Path]:
+    """The hidden folders (EARLIER_TMP) a run killed while clearing an earlier run's outputs left in `path`."""
+    return [p for p in path.glob(f"{EARLIER_TMP[0]}*{EARLIER_TMP[1]}") if p.is_dir() and not p.is_symlink()]
 
 
 def earlier_run_note(path: str | Path) -> str | None:
@@ -376,10 +385,7 @@ def earlier_run_note(path: str | Path) -> str | None:
     path = Path(path).expanduser()
     if not _stale_outputs(path):
         return None
-    if (path / LOCK).exists() and liveness(path)[0] == "alive":
-        # another process trains there: RunStore.create's lock refuses this run and nothing is replaced, so a
-        # "replaced by this run" said first was false
-        return None
+    state, busy = liveness(path) if (path / LOCK).exists() else ("dead", "")
     try:
         run = RunStore(path).read_run() if (path / RUN).is_file() else {}
     except UserError:  # a damaged run.json: the outputs are still replaced
@@ -391,6 +397,13 @@ def earlier_run_note(path: str | Path) -> str | None:
         parts.append(f"best {objective} {best[objective]:.4g} at step {best.get('step', '?')}")
     parts.append("saved model" if (path / ADAPTER).exists() else "no saved model")
     what = f"a {run['status']} run" if isinstance(run.get("status"), str) else "an earlier run's outputs"
+    if state == "alive":
+        # another process trains there: RunStore.create's lock refuses this run if it still does when training
+        # starts; if it has ended by then (while this run loads its model), its outputs are replaced, so that is said
+        # now too, as nothing is said at create
+        return (f"{path} is in use by another run ({busy}; {what}, {', '.join(parts)}): this run is refused if it "
+                "still is when training starts, else its outputs are replaced by this run; give another output_dir "
+                "to keep them")
     return f"{path} held {what} ({', '.join(parts)}): replaced by this run; give another output_dir to keep it"
 
 
@@ -473,13 +486,20 @@ class RunStore:
 
         for left in self.path.glob(f"{ADAPTER_TMP[0]}*{ADAPTER_TMP[1]}"):  # a model a killed run was writing
             shutil.rmtree(left, ignore_errors=True)
+        # what a run killed mid-clearing moved out: removed with this clearing, after _stale_outputs has seen it (it
+        # is what says the outputs it left beside it were a run's)
+        left_trash = _clearing_left(self.path)
         stale = _stale_outputs(self.path)
         if not stale:
+            for left in left_trash:
+                shutil.rmtree(left, ignore_errors=True)
             return []
-        # the earlier run.json goes first and with the rest: a kill -9 before the new one is written leaves no record,
-        # never the earlier run's `completed` one over its removed model and history
+        # the earlier run.json goes first (a kill -9 before the new one is written leaves no record, never the earlier
+        # run's `completed` one over its removed model and history), history.jsonl last: until then it still says the
+        # outputs left are a run's, and the hidden folder they go into says so after
+        stale = [n for n in stale if n != HISTORY] + [n for n in stale if n == HISTORY]
         stale = [RUN, *stale] if (self.path / RUN).exists() else stale
-        trash = Path(tempfile.mkdtemp(dir=self.path, prefix=".earlier-run.", suffix=".tmp"))
+        trash = Path(tempfile.mkdtemp(dir=self.path, prefix=EARLIER_TMP[0], suffix=EARLIER_TMP[1]))
         moved: list[str] = []
         try:
             for name in stale:
@@ -493,7 +513,8 @@ class RunStore:
                             "nothing was removed", "fix its permissions, or give another output_dir") from None
         # everything of the earlier run is out of the record now; a file the OS refuses to delete stays in the hidden
         # folder rather than failing a run whose directory is already consistent
-        shutil.rmtree(trash, ignore_errors=True)
+        for left in (trash, *left_trash):
+            shutil.rmtree(left, ignore_errors=True)
         return stale
 
     def replace_adapter(self, step: int | None, write: Callable[[Path], None]) -> None:

@@ -167,15 +167,65 @@ def test_clearing_an_earlier_run_removes_its_record_with_its_model(tmp_path):
     _completed_run(tmp_path)
     store = RunStore(tmp_path)
     try:
-        assert store.create("seed: 1\n") == [RUN, HISTORY, ADAPTER]
+        assert store.create("seed: 1\n") == [RUN, ADAPTER, HISTORY]  # a marker (history.jsonl) moved last
         assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", LOCK]
     finally:
         store.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
 
 
-def test_no_replaced_note_for_a_folder_another_process_trains_into(tmp_path):
-    # the note said "replaced by this run", then the lock refused the run and nothing was replaced
+class _Killed(BaseException):
+    """A kill -9 at that point: nothing after it runs (no rollback, no cleanup)."""
+
+
+@pytest.mark.parametrize("at", [RUN, ADAPTER, HISTORY, "rmtree"])
+def test_a_kill_at_any_point_of_clearing_an_earlier_run_leaves_a_folder_the_next_run_takes_over(tmp_path, monkeypatch,
+                                                                                                 at):
+    # with run.json and history.jsonl (what says a folder holds a run) moved out first, a kill -9 mid-clearing left
+    # adapter/ with no marker: every later run was refused ("holds adapter but no loratune run"), and the hidden
+    # folder of what was moved stayed for good
+    import loratune.store as store_mod
+    from loratune.store import EARLIER_TMP, earlier_run_note
+
+    _completed_run(tmp_path)
+    real_rename, real_rmtree = os.rename, shutil.rmtree
+
+    def rename(a, b):
+        if Path(a).name == at and EARLIER_TMP[0] in str(b):
+            raise _Killed
+        return real_rename(a, b)
+
+    def rmtree(p, *args, **kwargs):
+        if at == "rmtree" and EARLIER_TMP[0] in str(p):
+            raise _Killed
+        return real_rmtree(p, *args, **kwargs)
+
+    monkeypatch.setattr(store_mod.os, "rename", rename)
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    killed = RunStore(tmp_path)
+    with pytest.raises(_Killed):
+        killed.create("seed: 1\n")
+    killed.close()  # (the kill's lock goes with its process)
+    monkeypatch.setattr(store_mod.os, "rename", real_rename)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    left = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(EARLIER_TMP[0]))
+    # never the earlier `completed` record over what was removed: whole, or gone
+    assert left == {RUN: [ADAPTER, HISTORY, RUN], ADAPTER: [ADAPTER, HISTORY], HISTORY: [HISTORY], "rmtree": []}[at]
+    note = earlier_run_note(tmp_path)
+    assert (note is None) == (at == "rmtree")  # everything was out: nothing left to replace
+    if note:
+        assert "replaced by this run" in note
+    store = RunStore(tmp_path)
+    try:
+        assert store.create("seed: 2\n") == [n for n in (RUN, ADAPTER, HISTORY) if n in left]
+    finally:
+        store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # the hidden folder went too
+
+
+def test_the_note_for_a_folder_another_process_trains_into_says_it_may_still_be_replaced(tmp_path):
+    # the note said "replaced by this run", then the lock refused the run and nothing was replaced; said nothing
+    # instead, the other run ended while this one loaded its model and create removed its outputs without a word
     from loratune.store import earlier_run_note
 
     _completed_run(tmp_path)
@@ -183,7 +233,10 @@ def test_no_replaced_note_for_a_folder_another_process_trains_into(tmp_path):
     other = RunLock(tmp_path)  # (another open file: its flock conflicts with this process's next one too)
     other.acquire()
     try:
-        assert earlier_run_note(tmp_path) is None
+        note = earlier_run_note(tmp_path)
+        assert note.startswith(f"{tmp_path} is in use by another run (pid {os.getpid()} on ")
+        assert "a running run, saved model): this run is refused if it still is when training starts, else its " \
+               "outputs are replaced by this run; give another output_dir to keep them" in note
         with pytest.raises(UserError, match="another loratune process is training into"):
             RunStore(tmp_path).create("seed: 1\n")
         assert (tmp_path / ADAPTER / "adapter_model.safetensors").read_text() == "w"
