@@ -286,3 +286,20 @@ def test_a_ctrl_c_says_resume_only_where_a_study_was_kept(made, tiny_bert, inten
         assert f"finished trials are kept; continue with `loratune tune --resume --study-dir {study}`" in text
     else:
         assert f"stopped before the study was made; nothing was kept in {study}" in text and "--resume" not in text
+
+
+def test_a_ctrl_c_finds_the_study_of_a_study_dir_given_with_a_tilde(tmp_path, monkeypatch):
+    """`--study-dir '~/s'`: tune made ~/s/study.db (the `~` expanded), the Ctrl-C message looked for ./~/s, said nothing
+    was kept and to start again with the same command, which the existing study then refused."""
+    from types import SimpleNamespace
+
+    from loratune.commands.tune import _kept_after_interrupt
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    args = SimpleNamespace(storage=None, study_dir="~/s")
+    assert _kept_after_interrupt(args).startswith("stopped before the study was made; nothing was kept in ~/s")
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "study.db").write_bytes(b"")
+    assert _kept_after_interrupt(args) == ("finished trials are kept; continue with "
+                                           "`loratune tune --resume --study-dir ~/s`")

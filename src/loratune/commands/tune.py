@@ -143,11 +143,9 @@ def _kept_after_interrupt(args) -> str:
     """What an interrupted `tune` left, said as it is: a study to resume, or (stopped before its study.db was made,
     or while it was: Study.open removes what it made) nothing, where "continue with --resume" led to "no study ... to
     resume". A --storage database is another's to read: its study is taken as kept."""
-    from pathlib import Path
+    from loratune.search.study import STUDY_DB, study_folder
 
-    from loratune.search.study import STUDY_DB
-
-    if args.storage is None and not (Path(args.study_dir) / STUDY_DB).exists():
+    if args.storage is None and not (study_folder(args.study_dir) / STUDY_DB).exists():
         return (f"stopped before the study was made; nothing was kept in {args.study_dir}: start it again with the "
                 "same command")
     return f"finished trials are kept; continue with `loratune tune --resume --study-dir {args.study_dir}`"

@@ -58,6 +58,12 @@ FINAL = "final"
 ASSESS = "assess.json"
 DEFAULT_STUDY_NAME = "loratune"
 STUDY_LOCK = "study.lock"
+
+
+def study_folder(study_dir: str | Path) -> Path:
+    """The folder a --study-dir names: `~/studies/x` read as a config's paths are. One place, so what tune makes, what a
+    worker joins and what an interrupted tune says it kept are the same folder."""
+    return Path(study_dir).expanduser()
 HEARTBEAT_S = 10  # Optuna heartbeat of a running trial and the leader's lease renewal
 GRACE_FACTOR = 3  # a trial (or leader) silent for 3 heartbeats belongs to a dead process
 MAX_RETRY = 3  # a trial whose process died is queued again at most this many times

@@ -23,7 +23,7 @@ from loratune.search.protocol.phase0 import step_text
 from loratune.steps import examples_for
 from loratune.search.protocol import (ProtocolSettings, Start, plan_trial_length, run_protocol, start_config,
                                       start_from_assessment)
-from loratune.search.study import FINAL, LOST_STATUSES, Study
+from loratune.search.study import FINAL, LOST_STATUSES, Study, study_folder
 from loratune.search.yardstick import STRATEGIES
 
 DEFAULT_BUDGET = "15m"
@@ -109,7 +109,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         from loratune.thresholds import overridden, tables_with
 
         options = dc_replace(options, thresholds=overridden(tables_with(options.thresholds)))
-    study_dir = Path(options.study_dir).expanduser()  # `~/studies/x`, as a config's paths read it
+    study_dir = study_folder(options.study_dir)
     target, metric = options.settings.target, cfg.train.metric_for_best_model
     # every objective but a val loss is a share (objectives.OBJECTIVES); a causal-lm run's auto is its val loss
     # unless it generates labels (sft.AUTO_OBJECTIVE)

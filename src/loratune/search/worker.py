@@ -82,12 +82,12 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
     once phase 0 is done), the data is read here (its paths must exist on this machine)."""
     from loratune.search.runner import TrainingRunner
     from loratune.tasks import recipe
-    from loratune.search.study import HEARTBEAT_S
+    from loratune.search.study import HEARTBEAT_S, study_folder
     from loratune.search.tune import cfg_from_yaml
     from loratune.thresholds import tables_with
 
     ui = ui or UI()
-    study = Study.open(study_dir, storage=storage, name=study_name, worker=True,
+    study = Study.open(study_folder(study_dir), storage=storage, name=study_name, worker=True,
                        heartbeat_s=heartbeat_s or HEARTBEAT_S)
     try:
         t0 = time.monotonic()
