@@ -52,6 +52,7 @@ def sigterm_as_interrupt():
 
 
 _depth = [0]  # shielded blocks open in the main thread (a nested block defers to the outermost)
+_pending: list[int] = []  # the signals the outermost shielded block holds, in the order they came
 
 
 @contextlib.contextmanager
@@ -72,9 +73,9 @@ def shielded():
         finally:
             _depth[0] -= 1
         return
-    pending: list[int] = []
+    _pending.clear()
     held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
-    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in held}
+    old = {s: signal.signal(s, lambda signum, frame: _pending.append(signum)) for s in held}
     _depth[0] = 1
     try:
         yield
@@ -82,5 +83,18 @@ def shielded():
         _depth[0] = 0
         for s, h in old.items():
             signal.signal(s, h)
-        if pending:
-            raise (Terminated() if pending[0] == signal.SIGTERM else KeyboardInterrupt())
+        stop = take_held()
+        if stop is not None:
+            raise stop
+
+
+def take_held() -> KeyboardInterrupt | None:
+    """The interrupt a signal held by the shielded block now open would raise as the block ends, taken from it (the
+    block then ends without raising it); None where none is held. Inside the block, a caller can then write the record
+    the signal calls for with the signals still held, and raise it itself, or drop it for an error that ends the
+    call anyway and says more."""
+    if not _pending:
+        return None
+    first = _pending[0]
+    _pending.clear()
+    return Terminated() if first == signal.SIGTERM else KeyboardInterrupt()

@@ -452,6 +452,7 @@ class RunStore:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()  # `~/runs/x` from a Python caller, as the config reads it
         self._lock: RunLock | None = None
+        self.cleared: list[str] = []  # what of an earlier run create removed (STALE_OUTPUTS, run.json)
 
     @property
     def adapter_dir(self) -> Path:
@@ -469,12 +470,12 @@ class RunStore:
         self._lock = RunLock(self.path)
         self._lock.acquire()
         try:
-            cleared = self._clear_earlier_run()
+            self.cleared = self._clear_earlier_run()  # (kept for what a failed write of config.yaml says)
         except UserError:
             self.close()
             raise
         write_atomic(self.path / CONFIG, config_yaml)
-        return cleared
+        return self.cleared
 
     def _clear_earlier_run(self) -> list[str]:
         """A fresh run in a reused directory starts a fresh history, and an earlier run's outputs or model may not pass

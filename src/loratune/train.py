@@ -644,20 +644,24 @@ def record_save_failure(run: dict, store, exc: BaseException, model_saved: bool 
         pass
 
 
-def output_error(exc: BaseException, out_dir) -> UserError | None:
+# what a write failing for lack of room leaves, as output_error's fix says it once the run has its record
+KEPT_BEFORE = "what was written before (history.jsonl, the last run.json) is kept"
+
+
+def output_error(exc: BaseException, out_dir, kept: str = KEPT_BEFORE) -> UserError | None:
     """The UserError for a write that failed because of the output location (disk full, read-only,
-    a file where a directory should be); None for anything else."""
+    a file where a directory should be); None for anything else. `kept`: what the fault left, said after a full
+    disk's fix (empty: nothing to say)."""
     text = str(exc)
     code = getattr(exc, "errno", None)
+    kept = f"; {kept}" if kept else ""
     if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "StorageFull" in text \
             or "code: 28" in text:
         return UserError(f"the disk holding output_dir '{out_dir}' is full (writing failed: {exc})",
-                         "free some space or give an output_dir on another disk; what was written before "
-                         "(history.jsonl, the last run.json) is kept")
+                         f"free some space or give an output_dir on another disk{kept}")
     if code == errno.EFBIG or "File too large" in text:  # a file-size limit (ulimit -f) or the file system's
         return UserError(f"a file in output_dir '{out_dir}' reached the largest size allowed ({exc})",
-                         "raise the limit (ulimit -f unlimited) or give an output_dir on another file system; what "
-                         "was written before (history.jsonl, the last run.json) is kept")
+                         f"raise the limit (ulimit -f unlimited) or give an output_dir on another file system{kept}")
     if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "Read-only file system" in text \
             or "Permission denied" in text:
         return UserError(f"output_dir '{out_dir}' is not writable ({exc})",
@@ -668,45 +672,46 @@ def output_error(exc: BaseException, out_dir) -> UserError | None:
     return None
 
 
-@contextlib.contextmanager
-def first_writes(store: RunStore):
-    """The run directory's first writes (config.yaml under run.lock, the first run.json), before the loop whose own
-    handler maps output faults: a full or read-only disk here is the same UserError (exit 2), the lock let go."""
-    try:
-        yield
-    except OSError as exc:
-        store.close()
-        user = output_error(exc, store.path)
-        if user is not None:
-            raise user from None
-        raise
-
-
 def start_record(store: RunStore, config_yaml: str, run: dict) -> None:
     """Take the run directory (RunStore.create: run.lock, the earlier run's outputs cleared, config.yaml) and write
     the run's first run.json as one step that Ctrl-C and SIGTERM wait for: one landing between the two left the
     earlier run's `completed` record over its removed model, run.lock behind, and "nothing was written" said. A signal
     held meanwhile takes effect once the record is this run's: it then says the run was interrupted before training
-    (and that the earlier run is gone), and the lock is let go."""
-    cleared: list[str] | None = None  # None until the new run.json is written
-    try:
-        with signals.shielded(), first_writes(store):
-            removed = store.create(config_yaml)  # takes run.lock: from here a killed process reads as `died`
+    (and that the earlier run is gone), and the lock is let go, all still shielded (a second signal landing between
+    two shields left `running` over a dead process). A full or read-only disk here is a UserError (exit 2) that says
+    what of an earlier run was removed, never that "the last run.json is kept": there is none of this run yet."""
+    with signals.shielded():
+        try:
+            store.create(config_yaml)  # takes run.lock: from here a killed process reads as `died`
             store.write_run(run)
-            cleared = removed
-    except KeyboardInterrupt as exc:  # the held signal, raised as the shield ends
-        if cleared is not None:
-            earlier = f"; the earlier run in {store.path} was removed ({', '.join(cleared)})" if cleared else ""
-            run.update({"status": "interrupted", "reason": f"{signals.describe(exc)} before training started",
-                        "partial": True, "ended_at": utc_now(),
-                        "saved_model": {"step": None,
-                                        "note": f"no model saved: the run ended before training{earlier}"}})
-            with signals.shielded():
-                try:
-                    store.write_run(run)
-                finally:
-                    store.close()
-        raise
+        except Exception as exc:
+            # the error ends the start and says why; a signal held meanwhile would replace it with "stopped before
+            # training started; nothing was written" over an earlier run already removed
+            signals.take_held()
+            store.close()
+            user = output_error(exc, store.path, _removed_note(store)) if isinstance(exc, OSError) else None
+            if user is not None:
+                raise user from None
+            raise
+        stop = signals.take_held()
+        if stop is None:
+            return
+        removed = _removed_note(store)
+        run.update({"status": "interrupted", "reason": f"{signals.describe(stop)} before training started",
+                    "partial": True, "ended_at": utc_now(),
+                    "saved_model": {"step": None,
+                                    "note": "no model saved: the run ended before training"
+                                            + (f"; {removed}" if removed else "")}})
+        try:
+            store.write_run(run)
+        finally:
+            store.close()
+    raise stop
+
+
+def _removed_note(store: RunStore) -> str:
+    """What of an earlier run RunStore.create removed, in a clause ("" for none)."""
+    return f"the earlier run in {store.path} was removed ({', '.join(store.cleared)})" if store.cleared else ""
 
 
 # ----------------------------------------------------------------------------------------------

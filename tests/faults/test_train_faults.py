@@ -457,3 +457,70 @@ def test_a_signal_as_a_run_replaces_an_earlier_one_leaves_no_false_record(sig, r
     assert run["saved_model"]["step"] is None and not (out / "adapter").exists()
     assert not (out / "run.lock").exists() and not (out / "history.jsonl").exists()
 
+
+
+def _earlier_completed_run(folder: Path) -> None:
+    folder.mkdir()
+    (folder / "run.json").write_text('{"status": "completed", "pid": 1}\n')
+    (folder / "history.jsonl").write_text('{"step": 0}\n')
+    (folder / "adapter").mkdir()
+
+
+@pytest.mark.parametrize("signalled", [False, True])
+def test_a_full_disk_at_the_first_run_json_says_the_earlier_run_was_removed(signalled, tmp_path):
+    """The first run.json failing on a full disk said "what was written before (history.jsonl, the last run.json) is
+    kept" over a folder the earlier run was cleared from; with a Ctrl-C held meanwhile, the error turned into "stopped
+    before training started; nothing was written"."""
+    import os
+
+    from loratune.errors import UserError
+    from loratune.train import start_record
+
+    out = tmp_path / "run"
+    _earlier_completed_run(out)
+
+    class Full(RunStore):
+        def write_run(self, run):
+            if signalled:
+                os.kill(os.getpid(), signal.SIGINT)  # held by the shield
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises((UserError, KeyboardInterrupt)) as err:  # (an interrupt would stop the session: caught)
+        start_record(Full(out), "seed: 1\n", {"status": "running"})
+    assert isinstance(err.value, UserError)
+    assert err.value.problem.startswith(f"the disk holding output_dir '{out}' is full")
+    assert err.value.fix == ("free some space or give an output_dir on another disk; the earlier run in "
+                             f"{out} was removed (run.json, adapter, history.jsonl)")
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # no run.lock left
+
+
+def test_a_second_signal_while_the_interrupted_start_is_recorded_leaves_no_running_record(tmp_path, monkeypatch):
+    """A first Ctrl-C during the start is recorded as `interrupted before training`; a second one landing while that
+    record was built (between two shields) left the new run.json `running` over a dead process, run.lock held."""
+    import os
+
+    import loratune.train as T
+
+    out = tmp_path / "run"
+    _earlier_completed_run(out)
+    real_now = T.utc_now
+
+    class Signalled(RunStore):
+        def write_run(self, run):
+            if run["status"] == "running":
+                os.kill(os.getpid(), signal.SIGINT)  # the first: held until the record is this run's
+            super().write_run(run)
+
+    def now_and_again():
+        os.kill(os.getpid(), signal.SIGINT)  # the second, as the interrupted record is built
+        return real_now()
+
+    monkeypatch.setattr(T, "utc_now", now_and_again)
+    with pytest.raises(KeyboardInterrupt):
+        T.start_record(Signalled(out), "seed: 1\n", {"status": "running", "pid": os.getpid()})
+    run = RunStore(out).read_run()
+    assert run["status"] == "interrupted" and run["partial"] is True
+    assert run["reason"] == "interrupted by the user (Ctrl-C) before training started"
+    assert run["saved_model"] == {"step": None, "note": "no model saved: the run ended before training; the earlier "
+                                  f"run in {out} was removed (run.json, adapter, history.jsonl)"}
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "run.json"]  # run.lock let go
