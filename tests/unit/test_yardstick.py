@@ -366,6 +366,53 @@ def test_a_resumed_random_study_trains_the_point_of_its_cut_trial_again(tmp_path
         resumed.close()
 
 
+def test_a_point_that_failed_again_is_not_asked_again_by_every_resume(tmp_path):
+    """A `failed` trial (an error stopped tune) was queued again by each resume: a point that always fails (a config
+    that cannot train) stopped every resume at once. It is trained again once (a full disk since freed), then given
+    up, and the ledger says which."""
+    from loratune.errors import UserError
+    from loratune.search.study import FAILED_AGAIN
+    from loratune.search.yardstick import prepare_yardstick
+
+    bad = []
+
+    class Bad(LengthWorld):
+        def run(self, spec, run_dir, watch=None):
+            if (not bad and len(self.calls) == 2) or spec.key in bad:
+                bad[:] = [spec.key]
+                self.calls.append(spec)
+                raise UserError("the model cannot load at this point", "give another point")
+            return super().run(spec, run_dir, watch)
+
+    def study(runner, resume):
+        store = Study.open(tmp_path / "random", meta={"strategy": "random"}, resume=resume)
+        ctx = SearchContext(store=store, runner=runner, meter=Meter(Budget.parse("5trials")),
+                            trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
+        space = default_space(START, 32, trial_steps=TRIAL_STEPS)
+        try:
+            prepare_yardstick(ctx, space, START, "random", seed=7)
+            run_yardstick(ctx, space, START, "random")
+        finally:
+            store.close()
+        return ctx
+
+    with pytest.raises(UserError):
+        study(Bad(), False)
+    assert FAILED_AGAIN == 1
+    again = Bad()
+    with pytest.raises(UserError):  # trained again once: it fails again
+        study(again, True)
+    assert [s.key for s in again.calls] == bad
+    last = Bad()
+    ctx = study(last, True)  # given up: the resume goes on with new draws
+    assert bad[0] not in [s.key for s in last.calls] and last.calls
+    d = next(x for x in ctx.decisions if x["code"] == "failed-point-given-up")
+    assert d["trials"] == [2] and d["data"]["points"][0]["failed"] == 2
+    assert d["evidence"][0].startswith("trial #2 (")
+    assert "failed 2 times: its point is not asked again" in d["evidence"][0]
+    assert not [x for x in ctx.decisions if x["code"] == "cut-trial-again"]
+
+
 def test_a_sampler_study_does_not_warn_about_its_heartbeat(tmp_path):
     """`tune --strategy tpe` printed optuna's 'Heartbeat of storage is supposed to be used with Study.optimize'
     at every draw: loratune beats each running trial itself, so the warning is noise to the user."""

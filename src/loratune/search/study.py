@@ -72,6 +72,10 @@ MAX_RETRY = 3  # a trial whose process died is queued again at most this many ti
 # too), and it is trained again; each with how the budget's ledger names it
 LOST_STATUSES = {"killed": "lost to a killed process", "running": "lost to a killed process",
                  "interrupted": "interrupted", "failed": "failed"}
+# how many times a resume trains again the point of a trial that `failed` (an error stopped tune: a full disk, or a
+# point that cannot train); one that failed again is not asked again, so a point that always fails stops one resume,
+# not every one
+FAILED_AGAIN = 1
 # the driver each SQLAlchemy dialect needs, and the pip line that installs it
 DRIVERS = {"postgresql": ("psycopg2", "pip install 'loratune[postgres]'  (psycopg2-binary)"),
            "mysql": ("pymysql", "pip install pymysql, and use mysql+pymysql://...")}

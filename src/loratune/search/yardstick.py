@@ -128,6 +128,8 @@ def prepare_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict,
     """Set the study's sampler (and for tpe-hyperband its pruner) up for `run_yardstick` and record how;
     `eval_every`: the steps between a 1x trial's eval points (train.plan_steps; tpe-hyperband's first
     rung). Returns the sampler."""
+    from loratune.search.study import FAILED_AGAIN
+
     study = ctx.store.optuna
     n_startup = MIN_STARTUP_TRIALS
     if strategy in ("tpe", "tpe-hyperband"):
@@ -149,15 +151,27 @@ def prepare_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict,
         ctx.decide_after_replay(strategy, "sampler-seed", f"sampler seed {seed} + {done} finished trials", "sample",
                                 [f"the study holds {done} trial(s): seeded {reseed}, the sampler draws new "
                                  "points"], data={"seed": seed, "trials_before": done}, code="sampler-reseeded")
-    again = cut_points(ctx, strategy)
+    given_up: list[dict] = []
+    again = cut_points(ctx, strategy, given_up)
+
     for point in again:  # the sampler's next asks: what an uninterrupted study trained at these trials
         study.enqueue_trial(point["params"])
+    # (a point that failed is asked again FAILED_AGAIN times: one that fails each time would stop every resume)
+    once = f"; a failed point is trained again at most {FAILED_AGAIN} time(s), then given up"
     if again:
         ctx.decide_after_replay(strategy, "retrain", f"{len(again)} trial(s) cut mid-way: trained again", "sample",
                                 [f"trial #{p['number']} ({p['name']}) was {p['status']}: its point is asked again "
-                                 "first (trained when it fits the budget left, as any draw)" for p in again],
+                                 "first (trained when it fits the budget left, as any draw)"
+                                 + (once if p["status"] == "failed" else "") for p in again],
                                 trials=[p["number"] for p in again],
                                 data={"points": again}, code="cut-trial-again")
+    if given_up:
+        ctx.decide_after_replay(strategy, "retrain", f"{len(given_up)} point(s) that failed again: not asked again",
+                                "sample", [f"trial #{p['number']} ({p['name']}) failed {p['failed']} times: its point "
+                                           "is not asked again (an error that stops tune there each time, e.g. a "
+                                           "config that cannot train); the sampler draws new points" for p in given_up],
+                                trials=[p["number"] for p in given_up],
+                                data={"points": given_up}, code="failed-point-given-up")
     if strategy == "tpe-hyperband":
         if eval_every <= 0:
             raise ValueError("tpe-hyperband needs the steps between a trial's eval points (eval_every)")
@@ -176,26 +190,36 @@ def prepare_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict,
     return study.sampler
 
 
-def cut_points(ctx: SearchContext, strategy: str) -> list[dict]:
+def cut_points(ctx: SearchContext, strategy: str, given_up: list[dict] | None = None) -> list[dict]:
     """The sampled points of this strategy's trials that were cut mid-way (`study.LOST_STATUSES`) and never trained
-    since, nor queued again: {number, name, status, params}, one per point."""
+    since, nor queued again: {number, name, status, params}, one per point. A point whose trials `failed` more than
+    once (trained again FAILED_AGAIN times, and failed again) is left out, and listed in `given_up` when given."""
+    from collections import Counter
+
     from optuna.trial import TrialState
 
-    from loratune.search.study import LOST_STATUSES
+    from loratune.search.study import FAILED_AGAIN, LOST_STATUSES
 
     study = ctx.store.optuna
     trained = {r.key for r in ctx.store.records()}
     queued = [t.system_attrs.get("fixed_params")
               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    cut = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+           if t.user_attrs.get("phase") == strategy and t.user_attrs.get("status") in LOST_STATUSES
+           and "record" not in t.user_attrs and t.params]
+    failed = Counter(t.user_attrs.get("key") for t in cut if t.user_attrs.get("status") == "failed")
     out, seen = [], set()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+    for t in cut:
         a = t.user_attrs
-        if (a.get("phase") != strategy or a.get("status") not in LOST_STATUSES or "record" in a or not t.params
-                or a.get("key") in trained or a.get("key") in seen or t.params in queued):
+        if a.get("key") in trained or a.get("key") in seen or t.params in queued:
             continue
         seen.add(a.get("key"))
-        out.append({"number": t.number, "name": a.get("name", "?"), "status": a.get("status"),
-                    "params": dict(t.params)})
+        point = {"number": t.number, "name": a.get("name", "?"), "status": a.get("status"), "params": dict(t.params)}
+        if failed[a.get("key")] > FAILED_AGAIN:
+            if given_up is not None:
+                given_up.append({**point, "failed": failed[a.get("key")]})
+            continue
+        out.append(point)
     return out
 
 
