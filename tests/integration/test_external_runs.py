@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def _bert_trainer(folder: Path, *, lr: float, steps: int = 40, r: int = 4, alpha: int = 8, peft: bool = True,
                   report_to: str = "none", callbacks=(), scheduler: str = "linear", warmup: int = 0,
                   save: bool = True, eval_steps: int = 5, metrics: bool = True, eval_name: str = "", accum: int = 1,
-                  two_sets: bool = False):
-    """A tiny BERT classifier (+ LoRA through peft) trained by a plain Trainer; returns (output_dir, trainer)."""
+                  two_sets: bool = False, save_steps: int | None = None, epochs: int | None = None,
+                  resume: bool = False):
+    """A tiny BERT classifier (+ LoRA through peft) trained by a plain Trainer; returns (output_dir, trainer).
+    `epochs` trains so many epochs instead of `steps`; `resume` resumes from the output_dir's last checkpoint."""
     import numpy as np
     import torch
     from transformers import (BertConfig, BertForSequenceClassification, DataCollatorWithPadding, Trainer,
@@ -55,16 +57,17 @@ def _bert_trainer(folder: Path, *, lr: float, steps: int = 40, r: int = 4, alpha
 
     out = folder / "out"
     args = TrainingArguments(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=8, per_device_eval_batch_size=32,
-        learning_rate=lr, eval_strategy="steps", eval_steps=eval_steps, logging_steps=1, report_to=report_to,
-        use_cpu=True, save_strategy="steps" if save else "no", save_steps=steps, seed=0, disable_tqdm=True,
+        output_dir=str(out), **({"num_train_epochs": epochs} if epochs else {"max_steps": steps}),
+        per_device_train_batch_size=8, per_device_eval_batch_size=32, learning_rate=lr, eval_strategy="steps",
+        eval_steps=eval_steps, logging_steps=1, report_to=report_to, use_cpu=True,
+        save_strategy="steps" if save else "no", save_steps=save_steps or steps, seed=0, disable_tqdm=True,
         lr_scheduler_type=scheduler, warmup_steps=warmup, max_grad_norm=0.0 if lr >= 1 else 1.0,
         gradient_accumulation_steps=accum)
     trainer = Trainer(model=model, args=args, train_dataset=train,
                       eval_dataset={"a": val, "b": val[:3]} if two_sets else {eval_name: val} if eval_name else val,
                       data_collator=DataCollatorWithPadding(tok),
                       compute_metrics=compute if metrics else None, callbacks=list(callbacks))
-    trainer.train()
+    trainer.train(resume_from_checkpoint=True if resume else None)
     return out, trainer
 
 
@@ -938,3 +941,26 @@ def test_the_callbacks_record_keeps_the_notes_of_its_reading(tmp_path):
                            callbacks=[LoratuneCallback(printer=lambda s: None)])
     said = [n for n in load_run(out / "checkpoint-10").notes if "2 eval sets under their own names" in n]
     assert said and set(said) <= set(load_run(out).notes) and set(said) <= set(diagnose(out).notes)
+
+
+def test_resuming_the_records_own_run_keeps_its_record(tmp_path):
+    # the resume moved the run's own record to loratune-previous: the folder read checkpoint-10's summed losses
+    # (3 x ln 4), its interrupted status lost, and each resume left another copy
+    from loratune.integrations import LoratuneCallback
+
+    said: list[str] = []
+    kw = dict(lr=5e-3, steps=30, peft=False, accum=3, eval_steps=5, save_steps=5)
+    with pytest.raises(KeyboardInterrupt):
+        _bert_trainer(tmp_path, callbacks=[LoratuneCallback(printer=said.append), _ctrl_c_at(12)], **kw)
+    out = tmp_path / "out"
+    before = [p["train/loss"] for p in load_run(out).points]
+    with pytest.raises(KeyboardInterrupt):  # resumed from checkpoint-10, stopped before its next evaluation (15)
+        _bert_trainer(tmp_path, callbacks=[LoratuneCallback(printer=said.append), _ctrl_c_at(13)], resume=True, **kw)
+    assert sorted(x.name for x in out.iterdir() if x.name.startswith("loratune")) == ["loratune"]
+    run = load_run(out)
+    assert run.source == "hf-trainer callback" and (run.meta["status"], run.meta["steps_done"]) == ("interrupted", 12)
+    losses = [p["train/loss"] for p in run.points]  # (the interruption added step 12's train loss to the curve)
+    assert losses[:len(before)] == pytest.approx(before) and len(before) == 2
+    assert all(0.7 * math.log(4) < x < 1.3 * math.log(4) for x in losses)  # means, not sums over 3 micro-batches
+    assert not any("warning" in m for m in said), said
+

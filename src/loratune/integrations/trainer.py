@@ -47,7 +47,7 @@ from transformers import TrainerCallback
 
 from loratune.diagnose import Diagnosis, diagnose
 from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, PARTIAL_LOG_NOTE,
-                                 history_from_trainer_state, nan_filtered_loss, scaled_log_history)
+                                 history_from_trainer_state, nan_filtered_loss, record_disagrees, scaled_log_history)
 from loratune.features import LORA_PEFT_TYPES
 from loratune.errors import UserError
 from loratune.rules import THRESHOLDS, resolve_thresholds
@@ -202,7 +202,7 @@ class LoratuneCallback(TrainerCallback):
                 self.loss_scale["batches_per_epoch"] = batches
         if self.record and getattr(state, "is_world_process_zero", True):
             try:
-                self._retire_record(Path(args.output_dir) / RECORD_DIR)
+                self._retire_record(Path(args.output_dir) / RECORD_DIR, state)
             except OSError as exc:
                 self._warn("record", f"could not move the earlier run's record in {Path(args.output_dir) / RECORD_DIR}"
                                      f" aside ({exc.strerror or exc}); it is overwritten at the first evaluation")
@@ -384,10 +384,11 @@ class LoratuneCallback(TrainerCallback):
         finally:
             self._release_lock()
 
-    def _retire_record(self, folder: Path) -> None:
+    def _retire_record(self, folder: Path, state) -> None:
         """Move an earlier run's record out of `folder` as this run begins: until this run's first evaluation it
         read as the run in the output_dir (a new run interrupted before it left `completed 30/30` with the old pid,
-        and its checkpoints were read with the old run's loss scale). Kept beside it, in RETIRED_RECORD_DIR."""
+        and its checkpoints were read with the old run's loss scale). Kept beside it, in RETIRED_RECORD_DIR.
+        A train() that resumes the record's own run from a checkpoint keeps it: it is this run's record."""
         if not (folder / RUN).is_file() and not (folder / "history.jsonl").is_file():
             return
         other = _HOLDERS.get(os.path.realpath(folder))
@@ -399,10 +400,25 @@ class LoratuneCallback(TrainerCallback):
                            f"this process (pid {os.getpid()}) began into {folder}")
         elif (folder / "run.lock").is_file() and liveness(folder)[0] == "alive":
             return  # another process trains into this output_dir: its record (_hold_lock warns of it)
+        if self._resumes_record(folder, state):
+            # moved aside, a resumed run read as its checkpoint's summed losses (3 x ln 4) and lost its status, and
+            # each resume left another copy
+            return
         n = 1
         while (to := folder.parent / (RETIRED_RECORD_DIR + (f"-{n}" if n > 1 else ""))).exists():
             n += 1
         os.replace(folder, to)  # (not printed: the callback is silent on a healthy run, and a re-run is one)
+
+    def _resumes_record(self, folder: Path, state) -> bool:
+        """Whether this train() resumes the run recorded in `folder` (resume_from_checkpoint): the Trainer restored a
+        checkpoint's state (a step past 0, its log) and that log agrees with the record (history_io.record_disagrees:
+        the same planned steps, the same eval values at the steps both evaluated)."""
+        if not (getattr(state, "global_step", 0) or 0) > 0 or not getattr(state, "log_history", None):
+            return False  # a fresh run: the record is an earlier run's
+        try:
+            return record_disagrees(folder, self._state_fields(state)) is None
+        except Exception:  # (a state it cannot read: as a new run, the record is kept aside, not lost)
+            return False
 
     def _hold_lock(self, folder: Path) -> None:
         """Hold `<record>/run.lock` while training, as `loratune train` holds its run's: a record that says
