@@ -558,7 +558,7 @@ def _stale_record(record: Path, state_file: Path | None) -> str | None:
 def record_loss_scale(run_folder: Path) -> Mapping[str, Any] | None:
     """The scale LoratuneCallback's record in `run_folder` puts on the Trainer's logged train losses (a classifier's
     sums over gradient accumulation read as their mean): its `train_loss_scale` ({"factor": 1/N, and, from records
-    that know them, "accumulation": N, "batches_per_epoch"}), or None when it put none."""
+    that know them, "accumulation": N, "batches_per_epoch", "start_step"}), or None when it put none."""
     try:
         meta = json.loads((Path(run_folder) / CALLBACK_RECORD_DIR / "run.json").read_text(encoding="utf-8"))
         scale = meta.get("train_loss_scale") or {}
@@ -584,19 +584,25 @@ def accumulation_window_scale(prev: float, step: float, accumulation: int, batch
 
 def scaled_log_history(entries: Sequence[Any], scale: Mapping[str, Any]) -> list:
     """A Trainer log_history with its train losses read as means, as a record's `train_loss_scale` says: window by
-    window where it gives the accumulation and the batches per epoch, else times its one factor."""
+    window where it gives the accumulation and the batches per epoch, else times its one factor. Its `start_step`
+    (the step the recorded train() began at: a resume's checkpoint step, else 0) is where the Trainer's sums restart:
+    the end entry's train_loss is the mean over the steps since it (transformers: _total_loss_scalar / (global_step -
+    _initial_global_step)), and the first train log after it sums the steps since it, not since the log before."""
     accum, per_epoch = scale.get("accumulation"), scale.get("batches_per_epoch")
     if not (_is_count(accum) and _is_count(per_epoch)):
         return [scaled_train_losses(e, float(scale["factor"])) for e in entries]
+    start = _fin(scale.get("start_step"))
+    start = start if start is not None and start > 0 else 0.0  # (records before start_step: a run from step 0)
     out, prev = [], 0.0
     for e in entries:
         step = _fin(e.get("step")) if isinstance(e, Mapping) else None
         if step is None or not ({"loss", "train_loss"} & set(e)) or any(str(k).startswith("eval_") for k in e):
             out.append(e)
             continue
-        # the end-of-training entry's train_loss is the mean over the whole run: its window starts at step 0
-        out.append(scaled_train_losses(e, accumulation_window_scale(0.0 if _is_end_entry(e) else prev, step, accum,
-                                                                     per_epoch)))
+        # a resumed run's sums restart at its start step: after a resume from checkpoint-3, the end entry's train_loss
+        # over steps 4-6 was read as if over steps 1-6 (6 batches per epoch, accumulation 4: 1.23 for 1.39)
+        first = start if _is_end_entry(e) or prev < start < step else prev
+        out.append(scaled_train_losses(e, accumulation_window_scale(first, step, accum, per_epoch)))
         if not _is_end_entry(e):
             prev = step  # the Trainer sums the losses since its last train log
     return out

@@ -964,3 +964,31 @@ def test_resuming_the_records_own_run_keeps_its_record(tmp_path):
     assert all(0.7 * math.log(4) < x < 1.3 * math.log(4) for x in losses)  # means, not sums over 3 micro-batches
     assert not any("warning" in m for m in said), said
 
+
+def test_a_resumed_runs_end_train_loss_is_read_over_the_micro_batches_since_its_resume(tmp_path, monkeypatch):
+    # 6 batches per epoch, accumulation 4, resumed from checkpoint-3: the Trainer's train_loss sums steps 4-6 (8
+    # micro-batch means) over 3 steps; it was read as if over steps 1-6 (x 6/18, 1.23 for 1.39)
+    import transformers
+
+    from loratune.history_io import scaled_log_history
+    from loratune.integrations import LoratuneCallback
+
+    kw = dict(lr=5e-3, epochs=3, peft=False, accum=4, eval_steps=3, save_steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        _bert_trainer(tmp_path, callbacks=[LoratuneCallback(printer=lambda s: None), _ctrl_c_at(4)], **kw)
+    micro: list[float] = []  # the resumed run's micro-batch losses, as the model returned them
+    compute_loss = transformers.Trainer.compute_loss
+
+    def spy(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        r = compute_loss(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            micro.append(float((r[0] if return_outputs else r).detach()))
+        return r
+
+    monkeypatch.setattr(transformers.Trainer, "compute_loss", spy)
+    out, trainer = _bert_trainer(tmp_path, callbacks=[LoratuneCallback(printer=lambda s: None)], resume=True, **kw)
+    assert len(micro) == 8  # steps 4 (2 micro-batches: epoch 2's last window), 5 (4) and 6 (2)
+    scale = json.loads((out / "loratune" / "run.json").read_text())["train_loss_scale"]
+    end = [e for e in scaled_log_history(trainer.state.log_history, scale) if "train_loss" in e]
+    assert end[0]["train_loss"] == pytest.approx(sum(micro) / len(micro), rel=1e-4)
+    assert (scale.get("start_step"), scale["accumulation"], scale["batches_per_epoch"]) == (3, 4, 6)

@@ -259,3 +259,22 @@ def test_a_restarting_schedule_logged_coarsely_claims_no_warm_up_and_no_first_cy
     assert "warmup_steps" not in facts
     assert "first cycle" not in facts["learning_rate"].source
     assert facts["learning_rate"].value == pytest.approx(199.03e-6)
+
+
+def test_a_resumed_runs_first_log_and_end_loss_are_read_over_the_steps_since_its_resume():
+    # 6 batches per epoch, accumulation 4 (steps of 2, 4, 2, 4 ... micro-batches), logs every 2 steps, resumed from
+    # checkpoint-3 (last log at 2): the Trainer's sums restart at step 3, so the log at 4 holds step 4 alone and the
+    # end entry's train_loss steps 4-6; both were read from the log before (2) and from step 0
+    from loratune.history_io import scaled_log_history
+
+    sums = {1: 4.0, 2: 2.0, 3: 4.0, 4: 2.0, 5: 4.0, 6: 2.0}  # each step's sum of micro-batch means of 1.0
+    log = [{"step": 2, "loss": (sums[1] + sums[2]) / 2}, {"step": 4, "loss": sums[4] / 1},
+           {"step": 6, "loss": (sums[5] + sums[6]) / 2},
+           {"step": 6, "train_loss": (sums[4] + sums[5] + sums[6]) / 3, "train_runtime": 1.0}]
+    scale = {"factor": 0.25, "accumulation": 4, "batches_per_epoch": 6, "start_step": 3}
+    read = scaled_log_history(log, scale)
+    assert [e.get("loss", e.get("train_loss")) for e in read] == pytest.approx([1.0, 1.0, 1.0, 1.0])
+    # a record from step 0 (no start_step): the same windows as before
+    fresh = scaled_log_history([{"step": 2, "loss": 3.0}, {"step": 6, "train_loss": 3.0, "train_runtime": 1.0}],
+                               {"factor": 0.25, "accumulation": 4, "batches_per_epoch": 6})
+    assert [fresh[0]["loss"], fresh[1]["train_loss"]] == pytest.approx([1.0, 1.0])

@@ -193,7 +193,9 @@ class LoratuneCallback(TrainerCallback):
         if accum > 1 and _sums_micro_batch_losses(kwargs.get("model")):
             # each epoch's last window holds what is left of its batches (the Trainer sums that many micro-batch
             # means, not N): the batches per epoch say which steps those are
-            self.loss_scale = {"factor": 1.0 / accum, "accumulation": accum}
+            # start_step: a resume's sums (its end entry's train_loss, its first log) start at its checkpoint's step
+            self.loss_scale = {"factor": 1.0 / accum, "accumulation": accum,
+                               "start_step": int(getattr(state, "global_step", 0) or 0)}
             try:
                 batches = len(kwargs.get("train_dataloader"))
             except TypeError:  # no dataloader, or an iterable one without a length: every window read as N
