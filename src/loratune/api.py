@@ -112,22 +112,17 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = Tr
     cfg = require_built(cfg, "train")
     dataset = _dataset(cfg, dataset, "train")
     dataset = dataset if dataset is not None else prepare(cfg)
-    _say_replaced(cfg.train.output_dir)
-    return recipe(cfg, "train")(cfg, dataset, RunStore(cfg.train.output_dir), progress=progress)
-
-
-def _say_replaced(output_dir: str) -> None:
-    """Say on stderr what a run into `output_dir` replaces (store.earlier_run_note) before training deletes it: the
-    README's `run = api.train(cfg)` re-run in a notebook cell deleted the earlier run's model without a word. Here, not
-    in the CLI alone, so every caller hears it; under accelerate launch rank 0 speaks for the run."""
-    import sys
-
-    from loratune.sft import launched
     from loratune.store import earlier_run_note
 
-    replaced = earlier_run_note(output_dir)
-    if replaced and launched()[0] == 0:
-        print(f"note: {replaced}", file=sys.stderr, flush=True)
+    earlier_run_note(cfg.train.output_dir)  # a folder of outputs that are no run's is refused now, before the model loads
+    store = RunStore(cfg.train.output_dir)
+    # what the run replaces is said when it is cleared (train.start_record), once the model loaded and init_from was
+    # accepted: said here, a run then refused (init_from of another rank) claimed to have replaced what it left whole.
+    # Set here, not in the CLI alone, so every caller hears it (README's `run = api.train(cfg)` re-run in a notebook
+    # cell deleted the earlier run's model without a word); under accelerate launch rank 0 speaks (the other ranks'
+    # store is sft.NoRecord)
+    store.say_replaced = True
+    return recipe(cfg, "train")(cfg, dataset, store, progress=progress)
 
 
 def _check_init_from(cfg: RunConfig, model, labels: list[str] | None = None) -> None:

@@ -453,6 +453,7 @@ class RunStore:
         self.path = Path(path).expanduser()  # `~/runs/x` from a Python caller, as the config reads it
         self._lock: RunLock | None = None
         self.cleared: list[str] = []  # what of an earlier run create removed (STALE_OUTPUTS, run.json)
+        self.say_replaced = False  # train.start_record says on stderr what create replaces (api.train sets it)
 
     @property
     def adapter_dir(self) -> Path:

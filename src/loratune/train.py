@@ -50,7 +50,7 @@ from loratune.metrics import (Decoding, crossfit_thresholds, decode, multi_label
                               single_label_scores, tune_thresholds)
 from loratune.models import (HEAD_NOTE_ATTR, PAD_NOTE_ATTR, load_classifier, load_tokenizer, quiet_transformers,
                              resolve_model)
-from loratune.store import LABEL_MAP, SAVED_WRITING_NOTE, RunStore, write_json
+from loratune.store import LABEL_MAP, SAVED_WRITING_NOTE, RunStore, earlier_run_note, write_json
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
 
@@ -679,7 +679,12 @@ def start_record(store: RunStore, config_yaml: str, run: dict) -> None:
     held meanwhile takes effect once the record is this run's: it then says the run was interrupted before training
     (and that the earlier run is gone), and the lock is let go, all still shielded (a second signal landing between
     two shields left `running` over a dead process). A full or read-only disk here is a UserError (exit 2) that says
-    what of an earlier run was removed, never that "the last run.json is kept": there is none of this run yet."""
+    what of an earlier run was removed, never that "the last run.json is kept": there is none of this run yet. What
+    the run replaces (store.earlier_run_note) is said on stderr first, where the store asks for it (api.train)."""
+    if getattr(store, "say_replaced", False):
+        replaced = earlier_run_note(store.path)
+        if replaced:
+            print(f"note: {replaced}", file=sys.stderr, flush=True)
     with signals.shielded():
         try:
             store.create(config_yaml)  # takes run.lock: from here a killed process reads as `died`

@@ -113,3 +113,20 @@ def test_init_from_a_runs_adapter_its_record_does_not_vouch_for_is_refused(train
     shutil.copytree(run / "adapter", tmp_path / "plain")
     assert main(["train", "-q", *overrides(tiny_bert, intent_data, tmp_path / "out2", max_steps=4, eval_steps=4,
                                            init_from=tmp_path / "plain")]) == 0
+
+
+def test_a_run_refused_for_its_init_from_says_nothing_of_replacing_the_earlier_run(trained, tiny_bert, intent_data,
+                                                                                   tmp_path, capsys):
+    """The note "held a completed run ...: replaced by this run" was said before the model loaded; then init_from
+    (saved at another r) was refused and the earlier run was left whole. The note is said when the run clears it."""
+    run = tmp_path / "keep"
+    shutil.copytree(trained, run)
+    before = _digest(run / "adapter")
+    capsys.readouterr()
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, run, max_steps=4, r=8,
+                                           init_from=trained / "adapter")]) == 2
+    err = flat(capsys.readouterr().err)
+    assert "train.init_from:" in err and "replaced by this run" not in err, err
+    assert _digest(run / "adapter") == before
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, run, max_steps=2, eval_steps=2)]) == 0
+    assert f"{run} held a completed run" in flat(capsys.readouterr().err)
