@@ -624,20 +624,28 @@ def record_disagrees(record: Path, state: Mapping[str, Any]) -> str | None:
     trainer_state.json) in the same output_dir, or None where nothing says so: another planned step count, or
     another eval value at a step both evaluated (an output_dir reused: a later run without the callback, or with it
     interrupted before its first evaluation, left the earlier run's record beside its checkpoints)."""
+    return compare_record(record, state)[0]
+
+
+def compare_record(record: Path, state: Mapping[str, Any]) -> tuple[str | None, int]:
+    """record_disagrees's reason (or None), and how many eval values at steps both evaluated agree: nothing
+    disagreeing is no evidence of one run where they share no evaluation (another run of the same max_steps resumed
+    before its first evaluation, or evaluating at other steps)."""
+    agree = 0
     try:
         meta = json.loads((record / RUN).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return None, agree
     if not isinstance(meta, dict):
-        return None
+        return None, agree
     planned, theirs = _fin(meta.get("steps_planned")), _fin(state.get("max_steps"))
     if planned and theirs and planned > 0 and theirs > 0 and planned != theirs:
-        return f"it plans {planned:g} steps, the Trainer's state {theirs:g}"
+        return f"it plans {planned:g} steps, the Trainer's state {theirs:g}", agree
     try:
         points, _ = read_history_lines(record / HISTORY)
         mine = history_from_trainer_state(state, record.parent, name="state").points
     except Exception:  # a state this reader cannot map: read_trainer_state says what is wrong with it
-        return None
+        return None, agree
     at = {p["step"]: p for p in mine}
     for p in points:
         q = at.get(p.get("step"))
@@ -647,8 +655,9 @@ def record_disagrees(record: Path, state: Mapping[str, Any]) -> str | None:
             if k.startswith("train/") or k in ("step", "epoch") or _fin(v) is None or _fin(w) is None:
                 continue
             if not math.isclose(float(v), float(w), rel_tol=1e-6, abs_tol=1e-12):
-                return f"its {k} at step {p['step']} is {v:.4g}, the Trainer's state logged {w:.4g}"
-    return None
+                return f"its {k} at step {p['step']} is {v:.4g}, the Trainer's state logged {w:.4g}", agree
+            agree += 1
+    return None, agree
 
 
 def scaled_train_losses(entry: Mapping[str, Any], scale: float) -> Mapping[str, Any]:

@@ -380,12 +380,14 @@ def _clearing_left(path: Path) -> list[Path]:
 
 def earlier_run_note(path: str | Path) -> str | None:
     """What a new run into `path` replaces (RunStore.create clears the earlier run's outputs, its model included), in
-    one line to say before training starts; None when the folder holds no earlier run's outputs. A UserError where
-    those names are not a run's (_stale_outputs): said before training, not after the model loads."""
+    one line that train.start_record says as it clears them; None when the folder holds no earlier run's outputs, or
+    while another live process trains there (create's lock then refuses the run, replacing nothing). A UserError where
+    those names are not a run's (_stale_outputs): api.train asks before the model loads, to refuse that early."""
     path = Path(path).expanduser()
     if not _stale_outputs(path):
         return None
-    state, busy = liveness(path) if (path / LOCK).exists() else ("dead", "")
+    if (path / LOCK).exists() and liveness(path)[0] == "alive":
+        return None
     try:
         run = RunStore(path).read_run() if (path / RUN).is_file() else {}
     except UserError:  # a damaged run.json: the outputs are still replaced
@@ -397,13 +399,6 @@ def earlier_run_note(path: str | Path) -> str | None:
         parts.append(f"best {objective} {best[objective]:.4g} at step {best.get('step', '?')}")
     parts.append("saved model" if (path / ADAPTER).exists() else "no saved model")
     what = f"a {run['status']} run" if isinstance(run.get("status"), str) else "an earlier run's outputs"
-    if state == "alive":
-        # another process trains there: RunStore.create's lock refuses this run if it still does when training
-        # starts; if it has ended by then (while this run loads its model), its outputs are replaced, so that is said
-        # now too, as nothing is said at create
-        return (f"{path} is in use by another run ({busy}; {what}, {', '.join(parts)}): this run is refused if it "
-                "still is when training starts, else its outputs are replaced by this run; give another output_dir "
-                "to keep them")
     return f"{path} held {what} ({', '.join(parts)}): replaced by this run; give another output_dir to keep it"
 
 

@@ -681,11 +681,11 @@ def start_record(store: RunStore, config_yaml: str, run: dict) -> None:
     two shields left `running` over a dead process). A full or read-only disk here is a UserError (exit 2) that says
     what of an earlier run was removed, never that "the last run.json is kept": there is none of this run yet. What
     the run replaces (store.earlier_run_note) is said on stderr first, where the store asks for it (api.train)."""
-    if getattr(store, "say_replaced", False):
-        replaced = earlier_run_note(store.path)
+    with signals.shielded():
+        # said inside the shield: a Ctrl-C between the note and the clearing said "replaced", then "nothing written"
+        replaced = earlier_run_note(store.path) if getattr(store, "say_replaced", False) else None
         if replaced:
             print(f"note: {replaced}", file=sys.stderr, flush=True)
-    with signals.shielded():
         try:
             store.create(config_yaml)  # takes run.lock: from here a killed process reads as `died`
             store.write_run(run)
@@ -716,7 +716,8 @@ def start_record(store: RunStore, config_yaml: str, run: dict) -> None:
 
 def _removed_note(store: RunStore) -> str:
     """What of an earlier run RunStore.create removed, in a clause ("" for none)."""
-    return f"the earlier run in {store.path} was removed ({', '.join(store.cleared)})" if store.cleared else ""
+    cleared = getattr(store, "cleared", ())  # (sft.NoRecord, the store of ranks above 0, clears nothing)
+    return f"the earlier run in {store.path} was removed ({', '.join(cleared)})" if cleared else ""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -965,6 +965,30 @@ def test_resuming_the_records_own_run_keeps_its_record(tmp_path):
     assert not any("warning" in m for m in said), said
 
 
+def test_resuming_another_run_of_the_same_length_moves_the_earlier_record_aside(tmp_path):
+    # run 2 (no callback, the same max_steps) resumed with the callback before its first evaluation: nothing in the
+    # earlier run's record disagreed with its checkpoint (no shared evaluation), so run 1's `completed` record was kept
+    # and read as run 2's
+    import shutil
+
+    from loratune.integrations import LoratuneCallback
+
+    _bert_trainer(tmp_path, lr=5e-3, steps=10, eval_steps=5, callbacks=[LoratuneCallback(printer=lambda s: None)])
+    out = tmp_path / "out"
+    first = json.loads((out / "loratune" / "run.json").read_text())
+    assert first["status"] == "completed"
+    for c in out.glob("checkpoint-*"):
+        shutil.rmtree(c)
+    kw = dict(lr=1e-1, steps=10, eval_steps=5, save_steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        _bert_trainer(tmp_path, callbacks=[_ctrl_c_at(4)], **kw)
+    with pytest.raises(KeyboardInterrupt):
+        _bert_trainer(tmp_path, callbacks=[LoratuneCallback(printer=lambda s: None), _ctrl_c_at(4)], resume=True, **kw)
+    assert json.loads((out / "loratune-previous" / "run.json").read_text()) == first
+    assert not (out / "loratune" / "run.json").exists()  # run 2 stopped before its first evaluation: no record yet
+    assert load_run(out).source == "hf-trainer"  # its checkpoint, not run 1's record
+
+
 def test_a_resumed_runs_end_train_loss_is_read_over_the_micro_batches_since_its_resume(tmp_path, monkeypatch):
     # 6 batches per epoch, accumulation 4, resumed from checkpoint-3: the Trainer's train_loss sums steps 4-6 (8
     # micro-batch means) over 3 steps; it was read as if over steps 1-6 (x 6/18, 1.23 for 1.39)

@@ -33,3 +33,20 @@ def test_lines_that_are_not_decisions_are_skipped(tmp_path):
     path = tmp_path / "decisions.jsonl"
     path.write_text('not json\n[1, 2]\n7\n' + json.dumps(_d(0, "lr", "x")) + "\n", encoding="utf-8")
     assert [d["code"] for d in DecisionLog(path).entries] == ["x"]
+
+
+def test_the_same_code_keeping_another_trial_is_not_a_replay(tmp_path):
+    """A resume whose final stage kept #5 where the earlier session kept #2 decided the same kind and code, and the
+    trail kept the earlier "keep #2" (the study's pick was #5)."""
+    path = tmp_path / "decisions.jsonl"
+    DecisionLog(path).append({**_d(0, "final", "final-reuse"), "trials": [2], "move": "keep #2"})
+    log = DecisionLog(path)
+    got = log.append({**_d(0, "final", "final-reuse"), "trials": [5], "move": "keep #5"})
+    assert got["trials"] == [5]
+    assert [(d["trials"], d["move"]) for d in DecisionLog(path).entries] == [([5], "keep #5")]
+    old = [json.loads(x) for x in (tmp_path / SUPERSEDED).read_text().splitlines()]
+    assert [(d["trials"], d["move"]) for d in old] == [([2], "keep #2")]
+    # the same decision whose texts differ (the budget left it counts) is still a replay
+    again = DecisionLog(path)
+    assert again.append({**_d(0, "final", "final-reuse"), "trials": [5], "move": "keep #5",
+                         "verdict": "3 trials left"})["verdict"] == "final final-reuse"

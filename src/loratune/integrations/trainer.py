@@ -46,8 +46,8 @@ from typing import Any, Callable, Iterable
 from transformers import TrainerCallback
 
 from loratune.diagnose import Diagnosis, diagnose
-from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, PARTIAL_LOG_NOTE,
-                                 history_from_trainer_state, nan_filtered_loss, record_disagrees, scaled_log_history)
+from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, PARTIAL_LOG_NOTE, compare_record,
+                                 history_from_trainer_state, nan_filtered_loss, scaled_log_history)
 from loratune.features import LORA_PEFT_TYPES
 from loratune.errors import UserError
 from loratune.rules import THRESHOLDS, resolve_thresholds
@@ -413,14 +413,17 @@ class LoratuneCallback(TrainerCallback):
 
     def _resumes_record(self, folder: Path, state) -> bool:
         """Whether this train() resumes the run recorded in `folder` (resume_from_checkpoint): the Trainer restored a
-        checkpoint's state (a step past 0, its log) and that log agrees with the record (history_io.record_disagrees:
-        the same planned steps, the same eval values at the steps both evaluated)."""
+        checkpoint's state (a step past 0, its log) and that log agrees with the record (history_io.compare_record:
+        the same planned steps, the same eval values at the steps both evaluated, and at least one such value: another
+        run of the same max_steps resumed before its first evaluation disagreed in nothing and kept the earlier run's
+        `completed` record)."""
         if not (getattr(state, "global_step", 0) or 0) > 0 or not getattr(state, "log_history", None):
             return False  # a fresh run: the record is an earlier run's
         try:
-            return record_disagrees(folder, self._state_fields(state)) is None
+            why, agree = compare_record(folder, self._state_fields(state))
         except Exception:  # (a state it cannot read: as a new run, the record is kept aside, not lost)
             return False
+        return why is None and agree > 0
 
     def _hold_lock(self, folder: Path) -> None:
         """Hold `<record>/run.lock` while training, as `loratune train` holds its run's: a record that says

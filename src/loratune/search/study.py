@@ -234,6 +234,9 @@ def _remove_made(db: Path | None, folders: list[Path]) -> None:
             break
 
 
+REPLAY_SAME = ("kind", "code", "trials", "move")  # what a replayed decision repeats (its texts may count budget left)
+
+
 class DecisionLog:
     """Append-only, fsync'd JSON lines. Each decision has a `seq`; a replay (resume) that takes the
     same decisions again does not write them twice."""
@@ -271,7 +274,9 @@ class DecisionLog:
         seq = int(decision["seq"])
         if seq < len(self.entries):
             old = self.entries[seq]
-            if (old.get("kind"), old.get("code")) == (decision.get("kind"), decision.get("code")):
+            # the same decision: its kind and code, and what it did (the trials it names, its move): a resume whose
+            # final stage keeps #5 where the earlier session kept #2 decides the same code, and the trail kept "#2"
+            if all(old.get(k) == decision.get(k) for k in REPLAY_SAME):
                 self._replayed += 1
                 return old  # taken and written by an earlier session
             self._supersede(seq)  # this session decides otherwise from here on (a resume with a larger budget)
