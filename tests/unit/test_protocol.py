@@ -1845,8 +1845,21 @@ def test_a_resume_whose_budget_ran_out_reuses_the_finished_long_run_at_another_l
 
     monkeypatch.setattr(finish_mod, "continue_long_run", spent_elsewhere)
     ctx2, r2 = make_ctx(_long_peak_world(5e-4), store=store)
+    ctx2.earlier = {r.number for r in store.records()}  # as tune marks a resumed study's earlier trials
     run_protocol(ctx2, start, settings, plan=plan)
     assert r2.calls == []  # nothing trained again
     d = next(x for x in ctx2.decisions if x["kind"] == "final-train")
     assert d["code"] == "final-train-helps" and not any("does not fit" in e for e in d["evidence"])
     assert ctx2.state.final.number == first.number and ctx2.state.final.value == pytest.approx(0.73)
+
+
+def test_a_fresh_study_weighs_its_own_long_run_at_another_lr_against_the_budget_as_before():
+    """Pricing a finished run at nothing is for a resume's earlier sessions only (SearchContext.earlier): applied to
+    the session's own runs, a fresh study's final-train trail changed ('lr 0.004 -> 0.780, lr 0.002 -> 0.700' where it
+    said 'its run at lr 0.002 does not fit'), a fresh study deciding otherwise than the stored bench studies."""
+    ctx, runner = make_ctx(lr_binds(), budget="7trials")
+    run_protocol(ctx, LONG_START, ProtocolSettings(full_probe=False, lr_probe=False, long_lr_factor=1.0), plan=PLAN)
+    d = next(x for x in ctx.decisions if x["kind"] == "final-train")
+    assert d["code"] == "final-train-reused" and "its run at lr 0.002 does not fit: 0 trials left of 7 trials" in \
+        d["evidence"][-1]
+    assert [(x["lr"], x["trial"]) for x in d["data"]["lrs"]] == [(0.004, 4)] and len(runner.calls) == 7

@@ -1234,7 +1234,7 @@ def test_an_interrupted_studys_report_counts_what_its_cut_trial_trained(tmp_path
     s = build_study_report(d)
     t = s.trial(1)
     assert t.status == "interrupted" and t.examples == 320 and t.wall_s == pytest.approx(10.0)
-    best = json.loads((Path(run_dir) / "run.json").read_text())["best"]["val/macro_f1"]
-    assert t.value == pytest.approx(best)
+    assert t.value is None  # its val so far is no result: the finished #0 stays the best, in the tile and the curve
+    assert s.best.number == 0 and s.best_vs_compute[-1].best_so_far == pytest.approx(0.5)
     assert s.best_vs_compute[-1].examples_cum == 192 + 320
     assert "512 training examples · 16 s" in summary_section(s)

@@ -55,8 +55,8 @@ def test_a_resume_that_picks_another_trial_says_test_was_scored_before(tmp_path)
 
     # two sessions of one study, each picking its own trial
     for number, name, value in ((5, "steps60", 0.85), (2, "lr0.01-steps60", 0.71)):
-        ctx = SearchContext(store=MemoryStore(tmp_path), runner=Runner(), meter=Meter(Budget.parse("10trials")), trial_examples=100,
-                            costs=CostModel())
+        ctx = SearchContext(store=MemoryStore(tmp_path), runner=Runner(), meter=Meter(Budget.parse("10trials")),
+                            trial_examples=100, costs=CostModel())
         ctx.state["final"] = pick(number, name, value)
         summary = finish(ctx, tmp_path / "final", "protocol")
     saved = json.loads((tmp_path / "final" / "test.json").read_text())
@@ -66,3 +66,21 @@ def test_a_resume_that_picks_another_trial_says_test_was_scored_before(tmp_path)
     assert any("scored before, on an earlier session's pick #5" in e for e in summary["trail"][-1]["evidence"])
     detail = _test_detail(build_study_report(tmp_path))
     assert detail.startswith("scored 2 times: also on #5") and "once" not in detail
+    # a third session back at #5: its stored score is its test score (it was scored on test twice, and the report
+    # counted 2 looks for 3)
+    calls: list[str] = []
+
+    class Counting(Runner):
+        def evaluate(self, run_dir, split="test"):
+            calls.append(Path(run_dir).name)
+            return super().evaluate(run_dir, split)
+
+    ctx = SearchContext(store=MemoryStore(tmp_path), runner=Counting(), meter=Meter(Budget.parse("10trials")),
+                        trial_examples=100, costs=CostModel())
+    ctx.state["final"] = pick(5, "steps60", 0.85)
+    summary = finish(ctx, tmp_path / "final", "protocol")
+    assert calls == []
+    saved = json.loads((tmp_path / "final" / "test.json").read_text())
+    assert (saved["trial"], saved["scores"]["test/macro_f1"]) == (5, 0.9)
+    assert [e["trial"] for e in saved["earlier"]] == [2] and summary["recommendation"]["test_earlier"] == [2]
+    assert _test_detail(build_study_report(tmp_path)).startswith("scored 2 times: also on #2")

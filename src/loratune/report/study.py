@@ -341,7 +341,10 @@ def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: 
 def _unfinished_spent(run_dir: str | None, root: Path) -> dict:
     """What a trial without a record (interrupted, killed, still running) trained, from its run directory: the
     examples and time it spent (search.study.spent_by_run, what a resume charges for it) and its best evaluation so
-    far. Without them the report under-counted what the study spent and showed the trial as having done nothing."""
+    far. Without them the report under-counted what the study spent and showed the trial as having done nothing. Its
+    val so far is no trial's result (a finished study's report lists such a trial without one): it never stands as
+    the study's best, in the best-so-far curve or among the ranked points (the tile read a cut trial's 0.834 as
+    "best val" over a finished 0.5)."""
     from loratune.search.study import spent_by_run
 
     path = _in_study(run_dir, root, TRIALS)
@@ -351,7 +354,7 @@ def _unfinished_spent(run_dir: str | None, root: Path) -> dict:
     wall, examples = spent_by_run(path)
     best = run.get("best") if isinstance(run.get("best"), dict) else {}
     key = objective(run.get("objective")).key
-    return {"examples": examples, "wall_s": wall, "objective": key, "objective_value": best.get(key),
+    return {"examples": examples, "wall_s": wall, "objective": key, "objective_value": None,
             "mean_step_s": run.get("mean_step_s"), "peak_memory_mb": run.get("peak_memory_mb")}
 
 

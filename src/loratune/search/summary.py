@@ -128,8 +128,15 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
         earlier = list((old or {}).get("earlier") or [])
         if old and old.get("trial") is not None and old.get("trial") != rec.number:
             earlier.append({k: old.get(k) for k in ("trial", "run_dir", "scores")})
+        # a pick an earlier session scored on test and a later one replaced (picks #5, #2, then #5 again): its
+        # stored scores are its test score, never a second look
+        again = next((e for e in earlier if e.get("trial") == rec.number and isinstance(e.get("scores"), dict)), None)
         if old and old.get("trial") == rec.number:
             test = old.get("scores")  # scored in an earlier session: never twice
+        elif again is not None:
+            test, earlier = again["scores"], [e for e in earlier if e is not again]
+            write_json(test_path, {"trial": rec.number, "run_dir": rec.run_dir, "scores": test,
+                                   **({"earlier": earlier} if earlier else {})})
         else:
             try:
                 test = ctx.runner.evaluate(rec.run_dir, "test")
