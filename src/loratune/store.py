@@ -24,6 +24,7 @@ RUN = "run.json"
 CONFIG = "config.yaml"
 CONFUSION = "confusion.json"
 ADAPTER = "adapter"
+TRIALS = "trials"  # a tune study's trial run directories (<study>/trials/<n>-<name>/): RunStore reads its final/
 # what a saved model's folder holds its weights in: peft's adapter, or a fully fine-tuned model (sharded or not)
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -441,6 +442,21 @@ def _swap_in(new: Path, target: Path) -> None:
     os.rename(old, new)  # the caller removes `new`, as after an exchange
 
 
+def in_study(path: str | None, root: Path, folder: str) -> str | None:
+    """`path` as found in the study directory `root`: a study copied or moved would read (and `report --trial-reports`
+    write into) the directories of the study it was copied from, or dead paths, and a path recorded relative to the
+    first session's working directory is dead from any other; what this study holds under <root>/<folder>/<name> is
+    its own. A relative path is taken from the study directory first."""
+    if not path:
+        return path
+    p = Path(path)
+    tries = [root / p] if not p.is_absolute() else []
+    if p.parent.name == folder:
+        tries.append(root / folder / p.name)
+    here = next((t for t in tries if t.exists()), None)
+    return str(here) if here is not None else path
+
+
 class RunStore:
     """One run directory."""
 
@@ -587,8 +603,6 @@ class RunStore:
     def _study_pick(self) -> str | None:
         """The run directory of the trial a `loratune tune` study exported to this folder (its final/: study.json's
         recommendation, or test.json's), as found in the study; None when this is no study's final/ folder."""
-        from loratune.search.study import TRIALS, in_study
-
         for name, field in (("study.json", "recommendation"), ("test.json", None)):
             try:
                 data = json.loads((self.path / name).read_text(encoding="utf-8"))

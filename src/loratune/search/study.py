@@ -47,13 +47,12 @@ from loratune import signals
 from loratune.objectives import MACRO_F1, objective
 from loratune.errors import UserError
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
-from loratune.store import read_json, write_json
+from loratune.store import TRIALS, in_study, read_json, write_json  # (the layout store reads a final/ folder by)
 
 STUDY_DB = "study.db"
 DECISIONS = "decisions.jsonl"
 OVERHEADS = "overheads"  # the study's user attr: each session's overhead charges (save_overheads)
 SUPERSEDED = "decisions.superseded.jsonl"  # an earlier session's decisions that a resumed one took otherwise
-TRIALS = "trials"
 FINAL = "final"
 ASSESS = "assess.json"
 DEFAULT_STUDY_NAME = "loratune"
@@ -320,21 +319,6 @@ def _has_decisions(path: Path) -> bool:
             return any(line.strip() for line in f)
     except FileNotFoundError:
         return False
-
-
-def in_study(path: str | None, root: Path, folder: str) -> str | None:
-    """`path` as found in the study directory `root`: a study copied or moved would read (and `report --trial-reports`
-    write into) the directories of the study it was copied from, or dead paths, and a path recorded relative to the
-    first session's working directory is dead from any other; what this study holds under <root>/<folder>/<name> is
-    its own. A relative path is taken from the study directory first."""
-    if not path:
-        return path
-    p = Path(path)
-    tries = [root / p] if not p.is_absolute() else []
-    if p.parent.name == folder:
-        tries.append(root / folder / p.name)
-    here = next((t for t in tries if t.exists()), None)
-    return str(here) if here is not None else path
 
 
 class Study:
