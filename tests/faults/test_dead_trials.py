@@ -129,3 +129,38 @@ def test_a_trial_failed_by_a_full_disk_stays_charged_and_listed_on_resume(tmp_pa
         assert [(r["name"], r["status"]) for r in study.lost_trials()] == [("lr0.04", "failed")]
     finally:
         study.close()
+
+
+def test_a_worker_trial_lost_during_the_session_is_charged_once(tmp_path):
+    """A worker stopped mid-trial (SIGTERM: its trial `interrupted`; kill -9 reads the same once failed) while the
+    leader waited for it: the leader trained the point again but never charged what the lost trial trained (only a
+    later --resume did), so the session's summary under-reported what was spent."""
+    from loratune.search.budget import Budget, Meter
+    from loratune.search.context import SearchContext
+    from loratune.search.study import Study
+    from loratune.search.trial import TrialResult, TrialSpec
+
+    class Runner:
+        def run(self, spec, run_dir, watch=None):
+            return TrialResult("completed", 0.5, examples=500, wall_s=2.0, curve=((0, 0.0), (10, 0.5)))
+
+    spec = TrialSpec("lr0.04", "search", {"train.learning_rate": 0.04}, "queued")
+    leader = Study.open(tmp_path / "study", meta={"strategy": "random"}, heartbeat_s=1)
+    worker = Study.open(tmp_path / "study", worker=True, heartbeat_s=1)
+    try:
+        assert leader.enqueue(spec)
+        trial, _, run_dir = worker.claim_next()
+        run_dir.mkdir(parents=True)
+        (run_dir / "run.json").write_text(json.dumps({"status": "interrupted", "steps_done": 20, "examples_seen": 160,
+                                                      "wall_s": 0.9, "started_at": "2026-01-01T00:00:00+00:00"}))
+        worker.fail(trial, "the worker running it was stopped; the leader or another worker trains it again")
+        ctx = SearchContext(store=leader, runner=Runner(), meter=Meter(Budget.parse("10000ex")), trial_examples=500)
+        rec = ctx.run(spec)
+        assert rec is not None and rec.number == 1
+        lines = [(c["label"], c["cost"]["examples"]) for c in ctx.meter.to_dict()["ledger"]]
+        assert lines[0] == ("trial #0 interrupted", 160)
+        assert ctx.meter.spent.examples == 160 + 500
+        assert ctx.charge_lost() == [] and ctx.meter.spent.examples == 660  # once: also the end of tune asks again
+    finally:
+        worker.close()
+        leader.close()

@@ -98,6 +98,9 @@ class SearchContext:
     # reuse (charge_earlier): what was spent stays spent, once
     earlier: set = field(default_factory=set)
     _charged: set = field(default_factory=set)
+    # the trials that never finished (Study.lost_spending) whose spend this session charged: each once per session,
+    # as the session's meter starts empty (charge_lost)
+    _lost: set = field(default_factory=set)
     # the real time around trials (startup, between trials, a trial's setup) that each session charged
     # (charge_elapsed): kept in the study as it is charged (`Study.save_overheads`), so that a resume, whose meter
     # starts empty and charges the reused trials' own training only, charges the earlier sessions' overheads again
@@ -219,6 +222,12 @@ class SearchContext:
                 done = got
             elif how == "claimed":
                 trial, claimed = got[0], True
+            # a worker killed or stopped while it trained this point (its trial failed, the point queued again or
+            # free): what it trained stays spent, charged before this session trains the point again. It trained while
+            # this waited: that time is its own wall time, charged once
+            lost_s = sum(row["wall_s"] for row in self.charge_lost())
+            if done is None and lost_s:
+                self.charge_elapsed(f"{spec.name}: waiting for it, study records", minus=lost_s)
         if done is not None:
             rec = TrialRecord(done.number, done.spec, done.run_dir, done.result, reused=True)
             self._account(rec, f"{rec.label} (reused from the study)", charge=rec.number not in self._charged)
@@ -285,8 +294,21 @@ class SearchContext:
         from loratune.search.study import spent_by_run
 
         wall, examples = spent_by_run(str(run_dir))
+        self._lost.add(number)
         self.meter.charge(Cost(wall, examples, 0), f"trial #{number} {how}")
         self.charge_elapsed(f"trial #{number} {how}: outside its training", minus=wall)
+
+    def charge_lost(self) -> list[dict]:
+        """Charge what each trial that never finished spent before it stopped (`Study.lost_spending`: an earlier
+        session's, or one of a worker killed or stopped during this session), each once in this session; the rows
+        charged now. A later session charges them all again: its meter starts empty."""
+        from loratune.search.study import LOST_STATUSES
+
+        rows = [r for r in getattr(self.store, "lost_spending", list)() if r["number"] not in self._lost]
+        for r in rows:
+            self._lost.add(r["number"])
+            self.meter.charge(Cost(r["wall_s"], r["examples"], 0), f"trial #{r['number']} {LOST_STATUSES[r['status']]}")
+        return rows
 
     def charge_elapsed(self, label: str, minus: float = 0.0) -> None:
         """Charge the session's clock since the last charge of it, less `minus` (what was charged meanwhile as a

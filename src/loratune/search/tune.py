@@ -23,7 +23,7 @@ from loratune.search.protocol.phase0 import step_text
 from loratune.steps import examples_for
 from loratune.search.protocol import (ProtocolSettings, Start, plan_trial_length, run_protocol, start_config,
                                       start_from_assessment)
-from loratune.search.study import FINAL, LOST_STATUSES, Study, study_folder
+from loratune.search.study import FINAL, Study, study_folder
 from loratune.search.yardstick import STRATEGIES
 
 DEFAULT_BUDGET = "15m"
@@ -233,10 +233,6 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     phase0_s = float((assessment.get("timings") or {}).get("tune_wall_s") or
                      (assessment.get("timings") or {}).get("total_s") or 0.0)
     meter.charge(Cost(phase0_s, 0, 0), "phase 0: assessment")
-    # what a trial that never finished trained stays spent: charged again by every session (the meter starts empty)
-    lost = study.lost_spending()
-    for row in lost:
-        meter.charge(Cost(row["wall_s"], row["examples"], 0), f"trial #{row['number']} {LOST_STATUSES[row['status']]}")
     test = dataset.splits().get("test")
     ctx = SearchContext(store=study, runner=runner, meter=meter, trial_examples=int(plan["examples"]),
                         noise_floor=objective(getattr(runner, "objective", None)).noise_floor,
@@ -244,6 +240,9 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                         base_point=dict(start.point), costs=CostModel(options.examples_per_s), ui=ui,
                         finish_rows=len(test) if test is not None else 0, finish_base_s=options.finish_reserve_s,
                         clock=time.perf_counter, since=t_start, thresholds=tables)
+    # what a trial that never finished trained stays spent: charged again by every session (the meter starts empty);
+    # a trial lost during this session (a worker killed mid-trial) is charged as it is found (ctx.charge_lost)
+    lost = ctx.charge_lost()
     sessions = study.overheads()  # each earlier session's overhead charges: this session is the next one
     ctx.session = len(sessions)
     if options.resume:  # charged once the replay is over (charge_earlier), as the earlier trials no decision reused
@@ -290,6 +289,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
              "assessment_findings": [f"{f['severity']}: {f['message']}" for f in assessment.get("findings", [])],
              "wall_s_session": round(time.perf_counter() - t_start, 2)}
     ctx.charge_earlier()  # a resume that trained nothing new still spent what its earlier sessions trained
+    ctx.charge_lost()  # a worker's trial lost after the last trial this session waited for
     ctx.charge_elapsed("after the last trial: decisions")
     summary = finish(ctx, study_dir / FINAL, options.strategy, extra)
     ctx.flush_pending()  # a resume whose every decision was a replay still says it resumed
