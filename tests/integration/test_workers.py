@@ -275,3 +275,36 @@ def test_a_worker_whose_trial_fails_by_the_users_input_stops_with_the_error(tmp_
             "failed", "stopped tune: could not load the model from 'x'")
     finally:
         study.close()
+
+
+def test_a_worker_joined_with_storage_alone_writes_into_the_leaders_folder(tiny_bert, intent_data, tmp_path,
+                                                                            monkeypatch, capsys):
+    """The README's `--worker --storage URL` (no --study-dir) wrote its trial into ./runs/tune/trials of its own
+    working directory, and the study recorded that path; a worker of a finished study left an empty ./runs/tune."""
+    from loratune.config import load_config, to_yaml
+    from loratune.search.study import LEADER_DIR, Study
+    from loratune.search.trial import TrialSpec
+
+    from support import overrides
+
+    base = load_config(None, overrides(tiny_bert, intent_data, tmp_path / "unused", slices="false",
+                                       robustness_probe="false", num_threads=1))
+    leader = Study.open(tmp_path / "study", meta={"strategy": "protocol"}, heartbeat_s=1)
+    leader.set_meta(trial_base=to_yaml(base), **{LEADER_DIR: str(leader.dir)})
+    assert leader.enqueue(TrialSpec("r4", "pair", {"adapter.r": 4, "train.learning_rate": 5e-3}, "queued"))
+    leader.close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    url = f"sqlite:///{tmp_path / 'study' / 'study.db'}"
+    assert main(["tune", "--worker", "--storage", url, "--heartbeat", "1"]) == 0
+    assert "1 trial(s) trained" in " ".join(capsys.readouterr().out.split())
+    study = Study.open(tmp_path / "study", worker=True, heartbeat_s=1)
+    (rec,) = study.records()
+    study.set_meta(finished=True)
+    study.close()
+    assert Path(rec.run_dir).parent == tmp_path / "study" / "trials" and Path(rec.run_dir, "run.json").is_file()
+    assert list(elsewhere.iterdir()) == []
+    assert main(["tune", "--worker", "--storage", url, "--heartbeat", "1"]) == 0  # the study is finished
+    assert "the leader finished the study" in " ".join(capsys.readouterr().out.split())
+    assert list(elsewhere.iterdir()) == []  # no empty runs/tune left

@@ -69,6 +69,9 @@ MAX_RETRY = 3  # a trial whose process died is queued again at most this many ti
 # a failed trial without a record in these states stopped mid-way (its process killed, a signal, a dead heartbeat, an
 # error that stopped tune, a full disk: `failed`): it is listed as lost, what it spent is charged (a resumed session
 # too), and it is trained again; each with how the budget's ledger names it
+# the meta key where the leader records its study folder (absolute): a worker joined with --storage alone writes its
+# trials there, where the leader's other trials are, not into a folder of its own working directory
+LEADER_DIR = "study_dir"
 LOST_STATUSES = {"killed": "lost to a killed process", "running": "lost to a killed process",
                  "interrupted": "interrupted", "failed": "failed"}
 # how many times a resume trains again the point of a trial that `failed` (an error stopped tune: a full disk, or a
@@ -357,7 +360,8 @@ class Study:
         made = [p for p in (study_dir, *study_dir.parents) if not p.exists()]  # deepest first
         db = study_dir / STUDY_DB
         fresh_db = db if storage is None and not worker and not db.exists() else None
-        study_dir.mkdir(parents=True, exist_ok=True)
+        if not worker:  # a worker writes its trials only (their run directories make their folders): with --storage
+            study_dir.mkdir(parents=True, exist_ok=True)  # alone, a folder made here was left empty in its cwd
         lock = None
         if not worker:  # workers join the leader's study; only the leader holds the directory
             lock = RunLock(study_dir, STUDY_LOCK, busy=(
@@ -531,6 +535,11 @@ class Study:
         sessions += [[] for _ in range(session + 1 - len(sessions))]
         sessions[session] = [{"label": e["label"], "wall_s": round(float(e["wall_s"]), 4)} for e in entries]
         self.optuna.set_user_attr(OVERHEADS, sessions)
+
+    def use_dir(self, study_dir: str | Path) -> None:
+        """Keep this study's files (a worker's trials) in `study_dir`, its leader's folder (`LEADER_DIR`)."""
+        self.dir = Path(study_dir).absolute()
+        self.decisions = DecisionLog(self.dir / DECISIONS)
 
     def trial_dir(self, path: str | None) -> str | None:
         """A recorded trial run_dir as found in this study directory (`in_study`)."""

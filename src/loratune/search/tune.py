@@ -23,7 +23,7 @@ from loratune.search.protocol.phase0 import step_text
 from loratune.steps import examples_for
 from loratune.search.protocol import (ProtocolSettings, Start, plan_trial_length, run_protocol, start_config,
                                       start_from_assessment)
-from loratune.search.study import FINAL, Study, study_folder
+from loratune.search.study import FINAL, LEADER_DIR, Study, study_folder
 from loratune.search.yardstick import STRATEGIES
 
 DEFAULT_BUDGET = "15m"
@@ -226,7 +226,8 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     base = _base_config(cfg, start, plan, options.explicit_keys)
     check_max_length(base.model)  # and the assessment's max_length, before any trial
     runner = runner or TrainingRunner(base, dataset, thresholds=tables["diagnosis"])
-    study.set_meta(trial_base=to_yaml(base))  # what `loratune tune --worker` trains queued trials from
+    # what `loratune tune --worker` trains queued trials from, and where it writes them
+    study.set_meta(trial_base=to_yaml(base), **{LEADER_DIR: str(study.dir)})
 
     meter = Meter(budget, reserve_s=options.finish_reserve_s)
     # the clock of this session before the first trial (imports, data) and phase 0 count too

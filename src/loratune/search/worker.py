@@ -82,7 +82,7 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
     once phase 0 is done), the data is read here (its paths must exist on this machine)."""
     from loratune.search.runner import TrainingRunner
     from loratune.tasks import recipe
-    from loratune.search.study import HEARTBEAT_S, study_folder
+    from loratune.search.study import HEARTBEAT_S, LEADER_DIR, TRIALS, study_folder
     from loratune.search.tune import cfg_from_yaml
     from loratune.thresholds import tables_with
 
@@ -96,6 +96,14 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
                 raise UserError("the study's leader has not planned its trials yet (no trial config in the study)",
                                 "start the worker once `loratune tune` has finished phase 0 (it prints the trial plan)")
             time.sleep(1.0)
+        home = study.meta.get(LEADER_DIR)
+        if storage is not None and home and Path(home).absolute() != study.dir:
+            if Path(home).is_dir():  # the leader's folder is here (one machine, or a shared one): trials go there
+                study.use_dir(home)
+            else:
+                ui.note(f"note: the study's folder {home} (its leader's) is not on this machine: this worker's trials "
+                        f"go under {study.dir / TRIALS} (give --study-dir a folder the leader shares to keep them "
+                        "together)")
         base = cfg_from_yaml(study.meta["trial_base"])
         dataset = recipe(base, "prepare")(base.data, seed=base.train.seed)  # as api.prepare
         # the leader's --thresholds: a worker's trial is diagnosed (its verdict, what stages read) as the leader's are
