@@ -308,3 +308,22 @@ def test_a_worker_joined_with_storage_alone_writes_into_the_leaders_folder(tiny_
     assert main(["tune", "--worker", "--storage", url, "--heartbeat", "1"]) == 0  # the study is finished
     assert "the leader finished the study" in " ".join(capsys.readouterr().out.split())
     assert list(elsewhere.iterdir()) == []  # no empty runs/tune left
+
+
+def test_a_resume_refused_by_a_live_leader_leaves_no_study_dir(tmp_path):
+    """`--resume --storage URL --study-dir NEW` while another leader holds the study: refused (exit 2), but NEW was
+    left behind, empty (the lease is taken after the study is loaded, and only a refusal before that cleaned up)."""
+    import socket
+    import time as _time
+
+    from loratune.errors import UserError
+    from loratune.search.study import Study
+
+    first = Study.open(tmp_path / "study", meta={"strategy": "protocol"}, heartbeat_s=60)
+    first.close()
+    first.optuna.set_user_attr("leader", {"pid": 1, "host": socket.gethostname() + "-other", "at": _time.time()})
+    with pytest.raises(UserError, match="is led by another"):
+        Study.open(tmp_path / "new" / "dir", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}", resume=True,
+                   heartbeat_s=60)
+    assert not (tmp_path / "new").exists()
+    assert (tmp_path / "study" / "study.db").is_file()

@@ -436,7 +436,9 @@ class Study:
         except BaseException:
             if lock is not None:
                 lock.release()
-            if study is None:  # refused (or failed) before a study was made: nothing of this call's is worth keeping
+            # refused (or failed) before a study was made, or one that existed before this call (a resume refused by
+            # a live leader's lease): nothing of this call's is worth keeping
+            if study is None or resume or worker:
                 _remove_made(fresh_db, made)
             raise
         self._lock = lock
