@@ -222,11 +222,46 @@ def test_postgres_without_its_driver_names_the_extra(monkeypatch, tmp_path):
     assert "psycopg2" in text and "loratune[postgres]" in text and "secret" not in text
 
 
-def test_a_worker_without_a_study_is_told_to_start_one(tmp_path, capsys):
+def test_a_worker_without_a_study_is_told_to_start_one(tmp_path, capsys, monkeypatch):
     from loratune.cli import main
+    from loratune.search import worker
 
+    monkeypatch.setattr(worker, "WAIT_FOR_STUDY_S", 1.0)  # it waits for a leader starting beside it first
     assert main(["tune", "--worker", "--study-dir", str(tmp_path / "none")]) == 2
-    assert "start it first with `loratune tune`" in " ".join(capsys.readouterr().err.split())
+    out = capsys.readouterr()
+    assert "waiting up to 1s for its leader" in " ".join(out.out.split())
+    assert "after waiting 1s" in " ".join(out.err.split())
+    assert "start it first with `loratune tune`" in " ".join(out.err.split())
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_worker_started_before_its_leader_waits_for_the_study(tiny_bert, intent_data, tmp_path):
+    """`loratune tune ... & loratune tune --worker` at the same moment: the worker exited 2 with "no study" before
+    the leader had made it; now it waits for the study to appear."""
+    import threading
+
+    from loratune.config import load_config, to_yaml
+    from loratune.search.study import Study
+    from loratune.search.worker import run_worker
+
+    from support import overrides
+
+    base = load_config(None, overrides(tiny_bert, intent_data, tmp_path / "unused", slices="false",
+                                       robustness_probe="false", num_threads=1))
+
+    def leader() -> None:
+        time.sleep(1.5)
+        study = Study.open(tmp_path / "study", meta={"strategy": "protocol"}, heartbeat_s=1)
+        study.set_meta(trial_base=to_yaml(base), finished=True)
+        study.close()
+
+    thread = threading.Thread(target=leader)
+    thread.start()
+    try:
+        report = run_worker(tmp_path / "study", heartbeat_s=1, wait_for_study_s=30)
+    finally:
+        thread.join()
+    assert (report.trials, report.reason) == ([], "the leader finished the study")
 
 
 def test_tune_worker_command_trains_a_queued_trial(tiny_bert, intent_data, tmp_path, capsys):

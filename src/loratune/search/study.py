@@ -324,6 +324,10 @@ def _has_decisions(path: Path) -> bool:
         return False
 
 
+class NoStudyYet(UserError):
+    """A worker's study is not there (yet): its leader may be starting (`worker.run_worker` waits for it)."""
+
+
 class Study:
     """An Optuna study plus the study directory. Open it with `Study.open`."""
 
@@ -373,7 +377,7 @@ class Study:
         try:
             if worker and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
                 where = f"--storage {_redact(url)}" if storage else str(study_dir)  # what the user gave
-                raise UserError(f"no study in {where} to work on ({url[len('sqlite:///'):]} does not exist)",
+                raise NoStudyYet(f"no study in {where} to work on ({url[len('sqlite:///'):]} does not exist)",
                                 "start it first with `loratune tune` (same --study-dir / --storage); workers join "
                                 "a running study")
             rdb = existing = None
@@ -394,7 +398,7 @@ class Study:
 
                         time.sleep(0.2 * (attempt + 1))
             if worker and name not in existing:
-                raise UserError(f"no study named '{name}' in {_redact(url)} to work on",
+                raise NoStudyYet(f"no study named '{name}' in {_redact(url)} to work on",
                                 "start it first with `loratune tune` (same --storage / --study-dir / --study-name); "
                                 "workers join a running study")
             if name in existing and not resume and not worker:

@@ -17,7 +17,11 @@ from loratune.objectives import objective
 from loratune.errors import UserError
 from loratune.search.context import UI
 from loratune.search.runner import Watch
-from loratune.search.study import GRACE_FACTOR, Study
+from loratune.search.study import GRACE_FACTOR, NoStudyYet, Study
+
+# how long a worker started before its leader waits for the study to appear (the leader makes it within seconds of
+# its start: its config and data read); a worker given the wrong --study-dir / --storage is refused after it
+WAIT_FOR_STUDY_S = 60.0
 
 
 @dataclass
@@ -77,7 +81,7 @@ def leader_alive(study: Study) -> bool:
 
 def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name: str = "loratune",
                heartbeat_s: int | None = None, ui: UI | None = None, idle_exit_s: float | None = None,
-               wait_for_base_s: float = 600.0) -> WorkerReport:
+               wait_for_base_s: float = 600.0, wait_for_study_s: float | None = None) -> WorkerReport:
     """The CLI's worker: the trials' base config and threshold overrides come from the study (the leader writes them
     once phase 0 is done), the data is read here (its paths must exist on this machine)."""
     from loratune.search.runner import TrainingRunner
@@ -87,8 +91,21 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
     from loratune.thresholds import tables_with
 
     ui = ui or UI()
-    study = Study.open(study_folder(study_dir), storage=storage, name=study_name, worker=True,
-                       heartbeat_s=heartbeat_s or HEARTBEAT_S)
+    wait_s = WAIT_FOR_STUDY_S if wait_for_study_s is None else wait_for_study_s
+    t0, said = time.monotonic(), False
+    while True:  # a worker started with (or just before) its leader: the study is not made yet
+        try:
+            study = Study.open(study_folder(study_dir), storage=storage, name=study_name, worker=True,
+                               heartbeat_s=heartbeat_s or HEARTBEAT_S)
+            break
+        except NoStudyYet as exc:
+            if time.monotonic() - t0 >= wait_s:
+                raise UserError(f"{exc.problem}, after waiting {wait_s:.0f}s for its leader to make it",
+                                exc.fix) from None
+            if not said:
+                ui.note(f"{exc.problem}: waiting up to {wait_s:.0f}s for its leader (`loratune tune`) to make it")
+                said = True
+            time.sleep(min(1.0, wait_s))
     try:
         t0 = time.monotonic()
         while "trial_base" not in study.meta:
