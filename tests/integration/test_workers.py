@@ -362,3 +362,23 @@ def test_a_resume_refused_by_a_live_leader_leaves_no_study_dir(tmp_path):
                    heartbeat_s=60)
     assert not (tmp_path / "new").exists()
     assert (tmp_path / "study" / "study.db").is_file()
+
+
+def test_a_worker_whose_leader_finished_between_its_looks_says_it_finished(tmp_path, monkeypatch):
+    """The leader finished (`finished` set, then its lease released) between the worker's check of `finished` and its
+    claim: the worker said "the leader is gone (its lease expired)" of a leader that exited 0."""
+    from loratune.search.study import Study
+    from loratune.search.worker import work
+
+    leader = Study.open(tmp_path / "study", meta={"strategy": "protocol"}, heartbeat_s=1)
+    leader.set_meta(finished=True)
+    leader.close()  # released
+    study = Study.open(tmp_path / "study", worker=True, heartbeat_s=1)
+    study.heartbeat_s = 0  # no grace period to wait out in a test
+    reads = iter([False])  # the first look, before the leader finished
+    monkeypatch.setattr(Study, "finished", property(lambda self: next(reads, True)))
+    try:
+        report = work(study, runner=None, poll_s=0.01)
+    finally:
+        study.close()
+    assert (report.trials, report.reason) == ([], "the leader finished the study")

@@ -24,6 +24,9 @@ from loratune.search.study import GRACE_FACTOR, NoStudyYet, Study
 WAIT_FOR_STUDY_S = 60.0
 
 
+LEADER_FINISHED = "the leader finished the study"
+
+
 @dataclass
 class WorkerReport:
     trials: list[int] = field(default_factory=list)  # trial numbers this worker trained
@@ -38,7 +41,7 @@ def work(study: Study, runner, ui: UI | None = None, *, poll_s: float = 1.0, idl
     idle_since = time.monotonic()
     while True:
         if study.finished:
-            report.reason = "the leader finished the study"
+            report.reason = LEADER_FINISHED
             break
         claimed = study.claim_next()
         if claimed is None:
@@ -47,7 +50,10 @@ def work(study: Study, runner, ui: UI | None = None, *, poll_s: float = 1.0, idl
                 report.reason = f"nothing queued for {waited:.0f}s"
                 break
             if waited > study.heartbeat_s * GRACE_FACTOR and not leader_alive(study):
-                report.reason = "the leader is gone (its lease expired) and nothing is queued"
+                # a leader that finishes sets `finished`, then releases its lease: one that finished since the check
+                # above reads as released here, and is no dead leader
+                report.reason = (LEADER_FINISHED if study.finished
+                                 else "the leader is gone (its lease expired) and nothing is queued")
                 break
             time.sleep(poll_s)
             continue
