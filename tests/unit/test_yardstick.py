@@ -325,8 +325,6 @@ def test_a_pruned_trial_has_its_record_value_in_the_optuna_storage(tmp_path):
 def test_a_resumed_random_study_trains_the_point_of_its_cut_trial_again(tmp_path):
     """The sampler was reseeded past the study's trials and nothing asked the cut trial's point again: the resumed
     study searched other points than an uninterrupted one (the README: a trial cut mid-way is trained again)."""
-    from loratune.search.yardstick import prepare_yardstick
-
     class Cut(LengthWorld):
         def run(self, spec, run_dir, watch=None):
             if len(self.calls) == 2:
@@ -335,16 +333,7 @@ def test_a_resumed_random_study_trains_the_point_of_its_cut_trial_again(tmp_path
             return super().run(spec, run_dir, watch)
 
     def study(runner, budget, resume):
-        store = Study.open(tmp_path / "random", meta={"strategy": "random"}, resume=resume)
-        ctx = SearchContext(store=store, runner=runner, meter=Meter(Budget.parse(budget)),
-                            trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
-        space = default_space(START, 32, trial_steps=TRIAL_STEPS)
-        try:
-            prepare_yardstick(ctx, space, START, "random", seed=7)
-            run_yardstick(ctx, space, START, "random")
-        finally:
-            store.close()
-        return ctx
+        return _random_study(tmp_path / "random", runner, budget, resume)
 
     first = Cut()
     with pytest.raises(KeyboardInterrupt):
@@ -372,7 +361,6 @@ def test_a_point_that_failed_again_is_not_asked_again_by_every_resume(tmp_path):
     up, and the ledger says which."""
     from loratune.errors import UserError
     from loratune.search.study import FAILED_AGAIN
-    from loratune.search.yardstick import prepare_yardstick
 
     bad = []
 
@@ -385,16 +373,7 @@ def test_a_point_that_failed_again_is_not_asked_again_by_every_resume(tmp_path):
             return super().run(spec, run_dir, watch)
 
     def study(runner, resume):
-        store = Study.open(tmp_path / "random", meta={"strategy": "random"}, resume=resume)
-        ctx = SearchContext(store=store, runner=runner, meter=Meter(Budget.parse("5trials")),
-                            trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
-        space = default_space(START, 32, trial_steps=TRIAL_STEPS)
-        try:
-            prepare_yardstick(ctx, space, START, "random", seed=7)
-            run_yardstick(ctx, space, START, "random")
-        finally:
-            store.close()
-        return ctx
+        return _random_study(tmp_path / "random", runner, "5trials", resume)
 
     with pytest.raises(UserError):
         study(Bad(), False)
@@ -525,3 +504,19 @@ def test_a_sampler_over_an_rslora_start_trains_the_scale_it_drew(strategy, tmp_p
     # a rank the draw does not set is the start point's, not the default's
     assert to_overrides({"adapter.scale": 2.0}, {"adapter.r": 16, "adapter.use_rslora": True}) == {
         "adapter.lora_alpha": 8.0}
+
+
+def _random_study(folder, runner, budget: str, resume: bool):
+    """A random-strategy study of `budget` in `folder` (resumed or not), run to its end or its first error."""
+    from loratune.search.yardstick import prepare_yardstick
+
+    store = Study.open(folder, meta={"strategy": "random"}, resume=resume)
+    ctx = SearchContext(store=store, runner=runner, meter=Meter(Budget.parse(budget)),
+                        trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
+    space = default_space(START, 32, trial_steps=TRIAL_STEPS)
+    try:
+        prepare_yardstick(ctx, space, START, "random", seed=7)
+        run_yardstick(ctx, space, START, "random")
+    finally:
+        store.close()
+    return ctx
