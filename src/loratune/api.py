@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from loratune.config import RunConfig, load_config  # noqa: F401  (re-exported)
 from loratune.data import Dataset, load_dataset, seed_drew
-from loratune.store import RunStore
+from loratune.store import DEFAULT_STUDY_DIR, RunStore
 from loratune.tasks import TASK_RECIPES, recipe  # noqa: F401  (re-exported)
 
 
@@ -315,7 +315,7 @@ def report(path: str | Path, out: str | Path | None = None, *, examples: bool = 
 
 
 def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = None,
-         study_dir: str | Path = "runs/tune", resume: bool = False, fixed: Sequence[str] = (),
+         study_dir: str | Path = DEFAULT_STUDY_DIR, resume: bool = False, fixed: Sequence[str] = (),
          target: float | None = None, full_probe: bool = True, dataset: Dataset | None = None,
          arms: Sequence[str] = (), **options: Any) -> dict:
     """The tuning autopilot (`loratune tune`); returns the study summary (final/study.json).

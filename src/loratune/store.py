@@ -24,6 +24,7 @@ RUN = "run.json"
 CONFIG = "config.yaml"
 CONFUSION = "confusion.json"
 ADAPTER = "adapter"
+DEFAULT_STUDY_DIR = "runs/tune"  # where a tune study lives when no --study-dir is given
 TRIALS = "trials"  # a tune study's trial run directories (<study>/trials/<n>-<name>/): RunStore reads its final/
 # what a saved model's folder holds its weights in: peft's adapter, or a fully fine-tuned model (sharded or not)
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",

@@ -13,6 +13,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 from loratune.search.study import _record_died, spent_by_run
 from loratune.store import RunStore, with_liveness
 
@@ -164,3 +166,34 @@ def test_a_worker_trial_lost_during_the_session_is_charged_once(tmp_path):
     finally:
         worker.close()
         leader.close()
+
+
+def test_a_lost_worker_trial_is_not_charged_again_as_waiting_for_its_record(tmp_path):
+    """Worker A trained the queued point 30 s and was killed; worker B trained it 20 s and finished, while the leader
+    waited 50 s. A's 30 s was charged as lost, then again inside the leader's waiting time: 80 s for 50."""
+    from memory_store import MemoryStore
+    from loratune.search.budget import Budget, Meter
+    from loratune.search.context import SearchContext
+    from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
+
+    now = [0.0]
+    spec = TrialSpec("lr0.04", "search", {"train.learning_rate": 0.04}, "queued")
+
+    class Store(MemoryStore):
+        lost: list = []
+
+        def await_key(self, key, spec=None):
+            now[0] += 50.0  # A's 30 s, then B's 20 s
+            self.lost = [{"number": 0, "name": "lr0.04", "status": "killed", "wall_s": 30.0, "examples": 300}]
+            return "record", TrialRecord(1, spec, "x", TrialResult("completed", 0.5, 200, 20.0,
+                                                                   curve=((0, 0.0), (10, 0.5))))
+
+        def lost_spending(self):
+            return list(self.lost)
+
+    ctx = SearchContext(store=Store(), runner=None, meter=Meter(Budget.parse("1h")), trial_examples=200,
+                        clock=lambda: now[0], since=0.0)
+    ctx.run(spec)
+    assert ctx.meter.spent.wall_s == pytest.approx(50.0)
+    assert [c["label"] for c in ctx.meter.to_dict()["ledger"]][:2] == ["trial #0 lost to a killed process",
+                                                                       "#1 lr0.04 (reused from the study)"]

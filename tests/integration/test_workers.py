@@ -235,6 +235,22 @@ def test_a_worker_without_a_study_is_told_to_start_one(tmp_path, capsys, monkeyp
     assert not (tmp_path / "none").exists()
 
 
+def test_a_worker_given_another_study_name_than_its_folders_is_refused_at_once(tmp_path, capsys, monkeypatch):
+    """A mistyped --study-name in a study folder waited a minute for a study no leader can make there (a folder's
+    study.db holds one study), then told the user to start one that the leader would refuse."""
+    from loratune.cli import main
+    from loratune.search import worker
+    from loratune.search.study import Study
+
+    monkeypatch.setattr(worker, "WAIT_FOR_STUDY_S", 30.0)
+    Study.open(tmp_path / "study", meta={"strategy": "protocol"}, heartbeat_s=1).close()
+    assert main(["tune", "--worker", "--study-dir", str(tmp_path / "study"), "--study-name", "loratnue"]) == 2
+    out = capsys.readouterr()
+    err = " ".join(out.err.split())
+    assert "waiting" not in out.out and "no study named 'loratnue'" in err and "(it holds 'loratune')" in err
+    assert "give --study-name loratune" in err
+
+
 def test_a_worker_started_before_its_leader_waits_for_the_study(tiny_bert, intent_data, tmp_path):
     """`loratune tune ... & loratune tune --worker` at the same moment: the worker exited 2 with "no study" before
     the leader had made it; now it waits for the study to appear."""
@@ -343,6 +359,38 @@ def test_a_worker_joined_with_storage_alone_writes_into_the_leaders_folder(tiny_
     assert main(["tune", "--worker", "--storage", url, "--heartbeat", "1"]) == 0  # the study is finished
     assert "the leader finished the study" in " ".join(capsys.readouterr().out.split())
     assert list(elsewhere.iterdir()) == []  # no empty runs/tune left
+
+
+def test_a_storage_worker_writes_into_the_leaders_folder_only_where_it_holds_the_study(tiny_bert, intent_data,
+                                                                                      tmp_path, monkeypatch, capsys):
+    """The leader's recorded folder existed on the worker's machine as another study's folder: the worker trained
+    into it and wrote over that study's trials/00-r4. An explicit --study-dir was also overridden."""
+    import json as _json
+
+    from loratune.config import load_config, to_yaml
+    from loratune.search.study import LEADER_DIR, Study
+    from loratune.search.trial import TrialSpec
+
+    from support import overrides
+
+    other = tmp_path / "other"  # another study's folder, at the path the leader recorded
+    Study.open(other, meta={"strategy": "protocol"}, heartbeat_s=1).close()
+    (other / "trials" / "00-r4").mkdir(parents=True)
+    (other / "trials" / "00-r4" / "run.json").write_text('{"status": "completed", "marker": "other"}')
+    base = load_config(None, overrides(tiny_bert, intent_data, tmp_path / "unused", slices="false",
+                                       robustness_probe="false", num_threads=1))
+    leader = Study.open(tmp_path / "study", meta={"strategy": "protocol"}, heartbeat_s=1)
+    leader.set_meta(trial_base=to_yaml(base), **{LEADER_DIR: str(other)})
+    assert leader.enqueue(TrialSpec("r4", "pair", {"adapter.r": 4, "train.learning_rate": 5e-3}, "queued"))
+    leader.close()
+    mine = tmp_path / "mine"
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'study' / 'study.db'}"
+    assert main(["tune", "--worker", "--storage", url, "--study-dir", str(mine), "--heartbeat", "1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "not this study's folder" not in out  # --study-dir given: used as it is, no note
+    assert _json.loads((other / "trials" / "00-r4" / "run.json").read_text())["marker"] == "other"
+    assert [p.name for p in (mine / "trials").iterdir()] == ["00-r4"]
 
 
 def test_a_resume_refused_by_a_live_leader_leaves_no_study_dir(tmp_path):

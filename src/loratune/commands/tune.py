@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from loratune.objectives import objective
 from loratune.commands._common import add_config_args, console, load_cfg
+from loratune.store import DEFAULT_STUDY_DIR
 
 
 def positive_target(text: str) -> float:
@@ -61,8 +62,8 @@ def register(sub) -> None:
     p.add_argument("--strategy", choices=("protocol", "grid", "random", "tpe", "tpe-hyperband"),
                    help="the staged protocol (default) or an Optuna sampler over the same space; tpe-hyperband "
                    "adds Hyperband pruning within each trial's steps (on --resume: the study's own)")
-    p.add_argument("--study-dir", default="runs/tune", help="study folder: study.db, trials/, decisions.jsonl, "
-                   "final/ (default runs/tune)")
+    p.add_argument("--study-dir", default=None, help="study folder: study.db, trials/, decisions.jsonl, "
+                   f"final/ (default {DEFAULT_STUDY_DIR})")
     p.add_argument("--storage", metavar="URL", help="Optuna storage as a SQLAlchemy URL (default: "
                    "sqlite:///<study-dir>/study.db), e.g. postgresql://user@host/db")
     p.add_argument("--study-name", default="loratune", help="study name inside the storage")
@@ -93,6 +94,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     _refuse_launcher()
+    # (a worker joined with --storage writes into its leader's folder unless --study-dir was given: said apart)
+    args.study_dir_given = args.study_dir is not None
+    args.study_dir = args.study_dir if args.study_dir is not None else DEFAULT_STUDY_DIR
     if args.worker:
         return run_worker(args)
     from loratune.config import resolve_key, to_dict
@@ -184,7 +188,7 @@ def run_worker(args) -> int:
     out.print(f"[bold]loratune tune --worker[/] joining {args.storage or args.study_dir} ({args.study_name})")
     try:
         report = work(args.study_dir, storage=args.storage, study_name=args.study_name, heartbeat_s=args.heartbeat,
-                      ui=ui)
+                      ui=ui, study_dir_given=args.study_dir_given)
     except KeyboardInterrupt as exc:
         from loratune import signals
 

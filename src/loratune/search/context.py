@@ -214,6 +214,7 @@ class SearchContext:
         pruned = done is not None and not usable(done)  # trained by this leader, pruned: never queued for workers
         if pruned:  # a resumed study's whole run of it, if it has one
             done = next((r for r in self.store.records() if usable(r)), None)
+        lost_s = 0.0  # what a worker lost while this waited trained for (charged by charge_lost, not as waiting)
         if done is None and not pruned and reuse and trial is None and hasattr(self.store, "await_key"):
             # queued for workers: its record when a worker finished it (waiting while one trains it), or
             # the queued trial itself, claimed here
@@ -231,8 +232,9 @@ class SearchContext:
         if done is not None:
             rec = TrialRecord(done.number, done.spec, done.run_dir, done.result, reused=True)
             self._account(rec, f"{rec.label} (reused from the study)", charge=rec.number not in self._charged)
-            # a worker may have trained it while this waited: that time is its own wall time, charged once
-            self.charge_elapsed(f"{rec.label}: waiting for it, study records", minus=rec.result.wall_s)
+            # a worker may have trained it while this waited: that time is its own wall time, charged once, as is a
+            # lost worker's before it (its 30 s was charged as lost, then again as waiting: 80 s for 50)
+            self.charge_elapsed(f"{rec.label}: waiting for it, study records", minus=rec.result.wall_s + lost_s)
             self.records.append(rec)
             self.ui.trial_end(rec, self)
             return rec

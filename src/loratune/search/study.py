@@ -47,7 +47,7 @@ from loratune import signals
 from loratune.objectives import MACRO_F1, objective
 from loratune.errors import UserError
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
-from loratune.store import TRIALS, in_study, read_json, write_json  # (the layout store reads a final/ folder by)
+from loratune.store import TRIALS, in_study, read_json, write_json  # (TRIALS, in_study: the layout store reads final/ by)
 
 STUDY_DB = "study.db"
 DECISIONS = "decisions.jsonl"
@@ -398,6 +398,12 @@ class Study:
 
                         time.sleep(0.2 * (attempt + 1))
             if worker and name not in existing:
+                if existing and storage is None:  # a study dir's own study.db holds one study: a mistyped
+                    # --study-name, which no leader can make there (it refuses a second study in the folder)
+                    raise UserError(f"no study named '{name}' in {_redact(url)} to work on (it holds "
+                                    + ", ".join(f"'{e}'" for e in existing) + ")",
+                                    f"give --study-name {existing[0]}" if len(existing) == 1 else
+                                    "give the --study-name of the study to join")
                 raise NoStudyYet(f"no study named '{name}' in {_redact(url)} to work on",
                                 "start it first with `loratune tune` (same --storage / --study-dir / --study-name); "
                                 "workers join a running study")

@@ -21,6 +21,7 @@ from loratune.search.budget import Budget, Cost, CostModel, Meter, format_amount
 from loratune.search.context import UI, SearchContext
 from loratune.search.protocol.phase0 import step_text
 from loratune.steps import examples_for
+from loratune.store import DEFAULT_STUDY_DIR
 from loratune.search.protocol import (ProtocolSettings, Start, plan_trial_length, run_protocol, start_config,
                                       start_from_assessment)
 from loratune.search.study import FINAL, LEADER_DIR, Study, study_folder
@@ -38,7 +39,7 @@ TRIAL_DEFAULTS = {"train.evals_per_run": 6, "train.train_eval_size": 256, "train
 class TuneOptions:
     budget: str | None = None  # None: 15m for a new study, the recorded one on resume
     strategy: str | None = None  # None: protocol for a new study, the recorded one on resume
-    study_dir: str = "runs/tune"
+    study_dir: str = DEFAULT_STUDY_DIR
     storage: str | None = None  # SQLAlchemy URL; default sqlite:///<study_dir>/study.db
     study_name: str = "loratune"
     resume: bool = False

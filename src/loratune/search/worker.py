@@ -17,7 +17,7 @@ from loratune.objectives import objective
 from loratune.errors import UserError
 from loratune.search.context import UI
 from loratune.search.runner import Watch
-from loratune.search.study import GRACE_FACTOR, NoStudyYet, Study
+from loratune.search.study import GRACE_FACTOR, STUDY_DB, NoStudyYet, Study
 
 # how long a worker started before its leader waits for the study to appear (the leader makes it within seconds of
 # its start: its config and data read); a worker given the wrong --study-dir / --storage is refused after it
@@ -87,9 +87,12 @@ def leader_alive(study: Study) -> bool:
 
 def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name: str = "loratune",
                heartbeat_s: int | None = None, ui: UI | None = None, idle_exit_s: float | None = None,
-               wait_for_base_s: float = 600.0, wait_for_study_s: float | None = None) -> WorkerReport:
+               wait_for_base_s: float = 600.0, wait_for_study_s: float | None = None,
+               study_dir_given: bool = True) -> WorkerReport:
     """The CLI's worker: the trials' base config and threshold overrides come from the study (the leader writes them
-    once phase 0 is done), the data is read here (its paths must exist on this machine)."""
+    once phase 0 is done), the data is read here (its paths must exist on this machine). Joined with --storage and no
+    --study-dir (`study_dir_given` False), its trials go into the leader's study folder where that folder is here and
+    holds this study (_holds_study), else under `study_dir` with a note."""
     from loratune.search.runner import TrainingRunner
     from loratune.tasks import recipe
     from loratune.search.study import HEARTBEAT_S, LEADER_DIR, TRIALS, study_folder
@@ -120,13 +123,15 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
                                 "start the worker once `loratune tune` has finished phase 0 (it prints the trial plan)")
             time.sleep(1.0)
         home = study.meta.get(LEADER_DIR)
-        if storage is not None and home and Path(home).absolute() != study.dir:
-            if Path(home).is_dir():  # the leader's folder is here (one machine, or a shared one): trials go there
+        if storage is not None and not study_dir_given and home and Path(home).absolute() != study.dir:
+            if _holds_study(Path(home), storage):  # the leader's folder is here (one machine, or a shared one)
                 study.use_dir(home)
             else:
-                ui.note(f"note: the study's folder {home} (its leader's) is not on this machine: this worker's trials "
-                        f"go under {study.dir / TRIALS} (give --study-dir a folder the leader shares to keep them "
-                        "together)")
+                # (a folder of that path that is another study's, on another machine, is not this study's: its
+                # trials/00-r4 was written over)
+                ui.note(f"note: the study's folder {home} (its leader's) is not this study's folder on this machine: "
+                        f"this worker's trials go under {study.dir / TRIALS} (give --study-dir a folder the leader "
+                        "shares to keep them together)")
         base = cfg_from_yaml(study.meta["trial_base"])
         dataset = recipe(base, "prepare")(base.data, seed=base.train.seed)  # as api.prepare
         # the leader's --thresholds: a worker's trial is diagnosed (its verdict, what stages read) as the leader's are
@@ -134,3 +139,15 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
         return work(study, TrainingRunner(base, dataset, thresholds=diagnosis), ui, idle_exit_s=idle_exit_s)
     finally:
         study.close()
+
+
+def _holds_study(folder: Path, storage: str) -> bool:
+    """Whether `folder` is the study folder of the study in `storage` on this machine: its study.db is that sqlite
+    storage's file. Another storage (a database server) names no file to check: the worker keeps its own folder."""
+    prefix = "sqlite:///"
+    if not storage.startswith(prefix) or not (folder / STUDY_DB).is_file():
+        return False
+    try:
+        return (folder / STUDY_DB).resolve().samefile(Path(storage[len(prefix):]).resolve())
+    except OSError:
+        return False
