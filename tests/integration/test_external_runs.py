@@ -965,6 +965,21 @@ def test_resuming_the_records_own_run_keeps_its_record(tmp_path):
     assert not any("warning" in m for m in said), said
 
 
+def test_resuming_the_records_own_run_from_a_checkpoint_before_its_first_evaluation_keeps_the_record(tmp_path):
+    # checkpoint-4 predates the record's first evaluation (step 5): the two shared no evaluation, and the resume moved
+    # its own run's record aside (each resume another copy)
+    from loratune.integrations import LoratuneCallback
+
+    kw = dict(lr=5e-3, steps=30, peft=False, accum=3, eval_steps=5, save_steps=4)
+    with pytest.raises(KeyboardInterrupt):
+        _bert_trainer(tmp_path, callbacks=[LoratuneCallback(printer=lambda s: None), _ctrl_c_at(6)], **kw)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        _bert_trainer(tmp_path, callbacks=[LoratuneCallback(printer=lambda s: None), _ctrl_c_at(7)], resume=True, **kw)
+    assert sorted(x.name for x in out.iterdir() if x.name.startswith("loratune")) == ["loratune"]
+    assert load_run(out).source == "hf-trainer callback"
+
+
 def test_resuming_another_run_of_the_same_length_moves_the_earlier_record_aside(tmp_path):
     # run 2 (no callback, the same max_steps) resumed with the callback before its first evaluation: nothing in the
     # earlier run's record disagreed with its checkpoint (no shared evaluation), so run 1's `completed` record was kept

@@ -46,7 +46,7 @@ def test_the_same_code_keeping_another_trial_is_not_a_replay(tmp_path):
     assert [(d["trials"], d["move"]) for d in DecisionLog(path).entries] == [([5], "keep #5")]
     old = [json.loads(x) for x in (tmp_path / SUPERSEDED).read_text().splitlines()]
     assert [(d["trials"], d["move"]) for d in old] == [([2], "keep #2")]
-    # the same decision whose texts differ (the budget left it counts) is still a replay
+    # the same decision whose texts differ (reworded, or the budget left it counts) is still a replay
     again = DecisionLog(path)
-    assert again.append({**_d(0, "final", "final-reuse"), "trials": [5], "move": "keep #5",
+    assert again.append({**_d(0, "final", "final-reuse"), "trials": [5], "move": "keep trial #5",
                          "verdict": "3 trials left"})["verdict"] == "final final-reuse"

@@ -1853,13 +1853,13 @@ def test_a_resume_whose_budget_ran_out_reuses_the_finished_long_run_at_another_l
     assert ctx2.state.final.number == first.number and ctx2.state.final.value == pytest.approx(0.73)
 
 
-def test_a_fresh_study_weighs_its_own_long_run_at_another_lr_against_the_budget_as_before():
-    """Pricing a finished run at nothing is for a resume's earlier sessions only (SearchContext.earlier): applied to
-    the session's own runs, a fresh study's final-train trail changed ('lr 0.004 -> 0.780, lr 0.002 -> 0.700' where it
-    said 'its run at lr 0.002 does not fit'), a fresh study deciding otherwise than the stored bench studies."""
+def test_a_long_run_this_session_trained_is_weighed_for_free_not_called_unaffordable():
+    """The final stage said "its run at lr 0.002 does not fit: 0 trials left" of a long run the session had trained
+    (#2), and left it out of the comparison: had it scored higher, the study picked the worse run. A finished point
+    costs nothing (SearchContext.to_train), so both long runs are weighed and nothing more is trained."""
     ctx, runner = make_ctx(lr_binds(), budget="7trials")
     run_protocol(ctx, LONG_START, ProtocolSettings(full_probe=False, lr_probe=False, long_lr_factor=1.0), plan=PLAN)
     d = next(x for x in ctx.decisions if x["kind"] == "final-train")
-    assert d["code"] == "final-train-reused" and "its run at lr 0.002 does not fit: 0 trials left of 7 trials" in \
-        d["evidence"][-1]
-    assert [(x["lr"], x["trial"]) for x in d["data"]["lrs"]] == [(0.004, 4)] and len(runner.calls) == 7
+    assert not any("does not fit" in e for e in d["evidence"])
+    assert sorted((x["lr"], x["trial"]) for x in d["data"]["lrs"]) == [(0.002, 2), (0.004, 4)]
+    assert len(runner.calls) == 7 and ctx.state.final.number == 4  # the better of the two (0.780 over 0.700)

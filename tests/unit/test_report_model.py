@@ -1238,3 +1238,21 @@ def test_an_interrupted_studys_report_counts_what_its_cut_trial_trained(tmp_path
     assert s.best.number == 0 and s.best_vs_compute[-1].best_so_far == pytest.approx(0.5)
     assert s.best_vs_compute[-1].examples_cum == 192 + 320
     assert "512 training examples · 16 s" in summary_section(s)
+
+
+def test_a_study_read_from_its_trial_folders_never_takes_a_cut_trials_val_as_its_best(tmp_path):
+    """No study.db, no final/: the report rebuilt the trials from their folders and an interrupted trial's val so far
+    (0.834) stood as the study's best over a finished one (0.5)."""
+    from loratune.report.study import build_study_report
+
+    for name, status, val in (("00-r4", "completed", 0.5), ("01-r8", "interrupted", 0.834)):
+        (tmp_path / "trials" / name).mkdir(parents=True)
+        (tmp_path / "trials" / name / "run.json").write_text(json.dumps(
+            {"status": status, "objective": "val/macro_f1", "best": {"step": 5, "val/macro_f1": val},
+             "examples_seen": 100, "wall_s": 5}))
+    (tmp_path / "decisions.jsonl").write_text(json.dumps(
+        {"seq": 0, "phase": "phase0", "kind": "start-config", "code": "start-config", "trials": [], "verdict": "v",
+         "move": "m", "evidence": [], "data": {}}) + "\n")
+    s = build_study_report(tmp_path)
+    assert s.best.number == 0 and s.best.value == pytest.approx(0.5)
+    assert [(t.number, t.value) for t in s.trials] == [(0, pytest.approx(0.5)), (1, None)]

@@ -54,6 +54,9 @@ from loratune.rules import THRESHOLDS, resolve_thresholds
 from loratune.store import RUN, RunLock, liveness
 
 STOP_REASONS = ("diverged", "collapse")  # what the callback may stop on by default
+# a record's statuses of a run that stopped before its end (a dead process's `running` included): what a resume from
+# one of its checkpoints continues
+UNFINISHED_RECORD = ("running", "interrupted", "died")
 QUIET_MIDRUN = ("healthy", "undertrained")  # findings that describe any run still learning: never printed
 RECORD_DIR = CALLBACK_RECORD_DIR  # the record's folder inside the Trainer's output_dir (where the readers look)
 # where an earlier run's record in the same output_dir goes when a new train() begins (`loratune-previous`, then
@@ -414,16 +417,25 @@ class LoratuneCallback(TrainerCallback):
     def _resumes_record(self, folder: Path, state) -> bool:
         """Whether this train() resumes the run recorded in `folder` (resume_from_checkpoint): the Trainer restored a
         checkpoint's state (a step past 0, its log) and that log agrees with the record (history_io.compare_record:
-        the same planned steps, the same eval values at the steps both evaluated, and at least one such value: another
-        run of the same max_steps resumed before its first evaluation disagreed in nothing and kept the earlier run's
-        `completed` record)."""
-        if not (getattr(state, "global_step", 0) or 0) > 0 or not getattr(state, "log_history", None):
+        the same planned steps, the same eval values at the steps both evaluated). Where they share no evaluation (a
+        checkpoint saved before the record's first one), the record's run must have stopped unfinished at or past the
+        checkpoint's step: another run of the same max_steps resumed before its first evaluation disagreed in nothing
+        and kept the earlier run's `completed` record, and a run's own resume from such a checkpoint moved its record
+        aside as another run's."""
+        step = getattr(state, "global_step", 0) or 0
+        if not step > 0 or not getattr(state, "log_history", None):
             return False  # a fresh run: the record is an earlier run's
         try:
             why, agree = compare_record(folder, self._state_fields(state))
-        except Exception:  # (a state it cannot read: as a new run, the record is kept aside, not lost)
+            if why is not None:
+                return False
+            if agree > 0:
+                return True
+            meta = json.loads((folder / RUN).read_text(encoding="utf-8"))
+        except Exception:  # (a state or record it cannot read: as a new run, the record is kept aside, not lost)
             return False
-        return why is None and agree > 0
+        unfinished = isinstance(meta, dict) and meta.get("status") in UNFINISHED_RECORD
+        return unfinished and (meta.get("steps_done") or 0) >= step
 
     def _hold_lock(self, folder: Path) -> None:
         """Hold `<record>/run.lock` while training, as `loratune train` holds its run's: a record that says

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from loratune.errors import UserError
 from loratune.objectives import Objective, objective
-from loratune.report.model import as_float, read_history, read_json, to_plain
+from loratune.report.model import SETTLED, as_float, read_history, read_json, to_plain
 from loratune.search.study import FINAL, TRIALS, in_study as _in_study
 
 # ---------------------------------------------------------------------------------------------
@@ -340,11 +340,11 @@ def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: 
 
 def _unfinished_spent(run_dir: str | None, root: Path) -> dict:
     """What a trial without a record (interrupted, killed, still running) trained, from its run directory: the
-    examples and time it spent (search.study.spent_by_run, what a resume charges for it) and its best evaluation so
-    far. Without them the report under-counted what the study spent and showed the trial as having done nothing. Its
-    val so far is no trial's result (a finished study's report lists such a trial without one): it never stands as
-    the study's best, in the best-so-far curve or among the ranked points (the tile read a cut trial's 0.834 as
-    "best val" over a finished 0.5)."""
+    examples and time it spent (search.study.spent_by_run, what a resume charges for it). Without them the report
+    under-counted what the study spent and showed the trial as having done nothing. Its val so far is no trial's
+    result (a finished study's report lists such a trial without one): it never stands as the study's best, in the
+    best-so-far curve or among the ranked points (the tile read a cut trial's 0.834 as "best val" over a finished
+    0.5)."""
     from loratune.search.study import spent_by_run
 
     path = _in_study(run_dir, root, TRIALS)
@@ -352,7 +352,6 @@ def _unfinished_spent(run_dir: str | None, root: Path) -> dict:
     if not isinstance(run, dict):
         return {}
     wall, examples = spent_by_run(path)
-    best = run.get("best") if isinstance(run.get("best"), dict) else {}
     key = objective(run.get("objective")).key
     return {"examples": examples, "wall_s": wall, "objective": key, "objective_value": None,
             "mean_step_s": run.get("mean_step_s"), "peak_memory_mb": run.get("peak_memory_mb")}
@@ -383,7 +382,9 @@ def _trials_from_dirs(root: Path) -> list[dict]:
                                    ("train.learning_rate", tr.get("learning_rate"))) if v is not None}
         key = objective(run.get("objective")).key
         rows.append({"trial": int(num), "name": name, "phase": "?", "status": run.get("status", "?"),
-                     "objective": key, "objective_value": best.get(key), "examples": run.get("examples_seen"),
+                     # (a trial cut short has no result: its val so far never stands as the study's best)
+                     "objective": key, "objective_value": best.get(key) if run.get("status") in SETTLED else None,
+                     "examples": run.get("examples_seen"),
                      "wall_s": run.get("wall_s"), "mean_step_s": run.get("mean_step_s"),
                      "peak_memory_mb": run.get("peak_memory_mb"), "verdict": "–", "run_dir": str(d),
                      "point": point, "reason": run.get("reason") or "", "_params": run.get("params") or {}})

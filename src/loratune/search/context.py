@@ -158,13 +158,14 @@ class SearchContext:
         return self.costs.estimate(examples, point.get("adapter.method", "lora"))
 
     def to_train(self, point: dict, phase: str) -> Cost:
-        """What running `point` would still cost: nothing when an earlier session of this (resumed) study finished it,
-        since `run` then reuses its record for free; else its estimate. A stage asks this before it weighs a run
-        against the budget, so that a resume never gives up a finished trial for a budget it does not need (and never
-        picks worse than the session that trained it). This session's own runs are priced as before (a fresh study
-        decides as it always did: the stages weigh a run of this session against the budget by its estimate)."""
-        done = self.store.finished_by_key().get(self.spec(point, phase).key) if self.earlier else None
-        if done is not None and done.number in self.earlier:
+        """What running `point` would still cost: nothing when this search or the study (an earlier session of a
+        resumed one, a worker) finished it already, since `run` then reuses its record for free; else its estimate. A
+        stage asks this before it weighs a run against the budget, so that a finished trial is never given up for a
+        budget it does not need: the final stage said "its run at lr 0.002 does not fit" of a long run this session had
+        trained, and left it out of the pick (a resume picked worse than the session that trained it). In the stored
+        protocol studies the other lr's long run was never trained, so none of their decisions moves."""
+        key = self.spec(point, phase).key
+        if any(r.key == key for r in self.records) or key in self.store.finished_by_key():
             return Cost()
         return self.estimate(point)
 

@@ -236,7 +236,7 @@ def _remove_made(db: Path | None, folders: list[Path]) -> None:
             break
 
 
-REPLAY_SAME = ("kind", "code", "trials", "move")  # what a replayed decision repeats (its texts may count budget left)
+REPLAY_SAME = ("kind", "code", "trials")  # what a replayed decision repeats (its texts may be reworded, count budget)
 
 
 class DecisionLog:
@@ -276,8 +276,8 @@ class DecisionLog:
         seq = int(decision["seq"])
         if seq < len(self.entries):
             old = self.entries[seq]
-            # the same decision: its kind and code, and what it did (the trials it names, its move): a resume whose
-            # final stage keeps #5 where the earlier session kept #2 decides the same code, and the trail kept "#2"
+            # the same decision: its kind and code, and the trials it names: a resume whose final stage keeps #5
+            # where the earlier session kept #2 decides the same code, and the trail kept "#2"
             if all(old.get(k) == decision.get(k) for k in REPLAY_SAME):
                 self._replayed += 1
                 return old  # taken and written by an earlier session
