@@ -114,7 +114,7 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = Tr
     dataset = dataset if dataset is not None else prepare(cfg)
     from loratune.store import earlier_run_note
 
-    earlier_run_note(cfg.train.output_dir)  # a folder of outputs that are no run's is refused now, before the model loads
+    earlier_run_note(cfg.train.output_dir)  # outputs that are no run's are refused now, before the model loads
     store = RunStore(cfg.train.output_dir)
     # what the run replaces is said when it is cleared (train.start_record), once the model loaded and init_from was
     # accepted: said here, a run then refused (init_from of another rank) claimed to have replaced what it left whole.

@@ -163,7 +163,8 @@ class SearchContext:
         stage asks this before it weighs a run against the budget, so that a finished trial is never given up for a
         budget it does not need: the final stage said "its run at lr 0.002 does not fit" of a long run this session had
         trained, and left it out of the pick (a resume picked worse than the session that trained it). A replay of the
-        25 stored v14 protocol studies on this rule takes their decisions again (bench/results/tuning_notes.md)."""
+        25 stored v14 protocol studies on this rule takes the same decisions in 24, the 25th differing only as a replay
+        of a finished study does (bench/results/tuning_notes.md)."""
         key = self.spec(point, phase).key
         if any(r.key == key for r in self.records) or key in self.store.finished_by_key():
             return Cost()

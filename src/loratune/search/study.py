@@ -47,7 +47,8 @@ from loratune import signals
 from loratune.objectives import MACRO_F1, objective
 from loratune.errors import UserError
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
-from loratune.store import TRIALS, in_study, read_json, write_json  # (TRIALS, in_study: the layout store reads final/ by)
+# (TRIALS, in_study: the study layout store reads a final/ folder by, defined there)
+from loratune.store import TRIALS, in_study, read_json, write_json
 
 STUDY_DB = "study.db"
 DECISIONS = "decisions.jsonl"
