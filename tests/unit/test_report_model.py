@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from loratune.errors import UserError
-from loratune.report.model import build_confusion, build_run_report, is_run_dir, is_study_dir, truncation_note
+from loratune.report.model import (build_confusion, build_run_report, is_run_dir, is_study_dir,
+                                   outside_matrix_note, pairs_missing_why, truncation_note)
 from loratune.report.render import render_run
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +177,61 @@ def test_pairs_come_from_the_matrix_with_rates_and_reverse(tmp_path):
 def test_pairs_fall_back_to_history_without_confusion_json(tmp_path):
     r = build_run_report(write_run(tmp_path / "r", k=6, confusion=False))
     assert r.confusion.missing and [(p.true, p.pred, p.count) for p in r.pairs] == [("intent_000", "intent_001", 3)]
+
+
+def _generative_run(path: Path, matrix: list[list[int]], unknown_outputs: list[dict]) -> Path:
+    """A generative classifier (causal-lm, label_format=generate) of 4 classes x 5 val rows whose saved point's
+    outputs mostly name no label: those rows are errors of their class in no cell of confusion.json."""
+    run = write_run(path, k=4, long_tail=False, n_evals=2)
+    labels = [f"intent_{i:03d}" for i in range(4)]
+    points = [json.loads(x) for x in (run / "history.jsonl").read_text(encoding="utf-8").splitlines()]
+    unknown = sum(q["count"] for q in unknown_outputs)
+    points[-1].update({"val/n": 20, "val/accuracy": sum(matrix[i][i] for i in range(4)) / 20,
+                       "val/unknown_rate": unknown / 20, "val/unknown_outputs": unknown_outputs,
+                       **{f"val/support/{lab}": 5 for lab in labels},
+                       **{f"val/recall/{lab}": matrix[i][i] / 5 for i, lab in enumerate(labels)}})
+    (run / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points), encoding="utf-8")
+    record = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    record.update(task="causal-lm", label_format="generate", best=points[-1], final=points[-1])
+    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    (run / "confusion.json").write_text(json.dumps({"labels": labels, "matrix": matrix, "step": points[-1]["step"]}),
+                                        encoding="utf-8")
+    return run
+
+
+def test_a_generative_classifier_counts_its_outputs_that_name_no_label_as_errors(tmp_path, capsys):
+    """16 of 20 val outputs name no label, 3 name a wrong one, 1 is right (val/accuracy 0.05): the report read the
+    errors and the pair rates off confusion.json alone (3 errors in 4 rows, each pair 100% of its class), and never
+    said the unknown rate; the errors are the val split's (19 of 20), a pair's rate is over its class's 5 val rows
+    (1/5, as diagnose's confused_top_rate), and the outputs that name no label are said."""
+    from loratune.cli import main
+
+    m = [[0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0]]
+    run = _generative_run(tmp_path / "gen", m, [{"output": "", "count": 15}, {"output": "card", "count": 1}])
+    r = build_run_report(run)
+    c = r.confusion
+    assert (c.total, c.errors, c.cell_errors, c.unknown) == (20, 19, 3, 16)
+    assert c.support == (5, 5, 5, 5) and c.unknown_outputs == (("", 15), ("card", 1))
+    assert [(p.true, p.pred, p.count, p.rate) for p in r.pairs] == [
+        (f"intent_00{i}", "intent_002", 1, 0.2) for i in (0, 1, 3)]
+    html = render_run(r)
+    assert "19 errors in 20 rows (95.0%)" in html and "16 of the 20 val rows (80%, `val/unknown_rate`)" in html
+    assert main(["show", str(run)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "19 errors in 20 val rows" in out and "(20% of intent_000)" in out and "100%" not in out
+    assert "16 of the 20 val rows (80%, `val/unknown_rate`) got a generated output that names no label " \
+           "(most frequent: (empty) ×15, 'card' ×1)" in out
+
+    # every output names no label: an all-zero matrix, a single-label run with confusion.json (no multi-label's lack)
+    run = _generative_run(tmp_path / "none", [[0] * 4 for _ in range(4)], [{"output": "now", "count": 20}])
+    r = build_run_report(run)
+    assert (r.confusion.total, r.confusion.errors, r.confusion.unknown, r.pairs) == (20, 20, 20, ())
+    assert "20 errors in 20 rows (100.0%)" in render_run(r)
+    why = pairs_missing_why(r)
+    assert why.startswith("no confused pairs: none of the 20 validation errors predicts another class; 20 of the 20")
+    assert "multi-label" not in why
+    # a classifier's matrix holds every row: nothing said beside it
+    assert outside_matrix_note(build_run_report(write_run(tmp_path / "cls", k=6)).confusion) is None
 
 
 def test_partial_records_still_give_a_report(tmp_path):

@@ -213,12 +213,15 @@ def _show_classes(con, r, n_classes: int) -> None:
 
     # confusion ------------------------------------------------------------------------------
     con.rule("[bold]top confused pairs[/] [dim](true → predicted)[/]", align="left")
-    if r.confusion.missing is None and r.confusion.total:
-        con.print(f"[dim]{r.confusion.errors} errors in {r.confusion.total} val rows; most confused classes: "
-                  + safe(", ".join(r.confusion.focus[:8])) + "[/]")
-    if not r.pairs:
-        from loratune.report.model import pairs_missing_why
+    from loratune.report.model import outside_matrix_note, pairs_missing_why
 
+    if r.confusion.missing is None and r.confusion.total:
+        con.print(f"[dim]{r.confusion.errors} errors in {r.confusion.total} val rows"
+                  + ("; most confused classes: " + safe(", ".join(r.confusion.focus[:8])) if r.confusion.cell_errors
+                     else "") + "[/]")
+        if outside_matrix_note(r.confusion) and r.pairs:  # without pairs, pairs_missing_why says it
+            con.print(f"[dim]{safe(outside_matrix_note(r.confusion))}[/]")
+    if not r.pairs:
         con.print(f"[dim]{safe(pairs_missing_why(r))}[/]")
     for p in r.pairs:
         rate = f" ({p.rate:.0%} of {safe(p.true)})" if p.rate is not None else ""

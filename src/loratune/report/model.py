@@ -135,20 +135,35 @@ class ConfusionView:
 
     step: float | None
     n_classes: int
-    total: int  # rows scored
-    errors: int  # off-diagonal total
+    total: int  # val rows scored (the record's val/n: rows in no cell of the matrix too)
+    errors: int  # rows not on the diagonal: the off-diagonal cells and the rows in no cell
     focus: tuple[str, ...]  # the focus classes, ordered so confused pairs sit next to each other
     focus_matrix: tuple[tuple[int, ...], ...]  # rows = true, columns = predicted, over `focus`
-    focus_support: tuple[int, ...]  # row totals over ALL predictions (not just focus columns)
+    focus_support: tuple[int, ...]  # each focus class's val rows (`support`), not just its focus columns
     focus_errors: int  # off-diagonal count inside the focus block
     labels: tuple[str, ...]  # every class, in the run's label order
     cells: tuple[tuple[int, int, int], ...]  # every non-zero cell of the full matrix: (true, pred, count)
     missing: str | None = None
+    # the val rows of each class of `labels` (the record's val/support/<label>; the matrix row where it has none): a
+    # generated output that names no label is an error of its class in no cell of the matrix (metrics.prediction_scores)
+    support: tuple[int, ...] = ()
+    unknown: int | None = None  # val rows whose generated output named no label (val/unknown_rate); None: no rate
+    unknown_outputs: tuple[tuple[str, int], ...] = ()  # the most frequent such outputs (val/unknown_outputs)
+
+    @property
+    def cell_errors(self) -> int:
+        """The off-diagonal total of the matrix: the errors that name another class."""
+        return sum(v for i, j, v in self.cells if i != j)
+
+    @property
+    def unseen_rows(self) -> int:
+        """Val rows of a label train never had: scored (errors), in no row of the matrix."""
+        return max(self.total - sum(self.support), 0) if self.support else 0
 
     @property
     def focus_share(self) -> float | None:
-        """Share of all errors the focus block shows."""
-        return self.focus_errors / self.errors if self.errors else None
+        """Share of the matrix's errors (those that name another class) the focus block shows."""
+        return self.focus_errors / self.cell_errors if self.cell_errors else None
 
 
 @dataclass(frozen=True)
@@ -521,7 +536,11 @@ def _order_focus(focus: Sequence[int], matrix: Sequence[Sequence[int]]) -> list[
     return order
 
 
-def build_confusion(conf: Any, conf_note: str | None, focus_k: int = FOCUS_K) -> ConfusionView:
+def build_confusion(conf: Any, conf_note: str | None, focus_k: int = FOCUS_K,
+                    point: Mapping[str, Any] | None = None) -> ConfusionView:
+    """The confusion view of confusion.json. `point`: the history point of its step, whose val/n, val/support/<label>
+    and val/unknown_rate / val/unknown_outputs count the rows the matrix has no cell for (a generated output that
+    names no label, a row of a label train never had), so the errors and rates are those of the val split."""
     empty = dict(step=None, n_classes=0, total=0, errors=0, focus=(), focus_matrix=(), focus_support=(),
                  focus_errors=0, labels=(), cells=())
     if conf is None:
@@ -534,8 +553,14 @@ def build_confusion(conf: Any, conf_note: str | None, focus_k: int = FOCUS_K) ->
             not isinstance(r, list) or len(r) != n for r in matrix):
         return ConfusionView(**empty, missing="confusion.json is not a square matrix over its labels")
     m = [[int(as_float(x) or 0) for x in row] for row in matrix]
-    total = sum(map(sum, m))
+    point = point or {}
+    support = [max(_int(point.get(f"val/support/{labels[i]}")) or 0, sum(m[i])) for i in range(n)]
+    total = max(_int(point.get("val/n")) or 0, sum(support))
     errors = total - sum(m[i][i] for i in range(n))
+    rate, outputs = as_float(point.get("val/unknown_rate")), point.get("val/unknown_outputs")
+    unknown = round(rate * total) if rate is not None else None
+    unknown_outputs = tuple((str(q["output"]), int(q["count"])) for q in (outputs if isinstance(outputs, list) else ())
+                            if isinstance(q, dict) and {"output", "count"} <= set(q))
     mass = [sum(m[i]) - m[i][i] + sum(m[r][i] for r in range(n)) - m[i][i] for i in range(n)]  # FN + FP
     ranked = sorted(range(n), key=lambda i: (-mass[i], labels[i]))
     k = min(focus_k, n)
@@ -546,8 +571,24 @@ def build_confusion(conf: Any, conf_note: str | None, focus_k: int = FOCUS_K) ->
     cells = tuple((i, j, m[i][j]) for i in range(n) for j in range(n) if m[i][j])
     return ConfusionView(step=as_float(conf.get("step")), n_classes=n, total=total, errors=errors,
                          focus=tuple(labels[i] for i in focus), focus_matrix=fm,
-                         focus_support=tuple(sum(m[i]) for i in focus), focus_errors=focus_errors,
-                         labels=tuple(labels), cells=cells)
+                         focus_support=tuple(support[i] for i in focus), focus_errors=focus_errors,
+                         labels=tuple(labels), cells=cells, support=tuple(support), unknown=unknown,
+                         unknown_outputs=unknown_outputs)
+
+
+def outside_matrix_note(c: ConfusionView) -> str | None:
+    """The errors in no cell of the confusion matrix (said alike by `report` and `show`): the outputs that named no
+    label (generative classification, val/unknown_rate) and the rows of a label train never had; None: none."""
+    if c.missing is not None:
+        return None
+    parts = []
+    if c.unknown:
+        seen = ", ".join(f"{o!r} ×{k}" if o else f"(empty) ×{k}" for o, k in c.unknown_outputs[:3])
+        parts.append(f"{c.unknown} of the {c.total} val rows ({c.unknown / c.total:.0%}, `val/unknown_rate`) got a "
+                     "generated output that names no label" + (f" (most frequent: {seen})" if seen else ""))
+    if c.unseen_rows:
+        parts.append(f"{c.unseen_rows} val row{'s are' if c.unseen_rows != 1 else ' is'} of a label train never had")
+    return ("; ".join(parts) + ": errors without a cell in the matrix") if parts else None
 
 
 def build_pairs(confusion: ConfusionView, points: Sequence[dict], best_step: float | None,
@@ -557,12 +598,11 @@ def build_pairs(confusion: ConfusionView, points: Sequence[dict], best_step: flo
     same model as the saved adapter), else from `val/confused_pairs` in the history."""
     counts: dict[tuple[str, str], int] = {}
     support: dict[str, int] = {}
-    if confusion.cells:
+    if confusion.missing is None and confusion.n_classes:  # the rate over each class's val rows, as diagnose reads it
+        support = dict(zip(confusion.labels, confusion.support))
         for i, j, c in confusion.cells:
-            t = confusion.labels[i]
-            support[t] = support.get(t, 0) + c
             if i != j:
-                counts[(t, confusion.labels[j])] = c
+                counts[(confusion.labels[i], confusion.labels[j])] = c
     else:
         with_pairs = [p for p in points if isinstance(p.get("val/confused_pairs"), list)]
         if not with_pairs:
@@ -587,8 +627,13 @@ def build_pairs(confusion: ConfusionView, points: Sequence[dict], best_step: flo
 
 def pairs_missing_why(r: "RunReport") -> str:
     """Why a run report lists no confused pairs (said alike by `report` and `show`)."""
-    return ("no confused pairs: the validation predictions have no errors" if r.confusion.cells
-            else "no confusion matrix and no `val/confused_pairs` in the history (a multi-label run has none)")
+    c = r.confusion
+    if c.missing is not None:
+        return "no confusion matrix and no `val/confused_pairs` in the history (a multi-label run has none)"
+    if not c.errors:
+        return "no confused pairs: the validation predictions have no errors"
+    return (f"no confused pairs: none of the {c.errors} validation errors predicts another class"
+            + (f"; {outside_matrix_note(c)}" if outside_matrix_note(c) else ""))
 
 
 def _architecture(model: Mapping[str, Any]) -> str:
@@ -791,7 +836,8 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
     if truncated:
         notes.append(truncated)
     conf, conf_note = read_json(d / "confusion.json")
-    confusion = build_confusion(conf, conf_note, focus_k)
+    conf_step = as_float(conf.get("step")) if isinstance(conf, dict) else None
+    confusion = build_confusion(conf, conf_note, focus_k, _point_at(points, conf_step))
     if confusion.missing is None and best_step is not None and confusion.step is not None \
             and confusion.step != best_step:
         notes.append(f"confusion.json is from step {confusion.step:g}, the best val metric from step {best_step:g}")

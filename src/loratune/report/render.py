@@ -15,7 +15,7 @@ from loratune.report.charts import esc
 from loratune.report.html import (STATUS_TONE, badge, copy_block, duration, footer, human, legend, metric, missing,
                                   num, page, pct, section, table, tile, value_text, verdict_tone)
 from loratune.report.model import (ClassTable, ConfusionView, CurvePanel, DiagnosisView, FindingView, RunReport,
-                                   as_float, pairs_missing_why)
+                                   as_float, outside_matrix_note, pairs_missing_why)
 from loratune.report.render_study import render_study
 
 # ---------------------------------------------------------------------------------------------
@@ -245,10 +245,12 @@ def confusion_section(c: ConfusionView) -> str:
                                 highlight=[idx[lab] for lab in c.focus if lab in idx])
     share = c.focus_share
     step = f" at step {c.step:g}" if c.step is not None else ""
+    outside = outside_matrix_note(c)
     lede = (f"Validation{step}: {c.errors:,} errors in {c.total:,} rows ({pct(c.errors / c.total if c.total else None)}). "
-            f"The matrix shows the {n} classes with the most off-diagonal mass (false negatives + false positives), "
+            + (f"{outside[0].upper()}{outside[1:]}. " if outside else "")
+            + f"The matrix shows the {n} classes with the most off-diagonal mass (false negatives + false positives), "
             f"ordered so that classes confused with each other sit together"
-            + (f"; they hold {pct(share)} of all errors." if share is not None and c.n_classes > n else "."))
+            + (f"; they hold {pct(share)} of its errors." if share is not None and c.n_classes > n else "."))
     items = [("good", "correct (shade: share of the class's rows)", "box"), ("bad", "confused (shade: count)", "box")]
     body = (f'{legend(items)}<div class="flexrow">'
             f'<figure data-chart="confusion-focus" class="scroll-x"><figcaption>Most confused classes '
