@@ -1016,6 +1016,30 @@ def test_each_rank_shows_its_own_share_of_the_model(tmp_path):
     assert shares[8] == pytest.approx((7168 / 32164, 7168 / 20000))  # r=8's best trial (#0), its own modules
 
 
+def test_each_rank_chart_dot_shows_its_own_trials_share(tmp_path):
+    """Two r=8 trials adapt other modules (q/v 2048/27044 = 7.57%, attn+ffn 7168/32164 = 22.29%): every r=8 dot
+    said the rank's best trial's share (22.29%); each says its own trial's, and a trial with no counts the rank's,
+    worded as the rank's."""
+    from loratune.report.render_study import rank_section
+    from loratune.report.study import build_study_report
+
+    d = tmp_path / "study"
+    (d / "final").mkdir(parents=True)
+    counts = {0: {"adapter": 7168, "total": 32164}, 1: {"adapter": 2048, "total": 27044}, 2: {}}
+    trials = [{"trial": n, "name": f"t{n}", "phase": "tpe", "status": "completed", "objective": "val/macro_f1",
+               "objective_value": v, "examples": 100, "wall_s": 1.0, "point": {R: 8, LR: 1e-3}, "_params": counts[n]}
+              for n, v in ((0, 0.5), (1, 0.4), (2, 0.3))]
+    summary = {"objective": "val/macro_f1", "strategy": "tpe", "trials": trials,
+               "rank_vs_metric": {"trials": [{"r": 8, "value": t["objective_value"], "trial": t["trial"],
+                                              "phase": "tpe"} for t in trials]}}
+    (d / "final" / "study.json").write_text(json.dumps(summary))
+    s = build_study_report(d)
+    assert {p.trial: p.share for p in s.rank.points} == pytest.approx({0: 7168 / 32164, 1: 2048 / 27044, 2: None})
+    titles = re.findall(r"<title>(#\d[^<]*)</title>", rank_section(s, {}))
+    assert [t.split("; ", 1)[1] for t in titles] == [
+        "LoRA = 22.29% of the model", "LoRA = 7.57% of the model", "r=8: LoRA ≈ 22.29% of the model"]
+
+
 def test_the_compute_tile_says_what_the_budget_spent_after_a_resume(tmp_path):
     """A resumed study whose trial #1 was cut: the tile counted 3 trials (the cut one too) but not its examples or
     time, while the lede (the budget) said 2 trials; both now read the budget's spent, the cut trial named."""

@@ -197,10 +197,16 @@ def rank_section(s: StudyReport, phases: dict[str, str]) -> str:
     # the line joins the sweep (one lr, one scaling rule); other trials at other lrs are only dots
     line = sweep if len(sweep) >= 2 else sorted(best_by_r.items())
     share = {r: (a, b) for r, a, b in rk.shares}
+
+    def share_text(p) -> str:
+        """The trial's own LoRA share; without its counts, the rank's (worded as the rank's, not the trial's)."""
+        if p.share:
+            return f"; LoRA = {pct(p.share, 2)} of the model"
+        return f"; r={p.r}: LoRA ≈ {pct(share[p.r][0], 2)} of the model" if share.get(p.r) and share[p.r][0] else ""
+
     dots = [ch.Dot(p.r, p.value, "s-val" if p.in_sweep else f"s-{phases.get(p.phase, 'c7')}",
                    f"#{p.trial} r={p.r}{' (rsLoRA)' if p.rslora else ''}, {p.phase}: {o.name} {metric(p.value)}"
-                   + (f"; LoRA = {pct(share[p.r][0], 2)} of the model" if share.get(p.r) and share[p.r][0] else ""),
-                   r=5 if p.in_sweep else 4) for p in rk.points]
+                   + share_text(p), r=5 if p.in_sweep else 4) for p in rk.points]
     rs = [p.r for p in rk.points]
     lo, hi = min(rs), max(rs)
     vlines, marks_legend = [], []

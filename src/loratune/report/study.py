@@ -94,6 +94,8 @@ class RankPoint:
     phase: str
     rslora: bool = False
     in_sweep: bool = False
+    share: float | None = None  # this trial's LoRA parameters / the model's (its own counts; trials of a rank may
+    #                             adapt other modules); None: its counts are not known
 
 
 @dataclass(frozen=True)
@@ -426,19 +428,24 @@ def _rank_view(data: Mapping[str, Any] | None, trials: Sequence[TrialView],
     src = [{**p, "value": o.value(as_float(p.get("value")))} for p in data.get("trials") or () if isinstance(p, dict)] \
         or [{"r": t.r, "value": t.value, "trial": t.number, "phase": t.phase}
             for t in trials if t.method == "lora" and t.r and t.value is not None]
+    def own_share(t: TrialView | None) -> float | None:
+        a, tot = (as_float(t.params.get("adapter")), as_float(t.params.get("total"))) if t else (None, None)
+        return a / tot if t is not None and t.method == "lora" and a and tot else None
+
+    by_number = {t.number: t for t in trials}
     for p in src:
         if not isinstance(p, dict) or _int(p.get("r")) is None or as_float(p.get("value")) is None:
             continue
         tr = _int(p.get("trial"))
         pts.append(RankPoint(_int(p["r"]), as_float(p["value"]), tr if tr is not None else -1, str(p.get("phase", "?")),
-                             bool(p.get("rslora")), tr in sweep_trials))
+                             bool(p.get("rslora")), tr in sweep_trials, own_share(by_number.get(tr))))
     # parameter share per rank: a rank's own counts (its best trial's: trials may adapt other modules, and the
     # model's total grows with the adapter), else scaled from any LoRA trial's (adapter parameters grow with r)
     own: dict[int, tuple[float, float, float | None]] = {}
     for t in sorted(trials, key=lambda t: (t.value is None, -o.score(t.value) if t.value is not None else 0.0)):
-        a, tot = as_float(t.params.get("adapter")), as_float(t.params.get("total"))
-        if t.method == "lora" and t.r and a and tot:
-            own.setdefault(t.r, (a, tot, as_float(t.params.get("adapted_weights"))))
+        if t.r and own_share(t) is not None:
+            own.setdefault(t.r, (float(t.params["adapter"]), float(t.params["total"]),
+                                 as_float(t.params.get("adapted_weights"))))
     shares, marks = [], []
     ref = _share_ref(trials, table)
     if ref is not None:
