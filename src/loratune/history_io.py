@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from loratune.errors import UserError
-from loratune.store import HISTORY, RUN, TENSORBOARD_DIR, RunStore, read_history_lines
+from loratune.store import HISTORY, RUN, TENSORBOARD_DIR, RunStore, check_name_length, read_history_lines
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,15 @@ def load_run(path: str | Path) -> RunHistory:
                         ) from None
 
 
+def check_run_path(path: str | Path) -> None:
+    """A RUN argument (`show`, `report`, `diagnose`) whose path has a name no file system takes: said before any stat,
+    which the OS refuses (ENAMETOOLONG)."""
+    check_name_length(path, "RUN", "no file or folder can have such a name: give the path of a run (its folder or "
+                      "file) or a study directory", last="file or folder")
+
+
 def _load_run(path: str | Path) -> RunHistory:
+    check_run_path(path)
     m = NOTEBOOK_TABLE.match(str(path))
     if m and not Path(path).exists() and Path(m["file"]).is_file():
         n = int(m["table"])

@@ -325,6 +325,18 @@ def with_liveness(run: dict, run_dir: str | Path) -> dict:
 NAME_MAX = 255  # bytes in one file or folder name on ext4, xfs, btrfs, APFS, NTFS (in UTF-16 units)
 
 
+def check_name_length(path: str | Path, name: str, fix: str, last: str = "folder") -> None:
+    """Refuse a path with a file or folder name over NAME_MAX bytes: the OS refuses the name itself (ENAMETOOLONG) at
+    the first stat, and pathlib's exists() / is_dir() raise on it rather than say False, so call this before any of
+    them. `name`: how the user gave the path (`output_dir`, `-o`, `RUN`); `last`: what its last part names."""
+    parts = Path(path).parts
+    too_long = next((k for k, part in enumerate(parts) if len(os.fsencode(part)) > NAME_MAX), None)
+    if too_long is not None:
+        kind = last if too_long == len(parts) - 1 else "folder"
+        raise UserError(f"{name} '{path}' has a {kind} name of {len(os.fsencode(parts[too_long]))} bytes; file systems "
+                        f"take at most {NAME_MAX}", fix)
+
+
 def check_output_dir(path: Path, name: str = "output_dir", example: str = "output_dir=runs/latest") -> None:
     """An output folder that could not be written: a file, an unwritable directory (or parent). `name` and
     `example`: how the user gave it (`output_dir`, or tune's `--study-dir`), so the message names their option."""
@@ -332,10 +344,7 @@ def check_output_dir(path: Path, name: str = "output_dir", example: str = "outpu
         raise UserError(f"{name} is empty" if not str(path).strip() else f"{name} '.' is the current folder",
                         f"give the run a folder of its own, e.g. {example}")
     path = Path(path)
-    too_long = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX), None)
-    if too_long is not None:  # (before any stat: the OS refuses the name itself)
-        raise UserError(f"{name} '{path}' has a folder name of {len(os.fsencode(too_long))} bytes; file systems take "
-                        f"at most {NAME_MAX}", f"give a shorter name, e.g. {example}")
+    check_name_length(path, name, f"give a shorter name, e.g. {example}")
     if path.exists() and not path.is_dir():
         raise UserError(f"{name} '{path}' is a file, not a directory",
                         f"give a directory path (it is created if missing), e.g. {example}")

@@ -17,6 +17,8 @@ from loratune.report.model import (build_confusion, build_run_report, is_run_dir
                                    outside_matrix_note, pairs_missing_why, truncation_note)
 from loratune.report.render import render_run
 
+from support import flat
+
 # ---------------------------------------------------------------------------------------------
 # A synthetic run directory
 # ---------------------------------------------------------------------------------------------
@@ -703,6 +705,27 @@ def test_report_o_never_replaces_the_run_it_reads(tmp_path, capsys):
     assert csv.read_text(encoding="utf-8") == CSV_RUN and (run / "run.json").read_bytes() == before
     assert main(["report", str(csv), "-o", str(tmp_path / "r.html")]) == 0
     assert main(["report", str(csv), "-o", str(tmp_path / "r.html")]) == 0  # its own earlier report: replaced
+
+
+def test_a_name_too_long_for_the_file_system_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    """A 300-byte name (report -o, report --json -o, a RUN of show / report / diagnose) raised ENAMETOOLONG from the
+    first stat (exit 1, a traceback); it is refused as train refuses its output_dir (store.check_name_length)."""
+    from loratune.cli import main
+
+    run, long = write_run(tmp_path / "run"), "a" * 300
+    for args, said, fix in (
+            (["report", str(run), "-o", str(tmp_path / f"{long}.html")], "-o '", "give -o a shorter name"),
+            (["report", str(run), "--json", "-o", str(tmp_path / f"{long}.json")], "-o '", "e.g. -o report.json"),
+            (["show", str(tmp_path / long)], "RUN '", "no file or folder can have such a name"),
+            (["report", str(tmp_path / long)], "RUN '", "no file or folder can have such a name"),
+            (["diagnose", str(tmp_path / long / "run.json")], "RUN '", "no file or folder can have such a name")):
+        assert main(args) == 2, args
+        err = flat(capsys.readouterr().err)
+        name = "a file name of 305" if said == "-o '" else "a folder name of 300" if "diagnose" in args \
+            else "a file or folder name of 300"
+        assert said in err and f"has {name} bytes; file systems take at most 255" in err and fix in err, args
+        assert "Traceback" not in err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["run"]  # nothing written
 
 
 def test_report_json_goes_to_the_o_file_when_one_is_given(tmp_path, capsys):

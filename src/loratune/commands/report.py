@@ -59,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from loratune.report import default_output
 
+    from loratune.store import check_name_length
+
     out = Path(args.output) if args.output else default_output(args.path)
+    check_name_length(out, "-o", "give -o a shorter name, e.g. -o report." + ("json" if args.json else "html"),
+                      last="file")
     if out.is_dir():
         out = out / ("report.json" if args.json else "report.html")
     _refuse_to_overwrite_a_record(out, args.path, args.json)

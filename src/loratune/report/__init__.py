@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loratune.errors import UserError
-from loratune.history_io import CALLBACK_RECORD_DIR, NOTEBOOK_TABLE, find_event_files
+from loratune.history_io import CALLBACK_RECORD_DIR, NOTEBOOK_TABLE, check_run_path, find_event_files
 from loratune.report.model import RunReport, build_run_report, is_run_dir, is_study_dir
 from loratune.store import HISTORY, REPORT, RUN
 
@@ -50,6 +50,7 @@ def build_report(path: str | Path, *, examples: bool = True):
     another tool made (Trainer / TRL dir or checkpoint, trainer_state.json, TensorBoard log, notebook, CSV) a
     `RunReport` of its curves, diagnosis and facts (`model.build_outside_report`)."""
     p = Path(path)
+    check_run_path(p)
     if NOTEBOOK_TABLE.match(str(p)) and not p.exists():  # NOTEBOOK.ipynb#N: one of a notebook's tables
         from loratune.report.model import build_outside_report
 
