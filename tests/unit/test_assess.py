@@ -599,6 +599,28 @@ def test_label_and_length_shift_allow_for_the_sample_size():
     assert f.evidence["shift_alpha"] == 0.05 and f.evidence["length_ks_val_critical"] == crit
 
 
+def test_a_shift_equal_to_what_chance_reaches_is_not_past_it():
+    # 7 test rows all of train's largest class: a random 7-row deal reaches the same 0.182 bits 12.5% of the time, and
+    # 0.182 is the 0.95 quantile itself (the divergence of a few rows is discrete); `>=` warned "past 0.182"
+    rows = lambda lab, n, tag: [(f"{tag} {lab} number {i} words", lab) for i in range(n)]  # noqa: E731
+    train = rows("A", 32, "tr") + rows("B", 4, "tr") + rows("C", 11, "tr")
+    a = A.assess_dataset(make_dataset(train, rows("A", 4, "va") + rows("B", 1, "va") + rows("C", 2, "va"),
+                                      rows("A", 7, "te")))
+    assert a.facts["js_test"] == a.facts["js_test_critical"] == pytest.approx(0.1816, abs=1e-4)
+    assert "label-shift" not in ids(a)
+    # the floor stays "at least"; the critical value must be passed, for both shift rules
+    t = A.AssessThresholds()
+    at = {"shift_worst_js": 0.182, "shift_worst_js_critical": 0.182, "length_ks_val": 0.4,
+          "length_ks_val_critical": 0.4}
+    assert not {f.id for f in A.evaluate_findings(at, t)} & {"label-shift", "length-shift"}
+    past = {**at, "shift_worst_js": 0.183, "length_ks_val": 0.41}
+    assert {f.id for f in A.evaluate_findings(past, t)} >= {"label-shift", "length-shift"}
+    floor = {"shift_worst_js": t.label_shift_js, "shift_worst_js_critical": 0.01}
+    assert "label-shift" in {f.id for f in A.evaluate_findings(floor, t)}
+    rule = next(r for r in A.FINDING_RULES if r.id == "label-shift")
+    assert rule.when.describe() == "shift_worst_js >= t.label_shift_js and shift_worst_js > shift_worst_js_critical"
+
+
 def test_zero_near_duplicate_neighbours_examines_none():
     """near_duplicate_neighbors 0: each text's own row alone, as before the neighbour doubling (its self-match, a
     similarity of 1, read as 'every neighbour a near copy' and grew every row to 64)."""
