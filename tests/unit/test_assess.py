@@ -359,6 +359,26 @@ def test_resolution_binomial():
     assert r.macro_f1_se > 0.15
 
 
+def test_resolution_counts_the_classes_macro_f1_averages():
+    # train A 30 / B 30; validation A 10 / B 10 and 1 row of Z, which train lacks: macro-F1 averages A and B (a label
+    # the model never learns is no class of it), so the SE is over 2 classes of 10 rows, not 3 (0.125, band 0.249)
+    train = [(f"alpha item {i}", "A") for i in range(30)] + [(f"beta thing {i}", "B") for i in range(30)]
+    val = [(f"alpha other {i}", "A") for i in range(10)] + [(f"beta other {i}", "B") for i in range(10)] + \
+        [("zulu", "Z")]
+    a = A.assess_dataset(make_dataset(train, val))
+    ps = (0.9 * 21 + 1) / 23
+    se = math.sqrt(ps * (1 - ps) * (1 / 10 + 1 / 10)) / 2
+    assert a.resolution.classes == 2 and a.resolution.val_rows == 21
+    assert a.resolution.macro_f1_se == pytest.approx(se) == pytest.approx(0.0764, abs=1e-4)
+    assert a.facts["macro_f1_se"] == pytest.approx(se) and a.facts["detectable_difference"] == pytest.approx(2 * se)
+    assert a.resolution.accuracy_se == pytest.approx(math.sqrt(ps * (1 - ps) / 21))  # accuracy: every row
+    f = next(f for f in a.findings if f.id == "val-resolution")
+    assert "macro-F1 SE ~0.076" in f.message and "under ~0.153 are sampling noise" in f.message
+    # the same rows scored as the metric scores them: a predicted Z row cannot exist, so Z holds no class of the mean
+    from loratune.metrics import macro_f1
+    assert macro_f1(np.array([0, 1, -1]), np.array([0, 1, 0]), 2) == pytest.approx((2 / 3 + 1) / 2)
+
+
 # ---------------------------------------------------------------------------------------------
 # recommendation: a table of rules, applicable with config.replace
 

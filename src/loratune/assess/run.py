@@ -56,7 +56,8 @@ def assess_dataset(ds: Dataset, *, dataset_name: str = "", model_name: str = "",
     timings["shift_s"] = time.perf_counter() - t0
 
     resolution = estimate_resolution(ds.validation, accuracy=probe.accuracy if probe else None,
-                                     bootstrap_se=probe.macro_f1_se if probe else None)
+                                     bootstrap_se=probe.macro_f1_se if probe else None,
+                                     labels=ds.label_space.labels)
     facts = compute_facts(ds, profiles, conflicts, noise, shifts, resolution, max_length=max_length,
                           model_info=model_info, probe=probe, thresholds=thresholds)
     rec = recommend(facts)
