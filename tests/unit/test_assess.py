@@ -220,12 +220,45 @@ def test_near_leak_is_a_finding_naming_its_rows():
     f = next(f for f in a.findings if f.id == "near-leakage")
     assert f.severity == "warn" and f.evidence["near_leak_rows"] == 2
     assert f.message.startswith("2 row(s) are near copies (char n-gram cosine >= 0.95)")
-    assert "train->validation 2" in f.message and f"validation row #{len(val) - 1} " in f.message
+    assert "train->validation 2" in f.message and f"validation '<validation>' row {len(val) - 1} " in f.message
     assert "'please play some quiet jazz songs by adele in the living ro…' ~ train 'please play" in f.message
     # a looser threshold counts more near copies, and the finding follows it
     loose = A.assess_dataset(make_dataset(train, val), thresholds=A.AssessThresholds(near_leak_similarity=0.5))
     n = loose.facts["near_leak_rows"]
     assert n > 2 and next(f for f in loose.findings if f.id == "near-leakage").message.startswith(f"{n} row(s)")
+
+
+def test_near_leak_examples_name_the_file_and_line(tmp_path):
+    # 'test row #3' was line 4 of test.csv (its header, and here a blank line, before it), and in a carved validation
+    # split the place in a split that has no file: each example names the file and line, and the copy as written
+    from loratune.config import DataConfig
+    from loratune.data import load_dataset
+
+    d = tmp_path / "csv"
+    d.mkdir()
+    train, val = clean_rows()
+    lines = lambda rows: "".join(f"{t},{lab}\n" for t, lab in rows)  # noqa: E731
+    copy = "Could you please reset the PIN of my card, today?"
+    near = "could you please reset the pin of my card today ok"
+    (d / "train.csv").write_text("text,label\n" + lines(train) + f'"{copy}",alarm\n')
+    (d / "validation.csv").write_text("text,label\n" + lines(val))
+    (d / "test.csv").write_text("text,label\n" + lines(val[:2]) + "\n" + lines([(near, "alarm")]))  # a blank line 4
+    a = A.assess_dataset(load_dataset(DataConfig(dataset_name=str(d)), seed=0))
+    assert a.facts["near_leak_examples"] == f"test '{d / 'test.csv'}' line 5 {near!r} ~ train {copy!r}"
+    # no validation file: the carved rows are named by the train file's lines, which hold those very texts
+    texts = [f"please send my monthly statement to {c} {i}" for c in ("alice", "bob") for i in range(10)]
+    rows = [{"text": t + suffix, "label": t.split()[-2]} for t in texts for suffix in ("", " now")]
+    f = tmp_path / "train.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a = A.assess_dataset(load_dataset(DataConfig(train_file=str(f)), seed=0))
+    examples = a.facts["near_leak_examples"].split("; ")
+    assert a.facts["near_leak_rows"] >= 1 and all(examples)
+    file_lines = f.read_text().splitlines()
+    for ex in examples:
+        prefix = f"validation '{f}' line "
+        assert ex.startswith(prefix), ex
+        n, rest = ex[len(prefix):].split(" ", 1)
+        assert rest.startswith(repr(json.loads(file_lines[int(n) - 1])["text"]) + " ~ train ")
 
 
 def test_leak_rows_counts_each_row_once():

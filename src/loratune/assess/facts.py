@@ -65,7 +65,8 @@ def _catalogue() -> dict[str, Fact]:
         "near_leak_rows": Fact("rows", "rows of a later split with a near copy (cosine >= near_leak_similarity) in an "
                                        "earlier split, exact copies not counted"),
         "near_leak_where": Fact("text", "where the near copies are, 'src->split n'"),
-        "near_leak_examples": Fact("text", "the first near copies, 'split row #i text ~ src neighbour'"),
+        "near_leak_examples": Fact("text", "the first near copies, \"split 'file' line N 'text' ~ src 'its text'\" "
+                                           "(Split.where: a row of a file without lines is 'row N')"),
         "shift_worst_js": Fact("bits", "Jensen-Shannon divergence of label shares vs train of the split furthest past "
                                        "its limit, max(label_shift_js, its js critical value)"),
         "shift_worst_js_split": Fact("split", "the split with that divergence"),

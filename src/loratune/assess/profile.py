@@ -271,11 +271,20 @@ def find_noise(splits: Mapping[str, Split], pool: TextPool, thresholds: AssessTh
                 if near is not None:
                     near_rows += 1
                     near_leaked.add((dst, i))
-                    if len(near_ex) < thresholds.max_examples:  # the row (counted from 1, a JSONL line) and its copy
-                        near_ex.append(f"{dst} row #{i + 1} {shorten(t, 60)!r} ~ {src} {shorten(near, 60)!r}")
+                    if len(near_ex) < thresholds.max_examples:
+                        near_ex.append(near_example(splits[dst], i, src, pool, near))
             leaks.append(Leakage(src, dst, rows, rows / max(1, len(splits[dst])), near_rows, tuple(leak_ex),
                                  tuple(near_ex)))
     return Noise(tuple(out), tuple(leaks), len(leaked), len(near_leaked))
+
+
+def near_example(split: Split, i: int, src: str, pool: TextPool, near: str) -> str:
+    """A near copy as the user can find it: the row by its file and line (Split.where; a carved validation split's
+    rows by the train file's lines), and the copy by its text as written (the first row of `src` that normalises to
+    `near`). 'test row #3' was neither test.csv's line 4 nor a place in a carved split, which has no file."""
+    copy = next((pool.refs[r].text for r in pool.by_norm.get(near, ()) if pool.refs[r].split == src), near)
+    return (f"{split.name} '{split.file}' {split.where(i)} {shorten(split.texts[i], 60)!r} ~ "
+            f"{src} {shorten(copy, 60)!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ class Leakage:
     share: float  # of `split`
     near_rows: int  # rows without an exact copy but with a neighbour >= near_leak_similarity in source
     examples: tuple[str, ...]
-    near_examples: tuple[str, ...] = ()  # a few near copies, "split row #i 'text' ~ source 'neighbour'"
+    near_examples: tuple[str, ...] = ()  # a few near copies, "split 'file' line N 'text' ~ source 'its text'"
 
 
 @dataclass(frozen=True)
