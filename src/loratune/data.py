@@ -595,7 +595,15 @@ def parse_file(path: Path, cfg: DataConfig, name: str) -> Split:
     return parse_rows(rows, cfg, str(path), name, lines)
 
 
-def _load_hub(cfg: DataConfig) -> dict[str, Split]:
+# the ClassLabel id `datasets` gives a row without a label (ClassLabel accepts -1..n-1; GLUE/SST-2 test splits are all
+# -1, their labels kept private): no class, and never an index into the names (names[-1] read it as the last class)
+HUB_UNLABELLED = -1
+
+
+def _load_hub(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
+    """The hub dataset's splits, ClassLabel ids turned into their names, and the notes to say of them: a split
+    without labels (every row's id HUB_UNLABELLED) is not read, so never scored against invented labels; one with
+    some unlabelled rows is refused (its score would count them as errors or as a class)."""
     try:
         import datasets  # noqa: F401  (optional dependency, for online users)
     except ImportError:
@@ -612,20 +620,44 @@ def _load_hub(cfg: DataConfig) -> dict[str, Split]:
         raise UserError(f"dataset_name '{cfg.dataset_name}' is not a local folder (no such path here), and it could "
                         f"not be loaded as a hub dataset: {hub_reason(exc)}",
                         "check the path; for a hub dataset check the id and be online, or use local files") from None
-    out = {}
+    out, notes = {}, []
     for split, aliases in SPLIT_NAMES.items():
+        if getattr(cfg, f"{split}_file"):  # named by its own key: the hub's split is not read (as a folder's file)
+            continue
         for a in aliases:
             if a in dd:
                 ds = dd[a]
                 rows = ds.to_list()
+                source = f"{cfg.dataset_name}[{a}]"
                 label_feature = ds.features.get(cfg.label_column)
                 names = getattr(label_feature, "names", None)
                 if names:  # ClassLabel ints -> names
+                    unlabelled = [i for i, r in enumerate(rows) if r[cfg.label_column] in (None, HUB_UNLABELLED)]
+                    said = f"'{cfg.label_column}' is {HUB_UNLABELLED} or null, a ClassLabel's unlabelled row"
+                    if unlabelled and len(unlabelled) == len(rows):
+                        if split == "train":
+                            raise UserError(f"{source} has no labels (every row's {said}): nothing to train on",
+                                            "set data.train_file to labelled training data")
+                        notes.append(f"{source} has no labels (every row's {said}): not read, " +
+                                     ("validation is carved from train" if split == "validation" else
+                                      "there is no test split to score (set data.test_file to a labelled one)"))
+                        break
+                    if unlabelled:
+                        shown = where_rows((), unlabelled[:NONE_BESIDE_SHOWN]) + (
+                            f" and {len(unlabelled) - NONE_BESIDE_SHOWN} more" if len(unlabelled) > NONE_BESIDE_SHOWN
+                            else "")
+                        raise UserError(f"{source} {shown} of {len(rows)} {'has' if len(unlabelled) == 1 else 'have'} "
+                                        f"no label ({said}): a split with "
+                                        "unlabelled rows cannot be " + ("trained on" if split == "train" else
+                                                                        "scored"),
+                                        f"save the {a} split's labelled rows to a file (datasets: ds.filter("
+                                        f"lambda r: r['{cfg.label_column}'] not in ({HUB_UNLABELLED}, None))"
+                                        f".to_json('{split}.jsonl')) and set data.{split}_file to it")
                     for r in rows:
                         r[cfg.label_column] = names[r[cfg.label_column]]
-                out[split] = parse_rows(rows, cfg, f"{cfg.dataset_name}[{a}]", split)
+                out[split] = parse_rows(rows, cfg, source, split)
                 break
-    return out
+    return out, notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -877,7 +909,9 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, never a hub id: no hub call
             raise UserError(f"dataset_name '{name}' does not exist",
                             "check the path: a folder with train/validation/test files")
-        splits.update(_load_hub(cfg))
+        hub, hub_notes = _load_hub(cfg)
+        splits.update(hub)
+        notes += hub_notes
     for split, key in (("train", cfg.train_file), ("validation", cfg.validation_file), ("test", cfg.test_file)):
         if key:
             p = Path(key).expanduser()

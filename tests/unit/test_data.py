@@ -976,3 +976,57 @@ def test_a_joined_label_in_a_csv_is_told_the_delimiter_not_a_list(tmp_path):
     assert "label_delimiter" in e.value.fix and "list" not in e.value.fix
     kept = load_dataset(DataConfig(dataset_name=str(d), multi_label=True, label_delimiter=";"))
     assert "yes, please" in kept.label_space.labels
+
+
+# ---------------------------------------------------------------------------------------------
+# hub datasets (datasets.load_dataset stubbed: no network; the path is loratune's own _load_hub)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """Serve a DatasetDict as the hub dataset 'someone/data': hub(dd) -> DataConfig reading it."""
+    datasets = pytest.importorskip("datasets")
+
+    def serve(dd, **data) -> DataConfig:
+        monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: dd)
+        return DataConfig(dataset_name="someone/data", **data)
+    return serve
+
+
+def sst2_like(test_labels: list) -> "object":
+    """SST-2's shape: `label` a ClassLabel(negative, positive); the test split's labels as given (the hub's: -1)."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    feat = Features({"sentence": Value("string"), "label": ClassLabel(names=["negative", "positive"])})
+
+    def rows(n, tag):
+        return {"sentence": [f"{tag} {i}" for i in range(n)], "label": [i % 2 for i in range(n)]}
+    return DatasetDict({
+        "train": Dataset.from_dict(rows(20, "train"), features=feat),
+        "validation": Dataset.from_dict(rows(6, "val"), features=feat),
+        "test": Dataset.from_dict({"sentence": [f"test {i}" for i in range(len(test_labels))], "label": test_labels},
+                                  features=feat)})
+
+
+def test_a_hub_split_without_labels_is_not_read_as_the_last_class(hub):
+    """SST-2's test split is all -1 (no label): names[-1] read every row as 'positive', unsaid, and evaluate --split
+    test scored the model against those invented labels."""
+    ds = load_dataset(hub(sst2_like([-1] * 4), text_column="sentence"))
+    assert ds.label_space.labels == ("negative", "positive")
+    assert ds.test is None and len(ds.validation) == 6 and ds.validation.labels[:2] == (("negative",), ("positive",))
+    assert ds.notes == ("someone/data[test] has no labels (every row's 'label' is -1 or null, a ClassLabel's "
+                        "unlabelled row): not read, there is no test split to score (set data.test_file to a "
+                        "labelled one)",)
+    # a split with some unlabelled rows (-1 or null) is refused by its rows: neither a class nor an error to score
+    err = user_error(load_dataset, hub(sst2_like([0, -1, 1, None]), text_column="sentence"))
+    assert err.problem == ("someone/data[test] rows 2, 4 of 4 have no label ('label' is -1 or null, a ClassLabel's "
+                           "unlabelled row): a split with unlabelled rows cannot be scored")
+    assert "data.test_file" in err.fix
+    # an unlabelled validation split: validation is carved from train, and both are said
+    dd = sst2_like([1, 0])
+    dd["validation"] = dd["test"].map(lambda r: {"label": -1})
+    ds = load_dataset(hub(dd, text_column="sentence"))
+    assert ds.notes[0].startswith("someone/data[validation] has no labels") and "validation is carved" in ds.notes[0]
+    assert ds.notes[1].startswith("no validation split given: carved") and len(ds.validation) == 2
+    # labelled test rows are read by their names
+    assert load_dataset(hub(sst2_like([1, 0]), text_column="sentence")).test.labels == (("positive",), ("negative",))
