@@ -630,10 +630,13 @@ def _load_hub(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
                 rows = ds.to_list()
                 source = f"{cfg.dataset_name}[{a}]"
                 label_feature = ds.features.get(cfg.label_column)
-                names = getattr(label_feature, "names", None)
+                listed = getattr(label_feature, "feature", None)  # List/Sequence(ClassLabel): multi-label ids
+                names = getattr(label_feature if listed is None else listed, "names", None)
                 if names:  # ClassLabel ints -> names
-                    unlabelled = [i for i, r in enumerate(rows) if r[cfg.label_column] in (None, HUB_UNLABELLED)]
-                    said = f"'{cfg.label_column}' is {HUB_UNLABELLED} or null, a ClassLabel's unlabelled row"
+                    unlabelled = [i for i, r in enumerate(rows) if r[cfg.label_column] in (None, HUB_UNLABELLED) or
+                                  listed is not None and any(v in (None, HUB_UNLABELLED) for v in r[cfg.label_column])]
+                    said = (f"'{cfg.label_column}' {'is' if listed is None else 'holds'} {HUB_UNLABELLED} or null, a "
+                            "ClassLabel's unlabelled row")
                     if unlabelled and len(unlabelled) == len(rows):
                         if split == "train":
                             raise UserError(f"{source} has no labels (every row's {said}): nothing to train on",
@@ -654,7 +657,8 @@ def _load_hub(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
                                         f"lambda r: r['{cfg.label_column}'] not in ({HUB_UNLABELLED}, None))"
                                         f".to_json('{split}.jsonl')) and set data.{split}_file to it")
                     for r in rows:
-                        r[cfg.label_column] = names[r[cfg.label_column]]
+                        ids = r[cfg.label_column]
+                        r[cfg.label_column] = names[ids] if listed is None else [names[i] for i in ids]
                 out[split] = parse_rows(rows, cfg, source, split)
                 break
     return out, notes

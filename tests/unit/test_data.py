@@ -1030,3 +1030,23 @@ def test_a_hub_split_without_labels_is_not_read_as_the_last_class(hub):
     assert ds.notes[1].startswith("no validation split given: carved") and len(ds.validation) == 2
     # labelled test rows are read by their names
     assert load_dataset(hub(sst2_like([1, 0]), text_column="sentence")).test.labels == (("positive",), ("negative",))
+
+
+def test_hub_multi_label_class_ids_are_read_by_their_names(hub):
+    """go_emotions' shape, `labels` a List(ClassLabel): its ids were kept as labels '0', '1', '2' (a bare ClassLabel's
+    were named), so the label map, predict, the report and assess showed numbers."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+    try:
+        from datasets import List as ListOf
+    except ImportError:  # datasets < 4: Sequence
+        from datasets import Sequence as ListOf
+
+    feat = Features({"text": Value("string"), "labels": ListOf(ClassLabel(names=["admiration", "anger", "joy"]))})
+    train = {"text": [f"t{i}" for i in range(12)], "labels": [[i % 3] if i % 4 else [0, 2] for i in range(12)]}
+    val = {"text": ["v0", "v1"], "labels": [[2], [1, 0]]}
+    dd = DatasetDict({"train": Dataset.from_dict(train, features=feat),
+                      "validation": Dataset.from_dict(val, features=feat)})
+    ds = load_dataset(hub(dd, label_column="labels"))
+    assert ds.label_space.labels == ("admiration", "anger", "joy") and ds.label_space.multi_label
+    assert ds.train.labels[:2] == (("admiration", "joy"), ("anger",))
+    assert ds.validation.labels == (("joy",), ("anger", "admiration"))
