@@ -25,6 +25,14 @@ from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
 from loratune.errors import UserError, require_file
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def data_suffix(path: Path) -> str:
+    """A data file's form, as the loader reads it: its suffix in lower case (train.CSV, a Windows export, is a .csv),
+    for a file named by its key and a split's file found in a folder alike."""
+    return path.suffix.lower()
+
+
 # how to turn a file in a form not read into one that is (training's folder check and predict --file say the same)
 CONVERT_HINT = "a .gz: `gunzip -k` it; a .tsv: save it as CSV"
 SPLIT_NAMES = {
@@ -145,7 +153,7 @@ def read_rows_at(path: Path, kind: RowFile = LABELLED_ROWS) -> tuple[list[dict[s
     """Rows of one file as dicts, and per row the file line it starts on (empty for Parquet and a JSON array): a
     blank line or a quoted multi-line CSV text makes a row's number no line number, and errors name lines."""
     require_file(path, kind.what, f"check the path ({kind.key})")
-    suffix = path.suffix.lower()
+    suffix = data_suffix(path)
     if suffix not in SUFFIXES:
         raise UserError(f"{kind.what} '{path}' has suffix '{suffix}'",
                         f"use one of {', '.join(SUFFIXES)} (JSON Lines, CSV, Parquet)")
@@ -268,7 +276,7 @@ def _refuse_open_quote(text: str, last: dict[str, Any], start: int, path: Path, 
 
 def _read_jsonl(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
     stripped = text.lstrip()
-    if path.suffix.lower() == ".json" and stripped.startswith("["):
+    if data_suffix(path) == ".json" and stripped.startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -569,18 +577,19 @@ def labels_of(value: Any, delimiter: str | None) -> tuple[str, ...]:
 
 
 def find_split_file(folder: Path, split: str) -> Path | None:
-    """The file of a split in a dataset folder; two candidates (train.jsonl beside train.csv) are refused: which one
+    """The file of a split in a dataset folder, its name read case aside (TRAIN.CSV is the train split's .csv, as
+    data.train_file reads it: data_suffix); two candidates (train.jsonl beside train.csv) are refused: which one
     trained would be a guess no record shows."""
-    found = [folder / f"{stem}{suffix}" for stem in SPLIT_NAMES[split] for suffix in SUFFIXES
-             if (folder / f"{stem}{suffix}").is_file()]
+    stems = SPLIT_NAMES[split]
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    found = sorted((p for p in files if p.stem.lower() in stems and data_suffix(p) in SUFFIXES),
+                   key=lambda p: (stems.index(p.stem.lower()), SUFFIXES.index(data_suffix(p))))
     if len(found) > 1:
         raise UserError(f"data folder '{folder}' holds {len(found)} files for the {split} split: "
                         f"{', '.join(f.name for f in found)}",
                         f"keep one of them in the folder, or name the one to use with data.{split}_file")
     if not found:  # a split's file in a form not read (train.tsv, validation.jsonl.gz): named, never passed over
-        readable = {f"{stem}{suffix}" for stem in SPLIT_NAMES[split] for suffix in SUFFIXES}
-        unread = sorted(p.name for stem in SPLIT_NAMES[split] for p in folder.glob(f"{stem}.*")
-                        if p.is_file() and p.name not in readable)
+        unread = [p.name for p in files if p.name.lower().startswith(tuple(f"{stem}." for stem in stems))]
         if unread:
             raise UserError(f"data folder '{folder}' holds {', '.join(unread)} for the {split} split, a form the "
                             f"loader does not read (it reads {', '.join(SUFFIXES)})",
@@ -908,7 +917,7 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
             raise UserError(f"folder '{folder}' has no train file",
                             "add train.jsonl/.csv/.parquet there, or set data.train_file")
     elif name and not cfg.train_file:
-        if Path(name).suffix.lower() in SUFFIXES or "/" not in name and Path(name).exists():
+        if data_suffix(Path(name)) in SUFFIXES or "/" not in name and Path(name).exists():
             raise UserError(f"dataset_name '{name}' is a file, not a folder", f"use data.train_file={name}")
         if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, never a hub id: no hub call
             raise UserError(f"dataset_name '{name}' does not exist",

@@ -760,6 +760,19 @@ def test_a_split_file_in_a_form_not_read_is_named_never_passed_over(tmp_path, na
     assert ("to carve validation from train" in err.fix) == (split == "validation")
 
 
+def test_a_split_file_is_found_in_a_folder_whatever_the_case_of_its_name(tmp_path):
+    """train.JSONL / VALIDATION.CSV (Windows exports) were refused as 'a form the loader does not read' (and TRAIN.csv
+    passed over), while data.train_file read the same file: one rule, the suffix case aside."""
+    write_rows(tmp_path / "t.jsonl", make_rows(TRAIN)).rename(tmp_path / "train.JSONL")
+    write_rows(tmp_path / "v.csv", make_rows({"a": 2, "b": 2}, tag="v ")).rename(tmp_path / "VALIDATION.CSV")
+    ds = load_dataset(DataConfig(dataset_name=str(tmp_path)))
+    assert len(ds.train) == 12 and ds.train.source == str(tmp_path / "train.JSONL")
+    assert ds.validation.source == str(tmp_path / "VALIDATION.CSV") and len(ds.validation) == 4 and not ds.notes
+    write_rows(tmp_path / "Train.csv", make_rows(TRAIN))  # two files of one split, whatever their case: refused
+    assert user_error(load_dataset, DataConfig(dataset_name=str(tmp_path))).problem == \
+        f"data folder '{tmp_path}' holds 2 files for the train split: train.JSONL, Train.csv"
+
+
 def test_a_semicolon_separated_csv_is_named_not_taken_for_one_column(tmp_path):
     p = tmp_path / "train.csv"
     p.write_text("text;label\nlost my card;card\nreset pin;pin\n")

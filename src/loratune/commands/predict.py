@@ -30,10 +30,10 @@ def read_texts(path: str, column: str = "text") -> list[str]:
     (the run's own data.text_column, so a run reads files shaped like its training data). Any other suffix (.tsv,
     .xlsx) is refused: read as lines, its header and label column were predicted as texts. A text with no visible
     character is refused by its file and line, as training refuses it."""
-    from loratune.data import CONVERT_HINT, SUFFIXES, has_visible
+    from loratune.data import CONVERT_HINT, SUFFIXES, data_suffix, has_visible
 
     p = Path(path)
-    suffix = p.suffix.lower()
+    suffix = data_suffix(p)
     if suffix not in SUFFIXES + PLAIN_SUFFIXES:
         raise UserError(f"file '{p}' has suffix '{suffix}', a form predict does not read (it reads "
                         f"{', '.join(SUFFIXES)} with a '{column}' column, or .txt with one text per line)",
