@@ -215,7 +215,8 @@ def _read_csv(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, Any]
     - a row with more fields than the header (an unquoted comma inside a text: its text cut at the comma, the rest
       taken as its label);
     - a quote never closed (the csv module reads the rest of the file as one field: rows silently swallowed);
-    - a header naming a column twice (which of the two was read would be a guess).
+    - a header naming a column twice (which of the two was read would be a guess);
+    - a row that repeats the header or starts with a byte-order mark (two exports joined with `cat`).
     Header names are stripped (`text, label`: pandas' skipinitialspace), so the column is found as 'label'."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -241,6 +242,8 @@ def _read_csv(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, Any]
                     raise UserError(f"{kind.what} '{path}' line {start} (the header) names column(s) "
                                     f"{', '.join(map(repr, twice))} more than once",
                                     "rename or drop the repeated column: only one of them could be read")
+            elif record[0].startswith(BOM) or [h.strip() for h in record] == header:
+                _refuse_joined_csv(record, header, start, path, kind)
             elif len(record) > len(header):
                 raise UserError(f"{kind.what} '{path}' line {start} has {len(record)} fields, the header "
                                 f"{len(header)}",
@@ -255,6 +258,22 @@ def _read_csv(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, Any]
     if rows:
         _refuse_open_quote(text, rows[-1], lines[-1], path, kind)
     return rows, tuple(lines)
+
+
+BOM = "\ufeff"  # the byte-order mark an export writes first (Excel's CSV UTF-8): past the file's start, a second file
+
+
+def _refuse_joined_csv(record: list[str], header: list[str], start: int, path: Path, kind: RowFile) -> None:
+    """Refuse a record that repeats the header, or that starts with a byte-order mark: two exports joined with `cat`,
+    the second one's header read as a row (a class named 'label', its text the column name) and its mark as text."""
+    bom = record[0].startswith(BOM)
+    repeat = [h.strip() for h in [record[0].removeprefix(BOM), *record[1:]]] == header
+    what = ("repeats the header" + (" after a byte-order mark (U+FEFF)" if bom else "") if repeat else
+            "starts with a byte-order mark (U+FEFF), the first character of a file")
+    raise UserError(f"{kind.what} '{path}' line {start} {what}: two files joined into one (e.g. with `cat`)? It would "
+                    "be read as a row" + (" (the column names as a text and its label)" if repeat else ""),
+                    "drop that line, and join CSV files keeping the first one's header only: `tail -n +2 second.csv "
+                    ">> first.csv`" if repeat else "remove the byte-order mark from the start of that line")
 
 
 def _refuse_open_quote(text: str, last: dict[str, Any], start: int, path: Path, kind: RowFile) -> None:

@@ -732,6 +732,27 @@ def test_csv_header_names_are_stripped_and_a_repeated_one_is_refused(tmp_path):
     assert parse_file(p, DataConfig(), "train").labels == (("card",), ("pin",))
 
 
+def test_two_csv_exports_joined_are_refused_at_the_repeated_header(tmp_path):
+    """`cat a.csv b.csv` of two Excel exports (each a BOM and a header): the second header trained a class named
+    'label' with the text '\\ufefftext', unsaid."""
+    one, two = "text,label\r\nlost my card,card\r\nreset pin,pin\r\n", "text,label\r\nmy balance,balance\r\n"
+    p = tmp_path / "train.csv"
+    p.write_bytes(("\ufeff" + one + "\ufeff" + two).encode())
+    err = user_error(read_rows, p)
+    assert err.problem == (f"data file '{p}' line 4 repeats the header after a byte-order mark (U+FEFF): two files "
+                           "joined into one (e.g. with `cat`)? It would be read as a row (the column names as a text "
+                           "and its label)")
+    assert "tail -n +2 second.csv >> first.csv" in err.fix
+    p.write_text(one + "\n" + two.replace("text,label", " text , label"))  # no mark, a blank line, spaces: the same
+    assert user_error(read_rows, p).problem.startswith(f"data file '{p}' line 5 repeats the header: two files")
+    p.write_text(one + "\ufeffmy balance,balance\n")  # a second file without a header: its mark starts a row
+    err = user_error(read_rows, p)
+    assert err.problem.startswith(f"data file '{p}' line 4 starts with a byte-order mark (U+FEFF)")
+    assert err.fix == "remove the byte-order mark from the start of that line"
+    p.write_text(one + '"text",label of text\n')  # a row that only names a column stays a row
+    assert read_rows(p)[-1] == {"text": "text", "label": "label of text"}
+
+
 @pytest.mark.parametrize("encode, said, fix", [
     (lambda b: __import__("gzip").compress(b), "gzip-compressed (starts with bytes 1f 8b)", "gunzip -c"),
     (lambda b: b.decode().encode("utf-16"), "UTF-16 (little-endian BOM)", "iconv -f utf-16 -t utf-8"),
