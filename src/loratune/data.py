@@ -184,16 +184,40 @@ _NOT_UTF8 = (
 )
 
 
+# UTF-16 written without a BOM decodes as UTF-8 (an ASCII character is its byte beside a NUL), so it is told by its
+# NULs, which no text file holds: in the first UTF16_SNIFF_BYTES, at least UTF16_NUL_SHARE of the bytes on one side of
+# the byte pairs (the high byte of Latin text), and over UTF16_NUL_RATIO times as many as on the other side (a NUL
+# low byte is rare: U+0100, CJK U+4E00)
+UTF16_SNIFF_BYTES = 4096
+UTF16_NUL_SHARE = 0.5
+UTF16_NUL_RATIO = 10
+
+
+def utf16_without_bom(raw: bytes) -> str | None:
+    """'utf-16le' or 'utf-16be' where the bytes look like UTF-16 without a BOM (a NUL every other byte), else None."""
+    head = raw[:UTF16_SNIFF_BYTES]
+    odd, even = head[1::2].count(0), head[0::2].count(0)  # NULs at offsets 1, 3, ... (little-endian) and 0, 2, ...
+    for name, nul, other in (("utf-16le", odd, even), ("utf-16be", even, odd)):
+        if nul >= UTF16_NUL_SHARE * (len(head) // 2) > 0 and nul > UTF16_NUL_RATIO * other:
+            return name
+    return None
+
+
 def decode_utf8(raw: bytes, path: Path, what: str = "data file") -> str:
     """A data file's bytes as text (a UTF-8 BOM dropped); any other encoding: a UserError with the iconv fix."""
+    for magic, what_it_is, fix in _NOT_UTF8:  # none of them starts valid UTF-8: looked for first, as UTF-16 has NULs
+        if raw.startswith(magic):
+            raise UserError(f"{what} '{path}' is not UTF-8 text: it is {what_it_is} (starts with bytes "
+                            f"{' '.join(f'{b:02x}' for b in magic)})",
+                            "make it UTF-8 text, e.g. " + fix.format(path=path, suffix=path.suffix))
+    utf16 = utf16_without_bom(raw)
+    if utf16 is not None:
+        raise UserError(f"{what} '{path}' is not UTF-8 text: it looks like {utf16.upper()} without a BOM (a NUL byte "
+                        "every other byte)",
+                        f"make it UTF-8 text, e.g. `iconv -f {utf16} -t utf-8 '{path}' > fixed{path.suffix}`")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        for magic, what_it_is, fix in _NOT_UTF8:
-            if raw.startswith(magic):
-                raise UserError(f"{what} '{path}' is not UTF-8 text: it is {what_it_is} (starts with bytes "
-                                f"{' '.join(f'{b:02x}' for b in magic)})",
-                                "make it UTF-8 text, e.g. " + fix.format(path=path, suffix=path.suffix)) from None
         line = raw[: exc.start].count(b"\n") + 1
         raise UserError(
             f"{what} '{path}' is not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line})",

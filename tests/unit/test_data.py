@@ -767,6 +767,24 @@ def test_compressed_and_utf16_32_files_are_named_with_their_own_fix(tmp_path, en
     assert "latin1" not in err.fix
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_bom_is_named_with_the_iconv_fix(tmp_path, suffix, encoding):
+    """UTF-16 without a BOM is valid UTF-8 (NULs): the error proposed text_column="t\\u0000e\\u0000x..." (CSV) or
+    'not valid JSON' instead of naming the encoding, as a BOM's file gets."""
+    p = tmp_path / f"train{suffix}"
+    text = ("text,label\nlost my card,card\nreset my pin,pin\n" if suffix == ".csv" else
+            '{"text": "lost my card", "label": "card"}\n{"text": "一 reset pin", "label": "pin"}\n')
+    p.write_bytes(text.encode(encoding))
+    err = user_error(read_rows, p)
+    le = encoding.removeprefix("utf-16-")
+    assert err.problem == (f"data file '{p}' is not UTF-8 text: it looks like UTF-16{le.upper()} without a BOM "
+                           "(a NUL byte every other byte)")
+    assert err.fix == f"make it UTF-8 text, e.g. `iconv -f utf-16{le} -t utf-8 '{p}' > fixed{suffix}`"
+    p.write_text(text.replace("lost", "一丁"), encoding="utf-8")  # UTF-8 with CJK: read, no NUL in it
+    assert len(read_rows(p)) == 2
+
+
 @pytest.mark.parametrize("names, split", [(("train.tsv",), "train"), (("train.jsonl.gz",), "train"),
                                           (("train.jsonl", "validation.jsonl.gz"), "validation")])
 def test_a_split_file_in_a_form_not_read_is_named_never_passed_over(tmp_path, names, split):
