@@ -108,7 +108,7 @@ class DataConfig:
                            "a prompt set), and keeps the intents when it generates their labels.")
     train_file: str | None = _f(None, "Training file (.jsonl/.csv/.parquet); overrides dataset_name's train split.")
     validation_file: str | None = _f(None, "Validation file; when no validation split exists, a stratified "
-                                     "one is carved from train (seeded).")
+                                     "one is carved from train (seeded; a text's copies stay on one side).")
     test_file: str | None = _f(None, "Test file (scored only by `loratune evaluate --split test`).")
     text_column: str = _f("text", "Column holding the input text.")
     label_column: str = _f("label", "Column holding the label (a string, or a list of strings for multi-label).")

@@ -838,25 +838,45 @@ def carved_note(kind: str, carved: int, total: int, asked: float, seed: int, rou
             f"with seed {seed}{why}")
 
 
-def stratified_split(split: Split, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def text_key(text: str) -> str:
+    """The key under which two texts are one: assess's duplicate and leakage key (case, spaces and punctuation
+    aside), a text of punctuation alone keyed by itself. A carving keeps each key's rows on one side."""
+    from loratune.assess.text import normalise  # here: the assess package imports this module
+
+    return normalise(text) or " ".join(text.split())
+
+
+def stratified_split(split: Split, fraction: float, seed: int,
+                     keys: list[str] | None = None) -> tuple[list[int], list[int]]:
     """Indices (keep, carved): per label (first label of each row), `fraction` of rows, at least one
     on each side when the label has two or more rows. Seeded, order-preserving. A label that is no row's first
-    (multi-label: 'zeta' only ever beside another label) keeps a row too: _cover swaps one of its carved rows back."""
+    (multi-label: 'zeta' only ever beside another label) keeps a row too: _cover swaps one of its carved rows back.
+    `keys` (carving validation: text_key per row): the rows of one key are one unit, carved or kept whole, and the
+    fraction counts units: a train file that repeats a row never has a copy of it carved into validation (leakage
+    the carving made, that assess then blamed on the data). Without keys each row is a unit."""
     rng = random.Random(seed)
-    by_label: dict[str, list[int]] = {}
-    for i, labs in enumerate(split.labels):
-        by_label.setdefault(labs[0] if labs else "", []).append(i)
+    units: dict[Any, list[int]] = {}
+    for i in range(len(split)):
+        units.setdefault(i if keys is None else keys[i], []).append(i)
+    by_label: dict[str, list[list[int]]] = {}
+    for rows in units.values():  # a unit's stratum: its first row's first label
+        labs = split.labels[rows[0]]
+        by_label.setdefault(labs[0] if labs else "", []).append(rows)
     carved: set[int] = set()
     for lab in sorted(by_label):
-        idx = list(by_label[lab])
-        if len(idx) < 2:
+        group = list(by_label[lab])
+        if len(group) < 2:
             continue
-        rng.shuffle(idx)
-        k = min(len(idx) - 1, max(1, round(fraction * len(idx))))
-        carved.update(idx[:k])
+        rng.shuffle(group)
+        k = min(len(group) - 1, max(1, round(fraction * len(group))))
+        carved.update(i for rows in group[:k] for i in rows)
     keep = [i for i in range(len(split)) if i not in carved]
     keep = _cover(split, keep, sorted(carved), first=True)
-    return keep, [i for i in range(len(split)) if i not in set(keep)]
+    if keys is not None:  # a unit _cover split between the sides stays whole in train
+        kept_keys = {keys[i] for i in keep}
+        keep = [i for i in range(len(split)) if keys[i] in kept_keys]
+    kept = set(keep)  # once: built per row it made carving quadratic (5 s for 20,000 rows)
+    return keep, [i for i in range(len(split)) if i not in kept]
 
 
 def _cover(split: Split, chosen: list[int], pool: list[int], first: bool = False, size: bool = False) -> list[int]:
@@ -991,10 +1011,12 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         notes.append(merged)
     validation = splits.get("validation")
     if validation is None:
-        keep, carved = stratified_split(train, cfg.validation_fraction, seed)
+        keys = [text_key(t) for t in train.texts]
+        keep, carved = stratified_split(train, cfg.validation_fraction, seed, keys)
         validation = train.subset(carved, name="validation", source=f"{train.source}{CARVED}")
         notes.append(carved_note("stratified", len(validation), len(train), cfg.validation_fraction, seed,
-                                 "each class rounds to whole rows, at least one"))
+                                 "each class rounds to whole rows, at least one" + (
+                                     ", a text's copies carved together" if len(set(keys)) < len(keys) else "")))
         train = train.subset(keep)
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         train = train.subset(stratified_subset(train, cfg.max_train_samples, seed))

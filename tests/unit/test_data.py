@@ -26,6 +26,7 @@ from loratune.data import (
     read_rows,
     stratified_split,
     stratified_subset,
+    text_key,
 )
 from loratune.errors import UserError
 
@@ -582,6 +583,54 @@ def test_stratified_split_sizes_and_seed_dependence():
     multi = Split("m", ("x", "y", "z", "w"), (("a", "b"), ("a",), (), ()), "mem")
     keep, carved = stratified_split(multi, 0.5, seed=0)
     assert len(carved) == 2 and {0, 1} & set(carved) and {2, 3} & set(carved)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(0, 12), st.sampled_from("abcd")), min_size=1, max_size=80),
+       fraction=st.floats(0.01, 0.5), seed=st.integers(0, 10_000))
+def test_property_a_carving_keeps_each_texts_copies_on_one_side(rows, fraction, seed):
+    """Texts drawn from a few (repeated rows, 'Text 3!' a copy of 'text 3'): never one text on both sides; a label
+    with two or more distinct texts (as a unit's first row's label) on both sides."""
+    sp = Split("train", tuple(f"Text {t}!" if i % 3 else f"text {t}" for i, (t, _) in enumerate(rows)),
+               tuple((lab,) for _, lab in rows), "mem")
+    keys = [text_key(t) for t in sp.texts]
+    keep, carved = stratified_split(sp, fraction, seed, keys)
+    assert sorted(keep + carved) == list(range(len(rows))) and keep == sorted(keep) and carved == sorted(carved)
+    assert not {rows[i][0] for i in keep} & {rows[i][0] for i in carved}
+    units: dict[str, set[int]] = {}
+    for t, lab in rows:
+        units.setdefault(lab, set())
+    first: dict[int, str] = {}
+    for t, lab in rows:
+        first.setdefault(t, lab)
+    for lab in units:
+        texts = {t for t, f in first.items() if f == lab}
+        if len(texts) >= 2:
+            assert texts & {rows[i][0] for i in keep} and texts & {rows[i][0] for i in carved}, (lab, texts)
+    assert stratified_split(sp, fraction, seed, keys) == (keep, carved)
+
+
+def test_a_validation_split_carved_from_repeated_rows_has_no_copy_of_train():
+    """A train file of 40 texts, each twice (one copy re-cased): 6 of the 8 carved rows were copies of rows left in
+    train, and assess called it leakage and said to drop the copies from the later split (which has no file)."""
+    from loratune import assess as A
+    from loratune.assess.text import normalise
+    import tempfile
+
+    rows = make_rows({"a": 10, "b": 10, "c": 10, "d": 10})
+    twice = rows + [{"text": r["text"].upper() + "?", "label": r["label"]} for r in rows]
+    p = write_rows(Path(tempfile.mkdtemp()) / "train.jsonl", twice)
+    ds = load_dataset(DataConfig(train_file=str(p)))
+    assert len(ds.validation) == 8 and len(ds.train) == 72
+    assert ds.notes == (f"no validation split given: carved a stratified 10% (8 of 80 rows) from train with seed 42",)
+    assert Counter(labs[0] for labs in ds.validation.labels) == Counter({"a": 2, "b": 2, "c": 2, "d": 2})
+    assert not {normalise(t) for t in ds.train.texts} & {normalise(t) for t in ds.validation.texts}
+    a = A.assess_dataset(ds)
+    assert a.facts["leak_rows"] == 0 and "leakage" not in {f.id for f in a.findings}
+    # data without repeated texts carves as it did (the same rows for the same seed)
+    once = load_dataset(DataConfig(train_file=str(write_rows(p.with_name("once.jsonl"), rows))))
+    assert once.validation.texts == tuple(rows[i]["text"] for i in stratified_split(split_of(
+        [r["label"] for r in rows]), 0.1, 42)[1])
 
 
 @settings(max_examples=150, deadline=None)
