@@ -993,9 +993,12 @@ def _model_config_facts(folder: Path, meta: dict, facts: dict, notes: list[str])
             if all(re.fullmatch(r"-?\d+", str(k)) for k in keys):  # written as the class ids: their order
                 keys.sort(key=int)
             meta["labels"] = [id2label[k] for k in keys]
+            # meta as well as facts: the report's header and `show` read the count from meta, as the estimates set it
+            meta["n_classes"] = len(id2label)
             facts["n_classes"] = Fact(len(id2label), f"{cfg_path.name} id2label")
         elif (not causal and isinstance(mcfg.get("num_labels"), int) and not isinstance(mcfg["num_labels"], bool)
               and mcfg["num_labels"] >= 2):
+            meta["n_classes"] = mcfg["num_labels"]
             facts["n_classes"] = Fact(mcfg["num_labels"], f"{cfg_path.name} num_labels")
         if mcfg.get("problem_type") == "multi_label_classification":
             meta["task"] = "multi_label"
@@ -1054,6 +1057,7 @@ def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mappin
         facts["task"] = Fact(found[0], found[1])
         if found[0] in NO_CLASS_TASKS:
             meta.pop("labels", None)
+            meta.pop("n_classes", None)
             facts.pop("n_classes", None)
 
 

@@ -211,6 +211,25 @@ def test_num_labels_gives_the_class_count_and_named_id2label_keys_are_read(tmp_p
     assert load_run(run).facts["n_classes"].value == 3
 
 
+def test_the_class_count_of_config_json_reaches_the_report_header(tmp_path):
+    """config.json's id2label (or num_labels) gave the diagnosis its class count but not the report's header or `show`'s
+    title ('? classes'), which read meta, where only the estimates from the weights or the first loss wrote it."""
+    from loratune.report.model import build_outside_report
+
+    for name, config, source in (("ids", {"model_type": "bert", "id2label": {str(i): f"c{i}" for i in range(4)}},
+                                  "config.json id2label"),
+                                 ("num", {"model_type": "bert", "num_labels": 5}, "config.json num_labels")):
+        run = _state(tmp_path / name, _log(), config=config)
+        h = load_run(run)
+        assert h.meta["n_classes"] == h.facts["n_classes"].value == len(config.get("id2label") or "abcde")
+        assert h.facts["n_classes"].source == source
+        assert build_outside_report(run).n_classes == h.meta["n_classes"]
+    # a language model's config: no class count in meta either (its id2label is the default pair)
+    run = _state(tmp_path / "lm", _log(), config={"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                                                   "id2label": {"0": "LABEL_0", "1": "LABEL_1"}, "num_labels": 2})
+    assert "n_classes" not in load_run(run).meta
+
+
 def test_an_rslora_rank_sweep_groups_on_its_own_scale(tmp_path):
     from loratune.diagnose import compare
 
