@@ -849,18 +849,17 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     points: list[dict] = []
     prev = -1
     merged: dict[int, dict] = {}  # several eval sets log one entry each at the same step
-    repeats = 0
+    repeats: list[int] = []  # the step of each evaluation logged again
     for e in eval_logs:
         m = merged.setdefault(int(e["step"]), {})
         # the same key again at a step is a later evaluation, not the training-time one: `trainer.evaluate()`
         # after training (of the best checkpoint, reloaded by load_best_model_at_end, or of a test set under the
         # default eval_ prefix) logs at the last step; it must not replace what the run measured there
-        repeats += any(k in m and k.startswith("eval_") and not k.endswith(_EVAL_META) for k in e)
+        if any(k in m and k.startswith("eval_") and not k.endswith(_EVAL_META) for k in e):
+            repeats.append(int(e["step"]))
         for k, v in e.items():
             m.setdefault(k, v)
-    if repeats:
-        notes.append(f"{repeats} evaluation(s) logged again at a step already evaluated (trainer.evaluate() after "
-                     "training): the first, made while training, is read")
+    notes += _repeated_eval_notes(repeats, int(logs[-1]["step"]) if logs else None)
     # each eval's window of train logs (prev < step <= its step), in log order, found by bisection: one pass over a
     # step-sorted index rather than a scan of every train log per eval (100k logs x 1,000 evals: 5.4 s, now 0.5 s)
     by_step = sorted(range(len(train_logs)), key=lambda i: train_logs[i]["step"])
@@ -958,6 +957,24 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     meta["facts"] = {k: {"value": f.value, "source": f.source} for k, f in facts.items()}
     return RunHistory(name=name, source=source, points=tuple(points), meta=meta, config=config,
                       notes=tuple(notes), path=path, facts=dict(facts))
+
+
+def _repeated_eval_notes(steps: Sequence[int], last: int | None) -> list[str]:
+    """What the evaluations logged again at a step already evaluated were (`steps`: one per repeat; `last`: the log's
+    last step). At the last step: trainer.evaluate() after training. Before it: a run resumed from a checkpoint at
+    that step evaluates it again (eval_on_start, or an evaluate() before train()), its log holding the first run's
+    entries up to the checkpoint. Either way the first evaluation is the one read."""
+    after = [s for s in steps if last is not None and s >= last]
+    before = sorted(set(s for s in steps if s not in after))
+    notes = []
+    if after:
+        notes.append(f"{len(after)} evaluation(s) logged again at the last step ({after[0]}), already evaluated "
+                     "(trainer.evaluate() after training): the first, made while training, is read")
+    if before:
+        notes.append(f"{len(steps) - len(after)} evaluation(s) logged again at step(s) "
+                     f"{', '.join(map(str, before))}, already evaluated, before the log's end (a run resumed from a "
+                     "checkpoint there evaluates it again, with eval_on_start): the first is read")
+    return notes
 
 
 def _side_file(folder: Path, filename: str) -> Path | None:

@@ -230,6 +230,26 @@ def test_the_class_count_of_config_json_reaches_the_report_header(tmp_path):
     assert "n_classes" not in load_run(run).meta
 
 
+def test_an_evaluation_repeated_by_a_resume_is_not_blamed_on_an_evaluate_after_training(tmp_path):
+    """A run resumed from checkpoint-100 with eval_on_start evaluates step 100 again: the note said it was a
+    trainer.evaluate() after training, at a step half way through the log."""
+    log = _log()  # evals every 20 steps to 200
+    at = next(i for i, e in enumerate(log) if e["step"] == 100 and "eval_loss" in e)
+    again = {**log[at], "eval_loss": log[at]["eval_loss"] + 0.01}  # the resumed run's own evaluation of step 100
+    h = load_run(_state(tmp_path / "resumed", log[:at + 1] + [again] + log[at + 1:], global_step=200))
+    assert next(p for p in h.points if p["step"] == 100)["val/loss"] == log[at]["eval_loss"]  # the first is read
+    notes = [n for n in h.notes if "logged again" in n]
+    assert notes == ["1 evaluation(s) logged again at step(s) 100, already evaluated, before the log's end (a run "
+                     "resumed from a checkpoint there evaluates it again, with eval_on_start): the first is read"]
+    # an evaluate() after training logs at the last step: that one is said as such
+    last = {**log[-1], "eval_loss": 0.1}
+    h = load_run(_state(tmp_path / "after", log + [last], global_step=200))
+    assert [n for n in h.notes if "logged again" in n] == [
+        "1 evaluation(s) logged again at the last step (200), already evaluated (trainer.evaluate() after training): "
+        "the first, made while training, is read"]
+    assert h.points[-1]["val/loss"] == log[-1]["eval_loss"]
+
+
 def test_an_rslora_rank_sweep_groups_on_its_own_scale(tmp_path):
     from loratune.diagnose import compare
 
