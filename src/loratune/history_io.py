@@ -1494,6 +1494,21 @@ def _eval_key_map(eval_logs: Sequence[dict]) -> tuple[dict[str, str], list[str]]
                      f"and none named as a validation set ({', '.join(repr(v) for v in _VAL_NAMES if v)}): none is "
                      "read as validation, so the run has no val curve and only its train loss is diagnosed; name the "
                      "validation set's key in eval_dataset={...} 'validation' (the others stay under their own names)")
+    # several sets under validation names (`trainer.evaluate(ds)` after training logs the plain `eval_loss` at the last
+    # step beside the run's `eval_validation_loss`): one is the validation set, the one evaluated at the most steps
+    # (a tie: the first evaluated, then the first in _VAL_NAMES); the others keep their own names (`eval/loss` for
+    # the plain one), so a later evaluation of other rows never stands in for the curve's last point
+    val_named = [p for p in prefixes if p in _VAL_NAMES]
+    val_name = None
+    if len(val_named) > 1:
+        seen = _set_evaluations(eval_logs, val_named)
+        val_name = min(val_named, key=lambda p: (-seen[p][0], seen[p][1], _VAL_NAMES.index(p)))
+        others = sorted(set(val_named) - {val_name})
+        said = {p: repr(p) if p else "the plain eval_* keys" for p in val_named}
+        notes.append(f"eval sets under validation names ({', '.join(said[p] for p in sorted(val_named))}): "
+                     f"{said[val_name]} (evaluated at {seen[val_name][0]} step(s)) read as the validation set, "
+                     + ", ".join(f"{said[p]} (at {seen[p][0]}) as {_other_val_split(p)}/*" for p in others)
+                     + " (a trainer.evaluate() after training, of other rows, logs the plain eval_* keys)")
     for key in sorted(keys):
         rest = key[len("eval_"):]
         name = next((pfx for pfx in sorted(prefixes, key=len, reverse=True)
@@ -1501,7 +1516,9 @@ def _eval_key_map(eval_logs: Sequence[dict]) -> tuple[dict[str, str], list[str]]
         metric = rest[len(name) + 1:] if name else rest
         if metric in _EVAL_META:
             continue
-        if name in _VAL_NAMES or name == val_alias:
+        if name in _VAL_NAMES and val_name is not None and name != val_name:
+            split = _other_val_split(name)
+        elif name in _VAL_NAMES or name == val_alias:
             split = "val"
         elif name in _TRAIN_NAMES:
             split = "train_eval"
@@ -1515,6 +1532,23 @@ def _eval_key_map(eval_logs: Sequence[dict]) -> tuple[dict[str, str], list[str]]
         shown = ", ".join(f"{k} -> {v}" for k, v in sorted(out.items()))
         notes.append(f"mapped Trainer keys: {shown}")
     return out, notes
+
+
+def _other_val_split(name: str) -> str:
+    """The split of an eval set under a validation name that is not the run's validation set: `eval_<name>`, and
+    `eval` for the plain `eval_*` keys."""
+    return f"eval_{name}" if name else "eval"
+
+
+def _set_evaluations(eval_logs: Sequence[dict], names: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """For each eval set name ('' for the plain `eval_*` keys): (the number of steps its loss was logged at, the index
+    of its first entry in `eval_logs`)."""
+    out = {}
+    for name in names:
+        key = f"eval_{name}_loss" if name else "eval_loss"
+        at = [i for i, e in enumerate(eval_logs) if key in e]
+        out[name] = (len({eval_logs[i].get("step") for i in at}), at[0] if at else len(eval_logs))
+    return out
 
 
 def _percent_to_share(points: list[dict], notes: list[str]) -> None:

@@ -5,6 +5,7 @@ variants' notes and a V-shaped second half."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -291,6 +292,56 @@ def test_mnli_style_validation_sets_read_the_first_as_validation(tmp_path):
     h = load_run(_state(tmp_path / "m", log))
     assert [p["val/loss"] for p in h.points] == pytest.approx([1.7, 1.5, 1.3])
     assert any("'validation_matched' read as the validation set" in n for n in h.notes)
+
+
+def _named_sets_then_evaluate() -> list[dict]:
+    """eval_dataset={"validation": 20 rows, "train": 16 rows}, evaluated every 10 steps to 60, then
+    `trainer.evaluate(val[:8])` after training: the plain eval_* keys, once, at the last step."""
+    log = []
+    for s in range(0, 61, 10):
+        if s:
+            log.append({"step": s, "epoch": s / 6, "loss": 1.4 * math.exp(-s / 30), "learning_rate": 0.01})
+        log.append({"step": s, "epoch": s / 6, "eval_validation_loss": 1.39 * math.exp(-s / 35),
+                    "eval_validation_macro_f1": 0.1 + s / 75, "eval_validation_runtime": 0.01,
+                    "eval_validation_samples_per_second": 2000.0})
+        log.append({"step": s, "epoch": s / 6, "eval_train_loss": 1.38 * math.exp(-s / 25),
+                    "eval_train_macro_f1": 0.1 + s / 70, "eval_train_runtime": 0.01,
+                    "eval_train_samples_per_second": 1600.0})
+    log.append({"step": 60, "epoch": 10.0, "train_runtime": 1.5, "train_loss": 0.7, "total_flos": 5e8})
+    log.append({"step": 60, "epoch": 10.0, "eval_loss": 0.1025, "eval_macro_f1": 1.0, "eval_runtime": 0.01,
+                "eval_samples_per_second": 800.0})
+    return log
+
+
+def test_an_evaluate_after_training_does_not_replace_the_named_validation_sets_last_point(tmp_path):
+    """The plain eval_loss of a trainer.evaluate(val[:8]) after training and the run's eval_validation_loss both read
+    as val/loss: the later one replaced the step-60 point (val loss 0.10, macro-F1 1.0, 8 rows for 0.18, 0.90, 20
+    rows), in the trainer_state and in the TensorBoard log alike."""
+    log = _named_sets_then_evaluate()
+    state = load_run(_state(tmp_path / "run", log, global_step=60, max_steps=60))
+    readings = [state]
+    if importlib.util.find_spec("tensorboard") is not None:  # the TensorBoard log of the same run, read the same
+        from torch.utils.tensorboard import SummaryWriter
+
+        w = SummaryWriter(str(tmp_path / "tb" / "runs" / "Dec05"))
+        for e in log:
+            for k, v in e.items():
+                if k.startswith("eval_"):
+                    w.add_scalar("eval/" + k[len("eval_"):], v, e["step"])
+                elif k in ("loss", "learning_rate", "epoch", "train_loss", "train_runtime", "total_flos"):
+                    w.add_scalar("train/" + k, v, e["step"])
+        w.close()
+        readings.append(load_run(tmp_path / "tb"))
+    for h in readings:
+        last = h.points[-1]
+        assert last["step"] == 60
+        assert last["val/loss"] == pytest.approx(1.39 * math.exp(-60 / 35), rel=1e-6)
+        assert last["val/macro_f1"] == pytest.approx(0.1 + 60 / 75, rel=1e-6) and last["val/n"] == 20
+        assert h.facts["val_n"].value == 20
+        assert last["eval/loss"] == pytest.approx(0.1025, rel=1e-6)  # kept, under its own name
+        assert [p["step"] for p in h.points if "val/loss" in p] == list(range(0, 61, 10))
+        assert any("'validation' (evaluated at 7 step(s)) read as the validation set, the plain eval_* keys (at 1) "
+                   "as eval/*" in n for n in h.notes)
 
 
 def test_a_large_csv_is_streamed_keeping_only_its_mapped_columns(tmp_path):
