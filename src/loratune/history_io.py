@@ -2055,6 +2055,14 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
+def _eval_column_key(col: str) -> str:
+    """An eval column's name as the Trainer's log key (what _eval_key_map reads): W&B's `eval/x` as `eval_x`, each
+    `/`-separated part normalised and the `/` kept, so TRL's `eval/rewards/accuracies` stays `eval_rewards/accuracies`
+    (the preference rules read `val/rewards/accuracies`; normalised whole it was `val/rewards_accuracies`)."""
+    key = "/".join(_norm(part) for part in col.split("/"))
+    return "eval_" + key[len("eval/"):] if key.startswith("eval/") else key
+
+
 def _merge_same_step(points: list[dict]) -> tuple[list[dict], int]:
     """Rows of one step merged into one point (an export may put a step's train and eval numbers on two rows); a
     column given again at a step keeps its first value, as a Trainer log's repeated eval key does. Returns the
@@ -2152,7 +2160,7 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
         if key is None and re.fullmatch(r"(train|val|train_eval)/[a-z_0-9/]+", col):
             key = col  # already a loratune key
         if _norm(col).startswith("eval_"):
-            eval_cols[i] = _norm(col)  # all of them: which set is the validation set depends on every set's name
+            eval_cols[i] = _eval_column_key(col)  # all of them: which set is the validation set depends on every name
         if key is not None and key not in mapping.values():
             mapping[i] = key
         elif key is not None:

@@ -165,6 +165,22 @@ def test_a_preference_runs_val_metric_is_its_reward_accuracy(tmp_path):
     d = diagnose(good)
     assert d.features.details["val_metric"] == "val/rewards/accuracies"
     assert d.features["val_metric_best"] == pytest.approx(0.85) and d.verdict != "inconclusive"
+    # its CSV exports (the Trainer's keys, and W&B's eval/... names): `eval/rewards/accuracies` read as
+    # val/rewards_accuracies, so the run was judged on its flat token accuracy (0.3)
+    log = json.loads((tmp_path / "good" / "trainer_state.json").read_text())["log_history"]
+    keys = sorted({k for e in log for k in e})
+    for fname, name_of in (("trainer.csv", lambda k: k), ("wandb.csv", lambda k: k.replace("eval_", "eval/", 1)
+                                                           if k.startswith("eval_") else k)):
+        rows = [",".join(name_of(k) for k in keys)] + [",".join(str(e.get(k, "")) for k in keys) for e in log]
+        (tmp_path / fname).write_text("\n".join(rows) + "\n")
+        exported = load_run(tmp_path / fname)
+        assert exported.meta["trl_kind"] == "preference"
+        assert [p["val/rewards/accuracies"] for p in exported.points if "val/rewards/accuracies" in p] == \
+            pytest.approx([p["val/rewards/accuracies"] for p in good.points if "val/rewards/accuracies" in p])
+        assert not any("val/rewards_" in k for p in exported.points for k in p)
+        e = diagnose(exported)
+        assert e.features.details["val_metric"] == "val/rewards/accuracies", fname
+        assert e.features["val_metric_best"] == pytest.approx(0.85)
     worse = load_run(_state(tmp_path / "worse", dpo(1e-6, 0.6, 0.6)))
     (g,) = compare([good, worse]).groups
     assert g.best()[0] == "good" and g.best()[2] == pytest.approx(0.85)
