@@ -1467,9 +1467,10 @@ def _fit_decay(samples: Sequence[tuple[float, float]], shape: str, s0: float) ->
     return best
 
 
-def _eval_key_map(eval_logs: Sequence[dict]) -> tuple[dict[str, str], list[str]]:
+def _eval_key_map(eval_logs: Sequence[dict], say_mapped: bool = True) -> tuple[dict[str, str], list[str]]:
     """eval_* keys -> loratune keys. `eval_loss` -> val/loss; with several eval sets
-    (`eval_dataset={"val": ..., "train": ...}`), `eval_train_loss` -> train_eval/loss."""
+    (`eval_dataset={"val": ..., "train": ...}`), `eval_train_loss` -> train_eval/loss. `say_mapped`: end the notes
+    with the mapping (a CSV says it per column instead)."""
     keys = {k for e in eval_logs for k in e if k.startswith("eval_")}
     prefixes = {k[len("eval_"):-len("loss")].rstrip("_") for k in keys if k.endswith("loss")}
     out: dict[str, str] = {}
@@ -1528,7 +1529,7 @@ def _eval_key_map(eval_logs: Sequence[dict]) -> tuple[dict[str, str], list[str]]
         out[key] = f"{split}/{mapped}"
         if metric == "f1":
             notes.append(f"{key} taken as macro-F1 (compute_metrics should use average='macro')")
-    if eval_logs:
+    if eval_logs and say_mapped:
         shown = ", ".join(f"{k} -> {v}" for k, v in sorted(out.items()))
         notes.append(f"mapped Trainer keys: {shown}")
     return out, notes
@@ -2026,27 +2027,29 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
 # CSV
 # ---------------------------------------------------------------------------------------------
 
-# normalised column name -> loratune key. Normalising: lower case, every non-alphanumeric run -> "_".
+# normalised column name -> loratune key. Normalising: lower case, every non-alphanumeric run -> "_". A column whose
+# name starts with eval_ (or W&B's eval/) is no alias here: it is a Trainer log key, named as the trainer_state reader
+# names it (_eval_key_map), once the rows say which of several eval sets is the validation set
 _CSV_COLUMNS = {
     "step": ["step", "steps", "global_step", "train_global_step", "iteration", "iter", "it", "update", "updates"],
     "epoch": ["epoch", "epochs", "train_epoch"],
     "train/loss": ["train_loss", "loss", "training_loss", "trn_loss", "train_loss_mean"],
-    "val/loss": ["val_loss", "eval_loss", "validation_loss", "valid_loss", "dev_loss", "val_loss_mean"],
-    "val/macro_f1": ["val_macro_f1", "eval_macro_f1", "macro_f1", "val_f1", "eval_f1", "f1", "f1_macro",
-                     "val_f1_macro", "eval_f1_macro", "validation_f1", "valid_f1", "dev_f1"],
-    "val/accuracy": ["val_accuracy", "val_acc", "eval_accuracy", "eval_acc", "accuracy", "acc",
-                     "validation_accuracy", "valid_acc", "dev_acc"],
+    "val/loss": ["val_loss", "validation_loss", "valid_loss", "dev_loss", "val_loss_mean"],
+    "val/macro_f1": ["val_macro_f1", "macro_f1", "val_f1", "f1", "f1_macro", "val_f1_macro", "validation_f1",
+                     "valid_f1", "dev_f1"],
+    "val/accuracy": ["val_accuracy", "val_acc", "accuracy", "acc", "validation_accuracy", "valid_acc", "dev_acc"],
     "train_eval/macro_f1": ["train_macro_f1", "train_f1", "train_f1_macro", "train_eval_macro_f1"],
     "train_eval/accuracy": ["train_accuracy", "train_acc", "train_eval_accuracy"],
     "train_eval/loss": ["train_eval_loss"],
-    "val/n": ["val_n", "eval_n", "val_size"],
+    "val/n": ["val_n", "val_size"],
     "lr": ["lr", "learning_rate", "train_learning_rate"],
     "train/loss_std": ["train_loss_std"],
     "train/grad_norm": ["grad_norm", "train_grad_norm"],
     # not curves: read only to estimate the val size as the trainer_state reader does (`_estimate_n`: runtime x
     # samples/s), then dropped; without it an export of a run lost the noise band its trainer_state.json gave
-    "eval_runtime": ["eval_runtime", "val_runtime"],
-    "eval_samples_per_second": ["eval_samples_per_second", "val_samples_per_second"],
+    # (the Trainer's own eval_runtime columns are read as the validation set's timing by _eval_key_map's naming)
+    "eval_runtime": ["val_runtime"],
+    "eval_samples_per_second": ["val_samples_per_second"],
 }
 _CSV_EVAL_TIMING_PREFIX = "eval_"  # the prefix `_estimate_n` reads the two timing keys above under
 
@@ -2077,6 +2080,33 @@ def _merge_same_step(points: list[dict]) -> tuple[list[dict], int]:
                 continue
             into[k] = v
     return [merged[s] for s in sorted(merged)], repeated
+
+
+def _csv_eval_keys(points: list[dict], eval_cols: Mapping[int, str], mapping: dict[int, str]) -> list[str]:
+    """The eval columns' values, read under the Trainer's keys, renamed in place as the trainer_state reader names them
+    (_eval_key_map, told at how many rows each set was evaluated: of `eval_loss` logged once by a trainer.evaluate()
+    after training and `eval_validation_loss` at every eval, the second is the validation set); the validation set's
+    runtime and samples/s under the keys _estimate_n reads. A key a fixed column already gives (a `val_loss` beside an
+    `eval_loss`) is left to it. `mapping` gets the columns read; returns _eval_key_map's notes."""
+    keys = set(eval_cols.values())
+    split_of, notes = _eval_key_map([{"step": pt["step"], **{k: v for k, v in pt.items() if k in keys}}
+                                     for pt in points if keys & pt.keys()], say_mapped=False)
+    given = set(mapping.values())
+    split_of = {k: v for k, v in split_of.items() if v not in given}
+    val_prefix = next((k[:-len("loss")] for k, v in split_of.items() if v == "val/loss"), None)
+    timing = {val_prefix + t: _CSV_EVAL_TIMING_PREFIX + t for t in ("runtime", "samples_per_second")
+              if val_prefix and "eval_" + t not in given} if val_prefix else {}
+    for pt in points:
+        read = {k: pt.pop(k) for k in keys & pt.keys()}  # all out first: the plain set's eval_runtime is no timing key
+        for k, v in read.items():
+            if k in split_of:
+                pt[split_of[k]] = int(v) if split_of[k] == "val/n" and _fin(v) is not None else v
+            elif k in timing:
+                pt[timing[k]] = v
+    for i, k in eval_cols.items():
+        if k in split_of or k in timing:
+            mapping[i] = split_of.get(k) or timing[k]
+    return notes
 
 
 def _csv_column_notes(header: list[str], mapping: dict[int, str]) -> list[str]:
@@ -2156,51 +2186,43 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
             if chart.group(1) != chart_runs[0]:
                 continue
             col = chart.group(2)
+        if _norm(col).startswith("eval_"):
+            # a Trainer log exported as is (`eval_loss`, `eval_validation_loss`, W&B's `eval/validation_loss`): read
+            # under the Trainer's key, all of them, and named once the rows are read (_csv_eval_keys)
+            eval_cols[i] = _eval_column_key(col)
+            continue
         key = lookup.get(_norm(col))
         if key is None and re.fullmatch(r"(train|val|train_eval)/[a-z_0-9/]+", col):
             key = col  # already a loratune key
-        if _norm(col).startswith("eval_"):
-            eval_cols[i] = _eval_column_key(col)  # all of them: which set is the validation set depends on every name
         if key is not None and key not in mapping.values():
             mapping[i] = key
         elif key is not None:
             spare[i] = key
-    # a Trainer log exported as is (`eval_validation_loss`, W&B's `eval/validation_loss`): its eval sets' columns
-    # named as the trainer_state and TensorBoard readers name them (_eval_key_map), which none of the fixed aliases do
-    split_of, _ = _eval_key_map([{c: 0.0 for c in eval_cols.values()}])
-    val_prefix = next((c[:-len("loss")] for c, k in split_of.items() if k == "val/loss"), None)
-    for i, c in eval_cols.items():
-        if i in mapping or i in spare:
-            continue  # a fixed alias (eval_loss, eval_accuracy) named it
-        key = split_of.get(c)
-        if key is None and val_prefix and c[len(val_prefix):] in ("runtime", "samples_per_second"):
-            key = _CSV_EVAL_TIMING_PREFIX + c[len(val_prefix):]  # the val set's timing: its size, as _estimate_n reads
-        if key is not None and key not in mapping.values():
-            mapping[i] = key
     mapping = dict(sorted(mapping.items()))
     found = set(mapping.values())
+    # what the eval columns can be, by their names alone: whether the CSV has any loss or metric column at all
+    named, _ = _eval_key_map([{c: 0.0 for c in eval_cols.values()}])
     body = iter(body)
     row0 = next(body, None)
     if row0 is None:
         raise UserError(f"'{p}' has a header ({', '.join(header)}) and no rows", "give the CSV with its data rows")
-    if not found & {"train/loss", "val/loss", "val/macro_f1", "val/accuracy"}:
+    if not (found | set(named.values())) & {"train/loss", "val/loss", "val/macro_f1", "val/accuracy"}:
         raise UserError(
             f"'{p}': no loss or metric column among {header}",
             "name columns like step, train_loss, val_loss, val_f1 (or val_accuracy)")
-    column_notes = _csv_column_notes(header, mapping)
-    notes = list(column_notes)
+    notes: list[str] = []
     if len(chart_runs) > 1:
         notes.append(f"a chart export of {len(chart_runs)} runs ({', '.join(map(repr, chart_runs))}): read the first,"
                      " export one run per file to read the others")
-    if any(_norm(header[i].rsplit(" - ", 1)[-1]) in ("f1", "val_f1", "eval_f1", "validation_f1", "valid_f1",
-                                                       "dev_f1") for i in mapping):
+    if any(_norm(header[i].rsplit(" - ", 1)[-1]) in ("f1", "val_f1", "validation_f1", "valid_f1", "dev_f1")
+           for i in mapping):  # (an eval_f1 column: _eval_key_map says so)
         notes.append("an F1 column without 'macro' was taken as macro-F1")
     points = []
     bad_cells = stepless = decimal_commas = 0
     row_step_base = 1
     for r_i, row in enumerate(itertools.chain([row0], body)):
         pt: dict[str, Any] = {}
-        for i, key in itertools.chain(mapping.items(), ((i, _spare_key(i)) for i in spare)):
+        for i, key in itertools.chain(mapping.items(), eval_cols.items(), ((i, _spare_key(i)) for i in spare)):
             cell = row[i].strip() if i < len(row) else ""
             if cell == "":
                 continue
@@ -2238,8 +2260,10 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
     if stepless:
         notes.append(f"{stepless} row(s) without a step number left out")
     points, repeated = _merge_same_step(points)
-    if _summary_columns(points, mapping, spare, header, notes):  # a column swapped for another: one in, one out
-        notes[:len(column_notes)] = _csv_column_notes(header, dict(sorted(mapping.items())))
+    _summary_columns(points, mapping, spare, header, notes)
+    notes += _csv_eval_keys(points, eval_cols, mapping)
+    notes[:0] = _csv_column_notes(header, dict(sorted(mapping.items())))
+    found = set(mapping.values())
     estimated = 0
     for pt in points:
         n = _estimate_n(pt, _CSV_EVAL_TIMING_PREFIX)

@@ -344,6 +344,30 @@ def test_an_evaluate_after_training_does_not_replace_the_named_validation_sets_l
                    "as eval/*" in n for n in h.notes)
 
 
+def test_a_csv_export_with_an_evaluate_after_training_keeps_the_named_validation_curve(tmp_path):
+    """The same run's W&B export (`eval/loss` once, from the evaluate after training, beside `eval/validation_*` at every
+    eval) or MLflow pivot (the Trainer's keys): the fixed alias eval_loss -> val/loss took the one value, the named
+    set's columns were dropped as a second val/loss, and the run's val curve was a single point at its last step."""
+    log = _named_sets_then_evaluate()
+    state = load_run(_state(tmp_path / "run", log, global_step=60, max_steps=60))
+    keys = sorted({k for e in log for k in e})
+    for fname, name_of in (("mlflow.csv", lambda k: k),
+                           ("wandb.csv", lambda k: ("train/global_step" if k == "step" else
+                                                    k.replace("eval_", "eval/", 1) if k.startswith("eval_") else
+                                                    "train/" + k))):
+        rows = [",".join(name_of(k) for k in keys)] + [",".join(str(e.get(k, "")) for k in keys) for e in log]
+        (tmp_path / fname).write_text("\n".join(rows) + "\n")
+        h = load_run(tmp_path / fname)
+        for key in ("val/loss", "val/macro_f1", "val/n", "train_eval/loss"):
+            got = [(p["step"], p[key]) for p in h.points if p.get(key) is not None]
+            assert got == [(p["step"], pytest.approx(p[key])) for p in state.points if p.get(key) is not None], key
+            assert len(got) == 7, key
+        last = next(p for p in h.points if p["step"] == 60 and "val/loss" in p)
+        assert last["val/n"] == 20 and last["eval/loss"] == pytest.approx(0.1025)
+        assert any("'validation' (evaluated at 7 step(s)) read as the validation set" in n for n in h.notes), fname
+        assert not any("validation" in n for n in h.notes if n.startswith("CSV columns ignored")), fname
+
+
 def test_a_large_csv_is_streamed_keeping_only_its_mapped_columns(tmp_path):
     """A W&B export with a hundred logged system columns: read row by row, the memory it takes stays under the file's
     size (the whole text, its lines and every cell as strings took ~10x), and the curve read is the same."""
