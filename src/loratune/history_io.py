@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from loratune.errors import UserError
+from loratune.features import is_eval_point
 from loratune.store import HISTORY, RUN, TENSORBOARD_DIR, RunStore, check_name_length, read_history_lines
 
 
@@ -835,7 +836,7 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     split_of, metric_notes = _eval_key_map(eval_logs)
     notes += metric_notes
 
-    val_prefix = next((k[:-len("loss")] for k, v in split_of.items() if v == "val/loss"), "eval_")
+    val_prefix = _val_prefix(split_of)
     # the eval loss a summed train loss is measured against: the validation set's, else any held-out set's (several
     # sets under names of their own have no val curve, but each one's loss still tells a sum from a mean)
     ref_losses = ([val_prefix + "loss"] if val_prefix + "loss" in split_of else
@@ -846,53 +847,11 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
         train_logs = [scaled_train_losses(e, summed["factor"]) for e in train_logs]
     if summed is not None:
         notes.append(summed["why"])
-    points: list[dict] = []
-    prev = -1
-    merged: dict[int, dict] = {}  # several eval sets log one entry each at the same step
-    repeats: list[int] = []  # the step of each evaluation logged again
-    for e in eval_logs:
-        m = merged.setdefault(int(e["step"]), {})
-        # the same key again at a step is a later evaluation, not the training-time one: `trainer.evaluate()`
-        # after training (of the best checkpoint, reloaded by load_best_model_at_end, or of a test set under the
-        # default eval_ prefix) logs at the last step; it must not replace what the run measured there
-        if any(k in m and k.startswith("eval_") and not k.endswith(_EVAL_META) for k in e):
-            repeats.append(int(e["step"]))
-        for k, v in e.items():
-            m.setdefault(k, v)
-    notes += _repeated_eval_notes(repeats, int(logs[-1]["step"]) if logs else None)
-    # each eval's window of train logs (prev < step <= its step), in log order, found by bisection: one pass over a
-    # step-sorted index rather than a scan of every train log per eval (100k logs x 1,000 evals: 5.4 s, now 0.5 s)
-    by_step = sorted(range(len(train_logs)), key=lambda i: train_logs[i]["step"])
-    sorted_steps = [train_logs[i]["step"] for i in by_step]
-    for ev in (merged[k] for k in sorted(merged)):
-        lo, hi = bisect.bisect_right(sorted_steps, prev), bisect.bisect_right(sorted_steps, ev["step"])
-        window = [train_logs[i] for i in sorted(by_step[lo:hi])]
-        pt = {"step": int(ev["step"])}
-        if _fin(ev.get("epoch")) is not None:
-            pt["epoch"] = float(ev["epoch"])
-        pt.update(_window(window))
-        for key, value in ev.items():
-            if key in split_of:
-                pt[split_of[key]] = _json_num(value)
-        n = _estimate_n(ev, val_prefix)
-        if n is not None and "val/n" not in pt:
-            pt["val/n"] = n
-        points.append(pt)
-        prev = ev["step"]
-    tail = [e for e in train_logs if e["step"] > prev]
-    if tail and eval_logs:  # training after the last eval: one more point with train keys only
-        pt = {"step": int(tail[-1]["step"]), **_window(tail)}
-        if _fin(tail[-1].get("epoch")) is not None:
-            pt["epoch"] = float(tail[-1]["epoch"])
-        points.append(pt)
+    points = _log_points(train_logs, eval_logs, split_of, val_prefix, notes,
+                         last=int(logs[-1]["step"]) if logs else None)
     if not eval_logs:
         notes.append("no evaluation entries (eval_*) in the log: only the train loss can be diagnosed; log an "
                      "eval set (eval_strategy='steps', eval_dataset=...) to see overfitting")
-        for e in train_logs:  # every log entry is its own window
-            pt = {"step": int(e["step"]), **_window([e])}
-            if _fin(e.get("epoch")) is not None:
-                pt["epoch"] = float(e["epoch"])
-            points.append(pt)
     _percent_to_share(points, notes)
     for rate, right in _ERROR_RATES.items():
         for split in ("val", "train_eval"):
@@ -957,6 +916,62 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     meta["facts"] = {k: {"value": f.value, "source": f.source} for k, f in facts.items()}
     return RunHistory(name=name, source=source, points=tuple(points), meta=meta, config=config,
                       notes=tuple(notes), path=path, facts=dict(facts))
+
+
+def _log_points(train_logs: Sequence[dict], eval_logs: Sequence[dict], split_of: Mapping[str, str], val_prefix: str,
+                notes: list[str], last: int | None) -> list[dict]:
+    """The eval points of a Trainer log (entries in step order; `last`: its last step), as the trainer_state,
+    TensorBoard and CSV readers all read one: the eval entries of one step merged (a key logged again keeps its first
+    value, and a note says why it came again); each eval's point holds the window of train logs since the eval
+    before (train/loss: their mean, train/loss_std: their spread, ...), its eval keys renamed by `split_of` and the
+    val size from the `val_prefix` set's runtime x samples/s; the train logs after the last eval make one more
+    point, and with no eval every train log is its own point."""
+    points: list[dict] = []
+    prev = -1
+    merged: dict[int, dict] = {}  # several eval sets log one entry each at the same step
+    repeats: list[int] = []  # the step of each evaluation logged again
+    for e in eval_logs:
+        m = merged.setdefault(int(e["step"]), {})
+        # the same key again at a step is a later evaluation, not the training-time one: `trainer.evaluate()`
+        # after training (of the best checkpoint, reloaded by load_best_model_at_end, or of a test set under the
+        # default eval_ prefix) logs at the last step; it must not replace what the run measured there
+        if any(k in m and k.startswith("eval_") and not k.endswith(_EVAL_META) for k in e):
+            repeats.append(int(e["step"]))
+        for k, v in e.items():
+            m.setdefault(k, v)
+    notes += _repeated_eval_notes(repeats, last)
+    # each eval's window of train logs (prev < step <= its step), in log order, found by bisection: one pass over a
+    # step-sorted index rather than a scan of every train log per eval (100k logs x 1,000 evals: 5.4 s, now 0.5 s)
+    by_step = sorted(range(len(train_logs)), key=lambda i: train_logs[i]["step"])
+    sorted_steps = [train_logs[i]["step"] for i in by_step]
+    for ev in (merged[k] for k in sorted(merged)):
+        lo, hi = bisect.bisect_right(sorted_steps, prev), bisect.bisect_right(sorted_steps, ev["step"])
+        window = [train_logs[i] for i in sorted(by_step[lo:hi])]
+        pt = {"step": int(ev["step"])}
+        if _fin(ev.get("epoch")) is not None:
+            pt["epoch"] = float(ev["epoch"])
+        pt.update(_window(window))
+        for key, value in ev.items():
+            if key in split_of:
+                pt[split_of[key]] = _json_num(value)
+        n = _estimate_n(ev, val_prefix)
+        if n is not None and "val/n" not in pt:
+            pt["val/n"] = n
+        points.append(pt)
+        prev = ev["step"]
+    tail = [e for e in train_logs if e["step"] > prev]
+    if tail and eval_logs:  # training after the last eval: one more point with train keys only
+        pt = {"step": int(tail[-1]["step"]), **_window(tail)}
+        if _fin(tail[-1].get("epoch")) is not None:
+            pt["epoch"] = float(tail[-1]["epoch"])
+        points.append(pt)
+    if not eval_logs:
+        for e in train_logs:  # every log entry is its own window
+            pt = {"step": int(e["step"]), **_window([e])}
+            if _fin(e.get("epoch")) is not None:
+                pt["epoch"] = float(e["epoch"])
+            points.append(pt)
+    return points
 
 
 def _repeated_eval_notes(steps: Sequence[int], last: int | None) -> list[str]:
@@ -1535,6 +1550,12 @@ def _eval_key_map(eval_logs: Sequence[dict], say_mapped: bool = True) -> tuple[d
     return out, notes
 
 
+def _val_prefix(split_of: Mapping[str, str]) -> str:
+    """The Trainer key prefix of the validation set (`eval_`, `eval_validation_`): its runtime and samples/s give the
+    val size (_estimate_n)."""
+    return next((k[:-len("loss")] for k, v in split_of.items() if v == "val/loss"), "eval_")
+
+
 def _other_val_split(name: str) -> str:
     """The split of an eval set under a validation name that is not the run's validation set: `eval_<name>`, and
     `eval` for the plain `eval_*` keys."""
@@ -2047,11 +2068,11 @@ _CSV_COLUMNS = {
     "train/grad_norm": ["grad_norm", "train_grad_norm"],
     # not curves: read only to estimate the val size as the trainer_state reader does (`_estimate_n`: runtime x
     # samples/s), then dropped; without it an export of a run lost the noise band its trainer_state.json gave
-    # (the Trainer's own eval_runtime columns are read as the validation set's timing by _eval_key_map's naming)
+    # (under the plain Trainer keys; the Trainer's own eval_*runtime columns are its eval sets' timing, the
+    # validation set's read by _log_points)
     "eval_runtime": ["val_runtime"],
     "eval_samples_per_second": ["val_samples_per_second"],
 }
-_CSV_EVAL_TIMING_PREFIX = "eval_"  # the prefix `_estimate_n` reads the two timing keys above under
 
 
 def _norm(name: str) -> str:
@@ -2082,31 +2103,43 @@ def _merge_same_step(points: list[dict]) -> tuple[list[dict], int]:
     return [merged[s] for s in sorted(merged)], repeated
 
 
-def _csv_eval_keys(points: list[dict], eval_cols: Mapping[int, str], mapping: dict[int, str]) -> list[str]:
-    """The eval columns' values, read under the Trainer's keys, renamed in place as the trainer_state reader names them
+def _csv_eval_keys(rows: list[dict], eval_cols: Mapping[int, str],
+                   mapping: dict[int, str]) -> tuple[dict[str, str], str, list[str]]:
+    """The loratune key of each eval column, read under its Trainer key, as the trainer_state reader names it
     (_eval_key_map, told at how many rows each set was evaluated: of `eval_loss` logged once by a trainer.evaluate()
-    after training and `eval_validation_loss` at every eval, the second is the validation set); the validation set's
-    runtime and samples/s under the keys _estimate_n reads. A key a fixed column already gives (a `val_loss` beside an
-    `eval_loss`) is left to it. `mapping` gets the columns read; returns _eval_key_map's notes."""
+    after training and `eval_validation_loss` at every eval, the second is the validation set), and the prefix of the
+    validation set's timing keys (its size, as _estimate_n reads it). A key a fixed column already gives (a `val_loss`
+    beside an `eval_loss`) is left to it. `mapping` gets the columns read; returns _eval_key_map's notes too."""
     keys = set(eval_cols.values())
-    split_of, notes = _eval_key_map([{"step": pt["step"], **{k: v for k, v in pt.items() if k in keys}}
-                                     for pt in points if keys & pt.keys()], say_mapped=False)
+    split_of, notes = _eval_key_map([{"step": row["step"], **{k: v for k, v in row.items() if k in keys}}
+                                     for row in rows if keys & row.keys()], say_mapped=False)
     given = set(mapping.values())
     split_of = {k: v for k, v in split_of.items() if v not in given}
-    val_prefix = next((k[:-len("loss")] for k, v in split_of.items() if v == "val/loss"), None)
-    timing = {val_prefix + t: _CSV_EVAL_TIMING_PREFIX + t for t in ("runtime", "samples_per_second")
-              if val_prefix and "eval_" + t not in given} if val_prefix else {}
-    for pt in points:
-        read = {k: pt.pop(k) for k in keys & pt.keys()}  # all out first: the plain set's eval_runtime is no timing key
-        for k, v in read.items():
-            if k in split_of:
-                pt[split_of[k]] = int(v) if split_of[k] == "val/n" and _fin(v) is not None else v
-            elif k in timing:
-                pt[timing[k]] = v
+    val_prefix = _val_prefix(split_of)
+    timing = {val_prefix + t for t in ("runtime", "samples_per_second")}
     for i, k in eval_cols.items():
         if k in split_of or k in timing:
-            mapping[i] = split_of.get(k) or timing[k]
-    return notes
+            mapping[i] = split_of.get(k, k)
+    return split_of, val_prefix, notes
+
+
+# a CSV's train columns under the keys of the Trainer's train log entry (what _window reads)
+_CSV_TRAIN_LOG_KEYS = {"train/loss": "loss", "train/grad_norm": "grad_norm", "lr": "learning_rate"}
+
+
+def _csv_logs(rows: Sequence[dict], split_of: Mapping[str, str]) -> tuple[list[dict], list[dict]]:
+    """A CSV's rows (one per step) as a Trainer log's entries: a train log of each row with a train loss, and an eval
+    entry of each row with an eval value (an eval column _eval_key_map named, or a fixed column of a split that was
+    scored: val/*, train_eval/*), which carries the row's other columns (train/loss_std, ...) along."""
+    train_logs, eval_logs = [], []
+    for row in rows:
+        base = {k: row[k] for k in ("step", "epoch") if k in row}
+        if "train/loss" in row:
+            train_logs.append({**base, **{t: row[k] for k, t in _CSV_TRAIN_LOG_KEYS.items() if k in row}})
+        rest = {k: v for k, v in row.items() if k not in base and k not in _CSV_TRAIN_LOG_KEYS}
+        if is_eval_point(rest) or split_of.keys() & rest.keys():
+            eval_logs.append({**base, **rest})
+    return train_logs, eval_logs
 
 
 def _csv_column_notes(header: list[str], mapping: dict[int, str]) -> list[str]:
@@ -2259,19 +2292,23 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
         points.append(pt)
     if stepless:
         notes.append(f"{stepless} row(s) without a step number left out")
-    points, repeated = _merge_same_step(points)
-    _summary_columns(points, mapping, spare, header, notes)
-    notes += _csv_eval_keys(points, eval_cols, mapping)
+    rows, repeated = _merge_same_step(points)
+    _summary_columns(rows, mapping, spare, header, notes)
+    fixed = set(mapping.values())  # the keys of the columns an alias (or a loratune name) gave
+    split_of, val_prefix, key_notes = _csv_eval_keys(rows, eval_cols, mapping)
+    notes += key_notes
     notes[:0] = _csv_column_notes(header, dict(sorted(mapping.items())))
     found = set(mapping.values())
-    estimated = 0
+    # read as the trainer_state reader reads a log (_log_points): the train rows between two evaluations are one
+    # window (train/loss their mean, train/loss_std their spread), not a point each, where one noisy logged loss of a
+    # batch of 8 read as the train loss climbing back up (an export of a healthy run read lr-too-large)
+    train_logs, eval_logs = _csv_logs(rows, split_of)
+    points = _log_points(train_logs, eval_logs, {**{k: k for k in fixed if "/" in k}, **split_of}, val_prefix, notes,
+                         last=rows[-1]["step"] if rows else None)
     for pt in points:
-        n = _estimate_n(pt, _CSV_EVAL_TIMING_PREFIX)
-        pt.pop(f"{_CSV_EVAL_TIMING_PREFIX}runtime", None)
-        pt.pop(f"{_CSV_EVAL_TIMING_PREFIX}samples_per_second", None)
-        if n is not None and "val/n" not in pt:
-            pt["val/n"] = n
-            estimated += 1
+        if _fin(pt.get("val/n")) is not None:
+            pt["val/n"] = int(pt["val/n"])  # a count (an eval_n column is read as a float)
+    estimated = 0 if "val/n" in found else sum(1 for pt in points if "val/n" in pt)
     if estimated:
         notes.append(f"val size estimated at {estimated} eval(s) as eval runtime x samples/s")
     if repeated:
@@ -2295,7 +2332,7 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
     _percent_to_share(points, notes)
     # the lr column's peak and schedule, read as the Trainer and TensorBoard readers read theirs: without them a CSV
     # had no config and was left out of every knob comparison
-    facts = _lr_facts([{"step": pt["step"], "learning_rate": pt["lr"]} for pt in points if _fin(pt.get("lr"))])
+    facts = _lr_facts([{"step": row["step"], "learning_rate": row["lr"]} for row in rows if _fin(row.get("lr"))])
     if facts and "step" not in found:
         facts.pop("warmup_steps", None)  # counted in rows, not optimizer steps
     facts = {k: replace(f, source=f"{f.source.replace('log_history', 'CSV')} ({p.name})") for k, f in facts.items()}
@@ -2312,8 +2349,7 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
         # the class count from the first train loss, as the trainer_state and TensorBoard readers estimate it: an
         # export of a run's log_history had no count, so no ln(classes) reference, and another verdict than the
         # run's trainer_state.json. Only over optimizer steps: a row number is no step the estimate can place
-        _classes_from_first_loss([{"step": pt["step"], "loss": pt["train/loss"], "grad_norm": pt.get("train/grad_norm")}
-                                  for pt in points if _fin(pt.get("train/loss")) is not None], meta, facts)
+        _classes_from_first_loss(train_logs, meta, facts)
     if facts:
         meta["facts"] = {k: {"value": f.value, "source": f.source} for k, f in facts.items()}
     if "step" not in found:

@@ -383,9 +383,12 @@ def test_a_large_csv_is_streamed_keeping_only_its_mapped_columns(tmp_path):
     size = path.stat().st_size
     run, peak = traced_peak(load_run, path)
     assert peak < size, (peak, size)
-    assert len(run.points) == 2000
-    assert run.points[99] == {"step": 100, "train/loss": 0.975, "val/loss": 1.075, "val/macro_f1": 0.5125}
-    assert "val/loss" not in run.points[0] and run.points[0]["train/loss"] == pytest.approx(1.0 - 1 / 4000)
+    # one point per evaluation, the train rows since the one before its window (as a trainer_state is read)
+    assert len(run.points) == 20
+    first = run.points[0]
+    assert first["step"] == 100 and first["val/loss"] == 1.075 and first["val/macro_f1"] == 0.5125
+    assert first["train/loss"] == pytest.approx(1.0 - 50.5 / 4000)  # the mean of the losses at steps 1..100
+    assert first["train/loss_first"] == pytest.approx(1.0 - 1 / 4000) and first["train/loss_last"] == 0.975
     assert any(n.startswith("CSV columns ignored: 'sys/gpu0_util'") for n in run.notes)
 
 
@@ -430,7 +433,7 @@ def test_a_csv_with_epochs_and_no_step_keeps_its_first_train_loss_and_says_steps
              for e in range(1, 101)]
     (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
     h = load_run(tmp_path / "r.csv")
-    assert [p["step"] for p in h.points] == list(range(1, 101))
+    assert [p["step"] for p in h.points] == list(range(10, 101, 10))  # one per evaluation (every 10th row)
     values = compute_features(h.points, h.meta, h.config).values
     assert values["train_loss_start"] == pytest.approx(2.3 * math.exp(-1 / 20))
     assert values["steps"] == 100
@@ -505,6 +508,41 @@ def test_a_csv_export_of_named_eval_sets_reads_the_validation_set_as_its_trainer
         assert not any("eval_validation" in n or "eval/validation" in n for n in h.notes if "ignored" in n)
 
 
+def test_a_csv_export_windows_its_train_losses_between_evaluations_as_its_trainer_state_does(tmp_path):
+    """A real 4-class run (batch 8, lr 0.01, a loss logged every 2 steps, an eval every 10): its trainer_state.json
+    reads healthy, its W&B export read lr-too-large at confidence 0.80: each logged loss was its own point, so one
+    batch's 0.031 then 0.446 read as the train loss climbing back up by 35% of its start."""
+    from loratune.diagnose import diagnose
+
+    losses = [1.388, 1.362, 1.434, 1.457, 1.398, 1.406, 1.394, 1.382, 1.365, 1.301, 1.213, 1.083, 0.808, 0.684, 0.464,
+              0.572, 0.38, 0.251, 0.199, 0.175, 0.207, 0.081, 0.288, 0.546, 0.079, 0.109, 0.569, 0.241, 0.031, 0.446,
+              0.048]
+    evals = {0: (1.386, 0.1), 10: (1.385, 0.1), 20: (1.061, 0.567), 30: (0.393, 0.899), 40: (0.081, 1.0),
+             50: (1.011, 0.667), 60: (0.186, 0.949)}
+    log = []
+    for step, loss in zip([1] + list(range(2, 61, 2)), losses):
+        log.append({"step": step, "epoch": step / 6, "loss": loss, "grad_norm": 1.0, "learning_rate": 0.01})
+    for step, (loss, f1) in evals.items():
+        log.append({"step": step, "epoch": step / 6, "eval_validation_loss": loss, "eval_validation_macro_f1": f1,
+                    "eval_validation_runtime": 0.01, "eval_validation_samples_per_second": 2000.0})
+    log.sort(key=lambda e: e["step"])
+    log.append({"step": 60, "epoch": 10.0, "train_runtime": 1.5, "train_loss": 0.7, "total_flos": 5e8})
+    state = load_run(_state(tmp_path / "run", log, global_step=60, max_steps=60))
+    keys = sorted({k for e in log for k in e})
+    wandb = {**{k: "train/" + k for k in keys if not k.startswith("eval_")},
+             **{k: "eval/" + k[len("eval_"):] for k in keys if k.startswith("eval_")}, "step": "train/global_step"}
+    rows = [",".join(wandb[k] for k in keys)] + [",".join(str(e.get(k, "")) for k in keys) for e in log]
+    (tmp_path / "wandb.csv").write_text("\n".join(rows) + "\n")
+    exported = load_run(tmp_path / "wandb.csv")
+    assert [p["step"] for p in exported.points] == [p["step"] for p in state.points] == list(range(0, 61, 10))
+    for key in ("train/loss", "train/loss_std", "train/loss_first", "train/loss_last", "train/grad_norm", "lr",
+                "val/loss", "val/macro_f1", "val/n"):
+        assert [p.get(key) for p in exported.points] == pytest.approx([p.get(key) for p in state.points]), key
+    assert exported.points[-1]["train/loss"] == pytest.approx(sum(losses[-5:]) / 5)  # steps 52..60, one window
+    assert exported.facts["n_classes"].value == state.facts["n_classes"].value == 4
+    assert diagnose(exported).verdict == diagnose(state).verdict == "healthy"
+
+
 def test_a_csv_with_a_train_loss_summary_and_a_loss_curve_reads_the_curve(tmp_path):
     """An MLflow pivot: `train_loss` (the Trainer's one end-of-run mean) and `loss` (the per-step curve) both alias
     train/loss; the first in the header won, so the curve was a single value at the last step and read undertrained."""
@@ -513,7 +551,9 @@ def test_a_csv_with_a_train_loss_summary_and_a_loss_curve_reads_the_curve(tmp_pa
     rows[-1] = rows[-1].replace("200,,", "200,0.8,")
     (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
     h = load_run(tmp_path / "r.csv")
-    assert [p["train/loss"] for p in h.points] == pytest.approx([2.0 - s / 200 for s in range(10, 201, 10)])
+    # the curve's losses, two to each eval's window: the first and last of each, never the summary's 0.8
+    assert [v for p in h.points for v in (p["train/loss_first"], p["train/loss_last"])] == pytest.approx(
+        [2.0 - s / 200 for s in range(10, 201, 10)])
     assert any("'loss' -> train/loss" in n for n in h.notes) and any("ignored: 'train_loss'" in n for n in h.notes)
     assert any("'loss' read (a curve of 20 values), 'train_loss' left out" in n for n in h.notes)
     # two curves under one key: the first in the header is read, as before
