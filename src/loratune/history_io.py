@@ -479,28 +479,55 @@ def _read_event_file(f: Path, loader) -> tuple[float, dict[int, dict[str, float]
     return (first if math.isfinite(first) else f.stat().st_mtime), scalars
 
 
+# a resumed run's scheduler continues from its checkpoint: at a step both files logged a learning rate, the rates are
+# the same number (the same float32 the event file stores; this tolerance only absorbs a rounding of it)
+RESUME_LR_RTOL = 1e-4
+_LR_TAGS = ("train/learning_rate", "lr")  # the Trainer's tag, and `loratune train`'s own
+
+
 def _one_run(files: list[tuple[Path, float, dict]]) -> tuple[list[tuple[Path, float, dict]], list[str]]:
     """The event files of one run, the newest: files in the order they were started, a file that starts its steps
-    past the run's first step continues it (the Trainer opens a new `runs/<date>` folder, or a new file, when it
-    resumes from a checkpoint), and one that starts at or before it is another run written into the same
-    logging_dir (its steps would interleave with the older run's)."""
+    past the run's first step and logs the run's learning rate at every step both logged one continues it (the Trainer
+    opens a new `runs/<date>` folder, or a new file, when it resumes from a checkpoint); one that starts at or before
+    it, or logs another rate at a step the run logged, is another run written into the same logging_dir (its steps
+    would interleave with the older run's: a second run logging every 10 steps from step 10 passed the first test)."""
     chains: list[list] = []
+    why = ""
     for f in sorted((f for f in files if f[2]), key=lambda f: (f[1], str(f[0]))):
-        start = min(f[2])
-        if chains and start > min(min(c[2]) for c in chains[-1]):
+        other = _another_run(chains[-1], f) if chains else "starts the log"
+        if other is None:
             chains[-1].append(f)
         else:
             chains.append([f])
+            why = other
     if not chains:
         return [], []
     notes = []
     if len(chains) > 1:
-        notes.append(f"the event files hold {len(chains)} runs (the step counter starts again at "
-                     f"{chains[-1][0][0]}); read the newest")
+        notes.append(f"the event files hold {len(chains)} runs ({chains[-1][0][0]} {why}); read the newest")
     if len(chains[-1]) > 1:
         notes.append(f"{len(chains[-1])} event files joined in the order they were written (a resumed run; a "
                      "later file's value replaces an earlier one's at the same step)")
     return chains[-1], notes
+
+
+def _another_run(chain: Sequence[tuple[Path, float, dict]], f: tuple[Path, float, dict]) -> str | None:
+    """Why event file `f` is not a continuation of the run `chain` (its files so far), or None where it may be."""
+    start, first = min(f[2]), min(min(c[2]) for c in chain)
+    if start <= first:
+        return f"starts its steps again at {start}, at or before the run's first logged step {first}"
+    rates = {}
+    for c in chain:
+        for step, tags in c[2].items():
+            rate = next((tags[t] for t in _LR_TAGS if t in tags), None)
+            if rate is not None:
+                rates[step] = rate
+    for step in sorted(f[2]):
+        rate = next((f[2][step][t] for t in _LR_TAGS if t in f[2][step]), None)
+        if rate is not None and step in rates and not math.isclose(rate, rates[step], rel_tol=RESUME_LR_RTOL):
+            return (f"logs learning rate {rate:.4g} at step {step}, where the run before logged {rates[step]:.4g}: "
+                    "no resume, whose schedule goes on from its checkpoint")
+    return None
 
 
 def read_trainer_state(path: str | Path) -> RunHistory:

@@ -88,6 +88,42 @@ def test_two_runs_in_one_logging_dir_are_not_stitched(tmp_path):
     assert any("hold 2 runs" in n for n in h.notes)
 
 
+def test_a_second_run_that_logs_less_often_is_not_stitched_to_the_first(tmp_path):
+    """Two train() runs into one output_dir: lr 0.1 logging every 5 steps to 30, then lr 0.01 logging every 10 to 60.
+    The second's first step (10) is past the first's (5), so it was joined as a resume: the old run's losses at 5, 15,
+    25 averaged into the new run's windows and its lr 0.087 read as the run's."""
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    def run(folder: Path, every: int, last: int, peak: float) -> None:
+        w = SummaryWriter(str(folder))
+        for s in range(every, last + 1, every):
+            w.add_scalar("train/loss", (3.0 if peak > 0.05 else 1.4) * math.exp(-s / 40), s)
+            w.add_scalar("train/learning_rate", peak * (1 - (s - 1) / last), s)
+            if s % 10 == 0:
+                w.add_scalar("eval/loss", 1.3 * math.exp(-s / 50), s)
+        w.close()
+
+    first = tmp_path / "a" / "runs"
+    run(first / "Dec05_first", 5, 30, 0.1)
+    time.sleep(1.1)
+    run(first / "Dec05_second", 10, 60, 0.01)
+    h = load_run(tmp_path / "a")
+    assert [p["step"] for p in h.points] == [10, 20, 30, 40, 50, 60]
+    assert h.points[0]["train/loss"] == pytest.approx(1.4 * math.exp(-10 / 40), rel=1e-6)  # the new run's only
+    assert h.facts["learning_rate"].value == pytest.approx(0.01, rel=0.05)
+    assert any("hold 2 runs" in n and "logs learning rate 0.0085 at step 10, where the run before logged 0.07" in n
+               for n in h.notes)
+    assert not any("joined" in n for n in h.notes)
+    # near miss: a resume from checkpoint-5 that logs every 10 from step 10 on the same schedule is joined
+    second = tmp_path / "b" / "runs"
+    run(second / "Dec05_first", 5, 30, 0.1)
+    time.sleep(1.1)
+    run(second / "Dec05_resumed", 10, 30, 0.1)
+    h = load_run(tmp_path / "b")
+    assert any("2 event files joined" in n for n in h.notes) and not any("runs (" in n for n in h.notes)
+
+
 def test_tensor_scalars_written_the_tf2_way_are_read(tmp_path):
     pytest.importorskip("tensorboard")
     import numpy as np
