@@ -236,6 +236,27 @@ def test_a_generative_classifier_counts_its_outputs_that_name_no_label_as_errors
     assert outside_matrix_note(build_run_report(write_run(tmp_path / "cls", k=6)).confusion) is None
 
 
+def test_a_generative_classifier_without_its_history_counts_the_rows_outside_the_matrix_from_run_json(tmp_path):
+    """history.jsonl gone (run.json's `best` is the step of confusion.json): the point of the confusion's step was
+    looked up in the history alone, so the report fell back to confusion.json's 4 rows (3 errors in 4, each pair 100%
+    of its class, the 16 outputs that name no label unsaid); run.json's `best` at that step counts them (19 of 20)."""
+    m = [[0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0]]
+    run = _generative_run(tmp_path / "gen", m, [{"output": "", "count": 16}])
+    (run / "history.jsonl").unlink()
+    r = build_run_report(run)
+    c = r.confusion
+    assert (c.total, c.errors, c.cell_errors, c.unknown, c.support) == (20, 19, 3, 16, (5, 5, 5, 5))
+    assert [(p.true, p.pred, p.count, p.rate) for p in r.pairs] == [
+        (f"intent_00{i}", "intent_002", 1, 0.2) for i in (0, 1, 3)]
+    assert "19 errors in 20 rows (95.0%)" in render_run(r)
+    # run.json's `best` of another step says nothing of confusion.json's rows: the matrix's own counts stand
+    record = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    record["best"] = {**record["best"], "step": record["best"]["step"] - 1}
+    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    c = build_run_report(run).confusion
+    assert (c.total, c.errors, c.unknown) == (4, 3, None)
+
+
 def test_partial_records_still_give_a_report(tmp_path):
     from loratune.store import RunLock
 

@@ -823,7 +823,8 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         best_pt = dict(run["best"])
         best_step = as_float(best_pt["step"]) if as_float(best_pt.get(metric)) is not None else best_step
     curves = build_curves(points, metric, best_step)  # the marker at the best step (the saved model's, settled)
-    best_pt = _point_at(points, best_step) or (run.get("best") if isinstance(run.get("best"), dict) else {})
+    run_best = run.get("best") if isinstance(run.get("best"), dict) else {}  # the snapshot of the saved model's point
+    best_pt = _point_at(points, best_step) or run_best
     evals = _eval_points(points)
     final_pt = evals[-1] if evals else (run.get("final") if isinstance(run.get("final"), dict) else {})
     if status == "running":
@@ -837,7 +838,11 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         notes.append(truncated)
     conf, conf_note = read_json(d / "confusion.json")
     conf_step = as_float(conf.get("step")) if isinstance(conf, dict) else None
-    confusion = build_confusion(conf, conf_note, focus_k, _point_at(points, conf_step))
+    # its step's point counts the rows outside the matrix: the history's, else run.json's `best` where it is that step
+    # (a run whose history.jsonl is gone still has the snapshot of the step whose confusion.json it saved)
+    conf_pt = _point_at(points, conf_step) or (
+        run_best if conf_step is not None and as_float(run_best.get("step")) == conf_step else {})
+    confusion = build_confusion(conf, conf_note, focus_k, conf_pt)
     if confusion.missing is None and best_step is not None and confusion.step is not None \
             and confusion.step != best_step:
         notes.append(f"confusion.json is from step {confusion.step:g}, the best val metric from step {best_step:g}")
