@@ -257,6 +257,40 @@ def test_a_generative_classifier_without_its_history_counts_the_rows_outside_the
     assert (c.total, c.errors, c.unknown) == (4, 3, None)
 
 
+@pytest.mark.parametrize("labels, matrix, point, errors, note", [
+    # 3 val rows of a label train never had, each with an output that names no label: among the 16 unknown outputs,
+    # so 16 rows are outside the matrix (they were counted twice: 16 + 3)
+    ("abcd", [[0, 0, 1, 0]] * 4, {"val/n": 20, "val/unknown_rate": 0.8, "support": (5, 5, 5, 2)}, 19,
+     "16 of the 20 val rows (80%, `val/unknown_rate`) got a generated output that names no label; 3 val rows are of a "
+     "label train never had, all 3 among the 16 above: 16 errors without a cell in the matrix"),
+    # the same rows with outputs that name a label (no overlap: 13 + 3)
+    ("abcd", [[0, 0, 1, 0]] * 4, {"val/n": 20, "val/unknown_rate": 0.65, "support": (5, 5, 5, 2)}, 19,
+     "13 of the 20 val rows (65%, `val/unknown_rate`) got a generated output that names no label; 3 val rows are of a "
+     "label train never had: 16 errors without a cell in the matrix"),
+    # one of them with an output that names no label: 14 + 3 - 1
+    ("abcd", [[0, 0, 1, 0]] * 4, {"val/n": 20, "val/unknown_rate": 0.7, "support": (5, 5, 5, 2)}, 19,
+     "14 of the 20 val rows (70%, `val/unknown_rate`) got a generated output that names no label; 3 val rows are of a "
+     "label train never had, 1 of them among the 14 above: 16 errors without a cell in the matrix"),
+    ("ab", [[1, 0], [0, 1]], {"val/n": 6, "val/unknown_rate": 4 / 6, "support": (3, 2)}, 4,
+     "4 of the 6 val rows (67%, `val/unknown_rate`) got a generated output that names no label; 1 val row is of a "
+     "label train never had, among the 4 above: 4 errors without a cell in the matrix"),
+    # a classifier (no unknown rate): the rows of a label train never had alone
+    ("ab", [[4, 1], [2, 3]], {"val/n": 12, "support": (5, 5)}, 5,
+     "2 val rows are of a label train never had: 2 errors without a cell in the matrix"),
+    ("ab", [[4, 1], [2, 3]], {"val/n": 11, "support": (5, 5)}, 4,
+     "1 val row is of a label train never had: 1 error without a cell in the matrix"),
+], ids=["all-overlap", "no-overlap", "one-overlap", "one-row-overlap", "classifier", "classifier-one-row"])
+def test_the_rows_outside_the_matrix_are_counted_once(labels, matrix, point, errors, note):
+    """A val row of a label train never had whose output names no label is in val/unknown_rate and in no row of the
+    matrix alike: the note said both counts as if apart (16 + 3 of 20 rows, 16 outside the matrix); it says the
+    overlap and counts those rows once."""
+    point = {**{k: v for k, v in point.items() if k != "support"},
+             **{f"val/support/{lab}": n for lab, n in zip(labels, point["support"])}}
+    c = build_confusion({"labels": list(labels), "matrix": matrix, "step": 8}, None, point=point)
+    assert c.errors == errors and c.total - sum(v for _, _, v in c.cells) == int(note.split(": ")[-1].split()[0])
+    assert outside_matrix_note(c) == note
+
+
 def test_partial_records_still_give_a_report(tmp_path):
     from loratune.store import RunLock
 

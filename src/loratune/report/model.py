@@ -161,6 +161,13 @@ class ConfusionView:
         return max(self.total - sum(self.support), 0) if self.support else 0
 
     @property
+    def unseen_unknown_rows(self) -> int:
+        """Val rows of a label train never had whose output named no label too: counted by `unknown` and by
+        `unseen_rows` alike, each one row in no cell of the matrix (those rows = unknown + unseen_rows - these)."""
+        outside = self.total - sum(v for _, _, v in self.cells)
+        return min(max((self.unknown or 0) + self.unseen_rows - outside, 0), self.unknown or 0, self.unseen_rows)
+
+    @property
     def focus_share(self) -> float | None:
         """Share of the matrix's errors (those that name another class) the focus block shows."""
         return self.focus_errors / self.cell_errors if self.cell_errors else None
@@ -586,9 +593,15 @@ def outside_matrix_note(c: ConfusionView) -> str | None:
         seen = ", ".join(f"{o!r} ×{k}" if o else f"(empty) ×{k}" for o, k in c.unknown_outputs[:3])
         parts.append(f"{c.unknown} of the {c.total} val rows ({c.unknown / c.total:.0%}, `val/unknown_rate`) got a "
                      "generated output that names no label" + (f" (most frequent: {seen})" if seen else ""))
+    both = c.unseen_unknown_rows  # in both counts: said, and counted once
     if c.unseen_rows:
-        parts.append(f"{c.unseen_rows} val row{'s are' if c.unseen_rows != 1 else ' is'} of a label train never had")
-    return ("; ".join(parts) + ": errors without a cell in the matrix") if parts else None
+        among = ("" if not both else f", among the {c.unknown} above" if both == c.unseen_rows == 1
+                 else f", all {both} among the {c.unknown} above" if both == c.unseen_rows
+                 else f", {both} of them among the {c.unknown} above")
+        parts.append(f"{c.unseen_rows} val row{'s are' if c.unseen_rows != 1 else ' is'} of a label train never had"
+                     + among)
+    n = (c.unknown or 0) + c.unseen_rows - both
+    return ("; ".join(parts) + f": {n} error{'s' if n != 1 else ''} without a cell in the matrix") if parts else None
 
 
 def build_pairs(confusion: ConfusionView, points: Sequence[dict], best_step: float | None,
