@@ -782,6 +782,16 @@ def test_a_name_too_long_for_the_file_system_is_a_clear_error_not_a_traceback(tm
         assert "Traceback" not in err
     assert sorted(x.name for x in tmp_path.iterdir()) == ["run"]  # nothing written
 
+    # no -o: the default path beside a CSV of a 248-byte name (+ .report.html: 260) is named as the default, not as -o
+    csv = tmp_path / f"{'b' * 248}.csv"
+    csv.write_text(CSV_RUN, encoding="utf-8")
+    assert main(["report", str(csv), "--no-examples"]) == 2
+    err = flat(capsys.readouterr().err)
+    assert f"the default report path '{tmp_path / ('b' * 248)}.report.html' has a file name of 260 bytes; file " \
+           "systems take at most 255" in err and "give a shorter report path with -o, e.g. -o report.html" in err
+    assert "-o '" not in err and "Traceback" not in err
+    assert sorted(x.name for x in tmp_path.iterdir()) == [csv.name, "run"]
+
 
 def test_report_json_goes_to_the_o_file_when_one_is_given(tmp_path, capsys):
     from loratune.cli import main

@@ -62,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from loratune.store import check_name_length
 
     out = Path(args.output) if args.output else default_output(args.path)
-    check_name_length(out, "-o", "give -o a shorter name, e.g. -o report." + ("json" if args.json else "html"),
-                      last="file")
+    # without -o the path is the default's (a file's name + .report.html): named as such, not as an -o never given
+    check_name_length(out, "-o" if args.output else "the default report path",
+                      ("give -o a shorter name" if args.output else "give a shorter report path with -o")
+                      + ", e.g. -o report." + ("json" if args.json else "html"), last="file")
     if out.is_dir():
         out = out / ("report.json" if args.json else "report.html")
     _refuse_to_overwrite_a_record(out, args.path, args.json)
