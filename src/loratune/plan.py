@@ -503,6 +503,9 @@ def _load_config(source: str):
     if source in PRESETS:
         raw = dict(PRESETS[source])
         return AutoConfig.for_model(raw.pop("model_type"), **raw)
+    from loratune.store import check_name_length
+
+    check_name_length(Path(source).expanduser(), "model", fix, last="file or folder")  # before any stat (ENAMETOOLONG)
     p = Path(source).expanduser()
     if p.is_dir() and (p / "config.json").is_file():
         p = p / "config.json"

@@ -595,6 +595,10 @@ class RunStore:
         return (self.path / RUN).is_file() and (self.path / CONFIG).is_file()
 
     def require(self) -> "RunStore":
+        # the run argument of predict and evaluate (CLI and API) resolves here: a name no file system takes is said
+        # before the first stat, which raises ENAMETOOLONG
+        check_name_length(self.path, "run directory", "no folder can have such a name: give the output_dir of a "
+                          "`loratune train` run")
         if not self.path.is_dir():  # a file given for the run was said not to exist (as errors.require_file words it)
             state = ("does not exist" if not self.path.exists() else "is a file, not a run directory"
                      if self.path.is_file() else "is not a directory")

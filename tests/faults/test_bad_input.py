@@ -120,6 +120,34 @@ def test_an_output_dir_training_could_not_use_is_refused_in_the_dry_run(out, mes
     assert not any(tmp_path.iterdir())
 
 
+def test_a_run_or_model_name_too_long_for_the_file_system_is_refused_by_predict_evaluate_params_and_plan(
+        tmp_path, capsys):
+    """A 300-byte name raised ENAMETOOLONG from the first stat (a traceback, exit 1) in predict (with --file too),
+    evaluate, params and plan; refused with exit 2 by the shared check (store.check_name_length), as train, report
+    and show refuse it: the run directory in RunStore.require, the model in plan's config loader."""
+    from loratune import api
+    from loratune.errors import UserError
+
+    long = "a" * 300
+    texts = tmp_path / "texts.txt"
+    texts.write_text("hello\n", encoding="utf-8")
+    run_said = (f"run directory '{tmp_path / long}' has a folder name of 300 bytes; file systems take at most 255",
+                "fix: no folder can have such a name: give the output_dir of a `loratune train` run")
+    model_said = (f"model '{tmp_path / long}' has a file or folder name of 300 bytes; file systems take at most 255",
+                  "fix: give a preset (")
+    for args, said in ((["predict", str(tmp_path / long), "hello"], run_said),
+                       (["predict", str(tmp_path / long), "--file", str(texts)], run_said),
+                       (["evaluate", str(tmp_path / long)], run_said),
+                       (["params", str(tmp_path / long)], model_said),
+                       (["plan", str(tmp_path / long)], model_said)):
+        assert main(args) == 2, args
+        err = flat(capsys.readouterr().err)
+        assert all(s in err for s in said) and "Traceback" not in err, (args, err)
+    with pytest.raises(UserError, match="has a folder name of 300 bytes"):
+        api.evaluate(tmp_path / long)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["texts.txt"]  # nothing written
+
+
 def test_the_dry_run_refuses_a_tracker_whose_package_is_missing(tiny_bert, intent_data, tmp_path, capsys,
                                                                 monkeypatch):
     from loratune import trackers

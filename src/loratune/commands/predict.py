@@ -153,8 +153,9 @@ def _progress(total: int):
 def _text_column(run_dir: str) -> str:
     """The run's data.text_column (config.yaml), or 'text' when the run's config cannot say."""
     from loratune.config import load_config
-    from loratune.store import CONFIG
+    from loratune.store import CONFIG, RunStore
 
+    RunStore(run_dir).require()  # a run predict cannot read is said as predict says it, not read past as 'text'
     try:
         return load_config(Path(run_dir) / CONFIG, recorded=True).data.text_column
     except UserError:
