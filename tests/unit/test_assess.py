@@ -674,6 +674,25 @@ def test_a_shift_equal_to_what_chance_reaches_is_not_past_it():
     assert rule.when.describe() == "shift_worst_js >= t.label_shift_js and shift_worst_js > shift_worst_js_critical"
 
 
+def test_a_divergence_equal_to_its_critical_value_is_bit_equal():
+    # test A 7 / B 1 / C 4 against train A 28 / B 39 / C 36: the 0.95 quantile of the deals is the deal A 7 / B 4 /
+    # C 1 (B and C pool 40 rows each: the same divergence, its labels swapped). The null written apart from
+    # js_divergence, and its terms summed in label order, put 0.11571906015888446 past 0.11571906015888445: it fired
+    from loratune.assess.stats import js_critical, js_divergence
+
+    rows = lambda lab, n, tag: [(f"{tag} {lab} number {i} words", lab) for i in range(n)]  # noqa: E731
+    a = A.assess_dataset(make_dataset(rows("A", 28, "tr") + rows("B", 39, "tr") + rows("C", 36, "tr"),
+                                      rows("A", 7, "va") + rows("B", 10, "va") + rows("C", 9, "va"),
+                                      rows("A", 7, "te") + rows("B", 1, "te") + rows("C", 4, "te")))
+    assert a.facts["js_test"] == a.facts["js_test_critical"] == pytest.approx(0.115719, abs=1e-6)
+    assert "label-shift" not in ids(a)
+    # one divergence whatever the label order: the swapped deal's is the observed one's, bit for bit
+    train = {"A": 28, "B": 39, "C": 36}
+    assert js_divergence(train, {"A": 7, "B": 1, "C": 4})[0] == js_divergence({"A": 28, "B": 36, "C": 39},
+                                                                             {"A": 7, "B": 4, "C": 1})[0]
+    assert js_critical(train, {"A": 7, "B": 1, "C": 4}, 0.05) == a.facts["js_test"]
+
+
 def test_zero_near_duplicate_neighbours_examines_none():
     """near_duplicate_neighbors 0: each text's own row alone, as before the neighbour doubling (its self-match, a
     similarity of 1, read as 'every neighbour a near copy' and grew every row to 64)."""

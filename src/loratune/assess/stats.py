@@ -47,22 +47,18 @@ JS_NULL_SEED = 0
 def js_critical(train_counts: Mapping[str, float], split_counts: Mapping[str, float], alpha: float) -> float:
     """The Jensen-Shannon divergence (bits) that a split of this size dealt at random from the pooled labels of both
     reaches with probability `alpha`: the 1 - alpha quantile over JS_NULL_DRAWS deals (seeded; a multivariate
-    hypergeometric draw of the split's counts). 30 rows of 10 classes reach ~0.1 bits by chance alone."""
+    hypergeometric draw of the split's counts). 30 rows of 10 classes reach ~0.1 bits by chance alone.
+    Each deal's divergence is js_divergence's formula (_js_bits), so a split whose counts a deal drew (labels swapped
+    aside) has that deal's divergence bit for bit: equal to its critical value is not past it by a rounding step (the
+    formula written twice put a divergence of 0.11571906015888446 past its own 0.11571906015888445)."""
     labels = sorted(set(train_counts) | set(split_counts))
     pooled = np.array([int(train_counts.get(k, 0)) + int(split_counts.get(k, 0)) for k in labels], np.int64)
     m = int(sum(int(split_counts.get(k, 0)) for k in labels))
     n = int(pooled.sum()) - m
     if m == 0 or n == 0 or len(labels) < 2:
         return 0.0
-    Q = np.random.default_rng(JS_NULL_SEED).multivariate_hypergeometric(pooled, m, size=JS_NULL_DRAWS) / m
-    P = (pooled - Q * m) / n
-    M = (P + Q) / 2
-
-    def terms(X):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(X > 0, X * np.log2(np.where(X > 0, X, 1) / np.where(M > 0, M, 1)), 0.0)
-
-    js = np.maximum((0.5 * terms(P) + 0.5 * terms(Q)).sum(axis=1), 0.0)
+    deals = np.random.default_rng(JS_NULL_SEED).multivariate_hypergeometric(pooled, m, size=JS_NULL_DRAWS)
+    js = [_js_bits((pooled - q).astype(float), q.astype(float))[0] for q in deals]
     return float(np.quantile(js, 1 - min(1.0, max(0.0, alpha))))
 
 
@@ -73,6 +69,13 @@ def js_divergence(p: Mapping[str, float], q: Mapping[str, float]) -> tuple[float
     Q = np.array([q.get(k, 0.0) for k in labels], float)
     if P.sum() == 0 or Q.sum() == 0:
         return 0.0, {}
+    js, per = _js_bits(P, Q)
+    return js, dict(zip(labels, per.tolist()))
+
+
+def _js_bits(P: np.ndarray, Q: np.ndarray) -> tuple[float, np.ndarray]:
+    """The one formula of the divergence, for js_divergence and js_critical's deals: two aligned count vectors (each
+    with a positive sum) -> the divergence in bits and each label's term."""
     P, Q = P / P.sum(), Q / Q.sum()
     M = (P + Q) / 2
 
@@ -83,7 +86,9 @@ def js_divergence(p: Mapping[str, float], q: Mapping[str, float]) -> tuple[float
         return out
 
     per = 0.5 * terms(P) + 0.5 * terms(Q)
-    return float(max(per.sum(), 0.0)), dict(zip(labels, per.tolist()))
+    # summed exactly (fsum: the correctly rounded sum, in any order): the same terms in another label order (a deal
+    # that swaps two labels of equal pooled counts) sum to the same bits, not 1 ulp apart
+    return max(math.fsum(per.tolist()), 0.0), per
 
 
 def round_up(x: float, multiple: int = 8) -> int:
