@@ -625,8 +625,11 @@ def test_label_and_length_shift_allow_for_the_sample_size():
     # vs 20 val rows of 10 classes reach 0.1 bits and KS 0.3 by chance alone
     from loratune.assess.stats import js_critical, ks_critical
 
-    assert ks_critical(200, 20, 0.05) == pytest.approx(1.3581 * math.sqrt(220 / 4000), abs=1e-3)  # 0.318
-    assert ks_critical(20_000, 2_000, 0.05) < 0.035 and ks_critical(0, 5, 0.05) == 1.0
+    rng = np.random.default_rng(0)
+    # distinct values: near the asymptotic c(alpha) sqrt((n + m) / (n m)), 1.3581 sqrt(220 / 4000) = 0.318
+    assert ks_critical(rng.normal(size=200), rng.normal(size=20), 0.05) == pytest.approx(0.318, abs=0.03)
+    assert ks_critical(rng.integers(1, 300, 20_000), rng.integers(1, 300, 2_000), 0.05) < 0.035
+    assert ks_critical([], [5], 0.05) == 1.0
     same = {f"c{i}": 20 for i in range(10)}
     small, large = js_critical(same, {k: 2 for k in same}, 0.05), js_critical(same, {k: 200 for k in same}, 0.05)
     assert 0.08 < small < 0.25 and large < small / 4  # chance's divergence shrinks with the split
@@ -644,10 +647,12 @@ def test_label_and_length_shift_allow_for_the_sample_size():
     assert fired["label-shift"] <= 6 and fired["length-shift"] <= 6, fired  # ~alpha (5%) of 40, not most of them
     # a real shift still fires, and the finding states the limits it passed
     train, val = clean_rows()
-    a = A.assess_dataset(make_dataset(train, [(t + " " + t + " " + t, lab) for t, lab in val]))
+    long_val = [(t + " " + t + " " + t, lab) for t, lab in val]
+    a = A.assess_dataset(make_dataset(train, long_val))
     f = next(f for f in a.findings if f.id == "length-shift")
     crit = a.facts["length_ks_val_critical"]
-    assert crit == pytest.approx(ks_critical(90, 30, 0.05)) and a.facts["length_ks_val"] >= crit
+    n_words = lambda rows: [len(t.split()) for t, _ in rows]  # noqa: E731
+    assert crit == ks_critical(n_words(train), n_words(long_val), 0.05) and a.facts["length_ks_val"] > crit
     assert f"past 0.15 and the {crit:.2f} a random split of these sizes reaches at alpha 0.05" in f.message
     assert f.evidence["shift_alpha"] == 0.05 and f.evidence["length_ks_val_critical"] == crit
 
@@ -691,6 +696,26 @@ def test_a_divergence_equal_to_its_critical_value_is_bit_equal():
     assert js_divergence(train, {"A": 7, "B": 1, "C": 4})[0] == js_divergence({"A": 28, "B": 36, "C": 39},
                                                                              {"A": 7, "B": 4, "C": 1})[0]
     assert js_critical(train, {"A": 7, "B": 1, "C": 4}, 0.05) == a.facts["js_test"]
+
+
+def test_a_length_shift_of_1_fires_on_a_tiny_validation_split():
+    # 20 train rows of 3-5 words, 2 validation rows of 30+: KS 1, which a random 2-row deal reaches 2 / C(22, 2) = 0.9%
+    # of the time. The asymptotic critical value passed 1 there (capped at 1), and the strict `>` never fired
+    from loratune.assess.stats import ks_critical
+
+    w = lambda n, i: " ".join(f"word{i}x{j}" for j in range(n))  # noqa: E731
+    train = [(w(3 + i % 3, i), "A" if i % 2 else "B") for i in range(20)]
+    a = A.assess_dataset(make_dataset(train, [(w(30, 100), "A"), (w(32, 101), "B")]))
+    assert a.facts["length_ks_val"] == 1.0 and a.facts["length_ks_val_critical"] == 0.75
+    assert "length-shift" in ids(a)
+    # where a random deal reaches 1 more often than alpha (3 rows vs 1: half the deals), 1 is chance's and not past it
+    assert ks_critical([3, 4, 5], [40], 0.05) == 1.0
+    # equal to a critical value below 1 is not past it, bit for bit: gaps taken as differences of float shares put 10/13
+    # 1 ulp past a deal's equal gap from other counts
+    a = A.assess_dataset(make_dataset([(w(n, i), "AB"[i % 2]) for i, n in enumerate([3] * 6 + [4] * 4 + [5] * 3)],
+                                      [(w(n, 50 + n), "AB"[n % 2]) for n in (5, 6, 7)]))
+    assert a.facts["length_ks_val"] == a.facts["length_ks_val_critical"] == pytest.approx(10 / 13)
+    assert "length-shift" not in ids(a)
 
 
 def test_zero_near_duplicate_neighbours_examines_none():

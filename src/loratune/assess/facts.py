@@ -112,8 +112,8 @@ def _catalogue() -> dict[str, Fact]:
         f[f"js_{s}"] = Fact("bits", f"Jensen-Shannon divergence of {s} label shares vs train")
         f[f"js_{s}_critical"] = Fact("bits", f"the divergence a random split of {s}'s size (the pooled labels dealt "
                                              "at random) reaches with probability shift_alpha")
-        f[f"length_ks_{s}_critical"] = Fact("KS", f"the KS statistic a random split of {s}'s and train's sizes "
-                                                     "exceeds with probability shift_alpha")
+        f[f"length_ks_{s}_critical"] = Fact("KS", f"the KS statistic a random split of {s}'s size (the pooled "
+                                                     "lengths dealt at random) reaches with probability shift_alpha")
         f[f"js_{s}_top"] = Fact("text", f"the labels that move most between train and {s}")
         f[f"unseen_{s}_labels"] = Fact("labels", f"labels of {s} never seen in train")
         f[f"unseen_{s}_rows"] = Fact("rows", f"{s} rows with such labels")

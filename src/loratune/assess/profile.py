@@ -316,5 +316,5 @@ def measure_shift(train: Split, other: Split, *, train_lengths: Sequence[int] | 
         oov_token_rate=oov_tok, oov_type_rate=oov_type, length_unit=unit,
         length_mean_train=float(np.mean(a)) if a else 0.0, length_mean_split=float(np.mean(b)) if b else 0.0,
         length_ks=ks_statistic(a, b), js_critical=js_critical(tc, oc, alpha),
-        length_ks_critical=ks_critical(len(a), len(b), alpha),
+        length_ks_critical=ks_critical(a, b, alpha),
     )

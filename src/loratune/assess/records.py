@@ -32,8 +32,8 @@ class AssessThresholds:
     label_shift_js: float = 0.05  # Jensen-Shannon divergence (bits) of label shares vs train, at least
     oov_rate: float = 0.10  # share of val/test word tokens never seen in train
     length_shift_ks: float = 0.15  # Kolmogorov-Smirnov statistic of length distributions vs train, at least
-    # ...and past what a random split of these sizes reaches with this probability (the KS critical value; the JS of
-    # the pooled labels dealt at random): fixed limits alone warned on 92% of clean 200/20-row splits
+    # ...and past what a random split of these sizes reaches with this probability (the KS and the JS of the pooled
+    # lengths and labels dealt at random): fixed limits alone warned on 92% of clean 200/20-row splits
     shift_alpha: float = 0.05
     truncation_share: float = 0.01  # share of train texts longer than model.max_length
     min_val_per_class: int = 10  # fewer val rows than this for a class: its recall is noise
