@@ -43,12 +43,13 @@ SPLIT_NAMES = {
 CARVED = " (carved)"  # the end of the source of a validation split carved from train (its rows are the train file's)
 
 
-def where_rows(lines: tuple[int, ...], indices: list[int]) -> str:
+def where_rows(lines: tuple[int, ...], indices: list[int], rows: tuple[int, ...] = ()) -> str:
     """Rows (0-based indices) as errors name them: the file's lines (1-based, the line a row starts on) where the
-    file has lines (JSON Lines, CSV), else 1-based row numbers (Parquet, a JSON array, a hub dataset)."""
+    file has lines (JSON Lines, CSV), else 1-based row numbers (Parquet, a JSON array, a hub dataset): `rows`, each
+    row's number in its source where given (a subset's: Split.rows), else its place."""
     if lines:
         return ("line " if len(indices) == 1 else "lines ") + ", ".join(str(lines[i]) for i in indices)
-    return ("row " if len(indices) == 1 else "rows ") + ", ".join(str(i + 1) for i in indices)
+    return ("row " if len(indices) == 1 else "rows ") + ", ".join(str(rows[i] if rows else i + 1) for i in indices)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class Split:
     lines: tuple[int, ...] = ()  # per row, the file line it starts on; empty where the file has no lines (Parquet)
     # per label, the spellings its rows wrote it in ('4.1', '4.10'): _label_text merges them, load_dataset says so
     spellings: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # per row, its 1-based row number in the source where it has no lines, once a subset (a carved validation split,
+    # max_*_samples) no longer holds every row in order; empty: each row's place is its number
+    rows: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -71,8 +75,9 @@ class Split:
         """The file the rows were read from: a carved validation split's rows are the train file's."""
         return self.source.removesuffix(CARVED)
 
-    def where(self, i: int) -> str:
-        return where_rows(self.lines, [i])
+    def where(self, *indices: int) -> str:
+        """Rows (0-based) as the file names them: its lines, else its row numbers (a carved row's in the train file)."""
+        return where_rows(self.lines, list(indices), self.rows)
 
     def label_counts(self) -> Counter:
         return Counter(lab for labs in self.labels for lab in labs)
@@ -80,7 +85,8 @@ class Split:
     def subset(self, indices: list[int], name: str | None = None, source: str | None = None) -> "Split":
         return Split(name or self.name, tuple(self.texts[i] for i in indices),
                      tuple(self.labels[i] for i in indices), source or self.source,
-                     tuple(self.lines[i] for i in indices) if self.lines else ())
+                     tuple(self.lines[i] for i in indices) if self.lines else (),
+                     rows=() if self.lines else tuple(self.rows[i] if self.rows else i + 1 for i in indices))
 
 
 @dataclass(frozen=True)
@@ -746,7 +752,7 @@ def empty_text_problems(dataset: "Dataset", only: str | None = None) -> list[str
         if empty and len(empty) == len(sp):
             problems.append(f"{name}: every text in '{sp.file}' is empty ({len(sp)} rows): check data.text_column")
         elif empty:
-            where = where_rows(sp.lines, empty[:8]) + (", ..." if len(empty) > 8 else "")
+            where = sp.where(*empty[:8]) + (", ..." if len(empty) > 8 else "")
             problems.append(f"{name}: {len(empty)} empty text(s) in '{sp.file}' ({where}): drop them or "
                             "fill them in")
     return problems

@@ -259,6 +259,20 @@ def test_near_leak_examples_name_the_file_and_line(tmp_path):
         assert ex.startswith(prefix), ex
         n, rest = ex[len(prefix):].split(" ", 1)
         assert rest.startswith(repr(json.loads(file_lines[int(n) - 1])["text"]) + " ~ train ")
+    # a file without lines (Parquet): the carved rows by the train file's row numbers, not their place in validation
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    f = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), f)
+    a = A.assess_dataset(load_dataset(DataConfig(train_file=str(f)), seed=0))
+    examples = a.facts["near_leak_examples"].split("; ")
+    assert a.facts["near_leak_rows"] >= 1 and all(examples)
+    for ex in examples:
+        prefix = f"validation '{f}' row "
+        assert ex.startswith(prefix), ex
+        n, rest = ex[len(prefix):].split(" ", 1)
+        assert rest.startswith(repr(rows[int(n) - 1]["text"]) + " ~ train "), ex
 
 
 def test_leak_rows_counts_each_row_once():

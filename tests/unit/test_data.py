@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -738,6 +739,34 @@ def test_errors_name_the_file_line_and_the_file_a_carved_split_came_from(tmp_pat
     sp = parse_file(c, DataConfig(), "train")
     assert sp.lines == (2, 5, 6) and sp.where(1) == "line 5"
     assert sp.subset([2, 1]).lines == (6, 5)
+
+
+@pytest.mark.parametrize("form", ["parquet", "json array", "hub"])
+def test_a_carved_split_of_a_file_without_lines_names_its_rows_by_their_number_in_it(tmp_path, monkeypatch, form):
+    # Parquet, a JSON array, a hub split: rows without lines were named by their place in the carved split ('row 3' of
+    # validation, or of the train left over), another row of the file: a subset keeps each row's number in its source
+    rows = [{"text": f"lost my card {i}", "label": "card"} if i % 2 else {"text": f"reset my pin {i}", "label": "pin"}
+            for i in range(40)]
+    for i in (30, 37):
+        rows[i]["text"] = ""
+    if form == "parquet":
+        cfg = DataConfig(train_file=str(write_rows(tmp_path / "train.parquet", rows)), validation_fraction=0.25)
+    elif form == "json array":
+        (tmp_path / "train.json").write_text(json.dumps(rows))
+        cfg = DataConfig(train_file=str(tmp_path / "train.json"), validation_fraction=0.25)
+    else:
+        datasets = pytest.importorskip("datasets")
+        hub = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
+        monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: hub)
+        cfg = DataConfig(dataset_name="user/data", validation_fraction=0.25)
+    ds = load_dataset(cfg, seed=0)
+    named = re.findall(r"\(rows? ([\d, ]+)\)", " ".join(empty_text_problems(ds)))
+    assert sorted(int(n) for ns in named for n in ns.split(", ")) == [31, 38]  # the empty texts' rows of the file
+    for sp in (ds.train, ds.validation):  # each row's number is its row of the file, both sides of the carving
+        assert sp.lines == () and len(sp.rows) == len(sp) > 0
+        assert [rows[n - 1]["text"] for n in sp.rows] == list(sp.texts)
+    last = len(ds.validation) - 1  # its place (10) is not its row of the file
+    assert ds.validation.where(last) == f"row {ds.validation.rows[last]}" != f"row {last + 1}"
 
 
 def test_numeric_labels_are_one_class_whatever_the_format(tmp_path):

@@ -66,7 +66,8 @@ def _catalogue() -> dict[str, Fact]:
                                        "earlier split, exact copies not counted"),
         "near_leak_where": Fact("text", "where the near copies are, 'src->split n'"),
         "near_leak_examples": Fact("text", "the first near copies, \"split 'file' line N 'text' ~ src 'its text'\" "
-                                           "(Split.where: a row of a file without lines is 'row N')"),
+                                           "(Split.where: a row of a file without lines is 'row N', its row of the "
+                                           "file)"),
         "shift_worst_js": Fact("bits", "Jensen-Shannon divergence of label shares vs train of the split furthest past "
                                        "its limit, max(label_shift_js, its js critical value)"),
         "shift_worst_js_split": Fact("split", "the split with that divergence"),
