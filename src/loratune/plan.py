@@ -467,10 +467,11 @@ def refuse_headless(config) -> None:
                         "plan a transformer: a preset, or a config.json with num_attention_heads")
 
 
-def _check_present(config, raw: dict, path: Path) -> None:
-    """Every size field the plan reads is in the config.json itself: a missing one would be planned with
-    transformers' default (hidden 4096, 32 layers...). A multimodal wrapper's text_config is left to its defaults, as
-    the published ones (Gemma 3) rely on them."""
+def _check_present(config, raw: dict, where: str) -> None:
+    """Every size field the plan reads is in the config itself (the config.json, or a GGUF file's metadata): a missing
+    one would be planned with transformers' default (hidden 4096, 32 layers...). One check for every route a config
+    comes by (a path, a cached or downloaded hub id, a GGUF file, a preset). A multimodal wrapper's text_config is left
+    to its defaults, as the published ones (Gemma 3) rely on them."""
     if language_model_config(config) is not None:
         return
     refuse_headless(config)
@@ -478,10 +479,10 @@ def _check_present(config, raw: dict, path: Path) -> None:
     needed = [a for a in SIZE_FIELDS if getattr(config, a, None) is not None]
     missing = [_json_name(config, a) for a in needed if _json_name(config, a) not in raw and a not in raw]
     if missing:
-        raise UserError(f"'{path}' does not set {', '.join(missing)}: the plan would take transformers' defaults "
+        raise UserError(f"{where} does not set {', '.join(missing)}: the plan would take transformers' defaults "
                         f"for a {config.model_type} model, not this model's sizes",
-                        f"add {', '.join(missing)} to it (the values of the model's published config.json)")
-
+                        f"set {', '.join(missing)} in a config.json (the values of the model's published config.json) "
+                        "and plan that file")
 
 
 def language_model_config(config):
@@ -494,15 +495,16 @@ def language_model_config(config):
 
 
 def _load_config(source: str):
-    from transformers import AutoConfig
+    """Every route reads the config's fields as written (raw) and builds the config from them in _config_from_dict,
+    which checks them once for all routes."""
+    from transformers import PretrainedConfig
 
     from loratune.models import EMBEDDED_MODELS, hub_offline_reason, hub_reason, resolve_model
 
     fix = (f"give a preset ({', '.join(PRESETS)}), a config.json or a model folder holding one, or a hub id "
            "whose config.json is cached (download it once while online: hf download ID config.json)")
     if source in PRESETS:
-        raw = dict(PRESETS[source])
-        return AutoConfig.for_model(raw.pop("model_type"), **raw)
+        return _config_from_dict(dict(PRESETS[source]), f"preset '{source}'", fix)
     from loratune.store import check_name_length
 
     check_name_length(Path(source).expanduser(), "model", fix, last="file or folder")  # before any stat (ENAMETOOLONG)
@@ -517,47 +519,57 @@ def _load_config(source: str):
         from loratune.config import ModelConfig
 
         src = resolve_model(ModelConfig(name_or_path=source))
-        try:
-            return AutoConfig.from_pretrained(src.path, **({"gguf_file": src.gguf_file} if src.gguf_file else {}))
+        try:  # a GGUF file's metadata is its config (read once: seconds for a large file)
+            raw = PretrainedConfig.get_config_dict(src.path, **({"gguf_file": src.gguf_file} if src.gguf_file
+                                                                else {}))[0]
         except Exception as exc:
             raise UserError(f"could not read a model config from '{source}' ({type(exc).__name__}: {exc})",
                             fix) from None
+        return _config_from_dict(raw, f"'{source}'", fix)
     if p.exists():
         raise UserError(f"'{p}' is neither a config.json nor a model folder", fix)
     if source.startswith((".", "/", "~")) or source.count("/") > 1 or p.suffix in (".json", ".gguf"):
         raise UserError(f"'{source}' does not exist", fix)
     try:  # a hub id: the cache first, so a cached config needs no network
-        return AutoConfig.from_pretrained(source, local_files_only=True)
+        raw = PretrainedConfig.get_config_dict(source, local_files_only=True)[0]
     except OSError:  # not in the cache
         pass
-    except Exception as exc:  # in the cache, and not a config transformers accepts: say so, not "not cached"
-        raise UserError(f"the cached config of '{source}' is not one transformers accepts ({type(exc).__name__}: "
-                        f"{exc_text(exc)})", "fix the field it names, or " + fix) from None
+    else:
+        return _config_from_dict(raw, f"'{source}' (its config.json in the Hugging Face cache)", fix)
     why = hub_offline_reason()
     if why is None:
         try:
-            return AutoConfig.from_pretrained(source)
+            raw = PretrainedConfig.get_config_dict(source)[0]
         except Exception as exc:
             why = hub_reason(exc)
+        else:
+            return _config_from_dict(raw, f"'{source}' (its config.json on the hub)", fix)
     raise UserError(f"'{source}' is not a preset or a local path, and its config is not in the Hugging Face cache "
                     f"nor could it be fetched ({why})", fix)
 
 
 def _config_from_json(path: Path, fix: str):
-    from transformers import AutoConfig
-
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"could not read '{path}' as JSON ({exc})", fix) from None
+    return _config_from_dict(raw, f"'{path}'", fix)
+
+
+def _config_from_dict(raw, where: str, fix: str):
+    """The config built from the fields a config.json (or a GGUF file's metadata) sets, as transformers builds it;
+    every size field the plan reads must be among them (_check_present)."""
+    from transformers import AutoConfig
+
     if not isinstance(raw, dict) or "model_type" not in raw:
-        raise UserError(f"'{path}' has no model_type", "give a Hugging Face config.json (it names model_type)")
+        raise UserError(f"{where} has no model_type", "give a Hugging Face config.json (it names model_type)")
+    raw = dict(raw)
     try:
         config = AutoConfig.for_model(raw.pop("model_type"), **raw)
     except Exception as exc:  # transformers' strict config validation raises its own error types too
-        raise UserError(f"'{path}' is not a config transformers accepts ({type(exc).__name__}: "
+        raise UserError(f"{where} is not a config transformers accepts ({type(exc).__name__}: "
                         f"{exc_text(exc)})", "fix the field it names, or " + fix) from None
-    _check_present(config, raw, path)
+    _check_present(config, raw, where)
     return config
 
 

@@ -308,6 +308,26 @@ def test_config_json_folder_and_cached_hub_id_give_the_preset(tmp_path, monkeypa
         assert plan.plan_model(source).shape.params == LLAMA2_7B_PARAMS, source
 
 
+@pytest.mark.parametrize("command", ["plan", "params"])
+def test_a_cached_hub_config_missing_size_fields_is_refused_as_the_file_is(command, tmp_path, monkeypatch, capsys):
+    """A cached hub id skipped the missing-field check: hidden 64 and 4 heads alone were planned with LlamaConfig's
+    32 layers, FFN 11008 and vocabulary 32000 (72.26M parameters), exit 0; the same file as a path was refused."""
+    import huggingface_hub.constants as hub
+
+    from loratune.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4}
+    _fake_hub_cache(tmp_path / "cache", "acme/tiny", cfg)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    said = "does not set num_hidden_layers, vocab_size, intermediate_size: the plan would take transformers' defaults"
+    snapshot = tmp_path / "cache" / "models--acme--tiny" / "snapshots" / ("0" * 40) / "config.json"
+    for source in ("acme/tiny", str(snapshot)):
+        assert main([command, source]) == 2, source
+        err = " ".join(capsys.readouterr().err.split())
+        assert said in err and "fix: set num_hidden_layers, vocab_size, intermediate_size in a config.json" in err
+
+
 def test_an_encoder_is_planned_as_a_classifier(tmp_path):
     bert = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
             "intermediate_size": 64, "vocab_size": 100}
