@@ -105,6 +105,7 @@ MAX_TOKENS = 2**32
 
 METHODS = ("lora", "qlora", "full")
 TASKS = ("causal-lm", "classification")
+TASK_OPTION_HELP = "auto (the default): causal-lm for decoders, classification for encoders"
 ATTENTION = ("sdpa", "eager")
 DEFAULT_R = 16
 DEFAULT_TARGETS = ("all-linear",)
@@ -591,6 +592,11 @@ def default_task(config) -> str:
         else "classification"
 
 
+def resolve_task(config, task: str) -> str:
+    """--task as plan and params take it: auto is default_task's choice."""
+    return default_task(config) if task == "auto" else task
+
+
 def build_meta_model(config, task: str):
     """The model on the meta device: names and shapes, no memory."""
     import torch
@@ -605,12 +611,21 @@ def build_meta_model(config, task: str):
                         "memory and FLOPs are those of dense transformers (experts stored outside nn.Linear, a few "
                         "active per token), and would be wrong for it",
                         "plan a dense model of the same width, or count a MoE adapter with peft on the meta device")
-    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    autos = {"causal-lm": AutoModelForCausalLM, "classification": AutoModelForSequenceClassification}
+    auto = autos[task]
     # asked of transformers' own table, not read from a ValueError: a config whose sizes are invalid (hidden 33 over 2
     # heads) raises ValueError too, and was blamed on the task
     if type(config) not in auto._model_mapping:
-        raise UserError(f"transformers has no {task} model for '{config.model_type}'",
-                        "use --task " + ("classification" if task == "causal-lm" else "causal-lm"))
+        other = [t for t in TASKS if t != task and type(config) in autos[t]._model_mapping]
+        if other:  # plan and params both take --task
+            raise UserError(f"transformers has no {task} model for '{config.model_type}' (it has a {other[0]} one)",
+                            f"use --task {other[0]}")
+        kind = "encoder-decoder (seq2seq) model" if getattr(config, "is_encoder_decoder", False) else "model"
+        raise UserError(f"transformers has neither a causal-lm nor a classification model for '{config.model_type}': "
+                        "plan and params cover causal LMs (AutoModelForCausalLM) and classifiers "
+                        f"(AutoModelForSequenceClassification), and this {kind} is neither",
+                        "count its LoRA adapter with peft on the meta device (get_peft_model, "
+                        "print_trainable_parameters); plan and params take causal LMs and classifiers only")
     with torch.device("meta"):
         try:
             if task != "causal-lm":
@@ -695,7 +710,7 @@ def plan_model(source: str, r: int = DEFAULT_R, targets: tuple[str, ...] = DEFAU
     workload = workload or Workload()
     _check_workload(workload)
     config = load_config(source)
-    task = default_task(config) if task == "auto" else task
+    task = resolve_task(config, task)
     from loratune.model_info import position_limit
 
     # the limit `train` checks (api.py), for the same models: a classifier's learned absolute positions (a causal-lm

@@ -464,7 +464,7 @@ def test_configs_plan_cannot_count_are_refused_by_name(config, said, tmp_path, c
 @pytest.mark.parametrize("argv", [["plan", "{}", "--task", "classification"], ["params", "{}"]])
 def test_a_config_that_cannot_be_built_is_not_blamed_on_the_task(argv, tmp_path, capsys):
     """BERT with hidden 33 over 2 heads raises ValueError while it is built: it was said as 'transformers has no
-    classification model for bert' with the fix 'use --task causal-lm' (and params has no --task)."""
+    classification model for bert' with the fix 'use --task causal-lm' (params then had no --task)."""
     from loratune.cli import main
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 33, "num_attention_heads": 2,
@@ -593,14 +593,46 @@ def test_a_method_that_fits_no_gpu_count_is_explained(capsys):
     assert "fits on no number" not in capsys.readouterr().out
 
 
-def test_a_model_type_without_the_tasks_model_names_the_other_task(tmp_path, capsys):
+MARIAN = {"model_type": "marian", "architectures": ["MarianMTModel"], "d_model": 32, "encoder_layers": 1,
+          "decoder_layers": 1, "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64,
+          "decoder_ffn_dim": 64, "vocab_size": 100, "max_position_embeddings": 1024, "pad_token_id": 0,
+          "decoder_start_token_id": 0}
+
+
+@pytest.mark.parametrize("command", ["plan", "params"])
+def test_a_model_type_without_the_tasks_model_names_the_other_task_that_works(command, capsys):
+    """Marian has a causal-lm class (its decoder) and no classification one: the fix `--task causal-lm` is taken by
+    both commands (params had no --task) and plans it."""
     from loratune.cli import main
 
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 1,
-                                                      "num_attention_heads": 2, "intermediate_size": 64}))
-    assert main(["plan", str(tmp_path), "--task", "classification"]) == 2
+    assert main([command, _write(MARIAN)]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "transformers has no classification model for 'vit'" in err and "use --task causal-lm" in err
+    assert "transformers has no classification model for 'marian' (it has a causal-lm one)" in err
+    assert "fix: use --task causal-lm" in err
+    assert main([command, _write(MARIAN), "--task", "causal-lm", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["shape"]["task"], out["shape"]["vocab"]) == ("causal-lm", 100) if command == "plan" else out["total"] > 0
+
+
+@pytest.mark.parametrize("command", ["plan", "params"])
+@pytest.mark.parametrize("config,kind", [
+    ({"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+      "intermediate_size": 64}, "this model is neither"),
+    ({**MARIAN, "model_type": "m2m_100", "architectures": ["M2M100ForConditionalGeneration"]},
+     "this encoder-decoder (seq2seq) model is neither"),
+])
+@pytest.mark.parametrize("task", [[], ["--task", "causal-lm"], ["--task", "classification"]])
+def test_a_model_type_with_neither_tasks_model_is_said_so_for_every_task(command, config, kind, task, capsys):
+    """ViT and NLLB (m2m_100) have neither class: plan said 'use --task causal-lm', then 'use --task classification'
+    (a loop), and params named --task, which it did not take."""
+    from loratune.cli import main
+
+    assert main([command, _write(config), *task]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    mt = config["model_type"]
+    assert f"transformers has neither a causal-lm nor a classification model for '{mt}'" in err and kind in err
+    assert "plan and params cover causal LMs" in err and "count its LoRA adapter with peft" in err
+    assert "--task" not in err
 
 
 def test_targets_keep_a_layer_list_with_its_group_and_ranks_stay_in_range(capsys):

@@ -6,6 +6,8 @@ from loratune.commands._common import console, human, print_json
 
 
 def register(sub) -> None:
+    from loratune.plan import TASK_OPTION_HELP, TASKS
+
     p = sub.add_parser("params", help="LoRA parameter counts per rank and target set (no weights needed)")
     p.add_argument("model", nargs="?", default="embedded:minilm",
                    help="model folder, config.json, .gguf file, hub id (online), embedded:minilm, or a preset of "
@@ -13,6 +15,7 @@ def register(sub) -> None:
     p.add_argument("--ranks", default="1,2,4,8,16,32,64,128,256", help="comma-separated ranks")
     p.add_argument("--targets", action="append", metavar="GROUPS",
                    help="a target set, e.g. 'attn.q,attn.v' (repeatable; default: five common sets)")
+    p.add_argument("--task", default="auto", choices=("auto", *TASKS), help=TASK_OPTION_HELP + " (as plan)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -26,7 +29,7 @@ def run(args) -> int:
     except ValueError:
         raise UserError(f"--ranks '{args.ranks}' is not a list of integers", "e.g. --ranks 4,16,64") from None
     from loratune.config import key_table
-    from loratune.plan import build_meta_model, check_rank, default_task, load_config, split_targets
+    from loratune.plan import build_meta_model, check_rank, load_config, resolve_task, split_targets
 
     for r in ranks:  # a rank `train` would take (0 and negatives printed negative counts)
         check_rank(r, "--ranks", key_table()["adapter.r"].metadata["max"])
@@ -34,7 +37,7 @@ def run(args) -> int:
 
     # the model as `loratune plan` builds it (one route): a decoder with its LM head, an encoder as a classifier
     config = load_config(args.model)
-    model = build_meta_model(config, default_task(config))
+    model = build_meta_model(config, resolve_task(config, args.task))
     report = params_report(model, ranks, targets, skip_unresolved=not args.targets)
     if args.json:
         print_json(report.to_dict())

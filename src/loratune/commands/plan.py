@@ -6,7 +6,7 @@ from loratune.commands._common import console, human, print_json
 
 
 def register(sub) -> None:
-    from loratune.plan import ATTENTION, DEFAULT_R, DEFAULT_TARGETS, FULL_PRECISION, PRESETS
+    from loratune.plan import ATTENTION, DEFAULT_R, DEFAULT_TARGETS, FULL_PRECISION, PRESETS, TASK_OPTION_HELP, TASKS
 
     p = sub.add_parser("plan", help="GPU memory and FLOPs of LoRA, QLoRA and full fine-tuning (no weights needed)",
                        description="Trainable parameters, memory (weights, gradients, optimizer states, activations) "
@@ -25,8 +25,7 @@ def register(sub) -> None:
                    help="full fine-tuning convention: mixed (16 bytes/param, ZeRO), amp (18, HF Trainer), bf16 (8)")
     p.add_argument("--gpu-memory", type=float, default=80.0, metavar="GIB",
                    help="one GPU's memory in GiB, for the GPUs each method needs (default 80)")
-    p.add_argument("--task", default="auto", choices=("auto", "causal-lm", "classification"),
-                   help="auto: causal-lm for decoders, classification for encoders")
+    p.add_argument("--task", default="auto", choices=("auto", *TASKS), help=TASK_OPTION_HELP)
     p.add_argument("--json", action="store_true", help="the plan as JSON (bytes and FLOPs)")
     p.set_defaults(func=run)
 
