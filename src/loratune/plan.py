@@ -128,7 +128,7 @@ class ModelShape:
     head_dim: int
     kv_heads: int
     ffn: int  # intermediate size of the FFN
-    gated: bool  # SwiGLU-style FFN (gate and up projections): Llama, Mistral, Qwen2, Phi-3, Gemma
+    gated: bool  # gated FFN (gate and up projections): Llama, Mistral, Qwen2, Phi-3, Gemma; T5 v1.1 / Flan-T5's wi_0, wi_1
     vocab: int  # logits per token: the vocabulary (causal-lm) or the number of labels
 
     def to_dict(self) -> dict:
@@ -423,10 +423,13 @@ def load_config(source: str):
 
 
 # The config fields the plan's arithmetic reads (by their transformers names; a config's attribute_map gives the name
-# its config.json uses: GPT-2's n_embd, T5's d_model). A config.json must set each one its config class has:
-# transformers would fill a missing one with the default of its own 7B-class preset. KV heads default to the heads.
-SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
-OPTIONAL_SIZE_FIELDS = ("num_key_value_heads",)
+# its config.json uses: GPT-2's n_embd, T5's d_model; T5's d_ff and d_kv are its own, FFN_FIELDS / HEAD_DIM_FIELDS). A
+# config.json must set each one its config class has: transformers would fill a missing one with the default of its
+# own preset (7B-class, or t5-small's d_ff 2048). KV heads default to the heads; Falcon derives num_kv_heads and
+# ffn_hidden_size from its heads and hidden size, as its published configs rely on.
+SIZE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size", "d_ff",
+               "d_kv")
+OPTIONAL_SIZE_FIELDS = ("num_key_value_heads", "num_kv_heads", "ffn_hidden_size")
 
 
 def _json_name(config, attr: str) -> str:
@@ -678,17 +681,42 @@ def shape_of(model, task: str) -> ModelShape:
         heads = head_modules(model)
         head = sum(p.numel() for n, p in model.named_parameters() if under(n, heads))
     avail = available_targets(model)
-    gated = "ffn.gate" in avail["groups"] or any("gate" in r for r in avail["raw"])
+    # a gate projection by name (Llama's gate_proj, Phi-3's gate_up_proj), or T5's gated-gelu (wi_0, wi_1): its config
+    # says so (feed_forward_proj "gated-..." sets is_gated_act)
+    gated = "ffn.gate" in avail["groups"] or any("gate" in r for r in avail["raw"]) \
+        or getattr(cfg, "is_gated_act", False) is True
     refuse_headless(cfg)
     heads = cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    head_dim = _first_set(cfg, HEAD_DIM_FIELDS) or cfg.hidden_size // heads
     return ModelShape(
         model_type=cfg.model_type, task=task, params=params, linear_params=linear,
         block_linear_params=sum(s.in_features * s.out_features for s in blocks), head_params=head,
         layers=num_blocks(model), hidden=cfg.hidden_size, heads=heads, head_dim=head_dim,
-        kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
-        ffn=getattr(cfg, "intermediate_size", None) or 4 * cfg.hidden_size, gated=gated,
+        kv_heads=kv_heads_of(cfg), ffn=_first_set(cfg, FFN_FIELDS) or 4 * cfg.hidden_size, gated=gated,
         vocab=cfg.vocab_size if task == "causal-lm" else cfg.num_labels)
+
+
+# Shape fields some configs keep under their own names, which their attribute_map does not alias to transformers' common
+# one: read in order, the first one set wins. T5 (and mT5, UMT5, LongT5) keeps its FFN in d_ff and its head dimension in
+# d_kv (t5-3b: 32 heads of 128 over d_model 1024); Falcon its FFN in ffn_hidden_size (4h unless set). Without any: FFN 4h
+# (GPT-2, OPT, BART: their published sizes), head dimension hidden / heads.
+FFN_FIELDS = ("intermediate_size", "d_ff", "ffn_hidden_size")
+HEAD_DIM_FIELDS = ("head_dim", "d_kv")
+
+
+def _first_set(config, names: tuple[str, ...]) -> int | None:
+    return next((v for v in (getattr(config, n, None) for n in names) if v), None)
+
+
+def kv_heads_of(config) -> int:
+    """The key/value heads the model builds: Falcon-40B/180B's new_decoder_architecture groups its heads over
+    num_kv_heads (8 of 128); multi_query (Falcon-7B, GPT-BigCode / StarCoder) gives one K and V head; else
+    num_key_value_heads (Llama, Mistral, Qwen2's grouped-query attention), or one per attention head."""
+    if getattr(config, "new_decoder_architecture", False):
+        return getattr(config, "num_kv_heads", None) or config.num_attention_heads
+    if getattr(config, "multi_query", False):
+        return 1
+    return getattr(config, "num_key_value_heads", None) or config.num_attention_heads
 
 
 def lora_shape(model, r: int, targets: tuple[str, ...]) -> LoraShape:

@@ -527,6 +527,57 @@ def _write(config: dict) -> str:
     return str(path)
 
 
+# the published config.json fields that decide the shape (tiiuae/falcon-7b, tiiuae/falcon-40b, google/flan-t5-base)
+FALCON_7B = {"architectures": ["FalconForCausalLM"], "model_type": "falcon", "hidden_size": 4544,
+             "num_attention_heads": 71, "num_hidden_layers": 32, "vocab_size": 65024, "multi_query": True,
+             "new_decoder_architecture": False, "parallel_attn": True, "bias": False, "alibi": False}
+FALCON_40B = {"architectures": ["FalconForCausalLM"], "model_type": "falcon", "hidden_size": 8192,
+              "num_attention_heads": 128, "num_hidden_layers": 60, "vocab_size": 65024, "multi_query": True,
+              "new_decoder_architecture": True, "num_kv_heads": 8, "parallel_attn": True, "bias": False,
+              "bos_token_id": 11, "eos_token_id": 11}
+FLAN_T5_BASE = {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "d_ff": 2048, "d_kv": 64,
+                "d_model": 768, "dense_act_fn": "gelu_new", "feed_forward_proj": "gated-gelu",
+                "is_encoder_decoder": True, "is_gated_act": True, "num_decoder_layers": 12, "num_heads": 12,
+                "num_layers": 12, "relative_attention_num_buckets": 32, "tie_word_embeddings": False,
+                "vocab_size": 32128, "decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}
+
+
+@pytest.mark.parametrize("config,expected", [
+    # (heads, KV heads, head dim, FFN, gated)
+    (FALCON_7B, (71, 1, 64, 18176, False)),  # multi_query: one K, V head (query_key_value 4544 -> 4544 + 2 x 64)
+    (FALCON_40B, (128, 8, 64, 32768, False)),  # new_decoder_architecture: num_kv_heads (8192 -> 8192 + 2 x 8 x 64)
+    (FLAN_T5_BASE, (12, 12, 64, 2048, True)),  # d_ff, gated-gelu (wi_0 and wi_1)
+    # t5-3b: 32 heads of d_kv 128 over d_model 1024 (not 1024 / 32), d_ff 16384, relu
+    ({**FLAN_T5_BASE, "d_model": 1024, "d_kv": 128, "num_heads": 32, "d_ff": 16384, "num_layers": 2,
+      "num_decoder_layers": 2, "feed_forward_proj": "relu", "is_gated_act": False}, (32, 32, 128, 16384, False)),
+])
+def test_the_shape_is_read_from_the_fields_falcon_and_t5_use(config, expected):
+    """Falcon keeps its KV heads in multi_query / num_kv_heads, T5 its FFN in d_ff and head dim in d_kv: the plan read
+    num_key_value_heads and intermediate_size, so Falcon-7B was 71 KV heads (+9.5% activations) and Flan-T5 a 3072-wide
+    ungated FFN (-11.7%); each value is checked against the modules of the model built."""
+    import torch.nn as nn
+
+    from loratune.plan import build_meta_model, load_config
+
+    got = plan.plan_model(_write(config), workload=Workload(seq_len=128)).shape
+    assert (got.heads, got.kv_heads, got.head_dim, got.ffn, got.gated) == expected
+    heads, kv, head_dim, ffn, gated = expected
+    model = build_meta_model(load_config(_write(config)), got.task)
+    out = {n.rsplit(".", 1)[-1]: m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if config["model_type"] == "falcon":
+        assert out["query_key_value"] == (heads + 2 * kv) * head_dim and out["dense_h_to_4h"] == ffn
+    else:
+        assert out["q"] == out["k"] == heads * head_dim and out["wo"] == config["d_model"]
+        assert out["wi_0" if gated else "wi"] == ffn and ("wi_1" in out) == gated
+
+
+def test_a_t5_config_without_d_ff_is_refused_as_a_missing_size():
+    """T5's d_ff is its own field (no intermediate_size): a config without it was planned with t5-small's 2048."""
+    with pytest.raises(UserError) as err:
+        plan.plan_model(_write({k: v for k, v in FLAN_T5_BASE.items() if k != "d_ff"}))
+    assert "does not set d_ff: the plan would take transformers' defaults" in err.value.problem
+
+
 def test_resolve_targets_names_a_layer_count_below_one():
     """`train` reaches resolve_targets without plan's config check: 0 layers was said as GPT-2's Conv1D blocks."""
     from transformers import LlamaConfig, LlamaForCausalLM
