@@ -47,6 +47,11 @@ POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer":
                    "roberta-prelayernorm": 2, "xlm-roberta-xl": 2, "xmod": 2}
 
 
+# model types whose config carries max_position_embeddings though no layer indexes anything by it (Mamba / linear-
+# attention hybrids without positional embeddings): no limit to check
+UNBOUNDED_POSITIONS = frozenset({"jamba", "zamba", "nemotron_h", "kimi_linear", "inkling_text", "inkling2_text"})
+
+
 def input_position_limit(cfg: ModelConfig) -> int | None:
     """The longest input the model's learned absolute position embeddings can index (a longer `max_length` fails
     inside the embedding), or None where positions are rotary or relative (Llama, DeBERTa-v3, T5) or unknown."""
@@ -62,24 +67,28 @@ def input_position_limit(cfg: ModelConfig) -> int | None:
 
 def position_limit(c) -> int | None:
     """input_position_limit of a transformers config already loaded (`loratune plan` reads one without a ModelConfig):
-    the one rule for both."""
+    the one rule for both, and for every task: a decoder's learned positions (OPT, GPT-2, StarCoder, BioGPT) or its
+    fixed sinusoid table (GPT-J, CodeGen) end where an encoder's do; rotary decoders say so by their rope fields."""
     if getattr(c, "rope_theta", None) is not None or getattr(c, "rope_scaling", None) is not None \
+            or getattr(c, "rope_parameters", None) is not None \
             or getattr(c, "position_embedding_type", "absolute") != "absolute" \
-            or getattr(c, "position_biased_input", True) is False:
+            or getattr(c, "position_biased_input", True) is False \
+            or getattr(c, "model_type", None) in UNBOUNDED_POSITIONS:
         return None
     n = next((v for v in (getattr(c, k, None) for k in ("max_position_embeddings", "n_positions"))
               if isinstance(v, int)), None)
-    return None if n is None else n - POSITION_OFFSET.get(getattr(c, "model_type", None), 0)
+    if n is None or n < 1:  # XLNet's -1: relative positions, no limit
+        return None
+    return n - POSITION_OFFSET.get(getattr(c, "model_type", None), 0)
 
 
 def check_max_length(cfg: ModelConfig) -> None:
-    """A UserError where a classifier's `max_length` is longer than its position embeddings index (it would fail
-    inside the embedding at the first batch): the one check `train` (api.check) and `tune` (before its first trial)
-    run."""
+    """A UserError where `max_length` is longer than the model's position embeddings index (it would fail inside the
+    embedding at the first batch), for every task (position_limit's rule): the one check `train` (api.check) and
+    `tune` (before its first trial) run."""
     from loratune.errors import UserError
 
-    # (a classifier's encoder: a causal-lm run's decoder is rotary here, and reading a GGUF's config takes seconds)
-    limit = input_position_limit(cfg) if cfg.task != "causal-lm" else None
+    limit = input_position_limit(cfg)
     if limit is not None and cfg.max_length > limit:
         raise UserError(f"model.max_length {cfg.max_length} is longer than {cfg.name_or_path} takes: its "
                         f"position embeddings cover {limit} tokens",

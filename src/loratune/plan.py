@@ -741,9 +741,8 @@ def plan_model(source: str, r: int = DEFAULT_R, targets: tuple[str, ...] = DEFAU
     task = resolve_task(config, task)
     from loratune.model_info import position_limit
 
-    # the limit `train` checks (api.py), for the same models: a classifier's learned absolute positions (a causal-lm
-    # decoder is rotary there)
-    limit = position_limit(config) if task != "causal-lm" else None
+    # the limit `train` checks (model_info.check_max_length), by the same rule, for every task
+    limit = position_limit(config)
     if limit is not None and workload.seq_len > limit:
         raise UserError(f"--seq-len {workload.seq_len} is longer than {source} takes: its position embeddings cover "
                         f"{limit} tokens (train refuses a longer model.max_length too)",

@@ -118,6 +118,42 @@ def test_a_prompt_metric_of_a_group_the_prompt_set_lacks_is_refused(lm, sft_data
     assert not (out / "run.json").exists() or json.loads((out / "run.json").read_text()).get("status") != "completed"
 
 
+# --- 3b. a max_length past a decoder's learned positions ----------------------------------------------------
+
+
+def test_a_max_length_past_a_decoder_s_learned_positions_is_refused_by_train_and_plan(lm, sft_data, tmp_path,
+                                                                                      capsys):
+    """OPT's learned positions (64 here, 2048 in OPT-1.3B): train task=causal-lm and plan skipped the check for every
+    causal LM ('rotary there'), and the run failed inside the embedding (IndexError) at its first batch. A rotary
+    decoder (the tiny Llama, 256 positions) has no such limit, and is not refused."""
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from sft_support import make_tokenizer
+
+    folder = tmp_path / "opt"
+    tok = make_tokenizer()
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    OPTForCausalLM(OPTConfig(vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=1,
+                             num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=64,
+                             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                             eos_token_id=tok.eos_token_id)).save_pretrained(folder)
+    opt = {"target_modules": "[self_attn.q_proj]"}  # OPT is not in the group table
+    for dry in (["--dry-run"], []):
+        out = tmp_path / f"run{len(dry)}"
+        err = _refused(capsys, ["train", "-q", *dry, *_args(str(folder), sft_data, out, max_length=65, **opt)])
+        assert f"model.max_length 65 is longer than {folder} takes: its position embeddings cover 64 tokens" in err
+        assert "set max_length=64 or less" in err and not (out / "run.json").exists()
+    err = _refused(capsys, ["plan", str(folder), "--seq-len", "65"])
+    assert "--seq-len 65 is longer than" in err and "cover 64 tokens" in err and "give --seq-len 64 or less" in err
+    assert cli.main(["train", "-q", "--dry-run", *_args(str(folder), sft_data, tmp_path / "ok", max_length=64,
+                                                        **opt)]) == 0
+    assert cli.main(["plan", str(folder), "--seq-len", "64", "--json"]) == 0
+    assert cli.main(["train", "-q", "--dry-run", *_args(lm, sft_data, tmp_path / "rope", max_length=512)]) == 0
+    capsys.readouterr()
+
+
 # --- 4. `loratune plan`: no attention heads, no targets -----------------------------------------------------
 
 

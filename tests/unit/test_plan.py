@@ -609,6 +609,42 @@ def test_a_seq_len_past_the_learned_positions_is_refused_as_train_refuses_it(cap
     assert "cover 126 tokens" in " ".join(capsys.readouterr().err.split())
 
 
+@pytest.mark.parametrize("model_type,fields,limit", [
+    ("opt", {"max_position_embeddings": 2048}, 2048),  # learned positions: OPT, GPT-2, StarCoder, BioGPT
+    ("gpt2", {"n_positions": 1024}, 1024),
+    ("gpt_bigcode", {"n_positions": 8192}, 8192),
+    ("biogpt", {"max_position_embeddings": 1024}, 1024),
+    ("llama", {"max_position_embeddings": 4096}, None),  # rotary
+    ("falcon", {"max_position_embeddings": 2048}, None),
+    ("nemotron_h", {"max_position_embeddings": 4096}, None),  # no positional embedding at all
+    ("jamba", {"max_position_embeddings": 4096}, None),
+    ("xlnet", {}, None),  # relative positions: its config says -1
+])
+def test_the_position_limit_is_one_rule_for_every_task(model_type, fields, limit):
+    """position_limit decides by the config alone, and plan and train apply it to causal LMs too (both skipped it for
+    every causal-lm run, so OPT planned and trained past its 2048 learned positions)."""
+    from transformers import AutoConfig
+
+    from loratune.model_info import position_limit
+
+    assert position_limit(AutoConfig.for_model(model_type, **fields)) == limit
+
+
+def test_plan_refuses_a_seq_len_past_a_causal_lm_s_learned_positions(capsys):
+    """OPT-1.3B at --seq-len 8192 was planned (exit 0); a forward past 2048 tokens raises IndexError."""
+    from loratune.cli import main
+
+    opt = {"architectures": ["OPTForCausalLM"], "model_type": "opt", "hidden_size": 2048, "ffn_dim": 8192,
+           "num_hidden_layers": 24, "num_attention_heads": 32, "vocab_size": 50272, "max_position_embeddings": 2048,
+           "word_embed_proj_dim": 2048, "do_layer_norm_before": True, "pad_token_id": 1}
+    assert main(["plan", _write(opt), "--seq-len", "8192"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--seq-len 8192 is longer than" in err and "its position embeddings cover 2048 tokens" in err
+    assert "give --seq-len 2048 or less" in err
+    assert main(["plan", _write(opt), "--seq-len", "2048", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["shape"]["task"] == "causal-lm"
+
+
 @pytest.mark.parametrize("argv", [["--batch", "1" + "0" * 310], ["--seq-len", "99999999999999999999999"],
                                   ["--batch", str(2**20), "--seq-len", str(2**13)]])
 def test_a_huge_workload_is_refused_with_its_range(argv, capsys):
