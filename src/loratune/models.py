@@ -65,7 +65,7 @@ def resolve_model(cfg: ModelConfig) -> ModelSource:
             if not (p / cfg.gguf_file).is_file():
                 raise UserError(f"GGUF file '{cfg.gguf_file}' is not in '{p}'", "check model.gguf_file")
         elif not (p / "config.json").is_file():
-            ggufs = sorted(x.name for x in p.glob("*.gguf"))
+            ggufs = folder_ggufs(p)
             if len(ggufs) == 1:
                 return ModelSource(str(p), ggufs[0], True)
             raise UserError(f"model folder '{p}' has no config.json",
@@ -74,6 +74,11 @@ def resolve_model(cfg: ModelConfig) -> ModelSource:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise UserError(f"model path '{name}' does not exist", "check the path, or give a hub id like org/name")
     return ModelSource(name, cfg.gguf_file, False)  # a hub id, for users who are online
+
+
+def folder_ggufs(folder: Path) -> list[str]:
+    """The GGUF files of a model folder, by name: a folder without config.json is read from its one GGUF file."""
+    return sorted(x.name for x in folder.glob("*.gguf"))
 
 
 def hub_offline_reason() -> str | None:

@@ -503,7 +503,7 @@ def _load_config(source: str):
     which checks them once for all routes."""
     from transformers import PretrainedConfig
 
-    from loratune.models import EMBEDDED_MODELS, hub_offline_reason, hub_reason, resolve_model
+    from loratune.models import EMBEDDED_MODELS, folder_ggufs, hub_offline_reason, hub_reason, resolve_model
 
     fix = (f"give a preset ({', '.join(PRESETS)}), a config.json or a model folder holding one, or a hub id "
            "whose config.json is cached (download it once while online: hf download ID config.json)")
@@ -517,8 +517,12 @@ def _load_config(source: str):
         p = p / "config.json"
     if p.is_file() and p.suffix == ".json":
         return _config_from_json(p, fix)
-    if p.is_dir() and not list(p.glob("*.gguf")):
+    ggufs = folder_ggufs(p) if p.is_dir() else []
+    if p.is_dir() and not ggufs:
         raise UserError(f"folder '{p}' has no config.json", fix)
+    if len(ggufs) > 1:  # resolve_model's fix names train's model.gguf_file, which plan and params do not take
+        raise UserError(f"folder '{p}' has no config.json and holds {len(ggufs)} GGUF files ({', '.join(ggufs)}): "
+                        "which one to read is not said", f"give the .gguf file itself as MODEL, e.g. {p / ggufs[0]}")
     if source in EMBEDDED_MODELS or p.exists() and (p.suffix == ".gguf" or p.is_dir()):  # GGUF: resolve_model's rules
         from loratune.config import ModelConfig
 

@@ -328,6 +328,21 @@ def test_a_cached_hub_config_missing_size_fields_is_refused_as_the_file_is(comma
         assert said in err and "fix: set num_hidden_layers, vocab_size, intermediate_size in a config.json" in err
 
 
+@pytest.mark.parametrize("command", ["plan", "params"])
+def test_a_folder_with_two_gguf_files_names_them_and_a_fix_the_command_takes(command, tmp_path, capsys):
+    """The fix was train's 'set model.gguf_file' (a key plan and params have no way to take), and the GGUF files found
+    went unsaid."""
+    from loratune.cli import main
+
+    for name in ("b.gguf", "a.gguf"):
+        (tmp_path / name).write_bytes(b"")
+    assert main([command, str(tmp_path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"folder '{tmp_path}' has no config.json and holds 2 GGUF files (a.gguf, b.gguf)" in err
+    assert f"fix: give the .gguf file itself as MODEL, e.g. {tmp_path / 'a.gguf'}" in err
+    assert "model.gguf_file" not in err and "model.name_or_path" not in err
+
+
 def test_an_encoder_is_planned_as_a_classifier(tmp_path):
     bert = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
             "intermediate_size": 64, "vocab_size": 100}
