@@ -572,13 +572,33 @@ def _config_from_dict(raw, where: str, fix: str):
     if not isinstance(raw, dict) or "model_type" not in raw:
         raise UserError(f"{where} has no model_type", "give a Hugging Face config.json (it names model_type)")
     raw = dict(raw)
+    model_type = raw.pop("model_type")
+    _check_model_type(model_type, where)
     try:
-        config = AutoConfig.for_model(raw.pop("model_type"), **raw)
+        config = AutoConfig.for_model(model_type, **raw)
     except Exception as exc:  # transformers' strict config validation raises its own error types too
         raise UserError(f"{where} is not a config transformers accepts ({type(exc).__name__}: "
                         f"{exc_text(exc)})", "fix the field it names, or " + fix) from None
     _check_present(config, raw, where)
     return config
+
+
+def _check_model_type(model_type, where: str) -> None:
+    """A model_type this transformers has a config class for, else a UserError naming it (transformers' own error is
+    its list of every type it knows, hundreds of them)."""
+    import difflib
+
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return
+    close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=3)
+    raise UserError(f"{where} says model_type {model_type!r}, which transformers {transformers.__version__} does not "
+                    "know: a model newer than this transformers, a mistyped model_type, or a model that needs "
+                    "trust_remote_code (not supported by plan and params)",
+                    "correct model_type in its config.json" + (f" (close: {', '.join(close)})" if close else "")
+                    + ", or upgrade transformers (pip install -U transformers) if the model is newer")
 
 
 def default_task(config) -> str:

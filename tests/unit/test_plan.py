@@ -343,6 +343,28 @@ def test_a_folder_with_two_gguf_files_names_them_and_a_fix_the_command_takes(com
     assert "model.gguf_file" not in err and "model.name_or_path" not in err
 
 
+@pytest.mark.parametrize("command", ["plan", "params"])
+def test_an_unknown_model_type_is_named_with_the_fix(command, tmp_path, monkeypatch, capsys):
+    """transformers' error was forwarded: its list of known types cut at 300 characters (ending ', )') and 'fix the
+    field it names', which did not say the field is model_type. A cached hub config says the same."""
+    import huggingface_hub.constants as hub
+    import transformers
+
+    from loratune.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _fake_hub_cache(tmp_path / "cache", "acme/unknown", {"model_type": "nonexistent_arch", "hidden_size": 64})
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    for source, model_type in ((_write({"model_type": "nonexistent_arch", "hidden_size": 64}), "nonexistent_arch"),
+                               ("acme/unknown", "nonexistent_arch"), (_write({"model_type": "lama"}), "lama")):
+        assert main([command, source]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"says model_type '{model_type}', which transformers {transformers.__version__} does not know" in err
+        assert "fix: correct model_type in its config.json" in err and "upgrade transformers" in err
+        assert "Should contain one of" not in err and "fix the field it names" not in err
+        assert ("(close: llama" in err) == (model_type == "lama")
+
+
 def test_an_encoder_is_planned_as_a_classifier(tmp_path):
     bert = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
             "intermediate_size": 64, "vocab_size": 100}
