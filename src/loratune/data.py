@@ -7,6 +7,7 @@ file, a missing column, a single class, bytes that are not UTF-8, a row without 
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import io
@@ -66,6 +67,7 @@ class Split:
     # per row, its 1-based row number in the source where it has no lines, once a subset (a carved validation split,
     # max_*_samples) no longer holds every row in order; empty: each row's place is its number
     rows: tuple[int, ...] = ()
+    list_cells: int = 0  # rows whose label cell was a list literal string ("['pin', 'balance']"), read as a list
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -385,6 +387,8 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
                    f"add a '{col}' column: the file's only column, '{other}', cannot be both text and label")
             shown = ", ".join(map(_column_name, cols))
             raise UserError(f"data file '{source}' has no column '{col}' (columns: {shown})", fix)
+    listed = _list_cells(rows, cfg, source, lines)
+    rows = [{**row, cfg.label_column: listed[i]} if i in listed else row for i, row in enumerate(rows)]
     texts, labels = [], []
     spellings: dict[str, set[str]] = {}
     for i, row in enumerate(rows):
@@ -436,7 +440,53 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
                         "label stands alone", f"drop '{cfg.none_label}' from those rows (or their other labels), or "
                         "unset data.none_label if it is an ordinary label")
     return Split(name, tuple(texts), tuple(labels), source, tuple(lines),
-                 tuple((lab, tuple(sorted(spelt))) for lab, spelt in sorted(spellings.items())))
+                 tuple((lab, tuple(sorted(spelt))) for lab, spelt in sorted(spellings.items())),
+                 list_cells=len(listed))
+
+
+def _list_literal(value: Any) -> list | None:
+    """A string cell that is a Python or JSON list literal ("['card_lost', 'balance']", as pandas' to_csv writes a
+    list cell; '["pin"]'; '[]'), as that list; None for any other value ('pin', '[pin]', a list itself)."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    for parse in (ast.literal_eval, json.loads):  # Python's repr ('a', None), JSON's ("a", null)
+        try:
+            parsed = parse(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue
+        return parsed if isinstance(parsed, list) else None
+    return None
+
+
+LIST_CELLS_NOTE = ("label cells written as list literals (e.g. {example}, as pandas' to_csv writes a list) are read as "
+                   "lists of labels")
+
+
+def _list_cells(rows: list[dict[str, Any]], cfg: DataConfig, source: str,
+                lines: tuple[int, ...]) -> dict[int, list]:
+    """Per row index, the list its label cell writes as a list literal string (_list_literal), where the file's
+    label cells are such lists: a CSV saved from a pandas column of lists holds "['card_lost', 'balance']", and read
+    as text each list was a class of its own ("['pin']" answered with its brackets). A file that writes some label
+    cells as lists and others as plain labels is refused: whether "['pin']" there is a row's labels or the name of
+    one label would be a guess."""
+    strings = {i: row.get(cfg.label_column) for i, row in enumerate(rows)}
+    strings = {i: v for i, v in strings.items() if isinstance(v, str) and v.strip()}
+    parsed = {i: lst for i, v in strings.items() if (lst := _list_literal(v)) is not None}
+    plain = [i for i in strings if i not in parsed]
+    if parsed and plain:
+        first, other = next(iter(parsed)), plain[0]
+        raise UserError(f"data file '{source}' writes some label cells of column '{cfg.label_column}' as lists "
+                        f"({where_rows(lines, list(parsed)[:NONE_BESIDE_SHOWN])}, e.g. {strings[first]!r:.60}) and "
+                        f"others as plain labels ({where_rows(lines, plain[:NONE_BESIDE_SHOWN])}, e.g. "
+                        f"{strings[other]!r:.60}): whether a list cell is a row's labels or one label's name is a "
+                        "guess",
+                        "write every row's labels the one way: each cell a list (e.g. "
+                        f"{[_label_text(strings[other])]!r}), or save the data as JSON Lines or Parquet with real lists (pandas: "
+                        "df.to_json('train.jsonl', orient='records', lines=True))")
+    return parsed
 
 
 # characters a row's labels are joined with when a list was written as one string ("card_lost,balance")
@@ -469,8 +519,9 @@ def _refuse_joined_labels(rows: list[dict[str, Any]], labels: list[tuple[str, ..
         raise UserError(f"data file '{source}' {where_rows(lines, [j for j, _, _ in joined[:NONE_BESIDE_SHOWN]])} "
                         f"{'has' if len(joined) == 1 else 'have'} a label that joins other rows' labels with "
                         f"{sep!r} (e.g. {rows[i][cfg.label_column]!r:.60}): it would be a class of its own",
-                        # a CSV cell is never read as a list (a cell '["yes, please"]' is a label of that name):
-                        # there the delimiter is the one way, a character the labels do not contain
+                        # a CSV cell is read as a list only where every label cell is one (_list_cells): the
+                        # delimiter is the way that needs no rewrite of the other cells, a character the labels do
+                        # not contain
                         (f"set data.label_delimiter='{sep}' (every row's labels one delimited string); if it is one "
                          f"label that contains {sep!r}, set data.label_delimiter to a character no label contains "
                          f"(e.g. '{next(c for c in LABEL_JOINERS + ('#',) if c != sep)}')"
@@ -1015,6 +1066,11 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
     merged = merged_spellings_note(list(splits.values()))  # every split's spellings, before carving subsets them
     if merged:
         notes.append(merged)
+    for sname, sp in splits.items():
+        if sp.list_cells:
+            example = f'"{list(max(sp.labels, key=len))!r}"'  # a row of the most labels: a list, as written
+            notes.append(f"{sname}: " + LIST_CELLS_NOTE.format(example=example)
+                         + f" ({sp.list_cells} of {len(sp)} rows of '{sp.file}')")
     validation = splits.get("validation")
     if validation is None:
         keys = [text_key(t) for t in train.texts]

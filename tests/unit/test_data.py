@@ -1097,7 +1097,8 @@ def test_a_max_samples_cap_above_the_split_drew_nothing_with_the_seed(tmp_path):
 
 
 def test_a_joined_label_in_a_csv_is_told_the_delimiter_not_a_list(tmp_path):
-    """A CSV cell is never read as a list: the list-of-one advice made a class named '["yes, please"]'."""
+    """A CSV cell of plain labels is never read as a list: the list-of-one advice made a class named
+    '["yes, please"]'."""
     d = tmp_path / "jc"
     d.mkdir()
     (d / "train.csv").write_text('text,label\na,yes\nb,please\nc,yes\nd,please\ne,"yes, please"\nf,yes\n')
@@ -1180,3 +1181,29 @@ def test_hub_multi_label_class_ids_are_read_by_their_names(hub):
     assert ds.label_space.labels == ("admiration", "anger", "joy") and ds.label_space.multi_label
     assert ds.train.labels[:2] == (("admiration", "joy"), ("anger",))
     assert ds.validation.labels == (("joy",), ("anger", "admiration"))
+def test_a_csv_of_list_cells_is_read_as_label_lists_and_a_mixed_one_refused(tmp_path):
+    """pandas' to_csv of a list column writes "['card_lost', 'balance']": each list was read as text, a class of its
+    own ("['pin']", answered with its brackets), single-label, nothing said."""
+    rows = [{"text": r["text"], "labels": r["labels"] + (["balance"] if i % 3 == 0 and r["labels"] != ["balance"]
+                                                          else [])} for i, r in enumerate(_multi_rows(6))]
+    path = write_rows(tmp_path / "train.csv", rows)  # csv.DictWriter writes a list as its str(), as pandas does
+    assert "\"['card_lost', 'balance']\"" in path.read_text()
+    ds = load_dataset(DataConfig(train_file=str(path), label_column="labels"), seed=0)
+    assert ds.label_space.labels == ("balance", "card_lost", "pin", "transfer") and ds.label_space.multi_label
+    assert sorted(ds.train.labels + ds.validation.labels) == sorted(tuple(r["labels"]) for r in rows)
+    assert [n for n in ds.notes if "list literals" in n] == [
+        "train: label cells written as list literals (e.g. \"['card_lost', 'balance']\", as pandas' to_csv writes a "
+        f"list) are read as lists of labels (24 of 24 rows of '{path}')"]
+    # JSON's spelling too, an empty list is a row with no label; a bracketed label that is no literal stays text
+    assert parse_rows([{"text": "a", "label": '["pin", "balance"]'}, {"text": "b", "label": "[]"}],
+                      DataConfig(multi_label=True), "f.csv", "train").labels == (("pin", "balance"), ())
+    assert parse_rows([{"text": "a", "label": "[unk]"}, {"text": "b", "label": "pin"}], DataConfig(), "f.csv",
+                      "train").labels == (("[unk]",), ("pin",))
+    # a file writing some cells as lists and others as plain labels: which is meant is a guess, refused
+    rows[4]["labels"] = rows[4]["labels"][0]
+    mixed = write_rows(tmp_path / "mixed.csv", rows)
+    with pytest.raises(UserError, match=r"writes some label cells of column 'labels' as lists \(lines 2, 3, 4, 5, 7, "
+                                        r"e\.g\. \"\['card_lost', 'balance'\]\"\) and others as plain labels "
+                                        r"\(line 6, e\.g\. 'balance'\)") as e:
+        load_dataset(DataConfig(train_file=str(mixed), label_column="labels"), seed=0)
+    assert "each cell a list (e.g. ['balance'])" in e.value.fix and "JSON Lines or Parquet" in e.value.fix
