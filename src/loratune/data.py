@@ -1088,10 +1088,16 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         notes.append(f"validation: stratified subset of {len(validation)} rows (max_eval_samples)")
 
     counts = train.label_counts()
-    if len(counts) < 2:
-        only = next(iter(counts), "(none)")
-        raise UserError(f"training data '{train.source}' has a single class ('{only}')",
-                        "a classifier needs at least two labels: check data.label_column")
+    # a row's target, its label set: multi-label rows that all carry the same labels ('a' and 'b' on every row) give
+    # each label no negative row, nothing to learn, and scored 1.0 on a validation split alike (single-label: one set
+    # per class, the single class below)
+    targets = {frozenset(labs) for labs in train.labels}
+    if len(counts) < 2 or len(targets) < 2:
+        only = (f"a single class ('{next(iter(counts), '(none)')}')" if len(counts) < 2 else
+                f"a single label set ({sorted(next(iter(targets)))} on every row: each label is on every row)")
+        raise UserError(f"training data '{train.source}' has {only}",
+                        "a classifier needs at least two labels, and rows that differ in them: check "
+                        "data.label_column")
     space = LabelSpace(tuple(sorted(counts)), bool(multi))
     if cfg.none_label and cfg.none_label not in space.index:  # said, not silently ignored
         notes.append(f"data.none_label '{cfg.none_label}' has no effect: no training row " +

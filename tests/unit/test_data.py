@@ -506,6 +506,22 @@ def test_single_class_training_data(tmp_path, suffix):
     assert "at least two labels" in err.fix and "data.label_column" in err.fix
 
 
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_multi_label_training_data_with_the_same_labels_on_every_row(tmp_path, suffix):
+    """Every row ["a", "b"]: no label had a negative row, the run scored 1.0 and was called healthy, where one class
+    is refused. Rows that differ in their labels train, one label on every row among them."""
+    rows = [{"text": f"row {i}", "label": ["a", "b"]} for i in range(6)]
+    p = write_rows(tmp_path / f"train{suffix}", rows)
+    err = user_error(load_dataset, DataConfig(train_file=str(p), validation_file=str(p), multi_label=True))
+    assert err.problem == (f"training data '{p}' has a single label set (['a', 'b'] on every row: each label is on "
+                           "every row)")
+    assert "at least two labels, and rows that differ in them" in err.fix and "data.label_column" in err.fix
+    rows[0]["label"] = ["a"]
+    p = write_rows(tmp_path / f"ok{suffix}", rows)
+    ds = load_dataset(DataConfig(train_file=str(p), validation_file=str(p), multi_label=True))
+    assert ds.label_space.labels == ("a", "b")
+
+
 def test_folder_without_train_file_and_file_given_as_dataset_name(tmp_path):
     write_rows(tmp_path / "validation.jsonl", make_rows(TRAIN))
     err = user_error(load_dataset, DataConfig(dataset_name=str(tmp_path)))
@@ -1025,8 +1041,10 @@ def test_carving_never_shrinks_validation_to_keep_a_label_in_train(tmp_path):
                       seed=42)
     assert sorted(labs[0] for labs in ds.validation.labels) == ["a", "b"] and len(ds.train) == 10
     # the message claims "no class has two training rows" only where it is so
+    # (b on both rows, the first label of one: the strata are a and b, a row each; the same labels on both rows
+    # would be one label set, refused by load_dataset)
     two = write_rows(tmp_path / "two.jsonl", [{"text": "one", "labels": ["a", "b"]},
-                                              {"text": "two", "labels": ["b", "a"]}])
+                                              {"text": "two", "labels": ["b", "c"]}])
     ds = load_dataset(DataConfig(train_file=str(two), label_column="labels"), seed=0)
     with pytest.raises(UserError, match="no class has two training rows.*counts under its first label"):
         check_trainable(ds)
