@@ -238,7 +238,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict:
     scores, _ = score_split(prefix, logits, enc, trained.space, spec, trained.decoding)
     scores.update(unseen_scores(prefix, unseen))
     if names[split] == "validation":  # re-carved or re-read: said where it is not the split the run recorded
-        scores.update(differs_scores(prefix, store.read_run(), data_split))
+        run = store.read_run()
+        scores.update(differs_scores(prefix, run, data_split) or in_sample_scores(prefix, run))
     _record_scores(store, split, scores)
     return scores
 
@@ -253,6 +254,26 @@ def differs_scores(prefix: str, run: dict, split) -> dict:
     return {f"{prefix}/{SPLIT_DIFFERS}": f"scored on a different validation split than the run was validated on {how}"
             ": these are not the scores of the split it picked its checkpoint on, and a split carved from train may "
             "now hold rows it trained on"} if how else {}
+
+
+# the scores' key of the note that a multi-label run's validation split was scored with the thresholds tuned on it
+IN_SAMPLE = "thresholds_in_sample"
+
+
+def in_sample_scores(prefix: str, run: dict) -> dict:
+    """`<prefix>/thresholds_in_sample`, the note, where the run's saved per-label thresholds were tuned on the
+    validation split now scored (run.json `decoding.tuned_on`; a split that differs has SPLIT_DIFFERS instead): its
+    scores are in-sample, flattered by the tuning, above the run's own val numbers (`best`, history.jsonl), which are
+    scored with thresholds cross-fitted on the other half of validation. Recorded beside the scores, which run.json
+    keeps under `eval`, apart from `best`."""
+    decoding = run.get("decoding")
+    if not isinstance(decoding, dict) or decoding.get("tuned_on") != "validation":
+        return {}
+    metric, best = run.get("objective"), run.get("best") or {}
+    own = (f"; the run's own {metric} at that step, thresholds cross-fitted on the other half: {best[metric]:.4f} "
+           "(run.json best)" if isinstance(metric, str) and isinstance(best.get(metric), (int, float)) else "")
+    return {f"{prefix}/{IN_SAMPLE}": f"the per-label thresholds ({LABEL_MAP} decoding) were tuned on this validation "
+            f"split at step {decoding.get('step')}: these scores are in-sample, flattered by the tuning{own}"}
 
 
 UNSEEN_LABELS = "unseen_labels"  # the scores' key of a split's labels the run never trained on -> rows

@@ -104,6 +104,46 @@ def test_predict_and_evaluate_use_the_saved_thresholds(trained_run, tmp_path):
     assert RunStore(out).read_run()["test"]["test/labels_per_row"] == 1.0
 
 
+def test_evaluate_on_validation_says_its_thresholds_were_tuned_there(trained_run, tmp_path, capsys):
+    """`evaluate --split validation` scored the split the saved thresholds were tuned on (in-sample, above the run's
+    cross-fitted val numbers) under the record's own val/* names, nothing said."""
+    import shutil
+
+    from loratune.cli import main
+    from loratune.inference import IN_SAMPLE
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_run[0], out)
+    before = RunStore(out).read_run()
+    assert main(["evaluate", str(out), "--split", "validation"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    after = RunStore(out).read_run()
+    note = after["eval"]["validation"][f"val/{IN_SAMPLE}"]
+    best = before["best"]
+    assert note == (f"the per-label thresholds (label_map.json decoding) were tuned on this validation split at step "
+                    f"{before['adapter_step']}: these scores are in-sample, flattered by the tuning; the run's own "
+                    f"val/subset_accuracy at that step, thresholds cross-fitted on the other half: "
+                    f"{best['val/subset_accuracy']:.4f} (run.json best)")
+    assert f"note: {note}" in said
+    # the run's own val numbers stay as trained: the in-sample ones live under eval/validation only
+    assert after["best"] == best and after["final"] == before["final"] and "test" not in after
+    # the scores are those of the saved thresholds on validation: in-sample by construction
+    trained = load_trained(out)
+    from loratune.data import load_dataset
+
+    val = load_dataset(trained.cfg.data, seed=trained.cfg.train.seed).validation
+    pred = decode(sigmoid(trained.logits(list(val.texts))), trained.decoding)
+    exact = np.mean([set(np.asarray(trained.space.labels)[np.flatnonzero(r)]) == set(labs)
+                     for r, labs in zip(pred, val.labels)])
+    assert after["eval"]["validation"]["val/subset_accuracy"] == pytest.approx(exact)
+    # the test split and a run whose thresholds were never tuned: no such note
+    assert f"test/{IN_SAMPLE}" not in api.evaluate(out, "test")
+    rec = RunStore(out).read_run()
+    rec["decoding"]["tuned_on"] = None
+    RunStore(out).write_run(rec)
+    assert f"val/{IN_SAMPLE}" not in api.evaluate(out, "validation")
+
+
 class _OnDisk:
     """At each evaluation point (run.json just written), what a `kill -9` there would leave: run.json's decoding
     and the saved model's."""

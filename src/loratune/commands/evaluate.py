@@ -40,10 +40,11 @@ def show(args, scores: dict) -> None:
         v = scores.get(full)
         if v is not None:
             out.print(f"{full}: {v:.4f}" if isinstance(v, float) else f"{full}: {v}")
-    from loratune.inference import SPLIT_DIFFERS, UNSEEN_LABELS
+    from loratune.inference import IN_SAMPLE, SPLIT_DIFFERS, UNSEEN_LABELS
 
-    if scores.get(f"{prefix}/{SPLIT_DIFFERS}"):
-        out.print(f"note: {scores[f'{prefix}/{SPLIT_DIFFERS}']}")
+    for note in (SPLIT_DIFFERS, IN_SAMPLE):
+        if scores.get(f"{prefix}/{note}"):
+            out.print(f"note: {scores[f'{prefix}/{note}']}")
 
     unseen = scores.get(f"{prefix}/{UNSEEN_LABELS}") or {}
     if unseen:  # scored as errors: a score lower than the model is, for a reason the numbers do not show
