@@ -141,8 +141,9 @@ def load_trained(run_dir: str | Path) -> Trained:
                         "the weights file was removed or never written; train the run again")
     refuse_unrecorded_model(store, run)
     label_map = read_json(adapter_dir / LABEL_MAP)
+    refuse_label_map(label_map, adapter_dir / LABEL_MAP)
     cfg = run_config(store, label_map)
-    space = LabelSpace(tuple(label_form(str(x)) for x in label_map["labels"]), bool(label_map["multi_label"]))
+    space = LabelSpace(tuple(label_form(str(x)) for x in label_map["labels"]), label_map["multi_label"])
     from loratune.models import load_saved
 
     model, tokenizer = load_saved(adapter_dir, cfg.model, space.labels, space.multi_label)
@@ -151,11 +152,33 @@ def load_trained(run_dir: str | Path) -> Trained:
     from loratune import pooled_block
 
     pooled_block.attach(model, cfg.train.pooled_last_block)  # the logits of the full forward, with less work
-    decoding = Decoding.from_dict(label_map.get("decoding"), space.labels) if space.multi_label else None
+    try:
+        decoding = Decoding.from_dict(label_map.get("decoding"), space.labels) if space.multi_label else None
+    except ValueError as exc:  # a hand-edited threshold: named with the value allowed, never a traceback
+        raise UserError(f"'{adapter_dir / LABEL_MAP}' has a decoding predict and evaluate cannot use: {exc}",
+                        f"set each named value as allowed in it (run.json's `decoding` holds the ones the run "
+                        "tuned), or train the run again") from None
     from loratune.heads import head_modules
 
     return Trained(model, tokenizer, space, cfg, device, decoding,
                    eval_precision(cfg, model, device, head_modules(model)))
+
+
+def refuse_label_map(label_map, path: Path) -> None:
+    """A label_map.json whose labels or multi_label are not what training writes (a list of label names, true or
+    false), refused naming the key and the value: read on, it failed deep in loading with a traceback."""
+    if not isinstance(label_map, dict):
+        bad = [f"{label_map!r:.40} (an object with labels and multi_label)"]
+    else:
+        labels, multi = label_map.get("labels"), label_map.get("multi_label")
+        names = isinstance(labels, list) and len(labels) >= 2 and all(
+            isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in labels)
+        bad = ([] if names else [f"labels: {labels!r:.60} (a list of at least two label names)"]) + (
+            [] if isinstance(multi, bool) else [f"multi_label: {multi!r:.40} (true or false)"])
+    if bad:
+        raise UserError(f"'{path}' is not a label map training writes: {'; '.join(bad)}",
+                        "restore the file (training writes the run's labels there, in the head's order), or train "
+                        "the run again")
 
 
 def refuse_while_training(store: RunStore) -> dict:

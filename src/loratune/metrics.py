@@ -11,6 +11,7 @@ Keys follow `<split>/<metric>`, per class `<split>/recall/<label>`.
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -252,13 +253,49 @@ class Decoding:
     @classmethod
     def from_dict(cls, d: dict | None, labels: tuple[str, ...]) -> "Decoding":
         """From label_map.json's `decoding`; a run saved before decoding existed reads as the old
-        behaviour (0.5 everywhere, empty answers allowed, no cap)."""
+        behaviour (0.5 everywhere, empty answers allowed, no cap). A block edited by hand into values decode cannot
+        use raises ValueError naming every problem (decoding_problems)."""
         if not d:
             return cls(np.full(len(labels), 0.5), 0, None, None)
-        th = d.get("thresholds") or {}
+        problems = decoding_problems(d, labels)
+        if problems:
+            raise ValueError("; ".join(problems))
+        th = {unicodedata.normalize("NFC", k): v for k, v in (d.get("thresholds") or {}).items()}
         none = d.get("none_label")
         return cls(np.array([float(th.get(lab, 0.5)) for lab in labels]), int(d.get("min_labels", 1)),
                    d.get("max_labels"), labels.index(none) if none in labels else None)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def decoding_problems(d, labels: tuple[str, ...]) -> list[str]:
+    """What in a `decoding` block (label_map.json; hand-edited to adjust a threshold) decode cannot use, each as
+    `decoding.<key>: <value> (<allowed>)`: the values Decoding.to_dict writes, and a threshold key or none label
+    that is no label (a typo there left the label at 0.5, or no none label, unsaid)."""
+    if not isinstance(d, dict):
+        return [f"decoding: {d!r:.60} (an object with thresholds, min_labels, max_labels, none_label)"]
+    out = []
+    th = d.get("thresholds") or {}
+    if not isinstance(th, dict):
+        out.append(f"decoding.thresholds: {th!r:.60} (an object of label -> a number in [0, 1])")
+        th = {}
+    for key, v in th.items():
+        if unicodedata.normalize("NFC", str(key)) not in labels:
+            out.append(f"decoding.thresholds.{key}: not a label of the run (one of {', '.join(map(repr, labels[:8]))}"
+                       f"{', ...' if len(labels) > 8 else ''})")
+        elif not (_number(v) and 0.0 <= v <= 1.0):
+            out.append(f"decoding.thresholds.{key}: {v!r:.40} (a number in [0, 1])")
+    if "min_labels" in d and d["min_labels"] not in (0, 1) or isinstance(d.get("min_labels"), bool):
+        out.append(f"decoding.min_labels: {d['min_labels']!r:.40} (0: an empty answer allowed, or 1: at least one)")
+    cap = d.get("max_labels")
+    if cap is not None and not (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
+        out.append(f"decoding.max_labels: {cap!r:.40} (a whole number of at least 1, or null: no cap)")
+    none = d.get("none_label")
+    if none is not None and none not in labels:
+        out.append(f"decoding.none_label: {none!r:.40} (one of the run's labels, or null)")
+    return out
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

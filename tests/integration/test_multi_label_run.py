@@ -144,6 +144,31 @@ def test_evaluate_on_validation_says_its_thresholds_were_tuned_there(trained_run
     assert f"val/{IN_SAMPLE}" not in api.evaluate(out, "validation")
 
 
+def test_a_hand_edited_label_map_is_refused_by_predict_and_evaluate(trained_run, tmp_path, capsys):
+    """A threshold edited to "high" in adapter/label_map.json (or labels: 5) raised ValueError/TypeError with a
+    traceback, exit 1."""
+    import shutil
+
+    from loratune.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_run[0], out)
+    path = out / "adapter" / "label_map.json"
+    meta = json.loads(path.read_text())
+    meta["decoding"]["thresholds"]["balance"] = "high"
+    path.write_text(json.dumps(meta))
+    for argv in (["predict", str(out), "lost my card"], ["evaluate", str(out), "--split", "test"]):
+        assert main(argv) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert (f"'{path}' has a decoding predict and evaluate cannot use: decoding.thresholds.balance: 'high' (a "
+                "number in [0, 1])") in err and "fix: set each named value as allowed" in err
+    meta["labels"] = 5
+    path.write_text(json.dumps(meta))
+    assert main(["predict", str(out), "lost my card"]) == 2
+    assert (f"'{path}' is not a label map training writes: labels: 5 (a list of at least two label names)"
+            in " ".join(capsys.readouterr().err.split()))
+
+
 class _OnDisk:
     """At each evaluation point (run.json just written), what a `kill -9` there would leave: run.json's decoding
     and the saved model's."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -94,6 +95,32 @@ def test_decoding_round_trips_through_a_dict():
     assert (back.min_labels, back.max_labels, back.none_index) == (1, 2, 1)
     old = Decoding.from_dict(None, LABELS)  # a run saved before decoding existed: 0.5, empty allowed, no cap
     assert old.thresholds.tolist() == [0.5] * 3 and old.min_labels == 0 and old.max_labels is None
+
+
+@pytest.mark.parametrize("patch,problem", [
+    ({"thresholds": {"a": "high"}}, "decoding.thresholds.a: 'high' (a number in [0, 1])"),
+    ({"thresholds": {"a": None}}, "decoding.thresholds.a: None (a number in [0, 1])"),
+    ({"thresholds": {"a": 1.5}}, "decoding.thresholds.a: 1.5 (a number in [0, 1])"),
+    ({"thresholds": {"a": -1}}, "decoding.thresholds.a: -1 (a number in [0, 1])"),
+    ({"thresholds": {"A": 0.3}}, "decoding.thresholds.A: not a label of the run (one of 'a', 'b', 'c')"),
+    ({"thresholds": [0.5, 0.5, 0.5]}, "decoding.thresholds: [0.5, 0.5, 0.5] (an object of label -> a number in "
+                                      "[0, 1])"),
+    ({"min_labels": None}, "decoding.min_labels: None (0: an empty answer allowed, or 1: at least one)"),
+    ({"min_labels": True}, "decoding.min_labels: True (0: an empty answer allowed, or 1: at least one)"),
+    ({"max_labels": "2"}, "decoding.max_labels: '2' (a whole number of at least 1, or null: no cap)"),
+    ({"max_labels": 0}, "decoding.max_labels: 0 (a whole number of at least 1, or null: no cap)"),
+    ({"none_label": "oos"}, "decoding.none_label: 'oos' (one of the run's labels, or null)"),
+])
+def test_a_hand_edited_decoding_is_refused_naming_the_key_and_the_value(patch, problem):
+    """label_map.json's decoding edited by hand ('high', null, "2", a list): float()/int()/> raised a traceback from
+    predict and evaluate; 1.5, -1 and an unknown none label were taken silently."""
+    from loratune.metrics import decoding_problems
+
+    d = {**dec((0.3, 0.42, 0.7), max_labels=2).to_dict(LABELS), **patch}
+    assert decoding_problems(d, LABELS) == [problem]
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        Decoding.from_dict(d, LABELS)
+    assert decoding_problems(dec((0.0, 1.0, 0.5)).to_dict(LABELS), LABELS) == []  # the ends of [0, 1] are kept
 
 
 @settings(max_examples=60, deadline=None)
