@@ -1511,7 +1511,14 @@ def _compound(acc: FeatureSet, pts) -> None:
             and _num(p.get("val_single/subset_accuracy")) is not None]
     names = ("compound_metric_final", "single_metric_final", "compound_gap")
     if not both:
-        acc.miss(names, "no val_compound / val_single exact match (single-label data, or an older run)")
+        # a multi-label run records each group's row count (metrics.multi_label_row_scores) and scores a group only
+        # where validation has rows of it: an empty group is the reason, not the task or the run's age
+        counted = [p for p in pts if any(_num(p.get(f"val_{g}/n")) is not None for g in ("compound", "single"))]
+        empty = [f"{what} rows (val_{g}/n 0)" for g, what in (("compound", "compound (two or more labels)"),
+                                                             ("single", "single-label"))
+                 if counted and _num(counted[-1].get(f"val_{g}/n")) == 0]
+        acc.miss(names, f"validation has no {' and no '.join(empty)}: no compound vs single-label gap to measure"
+                 if empty else "no val_compound / val_single exact match (single-label data, or an older run)")
         return
     last = both[-1]
     acc.set("compound_metric_final", last["val_compound/subset_accuracy"])

@@ -488,6 +488,28 @@ def test_compound_intents_missed_while_single_intents_fit():
     assert diagnose(low, meta={"task": "multi_label"}).finding("compound-intents-missed") is None
 
 
+def test_compound_intents_missed_says_which_group_validation_lacks():
+    """A current multi-label run whose validation has no single-label row (val_single/n 0) was told "single-label
+    data, or an older run"."""
+    pts = [{"step": s, "train/loss": 2.0 - s / 200, "val/loss": 1.5 - s / 400, "val/subset_accuracy": 0.3 + s / 400,
+            "val_compound/subset_accuracy": 0.1 + 0.2 * s / 200, "val_compound/n": 17, "val_single/n": 0}
+           for s in range(0, 201, 20)]
+
+    def why(points):
+        gaps = {n.rule_id: dict(n.missing) for n in diagnose(points, meta={"task": "multi_label"}).not_evaluated}
+        return gaps["compound-intents-missed"]["compound_gap"]
+
+    assert why(pts) == ("validation has no single-label rows (val_single/n 0): no compound vs single-label gap to "
+                        "measure")
+    flipped = [{"step": p["step"], "train/loss": p["train/loss"], "val/loss": p["val/loss"],
+                "val/subset_accuracy": p["val/subset_accuracy"], "val_single/subset_accuracy": 0.5,
+                "val_single/n": 20, "val_compound/n": 0} for p in pts]
+    assert why(flipped).startswith("validation has no compound (two or more labels) rows (val_compound/n 0)")
+    # no row counts at all: a single-label run or one recorded before them
+    bare = [{k: v for k, v in p.items() if not k.startswith("val_")} for p in pts]
+    assert why(bare) == "no val_compound / val_single exact match (single-label data, or an older run)"
+
+
 # ---- "nothing moved" and a loss that bounces out of its low ------------------------------------------
 
 def test_a_run_whose_losses_never_moved_is_lr_too_small(tmp_path):
