@@ -330,3 +330,25 @@ def test_predict_top_k_shows_scores_of_a_multi_label_run(trained_run, capsys):
     assert len(p["scores"]) == 4 and set(p["labels"]) <= set(p["scores"])
     alts = ", ".join(f"{lab} {v:.2f}" for lab, v in p["scores"].items())
     assert f"({alts})" in " ".join(shown.split())
+
+
+def test_predict_quotes_a_label_that_holds_the_lists_comma(trained_run, tmp_path, capsys):
+    """Labels joined with ", " read 'always, bal,ance, pin' as four labels: a label with a comma (or a quote) is
+    printed as a JSON string, the others as they are."""
+    import shutil
+
+    from loratune.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_run[0], out)
+    path = out / "adapter" / "label_map.json"
+    meta = json.loads(path.read_text())
+    assert meta["labels"] == ["balance", "card_lost", "pin", "transfer"]
+    meta["labels"] = ["bal,ance", "card_lost", 'p"in', "transfer"]  # the head's rows keep their order
+    meta["decoding"] = {"thresholds": {lab: 0.001 for lab in meta["labels"]}, "min_labels": 1, "max_labels": 4,
+                        "none_label": None}  # every label predicted, listed in the head's order
+    path.write_text(json.dumps(meta))
+    assert main(["predict", str(out), "what is my balance"]) == 0
+    assert capsys.readouterr().out.strip() == '"bal,ance", card_lost, "p\\"in", transfer  what is my balance'
+    assert main(["predict", str(out), "--top-k", "4", "what is my balance"]) == 0
+    assert '"bal,ance" 0.' in capsys.readouterr().out  # the scores name it so too

@@ -98,15 +98,28 @@ def run(args) -> int:
         for chunk in advance(chunks):
             for p in chunk:
                 if "label" in p:
-                    alts = ", ".join(f"{safe(t['label'])} {t['score']:.2f}" for t in p["top"][1:])
-                    out.print(f"[bold]{safe(p['label'])}[/] {p['score']:.2f}  {safe(p['text'])}"
+                    alts = LIST_JOIN.join(f"{label_shown(t['label'])} {t['score']:.2f}" for t in p["top"][1:])
+                    out.print(f"[bold]{label_shown(p['label'])}[/] {p['score']:.2f}  {safe(p['text'])}"
                               + (f"  [dim]({alts})[/]" if alts else ""))
                 else:  # multi-label: --top-k lists that many labels' scores (the predicted ones first)
                     shown = list(p["scores"].items())[:max(args.top_k, len(p["labels"]))] if args.top_k > 1 else []
-                    alts = ", ".join(f"{safe(lab)} {v:.2f}" for lab, v in shown)
-                    out.print(f"[bold]{', '.join(map(safe, p['labels'])) or '(none)'}[/]  {safe(p['text'])}"
-                              + (f"  [dim]({alts})[/]" if alts else ""))
+                    alts = LIST_JOIN.join(f"{label_shown(lab)} {v:.2f}" for lab, v in shown)
+                    out.print(f"[bold]{LIST_JOIN.join(map(label_shown, p['labels'])) or NO_LABEL}[/]  "
+                              f"{safe(p['text'])}" + (f"  [dim]({alts})[/]" if alts else ""))
     return 0
+
+
+LIST_JOIN = ", "  # between the labels (and scores) of a line
+NO_LABEL = "(none)"  # a multi-label answer of no label
+
+
+def label_shown(label: str) -> str:
+    """A label as a line lists it (rich markup, safe): quoted as a JSON string where it holds the list's comma or a
+    quote, or reads as NO_LABEL, so that "always, bal,ance, pin" (three labels, one with a comma) prints as
+    'always, "bal,ance", pin' and a reader can tell the labels apart; --json gives them as a list."""
+    import json
+
+    return safe(json.dumps(label, ensure_ascii=False) if "," in label or '"' in label or label == NO_LABEL else label)
 
 
 def _check_utf8_argument(text: str, n: int) -> None:
