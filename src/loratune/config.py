@@ -242,8 +242,9 @@ class TrainConfig:
                                     choices=("auto", *METRIC_CHOICES))
     multi_label_loss: str = _f("bce_pos_weight", "Multi-label loss (each summed over labels, averaged over rows). "
                                "bce_pos_weight (the default): BCE with each label's positives weighted "
-                               "negatives/positives (train frequencies, capped at 100), the one that beats "
-                               "single-label-as-combinations at 1 and 4 epochs on bench/results/multi_intent*.md; "
+                               "negatives/positives (train frequencies, at least 1 and at most 100), the one that "
+                               "beats single-label-as-combinations at 1 and 4 epochs on "
+                               "bench/results/multi_intent*.md; "
                                "focal: sigmoid focal loss (Lin et al. 2017, focal_gamma), best at 4 epochs and "
                                "behind at 1; bce: plain binary cross-entropy.",
                                choices=("bce", "bce_pos_weight", "focal"))

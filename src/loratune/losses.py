@@ -3,8 +3,9 @@
 - `bce`: binary cross-entropy per label, averaged over labels and rows (each label's positives are
   a few percent of rows, so a rare label's gradient is mostly "say no").
 - `bce_pos_weight`: the same with `pos_weight` = negatives / positives per label, from the training
-  label frequencies (torch's `BCEWithLogitsLoss(pos_weight=...)`; the docs' own recipe), capped at
-  `MAX_POS_WEIGHT`: a positive of a label seen in 2% of rows weighs as much as its 49 negatives.
+  label frequencies (torch's `BCEWithLogitsLoss(pos_weight=...)`; the docs' own recipe), kept within
+  [`MIN_POS_WEIGHT`, `MAX_POS_WEIGHT`]: a positive of a label seen in 2% of rows weighs as much as its 49
+  negatives, and a label on more than half the rows keeps weight 1 (plain BCE).
 - `focal`: the sigmoid focal loss of Lin et al. 2017 ("Focal Loss for Dense Object Detection"),
   FL = -alpha_t (1 - p_t)^gamma log(p_t), written as torchvision.ops.sigmoid_focal_loss computes it
   (torchvision is not a dependency here; `tests/unit/test_losses.py` checks hand-computed values):
@@ -31,6 +32,10 @@ MULTI_LABEL_LOSSES = ("bce", "bce_pos_weight", "focal")
 # pos_weight cap: a label with one positive in 5000 rows would otherwise weigh its positive 5000x and
 # make every step's gradient that one row's
 MAX_POS_WEIGHT = 100.0
+# pos_weight floor: the weighting lifts the positives of rare labels, which BCE drowns in negatives; a label on more
+# than half the rows is not drowned, and its negatives / positives below 1 would weigh its positives down, teaching
+# the head to under-predict the label most rows carry. It keeps plain BCE's weight 1 instead.
+MIN_POS_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,12 +63,12 @@ class LossSpec:
 
 
 def pos_weights(targets: np.ndarray, cap: float = MAX_POS_WEIGHT) -> tuple[float, ...]:
-    """negatives / positives per label of a multi-hot [n, k] matrix, in [1, cap] (a label without
+    """negatives / positives per label of a multi-hot [n, k] matrix, in [MIN_POS_WEIGHT, cap] (a label without
     positives gets the cap)."""
     pos = targets.sum(axis=0).astype(np.float64)
     neg = len(targets) - pos
     w = np.where(pos > 0, neg / np.maximum(pos, 1.0), cap)
-    return tuple(float(x) for x in np.clip(w, 1.0, cap))
+    return tuple(float(x) for x in np.clip(w, MIN_POS_WEIGHT, cap))
 
 
 def loss_spec(kind: str, multi_label: bool, targets: np.ndarray, gamma: float = 2.0) -> LossSpec:

@@ -191,6 +191,23 @@ def test_losses_by_hand():
     assert float(two) == pytest.approx(3 * math.log(2), rel=1e-6)
 
 
+def test_pos_weights_stay_within_the_floor_and_the_cap_the_readme_states():
+    """The README promised negatives / positives capped at 100; the code also raised a weight below 1 to 1 (a label
+    on more than half the rows), unsaid."""
+    from pathlib import Path
+
+    from loratune.losses import MAX_POS_WEIGHT, MIN_POS_WEIGHT, pos_weights
+
+    # a: 34 of 40 rows (6/34 = 0.18 -> the floor), b: 19 (21/19), c: 1 of 400 rows (399 -> the cap)
+    y = np.zeros((400, 3), dtype=int)
+    y[:34, 0], y[:19, 1], y[0, 2] = 1, 1, 1
+    assert pos_weights(y[:40, :2]) == (MIN_POS_WEIGHT, pytest.approx(21 / 19))
+    assert pos_weights(y)[2] == MAX_POS_WEIGHT
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8").split())
+    assert (f"negatives / positives from the training frequencies, at least {MIN_POS_WEIGHT:g} and at most "
+            f"{MAX_POS_WEIGHT:g}: a label on more than half the rows keeps plain BCE's weight") in readme
+
+
 # ------------------------------------------------------------------ tune reads the objective
 
 
