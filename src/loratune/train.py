@@ -981,7 +981,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         # model), and `best` is its point: what adapter/ holds, what tune compares; step 0 only until a trained point
         if step == 0:
             run["start"] = {"step": 0, objective: f1}
-        key = keep_order(point, objective, run["task"])  # a classifier's: the first of tied scores
+        key = keep_order(point, objective, run["task"])  # a tie: the lower val loss (multi-label), else the first
         if step > 0 and key is not None and key > trained_key and not _diverged_point(point):
             trained_key = key
             # saved as it comes (LoRA: a small file; full fine-tuning: the whole model, as the Trainer's

@@ -72,15 +72,25 @@ def test_a_trial_is_valued_at_its_best_trained_point_never_the_untrained_model()
     assert result_from({**cut, "best": {"val/macro_f1": 0.4}}, None, 3.0).value == 0.4  # an old record: no step
 
 
-def test_keep_order_breaks_a_tie_on_the_val_loss_for_a_causal_lm_run_alone():
-    """The one keep rule (sft and train keep by it, the report reads an unfinished run's best by it)."""
+def test_keep_order_breaks_a_tie_on_the_val_loss_for_causal_lm_and_multi_label_runs():
+    """The one keep rule (sft and train keep by it, the report reads an unfinished run's best by it). A multi-label
+    run kept the first of tied exact-match points: step 8 (subset accuracy 0.1, val loss 4.53) over step 24 (0.1,
+    4.25, every other score better)."""
     from loratune.objectives import keep_order
 
     a = {"val/macro_f1": 0.8393, "val/loss": 0.9297}
     b = {"val/macro_f1": 0.8393, "val/loss": 0.6336}
     assert keep_order(b, "val/macro_f1", "causal-lm") > keep_order(a, "val/macro_f1", "causal-lm")
     assert keep_order(b, "val/macro_f1", "causal-lm") == (0.8393, -0.6336)
-    # a classifier keeps the first of ties; a loss objective has no tie-break
+    step8 = {"val/subset_accuracy": 0.1, "val/loss": 4.532}
+    step24 = {"val/subset_accuracy": 0.1, "val/loss": 4.253}
+    assert keep_order(step24, "val/subset_accuracy", "multi_label") == (0.1, -4.253)
+    assert keep_order(step24, "val/subset_accuracy", "multi_label") > keep_order(step8, "val/subset_accuracy",
+                                                                                  "multi_label")
+    # a better objective wins whatever the loss
+    assert keep_order({"val/subset_accuracy": 0.15, "val/loss": 9.0}, "val/subset_accuracy", "multi_label") > \
+        keep_order(step24, "val/subset_accuracy", "multi_label")
+    # a single-label classifier keeps the first of ties; a loss objective has no tie-break
     assert keep_order(a, "val/macro_f1", "single_label") == keep_order(b, "val/macro_f1", "single_label")
     assert keep_order(b, "val/loss", "causal-lm") == (-0.6336, 0.0)
     assert keep_order({"val/loss": 1.0}, "val/macro_f1", "causal-lm") is None  # no objective: never kept
