@@ -2445,3 +2445,37 @@ def test_a_val_metric_at_zero_at_every_eval_is_never_healthy(tmp_path):
     d = diagnose(tmp_path)
     assert d.features["val_metric_best"] == pytest.approx(0.34)
     assert d.verdict == "healthy", [(f.rule_id, f.suppressed_by) for f in d.findings]
+
+
+@pytest.mark.parametrize("start, best, n_val, val, lr_too_large", [
+    # a token tagger at lr 1e-2 (a hunt's BertForTokenClassification run): 0.993 at its first eval, ten steps in,
+    # then 1.000; its val loss -99.7% to its low at the last eval. It read lr-too-large, 'a val metric that never
+    # gained'
+    (0.993, 1.0, 20, (0.303, 0.0205, 0.0029, 0.0009), False),
+    # the first eval within its noise of 1 (0.16 SE): no room to gain, whatever the loss
+    (0.993, 1.0, 20, (0.303, 0.12, 0.07, 0.05), False),
+    # room (20 SE), but a val loss fallen to ~0 at the end: it learned its val set
+    (0.96, 0.99, 2000, (0.303, 0.0205, 0.0029, 0.0009), False),
+    # near miss: a first eval that blew up (3.5), the val loss falling back towards ln(classes) beyond its noise to
+    # its low at the end, the metric flat at the one-class level (folds A and B's diverged runs at lr 1e-1)
+    (0.018, 0.018, 400, (3.5, 2.9, 2.6, 2.4), True),
+])
+def test_a_val_metric_with_no_room_to_gain_or_beside_a_val_loss_fallen_to_zero_is_no_never_gained(
+        tmp_path, start, best, n_val, val, lr_too_large):
+    at = dict(zip((0.25, 0.5, 0.75, 1.0), val))
+    d = diagnose(trainer_state(tmp_path, train=exp_decay(3.0, 0.3, 3) if lr_too_large else exp_decay(1.5, 0.003, 8),
+                               val=lambda f: at[round(f, 2)], metric=lambda f: start if f < 0.3 else best,
+                               steps=40, evals=4, log_every=2, lr=2e-2, n_val=n_val, classes=5))
+    assert d.features["peak_lr"] >= 1e-2 and d.features["val_metric_gain"] < 0.05
+    assert d.features["val_loss_min_fraction"] == 1.0
+    room = (1 - start) / max(d.features["val_metric_noise"], 0.005)  # the first eval's room below 1, in noise units
+    assert (room >= 2) == (start < 0.99)
+    finding = d.finding("lr-too-large")
+    if lr_too_large:
+        assert d.verdict == "lr-too-large" and finding.route == (
+            "an lr far above the usual range with a val metric that never gained",)
+        assert d.features["val_loss_drop_noise"] >= 2 and d.features["val_loss_final"] > 0.0035
+    else:
+        assert finding is None, finding.route
+        assert d.verdict == "healthy", [(f.rule_id, f.suppressed_by) for f in d.findings]
+        assert d.features["val_metric_room_se"] == pytest.approx(room)
