@@ -462,6 +462,14 @@ def has_binomial_se(metric: str | None) -> bool:
     binomial standard error (a run's noise band and a comparison's noise both read this)."""
     return metric is not None and metric.removeprefix("val/") not in ROW_MEAN_METRICS
 
+# the train-loss features read across windows (a fall, a rise, a shape, a spread): unknown where the windows are sums of
+# unequal micro-batch counts that the log cannot tell apart (an epoch's shorter last step under gradient accumulation,
+# history_io._window_shares)
+TRAIN_LOSS_ACROSS_WINDOWS = ("train_loss_drop", "train_loss_final_over_start", "train_loss_drop_since_chance",
+                             "train_loss_drop_after_first_eval", "train_loss_late_drop", "train_loss_late_slope",
+                             "train_loss_plateau_fraction", "train_loss_runs_to_fit", "train_loss_rise_share",
+                             "train_loss_max_rise", "train_loss_rebound", "train_loss_min_fraction", "train_loss_cv",
+                             "train_loss_fall_after_val_min", "train_loss_rise_after_val_min")
 # ...but a jitter read from fewer points than this (one or two second differences) is no band: where the eval size is
 # known, the [0, 1] bound on a mean's standard error stands in (`_val_metric`)
 ROW_MEAN_JITTER_POINTS_MIN = 5
@@ -917,6 +925,12 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     acc.set("train_perplexity_final", math.exp(min(tl, 50.0)) if generative and tl is not None else None,
             "no `train/loss` values in the history" if generative else NOT_APPLICABLE + "a classifier")
     _val_loss(acc, pts, frac, chance, why_chance)
+    unequal = next((x["unequal_windows"] for key in ("train_loss_summed", "train_loss_scale")
+                    if isinstance(x := meta.get(key), Mapping) and x.get("unequal_windows")), None)
+    if unequal:
+        # the windows sum unequal counts of micro-batch means that cannot be told apart (history_io._window_shares):
+        # the loss's values stand as logged, but no fall, rise or shape read across windows is a measurement
+        acc.miss(TRAIN_LOSS_ACROSS_WINDOWS, unequal)
     _val_metric(acc, pts, frac, metric)
     _val_loss_progress(acc, pts, frac, loss_only=metric is None)
     _gaps(acc, pts, metric)

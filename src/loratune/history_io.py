@@ -15,12 +15,13 @@ import os
 import re
 import statistics
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from loratune.errors import UserError
-from loratune.features import is_eval_point
+from loratune.features import IMPROVE_MIN_REL, is_eval_point
 from loratune.store import HISTORY, RUN, TENSORBOARD_DIR, RunStore, check_name_length, read_history_lines
 
 
@@ -869,10 +870,11 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     ref_losses = ([val_prefix + "loss"] if val_prefix + "loss" in split_of else
                   sorted(k for k, v in split_of.items() if v.endswith("/loss") and not v.startswith("train_eval/")))
     summed = None if is_trl else _summed_losses(train_logs, eval_logs, ref_losses, folder, adapter)
-    if summed is not None and summed["factor"] is not None:
-        # the same correction the callback's record makes (record_loss_scale): the losses read as their mean
-        train_logs = [scaled_train_losses(e, summed["factor"]) for e in train_logs]
     if summed is not None:
+        # the same correction the callback's record makes (record_loss_scale): the losses read as their mean (N
+        # known), each window over the micro-batches it holds (an epoch's shorter last step)
+        shares = summed.pop("shares", None) or [1.0] * len(train_logs)
+        train_logs = [scaled_train_losses(e, (summed["factor"] or 1.0) / share) for e, share in zip(train_logs, shares)]
         notes.append(summed["why"])
     points = _log_points(train_logs, eval_logs, split_of, val_prefix, notes,
                          last=int(logs[-1]["step"]) if logs else None)
@@ -1176,6 +1178,13 @@ def _classes_from_first_loss(train_logs: Sequence[dict], meta: dict, facts: dict
 # (CHANCE_LOSS_MAX_STEP), at about N x the first eval loss made as early, or N x ln(classes) for a fresh head
 SUMMED_LOSS_RATIO_MIN = 1.8  # a first train loss this many times its reference is no mean of one batch's loss
 SUMMED_LOSS_TOLERANCE = 0.2  # the ratio within this share of N agrees with N accumulation steps
+# ...and an epoch's last optimizer step sums only what is left of its batches (6 batches, accumulation 4: 4, then 2),
+# so a window holding it sums fewer micro-batch means than the others. After each optimizer step the Trainer sets
+# `epoch` to the epochs done + the micro-batches done / the micro-batches per epoch: a window's epoch advance per step,
+# against a full step's (the largest), is its share of a full window's micro-batches. A share is read only where the
+# logged epochs' rounding leaves it within this much (the 2% a new low must beat to count as progress,
+# features.IMPROVE_MIN_REL): read coarser, a rescaled window could fake a fall that counts
+WINDOW_SHARE_TOLERANCE = IMPROVE_MIN_REL
 # the Trainer's model card (trainer.create_model_card(), push_to_hub) lists the accumulation steps under
 # "Training hyperparameters" when there are more than 1
 _CARD_ACCUMULATION = re.compile(r"^\s*[-*]?\s*gradient_accumulation_steps:\s*(\d+)\s*$", re.MULTILINE)
@@ -1193,13 +1202,56 @@ def _card_accumulation(folder: Path) -> tuple[int, str] | None:
     return (int(m.group(1)), f"{card.parent.name}/{card.name}") if m and int(m.group(1)) > 1 else None
 
 
+def _decimals(x: float) -> int:
+    """The digits after the point of a logged number as written (0.67: 2; 0.6666666666666666: 16)."""
+    return max(0, -int(Decimal(repr(float(x))).as_tuple().exponent))
+
+
+def _window_shares(train_logs: Sequence[dict]) -> tuple[list[float] | None, str | None]:
+    """Each train log's share of a full window's micro-batches, read from the logged epochs (WINDOW_SHARE_TOLERANCE):
+    (shares, None) where some window holds an epoch's shorter last step and every share is read within the tolerance
+    (1.0 for a full window); (None, why) where a window is short beyond the epochs' rounding but that rounding leaves
+    the shares unread; (None, None) where every window looks full, or no epochs say (nothing says otherwise)."""
+    marks = [(_fin(e.get("step")), _fin(e.get("epoch"))) for e in train_logs]
+    if len(marks) < 2 or any(s is None or ep is None for s, ep in marks):
+        return None, None
+    spans, before = [], (0.0, 0.0)
+    for s, ep in marks:
+        if s <= before[0] or ep <= before[1]:
+            return None, None  # a step or an epoch logged again, or going back (a resume): no reading
+        spans.append((s - before[0], ep - before[1]))
+        before = (s, ep)
+    half_unit = 0.5 * 10.0 ** -max(_decimals(ep) for _, ep in marks)  # the logged epochs' rounding
+    steps_full, epochs_full = max(spans, key=lambda sp: sp[1] / sp[0])
+    shares = [ep / steps / (epochs_full / steps_full) for steps, ep in spans]
+    # a share's relative error: its window's epoch advance and the full step's, each off by two roundings at most
+    errors = [2 * half_unit / ep + 2 * half_unit / epochs_full for _, ep in spans]
+    # short: beyond its error and the tolerance (a window a hair short, or one float's rounding, changes nothing
+    # that counts)
+    short = [share < 1.0 - max(err, WINDOW_SHARE_TOLERANCE) for share, err in zip(shares, errors)]
+    if not any(short):
+        return None, None
+    if max(errors) > WINDOW_SHARE_TOLERANCE:
+        return None, (f"the logged epochs show {sum(short)} train-loss window(s) holding an epoch's shorter last step "
+                      f"(what is left of its batches), but are rounded to {half_unit * 2:g}, too coarse to say how "
+                      "much shorter: the windows sum unequal counts of micro-batch means, so the train loss's fall is "
+                      "not read")
+    return [share if is_short else 1.0 for share, is_short in zip(shares, short)], None
+
+
 def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], ref_losses: Sequence[str], folder: Path,
                    adapter: Mapping[str, Any] | None) -> dict | None:
     """Whether the logged train losses are sums over gradient-accumulation micro-batches: None when nothing says so;
-    else {"factor": 1/N to read them as means, or None where N is unknown, "ratio", "why"}. `ref_losses`: the eval
-    loss keys to compare with, in order of preference (_eval_ref_loss). Rescaled only when the
-    accumulation steps N are known (the model card) and the first loss agrees with N; a ratio that says "summed"
-    without N is reported and the loss left as logged."""
+    else {"factor": 1/N to read them as means, or None where N is unknown, "ratio", "why", and "shares" (each log's
+    share of a full window's micro-batches, _window_shares) where some window holds an epoch's shorter last step, or
+    "unequal_windows" (why) where the logged epochs show one but cannot say how short}. `ref_losses`: the eval loss
+    keys to compare with, in order of preference (_eval_ref_loss). Rescaled to means only when the accumulation steps
+    N are known (the model card) and the first loss agrees with N; a ratio that says "summed" without N is reported
+    and the loss left as logged, but for a short window, read over the micro-batches it holds (the same N-fold sum as
+    the others)."""
+    shares, unread = _window_shares(train_logs)
+    if shares is not None:  # (the tests below read the windows as the sums of N they are taken for)
+        train_logs = [scaled_train_losses(e, 1.0 / share) for e, share in zip(train_logs, shares)]
     first = next((e for e in train_logs if _fin(e.get("loss")) is not None), None)
     if first is None or first["step"] > CHANCE_LOSS_MAX_STEP or float(first["loss"]) <= 0:
         return None
@@ -1229,12 +1281,17 @@ def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], ref_lo
     card = _card_accumulation(folder)
     said = (f"the first train loss {loss:.3f} (step {first['step']:g}) is "
             + " and ".join(f"{r:.2f}x {what}" for r, (_, what) in zip(ratios, refs)))
+    windows = ({"shares": shares} if shares is not None else {"unequal_windows": unread} if unread else {})
+    short = (f"; {sum(x < 1.0 for x in shares)} window(s) holding an epoch's shorter last step (down to "
+             f"{min(shares):.0%} of a full window's micro-batches, read from the logged epochs) are scaled to a full "
+             "window's count, so that every window sums as many" if shares is not None
+             else f"; {unread}" if unread else "")
     if card is not None and all(abs(r / card[0] - 1) <= SUMMED_LOSS_TOLERANCE for r in ratios):
         n, where = card
-        return {"factor": 1.0 / n, "ratio": round(min(ratios), 3), "accumulation": n,
+        return {"factor": 1.0 / n, "ratio": round(min(ratios), 3), "accumulation": n, **windows,
                 "why": f"train losses x 1/{n}, read as the mean of their gradient-accumulation micro-batches: {where} "
                        f"lists gradient_accumulation_steps: {n} and {said} (the Trainer logs a classifier's loss "
-                       "summed over them)"}
+                       f"summed over them){short}"}
     # without N, the ratio must hold all run long: a sum stays N x the eval loss where a first window that blew up
     # (2.8 x ln 10 at step 10, then 1.25 x) falls back to it, and one the eval loss followed up (40 vs 60) never had it
     held = _train_over_eval(train_logs, eval_logs, ref_losses)
@@ -1242,11 +1299,11 @@ def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], ref_lo
         how = (f"{card[1]} lists gradient_accumulation_steps: {card[0]}, which it does not match" if card else
                "the accumulation steps are unknown (no Trainer model card README.md listing "
                "gradient_accumulation_steps; call trainer.create_model_card() to write one)")
-        return {"factor": None, "ratio": round(min(ratios), 3),
+        return {"factor": None, "ratio": round(min(ratios), 3), **windows,
                 "why": f"{said}: the train losses look summed over gradient-accumulation micro-batches (the Trainer "
                        f"logs a classifier's loss so), but {how}: they are kept as logged, no class count is "
                        "estimated from them, and the train loss is not compared with ln(classes) (diverged, "
-                       "lr-too-large)"}
+                       f"lr-too-large){short}"}
     return None
 
 

@@ -933,6 +933,24 @@ def test_a_short_accumulation_window_is_read_over_the_micro_batches_it_holds(tmp
     assert (record["train_loss_scale"]["accumulation"], record["train_loss_scale"]["batches_per_epoch"]) == (4, 6)
 
 
+def test_a_trainer_states_short_accumulation_windows_are_read_over_their_micro_batches_from_the_logged_epochs(tmp_path):
+    # no callback, no model card: the same run's trainer_state.json. Its windows of 2 micro-batches were read as sums
+    # of 4 like the rest (a flat loss 'fell' by a quarter of each epoch); the logged epochs size them
+    from loratune.history_io import history_from_trainer_state
+
+    out, trainer = _bert_trainer(tmp_path, lr=5e-3, steps=10, peft=False, eval_steps=5, accum=4, save=False)
+    trainer.save_state()
+    assert len(trainer.get_train_dataloader()) == 6  # each epoch: a step of 4 micro-batches, then one of 2
+    # every window a sum of 4 (the epochs left out: nothing to size again)
+    sums = [{k: v for k, v in e.items() if k != "epoch"} | ({"loss": e["loss"] * 2} if e["step"] % 2 == 0 else {})
+            if "loss" in e else e for e in trainer.state.log_history]
+    want = history_from_trainer_state({"log_history": sums}, tmp_path, name="x").points
+    h = load_run(out)
+    assert "train_loss_scale" not in h.meta and h.meta["train_loss_summed"]["factor"] is None
+    assert any("5 window(s) holding an epoch's shorter last step (down to 50%" in n for n in h.notes)
+    assert [p["train/loss"] for p in h.points] == pytest.approx([p["train/loss"] for p in want])
+
+
 def test_the_callbacks_record_keeps_the_notes_of_its_reading(tmp_path):
     # two named eval sets and none a validation set: the checkpoint said why no curve rule could fire, the record not
     from loratune.integrations import LoratuneCallback

@@ -90,6 +90,68 @@ def test_a_card_with_accumulation_leaves_losses_that_are_already_means_alone(tmp
     assert not any("accumulation" in n for n in h.notes)
 
 
+def _remainder_run(folder: Path, *, digits: int | None = None, card: int | None = None, epochs: int = 3) -> Path:
+    """A 4-class Trainer run with accumulation 4 over 6 batches per epoch (48 rows, batch 8; eval_strategy='epoch'):
+    each epoch is a step of 4 micro-batches and one of the 2 left, the loss logged at every step as the sum of its
+    micro-batch means (flat at ln 4: 4 x ln 4, then 2 x ln 4), the epoch as the Trainer sets it (micro-batches done /
+    6), rounded to `digits` as older transformers logged it."""
+    folder.mkdir(parents=True)
+    log = []
+    for k in range(epochs):
+        for step, batches_done, micro in ((2 * k + 1, 4, 4), (2 * k + 2, 6, 2)):
+            epoch = k + batches_done / 6
+            log.append({"step": step, "epoch": round(epoch, digits) if digits else epoch, "grad_norm": 0.7,
+                        "learning_rate": 0.01, "loss": micro * LN4 * (1.0 + 0.001 * math.sin(step))})
+        log.append({"step": 2 * k + 2, "epoch": float(k + 1), "eval_loss": LN4 - 0.001 * k, "eval_accuracy": 0.25,
+                    "eval_runtime": 0.2, "eval_samples_per_second": 100.0})
+    log.append({"step": 2 * epochs, "epoch": float(epochs), "train_runtime": 1.0, "train_loss": 3 * LN4})
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": log, "global_step": 2 * epochs,
+                                                           "max_steps": 2 * epochs, "num_train_epochs": epochs,
+                                                           "logging_steps": 1, "train_batch_size": 8}))
+    (folder / "config.json").write_text(json.dumps(CONFIG4))
+    if card is not None:
+        (folder / "README.md").write_text(f"### Training hyperparameters\n\n- gradient_accumulation_steps: {card}\n")
+    return folder
+
+
+def test_summed_losses_of_an_epochs_shorter_last_step_are_read_over_the_micro_batches_it_holds(tmp_path):
+    # the hunt's epochfrac run: 5.545, 2.838, 5.551, 2.791, ... (4 x ln 4, 2 x ln 4) read 'train loss fell 24.8%' of a
+    # loss flat at ln 4 per micro-batch, the first window's sum of 4 against means of a sum of 4 and a sum of 2
+    h = load_run(_remainder_run(tmp_path / "nocard"))
+    assert h.meta["train_loss_summed"]["factor"] is None and "unequal_windows" not in h.meta["train_loss_summed"]
+    assert [p["train/loss"] for p in h.points] == pytest.approx([4 * LN4] * 3, rel=0.01)  # sums of 4, every window
+    assert any("3 window(s) holding an epoch's shorter last step (down to 50%" in n for n in h.notes)
+    f = compute_features(h.points, h.meta, h.config)
+    assert abs(f.values["train_loss_drop"]) < 0.01 and f.values.get("train_loss_vs_chance") is None
+    # the accumulation known (the model card): each window read as its mean, the short ones over 2 micro-batches
+    h = load_run(_remainder_run(tmp_path / "card", card=4))
+    assert [p["train/loss"] for p in h.points] == pytest.approx([LN4] * 3, rel=0.01)
+    f = compute_features(h.points, h.meta, h.config)
+    assert abs(f.values["train_loss_drop"]) < 0.01 and f.values["train_loss_vs_chance"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_summed_losses_of_unequal_windows_the_logged_epochs_cannot_size_leave_the_train_loss_fall_unknown(tmp_path):
+    # epochs rounded to 2 digits (0.67, 1.0, ...): a window of 2 micro-batches shows, but its share is read only to
+    # ~5%; the fall across windows of 4 and 2 is no measurement, as the comparison with ln(classes) already was not
+    h = load_run(_remainder_run(tmp_path / "a", digits=2))
+    why = h.meta["train_loss_summed"]["unequal_windows"]
+    assert "rounded to 0.01" in why and any(why in n for n in h.notes)
+    f = compute_features(h.points, h.meta, h.config)
+    for name in ("train_loss_drop", "train_loss_late_drop", "train_loss_max_rise", "train_loss_final_over_start"):
+        assert f.values[name] is None and f.missing[name] == why
+    assert f.values["train_loss_start"] is not None  # the values themselves stand, as logged
+    # near miss: full windows only (every step 4 micro-batches: 8 batches per epoch), rounded the same: read as logged
+    folder = _remainder_run(tmp_path / "b", digits=2)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    for e in state["log_history"]:
+        if "loss" in e:
+            e["loss"], e["epoch"] = 4 * LN4, round(e["step"] / 2, 2)
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    h = load_run(folder)
+    assert "unequal_windows" not in h.meta["train_loss_summed"]
+    assert compute_features(h.points, h.meta, h.config).values["train_loss_drop"] == pytest.approx(0.0, abs=1e-9)
+
+
 def _cosine_with_warmup(s: int, peak: float = 5e-5, warmup: int = 100, total: int = 1000) -> float:
     """transformers' get_cosine_schedule_with_warmup after s scheduler steps."""
     if s < warmup:
