@@ -114,7 +114,10 @@ class DataConfig:
     label_column: str = _f("label", "Column holding the label (a string, or a list of strings for multi-label).")
     multi_label: bool | None = _f(None, "Force single- (false) or multi-label (true); null: detect from the data.")
     label_delimiter: str | None = _f(None, "Split string labels on this delimiter (e.g. '#') for multi-label data.")
-    validation_fraction: float = _f(0.1, "Share of train carved out as validation when none is given.",
+    validation_fraction: float = _f(0.1, "Share of train carved out as validation when none is given: that share "
+                                    "of each class's rows, rounded to whole rows (at least one, one kept in train); "
+                                    "a text's copies go together, and a text with more copies than its class's "
+                                    "share stays in train, so validation keeps train's class shares.",
                                     min=0.0, max=0.5, min_exclusive=True)
     max_train_samples: int | None = _f(None, "Use a stratified subset of this many training rows.", min=1)
     max_eval_samples: int | None = _f(None, "Use a stratified subset of this many validation rows.", min=1)

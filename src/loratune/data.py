@@ -903,14 +903,35 @@ def text_key(text: str) -> str:
     return normalise(text) or " ".join(text.split())
 
 
+def carve_target(rows: int, fraction: float) -> int:
+    """How many of a class's `rows` a carving puts in validation: `fraction` of them rounded to whole rows, at least
+    one, never all (one stays in train); none of a class of one row."""
+    return min(rows - 1, max(1, round(fraction * rows))) if rows >= 2 else 0
+
+
+# why a class of two or more rows has none in a carved validation split
+UNCARVED_WHY = ("each of its texts has more copies than its share of validation (validation_fraction of its rows), "
+                "and a text's copies are carved together")
+
+
+def uncarved_classes(train: Split, validation: Split) -> list[str]:
+    """The classes (first labels) of two or more rows in `train` (the whole file, before carving) that a carved
+    `validation` split has no row of: every text of theirs repeated past their share (UNCARVED_WHY)."""
+    have = {labs[0] for labs in validation.labels if labs}
+    counts = Counter(labs[0] for labs in train.labels if labs)
+    return sorted(c for c, n in counts.items() if n >= 2 and c not in have)
+
+
 def stratified_split(split: Split, fraction: float, seed: int,
                      keys: list[str] | None = None) -> tuple[list[int], list[int]]:
-    """Indices (keep, carved): per label (first label of each row), `fraction` of rows, at least one
-    on each side when the label has two or more rows. Seeded, order-preserving. A label that is no row's first
+    """Indices (keep, carved): per label (first label of each row), carve_target of its rows, so validation keeps
+    train's class shares. Seeded, order-preserving. A label that is no row's first
     (multi-label: 'zeta' only ever beside another label) keeps a row too: _cover swaps one of its carved rows back.
-    `keys` (carving validation: text_key per row): the rows of one key are one unit, carved or kept whole, and the
-    fraction counts units: a train file that repeats a row never has a copy of it carved into validation (leakage
-    the carving made, that assess then blamed on the data). Without keys each row is a unit."""
+    `keys` (carving validation: text_key per row): the rows of one key are one unit, carved or kept whole: a train
+    file that repeats a row never has a copy of it carved into validation (leakage the carving made, that assess then
+    blamed on the data). A unit is carved only where its rows fit what its class has left to carve: a text repeated
+    past its class's share (a chat log's 40 'thanks') stays in train, never filling validation with one text. Without
+    keys each row is a unit."""
     rng = random.Random(seed)
     units: dict[Any, list[int]] = {}
     for i in range(len(split)):
@@ -922,11 +943,12 @@ def stratified_split(split: Split, fraction: float, seed: int,
     carved: set[int] = set()
     for lab in sorted(by_label):
         group = list(by_label[lab])
-        if len(group) < 2:
-            continue
-        rng.shuffle(group)
-        k = min(len(group) - 1, max(1, round(fraction * len(group))))
-        carved.update(i for rows in group[:k] for i in rows)
+        rng.shuffle(group)  # the seeded order the units are offered in (one unit: no draw)
+        left = carve_target(sum(map(len, group)), fraction)
+        for rows in group:
+            if len(rows) <= left:
+                carved.update(rows)
+                left -= len(rows)
     keep = [i for i in range(len(split)) if i not in carved]
     keep = _cover(split, keep, sorted(carved), first=True)
     if keys is not None:  # a unit _cover split between the sides stays whole in train
@@ -1079,6 +1101,11 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         notes.append(carved_note("stratified", len(validation), len(train), cfg.validation_fraction, seed,
                                  "each class rounds to whole rows, at least one" + (
                                      ", a text's copies carved together" if len(set(keys)) < len(keys) else "")))
+        left_out = uncarved_classes(train, validation)
+        if left_out:
+            notes.append(f"validation has no row of {', '.join(left_out)}: {UNCARVED_WHY}; to score "
+                         f"{'it' if len(left_out) == 1 else 'them'}, raise data.validation_fraction or give a "
+                         "validation file (data.validation_file)")
         train = train.subset(keep)
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         train = train.subset(stratified_subset(train, cfg.max_train_samples, seed))

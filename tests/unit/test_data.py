@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from loratune.config import EMBEDDED_DATA, DataConfig
 from loratune.data import (
     Split,
+    carve_target,
     embedded_data_dir,
     empty_text_problems,
     labels_of,
@@ -606,25 +607,57 @@ def test_stratified_split_sizes_and_seed_dependence():
 @given(rows=st.lists(st.tuples(st.integers(0, 12), st.sampled_from("abcd")), min_size=1, max_size=80),
        fraction=st.floats(0.01, 0.5), seed=st.integers(0, 10_000))
 def test_property_a_carving_keeps_each_texts_copies_on_one_side(rows, fraction, seed):
-    """Texts drawn from a few (repeated rows, 'Text 3!' a copy of 'text 3'): never one text on both sides; a label
-    with two or more distinct texts (as a unit's first row's label) on both sides."""
+    """Texts drawn from a few (repeated rows, 'Text 3!' a copy of 'text 3'): never one text on both sides; a class
+    (a unit's first row's label) never carves past its share (carve_target of its rows), and carves where one of its
+    texts fits that share."""
     sp = Split("train", tuple(f"Text {t}!" if i % 3 else f"text {t}" for i, (t, _) in enumerate(rows)),
                tuple((lab,) for _, lab in rows), "mem")
     keys = [text_key(t) for t in sp.texts]
     keep, carved = stratified_split(sp, fraction, seed, keys)
     assert sorted(keep + carved) == list(range(len(rows))) and keep == sorted(keep) and carved == sorted(carved)
     assert not {rows[i][0] for i in keep} & {rows[i][0] for i in carved}
-    units: dict[str, set[int]] = {}
-    for t, lab in rows:
-        units.setdefault(lab, set())
-    first: dict[int, str] = {}
+    first: dict[int, str] = {}  # a text's class: its first row's label
     for t, lab in rows:
         first.setdefault(t, lab)
-    for lab in units:
+    copies = Counter(t for t, _ in rows)
+    for lab in set(first.values()):
         texts = {t for t, f in first.items() if f == lab}
-        if len(texts) >= 2:
-            assert texts & {rows[i][0] for i in keep} and texts & {rows[i][0] for i in carved}, (lab, texts)
+        target = carve_target(sum(copies[t] for t in texts), fraction)
+        cut = sum(copies[t] for t in texts & {rows[i][0] for i in carved})
+        assert cut <= target, (lab, cut, target)
+        if any(copies[t] <= target for t in texts):
+            assert cut >= 1, (lab, texts, target)
     assert stratified_split(sp, fraction, seed, keys) == (keep, carved)
+
+
+def test_a_text_repeated_past_its_class_share_stays_in_train(tmp_path):
+    """A chat log's 'thanks' 40 times beside 9 other smalltalk texts and 40 rows of 3 other classes: carving it whole
+    made validation 40 of 52 rows 'thanks' (smalltalk 77% of validation, 8% of train), and assess then warned of the
+    label shift the carving made. Each class now carves its share of rows (10%, whole rows), a text's copies whole."""
+    rows = [{"text": "thanks", "label": "smalltalk"}] * 40 + make_rows({"smalltalk": 9, "card": 40, "pin": 40,
+                                                                         "balance": 40})
+    p = write_rows(tmp_path / "train.jsonl", rows)
+    for seed in range(40):
+        ds = load_dataset(DataConfig(train_file=str(p)), seed=seed)
+        assert "thanks" not in ds.validation.texts, seed
+        assert ds.validation.label_counts() == Counter({"smalltalk": 5, "card": 4, "pin": 4, "balance": 4}), seed
+        assert ds.notes == (f"no validation split given: carved a stratified 10% (17 of 169 rows) from train with "
+                            f"seed {seed}",)
+    # a class all of whose texts repeat past its share (4 texts x 3 copies, a share of 1 row) has no validation row,
+    # said with the fix
+    rows = make_rows({"a": 10}) + make_rows({"b": 4}) * 3
+    ds = load_dataset(DataConfig(train_file=str(write_rows(tmp_path / "b.jsonl", rows))), seed=0)
+    assert ds.validation.label_counts() == Counter({"a": 1}) and len(ds.train) == 21
+    assert ds.notes[1] == ("validation has no row of b: each of its texts has more copies than its share of "
+                           "validation (validation_fraction of its rows), and a text's copies are carved together; "
+                           "to score it, raise data.validation_fraction or give a validation file "
+                           "(data.validation_file)")
+    ds = load_dataset(DataConfig(train_file=str(write_rows(tmp_path / "b.jsonl", rows)), validation_fraction=0.25),
+                      seed=0)
+    assert ds.validation.label_counts() == Counter({"a": 2, "b": 3}) and len(ds.notes) == 1
+    # the help says what the share does
+    help_ = DataConfig.__dataclass_fields__["validation_fraction"].metadata["help"]
+    assert "each class's rows" in help_ and "more copies than its class's share stays in train" in help_
 
 
 def test_a_validation_split_carved_from_repeated_rows_has_no_copy_of_train():
