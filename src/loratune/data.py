@@ -924,47 +924,51 @@ def uncarved_classes(train: Split, validation: Split) -> list[str]:
 
 def stratified_split(split: Split, fraction: float, seed: int,
                      keys: list[str] | None = None) -> tuple[list[int], list[int]]:
-    """Indices (keep, carved): per label (first label of each row), carve_target of its rows, so validation keeps
-    train's class shares. Seeded, order-preserving. A label that is no row's first
-    (multi-label: 'zeta' only ever beside another label) keeps a row too: _cover swaps one of its carved rows back.
+    """Indices (keep, carved): per class (a row's first label), carve_target of its rows, so validation keeps
+    train's class shares. Seeded, order-preserving.
     `keys` (carving validation: text_key per row): the rows of one key are one unit, carved or kept whole: a train
     file that repeats a row never has a copy of it carved into validation (leakage the carving made, that assess then
-    blamed on the data). A unit is carved only where its rows fit what its class has left to carve: a text repeated
-    past its class's share (a chat log's 40 'thanks') stays in train, never filling validation with one text. Without
-    keys each row is a unit."""
+    blamed on the data). A unit is carved only where each of its rows fits what its own class has left to carve: a text
+    repeated past its class's share (a chat log's 40 'thanks') stays in train, never filling validation with one text,
+    and every class keeps a train row (a one-row class whose text is another class's, in that class's unit, was
+    carved away). A label that is no row's first (multi-label: 'zeta' only ever beside another label) keeps a train
+    row too where the class can carve another unit instead; where it cannot, the unit is carved all the same (a carved
+    validation split never shrinks for it: to 0 rows, where every row of a class has a label of its own) and its
+    label is noted as not in train. Without keys each row is a unit; units are offered per class of their first row,
+    in a seeded order."""
     rng = random.Random(seed)
     units: dict[Any, list[int]] = {}
     for i in range(len(split)):
         units.setdefault(i if keys is None else keys[i], []).append(i)
+    classes = [labs[0] if labs else "" for labs in split.labels]
     by_label: dict[str, list[list[int]]] = {}
-    for rows in units.values():  # a unit's stratum: its first row's first label
-        labs = split.labels[rows[0]]
-        by_label.setdefault(labs[0] if labs else "", []).append(rows)
+    for rows in units.values():  # the class a unit is offered under: its first row's
+        by_label.setdefault(classes[rows[0]], []).append(rows)
+    budget = {c: carve_target(n, fraction) for c, n in Counter(classes).items()}  # rows each class has left to carve
+    in_train = Counter(lab for labs in split.labels for lab in labs)
     carved: set[int] = set()
     for lab in sorted(by_label):
         group = list(by_label[lab])
         rng.shuffle(group)  # the seeded order the units are offered in (one unit: no draw)
-        left = carve_target(sum(map(len, group)), fraction)
-        for rows in group:
-            if len(rows) <= left:
+        for every_label in (True, False):  # a label beside another keeps a train row, unless that leaves nothing
+            for rows in group:
+                if not budget[lab]:  # every unit offered under lab holds a row of lab
+                    break
+                need = Counter(classes[i] for i in rows)
+                held = Counter(x for i in rows for x in split.labels[i])
+                if rows[0] in carved or any(n > budget[c] for c, n in need.items()) or (
+                        every_label and any(in_train[x] <= n for x, n in held.items())):
+                    continue
                 carved.update(rows)
-                left -= len(rows)
-    keep = [i for i in range(len(split)) if i not in carved]
-    keep = _cover(split, keep, sorted(carved), first=True)
-    if keys is not None:  # a unit _cover split between the sides stays whole in train
-        kept_keys = {keys[i] for i in keep}
-        keep = [i for i in range(len(split)) if keys[i] in kept_keys]
-    kept = set(keep)  # once: built per row it made carving quadratic (5 s for 20,000 rows)
-    return keep, [i for i in range(len(split)) if i not in kept]
+                budget.update({c: budget[c] - n for c, n in need.items()})
+                in_train.subtract(held)
+    return [i for i in range(len(split)) if i not in carved], sorted(carved)
 
 
-def _cover(split: Split, chosen: list[int], pool: list[int], first: bool = False, size: bool = False) -> list[int]:
-    """`chosen` with, for each label of `pool`'s rows that no chosen row carries, one pool row carrying it (the first,
-    in row order: the seeded choices stay the caller's) swapped in for a spare chosen row, one all of whose labels
-    another chosen row still carries (`first`: of the same first label, so the strata keep their sizes). No spare:
-    the row is added all the same, or with `size` (a subset of n rows) or `first` (a carving) left out: a carved
-    validation split never shrinks for it (to 0 rows, where every row of a stratum has a label of its own), its label
-    is noted as not in train instead."""
+def _cover(split: Split, chosen: list[int], pool: list[int]) -> list[int]:
+    """`chosen` (a subset of n rows) with, for each label of `pool`'s rows that no chosen row carries, one pool row
+    carrying it (the first, in row order: the seeded choices stay the caller's) swapped in for a spare chosen row, one
+    all of whose labels another chosen row still carries; no spare: left out (the subset keeps its n rows)."""
     chosen = list(chosen)
     have = Counter(lab for i in chosen for lab in split.labels[i])
     for i in pool:
@@ -972,15 +976,13 @@ def _cover(split: Split, chosen: list[int], pool: list[int], first: bool = False
         if all(have[lab] for lab in labs):
             continue
         have.update(labs)
-        spare = next((j for j in reversed(chosen) if (not first or split.labels[j][:1] == labs[:1])
-                      and all(have[lab] > 1 for lab in split.labels[j])), None)
-        if spare is None and (size or first):
+        spare = next((j for j in reversed(chosen) if all(have[lab] > 1 for lab in split.labels[j])), None)
+        if spare is None:
             have.subtract(labs)
             continue
         chosen.append(i)
-        if spare is not None:
-            chosen.remove(spare)
-            have.subtract(split.labels[spare])
+        chosen.remove(spare)
+        have.subtract(split.labels[spare])
     return sorted(chosen)
 
 
@@ -1007,7 +1009,7 @@ def stratified_subset(split: Split, n: int, seed: int) -> list[int]:
         rest = [i for i in range(len(split)) if i not in set(picked)]
         picked = sorted(picked + rng.sample(rest, n - len(picked)))
     # a label carried only beside another row's first label (or trimmed away above) is swapped in for a spare row
-    return _cover(split, picked, [i for i in range(len(split)) if i not in set(picked)], size=True)
+    return _cover(split, picked, [i for i in range(len(split)) if i not in set(picked)])
 
 
 def refuse_no_shared_label(split: Split, known: tuple[str, ...], shared: bool = True) -> None:

@@ -607,27 +607,37 @@ def test_stratified_split_sizes_and_seed_dependence():
 @given(rows=st.lists(st.tuples(st.integers(0, 12), st.sampled_from("abcd")), min_size=1, max_size=80),
        fraction=st.floats(0.01, 0.5), seed=st.integers(0, 10_000))
 def test_property_a_carving_keeps_each_texts_copies_on_one_side(rows, fraction, seed):
-    """Texts drawn from a few (repeated rows, 'Text 3!' a copy of 'text 3'): never one text on both sides; a class
-    (a unit's first row's label) never carves past its share (carve_target of its rows), and carves where one of its
-    texts fits that share."""
+    """Texts drawn from a few (repeated rows, 'Text 3!' a copy of 'text 3', a text under two labels): never one text
+    on both sides; every label keeps a train row (a one-row class whose text another class's rows repeat was carved
+    away whole with them); a class never carves past its share (carve_target of its rows), and carves where one of its
+    texts, of its rows alone, fits that share."""
     sp = Split("train", tuple(f"Text {t}!" if i % 3 else f"text {t}" for i, (t, _) in enumerate(rows)),
                tuple((lab,) for _, lab in rows), "mem")
     keys = [text_key(t) for t in sp.texts]
     keep, carved = stratified_split(sp, fraction, seed, keys)
     assert sorted(keep + carved) == list(range(len(rows))) and keep == sorted(keep) and carved == sorted(carved)
     assert not {rows[i][0] for i in keep} & {rows[i][0] for i in carved}
-    first: dict[int, str] = {}  # a text's class: its first row's label
-    for t, lab in rows:
-        first.setdefault(t, lab)
-    copies = Counter(t for t, _ in rows)
-    for lab in set(first.values()):
-        texts = {t for t, f in first.items() if f == lab}
-        target = carve_target(sum(copies[t] for t in texts), fraction)
-        cut = sum(copies[t] for t in texts & {rows[i][0] for i in carved})
-        assert cut <= target, (lab, cut, target)
-        if any(copies[t] <= target for t in texts):
-            assert cut >= 1, (lab, texts, target)
+    assert {lab for _, lab in rows} == {rows[i][1] for i in keep}
+    for lab, n in Counter(lab for _, lab in rows).items():
+        target = carve_target(n, fraction)
+        assert sum(rows[i][1] == lab for i in carved) <= target, (lab, target)
+        own = Counter(t for t, l in rows if l == lab)
+        if any(k <= target and all(l == lab for u, l in rows if u == t) for t, k in own.items()):
+            assert any(rows[i][1] == lab for i in carved), (lab, target)
     assert stratified_split(sp, fraction, seed, keys) == (keep, carved)
+
+
+def test_a_one_row_class_whose_text_another_class_repeats_keeps_its_train_row(tmp_path):
+    """'refund' has one row, its text a re-cased 'card' row's (an exact conflict): the unit of that text was offered
+    under 'card' and carved whole (seed 13 among others), so refund left train and the label space, and validation
+    scored a label no model learnt. Each row now counts under its own class: refund has nothing to carve."""
+    rows = make_rows({"card": 10, "pin": 10}) + [{"text": "CARD example 3!", "label": "refund"}]
+    p = write_rows(tmp_path / "train.jsonl", rows)
+    for seed in range(60):
+        ds = load_dataset(DataConfig(train_file=str(p)), seed=seed)
+        assert ds.label_space.labels == ("card", "pin", "refund") and not ds.unseen, seed
+        assert "card example 3" in ds.train.texts and "CARD example 3!" in ds.train.texts, seed
+        assert ds.validation.label_counts() == Counter({"card": 1, "pin": 1}), seed
 
 
 def test_a_text_repeated_past_its_class_share_stays_in_train(tmp_path):
