@@ -18,6 +18,7 @@ import re
 import sys
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -817,19 +818,20 @@ def check_trainable(dataset: "Dataset") -> None:
         problems.append(f"train: {len(dataset.train)} row(s); training needs at least {MIN_TRAIN_ROWS}")
     if len(dataset.validation) < MIN_VALIDATION_ROWS:
         carved = dataset.validation.source.endswith(CARVED)
-        # the cause claimed only where it is the cause: stratified_split carves a row of every stratum of 2 or more
-        strata = Counter(labs[0] if labs else "" for labs in dataset.train.labels)
-        small = carved and max(strata.values(), default=0) < 2
+        classes = sorted({row_class(labs) for labs in dataset.train.labels})
+        causes = uncarved_causes(dataset.train, classes)  # the cause claimed only where it is the cause
         problems.append("validation: 0 rows" + (
-            ": no validation file was given and no class has two training rows to carve one from "
-            "(each class needs at least 2 rows, one of them goes to validation"
-            + ("; a multi-label row counts under its first label)" if dataset.label_space.multi_label else ")")
-            if small else ": no validation file was given and none was carved from train" if carved else ""))
+            ": no validation file was given and no class can give one to carve (each class needs at least "
+            f"{MIN_CARVE_ROWS} rows and 2 distinct texts, case and punctuation aside: a text goes to validation with "
+            "all its copies, within validation_fraction of the class's rows, and one stays in train"
+            + ("; a multi-label row counts under its first label" if dataset.label_space.multi_label else "")
+            + f"): {said_causes(causes)}" if carved and len(causes) == len(classes) else
+            ": no validation file was given and none was carved from train" if carved else ""))
     if problems:
         raise UserError(f"the data cannot be trained on ({len(problems)} problem(s)):\n"
                         + "\n".join(f"  - {p}" for p in problems),
                         "fix the rows named above; give a validation file (data.validation_file) when classes are "
-                        "this small")
+                        "this small or their texts this repeated")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -903,23 +905,60 @@ def text_key(text: str) -> str:
     return normalise(text) or " ".join(text.split())
 
 
+# the carving's rule, said once: the class a row counts under, the rows a class gives validation, and why a class gave
+# none (check_trainable's message and the carving's note say these)
+MIN_CARVE_ROWS = 2  # one row goes to validation, one stays in train
+CARVE_CAUSE_ONE_ROW = "one row (it stays in train)"
+CARVE_CAUSE_ONE_TEXT = "rows that are all copies of one text (a text's copies go to one side, so they stay in train)"
+CARVE_CAUSE_OVER_SHARE = ("no text with few enough copies to fit its share (validation_fraction of its rows; a text "
+                          "goes to validation with all its copies)")
+
+
+def row_class(labels: tuple[str, ...]) -> str:
+    """The class a row counts under when validation is carved or a subset drawn: its first label ('' for none)."""
+    return labels[0] if labels else ""
+
+
 def carve_target(rows: int, fraction: float) -> int:
     """How many of a class's `rows` a carving puts in validation: `fraction` of them rounded to whole rows, at least
-    one, never all (one stays in train); none of a class of one row."""
-    return min(rows - 1, max(1, round(fraction * rows))) if rows >= 2 else 0
+    one, never all (one stays in train); none of a class of fewer than MIN_CARVE_ROWS rows."""
+    return min(rows - 1, max(1, round(fraction * rows))) if rows >= MIN_CARVE_ROWS else 0
 
 
-# why a class of two or more rows has none in a carved validation split
-UNCARVED_WHY = ("each of its texts has more copies than its share of validation (validation_fraction of its rows), "
-                "and a text's copies are carved together")
+def uncarved_causes(split: Split, classes: Iterable[str]) -> dict[str, str]:
+    """Why a carving (stratified_split with text_key units) gives validation no row of each of `classes` that the rule
+    says cannot give one, from `split` as it was before the carving: a class of fewer than MIN_CARVE_ROWS rows, one
+    whose rows are copies of one text (the unit is all its rows: never carved), one each of whose texts has two or
+    more rows (its copies, or a row of another class: carved together) and none fitted its share. A class with a text
+    of one row is left out: it gives a row at any validation_fraction."""
+    keys = [text_key(t) for t in split.texts]
+    unit_rows = Counter(keys)
+    rows: Counter[str] = Counter()
+    texts: dict[str, set[str]] = {}
+    for key, labs in zip(keys, split.labels):
+        rows[row_class(labs)] += 1
+        texts.setdefault(row_class(labs), set()).add(key)
+    causes = {c: (CARVE_CAUSE_ONE_ROW if rows[c] < MIN_CARVE_ROWS else CARVE_CAUSE_ONE_TEXT if len(texts[c]) < 2
+                  else CARVE_CAUSE_OVER_SHARE if all(unit_rows[k] > 1 for k in texts[c]) else None)
+              for c in classes}
+    return {c: why for c, why in causes.items() if why is not None}
 
 
-def uncarved_classes(train: Split, validation: Split) -> list[str]:
-    """The classes (first labels) of two or more rows in `train` (the whole file, before carving) that a carved
-    `validation` split has no row of: every text of theirs repeated past their share (UNCARVED_WHY)."""
-    have = {labs[0] for labs in validation.labels if labs}
-    counts = Counter(labs[0] for labs in train.labels if labs)
-    return sorted(c for c, n in counts.items() if n >= 2 and c not in have)
+def said_causes(causes: dict[str, str]) -> str:
+    """uncarved_causes as a clause, the classes grouped by cause: "b, c: one row; d: rows that are copies..."."""
+    by: dict[str, list[str]] = {}
+    for c, why in causes.items():
+        by.setdefault(why, []).append(repr(c))
+    return "; ".join(f"{', '.join(cs[:5])}{f' and {len(cs) - 5} more' if len(cs) > 5 else ''}: {why}"
+                     for why, cs in by.items())
+
+
+def uncarved_classes(train: Split, validation: Split) -> dict[str, str]:
+    """The classes of MIN_CARVE_ROWS or more rows in `train` (the whole file, before carving) that a carved `validation`
+    split has no row of, each with its cause (uncarved_causes)."""
+    have = {row_class(labs) for labs in validation.labels}
+    rows = Counter(row_class(labs) for labs in train.labels)
+    return uncarved_causes(train, sorted(c for c, n in rows.items() if n >= MIN_CARVE_ROWS and c not in have))
 
 
 def stratified_split(split: Split, fraction: float, seed: int,
@@ -940,7 +979,7 @@ def stratified_split(split: Split, fraction: float, seed: int,
     units: dict[Any, list[int]] = {}
     for i in range(len(split)):
         units.setdefault(i if keys is None else keys[i], []).append(i)
-    classes = [labs[0] if labs else "" for labs in split.labels]
+    classes = [row_class(labs) for labs in split.labels]
     by_label: dict[str, list[list[int]]] = {}
     for rows in units.values():  # the class a unit is offered under: its first row's
         by_label.setdefault(classes[rows[0]], []).append(rows)
@@ -998,7 +1037,7 @@ def stratified_subset(split: Split, n: int, seed: int) -> list[int]:
         groups: dict[str, list[int]] = {}
         for i in picked:
             labs = split.labels[i]
-            groups.setdefault(labs[0] if labs else "", []).append(i)
+            groups.setdefault(row_class(labs), []).append(i)
         for lab in sorted(groups):
             rng.shuffle(groups[lab])
         for _ in range(len(picked) - n):
@@ -1104,10 +1143,11 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
                                  "each class rounds to whole rows, at least one" + (
                                      ", a text's copies carved together" if len(set(keys)) < len(keys) else "")))
         left_out = uncarved_classes(train, validation)
-        if left_out:
-            notes.append(f"validation has no row of {', '.join(left_out)}: {UNCARVED_WHY}; to score "
-                         f"{'it' if len(left_out) == 1 else 'them'}, raise data.validation_fraction or give a "
-                         "validation file (data.validation_file)")
+        if left_out and validation:  # none carved at all: check_trainable refuses it, naming the same causes
+            notes.append(f"validation has no row of {said_causes(left_out)}; to score "
+                         f"{'it' if len(left_out) == 1 else 'them'}, give a validation file (data.validation_file)"
+                         + (", or raise data.validation_fraction" if CARVE_CAUSE_OVER_SHARE in left_out.values()
+                            else ""))
         train = train.subset(keep)
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         train = train.subset(stratified_subset(train, cfg.max_train_samples, seed))

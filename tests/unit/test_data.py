@@ -640,6 +640,39 @@ def test_a_one_row_class_whose_text_another_class_repeats_keeps_its_train_row(tm
         assert ds.validation.label_counts() == Counter({"card": 1, "pin": 1}), seed
 
 
+def test_no_validation_carved_names_the_cause_the_carving_had(tmp_path):
+    """Each class's rows are copies of one text (re-cased): nothing can be carved (a text's copies go to one side),
+    and check_trainable said "none was carved from train" (its own rule, 2 rows a class, said they could be): the
+    message names the classes and why, from the carving's own rule."""
+    from loratune.data import check_trainable
+
+    rows = [{"text": t, "label": lab} for lab, ts in {"card": ["lost my card", "Lost my card!", "LOST MY CARD"],
+                                                      "pin": ["reset pin", "Reset PIN", "reset pin."]}.items()
+            for t in ts] + [{"text": "where is my money", "label": "transfer"}]
+    ds = load_dataset(DataConfig(train_file=str(write_rows(tmp_path / "train.jsonl", rows))))
+    assert len(ds.validation) == 0 and len(ds.train) == 7
+    problem = user_error(check_trainable, ds).problem
+    assert problem.endswith(
+        "validation: 0 rows: no validation file was given and no class can give one to carve (each class needs at "
+        "least 2 rows and 2 distinct texts, case and punctuation aside: a text goes to validation with all its "
+        "copies, within validation_fraction of the class's rows, and one stays in train): 'card', 'pin': rows that "
+        "are all copies of one text (a text's copies go to one side, so they stay in train); 'transfer': one row "
+        "(it stays in train)")
+    # texts each repeated past a class's share: that cause; a class with a text of one row is never claimed uncarvable
+    twice = make_rows({"a": 3, "b": 3}) * 2
+    ds = load_dataset(DataConfig(train_file=str(write_rows(tmp_path / "twice.jsonl", twice))))
+    assert len(ds.validation) == 0
+    assert user_error(check_trainable, ds).problem.endswith(
+        "'a', 'b': no text with few enough copies to fit its share (validation_fraction of its rows; a text goes to "
+        "validation with all its copies)")
+    # in the carving's note: the class left out and why, the other classes carved
+    ds = load_dataset(DataConfig(train_file=str(write_rows(tmp_path / "some.jsonl", rows + make_rows({"d": 10})))))
+    assert ds.validation.label_counts() == Counter({"d": 1})
+    assert ds.notes[1] == ("validation has no row of 'card', 'pin': rows that are all copies of one text (a text's "
+                           "copies go to one side, so they stay in train); to score them, give a validation file "
+                           "(data.validation_file)")
+
+
 def test_a_text_repeated_past_its_class_share_stays_in_train(tmp_path):
     """A chat log's 'thanks' 40 times beside 9 other smalltalk texts and 40 rows of 3 other classes: carving it whole
     made validation 40 of 52 rows 'thanks' (smalltalk 77% of validation, 8% of train), and assess then warned of the
@@ -658,10 +691,9 @@ def test_a_text_repeated_past_its_class_share_stays_in_train(tmp_path):
     rows = make_rows({"a": 10}) + make_rows({"b": 4}) * 3
     ds = load_dataset(DataConfig(train_file=str(write_rows(tmp_path / "b.jsonl", rows))), seed=0)
     assert ds.validation.label_counts() == Counter({"a": 1}) and len(ds.train) == 21
-    assert ds.notes[1] == ("validation has no row of b: each of its texts has more copies than its share of "
-                           "validation (validation_fraction of its rows), and a text's copies are carved together; "
-                           "to score it, raise data.validation_fraction or give a validation file "
-                           "(data.validation_file)")
+    assert ds.notes[1] == ("validation has no row of 'b': no text with few enough copies to fit its share "
+                           "(validation_fraction of its rows; a text goes to validation with all its copies); to score "
+                           "it, give a validation file (data.validation_file), or raise data.validation_fraction")
     ds = load_dataset(DataConfig(train_file=str(write_rows(tmp_path / "b.jsonl", rows)), validation_fraction=0.25),
                       seed=0)
     assert ds.validation.label_counts() == Counter({"a": 2, "b": 3}) and len(ds.notes) == 1
@@ -1089,12 +1121,13 @@ def test_carving_never_shrinks_validation_to_keep_a_label_in_train(tmp_path):
     two = write_rows(tmp_path / "two.jsonl", [{"text": "one", "labels": ["a", "b"]},
                                               {"text": "two", "labels": ["b", "c"]}])
     ds = load_dataset(DataConfig(train_file=str(two), label_column="labels"), seed=0)
-    with pytest.raises(UserError, match="no class has two training rows.*counts under its first label"):
+    with pytest.raises(UserError, match="no class can give one to carve .*at least 2 rows.*counts under its first "
+                                        "label\\): 'a', 'b': one row"):
         check_trainable(ds)
     ds = load_dataset(cfg, seed=0)
     with pytest.raises(UserError) as e:
         check_trainable(replace(ds, validation=ds.validation.subset([])))
-    assert "validation: 0 rows" in e.value.problem and "two training rows" not in e.value.problem
+    assert "validation: 0 rows: no validation file was given and none was carved from train" in e.value.problem
 
 
 def test_a_label_string_joining_other_labels_in_list_labelled_data_is_refused(tmp_path):
