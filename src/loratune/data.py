@@ -818,8 +818,9 @@ def check_trainable(dataset: "Dataset") -> None:
         problems.append(f"train: {len(dataset.train)} row(s); training needs at least {MIN_TRAIN_ROWS}")
     if len(dataset.validation) < MIN_VALIDATION_ROWS:
         carved = dataset.validation.source.endswith(CARVED)
-        classes = sorted({row_class(labs) for labs in dataset.train.labels})
-        causes = uncarved_causes(dataset.train, classes)  # the cause claimed only where it is the cause
+        row_classes = [row_class(labs) for labs in dataset.train.labels]
+        classes = sorted(set(row_classes))  # the cause claimed only where it is the cause
+        causes = uncarved_causes([text_key(t) for t in dataset.train.texts], row_classes, classes)
         problems.append("validation: 0 rows" + (
             ": no validation file was given and no class can give one to carve (each class needs at least "
             f"{MIN_CARVE_ROWS} rows and 2 distinct texts, case and punctuation aside: a text goes to validation with "
@@ -925,19 +926,18 @@ def carve_target(rows: int, fraction: float) -> int:
     return min(rows - 1, max(1, round(fraction * rows))) if rows >= MIN_CARVE_ROWS else 0
 
 
-def uncarved_causes(split: Split, classes: Iterable[str]) -> dict[str, str]:
-    """Why a carving (stratified_split with text_key units) gives validation no row of each of `classes` that the rule
-    says cannot give one, from `split` as it was before the carving: a class of fewer than MIN_CARVE_ROWS rows, one
-    whose rows are copies of one text (the unit is all its rows: never carved), one each of whose texts has two or
-    more rows (its copies, or a row of another class: carved together) and none fitted its share. A class with a text
-    of one row is left out: it gives a row at any validation_fraction."""
-    keys = [text_key(t) for t in split.texts]
+def uncarved_causes(keys: list, row_classes: list[str], classes: Iterable[str]) -> dict[str, str]:
+    """Why a carving (carve() with `keys` units, `row_classes[i]` row i's class) gives validation no row of each of
+    `classes` that the rule says cannot give one, from the rows as they were before the carving: a class of fewer
+    than MIN_CARVE_ROWS rows, one whose rows are copies of one text (the unit is all its rows: never carved), one each
+    of whose texts has two or more rows (its copies, or a row of another class: carved together) and none fitted its
+    share. A class with a text of one row is left out: it gives a row at any validation_fraction."""
     unit_rows = Counter(keys)
     rows: Counter[str] = Counter()
-    texts: dict[str, set[str]] = {}
-    for key, labs in zip(keys, split.labels):
-        rows[row_class(labs)] += 1
-        texts.setdefault(row_class(labs), set()).add(key)
+    texts: dict[str, set] = {}
+    for key, c in zip(keys, row_classes):
+        rows[c] += 1
+        texts.setdefault(c, set()).add(key)
     causes = {c: (CARVE_CAUSE_ONE_ROW if rows[c] < MIN_CARVE_ROWS else CARVE_CAUSE_ONE_TEXT if len(texts[c]) < 2
                   else CARVE_CAUSE_OVER_SHARE if all(unit_rows[k] > 1 for k in texts[c]) else None)
               for c in classes}
@@ -957,34 +957,42 @@ def uncarved_classes(train: Split, validation: Split) -> dict[str, str]:
     """The classes of MIN_CARVE_ROWS or more rows in `train` (the whole file, before carving) that a carved `validation`
     split has no row of, each with its cause (uncarved_causes)."""
     have = {row_class(labs) for labs in validation.labels}
-    rows = Counter(row_class(labs) for labs in train.labels)
-    return uncarved_causes(train, sorted(c for c, n in rows.items() if n >= MIN_CARVE_ROWS and c not in have))
+    row_classes = [row_class(labs) for labs in train.labels]
+    return uncarved_causes([text_key(t) for t in train.texts], row_classes,
+                           sorted(c for c, n in Counter(row_classes).items() if n >= MIN_CARVE_ROWS and c not in have))
 
 
 def stratified_split(split: Split, fraction: float, seed: int,
                      keys: list[str] | None = None) -> tuple[list[int], list[int]]:
-    """Indices (keep, carved): per class (a row's first label), carve_target of its rows, so validation keeps
-    train's class shares. Seeded, order-preserving.
-    `keys` (carving validation: text_key per row): the rows of one key are one unit, carved or kept whole: a train
-    file that repeats a row never has a copy of it carved into validation (leakage the carving made, that assess then
-    blamed on the data). A unit is carved only where each of its rows fits what its own class has left to carve: a text
-    repeated past its class's share (a chat log's 40 'thanks') stays in train, never filling validation with one text,
-    and every class keeps a train row (a one-row class whose text is another class's, in that class's unit, was
-    carved away). A label that is no row's first (multi-label: 'zeta' only ever beside another label) keeps a train
-    row too where the class can carve another unit instead; where it cannot, the unit is carved all the same (a carved
-    validation split never shrinks for it: to 0 rows, where every row of a class has a label of its own) and its
-    label is noted as not in train. Without keys each row is a unit; units are offered per class of their first row,
-    in a seeded order."""
+    """Indices (keep, carved): carve() with a row's class its first label (row_class), its labels kept in train.
+    `keys`: text_key per row, when carving validation (the rows of one text carved or kept together)."""
+    return carve([row_class(labs) for labs in split.labels], fraction, seed, keys, split.labels)
+
+
+def carve(classes: list[str], fraction: float, seed: int, keys: list | None = None,
+          labels: tuple[tuple[str, ...], ...] | None = None) -> tuple[list[int], list[int]]:
+    """Indices (keep, carved) of rows, `classes[i]` row i's class (one class for all: a random carving, causal-lm's):
+    per class, carve_target of its rows, so validation keeps train's class shares. Seeded, order-preserving.
+    `keys` (carving validation: text_key per row, classification; the prompt's and completion's, causal-lm): the rows
+    of one key are one unit, carved or kept whole: a train file that repeats a row never has a copy of it carved into
+    validation (leakage the carving made, that assess then blamed on the data). A unit is carved only where each of
+    its rows fits what its own class has left to carve: a text repeated past its class's share (a chat log's 40
+    'thanks') stays in train, never filling validation with one text, and every class keeps a train row (a one-row
+    class whose text is another class's, in that class's unit, was carved away). `labels`: a label that is no row's
+    class (multi-label: 'zeta' only ever beside another label) keeps a train row too where the class can carve another
+    unit instead; where it cannot, the unit is carved all the same (a carved validation split never shrinks for it: to
+    0 rows, where every row of a class has a label of its own) and its label is noted as not in train. Without keys
+    each row is a unit; units are offered per class of their first row, in a seeded order."""
     rng = random.Random(seed)
     units: dict[Any, list[int]] = {}
-    for i in range(len(split)):
+    for i in range(len(classes)):
         units.setdefault(i if keys is None else keys[i], []).append(i)
-    classes = [row_class(labs) for labs in split.labels]
     by_label: dict[str, list[list[int]]] = {}
     for rows in units.values():  # the class a unit is offered under: its first row's
         by_label.setdefault(classes[rows[0]], []).append(rows)
     budget = {c: carve_target(n, fraction) for c, n in Counter(classes).items()}  # rows each class has left to carve
-    in_train = Counter(lab for labs in split.labels for lab in labs)
+    labels = labels if labels is not None else tuple(() for _ in classes)
+    in_train = Counter(lab for labs in labels for lab in labs)
     carved: set[int] = set()
     for lab in sorted(by_label):
         group = list(by_label[lab])
@@ -994,14 +1002,14 @@ def stratified_split(split: Split, fraction: float, seed: int,
                 if not budget[lab]:  # every unit offered under lab holds a row of lab
                     break
                 need = Counter(classes[i] for i in rows)
-                held = Counter(x for i in rows for x in split.labels[i])
+                held = Counter(x for i in rows for x in labels[i])
                 if rows[0] in carved or any(n > budget[c] for c, n in need.items()) or (
                         every_label and any(in_train[x] <= n for x, n in held.items())):
                     continue
                 carved.update(rows)
                 budget.update({c: budget[c] - n for c, n in need.items()})
                 in_train.subtract(held)
-    return [i for i in range(len(split)) if i not in carved], sorted(carved)
+    return [i for i in range(len(classes)) if i not in carved], sorted(carved)
 
 
 def _cover(split: Split, chosen: list[int], pool: list[int]) -> list[int]:

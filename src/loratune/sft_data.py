@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
-from loratune.data import (CARVED, SPLIT_NAMES, Dataset, LabelSpace, RowFile, Split, carved_note,
-                           empty_text_problems, find_split_file, load_dataset, read_rows)
+from loratune.data import (CARVED, SPLIT_NAMES, Dataset, LabelSpace, RowFile, Split, carve, carved_note,
+                           empty_text_problems, find_split_file, load_dataset, read_rows, text_key, uncarved_causes)
 from loratune.errors import UserError
 from loratune.metrics import generated_label_problems
 
@@ -271,11 +271,16 @@ def embedded_sft_dir() -> Path:
     return Path(__file__).parent / "demo_data" / "instructions"
 
 
-def _random_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    idx = list(range(n))
-    random.Random(seed).shuffle(idx)
-    k = min(n - 1, max(1, round(fraction * n))) if n > 1 else 0
-    return sorted(idx[k:]), sorted(idx[:k])
+def example_key(example: Example) -> tuple[str, str]:
+    """The key under which two rows are one when validation is carved: the prompt's and the completion's text_key
+    (case, spaces and punctuation aside), so a row's copies are carved or kept together, as a text's are."""
+    return text_key(example.prompt_text), text_key(example.completion)
+
+
+def _random_split(train: SFTSplit, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(keep, carved): the classifier's carving (data.carve) with one class: a seeded random `fraction` of the rows,
+    whole rows, at least one, a row's copies (example_key) together and only where they fit that share."""
+    return carve([""] * len(train), fraction, seed, [example_key(e) for e in train.examples])
 
 
 def _random_subset(n: int, k: int, seed: int) -> list[int]:
@@ -350,10 +355,11 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
     train = splits["train"]
     validation = splits.get("validation")
     if validation is None:
-        keep, carved = _random_split(len(train), cfg.validation_fraction, seed)
+        keep, carved = _random_split(train, cfg.validation_fraction, seed)
         validation = train.subset(carved, name="validation", source=f"{train.source}{CARVED}")
+        copies = len({example_key(e) for e in train.examples}) < len(train)
         notes.append(carved_note("random", len(validation), len(train), cfg.validation_fraction, seed,
-                                 "whole rows, at least one"))
+                                 "whole rows, at least one" + (", a row's copies carved together" if copies else "")))
         train = train.subset(keep)
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         train = train.subset(_random_subset(len(train), cfg.max_train_samples, seed))
@@ -379,8 +385,13 @@ def check_trainable(dataset: SFTDataset) -> None:
     problems = []
     if len(dataset.train) < MIN_TRAIN_ROWS:
         problems.append(f"train: {len(dataset.train)} row(s); training needs at least {MIN_TRAIN_ROWS}")
-    if len(dataset.validation) < MIN_VALIDATION_ROWS:
-        problems.append("validation: 0 rows (a single training row leaves none to carve)")
+    if len(dataset.validation) < MIN_VALIDATION_ROWS:  # carved: a validation file of no rows is refused when read
+        keys = [example_key(e) for e in dataset.train.examples]
+        cause = uncarved_causes(keys, [""] * len(keys), [""]).get("")
+        problems.append("validation: 0 rows: no validation file was given and none could be carved from train (a row "
+                        "goes to validation with its copies, the same prompt and completion case and punctuation "
+                        "aside, within validation_fraction of the rows, and one stays in train)"
+                        + (f": train has {cause}" if cause else ""))
     if problems:
         raise UserError(f"the data cannot be trained on ({len(problems)} problem(s)):\n"
                         + "\n".join(f"  - {p}" for p in problems), "give more rows, or data.validation_file")

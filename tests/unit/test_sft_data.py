@@ -361,6 +361,47 @@ def test_files_in_every_format_and_a_carved_validation_split(tmp_path):
     assert len(folder.train) == 18  # the folder's train.jsonl, validation carved
 
 
+def test_a_carved_validation_split_keeps_a_rows_copies_together(tmp_path):
+    """The config help and the run record said a carved validation split keeps a text's copies on one side, and
+    called it stratified; causal-lm's carving put 6 of the 8 carved rows' copies in train. It now carves as the
+    classifier does (data.carve), one class: random, a row's copies (prompt and completion, case and punctuation aside)
+    together."""
+    import random
+
+    from loratune.config import DataConfig as Cfg
+    from loratune.sft_data import check_trainable
+
+    rows = [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(40)]
+    write_jsonl(tmp_path / "twice.jsonl", rows + [{"prompt": r["prompt"].upper() + "?", "completion": r["completion"]}
+                                                  for r in rows])
+    for seed in range(10):
+        ds = load_sft_dataset(DataConfig(train_file=str(tmp_path / "twice.jsonl")), seed=seed)
+        key = lambda e: (e.prompt_text.lower().rstrip("?"), e.completion)
+        assert len(ds.validation) == 8 and len(ds.train) == 72, seed
+        assert not {key(e) for e in ds.train.examples} & {key(e) for e in ds.validation.examples}, seed
+        assert ds.notes == (f"no validation split given: carved a random 10% (8 of 80 rows) from train with seed "
+                            f"{seed}",)
+    # rows without copies carve as they did (the same rows for the same seed)
+    write_jsonl(tmp_path / "once.jsonl", rows)
+    ds = load_sft_dataset(DataConfig(train_file=str(tmp_path / "once.jsonl")), seed=5)
+    idx = list(range(40))
+    random.Random(5).shuffle(idx)
+    assert [e.completion for e in ds.validation.examples] == [f"answer {i}" for i in sorted(idx[:4])]
+    # a train file of one row's copies: nothing carved, said why
+    write_jsonl(tmp_path / "one.jsonl", [{"prompt": "Hi", "completion": "hello"},
+                                         {"prompt": "hi!", "completion": "Hello"}])
+    with pytest.raises(UserError) as info:
+        check_trainable(load_sft_dataset(DataConfig(train_file=str(tmp_path / "one.jsonl"))))
+    assert info.value.problem.endswith(
+        "validation: 0 rows: no validation file was given and none could be carved from train (a row goes to "
+        "validation with its copies, the same prompt and completion case and punctuation aside, within "
+        "validation_fraction of the rows, and one stays in train): train has rows that are all copies of one text (a "
+        "text's copies go to one side, so they stay in train)")
+    # the help says which carving each task gets
+    help_ = Cfg.__dataclass_fields__["validation_file"].metadata["help"]
+    assert "stratified by class for classification, random for causal-lm" in help_
+
+
 def test_classification_rows_are_no_sft_data_and_the_error_says_which_columns_there_are(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", [{"text": "hello", "label": "a"}])
     with pytest.raises(UserError) as info:
