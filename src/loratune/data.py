@@ -193,21 +193,35 @@ _NOT_UTF8 = (
 )
 
 
-# UTF-16 written without a BOM decodes as UTF-8 (an ASCII character is its byte beside a NUL), so it is told by its
-# NULs, which no text file holds: in the first UTF16_SNIFF_BYTES, at least UTF16_NUL_SHARE of the bytes on one side of
-# the byte pairs (the high byte of Latin text), and over UTF16_NUL_RATIO times as many as on the other side (a NUL
-# low byte is rare: U+0100, CJK U+4E00)
+# UTF-16 written without a BOM decodes as UTF-8 (or fails at its first non-ASCII byte, named a one-byte encoding), so
+# it is told by its NULs, which no text file holds: every ASCII character of UTF-16 text (a CSV's commas and newlines,
+# JSON's quotes and braces, whatever script its words are in) is its byte beside a NUL, the NUL on the side of the
+# byte order. The byte order is read from the newlines a data file's rows end in (0a 00 little-endian, 00 0a
+# big-endian, at an even offset; the other order would read them as U+0A00, no character); in a head of one line,
+# from the side holding over UTF16_NUL_RATIO times as many NULs as the other (a NUL low byte is a character such as
+# U+0100 or CJK U+4E00, common in Chinese: too many for the ratio on a long line, the newlines decide there). Not
+# UTF-16: NULs beside a head whose newlines are UTF-8's (a stray NUL), or a NUL code unit (NUL padding).
 UTF16_SNIFF_BYTES = 4096
-UTF16_NUL_SHARE = 0.5
 UTF16_NUL_RATIO = 10
 
 
 def utf16_without_bom(raw: bytes) -> str | None:
-    """'utf-16le' or 'utf-16be' where the bytes look like UTF-16 without a BOM (a NUL every other byte), else None."""
+    """'utf-16le' or 'utf-16be' where the bytes look like UTF-16 without a BOM (NULs beside its ASCII characters, on
+    the side of its byte order), else None."""
     head = raw[:UTF16_SNIFF_BYTES]
+    if b"\x00" not in head:  # every UTF-16 data file's ASCII (a newline, a comma, a brace) holds one
+        return None
+    units = [head[i:i + 2] for i in range(0, len(head) - 1, 2)]
+    if b"\x00\x00" in units:  # U+0000: no text's character, in either byte order
+        return None
+    le, be = units.count(b"\n\x00"), units.count(b"\x00\n")
+    if le != be:
+        return "utf-16le" if le > be else "utf-16be"
+    if b"\n" in head:  # newlines, none of them UTF-16's: UTF-8 with a stray NUL
+        return None
     odd, even = head[1::2].count(0), head[0::2].count(0)  # NULs at offsets 1, 3, ... (little-endian) and 0, 2, ...
     for name, nul, other in (("utf-16le", odd, even), ("utf-16be", even, odd)):
-        if nul >= UTF16_NUL_SHARE * (len(head) // 2) > 0 and nul > UTF16_NUL_RATIO * other:
+        if nul > UTF16_NUL_RATIO * other:
             return name
     return None
 
@@ -221,8 +235,8 @@ def decode_utf8(raw: bytes, path: Path, what: str = "data file") -> str:
                             "make it UTF-8 text, e.g. " + fix.format(path=path, suffix=path.suffix))
     utf16 = utf16_without_bom(raw)
     if utf16 is not None:
-        raise UserError(f"{what} '{path}' is not UTF-8 text: it looks like {utf16.upper()} without a BOM (a NUL byte "
-                        "every other byte)",
+        raise UserError(f"{what} '{path}' is not UTF-8 text: it looks like {utf16.upper()} without a BOM (NUL bytes, "
+                        "which no text holds, beside its ASCII characters)",
                         f"make it UTF-8 text, e.g. `iconv -f {utf16} -t utf-8 '{path}' > fixed{path.suffix}`")
     try:
         return raw.decode("utf-8-sig")

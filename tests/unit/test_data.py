@@ -948,9 +948,43 @@ def test_utf16_without_a_bom_is_named_with_the_iconv_fix(tmp_path, suffix, encod
     err = user_error(read_rows, p)
     le = encoding.removeprefix("utf-16-")
     assert err.problem == (f"data file '{p}' is not UTF-8 text: it looks like UTF-16{le.upper()} without a BOM "
-                           "(a NUL byte every other byte)")
+                           "(NUL bytes, which no text holds, beside its ASCII characters)")
     assert err.fix == f"make it UTF-8 text, e.g. `iconv -f utf-16{le} -t utf-8 '{p}' > fixed{suffix}`"
     p.write_text(text.replace("lost", "一丁"), encoding="utf-8")  # UTF-8 with CJK: read, no NUL in it
+    assert len(read_rows(p)) == 2
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("text", [
+    "text,label\n" + "".join(f"Я потерял свою карту номер {i},карта\nСбросить мой пин-код {i},пин\n"
+                              for i in range(20)),
+    "text,label\n" + "Έχασα την κάρτα μου,κάρτα\n" * 20,
+    "text,label\n" + "我的银行卡丢了请帮忙,卡\n重置我的密码谢谢,密码\n" * 20,
+    "文本,标签\n" + "一个一个一个" * 100 + "丢了一张卡,卡\n",  # U+4E00 (00 4e): more NULs on the other side
+    '[{"text": "Я потерял свою карту", "label": "карта"}]',  # one line: the side its NULs are on
+], ids=["ru", "el", "zh", "zh-long-line", "ru-one-line"])
+def test_utf16_without_a_bom_is_named_whatever_script_its_texts_are_in(tmp_path, text, encoding):
+    """The sniff asked half the bytes on one side to be NUL (Latin text): Russian read as 't\\x00e\\x00x\\x00t\\x00'
+    columns, Greek and Chinese failed as 'not UTF-8: byte 0x84', the fix `iconv -f cp1252`. Any UTF-16 text's ASCII
+    (its newlines, commas, braces) is its byte beside a NUL, on the side of its byte order."""
+    p = tmp_path / ("train.json" if text.startswith("[") else "train.csv")
+    p.write_bytes(text.encode(encoding))
+    err = user_error(read_rows, p)
+    order = encoding.replace("-", "").removeprefix("utf16")
+    assert err.problem == (f"data file '{p}' is not UTF-8 text: it looks like UTF-16{order.upper()} without a BOM "
+                           "(NUL bytes, which no text holds, beside its ASCII characters)")
+    assert err.fix == f"make it UTF-8 text, e.g. `iconv -f utf-16{order} -t utf-8 '{p}' > fixed{p.suffix}`"
+    p.write_text(text, encoding="utf-8")
+    assert read_rows(p)
+
+
+def test_utf8_with_a_stray_nul_is_not_called_utf16(tmp_path):
+    """NULs in a UTF-8 file whose newlines are UTF-8's (a stray NUL), or NUL padding (a NUL code unit in either byte
+    order), are no UTF-16: the file is read as UTF-8, as before."""
+    p = tmp_path / "train.csv"
+    p.write_bytes(b"text,label\nlost my\x00 card,card\nreset pin,pin\n")
+    assert read_rows(p)[0] == {"text": "lost my\x00 card", "label": "card"}
+    p.write_bytes(b"text,label\nlost my card,card\nreset pin,pin" + b"\x00" * 8)
     assert len(read_rows(p)) == 2
 
 
