@@ -724,6 +724,16 @@ def parse_file(path: Path, cfg: DataConfig, name: str) -> Split:
 HUB_UNLABELLED = -1
 
 
+def _hub_unlabelled(value: Any, listed: bool) -> str | None:
+    """A hub row's ClassLabel value: 'none' where it has no label (the id HUB_UNLABELLED or null; a list of only
+    those), 'some' where a list holds one beside a class's id, None where every id is a class's (an empty list too:
+    a multi-label row of no class)."""
+    if not listed or value is None:
+        return "none" if value in (None, HUB_UNLABELLED) else None
+    hits = sum(v in (None, HUB_UNLABELLED) for v in value)
+    return None if not hits else "none" if hits == len(value) else "some"
+
+
 def _load_hub(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
     """The hub dataset's splits, ClassLabel ids turned into their names, and the notes to say of them: a split
     without labels (every row's id HUB_UNLABELLED) is not read, so never scored against invented labels; one with
@@ -757,11 +767,14 @@ def _load_hub(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
                 listed = getattr(label_feature, "feature", None)  # List/Sequence(ClassLabel): multi-label ids
                 names = getattr(label_feature if listed is None else listed, "names", None)
                 if names:  # ClassLabel ints -> names
-                    unlabelled = [i for i, r in enumerate(rows) if r[cfg.label_column] in (None, HUB_UNLABELLED) or
-                                  listed is not None and any(v in (None, HUB_UNLABELLED) for v in r[cfg.label_column])]
-                    said = (f"'{cfg.label_column}' {'is' if listed is None else 'holds'} {HUB_UNLABELLED} or null, a "
-                            "ClassLabel's unlabelled row")
-                    if unlabelled and len(unlabelled) == len(rows):
+                    # a row with no label: its id (single-label) or every id in its list (multi-label) HUB_UNLABELLED
+                    # or null; a list that holds one beside a class's id has labels, and an unlabelled id too
+                    marks = [_hub_unlabelled(r[cfg.label_column], listed is not None) for r in rows]
+                    unlabelled = [i for i, m in enumerate(marks) if m]
+                    col = cfg.label_column
+                    said = (f"'{col}' is {HUB_UNLABELLED} or null, a ClassLabel's unlabelled row" if listed is None else
+                            f"'{col}' holds {HUB_UNLABELLED} or null, a ClassLabel's id for no label")
+                    if unlabelled and all(m == "none" for m in marks):
                         if split == "train":
                             raise UserError(f"{source} has no labels (every row's {said}): nothing to train on",
                                             "set data.train_file to labelled training data")
@@ -773,13 +786,17 @@ def _load_hub(cfg: DataConfig) -> tuple[dict[str, Split], list[str]]:
                         shown = where_rows((), unlabelled[:NONE_BESIDE_SHOWN]) + (
                             f" and {len(unlabelled) - NONE_BESIDE_SHOWN} more" if len(unlabelled) > NONE_BESIDE_SHOWN
                             else "")
-                        raise UserError(f"{source} {shown} of {len(rows)} {'has' if len(unlabelled) == 1 else 'have'} "
-                                        f"no label ({said}): a split with "
-                                        "unlabelled rows cannot be " + ("trained on" if split == "train" else
-                                                                        "scored"),
+                        one = len(unlabelled) == 1
+                        what = ((f"{'has' if one else 'have'} no label" if listed is None else
+                                 f"{'holds' if one else 'hold'} an unlabelled id") + f" ({said})")
+                        keep = (f"r['{col}'] not in ({HUB_UNLABELLED}, None)" if listed is None else
+                                f"r['{col}'] is not None and "
+                                f"all(v not in ({HUB_UNLABELLED}, None) for v in r['{col}'])")
+                        raise UserError(f"{source} {shown} of {len(rows)} {what}: a split with unlabelled "
+                                        + ("rows" if listed is None else "ids") + " cannot be "
+                                        + ("trained on" if split == "train" else "scored"),
                                         f"save the {a} split's labelled rows to a file (datasets: ds.filter("
-                                        f"lambda r: r['{cfg.label_column}'] not in ({HUB_UNLABELLED}, None))"
-                                        f".to_json('{split}.jsonl')) and set data.{split}_file to it")
+                                        f"lambda r: {keep}).to_json('{split}.jsonl')) and set data.{split}_file to it")
                     for r in rows:
                         ids = r[cfg.label_column]
                         r[cfg.label_column] = names[ids] if listed is None else [names[i] for i in ids]

@@ -1267,6 +1267,12 @@ def sst2_like(test_labels: list) -> "object":
                                   features=feat)})
 
 
+def _printed_filter(fix: str):
+    """The `ds.filter(lambda ...)` a fix prints, as a function of a datasets.Dataset."""
+    src = fix[fix.index("ds.filter(") + len("ds.filter("):fix.index(").to_json")]
+    return lambda ds: ds.filter(eval(src))
+
+
 def test_a_hub_split_without_labels_is_not_read_as_the_last_class(hub):
     """SST-2's test split is all -1 (no label): names[-1] read every row as 'positive', unsaid, and evaluate --split
     test scored the model against those invented labels."""
@@ -1281,6 +1287,7 @@ def test_a_hub_split_without_labels_is_not_read_as_the_last_class(hub):
     assert err.problem == ("someone/data[test] rows 2, 4 of 4 have no label ('label' is -1 or null, a ClassLabel's "
                            "unlabelled row): a split with unlabelled rows cannot be scored")
     assert "data.test_file" in err.fix
+    assert _printed_filter(err.fix)(sst2_like([0, -1, 1, None])["test"])["label"] == [0, 1]
     # an unlabelled validation split: validation is carved from train, and both are said
     dd = sst2_like([1, 0])
     dd["validation"] = dd["test"].map(lambda r: {"label": -1})
@@ -1309,6 +1316,21 @@ def test_hub_multi_label_class_ids_are_read_by_their_names(hub):
     assert ds.label_space.labels == ("admiration", "anger", "joy") and ds.label_space.multi_label
     assert ds.train.labels[:2] == (("admiration", "joy"), ("anger",))
     assert ds.validation.labels == (("joy",), ("anger", "admiration"))
+    # an unlabelled id in a list (the hub's -1): a row of [-1] has no label, one of [0, -1] a label and an unlabelled
+    # id; both were said to have no label, and the printed filter (`r['labels'] not in (-1, None)`, a list never is)
+    # kept every row
+    dd["test"] = Dataset.from_dict({"text": ["x0", "x1", "x2", "x3"], "labels": [[0, -1], [1], [-1], []]},
+                                   features=feat)
+    err = user_error(load_dataset, hub(dd, label_column="labels"))
+    assert err.problem == ("someone/data[test] rows 1, 3 of 4 hold an unlabelled id ('labels' holds -1 or null, a "
+                           "ClassLabel's id for no label): a split with unlabelled ids cannot be scored")
+    assert _printed_filter(err.fix)(dd["test"])["labels"] == [[1], []]
+    dd["test"] = Dataset.from_dict({"text": ["x0", "x1"], "labels": [[-1], [-1, -1]]}, features=feat)
+    ds = load_dataset(hub(dd, label_column="labels"))
+    assert ds.test is None and ds.notes[0].startswith("someone/data[test] has no labels (every row's 'labels' holds "
+                                                      "-1 or null")
+
+
 def test_a_csv_of_list_cells_is_read_as_label_lists_and_a_mixed_one_refused(tmp_path):
     """pandas' to_csv of a list column writes "['card_lost', 'balance']": each list was read as text, a class of its
     own ("['pin']", answered with its brackets), single-label, nothing said."""
