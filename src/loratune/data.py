@@ -263,7 +263,8 @@ def _read_csv(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, Any]
       taken as its label);
     - a quote never closed (the csv module reads the rest of the file as one field: rows silently swallowed);
     - a header naming a column twice (which of the two was read would be a guess);
-    - a row that repeats the header or starts with a byte-order mark (two exports joined with `cat`).
+    - a row that repeats a header of JOINED_HEADER_MIN_COLUMNS or more, or starts with a byte-order mark (two exports
+      joined with `cat`).
     Header names are stripped (`text, label`: pandas' skipinitialspace), so the column is found as 'label'."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -289,7 +290,8 @@ def _read_csv(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, Any]
                     raise UserError(f"{kind.what} '{path}' line {start} (the header) names column(s) "
                                     f"{', '.join(map(repr, twice))} more than once",
                                     "rename or drop the repeated column: only one of them could be read")
-            elif record[0].startswith(BOM) or [h.strip() for h in record] == header:
+            elif record[0].startswith(BOM) or (len(header) >= JOINED_HEADER_MIN_COLUMNS
+                                               and [h.strip() for h in record] == header):
                 _refuse_joined_csv(record, header, start, path, kind)
             elif len(record) > len(header):
                 raise UserError(f"{kind.what} '{path}' line {start} has {len(record)} fields, the header "
@@ -308,6 +310,10 @@ def _read_csv(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, Any]
 
 
 BOM = "\ufeff"  # the byte-order mark an export writes first (Excel's CSV UTF-8): past the file's start, a second file
+# a row that repeats the header is a second file's header only where the header has this many columns: a one-column
+# file's row "text" under the header "text" is a text (predict --file's "what does text mean"), a row naming every
+# column of a wider header is no row anyone writes (a class named 'label' with the text 'text')
+JOINED_HEADER_MIN_COLUMNS = 2
 
 
 def _refuse_joined_csv(record: list[str], header: list[str], start: int, path: Path, kind: RowFile) -> None:

@@ -922,6 +922,20 @@ def test_two_csv_exports_joined_are_refused_at_the_repeated_header(tmp_path):
     assert read_rows(p)[-1] == {"text": "text", "label": "label of text"}
 
 
+def test_a_one_column_csv_whose_text_is_its_header_name_is_read(tmp_path):
+    """predict --file inputs.csv (one column, 'text') with a row asking about the word 'text' was refused as two files
+    joined: a one-column header repeated is a legitimate row. A second file's mark still tells a join."""
+    from loratune.commands.predict import read_texts
+
+    p = tmp_path / "inputs.csv"
+    p.write_text("text\nwhat does this word mean\ntext\nhow do i send a text\n")
+    assert read_texts(str(p)) == ["what does this word mean", "text", "how do i send a text"]
+    assert [r["text"] for r in read_rows(p)] == ["what does this word mean", "text", "how do i send a text"]
+    p.write_bytes(("\ufefftext\r\nfirst\r\n" + "\ufefftext\r\nsecond\r\n").encode())  # two exports joined
+    assert user_error(read_texts, str(p)).problem.startswith(f"data file '{p}' line 3 repeats the header after a "
+                                                             "byte-order mark (U+FEFF)")
+
+
 @pytest.mark.parametrize("encode, said, fix", [
     (lambda b: __import__("gzip").compress(b), "gzip-compressed (starts with bytes 1f 8b)", "gunzip -c"),
     (lambda b: b.decode().encode("utf-16"), "UTF-16 (little-endian BOM)", "iconv -f utf-16 -t utf-8"),
