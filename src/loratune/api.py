@@ -305,8 +305,9 @@ def compare(runs: Sequence[str | Path], *, thresholds: Mapping[str, float] | Non
 
 
 def report(path: str | Path, out: str | Path | None = None, *, examples: bool = True) -> Path:
-    """Write the HTML report of a run or a study (`loratune report`); returns the file
-    (default <path>/report.html)."""
+    """Write the HTML report of a run or a study (`loratune report`); returns the file (default <path>/report.html;
+    `out` a folder: its report.html). As `report -o`, an existing file is replaced only when it is a report, never the
+    run's own record nor what the report reads (report.report_output)."""
     from loratune.report import write_report
 
     # checked as `path` is (out=5 was pathlib's TypeError); None or '' is the default, <path>/report.html

@@ -242,3 +242,21 @@ def test_report_checks_its_out_as_it_checks_its_path(trained, tmp_path):
         "out: a file path (str or Path), not int 5 fix: give the file as a string or a pathlib.Path")
     assert _refused(lambda: api.report(5)).startswith("path: a folder path (str or Path), not int 5")
     assert api.report(trained, out=tmp_path / "r.html") == tmp_path / "r.html" and (tmp_path / "r.html").is_file()
+
+
+def test_report_out_follows_the_clis_o_rule_a_record_refused_a_folder_gets_its_report(trained, tmp_path, capsys):
+    # out=<the run's own run.json> replaced the record with HTML (the CLI refused the same -o); out=<a folder> was
+    # "cannot write the report ... (Is a directory)" where `report -o DIR` writes DIR/report.html
+    from loratune import api
+    from loratune.cli import main
+
+    record = trained / "run.json"
+    before = record.read_bytes()
+    said = (f"-o (out=) {record}: that file exists and is not a report loratune wrote (it may be a run's own record "
+            "or one of this command's inputs); a report would replace it fix: give -o (out=) a new file name")
+    assert said in _refused(lambda: api.report(trained, out=record, examples=False))
+    assert main(["report", str(trained), "-o", str(record), "--no-examples"]) == 2
+    assert said in flat(capsys.readouterr().err)  # the same words from the CLI
+    assert record.read_bytes() == before
+    assert api.report(trained, out=tmp_path, examples=False) == tmp_path / "report.html"
+    assert (tmp_path / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")

@@ -57,18 +57,9 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report.to_dict(), sys.stdout, indent=2, ensure_ascii=False, default=str)
         sys.stdout.write("\n")
         return 0
-    from loratune.report import default_output
+    from loratune.report import report_output
 
-    from loratune.store import check_name_length
-
-    out = Path(args.output) if args.output else default_output(args.path)
-    # without -o the path is the default's (a file's name + .report.html): named as such, not as an -o never given
-    check_name_length(out, "-o" if args.output else "the default report path",
-                      ("give -o a shorter name" if args.output else "give a shorter report path with -o")
-                      + ", e.g. -o report." + ("json" if args.json else "html"), last="file")
-    if out.is_dir():
-        out = out / ("report.json" if args.json else "report.html")
-    _refuse_to_overwrite_a_record(out, args.path, args.json)
+    out = report_output(args.path, args.output, as_json=args.json)  # (api.report's rule)
     if args.json:
         from loratune.errors import UserError
         from loratune.store import write_atomic
@@ -86,21 +77,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({size / 1024:.0f} KiB, self-contained; open it in a browser)")
     return 0
 
-
-REPORT_SUFFIXES = (".html", ".htm")  # what `report` may replace (and .json with --json)
-
-
-def _refuse_to_overwrite_a_record(out, source: str, as_json: bool) -> None:
-    """`-o` never replaces what the report reads: the run's own file (`report r.csv -o r.csv` turned a CSV into HTML)
-    or any existing file that is not a report (a run.json, history.jsonl or trainer_state.json beside it)."""
-    from pathlib import Path
-
-    from loratune.history_io import NOTEBOOK_TABLE
-    from loratune.store import refuse_to_replace
-
-    m = NOTEBOOK_TABLE.match(source)
-    src = Path(m["file"] if m and not Path(source).exists() else source)
-    # a run folder is no input as a whole: its report.html is this command's own
-    refuse_to_replace(out, "-o", "a report", REPORT_SUFFIXES + ((".json",) if as_json else ()),
-                      inputs=[src] if src.is_file() else [],
-                      example="report.html" + (" or report.json" if as_json else ""))

@@ -18,7 +18,7 @@ from loratune.report.model import RunReport, build_run_report, is_run_dir, is_st
 from loratune.store import HISTORY, REPORT, RUN
 
 __all__ = ["RunReport", "StudyReport", "build_report", "build_run_report", "build_study_report", "run_report",
-           "write_report", "default_output", "is_run_dir", "is_study_dir"]
+           "write_report", "default_output", "report_output", "is_run_dir", "is_study_dir"]
 
 
 def __getattr__(name: str):
@@ -88,11 +88,40 @@ def _outside_run(p: Path) -> bool:
 
 
 def write_report(path: str | Path, out: str | Path | None = None, *, examples: bool = True) -> Path:
-    """Build and write the HTML report; `out` defaults to <path>/report.html. Returns the file."""
+    """Build and write the HTML report where `report_output` puts it (default <path>/report.html). Returns the
+    file."""
     from loratune.report.render import write_html
 
-    report = build_report(path, examples=examples)
-    return write_html(report, Path(out) if out else default_output(path))
+    target = report_output(path, out)  # refused before the report is built
+    return write_html(build_report(path, examples=examples), target)
+
+
+REPORT_SUFFIXES = (".html", ".htm")  # what a report may replace (and .json, the report's JSON)
+OUT_OPTION = "-o (out=)"  # `loratune report -o`, api.report's out=: one refusal, named in both spellings
+
+
+def report_output(path: str | Path, out: str | Path | None = None, *, as_json: bool = False) -> Path:
+    """Where the report of `path` goes (the CLI's -o and api.report's out=, one rule): `out`, or default_output(path);
+    a folder: its report.html (report.json). Never over what the report reads (`report r.csv -o r.csv` turned a CSV
+    into HTML) nor over any existing file that is not a report (a run.json, history.jsonl or trainer_state.json beside
+    it: api.report(run, out=run/run.json) replaced the run's record)."""
+    from loratune.store import check_name_length, refuse_to_replace
+
+    target = Path(out) if out else default_output(path)
+    # without -o the path is the default's (a file's name + .report.html): named as such, not as an -o never given
+    check_name_length(target, OUT_OPTION if out else "the default report path",
+                      ("give -o a shorter name" if out else "give a shorter report path with -o")
+                      + ", e.g. -o report." + ("json" if as_json else "html"), last="file")
+    if target.is_dir():
+        target = target / ("report.json" if as_json else REPORT)
+    source = str(path)
+    m = NOTEBOOK_TABLE.match(source)
+    src = Path(m["file"] if m and not Path(source).exists() else source)
+    # a run folder is no input as a whole: its report.html is this command's own
+    refuse_to_replace(target, OUT_OPTION, "a report", REPORT_SUFFIXES + ((".json",) if as_json else ()),
+                      inputs=[src] if src.is_file() else [],
+                      example="report.html" + (" or report.json" if as_json else ""))
+    return target
 
 
 def default_output(path: str | Path) -> Path:
