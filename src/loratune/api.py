@@ -85,16 +85,21 @@ def prepare(cfg: RunConfig) -> Dataset:
 
 def check(cfg: RunConfig, dataset) -> None:
     """A UserError naming what training would crash on (empty texts, a split too small, a max_length beyond the
-    model's position embeddings)."""
+    model's position embeddings). `train` and `plan` (the dry run) run it themselves, before anything loads."""
     from loratune.errors import UserError
-    from loratune.model_info import check_max_length
-
-    from loratune.trackers import require as require_trackers
 
     cfg = require_built(cfg, "check")
     if dataset is None:
         raise UserError("api.check needs the dataset to check", "api.check(cfg, api.prepare(cfg))")
-    dataset = _dataset(cfg, dataset, "check")
+    _check(cfg, _dataset(cfg, dataset, "check"))
+
+
+def _check(cfg: RunConfig, dataset) -> None:
+    """`check` of a validated cfg and its dataset: the one list of checks `train`, `plan` and `check` run (the CLI's
+    `train` and `train --dry-run` through them)."""
+    from loratune.model_info import check_max_length
+    from loratune.trackers import require as require_trackers
+
     recipe(cfg, "check")(dataset)
     require_trackers(cfg.train.report_to)  # a tracker's missing package: training would refuse it after loading
     if cfg.model.task != "causal-lm":  # what training reads before its first step, read now (the dry run too)
@@ -112,6 +117,8 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = Tr
     cfg = require_built(cfg, "train")
     dataset = _dataset(cfg, dataset, "train")
     dataset = dataset if dataset is not None else prepare(cfg)
+    _check(cfg, dataset)  # what training would crash on (a max_length past the position embeddings: mid-run, after
+    # the earlier run in output_dir was deleted), refused before anything is replaced
     from loratune.store import earlier_run_note
 
     earlier_run_note(cfg.train.output_dir)  # outputs that are no run's are refused now, before the model loads
@@ -135,7 +142,8 @@ def _check_init_from(cfg: RunConfig, model, labels: list[str] | None = None) -> 
 
 
 def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
-    """What a run would do, without training: resolved targets, parameter counts, planned steps."""
+    """What a run would do, without training (`loratune train --dry-run`): resolved targets, parameter counts, planned
+    steps; what training would refuse (`check`) is refused here too."""
     from loratune.adapt import apply_adapter, count_params
     from loratune.models import load_classifier
     from loratune.train import eval_rows_per_point, examples_planned, plan_steps
@@ -143,6 +151,7 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     cfg = require_built(cfg, "plan")
     dataset = _dataset(cfg, dataset, "plan")
     dataset = dataset if dataset is not None else prepare(cfg)
+    _check(cfg, dataset)  # the dry run refuses what training would (README: in --dry-run as in training)
     if cfg.model.task == "causal-lm":
         from loratune.generation import load_prompt_set
         from loratune.models import load_causal_lm, load_tokenizer

@@ -186,3 +186,32 @@ def test_api_train_leaves_the_callers_threads_env_and_progress_bars_as_they_were
     finally:
         torch.set_num_threads(before)
         hf_logging.enable_progress_bar()
+
+
+def test_api_train_and_plan_refuse_what_the_clis_train_refuses_before_the_earlier_run_is_replaced(
+        trained, tiny_bert, intent_data, tmp_path, capsys):
+    # api.train ran none of api.check: max_length 512 on 128 learned positions failed inside the embedding after the
+    # earlier run in output_dir was deleted (or completed where no text was that long); api.plan (the dry run)
+    # returned a plan for it and for a probe_file that does not exist
+    import shutil
+
+    from loratune import api
+    from loratune.errors import UserError
+
+    from support import overrides
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "run.json").read_bytes()
+    long = api.load_config(None, overrides(tiny_bert, intent_data, run, max_length=512))
+    said = f"model.max_length 512 is longer than {tiny_bert} takes: its position embeddings cover 128 tokens"
+    for call in (lambda: api.train(long, progress=False), lambda: api.plan(long)):
+        with pytest.raises(UserError) as exc:
+            call()
+        assert flat(str(exc.value)) == f"{said} fix: set max_length=128 or less"
+    assert (run / "run.json").read_bytes() == before and "replaced by this run" not in capsys.readouterr().err
+    assert main(["train", "-q", *overrides(tiny_bert, intent_data, run, max_length=512)]) == 2
+    assert said in flat(capsys.readouterr().err)  # the CLI's words, from the same check
+    gone = tmp_path / "probe.jsonl"
+    with pytest.raises(UserError, match="probe file .* does not exist"):
+        api.plan(api.load_config(None, overrides(tiny_bert, intent_data, run, probe_file=str(gone))))

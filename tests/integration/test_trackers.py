@@ -142,6 +142,7 @@ def test_a_failing_tracker_never_stops_the_run(tiny_bert, intent_data, tmp_path,
     fake = FakeMlflow(fail_on="log_metrics")
     monkeypatch.setitem(sys.modules, "mlflow", fake)
     monkeypatch.setattr("loratune.train.require_trackers", lambda report_to: None)
+    monkeypatch.setattr("loratune.trackers.require", lambda report_to: None)  # (api.train's check, before training)
     run = tmp_path / "run"
     cfg = load_config(None, overrides(tiny_bert, intent_data, run, report_to="mlflow"))
     assert api.train(cfg, progress=False)["status"] == "completed"

@@ -40,15 +40,14 @@ def run(args) -> int:
         dataset = api.prepare(cfg)
         for note in dataset.notes:
             out.print(f"[yellow]note:[/] {safe(note)}")
-        api.check(cfg, dataset)  # what training would crash on: the dry run says it too
     except KeyboardInterrupt as exc:  # while the data is read: nothing is written yet, and the run says so
         from loratune import signals
 
         out.print(f"[yellow]{signals.describe(exc)}[/]: {_record_after_interrupt(cfg.train.output_dir)}")
         return signals.exit_code(exc)
     if args.dry_run:
+        info = api.plan(cfg, dataset)  # (what training would crash on refused first: api.check, as api.train does)
         out.print(to_yaml(cfg), markup=False)
-        info = api.plan(cfg, dataset)
         p = info["params"]
         out.print(f"rows: {info['rows']}  " + ("task: causal-lm (loss on completion tokens)" if info.get("task")
                                                 == "causal-lm" else f"labels: {info['labels']}  "
