@@ -222,10 +222,11 @@ def predict(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) -> list
 
 def predict_chunks(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) -> Iterator[list[dict]]:
     """`predict`'s results a chunk of texts at a time, in order (inference.PREDICT_CHUNK_ROWS): for long inputs, memory
-    bounded by a chunk and results to write as they come. Bad arguments and a run that cannot load are refused here,
-    before the first chunk."""
+    bounded by a chunk and results to write as they come. Bad arguments (a text that is no string, empty, or holds a
+    lone surrogate or bytes that were no UTF-8) and a run that cannot load are refused here, before the first chunk:
+    the one check of `loratune predict`'s texts too."""
     from loratune.config import whole_option
-    from loratune.data import has_visible
+    from loratune.data import check_characters, check_undecoded, has_visible
     from loratune.errors import UserError
     from loratune.inference import load_trained
 
@@ -238,6 +239,9 @@ def predict_chunks(run_dir: str | Path, texts: list[str] | str, top_k: int = 1) 
     if empty:  # as training refuses an empty text: there is nothing in it to classify
         more = f" ({len(empty)} are)" if len(empty) > 1 else ""
         raise UserError(f"text {empty[0]} of {len(texts)} is empty{more}", "give texts with words in them")
+    for n, text in enumerate(texts, start=1):  # what the tokenizer would fail on (a TypeError from deep inside it)
+        check_undecoded(text, f"text {n} of {len(texts)}")  # bytes that were no UTF-8 (a command-line argument)
+        check_characters(text, f"text {n} of {len(texts)}")  # a lone surrogate (JSON's cut "\ud83d")
     top_k = whole_option("top_k", top_k)  # an int or a numpy integer, as the CLI's --top-k
     return load_trained(_path(run_dir, "run_dir")).predict_chunks(texts, top_k=top_k)
 

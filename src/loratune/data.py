@@ -607,6 +607,23 @@ def check_characters(text: str, where: str) -> None:
                         "remove the character or restore its pair (e.g. \\ud83d\\ude00 is one emoji)")
 
 
+def check_undecoded(text: str, where: str) -> None:
+    """Refuse a text holding bytes that were no UTF-8 as Python hands them over (surrogateescape, U+DC80..U+DCFF: a
+    command-line argument, os.fsdecode, bytes.decode('utf-8', 'surrogateescape')), named by the byte: check_characters
+    took them for half an emoji."""
+    if not any("\udc80" <= ch <= "\udcff" for ch in text):
+        return
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # the bytes as given
+        raw.decode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate no byte stands for: check_characters names it
+        return
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{where} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})",
+                        "give it as UTF-8: set the terminal to UTF-8 and type it again, or convert it (`iconv -f "
+                        "cp1252 -t utf-8`, or in Python b.decode('cp1252')) and pass it in a file with --file") from None
+
+
 # column names people give their text and their labels, most likely first
 TEXT_NAMES = ("text", "sentence", "utterance", "query", "question", "content", "message", "input", "review")
 LABEL_NAMES = ("label", "labels", "intent", "intents", "category", "class", "target", "tag", "tags", "topic", "y")

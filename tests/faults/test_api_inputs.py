@@ -260,3 +260,21 @@ def test_report_out_follows_the_clis_o_rule_a_record_refused_a_folder_gets_its_r
     assert record.read_bytes() == before
     assert api.report(trained, out=tmp_path, examples=False) == tmp_path / "report.html"
     assert (tmp_path / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+@pytest.mark.parametrize("text, said", [
+    ("lost my card \ud83d", "text 2 of 2 has a lone surrogate U+D83D at character 14 (after 'lost my card ')"),
+    (b"lost my card \xff".decode("utf-8", "surrogateescape"),
+     "text 2 of 2 is not valid UTF-8 (byte 0xff at position 13)"),
+])
+def test_predict_refuses_a_text_the_tokenizer_cannot_take_in_the_clis_words(trained, text, said, capsys):
+    # JSON's cut "\ud83d" and undecodable bytes were a TypeError from inside the tokenizer; the CLI refused them in its
+    # own loop (`text argument 2 ...`), which the API skipped
+    from loratune import api
+    from loratune.cli import main
+
+    for call in (lambda: api.predict(trained, ["reset my pin", text]),
+                 lambda: api.predict_chunks(trained, ["reset my pin", text])):
+        assert said in _refused(call)
+    assert main(["predict", str(trained), "reset my pin", text]) == 2
+    assert said in flat(capsys.readouterr().err)

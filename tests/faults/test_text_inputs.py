@@ -110,7 +110,7 @@ def test_a_predict_argument_of_bytes_that_are_no_utf8_is_said_so(run, capsys):
     arg = os.fsdecode(b"bad \xff byte")  # as Python hands over argv bytes that are no UTF-8
     assert main(["predict", str(out), "lost my card", arg]) == 2
     err = flat(capsys.readouterr().err)
-    assert "text argument 2 is not valid UTF-8 (byte 0xff at position 4)" in err and "surrogate" not in err
+    assert "text 2 of 2 is not valid UTF-8 (byte 0xff at position 4)" in err and "surrogate" not in err
 
 
 def test_a_run_saved_with_decomposed_labels_scores_its_own_data_as_before(run, tmp_path, capsys):

@@ -79,11 +79,7 @@ def read_texts(path: str, column: str = "text") -> list[str]:
 def run(args) -> int:
     from loratune import api
 
-    from loratune.data import check_characters
-
-    for n, text in enumerate(args.texts, start=1):
-        _check_utf8_argument(text, n)
-        check_characters(text, f"text argument {n}")
+    # (each text is checked by api.predict_chunks: the arguments first, numbered as given, then the file's lines)
     texts = list(args.texts) + (read_texts(args.file, _text_column(args.run)) if args.file else [])
     if not texts:
         raise UserError("no texts given", "pass texts as arguments or --file FILE")
@@ -120,22 +116,6 @@ def label_shown(label: str) -> str:
     import json
 
     return safe(json.dumps(label, ensure_ascii=False) if "," in label or '"' in label or label == NO_LABEL else label)
-
-
-def _check_utf8_argument(text: str, n: int) -> None:
-    """Refuse an argument whose bytes were no UTF-8: Python hands them over as surrogates U+DC80..U+DCFF
-    (surrogateescape), which check_characters took for half an emoji."""
-    import os
-
-    if not any("\udc80" <= ch <= "\udcff" for ch in text):
-        return
-    raw = os.fsencode(text)  # the bytes as given
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"text argument {n} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})",
-                        "set the terminal to UTF-8 and type it again, or convert the text to UTF-8 (e.g. `iconv -f "
-                        "cp1252 -t utf-8`) and pass it in a file with --file") from None
 
 
 @contextlib.contextmanager
