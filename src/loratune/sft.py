@@ -71,8 +71,9 @@ from loratune.trackers import require as require_trackers
 from loratune.train import (STEP0_SPLITS, BestModel, RunProgress, TrainCallback, batch_order, build_optimizer,
                             confusion_writer, cpu_cores, diverged, eval_batches, eval_budget_rows,
                             fresh_loss, history_point, loss_points_every, output_error, peak_memory_mb, plan_steps,
-                            record_save_failure, save_best_so_far, saved_note, seed_everything, start_note,
-                            start_record, step_groups, timed, torch_threads, train_log_every, utc_now, versions)
+                            record_save_failure, rng_kept, save_best_so_far, saved_note, seed_everything,
+                            start_note, start_record, step_groups, timed, torch_threads, train_log_every, utc_now,
+                            versions)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -582,7 +583,8 @@ def train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress:
               callback: TrainCallback | None = None) -> dict:
     """Train one causal-lm run and write its record into `store`. Returns the final run.json content.
     `callback`: as train.train's (train.TrainCallback: `loratune tune` prunes and stops trials through it)."""
-    with torch_threads():  # the thread count the run (or its rank's share of the cores) sets ends with it
+    # the thread count the run (or its rank's share of the cores) and the seeds it sets end with it
+    with torch_threads(), rng_kept():
         return _train_sft(cfg, dataset, store, progress=progress, callback=callback)
 
 

@@ -802,11 +802,33 @@ def torch_threads(n: int | None = None):
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def rng_kept():
+    """The caller's `random`, numpy and torch generators as they were, after the block: a run seeds them all
+    (seed_everything), and a notebook's next draw after api.train was seed 42's whatever seed it had set. CUDA's
+    generators too: their states where the caller had started CUDA; where it had not, they are seeded as the caller's
+    torch.manual_seed left them (torch.initial_seed(): it seeds CUDA once CUDA starts), as if no run had started it."""
+    py, npy, cpu = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda = torch.cuda.is_available()
+    cuda_states = torch.cuda.get_rng_state_all() if cuda and torch.cuda.is_initialized() else None
+    cuda_seed = torch.initial_seed()  # (read before the run reseeds it)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.random.set_rng_state(cpu)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        elif cuda and torch.cuda.is_initialized():
+            torch.cuda.manual_seed_all(cuda_seed)
+
+
 def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool = True,
           callback: TrainCallback | None = None) -> dict:
     """Train one run and write its record into `store`. Returns the final run.json content. `callback`:
-    see TrainCallback."""
-    with torch_threads():  # the thread count the run sets ends with it
+    see TrainCallback. The caller's thread count and random generators are as they were after it."""
+    with torch_threads(), rng_kept():  # the thread count and the seeds the run sets end with it
         return _train(cfg, dataset, store, progress=progress, callback=callback)
 
 

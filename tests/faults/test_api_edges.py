@@ -215,3 +215,31 @@ def test_api_train_and_plan_refuse_what_the_clis_train_refuses_before_the_earlie
     gone = tmp_path / "probe.jsonl"
     with pytest.raises(UserError, match="probe file .* does not exist"):
         api.plan(api.load_config(None, overrides(tiny_bert, intent_data, run, probe_file=str(gone))))
+
+
+def test_api_train_leaves_the_callers_random_generators_as_they_were(tiny_bert, intent_data, tmp_path):
+    # the run seeded random, numpy and torch with train.seed and left them so: whatever seed the notebook had set,
+    # its next draw after api.train was seed 42's
+    import random
+
+    import numpy as np
+    import rich.style  # noqa: F401  (its first import draws from `random`: not the run's doing)
+    import torch
+
+    from loratune import api
+
+    from support import overrides
+
+    cfg = api.load_config(None, overrides(tiny_bert, intent_data, tmp_path / "run", max_steps=2, eval_steps=2))
+    draws = []
+    for seed in (1, 2):
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        random.random(), np.random.rand(), torch.rand(1)  # the caller's generators part-way, not fresh
+        before = (random.getstate(), np.random.get_state()[1].copy(), torch.random.get_rng_state().clone())
+        assert api.train(cfg, progress=False)["status"] == "completed"
+        assert random.getstate() == before[0] and (np.random.get_state()[1] == before[1]).all()
+        assert torch.equal(torch.random.get_rng_state(), before[2]) and torch.initial_seed() == seed
+        draws.append((random.random(), float(np.random.rand()), float(torch.rand(1))))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    random.random(), np.random.rand(), torch.rand(1)
+    assert draws[0] == (random.random(), float(np.random.rand()), float(torch.rand(1))) != draws[1]
