@@ -243,3 +243,25 @@ def test_api_train_leaves_the_callers_random_generators_as_they_were(tiny_bert, 
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     random.random(), np.random.rand(), torch.rand(1)
     assert draws[0] == (random.random(), float(np.random.rand()), float(torch.rand(1))) != draws[1]
+
+
+def test_api_tune_and_report_leave_optunas_log_level_as_it_was(tmp_path):
+    # Study.open and the study report set Optuna's level to WARNING for the rest of the process
+    import optuna
+
+    from loratune import api
+    from loratune.errors import UserError
+
+    d = tmp_path / "study"
+    d.mkdir()
+    was = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # the caller's
+    try:
+        optuna.create_study(study_name="loratune", storage=f"sqlite:///{d / 'study.db'}").ask()
+        assert api.report(d, examples=False) == d / "report.html"
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+        with pytest.raises(UserError, match="no study named 'loratune' .* to resume"):  # refused in Study.open
+            api.tune(api.load_config(None, []), resume=True, study_dir=tmp_path / "none")
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    finally:
+        optuna.logging.set_verbosity(was)

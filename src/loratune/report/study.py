@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 from loratune.errors import UserError
 from loratune.objectives import Objective, objective
 from loratune.report.model import SETTLED, as_float, read_history, read_json, to_plain
-from loratune.search.study import FINAL, TRIALS, in_study as _in_study
+from loratune.search.study import FINAL, TRIALS, in_study as _in_study, optuna_quiet
 
 # ---------------------------------------------------------------------------------------------
 # Records
@@ -252,9 +252,8 @@ def _optuna_records(study_dir: Path) -> tuple[list[dict], dict, str | None]:
 
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         url = f"sqlite:///{db.resolve()}"
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), optuna_quiet():
             warnings.simplefilter("ignore")
             storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True)
             names = optuna.study.get_all_study_names(storage=storage)

@@ -33,6 +33,7 @@ trains it again; a live trial is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -49,6 +50,21 @@ from loratune.errors import UserError
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
 # (TRIALS, in_study: the study layout store reads a final/ folder by, defined there)
 from loratune.store import TRIALS, in_study, read_json, write_json
+
+@contextlib.contextmanager
+def optuna_quiet():
+    """Optuna's own log lines off inside the block ('A new study created', 'Trial 3 finished with value ...': the study
+    says its trials its own way), and its level as it was after it: set for good, a Python caller's level stayed
+    WARNING for the rest of its process after api.tune or api.report of a study."""
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(before, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
+
 
 STUDY_DB = "study.db"
 DECISIONS = "decisions.jsonl"
@@ -351,11 +367,12 @@ class Study:
     def open(cls, study_dir: str | Path, *, storage: str | None = None, name: str = DEFAULT_STUDY_NAME,
              resume: bool = False, sampler=None, meta: dict | None = None, worker: bool = False,
              heartbeat_s: int = HEARTBEAT_S) -> "Study":
+        """The study in `study_dir` (or `storage`), made or joined. Optuna's INFO lines are its callers' to silence,
+        for as long as they use the study (`optuna_quiet`: tune, the worker)."""
         import optuna
 
         from loratune.store import RunLock, check_output_dir
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study_dir = Path(study_dir)
         check_output_dir(study_dir, "--study-dir", "--study-dir runs/tune")
         url = storage or sqlite_url(study_dir / STUDY_DB)

@@ -24,7 +24,7 @@ from loratune.steps import examples_for
 from loratune.store import DEFAULT_STUDY_DIR
 from loratune.search.protocol import (ProtocolSettings, Start, plan_trial_length, run_protocol, start_config,
                                       start_from_assessment)
-from loratune.search.study import FINAL, LEADER_DIR, Study, study_folder
+from loratune.search.study import FINAL, LEADER_DIR, Study, optuna_quiet, study_folder
 from loratune.search.yardstick import STRATEGIES
 
 DEFAULT_BUDGET = "15m"
@@ -60,14 +60,15 @@ class TuneOptions:
 def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, runner=None, dataset=None) -> dict:
     """Run (or resume) a study; returns the summary written to <study_dir>/final/study.json."""
     opened: list[Study] = []
-    try:
-        return _tune(cfg, options, ui, runner=runner, dataset=dataset, opened=opened)
-    finally:
-        from loratune import signals
+    with optuna_quiet():  # (Optuna's level as it was, after it)
+        try:
+            return _tune(cfg, options, ui, runner=runner, dataset=dataset, opened=opened)
+        finally:
+            from loratune import signals
 
-        with signals.shielded():  # a Ctrl-C as the study closes waits until its lock is let go (as train's record)
-            for study in opened:  # the study directory's lock (one process per study)
-                study.close()
+            with signals.shielded():  # a Ctrl-C as the study closes waits until its lock is let go (as train's record)
+                for study in opened:  # the study directory's lock (one process per study)
+                    study.close()
 
 
 def check_options(options: TuneOptions) -> TuneOptions:

@@ -17,7 +17,7 @@ from loratune.objectives import objective
 from loratune.errors import UserError
 from loratune.search.context import UI
 from loratune.search.runner import Watch
-from loratune.search.study import GRACE_FACTOR, STUDY_DB, NoStudyYet, Study
+from loratune.search.study import GRACE_FACTOR, STUDY_DB, NoStudyYet, Study, optuna_quiet
 
 # how long a worker started before its leader waits for the study to appear (the leader makes it within seconds of
 # its start: its config and data read); a worker given the wrong --study-dir / --storage is refused after it
@@ -85,6 +85,7 @@ def leader_alive(study: Study) -> bool:
     return time.time() - float(lease.get("at") or 0) < study.heartbeat_s * GRACE_FACTOR
 
 
+@optuna_quiet()  # (Optuna's level as it was, after it)
 def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name: str = "loratune",
                heartbeat_s: int | None = None, ui: UI | None = None, idle_exit_s: float | None = None,
                wait_for_base_s: float = 600.0, wait_for_study_s: float | None = None,
