@@ -366,4 +366,7 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
     opts = TuneOptions(budget=budget, strategy=strategy, study_dir=str(study_dir), resume=resume,
                        explicit_keys=keys, user_point={k: flat[k] for k in keys},
                        settings=ProtocolSettings(target=target, full_probe=full_probe, arms=tuple(arms)), **options)
-    return _tune(cfg, opts, dataset=dataset)
+    from loratune.train import rng_kept
+
+    with rng_kept():  # as api.train: phase 0 and the finish draw from torch's generator too, not only the trials
+        return _tune(cfg, opts, dataset=dataset)

@@ -265,3 +265,19 @@ def test_api_tune_and_report_leave_optunas_log_level_as_it_was(tmp_path):
         assert optuna.logging.get_verbosity() == optuna.logging.INFO
     finally:
         optuna.logging.set_verbosity(was)
+
+
+def test_api_tune_leaves_the_callers_torch_generator_as_it_was(tiny_bert, intent_data, tmp_path):
+    # phase 0 and the finish drew from torch's generator outside the trials (which keep it, as api.train does)
+    import torch
+
+    from loratune import api
+
+    from support import overrides
+
+    cfg = api.load_config(None, overrides(tiny_bert, intent_data, tmp_path / "run", max_steps=4, eval_steps=2))
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state().clone()
+    summary = api.tune(cfg, budget="1trials", trial_steps=2, study_dir=tmp_path / "s", full_probe=False)
+    assert len(summary["trials"]) == 1
+    assert torch.equal(torch.random.get_rng_state(), before) and torch.initial_seed() == 5
