@@ -341,16 +341,23 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
     cfg = require_built(cfg, "tune")
     dataset = _dataset(cfg, dataset, "tune")
     from loratune.config import resolve_key, to_dict
-    from loratune.search.protocol import ProtocolSettings
+    from loratune.search.protocol.settings import user_settings
     from loratune.search.tune import TuneOptions, tune as _tune
     from collections.abc import Iterable
 
     from loratune.errors import UserError
 
+    lists = {}
     for name, names in (("fixed", fixed), ("arms", arms)):  # a str would be read one character at a time
         if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
             raise UserError(f"fixed and arms: lists of names, not {type(names).__name__} {names!r:.60} ({name})",
                             "e.g. fixed=['r'], arms=['dora'] (or leave them out)")
+        lists[name] = tuple(names)  # (once: a generator read twice is empty the second time)
+        bad = next((x for x in lists[name] if not isinstance(x, str)), None)
+        if bad is not None:  # fixed=[1] was a TypeError from inside resolve_key
+            raise UserError(f"fixed and arms: lists of names, not one holding {type(bad).__name__} {bad!r:.60} "
+                            f"({name})", "e.g. fixed=['r'], arms=['dora'] (or leave them out)")
+    fixed, arms = lists["fixed"], lists["arms"]
     study_dir = _path(study_dir, "study_dir")  # None was a study in a folder named 'None'
     if "thresholds" in options:  # checked as diagnose's and compare's are; their names and values by search.tune
         options["thresholds"] = _thresholds(options["thresholds"])
@@ -365,7 +372,7 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
     flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
     opts = TuneOptions(budget=budget, strategy=strategy, study_dir=str(study_dir), resume=resume,
                        explicit_keys=keys, user_point={k: flat[k] for k in keys},
-                       settings=ProtocolSettings(target=target, full_probe=full_probe, arms=tuple(arms)), **options)
+                       settings=user_settings(target=target, full_probe=full_probe, arms=arms), **options)
     from loratune.train import rng_kept
 
     with rng_kept():  # as api.train: phase 0 and the finish draw from torch's generator too, not only the trials

@@ -166,6 +166,10 @@ def test_a_runconfig_changed_with_dataclasses_replace_is_validated_as_config_rep
     ({"target": -1}, "target (--target): a macro-F1 in (0, 1] or a val loss above 0, not -1"),
     ({"fixed": None}, "fixed and arms: lists of names, not NoneType None (fixed)"),
     ({"arms": 3}, "fixed and arms: lists of names, not int 3 (arms)"),
+    ({"fixed": [1]}, "fixed and arms: lists of names, not one holding int 1 (fixed)"),
+    ({"arms": ["bogus"]}, "arms (--arms): unknown arm(s) 'bogus'; known: loraplus, dora"),
+    ({"finish_reserve_s": "x"}, "finish_reserve_s: seconds kept back for the finish, a number >= 0, not 'x'"),
+    ({"examples_per_s": -1}, "examples_per_s: the planning throughput, a number above 0, not -1"),
 ])
 def test_api_tune_refuses_a_bad_keyword_as_the_cli_refuses_its_flag(given, said, tmp_path, monkeypatch):
     # study_dir=None was a study in ./None; trial_steps=-1 trials on epochs (the CLI refused --trial-steps -1);
@@ -208,6 +212,21 @@ def test_the_cli_refuses_the_same_values_in_the_same_words(flag, value, said, tm
     with pytest.raises(SystemExit) as exit_:
         main(["tune", "--study-dir", str(tmp_path / "s"), flag, value])
     assert exit_.value.code == 2 and said in flat(capsys.readouterr().err)
+
+
+def test_an_unknown_arm_is_refused_by_the_cli_and_the_api_in_the_same_words(tmp_path, capsys, monkeypatch):
+    # api.tune raised ProtocolSettings' raw ValueError; the CLI wrapped it in a UserError of its own
+    from loratune import api
+    from loratune.cli import main
+    from loratune.search.study import Study
+
+    monkeypatch.setattr(Study, "open", lambda *a, **k: pytest.fail("the study was opened"))
+    said = ("arms (--arms): unknown arm(s) 'qlora'; known: loraplus, dora fix: give known arms, e.g. --arms "
+            "loraplus,dora (arms=['loraplus', 'dora']), or none")
+    assert said in _refused(lambda: api.tune(api.load_config(None, []), arms=["qlora"], study_dir=tmp_path / "a"))
+    assert main(["tune", "--study-dir", str(tmp_path / "c"), "--arms", "qlora"]) == 2
+    assert said in flat(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_file_given_as_the_run_is_named_a_file(trained, tmp_path):

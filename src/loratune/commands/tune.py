@@ -100,7 +100,7 @@ def run(args) -> int:
     if args.worker:
         return run_worker(args)
     from loratune.config import resolve_key, to_dict
-    from loratune.search.protocol import ProtocolSettings
+    from loratune.search.protocol.settings import user_settings
     from loratune.search.tune import TuneOptions, tune
 
     from loratune.thresholds import load_threshold_tables, overridden
@@ -115,12 +115,7 @@ def run(args) -> int:
     explicit = _explicit_keys(args, resolve_key)
     flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
     user_point = {k: flat[k] for k in explicit if k in flat}  # what the user set wins over the assessment
-    try:
-        settings = ProtocolSettings(target=args.target, full_probe=not args.no_full_probe, arms=args.arms)
-    except ValueError as exc:
-        from loratune.errors import UserError
-
-        raise UserError(f"--arms: {exc}", "give a comma-separated list of loraplus, dora") from None
+    settings = user_settings(target=args.target, full_probe=not args.no_full_probe, arms=args.arms)  # (api.tune's)
     opts = TuneOptions(budget=args.budget, strategy=args.strategy, study_dir=args.study_dir, storage=args.storage,
                        study_name=args.study_name, resume=args.resume, seed=args.seed, trial_steps=args.trial_steps,
                        explicit_keys=tuple(sorted(explicit)), user_point=user_point, settings=settings,

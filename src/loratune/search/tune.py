@@ -74,8 +74,8 @@ def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, run
 def check_options(options: TuneOptions) -> TuneOptions:
     """A Python caller's whole-number options (config.WHOLE_OPTIONS: trial_steps, seed, heartbeat_s; a numpy integer
     taken as an int) and target checked as the CLI's argparse types check them (the same config.whole_number /
-    positive_number), before the study folder is made: -1 trial steps ran on epochs, a target of '0.9' was a
-    TypeError."""
+    positive_number), and its finish_reserve_s / examples_per_s (numbers), before the study folder is made: -1 trial
+    steps ran on epochs, a target of '0.9' was a TypeError."""
     from loratune.config import WHOLE_OPTIONS, positive_number, whole_option
 
     given = {f.name: getattr(options, f.name) for f in dc_fields(options) if f.name in WHOLE_OPTIONS}
@@ -86,7 +86,23 @@ def check_options(options: TuneOptions) -> TuneOptions:
             positive_number(target)
         except ValueError as exc:
             raise UserError(f"target (--target): {exc}", "e.g. target=0.85 (--target 0.85)") from None
-    return options
+    # the two number options only a Python caller gives (no CLI flag): finish_reserve_s='x' was a TypeError in the
+    # budget meter after the study was made
+    reserve, eps = options.finish_reserve_s, options.examples_per_s
+    if not _finite(reserve) or reserve < 0:
+        raise UserError(f"finish_reserve_s: seconds kept back for the finish, a number >= 0, not {reserve!r:.60}",
+                        f"e.g. finish_reserve_s={TuneOptions.finish_reserve_s:g} (the default)")
+    if eps is not None and (not _finite(eps) or eps <= 0):
+        raise UserError(f"examples_per_s: the planning throughput, a number above 0, not {eps!r:.60}",
+                        "e.g. examples_per_s=200, or leave it out for the task's prior")
+    return dc_replace(options, finish_reserve_s=float(reserve), examples_per_s=None if eps is None else float(eps))
+
+
+def _finite(value) -> bool:
+    """A real finite number (an int, a float, a numpy number; not a bool, not a str)."""
+    import numbers
+
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: list) -> dict:

@@ -164,3 +164,16 @@ class ProtocolSettings:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+def user_settings(target: float | None = None, full_probe: bool = True, arms=()) -> ProtocolSettings:
+    """The settings a user gives (`tune --target / --no-full-probe / --arms`, api.tune's target=, full_probe=, arms=),
+    an unknown arm refused as a UserError naming both spellings: the CLI's and the API's one check (api.tune's was a
+    raw ValueError)."""
+    from loratune.errors import UserError
+
+    try:
+        return ProtocolSettings(target=target, full_probe=full_probe, arms=tuple(arms))
+    except ValueError as exc:
+        raise UserError(f"arms (--arms): {exc}", f"give known arms, e.g. --arms {','.join(ARMS)} "
+                        f"(arms={list(ARMS)!r}), or none") from None
