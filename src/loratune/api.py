@@ -255,19 +255,26 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     return evaluate_run(_path(run_dir, "run_dir"), split)
 
 
-def assess(cfg: RunConfig, *, probe: bool = True, dataset: Dataset | None = None):
+def assess(cfg: RunConfig, *, probe: bool = True, dataset: Dataset | None = None,
+           thresholds: Mapping[str, float] | None = None, cache_dir: str | Path | bool | None = None):
     """Profile the data before training and propose the start config (`loratune assess`): an
     `assess.Assessment` (`.findings`, `.recommendation`, `.to_dict()`); for task causal-lm the same as plain
-    data (`assess.sft.assess_sft`: facts, findings, recommendation)."""
+    data (`assess.sft.assess_sft`: facts, findings, recommendation). `thresholds`: overrides by name, as a
+    `--thresholds` file's (`loratune rules`: the assess table's apply). `cache_dir`: the probe's embedding cache
+    (`--cache-dir`; None: $LORATUNE_CACHE_DIR or ~/.cache/loratune; False or 'none': no cache)."""
     from loratune.assess import run_assessment
+    from loratune.thresholds import assess_thresholds
 
     cfg = require_built(cfg, "assess")
     dataset = _dataset(cfg, dataset, "assess")
+    table = assess_thresholds(_thresholds(thresholds))  # checked before any data or model loads, as the CLI's file
+    if cache_dir is not None and cache_dir is not False:
+        cache_dir = _path(cache_dir, "cache_dir")
     if cfg.model.task == "causal-lm":
         from loratune.assess.sft import assess_sft
 
         return assess_sft(cfg, dataset if dataset is not None else prepare(cfg))
-    return run_assessment(cfg, probe=probe, dataset=dataset)
+    return run_assessment(cfg, probe=probe, dataset=dataset, thresholds=table, cache_dir=cache_dir)
 
 
 def diagnose(run: str | Path, *, thresholds: Mapping[str, float] | None = None):

@@ -38,6 +38,12 @@ def tables_with(overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]
     return resolve_threshold_tables(overrides, threshold_tables(), {n: UNIT_INTERVAL for n in UNIT_INTERVAL_THRESHOLDS})
 
 
+def assess_thresholds(overrides: Mapping[str, Any] | None) -> AssessThresholds:
+    """The assess table with `overrides` (name -> value: a --thresholds file's, api.assess's thresholds=) applied,
+    checked as a file's are; names of the other tables are taken and change nothing here, as in a file."""
+    return AssessThresholds(**tables_with(overrides)["assess"])
+
+
 def overridden(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """name -> value of every threshold in `tables` whose value differs from its default (a file naming a default
     changes no decision, so it is no override: what `tune` stores in its study and compares on --resume)."""

@@ -162,3 +162,26 @@ def test_assess_takes_a_thresholds_file(data, tmp_path, capsys):
     t.write_text("near_leak_similarity: 1\n")  # the bound itself: only identical texts
     assert main(["assess", f"data.dataset_name={data}", "--no-probe", "--json", "--thresholds", str(t)]) == 0
     assert json.loads(capsys.readouterr().out)["thresholds"]["near_leak_similarity"] == 1
+
+
+def test_api_assess_takes_thresholds_and_a_cache_dir_as_assess_does(data, tmp_path, capsys, monkeypatch):
+    # api.assess had neither keyword (a TypeError), so a notebook could not assess with the thresholds of a study
+    from loratune import api
+    from loratune.errors import UserError
+
+    cfg = api.load_config(None, [f"data.dataset_name={data}"])
+    a = api.assess(cfg, probe=False, thresholds={"long_tail_count": 40})
+    t = tmp_path / "t.yaml"
+    t.write_text("long_tail_count: 40\n")
+    assert main(["assess", f"data.dataset_name={data}", "--no-probe", "--json", "--thresholds", str(t)]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert a.thresholds.long_tail_count == 40 and a.to_dict()["thresholds"] == cli["thresholds"]
+    tail = next(f for f in a.to_dict()["findings"] if f["id"] == "long-tail")
+    assert tail["evidence"]["long_tail_classes"] == 3
+    with pytest.raises(UserError, match="threshold 'long_tail_count': got -1"):
+        api.assess(cfg, probe=False, thresholds={"long_tail_count": -1})
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "default"))
+    assert api.assess(cfg, cache_dir=tmp_path / "mine").probe.cached is False
+    assert any((tmp_path / "mine").rglob("*.npy")) and not (tmp_path / "default").exists()
+    assert api.assess(cfg, cache_dir=str(tmp_path / "mine")).probe.cached is True  # read back from it
+    assert api.assess(cfg, cache_dir="none").probe.cached is False and not (tmp_path / "default").exists()

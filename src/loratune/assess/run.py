@@ -70,13 +70,16 @@ def assess_dataset(ds: Dataset, *, dataset_name: str = "", model_name: str = "",
     )
 
 
+NO_CACHE = "none"  # `assess --cache-dir none`, api.assess(cache_dir='none'): no probe embedding cache (as False)
+
+
 def run_assessment(cfg: RunConfig, *, probe: bool = True, cache_dir: str | Path | None = None,
                    thresholds: AssessThresholds = AssessThresholds(), dataset: Dataset | None = None,
                    progress: Callable[[str], None] | None = None) -> Assessment:
     """Load the data the config names, tokenise it, run the difficulty probe, and assess.
 
     cache_dir: where probe embeddings are cached (None: $LORATUNE_CACHE_DIR or ~/.cache/loratune;
-    False: no cache).
+    False or 'none': no cache, as `assess --cache-dir none`).
     """
     from loratune.data import load_dataset
     from loratune.difficulty import run_probe
@@ -84,6 +87,8 @@ def run_assessment(cfg: RunConfig, *, probe: bool = True, cache_dir: str | Path 
     from loratune.tokens import load_tokenizer_quiet, token_lengths
 
     say = progress or (lambda msg: None)
+    if isinstance(cache_dir, str) and cache_dir.lower() == NO_CACHE:
+        cache_dir = False
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     t0 = time.perf_counter()

@@ -32,12 +32,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from loratune.assess import AssessThresholds, run_assessment
-    from loratune.thresholds import load_threshold_tables
+    from loratune.assess import run_assessment
+    from loratune.rules import read_threshold_file
+    from loratune.thresholds import assess_thresholds
 
     cfg = load_cfg(args)  # validated before any data or model loads
-    # read and checked before any data or model loads too (a typo costs no probe)
-    thresholds = AssessThresholds(**load_threshold_tables(args.thresholds)["assess"])
+    # read and checked before any data or model loads too (a typo costs no probe; api.assess's thresholds= alike)
+    thresholds = assess_thresholds(read_threshold_file(args.thresholds))
     if args.out and Path(args.out).is_dir():  # said before the assessment runs, not after it
         raise UserError(f"--out {args.out} is a folder", "give --out a file name, e.g. --out assessment.json")
     if args.out:  # as report -o: never a run's record, the training data or any other file but an assessment's JSON
@@ -48,7 +49,6 @@ def run(args) -> int:
         refuse_to_replace(Path(args.out), "--out", "an assessment", (".json",),
                           inputs=[*inputs, args.config, args.thresholds], example="assessment.json")
     err = console(stderr=True)
-    cache = False if (args.cache_dir or "").lower() == "none" else args.cache_dir
     progress = (lambda msg: None) if args.json else (lambda msg: err.print(f"[dim]{msg}...[/]"))
     if cfg.model.task == "causal-lm":  # phase 0 of a generative run: token shape and the start config
         from loratune.api import prepare
@@ -56,7 +56,8 @@ def run(args) -> int:
 
         data = assess_sft(cfg, prepare(cfg), progress=progress)
         return _emit(args, data, lambda out: print_sft_summary(out, data, _inputs(args)))
-    a = run_assessment(cfg, probe=not args.no_probe, cache_dir=cache, progress=progress, thresholds=thresholds)
+    a = run_assessment(cfg, probe=not args.no_probe, cache_dir=args.cache_dir, progress=progress,
+                       thresholds=thresholds)
     return _emit(args, a.to_dict(), lambda out: print_summary(out, a, _inputs(args)))
 
 
