@@ -185,6 +185,12 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     }
 
 
+def _value(cfg: RunConfig, dotted: str) -> Any:
+    """cfg's value of a dotted key (`adapter.r`)."""
+    section, name = dotted.split(".", 1)
+    return getattr(getattr(cfg, section), name)
+
+
 def _path(value: Any, what: str, thing: str = "folder") -> str | Path:
     """A run or study folder argument (a str or a Path, `~` expanded), else a UserError naming what was given.
     `thing`: what the path names (report's `out` is a file)."""
@@ -343,11 +349,13 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
 
     fixed: dotted keys whose values in `cfg` win over what the assessment proposes (the CLI fixes the
     keys given on its command line). arms: variants the protocol also tries and the samplers draw, each at
-    its own lr (`loratune.moves.ARMS`: loraplus, dora; `tune --arms`). Other `search.tune.TuneOptions`
-    fields pass through `options`."""
+    its own lr (`loratune.moves.ARMS`: loraplus, dora; `tune --arms`). resume: continue the study in study_dir on
+    its own config and data; a cfg that sets a key (away from its default, or named in `fixed`) to another value than
+    the study's, or a `dataset` of other data, is refused as `tune --resume key=value` / `--data DIR` is. Other
+    `search.tune.TuneOptions` fields pass through `options`."""
     cfg = require_built(cfg, "tune")
     dataset = _dataset(cfg, dataset, "tune")
-    from loratune.config import resolve_key, to_dict
+    from loratune.config import default_of, resolve_key, to_dict
     from loratune.search.protocol.settings import user_settings
     from loratune.search.tune import TuneOptions, tune as _tune
     from collections.abc import Iterable
@@ -377,8 +385,13 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
                         f"its keywords: {', '.join(named)}; TuneOptions fields: {', '.join(passable)}")
     keys = tuple(sorted(resolve_key(k) for k in fixed))
     flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
+    given = {k: flat[k] for k in keys}
+    if resume:  # the keys cfg sets (away from their defaults, as a command line names its keys) and `fixed` are
+        # compared with the study's own config as `tune --resume key=value` / `--data` are (search.tune._refuse_changes):
+        # a cfg with other data or another model was silently replaced by the study's
+        given.update({k: v for k, v in flat.items() if _value(cfg, k) != default_of(k)})
     opts = TuneOptions(budget=budget, strategy=strategy, study_dir=str(study_dir), resume=resume,
-                       explicit_keys=keys, user_point={k: flat[k] for k in keys},
+                       explicit_keys=keys, user_point=given,
                        settings=user_settings(target=target, full_probe=full_probe, arms=arms), **options)
     from loratune.train import rng_kept
 

@@ -211,6 +211,47 @@ def test_a_resume_refuses_options_that_differ_from_the_studys_own(extra, named, 
     assert f"was set up with {named}: a resume continues it as it was" in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("keys, named", [
+    (["per_device_train_batch_size=8", "dataset_name=/d/other"], "dataset_name=/d/intent"),
+    (["dataset_name=/d/intent", "r=16"], "r=8"),
+    (["per_device_train_batch_size=8", "dataset_name=/d/intent"], None),  # the study's own
+    ([], None),  # nothing set: the study's config, as `tune --resume` alone
+])
+def test_api_tune_resume_refuses_a_cfg_that_differs_from_the_studys_as_the_cli_does(keys, named, tmp_path, capsys,
+                                                                                     monkeypatch):
+    # api.tune compared only the keys named in fixed= (none by default): a cfg with other data resumed on the study's
+    # data without a word, where `tune --resume --data X` is refused
+    from loratune import api
+    from loratune.config import load_config, to_yaml
+    from loratune.errors import UserError
+    from loratune.search.protocol import ProtocolSettings
+    from loratune.search.study import Study
+
+    base = load_config(None, ["per_device_train_batch_size=8", "dataset_name=/d/intent"])
+    Study.open(tmp_path / "s", meta={"strategy": "random", "seed": 3, "budget": "2trials", "base_config": to_yaml(base),
+                                     "settings": ProtocolSettings().to_dict(),
+                                     "plan": {"max_steps": 8, "examples": 64}}).close()
+    import sys
+
+    import loratune.search.tune  # noqa: F401 (the package's `tune` is the function)
+
+    def stop(*a, **k):
+        raise RuntimeError("got past the checks")
+
+    monkeypatch.setattr(sys.modules["loratune.search.tune"], "Budget", type("B", (), {"parse": staticmethod(stop)}))
+    cfg = load_config(None, keys)
+    if named is None:
+        with pytest.raises(RuntimeError, match="got past the checks"):
+            api.tune(cfg, resume=True, study_dir=tmp_path / "s")
+        return
+    with pytest.raises(UserError) as exc:
+        api.tune(cfg, resume=True, study_dir=tmp_path / "s")
+    said = f"the study in {tmp_path / 's'} was set up with {named}: a resume continues it as it was"
+    assert flat(str(exc.value)).startswith(said)
+    assert main(["tune", "--resume", "--study-dir", str(tmp_path / "s"), "-q", *keys]) == 2
+    assert flat(capsys.readouterr().err).endswith(flat(str(exc.value)))  # the CLI's words
+
+
 def test_a_worker_refuses_a_seed_and_trial_steps_it_would_ignore(tmp_path, capsys):
     assert main(["tune", "--worker", "--study-dir", str(tmp_path / "s"), "--seed", "3", "--trial-steps", "5"]) == 2
     err = flat(capsys.readouterr().err)
