@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from loratune.config import RunConfig, load_config  # noqa: F401  (re-exported)
-from loratune.data import Dataset, load_dataset, seed_drew
+from loratune.data import Dataset, load_dataset, prepared_apart
 from loratune.store import DEFAULT_STUDY_DIR, RunStore
 from loratune.tasks import TASK_RECIPES, recipe  # noqa: F401  (re-exported)
 
@@ -59,18 +59,16 @@ def _dataset(cfg: RunConfig, dataset: Any, verb: str) -> Any:
         raise UserError(f"api.{verb}: dataset is a {kind.__module__}.{kind.__name__} for model.task={cfg.model.task}, "
                         f"not {type(dataset).__name__} {dataset!r:.60}",
                         "leave dataset out to read cfg.data, or pass dataset=api.prepare(cfg)")
-    source = getattr(dataset, "prepared_from", None)
-    if source is not None and source != cfg.data:  # the record (config.yaml) and evaluate would name cfg.data
-        differ = [f"data.{f.name} {getattr(source, f.name)!r} (dataset) vs {getattr(cfg.data, f.name)!r} (cfg)"
-                  for f in dataclasses.fields(source) if getattr(source, f.name) != getattr(cfg.data, f.name)]
+    keys, drew = prepared_apart(dataset, cfg.data, cfg.train.seed)
+    if keys:  # the record (config.yaml) and evaluate would name cfg.data
+        source = dataset.prepared_from
+        differ = [f"data.{k} {getattr(source, k)!r} (dataset) vs {getattr(cfg.data, k)!r} (cfg)" for k in keys]
         raise UserError(f"api.{verb}: dataset was prepared from other data than cfg.data ({'; '.join(differ)}): the "
                         "run's record would name data it did not use",
                         "pass dataset=api.prepare(cfg) for this cfg, or leave dataset out to read cfg.data")
-    seed = getattr(dataset, "prepared_seed", None)
-    drew = seed_drew(dataset, cfg.data) if seed is not None and seed != cfg.train.seed else None
     if drew:  # the record would name cfg's seed, and evaluate re-read a split drawn with it (rows trained on)
-        raise UserError(f"api.{verb}: dataset was prepared with train.seed {seed}, cfg has {cfg.train.seed}: the seed "
-                        f"drew {drew}, so the run's record would name rows it did not use",
+        raise UserError(f"api.{verb}: dataset was prepared with train.seed {dataset.prepared_seed}, cfg has "
+                        f"{cfg.train.seed}: the seed drew {drew}, so the run's record would name rows it did not use",
                         "pass dataset=api.prepare(cfg) for this cfg, or leave dataset out to read cfg.data")
     return dataset
 

@@ -19,7 +19,7 @@ import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -903,6 +903,16 @@ def seed_drew(dataset: Any, cfg: DataConfig) -> str | None:
                                                ("max_eval_samples", dataset.validation))
         if getattr(cfg, key) and len(split) >= getattr(cfg, key)]
     return " and ".join(drew) or None
+
+
+def prepared_apart(dataset: Any, cfg: DataConfig, seed: int) -> tuple[list[str], str | None]:
+    """How a dataset differs from the data a run or study names (`cfg`, read with `seed`): the data keys whose values
+    differ from those it was prepared from (api.prepare's prepared_from), and what its own seed drew where that seed
+    is another (seed_drew; None where it drew nothing). ([], None) for that data, or one whose source is not known."""
+    source = getattr(dataset, "prepared_from", None)
+    keys = [f.name for f in fields(source) if getattr(source, f.name) != getattr(cfg, f.name)] if source else []
+    own = getattr(dataset, "prepared_seed", None)
+    return keys, seed_drew(dataset, cfg) if own is not None and own != seed else None
 
 
 VALIDATED_ON = "validated_on"  # run.json: the validation split a run was validated on ({rows, digest})

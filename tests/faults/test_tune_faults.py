@@ -252,6 +252,48 @@ def test_api_tune_resume_refuses_a_cfg_that_differs_from_the_studys_as_the_cli_d
     assert flat(capsys.readouterr().err).endswith(flat(str(exc.value)))  # the CLI's words
 
 
+def test_a_resume_refuses_a_dataset_prepared_from_other_data_than_the_studys(tiny_bert, intent_data, tmp_path,
+                                                                             monkeypatch):
+    # the dataset a caller passed was kept (`dataset or recipe(...)`) after cfg became the study's: the resumed trials
+    # trained on it (2 labels, 24 rows) while their config.yaml and run.json named the study's data (4 labels)
+    import sys
+
+    from loratune import api
+    from loratune.config import to_yaml
+    from loratune.errors import UserError
+    from loratune.search.protocol import ProtocolSettings
+    from loratune.search.study import Study
+    from loratune.search.tune import TuneOptions, tune
+
+    from support import make_rows, write_jsonl
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for split, n, seed in (("train", 12, 11), ("validation", 5, 12), ("test", 5, 13)):
+        write_jsonl(other / f"{split}.jsonl", make_rows(n, seed, ["card_lost", "balance"]))
+    study_cfg = api.load_config(None, overrides(tiny_bert, intent_data, tmp_path / "run"))
+    other_cfg = api.load_config(None, overrides(tiny_bert, other, tmp_path / "run"))
+    Study.open(tmp_path / "s", meta={"strategy": "random", "seed": 0, "budget": "2trials",
+                                     "base_config": to_yaml(study_cfg), "settings": ProtocolSettings().to_dict(),
+                                     "plan": {"max_steps": 8, "examples": 64}}).close()
+    import loratune.search.tune  # noqa: F401 (the package's `tune` is the function)
+
+    def stop(*a, **k):
+        raise RuntimeError("got past the checks")
+
+    monkeypatch.setattr(sys.modules["loratune.search.tune"], "Budget", type("B", (), {"parse": staticmethod(stop)}))
+    said = (f"the study in {tmp_path / 's'} was set up with dataset_name={intent_data}: a resume continues it as it "
+            "was (its plan, trials and decisions), so a different value would be ignored")
+    resume = TuneOptions(resume=True, study_dir=str(tmp_path / "s"))
+    for call in (lambda: tune(study_cfg, resume, dataset=api.prepare(other_cfg)),  # the study's cfg, other data
+                 lambda: api.tune(other_cfg, dataset=api.prepare(other_cfg), resume=True, study_dir=tmp_path / "s")):
+        with pytest.raises(UserError) as exc:
+            call()
+        assert flat(str(exc.value)).startswith(said)
+    with pytest.raises(RuntimeError, match="got past the checks"):  # the study's own data goes on
+        api.tune(study_cfg, dataset=api.prepare(study_cfg), resume=True, study_dir=tmp_path / "s")
+
+
 def test_a_worker_refuses_a_seed_and_trial_steps_it_would_ignore(tmp_path, capsys):
     assert main(["tune", "--worker", "--study-dir", str(tmp_path / "s"), "--seed", "3", "--trial-steps", "5"]) == 2
     err = flat(capsys.readouterr().err)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields as dc_fields, replace as dc_rep
 from pathlib import Path
 from typing import Any
 
-from loratune.data import VALIDATED_ON, validated_on, validation_differs
+from loratune.data import VALIDATED_ON, prepared_apart, validated_on, validation_differs
 from loratune.errors import UserError
 from loratune.search.budget import Budget, Cost, CostModel, Meter, format_amount
 from loratune.search.context import UI, SearchContext
@@ -164,7 +164,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
             raise UserError(f"the study in {study_dir} was run with --strategy {old.get('strategy')}",
                             f"resume it with --strategy {old.get('strategy')} (or without --strategy)")
         settings = settings_from(old.get("settings"), options.settings, ui)
-        _refuse_changes(study_dir, old, options, settings, given, cfg)
+        _refuse_changes(study_dir, old, options, settings, given, cfg, dataset)
         options = dc_replace(options, strategy=old.get("strategy", "protocol"), seed=old.get("seed", 0),
                              budget=options.budget or old.get("budget") or DEFAULT_BUDGET, settings=settings,
                              user_point=old.get("user_point") or {}, explicit_keys=tuple(old.get("explicit_keys", ())),
@@ -342,10 +342,13 @@ def _refuse_budget_below_one_trial(meter: Meter, trial: Cost, plan: dict, batch:
                     "plan are kept), or give shorter trials with --trial-steps to a new --study-dir")
 
 
-def _refuse_changes(study_dir: Path, old: dict, options: TuneOptions, settings, given: dict, cfg) -> None:
+def _refuse_changes(study_dir: Path, old: dict, options: TuneOptions, settings, given: dict, cfg,
+                    dataset=None) -> None:
     """A resume continues the study as it was set up: a --seed, --trial-steps, --thresholds, protocol setting (--target,
     --arms, --no-full-probe) or config key that differs from the study's own would be silently ignored (its trials, plan
-    and replayed decisions are the study's), so it is refused, naming the study's value (as --strategy is)."""
+    and replayed decisions are the study's), so it is refused, naming the study's value (as --strategy is). So is a
+    caller's `dataset` prepared from other data (or drawn with another seed) than the study's: its trials trained on
+    it while their records named the study's data."""
     from loratune.config import to_dict
     from loratune.search.protocol import ProtocolSettings
 
@@ -378,6 +381,11 @@ def _refuse_changes(study_dir: Path, old: dict, options: TuneOptions, settings, 
     for key, value in sorted(given.items()):
         if key in flat and _plain(value) != _plain(flat[key]):
             diffs.append(f"{key.split('.', 1)[1]}={_plain(flat[key])}")
+    keys, drew = prepared_apart(dataset, cfg.data, cfg.train.seed)
+    named = {d.split("=", 1)[0] for d in diffs}  # (a key the cfg set too is named once)
+    diffs += [f"{k}={_plain(flat[f'data.{k}'])}" for k in keys if k not in named]
+    if drew and "seed" not in named:  # the study's data read with another seed: other rows in its carved split
+        diffs.append(f"seed={cfg.train.seed}")
     if diffs:
         raise UserError(f"the study in {study_dir} was set up with {', '.join(diffs)}: a resume continues it as it was "
                         "(its plan, trials and decisions), so a different value would be ignored",
