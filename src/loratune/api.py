@@ -1,4 +1,7 @@
-"""The Python API: the CLI's verbs, each reading like a recipe (setup, work, record).
+"""The Python API: the CLI's verbs that train, read or write runs and studies (assess, train, predict, evaluate,
+diagnose and compare, report, tune), each reading like a recipe (setup, work, record). `plan` here is
+`loratune train --dry-run` (a config's parameter counts and planned steps); the memory and FLOPs planner of
+`loratune plan MODEL` is `loratune.plan.plan_model`, and `params`, `rules` and `show` have no API verb.
 
     from loratune import api
     cfg = api.load_config("my.yaml", ["r=16"])
@@ -30,6 +33,10 @@ from loratune.tasks import TASK_RECIPES, recipe  # noqa: F401  (re-exported)
 # Verbs not built for a task yet (task -> verb -> what to do instead): said as a UserError before any work,
 # never a traceback half-way. Every verb is built for both tasks today.
 NOT_BUILT: dict[str, dict[str, str]] = {}
+# api verbs whose CLI namesake is another command (verb -> where that command is): said when a caller hands the verb
+# that command's argument (api.plan('llama-2-7b') pointed at load_config alone)
+OTHER_COMMAND = {"plan": "api.plan is `loratune train --dry-run`; for `loratune plan MODEL` (memory and FLOPs of a "
+                         "model): loratune.plan.plan_model('llama-2-7b')"}
 
 
 def require_built(cfg: RunConfig, verb: str) -> RunConfig:
@@ -40,8 +47,9 @@ def require_built(cfg: RunConfig, verb: str) -> RunConfig:
     from loratune.errors import UserError
 
     if not isinstance(cfg, RunConfig):  # a path, a dict, None: what a Python caller may hand over
+        other = f"; {OTHER_COMMAND[verb]}" if verb in OTHER_COMMAND else ""
         raise UserError(f"api.{verb} takes a RunConfig, not {type(cfg).__name__} {cfg!r:.60}",
-                        "cfg = api.load_config('my.yaml' or None, ['key=value', ...])")
+                        f"cfg = api.load_config('my.yaml' or None, ['key=value', ...]){other}")
     cfg = replace(cfg)  # (rebuilt from its dotted keys: a ConfigError naming each bad key, values coerced as loaded)
     fix = NOT_BUILT.get(cfg.model.task, {}).get(verb)
     if fix:

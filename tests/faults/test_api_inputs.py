@@ -58,6 +58,18 @@ def test_the_config_taking_verbs_refuse_a_path_for_the_config(tmp_path):
     assert "api.check takes a RunConfig, not str" in _refused(lambda: api.check("my.yaml", None))
 
 
+def test_api_plan_given_a_model_names_the_memory_planner_it_is_not(tmp_path):
+    # api.plan('llama-2-7b') pointed at load_config alone: api.plan is train --dry-run, `loratune plan MODEL` another
+    import loratune.plan
+    from loratune import api
+
+    text = _refused(lambda: api.plan("llama-2-7b"))
+    assert text.startswith("api.plan takes a RunConfig, not str 'llama-2-7b'") and "api.load_config(" in text
+    assert ("api.plan is `loratune train --dry-run`; for `loratune plan MODEL` (memory and FLOPs of a model): "
+            "loratune.plan.plan_model('llama-2-7b')") in text and callable(loratune.plan.plan_model)
+    assert "plan_model" not in _refused(lambda: api.train("my.yaml"))  # said only where the names meet
+
+
 def test_a_dataset_that_is_no_dataset_is_refused_before_anything_loads(tiny_bert, intent_data, tmp_path):
     from loratune import api
 
