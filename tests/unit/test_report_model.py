@@ -766,17 +766,18 @@ def test_a_name_too_long_for_the_file_system_is_a_clear_error_not_a_traceback(tm
     """A 300-byte name (report -o, report --json -o, a RUN of show / report / diagnose) raised ENAMETOOLONG from the
     first stat (exit 1, a traceback); it is refused as train refuses its output_dir (store.check_name_length)."""
     from loratune.cli import main
+    from loratune.report import OUT_OPTION
 
-    run, long = write_run(tmp_path / "run"), "a" * 300
+    run, long, opt = write_run(tmp_path / "run"), "a" * 300, f"{OUT_OPTION} '"  # api.report's out= says the same
     for args, said, fix in (
-            (["report", str(run), "-o", str(tmp_path / f"{long}.html")], "-o '", "give -o a shorter name"),
-            (["report", str(run), "--json", "-o", str(tmp_path / f"{long}.json")], "-o '", "e.g. -o report.json"),
+            (["report", str(run), "-o", str(tmp_path / f"{long}.html")], opt, "give -o a shorter name"),
+            (["report", str(run), "--json", "-o", str(tmp_path / f"{long}.json")], opt, "e.g. -o report.json"),
             (["show", str(tmp_path / long)], "RUN '", "no file or folder can have such a name"),
             (["report", str(tmp_path / long)], "RUN '", "no file or folder can have such a name"),
             (["diagnose", str(tmp_path / long / "run.json")], "RUN '", "no file or folder can have such a name")):
         assert main(args) == 2, args
         err = flat(capsys.readouterr().err)
-        name = "a file name of 305" if said == "-o '" else "a folder name of 300" if "diagnose" in args \
+        name = "a file name of 305" if said == opt else "a folder name of 300" if "diagnose" in args \
             else "a file or folder name of 300"
         assert said in err and f"has {name} bytes; file systems take at most 255" in err and fix in err, args
         assert "Traceback" not in err
