@@ -480,18 +480,11 @@ def _read_event_file(f: Path, loader) -> tuple[float, dict[int, dict[str, float]
     return (first if math.isfinite(first) else f.stat().st_mtime), scalars
 
 
-# a resumed run's scheduler continues from its checkpoint: at a step both files logged a learning rate, the rates are
-# the same number (the same float32 the event file stores; this tolerance only absorbs a rounding of it)
-RESUME_LR_RTOL = 1e-4
-_LR_TAGS = ("train/learning_rate", "lr")  # the Trainer's tag, and `loratune train`'s own
-
-
 def _one_run(files: list[tuple[Path, float, dict]]) -> tuple[list[tuple[Path, float, dict]], list[str]]:
-    """The event files of one run, the newest: files in the order they were started, a file that starts its steps
-    past the run's first step and logs the run's learning rate at every step both logged one continues it (the Trainer
-    opens a new `runs/<date>` folder, or a new file, when it resumes from a checkpoint); one that starts at or before
-    it, or logs another rate at a step the run logged, is another run written into the same logging_dir (its steps
-    would interleave with the older run's: a second run logging every 10 steps from step 10 passed the first test)."""
+    """The event files of one run, the newest: files in the order they were started, a file whose first log comes
+    after a checkpoint's step continues the run (the Trainer opens a new `runs/<date>` folder, or a new file, when it
+    resumes from a checkpoint); one that logs from its own start is another run written into the same logging_dir
+    (its steps would interleave with the older run's). See _another_run."""
     chains: list[list] = []
     why = ""
     for f in sorted((f for f in files if f[2]), key=lambda f: (f[1], str(f[0]))):
@@ -513,21 +506,19 @@ def _one_run(files: list[tuple[Path, float, dict]]) -> tuple[list[tuple[Path, fl
 
 
 def _another_run(chain: Sequence[tuple[Path, float, dict]], f: tuple[Path, float, dict]) -> str | None:
-    """Why event file `f` is not a continuation of the run `chain` (its files so far), or None where it may be."""
+    """Why event file `f` is not a continuation of the run `chain` (its files so far), or None where it is one. A
+    fresh run logs from its start: its first logged step is at or before the run's first, or within its own logging
+    interval of step 0 (a loss at logging_steps, at 1 with logging_first_step, an eval at 0 with eval_on_start). A
+    resume's first log comes after the checkpoint it resumed from, past the start. Neither the schedule (a resume
+    with max_steps raised rebuilds its decay: other rates at the steps both logged) nor the logging interval (a
+    second run logging every 10 steps from step 10 starts past a first logging every 5) tells the two apart."""
     start, first = min(f[2]), min(min(c[2]) for c in chain)
     if start <= first:
         return f"starts its steps again at {start}, at or before the run's first logged step {first}"
-    rates = {}
-    for c in chain:
-        for step, tags in c[2].items():
-            rate = next((tags[t] for t in _LR_TAGS if t in tags), None)
-            if rate is not None:
-                rates[step] = rate
-    for step in sorted(f[2]):
-        rate = next((f[2][step][t] for t in _LR_TAGS if t in f[2][step]), None)
-        if rate is not None and step in rates and not math.isclose(rate, rates[step], rel_tol=RESUME_LR_RTOL):
-            return (f"logs learning rate {rate:.4g} at step {step}, where the run before logged {rates[step]:.4g}: "
-                    "no resume, whose schedule goes on from its checkpoint")
+    every = _log_interval([step for step, tags in f[2].items() if _TB_LOSS_TAG in tags])
+    if every is not None and start <= every:
+        return (f"logs from its start: its first logged step, {start}, is within its logging interval of {every:g} "
+                "steps from step 0, where a resume's first log comes after the checkpoint step it resumed from")
     return None
 
 
@@ -807,6 +798,14 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
 
 
 LATE_START_INTERVALS = 2  # a log whose first train loss comes more than this many logging intervals in starts late
+_TB_LOSS_TAG = "train/loss"  # the train loss's TensorBoard tag (the Trainer's, and `loratune train`'s own)
+
+
+def _log_interval(steps: Iterable[int]) -> float | None:
+    """A log's logging interval: the median gap between the steps it logged a train loss at (evaluations off the
+    logging grid are not among them, and a first log at step 1 is one gap of many); None under two such steps."""
+    steps = sorted(set(steps))
+    return statistics.median(b - a for a, b in zip(steps, steps[1:])) if len(steps) >= 2 else None
 
 
 def _late_start(log_history: Sequence[dict]) -> str | None:
@@ -814,10 +813,8 @@ def _late_start(log_history: Sequence[dict]) -> str | None:
     a new output_dir, or with its first logging_dir gone) begin at the checkpoint's step, and read alone they show its
     first point as the untrained model's."""
     steps = sorted({int(e["step"]) for e in log_history if "loss" in e and not _is_end_entry(e)})
-    if len(steps) < 2:
-        return None
-    every = statistics.median(b - a for a, b in zip(steps, steps[1:]))
-    if steps[0] <= LATE_START_INTERVALS * every + 1:
+    every = _log_interval(steps)
+    if every is None or steps[0] <= LATE_START_INTERVALS * every + 1:
         return None
     return (f"the log begins at step {steps[0]} (its train losses come every {every:g} steps): the steps before are "
             "not in it, as in a run resumed from a checkpoint, so its first point is not the untrained model (the "

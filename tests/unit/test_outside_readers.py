@@ -88,40 +88,71 @@ def test_two_runs_in_one_logging_dir_are_not_stitched(tmp_path):
     assert any("hold 2 runs" in n for n in h.notes)
 
 
+def _trainer_tb(folder: Path, steps: range, lr_of, loss_of) -> None:
+    """An event file as the Trainer writes it: a loss and a learning rate at each logging step, an eval every 10."""
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(folder))
+    for s in steps:
+        w.add_scalar("train/loss", loss_of(s), s)
+        w.add_scalar("train/learning_rate", lr_of(s), s)
+        if s % 10 == 0:
+            w.add_scalar("eval/loss", 1.3 * math.exp(-s / 50), s)
+    w.close()
+
+
 def test_a_second_run_that_logs_less_often_is_not_stitched_to_the_first(tmp_path):
     """Two train() runs into one output_dir: lr 0.1 logging every 5 steps to 30, then lr 0.01 logging every 10 to 60.
     The second's first step (10) is past the first's (5), so it was joined as a resume: the old run's losses at 5, 15,
     25 averaged into the new run's windows and its lr 0.087 read as the run's."""
-    pytest.importorskip("tensorboard")
-    from torch.utils.tensorboard import SummaryWriter
-
-    def run(folder: Path, every: int, last: int, peak: float) -> None:
-        w = SummaryWriter(str(folder))
-        for s in range(every, last + 1, every):
-            w.add_scalar("train/loss", (3.0 if peak > 0.05 else 1.4) * math.exp(-s / 40), s)
-            w.add_scalar("train/learning_rate", peak * (1 - (s - 1) / last), s)
-            if s % 10 == 0:
-                w.add_scalar("eval/loss", 1.3 * math.exp(-s / 50), s)
-        w.close()
-
     first = tmp_path / "a" / "runs"
-    run(first / "Dec05_first", 5, 30, 0.1)
+    _trainer_tb(first / "Dec05_first", range(5, 31, 5), lambda s: 0.1 * (1 - (s - 1) / 30),
+                lambda s: 3.0 * math.exp(-s / 40))
     time.sleep(1.1)
-    run(first / "Dec05_second", 10, 60, 0.01)
+    _trainer_tb(first / "Dec05_second", range(10, 61, 10), lambda s: 0.01 * (1 - (s - 1) / 60),
+                lambda s: 1.4 * math.exp(-s / 40))
     h = load_run(tmp_path / "a")
     assert [p["step"] for p in h.points] == [10, 20, 30, 40, 50, 60]
     assert h.points[0]["train/loss"] == pytest.approx(1.4 * math.exp(-10 / 40), rel=1e-6)  # the new run's only
     assert h.facts["learning_rate"].value == pytest.approx(0.01, rel=0.05)
-    assert any("hold 2 runs" in n and "logs learning rate 0.0085 at step 10, where the run before logged 0.07" in n
-               for n in h.notes)
+    assert any("hold 2 runs" in n and "logs from its start: its first logged step, 10, is within its logging "
+               "interval of 10 steps from step 0" in n for n in h.notes)
     assert not any("joined" in n for n in h.notes)
-    # near miss: a resume from checkpoint-5 that logs every 10 from step 10 on the same schedule is joined
-    second = tmp_path / "b" / "runs"
-    run(second / "Dec05_first", 5, 30, 0.1)
+
+
+@pytest.mark.parametrize("lr_of", [lambda s: 1e-2 * (1 - s / 60), lambda s: 2e-4], ids=["same-linear", "constant"])
+def test_two_runs_on_the_same_schedule_are_not_stitched(tmp_path, lr_of):
+    """A rerun of the same config logging every 10 where the first logged every 5: every rate both logged agrees, so
+    a rule that split runs on another learning rate at a shared step joined them (the old run's losses at 5, 15, ...
+    averaged into the new run's windows: 1.7131 for the new run's 0.7788 at step 10)."""
+    runs = tmp_path / "r" / "runs"
+    _trainer_tb(runs / "Dec05_first", range(5, 61, 5), lr_of, lambda s: 3.0 * math.exp(-s / 40))
     time.sleep(1.1)
-    run(second / "Dec05_resumed", 10, 30, 0.1)
-    h = load_run(tmp_path / "b")
+    _trainer_tb(runs / "Dec05_second", range(10, 61, 10), lr_of, lambda s: 1.0 * math.exp(-s / 40))
+    h = load_run(tmp_path / "r")
+    assert [p["train/loss"] for p in h.points] == pytest.approx([math.exp(-s / 40) for s in range(10, 61, 10)],
+                                                                rel=1e-6)
+    assert any("hold 2 runs" in n and "logs from its start" in n for n in h.notes)
+    assert not any("joined" in n for n in h.notes)
+
+
+@pytest.mark.parametrize("max_steps", [60, 120], ids=["same-schedule", "max-steps-raised"])
+def test_a_resume_is_joined_whatever_its_schedule(tmp_path, max_steps):
+    """A run of 60 steps (lr 1e-2 linear, logging every 5) dies after step 35; it is resumed from checkpoint-20, as it
+    was or with max_steps raised to 120 (the Trainer rebuilds the linear decay over 120 steps, so every rate the resume
+    logs at 25-35 differs from the first session's): both are one run, read from step 5. A rule that split on another
+    rate at a shared step read the raised one's resume alone, its steps 0-20 lost."""
+    runs = tmp_path / "r" / "runs"
+    _trainer_tb(runs / "Dec05_first", range(5, 36, 5), lambda s: 1e-2 * (1 - s / 60), lambda s: 1.4 * math.exp(-s / 40))
+    time.sleep(1.1)
+    _trainer_tb(runs / "Dec05_resumed", range(25, max_steps + 1, 5), lambda s: 1e-2 * (1 - s / max_steps),
+                lambda s: 1.4 * math.exp(-s / 40))
+    h = load_run(tmp_path / "r")
+    assert [p["step"] for p in h.points] == list(range(10, max_steps + 1, 10))
+    assert h.points[0]["train/loss"] == pytest.approx((1.4 * math.exp(-5 / 40) + 1.4 * math.exp(-10 / 40)) / 2, rel=1e-6)
     assert any("2 event files joined" in n for n in h.notes) and not any("runs (" in n for n in h.notes)
+    assert h.points[2]["lr"] == pytest.approx(1e-2 * (1 - 30 / max_steps), rel=1e-6)  # the resume's rate at 30
 
 
 def test_tensor_scalars_written_the_tf2_way_are_read(tmp_path):
