@@ -1593,13 +1593,16 @@ def _eval_key_map(eval_logs: Sequence[dict], say_mapped: bool = True) -> tuple[d
                      "validation set's key in eval_dataset={...} 'validation' (the others stay under their own names)")
     # several sets under validation names (`trainer.evaluate(ds)` after training logs the plain `eval_loss` at the last
     # step beside the run's `eval_validation_loss`): one is the validation set, the one evaluated at the most steps
-    # (a tie: the first evaluated, then the first in _VAL_NAMES); the others keep their own names (`eval/loss` for
-    # the plain one), so a later evaluation of other rows never stands in for the curve's last point
+    # (a tie: a named set before the plain keys, which the Trainer logs for named sets only from an evaluate() of
+    # its own, then the first evaluated, then the first in _VAL_NAMES; a tie read by the first evaluated alone went
+    # another way in each reader: the TensorBoard and CSV readers see both sets in one entry of the step); the others
+    # keep their own names (`eval/loss` for the plain one), so a later evaluation of other rows never stands in for
+    # the curve's last point
     val_named = [p for p in prefixes if p in _VAL_NAMES]
     val_name = None
     if len(val_named) > 1:
         seen = _set_evaluations(eval_logs, val_named)
-        val_name = min(val_named, key=lambda p: (-seen[p][0], seen[p][1], _VAL_NAMES.index(p)))
+        val_name = min(val_named, key=lambda p: (-seen[p][0], p == "", seen[p][1], _VAL_NAMES.index(p)))
         others = sorted(set(val_named) - {val_name})
         said = {p: repr(p) if p else "the plain eval_* keys" for p in val_named}
         notes.append(f"eval sets under validation names ({', '.join(said[p] for p in sorted(val_named))}): "

@@ -435,6 +435,46 @@ def test_a_csv_export_with_an_evaluate_after_training_keeps_the_named_validation
         assert not any("validation" in n for n in h.notes if n.startswith("CSV columns ignored")), fname
 
 
+def test_a_named_set_evaluated_as_often_as_an_evaluate_after_training_is_the_validation_set(tmp_path):
+    """Named sets evaluated once while training (eval_strategy='epoch', one epoch), then trainer.evaluate(val[:8])
+    logs the plain eval_* keys at the same last step: a tie of one step each. trainer_state read 'validation' (its
+    entry came first), the TensorBoard log and a W&B export (both sets in one entry of the step) read the plain keys
+    as the validation set: val loss 0.1025, macro-F1 1.0 of 8 rows for 0.40, 0.80 of 20."""
+    log = [{"step": s, "epoch": s / 60, "loss": 1.4 * math.exp(-s / 30), "learning_rate": 0.01} for s in range(5, 61, 5)]
+    log += [{"step": 60, "epoch": 1.0, "eval_validation_loss": 0.40, "eval_validation_macro_f1": 0.80,
+             "eval_validation_runtime": 0.01, "eval_validation_samples_per_second": 2000.0},
+            {"step": 60, "epoch": 1.0, "eval_train_loss": 0.35, "eval_train_macro_f1": 0.85},
+            {"step": 60, "epoch": 1.0, "train_runtime": 1.5, "train_loss": 0.7, "total_flos": 5e8},
+            {"step": 60, "epoch": 1.0, "eval_loss": 0.1025, "eval_macro_f1": 1.0, "eval_runtime": 0.01,
+             "eval_samples_per_second": 800.0}]
+    readings = {"trainer_state": load_run(_state(tmp_path / "run", log, global_step=60, max_steps=60))}
+    keys = sorted({k for e in log for k in e})
+    name_of = lambda k: ("train/global_step" if k == "step" else k.replace("eval_", "eval/", 1) if k.startswith("eval_")
+                         else "train/" + k)
+    rows = [",".join(name_of(k) for k in keys)] + [",".join(str(e.get(k, "")) for k in keys) for e in log]
+    (tmp_path / "wandb.csv").write_text("\n".join(rows) + "\n")
+    readings["csv"] = load_run(tmp_path / "wandb.csv")
+    if importlib.util.find_spec("tensorboard") is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        w = SummaryWriter(str(tmp_path / "tb" / "runs" / "Dec05"))
+        for e in log:
+            for k, v in e.items():
+                if k.startswith("eval_"):
+                    w.add_scalar("eval/" + k[len("eval_"):], v, e["step"])
+                elif k in ("loss", "learning_rate", "epoch", "train_loss", "train_runtime", "total_flos"):
+                    w.add_scalar("train/" + k, v, e["step"])
+        w.close()
+        readings["tensorboard"] = load_run(tmp_path / "tb")
+    for reader, h in readings.items():
+        last = next(p for p in h.points if "val/loss" in p)
+        assert (last["step"], last["val/loss"], last["val/macro_f1"], last["val/n"]) == (
+            60, pytest.approx(0.40), pytest.approx(0.80), 20), reader
+        assert last["eval/loss"] == pytest.approx(0.1025), reader  # the evaluate() after training, under its own name
+        assert any("'validation' (evaluated at 1 step(s)) read as the validation set, the plain eval_* keys (at 1) "
+                   "as eval/*" in n for n in h.notes), reader
+
+
 def test_a_large_csv_is_streamed_keeping_only_its_mapped_columns(tmp_path):
     """A W&B export with a hundred logged system columns: read row by row, the memory it takes stays under the file's
     size (the whole text, its lines and every cell as strings took ~10x), and the curve read is the same."""
