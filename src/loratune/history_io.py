@@ -14,11 +14,12 @@ import math
 import os
 import re
 import statistics
+from array import array
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from loratune.errors import UserError
 from loratune.features import IMPROVE_MIN_REL, is_eval_point
@@ -952,7 +953,6 @@ def _log_points(train_logs: Sequence[dict], eval_logs: Sequence[dict], split_of:
     before (train/loss: their mean, train/loss_std: their spread, ...), its eval keys renamed by `split_of` and the
     val size from the `val_prefix` set's runtime x samples/s; the train logs after the last eval make one more
     point, and with no eval every train log is its own point."""
-    points: list[dict] = []
     prev = -1
     merged: dict[int, dict] = {}  # several eval sets log one entry each at the same step
     repeats: list[int] = []  # the step of each evaluation logged again
@@ -970,13 +970,27 @@ def _log_points(train_logs: Sequence[dict], eval_logs: Sequence[dict], split_of:
     # step-sorted index rather than a scan of every train log per eval (100k logs x 1,000 evals: 5.4 s, now 0.5 s)
     by_step = sorted(range(len(train_logs)), key=lambda i: train_logs[i]["step"])
     sorted_steps = [train_logs[i]["step"] for i in by_step]
+    evals = []
     for ev in (merged[k] for k in sorted(merged)):
         lo, hi = bisect.bisect_right(sorted_steps, prev), bisect.bisect_right(sorted_steps, ev["step"])
-        window = [train_logs[i] for i in sorted(by_step[lo:hi])]
+        evals.append((ev, _window([train_logs[i] for i in sorted(by_step[lo:hi])])))
+        prev = ev["step"]
+    return _window_points(evals, [e for e in train_logs if e["step"] > prev] if evals else train_logs, split_of,
+                          val_prefix)
+
+
+def _window_points(evals: Iterable[tuple[dict, dict]], tail: Sequence[dict], split_of: Mapping[str, str],
+                   val_prefix: str) -> list[dict]:
+    """A log's points: one per evaluation (`evals`: its merged eval entry and the _window of the train logs since the
+    evaluation before, in step order), its eval keys renamed by `split_of` and the val size from the `val_prefix`
+    set's runtime x samples/s; the train logs after the last evaluation (`tail`) make one more point, and with no
+    evaluation each train log is its own point."""
+    points: list[dict] = []
+    for ev, window in evals:
         pt = {"step": int(ev["step"])}
         if _fin(ev.get("epoch")) is not None:
             pt["epoch"] = float(ev["epoch"])
-        pt.update(_window(window))
+        pt.update(window)
         for key, value in ev.items():
             if key in split_of:
                 pt[split_of[key]] = _json_num(value)
@@ -984,19 +998,15 @@ def _log_points(train_logs: Sequence[dict], eval_logs: Sequence[dict], split_of:
         if n is not None and "val/n" not in pt:
             pt["val/n"] = n
         points.append(pt)
-        prev = ev["step"]
-    tail = [e for e in train_logs if e["step"] > prev]
-    if tail and eval_logs:  # training after the last eval: one more point with train keys only
-        pt = {"step": int(tail[-1]["step"]), **_window(tail)}
-        if _fin(tail[-1].get("epoch")) is not None:
-            pt["epoch"] = float(tail[-1]["epoch"])
+    if points:  # training after the last eval: one more point, with train keys only
+        parts = [tail] if tail else []
+    else:  # no eval: every train log is its own window
+        parts = [[e] for e in tail]
+    for part in parts:
+        pt = {"step": int(part[-1]["step"]), **_window(part)}
+        if _fin(part[-1].get("epoch")) is not None:
+            pt["epoch"] = float(part[-1]["epoch"])
         points.append(pt)
-    if not eval_logs:
-        for e in train_logs:  # every log entry is its own window
-            pt = {"step": int(e["step"]), **_window([e])}
-            if _fin(e.get("epoch")) is not None:
-                pt["epoch"] = float(e["epoch"])
-            points.append(pt)
     return points
 
 
@@ -1396,8 +1406,35 @@ def _lr_facts(train_logs: Sequence[dict]) -> dict[str, "Fact"]:
     1 for constant; N = the last logged step extrapolated to where the fitted schedule ends), taking the
     shape that fits the samples best (`_round_lr`)."""
     # the Trainer logs at step s the rate step s used, i.e. the schedule's value after s - 1 scheduler steps
-    lr = [(float(e["step"]) - 1.0, float(e["learning_rate"])) for e in train_logs
-          if _fin(e.get("learning_rate")) is not None]
+    return _lr_schedule_facts([(float(e["step"]) - 1.0, float(e["learning_rate"])) for e in train_logs
+                               if _fin(e.get("learning_rate")) is not None])
+
+
+class _Samples(Sequence):
+    """(x, y) samples held as two arrays of doubles, 16 bytes a sample where a list of float tuples takes ~110: a
+    CSV's learning-rate column, a sample a row, for _lr_schedule_facts."""
+
+    def __init__(self, xs: array | None = None, ys: array | None = None):
+        self.xs, self.ys = (xs, ys) if xs is not None and ys is not None else (array("d"), array("d"))
+
+    def append(self, x: float, y: float) -> None:
+        self.xs.append(x)
+        self.ys.append(y)
+
+    def __len__(self) -> int:
+        return len(self.xs)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return _Samples(self.xs[i], self.ys[i])
+        return self.xs[i], self.ys[i]
+
+    def __iter__(self):
+        return zip(self.xs, self.ys)
+
+
+def _lr_schedule_facts(lr: Sequence[tuple[float, float]]) -> dict[str, "Fact"]:
+    """_lr_facts' reading of the samples (step - 1, rate), in step order."""
     if not lr:
         return {}
     out: dict[str, Fact] = {}
@@ -2187,16 +2224,15 @@ def _merge_same_step(points: list[dict]) -> tuple[list[dict], int]:
     return [merged[s] for s in sorted(merged)], repeated
 
 
-def _csv_eval_keys(rows: list[dict], eval_cols: Mapping[int, str],
+def _csv_eval_keys(eval_rows: list[dict], eval_cols: Mapping[int, str],
                    mapping: dict[int, str]) -> tuple[dict[str, str], str, list[str]]:
     """The loratune key of each eval column, read under its Trainer key, as the trainer_state reader names it
     (_eval_key_map, told at how many rows each set was evaluated: of `eval_loss` logged once by a trainer.evaluate()
     after training and `eval_validation_loss` at every eval, the second is the validation set), and the prefix of the
-    validation set's timing keys (its size, as _estimate_n reads it). A key a fixed column already gives (a `val_loss`
-    beside an `eval_loss`) is left to it. `mapping` gets the columns read; returns _eval_key_map's notes too."""
-    keys = set(eval_cols.values())
-    split_of, notes = _eval_key_map([{"step": row["step"], **{k: v for k, v in row.items() if k in keys}}
-                                     for row in rows if keys & row.keys()], say_mapped=False)
+    validation set's timing keys (its size, as _estimate_n reads it). `eval_rows`: each row's eval-column values, with
+    its step. A key a fixed column already gives (a `val_loss` beside an `eval_loss`) is left to it. `mapping` gets
+    the columns read; returns _eval_key_map's notes too."""
+    split_of, notes = _eval_key_map(eval_rows, say_mapped=False)
     given = set(mapping.values())
     split_of = {k: v for k, v in split_of.items() if v not in given}
     val_prefix = _val_prefix(split_of)
@@ -2211,19 +2247,124 @@ def _csv_eval_keys(rows: list[dict], eval_cols: Mapping[int, str],
 _CSV_TRAIN_LOG_KEYS = {"train/loss": "loss", "train/grad_norm": "grad_norm", "lr": "learning_rate"}
 
 
-def _csv_logs(rows: Sequence[dict], split_of: Mapping[str, str]) -> tuple[list[dict], list[dict]]:
-    """A CSV's rows (one per step) as a Trainer log's entries: a train log of each row with a train loss, and an eval
-    entry of each row with an eval value (an eval column _eval_key_map named, or a fixed column of a split that was
-    scored: val/*, train_eval/*), which carries the row's other columns (train/loss_std, ...) along."""
-    train_logs, eval_logs = [], []
+class _OutOfOrder(Exception):
+    """A CSV row whose step comes before the step of the row above it."""
+
+
+@dataclass
+class _CsvRead:
+    """What one pass over a CSV's rows keeps as they stream (never the rows): the points' makings, one window of
+    train logs, the learning-rate column as two floats a row, and the counts that decide columns afterwards."""
+    evals: list = field(default_factory=list)  # (eval entry, the _window of the train logs since the one before)
+    tail: list = field(default_factory=list)  # the train logs since the last evaluation: the one window held
+    eval_rows: list = field(default_factory=list)  # each row's eval-column values, with its step (_csv_eval_keys)
+    lr: _Samples = field(default_factory=_Samples)  # (step - 1, rate) of each row with a rate (_lr_schedule_facts)
+    first_losses: list = field(default_factory=list)  # the first 2 train logs with a loss (_classes_from_first_loss)
+    counts: dict = field(default_factory=dict)  # the rows with a value, of each key a spare column names too
+    repeated: int = 0  # values given again at a step (as _merge_same_step counts them)
+    bad_cells: int = 0
+    decimal_commas: int = 0
+    stepless: int = 0  # rows without a step number, where the CSV has a step column
+    row_step_base: int = 1  # without a step column, the first row's step
+
+
+def _csv_points(p: Path, rows: Iterable[list[str]], columns: Sequence[tuple[int, str]], dialect, has_step: bool,
+                read: _CsvRead) -> Iterator[dict]:
+    """Each row's numbers under its columns' keys (`columns`: (index, key)), counted in `read`: cells that are no
+    number, decimal commas, rows without a step (left out)."""
+    for r_i, row in enumerate(rows):
+        pt: dict[str, Any] = {}
+        for i, key in columns:
+            cell = row[i].strip() if i < len(row) else ""
+            if cell == "":
+                continue
+            try:
+                v = float(cell)
+            except ValueError:
+                # a decimal comma (a spreadsheet's export in many locales), where commas do not delimit
+                if dialect.delimiter != "," and re.fullmatch(r"[-+]?\d+,\d+(?:[eE][-+]?\d+)?", cell):
+                    v = float(cell.replace(",", "."))
+                    read.decimal_commas += 1
+                else:
+                    read.bad_cells += 1
+                    continue
+            if key in ("step", "val/n"):
+                if not math.isfinite(v):  # a step or size of inf / nan is no number of anything
+                    read.bad_cells += 1
+                    continue
+                if key == "step" and (v < 0 or v != int(v)):
+                    raise UserError(f"'{p}' row {r_i + 2}: step {cell} is not a count of optimizer steps (a whole "
+                                    "number, 0 or more)", "give the step column whole steps from 0 (a column of "
+                                    "epochs goes under the name 'epoch')")
+                pt[key] = int(v)
+            else:
+                pt[key] = v if math.isfinite(v) else None
+        if "step" not in pt:
+            if has_step:  # a step column whose cell is empty or no number: the row has no place on the curve
+                read.stepless += 1
+                continue
+            # rows counted from 1: a logged row comes after a step (the features read a train loss at step 0 as the
+            # untrained model's and left the first row's out), unless the first row's epoch says it came before any
+            if r_i == 0 and pt.get("epoch") == 0:
+                read.row_step_base = 0
+            pt["step"] = r_i + read.row_step_base
+        yield pt
+
+
+def _in_step_order(points: Iterable[dict], read: _CsvRead) -> Iterator[dict]:
+    """Rows of one step merged as _merge_same_step merges them, as they stream: for rows in step order, where the
+    rows of a step are next to each other. Raises _OutOfOrder at a row whose step comes before the one above it."""
+    pending = None
+    for pt in points:
+        if pending is not None and pt["step"] == pending["step"]:
+            for k, v in pt.items():
+                if k in pending and k != "step":
+                    read.repeated += pending[k] != v
+                    continue
+                pending[k] = v
+            continue
+        if pending is not None:
+            if pt["step"] < pending["step"]:
+                raise _OutOfOrder
+            yield pending
+        pending = pt
+    if pending is not None:
+        yield pending
+
+
+def _csv_windows(rows: Iterable[dict], read: _CsvRead, counted: Iterable[str], swaps: Sequence[tuple[int, str]],
+                 spare: Iterable[int], eval_keys: set[str], eval_col_keys: set[str]) -> None:
+    """A CSV's rows (merged, in step order) read as the trainer_state reader reads a Trainer log (_log_points), into
+    `read` as they come: each row with a train loss a train log of the current window; each row with an eval value
+    (an eval column `eval_keys` names, or a fixed column of a scored split: val/*, train_eval/*) an evaluation that
+    closes the window and carries the row's other columns (train/loss_std, ...) along. Before that the `counted`
+    keys' values are counted, and the spare columns of `swaps`, (column, key), replace their key's column."""
+    window: list[dict] = []
     for row in rows:
+        for key in counted:
+            if row.get(key) is not None:
+                read.counts[key] = read.counts.get(key, 0) + 1
+        for i, key in swaps:
+            row.pop(key, None)
+            if _spare_key(i) in row:
+                row[key] = row[_spare_key(i)]
+        for i in spare:
+            row.pop(_spare_key(i), None)
+        if eval_col_keys & row.keys():
+            read.eval_rows.append({"step": row["step"], **{k: v for k, v in row.items() if k in eval_col_keys}})
+        if _fin(row.get("lr")):
+            read.lr.append(row["step"] - 1.0, float(row["lr"]))
         base = {k: row[k] for k in ("step", "epoch") if k in row}
         if "train/loss" in row:
-            train_logs.append({**base, **{t: row[k] for k, t in _CSV_TRAIN_LOG_KEYS.items() if k in row}})
+            log = {**base, **{t: row[k] for k, t in _CSV_TRAIN_LOG_KEYS.items() if k in row}}
+            window.append(log)
+            if len(read.first_losses) < 2 and _fin(log["loss"]) is not None:
+                read.first_losses.append(log)
         rest = {k: v for k, v in row.items() if k not in base and k not in _CSV_TRAIN_LOG_KEYS}
-        if is_eval_point(rest) or split_of.keys() & rest.keys():
-            eval_logs.append({**base, **rest})
-    return train_logs, eval_logs
+        if is_eval_point(rest) or eval_keys & rest.keys():
+            read.evals.append(({**base, **rest}, _window(window)))
+            window = []
+    read.tail = window
 
 
 def _csv_column_notes(header: list[str], mapping: dict[int, str]) -> list[str]:
@@ -2240,35 +2381,28 @@ def _spare_key(i: int) -> str:
     return f"\x00spare{i}"
 
 
-def _summary_columns(points: list[dict], mapping: dict[int, str], spare: dict[int, str], header: list[str],
-                     notes: list[str]) -> None:
+def _summary_columns(counts: Mapping[str, int], mapping: dict[int, str], spare: dict[int, str], header: list[str],
+                     notes: list[str]) -> list[tuple[int, str]]:
     """Two columns for one key (`train_loss` and `loss`): the first in the header is read, unless it holds a single
     value where the other holds a curve; that one value is a summary (the Trainer's `train_loss`, a run's mean loss
-    at its end, as an MLflow pivot exports it), not the curve. In place: points, mapping and notes; True if a column
-    was swapped."""
-    swapped = False
+    at its end, as an MLflow pivot exports it), not the curve. `counts`: the rows with a value of each key and spare
+    column (_spare_key). In place: mapping and notes; returns the spare columns read instead, (column, key)."""
+    swaps = []
+    held = dict(counts)  # the values each key holds, a swapped-in column's
     for i, key in spare.items():
         first = next(j for j, k in mapping.items() if k == key)
-        n_first = sum(1 for pt in points if pt.get(key) is not None)
-        n_spare = sum(1 for pt in points if pt.get(_spare_key(i)) is not None)
+        n_first, n_spare = held.get(key, 0), counts.get(_spare_key(i), 0)
         if n_first <= 1 < n_spare:
-            for pt in points:
-                pt.pop(key, None)
-                if _spare_key(i) in pt:
-                    pt[key] = pt[_spare_key(i)]
+            held[key] = n_spare
             mapping[i] = mapping.pop(first)
-            swapped = True
+            swaps.append((i, key))
             notes.append(f"CSV columns {header[first]!r} and {header[i]!r} both name {key}: {header[i]!r} read (a "
                          f"curve of {n_spare} values), {header[first]!r} left out (one value: a run's summary)")
-        for pt in points:
-            pt.pop(_spare_key(i), None)
-    return swapped
+    return swaps
 
 
-def read_csv(path: str | Path) -> RunHistory:
-    """A CSV of step / loss / metric columns, streamed: the file is read line by line and only the mapped columns'
-    numbers are kept (a 200 MB W&B export with a hundred other columns held ~10x its size as text, lines and cells)."""
-    p = Path(path)
+def _csv_rows(p: Path) -> Iterator[Any]:
+    """A CSV read line by line: its dialect, its header, then its non-blank rows."""
     with p.open(encoding="utf-8-sig", newline=None) as f:  # universal newlines: \r, \n, \r\n
         # each line cut again as str.splitlines() cuts (\f, \x1c, U+2028...): the lines the whole text's splitlines gave
         lines = (piece for line in f for piece in line.splitlines())
@@ -2279,13 +2413,30 @@ def read_csv(path: str | Path) -> RunHistory:
             dialect = csv.Sniffer().sniff(first, delimiters=",;\t|")
         except csv.Error:
             dialect = csv.excel
+        yield dialect
         reader = csv.reader(itertools.chain([first], lines), dialect)
-        header = next(reader)
-        return _csv_history(p, header, (r for r in reader if any(cell.strip() for cell in r)), dialect)
+        yield next(reader)
+        yield from (r for r in reader if any(cell.strip() for cell in r))
 
 
-def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
-    """The run of a CSV from its header and its non-blank rows (an iterator: read once, row by row)."""
+def read_csv(path: str | Path) -> RunHistory:
+    """A CSV of step / loss / metric columns, streamed: the file is read line by line, only the mapped columns'
+    numbers are kept (a 200 MB W&B export with a hundred other columns held ~10x its size as text, lines and cells),
+    and the rows are read into windows as they come (_csv_windows), so what is held is the points, the one window of
+    train rows since the last evaluation and the learning-rate column (16 bytes a row). A file whose steps go back is
+    read again and its rows sorted, all of them held; one with a column only the whole file decides (a one-value
+    summary column beside its curve, an eval column a fixed one gives) is read again once it is decided."""
+    p = Path(path)
+    rows = _csv_rows(p)
+    dialect = next(rows)
+    header = next(rows)
+    return _csv_history(p, header, rows, dialect, lambda: itertools.islice(_csv_rows(p), 2, None))
+
+
+def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
+                 again: Callable[[], Iterator[list[str]]]) -> RunHistory:
+    """The run of a CSV from its header and its non-blank rows (`body`: read once, row by row; `again`: the rows
+    read anew)."""
     lookup = {alias: key for key, aliases in _CSV_COLUMNS.items() for alias in aliases}
     mapping: dict[int, str] = {}
     spare: dict[int, str] = {}  # a later column under a key already mapped: read, in case the first is a summary
@@ -2334,89 +2485,65 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
     if any(_norm(header[i].rsplit(" - ", 1)[-1]) in ("f1", "val_f1", "validation_f1", "valid_f1", "dev_f1")
            for i in mapping):  # (an eval_f1 column: _eval_key_map says so)
         notes.append("an F1 column without 'macro' was taken as macro-F1")
-    points = []
-    bad_cells = stepless = decimal_commas = 0
-    row_step_base = 1
-    for r_i, row in enumerate(itertools.chain([row0], body)):
-        pt: dict[str, Any] = {}
-        for i, key in itertools.chain(mapping.items(), eval_cols.items(), ((i, _spare_key(i)) for i in spare)):
-            cell = row[i].strip() if i < len(row) else ""
-            if cell == "":
-                continue
-            try:
-                v = float(cell)
-            except ValueError:
-                # a decimal comma (a spreadsheet's export in many locales), where commas do not delimit
-                if dialect.delimiter != "," and re.fullmatch(r"[-+]?\d+,\d+(?:[eE][-+]?\d+)?", cell):
-                    v = float(cell.replace(",", "."))
-                    decimal_commas += 1
-                else:
-                    bad_cells += 1
-                    continue
-            if key in ("step", "val/n"):
-                if not math.isfinite(v):  # a step or size of inf / nan is no number of anything
-                    bad_cells += 1
-                    continue
-                if key == "step" and (v < 0 or v != int(v)):
-                    raise UserError(f"'{p}' row {r_i + 2}: step {cell} is not a count of optimizer steps (a whole "
-                                    "number, 0 or more)", "give the step column whole steps from 0 (a column of "
-                                    "epochs goes under the name 'epoch')")
-                pt[key] = int(v)
-            else:
-                pt[key] = v if math.isfinite(v) else None
-        if "step" not in pt:
-            if "step" in found:  # a step column whose cell is empty or no number: the row has no place on the curve
-                stepless += 1
-                continue
-            # rows counted from 1: a logged row comes after a step (the features read a train loss at step 0 as the
-            # untrained model's and left the first row's out), unless the first row's epoch says it came before any
-            if r_i == 0 and pt.get("epoch") == 0:
-                row_step_base = 0
-            pt["step"] = r_i + row_step_base
-        points.append(pt)
-    if stepless:
-        notes.append(f"{stepless} row(s) without a step number left out")
-    rows, repeated = _merge_same_step(points)
-    _summary_columns(rows, mapping, spare, header, notes)
+    columns = [*mapping.items(), *eval_cols.items(), *((i, _spare_key(i)) for i in spare)]
+    counted = {*spare.values(), *map(_spare_key, spare)}
+    has_step = "step" in found
+
+    def read_rows(rows: Iterator[list[str]], swaps: Sequence[tuple[int, str]], eval_keys: set[str]) -> _CsvRead:
+        read = _CsvRead()
+        how = (counted, swaps, spare, eval_keys, set(eval_cols.values()))
+        try:
+            _csv_windows(_in_step_order(_csv_points(p, rows, columns, dialect, has_step, read), read), read, *how)
+        except _OutOfOrder:  # a step that goes back: every row read again, merged and sorted
+            read = _CsvRead()
+            merged, read.repeated = _merge_same_step(list(_csv_points(p, again(), columns, dialect, has_step, read)))
+            _csv_windows(merged, read, *how)
+        return read
+
+    # the train rows between two evaluations are one window (train/loss their mean, train/loss_std their spread), as
+    # the trainer_state reader reads a log (_log_points), not a point each, where one noisy logged loss of a batch of
+    # 8 read as the train loss climbing back up (an export of a healthy run read lr-too-large); an eval column names
+    # an evaluation as the name alone tells (`named`) until the rows have told which set is the validation set
+    read = read_rows(itertools.chain([row0], body), [], set(named))
+    if read.stepless:
+        notes.append(f"{read.stepless} row(s) without a step number left out")
+    swaps = _summary_columns(read.counts, mapping, spare, header, notes)
     fixed = set(mapping.values())  # the keys of the columns an alias (or a loratune name) gave
-    split_of, val_prefix, key_notes = _csv_eval_keys(rows, eval_cols, mapping)
+    split_of, val_prefix, key_notes = _csv_eval_keys(read.eval_rows, eval_cols, mapping)
+    if swaps or set(split_of) != set(named):
+        read = read_rows(again(), swaps, set(split_of))  # the windows of the columns as the whole file decided them
     notes += key_notes
     notes[:0] = _csv_column_notes(header, dict(sorted(mapping.items())))
     found = set(mapping.values())
-    # read as the trainer_state reader reads a log (_log_points): the train rows between two evaluations are one
-    # window (train/loss their mean, train/loss_std their spread), not a point each, where one noisy logged loss of a
-    # batch of 8 read as the train loss climbing back up (an export of a healthy run read lr-too-large)
-    train_logs, eval_logs = _csv_logs(rows, split_of)
-    points = _log_points(train_logs, eval_logs, {**{k: k for k in fixed if "/" in k}, **split_of}, val_prefix, notes,
-                         last=rows[-1]["step"] if rows else None)
+    points = _window_points(read.evals, read.tail, {**{k: k for k in fixed if "/" in k}, **split_of}, val_prefix)
     for pt in points:
         if _fin(pt.get("val/n")) is not None:
             pt["val/n"] = int(pt["val/n"])  # a count (an eval_n column is read as a float)
     estimated = 0 if "val/n" in found else sum(1 for pt in points if "val/n" in pt)
     if estimated:
         notes.append(f"val size estimated at {estimated} eval(s) as eval runtime x samples/s")
-    if repeated:
-        notes.append(f"{repeated} value(s) given again at a step that already had one: the first row's value kept "
-                     "(rows of one step are merged, in file order)")
+    if read.repeated:
+        notes.append(f"{read.repeated} value(s) given again at a step that already had one: the first row's value "
+                     "kept (rows of one step are merged, in file order)")
     if "step" not in found:
-        notes.append(f"no step column: row numbers (from {row_step_base}) used as steps; the run's optimizer steps "
-                     "are unknown, its 'steps' count rows")
-    if bad_cells:
-        notes.append(f"{bad_cells} non-numeric cells ignored")
-    if decimal_commas:
-        notes.append(f"{decimal_commas} numbers written with a decimal comma read as decimals")
+        notes.append(f"no step column: row numbers (from {read.row_step_base}) used as steps; the run's optimizer "
+                     "steps are unknown, its 'steps' count rows")
+    if read.bad_cells:
+        notes.append(f"{read.bad_cells} non-numeric cells ignored")
+    if read.decimal_commas:
+        notes.append(f"{read.decimal_commas} numbers written with a decimal comma read as decimals")
     curves = ("train/loss", "val/loss", "val/macro_f1", "val/accuracy")
     if not any(k in pt for pt in points for k in curves):
         raise UserError(f"'{p}': no number in its loss or metric columns "
                         f"({', '.join(repr(header[i]) for i, k in mapping.items() if k in curves)}; "
-                        f"{bad_cells} cells are not numbers)",
+                        f"{read.bad_cells} cells are not numbers)",
                         "write the values as plain numbers (e.g. 0.25) with a header row of column names")
     if not estimated and not (found & {"val/n"}):
         notes.append("no val size column (val_n): no standard error, so noise checks are skipped")
     _percent_to_share(points, notes)
     # the lr column's peak and schedule, read as the Trainer and TensorBoard readers read theirs: without them a CSV
     # had no config and was left out of every knob comparison
-    facts = _lr_facts([{"step": row["step"], "learning_rate": row["lr"]} for row in rows if _fin(row.get("lr"))])
+    facts = _lr_schedule_facts(read.lr)
     if facts and "step" not in found:
         facts.pop("warmup_steps", None)  # counted in rows, not optimizer steps
     facts = {k: replace(f, source=f"{f.source.replace('log_history', 'CSV')} ({p.name})") for k, f in facts.items()}
@@ -2433,7 +2560,7 @@ def _csv_history(p: Path, header: list[str], body, dialect) -> RunHistory:
         # the class count from the first train loss, as the trainer_state and TensorBoard readers estimate it: an
         # export of a run's log_history had no count, so no ln(classes) reference, and another verdict than the
         # run's trainer_state.json. Only over optimizer steps: a row number is no step the estimate can place
-        _classes_from_first_loss(train_logs, meta, facts)
+        _classes_from_first_loss(read.first_losses, meta, facts)
     if facts:
         meta["facts"] = {k: {"value": f.value, "source": f.source} for k, f in facts.items()}
     if "step" not in found:

@@ -499,6 +499,40 @@ def test_a_large_csv_is_streamed_keeping_only_its_mapped_columns(tmp_path):
     assert any(n.startswith("CSV columns ignored: 'sys/gpu0_util'") for n in run.notes)
 
 
+
+def test_a_long_csv_holds_its_points_and_one_window_not_its_rows(tmp_path):
+    """20,000 narrow rows (step, loss, learning_rate; an eval every 1,000 steps): the reader held every row as a
+    point, then as a train log, an eval entry and an lr sample at once (30x the file's size) for 20 points; windowed as
+    the rows stream it holds the points, one window and the lr column. Rows out of step order, or a one-value summary
+    column read instead of its curve, are read again: the same points."""
+    from support import traced_peak
+
+    def row(s: int) -> str:
+        ev = f"{1.2 * math.exp(-s / 10000):.5f}" if s % 1000 == 0 else ""
+        return f"{s},{1.4 * math.exp(-s / 8000) + 0.01 * (s % 7):.5f},{2e-4 * (1 - s / 20000):.6g},{ev}"
+
+    rows = [row(s) for s in range(1, 20001)]
+    path = tmp_path / "long.csv"
+    path.write_text("step,loss,learning_rate,eval_loss\n" + "\n".join(rows) + "\n")
+    run, peak = traced_peak(load_run, path)
+    assert peak < 3 * path.stat().st_size, (peak, path.stat().st_size)
+    assert [p["step"] for p in run.points] == list(range(1000, 20001, 1000))
+    first = run.points[0]
+    assert first["train/loss"] == pytest.approx(sum(float(r.split(",")[1]) for r in rows[:1000]) / 1000)
+    assert first["val/loss"] == pytest.approx(1.2 * math.exp(-0.1), abs=1e-5) and first["lr"] == pytest.approx(1.9e-4)
+    assert run.facts["learning_rate"].value == pytest.approx(2e-4) and run.facts["lr_schedule"].value == "linear"
+    shuffled = tmp_path / "shuffled.csv"  # the second half first
+    shuffled.write_text("step,loss,learning_rate,eval_loss\n" + "\n".join(rows[10000:] + rows[:10000]) + "\n")
+    summary = tmp_path / "summary.csv"  # an MLflow pivot's train_loss: one value, the run's mean, at its end
+    summary.write_text("step,train_loss,loss,learning_rate,eval_loss\n" + "\n".join(
+        r.replace(",", ",0.7," if r.startswith("20000,") else ",,", 1) for r in rows) + "\n")
+    for other in (shuffled, summary):
+        h = load_run(other)
+        assert h.points == run.points, other.name
+        assert {k: f.value for k, f in h.facts.items()} == {k: f.value for k, f in run.facts.items()}, other.name
+    assert any("'loss' read (a curve of 20000 values), 'train_loss' left out" in n for n in h.notes)
+
+
 def test_log_history_entries_are_read_in_step_order_whatever_their_file_order(tmp_path):
     """A reversed (or shuffled) log_history built each eval's window, its first loss and the lr's warm-up and peak in
     file order: a diverged run read healthy, with a made-up warm-up and a constant schedule."""
