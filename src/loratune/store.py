@@ -32,8 +32,8 @@ WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safeten
 LABEL_MAP = "label_map.json"
 # in adapter/: the step of the model the folder holds, so a reader can tell it is the one run.json's saved_model names
 SAVED_STEP = "saved_step.json"
-# a model being written goes into a hidden sibling of adapter/ named so (RunStore.replace_adapter); one left by a killed
-# run is removed when the next run starts in the directory
+# a model being written goes into a hidden sibling of adapter/ named so (replace_saved_model); one left by a killed
+# run is removed when the next run starts in the directory (a killed tune export: by the next export)
 ADAPTER_TMP = (f".{ADAPTER}.", ".tmp")
 TENSORBOARD_DIR = "tensorboard"  # report_to: tensorboard writes its event files here, inside the run directory
 GENERATIONS = "generations.jsonl"  # causal-lm: the prompt set's greedy outputs, one row per prompt and eval point
@@ -452,6 +452,40 @@ def _swap_in(new: Path, target: Path) -> None:
     os.rename(old, new)  # the caller removes `new`, as after an exchange
 
 
+def remove_unfinished_models(parent: Path) -> None:
+    """Remove what a killed replace_saved_model left in `parent`: a model it was writing, or one it was removing."""
+    import shutil
+
+    for left in parent.glob(f"{ADAPTER_TMP[0]}*{ADAPTER_TMP[1]}"):
+        shutil.rmtree(left, ignore_errors=True)
+
+
+def replace_saved_model(folder: Path, write: Callable[[Path], None] | None) -> None:
+    """Put the saved model `write(tmp)` writes at `folder` (a run's adapter/, a tune study's final/adapter), or remove
+    the one there (`write` None). It is written into a hidden sibling (ADAPTER_TMP) and swapped in once complete, so
+    `folder` is always one whole model: the one before until the new one is complete, never the two mixed (files merged
+    into the old folder, a full model's config.json beside a LoRA adapter's adapter_config.json, loaded as neither).
+    A removal renames the folder aside first (a kill mid-removal leaves no part of it at `folder`)."""
+    import shutil
+
+    folder.parent.mkdir(parents=True, exist_ok=True)  # (a caller saving a model outside a training run)
+    new = Path(tempfile.mkdtemp(dir=folder.parent, prefix=ADAPTER_TMP[0], suffix=ADAPTER_TMP[1]))
+    try:
+        if write is None:
+            if folder.is_symlink():
+                folder.unlink()
+            elif folder.exists():
+                new.rmdir()
+                os.rename(folder, new)  # then removed with it
+            return
+        os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes 0700; adapter/ is as readable as the run's other files
+        write(new)
+        _follow_umask(new)
+        _swap_in(new, folder)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)  # what was not swapped in, or (after an exchange) the old model
+
+
 def in_study(path: str | None, root: Path, folder: str) -> str | None:
     """`path` as found in the study directory `root`: a study copied or moved would read (and `report --trial-reports`
     write into) the directories of the study it was copied from, or dead paths, and a path recorded relative to the
@@ -507,8 +541,7 @@ class RunStore:
         the names removed."""
         import shutil
 
-        for left in self.path.glob(f"{ADAPTER_TMP[0]}*{ADAPTER_TMP[1]}"):  # a model a killed run was writing
-            shutil.rmtree(left, ignore_errors=True)
+        remove_unfinished_models(self.path)
         # what a run killed mid-clearing moved out: removed with this clearing, after _stale_outputs has seen it (it
         # is what says the outputs it left beside it were a run's)
         left_trash = _clearing_left(self.path)
@@ -541,22 +574,15 @@ class RunStore:
         return stale
 
     def replace_adapter(self, step: int | None, write: Callable[[Path], None]) -> None:
-        """Write a model (`write(folder)`) into a hidden sibling of adapter/, then swap it in, so adapter/ is always one
-        whole model: the one before until the new one is complete. Written straight into adapter/, a kill -9 mid-save
-        left the new weights beside the old config, tokenizer and label map (a mixed folder that still loaded), and a
-        save that failed lost the previous best. SAVED_STEP in it names `step`."""
-        import shutil
+        """Write a model (`write(folder)`) into adapter/'s place whole (replace_saved_model). Written straight into
+        adapter/, a kill -9 mid-save left the new weights beside the old config, tokenizer and label map (a mixed
+        folder that still loaded), and a save that failed lost the previous best. SAVED_STEP in it names `step`."""
 
-        self.path.mkdir(parents=True, exist_ok=True)  # (a caller saving a model outside a training run)
-        new = Path(tempfile.mkdtemp(dir=self.path, prefix=ADAPTER_TMP[0], suffix=ADAPTER_TMP[1]))
-        try:
-            os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes 0700; adapter/ is as readable as the run's other files
-            write(new)
-            write_json(new / SAVED_STEP, {"step": step})
-            _follow_umask(new)
-            _swap_in(new, self.adapter_dir)
-        finally:
-            shutil.rmtree(new, ignore_errors=True)  # what was not swapped in, or (after an exchange) the old model
+        def write_stepped(out: Path) -> None:
+            write(out)
+            write_json(out / SAVED_STEP, {"step": step})
+
+        replace_saved_model(self.adapter_dir, write_stepped)
 
     def close(self) -> None:
         """Release the run's lock (after the last write of run.json)."""

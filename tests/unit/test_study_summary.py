@@ -84,3 +84,72 @@ def test_a_resume_that_picks_another_trial_says_test_was_scored_before(tmp_path)
     assert (saved["trial"], saved["scores"]["test/macro_f1"]) == (5, 0.9)
     assert [e["trial"] for e in saved["earlier"]] == [2] and summary["recommendation"]["test_earlier"] == [2]
     assert _test_detail(build_study_report(tmp_path)).startswith("scored 2 times: also on #2")
+
+
+LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", "label_map.json", "tokenizer.json")
+FULL_FILES = ("config.json", "model.safetensors", "label_map.json", "tokenizer.json")
+
+
+def _pick_with_model(tmp_path, number, name, files):
+    """A finished trial whose adapter/ holds `files` (each file's text names the trial), or no adapter/ (files None)."""
+    run_dir = tmp_path / "trials" / f"{number:02d}-{name}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if files is not None:
+        (run_dir / "adapter").mkdir(exist_ok=True)
+        for f in files:
+            (run_dir / "adapter" / f).write_text(f"{name} {f}")
+    return TrialRecord(number, TrialSpec(name, "final-train", {"adapter.r": 4}), str(run_dir),
+                       TrialResult(status="completed", value=0.5, examples=100, wall_s=1.0))
+
+
+def _finish_with(tmp_path, rec):
+    ctx = SearchContext(store=MemoryStore(tmp_path), runner=_Runner(), meter=Meter(Budget.parse("10trials")),
+                        trial_examples=100, costs=CostModel())
+    ctx.state["final"] = rec
+    return finish(ctx, tmp_path / "final", "protocol")
+
+
+def test_a_resume_that_picks_another_model_replaces_the_exported_one_whole(tmp_path):
+    """A resumed study whose new pick is a full fine-tuning run after a LoRA one: final/adapter held both models' files
+    (copied into the old folder), and transformers loaded the stale adapter_config.json into the new full model. The
+    export is the new pick's folder alone, each way round, and a pick without a saved model leaves none."""
+    final = tmp_path / "final" / "adapter"
+    summary = _finish_with(tmp_path, _pick_with_model(tmp_path, 3, "lora", LORA_FILES))
+    assert sorted(p.name for p in final.iterdir()) == sorted(LORA_FILES)
+    assert summary["recommendation"]["files"]["adapter"] == str(final)
+    _finish_with(tmp_path, _pick_with_model(tmp_path, 7, "full", FULL_FILES))
+    assert sorted(p.name for p in final.iterdir()) == sorted(FULL_FILES)
+    assert {p.read_text() for p in final.iterdir()} == {f"full {f}" for f in FULL_FILES}
+    _finish_with(tmp_path, _pick_with_model(tmp_path, 3, "lora", LORA_FILES))
+    assert sorted(p.name for p in final.iterdir()) == sorted(LORA_FILES)
+    summary = _finish_with(tmp_path, _pick_with_model(tmp_path, 9, "unsaved", None))
+    assert not final.exists() and "adapter" not in summary["recommendation"]["files"]
+    assert sorted(p.name for p in (tmp_path / "final").iterdir()) == ["study.json", "test.json"]  # nothing hidden left
+
+
+def test_an_export_that_fails_midway_keeps_the_earlier_pick_whole(tmp_path, monkeypatch):
+    """A copy that stops half-way (a full disk, a kill) leaves final/adapter the earlier pick's, never a mix; the next
+    export removes what the stopped one left."""
+    import shutil
+
+    import pytest
+
+    final = tmp_path / "final" / "adapter"
+    _finish_with(tmp_path, _pick_with_model(tmp_path, 3, "lora", LORA_FILES))
+    real = shutil.copytree
+
+    def copy_then_fail(src, dst, **kw):
+        if str(src).endswith("model.safetensors"):  # the other files may be copied by then
+            raise OSError(28, "No space left on device")
+        return shutil.copy2(src, dst, **kw)
+
+    monkeypatch.setattr(shutil, "copytree", lambda src, dst, **kw: real(src, dst, copy_function=copy_then_fail, **kw))
+    with pytest.raises(OSError, match="No space left"):
+        _finish_with(tmp_path, _pick_with_model(tmp_path, 7, "full", FULL_FILES))
+    assert sorted(p.name for p in final.iterdir()) == sorted(LORA_FILES)
+    assert {p.read_text() for p in final.iterdir()} == {f"lora {f}" for f in LORA_FILES}
+    monkeypatch.setattr(shutil, "copytree", real)
+    (tmp_path / "final" / ".adapter.killed.tmp").mkdir()  # what a kill -9 mid-copy leaves
+    _finish_with(tmp_path, _pick_with_model(tmp_path, 7, "full", FULL_FILES))
+    assert sorted(p.name for p in final.iterdir()) == sorted(FULL_FILES)
+    assert not list((tmp_path / "final").glob(".adapter.*"))

@@ -13,7 +13,7 @@
   val and test scores, exported files).
 
 `finish(ctx, final_dir)` scores the chosen trial once on the test split (reusing an earlier score of the
-same trial on resume), copies its adapter, writes the final YAML and the summary.
+same trial on resume), copies its adapter (replacing the earlier pick's whole), writes the final YAML and the summary.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from loratune.errors import UserError
 from loratune.objectives import MACRO_F1, objective
 from loratune.search.context import SearchContext
 from loratune.search.study import records_table
-from loratune.store import read_json, write_atomic, write_json
+from loratune.store import (ADAPTER, read_json, remove_unfinished_models, replace_saved_model, write_atomic,
+                            write_json)
 
 
 def best_vs_compute(records) -> list[dict]:
@@ -144,10 +145,15 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
                                        **({"earlier": earlier} if earlier else {})})
             except UserError as exc:
                 ctx.decide("finish", "test", "no test score", "none", [exc.problem])
-        adapter = Path(rec.run_dir) / "adapter"
+        # the pick's saved model replaces the folder whole (a resume that picked a full run after a LoRA one merged
+        # them: the old adapter_config.json beside the new config.json, which transformers loaded as neither); a pick
+        # without one leaves none, never the earlier pick's
+        adapter = Path(rec.run_dir) / ADAPTER
+        remove_unfinished_models(final_dir)
+        replace_saved_model(final_dir / ADAPTER, (lambda out: shutil.copytree(adapter, out, dirs_exist_ok=True))
+                            if adapter.is_dir() else None)
         if adapter.is_dir():
-            shutil.copytree(adapter, final_dir / "adapter", dirs_exist_ok=True)
-            files["adapter"] = str(final_dir / "adapter")
+            files["adapter"] = str(final_dir / ADAPTER)
         cfg_path = Path(rec.run_dir) / "config.yaml"
         if cfg_path.exists():
             cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
