@@ -1296,7 +1296,15 @@ def _write_model(out: Path, model, tokenizer, space: LabelSpace, cfg: RunConfig,
                                     and m not in peft_cfg.modules_to_save[:i]]
     with quiet_transformers():  # peft re-reads our model card (no metadata block): the hub warned at every save
         model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    # the saved tokenizer truncates where the run did (model_max_length: what truncation=True cuts at): it kept the
+    # base's (512 for MiniLM, none for a config without one), so a pipeline with truncation=True scored more of a long
+    # text than predict and evaluate do (cfg.model.max_length) and gave other labels. The live tokenizer is left as is
+    kept = tokenizer.model_max_length
+    tokenizer.model_max_length = cfg.model.max_length
+    try:
+        tokenizer.save_pretrained(out)
+    finally:
+        tokenizer.model_max_length = kept
     base = resolve_model(cfg.model)  # base_model_path: what plain transformers loads (README recipe)
     write_json(out / LABEL_MAP, {"labels": list(space.labels), "multi_label": space.multi_label,
                                  "method": cfg.adapter.method, "base_model": cfg.model.name_or_path,
@@ -1313,6 +1321,11 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool) -> str:
     kind = (f"a LoRA adapter (r={a.r}, lora_alpha={a.lora_alpha}, targets {', '.join(map(str, a.target_modules))}) "
             "with its trained classification head" if is_adapter else "a fully fine-tuned model")
     labels = ", ".join(space.labels[:20]) + (f", ... ({len(space)} in all)" if len(space) > 20 else "")
+    # truncation=True cuts a text at the saved tokenizer's model_max_length, the run's max_length (_write_model), as
+    # predict and evaluate cut it: without it a longer text was scored whole (other labels; past the position table, an
+    # error)
+    score = ("logits = model(**tokenizer([\"some text\"], return_tensors=\"pt\", truncation=True)).logits  "
+             "# cut at max_length, as loratune cuts it")
     if is_adapter:
         # the base's own config has its own head size (2, LABEL_i names): the run's labels go in as overrides, so
         # the head loads and a pipeline says the run's labels (peft's auto class loads the base named in
@@ -1326,17 +1339,18 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool) -> str:
                 + ")\nbase = AutoModelForSequenceClassification.from_pretrained(BASE, **head)\n"
                 "tokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n"
                 "base.config.pad_token_id = tokenizer.pad_token_id  # a decoder pools its last non-pad token\n"
-                "model = PeftModel.from_pretrained(base, \"adapter\")")
+                "model = PeftModel.from_pretrained(base, \"adapter\")\n" + score)
         auto = ("\nOr with peft's auto class (it loads the base named in `adapter_config.json`, whose own head has the "
                 "base's size: it needs the same `head`), merged for a pipeline (continuing from the code above):\n\n"
                 "```python\nfrom peft import AutoPeftModelForSequenceClassification\nfrom transformers import "
                 "pipeline\n\nmodel = AutoPeftModelForSequenceClassification.from_pretrained(\"adapter\", **head, "
                 "pad_token_id=tokenizer.pad_token_id)\nclassify = pipeline(\"text-classification\", "
-                "model=model.merge_and_unload(), tokenizer=tokenizer)\nprint(classify(\"some text\"))\n```\n")
+                "model=model.merge_and_unload(), tokenizer=tokenizer)\nprint(classify(\"some text\", "
+                "truncation=True))\n```\n")
     else:
         load = ("from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
                 "model = AutoModelForSequenceClassification.from_pretrained(\"adapter\")  # config.json: the labels\n"
-                "tokenizer = AutoTokenizer.from_pretrained(\"adapter\")")
+                "tokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n" + score)
         auto = ""
     data = cfg.data.train_file or cfg.data.dataset_name
     return ("# Text classifier trained with loratune\n\n"
@@ -1344,7 +1358,8 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool) -> str:
             f"{'multi' if space.multi_label else 'single'}-label classification into {len(space)} labels: "
             f"{labels}.\n\n"
             f"- base model (BASE below): `{cfg.model.name_or_path}` (`base_model_path` in `label_map.json` when it "
-            f"is an embedded model), `max_length` {cfg.model.max_length}\n"
+            f"is an embedded model), `max_length` {cfg.model.max_length} (the tokenizer's `model_max_length`: with "
+            "`truncation=True` the tokenizer and a pipeline cut longer texts there, as `loratune predict` does)\n"
             "- label order: `label_map.json` (logit i is `labels[i]`)\n"
             "- metrics, curves and the configuration: `../run.json`, `../history.jsonl`, `../config.yaml`\n\n"
             "## Use\n\n```bash\nloratune predict RUN_DIR \"some text\"\n```\n\n"

@@ -586,6 +586,37 @@ def test_the_adapter_card_recipes_name_the_runs_labels(arch, request, intent_dat
     assert [r["label"] for r in scope["classify"](texts)] == ours
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_pipeline_on_the_saved_model_says_what_predict_says_on_texts_past_max_length(method, tiny_bert, intent_data,
+                                                                                       tmp_path):
+    """The saved tokenizer kept the base's model_max_length (none here, 512 for MiniLM), so the card's pipeline and the
+    plain full-model load scored the whole of a text that predict cuts at the run's max_length: other labels, and past
+    the position table an error. The tokenizer now carries max_length and the recipes pass truncation=True."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    from support import card_recipe
+
+    out = tmp_path / "run"
+    cfg, _ = _train(tiny_bert, intent_data, out, max_steps=24, eval_steps=8, learning_rate=2e-2, method=method)
+    assert cfg.model.max_length == 16
+    assert AutoTokenizer.from_pretrained(out / "adapter").model_max_length == 16
+    intents = ["what is my balance", "lost my card", "change my pin", "send money to a friend"]
+    texts = [f"{a} {a} " + f"{b} " * 6 for a in intents for b in intents if a != b]  # 20+ tokens each
+    texts.append("lost my card " * 30)  # 90 tokens: past the 64 positions of the tiny model
+    ours = api.predict(str(out), texts)
+    if method == "lora":  # the card's two recipes, as written
+        scope = card_recipe(out, {"BASE": tiny_bert}, after="Without loratune:\n\n")
+        assert scope["logits"].shape == (1, 4)  # its scoring line runs
+        scope = card_recipe(out, {**scope, "print": lambda *a: None}, after="(continuing from the code above):\n\n")
+        classify = scope["classify"]
+    else:  # the README's full-model load, then a pipeline as the card's
+        classify = pipeline("text-classification", model=AutoModelForSequenceClassification.from_pretrained(
+            out / "adapter"), tokenizer=AutoTokenizer.from_pretrained(out / "adapter"))
+    theirs = classify(texts, truncation=True)
+    assert [r["label"] for r in theirs] == [p["label"] for p in ours]
+    assert [r["score"] for r in theirs] == pytest.approx([p["score"] for p in ours], abs=0.02)  # (bf16 autocast)
+
+
 def test_modernbert_head_is_trained_and_saved_so_evaluate_repeats_the_run(intent_data, tmp_path):
     """ModernBERT's classifier adds `head` (dense + norm) before `classifier`: both are the head, trained and saved
     with the adapter (heads.head_modules). Left out, `head` was random at every load and evaluate changed each call."""
