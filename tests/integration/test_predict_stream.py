@@ -3,6 +3,7 @@ results written before the next is scored, a progress bar on stderr and nothing 
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -78,3 +79,27 @@ def test_a_few_texts_print_no_progress(trained, capsys):
     assert main(["predict", str(trained), "--json", *TEXTS[:3]]) == 0
     got = capsys.readouterr()
     assert len(json.loads(got.out)) == 3 and got.err == ""
+
+
+def test_text_lines_off_a_terminal_are_one_per_text_unwrapped_with_line_breaks_escaped(trained, tmp_path, capsys,
+                                                                                        monkeypatch):
+    """`predict --file F > out`: rich wrapped a line at 80 columns off a terminal, and a CSV text holding a line break
+    printed on two lines, so `wc -l`, `cut` and `paste` misaligned texts and labels. One line per text, as written."""
+    monkeypatch.delenv("COLUMNS", raising=False)  # rich's width off a terminal: 80
+    long = ("i need help because i think i lost my card somewhere in the city yesterday evening and now i cannot pay "
+            "for anything at all")
+    texts = [long, "multi\nline text", "a carriage\rreturn", "what is my balance"]
+    file = tmp_path / "texts.csv"
+    with open(file, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *((t, "x") for t in texts)])
+    expected = api.predict(trained, texts, top_k=2)
+    for top_k in ("1", "2"):
+        capsys.readouterr()
+        assert main(["predict", str(trained), "--top-k", top_k, "--file", str(file)]) == 0
+        lines = capsys.readouterr().out.split("\n")
+        assert lines[-1] == "" and len(lines[:-1]) == len(texts), lines
+        for line, p, shown in zip(lines, expected, (long, "multi\\nline text", "a carriage\\rreturn",
+                                                    "what is my balance")):
+            assert line.startswith(f"{p['label']} {p['score']:.2f}  {shown}"), line
+            assert (f"({p['top'][1]['label']} " in line) == (top_k == "2")
+        assert len(lines[0]) > 120

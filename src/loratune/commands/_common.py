@@ -46,6 +46,16 @@ def safe(text) -> str:
     return escape(body) + ("\\" * (2 * tail) + "[none][/none]" if tail else "")
 
 
+# what ends a line for line tools (`wc -l`, `cut`, `paste`) and Python's splitlines, or sends the cursor back over it:
+# written as its escape in a text printed as one line of a listing (the other control characters: safe / printable)
+LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def one_line(text) -> str:
+    """A text from the user's data on one line: its line breaks written as escapes (LINE_BREAKS)."""
+    return str(text).translate(LINE_BREAKS)
+
+
 def print_json(data) -> None:
     from loratune.store import json_safe
 

@@ -6,7 +6,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from loratune.commands._common import console, print_json_items, safe
+from loratune.commands._common import console, one_line, print_json_items, safe
 from loratune.errors import UserError, require_file
 
 
@@ -90,18 +90,22 @@ def run(args) -> int:
         if args.json:
             print_json_items(advance(chunks))
             return 0
+        # one line per text, in order: `label score  text  (alternatives)`. Its line breaks escaped (one_line), and no
+        # wrapping where stdout is a file or a pipe (rich wrapped at 80 columns there: 10k texts gave 21k lines)
         out = console()
+        wrap = out.is_terminal
         for chunk in advance(chunks):
             for p in chunk:
+                text = safe(one_line(p["text"]))
                 if "label" in p:
                     alts = LIST_JOIN.join(f"{label_shown(t['label'])} {t['score']:.2f}" for t in p["top"][1:])
-                    out.print(f"[bold]{label_shown(p['label'])}[/] {p['score']:.2f}  {safe(p['text'])}"
-                              + (f"  [dim]({alts})[/]" if alts else ""))
+                    out.print(f"[bold]{label_shown(p['label'])}[/] {p['score']:.2f}  {text}"
+                              + (f"  [dim]({alts})[/]" if alts else ""), soft_wrap=not wrap)
                 else:  # multi-label: --top-k lists that many labels' scores (the predicted ones first)
                     shown = list(p["scores"].items())[:max(args.top_k, len(p["labels"]))] if args.top_k > 1 else []
                     alts = LIST_JOIN.join(f"{label_shown(lab)} {v:.2f}" for lab, v in shown)
-                    out.print(f"[bold]{LIST_JOIN.join(map(label_shown, p['labels'])) or NO_LABEL}[/]  "
-                              f"{safe(p['text'])}" + (f"  [dim]({alts})[/]" if alts else ""))
+                    out.print(f"[bold]{LIST_JOIN.join(map(label_shown, p['labels'])) or NO_LABEL}[/]  {text}"
+                              + (f"  [dim]({alts})[/]" if alts else ""), soft_wrap=not wrap)
     return 0
 
 
