@@ -68,12 +68,12 @@ from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDat
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
-from loratune.train import (STEP0_SPLITS, BestModel, RunProgress, TrainCallback, batch_order, build_optimizer,
-                            confusion_writer, cpu_cores, diverged, eval_batches, eval_budget_rows,
-                            fresh_loss, history_point, loss_points_every, output_error, peak_memory_mb, plan_steps,
-                            record_save_failure, rng_kept, save_best_so_far, saved_note, seed_everything,
-                            start_note, start_record, step_groups, timed, torch_threads, train_log_every, utc_now,
-                            versions)
+from loratune.train import (STEP0_SPLITS, BestModel, CardPick, RunProgress, TrainCallback, batch_order,
+                            build_optimizer, card_record, confusion_writer, cpu_cores, diverged, eval_batches,
+                            eval_budget_rows, fresh_loss, history_point, loss_points_every, output_error,
+                            peak_memory_mb, plan_steps, record_save_failure, rng_kept, save_best_so_far, saved_note,
+                            seed_everything, start_note, start_record, step_groups, timed, torch_threads,
+                            train_log_every, utc_now, versions)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -972,15 +972,34 @@ def _write_lm(out: Path, model, tokenizer, cfg: RunConfig, state_dict: dict | No
         warnings.filterwarnings("ignore", message="Could not find a config file")
         model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(out)
+    write_atomic(out / "README.md", _card_for(tokenizer, cfg, hasattr(model, "peft_config")))
+
+
+def _card_for(tokenizer, cfg: RunConfig, is_adapter: bool, pick: CardPick | None = None) -> str:
+    """The model card of a saved model whose tokenizer is `tokenizer` (model_card, its prompt as the run wrote it)."""
     renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
     prefix = tokenizer.convert_ids_to_tokens(prompt_prefix(tokenizer, renderer))
-    write_atomic(out / "README.md", model_card(cfg, hasattr(model, "peft_config"), renderer.mode, prefix))
+    return model_card(cfg, is_adapter, renderer.mode, prefix, pick)
 
 
-def model_card(cfg: RunConfig, is_adapter: bool, mode: str = "chat", prefix: Collection[str] = ()) -> str:
+def saved_model_card(folder: Path, cfg: RunConfig, pick: CardPick | None = None) -> str:
+    """The model card of the causal LM saved in `folder` (search.summary: a tune study's exported pick)."""
+    from transformers import AutoTokenizer
+
+    return _card_for(AutoTokenizer.from_pretrained(folder), cfg, (folder / "adapter_config.json").is_file(), pick)
+
+
+# where a causal LM's card says its run record is (train.card_record)
+LM_RECORD_FILES = ("curves, prompt-set outputs and the configuration",
+                   ("history.jsonl", "generations.jsonl", "run.json", "config.yaml"))
+
+
+def model_card(cfg: RunConfig, is_adapter: bool, mode: str = "chat", prefix: Collection[str] = (),
+               pick: CardPick | None = None) -> str:
     """What the folder holds and how to generate with plain peft + transformers, the prompt written as the run wrote
     it (`mode`: the Renderer's chat / plain / none) and tokenised as it was: `prefix`, the tokens the run put before
-    every prompt (sft_data.prompt_prefix: BOS when the template writes none), then the prompt's own tokens."""
+    every prompt (sft_data.prompt_prefix: BOS when the template writes none), then the prompt's own tokens. `pick`: the
+    folder is a tune study's exported pick (train.card_record)."""
     a = cfg.adapter
     src = resolve_model(cfg.model)
     base = f'"{src.path}"' + (f', gguf_file="{src.gguf_file}"' if src.gguf_file else "")
@@ -995,9 +1014,8 @@ def model_card(cfg: RunConfig, is_adapter: bool, mode: str = "chat", prefix: Col
             f"with the {mode} template (chat_template={cfg.data.chat_template}), max_length "
             f"{cfg.model.max_length}).\n\n"
             f"- base model: `{cfg.model.name_or_path}`\n"
-            "- curves, prompt-set outputs and the configuration: `../history.jsonl`, `../generations.jsonl`, "
-            "`../run.json`, `../config.yaml`\n\n"
-            "## Use\n\n```python\n"
+            + card_record(*LM_RECORD_FILES, pick) +
+            "\n## Use\n\n```python\n"
             + ("import torch\n" if prefix else "")
             + ("from peft import PeftModel\n" if is_adapter else "")
             + "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"

@@ -1315,8 +1315,47 @@ def _write_model(out: Path, model, tokenizer, space: LabelSpace, cfg: RunConfig,
     write_atomic(out / "README.md", model_card(cfg, space, peft_cfg is not None))  # not peft's blank template
 
 
-def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool) -> str:
-    """What the folder holds and how to load it (with loratune, and with plain peft + transformers)."""
+@dataclass(frozen=True)
+class CardPick:
+    """A `loratune tune` pick whose saved model the study exported to its final/adapter (search.summary.finish), as the
+    model card written there names it: beside that folder lie the study's files, not a run record, and predict reads
+    the pick's trial directory, not final/."""
+
+    trial: int
+    name: str
+    run_dir: str  # as the card shows it: STUDY_DIR/trials/<n>-<name> when it lies in the study, else its path
+
+
+def card_record(what: str, files: tuple[str, ...], pick: CardPick | None) -> str:
+    """The model card's line on where the record is (`what`: what `files` hold): beside adapter/ in a run directory;
+    for a tune study's exported pick, the study's files beside final/ and the trial's run directory."""
+    if pick is None:
+        return f"- {what}: " + ", ".join(f"`../{f}`" for f in files) + "\n"
+    where = " (STUDY_DIR: the study directory, which holds `final/`)" if pick.run_dir.startswith("STUDY_DIR/") else ""
+    return (f"- chosen by `loratune tune` as its pick, trial #{pick.trial} ({pick.name}); beside this folder: "
+            "`../study.json` (the study's decisions and recommendation), `../test.json` (the pick's test score), "
+            "`../config.yaml` (its configuration, to train it again)\n"
+            f"- {what}: in the trial's run directory, `{pick.run_dir}`{where}: " + ", ".join(f"`{f}`" for f in files)
+            + "\n")
+
+
+def saved_model_card(folder: Path, cfg: RunConfig, pick: CardPick | None = None) -> str:
+    """The model card of the classifier saved in `folder` (search.summary: a tune study's exported pick), from its
+    label map and whether it is an adapter."""
+    from loratune.store import read_json
+
+    label_map = read_json(folder / LABEL_MAP)
+    space = LabelSpace(tuple(str(x) for x in label_map["labels"]), bool(label_map["multi_label"]))
+    return model_card(cfg, space, (folder / "adapter_config.json").is_file(), pick)
+
+
+# where a classifier's card says its run record is (card_record)
+RECORD_FILES = ("metrics, curves and the configuration", ("run.json", "history.jsonl", "config.yaml"))
+
+
+def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool, pick: CardPick | None = None) -> str:
+    """What the folder holds and how to load it (with loratune, and with plain peft + transformers); `pick`: the folder
+    is a tune study's exported pick (card_record)."""
     a = cfg.adapter
     kind = (f"a LoRA adapter (r={a.r}, lora_alpha={a.lora_alpha}, targets {', '.join(map(str, a.target_modules))}) "
             "with its trained classification head" if is_adapter else "a fully fine-tuned model")
@@ -1361,7 +1400,7 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool) -> str:
             f"is an embedded model), `max_length` {cfg.model.max_length} (the tokenizer's `model_max_length`: with "
             "`truncation=True` the tokenizer and a pipeline cut longer texts there, as `loratune predict` does)\n"
             "- label order: `label_map.json` (logit i is `labels[i]`)\n"
-            "- metrics, curves and the configuration: `../run.json`, `../history.jsonl`, `../config.yaml`\n\n"
-            "## Use\n\n```bash\nloratune predict RUN_DIR \"some text\"\n```\n\n"
+            + card_record(*RECORD_FILES, pick) +
+            f"\n## Use\n\n```bash\nloratune predict {pick.run_dir if pick else 'RUN_DIR'} \"some text\"\n```\n\n"
             f"Without loratune:\n\n```python\n{load}\n```\n{auto}")
 

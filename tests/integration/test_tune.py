@@ -85,6 +85,31 @@ def test_yardstick_uses_the_same_budget(tiny_bert, intent_data, tmp_path, monkey
     assert summary["strategy"] == "random" and summary["budget"]["spent"]["trials"] == 3
 
 
+def test_the_exported_model_card_describes_final_and_its_command_runs(tiny_bert, intent_data, tmp_path, monkeypatch,
+                                                                      capsys):
+    """The card copied into final/adapter pointed to ../run.json and ../history.jsonl, which final/ lacks, and to
+    `loratune predict RUN_DIR`, refused on final/: it names the study's files beside it and the pick's trial directory
+    (its run record, what predict reads), each there, and its command runs."""
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--strategy", "random", "--budget", "2trials",
+                           "--trial-steps", "8")) == 0
+    final = study / "final"
+    rec = json.loads((final / "study.json").read_text())["recommendation"]
+    card = (final / "adapter" / "README.md").read_text()
+    assert card.startswith("# Text classifier trained with loratune") and "RUN_DIR" not in card
+    assert sorted(re.findall(r"`\.\./([\w.]+)`", card)) == ["config.yaml", "study.json", "test.json"]
+    assert all((final / name).is_file() for name in ("config.yaml", "study.json", "test.json"))
+    assert f"trial #{rec['trial']} ({rec['name']})" in card
+    shown = re.search(r'loratune predict (\S+) "some text"', card).group(1)
+    assert shown == f"STUDY_DIR/trials/{Path(rec['run_dir']).name}" and f"in the trial's run directory, `{shown}`" in card
+    run_dir = study / shown.removeprefix("STUDY_DIR/")
+    assert all(f"`{name}`" in card and (run_dir / name).is_file() for name in ("run.json", "history.jsonl"))
+    capsys.readouterr()
+    assert main(["predict", str(run_dir), "lost my card"]) == 0
+    assert capsys.readouterr().out.split()[0] in json.loads((final / "adapter" / "label_map.json").read_text())["labels"]
+
+
 def test_a_trial_with_gradient_accumulation_is_planned_and_charged_as_what_it_trains(tiny_bert, intent_data, tmp_path,
                                                                                       monkeypatch):
     """48 rows at batch 8, 4 micro-batches a step: an epoch is 2 steps (4 micro-batches, then its remaining 2), so 8

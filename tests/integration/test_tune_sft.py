@@ -88,6 +88,10 @@ def test_the_pick_is_scored_on_test_and_exported_ready_to_train(sft_study):
     cfg = load_config(final / "config.yaml")
     assert cfg.model.task == "causal-lm" and cfg.model.name_or_path == lm
     assert json.loads((final / "test.json").read_text())["trial"] == s["recommendation"]["trial"]
+    # its model card names the study's files beside final/ and the trial's record, not a ../run.json final/ lacks
+    card = (final / "adapter" / "README.md").read_text()
+    assert card.startswith("# Causal LM fine-tuned (SFT) with loratune") and "../run.json" not in card
+    assert f"`STUDY_DIR/trials/{Path(s['recommendation']['run_dir']).name}`" in card and "`../study.json`" in card
 
 
 def test_the_study_report_shows_the_val_loss_as_study_json_has_it(sft_study, capsys):

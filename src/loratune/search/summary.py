@@ -26,7 +26,7 @@ from loratune.errors import UserError
 from loratune.objectives import MACRO_F1, objective
 from loratune.search.context import SearchContext
 from loratune.search.study import records_table
-from loratune.store import (ADAPTER, read_json, remove_unfinished_models, replace_saved_model, write_atomic,
+from loratune.store import (ADAPTER, CONFIG, read_json, remove_unfinished_models, replace_saved_model, write_atomic,
                             write_json)
 
 
@@ -113,6 +113,36 @@ def _test_subset(test: dict | None) -> dict | None:
     return {k: test[k] for k in keys if k in test}
 
 
+def _export_model(rec, adapter: Path, out: Path, final_dir: Path) -> None:
+    """Copy the pick's saved model into `out` (swapped in for final/adapter), its model card written for final/: the
+    trial's card pointed to ../run.json and `loratune predict RUN_DIR`, which final/ is not (train.card_record). A
+    trial whose settings cannot be read leaves no card rather than one that points to files it is not beside."""
+    from loratune.config import load_config
+    from loratune.train import CardPick
+
+    shutil.copytree(adapter, out, dirs_exist_ok=True)
+    card = out / "README.md"
+    if not card.is_file():  # (a folder saved without a card gets none)
+        return
+    run_dir = Path(rec.run_dir)
+    try:  # the trial as found from the study directory, which may move with it
+        shown = "STUDY_DIR/" + run_dir.resolve().relative_to(final_dir.parent.resolve()).as_posix()
+    except ValueError:
+        shown = str(run_dir)
+    pick = CardPick(rec.number, rec.spec.name, shown)
+    try:
+        cfg = load_config(run_dir / CONFIG, recorded=True)
+        if cfg.model.task == "causal-lm":
+            from loratune.sft import saved_model_card
+        else:
+            from loratune.train import saved_model_card
+        text = saved_model_card(out, cfg, pick)
+    except (UserError, OSError, KeyError, TypeError, ValueError):
+        card.unlink()
+        return
+    write_atomic(card, text)
+
+
 def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict | None = None) -> dict:
     """Score the pick once on test, export adapter + YAML, write study.json. Returns the summary."""
     import yaml
@@ -150,7 +180,7 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
         # without one leaves none, never the earlier pick's
         adapter = Path(rec.run_dir) / ADAPTER
         remove_unfinished_models(final_dir)
-        replace_saved_model(final_dir / ADAPTER, (lambda out: shutil.copytree(adapter, out, dirs_exist_ok=True))
+        replace_saved_model(final_dir / ADAPTER, (lambda out: _export_model(rec, adapter, out, final_dir))
                             if adapter.is_dir() else None)
         if adapter.is_dir():
             files["adapter"] = str(final_dir / ADAPTER)
