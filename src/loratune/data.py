@@ -505,8 +505,8 @@ def _list_cells(rows: list[dict[str, Any]], cfg: DataConfig, source: str,
                         f"{strings[other]!r:.60}): whether a list cell is a row's labels or one label's name is a "
                         "guess",
                         "write every row's labels the one way: each cell a list (e.g. "
-                        f"{[_label_text(strings[other])]!r}), or save the data as JSON Lines or Parquet with real lists (pandas: "
-                        "df.to_json('train.jsonl', orient='records', lines=True))")
+                        f"{[_label_text(strings[other])]!r}), or save the data as JSON Lines or Parquet with real "
+                        "lists (pandas: df.to_json('train.jsonl', orient='records', lines=True))")
     return parsed
 
 
@@ -594,6 +594,7 @@ def _column_value(col: str) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a str holds a surrogate only unpaired: JSON's pairs decode to one char
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a byte that was no UTF-8, as surrogateescape hands it over
 
 
 def check_characters(text: str, where: str) -> None:
@@ -611,7 +612,7 @@ def check_undecoded(text: str, where: str) -> None:
     """Refuse a text holding bytes that were no UTF-8 as Python hands them over (surrogateescape, U+DC80..U+DCFF: a
     command-line argument, os.fsdecode, bytes.decode('utf-8', 'surrogateescape')), named by the byte: check_characters
     took them for half an emoji."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in text):
+    if not _ESCAPED_BYTE.search(text):  # (a regex: api.predict checks every text it is given)
         return
     try:
         raw = text.encode("utf-8", "surrogateescape")  # the bytes as given

@@ -770,7 +770,7 @@ def test_a_name_too_long_for_the_file_system_is_a_clear_error_not_a_traceback(tm
 
     run, long, opt = write_run(tmp_path / "run"), "a" * 300, f"{OUT_OPTION} '"  # api.report's out= says the same
     for args, said, fix in (
-            (["report", str(run), "-o", str(tmp_path / f"{long}.html")], opt, "give -o a shorter name"),
+            (["report", str(run), "-o", str(tmp_path / f"{long}.html")], opt, f"give {OUT_OPTION} a shorter name"),
             (["report", str(run), "--json", "-o", str(tmp_path / f"{long}.json")], opt, "e.g. -o report.json"),
             (["show", str(tmp_path / long)], "RUN '", "no file or folder can have such a name"),
             (["report", str(tmp_path / long)], "RUN '", "no file or folder can have such a name"),
@@ -789,7 +789,8 @@ def test_a_name_too_long_for_the_file_system_is_a_clear_error_not_a_traceback(tm
     assert main(["report", str(csv), "--no-examples"]) == 2
     err = flat(capsys.readouterr().err)
     assert f"the default report path '{tmp_path / ('b' * 248)}.report.html' has a file name of 260 bytes; file " \
-           "systems take at most 255" in err and "give a shorter report path with -o, e.g. -o report.html" in err
+           "systems take at most 255" in err
+    assert f"give a shorter report path with {OUT_OPTION}, e.g. -o report.html" in err
     assert "-o '" not in err and "Traceback" not in err
     assert sorted(x.name for x in tmp_path.iterdir()) == [csv.name, "run"]
 

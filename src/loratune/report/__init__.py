@@ -110,7 +110,7 @@ def report_output(path: str | Path, out: str | Path | None = None, *, as_json: b
     target = Path(out) if out else default_output(path)
     # without -o the path is the default's (a file's name + .report.html): named as such, not as an -o never given
     check_name_length(target, OUT_OPTION if out else "the default report path",
-                      ("give -o a shorter name" if out else "give a shorter report path with -o")
+                      (f"give {OUT_OPTION} a shorter name" if out else f"give a shorter report path with {OUT_OPTION}")
                       + ", e.g. -o report." + ("json" if as_json else "html"), last="file")
     if target.is_dir():
         target = target / ("report.json" if as_json else REPORT)
