@@ -732,6 +732,26 @@ def test_a_length_shift_of_1_fires_on_a_tiny_validation_split():
     assert "length-shift" not in ids(a)
 
 
+def test_shift_alpha_0_is_never_past_for_labels_and_lengths_alike():
+    # shift_alpha 0 (a random split never reaches it): ks_critical said 1 (never past), js_critical the largest of its
+    # deals (0.1005 bits for 10 rows of each of 3 labels), which a split the deals missed passes: label-shift fired
+    from loratune.assess.stats import js_critical, ks_critical
+
+    tc = {"A": 30, "B": 30, "C": 30}
+    assert js_critical(tc, {"A": 10, "B": 10, "C": 10}, 0.0) == ks_critical([3, 4, 5] * 10, [3, 4, 5], 0.0) == 1.0
+    assert js_critical(tc, {"A": 10, "B": 10, "C": 10}, -1.0) == ks_critical([3, 4, 5] * 10, [3, 4, 5], -1.0) == 1.0
+    rows = lambda lab, n, tag: [(f"{tag} {lab} number {i} words", lab) for i in range(n)]  # noqa: E731
+    w = lambda n, i: " ".join(f"word{i}x{j}" for j in range(n))  # noqa: E731
+    train = rows("A", 30, "tr") + rows("B", 30, "tr") + rows("C", 30, "tr")
+    shifted = [(w(20 + i, 100 + i), "A") for i in range(10)]  # all A, four times as long: JS 0.459 bits, KS 1
+    a = A.assess_dataset(make_dataset(train, shifted), thresholds=A.AssessThresholds(shift_alpha=0.0))
+    assert a.facts["js_val"] == pytest.approx(0.4591, abs=1e-4) and a.facts["length_ks_val"] == 1.0
+    assert a.facts["js_val_critical"] == a.facts["length_ks_val_critical"] == 1.0
+    assert not ids(a) & {"label-shift", "length-shift"}
+    a = A.assess_dataset(make_dataset(train, shifted), thresholds=A.AssessThresholds(shift_alpha=0.05))
+    assert ids(a) >= {"label-shift", "length-shift"}  # at 0.05 both are far past chance
+
+
 def test_zero_near_duplicate_neighbours_examines_none():
     """near_duplicate_neighbors 0: each text's own row alone, as before the neighbour doubling (its self-match, a
     similarity of 1, read as 'every neighbour a near copy' and grew every row to 64)."""

@@ -39,6 +39,18 @@ def _ks_gap(counts_a: np.ndarray, counts_b: np.ndarray) -> float:
 
 SHIFT_NULL_DRAWS = 400  # random deals of the pooled rows behind js_critical and ks_critical
 SHIFT_NULL_SEED = 0
+# the largest KS (a gap between two CDFs) and Jensen-Shannon divergence (bits: log2 2) there are: the critical value at
+# alpha 0, which no split passes (the strict `>`); the largest of the deals, which js_critical took, is passed by a
+# split the deals missed
+SHIFT_STAT_MAX = 1.0
+
+
+def _chance_quantile(null: Sequence[float], alpha: float) -> float:
+    """The one reading of `alpha` for ks_critical and js_critical: the 1 - alpha quantile of the deals' statistics
+    (`null`); alpha 0 (or less): SHIFT_STAT_MAX, never past; alpha 1 (or more): the smallest deal."""
+    if alpha <= 0:
+        return SHIFT_STAT_MAX
+    return float(np.quantile(null, 1 - min(1.0, alpha)))
 
 
 def ks_critical(a: Sequence[float], b: Sequence[float], alpha: float) -> float:
@@ -48,14 +60,13 @@ def ks_critical(a: Sequence[float], b: Sequence[float], alpha: float) -> float:
     The deal counts the ties of whole-number lengths, and holds at any size: the asymptotic c(alpha) sqrt((n + m) /
     (n m)) passes 1 at 20 vs 2 rows, so a KS of 1, which a random deal reaches 2 / C(22, 2) = 0.9% of the time,
     was never past it. Each deal's statistic is ks_statistic's formula (_ks_gap): equal to it is bit-equal. 1 where a
-    side is empty."""
-    if len(a) == 0 or len(b) == 0 or alpha <= 0:
+    side is empty; alpha as _chance_quantile reads it."""
+    if len(a) == 0 or len(b) == 0:
         return 1.0
     values, side = np.unique(np.concatenate([np.asarray(a, float), np.asarray(b, float)]), return_inverse=True)
     pooled = np.bincount(side, minlength=len(values))
     deals = np.random.default_rng(SHIFT_NULL_SEED).multivariate_hypergeometric(pooled, len(b), size=SHIFT_NULL_DRAWS)
-    ks = [_ks_gap(pooled - q, q) for q in deals]
-    return float(np.quantile(ks, 1 - min(1.0, alpha)))
+    return _chance_quantile([_ks_gap(pooled - q, q) for q in deals], alpha)
 
 
 def js_critical(train_counts: Mapping[str, float], split_counts: Mapping[str, float], alpha: float) -> float:
@@ -64,7 +75,8 @@ def js_critical(train_counts: Mapping[str, float], split_counts: Mapping[str, fl
     hypergeometric draw of the split's counts). 30 rows of 10 classes reach ~0.1 bits by chance alone.
     Each deal's divergence is js_divergence's formula (_js_bits), so a split whose counts a deal drew (labels swapped
     aside) has that deal's divergence bit for bit: equal to its critical value is not past it by a rounding step (the
-    formula written twice put a divergence of 0.11571906015888446 past its own 0.11571906015888445)."""
+    formula written twice put a divergence of 0.11571906015888446 past its own 0.11571906015888445). alpha as
+    _chance_quantile reads it."""
     labels = sorted(set(train_counts) | set(split_counts))
     pooled = np.array([int(train_counts.get(k, 0)) + int(split_counts.get(k, 0)) for k in labels], np.int64)
     m = int(sum(int(split_counts.get(k, 0)) for k in labels))
@@ -72,8 +84,7 @@ def js_critical(train_counts: Mapping[str, float], split_counts: Mapping[str, fl
     if m == 0 or n == 0 or len(labels) < 2:
         return 0.0
     deals = np.random.default_rng(SHIFT_NULL_SEED).multivariate_hypergeometric(pooled, m, size=SHIFT_NULL_DRAWS)
-    js = [_js_bits((pooled - q).astype(float), q.astype(float))[0] for q in deals]
-    return float(np.quantile(js, 1 - min(1.0, max(0.0, alpha))))
+    return _chance_quantile([_js_bits((pooled - q).astype(float), q.astype(float))[0] for q in deals], alpha)
 
 
 def js_divergence(p: Mapping[str, float], q: Mapping[str, float]) -> tuple[float, dict[str, float]]:
@@ -101,8 +112,9 @@ def _js_bits(P: np.ndarray, Q: np.ndarray) -> tuple[float, np.ndarray]:
 
     per = 0.5 * terms(P) + 0.5 * terms(Q)
     # summed exactly (fsum: the correctly rounded sum, in any order): the same terms in another label order (a deal
-    # that swaps two labels of equal pooled counts) sum to the same bits, not 1 ulp apart
-    return max(math.fsum(per.tolist()), 0.0), per
+    # that swaps two labels of equal pooled counts) sum to the same bits, not 1 ulp apart; within 0..SHIFT_STAT_MAX,
+    # the divergence's own bounds, against a rounding step outside them (alpha 0's critical value is never passed)
+    return min(max(math.fsum(per.tolist()), 0.0), SHIFT_STAT_MAX), per
 
 
 def round_up(x: float, multiple: int = 8) -> int:
