@@ -641,13 +641,14 @@ def test_label_and_length_shift_allow_for_the_sample_size():
 
     rng = np.random.default_rng(0)
     # distinct values: near the asymptotic c(alpha) sqrt((n + m) / (n m)), 1.3581 sqrt(220 / 4000) = 0.318
-    assert ks_critical(rng.normal(size=200), rng.normal(size=20), 0.05) == pytest.approx(0.318, abs=0.03)
-    assert ks_critical(rng.integers(1, 300, 20_000), rng.integers(1, 300, 2_000), 0.05) < 0.035
-    assert ks_critical([], [5], 0.05) == 1.0
+    assert ks_critical(rng.normal(size=200), rng.normal(size=20), 0.05).value == pytest.approx(0.318, abs=0.03)
+    assert ks_critical(rng.integers(1, 300, 20_000), rng.integers(1, 300, 2_000), 0.05).value < 0.035
+    assert ks_critical([], [5], 0.05).value == 1.0
     same = {f"c{i}": 20 for i in range(10)}
-    small, large = js_critical(same, {k: 2 for k in same}, 0.05), js_critical(same, {k: 200 for k in same}, 0.05)
+    small = js_critical(same, {k: 2 for k in same}, 0.05).value
+    large = js_critical(same, {k: 200 for k in same}, 0.05).value
     assert 0.08 < small < 0.25 and large < small / 4  # chance's divergence shrinks with the split
-    assert js_critical(same, {k: 2 for k in same}, 0.05) == small  # seeded
+    assert js_critical(same, {k: 2 for k in same}, 0.05).value == small  # seeded
 
     rng = random.Random(0)
     words_ = "card pin refund loan limit fee cash transfer top up atm rate account".split()
@@ -666,9 +667,47 @@ def test_label_and_length_shift_allow_for_the_sample_size():
     f = next(f for f in a.findings if f.id == "length-shift")
     crit = a.facts["length_ks_val_critical"]
     n_words = lambda rows: [len(t.split()) for t, _ in rows]  # noqa: E731
-    assert crit == ks_critical(n_words(train), n_words(long_val), 0.05) and a.facts["length_ks_val"] > crit
+    assert crit == ks_critical(n_words(train), n_words(long_val), 0.05).value and a.facts["length_ks_val"] > crit
     assert f"past 0.15 and the {crit:.2f} a random split of these sizes reaches at alpha 0.05" in f.message
     assert f.evidence["shift_alpha"] == 0.05 and f.evidence["length_ks_val_critical"] == crit
+    assert f.evidence["length_ks_val_critical_by"] == a.facts["length_ks_val_critical_by"] == "2,000 random deals"
+
+
+def test_the_shift_critical_values_resolve_the_alpha_given():
+    # a fixed 400 deals: below alpha 1/400 the critical value was their largest (KS 0.39 at alpha 0.001, 1e-4 and 1e-6
+    # alike on a 200/20 split of word lengths), which random splits pass ~1/400 of the time whatever alpha. Now enough
+    # deals that 20 lie beyond the quantile (2,000 at least), and past a cap on work the large-sample law, named
+    from loratune.assess.stats import _ks_gap, js_critical, ks_critical
+
+    lengths = np.random.default_rng(11).poisson(12, 220)  # 21 distinct lengths
+    crit = {al: ks_critical(lengths[:200], lengths[200:], al) for al in (0.05, 0.01, 0.001, 1e-4, 1e-6)}
+    assert [crit[al].value for al in (0.05, 0.01, 0.001)] == [0.275, 0.33, 0.39]
+    assert crit[0.05].by == crit[0.01].by == "2,000 random deals" and crit[0.001].by == "20,000 random deals"
+    for al in (1e-4, 1e-6):  # 200,000 deals x 21 values: past the cap, the asymptotic c(alpha) sqrt((n + m) / (n m))
+        assert crit[al].value == pytest.approx(math.sqrt(-math.log(al / 2) / 2) * math.sqrt(220 / 4000), rel=1e-12)
+        assert crit[al].by == (f"the asymptotic c(alpha) sqrt((n + m) / (n m)): alpha {al:g} needs {20 / al:,.0f} "
+                               "random deals of 21 values, past the cap of 1,000,000 deal-values")
+    assert crit[1e-6].value > crit[1e-4].value > crit[0.001].value  # 0.63 > 0.52 > 0.39
+    # the chance that 100,000 fresh random splits (another seed) pass each: alpha at most, not ~1/400
+    pooled = np.bincount(np.unique(lengths, return_inverse=True)[1])
+    deals = np.random.default_rng(1).multivariate_hypergeometric(pooled, 20, size=100_000)
+    past = {al: float((_ks_gap(pooled - deals, deals) > c.value).mean()) for al, c in crit.items()}
+    assert 0.035 < past[0.05] <= 0.05 and 0.007 < past[0.01] <= 0.0125 and past[0.001] <= 0.0012, past
+    assert past[1e-4] <= 1e-4 and past[1e-6] == 0.0, past
+    # the divergence likewise: 20,000 deals at alpha 0.001; past the cap a chi-square fitted to 2,000 deals' mean and
+    # variance (above the deals' own 0.36 bits where each label has 2 rows: conservative)
+    same = {f"c{i}": 20 for i in range(10)}
+    js = {al: js_critical(same, {k: 2 for k in same}, al) for al in (0.01, 0.001, 1e-4)}
+    assert js[0.001].by == "20,000 random deals" and js[0.001].value == pytest.approx(0.3212, abs=1e-4)
+    assert js[1e-4].by == ("a scaled chi-square fitted to 2,000 random deals' mean and variance: alpha 0.0001 needs "
+                           "200,000 random deals of 10 values, past the cap of 1,000,000 deal-values")
+    assert js[1e-4].value == pytest.approx(0.434, abs=0.002) and js[0.01].value < js[0.001].value < js[1e-4].value
+    # the facts say which was used
+    train, val = clean_rows()
+    facts = A.assess_dataset(make_dataset(train, val), thresholds=A.AssessThresholds(shift_alpha=1e-6)).facts
+    assert facts["length_ks_val_critical_by"].startswith("the asymptotic c(alpha) sqrt((n + m) / (n m)): alpha 1e-06")
+    assert facts["js_val_critical_by"].startswith("a scaled chi-square fitted to 2,000 random deals")
+    assert facts["shift_worst_js_critical_by"] == facts["js_val_critical_by"]
 
 
 def test_a_shift_equal_to_what_chance_reaches_is_not_past_it():
@@ -694,22 +733,23 @@ def test_a_shift_equal_to_what_chance_reaches_is_not_past_it():
 
 
 def test_a_divergence_equal_to_its_critical_value_is_bit_equal():
-    # test A 7 / B 1 / C 4 against train A 28 / B 39 / C 36: the 0.95 quantile of the deals is the deal A 7 / B 4 /
-    # C 1 (B and C pool 40 rows each: the same divergence, its labels swapped). The null written apart from
-    # js_divergence, and its terms summed in label order, put 0.11571906015888446 past 0.11571906015888445: it fired
+    # test A 6 / B 1 / C 7 against train A 28 / B 39 / C 33: the 0.95 quantile of the deals is a deal of the same
+    # divergence, A 6 / B 1 / C 7 or A 6 / B 7 / C 1 (B and C pool 40 rows each: its labels swapped). The null written
+    # apart from js_divergence, and its terms summed in label order, put the one 1 ulp past the other: it fired (at
+    # 400 deals: test A 7 / B 1 / C 4 against train A 28 / B 39 / C 36, 0.11571906015888446 past 0.11571906015888445)
     from loratune.assess.stats import js_critical, js_divergence
 
     rows = lambda lab, n, tag: [(f"{tag} {lab} number {i} words", lab) for i in range(n)]  # noqa: E731
-    a = A.assess_dataset(make_dataset(rows("A", 28, "tr") + rows("B", 39, "tr") + rows("C", 36, "tr"),
+    a = A.assess_dataset(make_dataset(rows("A", 28, "tr") + rows("B", 39, "tr") + rows("C", 33, "tr"),
                                       rows("A", 7, "va") + rows("B", 10, "va") + rows("C", 9, "va"),
-                                      rows("A", 7, "te") + rows("B", 1, "te") + rows("C", 4, "te")))
-    assert a.facts["js_test"] == a.facts["js_test_critical"] == pytest.approx(0.115719, abs=1e-6)
+                                      rows("A", 6, "te") + rows("B", 1, "te") + rows("C", 7, "te")))
+    assert a.facts["js_test"] == a.facts["js_test_critical"] == pytest.approx(0.111242, abs=1e-6)
     assert "label-shift" not in ids(a)
     # one divergence whatever the label order: the swapped deal's is the observed one's, bit for bit
-    train = {"A": 28, "B": 39, "C": 36}
-    assert js_divergence(train, {"A": 7, "B": 1, "C": 4})[0] == js_divergence({"A": 28, "B": 36, "C": 39},
-                                                                             {"A": 7, "B": 4, "C": 1})[0]
-    assert js_critical(train, {"A": 7, "B": 1, "C": 4}, 0.05) == a.facts["js_test"]
+    train = {"A": 28, "B": 39, "C": 33}
+    assert js_divergence(train, {"A": 6, "B": 1, "C": 7})[0] == js_divergence({"A": 28, "B": 33, "C": 39},
+                                                                             {"A": 6, "B": 7, "C": 1})[0]
+    assert js_critical(train, {"A": 6, "B": 1, "C": 7}, 0.05).value == a.facts["js_test"]
 
 
 def test_a_length_shift_of_1_fires_on_a_tiny_validation_split():
@@ -723,7 +763,7 @@ def test_a_length_shift_of_1_fires_on_a_tiny_validation_split():
     assert a.facts["length_ks_val"] == 1.0 and a.facts["length_ks_val_critical"] == 0.75
     assert "length-shift" in ids(a)
     # where a random deal reaches 1 more often than alpha (3 rows vs 1: half the deals), 1 is chance's and not past it
-    assert ks_critical([3, 4, 5], [40], 0.05) == 1.0
+    assert ks_critical([3, 4, 5], [40], 0.05).value == 1.0
     # equal to a critical value below 1 is not past it, bit for bit: gaps taken as differences of float shares put 10/13
     # 1 ulp past a deal's equal gap from other counts
     a = A.assess_dataset(make_dataset([(w(n, i), "AB"[i % 2]) for i, n in enumerate([3] * 6 + [4] * 4 + [5] * 3)],
@@ -738,8 +778,9 @@ def test_shift_alpha_0_is_never_past_for_labels_and_lengths_alike():
     from loratune.assess.stats import js_critical, ks_critical
 
     tc = {"A": 30, "B": 30, "C": 30}
-    assert js_critical(tc, {"A": 10, "B": 10, "C": 10}, 0.0) == ks_critical([3, 4, 5] * 10, [3, 4, 5], 0.0) == 1.0
-    assert js_critical(tc, {"A": 10, "B": 10, "C": 10}, -1.0) == ks_critical([3, 4, 5] * 10, [3, 4, 5], -1.0) == 1.0
+    for alpha in (0.0, -1.0):
+        assert js_critical(tc, {"A": 10, "B": 10, "C": 10}, alpha).value == 1.0
+        assert ks_critical([3, 4, 5] * 10, [3, 4, 5], alpha).value == 1.0
     rows = lambda lab, n, tag: [(f"{tag} {lab} number {i} words", lab) for i in range(n)]  # noqa: E731
     w = lambda n, i: " ".join(f"word{i}x{j}" for j in range(n))  # noqa: E731
     train = rows("A", 30, "tr") + rows("B", 30, "tr") + rows("C", 30, "tr")

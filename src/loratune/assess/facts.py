@@ -73,6 +73,8 @@ def _catalogue() -> dict[str, Fact]:
         "shift_worst_js_split": Fact("split", "the split with that divergence"),
         "shift_worst_js_critical": Fact("bits", "the divergence a random split of that split's size reaches with "
                                                 "probability shift_alpha"),
+        "shift_worst_js_critical_by": Fact("text", "how shift_worst_js_critical was found: the random deals, or "
+                                                   "past their cap the large-sample law and why"),
         "unseen_label_rows": Fact("rows", "validation/test rows with labels never seen in train"),
         "unseen_names": Fact("text", "those labels per split, 'val: a, b; test: c' (a split without any left out)"),
         "length_mean_train": Fact("length_unit", "mean training text length"),
@@ -115,6 +117,10 @@ def _catalogue() -> dict[str, Fact]:
                                              "at random) reaches with probability shift_alpha")
         f[f"length_ks_{s}_critical"] = Fact("KS", f"the KS statistic a random split of {s}'s size (the pooled "
                                                      "lengths dealt at random) reaches with probability shift_alpha")
+        f[f"js_{s}_critical_by"] = Fact("text", f"how js_{s}_critical was found: the random deals, or past their "
+                                                "cap the large-sample law and why")
+        f[f"length_ks_{s}_critical_by"] = Fact("text", f"how length_ks_{s}_critical was found: the random deals, or "
+                                                       "past their cap the large-sample law and why")
         f[f"js_{s}_top"] = Fact("text", f"the labels that move most between train and {s}")
         f[f"unseen_{s}_labels"] = Fact("labels", f"labels of {s} never seen in train")
         f[f"unseen_{s}_rows"] = Fact("rows", f"{s} rows with such labels")
@@ -212,6 +218,8 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         f[f"length_ks_{s}"] = own.length_ks if own else None
         f[f"js_{s}_critical"] = own.js_critical if own else None
         f[f"length_ks_{s}_critical"] = own.length_ks_critical if own else None
+        f[f"js_{s}_critical_by"] = own.js_critical_by if own else None
+        f[f"length_ks_{s}_critical_by"] = own.length_ks_critical_by if own else None
         f[f"length_mean_{s}"] = own.length_mean_split if own else None
     any_shift = next(iter(shifts.values()), None)  # train's side is the same in every split's record
     f["length_mean_train"] = any_shift.length_mean_train if any_shift else None
@@ -225,6 +233,7 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
     f["shift_worst_js"] = shifts[worst].js_divergence if worst else 0.0
     f["shift_worst_js_split"] = worst
     f["shift_worst_js_critical"] = shifts[worst].js_critical if worst else None
+    f["shift_worst_js_critical_by"] = shifts[worst].js_critical_by if worst else None
     f["unseen_label_rows"] = sum(_unseen_rows(ds, name) for name in shifts)
     # only the splits that name something: a split whose labels are all in train printed as 'val: ;'
     f["unseen_names"] = "; ".join(f"{s}: {f[f'unseen_{s}_names']}" for s in ("val", "test") if f[f"unseen_{s}_names"])

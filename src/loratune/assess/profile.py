@@ -309,12 +309,13 @@ def measure_shift(train: Split, other: Split, *, train_lengths: Sequence[int] | 
         unit, a, b = "tokens", list(train_lengths), list(other_lengths)
     else:
         unit, a, b = "words", [len(words(t)) for t in train.texts], [len(words(t)) for t in other.texts]
+    js_crit, ks_crit = js_critical(tc, oc, alpha), ks_critical(a, b, alpha)
     return SplitShift(
         split=other.name, js_divergence=js, top_labels=top_labels,
         unseen_labels=dict(Counter(lab for labs in other.labels for lab in labs if lab not in tc).most_common()),
         missing_labels=tuple(sorted(k for k in tc if k not in oc)),
         oov_token_rate=oov_tok, oov_type_rate=oov_type, length_unit=unit,
         length_mean_train=float(np.mean(a)) if a else 0.0, length_mean_split=float(np.mean(b)) if b else 0.0,
-        length_ks=ks_statistic(a, b), js_critical=js_critical(tc, oc, alpha),
-        length_ks_critical=ks_critical(a, b, alpha),
+        length_ks=ks_statistic(a, b), js_critical=js_crit.value, length_ks_critical=ks_crit.value,
+        js_critical_by=js_crit.by, length_ks_critical_by=ks_crit.by,
     )

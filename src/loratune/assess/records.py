@@ -180,6 +180,9 @@ class SplitShift:
     # a record written before these)
     js_critical: float | None = None
     length_ks_critical: float | None = None
+    # how each was found (stats.Critical.by: the random deals, or past their cap the large-sample law and why)
+    js_critical_by: str | None = None
+    length_ks_critical_by: str | None = None
 
 
 @dataclass(frozen=True)

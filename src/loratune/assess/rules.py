@@ -358,7 +358,8 @@ FINDING_RULES: tuple[FindingRule, ...] = (
                 "{shift_worst_js:.3f} bits, past {t.label_shift_js} and the {shift_worst_js_critical:.3f} a random "
                 "split of its size reaches at alpha {t.shift_alpha}; val {js_val:.3f}, test {js_test:.3f}); most: val "
                 "{js_val_top}; test {js_test_top}",
-                ("shift_worst_js", "shift_worst_js_split", "shift_worst_js_critical", "js_val", "js_test")),
+                ("shift_worst_js", "shift_worst_js_split", "shift_worst_js_critical", "shift_worst_js_critical_by",
+                 "js_val", "js_test")),
     FindingRule("vocabulary-shift", "warn", Above("oov_val", "oov_rate", strict=False),
                 "{oov_val:.1%} of validation words never occur in train", ("oov_val",)),
     FindingRule("length-shift", "warn", Above("length_ks_val", "length_shift_ks", strict=False,
@@ -366,7 +367,8 @@ FINDING_RULES: tuple[FindingRule, ...] = (
                 "validation lengths differ from train (KS {length_ks_val:.2f}, past {t.length_shift_ks} and the "
                 "{length_ks_val_critical:.2f} a random split of these sizes reaches at alpha {t.shift_alpha}; mean "
                 "{length_mean_val:.1f} vs {length_mean_train:.1f} {length_unit})",
-                ("length_ks_val", "length_ks_val_critical", "length_mean_val", "length_mean_train")),
+                ("length_ks_val", "length_ks_val_critical", "length_ks_val_critical_by", "length_mean_val",
+                 "length_mean_train")),
     FindingRule("truncation", "warn", Above("truncated_share", "truncation_share"),
                 "{truncated_share:.1%} of training texts exceed max_length={max_length} tokens (p99 {token_p99_ceil})",
                 ("truncated_share", "max_length", "token_p99")),

@@ -4,7 +4,7 @@ the resolution (standard errors) of the validation split."""
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -26,65 +26,128 @@ def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
         return 0.0
     values, side = np.unique(np.concatenate([np.asarray(a, float), np.asarray(b, float)]), return_inverse=True)
     counts_a = np.bincount(side[: len(a)], minlength=len(values))
-    return _ks_gap(counts_a, np.bincount(side[len(a):], minlength=len(values)))
+    return float(_ks_gap(counts_a, np.bincount(side[len(a):], minlength=len(values))))
 
 
-def _ks_gap(counts_a: np.ndarray, counts_b: np.ndarray) -> float:
+def _ks_gap(counts_a: np.ndarray, counts_b: np.ndarray) -> np.ndarray:
     """The one formula of the statistic, for ks_statistic and ks_critical's deals: the two samples' counts of each
-    value (ascending) -> the largest gap between their empirical CDFs, |A/n - B/m| = |A m - B n| / (n m) in whole
-    numbers and one division: equal gaps are bit-equal (2/3 written as 1 - 1/3 rounds 1 ulp above 2/3)."""
-    n, m = int(counts_a.sum()), int(counts_b.sum())
-    return int(np.max(np.abs(np.cumsum(counts_a) * m - np.cumsum(counts_b) * n))) / (n * m)
+    value (ascending; one sample, or one deal, a row) -> the largest gap between their empirical CDFs, |A/n - B/m| =
+    |A m - B n| / (n m) in whole numbers and one division: equal gaps are bit-equal (2/3 written as 1 - 1/3 rounds 1
+    ulp above 2/3)."""
+    n, m = counts_a.sum(axis=-1), counts_b.sum(axis=-1)
+    gap = np.abs(np.cumsum(counts_a, axis=-1) * m[..., None] - np.cumsum(counts_b, axis=-1) * n[..., None]).max(-1)
+    return gap / (n * m)  # int64 / int64: both exact as floats (< 2**53), one correctly rounded division
 
 
-SHIFT_NULL_DRAWS = 400  # random deals of the pooled rows behind js_critical and ks_critical
+# The deals behind ks_critical and js_critical: random splits of the pooled rows (seeded), as many as resolve the
+# 1 - alpha quantile. A fixed 400 could not: below alpha 1/400 the quantile was their largest (the alpha-1e-9 KS
+# critical value was passed by 0.3% of random splits), and at 0.05 its 20 deals beyond left clean splits past it 6% of
+# the time.
 SHIFT_NULL_SEED = 0
+SHIFT_NULL_TAIL = 20  # deals beyond the quantile, at least: the chance a random split passes it is alpha +- ~22%
+SHIFT_NULL_MIN_DEALS = 2000  # and deals, at least: 100 beyond at alpha 0.05 (alpha +- 10%; 0.05 +- 0.005)
+# deals x pooled values (labels, distinct lengths), at most: ~0.15 s for the KS, ~0.5 s for the divergence; past it
+# (a small alpha, or many distinct values: 400 deals of 220,000 distinct lengths took 36 s) the large-sample law,
+# ks_critical's asymptotic formula and js_critical's chi-square fitted to fewer deals
+SHIFT_NULL_MAX_WORK = 1_000_000
+# the deals behind that fit: SHIFT_NULL_MIN_DEALS, or as many as the cap allows, and at least this many (their mean
+# and variance to ~10%)
+SHIFT_NULL_FIT_DEALS = 200
 # the largest KS (a gap between two CDFs) and Jensen-Shannon divergence (bits: log2 2) there are: the critical value at
 # alpha 0, which no split passes (the strict `>`); the largest of the deals, which js_critical took, is passed by a
 # split the deals missed
 SHIFT_STAT_MAX = 1.0
 
 
-def _chance_quantile(null: Sequence[float], alpha: float) -> float:
-    """The one reading of `alpha` for ks_critical and js_critical: the 1 - alpha quantile of the deals' statistics
-    (`null`); alpha 0 (or less): SHIFT_STAT_MAX, never past; alpha 1 (or more): the smallest deal."""
+class Critical(NamedTuple):
+    """What a random split of these sizes reaches with probability alpha, and how it was found (the facts'
+    `*_critical_by`: the deals, or the large-sample law and why)."""
+
+    value: float
+    by: str
+
+
+def _deals(pooled: np.ndarray, m: int, count: int) -> np.ndarray:
+    """`count` random splits of m of the pooled rows (counts of each value or label; seeded): one row each."""
+    return np.random.default_rng(SHIFT_NULL_SEED).multivariate_hypergeometric(pooled, m, size=count)
+
+
+def _chance_critical(pooled: np.ndarray, m: int, alpha: float, statistic: Callable[[np.ndarray], np.ndarray],
+                     large_sample: Callable[[float, str], Critical]) -> Critical:
+    """The one reading of `alpha` for ks_critical and js_critical: the value of `statistic` (of the m-row side's
+    counts, a deal a row) that a random split of m of the pooled rows passes with probability alpha.
+
+    Over enough deals that SHIFT_NULL_TAIL lie beyond it (at least SHIFT_NULL_MIN_DEALS): the deal with floor(alpha
+    D) of the D deals above its rank, a value a deal reached, so a split equal to it is bit-equal and not past it.
+    Deals past SHIFT_NULL_MAX_WORK: large_sample(alpha, why). Alpha 0 (or less): SHIFT_STAT_MAX, never past; alpha 1
+    (or more): the smallest deal."""
     if alpha <= 0:
-        return SHIFT_STAT_MAX
-    return float(np.quantile(null, 1 - min(1.0, alpha)))
+        return Critical(SHIFT_STAT_MAX, "alpha 0: the statistic's largest value, never past")
+    alpha = min(1.0, alpha)
+    need = max(SHIFT_NULL_MIN_DEALS, SHIFT_NULL_TAIL / alpha)
+    if need * len(pooled) > SHIFT_NULL_MAX_WORK:
+        return large_sample(alpha, f"alpha {alpha:g} needs {need:,.0f} random deals of {len(pooled):,} values, past "
+                                   f"the cap of {SHIFT_NULL_MAX_WORK:,} deal-values")
+    count = math.ceil(need)
+    null = np.sort(statistic(_deals(pooled, m, count)))
+    return Critical(float(null[count - 1 - min(count - 1, math.floor(alpha * count))]), f"{count:,} random deals")
 
 
-def ks_critical(a: Sequence[float], b: Sequence[float], alpha: float) -> float:
+def ks_critical(a: Sequence[float], b: Sequence[float], alpha: float) -> Critical:
     """The two-sample KS statistic that a sample of len(b) rows dealt at random from the pooled values of both (the
-    rest the other sample) reaches with probability `alpha`: the 1 - alpha quantile over SHIFT_NULL_DRAWS deals
-    (seeded; a multivariate hypergeometric draw of b's counts of each value), as js_critical's. 200 vs 20 rows: ~0.3.
-    The deal counts the ties of whole-number lengths, and holds at any size: the asymptotic c(alpha) sqrt((n + m) /
-    (n m)) passes 1 at 20 vs 2 rows, so a KS of 1, which a random deal reaches 2 / C(22, 2) = 0.9% of the time,
-    was never past it. Each deal's statistic is ks_statistic's formula (_ks_gap): equal to it is bit-equal. 1 where a
-    side is empty; alpha as _chance_quantile reads it."""
+    rest the other sample) reaches with probability `alpha` (_chance_critical; a multivariate hypergeometric draw of
+    b's counts of each value), as js_critical's. 200 vs 20 rows: ~0.3. The deals count the ties of whole-number
+    lengths, and hold at any size: the asymptotic c(alpha) sqrt((n + m) / (n m)) passes 1 at 20 vs 2 rows, so a KS of
+    1, which a random deal reaches 2 / C(22, 2) = 0.9% of the time, was never past it. Each deal's statistic is
+    ks_statistic's formula (_ks_gap). Past the deals' cap (a small alpha, many distinct values: large samples) that
+    asymptotic formula, c(alpha) = sqrt(-ln(alpha / 2) / 2), at most 1 (ties make it conservative). 1 where a side
+    is empty."""
     if len(a) == 0 or len(b) == 0:
-        return 1.0
+        return Critical(1.0, "a side has no rows")
     values, side = np.unique(np.concatenate([np.asarray(a, float), np.asarray(b, float)]), return_inverse=True)
     pooled = np.bincount(side, minlength=len(values))
-    deals = np.random.default_rng(SHIFT_NULL_SEED).multivariate_hypergeometric(pooled, len(b), size=SHIFT_NULL_DRAWS)
-    return _chance_quantile([_ks_gap(pooled - q, q) for q in deals], alpha)
+    n, m = len(a), len(b)
+
+    def asymptotic(alpha: float, why: str) -> Critical:
+        c = math.sqrt((math.log(2) - math.log(alpha)) / 2)
+        return Critical(min(SHIFT_STAT_MAX, c * math.sqrt((n + m) / (n * m))),
+                        f"the asymptotic c(alpha) sqrt((n + m) / (n m)): {why}")
+
+    return _chance_critical(pooled, m, alpha, lambda q: _ks_gap(pooled - q, q), asymptotic)
 
 
-def js_critical(train_counts: Mapping[str, float], split_counts: Mapping[str, float], alpha: float) -> float:
+def js_critical(train_counts: Mapping[str, float], split_counts: Mapping[str, float], alpha: float) -> Critical:
     """The Jensen-Shannon divergence (bits) that a split of this size dealt at random from the pooled labels of both
-    reaches with probability `alpha`: the 1 - alpha quantile over SHIFT_NULL_DRAWS deals (seeded; a multivariate
-    hypergeometric draw of the split's counts). 30 rows of 10 classes reach ~0.1 bits by chance alone.
+    reaches with probability `alpha` (_chance_critical; a multivariate hypergeometric draw of the split's counts).
+    30 rows of 10 classes reach ~0.1 bits by chance alone.
     Each deal's divergence is js_divergence's formula (_js_bits), so a split whose counts a deal drew (labels swapped
     aside) has that deal's divergence bit for bit: equal to its critical value is not past it by a rounding step (the
-    formula written twice put a divergence of 0.11571906015888446 past its own 0.11571906015888445). alpha as
-    _chance_quantile reads it."""
+    formula written twice put a divergence of 0.11571906015888446 past its own 0.11571906015888445).
+    Past the deals' cap: a scaled chi-square a chi2(dof), the divergence's large-sample law (8 ln 2 n m / (n + m) JS
+    -> chi2(labels - 1)), with a and dof fitted to the mean and variance of deals (SHIFT_NULL_FIT_DEALS): the law
+    itself is 0.8 of the deals' quantile at 150 labels of 200 rows (few rows a label), the fit within ~3% there, and
+    above it where labels have a row or two (10 labels of 2 rows at alpha 1e-4: 0.43 bits for the deals' 0.36)."""
     labels = sorted(set(train_counts) | set(split_counts))
     pooled = np.array([int(train_counts.get(k, 0)) + int(split_counts.get(k, 0)) for k in labels], np.int64)
     m = int(sum(int(split_counts.get(k, 0)) for k in labels))
     n = int(pooled.sum()) - m
     if m == 0 or n == 0 or len(labels) < 2:
-        return 0.0
-    deals = np.random.default_rng(SHIFT_NULL_SEED).multivariate_hypergeometric(pooled, m, size=SHIFT_NULL_DRAWS)
-    return _chance_quantile([_js_bits((pooled - q).astype(float), q.astype(float))[0] for q in deals], alpha)
+        return Critical(0.0, "a side has no rows, or one label: no divergence")
+
+    def divergences(q: np.ndarray) -> np.ndarray:
+        return _js_bits((pooled - q).astype(float), q.astype(float))[0]
+
+    def fitted(alpha: float, why: str) -> Critical:
+        from scipy.special import chdtri  # the chi-square's inverse survival function (scipy.stats: a 2 s import)
+
+        count = max(SHIFT_NULL_FIT_DEALS, min(SHIFT_NULL_MIN_DEALS, SHIFT_NULL_MAX_WORK // len(labels)))
+        null = divergences(_deals(pooled, m, count))
+        mean, var = float(null.mean()), float(null.var())
+        value = float(null.max()) if var <= 0 else var / (2 * mean) * float(chdtri(2 * mean * mean / var, alpha))
+        return Critical(min(SHIFT_STAT_MAX, value),
+                        f"a scaled chi-square fitted to {count:,} random deals' mean and variance: {why}")
+
+    return _chance_critical(pooled, m, alpha, divergences, fitted)
 
 
 def js_divergence(p: Mapping[str, float], q: Mapping[str, float]) -> tuple[float, dict[str, float]]:
@@ -94,14 +157,14 @@ def js_divergence(p: Mapping[str, float], q: Mapping[str, float]) -> tuple[float
     Q = np.array([q.get(k, 0.0) for k in labels], float)
     if P.sum() == 0 or Q.sum() == 0:
         return 0.0, {}
-    js, per = _js_bits(P, Q)
-    return js, dict(zip(labels, per.tolist()))
+    js, per = _js_bits(P[None], Q[None])
+    return float(js[0]), dict(zip(labels, per[0].tolist()))
 
 
-def _js_bits(P: np.ndarray, Q: np.ndarray) -> tuple[float, np.ndarray]:
-    """The one formula of the divergence, for js_divergence and js_critical's deals: two aligned count vectors (each
-    with a positive sum) -> the divergence in bits and each label's term."""
-    P, Q = P / P.sum(), Q / Q.sum()
+def _js_bits(P: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The one formula of the divergence, for js_divergence and js_critical's deals: aligned count vectors, a pair a
+    row (each with a positive sum) -> each row's divergence in bits and each label's term."""
+    P, Q = P / P.sum(axis=-1, keepdims=True), Q / Q.sum(axis=-1, keepdims=True)
     M = (P + Q) / 2
 
     def terms(X):
@@ -114,7 +177,7 @@ def _js_bits(P: np.ndarray, Q: np.ndarray) -> tuple[float, np.ndarray]:
     # summed exactly (fsum: the correctly rounded sum, in any order): the same terms in another label order (a deal
     # that swaps two labels of equal pooled counts) sum to the same bits, not 1 ulp apart; within 0..SHIFT_STAT_MAX,
     # the divergence's own bounds, against a rounding step outside them (alpha 0's critical value is never passed)
-    return min(max(math.fsum(per.tolist()), 0.0), SHIFT_STAT_MAX), per
+    return np.array([min(max(math.fsum(row), 0.0), SHIFT_STAT_MAX) for row in per.tolist()]), per
 
 
 def round_up(x: float, multiple: int = 8) -> int:
