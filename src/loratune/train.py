@@ -1363,7 +1363,9 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool, pick: CardPi
     # truncation=True cuts a text at the saved tokenizer's model_max_length, the run's max_length (_write_model), as
     # predict and evaluate cut it: without it a longer text was scored whole (other labels; past the position table, an
     # error)
-    score = ("logits = model(**tokenizer([\"some text\"], return_tensors=\"pt\", truncation=True)).logits  "
+    # max_length named too: a pick trained before its tokenizer carried it is exported with the base's (review)
+    cut = f"truncation=True, max_length={cfg.model.max_length}"
+    score = (f"logits = model(**tokenizer([\"some text\"], return_tensors=\"pt\", {cut})).logits  "
              "# cut at max_length, as loratune cuts it")
     if is_adapter:
         # the base's own config has its own head size (2, LABEL_i names): the run's labels go in as overrides, so
@@ -1385,7 +1387,7 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool, pick: CardPi
                 "pipeline\n\nmodel = AutoPeftModelForSequenceClassification.from_pretrained(\"adapter\", **head, "
                 "pad_token_id=tokenizer.pad_token_id)\nclassify = pipeline(\"text-classification\", "
                 "model=model.merge_and_unload(), tokenizer=tokenizer)\nprint(classify(\"some text\", "
-                "truncation=True))\n```\n")
+                f"{cut}))\n```\n")
     else:
         load = ("from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
                 "model = AutoModelForSequenceClassification.from_pretrained(\"adapter\")  # config.json: the labels\n"
@@ -1397,8 +1399,8 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool, pick: CardPi
             f"{'multi' if space.multi_label else 'single'}-label classification into {len(space)} labels: "
             f"{labels}.\n\n"
             f"- base model (BASE below): `{cfg.model.name_or_path}` (`base_model_path` in `label_map.json` when it "
-            f"is an embedded model), `max_length` {cfg.model.max_length} (the tokenizer's `model_max_length`: with "
-            "`truncation=True` the tokenizer and a pipeline cut longer texts there, as `loratune predict` does)\n"
+            f"is an embedded model), `max_length` {cfg.model.max_length} (the recipes below pass it with "
+            "`truncation=True`: the tokenizer and a pipeline cut longer texts there, as `loratune predict` does)\n"
             "- label order: `label_map.json` (logit i is `labels[i]`)\n"
             + card_record(*RECORD_FILES, pick) +
             f"\n## Use\n\n```bash\nloratune predict {pick.run_dir if pick else 'RUN_DIR'} \"some text\"\n```\n\n"

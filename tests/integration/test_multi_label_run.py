@@ -4,6 +4,7 @@ that round-trip through the saved adapter, `predict` and `evaluate`, the decodin
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -332,9 +333,10 @@ def test_predict_top_k_shows_scores_of_a_multi_label_run(trained_run, capsys):
     assert f"({alts})" in " ".join(shown.split())
 
 
-def test_predict_quotes_a_label_that_holds_the_lists_comma(trained_run, tmp_path, capsys):
-    """Labels joined with ", " read 'always, bal,ance, pin' as four labels: a label with a comma (or a quote) is
-    printed as a JSON string, the others as they are."""
+def test_predict_quotes_a_label_that_holds_the_lists_comma(trained_run, tmp_path, capsys, monkeypatch):
+    """Labels joined with ", " read 'always, bal,ance, pin' as four labels: a label with a comma (or a quote, or a
+    line break: one line per text) is printed as a JSON string, the others as they are; FORCE_COLOR (CI) wraps no
+    line in a pipe."""
     import shutil
 
     from loratune.cli import main
@@ -344,11 +346,14 @@ def test_predict_quotes_a_label_that_holds_the_lists_comma(trained_run, tmp_path
     path = out / "adapter" / "label_map.json"
     meta = json.loads(path.read_text())
     assert meta["labels"] == ["balance", "card_lost", "pin", "transfer"]
-    meta["labels"] = ["bal,ance", "card_lost", 'p"in', "transfer"]  # the head's rows keep their order
+    meta["labels"] = ["bal,ance", "card_lost", 'p"in', "trans\nfer"]  # the head's rows keep their order
     meta["decoding"] = {"thresholds": {lab: 0.001 for lab in meta["labels"]}, "min_labels": 1, "max_labels": 4,
                         "none_label": None}  # every label predicted, listed in the head's order
     path.write_text(json.dumps(meta))
-    assert main(["predict", str(out), "what is my balance"]) == 0
-    assert capsys.readouterr().out.strip() == '"bal,ance", card_lost, "p\\"in", transfer  what is my balance'
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich's is_terminal says True under it, in a pipe too
+    long = "what is my balance " + "please " * 20
+    assert main(["predict", str(out), long]) == 0
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # (FORCE_COLOR asks for colour, not wrapping)
+    assert shown.strip() == '"bal,ance", card_lost, "p\\"in", "trans\\nfer"  ' + long.strip()
     assert main(["predict", str(out), "--top-k", "4", "what is my balance"]) == 0
     assert '"bal,ance" 0.' in capsys.readouterr().out  # the scores name it so too

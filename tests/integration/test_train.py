@@ -600,6 +600,9 @@ def test_a_pipeline_on_the_saved_model_says_what_predict_says_on_texts_past_max_
     cfg, _ = _train(tiny_bert, intent_data, out, max_steps=24, eval_steps=8, learning_rate=2e-2, method=method)
     assert cfg.model.max_length == 16
     assert AutoTokenizer.from_pretrained(out / "adapter").model_max_length == 16
+    # and the card's recipes name it: a pick trained before its tokenizer carried it is exported with the base's
+    card = (out / "adapter" / "README.md").read_text()
+    assert "truncation=True, max_length=16" in card and "truncation=True))" not in card
     intents = ["what is my balance", "lost my card", "change my pin", "send money to a friend"]
     texts = [f"{a} {a} " + f"{b} " * 6 for a in intents for b in intents if a != b]  # 20+ tokens each
     texts.append("lost my card " * 30)  # 90 tokens: past the 64 positions of the tiny model

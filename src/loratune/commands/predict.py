@@ -93,7 +93,7 @@ def run(args) -> int:
         # one line per text, in order: `label score  text  (alternatives)`. Its line breaks escaped (one_line), and no
         # wrapping where stdout is a file or a pipe (rich wrapped at 80 columns there: 10k texts gave 21k lines)
         out = console()
-        wrap = out.is_terminal
+        wrap = sys.stdout.isatty()  # (rich's is_terminal says True under FORCE_COLOR / TTY_COMPATIBLE in a pipe)
         for chunk in advance(chunks):
             for p in chunk:
                 text = safe(one_line(p["text"]))
@@ -119,7 +119,8 @@ def label_shown(label: str) -> str:
     'always, "bal,ance", pin' and a reader can tell the labels apart; --json gives them as a list."""
     import json
 
-    return safe(json.dumps(label, ensure_ascii=False) if "," in label or '"' in label or label == NO_LABEL else label)
+    quote = "," in label or '"' in label or label == NO_LABEL or one_line(label) != label  # (a line break too)
+    return safe(json.dumps(label, ensure_ascii=False) if quote else label)
 
 
 @contextlib.contextmanager
