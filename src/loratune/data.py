@@ -8,6 +8,7 @@ file, a missing column, a single class, bytes that are not UTF-8, a row without 
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
 import hashlib
 import io
@@ -193,37 +194,61 @@ _NOT_UTF8 = (
 )
 
 
-# UTF-16 written without a BOM decodes as UTF-8 (or fails at its first non-ASCII byte, named a one-byte encoding), so
-# it is told by its NULs, which no text file holds: every ASCII character of UTF-16 text (a CSV's commas and newlines,
-# JSON's quotes and braces, whatever script its words are in) is its byte beside a NUL, the NUL on the side of the
-# byte order. The byte order is read from the newlines a data file's rows end in (0a 00 little-endian, 00 0a
-# big-endian, at an even offset; the other order would read them as U+0A00, no character); in a head of one line,
-# from the side holding over UTF16_NUL_RATIO times as many NULs as the other (a NUL low byte is a character such as
-# U+0100 or CJK U+4E00, common in Chinese: too many for the ratio on a long line, the newlines decide there). Not
-# UTF-16: NULs beside a head whose newlines are UTF-8's (a stray NUL), or a NUL code unit (NUL padding).
+# UTF-16 written without a BOM decodes as UTF-8 where its every byte is below 0x80 (ASCII, Cyrillic, Arabic, Devanagari,
+# Thai: characters up to U+1FFF whose UTF-16 units are a control byte beside a byte below 0x80) or fails UTF-8 at its
+# first other byte, then named a one-byte encoding. It is told by decoding its head, never by byte patterns (a NUL
+# beside a UTF-8 newline, the 0a byte of 上 U+4E0A or Њ U+040A taken for one):
+# - it decodes strictly in its byte order (a unit or a surrogate pair cut at the head's end aside) into text with no
+#   C0 control but tab, CR and LF, and holds UTF16_MIN_STRUCTURE or more of a data file's ASCII structure (newlines;
+#   a one-line head's JSON or CSV punctuation). A one-byte encoding's bytes decode as UTF-16 too (CJK-like units), but
+#   with ASCII only beside a stray NUL, and ASCII read in the wrong byte order is U+xx00, no ASCII at all; where both
+#   orders pass, the one with more structure;
+# - a head that is valid UTF-8 is UTF-8 unless, besides, UTF16_HIGH_CONTROLS of the bytes on one parity are control
+#   bytes (below 0x20: no text holds many), the high bytes of its byte order (odd offsets: little-endian): every
+#   character up to U+1FFF has one there (NUL for ASCII, 04 for Cyrillic, 0e for Thai, 09 for Devanagari). A stray
+#   NUL, a C string's terminator before each newline (00 0a: one on each side) or NUL padding (U+0000, no text's
+#   character in either order) are no UTF-16.
 UTF16_SNIFF_BYTES = 4096
-UTF16_NUL_RATIO = 10
+UTF16_HIGH_CONTROLS = 0.9  # of one parity's bytes: a CJK character below U+8000 that is valid UTF-8 (丁, 01 4e) has none
+UTF16_STRUCTURE = '\n,"{}[]:'  # newlines, and the punctuation of a one-line head (a JSON array, a CSV header)
+UTF16_MIN_STRUCTURE = 2  # a NUL stray in a one-byte encoding's file pairs with one ASCII byte: never 2 such characters
+UTF16_CONTROLS = frozenset("\t\r\n")  # the only C0 controls a text file holds
 
 
 def utf16_without_bom(raw: bytes) -> str | None:
-    """'utf-16le' or 'utf-16be' where the bytes look like UTF-16 without a BOM (NULs beside its ASCII characters, on
-    the side of its byte order), else None."""
+    """'utf-16le' or 'utf-16be' where the head of the bytes is UTF-16 text in that byte order and no UTF-8 text (the
+    rule above), else None."""
     head = raw[:UTF16_SNIFF_BYTES]
-    if b"\x00" not in head:  # every UTF-16 data file's ASCII (a newline, a comma, a brace) holds one
+    if b"\x00" not in head:  # every ASCII character of UTF-16 (a newline, a comma, a brace) holds a NUL
         return None
-    units = [head[i:i + 2] for i in range(0, len(head) - 1, 2)]
-    if b"\x00\x00" in units:  # U+0000: no text's character, in either byte order
+    passing = []
+    for order in ("utf-16le", "utf-16be"):
+        text = _utf16_text(head, order)
+        structure = 0 if text is None else sum(map(text.count, UTF16_STRUCTURE))
+        if structure >= UTF16_MIN_STRUCTURE:
+            passing.append((structure, order))
+    if passing and _decoded(head, "utf-8") is not None:  # UTF-8 too: UTF-16 only where one side is control bytes
+        high = {order: sum(b < 0x20 for b in head[side::2]) / len(head[side::2])  # offsets 1, 3, ... and 0, 2, ...
+                for order, side in (("utf-16le", 1), ("utf-16be", 0))}
+        order = max(high, key=high.__getitem__)
+        passing = [p for p in passing if p[1] == order and high[order] >= UTF16_HIGH_CONTROLS]
+    return max(passing)[1] if passing else None
+
+
+def _decoded(head: bytes, encoding: str) -> str | None:
+    """The head decoded strictly, a character cut at its end aside (the head ends where UTF16_SNIFF_BYTES does); None
+    where it does not decode."""
+    try:
+        return codecs.getincrementaldecoder(encoding)(errors="strict").decode(head, final=False)
+    except UnicodeDecodeError:
         return None
-    le, be = units.count(b"\n\x00"), units.count(b"\x00\n")
-    if le != be:
-        return "utf-16le" if le > be else "utf-16be"
-    if b"\n" in head:  # newlines, none of them UTF-16's: UTF-8 with a stray NUL
-        return None
-    odd, even = head[1::2].count(0), head[0::2].count(0)  # NULs at offsets 1, 3, ... (little-endian) and 0, 2, ...
-    for name, nul, other in (("utf-16le", odd, even), ("utf-16be", even, odd)):
-        if nul > UTF16_NUL_RATIO * other:
-            return name
-    return None
+
+
+def _utf16_text(head: bytes, order: str) -> str | None:
+    """The head decoded in one UTF-16 byte order, where that is text: strict, with no C0 control but tab, CR and LF
+    (NUL padding, binary); else None."""
+    text = _decoded(head, order)
+    return None if text is None or any(c < " " and c not in UTF16_CONTROLS for c in text) else text
 
 
 def decode_utf8(raw: bytes, path: Path, what: str = "data file") -> str:

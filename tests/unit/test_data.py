@@ -976,12 +976,20 @@ def test_utf16_without_a_bom_is_named_with_the_iconv_fix(tmp_path, suffix, encod
     "text,label\n" + "我的银行卡丢了请帮忙,卡\n重置我的密码谢谢,密码\n" * 20,
     "文本,标签\n" + "一个一个一个" * 100 + "丢了一张卡,卡\n",  # U+4E00 (00 4e): more NULs on the other side
     '[{"text": "Я потерял свою карту", "label": "карта"}]',  # one line: the side its NULs are on
-], ids=["ru", "el", "zh", "zh-long-line", "ru-one-line"])
+    "".join('{"text": "カードをなくしました助けてください", "label": "カード"}\n' for _ in range(20)),
+    "text,label\n" + "ฉันทำบัตรหาย,บัตร\nมेरा कार्ड खो गया,कार्ड\n" * 10,  # Thai (0e 01: 01 a control too), Hindi
+    '[{"text": "我在网上丢了卡", "label": "卡"}]',  # one line, 上 U+4E0A holding an 0a byte (no newline)
+    '[{"text": "Њега је изгубио картицу", "label": "卡"}]',  # Њ U+040A, 0a too
+    '[{"text": "我丢了卡", "label": "卡"}]',
+    '[{"text": "Ега је изгубио картицу", "label": "卡"}]',
+], ids=["ru", "el", "zh", "zh-long-line", "ru-one-line", "ja", "th-hi", "zh-0a-one-line", "sr-0a-one-line",
+        "zh-one-line", "sr-one-line"])
 def test_utf16_without_a_bom_is_named_whatever_script_its_texts_are_in(tmp_path, text, encoding):
     """The sniff asked half the bytes on one side to be NUL (Latin text): Russian read as 't\\x00e\\x00x\\x00t\\x00'
-    columns, Greek and Chinese failed as 'not UTF-8: byte 0x84', the fix `iconv -f cp1252`. Any UTF-16 text's ASCII
-    (its newlines, commas, braces) is its byte beside a NUL, on the side of its byte order."""
-    p = tmp_path / ("train.json" if text.startswith("[") else "train.csv")
+    columns, Greek and Chinese failed as 'not UTF-8: byte 0x84', the fix `iconv -f cp1252`. Then a one-line head
+    holding 上 (U+4E0A) or Њ (U+040A) had its 0a byte read as a UTF-8 newline: named cp1252, or 'not valid JSON'. UTF-16
+    is told by decoding it: strictly, into text with its ASCII structure, whatever the script."""
+    p = tmp_path / {"[": "train.json", "{": "train.jsonl"}.get(text[0], "train.csv")
     p.write_bytes(text.encode(encoding))
     err = user_error(read_rows, p)
     order = encoding.replace("-", "").removeprefix("utf16")
@@ -990,6 +998,76 @@ def test_utf16_without_a_bom_is_named_whatever_script_its_texts_are_in(tmp_path,
     assert err.fix == f"make it UTF-8 text, e.g. `iconv -f utf-16{order} -t utf-8 '{p}' > fixed{p.suffix}`"
     p.write_text(text, encoding="utf-8")
     assert read_rows(p)
+
+
+def _nul_after_an_even_newline() -> bytes:
+    """JSON Lines with a NUL written after the first newline at an even offset (its unit 0a 00: a UTF-16LE newline)."""
+    rows = "".join(json.dumps({"text": f"row {i}", "label": "ab"[i % 2]}) + "\n" for i in range(20)).encode()
+    i = next(i for i, b in enumerate(rows) if b == 0x0A and i % 2 == 0)
+    return rows[:i + 1] + b"\x00" + rows[i + 1:]
+
+
+@pytest.mark.parametrize("name, raw, outcome", [
+    ("after_newline.jsonl", _nul_after_an_even_newline(), "line 12 is not valid JSON (Expecting value)"),
+    ("terminated.txt", b"".join(f"text {i}".encode() + b"\x00\n" for i in range(6)),  # C strings: ...\0\n (00 0a)
+     [f"text {i}\x00" for i in range(6)]),
+    ("short_terminated.txt", b"ab\x00\n" * 6, ["ab\x00"] * 6),  # every NUL on one side, each newline on the other
+    ("one_line.json", json.dumps([{"text": f"row {i}", "label": "ab"[i % 2]} for i in range(10)]).encode()
+     .replace(b"row 3", b"row\x00 3"), "is not valid JSON: Invalid control character"),
+    ("one_line.txt", b"hello\x00 world", ["hello\x00 world"]),
+    ("padded.csv", b"text,label\nfirst,a\nsecond,b\n" + b"\x00" * 400, ["first", "second", "\x00" * 400]),
+    # a one-byte encoding's file with a NUL beside its newline or comma: named that encoding, as without the NUL
+    ("cp1252.csv", "text,label\ncafé crème,a\nthé,b\n".encode("cp1252").replace(b"\n", b"\n\x00", 1),
+     "iconv -f latin1"),
+    ("cp1252_one_line.json", '[{"text": "café", "label": "thé"}]'.encode("cp1252").replace(b",", b",\x00"),
+     "iconv -f latin1"),
+])
+def test_text_with_stray_nuls_is_not_called_utf16(tmp_path, name, raw, outcome):
+    """A stray NUL after a UTF-8 newline, rows ended '\\0\\n' or a one-line head holding a NUL were named UTF-16 (their
+    NUL beside a newline, or on one side): UTF-8 text is UTF-8 unless one byte parity is all control bytes, and
+    other bytes UTF-16 only where they decode into text with its ASCII structure. Each is read, or refused, as it was
+    before the sniff."""
+    from loratune.commands.predict import read_texts
+    from loratune.data import utf16_without_bom
+
+    p = tmp_path / name
+    p.write_bytes(raw)
+    assert utf16_without_bom(raw) is None
+    if isinstance(outcome, list):
+        assert (read_texts(str(p)) if p.suffix == ".txt" else [r["text"] for r in read_rows(p)]) == outcome
+    else:
+        err = user_error(read_rows, p)
+        assert "UTF-16" not in err.problem and outcome in err.problem + err.fix
+
+
+@pytest.mark.parametrize("size", [6, 16, 64, 256, 4096, 10000])
+def test_random_bytes_are_not_called_utf16(size):
+    """Binary decodes as UTF-16 now and then (a short one often): no UTF-16 without a NUL beside its ASCII structure,
+    and a surrogate out of its pair or a C0 control is none."""
+    import random
+
+    from loratune.data import utf16_without_bom
+
+    rnd = random.Random(size)
+    heads = [bytes(rnd.randrange(256) for _ in range(size)) for _ in range(200)]
+    assert [h for h in heads if utf16_without_bom(h) is not None] == []
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_whose_sniffed_head_ends_inside_a_surrogate_pair_is_named(tmp_path, encoding):
+    """The sniff reads the first UTF16_SNIFF_BYTES: a pair (😀) cut there, its high surrogate the head's last unit,
+    is no decoding error."""
+    from loratune.data import UTF16_SNIFF_BYTES
+
+    start = '{"text": "'
+    text = start + "x" * (UTF16_SNIFF_BYTES // 2 - 1 - len(start)) + "😀" * 3 + '", "label": "a"}\n'
+    raw = (text * 2).encode(encoding)
+    assert raw[UTF16_SNIFF_BYTES - 2:UTF16_SNIFF_BYTES + 2] == "😀".encode(encoding)  # the head's end cuts the pair
+    p = tmp_path / "train.jsonl"
+    p.write_bytes(raw)
+    order = encoding.replace("-", "").removeprefix("utf16")
+    assert user_error(read_rows, p).problem.endswith(f"it looks like UTF-16{order.upper()} without a BOM (NUL bytes, "
+                                                     "which no text holds, beside its ASCII characters)")
 
 
 def test_utf8_with_a_stray_nul_is_not_called_utf16(tmp_path):
