@@ -120,6 +120,9 @@ class Dataset:
     # refuses it (api._dataset), as the run's record would name data it did not train on
     prepared_from: DataConfig | None = field(default=None, compare=False, repr=False)
     prepared_seed: int | None = field(default=None, compare=False, repr=False)  # the seed it was read with (seed_drew)
+    # a carved validation split: the classes it has no row of, each with why (uncarved_classes: read off the whole
+    # train file, before max_train_samples subsets it), which the carving's note and check_trainable say
+    uncarved: dict[str, str | None] = field(default_factory=dict)
 
     def splits(self) -> dict[str, Split]:
         out = {"train": self.train, "validation": self.validation}
@@ -898,15 +901,13 @@ def check_trainable(dataset: "Dataset") -> None:
         problems.append(f"train: {len(dataset.train)} row(s); training needs at least {MIN_TRAIN_ROWS}")
     if len(dataset.validation) < MIN_VALIDATION_ROWS:
         carved = dataset.validation.source.endswith(CARVED)
-        row_classes = [row_class(labs) for labs in dataset.train.labels]
-        classes = sorted(set(row_classes))  # the cause claimed only where it is the cause
-        causes = uncarved_causes([text_key(t) for t in dataset.train.texts], row_classes, classes)
+        causes = dataset.uncarved  # the carving's, from the whole train file: a class cut to one row by
+        # max_train_samples was no 'one row' to the carving; claimed only where every class has a cause
+        named = {row_class(labs) for labs in dataset.train.labels} <= causes.keys() and all(causes.values())
         problems.append("validation: 0 rows" + (
-            ": no validation file was given and no class can give one to carve (each class needs at least "
-            f"{MIN_CARVE_ROWS} rows and 2 distinct texts, case and punctuation aside: a text goes to validation with "
-            "all its copies, within validation_fraction of the class's rows, and one stays in train"
+            f": no validation file was given and no class can give one to carve ({CARVE_RULE}"
             + ("; a multi-label row counts under its first label" if dataset.label_space.multi_label else "")
-            + f"): {said_causes(causes)}" if carved and len(causes) == len(classes) else
+            + f"): {said_causes(causes)}" if carved and named else
             ": no validation file was given and none was carved from train" if carved else ""))
     if problems:
         raise UserError(f"the data cannot be trained on ({len(problems)} problem(s)):\n"
@@ -999,6 +1000,9 @@ def text_key(text: str) -> str:
 # the carving's rule, said once: the class a row counts under, the rows a class gives validation, and why a class gave
 # none (check_trainable's message and the carving's note say these)
 MIN_CARVE_ROWS = 2  # one row goes to validation, one stays in train
+CARVE_RULE = (f"each class needs at least {MIN_CARVE_ROWS} rows and 2 distinct texts, case and punctuation aside: a "
+              "text goes to validation with all its copies, within validation_fraction of the class's rows, and one "
+              "stays in train")
 CARVE_CAUSE_ONE_ROW = "one row (it stays in train)"
 CARVE_CAUSE_ONE_TEXT = "rows that are all copies of one text (a text's copies go to one side, so they stay in train)"
 CARVE_CAUSE_OVER_SHARE = ("no text with few enough copies to fit its share (validation_fraction of its rows; a text "
@@ -1043,13 +1047,14 @@ def said_causes(causes: dict[str, str]) -> str:
                      for why, cs in by.items())
 
 
-def uncarved_classes(train: Split, validation: Split) -> dict[str, str]:
-    """The classes of MIN_CARVE_ROWS or more rows in `train` (the whole file, before carving) that a carved `validation`
-    split has no row of, each with its cause (uncarved_causes)."""
-    have = {row_class(labs) for labs in validation.labels}
-    row_classes = [row_class(labs) for labs in train.labels]
-    return uncarved_causes([text_key(t) for t in train.texts], row_classes,
-                           sorted(c for c, n in Counter(row_classes).items() if n >= MIN_CARVE_ROWS and c not in have))
+def uncarved_classes(keys: list, row_classes: list[str], carved: list[int]) -> dict[str, str | None]:
+    """The classes of the train rows a carving was given (the whole file, before max_*_samples: `keys` and
+    `row_classes` as carve() takes them) that its validation rows (`carved`) hold no row of, each with its cause
+    (uncarved_causes; None where the rule names none). The carving's note and check_trainable say them."""
+    have = {row_classes[i] for i in carved}
+    missing = sorted(set(row_classes) - have)
+    causes = uncarved_causes(keys, row_classes, missing)
+    return {c: causes.get(c) for c in missing}
 
 
 def stratified_split(split: Split, fraction: float, seed: int,
@@ -1174,6 +1179,7 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
     """Read the splits the config names, carve a validation split if needed, fix the label space."""
     notes: list[str] = []
     splits: dict[str, Split] = {}
+    uncarved: dict[str, str | None] = {}
     name = cfg.dataset_name
     if name == EMBEDDED_DATA:
         # the embedded demo is the default dataset_name: a user's own train_file replaces it whole
@@ -1240,7 +1246,9 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         notes.append(carved_note("stratified", len(validation), len(train), cfg.validation_fraction, seed,
                                  "each class rounds to whole rows, at least one" + (
                                      ", a text's copies carved together" if len(set(keys)) < len(keys) else "")))
-        left_out = uncarved_classes(train, validation)
+        uncarved = uncarved_classes(keys, [row_class(labs) for labs in train.labels], carved)
+        # a class of one row, never carved, goes unsaid
+        left_out = {c: why for c, why in uncarved.items() if why not in (None, CARVE_CAUSE_ONE_ROW)}
         if left_out and validation:  # none carved at all: check_trainable refuses it, naming the same causes
             notes.append(f"validation has no row of {said_causes(left_out)}; to score "
                          f"{'it' if len(left_out) == 1 else 'them'}, give a validation file (data.validation_file)"
@@ -1284,4 +1292,5 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
                          f"({', '.join(list(c)[:5])}{'...' if len(c) > 5 else ''}); " +
                          ("a row carrying one is wrong in exact match (the label itself has no column in the F1 "
                           "scores)" if space.multi_label else "they are scored as errors"))
-    return Dataset(train, validation, splits.get("test"), space, tuple(notes), unseen, prepared_seed=seed)
+    return Dataset(train, validation, splits.get("test"), space, tuple(notes), unseen, prepared_seed=seed,
+                   uncarved=uncarved)

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
-from loratune.data import (CARVED, SPLIT_NAMES, Dataset, LabelSpace, RowFile, Split, carve, carved_note,
-                           empty_text_problems, find_split_file, load_dataset, read_rows, text_key, uncarved_causes)
+from loratune.data import (CARVE_RULE, CARVED, SPLIT_NAMES, Dataset, LabelSpace, RowFile, Split, carve, carved_note,
+                           empty_text_problems, find_split_file, load_dataset, read_rows, said_causes, text_key,
+                           uncarved_classes)
 from loratune.errors import UserError
 from loratune.metrics import generated_label_problems
 
@@ -94,6 +95,7 @@ class SFTDataset:
     prompt_set: str | None = None  # data.prompt_set, or the shipped demo's own when training on the demo
     prepared_from: DataConfig | None = field(default=None, compare=False, repr=False)  # as data.Dataset's
     prepared_seed: int | None = field(default=None, compare=False, repr=False)  # as data.Dataset's
+    uncarved: dict[str, str | None] = field(default_factory=dict)  # as data.Dataset's; causal-lm's one class is ''
 
     @property
     def generates_labels(self) -> bool:
@@ -277,10 +279,11 @@ def example_key(example: Example) -> tuple[str, str]:
     return text_key(example.prompt_text), text_key(example.completion)
 
 
-def _random_split(train: SFTSplit, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def _random_split(train: SFTSplit, fraction: float, seed: int, keys: list) -> tuple[list[int], list[int]]:
     """(keep, carved): the classifier's carving (data.carve) with one class: a seeded random `fraction` of the rows,
-    whole rows, at least one, a row's copies (example_key) together and only where they fit that share."""
-    return carve([""] * len(train), fraction, seed, [example_key(e) for e in train.examples])
+    whole rows, at least one, a row's copies (`keys`: example_key per row) together and only where they fit that
+    share."""
+    return carve([""] * len(train), fraction, seed, keys)
 
 
 def _random_subset(n: int, k: int, seed: int) -> list[int]:
@@ -313,7 +316,7 @@ def from_labelled(dataset: Dataset) -> SFTDataset:
                                           zip(split.texts, split.labels)), split.source)
 
     return SFTDataset(convert(dataset.train), convert(dataset.validation), convert(dataset.test), dataset.notes,
-                      dataset.label_space)
+                      dataset.label_space, uncarved=dataset.uncarved)
 
 
 def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
@@ -354,12 +357,15 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
                         "data.dataset_name to a folder with train/validation files")
     train = splits["train"]
     validation = splits.get("validation")
+    uncarved: dict[str, str | None] = {}
     if validation is None:
-        keep, carved = _random_split(train, cfg.validation_fraction, seed)
+        keys = [example_key(e) for e in train.examples]
+        keep, carved = _random_split(train, cfg.validation_fraction, seed, keys)
         validation = train.subset(carved, name="validation", source=f"{train.source}{CARVED}")
-        copies = len({example_key(e) for e in train.examples}) < len(train)
         notes.append(carved_note("random", len(validation), len(train), cfg.validation_fraction, seed,
-                                 "whole rows, at least one" + (", a row's copies carved together" if copies else "")))
+                                 "whole rows, at least one" + (", a row's copies carved together"
+                                                               if len(set(keys)) < len(keys) else "")))
+        uncarved = uncarved_classes(keys, [""] * len(keys), carved)
         train = train.subset(keep)
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         train = train.subset(_random_subset(len(train), cfg.max_train_samples, seed))
@@ -373,7 +379,8 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
         prompt_set = str(demo_prompts)
         notes.append(f"the demo instruction data: its prompt set ({demo_prompts.name}) is generated at every full "
                      "evaluation point")
-    return SFTDataset(train, validation, splits.get("test"), tuple(notes), prompt_set=prompt_set, prepared_seed=seed)
+    return SFTDataset(train, validation, splits.get("test"), tuple(notes), prompt_set=prompt_set, prepared_seed=seed,
+                      uncarved=uncarved)
 
 
 MIN_TRAIN_ROWS = 1
@@ -386,12 +393,17 @@ def check_trainable(dataset: SFTDataset) -> None:
     if len(dataset.train) < MIN_TRAIN_ROWS:
         problems.append(f"train: {len(dataset.train)} row(s); training needs at least {MIN_TRAIN_ROWS}")
     if len(dataset.validation) < MIN_VALIDATION_ROWS:  # carved: a validation file of no rows is refused when read
-        keys = [example_key(e) for e in dataset.train.examples]
-        cause = uncarved_causes(keys, [""] * len(keys), [""]).get("")
-        problems.append("validation: 0 rows: no validation file was given and none could be carved from train (a row "
-                        "goes to validation with its copies, the same prompt and completion case and punctuation "
-                        "aside, within validation_fraction of the rows, and one stays in train)"
-                        + (f": train has {cause}" if cause else ""))
+        # the carving's causes, from the whole train file (before max_train_samples), claimed where every class has
+        # one: causal-lm's carving has one class (''), label_format=generate's is the classifier's (data.carve)
+        causes = dataset.uncarved
+        classes = set(dataset.label_space.labels) if dataset.generates_labels else {""}
+        named = bool(causes) and classes <= causes.keys() and all(causes.values())
+        problems.append("validation: 0 rows: no validation file was given and none could be carved from train ("
+                        + (f"stratified: {CARVE_RULE}){': ' + said_causes(causes) if named else ''}"
+                           if dataset.generates_labels else
+                           "a row goes to validation with its copies, the same prompt and completion case and "
+                           "punctuation aside, within validation_fraction of the rows, and one stays in train)"
+                           + (f": train has {causes['']}" if named else "")))
     if problems:
         raise UserError(f"the data cannot be trained on ({len(problems)} problem(s)):\n"
                         + "\n".join(f"  - {p}" for p in problems), "give more rows, or data.validation_file")

@@ -673,6 +673,23 @@ def test_no_validation_carved_names_the_cause_the_carving_had(tmp_path):
                            "(data.validation_file)")
 
 
+def test_no_validation_carved_names_the_carvings_cause_after_max_train_samples(tmp_path):
+    """check_trainable read the causes off train after max_train_samples had subset it: classes of 10 re-cased copies
+    of one text, cut to a row or two, were said to have 'one row'. The causes are the carving's, from the whole file."""
+    from loratune.data import CARVE_CAUSE_ONE_TEXT, check_trainable
+
+    rows = [{"text": t + "!" * (i % 3), "label": lab} for lab, t in (("card", "Lost my card"), ("pin", "reset PIN"),
+                                                                     ("balance", "what is my balance"))
+            for i in range(10)]
+    path = str(write_rows(tmp_path / "train.jsonl", rows))
+    for n in (None, 4, 3):
+        ds = load_dataset(DataConfig(train_file=path, max_train_samples=n))
+        assert len(ds.validation) == 0 and len(ds.train) == (n or 30)
+        assert ds.uncarved == dict.fromkeys(["balance", "card", "pin"], CARVE_CAUSE_ONE_TEXT)
+        assert user_error(check_trainable, ds).problem.endswith(
+            f"stays in train): 'balance', 'card', 'pin': {CARVE_CAUSE_ONE_TEXT}")
+
+
 def test_a_text_repeated_past_its_class_share_stays_in_train(tmp_path):
     """A chat log's 'thanks' 40 times beside 9 other smalltalk texts and 40 rows of 3 other classes: carving it whole
     made validation 40 of 52 rows 'thanks' (smalltalk 77% of validation, 8% of train), and assess then warned of the

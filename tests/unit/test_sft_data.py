@@ -402,6 +402,34 @@ def test_a_carved_validation_split_keeps_a_rows_copies_together(tmp_path):
     assert "stratified by class for classification, random for causal-lm" in help_
 
 
+def test_no_validation_carved_names_the_carvings_cause_after_max_train_samples(tmp_path):
+    """check_trainable read the cause off train after max_train_samples had subset it: a train file of one row's
+    copies cut to one row was said to have 'one row'; label_format=generate (stratified by the classifier's carving)
+    was given causal-lm's one-class cause ('no text with few enough copies'), or none after a subset. The causes are
+    the carving's, from the whole file."""
+    from loratune.data import CARVE_CAUSE_ONE_TEXT, CARVE_RULE
+    from loratune.sft_data import check_trainable
+
+    write_jsonl(tmp_path / "one.jsonl", [{"prompt": "Hi" + "!" * (i % 3), "completion": "hello"} for i in range(10)])
+    for n in (None, 1):
+        ds = load_sft_dataset(DataConfig(train_file=str(tmp_path / "one.jsonl"), max_train_samples=n))
+        assert len(ds.train) == (n or 10) and ds.uncarved == {"": CARVE_CAUSE_ONE_TEXT}
+        with pytest.raises(UserError) as info:
+            check_trainable(ds)
+        assert info.value.problem.endswith(f"train has {CARVE_CAUSE_ONE_TEXT}")
+    write_jsonl(tmp_path / "labelled.jsonl", [{"text": t + "!" * (i % 3), "label": lab}
+                                              for lab, t in (("card", "Lost my card"), ("pin", "reset PIN"))
+                                              for i in range(10)])
+    for n in (None, 3):
+        ds = load_sft_dataset(DataConfig(train_file=str(tmp_path / "labelled.jsonl"), label_format="generate",
+                                         max_train_samples=n))
+        assert len(ds.train) == (n or 20) and len(ds.validation) == 0
+        with pytest.raises(UserError) as info:
+            check_trainable(ds)
+        assert info.value.problem.endswith(f"none could be carved from train (stratified: {CARVE_RULE}): 'card', "
+                                           f"'pin': {CARVE_CAUSE_ONE_TEXT}")
+
+
 def test_classification_rows_are_no_sft_data_and_the_error_says_which_columns_there_are(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", [{"text": "hello", "label": "a"}])
     with pytest.raises(UserError) as info:
