@@ -1007,6 +1007,12 @@ CARVE_CAUSE_ONE_ROW = "one row (it stays in train)"
 CARVE_CAUSE_ONE_TEXT = "rows that are all copies of one text (a text's copies go to one side, so they stay in train)"
 CARVE_CAUSE_OVER_SHARE = ("no text with few enough copies to fit its share (validation_fraction of its rows; a text "
                           "goes to validation with all its copies)")
+CARVE_CAUSE_SHARED = ("texts that are all another class's texts too (exact conflicts, case and punctuation aside: a "
+                      "text goes to one side with all its rows, and none of them was carved with the other class's "
+                      "share)")
+# what brings such a class into validation, besides a validation file (the carving's note says it)
+CARVE_CAUSE_FIX = {CARVE_CAUSE_OVER_SHARE: "raise data.validation_fraction",
+                   CARVE_CAUSE_SHARED: "give each of those texts one label (`loratune assess` lists the conflicts)"}
 
 
 def row_class(labels: tuple[str, ...]) -> str:
@@ -1023,16 +1029,20 @@ def carve_target(rows: int, fraction: float) -> int:
 def uncarved_causes(keys: list, row_classes: list[str], classes: Iterable[str]) -> dict[str, str]:
     """Why a carving (carve() with `keys` units, `row_classes[i]` row i's class) gives validation no row of each of
     `classes` that the rule says cannot give one, from the rows as they were before the carving: a class of fewer
-    than MIN_CARVE_ROWS rows, one whose rows are copies of one text (the unit is all its rows: never carved), one each
-    of whose texts has two or more rows (its copies, or a row of another class: carved together) and none fitted its
-    share. A class with a text of one row is left out: it gives a row at any validation_fraction."""
+    than MIN_CARVE_ROWS rows, one whose rows are copies of one text (the unit is all its rows: never carved), one
+    each of whose texts is another class's too (carved only with that class's share, and it carved none of them),
+    one each of whose texts has two or more rows (its copies, or another class's rows: carved together) and none
+    fitted its share. A class with a text of one row is left out: it gives a row at any validation_fraction."""
     unit_rows = Counter(keys)
+    unit_classes: dict[Any, set[str]] = {}
     rows: Counter[str] = Counter()
     texts: dict[str, set] = {}
     for key, c in zip(keys, row_classes):
         rows[c] += 1
         texts.setdefault(c, set()).add(key)
+        unit_classes.setdefault(key, set()).add(c)
     causes = {c: (CARVE_CAUSE_ONE_ROW if rows[c] < MIN_CARVE_ROWS else CARVE_CAUSE_ONE_TEXT if len(texts[c]) < 2
+                  else CARVE_CAUSE_SHARED if all(len(unit_classes[k]) > 1 for k in texts[c])
                   else CARVE_CAUSE_OVER_SHARE if all(unit_rows[k] > 1 for k in texts[c]) else None)
               for c in classes}
     return {c: why for c, why in causes.items() if why is not None}
@@ -1252,8 +1262,7 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         if left_out and validation:  # none carved at all: check_trainable refuses it, naming the same causes
             notes.append(f"validation has no row of {said_causes(left_out)}; to score "
                          f"{'it' if len(left_out) == 1 else 'them'}, give a validation file (data.validation_file)"
-                         + (", or raise data.validation_fraction" if CARVE_CAUSE_OVER_SHARE in left_out.values()
-                            else ""))
+                         + "".join(f", or {fix}" for why, fix in CARVE_CAUSE_FIX.items() if why in left_out.values()))
         train = train.subset(keep)
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         train = train.subset(stratified_subset(train, cfg.max_train_samples, seed))

@@ -640,6 +640,26 @@ def test_a_one_row_class_whose_text_another_class_repeats_keeps_its_train_row(tm
         assert ds.validation.label_counts() == Counter({"card": 1, "pin": 1}), seed
 
 
+def test_a_class_whose_texts_are_another_classs_is_noted_as_sharing_them(tmp_path):
+    """'refund' has 3 rows, each a re-cased 'card' row's text (exact conflicts): the note said its texts had too many
+    copies to fit its share and to raise validation_fraction; they have one copy each in refund, and a text's rows are
+    carved only with card's share. The note says that, and its fix is the conflicts'."""
+    from loratune.data import CARVE_CAUSE_OVER_SHARE, CARVE_CAUSE_SHARED, uncarved_causes
+
+    rows = make_rows({"card": 20, "pin": 20}) + [{"text": f"CARD example {i}!", "label": "refund"} for i in range(3)]
+    ds = load_dataset(DataConfig(train_file=str(write_rows(tmp_path / "train.jsonl", rows))), seed=0)
+    assert "refund" not in {labs[0] for labs in ds.validation.labels}
+    assert ds.notes[1] == (f"validation has no row of 'refund': {CARVE_CAUSE_SHARED}; to score it, give a validation "
+                           "file (data.validation_file), or give each of those texts one label (`loratune assess` "
+                           "lists the conflicts)")
+    assert CARVE_CAUSE_SHARED.startswith("texts that are all another class's texts too (exact conflicts")
+    # a class with a text of its own repeated past its share, beside shared ones: its copies are the cause
+    keys = ["a1", "a2", "s", "s", "c", "c", "c"]
+    assert uncarved_causes(keys, ["a", "a", "a", "b", "b", "b", "b"], ["b"]) == {"b": CARVE_CAUSE_OVER_SHARE}
+    assert uncarved_causes(keys[:4], ["a", "a", "a", "b"], ["b"]) == {"b": "one row (it stays in train)"}
+    assert uncarved_causes(["s", "t", "s", "t"], list("aabb"), ["b"]) == {"b": CARVE_CAUSE_SHARED}
+
+
 def test_no_validation_carved_names_the_cause_the_carving_had(tmp_path):
     """Each class's rows are copies of one text (re-cased): nothing can be carved (a text's copies go to one side),
     and check_trainable said "none was carved from train" (its own rule, 2 rows a class, said they could be): the
