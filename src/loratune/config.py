@@ -108,24 +108,28 @@ class DataConfig:
                            "a prompt set), and keeps the intents when it generates their labels.")
     train_file: str | None = _f(None, "Training file (.jsonl/.csv/.parquet); overrides dataset_name's train split.")
     validation_file: str | None = _f(None, "Validation file; when no validation split exists, one is carved from "
-                                     "train (seeded; validation_fraction): stratified by class for classification, "
-                                     "random for causal-lm; a text's copies (case, spaces and punctuation aside; "
-                                     "causal-lm: a row's, its prompt and completion) stay on one side.")
+                                     "train (seeded; validation_fraction): stratified by class for labelled data "
+                                     "(classification, and causal-lm with label_format=generate), random for "
+                                     "causal-lm's prompt/completion rows; a text's copies (case, spaces and "
+                                     "punctuation aside; prompt/completion rows: a row's, its prompt and completion) "
+                                     "stay on one side.")
     test_file: str | None = _f(None, "Test file (scored only by `loratune evaluate --split test`).")
     text_column: str = _f("text", "Column holding the input text.")
     label_column: str = _f("label", "Column holding the label (a string, or a list of strings for multi-label).")
     multi_label: bool | None = _f(None, "Force single- (false) or multi-label (true); null: detect from the data.")
     label_delimiter: str | None = _f(None, "Split string labels on this delimiter (e.g. '#') for multi-label data.")
     validation_fraction: float = _f(0.1, "Share of train carved out as validation when none is given: that share "
-                                    "of each class's rows (causal-lm: of all rows), rounded to whole rows (at least "
-                                    "one, one kept in train); a text's copies go together, and a text with more "
-                                    "copies than its class's share stays in train, so validation keeps train's class "
-                                    "shares.",
+                                    "of each class's rows (causal-lm's prompt/completion rows: of all rows), "
+                                    "rounded to whole rows (at least one, one kept in train); a text's copies go "
+                                    "together, and a text with more copies than its class's share stays in train, so "
+                                    "validation keeps train's class shares.",
                                     min=0.0, max=0.5, min_exclusive=True)
-    max_train_samples: int | None = _f(None, "Use a stratified subset of this many training rows (causal-lm: a "
-                                       "random one).", min=1)
-    max_eval_samples: int | None = _f(None, "Use a stratified subset of this many validation rows (causal-lm: a "
-                                      "random one).", min=1)
+    max_train_samples: int | None = _f(None, "Use a stratified subset of this many training rows (causal-lm's "
+                                       "prompt/completion rows: a random one; label_format=generate's labelled rows "
+                                       "are stratified).", min=1)
+    max_eval_samples: int | None = _f(None, "Use a stratified subset of this many validation rows (causal-lm's "
+                                      "prompt/completion rows: a random one; label_format=generate's labelled rows "
+                                      "are stratified).", min=1)
     probe_file: str | None = _f(None, "Hand-written texts with expected labels (text/label columns), scored and "
                                 "shown example by example at every evaluation.")
     none_label: str | None = _f(None, "Multi-label data: the explicit out-of-scope / none label (e.g. oos). Rows "

@@ -399,7 +399,35 @@ def test_a_carved_validation_split_keeps_a_rows_copies_together(tmp_path):
         "text's copies go to one side, so they stay in train)")
     # the help says which carving each task gets
     help_ = Cfg.__dataclass_fields__["validation_file"].metadata["help"]
-    assert "stratified by class for classification, random for causal-lm" in help_
+    assert ("stratified by class for labelled data (classification, and causal-lm with label_format=generate), "
+            "random for causal-lm's prompt/completion rows") in help_
+
+
+def test_generated_labels_carve_and_subset_by_class_as_the_help_and_run_record_say(tmp_path):
+    """The config help and docs/run-record.md said causal-lm's carving and max_*_samples subsets were random, while
+    label_format=generate reads its labelled rows through the classifier's load_dataset: stratified. They say which
+    data gets which, and it is so."""
+    from pathlib import Path
+
+    from loratune.config import DataConfig as Cfg
+
+    write_jsonl(tmp_path / "train.jsonl", [{"text": f"{lab} text {i}", "label": lab}
+                                           for lab, n in (("a", 30), ("b", 10), ("c", 8)) for i in range(n)])
+    ds = load_sft_dataset(DataConfig(train_file=str(tmp_path / "train.jsonl"), label_format="generate",
+                                     max_train_samples=22, max_eval_samples=3), seed=0)
+    assert ds.notes == ("no validation split given: carved a stratified 10% (5 of 48 rows) from train with seed 0",
+                        "train: stratified subset of 22 rows (max_train_samples)",
+                        "validation: stratified subset of 3 rows (max_eval_samples)")
+    assert sorted({e.completion for e in ds.validation.examples}) == ["a", "b", "c"]
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "run-record.md").read_text(encoding="utf-8")
+    helps = {key: Cfg.__dataclass_fields__[key].metadata["help"] for key in Cfg.__dataclass_fields__}
+    for key, verb in (("max_train_samples", "train"), ("max_eval_samples", "validate")):
+        said = "prompt/completion rows: a random one; {} labelled rows are stratified"
+        assert said.format("label_format=generate's") in helps[key]
+        assert f"| `data.{key}` | `null` | {verb} on a stratified subset of this many rows (causal-lm's " + \
+            said.format("`label_format: generate`'s") + ") |" in doc
+    assert "causal-lm: a random one" not in doc and "(causal-lm: of all rows)" not in doc
+    assert "(causal-lm's prompt/completion rows: of all rows)" in helps["validation_fraction"]
 
 
 def test_no_validation_carved_names_the_carvings_cause_after_max_train_samples(tmp_path):
