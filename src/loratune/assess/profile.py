@@ -13,7 +13,7 @@ from loratune.assess.records import (AssessThresholds, ConflictExample, Conflict
                                      PairCount, RowRef, SplitNoise, SplitProfile, SplitShift)
 from loratune.assess.stats import js_critical, js_divergence, ks_critical, ks_statistic, length_stats
 from loratune.assess.text import has_encoding_damage, has_non_printable, normalise, shorten, words
-from loratune.data import Split, has_visible
+from loratune.data import Split, has_visible, text_key
 
 def profile_split(split: Split, *, thresholds: AssessThresholds = AssessThresholds(),
                   token_lengths: Sequence[int] | None = None, max_length: int | None = None,
@@ -233,7 +233,7 @@ def find_noise(splits: Mapping[str, Split], pool: TextPool, thresholds: AssessTh
                 hit("non_printable", t)
             # a text of symbols or punctuation only ("👍", "!!") normalises to "": keyed by itself (spaces
             # collapsed), or every such text counted as a duplicate of the first
-            key = (normalise(t) or " ".join(t.split()), _label_key(labs))
+            key = (text_key(t), _label_key(labs))
             if key in seen:
                 hit("duplicate_rows", t)
             seen.add(key)

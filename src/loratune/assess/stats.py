@@ -24,9 +24,15 @@ def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."""
     if len(a) == 0 or len(b) == 0:
         return 0.0
+    counts_a, counts_b = _value_counts(a, b)
+    return float(_ks_gap(counts_a, counts_b))
+
+
+def _value_counts(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's count of every value the two hold (ascending): what the KS statistic and its deals read."""
     values, side = np.unique(np.concatenate([np.asarray(a, float), np.asarray(b, float)]), return_inverse=True)
-    counts_a = np.bincount(side[: len(a)], minlength=len(values))
-    return float(_ks_gap(counts_a, np.bincount(side[len(a):], minlength=len(values))))
+    return (np.bincount(side[: len(a)], minlength=len(values)),
+            np.bincount(side[len(a):], minlength=len(values)))
 
 
 def _ks_gap(counts_a: np.ndarray, counts_b: np.ndarray) -> np.ndarray:
@@ -104,8 +110,7 @@ def ks_critical(a: Sequence[float], b: Sequence[float], alpha: float) -> Critica
     is empty."""
     if len(a) == 0 or len(b) == 0:
         return Critical(1.0, "a side has no rows")
-    values, side = np.unique(np.concatenate([np.asarray(a, float), np.asarray(b, float)]), return_inverse=True)
-    pooled = np.bincount(side, minlength=len(values))
+    pooled = sum(_value_counts(a, b))
     n, m = len(a), len(b)
 
     def asymptotic(alpha: float, why: str) -> Critical:

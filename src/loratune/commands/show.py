@@ -219,8 +219,9 @@ def _show_classes(con, r, n_classes: int) -> None:
         con.print(f"[dim]{r.confusion.errors} errors in {r.confusion.total} val rows"
                   + ("; most confused classes: " + safe(", ".join(r.confusion.focus[:8])) if r.confusion.cell_errors
                      else "") + "[/]")
-        if outside_matrix_note(r.confusion) and r.pairs:  # without pairs, pairs_missing_why says it
-            con.print(f"[dim]{safe(outside_matrix_note(r.confusion))}[/]")
+        note = outside_matrix_note(r.confusion)
+        if note and r.pairs:  # without pairs, pairs_missing_why says it
+            con.print(f"[dim]{safe(note)}[/]")
     if not r.pairs:
         con.print(f"[dim]{safe(pairs_missing_why(r))}[/]")
     for p in r.pairs:

@@ -645,8 +645,9 @@ def pairs_missing_why(r: "RunReport") -> str:
         return "no confusion matrix and no `val/confused_pairs` in the history (a multi-label run has none)"
     if not c.errors:
         return "no confused pairs: the validation predictions have no errors"
-    return (f"no confused pairs: none of the {c.errors} validation errors predicts another class"
-            + (f"; {outside_matrix_note(c)}" if outside_matrix_note(c) else ""))
+    note = outside_matrix_note(c)
+    return f"no confused pairs: none of the {c.errors} validation errors predicts another class" + (
+        f"; {note}" if note else "")
 
 
 def _architecture(model: Mapping[str, Any]) -> str:
