@@ -191,12 +191,6 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     }
 
 
-def _value(cfg: RunConfig, dotted: str) -> Any:
-    """cfg's value of a dotted key (`adapter.r`)."""
-    section, name = dotted.split(".", 1)
-    return getattr(getattr(cfg, section), name)
-
-
 def _path(value: Any, what: str, thing: str = "folder") -> str | Path:
     """A run or study folder argument (a str or a Path, `~` expanded), else a UserError naming what was given.
     `thing`: what the path names (report's `out` is a file)."""
@@ -395,7 +389,7 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
     if resume:  # the keys cfg sets (away from their defaults, as a command line names its keys) and `fixed` are
         # compared with the study's own config as `tune --resume key=value` / `--data` are (search.tune._refuse_changes):
         # a cfg with other data or another model was silently replaced by the study's
-        given.update({k: v for k, v in flat.items() if _value(cfg, k) != default_of(k)})
+        given.update({k: flat[k] for k in changed_keys(cfg, flat)})
     opts = TuneOptions(budget=budget, strategy=strategy, study_dir=str(study_dir), resume=resume,
                        explicit_keys=keys, user_point=given,
                        settings=user_settings(target=target, full_probe=full_probe, arms=arms), **options)

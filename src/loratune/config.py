@@ -778,14 +778,18 @@ def default_of(dotted: str) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
+def changed_keys(cfg: RunConfig, keys) -> list[str]:
+    """Those of `keys` (dotted) whose value in cfg is away from its default."""
+    return [k for k in keys if getattr(getattr(cfg, k.split(".", 1)[0]), k.split(".", 1)[1]) != default_of(k)]
+
+
 def keys_set(cfg: RunConfig, keys) -> list[str]:
     """`key=value` of each of `keys` set away from its default."""
     out = []
-    for dotted in keys:
+    for dotted in changed_keys(cfg, keys):
         section, name = dotted.split(".", 1)
         value = getattr(getattr(cfg, section), name)
-        if value != default_of(dotted):
-            out.append(f"{dotted}={list(value) if isinstance(value, tuple) else value!r}")
+        out.append(f"{dotted}={list(value) if isinstance(value, tuple) else value!r}")
     return out
 
 
