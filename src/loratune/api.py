@@ -115,7 +115,7 @@ def _check(cfg: RunConfig, dataset) -> None:
         objective_key(cfg, dataset.label_space.multi_label)  # a metric this task does not compute
         if cfg.data.probe_file:
             load_probe_set(cfg.data.probe_file, cfg.data.text_column, cfg.data.label_column)
-    check_max_length(cfg.model)
+    check_max_length(cfg, dataset)
 
 
 def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loratune.config import ModelConfig
+from loratune.config import ModelConfig, RunConfig
 
 
 @dataclass(frozen=True)
@@ -82,14 +82,54 @@ def position_limit(c) -> int | None:
     return n - POSITION_OFFSET.get(getattr(c, "model_type", None), 0)
 
 
-def check_max_length(cfg: ModelConfig) -> None:
-    """A UserError where `max_length` is longer than the model's position embeddings index (it would fail inside the
-    embedding at the first batch), for every task (position_limit's rule): the one check `train` (api.check) and
-    `tune` (before its first trial) run."""
+def check_max_length(cfg: RunConfig, dataset=None) -> None:
+    """A UserError where `max_length` and the tokens a causal-lm run generates after it are longer than the model's
+    position embeddings index (it would fail inside the embedding at the first batch, or at the first evaluation
+    point's generation), for every task (position_limit's rule): the one check `train` (api.check) and `tune` (before
+    its first trial) run. `dataset`: the run's prepared data (its prompt set, its generated labels), when read."""
+    from loratune.config import key_table
     from loratune.errors import UserError
 
-    limit = input_position_limit(cfg)
-    if limit is not None and cfg.max_length > limit:
-        raise UserError(f"model.max_length {cfg.max_length} is longer than {cfg.name_or_path} takes: its "
-                        f"position embeddings cover {limit} tokens",
-                        f"set max_length={limit} or less")
+    limit = input_position_limit(cfg.model)
+    if limit is None:
+        return
+    length = cfg.model.max_length
+    generated = generated_tokens(cfg, dataset)
+    new = max(generated.values(), default=0)
+    if length + new <= limit:
+        return
+    what = next((k for k, v in generated.items() if v == new), "")
+    fixes = []
+    if limit - new >= key_table()["model.max_length"].metadata["min"]:
+        fixes.append(f"set max_length={limit - new} or less")
+    if what == PROMPT_SET_GENERATES and limit - length >= max([1] + [v for k, v in generated.items() if k != what]):
+        fixes.append(f"train.max_new_tokens={limit - length} or less")
+    said = f"model.max_length {length}" + (f" plus the {new} tokens {what}" if new else "")
+    raise UserError(f"{said} {'are' if new else 'is'} longer than {cfg.model.name_or_path} takes: its position "
+                    f"embeddings cover {limit} tokens",
+                    ", or ".join(fixes) or f"use a model whose position embeddings cover more than {limit} tokens")
+
+
+# what a causal-lm run generates after a prompt cut to max_length (sft_data.encode_prompts), as check_max_length says
+# it: the prompt set's train.max_new_tokens at every evaluation point; a generated label's tokens (data.label_format=
+# generate: the longest label's tokens and 2, sft.label_token_cap)
+PROMPT_SET_GENERATES = "generated after a prompt-set prompt (train.max_new_tokens)"
+LABEL_GENERATES = "generated for a label (data.label_format=generate: the longest label's tokens and 2)"
+
+
+def generated_tokens(cfg: RunConfig, dataset=None) -> dict[str, int]:
+    """The tokens a causal-lm run generates after a prompt of up to max_length tokens, by what generates them
+    (PROMPT_SET_GENERATES, LABEL_GENERATES); empty for a run that generates nothing. A generated label's tokens are
+    read with the tokenizer, from the dataset's labels."""
+    if cfg.model.task != "causal-lm":
+        return {}
+    out = {}
+    if getattr(dataset, "prompt_set", None) or cfg.data.prompt_set:
+        out[PROMPT_SET_GENERATES] = cfg.train.max_new_tokens
+    space = getattr(dataset, "label_space", None)
+    if cfg.data.label_format == "generate" and space is not None and space.labels:
+        from loratune.models import load_tokenizer
+        from loratune.sft import label_token_cap
+
+        out[LABEL_GENERATES] = label_token_cap(load_tokenizer(cfg.model), space.labels)
+    return out

@@ -121,17 +121,11 @@ def test_a_prompt_metric_of_a_group_the_prompt_set_lacks_is_refused(lm, sft_data
 # --- 3b. a max_length past a decoder's learned positions ----------------------------------------------------
 
 
-def test_a_max_length_past_a_decoder_s_learned_positions_is_refused_by_train_and_plan(lm, sft_data, tmp_path,
-                                                                                      capsys):
-    """OPT's learned positions (64 here, 2048 in OPT-1.3B): train task=causal-lm and plan skipped the check for every
-    causal LM ('rotary there'), and the run failed inside the embedding (IndexError) at its first batch. A rotary
-    decoder (the tiny Llama, 256 positions) has no such limit, and is not refused."""
+def _tiny_opt(folder: Path) -> Path:
+    """A tiny OPT (learned positions: 64) with the tests' tokenizer."""
     import torch
     from transformers import OPTConfig, OPTForCausalLM
 
-    from sft_support import make_tokenizer
-
-    folder = tmp_path / "opt"
     tok = make_tokenizer()
     tok.save_pretrained(folder)
     torch.manual_seed(0)
@@ -139,6 +133,15 @@ def test_a_max_length_past_a_decoder_s_learned_positions_is_refused_by_train_and
                              num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=64,
                              pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                              eos_token_id=tok.eos_token_id)).save_pretrained(folder)
+    return folder
+
+
+def test_a_max_length_past_a_decoder_s_learned_positions_is_refused_by_train_and_plan(lm, sft_data, tmp_path,
+                                                                                      capsys):
+    """OPT's learned positions (64 here, 2048 in OPT-1.3B): train task=causal-lm and plan skipped the check for every
+    causal LM ('rotary there'), and the run failed inside the embedding (IndexError) at its first batch. A rotary
+    decoder (the tiny Llama, 256 positions) has no such limit, and is not refused."""
+    folder = _tiny_opt(tmp_path / "opt")
     opt = {"target_modules": "[self_attn.q_proj]"}  # OPT is not in the group table
     for dry in (["--dry-run"], []):
         out = tmp_path / f"run{len(dry)}"
@@ -151,6 +154,49 @@ def test_a_max_length_past_a_decoder_s_learned_positions_is_refused_by_train_and
                                                         **opt)]) == 0
     assert cli.main(["plan", str(folder), "--seq-len", "64", "--json"]) == 0
     assert cli.main(["train", "-q", "--dry-run", *_args(lm, sft_data, tmp_path / "rope", max_length=512)]) == 0
+    capsys.readouterr()
+
+
+def test_the_position_check_covers_the_tokens_the_run_generates(sft_data, tmp_path, capsys):
+    """check_max_length took max_length alone: OPT (64 positions) at max_length 64 with a prompt set passed the dry
+    run, and training failed at its first evaluation (IndexError: a prompt cut to 64 tokens, then max_new_tokens
+    generated past the table). The limit covers max_length and what is generated after it (the prompt set's
+    max_new_tokens, a generated label's tokens), and the values the fix names train."""
+    from loratune.sft import label_token_cap
+
+    folder = _tiny_opt(tmp_path / "opt")
+    long = " ".join(["please reset my card pin and tell me the balance"] * 20)  # cut to max_length
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": long, "reference": "ok", "group": "familiar"}])
+    opt = {"target_modules": "[self_attn.q_proj]", "prompt_set": prompts, "max_new_tokens": 8, "max_steps": 1}
+    for dry in (["--dry-run"], []):
+        out = tmp_path / f"run{len(dry)}"
+        err = _refused(capsys, ["train", "-q", *dry, *_args(str(folder), sft_data, out, **{**opt, "max_length": 60})])
+        assert (f"model.max_length 60 plus the 8 tokens generated after a prompt-set prompt (train.max_new_tokens) "
+                f"are longer than {folder} takes: its position embeddings cover 64 tokens") in err
+        assert "fix: set max_length=56 or less, or train.max_new_tokens=4 or less" in err
+        assert not (out / "run.json").exists()
+    err = _refused(capsys, ["train", "-q", "--dry-run", *_args(str(folder), sft_data, tmp_path / "at",
+                                                               **{**opt, "max_length": 64})])
+    assert "model.max_length 64 plus the 8 tokens" in err and "fix: set max_length=56 or less" in err
+    assert "max_new_tokens=" not in err.split("fix:")[1]  # none works at max_length 64
+    for i, fixed in enumerate(({"max_length": 56}, {"max_length": 60, "max_new_tokens": 4})):  # each fix trains
+        out = tmp_path / f"fixed{i}"
+        assert cli.main(["train", "-q", *_args(str(folder), sft_data, out, **{**opt, **fixed})]) == 0
+        assert json.loads((out / "run.json").read_text())["status"] == "completed"
+    # generated labels: each val text's prompt cut to max_length, then the longest label's tokens and 2
+    rows = make_rows(8, seed=1)
+    data = tmp_path / "labelled"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", rows)
+    new = label_token_cap(make_tokenizer(), sorted({r["label"] for r in rows}))
+    gen = {"target_modules": "[self_attn.q_proj]", "label_format": "generate"}
+    err = _refused(capsys, ["train", "-q", "--dry-run", *_args(str(folder), data, tmp_path / "gen",
+                                                               **{**gen, "max_length": 64})])
+    assert (f"model.max_length 64 plus the {new} tokens generated for a label (data.label_format=generate: the "
+            f"longest label's tokens and 2) are longer than {folder}") in err
+    assert f"fix: set max_length={64 - new} or less" in err and "max_new_tokens=" not in err
+    assert cli.main(["train", "-q", "--dry-run", *_args(str(folder), data, tmp_path / "genok",
+                                                        **{**gen, "max_length": 64 - new})]) == 0
     capsys.readouterr()
 
 

@@ -139,7 +139,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
 
     # what train's dry run refuses (api.check), refused before the study folder is made: a max_length past the position
     # embeddings crashed phase 0's probe, then every trial, inside the embedding
-    check_max_length(cfg.model)
+    check_max_length(cfg, dataset)
     if not options.resume:  # data training would refuse (an empty text, a label missing from train), refused before
         # the study is made: a refused study left study.db behind, and the fixed command was refused as "exists"
         # (a resume reads the study's own base config first, and checks its data below)
@@ -242,7 +242,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                     "reason": f"trial length set by the user: {steps} steps x {step_text(batch, accum)}"}
         study.set_meta(plan=plan)
     base = _base_config(cfg, start, plan, options.explicit_keys)
-    check_max_length(base.model)  # and the assessment's max_length, before any trial
+    check_max_length(base, dataset)  # and the assessment's max_length, before any trial
     runner = runner or TrainingRunner(base, dataset, thresholds=tables["diagnosis"])
     # what `loratune tune --worker` trains queued trials from, and where it writes them
     study.set_meta(trial_base=to_yaml(base), **{LEADER_DIR: str(study.dir)})
