@@ -640,16 +640,25 @@ def build_meta_model(config, task: str):
                         "plan a dense model of the same width, or count a MoE adapter with peft on the meta device")
     autos = {"causal-lm": AutoModelForCausalLM, "classification": AutoModelForSequenceClassification}
     auto = autos[task]
-    # asked of transformers' own table, not read from a ValueError: a config whose sizes are invalid (hidden 33 over 2
-    # heads) raises ValueError too, and was blamed on the task
-    if type(config) not in auto._model_mapping:
-        other = [t for t in TASKS if t != task and type(config) in autos[t]._model_mapping]
+    seq2seq = getattr(config, "is_encoder_decoder", False) is True
+
+    def has(t: str) -> bool:
+        # asked of transformers' own table, not read from a ValueError: a config whose sizes are invalid (hidden 33
+        # over 2 heads) raises ValueError too, and was blamed on the task. An encoder-decoder's causal-LM class
+        # (MarianForCausalLM, BartForCausalLM) is its decoder alone: a plan of it is not the model's
+        return type(config) in autos[t]._model_mapping and not (t == "causal-lm" and seq2seq)
+
+    if not has(task):
+        decoder = ["its causal-LM class is the decoder alone"] if seq2seq and type(config) in \
+            AutoModelForCausalLM._model_mapping else []
+        other = [t for t in TASKS if t != task and has(t)]
         if other:  # plan and params both take --task
-            raise UserError(f"transformers has no {task} model for '{config.model_type}' (it has a {other[0]} one)",
-                            f"use --task {other[0]}")
-        kind = "encoder-decoder (seq2seq) model" if getattr(config, "is_encoder_decoder", False) else "model"
-        raise UserError(f"transformers has neither a causal-lm nor a classification model for '{config.model_type}': "
-                        "plan and params cover causal LMs (AutoModelForCausalLM) and classifiers "
+            raise UserError(f"transformers has no {task} model for '{config.model_type}' "
+                            f"({'; '.join([*decoder, f'it has a {other[0]} one'])})", f"use --task {other[0]}")
+        kind = "encoder-decoder (seq2seq) model" if seq2seq else "model"
+        raise UserError(f"transformers has neither a causal-lm nor a classification model for '{config.model_type}'"
+                        f"{''.join(f' ({d})' for d in decoder)}: plan and params cover causal LMs "
+                        "(AutoModelForCausalLM) and classifiers "
                         f"(AutoModelForSequenceClassification), and this {kind} is neither",
                         "count its LoRA adapter with peft on the meta device (get_peft_model, "
                         "print_trainable_parameters); plan and params take causal LMs and classifiers only")

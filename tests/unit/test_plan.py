@@ -723,19 +723,40 @@ MARIAN = {"model_type": "marian", "architectures": ["MarianMTModel"], "d_model":
           "decoder_start_token_id": 0}
 
 
+XGLM = {"model_type": "xglm", "architectures": ["XGLMForCausalLM"], "d_model": 32, "num_layers": 1,
+        "attention_heads": 2, "ffn_dim": 64, "vocab_size": 100, "max_position_embeddings": 2048}
+BART = {**MARIAN, "model_type": "bart", "architectures": ["BartForConditionalGeneration"]}
+
+
 @pytest.mark.parametrize("command", ["plan", "params"])
-def test_a_model_type_without_the_tasks_model_names_the_other_task_that_works(command, capsys):
-    """Marian has a causal-lm class (its decoder) and no classification one: the fix `--task causal-lm` is taken by
-    both commands (params had no --task) and plans it."""
+@pytest.mark.parametrize("config,task,other,said", [
+    (XGLM, "classification", "causal-lm", "(it has a causal-lm one)"),
+    (BART, "causal-lm", "classification", "(its causal-LM class is the decoder alone; it has a classification one)"),
+])
+def test_a_model_type_without_the_tasks_model_names_the_other_task_that_works(command, config, task, other, said,
+                                                                              capsys):
+    """XGLM has a causal-lm class and no classification one; BART a classifier, and a causal-LM class that is its
+    decoder alone (BartForCausalLM): the fix `--task <other>` is taken by both commands (params had no --task) and
+    plans the whole model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
     from loratune.cli import main
 
-    assert main([command, _write(MARIAN)]) == 2
+    assert main([command, _write(config), "--task", task]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "transformers has no classification model for 'marian' (it has a causal-lm one)" in err
-    assert "fix: use --task causal-lm" in err
-    assert main([command, _write(MARIAN), "--task", "causal-lm", "--json"]) == 0
+    assert f"transformers has no {task} model for '{config['model_type']}' {said}" in err
+    assert f"fix: use --task {other}" in err
+    assert main([command, _write(config), "--task", other, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert (out["shape"]["task"], out["shape"]["vocab"]) == ("causal-lm", 100) if command == "plan" else out["total"] > 0
+    built = plan.load_config(_write(config))
+    built.num_labels = 2
+    with torch.device("meta"):
+        auto = AutoModelForCausalLM if other == "causal-lm" else AutoModelForSequenceClassification
+        whole = auto.from_config(built)
+    params = sum(p.numel() for p in whole.parameters())
+    assert (out["shape"]["task"], out["shape"]["params"]) == (other, params) if command == "plan" \
+        else out["total"] == params
 
 
 @pytest.mark.parametrize("command", ["plan", "params"])
@@ -744,17 +765,28 @@ def test_a_model_type_without_the_tasks_model_names_the_other_task_that_works(co
       "intermediate_size": 64}, "this model is neither"),
     ({**MARIAN, "model_type": "m2m_100", "architectures": ["M2M100ForConditionalGeneration"]},
      "this encoder-decoder (seq2seq) model is neither"),
+    # a causal-LM class that is the decoder alone (MarianForCausalLM...): `--task causal-lm` planned the decoder
+    (MARIAN, "(its causal-LM class is the decoder alone): plan and params cover"),
+    ({**MARIAN, "model_type": "pegasus", "architectures": ["PegasusForConditionalGeneration"]},
+     "(its causal-LM class is the decoder alone)"),
+    ({**MARIAN, "model_type": "blenderbot", "architectures": ["BlenderbotForConditionalGeneration"]},
+     "(its causal-LM class is the decoder alone)"),
+    ({**MARIAN, "model_type": "whisper", "architectures": ["WhisperForConditionalGeneration"], "num_mel_bins": 8,
+      "max_source_positions": 16, "max_target_positions": 32}, "(its causal-LM class is the decoder alone)"),
 ])
 @pytest.mark.parametrize("task", [[], ["--task", "causal-lm"], ["--task", "classification"]])
 def test_a_model_type_with_neither_tasks_model_is_said_so_for_every_task(command, config, kind, task, capsys):
     """ViT and NLLB (m2m_100) have neither class: plan said 'use --task causal-lm', then 'use --task classification'
-    (a loop), and params named --task, which it did not take."""
+    (a loop), and params named --task, which it did not take. Marian, Pegasus, Blenderbot and Whisper have a causal-LM
+    class that is their decoder alone: 'use --task causal-lm' planned the decoder (Marian: 2 of its 3 parts), not
+    the translation model."""
     from loratune.cli import main
 
     assert main([command, _write(config), *task]) == 2
     err = " ".join(capsys.readouterr().err.split())
     mt = config["model_type"]
     assert f"transformers has neither a causal-lm nor a classification model for '{mt}'" in err and kind in err
+    assert "this encoder-decoder (seq2seq) model is neither" in err or mt == "vit"
     assert "plan and params cover causal LMs" in err and "count its LoRA adapter with peft" in err
     assert "--task" not in err
 
