@@ -47,9 +47,17 @@ POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer":
                    "roberta-prelayernorm": 2, "xlm-roberta-xl": 2, "xmod": 2}
 
 
-# model types whose config carries max_position_embeddings though no layer indexes anything by it (Mamba / linear-
-# attention hybrids without positional embeddings): no limit to check
-UNBOUNDED_POSITIONS = frozenset({"jamba", "zamba", "nemotron_h", "kimi_linear", "inkling_text", "inkling2_text"})
+# model types whose config carries max_position_embeddings (or its alias) though nothing stops at it: no limit to
+# check. By the reason each is unbounded:
+_NO_POSITIONS = "no positional embeddings (a Mamba / linear-attention hybrid)"
+_GROWING_SINUSOIDS = "a sinusoidal table rebuilt for any longer input (make_weights in its forward)"
+_RECURRENT = "a recurrent model: no positions (context_length sizes its optional CUDA kernel's chunk)"
+UNBOUNDED_POSITIONS = {
+    **dict.fromkeys(("jamba", "zamba", "nemotron_h", "kimi_linear", "inkling_text", "inkling2_text"), _NO_POSITIONS),
+    **dict.fromkeys(("xglm", "m2m_100", "nllb-moe", "fsmt", "seamless_m4t", "seamless_m4t_v2", "musicgen_decoder",
+                     "musicgen_melody_decoder"), _GROWING_SINUSOIDS),
+    "rwkv": _RECURRENT,
+}
 
 
 def input_position_limit(cfg: ModelConfig) -> int | None:
@@ -68,7 +76,8 @@ def input_position_limit(cfg: ModelConfig) -> int | None:
 def position_limit(c) -> int | None:
     """input_position_limit of a transformers config already loaded (`loratune plan` reads one without a ModelConfig):
     the one rule for both, and for every task: a decoder's learned positions (OPT, GPT-2, StarCoder, BioGPT) or its
-    fixed sinusoid table (GPT-J, CodeGen) end where an encoder's do; rotary decoders say so by their rope fields."""
+    fixed sinusoid table (GPT-J, CodeGen) end where an encoder's do; rotary decoders say so by their rope fields, and
+    the model types UNBOUNDED_POSITIONS names (a growing sinusoid table: XGLM, M2M100; RWKV) have no end."""
     if getattr(c, "rope_theta", None) is not None or getattr(c, "rope_scaling", None) is not None \
             or getattr(c, "rope_parameters", None) is not None \
             or getattr(c, "position_embedding_type", "absolute") != "absolute" \

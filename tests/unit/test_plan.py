@@ -656,15 +656,33 @@ def test_a_seq_len_past_the_learned_positions_is_refused_as_train_refuses_it(cap
     ("nemotron_h", {"max_position_embeddings": 4096}, None),  # no positional embedding at all
     ("jamba", {"max_position_embeddings": 4096}, None),
     ("xlnet", {}, None),  # relative positions: its config says -1
+    ("xglm", {"max_position_embeddings": 2048}, None),  # a sinusoid table rebuilt for any longer input
+    ("m2m_100", {"max_position_embeddings": 1024}, None),
+    ("fsmt", {"max_position_embeddings": 1024}, None),
+    ("musicgen_decoder", {"max_position_embeddings": 2048}, None),
+    ("rwkv", {"context_length": 1024}, None),  # recurrent: max_position_embeddings is its context_length alias
+    ("marian", {"max_position_embeddings": 512}, 512),  # a fixed sinusoid table: its size is the limit
 ])
 def test_the_position_limit_is_one_rule_for_every_task(model_type, fields, limit):
     """position_limit decides by the config alone, and plan and train apply it to causal LMs too (both skipped it for
-    every causal-lm run, so OPT planned and trained past its 2048 learned positions)."""
+    every causal-lm run, so OPT planned and trained past its 2048 learned positions). XGLM (its sinusoid table rebuilt
+    for any length) was refused past 2048 and RWKV (no positions) told of 'position embeddings'."""
     from transformers import AutoConfig
 
     from loratune.model_info import position_limit
 
     assert position_limit(AutoConfig.for_model(model_type, **fields)) == limit
+
+
+def test_plan_takes_a_seq_len_past_a_growing_sinusoid_table(capsys):
+    """XGLM-564M at --seq-len 4096 was refused ('its position embeddings cover 2048 tokens'), though its sinusoid
+    table is rebuilt for any longer input and the forward runs."""
+    from loratune.cli import main
+
+    xglm = {"architectures": ["XGLMForCausalLM"], "model_type": "xglm", "d_model": 1024, "num_layers": 24,
+            "attention_heads": 16, "ffn_dim": 4096, "vocab_size": 256008, "max_position_embeddings": 2048}
+    assert main(["plan", _write(xglm), "--seq-len", "4096", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["shape"]["task"] == "causal-lm"
 
 
 def test_plan_refuses_a_seq_len_past_a_causal_lm_s_learned_positions(capsys):
