@@ -355,7 +355,7 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
     `search.tune.TuneOptions` fields pass through `options`."""
     cfg = require_built(cfg, "tune")
     dataset = _dataset(cfg, dataset, "tune")
-    from loratune.config import default_of, resolve_key, to_dict
+    from loratune.config import changed_keys, resolve_key, to_dict
     from loratune.search.protocol.settings import user_settings
     from loratune.search.tune import TuneOptions, tune as _tune
     from collections.abc import Iterable
