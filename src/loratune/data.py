@@ -17,6 +17,7 @@ import math
 import random
 import re
 import sys
+import tokenize
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
@@ -493,14 +494,28 @@ def parse_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, name: s
                  list_cells=len(listed))
 
 
+class JoinedLiteralsError(ValueError):
+    """A list cell with two string literals side by side that numpy would not write (beside items separated by
+    commas, "['a' 'b', 'c']", or touching, "['a''b']"): neither a list's repr nor numpy's, its labels 'ab' and 'c'
+    (Python joins side-by-side literals) or 'a', 'b' and 'c' would be a guess."""
+
+
 def _list_literal(value: Any) -> list | None:
-    """A string cell that is a Python or JSON list literal ("['card_lost', 'balance']", as pandas' to_csv writes a
-    list cell; '["pin"]'; '[]'), as that list; None for any other value ('pin', '[pin]', a list itself)."""
+    """A string cell that is a list literal, as that list: Python's or JSON's ("['card_lost', 'balance']", as pandas'
+    to_csv writes a list cell; '["pin"]'; '[]'), or numpy's (_numpy_items: "['card_lost' 'balance']", as to_csv
+    writes an array); None for any other value ('pin', '[pin]', a list itself). Raises JoinedLiteralsError for a
+    cell that is neither: string literals side by side are never joined into one label, as ast.literal_eval would
+    ('card_lostbalance')."""
     if not isinstance(value, str):
         return None
     text = value.strip()
     if not (text.startswith("[") and text.endswith("]")):
         return None
+    items = _numpy_items(text)
+    if items is not None:
+        return items
+    if _joins_literals(text):
+        raise JoinedLiteralsError(text)
     for parse in (ast.literal_eval, json.loads):  # Python's repr ('a', None), JSON's ("a", null)
         try:
             parsed = parse(text)
@@ -510,20 +525,89 @@ def _list_literal(value: Any) -> list | None:
     return None
 
 
-LIST_CELLS_NOTE = ("label cells written as list literals (e.g. {example}, as pandas' to_csv writes a list) are read as "
-                   "lists of labels")
+def _literal_tokens(text: str) -> list[tokenize.TokenInfo] | None:
+    """The tokens of a bracketed cell that carry its items (line breaks and the end marker dropped; inside brackets
+    a line break is whitespace), or None where Python's tokenizer cannot read it."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    return [t for t in tokens if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER)]
+
+
+def _numpy_items(text: str) -> list | None:
+    """The items of numpy's str of a 1-d array of strings or numbers: what pandas' to_csv writes for the arrays
+    read_parquet gives a list column ("['card_lost' 'balance']", "[ 2 27]", wrapped onto a new line past 75
+    characters): Python literals (a '-' before a number) with whitespace, and no comma, between them. None for any
+    other text (a list with commas among them)."""
+    tokens = _literal_tokens(text)
+    if not tokens or tokens[0].string != "[" or tokens[-1].string != "]":
+        return None
+    items: list[str] = []
+    sign, end = None, tokens[0].end  # a '-' waiting for its number; where the last item ended
+    for tok in tokens[1:-1]:
+        if tok.string == "-" and sign is None:
+            sign = tok
+            continue
+        if tok.type not in (tokenize.STRING, tokenize.NUMBER) or sign and (tok.type != tokenize.NUMBER
+                                                                            or sign.end != tok.start):
+            return None
+        if items and (sign or tok).start == end:  # touching ('a''b'): numpy puts a space between items
+            return None
+        items.append(("-" if sign else "") + tok.string)
+        sign, end = None, tok.end
+    if sign:
+        return None
+    try:
+        return [ast.literal_eval(item) for item in items]
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def _joins_literals(text: str) -> bool:
+    """Whether a bracketed cell writes two string literals side by side, which Python's literal_eval joins into one
+    string ("['a' 'b', 'c']" -> ['ab', 'c'])."""
+    tokens = _literal_tokens(text) or []
+    return any(a.type == b.type == tokenize.STRING for a, b in zip(tokens, tokens[1:]))
+
+
+LIST_CELLS_NOTE = ("label cells written as list literals (e.g. {example}, as pandas' to_csv writes a list; a numpy "
+                   "array's, without the commas, too) are read as lists of labels")
+# the way to write a column of lists that no reading of a cell can get wrong
+REAL_LISTS_FIX = ("save the data as JSON Lines or Parquet with real lists (pandas: df.to_json('train.jsonl', "
+                  "orient='records', lines=True))")
 
 
 def _list_cells(rows: list[dict[str, Any]], cfg: DataConfig, source: str,
                 lines: tuple[int, ...]) -> dict[int, list]:
     """Per row index, the list its label cell writes as a list literal string (_list_literal), where the file's
-    label cells are such lists: a CSV saved from a pandas column of lists holds "['card_lost', 'balance']", and read
-    as text each list was a class of its own ("['pin']" answered with its brackets). A file that writes some label
+    label cells are such lists: a CSV saved from a pandas column of lists holds "['card_lost', 'balance']" (of numpy
+    arrays, "['card_lost' 'balance']"), and read as text each list was a class of its own ("['pin']" answered with
+    its brackets). Any format's string cells, not only a CSV's: a JSON Lines file of those strings is the same
+    data. A file that writes some label
     cells as lists and others as plain labels is refused: whether "['pin']" there is a row's labels or the name of
     one label would be a guess."""
     strings = {i: row.get(cfg.label_column) for i, row in enumerate(rows)}
     strings = {i: v for i, v in strings.items() if isinstance(v, str) and v.strip()}
-    parsed = {i: lst for i, v in strings.items() if (lst := _list_literal(v)) is not None}
+    parsed, joined = {}, []
+    for i, v in strings.items():
+        try:
+            lst = _list_literal(v)
+        except JoinedLiteralsError:
+            joined.append(i)
+            continue
+        if lst is not None:
+            parsed[i] = lst
+    if joined:
+        one = len(joined) == 1
+        raise UserError(f"data file '{source}' {where_rows(lines, joined[:NONE_BESIDE_SHOWN])} "
+                        f"{'has a label cell' if one else 'have label cells'} of column '{cfg.label_column}' with "
+                        f"quoted labels side by side that {'is' if one else 'are'} neither a list's repr (a comma "
+                        "between every two labels) nor a numpy array's (a space between every two) (e.g. "
+                        f"{strings[joined[0]]!r:.60}): whether the labels side by side are one label or several is "
+                        "a guess",
+                        "write each cell's labels with a comma between every two (e.g. ['card_lost', 'balance']), "
+                        f"or {REAL_LISTS_FIX}")
     plain = [i for i in strings if i not in parsed]
     if parsed and plain:
         first, other = next(iter(parsed)), plain[0]
@@ -533,8 +617,7 @@ def _list_cells(rows: list[dict[str, Any]], cfg: DataConfig, source: str,
                         f"{strings[other]!r:.60}): whether a list cell is a row's labels or one label's name is a "
                         "guess",
                         "write every row's labels the one way: each cell a list (e.g. "
-                        f"{[_label_text(strings[other])]!r}), or save the data as JSON Lines or Parquet with real "
-                        "lists (pandas: df.to_json('train.jsonl', orient='records', lines=True))")
+                        f"{[_label_text(strings[other])]!r}), or {REAL_LISTS_FIX}")
     return parsed
 
 

@@ -1472,7 +1472,7 @@ def test_a_csv_of_list_cells_is_read_as_label_lists_and_a_mixed_one_refused(tmp_
     assert sorted(ds.train.labels + ds.validation.labels) == sorted(tuple(r["labels"]) for r in rows)
     assert [n for n in ds.notes if "list literals" in n] == [
         "train: label cells written as list literals (e.g. \"['card_lost', 'balance']\", as pandas' to_csv writes a "
-        f"list) are read as lists of labels (24 of 24 rows of '{path}')"]
+        f"list; a numpy array's, without the commas, too) are read as lists of labels (24 of 24 rows of '{path}')"]
     # JSON's spelling too, an empty list is a row with no label; a bracketed label that is no literal stays text
     assert parse_rows([{"text": "a", "label": '["pin", "balance"]'}, {"text": "b", "label": "[]"}],
                       DataConfig(multi_label=True), "f.csv", "train").labels == (("pin", "balance"), ())
@@ -1486,3 +1486,41 @@ def test_a_csv_of_list_cells_is_read_as_label_lists_and_a_mixed_one_refused(tmp_
                                         r"\(line 6, e\.g\. 'balance'\)") as e:
         load_dataset(DataConfig(train_file=str(mixed), label_column="labels"), seed=0)
     assert "each cell a list (e.g. ['balance'])" in e.value.fix and "JSON Lines or Parquet" in e.value.fix
+
+
+def test_numpy_array_cells_are_read_as_label_lists_and_literals_side_by_side_never_joined(tmp_path):
+    """pandas' to_csv of the arrays read_parquet gives a list column writes numpy's str, "['card_lost' 'balance']"
+    (no commas, wrapped onto a new line past 75 characters): ast.literal_eval joined the strings side by side into
+    one label, 'card_lostbalance', a class of its own beside card_lost and balance."""
+    import numpy as np
+
+    rows = [{"text": r["text"], "labels": r["labels"] + (["balance"] if i % 3 == 0 and r["labels"] != ["balance"]
+                                                          else [])} for i, r in enumerate(_multi_rows(6))]
+    cells = [{**r, "labels": str(np.array(r["labels"], dtype=object))} for r in rows]
+    path = write_rows(tmp_path / "train.csv", cells)
+    assert "['card_lost' 'balance']" in path.read_text()
+    ds = load_dataset(DataConfig(train_file=str(path), label_column="labels"), seed=0)
+    assert ds.label_space.labels == ("balance", "card_lost", "pin", "transfer") and ds.label_space.multi_label
+    assert sorted(ds.train.labels + ds.validation.labels) == sorted(tuple(r["labels"]) for r in rows)
+    assert [n.split(" (24 of")[0] for n in ds.notes if "list literals" in n] == [
+        "train: label cells written as list literals (e.g. \"['card_lost', 'balance']\", as pandas' to_csv writes a "
+        "list; a numpy array's, without the commas, too) are read as lists of labels"]
+    # a long array wraps onto a second line (a CSV cell spanning lines); an array of ids, padded to one width
+    long = ["card_lost_abroad_while_travelling", "balance_of_the_savings_account", "pin_blocked_after_retries"]
+    wrapped = write_rows(tmp_path / "wrapped.csv", [{"text": "a", "labels": str(np.array(long, dtype=object))},
+                                                    {"text": "b", "labels": str(np.array(long[:1], dtype=object))}])
+    assert "\n 'pin_blocked_after_retries']" in wrapped.read_text()
+    assert parse_file(wrapped, DataConfig(label_column="labels"), "train").labels == (tuple(long), (long[0],))
+    assert parse_rows([{"text": "a", "label": str(np.array([2, 27]))}, {"text": "b", "label": str(np.array([-1, 10]))}],
+                      DataConfig(), "f.csv", "train").labels == (("2", "27"), ("-1", "10"))
+    # quoted labels side by side that neither writer makes (beside commas, or touching): one label or two is a
+    # guess, refused; never joined
+    for cell in ("['pin' 'balance', 'transfer']", "['pin''balance']"):
+        bad = write_rows(tmp_path / "bad.csv", [*cells[:4], {"text": "z", "labels": cell}])
+        with pytest.raises(UserError, match=r"bad\.csv' line 6 has a label cell of column 'labels' with quoted "
+                                            r"labels side by side that is neither a list's repr \(a comma between "
+                                            r"every two labels\) nor a numpy array's \(a space between every two\) "
+                                            rf"\(e\.g\. {re.escape(repr(cell))}\)") as e:
+            load_dataset(DataConfig(train_file=str(bad), label_column="labels"), seed=0)
+        assert "a comma between every two (e.g. ['card_lost', 'balance'])" in e.value.fix
+        assert "JSON Lines or Parquet with real lists" in e.value.fix
