@@ -183,8 +183,9 @@ LOSS_TIE_BREAK_TASKS = ("causal-lm", "multi_label")
 def keep_order(point: Mapping, key: str, task: str | None) -> tuple[float, float] | None:
     """Where a history point stands in the order a run keeps its best model by (a larger tuple is better): its
     objective's score, then, for a task in LOSS_TIE_BREAK_TASKS with a larger-is-better objective, minus its val
-    loss. None: the point has no finite objective. The one statement of the rule: training keeps by it and the
-    report reads an unfinished run's best by it, so the two never name different steps for one tie."""
+    loss. None: the point has no finite objective. The one statement of the rule: training keeps by it, early
+    stopping counts by it (Patience) and the report reads an unfinished run's best by it, so none of them reads one
+    tie another way."""
     def number(v) -> float:  # a numpy scalar as the float it is; anything else (None, a flag, text): NaN
         if isinstance(v, bool):
             return math.nan
@@ -198,6 +199,31 @@ def keep_order(point: Mapping, key: str, task: str | None) -> tuple[float, float
     if score is None:
         return None
     return score, (-number(point.get("val/loss")) if o.higher_is_better and task in LOSS_TIE_BREAK_TASKS else 0.0)
+
+
+@dataclass
+class Patience:
+    """Early stopping's count of evaluations without improvement, in the order the kept model follows (keep_order):
+    a point improves on the best so far where its score gains more than `min_gain` (train.early_stopping_threshold)
+    or, where keep_order breaks ties on the val loss (LOSS_TIE_BREAK_TASKS), its score is at least the best's and its
+    val loss below the lowest seen at that score. The kept model moves to such a point, so counting it as no
+    improvement stopped a multi-label run on the step it had just saved. Until a point has a finite objective, every
+    point counts as one. The one statement of the rule: train and sft count by it."""
+
+    min_gain: float
+    best: tuple[float, float] | None = None  # the keep_order of the last gain, its val-loss part lowered by ties
+    since: int = 0  # evaluations since the last improvement
+
+    def count(self, key: tuple[float, float] | None) -> int:
+        """Read one evaluation point (`key`: its keep_order); the evaluations since the last improvement."""
+        best = self.best
+        if best is None or key is not None and key[0] > best[0] + self.min_gain:
+            self.best, self.since = key, 0
+        elif key is not None and key[0] >= best[0] and key[1] > best[1]:  # a tie (or a gain under min_gain)
+            self.best, self.since = (best[0], key[1]), 0  # whose val loss fell: the kept model's tie-break
+        else:
+            self.since += 1
+        return self.since
 
 
 def objective(key: str | None) -> Objective:

@@ -60,7 +60,7 @@ from loratune.data import VALIDATED_ON, data_seed_record, validated_on
 from loratune.generation import load_prompt_set, score_prompt_set
 from loratune.heads import transformers_model
 from loratune.metrics import parse_labels, prediction_scores, top_unknown_outputs
-from loratune.objectives import (PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, keep_order, lm_metrics,
+from loratune.objectives import (PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, Patience, keep_order, lm_metrics,
                                  objective as objective_named, prompt_key)
 from loratune.models import load_causal_lm, load_tokenizer, resolve_model
 from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn,
@@ -597,7 +597,6 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     prompt_items = load_prompt_set(dataset.prompt_set) if dataset.prompt_set else []  # bad rows: said now
     objective = objective_key(cfg, dataset.label_space is not None, bool(prompt_items),  # a bad one: said now
                               {it.group for it in prompt_items})
-    higher = objective_named(objective).higher_is_better
     t_setup = time.perf_counter()
     torch.set_num_threads(cfg.train.num_threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -699,8 +698,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
 
     bar = RunProgress(steps, progress and ranks.main, title="sft", metric="val loss")
     # gain: the objective signed so that larger is better (minus the val loss, or the val macro-F1)
-    best_gain, best, evals_since_best = -math.inf, None, 0  # best gain so far (any point); the kept model (BestModel)
-    tie_loss = math.inf  # the lowest val loss at the best gain: a tie in the metric that lowers it is progress
+    best, stopping = None, Patience(cfg.train.early_stopping_threshold)  # the kept model (BestModel); early stopping
     trained_key, start_loss = (-math.inf, -math.inf), None  # best (gain, tie-break) after step 0; step 1's loss
     examples_seen, step, step_times = 0, 0, []
     lr0_steps = 0  # the first steps, run at learning rate 0 (a warmup's first), that moved no weight (saved_note)
@@ -742,7 +740,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     def _keep(point: dict, cm) -> bool:
         """Emit an evaluation point, keep the model when it is the best so far; True: stop early. A loss-only
         point without the objective (a generated metric) has no say in the kept model or in early stopping."""
-        nonlocal best_gain, best, evals_since_best, trained_key, tie_loss
+        nonlocal best, trained_key
         store.append_history(point)  # the one place an evaluation point is emitted
         tracking.log_point(point)
         run["final"] = point
@@ -751,23 +749,15 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
             store.write_run(run)
             return False
         value = point.get(objective, math.nan)
-        gain = value if higher else -value
-        loss = point.get("val/loss", math.nan)
-        if gain > best_gain + cfg.train.early_stopping_threshold or not math.isfinite(best_gain):
-            best_gain, evals_since_best, tie_loss = gain, 0, loss
-        elif higher and gain >= best_gain and loss < tie_loss:
-            # the metric ties its best (a generative classifier's 0.0 while no output names a label yet) and the val
-            # loss fell: progress, as the kept model's tie-break reads it, so patience does not end a learning run
-            evals_since_best, tie_loss = 0, loss
-        else:
-            evals_since_best += 1
+        # equal val macro-F1 (all 0.0 early on, while no output names a label yet) goes to the lower val
+        # loss, so a generative classifier never keeps a stale model (keep_order: the report reads the same order),
+        # and early stopping counts such a tie as progress, so patience does not end a learning run
+        key = keep_order(point, objective, run["task"])
+        evals_since_best = stopping.count(key)
         # the model kept is the best *trained* one: step 0 is the base model (or the warm start's), recorded for
         # comparison
         if step == 0:
             run["start"] = {"step": 0, objective: value}
-        # equal val macro-F1 (all 0.0 early on, while no output names a label yet) goes to the lower val
-        # loss, so a generative classifier never keeps a stale model (keep_order: the report reads the same order)
-        key = keep_order(point, objective, run["task"])
         if ranks.agree(step > 0 and key is not None and key > trained_key and not _diverged_point(point)):
             trained_key = key
             best = BestModel(ranks.snapshot(model), step, {"best": point},  # FSDP: gathered onto rank 0

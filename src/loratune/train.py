@@ -42,7 +42,7 @@ from loratune.config import RunConfig, single_label_note, to_dict, to_yaml
 from loratune.data import (VALIDATED_ON, Dataset, LabelSpace, Split, data_seed_record, stratified_subset,
                            validated_on)
 from loratune.errors import UserError
-from loratune.objectives import keep_order, objective as objective_named
+from loratune.objectives import Patience, keep_order, objective as objective_named
 from loratune.eval_extras import EvalExtras
 from loratune.heads import head_modules
 from loratune.losses import LossSpec, compute_loss, loss_spec
@@ -953,7 +953,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
     tracking = Trackers.open(cfg.train.report_to, store.path, to_dict(cfg), to_yaml(cfg))  # report_to
 
     bar = RunProgress(steps, progress, metric=_metric_name(objective))  # the objective, by its name
-    best_f1, best, evals_since_best = -math.inf, None, 0  # best: the best trained model so far (BestModel)
+    best, stopping = None, Patience(cfg.train.early_stopping_threshold)  # best: the best trained model so far
     trained_key, start_loss = (-math.inf, -math.inf), None  # the best keep_order after step 0; the loss of step 1
     examples_seen, step, step_times = 0, 0, []
     lr0_steps = 0  # the first steps, run at learning rate 0 (a warmup's first), that moved no weight (saved_note)
@@ -964,7 +964,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
     def evaluate_now() -> bool:
         """Score val and (after step 0: STEP0_SPLITS) the train subsample, append a history point. True when
         early stopping says stop."""
-        nonlocal best_f1, best, evals_since_best, trained_key
+        nonlocal best, trained_key
         point = history_point(step, examples_seen, len(dataset.train), t0,
                               scheduler.get_last_lr()[0] if step else 0.0, window)
         val_logits = predict_logits(model, val_enc, cfg.train.per_device_eval_batch_size, pad_id, device, autocast,
@@ -995,15 +995,13 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         run["final"] = point
         f1 = point.get(objective, math.nan)
         bar.update(step, point.get("train/loss"), f1)
-        if f1 > best_f1 + cfg.train.early_stopping_threshold or not math.isfinite(best_f1):
-            best_f1, evals_since_best = f1, 0
-        else:
-            evals_since_best += 1
+        # a tie: the lower val loss (multi-label), else the first; early stopping counts in the same order
+        key = keep_order(point, objective, run["task"])
+        evals_since_best = stopping.count(key)
         # the model kept is the best *trained* one (step 0 is the base with a random head, or the warm start's
         # model), and `best` is its point: what adapter/ holds, what tune compares; step 0 only until a trained point
         if step == 0:
             run["start"] = {"step": 0, objective: f1}
-        key = keep_order(point, objective, run["task"])  # a tie: the lower val loss (multi-label), else the first
         if step > 0 and key is not None and key > trained_key and not _diverged_point(point):
             trained_key = key
             # saved as it comes (LoRA: a small file; full fine-tuning: the whole model, as the Trainer's

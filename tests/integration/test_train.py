@@ -278,6 +278,43 @@ def test_multi_label(tiny_bert, tmp_path):
     assert isinstance(preds[0]["labels"], list)
 
 
+def test_multi_label_patience_counts_a_falling_val_loss_at_a_tied_exact_match_as_progress(tiny_bert, tmp_path,
+                                                                                        monkeypatch):
+    """A tie in subset accuracy with a lower val loss moved the saved model to it (objectives.keep_order) while early
+    stopping counted it as no improvement: patience 1 stopped the run at step 16, the step it had just saved, where
+    a run without early stopping kept improving. Here val subset accuracy ties at every evaluation, so the val loss
+    alone says progress, by the one rule (objectives.Patience) that sft counts by too."""
+    import loratune.train as T
+
+    real = T.score_split
+
+    def tied(prefix, *a, **k):
+        scores, cm = real(prefix, *a, **k)
+        if prefix == "val":
+            scores["val/subset_accuracy"] = 0.1
+        return scores, cm
+
+    monkeypatch.setattr(T, "score_split", tied)
+    rows = make_rows(10, seed=4)
+    for i, r in enumerate(rows):  # every third row also asks for its balance
+        r["label"] = [r["label"], "balance"] if i % 3 == 0 and r["label"] != "balance" else [r["label"]]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "validation.jsonl", rows[:12])
+    _, run = _train(tiny_bert, tmp_path, tmp_path / "run", max_steps=40, eval_steps=4, early_stopping_patience=1)
+    points = [p for p in RunStore(tmp_path / "run").read_history() if "val/subset_accuracy" in p]
+    steps, losses = [p["step"] for p in points], [p["val/loss"] for p in points]
+    assert losses[1] < losses[0]  # the first trained evaluation ties step 0 at a lower val loss: the old stop
+    # patience 1 runs out at the first evaluation that sets no new lowest val loss, or the plan ends the run
+    stop = next((i for i in range(1, len(losses)) if losses[i] >= min(losses[:i])), None)
+    if stop is None or steps[stop] == 40:
+        assert run["reason"] == "planned steps done (40)" and steps[-1] == 40
+    else:
+        assert run["reason"].startswith("early stopping") and steps[-1] == steps[stop]
+    # the saved model is the trained point of the lowest val loss, never the evaluation patience stopped at
+    kept = min(range(1, len(losses)), key=lambda i: (losses[i], steps[i]))
+    assert run["adapter_step"] == run["best"]["step"] == steps[kept] and len(steps) > 2
+
+
 def test_unseen_validation_labels_are_errors_not_crashes(tiny_bert, tmp_path):
     write_jsonl(tmp_path / "train.jsonl", make_rows(8, seed=1, labels=["card_lost", "balance", "pin"]))
     val = make_rows(3, seed=2, labels=["card_lost", "balance", "pin", "transfer"])

@@ -95,3 +95,31 @@ def test_keep_order_breaks_a_tie_on_the_val_loss_for_causal_lm_and_multi_label_r
     assert keep_order(b, "val/loss", "causal-lm") == (-0.6336, 0.0)
     assert keep_order({"val/loss": 1.0}, "val/macro_f1", "causal-lm") is None  # no objective: never kept
     assert keep_order({"val/macro_f1": float("nan")}, "val/macro_f1", "causal-lm") is None
+
+
+def test_patience_counts_in_the_order_the_kept_model_follows():
+    """Early stopping's one rule (train and sft count by it). A multi-label run's tie in exact match with a lower val
+    loss moved the saved model to it (keep_order) but counted as no improvement: patience 1 stopped the run at step
+    16, the step it had just saved (0.1 at val loss 4.53 at step 8, 0.1 at 4.30 at step 16)."""
+    from loratune.objectives import Patience, keep_order
+
+    def counts(points, key, task, min_gain=0.0):
+        patience = Patience(min_gain)
+        return [patience.count(keep_order(p, key, task)) for p in points]
+
+    ml = [{"val/subset_accuracy": a, "val/loss": v} for a, v in ((0.0, 5.51), (0.1, 4.53), (0.1, 4.30), (0.1, 4.41),
+                                                                  (0.1, 4.35), (0.1, 4.29), (0.15, 4.6))]
+    # a tie counts where its val loss is below the lowest at that score (4.41 and 4.35 are not: 4.30 was)
+    assert counts(ml, "val/subset_accuracy", "multi_label") == [0, 0, 0, 1, 2, 0, 0]
+    assert counts(ml, "val/subset_accuracy", "causal-lm") == [0, 0, 0, 1, 2, 0, 0]
+    # a single-label classifier keeps the first of ties, and patience counts a tie as no gain
+    assert counts(ml, "val/subset_accuracy", "single_label") == [0, 0, 1, 2, 3, 4, 0]
+    # a gain must pass min_gain (early_stopping_threshold); under it, a tie's rule: a lower val loss is progress
+    assert counts(ml, "val/subset_accuracy", "multi_label", min_gain=0.5) == [0, 0, 0, 1, 2, 0, 1]
+    assert counts(ml, "val/subset_accuracy", "single_label", min_gain=0.05) == [0, 0, 1, 2, 3, 4, 5]
+    # a loss objective: only a lower loss gains
+    assert counts([{"val/loss": v} for v in (2.0, 1.5, 1.5, 1.6, 1.4)], "val/loss", "causal-lm") == [0, 0, 1, 2, 0]
+    # until a point has a finite objective every point counts as progress; a later one without it as none
+    nan = float("nan")
+    assert counts([{"val/macro_f1": nan}, {}, {"val/macro_f1": 0.2, "val/loss": 1.0}, {"val/macro_f1": nan},
+                   {"val/macro_f1": 0.2, "val/loss": nan}], "val/macro_f1", "causal-lm") == [0, 0, 0, 1, 2]

@@ -424,8 +424,9 @@ def build_prompt_set(d: Path, points: Sequence[dict], best_step: float | None) -
 
 def _best_step(points: Sequence[dict], metric: str, task: str | None = None) -> float | None:
     """The step of the best `metric` point, by its objective's direction (a loss: the lowest; the first of ties).
-    `task`: a loratune run's (run.json task), whose ties go as its training's keep_order breaks them (a causal-lm
-    run's to the lower val loss), so an unfinished run's best is the model it kept."""
+    `task`: a loratune run's (run.json task), whose ties go as its training's keep_order breaks them (a causal-lm or
+    multi-label run's to the lower val loss, objectives.LOSS_TIE_BREAK_TASKS), so an unfinished run's best is the
+    model it kept."""
     from loratune.objectives import keep_order
 
     best = None
