@@ -11,11 +11,12 @@ Keys follow `<split>/<metric>`, per class `<split>/recall/<label>`.
 from __future__ import annotations
 
 import math
-import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+from loratune.data import label_form  # the one form of a label (NFC)
 
 TOP_PAIRS = 20
 
@@ -260,10 +261,17 @@ class Decoding:
         problems = decoding_problems(d, labels)
         if problems:
             raise ValueError("; ".join(problems))
-        th = {unicodedata.normalize("NFC", k): v for k, v in (d.get("thresholds") or {}).items()}
-        none = d.get("none_label")
+        th = {_saved_label(k): v for k, v in (d.get("thresholds") or {}).items()}
+        none = _saved_label(d.get("none_label"))
         return cls(np.array([float(th.get(lab, 0.5)) for lab in labels]), int(d.get("min_labels", 1)),
                    d.get("max_labels"), labels.index(none) if none in labels else None)
+
+
+def _saved_label(name):
+    """A label named in label_map.json's `decoding` (a threshold's key, the none label) in the form the run's labels
+    are read in (data.label_form): a run saved before labels were NFC-normalised wrote them as its data spelt them,
+    and its labels, read NFC, must still be found by those names. Anything but a string is returned as it is."""
+    return label_form(name) if isinstance(name, str) else name
 
 
 def _number(v) -> bool:
@@ -282,7 +290,7 @@ def decoding_problems(d, labels: tuple[str, ...]) -> list[str]:
         out.append(f"decoding.thresholds: {th!r:.60} (an object of label -> a number in [0, 1])")
         th = {}
     for key, v in th.items():
-        if unicodedata.normalize("NFC", str(key)) not in labels:
+        if _saved_label(str(key)) not in labels:
             out.append(f"decoding.thresholds.{key}: not a label of the run (one of {', '.join(map(repr, labels[:8]))}"
                        f"{', ...' if len(labels) > 8 else ''})")
         elif not (_number(v) and 0.0 <= v <= 1.0):
@@ -293,7 +301,7 @@ def decoding_problems(d, labels: tuple[str, ...]) -> list[str]:
     if cap is not None and not (isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1):
         out.append(f"decoding.max_labels: {cap!r:.40} (a whole number of at least 1, or null: no cap)")
     none = d.get("none_label")
-    if none is not None and none not in labels:
+    if none is not None and _saved_label(none) not in labels:
         out.append(f"decoding.none_label: {none!r:.40} (one of the run's labels, or null)")
     return out
 

@@ -97,6 +97,28 @@ def test_decoding_round_trips_through_a_dict():
     assert old.thresholds.tolist() == [0.5] * 3 and old.min_labels == 0 and old.max_labels is None
 
 
+def test_an_older_runs_decomposed_decoding_names_its_labels_in_their_read_form():
+    """A run saved before labels were NFC-normalised wrote label_map.json's labels, threshold keys and none label as
+    its data spelt them ('café' as e + U+0301). Its labels and threshold keys are read NFC (data.label_form), its none
+    label was not: predict and evaluate refused the run, naming a label it has."""
+    import unicodedata
+
+    from loratune.metrics import decoding_problems
+
+    def nfd(text: str) -> str:
+        return unicodedata.normalize("NFD", text)
+
+    labels = ("always", "café", "pin")  # as inference reads them: NFC
+    saved = dec((0.3, 0.42, 0.7), min_labels=0, none_index=1).to_dict(labels)
+    old = {**saved, "thresholds": {nfd(k): v for k, v in saved["thresholds"].items()}, "none_label": nfd("café")}
+    assert old["none_label"] != "café" and decoding_problems(old, labels) == []
+    back = Decoding.from_dict(old, labels)
+    assert back.thresholds.tolist() == [0.3, 0.42, 0.7] and (back.none_index, back.min_labels) == (1, 0)
+    # a none label that is no label of the run, in any form, is still refused
+    assert decoding_problems({**old, "none_label": nfd("cafés")}, labels) == [
+        f"decoding.none_label: {nfd('cafés')!r} (one of the run's labels, or null)"]
+
+
 @pytest.mark.parametrize("patch,problem", [
     ({"thresholds": {"a": "high"}}, "decoding.thresholds.a: 'high' (a number in [0, 1])"),
     ({"thresholds": {"a": None}}, "decoding.thresholds.a: None (a number in [0, 1])"),
