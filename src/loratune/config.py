@@ -175,6 +175,16 @@ class AdapterConfig:
                         "feature beside the low-rank direction update (peft `use_dora`); slower steps.")
 
 
+# bce_pos_weight (losses.pos_weights) keeps each label's negatives / positives within [MIN_POS_WEIGHT, MAX_POS_WEIGHT].
+# The cap: a label with one positive in 5000 rows would otherwise weigh its positive 5000x and make every step's
+# gradient that one row's.
+MAX_POS_WEIGHT = 100.0
+# The floor: the weighting lifts the positives of rare labels, which BCE drowns in negatives; a label on more than half
+# the rows is not drowned, and its negatives / positives below 1 would weigh its positives down, teaching the head to
+# under-predict the label most rows carry. It keeps plain BCE's weight 1 instead.
+MIN_POS_WEIGHT = 1.0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     output_dir: str = _f("runs/latest", "Run directory: config, history, metrics and the adapter go here.")
@@ -255,7 +265,8 @@ class TrainConfig:
                                     choices=("auto", *METRIC_CHOICES))
     multi_label_loss: str = _f("bce_pos_weight", "Multi-label loss (each summed over labels, averaged over rows). "
                                "bce_pos_weight (the default): BCE with each label's positives weighted "
-                               "negatives/positives (train frequencies, at least 1 and at most 100), the one that "
+                               f"negatives/positives (train frequencies, at least {MIN_POS_WEIGHT:g} and at most "
+                               f"{MAX_POS_WEIGHT:g}), the one that "
                                "beats single-label-as-combinations at 1 and 4 epochs on "
                                "bench/results/multi_intent*.md; "
                                "focal: sigmoid focal loss (Lin et al. 2017, focal_gamma), best at 4 epochs and "

@@ -28,14 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# bce_pos_weight's floor and cap, with their reasons, in config (no torch): its multi_label_loss help states them
+from loratune.config import MAX_POS_WEIGHT, MIN_POS_WEIGHT
+
 MULTI_LABEL_LOSSES = ("bce", "bce_pos_weight", "focal")
-# pos_weight cap: a label with one positive in 5000 rows would otherwise weigh its positive 5000x and
-# make every step's gradient that one row's
-MAX_POS_WEIGHT = 100.0
-# pos_weight floor: the weighting lifts the positives of rare labels, which BCE drowns in negatives; a label on more
-# than half the rows is not drowned, and its negatives / positives below 1 would weigh its positives down, teaching
-# the head to under-predict the label most rows carry. It keeps plain BCE's weight 1 instead.
-MIN_POS_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)

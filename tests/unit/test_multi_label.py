@@ -228,6 +228,10 @@ def test_pos_weights_stay_within_the_floor_and_the_cap_the_readme_states():
     readme = " ".join((Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8").split())
     assert (f"negatives / positives from the training frequencies, at least {MIN_POS_WEIGHT:g} and at most "
             f"{MAX_POS_WEIGHT:g}: a label on more than half the rows keeps plain BCE's weight") in readme
+    from loratune.config import TrainConfig  # the help of train.multi_label_loss, from the same constants
+
+    help_ = TrainConfig.__dataclass_fields__["multi_label_loss"].metadata["help"]
+    assert f"(train frequencies, at least {MIN_POS_WEIGHT:g} and at most {MAX_POS_WEIGHT:g})" in help_
 
 
 # ------------------------------------------------------------------ tune reads the objective
