@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 
+def finite_number(value) -> bool:
+    """Whether a value a user gave is a real finite number (an int, a float, a numpy number; not a bool, not a str):
+    the one test of the options and files that take one (label_map.json's thresholds, tune's options, the callback's)."""
+    import math
+    import numbers
+
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
 class UserError(Exception):
     """A problem with what the user gave us (config, data, paths). Never a traceback."""
 

@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from loratune.data import label_form  # the one form of a label (NFC)
+from loratune.errors import finite_number
 
 TOP_PAIRS = 20
 
@@ -274,10 +275,6 @@ def _saved_label(name):
     return label_form(name) if isinstance(name, str) else name
 
 
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def decoding_problems(d, labels: tuple[str, ...]) -> list[str]:
     """What in a `decoding` block (label_map.json; hand-edited to adjust a threshold) decode cannot use, each as
     `decoding.<key>: <value> (<allowed>)`: the values Decoding.to_dict writes, and a threshold key or none label
@@ -293,7 +290,7 @@ def decoding_problems(d, labels: tuple[str, ...]) -> list[str]:
         if _saved_label(str(key)) not in labels:
             out.append(f"decoding.thresholds.{key}: not a label of the run (one of {', '.join(map(repr, labels[:8]))}"
                        f"{', ...' if len(labels) > 8 else ''})")
-        elif not (_number(v) and 0.0 <= v <= 1.0):
+        elif not (finite_number(v) and 0.0 <= v <= 1.0):
             out.append(f"decoding.thresholds.{key}: {v!r:.40} (a number in [0, 1])")
     if "min_labels" in d and d["min_labels"] not in (0, 1) or isinstance(d.get("min_labels"), bool):
         out.append(f"decoding.min_labels: {d['min_labels']!r:.40} (0: an empty answer allowed, or 1: at least one)")

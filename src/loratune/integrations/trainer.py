@@ -49,7 +49,7 @@ from loratune.diagnose import Diagnosis, diagnose
 from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, PARTIAL_LOG_NOTE, compare_record,
                                  history_from_trainer_state, nan_filtered_loss, scaled_log_history)
 from loratune.features import LORA_PEFT_TYPES
-from loratune.errors import UserError
+from loratune.errors import UserError, finite_number
 from loratune.rules import THRESHOLDS, resolve_thresholds
 from loratune.store import RUN, RunLock, liveness
 
@@ -104,10 +104,10 @@ class LoratuneCallback(TrainerCallback):
         # checked here, not at the first evaluation: a bad option must not end the user's training midway
         if overfit_patience is not None and (not _is_int(overfit_patience) or overfit_patience < 0):
             raise ValueError(f"overfit_patience: {overfit_patience!r} is not an integer >= 0; give one, or None")
-        if not _is_number(min_confidence) or not 0.0 <= min_confidence <= 1.0:
+        if not finite_number(min_confidence) or not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence: {min_confidence!r} is not a confidence between 0 and 1 (above 1 "
                              "nothing would ever be printed); give e.g. 0.6")
-        if not _is_number(collapse_hold) or not 0.0 <= collapse_hold <= 1.0:
+        if not finite_number(collapse_hold) or not 0.0 <= collapse_hold <= 1.0:
             raise ValueError(f"collapse_hold: {collapse_hold!r} is not a share of the planned steps; give a number "
                              "between 0 and 1")
         self.stop_on = stop_on
@@ -531,10 +531,6 @@ def _named_eval_set(metrics) -> bool:
     its runtime included), not of a single unnamed set (`eval_runtime`)."""
     keys = [k for k in (metrics or {}) if isinstance(k, str)]
     return "eval_runtime" not in keys and any(k.startswith("eval_") and k.endswith("_runtime") for k in keys)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _is_int(v) -> bool:

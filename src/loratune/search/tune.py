@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loratune.data import VALIDATED_ON, prepared_apart, validated_on, validation_differs
-from loratune.errors import UserError
+from loratune.errors import UserError, finite_number
 from loratune.search.budget import Budget, Cost, CostModel, Meter, format_amount
 from loratune.search.context import UI, SearchContext
 from loratune.search.protocol.phase0 import step_text
@@ -89,20 +89,13 @@ def check_options(options: TuneOptions) -> TuneOptions:
     # the two number options only a Python caller gives (no CLI flag): finish_reserve_s='x' was a TypeError in the
     # budget meter after the study was made
     reserve, eps = options.finish_reserve_s, options.examples_per_s
-    if not _finite(reserve) or reserve < 0:
+    if not finite_number(reserve) or reserve < 0:
         raise UserError(f"finish_reserve_s: seconds kept back for the finish, a number >= 0, not {reserve!r:.60}",
                         f"e.g. finish_reserve_s={TuneOptions.finish_reserve_s:g} (the default)")
-    if eps is not None and (not _finite(eps) or eps <= 0):
+    if eps is not None and (not finite_number(eps) or eps <= 0):
         raise UserError(f"examples_per_s: the planning throughput, a number above 0, not {eps!r:.60}",
                         "e.g. examples_per_s=200, or leave it out for the task's prior")
     return dc_replace(options, finish_reserve_s=float(reserve), examples_per_s=None if eps is None else float(eps))
-
-
-def _finite(value) -> bool:
-    """A real finite number (an int, a float, a numpy number; not a bool, not a str)."""
-    import numbers
-
-    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: list) -> dict:
