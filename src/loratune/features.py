@@ -293,12 +293,11 @@ _CATALOGUE = (
     _spec("val metric", "val_metric_gain", "points", "val metric gained {} from start to best", "best - start of M."),
     _spec("val metric", "val_metric_gain_se", "se", "val metric gained {} from start to best",
           "val_metric_gain / val_metric_noise."),
-    _spec("val metric", "val_metric_room_se", "se", "the first eval left {} of room below a perfect score",
-          "(1 - first M) / max(val_metric_noise, METRIC_NOISE_FLOOR): how far the first eval sat below the metric's "
-          "ceiling (every val metric is a share in [0, 1]; an error rate is read as 1 - rate), in units of its noise "
-          "(the floor, half a point, where the noise is unknown). Within a couple of units of 1 the run had nothing "
-          "left to gain that counts, so a gain under no_gain_max says nothing of whether it learned (a token tagger "
-          "at 0.993 at its first eval, ten steps in, 1.000 after)."),
+    _spec("val metric", "val_metric_room", "points", "the first eval left {} of room below a perfect score",
+          "1 - first M: how far the first eval sat below the metric's ceiling (every val metric is a share in [0, 1]; "
+          "an error rate is read as 1 - rate). Under no_gain_max the run could not have gained what the 'never "
+          "gained' reading asks for, however well it learned (a token tagger at 0.993 at its first eval, ten steps "
+          "in, 1.000 after)."),
     _spec("val metric", "val_metric_final_drop", "points", "val metric ended {} below its best", "best - final of M."),
     _spec("val metric", "val_metric_repeat_share", "fraction", "{} of the evals logged the same val metric value",
           "Share of M's points equal (to the logged precision) to its most frequent value: a count metric (accuracy, "
@@ -1308,7 +1307,8 @@ def _lr_clock(pts: Sequence[dict]):
 
 def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
     names = ("val_metric_start", "val_metric_best", "val_metric_final", "val_metric_gain", "val_metric_gain_se",
-             "val_metric_room_se", "val_metric_final_drop", "best_step_fraction", "val_metric_late_gain", "val_metric_late_gain_se",
+             "val_metric_room", "val_metric_final_drop", "best_step_fraction", "val_metric_late_gain",
+             "val_metric_late_gain_se",
              "val_metric_gain_per_epoch_late", "still_improving", "val_metric_se", "val_metric_max_drop",
              "val_metric_drops", "val_metric_max_drop_se", "val_metric_noise", "val_metric_repeat_share",
              "val_metric_final_vs_start")
@@ -1325,6 +1325,7 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
     acc.set("val_metric_final", vals[-1])
     acc.set("val_metric_final_vs_start", vals[-1] - vals[0])
     acc.set("val_metric_gain", best - vals[0])
+    acc.set("val_metric_room", 1.0 - vals[0])  # the most it could gain (a share in [0, 1])
     acc.set("val_metric_final_drop", best - vals[-1])
     acc.set("best_step_fraction", frac(M[i_best][0]))
     drops = [a - b for a, b in zip(vals, vals[1:]) if a > b]
@@ -1365,9 +1366,6 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
         noise = None
     why_noise = "val size unknown and fewer than 4 metric points: no noise band"
     acc.set("val_metric_noise", noise, why_noise)
-    # the room the first eval left below a perfect score, in units of that band (half a point at least: the smallest
-    # difference the protocol counts, and the band where the noise is unknown)
-    acc.set("val_metric_room_se", (1.0 - vals[0]) / max(noise or 0.0, METRIC_NOISE_FLOOR))
     se = noise  # every *_se feature below is in units of the noise band
     if se:
         acc.set("val_metric_final_drop_se", (best - vals[-1]) / se)

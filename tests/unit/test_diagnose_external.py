@@ -2452,10 +2452,10 @@ def test_a_val_metric_at_zero_at_every_eval_is_never_healthy(tmp_path):
     # then 1.000; its val loss -99.7% to its low at the last eval. It read lr-too-large, 'a val metric that never
     # gained'
     (0.993, 1.0, 20, (0.303, 0.0205, 0.0029, 0.0009), False),
-    # the first eval within its noise of 1 (0.16 SE): no room to gain, whatever the loss
+    # the first eval within no_gain_max of 1 (0.007 of room): nothing to gain that counts, whatever the loss
     (0.993, 1.0, 20, (0.303, 0.12, 0.07, 0.05), False),
-    # room (20 SE), but a val loss fallen to ~0 at the end: it learned its val set
-    (0.96, 0.99, 2000, (0.303, 0.0205, 0.0029, 0.0009), False),
+    # room (0.1), but a val loss fallen to ~0 at the end: it learned its val set
+    (0.9, 0.94, 2000, (0.303, 0.0205, 0.0029, 0.0009), False),
     # near miss: a first eval that blew up (3.5), the val loss falling back towards ln(classes) beyond its noise to
     # its low at the end, the metric flat at the one-class level (folds A and B's diverged runs at lr 1e-1)
     (0.018, 0.018, 400, (3.5, 2.9, 2.6, 2.4), True),
@@ -2468,8 +2468,7 @@ def test_a_val_metric_with_no_room_to_gain_or_beside_a_val_loss_fallen_to_zero_i
                                steps=40, evals=4, log_every=2, lr=2e-2, n_val=n_val, classes=5))
     assert d.features["peak_lr"] >= 1e-2 and d.features["val_metric_gain"] < 0.05
     assert d.features["val_loss_min_fraction"] == 1.0
-    room = (1 - start) / max(d.features["val_metric_noise"], 0.005)  # the first eval's room below 1, in noise units
-    assert (room >= 2) == (start < 0.99)
+    assert (d.features["val_metric_room"] >= 0.05) == (start < 0.99)  # the first eval's room below 1, in points
     finding = d.finding("lr-too-large")
     if lr_too_large:
         assert d.verdict == "lr-too-large" and finding.route == (
@@ -2478,4 +2477,30 @@ def test_a_val_metric_with_no_room_to_gain_or_beside_a_val_loss_fallen_to_zero_i
     else:
         assert finding is None, finding.route
         assert d.verdict == "healthy", [(f.rule_id, f.suppressed_by) for f in d.findings]
-        assert d.features["val_metric_room_se"] == pytest.approx(room)
+        assert d.features["val_metric_room"] == pytest.approx(1 - start)
+
+
+@pytest.mark.parametrize("share, n_val, never_gained", [
+    # a binary classifier collapsed to a 90% majority at lr 2e-2, accuracy 0.900 at every eval of 40 val rows (noise
+    # 0.05): 0.1 left to gain and none gained. Room counted in noise units (1.95, under 2) hid it: inconclusive
+    (0.9, 40, True),
+    (0.8, 12, True),  # an 80% majority, 12 val rows (noise 0.12): 0.2 of room, 1.6 noise units
+    (0.95, 20, True),  # room just no_gain_max, inside its noise (0.064)
+    # near misses: a first eval less than no_gain_max below a perfect score, whatever its noise (0.09, 0.04)
+    (0.96, 12, False),
+    (0.96, 40, False),
+])
+def test_a_val_metric_pinned_with_room_to_gain_never_gained_however_wide_its_noise_band(
+        tmp_path, share, n_val, never_gained):
+    entropy = -(share * math.log(share) + (1 - share) * math.log(1 - share))  # the loss of the majority answer
+    d = diagnose(trainer_state(tmp_path, train=lambda f: entropy + 0.02 * math.sin(20 * f),
+                               val=lambda f: entropy + 0.005 * math.sin(9 * f), metric=lambda f: share, n_val=n_val,
+                               classes=2, lr=2e-2, evals=10, steps=200))
+    assert d.features["val_metric_gain"] == 0.0 and d.features["val_metric_room"] == pytest.approx(1 - share)
+    assert d.features["val_metric_noise"] > 0.03
+    finding = d.finding("lr-too-large")
+    route = "an lr far above the usual range with a val metric that never gained"
+    if never_gained:
+        assert d.verdict == "lr-too-large" and finding.route == (route,)
+    else:
+        assert finding is None or route not in finding.route

@@ -37,7 +37,7 @@ FIRING = {
                          val_loss_rise=0.05, train_loss_rise_after_val_min=0.0, classifier=1, n_eval_points=10,
                          val_metric_repeat_share=0.2, train_loss_final_over_start=0.5, train_loss_drop=0.5,
                          train_loss_fall_after_val_min=0.2, val_loss_max_swing=0.2, val_loss_min_vs_reference=0.9,
-                         val_metric_room_se=10.0, val_loss_logged=1, val_loss_drop_noise=1.0,
+                         val_metric_room=0.5, val_loss_logged=1, val_loss_drop_noise=1.0,
                          val_loss_min_fraction=0.5, val_loss_final=1.0),
     "overfit-capacity": dict(train_loss_vs_chance=0.5, train_loss_final_over_start=0.02,
                              train_eval_metric_final=0.9, val_loss_rise=0.3, val_loss_rise_noise=5.0,
