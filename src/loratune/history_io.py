@@ -17,6 +17,7 @@ import statistics
 from array import array
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from fractions import Fraction
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -717,7 +718,8 @@ def history_from_trainer_state(state: Mapping[str, Any], folder: Path, *, name: 
     if _fin(state.get("global_step")) is not None:
         facts["steps_done"] = Fact(int(state["global_step"]), f"{source_file} global_step")
     return _from_log_history(state.get("log_history") or [], folder, facts, name=name, path=path or str(folder),
-                             source_file=source_file, adapter=adapter, ended=_state_ended(state))
+                             source_file=source_file, adapter=adapter, ended=_state_ended(state),
+                             unrounded=UNROUNDED_EPOCHS_KEY in state)
 
 
 def _unused_intervals(state: Mapping[str, Any], folder: Path, facts: Mapping[str, Fact]) -> list[str]:
@@ -835,7 +837,9 @@ def _trainer_tag(tag: str) -> str:
 def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str, "Fact"], *, name: str,
                       path: str, source_file: str, source: str | None = None,
                       notes: list[str] | None = None, adapter: Mapping[str, Any] | None = None,
-                      finished: bool | None = None, ended: str | None = None) -> RunHistory:
+                      finished: bool | None = None, ended: str | None = None, unrounded: bool = False) -> RunHistory:
+    """`unrounded`: the logged epochs are as the Trainer computed them, never round(epoch, 2)'s
+    (UNROUNDED_EPOCHS_KEY)."""
     notes = list(notes or [])
     stepless = sum(1 for e in log_history if isinstance(e, dict) and "step" not in e)
     if stepless:
@@ -867,7 +871,7 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     # sets under names of their own have no val curve, but each one's loss still tells a sum from a mean)
     ref_losses = ([val_prefix + "loss"] if val_prefix + "loss" in split_of else
                   sorted(k for k, v in split_of.items() if v.endswith("/loss") and not v.startswith("train_eval/")))
-    summed = None if is_trl else _summed_losses(train_logs, eval_logs, ref_losses, folder, adapter)
+    summed = None if is_trl else _summed_losses(train_logs, eval_logs, ref_losses, folder, adapter, unrounded)
     if summed is not None:
         # the same correction the callback's record makes (record_loss_scale): the losses read as their mean (N
         # known), each window over the micro-batches it holds (an epoch's shorter last step)
@@ -1187,10 +1191,32 @@ SUMMED_LOSS_RATIO_MIN = 1.8  # a first train loss this many times its reference 
 SUMMED_LOSS_TOLERANCE = 0.2  # the ratio within this share of N agrees with N accumulation steps
 # ...and an epoch's last optimizer step sums only what is left of its batches (6 batches, accumulation 4: 4, then 2),
 # so a window holding it sums fewer micro-batch means than the others. After each optimizer step the Trainer sets
-# `epoch` to the epochs done + the micro-batches done / the micro-batches per epoch: a window's epoch advance per step,
-# against a full step's (the largest), is its share of a full window's micro-batches. A share is read only where the
-# logged epochs' rounding leaves it within this much (the 2% a new low must beat to count as progress,
-# features.IMPROVE_MIN_REL): read coarser, a rescaled window could fake a fall that counts
+# `epoch` to the epochs done + the micro-batches done / the micro-batches per epoch B (epoch + (step + 1) /
+# steps_in_epoch), so epoch x B counts the micro-batches done: the logged epochs give each window's micro-batch count,
+# against the largest window's a step (_epoch_schedule). An epoch is read as the fraction it is: the smallest B up to
+# EPOCH_BATCHES_MAX making every logged epoch x B an integer within a float's error
+EPOCH_BATCHES_MAX = 1_000_000  # micro-batches per epoch (8M rows at batch 8): fractions with denominators up to this
+# lie 1e-12 apart or more, far beyond the error below, so an epoch the Trainer computed names one fraction
+EPOCH_FLOAT_TOLERANCE = 1e-13  # relative: an epoch within this of a fraction is it (the Trainer's sum: ~1e-16 off)
+# transformers from 4.2 (2021) logged round(epoch, 2) for a while: epochs that are all multiples of 0.01 may be
+# rounded, and rounded epochs can fit a schedule by chance (199 batches at accumulation 2 print 0.01, 0.02, ..., 0.99,
+# 1.0, exactly 100 batches of 1 a step: no short step, where each epoch's last holds 1 of 2). Such a reading stands
+# only where no schedule the run's other evidence allows (_rounded_readings) prints the same epochs, rounded, and sizes
+# a window otherwise by more than WINDOW_SHARE_TOLERANCE
+ROUNDED_EPOCH_DECIMALS = 2
+# ...but transformers logs them unrounded since 4.41 (PR 30237, 2024), and a trainer_state.json holding this key (PR
+# 35885, 2025) was written after: its epochs are exact (of the corpus's 222 such files, 165 print 3 digits or more,
+# which round(epoch, 2) never does, and the other 57 are fractions a schedule logs exactly)
+UNROUNDED_EPOCHS_KEY = "best_global_step"
+# ...where nothing else tells N (no model card, no first loss to compare), the accumulations sought: those fine-tuning
+# recipes use (HF examples, QLoRA: 2 to 16). Higher, ever more accumulations print any 2-decimal epoch (the fractions
+# N / B with N up to n lie about 1 / (B n) apart) until none is readable: exact epochs of 10 batches at accumulation 4
+# (0.4, 0.8, 1.0) are also 82 batches at 33 (0.4024, 0.8049, 1.0), their short step 48%
+ROUNDED_ACCUMULATION_MAX = 16
+# Two readings of a window's share agree within this much, and where no schedule logs the epochs (rounded otherwise), a
+# window's epoch advance per step against the largest is its share, read only where the printed digits' rounding
+# leaves it within this much (the 2% a new low must beat to count as progress, features.IMPROVE_MIN_REL): read
+# coarser, a rescaled window could fake a fall that counts
 WINDOW_SHARE_TOLERANCE = IMPROVE_MIN_REL
 # the Trainer's model card (trainer.create_model_card(), push_to_hub) lists the accumulation steps under
 # "Training hyperparameters" when there are more than 1
@@ -1214,40 +1240,170 @@ def _decimals(x: float) -> int:
     return max(0, -int(Decimal(repr(float(x))).as_tuple().exponent))
 
 
-def _window_shares(train_logs: Sequence[dict]) -> tuple[list[float] | None, str | None]:
-    """Each train log's share of a full window's micro-batches, read from the logged epochs (WINDOW_SHARE_TOLERANCE):
-    (shares, None) where some window holds an epoch's shorter last step and every share is read within the tolerance
-    (1.0 for a full window); (None, why) where a window is short beyond the epochs' rounding but that rounding leaves
-    the shares unread; (None, None) where every window looks full, or no epochs say (nothing says otherwise)."""
+def _as_fraction(x: float, most: int) -> Fraction | None:
+    """x as the fraction with the smallest denominator up to `most` that it is within a float's error of, or None."""
+    f = Fraction(x).limit_denominator(most)
+    return f if abs(float(Fraction(x) - f)) <= EPOCH_FLOAT_TOLERANCE * max(1.0, abs(x)) else None
+
+
+def _epoch_schedule(steps: Sequence[float], epochs: Sequence[Fraction]) -> tuple[int, Fraction, list[int]] | None:
+    """The Trainer's accumulation schedule that logs `epochs` (exact, in epochs) at `steps`: (P optimizer steps per
+    epoch, N micro-batches a full step in units of 1 / B0, the micro-batches done at each log in those units), where
+    B0 is the smallest count of micro-batches per epoch that makes every epoch whole (the true B and N are a common
+    multiple: every share below is the same for both). Each epoch's B micro-batches go in steps of N, the last one
+    holding the rest: after step s, (s // P) x B + (s % P) x N are done. None where no such schedule logs them, or
+    where every log ends an epoch (the windows are whole epochs, all alike: nothing tells N)."""
+    b0 = math.lcm(*(e.denominator for e in epochs))
+    done = [e * b0 for e in epochs]  # integers
+    mid = next(((int(s), int(c)) for s, c in zip(steps, done) if c % b0), None)
+    if mid is None:
+        return None
+    s, c = mid
+    whole, part = divmod(c, b0)  # the epochs done at that log, and the micro-batches into the next
+    if whole == 0:  # s full steps into the first epoch
+        tries = [(None, Fraction(c, s))]
+    else:  # r = s - whole x P steps into its epoch, 1 <= r <= P - 1, of N each
+        tries = [(p, Fraction(part, s - whole * p)) for p in range(-(-(s + 1) // (whole + 1)), (s - 1) // whole + 1)]
+    for p, n in tries:
+        per_epoch = math.ceil(b0 / n)
+        if p in (None, per_epoch) and all(int(t) // per_epoch * b0 + int(t) % per_epoch * n == k
+                                          for t, k in zip(steps, done)):
+            return per_epoch, n, [int(k) for k in done]
+    return None
+
+
+def _rounded_readings(steps: Sequence[float], epochs: Sequence[float], most: int,
+                      first_ratios: Sequence[float] = ()) -> Iterator[list[float]]:
+    """The window shares (against the largest window's micro-batches a step) of every schedule whose epochs,
+    round(epoch, ROUNDED_EPOCH_DECIMALS), are `epochs`: any B, those whose first window's micro-batches a step agree
+    with one of `first_ratios` (its summed loss over a mean's reference, _summed_losses) within SUMMED_LOSS_TOLERANCE
+    (N up to twice that: a window of 2 steps or more holds at least half its steps' N); without them, N up to `most`.
+    A range of B gives its two ends' (a share is monotone in B)."""
+    if first_ratios:
+        most = math.ceil(2 * max(first_ratios) * (1 + SUMMED_LOSS_TOLERANCE))
+    half = 0.5 * 10.0 ** -ROUNDED_EPOCH_DECIMALS + 1e-9  # (and a float's error: a tie rounds either way)
+    ints = [int(t) for t in steps]
+    # P: past the last step logged inside the first epoch, and no later than the first logged surely past it
+    p_lo = max([t + 1 for t, e in zip(ints, epochs) if e + half < 1.0] or [1])
+    # (P past the last step logged: every log inside the first epoch, every window full)
+    p_hi = min([t for t, e in zip(ints, epochs) if e - half > 1.0] or [ints[-1] + 1])
+    for p in range(p_lo, p_hi + 1):
+        for n in range(1, most + 1):
+            b_lo, b_hi = (p - 1) * n + 1, p * n if p <= ints[-1] else math.inf  # B with P = ceil(B / N)
+            for t, e in zip(reversed(ints), reversed(epochs)):  # (the last logs, many epochs in, bound B the most)
+                whole, r = divmod(t, p)
+                f = e - whole  # r x N / B within half a unit of it (and 0 at an epoch's end)
+                if r == 0 or f + half <= 0:
+                    fits = abs(f) <= half and r == 0
+                else:
+                    b_lo = max(b_lo, math.ceil(r * n / (f + half)))
+                    if f - half > 0:
+                        b_hi = min(b_hi, math.floor(r * n / (f - half)))
+                    fits = b_lo <= b_hi
+                if not fits:
+                    break
+            else:
+                for b in sorted({b_lo, b_hi} - {math.inf}):
+                    done = [t // p * b + t % p * n for t in ints]
+                    if not first_ratios or any(abs(done[0] / ints[0] / r - 1) <= SUMMED_LOSS_TOLERANCE
+                                               for r in first_ratios):
+                        shares = [(k - j) / ((t - u) * n) for t, u, k, j in zip(ints, [0] + ints, done, [0] + done)]
+                        yield [x / max(shares) for x in shares]  # against the largest window
+
+
+def _disagreement(shares: Sequence[float], readings: Iterable[Sequence[float]]) -> tuple[float, float] | None:
+    """The first window share that one of `readings` puts further than WINDOW_SHARE_TOLERANCE from `shares`:
+    (here, there); else None."""
+    for there in readings:
+        for a, b in zip(shares, there):
+            if abs(b / a - 1.0) > WINDOW_SHARE_TOLERANCE:
+                return a, b
+    return None
+
+
+def _window_shares(train_logs: Sequence[dict], first_ratios: Sequence[float] = (),
+                   unrounded: bool = False) -> tuple[list[float] | None, str | None]:
+    """Each train log's share of a full window's micro-batches (the largest's a step): (shares, None) where some window
+    holds an epoch's shorter last step (1.0 for a full window); (None, why) where a window may be short but the
+    logged epochs leave its share unread; (None, None) where every window is full, or no epochs say (nothing says
+    otherwise). The logged epochs are read exactly where they are fractions the Trainer's schedule gives
+    (_epoch_schedule); else as rounded to their printed digits. `first_ratios` (_rounded_readings) tell epochs that
+    round(epoch, 2) may have printed from another schedule's; `unrounded`: none did (UNROUNDED_EPOCHS_KEY)."""
     marks = [(_fin(e.get("step")), _fin(e.get("epoch"))) for e in train_logs]
     if len(marks) < 2 or any(s is None or ep is None for s, ep in marks):
         return None, None
     spans, before = [], (0.0, 0.0)
     for s, ep in marks:
-        if s <= before[0] or ep <= before[1]:
-            return None, None  # a step or an epoch logged again, or going back (a resume): no reading
-        spans.append((s - before[0], ep - before[1]))
+        if s <= before[0] or ep < before[1]:
+            return None, None  # a step logged again, or going back (a resume): no reading
+        spans.append((s - before[0], ep - before[1]))  # (an epoch repeated: rounded, many steps to an epoch)
         before = (s, ep)
+    steps = [s for s, _ in marks]
+    exact = [_as_fraction(ep, EPOCH_BATCHES_MAX) for _, ep in marks]
+    fractions = all(e is not None for e in exact)
+    rounded = not unrounded and fractions and all((e * 10 ** ROUNDED_EPOCH_DECIMALS).denominator == 1 for e in exact)
+    if fractions and math.lcm(*(e.denominator for e in exact)) <= EPOCH_BATCHES_MAX:
+        schedule = _epoch_schedule(steps, exact)
+        if schedule is None and all(e.denominator == 1 for e in exact):
+            return None, None  # every log ends an epoch: whole epochs, alike
+        if schedule is not None:
+            _, n, done = schedule
+            shares = [float((k - j) / (n * int(w))) for (w, _), k, j in zip(spans, done, [0] + done)]
+            shares = [x / max(shares) for x in shares]  # against the largest window
+            if rounded:  # as round(epoch, 2) prints them: another schedule may print them too
+                most = max(ROUNDED_ACCUMULATION_MAX, n.numerator)
+                other = _disagreement(shares, _rounded_readings(steps, [ep for _, ep in marks], most, first_ratios))
+                if other is not None:
+                    return None, (f"the logged epochs are multiples of {10.0 ** -ROUNDED_EPOCH_DECIMALS:g}, as older "
+                                  "transformers rounded them: read as exact, they size a train-loss window at "
+                                  f"{other[0]:.1%} of a full window's micro-batches, read as rounded, at "
+                                  f"{other[1]:.1%} (an epoch's shorter last step holds what is left of its batches): "
+                                  "the windows may sum unequal counts of micro-batch means, so the train loss's fall "
+                                  "is not read")
+            if all(x >= 1.0 for x in shares):
+                return None, None
+            return [min(x, 1.0) for x in shares], None
+    if rounded:
+        # no schedule logs them exactly, as round(epoch, 2) prints them: read where every schedule that prints them so
+        # sizes the windows alike
+        readings = _rounded_readings(steps, [ep for _, ep in marks], ROUNDED_ACCUMULATION_MAX, first_ratios)
+        shares = next(readings, None)
+        if shares is not None:
+            other = _disagreement(shares, readings)
+            if other is not None:
+                return None, (f"the logged epochs, rounded to {10.0 ** -ROUNDED_EPOCH_DECIMALS:g}, are printed alike "
+                              f"by schedules that size a train-loss window at {other[0]:.1%} and {other[1]:.1%} of a "
+                              "full window's micro-batches (an epoch's shorter last step holds what is left of its "
+                              "batches): the windows may sum unequal counts of micro-batch means, so the train loss's "
+                              "fall is not read")
+            if all(x >= 1.0 for x in shares):
+                return None, None
+            return [min(x, 1.0) for x in shares], None
+    # rounded epochs (no schedule fits them): a window's epoch advance per step against a full step's (the largest) is
+    # its share, and a window that may hold an epoch's end is sized only where the epochs' rounding leaves its share
+    # within WINDOW_SHARE_TOLERANCE: coarser, the rounding could hide a short step in it
     half_unit = 0.5 * 10.0 ** -max(_decimals(ep) for _, ep in marks)  # the logged epochs' rounding
+    lows = [0.0] + [ep - half_unit for _, ep in marks[:-1]]
+    may_end = [math.floor(ep + half_unit) > math.floor(low) for (_, ep), low in zip(marks, lows)]
     steps_full, epochs_full = max(spans, key=lambda sp: sp[1] / sp[0])
     shares = [ep / steps / (epochs_full / steps_full) for steps, ep in spans]
     # a share's relative error: its window's epoch advance and the full step's, each off by two roundings at most
-    errors = [2 * half_unit / ep + 2 * half_unit / epochs_full for _, ep in spans]
+    errors = [2 * half_unit / ep + 2 * half_unit / epochs_full if ep > 0 else math.inf for _, ep in spans]
+    if any(end and err > WINDOW_SHARE_TOLERANCE for end, err in zip(may_end, errors)):
+        return None, (f"the logged epochs, rounded to {half_unit * 2:g}, leave {sum(may_end)} train-loss window(s) "
+                      "that may hold an epoch's shorter last step (what is left of its batches) unsized: the windows "
+                      "may sum unequal counts of micro-batch means, so the train loss's fall is not read")
     # short: beyond its error and the tolerance (a window a hair short, or one float's rounding, changes nothing
     # that counts)
-    short = [share < 1.0 - max(err, WINDOW_SHARE_TOLERANCE) for share, err in zip(shares, errors)]
+    short = [end and share < 1.0 - max(err, WINDOW_SHARE_TOLERANCE)
+             for end, share, err in zip(may_end, shares, errors)]
     if not any(short):
         return None, None
-    if max(errors) > WINDOW_SHARE_TOLERANCE:
-        return None, (f"the logged epochs show {sum(short)} train-loss window(s) holding an epoch's shorter last step "
-                      f"(what is left of its batches), but are rounded to {half_unit * 2:g}, too coarse to say how "
-                      "much shorter: the windows sum unequal counts of micro-batch means, so the train loss's fall is "
-                      "not read")
     return [share if is_short else 1.0 for share, is_short in zip(shares, short)], None
 
 
 def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], ref_losses: Sequence[str], folder: Path,
-                   adapter: Mapping[str, Any] | None) -> dict | None:
+                   adapter: Mapping[str, Any] | None, unrounded: bool = False) -> dict | None:
     """Whether the logged train losses are sums over gradient-accumulation micro-batches: None when nothing says so;
     else {"factor": 1/N to read them as means, or None where N is unknown, "ratio", "why", and "shares" (each log's
     share of a full window's micro-batches, _window_shares) where some window holds an epoch's shorter last step, or
@@ -1256,9 +1412,6 @@ def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], ref_lo
     N are known (the model card) and the first loss agrees with N; a ratio that says "summed" without N is reported
     and the loss left as logged, but for a short window, read over the micro-batches it holds (the same N-fold sum as
     the others)."""
-    shares, unread = _window_shares(train_logs)
-    if shares is not None:  # (the tests below read the windows as the sums of N they are taken for)
-        train_logs = [scaled_train_losses(e, 1.0 / share) for e, share in zip(train_logs, shares)]
     first = next((e for e in train_logs if _fin(e.get("loss")) is not None), None)
     if first is None or first["step"] > CHANCE_LOSS_MAX_STEP or float(first["loss"]) <= 0:
         return None
@@ -1284,6 +1437,12 @@ def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], ref_lo
         refs.append((_eval_ref_loss(ev, ref_losses), f"the first eval loss (step {ev['step']:g})"))
     if not refs:
         return None
+    # the first window's sum over its reference, its micro-batches a step, tells which schedule rounded epochs are of
+    shares, unread = _window_shares(train_logs, [loss / ref for ref, _ in refs] if first is train_logs[0] else (),
+                                    unrounded)
+    if shares is not None:  # (the tests below read the windows as the sums of N they are taken for)
+        loss /= next(share for e, share in zip(train_logs, shares) if e is first)
+        train_logs = [scaled_train_losses(e, 1.0 / share) for e, share in zip(train_logs, shares)]
     ratios = [loss / ref for ref, _ in refs]
     card = _card_accumulation(folder)
     said = (f"the first train loss {loss:.3f} (step {first['step']:g}) is "

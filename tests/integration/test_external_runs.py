@@ -27,9 +27,10 @@ def _bert_trainer(folder: Path, *, lr: float, steps: int = 40, r: int = 4, alpha
                   report_to: str = "none", callbacks=(), scheduler: str = "linear", warmup: int = 0,
                   save: bool = True, eval_steps: int = 5, metrics: bool = True, eval_name: str = "", accum: int = 1,
                   two_sets: bool = False, save_steps: int | None = None, epochs: int | None = None,
-                  resume: bool = False):
-    """A tiny BERT classifier (+ LoRA through peft) trained by a plain Trainer; returns (output_dir, trainer).
-    `epochs` trains so many epochs instead of `steps`; `resume` resumes from the output_dir's last checkpoint."""
+                  resume: bool = False, per_label: int = 12):
+    """A tiny BERT classifier (+ LoRA through peft) trained by a plain Trainer on `per_label` rows of each of 4
+    labels (12: 6 batches of 8); returns (output_dir, trainer). `epochs` trains so many epochs instead of `steps`;
+    `resume` resumes from the output_dir's last checkpoint."""
     import numpy as np
     import torch
     from transformers import (BertConfig, BertForSequenceClassification, DataCollatorWithPadding, Trainer,
@@ -38,7 +39,7 @@ def _bert_trainer(folder: Path, *, lr: float, steps: int = 40, r: int = 4, alpha
     torch.set_num_threads(1)
     tok = _save_tokenizer(folder / "tok")
     l2i = {lab: i for i, lab in enumerate(LABELS)}
-    train = [dict(tok(r_["text"]), labels=l2i[r_["label"]]) for r_ in make_rows(12, seed=1)]
+    train = [dict(tok(r_["text"]), labels=l2i[r_["label"]]) for r_ in make_rows(per_label, seed=1)]
     val = [dict(tok(r_["text"]), labels=l2i[r_["label"]]) for r_ in make_rows(5, seed=2)]
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -933,21 +934,33 @@ def test_a_short_accumulation_window_is_read_over_the_micro_batches_it_holds(tmp
     assert (record["train_loss_scale"]["accumulation"], record["train_loss_scale"]["batches_per_epoch"]) == (4, 6)
 
 
-def test_a_trainer_states_short_accumulation_windows_are_read_over_their_micro_batches_from_the_logged_epochs(tmp_path):
-    # no callback, no model card: the same run's trainer_state.json. Its windows of 2 micro-batches were read as sums
-    # of 4 like the rest (a flat loss 'fell' by a quarter of each epoch); the logged epochs size them
+@pytest.mark.parametrize("per_label, batches, short, windows", [
+    (12, 6, 2, 5),  # each epoch a step of 4 micro-batches, then one of 2 (epochs 0.666..., 1.0)
+    # exact epochs that print short: 80 rows, steps of 4, 4, 2 (epochs 0.4, 0.8, 1.0): the short step went unseen,
+    # read 'rounded to 0.1'; 40 rows, steps of 4, 1 (0.8, 1.0): called too coarse to size
+    (20, 10, 2, 3),
+    (10, 5, 1, 5),
+])
+def test_a_trainer_states_short_accumulation_windows_are_read_over_their_micro_batches_from_the_logged_epochs(
+        tmp_path, per_label, batches, short, windows):
+    # no callback, no model card: the run's trainer_state.json. Its short windows were read as sums of 4 like the rest
+    # (a flat loss 'fell' by a share of each epoch); the logged epochs size them
     from loratune.history_io import history_from_trainer_state
 
-    out, trainer = _bert_trainer(tmp_path, lr=5e-3, steps=10, peft=False, eval_steps=5, accum=4, save=False)
+    out, trainer = _bert_trainer(tmp_path, lr=5e-3, steps=10, peft=False, eval_steps=5, accum=4, save=False,
+                                 per_label=per_label)
     trainer.save_state()
-    assert len(trainer.get_train_dataloader()) == 6  # each epoch: a step of 4 micro-batches, then one of 2
+    assert len(trainer.get_train_dataloader()) == batches
+    per_epoch = -(-batches // 4)  # its last step holds `short` micro-batches
     # every window a sum of 4 (the epochs left out: nothing to size again)
-    sums = [{k: v for k, v in e.items() if k != "epoch"} | ({"loss": e["loss"] * 2} if e["step"] % 2 == 0 else {})
+    sums = [{k: v for k, v in e.items() if k != "epoch"} | ({"loss": e["loss"] * 4 / short}
+                                                            if e["step"] % per_epoch == 0 else {})
             if "loss" in e else e for e in trainer.state.log_history]
     want = history_from_trainer_state({"log_history": sums}, tmp_path, name="x").points
     h = load_run(out)
     assert "train_loss_scale" not in h.meta and h.meta["train_loss_summed"]["factor"] is None
-    assert any("5 window(s) holding an epoch's shorter last step (down to 50%" in n for n in h.notes)
+    assert any(f"{windows} window(s) holding an epoch's shorter last step (down to {short / 4:.0%}" in n
+               for n in h.notes)
     assert [p["train/loss"] for p in h.points] == pytest.approx([p["train/loss"] for p in want])
 
 
