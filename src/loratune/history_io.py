@@ -1193,8 +1193,10 @@ SUMMED_LOSS_TOLERANCE = 0.2  # the ratio within this share of N agrees with N ac
 # so a window holding it sums fewer micro-batch means than the others. After each optimizer step the Trainer sets
 # `epoch` to the epochs done + the micro-batches done / the micro-batches per epoch B (epoch + (step + 1) /
 # steps_in_epoch), so epoch x B counts the micro-batches done: the logged epochs give each window's micro-batch count,
-# against the largest window's a step (_epoch_schedule). An epoch is read as the fraction it is: the smallest B up to
-# EPOCH_BATCHES_MAX making every logged epoch x B an integer within a float's error
+# and the steps at which they were logged the accumulation N, so a full window is its steps x N micro-batches (not the
+# largest window: logged every 3 steps over epochs of 2, every window holds an epoch's end; _epoch_schedule). An epoch
+# is read as the fraction it is: the smallest B up to EPOCH_BATCHES_MAX making every logged epoch x B an integer within
+# a float's error
 EPOCH_BATCHES_MAX = 1_000_000  # micro-batches per epoch (8M rows at batch 8): fractions with denominators up to this
 # lie 1e-12 apart or more, far beyond the error below, so an epoch the Trainer computed names one fraction
 EPOCH_FLOAT_TOLERANCE = 1e-13  # relative: an epoch within this of a fraction is it (the Trainer's sum: ~1e-16 off)
@@ -1274,7 +1276,7 @@ def _epoch_schedule(steps: Sequence[float], epochs: Sequence[Fraction]) -> tuple
 
 def _rounded_readings(steps: Sequence[float], epochs: Sequence[float], most: int,
                       first_ratios: Sequence[float] = ()) -> Iterator[list[float]]:
-    """The window shares (against the largest window's micro-batches a step) of every schedule whose epochs,
+    """The window shares (of their steps x N micro-batches) of every schedule whose epochs,
     round(epoch, ROUNDED_EPOCH_DECIMALS), are `epochs`: any B, those whose first window's micro-batches a step agree
     with one of `first_ratios` (its summed loss over a mean's reference, _summed_losses) within SUMMED_LOSS_TOLERANCE
     (N up to twice that: a window of 2 steps or more holds at least half its steps' N); without them, N up to `most`.
@@ -1307,8 +1309,7 @@ def _rounded_readings(steps: Sequence[float], epochs: Sequence[float], most: int
                     done = [t // p * b + t % p * n for t in ints]
                     if not first_ratios or any(abs(done[0] / ints[0] / r - 1) <= SUMMED_LOSS_TOLERANCE
                                                for r in first_ratios):
-                        shares = [(k - j) / ((t - u) * n) for t, u, k, j in zip(ints, [0] + ints, done, [0] + done)]
-                        yield [x / max(shares) for x in shares]  # against the largest window
+                        yield [(k - j) / ((t - u) * n) for t, u, k, j in zip(ints, [0] + ints, done, [0] + done)]
 
 
 def _disagreement(shares: Sequence[float], readings: Iterable[Sequence[float]]) -> tuple[float, float] | None:
@@ -1323,7 +1324,7 @@ def _disagreement(shares: Sequence[float], readings: Iterable[Sequence[float]]) 
 
 def _window_shares(train_logs: Sequence[dict], first_ratios: Sequence[float] = (),
                    unrounded: bool = False) -> tuple[list[float] | None, str | None]:
-    """Each train log's share of a full window's micro-batches (the largest's a step): (shares, None) where some window
+    """Each train log's share of a full window's micro-batches (its steps x N): (shares, None) where some window
     holds an epoch's shorter last step (1.0 for a full window); (None, why) where a window may be short but the
     logged epochs leave its share unread; (None, None) where every window is full, or no epochs say (nothing says
     otherwise). The logged epochs are read exactly where they are fractions the Trainer's schedule gives
@@ -1349,7 +1350,6 @@ def _window_shares(train_logs: Sequence[dict], first_ratios: Sequence[float] = (
         if schedule is not None:
             _, n, done = schedule
             shares = [float((k - j) / (n * int(w))) for (w, _), k, j in zip(spans, done, [0] + done)]
-            shares = [x / max(shares) for x in shares]  # against the largest window
             if rounded:  # as round(epoch, 2) prints them: another schedule may print them too
                 most = max(ROUNDED_ACCUMULATION_MAX, n.numerator)
                 other = _disagreement(shares, _rounded_readings(steps, [ep for _, ep in marks], most, first_ratios))

@@ -158,6 +158,24 @@ def test_exact_epochs_size_every_window_whatever_digits_they_print(tmp_path, bat
     assert abs(compute_features(h.points, h.meta, h.config).values["train_loss_drop"]) < 0.01
 
 
+def test_windows_of_more_steps_than_an_epoch_are_full_at_their_steps_times_the_accumulation(tmp_path):
+    # logging_steps 3 over epochs of 2 steps (4 micro-batches, then 2): windows of 10 and 8 micro-batches in 3 steps,
+    # each short of 12. The largest was taken for full: with the model card's N = 4 the mean read 0.83 x ln 4 (a
+    # collapsed run's loss pinned at ln 4 read below it), where the callback's record reads 1.0 x ln 4
+    h = load_run(_remainder_run(tmp_path / "card", card=4, epochs=4, logging_steps=3))
+    assert h.meta["train_loss_scale"]["accumulation"] == 4
+    assert any("2 window(s) holding an epoch's shorter last step (down to 67%" in n for n in h.notes)
+    assert [p["train/loss"] for p in h.points if "train/loss" in p] == pytest.approx([LN4] * 2, rel=0.01)
+    assert compute_features(h.points, h.meta, h.config).values["train_loss_vs_chance"] == pytest.approx(1.0, abs=0.01)
+    # without the card, the steps between logs imply N = 4: every window read as a sum of 4 a step
+    h = load_run(_remainder_run(tmp_path / "nocard", epochs=4, logging_steps=3))
+    assert [p["train/loss"] for p in h.points if "train/loss" in p] == pytest.approx([4 * LN4] * 2, rel=0.01)
+    # near miss: logged once an epoch (every window a whole epoch, alike): nothing to rescale, read as before
+    h = load_run(_remainder_run(tmp_path / "whole", card=4, epochs=4, logging_steps=2))
+    assert not any("shorter last step" in n for n in h.notes) and h.meta["train_loss_summed"]["factor"] is None
+    assert [p["train/loss"] for p in h.points] == pytest.approx([3 * LN4] * 4, rel=0.01)  # 6 in 2 steps, as logged
+
+
 def test_rounded_epochs_other_schedules_would_print_leave_the_train_loss_fall_unknown(tmp_path):
     # epochs rounded to 2 digits as older transformers logged them: 34 batches at accumulation 7 (0.21, 0.41, ...,
     # 0.82, 1.0): no schedule logs them exactly, and rounded, 34 at 7 (its last step 6 of 7) and 39 at 8 (7 of 8) print
