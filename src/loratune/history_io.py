@@ -1893,8 +1893,11 @@ def _window(entries: Sequence[dict]) -> dict:
     return out
 
 
+SIZE_TIMING = ("runtime", "samples_per_second")  # an eval's size: its runtime x its samples per second
+
+
 def _estimate_n(ev: dict, prefix: str) -> int | None:
-    rt, sps = _fin(ev.get(f"{prefix}runtime")), _fin(ev.get(f"{prefix}samples_per_second"))
+    rt, sps = (_fin(ev.get(prefix + t)) for t in SIZE_TIMING)
     if rt and sps:
         return int(round(rt * sps))
     return None
@@ -2395,7 +2398,7 @@ def _csv_eval_keys(eval_rows: list[dict], eval_cols: Mapping[int, str],
     given = set(mapping.values())
     split_of = {k: v for k, v in split_of.items() if v not in given}
     val_prefix = _val_prefix(split_of)
-    timing = {val_prefix + t for t in ("runtime", "samples_per_second")}
+    timing = {val_prefix + t for t in SIZE_TIMING}
     for i, k in eval_cols.items():
         if k in split_of or k in timing:
             mapping[i] = split_of.get(k, k)
