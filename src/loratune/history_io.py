@@ -1220,6 +1220,12 @@ ROUNDED_ACCUMULATION_MAX = 16
 # leaves it within this much (the 2% a new low must beat to count as progress, features.IMPROVE_MIN_REL): read
 # coarser, a rescaled window could fake a fall that counts
 WINDOW_SHARE_TOLERANCE = IMPROVE_MIN_REL
+# Bounds on the searches below, which a Trainer's own log never nears: an accumulation past this is no recipe's (a
+# first train loss 1e6 x the first eval's is a leaked or trivial val set, not a sum of 1e6 micro-batch means), and a
+# log that leaves more candidate schedules than this (a step gap of 1e7 across half an epoch) is no schedule's: past
+# either the windows are not sized (a review found both growing without bound: 19 s at a ratio of 1e6, 57 s at a gap)
+ACCUMULATION_SEARCH_MAX = 1024
+SCHEDULE_SEARCH_MAX = 100_000
 # the Trainer's model card (trainer.create_model_card(), push_to_hub) lists the accumulation steps under
 # "Training hyperparameters" when there are more than 1
 _CARD_ACCUMULATION = re.compile(r"^\s*[-*]?\s*gradient_accumulation_steps:\s*(\d+)\s*$", re.MULTILINE)
@@ -1248,6 +1254,17 @@ def _as_fraction(x: float, most: int) -> Fraction | None:
     return f if abs(float(Fraction(x) - f)) <= EPOCH_FLOAT_TOLERANCE * max(1.0, abs(x)) else None
 
 
+def _lcm_within(numbers: Iterable[int], most: int) -> bool:
+    """Whether the least common multiple of `numbers` is at most `most` (stopping as soon as it passes: the lcm of
+    50,000 distinct large denominators took 5 s)."""
+    m = 1
+    for n in numbers:
+        m = math.lcm(m, n)
+        if m > most:
+            return False
+    return True
+
+
 def _epoch_schedule(steps: Sequence[float], epochs: Sequence[Fraction]) -> tuple[int, Fraction, list[int]] | None:
     """The Trainer's accumulation schedule that logs `epochs` (exact, in epochs) at `steps`: (P optimizer steps per
     epoch, N micro-batches a full step in units of 1 / B0, the micro-batches done at each log in those units), where
@@ -1265,7 +1282,10 @@ def _epoch_schedule(steps: Sequence[float], epochs: Sequence[Fraction]) -> tuple
     if whole == 0:  # s full steps into the first epoch
         tries = [(None, Fraction(c, s))]
     else:  # r = s - whole x P steps into its epoch, 1 <= r <= P - 1, of N each
-        tries = [(p, Fraction(part, s - whole * p)) for p in range(-(-(s + 1) // (whole + 1)), (s - 1) // whole + 1)]
+        ps = range(-(-(s + 1) // (whole + 1)), (s - 1) // whole + 1)
+        if len(ps) > SCHEDULE_SEARCH_MAX:
+            return None
+        tries = [(p, Fraction(part, s - whole * p)) for p in ps]
     for p, n in tries:
         per_epoch = math.ceil(b0 / n)
         if p in (None, per_epoch) and all(int(t) // per_epoch * b0 + int(t) % per_epoch * n == k
@@ -1282,13 +1302,15 @@ def _rounded_readings(steps: Sequence[float], epochs: Sequence[float], most: int
     (N up to twice that: a window of 2 steps or more holds at least half its steps' N); without them, N up to `most`.
     A range of B gives its two ends' (a share is monotone in B)."""
     if first_ratios:
-        most = math.ceil(2 * max(first_ratios) * (1 + SUMMED_LOSS_TOLERANCE))
+        most = min(ACCUMULATION_SEARCH_MAX, math.ceil(2 * max(first_ratios) * (1 + SUMMED_LOSS_TOLERANCE)))
     half = 0.5 * 10.0 ** -ROUNDED_EPOCH_DECIMALS + 1e-9  # (and a float's error: a tie rounds either way)
     ints = [int(t) for t in steps]
     # P: past the last step logged inside the first epoch, and no later than the first logged surely past it
     p_lo = max([t + 1 for t, e in zip(ints, epochs) if e + half < 1.0] or [1])
     # (P past the last step logged: every log inside the first epoch, every window full)
     p_hi = min([t for t, e in zip(ints, epochs) if e - half > 1.0] or [ints[-1] + 1])
+    if p_hi - p_lo + 1 > SCHEDULE_SEARCH_MAX:
+        return
     for p in range(p_lo, p_hi + 1):
         for n in range(1, most + 1):
             b_lo, b_hi = (p - 1) * n + 1, p * n if p <= ints[-1] else math.inf  # B with P = ceil(B / N)
@@ -1343,7 +1365,7 @@ def _window_shares(train_logs: Sequence[dict], first_ratios: Sequence[float] = (
     exact = [_as_fraction(ep, EPOCH_BATCHES_MAX) for _, ep in marks]
     fractions = all(e is not None for e in exact)
     rounded = not unrounded and fractions and all((e * 10 ** ROUNDED_EPOCH_DECIMALS).denominator == 1 for e in exact)
-    if fractions and math.lcm(*(e.denominator for e in exact)) <= EPOCH_BATCHES_MAX:
+    if fractions and _lcm_within((e.denominator for e in exact), EPOCH_BATCHES_MAX):
         schedule = _epoch_schedule(steps, exact)
         if schedule is None and all(e.denominator == 1 for e in exact):
             return None, None  # every log ends an epoch: whole epochs, alike

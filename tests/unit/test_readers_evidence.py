@@ -465,3 +465,25 @@ def test_a_resumed_runs_first_log_and_end_loss_are_read_over_the_steps_since_its
     fresh = scaled_log_history([{"step": 2, "loss": 3.0}, {"step": 6, "train_loss": 3.0, "train_runtime": 1.0}],
                                {"factor": 0.25, "accumulation": 4, "batches_per_epoch": 6})
     assert [fresh[0]["loss"], fresh[1]["train_loss"]] == pytest.approx([1.0, 1.0])
+
+
+def test_the_window_searches_are_bounded_on_logs_no_trainer_writes():
+    """A review found the schedule searches growing without bound on odd logs (57 s for a step gap of 1e7, 19 s for a
+    first loss 1e6 x the eval's, 5 s of lcm over 50,000 large denominators): past their bounds the windows are not
+    sized (the log is no Trainer schedule's), and the bounds leave a real schedule read."""
+    from fractions import Fraction
+
+    from loratune.history_io import (SCHEDULE_SEARCH_MAX, _epoch_schedule, _lcm_within, _rounded_readings,
+                                     _window_shares)
+
+    assert _lcm_within([4, 6, 10], 60) and not _lcm_within([4, 6, 10, 7], 60)
+    assert not _lcm_within((p for p in (999_983, 999_979, 999_961)), 1_000_000)
+    gap = 10 * SCHEDULE_SEARCH_MAX
+    assert _epoch_schedule([1, gap], [Fraction(1), Fraction(3, 2)]) is None  # too many P to try: not sized
+    assert list(_rounded_readings([1, gap], [1.0, 1.5], 16)) == []
+    assert _window_shares([{"step": 1, "epoch": 1.0}, {"step": gap, "epoch": 1.5}])[0] is None
+    # a real schedule inside the bounds: 10 micro-batches an epoch at accumulation 4 (steps of 4, 4, 2), logged every
+    # step: the short step is a half window
+    logs = [{"step": s, "epoch": e} for s, e in ((1, 0.4), (2, 0.8), (3, 1.0), (4, 1.4), (5, 1.8), (6, 2.0))]
+    shares, why = _window_shares(logs, unrounded=True)
+    assert why is None and shares == pytest.approx([1.0, 1.0, 0.5, 1.0, 1.0, 0.5])
