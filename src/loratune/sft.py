@@ -465,7 +465,8 @@ class DataParallel(OneProcess):
         return self.device
 
     def wrap(self, model):
-        return self.acc.prepare_model(model)
+        self.wrapped = self.acc.prepare_model(model)
+        return self.wrapped
 
     def no_sync(self, model, skip: bool):
         return self.acc.no_sync(model) if skip else contextlib.nullcontext()
@@ -481,6 +482,15 @@ class DataParallel(OneProcess):
         return box[0]
 
     def close(self) -> None:
+        # DDP's C++ Reducer (held by the wrapper and by its Logger) holds the process group. Were it the group's
+        # last holder, the wrapper's death would join gloo's worker threads with the GIL held, while a worker
+        # waits for the GIL to free a finished collective's tensors: a deadlock (pytorch#56297), seen at the
+        # end of 1 in 3 two-rank CPU runs. Dropped first, the group's last holder is its Python handle, whose
+        # destructor releases the GIL.
+        wrapped = getattr(self, "wrapped", None)
+        for name in ("logger", "reducer"):
+            if wrapped is not None and hasattr(wrapped, name):
+                delattr(wrapped, name)
         self.acc.end_training()  # destroys the process group
 
 
