@@ -915,7 +915,7 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
         notes.append(f"{PARTIAL_LOG_NOTE} when this {source_file} was written; the diagnosis is of a partial run"
                      if source != "notebook" else "the progress bar stops short of its end: the run was stopped "
                      "(or was still going when the notebook was saved); the diagnosis is of a partial run")
-    facts.update(_lr_facts(train_logs))
+    facts.update(_lr_facts(train_logs, facts["max_steps"].value if "max_steps" in facts else None))
     if trl_kind is not None:
         meta["task"], meta["trl_kind"] = trl_kind[1], trl_kind[0]
         facts["task"] = Fact(trl_kind[1], f"TRL {trl_kind[0]} keys in the log ({', '.join(trl_kind[2][:3])})")
@@ -1579,16 +1579,17 @@ def _config_from_facts(adapter: dict, facts: dict) -> dict:
     return config
 
 
-def _lr_facts(train_logs: Sequence[dict]) -> dict[str, "Fact"]:
+def _lr_facts(train_logs: Sequence[dict], max_steps: Any = None) -> dict[str, "Fact"]:
     """The learning rate's peak and schedule from the `learning_rate` logged at every logging step.
 
     The logged values are samples of the schedule, so the peak is estimated: after warm-up, each sample
     divided by the schedule's shape at its step (1 - s/N for linear, (1 + cos(pi s/N))/2 for cosine,
     1 for constant; N = the last logged step extrapolated to where the fitted schedule ends), taking the
-    shape that fits the samples best (`_round_lr`)."""
+    shape that fits the samples best (`_round_lr`). `max_steps`: the state's planned steps, where the Trainer's
+    schedule ends (a checkpoint's log stops well before it: see _fit_decay)."""
     # the Trainer logs at step s the rate step s used, i.e. the schedule's value after s - 1 scheduler steps
     return _lr_schedule_facts([(float(e["step"]) - 1.0, float(e["learning_rate"])) for e in train_logs
-                               if _fin(e.get("learning_rate")) is not None])
+                               if _fin(e.get("learning_rate")) is not None], _fin(max_steps))
 
 
 class _Samples(Sequence):
@@ -1614,8 +1615,8 @@ class _Samples(Sequence):
         return zip(self.xs, self.ys)
 
 
-def _lr_schedule_facts(lr: Sequence[tuple[float, float]]) -> dict[str, "Fact"]:
-    """_lr_facts' reading of the samples (step - 1, rate), in step order."""
+def _lr_schedule_facts(lr: Sequence[tuple[float, float]], end: float | None = None) -> dict[str, "Fact"]:
+    """_lr_facts' reading of the samples (step - 1, rate), in step order; `end`: the planned steps, where known."""
     if not lr:
         return {}
     out: dict[str, Fact] = {}
@@ -1647,9 +1648,9 @@ def _lr_schedule_facts(lr: Sequence[tuple[float, float]]) -> dict[str, "Fact"]:
                                        "log_history learning_rate (rising over at least these steps: where its "
                                        "slope reaches the largest logged value)")
     if decays and len(after) >= LR_SCHEDULE_MIN_SAMPLES:
-        best = _best_decay(after, s0)
+        best = _best_decay(after, s0, end)
         if best and s0 > 0:
-            best, s0 = _warmup_end(lr, i_peak, best, s0, after)
+            best, s0 = _warmup_end(lr, i_peak, best, s0, after, end)
             out["warmup_steps"] = Fact(int(round(s0)), "log_history learning_rate (rising over these steps"
                                        + (")" if s0 == peak_step else ": where its rise meets the fitted decay)"))
         if best:
@@ -1701,18 +1702,20 @@ def _warmup_from_slope(lr: Sequence[tuple[float, float]], i_peak: int, peak: flo
     return w if rising[-1][0] <= w <= lr[i_peak][0] else None
 
 
-def _best_decay(samples: Sequence[tuple[float, float]], s0: float) -> tuple[str, float, float] | None:
+def _best_decay(samples: Sequence[tuple[float, float]], s0: float, end: float | None = None
+                ) -> tuple[str, float, float] | None:
     """The decay shape that fits the samples best from the end of warm-up s0: (shape, peak, error) or None."""
     best = None
     for shape in ("linear", "cosine"):
-        fit = _fit_decay(samples, shape, s0)
+        fit = _fit_decay(samples, shape, s0, end)
         if fit and (best is None or fit[1] < best[2]):
             best = (shape, fit[0], fit[1])
     return best
 
 
 def _warmup_end(lr: Sequence[tuple[float, float]], i_peak: int, best: tuple[str, float, float],
-                s0: float, after: Sequence[tuple[float, float]]) -> tuple[tuple[str, float, float], float]:
+                s0: float, after: Sequence[tuple[float, float]], end: float | None = None
+                ) -> tuple[tuple[str, float, float], float]:
     """Where a linear warm-up (the Trainer's, for every schedule: lr = peak x s / W) meets the fitted decay. The
     largest logged sample lies up to a logging interval past the warm-up's end W, and a decay fitted from it reads
     the peak low (5e-4 warmed up over 33 steps, logged every 10: 4.94e-4 at step 39). The rising samples give the
@@ -1735,7 +1738,7 @@ def _warmup_end(lr: Sequence[tuple[float, float]], i_peak: int, best: tuple[str,
             return first
         if abs(w - s0) < 0.01:
             break
-        refit = _best_decay(after, w)
+        refit = _best_decay(after, w, end)
         if refit is None:
             return first
         best, s0 = refit, w
@@ -1755,9 +1758,14 @@ def _round_lr(value: float) -> float:
 LR_FIT_MAX_SAMPLES = 100  # the schedule fit's cost grows with the samples; 100 pin a linear or cosine shape
 
 
-def _fit_decay(samples: Sequence[tuple[float, float]], shape: str, s0: float) -> tuple[float, float] | None:
+def _fit_decay(samples: Sequence[tuple[float, float]], shape: str, s0: float, end: float | None = None
+               ) -> tuple[float, float] | None:
     """Fit lr(s) = peak x shape((s - s0)/(N - s0)) to the samples after the peak (s0: the end of warm-up, 0
-    without), over a grid of end steps N; returns (peak, relative squared error) or None when no N fits."""
+    without), over a grid of end steps N, and N = `end` (the state's max_steps, where the Trainer's schedule ends)
+    where it lies past the last sample; returns (peak, relative squared error) or None when no N fits. The grid
+    reaches 3x the span logged: a checkpoint's log of a linear decay stopped at 30% of it (60 of 200 steps) fits a
+    cosine ending near 2x its span better than any linear end on the grid (peak 1.96e-4 for 2e-4), and its warm-up
+    end was misplaced with it (24 steps for 20); the planned end fits it exactly."""
     last = samples[-1][0]
     if last <= s0:
         return None
@@ -1765,8 +1773,10 @@ def _fit_decay(samples: Sequence[tuple[float, float]], shape: str, s0: float) ->
         stride = len(samples) / LR_FIT_MAX_SAMPLES
         samples = [samples[int(i * stride)] for i in range(LR_FIT_MAX_SAMPLES)] + [samples[-1]]
     best = None
-    for k in range(0, 200):
-        n_end = last + (last - s0) * (k / 100.0)  # the schedule ends at or after the last sample
+    ends = [last + (last - s0) * (k / 100.0) for k in range(0, 200)]  # the schedule ends at or after the last sample
+    if end is not None and end > last:
+        ends.append(end)
+    for n_end in ends:
         xs = [(s - s0) / (n_end - s0) for s, _ in samples]
         g = [1 - x if shape == "linear" else 0.5 * (1 + math.cos(math.pi * x)) for x in xs]
         denom = sum(v * v for v in g)
