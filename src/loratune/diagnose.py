@@ -491,7 +491,7 @@ def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[
     run_rules = [r for r in rules if r.scope != "compare"]
     findings, gaps = evaluate_rules(features, run_rules, values)
     notes = run.notes
-    if run.meta.get("partial") or run.meta.get("status") in PARTIAL_STATUSES:
+    if _partial(run):
         why = f"status {run.meta['status']}" if run.meta.get("status") in PARTIAL_STATUSES else "no end-of-run entry"
         notes = (f"partial run ({why}): the curves stop where the run stopped, so 'still improving' and "
                  "'ended too soon' read the last point, not the planned end",) + tuple(notes)
@@ -501,6 +501,11 @@ def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[
                      step_unit=run.meta.get("step_unit", "step"))
 
 
+def _partial(run: RunHistory) -> bool:
+    """A run that stopped before its planned end: a checkpoint's or a dead run's log, a record still running."""
+    return bool(run.meta.get("partial")) or run.meta.get("status") in PARTIAL_STATUSES
+
+
 # ---------------------------------------------------------------------------------------------
 # Several runs that differ in one knob
 # ---------------------------------------------------------------------------------------------
@@ -508,13 +513,33 @@ def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[
 KNOBS = {"learning_rate": "learning_rate", "lr": "learning_rate", "r": "r", "seed": "seed",
          "lora_alpha": "lora_alpha"}
 IGNORED_KEYS = ("output_dir", "num_threads", "run_name", "logging_dir", "name")
+# how far apart two values of a knob may read and still be one value: a learning rate read back from a logged schedule
+# carries the fit's rounding (history_io._round_lr: within 0.5%); every other number (seed, r, steps) is compared
+# exactly (within 1%, seeds 1234 and 1235 were one seed), floats within their arithmetic's rounding
+READ_BACK_TOLERANCE = {"learning_rate": 0.01}
+FLOAT_TOLERANCE = 1e-9
+# how far a run trained, a key of its own: a partial run (a checkpoint, a run that died) stopped at its steps done,
+# short of the plan, so it is no same-budget experiment (protocol 5) with a run that reached its planned end
+TRAINED_KEY = "train.steps_done"
+TRAINED_TO_PLAN = "planned end"
+# what the run was trained to do (history_io's task: single_label, multi_label, causal-lm, ...): runs of different
+# tasks are no knob experiment, whatever their knobs (a multi-label run's exact match is no single-label accuracy)
+TASK_KEY = "data.task"
+# the adapter's keys that peft reads as a default when its config leaves them out or null (layers_to_transform:
+# every layer; no rank / alpha pattern): a run whose adapter config is known (its targets) holds them, so all layers
+# against [10, 11] is a difference, not a key only one run knows
+ADAPTER_DEFAULTS = {"adapter.layers_to_transform": "all", "adapter.rank_pattern": (), "adapter.alpha_pattern": ()}
+# keys whose mapping is one value (peft's per-module rank / alpha), compared whole: {"value": 64} against {}
+WHOLE_KEYS = ("rank_pattern", "alpha_pattern")
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
+        if k in WHOLE_KEYS and isinstance(v, Mapping):
+            out[key] = tuple(sorted((str(m), x) for m, x in v.items()))
+        elif isinstance(v, Mapping):
             out.update(_flatten(v, key + "."))
         else:
             out[key] = tuple(v) if isinstance(v, list) else v
@@ -548,6 +573,11 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
         flat.pop(k, None)
     if isinstance(steps, (int, float)) and steps > 0:
         flat["train.steps"] = int(steps)
+    done = h.meta.get("steps_done")
+    flat[TRAINED_KEY] = (int(done) if _partial(h) and isinstance(done, (int, float)) and not isinstance(done, bool)
+                         else "unknown (partial)" if _partial(h) else TRAINED_TO_PLAN)
+    if isinstance(h.meta.get("task"), str):
+        flat[TASK_KEY] = h.meta["task"]
     if "target_modules" in h.facts and "adapter.target_modules" in flat:
         v = h.facts["target_modules"].value
         flat["adapter.target_modules"] = tuple(v) if isinstance(v, list) else v
@@ -558,18 +588,44 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
         # no adapter_config.json: loratune's groups, resolved as its plan does, name block-relative modules
         flat["adapter.target_modules"] = (_shortest_names(groups, model.get("model_type")) if groups is not None
                                           else _peft_targets(targets, model.get("num_layers"), model.get("model_type")))
-    if flat.get("adapter.layers_to_transform") in ("all", None):
-        flat.pop("adapter.layers_to_transform", None)
-    # the task's size, where the files say it (config.json id2label, the run's label set; not an estimate from the
-    # first loss, which moves with the run): runs of different datasets (12 classes against 35) are no knob
-    # experiment, whatever their knobs
+    if "adapter.target_modules" in flat or "adapter.layers_to_transform" in flat:
+        for k, default in ADAPTER_DEFAULTS.items():
+            if flat.get(k) is None:
+                flat[k] = default
+    # the task's size, where the files say it (config.json id2label, the run's label set), or an estimate from the
+    # first loss (_EstimatedClasses: equal to any count within its error): runs of different datasets (12 classes
+    # against 35, an estimated 9 against 63) are no knob experiment, whatever their knobs
     labels = h.meta.get("labels")
     fact = h.facts.get("n_classes")
-    n_classes = (len(labels) if isinstance(labels, (list, tuple)) and labels
-                 else None if fact is None or str(fact.source).startswith("estimated") else h.meta.get("n_classes"))
+    n_classes = len(labels) if isinstance(labels, (list, tuple)) and labels else h.meta.get("n_classes")
     if isinstance(n_classes, int) and not isinstance(n_classes, bool):
-        flat["data.n_classes"] = n_classes
+        estimated = fact is not None and str(fact.source).startswith("estimated") and not labels
+        flat["data.n_classes"] = _EstimatedClasses(n_classes) if estimated else n_classes
     return flat
+
+
+@dataclass(frozen=True, eq=False)
+class _EstimatedClasses:
+    """A class count estimated from the first train loss (~ ln(classes), history_io._classes_from_first_loss): one
+    count with any other whose ln lies within the estimate's error of its own (CHANCE_BACKFILL_MAX: the extrapolation
+    back to step 0 raises the first loss up to that factor), so an estimated 9 is config.json's 10, not an estimated
+    63's task."""
+
+    n: int
+
+    def __eq__(self, other: Any) -> bool:
+        from loratune.history_io import CHANCE_BACKFILL_MAX
+
+        n = other.n if isinstance(other, _EstimatedClasses) else other
+        if not isinstance(n, int) or isinstance(n, bool) or n < 2 or self.n < 2:
+            return False
+        a, b = sorted((math.log(self.n), math.log(n)))
+        return b <= CHANCE_BACKFILL_MAX * a
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"~{self.n} (estimated)"
 
 
 def _resolve_groups(targets: Any, model_type: Any) -> tuple[str, ...] | None:
@@ -637,12 +693,26 @@ def _knob_value(cfg: Mapping[str, Any], knob: str) -> Any:
     return next((v for k, v in cfg.items() if _knob_of(k) == knob), None)
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal config values; numbers within 1% (learning rates read back from a log carry rounding)."""
+def _same(a: Any, b: Any, knob: str | None = None) -> bool:
+    """Equal config values: integers exactly, a knob read back from a log within its READ_BACK_TOLERANCE (a learning
+    rate's fit), other floats within their rounding."""
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
             and not isinstance(b, bool):
-        return math.isclose(float(a), float(b), rel_tol=0.01, abs_tol=1e-12)
+        if isinstance(a, int) and isinstance(b, int):
+            return a == b
+        return math.isclose(float(a), float(b), rel_tol=READ_BACK_TOLERANCE.get(knob or "", FLOAT_TOLERANCE),
+                            abs_tol=1e-12)
     return a == b
+
+
+def _distinct(values: Sequence[Any], knob: str) -> list[Any]:
+    """The knob's values, one per value `_same` tells apart (the first read of each): 2e-4 and 2.001e-4 read back
+    from two logs are one learning rate."""
+    out: list[Any] = []
+    for v in values:
+        if not any(_same(v, u, knob) for u in out):
+            out.append(v)
+    return out
 
 
 def _differs_only_in(a: Mapping[str, Any], b: Mapping[str, Any], knob: str, mode: str | None
@@ -660,7 +730,7 @@ def _differs_only_in(a: Mapping[str, Any], b: Mapping[str, Any], knob: str, mode
             if ra and rb and va is not None and vb is not None:  # peft's scale: / sqrt(r) under rsLoRA
                 va, vb = (float(v) / (math.sqrt(float(r)) if _rslora(c) else float(r))
                           for v, r, c in ((va, ra, a), (vb, rb, b)))
-        if not _same(va, vb):
+        if not _same(va, vb, kk):
             return False, unknown
     return True, {k for k in unknown if k.rsplit(".", 1)[-1] not in IGNORED_KEYS}
 
@@ -672,6 +742,18 @@ def _rslora(cfg: Mapping[str, Any]) -> bool:
 # what a run trains (history_io.TRL_KINDS' preference / rl / reward-model, else a classifier or a language model by
 # the kind gates): a config key of its own in a knob comparison
 RUN_KIND_KEY = "run.kind"
+
+
+def _run_folder(h: RunHistory) -> Path | None:
+    """Where the run a history was read from lives: a Trainer checkpoint's is its output dir (checkpoint-60 of out/
+    is out/'s run), a trainer_state.json's its folder, another file (a CSV, a notebook's table) itself; None for a
+    history with no path."""
+    if not h.path:
+        return None
+    p = Path(h.path).resolve()
+    if p.name == "trainer_state.json":
+        p = p.parent
+    return p.parent if p.name.startswith("checkpoint-") else p
 
 
 def _run_kind(h: RunHistory, f: CurveFeatures) -> str | None:
@@ -701,7 +783,7 @@ def _groups(flat: dict[str, dict[str, Any]], knob: str) -> list[tuple[list[str],
                     members.append(other)
                     for _, unk in checks:
                         assumed |= unk
-            values = {_knob_value(flat[m], knob) for m in members}
+            values = _distinct([_knob_value(flat[m], knob) for m in members], knob)
             if len(members) < 2 or len(values) < 2:
                 continue
             if any(set(members) <= set(g) for g, _ in found):
@@ -726,12 +808,24 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     notes: list[str] = []
     flat: dict[str, dict[str, Any]] = {}
     feats: dict[str, CurveFeatures] = {}
+    owners: dict[Path, str] = {}
     for name, h in zip(names, histories):
         feats[name] = compute_features(h.points, h.meta, h.config)
-        if h.config:
+        owner = _run_folder(h)
+        if owner is not None and owner in owners:
+            # a run and its own checkpoint (or one run given twice) are one run read at two points: no experiment
+            notes.append(f"{name}: the same run as {owners[owner]} ({owner}), left out of the knob comparison")
+        elif h.config:
             flat[name] = knob_view(h)
         else:
             notes.append(f"{name}: no config, left out of the knob comparison")
+        if owner is not None:
+            owners.setdefault(owner, name)
+    partial = [n for n in flat if flat[n].get(TRAINED_KEY) != TRAINED_TO_PLAN]
+    if partial:
+        notes.append("runs that stopped short of their planned steps are compared only with runs stopped at the same "
+                     "step (protocol 5: same budget): " + ", ".join(f"{n} ({flat[n][TRAINED_KEY]} steps done)"
+                                                                   for n in partial))
     kinds = {n: _run_kind(h, feats[n]) for n, h in zip(names, histories) if n in flat}
     if len({k for k in kinds.values() if k}) > 1:
         # runs of different kinds differ in more than a knob (a DPO loss and an SFT loss at two learning rates): the
@@ -754,9 +848,10 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
             rows = [(m, _knob_value(flat[m], knob), best[m], vloss[m]) for m in members]
             rows.sort(key=lambda r: (r[1] is None, r[1]))
             by_value: dict[Any, list[float]] = {}
+            distinct = _distinct([row[1] for row in rows], knob)
             for _, kv, m, _ in rows:
-                if m is not None:
-                    by_value.setdefault(kv, []).append(m)
+                if m is not None:  # values within the knob's read-back tolerance are one value
+                    by_value.setdefault(next(u for u in distinct if _same(kv, u, knob)), []).append(m)
             means = [sum(v) / len(v) for v in by_value.values()]
             effect = (max(means) - min(means)) if len(means) >= 2 else None
             groups.append(KnobGroup(knob, tuple(rows), effect, note, measure))

@@ -334,8 +334,10 @@ _STATE_FACTS = ("train_batch_size", "max_steps", "num_train_epochs", "logging_st
 # adapter_config.json fields that are knobs
 # the adapter knobs a reader with no adapter_config.json may supply as facts (a notebook's LoraConfig literals)
 CALLER_ADAPTER_FACTS = ("r", "lora_alpha")
+# (rank_pattern / alpha_pattern: peft's per-module rank and alpha, {} when unused: another adapter where they differ)
 _ADAPTER_FACTS = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "use_dora",
-                  "layers_to_transform", "modules_to_save", "bias", "peft_type", "base_model_name_or_path")
+                  "layers_to_transform", "modules_to_save", "bias", "peft_type", "base_model_name_or_path",
+                  "rank_pattern", "alpha_pattern")
 # the end-of-training entry the Trainer logs (its own log_history entry; one step with the last train log in TB)
 _TRAIN_SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos",
                        "train_loss")
@@ -1538,7 +1540,7 @@ def _adapter_facts(folder: Path, facts: dict, notes: list[str], given: Mapping[s
             f", pruned towards an average of target_r {a['target_r']}" if _fin(a.get("target_r")) else "")
         a = {**a, "r": a["init_r"], "use_rslora": False}
     for k in _ADAPTER_FACTS:
-        if a.get(k) is not None:
+        if a.get(k) is not None and a.get(k) != {}:  # an empty pattern is peft's default: none
             v = a[k]
             if isinstance(v, (set, tuple)):
                 v = list(v)

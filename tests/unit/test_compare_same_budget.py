@@ -77,3 +77,115 @@ def test_a_checkpoints_partial_lr_log_is_read_with_the_states_max_steps(tmp_path
     f = load_run(run / f"checkpoint-{at}").facts
     assert f["learning_rate"].value == 2e-4 and f["lr_schedule"].value == sched
     assert (f["warmup_steps"].value if warmup else None) == (warmup or None)
+
+
+# ---- 1(b), 2: a run and its own checkpoint; a partial run against a finished one --------------------------------
+
+def test_a_run_is_never_paired_with_its_own_checkpoint(tmp_path):
+    """`diagnose run run/checkpoint-60`: one run read at two points made an lr experiment 2e-4 vs 2.05e-4, effect 5
+    noise units, 'learning_rate /2'."""
+    run = trainer_dir(tmp_path / "lin0", lr=2e-4, ckpts=(60,))
+    c = compare([run, run / "checkpoint-60"])
+    assert c.groups == () and not c.findings
+    assert any("lin0#2: the same run as lin0" in n for n in c.notes), c.notes
+
+
+def test_a_partial_checkpoint_is_no_same_budget_experiment_with_a_finished_run(tmp_path):
+    """checkpoint-60 of a 2e-4 run against a finished 4e-4 run: the 60 vs 200 steps read as an lr effect of 0.122."""
+    x = trainer_dir(tmp_path / "X", lr=2e-4, sched="const", ckpts=(60,))
+    y = trainer_dir(tmp_path / "Y", lr=4e-4, sched="const")
+    c = compare([x / "checkpoint-60", y])
+    assert c.groups == () and not c.fired("optimization-bound")
+    assert any("X (60 steps done)" in n and "same budget" in n for n in c.notes), c.notes
+    # near miss: the two finished runs are the lr experiment
+    assert _groups(compare([x, y])) == {"learning_rate": ["X", "Y"]}
+
+
+# ---- 3: integer knobs compare exactly -------------------------------------------------------------------------
+
+def _lt_run(d: Path, *, lr, seed, layers="all", end=0.85, k=10) -> Path:
+    import yaml
+
+    from synth_runs import decay, make_history
+
+    d.mkdir(parents=True, exist_ok=True)
+    pts = make_history(train_loss=decay(2.3, 0.3, 6), val_loss=decay(2.3, 0.6, 6), val_f1=decay(0.1, end, 6),
+                       train_f1=decay(0.1, end + 0.05, 6), k=k, val_n=1000)
+    (d / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pts))
+    cfg = {"model": {"name_or_path": "embedded:minilm", "max_length": 64}, "data": {"dataset_name": "embedded:x"},
+           "adapter": {"method": "lora", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1,
+                       "target_modules": ["attn.q", "attn.v"], "layers_to_transform": layers},
+           "train": {"output_dir": str(d), "learning_rate": lr, "seed": seed, "num_train_epochs": 5}}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (d / "run.json").write_text(json.dumps({"status": "completed", "task": "single_label",
+                                            "labels": [f"c{i}" for i in range(k)], "steps_planned": 200}))
+    return d
+
+
+def test_seeds_one_apart_are_two_seeds(tmp_path):
+    """Within 1% for every number, seeds 1234 and 1235 were one seed: a (lr 1e-3, seed 1234) against b (2e-3, 1235)
+    made an lr experiment, and with d (1e-3, 1235) the lr group held a and d, which differ in seed only."""
+    a = _lt_run(tmp_path / "a", lr=1e-3, seed=1234, end=0.80)
+    b = _lt_run(tmp_path / "b", lr=2e-3, seed=1235, end=0.86)
+    d = _lt_run(tmp_path / "d", lr=1e-3, seed=1235, end=0.84)
+    c_ = _lt_run(tmp_path / "c", lr=1e-3, seed=42, end=0.80)
+    assert compare([a, b]).groups == ()
+    assert _groups(compare([a, b, d, c_])) == {"learning_rate": ["b", "d"], "seed": ["a", "c", "d"]}
+
+
+def test_learning_rates_read_back_within_the_fits_rounding_are_one_value():
+    from loratune.diagnose import READ_BACK_TOLERANCE, _distinct, _same
+    assert READ_BACK_TOLERANCE == {"learning_rate": 0.01}
+    assert _same(2e-4, 2.001e-4, "learning_rate") and not _same(2e-4, 2.05e-4, "learning_rate")
+    assert not _same(1234, 1235, "seed") and not _same(200, 201) and _same(16 / 8, 32 / 16, "lora_alpha")
+    assert _distinct([2e-4, 2.001e-4, 4e-4], "learning_rate") == [2e-4, 4e-4]
+
+
+# ---- 4: all layers against a layer list ------------------------------------------------------------------------
+
+def test_all_layers_against_a_layer_list_is_a_difference(tmp_path):
+    """layers_to_transform null (peft: every layer) against [10, 11] was 'assumed equal (not known for every
+    run)', and loratune's `all` against `top:2` too: both pairs differ in layers and lr."""
+    base = trainer_dir(tmp_path / "base", lr=2e-4, adapter={"layers_to_transform": None})
+    top2 = trainer_dir(tmp_path / "top2", lr=4e-4, adapter={"layers_to_transform": [10, 11]})
+    assert compare([base, top2]).groups == ()
+    same = trainer_dir(tmp_path / "lr4", lr=4e-4, adapter={"layers_to_transform": None})
+    c = compare([base, same])  # near miss: both on every layer, the lr experiment, nothing assumed
+    assert _groups(c) == {"learning_rate": ["base", "lr4"]} and "layers_to_transform" not in c.groups[0].note
+    assert compare([_lt_run(tmp_path / "all", lr=1e-3, seed=42),
+                    _lt_run(tmp_path / "top", lr=2e-3, seed=42, layers="top:2")]).groups == ()
+
+
+# ---- 5: runs of different tasks -------------------------------------------------------------------------------
+
+def test_a_single_label_and_a_multi_label_run_are_no_lr_experiment(tmp_path):
+    single = trainer_dir(tmp_path / "single", lr=2e-4)
+    multi = trainer_dir(tmp_path / "multi", lr=4e-4, problem_type="multi_label_classification")
+    assert compare([single, multi]).groups == ()
+    assert _groups(compare([single, trainer_dir(tmp_path / "s4", lr=4e-4)])) == {"learning_rate": ["s4", "single"]}
+
+
+@pytest.mark.parametrize("first, other, paired", [
+    (77, None, False),  # estimated 9 against estimated 63 (10 and 77 classes): two datasets
+    (77, 77, False),  # estimated 9 against config.json's 77
+    (10, None, True),  # near miss: two estimates of one count
+    (10, 10, True),  # near miss: an estimate (9) against config.json's 10
+])
+def test_estimated_class_counts_apart_beyond_their_error_are_two_tasks(tmp_path, first, other, paired):
+    k10 = trainer_dir(tmp_path / "k10", lr=2e-4, classes=None, first_loss=math.log(10))
+    kx = trainer_dir(tmp_path / "kx", lr=4e-4, classes=other, first_loss=math.log(first))
+    c = compare([k10, kx])
+    assert load_run(k10).facts["n_classes"].source.startswith("estimated")
+    assert (_groups(c) == {"learning_rate": ["k10", "kx"]}) == paired, (c.groups, c.notes)
+
+
+# ---- 6: per-module rank / alpha patterns ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["rank_pattern", "alpha_pattern"])
+def test_a_rank_or_alpha_pattern_makes_another_adapter(tmp_path, key):
+    base = trainer_dir(tmp_path / "base", lr=2e-4, adapter={"rank_pattern": {}, "alpha_pattern": {}})
+    pat = trainer_dir(tmp_path / "pat", lr=4e-4, adapter={key: {"value": 64}})
+    assert compare([base, pat]).groups == ()
+    assert load_run(pat).facts[key].value == {"value": 64} and key not in load_run(base).facts  # {}: peft's none
+    same = trainer_dir(tmp_path / "same", lr=4e-4, adapter={key: {}})  # near miss: an empty pattern is none
+    assert _groups(compare([base, same])) == {"learning_rate": ["base", "same"]}
