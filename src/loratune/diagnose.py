@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 from loratune.features import COMPARE_FEATURES, FEATURES, KIND_FEATURES, NOT_APPLICABLE, CurveFeatures, FeatureSet, \
     binomial_se, compute_features, format_value, has_binomial_se
-from loratune.history_io import RunHistory, from_points, load_run
+from loratune.history_io import RunHistory, checkpoint_step, from_points, load_run
 from loratune.moves import DOWN, HOLD, UP, towards
 from loratune.objectives import NOISE_BAND, objective
 from loratune.rules import COMPARE_KNOBS, RULES, SIGNALS, THRESHOLDS, Clause, Cond, Rule, catalogue_for, \
@@ -753,7 +753,7 @@ def _run_folder(h: RunHistory) -> Path | None:
     p = Path(h.path).resolve()
     if p.name == "trainer_state.json":
         p = p.parent
-    return p.parent if p.name.startswith("checkpoint-") else p
+    return p.parent if checkpoint_step(p) is not None else p
 
 
 def _run_kind(h: RunHistory, f: CurveFeatures) -> str | None:

@@ -67,6 +67,17 @@ CALLBACK_RECORD_SOURCE = "hf-trainer callback"
 PARTIAL_LOG_NOTE = "the log has no end-of-training entry (train_runtime): the run was still going or died"
 
 
+# a Trainer checkpoint's folder: checkpoint-<global step> inside the run's output_dir, nothing else (a
+# `best/checkpoint-200-lr2` a person named is a run folder of its own, not checkpoint 200 of `best/`)
+CHECKPOINT_FOLDER = re.compile(r"checkpoint-(\d+)")
+
+
+def checkpoint_step(folder: str | Path) -> int | None:
+    """The step of a Trainer checkpoint folder (`checkpoint-60` -> 60); None for any other folder."""
+    m = CHECKPOINT_FOLDER.fullmatch(Path(folder).name)
+    return int(m.group(1)) if m else None
+
+
 def folder_name(p: str | Path) -> str:
     """The name of the folder `p` is, also for `.`, `..` or `x/..` (whose Path.name is '' or '..'): a run read as
     `loratune report .` is named after its folder. Not resolved: a symlinked run keeps the name it was given."""
@@ -382,9 +393,9 @@ def _find_trainer_state(d: Path) -> tuple[Path | None, str | None]:
     was preferred."""
     ckpts = []
     for sub in d.glob("checkpoint-*"):
-        m = re.fullmatch(r"checkpoint-(\d+)", sub.name)
-        if m and (sub / "trainer_state.json").is_file():
-            ckpts.append((int(m.group(1)), sub / "trainer_state.json"))
+        step = checkpoint_step(sub)
+        if step is not None and (sub / "trainer_state.json").is_file():
+            ckpts.append((step, sub / "trainer_state.json"))
     top = d / "trainer_state.json"
     if not top.is_file():
         return (max(ckpts)[1] if ckpts else None), None
@@ -547,7 +558,7 @@ def read_trainer_state(path: str | Path) -> RunHistory:
                         "losses (logging_steps smaller than the run; each entry carries its `step`)")
     here = Path(os.path.abspath(p.parent))  # a relative `trainer_state.json` (or `./`) has no parent to name
     name = here.name if p.name == "trainer_state.json" else p.stem
-    if name.startswith("checkpoint-") and p.name == "trainer_state.json":
+    if checkpoint_step(here) is not None and p.name == "trainer_state.json":
         name = here.parent.name
         scale = record_loss_scale(here.parent)
         # the record's scale is of the run it recorded: a checkpoint of a later run into the same output_dir (no
@@ -731,9 +742,9 @@ def _unused_intervals(state: Mapping[str, Any], folder: Path, facts: Mapping[str
     them (the last step, and a first train log at step 1 (logging_first_step), may fall off them)."""
     entries = [e for e in state.get("log_history") or [] if isinstance(e, dict) and _fin(e.get("step")) is not None]
     ends = {float(x) for x in (_fin(state.get("global_step")), _fin(state.get("max_steps"))) if x}
-    run = folder.parent if folder.name.startswith("checkpoint-") else folder
-    saved = [float(m.group(1)) for q in (run.glob("checkpoint-*") if run.is_dir() else ())
-             if (m := re.fullmatch(r"checkpoint-(\d+)", q.name))]
+    run = folder.parent if checkpoint_step(folder) is not None else folder
+    saved = [float(step) for q in (run.glob("checkpoint-*") if run.is_dir() else ())
+             if (step := checkpoint_step(q)) is not None]
     done = {"eval_steps": [float(e["step"]) for e in entries if any(str(k).startswith("eval_") for k in e)],
             "logging_steps": [float(e["step"]) for e in entries if "loss" in e and not _is_end_entry(e)],
             "save_steps": saved}
@@ -1041,11 +1052,11 @@ def _side_file(folder: Path, filename: str) -> Path | None:
     # a notebook (its path stands in for the folder, so no side file is ever found) named checkpoint-*.ipynb must not
     if not folder.is_dir():
         return None
-    if folder.name.startswith("checkpoint-"):
+    if checkpoint_step(folder) is not None:
         places = [folder, folder.parent]
     else:
-        ckpts = [(int(m.group(1)), q) for q in folder.glob("checkpoint-*")
-                 if (m := re.fullmatch(r"checkpoint-(\d+)", q.name)) and q.is_dir()]
+        ckpts = [(step, q) for q in folder.glob("checkpoint-*")
+                 if (step := checkpoint_step(q)) is not None and q.is_dir()]
         places = [folder] + [q for _, q in sorted(ckpts, reverse=True)]
     return next((q / filename for q in places if (q / filename).is_file()), None)
 

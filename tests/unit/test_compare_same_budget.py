@@ -189,3 +189,23 @@ def test_a_rank_or_alpha_pattern_makes_another_adapter(tmp_path, key):
     assert load_run(pat).facts[key].value == {"value": 64} and key not in load_run(base).facts  # {}: peft's none
     same = trainer_dir(tmp_path / "same", lr=4e-4, adapter={key: {}})  # near miss: an empty pattern is none
     assert _groups(compare([base, same])) == {"learning_rate": ["base", "same"]}
+
+
+# ---- a checkpoint folder is checkpoint-<step> only (history_io.checkpoint_step, one rule for every reader) ----------
+
+def test_folders_named_like_checkpoints_are_runs_of_their_own(tmp_path):
+    """`best/checkpoint-200-lr2` and `best/checkpoint-200-lr4` (a person's names for two runs' best states) were read
+    as checkpoints of one run `best`: "best#2: the same run as best", the lr experiment left out."""
+    lr2 = trainer_dir(tmp_path / "best" / "checkpoint-200-lr2", lr=2e-4, acc_end=0.80)
+    lr4 = trainer_dir(tmp_path / "best" / "checkpoint-200-lr4", lr=4e-4, acc_end=0.86)
+    c = compare([lr2, lr4])
+    assert _groups(c) == {"learning_rate": ["checkpoint-200-lr2", "checkpoint-200-lr4"]}, c.notes
+    assert not any("same run" in n for n in c.notes)
+    from loratune.history_io import checkpoint_step
+
+    assert [checkpoint_step(n) for n in ("checkpoint-60", "checkpoint-200-lr2", "checkpoint-best", "x/checkpoint-7")] \
+        == [60, None, None, 7]
+    # near miss: a Trainer checkpoint is still its run's
+    run = trainer_dir(tmp_path / "run", lr=2e-4, ckpts=(60,))
+    assert load_run(run / "checkpoint-60").name == "run"
+    assert any("the same run" in n for n in compare([run, run / "checkpoint-60"]).notes)
