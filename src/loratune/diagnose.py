@@ -573,8 +573,8 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
         flat.pop(k, None)
     if isinstance(steps, (int, float)) and steps > 0:
         flat["train.steps"] = int(steps)
-    done = h.meta.get("steps_done")
-    flat[TRAINED_KEY] = (int(done) if _partial(h) and isinstance(done, (int, float)) and not isinstance(done, bool)
+    done = _steps_done(h)
+    flat[TRAINED_KEY] = (done if _partial(h) and done is not None
                          else "unknown (partial)" if _partial(h) else TRAINED_TO_PLAN)
     if isinstance(h.meta.get("task"), str):
         flat[TASK_KEY] = h.meta["task"]
@@ -756,6 +756,24 @@ def _run_folder(h: RunHistory) -> Path | None:
     return p.parent if checkpoint_step(p) is not None else p
 
 
+def _steps_done(h: RunHistory) -> int | None:
+    """How far a partial run trained (run.json / the Trainer state's steps done); None where no file says it."""
+    done = h.meta.get("steps_done")
+    return int(done) if isinstance(done, (int, float)) and not isinstance(done, bool) else None
+
+
+def _progress(h: RunHistory) -> tuple[bool, int]:
+    """How far a read of a run got, to keep the furthest of one run's reads: a finished run before any partial one,
+    then the most steps done (an unknown count the least)."""
+    done = _steps_done(h)
+    return (not _partial(h), done if done is not None else -1)
+
+
+def _progress_said(h: RunHistory) -> str:
+    done = _steps_done(h)
+    return "finished" if not _partial(h) else f"{done} steps done" if done is not None else "partial, steps unknown"
+
+
 def _run_kind(h: RunHistory, f: CurveFeatures) -> str | None:
     kind = h.meta.get("trl_kind")
     if kind and kind != "sft":
@@ -808,19 +826,26 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     notes: list[str] = []
     flat: dict[str, dict[str, Any]] = {}
     feats: dict[str, CurveFeatures] = {}
-    owners: dict[Path, str] = {}
+    # a run and its own checkpoint (or one run given twice) are one run read at two points: no experiment. The read
+    # that got furthest stands for the run, whatever the order given (_progress)
+    owners: dict[Path, list[int]] = {}
+    for i, h in enumerate(histories):
+        owner = _run_folder(h)
+        if owner is not None:
+            owners.setdefault(owner, []).append(i)
+    kept = {owner: max(reads, key=lambda i: (_progress(histories[i]), -i)) for owner, reads in owners.items()}
     for name, h in zip(names, histories):
         feats[name] = compute_features(h.points, h.meta, h.config)
         owner = _run_folder(h)
-        if owner is not None and owner in owners:
-            # a run and its own checkpoint (or one run given twice) are one run read at two points: no experiment
-            notes.append(f"{name}: the same run as {owners[owner]} ({owner}), left out of the knob comparison")
+        keep = kept.get(owner, None) if owner is not None else None
+        if keep is not None and names[keep] != name:
+            notes.append(f"{name} ({_progress_said(h)}): the same run as {names[keep]} "
+                         f"({_progress_said(histories[keep])}, {owner}), which stands for it; left out of the knob "
+                         "comparison")
         elif h.config:
             flat[name] = knob_view(h)
         else:
             notes.append(f"{name}: no config, left out of the knob comparison")
-        if owner is not None:
-            owners.setdefault(owner, name)
     partial = [n for n in flat if flat[n].get(TRAINED_KEY) != TRAINED_TO_PLAN]
     if partial:
         notes.append("runs that stopped short of their planned steps are compared only with runs stopped at the same "

@@ -81,13 +81,23 @@ def test_a_checkpoints_partial_lr_log_is_read_with_the_states_max_steps(tmp_path
 
 # ---- 1(b), 2: a run and its own checkpoint; a partial run against a finished one --------------------------------
 
-def test_a_run_is_never_paired_with_its_own_checkpoint(tmp_path):
+@pytest.mark.parametrize("ckpt_first", [False, True])
+def test_a_run_is_never_paired_with_its_own_checkpoint(tmp_path, ckpt_first):
     """`diagnose run run/checkpoint-60`: one run read at two points made an lr experiment 2e-4 vs 2.05e-4, effect 5
-    noise units, 'learning_rate /2'."""
+    noise units, 'learning_rate /2'. Of the two reads, the finished one stands for the run whatever the order:
+    [run/checkpoint-60, run, other] kept the checkpoint (first given), left the finished run out as 'the same run' and
+    then the checkpoint out as partial, so the lr experiment [run, other] was lost."""
     run = trainer_dir(tmp_path / "lin0", lr=2e-4, ckpts=(60,))
-    c = compare([run, run / "checkpoint-60"])
+    reads = [run / "checkpoint-60", run] if ckpt_first else [run, run / "checkpoint-60"]
+    kept, dropped = ("lin0#2", "lin0") if ckpt_first else ("lin0", "lin0#2")  # names in the order given
+    c = compare(reads)
     assert c.groups == () and not c.findings
-    assert any("lin0#2: the same run as lin0" in n for n in c.notes), c.notes
+    assert any(n.startswith(f"{dropped} (60 steps done): the same run as {kept} (finished, ") for n in c.notes), c.notes
+    other = trainer_dir(tmp_path / "other", lr=4e-4, acc_end=0.86)
+    c = compare([*reads, other])
+    assert _groups(c) == {"learning_rate": sorted([kept, "other"])}, c.notes
+    assert {row[0]: row[1] for row in c.groups[0].runs}[kept] == 2e-4
+    assert not any("same budget" in n for n in c.notes), c.notes  # the checkpoint is not compared at all
 
 
 def test_a_partial_checkpoint_is_no_same_budget_experiment_with_a_finished_run(tmp_path):
