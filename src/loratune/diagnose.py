@@ -575,7 +575,7 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
         flat["train.steps"] = int(steps)
     done = _steps_done(h)
     flat[TRAINED_KEY] = (done if _partial(h) and done is not None
-                         else "unknown (partial)" if _partial(h) else TRAINED_TO_PLAN)
+                         else _UNKNOWN_STEPS_DONE if _partial(h) else TRAINED_TO_PLAN)
     if isinstance(h.meta.get("task"), str):
         flat[TASK_KEY] = h.meta["task"]
     if "target_modules" in h.facts and "adapter.target_modules" in flat:
@@ -602,6 +602,22 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
         estimated = fact is not None and str(fact.source).startswith("estimated") and not labels
         flat["data.n_classes"] = _EstimatedClasses(n_classes) if estimated else n_classes
     return flat
+
+
+class _UnknownStepsDone:
+    """A partial run's steps done where no file says them: equal to no other run's (two runs that both died at
+    unknown steps are no same-budget pair: one at step 20, the other at 180)."""
+
+    def __eq__(self, other: Any) -> bool:
+        return False
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "unknown"
+
+
+_UNKNOWN_STEPS_DONE = _UnknownStepsDone()
 
 
 @dataclass(frozen=True, eq=False)
@@ -849,8 +865,9 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     partial = [n for n in flat if flat[n].get(TRAINED_KEY) != TRAINED_TO_PLAN]
     if partial:
         notes.append("runs that stopped short of their planned steps are compared only with runs stopped at the same "
-                     "step (protocol 5: same budget): " + ", ".join(f"{n} ({flat[n][TRAINED_KEY]} steps done)"
-                                                                   for n in partial))
+                     "step (protocol 5: same budget): " + ", ".join(
+                         f"{n} ({flat[n][TRAINED_KEY]} steps done)" if isinstance(flat[n][TRAINED_KEY], int)
+                         else f"{n} (steps done unknown: compared with none)" for n in partial))
     kinds = {n: _run_kind(h, feats[n]) for n, h in zip(names, histories) if n in flat}
     if len({k for k in kinds.values() if k}) > 1:
         # runs of different kinds differ in more than a knob (a DPO loss and an SFT loss at two learning rates): the

@@ -113,7 +113,7 @@ def test_a_partial_checkpoint_is_no_same_budget_experiment_with_a_finished_run(t
 
 # ---- 3: integer knobs compare exactly -------------------------------------------------------------------------
 
-def _lt_run(d: Path, *, lr, seed, layers="all", end=0.85, k=10) -> Path:
+def _lt_run(d: Path, *, lr, seed, layers="all", end=0.85, k=10, status="completed", done=200) -> Path:
     import yaml
 
     from synth_runs import decay, make_history
@@ -127,9 +127,27 @@ def _lt_run(d: Path, *, lr, seed, layers="all", end=0.85, k=10) -> Path:
                        "target_modules": ["attn.q", "attn.v"], "layers_to_transform": layers},
            "train": {"output_dir": str(d), "learning_rate": lr, "seed": seed, "num_train_epochs": 5}}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (d / "run.json").write_text(json.dumps({"status": "completed", "task": "single_label",
-                                            "labels": [f"c{i}" for i in range(k)], "steps_planned": 200}))
+    record = {"status": status, "task": "single_label", "labels": [f"c{i}" for i in range(k)], "steps_planned": 200,
+              **({"steps_done": done} if done is not None else {}), **({"partial": True} if status != "completed" else {})}
+    (d / "run.json").write_text(json.dumps(record))
     return d
+
+
+def test_two_partial_runs_of_unknown_steps_done_are_no_same_budget_pair(tmp_path):
+    """Two runs that died with no steps done in their records both read 'unknown (partial)' and so paired as one
+    budget (an lr effect of 0.06, 'learning_rate x2'), the note saying '(unknown (partial) steps done)'."""
+    a = _lt_run(tmp_path / "a", lr=1e-3, seed=42, end=0.80, status="failed", done=None)
+    b = _lt_run(tmp_path / "b", lr=2e-3, seed=42, end=0.86, status="interrupted", done=None)
+    c = compare([a, b])
+    assert c.groups == () and not c.fired("optimization-bound"), c.groups
+    assert any("a (steps done unknown: compared with none), b (steps done unknown: compared with none)" in n
+               for n in c.notes), c.notes
+    # near miss: two partial runs that both stopped at step 120 are one budget
+    a, b = (_lt_run(tmp_path / n, lr=lr, seed=42, end=e, status="interrupted", done=120)
+            for n, lr, e in (("a120", 1e-3, 0.80), ("b120", 2e-3, 0.86)))
+    c = compare([a, b])
+    assert _groups(c) == {"learning_rate": ["a120", "b120"]}
+    assert any("a120 (120 steps done), b120 (120 steps done)" in n for n in c.notes), c.notes
 
 
 def test_seeds_one_apart_are_two_seeds(tmp_path):
