@@ -525,6 +525,7 @@ TRAINED_TO_PLAN = "planned end"
 # what the run was trained to do (history_io's task: single_label, multi_label, causal-lm, ...): runs of different
 # tasks are no knob experiment, whatever their knobs (a multi-label run's exact match is no single-label accuracy)
 TASK_KEY = "data.task"
+CLASSES_KEY = "data.n_classes"  # the task's size (config.json id2label, the run's labels, or an estimate)
 # the adapter's keys that peft reads as a default when its config leaves them out or null (layers_to_transform:
 # every layer; no rank / alpha pattern): a run whose adapter config is known (its targets) holds them, so all layers
 # against [10, 11] is a difference, not a key only one run knows
@@ -600,7 +601,7 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
     n_classes = len(labels) if isinstance(labels, (list, tuple)) and labels else h.meta.get("n_classes")
     if isinstance(n_classes, int) and not isinstance(n_classes, bool):
         estimated = fact is not None and str(fact.source).startswith("estimated") and not labels
-        flat["data.n_classes"] = _EstimatedClasses(n_classes) if estimated else n_classes
+        flat[CLASSES_KEY] = _EstimatedClasses(n_classes) if estimated else n_classes
     return flat
 
 
@@ -623,20 +624,21 @@ _UNKNOWN_STEPS_DONE = _UnknownStepsDone()
 @dataclass(frozen=True, eq=False)
 class _EstimatedClasses:
     """A class count estimated from the first train loss (~ ln(classes), history_io._classes_from_first_loss): one
-    count with any other whose ln lies within the estimate's error of its own (CHANCE_BACKFILL_MAX: the extrapolation
-    back to step 0 raises the first loss up to that factor), so an estimated 9 is config.json's 10, not an estimated
-    63's task."""
+    count with any other whose ln lies within the estimate's error (history_io.estimated_classes_ln), with another
+    estimate where their ranges meet: an estimated 63 is config.json's 77, not 151; an estimated 9 is 10, not 5 or
+    an estimated 27."""
 
     n: int
 
     def __eq__(self, other: Any) -> bool:
-        from loratune.history_io import CHANCE_BACKFILL_MAX
+        from loratune.history_io import estimated_classes_ln
 
         n = other.n if isinstance(other, _EstimatedClasses) else other
         if not isinstance(n, int) or isinstance(n, bool) or n < 2 or self.n < 2:
             return False
-        a, b = sorted((math.log(self.n), math.log(n)))
-        return b <= CHANCE_BACKFILL_MAX * a
+        lo, hi = estimated_classes_ln(self.n)
+        olo, ohi = estimated_classes_ln(n) if isinstance(other, _EstimatedClasses) else (math.log(n), math.log(n))
+        return lo <= ohi and olo <= hi
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -829,6 +831,12 @@ def _groups(flat: dict[str, dict[str, Any]], knob: str) -> list[tuple[list[str],
             if assumed:
                 full_note = (note + "; " if note else "") + "assumed equal (not known for every run): " + \
                     ", ".join(sorted(k.rsplit(".", 1)[-1] for k in assumed))
+            counts = [flat[m].get(CLASSES_KEY) for m in sorted(members) if CLASSES_KEY in flat[m]]
+            said = list(dict.fromkeys(f"~{c.n}" if isinstance(c, _EstimatedClasses) else str(c) for c in counts))
+            if len(said) > 1 and any(isinstance(c, _EstimatedClasses) for c in counts):
+                # the pairing rests on an estimate taking two counts as one task (~63 and 77): say so (one estimate
+                # read alike from every run's first loss is no assumption)
+                full_note = (full_note + "; " if full_note else "") + "n_classes estimated: " + " vs ".join(said)
             found.append((sorted(members), full_note))
     return found
 

@@ -207,6 +207,28 @@ def test_estimated_class_counts_apart_beyond_their_error_are_two_tasks(tmp_path,
     assert (_groups(c) == {"learning_rate": ["k10", "kx"]}) == paired, (c.groups, c.notes)
 
 
+@pytest.mark.parametrize("truth, first, other, paired", [
+    (10, 10, 5, False),  # estimated 9 against config.json's 5
+    (10, 10, 13, False),  # ... and its 13
+    (10, 27, None, False),  # ... and an estimated 23 (27 classes)
+    (77, 77, 151, False),  # estimated 63 (banking77) against config.json's 151 (clinc150)
+    (77, 151, None, False),  # ... and an estimated 124 (151 classes)
+    (77, 77, 77, True),  # near miss: estimated 63 against config.json's 77 (the estimate 4.5% low in ln)
+    (10, 10, 10, True),  # ... estimated 9 against config.json's 10
+])
+def test_an_estimated_class_count_is_one_count_only_within_its_measured_error(tmp_path, truth, first, other, paired):
+    """Within CHANCE_BACKFILL_MAX (1.5 on ln C), an estimated 9 was one task with 5..27 classes and an estimated 63
+    (banking77) with config.json's 151 (clinc150); the estimate's measured error is ~6% of ln C
+    (history_io.CHANCE_CLASSES_LN_ERROR). A pairing that rests on an estimate says so in its note (it said nothing)."""
+    est = trainer_dir(tmp_path / "est", lr=2e-4, classes=None, first_loss=math.log(truth))
+    kx = trainer_dir(tmp_path / "kx", lr=4e-4, classes=other, first_loss=math.log(first))
+    c = compare([est, kx])
+    assert (len(c.groups) == 1) == paired, (c.groups, c.notes)
+    if paired:
+        n_est = load_run(est).facts["n_classes"].value
+        assert n_est != other and c.groups[0].note == f"n_classes estimated: ~{n_est} vs {other}", c.groups[0].note
+
+
 # ---- 6: per-module rank / alpha patterns ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("key", ["rank_pattern", "alpha_pattern"])
