@@ -24,10 +24,11 @@ clause unknown, is listed as not evaluated, naming what is missing.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from loratune.config import AdapterConfig
 from loratune.features import COMPARE_FEATURES, FEATURES, KIND_FEATURES, NOT_APPLICABLE, CurveFeatures, FeatureSet, \
     binomial_se, compute_features, format_value, has_binomial_se
 from loratune.history_io import RunHistory, checkpoint_step, from_points, load_run
@@ -303,10 +304,16 @@ class Comparison:
 # The engine
 # ---------------------------------------------------------------------------------------------
 
+# two floats computed two ways and equal but for their arithmetic's rounding (relative: 0.09999999999999995 is 0.1): a
+# feature at its threshold (_at_threshold), a float config value in a knob comparison (_same)
+FLOAT_ROUNDING = 1e-9
+
+
 def _at_threshold(a: float, b: float) -> bool:
     """A feature equal to its threshold up to float rounding (a 10% rise computed as 0.09999999999999995) meets
     `>=` / `<=` and fails `<` / `>`, as the rule table reads, so `>= t` and `< t` stay exact complements."""
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)  # relative: 1e-9 above a threshold of 0 is above it
+    # relative: 1e-9 above a threshold of 0 is above it
+    return math.isclose(a, b, rel_tol=FLOAT_ROUNDING, abs_tol=1e-15)
 
 
 _OPS = {"<": lambda a, b: a < b and not _at_threshold(a, b), "<=": lambda a, b: a <= b or _at_threshold(a, b),
@@ -517,7 +524,6 @@ IGNORED_KEYS = ("output_dir", "num_threads", "run_name", "logging_dir", "name")
 # carries the fit's rounding (history_io._round_lr: within 0.5%); every other number (seed, r, steps) is compared
 # exactly (within 1%, seeds 1234 and 1235 were one seed), floats within their arithmetic's rounding
 READ_BACK_TOLERANCE = {"learning_rate": 0.01}
-FLOAT_TOLERANCE = 1e-9
 # how far a run trained, a key of its own: a partial run (a checkpoint, a run that died) stopped at its steps done,
 # short of the plan, so it is no same-budget experiment (protocol 5) with a run that reached its planned end
 TRAINED_KEY = "train.steps_done"
@@ -528,8 +534,10 @@ TASK_KEY = "data.task"
 CLASSES_KEY = "data.n_classes"  # the task's size (config.json id2label, the run's labels, or an estimate)
 # the adapter's keys that peft reads as a default when its config leaves them out or null (layers_to_transform:
 # every layer; no rank / alpha pattern): a run whose adapter config is known (its targets) holds them, so all layers
-# against [10, 11] is a difference, not a key only one run knows
-ADAPTER_DEFAULTS = {"adapter.layers_to_transform": "all", "adapter.rank_pattern": (), "adapter.alpha_pattern": ()}
+# against [10, 11] is a difference, not a key only one run knows (all layers: loratune's own default, config.py's)
+ADAPTER_DEFAULTS = {"adapter.layers_to_transform": next(f.default for f in fields(AdapterConfig)
+                                                        if f.name == "layers_to_transform"),
+                    "adapter.rank_pattern": (), "adapter.alpha_pattern": ()}
 # keys whose mapping is one value (peft's per-module rank / alpha), compared whole: {"value": 64} against {}
 WHOLE_KEYS = ("rank_pattern", "alpha_pattern")
 
@@ -718,7 +726,7 @@ def _same(a: Any, b: Any, knob: str | None = None) -> bool:
             and not isinstance(b, bool):
         if isinstance(a, int) and isinstance(b, int):
             return a == b
-        return math.isclose(float(a), float(b), rel_tol=READ_BACK_TOLERANCE.get(knob or "", FLOAT_TOLERANCE),
+        return math.isclose(float(a), float(b), rel_tol=READ_BACK_TOLERANCE.get(knob or "", FLOAT_ROUNDING),
                             abs_tol=1e-12)
     return a == b
 

@@ -128,7 +128,8 @@ def _lt_run(d: Path, *, lr, seed, layers="all", end=0.85, k=10, status="complete
            "train": {"output_dir": str(d), "learning_rate": lr, "seed": seed, "num_train_epochs": 5}}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     record = {"status": status, "task": "single_label", "labels": [f"c{i}" for i in range(k)], "steps_planned": 200,
-              **({"steps_done": done} if done is not None else {}), **({"partial": True} if status != "completed" else {})}
+              **({"steps_done": done} if done is not None else {}),
+              **({"partial": True} if status != "completed" else {})}
     (d / "run.json").write_text(json.dumps(record))
     return d
 
@@ -259,3 +260,21 @@ def test_folders_named_like_checkpoints_are_runs_of_their_own(tmp_path):
     run = trainer_dir(tmp_path / "run", lr=2e-4, ckpts=(60,))
     assert load_run(run / "checkpoint-60").name == "run"
     assert any("the same run" in n for n in compare([run, run / "checkpoint-60"]).notes)
+
+
+# ---- one rounding rule for floats; loratune's own adapter defaults read from its config ------------------------------
+
+def test_floats_equal_but_for_rounding_are_one_rule_for_thresholds_and_config_values(monkeypatch):
+    """A literal rel_tol=1e-9 in the rule engine beside FLOAT_TOLERANCE 1e-9 in the knob comparison: one rule in two
+    places; ADAPTER_DEFAULTS restated config.py's layers_to_transform default 'all'."""
+    import dataclasses
+
+    from loratune import diagnose
+    from loratune.config import AdapterConfig
+
+    assert diagnose._same(0.1 + 0.2, 0.3) and not diagnose._same(1.0, 1.0 + 1e-6)
+    assert diagnose._at_threshold(0.09999999999999995, 0.1)
+    monkeypatch.setattr(diagnose, "FLOAT_ROUNDING", 1e-3)
+    assert diagnose._same(1.0, 1.0005) and diagnose._at_threshold(1.0005, 1.0)
+    layers = next(f.default for f in dataclasses.fields(AdapterConfig) if f.name == "layers_to_transform")
+    assert diagnose.ADAPTER_DEFAULTS["adapter.layers_to_transform"] == layers
