@@ -49,11 +49,22 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
     (0/1 matrices [n, k]), f1_score(average="macro", zero_division=np.nan) on the indicator matrix, which leaves
     such a label out of the average (its default, zero_division=0 over every column, scores it 0)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if y_true.ndim == 2:
-        present = [int(i) for i in np.flatnonzero((y_true.sum(axis=0) + y_pred.sum(axis=0)) > 0)]
-    else:
-        present = sorted({int(i) for i in np.concatenate([y_true, y_pred]) if 0 <= i < k})
+    present = [int(i) for i in np.flatnonzero(scored_classes(y_true, y_pred, k))]
     return float(f1_score(y_true, y_pred, labels=present or list(range(k)), average="macro", zero_division=0))
+
+
+def scored_classes(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """[k] bool: the classes that have an F1 on these rows, the one rule for it (macro_f1 averages them, the
+    per-class `<split>/f1/<label>` and `<split>/precision/<label>` of the others are NaN, written null): a class with
+    a row or a prediction. A class with neither has no F1 and no precision (0/0), not 0: scored 0, a class missing
+    from validation read as F1 0.000 in show and in the report's F1 distribution and weakest classes while macro-F1
+    left it out. Single-label: class indices (-1: no known class, never a class); multi-label: 0/1 matrices [n, k]."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.ndim == 2:
+        return (y_true.sum(axis=0) + y_pred.sum(axis=0)) > 0 if len(y_true) else np.zeros(k, dtype=bool)
+    idx = np.concatenate([y_true, y_pred]).astype(np.int64)
+    idx = idx[(idx >= 0) & (idx < k)]
+    return np.bincount(idx, minlength=k)[:k] > 0
 
 
 def prediction_scores(prefix: str, y_pred: np.ndarray, y_true: np.ndarray, labels: tuple[str, ...],
@@ -75,15 +86,25 @@ def prediction_scores(prefix: str, y_pred: np.ndarray, y_true: np.ndarray, label
     # weighted-F1 read above accuracy on a split with unknown labels)
     support = s.sum() + int(np.sum(np.asarray(y_true) < 0))
     out[f"{prefix}/weighted_f1"] = float(f @ s / support) if support else 0.0
-    for i, lab in enumerate(labels):
-        out[f"{prefix}/precision/{lab}"] = float(p[i])
-        out[f"{prefix}/recall/{lab}"] = float(r[i])
-        out[f"{prefix}/f1/{lab}"] = float(f[i])
-        out[f"{prefix}/support/{lab}"] = int(s[i])
+    out.update(per_class_scores(prefix, labels, p, r, f, s, scored_classes(y_true, y_pred, k)))
     known = y_true >= 0
     cm = confusion_matrix(y_true[known], y_pred[known], labels=idx) if known.any() else np.zeros((k, k), int)
     out[f"{prefix}/confused_pairs"] = top_confused_pairs(cm, labels)
     return out, cm
+
+
+def per_class_scores(prefix: str, labels: tuple[str, ...], p: np.ndarray, r: np.ndarray, f: np.ndarray,
+                     s: np.ndarray, scored: np.ndarray) -> dict:
+    """`<prefix>/<stat>/<label>` from precision_recall_fscore_support's arrays; precision and F1 NaN for a class
+    `scored_classes` says has none (no row, no prediction). Recall keeps scikit-learn's 0 at support 0: the readers
+    (report.model.build_classes, features._per_class) read it as undefined by the support written beside it."""
+    out: dict = {}
+    for i, lab in enumerate(labels):
+        out[f"{prefix}/precision/{lab}"] = float(p[i]) if scored[i] else math.nan
+        out[f"{prefix}/recall/{lab}"] = float(r[i])
+        out[f"{prefix}/f1/{lab}"] = float(f[i]) if scored[i] else math.nan
+        out[f"{prefix}/support/{lab}"] = int(s[i])
+    return out
 
 
 def normalize_label(text: str) -> str:
@@ -176,11 +197,7 @@ def multi_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, labe
         if len(y_true) else math.nan
     out[f"{prefix}/labels_per_row"] = float(y_pred.sum(axis=1).mean()) if len(y_pred) else math.nan
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
-    for i, lab in enumerate(labels):
-        out[f"{prefix}/precision/{lab}"] = float(p[i])
-        out[f"{prefix}/recall/{lab}"] = float(r[i])
-        out[f"{prefix}/f1/{lab}"] = float(f[i])
-        out[f"{prefix}/support/{lab}"] = int(s[i])
+    out.update(per_class_scores(prefix, labels, p, r, f, s, scored_classes(y_true, y_pred, len(labels))))
     out.update(multi_label_row_scores(prefix, y_pred, y_true, unseen_rows, label_counts))
     return out
 

@@ -76,7 +76,40 @@ def test_macro_f1_averages_the_classes_the_split_holds_or_the_model_predicted():
     assert right["val/accuracy"] == 1.0 and right["val/macro_f1"] == 1.0  # b and c: no row, no prediction
     wrong, _ = prediction_scores("val", np.array([0, 1]), np.array([0, 0]), labels)
     assert wrong["val/macro_f1"] == (2 / 3 + 0.0) / 2  # a: P 1, R 1/2; b: a false positive, F1 0; c: not counted
-    assert wrong["val/f1/c"] == 0.0 and wrong["val/support/c"] == 0  # the per-class table still lists every class
+    # the per-class keys still list every class; c has no F1 (nor precision): NaN, not 0 (written null)
+    assert np.isnan(wrong["val/f1/c"]) and np.isnan(wrong["val/precision/c"]) and wrong["val/support/c"] == 0
+    assert wrong["val/f1/b"] == 0.0 and wrong["val/precision/b"] == 0.0  # b was predicted: a defined 0
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_a_class_with_no_row_and_no_prediction_has_no_per_class_f1_or_precision_as_macro_f1_says(multi):
+    """One rule (metrics.scored_classes) for which classes have an F1: macro-F1 is the mean of exactly the per-class
+    F1s that are not NaN. Before, a class missing from validation and never predicted was written F1 0.0 and
+    precision 0.0, which show and the report printed as F1 0.000 and charted in the F1 distribution's [0, 0.1) bar
+    while macro-F1 left it out."""
+    from loratune.metrics import macro_f1, prediction_scores, scored_classes
+
+    labels = ("card_lost", "balance", "transfer", "pin")  # pin: no validation row, never predicted
+    y = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    if multi:
+        y1, p1 = np.eye(4, dtype=int)[y], np.eye(4, dtype=int)[pred]
+        s = multi_label_scores("val", np.where(p1 == 1, 5.0, -5.0), y1, labels)
+        assert scored_classes(y1, p1, 4).tolist() == [True, True, True, False]
+    else:
+        s, _ = prediction_scores("val", pred, y, labels)
+        assert scored_classes(y, pred, 4).tolist() == [True, True, True, False]
+    assert np.isnan(s["val/f1/pin"]) and np.isnan(s["val/precision/pin"])
+    assert s["val/recall/pin"] == 0.0 and s["val/support/pin"] == 0
+    f1 = [s[f"val/f1/{lab}"] for lab in labels]
+    assert f1[:3] == pytest.approx([0.5, 0.8, 2 / 3])
+    assert s["val/macro_f1"] == pytest.approx(np.nanmean(f1)) == pytest.approx(np.mean(f1[:3]))
+    # predicted but absent from validation: a false positive, F1 and precision a defined 0, in macro-F1 too
+    s2, _ = prediction_scores("val", np.array([0, 3]), np.array([0, 0]), labels)
+    assert s2["val/f1/pin"] == 0.0 and s2["val/precision/pin"] == 0.0
+    assert s2["val/macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2) == macro_f1(np.array([0, 0]), np.array([0, 3]), 4)
+    # -1 (an output naming no label, a row of a label train never had) is no class
+    assert scored_classes(np.array([-1, 0]), np.array([-1, -1]), 4).tolist() == [True, False, False, False]
 
 
 def test_multi_label_macro_f1_is_scikit_learns_with_absent_labels_left_out_of_the_average():

@@ -138,6 +138,45 @@ def test_balanced_labels_mark_no_tail(tmp_path):
     assert not t.long_tail and not any(row.tail for row in t.rows) and t.head_tail_ratio is None  # none under 20
 
 
+def test_a_class_with_no_val_row_and_no_prediction_has_no_f1_in_show_or_the_report(tmp_path, capsys):
+    """The per-class numbers as training writes them (metrics.prediction_scores, then store.json_safe): intent_003
+    has no validation row and is never predicted, so it has no recall, no precision and no F1, as macro-F1 says (it
+    leaves it out). Before, its F1 was written 0.0: `show` printed F1 0.000, the report put it in the F1
+    distribution's [0.0, 0.1) bar and among the weakest classes."""
+    import numpy as np
+
+    from loratune.cli import main
+    from loratune.metrics import prediction_scores
+    from loratune.store import json_safe
+
+    run = write_run(tmp_path / "run", k=4, long_tail=False, n_evals=2)
+    labels = [f"intent_{i:03d}" for i in range(4)]
+    y = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])  # F1: 0.5, 0.8, 2/3; intent_003 absent from both
+    scores, _ = prediction_scores("val", pred, y, tuple(labels))
+    points = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    for p in points:
+        p.update({k: v for k, v in json_safe(scores).items() if k.count("/") == 2})
+    (run / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points), encoding="utf-8")
+    assert json.loads((run / "history.jsonl").read_text().splitlines()[-1])["val/f1/intent_003"] is None
+
+    t = build_run_report(run).classes
+    absent = next(r for r in t.rows if r.label == "intent_003")
+    assert (absent.recall, absent.precision, absent.f1, absent.val_support) == (None, None, None, 0)
+    assert t.rows[-1] is absent  # classes without val rows last
+    assert [(lab, round(f1, 3)) for lab, _, f1, _ in t.frequency_vs_f1] == [
+        ("intent_000", 0.5), ("intent_002", 0.667), ("intent_001", 0.8)]
+    assert [r.label for r in t.weakest] == ["intent_000", "intent_002", "intent_001"]
+
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", render_run(build_run_report(run))))
+    assert "0 classes with val F1 in [0.0, 0.1)" in text and "The 3 weakest classes" in text
+    assert "intent_000: recall 0.500, F1 0.500" in text and "intent_003: recall" not in text  # no recall bar
+
+    assert main(["show", str(run)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("intent_003"))
+    assert row.split() == ["intent_003", "40", "–", "–", "–", "1.000"]
+
+
 def test_confusion_focus_holds_the_most_confused_classes_with_pairs_adjacent():
     labels = [f"c{i}" for i in range(40)]
     m = [[10 if i == j else 0 for j in range(40)] for i in range(40)]

@@ -123,6 +123,12 @@ class ClassTable:
     missing: str | None = None  # why there is no table
 
     @property
+    def weakest(self) -> tuple[ClassRow, ...]:
+        """The WEAKEST_CLASSES worst rows (the table's order) that have a val recall or F1: a class with no val row
+        and no prediction has neither (metrics.scored_classes) and is no weak class."""
+        return tuple(r for r in self.rows if r.recall is not None or r.f1 is not None)[:WEAKEST_CLASSES]
+
+    @property
     def frequency_vs_f1(self) -> tuple[tuple[str, int, float, bool], ...]:
         """(label, train count, val F1, tail) for the scatter view; classes lacking either are left out."""
         return tuple((r.label, r.train_count, r.f1, r.tail) for r in self.rows
@@ -294,6 +300,7 @@ def to_plain(obj: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 FOCUS_K = 25  # classes in the focused confusion matrix
+WEAKEST_CLASSES = 10  # rows of the report's weakest-classes table
 TOP_PAIRS = 10
 
 

@@ -159,7 +159,7 @@ def classes_section(t: ClassTable, metric_name: str, saved_model: bool = False) 
 
     headers = [("class", ""), ("train rows", "num"), ("val rows", "num"), ("recall", "num"), ("precision", "num"),
                ("F1", "num"), ("train recall", "num"), ("train−val", "num")]
-    worst = t.rows[:10]
+    worst = t.weakest
     short = [(name, c) for name, c in zip(headers, range(len(headers))) if c in (0, 2, 3, 5)]
     tbl = table([h for h, _ in short], [[row(r)[c] for _, c in short] for r in worst],
                 row_cls=["tail" if r.tail else "" for r in worst], id_="worst-classes")
