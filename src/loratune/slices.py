@@ -3,7 +3,8 @@ robustness.py).
 
 Slices (row indices into the validation split, fixed for the whole run):
 - `familiar` / `novel`: by how close each validation text is to its nearest training text of any
-  label (cosine similarity of character 3-5-gram TF-IDF vectors). The most similar third is
+  label (cosine similarity of character 3-5-gram TF-IDF vectors; a text's n-grams that no training text has
+  count in its norm, IDF is train's). The most similar third is
   `familiar`, the least similar third `novel` (tertiles within the split, so the slices keep their
   size whatever the train size), cut by value: rows tied at a cut join its slice, and when one value
   spans both thirds neither slice is cut (`skipped` says why). The cut values are recorded.
@@ -41,7 +42,8 @@ CONFUSABLE_PAIRS = 5
 SIMILARITY_CHUNK_BYTES = 100_000_000
 _PRODUCT_BYTES_PER_ENTRY = 16
 SIMILARITY_DECIMALS = 6
-_SIMILARITY_VERSION = "rounded-6"  # in the cache key: entries of the unrounded similarities are not read back
+# in the cache key: entries of an earlier measure are not read back (unrounded ones; ones of train's n-grams only)
+_SIMILARITY_VERSION = "rounded-6-own-ngrams"
 
 
 def cache_dir() -> Path:
@@ -69,14 +71,23 @@ def nearest_train_similarity(train_texts: tuple[str, ...], texts: tuple[str, ...
                 return cached
         except (OSError, ValueError, EOFError):  # a damaged entry (empty, cut short): computed again, replaced
             pass
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
 
+    # The n-gram vocabulary is the train texts' and the scored texts' together, so an n-gram no training text has
+    # still counts in its text's L2 norm: with train's vocabulary alone a text's unseen n-grams dropped out before
+    # the norm, and "send money xyzzy qwvvj kkkk zzzz" scored 1.0 against "send money", as a verbatim copy does. The
+    # IDF is train's alone (an n-gram no train text has gets scikit-learn's smoothed idf of df 0,
+    # ln((1 + n_train) / 1) + 1), so a text's similarity depends on it and train only, never on the other texts
+    # scored beside it, and an exact copy of a train text is the same vector as that text (similarity 1.0).
+    counts = CountVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True).fit_transform(
+        list(train_texts) + list(texts)).tocsr()
+    n_train = len(train_texts)
+    tfidf = TfidfTransformer(sublinear_tf=True, norm="l2").fit(counts[:n_train])
     # TF-IDF rows are L2-normalised (norm="l2"), so a dot product is the cosine similarity. The nearest train text
     # is the row max of val_chunk @ train.T, taken chunk by chunk: a brute-force NearestNeighbors(metric="cosine")
     # held the whole val x train distance matrix (20k x 20k texts: 2.8 GB, 32 s).
-    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True, sublinear_tf=True, norm="l2")
-    train = vec.fit_transform(train_texts).T.tocsr()  # CSR on the right: ~3x faster a product than the CSC .T
-    val = vec.transform(texts).tocsr()
+    train = tfidf.transform(counts[:n_train]).T.tocsr()  # CSR on the right: ~3x faster a product than the CSC .T
+    val = tfidf.transform(counts[n_train:]).tocsr()
     chunk = max(1, SIMILARITY_CHUNK_BYTES // (_PRODUCT_BYTES_PER_ENTRY * max(1, len(train_texts))))
     sim = np.zeros(len(texts), dtype=np.float64)
     for start in range(0, len(texts), chunk):

@@ -87,10 +87,48 @@ def test_too_few_validation_rows_say_why_no_familiar_novel():
 def _brute_force_similarity(train, texts):  # the former NearestNeighbors(metric="cosine") computation
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.neighbors import NearestNeighbors
-    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True, sublinear_tf=True)
-    dist, _ = NearestNeighbors(n_neighbors=1, metric="cosine").fit(vec.fit_transform(train)).kneighbors(
+    analyze = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True).build_analyzer()
+    vocabulary = sorted({g for t in train + texts for g in analyze(t)})  # the texts' own n-grams too, idf of train
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True, sublinear_tf=True,
+                          vocabulary=vocabulary).fit(train)
+    dist, _ = NearestNeighbors(n_neighbors=1, metric="cosine").fit(vec.transform(train)).kneighbors(
         vec.transform(texts))
     return np.clip(1.0 - dist[:, 0], 0.0, 1.0)
+
+
+def _hand_similarity(train, texts):
+    """Cosine of char_wb 3-5-gram vectors written out: weight (1 + ln tf) x idf, idf = ln((1 + n) / (1 + df)) + 1
+    with df counted over the train texts (0 for an n-gram only the text has), every n-gram of both texts counted."""
+    import math
+    from collections import Counter
+
+    from sklearn.feature_extraction.text import CountVectorizer
+    analyze = CountVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=True).build_analyzer()
+    grams = [Counter(analyze(t)) for t in train]
+    df = Counter(g for c in grams for g in c)
+
+    def vec(c):
+        w = {g: (1 + math.log(tf)) * (math.log((1 + len(train)) / (1 + df[g])) + 1) for g, tf in c.items()}
+        norm = math.sqrt(sum(x * x for x in w.values()))
+        return {g: x / norm for g, x in w.items()}
+
+    tv = [vec(c) for c in grams]
+    return np.array([max(sum(x * t.get(g, 0.0) for g, x in vec(Counter(analyze(text))).items()) for t in tv)
+                     for text in texts])
+
+
+def test_a_texts_ngrams_that_train_lacks_lower_its_similarity_and_only_a_copy_scores_one():
+    """The README's "character 3-5-gram TF-IDF cosine" to the nearest training text counts every n-gram of the text:
+    the vectorizer fitted on train alone dropped the n-grams train lacks before the L2 norm, so "send money" padded
+    with gibberish scored 1.0, as the verbatim copy does, and sat in `familiar`."""
+    train = ("lost my card", "what is my balance", "send money", "change my pin")
+    texts = ("send money", "send money xyzzy qwvvj kkkk zzzz", "send money abroad now please", "my pin")
+    sim = nearest_train_similarity(train, texts, use_cache=False)
+    assert sim[0] == 1.0  # a verbatim copy: exactly 1
+    np.testing.assert_allclose(sim, _hand_similarity(train, texts), atol=1e-6)
+    assert sim[1] < sim[2] < 0.5  # the gibberish 4 words weigh more than "abroad now please"
+    # a text's similarity depends on it and train only, not on the texts scored beside it
+    assert [nearest_train_similarity(train, (t,), use_cache=False)[0] for t in texts] == sim.tolist()
 
 
 def test_chunked_similarity_equals_brute_force_nearest_neighbour(monkeypatch):
@@ -99,6 +137,7 @@ def test_chunked_similarity_equals_brute_force_nearest_neighbour(monkeypatch):
     words = ["card", "pin", "money", "send", "block", "balance", "top", "up", "refund", "fee", "euro", "why"]
     train = tuple(" ".join(rng.choice(words) for _ in range(rng.randint(2, 8))) for _ in range(60))
     texts = tuple(" ".join(rng.choice(words) for _ in range(rng.randint(1, 8))) for _ in range(50)) + ("!!!", "xyz")
+    texts = texts[:10] + tuple(t + " zorblax quux" for t in texts[10:20]) + texts[20:]  # n-grams train lacks
     monkeypatch.setattr(slices_mod, "SIMILARITY_CHUNK_BYTES", 16 * 60 * 7)  # 7 rows a chunk: 8 chunks, one short
     sim = nearest_train_similarity(train, texts, use_cache=False)
     assert sim.dtype == np.float32 and sim.shape == (len(texts),)
