@@ -84,7 +84,7 @@ def _f1_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
     bootstrap's fast form of `metrics.macro_f1`, given the trained classes' counts only."""
     present = (tp + fp + fn) > 0
     if not present.any():
-        return 0.0
+        return metrics.NO_SCORED_CLASS_MACRO_F1
     f1 = 2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])
     return float(f1.mean())
 
@@ -175,7 +175,7 @@ def probe_from_embeddings(X_train: np.ndarray, y_train: Sequence[Sequence[str]],
     fn_rows = (~pred & member_v).astype(np.float64)
     # the baseline the hard-task / easy-task rules compare with val/macro_f1: the same class set (the trained
     # classes), else a split with unseen labels scored the probe on more classes than training scores (0.40 vs 0.50)
-    macro_f1 = metrics.macro_f1(member_v[:, :L].astype(int), pred[:, :L].astype(int), L) if len(y_val) else 0.0
+    macro_f1 = metrics.macro_f1(member_v[:, :L].astype(int), pred[:, :L].astype(int), L)
     accuracy = float(np.mean((pred == member_v).all(1))) if len(y_val) else None
     se = _bootstrap_se(tp_rows[:, :L], fp_rows[:, :L], fn_rows[:, :L], seed)
 

@@ -42,15 +42,27 @@ def single_label_scores(prefix: str, logits: np.ndarray, y_true: np.ndarray, lab
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
-    """Macro-F1 over the classes the rows hold or the model predicted, for every split and slice alike: a class with
-    no row and no prediction has no F1, and counting it as 0 capped a split missing a class below 1 (one class-a row,
-    predicted right: accuracy 1.0, macro-F1 0.5 over two trained classes). In scikit-learn's terms: single-label
-    (class indices; -1: no known class, never a class), f1_score's default label set for class labels; multi-label
-    (0/1 matrices [n, k]), f1_score(average="macro", zero_division=np.nan) on the indicator matrix, which leaves
-    such a label out of the average (its default, zero_division=0 over every column, scores it 0)."""
+    """Macro-F1 over the classes the rows hold or the model predicted (`scored_classes`), for every split and slice
+    alike: a class with no row and no prediction has no F1, and counting it as 0 capped a split missing a class below
+    1 (one class-a row, predicted right: accuracy 1.0, macro-F1 0.5 over two trained classes). In scikit-learn's
+    terms: single-label (class indices; -1: no known class, never a class), f1_score's default label set for class
+    labels; multi-label (0/1 matrices [n, k]), f1_score(average="macro", zero_division=np.nan) on the indicator
+    matrix, which leaves such a label out of the average (its default, zero_division=0 over every column, scores it
+    0). With no scored class it is NO_SCORED_CLASS_MACRO_F1 (0.0), see there."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     present = [int(i) for i in np.flatnonzero(scored_classes(y_true, y_pred, k))]
-    return float(f1_score(y_true, y_pred, labels=present or list(range(k)), average="macro", zero_division=0))
+    if not present:
+        return NO_SCORED_CLASS_MACRO_F1
+    return float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
+
+
+# Macro-F1 of rows on which no class is scored (no row of a known class, no prediction of one; every per-class F1
+# NaN): 0.0, not NaN. It happens where nothing was named right: a generative classifier whose outputs name no label
+# on rows whose labels it never learned (every row an error, accuracy 0.0), multi-label rows with no known label and
+# no prediction, no rows at all. A score, because macro-F1 is the objective a run keeps its best model by and a
+# study ranks trials by (a NaN point has no say: objectives.keep_order); 0.0 as the split's micro- and weighted-F1
+# score it (zero_division=0). The per-class F1s stay NaN: no class has one, and none is a weak class.
+NO_SCORED_CLASS_MACRO_F1 = 0.0
 
 
 def scored_classes(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:

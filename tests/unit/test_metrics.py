@@ -219,3 +219,21 @@ def test_single_label_weighted_f1_counts_unseen_label_rows_as_errors_with_their_
     ref = f1_score(raw_true, raw_pred, average="weighted", zero_division=0)
     assert s["val/weighted_f1"] == pytest.approx(ref) == pytest.approx((2 * 0.8 + 2 * 0.4 + 2 / 3) / 8)
     assert s["val/accuracy"] == 4 / 8
+
+
+def test_macro_f1_with_no_scored_class_is_the_one_stated_score_and_every_per_class_f1_is_nan():
+    """No row of a known class and no prediction of one (a generative model naming no label on rows of labels it
+    never learned; multi-label rows with no label and none predicted; no rows): no class has an F1 (NaN per class)
+    and macro-F1 is metrics.NO_SCORED_CLASS_MACRO_F1, 0.0, stated once. Before, it fell to f1_score over every
+    class at zero_division=0 (0.0 by accident of that fallback, undocumented), and on no rows raised ValueError."""
+    from loratune.metrics import NO_SCORED_CLASS_MACRO_F1, macro_f1, prediction_scores
+
+    assert NO_SCORED_CLASS_MACRO_F1 == 0.0
+    s, _ = prediction_scores("val", np.array([-1, -1]), np.array([-1, -1]), ("a", "b"))
+    assert s["val/macro_f1"] == NO_SCORED_CLASS_MACRO_F1 and s["val/accuracy"] == 0.0  # every row an error
+    assert all(np.isnan(s[f"val/{m}/{lab}"]) for m in ("f1", "precision") for lab in ("a", "b"))
+    ml = multi_label_scores("val", np.full((2, 2), -5.0), np.zeros((2, 2), int), ("a", "b"))
+    assert ml["val/macro_f1"] == NO_SCORED_CLASS_MACRO_F1 == ml["val/micro_f1"]  # F1 averages: 0 with nothing in
+    assert np.isnan(ml["val/f1/a"]) and np.isnan(ml["val/f1/b"])
+    assert macro_f1(np.array([], int), np.array([], int), 3) == NO_SCORED_CLASS_MACRO_F1  # raised ValueError
+    assert macro_f1(np.zeros((0, 3), int), np.zeros((0, 3), int), 3) == NO_SCORED_CLASS_MACRO_F1
