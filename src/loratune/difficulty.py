@@ -80,9 +80,10 @@ def _unit(X: np.ndarray) -> np.ndarray:
 
 
 def _f1_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
-    """Macro-F1 over the labels that occur in truth or prediction (scikit-learn's default label set): the
-    bootstrap's fast form of `metrics.macro_f1`, given the trained classes' counts only."""
-    present = (tp + fp + fn) > 0
+    """`metrics.macro_f1` from the trained classes' (weighted) counts: the bootstrap's fast form, with its rule for
+    which classes are scored (`metrics.scored_counts`: a row, tp + fn, or a prediction, tp + fp) and its score when
+    none is (`metrics.NO_SCORED_CLASS_MACRO_F1`)."""
+    present = metrics.scored_counts(tp + fn, tp + fp)
     if not present.any():
         return metrics.NO_SCORED_CLASS_MACRO_F1
     f1 = 2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])

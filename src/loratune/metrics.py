@@ -65,18 +65,26 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
 NO_SCORED_CLASS_MACRO_F1 = 0.0
 
 
+def scored_counts(true_counts: np.ndarray, pred_counts: np.ndarray) -> np.ndarray:
+    """[k] bool: the classes that have an F1, the one rule for it (macro_f1 averages them, the per-class
+    `<split>/f1/<label>` and `<split>/precision/<label>` of the others are NaN, written null): a class with a row
+    (`true_counts` > 0) or a prediction (`pred_counts` > 0); counts may be weighted (a bootstrap's). A class with
+    neither has no F1 and no precision (0/0), not 0: scored 0, a class missing from validation read as F1 0.000 in
+    show and in the report's F1 distribution and weakest classes while macro-F1 left it out."""
+    return (np.asarray(true_counts) + np.asarray(pred_counts)) > 0
+
+
 def scored_classes(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-    """[k] bool: the classes that have an F1 on these rows, the one rule for it (macro_f1 averages them, the
-    per-class `<split>/f1/<label>` and `<split>/precision/<label>` of the others are NaN, written null): a class with
-    a row or a prediction. A class with neither has no F1 and no precision (0/0), not 0: scored 0, a class missing
-    from validation read as F1 0.000 in show and in the report's F1 distribution and weakest classes while macro-F1
-    left it out. Single-label: class indices (-1: no known class, never a class); multi-label: 0/1 matrices [n, k]."""
+    """`scored_counts` of rows. Single-label: class indices (-1: no known class, never a class); multi-label: 0/1
+    matrices [n, k]."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.ndim == 2:
-        return (y_true.sum(axis=0) + y_pred.sum(axis=0)) > 0 if len(y_true) else np.zeros(k, dtype=bool)
-    idx = np.concatenate([y_true, y_pred]).astype(np.int64)
-    idx = idx[(idx >= 0) & (idx < k)]
-    return np.bincount(idx, minlength=k)[:k] > 0
+        return scored_counts(y_true.sum(axis=0), y_pred.sum(axis=0)) if len(y_true) else np.zeros(k, dtype=bool)
+    counts = []
+    for idx in (y_true, y_pred):
+        idx = idx.astype(np.int64)
+        counts.append(np.bincount(idx[(idx >= 0) & (idx < k)], minlength=k)[:k])
+    return scored_counts(*counts)
 
 
 def prediction_scores(prefix: str, y_pred: np.ndarray, y_true: np.ndarray, labels: tuple[str, ...],

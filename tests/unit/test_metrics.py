@@ -221,6 +221,28 @@ def test_single_label_weighted_f1_counts_unseen_label_rows_as_errors_with_their_
     assert s["val/accuracy"] == 4 / 8
 
 
+def test_the_probe_bootstrap_reads_the_scored_classes_rule_and_empty_score_from_metrics(monkeypatch):
+    """difficulty._f1_counts (the bootstrap's macro-F1 from counts) had its own copy of which classes are scored
+    ((tp + fp + fn) > 0) and of the score with none (0.0): it now reads metrics.scored_counts and
+    metrics.NO_SCORED_CLASS_MACRO_F1, and agrees with metrics.macro_f1 on the same rows."""
+    from loratune import difficulty, metrics
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 2, (12, 5)) * (rng.random((12, 5)) < 0.4)
+        p = rng.integers(0, 2, (12, 5)) * (rng.random((12, 5)) < 0.4)
+        tp, fp, fn = (y & p).sum(0), ((1 - y) & p).sum(0), (y & (1 - p)).sum(0)
+        assert difficulty._f1_counts(tp, fp, fn) == pytest.approx(metrics.macro_f1(y, p, 5))
+    zero = np.zeros(3)
+    assert difficulty._f1_counts(zero, zero, zero) == metrics.NO_SCORED_CLASS_MACRO_F1
+    seen = []
+    monkeypatch.setattr(metrics, "scored_counts", lambda t, q: seen.append((t.tolist(), q.tolist())) or t > 0)
+    monkeypatch.setattr(metrics, "NO_SCORED_CLASS_MACRO_F1", -1.0)
+    assert difficulty._f1_counts(np.array([1.0, 0]), np.array([0.0, 2]), np.array([1.0, 0])) == 2 / 3
+    assert seen == [([2.0, 0.0], [1.0, 2.0])]  # rows (tp + fn), predictions (tp + fp): the class-1 FPs left out
+    assert difficulty._f1_counts(zero, zero, zero) == -1.0
+
+
 def test_macro_f1_with_no_scored_class_is_the_one_stated_score_and_every_per_class_f1_is_nan():
     """No row of a known class and no prediction of one (a generative model naming no label on rows of labels it
     never learned; multi-label rows with no label and none predicted; no rows): no class has an F1 (NaN per class)
