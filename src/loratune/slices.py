@@ -44,6 +44,10 @@ _PRODUCT_BYTES_PER_ENTRY = 16
 SIMILARITY_DECIMALS = 6
 # in the cache key: entries of an earlier measure are not read back (unrounded ones; ones of train's n-grams only)
 _SIMILARITY_VERSION = "rounded-6-own-ngrams"
+# what `nearest_train_similarity` computes, as run.json's slices.familiarity.measure records it: a record of the
+# earlier measure (train's n-grams only) said "...TF-IDF to the nearest train text" alone and cannot be taken for it
+SIMILARITY_MEASURE = ("cosine similarity of char 3-5-gram TF-IDF to the nearest train text (every n-gram of the "
+                      "text counts, those no train text has too; IDF from the train texts)")
 
 
 def cache_dir() -> Path:
@@ -61,7 +65,7 @@ def _digest(*parts: tuple[str, ...]) -> str:
 
 
 def nearest_train_similarity(train_texts: tuple[str, ...], texts: tuple[str, ...], use_cache: bool = True) -> np.ndarray:
-    """Per text: cosine similarity of char 3-5-gram TF-IDF to its nearest training text (0..1)."""
+    """Per text: SIMILARITY_MEASURE (0..1)."""
     key = _digest((_SIMILARITY_VERSION,), train_texts, texts)
     path = cache_dir() / "familiarity" / f"{key}.npy"
     if use_cache and path.is_file():
@@ -147,7 +151,7 @@ def assign_slices(train_texts: tuple[str, ...], val_texts: tuple[str, ...], val_
         # the similarity of the third-least and third-most similar row: ties at either cut join that slice (a
         # position cut split equal texts, e.g. verbatim training texts, between novel and familiar by file order)
         lo, hi = float(ordered[third - 1]), float(ordered[n - third])
-        info["familiarity"] = {"measure": "cosine similarity of char 3-5-gram TF-IDF to the nearest train text",
+        info["familiarity"] = {"measure": SIMILARITY_MEASURE,
                                "novel_at_most": lo, "familiar_at_least": hi, "median": float(np.median(sim))}
         if lo < hi:
             rows["novel"] = np.flatnonzero(sim <= lo)

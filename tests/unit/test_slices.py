@@ -131,6 +131,17 @@ def test_a_texts_ngrams_that_train_lacks_lower_its_similarity_and_only_a_copy_sc
     assert [nearest_train_similarity(train, (t,), use_cache=False)[0] for t in texts] == sim.tolist()
 
 
+
+def test_run_json_says_which_similarity_measure_cut_familiar_and_novel():
+    """slices.familiarity.measure was the same text for the earlier measure (train's n-grams only) and this one, so
+    a run record could not say which made its cuts: it is SIMILARITY_MEASURE, defined once, naming the text's own
+    n-grams and train's IDF."""
+    labels = tuple((x,) for x in "abcdef")
+    measure = assign_slices(TRAIN, VAL, labels, np.array([6, 6, 6, 4, 3, 3])).info["familiarity"]["measure"]
+    assert measure is slices_mod.SIMILARITY_MEASURE
+    assert measure != "cosine similarity of char 3-5-gram TF-IDF to the nearest train text"  # the earlier measure's
+    assert "every n-gram of the text counts" in measure and "IDF from the train texts" in measure
+
 def test_chunked_similarity_equals_brute_force_nearest_neighbour(monkeypatch):
     import random
     rng = random.Random(3)
