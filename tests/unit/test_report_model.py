@@ -166,15 +166,56 @@ def test_a_class_with_no_val_row_and_no_prediction_has_no_f1_in_show_or_the_repo
     assert t.rows[-1] is absent  # classes without val rows last
     assert [(lab, round(f1, 3)) for lab, _, f1, _ in t.frequency_vs_f1] == [
         ("intent_000", 0.5), ("intent_002", 0.667), ("intent_001", 0.8)]
-    assert [r.label for r in t.weakest] == ["intent_000", "intent_002", "intent_001"]
+    assert [r.label for r in t.weakest()] == ["intent_000", "intent_002", "intent_001"]
 
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", render_run(build_run_report(run))))
     assert "0 classes with val F1 in [0.0, 0.1)" in text and "The 3 weakest classes" in text
     assert "intent_000: recall 0.500, F1 0.500" in text and "intent_003: recall" not in text  # no recall bar
 
     assert main(["show", str(run)]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("intent_003"))
-    assert row.split() == ["intent_003", "40", "–", "–", "–", "1.000"]
+    out = capsys.readouterr().out
+    assert not any(line.startswith("intent_003") for line in out.splitlines())  # not ranked (ClassTable.ranked)
+    assert "1 class(es) without val rows (no recall, not ranked): intent_003" in out
+
+
+def test_report_table_summary_tile_and_show_rank_the_same_weakest_classes(tmp_path, capsys):
+    """One rule (ClassTable.ranked: a class with a val recall) for the weakest classes. Before, three: the report's
+    table took classes with a recall or an F1 (intent_003, predicted but without val rows: F1 0.0, no recall, listed
+    after every ranked class), the summary tile those with a recall, `show` the first N rows whatever they had
+    (intent_003 and intent_004, neither val row nor prediction, listed with dashes)."""
+    import numpy as np
+
+    from loratune.cli import main
+    from loratune.metrics import prediction_scores
+    from loratune.store import json_safe
+
+    run = write_run(tmp_path / "run", k=5, long_tail=False, n_evals=2)
+    labels = tuple(f"intent_{i:03d}" for i in range(5))
+    scores, _ = prediction_scores("val", np.array([0, 1, 1, 1, 2, 3]), np.array([0, 0, 1, 1, 2, 2]), labels)
+    points = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    for p in points:
+        p.update({k: v for k, v in json_safe(scores).items() if k.count("/") == 2})
+    (run / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points), encoding="utf-8")
+
+    t = build_run_report(run).classes
+    ranked = ["intent_000", "intent_002", "intent_001"]  # recall 0.5 (F1 0.667), 0.5 (F1 0.667), 1.0
+    assert [r.label for r in t.ranked] == ranked and [r.label for r in t.weakest()] == ranked
+    assert [r.label for r in t.unranked] == ["intent_003", "intent_004"]
+    assert next(r for r in t.rows if r.label == "intent_003").f1 == 0.0  # predicted: an F1, still no recall
+
+    html = render_run(build_run_report(run))
+    table = re.search(r'id="worst-classes".*?</table>', html, re.S).group(0)
+    assert list(dict.fromkeys(re.findall(r"intent_\d+", table))) == ranked
+    tile = re.search(r'data-key="weakest".*?<div class="d">(.*?)</div>', html, re.S).group(1)
+    assert list(dict.fromkeys(re.findall(r"intent_\d+", tile))) == ranked  # WEAKEST_TILE = 3
+
+    assert main(["show", str(run)]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("intent_")]
+    assert listed == ranked
+    assert main(["show", str(run), "--classes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines() if line.startswith("intent_")] == ranked[:2]
+    assert "2 class(es) without val rows (no recall, not ranked): intent_003, intent_004" in out
 
 
 def test_confusion_focus_holds_the_most_confused_classes_with_pairs_adjacent():

@@ -202,10 +202,13 @@ def _show_classes(con, r, n_classes: int) -> None:
         for col, j in (("class", "left"), ("train", "right"), ("val", "right"), ("recall", "right"),
                        ("F1", "right"), ("train recall", "right"), ("", "left")):
             t.add_column(col, justify=j)
-        for row in c.rows[:n_classes]:
+        for row in c.weakest(n_classes):  # the report's rule (ClassTable.ranked): classes with val rows
             t.add_row(safe(row.label), str(row.train_count or "–"), str(row.val_support or "–"), f3(row.recall),
                       f3(row.f1), f3(row.train_recall), "[magenta]tail[/]" if row.tail else "")
         con.print(t)
+        if c.unranked:
+            names = ", ".join(row.label for row in c.unranked[:8]) + (", …" if len(c.unranked) > 8 else "")
+            con.print(f"[dim]{len(c.unranked)} class(es) without val rows (no recall, not ranked): {safe(names)}[/]")
         recalls = [row.recall for row in c.rows if row.recall is not None]
         if recalls:
             con.print(f"[dim]{len(recalls)} classes · recall min {min(recalls):.3f} · mean "

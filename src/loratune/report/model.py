@@ -123,10 +123,21 @@ class ClassTable:
     missing: str | None = None  # why there is no table
 
     @property
-    def weakest(self) -> tuple[ClassRow, ...]:
-        """The WEAKEST_CLASSES worst rows (the table's order) that have a val recall or F1: a class with no val row
-        and no prediction has neither (metrics.scored_classes) and is no weak class."""
-        return tuple(r for r in self.rows if r.recall is not None or r.f1 is not None)[:WEAKEST_CLASSES]
+    def ranked(self) -> tuple[ClassRow, ...]:
+        """The classes ranked among the weakest, worst first: the one rule the report's weakest-classes table, its
+        summary tile and `show` list by (`weakest`). A class ranks when it has a val recall (val rows): the order is
+        val recall's; a class with no val row has none (nor, never predicted, an F1: metrics.scored_classes), sorts
+        after every ranked class whatever its F1, and is no weak class (the full table lists it, `unranked`)."""
+        return tuple(r for r in self.rows if r.recall is not None)
+
+    @property
+    def unranked(self) -> tuple[ClassRow, ...]:
+        """The classes `ranked` leaves out (no val row), in the table's order."""
+        return tuple(r for r in self.rows if r.recall is None)
+
+    def weakest(self, n: int | None = None) -> tuple[ClassRow, ...]:
+        """The n weakest classes (WEAKEST_CLASSES when None): the first n of `ranked`."""
+        return self.ranked[:WEAKEST_CLASSES if n is None else n]
 
     @property
     def frequency_vs_f1(self) -> tuple[tuple[str, int, float, bool], ...]:
@@ -301,6 +312,7 @@ def to_plain(obj: Any) -> Any:
 
 FOCUS_K = 25  # classes in the focused confusion matrix
 WEAKEST_CLASSES = 10  # rows of the report's weakest-classes table
+WEAKEST_TILE = 3  # classes on the report summary's weakest-classes tile
 TOP_PAIRS = 10
 
 

@@ -15,7 +15,7 @@ from loratune.report.charts import esc
 from loratune.report.html import (STATUS_TONE, badge, copy_block, duration, footer, human, legend, metric, missing,
                                   num, page, pct, section, table, tile, value_text, verdict_tone)
 from loratune.report.model import (ClassTable, ConfusionView, CurvePanel, DiagnosisView, FindingView, RunReport,
-                                   as_float, outside_matrix_note, pairs_missing_why)
+                                   WEAKEST_TILE, as_float, outside_matrix_note, pairs_missing_why)
 from loratune.report.render_study import render_study
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def classes_section(t: ClassTable, metric_name: str, saved_model: bool = False) 
 
     headers = [("class", ""), ("train rows", "num"), ("val rows", "num"), ("recall", "num"), ("precision", "num"),
                ("F1", "num"), ("train recall", "num"), ("train−val", "num")]
-    worst = t.weakest
+    worst = t.weakest()
     short = [(name, c) for name, c in zip(headers, range(len(headers))) if c in (0, 2, 3, 5)]
     tbl = table([h for h, _ in short], [[row(r)[c] for _, c in short] for r in worst],
                 row_cls=["tail" if r.tail else "" for r in worst], id_="worst-classes")
@@ -393,7 +393,7 @@ def run_summary(r: RunReport) -> str:
                           f"{comp}<br>single rows {metric(b.get('val_single/subset_accuracy'))}<br>"
                           f"micro-F1 {metric(b.get('val/micro_f1'))} · samples-F1 {metric(b.get('val/samples_f1'))}",
                           key="multi"))
-    weakest = [c for c in r.classes.rows if c.recall is not None][:3]
+    weakest = r.classes.weakest(WEAKEST_TILE)
     if weakest:
         tiles.append(tile("weakest classes", esc(metric(weakest[0].recall)),
                           "<br>".join(f"{esc(c.label)} <span class=muted>{metric(c.recall)}</span>" for c in weakest),
