@@ -11,9 +11,11 @@ code for the attention mask and the pooling. Backward never went below block k a
 is the forward pass of the embeddings and the k bottom blocks at every step.
 
 An in-memory entry is filled lazily: a row's states are computed (eval mode, no gradient) the first
-time a batch holding it is fed, inside that batch's forward, so the first trial pays for the rows it
+time a batch holding it is fed, before that batch's forward, so the first trial pays for the rows it
 uses and no separate pass over every row runs before training (a 22 s build on BANKING77 train before;
-a run shorter than an epoch never computes the rows it does not reach). Entries bound for disk are
+a run shorter than an epoch never computes the rows it does not reach). They are computed in the batches `build`
+uses (the scoring batches: each row at its own padded length), never padded to the training batch's longest row,
+so an entry's contents depend on its key alone, not on which run filled it. Entries bound for disk are
 built whole, up front (`build`), as they are read back by later processes.
 
 The states are keyed by (architecture, k, the precision they were computed in, a hash of the frozen weights, a
@@ -488,11 +490,13 @@ class Feed:
     (CacheFault) it says so, and every feed of the run leaves the forward alone from then on (the plain forward)."""
 
     def __init__(self, splice: Splice, states: PrefixStates, ids: list[list[int]] | None = None,
-                 make_batch: Callable | None = None, stats: dict | None = None, note: dict | None = None):
+                 make_batch: Callable | None = None, stats: dict | None = None, note: dict | None = None,
+                 plan: Callable | None = None):
         self.splice = splice
         self.states = states
         self.ids = ids
         self.make_batch = make_batch
+        self.plan = plan
         self.stats = stats if stats is not None else {}
         self.note = note if note is not None else {}
 
@@ -501,15 +505,23 @@ class Feed:
         return self.note.get("used", True) is not False
 
     def fill(self, rows: np.ndarray) -> None:
+        """Compute the states of `rows` in the batches `plan` cuts them into, as `build` does (a scoring layout: each
+        row at its own padded length), never in the batch that asked for them: padded to a mixed training batch's
+        longest row, a row's states moved with the rows beside it (3,774 of 8,416 float16 values of one entry
+        differed between two runs of other batch sizes), so an entry's contents depended on which run filled it."""
         t0 = time.perf_counter()
         hf = transformers_model(self.splice.model)
         was_training = hf.training
         hf.eval()  # no dropout in the frozen part, as in `build`
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = np.fromiter((len(self.ids[i]) for i in rows), dtype=np.int64, count=len(rows))
         try:
-            hidden = self.splice.capture(self.make_batch([self.ids[i] for i in rows]))
+            for part in (self.plan(lengths) if self.plan is not None else [np.arange(len(rows))]):
+                part = rows[np.asarray(part, dtype=np.int64)]
+                hidden = self.splice.capture(self.make_batch([self.ids[i] for i in part]))
+                self.states.put(part, _to_store(hidden))
         finally:
             hf.train(was_training)
-        self.states.put(rows, _to_store(hidden))
         self.stats["rows_computed"] = self.stats.get("rows_computed", 0) + len(rows)
         self.stats["compute_s"] = round(self.stats.get("compute_s", 0.0) + time.perf_counter() - t0, 3)
 
@@ -599,7 +611,7 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
         _remember(key, states)
         disk += int(states.on_disk)
         total += int(states.values.nbytes)
-        feeds.append((enc, Feed(splice, states, enc.ids, make_batch, stats, note)))
+        feeds.append((enc, Feed(splice, states, enc.ids, make_batch, stats, note, plan)))
     for enc, feed in feeds:  # only once every split has its states: a fault above leaves every split uncached
         enc.prefix = feed
     note.update({"used": True, "first_layer": k, "skipped_layers": k, "dtype": np.dtype(STORE_DTYPE).name,
