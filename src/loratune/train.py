@@ -161,7 +161,13 @@ def batch_order(lengths: np.ndarray, batch_size: int, rng: random.Random, groupe
 # only texts of one padded length share a batch (eval_batches): a few padded columns per text instead of one
 # length per text keep batches full (bf16's speed), and a multiple of 8 suits tensor cores.
 EVAL_PAD_BUCKET = 8
-SCORING_LAYOUT = f"padded_length/{EVAL_PAD_BUCKET}"  # the frozen-prefix cache's states are computed this way (its key)
+
+
+def scoring_layout(max_length: int | None) -> str:
+    """How scoring pads a row, as the frozen-prefix cache's key names it (its states are computed this way): every
+    input of padded_length but the row's own length, the bucket and the truncation length, which caps the padded width
+    (max_length 12 pads a 9-token text to 12 columns, 64 to 16, the same token ids either way)."""
+    return f"padded_length/{EVAL_PAD_BUCKET}/max_length/{max_length}"
 
 
 def padded_length(n: int, max_length: int | None = None, bucket: int = EVAL_PAD_BUCKET) -> int:
@@ -882,7 +888,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                                           lambda ids: eval_collate(ids, pad_id, device, cfg.model.max_length),
                                           lambda lengths: eval_batches(lengths, cfg.train.per_device_eval_batch_size,
                                                                        cfg.model.max_length),
-                                          autocast, layout=SCORING_LAYOUT)
+                                          autocast, layout=scoring_layout(cfg.model.max_length))
     frozen_bf16 = 0
     if autocast:  # after the cache hashed the frozen prefix's weights (the same key as a float32 model's): the
         # prefix's layers too, as the cache computes its states under autocast (prefix_cache.Splice.capture)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as _json
 import math
 import os
 
@@ -465,7 +466,7 @@ def test_states_built_under_another_padding_are_not_reused(tiny_bert, intent_dat
     first = api.train(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "a", **extra)), progress=False)
     assert first["prefix_cache"]["splits_built"] == 3
     import loratune.train as train_mod
-    monkeypatch.setattr(train_mod, "SCORING_LAYOUT", "padded_length/16")
+    monkeypatch.setattr(train_mod, "scoring_layout", lambda max_length: f"padded_length/16/max_length/{max_length}")
     other = api.train(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "b", **extra)), progress=False)
     assert other["prefix_cache"]["splits_reused"] == 0 and other["prefix_cache"]["splits_built"] == 3
 
@@ -510,3 +511,28 @@ def test_a_lazy_entry_holds_the_same_states_whichever_run_filled_it(tiny_bert, i
     for key in ("train/loss", "val/loss", "train_eval/loss"):
         assert warm["final"][key] == cold["final"][key], key
 
+
+def test_states_of_another_max_length_are_not_reused(tiny_bert, intent_data, tmp_path):
+    """max_length caps a row's padded width, so with the same token ids (nothing truncated) a run under another
+    max_length scores each row in other columns: its entries were reused (step-0 val/loss 1.48275 cold, 1.48313
+    after a max_length=12 run). The key holds everything padded_length reads now."""
+    tok = load_tokenizer(load_config(None, overrides(tiny_bert, intent_data, tmp_path / "t")).model)
+    texts = [_json.loads(line)["text"] for name in ("train", "validation")
+             for line in (intent_data / f"{name}.jsonl").read_text().splitlines()]
+    longest = max(len(tok(t)["input_ids"]) for t in texts)
+    assert longest % 8, longest  # a cap at `longest` pads the longest rows to fewer columns than the bucket does
+    extra = {"layers_to_transform": "top:1", "max_steps": 2, "eval_steps": 2}
+
+    def run(name, max_length):
+        cfg = load_config(None, overrides(tiny_bert, intent_data, tmp_path / name, max_length=max_length, **extra))
+        r = api.train(cfg, progress=False)
+        return r, _json.loads((tmp_path / name / "history.jsonl").read_text().splitlines()[0])["val/loss"]
+
+    cold, cold_loss = run("cold", 64)
+    prefix_cache.clear()
+    capped, _ = run("capped", longest)
+    assert capped["prefix_cache"]["splits_built"] == 3
+    warm, warm_loss = run("warm", 64)
+    assert warm["prefix_cache"]["splits_reused"] == 0 and warm["prefix_cache"]["splits_built"] == 3
+    assert warm_loss == cold_loss and warm["final"]["val/loss"] == cold["final"]["val/loss"]
+    assert run("again", 64)[0]["prefix_cache"]["splits_reused"] == 3
