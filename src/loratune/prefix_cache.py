@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import warnings
@@ -389,7 +391,7 @@ def build(splice: Splice, ids: list[list[int]], make_batch: Callable, plan: Call
                 shape = (int(offsets[-1]), hidden.shape[-1])
                 if path is not None:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+                    tmp = _temporary(path)
                     values = np.lib.format.open_memmap(tmp, mode="w+", dtype=STORE_DTYPE, shape=shape)
                     reserve(tmp)
                 else:
@@ -426,7 +428,7 @@ def _writable(folder: Path) -> bool:
 def _save_offsets(key: str, offsets: np.ndarray) -> None:
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{key}.offsets.npy.tmp-{os.getpid()}.npy"
+    tmp = _temporary(folder / f"{key}.offsets.npy", ".npy")  # np.save adds .npy to a name without it
     try:
         np.save(tmp, offsets)
         os.replace(tmp, folder / f"{key}.offsets.npy")
@@ -436,12 +438,38 @@ def _save_offsets(key: str, offsets: np.ndarray) -> None:
         raise
 
 
-# the temporary files of `build` and `_save_offsets`: <entry file>.tmp-<pid of the writer>[.npy]
-_TEMPORARY = re.compile(r"\.tmp-(\d+)(\.npy)?$")
+# A temporary file's writer is named by its pid and by where that pid means something: a process in another PID
+# namespace or on another host sharing the folder (a Docker mount, an NFS home) sees no process by that pid, and its
+# cleanup deleted a live build's file (whose os.replace then failed). Only this namespace's files are judged by their
+# pid; another's are removed past FOREIGN_TEMPORARY_AGE_S since last written: a live build writes its file through a
+# memory map, whose mtime need not move before it is flushed, and the largest builds take up to an hour, so a day leaves
+# every live writer alone and gives back a dead one's space within a day.
+FOREIGN_TEMPORARY_AGE_S = 24 * 3600
+# <entry file>.tmp-<writer's namespace tag>-<pid>[.npy]; files of loratune before the tag (.tmp-<pid>) count as foreign
+_TEMPORARY = re.compile(r"\.tmp-(?:([0-9a-f]{12})-)?(\d+)(\.npy)?$")
+
+
+@functools.lru_cache(maxsize=None)
+def _namespace_tag() -> str:
+    """Where this process's pid names it: the host, its boot, its PID namespace (12 hex digits of their hash)."""
+    parts = [socket.gethostname()]
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                 lambda: os.readlink("/proc/self/ns/pid")):
+        try:
+            parts.append(read())
+        except OSError:  # not Linux: the host name alone
+            parts.append("")
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=6).hexdigest()
+
+
+def _temporary(path: Path, suffix: str = "") -> Path:
+    """The temporary file `path` is written to before its rename (_TEMPORARY)."""
+    return path.with_name(f"{path.name}.tmp-{_namespace_tag()}-{os.getpid()}{suffix}")
 
 
 def _alive(pid: int) -> bool:
-    """Whether process `pid` exists (on POSIX; elsewhere assumed: signal 0 is no probe there, it ends the process)."""
+    """Whether process `pid` of this PID namespace exists (on POSIX; elsewhere assumed: signal 0 is no probe there, it
+    ends the process)."""
     if os.name != "posix" or pid == os.getpid():
         return True
     try:
@@ -453,19 +481,42 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _stale(p: Path, tag: str | None, pid: int) -> bool:
+    if tag == _namespace_tag():
+        return not _alive(pid)
+    try:  # another namespace's, host's, or an older loratune's: its pid means nothing here, only its age does
+        return time.time() - p.stat().st_mtime > FOREIGN_TEMPORARY_AGE_S
+    except OSError:
+        return False
+
+
 def remove_stale_temporaries(folder: Path) -> list[str]:
-    """Delete the temporary files whose writer is gone (killed mid-build: kill -9, a bus error, power loss): each a
-    full-size values file nobody finishes or removes. A live writer's file is a build under way and stays.
-    Returns the names removed."""
+    """Delete the temporary files whose writer is surely gone (killed mid-build: kill -9, a bus error, power loss): each
+    a full-size values file nobody finishes or removes. A live writer's file is a build under way and stays; one
+    written from another PID namespace or host stays until FOREIGN_TEMPORARY_AGE_S old. Returns the names removed."""
     removed = []
     with contextlib.suppress(OSError):  # no folder yet, or not readable: nothing to clean
         for p in folder.iterdir():
             m = _TEMPORARY.search(p.name)
-            if m and not _alive(int(m.group(1))):
+            if m and _stale(p, m.group(1), int(m.group(2))):
                 with contextlib.suppress(OSError):
                     p.unlink()
                     removed.append(p.name)
     return removed
+
+
+# why an entry could not be written, by errno: a full disk or quota is said as such; any other failure (the folder
+# changed under the run, a temporary file removed by another process) with its own cause, never as "no space"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _write_failure(size: int, exc: OSError) -> str:
+    where = f"the {size / 2**20:.3g} MB entry could not be written under {cache_dir()}"
+    if exc.errno in _NO_SPACE:
+        return f"{where} ({exc.strerror or exc}); free space there or set LORATUNE_CACHE_DIR to a disk with room"
+    about = f": {exc.filename}" if exc.filename else ""
+    return (f"{where} ({exc.strerror or exc}{about}); if another process shares that folder, set LORATUNE_CACHE_DIR "
+            f"to one of this run's own")
 
 
 def _uncached(note: dict, reason: str) -> dict:
@@ -600,10 +651,8 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
                                    path=cache_dir() / f"{key}.values.npy" if big else None)
                 except CacheFault as fault:
                     return _uncached(note, str(fault))
-                except OSError as exc:  # a full disk (ENOSPC, EDQUOT): the run goes on without the cache
-                    return _uncached(note, f"the {size / 2**20:.3g} MB entry could not be written under "
-                                           f"{cache_dir()} ({exc.strerror or exc}); free space there or set "
-                                           f"LORATUNE_CACHE_DIR to a disk with room")
+                except OSError as exc:  # a full disk (ENOSPC, EDQUOT), or another failure: the run goes on without
+                    return _uncached(note, _write_failure(size, exc))
             else:  # lazy: each row is computed by the forward that first needs it (Feed.fill)
                 states = PrefixStates(np.empty((int(offsets[-1]), hidden), dtype=STORE_DTYPE), offsets,
                                       ready=np.zeros(len(enc.ids), dtype=bool))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json as _json
 import math
 import os
+import time
 
 import numpy as np
 import pytest
@@ -342,17 +343,26 @@ def test_temporary_files_of_dead_writers_are_removed_and_a_live_writers_kept(tin
     try:
         folder = tmp_path / "cache" / "prefix"
         folder.mkdir(parents=True)
-        names = {"stale_values": f"{'a' * 32}.values.npy.tmp-{dead.pid}",
-                 "stale_offsets": f"{'a' * 32}.offsets.npy.tmp-{dead.pid}.npy",
-                 "live": f"{'b' * 32}.values.npy.tmp-{live.pid}",
-                 "mine": f"{'c' * 32}.values.npy.tmp-{os.getpid()}",
-                 "entry": f"{'d' * 32}.values.npy"}
+        here, foreign = prefix_cache._namespace_tag(), "f" * 12
+        old = time.time() - prefix_cache.FOREIGN_TEMPORARY_AGE_S - 60
+        names = {"stale_values": f"{'a' * 32}.values.npy.tmp-{here}-{dead.pid}",
+                 "stale_offsets": f"{'a' * 32}.offsets.npy.tmp-{here}-{dead.pid}.npy",
+                 "live": f"{'b' * 32}.values.npy.tmp-{here}-{live.pid}",
+                 "mine": f"{'c' * 32}.values.npy.tmp-{here}-{os.getpid()}",
+                 "entry": f"{'d' * 32}.values.npy",
+                 # another PID namespace's or host's writer: its pid means nothing here, so only its age counts
+                 "foreign": f"{'e' * 32}.values.npy.tmp-{foreign}-{dead.pid}",
+                 "foreign_old": f"{'e' * 32}.offsets.npy.tmp-{foreign}-{dead.pid}.npy",
+                 "untagged": f"{'f' * 32}.values.npy.tmp-{dead.pid}",  # an older loratune's name: whose, unknown
+                 "untagged_old": f"{'0' * 32}.values.npy.tmp-{dead.pid}"}
         for name in names.values():
             (folder / name).write_bytes(b"x" * 64)
+        for name in ("foreign_old", "untagged_old"):
+            os.utime(folder / names[name], (old, old))
         _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
         assert _attach(model, tok, encs)["used"]
         left = {p.name for p in folder.iterdir()}
-        assert left == {names["live"], names["mine"], names["entry"]}
+        assert left == {names[n] for n in ("live", "mine", "entry", "foreign", "untagged")}
     finally:
         live.kill()
         live.wait()
@@ -536,3 +546,62 @@ def test_states_of_another_max_length_are_not_reused(tiny_bert, intent_data, tmp
     assert warm["prefix_cache"]["splits_reused"] == 0 and warm["prefix_cache"]["splits_built"] == 3
     assert warm_loss == cold_loss and warm["final"]["val/loss"] == cold["final"]["val/loss"]
     assert run("again", 64)[0]["prefix_cache"]["splits_reused"] == 3
+
+
+def _cleaned_mid_build(monkeypatch, cleanup) -> list:
+    """Run `cleanup()` once while a disk entry's temporary file is being written (its second batch)."""
+    calls, seen = [], []
+
+    def capture(self, batch, _orig=prefix_cache.Splice.capture):
+        calls.append(1)
+        if len(calls) == 2:
+            seen.append(cleanup())
+        return _orig(self, batch)
+
+    monkeypatch.setattr(prefix_cache.Splice, "capture", capture)
+    return seen
+
+
+def test_a_cleanup_from_another_pid_namespace_leaves_a_live_build_alone(tiny_bert, intent_data, tmp_path, monkeypatch):
+    """A process in another PID namespace sharing the cache folder (a container with it mounted, an NFS home) probed
+    the writer's pid in its own namespace, found no such process and deleted the live build's file: the build's rename
+    then failed and the run went uncached, saying its disk was full."""
+    monkeypatch.setattr(prefix_cache, "DISK_ENTRY_MB", 0.0)
+    folder = tmp_path / "cache" / "prefix"
+
+    def from_another_namespace():
+        def no_such_process(pid, sig):
+            raise ProcessLookupError(pid)
+
+        with monkeypatch.context() as m:  # that process's view: another pid, another namespace, our pid unknown
+            m.setattr(os, "getpid", lambda: 1)
+            m.setattr(os, "kill", no_such_process)
+            m.setattr(prefix_cache, "_namespace_tag", lambda: "0" * 12, raising=False)
+            assert [p for p in folder.iterdir() if ".tmp-" in p.name]  # the build's file is there
+            return prefix_cache.remove_stale_temporaries(folder)
+
+    seen = _cleaned_mid_build(monkeypatch, from_another_namespace)
+    _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
+    note = _attach(model, tok, encs)
+    assert seen == [[]]
+    assert note["used"] and note["splits_on_disk"] == 2, note
+    assert _temporaries(tmp_path) == [] and len(list(folder.glob("*.values.npy"))) == 2
+
+
+def test_an_entry_that_fails_to_be_written_for_another_cause_says_that_cause(tiny_bert, intent_data, tmp_path,
+                                                                            monkeypatch):
+    """A failed rename (the temporary file deleted under the build) was reported as a full disk."""
+    monkeypatch.setattr(prefix_cache, "DISK_ENTRY_MB", 0.0)
+    folder = tmp_path / "cache" / "prefix"
+
+    def delete():
+        for p in folder.iterdir():
+            if ".tmp-" in p.name:
+                p.unlink()
+
+    _cleaned_mid_build(monkeypatch, delete)
+    _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
+    note = _attach(model, tok, encs)
+    assert note["used"] is False
+    assert "No such file or directory" in note["reason"] and ".tmp-" in note["reason"], note
+    assert "free space" not in note["reason"] and "LORATUNE_CACHE_DIR" in note["reason"]
