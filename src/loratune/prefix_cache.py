@@ -7,7 +7,9 @@ computed once, with the model in eval mode (no dropout) under inference mode and
 (under bf16 autocast when the run trains under it, `attach(autocast=)`, however the caller got there), rounded to
 float16 and kept; every later forward pass (training steps and evaluation alike) feeds them to the model in place
 of its embedding module and runs only blocks k..L-1, the pooler and the head, with the model's own
-code for the attention mask and the pooling. Backward never went below block k anyway, so the saving
+code for the attention mask and the pooling. The training split's states are rounded to float16 (STORE_DTYPE); the
+scored splits' (validation, the train subsample) are kept in float32 (SCORING_STORE_DTYPE), so a run's recorded scores
+are those `loratune evaluate` gives on its saved adapter. Backward never went below block k anyway, so the saving
 is the forward pass of the embeddings and the k bottom blocks at every step.
 
 An in-memory entry is filled lazily: a row's states are computed (eval mode, no gradient) the first
@@ -26,8 +28,8 @@ first); one larger than `DISK_ENTRY_MB` is written under `$LORATUNE_CACHE_DIR/pr
 processes too).
 
 What it changes against the normal path: no dropout inside the frozen part (embeddings and blocks
-0..k-1) during training, and the states entering block k carry float16 rounding (relative error
-about 5e-4). Dropout in the trained blocks, in LoRA and in the head is untouched.
+0..k-1) during training, and the training states entering block k carry float16 rounding (relative error
+about 5e-4); scoring is the plain forward's. Dropout in the trained blocks, in LoRA and in the head is untouched.
 
 A fault in the cache (no disk space for an entry, states float16 cannot hold) never fails the run: it goes on
 with the plain forward, and says so once on stderr and in run.json's prefix_cache (`used: false`, `reason`). A disk
@@ -93,7 +95,13 @@ def _memory_budget_mb(default: float = 1024.0) -> float:
 
 MEMORY_BUDGET_MB = _memory_budget_mb()  # all in-memory entries
 DISK_ENTRY_MB = 256.0  # an entry larger than this goes to disk (memory-mapped)
-STORE_DTYPE = np.float16
+STORE_DTYPE = np.float16  # the training split's states: half the memory, rounding the run's training may carry
+# The scoring splits' states (validation, the train subsample: `attach(scoring=)`): the scores a run records must be the
+# ones `loratune evaluate` gives on its saved adapter, which runs the plain forward. Through float16 states they were
+# not (the demo's tiny BERT: val/loss 1.40577 recorded, 1.40700 evaluated); in float32 they are, bit for bit, for 7 MB
+# more on MiniLM's demo validation split (9,644 tokens x 384: 7.1 MB in float16, 14.1 in float32) and 6 MB more on
+# its 512-row train subsample.
+SCORING_STORE_DTYPE = np.float32
 
 
 # rows of a disk entry checked for finite values at a time when it is loaded (bounded memory: 64k rows of 384 float16)
@@ -105,15 +113,15 @@ class CacheFault(Exception):
     without it (`attach`, `Feed`), as the cache is an optimisation only."""
 
 
-def _to_store(hidden: torch.Tensor) -> np.ndarray:
-    """A batch of states as stored (STORE_DTYPE, on the host), converted by torch in one pass (no float32 copy).
+def _to_store(hidden: torch.Tensor, dtype=STORE_DTYPE) -> np.ndarray:
+    """A batch of states as stored (`dtype`, on the host), converted by torch in one pass (no float32 copy).
     CacheFault when a stored value is not finite: a residual stream beyond float16's range (65504) turns into inf
     there, and every later forward into a non-finite loss that the plain forward would not have."""
-    stored = hidden.to(device="cpu", dtype=torch.from_numpy(np.empty(0, dtype=STORE_DTYPE)).dtype).numpy()
+    stored = hidden.to(device="cpu", dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype).numpy()
     if not np.isfinite(stored).all():
         top = float(hidden.detach().float().abs().nan_to_num(nan=math.inf).max())
         raise CacheFault(f"the states entering the first trained block reach |x| = {top:.3g}, not finite in "
-                         f"{np.dtype(STORE_DTYPE).name} (which holds up to {float(np.finfo(STORE_DTYPE).max):g})")
+                         f"{np.dtype(dtype).name} (which holds up to {float(np.finfo(dtype).max):g})")
     return stored
 
 
@@ -188,9 +196,9 @@ def _finite(values: np.ndarray) -> bool:
     return all(np.isfinite(values[i:i + FINITE_CHECK_ROWS]).all() for i in range(0, len(values), FINITE_CHECK_ROWS))
 
 
-def _load_disk(key: str, offsets: np.ndarray, hidden: int) -> PrefixStates | None:
+def _load_disk(key: str, offsets: np.ndarray, hidden: int, dtype=STORE_DTYPE) -> PrefixStates | None:
     """The entry `key` from disk when it holds what this split needs: the rows' `offsets` (from the token ids) and
-    `hidden` values per token (0: not known) of STORE_DTYPE, all finite; None (recompute) otherwise."""
+    `hidden` values per token (0: not known) of `dtype`, all finite; None (recompute) otherwise."""
     folder = cache_dir()
     values_path, offsets_path = folder / f"{key}.values.npy", folder / f"{key}.offsets.npy"
     if not values_path.is_file() or not offsets_path.is_file():
@@ -199,7 +207,7 @@ def _load_disk(key: str, offsets: np.ndarray, hidden: int) -> PrefixStates | Non
         vals, offs = np.load(values_path, mmap_mode="r"), np.load(offsets_path)
         # a damaged file (another entry's values, a wrong width or dtype, NaN or inf written over it) is rejected,
         # as a forward on it fails with a shape error or diverges, blamed on training
-        if (not np.array_equal(offs, offsets) or vals.dtype != np.dtype(STORE_DTYPE)
+        if (not np.array_equal(offs, offsets) or vals.dtype != np.dtype(dtype)
                 or vals.ndim != 2 or vals.shape[0] != int(offsets[-1]) or (hidden and vals.shape[1] != hidden)
                 or not _finite(vals)):
             return None
@@ -371,7 +379,7 @@ def reserve(path: Path) -> None:
 
 
 def build(splice: Splice, ids: list[list[int]], make_batch: Callable, plan: Callable,
-          path: Path | None = None) -> PrefixStates:
+          path: Path | None = None, dtype=STORE_DTYPE) -> PrefixStates:
     """Run the frozen prefix over every row (the batches `plan(lengths)` gives, eval mode) into one
     flat array; written straight into a memory-mapped file at `path` when given (bounded memory).
     CacheFault (states the store's dtype cannot hold) or OSError (no space on the disk) leave no file behind."""
@@ -386,16 +394,16 @@ def build(splice: Splice, ids: list[list[int]], make_batch: Callable, plan: Call
     try:
         for rows in plan(lengths):
             hidden = splice.capture(make_batch([ids[i] for i in rows]))  # [b, longest, hidden]
-            hidden = _to_store(hidden)
+            hidden = _to_store(hidden, dtype)
             if values is None:
                 shape = (int(offsets[-1]), hidden.shape[-1])
                 if path is not None:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     tmp = _temporary(path)
-                    values = np.lib.format.open_memmap(tmp, mode="w+", dtype=STORE_DTYPE, shape=shape)
+                    values = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
                     reserve(tmp)
                 else:
-                    values = np.empty(shape, dtype=STORE_DTYPE)
+                    values = np.empty(shape, dtype=dtype)
             for j, row in enumerate(rows):
                 values[offsets[row]:offsets[row + 1]] = hidden[j, : lengths[row]]
     except BaseException:  # Ctrl-C or an error mid-build: the full-size temporary file must not stay behind
@@ -407,7 +415,7 @@ def build(splice: Splice, ids: list[list[int]], make_batch: Callable, plan: Call
     finally:
         hf.train(was_training)
     if values is None:  # an empty split
-        values = np.zeros((0, 1), dtype=STORE_DTYPE)
+        values = np.zeros((0, 1), dtype=dtype)
     if tmp is not None:
         values.flush()
         del values
@@ -570,7 +578,7 @@ class Feed:
             for part in (self.plan(lengths) if self.plan is not None else [np.arange(len(rows))]):
                 part = rows[np.asarray(part, dtype=np.int64)]
                 hidden = self.splice.capture(self.make_batch([self.ids[i] for i in part]))
-                self.states.put(part, _to_store(hidden))
+                self.states.put(part, _to_store(hidden, self.states.values.dtype))
         finally:
             hf.train(was_training)
         self.stats["rows_computed"] = self.stats.get("rows_computed", 0) + len(rows)
@@ -596,13 +604,14 @@ class Feed:
 
 
 def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: Callable, plan: Callable,
-           autocast: bool = False, layout: str = "") -> dict:
+           autocast: bool = False, layout: str = "", scoring: list = ()) -> dict:
     """Give each encoded split (objects with `.ids` and a `.prefix` slot) a `Feed` when the prefix
     cache applies; returns the note for run.json (`used`, and why not or what was cached).
     make_batch(id lists) -> model inputs; plan(lengths) -> batches of row indices for the build;
     autocast: the run trains under bf16 autocast, and the states are computed under it too;
     layout: how make_batch pads a row (a row's states move with its padded width at bf16 rounding), part of the
-    key, so entries built under another padding are not reused."""
+    key, so entries built under another padding are not reused;
+    scoring: those of `splits` whose scores the run records (their states kept in SCORING_STORE_DTYPE, exact)."""
     if mode == "off":
         return {"used": False, "reason": "train.prefix_cache is off"}
     if method != "lora":
@@ -631,15 +640,16 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
     feeds = []
     remove_stale_temporaries(cache_dir())  # builds killed mid-way (kill -9, a bus error) hold disk space
     for enc in splits:
-        key = hashlib.blake2b(f"{model_type}|{k}|{computed_in}|{np.dtype(STORE_DTYPE).name}|{weights}|"
+        dtype = np.dtype(SCORING_STORE_DTYPE if any(enc is s for s in scoring) else STORE_DTYPE)
+        key = hashlib.blake2b(f"{model_type}|{k}|{computed_in}|{dtype.name}|{weights}|"
                               f"{_ids_hash(enc.ids)}|{layout}".encode(), digest_size=16).hexdigest()
         offsets = np.zeros(len(enc.ids) + 1, dtype=np.int64)
         np.cumsum([len(x) for x in enc.ids], out=offsets[1:])
-        states = _MEMORY.get(key) or _load_disk(key, offsets, hidden)
+        states = _MEMORY.get(key) or _load_disk(key, offsets, hidden, dtype)
         if states is not None:
             hits += 1
         else:
-            size = int(offsets[-1]) * hidden * np.dtype(STORE_DTYPE).itemsize
+            size = int(offsets[-1]) * hidden * dtype.itemsize
             big = size > DISK_ENTRY_MB * 2**20
             if big and not _writable(cache_dir()):  # an optimisation only: a read-only cache folder is no error
                 big = False
@@ -648,13 +658,13 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
                     if big:
                         _save_offsets(key, offsets)
                     states = build(splice, enc.ids, make_batch, plan,
-                                   path=cache_dir() / f"{key}.values.npy" if big else None)
+                                   path=cache_dir() / f"{key}.values.npy" if big else None, dtype=dtype)
                 except CacheFault as fault:
                     return _uncached(note, str(fault))
                 except OSError as exc:  # a full disk (ENOSPC, EDQUOT), or another failure: the run goes on without
                     return _uncached(note, _write_failure(size, exc))
             else:  # lazy: each row is computed by the forward that first needs it (Feed.fill)
-                states = PrefixStates(np.empty((int(offsets[-1]), hidden), dtype=STORE_DTYPE), offsets,
+                states = PrefixStates(np.empty((int(offsets[-1]), hidden), dtype=dtype), offsets,
                                       ready=np.zeros(len(enc.ids), dtype=bool))
             built += 1
         _remember(key, states)
@@ -664,9 +674,11 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
     for enc, feed in feeds:  # only once every split has its states: a fault above leaves every split uncached
         enc.prefix = feed
     note.update({"used": True, "first_layer": k, "skipped_layers": k, "dtype": np.dtype(STORE_DTYPE).name,
-                 "computed_in": computed_in,
+                 "scoring_dtype": np.dtype(SCORING_STORE_DTYPE).name, "computed_in": computed_in,
                  "splits_reused": hits, "splits_built": built, "splits_on_disk": disk,
                  "mb": round(total / 2**20, 1), "setup_s": round(time.perf_counter() - t0, 3), "lazy": stats,
-                 "note": "no dropout inside the frozen embeddings and blocks below first_layer; rows not cached "
-                         "yet are computed by the forward that first needs them (lazy: rows_computed, compute_s)"})
+                 "note": "no dropout inside the frozen embeddings and blocks below first_layer; the training split's "
+                         "states are held in dtype, the scored splits' (validation, train_eval) in scoring_dtype, "
+                         "so the recorded scores are those loratune evaluate gives; rows not cached yet are computed "
+                         "by the forward that first needs them (lazy: rows_computed, compute_s)"})
     return note

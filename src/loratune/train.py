@@ -888,7 +888,8 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                                           lambda ids: eval_collate(ids, pad_id, device, cfg.model.max_length),
                                           lambda lengths: eval_batches(lengths, cfg.train.per_device_eval_batch_size,
                                                                        cfg.model.max_length),
-                                          autocast, layout=scoring_layout(cfg.model.max_length))
+                                          autocast, layout=scoring_layout(cfg.model.max_length),
+                                          scoring=[train_eval_enc, val_enc])  # recorded scores: exact states
     frozen_bf16 = 0
     if autocast:  # after the cache hashed the frozen prefix's weights (the same key as a float32 model's): the
         # prefix's layers too, as the cache computes its states under autocast (prefix_cache.Splice.capture)

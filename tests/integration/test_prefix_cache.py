@@ -605,3 +605,19 @@ def test_an_entry_that_fails_to_be_written_for_another_cause_says_that_cause(tin
     assert note["used"] is False
     assert "No such file or directory" in note["reason"] and ".tmp-" in note["reason"], note
     assert "free space" not in note["reason"] and "LORATUNE_CACHE_DIR" in note["reason"]
+
+
+def test_recorded_scores_are_those_evaluate_gives_on_the_saved_adapter(tiny_bert, intent_data, tmp_path):
+    """The scored splits were fed float16-rounded states, so run.json's val/loss (1.40577) was not what `loratune
+    evaluate --split validation` gave on the saved adapter (1.40700; prefix_cache=off: equal). Their states are
+    float32 now: equal with the cache on, while the training split's stay float16."""
+    out = tmp_path / "run"
+    cfg = load_config(None, overrides(tiny_bert, intent_data, out, layers_to_transform="top:1", max_steps=6,
+                                      eval_steps=3))
+    run = api.train(cfg, progress=False)
+    note = run["prefix_cache"]
+    assert note["used"] and note["dtype"] == "float16" and note["scoring_dtype"] == "float32"
+    assert sorted(s.values.dtype.name for s in prefix_cache._MEMORY.values()) == ["float16", "float32", "float32"]
+    evaluated = api.evaluate(str(out), split="validation")
+    assert evaluated["val/loss"] == run["best"]["val/loss"]
+    assert evaluated["val/macro_f1"] == run["best"]["val/macro_f1"]
