@@ -23,6 +23,14 @@ import yaml
 from loratune.errors import ConfigError, UserError, require_file
 from loratune.objectives import CLASSIFIER_METRICS, METRIC_CHOICES, lm_metrics
 
+
+def cache_root() -> Path:
+    """Where loratune caches what it computes (embeddings, slices, frozen-prefix states): $LORATUNE_CACHE_DIR, or
+    ~/.cache/loratune when it is unset or empty (an empty value put the prefix cache under ./prefix, while the
+    embeddings took the default)."""
+    return Path(os.environ.get("LORATUNE_CACHE_DIR") or Path.home() / ".cache" / "loratune")
+
+
 EMBEDDED_MODEL = "embedded:minilm"
 EMBEDDED_DATA = "embedded:banking77-demo"
 EMBEDDED_SFT_DATA = "embedded:instructions-demo"  # demo_data/instructions: the default of task causal-lm

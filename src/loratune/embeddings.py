@@ -14,15 +14,14 @@ from typing import Sequence
 
 import numpy as np
 
-from loratune.config import ModelConfig
+from loratune.config import ModelConfig, cache_root
 from loratune.tokens import load_tokenizer_quiet
 
 CACHE_VERSION = "1"
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("LORATUNE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "loratune")
-    return Path(base) / "embeddings"
+    return cache_root() / "embeddings"
 
 
 def _model_fingerprint(cfg: ModelConfig) -> str:

@@ -23,7 +23,8 @@ built whole, up front (`build`), as they are read back by later processes.
 The states are keyed by (architecture, k, the precision they were computed in, a hash of the frozen weights, a
 hash of the token ids, the padding they were computed under), so the same base model, data, tokenizer, max_length and precision hit the same entry:
 the trials of a sweep in one process share it. Entries live in memory up to `MEMORY_BUDGET_MB` in all (least recently used go
-first); one larger than `DISK_ENTRY_MB` is written under `$LORATUNE_CACHE_DIR/prefix` (default
+first; a run's own entries never pass it: one that would goes to disk, or when the folder cannot take it the run goes
+uncached); one larger than `DISK_ENTRY_MB` is written under `$LORATUNE_CACHE_DIR/prefix` (default
 `~/.cache/loratune/prefix`) while it is computed, and read back memory-mapped (found there by later
 processes too).
 
@@ -63,6 +64,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from loratune.config import cache_root
 from loratune.heads import transformers_model
 
 # model_type -> (embedding module, block list), dotted paths inside the backbone (`model.base_model`
@@ -126,7 +128,7 @@ def _to_store(hidden: torch.Tensor, dtype=STORE_DTYPE) -> np.ndarray:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LORATUNE_CACHE_DIR", Path.home() / ".cache" / "loratune")) / "prefix"
+    return cache_root() / "prefix"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,10 +186,12 @@ def clear() -> None:
 
 
 def _remember(key: str, states: PrefixStates) -> None:
+    """Keep `states` for later runs of this process, the least recently used entries dropped past MEMORY_BUDGET_MB
+    (`attach` never gives a run more in-memory states than that, so the entries it holds stay)."""
     _MEMORY[key] = states
     _MEMORY.move_to_end(key)
     budget = MEMORY_BUDGET_MB * 2**20
-    while len(_MEMORY) > 1 and sum(s.nbytes for s in _MEMORY.values()) > budget:
+    while _MEMORY and sum(s.nbytes for s in _MEMORY.values()) > budget:
         _MEMORY.popitem(last=False)
 
 
@@ -634,6 +638,7 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
     # config is part of the key, or a model differing only in hidden_act reused another's states
     weights = _weights_hash(splice.prefix_modules()) + _config_hash(transformers_model(model).config)
     hits, built, disk, total = 0, 0, 0, 0
+    held, budget = 0, MEMORY_BUDGET_MB * 2**20  # this run's in-memory states: never past the budget
     stats = {"rows_computed": 0, "compute_s": 0.0}  # lazy rows computed by this run, and their cost
     hidden = getattr(transformers_model(model).config, "hidden_size", 0) or 0
     note: dict = {}  # the run's record of the cache, shared with its feeds (a fault met later is said there)
@@ -650,8 +655,14 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
             hits += 1
         else:
             size = int(offsets[-1]) * hidden * dtype.itemsize
-            big = size > DISK_ENTRY_MB * 2**20
+            over = held + size > budget  # past LORATUNE_PREFIX_CACHE_MB in memory: to disk, or not cached
+            big = size > DISK_ENTRY_MB * 2**20 or over
             if big and not _writable(cache_dir()):  # an optimisation only: a read-only cache folder is no error
+                if over:
+                    return _uncached(note, f"the {size / 2**20:.3g} MB entry would take this run's in-memory states "
+                                           f"past LORATUNE_PREFIX_CACHE_MB={MEMORY_BUDGET_MB:g} and {cache_dir()} "
+                                           f"cannot take it; raise the budget or set LORATUNE_CACHE_DIR to a "
+                                           f"writable folder")
                 big = False
             if big or not hidden:  # disk entries are built whole, up front, for later processes
                 try:
@@ -668,6 +679,7 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
                                       ready=np.zeros(len(enc.ids), dtype=bool))
             built += 1
         _remember(key, states)
+        held += states.nbytes
         disk += int(states.on_disk)
         total += int(states.values.nbytes)
         feeds.append((enc, Feed(splice, states, enc.ids, make_batch, stats, note, plan)))

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from loratune.metrics import Decoding, decode, macro_f1
 
+from loratune.config import cache_root
 from loratune.errors import UserError
 
 # a conjunction between two clauses (each clause must keep at least two words)
@@ -51,7 +52,7 @@ SIMILARITY_MEASURE = ("cosine similarity of char 3-5-gram TF-IDF to the nearest 
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LORATUNE_CACHE_DIR", Path.home() / ".cache" / "loratune"))
+    return cache_root()
 
 
 def _digest(*parts: tuple[str, ...]) -> str:

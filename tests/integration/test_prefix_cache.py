@@ -201,6 +201,9 @@ def test_memory_is_bounded(monkeypatch):
     for key in "abcd":
         prefix_cache._remember(key, entry())
     assert list(prefix_cache._MEMORY) == ["c", "d"]
+    monkeypatch.setattr(prefix_cache, "MEMORY_BUDGET_MB", 0.1)  # an entry larger than the budget is not kept either
+    prefix_cache._remember("e", entry())
+    assert list(prefix_cache._MEMORY) == []
 
 
 def test_padded_gathers_rows_and_zero_pads():
@@ -621,3 +624,48 @@ def test_recorded_scores_are_those_evaluate_gives_on_the_saved_adapter(tiny_bert
     evaluated = api.evaluate(str(out), split="validation")
     assert evaluated["val/loss"] == run["best"]["val/loss"]
     assert evaluated["val/macro_f1"] == run["best"]["val/macro_f1"]
+
+
+def test_a_run_holds_no_more_states_in_memory_than_the_budget(tiny_bert, intent_data, tmp_path, monkeypatch):
+    """LORATUNE_PREFIX_CACHE_MB=0.001 (1 kB) left a run holding 34 kB of states in memory: a run kept every split
+    there whatever the budget. Entries that would pass it go to disk now; where the folder cannot take them, the run
+    goes uncached and says why."""
+    monkeypatch.setattr(prefix_cache, "MEMORY_BUDGET_MB", 0.001)
+    _, model, tok, encs = _model_and_data(tiny_bert, intent_data, tmp_path, layers_to_transform="top:1")
+    note = _attach(model, tok, encs)
+    assert note["used"] and note["splits_on_disk"] == 2, note
+    assert sum(e.prefix.states.nbytes for e in encs) == 0 and sum(s.nbytes for s in prefix_cache._MEMORY.values()) == 0
+    assert len(list((tmp_path / "cache" / "prefix").glob("*.values.npy"))) == 2
+    # a budget that holds the first split only: the second goes to disk
+    first = sum(len(x) for x in encs[0].ids) * 32 * 2
+    monkeypatch.setattr(prefix_cache, "MEMORY_BUDGET_MB", (first + 1) / 2**20)
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache2"))
+    prefix_cache.clear()
+    note = _attach(model, tok, encs)
+    assert note["splits_on_disk"] == 1 and encs[0].prefix.states.nbytes == first and encs[1].prefix.states.on_disk
+    # no folder to take them: uncached, the reason recorded
+    monkeypatch.setattr(prefix_cache, "MEMORY_BUDGET_MB", 0.001)
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "file"))
+    prefix_cache.clear()
+    for e in encs:
+        e.prefix = None
+    note = _attach(model, tok, encs)
+    assert note["used"] is False and "LORATUNE_PREFIX_CACHE_MB=0.001" in note["reason"], note
+    assert all(e.prefix is None for e in encs) and not prefix_cache._MEMORY
+
+
+def test_an_empty_cache_dir_variable_is_the_default_everywhere(monkeypatch, tmp_path):
+    """LORATUNE_CACHE_DIR= (empty) put the prefix cache's entries under ./prefix, while the embeddings took the
+    default: one rule (config.cache_root)."""
+    from pathlib import Path
+
+    from loratune import embeddings, slices
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", "")
+    root = Path.home() / ".cache" / "loratune"
+    assert prefix_cache.cache_dir() == root / "prefix"
+    assert embeddings.default_cache_dir() == root / "embeddings" and slices.cache_dir() == root
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "c"))
+    assert prefix_cache.cache_dir() == tmp_path / "c" / "prefix" and slices.cache_dir() == tmp_path / "c"
