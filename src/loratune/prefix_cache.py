@@ -4,9 +4,9 @@ When no trainable parameter lives in the embeddings or in blocks 0..k-1 (the ada
 blocks only: `layers_to_transform: top:K`, or every target written `group@top:K`, with bias=none), the
 hidden states entering block k depend on nothing but the frozen weights and the token ids. They are
 computed once, with the model in eval mode (no dropout) under inference mode and in the run's precision
-(under bf16 autocast when the run trains under it, `attach(autocast=)`, however the caller got there), rounded to
-float16 and kept; every later forward pass (training steps and evaluation alike) feeds them to the model in place
-of its embedding module and runs only blocks k..L-1, the pooler and the head, with the model's own
+(under bf16 autocast when the run trains under it, `attach(autocast=)`, however the caller got there), and kept
+(in float16 or float32, below); every later forward pass (training steps and evaluation alike) feeds them to the
+model in place of its embedding module and runs only blocks k..L-1, the pooler and the head, with the model's own
 code for the attention mask and the pooling. The training split's states are rounded to float16 (STORE_DTYPE); the
 scored splits' (validation, the train subsample) are kept in float32 (SCORING_STORE_DTYPE), so a run's recorded scores
 are those `loratune evaluate` gives on its saved adapter. Backward never went below block k anyway, so the saving
@@ -139,8 +139,9 @@ def cache_dir() -> Path:
 class PrefixStates:
     """Hidden states entering the first trained block, for every row of one encoded split.
 
-    values: float16 [sum of row lengths, hidden] (in memory or memory-mapped); offsets: int64 [n + 1],
-    row i's states are values[offsets[i]:offsets[i + 1]].
+    values: [sum of row lengths, hidden] of the entry's store dtype (STORE_DTYPE, float16, for the training split;
+    SCORING_STORE_DTYPE, float32, for a scored one), in memory or memory-mapped; offsets: int64 [n + 1], row i's
+    states are values[offsets[i]:offsets[i + 1]].
     """
 
     values: np.ndarray
@@ -165,7 +166,7 @@ class PrefixStates:
         return 0 if self.on_disk else int(self.values.nbytes)
 
     def padded(self, rows, longest: int) -> torch.Tensor:
-        """States of `rows`, right-padded with zeros to `longest`: float16 [len(rows), longest, hidden]."""
+        """States of `rows`, right-padded with zeros to `longest`: [len(rows), longest, hidden] of values' dtype."""
         rows = np.asarray(rows, dtype=np.int64)
         start = self.offsets[rows]
         length = self.offsets[rows + 1] - start
