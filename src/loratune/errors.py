@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+
+# a write refused for lack of room (a full disk or a quota): by its errno, or by the text of a library that gives none
+# (safetensors' Rust writer: "Os { code: 28, kind: StorageFull, message: \"No space left on device\" }")
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE_TEXTS = ("No space left", "Disk quota exceeded", "StorageFull", "code: 28")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` is a write refused for lack of room: the one test of a full disk or quota (train.output_error,
+    the prefix cache's write failures, a study's storage)."""
+    text = str(exc)
+    return getattr(exc, "errno", None) in NO_SPACE_ERRNOS or any(t in text for t in NO_SPACE_TEXTS)
+
 
 def finite_number(value) -> bool:
     """Whether a value a user gave is a real finite number (an int, a float, a numpy number; not a bool, not a str):

@@ -65,6 +65,7 @@ import torch
 import torch.nn as nn
 
 from loratune.config import cache_root
+from loratune.errors import disk_full
 from loratune.heads import transformers_model
 
 # model_type -> (embedding module, block list), dotted paths inside the backbone (`model.base_model`
@@ -518,14 +519,12 @@ def remove_stale_temporaries(folder: Path) -> list[str]:
     return removed
 
 
-# why an entry could not be written, by errno: a full disk or quota is said as such; any other failure (the folder
-# changed under the run, a temporary file removed by another process) with its own cause, never as "no space"
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-
 def _write_failure(size: int, exc: OSError) -> str:
+    """Why an entry could not be written: a full disk or quota (errors.disk_full) is said as such; any other failure
+    (the folder changed under the run, a temporary file removed by another process) with its own cause, never as
+    "no space"."""
     where = f"the {size / 2**20:.3g} MB entry could not be written under {cache_dir()}"
-    if exc.errno in _NO_SPACE:
+    if disk_full(exc):
         return f"{where} ({exc.strerror or exc}); free space there or set LORATUNE_CACHE_DIR to a disk with room"
     about = f": {exc.filename}" if exc.filename else ""
     return (f"{where} ({exc.strerror or exc}{about}); if another process shares that folder, set LORATUNE_CACHE_DIR "
@@ -673,7 +672,7 @@ def attach(model: nn.Module, mode: str, method: str, splits: list, make_batch: C
                                    path=cache_dir() / f"{key}.values.npy" if big else None, dtype=dtype)
                 except CacheFault as fault:
                     return _uncached(note, str(fault))
-                except OSError as exc:  # a full disk (ENOSPC, EDQUOT), or another failure: the run goes on without
+                except OSError as exc:  # a full disk (errors.disk_full), or another failure: the run goes on without
                     return _uncached(note, _write_failure(size, exc))
             else:  # lazy: each row is computed by the forward that first needs it (Feed.fill)
                 states = PrefixStates(np.empty((int(offsets[-1]), hidden), dtype=dtype), offsets,

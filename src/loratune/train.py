@@ -41,7 +41,7 @@ from loratune.adapt import apply_adapter, count_params, depth, num_layers, share
 from loratune.config import RunConfig, single_label_note, to_dict, to_yaml
 from loratune.data import (VALIDATED_ON, Dataset, LabelSpace, Split, data_seed_record, stratified_subset,
                            validated_on)
-from loratune.errors import UserError
+from loratune.errors import UserError, disk_full
 from loratune.objectives import Patience, keep_order, objective as objective_named
 from loratune.eval_extras import EvalExtras
 from loratune.heads import head_modules
@@ -661,8 +661,7 @@ def output_error(exc: BaseException, out_dir, kept: str = KEPT_BEFORE) -> UserEr
     text = str(exc)
     code = getattr(exc, "errno", None)
     kept = f"; {kept}" if kept else ""
-    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "StorageFull" in text \
-            or "code: 28" in text:
+    if disk_full(exc):
         return UserError(f"the disk holding output_dir '{out_dir}' is full (writing failed: {exc})",
                          f"free some space or give an output_dir on another disk{kept}")
     if code == errno.EFBIG or "File too large" in text:  # a file-size limit (ulimit -f) or the file system's

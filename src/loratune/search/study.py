@@ -46,7 +46,7 @@ from typing import Any, Iterable
 
 from loratune import signals
 from loratune.objectives import MACRO_F1, objective
-from loratune.errors import UserError
+from loratune.errors import UserError, disk_full
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
 # (TRIALS, in_study: the study layout store reads a final/ folder by, defined there)
 from loratune.store import TRIALS, in_study, read_json, write_json
@@ -100,8 +100,9 @@ DRIVERS = {"postgresql": ("psycopg2", "pip install 'loratune[postgres]'  (psycop
            "mysql": ("pymysql", "pip install pymysql, and use mysql+pymysql://...")}
 
 
-# what SQLite and the OS say when the study's disk cannot take a write (SQLAlchemy wraps them: read the whole chain)
-WRITE_FAULTS = (("database or disk is full", "is full"), ("No space left", "is full"), ("File too large",
+# what SQLite and the OS say when the study's disk cannot take a write (SQLAlchemy wraps them: read the whole chain);
+# a full disk or quota the OS reports is errors.disk_full's
+WRITE_FAULTS = (("database or disk is full", "is full"), ("File too large",
                 "reached the file-size limit (ulimit -f)"), ("readonly database", "is not writable"),
                 ("Read-only file system", "is not writable"), ("disk I/O error", "failed a write (disk I/O error)"))
 
@@ -109,12 +110,13 @@ WRITE_FAULTS = (("database or disk is full", "is full"), ("No space left", "is f
 def write_fault(exc: BaseException) -> UserError | None:
     """The UserError for a storage write the study's disk refused (full, a file-size limit, read-only); None for
     anything else. The finished trials and the decision trail stay as they were."""
-    chain, e = [], exc
+    chain, e, full = [], exc, False
     while e is not None and len(chain) < 8:
         chain.append(f"{type(e).__name__}: {e}")
+        full = full or disk_full(e)
         e = e.__cause__ or e.__context__
     text = " | ".join(chain)
-    what = next((why for needle, why in WRITE_FAULTS if needle in text), None)
+    what = "is full" if full else next((why for needle, why in WRITE_FAULTS if needle in text), None)
     if what is None:
         return None
     return UserError(f"the disk holding the study {what} ({chain[-1].splitlines()[0][:200]})",
