@@ -47,6 +47,33 @@ def make_tokenizer(chat_template: bool = True, bos: bool = False):
     return tok
 
 
+# ChatML as SmolLM2 writes it (a turn ends '<|im_end|>\n', the EOS being '<|im_end|>'); `think`: as Qwen3's, whose
+# last assistant turn's content follows an empty '<think>\n\n</think>\n\n' block that the generation prompt lacks
+CHATML_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                   "{% if think and m['role'] == 'assistant' and loop.last %}<think>\n\n</think>\n\n{% endif %}"
+                   "{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                   "{% endif %}")
+
+
+def make_chatml_tokenizer(think: bool = False):
+    """A word-level tokenizer (runs of spaces dropped, line breaks kept as tokens) with a ChatML chat template:
+    SmolLM2's, or with `think` Qwen3's empty think block before the answer ('<think>' an added token that is not
+    special, as in Qwen3's tokenizer)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import AddedToken, PreTrainedTokenizerFast
+
+    words = list(dict.fromkeys(vocab() + ["\n", "\n\n", "<|im_start|>", "<|im_end|>", "assistant", "user", "system"]))
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r" +"), "removed"),
+                                                  pre_tokenizers.Split(Regex(r"\n+|\w+|[^\w\s]"), "isolated")])
+    core.decoder = decoders.WordPiece(prefix="##")
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>",
+                                  additional_special_tokens=["<|im_start|>"])
+    tok.add_tokens([AddedToken("<think>", special=False), AddedToken("</think>", special=False)])
+    tok.chat_template = CHATML_TEMPLATE.replace("think and", "true and" if think else "false and")
+    return tok
+
+
 def make_sft_rows(n_per_label: int, seed: int, labels=None) -> list[dict]:
     rng = random.Random(seed)
     rows = []
@@ -58,13 +85,14 @@ def make_sft_rows(n_per_label: int, seed: int, labels=None) -> list[dict]:
     return rows
 
 
-def save_tiny_llama_lm(folder: Path, chat_template: bool = True, seed: int = 0) -> str:
-    """A random-init LlamaForCausalLM (hidden 32, 2 layers) with its tokenizer, saved to `folder`."""
+def save_tiny_llama_lm(folder: Path, chat_template: bool = True, seed: int = 0, tokenizer=None) -> str:
+    """A random-init LlamaForCausalLM (hidden 32, 2 layers) with its tokenizer (make_tokenizer's, or `tokenizer`),
+    saved to `folder`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder.mkdir(parents=True, exist_ok=True)
-    tok = make_tokenizer(chat_template)
+    tok = tokenizer if tokenizer is not None else make_tokenizer(chat_template)
     tok.save_pretrained(folder)
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

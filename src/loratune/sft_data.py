@@ -523,14 +523,27 @@ def render_each(render, examples) -> list[str]:
     return out
 
 
-def end_marker(renderer: Renderer) -> str:
-    """What the chat template writes after an assistant turn's content ('<|end|>', '<|im_end|>\\n'); '' for the
-    plain and none templates, and for a chat template that ends a turn with nothing."""
+def turn_end(renderer: Renderer) -> str:
+    """What the chat template writes after an assistant turn's content, as written ('<|end|>', '<|im_end|>\\n');
+    '' for the plain and none templates, and for a chat template that ends a turn with nothing."""
     if renderer.mode != "chat":
         return ""
     probe = "ok"
     text = renderer.completion((Turn("user", "hello"),), probe)
-    return text[text.rfind(probe) + len(probe):].strip() if probe in text else ""
+    return text[text.rfind(probe) + len(probe):] if probe in text else ""
+
+
+def end_marker(renderer: Renderer) -> str:
+    """The chat template's end-of-turn mark ('<|end|>', '<|im_end|>'): turn_end without its whitespace."""
+    return turn_end(renderer).strip()
+
+
+def ends_with_eos(completion: str, eos_token: str, tail: str) -> bool:
+    """Whether a rendered completion already ends with the EOS token, as TRL's SFTTrainer asks
+    (`completion.endswith(eos_token)`), or with the chat template's end of turn (`tail`, turn_end) when that holds
+    the EOS (SmolLM2's '<|im_end|>\\n'). An EOS inside the completion's text is text like any other: the completion
+    still gets its EOS."""
+    return completion.endswith(eos_token) or (eos_token in tail and completion.endswith(tail))
 
 
 def stop_token_ids(tokenizer, renderer: Renderer) -> list[int]:
@@ -564,15 +577,16 @@ def check_end_token(tokenizer, renderer: Renderer, name: str) -> None:
 
 def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | list[Example],
                max_length: int) -> SFTEncoded:
-    """Token ids and prompt lengths of every example (EOS appended to a completion that lacks it)."""
+    """Token ids and prompt lengths of every example (EOS appended to a completion that does not end with it:
+    ends_with_eos)."""
     prompts = render_each(lambda e: renderer.prompt(e.prompt), examples)
     completions = render_each(lambda e: renderer.completion(e.prompt, e.completion), examples)
     p_ids = _ids(tokenizer, prompts)
     c_ids = _ids(tokenizer, completions)
-    eos, prefix = tokenizer.eos_token_id, special_prefix(tokenizer)
+    eos, prefix, tail = tokenizer.eos_token_id, special_prefix(tokenizer), turn_end(renderer)
     ids, prompt_lens, truncated = [], [], 0
-    for text, p, c in zip(prompts, p_ids, c_ids):
-        if eos is not None and eos not in c:
+    for text, completion, p, c in zip(prompts, completions, p_ids, c_ids):
+        if eos is not None and not ends_with_eos(completion, tokenizer.eos_token, tail):
             c = c + [eos]
         row, n, cut = fit(_prefix_for(tokenizer, text, prefix), p, c, max_length)
         ids.append(row)

@@ -12,7 +12,7 @@ from loratune.sft import token_stats
 from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, Turn, check_end_token, encode_prompts, stop_token_ids,
                                encode_sft, end_marker, fit, load_sft_dataset, parse_sft_rows, special_prefix)
 
-from sft_support import make_sft_rows, make_tokenizer
+from sft_support import make_chatml_tokenizer, make_sft_rows, make_tokenizer
 from support import write_jsonl
 
 PAIR = Example((Turn("user", "hello lost my card"),), "your card is blocked")
@@ -47,6 +47,33 @@ def test_a_tokenizer_without_a_chat_template_gets_the_plain_template_and_an_eos(
     enc = encode_sft(tok, r, [PAIR], 64)
     assert tokens(tok, enc.ids[0])[-5:] == ["your", "card", "is", "blocked", "</s>"]
     assert enc.prompt_lens.tolist() == [len(enc.ids[0]) - 5]
+
+
+def test_eos_is_appended_unless_the_completion_ends_with_it_or_with_the_templates_end_of_turn():
+    """A completion holding the EOS token inside ('your </s> pin is reset') got no EOS at its end (the check was
+    `eos not in ids`), so the run never learnt to stop after it; the EOS is appended unless the completion ends with
+    it, as TRL's `completion.endswith(eos_token)`, or with the chat template's end of turn holding it (SmolLM2's
+    '<|im_end|>\\n')."""
+    plain = make_tokenizer(chat_template=False)
+    r = Renderer.for_tokenizer(plain, "auto")
+
+    def completion_tokens(tok, renderer, text):
+        enc = encode_sft(tok, renderer, [Example((Turn("user", "pin"),), text)], 64)
+        return tokens(tok, enc.ids[0][enc.prompt_lens[0]:])
+
+    assert completion_tokens(plain, r, "your </s> pin is reset") == ["your", "</s>", "pin", "is", "reset", "</s>"]
+    assert completion_tokens(plain, r, "your pin is reset") == ["your", "pin", "is", "reset", "</s>"]
+    assert completion_tokens(plain, r, "your pin is reset </s>") == ["your", "pin", "is", "reset", "</s>"]
+    chatml = make_chatml_tokenizer()
+    r = Renderer.for_tokenizer(chatml, "auto")
+    assert completion_tokens(chatml, r, "your pin is reset") == ["your", "pin", "is", "reset", "<|im_end|>", "\n"]
+    assert completion_tokens(chatml, r, "your <|im_end|> pin is reset") == [
+        "your", "<|im_end|>", "pin", "is", "reset", "<|im_end|>", "\n"]  # the template's own end: no EOS after it
+    chat = make_tokenizer(chat_template=True)  # its end of turn '<|end|> ' holds its EOS '<|end|>'
+    assert completion_tokens(chat, Renderer.for_tokenizer(chat, "auto"), "your <|end|> pin") == [
+        "your", "<|end|>", "pin", "<|end|>"]
+    assert completion_tokens(chat, Renderer.for_tokenizer(chat, "plain"), "your <|end|> pin") == [
+        "your", "<|end|>", "pin", "<|end|>"]
 
 
 def test_completions_that_would_never_end_are_refused_but_a_chat_end_of_turn_mark_is_an_end():
