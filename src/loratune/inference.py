@@ -321,7 +321,8 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
     from loratune.metrics import parse_labels, prediction_scores
     from loratune.models import load_causal_lm, quiet_transformers, saved_model_faults
     from loratune.sft import LM_HEAD_NAMES, evaluate_lm, generate, label_token_cap
-    from loratune.sft_data import Renderer, encode_prompts, encode_sft, load_sft_dataset, stop_token_ids
+    from loratune.sft_data import (Renderer, answer_prefix, encode_prompts, encode_sft, load_sft_dataset,
+                                   stop_token_ids)
 
     store = RunStore(run_dir).require()
     refuse_while_training(store)  # (evaluate_run checked too; a direct caller gets the same answer)
@@ -359,7 +360,8 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
         # the same label budget as training's evaluations (not train.max_new_tokens, the prompt set's)
         outputs = generate(model, tokenizer, encode_prompts(tokenizer, renderer, data_split.examples,
                                                              cfg.model.max_length),
-                           label_token_cap(tokenizer, labels), device, autocast, stop_token_ids(tokenizer, renderer))
+                           label_token_cap(tokenizer, labels), device, autocast, stop_token_ids(tokenizer, renderer),
+                           answer_prefix(tokenizer, renderer))
         pred = parse_labels(outputs, labels)
         label_scores, _ = prediction_scores(prefix, pred, y, labels)
         scores.update(label_scores)

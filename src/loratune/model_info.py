@@ -111,8 +111,10 @@ def check_max_length(cfg: RunConfig, dataset=None) -> None:
     fixes = []
     if limit - new >= key_table()["model.max_length"].metadata["min"]:
         fixes.append(f"set max_length={limit - new} or less")
-    if what == PROMPT_SET_GENERATES and limit - length >= max([1] + [v for k, v in generated.items() if k != what]):
-        fixes.append(f"train.max_new_tokens={limit - length} or less")
+    fits = cfg.train.max_new_tokens - (length + new - limit)  # the prompt set's answer, less what runs over
+    if what.startswith(PROMPT_SET_GENERATES.format(prefix="")[:-1]) and fits >= 1 and limit - length >= max(
+            [0] + [v for k, v in generated.items() if k != what]):
+        fixes.append(f"train.max_new_tokens={fits} or less")
     said = f"model.max_length {length}" + (f" plus the {new} tokens {what}" if new else "")
     raise UserError(f"{said} {'are' if new else 'is'} longer than {cfg.model.name_or_path} takes: its position "
                     f"embeddings cover {limit} tokens",
@@ -121,9 +123,11 @@ def check_max_length(cfg: RunConfig, dataset=None) -> None:
 
 # what a causal-lm run generates after a prompt cut to max_length (sft_data.encode_prompts), as check_max_length says
 # it: the prompt set's train.max_new_tokens at every evaluation point; a generated label's tokens (data.label_format=
-# generate: the longest label's tokens and 2, sft.label_token_cap)
-PROMPT_SET_GENERATES = "generated after a prompt-set prompt (train.max_new_tokens)"
-LABEL_GENERATES = "generated for a label (data.label_format=generate: the longest label's tokens and 2)"
+# generate: the longest label's tokens and 2, sft.label_token_cap); each after the chat template's answer prefix
+# (sft_data.answer_prefix, sft.answer_tokens: Qwen3's empty think block), where it writes one
+PROMPT_SET_GENERATES = "generated after a prompt-set prompt (train.max_new_tokens{prefix})"
+LABEL_GENERATES = "generated for a label (data.label_format=generate: the longest label's tokens and 2{prefix})"
+ANSWER_PREFIX_GENERATES = ", after the {n} tokens the chat template writes before every answer"
 
 
 def generated_tokens(cfg: RunConfig, dataset=None) -> dict[str, int]:
@@ -132,13 +136,21 @@ def generated_tokens(cfg: RunConfig, dataset=None) -> dict[str, int]:
     read with the tokenizer, from the dataset's labels."""
     if cfg.model.task != "causal-lm":
         return {}
-    out = {}
-    if getattr(dataset, "prompt_set", None) or cfg.data.prompt_set:
-        out[PROMPT_SET_GENERATES] = cfg.train.max_new_tokens
+    prompt_set = getattr(dataset, "prompt_set", None) or cfg.data.prompt_set
     space = getattr(dataset, "label_space", None)
-    if cfg.data.label_format == "generate" and space is not None and space.labels:
-        from loratune.models import load_tokenizer
-        from loratune.sft import label_token_cap
+    labels = space.labels if cfg.data.label_format == "generate" and space is not None else ()
+    if not (prompt_set or labels):
+        return {}
+    from loratune.models import load_tokenizer
+    from loratune.sft import answer_tokens, label_token_cap
+    from loratune.sft_data import Renderer, answer_prefix
 
-        out[LABEL_GENERATES] = label_token_cap(load_tokenizer(cfg.model), space.labels)
+    tokenizer = load_tokenizer(cfg.model)
+    prefix = answer_prefix(tokenizer, Renderer.for_tokenizer(tokenizer, cfg.data.chat_template))
+    said = ANSWER_PREFIX_GENERATES.format(n=len(prefix)) if prefix else ""
+    out = {}
+    if prompt_set:
+        out[PROMPT_SET_GENERATES.format(prefix=said)] = answer_tokens(cfg.train.max_new_tokens, prefix)
+    if labels:
+        out[LABEL_GENERATES.format(prefix=said)] = answer_tokens(label_token_cap(tokenizer, labels), prefix)
     return out

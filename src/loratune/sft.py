@@ -63,7 +63,7 @@ from loratune.metrics import parse_labels, prediction_scores, top_unknown_output
 from loratune.objectives import (PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, Patience, keep_order, lm_metrics,
                                  objective as objective_named, prompt_key)
 from loratune.models import load_causal_lm, load_tokenizer, resolve_model
-from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn,
+from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn, answer_prefix,
                                check_end_token, encode_prompts, encode_sft, prompt_prefix, stop_token_ids)
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
@@ -213,11 +213,14 @@ def evaluate_lm(prefix: str, model, enc: SFTEncoded, pad_id: int, device, autoca
 
 @torch.no_grad()  # (as evaluate_lm)
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device,
-             autocast: bool = False, stop_ids: Sequence[int] = ()) -> list[str]:
+             autocast: bool = False, stop_ids: Sequence[int] = (), prefix: Sequence[int] = ()) -> list[str]:
     """Greedy continuations of token-id prompts (left-padded batches, stopped at EOS and at `stop_ids`: the run's
     sft_data.stop_token_ids, its template's end-of-turn mark), decoded without
-    special tokens, in the prompts' order; under bf16 autocast when `autocast` (as the run scores its loss, so
-    `loratune evaluate` generates what the run's evaluation points generated). A model sharded by FSDP
+    special tokens, in the prompts' order. `prefix`: the template's answer prefix (sft_data.answer_prefix: Qwen3's
+    empty think block), which a trained model writes before its answer: `max_new_tokens` are the answer's, generated
+    after it (answer_tokens), and a continuation that starts with it is read after it (the answer alone, the text
+    labels are parsed from and prompt-set references compared with). Under bf16 autocast when `autocast` (as the run
+    scores its loss, so `loratune evaluate` generates what the run's evaluation points generated). A model sharded by FSDP
     (`FullyShard`): every rank calls this with the same prompts, and each keeps taking forward passes until all
     ranks are done (transformers' synced_gpus), since each forward pass gathers weights from every rank."""
     from torch.distributed.fsdp import FSDPModule
@@ -228,7 +231,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
     eos = {tokenizer.eos_token_id} | set(stop_ids) | set(_as_list(getattr(getattr(model, "generation_config", None),
                                                                           "eos_token_id", None)))
     eos.discard(None)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+    config = GenerationConfig(max_new_tokens=answer_tokens(max_new_tokens, prefix), do_sample=False, num_beams=1,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos) or None)
     outputs: list[str] = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -244,9 +247,19 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
                                  synced_gpus=isinstance(model, FSDPModule))
         for r, i in enumerate(rows):
-            outputs[i] = tokenizer.decode(out[r, longest:], skip_special_tokens=True).strip()
+            new = out[r, longest:].tolist()
+            if prefix and new[:len(prefix)] == list(prefix):
+                new = new[len(prefix):]
+            outputs[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
     model.train(was_training)
     return outputs
+
+
+def answer_tokens(max_new_tokens: int, prefix: Sequence[int]) -> int:
+    """The new tokens a generation runs for: `max_new_tokens` for the answer, after the template's answer prefix
+    (sft_data.answer_prefix) that a trained model writes first. What generate generates, and what the evaluation's
+    price (RunInputs.eval_cost_rows) and the position check (model_info.generated_tokens) count."""
+    return max_new_tokens + len(prefix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,11 +290,13 @@ class RunInputs:
     val_prompts: list[list[int]]
     labels: tuple[str, ...]  # generative classification's label names; () for open generation
     label_new: int  # new tokens per generated label
+    answer_prefix: list[int]  # what the template writes before every answer (sft_data.answer_prefix), generated too
 
     def eval_cost_rows(self, max_new_tokens: int) -> tuple[int, int]:
         """(step 0, every later point) in training rows, as the loop evaluates (eval_cost_rows)."""
+        new, label_new = (answer_tokens(n, self.answer_prefix) for n in (max_new_tokens, self.label_new))
         return eval_cost_rows({"val": self.val, "train_eval": self.train_eval},
-                              [(self.prompts, max_new_tokens), (self.val_prompts, self.label_new)], self.train)
+                              [(self.prompts, new), (self.val_prompts, label_new)], self.train)
 
     def loss_point_rows(self) -> int:
         """A val-loss-only point (train.loss_points_every) in training rows: val scored, nothing generated."""
@@ -323,7 +338,8 @@ def encode_run(cfg: RunConfig, dataset: SFTDataset, tokenizer, prompt_items) -> 
         labels=labels,
         # the label budget is its own: train.max_new_tokens is the prompt set's, and a cap below the longest
         # label would cut 'pin reset' to 'pin' and score it as another class
-        label_new=label_token_cap(tokenizer, labels))
+        label_new=label_token_cap(tokenizer, labels),
+        answer_prefix=answer_prefix(tokenizer, renderer))
 
 
 def eval_cost_rows(scored: dict[str, SFTEncoded], generated: list[tuple[list[list[int]], int]],
@@ -343,7 +359,8 @@ def eval_cost_rows(scored: dict[str, SFTEncoded], generated: list[tuple[list[lis
 
 def label_token_cap(tokenizer, labels) -> int:
     """New tokens generated for a label: the longest label's tokens + 2 (a space or newline before it, an end
-    token after it); more would only let the model ramble past the label."""
+    token after it); more would only let the model ramble past the label. The template's answer prefix comes on top
+    (generate, answer_tokens)."""
     return 2 + max((len(tokenizer(lab, add_special_tokens=False)["input_ids"]) for lab in labels), default=0)
 
 
@@ -730,7 +747,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         if prompt_items:  # protocol 9: read the outputs, as numbers per group and as text
             with timed(timing, "generate"):
                 outputs = generate(model, tokenizer, prompt_ids, cfg.train.max_new_tokens, device, autocast,
-                                   stop_token_ids(tokenizer, renderer))
+                                   stop_token_ids(tokenizer, renderer), enc.answer_prefix)
             point.update(score_prompt_set(prompt_items, outputs))
             store.append_generations([{"step": step, "group": it.group, "prompt": it.prompt,
                                        "reference": it.reference, "output": out}
@@ -739,7 +756,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         if labels:  # the label each val text gets, scored like a classifier's; no known label = an error
             with timed(timing, "generate"):
                 outputs = generate(model, tokenizer, val_prompt_ids, label_new, device, autocast,
-                                   stop_token_ids(tokenizer, renderer))
+                                   stop_token_ids(tokenizer, renderer), enc.answer_prefix)
             pred = parse_labels(outputs, labels)
             scores, cm = prediction_scores("val", pred, y_val, labels)
             point.update(scores)

@@ -533,6 +533,36 @@ def turn_end(renderer: Renderer) -> str:
     return text[text.rfind(probe) + len(probe):] if probe in text else ""
 
 
+def answer_prefix(tokenizer, renderer: Renderer) -> list[int]:
+    """The token ids a chat template writes between its generation prompt and an assistant turn's content, the same
+    for every answer (Qwen3's empty '<think>\\n\\n</think>\\n\\n'; none for most templates, and for the plain and none
+    ones). encode_sft trains them as the start of every completion, as TRL does, so a trained model writes them before
+    its answer from the generation prompt: a generation's budget is for the answer after them, and the answer is read
+    after them (sft.generate). Found by rendering: the text two completions with different contents share before the
+    content, and the leading tokens the two completions, tokenised as encode_sft tokenises them, share within that
+    text (a token that runs into the content, a space merged with the answer's first word, is the answer's)."""
+    if renderer.mode != "chat":
+        return []
+    turns = (Turn("user", "hello"),)
+    texts = [renderer.completion(turns, probe) for probe in ("ok", "yes")]
+    n = 0
+    while n < min(map(len, texts)) and texts[0][n] == texts[1][n]:
+        n += 1
+    if not n:
+        return []
+    fast = getattr(tokenizer, "is_fast", False)
+    enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, return_offsets_mapping=fast)
+    a, b = enc["input_ids"]
+    # where each token of `a` ends in its text; a slow tokenizer has no offsets: the tokens of the shared text alone
+    within = ([end <= n for _, end in enc["offset_mapping"][0]] if fast
+              else [i < len(alone) and t == alone[i] for alone in _ids(tokenizer, [texts[0][:n]])
+                    for i, t in enumerate(a)])
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k] and within[k]:
+        k += 1
+    return a[:k]
+
+
 def end_marker(renderer: Renderer) -> str:
     """The chat template's end-of-turn mark ('<|end|>', '<|im_end|>'): turn_end without its whitespace."""
     return turn_end(renderer).strip()

@@ -12,7 +12,7 @@ import pytest
 from loratune import cli
 from loratune.config import ModelConfig
 
-from sft_support import make_sft_rows, make_tokenizer, save_tiny_llama_lm
+from sft_support import make_chatml_tokenizer, make_sft_rows, make_tokenizer, save_tiny_llama_lm
 from support import make_rows, write_jsonl
 
 # the Mistral-7B-Instruct v0.1 style: a system turn is refused from inside the template
@@ -121,12 +121,12 @@ def test_a_prompt_metric_of_a_group_the_prompt_set_lacks_is_refused(lm, sft_data
 # --- 3b. a max_length past a decoder's learned positions ----------------------------------------------------
 
 
-def _tiny_opt(folder: Path) -> Path:
-    """A tiny OPT (learned positions: 64) with the tests' tokenizer."""
+def _tiny_opt(folder: Path, tok=None) -> Path:
+    """A tiny OPT (learned positions: 64) with the tests' tokenizer (or `tok`)."""
     import torch
     from transformers import OPTConfig, OPTForCausalLM
 
-    tok = make_tokenizer()
+    tok = tok if tok is not None else make_tokenizer()
     tok.save_pretrained(folder)
     torch.manual_seed(0)
     OPTForCausalLM(OPTConfig(vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=1,
@@ -197,6 +197,24 @@ def test_the_position_check_covers_the_tokens_the_run_generates(sft_data, tmp_pa
     assert f"fix: set max_length={64 - new} or less" in err and "max_new_tokens=" not in err
     assert cli.main(["train", "-q", "--dry-run", *_args(str(folder), data, tmp_path / "genok",
                                                         **{**gen, "max_length": 64 - new})]) == 0
+    capsys.readouterr()
+
+
+def test_the_position_check_counts_the_answer_prefix_a_template_writes(sft_data, tmp_path, capsys):
+    """A template that writes a fixed answer prefix (Qwen3's empty think block, 4 tokens here) has it generated on top
+    of max_new_tokens (sft.answer_tokens): the position check counts it, and the max_new_tokens it names fits."""
+    folder = _tiny_opt(tmp_path / "opt", make_chatml_tokenizer(think=True))
+    prompts = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"prompt": "lost my card", "reference": "ok", "group": "familiar"}])
+    opt = {"target_modules": "[self_attn.q_proj]", "prompt_set": prompts, "max_new_tokens": 8, "max_length": 56}
+    err = " ".join(_refused(capsys, ["train", "-q", "--dry-run", *_args(str(folder), sft_data, tmp_path / "r",
+                                                                           **opt)]).split())
+    assert ("model.max_length 56 plus the 12 tokens generated after a prompt-set prompt (train.max_new_tokens, after "
+            "the 4 tokens the chat template writes before every answer) are longer than") in err
+    assert "fix: set max_length=52 or less, or train.max_new_tokens=4 or less" in err
+    for i, fixed in enumerate(({"max_length": 52}, {"max_new_tokens": 4})):
+        assert cli.main(["train", "-q", "--dry-run", *_args(str(folder), sft_data, tmp_path / f"ok{i}",
+                                                            **{**opt, **fixed})]) == 0
     capsys.readouterr()
 
 

@@ -18,7 +18,7 @@ from loratune.sft import generate, save_lm
 from loratune.sft_data import Example, Renderer, Turn, encode_prompts
 from loratune.store import RunStore
 
-from sft_support import ANSWERS, make_sft_rows, save_tiny_llama_lm
+from sft_support import ANSWERS, make_chatml_tokenizer, make_sft_rows, save_tiny_llama_lm
 from support import full_drops_lora_keys, make_rows, write_jsonl
 
 STEPS, EVERY = 12, 4
@@ -504,6 +504,33 @@ def test_generated_labels_are_parsed_and_scored_per_class(lm, intent_data, tmp_p
     assert sum(map(sum, confusion["matrix"])) == round((1 - best["val/unknown_rate"]) * 20)
 
 
+def test_generated_labels_are_read_after_the_think_block_a_qwen3_template_writes(intent_data, tmp_path, capsys):
+    """With Qwen3's chat template (an empty '<think>\\n\\n</think>\\n\\n' before the last assistant turn's content) a
+    generative classifier scored macro-F1 0 at every point while it learnt (val loss 4.9 -> 0.6): generation got the
+    label's tokens + 2 and ended inside the think block, whose first line was read as the label. The block is
+    generated on top of the label's budget and the label read after it, in training, `evaluate` and the prompt set."""
+    lm = save_tiny_llama_lm(tmp_path / "lm", tokenizer=make_chatml_tokenizer(think=True))
+    val = [json.loads(x) for x in (intent_data / "validation.jsonl").read_text().splitlines()]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": r["text"], "reference": r["label"],
+                                                         "group": "familiar"} for r in val[:4]])
+    out = tmp_path / "run"
+    assert cli.main(["train", "-q", *sft_overrides(lm, intent_data, out, label_format="generate", max_steps=30,
+                                                   eval_steps=10, learning_rate=2e-2, target_modules="[attn, ffn]",
+                                                   r=8, lora_alpha=16, prompt_set=prompts, max_new_tokens=2)]) == 0
+    hist = _history(out)
+    assert hist[0]["val/unknown_rate"] > 0.5 and hist[-1]["val/loss"] < hist[0]["val/loss"] / 2
+    best = max(hist[1:], key=lambda p: p["val/macro_f1"])
+    assert best["val/unknown_rate"] < 0.5 and best["val/macro_f1"] > 0.2  # the code before: 1.0 and 0.0 throughout
+    labels = {"balance", "card_lost", "pin", "transfer"}
+    last = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()][-4:]
+    assert all(g["output"] in labels for g in last)  # the answer after the think block, in its 2 tokens
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out), "--split", "validation", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "run.json").read_text())["best"]
+    assert scores["val/macro_f1"] == pytest.approx(saved["val/macro_f1"]) and scores["val/macro_f1"] > 0.2
+
+
 def test_evaluate_names_test_labels_a_generative_run_never_trained_on(lm, tmp_path, capsys):
     """A generated-label run's test split with a label not in train: its rows were scored as errors silently (no
     note, no test/unseen_labels); now said and recorded as the classifier's evaluation does."""
@@ -618,7 +645,7 @@ def test_equal_macro_f1_keeps_the_model_with_the_lower_val_loss(lm, intent_data,
     import loratune.sft as S
 
     # no output ever names a label: macro-F1 is 0.0 at every point, so the val loss decides
-    monkeypatch.setattr(S, "generate", lambda model, tok, prompts, n, device, autocast=False, stop_ids=():
+    monkeypatch.setattr(S, "generate", lambda model, tok, prompts, n, device, autocast=False, stop_ids=(), prefix=():
                         ["no idea"] * len(prompts))
     out = tmp_path / "run"
     args = [a for a in sft_overrides(lm, intent_data, out, label_format="generate") if not a.startswith("max_new")]
@@ -638,7 +665,7 @@ def test_generated_labels_get_the_label_budget_whatever_max_new_tokens(lm, inten
 
     budgets = []
 
-    def fake(model, tok, prompts, n, device, autocast=False, stop_ids=()):
+    def fake(model, tok, prompts, n, device, autocast=False, stop_ids=(), prefix=()):
         budgets.append(n)
         return ["no idea"] * len(prompts)
 
@@ -660,7 +687,7 @@ def test_patience_counts_a_falling_val_loss_at_a_tied_metric_as_progress(lm, int
     stopping ended it at its third evaluation (every lr-grid trial of a generative `tune` scored 0.000)."""
     import loratune.sft as S
 
-    monkeypatch.setattr(S, "generate", lambda model, tok, prompts, n, device, autocast=False, stop_ids=():
+    monkeypatch.setattr(S, "generate", lambda model, tok, prompts, n, device, autocast=False, stop_ids=(), prefix=():
                         ["no idea"] * len(prompts))
     out = tmp_path / "run"
     args = [a for a in sft_overrides(lm, intent_data, out, label_format="generate", early_stopping_patience=2)

@@ -140,6 +140,56 @@ def test_generate_stops_at_the_stop_ids_it_is_given():
     assert len(tok(stopped, add_special_tokens=False)["input_ids"]) == 1 and free.startswith(stopped)
 
 
+def test_the_answer_prefix_a_template_writes_before_every_answer_is_generated_and_read_past():
+    """Qwen3's template writes an empty '<think>\\n\\n</think>\\n\\n' before the last assistant turn's content, which
+    the generation prompt lacks: it was trained as the completion's start, generation got only the label's tokens + 2
+    (it ended inside the think block) and the label was read from the first line ('<think>'), so a generated label
+    never parsed (macro-F1 0 at every point). The prefix is found by rendering; a generation's budget is for the
+    answer after it, and the answer is read after it."""
+    from transformers import GenerationConfig
+
+    from loratune.metrics import parse_labels
+    from loratune.sft import generate, label_token_cap
+    from loratune.sft_data import answer_prefix
+
+    think = make_chatml_tokenizer(think=True)
+    r = Renderer.for_tokenizer(think, "auto")
+    prefix = answer_prefix(think, r)
+    assert tokens(think, prefix) == ["<think>", "\n\n", "</think>", "\n\n"]
+    card = Example((Turn("user", "i lost my card"),), "card_lost")
+    enc = encode_sft(think, r, [card], 64)
+    completion = enc.ids[0][enc.prompt_lens[0]:]
+    assert completion[:len(prefix)] == prefix  # trained as the completion's start, as TRL trains it
+    for tok in (make_chatml_tokenizer(), make_tokenizer(chat_template=True), make_tokenizer(chat_template=False)):
+        assert answer_prefix(tok, Renderer.for_tokenizer(tok, "auto")) == []  # SmolLM2's ChatML, Zephyr's, plain
+    assert answer_prefix(think, Renderer.for_tokenizer(think, "plain")) == []
+
+    class Perfect(torch.nn.Module):
+        """Writes what the run trained (the prefix, the label, the end of turn), as far as it is allowed to."""
+
+        generation_config = GenerationConfig()
+
+        def __init__(self):
+            super().__init__()
+            self.budgets = []
+
+        def generate(self, input_ids, attention_mask, generation_config, synced_gpus):
+            self.budgets.append(generation_config.max_new_tokens)
+            new = torch.tensor([completion[:generation_config.max_new_tokens]] * len(input_ids))
+            return torch.cat([input_ids, new], dim=1)
+
+    labels = ("balance", "card_lost", "pin", "transfer")
+    model, cap = Perfect(), label_token_cap(think, labels)
+    prompts = encode_prompts(think, r, [card], 64)
+    out = generate(model, think, prompts, cap, torch.device("cpu"), stop_ids=stop_token_ids(think, r), prefix=prefix)
+    assert out == ["card_lost"] and model.budgets == [cap + 4]
+    assert parse_labels(out, labels).tolist() == [1]
+    assert generate(model, think, prompts, 1, torch.device("cpu"), prefix=prefix) == ["card_lost"]  # the answer's 1
+    # a continuation that does not start with the prefix is read whole (an untrained model's: no label)
+    assert generate(model, think, prompts, 2, torch.device("cpu"), prefix=prefix[1:]) == [
+        "<think> \n\n </think> \n\n card_lost"]
+
+
 def test_chat_template_choice_overrides_the_tokenizer_and_none_joins_as_written():
     tok = make_tokenizer(chat_template=True)
     assert Renderer.for_tokenizer(tok, "plain").mode == "plain"
