@@ -55,20 +55,22 @@ CHATML_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
                    "{% endif %}")
 
 
-def make_chatml_tokenizer(think: bool = False):
+def make_chatml_tokenizer(think: bool = False, split_eos: bool = False):
     """A word-level tokenizer (runs of spaces dropped, line breaks kept as tokens) with a ChatML chat template:
     SmolLM2's, or with `think` Qwen3's empty think block before the answer ('<think>' an added token that is not
-    special, as in Qwen3's tokenizer)."""
+    special, as in Qwen3's tokenizer). `split_eos`: special tokens' text is tokenised as text (split_special_tokens),
+    so '<|im_end|>' is written '<', '|', 'im_end', '|', '>' and never as the EOS id."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import AddedToken, PreTrainedTokenizerFast
 
-    words = list(dict.fromkeys(vocab() + ["\n", "\n\n", "<|im_start|>", "<|im_end|>", "assistant", "user", "system"]))
+    words = list(dict.fromkeys(vocab() + ["\n", "\n\n", "<|im_start|>", "<|im_end|>", "assistant", "user", "system"]
+                               + (["<", "|", ">", "im_start", "im_end"] if split_eos else [])))
     core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r" +"), "removed"),
                                                   pre_tokenizers.Split(Regex(r"\n+|\w+|[^\w\s]"), "isolated")])
     core.decoder = decoders.WordPiece(prefix="##")
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>",
-                                  additional_special_tokens=["<|im_start|>"])
+                                  additional_special_tokens=["<|im_start|>"], split_special_tokens=split_eos)
     tok.add_tokens([AddedToken("<think>", special=False), AddedToken("</think>", special=False)])
     tok.chat_template = CHATML_TEMPLATE.replace("think and", "true and" if think else "false and")
     return tok

@@ -568,12 +568,13 @@ def end_marker(renderer: Renderer) -> str:
     return turn_end(renderer).strip()
 
 
-def ends_with_eos(completion: str, eos_token: str, tail: str) -> bool:
-    """Whether a rendered completion already ends with the EOS token, as TRL's SFTTrainer asks
-    (`completion.endswith(eos_token)`), or with the chat template's end of turn (`tail`, turn_end) when that holds
-    the EOS (SmolLM2's '<|im_end|>\\n'). An EOS inside the completion's text is text like any other: the completion
-    still gets its EOS."""
-    return completion.endswith(eos_token) or (eos_token in tail and completion.endswith(tail))
+def ends_with_eos(completion: list[int], eos: int, tail: list[int]) -> bool:
+    """Whether a completion's token ids already end with the EOS id, as TRL's SFTTrainer asks of its text
+    (`completion.endswith(eos_token)`), or with the ids of the chat template's end of turn (`tail`: turn_end's text
+    tokenised) when the EOS id is among them (SmolLM2's '<|im_end|>\\n'). Decided on ids, not text: an EOS inside
+    the completion is text like any other, and a tokenizer that splits the EOS text into several tokens
+    (split_special_tokens) writes no EOS id with it, so such a completion still gets its EOS."""
+    return completion[-1:] == [eos] or (eos in tail and completion[-len(tail):] == tail)
 
 
 def stop_token_ids(tokenizer, renderer: Renderer) -> list[int]:
@@ -613,10 +614,11 @@ def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | li
     completions = render_each(lambda e: renderer.completion(e.prompt, e.completion), examples)
     p_ids = _ids(tokenizer, prompts)
     c_ids = _ids(tokenizer, completions)
-    eos, prefix, tail = tokenizer.eos_token_id, special_prefix(tokenizer), turn_end(renderer)
+    eos, prefix = tokenizer.eos_token_id, special_prefix(tokenizer)
+    tail = _ids(tokenizer, [turn_end(renderer)])[0]  # the end of turn's ids
     ids, prompt_lens, truncated = [], [], 0
-    for text, completion, p, c in zip(prompts, completions, p_ids, c_ids):
-        if eos is not None and not ends_with_eos(completion, tokenizer.eos_token, tail):
+    for text, p, c in zip(prompts, p_ids, c_ids):
+        if eos is not None and not ends_with_eos(c, eos, tail):
             c = c + [eos]
         row, n, cut = fit(_prefix_for(tokenizer, text, prefix), p, c, max_length)
         ids.append(row)

@@ -76,6 +76,31 @@ def test_eos_is_appended_unless_the_completion_ends_with_it_or_with_the_template
         "your", "<|end|>", "pin", "<|end|>"]
 
 
+def test_a_tokenizer_that_splits_the_eos_text_still_gets_the_eos_id_after_every_completion():
+    """With split_special_tokens (SmolLM2's tokenizer loaded so) the EOS text '<|im_end|>' tokenises to '<', '|',
+    'im_end', '|', '>': a completion whose text ended with it (the chat template's end of turn, or the user's own
+    text) got no EOS id at all, so the run never learnt to write the id generation stops at. Decided on ids: the EOS
+    is appended unless the completion's ids end with it or with the end of turn's ids holding it."""
+    split = make_chatml_tokenizer(split_eos=True)
+    assert tokens(split, split("<|im_end|>", add_special_tokens=False)["input_ids"]) == ["<", "|", "im_end", "|", ">"]
+
+    def completion_tokens(tok, renderer, text):
+        enc = encode_sft(tok, renderer, [Example((Turn("user", "pin"),), text)], 64)
+        return tokens(tok, enc.ids[0][enc.prompt_lens[0]:])
+
+    end = ["<", "|", "im_end", "|", ">"]
+    for template, text, expected in [
+            ("auto", "reset", ["reset"] + end + ["\n", "<|im_end|>"]),
+            ("plain", "reset<|im_end|>", ["reset"] + end + ["<|im_end|>"]),
+            ("plain", "reset", ["reset", "<|im_end|>"])]:
+        assert completion_tokens(split, Renderer.for_tokenizer(split, template), text) == expected, (template, text)
+    # an end of turn that is the EOS id (the same tokenizer without split_special_tokens): nothing appended after it
+    whole = make_chatml_tokenizer()
+    assert completion_tokens(whole, Renderer.for_tokenizer(whole, "auto"), "reset") == ["reset", "<|im_end|>", "\n"]
+    assert completion_tokens(whole, Renderer.for_tokenizer(whole, "plain"), "reset<|im_end|>") == [
+        "reset", "<|im_end|>"]
+
+
 def test_completions_that_would_never_end_are_refused_but_a_chat_end_of_turn_mark_is_an_end():
     """No eos_token and no end-of-turn mark: the run would teach completions that never stop (generated labels never
     parse), so it is refused naming the fix; a chat template's end-of-turn mark ends a completion without EOS."""
