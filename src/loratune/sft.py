@@ -218,11 +218,12 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
     sft_data.stop_token_ids, its template's end-of-turn mark), decoded without
     special tokens, in the prompts' order. `prefix`: the template's answer prefix (sft_data.answer_prefix: Qwen3's
     empty think block), which a trained model writes before its answer: `max_new_tokens` are the answer's, generated
-    after it (answer_tokens), and a continuation that starts with it is read after it (the answer alone, the text
-    labels are parsed from and prompt-set references compared with). Under bf16 autocast when `autocast` (as the run
-    scores its loss, so `loratune evaluate` generates what the run's evaluation points generated). A model sharded by FSDP
-    (`FullyShard`): every rank calls this with the same prompts, and each keeps taking forward passes until all
-    ranks are done (transformers' synced_gpus), since each forward pass gathers weights from every rank."""
+    after it (answer_tokens), and a continuation that starts with its text, whitespace aside, is read after it
+    (after_prefix: the answer alone, the text labels are parsed from and prompt-set references compared with). Under
+    bf16 autocast when `autocast` (as the run scores its loss, so `loratune evaluate` generates what the run's
+    evaluation points generated). A model sharded by FSDP (`FullyShard`): every rank calls this with the same
+    prompts, and each keeps taking forward passes until all ranks are done (transformers' synced_gpus), since each
+    forward pass gathers weights from every rank."""
     from torch.distributed.fsdp import FSDPModule
     from transformers import GenerationConfig
 
@@ -233,6 +234,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
     eos.discard(None)
     config = GenerationConfig(max_new_tokens=answer_tokens(max_new_tokens, prefix), do_sample=False, num_beams=1,
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos) or None)
+    written = tokenizer.decode(list(prefix), skip_special_tokens=True) if prefix else ""
     outputs: list[str] = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for b in range(0, len(order), GEN_BATCH):
@@ -247,12 +249,24 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
                                  synced_gpus=isinstance(model, FSDPModule))
         for r, i in enumerate(rows):
-            new = out[r, longest:].tolist()
-            if prefix and new[:len(prefix)] == list(prefix):
-                new = new[len(prefix):]
-            outputs[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
+            outputs[i] = after_prefix(tokenizer.decode(out[r, longest:], skip_special_tokens=True), written)
     model.train(was_training)
     return outputs
+
+
+def after_prefix(text: str, prefix: str) -> str:
+    """A decoded continuation's answer: what follows the template's answer prefix (decoded as generate decodes it)
+    when the continuation starts with it, whitespace aside (a BPE tokenizer writes the prefix's '\\n\\n' as 'ĊĊ' or
+    'Ċ','Ċ', and a model may drop or merge its line breaks), else the whole continuation (a model that does not write
+    the prefix still parses); stripped."""
+    at = 0
+    for ch in "".join(prefix.split()):
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if text[at:at + 1] != ch:
+            return text.strip()
+        at += 1
+    return text[at:].strip()
 
 
 def answer_tokens(max_new_tokens: int, prefix: Sequence[int]) -> int:

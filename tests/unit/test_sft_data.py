@@ -215,6 +215,51 @@ def test_the_answer_prefix_a_template_writes_before_every_answer_is_generated_an
         "<think> \n\n </think> \n\n card_lost"]
 
 
+def test_the_answer_prefix_is_read_past_on_its_text_whitespace_aside_whatever_tokens_wrote_it():
+    """The prefix was stripped only when the generated ids matched its ids token for token: a BPE tokenizer trains
+    '</think>', 'ĊĊ', 'Ġcard' for a completion starting with a space while the prefix found ends 'Ċ', 'Ċ', so a model
+    writing what it was trained on was read whole ('<think> ... card_lost': unknown). The prefix is compared and
+    stripped on the decoded text, whitespace aside; a model that does not write it is read whole and still parses."""
+    from transformers import GenerationConfig
+
+    from loratune.metrics import parse_labels
+    from loratune.sft import generate
+    from loratune.sft_data import answer_prefix
+
+    think = make_chatml_tokenizer(think=True)
+    r = Renderer.for_tokenizer(think, "auto")
+    prefix = answer_prefix(think, r)
+    ids = lambda text: think(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+
+    class Writes(torch.nn.Module):
+        generation_config = GenerationConfig()
+
+        def __init__(self, continuation):
+            super().__init__()
+            self.continuation = continuation
+
+        def generate(self, input_ids, attention_mask, generation_config, synced_gpus):
+            new = torch.tensor([self.continuation[:generation_config.max_new_tokens]] * len(input_ids))
+            return torch.cat([input_ids, new], dim=1)
+
+    labels = ("balance", "card_lost")
+    prompts = encode_prompts(think, r, [Example((Turn("user", "i lost my card"),), "x")], 64)
+    for written in (prefix + ids("card_lost<|im_end|>"),  # the prefix's own ids
+                    ids("<think>\n") + ids("\n</think>\n\ncard_lost<|im_end|>"),  # its line breaks split otherwise
+                    ids("<think>\n\n</think>") + ids("card_lost<|im_end|>"),  # without its last line break
+                    ids("card_lost<|im_end|>")):  # no prefix at all
+        out = generate(Writes(written), think, prompts, 4, torch.device("cpu"), stop_ids=stop_token_ids(think, r),
+                       prefix=prefix)
+        assert out == ["card_lost"] and parse_labels(out, labels).tolist() == [1], tokens(think, written)
+    from loratune.sft import after_prefix
+
+    # the prefix's line breaks may be missing; a continuation only beginning like it is read whole
+    assert after_prefix("<think> \n\n </think>card_lost", "<think>\n\n</think>\n\n") == "card_lost"
+    assert after_prefix("<think> hmm </think> card_lost", "<think>\n\n</think>\n\n") == (
+        "<think> hmm </think> card_lost")
+    assert after_prefix(" card lost ", "") == "card lost"
+
+
 def test_chat_template_choice_overrides_the_tokenizer_and_none_joins_as_written():
     tok = make_tokenizer(chat_template=True)
     assert Renderer.for_tokenizer(tok, "plain").mode == "plain"
