@@ -104,16 +104,16 @@ def check_max_length(cfg: RunConfig, dataset=None) -> None:
         return
     length = cfg.model.max_length
     generated = generated_tokens(cfg, dataset)
-    new = max(generated.values(), default=0)
+    new = max((n for n, _ in generated.values()), default=0)
     if length + new <= limit:
         return
-    what = next((k for k, v in generated.items() if v == new), "")
+    key, what = next(((k, said) for k, (n, said) in generated.items() if n == new), ("", ""))
     fixes = []
     if limit - new >= key_table()["model.max_length"].metadata["min"]:
         fixes.append(f"set max_length={limit - new} or less")
     fits = cfg.train.max_new_tokens - (length + new - limit)  # the prompt set's answer, less what runs over
-    if what.startswith(PROMPT_SET_GENERATES.format(prefix="")[:-1]) and fits >= 1 and limit - length >= max(
-            [0] + [v for k, v in generated.items() if k != what]):
+    if key == PROMPT_SET_GENERATES and fits >= 1 and limit - length >= max(
+            [0] + [n for k, (n, _) in generated.items() if k != key]):
         fixes.append(f"train.max_new_tokens={fits} or less")
     said = f"model.max_length {length}" + (f" plus the {new} tokens {what}" if new else "")
     raise UserError(f"{said} {'are' if new else 'is'} longer than {cfg.model.name_or_path} takes: its position "
@@ -130,10 +130,11 @@ LABEL_GENERATES = "generated for a label (data.label_format=generate: the longes
 ANSWER_PREFIX_GENERATES = ", after the {n} tokens the chat template writes before every answer"
 
 
-def generated_tokens(cfg: RunConfig, dataset=None) -> dict[str, int]:
+def generated_tokens(cfg: RunConfig, dataset=None) -> dict[str, tuple[int, str]]:
     """The tokens a causal-lm run generates after a prompt of up to max_length tokens, by what generates them
-    (PROMPT_SET_GENERATES, LABEL_GENERATES); empty for a run that generates nothing. A generated label's tokens are
-    read with the tokenizer, from the dataset's labels."""
+    (keyed PROMPT_SET_GENERATES, LABEL_GENERATES): (tokens, what generates them as said, with the template's answer
+    prefix); empty for a run that generates nothing. A generated label's tokens are read with the tokenizer, from the
+    dataset's labels."""
     if cfg.model.task != "causal-lm":
         return {}
     prompt_set = getattr(dataset, "prompt_set", None) or cfg.data.prompt_set
@@ -150,7 +151,9 @@ def generated_tokens(cfg: RunConfig, dataset=None) -> dict[str, int]:
     said = ANSWER_PREFIX_GENERATES.format(n=len(prefix)) if prefix else ""
     out = {}
     if prompt_set:
-        out[PROMPT_SET_GENERATES.format(prefix=said)] = answer_tokens(cfg.train.max_new_tokens, prefix)
+        out[PROMPT_SET_GENERATES] = (answer_tokens(cfg.train.max_new_tokens, prefix),
+                                     PROMPT_SET_GENERATES.format(prefix=said))
     if labels:
-        out[LABEL_GENERATES.format(prefix=said)] = answer_tokens(label_token_cap(tokenizer, labels), prefix)
+        out[LABEL_GENERATES] = (answer_tokens(label_token_cap(tokenizer, labels), prefix),
+                                LABEL_GENERATES.format(prefix=said))
     return out

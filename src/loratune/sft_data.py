@@ -523,13 +523,22 @@ def render_each(render, examples) -> list[str]:
     return out
 
 
+# the contents the chat template is rendered with to find what it writes around an answer (turn_end, answer_prefix)
+PROBE_ANSWERS = ("ok", "yes")
+
+
+def probe_completion(renderer: Renderer, content: str = PROBE_ANSWERS[0]) -> str:
+    """The completion the template renders for one short user turn answered with `content`."""
+    return renderer.completion((Turn("user", "hello"),), content)
+
+
 def turn_end(renderer: Renderer) -> str:
     """What the chat template writes after an assistant turn's content, as written ('<|end|>', '<|im_end|>\\n');
     '' for the plain and none templates, and for a chat template that ends a turn with nothing."""
     if renderer.mode != "chat":
         return ""
-    probe = "ok"
-    text = renderer.completion((Turn("user", "hello"),), probe)
+    probe = PROBE_ANSWERS[0]
+    text = probe_completion(renderer, probe)
     return text[text.rfind(probe) + len(probe):] if probe in text else ""
 
 
@@ -543,8 +552,7 @@ def answer_prefix(tokenizer, renderer: Renderer) -> list[int]:
     text (a token that runs into the content, a space merged with the answer's first word, is the answer's)."""
     if renderer.mode != "chat":
         return []
-    turns = (Turn("user", "hello"),)
-    texts = [renderer.completion(turns, probe) for probe in ("ok", "yes")]
+    texts = [probe_completion(renderer, probe) for probe in PROBE_ANSWERS]
     n = 0
     while n < min(map(len, texts)) and texts[0][n] == texts[1][n]:
         n += 1
