@@ -361,23 +361,76 @@ def parse_value(text: str) -> Any:
     return value
 
 
+YAML_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class YAMLKeyError(yaml.constructor.ConstructorError):
+    """A mapping's keys the loader refuses, with the fix to print (`fix`)."""
+
+    def __init__(self, problem: str, mark, fix: str):
+        super().__init__(None, None, problem, mark)
+        self.fix = fix
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping (YAML lets the last silently win)."""
+    """safe_load that refuses a key given twice in one mapping (YAML lets the last silently win) and a key that is a
+    list or mapping (`? [a, b]`: a TypeError traceback). Merge keys (`<<: *defaults`) work as in safe_load: a key of
+    the mapping itself overrides a merged one (flatten_mapping); each merged mapping is checked as one."""
+
+    def _check_keys(self, node, deep: bool) -> None:
+        # each mapping node once, before flatten_mapping puts its merged keys beside its own (an anchored mapping
+        # merged again later would show an overridden key twice)
+        checked = self.__dict__.setdefault("_checked_nodes", set())
+        if id(node) in checked:
+            return
+        checked.add(id(node))
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == YAML_MERGE_TAG:
+                for merged in (value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]):
+                    if isinstance(merged, yaml.MappingNode):
+                        self._check_keys(merged, deep)
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                raise YAMLKeyError(f"a key that is a {'list' if isinstance(key, list) else 'mapping'} (line "
+                                   f"{key_node.start_mark.line + 1}): keys are names", key_node.start_mark,
+                                   "the file must hold `key: value` lines, each key a name (e.g. `r: 8`)")
+            if key in seen:
+                raise YAMLKeyError(f"duplicate key '{key}' (first on line {seen[key] + 1}, again on line "
+                                   f"{key_node.start_mark.line + 1}): the last one would silently win",
+                                   key_node.start_mark, "keep one of the two lines")
+            seen[key] = key_node.start_mark.line
 
     def construct_mapping(self, node, deep=False):
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key '{key}' (first on line {seen[key] + 1}, again on line "
-                    f"{key_node.start_mark.line + 1}): the last one would silently win", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
+        if isinstance(node, yaml.MappingNode):
+            self._check_keys(node, deep)
         return super().construct_mapping(node, deep)
 
 
 def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def read_yaml_file(path: str | Path, what: str, shape_fix: str) -> tuple[Path, dict]:
+    """A user's YAML file of keys (a config, a --thresholds file): `~` is the home folder (as in a shell, so a quoted
+    `--config=~/c.yaml` reads the same file everywhere); a key given twice or a key that is no name is refused; the
+    file must hold a mapping (`shape_fix` says how to write one). -> (the expanded path, the mapping)."""
+    p = Path(path).expanduser()
+    require_file(p, what, "give the path of a YAML file")
+    try:
+        loaded = load_yaml(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} '{p}' is not valid YAML: {exc}", getattr(exc, "fix", "fix the YAML syntax")) from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{what} '{p}' must hold a mapping of keys", shape_fix)
+    return p, loaded
+
+
+def read_config_file(path: str | Path, problems: list[str]) -> list[tuple[str, Any, str]]:
+    """A config file's keys as (key, value, how the file wrote it), sections flattened (`adapter: {r: 8}` ->
+    adapter.r); keys are not resolved here. The one reading of a config file (load_config, tune's explicit keys)."""
+    return _flatten(read_yaml_file(path, "config file", "write `key: value` lines")[1], problems)
 
 
 # Keys that name a local file or folder: a relative one (`name_or_path=tiny-bert`, `dataset_name=data`) is made
@@ -402,30 +455,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides or ()):
         raise UserError(f"overrides: a list of 'key=value' strings, not {overrides!r:.60}", "e.g. ['r=16', 'lr=1e-3']")
     overrides = overrides or ()
-    if path is not None:
-        p = Path(path).expanduser()
-        require_file(p, "config file", "give the path of a YAML file")
-        try:
-            loaded = load_yaml(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            fix = "keep one of the two lines" if "duplicate key" in str(exc) else "fix the YAML syntax"
-            raise UserError(f"config file '{p}' is not valid YAML: {exc}", fix) from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"config file '{p}' must hold a mapping of keys", "write `key: value` lines")
     problems: list[str] = []
-    if path is not None:
-        raw = _flatten(loaded, problems)
+    raw = read_config_file(path, problems) if path is not None else []
     flat: dict[str, Any] = {}
     given_as: dict[str, str] = {}
-    for key, value in raw.items():
+    for key, value, written in raw:
         try:
             full = resolve_key(key)
         except UserError as exc:
             problems.append(f"{key}: {exc.problem} ({exc.fix})")
             continue
-        if full in given_as:  # `r: 4` and `adapter: {r: 16}` in one file: the later would silently win
-            problems.append(f"{key}: the file gives {full} twice ({given_as[full]} and {key}); keep one of them")
-        given_as[full] = key
+        # `r: 4` and `adapter: {r: 16}`, or `adapter.r: 4` and `adapter: {r: 8}`, in one file: the later would
+        # silently win
+        if full in given_as:
+            problems.append(f"{key}: the file gives {full} twice ({given_as[full]} and {written}); keep one of them")
+        given_as[full] = written
         flat[full] = value
     for item in overrides:
         if "=" not in item:
@@ -462,13 +506,15 @@ def upgrade_recorded(flat: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _flatten(d: dict, problems: list[str]) -> dict[str, Any]:
-    """Top-level sections (`adapter: {r: 8}`) -> dotted keys; other keys pass through as written.
+def _flatten(d: dict, problems: list[str]) -> list[tuple[str, Any, str]]:
+    """Top-level sections (`adapter: {r: 8}`) -> dotted keys; other keys pass through as written. -> (key, value,
+    how the file wrote it) in file order, a key given twice kept twice (`adapter.r: 4` beside `adapter: {r: 8}`: the
+    caller refuses it, a dict here let the later silently win).
 
     An empty section (`adapter:` with every key commented out) is fine; a section whose value is
     not a mapping (`adapter: 8`) is a problem.
     """
-    out = {}
+    out = []
     for k, v in d.items():
         if str(k) in _SECTION_CLASSES:
             if v is None:
@@ -477,9 +523,9 @@ def _flatten(d: dict, problems: list[str]) -> dict[str, Any]:
                 problems.append(f"{k}: got {v!r}; allowed: a mapping of {k} keys (e.g. `{k}: {{...}}`)")
                 continue
             for kk, vv in v.items():
-                out[f"{k}.{kk}"] = vv
+                out.append((f"{k}.{kk}", vv, f"{kk} under {k}:"))
         else:
-            out[str(k)] = v
+            out.append((str(k), v, str(k)))
     return out
 
 

@@ -1479,21 +1479,20 @@ def resolve_thresholds(overrides: Mapping[str, Any] | None = None) -> dict[str, 
 
 
 def read_threshold_file(path: str | Path | None) -> dict[str, Any]:
-    """The overrides of a YAML file (`name: value` lines, optionally under a `thresholds:` key), unchecked."""
+    """The overrides of a YAML file (`name: value` lines, or all of them under a `thresholds:` key), unchecked. Read
+    as a config file is (config.read_yaml_file: `~` expanded, a name given twice refused); names beside a
+    `thresholds:` section are refused, not dropped."""
     if path is None:
         return {}
-    import yaml
+    from loratune.config import read_yaml_file
 
-    p = Path(path)
-    require_file(p, "thresholds file", "give a YAML file of `name: value` lines")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"thresholds file '{p}' is not valid YAML: {exc}", "fix the YAML syntax") from None
-    if isinstance(data, dict) and isinstance(data.get("thresholds"), dict):
+    p, data = read_yaml_file(path, "thresholds file", "write `name: value` lines")
+    if isinstance(data.get("thresholds"), dict):
+        beside = [str(k) for k in data if k != "thresholds"]
+        if beside:
+            raise UserError(f"thresholds file '{p}' gives {', '.join(beside)} beside its `thresholds:` section, which "
+                            "would be ignored", "write every name under `thresholds:`, or every one at the top level")
         data = data["thresholds"]
-    if not isinstance(data, dict):
-        raise UserError(f"thresholds file '{p}' must hold a mapping", "write `name: value` lines")
     return data
 
 

@@ -205,19 +205,14 @@ def _explicit_keys(args, resolve_key) -> set[str]:
             except Exception:
                 pass
     if args.config:
-        import yaml
+        from loratune.config import read_config_file
 
-        from loratune.config import SECTIONS
-
-        data = yaml.safe_load(open(args.config, encoding="utf-8")) or {}
-        for k, v in data.items():
-            if k in SECTIONS and isinstance(v, dict):
-                keys.update(f"{k}.{kk}" for kk in v)
-            else:
-                try:
-                    keys.add(resolve_key(str(k)))
-                except Exception:
-                    pass
+        # the file load_cfg read, read the same way (`~` expanded: a quoted --config=~/c.yaml was opened as written)
+        for key, _, _ in read_config_file(args.config, []):
+            try:
+                keys.add(resolve_key(key))
+            except Exception:
+                pass
     return keys
 
 

@@ -1,0 +1,78 @@
+"""Config and --thresholds files read one way (config.read_yaml_file), and the command line's config arguments:
+each key given once, merge keys, `~`, names that other tools use."""
+
+from __future__ import annotations
+
+import argparse
+from types import SimpleNamespace
+
+import pytest
+
+from loratune.config import ConfigError, load_config, load_yaml, resolve_key
+from loratune.errors import UserError
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def problems(path, overrides=()):
+    with pytest.raises(ConfigError) as err:
+        load_config(path, list(overrides))
+    return err.value.problems
+
+
+@pytest.mark.parametrize("text,first,second", [
+    ("adapter.r: 4\nadapter:\n  r: 8\n", "adapter.r", "r under adapter:"),  # was r 8, exit 0
+    ("adapter:\n  r: 8\nadapter.r: 4\n", "r under adapter:", "adapter.r"),  # was r 4
+])
+def test_a_key_given_dotted_and_in_its_section_is_refused(tmp_path, text, first, second):
+    assert problems(write(tmp_path, text)) == [
+        f"adapter.r: the file gives adapter.r twice ({first} and {second}); keep one of them"]
+
+
+def test_merge_keys_work_as_in_safe_load_and_duplicates_are_still_refused(tmp_path):
+    # (was "not valid YAML": the keys were built before `<<` was resolved)
+    cfg = load_config(write(tmp_path, "adapter:\n  <<: {r: 4, lora_alpha: 8}\n  r: 2\ntrain:\n  seed: 3\n"))
+    assert (cfg.adapter.r, cfg.adapter.lora_alpha, cfg.train.seed) == (2, 8.0, 3)
+    # an anchored mapping that merged and overrode a key is merged again: no false duplicate
+    assert load_yaml("a: &a {x: 1}\nb: &b {<<: *a, x: 2}\nc: {<<: *b, y: 3}\n")["c"] == {"x": 2, "y": 3}
+    with pytest.raises(UserError, match="duplicate key 'r'"):
+        load_config(write(tmp_path, "adapter:\n  <<: {r: 4}\n  r: 2\n  r: 3\n"))
+    with pytest.raises(UserError, match="duplicate key 'r'"):
+        load_config(write(tmp_path, "adapter:\n  <<: {r: 4, r: 5}\n"))
+
+
+@pytest.mark.parametrize("text,kind", [("? [a, b]\n: 2\n", "list"), ("? {a: 1}\n: 2\n", "mapping")])
+def test_a_key_that_is_a_list_or_mapping_is_a_user_error(tmp_path, text, kind):
+    with pytest.raises(UserError) as err:  # (was TypeError: unhashable type)
+        load_config(write(tmp_path, text))
+    assert f"a key that is a {kind} (line 1)" in err.value.problem
+    assert "`key: value` lines" in err.value.fix
+
+
+def test_tune_reads_a_config_path_with_a_tilde(tmp_path, monkeypatch):
+    from loratune.commands.tune import _explicit_keys
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write(tmp_path, "adapter.r: 4\ntrain:\n  seed: 3\n")
+    args = SimpleNamespace(data=None, overrides=["lora_alpha=8"], config="~/c.yaml")  # was FileNotFoundError
+    assert _explicit_keys(args, resolve_key) == {"adapter.r", "train.seed", "adapter.lora_alpha"}
+
+
+def test_threshold_files_are_read_as_config_files(tmp_path):
+    from loratune.rules import read_threshold_file
+    from loratune.thresholds import load_threshold_tables
+
+    with pytest.raises(UserError, match="duplicate key 'diverged_loss_ratio'"):  # (the last silently won)
+        read_threshold_file(write(tmp_path, "diverged_loss_ratio: 2\ndiverged_loss_ratio: 3\n"))
+    with pytest.raises(UserError) as err:  # (the top-level name was silently dropped)
+        read_threshold_file(write(tmp_path, "diverged_loss_ratio: 3\nthresholds:\n  diverged_chance_ratio: 4\n"))
+    assert "gives diverged_loss_ratio beside its `thresholds:` section" in err.value.problem
+    with pytest.raises(UserError, match="bogus2"):  # an unknown name beside the section: named, not dropped
+        load_threshold_tables(write(tmp_path, "thresholds:\n  diverged_chance_ratio: 4\nbogus2: 5\n"))
+    assert read_threshold_file(write(tmp_path, "thresholds:\n  diverged_chance_ratio: 4\n")) == {
+        "diverged_chance_ratio": 4}
+    assert read_threshold_file(write(tmp_path, "diverged_chance_ratio: 4\n")) == {"diverged_chance_ratio": 4}
