@@ -62,6 +62,18 @@ def test_tune_reads_a_config_path_with_a_tilde(tmp_path, monkeypatch):
     assert _explicit_keys(args, resolve_key) == {"adapter.r", "train.seed", "adapter.lora_alpha"}
 
 
+def test_a_second_config_option_is_refused(capsys):
+    from loratune.commands._common import add_config_args
+
+    p = argparse.ArgumentParser(prog="t")
+    add_config_args(p)
+    assert p.parse_args(["-c", "a.yaml"]).config == "a.yaml"
+    with pytest.raises(SystemExit) as exit_:  # (the first was silently dropped)
+        p.parse_args(["-c", "a.yaml", "--config", "b.yaml"])
+    assert exit_.value.code == 2
+    assert "--config given twice ('a.yaml' and 'b.yaml')" in capsys.readouterr().err
+
+
 def test_threshold_files_are_read_as_config_files(tmp_path):
     from loratune.rules import read_threshold_file
     from loratune.thresholds import load_threshold_tables

@@ -7,8 +7,20 @@ import json
 import sys
 
 
+class _Once(argparse.Action):
+    """An option given at most once: a second --config silently replaced the first (its keys all dropped)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, None)
+        if before is not None:
+            parser.error(f"{option_string} given twice ('{before}' and '{values}'): give one file (copy the other's "
+                         "keys into it, or give them as key=value overrides)")
+        setattr(namespace, self.dest, values)
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", metavar="FILE", help="YAML config (sections model/data/adapter/train, or flat keys)")
+    p.add_argument("--config", "-c", metavar="FILE", action=_Once,
+                   help="YAML config (sections model/data/adapter/train, or flat keys)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="overrides, e.g. r=16 learning_rate=5e-4 target_modules=[attn,ffn@top:2]")
     p.add_argument("--data", metavar="DIR", help="the data: a folder of train/validation/test files or a hub "
