@@ -326,6 +326,23 @@ def _bare_names() -> dict[str, list[str]]:
     return out
 
 
+# Other tools' names of a key (HF Trainer's command lines, PEFT scripts, habit) -> loratune's: suggested by an unknown
+# key's refusal, never taken silently (difflib alone offered `r` for `lr`, and following it set the rank to 0.001)
+KEY_ALIASES: dict[str, str] = {
+    "lr": "train.learning_rate", "learning-rate": "train.learning_rate",
+    "epochs": "train.num_train_epochs", "num_epochs": "train.num_train_epochs", "epoch": "train.num_train_epochs",
+    "batch_size": "train.per_device_train_batch_size", "bs": "train.per_device_train_batch_size",
+    "train_batch_size": "train.per_device_train_batch_size",
+    "eval_batch_size": "train.per_device_eval_batch_size",
+    "steps": "train.max_steps", "grad_accum": "train.gradient_accumulation_steps",
+    "gradient_accumulation": "train.gradient_accumulation_steps", "warmup": "train.warmup_ratio",
+    "scheduler": "train.lr_scheduler_type", "patience": "train.early_stopping_patience",
+    "rank": "adapter.r", "lora_r": "adapter.r", "alpha": "adapter.lora_alpha", "dropout": "adapter.lora_dropout",
+    "model_name": "model.name_or_path", "model_name_or_path": "model.name_or_path",
+    "dataset": "data.dataset_name", "max_seq_length": "model.max_length", "seq_len": "model.max_length",
+}
+
+
 def resolve_key(key: str) -> str:
     """`r` -> `adapter.r`; `train.seed` stays. Raises UserError listing close matches for an unknown key."""
     table = key_table()
@@ -336,7 +353,8 @@ def resolve_key(key: str) -> str:
         return bare[key][0]
     if key in bare:
         raise UserError(f"key '{key}' is ambiguous", f"write one of: {', '.join(bare[key])}")
-    close = difflib.get_close_matches(key, list(table) + list(bare), n=3)
+    alias = KEY_ALIASES.get(key.lower())
+    close = [alias] if alias else difflib.get_close_matches(key, list(table) + list(bare), n=3)
     hint = f"did you mean {', '.join(close)}?" if close else "see `loratune train --dry-run` for every key"
     raise UserError(f"unknown config key '{key}'", hint)
 
@@ -453,7 +471,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise UserError(f"config path: a YAML file's path, not {type(path).__name__} {path!r:.60}",
                         "give a path, or None and the settings as overrides: load_config(None, ['r=16'])")
     if isinstance(overrides, str) or not all(isinstance(o, str) for o in overrides or ()):
-        raise UserError(f"overrides: a list of 'key=value' strings, not {overrides!r:.60}", "e.g. ['r=16', 'lr=1e-3']")
+        raise UserError(f"overrides: a list of 'key=value' strings, not {overrides!r:.60}",
+                        "e.g. ['r=16', 'learning_rate=1e-3']")
     overrides = overrides or ()
     problems: list[str] = []
     raw = read_config_file(path, problems) if path is not None else []

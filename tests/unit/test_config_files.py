@@ -53,6 +53,32 @@ def test_a_key_that_is_a_list_or_mapping_is_a_user_error(tmp_path, text, kind):
     assert "`key: value` lines" in err.value.fix
 
 
+@pytest.mark.parametrize("key,meant", [("lr", "train.learning_rate"), ("epochs", "train.num_train_epochs"),
+                                       ("batch_size", "train.per_device_train_batch_size"),
+                                       ("LR", "train.learning_rate")])
+def test_other_tools_names_suggest_loratunes_key_never_taken(key, meant):
+    with pytest.raises(UserError) as err:  # lr suggested `r` (the rank); epochs, batch_size nothing
+        resolve_key(key)
+    assert err.value.fix == f"did you mean {meant}?"
+    resolve_key(meant)  # every alias names a real key
+
+
+def test_every_alias_names_a_key():
+    from loratune.config import KEY_ALIASES, key_table
+
+    assert set(KEY_ALIASES.values()) <= set(key_table())
+    for alias in KEY_ALIASES:
+        with pytest.raises(UserError):
+            resolve_key(alias)  # an alias is never a key itself (it would be taken, not suggested)
+
+
+def test_load_configs_example_override_is_a_key():
+    with pytest.raises(UserError) as err:
+        load_config(None, "r=16")
+    for example in err.value.fix.split("'")[1::2]:
+        resolve_key(example.split("=")[0])
+
+
 def test_tune_reads_a_config_path_with_a_tilde(tmp_path, monkeypatch):
     from loratune.commands.tune import _explicit_keys
 
