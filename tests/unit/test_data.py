@@ -1524,3 +1524,13 @@ def test_numpy_array_cells_are_read_as_label_lists_and_literals_side_by_side_nev
             load_dataset(DataConfig(train_file=str(bad), label_column="labels"), seed=0)
         assert "a comma between every two (e.g. ['card_lost', 'balance'])" in e.value.fix
         assert "JSON Lines or Parquet with real lists" in e.value.fix
+
+
+def test_a_max_train_samples_subset_of_one_class_names_the_subset(tmp_path):
+    """max_train_samples=1 on a file of 3 classes said the file had a single class and pointed at data.label_column;
+    the subset has it, and the fix is max_train_samples."""
+    p = write_rows(tmp_path / "train.jsonl", make_rows(TRAIN))
+    err = user_error(load_dataset, DataConfig(train_file=str(p), validation_file=str(p), max_train_samples=1))
+    assert err.problem.startswith("the training subset of 1 row(s) that data.max_train_samples=1 keeps of "
+                                  f"'{p}' (12 rows, 3 labels) has a single class")
+    assert "raise data.max_train_samples" in err.fix and "data.label_column" not in err.fix
