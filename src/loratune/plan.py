@@ -398,8 +398,8 @@ def _check_workload(w: Workload) -> None:
                         f"(2^32 tokens already need 8 TiB for one 1024-wide layer's bf16 hidden states)")
     if w.attention not in ATTENTION:
         problems.append(f"--attention {w.attention}: one of {', '.join(ATTENTION)}")
-    if not w.gpu_memory_gib > 0:
-        problems.append(f"--gpu-memory {w.gpu_memory_gib}: GiB of one GPU, a number > 0")
+    if not (w.gpu_memory_gib > 0 and math.isfinite(w.gpu_memory_gib)):  # (inf planned "GPUs of inf GiB")
+        problems.append(f"--gpu-memory {w.gpu_memory_gib}: GiB of one GPU, a finite number > 0")
     if w.full_precision not in FULL_PRECISION:
         problems.append(f"--full-precision {w.full_precision}: one of {', '.join(FULL_PRECISION)}")
     if problems:

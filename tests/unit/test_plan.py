@@ -381,6 +381,8 @@ def test_an_encoder_is_planned_as_a_classifier(tmp_path):
     ({"workload": Workload(seq_len=-1)}, "--seq-len -1"),
     ({"workload": Workload(full_precision="fp8")}, "--full-precision fp8"),
     ({"workload": Workload(gpu_memory_gib=0)}, "--gpu-memory 0"),
+    ({"workload": Workload(gpu_memory_gib=float("inf"))}, "--gpu-memory inf"),  # (planned "GPUs of inf GiB")
+    ({"workload": Workload(gpu_memory_gib=float("nan"))}, "--gpu-memory nan"),
     ({"targets": ("attn.nothing",)}, "attn.nothing"),
 ])
 def test_bad_knobs_are_user_errors_with_a_fix(kwargs, needle):
