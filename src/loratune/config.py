@@ -337,10 +337,27 @@ KEY_ALIASES: dict[str, str] = {
     "steps": "train.max_steps", "grad_accum": "train.gradient_accumulation_steps",
     "gradient_accumulation": "train.gradient_accumulation_steps", "warmup": "train.warmup_ratio",
     "scheduler": "train.lr_scheduler_type", "patience": "train.early_stopping_patience",
-    "rank": "adapter.r", "lora_r": "adapter.r", "alpha": "adapter.lora_alpha", "dropout": "adapter.lora_dropout",
-    "model_name": "model.name_or_path", "model_name_or_path": "model.name_or_path",
-    "dataset": "data.dataset_name", "max_seq_length": "model.max_length", "seq_len": "model.max_length",
+    "rank": "adapter.r", "lora_r": "adapter.r", "lora_rank": "adapter.r", "alpha": "adapter.lora_alpha",
+    "dropout": "adapter.lora_dropout", "lora_target_modules": "adapter.target_modules",
+    "lora_target": "adapter.target_modules", "micro_batch_size": "train.per_device_train_batch_size",
+    "optim": "train.optimizer", "lr_scheduler": "train.lr_scheduler_type",
+    "model_name": "model.name_or_path", "model_name_or_path": "model.name_or_path", "base_model": "model.name_or_path",
+    "dataset": "data.dataset_name", "max_seq_length": "model.max_length", "max_seq_len": "model.max_length",
+    "seq_len": "model.max_length", "sequence_len": "model.max_length", "cutoff_len": "model.max_length",
 }
+
+
+def _meant(key: str, bare: dict[str, list[str]]) -> str | None:
+    """The key an unknown `key` most likely means: an alias of the whole key or of its last dotted part (`train.lr`,
+    `adapter.lora_rank`: difflib offered train.slices and adapter.lora_alpha), or a key of another section given under
+    the wrong one (`train.r` -> adapter.r)."""
+    last = key.rsplit(".", 1)[-1]
+    alias = KEY_ALIASES.get(key.lower()) or KEY_ALIASES.get(last.lower())
+    if alias:
+        return alias
+    if "." in key and len(bare.get(last, ())) == 1:
+        return bare[last][0]
+    return None
 
 
 def resolve_key(key: str) -> str:
@@ -353,8 +370,8 @@ def resolve_key(key: str) -> str:
         return bare[key][0]
     if key in bare:
         raise UserError(f"key '{key}' is ambiguous", f"write one of: {', '.join(bare[key])}")
-    alias = KEY_ALIASES.get(key.lower())
-    close = [alias] if alias else difflib.get_close_matches(key, list(table) + list(bare), n=3)
+    meant = _meant(key, bare)
+    close = [meant] if meant else difflib.get_close_matches(key, list(table) + list(bare), n=3)
     hint = f"did you mean {', '.join(close)}?" if close else "see `loratune train --dry-run` for every key"
     raise UserError(f"unknown config key '{key}'", hint)
 

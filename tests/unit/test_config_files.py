@@ -63,6 +63,24 @@ def test_other_tools_names_suggest_loratunes_key_never_taken(key, meant):
     resolve_key(meant)  # every alias names a real key
 
 
+@pytest.mark.parametrize("key,meant", [("train.lr", "train.learning_rate"), ("adapter.lora_rank", "adapter.r"),
+                                       ("lora_rank", "adapter.r"), ("adapter.lr", "train.learning_rate"),
+                                       ("train.epochs", "train.num_train_epochs"), ("train.r", "adapter.r"),
+                                       ("data.seed", "train.seed")])
+def test_a_dotted_keys_last_part_is_looked_up_too(key, meant):
+    with pytest.raises(UserError) as err:  # train.lr said train.slices, adapter.lr adapter.r (the rank)
+        resolve_key(key)
+    assert err.value.fix == f"did you mean {meant}?"
+
+
+def test_aliases_in_a_files_sections_are_suggested(tmp_path):
+    text = "train:\n  lr: 0.001\n  epochs: 3\nadapter:\n  lora_rank: 4\n"
+    assert problems(write(tmp_path, text)) == [
+        "train.lr: unknown config key 'train.lr' (did you mean train.learning_rate?)",
+        "train.epochs: unknown config key 'train.epochs' (did you mean train.num_train_epochs?)",
+        "adapter.lora_rank: unknown config key 'adapter.lora_rank' (did you mean adapter.r?)"]
+
+
 def test_every_alias_names_a_key():
     from loratune.config import KEY_ALIASES, key_table
 
