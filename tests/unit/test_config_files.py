@@ -118,6 +118,27 @@ def test_a_second_config_option_is_refused(capsys):
     assert "--config given twice ('a.yaml' and 'b.yaml')" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,said", [
+    (["rules", "--thresholds", "a.yaml", "--thresholds", "b.yaml"], "--thresholds given twice ('a.yaml' and 'b.yaml'): "
+     "give one file (put every name into it"),
+    (["diagnose", "run", "--thresholds", "a.yaml", "--thresholds=b.yaml"], "--thresholds given twice"),
+    (["assess", "--thresholds", "a.yaml", "--thresholds", "b.yaml"], "--thresholds given twice"),
+    (["tune", "--thresholds", "a.yaml", "--thresholds", "b.yaml"], "--thresholds given twice"),
+    (["train", "--data", "d1", "--data", "d2"], "--data given twice ('d1' and 'd2'): give one data folder or hub "
+     "dataset id"),
+    (["assess", "--data", "d1", "--data", "d2"], "--data given twice"),
+    (["train", "-c", "a.yaml", "-c", "b.yaml"], "-c given twice ('a.yaml' and 'b.yaml'): give one file (copy the "
+     "other's keys"),
+])
+def test_a_single_valued_option_given_twice_is_refused_in_its_own_words(argv, said, capsys):
+    from loratune.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:  # (the first --thresholds file, the first --data, was silently dropped)
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 2
+    assert said in capsys.readouterr().err
+
+
 def test_threshold_files_are_read_as_config_files(tmp_path):
     from loratune.rules import read_threshold_file
     from loratune.thresholds import load_threshold_tables

@@ -7,23 +7,34 @@ import json
 import sys
 
 
-class _Once(argparse.Action):
-    """An option given at most once: a second --config silently replaced the first (its keys all dropped)."""
+class Once(argparse.Action):
+    """An option given at most once: a second --config (--thresholds, --data) silently replaced the first (its keys
+    all dropped). `twice=` says what to do instead, in the option's own words."""
+
+    def __init__(self, *args, twice: str = "give it once", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.twice = twice
 
     def __call__(self, parser, namespace, values, option_string=None):
         before = getattr(namespace, self.dest, None)
         if before is not None:
-            parser.error(f"{option_string} given twice ('{before}' and '{values}'): give one file (copy the other's "
-                         "keys into it, or give them as key=value overrides)")
+            parser.error(f"{option_string} given twice ('{before}' and '{values}'): {self.twice}")
         setattr(namespace, self.dest, values)
 
 
+def add_thresholds_arg(p: argparse.ArgumentParser, help: str) -> None:  # noqa: A002 (argparse's name)
+    p.add_argument("--thresholds", metavar="FILE.yaml", action=Once, help=help,
+                   twice="give one file (put every name into it: `name: value` lines)")
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", metavar="FILE", action=_Once,
+    p.add_argument("--config", "-c", metavar="FILE", action=Once,
+                   twice="give one file (copy the other's keys into it, or give them as key=value overrides)",
                    help="YAML config (sections model/data/adapter/train, or flat keys)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="overrides, e.g. r=16 learning_rate=5e-4 target_modules=[attn,ffn@top:2]")
-    p.add_argument("--data", metavar="DIR", help="the data: a folder of train/validation/test files or a hub "
+    p.add_argument("--data", metavar="DIR", action=Once, twice="give one data folder or hub dataset id",
+                   help="the data: a folder of train/validation/test files or a hub "
                    "dataset id (shorthand of data.dataset_name=DIR; a key=value override still wins)")
 
 

@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from loratune.commands._common import add_config_args, console, load_cfg, safe
+from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg, safe
 from loratune.errors import UserError
 from loratune.store import write_atomic
 
@@ -23,8 +23,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the assessment as JSON on stdout (no summary)")
     p.add_argument("--no-probe", action="store_true",
                    help="skip the difficulty probe (no model weights are loaded; the tokenizer still is)")
-    p.add_argument("--thresholds", metavar="FILE.yaml",
-                   help="override assess thresholds (`name: value` lines; names from `loratune rules`)")
+    add_thresholds_arg(p, help="override assess thresholds (`name: value` lines; names from `loratune rules`)")
     p.add_argument("--out", metavar="FILE", help="also write the JSON to FILE")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="probe embedding cache (default: $LORATUNE_CACHE_DIR or ~/.cache/loratune; `none`: off)")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from loratune.commands._common import add_thresholds_arg
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -21,8 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="run directory, Trainer output dir / trainer_state.json, TensorBoard dir, .ipynb (or "
                         ".ipynb#N: its table N), or CSV")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of the terminal view")
-    p.add_argument("--thresholds", metavar="FILE.yaml",
-                   help="override rule thresholds (`name: value` lines; names from `loratune rules`)")
+    add_thresholds_arg(p, help="override rule thresholds (`name: value` lines; names from `loratune rules`)")
     p.set_defaults(func=run)
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from loratune.commands._common import add_thresholds_arg
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("rules", help="print the diagnosis and assess rule tables and their thresholds",
                               description=__doc__)
     p.add_argument("--json", action="store_true", help="print the table as JSON")
-    p.add_argument("--thresholds", metavar="FILE.yaml", help="show the table with these threshold overrides")
+    add_thresholds_arg(p, help="show the table with these threshold overrides")
     p.add_argument("--features", action="store_true", help="also print the feature and assess fact catalogues")
     p.set_defaults(func=run)
 

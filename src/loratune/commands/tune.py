@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from loratune.objectives import objective
-from loratune.commands._common import add_config_args, console, load_cfg
+from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg
 from loratune.store import DEFAULT_STUDY_DIR
 
 
@@ -75,10 +75,9 @@ def register(sub) -> None:
                    help="optimizer steps per trial (default: from the budget)")
     p.add_argument("--target", type=positive_target, metavar="F1", help="the val objective you need (LoRA vs full decision): a macro-F1, or a val loss to reach "
                    "(causal-lm)")
-    p.add_argument("--thresholds", metavar="FILE.yaml",
-                   help="decide with these thresholds (`name: value` lines; names from `loratune rules`: the "
-                   "diagnosis, assess and LoRA-vs-full tables), as `diagnose` / `assess --thresholds` do; stored in "
-                   "the study (on --resume: the study's own)")
+    add_thresholds_arg(p, help="decide with these thresholds (`name: value` lines; names from `loratune rules`: the "
+                       "diagnosis, assess and LoRA-vs-full tables), as `diagnose` / `assess --thresholds` do; stored "
+                       "in the study (on --resume: the study's own)")
     p.add_argument("--no-full-probe", action="store_true", help="skip the full-fine-tuning probe")
     p.add_argument("--arms", type=lambda v: tuple(x.strip() for x in v.split(",") if x.strip()), default=(),
                    metavar="LIST", help="also try these variants, each at its own lr: loraplus (LoRA+, B at 16x the "
