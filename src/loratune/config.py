@@ -447,10 +447,16 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+# A top-level key starting with one of these holds a mapping only as an anchor for `<<:` merges (docker-compose's
+# `x-` convention: `x-defaults: &d {...}` then `train: {<<: *d}`), not a key: a file's reader leaves it out
+ANCHOR_HOLDERS = ("x-", ".")
+
+
 def read_yaml_file(path: str | Path, what: str, shape_fix: str) -> tuple[Path, dict]:
     """A user's YAML file of keys (a config, a --thresholds file): `~` is the home folder (as in a shell, so a quoted
     `--config=~/c.yaml` reads the same file everywhere); a key given twice or a key that is no name is refused; the
-    file must hold a mapping (`shape_fix` says how to write one). -> (the expanded path, the mapping)."""
+    file must hold a mapping (`shape_fix` says how to write one); top-level keys starting with ANCHOR_HOLDERS are
+    left out (anchors for merges). -> (the expanded path, the mapping)."""
     p = Path(path).expanduser()
     require_file(p, what, "give the path of a YAML file")
     try:
@@ -459,7 +465,7 @@ def read_yaml_file(path: str | Path, what: str, shape_fix: str) -> tuple[Path, d
         raise UserError(f"{what} '{p}' is not valid YAML: {exc}", getattr(exc, "fix", "fix the YAML syntax")) from None
     if not isinstance(loaded, dict):
         raise UserError(f"{what} '{p}' must hold a mapping of keys", shape_fix)
-    return p, loaded
+    return p, {k: v for k, v in loaded.items() if not (isinstance(k, str) and k.startswith(ANCHOR_HOLDERS))}
 
 
 def read_config_file(path: str | Path, problems: list[str]) -> list[tuple[str, Any, str]]:
@@ -499,7 +505,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             full = resolve_key(key)
         except UserError as exc:
-            problems.append(f"{key}: {exc.problem} ({exc.fix})")
+            fix = exc.fix
+            if isinstance(value, dict) and written == key:  # `defaults: &d {...}` kept for `train: {<<: *d}`
+                fix += (f"; a mapping kept only as an anchor for `<<:` merges goes under a key starting with "
+                        f"{' or '.join(ANCHOR_HOLDERS)}, which is not read (`x-{key}: &{key} {{...}}`)")
+            problems.append(f"{key}: {exc.problem} ({fix})")
             continue
         # `r: 4` and `adapter: {r: 16}`, or `adapter.r: 4` and `adapter: {r: 8}`, in one file: the later would
         # silently win

@@ -45,6 +45,25 @@ def test_merge_keys_work_as_in_safe_load_and_duplicates_are_still_refused(tmp_pa
         load_config(write(tmp_path, "adapter:\n  <<: {r: 4, r: 5}\n"))
 
 
+def test_top_level_keys_starting_with_x_or_dot_hold_anchors_for_merges(tmp_path):
+    from loratune.commands.tune import _explicit_keys
+    from loratune.rules import read_threshold_file
+
+    text = ("x-common: &c {learning_rate: 0.002, seed: 5}\n.lora: &l {r: 4}\ntrain: {<<: *c, seed: 4}\n"
+            "adapter: {<<: *l}\n")
+    cfg = load_config(write(tmp_path, text))  # (was "unknown config key 'x-common'")
+    assert (cfg.train.learning_rate, cfg.train.seed, cfg.adapter.r) == (0.002, 4, 4)
+    args = SimpleNamespace(data=None, overrides=[], config=str(tmp_path / "c.yaml"))
+    assert _explicit_keys(args, resolve_key) == {"train.learning_rate", "train.seed", "adapter.r"}
+    th = write(tmp_path, "x-d: &d 3\nthresholds:\n  diverged_loss_ratio: *d\n", "th.yaml")
+    assert read_threshold_file(th) == {"diverged_loss_ratio": 3}
+    # any other name holding the anchor is an unknown key, and the refusal says how to write it
+    [said] = problems(write(tmp_path, "defaults: &d {learning_rate: 0.002}\ntrain: {<<: *d}\n"))
+    assert said.startswith("defaults: unknown config key 'defaults' (")
+    assert said.endswith("a mapping kept only as an anchor for `<<:` merges goes under a key starting with x- or ., "
+                         "which is not read (`x-defaults: &defaults {...}`))")
+
+
 @pytest.mark.parametrize("text,kind", [("? [a, b]\n: 2\n", "list"), ("? {a: 1}\n: 2\n", "mapping")])
 def test_a_key_that_is_a_list_or_mapping_is_a_user_error(tmp_path, text, kind):
     with pytest.raises(UserError) as err:  # (was TypeError: unhashable type)
