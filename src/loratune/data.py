@@ -1347,7 +1347,8 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
                          f"{'it' if len(left_out) == 1 else 'them'}, give a validation file (data.validation_file)"
                          + "".join(f", or {fix}" for why, fix in CARVE_CAUSE_FIX.items() if why in left_out.values()))
         train = train.subset(keep)
-    whole = train  # (a subset's single class is the subset's, not the file's)
+    # (a subset's single class is the subset's, not the file's; the file's rows: the training rows and any carved)
+    whole, carved_n = train, (0 if "validation" in splits else len(validation))
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         train = train.subset(stratified_subset(train, cfg.max_train_samples, seed))
         notes.append(f"train: stratified subset of {len(train)} rows (max_train_samples)")
@@ -1365,8 +1366,10 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
                 f"a single label set ({sorted(next(iter(targets)))} on every row: each label is on every row)")
         if train is not whole and len(whole.label_counts()) >= 2 and len({frozenset(x) for x in whole.labels}) >= 2:
             raise UserError(f"the training subset of {len(train)} row(s) that data.max_train_samples="
-                            f"{cfg.max_train_samples} keeps of '{train.source}' ({len(whole)} rows, "
-                            f"{len(whole.label_counts())} labels) has {only}",
+                            f"{cfg.max_train_samples} keeps of the {len(whole)} training rows of '{train.source}' "
+                            f"({len(whole.label_counts())} labels"
+                            + (f"; its other {carved_n} rows carved for validation" if carved_n else "")
+                            + f") has {only}",
                             "a classifier needs at least two labels, and rows that differ in them: raise "
                             "data.max_train_samples (at least the number of labels), or leave it unset")
         raise UserError(f"training data '{train.source}' has {only}",

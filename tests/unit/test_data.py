@@ -1531,6 +1531,16 @@ def test_a_max_train_samples_subset_of_one_class_names_the_subset(tmp_path):
     the subset has it, and the fix is max_train_samples."""
     p = write_rows(tmp_path / "train.jsonl", make_rows(TRAIN))
     err = user_error(load_dataset, DataConfig(train_file=str(p), validation_file=str(p), max_train_samples=1))
-    assert err.problem.startswith("the training subset of 1 row(s) that data.max_train_samples=1 keeps of "
-                                  f"'{p}' (12 rows, 3 labels) has a single class")
+    assert err.problem.startswith("the training subset of 1 row(s) that data.max_train_samples=1 keeps of the 12 "
+                                  f"training rows of '{p}' (3 labels) has a single class")
     assert "raise data.max_train_samples" in err.fix and "data.label_column" not in err.fix
+
+
+def test_a_max_train_samples_subset_says_the_training_rows_when_validation_is_carved(tmp_path):
+    """With validation carved from a 32-row file the message said '(28 rows, 4 labels)' of the file: 28 are its
+    training rows, the other 4 were carved."""
+    p = write_rows(tmp_path / "train.jsonl", make_rows({"a": 8, "b": 8, "c": 8, "d": 8}))
+    err = user_error(load_dataset, DataConfig(train_file=str(p), validation_fraction=0.125, max_train_samples=1))
+    assert err.problem.startswith("the training subset of 1 row(s) that data.max_train_samples=1 keeps of the 28 "
+                                  f"training rows of '{p}' (4 labels; its other 4 rows carved for validation) has a "
+                                  "single class")
