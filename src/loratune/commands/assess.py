@@ -48,7 +48,7 @@ def run(args) -> int:
         refuse_to_replace(Path(args.out), "--out", "an assessment", (".json",),
                           inputs=[*inputs, args.config, args.thresholds], example="assessment.json")
     err = console(stderr=True)
-    progress = (lambda msg: None) if args.json else (lambda msg: err.print(f"[dim]{msg}...[/]"))
+    progress = (lambda msg: None) if args.json else (lambda msg: err.print(f"[dim]{safe(msg)}...[/]"))
     if cfg.model.task == "causal-lm":  # phase 0 of a generative run: token shape and the start config
         from loratune.api import prepare
         from loratune.assess.sft import assess_sft
@@ -74,7 +74,7 @@ def _emit(args, data: dict, summary) -> int:
     else:
         summary(console())
         if args.out:
-            console().print(f"written: {args.out}")
+            console().print(f"written: {safe(args.out)}")
     return 0
 
 

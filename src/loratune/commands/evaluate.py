@@ -44,7 +44,7 @@ def show(args, scores: dict) -> None:
 
     for note in (SPLIT_DIFFERS, IN_SAMPLE):
         if scores.get(f"{prefix}/{note}"):
-            out.print(f"note: {scores[f'{prefix}/{note}']}")
+            out.print(f"note: {safe(scores[f'{prefix}/{note}'])}")
 
     unseen = scores.get(f"{prefix}/{UNSEEN_LABELS}") or {}
     if unseen:  # scored as errors: a score lower than the model is, for a reason the numbers do not show

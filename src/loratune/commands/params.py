@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loratune.commands._common import console, human, print_json
+from loratune.commands._common import console, human, print_json, safe
 
 
 def register(sub) -> None:
@@ -48,13 +48,13 @@ def run(args) -> int:
     layers = f"{report.num_layers} layers"
     if report.depth > report.num_layers:  # ALBERT: one adapter per shared block, applied at every layer it runs
         layers = f"{report.depth} layers run by {report.num_layers} shared block(s) (adapters count once per block)"
-    out.print(f"[bold]{report.model_type}[/]: {human(report.total)} parameters, {layers}, "
+    out.print(f"[bold]{safe(report.model_type)}[/]: {human(report.total)} parameters, {layers}, "
               f"embeddings {human(report.embeddings)} ({report.embeddings / report.total:.0%})")
     if report.skipped:
-        out.print(f"skipped target sets this '{report.model_type}' has no layers for: "
-                  f"{'; '.join(' + '.join(t) for t in report.skipped)} (name its modules with --targets)")
+        out.print(f"skipped target sets this '{safe(report.model_type)}' has no layers for: "
+                  f"{safe('; '.join(' + '.join(t) for t in report.skipped))} (name its modules with --targets)")
     for t in report.targets:
-        table = Table(title=f"targets {' + '.join(t.targets)}: {t.modules} modules, adapted weights "
+        table = Table(title=f"targets {safe(' + '.join(t.targets))}: {t.modules} modules, adapted weights "
                       f"{human(t.adapted_weights)} ({t.adapted_weights / report.total:.1%} of the model)")
         for col in ("r", "LoRA params", "% of model", "% of adapted"):
             table.add_column(col, justify="right")
@@ -64,5 +64,5 @@ def run(args) -> int:
         out.print(f"  LoRA reaches 10% of the model at r={t.rank_at_10pct}, 20% at r={t.rank_at_20pct}; "
                   f"one third of the adapted weights (compute breakeven vs full fine-tuning) at "
                   f"r={t.rank_at_third_adapted}")
-    out.print(f"memory and FLOPs of LoRA, QLoRA and full fine-tuning: loratune plan {args.model}")
+    out.print(f"memory and FLOPs of LoRA, QLoRA and full fine-tuning: loratune plan {safe(args.model)}")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loratune.commands._common import console, human, print_json
+from loratune.commands._common import console, human, print_json, safe
 
 
 def register(sub) -> None:
@@ -59,12 +59,13 @@ def render(plan) -> None:
 
     s, lo, w, m = plan.shape, plan.lora, plan.workload, plan.methods
     out = console()
-    out.print(f"[bold]{plan.source}[/] ({s.model_type}, {s.task}): {human(s.params)} parameters, {s.layers} layers, "
+    out.print(f"[bold]{safe(plan.source)}[/] ({safe(s.model_type)}, {s.task}): {human(s.params)} parameters, "
+              f"{s.layers} layers, "
               f"hidden {s.hidden}, {s.heads} heads ({s.kv_heads} KV), FFN {s.ffn}, "
               + (f"vocabulary {s.vocab}" if s.task == "causal-lm" else f"{s.vocab} labels"))
     out.print(f"workload: batch {w.batch} x {w.seq_len} tokens = {w.tokens} tokens per micro-batch, "
               f"{w.attention} attention")
-    out.print(f"LoRA r={lo.r} on {', '.join(lo.targets)}: {lo.modules} modules, {human(lo.params)} parameters "
+    out.print(f"LoRA r={lo.r} on {safe(', '.join(lo.targets))}: {lo.modules} modules, {human(lo.params)} parameters "
               f"({lo.params / s.params:.2%} of the model, {lo.params / lo.adapted_weights:.2%} of the adapted weights)")
     cols = ("lora", "qlora", "full")
     table = Table(title="memory per GPU (GiB) and training compute")
@@ -99,4 +100,4 @@ def render(plan) -> None:
         out.print(f"LoRA stops paying at r={plan.breakeven_rank} on these targets: its parameters reach a third of the "
                   "adapted weights, where its compute matches training those weights fully (protocol 6)")
     for key, text in plan.conventions.items():
-        out.print(f"  [dim]{key}: {text}[/]")
+        out.print(f"  [dim]{key}: {safe(text)}[/]")

@@ -43,7 +43,7 @@ def run(args) -> int:
     except KeyboardInterrupt as exc:  # while the data is read: nothing is written yet, and the run says so
         from loratune import signals
 
-        out.print(f"[yellow]{signals.describe(exc)}[/]: {_record_after_interrupt(cfg.train.output_dir)}")
+        out.print(f"[yellow]{signals.describe(exc)}[/]: {safe(_record_after_interrupt(cfg.train.output_dir))}")
         return signals.exit_code(exc)
     if args.dry_run:
         info = api.plan(cfg, dataset)  # (what training would crash on refused first: api.check, as api.train does)
@@ -57,24 +57,24 @@ def run(args) -> int:
                   f"adapted weights {human(p['adapted_weights'])}")
         if info["adapted_modules"]:
             out.print(f"adapted modules: {len(info['adapted_modules'])} "
-                      f"(e.g. {', '.join(info['adapted_modules'][:3])})")
+                      f"(e.g. {safe(', '.join(info['adapted_modules'][:3]))})")
         out.print(f"planned: {info['steps']} optimizer steps, {info['examples']} training examples, "
                   f"evaluation every {info['eval_every']} steps"
                   + (f", the val loss alone every {info['loss_every']}" if info.get("loss_every") else ""))
         return 0
     # (what a run into a used output_dir replaces: api.train says it on stderr whatever -q says, before it is deleted)
-    out.print(f"training -> {cfg.train.output_dir}")
+    out.print(f"training -> {safe(cfg.train.output_dir)}")
     try:
         run = api.train(cfg, dataset, progress=not args.quiet)
     except KeyboardInterrupt as exc:
         from loratune import signals
 
-        out.print(f"[yellow]{signals.describe(exc)}[/]: {_record_after_interrupt(cfg.train.output_dir)}")
+        out.print(f"[yellow]{signals.describe(exc)}[/]: {safe(_record_after_interrupt(cfg.train.output_dir))}")
         return signals.exit_code(exc)
     print_summary(out, run)
     print_next_steps(out, cfg.train.output_dir)
     if run["status"] == "diverged":
-        out.print(f"[red]diverged[/]: {run['reason']}. {(run.get('saved_model') or {}).get('note', '')}")
+        out.print(f"[red]diverged[/]: {safe(run['reason'])}. {safe((run.get('saved_model') or {}).get('note', ''))}")
         return EXIT_DIVERGED
     return 0 if run["status"] == "completed" else 1
 
@@ -107,7 +107,7 @@ def print_summary(out, run: dict) -> None:
     from loratune.report.model import truncation_note
 
     best, final = run.get("best") or {}, run.get("final") or {}
-    t = Table(title=f"run {run['status']}: {run.get('reason')}", show_header=True)
+    t = Table(title=f"run {safe(run['status'])}: {safe(run.get('reason'))}", show_header=True)
     t.add_column("")
     t.add_column("best", justify="right")
     t.add_column("final", justify="right")
@@ -184,7 +184,7 @@ def print_next_steps(out, run_dir: str) -> None:
     width = max(len(c) for c, _ in steps)
     out.print("next:")
     for cmd, what in steps:
-        out.print(f"  {escape(cmd).ljust(width)}  [dim]{what}[/]")
+        out.print(f"  {safe(cmd)}{' ' * (width - len(cmd))}  [dim]{what}[/]")  # (a path in cmd: safe, as written)
 
 
 def _verdict_text(finding) -> str:

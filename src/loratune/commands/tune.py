@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from loratune.objectives import objective
-from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg
+from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg, safe
 from loratune.store import DEFAULT_STUDY_DIR
 
 
@@ -122,14 +122,15 @@ def run(args) -> int:
     out = console()
     ui = RichUI(out, live=not args.quiet)
     out.print(f"[bold]loratune tune[/] --strategy {args.strategy or 'protocol'} --budget {args.budget or '15m'} -> "
-              f"{args.study_dir}" if not args.resume else f"[bold]loratune tune[/] --resume {args.study_dir}")
+              f"{safe(args.study_dir)}" if not args.resume
+              else f"[bold]loratune tune[/] --resume {safe(args.study_dir)}")
     try:
         summary = tune(cfg, opts, ui)
     except KeyboardInterrupt as exc:
         from loratune import signals
 
         ui.stop()
-        out.print(f"[yellow]{signals.describe(exc)}[/]: {_kept_after_interrupt(args)}")
+        out.print(f"[yellow]{signals.describe(exc)}[/]: {safe(_kept_after_interrupt(args))}")
         return signals.exit_code(exc)
     finally:
         ui.stop()
@@ -179,7 +180,8 @@ def run_worker(args) -> int:
                         "give only --worker with --study-dir / --storage / --study-name (and --heartbeat)")
     out = console()
     ui = RichUI(out, live=False)
-    out.print(f"[bold]loratune tune --worker[/] joining {args.storage or args.study_dir} ({args.study_name})")
+    out.print(f"[bold]loratune tune --worker[/] joining {safe(args.storage or args.study_dir)} "
+              f"({safe(args.study_name)})")
     try:
         report = work(args.study_dir, storage=args.storage, study_name=args.study_name, heartbeat_s=args.heartbeat,
                       ui=ui, study_dir_given=args.study_dir_given)
@@ -189,7 +191,7 @@ def run_worker(args) -> int:
         out.print(f"[yellow]{signals.describe(exc)}[/]: the worker's trial is failed and trained again by the "
                   "leader or another worker")
         return signals.exit_code(exc)
-    out.print(f"worker done: {len(report.trials)} trial(s) trained ({report.reason})")
+    out.print(f"worker done: {len(report.trials)} trial(s) trained ({safe(report.reason)})")
     return 0
 
 
@@ -228,10 +230,10 @@ class RichUI:
         if not self.live:
             return
         if self.status is None:
-            self.status = self.out.status(text, spinner="dots")
+            self.status = self.out.status(safe(text), spinner="dots")
             self.status.start()
         else:
-            self.status.update(text)
+            self.status.update(safe(text))
 
     def stop(self) -> None:
         if self.status is not None:
@@ -239,7 +241,8 @@ class RichUI:
             self.status = None
 
     def note(self, text: str) -> None:
-        self.out.print(f"[dim]{text}[/]", markup=True, highlight=False)
+        """A line of plain text (search.tune, search.worker: paths, study and trial names in it), printed as written."""
+        self.out.print(f"[dim]{safe(text)}[/]", markup=True, highlight=False)
 
     def decision(self, d: dict) -> None:
         from rich.markup import escape
@@ -255,7 +258,8 @@ class RichUI:
         return f"best {ctx.fmt(b.value)} ({b.label})" if b else "best -"
 
     def trial_start(self, number, spec, ctx) -> None:
-        self.out.print(f"  [green]trial #{number}[/] {spec.name} [dim]({spec.phase}: {spec.purpose})[/]")
+        self.out.print(f"  [green]trial #{number}[/] {safe(spec.name)} "
+                       f"[dim]({safe(spec.phase)}: {safe(spec.purpose)})[/]")
         self._status(f"{spec.phase} · trial #{number} {spec.name} · starting · {self._best(ctx)} · "
                      f"{ctx.meter.describe_left()}")
 
@@ -270,8 +274,8 @@ class RichUI:
     def trial_end(self, rec, ctx) -> None:
         res = rec.result
         tag = " (reused from the study)" if rec.reused else ""
-        self.out.print(f"  [green]trial #{rec.number}[/] {rec.spec.name}: {ctx.show(rec.value)}, {res.status}, "
-                       f"{res.examples:,} examples, {res.wall_s:.0f}s, diagnosis {res.verdict}{tag}")
+        self.out.print(f"  [green]trial #{rec.number}[/] {safe(rec.spec.name)}: {ctx.show(rec.value)}, {res.status}, "
+                       f"{res.examples:,} examples, {res.wall_s:.0f}s, diagnosis {safe(res.verdict)}{tag}")
         self._status(f"{ctx.phase} · {self._best(ctx)} · {ctx.meter.describe_left()}")
 
 
@@ -284,28 +288,28 @@ def print_summary(out, s: dict) -> None:
         t.add_column(col)
     for row in s["trials"]:
         v = row.get("objective_value", row["val_macro_f1"])
-        t.add_row(str(row["trial"]), row["name"], row["phase"], row["status"],
+        t.add_row(str(row["trial"]), safe(row["name"]), row["phase"], row["status"],
                   "-" if v is None else f"{v:.3f}", f"{row['examples']:,}",
                   f"{row['wall_s']:.0f}", "-" if not row["mean_step_s"] else f"{row['mean_step_s']:.3f}",
-                  row["verdict"])
+                  safe(row["verdict"]))
     out.print(t)
     if s.get("thresholds_overridden"):
         from loratune.thresholds import overrides_text
 
-        out.print(f"[bold]thresholds overridden:[/] {overrides_text(s['thresholds_overridden'])}")
+        out.print(f"[bold]thresholds overridden:[/] {safe(overrides_text(s['thresholds_overridden']))}")
     lvf = s.get("lora_vs_full")
     if lvf:
-        out.print(f"[bold]LoRA vs full:[/] {lvf['summary']}")
+        out.print(f"[bold]LoRA vs full:[/] {safe(lvf['summary'])}")
     rec = s.get("recommendation")
     if rec:
         test_key = obj.key.replace("val/", "test/", 1)
         test = (rec.get("test") or {}).get(test_key)
         value = rec.get("objective_value", rec["val_macro_f1"])
-        out.print(f"[bold]recommendation:[/] trial #{rec['trial']} {rec['name']}: {obj.name} "
+        out.print(f"[bold]recommendation:[/] trial #{rec['trial']} {safe(rec['name'])}: {obj.name} "
                   + ("-" if value is None else f"{value:.4f}")
                   + (f", {obj.name.replace('val ', 'test ', 1)} {test:.4f}" if test is not None else ""))
         for k, v in rec.get("files", {}).items():
-            out.print(f"  {k}: {v}")
+            out.print(f"  {k}: {safe(v)}")
     b = s["budget"]
     out.print(f"budget: spent {b['spent']['wall_s']:.0f}s, {b['spent']['examples']:,} examples, "
               f"{b['spent']['trials']} trials of {b['budget']['text']}; this session {s.get('wall_s_session', 0):.0f}s")
