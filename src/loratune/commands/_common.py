@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from loratune.listing import LINE_BREAKS, one_line  # noqa: F401  (the one-line rule, beside printable)
+
 
 class Once(argparse.Action):
     """An option given at most once: a second --config (--thresholds, --data) silently replaced the first (its keys
@@ -69,14 +71,12 @@ def safe(text) -> str:
     return escape(body) + ("\\" * (2 * tail) + "[none][/none]" if tail else "")
 
 
-# what ends a line for line tools (`wc -l`, `cut`, `paste`) and Python's splitlines, or sends the cursor back over it:
-# written as its escape in a text printed as one line of a listing (the other control characters: safe / printable)
-LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+def label_shown(label) -> str:
+    """A label as a line or a table cell shows it (rich markup, safe): listing.label_text's one rule, quoted where
+    a comma, quote or line break would misstate the labels (a label "bal\\nance" broke show's table into two rows)."""
+    from loratune.listing import label_text
 
-
-def one_line(text) -> str:
-    """A text from the user's data on one line: its line breaks written as escapes (LINE_BREAKS)."""
-    return str(text).translate(LINE_BREAKS)
+    return safe(label_text(label))
 
 
 def print_json(data) -> None:

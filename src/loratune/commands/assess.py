@@ -10,6 +10,7 @@ from pathlib import Path
 from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg, safe
 from loratune.errors import UserError
 from loratune.store import write_atomic
+from loratune.listing import LABEL_JOIN, label_text
 
 _SEVERITY_STYLE = {"error": "bold red", "warn": "yellow", "info": "cyan"}
 
@@ -147,10 +148,10 @@ def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None
         t.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/]", f.id, safe(f.message))
     out.print(t)
     if a.conflicts.pairs:
-        out.print(safe("  conflicting label pairs: " + ", ".join(f"{p.a} / {p.b} ({p.count})"
-                                                                for p in a.conflicts.pairs[:5])))
+        out.print(safe("  conflicting label pairs: " + LABEL_JOIN.join(
+            f"{label_text(p.a)} / {label_text(p.b)} ({p.count})" for p in a.conflicts.pairs[:5])))
     for ex in a.conflicts.examples[:4]:
-        rows = "  vs  ".join(f"[{'+'.join(r.labels)}] {r.text!r} ({r.split})" for r in ex.rows)
+        rows = "  vs  ".join(f"[{'+'.join(map(label_text, r.labels))}] {r.text!r} ({r.split})" for r in ex.rows)
         out.print(safe(f"  {ex.kind} conflict ({ex.similarity:.2f}): {rows}"))
 
     p = a.probe
@@ -161,12 +162,12 @@ def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None
         out.print(f"[bold]probe[/] ({p.method}): val macro-F1 {p.macro_f1:.3f} {se}{acc} "
                   f"on {p.val_rows} rows{' (cached embeddings)' if p.cached else ''}")
         if p.confused_pairs:
-            out.print(safe("  pairs to watch: " + ", ".join(f"{c.true} -> {c.pred} ({c.count})"
-                                                           for c in p.confused_pairs[:5])))
+            out.print(safe("  pairs to watch: " + LABEL_JOIN.join(
+                f"{label_text(c.true)} -> {label_text(c.pred)} ({c.count})" for c in p.confused_pairs[:5])))
         spread = [c for c in p.classes if c.spread_z is not None][:3]
         if spread:
             out.print(safe("  most spread-out classes: " + "; ".join(
-                f"{c.label} (z {c.spread_z:.1f}, purity {c.neighbour_purity:.2f}"
+                f"{label_text(c.label)} (z {c.spread_z:.1f}, purity {c.neighbour_purity:.2f}"
                 + (f", recall {c.recall:.2f}" if c.recall is not None else "") + ")" for c in spread)))
 
     r = a.recommendation

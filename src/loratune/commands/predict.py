@@ -6,7 +6,8 @@ import contextlib
 import sys
 from pathlib import Path
 
-from loratune.commands._common import console, one_line, print_json_items, safe
+from loratune.listing import LABEL_JOIN as LIST_JOIN, NO_LABEL  # (the label rule's: one place)
+from loratune.commands._common import console, label_shown, one_line, print_json_items, safe
 from loratune.errors import UserError, require_file
 
 
@@ -107,20 +108,6 @@ def run(args) -> int:
                     out.print(f"[bold]{LIST_JOIN.join(map(label_shown, p['labels'])) or NO_LABEL}[/]  {text}"
                               + (f"  [dim]({alts})[/]" if alts else ""), soft_wrap=not wrap)
     return 0
-
-
-LIST_JOIN = ", "  # between the labels (and scores) of a line
-NO_LABEL = "(none)"  # a multi-label answer of no label
-
-
-def label_shown(label: str) -> str:
-    """A label as a line lists it (rich markup, safe): quoted as a JSON string where it holds the list's comma or a
-    quote, or reads as NO_LABEL, so that "always, bal,ance, pin" (three labels, one with a comma) prints as
-    'always, "bal,ance", pin' and a reader can tell the labels apart; --json gives them as a list."""
-    import json
-
-    quote = "," in label or '"' in label or label == NO_LABEL or one_line(label) != label  # (a line break too)
-    return safe(json.dumps(label, ensure_ascii=False) if quote else label)
 
 
 @contextlib.contextmanager

@@ -186,7 +186,8 @@ def show_run(con, r, n_classes: int = 10) -> None:
 
 def _show_classes(con, r, n_classes: int) -> None:
     """Per-class recall (worst first) and the top confused pairs of a classifier run."""
-    from loratune.commands._common import safe
+    from loratune.commands._common import label_shown, safe
+    from loratune.listing import LABEL_JOIN
     from rich.table import Table
 
     # classes --------------------------------------------------------------------------------
@@ -203,12 +204,13 @@ def _show_classes(con, r, n_classes: int) -> None:
                        ("F1", "right"), ("train recall", "right"), ("", "left")):
             t.add_column(col, justify=j)
         for row in c.weakest(n_classes):  # the report's rule (ClassTable.ranked): classes with val rows
-            t.add_row(safe(row.label), str(row.train_count or "–"), str(row.val_support or "–"), f3(row.recall),
-                      f3(row.f1), f3(row.train_recall), "[magenta]tail[/]" if row.tail else "")
+            t.add_row(label_shown(row.label), str(row.train_count or "–"), str(row.val_support or "–"),
+                      f3(row.recall), f3(row.f1), f3(row.train_recall), "[magenta]tail[/]" if row.tail else "")
         con.print(t)
         if c.unranked:
-            names = ", ".join(row.label for row in c.unranked[:8]) + (", …" if len(c.unranked) > 8 else "")
-            con.print(f"[dim]{len(c.unranked)} class(es) without val rows (no recall, not ranked): {safe(names)}[/]")
+            names = LABEL_JOIN.join(label_shown(row.label) for row in c.unranked[:8])
+            more = LABEL_JOIN + "…" if len(c.unranked) > 8 else ""
+            con.print(f"[dim]{len(c.unranked)} class(es) without val rows (no recall, not ranked): {names}{more}[/]")
         recalls = [row.recall for row in c.rows if row.recall is not None]
         if recalls:
             con.print(f"[dim]{len(recalls)} classes · recall min {min(recalls):.3f} · mean "
@@ -220,17 +222,17 @@ def _show_classes(con, r, n_classes: int) -> None:
 
     if r.confusion.missing is None and r.confusion.total:
         con.print(f"[dim]{r.confusion.errors} errors in {r.confusion.total} val rows"
-                  + ("; most confused classes: " + safe(", ".join(r.confusion.focus[:8])) if r.confusion.cell_errors
-                     else "") + "[/]")
+                  + ("; most confused classes: " + LABEL_JOIN.join(map(label_shown, r.confusion.focus[:8]))
+                     if r.confusion.cell_errors else "") + "[/]")
         note = outside_matrix_note(r.confusion)
         if note and r.pairs:  # without pairs, pairs_missing_why says it
             con.print(f"[dim]{safe(note)}[/]")
     if not r.pairs:
         con.print(f"[dim]{safe(pairs_missing_why(r))}[/]")
     for p in r.pairs:
-        rate = f" ({p.rate:.0%} of {safe(p.true)})" if p.rate is not None else ""
+        rate = f" ({p.rate:.0%} of {label_shown(p.true)})" if p.rate is not None else ""
         rev = f" [dim]· reverse {p.reverse}[/]" if p.reverse else ""
-        con.print(f"  {p.count:>3}  [bold]{safe(p.true)}[/] → {safe(p.pred)}{rate}{rev}")
+        con.print(f"  {p.count:>3}  [bold]{label_shown(p.true)}[/] → {label_shown(p.pred)}{rate}{rev}")
         for text in (p.examples or ())[:2]:
             con.print(f"       [dim]“{safe(text)}”[/]")
     if r.examples_note and r.pairs:

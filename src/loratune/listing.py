@@ -1,0 +1,32 @@
+"""How a text from the user's data is written where its form carries meaning: on one line of a listing (its line
+breaks as escapes), a label in a one-line list or a table cell (one quoting rule: predict, show, evaluate, the model
+card). Standard library only: the CLI imports it at start."""
+
+from __future__ import annotations
+
+import json
+import re
+
+# what ends a line for line tools (`wc -l`, `cut`, `paste`) and Python's splitlines, or sends the cursor back over it:
+# written as its escape in a text printed as one line of a listing (the other control characters: printable)
+LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def one_line(text) -> str:
+    """A text from the user's data on one line: its line breaks written as escapes (LINE_BREAKS)."""
+    return str(text).translate(LINE_BREAKS)
+
+
+LABEL_JOIN = ", "  # between the labels of a one-line list (predict's answers, evaluate's pairs, the model card)
+NO_LABEL = "(none)"  # a multi-label answer of no label
+
+
+def label_text(label) -> str:
+    """A label as a one-line list or a table cell names it (plain text): as written, or quoted as a JSON string where
+    it holds LABEL_JOIN's comma, a quote or a line break, or reads as NO_LABEL, so that "always, bal,ance, pin" (three
+    labels, one with a comma) reads 'always, "bal,ance", pin', a label "bal\\nance" stays one line ("bal\\nance") and
+    every label reads back (a quoted one with json.loads). The one rule of predict, show, evaluate and the model card."""
+    label = str(label)
+    quote = "," in label or '"' in label or label == NO_LABEL or one_line(label) != label
+    return one_line(json.dumps(label, ensure_ascii=False)) if quote else label  # (json keeps U+2028: one_line)
+

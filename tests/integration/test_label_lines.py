@@ -1,0 +1,57 @@
+"""A label with a line break, a comma or Markdown in it is one line, and reads back, wherever a table row or a
+one-line list names it (show, evaluate: listing.label_text, predict's rule) and in the model card's label list (a code
+span each). Hunt 15: show's per-class table printed 7 rows for 4 classes, evaluate's "most confused" ran over 4 lines,
+the card listed "bal\\nance, ---\\nlicense: mit\\n---, x, y: `z`, *emph* | pipe | \\" as raw Markdown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loratune.cli import main
+
+from support import INTENTS, make_rows, overrides, write_jsonl
+
+LABELS = dict(zip(INTENTS, ["bal\nance", "---\nlicense: mit\n---", "x, y: `z`", "*emph* | pipe | \\"]))
+SHOWN = ['"bal\\nance"', '"---\\nlicense: mit\\n---"', '"x, y: `z`"', "*emph* | pipe | \\"]
+
+
+@pytest.fixture(scope="module")
+def md_run(tiny_bert, tmp_path_factory):
+    d = tmp_path_factory.mktemp("md-data")
+    for name, n, seed in (("train", 8, 1), ("validation", 4, 2), ("test", 4, 3)):
+        write_jsonl(d / f"{name}.jsonl", [{"text": r["text"], "label": LABELS[r["label"]]} for r in make_rows(n, seed)])
+    run = tmp_path_factory.mktemp("md") / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, d, run, max_steps=8)]) == 0
+    return run
+
+
+def test_show_gives_each_class_one_row_of_its_quoted_label(md_run, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    capsys.readouterr()
+    assert main(["show", str(md_run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("class "))
+    rows = lines[start + 1:next(i for i, line in enumerate(lines) if " classes · recall min " in line)]
+    assert len(rows) == 4  # one row a class (the code before: 7)
+    assert sorted(next(s for s in SHOWN if row.startswith(s + " ")) for row in rows) == sorted(SHOWN)
+    pairs = lines[next(i for i, line in enumerate(lines) if line.startswith("top confused pairs")) + 1:]
+    for line in pairs[:next(i for i, line in enumerate(pairs) if line.startswith("parameters"))]:
+        if "→" in line:  # every pair one line: its two labels, each one of the four as shown
+            assert sum(line.count(s) for s in SHOWN) >= 2, line
+
+
+def test_evaluate_lists_the_confused_pairs_on_one_line(md_run, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # (rich wraps at 80 columns off a terminal: a line of its own, not a label's)
+    capsys.readouterr()
+    assert main(["evaluate", str(md_run), "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    confused = [line for line in out.splitlines() if line.startswith("most confused: ")]
+    assert len(confused) == 1 and out.splitlines()[-1] == confused[0]  # nothing of it on the lines after
+    pairs = confused[0][len("most confused: "):].split("; ")
+    assert len(pairs) >= 2
+    for pair in pairs:
+        true, pred = pair.rsplit(" (", 1)[0].split(" -> ")
+        assert true in SHOWN and pred in SHOWN, pair
+

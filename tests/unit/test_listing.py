@@ -1,0 +1,50 @@
+"""listing: the one rule by which a label is written on one line (predict, show, evaluate, assess, the model card) and
+the Markdown code span the model card lists labels in: every label reads back exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loratune.listing import LABEL_JOIN, NO_LABEL, label_text
+
+# labels that broke a one-line list, a table row or the model card's Markdown (hunt 15: show's table of 4 classes
+# printed 7 rows; the card's "labels: bal\nance, ---\nlicense: mit\n---, x, y: `z`, ..." read as other labels)
+HOSTILE = ["bal\nance", "---\nlicense: mit\n---", "x, y: `z`", "*emph* | pipe | \\", "a\r\nb", "p\u2028q",
+           'say "hi"', NO_LABEL, "``", "`a`", " a ", "a ", "  ", "é ✨ [/]", "plain"]
+
+
+def _read(shown: str) -> str:
+    return json.loads(shown) if shown.startswith('"') else shown
+
+
+@pytest.mark.parametrize("label, shown", [
+    ("plain", "plain"), ("*emph* | pipe | \\", "*emph* | pipe | \\"), ("bal\nance", '"bal\\nance"'),
+    ("x, y: `z`", '"x, y: `z`"'), ('say "hi"', '"say \\"hi\\""'), (NO_LABEL, '"(none)"'), ("p\u2028q", '"p\\u2028q"'),
+])
+def test_label_text_quotes_a_label_only_where_it_would_misread(label, shown):
+    assert label_text(label) == shown
+
+
+@pytest.mark.parametrize("label", HOSTILE)
+def test_label_text_is_one_line_and_reads_back(label):
+    shown = label_text(label)
+    assert len(shown.splitlines()) == 1 and _read(shown) == label
+    assert "," not in shown or shown.startswith('"')  # a list joined by LABEL_JOIN splits where it was joined
+
+
+def test_a_list_of_labels_splits_back_into_its_labels():
+    import re
+
+    line = LABEL_JOIN.join(map(label_text, HOSTILE))
+    assert len(line.splitlines()) == 1
+    # a reader of the line: a JSON string, or anything up to the next comma, each followed by LABEL_JOIN or the end
+    item = re.compile(r'("(?:[^"\\]|\\.)*"|[^,"]*)(?:, |$)')
+    read, at = [], 0
+    while at < len(line):
+        m = item.match(line, at)
+        read.append(_read(m.group(1)))
+        at = m.end()
+    assert read == HOSTILE
+
