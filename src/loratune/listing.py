@@ -1,6 +1,6 @@
 """How a text from the user's data is written where its form carries meaning: on one line of a listing (its line
 breaks as escapes), a label in a one-line list or a table cell (one quoting rule: predict, show, evaluate, the model
-card). Standard library only: the CLI imports it at start."""
+card) and in Markdown (a code span). Standard library only: the CLI imports it at start."""
 
 from __future__ import annotations
 
@@ -30,3 +30,13 @@ def label_text(label) -> str:
     quote = "," in label or '"' in label or label == NO_LABEL or one_line(label) != label
     return one_line(json.dumps(label, ensure_ascii=False)) if quote else label  # (json keeps U+2028: one_line)
 
+
+def code_span(text) -> str:
+    """The text as a Markdown code span that renders it literally (CommonMark 6.1): fenced by one backtick more than
+    its longest run of them, padded by a space where it begins or ends with a backtick or with spaces at both ends
+    (the renderer strips one from each side then). A line break inside renders as a space: give it one_line text."""
+    text = str(text)
+    runs = re.findall("`+", text)
+    fence = "`" * (max(map(len, runs), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" or (text[:1] == text[-1:] == " " and text.strip(" ")) else ""
+    return f"{fence}{pad}{text}{pad}{fence}"

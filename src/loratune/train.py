@@ -45,6 +45,7 @@ from loratune.errors import UserError, disk_full
 from loratune.objectives import Patience, keep_order, objective as objective_named
 from loratune.eval_extras import EvalExtras
 from loratune.heads import head_modules
+from loratune.listing import LABEL_JOIN, code_span, label_text
 from loratune.losses import LossSpec, compute_loss, loss_spec
 from loratune.metrics import (Decoding, crossfit_thresholds, decode, multi_label_scores, sigmoid,
                               single_label_scores, tune_thresholds)
@@ -1363,7 +1364,10 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool, pick: CardPi
     a = cfg.adapter
     kind = (f"a LoRA adapter (r={a.r}, lora_alpha={a.lora_alpha}, targets {', '.join(map(str, a.target_modules))}) "
             "with its trained classification head" if is_adapter else "a fully fine-tuned model")
-    labels = ", ".join(space.labels[:20]) + (f", ... ({len(space)} in all)" if len(space) > 20 else "")
+    # each label a code span of its one-line form (listing.label_text): raw Markdown ("x, y", "bal\nance", "*emph*",
+    # "---") read as other labels, a line break as a new paragraph
+    labels = LABEL_JOIN.join(code_span(label_text(x)) for x in space.labels[:20]) + (
+        f", ... ({len(space)} in all)" if len(space) > 20 else "")
     # truncation=True cuts a text at the saved tokenizer's model_max_length, the run's max_length (_write_model), as
     # predict and evaluate cut it: without it a longer text was scored whole (other labels; past the position table, an
     # error)
@@ -1399,11 +1403,11 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool, pick: CardPi
         auto = ""
     data = cfg.data.train_file or cfg.data.dataset_name
     return ("# Text classifier trained with loratune\n\n"
-            f"This folder holds {kind}, trained by `loratune train` on `{data}` for "
+            f"This folder holds {kind}, trained by `loratune train` on {code_span(data)} for "
             f"{'multi' if space.multi_label else 'single'}-label classification into {len(space)} labels: "
             f"{labels}.\n\n"
-            f"- base model (BASE below): `{cfg.model.name_or_path}` (`base_model_path` in `label_map.json` when it "
-            f"is an embedded model), `max_length` {cfg.model.max_length} (the recipes below pass it with "
+            f"- base model (BASE below): {code_span(cfg.model.name_or_path)} (`base_model_path` in `label_map.json` "
+            f"when it is an embedded model), `max_length` {cfg.model.max_length} (the recipes below pass it with "
             "`truncation=True`: the tokenizer and a pipeline cut longer texts there, as `loratune predict` does)\n"
             "- label order: `label_map.json` (logit i is `labels[i]`)\n"
             + card_record(*RECORD_FILES, pick) +

@@ -55,3 +55,18 @@ def test_evaluate_lists_the_confused_pairs_on_one_line(md_run, capsys, monkeypat
         true, pred = pair.rsplit(" (", 1)[0].split(" -> ")
         assert true in SHOWN and pred in SHOWN, pair
 
+
+def test_the_model_card_lists_the_labels_so_they_read_back(md_run):
+    from markdown_it import MarkdownIt
+
+    card = (md_run / "adapter" / "README.md").read_text(encoding="utf-8")
+    para = next(t for t in MarkdownIt("commonmark").parse(card) if t.type == "inline" and " labels: " in t.content)
+    tokens = para.children
+    start = next(i for i, t in enumerate(tokens) if t.type == "text" and t.content.endswith(" labels: "))
+    spans = [t.content for t in tokens[start:] if t.type == "code_inline"]
+    read = [json.loads(s) if s.startswith('"') else s for s in spans]
+    assert read == json.load(open(md_run / "adapter" / "label_map.json"))["labels"]
+    assert sorted(read) == sorted(LABELS.values())
+    # nothing of a label escaped its span: no emphasis, no rule, no new paragraph in the card's first lines
+    assert not any(t.type in ("em_open", "strong_open") for t in tokens)
+    assert "license: mit" not in card.split("\n")[2:4]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from loratune.listing import LABEL_JOIN, NO_LABEL, label_text
+from loratune.listing import LABEL_JOIN, NO_LABEL, code_span, label_text
 
 # labels that broke a one-line list, a table row or the model card's Markdown (hunt 15: show's table of 4 classes
 # printed 7 rows; the card's "labels: bal\nance, ---\nlicense: mit\n---, x, y: `z`, ..." read as other labels)
@@ -48,3 +48,13 @@ def test_a_list_of_labels_splits_back_into_its_labels():
         at = m.end()
     assert read == HOSTILE
 
+
+@pytest.mark.parametrize("text", [*HOSTILE, *map(label_text, HOSTILE)])
+def test_code_span_renders_the_text_literally_in_commonmark(text):
+    from markdown_it import MarkdownIt
+
+    if "\n" in text or "\r" in text or "\u2028" in text:  # (a code span renders a line break as a space: give it one line)
+        text = label_text(text)
+    tokens = MarkdownIt("commonmark").parseInline(f"labels: {code_span(text)}, next")[0].children
+    spans = [t.content for t in tokens if t.type == "code_inline"]
+    assert spans == [text]
