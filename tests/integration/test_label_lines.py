@@ -70,3 +70,22 @@ def test_the_model_card_lists_the_labels_so_they_read_back(md_run):
     # nothing of a label escaped its span: no emphasis, no rule, no new paragraph in the card's first lines
     assert not any(t.type in ("em_open", "strong_open") for t in tokens)
     assert "license: mit" not in card.split("\n")[2:4]
+
+
+def test_assess_names_no_label_unquoted_and_each_label_of_a_set_by_the_rule(tmp_path, capsys, monkeypatch):
+    """Multi-label data whose one text carries no label in a row and pin in another: the conflict reads
+    '(none) / pin' (the code before: '"(none)" / pin', the label-set name quoted whole)."""
+    monkeypatch.setenv("COLUMNS", "400")
+    for name, n, seed in (("train", 8, 1), ("validation", 4, 2), ("test", 4, 3)):
+        rows = [{"text": r["text"], "labels": [r["label"]]} for r in make_rows(n, seed)]
+        if name == "train":
+            rows += [{"text": "today send money to a friend today", "labels": []},
+                     {"text": "today send money to a friend today", "labels": ["pin"]},
+                     {"text": "wire it now please", "labels": ["x, y", "transfer"]},
+                     {"text": "wire it now please", "labels": ["transfer"]}]
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    assert main(["assess", f"data.dataset_name={tmp_path}", "data.label_column=labels", "data.multi_label=true",
+                 "--no-probe"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "conflicting label pairs: " in line)
+    assert line.split("conflicting label pairs: ")[1] == '(none) / pin (1), transfer / transfer+"x, y" (1)', line

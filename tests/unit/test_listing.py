@@ -58,3 +58,13 @@ def test_code_span_renders_the_text_literally_in_commonmark(text):
     tokens = MarkdownIt("commonmark").parseInline(f"labels: {code_span(text)}, next")[0].children
     spans = [t.content for t in tokens if t.type == "code_inline"]
     assert spans == [text]
+
+
+@pytest.mark.parametrize("labels, key", [
+    ((), NO_LABEL), (("pin",), "pin"), (("pin", "balance"), "balance+pin"), (("x, y", "b"), 'b+"x, y"'),
+    ((NO_LABEL,), '"(none)"'), (("tab\tx",), '"tab\\tx"'),
+])
+def test_assess_names_a_label_set_by_the_label_rule_and_no_label_as_no_label(labels, key):
+    from loratune.assess.profile import _label_key
+
+    assert _label_key(labels) == key  # (the code before: '"(none)"' printed for no label, raw labels inside a set)

@@ -72,7 +72,11 @@ class TextPool:
 
 
 def _label_key(labels: Sequence[str]) -> str:
-    return "+".join(sorted(labels)) if labels else "(none)"
+    """A label set as assess names it (its conflict pairs): each label by listing.label_text's one rule, joined by
+    '+'; no label reads NO_LABEL (a label set was printed '"(none)" / pin' when it went through label_text whole)."""
+    from loratune.listing import NO_LABEL, label_text
+
+    return "+".join(map(label_text, sorted(labels))) if labels else NO_LABEL
 
 
 # the char n-gram neighbour search compares texts pairwise (brute force: no index keeps cosine kNN on sparse n-grams
