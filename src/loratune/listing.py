@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 
 # what ends a line for line tools (`wc -l`, `cut`, `paste`) and Python's splitlines, or sends the cursor back over it:
 # written as its escape in a text printed as one line of a listing (the other control characters: printable)
@@ -17,18 +18,33 @@ def one_line(text) -> str:
     return str(text).translate(LINE_BREAKS)
 
 
+FORMAT_KEPT = {"\u200d"}  # zero-width joiner inside emoji: a format character that prints as part of its text
+
+
+def non_printable(ch: str) -> bool:
+    """A control (tab, ESC, DEL, line breaks), format, private-use, surrogate or unassigned character, beside the
+    emoji joiner: it prints as whitespace, as nothing or as a terminal command."""
+    cat = unicodedata.category(ch)
+    return cat == "Cc" or (cat in ("Cf", "Co", "Cs", "Cn") and ch not in FORMAT_KEPT)
+
+
 LABEL_JOIN = ", "  # between the labels of a one-line list (predict's answers, evaluate's pairs, the model card)
 NO_LABEL = "(none)"  # a multi-label answer of no label
 
 
 def label_text(label) -> str:
     """A label as a one-line list or a table cell names it (plain text): as written, or quoted as a JSON string where
-    it holds LABEL_JOIN's comma, a quote or a line break, or reads as NO_LABEL, so that "always, bal,ance, pin" (three
-    labels, one with a comma) reads 'always, "bal,ance", pin', a label "bal\\nance" stays one line ("bal\\nance") and
+    it holds LABEL_JOIN's comma, a quote, a line break or another non-printable character (a tab, ESC), or reads as
+    NO_LABEL, so that "always, bal,ance, pin" (three labels, one with a comma) reads 'always, "bal,ance", pin', a label "bal\\nance" stays one line ("bal\\nance") and
     every label reads back (a quoted one with json.loads). The one rule of predict, show, evaluate and the model card."""
     label = str(label)
-    quote = "," in label or '"' in label or label == NO_LABEL or one_line(label) != label
-    return one_line(json.dumps(label, ensure_ascii=False)) if quote else label  # (json keeps U+2028: one_line)
+    quote = ("," in label or '"' in label or label == NO_LABEL or one_line(label) != label
+             or (not label.isprintable() and any(map(non_printable, label))))  # a tab split show's row in two
+    if not quote:
+        return label
+    # json escapes the C0 controls only: DEL, C1, U+202E and the like as \uXXXX too (U+2028: one_line)
+    return one_line("".join(json.dumps(ch)[1:-1] if non_printable(ch) else ch
+                            for ch in json.dumps(label, ensure_ascii=False)))
 
 
 def code_span(text) -> str:

@@ -89,3 +89,39 @@ def test_assess_names_no_label_unquoted_and_each_label_of_a_set_by_the_rule(tmp_
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if "conflicting label pairs: " in line)
     assert line.split("conflicting label pairs: ")[1] == '(none) / pin (1), transfer / transfer+"x, y" (1)', line
+
+
+# (training refuses a label with ESC or another invisible character: a tab it takes)
+CTL = dict(zip(INTENTS, ["tab\there", "two\ttabs\there", "plain", "é ✨"]))
+CTL_SHOWN = ['"tab\\there"', '"two\\ttabs\\there"', "plain", "é ✨"]
+
+
+@pytest.fixture(scope="module")
+def ctl_run(tiny_bert, tmp_path_factory):
+    d = tmp_path_factory.mktemp("ctl-data")
+    for name, n, seed in (("train", 8, 1), ("validation", 4, 2), ("test", 4, 3)):
+        write_jsonl(d / f"{name}.jsonl", [{"text": r["text"], "label": CTL[r["label"]]} for r in make_rows(n, seed)])
+    run = tmp_path_factory.mktemp("ctl") / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, d, run, max_steps=8)]) == 0
+    return run
+
+
+def test_show_gives_a_class_with_a_tab_in_its_label_one_row(ctl_run, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    capsys.readouterr()
+    assert main(["show", str(ctl_run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("class "))
+    rows = lines[start + 1:next(i for i, line in enumerate(lines) if " classes · recall min " in line)]
+    assert len(rows) == 4  # one row a class (the code before: 5, the tab's)
+    assert sorted(next(s for s in CTL_SHOWN if row.startswith(s + " ")) for row in rows) == sorted(CTL_SHOWN)
+
+
+def test_predict_quotes_a_label_with_a_control_and_keeps_an_ordinary_one_as_written(ctl_run, capsys):
+    texts = [r["text"] for r in make_rows(2, 9)]
+    assert main(["predict", str(ctl_run), "--json", *texts]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(ctl_run), "--top-k", "1", *texts]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shown = dict(zip(CTL.values(), CTL_SHOWN))
+    assert lines == [f"{shown[p['label']]} {p['score']:.2f}  {p['text']}" for p in preds]  # byte for byte

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from loratune.listing import non_printable
+
 _MOJIBAKE = re.compile("[\u00c2\u00c3][\u0080-\u00bf]|\u00e2\u20ac|\u00e2\u0080|\u00c3\u00a2\u00e2")
 _WORD = re.compile(r"\w+")
 _ALLOWED_CONTROL = {"\t", "\n", "\r"}
-_ALLOWED_FORMAT = {"\u200d"}  # zero-width joiner inside emoji
 
 
 # symbols that carry meaning, kept as tokens of their own: currency (Sc: "$100" and "€100" are other requests) and
@@ -44,10 +45,7 @@ def has_encoding_damage(text: str) -> bool:
 
 def _non_printable(ch: str) -> bool:
     """A control, format, private-use, surrogate or unassigned character, beside tab/newlines and the emoji joiner."""
-    cat = unicodedata.category(ch)
-    if cat == "Cc":
-        return ch not in _ALLOWED_CONTROL
-    return cat in ("Cf", "Co", "Cs", "Cn") and ch not in _ALLOWED_FORMAT
+    return ch not in _ALLOWED_CONTROL and non_printable(ch)  # (listing's rule: a label's, tab and newlines too)
 
 
 def has_non_printable(text: str) -> bool:
