@@ -5,6 +5,7 @@ the card listed "bal\\nance, ---\\nlicense: mit\\n---, x, y: `z`, *emph* | pipe 
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -89,6 +90,20 @@ def test_assess_names_no_label_unquoted_and_each_label_of_a_set_by_the_rule(tmp_
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if "conflicting label pairs: " in line)
     assert line.split("conflicting label pairs: ")[1] == '(none) / pin (1), transfer / transfer+"x, y" (1)', line
+
+
+def test_assess_findings_name_each_label_by_the_rule(tmp_path, capsys, monkeypatch):
+    """assess's findings list labels as show and predict do (the code before: 'x, y: `z`' and 'bal\\nance' raw,
+    joined by ', ': the long-tail finding read as five labels over three lines)."""
+    monkeypatch.setenv("COLUMNS", "400")
+    for name, n, seed in (("train", 8, 1), ("validation", 4, 2), ("test", 4, 3)):
+        write_jsonl(tmp_path / f"{name}.jsonl",
+                    [{"text": r["text"], "label": LABELS[r["label"]]} for r in make_rows(n, seed)])
+    assert main(["assess", f"data.dataset_name={tmp_path}", "--no-probe", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    tail = next(f for f in got["findings"] if f["id"] == "long-tail")
+    listed = tail["message"].split("training rows (", 1)[1].rsplit("): ", 1)[0]
+    assert listed in {", ".join(p) for p in itertools.permutations(SHOWN)}, listed
 
 
 # (training refuses a label with ESC or another invisible character: a tab it takes)

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from loratune.assess.records import AssessThresholds, Conflicts, Noise, Resolution, SplitProfile, SplitShift
 from loratune.data import Dataset
+from loratune.listing import LABEL_JOIN, label_text
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from loratune.difficulty import ProbeResult
@@ -166,7 +167,7 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         "multi_label_rate": tr.multi_label_rows / max(1, tr.rows),
         "rows_per_class_median": tr.count_median, "rows_per_class_min": tr.count_min,
         "long_tail_classes": len(tr.long_tail_classes), "long_tail_share": tr.long_tail_share,
-        "long_tail_examples": ", ".join(tr.long_tail_classes[: thresholds.max_examples]),
+        "long_tail_examples": LABEL_JOIN.join(map(label_text, tr.long_tail_classes[: thresholds.max_examples])),
         "imbalance_ratio": tr.imbalance_ratio,
         "largest_class": next(iter(tr.counts), None),
         "smallest_class": next((k for k, v in reversed(tr.counts.items()) if v > 0), None),
@@ -200,13 +201,13 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
     for name, sh in shifts.items():
         s = {"validation": "val"}.get(name, name)
         f[f"js_{s}"] = sh.js_divergence
-        f[f"js_{s}_top"] = ", ".join(f"{x.label} ({x.train_share:.1%} of train, {x.split_share:.1%} of {s})"
+        f[f"js_{s}_top"] = LABEL_JOIN.join(f"{label_text(x.label)} ({x.train_share:.1%} of train, {x.split_share:.1%} of {s})"
                                      for x in sh.top_labels[:2])
         f[f"unseen_{s}_labels"] = len(sh.unseen_labels)
         f[f"unseen_{s}_rows"] = _unseen_rows(ds, name)  # rows, not label occurrences ([pin, refund, loan]: one)
-        f[f"unseen_{s}_names"] = ", ".join(list(sh.unseen_labels)[: thresholds.max_examples])
+        f[f"unseen_{s}_names"] = LABEL_JOIN.join(map(label_text, list(sh.unseen_labels)[: thresholds.max_examples]))
         f[f"missing_{s}_labels"] = len(sh.missing_labels)
-        f[f"missing_{s}_names"] = ", ".join(sh.missing_labels[: thresholds.max_examples])
+        f[f"missing_{s}_names"] = LABEL_JOIN.join(map(label_text, sh.missing_labels[: thresholds.max_examples]))
     for name in ("validation", "test"):  # a split the data does not have: its text facts say so (not "?")
         s = {"validation": "val"}.get(name, name)
         if name not in shifts:
@@ -265,10 +266,10 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         het.sort(key=lambda c: -(c.spread_z or 0))
         f["heterogeneous_classes"] = len(het)
         f["heterogeneous_names"] = "; ".join(
-            f"{c.label} (spread z={c.spread_z:.1f}, neighbour purity {c.neighbour_purity:.2f}"
+            f"{label_text(c.label)} (spread z={c.spread_z:.1f}, neighbour purity {c.neighbour_purity:.2f}"
             + (f", probe recall {c.recall:.2f}" if c.recall is not None else "") + ")"
             for c in het[: thresholds.max_examples])
-        f["probe_confused_top"] = ", ".join(f"{p.true} -> {p.pred} ({p.count})" for p in probe.confused_pairs[:3])
+        f["probe_confused_top"] = LABEL_JOIN.join(f"{label_text(p.true)} -> {label_text(p.pred)} ({p.count})" for p in probe.confused_pairs[:3])
         f["probe_confused_pairs"] = len(probe.confused_pairs)
     else:
         f["heterogeneous_classes"] = None
