@@ -44,7 +44,7 @@ def test_show_gives_each_class_one_row_of_its_quoted_label(md_run, capsys, monke
 
 
 def test_evaluate_lists_the_confused_pairs_on_one_line(md_run, capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "400")  # (rich wraps at 80 columns off a terminal: a line of its own, not a label's)
+    monkeypatch.delenv("COLUMNS", raising=False)  # off a terminal: whole on its line, as predict's (rich: 80 columns)
     capsys.readouterr()
     assert main(["evaluate", str(md_run), "--split", "test"]) == 0
     out = capsys.readouterr().out

@@ -71,6 +71,13 @@ def safe(text) -> str:
     return escape(body) + ("\\" * (2 * tail) + "[none][/none]" if tail else "")
 
 
+def piped() -> bool:
+    """Whether stdout is a file or a pipe: a line of a listing (predict's answers, evaluate's pairs) is printed with
+    soft_wrap=piped(), whole on its line there (rich wrapped at 80 columns: 10k texts gave 21k lines), folded to the
+    terminal's width on one. sys.stdout.isatty: rich's is_terminal says True under FORCE_COLOR / TTY_COMPATIBLE."""
+    return not sys.stdout.isatty()
+
+
 def label_shown(label) -> str:
     """A label as a line or a table cell shows it (rich markup, safe): listing.label_text's one rule, quoted where
     a comma, quote or line break would misstate the labels (a label "bal\\nance" broke show's table into two rows)."""

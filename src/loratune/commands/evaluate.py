@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loratune.commands._common import console, label_shown, print_json, safe
+from loratune.commands._common import console, label_shown, piped, print_json, safe
 from loratune.listing import LABEL_JOIN
 
 
@@ -50,8 +50,9 @@ def show(args, scores: dict) -> None:
     unseen = scores.get(f"{prefix}/{UNSEEN_LABELS}") or {}
     if unseen:  # scored as errors: a score lower than the model is, for a reason the numbers do not show
         out.print(f"note: {len(unseen)} label(s) the run never trained on, their rows scored as errors: "
-                  + LABEL_JOIN.join(f"{label_shown(lab)} ({n} row(s))" for lab, n in unseen.items()))
+                  + LABEL_JOIN.join(f"{label_shown(lab)} ({n} row(s))" for lab, n in unseen.items()),
+                  soft_wrap=piped())
     pairs = scores.get(f"{prefix}/confused_pairs") or []
     if pairs:
         out.print("most confused: " + "; ".join(f"{label_shown(p['true'])} -> {label_shown(p['pred'])} ({p['count']})"
-                                                for p in pairs[:5]))
+                                                for p in pairs[:5]), soft_wrap=piped())

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from loratune.listing import LABEL_JOIN as LIST_JOIN, NO_LABEL  # (the label rule's: one place)
-from loratune.commands._common import console, label_shown, one_line, print_json_items, safe
+from loratune.commands._common import console, label_shown, one_line, piped, print_json_items, safe
 from loratune.errors import UserError, require_file
 
 
@@ -94,19 +94,19 @@ def run(args) -> int:
         # one line per text, in order: `label score  text  (alternatives)`. Its line breaks escaped (one_line), and no
         # wrapping where stdout is a file or a pipe (rich wrapped at 80 columns there: 10k texts gave 21k lines)
         out = console()
-        wrap = sys.stdout.isatty()  # (rich's is_terminal says True under FORCE_COLOR / TTY_COMPATIBLE in a pipe)
+        whole = piped()
         for chunk in advance(chunks):
             for p in chunk:
                 text = safe(one_line(p["text"]))
                 if "label" in p:
                     alts = LIST_JOIN.join(f"{label_shown(t['label'])} {t['score']:.2f}" for t in p["top"][1:])
                     out.print(f"[bold]{label_shown(p['label'])}[/] {p['score']:.2f}  {text}"
-                              + (f"  [dim]({alts})[/]" if alts else ""), soft_wrap=not wrap)
+                              + (f"  [dim]({alts})[/]" if alts else ""), soft_wrap=whole)
                 else:  # multi-label: --top-k lists that many labels' scores (the predicted ones first)
                     shown = list(p["scores"].items())[:max(args.top_k, len(p["labels"]))] if args.top_k > 1 else []
                     alts = LIST_JOIN.join(f"{label_shown(lab)} {v:.2f}" for lab, v in shown)
                     out.print(f"[bold]{LIST_JOIN.join(map(label_shown, p['labels'])) or NO_LABEL}[/]  {text}"
-                              + (f"  [dim]({alts})[/]" if alts else ""), soft_wrap=not wrap)
+                              + (f"  [dim]({alts})[/]" if alts else ""), soft_wrap=whole)
     return 0
 
 
