@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         with signals.sigterm_as_interrupt():  # SIGTERM ends a command like Ctrl-C (exit 143, not 130)
             return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"loratune {args.command}: error: {exc}", file=sys.stderr)
+        from loratune.assess.text import printable  # (a path "nope\x1b[2J" in the message cleared the screen)
+
+        print(f"loratune {args.command}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print(f"loratune {args.command}: {signals.describe(exc)}", file=sys.stderr)

@@ -90,3 +90,57 @@ def test_rich_ui_prints_a_note_as_written():
         ui.note(text)
     assert buf.getvalue().splitlines() == ["worker: trial #3 r=8 targets=[attn,ffn]", "st/[/]x", "C:\\",
                                            "[bold red]x[/]"]
+
+
+ESC = "\x1b[2J"  # clears the screen where it reaches a terminal raw
+
+
+@pytest.fixture
+def esc_study(tmp_path):
+    """A finished one-trial study whose folder and trial name hold an ESC sequence."""
+    from loratune.search.budget import Budget, CostModel, Meter
+    from loratune.search.context import SearchContext
+    from loratune.search.summary import finish
+    from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
+
+    from memory_store import MemoryStore
+
+    class Runner:
+        def evaluate(self, run_dir, split="test"):
+            return {"test/macro_f1": 0.8, "test/n": 5}
+
+    study = tmp_path / f"st{ESC}"
+    run_dir = study / "trials" / "01-lr"
+    run_dir.mkdir(parents=True)
+    ctx = SearchContext(store=MemoryStore(study), runner=Runner(), meter=Meter(Budget.parse("10trials")),
+                        trial_examples=100, costs=CostModel())
+    ctx.state["final"] = TrialRecord(1, TrialSpec(f"lr{ESC}", "final-train", {"adapter.r": 4}), str(run_dir),
+                                     TrialResult(status="completed", value=0.7, examples=100, wall_s=1.0))
+    finish(ctx, study / "final", "protocol")
+    return study
+
+
+def test_show_study_prints_no_control_character_raw(esc_study):
+    import io
+
+    from rich.console import Console
+
+    from loratune.report.study import build_study_report, show_study
+
+    buf = io.StringIO()
+    show_study(Console(file=buf, width=400, highlight=False, color_system=None), build_study_report(esc_study))
+    out = buf.getvalue()
+    assert "\x1b" not in out and "lr\\x1b[2J" in out  # (the code before: the ESC raw, rich's escape keeps it)
+
+
+def test_report_names_its_output_with_no_control_character_raw(esc_study, tmp_path, capsys):
+    target = tmp_path / f"r{ESC}.html"
+    assert main(["report", str(esc_study), "-o", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert target.exists() and "\x1b" not in out and f"wrote {tmp_path}/r\\x1b[2J.html (" in out
+
+
+def test_an_error_names_a_path_with_no_control_character_raw(tmp_path, capsys):
+    assert main(["show", str(tmp_path / f"nope{ESC}")]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "nope\\x1b[2J" in err, err

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report.to_dict(), sys.stdout, indent=2, ensure_ascii=False, default=str)
         sys.stdout.write("\n")
         return 0
+    from loratune.assess.text import printable  # (an ESC in the path reached the terminal raw)
     from loratune.report import report_output
 
     out = report_output(args.path, args.output, as_json=args.json)  # (api.report's rule)
@@ -70,10 +71,10 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UserError(f"cannot write the report's JSON to '{out}' ({exc.strerror or exc})",
                             "give -o a writable path, e.g. -o /tmp/report.json") from None
-        print(f"wrote {out}")
+        print(f"wrote {printable(str(out))}")
         return 0
     path = write_html(report, out)
     size = path.stat().st_size
-    print(f"wrote {path} ({size / 1024:.0f} KiB, self-contained; open it in a browser)")
+    print(f"wrote {printable(str(path))} ({size / 1024:.0f} KiB, self-contained; open it in a browser)")
     return 0
 

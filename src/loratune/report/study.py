@@ -681,31 +681,31 @@ def _f3(v: Any) -> str:
 
 
 def show_study(con, s: StudyReport) -> None:
-    from rich.markup import escape
+    from loratune.commands._common import safe  # markup and non-printables escaped (an ESC in a name: raw)
     from rich.table import Table
 
     state = "[green]finished[/]" if s.finished else "[yellow]not finished[/]"
-    con.rule(f"[bold]study {escape(s.name)}[/]  {state}  [dim]{escape(s.strategy)} · {trial_count(s.trials)}[/]")
-    con.print(f"[dim]{escape(s.budget)}[/]")
+    con.rule(f"[bold]study {safe(s.name)}[/]  {state}  [dim]{safe(s.strategy)} · {trial_count(s.trials)}[/]")
+    con.print(f"[dim]{safe(s.budget)}[/]")
     if s.thresholds_line:
-        con.print(f"[dim]{escape(s.thresholds_line)}[/]")
+        con.print(f"[dim]{safe(s.thresholds_line)}[/]")
     for n in s.notes:
-        con.print(f"[yellow]note:[/] {escape(n)}")
+        con.print(f"[yellow]note:[/] {safe(n)}")
     o, rec = s.obj, s.recommendation
     if rec.missing is None:
         ot = o.on("test")
         test = rec.test.get(ot.key)
-        con.print(f"recommendation: [bold]#{rec.trial} {escape(rec.name)}[/] {escape(o.name)} [bold]{_f3(rec.value)}[/]"
-                  + (f" · {escape(ot.name)} [bold]{_f3(test)}[/]" if test is not None else ""))
+        con.print(f"recommendation: [bold]#{rec.trial} {safe(rec.name)}[/] {safe(o.name)} [bold]{_f3(rec.value)}[/]"
+                  + (f" · {safe(ot.name)} [bold]{_f3(test)}[/]" if test is not None else ""))
     elif s.best is not None:
-        con.print(f"best so far: [bold]#{s.best.number} {escape(s.best.name)}[/] {escape(o.name)} {_f3(s.best.value)}")
+        con.print(f"best so far: [bold]#{s.best.number} {safe(s.best.name)}[/] {safe(o.name)} {_f3(s.best.value)}")
 
     con.rule("[bold]decision trail[/]", align="left")
     for d in s.trail:
         trials = ",".join(f"#{t}" for t in d.trials)
-        con.print(f"[cyan]{escape(d.phase)}[/] {escape(d.verdict)} [bold]→ {escape(d.move)}[/] [dim]{trials}[/]")
+        con.print(f"[cyan]{safe(d.phase)}[/] {safe(d.verdict)} [bold]→ {safe(d.move)}[/] [dim]{trials}[/]")
         for e in d.evidence[:4]:
-            con.print(f"    [dim]{escape(e)}[/]")
+            con.print(f"    [dim]{safe(e)}[/]")
         if len(d.evidence) > 4:
             con.print(f"    [dim]... {len(d.evidence) - 4} more[/]")
 
@@ -717,12 +717,12 @@ def show_study(con, s: StudyReport) -> None:
     best_so_far = {p.trial: p for p in s.best_vs_compute}
     for tr in s.trials:
         b = best_so_far.get(tr.number)
-        t.add_row(str(tr.number), escape(tr.name), escape(tr.phase), escape(tr.status), _f3(tr.value),
+        t.add_row(str(tr.number), safe(tr.name), safe(tr.phase), safe(tr.status), _f3(tr.value),
                   _f3(b.best_so_far) if b else "–", f"{tr.examples:,}" if tr.examples is not None else "–",
-                  f"{tr.wall_s:.0f}s" if tr.wall_s is not None else "–", escape(tr.verdict))
+                  f"{tr.wall_s:.0f}s" if tr.wall_s is not None else "–", safe(tr.verdict))
     con.print(t)
 
-    con.rule(f"[bold]rank vs {escape(o.name)}[/]", align="left")
+    con.rule(f"[bold]rank vs {safe(o.name)}[/]", align="left")
     rk = s.rank
     if rk.points:
         by_r: dict[int, list[float]] = {}
@@ -739,46 +739,46 @@ def show_study(con, s: StudyReport) -> None:
                  f"ceiling r={rk.ceiling_r}" if rk.ceiling_r else "",
                  f"gain threshold {_f3(rk.threshold)}" if rk.threshold is not None else "",
                  f"stopped: {rk.stopped}" if rk.stopped else ""]
-        con.print("  [dim]" + escape(" · ".join(x for x in extra if x)) + "[/]")
+        con.print("  [dim]" + safe(" · ".join(x for x in extra if x)) + "[/]")
     if rk.missing:
-        con.print(f"  [dim]{escape(rk.missing)}[/]")
+        con.print(f"  [dim]{safe(rk.missing)}[/]")
 
     con.rule("[bold]minimal-intervention pair[/]", align="left")
     pv = s.pair
     if pv.missing:
-        con.print(f"  [dim]{escape(pv.missing)}[/]")
+        con.print(f"  [dim]{safe(pv.missing)}[/]")
     else:
-        con.print(f"  from #{pv.from_trial} ({escape(o.name)} {_f3(pv.base)}): binding knob [bold]{escape(pv.binding)}[/] "
-                  f"[dim]({escape(pv.how)})[/]")
+        con.print(f"  from #{pv.from_trial} ({safe(o.name)} {_f3(pv.base)}): binding knob [bold]{safe(pv.binding)}[/] "
+                  f"[dim]({safe(pv.how)})[/]")
         for a in pv.arms:
             con.print(f"    only {a.knob} {a.before} -> {a.after} (#{a.trial}): {_f3(a.value)}, delta "
                       f"{a.delta:+.3f}" if a.delta is not None else f"    only {a.knob}: not measured")
-        con.print(f"    [dim]noise {_f3(pv.noise)} ({escape(pv.noise_source)})[/]")
+        con.print(f"    [dim]noise {_f3(pv.noise)} ({safe(pv.noise_source)})[/]")
 
     con.rule("[bold]LoRA vs full fine-tuning[/]", align="left")
     lf = s.lora_vs_full
     if lf.choice:
-        con.print(f"  choice: [bold]{escape(str(lf.choice))}[/] [dim]{escape(lf.summary)}[/]")
+        con.print(f"  choice: [bold]{safe(str(lf.choice))}[/] [dim]{safe(lf.summary)}[/]")
     if lf.table:
         t = Table(header_style="bold", box=None, pad_edge=False)
         for col in ("", o.name, "trainable", "step (s)", "peak MB"):
             t.add_column(col, justify="left" if not col else "right")
         for row in lf.table:
-            t.add_row(escape(str(row.get("label"))), _f3(row.get("objective_value")),
+            t.add_row(safe(str(row.get("label"))), _f3(row.get("objective_value")),
                       f"{row['trainable']:,}" if isinstance(row.get("trainable"), int) else "–",
                       _f3(row.get("mean_step_s")), f"{row['peak_memory_mb']:.0f}" if as_float(row.get("peak_memory_mb"))
                       else "–")
         con.print(t)
     for rid, holds, text in lf.reasons:
         sym = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]?[/]"}[holds]
-        con.print(f"  {sym} {escape(rid)}: [dim]{escape(text)}[/]")
+        con.print(f"  {sym} {safe(rid)}: [dim]{safe(text)}[/]")
     if lf.missing:
-        con.print(f"  [dim]{escape(lf.missing)}[/]")
+        con.print(f"  [dim]{safe(lf.missing)}[/]")
 
     con.rule("[bold]recommended config[/]", align="left")
     if rec.config_yaml:
-        con.print(escape(rec.config_yaml.rstrip()), highlight=False, soft_wrap=True)
+        con.print(safe(rec.config_yaml.rstrip()), highlight=False, soft_wrap=True)
         if rec.files.get("adapter"):
-            con.print(f"[dim]adapter: {escape(rec.files['adapter'])}[/]")
+            con.print(f"[dim]adapter: {safe(rec.files['adapter'])}[/]")
     else:
-        con.print(f"  [dim]{escape(rec.missing or 'no config')}[/]")
+        con.print(f"  [dim]{safe(rec.missing or 'no config')}[/]")
