@@ -35,8 +35,9 @@ NO_LABEL = "(none)"  # a multi-label answer of no label
 def label_text(label) -> str:
     """A label as a one-line list or a table cell names it (plain text): as written, or quoted as a JSON string where
     it holds LABEL_JOIN's comma, a quote, a line break or another non-printable character (a tab, ESC), or reads as
-    NO_LABEL, so that "always, bal,ance, pin" (three labels, one with a comma) reads 'always, "bal,ance", pin', a label "bal\\nance" stays one line ("bal\\nance") and
-    every label reads back (a quoted one with json.loads). The one rule of predict, show, evaluate and the model card."""
+    NO_LABEL, so that "always, bal,ance, pin" (three labels, one with a comma) reads 'always, "bal,ance", pin', a
+    label "bal\\nance" stays one line ("bal\\nance") and every label reads back (a quoted one with json.loads).
+    The one rule of predict, show, evaluate, assess and the model card."""
     label = str(label)
     quote = ("," in label or '"' in label or label == NO_LABEL or one_line(label) != label
              or (not label.isprintable() and any(map(non_printable, label))))  # a tab split show's row in two

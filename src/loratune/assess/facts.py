@@ -201,8 +201,9 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
     for name, sh in shifts.items():
         s = {"validation": "val"}.get(name, name)
         f[f"js_{s}"] = sh.js_divergence
-        f[f"js_{s}_top"] = LABEL_JOIN.join(f"{label_text(x.label)} ({x.train_share:.1%} of train, {x.split_share:.1%} of {s})"
-                                     for x in sh.top_labels[:2])
+        f[f"js_{s}_top"] = LABEL_JOIN.join(
+            f"{label_text(x.label)} ({x.train_share:.1%} of train, {x.split_share:.1%} of {s})"
+            for x in sh.top_labels[:2])
         f[f"unseen_{s}_labels"] = len(sh.unseen_labels)
         f[f"unseen_{s}_rows"] = _unseen_rows(ds, name)  # rows, not label occurrences ([pin, refund, loan]: one)
         f[f"unseen_{s}_names"] = LABEL_JOIN.join(map(label_text, list(sh.unseen_labels)[: thresholds.max_examples]))
@@ -269,7 +270,8 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
             f"{label_text(c.label)} (spread z={c.spread_z:.1f}, neighbour purity {c.neighbour_purity:.2f}"
             + (f", probe recall {c.recall:.2f}" if c.recall is not None else "") + ")"
             for c in het[: thresholds.max_examples])
-        f["probe_confused_top"] = LABEL_JOIN.join(f"{label_text(p.true)} -> {label_text(p.pred)} ({p.count})" for p in probe.confused_pairs[:3])
+        f["probe_confused_top"] = LABEL_JOIN.join(f"{label_text(p.true)} -> {label_text(p.pred)} ({p.count})"
+                                                  for p in probe.confused_pairs[:3])
         f["probe_confused_pairs"] = len(probe.confused_pairs)
     else:
         f["heterogeneous_classes"] = None
