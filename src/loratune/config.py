@@ -710,6 +710,24 @@ def _describe(hint: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
 
 
+def within_limits(dotted: str, value: float) -> float:
+    """`value` moved inside the numeric limits of the key's field (its `min` / `max` above): what a search
+    step or a drawn range may reach, so a trial never asks for a config this module refuses. An exclusive
+    minimum is not a value to clamp to: a value at or below it is returned as is (and refused later)."""
+    meta = key_table()[dotted].metadata
+    lo, hi = meta.get("min"), meta.get("max")
+    if hi is not None and value > hi:
+        return type(value)(hi)
+    if lo is not None and not meta.get("min_exclusive") and value < lo:
+        return type(value)(lo)
+    return value
+
+
+def allowed_value(dotted: str, value: Any) -> bool:
+    """Whether the key's field allows `value` (the check `validate` makes)."""
+    return not _check_constraint(dotted, value, key_table()[dotted].metadata)
+
+
 def _check_constraint(dotted: str, value: Any, meta: dict) -> list[str]:
     if value is None:
         return []

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from loratune.config import key_table
+from loratune.config import key_table, within_limits
 from loratune.stepsize import ScaleRule, alpha_for, scale_of, with_rank
 
 LR, R, ALPHA, RSLORA = "train.learning_rate", "adapter.r", "adapter.lora_alpha", "adapter.use_rslora"
@@ -140,8 +140,9 @@ def _weight_decay_up(p: dict, c: MoveContext) -> dict | None:
 
 
 def _lr_times(f: float) -> Callable[[dict, MoveContext], dict]:
+    """The lr x f, inside the config's lr limits (at the top already, lr x2 keeps it: the point measured)."""
     def apply(p: dict, c: MoveContext) -> dict:
-        return {**p, LR: _round(float(_get(p, LR)) * f)}
+        return {**p, LR: within_limits(LR, _round(float(_get(p, LR)) * f))}
     return apply
 
 

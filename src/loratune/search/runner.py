@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from loratune.diagnose import PARTIAL_STATUSES
-from loratune.errors import UserError
+from loratune.errors import ConfigError, UserError
 from loratune.objectives import CLASSIFIER_METRICS, objective
 from loratune.search.prune import PruneSettings, behind_best, by_diagnosis
 from loratune.search.trial import FIRST_TRAINED_STEP, KEPT_FEATURES, TrialResult, TrialSpec, trained_points
@@ -282,7 +282,15 @@ class TrainingRunner:
         from loratune.tasks import recipe
         from loratune.diagnose import diagnose
 
-        cfg = self.config(spec, run_dir)
+        try:
+            cfg = self.config(spec, run_dir)
+        except ConfigError as exc:  # a drawn point the config refuses (a knob past its limits): that trial fails
+            # with the reason and the search goes on; a problem in the start config itself stops tune (exit 2)
+            if not all(p.split(":", 1)[0] in spec.point for p in exc.problems):
+                raise
+            reason = "the trial's config was refused: " + "; ".join(exc.problems)
+            RunStore(run_dir).write_run({"status": "failed", "reason": reason})
+            return result_from({"status": "failed", "reason": reason}, None, 0.0)
         train = recipe(cfg, "train")  # the task's training loop (train.train, sft.train_sft)
         baseline_mb = reset_peak_memory()
         watch = watch or Watch(prune=False)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from loratune.config import key_table
+from loratune.config import allowed_value, key_table, within_limits
 from loratune.moves import ARMS, MOVES
 from loratune.stepsize import alpha_for, scale_of  # noqa: F401 (re-exported: the space's scale knob)
 
@@ -86,12 +86,22 @@ class SearchSpace:
         return {"dims": [d.to_dict() for d in self.dims], "grid_size": self.grid_size()}
 
 
+LR = "train.learning_rate"
+
+
 def _round(x: float) -> float:
     return float(f"{x:.3g}")
 
 
 def lr_grid(centre: float, factors=(0.5, 1.0, 2.0)) -> tuple[float, ...]:
-    return tuple(_round(centre * f) for f in factors)
+    """The lr at each factor x the centre, each once, inside the config's lr limits (a point past the top
+    becomes the top: a study started near it must not draw an lr the config refuses)."""
+    return tuple(dict.fromkeys(within_limits(LR, _round(centre * f)) for f in factors))
+
+
+def _allowed(key: str, choices: tuple) -> tuple:
+    """The grid values the config allows for `key` (a virtual knob has no field: all of them)."""
+    return tuple(c for c in choices if key not in DEFAULTS or allowed_value(key, c))
 
 
 # training length for the samplers, as multiples of the planned trial length: the protocol trains its
@@ -110,9 +120,9 @@ def default_space(start: Mapping[str, Any], ceiling_r: int | None = None, trial_
     ceiling = int(ceiling_r or max(32, r0))
     ranks = tuple(r for r in (2, 4, 8, 16, 32, 64, 128, 256) if r <= ceiling) or (r0,)
     targets = _target_choices(start.get("adapter.target_modules"))
-    return SearchSpace((
-        Dim("train.learning_rate", "optimization", "log", lr_grid(lr, (0.25, 0.5, 1.0, 2.0, 4.0)),
-            low=_round(lr / 8), high=_round(lr * 8),
+    dims = ((
+        Dim(LR, "optimization", "log", lr_grid(lr, (0.25, 0.5, 1.0, 2.0, 4.0)),
+            low=within_limits(LR, _round(lr / 8)), high=within_limits(LR, _round(lr * 8)),
             doc="peak learning rate; the protocol moves it in x2 steps around the phase-0 centre"),
         Dim("adapter.r", "capacity", "choice", ranks,
             doc="LoRA rank, up to the capacity ceiling from phase 0"),
@@ -130,6 +140,9 @@ def default_space(start: Mapping[str, Any], ceiling_r: int | None = None, trial_
         + ((Dim("adapter.arm", "optimization", "choice", ("lora",) + tuple(arms),
                 doc="plain LoRA or a variant (LoRA+, DoRA); the drawn lr is relative to the arm's own lr "
                     "centre (its first lr factor in moves.ARMS)"),) if arms else ()))
+    # every knob's grid inside the config's own limits (config.py's field definitions): a drawn point is a config
+    return SearchSpace(tuple(Dim(d.key, d.role, d.kind, _allowed(d.key, d.choices) or d.choices, d.low, d.high, d.doc)
+                             for d in dims))
 
 
 def _target_choices(start_targets) -> tuple[str, ...]:

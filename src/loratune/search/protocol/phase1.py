@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loratune.config import within_limits
 from loratune.moves import MOVES, Move, MoveContext, move
 from loratune.search.budget import format_amount
 from loratune.search.context import SearchContext, with_
@@ -49,8 +50,9 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
         return rec is None or rec.value is None or rec.result.verdict in LR_VERDICTS
 
     def probe(lr: float) -> TrialRecord | None:
-        point = with_(start.point, **{LR: round3(lr), "train.max_steps": p_steps})
-        return ctx.run(ctx.spec(point, phase, f"lr probe: {p_steps} steps at lr {round3(lr):g}"),
+        lr = within_limits(LR, round3(lr))  # x4 up from near the config's lr limit stops at it
+        point = with_(start.point, **{LR: lr, "train.max_steps": p_steps})
+        return ctx.run(ctx.spec(point, phase, f"lr probe: {p_steps} steps at lr {lr:g}"),
                        reserve=reserve(ctx, phase, s))
 
     first = probe(start.lr_centre)
@@ -68,6 +70,8 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
                        [f"another probe and two grid trials need ~{format_amount(ctx.meter.budget.kind, need.amount(ctx.meter.budget.kind))}"
                         f"; {ctx.meter.describe_left()}"], [last], code="lr-probe-stopped")
             break
+        if within_limits(LR, round3(lr_of(last.point) * factor)) == lr_of(last.point):
+            break  # at the config's lr limit: no further step up
         rec = probe(lr_of(last.point) * factor)
         if rec is None:
             break
@@ -122,8 +126,12 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
                             "here, so a smaller lr cannot be the best of the grid"], [done[1.0], done[2.0]],
                            code="lr-grid-skip-down")
                 continue
-        point = with_(start.point, **{LR: round3(centre * f)})
-        rec = ctx.run(ctx.spec(point, phase, f"start config at {f:g}x the lr centre"),
+        lr = within_limits(LR, round3(centre * f))
+        if f != 1 and lr in {lr_of(r.point) for r in done.values()}:
+            continue  # past the config's lr limit: the limit itself is already in the grid
+        point = with_(start.point, **{LR: lr})
+        rec = ctx.run(ctx.spec(point, phase, f"start config at {f:g}x the lr centre"
+                                            + (f" (clamped to the config's lr limit {lr:g})" if lr != round3(centre * f) else "")),
                       reserve=reserve(ctx, phase, s))
         if rec is None:
             no_budget(ctx, phase, f"lr {f:g}x", reserve(ctx, phase, s), point)
