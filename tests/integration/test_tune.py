@@ -503,3 +503,45 @@ def test_a_resume_notes_a_validation_split_other_than_the_studys(tiny_bert, inte
     out = " ".join(capsys.readouterr().out.split())
     assert ("note: this session validates on a different validation split than the study's earlier trials (4 rows "
             "then, 4 now, other rows or labels): their scores and this session's are not comparable") in out, out
+
+
+def _one_lr_dim(monkeypatch, lrs):
+    """tune's search space cut to one knob: the lr, one of `lrs`."""
+    import loratune.search.space as space
+
+    monkeypatch.setattr(space, "default_space", lambda *a, **k: space.SearchSpace(
+        (space.Dim("train.learning_rate", "optimization", "choice", tuple(lrs)),)))
+
+
+def test_a_drawn_point_the_config_refuses_fails_that_trial_and_the_study_finishes(tiny_bert, intent_data, tmp_path,
+                                                                                   monkeypatch):
+    from loratune.config import key_table
+
+    limit = key_table()["train.learning_rate"].metadata["max"]
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    _one_lr_dim(monkeypatch, (limit * 2, 2e-2))  # a point past the config's lr limit, then one it allows
+    study = tmp_path / "random"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--strategy", "random", "--budget", "4trials",
+                           "--trial-steps", "8")) == 0
+    summary = json.loads((study / "final" / "study.json").read_text())
+    lrs = [t.params["train.learning_rate"] for t in _optuna_trials(study)]
+    assert set(lrs) == {limit * 2, 2e-2} and len(lrs) == 4  # the refused draw did not stop the study
+    refused = [t for t in summary["trials"] if t["status"] == "failed"]
+    assert len(refused) == lrs.count(limit * 2) >= 1
+    assert refused[0]["reason"] == (f"the trial's config was refused: train.learning_rate: got {limit * 2!r}; "
+                                    f"allowed: a number > 0.0 and <= {limit!r}")
+    run = json.loads(next((study / "trials").glob(f"{lrs.index(limit * 2):02d}-*/run.json")).read_text())
+    assert run == {"status": "failed", "reason": refused[0]["reason"]}
+    assert summary["recommendation"]["point"]["train.learning_rate"] == 2e-2
+    assert (study / "final" / "adapter").is_dir()
+
+
+def test_a_study_whose_every_trial_is_refused_says_why_nothing_is_recommended(tiny_bert, intent_data, tmp_path,
+                                                                              monkeypatch, capsys):
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    _one_lr_dim(monkeypatch, (2.0, 3.0))  # both past the config's lr limit
+    assert main(_tune_args(tiny_bert, intent_data, tmp_path / "s", "--strategy", "random", "--budget", "2trials",
+                           "--trial-steps", "8")) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no recommendation: no trial finished with a score; the trials failed with: the trial's config was " \
+           "refused: train.learning_rate: got" in out

@@ -1863,3 +1863,26 @@ def test_a_long_run_this_session_trained_is_weighed_for_free_not_called_unafford
     assert not any("does not fit" in e for e in d["evidence"])
     assert sorted((x["lr"], x["trial"]) for x in d["data"]["lrs"]) == [(0.002, 2), (0.004, 4)]
     assert len(runner.calls) == 7 and ctx.state.final.number == 4  # the better of the two (0.780 over 0.700)
+
+
+def test_lr_probe_and_grid_near_the_configs_lr_limit_never_ask_past_it():
+    """Started at lr 0.6 with the config's lr limit 1.0, the metric best at 0.6: the probe's x4 step (2.4) and the
+    grid's 2x trial (1.2) stop at the limit and say so ('clamped'); nothing asks for an lr past it."""
+    from dataclasses import replace as dc_replace
+
+    from loratune.config import key_table
+
+    limit = key_table()[LR].metadata["max"]
+    centre = 0.6 * limit
+    world = World(lambda p: 0.7 - 0.1 * abs(math.log2(p[LR] / centre)),
+                  lambda p: "lr-too-small" if p[LR] <= centre else "healthy")
+    ctx, runner = make_ctx(world)
+    start = dc_replace(START, point={**START.point, LR: centre}, lr_centre=centre)
+    run_protocol(ctx, start, ProtocolSettings(full_probe=False), plan={"max_steps": 100, "reason": "scripted"})
+    assert max(s.point[LR] for s in runner.calls) == limit
+    probes = [s for s in runner.calls if s.phase == "lr-probe"]
+    assert [s.point[LR] for s in probes] == [centre, limit]  # x4 is 2.4: the limit, and no probe past it
+    assert "clamped" in probes[1].purpose and "clamped" not in probes[0].purpose
+    grid = [s for s in runner.calls if s.phase == "phase1-lr-grid"]
+    assert [s.point[LR] for s in grid][:2] == [centre, limit]
+    assert "clamped to the config's lr limit" in grid[1].purpose and "clamped" not in grid[0].purpose

@@ -310,6 +310,11 @@ def print_summary(out, s: dict) -> None:
                   + (f", {obj.name.replace('val ', 'test ', 1)} {test:.4f}" if test is not None else ""))
         for k, v in rec.get("files", {}).items():
             out.print(f"  {k}: {safe(v)}")
+    else:  # exit 1: say why nothing is recommended (each failed trial's reason, once)
+        reasons = list(dict.fromkeys(str(t.get("reason") or "") for t in s.get("trials", [])
+                                     if t.get("status") == "failed" and t.get("reason")))
+        out.print("[bold]no recommendation:[/] no trial finished with a score"
+                  + (f"; the trials failed with: {safe('; '.join(reasons))}" if reasons else ""))
     b = s["budget"]
     out.print(f"budget: spent {b['spent']['wall_s']:.0f}s, {b['spent']['examples']:,} examples, "
               f"{b['spent']['trials']} trials of {b['budget']['text']}; this session {s.get('wall_s_session', 0):.0f}s")

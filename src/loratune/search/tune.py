@@ -235,6 +235,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                     "reason": f"trial length set by the user: {steps} steps x {step_text(batch, accum)}"}
         study.set_meta(plan=plan)
     base = _base_config(cfg, start, plan, options.explicit_keys)
+    _base_config_at(base, start.point)  # the start point is a config (exit 2 here, not every trial failed)
     check_max_length(base, dataset)  # and the assessment's max_length, before any trial
     runner = runner or TrainingRunner(base, dataset, thresholds=tables["diagnosis"])
     # what `loratune tune --worker` trains queued trials from, and where it writes them
@@ -428,6 +429,15 @@ def _base_config(cfg, start: Start, plan: dict, explicit: tuple[str, ...]):
     changes["train.train_eval_size"] = min(int(changes.get("train.train_eval_size", cfg.train.train_eval_size)),
                                            cfg.train.train_eval_size)
     return replace(cfg, **changes)
+
+
+def _base_config_at(base, point: dict):
+    """The trials' config at the study's start point (config.replace checks it): a start point the config refuses is
+    the user's config (or phase 0's choice for it) and stops tune with its problems (exit 2), before anything trains;
+    only a point the search drew past it fails that one trial (search.runner)."""
+    from loratune.config import replace
+
+    return replace(base, **point)
 
 
 def _recorded_spent_s(path: Path) -> float | None:

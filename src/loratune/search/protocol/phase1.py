@@ -23,6 +23,11 @@ from loratune.search.protocol.common import (evidence_of, incumbent_of, lr_of, n
 # phase 1: lr grid
 
 
+def clamped(asked: float, lr: float) -> str:
+    """What a trial's purpose adds when its lr stopped at the config's lr limit (config.within_limits)."""
+    return f" (lr {asked:g} clamped to the config's lr limit {lr:g})" if lr != asked else ""
+
+
 def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     """The lr centre from short runs (a coarse, run-based stand-in for an lr range test): the start
     config at the assessment's lr for a quarter of a trial, then x4 steps up while the metric rises
@@ -50,9 +55,9 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
         return rec is None or rec.value is None or rec.result.verdict in LR_VERDICTS
 
     def probe(lr: float) -> TrialRecord | None:
-        lr = within_limits(LR, round3(lr))  # x4 up from near the config's lr limit stops at it
+        asked, lr = round3(lr), within_limits(LR, round3(lr))  # x4 up from near the config's lr limit stops at it
         point = with_(start.point, **{LR: lr, "train.max_steps": p_steps})
-        return ctx.run(ctx.spec(point, phase, f"lr probe: {p_steps} steps at lr {lr:g}"),
+        return ctx.run(ctx.spec(point, phase, f"lr probe: {p_steps} steps at lr {lr:g}" + clamped(asked, lr)),
                        reserve=reserve(ctx, phase, s))
 
     first = probe(start.lr_centre)
@@ -130,8 +135,7 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
         if f != 1 and lr in {lr_of(r.point) for r in done.values()}:
             continue  # past the config's lr limit: the limit itself is already in the grid
         point = with_(start.point, **{LR: lr})
-        rec = ctx.run(ctx.spec(point, phase, f"start config at {f:g}x the lr centre"
-                                            + (f" (clamped to the config's lr limit {lr:g})" if lr != round3(centre * f) else "")),
+        rec = ctx.run(ctx.spec(point, phase, f"start config at {f:g}x the lr centre" + clamped(round3(centre * f), lr)),
                       reserve=reserve(ctx, phase, s))
         if rec is None:
             no_budget(ctx, phase, f"lr {f:g}x", reserve(ctx, phase, s), point)
