@@ -545,3 +545,19 @@ def test_a_study_whose_every_trial_is_refused_says_why_nothing_is_recommended(ti
     out = " ".join(capsys.readouterr().out.split())
     assert "no recommendation: no trial finished with a score; the trials failed with: the trial's config was " \
            "refused: train.learning_rate: got" in out
+
+
+def test_a_grid_study_ends_when_its_grid_is_walked_before_the_budget(tiny_bert, intent_data, tmp_path, monkeypatch):
+    # optuna's GridSampler calls study.stop() from after_trial once the last grid point is told, which raises
+    # outside Study.optimize (loratune asks and tells itself): the study crashed on its last grid point with
+    # "RuntimeError: Study.stop is supposed to be invoked inside an objective function or a callback"
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    _one_lr_dim(monkeypatch, (5e-3, 2e-2))  # a grid of 2 points under a budget of 4 trials
+    study = tmp_path / "grid"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--strategy", "grid", "--budget", "4trials",
+                           "--trial-steps", "8")) == 0
+    lrs = sorted(t.params["train.learning_rate"] for t in _optuna_trials(study))
+    assert lrs == [5e-3, 2e-2]  # each grid point once, then the study stopped on the walked grid
+    decisions = [json.loads(line) for line in (study / "decisions.jsonl").read_text().splitlines()]
+    assert any(d.get("because") == "grid exhausted" or "grid exhausted" in json.dumps(d) for d in decisions)
+    assert (study / "final" / "adapter").is_dir()

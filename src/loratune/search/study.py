@@ -347,6 +347,19 @@ class NoStudyYet(UserError):
     """A worker's study is not there (yet): its leader may be starting (`worker.run_worker` waits for it)."""
 
 
+
+@contextlib.contextmanager
+def _walked_grid_stop_dropped():
+    """Optuna's GridSampler asks the study to stop (Study.stop) from after_trial once its last grid point is told;
+    outside Study.optimize (loratune asks and tells itself) that raises a RuntimeError after the trial's state is
+    stored (tell's finally). The search loop stops on a walked grid itself (yardstick._grid_done): the request is
+    dropped, never the trial."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
+
 class Study:
     """An Optuna study plus the study directory. Open it with `Study.open`."""
 
@@ -593,7 +606,8 @@ class Study:
             elif self._beating(t):
                 continue  # its heartbeat is fresh (a worker on another machine)
             self._mark_killed(t._trial_id, "the process running this trial was killed; its point is trained again")
-            self.optuna.tell(t.number, state=TrialState.FAIL)
+            with _walked_grid_stop_dropped():
+                self.optuna.tell(t.number, state=TrialState.FAIL)
             self._note_recovered(t)
 
     def _mark_killed(self, trial_id: int, reason: str) -> None:
@@ -778,7 +792,8 @@ class Study:
             if self._claim(t):
                 self.optuna._storage.set_trial_user_attr(t._trial_id, "status", "skipped")
                 self.optuna._storage.set_trial_user_attr(t._trial_id, "reason", reason)
-                self.optuna.tell(t.number, state=TrialState.FAIL)
+                with _walked_grid_stop_dropped():
+                    self.optuna.tell(t.number, state=TrialState.FAIL)
                 n += 1
         return n
 
@@ -896,12 +911,13 @@ class Study:
         with signals.shielded():  # its record and its state: one step
             trial.set_user_attr("status", result.status)
             trial.set_user_attr("record", record.to_dict())
-            if result.status == "pruned":
-                self._tell_pruned(trial, result)
-            elif result.ok:
-                self.optuna.tell(trial, float(result.value))
-            else:
-                self.optuna.tell(trial, state=TrialState.FAIL)
+            with _walked_grid_stop_dropped():
+                if result.status == "pruned":
+                    self._tell_pruned(trial, result)
+                elif result.ok:
+                    self.optuna.tell(trial, float(result.value))
+                else:
+                    self.optuna.tell(trial, state=TrialState.FAIL)
         return record
 
     def _tell_pruned(self, trial, result: TrialResult) -> None:
@@ -927,7 +943,8 @@ class Study:
         with signals.shielded():
             trial.set_user_attr("status", status)
             trial.set_user_attr("reason", reason)
-            self.optuna.tell(trial, state=TrialState.FAIL)
+            with _walked_grid_stop_dropped():
+                self.optuna.tell(trial, state=TrialState.FAIL)
 
     # ------------------------------------------------------------------ side files
     def save_assessment(self, data: dict) -> None:
