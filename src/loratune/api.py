@@ -120,6 +120,13 @@ def _check(cfg: RunConfig, dataset) -> None:
 
 def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> dict:
     """Train one run into cfg.train.output_dir; returns its run.json content."""
+    from loratune.rng import rng_kept
+
+    with rng_kept():  # the whole call, its checks and first imports too (rich draws from `random` when imported)
+        return _train(cfg, dataset, progress=progress)
+
+
+def _train(cfg: RunConfig, dataset: Dataset | None, *, progress: bool) -> dict:
     cfg = require_built(cfg, "train")
     dataset = _dataset(cfg, dataset, "train")
     dataset = dataset if dataset is not None else prepare(cfg)
@@ -353,11 +360,22 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
     its own config and data; a cfg that sets a key (away from its default, or named in `fixed`) to another value than
     the study's, or a `dataset` of other data, is refused as `tune --resume key=value` / `--data DIR` is. Other
     `search.tune.TuneOptions` fields pass through `options`."""
+    from loratune.rng import rng_kept
+
+    with rng_kept():  # as api.train, the whole call: phase 0 and the finish draw from torch's generator too, not
+        # only the trials, and the first call's imports from `random`
+        return _tune(cfg, budget=budget, strategy=strategy, study_dir=study_dir, resume=resume, fixed=fixed,
+                     target=target, full_probe=full_probe, dataset=dataset, arms=arms, **options)
+
+
+def _tune(cfg: RunConfig, *, budget: str | None, strategy: str | None, study_dir: str | Path, resume: bool,
+          fixed: Sequence[str], target: float | None, full_probe: bool, dataset: Dataset | None,
+          arms: Sequence[str], **options: Any) -> dict:
     cfg = require_built(cfg, "tune")
     dataset = _dataset(cfg, dataset, "tune")
     from loratune.config import changed_keys, resolve_key, to_dict
     from loratune.search.protocol.settings import user_settings
-    from loratune.search.tune import TuneOptions, tune as _tune
+    from loratune.search.tune import TuneOptions, tune as run_tune
     from collections.abc import Iterable
 
     from loratune.errors import UserError
@@ -393,7 +411,4 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
     opts = TuneOptions(budget=budget, strategy=strategy, study_dir=str(study_dir), resume=resume,
                        explicit_keys=keys, user_point=given,
                        settings=user_settings(target=target, full_probe=full_probe, arms=arms), **options)
-    from loratune.train import rng_kept
-
-    with rng_kept():  # as api.train: phase 0 and the finish draw from torch's generator too, not only the trials
-        return _tune(cfg, opts, dataset=dataset)
+    return run_tune(cfg, opts, dataset=dataset)

@@ -42,6 +42,7 @@ from loratune.config import RunConfig, single_label_note, to_dict, to_yaml
 from loratune.data import (VALIDATED_ON, Dataset, LabelSpace, Split, data_seed_record, stratified_subset,
                            validated_on)
 from loratune.errors import UserError, disk_full
+from loratune.rng import rng_kept  # noqa: F401  (sft takes it from here too)
 from loratune.objectives import Patience, keep_order, objective as objective_named
 from loratune.eval_extras import EvalExtras
 from loratune.heads import head_modules
@@ -806,28 +807,6 @@ def torch_threads(n: int | None = None):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
-def rng_kept():
-    """The caller's `random`, numpy and torch generators as they were, after the block: a run seeds them all
-    (seed_everything), and a notebook's next draw after api.train was seed 42's whatever seed it had set. CUDA's
-    generators too: their states where the caller had started CUDA; where it had not, they are seeded as the caller's
-    torch.manual_seed left them (torch.initial_seed(): it seeds CUDA once CUDA starts), as if no run had started it."""
-    py, npy, cpu = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
-    cuda = torch.cuda.is_available()
-    cuda_states = torch.cuda.get_rng_state_all() if cuda and torch.cuda.is_initialized() else None
-    cuda_seed = torch.initial_seed()  # (read before the run reseeds it)
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.random.set_rng_state(cpu)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
-        elif cuda and torch.cuda.is_initialized():
-            torch.cuda.manual_seed_all(cuda_seed)
 
 
 def train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool = True,

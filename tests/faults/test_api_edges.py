@@ -245,6 +245,47 @@ def test_api_train_leaves_the_callers_random_generators_as_they_were(tiny_bert, 
     assert draws[0] == (random.random(), float(np.random.rand()), float(torch.rand(1))) != draws[1]
 
 
+FIRST_CALL = """
+import json, random, sys
+import numpy as np, torch
+from loratune import api
+cfg = api.load_config(None, json.loads(sys.argv[1]))
+fresh = "rich.style" not in sys.modules  # (the first call imports it, and its import draws from `random`)
+random.seed(5), np.random.seed(5), torch.manual_seed(5)
+before = (random.getstate(), np.random.get_state()[1].tolist(), torch.random.get_rng_state().tolist())
+if sys.argv[2] == "train":
+    assert api.train(cfg, progress=False)["status"] == "completed"
+else:
+    assert len(api.tune(cfg, budget="1trials", trial_steps=2, study_dir=sys.argv[3], full_probe=False)["trials"]) == 1
+after = (random.getstate(), np.random.get_state()[1].tolist(), torch.random.get_rng_state().tolist())
+print(json.dumps({"fresh": fresh, "same": [a == b for a, b in zip(before, after)], "next": random.random()}))
+"""
+
+
+@pytest.mark.parametrize("verb", ["train", "tune"])
+def test_the_first_api_call_in_a_process_leaves_the_callers_random_generators_as_they_were(
+        verb, tiny_bert, intent_data, tmp_path):
+    # the first api.train / api.tune in a process imported rich (through loratune.slices -> sklearn) before the
+    # generators were read: rich.style's getrandbits at import moved the caller's `random` (README: left as they were)
+    import json
+    import os
+    import random
+    import subprocess
+    import sys
+
+    from support import overrides
+
+    args = overrides(tiny_bert, intent_data, tmp_path / "run", max_steps=2, eval_steps=2, num_threads=1)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", FIRST_CALL, json.dumps(args), verb, str(tmp_path / "study")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["fresh"]  # the api call is the process's first import of rich, as in a fresh notebook
+    assert got["same"] == [True, True, True]  # random, numpy, torch
+    assert got["next"] == random.Random(5).random()
+
+
 def test_api_tune_and_report_leave_optunas_log_level_as_it_was(tmp_path):
     # Study.open and the study report set Optuna's level to WARNING for the rest of the process
     import optuna
