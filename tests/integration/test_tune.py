@@ -364,6 +364,35 @@ def test_a_study_resumes_from_another_working_directory_and_after_a_move(tiny_be
     assert summary["recommendation"]["run_dir"].startswith(str(moved))
 
 
+def test_a_finished_study_moved_or_copied_resumes_with_its_own_folders(tiny_bert, intent_data, tmp_path, monkeypatch,
+                                                                        capsys):
+    # a finished study's resume returned (and printed) its stored summary as written: a moved study named the
+    # recommendation's adapter at the old place (gone), a copy the original's; `loratune show` read them here already
+    import shutil
+
+    from loratune import api
+
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert main(_tune_args(tiny_bert, intent_data, Path("s1"), "--strategy", "random", "--budget", "2trials",
+                           "--trial-steps", "8")) == 0
+    shutil.copytree("s1", "copy")  # the original stays: a copy read it, alive
+    shutil.move("s1", "s2")
+    for study in (Path("s2"), Path("copy")):
+        capsys.readouterr()
+        assert main(["tune", "--resume", "--study-dir", str(study), "-q"]) == 0
+        out = capsys.readouterr().out
+        assert f"adapter: {study / 'final' / 'adapter'}" in out and "s1" not in out
+        summary = api.tune(api.load_config(None, []), resume=True, study_dir=study)
+        rec = summary["recommendation"]
+        assert rec["files"] == {k: str(study / "final" / name) for k, name in
+                                (("adapter", "adapter"), ("config", "config.yaml"), ("test", "test.json"))}
+        assert all(Path(v).exists() for v in rec["files"].values())
+        assert summary["study_dir"] == str(study) and str(tmp_path / study / "study.db") in summary["storage"]
+        runs = [rec["run_dir"], *(t["run_dir"] for t in summary["trials"])]
+        assert len(runs) == 3 and all(Path(r).is_dir() and Path(r).is_relative_to(tmp_path / study) for r in runs)
+
+
 def test_a_resume_never_lowers_what_the_study_spent(tiny_bert, intent_data, tmp_path, monkeypatch):
     # a resume's meter starts empty and charges the reused trials' own training only: the earlier sessions' startup
     # and the time between and around their trials must be charged again (kept in the study as they are charged, so

@@ -21,7 +21,7 @@ from loratune.search.budget import Budget, Cost, CostModel, Meter, format_amount
 from loratune.search.context import UI, SearchContext
 from loratune.search.protocol.phase0 import step_text
 from loratune.steps import examples_for
-from loratune.store import DEFAULT_STUDY_DIR
+from loratune.store import DEFAULT_STUDY_DIR, in_study
 from loratune.search.protocol import (ProtocolSettings, Start, plan_trial_length, run_protocol, start_config,
                                       start_from_assessment)
 from loratune.search.study import FINAL, LEADER_DIR, Study, optuna_quiet, study_folder
@@ -55,6 +55,22 @@ class TuneOptions:
     # default); every diagnosis, comparison, assessment and decision of the study reads them. None: no file given (a
     # new study: the defaults; on resume: the study's own)
     thresholds: dict | None = None
+
+
+def summary_here(summary: dict, study: Study, study_dir: Path) -> dict:
+    """A finished study's stored summary (final/study.json) with its paths as found in the study's folder now, by the
+    rule `loratune show` reads them with (store.in_study): a study moved or copied since it finished printed and
+    returned the folders it was written in (its recommendation's adapter at the old place: gone, or the original's).
+    `study_dir` as this session names it, as a finish writes it."""
+    def trial(row: Any) -> Any:
+        return {**row, "run_dir": study.trial_dir(row.get("run_dir"))} if isinstance(row, dict) else row
+
+    rec = summary.get("recommendation")
+    if isinstance(rec, dict):
+        rec = {**trial(rec), "files": {k: in_study(v, study_dir, FINAL) if isinstance(v, str) else v
+                                       for k, v in (rec.get("files") or {}).items()}}
+    return {**summary, "study_dir": str(study_dir), "storage": study.storage_url, "recommendation": rec,
+            "trials": [trial(t) for t in summary.get("trials") or ()]}
 
 
 def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, runner=None, dataset=None) -> dict:
@@ -172,7 +188,8 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
             ui.note(f"the study in {study_dir} is finished: nothing to resume (its summary: {summary_path}); give a "
                     "larger --budget to continue it")
             # the summary's this-session time was its last session's: this one trained nothing
-            return {**json.loads(summary_path.read_text()), "wall_s_session": round(time.perf_counter() - t_start, 2)}
+            return {**summary_here(json.loads(summary_path.read_text()), study, study_dir),
+                    "wall_s_session": round(time.perf_counter() - t_start, 2)}
         if now.kind != was.kind or now.limit < was.limit:  # what a study spent stays spent: it can only grow
             raise UserError(f"the study in {study_dir} was run with --budget {was.text}: a resumed study keeps "
                             f"the trials it spent, so its budget can only grow, in the same unit "
