@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-import warnings
 from dataclasses import asdict, dataclass
 
+from loratune import library_warnings
 from loratune.config import AdapterConfig, RunConfig, parse_layers
 from loratune.errors import UserError
 from loratune.heads import head_modules
@@ -286,8 +286,7 @@ def apply_adapter(model, adapter: AdapterConfig, task: str = "classification"):
         init_lora_weights=_init_arg(adapter.init_lora_weights),
         modules_to_save=heads or None,
     )
-    with warnings.catch_warnings():  # peft probes deprecated transformers attributes
-        warnings.simplefilter("ignore", FutureWarning)
+    with library_warnings.silenced():  # peft probes deprecated transformers attributes
         peft_model = get_peft_model(model, lora)
     return peft_model, sites
 

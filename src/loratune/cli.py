@@ -110,11 +110,9 @@ class _ReaderMayLeave:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
+    from loratune import library_warnings
 
-    # the libraries' deprecation notices (transformers' is_gradient_checkpointing on every peft load) are
-    # for their API's callers, not for someone running `loratune predict`
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|torch)(\.|$)")
+    library_warnings.silence()  # the libraries' deprecation notices are for their API's callers
     parser = build_parser()
     args = parse(parser, sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):

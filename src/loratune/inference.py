@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from loratune import library_warnings
 from loratune.config import RunConfig, load_config
 from loratune.data import (DATA_SEED, VALIDATED_ON, LabelSpace, empty_text_problems, label_form, load_dataset,
                            refuse_no_shared_label, validation_differs)
@@ -344,7 +345,8 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
         if (adapter_dir / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(load_causal_lm(cfg.model, tokenizer.pad_token_id), adapter_dir)
+            with library_warnings.silenced():  # transformers' is_gradient_checkpointing notice on every peft load
+                model = PeftModel.from_pretrained(load_causal_lm(cfg.model, tokenizer.pad_token_id), adapter_dir)
         else:  # method full: the whole model was saved
             model = AutoModelForCausalLM.from_pretrained(adapter_dir)
     model.to(device).eval()

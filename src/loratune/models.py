@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from loratune import library_warnings
 from loratune.config import ModelConfig
 from loratune.errors import UserError
 
@@ -600,7 +601,8 @@ def load_saved(adapter_dir: str | Path, cfg: ModelConfig, labels: tuple[str, ...
 
         base = load_classifier(cfg, len(labels), multi_label, dict(enumerate(labels)), tokenizer.pad_token_id)
         with saved_model_faults(adapter_dir, cfg):
-            return PeftModel.from_pretrained(base, adapter_dir), tokenizer
+            with library_warnings.silenced():  # transformers' is_gradient_checkpointing notice on every peft load
+                return PeftModel.from_pretrained(base, adapter_dir), tokenizer
     from transformers import AutoModelForSequenceClassification
 
     with saved_model_faults(adapter_dir, cfg):

@@ -16,11 +16,11 @@ import contextlib
 import io
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from loratune import library_warnings
 from loratune.diagnose import PARTIAL_STATUSES
 from loratune.errors import ConfigError, UserError
 from loratune.objectives import CLASSIFIER_METRICS, objective
@@ -158,8 +158,7 @@ def _library_noise_hidden():
     level = hub.level
     hub.setLevel(max(logging.ERROR, level))
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore", FutureWarning)
+        with library_warnings.silenced(), contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
         hub.setLevel(level)
