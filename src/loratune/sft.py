@@ -785,7 +785,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         store.append_history(point)  # the one place an evaluation point is emitted
         tracking.log_point(point)
         run["final"] = point
-        bar.update(step, point.get("train/loss"), point.get("val/loss"))
+        bar.update(step, point.get("train/loss"), point.get("val/loss"), evaluated=True)
         if objective not in point:
             store.write_run(run)
             return False

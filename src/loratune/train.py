@@ -747,30 +747,92 @@ def window_scores(window: dict[str, list[float]]) -> dict[str, float]:
     return out
 
 
+PLAIN_PROGRESS_EVERY_S = 30.0  # off a terminal: a progress line at least this often (besides one per evaluation)
+
+
+def _clock(seconds: float) -> str:
+    s = int(max(0.0, seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 class RunProgress:
-    """A rich progress bar showing step, loss and the last value of one val metric (silent when disabled):
-    the classifier loop's objective by its name (val macro-F1, val subset accuracy...), the SFT loop's val loss."""
+    """Progress of a loop on stderr (silent when disabled, `-q`): on a terminal a rich bar showing step, loss and the
+    last value of one val metric - the classifier loop's objective by its name (val macro-F1, val subset
+    accuracy...), the SFT loop's val loss; none for a count alone (metric=None: predict --file's texts). Off a
+    terminal (a file, a pipe, CI, TERM=dumb) rich's bar is never redrawn, so a run said nothing until it ended:
+    there it writes plain lines instead (no carriage return, no escape code) - one at each evaluation and one at
+    least every PLAIN_PROGRESS_EVERY_S seconds, with step/total, loss, the metric, elapsed time and time left."""
 
-    def __init__(self, total: int, enabled: bool, *, title: str = "train", metric: str = "val macro-F1"):
+    def __init__(self, total: int, enabled: bool, *, title: str = "train", metric: str | None = "val macro-F1",
+                 redirect_stdout: bool = True, redirect_stderr: bool = True):
         self.bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.plain = False
+        self.total, self.title, self.metric = total, title, metric
+        self.step, self.loss, self.value = 0, None, None
+        self.shown: tuple[int, bool] | None = None  # the step of the last plain line, and whether it had a time left
+        if not enabled:
+            return
+        from rich.console import Console
 
-            self.bar = Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]}"), TextColumn(metric + " {task.fields[metric]}"),
-                                TimeRemainingColumn(), console=Console(stderr=True))
-            self.task = self.bar.add_task(title, total=total, loss="-", metric="-")
-            self.bar.start()
+        out = Console(stderr=True)
+        self.start = self.last_line = time.monotonic()
+        if not out.is_interactive:  # rich's rule for a live display: a terminal, not TERM=dumb
+            self.plain = True
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def update(self, step: int, loss: float | None = None, metric: float | None = None) -> None:
+        columns = [TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn()]
+        if metric is not None:
+            columns += [TextColumn("loss {task.fields[loss]}"), TextColumn(metric + " {task.fields[metric]}")]
+        self.bar = Progress(*columns, TimeRemainingColumn(), console=out, redirect_stdout=redirect_stdout,
+                            redirect_stderr=redirect_stderr)
+        self.task = self.bar.add_task(title, total=total, loss="-", metric="-")
+        self.bar.start()
+
+    def update(self, step: int, loss: float | None = None, metric: float | None = None, *,
+               evaluated: bool = False) -> None:
+        """The loop at `step`; `evaluated`: an evaluation point (a plain line for each)."""
+        self.step = step
+        if loss is not None:
+            self.loss = loss
+        if metric is not None:
+            self.value = metric
         if self.bar is not None:
             fields = {k: f"{v:.4f}" for k, v in (("loss", loss), ("metric", metric)) if v is not None}
             self.bar.update(self.task, completed=step, **fields)
+        elif self.plain and (evaluated or time.monotonic() - self.last_line >= PLAIN_PROGRESS_EVERY_S):
+            self._line(final=False)
+
+    def advance(self, n: int) -> None:
+        self.update(self.step + n)
+
+    def _line(self, final: bool) -> None:
+        now = time.monotonic()
+        self.last_line = now
+        elapsed = now - self.start
+        parts = [self.title, f"{self.step}/{self.total}"]
+        if self.metric is not None:
+            parts += [f"loss {'-' if self.loss is None else f'{self.loss:.4f}'}",
+                      f"{self.metric} {'-' if self.value is None else f'{self.value:.4f}'}"]
+        parts.append(f"elapsed {_clock(elapsed)}")
+        eta = not final and 0 < self.step < self.total
+        if eta:
+            parts.append(f"left {_clock(elapsed / self.step * (self.total - self.step))}")
+        self.shown = (self.step, eta)
+        sys.stderr.write("  ".join(parts) + "\n")
+        sys.stderr.flush()
 
     def close(self) -> None:
+        """The last step reached and the time taken, no time left (a run that ended early left its bar at 8/60
+        with the remaining time of the steps it never ran)."""
         if self.bar is not None:
+            from rich.progress import TimeElapsedColumn
+
+            self.bar.columns = (*self.bar.columns[:-1], TimeElapsedColumn())
+            self.bar.update(self.task, completed=self.step)
             self.bar.stop()
+        elif self.plain and self.shown != (self.step, False):
+            self._line(final=True)
 
 
 def say_phase(enabled: bool, text: str) -> None:
@@ -980,7 +1042,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         tracking.log_point(point)
         run["final"] = point
         f1 = point.get(objective, math.nan)
-        bar.update(step, point.get("train/loss"), f1)
+        bar.update(step, point.get("train/loss"), f1, evaluated=True)
         # a tie: the lower val loss (multi-label), else the first; early stopping counts in the same order
         key = keep_order(point, objective, run["task"])
         evals_since_best = stopping.count(key)

@@ -112,27 +112,28 @@ def run(args) -> int:
 
 @contextlib.contextmanager
 def _progress(total: int):
-    """A function that passes the chunks through, counting their texts on a progress bar on stderr: a bar for an
-    input of more than one chunk (inference.PREDICT_CHUNK_ROWS), none for a few texts."""
+    """A function that passes the chunks through, counting their texts on stderr (train.RunProgress: a bar on a
+    terminal, plain lines off one) for an input of more than one chunk (inference.PREDICT_CHUNK_ROWS), none for a
+    few texts."""
     from loratune.inference import PREDICT_CHUNK_ROWS
+    from loratune.train import RunProgress
 
     if total <= PREDICT_CHUNK_ROWS:
         yield lambda chunks: chunks
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     # results on a screen print above the bar; stdout sent elsewhere keeps every result (rich would send it to stderr)
-    bar = Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=console(stderr=True), redirect_stdout=sys.stdout.isatty(), redirect_stderr=False)
-    task = bar.add_task("predict", total=total)
+    bar = RunProgress(total, True, title="predict", metric=None, redirect_stdout=sys.stdout.isatty(),
+                      redirect_stderr=False)
 
     def advance(chunks):
         for chunk in chunks:
             yield chunk
-            bar.advance(task, len(chunk))
+            bar.advance(len(chunk))
 
-    with bar:
+    try:
         yield advance
+    finally:
+        bar.close()
 
 
 def _text_column(run_dir: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from loratune.objectives import objective
 from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg, safe
 from loratune.store import DEFAULT_STUDY_DIR
@@ -225,9 +227,21 @@ class RichUI:
         self.out = out
         self.live = live
         self.status = None
+        self.last_line = None  # off a terminal: when the last plain progress line was printed
 
-    def _status(self, text: str) -> None:
+    def _status(self, text: str, *, plain: bool = False) -> None:
+        """The live status line on a terminal; off one (a file, a pipe, CI, TERM=dumb: a live line is never drawn)
+        `plain` progress (a trial's evaluations) as a line at most every train.PLAIN_PROGRESS_EVERY_S seconds - the
+        trial's start and end are lines of their own."""
         if not self.live:
+            return
+        if not self.out.is_interactive:
+            from loratune import train
+
+            now = time.monotonic()
+            if plain and (self.last_line is None or now - self.last_line >= train.PLAIN_PROGRESS_EVERY_S):
+                self.last_line = now
+                self.out.print(f"    {safe(text)}", highlight=False, soft_wrap=True)  # one line in a log
             return
         if self.status is None:
             self.status = self.out.status(safe(text), spinner="dots")
@@ -269,7 +283,7 @@ class RichUI:
         v = point.get(ctx.objective.key)
         self._status(f"{ctx.phase} · trial #{cur.get('number')} {spec.name if spec else ''} · step "
                      f"{point.get('step')} · {ctx.objective.name} {v if v is None else round(v, 3)} · {self._best(ctx)} · "
-                     f"{ctx.meter.describe_left()}")
+                     f"{ctx.meter.describe_left()}", plain=True)
 
     def trial_end(self, rec, ctx) -> None:
         res = rec.result
