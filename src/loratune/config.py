@@ -447,15 +447,18 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
-# A top-level key starting with one of these holds a mapping only as an anchor for `<<:` merges (docker-compose's
-# `x-` convention: `x-defaults: &d {...}` then `train: {<<: *d}`), not a key: a file's reader leaves it out
-ANCHOR_HOLDERS = ("x-", ".")
+# Top-level keys a file's reader leaves out, as anchors for `<<:` merges (`x-defaults: &d {...}` then
+# `train: {<<: *d}`): any key starting with `x-` (docker-compose's extension fields, any value: `x-ratio: &r 3`), and
+# a key starting with `.` that holds a mapping (so a typo such as `.learning_rate: 0.5` is read, and refused with
+# its hint, never dropped)
+EXTENSION_PREFIX, HIDDEN_PREFIX = "x-", "."
+ANCHOR_HOLDERS = (EXTENSION_PREFIX, HIDDEN_PREFIX)
 
 
 def read_yaml_file(path: str | Path, what: str, shape_fix: str) -> tuple[Path, dict]:
     """A user's YAML file of keys (a config, a --thresholds file): `~` is the home folder (as in a shell, so a quoted
     `--config=~/c.yaml` reads the same file everywhere); a key given twice or a key that is no name is refused; the
-    file must hold a mapping (`shape_fix` says how to write one); top-level keys starting with ANCHOR_HOLDERS are
+    file must hold a mapping (`shape_fix` says how to write one); top-level anchor holders (`anchor_holder`) are
     left out (anchors for merges). -> (the expanded path, the mapping)."""
     p = Path(path).expanduser()
     require_file(p, what, "give the path of a YAML file")
@@ -465,7 +468,13 @@ def read_yaml_file(path: str | Path, what: str, shape_fix: str) -> tuple[Path, d
         raise UserError(f"{what} '{p}' is not valid YAML: {exc}", getattr(exc, "fix", "fix the YAML syntax")) from None
     if not isinstance(loaded, dict):
         raise UserError(f"{what} '{p}' must hold a mapping of keys", shape_fix)
-    return p, {k: v for k, v in loaded.items() if not (isinstance(k, str) and k.startswith(ANCHOR_HOLDERS))}
+    return p, {k: v for k, v in loaded.items() if not anchor_holder(k, v)}
+
+
+def anchor_holder(key, value) -> bool:
+    """A top-level key left out of a file's keys (see ANCHOR_HOLDERS)."""
+    return isinstance(key, str) and (key.startswith(EXTENSION_PREFIX)
+                                     or key.startswith(HIDDEN_PREFIX) and isinstance(value, dict))
 
 
 def read_config_file(path: str | Path, problems: list[str]) -> list[tuple[str, Any, str]]:

@@ -62,6 +62,14 @@ def test_top_level_keys_starting_with_x_or_dot_hold_anchors_for_merges(tmp_path)
     assert said.startswith("defaults: unknown config key 'defaults' (")
     assert said.endswith("a mapping kept only as an anchor for `<<:` merges goes under a key starting with x- or ., "
                          "which is not read (`x-defaults: &defaults {...}`))")
+    # a '.' name holding no mapping is a typo, not an anchor: read, and refused with its hint (was dropped silently)
+    [said] = problems(write(tmp_path, ".learning_rate: 0.5\n"))
+    assert said == ".learning_rate: unknown config key '.learning_rate' (did you mean train.learning_rate?)"
+    from loratune.rules import load_thresholds
+
+    with pytest.raises(UserError) as err:
+        load_thresholds(write(tmp_path, ".diverged_loss_ratio: 3\n", "th2.yaml"))
+    assert "unknown threshold '.diverged_loss_ratio'" in str(err.value)
 
 
 @pytest.mark.parametrize("text,kind", [("? [a, b]\n: 2\n", "list"), ("? {a: 1}\n: 2\n", "mapping")])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from loratune.config import allowed_value, key_table, within_limits
-from loratune.moves import ARMS, MOVES
+from loratune.moves import ARMS, LR, MOVES
 from loratune.stepsize import alpha_for, scale_of  # noqa: F401 (re-exported: the space's scale knob)
 
 # The RunConfig default of every dotted key: a point holds only what differs from the config, and what
@@ -85,8 +85,6 @@ class SearchSpace:
     def to_dict(self) -> dict:
         return {"dims": [d.to_dict() for d in self.dims], "grid_size": self.grid_size()}
 
-
-LR = "train.learning_rate"
 
 
 def _round(x: float) -> float:
