@@ -1506,3 +1506,14 @@ def test_a_study_read_from_its_trial_folders_never_takes_a_cut_trials_val_as_its
     s = build_study_report(tmp_path)
     assert s.best.number == 0 and s.best.value == pytest.approx(0.5)
     assert [(t.number, t.value) for t in s.trials] == [(0, pytest.approx(0.5)), (1, None)]
+
+
+def test_a_single_label_run_without_predictions_is_not_called_multi_label(tmp_path):
+    # a tune trial whose config was refused leaves run.json with its status and reason only: show said 'no confusion
+    # matrix ... (a multi-label run has none)' of a single-label run
+    run = tmp_path / "refused"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"status": "failed", "reason": "the trial's config was refused"}))
+    why = pairs_missing_why(build_run_report(run))
+    assert why == ("no confusion matrix and no `val/confused_pairs` in the history "
+                   "(no validation predictions were recorded)")

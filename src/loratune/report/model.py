@@ -662,7 +662,8 @@ def pairs_missing_why(r: "RunReport") -> str:
     """Why a run report lists no confused pairs (said alike by `report` and `show`)."""
     c = r.confusion
     if c.missing is not None:
-        return "no confusion matrix and no `val/confused_pairs` in the history (a multi-label run has none)"
+        why = "a multi-label run has none" if r.task == "multi_label" else "no validation predictions were recorded"
+        return f"no confusion matrix and no `val/confused_pairs` in the history ({why})"
     if not c.errors:
         return "no confused pairs: the validation predictions have no errors"
     note = outside_matrix_note(c)
