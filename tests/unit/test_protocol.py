@@ -1886,3 +1886,22 @@ def test_lr_probe_and_grid_near_the_configs_lr_limit_never_ask_past_it():
     grid = [s for s in runner.calls if s.phase == "phase1-lr-grid"]
     assert [s.point[LR] for s in grid][:2] == [centre, limit]
     assert "clamped to the config's lr limit" in grid[1].purpose and "clamped" not in grid[0].purpose
+
+
+def test_a_probe_and_grid_stopped_by_the_configs_lr_limit_say_so_in_the_trail():
+    """The metric still rising at the config's lr limit: the probe's next step up would clamp to the limit it ran,
+    and the grid's 2x past it would rerun it; both are recorded (codes), never dropped silently."""
+    from dataclasses import replace as dc_replace
+
+    from loratune.config import key_table
+
+    limit = key_table()[LR].metadata["max"]
+    world = World(lambda p: 0.5 + 0.1 * math.log2(p[LR] / limit + 1), lambda p: "lr-too-small")
+    ctx, runner = make_ctx(world)
+    start = dc_replace(START, point={**START.point, LR: 0.3 * limit}, lr_centre=0.3 * limit)
+    run_protocol(ctx, start, ProtocolSettings(full_probe=False), plan={"max_steps": 100, "reason": "scripted"})
+    assert max(s.point[LR] for s in runner.calls) == limit
+    probes = [s.point[LR] for s in runner.calls if s.phase == "lr-probe"]
+    grid = [s.point[LR] for s in runner.calls if s.phase == "phase1-lr-grid"]
+    assert probes == [0.3 * limit, limit] and grid == [limit, 0.5 * limit]  # no lr run twice
+    assert {"lr-probe-at-limit", "lr-grid-skip-at-limit"} <= set(codes(ctx))

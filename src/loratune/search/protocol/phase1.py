@@ -76,7 +76,10 @@ def stage_lr_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
                         f"; {ctx.meter.describe_left()}"], [last], code="lr-probe-stopped")
             break
         if within_limits(LR, round3(lr_of(last.point) * factor)) == lr_of(last.point):
-            break  # at the config's lr limit: no further step up
+            ctx.decide(phase, "lr-probe", "stop probing", "the config's lr limit is reached",
+                       [f"lr {lr_of(last.point):g} x {factor:g} clamps to lr {lr_of(last.point):g} itself"], [last],
+                       code="lr-probe-at-limit")
+            break
         rec = probe(lr_of(last.point) * factor)
         if rec is None:
             break
@@ -133,7 +136,10 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
                 continue
         lr = within_limits(LR, round3(centre * f))
         if f != 1 and lr in {lr_of(r.point) for r in done.values()}:
-            continue  # past the config's lr limit: the limit itself is already in the grid
+            ctx.decide(phase, "lr-grid-skip", f"{f:g}x not needed", f"skip lr {round3(centre * f):g}",
+                       [f"lr {round3(centre * f):g} clamps to the config's lr limit {lr:g}, already run"],
+                       [r for r in done.values() if lr_of(r.point) == lr], code="lr-grid-skip-at-limit")
+            continue
         point = with_(start.point, **{LR: lr})
         rec = ctx.run(ctx.spec(point, phase, f"start config at {f:g}x the lr centre" + clamped(round3(centre * f), lr)),
                       reserve=reserve(ctx, phase, s))
