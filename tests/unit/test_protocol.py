@@ -1905,3 +1905,22 @@ def test_a_probe_and_grid_stopped_by_the_configs_lr_limit_say_so_in_the_trail():
     grid = [s.point[LR] for s in runner.calls if s.phase == "phase1-lr-grid"]
     assert probes == [0.3 * limit, limit] and grid == [limit, 0.5 * limit]  # no lr run twice
     assert {"lr-probe-at-limit", "lr-grid-skip-at-limit"} <= set(codes(ctx))
+
+
+def test_a_pair_that_finds_rank_binding_because_r_x2_hurt_steps_capacity_down():
+    """protocol 5: the binding knob is the one the metric is sensitive to, either way. r x2 cost 0.10 (5x the noise)
+    while lr x2 moved nothing: capacity binds, downwards; the moves were raised anyway (r x2, +ffn, +attn), each
+    on the wrong side, and r /2 never tried."""
+    def f1(p):
+        t = p.get("adapter.target_modules")
+        extra = 0.0 if list(t) == ["attn.q", "attn.v", "ffn@top:2"] else -0.05
+        return 0.55 - 0.10 * math.log2(p[R] / 8) + 0.001 * math.log2(p[LR] / 1e-3) + extra
+
+    ctx, runner = make_ctx(World(f1, lambda p: "underfit-capacity"))
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1))
+    pair = next(d for d in ctx.decisions if d["code"].startswith("pair-"))
+    assert pair["code"] == "pair-capacity" and pair["data"]["r_delta"] < 0
+    moves = [s for s in runner.calls if s.phase == "phase1-capacity"]
+    assert moves and moves[0].point[R] == 4  # r /2 first, never r x2 or +ffn after the pair
+    assert all(s.point[R] <= 8 for s in moves)
+    assert "capacity-move-kept" in codes(ctx)

@@ -222,8 +222,8 @@ def stage_capacity(ctx: SearchContext, s: ProtocolSettings) -> None:
     row = next((x for x in CAPACITY_POLICY if x.matches(inc.result)), CAPACITY_DEFAULT)
     if row.action == "pair":
         binding = run_pair(ctx, s) if s.pair else "unaffordable"
-        if binding == "capacity":
-            run_capacity_moves(ctx, s, down=False)
+        if binding == "capacity":  # the knob the metric is sensitive to, either way (protocol 5): r x2 hurt -> down
+            run_capacity_moves(ctx, s, down=(ctx.state.pair or {}).get("r_delta", 0.0) < 0)
         elif binding == "unaffordable" and v == "underfit-capacity":
             ctx.decide(phase, "capacity-verdict", "underfit (capacity), unconfirmed",
                        "one capacity step (r x2) without the pair",
@@ -313,6 +313,8 @@ def run_pair(ctx: SearchContext, s: ProtocolSettings) -> str:
     if binding == "capacity" and dr > noise:
         set_incumbent(ctx, b)
         move = f"follow the rank: incumbent = {b.label}"
+    elif binding == "capacity" and dr < 0:
+        move = "follow the rank: r x2 hurt; capacity steps down"
     elif binding == "optimization" and dl > 0:
         set_incumbent(ctx, a)
         move = f"follow the lr: incumbent = {a.label}; phase 2 keeps stepping lr"
