@@ -191,8 +191,9 @@ _THRESHOLDS = (
        "binary sentiment at 2.6e-4, a window at 1.98 x ln 2, ending at 1.03 x ln 2 with the F1 back at the "
        "one-class 0.333 mid-run; the corpus reads the same from 1.3 to 1.9, and 2.0 left that run healthy)."),
     _t("collapse_lr_min", 1e-2, "lr", "A learning rate this large (AdamW) that leaves the loss pinned at chance or "
-       "the val metric where it started is the cause: LoRA centres sit at 1e-4..5e-3 even on small models "
-       "(protocol 1), full fine-tuning 10x lower; a too-small lr is never this large."),
+       "the val metric where it started is the cause: it is 10x the top of LoRA's usual range (protocol 1: "
+       f"{USUAL_LR_RANGE[0]:g}..{USUAL_LR_RANGE[1]:g}, centre {LORA_LR_CENTRE[0]:g}..{LORA_LR_CENTRE[1]:g}), "
+       "full fine-tuning 10x lower; a too-small lr is never this large."),
     _t("never_learned_metric_max", 0.05, "points", "A val metric (accuracy, F1) whose best stayed below this never "
        "learned the val task at all (darekpe79, fold H: entity F1 0.000, 0.000, 0.012 on a NER run whose train loss "
        "sat at the majority 'O' tag's level): with no generalisation to lose, a rising val loss is the model growing "
@@ -313,8 +314,9 @@ _THRESHOLDS = (
        "the fall happened early and flattened."),
     _t("underfit_min_drop", 0.05, "fraction", "Val loss fell at least this much: the model learned, then "
        "stopped (a loss that never moved is an optimization problem, not a capacity limit)."),
-    _t("high_lr_min", 1.5e-3, "lr", "An AdamW lr at the top of LoRA's usual range (protocol 1: centres 1e-4..5e-3 on "
-       "small models) that still leaves the train loss stuck high and flat: the step is not what is missing, the "
+    _t("high_lr_min", 1.5e-3, "lr", "An AdamW lr above the top of LoRA's usual range (protocol 1: "
+       f"{USUAL_LR_RANGE[0]:g}..{USUAL_LR_RANGE[1]:g}, centre {LORA_LR_CENTRE[0]:g}..{LORA_LR_CENTRE[1]:g}) "
+       "that still leaves the train loss stuck high and flat: the step is not what is missing, the "
        "adapter's capacity is (the external corpus's r=1-2 single-module adapters at 2e-3..1e-2)."),
     _t("stuck_loss_ratio_min", 0.6, "ratio", "...stuck high: the train loss ended at this share of its start or more..."),
     _t("stuck_val_drop_max", 0.1, "fraction", "...and the val loss fell less than this from its first eval to its "
@@ -1010,9 +1012,10 @@ _RULES = (
                   any_(c("val_metric_logged", "<", "flag_on"),
                        c("val_metric_best", "<", "metric_ceiling_max"))),
         verdict="undertrained: still improving when the run ended",
-        moves=("epochs up",),
+        moves=("epochs up", "learning_rate x2"),  # the steps it was cut short of first; then protocol 5's lr
         suppresses=("healthy",),
-        source="protocol 5: loss still falling steadily with real F1 gains -> the model is learning",
+        source="protocol 5: loss still falling steadily with real F1 gains -> the model is learning, steps are "
+               "small -> lr",
     ),
     Rule(
         id="healthy", scope="curve", priority=0, knob_class="capacity", confidence=0.75,
