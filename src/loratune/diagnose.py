@@ -765,6 +765,19 @@ def _rslora(cfg: Mapping[str, Any]) -> bool:
     return any(k.rsplit(".", 1)[-1] == "use_rslora" and v is True for k, v in cfg.items())
 
 
+def _scale_x2(flat: Mapping[str, Mapping[str, Any]], best: Mapping[str, float | None], sign: int) -> float | None:
+    """2 x the update scale s of the best run by the measure (lora_alpha / r, / sqrt(r) under rsLoRA): where
+    update-too-weak's scale x2 move would take it. None when no run has a measure and both knobs."""
+    scored = [n for n in flat if best.get(n) is not None]
+    if not scored:
+        return None
+    cfg = flat[max(scored, key=lambda n: sign * best[n])]
+    r, alpha = _knob_value(cfg, "r"), _knob_value(cfg, "lora_alpha")
+    if not isinstance(r, (int, float)) or not isinstance(alpha, (int, float)) or r <= 0:
+        return None
+    return 2 * float(alpha) / (math.sqrt(float(r)) if _rslora(cfg) else float(r))
+
+
 # what a run trains (history_io.TRL_KINDS' preference / rl / reward-model, else a classifier or a language model by
 # the kind gates): a config key of its own in a knob comparison
 RUN_KIND_KEY = "run.kind"
@@ -996,6 +1009,8 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     acc.set("lr_loss_effect", max(lr_loss) if lr_loss else None, "no learning-rate group with val loss")
     gaps_f1 = [f.values.get("gap_f1") for f in feats.values() if f.values.get("gap_f1") is not None]
     acc.set("gap_f1_max", max(gaps_f1) if gaps_f1 else None, "no train_eval metric in any run")
+    acc.set("scale_x2", _scale_x2(flat, best, MEASURES[measure]),
+            "no compared run with a measure and both r and lora_alpha in its config")
     lr_groups = [g for g in groups if g.knob == "learning_rate"]
     r_groups = [g for g in groups if g.knob == "r"]
     if lr_groups and r_groups and not any({x[0] for x in a.runs} & {x[0] for x in b.runs}

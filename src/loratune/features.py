@@ -1866,6 +1866,9 @@ _COMPARE_CATALOGUE = (
           "Range of the minimum val loss over the learning-rate group / its mean."),
     _spec("compare", "gap_f1_max", "points", "the largest train/val metric gap among the runs is {}",
           "max over the compared runs of gap_f1 (overfit risk of adding rank)."),
+    _spec("compare", "scale_x2", "ratio", "a scale x2 step from the best run would take the scale s to {}",
+          "2 x the update scale s (lora_alpha / r; / sqrt(r) under rsLoRA) of the best run by the compared "
+          "measure: what update-too-weak's scale x2 move would reach."),
 )
 
 COMPARE_FEATURES: Mapping[str, FeatureSpec] = MappingProxyType({s.name: s for s in _COMPARE_CATALOGUE})

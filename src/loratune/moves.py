@@ -181,7 +181,7 @@ _MOVES = (
     Move("lr-x2", "learning_rate x2", LR, "optimization", "double the lr (protocol 4: x2 steps)", _lr_times(2.0)),
     Move("lr-half", "learning_rate /2", LR, "optimization", "halve the lr", _lr_times(0.5)),
     Move("lr-tenth", "learning_rate /10", LR, "optimization", "the lr /10 after a divergence", _lr_times(0.1)),
-    Move("scale-x2", "lora_alpha 1->2 (x r)", ALPHA, "optimization", "update scale s x2 at the same rank",
+    Move("scale-x2", "scale x2 (lora_alpha x2)", ALPHA, "optimization", "update scale s x2 at the same rank",
          _scale_x2),
     # arms: other adapter or optimizer variants, each tried at its own lr (ARMS)
     Move("arm-loraplus", "LoRA+", "train.optimizer", "optimization", "LoRA+: the B matrices at lr x "

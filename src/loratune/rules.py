@@ -436,6 +436,8 @@ _THRESHOLDS = (
     _t("alpha_effect_noise_max", 1.0, "se", "A lora_alpha effect under this many noise units: insensitive."),
     _t("weak_lr_loss_max", 0.05, "fraction", "Learning-rate changes moving the min val loss less than this."),
     _t("weak_gap_min", 0.1, "points", "A train/val gap this large makes more rank unwanted (overfit risk)."),
+    _t("max_scale", 4.0, "ratio", "The update scale s (lora_alpha / r; / sqrt(r) under rsLoRA) a scale x2 step may "
+       "reach: beyond it a scale step is just a hidden lr increase (protocol 4), so an lr step is taken instead."),
 )
 
 THRESHOLDS: Mapping[str, Threshold] = MappingProxyType({t.name: t for t in _THRESHOLDS})
@@ -1276,11 +1278,13 @@ _RULES = (
         # protocol 4's condition is both halves: "more rank unwanted" is the overfit risk a train/val metric gap
         # shows; with no train-subsample metric in any run that half is unknown, and the rule is not evaluated
         # (a weak lr effect alone is not this verdict: a val set too small to separate the runs reads the same)
+        # a scale x2 step past max_scale is just a hidden lr increase (protocol 4: rarely above 4): not prescribed
         when=all_(c("lr_loss_effect", "<", "weak_lr_loss_max", required=True),
-                  c("gap_f1_max", ">=", "weak_gap_min", required=True)),
+                  c("gap_f1_max", ">=", "weak_gap_min", required=True),
+                  c("scale_x2", "<=", "max_scale")),
         verdict="LoRA update too weak: lr changes barely move the loss and more rank risks overfitting",
-        moves=("lora_alpha 1->2 (x r)",),
-        source="protocol 4: lr changes barely move the loss, more rank unwanted -> scale s 1 -> 2",
+        moves=("scale x2 (lora_alpha x2)",),
+        source="protocol 4: lr changes barely move the loss, more rank unwanted -> scale s 1 -> 2 (rarely above 4)",
     ),
     Rule(
         id="alpha-insensitive", scope="compare", knob="lora_alpha", priority=20, knob_class="optimization",

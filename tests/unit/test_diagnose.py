@@ -485,6 +485,37 @@ def test_update_too_weak_when_lr_barely_moves_the_loss_and_gap_is_large():
 
 
 
+def test_update_too_weak_stops_at_the_max_scale_threshold():
+    """Protocol 4: scale s 1 -> 2, rarely above 4 (beyond it a hidden lr increase). The rule prescribed a scale x2
+    at any scale (r=8 lora_alpha=64: s 8 -> 16); it fires only while the best run's scale x2 stays within
+    max_scale (the threshold tune's phase 2 reads), and its move says what the move does."""
+    from loratune.moves import MOVES
+    from loratune.rules import THRESHOLDS
+
+    assert THRESHOLDS["max_scale"].value == 4.0
+
+    def weak(alpha, r=8, rslora=False, thresholds=None):
+        runs = [run("base", 0.60, gap=0.2, alpha=alpha, r=r),
+                run("lr2", 0.601, lr=2e-4, gap=0.2, val_loss=1.01, alpha=alpha, r=r)]
+        for h in runs:
+            h.config["adapter"]["use_rslora"] = rslora
+        return compare(runs, thresholds=thresholds)
+
+    c = weak(16)  # s 2 -> 4: at the cap
+    assert c.features["scale_x2"] == pytest.approx(4.0) and c.fired("update-too-weak")
+    f = next(f for f in c.findings if f.rule_id == "update-too-weak")
+    assert f.moves == ("scale x2 (lora_alpha x2)",) == (MOVES["scale-x2"].text,)
+    for alpha, x2 in ((32, 8.0), (64, 16.0)):  # s 4 and 8: x2 passes the cap
+        c = weak(alpha)
+        assert c.features["scale_x2"] == pytest.approx(x2) and not c.fired("update-too-weak")
+        assert not any(n.rule_id == "update-too-weak" for n in c.not_evaluated)
+    assert weak(64, thresholds={"max_scale": 16}).fired("update-too-weak")  # --thresholds moves the cap
+    # rsLoRA: s = lora_alpha / sqrt(r)
+    assert weak(8, r=16, rslora=True).features["scale_x2"] == pytest.approx(4.0)
+    assert weak(8, r=16, rslora=True).fired("update-too-weak")
+    assert not weak(16, r=16, rslora=True).fired("update-too-weak")
+
+
 def test_update_too_weak_is_not_evaluated_when_no_run_measured_the_train_val_gap():
     # protocol 4's "more rank unwanted" is half the condition: unknown (no train-subsample metric), no verdict
     c = compare([run("base", 0.60, gap=None), run("lr2", 0.601, lr=2e-4, gap=None, val_loss=1.01)])

@@ -140,3 +140,27 @@ def test_the_pair_reads_binding_ratio_min_from_the_studys_thresholds():
     assert default["how"].startswith("both knobs matter (ratio < 1.5")
     assert tuned["binding"] == "optimization" and tuned["how"].startswith("|lr delta| >= 1.2 x |r delta|")
     assert "binding_ratio" not in {f.name for f in dataclasses.fields(ProtocolSettings)}  # one value, one place
+
+
+def test_the_scale_step_reads_max_scale_from_the_studys_thresholds():
+    """tune's phase 2 capped the scale with its own ProtocolSettings.max_scale (4), a copy of a cap the diagnosis
+    rule update-too-weak did not have: one threshold, max_scale, that --thresholds sets for both."""
+    from loratune.rules import THRESHOLDS
+    from test_protocol import World, _lr_peak
+    from loratune.stepsize import scale_of
+
+    assert "max_scale" not in {f.name for f in dataclasses.fields(ProtocolSettings)}
+    world = World(lambda p: 0.70 + (0.05 if scale_of(p) >= 4 else 0.0) + _lr_peak(p), lambda p: "healthy",
+                  loss=lambda p: 1.0, gap=0.12)  # lr barely moves the loss, gap over weak_gap_min: too weak
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, pair=False))
+    assert next(x for x in ctx.decisions if x["kind"] == "alpha")["code"] == "scale-step-kept"  # s 2 -> 4 <= 4
+
+    ctx, runner = make_ctx(world)
+    ctx.thresholds = tables_with({"max_scale": 3.0})
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, pair=False))
+    d = next(x for x in ctx.decisions if x["kind"] == "alpha")
+    assert d["code"] == "scale-adequate" and d["move"] == "keep scale 2"
+    assert "scale already at its maximum (x2 would pass max_scale 3)" in d["evidence"]
+    assert not any(s.purpose.startswith("scale") for s in runner.calls)
+    assert THRESHOLDS["max_scale"].value == 4.0

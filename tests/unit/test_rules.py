@@ -95,7 +95,7 @@ FIRING = {
     "seed-unstable": dict(seed_std=0.04),
     "capacity-bound": dict(r_effect_noise=5, r_over_lr_effect=3),
     "optimization-bound": dict(lr_effect_noise=5, lr_over_r_effect=3),
-    "update-too-weak": dict(lr_loss_effect=0.01, gap_f1_max=0.2),
+    "update-too-weak": dict(lr_loss_effect=0.01, gap_f1_max=0.2, scale_x2=4.0),
     "alpha-insensitive": dict(alpha_effect_noise=0.3),
     "differences-within-noise": dict(max_effect_noise=1.0),
 }

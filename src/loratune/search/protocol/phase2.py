@@ -106,7 +106,7 @@ def lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
 
 def alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
     """Scale s up (x2, at most max_scale) when lr changes barely move the loss and more rank is
-    unwanted (rules table: update-too-weak, thresholds weak_lr_loss_max and weak_gap_min)."""
+    unwanted (rules table: update-too-weak, thresholds weak_lr_loss_max, weak_gap_min and max_scale)."""
     phase = StageId.PHASE2.value
     inc = incumbent_of(ctx)
     sib = [r for r in lr_siblings(ctx, inc.point) if r.result.feature("val_loss_min") is not None]
@@ -120,12 +120,14 @@ def alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
     gaps = [r.result.feature("gap_f1") for r in sib if r.result.feature("gap_f1") is not None]
     gap = max(gaps) if gaps else None
     weak, gap_min = ctx.rule_threshold("weak_lr_loss_max"), ctx.rule_threshold("weak_gap_min")
+    cap = ctx.rule_threshold("max_scale")  # the rules' scale cap, as the study sets it (--thresholds)
     sc = scale_of(inc.point)
     ev = [f"lr values {', '.join(f'{lr_of(r.point):g}' for r in sib)} moved the min val loss by {effect:.1%} "
           f"(weak below {weak:.0%})", f"largest train/val metric gap {gap if gap is None else round(gap, 3)} "
           f"(more rank unwanted from {gap_min:g})", f"scale s = {sc:g}"]
-    if not (effect < weak and gap is not None and gap >= gap_min) or sc * 2 > s.max_scale + SCALE_EPS:
-        why = "scale already at its maximum" if sc * 2 > s.max_scale + SCALE_EPS and effect < weak else "lr does move the loss or rank is not at risk"
+    if not (effect < weak and gap is not None and gap >= gap_min) or sc * 2 > cap + SCALE_EPS:
+        why = (f"scale already at its maximum (x2 would pass max_scale {cap:g})" if sc * 2 > cap + SCALE_EPS
+               and effect < weak else "lr does move the loss or rank is not at risk")
         ctx.decide(phase, "alpha", "update strength adequate", f"keep scale {sc:g}", ev + [why], sib,
                    code="scale-adequate")
         return

@@ -100,7 +100,6 @@ class ProtocolSettings:
     pair: bool = True
     max_capacity_moves: int = 3
     max_lr_steps: int = 2
-    max_scale: float = 4.0
     seeds: int = 3
     rank_step: int = 4
     max_rank_points: int = 2
