@@ -1924,3 +1924,27 @@ def test_a_pair_that_finds_rank_binding_because_r_x2_hurt_steps_capacity_down():
     assert moves and moves[0].point[R] == 4  # r /2 first, never r x2 or +ffn after the pair
     assert all(s.point[R] <= 8 for s in moves)
     assert "capacity-move-kept" in codes(ctx)
+
+
+def test_start_alpha_follows_the_rank_and_rslora_the_run_trains_with():
+    """The assessment's lora_alpha is its start scale (s = 2) at its own rank: a user's r=4 kept alpha 16 (s = 4) and
+    rsLoRA on kept it too (s = 16/sqrt(8)). The start alpha is stepsize.alpha_for at the run's rank and rsLoRA
+    setting; a lora_alpha the user sets is kept as given."""
+    a = {"recommendation": {
+        "overrides": {"adapter.r": 8, "adapter.lora_alpha": 16.0, "train.learning_rate": 1e-3},
+        "choices": [{"key": "adapter.r", "value": 8, "rule": "start-rank-by-data", "reason": "50 rows"},
+                    {"key": "adapter.lora_alpha", "value": 16.0, "rule": "start-scale-2", "reason": "s = 2"}],
+        "capacity_ceiling": {"key": "adapter.r", "value": 8, "rule": "ceiling-rank", "reason": "..."},
+        "lr_grid": [1e-3]}, "facts": {"train_rows": 50}}
+    assert start_from_assessment(a).point["adapter.lora_alpha"] == 16.0  # the assessment's own
+    start = start_from_assessment(a, {"adapter.r": 4})
+    assert start.point["adapter.lora_alpha"] == 8.0 and scale_of(start.point) == 2.0
+    alpha = next(c for c in start.choices if c["key"] == "adapter.lora_alpha")
+    assert alpha["value"] == 8.0 and "the user's r=4: lora_alpha=8" in alpha["reason"]
+    rs = start_from_assessment(a, {"adapter.use_rslora": True})
+    assert rs.point["adapter.lora_alpha"] == pytest.approx(5.66) and scale_of(rs.point) == pytest.approx(2.0, 1e-3)
+    assert "with rsLoRA" in next(c for c in rs.choices if c["key"] == "adapter.lora_alpha")["reason"]
+    both = start_from_assessment(a, {"adapter.r": 16, "adapter.use_rslora": True})
+    assert both.point["adapter.lora_alpha"] == 8.0
+    kept = start_from_assessment(a, {"adapter.r": 4, "adapter.lora_alpha": 32.0})
+    assert kept.point["adapter.lora_alpha"] == 32.0  # the user's, as given

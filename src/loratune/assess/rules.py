@@ -19,6 +19,7 @@ from loratune.assess.facts import template_facts
 from loratune.assess.records import AssessThresholds, Choice, DataFinding, Recommendation
 from loratune.assess.stats import round_up
 from loratune.params import breakeven_point
+from loratune.stepsize import alpha_for
 
 @dataclass(frozen=True)
 class Bands:
@@ -131,6 +132,7 @@ def ceiling_by_model(hidden: int | None) -> int | None:
 
 BATCH_BY_DATA = Bands("train_rows", ((1000, 16), (100000, 32), (math.inf, 64)))  # the start batch by data size
 CEILING_BY_DATA = Bands("train_rows", ((1000, 16), (5000, 32), (20000, 64), (math.inf, 128)))
+START_SCALE = 2.0  # the start's update scale s (protocol 1: s = 1-2 to start); lora_alpha by stepsize.alpha_for
 FFN_TOP_K = Bands("model_layers", ((7, 2), (13, 3), (math.inf, 4)), default=2)  # K of the start's ffn@top:K
 # the band tables start rows read through a derivation, by the name their formula cites (`loratune rules` lists
 # them as data: a cited name with no table behind it could not be checked)
@@ -140,9 +142,11 @@ NAMED_BANDS: dict[str, Bands] = {"ffn_top_k": FFN_TOP_K, "batch_by_data": BATCH_
 START_RULES: tuple[StartRule, ...] = (
     StartRule("start-rank-by-data", "adapter.r", Bands("train_rows", ((3000, 8), (math.inf, 16))),
               "{train_rows} training rows: r={value} (protocol 3: start at r 8-16, lower for less data)"),
-    StartRule("start-scale-2", "adapter.lora_alpha", Derived("2 * r (scale s = lora_alpha / r = 2)",
-                                                             lambda f, c: float(2 * c["adapter.r"])),
-              "lora_alpha={value:g}: scale s = alpha/r = 2 (protocol 1: s = 1-2 to start, fixed in phase 1)"),
+    StartRule("start-scale-2", "adapter.lora_alpha", Derived(f"{START_SCALE:g} * r (scale s = lora_alpha / r = "
+                                                             f"{START_SCALE:g}; x sqrt(r) with rsLoRA)",
+                                                             lambda f, c: alpha_for(c["adapter.r"], START_SCALE)),
+              "lora_alpha={value:g}: scale s = alpha/r = " + f"{START_SCALE:g}"
+              + " (protocol 1: s = 1-2 to start, fixed in phase 1)"),
     StartRule("start-targets-qv-ffn-top", "adapter.target_modules",
               Derived("[attn.q, attn.v, ffn@top:K], K by bands ffn_top_k: " + FFN_TOP_K.describe(),
                       lambda f, c: ["attn.q", "attn.v", f"ffn@top:{FFN_TOP_K(f)}"], uses=("model_layers",)),

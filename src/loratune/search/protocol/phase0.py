@@ -27,6 +27,18 @@ def start_from_assessment(a: dict, user_point: dict | None = None) -> Start:
     fixed = {k: ov[k] for k in ("train.per_device_train_batch_size", "model.max_length") if k in ov}
     for k, v in (user_point or {}).items():
         (point if k in tuned_keys or k in (WD, RSLORA) else fixed)[k] = v
+    user = user_point or {}
+    alpha_why = ""
+    if ALPHA in point and ALPHA not in user and (R in user or RSLORA in user):
+        # the assessment's alpha is its start scale at its own rank: at the rank and rsLoRA setting this run trains
+        # with, the alpha of that scale (user r=4 kept alpha 16: s 4; rsLoRA on: s 16/sqrt(8))
+        from loratune.assess.rules import START_SCALE
+        from loratune.stepsize import alpha_for
+
+        r, rs = int(point.get(R, DEFAULTS[R])), bool(point.get(RSLORA))
+        point[ALPHA] = alpha_for(r, START_SCALE, rs)
+        alpha_why = (f" -- at the user's r={r}{' with rsLoRA' if rs else ''}: lora_alpha={point[ALPHA]:g} "
+                     f"(s = alpha/{'sqrt(r)' if rs else 'r'} = {START_SCALE:g})")
     if TARGETS in point and isinstance(point[TARGETS], str):
         point[TARGETS] = targets_text(point[TARGETS]).split(",")
     ceiling = int(rec["capacity_ceiling"]["value"])
@@ -44,10 +56,11 @@ def start_from_assessment(a: dict, user_point: dict | None = None) -> Start:
     facts = {k: a.get("facts", {}).get(k) for k in ("train_rows", "val_rows", "classes", "probe_macro_f1",
                                                     "macro_f1_se", "detectable_difference", "model_hidden",
                                                     "model_layers", "rows_per_class_median")}
-    user = user_point or {}
-    choices = tuple({"key": c["key"], "value": user.get(c["key"], c["value"]), "rule": c["rule"],
+    choices = tuple({"key": c["key"], "value": point[ALPHA] if alpha_why and c["key"] == ALPHA
+                     else user.get(c["key"], c["value"]), "rule": c["rule"],
                      "reason": c["reason"] + (f" -- overridden by the user: {user[c['key']]}" if c["key"] in user
-                                              and user[c["key"]] != c["value"] else "")}
+                                              and user[c["key"]] != c["value"] else "")
+                     + (alpha_why if c["key"] == ALPHA else "")}
                     for c in rec.get("choices", ()))
     choices += ({"key": "ceiling.r", "value": ceiling, "rule": rec["capacity_ceiling"]["rule"],
                  "reason": ceiling_why},)
