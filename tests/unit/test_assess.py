@@ -464,6 +464,18 @@ def test_recommendation_rules(facts, expected):
     assert rec.lr_grid == pytest.approx((lr / 2, lr, lr * 2))
 
 
+@pytest.mark.parametrize("layers,k,capped", [(1, 1, True), (2, 2, False), (6, 2, False), (12, 3, False)])
+def test_ffn_top_k_is_at_most_the_model_layers(layers, k, capped):
+    """A 1-layer model got ffn@top:2, which training refuses ("top:2 asks for more layers than the model has (1)"):
+    tune exited 2 before any trial. K is capped at the layer count, and the reason says so."""
+    rec = A.recommend(_facts(model_layers=layers))
+    assert rec.overrides["adapter.target_modules"] == ["attn.q", "attn.v", f"ffn@top:{k}"]
+    reason = next(c.reason for c in rec.choices if c.key == "adapter.target_modules")
+    assert f"the top {k} of {layers} layers" in reason
+    assert ("capped at the model's 1 layer(s)" in reason) is capped
+
+
+
 @pytest.mark.parametrize("rows,hidden,ceiling", [(500, 384, 16), (9000, 384, 64), (50000, 384, 64),
                                                  (50000, 2048, 128), (9000, None, 64)])
 def test_capacity_ceiling(rows, hidden, ceiling):

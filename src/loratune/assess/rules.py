@@ -76,7 +76,7 @@ class StartRule:
 
 
 # names a start rule's reason may format besides the facts (computed in `recommend`)
-REASON_EXTRAS = ("value", "ffn_top_k", "ceiling_by_model", "breakeven_r", "max_length_cap")
+REASON_EXTRAS = ("value", "ffn_top_k", "ffn_top_k_cap", "ceiling_by_model", "breakeven_r", "max_length_cap")
 
 
 MAX_LENGTH_CAP_UNKNOWN = 512  # the max_length cap where the model's positions are unknown
@@ -134,6 +134,21 @@ BATCH_BY_DATA = Bands("train_rows", ((1000, 16), (100000, 32), (math.inf, 64))) 
 CEILING_BY_DATA = Bands("train_rows", ((1000, 16), (5000, 32), (20000, 64), (math.inf, 128)))
 START_SCALE = 2.0  # the start's update scale s (protocol 1: s = 1-2 to start); lora_alpha by stepsize.alpha_for
 FFN_TOP_K = Bands("model_layers", ((7, 2), (13, 3), (math.inf, 4)), default=2)  # K of the start's ffn@top:K
+
+
+def ffn_top_k(f: Mapping[str, Any]) -> int:
+    """K of the start's ffn@top:K: by bands FFN_TOP_K, at most the model's layers (a 1-layer model got ffn@top:2,
+    which training refuses: tune exited 2 before any trial)."""
+    k, layers = FFN_TOP_K(f), f.get("model_layers")
+    return int(min(k, layers)) if layers else k
+
+
+def ffn_top_k_cap_note(f: Mapping[str, Any]) -> str:
+    """", capped at the model's N layer(s)" where the layer count, not the bands, set K, else ""."""
+    layers = f.get("model_layers")
+    return f", capped at the model's {layers} layer(s)" if ffn_top_k(f) < FFN_TOP_K(f) else ""
+
+
 # the band tables start rows read through a derivation, by the name their formula cites (`loratune rules` lists
 # them as data: a cited name with no table behind it could not be checked)
 NAMED_BANDS: dict[str, Bands] = {"ffn_top_k": FFN_TOP_K, "batch_by_data": BATCH_BY_DATA,
@@ -148,10 +163,11 @@ START_RULES: tuple[StartRule, ...] = (
               "lora_alpha={value:g}: scale s = alpha/r = " + f"{START_SCALE:g}"
               + " (protocol 1: s = 1-2 to start, fixed in phase 1)"),
     StartRule("start-targets-qv-ffn-top", "adapter.target_modules",
-              Derived("[attn.q, attn.v, ffn@top:K], K by bands ffn_top_k: " + FFN_TOP_K.describe(),
-                      lambda f, c: ["attn.q", "attn.v", f"ffn@top:{FFN_TOP_K(f)}"], uses=("model_layers",)),
-              "attention Q/V in every layer plus the FFN of the top {ffn_top_k} of {model_layers} layers "
-              "(protocol 3: Q/V + FFN of the top 2-4 layers)"),
+              Derived("[attn.q, attn.v, ffn@top:K], K by bands ffn_top_k: " + FFN_TOP_K.describe()
+                      + "; at most model_layers",
+                      lambda f, c: ["attn.q", "attn.v", f"ffn@top:{ffn_top_k(f)}"], uses=("model_layers",)),
+              "attention Q/V in every layer plus the FFN of the top {ffn_top_k} of {model_layers} layers"
+              "{ffn_top_k_cap} (protocol 3: Q/V + FFN of the top 2-4 layers)"),
     StartRule("start-layers-all", "adapter.layers_to_transform", Derived("all", lambda f, c: "all"),
               "Q/V adapters in every block; the FFN group carries its own @top:K"),
     StartRule("start-dropout-by-data", "adapter.lora_dropout",
@@ -208,7 +224,7 @@ def recommend(facts: Mapping[str, Any], rules: Sequence[StartRule] = START_RULES
     choices: list[Choice] = []
     ceiling = None
     hidden = facts.get("model_hidden")
-    extra = {"ffn_top_k": FFN_TOP_K(facts), "ceiling_by_model": ceiling_by_model(hidden) or "?",
+    extra = {"ffn_top_k": ffn_top_k(facts), "ffn_top_k_cap": ffn_top_k_cap_note(facts), "ceiling_by_model": ceiling_by_model(hidden) or "?",
              "breakeven_r": f"{breakeven_point(hidden * hidden, 2 * hidden):.3g}" if hidden else "?",
              "max_length_cap": max_length_cap_note(facts)}
     for rule in rules:
