@@ -828,3 +828,21 @@ def test_an_mpnet_reserves_its_padding_offset_as_roberta_does(tmp_path):
     MPNetModel(MPNetConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                            intermediate_size=64, max_position_embeddings=66, pad_token_id=1)).save_pretrained(tmp_path)
     assert input_position_limit(load_config(None, [f"name_or_path={tmp_path}"]).model) == 64
+
+
+def test_token_p99_is_a_length_99_percent_of_texts_fit_in():
+    """np.percentile's linear interpolation put the p99 of 150 lengths (146 short, 4 long) between two lengths: "99%
+    of training texts fit in 57 tokens" when 148 of 150 fit only in 64. The p99 is one of the lengths, the smallest
+    that 99% fit in, so the reason's claim and the proposed max_length hold by construction."""
+    lengths = [10] * 146 + [52, 64, 100, 120]
+    s = A.length_stats(lengths)
+    assert s.p99 == 100.0 and s.p95 == 10.0 and s.p50 == 10.0 and s.max == 120
+    assert sum(x <= s.p99 for x in lengths) >= 0.99 * len(lengths)
+    for n in (1, 7, 99, 100, 101, 150, 1000):
+        vals = list(range(1, n + 1))
+        st = A.length_stats(vals)
+        for q, p in ((90, st.p90), (95, st.p95), (99, st.p99)):
+            assert sum(x <= p for x in vals) >= q / 100 * n and p in vals
+            assert sum(x < p for x in vals) < q / 100 * n  # and the smallest such length
+    rec = A.recommend(_facts(token_p99=s.p99, token_p99_ceil=math.ceil(s.p99), token_max=120))
+    assert rec.overrides["model.max_length"] == 104

@@ -50,7 +50,7 @@ def _catalogue() -> dict[str, Fact]:
         "largest_class": Fact("label", "the class with the most training rows"),
         "smallest_class": Fact("label", "the class with the fewest (non-zero) training rows"),
         "token_p50": Fact("tokens", "median training text length under the model's tokenizer"),
-        "token_p99": Fact("tokens", "99th percentile of training text lengths"),
+        "token_p99": Fact("tokens", "the length 99% of training texts fit in (99th percentile, inverted CDF)"),
         "token_p99_ceil": Fact("tokens", "token_p99 rounded up"),
         "token_max": Fact("tokens", "longest training text"),
         "max_length": Fact("tokens", "the config's model.max_length"),

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from loratune.assess.rules import START_RULES, Bands, StartRule, max_length_cap_note, recommend
+from loratune.assess.stats import fit_length
 
 # Rules of the classifier's table that hold for a generative run as they are (by id).
 SHARED_RULES = ("start-rank-by-data", "start-scale-2", "start-targets-qv-ffn-top", "start-layers-all",
@@ -53,8 +54,8 @@ def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
     info = describe_model(cfg.model)
     facts = {
         "train_rows": len(dataset.train), "val_rows": len(dataset.validation),
-        "token_p50": float(np.percentile(lengths, 50)), "token_p99": float(np.percentile(lengths, 99)),
-        "token_p99_ceil": int(math.ceil(np.percentile(lengths, 99))), "token_max": int(lengths.max()),
+        "token_p50": float(np.percentile(lengths, 50)), "token_p99": fit_length(lengths, 99),
+        "token_p99_ceil": int(math.ceil(fit_length(lengths, 99))), "token_max": int(lengths.max()),
         "completion_token_p50": float(np.percentile(completion, 50)),
         "completion_share": float(completion.sum() / max(1.0, lengths.sum())),
         "truncated_share_at_max_length": float(np.mean(lengths > cfg.model.max_length)),

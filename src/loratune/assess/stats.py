@@ -12,12 +12,19 @@ from loratune.assess.records import LengthStats, Resolution
 from loratune.data import Split
 from loratune.objectives import NOISE_BAND
 
+def fit_length(values: Sequence[float], q: float) -> float:
+    """The smallest length that q% of `values` fit in (the inverted empirical CDF: one of the lengths). What a "q% of
+    texts fit in N" claim reads: numpy's default linear interpolation gave a 99th percentile of 57 tokens where 148 of
+    150 texts fit only in 64 (and 1.3% exceeded it)."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q, method="inverted_cdf"))
+
+
 def length_stats(values: Sequence[int]) -> LengthStats:
     if len(values) == 0:
         return LengthStats(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
     a = np.asarray(values, dtype=np.float64)
-    p50, p90, p95, p99 = (float(x) for x in np.percentile(a, [50, 90, 95, 99]))
-    return LengthStats(len(a), float(a.mean()), p50, p90, p95, p99, int(a.max()))
+    p90, p95, p99 = (fit_length(a, q) for q in (90, 95, 99))  # "q% fit in": lengths the texts really fit in
+    return LengthStats(len(a), float(a.mean()), float(np.median(a)), p90, p95, p99, int(a.max()))
 
 
 def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
