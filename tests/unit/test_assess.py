@@ -846,3 +846,26 @@ def test_token_p99_is_a_length_99_percent_of_texts_fit_in():
             assert sum(x < p for x in vals) < q / 100 * n  # and the smallest such length
     rec = A.recommend(_facts(token_p99=s.p99, token_p99_ceil=math.ceil(s.p99), token_max=120))
     assert rec.overrides["model.max_length"] == 104
+
+
+def test_assess_text_output_prints_the_probe_notes():
+    """The probe's notes (a fit on a stratified subset of the training rows) were in --json only: the text output
+    printed the assessment's notes, never the probe's."""
+    import dataclasses
+    import io
+
+    from rich.console import Console
+
+    from loratune.commands.assess import print_summary
+    Xt, yt = _clusters(0)
+    Xv, yv = _clusters(1)
+    space = LabelSpace(tuple(sorted({y[0] for y in yt})), False)
+    p = dataclasses.replace(probe_from_embeddings(Xt, yt, Xv, yv, space, seed=0),
+                            notes=("probe fitted on a stratified subset of 20000 training rows",))
+    train, val = clean_rows()
+    a = A.assess_dataset(make_dataset(train, val), probe=p)
+    buf = io.StringIO()
+    print_summary(Console(file=buf, width=200), a)
+    lines = buf.getvalue().splitlines()
+    at = next(i for i, x in enumerate(lines) if x.startswith("probe"))
+    assert lines[at + 1].strip() == "note: probe fitted on a stratified subset of 20000 training rows"

@@ -161,6 +161,8 @@ def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None
         se = f"± {p.macro_f1_se:.3f}" if measured_se(p.macro_f1_se) is not None else "SE n/a"
         out.print(f"[bold]probe[/] ({p.method}): val macro-F1 {p.macro_f1:.3f} {se}{acc} "
                   f"on {p.val_rows} rows{' (cached embeddings)' if p.cached else ''}")
+        for note in p.notes:  # (--json had them; the text output dropped them: a subset fit read as the full data)
+            out.print(f"  [yellow]note:[/] {safe(note)}")
         if p.confused_pairs:
             out.print(safe("  pairs to watch: " + LABEL_JOIN.join(
                 f"{label_text(c.true)} -> {label_text(c.pred)} ({c.count})" for c in p.confused_pairs[:5])))
