@@ -775,7 +775,9 @@ def _scale_x2(flat: Mapping[str, Mapping[str, Any]], best: Mapping[str, float | 
     r, alpha = _knob_value(cfg, "r"), _knob_value(cfg, "lora_alpha")
     if not isinstance(r, (int, float)) or not isinstance(alpha, (int, float)) or r <= 0:
         return None
-    return 2 * float(alpha) / (math.sqrt(float(r)) if _rslora(cfg) else float(r))
+    from loratune.stepsize import ALPHA, R, RSLORA, scale_read
+
+    return 2 * scale_read({R: float(r), ALPHA: float(alpha), RSLORA: _rslora(cfg)})
 
 
 # what a run trains (history_io.TRL_KINDS' preference / rl / reward-model, else a classifier or a language model by

@@ -437,7 +437,8 @@ _THRESHOLDS = (
     _t("weak_lr_loss_max", 0.05, "fraction", "Learning-rate changes moving the min val loss less than this."),
     _t("weak_gap_min", 0.1, "points", "A train/val gap this large makes more rank unwanted (overfit risk)."),
     _t("max_scale", 4.0, "ratio", "The update scale s (lora_alpha / r; / sqrt(r) under rsLoRA) a scale x2 step may "
-       "reach: beyond it a scale step is just a hidden lr increase (protocol 4), so an lr step is taken instead."),
+       "reach: beyond it a scale step is just a hidden lr increase (protocol 4), so update-too-weak is not "
+       "prescribed there and tune keeps the scale (an lr step measures the same thing)."),
 )
 
 THRESHOLDS: Mapping[str, Threshold] = MappingProxyType({t.name: t for t in _THRESHOLDS})

@@ -46,6 +46,17 @@ def scale_of(point: Mapping[str, Any]) -> float:
     return alpha / (math.sqrt(r) if point.get(RSLORA) else r)
 
 
+# lora_alpha is kept to 3 significant digits (_round), so a scale read back from a point is a little off the one it
+# was set to (rsLoRA r=8, alpha 5.66: s 2.0011, and x2 would pass a cap of 4): a scale meets a limit at this many
+# decimals
+SCALE_DECIMALS = 2
+
+
+def scale_read(point: Mapping[str, Any]) -> float:
+    """scale_of as it is compared with a limit (SCALE_DECIMALS)."""
+    return round(scale_of(point), SCALE_DECIMALS)
+
+
 def alpha_for(r: int, scale: float, rslora: bool = False) -> float:
     """The lora_alpha that gives scale s at rank r."""
     return _round(scale * (math.sqrt(r) if rslora else r))

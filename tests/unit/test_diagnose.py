@@ -514,6 +514,9 @@ def test_update_too_weak_stops_at_the_max_scale_threshold():
     assert weak(8, r=16, rslora=True).features["scale_x2"] == pytest.approx(4.0)
     assert weak(8, r=16, rslora=True).fired("update-too-weak")
     assert not weak(16, r=16, rslora=True).fired("update-too-weak")
+    # alpha kept to 3 digits: rsLoRA r=8 at s 2 is alpha 5.66 (s 2.0011), whose x2 is the cap, not past it
+    assert weak(5.66, r=8, rslora=True).features["scale_x2"] == 4.0
+    assert weak(5.66, r=8, rslora=True).fired("update-too-weak")
 
 
 def test_update_too_weak_is_not_evaluated_when_no_run_measured_the_train_val_gap():

@@ -164,3 +164,10 @@ def test_the_scale_step_reads_max_scale_from_the_studys_thresholds():
     assert "scale already at its maximum (x2 would pass max_scale 3)" in d["evidence"]
     assert not any(s.purpose.startswith("scale") for s in runner.calls)
     assert THRESHOLDS["max_scale"].value == 4.0
+    # rsLoRA r=8 at s 2 holds alpha 5.66 (3 digits: s 2.0011): its x2 is the cap, and the step is taken
+    rs = dataclasses.replace(START, point={**START.point, "adapter.r": 8, "adapter.lora_alpha": 5.66,
+                                           "adapter.use_rslora": True})
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, rs, ProtocolSettings(full_probe=False, seeds=1, pair=False))
+    assert next(x for x in ctx.decisions if x["kind"] == "alpha")["code"] != "scale-adequate"
+    assert any(s.purpose.startswith("scale") for s in runner.calls)  # the step s 2 -> 4 was tried

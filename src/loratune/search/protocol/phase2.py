@@ -6,12 +6,11 @@ import math
 
 from loratune.moves import MOVES, move
 from loratune.search.context import SearchContext
-from loratune.search.space import scale_of
 from loratune.search.stages import StageId
 from loratune.search.state import Start
-from loratune.stepsize import step_size
+from loratune.stepsize import scale_read, step_size
 from loratune.search.protocol.settings import (EARLY_PEAK_BEST_FRACTION, EARLY_STOPPING_PATIENCE, LR_VERDICTS,
-                                               ProtocolSettings, REGULARIZATION_MOVES, SCALE_EPS)
+                                               ProtocolSettings, REGULARIZATION_MOVES)
 from loratune.search.protocol.long import curve_peak, still_improving
 from loratune.search.protocol.common import (cur_lr, evidence_of, incumbent_of, like_for_like, lr_of, lr_siblings,
                                              no_budget, pruned_step, reserve, set_incumbent)
@@ -121,12 +120,12 @@ def alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
     gap = max(gaps) if gaps else None
     weak, gap_min = ctx.rule_threshold("weak_lr_loss_max"), ctx.rule_threshold("weak_gap_min")
     cap = ctx.rule_threshold("max_scale")  # the rules' scale cap, as the study sets it (--thresholds)
-    sc = scale_of(inc.point)
+    sc = scale_read(inc.point)
     ev = [f"lr values {', '.join(f'{lr_of(r.point):g}' for r in sib)} moved the min val loss by {effect:.1%} "
           f"(weak below {weak:.0%})", f"largest train/val metric gap {gap if gap is None else round(gap, 3)} "
           f"(more rank unwanted from {gap_min:g})", f"scale s = {sc:g}"]
-    if not (effect < weak and gap is not None and gap >= gap_min) or sc * 2 > cap + SCALE_EPS:
-        why = (f"scale already at its maximum (x2 would pass max_scale {cap:g})" if sc * 2 > cap + SCALE_EPS
+    if not (effect < weak and gap is not None and gap >= gap_min) or sc * 2 > cap:
+        why = (f"scale already at its maximum (x2 would pass max_scale {cap:g})" if sc * 2 > cap
                and effect < weak else "lr does move the loss or rank is not at risk")
         ctx.decide(phase, "alpha", "update strength adequate", f"keep scale {sc:g}", ev + [why], sib,
                    code="scale-adequate")

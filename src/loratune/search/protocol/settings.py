@@ -70,9 +70,6 @@ INIT_FROM = "train.init_from"  # the config key of a warm start
 # then counts against neither method; protocol 6: "measured ... on this hardware").
 COST_FREE_KEYS = (LR, SEED, DROPOUT, WD, "train.max_steps", "train.early_stopping_patience")
 
-# Float slack when comparing a doubled scale with its cap (alpha is rounded to 3 digits).
-SCALE_EPS = 1e-9
-
 # Phase-0 defaults of the trial-length plan: ~100 training examples/s (MiniLM on 2 CPU cores, with
 # evaluation), 45 s per trial of model load and set-up, short trials of 1-3 epochs (protocol 3).
 PLAN_EXAMPLES_PER_S = 100.0
