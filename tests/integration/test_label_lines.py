@@ -140,3 +140,21 @@ def test_predict_quotes_a_label_with_a_control_and_keeps_an_ordinary_one_as_writ
     lines = capsys.readouterr().out.splitlines()
     shown = dict(zip(CTL.values(), CTL_SHOWN))
     assert lines == [f"{shown[p['label']]} {p['score']:.2f}  {p['text']}" for p in preds]  # byte for byte
+
+
+def test_assess_prints_a_listing_whole_on_its_line_when_piped(tmp_path, capsys, monkeypatch):
+    """Piped (pytest's captured stdout), assess's label lists were folded at 80 columns as evaluate's were: the
+    conflicting pairs of long labels ran over lines. Whole on one line, as predict and evaluate print them."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    long_a, long_b = "card_payment_not_recognised_abroad", "declined_transfer_to_a_beneficiary_abroad"
+    for name, n, seed in (("train", 8, 1), ("validation", 4, 2), ("test", 4, 3)):
+        rows = [{"text": r["text"], "labels": [r["label"]]} for r in make_rows(n, seed)]
+        if name == "train":
+            rows += [{"text": "today send money to a friend today", "labels": [long_a]},
+                     {"text": "today send money to a friend today", "labels": [long_b]}] * 2
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    assert main(["assess", f"data.dataset_name={tmp_path}", "data.label_column=labels", "data.multi_label=true",
+                 "--no-probe"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "conflicting label pairs: " in line)
+    assert len(line) > 80 and f"{long_a} / {long_b}" in line, line

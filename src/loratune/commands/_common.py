@@ -49,10 +49,11 @@ def load_cfg(args):
     return load_config(args.config, overrides)
 
 
-def console(stderr: bool = False):
+def console(stderr: bool = False, soft_wrap: bool = False):
+    """soft_wrap: a line printed whole (see piped()), not folded at the console's width."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=soft_wrap)
 
 
 def safe(text) -> str:

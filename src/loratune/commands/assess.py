@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg, safe
+from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg, piped, safe
 from loratune.errors import UserError
 from loratune.store import write_atomic
 from loratune.listing import LABEL_JOIN, label_text
@@ -73,7 +73,7 @@ def _emit(args, data: dict, summary) -> int:
         json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        summary(console())
+        summary(console(soft_wrap=piped()))  # a listing's line whole when piped, as predict's and evaluate's
         if args.out:
             console().print(f"written: {safe(args.out)}")
     return 0
