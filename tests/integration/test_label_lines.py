@@ -18,23 +18,33 @@ LABELS = dict(zip(INTENTS, ["bal\nance", "---\nlicense: mit\n---", "x, y: `z`", 
 SHOWN = ['"bal\\nance"', '"---\\nlicense: mit\\n---"', '"x, y: `z`"', "*emph* | pipe | \\"]
 
 
-@pytest.fixture(scope="module")
-def md_run(tiny_bert, tmp_path_factory):
-    d = tmp_path_factory.mktemp("md-data")
-    for name, n, seed in (("train", 8, 1), ("validation", 4, 2), ("test", 4, 3)):
-        write_jsonl(d / f"{name}.jsonl", [{"text": r["text"], "label": LABELS[r["label"]]} for r in make_rows(n, seed)])
-    run = tmp_path_factory.mktemp("md") / "run"
+def _labelled_run(tiny_bert, tmp_path_factory, labels: dict, name: str):
+    """A tiny run on make_rows' data with its intents renamed by `labels`."""
+    d = tmp_path_factory.mktemp(f"{name}-data")
+    for split, n, seed in (("train", 8, 1), ("validation", 4, 2), ("test", 4, 3)):
+        write_jsonl(d / f"{split}.jsonl", [{"text": r["text"], "label": labels[r["label"]]} for r in make_rows(n, seed)])
+    run = tmp_path_factory.mktemp(name) / "run"
     assert main(["train", "-q", *overrides(tiny_bert, d, run, max_steps=8)]) == 0
     return run
 
 
-def test_show_gives_each_class_one_row_of_its_quoted_label(md_run, capsys, monkeypatch):
+def _show_lines(run, capsys, monkeypatch) -> tuple[list[str], list[str]]:
+    """show's output lines, and those of its per-class table."""
     monkeypatch.setenv("COLUMNS", "400")
     capsys.readouterr()
-    assert main(["show", str(md_run)]) == 0
+    assert main(["show", str(run)]) == 0
     lines = capsys.readouterr().out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("class "))
-    rows = lines[start + 1:next(i for i, line in enumerate(lines) if " classes · recall min " in line)]
+    return lines, lines[start + 1:next(i for i, line in enumerate(lines) if " classes · recall min " in line)]
+
+
+@pytest.fixture(scope="module")
+def md_run(tiny_bert, tmp_path_factory):
+    return _labelled_run(tiny_bert, tmp_path_factory, LABELS, "md")
+
+
+def test_show_gives_each_class_one_row_of_its_quoted_label(md_run, capsys, monkeypatch):
+    lines, rows = _show_lines(md_run, capsys, monkeypatch)
     assert len(rows) == 4  # one row a class (the code before: 7)
     assert sorted(next(s for s in SHOWN if row.startswith(s + " ")) for row in rows) == sorted(SHOWN)
     pairs = lines[next(i for i, line in enumerate(lines) if line.startswith("top confused pairs")) + 1:]
@@ -113,21 +123,11 @@ CTL_SHOWN = ['"tab\\there"', '"two\\ttabs\\there"', "plain", "é ✨"]
 
 @pytest.fixture(scope="module")
 def ctl_run(tiny_bert, tmp_path_factory):
-    d = tmp_path_factory.mktemp("ctl-data")
-    for name, n, seed in (("train", 8, 1), ("validation", 4, 2), ("test", 4, 3)):
-        write_jsonl(d / f"{name}.jsonl", [{"text": r["text"], "label": CTL[r["label"]]} for r in make_rows(n, seed)])
-    run = tmp_path_factory.mktemp("ctl") / "run"
-    assert main(["train", "-q", *overrides(tiny_bert, d, run, max_steps=8)]) == 0
-    return run
+    return _labelled_run(tiny_bert, tmp_path_factory, CTL, "ctl")
 
 
 def test_show_gives_a_class_with_a_tab_in_its_label_one_row(ctl_run, capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "400")
-    capsys.readouterr()
-    assert main(["show", str(ctl_run)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("class "))
-    rows = lines[start + 1:next(i for i, line in enumerate(lines) if " classes · recall min " in line)]
+    _, rows = _show_lines(ctl_run, capsys, monkeypatch)
     assert len(rows) == 4  # one row a class (the code before: 5, the tab's)
     assert sorted(next(s for s in CTL_SHOWN if row.startswith(s + " ")) for row in rows) == sorted(CTL_SHOWN)
 
