@@ -90,6 +90,22 @@ def test_a_card_with_accumulation_leaves_losses_that_are_already_means_alone(tmp
     assert not any("accumulation" in n for n in h.notes)
 
 
+def _trainer_windows(batches: int, accumulation: int, logging_steps: int, epochs: int):
+    """The Trainer's schedule over `epochs` of `batches` micro-batches (steps of `accumulation`, an epoch's last of
+    the ones left), logged every `logging_steps` steps: (epoch index, step, exact epoch, micro-batches since the last
+    log) at each log, and (epoch index, step, None, None) at each epoch's end."""
+    step = window = 0
+    for k in range(epochs):
+        done = 0
+        while done < batches:
+            micro = min(accumulation, batches - done)
+            done, step, window = done + micro, step + 1, window + micro
+            if step % logging_steps == 0:
+                yield k, step, k + done / batches, window
+                window = 0
+        yield k, step, None, None
+
+
 def _remainder_run(folder: Path, *, digits: int | None = None, card: int | None = None, epochs: int = 3,
                    batches: int = 6, accumulation: int = 4, logging_steps: int = 1, state: dict | None = None) -> Path:
     """A 4-class Trainer run with `accumulation` over `batches` micro-batches per epoch (6: 48 rows, batch 8;
@@ -98,20 +114,14 @@ def _remainder_run(folder: Path, *, digits: int | None = None, card: int | None 
     a step of 4, 2 x ln 4 one of 2), the epoch as the Trainer sets it (epoch + micro-batches done / `batches`), rounded
     to `digits` as older transformers logged it; `state`: more trainer_state.json keys."""
     folder.mkdir(parents=True)
-    log, step, window = [], 0, 0
-    for k in range(epochs):
-        done = 0
-        while done < batches:
-            micro = min(accumulation, batches - done)
-            done, step, window = done + micro, step + 1, window + micro
-            if step % logging_steps == 0:
-                epoch = k + done / batches
-                log.append({"step": step, "epoch": round(epoch, digits) if digits else epoch, "grad_norm": 0.7,
-                            "learning_rate": 0.01,
-                            "loss": window / logging_steps * LN4 * (1.0 + 0.001 * math.sin(step))})
-                window = 0
-        log.append({"step": step, "epoch": float(k + 1), "eval_loss": LN4 - 0.001 * k, "eval_accuracy": 0.25,
-                    "eval_runtime": 0.2, "eval_samples_per_second": 100.0})
+    log, step = [], 0
+    for k, step, epoch, window in _trainer_windows(batches, accumulation, logging_steps, epochs):
+        if epoch is None:  # the epoch's end: its evaluation
+            log.append({"step": step, "epoch": float(k + 1), "eval_loss": LN4 - 0.001 * k, "eval_accuracy": 0.25,
+                        "eval_runtime": 0.2, "eval_samples_per_second": 100.0})
+        else:
+            log.append({"step": step, "epoch": round(epoch, digits) if digits else epoch, "grad_norm": 0.7,
+                        "learning_rate": 0.01, "loss": window / logging_steps * LN4 * (1.0 + 0.001 * math.sin(step))})
     log.append({"step": step, "epoch": float(epochs), "train_runtime": 1.0, "train_loss": 3 * LN4})
     (folder / "trainer_state.json").write_text(json.dumps({"log_history": log, "global_step": step,
                                                            "max_steps": step, "num_train_epochs": epochs,
@@ -230,17 +240,12 @@ def _schedule(batches: int, accumulation: int, logging_steps: int, digits: int |
     """The train logs of 3 epochs or more (step, epoch as the Trainer computes it, or rounded) and each window's true
     share of its steps x `accumulation` micro-batches."""
     per_epoch = -(-batches // accumulation)
-    logs, shares, step, window = [], [], 0, 0
-    for k in range(max(3, -(-4 * logging_steps // per_epoch) + 1)):
-        done = 0
-        while done < batches:
-            micro = min(accumulation, batches - done)
-            done, step, window = done + micro, step + 1, window + micro
-            if step % logging_steps == 0:
-                epoch = k + done / batches
-                logs.append({"step": step, "epoch": round(epoch, digits) if digits else epoch, "loss": 1.0})
-                shares.append(window / (logging_steps * accumulation))
-                window = 0
+    logs, shares = [], []
+    epochs = max(3, -(-4 * logging_steps // per_epoch) + 1)
+    for _, step, epoch, window in _trainer_windows(batches, accumulation, logging_steps, epochs):
+        if epoch is not None:
+            logs.append({"step": step, "epoch": round(epoch, digits) if digits else epoch, "loss": 1.0})
+            shares.append(window / (logging_steps * accumulation))
     return logs, shares
 
 
