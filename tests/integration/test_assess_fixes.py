@@ -50,6 +50,33 @@ def test_a_roberta_gets_a_max_length_its_positions_take_and_tune_refuses_one_the
     assert not (tmp_path / "st").exists()  # refused before the study folder is made
 
 
+def test_assess_refuses_a_max_length_past_the_model_s_positions_as_train_does(tiny_roberta, tmp_path, capsys):
+    """max_length=512 on a 64-position model: assess profiled every text as "0.0%" truncated at 512 (99% of them were
+    longer than the 64 tokens the model takes) and its probe failed inside the embedding with an IndexError traceback.
+    Refused up front with train's words and fix (model_info.check_max_length), probe or not, CLI and API."""
+    from loratune import api
+    from loratune.errors import UserError
+
+    data = tmp_path / "longtxt"
+    data.mkdir()
+    long = lambda rows: [{"text": " ".join([r["text"]] * 16), "label": r["label"]} for r in rows]  # noqa: E731
+    write_jsonl(data / "train.jsonl", long(make_rows(12, seed=1)))
+    write_jsonl(data / "validation.jsonl", long(make_rows(5, seed=2)))
+    said = f"model.max_length 512 is longer than {tiny_roberta} takes: its position embeddings cover 64 tokens"
+    for probe in ([], ["--no-probe"]):
+        assert main(["assess", *probe, "--data", str(data), f"name_or_path={tiny_roberta}", "max_length=512",
+                     "num_threads=1", "--cache-dir", "none"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert said in err and "fix: set max_length=64 or less" in err and "Traceback" not in err
+    with pytest.raises(UserError) as exc:
+        api.assess(api.load_config(None, [f"data.dataset_name={data}", f"name_or_path={tiny_roberta}",
+                                          "max_length=512"]), probe=False)
+    assert said in str(exc.value)
+    assert main(["assess", "--no-probe", "--json", "--data", str(data), f"name_or_path={tiny_roberta}",
+                 "max_length=64"]) == 0  # the fix it names is taken
+    assert json.loads(capsys.readouterr().out)["facts"]["truncated_share"] > 0.9  # 162-token texts cut at 64
+
+
 def test_the_probe_says_se_n_a_when_the_bootstrap_measured_none(tiny_bert, tmp_path, capsys):
     # 2 validation rows: the bootstrap SE is 0, printed "± 0.000" while val-resolution used the binomial 0.306
     data = tmp_path / "v2"

@@ -157,6 +157,19 @@ def test_a_max_length_past_a_decoder_s_learned_positions_is_refused_by_train_and
     capsys.readouterr()
 
 
+def test_assess_of_a_causal_lm_refuses_a_max_length_past_its_positions_as_train_does(sft_data, tmp_path, capsys):
+    """assess task=causal-lm on OPT (64 positions) at max_length 65 measured truncation at 65 and proposed a start
+    config, where train refuses the same config: refused up front with the check train runs."""
+    folder = _tiny_opt(tmp_path / "opt")
+    args = _args(str(folder), sft_data, tmp_path / "run", max_length=65, target_modules="[self_attn.q_proj]")
+    err = _refused(capsys, ["assess", *args])
+    assert f"model.max_length 65 is longer than {folder} takes: its position embeddings cover 64 tokens" in err
+    assert "set max_length=64 or less" in err
+    fits = _args(str(folder), sft_data, tmp_path / "run", max_length=64, target_modules="[self_attn.q_proj]")
+    assert cli.main(["assess", "--json", *fits]) == 0
+    assert json.loads(capsys.readouterr().out)["facts"]["truncated_share_at_max_length"] == 0.0
+
+
 def test_the_position_check_covers_the_tokens_the_run_generates(sft_data, tmp_path, capsys):
     """check_max_length took max_length alone: OPT (64 positions) at max_length 64 with a prompt set passed the dry
     run, and training failed at its first evaluation (IndexError: a prompt cut to 64 tokens, then max_new_tokens

@@ -92,8 +92,10 @@ def sft_findings(facts: dict, generating_labels: bool = False, proposed_max_leng
 def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None) -> dict:
     """Phase 0 of a causal-lm study, as plain data in `Assessment.to_dict()`'s shape (what `tune` stores and
     `search.protocol.start_from_assessment` reads)."""
+    from loratune.model_info import check_max_length
     from loratune.models import load_tokenizer
 
+    check_max_length(cfg, dataset)  # refused as train and tune refuse it (run_assessment's check)
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     say("tokenising the rendered training rows")
