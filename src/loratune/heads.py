@@ -11,6 +11,11 @@ from __future__ import annotations
 # pooler was never trained for classification, and freezing it cost 0.21 val macro-F1 on the BANKING77 demo at
 # 150 steps.
 BASE_HEAD_PARTS = ("pooler",)
+# Model types whose classifier builds the base model with its pooler but never calls it (BigBird's classification
+# head takes token 0 of the last hidden state itself): the pooler gets no gradient, so it is no part of the head (it
+# was counted as trainable, saved unchanged in every adapter, and would trip DDP's unused-parameter check). Found by a
+# backward pass over 30 classifier architectures of transformers 5.23: BigBird the only one.
+UNUSED_BASE_PARTS = {"big_bird": ("pooler",)}
 # A model without a base model (no `base_model_prefix` child): its head is found by these last name parts.
 HEAD_NAMES = ("classifier", "score", "pooler")
 
@@ -39,6 +44,7 @@ def head_modules(model) -> list[str]:
         return any(True for _ in mod.parameters())
 
     heads = [name for name, child in model.named_children() if child is not base and has_params(child)]
+    unused = UNUSED_BASE_PARTS.get(getattr(getattr(model, "config", None), "model_type", None), ())
     heads += [f"{prefix}.{name}" for name, child in base.named_children()
-              if name in BASE_HEAD_PARTS and has_params(child)]
+              if name in BASE_HEAD_PARTS and name not in unused and has_params(child)]
     return sorted(heads)

@@ -152,6 +152,25 @@ def test_the_head_is_what_the_classifier_adds_to_its_base_one_definition_for_pef
     assert trained_outside_lora == set(head_modules(model))
 
 
+def test_a_pooler_the_classifier_never_calls_is_no_part_of_the_head():
+    """BigBird's classifier takes token 0 of the last hidden state and never calls the pooler its base model builds:
+    the pooler was in modules_to_save (1,056 of 3,235 trainable parameters here), got no gradient, and was saved
+    unchanged. Every parameter the head holds now gets a gradient from one backward pass."""
+    import torch
+
+    from loratune.adapt import apply_adapter, count_params
+    from loratune.heads import head_modules
+
+    bird = _tiny_classifier("big_bird", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, attention_type="original_full", num_labels=3)
+    assert head_modules(bird) == ["classifier"]
+    model, sites = apply_adapter(bird, AdapterConfig(target_modules=("query", "value"), r=4))
+    counts = count_params(model, sites, "lora")
+    assert counts.head == 32 * 32 + 32 + 32 * 3 + 3  # the classifier's dense and out_proj, no pooler
+    model(input_ids=torch.randint(5, 100, (2, 8)), labels=torch.tensor([0, 1])).loss.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
 def test_a_block_module_named_like_a_head_is_not_the_head():
     from loratune.precision import under
 
