@@ -201,6 +201,34 @@ def keep_order(point: Mapping, key: str, task: str | None) -> tuple[float, float
     return score, (-number(point.get("val/loss")) if o.higher_is_better and task in LOSS_TIE_BREAK_TASKS else 0.0)
 
 
+# the keep_order of "no model kept yet": every point with a finite objective is ahead of it
+NOTHING_KEPT = (-math.inf, -math.inf)
+
+
+def keeps(step: float, key: tuple[float, float] | None, kept: tuple[float, float]) -> bool:
+    """Whether a run keeps the model of an eval point at `step` (`key`: its keep_order) in place of the one kept so
+    far (`kept`: that one's keep_order, NOTHING_KEPT before any): a *trained* point (step 0 is the base model with a
+    fresh head, or the warm start's model: never the kept one) strictly ahead in keep_order, so a tie keeps the
+    earlier point. The one statement of the rule: train and sft keep by it (a point whose train loss diverged aside,
+    train.diverged) and the report reads an unfinished run's best by it (kept_step)."""
+    return step > 0 and key is not None and key > kept
+
+
+def kept_step(points, key: str, task: str | None) -> float | None:
+    """The step of the model a run keeps, read from its history (`points`: eval points in step order, each with a
+    `step`): the last point `keeps` takes; step 0's point when no trained point has a finite `key` (the record's
+    `best` until a trained model is saved); None when no point has one."""
+    kept, step, first = NOTHING_KEPT, None, None
+    for p in points:
+        s, k = p.get("step"), keep_order(p, key, task)
+        if s is None or k is None:
+            continue
+        first = s if first is None else first
+        if keeps(s, k, kept):
+            kept, step = k, s
+    return step if step is not None else first
+
+
 @dataclass
 class Patience:
     """Early stopping's count of evaluations without improvement, in the order the kept model follows (keep_order):

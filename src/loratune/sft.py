@@ -60,8 +60,8 @@ from loratune.data import VALIDATED_ON, data_seed_record, validated_on
 from loratune.generation import load_prompt_set, score_prompt_set
 from loratune.heads import transformers_model
 from loratune.metrics import parse_labels, prediction_scores, top_unknown_outputs
-from loratune.objectives import (PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, Patience, keep_order, lm_metrics,
-                                 objective as objective_named, prompt_key)
+from loratune.objectives import (NOTHING_KEPT, PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, Patience, keep_order, keeps,
+                                 lm_metrics, objective as objective_named, prompt_key)
 from loratune.models import load_causal_lm, load_tokenizer, resolve_model
 from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn, answer_prefix,
                                check_end_token, encode_prompts, encode_sft, prompt_prefix, stop_token_ids)
@@ -740,7 +740,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     bar = RunProgress(steps, progress and ranks.main, title="sft", metric="val loss")
     # gain: the objective signed so that larger is better (minus the val loss, or the val macro-F1)
     best, stopping = None, Patience(cfg.train.early_stopping_threshold)  # the kept model (BestModel); early stopping
-    trained_key, start_loss = (-math.inf, -math.inf), None  # best (gain, tie-break) after step 0; step 1's loss
+    trained_key, start_loss = NOTHING_KEPT, None  # best (gain, tie-break) after step 0; step 1's loss
     examples_seen, step, step_times = 0, 0, []
     lr0_steps = 0  # the first steps, run at learning rate 0 (a warmup's first), that moved no weight (saved_note)
     window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "tokens": [], "lr": []}
@@ -799,7 +799,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         # comparison
         if step == 0:
             run["start"] = {"step": 0, objective: value}
-        if ranks.agree(step > 0 and key is not None and key > trained_key and not _diverged_point(point)):
+        if ranks.agree(keeps(step, key, trained_key) and not _diverged_point(point)):
             trained_key = key
             best = BestModel(ranks.snapshot(model), step, {"best": point},  # FSDP: gathered onto rank 0
                              confusion_writer(store, labels, cm, step))

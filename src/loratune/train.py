@@ -43,7 +43,7 @@ from loratune.data import (VALIDATED_ON, Dataset, LabelSpace, Split, data_seed_r
                            validated_on)
 from loratune.errors import UserError, disk_full
 from loratune.rng import rng_kept  # noqa: F401  (sft takes it from here too)
-from loratune.objectives import Patience, keep_order, objective as objective_named
+from loratune.objectives import NOTHING_KEPT, Patience, keep_order, keeps, objective as objective_named
 from loratune.eval_extras import EvalExtras
 from loratune.heads import head_modules
 from loratune.listing import LABEL_JOIN, code_span, label_text
@@ -1002,7 +1002,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
 
     bar = RunProgress(steps, progress, metric=_metric_name(objective))  # the objective, by its name
     best, stopping = None, Patience(cfg.train.early_stopping_threshold)  # best: the best trained model so far
-    trained_key, start_loss = (-math.inf, -math.inf), None  # the best keep_order after step 0; the loss of step 1
+    trained_key, start_loss = NOTHING_KEPT, None  # the best keep_order after step 0; the loss of step 1
     examples_seen, step, step_times = 0, 0, []
     lr0_steps = 0  # the first steps, run at learning rate 0 (a warmup's first), that moved no weight (saved_note)
     window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "lr": []}
@@ -1050,7 +1050,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         # model), and `best` is its point: what adapter/ holds, what tune compares; step 0 only until a trained point
         if step == 0:
             run["start"] = {"step": 0, objective: f1}
-        if step > 0 and key is not None and key > trained_key and not _diverged_point(point):
+        if keeps(step, key, trained_key) and not _diverged_point(point):
             trained_key = key
             # saved as it comes (LoRA: a small file; full fine-tuning: the whole model, as the Trainer's
             # save-on-evaluate does), so a killed run keeps its best model

@@ -123,3 +123,24 @@ def test_patience_counts_in_the_order_the_kept_model_follows():
     nan = float("nan")
     assert counts([{"val/macro_f1": nan}, {}, {"val/macro_f1": 0.2, "val/loss": 1.0}, {"val/macro_f1": nan},
                    {"val/macro_f1": 0.2, "val/loss": nan}], "val/macro_f1", "causal-lm") == [0, 0, 0, 1, 2]
+
+
+def test_kept_step_is_the_model_training_keeps_a_trained_point_the_first_of_ties():
+    """The report reads an unfinished run's best by the rule training keeps its model by (objectives.keeps): step 0
+    (the base model) is never kept while a trained point has a score; a single-label tie keeps the earlier point, a
+    causal-lm tie the lower val loss; step 0's point stands only until a trained point has one."""
+    from loratune.objectives import NOTHING_KEPT, keep_order, keeps, kept_step
+
+    tied = [{"step": s, "val/macro_f1": 0.03333333333333333, "val/loss": v}
+            for s, v in ((0, 1.669), (50, 1.656), (100, 1.619))]
+    assert kept_step(tied, "val/macro_f1", "single_label") == 50
+    assert kept_step(tied, "val/macro_f1", "causal-lm") == 100  # the tie goes to the lower val loss
+    assert kept_step(tied, "val/loss", "causal-lm") == 100
+    assert kept_step(tied[:1], "val/macro_f1", "single_label") == 0  # no trained point yet: the record's step 0
+    assert kept_step([tied[0], {"step": 50, "val/loss": 1.0}], "val/macro_f1", "single_label") == 0
+    assert kept_step([{"step": 0, "val/loss": 1.0}], "val/macro_f1", "single_label") is None
+    assert kept_step([{**tied[0], "val/macro_f1": 0.9}] + tied[1:], "val/macro_f1", "single_label") == 50
+    # the step-by-step rule training calls
+    key = keep_order(tied[0], "val/macro_f1", "single_label")
+    assert not keeps(0, key, NOTHING_KEPT) and keeps(50, key, NOTHING_KEPT) and not keeps(100, key, key)
+    assert not keeps(50, None, NOTHING_KEPT)

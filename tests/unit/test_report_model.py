@@ -1095,6 +1095,43 @@ def test_an_unfinished_run_breaks_a_tied_best_as_its_training_kept_it(status, tm
     assert r.best["step"] == 20 and r.saved_model
 
 
+@pytest.mark.parametrize("status", ["died", "interrupted", "running"])
+def test_an_unfinished_run_whose_metric_ties_at_step_0_reports_the_saved_trained_model(status, tmp_path, capsys,
+                                                                                        monkeypatch):
+    """Val macro-F1 0.0333 at steps 0, 50 and 100 (a tiny run killed early): training keeps the first *trained* point
+    of a tie (objectives.keeps), step 50, and saved it. The report read step 0's untrained model as the best ("best
+    0.033 at step 0 (not saved; the saved model is step 50's)", the curves' marker and the per-class table from step
+    0, train recall all '-') beside step 50's confusion matrix: every section is step 50's now."""
+    import loratune.store
+    from loratune.cli import main
+
+    if status == "running":  # a live run (its lock held): read as it stands, not as died
+        monkeypatch.setattr(loratune.store, "liveness", lambda d: ("alive", ""))
+    run = write_run(tmp_path / "run", status=status, n_evals=2, steps_per_eval=50)
+    record = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    points = [json.loads(x) for x in (run / "history.jsonl").read_text(encoding="utf-8").splitlines()]
+    for p in points:
+        p["val/macro_f1"] = 0.03333333333333333
+    points[0] = {k: v for k, v in points[0].items() if not k.startswith("train_eval/")}  # step 0 scores val alone
+    (run / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points), encoding="utf-8")
+    record.update(best=points[1], objective="val/macro_f1", adapter_step=50,
+                  saved_model={"step": 50, "note": "adapter/ holds the model of step 50, the best so far"})
+    (run / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    conf = json.loads((run / "confusion.json").read_text(encoding="utf-8"))
+    (run / "confusion.json").write_text(json.dumps({**conf, "step": 50}), encoding="utf-8")
+    r = build_run_report(run)
+    assert r.status == status
+    assert r.best["step"] == 50 and r.best["train/loss"] == pytest.approx(points[1]["train/loss"])
+    assert all(p.best_step == 50 for p in r.curves)
+    assert r.classes.step == 50 and all(row.train_recall is not None for row in r.classes.rows)
+    assert r.confusion.step == 50 and not any("confusion.json is from step" in n for n in r.notes)
+    assert r.saved_model and r.saved_step == 50
+    assert main(["show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "best val/macro_f1 0.033 at step 50" in " ".join(out.split()) and "not saved" not in out
+    assert re.search(r"^\s*50 \*", out, re.M) and not re.search(r"^\s*0 \*", out, re.M)
+
+
 def test_a_folder_far_above_a_tensorboard_log_is_not_searched_to_the_bottom(tmp_path):
     from loratune.history_io import find_event_files
 

@@ -441,20 +441,19 @@ def build_prompt_set(d: Path, points: Sequence[dict], best_step: float | None) -
     return PromptSetView(panel, last, tuple(shown), scores, note)
 
 
-def _best_step(points: Sequence[dict], metric: str, task: str | None = None) -> float | None:
-    """The step of the best `metric` point, by its objective's direction (a loss: the lowest; the first of ties).
-    `task`: a loratune run's (run.json task), whose ties go as its training's keep_order breaks them (a causal-lm or
-    multi-label run's to the lower val loss, objectives.LOSS_TIE_BREAK_TASKS), so an unfinished run's best is the
-    model it kept."""
+def _best_step(points: Sequence[dict], metric: str) -> float | None:
+    """The step of the best `metric` point, by its objective's direction (a loss: the lowest; the first of ties): the
+    best point of a run that names no kept model of its own (an unfinished loratune run's best is the model its
+    training keeps: objectives.kept_step)."""
     from loratune.objectives import keep_order
 
     best = None
     for p in points:
-        k, s = keep_order(p, metric, task), as_float(p.get("step"))
+        k, s = keep_order(p, metric, None), as_float(p.get("step"))
         if k is None or s is None:
             continue
-        # within 1e-12 the scores tie (a log's float32 round trip), and the tie-break decides (none: the first)
-        if best is None or k[0] > best[0][0] + 1e-12 or (k[0] >= best[0][0] - 1e-12 and k[1] > best[0][1]):
+        # within 1e-12 the scores tie (a log's float32 round trip): the first stays
+        if best is None or k[0] > best[0][0] + 1e-12:
             best = (k, s)
     return best[1] if best else None
 
@@ -849,11 +848,16 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
     if status not in SETTLED:
         # run.json's `best` is a snapshot the run rewrites after it saves a best model, and a history point is
         # appended before that: a run killed or interrupted in between (or still training) has a history whose best
-        # the snapshot lags. Its best is the history's best point by the run's objective (as diagnose reads it);
-        # which step's model was saved is said apart from it (saved_step)
+        # the snapshot lags. Its best is the model its training keeps, read from the history by training's own rule
+        # (objectives.kept_step: a trained point, never step 0's base model while one has a score; the first of
+        # ties, as keep_order breaks them), so the curves' marker, the per-class table and confusion.json are of
+        # one model; which step's model was saved is said apart from it (saved_step)
+        from loratune.objectives import kept_step
+
         key = run.get("objective") if isinstance(run.get("objective"), str) else metric
         task = run.get("task") if isinstance(run.get("task"), str) else None
-        best_step = _best_step(points, key, task) if _best_step(points, key, task) is not None else best_step
+        kept = kept_step([{**p, "step": as_float(p["step"])} for p in points], key, task)
+        best_step = kept if kept is not None else best_step
     elif isinstance(run.get("best"), dict) and as_float(run["best"].get("step")) is not None:
         best_pt = dict(run["best"])
         best_step = as_float(best_pt["step"]) if as_float(best_pt.get(metric)) is not None else best_step
