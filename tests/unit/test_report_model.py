@@ -1132,6 +1132,26 @@ def test_an_unfinished_run_whose_metric_ties_at_step_0_reports_the_saved_trained
     assert re.search(r"^\s*50 \*", out, re.M) and not re.search(r"^\s*0 \*", out, re.M)
 
 
+@pytest.mark.parametrize("peak,ticks", [(2e-3, ["0", "5e-4", "1e-3", "1.5e-3", "2e-3"]),
+                                        (1e-3, ["0", "2.5e-4", "5e-4", "7.5e-4", "1e-3"])])
+def test_the_learning_rate_axis_labels_each_tick_with_its_own_value(peak, ticks, tmp_path):
+    """One significant figure read a 1.5e-3 tick as "2e-3" beside the real 2e-3 tick (and 2.5e-4 as "2e-4"), and 0
+    as "0e+00": each tick reads its value now."""
+    run = write_run(tmp_path / "run")
+    points = [json.loads(x) for x in (run / "history.jsonl").read_text(encoding="utf-8").splitlines()]
+    for p in points:
+        p["lr"] = p["lr"] / 1e-3 * peak
+    (run / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points), encoding="utf-8")
+    html = render_run(build_run_report(run))
+    fig = re.search(r'<figure data-chart="lr">(.*?)</figure>', html, re.S).group(1)
+    labels = re.findall(r'text-anchor="end">([^<]*)</text>', fig)
+    assert labels == ticks and len(set(labels)) == len(labels)
+    from loratune.report.charts import fmt_sci
+
+    assert [fmt_sci(v) for v in (0.0, 1.5e-3, 2.5e-4, 2e-3, 1.25e-5, -7.5e-4)] == \
+        ["0", "1.5e-3", "2.5e-4", "2e-3", "1.25e-5", "-7.5e-4"]
+
+
 def test_a_folder_far_above_a_tensorboard_log_is_not_searched_to_the_bottom(tmp_path):
     from loratune.history_io import find_event_files
 

@@ -39,6 +39,17 @@ def fmt(v: float | None, digits: int = 3) -> str:
     return f"{v:.1e}".replace("e-0", "e-")
 
 
+def fmt_sci(v: float) -> str:
+    """A tick in scientific notation, every significant digit of it and no more (a learning-rate axis: 1.5e-3,
+    2.5e-4, 2e-3; 0 as 0): nice_ticks' steps (1, 2, 2.5, 5 x 10^k) need up to 3 digits, so one digit read a 1.5e-3
+    tick as "2e-3" beside the real 2e-3 tick."""
+    if v == 0 or not math.isfinite(v):
+        return fmt(v)
+    mantissa, exp = f"{v:.2e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exp)}"
+
+
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     if hi <= lo:
         hi = lo + (abs(lo) or 1.0)

@@ -46,7 +46,7 @@ def curve_figure(panel: CurvePanel, *, width: int = 540, height: int = 270, epoc
     y_hi = 1.0 if panel.id in ("metric", "prompts") else None
     svg = ch.line_chart(series, width=width, height=height, x_label="optimizer step", y_label=panel.y_label,
                         y_lo=y_lo, y_hi=y_hi, vlines=vlines, aria=panel.title,
-                        y_fmt=(lambda v: f"{v:.0e}".replace("e-0", "e-")) if panel.id == "lr" else ch.fmt)
+                        y_fmt=ch.fmt_sci if panel.id == "lr" else ch.fmt)
     return (f'<figure data-chart="{esc(panel.id)}"><figcaption>{esc(panel.title)}'
             f'{" <span class=sub>" + esc(epoch_note) + "</span>" if epoch_note else ""}</figcaption>'
             f'{legend(items)}{svg}</figure>')
