@@ -1,6 +1,7 @@
 """How a text from the user's data is written where its form carries meaning: on one line of a listing (its line
 breaks as escapes), a label in a one-line list or a table cell (one quoting rule: predict, show, evaluate, the model
-card) and in Markdown (a code span). Standard library only: the CLI imports it at start."""
+card), in Markdown (a code span), and the terminal console every command prints through. Standard library only: the
+CLI imports it at start."""
 
 from __future__ import annotations
 
@@ -57,3 +58,13 @@ def code_span(text) -> str:
     fence = "`" * (max(map(len, runs), default=0) + 1)
     pad = " " if text[:1] == "`" or text[-1:] == "`" or (text[:1] == text[-1:] == " " and text.strip(" ")) else ""
     return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def console(stderr: bool = False, soft_wrap: bool = False, highlight: bool = False):
+    """The rich console loratune prints through, the one every command (and a run's progress lines) makes: emoji
+    codes are left as written (rich's default turned a label ":warning: pin" into "⚠ pin" in predict's answers,
+    `show` and `diagnose`: a printed label that is not the label); no highlighting of numbers and paths unless asked.
+    soft_wrap: a line printed whole (commands._common.piped), not folded at the console's width."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=highlight, soft_wrap=soft_wrap, emoji=False)

@@ -772,9 +772,9 @@ class RunProgress:
         self.shown: tuple[int, bool] | None = None  # the step of the last plain line, and whether it had a time left
         if not enabled:
             return
-        from rich.console import Console
+        from loratune.listing import console
 
-        out = Console(stderr=True)
+        out = console(stderr=True, highlight=True)
         self.start = self.last_line = time.monotonic()
         if not out.is_interactive:  # rich's rule for a live display: a terminal, not TERM=dumb
             self.plain = True
@@ -839,9 +839,9 @@ def say_phase(enabled: bool, text: str) -> None:
     """One line on stderr as a phase before the first step starts (silent when progress is off, `-q`): tokenizing and
     the evaluation slices of a large dataset took a minute with nothing said."""
     if enabled:
-        from rich.console import Console
+        from loratune.listing import console
 
-        Console(stderr=True, highlight=False).print(f"[dim]{text}[/]")
+        console(stderr=True).print(f"[dim]{text}[/]")
 
 
 class TrainCallback(Protocol):

@@ -90,6 +90,45 @@ def test_show_lists_each_class_and_example_as_written(hostile_run, capsys):
     assert "[bold red]x[/]" in table and "C:\\\\" not in out
 
 
+# labels that hold rich's emoji codes: rich's consoles print them as emoji by default (":warning: pin" read "⚠ pin")
+EMOJI = dict(zip(INTENTS, [":warning: pin", ":smile:", ":+1:ok", "x:heart:y"]))
+
+
+@pytest.fixture(scope="module")
+def emoji_run(tiny_bert, tmp_path_factory):
+    d = tmp_path_factory.mktemp("emoji-data")
+    for name, seed in (("train", 1), ("validation", 2)):
+        write_jsonl(d / f"{name}.jsonl", [{"text": r["text"], "label": EMOJI[r["label"]]}
+                                          for r in make_rows(8 if name == "train" else 4, seed=seed)])
+    run = tmp_path_factory.mktemp("emoji") / "run"
+    assert main(["train", "-q", *overrides(tiny_bert, d, run, max_steps=8)]) == 0
+    return run
+
+
+def test_predict_and_show_print_a_label_with_an_emoji_code_as_written(emoji_run, capsys):
+    """predict's answers (piped: a script parses them) and show's tables gave ":warning: pin" as "⚠ pin", a label that
+    is not the label: every console the CLI makes leaves emoji codes as written (listing.console)."""
+    assert main(["predict", str(emoji_run), "change my pin", "lost my card", "--top-k", "4"]) == 0
+    lines = _out(capsys).splitlines()
+    assert len(lines) == 2
+    for line in lines:  # the top label, then the other three: every label once, as written
+        assert all(line.count(label) == 1 for label in EMOJI.values()), line
+        assert not any(ch in line for ch in "⚠😄👍❤")
+    assert main(["show", str(emoji_run)]) == 0
+    out = _out(capsys)
+    table = out[out.index("per-class recall"):out.index("top confused pairs")]
+    assert all(label in table for label in EMOJI.values()) and not any(ch in out for ch in "⚠😄👍❤")
+    import io
+
+    from loratune.listing import console
+
+    buf = io.StringIO()
+    con = console()
+    con.file = buf
+    con.print(":warning: pin")
+    assert buf.getvalue() == ":warning: pin\n"
+
+
 def test_assess_shows_labels_as_written(hostile_run, tiny_bert, capsys):
     d, _ = hostile_run
     assert main(["assess", "--no-probe", "--data", str(d), f"name_or_path={tiny_bert}", "max_length=16"]) == 0

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from loratune.listing import LINE_BREAKS, one_line  # noqa: F401  (the one-line rule, beside printable)
+from loratune.listing import LINE_BREAKS, console, one_line  # noqa: F401  (the one-line rule, beside printable; the
+#                                                              console every command prints through)
 
 
 class Once(argparse.Action):
@@ -47,13 +48,6 @@ def load_cfg(args):
     if getattr(args, "data", None):
         overrides.insert(0, f"data.dataset_name={args.data}")
     return load_config(args.config, overrides)
-
-
-def console(stderr: bool = False, soft_wrap: bool = False):
-    """soft_wrap: a line printed whole (see piped()), not folded at the console's width."""
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=soft_wrap)
 
 
 def safe(text) -> str:

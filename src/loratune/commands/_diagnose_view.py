@@ -7,7 +7,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from loratune.commands._common import safe
+from loratune.commands._common import console as make_console, safe
 from loratune.diagnose import MEASURES, Comparison, Diagnosis, Finding
 from loratune.features import FEATURES, format_value
 from loratune.rules import RULES
@@ -127,7 +127,7 @@ def render_comparison(console: Console, c: Comparison) -> None:
 
 
 def render(diagnoses: Sequence[Diagnosis], comparison: Comparison | None, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console(highlight=True)
     for d in diagnoses:
         render_diagnosis(console, d)
     if comparison is not None:

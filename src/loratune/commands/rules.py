@@ -49,11 +49,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
 
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from loratune.listing import console as make_console
+
+    console = make_console(highlight=True)
     console.rule("[bold]diagnosis rules[/]  [dim]every row is evaluated; a finding suppresses the ids it lists[/]")
     for r in RULES:
         console.print(f"[bold]{r.id}[/]  [dim]scope {r.scope}, priority {r.priority}, knob {r.knob_class}, "
