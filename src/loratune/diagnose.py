@@ -110,10 +110,13 @@ def _primary(findings: Sequence[Finding], scope: str) -> Finding | None:
 
 
 def _moved(name: str, fall: float | None) -> str:
-    """A fall feature as words: "fell 6.6%", "rose 6.6%" (a negative fall), "no fall measured" (missing)."""
+    """A fall feature as words: "fell 6.6%", "rose 6.6%" (a negative fall), "rose at least 100.0%" (a fall clipped at
+    its floor: FeatureSpec.floor), "no fall measured" (missing)."""
     if fall is None:
         return "no fall measured"
-    return f"{'fell' if fall >= 0 else 'rose'} {format_value(FEATURES[name].unit, abs(fall))}"
+    spec = FEATURES[name]
+    return (f"{'fell' if fall >= 0 else 'rose'} {'at least ' if spec.at_floor(fall) else ''}"
+            f"{format_value(spec.unit, abs(fall))}")
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,8 @@ def _evidence(cl: Clause, features: CurveFeatures, thresholds: Mapping[str, floa
         text = f"{spec.phrase.format('?')}: missing ({why}); rule needs {cl.op} {t_text}"
         return Evidence(cl.feature, None, cl.op, cl.threshold, t, None, text, why)
     passed = bool(_OPS[cl.op](v, t))
-    text = f"{spec.phrase.format(format_value(spec.unit, v))}; rule needs {cl.op} {t_text}"
+    shown = format_value(spec.unit, v) + (" or lower" if spec.at_floor(v) else "")  # a clipped value: it or lower
+    text = f"{spec.phrase.format(shown)}; rule needs {cl.op} {t_text}"
     return Evidence(cl.feature, v, cl.op, cl.threshold, t, passed, text)
 
 

@@ -50,11 +50,22 @@ class FeatureSpec:
     unit: str
     phrase: str  # evidence sentence start, e.g. "train loss fell {} over the last half of training"
     doc: str
+    floor: float | None = None  # the feature is clipped at this bound: a value there stands for itself or lower
+
+    def at_floor(self, value: float | None) -> bool:
+        """Whether `value` is the clip's bound (`floor`), so the measure was it or lower: text says "or lower"."""
+        return self.floor is not None and value is not None and value <= self.floor
 
 
-def _spec(group: str, name: str, unit: str, phrase: str, doc: str) -> FeatureSpec:
+def _spec(group: str, name: str, unit: str, phrase: str, doc: str, floor: float | None = None) -> FeatureSpec:
     assert unit in UNITS, unit
-    return FeatureSpec(name=name, group=group, unit=unit, phrase=phrase, doc=doc)
+    return FeatureSpec(name=name, group=group, unit=unit, phrase=phrase, doc=doc, floor=floor)
+
+
+# train_loss_late_drop's lower bound: a rise past twice the fitted mid value reads -100% (a V-shaped second half puts
+# the fitted line's mid value near 0, and a 3x rise read -27,815%; every rule compares it with thresholds inside the
+# range), so -100% means a rise of at least 100%, and the evidence says so
+LATE_DROP_FLOOR = -1.0
 
 
 _CATALOGUE = (
@@ -129,7 +140,8 @@ _CATALOGUE = (
           "final / start of T (above 1: the loss grew)."),
     _spec("train loss", "train_loss_late_drop", "fraction", "train loss fell {} over the last half of training",
           "Relative fall of T over the second half of the run, from a least-squares line through the "
-          "second-half points (robust to window noise): (fit(0.5) - fit(1.0)) / fit(0.5)."),
+          "second-half points (robust to window noise): (fit(0.5) - fit(1.0)) / fit(0.5), at least -1 (a rise of "
+          "100% or more reads -1: LATE_DROP_FLOOR).", floor=LATE_DROP_FLOOR),
     _spec("train loss", "train_loss_late_slope", "ratio", "train loss late slope is {} of its start per run",
           "Least-squares slope of T over the second half, per whole run length, divided by the start loss "
           "(negative = falling)."),
@@ -1098,9 +1110,8 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             acc.set("train_loss_late_slope", (y_end - y_mid) / 0.5 / start if start > 0 else None,
                     "the start train loss is 0")
             acc.set("train_loss_runs_to_fit", None, "fewer than 3 train-loss windows over the second half")
-        # within [-1, 1]: a rise past twice the mid value reads -100% (a V-shaped second half puts the fitted line's
-        # mid value near 0, and a 3x rise read -27,815%; every rule compares it with thresholds inside the range)
-        acc.set("train_loss_late_drop", max(-1.0, min(1.0, (y_mid - y_end) / y_mid)) if y_mid > 0 else 0.0)
+        # within [LATE_DROP_FLOOR, 1]: a rise past twice the mid value reads -100% (its reason, where it is defined)
+        acc.set("train_loss_late_drop", max(LATE_DROP_FLOOR, min(1.0, (y_mid - y_end) / y_mid)) if y_mid > 0 else 0.0)
         acc.set("train_loss_rise_share", _rise_share([v for _, v in T]))
     v0 = next((p["step"] for p in pts if _num(p.get("val/loss")) is not None), None)
     after = [v for s, v in T if v0 is not None and s > v0]

@@ -558,12 +558,37 @@ def test_a_key_the_runs_task_does_not_read_is_no_difference():
     (1, lambda f: 2.0, "(one train-loss window, no trend)"),  # a 4-step run: one window, no fall to read
     (4, lambda f: 2.0 + f, "(rose 50.0%; rose 20.0% over the last half)"),  # a rise is words, not 'fell -50.0%'
     (4, lambda f: 2.0 - f, "(fell 50.0%; fell 33.3% over the last half)"),
+    # a 250% rise over the last half: the feature stops at -100% (LATE_DROP_FLOOR), which read "rose 100.0%"
+    (4, lambda f: 2.0 + max(0.0, f - 0.5) * 10, "(rose 250.0%; rose at least 100.0% over the last half)"),
 ])
 def test_curve_summary_says_a_missing_trend_or_a_rise_in_words(n_evals, curve, expect):
     pts = s.make_history(train_loss=curve, val_loss=lambda f: 2.0, n_evals=n_evals, steps_per_eval=4)
     line = next(ln for ln in diagnose(from_points(pts, meta=META)).curve_summary() if ln.startswith("train loss:"))
     assert line.endswith(expect), line
     assert "missing" not in line and " -" not in line.split("(")[1], line
+
+
+def test_evidence_on_a_clipped_feature_says_its_value_is_the_clip_or_beyond():
+    """train_loss_late_drop is clipped at -100% (features.LATE_DROP_FLOOR, for the rules): a loss that rose 250% over
+    the last half read "train loss fell -100.0% over the last half" as if measured; it reads "-100.0% or lower"."""
+    from loratune.features import FEATURES
+
+    pts = s.make_history(train_loss=lambda f: 2.0 + max(0.0, f - 0.5) * 10, val_loss=lambda f: 2.0, n_evals=4,
+                         steps_per_eval=4)
+    from loratune.diagnose import _evidence
+    from loratune.rules import THRESHOLDS, Clause
+
+    d = diagnose(from_points(pts, meta=META))
+    assert d.features.values["train_loss_late_drop"] == -1.0  # the clip, for the rules
+    thresholds = {k: t.value for k, t in THRESHOLDS.items()}
+    e = _evidence(Clause("train_loss_late_drop", ">=", "plateau_late_drop_max"), d.features, thresholds, FEATURES)
+    assert e.text.startswith("train loss fell -100.0% or lower over the last half of training; ") and e.value == -1.0
+    e = _evidence(Clause("train_loss_drop", ">=", "plateau_late_drop_max"), d.features, thresholds, FEATURES)
+    assert e.text.startswith("train loss fell -250.0% over the run; "), e.text
+    from loratune.features import LATE_DROP_FLOOR
+
+    assert LATE_DROP_FLOOR == -1.0 and FEATURES["train_loss_late_drop"].at_floor(-1.0) and not FEATURES["train_loss_late_drop"].at_floor(-0.99)
+    assert not FEATURES["train_loss_drop"].at_floor(-5.0)  # unclipped: a rise reads as measured
 
 
 # ---- comparisons: the better run's direction, the measure's sign, the noise policy, peft target names ------------
