@@ -84,7 +84,7 @@ def show_run(con, r, n_classes: int = 10) -> None:
     kind = "causal-lm" if r.open_generation else f"{r.n_classes or '?'} classes"
     title = f"[bold]{safe(r.name)}[/]  [{tone}]{safe(r.status)}[/]"
     details = f"[dim]{safe(r.model_name)} · {safe(r.method)} · {safe(r.dataset)} · {kind}[/]"
-    if Text.from_markup(f"{title}  {details}", emoji=False).cell_len + RULE_ENDS <= con.width:  # as printed
+    if con.render_str(f"{title}  {details}", highlight=False).cell_len + RULE_ENDS <= con.width:  # as printed
         con.rule(f"{title}  {details}")
     else:  # a rule is one line and cuts its title: a long one keeps the name there and gives the rest a line of its own
         con.rule(title)
