@@ -115,6 +115,10 @@ def _check(cfg: RunConfig, dataset) -> None:
         objective_key(cfg, dataset.label_space.multi_label)  # a metric this task does not compute
         if cfg.data.probe_file:
             load_probe_set(cfg.data.probe_file, cfg.data.text_column, cfg.data.label_column)
+    else:  # the prompt set's rows and the metric that picks the model, as train_sft reads them before its first step
+        from loratune.sft import read_prompt_set
+
+        read_prompt_set(cfg, dataset)
     check_max_length(cfg, dataset)
 
 

@@ -91,47 +91,113 @@ def score_generations(outputs: Sequence[str], references: Sequence[str]) -> dict
 
 @dataclass(frozen=True)
 class PromptItem:
-    """One held-out prompt, its reference answer and its group (`familiar` or `novel`)."""
+    """One held-out prompt, its reference answer and its group (`familiar` or `novel`). `prompt`: a text (generated
+    as one user turn) or the turns of a chat (TRL's conversational prompt, sft_data.Turn: a system turn as training
+    rows carry it)."""
 
-    prompt: str
+    prompt: str | tuple  # str, or tuple[sft_data.Turn, ...]
     reference: str
     group: str
 
+    @property
+    def text(self) -> str:
+        """The prompt as a person reads it (a chat's turn contents, as sft_data.Example.prompt_text)."""
+        return self.prompt if isinstance(self.prompt, str) else "\n".join(t.content for t in self.prompt)
+
+    @property
+    def key(self) -> tuple:
+        """What makes two prompts the same prompt (each turn's role and normalised text; a text is one user turn):
+        greedy generation writes the same answer to both, so a copy only shrinks the scores' standard error."""
+        turns = [("user", self.prompt)] if isinstance(self.prompt, str) else [(t.role, t.content) for t in self.prompt]
+        return tuple((role, normalise(content)) for role, content in turns)
+
 
 FIELDS = ("prompt", "reference", "group")
-_FIX = ('each row needs "prompt" and "reference" (non-empty text) and "group" ("familiar": close to the '
-        'training prompts, "novel": new ones), e.g. {"prompt": "...", "reference": "...", "group": "novel"}')
+_FIX = ('each row needs "prompt" (non-empty text, or a list of {role, content} turns ending with a user turn), '
+        '"reference" (non-empty text) and "group" ("familiar": close to the training prompts, "novel": new ones), '
+        'e.g. {"prompt": "...", "reference": "...", "group": "novel"}')
+_DUP_FIX = "keep one row per prompt (a prompt is familiar or novel, not both)"
 _MAX_LISTED = 5  # problems named in one error; the count says how many more
+
+
+def _row_problems(row: dict, n: int) -> tuple[PromptItem | None, list[str], list[str]]:
+    """Row `n` as a PromptItem (None when bad), its problems and their fixes."""
+    from loratune.data import check_characters
+    from loratune.sft_data import plain_cell, read_turns
+
+    bad: list[str] = []
+    fixes: list[str] = []
+    prompt = plain_cell(row.get("prompt"))
+    if isinstance(prompt, (list, tuple)):  # TRL's conversational prompt: [{"role": ..., "content": ...}, ...]
+        try:
+            prompt = read_turns(prompt, f"row {n}", "prompt")
+        except UserError as exc:
+            bad.append(exc.problem.removeprefix(f"row {n}: ").removeprefix(f"row {n} "))
+            fixes.append(exc.fix)
+            prompt = None
+        else:
+            if prompt[-1].role != "user":
+                bad.append(f'"prompt" ends with its {prompt[-1].role} turn, not a user turn')
+                fixes.append(_FIX)
+            elif not any(t.content.strip() for t in prompt if t.role != "system"):
+                bad.append('"prompt" has no text in its turns')
+                fixes.append(_FIX)
+    for name, v in (("prompt", prompt), ("reference", row.get("reference"))):
+        texts = [t.content for t in v] if isinstance(v, tuple) else [v]
+        if not isinstance(v, tuple) and (not isinstance(v, str) or not v.strip()):
+            if not (name == "prompt" and v is None and row.get("prompt") is not None):  # (a bad turn list: said)
+                bad.append(f'"{name}" is {"missing" if v is None else "empty or not text"}')
+                fixes.append(_FIX)
+            continue
+        for text in texts:
+            try:
+                check_characters(text, f'"{name}"')  # the one check of a lone surrogate (data.py)
+            except UserError as exc:
+                bad.append(exc.problem)
+                fixes.append(exc.fix)
+                break
+    group = row.get("group")
+    if group not in PROMPT_GROUPS:
+        bad.append(f'"group" is {group!r}, allowed: {", ".join(PROMPT_GROUPS)}')
+        fixes.append(_FIX)
+    return (None if bad else PromptItem(prompt, row["reference"], group)), bad, fixes
 
 
 def load_prompt_set(path: str | Path) -> list[PromptItem]:
     """The rows of a prompt-set file. Every bad row is found before one UserError names the file, the rows
-    (numbered from 1: the line of a JSONL file without blank lines, the data row under a CSV header) and the fix."""
+    (numbered from 1: the line of a JSONL file without blank lines, the data row under a CSV header) and the fix.
+    A prompt given twice (in one group or in both) is refused, naming its rows: a copy is scored twice."""
     from loratune.data import RowFile, read_rows  # the shared reader: suffix, encoding and JSON errors named once
 
     p = Path(path).expanduser()
     rows = read_rows(p, RowFile("prompt set", "data.prompt_set", "prompt / reference / group",
                                 '{"prompt": "...", "reference": "...", "group": "novel"}'))
-    items: list[PromptItem] = []
+    items: list[tuple[int, PromptItem]] = []
     problems: list[str] = []
+    fixes: list[str] = []
     for i, row in enumerate(rows, start=1):
-        bad = []
-        for name in ("prompt", "reference"):
-            v = row.get(name)
-            if not isinstance(v, str) or not v.strip():
-                bad.append(f'"{name}" is {"missing" if v is None else "empty or not text"}')
-        group = row.get("group")
-        if group not in PROMPT_GROUPS:
-            bad.append(f'"group" is {group!r}, allowed: {", ".join(PROMPT_GROUPS)}')
+        item, bad, row_fixes = _row_problems(row, i)
         if bad:
             problems.append(f"row {i}: " + "; ".join(bad))
+            fixes += [f for f in dict.fromkeys(row_fixes) if f not in fixes]
         else:
-            items.append(PromptItem(row["prompt"], row["reference"], group))
+            items.append((i, item))
     if problems:
         more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
         raise UserError(f"prompt set '{p}': {len(problems)} bad row(s): " + "; ".join(problems[:_MAX_LISTED]) + more,
-                        _FIX)
-    return items
+                        "; ".join(fixes))
+    copies: dict[tuple, list[tuple[int, PromptItem]]] = {}
+    for i, it in items:
+        copies.setdefault(it.key, []).append((i, it))
+    dups = [c for c in copies.values() if len(c) > 1]
+    if dups:
+        said = [f"rows {', '.join(str(i) for i, _ in c)} ({', '.join(dict.fromkeys(it.group for _, it in c))}): "
+                f"'{c[0][1].text[:40]}'" for c in dups]
+        more = f" (and {len(said) - _MAX_LISTED} more)" if len(said) > _MAX_LISTED else ""
+        raise UserError(f"prompt set '{p}': {len(dups)} prompt(s) given more than once (greedy generation answers "
+                        "a copy alike, so it is scored twice and narrows chrf_se): " + "; ".join(said[:_MAX_LISTED])
+                        + more, _DUP_FIX)
+    return [it for _, it in items]
 
 
 def score_prompt_set(items: Sequence[PromptItem], outputs: Sequence[str]) -> dict[str, float]:

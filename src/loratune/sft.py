@@ -57,7 +57,7 @@ from loratune import signals
 from loratune.adapt import apply_adapter, count_params, num_layers, warm_start
 from loratune.config import RunConfig, to_dict, to_yaml
 from loratune.data import VALIDATED_ON, data_seed_record, validated_on
-from loratune.generation import load_prompt_set, score_prompt_set
+from loratune.generation import PromptItem, load_prompt_set, score_prompt_set
 from loratune.heads import transformers_model
 from loratune.metrics import parse_labels, prediction_scores, top_unknown_outputs
 from loratune.objectives import (NOTHING_KEPT, PROMPT_GROUPS, PROMPT_OBJECTIVE_SCORES, Patience, keep_order, keeps,
@@ -331,6 +331,19 @@ class RunInputs:
                         step0_rows, point_rows, loss_rows if loss_every else None, budget)
 
 
+def prompt_turns(item: PromptItem) -> tuple[Turn, ...]:
+    """A prompt-set prompt as the turns it is generated from: its chat as given, a text as one user turn."""
+    return item.prompt if isinstance(item.prompt, tuple) else (Turn("user", item.prompt),)
+
+
+def read_prompt_set(cfg: RunConfig, dataset: SFTDataset) -> tuple[list[PromptItem], str]:
+    """The prompt set's rows and the objective key (objective_key, told the rows' groups), read and checked as
+    training reads them before its first step: the one check train, `train --dry-run` (api.check) and tune's start
+    run. Bad rows and a metric the rows cannot score are UserErrors."""
+    items = load_prompt_set(dataset.prompt_set) if dataset.prompt_set else []
+    return items, objective_key(cfg, dataset.label_space is not None, bool(items), {it.group for it in items})
+
+
 def encode_run(cfg: RunConfig, dataset: SFTDataset, tokenizer, prompt_items) -> RunInputs:
     """What train_sft tokenises, and what `loratune plan` prices its evaluation points with."""
     renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
@@ -346,7 +359,7 @@ def encode_run(cfg: RunConfig, dataset: SFTDataset, tokenizer, prompt_items) -> 
         train_eval=encode_sft(tokenizer, renderer, [dataset.train.examples[i] for i in sub], max_len),
         train_eval_rows=sub,
         val=encode_sft(tokenizer, renderer, dataset.validation.examples, max_len),
-        prompts=encode_prompts(tokenizer, renderer, [Example((Turn("user", it.prompt),), it.reference)
+        prompts=encode_prompts(tokenizer, renderer, [Example(prompt_turns(it), it.reference)
                                                      for it in prompt_items], max_len),
         val_prompts=encode_prompts(tokenizer, renderer, dataset.validation.examples, max_len) if labels else [],
         labels=labels,
@@ -635,9 +648,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
 
     check_trainable(dataset)
     require_trackers(cfg.train.report_to)
-    prompt_items = load_prompt_set(dataset.prompt_set) if dataset.prompt_set else []  # bad rows: said now
-    objective = objective_key(cfg, dataset.label_space is not None, bool(prompt_items),  # a bad one: said now
-                              {it.group for it in prompt_items})
+    prompt_items, objective = read_prompt_set(cfg, dataset)  # bad rows, a metric they cannot score: said now
     t_setup = time.perf_counter()
     torch.set_num_threads(cfg.train.num_threads or cpu_cores())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -763,7 +774,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
                 outputs = generate(model, tokenizer, prompt_ids, cfg.train.max_new_tokens, device, autocast,
                                    stop_token_ids(tokenizer, renderer), enc.answer_prefix)
             point.update(score_prompt_set(prompt_items, outputs))
-            store.append_generations([{"step": step, "group": it.group, "prompt": it.prompt,
+            store.append_generations([{"step": step, "group": it.group, "prompt": it.text,
                                        "reference": it.reference, "output": out}
                                       for it, out in zip(prompt_items, outputs)])
         cm = None

@@ -34,8 +34,8 @@ import numpy as np
 
 from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
 from loratune.data import (CARVE_RULE, CARVED, SPLIT_NAMES, Dataset, LabelSpace, RowFile, Split, carve, carved_note,
-                           empty_text_problems, find_split_file, load_dataset, read_rows, said_causes, text_key,
-                           uncarved_classes)
+                           check_characters, empty_text_problems, find_split_file, load_dataset, read_rows, said_causes,
+                           text_key, uncarved_classes)
 from loratune.errors import UserError
 from loratune.metrics import generated_label_problems
 
@@ -117,18 +117,18 @@ SFT_ROWS = RowFile("data file", "data.train_file / dataset_name", "prompt/comple
                    '{"prompt": "...", "completion": "..."}')
 
 
-def _plain(value: Any) -> Any:
+def plain_cell(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else value  # numpy arrays from parquet
 
 
-def _turns(value: Any, where: str, column: str) -> tuple[Turn, ...]:
-    value = _plain(value)
+def read_turns(value: Any, where: str, column: str) -> tuple[Turn, ...]:
+    value = plain_cell(value)
     if not isinstance(value, (list, tuple)) or not value:
         raise UserError(f"{where}: column '{column}' is not a list of {{role, content}} turns",
                         'write a chat as [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]')
     turns = []
     for i, t in enumerate(value):
-        t = _plain(t)
+        t = plain_cell(t)
         if not isinstance(t, dict) or "role" not in t or "content" not in t:
             raise UserError(f"{where}: turn {i + 1} of column '{column}' is not a {{role, content}} object",
                             'write each turn as {"role": "user", "content": "..."}')
@@ -142,11 +142,11 @@ def _content(value: Any, where: str) -> str:
     """A turn's content as text: a string, or a list of parts [{"type": "text", "text": "..."}] joined as
     transformers' chat templates and TRL read them. Anything else (a dict, a number, an image part) was trained on
     as its Python repr, so it is refused."""
-    value = _plain(value)
+    value = plain_cell(value)
     if value is None or isinstance(value, str):
         return value or ""
     if isinstance(value, (list, tuple)):
-        parts = [_plain(p) for p in value]
+        parts = [plain_cell(p) for p in value]
         if all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
             return "".join(p["text"] for p in parts)
         bad = next(p for p in parts if not (isinstance(p, dict) and p.get("type") == "text"
@@ -174,7 +174,7 @@ def _guess(cols: list[str], names: tuple[str, ...]) -> str | None:
 
 def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
     if mode == "chat":
-        turns = _turns(row.get(cfg.messages_column), where, cfg.messages_column)
+        turns = read_turns(row.get(cfg.messages_column), where, cfg.messages_column)
         if turns[-1].role != "assistant" or len(turns) < 2:
             raise UserError(f"{where}: the chat in '{cfg.messages_column}' does not end with an assistant turn "
                             "after at least one prompt turn", "end every chat with the assistant answer to learn")
@@ -185,12 +185,12 @@ def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
         if not any(t.content.strip() for t in turns[:-1] if t.role != "system"):
             raise UserError(f"{where}: the chat in '{cfg.messages_column}' has no prompt text before its answer",
                             "fill in the user turn or drop the row")
-        return Example(turns[:-1], turns[-1].content)
-    prompt, completion = _plain(row.get(cfg.prompt_column)), _plain(row.get(cfg.completion_column))
+        return _characters(Example(turns[:-1], turns[-1].content), where, cfg.messages_column)
+    prompt, completion = plain_cell(row.get(cfg.prompt_column)), plain_cell(row.get(cfg.completion_column))
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         raise UserError(f"{where} has no prompt in column '{cfg.prompt_column}'", "fill in the prompt or drop the row")
     if isinstance(completion, (list, tuple)):  # TRL conversational: [{"role": "assistant", "content": ...}]
-        turns = _turns(completion, where, cfg.completion_column)
+        turns = read_turns(completion, where, cfg.completion_column)
         # the completion is one assistant answer (a string everywhere after: the prompt set's reference, the
         # plain/none templates): several turns were glued with no separator and a user turn was learnt as the
         # answer, so anything but one assistant turn is refused (rendering them would need a turn-aware completion)
@@ -209,9 +209,18 @@ def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
     if not completion.strip():  # text parts that join to nothing
         raise UserError(f"{where} has no completion in column '{cfg.completion_column}'",
                         "fill in the completion or drop the row")
-    turns = _turns(prompt, where, cfg.prompt_column) if isinstance(prompt, (list, tuple)) \
+    turns = read_turns(prompt, where, cfg.prompt_column) if isinstance(prompt, (list, tuple)) \
         else (Turn("user", _text(prompt, where, cfg.prompt_column)),)
-    return Example(turns, completion)
+    return _characters(Example(turns, completion), where, cfg.prompt_column, cfg.completion_column)
+
+
+def _characters(example: Example, where: str, prompt_column: str, completion_column: str | None = None) -> Example:
+    """The example, when every text in it can be written and tokenized (data.check_characters: a lone surrogate,
+    which failed the tokenizer with a TypeError traceback, is refused naming the row and the column)."""
+    for t in example.prompt:
+        check_characters(t.content, f"{where}: the {t.role} turn of '{prompt_column}'")
+    check_characters(example.completion, f"{where}: the completion in '{completion_column or prompt_column}'")
+    return example
 
 
 # the formats a row can be read in: a prompt/completion pair (its prompt or completion column present) or a chat

@@ -865,3 +865,25 @@ def test_each_point_logs_the_largest_rate_its_steps_used(sft_run):
     assert [p["lr_max"] for p in history[1:]] == pytest.approx(
         [max(used[p["step"] - EVERY:p["step"]]) for p in history[1:]])
     assert history[1]["lr_max"] == pytest.approx(lr)
+
+
+@pytest.mark.parametrize("dry", [True, False])
+@pytest.mark.parametrize("problem", ["surrogate", "metric"])
+def test_a_prompt_set_training_would_refuse_is_refused_by_the_dry_run_before_anything_is_replaced(
+        problem, dry, lm, sft_data, tmp_path, capsys):
+    """A lone surrogate in a prompt-set reference started training (deleting the earlier run) and failed at step 0;
+    prompt_novel_chrf over familiar rows only passed the dry run (exit 0) while training refused it."""
+    rows = [{"prompt": "hello lost my card", "reference": "your card is blocked", "group": "familiar"}]
+    extra = {}
+    if problem == "surrogate":
+        rows.append({"prompt": "pin", "reference": "your \ud83d pin", "group": "novel"})
+    else:
+        extra["metric_for_best_model"] = "prompt_novel_chrf"
+    write_jsonl(tmp_path / "ps.jsonl", rows)
+    out = tmp_path / "run"
+    assert cli.main(["train", "-q", *(["--dry-run"] if dry else []),
+                     *sft_overrides(lm, sft_data, out, prompt_set=tmp_path / "ps.jsonl", **extra)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Traceback" not in err and not out.exists()
+    assert ('row 2: "reference" has a lone surrogate U+D83D' in err if problem == "surrogate" else
+            "prompt_novel_chrf scores the prompt set's 'novel' rows, and data.prompt_set has none" in err)

@@ -192,3 +192,19 @@ def test_a_causal_lm_trial_keeps_huggingface_hubs_warnings_off_the_terminal(tmp_
         hub.removeHandler(keep)
     assert res.status == "completed" and (tmp_path / "r" / "adapter").is_dir()
     assert not [m for m in seen if "Repo card" in m], seen
+
+
+def test_a_metric_the_prompt_set_cannot_score_is_refused_before_the_study_is_made(lm, tmp_path, capsys):
+    """prompt_novel_chrf over familiar rows only: tune fell back to val/macro_f1 and failed at its first trial; now
+    train's own check (sft.read_prompt_set), exit 2 and no study folder."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n, seed in (("train", 10, 1), ("validation", 3, 2)):
+        write_jsonl(data / f"{name}.jsonl", make_sft_rows(n, seed=seed))
+    write_jsonl(tmp_path / "ps.jsonl", [{"prompt": "hello lost my card", "reference": "blocked", "group": "familiar"}])
+    study = tmp_path / "study"
+    rc = main(["tune", "task=causal-lm", f"name_or_path={lm}", f"dataset_name={data}", f"prompt_set={tmp_path / 'ps.jsonl'}",
+               "metric_for_best_model=prompt_novel_chrf", "max_length=32", "--study-dir", str(study), "-q"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2 and "Traceback" not in err and not study.exists()
+    assert "prompt_novel_chrf scores the prompt set's 'novel' rows, and data.prompt_set has none" in err

@@ -166,3 +166,50 @@ def test_the_shipped_instruction_demo():
     seen = {r["prompt"] for rs in rows.values() for r in rs}
     assert not seen & {it.prompt for it in items}, "a prompt-set prompt leaked into train/validation"
     assert not {r["prompt"] for r in rows["train"]} & {r["prompt"] for r in rows["validation"]}
+
+
+@pytest.mark.parametrize("column", ["prompt", "reference"])
+def test_a_lone_surrogate_in_a_prompt_set_row_is_refused_naming_row_column_and_fix(tmp_path, column):
+    """A lone surrogate ('hello \\ud83d lost') failed the tokenizer with a TypeError traceback (a prompt) or training
+    at step 0 with a UnicodeEncodeError (a reference); now data.check_characters' UserError, naming the row."""
+    row = {"prompt": "hello lost", "reference": "your card", "group": "novel"}
+    row[column] = row[column].replace(" ", " \ud83d ")
+    p = tmp_path / "ps.jsonl"
+    p.write_text(json.dumps({"prompt": "q", "reference": "a", "group": "familiar"}) + "\n" + json.dumps(row) + "\n",
+                 encoding="utf-8")  # json.dumps writes the surrogate as \ud83d, as a cut emoji arrives
+    with pytest.raises(UserError) as exc:
+        load_prompt_set(p)
+    assert f'row 2: "{column}" has a lone surrogate U+D83D' in str(exc.value)
+    assert exc.value.fix == "remove the character or restore its pair (e.g. \\ud83d\\ude00 is one emoji)"
+
+
+def test_a_prompt_given_twice_is_refused_naming_its_rows_and_groups(tmp_path):
+    """Copies were scored as more prompts: 5 copies took prompt_novel_drift_se from 0.777 to 2.332, past the
+    overfit rule's drop_se_min; the same prompt in familiar and novel was accepted too."""
+    rows = [{"prompt": "Lost my  card", "reference": "blocked", "group": "familiar"},
+            {"prompt": "what is my balance", "reference": "shown", "group": "novel"},
+            {"prompt": "lost my card", "reference": "blocked", "group": "novel"},
+            {"prompt": "what is my balance", "reference": "shown", "group": "novel"},
+            {"prompt": [{"role": "user", "content": "what is my balance"}], "reference": "shown", "group": "novel"}]
+    with pytest.raises(UserError) as exc:
+        load_prompt_set(_write(tmp_path, rows))
+    msg = str(exc.value)
+    assert "2 prompt(s) given more than once" in msg
+    assert "rows 1, 3 (familiar, novel): 'Lost my  card'" in msg and "rows 2, 4, 5 (novel): 'what is my balance'" in msg
+    assert exc.value.fix == "keep one row per prompt (a prompt is familiar or novel, not both)"
+    assert len(load_prompt_set(_write(tmp_path, rows[:2]))) == 2  # distinct prompts pass
+
+
+def test_a_prompt_given_as_chat_turns_is_read_as_trls_conversational_prompt(tmp_path):
+    from loratune.sft_data import Turn
+
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "lost my card"}]
+    items = load_prompt_set(_write(tmp_path, [{"prompt": chat, "reference": "blocked", "group": "novel"}]))
+    assert items == [PromptItem((Turn("system", "be brief"), Turn("user", "lost my card")), "blocked", "novel")]
+    assert items[0].text == "be brief\nlost my card"
+    bad = [{"prompt": chat + [{"role": "assistant", "content": "x"}], "reference": "r", "group": "novel"},
+           {"prompt": [{"role": "robot", "content": "x"}], "reference": "r", "group": "novel"}]
+    with pytest.raises(UserError) as exc:
+        load_prompt_set(_write(tmp_path, bad))
+    assert 'row 1: "prompt" ends with its assistant turn, not a user turn' in str(exc.value)
+    assert "row 2: turn 1 has role 'robot'" in str(exc.value)

@@ -642,3 +642,17 @@ def test_generated_labels_read_labelled_rows_with_the_classifier_reader(tmp_path
     write_jsonl(tmp_path / "multi.jsonl", [{"text": "a", "label": ["x", "y"]}, {"text": "b", "label": ["y"]}])
     with pytest.raises(UserError, match="multi-label"):
         load_sft_dataset(DataConfig(train_file=str(tmp_path / "multi.jsonl"), label_format="generate"))
+
+
+@pytest.mark.parametrize("row, said", [
+    ({"prompt": "hello \ud83d lost", "completion": "ok"}, "row 1: the user turn of 'prompt' has a lone surrogate"),
+    ({"prompt": "hello", "completion": "your \ud83d card"}, "row 1: the completion in 'completion' has a lone surrogate"),
+    ({"messages": [{"role": "system", "content": "x\udc00"}, {"role": "user", "content": "u"},
+                   {"role": "assistant", "content": "a"}]}, "row 1: the system turn of 'messages' has a lone surrogate"),
+])
+def test_a_lone_surrogate_in_a_training_row_is_refused_naming_the_row(row, said):
+    """It failed the tokenizer with a TypeError traceback (train --dry-run too); now data.check_characters' error."""
+    with pytest.raises(UserError) as exc:
+        parse_sft_rows([row], DataConfig(), "f.jsonl", "train")
+    assert f"data file 'f.jsonl' {said}" in str(exc.value)
+    assert "restore its pair" in exc.value.fix

@@ -154,6 +154,10 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         # (a resume reads the study's own base config first, and checks its data below)
         dataset = dataset or recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)  # as api.prepare
         recipe(cfg, "check")(dataset)
+        if cfg.model.task == "causal-lm":  # prompt-set rows, and a metric they cannot score (as api.check): every
+            from loratune.sft import read_prompt_set  # trial would fail on it, and the objective fell back to macro-F1
+
+            read_prompt_set(cfg, dataset)
 
     # setup ------------------------------------------------------------------------------------
     meta = {"strategy": options.strategy or "protocol", "budget": options.budget or DEFAULT_BUDGET,
@@ -210,6 +214,10 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     if options.resume:  # (a new study's data was checked before the study was made)
         dataset = dataset or recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)  # as api.prepare
         recipe(cfg, "check")(dataset)
+        if cfg.model.task == "causal-lm":  # prompt-set rows, and a metric they cannot score (as api.check): every
+            from loratune.sft import read_prompt_set  # trial would fail on it, and the objective fell back to macro-F1
+
+            read_prompt_set(cfg, dataset)
     how = validation_differs(study.meta.get(VALIDATED_ON), dataset.validation)
     if how:  # a carving (or the file) changed since the study began: its trials' scores mix two splits
         ui.note(f"note: this session validates on a different validation split than the study's earlier trials {how}"
