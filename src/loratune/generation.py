@@ -106,16 +106,21 @@ class PromptItem:
 
     @property
     def key(self) -> tuple:
-        """What makes two prompts the same prompt (each turn's role and normalised text; a text is one user turn):
-        greedy generation writes the same answer to both, so a copy only shrinks the scores' standard error."""
+        """What makes two prompts the same prompt (SAME_PROMPT): each turn's role and data.text_key of its text, the
+        project's one rule of one text (a text is one user turn)."""
+        from loratune.data import text_key
+
         turns = [("user", self.prompt)] if isinstance(self.prompt, str) else [(t.role, t.content) for t in self.prompt]
-        return tuple((role, normalise(content)) for role, content in turns)
+        return tuple((role, text_key(content)) for role, content in turns)
 
 
 FIELDS = ("prompt", "reference", "group")
 _FIX = ('each row needs "prompt" (non-empty text, or a list of {role, content} turns ending with a user turn), '
         '"reference" (non-empty text) and "group" ("familiar": close to the training prompts, "novel": new ones), '
         'e.g. {"prompt": "...", "reference": "...", "group": "novel"}')
+# what "the same prompt" means (PromptItem.key), said once: the duplicate check's message and the docs say it
+SAME_PROMPT = ("the same turns with the same texts, case, spaces and punctuation aside (data.text_key, the rule "
+               "assess and the validation carving read texts by)")
 _DUP_FIX = "keep one row per prompt (a prompt is familiar or novel, not both)"
 _MAX_LISTED = 5  # problems named in one error; the count says how many more
 
@@ -194,9 +199,8 @@ def load_prompt_set(path: str | Path) -> list[PromptItem]:
         said = [f"rows {', '.join(str(i) for i, _ in c)} ({', '.join(dict.fromkeys(it.group for _, it in c))}): "
                 f"'{c[0][1].text[:40]}'" for c in dups]
         more = f" (and {len(said) - _MAX_LISTED} more)" if len(said) > _MAX_LISTED else ""
-        raise UserError(f"prompt set '{p}': {len(dups)} prompt(s) given more than once (greedy generation answers "
-                        "a copy alike, so it is scored twice and narrows chrf_se): " + "; ".join(said[:_MAX_LISTED])
-                        + more, _DUP_FIX)
+        raise UserError(f"prompt set '{p}': {len(dups)} prompt(s) given more than once ({SAME_PROMPT}; a copy is "
+                        "scored twice and narrows chrf_se): " + "; ".join(said[:_MAX_LISTED]) + more, _DUP_FIX)
     return [it for _, it in items]
 
 

@@ -200,6 +200,26 @@ def test_a_prompt_given_twice_is_refused_naming_its_rows_and_groups(tmp_path):
     assert len(load_prompt_set(_write(tmp_path, rows[:2]))) == 2  # distinct prompts pass
 
 
+def test_the_same_prompt_is_the_projects_one_rule_of_one_text(tmp_path):
+    """The duplicate check read case as a difference in no rule but its own ('What is my balance' and 'what is my
+    balance' refused) and punctuation as a difference ('what is my balance?' accepted beside 'what is my balance'),
+    where data.text_key, the rule assess and sft_data.example_key read texts by, reads both as one text."""
+    from loratune.data import text_key
+    from loratune.generation import SAME_PROMPT
+
+    for a, b in (("What is my balance", "what is my balance"), ("what is my balance?", "what is my balance"),
+                 ("what  is my balance", "what is my balance")):
+        assert text_key(a) == text_key(b)
+        rows = [{"prompt": a, "reference": "r", "group": "novel"}, {"prompt": b, "reference": "r", "group": "novel"}]
+        with pytest.raises(UserError) as exc:
+            load_prompt_set(_write(tmp_path, rows))
+        assert f"1 prompt(s) given more than once ({SAME_PROMPT}; a copy is scored twice" in str(exc.value)
+    assert "case, spaces and punctuation aside" in SAME_PROMPT and "greedy" not in SAME_PROMPT
+    rows = [{"prompt": "what is my balance", "reference": "r", "group": "novel"},
+            {"prompt": "what is my pin", "reference": "r", "group": "novel"}]
+    assert len(load_prompt_set(_write(tmp_path, rows))) == 2
+
+
 def test_a_prompt_given_as_chat_turns_is_read_as_trls_conversational_prompt(tmp_path):
     from loratune.sft_data import Turn
 
