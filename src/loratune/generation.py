@@ -128,14 +128,14 @@ _MAX_LISTED = 5  # problems named in one error; the count says how many more
 def _row_problems(row: dict, n: int) -> tuple[PromptItem | None, list[str], list[str]]:
     """Row `n` as a PromptItem (None when bad), its problems and their fixes."""
     from loratune.data import check_characters
-    from loratune.sft_data import plain_cell, read_turns
+    from loratune.sft_data import PROMPT_SHAPE, plain_cell, read_turns
 
     bad: list[str] = []
     fixes: list[str] = []
     prompt = plain_cell(row.get("prompt"))
     if isinstance(prompt, (list, tuple)):  # TRL's conversational prompt: [{"role": ..., "content": ...}, ...]
         try:
-            prompt = read_turns(prompt, f"row {n}", "prompt")
+            prompt = read_turns(prompt, f"row {n}", "prompt", PROMPT_SHAPE)
         except UserError as exc:
             bad.append(exc.problem.removeprefix(f"row {n}: ").removeprefix(f"row {n} "))
             fixes.append(exc.fix)

@@ -121,11 +121,19 @@ def plain_cell(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else value  # numpy arrays from parquet
 
 
-def read_turns(value: Any, where: str, column: str) -> tuple[Turn, ...]:
+# how a list of turns is written, by what it ends with: a training chat ends with the answer it learns, a prompt
+# (a prompt/completion row's, the prompt set's) with the user turn it is answered from
+CHAT_SHAPE = 'write a chat as [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]'
+PROMPT_SHAPE = ('write the prompt as a text, or as turns ending with a user turn: '
+                '[{"role": "system", "content": "..."}, {"role": "user", "content": "..."}] (the system turn optional)')
+COMPLETION_SHAPE = 'write the completion as a text, or as one assistant turn: [{"role": "assistant", "content": "..."}]'
+
+
+def read_turns(value: Any, where: str, column: str, shape: str = CHAT_SHAPE) -> tuple[Turn, ...]:
+    """`value` as turns; `shape` is the fix of a value that is no list of turns (CHAT_SHAPE, PROMPT_SHAPE, COMPLETION_SHAPE)."""
     value = plain_cell(value)
     if not isinstance(value, (list, tuple)) or not value:
-        raise UserError(f"{where}: column '{column}' is not a list of {{role, content}} turns",
-                        'write a chat as [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]')
+        raise UserError(f"{where}: column '{column}' is not a list of {{role, content}} turns", shape)
     turns = []
     for i, t in enumerate(value):
         t = plain_cell(t)
@@ -190,7 +198,7 @@ def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         raise UserError(f"{where} has no prompt in column '{cfg.prompt_column}'", "fill in the prompt or drop the row")
     if isinstance(completion, (list, tuple)):  # TRL conversational: [{"role": "assistant", "content": ...}]
-        turns = read_turns(completion, where, cfg.completion_column)
+        turns = read_turns(completion, where, cfg.completion_column, COMPLETION_SHAPE)
         # the completion is one assistant answer (a string everywhere after: the prompt set's reference, the
         # plain/none templates): several turns were glued with no separator and a user turn was learnt as the
         # answer, so anything but one assistant turn is refused (rendering them would need a turn-aware completion)
@@ -209,7 +217,7 @@ def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
     if not completion.strip():  # text parts that join to nothing
         raise UserError(f"{where} has no completion in column '{cfg.completion_column}'",
                         "fill in the completion or drop the row")
-    turns = read_turns(prompt, where, cfg.prompt_column) if isinstance(prompt, (list, tuple)) \
+    turns = read_turns(prompt, where, cfg.prompt_column, PROMPT_SHAPE) if isinstance(prompt, (list, tuple)) \
         else (Turn("user", _text(prompt, where, cfg.prompt_column)),)
     return _characters(Example(turns, completion), where, cfg.prompt_column, cfg.completion_column)
 

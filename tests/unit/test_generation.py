@@ -220,6 +220,23 @@ def test_the_same_prompt_is_the_projects_one_rule_of_one_text(tmp_path):
     assert len(load_prompt_set(_write(tmp_path, rows))) == 2
 
 
+def test_an_empty_turn_list_prompt_gets_a_fix_that_the_prompt_set_accepts(tmp_path):
+    """{"prompt": []} got the training chat's fix, [user, assistant] turns, and a prompt written so was refused next
+    ('ends with its assistant turn'): the fix is a prompt's shape, ending with a user turn, and its example is
+    accepted."""
+    import json
+    import re
+
+    from loratune.sft_data import PROMPT_SHAPE
+
+    with pytest.raises(UserError) as exc:
+        load_prompt_set(_write(tmp_path, [{"prompt": [], "reference": "r", "group": "novel"}]))
+    assert "row 1: column 'prompt' is not a list of {role, content} turns" in exc.value.problem
+    assert PROMPT_SHAPE in exc.value.fix and '"assistant"' not in exc.value.fix
+    example = json.loads(re.search(r"\[\{.*\}\]", PROMPT_SHAPE).group(0).replace('"..."', '"hi"'))
+    assert len(load_prompt_set(_write(tmp_path, [{"prompt": example, "reference": "r", "group": "novel"}]))) == 1
+
+
 def test_a_prompt_given_as_chat_turns_is_read_as_trls_conversational_prompt(tmp_path):
     from loratune.sft_data import Turn
 

@@ -479,6 +479,20 @@ def test_a_bad_row_is_named(row, message):
     assert message in info.value.problem
 
 
+def test_a_list_that_is_no_turns_gets_the_fix_of_what_it_is():
+    """A prompt (or completion) of [] got the training chat's fix, [user, assistant] turns, which a prompt then
+    refuses ('ends with its assistant turn'): each column's fix has the shape that column is read as."""
+    from loratune.sft_data import CHAT_SHAPE, COMPLETION_SHAPE, PROMPT_SHAPE
+
+    for row, shape in (({"messages": []}, CHAT_SHAPE), ({"prompt": [], "completion": "b"}, PROMPT_SHAPE),
+                       ({"prompt": "a", "completion": []}, COMPLETION_SHAPE)):
+        with pytest.raises(UserError) as info:
+            parse_sft_rows([_good(row), row], DataConfig(), "f.jsonl", "train")
+        assert "is not a list of {role, content} turns" in info.value.problem and info.value.fix == shape
+    assert "ending with a user turn" in PROMPT_SHAPE and '"assistant"' not in PROMPT_SHAPE
+    assert '"role": "assistant"' in COMPLETION_SHAPE and '"user"' not in COMPLETION_SHAPE
+
+
 def _good(row: dict) -> dict:
     if "messages" in row:
         return {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}
