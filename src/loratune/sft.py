@@ -360,7 +360,9 @@ def encode_run(cfg: RunConfig, dataset: SFTDataset, tokenizer, prompt_items) -> 
         train_eval_rows=sub,
         val=encode_sft(tokenizer, renderer, dataset.validation.examples, max_len),
         prompts=encode_prompts(tokenizer, renderer, [Example(prompt_turns(it), it.reference)
-                                                     for it in prompt_items], max_len),
+                                                     for it in prompt_items], max_len,
+                               # every row read is an item (load_prompt_set refuses a bad row), so item n is row n
+                               lambda n: f"prompt set '{dataset.prompt_set}' row {n}"),
         val_prompts=encode_prompts(tokenizer, renderer, dataset.validation.examples, max_len) if labels else [],
         labels=labels,
         # the label budget is its own: train.max_new_tokens is the prompt set's, and a cap below the longest

@@ -451,7 +451,8 @@ class Renderer:
                            for t in turns) + PLAIN_TEMPLATE["generation"]
         if len(turns) > 1:
             raise UserError("data.chat_template=none cannot write a chat of several turns",
-                            "use chat_template=auto or plain for chat data")
+                            "use chat_template=auto or plain for prompts of several turns, or write the prompt as "
+                            "one text")
         return turns[0].content
 
     def completion(self, turns: tuple[Turn, ...], completion: str) -> str:
@@ -527,8 +528,9 @@ def fit(prefix: list[int], prompt: list[int], completion: list[int], max_length:
     return ids, len(prefix) + keep_p, keep_p < len(prompt) or keep_c < len(completion)
 
 
-def render_each(render, examples) -> list[str]:
-    """render(example) for every example; a UserError names the example (its place and its prompt's start)."""
+def render_each(render, examples, name=None) -> list[str]:
+    """render(example) for every example; a UserError names the example: `name(n)` (n from 1; a prompt-set row),
+    else its place among the examples, and its prompt's start."""
     out = []
     for n, e in enumerate(examples, start=1):
         try:
@@ -536,7 +538,8 @@ def render_each(render, examples) -> list[str]:
         except UserError as exc:
             snippet = " ".join(e.prompt_text.split())
             snippet = snippet if len(snippet) <= 60 else snippet[:57] + "..."
-            raise UserError(f"example {n} of {len(examples)} (prompt '{snippet}'): {exc.problem}", exc.fix) from None
+            where = name(n) if name else f"example {n} of {len(examples)}"
+            raise UserError(f"{where} (prompt '{snippet}'): {exc.problem}", exc.fix) from None
     return out
 
 
@@ -652,9 +655,10 @@ def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | li
     return SFTEncoded(ids, np.array(prompt_lens, dtype=np.int64), truncated)
 
 
-def encode_prompts(tokenizer, renderer: Renderer, examples, max_length: int) -> list[list[int]]:
-    """Generation inputs: the prefix and the rendered prompt (with the assistant header), keeping its end."""
-    prompts = render_each(lambda e: renderer.prompt(e.prompt), examples)
+def encode_prompts(tokenizer, renderer: Renderer, examples, max_length: int, name=None) -> list[list[int]]:
+    """Generation inputs: the prefix and the rendered prompt (with the assistant header), keeping its end. `name`:
+    what a prompt the template cannot render is called (render_each)."""
+    prompts = render_each(lambda e: renderer.prompt(e.prompt), examples, name)
     out, own = [], special_prefix(tokenizer)
     for text, p in zip(prompts, _ids(tokenizer, prompts)):
         prefix = _prefix_for(tokenizer, text, own)

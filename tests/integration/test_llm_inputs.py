@@ -103,6 +103,27 @@ def test_a_chat_template_that_raises_is_a_user_error_with_the_fix(command, raisi
     assert "merge the system turn into the user turn" in err and "chat_template=plain" in err
 
 
+@pytest.mark.parametrize("command", ["train", "dry-run"])
+@pytest.mark.parametrize("template", ["raising", "none"])
+def test_a_prompt_set_prompt_the_template_cannot_write_names_the_file_and_row(command, template, raising_chat, lm,
+                                                                              sft_data, tmp_path, capsys):
+    """A prompt-set prompt the chat template could not render was named 'example 1 of 4 (prompt ...)', as if a
+    training example, and under chat_template=none its fix spoke of 'chat data': the file and its row are named."""
+    rows = [{"prompt": r["prompt"], "reference": r["completion"], "group": "novel"} for r in make_sft_rows(3, seed=3)]
+    rows[1]["prompt"] = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "lost my card"}]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    model, extra = (raising_chat[0], {}) if template == "raising" else (lm, {"chat_template": "none"})
+    args = _args(model, sft_data, tmp_path / "run", prompt_set=prompts, **extra)  # training rows have no system turn
+    err = _refused(capsys, ["train", "-q", *args] if command == "train" else ["train", "--dry-run", *args])
+    assert f"prompt set '{prompts}' row 2 (prompt 'be brief lost my card'): " in err
+    assert "example " not in err and "chat data" not in err
+    if template == "raising":
+        assert "chat template refuses a chat with the turns (system, user): System role not supported" in err
+    else:
+        assert "data.chat_template=none cannot write a chat of several turns" in err
+        assert "use chat_template=auto or plain for prompts of several turns, or write the prompt as one text" in err
+
+
 # --- 3. a prompt-set metric whose group has no rows ---------------------------------------------------------
 
 
