@@ -100,14 +100,15 @@ def check(cfg: RunConfig, dataset) -> None:
     _check(cfg, _dataset(cfg, dataset, "check"))
 
 
-def _check(cfg: RunConfig, dataset) -> None:
+def _check(cfg: RunConfig, dataset) -> list:
     """`check` of a validated cfg and its dataset: the one list of checks `train`, `plan` and `check` run (the CLI's
-    `train` and `train --dry-run` through them)."""
+    `train` and `train --dry-run` through them). Returns the prompt set's items as read (a causal-lm run's; else [])."""
     from loratune.model_info import check_max_length
     from loratune.trackers import require as require_trackers
 
     recipe(cfg, "check")(dataset)
     require_trackers(cfg.train.report_to)  # a tracker's missing package: training would refuse it after loading
+    items: list = []
     if cfg.model.task != "causal-lm":  # what training reads before its first step, read now (the dry run too)
         from loratune.slices import load_probe_set
         from loratune.train import objective_key
@@ -118,8 +119,9 @@ def _check(cfg: RunConfig, dataset) -> None:
     else:  # the prompt set's rows and the metric that picks the model, as train_sft reads them before its first step
         from loratune.sft import read_prompt_set
 
-        read_prompt_set(cfg, dataset)
+        items, _ = read_prompt_set(cfg, dataset)
     check_max_length(cfg, dataset)
+    return items
 
 
 def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> dict:
@@ -168,16 +170,14 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     cfg = require_built(cfg, "plan")
     dataset = _dataset(cfg, dataset, "plan")
     dataset = dataset if dataset is not None else prepare(cfg)
-    _check(cfg, dataset)  # the dry run refuses what training would (README: in --dry-run as in training)
+    items = _check(cfg, dataset)  # the dry run refuses what training would (README: in --dry-run as in training)
     if cfg.model.task == "causal-lm":
-        from loratune.generation import load_prompt_set
         from loratune.models import load_causal_lm, load_tokenizer
         from loratune.sft import encode_run
 
         tokenizer = load_tokenizer(cfg.model)
         model, sites = apply_adapter(load_causal_lm(cfg.model, tokenizer.pad_token_id), cfg.adapter, task="causal-lm")
         _check_init_from(cfg, model)
-        items = load_prompt_set(dataset.prompt_set) if dataset.prompt_set else []
         sched = encode_run(cfg, dataset, tokenizer, items).schedule(cfg, len(dataset.train))  # as train_sft plans
         return {"params": count_params(model, sites, cfg.adapter.method).to_dict(),  # it (in one process)
                 "adapted_modules": [s.name for s in sites] if cfg.adapter.method == "lora" else [],

@@ -887,3 +887,25 @@ def test_a_prompt_set_training_would_refuse_is_refused_by_the_dry_run_before_any
     assert "Traceback" not in err and not out.exists()
     assert ('row 2: "reference" has a lone surrogate U+D83D' in err if problem == "surrogate" else
             "prompt_novel_chrf scores the prompt set's 'novel' rows, and data.prompt_set has none" in err)
+
+
+def test_the_dry_run_reads_the_prompt_set_once(lm, sft_data, tmp_path, monkeypatch):
+    """api.plan read the prompt set again right after its checks (api._check, sft.read_prompt_set) had read it: the
+    items the checks read are the ones the plan prices."""
+    from loratune import api, generation, sft
+    from loratune.config import load_config
+
+    reads = []
+
+    def counted(path):
+        reads.append(path)
+        return generation.load_prompt_set.__wrapped__(path)
+
+    counted.__wrapped__ = generation.load_prompt_set
+    monkeypatch.setattr(generation, "load_prompt_set", counted)
+    monkeypatch.setattr(sft, "load_prompt_set", counted)
+    ps = write_jsonl(tmp_path / "ps.jsonl", [{"prompt": "hello lost my card", "reference": "blocked", "group": "novel"}])
+    cfg = load_config(overrides=sft_overrides(lm, sft_data, tmp_path / "run", prompt_set=ps))
+    planned = api.plan(cfg)
+    assert planned["task"] == "causal-lm" and planned["steps"] > 0
+    assert len(reads) == 1

@@ -114,13 +114,27 @@ def check_options(options: TuneOptions) -> TuneOptions:
     return dc_replace(options, finish_reserve_s=float(reserve), examples_per_s=None if eps is None else float(eps))
 
 
+def _checked_data(cfg, dataset):
+    """The run's data (prepared as api.prepare when not given) after the checks a trial's training would fail on:
+    the task's data check, and for causal-lm the prompt set's rows and a metric they cannot score (as api.check;
+    unchecked, every trial failed on them, and the objective fell back to macro-F1)."""
+    from loratune.tasks import recipe
+
+    dataset = dataset or recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)
+    recipe(cfg, "check")(dataset)
+    if cfg.model.task == "causal-lm":
+        from loratune.sft import read_prompt_set
+
+        read_prompt_set(cfg, dataset)
+    return dataset
+
+
 def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: list) -> dict:
     from loratune.config import to_yaml
     from loratune.model_info import check_max_length
     from loratune.objectives import objective
     from loratune.search.protocol.settings import PLAN_PRIORS
     from loratune.search.runner import TrainingRunner
-    from loratune.tasks import recipe
     from loratune.search.space import default_space
     from loratune.search.summary import finish
     from loratune.search.yardstick import prepare_yardstick, run_yardstick
@@ -152,12 +166,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     if not options.resume:  # data training would refuse (an empty text, a label missing from train), refused before
         # the study is made: a refused study left study.db behind, and the fixed command was refused as "exists"
         # (a resume reads the study's own base config first, and checks its data below)
-        dataset = dataset or recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)  # as api.prepare
-        recipe(cfg, "check")(dataset)
-        if cfg.model.task == "causal-lm":  # prompt-set rows, and a metric they cannot score (as api.check): every
-            from loratune.sft import read_prompt_set  # trial would fail on it, and the objective fell back to macro-F1
-
-            read_prompt_set(cfg, dataset)
+        dataset = _checked_data(cfg, dataset)
 
     # setup ------------------------------------------------------------------------------------
     meta = {"strategy": options.strategy or "protocol", "budget": options.budget or DEFAULT_BUDGET,
@@ -212,12 +221,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     tables = tables_with(options.thresholds)
     budget = Budget.parse(options.budget)
     if options.resume:  # (a new study's data was checked before the study was made)
-        dataset = dataset or recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)  # as api.prepare
-        recipe(cfg, "check")(dataset)
-        if cfg.model.task == "causal-lm":  # prompt-set rows, and a metric they cannot score (as api.check): every
-            from loratune.sft import read_prompt_set  # trial would fail on it, and the objective fell back to macro-F1
-
-            read_prompt_set(cfg, dataset)
+        dataset = _checked_data(cfg, dataset)
     how = validation_differs(study.meta.get(VALIDATED_ON), dataset.validation)
     if how:  # a carving (or the file) changed since the study began: its trials' scores mix two splits
         ui.note(f"note: this session validates on a different validation split than the study's earlier trials {how}"
