@@ -5,8 +5,10 @@ the training prompts (`familiar`) and new ones (`novel`), generated greedily at 
 scored. Rank too low reads as vague, short, over-general answers on both groups; too high as exact answers
 on familiar prompts while the novel ones drift (the familiar-novel gap widens).
 
-- `load_prompt_set(path)` reads the file: JSON Lines (or CSV / Parquet) rows with `prompt`, `reference`
-  and `group` (one of `PROMPT_GROUPS`); a bad row raises one `UserError` naming the file, the row and the fix.
+- `load_prompt_set(path)` reads the file: JSON Lines (or CSV / Parquet) rows with `prompt` (a text, or a list of
+  {role, content} turns ending with a user turn: TRL's conversational prompt), `reference` and `group` (one of
+  `PROMPT_GROUPS`); a bad row raises one `UserError` naming the file, the row and the fix, and so does a prompt
+  given twice (`SAME_PROMPT`: the same turns with the same texts, case, spaces and punctuation aside).
 - `score_generations(outputs, references)` scores one list of generations (`SCORES` names every number).
 - `score_prompt_set(items, outputs)` scores a whole prompt set per group and returns history keys.
 - `prompt_key(group, metric)` is THE history key format (`val/prompt_<group>_<metric>`): the trainer writes
@@ -154,9 +156,11 @@ def _row_problems(row: dict, n: int) -> tuple[PromptItem | None, list[str], list
                 bad.append(f'"{name}" is {"missing" if v is None else "empty or not text"}')
                 fixes.append(_FIX)
             continue
-        for text in texts:
+        wheres = [f'"{name}"'] if not isinstance(v, tuple) else [f'turn {k} ({t.role}) of "{name}"'
+                                                                  for k, t in enumerate(v, start=1)]
+        for text, where in zip(texts, wheres):
             try:
-                check_characters(text, f'"{name}"')  # the one check of a lone surrogate (data.py)
+                check_characters(text, where)  # the one check of a lone surrogate (data.py)
             except UserError as exc:
                 bad.append(exc.problem)
                 fixes.append(exc.fix)

@@ -237,6 +237,30 @@ def test_an_empty_turn_list_prompt_gets_a_fix_that_the_prompt_set_accepts(tmp_pa
     assert len(load_prompt_set(_write(tmp_path, [{"prompt": example, "reference": "r", "group": "novel"}]))) == 1
 
 
+def test_a_lone_surrogate_in_a_prompts_turn_names_the_turn(tmp_path):
+    """A surrogate in the second turn of a chat prompt was said to be in '"prompt"' at character 4 of a text the
+    row does not hold: the turn is named."""
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi \ud83d"}]
+    with pytest.raises(UserError) as exc:
+        load_prompt_set(_write(tmp_path, [{"prompt": chat, "reference": "r", "group": "novel"}]))
+    assert "row 1: turn 2 (user) of \"prompt\" has a lone surrogate U+D83D at character 4 (after 'hi ')" in str(exc.value)
+
+
+def test_the_docs_say_what_a_prompt_set_row_may_be():
+    """README, data.prompt_set's help and this module's docstring said rows 'prompt, reference, group' only: a
+    prompt of turns and the refusal of a prompt given twice are said."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from loratune import generation
+    from loratune.config import DataConfig
+
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().replace("`", "").split())
+    for text in (readme, " ".join(next(f for f in fields(DataConfig) if f.name == "prompt_set").metadata["help"].split()), " ".join(generation.__doc__.split())):
+        assert "{role, content} turns ending with a user turn" in text
+        assert "case, spaces and punctuation aside" in text
+
+
 def test_a_prompt_given_as_chat_turns_is_read_as_trls_conversational_prompt(tmp_path):
     from loratune.sft_data import Turn
 
