@@ -173,18 +173,21 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     items = _check(cfg, dataset)  # the dry run refuses what training would (README: in --dry-run as in training)
     if cfg.model.task == "causal-lm":
         from loratune.models import load_causal_lm, load_tokenizer
-        from loratune.sft import encode_run
+        from loratune.sft import cap_note, encode_run
 
         tokenizer = load_tokenizer(cfg.model)
         model, sites = apply_adapter(load_causal_lm(cfg.model, tokenizer.pad_token_id), cfg.adapter, task="causal-lm")
         _check_init_from(cfg, model)
-        sched = encode_run(cfg, dataset, tokenizer, items).schedule(cfg, len(dataset.train))  # as train_sft plans
+        enc = encode_run(cfg, dataset, tokenizer, items)
+        sched = enc.schedule(cfg, len(dataset.train))  # as train_sft plans
         return {"params": count_params(model, sites, cfg.adapter.method).to_dict(),  # it (in one process)
                 "adapted_modules": [s.name for s in sites] if cfg.adapter.method == "lora" else [],
                 "steps": sched.steps, "eval_every": sched.eval_every, "loss_every": sched.loss_every,
                 "examples": examples_planned(cfg, len(dataset.train), sched.steps),
                 "rows": {k: len(v) for k, v in dataset.splits().items()}, "task": "causal-lm",
-                "labels": None, "multi_label": False, "notes": list(dataset.notes)}
+                "labels": None, "multi_label": False,
+                "notes": list(dataset.notes) + [n for n in [cap_note(enc.long_references, len(items),
+                                                                     cfg.train.max_new_tokens)] if n]}
     space = dataset.label_space
     model = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)))  # as trained
     model, sites = apply_adapter(model, cfg.adapter)

@@ -305,6 +305,7 @@ class RunInputs:
     labels: tuple[str, ...]  # generative classification's label names; () for open generation
     label_new: int  # new tokens per generated label
     answer_prefix: list[int]  # what the template writes before every answer (sft_data.answer_prefix), generated too
+    long_references: int = 0  # prompt-set references longer in tokens than train.max_new_tokens (cap_note)
 
     def eval_cost_rows(self, max_new_tokens: int) -> tuple[int, int]:
         """(step 0, every later point) in training rows, as the loop evaluates (eval_cost_rows)."""
@@ -368,7 +369,23 @@ def encode_run(cfg: RunConfig, dataset: SFTDataset, tokenizer, prompt_items) -> 
         # the label budget is its own: train.max_new_tokens is the prompt set's, and a cap below the longest
         # label would cut 'pin reset' to 'pin' and score it as another class
         label_new=label_token_cap(tokenizer, labels),
-        answer_prefix=answer_prefix(tokenizer, renderer))
+        answer_prefix=answer_prefix(tokenizer, renderer),
+        long_references=sum(len(ids) > cfg.train.max_new_tokens for ids in _reference_ids(tokenizer, prompt_items)))
+
+
+def _reference_ids(tokenizer, items) -> list[list[int]]:
+    refs = [it.reference for it in items]
+    return tokenizer(refs, add_special_tokens=False, return_attention_mask=False)["input_ids"] if refs else []
+
+
+def cap_note(long_references: int, rows: int, max_new_tokens: int) -> str | None:
+    """The note of prompt-set references longer than the generations may be (None when all fit): their outputs are
+    cut at train.max_new_tokens, so len_ratio and chrF read short answers the cap made."""
+    if not long_references:
+        return None
+    return (f"{long_references} of {rows} prompt-set reference(s) are longer than train.max_new_tokens "
+            f"({max_new_tokens} tokens): their generations are cut there, so len_ratio and chrF read answers the "
+            "cap shortened; raise train.max_new_tokens to the references' length")
 
 
 def eval_cost_rows(scored: dict[str, SFTEncoded], generated: list[tuple[list[list[int]], int]],
@@ -710,7 +727,8 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
 
     run = {
         "status": "running", "reason": None, "task": "causal-lm",
-        "data_notes": list(dataset.notes),
+        "data_notes": list(dataset.notes) + [n for n in [cap_note(enc.long_references, len(prompt_items),
+                                                                   cfg.train.max_new_tokens)] if n],
         VALIDATED_ON: validated_on(dataset.validation),  # evaluate and tune --resume check they re-read this split
         **data_seed_record(dataset, cfg.train.seed),
         "template": renderer.mode,

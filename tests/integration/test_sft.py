@@ -909,3 +909,22 @@ def test_the_dry_run_reads_the_prompt_set_once(lm, sft_data, tmp_path, monkeypat
     planned = api.plan(cfg)
     assert planned["task"] == "causal-lm" and planned["steps"] > 0
     assert len(reads) == 1
+
+
+def test_references_longer_than_max_new_tokens_are_noted(lm, sft_data, tmp_path):
+    """Generations were cut at train.max_new_tokens silently while the references were longer (max_new_tokens=2: a
+    perfect model read len_ratio 0.5): the dry run and run.json's data_notes say how many references the cap cuts."""
+    from loratune import api
+
+    ps = write_jsonl(tmp_path / "ps.jsonl", [
+        {"prompt": "hello lost my card", "reference": "your card is blocked now and a new one is sent", "group": "novel"},
+        {"prompt": "pin", "reference": "ok", "group": "familiar"}])
+    cfg = load_config(overrides=sft_overrides(lm, sft_data, tmp_path / "run", prompt_set=ps, max_new_tokens=2))
+    note = [n for n in api.plan(cfg)["notes"] if "max_new_tokens" in n]
+    assert note == ["1 of 2 prompt-set reference(s) are longer than train.max_new_tokens (2 tokens): their "
+                    "generations are cut there, so len_ratio and chrF read answers the cap shortened; raise "
+                    "train.max_new_tokens to the references' length"]
+    run = api.train(cfg, progress=False)
+    assert note[0] in run["data_notes"]
+    long = load_config(overrides=sft_overrides(lm, sft_data, tmp_path / "run2", prompt_set=ps, max_new_tokens=64))
+    assert not [n for n in api.plan(long)["notes"] if "max_new_tokens" in n]
