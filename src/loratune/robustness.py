@@ -1,6 +1,6 @@
 """Robustness probe (no torch): validation accuracy under label-preserving perturbations (typos, a
 dropped word, case, punctuation), scored once at the end of a run. Amounts, codes and upper-case
-names are left intact, and no text is ever emptied."""
+names are left intact, a negation is never dropped, and no text is ever emptied."""
 
 from __future__ import annotations
 
@@ -12,6 +12,22 @@ import numpy as np
 
 PERTURBATIONS = ("typo", "drop_word", "case", "punctuation")
 
+# Words `drop_word` never drops: each one reverses or restricts what the sentence says, so without it the text
+# can mean the opposite ("My account did not allow the transfer." -> "...did allow...", "I cannot find my phone"
+# -> "I find my phone", "without my permission" -> "my permission") and its label no longer holds. Contractions
+# ending in n't ("didn't", "can't") are kept too (`keeps_meaning`).
+MEANING_WORDS = frozenset({
+    "not", "no", "never", "cannot", "none", "nothing", "nobody", "nowhere", "neither", "nor", "without",
+    "unless", "except", "dont", "cant", "wont", "didnt", "doesnt", "isnt", "wasnt", "havent", "hasnt",
+})
+
+
+def keeps_meaning(word: str) -> bool:
+    """A word `drop_word` never drops: a negation or restriction (`MEANING_WORDS`, any n't contraction), in any
+    case, with or without a sentence mark next to it."""
+    w = word.lower().strip(".,!?;:\"()")
+    return w in MEANING_WORDS or w.endswith(("n't", "n\u2019t"))
+
 
 def protected(word: str) -> bool:
     """A word no perturbation touches: it has a digit (an amount, a code: "$1,250.00", "ACME-42") or is upper-case (a
@@ -21,7 +37,7 @@ def protected(word: str) -> bool:
 
 def perturb(text: str, kind: str, rng: random.Random) -> str:
     """A label-preserving perturbation of one text. Protected words (`protected`) are left intact (a sentence mark
-    after one aside); a text with nothing the kind may change comes back unchanged (counted as such:
+    after one aside), and drop_word never drops a negation (`keeps_meaning`); a text with nothing the kind may change comes back unchanged (counted as such:
     `texts_changed`), never empty."""
     words = text.split()
     if kind == "typo":
@@ -33,8 +49,9 @@ def perturb(text: str, kind: str, rng: random.Random) -> str:
         j = rng.randrange(1, len(w) - 2)  # swap two inner letters; first and last stay
         words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2:]
     elif kind == "drop_word":
-        # only a plain word: with none, the text stays as it is (dropping an amount or a name can change the label)
-        droppable = [i for i, w in enumerate(words) if w.isalpha() and not protected(w)]
+        # only a plain word that is no negation: with none, the text stays as it is (dropping an amount, a name or
+        # a "not" can change the label)
+        droppable = [i for i, w in enumerate(words) if w.isalpha() and not protected(w) and not keeps_meaning(w)]
         if len(words) < 4 or not droppable:
             return text
         del words[rng.choice(droppable)]

@@ -7,7 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from loratune.robustness import PERTURBATIONS, perturb, perturbed_texts, planned_predictions, score_robustness
+from loratune.robustness import (PERTURBATIONS, keeps_meaning, perturb, perturbed_texts, planned_predictions,
+                                 sample_rows, score_robustness)
 
 
 @pytest.mark.parametrize("kind", PERTURBATIONS)
@@ -103,3 +104,41 @@ def test_drop_word_never_drops_a_protected_word():
     assert out[1] == "PAY 500 EUR NOW"  # nothing droppable: unchanged, and counted as unchanged below
     assert {"$1,250.00", "ACME-42"} <= set(out[0].split()) and len(out[0].split()) == 4
     assert planned_predictions(("PAY 500 EUR NOW",) * 3, 42) == 0
+
+
+def test_drop_word_never_drops_a_negation():
+    # each of these lost its negation before (seed 42): "did not allow" became "did allow", the label's opposite
+    texts = ("My account did not allow the transfer.", "I cannot find my phone, what should I do?",
+             "I think someone is using my card without my permission!",
+             "It said nothing about an extra fee.", "Never got my card and no refund")
+    out = perturbed_texts(texts, "drop_word", 42)
+    for before, after in zip(texts, out):
+        assert len(after.split()) == len(before.split()) - 1  # one word dropped...
+        for w in ("not", "cannot", "without", "nothing", "Never", "no"):  # ...and never a negation
+            assert before.split().count(w) == after.split().count(w)
+    # a text whose only plain words are negations stays as it is (and is not counted as changed)
+    assert perturbed_texts(("not NOW no never",), "drop_word", 42) == ["not NOW no never"]
+    assert planned_predictions(("not NOW no never",) * 3, 42) == 2 * 3  # typo and case still change it
+
+
+@pytest.mark.parametrize("word, kept", [
+    ("not", True), ("Not", True), ("NEVER", True), ("no,", True), ("cannot", True), ("without", True),
+    ("nor", True), ("didn't", True), ("can't.", True), ("don\u2019t", True), ("nothing", True),
+    ("note", False), ("know", False), ("now", False), ("transfer", False), ("nothingness", False),
+])
+def test_keeps_meaning_names_negations(word, kept):
+    assert keeps_meaning(word) is kept
+
+
+def test_drop_word_keeps_every_negation_on_the_banking77_sample():
+    import json
+    from importlib.resources import files
+    rows = [json.loads(line) for line in
+            files("loratune").joinpath("demo_data/banking77/validation.jsonl").read_text().splitlines()]
+    texts = tuple(r["text"] for r in rows)
+    sample = tuple(texts[i] for i in sample_rows(len(texts), 42, 256))
+    out = perturbed_texts(sample, "drop_word", 42)
+    lost = [a for a, b in zip(sample, out)
+            if sum(map(keeps_meaning, a.split())) != sum(map(keeps_meaning, b.split()))]
+    assert lost == []  # 8 of these 256 lost a "not", "cannot", "without" or "nothing" before
+    assert sum(a != b for a, b in zip(sample, out)) == 256  # every text still got a word dropped
