@@ -85,8 +85,14 @@ def prepare(cfg: RunConfig) -> Dataset:
     """Read the data (before any model loads): a `data.Dataset` for classification, an
     `sft_data.SFTDataset` for causal-lm."""
     cfg = require_built(cfg, "prepare")
-    return dataclasses.replace(recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed), prepared_from=cfg.data,
-                               prepared_seed=cfg.train.seed)
+    dataset = recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)
+    notes = dataset.notes
+    if cfg.model.task != "causal-lm" and cfg.data.probe_file:  # its labels that name no class, said as validation's
+        from loratune.slices import load_probe_set, probe_label_note
+
+        probe = load_probe_set(cfg.data.probe_file, cfg.data.text_column, cfg.data.label_column)
+        notes += tuple(n for n in [probe_label_note(probe, dataset.label_space.labels)] if n)
+    return dataclasses.replace(dataset, notes=notes, prepared_from=cfg.data, prepared_seed=cfg.train.seed)
 
 
 def check(cfg: RunConfig, dataset) -> None:

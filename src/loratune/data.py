@@ -1268,6 +1268,15 @@ def refuse_no_shared_label(split: Split, known: tuple[str, ...], shared: bool = 
                         "two)")
 
 
+def unseen_label_note(where: str, counts: Counter, multi_label: bool) -> str:
+    """The note for labels that name no class of the training data (`counts`: label -> occurrences in `where`, a split
+    or the probe file): the model can never predict them, so each one is scored as an error."""
+    return (f"{where}: {sum(counts.values())} label occurrence(s) of {len(counts)} label(s) not in train "
+            f"({', '.join(list(counts)[:5])}{'...' if len(counts) > 5 else ''}); " +
+            ("a row carrying one is wrong in exact match (the label itself has no column in the F1 scores)"
+             if multi_label else "they are scored as errors"))
+
+
 def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
     """Read the splits the config names, carve a validation split if needed, fix the label space."""
     notes: list[str] = []
@@ -1390,9 +1399,6 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         refuse_no_shared_label(sp, space.labels, shared=sname == "validation")
         if c:
             unseen[sname] = dict(c.most_common())
-            notes.append(f"{sname}: {sum(c.values())} label occurrence(s) of {len(c)} label(s) not in train "
-                         f"({', '.join(list(c)[:5])}{'...' if len(c) > 5 else ''}); " +
-                         ("a row carrying one is wrong in exact match (the label itself has no column in the F1 "
-                          "scores)" if space.multi_label else "they are scored as errors"))
+            notes.append(unseen_label_note(sname, c, space.multi_label))
     return Dataset(train, validation, splits.get("test"), space, tuple(notes), unseen, prepared_seed=seed,
                    uncarved=uncarved)

@@ -24,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from loratune.metrics import Decoding, decode, macro_f1
@@ -261,6 +263,17 @@ def load_probe_set(path: str, text_column: str = "text", label_column: str = "la
         texts.append(text)
         expected.append(labs[0])
     return ProbeSet(tuple(texts), tuple(expected), str(path))
+
+
+def probe_label_note(probe: ProbeSet, labels: Sequence[str]) -> str | None:
+    """The note for probe labels that name no class (a typo, a class the training data lacks): scored as a miss at
+    every evaluation, said once when the probe file is read, worded as the validation split's (data.unseen_label_note).
+    A probe row has one expected label, right only when predicted: an error in a multi-label run too."""
+    from loratune.data import unseen_label_note
+
+    known = set(labels)
+    counts = Counter(lab for lab in probe.expected if lab not in known)
+    return unseen_label_note(f"probe file '{probe.source}'", counts, multi_label=False) if counts else None
 
 
 def probe_scores(probe: ProbeSet, probs: np.ndarray, labels: tuple[str, ...], multi_label: bool = False,

@@ -45,6 +45,7 @@ from loratune.errors import UserError, disk_full
 from loratune.rng import rng_kept  # noqa: F401  (sft takes it from here too)
 from loratune.objectives import NOTHING_KEPT, Patience, keep_order, keeps, objective as objective_named
 from loratune.eval_extras import EvalExtras
+from loratune.slices import probe_label_note
 from loratune.heads import head_modules
 from loratune.listing import LABEL_JOIN, code_span, label_text
 from loratune.losses import LossSpec, compute_loss, loss_spec
@@ -970,7 +971,10 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                          "val": dict(sorted(dataset.validation.label_counts().items()))},
         "unseen_labels": {("val" if k == "validation" else k): v for k, v in dataset.unseen.items()},
         # single-label data: the multi-label knobs it set are said to be unused, not silently ignored
-        "data_notes": list(dataset.notes) + [n for n in [None if space.multi_label else single_label_note(cfg)] if n],
+        # (a probe label that names no class: noted by api.prepare, and here for a dataset read otherwise, tune's)
+        "data_notes": list(dataset.notes) + [n for n in [None if space.multi_label else single_label_note(cfg),
+                                                         extras.probe and probe_label_note(extras.probe, space.labels)]
+                                             if n and n not in dataset.notes],
         VALIDATED_ON: validated_on(dataset.validation),  # evaluate and tune --resume check they re-read this split
         **data_seed_record(dataset, cfg.train.seed),
         "model": {"name_or_path": cfg.model.name_or_path, "model_type": base.config.model_type,
