@@ -49,3 +49,19 @@ def test_a_probe_label_that_names_no_class_is_noted_like_validations(tiny_bert, 
 def test_the_trained_run_notes_it_in_run_json(probed_run, probe_file):
     run = json.loads((probed_run / "run.json").read_text())
     assert run["data_notes"].count(NOTE.format(path=probe_file)) == 1
+
+
+def test_show_gives_the_trained_runs_robustness_and_probe_set(probed_run, capsys):
+    run = json.loads((probed_run / "run.json").read_text())
+    step = run["saved_model"]["step"]
+    point = next(json.loads(line) for line in (probed_run / "history.jsonl").read_text().splitlines()
+                 if json.loads(line)["step"] == step)
+    capsys.readouterr()
+    assert main(["show", str(probed_run)]) == 0
+    out = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    assert f"probe set: accuracy {point['probe/accuracy']:.3f} on 3 texts at step {step}" in out
+    rob = run["robustness"]
+    assert f"robustness: clean accuracy {rob['clean_accuracy']:.3f} on {rob['rows']} validation rows" in out
+    for kind in ("typo", "drop_word", "case", "punctuation"):
+        v = rob[kind]
+        assert f"{kind} {v['accuracy']:.3f} {v['drop']:.3f} {v['texts_changed']:.0%}" in out

@@ -1574,3 +1574,61 @@ def test_a_single_label_run_without_predictions_is_not_called_multi_label(tmp_pa
     why = pairs_missing_why(build_run_report(run))
     assert why == ("no confusion matrix and no `val/confused_pairs` in the history "
                    "(no validation predictions were recorded)")
+
+
+def _with_extras(d: Path, robustness: dict) -> Path:
+    """write_run's run with a saved model at step 40, probe-set scores in its history and a robustness record."""
+    run = json.loads((d / "run.json").read_text())
+    run.update(saved_model={"step": 40, "note": "adapter/ holds the model of step 40"}, robustness=robustness)
+    (d / "run.json").write_text(json.dumps(run))
+    points = [json.loads(line) for line in (d / "history.jsonl").read_text().splitlines()]
+    for p in points:
+        p.update({"probe/accuracy": p["step"] / 80, "probe/n": 8})  # step 40: 0.5; the last point (60): 0.75
+    (d / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+    return d
+
+
+ROBUSTNESS = {"clean_accuracy": 0.9, "rows": 256,
+              "typo": {"accuracy": 0.875, "drop": 0.025, "texts_changed": 0.97},
+              "drop_word": {"accuracy": 0.8125, "drop": 0.0875, "texts_changed": 1.0},
+              "case": {"accuracy": 0.9, "drop": 0.0, "texts_changed": 0.99},
+              "punctuation": {"accuracy": 0.85, "drop": 0.05, "texts_changed": 0.42}}
+
+
+def test_show_and_the_report_give_the_robustness_and_probe_set_the_record_holds(tmp_path, capsys):
+    # run.json robustness and the history's probe/accuracy were recorded but shown nowhere
+    from loratune.cli import main
+
+    d = _with_extras(write_run(tmp_path / "r"), ROBUSTNESS)
+    assert main(["show", str(d)]) == 0
+    out = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    assert "probe set: accuracy 0.500 on 8 texts at step 40" in out  # the saved model's step, not the last (0.75)
+    assert "robustness: clean accuracy 0.900 on 256 validation rows" in out
+    for kind in ("typo", "drop_word", "case", "punctuation"):
+        v = ROBUSTNESS[kind]
+        assert f"{kind} {v['accuracy']:.3f} {v['drop']:.3f} {v['texts_changed']:.0%}" in out
+    r = build_run_report(d)
+    assert (r.probe.step, r.probe.accuracy, r.probe.n) == (40, 0.5, 8)
+    assert r.robustness.kinds[1] == ("drop_word", 0.8125, 0.0875, 1.0)
+    html = render_run(r)
+    assert 'id="extras"' in html and "accuracy <b>0.500</b> on 8 texts at step 40" in html
+    assert '<td class="">drop_word</td><td class="num" data-v="0.8125">0.812</td>' in html
+
+
+@pytest.mark.parametrize("why", ["skipped", "failed"])
+def test_show_says_why_robustness_was_not_scored(tmp_path, capsys, why):
+    from loratune.cli import main
+
+    d = _with_extras(write_run(tmp_path / "r"), {why: "its 1024 predictions would take evaluation past budget_rows"})
+    assert main(["show", str(d)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"robustness {why}: its 1024 predictions would take evaluation past budget_rows" in out
+    assert "clean accuracy" not in out
+
+
+def test_show_has_no_extras_section_without_them(tmp_path, capsys):
+    from loratune.cli import main
+
+    assert main(["show", str(write_run(tmp_path / "r"))]) == 0
+    assert "probe set and robustness" not in capsys.readouterr().out
+    assert 'id="extras"' not in render_run(build_run_report(tmp_path / "r"))

@@ -1,8 +1,8 @@
 """`loratune show RUN|STUDY`: the essentials of `loratune report` in the terminal (for SSH sessions).
 
 A run: the headline numbers, its eval points with sparklines, the diagnosis with evidence, the
-weakest classes, the top confused pairs and the parameters. A study: the decision trail, the
-trials, the rank sweep, LoRA vs full fine-tuning and the final recommendation with its YAML.
+weakest classes, the top confused pairs, the probe set and robustness probe and the parameters. A
+study: the decision trail, the trials, the rank sweep, LoRA vs full fine-tuning and the final recommendation with its YAML.
 Reads the same plain report data as the HTML report; draws nothing else.
 """
 
@@ -164,6 +164,7 @@ def show_run(con, r, n_classes: int = 10) -> None:
         _show_prompts(con, r)
     else:
         _show_classes(con, r, n_classes)
+    _show_extras(con, r)
 
     # params ---------------------------------------------------------------------------------
     con.rule("[bold]parameters[/]", align="left")
@@ -182,6 +183,34 @@ def show_run(con, r, n_classes: int = 10) -> None:
                 v = f"{v:g}"
             items.append(f"{p.key}={v}")
         con.print(f"[bold]{g}[/]: " + safe("  ".join(items)))
+
+
+def _show_extras(con, r) -> None:
+    """The probe set at the saved model's step and the robustness probe of the saved model (run.json robustness),
+    when the run scored them."""
+    from loratune.commands._common import safe
+    from rich.table import Table
+
+    if r.probe is None and r.robustness is None:
+        return
+    con.rule("[bold]probe set and robustness[/] [dim](the saved model)[/]", align="left")
+    if r.probe is not None:
+        con.print(f"probe set: accuracy [bold]{f3(r.probe.accuracy)}[/] on {r.probe.n if r.probe.n is not None else '?'}"
+                  f" texts at step {r.probe.step:g}")
+    rb = r.robustness
+    if rb is None:
+        return
+    if rb.missing:
+        con.print(f"[dim]robustness {safe(rb.missing)}[/]")
+        return
+    con.print(f"robustness: clean accuracy [bold]{f3(rb.clean_accuracy)}[/] on "
+              f"{rb.rows if rb.rows is not None else '?'} validation rows")
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("perturbation", "accuracy", "drop", "texts changed"):
+        t.add_column(col, justify="left" if col == "perturbation" else "right")
+    for kind, acc, drop, changed in rb.kinds:
+        t.add_row(safe(kind), f3(acc), f3(drop), "–" if changed is None else f"{changed:.0%}")
+    con.print(t)
 
 
 def _show_classes(con, r, n_classes: int) -> None:

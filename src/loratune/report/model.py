@@ -228,6 +228,47 @@ class PairRow:
 
 
 @dataclass(frozen=True)
+class RobustnessView:
+    """run.json `robustness`: validation accuracy of the saved model on clean texts and under each perturbation
+    (robustness.PERTURBATIONS), or why it was not scored (`missing`: skipped, failed)."""
+
+    clean_accuracy: float | None
+    rows: int | None  # the validation rows scored
+    kinds: tuple[tuple[str, float | None, float | None, float | None], ...]  # kind, accuracy, drop, texts_changed
+    missing: str | None = None
+
+
+@dataclass(frozen=True)
+class ProbeView:
+    """The probe set (data.probe_file) at the saved model's step: the history point's probe/accuracy and probe/n."""
+
+    step: float | None
+    accuracy: float | None
+    n: int | None
+
+
+def build_robustness(run: Mapping[str, Any]) -> RobustnessView | None:
+    """The robustness record as a view (None: none recorded: the probe off, a multi-label or causal-lm run)."""
+    rob = run.get("robustness")
+    if not isinstance(rob, dict):
+        return None
+    for why in ("skipped", "failed"):
+        if rob.get(why):
+            return RobustnessView(None, None, (), f"{why}: {rob[why]}")
+    kinds = tuple((str(k), as_float(v.get("accuracy")), as_float(v.get("drop")), as_float(v.get("texts_changed")))
+                  for k, v in rob.items() if isinstance(v, dict))
+    return RobustnessView(as_float(rob.get("clean_accuracy")), _int(rob.get("rows")), kinds)
+
+
+def build_probe(points: Sequence[dict], step: float | None) -> ProbeView | None:
+    """The probe set's scores at `step` (the saved model's; None: the run scored no probe set there)."""
+    p = _point_at(points, step)
+    if as_float(p.get("probe/accuracy")) is None:
+        return None
+    return ProbeView(step, as_float(p.get("probe/accuracy")), _int(p.get("probe/n")))
+
+
+@dataclass(frozen=True)
 class ParamRow:
     group: str  # Model | Adapter | Training | Cost
     key: str
@@ -275,6 +316,8 @@ class RunReport:
     #                            did not make: its files say which checkpoint was kept, if any)
     saved_step: float | None = None  # the step of the model the run saved (run.json saved_model.step): a run that did
     #                                  not finish can have saved another step's model than its best, or none
+    robustness: RobustnessView | None = None  # run.json robustness (None: not scored)
+    probe: ProbeView | None = None  # the probe set at saved_step (None: no probe set, or no model saved)
 
     @property
     def kept_untrained(self) -> bool:
@@ -916,7 +959,8 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         classes=build_classes(points, run, labels, best_step), confusion=confusion, pairs=pairs,
         examples_note=None if examples is not None else examples_note,
         params=build_params(run, config), config_yaml=config_yaml, notes=tuple(notes),
-        saved_model=_saved_at(run, best_step, d), saved_step=_saved_step(run, d))
+        saved_model=_saved_at(run, best_step, d), saved_step=_saved_step(run, d),
+        robustness=build_robustness(run), probe=build_probe(points, _saved_step(run, d)))
 
 
 def _saved_step(run: Mapping[str, Any], run_dir: Path) -> float | None:

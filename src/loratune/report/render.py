@@ -319,6 +319,30 @@ def prompts_section(r: RunReport) -> str:
                    "training prompts, “novel” ones not (protocol 9). Every output: generations.jsonl.", body)
 
 
+def extras_section(r: RunReport) -> str:
+    """The probe set at the saved model's step and the saved model's robustness probe (run.json robustness); nothing
+    when the run scored neither."""
+    if r.probe is None and r.robustness is None:
+        return ""
+    body = ""
+    if r.probe is not None:
+        body += (f'<p>Probe set: accuracy <b>{metric(r.probe.accuracy)}</b> on {num(r.probe.n)} texts at step '
+                 f'{num(r.probe.step)}.</p>')
+    rb = r.robustness
+    if rb is not None and rb.missing:
+        body += missing(f"robustness {rb.missing}")
+    elif rb is not None:
+        body += (f'<p>Robustness: clean accuracy <b>{metric(rb.clean_accuracy)}</b> on {num(rb.rows)} validation '
+                 f'rows.</p>')
+        rows = [[(esc(k), ""), (metric(a), "num", a), (metric(d), "num", d), (pct(c, 0), "num", c)]
+                for k, a, d, c in rb.kinds]
+        body += table([("perturbation", ""), ("accuracy", "num"), ("drop", "num"), ("texts changed", "num")], rows,
+                      id_="robustness-table")
+    return section("extras", "Probe set and robustness",
+                   "The saved model on the hand-written probe texts (data.probe_file) and on validation texts under "
+                   "label-preserving perturbations (typos, a dropped word, case, punctuation).", body)
+
+
 def params_section(r: RunReport) -> str:
     groups: dict[str, list] = {}
     for p in r.params:
@@ -416,6 +440,7 @@ def render_run(r: RunReport) -> str:
     parts = [("summary", "Summary"), ("curves", "Curves"), ("diagnosis", "Diagnosis")]
     parts += [("prompts", "Prompt set")] if r.prompts is not None else []
     parts += [] if generative else [("classes", "Classes"), ("confusion", "Confusion"), ("pairs", "Confused pairs")]
+    parts += [("extras", "Probe & robustness")] if r.probe is not None or r.robustness is not None else []
     nav = ('<nav class="toc"><div class="wrap">' + "".join(f'<a href="#{i}">{t}</a>' for i, t in
                                                           parts + [("params", "Parameters")]) + "</div></nav>")
     if r.curves:
@@ -435,7 +460,7 @@ def render_run(r: RunReport) -> str:
                                      + confusion_section(r.confusion)
                                      + pairs_section(r))
     body = (header + nav + '<main class="wrap">' + run_summary(r) + curves + diagnosis_section(r.diagnosis)
-            + prompts_section(r) + classes + params_section(r) + "</main>" + footer(r.path))
+            + prompts_section(r) + classes + extras_section(r) + params_section(r) + "</main>" + footer(r.path))
     return page(f"{r.name} · loratune run report", "run", body)
 
 
