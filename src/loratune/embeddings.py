@@ -30,11 +30,15 @@ def _model_fingerprint(cfg: ModelConfig) -> str:
     src = resolve_model(cfg)
     parts = [CACHE_VERSION, "mean-pool", src.path, str(src.gguf_file), str(cfg.max_length)]
     p = Path(src.path)
-    for name in ([src.gguf_file] if src.gguf_file else ["config.json", "model.safetensors", "pytorch_model.bin"]):
+    # every file of the model folder: the weights in one file or in shards with their index, the config and the
+    # tokenizer files (tokenizer.json, vocab.txt, merges.txt, ...): keyed on three of them, a changed tokenizer or
+    # replaced shards gave the old model's embeddings from the cache. A GGUF file holds them all.
+    names = [src.gguf_file] if src.gguf_file else sorted(f.name for f in p.iterdir()) if p.is_dir() else []
+    for name in names:
         f = p / name
         if f.is_file():
             st = f.stat()
-            parts.append(f"{name}:{st.st_size}:{int(st.st_mtime)}")
+            parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
     return "|".join(parts)
 
 
