@@ -14,19 +14,31 @@ PERTURBATIONS = ("typo", "drop_word", "case", "punctuation")
 
 # Words `drop_word` never drops: each one reverses or restricts what the sentence says, so without it the text
 # can mean the opposite ("My account did not allow the transfer." -> "...did allow...", "I cannot find my phone"
-# -> "I find my phone", "without my permission" -> "my permission") and its label no longer holds. Contractions
-# ending in n't ("didn't", "can't") are kept too (`keeps_meaning`).
+# -> "I find my phone", "I am unable to use my card" -> "I am to use my card", "without my permission" -> "my
+# permission") and its label no longer holds. Contractions of an auxiliary with "not" are kept too, with or without
+# the apostrophe (`keeps_meaning`).
 MEANING_WORDS = frozenset({
     "not", "no", "never", "cannot", "none", "nothing", "nobody", "nowhere", "neither", "nor", "without",
-    "unless", "except", "dont", "cant", "wont", "didnt", "doesnt", "isnt", "wasnt", "havent", "hasnt",
+    "unless", "except", "unable", "unwilling", "hardly", "barely", "scarcely", "seldom",
 })
+# Auxiliaries whose "not" contraction people also write without the apostrophe ("shouldnt", "cant", "wont", "aint"),
+# misspelt ("havnt", "dosent") or split at it ("didn t"): stem + "nt", or stem + "n" for the stems whose "n" form is
+# no common word (not "can", "won"). A list rather than "any word ending in nt", which would keep "want", "went",
+# "sent", "account" and "payment" too.
+NT_STEMS = frozenset({
+    "do", "does", "did", "is", "are", "was", "were", "have", "has", "had", "should", "could", "would", "must",
+    "need", "might", "dare", "ought", "hav", "dose", "ca", "wo", "ai", "sha",
+})
+N_STEMS = NT_STEMS - {"ca", "wo", "ai", "sha", "hav", "dose"}
 
 
 def keeps_meaning(word: str) -> bool:
-    """A word `drop_word` never drops: a negation or restriction (`MEANING_WORDS`, any n't contraction), in any
-    case, with or without a sentence mark next to it."""
+    """A word `drop_word` never drops: a negation or restriction (`MEANING_WORDS`), or an auxiliary contracted with
+    "not" (n't, or an `NT_STEMS` form without the apostrophe), in any case, with or without a sentence mark next to
+    it."""
     w = word.lower().strip(".,!?;:\"()")
-    return w in MEANING_WORDS or w.endswith(("n't", "n\u2019t"))
+    return (w in MEANING_WORDS or w.endswith(("n't", "n\u2019t")) or (w.endswith("nt") and w[:-2] in NT_STEMS)
+            or (w.endswith("n") and w[:-1] in N_STEMS))
 
 
 def protected(word: str) -> bool:
@@ -37,8 +49,8 @@ def protected(word: str) -> bool:
 
 def perturb(text: str, kind: str, rng: random.Random) -> str:
     """A label-preserving perturbation of one text. Protected words (`protected`) are left intact (a sentence mark
-    after one aside), and drop_word never drops a negation (`keeps_meaning`); a text with nothing the kind may change comes back unchanged (counted as such:
-    `texts_changed`), never empty."""
+    after one aside), and drop_word never drops a negation (`keeps_meaning`); a text with nothing the kind may change
+    comes back unchanged (counted as such: `texts_changed`), never empty."""
     words = text.split()
     if kind == "typo":
         editable = [i for i, w in enumerate(words) if len(w) > 3 and w.isalpha() and not protected(w)]
