@@ -25,11 +25,15 @@ def default_cache_dir() -> Path:
 
 
 def _model_fingerprint(cfg: ModelConfig) -> str:
-    from loratune.models import resolve_model
+    from loratune.models import hub_snapshot, resolve_model
 
     src = resolve_model(cfg)
     parts = [CACHE_VERSION, "mean-pool", src.path, str(src.gguf_file), str(cfg.max_length)]
-    p = Path(src.path)
+    # a hub id is fingerprinted by the cache snapshot it resolves to (the folder name is the revision's commit):
+    # keyed on the id alone, a new revision in the cache (refs/main moved) still gave the old one's embeddings
+    snap = hub_snapshot(src)
+    p = snap if snap is not None else Path(src.path)
+    parts.append(str(snap))
     # every file of the model folder: the weights in one file or in shards with their index, the config and the
     # tokenizer files (tokenizer.json, vocab.txt, merges.txt, ...): keyed on three of them, a changed tokenizer or
     # replaced shards gave the old model's embeddings from the cache. A GGUF file holds them all.

@@ -121,6 +121,20 @@ def hub_kwargs(src: ModelSource) -> dict:
                     "local folder")
 
 
+def hub_snapshot(src: ModelSource) -> Path | None:
+    """The Hugging Face cache's snapshot folder a hub id resolves to now (its refs/main, the folder from_pretrained
+    reads offline), looked up in the cache only: None for a local folder or an id not in the cache."""
+    if src.is_local:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(src.path, src.gguf_file or "config.json")
+    except Exception:  # an id the hub client refuses (its own validation): not in the cache
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
 def _import_failure(exc: BaseException) -> BaseException | None:
     """The ImportError behind a load's failure (transformers' lazy module raises one naming the class it could not
     import, e.g. after a Ctrl-C landed during an earlier call's imports and left a module half-initialised), else
