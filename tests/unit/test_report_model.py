@@ -1632,3 +1632,32 @@ def test_show_has_no_extras_section_without_them(tmp_path, capsys):
     assert main(["show", str(write_run(tmp_path / "r"))]) == 0
     assert "probe set and robustness" not in capsys.readouterr().out
     assert 'id="extras"' not in render_run(build_run_report(tmp_path / "r"))
+
+
+@pytest.mark.parametrize("weights", [True, False])
+def test_the_probe_set_of_a_record_without_saved_model_is_at_the_best_step_its_adapter_holds(tmp_path, capsys,
+                                                                                            weights):
+    # run.json from before saved_model (written 2026-11-22 to 12-01): the section lost the probe set (no step); the
+    # saved model is then the best step's when adapter/ holds weights, as report.model._saved_at takes it
+    from loratune.cli import main
+
+    d = _with_extras(write_run(tmp_path / "r"), ROBUSTNESS)
+    run = json.loads((d / "run.json").read_text())
+    del run["saved_model"]
+    run["best"] = next(json.loads(line) for line in (d / "history.jsonl").read_text().splitlines()
+                       if json.loads(line)["step"] == 40)
+    (d / "run.json").write_text(json.dumps(run))
+    if weights:
+        (d / "adapter").mkdir()
+        (d / "adapter" / "adapter_model.safetensors").write_bytes(b"x")
+    r = build_run_report(d)
+    assert r.saved_model is weights and r.saved_step == (40 if weights else None)
+    assert main(["show", str(d)]) == 0
+    out = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    if weights:
+        assert (r.probe.step, r.probe.accuracy, r.probe.n) == (40, 0.5, 8)
+        assert "probe set: accuracy 0.500 on 8 texts at step 40" in out
+        assert "accuracy <b>0.500</b> on 8 texts at step 40" in render_run(r)
+    else:  # no model saved: no probe-set score to show, robustness still shown
+        assert r.probe is None and not any(line.startswith("probe set:") for line in out)
+        assert "robustness: clean accuracy 0.900 on 256 validation rows" in out

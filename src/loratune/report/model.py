@@ -959,8 +959,8 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         classes=build_classes(points, run, labels, best_step), confusion=confusion, pairs=pairs,
         examples_note=None if examples is not None else examples_note,
         params=build_params(run, config), config_yaml=config_yaml, notes=tuple(notes),
-        saved_model=_saved_at(run, best_step, d), saved_step=_saved_step(run, d),
-        robustness=build_robustness(run), probe=build_probe(points, _saved_step(run, d)))
+        saved_model=_saved_at(run, best_step, d), saved_step=_held_step(run, best_step, d),
+        robustness=build_robustness(run), probe=build_probe(points, _held_step(run, best_step, d)))
 
 
 def _saved_step(run: Mapping[str, Any], run_dir: Path) -> float | None:
@@ -981,6 +981,14 @@ def _saved_at(run: Mapping[str, Any], best_step: float | None, run_dir: Path) ->
     if isinstance(run.get("saved_model"), dict):
         return best_step is not None and _saved_step(run, run_dir) == best_step
     return best_step is not None and any((run_dir / ADAPTER / f).is_file() for f in WEIGHT_FILES)
+
+
+def _held_step(run: Mapping[str, Any], best_step: float | None, run_dir: Path) -> float | None:
+    """The step whose model adapter/ holds, as `_saved_at` decides it: run.json `saved_model`'s (`_saved_step`), or
+    for a record without the field the best step when adapter/ holds weights (None: none saved)."""
+    if isinstance(run.get("saved_model"), dict):
+        return _saved_step(run, run_dir)
+    return best_step if _saved_at(run, best_step, run_dir) else None
 
 
 OUTSIDE_NO_CLASSES = ("{source} runs log no per-class numbers: per-class recall and the confusion matrix need "
