@@ -1661,3 +1661,15 @@ def test_the_probe_set_of_a_record_without_saved_model_is_at_the_best_step_its_a
     else:  # no model saved: no probe-set score to show, robustness still shown
         assert r.probe is None and not any(line.startswith("probe set:") for line in out)
         assert "robustness: clean accuracy 0.900 on 256 validation rows" in out
+
+
+def test_report_help_names_the_probe_set_and_robustness(capsys):
+    # the run sections `report --help` lists lacked the probe set and robustness section
+    from loratune.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["report", "--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("the probe set's score at the saved model's step and the robustness probe (accuracy under each "
+            "perturbation)") in out

@@ -3,13 +3,15 @@
 The file holds everything inline (styles, SVG charts, a few lines of script): it opens from disk,
 fetches nothing and can be mailed or archived as is. For a run: curves, diagnosis with evidence,
 per-class recall, the confusion matrix focused on the most confused classes, the top confused pairs
-with example texts, the parameter table. For a study: the decision trail, best-so-far against
-compute, rank against the val metric, the minimal-intervention pairs, LoRA vs full fine-tuning and
-the final recommendation with its YAML config. `loratune show` prints the same essentials.
+with example texts, the probe set's score at the saved model's step and the robustness probe
+(accuracy under each perturbation), the parameter table. For a study: the decision trail,
+best-so-far against compute, rank against the val metric, the minimal-intervention pairs, LoRA vs
+full fine-tuning and the final recommendation with its YAML config. `loratune show` prints the same
+essentials.
 
 A run another tool made (a Trainer / TRL output dir, a trainer_state.json, a TensorBoard log, a notebook with the
-Trainer's progress table (NOTEBOOK.ipynb#N: its table N), a CSV) gets the part of the run report its files allow: the curves, the diagnosis with its
-evidence and what was read from the files, each fact with its source.
+Trainer's progress table (NOTEBOOK.ipynb#N: its table N), a CSV) gets the part of the run report its files allow:
+the curves, the diagnosis with its evidence and what was read from the files, each fact with its source.
 """
 
 from __future__ import annotations

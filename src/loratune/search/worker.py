@@ -134,7 +134,9 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
                         f"this worker's trials go under {study.dir / TRIALS} (give --study-dir a folder the leader "
                         "shares to keep them together)")
         base = cfg_from_yaml(study.meta["trial_base"])
-        dataset = recipe(base, "prepare")(base.data, seed=base.train.seed)  # as api.prepare
+        # the recipe's read that api.prepare makes, less api.prepare's note on probe-file labels that name no class
+        # (each trial's train adds it to its run.json data_notes)
+        dataset = recipe(base, "prepare")(base.data, seed=base.train.seed)
         # the leader's --thresholds: a worker's trial is diagnosed (its verdict, what stages read) as the leader's are
         diagnosis = tables_with(study.meta.get("thresholds"))["diagnosis"]
         return work(study, TrainingRunner(base, dataset, thresholds=diagnosis), ui, idle_exit_s=idle_exit_s)
