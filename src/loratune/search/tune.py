@@ -117,8 +117,7 @@ def check_options(options: TuneOptions) -> TuneOptions:
 def _checked_data(cfg, dataset):
     """The run's data (the recipe's read that api.prepare makes, when not given; less api.prepare's note on probe-file
     labels that name no class, which each trial's train adds to its run.json data_notes) after the checks a trial's
-    training would fail on:
-    the task's data check, and for causal-lm the prompt set's rows and a metric they cannot score (as api.check;
+    training would fail on: the task's data check, and for causal-lm the prompt set's rows and a metric they cannot score (as api.check;
     unchecked, every trial failed on them, and the objective fell back to macro-F1)."""
     from loratune.tasks import recipe
 
