@@ -157,7 +157,7 @@ class DataConfig:
                            "text that names no label counting as an error.", choices=("head", "generate"))
     prompt_set: str | None = _f(None, "causal-lm: held-out prompts (.jsonl/.csv/.parquet with prompt: a text or a "
                                 "list of {role, content} turns ending with a user turn, reference, and group = "
-                                "familiar or novel; a prompt given twice, case, spaces and punctuation aside, is "
+                                "familiar or novel; a prompt given twice, spaces aside, is "
                                 "refused), generated greedily at every full evaluation point "
                                 "(not at the val-loss-only ones between them), scored per group "
                                 "(val/prompt_<group>_<metric>) and written to generations.jsonl.")

@@ -8,7 +8,7 @@ on familiar prompts while the novel ones drift (the familiar-novel gap widens).
 - `load_prompt_set(path)` reads the file: JSON Lines (or CSV / Parquet) rows with `prompt` (a text, or a list of
   {role, content} turns ending with a user turn: TRL's conversational prompt), `reference` and `group` (one of
   `PROMPT_GROUPS`); a bad row raises one `UserError` naming the file, the row and the fix, and so does a prompt
-  given twice (`SAME_PROMPT`: the same turns with the same texts, case, spaces and punctuation aside).
+  given twice (`SAME_PROMPT`: the same turns with the same texts, spaces aside).
 - `score_generations(outputs, references)` scores one list of generations (`SCORES` names every number).
 - `score_prompt_set(items, outputs)` scores a whole prompt set per group and returns history keys.
 - `prompt_key(group, metric)` is THE history key format (`val/prompt_<group>_<metric>`): the trainer writes
@@ -108,12 +108,12 @@ class PromptItem:
 
     @property
     def key(self) -> tuple:
-        """What makes two prompts the same prompt (SAME_PROMPT): each turn's role and data.text_key of its text, the
-        project's one rule of one text (a text is one user turn)."""
-        from loratune.data import text_key
-
+        """What makes two prompts the same prompt (SAME_PROMPT): each turn's role and its text with runs of spaces as
+        one. Not data.text_key (near copies for assess and the carving): it drops symbols, so 'what is 2+2' and
+        'what is 2*2', 'explain C++' and 'explain C#' were one prompt there, and a maths or code prompt set was
+        refused; nor case-blind: 'What is my balance' and 'what is my balance' are other token ids, generated apart."""
         turns = [("user", self.prompt)] if isinstance(self.prompt, str) else [(t.role, t.content) for t in self.prompt]
-        return tuple((role, text_key(content)) for role, content in turns)
+        return tuple((role, " ".join(content.split())) for role, content in turns)
 
 
 FIELDS = ("prompt", "reference", "group")
@@ -121,8 +121,7 @@ _FIX = ('each row needs "prompt" (non-empty text, or a list of {role, content} t
         '"reference" (non-empty text) and "group" ("familiar": close to the training prompts, "novel": new ones), '
         'e.g. {"prompt": "...", "reference": "...", "group": "novel"}')
 # what "the same prompt" means (PromptItem.key), said once: the duplicate check's message and the docs say it
-SAME_PROMPT = ("the same turns with the same texts, case, spaces and punctuation aside (data.text_key, the rule "
-               "assess and the validation carving read texts by)")
+SAME_PROMPT = "the same turns with the same texts, spaces aside"
 _DUP_FIX = "keep one row per prompt (a prompt is familiar or novel, not both)"
 _MAX_LISTED = 5  # problems named in one error; the count says how many more
 

@@ -725,10 +725,12 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         return batch_order(train_enc.lengths, cfg.train.per_device_train_batch_size, rng,
                            cfg.train.length_grouped_batches)
 
+    capped = cap_note(enc.long_references, len(prompt_items), cfg.train.max_new_tokens)
+    if capped and ranks.main:  # said as the run starts, as the data's notes are (it was in run.json alone)
+        print(f"note: {capped}", file=sys.stderr, flush=True)
     run = {
         "status": "running", "reason": None, "task": "causal-lm",
-        "data_notes": list(dataset.notes) + [n for n in [cap_note(enc.long_references, len(prompt_items),
-                                                                   cfg.train.max_new_tokens)] if n],
+        "data_notes": list(dataset.notes) + [n for n in [capped] if n],
         VALIDATED_ON: validated_on(dataset.validation),  # evaluate and tune --resume check they re-read this split
         **data_seed_record(dataset, cfg.train.seed),
         "template": renderer.mode,

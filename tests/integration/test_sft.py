@@ -911,7 +911,7 @@ def test_the_dry_run_reads_the_prompt_set_once(lm, sft_data, tmp_path, monkeypat
     assert len(reads) == 1
 
 
-def test_references_longer_than_max_new_tokens_are_noted(lm, sft_data, tmp_path):
+def test_references_longer_than_max_new_tokens_are_noted(lm, sft_data, tmp_path, capsys):
     """Generations were cut at train.max_new_tokens silently while the references were longer (max_new_tokens=2: a
     perfect model read len_ratio 0.5): the dry run and run.json's data_notes say how many references the cap cuts."""
     from loratune import api
@@ -926,5 +926,11 @@ def test_references_longer_than_max_new_tokens_are_noted(lm, sft_data, tmp_path)
                     "train.max_new_tokens to the references' length"]
     run = api.train(cfg, progress=False)
     assert note[0] in run["data_notes"]
+    assert f"note: {note[0]}" in " ".join(capsys.readouterr().err.split())  # said as the run starts, not only recorded
+    from loratune import cli
+
+    assert cli.main(["train", "--dry-run", *sft_overrides(lm, sft_data, tmp_path / "run3", prompt_set=ps,
+                                                          max_new_tokens=2)]) == 0
+    assert note[0] in " ".join(capsys.readouterr().out.split())  # the dry run prints the plan's note
     long = load_config(overrides=sft_overrides(lm, sft_data, tmp_path / "run2", prompt_set=ps, max_new_tokens=64))
     assert not [n for n in api.plan(long)["notes"] if "max_new_tokens" in n]

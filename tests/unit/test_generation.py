@@ -186,7 +186,7 @@ def test_a_lone_surrogate_in_a_prompt_set_row_is_refused_naming_row_column_and_f
 def test_a_prompt_given_twice_is_refused_naming_its_rows_and_groups(tmp_path):
     """Copies were scored as more prompts: 5 copies took prompt_novel_drift_se from 0.777 to 2.332, past the
     overfit rule's drop_se_min; the same prompt in familiar and novel was accepted too."""
-    rows = [{"prompt": "Lost my  card", "reference": "blocked", "group": "familiar"},
+    rows = [{"prompt": "lost my  card", "reference": "blocked", "group": "familiar"},
             {"prompt": "what is my balance", "reference": "shown", "group": "novel"},
             {"prompt": "lost my card", "reference": "blocked", "group": "novel"},
             {"prompt": "what is my balance", "reference": "shown", "group": "novel"},
@@ -195,29 +195,28 @@ def test_a_prompt_given_twice_is_refused_naming_its_rows_and_groups(tmp_path):
         load_prompt_set(_write(tmp_path, rows))
     msg = str(exc.value)
     assert "2 prompt(s) given more than once" in msg
-    assert "rows 1, 3 (familiar, novel): 'Lost my  card'" in msg and "rows 2, 4, 5 (novel): 'what is my balance'" in msg
+    assert "rows 1, 3 (familiar, novel): 'lost my  card'" in msg and "rows 2, 4, 5 (novel): 'what is my balance'" in msg
     assert exc.value.fix == "keep one row per prompt (a prompt is familiar or novel, not both)"
     assert len(load_prompt_set(_write(tmp_path, rows[:2]))) == 2  # distinct prompts pass
 
 
-def test_the_same_prompt_is_the_projects_one_rule_of_one_text(tmp_path):
-    """The duplicate check read case as a difference in no rule but its own ('What is my balance' and 'what is my
-    balance' refused) and punctuation as a difference ('what is my balance?' accepted beside 'what is my balance'),
-    where data.text_key, the rule assess and sft_data.example_key read texts by, reads both as one text."""
-    from loratune.data import text_key
+def test_the_same_prompt_is_the_same_text_spaces_aside_and_no_looser(tmp_path):
+    """A prompt given twice is refused; one that differs in case, a symbol or punctuation is another prompt (other
+    token ids, generated apart). Keyed by data.text_key (which drops symbols), 'what is 2+2' / 'what is 2*2' and
+    'explain C++' / 'explain C#' were refused as copies, and no maths or code prompt set could be used."""
     from loratune.generation import SAME_PROMPT
 
-    for a, b in (("What is my balance", "what is my balance"), ("what is my balance?", "what is my balance"),
-                 ("what  is my balance", "what is my balance")):
-        assert text_key(a) == text_key(b)
+    for a, b in (("what  is my balance", "what is my balance"), (" what is my balance\n", "what is my balance")):
         rows = [{"prompt": a, "reference": "r", "group": "novel"}, {"prompt": b, "reference": "r", "group": "novel"}]
         with pytest.raises(UserError) as exc:
             load_prompt_set(_write(tmp_path, rows))
         assert f"1 prompt(s) given more than once ({SAME_PROMPT}; a copy is scored twice" in str(exc.value)
-    assert "case, spaces and punctuation aside" in SAME_PROMPT and "greedy" not in SAME_PROMPT
-    rows = [{"prompt": "what is my balance", "reference": "r", "group": "novel"},
-            {"prompt": "what is my pin", "reference": "r", "group": "novel"}]
-    assert len(load_prompt_set(_write(tmp_path, rows))) == 2
+    assert SAME_PROMPT == "the same turns with the same texts, spaces aside"
+    for a, b in (("what is 2+2", "what is 2*2"), ("explain C++", "explain C#"), ("is 5 > 3", "is 5 < 3"),
+                 ("raise by 50%", "raise by 50"), ("What is my balance", "what is my balance"),
+                 ("what is my balance?", "what is my balance"), ("x²", "x2")):
+        rows = [{"prompt": a, "reference": "r", "group": "novel"}, {"prompt": b, "reference": "r", "group": "novel"}]
+        assert len(load_prompt_set(_write(tmp_path, rows))) == 2, (a, b)
 
 
 def test_an_empty_turn_list_prompt_gets_a_fix_that_the_prompt_set_accepts(tmp_path):
@@ -258,7 +257,7 @@ def test_the_docs_say_what_a_prompt_set_row_may_be():
     readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().replace("`", "").split())
     for text in (readme, " ".join(next(f for f in fields(DataConfig) if f.name == "prompt_set").metadata["help"].split()), " ".join(generation.__doc__.split())):
         assert "{role, content} turns ending with a user turn" in text
-        assert "case, spaces and punctuation aside" in text
+        assert "the same turns with the same texts, spaces aside" in text or "spaces aside, is refused" in text
 
 
 def test_a_prompt_given_as_chat_turns_is_read_as_trls_conversational_prompt(tmp_path):

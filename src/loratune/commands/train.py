@@ -47,6 +47,8 @@ def run(args) -> int:
         return signals.exit_code(exc)
     if args.dry_run:
         info = api.plan(cfg, dataset)  # (what training would crash on refused first: api.check, as api.train does)
+        for note in info.get("notes", [])[len(dataset.notes):]:  # the plan's own notes (sft.cap_note), after the data's
+            out.print(f"[yellow]note:[/] {safe(note)}")
         out.print(to_yaml(cfg), markup=False)
         p = info["params"]
         out.print(f"rows: {info['rows']}  " + ("task: causal-lm (loss on completion tokens)" if info.get("task")
