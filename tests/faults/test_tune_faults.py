@@ -386,3 +386,54 @@ def test_a_ctrl_c_finds_the_study_of_a_study_dir_given_with_a_tilde(tmp_path, mo
     (tmp_path / "s" / "study.db").write_bytes(b"")
     assert _kept_after_interrupt(args) == ("finished trials are kept; continue with "
                                            "`loratune tune --resume --study-dir ~/s`")
+
+
+def test_a_ctrl_c_while_a_finished_trial_is_diagnosed_keeps_it_and_resume_does_not_train_it_again(
+        tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
+    """Ctrl-C landing after trial #0's training returned (its run.json `completed`, val macro-F1 0.532), while tune
+    diagnosed it: the study failed it as "interrupted by the user" (val '-') and `tune --resume` trained the same
+    point again as trial #1 (864 examples charged for 608)."""
+    import signal as sig
+    from pathlib import Path
+
+    import loratune.diagnose as diagnose_mod
+    from loratune.search.study import Study
+
+    study = tmp_path / "study"
+    ov = [o for o in overrides(tiny_bert, intent_data, tmp_path / "unused", num_threads=1)
+          if not o.startswith(("max_steps=", "output_dir="))]
+    cmd = ["tune", *ov, "--study-dir", str(study), "-q", "--budget", "2trials", "--strategy", "random",
+           "--trial-steps", "8"]
+    original, landed = diagnose_mod.diagnose, []
+
+    def ctrl_c_lands(run_dir, *a, **k):  # SIGINT arrives as the first trial is diagnosed: the handler now set runs
+        if not landed and isinstance(run_dir, (str, Path)) and "trials" in Path(run_dir).parts:
+            landed.append(run_dir)
+            sig.getsignal(sig.SIGINT)(sig.SIGINT, None)
+        return original(run_dir, *a, **k)
+
+    monkeypatch.setattr(diagnose_mod, "diagnose", ctrl_c_lands)
+    old = sig.signal(sig.SIGINT, sig.default_int_handler)
+    try:
+        assert main(cmd) == 130
+    finally:
+        sig.signal(sig.SIGINT, old)
+    monkeypatch.setattr(diagnose_mod, "diagnose", original)
+    assert len(landed) == 1
+    first = Study.open(study, worker=True, heartbeat_s=1)
+    try:
+        (rec,) = first.records()
+    finally:
+        first.close()
+    run = RunStore(rec.run_dir).read_run()
+    assert run["status"] == "completed" and rec.result.status == "completed", run
+    assert rec.result.value is not None and rec.result.value == pytest.approx(run["best"]["val/macro_f1"])
+    capsys.readouterr()
+    assert main([*cmd, "--resume"]) == 0, capsys.readouterr().out
+    again = Study.open(study, worker=True, heartbeat_s=1)
+    try:
+        recs = again.records()
+    finally:
+        again.close()
+    assert len(recs) == 2 and recs[0].number == rec.number and recs[0].result == rec.result
+    assert recs[0].spec.key != recs[1].spec.key, "the finished trial was trained again"

@@ -1455,6 +1455,61 @@ def test_the_runner_keeps_a_run_whose_record_was_final_when_the_signal_took_effe
             assert exc.value.result.status == "completed" and type(exc.value.signal) is KeyboardInterrupt
 
 
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("moment", ["loratune.diagnose.diagnose", "loratune.store.RunStore.read_history",
+                                    "loratune.search.runner.curve_of", "loratune.search.runner.result_from"])
+def test_a_signal_after_training_returned_keeps_the_finished_trial(moment, signum, tmp_path, monkeypatch):
+    """A Ctrl-C / SIGTERM landing after train() returned a completed record, while the runner diagnosed it and built
+    its result, went up as a plain KeyboardInterrupt: tune failed the trial ("interrupted by the user", val shown
+    '-' over a run.json that says completed) and --resume trained the same point again (864 examples for 608)."""
+    import importlib
+    import signal
+    from pathlib import Path
+
+    import loratune.tasks as tasks
+    from loratune import signals
+    from loratune.config import load_config
+    from loratune.search.runner import FinishedThenInterrupted, TrainingRunner
+    from loratune.search.trial import TrialSpec
+
+    def train(cfg, dataset, store, progress=False, callback=None):  # a run that finished: its record final
+        d = Path(cfg.train.output_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        point = {"step": 10, "val/loss": 0.5, "val/macro_f1": 0.8, "train/loss": 0.4}
+        (d / "history.jsonl").write_text(json.dumps({"step": 0, "val/loss": 1.4, "val/macro_f1": 0.2}) + "\n"
+                                         + json.dumps(point) + "\n")
+        (d / "run.json").write_text(json.dumps({"status": "completed", "steps_done": 10, "steps_planned": 10,
+                                                "best": point, "final": point, "examples_seen": 80}))
+
+    sig = getattr(signal, signum)
+    path, name = moment.rsplit(".", 1)
+    owner = (importlib.import_module(path) if not path.endswith("RunStore")
+             else importlib.import_module(path.rsplit(".", 1)[0]).RunStore)
+    original = getattr(owner, name)
+    landed = []
+
+    def lands_then_goes_on(*a, **k):  # the signal arrives here: the handler installed now is what it runs
+        if not landed:
+            landed.append(name)
+            signal.getsignal(sig)(sig, None)
+        return original(*a, **k)
+
+    monkeypatch.setattr(tasks, "recipe", lambda cfg, what: train)
+    monkeypatch.setattr(owner, name, lands_then_goes_on)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with signals.sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt) as exc:
+            TrainingRunner(load_config(None, []), None).run(TrialSpec("start", "phase1-lr-grid", {}), tmp_path / "t")
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert landed == [name]
+    assert type(exc.value) is FinishedThenInterrupted  # the trial is kept as finished, then the signal ends tune
+    assert type(exc.value.signal) is (signals.Terminated if signum == "SIGTERM" else KeyboardInterrupt)
+    res = exc.value.result
+    assert (res.status, res.value, res.steps_done) == ("completed", 0.8, 10)
+    assert res.curve == ((0, 0.2), (10, 0.8))
+
+
 def _interrupted_study(path):
     """A protocol study stopped at its third trial (decisions in `path`): its store and its decision codes."""
     first = MemoryStore(decisions_path=path)

@@ -279,7 +279,6 @@ class TrainingRunner:
 
     def run(self, spec: TrialSpec, run_dir: Path, watch: Watch | None = None) -> TrialResult:
         from loratune.tasks import recipe
-        from loratune.diagnose import diagnose
 
         try:
             cfg = self.config(spec, run_dir)
@@ -314,7 +313,26 @@ class TrainingRunner:
             error, user_error = f"{type(exc).__name__}: {exc}", exc
         except Exception as exc:  # the run record says `failed` with the error; the search goes on
             error = f"{type(exc).__name__}: {exc}"
-        pruned = callback.stopped
+        from loratune import signals
+
+        # the trial's outcome is settled (its record final, or its error known): a Ctrl-C / SIGTERM landing while its
+        # result is built (record fixes, diagnosis, history read) is held off until the result is whole, then ends
+        # the process with the trial kept as finished (FinishedThenInterrupted), never failed and trained again on
+        # --resume
+        with signals.shielded():
+            res = self._result(store, run_dir, callback.stopped, error, user_error, baseline_mb, t0)
+            held = interrupted or signals.take_held()
+        if held is not None:
+            raise FinishedThenInterrupted(res, held)
+        return res
+
+    def _result(self, store: RunStore, run_dir: Path, pruned, error: str | None, user_error: UserError | None,
+                baseline_mb: float | None, t0: float) -> TrialResult:
+        """The trial's result once its training ended: its record's last fixes (pruned, failed), its diagnosis and
+        curve. A user error (the caller stops the search) is raised after its record says why."""
+        from loratune.diagnose import diagnose
+        from loratune import signals
+
         run = (store.read_run() if (Path(run_dir) / "run.json").exists()
                else {"status": "failed", "reason": error})
         if pruned and run.get("status") == "completed":  # judged at its last evaluation, after all its planned
@@ -328,6 +346,7 @@ class TrainingRunner:
             run["status"], run["reason"], run["partial"] = "failed", error, True
             RunStore(run_dir).write_run(run)
         if user_error is not None and not pruned:  # its run record says why (above); the caller stops the search
+            signals.take_held()  # with its error and fix (exit 2), which says more than a signal held meanwhile
             raise user_error
         try:
             diag = diagnose(run_dir, thresholds=self.thresholds)
@@ -338,10 +357,7 @@ class TrainingRunner:
         res = result_from(run, diag, wall, pruned, curve)
         peak = res.peak_memory_mb
         delta = peak - baseline_mb if peak is not None and baseline_mb is not None else None
-        res = _with(res, curve=curve, memory_delta_mb=delta)
-        if interrupted is not None:
-            raise FinishedThenInterrupted(res, interrupted)
-        return res
+        return _with(res, curve=curve, memory_delta_mb=delta)
 
     def compare(self, run_dirs: Sequence[str]) -> dict | None:
         from loratune.diagnose import compare
