@@ -22,12 +22,19 @@ class Terminated(KeyboardInterrupt):
     signal_name = "SIGTERM"
 
 
+def _signal_of(exc: BaseException) -> BaseException:
+    """The signal's own interrupt: an interrupt that carries the one it stands for (`signal`: a trial that finished
+    as the signal came, search.runner.FinishedThenInterrupted) is that signal's."""
+    inner = getattr(exc, "signal", None)
+    return inner if isinstance(inner, KeyboardInterrupt) else exc
+
+
 def exit_code(exc: BaseException) -> int:
-    return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
+    return EXIT_SIGTERM if isinstance(_signal_of(exc), Terminated) else EXIT_SIGINT
 
 
 def describe(exc: BaseException) -> str:
-    return "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted by the user (Ctrl-C)"
+    return "stopped by SIGTERM" if isinstance(_signal_of(exc), Terminated) else "interrupted by the user (Ctrl-C)"
 
 
 @contextlib.contextmanager

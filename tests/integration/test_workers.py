@@ -412,6 +412,79 @@ def test_a_resume_refused_by_a_live_leader_leaves_no_study_dir(tmp_path):
     assert (tmp_path / "study" / "study.db").is_file()
 
 
+def test_a_worker_whose_trial_finished_as_the_signal_came_keeps_it_then_stops(tmp_path):
+    """A worker's trial that finished before a SIGTERM took effect (runner: FinishedThenInterrupted) was failed like
+    an unfinished one ("the worker running it was stopped"): the leader trained the finished trial again. Now it is
+    recorded as finished, then the signal itself goes up (its exit code: 143)."""
+    from loratune.search.runner import FinishedThenInterrupted
+    from loratune.search.study import Study
+    from loratune.search.trial import TrialResult, TrialSpec
+    from loratune.search.worker import work
+    from loratune.signals import Terminated
+
+    done = TrialResult("completed", 0.532, 608, 3.0, steps_planned=12, steps_done=12, curve=((4, 0.3), (12, 0.532)))
+
+    class FinishesThenStops:
+        def run(self, spec, run_dir, watch=None):
+            raise FinishedThenInterrupted(done, Terminated())
+
+    study = Study.open(tmp_path / "study", meta={"strategy": "protocol"}, heartbeat_s=1)
+    try:
+        assert study.enqueue(TrialSpec("r4", "pair", {"adapter.r": 4}, "queued"))
+        with pytest.raises(KeyboardInterrupt) as exc:
+            work(study, FinishesThenStops(), poll_s=0.01, idle_exit_s=0)
+        assert type(exc.value) is Terminated
+        (t,) = study.optuna.get_trials(deepcopy=False)
+        assert t.state.name == "COMPLETE" and t.value == pytest.approx(0.532)
+        (rec,) = study.records()
+        assert rec.result == done and rec.spec.name == "r4"
+    finally:
+        study.close()
+
+
+def test_tune_worker_sigtermed_as_its_trial_writes_its_final_record_keeps_it_and_exits_143(
+        tiny_bert, intent_data, tmp_path, capsys, monkeypatch):
+    """SIGTERM while a worker's trial wrote its final record (held off until the record was whole): the trial was
+    failed and trained again by the leader, and the worker exited 130 saying "interrupted by the user (Ctrl-C)"."""
+    import signal
+
+    import loratune.train as train_mod
+    from loratune.config import load_config, to_yaml
+    from loratune.search.study import Study
+    from loratune.search.trial import TrialSpec
+
+    from support import overrides
+
+    base = load_config(None, overrides(tiny_bert, intent_data, tmp_path / "unused", slices="false",
+                                       robustness_probe="false", num_threads=1))
+    leader = Study.open(tmp_path / "study", meta={"strategy": "protocol"}, heartbeat_s=1)
+    leader.set_meta(trial_base=to_yaml(base))
+    assert leader.enqueue(TrialSpec("r4", "pair", {"adapter.r": 4, "train.learning_rate": 5e-3}, "queued"))
+    leader.close()
+    original, landed = train_mod._finish_record, []
+
+    def sigterm_lands(*a, **k):  # SIGTERM arrives as the record is written: the handler now set runs (it holds it)
+        landed.append(True)
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        return original(*a, **k)
+
+    monkeypatch.setattr(train_mod, "_finish_record", sigterm_lands)
+    rc = main(["tune", "--worker", "--study-dir", str(tmp_path / "study"), "--heartbeat", "1"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert landed == [True]
+    assert rc == 143, out
+    assert "stopped by SIGTERM" in out and "(Ctrl-C)" not in out
+    study = Study.open(tmp_path / "study", worker=True, heartbeat_s=1)
+    try:
+        (rec,) = study.records()
+        (t,) = study.optuna.get_trials(deepcopy=False)
+    finally:
+        study.close()
+    run = RunStore(rec.run_dir).read_run()
+    assert run["status"] == "completed" and rec.result.status == "completed" and t.state.name == "COMPLETE"
+    assert rec.result.value == pytest.approx(run["best"]["val/macro_f1"])
+
+
 def test_a_worker_whose_leader_finished_between_its_looks_says_it_finished(tmp_path, monkeypatch):
     """The leader finished (`finished` set, then its lease released) between the worker's check of `finished` and its
     claim: the worker said "the leader is gone (its lease expired)" of a leader that exited 0."""

@@ -54,3 +54,18 @@ def test_a_nested_block_defers_to_the_outermost():
         signal.signal(signal.SIGINT, old)
     assert reached == ["the inner block ended", "a second inner block ran", "the outer write finished",
                        "a later block finished"]
+
+
+def test_a_signal_carried_by_a_kept_trials_interrupt_keeps_its_exit_code_and_words():
+    """FinishedThenInterrupted (a trial that finished as the signal came) carries the signal: its SIGTERM read as
+    Ctrl-C (exit 130, "interrupted by the user") where README says 143 / "stopped by SIGTERM"."""
+    from loratune.search.runner import FinishedThenInterrupted
+    from loratune.search.trial import TrialResult
+    from loratune.signals import Terminated, describe, exit_code
+
+    res = TrialResult("completed", 0.5, 80, 1.0)
+    assert (exit_code(FinishedThenInterrupted(res, Terminated())), describe(FinishedThenInterrupted(res, Terminated()))
+            ) == (143, "stopped by SIGTERM")
+    assert (exit_code(FinishedThenInterrupted(res, KeyboardInterrupt())),
+            describe(FinishedThenInterrupted(res, KeyboardInterrupt()))) == (130, "interrupted by the user (Ctrl-C)")
+    assert (exit_code(Terminated()), exit_code(KeyboardInterrupt())) == (143, 130)

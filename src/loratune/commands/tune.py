@@ -190,8 +190,8 @@ def run_worker(args) -> int:
     except KeyboardInterrupt as exc:
         from loratune import signals
 
-        out.print(f"[yellow]{signals.describe(exc)}[/]: the worker's trial is failed and trained again by the "
-                  "leader or another worker")
+        out.print(f"[yellow]{signals.describe(exc)}[/]: the worker stopped; a trial it had not finished is failed "
+                  "and trained again by the leader or another worker")
         return signals.exit_code(exc)
     out.print(f"worker done: {len(report.trials)} trial(s) trained ({safe(report.reason)})")
     return 0

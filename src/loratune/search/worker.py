@@ -16,7 +16,7 @@ from pathlib import Path
 from loratune.objectives import objective
 from loratune.errors import UserError
 from loratune.search.context import UI
-from loratune.search.runner import Watch
+from loratune.search.runner import FinishedThenInterrupted, Watch
 from loratune.search.study import GRACE_FACTOR, STUDY_DB, NoStudyYet, Study, optuna_quiet
 
 # how long a worker started before its leader waits for the study to appear (the leader makes it within seconds of
@@ -61,6 +61,13 @@ def work(study: Study, runner, ui: UI | None = None, *, poll_s: float = 1.0, idl
         ui.note(f"worker: trial #{trial.number} {spec.name} ({spec.phase}: {spec.purpose})")
         try:
             result = runner.run(spec, run_dir, Watch(prune=False))  # queued trials run unpruned (context.prefetch)
+        except FinishedThenInterrupted as done:  # the run finished before the signal took effect: kept as finished
+            # (as the leader keeps its own, SearchContext.run_trial), never failed and trained again by the leader
+            rec = study.finish(trial, spec, run_dir, done.result)
+            ui.note(f"worker: trial #{rec.number} {spec.name}: {objective(done.result.objective).show(rec.value)}, "
+                    f"{done.result.status} (it finished as the signal came: kept)")
+            report.trials.append(trial.number)
+            raise done.signal from None
         except KeyboardInterrupt:
             study.fail(trial, "the worker running it was stopped; the leader or another worker trains it again")
             raise
