@@ -791,14 +791,14 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
             point.update(evaluate_lm("val", model, val_enc, pad_id, device, autocast))
         if loss_only:
             return _keep(point, None)
+        generated: list[dict] = []
         if prompt_items:  # protocol 9: read the outputs, as numbers per group and as text
             with timed(timing, "generate"):
                 outputs = generate(model, tokenizer, prompt_ids, cfg.train.max_new_tokens, device, autocast,
                                    stop_token_ids(tokenizer, renderer), enc.answer_prefix)
             point.update(score_prompt_set(prompt_items, outputs))
-            store.append_generations([{"step": step, "group": it.group, "prompt": it.text,
-                                       "reference": it.reference, "output": out}
-                                      for it, out in zip(prompt_items, outputs)])
+            generated = [{"step": step, "group": it.group, "prompt": it.text, "reference": it.reference,
+                          "output": out} for it, out in zip(prompt_items, outputs)]
         cm = None
         if labels:  # the label each val text gets, scored like a classifier's; no known label = an error
             with timed(timing, "generate"):
@@ -809,13 +809,17 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
             point.update(scores)
             point.update({"val/unknown_rate": float(np.mean(pred < 0)),
                           "val/unknown_outputs": top_unknown_outputs(outputs, pred)})
-        return _keep(point, cm)
+        return _keep(point, cm, generated)
 
-    def _keep(point: dict, cm) -> bool:
-        """Emit an evaluation point, keep the model when it is the best so far; True: stop early. A loss-only
-        point without the objective (a generated metric) has no say in the kept model or in early stopping."""
+    def _keep(point: dict, cm, generated: list[dict] = ()) -> bool:
+        """Emit an evaluation point (and the prompt set's outputs at it), keep the model when it is the best so far;
+        True: stop early. A loss-only point without the objective (a generated metric) has no say in the kept model
+        or in early stopping."""
         nonlocal best, trained_key
         store.append_history(point)  # the one place an evaluation point is emitted
+        if generated:  # after its point: a run killed between the two writes has no outputs at a step its history
+            # lacks (`show` printed step 4's generations for a record ending at step 2)
+            store.append_generations(generated)
         tracking.log_point(point)
         run["final"] = point
         bar.update(step, point.get("train/loss"), point.get("val/loss"), evaluated=True)

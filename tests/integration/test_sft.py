@@ -104,6 +104,54 @@ def test_prompt_set_generations_are_scored_per_group_and_recorded_per_eval_point
     assert run["prompt_set"]["rows"] == {"familiar": 2, "novel": 2}
 
 
+KILLED_BETWEEN_WRITES = """
+import os, sys
+import loratune
+from loratune.store import RunStore
+from loratune.cli import main
+
+writes = []
+
+def killed_at_the_second_write_of(step, name):
+    original = getattr(RunStore, name)
+
+    def write(self, arg):
+        if (arg if isinstance(arg, dict) else arg[0])["step"] == step:
+            writes.append(name)
+            if len(writes) == 2:
+                os._exit(137)  # kill -9 between the two writes of one evaluation point
+        return original(self, arg)
+
+    setattr(RunStore, name, write)
+
+killed_at_the_second_write_of(8, "append_history")
+killed_at_the_second_write_of(8, "append_generations")
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_killed_between_an_eval_points_writes_has_no_outputs_past_its_history(lm, sft_data, tmp_path, capsys):
+    """generations.jsonl was appended before the history point: a run killed between the two writes had outputs at
+    step 8 while its history ended at step 4, and `loratune show` printed step 8's outputs for a record ending at
+    step 4."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_WRITES, "train", "-q",
+                           *sft_overrides(lm, sft_data, out, prompt_set=sft_data / "prompt_set.jsonl")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 137, proc.stdout + proc.stderr
+    history = [p["step"] for p in _history(out)]
+    generated = sorted({json.loads(x)["step"] for x in (out / "generations.jsonl").read_text().splitlines()})
+    assert set(generated) <= set(history), (generated, history)
+    assert (history, generated) == ([0, 4, 8], [0, 4])
+    capsys.readouterr()
+    assert cli.main(["show", str(out)]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "at step 4:" in shown and "step 8:" not in shown
+
+
 def test_diagnose_reads_the_sft_run(sft_run, capsys):
     assert cli.main(["diagnose", str(sft_run)]) == 0
     assert "Traceback" not in capsys.readouterr().err
