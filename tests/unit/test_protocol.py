@@ -1510,6 +1510,48 @@ def test_a_signal_after_training_returned_keeps_the_finished_trial(moment, signu
     assert res.curve == ((0, 0.2), (10, 0.8))
 
 
+def test_a_second_signal_while_the_result_is_built_keeps_the_finished_trial(tmp_path, monkeypatch):
+    """The first Ctrl-C came out of train() (held while it wrote its final record), a second landed while the result
+    was built: `interrupted or take_held()` skipped taking the second, which the shield's end raised as a plain
+    KeyboardInterrupt, and tune failed the finished trial (run.json 'completed', study 'interrupted')."""
+    import json
+    import signal
+    from pathlib import Path
+
+    import loratune.diagnose as diagnose_mod
+    import loratune.tasks as tasks
+    from loratune.config import load_config
+    from loratune.search.runner import FinishedThenInterrupted, TrainingRunner
+    from loratune.search.trial import TrialSpec
+
+    def train(cfg, dataset, store, progress=False, callback=None):  # finished, then the first Ctrl-C comes out
+        d = Path(cfg.train.output_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        point = {"step": 10, "val/loss": 0.5, "val/macro_f1": 0.8, "train/loss": 0.4}
+        (d / "history.jsonl").write_text(json.dumps({"step": 0, "val/loss": 1.4, "val/macro_f1": 0.2}) + "\n"
+                                         + json.dumps(point) + "\n")
+        (d / "run.json").write_text(json.dumps({"status": "completed", "steps_done": 10, "steps_planned": 10,
+                                                "best": point, "final": point, "examples_seen": 80}))
+        raise KeyboardInterrupt
+
+    original = diagnose_mod.diagnose
+
+    def second_lands(*a, **k):
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        return original(*a, **k)
+
+    monkeypatch.setattr(tasks, "recipe", lambda cfg, what: train)
+    monkeypatch.setattr(diagnose_mod, "diagnose", second_lands)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as exc:
+            TrainingRunner(load_config(None, []), None).run(TrialSpec("start", "phase1-lr-grid", {}), tmp_path / "t")
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert type(exc.value) is FinishedThenInterrupted
+    assert (exc.value.result.status, exc.value.result.value) == ("completed", 0.8)
+
+
 def _interrupted_study(path):
     """A protocol study stopped at its third trial (decisions in `path`): its store and its decision codes."""
     first = MemoryStore(decisions_path=path)

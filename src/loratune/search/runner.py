@@ -321,7 +321,8 @@ class TrainingRunner:
         # --resume
         with signals.shielded():
             res = self._result(store, run_dir, callback.stopped, error, user_error, baseline_mb, t0)
-            held = interrupted or signals.take_held()
+            later = signals.take_held()  # taken whatever came first: a second Ctrl-C held here (the first came out
+            held = interrupted or later  # of train()) was raised as a plain interrupt as the shield ended: a review
         if held is not None:
             raise FinishedThenInterrupted(res, held)
         return res
