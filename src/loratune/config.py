@@ -538,7 +538,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except UserError as exc:
             problems.append(f"{key}: {exc.problem} ({exc.fix})")
     if recorded and flat.get("adapter.method") == "full":
-        flat.update({k: default_of(k) for k in LORA_ONLY_KEYS})
+        flat.update({k: default_of(k) for k in LORA_ONLY_KEYS + LORA_VARIANT_KEYS})
     if recorded:
         flat = upgrade_recorded(flat)
     try:
@@ -913,6 +913,12 @@ LORA_ONLY_KEYS = ("adapter.r", "adapter.lora_alpha", "adapter.lora_dropout", "ad
                   "adapter.layers_to_transform", "adapter.bias", "adapter.use_rslora", "adapter.init_lora_weights")
 
 
+# The LoRA variants (LoRA+ and its ratio, DoRA): refused with adapter.method=full (cross_checks) and, like
+# LORA_ONLY_KEYS, reset by `replace` switching a config to full (tune's full-fine-tuning probe of a LoRA+ or DoRA
+# incumbent trains plain full fine-tuning, not a refused config).
+LORA_VARIANT_KEYS = ("train.optimizer", "adapter.use_dora", "train.loraplus_lr_ratio")
+
+
 def default_of(dotted: str) -> Any:
     """A key's default value (a list-valued key's comes from its factory)."""
     f = key_table()[dotted]
@@ -990,10 +996,10 @@ def to_yaml(cfg: RunConfig) -> str:
 def replace(cfg: RunConfig, **dotted: Any) -> RunConfig:
     """A copy with some dotted keys changed (validated): replace(cfg, **{"adapter.r": 16}). A change from
     adapter.method=lora to full (tune's full fine-tuning probe of a LoRA trial's point) resets the LoRA-only keys
-    (LORA_ONLY_KEYS) to their defaults: the full run reads none of them, and its config then says so."""
+    (LORA_ONLY_KEYS) and the LoRA variants (LORA_VARIANT_KEYS: LoRA+, DoRA) to their defaults: the full run reads none of them, and its config then says so."""
     flat = {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
     for key, value in dotted.items():
         flat[resolve_key(key)] = value
     if cfg.adapter.method == "lora" and flat["adapter.method"] == "full":
-        flat.update({k: default_of(k) for k in LORA_ONLY_KEYS})
+        flat.update({k: default_of(k) for k in LORA_ONLY_KEYS + LORA_VARIANT_KEYS})
     return build_config(flat)

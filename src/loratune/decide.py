@@ -120,6 +120,9 @@ class DecideInputs:
     # what the target is judged against (rank-plateau); None: the chosen point's value
     best_lora: float | None = None
     best_lora_label: str = ""
+    # the full-fine-tuning probe ran and failed (what happened, e.g. "the full-fine-tuning probe #15 full failed");
+    # "": it succeeded or was not run
+    full_failed: str = ""
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,8 @@ def cost_parity(inp: DecideInputs, t: DecideThresholds) -> Reason:
 def performance_gap(inp: DecideInputs) -> Reason:
     full, lora = inp.full, inp.chosen
     if full is None or full.score is None or lora.score is None:
-        return Reason("performance-gap", None, "no full-fine-tuning probe result to compare")
+        return Reason("performance-gap", None, inp.full_failed or "no full-fine-tuning probe result to compare",
+                      {"probe": "failed" if inp.full_failed else "not-run"})
     gap = full.score - lora.score
     holds = gap > inp.noise
     if holds:
@@ -271,7 +275,7 @@ def decide(inp: DecideInputs, thresholds: DecideThresholds = DecideThresholds())
                                                          "; no other protocol-6 reason held"))
     else:
         choice = "lora"
-        why = gap.text if gap.holds is not None else "no full-fine-tuning probe was run"
+        why = gap.text if gap.holds is not None else inp.full_failed or "no full-fine-tuning probe was run"
         extra = (f"; full fine-tuning is worth a longer probe because {', '.join(considered)} held" if considered
                  else "; no protocol-6 reason for full fine-tuning held")
         summary = f"LoRA: {why}{extra}"

@@ -2045,3 +2045,50 @@ def test_start_alpha_follows_the_rank_and_rslora_the_run_trains_with():
     assert both.point["adapter.lora_alpha"] == 8.0
     kept = start_from_assessment(a, {"adapter.r": 4, "adapter.lora_alpha": 32.0})
     assert kept.point["adapter.lora_alpha"] == 32.0  # the user's, as given
+
+
+# ---------------------------------------------------------------------------------------------
+# the full-fine-tuning probe of a LoRA+ or DoRA incumbent (hunt 16): plain full fine-tuning, and a failed probe is
+# a failure, not a budget skip
+
+def test_full_probe_of_a_loraplus_dora_incumbent_drops_the_lora_variants_and_its_config_is_accepted():
+    from loratune.config import LORA_ONLY_KEYS, build_config, replace
+
+    start = Start(point={**START.point, "train.optimizer": "loraplus", "adapter.use_dora": True},
+                  ceiling_r=32, lr_centre=1e-3)
+    ctx, runner = make_ctx(lr_binds())
+    run_protocol(ctx, start, ProtocolSettings())
+    fulls = [s for s in runner.calls if s.point.get("adapter.method") == "full"]
+    variants = ("train.optimizer", "adapter.use_dora", "train.loraplus_lr_ratio")
+    assert fulls and all(not set(s.point) & set(LORA_ONLY_KEYS + variants) for s in fulls)
+    assert all("loraplus" not in s.name and "dora" not in s.name for s in fulls)
+    # the user's base config set LoRA+ and DoRA (not the point): the probe's config resets them, not refused
+    base = build_config({"train.optimizer": "loraplus", "train.loraplus_lr_ratio": 4.0, "adapter.use_dora": True,
+                         "adapter.lora_alpha": 32.0})
+    cfg = replace(base, **fulls[0].point)
+    assert (cfg.adapter.method, cfg.train.optimizer, cfg.adapter.use_dora, cfg.train.loraplus_lr_ratio,
+            cfg.adapter.lora_alpha) == ("full", "adamw", False, 16.0, 16.0)
+    assert "choose-full" in codes(ctx) or "choose-lora" in codes(ctx)
+    assert "budget-skip" not in [d["code"] for d in ctx.decisions if d["phase"] == "lora-vs-full"]
+
+
+class _FullFails(World):
+    def result(self, p):
+        if p.get("adapter.method") == "full":
+            return TrialResult(status="failed", value=None, examples=0, wall_s=0.0, reason="scripted refusal")
+        return super().result(p)
+
+
+def test_a_failed_full_probe_is_reported_as_failed_not_as_a_budget_skip():
+    w = lr_binds()
+    ctx, runner = make_ctx(_FullFails(w.f1, w.verdict, w.loss))
+    run_protocol(ctx, START, ProtocolSettings())
+    phase = [d for d in ctx.decisions if d["phase"] == "lora-vs-full"]
+    assert [d["code"] for d in phase][-2:] == ["full-probe-failed", "choose-lora"]
+    assert "budget-skip" not in [d["code"] for d in phase]
+    failed = next(d for d in phase if d["code"] == "full-probe-failed")
+    assert len(failed["evidence"]) == 3 and all("failed (scripted refusal)" in e for e in failed["evidence"])
+    gap = next(r for r in ctx.state.lora_vs_full["reasons"] if r["id"] == "performance-gap")
+    assert gap["holds"] is None and gap["evidence"] == {"probe": "failed"}
+    assert "no full-fine-tuning probe was run" not in ctx.state.lora_vs_full["summary"]
+    assert "failed" in ctx.state.lora_vs_full["summary"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from loratune.config import LORA_ONLY_KEYS, LORA_VARIANT_KEYS
 from loratune.search.budget import Cost
 from loratune.search.context import SearchContext, with_
 from loratune.search.space import DEFAULTS
@@ -36,7 +37,10 @@ def full_lr_probe(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord) -> 
             lrs.append(x)
     steps = int(ctx.trial_steps or 0)
     p_steps = max(s.lr_probe_min_steps, int(round(steps * s.lr_probe_fraction))) if steps else 0
-    full_point = with_(inc.point, **{METHOD: "full", LR: centre})
+    # plain full fine-tuning: the LoRA-only keys and variants (LoRA+, DoRA) of the incumbent's point go (the config
+    # resets them too: config.replace), so the probe is neither refused nor named after a LoRA knob it does not read
+    full_point = with_({k: v for k, v in inc.point.items() if k not in LORA_ONLY_KEYS + LORA_VARIANT_KEYS},
+                       **{METHOD: "full", LR: centre})
     # short probes only when a probe and the full-length probe they lead to both fit (else one trial at 1x)
     short = (bool(steps) and p_steps <= steps * PROBE_MAX_SHARE_OF_TRIAL and len(lrs) > 1
              and ctx.meter.fits(ctx.estimate(with_(full_point, **{"train.max_steps": p_steps}))
@@ -60,8 +64,8 @@ def full_lr_probe(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord) -> 
             break
         runs.append(rec)
     scored = [r for r in runs if r.value is not None]
-    if not scored:
-        return None
+    if not scored:  # none ran (budget: None), or every probe failed (the last one: stage_full_probe says so)
+        return runs[-1] if runs else None
     best = max(scored, key=lambda r: (r.value, -r.number))
     lr = lr_of(best.point)
     rows = [f"lr {lr_of(r.point):g}: {ctx.show(r.value)} ({r.result.verdict})" for r in runs]
@@ -115,6 +119,11 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
         full = full_lr_probe(ctx, s, inc)
         if full is None:
             no_budget(ctx, phase, "the full-fine-tuning probe")
+        elif full.value is None:  # it ran and failed: said as a failure, not as a budget skip
+            tried = [r for r in ctx.records if r.spec.phase == phase and r.value is None]
+            ctx.decide(phase, "full-probe", "the full-fine-tuning probe failed", "compare without it",
+                       [f"{r.label}: {r.result.status}" + (f" ({r.result.reason})" if r.result.reason else "")
+                        for r in tried], tried, code="full-probe-failed")
     lora = [r for r in ctx.records if r.point.get(METHOD, DEFAULTS[METHOD]) == "lora" and r.value is not None
             and r.result.params.get("adapter")]
     highest = max(lora, key=lambda r: (r_of(r.point), r.value or 0)) if lora else None
@@ -142,6 +151,8 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
                    + (f", pruned at step {pruned_step(highest)})" if not highest.result.full_length else ")"))
         if highest and highest is not inc else None,
         full=cp(full, "full fine-tuning") if full is not None and full.value is not None else None,
+        full_failed=(f"the full-fine-tuning probe {full.label} {full.result.status}"
+                     if full is not None and full.value is None else ""),
         noise=noise, noise_source=src, plateau=plateau,
         plateau_detail=(f"plateau at r={sweep.get('plateau_r')}" if sweep.get("plateau_r") is not None else
                         "points " + ", ".join(f"r={p['r']}: {ctx.fmt(p['value'])}" for p in sweep.get("points", [])))
