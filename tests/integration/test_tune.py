@@ -243,6 +243,21 @@ def test_a_share_target_above_1_is_refused_before_the_study_is_made(tiny_bert, i
     assert not study.exists()
 
 
+@pytest.mark.parametrize("extra", [(), ("--strategy", "random"), ("--arms", "dora,loraplus")])
+def test_tune_with_method_full_is_refused_up_front(extra, tiny_bert, intent_data, tmp_path, capsys):
+    """tune with adapter.method=full crashed (exit 2) after some trials on a config it made itself (phase 2's
+    lora_alpha move, a DoRA arm), again on --resume, and at trial #0 with --strategy random."""
+    study = tmp_path / "s"
+    ov = overrides(tiny_bert, intent_data, study / "unused", method="full", num_threads=1)
+    ov = [o for o in ov if not o.startswith(("max_steps=", "eval_steps=", "output_dir="))]
+    args = ["tune", *ov, "--study-dir", str(study), "-q", "--budget", "4trials", "--trial-steps", "8", *extra]
+    assert main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "adapter.method: got 'full'; tune searches LoRA configs" in err
+    assert "leave adapter.method at lora" in err and "loratune train adapter.method=full" in err
+    assert "Traceback" not in err and not study.exists()
+
+
 def test_a_second_study_in_a_study_dir_is_refused_before_anything_is_written(tiny_bert, intent_data, tmp_path,
                                                                              monkeypatch, capsys):
     monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))

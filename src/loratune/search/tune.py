@@ -87,6 +87,18 @@ def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, run
                     study.close()
 
 
+def refuse_full(cfg) -> None:
+    """tune searches LoRA configs (rank, alpha, targets, LoRA+ and DoRA arms) and probes full fine-tuning itself
+    (its LoRA-vs-full stage, at full fine-tuning's own lr): a base config with adapter.method=full is refused up front.
+    Searched anyway, every LoRA stage's configs were refused mid-study (exit 2 after some trials, again on --resume;
+    at trial #0 with --strategy random)."""
+    if cfg.adapter.method == "full":
+        raise UserError("adapter.method: got 'full'; tune searches LoRA configs (rank, alpha, targets, LoRA+, DoRA) "
+                        "and runs full fine-tuning itself as its LoRA-vs-full probe",
+                        "leave adapter.method at lora (the study compares full fine-tuning with the best LoRA "
+                        "config), or train one full fine-tuning run with `loratune train adapter.method=full`")
+
+
 def check_options(options: TuneOptions) -> TuneOptions:
     """A Python caller's whole-number options (config.WHOLE_OPTIONS: trial_steps, seed, heartbeat_s; a numpy integer
     taken as an int) and target checked as the CLI's argparse types check them (the same config.whole_number /
@@ -145,6 +157,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     if options.strategy is not None and options.strategy not in STRATEGIES:
         raise UserError(f"unknown strategy '{options.strategy}'", f"use one of {', '.join(STRATEGIES)}")
     options = check_options(options)
+    refuse_full(cfg)
     if options.budget is not None:
         Budget.parse(options.budget)  # a typo fails before anything loads
     if options.thresholds is not None:  # a Python caller's dict is checked as a file's is, and kept as overrides only
@@ -183,6 +196,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         old = study.meta
         given = options.user_point
         cfg = cfg_from_yaml(old["base_config"]) if old.get("base_config") else cfg
+        refuse_full(cfg)  # a study begun before tune refused it: its trials crash on tune's own LoRA moves
         if options.strategy and options.strategy != old.get("strategy"):
             raise UserError(f"the study in {study_dir} was run with --strategy {old.get('strategy')}",
                             f"resume it with --strategy {old.get('strategy')} (or without --strategy)")
