@@ -822,6 +822,10 @@ def cross_checks(cfg: RunConfig) -> list[str]:
     if a.method == "full" and lora_only:
         problems.append(f"adapter.method: got 'full' with {', '.join(lora_only)}; allowed: LoRA+ and DoRA only with "
                         "adapter.method=lora")
+    if cfg.train.optimizer != "loraplus" and cfg.train.loraplus_lr_ratio != default_of("train.loraplus_lr_ratio"):
+        problems.append(f"train.loraplus_lr_ratio: got {cfg.train.loraplus_lr_ratio:g} with train.optimizer="
+                        f"{cfg.train.optimizer} (only LoRA+ reads it); allowed: set train.optimizer=loraplus, or leave "
+                        f"train.loraplus_lr_ratio at {default_of('train.loraplus_lr_ratio'):g}")
     ignored = lora_keys_set(cfg) if a.method == "full" else []
     if ignored:
         problems.append(f"adapter.method: got 'full' with {', '.join(ignored)}; only adapter.method=lora reads "

@@ -41,9 +41,11 @@ def problems_of(overrides: list[str], path=None) -> list[str]:
 
 
 def task_of(dotted: str) -> list[str]:
-    """The model.task override a key needs to be read at all (config.TASK_ONLY_KEYS)."""
+    """The model.task override a key needs to be read at all (config.TASK_ONLY_KEYS), and the optimizer LoRA+'s
+    ratio needs (set otherwise it is refused: nothing reads it)."""
     owner = C.TASK_ONLY_KEYS.get(dotted, "classification")
-    return [] if owner == "classification" else [f"model.task={owner}"]
+    return (([] if owner == "classification" else [f"model.task={owner}"])
+            + (["train.optimizer=loraplus"] if dotted == "train.loraplus_lr_ratio" else []))
 
 
 def write(tmp_path, text: str, name: str = "c.yaml"):
@@ -723,3 +725,15 @@ def test_a_comma_inside_a_targets_layer_list_keeps_the_list(given, expected):
 def test_a_list_of_layer_indices_is_not_joined():
     assert load_config(None, ["layers_to_transform=[0,2]"]).adapter.layers_to_transform == (0, 2)
     assert C.split_list("attn.q, , 3") == ["attn.q", "", "3"]  # no `@` before it: a (bad) target of its own
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA+'s ratio with no LoRA+ (hunt 16): nothing reads it, so it is refused like a LoRA key under method=full
+
+@pytest.mark.parametrize("extra", [[], ["adapter.method=full", "adapter.target_modules=[]"]])
+def test_a_loraplus_ratio_without_loraplus_is_refused(extra):
+    problems = problems_of(["train.loraplus_lr_ratio=4"] + extra)
+    assert problems == ["train.loraplus_lr_ratio: got 4 with train.optimizer=adamw (only LoRA+ reads it); allowed: "
+                        "set train.optimizer=loraplus, or leave train.loraplus_lr_ratio at 16"]
+    assert load_config(None, ["train.optimizer=loraplus", "train.loraplus_lr_ratio=4"]).train.loraplus_lr_ratio == 4
+
