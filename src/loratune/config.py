@@ -225,8 +225,10 @@ class TrainConfig:
     head_learning_rate: float | None = _f(None, "Peak learning rate of the classification head (pooler + classifier, "
                                           "or score); null: learning_rate.", min=0.0, max=1.0, min_exclusive=True)
     optimizer: str = _f("adamw", "adamw: one lr for every adapter matrix; loraplus: LoRA+ (Hayou et al. 2024), "
-                        "the B matrices at learning_rate x loraplus_lr_ratio (peft create_loraplus_optimizer's "
-                        "grouping), A matrices and the head as with adamw.", choices=("adamw", "loraplus"))
+                        "the LoRA B matrices at learning_rate x loraplus_lr_ratio, everything else (A matrices, "
+                        "the head, and 1-d weights: biases, norms, DoRA magnitudes) as with adamw (unlike peft "
+                        "create_loraplus_optimizer, which puts 1-d weights at lr x ratio too).",
+                        choices=("adamw", "loraplus"))
     loraplus_lr_ratio: float = _f(16.0, "LoRA+: lr of the B matrices over that of the A matrices (the paper's "
                                   "default is 16).", min=1.0)
     init_from: str | None = _f(None, "Start from saved weights instead of the base model's fresh adapter: a run's "

@@ -737,3 +737,10 @@ def test_a_loraplus_ratio_without_loraplus_is_refused(extra):
                         "set train.optimizer=loraplus, or leave train.loraplus_lr_ratio at 16"]
     assert load_config(None, ["train.optimizer=loraplus", "train.loraplus_lr_ratio=4"]).train.loraplus_lr_ratio == 4
 
+
+def test_the_optimizer_help_says_where_loraplus_puts_1d_weights():
+    """train.py keeps 1-d weights (biases, norms, DoRA magnitudes) at the base lr, where peft's
+    create_loraplus_optimizer puts them at lr x ratio: the help said it followed peft's grouping."""
+    doc = C.key_table()["train.optimizer"].metadata["help"]
+    assert "create_loraplus_optimizer's grouping" not in doc
+    assert "1-d weights: biases, norms, DoRA magnitudes) as with adamw" in doc
