@@ -43,6 +43,12 @@ class CostPoint:
     peak_memory_mb: float | None = None
     examples: int | None = None
     trial: int | None = None
+    # the trials mean_step_s and peak_memory_mb were measured on (tune: the least over trials of this one's shape,
+    # not necessarily `trial`), and what the memory is: "above-start" (the trial's peak above the process's memory as
+    # it started) or "process-peak" (the process's running peak)
+    step_trial: int | None = None
+    memory_trial: int | None = None
+    memory_kind: str = "process-peak"
 
     @property
     def share_total(self) -> float | None:
@@ -58,9 +64,12 @@ class CostPoint:
     @classmethod
     def from_run(cls, label: str, method: str, r: int | None, score: float | None, params: dict,
                  mean_step_s: float | None, peak_memory_mb: float | None, examples: int | None = None,
-                 trial: int | None = None) -> "CostPoint":
+                 trial: int | None = None, *, step_trial: int | None = None, memory_trial: int | None = None,
+                 memory_kind: str = "process-peak") -> "CostPoint":
         return cls(label, method, r, score, params.get("trainable"), params.get("adapter"),
-                   params.get("total"), params.get("adapted_weights"), mean_step_s, peak_memory_mb, examples, trial)
+                   params.get("total"), params.get("adapted_weights"), mean_step_s, peak_memory_mb, examples, trial,
+                   step_trial if step_trial is not None else trial, memory_trial if memory_trial is not None else trial,
+                   memory_kind)
 
 
 @dataclass(frozen=True)
@@ -258,6 +267,7 @@ def cost_table(inp: DecideInputs, t: DecideThresholds = DecideThresholds()) -> t
                      "trainable": p.trainable, "adapter": p.adapter,
                      "share_total": p.share_total, "share_adapted": p.share_adapted,
                      "mean_step_s": p.mean_step_s, "peak_memory_mb": p.peak_memory_mb, "examples": p.examples,
+                     "step_trial": p.step_trial, "memory_trial": p.memory_trial, "memory_kind": p.memory_kind,
                      "step_time_vs_full": _ratio(p.mean_step_s, full.mean_step_s) if full else None,
                      "memory_vs_full": _memory_ratio(p.peak_memory_mb, full.peak_memory_mb, t) if full else None})
     return tuple(rows)

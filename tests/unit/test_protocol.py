@@ -1268,6 +1268,10 @@ def test_lora_vs_full_memory_is_the_least_over_same_shape_trials_not_the_first_t
     chosen = next(row for row in lvf["table"] if "best at the probe" in row["label"])
     full = next(row for row in lvf["table"] if row["method"] == "full")
     assert chosen["peak_memory_mb"] == 300.0 and full["peak_memory_mb"] == 1000.0
+    # each number names the trial that measured it (the least of the same-shape trials), and what the memory is
+    same = [r for r in ctx.records if r.point.get("adapter.method") == "full"]
+    assert full["memory_trial"] in [r.number for r in same] and full["memory_kind"] == "above-start"
+    assert full["step_trial"] == min((r.result.mean_step_s, r.number) for r in same)[1]
     # the incumbent, its seed runs and its lr siblings (lr and seed change no tensor's size)
     assert lvf["measurements"][str(ctx.state.incumbent.number)] >= 3
     # without a per-trial measure the trail says the comparison is order-dependent

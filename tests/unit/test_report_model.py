@@ -1673,3 +1673,68 @@ def test_report_help_names_the_probe_set_and_robustness(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert ("the probe set's score at the saved model's step and the robustness probe (accuracy under each "
             "perturbation)") in out
+
+
+def _cost_table_study(d, table, memory_per_trial=None):
+    (d / "final").mkdir(parents=True)
+    (d / "final" / "config.yaml").write_text("train:\n  learning_rate: 0.005\n")
+    trials = [{"trial": n, "name": f"t{n}", "phase": "phase1-lr-grid", "status": "completed", "val_macro_f1": v,
+               "objective": "val/macro_f1", "objective_value": v, "examples": 100, "wall_s": 1.0,
+               "point": {R: 8, LR: 5e-3}} for n, v in ((4, 0.31), (7, 0.2), (13, 0.25))]
+    lvf = {"choice": "lora", "summary": "LoRA", "reasons": [], "table": table, "full_trial": 13,
+           **({"memory_per_trial": memory_per_trial} if memory_per_trial is not None else {})}
+    summary = {"objective": "val/macro_f1", "strategy": "protocol", "trials": trials, "lora_vs_full": lvf,
+               "recommendation": {"trial": 4, "name": "t4", "point": trials[0]["point"], "val_macro_f1": 0.31,
+                                  "objective": "val/macro_f1", "objective_value": 0.31, "verdict": "healthy",
+                                  "test": {}}}
+    (d / "final" / "study.json").write_text(json.dumps(summary))
+
+
+def test_the_lora_vs_full_table_names_its_memory_and_the_trial_each_number_was_measured_on(tmp_path):
+    """It labelled 'peak MB' a trial's memory above the process's memory at its start, and showed under #13 a step
+    time and memory measured on #7 (the least over same-shape trials): full 0.009 s / 1 MB where #13's run.json
+    said 0.0185 s / 644 MB."""
+    import io
+
+    from rich.console import Console
+
+    from loratune.report.study import build_study_report, show_study
+
+    table = [{"label": "LoRA r=8 (best at the probe, #4)", "method": "lora", "r": 8, "trial": 4,
+              "objective_value": 0.31, "trainable": 1000, "mean_step_s": 0.094, "peak_memory_mb": 632.0,
+              "step_trial": 4, "memory_trial": 4, "memory_kind": "above-start"},
+             {"label": "full fine-tuning", "method": "full", "r": None, "trial": 13, "objective_value": 0.25,
+              "trainable": 9000, "mean_step_s": 0.009, "peak_memory_mb": 1.0, "step_trial": 7, "memory_trial": 7,
+              "memory_kind": "above-start"}]
+    _cost_table_study(tmp_path / "s", table)
+    s = build_study_report(tmp_path / "s")
+    buf = io.StringIO()
+    show_study(Console(file=buf, width=300, highlight=False, color_system=None), s)
+    text = buf.getvalue()
+    block = text[text.index("LoRA vs full fine-tuning"):]
+    assert "peak MB" not in block and "memory above the trial's start (MB)" in block
+    full_line = next(line for line in block.splitlines() if line.startswith("full fine-tuning"))
+    assert "0.009 (#7)" in full_line and "1 (#7)" in full_line
+    lora_line = next(line for line in block.splitlines() if line.startswith("LoRA r=8"))
+    assert "0.094" in lora_line and "632" in lora_line and "(#" not in lora_line.split(")", 1)[1]
+    html = render_study_html(s)
+    table_html = html[html.index('id="lora-full-table"'):html.index("</table>", html.index('id="lora-full-table"'))]
+    assert re.search(r"<td>memory above the trial(&#x27;|&#39;|')s start</td>", table_html)
+    assert "0.009 s (#7)" in table_html and "1 MB (#7)" in table_html and "0.094 s</td>" in table_html
+    assert "peak memory" not in table_html
+    # a study written before the rows named their memory: the decision's memory_per_trial names it
+    old = [{k: v for k, v in row.items() if k not in ("step_trial", "memory_trial", "memory_kind")} for row in table]
+    _cost_table_study(tmp_path / "old", old, memory_per_trial=False)
+    html = render_study_html(build_study_report(tmp_path / "old"))
+    assert "<td>process peak memory</td>" in html and "(#7)" not in html
+
+
+def test_the_cost_table_rows_name_the_trials_their_least_measurements_came_from():
+    from loratune.decide import CostPoint, DecideInputs, cost_table
+
+    lora = CostPoint.from_run("LoRA r=8", "lora", 8, 0.8, {}, 0.1, 600.0, trial=4)
+    full = CostPoint.from_run("full fine-tuning", "full", None, 0.7, {}, 0.009, 1.0, trial=13, step_trial=7,
+                              memory_trial=7, memory_kind="above-start")
+    rows = cost_table(DecideInputs(chosen=lora, highest=None, full=full, noise=0.01))
+    assert [(r["trial"], r["step_trial"], r["memory_trial"], r["memory_kind"]) for r in rows] == [
+        (4, 4, 4, "process-peak"), (13, 7, 7, "above-start")]

@@ -21,7 +21,7 @@ from loratune.report.html import (
     value_text,
 )
 from loratune.objectives import Objective
-from loratune.report.study import CUT, StudyReport, TrialView, trial_count
+from loratune.report.study import CUT, StudyReport, TrialView, measured_on, memory_name, trial_count
 from loratune.search.stages import TRAIL_PHASES as PHASE_NAMES  # the stage table's names, one place
 
 
@@ -310,10 +310,11 @@ def lora_full_section(s: StudyReport) -> str:
                      # decide.CostPoint.share_total: LoRA's adapter alone (a run report's share adds the head)
                      ("share of the model (LoRA: adapter only)", lambda c: pct(c.get("share_total"), 2)),
                      ("share of the adapted weights", lambda c: pct(c.get("share_adapted"), 1)),
-                     ("mean step", lambda c: f"{c['mean_step_s']:.3f} s" if isinstance(c.get("mean_step_s"), float)
-                      else "–"),
+                     # each number beside the trial that measured it when not the column's own (study.measured_on)
+                     ("mean step", lambda c: f"{c['mean_step_s']:.3f} s{measured_on(c, 'step_trial')}"
+                      if isinstance(c.get("mean_step_s"), float) else "–"),
                      ("step time vs full", lambda c: pct(c.get("step_time_vs_full"), 0)),
-                     ("peak memory", lambda c: f"{c['peak_memory_mb']:,.0f} MB"
+                     (memory_name(cols), lambda c: f"{c['peak_memory_mb']:,.0f} MB{measured_on(c, 'memory_trial')}"
                       if isinstance(c.get("peak_memory_mb"), (int, float)) else "–"),
                      ("memory vs full", lambda c: pct(c.get("memory_vs_full"), 0)),
                      ("training examples", lambda c: human(c.get("examples")))]

@@ -491,6 +491,23 @@ def _pair_view(pair: Mapping[str, Any] | None, trail: Sequence[DecisionView], se
                     str(pair.get("binding") or "?"), str(pair.get("how") or ""), compare)
 
 
+# what a LoRA-vs-full cost table row's peak_memory_mb is (decide.CostPoint.memory_kind), as the tables name it
+MEMORY_KINDS = {"above-start": "memory above the trial's start", "process-peak": "process peak memory"}
+
+
+def memory_name(table: Sequence[Mapping[str, Any]]) -> str:
+    """The name of the cost table's memory numbers: what they are (MEMORY_KINDS), not always "peak"."""
+    kinds = {row.get("memory_kind") for row in table}
+    return MEMORY_KINDS[kinds.pop()] if len(kinds) == 1 and None not in kinds else "memory"
+
+
+def measured_on(row: Mapping[str, Any], key: str) -> str:
+    """" (#7)" when a cost table row's number (key: step_trial, memory_trial) was measured on another trial than the
+    row's own (tune reads the least over trials of the row's shape), "" when on the row's trial."""
+    at = row.get(key)
+    return f" (#{at})" if at is not None and at != row.get("trial") else ""
+
+
 def _lora_full_view(data: Mapping[str, Any] | None, o: Objective) -> LoraFullView:
     if not data:
         return LoraFullView(None, "", (), (), missing="no LoRA-vs-full decision yet (the study stops before it, "
@@ -499,7 +516,10 @@ def _lora_full_view(data: Mapping[str, Any] | None, o: Objective) -> LoraFullVie
                     if isinstance(r, dict))
     # the cost table's objective_value is the value; a study written before it has the search's score (minus a
     # loss) under val_macro_f1, whatever the objective
-    table = tuple({**t, "objective_value": as_float(t["objective_value"]) if "objective_value" in t
+    # a study written before the rows named their memory's kind: the decision's memory_per_trial says it
+    kind = {True: "above-start", False: "process-peak"}.get(data.get("memory_per_trial"))
+    table = tuple({**({"memory_kind": kind} if kind else {}), **t,
+                   "objective_value": as_float(t["objective_value"]) if "objective_value" in t
                    else o.value(as_float(t.get("val_macro_f1")))}
                   for t in data.get("table") or () if isinstance(t, dict))
     noise = next((as_float((r.get("evidence") or {}).get("noise")) for r in data.get("reasons") or ()
@@ -761,13 +781,15 @@ def show_study(con, s: StudyReport) -> None:
         con.print(f"  choice: [bold]{safe(str(lf.choice))}[/] [dim]{safe(lf.summary)}[/]")
     if lf.table:
         t = Table(header_style="bold", box=None, pad_edge=False)
-        for col in ("", o.name, "trainable", "step (s)", "peak MB"):
+        for col in ("", o.name, "trainable", "step (s)", f"{memory_name(lf.table)} (MB)"):
             t.add_column(col, justify="left" if not col else "right")
-        for row in lf.table:
+        for row in lf.table:  # each number beside the trial that measured it when not the row's own
             t.add_row(safe(str(row.get("label"))), _f3(row.get("objective_value")),
                       f"{row['trainable']:,}" if isinstance(row.get("trainable"), int) else "–",
-                      _f3(row.get("mean_step_s")), f"{row['peak_memory_mb']:.0f}" if as_float(row.get("peak_memory_mb"))
-                      else "–")
+                      _f3(row.get("mean_step_s")) + (measured_on(row, "step_trial") if as_float(row.get("mean_step_s"))
+                                                      is not None else ""),
+                      f"{row['peak_memory_mb']:.0f}{measured_on(row, 'memory_trial')}"
+                      if as_float(row.get("peak_memory_mb")) is not None else "–")
         con.print(t)
     for rid, holds, text in lf.reasons:
         sym = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]?[/]"}[holds]

@@ -89,21 +89,23 @@ def full_lr_probe(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord) -> 
                             f"full fine-tuning probe (lr {lr:g}, the best of its lr probe)"), prune=False)
 
 
-def measured_cost(ctx: SearchContext, rec: TrialRecord) -> tuple[float | None, float | None, float | None, int]:
-    """(step s, memory above the trial's start MB, peak MB, n): the least of the measurements of every finished
-    trial with `rec`'s shape (the same point but for COST_FREE_KEYS): neither the order trials ran in nor a
-    one-time cost of the process's first trial decides LoRA vs full."""
+def measured_cost(ctx: SearchContext, rec: TrialRecord) -> tuple[float | None, float | None, float | None, int,
+                                                                  tuple[int | None, int | None, int | None]]:
+    """(step s, memory above the trial's start MB, peak MB, n, (the trial each of the three came from)): the least
+    of the measurements of every finished trial with `rec`'s shape (the same point but for COST_FREE_KEYS): neither
+    the order trials ran in nor a one-time cost of the process's first trial decides LoRA vs full. The trials are
+    named so a table shows each number beside the trial that measured it, not under `rec`'s number."""
     def shape(p: dict) -> dict:
         return {k: v for k, v in p.items() if k not in COST_FREE_KEYS}
 
     same = [r for r in ctx.records if r.result.ok and shape(r.point) == shape(rec.point)] or [rec]
 
-    def least(values):
-        got = [v for v in values if v is not None]
-        return min(got) if got else None
+    def least(field: str) -> tuple[float | None, int | None]:
+        got = [(getattr(r.result, field), r.number) for r in same if getattr(r.result, field) is not None]
+        return min(got) if got else (None, None)
 
-    return (least(r.result.mean_step_s for r in same), least(r.result.memory_delta_mb for r in same),
-            least(r.result.peak_memory_mb for r in same), len(same))
+    (step, a), (delta, b), (peak, c) = least("mean_step_s"), least("memory_delta_mb"), least("peak_memory_mb")
+    return step, delta, peak, len(same), (a, b, c)
 
 
 def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
@@ -136,10 +138,12 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     use_delta = all(costs[r.number][1] is not None for r in involved)
 
     def cp(rec: TrialRecord, label: str) -> CostPoint:
-        step, delta, peak, _ = costs[rec.number]
+        step, delta, peak, _, (step_at, delta_at, peak_at) = costs[rec.number]
         return CostPoint.from_run(label, rec.point.get(METHOD, DEFAULTS[METHOD]), None if rec.point.get(METHOD) == "full"
                                   else r_of(rec.point), rec.value, rec.result.params, step,
-                                  delta if use_delta else peak, rec.result.examples, rec.number)
+                                  delta if use_delta else peak, rec.result.examples, rec.number,
+                                  step_trial=step_at, memory_trial=delta_at if use_delta else peak_at,
+                                  memory_kind="above-start" if use_delta else "process-peak")
 
     noise, src = ctx.noise()
     sweep = ctx.state.rank_sweep or {}
