@@ -27,6 +27,15 @@ from dataclasses import asdict, dataclass, field
 from loratune.objectives import DEFAULT, Objective
 
 
+def method_name(method: str = "lora", use_dora: bool = False, optimizer: str = "adamw") -> str:
+    """What trained, as labels name it: "full fine-tuning", or LoRA with its variants ("DoRA", "LoRA+", "DoRA +
+    LoRA+"): a DoRA or LoRA+ trial labelled "LoRA r=8" read as plain LoRA."""
+    if method == "full":
+        return "full fine-tuning"
+    parts = (["DoRA"] if use_dora else []) + (["LoRA+"] if optimizer == "loraplus" else [])
+    return " + ".join(parts) or "LoRA"
+
+
 @dataclass(frozen=True)
 class CostPoint:
     """One measured configuration."""

@@ -2096,3 +2096,31 @@ def test_a_failed_full_probe_is_reported_as_failed_not_as_a_budget_skip():
     assert gap["holds"] is None and gap["evidence"] == {"probe": "failed"}
     assert "no full-fine-tuning probe was run" not in ctx.state.lora_vs_full["summary"]
     assert "failed" in ctx.state.lora_vs_full["summary"]
+
+
+def test_the_lora_vs_full_labels_name_dora_and_loraplus():
+    """A DoRA + LoRA+ incumbent was labelled 'LoRA r=8' in the cost table and the decision."""
+    start = Start(point={**START.point, "train.optimizer": "loraplus", "adapter.use_dora": True},
+                  ceiling_r=32, lr_centre=1e-3)
+    ctx, _ = make_ctx(lr_binds())
+    run_protocol(ctx, start, ProtocolSettings())
+    labels = [row["label"] for row in ctx.state.lora_vs_full["table"]]
+    assert labels[0].startswith("DoRA + LoRA+ r=") and "full fine-tuning" in labels
+    assert not any(label.startswith("LoRA r=") for label in labels)
+
+
+def test_a_trial_result_names_the_variant_its_run_config_trained():
+    """A base config's DoRA or LoRA+ is in no trial's point: the run's own config names it."""
+    from loratune.search.runner import result_from
+
+    def run(adapter, train):
+        return {"status": "completed", "best": {"step": 4, "val/macro_f1": 0.5}, "steps_done": 4,
+                "config": {"adapter": adapter, "train": train}}
+
+    assert result_from(run({"method": "lora", "use_dora": True}, {"optimizer": "loraplus"}), None, 1.0).method \
+        == "DoRA + LoRA+"
+    assert result_from(run({"method": "lora", "use_dora": False}, {"optimizer": "loraplus"}), None, 1.0).method \
+        == "LoRA+"
+    assert result_from(run({"method": "lora", "use_dora": True}, {"optimizer": "adamw"}), None, 1.0).method == "DoRA"
+    assert result_from(run({"method": "lora"}, {}), None, 1.0).method == "LoRA"
+    assert result_from(run({"method": "full"}, {}), None, 1.0).method == "full fine-tuning"

@@ -1738,3 +1738,21 @@ def test_the_cost_table_rows_name_the_trials_their_least_measurements_came_from(
     rows = cost_table(DecideInputs(chosen=lora, highest=None, full=full, noise=0.01))
     assert [(r["trial"], r["step_trial"], r["memory_trial"], r["memory_kind"]) for r in rows] == [
         (4, 4, 4, "process-peak"), (13, 7, 7, "above-start")]
+
+
+def test_a_runs_settings_say_it_used_dora_and_loraplus():
+    """show/report of a DoRA + LoRA+ run listed neither use_dora nor the optimizer, its ratio or the head's lr."""
+    from loratune.report.model import build_params
+
+    config = {"adapter": {"method": "lora", "r": 8, "use_dora": True},
+              "train": {"learning_rate": 1e-3, "optimizer": "loraplus", "loraplus_lr_ratio": 4.0,
+                        "head_learning_rate": 5e-3}}
+    rows = {(p.group, p.key): p.value for p in build_params({"method": "lora"}, config)}
+    assert rows[("Adapter", "use_dora")] is True and rows[("Training", "optimizer")] == "loraplus"
+    assert rows[("Training", "loraplus_lr_ratio")] == 4.0 and rows[("Training", "head_learning_rate")] == 5e-3
+    plain = {"adapter": {"method": "lora", "r": 8, "use_dora": False},
+             "train": {"learning_rate": 1e-3, "optimizer": "adamw", "loraplus_lr_ratio": 16.0,
+                       "head_learning_rate": None}}
+    rows = {(p.group, p.key): p.value for p in build_params({"method": "lora"}, plain)}
+    assert rows[("Training", "optimizer")] == "adamw" and ("Training", "loraplus_lr_ratio") not in rows
+    assert ("Training", "head_learning_rate") not in rows and rows[("Adapter", "use_dora")] is False

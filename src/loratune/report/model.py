@@ -760,13 +760,14 @@ def build_params(run: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[Par
     rows.append(ParamRow("Adapter", "method", method))
     if method != "full":
         for key in ("r", "lora_alpha", "lora_dropout", "target_modules", "layers_to_transform", "bias",
-                    "use_rslora", "init_lora_weights"):
+                    "use_rslora", "init_lora_weights", "use_dora"):
             if key in ad:
                 rows.append(ParamRow("Adapter", key, ad[key]))
-    for key in ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-                "gradient_accumulation_steps", "weight_decay", "warmup_ratio", "lr_scheduler_type",
-                "max_grad_norm", "early_stopping_patience", "seed"):
-        if key in tr:
+    # the optimizer (LoRA+ and its ratio only when it is LoRA+) and the head's own lr when set
+    for key in ("learning_rate", "optimizer", "loraplus_lr_ratio", "head_learning_rate", "num_train_epochs",
+                "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay",
+                "warmup_ratio", "lr_scheduler_type", "max_grad_norm", "early_stopping_patience", "seed"):
+        if key in tr and not (key == "loraplus_lr_ratio" and tr.get("optimizer") != "loraplus"):
             rows.append(ParamRow("Training", key, tr[key]))
     cost = (("steps done", run.get("steps_done"), f"of {run.get('steps_planned')} planned"
              if run.get("steps_planned") else ""),

@@ -238,7 +238,18 @@ def result_from(run: dict, diag, wall_s: float, pruned: str | None = None, curve
         mean_step_s=run.get("mean_step_s"), peak_memory_mb=run.get("peak_memory_mb"),
         params=dict(run.get("params") or {}), best={k: best[k] for k in keep if k in best},
         curve=curve, verdict=verdict, findings=findings, features=features,
-        reason=(f"pruned: {pruned}" if pruned else str(run.get("reason") or "")), objective=objective_of(run))
+        reason=(f"pruned: {pruned}" if pruned else str(run.get("reason") or "")), objective=objective_of(run),
+        method=_method_of(run))
+
+
+def _method_of(run: dict) -> str:
+    """decide.method_name of a run record's config (a base config's DoRA or LoRA+ is in no trial's point)."""
+    from loratune.decide import method_name
+
+    cfg = run.get("config") if isinstance(run.get("config"), dict) else {}
+    ad, tr = cfg.get("adapter") or {}, cfg.get("train") or {}
+    return method_name(str(ad.get("method") or run.get("method") or "lora"), bool(ad.get("use_dora")),
+                       str(tr.get("optimizer") or "adamw"))
 
 
 def _finding(f) -> dict:

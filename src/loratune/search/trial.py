@@ -78,6 +78,7 @@ class TrialResult:
     features: dict = field(default_factory=dict)  # KEPT_FEATURES
     reason: str = ""  # why the run ended (a pruned trial: the pruning reason)
     objective: str = "val/macro_f1"  # the key `value` scores (objectives.objective(key) shows it)
+    method: str = ""  # what trained (decide.method_name: LoRA, DoRA, LoRA+, full fine-tuning); "": not recorded
 
     @property
     def ok(self) -> bool:

@@ -108,6 +108,14 @@ def measured_cost(ctx: SearchContext, rec: TrialRecord) -> tuple[float | None, f
     return step, delta, peak, len(same), (a, b, c)
 
 
+def lora_name(rec: TrialRecord) -> str:
+    """LoRA, DoRA, LoRA+ or both, as the trial trained (its run's config; a record without it: its point)."""
+    from loratune.decide import method_name
+
+    return rec.result.method or method_name("lora", bool(rec.point.get("adapter.use_dora")),
+                                            str(rec.point.get("train.optimizer") or "adamw"))
+
+
 def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     from loratune.decide import CostPoint, DecideInputs, DecideThresholds, decide
 
@@ -150,8 +158,8 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     plateau = None if not sweep or len(sweep.get("points", [])) < 2 else sweep.get("plateau_r") is not None
     inputs = DecideInputs(
         # the study's best when the probe ran, not necessarily its final pick (trials after it can beat it)
-        chosen=cp(inc, f"LoRA r={r_of(inc.point)} (best at the probe, #{inc.number})"),
-        highest=cp(highest, f"LoRA r={r_of(highest.point)} (highest rank tried"  # its val: a partial score, said so
+        chosen=cp(inc, f"{lora_name(inc)} r={r_of(inc.point)} (best at the probe, #{inc.number})"),
+        highest=cp(highest, f"{lora_name(highest)} r={r_of(highest.point)} (highest rank tried"  # its val: a partial score, said so
                    + (f", pruned at step {pruned_step(highest)})" if not highest.result.full_length else ")"))
         if highest and highest is not inc else None,
         full=cp(full, "full fine-tuning") if full is not None and full.value is not None else None,
