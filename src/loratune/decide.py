@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from loratune.objectives import DEFAULT, Objective
+from loratune.objectives import DEFAULT, Objective, beyond_noise
 
 
 def method_name(method: str = "lora", use_dora: bool = False, optimizer: str = "adamw") -> str:
@@ -245,10 +245,12 @@ def performance_gap(inp: DecideInputs) -> Reason:
         return Reason("performance-gap", None, inp.full_failed or "no full-fine-tuning probe result to compare",
                       {"probe": "failed" if inp.full_failed else "not-run"})
     gap = full.score - lora.score
-    holds = gap > inp.noise
-    if holds:
+    holds = beyond_noise(gap, inp.noise)  # the one comparison (objectives.beyond_noise): only above the band
+    if holds is None:
+        verdict = "not comparable (a score or the noise is not a number)"
+    elif holds:
         verdict = "full fine-tuning is better beyond noise"
-    elif gap < -inp.noise:
+    elif beyond_noise(-gap, inp.noise):
         verdict = "LoRA is better beyond noise"
     else:
         verdict = "the difference is within noise"

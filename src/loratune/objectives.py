@@ -90,6 +90,19 @@ class NoiseBand:
 
 NOISE_BAND = NoiseBand(floor=SCORE_FLOOR, sigmas=2.0)
 
+# A difference this close to the band is the band itself, a float's rounding (0.81 - 0.80 = 0.010000000000000009
+# against a band of 0.01 read "beyond noise"): far below any score's resolution (1 / a val set's rows).
+ROUNDING = 1e-9
+
+
+def beyond_noise(diff: float | None, noise: float | None) -> bool | None:
+    """Protocol 6's one comparison (every "gains beyond noise" of tune and LoRA vs full): a difference counts only
+    above the noise band, a difference equal to it up to float rounding does not; None (unknown) when either is
+    missing or not a finite number (a NaN score is not "within noise")."""
+    if diff is None or noise is None or not (math.isfinite(diff) and math.isfinite(noise)):
+        return None
+    return diff - noise > ROUNDING
+
 
 # a comparison of two scores read on values where smaller is better (a loss): the same order turned round
 TURNED_ROUND = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}

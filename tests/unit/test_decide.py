@@ -141,3 +141,34 @@ def test_cost_table_names_the_objective_it_holds():
     loss = objective("val/loss")  # a loss's score is minus the loss: the table holds the loss itself
     out = decide(DecideInputs(lora(8, -0.5), None, None, noise=0.01, objective=loss))
     assert (out.table[0]["objective"], out.table[0]["objective_value"]) == ("val/loss", 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# one comparison, one convention (hunt 16): a difference counts only above the noise band (objectives.beyond_noise)
+
+def test_a_gap_equal_to_the_noise_up_to_rounding_is_not_beyond_it():
+    """full 0.81 vs LoRA 0.80 with noise 0.01: 0.010000000000000009 > 0.01 read 'better beyond noise'."""
+    from dataclasses import replace
+
+    out = decide(DecideInputs(lora(8, 0.80), None, replace(FULL, score=0.81), noise=0.01))
+    assert out.choice == "lora" and reasons(out)["performance-gap"] is False
+    out = decide(DecideInputs(lora(8, 0.81), None, replace(FULL, score=0.80), noise=0.01))
+    assert reasons(out)["performance-gap"] is False and "LoRA is better beyond noise" not in out.summary
+    assert decide(DecideInputs(lora(8, 0.80), None, replace(FULL, score=0.8101), noise=0.01)).choice == "full"
+
+
+@pytest.mark.parametrize("full_score,noise", [(float("nan"), 0.01), (0.9, float("nan"))])
+def test_a_nan_score_or_noise_is_unknown_not_within_noise(full_score, noise):
+    from dataclasses import replace
+
+    out = decide(DecideInputs(lora(8, 0.80), None, replace(FULL, score=full_score), noise=noise))
+    assert out.choice == "lora" and reasons(out)["performance-gap"] is None
+    assert "within noise" not in out.summary
+
+
+def test_beyond_noise_is_the_one_rule_sweeps_and_decide_read():
+    from loratune.objectives import beyond_noise
+
+    assert [beyond_noise(d, 0.01) for d in (0.81 - 0.80, 0.0101, 0.005, -0.02)] == [False, True, False, False]
+    assert beyond_noise(None, 0.01) is None and beyond_noise(float("nan"), 0.01) is None
+    assert beyond_noise(0.02, float("inf")) is None

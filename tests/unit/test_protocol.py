@@ -1728,7 +1728,7 @@ def test_pruned_trials_are_compared_at_their_own_step_and_every_stage_agrees():
     assert [row["label"] for row in table] == [f"LoRA r=8 (best at the probe, #{table[0]['trial']})",
                                                 "LoRA r=32 (highest rank tried, pruned at step 50)"]
     assert f"{top.label} was pruned at step 50 of 100 (scripted): 0.560 there vs 0.560 for {inc.label}" in \
-        rank["evidence"][0] and "gain at equal steps 0.0 < threshold" in rank["evidence"][0]
+        rank["evidence"][0] and "gain at equal steps 0.0 <= threshold" in rank["evidence"][0]
 
 
 def test_a_pruned_rank_ahead_at_its_step_is_trained_again_whole_before_it_counts_as_a_gain():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from loratune.objectives import beyond_noise
 from loratune.params import breakeven_rank as compute_breakeven_rank
 from loratune.params import highest_rank_within_breakeven
 from loratune.search.budget import Cost, format_amount
@@ -185,10 +186,10 @@ def gain_over(ctx: SearchContext, rec: TrialRecord, ref: TrialRecord) -> tuple[f
 
 def whole_if_ahead(ctx: SearchContext, rec: TrialRecord, ref: TrialRecord, noise: float, phase: str, why: str,
                    held: Cost = Cost()) -> TrialRecord | None:
-    """`rec`, or, when it was pruned while ahead of `ref` at its step by the noise or more (or with no score of `ref`
+    """`rec`, or, when it was pruned while ahead of `ref` at its step beyond the noise (objectives.beyond_noise; or with no score of `ref`
     there), its point trained again whole: a partial score is no gain. None: that run is not affordable."""
     gain, note = gain_over(ctx, rec, ref)
-    if not note or (gain is not None and gain < noise):
+    if not note or (gain is not None and not beyond_noise(gain, noise)):
         return rec
     return ctx.run(ctx.spec(rec.point, phase, f"{why}: its pruned trial trained again, whole"), reserve=held, full=True)
 

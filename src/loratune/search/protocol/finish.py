@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from loratune.config import LORA_ONLY_KEYS, LORA_VARIANT_KEYS
+from loratune.objectives import beyond_noise
 from loratune.search.budget import Cost
 from loratune.search.context import SearchContext, with_
 from loratune.search.space import DEFAULTS
@@ -289,7 +290,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
 
 
 def beats(rec: TrialRecord, champ: TrialRecord, noise: float) -> bool:
-    return rec.value is not None and champ.value is not None and rec.value - champ.value > noise
+    return rec.value is not None and champ.value is not None and bool(beyond_noise(rec.value - champ.value, noise))
 
 
 def why_reused(ctx: SearchContext, latest: TrialRecord, champ: TrialRecord, noise: float) -> str:
@@ -425,7 +426,7 @@ def continue_long_run(ctx: SearchContext, s: ProtocolSettings, long: TrialRecord
             "gain": gain, "noise": noise,
             "lrs": [{"lr": lr_of(r.point), "value": r.value, "trial": r.number} for r in (long, rec)]}
     # like a challenger, it replaces the pick only beyond the noise: a gain inside it is not told apart from none
-    if rec.value is not None and (final.value is None or gain > noise):
+    if rec.value is not None and (final.value is None or beyond_noise(gain, noise)):
         ctx.state.final = rec
         ctx.decide(phase, "final-train", "the continued run scores higher beyond noise", f"pick = {rec.label}",
                    ev + [f"gain {gain if gain is not None else float('nan'):+.3f} > noise {noise:.3f} ({src})"]

@@ -14,6 +14,7 @@ trail says so. The final training at the end reuses the long run it finds (no po
 
 from __future__ import annotations
 
+from loratune.objectives import beyond_noise
 from loratune.search.budget import Cost, format_amount
 from loratune.search.context import SearchContext, with_
 from loratune.search.stages import StageId
@@ -240,7 +241,7 @@ def challenge(ctx: SearchContext, s: ProtocolSettings) -> None:
           f"{ctx.fmt(champ.value)} at trial length: gain {'?' if gain is None else f'{gain:+.3f}'}, noise {noise:.3f} "
           f"({src})", pick_line(ctx, pick)]
     data = {"challenger": inc.number, "champion": champ.number, "gain": gain, "noise": noise, "pick": pick.number}
-    if gain is None or gain <= noise:
+    if not beyond_noise(gain, noise):
         ctx.decide(PHASE, "challenger", "within noise of the pick's trial", f"keep the pick {pick.label}",
                    ev + ["a gain inside the noise is not told apart from none: the long run stays the pick"],
                    [champ, inc, pick], data, code="challenger-within-noise")

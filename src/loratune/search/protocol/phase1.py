@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from loratune.config import within_limits
 from loratune.moves import MOVES, Move, MoveContext, move
+from loratune.objectives import beyond_noise
 from loratune.search.budget import format_amount
 from loratune.search.context import SearchContext, with_
 from loratune.search.stages import StageId
@@ -128,7 +129,7 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
         if f < 1 and s.skip_dominated_lr and 1.0 in done and 2.0 in done:
             lo, hi = done[1.0].value, done[2.0].value
             noise, src = ctx.noise()
-            if lo is not None and hi is not None and hi - lo > noise:
+            if lo is not None and hi is not None and beyond_noise(hi - lo, noise):
                 ctx.decide(phase, "lr-grid-skip", f"{f:g}x not needed", f"skip lr {round3(centre * f):g}",
                            [f"lr 2x beat 1x by {hi - lo:+.3f} > noise {noise:.3f} ({src}): the metric rises with lr "
                             "here, so a smaller lr cannot be the best of the grid"], [done[1.0], done[2.0]],
@@ -310,7 +311,7 @@ def run_pair(ctx: SearchContext, s: ProtocolSettings) -> str:
                          "compare_noise": cmp.get("noise"), "compare_noise_source": cmp.get("noise_source"),
                          "step_size": describe_change(inc.point, b.point, s.move_scale_rule)}
     move = "keep the incumbent"
-    if binding == "capacity" and dr > noise:
+    if binding == "capacity" and beyond_noise(dr, noise):
         set_incumbent(ctx, b)
         move = f"follow the rank: incumbent = {b.label}"
     elif binding == "capacity" and dr < 0:
@@ -370,7 +371,7 @@ def run_capacity_moves(ctx: SearchContext, s: ProtocolSettings, *, down: bool, m
         tried += 1
         noise, src = ctx.noise()
         gain = (rec.value - inc.value) if rec.value is not None and inc.value is not None else None
-        accept = gain is not None and (gain > 0 if down else gain > noise)
+        accept = gain is not None and (gain > 0 if down else bool(beyond_noise(gain, noise)))
         accept_when = "any gain (less capacity)" if down else f"gain > noise {noise:.3f} ({src})"
         ev = [f"{name} from {inc.label}: {ctx.fmt(inc.value)} -> {ctx.fmt(rec.value)} "
               f"(gain {gain:+.3f})" if gain is not None else f"{name}: no result", f"accept when {accept_when}"]

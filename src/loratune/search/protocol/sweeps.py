@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from loratune.moves import ARMS, MOVES
+from loratune.objectives import beyond_noise
 from loratune.search.context import SearchContext, seed_sigma, with_
 from loratune.search.space import DEFAULTS, scale_of
 from loratune.search.stages import StageId
@@ -137,9 +138,9 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
         points.append({"r": nxt, "value": rec.value, "trial": rec.number, "rslora": bool(point.get(RSLORA)),
                        "lr": lr_of(point), "lr_x_s": step_size(point), "gain": gain,
                        **({"pruned_step": pruned_step(rec), "compared_with": b} if note else {})})
-        if gain is not None and gain >= noise:
+        if beyond_noise(gain, noise):
             ctx.decide(phase, "rank", f"r={nxt} gains {gain:+.3f}", "keep sweeping",
-                       [f"r {r} -> {nxt}: {ctx.fmt(best_rec.value)} -> {ctx.fmt(rec.value)}, gain {gain:+.3f} >= "
+                       [f"r {r} -> {nxt}: {ctx.fmt(best_rec.value)} -> {ctx.fmt(rec.value)}, gain {gain:+.3f} > "
                         f"threshold {noise:.3f} ({src})"], [best_rec, rec], code="rank-gain")
             best_rec, r = rec, nxt
             continue
@@ -147,7 +148,7 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
         ctx.decide(phase, "rank", f"plateau at r={r}", f"keep r={r}",
                    [f"r {r} -> {nxt}: " + (f"{note}, gain at equal steps " if note else
                                            f"{ctx.fmt(best_rec.value)} -> {ctx.fmt(rec.value)}, gain ")
-                    + f"{gain if gain is None else round(gain, 4)} < threshold {noise:.3f} ({src})"], [best_rec, rec],
+                    + f"{gain if gain is None else round(gain, 4)} <= threshold {noise:.3f} ({src})"], [best_rec, rec],
                    code="rank-plateau")
         break
     if stop_why and stop_why != "budget":
@@ -188,7 +189,7 @@ def stage_target_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     noise, src = ctx.noise()
     arms: list[TrialRecord] = []
     for f in s.target_lr_factors:  # protocol 1: capacities are compared over a small lr grid, not at one lr
-        if arms and max((a.value or 0.0) for a in arms) - (inc.value or 0.0) >= noise:
+        if arms and beyond_noise(max((a.value or 0.0) for a in arms) - (inc.value or 0.0), noise):
             break  # the wider module set already gains beyond noise: no further lr needed
         point = with_(inc.point, **{TARGETS: list(s.target_sweep), LR: round3(lr_of(inc.point) * f)})
         rec = ctx.run(ctx.spec(point, phase, f"target sweep: {','.join(s.target_sweep)} at r={r_of(inc.point)}, "
@@ -209,7 +210,7 @@ def stage_target_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
           + f"{gain if gain is None else round(gain, 4)} vs threshold {noise:.3f} ({src})",
           f"LoRA parameters {pa:,} -> {pb:,}" if pa and pb else "parameter counts unknown"]
     ev += evidence_of(ctx, rec)
-    if gain is not None and gain >= noise and not note:
+    if beyond_noise(gain, noise) and not note:
         set_incumbent(ctx, rec)
         ctx.decide(phase, "targets", f"{','.join(s.target_sweep)} gains {gain:+.3f}", f"incumbent = {rec.label}", ev,
                    [inc, rec], {"gain": gain, "noise": noise}, code="targets-gain")
@@ -238,7 +239,7 @@ def stage_arms(ctx: SearchContext, s: ProtocolSettings) -> None:
         noise, src = ctx.noise()
         runs: list[TrialRecord] = []
         for f in arm.lr_factors:
-            if runs and max((r.value or 0.0) for r in runs) - (inc.value or 0.0) >= noise:
+            if runs and beyond_noise(max((r.value or 0.0) for r in runs) - (inc.value or 0.0), noise):
                 break  # already gains beyond noise at the first lr
             point = with_(base, **{LR: round3(lr_of(inc.point) * f)})
             rec = ctx.run(ctx.spec(point, phase, f"arm {mv.text} at {f:g}x lr"), reserve=reserve(ctx, phase, s))
@@ -258,7 +259,7 @@ def stage_arms(ctx: SearchContext, s: ProtocolSettings) -> None:
         ev += evidence_of(ctx, best)
         data = {"arm": arm.id, "move": mv.id, "gain": gain, "noise": noise,
                 "lrs": [{"lr": lr_of(r.point), "value": r.value, "trial": r.number} for r in runs]}
-        if gain is not None and gain >= noise and not note:
+        if beyond_noise(gain, noise) and not note:
             set_incumbent(ctx, best)
             ctx.decide(phase, "arm", f"{mv.text} gains {gain:+.3f}", f"incumbent = {best.label}", ev, [inc, *runs],
                        data, code="arm-gain")
