@@ -247,7 +247,7 @@ def performance_gap(inp: DecideInputs) -> Reason:
     gap = full.score - lora.score
     holds = beyond_noise(gap, inp.noise)  # the one comparison (objectives.beyond_noise): only above the band
     if holds is None:
-        verdict = "not comparable (a score or the noise is not a number)"
+        verdict = "not comparable (a score or the noise is missing or not a number)"
     elif holds:
         verdict = "full fine-tuning is better beyond noise"
     elif beyond_noise(-gap, inp.noise):
@@ -256,7 +256,8 @@ def performance_gap(inp: DecideInputs) -> Reason:
         verdict = "the difference is within noise"
     text = (f"full-fine-tuning probe {inp.objective.show(full.score)} vs LoRA "
             f"{inp.objective.fmt(lora.score)}: "
-            f"gap {gap:+.3f}, noise {inp.noise:.3f} ({inp.noise_source or 'noise'}): {verdict}")
+            f"gap {gap:+.3f}, noise {'unknown' if inp.noise is None else f'{inp.noise:.3f}'} "
+            f"({inp.noise_source or 'noise'}): {verdict}")
     return Reason("performance-gap", holds, text, {"gap": gap, "noise": inp.noise, "full": full.score,
                                                    "lora": lora.score})
 
@@ -296,7 +297,8 @@ def decide(inp: DecideInputs, thresholds: DecideThresholds = DecideThresholds())
                                                          "; no other protocol-6 reason held"))
     else:
         choice = "lora"
-        why = gap.text if gap.holds is not None else inp.full_failed or "no full-fine-tuning probe was run"
+        # a probe that scored says what it scored (a NaN score or noise: 'not comparable'); none: why there is none
+        why = gap.text if "gap" in gap.evidence else inp.full_failed or "no full-fine-tuning probe was run"
         extra = (f"; full fine-tuning is worth a longer probe because {', '.join(considered)} held" if considered
                  else "; no protocol-6 reason for full fine-tuning held")
         summary = f"LoRA: {why}{extra}"

@@ -164,6 +164,17 @@ def test_a_nan_score_or_noise_is_unknown_not_within_noise(full_score, noise):
     out = decide(DecideInputs(lora(8, 0.80), None, replace(FULL, score=full_score), noise=noise))
     assert out.choice == "lora" and reasons(out)["performance-gap"] is None
     assert "within noise" not in out.summary
+    # the summary says what the probe scored, not that none ran (it said 'no full-fine-tuning probe was run')
+    assert "no full-fine-tuning probe" not in out.summary and "not comparable" in out.summary
+
+
+def test_a_missing_noise_is_unknown_not_a_crash():
+    """noise=None crashed performance_gap with a TypeError formatting it."""
+    from dataclasses import replace
+
+    out = decide(DecideInputs(lora(8, 0.80), None, replace(FULL, score=0.9), noise=None))
+    assert out.choice == "lora" and reasons(out)["performance-gap"] is None
+    assert "noise unknown" in out.summary and "not comparable" in out.summary
 
 
 def test_beyond_noise_is_the_one_rule_sweeps_and_decide_read():
