@@ -33,7 +33,8 @@ from loratune.features import COMPARE_FEATURES, FEATURES, KIND_FEATURES, NOT_APP
     binomial_se, compute_features, format_value, has_binomial_se
 from loratune.history_io import RunHistory, checkpoint_step, from_points, load_run
 from loratune.moves import DOWN, HOLD, UP, towards
-from loratune.objectives import NOISE_BAND, objective
+from loratune import objectives
+from loratune.objectives import NOISE_BAND, at_threshold, objective
 from loratune.rules import COMPARE_KNOBS, RULES, SIGNALS, THRESHOLDS, Clause, Cond, Rule, catalogue_for, \
     resolve_thresholds, signal_for
 
@@ -307,20 +308,9 @@ class Comparison:
 # The engine
 # ---------------------------------------------------------------------------------------------
 
-# two floats computed two ways and equal but for their arithmetic's rounding (relative: 0.09999999999999995 is 0.1): a
-# feature at its threshold (_at_threshold), a float config value in a knob comparison (_same)
-FLOAT_ROUNDING = 1e-9
-
-
-def _at_threshold(a: float, b: float) -> bool:
-    """A feature equal to its threshold up to float rounding (a 10% rise computed as 0.09999999999999995) meets
-    `>=` / `<=` and fails `<` / `>`, as the rule table reads, so `>= t` and `< t` stay exact complements."""
-    # relative: 1e-9 above a threshold of 0 is above it
-    return math.isclose(a, b, rel_tol=FLOAT_ROUNDING, abs_tol=1e-15)
-
-
-_OPS = {"<": lambda a, b: a < b and not _at_threshold(a, b), "<=": lambda a, b: a <= b or _at_threshold(a, b),
-        ">": lambda a, b: a > b and not _at_threshold(a, b), ">=": lambda a, b: a >= b or _at_threshold(a, b)}
+# a feature at its threshold up to float rounding (objectives.at_threshold) meets `>=` / `<=` and fails `<` / `>`
+_OPS = {"<": lambda a, b: a < b and not at_threshold(a, b), "<=": lambda a, b: a <= b or at_threshold(a, b),
+        ">": lambda a, b: a > b and not at_threshold(a, b), ">=": lambda a, b: a >= b or at_threshold(a, b)}
 
 
 def _evidence(cl: Clause, features: CurveFeatures, thresholds: Mapping[str, float], catalogue) -> Evidence:
@@ -730,7 +720,7 @@ def _same(a: Any, b: Any, knob: str | None = None) -> bool:
             and not isinstance(b, bool):
         if isinstance(a, int) and isinstance(b, int):
             return a == b
-        return math.isclose(float(a), float(b), rel_tol=READ_BACK_TOLERANCE.get(knob or "", FLOAT_ROUNDING),
+        return math.isclose(float(a), float(b), rel_tol=READ_BACK_TOLERANCE.get(knob or "", objectives.FLOAT_ROUNDING),
                             abs_tol=1e-12)
     return a == b
 

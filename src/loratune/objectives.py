@@ -90,18 +90,27 @@ class NoiseBand:
 
 NOISE_BAND = NoiseBand(floor=SCORE_FLOOR, sigmas=2.0)
 
-# A difference this close to the band is the band itself, a float's rounding (0.81 - 0.80 = 0.010000000000000009
-# against a band of 0.01 read "beyond noise"): far below any score's resolution (1 / a val set's rows).
-ROUNDING = 1e-9
+# Two floats computed two ways and equal but for their arithmetic's rounding, relative (0.09999999999999995 is 0.1;
+# 0.81 - 0.80 = 0.010000000000000009 is a band of 0.01): far below any score's resolution (1 / a val set's rows).
+# The one tolerance: the noise band (beyond_noise), diagnose's thresholds and knob comparisons read it.
+FLOAT_ROUNDING = 1e-9
+
+
+def at_threshold(a: float, b: float) -> bool:
+    """a equal to b up to float rounding (a 10% rise computed as 0.09999999999999995 is a threshold of 0.1): it
+    meets `>=` / `<=` and fails `<` / `>`, so `>= t` and `< t` stay exact complements."""
+    # relative: 1e-9 above a threshold of 0 is above it
+    return math.isclose(a, b, rel_tol=FLOAT_ROUNDING, abs_tol=1e-15)
 
 
 def beyond_noise(diff: float | None, noise: float | None) -> bool | None:
-    """Protocol 6's one comparison (every "gains beyond noise" of tune and LoRA vs full): a difference counts only
-    above the noise band, a difference equal to it up to float rounding does not; None (unknown) when either is
-    missing or not a finite number (a NaN score is not "within noise")."""
+    """Protocol 6's one comparison (every "gains beyond noise" of tune and LoRA vs full, every "falls beyond the
+    band"): a difference counts only above the noise band, a difference equal to it up to float rounding
+    (at_threshold) does not; None (unknown) when either is missing or not a finite number (a NaN score is not
+    "within noise")."""
     if diff is None or noise is None or not (math.isfinite(diff) and math.isfinite(noise)):
         return None
-    return diff - noise > ROUNDING
+    return diff > noise and not at_threshold(diff, noise)
 
 
 # a comparison of two scores read on values where smaller is better (a loss): the same order turned round

@@ -183,3 +183,14 @@ def test_beyond_noise_is_the_one_rule_sweeps_and_decide_read():
     assert [beyond_noise(d, 0.01) for d in (0.81 - 0.80, 0.0101, 0.005, -0.02)] == [False, True, False, False]
     assert beyond_noise(None, 0.01) is None and beyond_noise(float("nan"), 0.01) is None
     assert beyond_noise(0.02, float("inf")) is None
+
+
+def test_float_rounding_is_one_relative_tolerance_for_the_band_and_diagnose():
+    """objectives.ROUNDING 1e-9 (absolute) beside diagnose.FLOAT_ROUNDING 1e-9 (relative): a loss band of 100
+    crossed by 1e-8 of rounding read 'beyond noise'. One constant, one function."""
+    from loratune import diagnose, objectives
+
+    assert not hasattr(objectives, "ROUNDING") and not hasattr(diagnose, "FLOAT_ROUNDING")
+    assert objectives.beyond_noise(100 + 1e-8, 100.0) is False and objectives.beyond_noise(100.01, 100.0) is True
+    assert objectives.beyond_noise(0.81 - 0.80, 0.01) is False
+    assert diagnose._OPS[">"](100 + 1e-8, 100.0) is False  # the same function reads both
