@@ -556,8 +556,12 @@ def upgrade_recorded(flat: dict[str, Any]) -> dict[str, Any]:
     """A config an older loratune recorded (a run's config.yaml, a study's base config) in today's allowed values,
     with the meaning it was run with: max_steps 0, which it trained as -1 (by num_train_epochs), is -1; an init_from
     inside the run's own output_dir, a folder the run overwrote with its own model (the warm start it began from is
-    gone: run.json's init_from note says what it was), is none, so evaluate / predict still read the record."""
+    gone: run.json's init_from note says what it was), is none, so evaluate / predict still read the record; a
+    loraplus_lr_ratio recorded beside another optimizer (accepted then, read by nothing: cross_checks now refuses it
+    in a user's config) is its default, as the run trained."""
     flat = dict(flat)
+    if flat.get("train.optimizer", default_of("train.optimizer")) != "loraplus" and "train.loraplus_lr_ratio" in flat:
+        flat["train.loraplus_lr_ratio"] = default_of("train.loraplus_lr_ratio")
     if flat.get("train.max_steps") == 0 and not isinstance(flat["train.max_steps"], bool):
         flat["train.max_steps"] = -1
     if init_from_inside_output(flat.get("train.init_from"), flat.get("train.output_dir")):

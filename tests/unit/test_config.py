@@ -709,6 +709,25 @@ def test_a_recorded_max_steps_of_0_loads_as_the_epochs_it_trained(tmp_path):
     assert load_config(None, ["max_steps=1"]).train.max_steps == 1
 
 
+def test_a_recorded_loraplus_ratio_beside_adamw_loads_as_the_run_trained(tmp_path):
+    """Runs and studies made before train.loraplus_lr_ratio beside adamw was refused recorded it (optimizer adamw,
+    ratio 4: read by nothing); predict / evaluate of such a run and tune --resume of such a study exited 2 with a
+    fix ('set train.optimizer=loraplus') nobody can apply to a finished run. Only a user's own config is refused."""
+    from loratune.search.tune import cfg_from_yaml
+
+    text = "train:\n  optimizer: adamw\n  loraplus_lr_ratio: 4.0\n"
+    old = write(tmp_path, text)
+    with pytest.raises(ConfigError, match="loraplus_lr_ratio"):
+        load_config(old)
+    for cfg in (load_config(old, recorded=True), cfg_from_yaml(text),
+                cfg_from_yaml("train:\n  loraplus_lr_ratio: 4\n")):  # (adamw, the default optimizer)
+        assert (cfg.train.optimizer, cfg.train.loraplus_lr_ratio) == ("adamw", 16)
+    # a LoRA+ run keeps its ratio
+    plus = write(tmp_path, "train:\n  optimizer: loraplus\n  loraplus_lr_ratio: 4.0\n")
+    assert load_config(plus, recorded=True).train.loraplus_lr_ratio == 4
+    assert cfg_from_yaml("train:\n  optimizer: loraplus\n  loraplus_lr_ratio: 4\n").train.loraplus_lr_ratio == 4
+
+
 @pytest.mark.parametrize("given,expected", [
     ("ffn@0,2", ("ffn@0,2",)),
     ("[ffn@0,2]", ("ffn@0,2",)),  # YAML's flow list reads ["ffn@0", 2]
