@@ -258,6 +258,34 @@ def test_tune_with_method_full_is_refused_up_front(extra, tiny_bert, intent_data
     assert "Traceback" not in err and not study.exists()
 
 
+def test_an_old_study_with_a_full_base_prints_its_summary_when_finished_and_says_start_a_new_one(
+        tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
+    """tune --resume of a study begun (before tune refused it) from a method=full base: a finished one exited 2
+    instead of printing its summary, and the fix said "leave adapter.method at lora" of a method nobody typed."""
+    import optuna
+    import yaml
+
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--budget", "2trials", "--trial-steps", "8")) == 0
+    o = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}")
+    meta = dict(o.user_attrs["loratune"])
+    base = yaml.safe_load(meta["base_config"])
+    base["adapter"] = {"method": "full"}  # what an older loratune recorded of `tune method=full`
+    o.set_user_attr("loratune", {**meta, "base_config": yaml.safe_dump(base)})
+    summary = (study / "final" / "study.json").read_text()
+    capsys.readouterr()
+    assert main(["tune", "--resume", "--study-dir", str(study)]) == 0
+    out = capsys.readouterr()
+    assert "is finished: nothing to resume" in " ".join((out.out + out.err).split())
+    assert (study / "final" / "study.json").read_text() == summary
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "3trials", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "was started (before tune refused it) from a base config with adapter.method=full" in err
+    assert "start a new study (another --study-dir) from a config without adapter.method=full" in err
+    assert "leave adapter.method at lora" not in err and "Traceback" not in err
+
+
 def test_a_second_study_in_a_study_dir_is_refused_before_anything_is_written(tiny_bert, intent_data, tmp_path,
                                                                              monkeypatch, capsys):
     monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))

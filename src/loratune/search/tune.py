@@ -87,16 +87,25 @@ def tune(cfg, options: TuneOptions = TuneOptions(), ui: UI | None = None, *, run
                     study.close()
 
 
-def refuse_full(cfg) -> None:
+def refuse_full(cfg, resumed_from: Path | None = None) -> None:
     """tune searches LoRA configs (rank, alpha, targets, LoRA+ and DoRA arms) and probes full fine-tuning itself
     (its LoRA-vs-full stage, at full fine-tuning's own lr): a base config with adapter.method=full is refused up front.
     Searched anyway, every LoRA stage's configs were refused mid-study (exit 2 after some trials, again on --resume;
-    at trial #0 with --strategy random)."""
-    if cfg.adapter.method == "full":
-        raise UserError("adapter.method: got 'full'; tune searches LoRA configs (rank, alpha, targets, LoRA+, DoRA) "
-                        "and runs full fine-tuning itself as its LoRA-vs-full probe",
-                        "leave adapter.method at lora (the study compares full fine-tuning with the best LoRA "
-                        "config), or train one full fine-tuning run with `loratune train adapter.method=full`")
+    at trial #0 with --strategy random). `resumed_from`: the study folder whose own base config (one begun before
+    tune refused it) is full: the fix is a new study, the user typed no method."""
+    if cfg.adapter.method != "full":
+        return
+    why = "tune searches LoRA configs (rank, alpha, targets, LoRA+, DoRA) and runs full fine-tuning itself as its " \
+          "LoRA-vs-full probe"
+    train = "train one full fine-tuning run with `loratune train adapter.method=full`"
+    if resumed_from is not None:
+        raise UserError(f"the study in {resumed_from} was started (before tune refused it) from a base config with "
+                        f"adapter.method=full: its trials fail on tune's own LoRA moves; {why}",
+                        f"start a new study (another --study-dir) from a config without adapter.method=full, "
+                        f"or {train}")
+    raise UserError(f"adapter.method: got 'full'; {why}",
+                    f"leave adapter.method at lora (the study compares full fine-tuning with the best LoRA config), "
+                    f"or {train}")
 
 
 def check_options(options: TuneOptions) -> TuneOptions:
@@ -196,7 +205,6 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         old = study.meta
         given = options.user_point
         cfg = cfg_from_yaml(old["base_config"]) if old.get("base_config") else cfg
-        refuse_full(cfg)  # a study begun before tune refused it: its trials crash on tune's own LoRA moves
         if options.strategy and options.strategy != old.get("strategy"):
             raise UserError(f"the study in {study_dir} was run with --strategy {old.get('strategy')}",
                             f"resume it with --strategy {old.get('strategy')} (or without --strategy)")
@@ -218,6 +226,9 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
             # the summary's this-session time was its last session's: this one trained nothing
             return {**summary_here(json.loads(summary_path.read_text()), study, study_dir),
                     "wall_s_session": round(time.perf_counter() - t_start, 2)}
+        # a study begun before tune refused a full base: its trials crash on tune's own LoRA moves (a finished one
+        # printed its summary above)
+        refuse_full(cfg, study_dir)
         if now.kind != was.kind or now.limit < was.limit:  # what a study spent stays spent: it can only grow
             raise UserError(f"the study in {study_dir} was run with --budget {was.text}: a resumed study keeps "
                             f"the trials it spent, so its budget can only grow, in the same unit "
