@@ -127,7 +127,8 @@ def test_the_pair_reads_binding_ratio_min_from_the_studys_thresholds():
     """tune's pair decided with its own ProtocolSettings.binding_ratio (1.5), whatever --thresholds set
     binding_ratio_min to: an lr effect 1.33x the rank's read "both knobs matter" under a 1.2 override too."""
     def f1(p):
-        return 0.5 + 0.02 * math.log2(p["train.learning_rate"] / 1e-3) + 0.015 * math.log2(p["adapter.r"] / 8)
+        # (deltas beyond the noise band 0.02: an lr delta of 0.02 exactly is within it, objectives.beyond_noise)
+        return 0.5 + 0.024 * math.log2(p["train.learning_rate"] / 1e-3) + 0.018 * math.log2(p["adapter.r"] / 8)
 
     def pair(tables):
         ctx, _ = make_ctx(World(f1, lambda p: "lr-too-small" if p["train.learning_rate"] < 4e-3 else "healthy"))
@@ -136,7 +137,7 @@ def test_the_pair_reads_binding_ratio_min_from_the_studys_thresholds():
         return ctx.state["pair"]
 
     default, tuned = pair(tables_with(None)), pair(tables_with({"binding_ratio_min": 1.2}))
-    assert default["lr_delta"] == pytest.approx(0.02) and default["r_delta"] == pytest.approx(0.015)
+    assert default["lr_delta"] == pytest.approx(0.024) and default["r_delta"] == pytest.approx(0.018)
     assert default["how"].startswith("both knobs matter (ratio < 1.5")
     assert tuned["binding"] == "optimization" and tuned["how"].startswith("|lr delta| >= 1.2 x |r delta|")
     assert "binding_ratio" not in {f.name for f in dataclasses.fields(ProtocolSettings)}  # one value, one place
@@ -171,3 +172,17 @@ def test_the_scale_step_reads_max_scale_from_the_studys_thresholds():
     run_protocol(ctx, rs, ProtocolSettings(full_probe=False, seeds=1, pair=False))
     assert next(x for x in ctx.decisions if x["kind"] == "alpha")["code"] != "scale-adequate"
     assert any(s.purpose.startswith("scale") for s in runner.calls)  # the step s 2 -> 4 was tried
+
+
+def test_a_pair_delta_equal_to_the_noise_band_is_within_it():
+    """The pair read `max(|deltas|) <= noise` beside beyond_noise(r delta): an r delta equal to the band (0.02 as
+    0.020000000000000018) bound 'capacity' and then kept the incumbent. The one rule: equal is within noise."""
+    def f1(p):
+        return 0.5 + 0.005 * math.log2(p["train.learning_rate"] / 1e-3) + 0.02 * math.log2(p["adapter.r"] / 8)
+
+    ctx, _ = make_ctx(World(f1, lambda p: "lr-too-small" if p["train.learning_rate"] < 4e-3 else "healthy"))
+    ctx.thresholds = tables_with(None)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False))
+    pair = ctx.state["pair"]
+    assert pair["r_delta"] == pytest.approx(0.02) and pair["noise"] == pytest.approx(0.02)
+    assert pair["binding"] == "neither" and pair["how"].startswith("both |deltas| <= noise")

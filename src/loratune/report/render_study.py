@@ -20,7 +20,7 @@ from loratune.report.html import (
     tile,
     value_text,
 )
-from loratune.objectives import Objective
+from loratune.objectives import Objective, beyond_noise
 from loratune.report.study import CUT, StudyReport, TrialView, measured_on, memory_name, trial_count
 from loratune.search.stages import TRAIL_PHASES as PHASE_NAMES  # the stage table's names, one place
 
@@ -272,8 +272,8 @@ def pair_section(s: StudyReport) -> str:
             continue
         label = f"only {a.knob}: {value_text(a.before)} → {value_text(a.after)}"
         gain = o.score(a.delta)  # a fall of a loss is a gain
-        cls = "s-good" if pv.noise is not None and gain > pv.noise else (
-            "s-bad" if pv.noise is not None and gain < -pv.noise else "s-neutral")
+        cls = "s-good" if beyond_noise(gain, pv.noise) else (  # the one rule (objectives.beyond_noise)
+            "s-bad" if beyond_noise(-gain, pv.noise) else "s-neutral")
         bars.append(ch.Bar(label, a.delta, cls, f"{label} (#{a.trial}): {o.name} {metric(a.value)}, delta "
                            f"{a.delta:+.3f} ± noise {metric(pv.noise)}", err=pv.noise))
     band = (-pv.noise, pv.noise, f"noise ±{pv.noise:.3f} ({pv.noise_source})") if pv.noise else None

@@ -350,7 +350,7 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
             noise, source = ctx.noise()
             gain = best.value - final.value
             ev.append(f"gain {gain:.3f} over the pick: " + (  # differences of scores: no sign to undo
-                f"inside the noise band {noise:.3f} ({source}), a tie; the higher one is kept" if gain < noise
+                f"inside the noise band {noise:.3f} ({source}), a tie; the higher one is kept" if not beyond_noise(gain, noise)
                 else f"beyond the noise band {noise:.3f} ({source})"))
             data["gain"], data["noise"] = gain, noise
         ctx.decide(phase, "final-train", "the long run at another lr scores higher", f"pick = {best.label}",

@@ -71,7 +71,7 @@ def longer_may_help(ctx: SearchContext, rec: TrialRecord) -> tuple[bool, float |
         return False, frac, f"{rec.label}: best {ctx.objective.name} at {frac or 0:.0%} of its trial"
     band, _ = ctx.noise()
     where = f"{rec.label}: best {ctx.objective.name} at {frac or 0:.0%} of its trial, the end {drop:.3f} below it"
-    if drop < band:
+    if not beyond_noise(drop, band):  # the one rule: a fall equal to the band is inside it
         return True, frac, f"{where}, inside the noise band {band:.3f}: level, not past a peak"
     return False, frac, f"{where}, beyond the noise band {band:.3f}: past its peak"
 

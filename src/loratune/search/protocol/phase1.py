@@ -166,7 +166,7 @@ def stage_lr_grid(ctx: SearchContext, s: ProtocolSettings) -> None:
                {"grid": {str(lr_of(r.point)): r.value for r in done.values()}, "centre": centre}, code="lr-grid-best")
     untrained = untrained_score(inc)  # every grid trial starts from the same model: the bar (trial.FIRST_TRAINED_STEP)
     noise, src = ctx.noise()
-    if untrained is not None and all(r.value is None or r.value - untrained < noise for r in done.values()):
+    if untrained is not None and all(r.value is None or not beyond_noise(r.value - untrained, noise) for r in done.values()):
         ctx.decide(phase, "lr-grid", "no grid lr beat the untrained model beyond noise",
                    f"incumbent = {inc.label}, a trial no better than the untrained model",
                    [f"the untrained model (step 0) scored {ctx.fmt(untrained)}; the grid's trained bests: "
@@ -294,7 +294,7 @@ def run_pair(ctx: SearchContext, s: ProtocolSettings) -> str:
         binding, how = "capacity", "compare: capacity-bound fired"
     elif "optimization-bound" in fired:
         binding, how = "optimization", "compare: optimization-bound fired"
-    elif max(abs(dl), abs(dr)) <= noise:
+    elif not beyond_noise(max(abs(dl), abs(dr)), noise):  # the one rule: equal to the band is within it
         binding, how = "neither", f"both |deltas| <= noise {noise:.3f}"
     elif abs(dr) >= ratio * abs(dl):
         binding, how = "capacity", f"|r delta| >= {ratio:g} x |lr delta| (binding_ratio_min)"

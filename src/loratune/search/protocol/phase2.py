@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from loratune.moves import MOVES, move
+from loratune.objectives import beyond_noise
 from loratune.search.context import SearchContext
 from loratune.search.stages import StageId
 from loratune.search.state import Start
@@ -200,11 +201,13 @@ def early_stopping(ctx: SearchContext) -> None:
         res = inc.result
         frac, drop = res.feature("best_step_fraction"), res.feature("val_metric_final_drop")
         band = ctx.rule_threshold("val_metric_drop_min")
+        fell = (drop or 0) >= band  # the rule table's own reading (rules: val_metric_final_drop >= it, 'falling')
     else:
         band = ctx.noise()[0]
+        fell = bool(beyond_noise(drop or 0, band))  # a fall counts only beyond the noise band (objectives)
     still, _ = still_improving(inc)
     start: Start = ctx.state.start
-    if frac is not None and frac < EARLY_PEAK_BEST_FRACTION and (drop or 0) >= band:
+    if frac is not None and frac < EARLY_PEAK_BEST_FRACTION and fell:
         ctx.state.final_notes = {"train.early_stopping_patience": EARLY_STOPPING_PATIENCE}
         ctx.decide(StageId.PHASE2.value, "early-stopping", f"the {ctx.objective.name} peaked early and fell",
                    f"final config: early_stopping_patience={EARLY_STOPPING_PATIENCE} (the best checkpoint is kept either way)",

@@ -175,8 +175,8 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
 
 def stage_target_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     """The other capacity axis at the working point: the same rank, scale and lr on more modules
-    (protocol 1: Q/V, then K/O, then the FFN). Kept only when it gains at least the noise threshold
-    (the same rule as the rank sweep); the parameter cost is part of the evidence."""
+    (protocol 1: Q/V, then K/O, then the FFN). Kept only when it gains beyond the noise band
+    (objectives.beyond_noise, the same rule as the rank sweep); the parameter cost is part of the evidence."""
     inc = incumbent_of(ctx)
     if inc is None or ctx.state.failed or inc.point.get(METHOD) == "full" or not s.target_sweep:
         return
