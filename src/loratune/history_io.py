@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from loratune.errors import UserError
 from loratune.features import IMPROVE_MIN_REL, is_eval_point
-from loratune.store import HISTORY, RUN, TENSORBOARD_DIR, RunStore, check_name_length, read_history_lines
+from loratune.store import (CONFIG_TEXT, HISTORY, RECORD_TEXT, RUN, STATUS_TEXT, TB_TEXT_SUFFIX, TENSORBOARD_DIR,
+                            RunStore, check_name_length, read_history_lines, unfenced)
 
 
 @dataclass(frozen=True)
@@ -129,11 +130,7 @@ def _load_run(path: str | Path) -> RunHistory:
         if (p / "history.jsonl").is_file():
             return read_loratune_run(p)
         if p.name == TENSORBOARD_DIR and (p.parent / "history.jsonl").is_file() and find_event_files(p):
-            # the TensorBoard log `loratune train report_to=tensorboard` wrote inside its run: the run itself holds the
-            # same numbers and the facts the events lack (planned steps, the method, the labels)
-            run = read_loratune_run(p.parent)
-            return replace(run, notes=run.notes + (f"{p} is the TensorBoard log of the loratune run {p.parent}: read "
-                                                   "from its history.jsonl and run.json (the same numbers)",))
+            return _run_of_its_log(p)
         if (p / "run.json").is_file():
             try:
                 status = RunStore(p).read_run().get("status")  # `running` whose process died reads `died`
@@ -195,6 +192,8 @@ def _load_run(path: str | Path) -> RunHistory:
     if name.endswith(".ipynb"):
         return read_notebook(p)
     if name.startswith("events.out.tfevents"):
+        if p.parent.name == TENSORBOARD_DIR and (p.parent.parent / "history.jsonl").is_file():
+            return _run_of_its_log(p)  # an event file of the log inside a run: the run, as its folder reads
         return read_tensorboard(p)
     if name.endswith((".csv", ".tsv", ".txt")):
         return read_csv(p)
@@ -204,6 +203,16 @@ def _load_run(path: str | Path) -> RunHistory:
                     "give a run directory, trainer_state.json, a TensorBoard event file, a Jupyter notebook (.ipynb) "
                     "with the Trainer's progress table, or a .csv of "
                     "step/loss/metric columns")
+
+
+def _run_of_its_log(log: Path) -> RunHistory:
+    """The loratune run whose TensorBoard log (RUN/tensorboard, or an event file in it) `log` is: the run itself holds
+    the same numbers and what the events leave out (the per-class keys). Its folder is cleared when a run starts
+    (TensorBoardWriter), so what it holds is of this run."""
+    run_dir = log.parent if log.is_dir() else log.parent.parent
+    run = read_loratune_run(run_dir)
+    return replace(run, notes=run.notes + (f"{log} is the TensorBoard log of the loratune run {run_dir}: read from "
+                                           "its history.jsonl and run.json (the same numbers)",))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,21 +259,29 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
     if callback and isinstance(meta.get("facts"), dict):  # what the callback read, each with its source
         facts.update({k: Fact(f["value"], str(f.get("source", "run.json"))) for k, f in meta["facts"].items()
                       if isinstance(f, dict) and "value" in f})
-    ad = d / "adapter" / "adapter_config.json"
-    if ad.is_file():  # the peft names the semantic groups resolved to: what a Trainer run's adapter_config says
-        try:
-            targets = json.loads(ad.read_text(encoding="utf-8")).get("target_modules")
-            if isinstance(targets, (list, str)):
-                facts["target_modules"] = Fact(sorted(targets) if isinstance(targets, list) else targets,
-                                               "adapter/adapter_config.json")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):  # not JSON, or not an object
-            pass
+    facts.update(run_folder_facts(d))
     # a callback record is a Trainer run: named after its output_dir (every record's own folder is `loratune`), and
     # not a `loratune train` run (no step-0 eval, no saved_model bookkeeping: show and the report key on the source)
     name = folder_name(d.parent) if callback and folder_name(d) == CALLBACK_RECORD_DIR else folder_name(d)
     return RunHistory(name=name, source=CALLBACK_RECORD_SOURCE if callback else "loratune", points=tuple(points),
                       meta=meta, config=config if isinstance(config, dict) else {}, notes=tuple(notes), path=str(d),
                       facts=facts)
+
+
+def run_folder_facts(d: Path) -> dict[str, Fact]:
+    """The facts a loratune run's folder holds beside run.json: the peft names its semantic groups resolved to
+    (adapter/adapter_config.json), what a Trainer run's adapter_config says."""
+    ad = d / "adapter" / "adapter_config.json"
+    if not ad.is_file():
+        return {}
+    try:
+        targets = json.loads(ad.read_text(encoding="utf-8")).get("target_modules")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):  # not JSON, or not an object
+        return {}
+    if not isinstance(targets, (list, str)):
+        return {}
+    return {"target_modules": Fact(sorted(targets) if isinstance(targets, list) else targets,
+                                   "adapter/adapter_config.json")}
 
 
 def is_callback_record(meta: Mapping[str, Any]) -> bool:
@@ -474,17 +491,23 @@ def find_event_files(d: Path) -> list[Path]:
                    for f in d.glob("*/" * depth + "events.out.tfevents.*") if f.is_file()), key=str)
 
 
-def _read_event_file(f: Path, loader) -> tuple[float, dict[int, dict[str, float]]]:
-    """One event file -> (wall time of its first event, {step: {tag: value}}). Scalars as the Trainer's
-    TensorBoardCallback writes them (simple_value) or as tensors (torch's new_style, TF2's tensor_content)."""
+def _read_event_file(f: Path, loader) -> tuple[float, dict[int, dict[str, float]], dict[str, tuple[int, str]]]:
+    """One event file -> (wall time of its first event, {step: {tag: value}}, {tag: (step, text)}). Scalars as the
+    Trainer's TensorBoardCallback writes them (simple_value) or as tensors (torch's new_style, TF2's tensor_content);
+    texts (`add_text`, its tag without TB_TEXT_SUFFIX) at their last step, the later one of a step."""
     from tensorboard.util import tensor_util
 
-    first, scalars = math.inf, {}
+    first, scalars, texts = math.inf, {}, {}
     for event in loader(str(f)).Load():
         first = min(first, event.wall_time) if event.wall_time else first
         if not event.HasField("summary"):
             continue
         for v in event.summary.value:
+            if v.metadata.plugin_data.plugin_name == "text" and v.HasField("tensor") and v.tensor.string_val:
+                tag = v.tag.removesuffix(TB_TEXT_SUFFIX)
+                if tag not in texts or int(event.step) >= texts[tag][0]:
+                    texts[tag] = (int(event.step), v.tensor.string_val[0].decode("utf-8", "replace"))
+                continue
             if v.HasField("simple_value"):
                 value = float(v.simple_value)
             elif v.HasField("tensor"):
@@ -498,10 +521,10 @@ def _read_event_file(f: Path, loader) -> tuple[float, dict[int, dict[str, float]
             else:
                 continue
             scalars.setdefault(int(event.step), {})[v.tag] = value
-    return (first if math.isfinite(first) else f.stat().st_mtime), scalars
+    return (first if math.isfinite(first) else f.stat().st_mtime), scalars, texts
 
 
-def _one_run(files: list[tuple[Path, float, dict]]) -> tuple[list[tuple[Path, float, dict]], list[str]]:
+def _one_run(files: list[tuple[Path, float, dict, dict]]) -> tuple[list[tuple[Path, float, dict, dict]], list[str]]:
     """The event files of one run, the newest: files in the order they were started, a file whose first log comes
     after a checkpoint's step continues the run (the Trainer opens a new `runs/<date>` folder, or a new file, when it
     resumes from a checkpoint); one that logs from its own start is another run written into the same logging_dir
@@ -782,15 +805,17 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
                         "pip install tensorboard") from None
     run_files, run_notes = _one_run([(f, *_read_event_file(f, LegacyEventFileLoader)) for f in files])
     scalars: dict[int, dict[str, float]] = {}
-    for _, _, values in run_files:
+    texts: dict[str, str] = {}
+    for _, _, values, said in run_files:
         for step, tags in values.items():
             scalars.setdefault(step, {}).update(tags)
-    files = [f for f, _, _ in run_files] or files
-    # `loratune train report_to=tensorboard` names its scalars as its history does (val/*, train_eval/*, lr):
-    # read under the Trainer's names, so its own log reads as its run does (its val/* tags were dropped)
-    ours = any(k.startswith(("val/", "train_eval/")) for tags in scalars.values() for k in tags)
-    if ours:
-        scalars = {step: {_trainer_tag(k): v for k, v in tags.items()} for step, tags in scalars.items()}
+        texts.update({tag: text for tag, (_, text) in said.items()})
+    files = [f for f, _, _, _ in run_files] or files
+    # `loratune train report_to=tensorboard`'s own log (its config text, or its scalars named as its history's keys,
+    # val/*, train_eval/*): read as its run is, not as a Trainer's log under other names
+    if _loratune_config(texts) is not None or any(k.startswith(("val/", "train_eval/"))
+                                                  for tags in scalars.values() for k in tags):
+        return _read_loratune_log(d, files, scalars, texts, run_notes)
     log_history: list[dict] = []
     for step in sorted(scalars):  # one train entry and one eval entry per step, as Trainer logs them
         tags = scalars[step]
@@ -843,14 +868,104 @@ def _late_start(log_history: Sequence[dict]) -> str | None:
             "run's trainer_state.json, or its first logging_dir, holds the start)")
 
 
-def _trainer_tag(tag: str) -> str:
-    """A loratune history key as the Trainer's TensorBoard tag: val/x -> eval/x, train_eval/x -> eval/train_x,
-    lr -> train/learning_rate, epoch -> train/epoch; train/* as it is."""
-    if tag.startswith("val/"):
-        return "eval/" + tag[len("val/"):]
-    if tag.startswith("train_eval/"):
-        return "eval/train_" + tag[len("train_eval/"):]
-    return {"lr": "train/learning_rate", "epoch": "train/epoch"}.get(tag, tag)
+def _loratune_config(texts: Mapping[str, str]) -> dict | None:
+    """The config.yaml a loratune TensorBoard log carries (its CONFIG_TEXT), or None: no such text, or one that is
+    not a loratune config (a nested mapping with a `train` section)."""
+    import yaml
+
+    if CONFIG_TEXT not in texts:
+        return None
+    try:
+        config = yaml.safe_load(unfenced(texts[CONFIG_TEXT]))
+    except yaml.YAMLError:
+        return None
+    return config if isinstance(config, dict) and isinstance(config.get("train"), dict) else None
+
+
+# history keys that are counts (and `<split>/n`): an event file holds every scalar as a float
+_COUNT_KEYS = ("examples_seen",)
+
+
+def _read_loratune_log(d: Path, files: Sequence[Path], scalars: Mapping[int, Mapping[str, float]],
+                       texts: Mapping[str, str], run_notes: Sequence[str]) -> RunHistory:
+    """A TensorBoard log `loratune train report_to=tensorboard` wrote (trackers.TensorBoardWriter), away from its
+    run: read as its run is. Its scalars are the history's own keys (trackers.scalars: the per-class keys stay in
+    history.jsonl); its RECORD_TEXT is run.json (labels, task, planned steps, method, end status) with the facts of the
+    run's folder, its CONFIG_TEXT config.yaml. A log written before the record text existed has the config and the
+    end status: its task, method and planned steps are read from the config, its classes estimated."""
+    notes = [f"read {len(files)} event file(s) in {', '.join(sorted({str(f.parent) for f in files}))}: the "
+             "TensorBoard log of a loratune run (per-class recall is not in it: history.jsonl only)", *run_notes]
+    points = []
+    for step in sorted(scalars):
+        point: dict[str, Any] = {"step": step}
+        for key, value in scalars[step].items():
+            count = key in _COUNT_KEYS or key.endswith("/n")
+            point[key] = int(value) if count and float(value).is_integer() else _logged_decimal(value)
+        points.append(point)
+    config = _loratune_config(texts) or {}
+    record, facts = {}, {}
+    try:
+        loaded = json.loads(unfenced(texts[RECORD_TEXT])) if RECORD_TEXT in texts else {}
+    except json.JSONDecodeError:
+        loaded = {}
+        notes.append(f"its `{RECORD_TEXT}` text is not JSON: labels and planned steps unknown")
+    if isinstance(loaded, dict) and isinstance(loaded.get("run"), dict):
+        record = dict(loaded["run"])
+        facts = {k: Fact(f["value"], str(f.get("source", RECORD_TEXT))) for k, f in (loaded.get("facts") or {}).items()
+                 if isinstance(f, dict) and "value" in f}
+    meta = record or _meta_from_config(config)
+    status = texts.get(STATUS_TEXT)
+    if status and meta.get("status") in (None, "running"):
+        meta["status"] = status
+    last = points[-1]["step"] if points else None
+    if not status:  # never finished in this log: still going, or it died (its process cannot be asked from a copy)
+        meta.update(status=meta.get("status") or "running", partial=True)
+        meta["steps_done"] = max(int(meta.get("steps_done") or 0), last or 0)
+        notes.append(f"the log has no `{STATUS_TEXT}` text, which a loratune run writes when it ends: the run was "
+                     "still going or died; the diagnosis is of a partial run")
+    meta.setdefault("steps_done", last)
+    if not record:
+        notes.append(f"a log written before loratune logged its run record (`{RECORD_TEXT}` text): task, method and "
+                     "planned steps read from its config, labels unknown")
+        if meta.get("task") not in NO_CLASS_TASKS and points:
+            first = next((q for q in points if _fin(q.get("train/loss_first")) is not None), None)
+            if first is not None:  # the loss of step 1, of the fresh head
+                _classes_from_first_loss([{"step": 1, "loss": first["train/loss_first"]}], meta, facts)
+    folder = Path(os.path.abspath(d if d.is_dir() else d.parent))
+    name = folder.name if folder.name != TENSORBOARD_DIR else folder.parent.name
+    return RunHistory(name=name, source="tensorboard", points=tuple(points), meta=meta, config=config,
+                      notes=tuple(notes), path=str(d), facts=facts)
+
+
+LOGGED_DECIMAL_DIGITS = 6  # a float32 whose shortest decimal has this few significant digits was logged as that decimal
+
+
+def _logged_decimal(value: float) -> float:
+    """A scalar an event file stored as float32, read as the value that was logged: a short decimal (a learning rate of
+    0.01, a share of a few rows) as that decimal, where the float32 reads 0.009999999776 and a rule's `peak_lr >= 0.01`
+    no longer holds on the run's own log (lr-too-large read healthy); any other value (a loss the model computed in
+    float32) as the float32 it is, which is what the run recorded."""
+    import numpy as np
+
+    short = str(np.float32(value))  # the shortest decimal that reads back as this float32
+    digits = short.lower().split("e")[0].replace("-", "").replace(".", "").strip("0")
+    return float(short) if math.isfinite(value) and len(digits) <= LOGGED_DECIMAL_DIGITS else value
+
+
+def _meta_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a loratune config says of its run.json: the task, the method and the planned steps (max_steps)."""
+    model, data, adapter, train = (config.get(k) if isinstance(config.get(k), dict) else {}
+                                   for k in ("model", "data", "adapter", "train"))
+    meta: dict[str, Any] = {}
+    if model.get("task") == "causal-lm":
+        meta["task"] = "causal-lm"
+    elif data.get("multi_label") is not None:  # null: found from the labels, which the config does not hold
+        meta["task"] = "multi_label" if data["multi_label"] else "single_label"
+    if adapter.get("method"):
+        meta["method"] = adapter["method"]
+    if isinstance(train.get("max_steps"), int) and train["max_steps"] > 0:
+        meta["steps_planned"] = train["max_steps"]
+    return meta
 
 
 def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str, "Fact"], *, name: str,

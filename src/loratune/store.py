@@ -54,6 +54,29 @@ RUN_MARKERS = (RUN, HISTORY)
 EARLIER_TMP = (".earlier-run.", ".tmp")
 PARTIAL_STATUSES = ("interrupted", "died", "failed")  # a record that stops before the planned end
 
+# The texts of a loratune TensorBoard log (trackers.TensorBoardWriter), by tag; history_io.read_tensorboard reads them
+# back by these names. Its scalars are named as the history's keys (trackers.scalars), so they need no table: the
+# reader takes each tag as the history key it is.
+CONFIG_TEXT = "config"  # config.yaml, in a ```yaml fence (TensorBoard renders a text as markdown)
+RECORD_TEXT = "record"  # {"run": run.json, "facts": the run folder's facts}, as JSON in a ```json fence
+VERDICT_TEXT = "verdict"  # `loratune diagnose`'s verdict, evidence and next move, at the end
+STATUS_TEXT = "status"  # the run's end status (run.json `status`), at the end: a log without it is of a partial run
+TB_TEXT_SUFFIX = "/text_summary"  # what torch's SummaryWriter.add_text appends to a text's tag
+
+
+def fenced(kind: str, text: str) -> str:
+    """A text as a markdown code block (TensorBoard's text tab renders markdown): its lines kept as they are."""
+    body = text.rstrip("\n")
+    return f"```{kind}\n{body}\n```"
+
+
+def unfenced(text: str) -> str:
+    """The text inside `fenced`'s code block (a text without a fence as it is)."""
+    body = text.strip()
+    if body.startswith("```") and body.endswith("```") and "\n" in body:
+        return body[body.index("\n") + 1:-3]
+    return text
+
 
 def json_safe(obj: Any) -> Any:
     """JSON has no NaN/inf: write them as null (readers treat null as 'non-finite or missing')."""

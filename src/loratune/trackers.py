@@ -10,11 +10,16 @@ What is logged: the headline scalars of each evaluation point (`train/loss`, `va
 history.jsonl), the config (MLflow params, a TensorBoard text), and at the end the verdict of
 `loratune diagnose` as text. The record (history.jsonl, run.json) stays the source of truth: a tracker
 that fails mid-run is switched off with a warning, never the run.
+
+A TensorBoard log also carries the run's record as text (store.RECORD_TEXT: run.json at the start and at the end,
+with the facts of its folder), so the log copied away from its run (`cp -r RUN/tensorboard`, a file synced to another
+machine) reads as its run does: its labels, task, planned steps, method and end status (history_io.read_tensorboard).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 import shutil
@@ -22,10 +27,20 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from loratune.store import TENSORBOARD_DIR
+from loratune.store import (CONFIG_TEXT, RECORD_TEXT, RUN, STATUS_TEXT, TENSORBOARD_DIR, VERDICT_TEXT, RunStore,
+                            fenced)
 
 PER_CLASS = ("recall", "precision", "f1", "support")  # `<split>/<stat>/<label>` keys: history.jsonl only
 EXTRAS = {"tensorboard": ("tensorboard", "loratune[tensorboard]"), "mlflow": ("mlflow", "loratune[mlflow]")}
+
+
+def record_text(run_dir: str | Path) -> str:
+    """RECORD_TEXT's content: the run's run.json as it stands, and the facts its folder gives (the adapter's
+    resolved target modules), which a log copied away from the run cannot read from the folder."""
+    from loratune.history_io import run_folder_facts
+
+    facts = {k: {"value": f.value, "source": f.source} for k, f in run_folder_facts(Path(run_dir)).items()}
+    return fenced("json", json.dumps({"run": RunStore(Path(run_dir)).read_run(), "facts": facts}, indent=1))
 
 
 def scalars(point: Mapping[str, Any]) -> dict[str, float]:
@@ -87,7 +102,10 @@ class TensorBoardWriter:
         if logdir.exists():  # a fresh run in a reused directory starts a fresh log, as history.jsonl does
             shutil.rmtree(logdir)
         self.writer = SummaryWriter(log_dir=str(logdir))
-        self.writer.add_text("config", "```yaml\n" + config_yaml + "```", 0)
+        self.run_dir = run_dir
+        self.writer.add_text(CONFIG_TEXT, fenced("yaml", config_yaml), 0)
+        if (run_dir / RUN).is_file():  # (written before the trackers open; a log of a run that dies keeps this one)
+            self.writer.add_text(RECORD_TEXT, record_text(run_dir), 0)
         self.step = 0
 
     def log_point(self, point: Mapping[str, Any]) -> None:
@@ -97,8 +115,9 @@ class TensorBoardWriter:
         self.writer.flush()
 
     def finish(self, status: str, verdict: str, text: str) -> None:
-        self.writer.add_text("verdict", text.replace("\n", "  \n"), self.step)  # markdown line breaks
-        self.writer.add_text("status", status, self.step)
+        self.writer.add_text(VERDICT_TEXT, text.replace("\n", "  \n"), self.step)  # markdown line breaks
+        self.writer.add_text(STATUS_TEXT, status, self.step)
+        self.writer.add_text(RECORD_TEXT, record_text(self.run_dir), self.step)  # run.json final: status, steps done
         self.writer.close()
 
 

@@ -76,6 +76,88 @@ def test_tensorboard_gets_every_eval_point_and_the_verdict(tiny_bert, intent_dat
     alone = [p for p in load_run(copy).points if "val/macro_f1" in p]
     assert [(p["step"], round(p["val/macro_f1"], 5)) for p in alone] == \
         [(p["step"], round(p["val/macro_f1"], 5)) for p in history if "val/macro_f1" in p]
+    _reads_as_its_run(run, copy)
+
+
+def _reads_as_its_run(run: Path, copy: Path) -> None:
+    """A run's TensorBoard log reads as the run: its event file in the run's folder routes to the run, as the folder
+    does, and a copy away from the run gives the same verdict, next move and facts, from loratune's own tags and texts
+    (an event file inside a run read healthy where the run read lr-too-small: 5 classes estimated for 4, the first
+    window's loss as the start, the lr at an eval as the peak, the slices dropped, a completed run read as partial)."""
+    from loratune.history_io import load_run
+
+    event = next((run / "tensorboard").glob("events.out.tfevents.*"))
+    d_run = api.diagnose(run)
+    assert load_run(event).source == "loratune" and api.diagnose(event).verdict == d_run.verdict
+    h_run = load_run(run)
+    for log in (copy, next(copy.glob("events.out.tfevents.*"))):
+        h, d = load_run(log), api.diagnose(log)
+        assert h.source == "tensorboard"
+        assert (d.verdict, d.primary.moves if d.primary else None, d.facts) == \
+            (d_run.verdict, d_run.primary.moves if d_run.primary else None, d_run.facts)
+        assert not h.meta.get("partial") and h.meta["status"] == h_run.meta["status"] == "completed"
+        assert h.meta["labels"] == h_run.meta["labels"] and h.meta["task"] == h_run.meta["task"]
+        assert h.meta["steps_planned"] == h_run.meta["steps_planned"] and h.config == h_run.config
+        for key in ("n_classes", "train_loss_start", "peak_lr", "val_metric_final", "val_loss_final"):
+            want = d_run.features.values.get(key)
+            assert d.features.values.get(key) == (want if want is None else pytest.approx(want, rel=1e-5)), key
+        slices = {k for p in h_run.points for k in p if k.startswith("val_")}  # val_familiar/*, val_novel/*, ...
+        assert slices == {k for p in h.points for k in p if k.startswith("val_")}
+
+
+def test_an_sft_runs_copied_tensorboard_log_reads_as_the_run(lm, tmp_path):
+    # a language model's copied log read lr-too-small with 140 classes estimated from its first loss (the run: healthy)
+    pytest.importorskip("tensorboard")
+    import shutil
+
+    from sft_support import make_sft_rows
+    from support import write_jsonl
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_sft_rows(8, seed=1))
+    write_jsonl(data / "validation.jsonl", make_sft_rows(2, seed=2))
+    run = tmp_path / "run"
+    cfg = load_config(None, [f"{k}={v}" for k, v in {
+        "task": "causal-lm", "name_or_path": lm, "dataset_name": data, "output_dir": run, "max_steps": 12,
+        "per_device_train_batch_size": 8, "learning_rate": 1e-2, "target_modules": "[attn.q, attn.v]", "r": 4,
+        "lora_alpha": 8, "max_length": 32, "max_new_tokens": 6, "report_to": "tensorboard"}.items()])
+    assert api.train(cfg, progress=False)["status"] == "completed"
+    shutil.copytree(run / "tensorboard", tmp_path / "copied-log")
+    _reads_as_its_run(run, tmp_path / "copied-log")
+    assert api.diagnose(tmp_path / "copied-log").features.values.get("n_classes") is None
+
+
+def test_an_older_loratune_log_reads_its_config_and_end_status(tmp_path):
+    # a log written before the run record text: config and status texts only; a language model gets no class count
+    # estimated from its first loss (it read 140 classes), and its end status says the run completed (it read partial)
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    from loratune.history_io import load_run
+    from loratune.store import CONFIG_TEXT, STATUS_TEXT
+
+    for status in ("completed", None):
+        log = tmp_path / f"log-{status}"
+        w = SummaryWriter(log_dir=str(log))
+        w.add_text(CONFIG_TEXT,
+                   "```yaml\nmodel:\n  task: causal-lm\nadapter:\n  method: lora\ntrain:\n  max_steps: 8\n```")
+        for step, loss in ((0, None), (4, 4.9), (8, 4.2)):
+            if loss is not None:
+                w.add_scalar("train/loss", loss, step)
+                w.add_scalar("train/loss_first", loss + 0.04, step)
+                w.add_scalar("lr_max", 0.01, step)
+            w.add_scalar("val/loss", 5.0 - step / 10, step)
+            w.add_scalar("val_familiar/loss", 5.1 - step / 10, step)
+        if status:
+            w.add_text(STATUS_TEXT, status, 8)
+        w.close()
+        h = load_run(log)
+        assert (h.meta["task"], h.meta["method"], h.meta["steps_planned"]) == ("causal-lm", "lora", 8)
+        assert "n_classes" not in h.facts and "n_classes" not in h.meta
+        assert [p["step"] for p in h.points if "val_familiar/loss" in p] == [0, 4, 8]
+        assert bool(h.meta.get("partial")) is (status is None)
+        assert api.diagnose(log).features.values["peak_lr"] == pytest.approx(0.01)
 
 
 class FakeMlflow(types.ModuleType):
