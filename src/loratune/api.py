@@ -369,7 +369,8 @@ def tune(cfg: RunConfig, *, budget: str | None = None, strategy: str | None = No
 
     fixed: dotted keys whose values in `cfg` win over what the assessment proposes (the CLI fixes the
     keys given on its command line). arms: variants the protocol also tries and the samplers draw, each at
-    its own lr (`loratune.moves.ARMS`: loraplus, dora; `tune --arms`). resume: continue the study in study_dir on
+    its own lr (`loratune.moves.ARMS`: loraplus, dora; `tune --arms`). `cfg.train.output_dir` is not read (the cfg
+    api.train took serves): the trials are runs in study_dir/trials/, the pick's export in study_dir/final/. resume: continue the study in study_dir on
     its own config and data; a cfg that sets a key (away from its default, or named in `fixed`) to another value than
     the study's, or a `dataset` of other data, is refused as `tune --resume key=value` / `--data DIR` is. Other
     `search.tune.TuneOptions` fields pass through `options`."""

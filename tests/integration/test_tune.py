@@ -227,6 +227,19 @@ def test_unknown_arms_are_refused_before_anything_trains(tmp_path, capsys):
     assert "unknown arm(s) 'qlora'; known: loraplus, dora" in err and not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("key", ["output_dir", "train.output_dir"])
+def test_an_output_dir_on_the_command_line_is_refused_naming_study_dir(key, tiny_bert, intent_data, tmp_path,
+                                                                       monkeypatch, capsys):
+    """`tune --budget 2trials ... output_dir=X` left X unused and wrote the study to ./runs/tune."""
+    monkeypatch.chdir(tmp_path)
+    wanted = tmp_path / "my study"
+    assert main(["tune", "-q", "--budget", "2trials", "--data", str(intent_data), f"name_or_path={tiny_bert}",
+                 f"{key}={wanted}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{key}={wanted} is not read" in err and f"give --study-dir '{wanted}' instead of {key}=" in err
+    assert not (tmp_path / "runs").exists() and not wanted.exists()
+
+
 @pytest.mark.parametrize("target", ["-1", "0", "nan"])
 def test_a_target_that_is_no_objective_value_is_refused_by_the_parser(target, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:

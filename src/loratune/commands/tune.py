@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 
 from loratune.objectives import objective
@@ -101,6 +102,8 @@ def run(args) -> int:
     if args.worker:
         return run_worker(args)
     from loratune.config import resolve_key, to_dict
+
+    _refuse_output_dir(args, resolve_key)
     from loratune.search.protocol.settings import user_settings
     from loratune.search.tune import TuneOptions, tune
 
@@ -195,6 +198,25 @@ def run_worker(args) -> int:
         return signals.exit_code(exc)
     out.print(f"worker done: {len(report.trials)} trial(s) trained ({safe(report.reason)})")
     return 0
+
+
+def _refuse_output_dir(args, resolve_key) -> None:
+    """`output_dir=X` on tune's command line: the study goes to --study-dir (each trial's run into its trials/ folder,
+    search.runner), so X was silently left unused and the study written to the default folder. Refused, naming
+    --study-dir. (A --config file's output_dir is let be: a train config reused for tune, as api.tune takes the cfg
+    api.train did.)"""
+    from loratune.errors import UserError
+
+    for item in args.overrides or ():
+        key, eq, value = item.partition("=")
+        try:
+            named = eq and resolve_key(key.strip()) == "train.output_dir"
+        except Exception:  # an unknown key: load_cfg says so
+            named = False
+        if named:
+            raise UserError(f"tune: {item} is not read: a study's runs go to --study-dir (its trials/ and final/ "
+                            f"folders; default {DEFAULT_STUDY_DIR})",
+                            f"give --study-dir {shlex.quote(value.strip()) or 'DIR'} instead of {key.strip()}=")
 
 
 def _explicit_keys(args, resolve_key) -> set[str]:
