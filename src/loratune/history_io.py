@@ -811,11 +811,15 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
             scalars.setdefault(step, {}).update(tags)
         texts.update({tag: text for tag, (_, text) in said.items()})
     files = [f for f, _, _, _ in run_files] or files
-    # `loratune train report_to=tensorboard`'s own log (its config text, or its scalars named as its history's keys,
-    # val/*, train_eval/*): read as its run is, not as a Trainer's log under other names
-    if _loratune_config(texts) is not None or any(k.startswith(("val/", "train_eval/"))
-                                                  for tags in scalars.values() for k in tags):
+    # `loratune train report_to=tensorboard`'s own log, known by its own texts alone (its run record, or its config
+    # with loratune's sections): read as its run is. Tags do not tell (a Lightning log's val/loss, val/acc), nor any
+    # `config` text (a Trainer user's add_text("config", ...) with a `train:` section): those read as before
+    if RECORD_TEXT in texts or _loratune_config(texts) is not None:
         return _read_loratune_log(d, files, scalars, texts, run_notes)
+    # evals logged as val/* and train_eval/* (a Lightning module's val/loss, val/acc; a log named as loratune's history
+    # without its texts): read under the Trainer's names, or its val/* tags were dropped
+    if any(k.startswith(("val/", "train_eval/")) for tags in scalars.values() for k in tags):
+        scalars = {step: {_trainer_tag(k): v for k, v in tags.items()} for step, tags in scalars.items()}
     log_history: list[dict] = []
     for step in sorted(scalars):  # one train entry and one eval entry per step, as Trainer logs them
         tags = scalars[step]
@@ -868,10 +872,22 @@ def _late_start(log_history: Sequence[dict]) -> str | None:
             "run's trainer_state.json, or its first logging_dir, holds the start)")
 
 
+def _trainer_tag(tag: str) -> str:
+    """A loratune history key as the Trainer's TensorBoard tag: val/x -> eval/x, train_eval/x -> eval/train_x,
+    lr -> train/learning_rate, epoch -> train/epoch; train/* as it is."""
+    if tag.startswith("val/"):
+        return "eval/" + tag[len("val/"):]
+    if tag.startswith("train_eval/"):
+        return "eval/train_" + tag[len("train_eval/"):]
+    return {"lr": "train/learning_rate", "epoch": "train/epoch"}.get(tag, tag)
+
+
 def _loratune_config(texts: Mapping[str, str]) -> dict | None:
     """The config.yaml a loratune TensorBoard log carries (its CONFIG_TEXT), or None: no such text, or one that is
-    not a loratune config (a nested mapping with a `train` section)."""
+    not a loratune config (a mapping with every section of config.RunConfig as a mapping, as the writer dumps it)."""
     import yaml
+
+    from loratune.config import SECTIONS
 
     if CONFIG_TEXT not in texts:
         return None
@@ -879,7 +895,7 @@ def _loratune_config(texts: Mapping[str, str]) -> dict | None:
         config = yaml.safe_load(unfenced(texts[CONFIG_TEXT]))
     except yaml.YAMLError:
         return None
-    return config if isinstance(config, dict) and isinstance(config.get("train"), dict) else None
+    return config if isinstance(config, dict) and all(isinstance(config.get(k), dict) for k in SECTIONS) else None
 
 
 # history keys that are counts (and `<split>/n`): an event file holds every scalar as a float

@@ -141,7 +141,8 @@ def test_an_older_loratune_log_reads_its_config_and_end_status(tmp_path):
         log = tmp_path / f"log-{status}"
         w = SummaryWriter(log_dir=str(log))
         w.add_text(CONFIG_TEXT,
-                   "```yaml\nmodel:\n  task: causal-lm\nadapter:\n  method: lora\ntrain:\n  max_steps: 8\n```")
+                   "```yaml\nmodel:\n  task: causal-lm\ndata:\n  text_field: text\nadapter:\n  method: lora\n"
+                   "train:\n  max_steps: 8\n```")  # every section, as the writer dumps config.yaml
         for step, loss in ((0, None), (4, 4.9), (8, 4.2)):
             if loss is not None:
                 w.add_scalar("train/loss", loss, step)
@@ -158,6 +159,40 @@ def test_an_older_loratune_log_reads_its_config_and_end_status(tmp_path):
         assert [p["step"] for p in h.points if "val_familiar/loss" in p] == [0, 4, 8]
         assert bool(h.meta.get("partial")) is (status is None)
         assert api.diagnose(log).features.values["peak_lr"] == pytest.approx(0.01)
+
+
+def test_other_tools_tensorboard_logs_read_as_a_trainers(tmp_path):
+    # routed by loratune's own texts alone: a Trainer log with a user's `config` text holding a `train:` section read
+    # inconclusive (its eval/* dropped: 0 eval points), a Lightning-style log (val/loss, val/acc) healthy with no val
+    # metric, both noted "the TensorBoard log of a loratune run"; they read undertrained, as before
+    pytest.importorskip("tensorboard")
+    import math
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from loratune.history_io import load_run
+
+    def log(name, config=None, lightning=False):
+        w = SummaryWriter(log_dir=str(tmp_path / name))
+        if config:
+            w.add_text("config", config, 0)
+        for s in range(10, 210, 10):
+            w.add_scalar("train/loss", 2.0 * math.exp(-s / 80) + 0.1, s)
+            w.add_scalar("lr-AdamW" if lightning else "train/learning_rate", 1e-4 * (1 - s / 200), s)
+            if s % 50 == 0:
+                w.add_scalar("val/loss" if lightning else "eval/loss", 2.0 * math.exp(-s / 80) + 0.3, s)
+                w.add_scalar("val/acc" if lightning else "eval/accuracy", 1 - math.exp(-s / 60), s)
+        w.close()
+        return tmp_path / name
+
+    for d in (log("trainer", "train:\n  lr: 0.0001\n  epochs: 2\nmodel:\n  name: bert\n"),
+              log("lightning", lightning=True)):
+        h, diag = load_run(d), api.diagnose(d)
+        assert h.source == "tensorboard" and "epochs" not in h.config.get("train", {})  # the user's text is no config
+        assert not any("loratune run" in n for n in h.notes) and "eval_loss -> val/loss" in " ".join(h.notes)
+        assert [p["step"] for p in h.points if "val/accuracy" in p] == [50, 100, 150, 200]
+        assert diag.verdict == "undertrained" and diag.features.values["val_metric_best"] == \
+            pytest.approx(1 - math.exp(-200 / 60), rel=1e-6)
 
 
 class FakeMlflow(types.ModuleType):
