@@ -240,6 +240,16 @@ def test_an_output_dir_on_the_command_line_is_refused_naming_study_dir(key, tiny
     assert not (tmp_path / "runs").exists() and not wanted.exists()
 
 
+def test_an_empty_output_dir_on_the_command_line_names_a_placeholder(tiny_bert, intent_data, tmp_path, monkeypatch,
+                                                                     capsys):
+    """`tune ... output_dir=` said "give --study-dir '' instead of output_dir=" (shlex.quote('') is "''")."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", "-q", "--budget", "2trials", "--data", str(intent_data), f"name_or_path={tiny_bert}",
+                 "output_dir="]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "give --study-dir DIR instead of output_dir=" in err and "''" not in err
+
+
 @pytest.mark.parametrize("target", ["-1", "0", "nan"])
 def test_a_target_that_is_no_objective_value_is_refused_by_the_parser(target, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -216,7 +216,8 @@ def _refuse_output_dir(args, resolve_key) -> None:
         if named:
             raise UserError(f"tune: {item} is not read: a study's runs go to --study-dir (its trials/ and final/ "
                             f"folders; default {DEFAULT_STUDY_DIR})",
-                            f"give --study-dir {shlex.quote(value.strip()) or 'DIR'} instead of {key.strip()}=")
+                            f"give --study-dir {shlex.quote(value.strip()) if value.strip() else 'DIR'} instead of "
+                            f"{key.strip()}=")  # (shlex.quote('') is "''")
 
 
 def _explicit_keys(args, resolve_key) -> set[str]:
