@@ -910,7 +910,7 @@ def _read_loratune_log(d: Path, files: Sequence[Path], scalars: Mapping[int, Map
     run's folder, its CONFIG_TEXT config.yaml. A log written before the record text existed has the config and the
     end status: its task, method and planned steps are read from the config, its classes estimated."""
     notes = [f"read {len(files)} event file(s) in {', '.join(sorted({str(f.parent) for f in files}))}: the "
-             "TensorBoard log of a loratune run (per-class recall is not in it: history.jsonl only)", *run_notes]
+             "TensorBoard log of a loratune run (per-class recall is not in its scalars: history.jsonl only)", *run_notes]
     points = []
     for step in sorted(scalars):
         point: dict[str, Any] = {"step": step}
@@ -929,6 +929,8 @@ def _read_loratune_log(d: Path, files: Sequence[Path], scalars: Mapping[int, Map
         record = dict(loaded["run"])
         facts = {k: Fact(f["value"], str(f.get("source", RECORD_TEXT))) for k, f in (loaded.get("facts") or {}).items()
                  if isinstance(f, dict) and "value" in f}
+    if record:
+        notes.append(_per_class_from_record(points, record))
     meta = record or _meta_from_config(config)
     status = texts.get(STATUS_TEXT)
     if status and meta.get("status") in (None, "running"):
@@ -951,6 +953,40 @@ def _read_loratune_log(d: Path, files: Sequence[Path], scalars: Mapping[int, Map
     name = folder.name if folder.name != TENSORBOARD_DIR else folder.parent.name
     return RunHistory(name=name, source="tensorboard", points=tuple(points), meta=meta, config=config,
                       notes=tuple(notes), path=str(d), facts=facts)
+
+
+def _per_class_from_record(points: Sequence[dict], record: Mapping[str, Any]) -> str:
+    """Put back the per-class keys (`<split>/recall/<label>`, ...) the log leaves out (trackers.scalars) at its final
+    and best points, from the record's run.json `final` and `best`: where the record's point is the log's point of its
+    step (each number the log holds there alike, as float32 stored it), the keys it lacks are the run's own. Confusion pairs only
+    at the final point: one point of them reads no persistence, where the best as the reference would not be the run's.
+    Returns the note saying which points got them."""
+    at = {int(q["step"]): q for q in points}
+    done, refused = [], []
+    for which in ("final", "best"):
+        src = record.get(which)
+        if not isinstance(src, dict) or _fin(src.get("step")) is None:
+            continue
+        q = at.get(int(src["step"]))
+        same = q is not None and all(_fin(src.get(k)) is not None and
+                                     math.isclose(float(v), float(src[k]), rel_tol=1e-6, abs_tol=1e-7)
+                                     for k, v in q.items() if k != "step")
+        if not same:
+            refused.append(f"{which} (step {src['step']})")
+            continue
+        for k, v in src.items():
+            if k not in q and (which == "final" or not isinstance(v, list)):
+                q[k] = v
+        done.append(f"{which} (step {src['step']})")
+    said = (f"per-class keys (recall, precision, confusion pairs) from its `{RECORD_TEXT}` text at its "
+            f"{' and '.join(done)} point(s) only: the other points' are in history.jsonl (val_recall_collapsed_share "
+            "reads these points only, confused_pairs_persist_share none)" if done else "")
+    if refused or not done:
+        said += ("; " if said else "") + (
+            f"the `{RECORD_TEXT}` text's {', '.join(refused) or 'final and best points'} are not the log's points: "
+            "per-class recall not restored, its rules (collapsed, long-tail-collapse, confusable-classes-unresolved) "
+            "not evaluated on this log")
+    return said
 
 
 LOGGED_DECIMAL_DIGITS = 6  # a float32 whose shortest decimal has this few significant digits was logged as that decimal

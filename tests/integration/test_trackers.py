@@ -103,6 +103,14 @@ def _reads_as_its_run(run: Path, copy: Path) -> None:
             assert d.features.values.get(key) == (want if want is None else pytest.approx(want, rel=1e-5)), key
         slices = {k for p in h_run.points for k in p if k.startswith("val_")}  # val_familiar/*, val_novel/*, ...
         assert slices == {k for p in h.points for k in p if k.startswith("val_")}
+        # the final point's per-class keys, from the record (a 77-class run read underfit-capacity where it read
+        # collapsed: val_pred_top_share, val_recall_zero_share, val_recall_* were missing)
+        per_class = {k: v for k, v in h_run.points[-1].items() if "/recall/" in k or "/support/" in k}
+        assert {k: v for k, v in h.points[-1].items() if "/recall/" in k or "/support/" in k} == per_class
+        assert any("from its `record` text at its final" in n for n in h.notes)
+        for key in ("val_pred_top_share", "val_recall_zero_share", "val_recall_min", "confused_top_count")[
+                :4 if per_class else 0]:  # (a language model has no classes)
+            assert d.features.values[key] == pytest.approx(d_run.features.values[key], rel=1e-6), key
 
 
 def test_an_sft_runs_copied_tensorboard_log_reads_as_the_run(lm, tmp_path):
