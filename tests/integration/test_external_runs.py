@@ -357,6 +357,78 @@ def test_callback_waits_before_calling_a_model_at_its_initial_loss_collapsed(tmp
     assert at is None and cb.stopped_by is None
 
 
+def _evaluations(rows, labels=None) -> list[dict]:
+    """A Trainer log of (step, train loss, lr, val loss, val macro-F1) rows, one evaluation a row."""
+    log = []
+    for step, loss, lr, vloss, f1 in rows:
+        log.append({"step": step, "epoch": step / 6, "loss": loss, "learning_rate": lr, "grad_norm": 0.5})
+        log.append({"step": step, "epoch": step / 6, "eval_loss": vloss, "eval_macro_f1": f1, "eval_runtime": 0.01})
+    return log
+
+
+def _said_live(tmp_path, log, max_steps, labels=None) -> tuple[list[str], object]:
+    """What the callback prints evaluating `log` one evaluation at a time (a model whose config names `labels`)."""
+    from types import SimpleNamespace
+
+    from loratune.integrations import LoratuneCallback
+
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append, record=False)
+    args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(should_training_stop=False)
+    model = SimpleNamespace(config=SimpleNamespace(id2label=dict(enumerate(labels or [])), architectures=None))
+    cb.on_train_begin(args, None, control)
+    for k, e in enumerate(log):
+        if "eval_loss" in e:
+            state = SimpleNamespace(max_steps=max_steps, num_train_epochs=10, train_batch_size=8, logging_steps=5,
+                                    eval_steps=5, save_steps=500, global_step=e["step"], log_history=log[:k + 1],
+                                    is_world_process_zero=True)
+            cb.on_evaluate(args, state, control, model=model)
+    return said, cb
+
+
+# a tiny BERT at lr 5e-3 (full fine-tuning, 80 steps planned, evaluated every 5): its first 20 steps, then it went on
+# to macro-F1 1.00 and a healthy verdict
+SLOW_START = [(5, 1.4056, 0.0047, 1.3885, 0.1), (10, 1.3881, 0.0044, 1.3875, 0.1), (15, 1.3934, 0.0041, 1.3809, 0.2516),
+              (20, 1.3676, 0.0038, 1.3399, 0.3009)]
+
+
+def test_a_slow_fall_still_going_mid_run_is_not_called_too_small_an_lr_until_the_runs_end(tmp_path):
+    # it printed "lr-too-small - both losses fall slowly and steadily, still falling at the end; next move:
+    # learning_rate x2" at step 20 of 80: mid-run every learning run is still falling at "the end"
+    said, cb = _said_live(tmp_path, _evaluations(SLOW_START), 80)
+    assert cb.last.verdict == "lr-too-small"  # the diagnosis of the curve so far reads so...
+    assert said == []  # ...but it is not said mid-run
+    # the same curve at the run's last planned step is a run that ended so: said there
+    said, cb = _said_live(tmp_path, _evaluations(SLOW_START), 20)
+    assert len(said) == 1 and said[0].startswith("[loratune] step 20: lr-too-small - both losses fall slowly")
+
+
+def test_a_val_metric_that_never_gained_is_not_said_at_too_few_evaluations(tmp_path):
+    # lr 1e-2: macro-F1 0.0 at the first eval read "lr-too-large - ... a val metric that never gained" at step 5
+    # (one point: nothing to gain from yet); the run went on to 0.14 at its 4th eval and 0.51 later
+    labels = ["a", "b", "c", "d"]
+    rows = [(5, 0.69, 0.01, 0.673, 0.0), (10, 0.665, 0.0091, 0.644, 0.0), (15, 0.653, 0.0083, 0.621, 0.0833),
+            (20, 0.613, 0.0075, 0.609, 0.1429)]
+    said, cb = _said_live(tmp_path, _evaluations(rows[:1]), 60, labels)
+    assert cb.last.verdict == "lr-too-large" and said == []
+    said, cb = _said_live(tmp_path, _evaluations(rows), 60, labels)
+    assert not any("lr-too-large" in m for m in said), said
+    # a metric still flat past few_evals_max evals never gained: said at the 4th
+    flat = [r[:4] + (0.0 if r[0] < 20 else 0.02,) for r in rows]
+    said, cb = _said_live(tmp_path, _evaluations(flat), 60, labels)
+    assert [m.split(" - ")[0] for m in said if "lr-too-large" in m] == ["[loratune] step 20: lr-too-large"], said
+
+
+def test_every_midrun_wait_names_one_route_of_its_rule_and_a_known_feature_and_threshold():
+    from loratune.features import FEATURES
+    from loratune.integrations.trainer import MIDRUN_WAITS
+    from loratune.rules import THRESHOLDS
+
+    for w in MIDRUN_WAITS:
+        assert w.route().why and w.feature in FEATURES and w.op in ("<", "<=", ">", ">=")
+        assert not isinstance(w.threshold, str) or w.threshold in THRESHOLDS
+
+
 def test_an_evaluation_after_training_keeps_the_records_final_status(tmp_path):
     # `trainer.train(); trainer.evaluate()`: the evaluation after on_train_end must not turn `completed` back into
     # `running` (which `loratune show` then reads as a process that died)

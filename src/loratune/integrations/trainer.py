@@ -5,7 +5,8 @@ At every evaluation it rebuilds the run's curves from `state.log_history` (the s
 (`history.jsonl`, `run.json`; `loratune diagnose <output_dir>/loratune` and `loratune report` read it),
 runs the rule table, and prints each new finding once. It is silent on a healthy run: only findings
 that fire with confidence (not tentative, at least `min_confidence`) and are alarms mid-run are
-printed (`healthy` and `undertrained` describe every run that is still learning, so they are not).
+printed (`healthy` and `undertrained` describe every run that is still learning, so they are not; nor is a finding
+that only a reading of that kind made fire, until the run has the points to trust it: `MIDRUN_WAITS`).
 
 It can stop training (`control.should_training_stop`), saying why:
 - `diverged`: a non-finite train loss or gradient norm at any logging step (the Trainer logs a NaN step's loss
@@ -34,11 +35,13 @@ from __future__ import annotations
 import atexit
 import json
 import math
+import operator
 import os
 import sys
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable
@@ -50,7 +53,7 @@ from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, PA
                                  history_from_trainer_state, nan_filtered_loss, scaled_log_history)
 from loratune.features import LORA_PEFT_TYPES
 from loratune.errors import UserError, finite_number
-from loratune.rules import THRESHOLDS, resolve_thresholds
+from loratune.rules import THRESHOLDS, resolve_thresholds, rule_by_id
 from loratune.store import RUN, RunLock, liveness
 
 STOP_REASONS = ("diverged", "collapse")  # what the callback may stop on by default
@@ -58,6 +61,42 @@ STOP_REASONS = ("diverged", "collapse")  # what the callback may stop on by defa
 # one of its checkpoints continues
 UNFINISHED_RECORD = ("running", "interrupted", "died")
 QUIET_MIDRUN = ("healthy", "undertrained")  # findings that describe any run still learning: never printed
+
+
+@dataclass(frozen=True)
+class MidrunWait:
+    """A route of a rule whose reading, mid-run, describes runs still learning as QUIET_MIDRUN's verdicts do: a
+    finding that only this route made fire is printed once `feature op threshold` holds (a THRESHOLDS name, the
+    callback's overrides applied, or a number), not before. Its stops are untouched: none reads these routes."""
+
+    rule_id: str
+    route_feature: str  # a feature read on this route alone within its rule: the route it names
+    feature: str  # the curve feature (loratune.features) that says the reading can be trusted
+    op: str
+    threshold: str | float
+    why: str
+
+    def route(self):
+        """The rule's route (a member of its top-level `any`) that reads `route_feature`."""
+        rule = rule_by_id(self.rule_id)
+        routes = [r for r in rule.when.items if self.route_feature in {cl.feature for cl in r.leaves()}]
+        if len(routes) != 1:
+            raise ValueError(f"{self.rule_id}: {self.route_feature} names {len(routes)} routes, not one")
+        return routes[0]
+
+
+MIDRUN_WAITS = (
+    MidrunWait("lr-too-small", "val_loss_late_drop", "plan_done_fraction", ">=", 1.0,
+               why="'both losses fall slowly and steadily, still falling at the end': mid-run the end is the step "
+                   "evaluated, and every run still learning is falling there, most of its fall to come (a tiny BERT "
+                   "at lr 5e-3 over 80 steps read so at step 20, macro-F1 0.30, then reached 1.00 and ended healthy): "
+                   "said at an evaluation at the run's last planned step"),
+    MidrunWait("lr-too-large", "val_metric_room", "n_eval_points", ">", "few_evals_max",
+               why="'a val metric that never gained' over few_evals_max evals or fewer is one comparison inside its "
+                   "noise, and at the first eval no comparison at all (a multi-label BERT at lr 1e-2: F1 0.00 at its "
+                   "first eval, 0.00, 0.08, then 0.14 and up to 0.51): said once more evals than that agree"),
+)
+_WAIT_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 RECORD_DIR = CALLBACK_RECORD_DIR  # the record's folder inside the Trainer's output_dir (where the readers look)
 # where an earlier run's record in the same output_dir goes when a new train() begins (`loratune-previous`, then
 # `loratune-previous-2`, ...): kept, not read as the new run's (the readers look in RECORD_DIR only)
@@ -278,6 +317,8 @@ class LoratuneCallback(TrainerCallback):
                 continue
             if pinned and not collapse_held and (f.rule_id == "collapsed" or f.rule_id == "lr-too-large"):
                 continue  # not yet: a collapse early in the plan reads like a model that has not started learning
+            if self._waits(f, d):
+                continue  # not yet: mid-run this reading describes a run still learning (MIDRUN_WAITS)
             self.reported.add(f.rule_id)
             reading = "; ".join(f.route) or f.verdict  # what this run showed, else the rule's general verdict
             self.printer(f"[loratune] step {step}: {f.rule_id} - {reading}; next move: "
@@ -292,6 +333,23 @@ class LoratuneCallback(TrainerCallback):
             self._stop(control, "overfit", f"overfit-capacity at {self.overfit_streak} evaluations in a row "
                                            f"(patience {self.overfit_patience})")
         return control
+
+    def _waits(self, f, d: Diagnosis) -> bool:
+        """Whether finding `f` fired on a MIDRUN_WAITS route alone (every clause that made it fire is on that route)
+        and that route's reading cannot be trusted yet."""
+        decisive = {(e.feature, e.op, e.threshold_name) for e in getattr(f, "evidence", ()) if e.decisive and e.passed}
+        for w in MIDRUN_WAITS:
+            if w.rule_id != f.rule_id:
+                continue
+            route = {(cl.feature, cl.op, cl.threshold) for cl in w.route().leaves()}
+            if not decisive or not decisive <= route or w.route_feature not in {k[0] for k in decisive}:
+                continue  # another route made it fire too: its reading stands
+            value = d.features.values.get(w.feature)
+            limit = (resolve_thresholds(self.thresholds)[w.threshold] if isinstance(w.threshold, str)
+                     else w.threshold)
+            if not isinstance(value, (int, float)) or not _WAIT_OPS[w.op](value, limit):
+                return True
+        return False
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._deferred is not None:  # a run whose only evaluation of named sets was at its last step
