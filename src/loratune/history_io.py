@@ -1048,7 +1048,7 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     source = source or ("trl" if is_trl else "hf-trainer")
     train_logs = [e for e in logs if "loss" in e and not any(k.startswith("eval_") for k in e)
                   and not _is_end_entry(e)]
-    eval_logs = [e for e in logs if any(k.startswith("eval_") for k in e)]
+    eval_logs = [_own_set_keys(e) for e in logs if any(k.startswith("eval_") for k in e)]
     split_of, metric_notes = _eval_key_map(eval_logs)
     notes += metric_notes
 
@@ -1198,6 +1198,25 @@ def _window_points(evals: Iterable[tuple[dict, dict]], tail: Sequence[dict], spl
             pt["epoch"] = float(part[-1]["epoch"])
         points.append(pt)
     return points
+
+
+def _own_set_keys(entry: dict) -> dict:
+    """An eval entry of one named set (`eval_dataset={"train": ..., "val": ...}`: the Trainer logs one entry a set,
+    its keys `eval_<name>_*`, its runtime among them) with the keys it logged without the set's name (TRL's
+    `eval_mean_token_accuracy`, `eval_entropy`, `eval_num_tokens`, beside `eval_train_loss`) named as that set's:
+    they are its measurements. Read as they came, each set's entry at a step logged the same unprefixed keys, the
+    first set's value was kept as the val set's (val/token_accuracy 0.4833, the train set's, for the val set's
+    0.5357) and the others read as evaluations logged again. An entry with the plain `eval_runtime`, or naming no set
+    or several (a TensorBoard step holds every set's), is left as it is."""
+    keys = [k for k in entry if isinstance(k, str) and k.startswith("eval_")]
+    if "eval_runtime" in keys:
+        return entry
+    names = {k[len("eval_"):-len("_runtime")] for k in keys if k.endswith("_runtime") and k != "eval_runtime"}
+    if len(names) != 1 or not (name := next(iter(names))):
+        return entry
+    own = f"eval_{name}_"
+    return {(own + k[len("eval_"):] if isinstance(k, str) and k.startswith("eval_") and not k.startswith(own) else k): v
+            for k, v in entry.items()}
 
 
 def _repeated_eval_notes(steps: Sequence[int], last: int | None) -> list[str]:

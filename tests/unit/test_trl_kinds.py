@@ -225,3 +225,28 @@ def test_a_generic_kl_or_completion_length_key_makes_no_rl_run(tmp_path, rows, k
     assert d.features["val_loss_rise"] is not None and d.features["val_loss_rise"] > 1
     if kind is None:
         assert run.meta.get("task") is None and run.facts["n_classes"].value == 10
+
+
+@pytest.mark.parametrize("order", [("val", "train"), ("train", "val")])
+def test_an_sft_runs_unprefixed_eval_keys_belong_to_the_set_named_in_their_entry(tmp_path, order):
+    # SFTTrainer with eval_dataset={"train": ..., "val": ...} logs one entry per set, its token accuracy and entropy
+    # without the set's name beside eval_<set>_loss: the first set's value was read as the val set's (0.4833, the train
+    # set's, for 0.5357) or the train set's dropped, and each step read as an evaluation "logged again"
+    acc = {"val": 0.5357, "train": 0.4833}
+    log = []
+    for step in (4, 8):
+        log.append({"step": step, "epoch": step / 8, "loss": 4.3, "learning_rate": 1e-3, "grad_norm": 0.6,
+                    "entropy": 4.35, "mean_token_accuracy": 0.4, "num_tokens": 97.0 * step})
+        for name in order:
+            log.append({"step": step, "epoch": step / 8, f"eval_{name}_loss": 4.29 if name == "val" else 4.31,
+                        f"eval_{name}_runtime": 0.05, f"eval_{name}_samples_per_second": 240.0,
+                        "eval_entropy": 4.2 if name == "val" else 4.1, "eval_mean_token_accuracy": acc[name] + step / 100,
+                        "eval_num_tokens": 97.0 * step})
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 8, "max_steps": 8, "logging_steps": 4,
+                                                             "eval_steps": 4, "log_history": log}))
+    run = load_run(tmp_path)
+    for p in run.points:
+        assert p["val/token_accuracy"] == pytest.approx(acc["val"] + p["step"] / 100)
+        assert p["train_eval/token_accuracy"] == pytest.approx(acc["train"] + p["step"] / 100)
+        assert (p["val/entropy"], p["train_eval/entropy"]) == (4.2, 4.1) and p["val/loss"] == 4.29
+    assert not [n for n in run.notes if "logged again" in n], run.notes
