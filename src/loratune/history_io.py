@@ -739,20 +739,27 @@ def scaled_train_losses(entry: Mapping[str, Any], scale: float) -> Mapping[str, 
     return {k: v * scale if k in ("loss", "train_loss") and _fin(v) is not None else v for k, v in entry.items()}
 
 
-def nan_filtered_loss(entry: Mapping[str, Any]) -> bool:
+def nan_filtered_loss(entry: Mapping[str, Any], *, fp16: bool | None = None) -> bool:
     """Whether a Trainer log entry's loss stands in for a non-finite one. With logging_nan_inf_filter (the default)
     the Trainer logs a NaN step's loss as the mean of the finite ones since the last log: 0 when there were none
     (a run diverged to NaN logged `loss 0` at every step, `grad_norm nan` beside it). A real loss of 0 comes with a
-    finite gradient."""
-    return _fin(entry.get("loss")) == 0.0 and "grad_norm" in entry and _fin(entry.get("grad_norm")) is None
+    finite gradient. `fp16=False`, a run known to train without fp16's loss scaler (the live callback knows): any
+    loss beside a non-finite gradient norm stands in, its step's update no number (steps 1.387, nan, nan, nan under
+    logging_steps=4 logged loss 0.8667, grad_norm nan); under fp16, or not known, a finite one may be real (the
+    scaler skipped a step whose gradient overflowed)."""
+    if "grad_norm" not in entry or _fin(entry.get("grad_norm")) is not None:
+        return False
+    return _fin(entry.get("loss")) == 0.0 or (fp16 is False and "loss" in entry)
 
 
 def history_from_trainer_state(state: Mapping[str, Any], folder: Path, *, name: str, path: str | None = None,
                                adapter: Mapping[str, Any] | None = None,
-                               source_file: str = "trainer_state.json") -> RunHistory:
+                               source_file: str = "trainer_state.json",
+                               model_config: tuple[Mapping[str, Any], str] | None = None) -> RunHistory:
     """A trainer state (the parsed trainer_state.json, or a live `TrainerState`'s fields) -> RunHistory.
     `folder` is where the side files are looked for; `adapter` gives adapter knobs directly (a live peft
-    model's config) when no adapter_config.json is written yet."""
+    model's config) when no adapter_config.json is written yet; `model_config` (its dict, where it was read) the
+    model's config.json as a live model holds it, read in place of the file (its classes, task, architecture)."""
     # a count the Trainer writes as -1 or 0 when unset (max_steps=-1 under num_train_epochs) is no count
     facts = {k: Fact(state[k], source_file) for k in _STATE_FACTS if (_fin(state.get(k)) or 0) > 0}
     for k in _unused_intervals(state, folder, facts):
@@ -761,7 +768,7 @@ def history_from_trainer_state(state: Mapping[str, Any], folder: Path, *, name: 
         facts["steps_done"] = Fact(int(state["global_step"]), f"{source_file} global_step")
     return _from_log_history(state.get("log_history") or [], folder, facts, name=name, path=path or str(folder),
                              source_file=source_file, adapter=adapter, ended=_state_ended(state),
-                             unrounded=UNROUNDED_EPOCHS_KEY in state)
+                             unrounded=UNROUNDED_EPOCHS_KEY in state, model_config=model_config)
 
 
 def _unused_intervals(state: Mapping[str, Any], folder: Path, facts: Mapping[str, Fact]) -> list[str]:
@@ -1023,7 +1030,8 @@ def _meta_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str, "Fact"], *, name: str,
                       path: str, source_file: str, source: str | None = None,
                       notes: list[str] | None = None, adapter: Mapping[str, Any] | None = None,
-                      finished: bool | None = None, ended: str | None = None, unrounded: bool = False) -> RunHistory:
+                      finished: bool | None = None, ended: str | None = None, unrounded: bool = False,
+                      model_config: tuple[Mapping[str, Any], str] | None = None) -> RunHistory:
     """`unrounded`: the logged epochs are as the Trainer computed them, never round(epoch, 2)'s
     (UNROUNDED_EPOCHS_KEY)."""
     notes = list(notes or [])
@@ -1109,8 +1117,8 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
         meta["n_classes"] = facts["n_classes"].value
     if "task" in facts and not meta.get("task"):  # a task the caller read (a notebook's model class)
         meta["task"] = facts["task"].value
-    _model_config_facts(folder, meta, facts, notes)
-    _task_from_side_files(folder, meta, facts, adapter)
+    _model_config_facts(folder, meta, facts, notes, model_config)
+    _task_from_side_files(folder, meta, facts, adapter, model_config)
     no_classes = is_trl or meta.get("task") in NO_CLASS_TASKS
     if not no_classes and "n_classes" not in facts:
         _classes_from_weights(folder, meta, facts)
@@ -1253,15 +1261,19 @@ def _side_file(folder: Path, filename: str) -> Path | None:
     return next((q / filename for q in places if (q / filename).is_file()), None)
 
 
-def _model_config_facts(folder: Path, meta: dict, facts: dict, notes: list[str]) -> None:
-    cfg_path = _side_file(folder, "config.json")
-    if cfg_path is None:
+def _model_config_facts(folder: Path, meta: dict, facts: dict, notes: list[str],
+                        live: tuple[Mapping[str, Any], str] | None = None) -> None:
+    """Classes, task and model type from config.json beside the state, or from `live` (a live model's config dict,
+    where it was read: the callback's, which stands over a file an earlier run may have left)."""
+    cfg_path = _side_file(folder, "config.json") if live is None else None
+    if cfg_path is None and live is None:
         if "n_classes" not in facts:  # a count the caller read (a notebook's num_labels) stands
             notes.append("no model config.json beside the state: the number of classes is read from the first "
                          "loss when it can be")
         return
+    source = cfg_path.name if live is None else live[1]
     try:
-        mcfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        mcfg = json.loads(cfg_path.read_text(encoding="utf-8")) if live is None else dict(live[0])
         id2label = mcfg.get("id2label") or {}
         archs = mcfg.get("architectures") or []
         causal = any(str(a).endswith("ForCausalLM") for a in archs)
@@ -1272,24 +1284,26 @@ def _model_config_facts(folder: Path, meta: dict, facts: dict, notes: list[str])
             meta["labels"] = [id2label[k] for k in keys]
             # meta as well as facts: the report's header and `show` read the count from meta, as the estimates set it
             meta["n_classes"] = len(id2label)
-            facts["n_classes"] = Fact(len(id2label), f"{cfg_path.name} id2label")
+            facts["n_classes"] = Fact(len(id2label), f"{source} id2label")
         elif (not causal and isinstance(mcfg.get("num_labels"), int) and not isinstance(mcfg["num_labels"], bool)
               and mcfg["num_labels"] >= 2):
             meta["n_classes"] = mcfg["num_labels"]
-            facts["n_classes"] = Fact(mcfg["num_labels"], f"{cfg_path.name} num_labels")
+            facts["n_classes"] = Fact(mcfg["num_labels"], f"{source} num_labels")
         if mcfg.get("problem_type") == "multi_label_classification":
             meta["task"] = "multi_label"
-            facts["task"] = Fact("multi_label", f"{cfg_path.name} problem_type")
+            facts["task"] = Fact("multi_label", f"{source} problem_type")
         meta["model"] = {"model_type": mcfg.get("model_type"), "num_layers": mcfg.get("num_hidden_layers")}
         if mcfg.get("model_type"):
-            facts["model_type"] = Fact(mcfg["model_type"], cfg_path.name)
+            facts["model_type"] = Fact(mcfg["model_type"], source)
     except (json.JSONDecodeError, ValueError, TypeError, AttributeError):
-        notes.append(f"{cfg_path} unreadable: number of classes unknown")
+        notes.append(f"{cfg_path or source} unreadable: number of classes unknown")
 
 
-def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mapping[str, Any] | None) -> None:
+def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mapping[str, Any] | None,
+                          live: tuple[Mapping[str, Any], str] | None = None) -> None:
     """meta["task"] from adapter_config.json's task_type, else config.json's architecture (PEFT_TASK_TYPES,
-    ARCH_TASKS); a task already read (TRL keys, problem_type multi-label) stands."""
+    ARCH_TASKS; `live`: a live model's config dict in place of the file); a task already read (TRL keys,
+    problem_type multi-label) stands."""
     if meta.get("task"):
         return
     found: tuple[str, str] | None = None
@@ -1309,10 +1323,12 @@ def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mappin
     if found is None and base_class:
         found = next(((task, f"adapter_config.json auto_mapping base_model_class {base_class}")
                       for suffix, task in ARCH_TASKS if base_class.endswith(suffix)), None)
-    if (cp := _side_file(folder, "config.json")) is not None:
+    cp = _side_file(folder, "config.json") if live is None else None
+    if live is not None or cp is not None:
+        source = live[1] if live is not None else cp.name
         try:
-            mcfg = json.loads(cp.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            mcfg = dict(live[0]) if live is not None else json.loads(cp.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError, TypeError, ValueError):
             mcfg = {}
         mcfg = mcfg if isinstance(mcfg, dict) else {}
         archs = [str(x) for x in (mcfg.get("architectures") or [])]
@@ -1320,14 +1336,14 @@ def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mappin
         n_labels = mcfg.get("num_labels", len(id2label) if id2label else None)
         if mcfg.get("problem_type") == "regression" or (
                 any(x.endswith("ForSequenceClassification") for x in archs) and mcfg.get("num_labels") == 1):
-            found = ("regression", f"{cp.name} problem_type regression")
+            found = ("regression", f"{source} problem_type regression")
         # a config that names one label and no architecture: one label has no ln(classes) and the only head it
         # configures in transformers (num_labels 1) is a regression's, so it is no classifier (ALLITi, fold F: a
         # GPT-2 config carrying the default-built id2label {0: LABEL_0}); an architecture, where named, decides
         elif found is None and not archs and n_labels == 1:
-            found = ("regression", f"{cp.name} one label, no architecture")
+            found = ("regression", f"{source} one label, no architecture")
         elif found is None:
-            found = next(((task, f"{cp.name} architecture {x}") for x in archs for suffix, task in ARCH_TASKS
+            found = next(((task, f"{source} architecture {x}") for x in archs for suffix, task in ARCH_TASKS
                           if x.endswith(suffix)), None)
     if found is not None:
         meta["task"] = found[0]

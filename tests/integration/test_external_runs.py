@@ -419,6 +419,43 @@ def test_a_val_metric_that_never_gained_is_not_said_at_too_few_evaluations(tmp_p
     assert [m.split(" - ")[0] for m in said if "lr-too-large" in m] == ["[loratune] step 20: lr-too-large"], said
 
 
+def test_a_loss_logged_beside_a_nan_gradient_is_null_and_the_class_count_and_task_are_the_live_models(tmp_path):
+    # logging_steps=4 over steps of loss 1.387, nan, nan, nan: the Trainer logged loss 0.8667 (the finite steps' mean)
+    # with grad_norm nan; the callback said it "stands in for a non-finite one" yet recorded train/loss 0.8667, and
+    # estimated 2 classes from it (a multi-label model of 4 labels: task None, n_classes 2)
+    from types import SimpleNamespace
+
+    from loratune.integrations import LoratuneCallback
+
+    labels = ["balance", "card_lost", "pin", "transfer"]
+    config = {"id2label": dict(enumerate(labels)), "num_labels": 4, "problem_type": "multi_label_classification",
+              "model_type": "bert", "architectures": None}
+    model = SimpleNamespace(config=SimpleNamespace(id2label=dict(enumerate(labels)), architectures=None,
+                                                   to_dict=lambda: dict(config)))
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append, stop_on=())
+    args, control = SimpleNamespace(output_dir=str(tmp_path), fp16=False), SimpleNamespace(should_training_stop=False)
+    cb.on_train_begin(args, None, control)
+    log = [{"step": 4, "epoch": 0.67, "loss": 0.8667, "grad_norm": float("nan"), "learning_rate": 1e-3},
+           {"step": 4, "epoch": 0.67, "eval_loss": 0.69, "eval_macro_f1": 0.1, "eval_runtime": 0.01}]
+    state = SimpleNamespace(max_steps=20, num_train_epochs=4, train_batch_size=8, logging_steps=4, eval_steps=4,
+                            save_steps=500, global_step=4, log_history=log, is_world_process_zero=True)
+    cb.on_evaluate(args, state, control, model=model)
+    meta = json.loads((tmp_path / "loratune" / "run.json").read_text())
+    points = [json.loads(x) for x in (tmp_path / "loratune" / "history.jsonl").read_text().splitlines()]
+    assert points[0]["train/loss"] is None
+    assert (meta["task"], meta["n_classes"], meta["labels"]) == ("multi_label", 4, labels)
+    assert meta["facts"]["n_classes"] == {"value": 4, "source": "the live model's config id2label"}
+    # under fp16 a finite loss beside a non-finite norm is a step the loss scaler skipped: the loss is kept
+    cb = LoratuneCallback(printer=said.append, stop_on=())
+    args.fp16 = True
+    cb.on_train_begin(args, None, control)
+    cb.on_evaluate(args, state, control, model=model)
+    points = [json.loads(x) for x in (tmp_path / "loratune" / "history.jsonl").read_text().splitlines()]
+    assert points[0]["train/loss"] == 0.8667
+    cb.on_train_end(args, state, control, model=model)
+
+
 def test_every_midrun_wait_names_one_route_of_its_rule_and_a_known_feature_and_threshold():
     from loratune.features import FEATURES
     from loratune.integrations.trainer import MIDRUN_WAITS

@@ -201,6 +201,7 @@ class LoratuneCallback(TrainerCallback):
         # record is rebuilt from, its train logs since the last evaluation included (the Trainer may be gone by then)
         self._last_state: SimpleNamespace | None = None
         self._record: tuple[Path, dict] | None = None  # the record last written: (folder, run.json)
+        self._fp16: bool | None = None  # the run trains under fp16's loss scaler (None: not known)
 
     # -- Trainer events -------------------------------------------------------------------------
 
@@ -226,6 +227,7 @@ class LoratuneCallback(TrainerCallback):
             self._abandon("its train() ended without finishing (an exception or Ctrl-C); the callback trains again")
         self._new_run()  # (a second trainer.train() in the same process trains again)
         self.training = True
+        self._fp16 = bool(getattr(args, "fp16", False))  # a loss beside a non-finite norm is a stand-in without it
         try:
             self._state_ref = weakref.ref(state)
         except TypeError:  # a state object that takes no weak reference: held as it is
@@ -522,14 +524,17 @@ class LoratuneCallback(TrainerCallback):
     def _state_fields(self, state) -> dict:
         """A live TrainerState's fields as a trainer_state.json holds them, its train losses read as means."""
         fields = {k: getattr(state, k, None) for k in STATE_FIELDS}
-        fields["log_history"] = (scaled_log_history(state.log_history, self.loss_scale) if self.loss_scale else
-                                 list(state.log_history))
+        log = scaled_log_history(state.log_history, self.loss_scale) if self.loss_scale else list(state.log_history)
+        # a loss the Trainer logged in place of a non-finite one is no measurement: NaN, so the record holds null
+        fields["log_history"] = [{**e, "loss": math.nan} if isinstance(e, dict) and nan_filtered_loss(e, fp16=self._fp16)
+                                 else e for e in log]
         return fields
 
     def _diagnose(self, args, state, model, final: bool = False) -> Diagnosis:
         out = Path(args.output_dir)
         run = history_from_trainer_state(self._state_fields(state), out, name=out.name, path=str(out),
-                                         adapter=_peft_config(model), source_file="the live TrainerState")
+                                         adapter=_peft_config(model), source_file="the live TrainerState",
+                                         model_config=_model_config(model))
         self.points = run.points
         meta = dict(run.meta)
         labels = _labels(model)
@@ -643,6 +648,28 @@ def _peft_config(model) -> dict | None:
     peft_type = getattr(c, "peft_type", None)  # an enum (PeftType.LORA): its value, as adapter_config.json writes it
     out["peft_type"] = getattr(peft_type, "value", peft_type)
     return {k: v for k, v in out.items() if v is not None or k in ("r", "lora_alpha")}
+
+
+def _model_config(model) -> tuple[dict, str] | None:
+    """The live model's config as its config.json would hold it (its class as the architecture where none is set
+    yet: it is written at the first save), and where it was read: the classes, task (problem_type multi-label) and
+    head the record takes from it, not an estimate from the first logged loss (a 4-label multi-label model's record
+    said task None and 2 classes)."""
+    if model is None:
+        return None
+    from loratune.heads import transformers_model
+
+    base = transformers_model(model)
+    cfg = getattr(base, "config", None)
+    if cfg is None or not callable(getattr(cfg, "to_dict", None)):
+        return None
+    try:
+        d = dict(cfg.to_dict())
+    except Exception:  # (a config that cannot say itself: the record reads what the log shows)
+        return None
+    if not d.get("architectures"):
+        d["architectures"] = [type(base).__name__]
+    return d, "the live model's config"
 
 
 def _labels(model) -> list[str] | None:
