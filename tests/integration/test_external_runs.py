@@ -456,6 +456,31 @@ def test_a_loss_logged_beside_a_nan_gradient_is_null_and_the_class_count_and_tas
     cb.on_train_end(args, state, control, model=model)
 
 
+def test_show_of_a_callback_record_names_the_output_dir_and_the_trainers_best_checkpoint(tmp_path, capsys):
+    # load_best_model_at_end=True: `loratune show <output_dir>/loratune` said "(no model saved)" and named the run
+    # `loratune` (read as a `loratune train` run with no saved_model)
+    from types import SimpleNamespace
+
+    from loratune.cli import main
+    from loratune.integrations import LoratuneCallback
+
+    out = tmp_path / "my-run"
+    cb = LoratuneCallback(printer=lambda *_: None)
+    args, control = SimpleNamespace(output_dir=str(out)), SimpleNamespace(should_training_stop=False)
+    cb.on_train_begin(args, None, control)
+    log = _evaluations(SLOW_START)
+    state = SimpleNamespace(max_steps=20, num_train_epochs=4, train_batch_size=8, logging_steps=5, eval_steps=5,
+                            save_steps=5, global_step=20, log_history=log, is_world_process_zero=True,
+                            best_model_checkpoint=str(out / "checkpoint-20"))
+    cb.on_evaluate(args, state, control)
+    cb.on_train_end(args, state, control)
+    for path in (out / "loratune", out / "loratune" / "run.json"):
+        assert main(["show", str(path)]) == 0
+        shown = " ".join(capsys.readouterr().out.split())  # (rich wraps long lines, a path at its hyphens too)
+        assert "my-run" in shown.split("completed")[0] and "no model saved" not in shown
+        assert f"bestcheckpoint(best_model_checkpoint):{out / 'checkpoint-20'}" in shown.replace(" ", "")
+
+
 def test_every_midrun_wait_names_one_route_of_its_rule_and_a_known_feature_and_threshold():
     from loratune.features import FEATURES
     from loratune.integrations.trainer import MIDRUN_WAITS

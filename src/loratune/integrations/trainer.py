@@ -549,6 +549,10 @@ class LoratuneCallback(TrainerCallback):
             record = {
                 **{k: v for k, v in meta.items() if k != "partial"}, "status": status, "source": CALLBACK_RECORD_SOURCE,
                 "stopped_by": self.stopped_by, "verdict": d.verdict, "config": run.config,
+                # where the Trainer keeps the best step's model (save_strategy with metric_for_best_model; reloaded
+                # at the end by load_best_model_at_end): `show` and the report say it
+                **({"best_model_checkpoint": state.best_model_checkpoint}
+                   if isinstance(getattr(state, "best_model_checkpoint", None), str) else {}),
                 **({"method": "lora"} if str((_peft_config(model) or {}).get("peft_type")).upper() in LORA_PEFT_TYPES
                    else {}),
                 "train_loss_scale": None if not self.loss_scale else {

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from loratune.errors import UserError
-from loratune.history_io import CALLBACK_RECORD_DIR, NOTEBOOK_TABLE, check_run_path, find_event_files
+from loratune.history_io import (CALLBACK_RECORD_DIR, NOTEBOOK_TABLE, check_run_path, find_event_files,
+                                 is_callback_record)
 from loratune.report.model import RunReport, build_run_report, is_run_dir, is_study_dir
 from loratune.store import HISTORY, REPORT, RUN
 
@@ -63,8 +64,19 @@ def build_report(path: str | Path, *, examples: bool = True):
         from loratune.report.study import build_study_report
 
         return build_study_report(p)
+    if is_run_dir(p) and _callback_record(p):
+        # LoratuneCallback's record of a Trainer run (`<output_dir>/loratune`): read as the Trainer run it is, as its
+        # output_dir is (read as a `loratune train` run, it was named `loratune` and said "no model saved" beside the
+        # Trainer's best checkpoint, reloaded by load_best_model_at_end)
+        from loratune.report.model import build_outside_report
+
+        return build_outside_report(p)
     if is_run_dir(p):
         return run_report(p, examples=examples)
+    if p.name in (HISTORY, RUN) and is_run_dir(p.parent) and _callback_record(p.parent):
+        from loratune.report.model import build_outside_report
+
+        return build_outside_report(p.parent)
     if p.name in (HISTORY, RUN) and is_run_dir(p.parent):
         # a run's own history.jsonl or run.json: the report of its folder (read as an outside log, the file would
         # lose the status, the saved model and the run's facts that run.json keeps beside it)
@@ -79,6 +91,17 @@ def build_report(path: str | Path, *, examples: bool = True):
                     "give the output_dir of `loratune train`, the study directory of `loratune tune`, or a run "
                     "another tool made: a Trainer output_dir or checkpoint, a trainer_state.json, a TensorBoard "
                     "logging_dir, a Jupyter notebook (.ipynb) or a CSV")
+
+
+def _callback_record(p: Path) -> bool:
+    """Whether run directory `p` holds LoratuneCallback's record of a Trainer run (its run.json says so)."""
+    import json
+
+    try:
+        meta = json.loads((p / RUN).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and is_callback_record(meta)
 
 
 def _outside_run(p: Path) -> bool:

@@ -1043,10 +1043,15 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
                       focus_errors=0, labels=(), cells=())
     params = [ParamRow("Read from the run's files", k, f.value, f.source) for k, f in facts.items()
               if k != "task" and f.value is not None]
+    if callback and isinstance(h.meta.get("best_model_checkpoint"), str):
+        # load_best_model_at_end: the Trainer saved the best step's model in a checkpoint, and reloaded it
+        notes.append(f"the Trainer's best checkpoint (best_model_checkpoint): {h.meta['best_model_checkpoint']}")
     import yaml
 
     return RunReport(
-        name=folder_name(p) if p.is_dir() else f"{folder_name(p.parent)}/{p.name}", path=str(p), status=status,
+        # a callback record's folder is always `loratune`: the run is named after its output_dir (as diagnose does)
+        name=(h.name if callback else folder_name(p) if p.is_dir() else f"{folder_name(p.parent)}/{p.name}"),
+        path=str(p), status=status,
         reason=None,
         task=str(h.meta.get("task") or fact("task") or "single_label"),
         method=str(h.meta.get("method") or ("lora" if adapter else "unknown")),
