@@ -375,10 +375,12 @@ def _eval(node: Cond | Clause, ev: dict[Clause, Evidence]) -> tuple[bool | None 
     return (None if all(s is None for s in states) else False), 0.0
 
 
-def _decision_path(node: Cond | Clause, ev: dict[Clause, Evidence], first: bool = False) -> list[Cond | Clause]:
+def _decision_path(node: Cond | Clause, ev: dict[Clause, Evidence], first: bool = False,
+                   skip: tuple[Cond, ...] = ()) -> list[Cond | Clause]:
     """The groups and clauses that made a condition hold (or left it open, where it is unknown), outermost first:
     every member of an `all` group, of an `any` group the members that hold (or, with none holding, the open ones;
-    `first`: only the first of them). Empty for a condition that failed or does not apply."""
+    `first`: only the first of them, passing over the routes in `skip`). Empty for a condition that failed or does
+    not apply."""
     state, _ = _eval(node, ev)
     if state is False or state == NA:
         return []
@@ -387,9 +389,28 @@ def _decision_path(node: Cond | Clause, ev: dict[Clause, Evidence], first: bool 
     results = [(item, _eval(item, ev)[0]) for item in node.items]
     if node.mode == "any":
         want = True if any(s is True for _, s in results) else None
-        results = [(item, s) for item, s in results if s is want][:1 if first else None]
+        results = [(item, s) for item, s in results if s is want and item not in skip][:1 if first else None]
     return [node] + [n for item, s in results if s is not False and s != NA
-                     for n in _decision_path(item, ev, first)]
+                     for n in _decision_path(item, ev, first, skip)]
+
+
+def _readings(rule: Rule, ev: dict[Clause, Evidence], skip: tuple[Cond, ...] = ()) -> tuple[str, ...]:
+    """The readings (`Cond.why`) of the route that made `rule` fire, per `any` its first holding member not in
+    `skip`: what a finding says this run showed."""
+    return tuple(dict.fromkeys(n.why for n in _decision_path(rule.when, ev, first=True, skip=skip)
+                               if isinstance(n, Cond) and n.why))
+
+
+def _rule_evidence(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, float]) -> dict[Clause, Evidence]:
+    catalogue = catalogue_for(rule)
+    return {cl: _evidence(cl, features, thresholds, catalogue) for cl in dict.fromkeys(rule.when.leaves())}
+
+
+def route_reading(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, float],
+                  skip: tuple[Cond, ...] = ()) -> tuple[str, ...]:
+    """A finding's `route` read over the rule's other holding routes than those in `skip` (empty when none holds):
+    what the run showed where a route's reading is not to be said yet (the callback's MIDRUN_WAITS)."""
+    return _readings(rule, _rule_evidence(rule, features, thresholds), skip)
 
 
 def _open_unknowns(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Clause]:
@@ -405,9 +426,8 @@ def _open_unknowns(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Clau
 def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, float]
                   ) -> Finding | NotEvaluated | None:
     """A Finding when the rule fires, NotEvaluated when missing signals stop it, None when it does not."""
-    catalogue = catalogue_for(rule)
     leaves = list(dict.fromkeys(rule.when.leaves()))
-    ev = {cl: _evidence(cl, features, thresholds, catalogue) for cl in leaves}
+    ev = _rule_evidence(rule, features, thresholds)
     state, margin = _eval(rule.when, ev)
     if state is False or state == NA:
         return None
@@ -433,8 +453,7 @@ def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, 
         priority=rule.priority, confidence=confidence,
         evidence=tuple(replace(ev[cl], decisive=cl in deciding) for cl in leaves),
         missing=missing if state is None else (), tentative=state is None, caveat=rule.caveat,
-        route=tuple(dict.fromkeys(n.why for n in _decision_path(rule.when, ev, first=True)
-                                  if isinstance(n, Cond) and n.why)),
+        route=_readings(rule, ev),
     )
 
 

@@ -403,6 +403,55 @@ def test_a_slow_fall_still_going_mid_run_is_not_called_too_small_an_lr_until_the
     assert len(said) == 1 and said[0].startswith("[loratune] step 20: lr-too-small - both losses fall slowly")
 
 
+def test_a_slow_fall_is_said_once_plan_cut_max_of_the_plan_ran_or_at_the_end_of_training(tmp_path):
+    # the wait was 'the run's last planned step': with max_steps 21..25 (evaluated every 5) no evaluation fell on it
+    # and nothing was said, while the record said lr-too-small; it waits for plan_cut_max, as the rule's other routes
+    for max_steps in (21, 25, 36):  # step 20 of 36 is 0.56 of the plan
+        said, cb = _said_live(tmp_path / str(max_steps), _evaluations(SLOW_START), max_steps)
+        assert cb.last.verdict == "lr-too-small"
+        assert [m.split(" - ")[0] for m in said] == ["[loratune] step 20: lr-too-small"], (max_steps, said)
+    said, cb = _said_live(tmp_path / "41", _evaluations(SLOW_START), 41)  # 0.49 of the plan: not yet
+    assert said == []
+    # evaluations that stopped early in the plan (eval_delay, or a last step no evaluation falls on): the finding the
+    # final diagnosis holds is said at the end of training
+    from types import SimpleNamespace
+
+    from loratune.integrations import LoratuneCallback
+
+    said = []
+    cb = LoratuneCallback(printer=said.append)
+    args, control = SimpleNamespace(output_dir=str(tmp_path / "end")), SimpleNamespace(should_training_stop=False)
+    cb.on_train_begin(args, None, control)
+    log = _evaluations(SLOW_START)
+    state = SimpleNamespace(max_steps=80, num_train_epochs=10, train_batch_size=8, logging_steps=5, eval_steps=5,
+                            save_steps=500, global_step=20, log_history=log, is_world_process_zero=True)
+    cb.on_evaluate(args, state, control)
+    assert said == []
+    state.global_step = 80
+    cb.on_train_end(args, state, control)
+    meta = json.loads((tmp_path / "end" / "loratune" / "run.json").read_text())
+    assert meta["verdict"] == "lr-too-small"
+    assert [m.split(" - ")[0] for m in said] == ["[loratune] end of training (step 80): lr-too-small"], said
+
+
+def test_a_finding_said_while_a_waiting_route_holds_beside_another_reads_the_other_route(tmp_path, monkeypatch):
+    # step 35 of 40 (lr 2e-3, both losses within 0.5% of ln 4): printed 'still falling at the end', the reading of
+    # the route it waited on, because 'barely moved over a plan that ran' also held (the first holding route's text)
+    import dataclasses
+
+    from loratune.integrations import trainer
+
+    waits = (dataclasses.replace(trainer.MIDRUN_WAITS[0], threshold=1.0),) + trainer.MIDRUN_WAITS[1:]
+    monkeypatch.setattr(trainer, "MIDRUN_WAITS", waits)  # the wait as it was: still untrusted at step 35 of 40
+    rows = [(5, 1.394, 0.0018, 1.387, 0.1), (10, 1.3857, 0.0016, 1.3869, 0.1), (15, 1.3892, 0.0013, 1.3864, 0.1),
+            (20, 1.3903, 0.0011, 1.3856, 0.1), (25, 1.382, 0.0008, 1.3845, 0.1), (30, 1.3834, 0.0006, 1.3829, 0.1),
+            (35, 1.3824, 0.0003, 1.381, 0.2516)]
+    said, cb = _said_live(tmp_path, _evaluations(rows), 40, ["a", "b", "c", "d"])
+    assert cb.last.finding("lr-too-small").route == ("both losses fall slowly and steadily, still falling at the end",)
+    assert [m.split("; next")[0] for m in said if "lr-too-small" in m] == [
+        "[loratune] step 35: lr-too-small - both losses barely moved over a plan that ran"], said
+
+
 def test_a_val_metric_that_never_gained_is_not_said_at_too_few_evaluations(tmp_path):
     # lr 1e-2: macro-F1 0.0 at the first eval read "lr-too-large - ... a val metric that never gained" at step 5
     # (one point: nothing to gain from yet); the run went on to 0.14 at its 4th eval and 0.51 later

@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable
 
 from transformers import TrainerCallback
 
-from loratune.diagnose import Diagnosis, diagnose
+from loratune.diagnose import Diagnosis, diagnose, route_reading
 from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, PARTIAL_LOG_NOTE, compare_record,
                                  history_from_trainer_state, nan_filtered_loss, scaled_log_history)
 from loratune.features import LORA_PEFT_TYPES
@@ -86,11 +86,12 @@ class MidrunWait:
 
 
 MIDRUN_WAITS = (
-    MidrunWait("lr-too-small", "val_loss_late_drop", "plan_done_fraction", ">=", 1.0,
+    MidrunWait("lr-too-small", "val_loss_late_drop", "plan_done_fraction", ">=", "plan_cut_max",
                why="'both losses fall slowly and steadily, still falling at the end': mid-run the end is the step "
                    "evaluated, and every run still learning is falling there, most of its fall to come (a tiny BERT "
                    "at lr 5e-3 over 80 steps read so at step 20, macro-F1 0.30, then reached 1.00 and ended healthy): "
-                   "said at an evaluation at the run's last planned step"),
+                   "said once plan_cut_max of the plan has run, as the rule's other routes read a plan that ran (and "
+                   "at the end of training, where no evaluation came after that)"),
     MidrunWait("lr-too-large", "val_metric_room", "n_eval_points", ">", "few_evals_max",
                why="'a val metric that never gained' over few_evals_max evals or fewer is one comparison inside its "
                    "noise, and at the first eval no comparison at all (a multi-label BERT at lr 1e-2: F1 0.00 at its "
@@ -177,6 +178,7 @@ class LoratuneCallback(TrainerCallback):
         # ({"factor": 1/N, "accumulation": N, "batches_per_epoch"}, history_io.scaled_log_history), or None
         self.loss_scale: dict | None = None
         self.reported: set[str] = set()
+        self.withheld: set[str] = set()  # findings a MIDRUN_WAITS route held back: said at the end if they hold
         self.overfit_streak = 0
         self.stopped_by: str | None = None
         self.last: Diagnosis | None = None
@@ -319,12 +321,11 @@ class LoratuneCallback(TrainerCallback):
                 continue
             if pinned and not collapse_held and (f.rule_id == "collapsed" or f.rule_id == "lr-too-large"):
                 continue  # not yet: a collapse early in the plan reads like a model that has not started learning
-            if self._waits(f, d):
+            untrusted = self._untrusted(f, d)
+            if self._waits(f, untrusted):
+                self.withheld.add(f.rule_id)
                 continue  # not yet: mid-run this reading describes a run still learning (MIDRUN_WAITS)
-            self.reported.add(f.rule_id)
-            reading = "; ".join(f.route) or f.verdict  # what this run showed, else the rule's general verdict
-            self.printer(f"[loratune] step {step}: {f.rule_id} - {reading}; next move: "
-                         f"{', '.join(f.moves)} (confidence {f.confidence:.2f})")
+            self._say(f"step {step}", f, d, untrusted)
         if "diverged" in confident and "diverged" in self.stop_on:
             self._stop(control, "diverged", "the diagnosis says diverged (exploding or non-finite loss)")
         elif "collapse" in self.stop_on and collapse_held:
@@ -336,22 +337,41 @@ class LoratuneCallback(TrainerCallback):
                                            f"(patience {self.overfit_patience})")
         return control
 
-    def _waits(self, f, d: Diagnosis) -> bool:
-        """Whether finding `f` fired on a MIDRUN_WAITS route alone (every clause that made it fire is on that route)
-        and that route's reading cannot be trusted yet."""
-        decisive = {(e.feature, e.op, e.threshold_name) for e in getattr(f, "evidence", ()) if e.decisive and e.passed}
+    def _say(self, when: str, f, d: Diagnosis, untrusted: tuple[MidrunWait, ...] = ()) -> None:
+        """Print finding `f`, read over its routes other than those `untrusted` (one that held beside them: at step
+        35 of 40 'still falling at the end' was said for a run that also 'barely moved over a plan that ran')."""
+        self.reported.add(f.rule_id)
+        route = f.route
+        if untrusted:
+            route = route_reading(rule_by_id(f.rule_id), d.features, resolve_thresholds(self.thresholds),
+                                  skip=tuple(w.route() for w in untrusted))
+        reading = "; ".join(route) or f.verdict  # what this run showed, else the rule's general verdict
+        self.printer(f"[loratune] {when}: {f.rule_id} - {reading}; next move: "
+                     f"{', '.join(f.moves)} (confidence {f.confidence:.2f})")
+
+    def _untrusted(self, f, d: Diagnosis) -> tuple[MidrunWait, ...]:
+        """The MIDRUN_WAITS routes of finding `f`'s rule whose reading cannot be trusted yet."""
+        limits = resolve_thresholds(self.thresholds)
+        out = []
         for w in MIDRUN_WAITS:
             if w.rule_id != f.rule_id:
                 continue
-            route = {(cl.feature, cl.op, cl.threshold) for cl in w.route().leaves()}
-            if not decisive or not decisive <= route or w.route_feature not in {k[0] for k in decisive}:
-                continue  # another route made it fire too: its reading stands
             value = d.features.values.get(w.feature)
-            limit = (resolve_thresholds(self.thresholds)[w.threshold] if isinstance(w.threshold, str)
-                     else w.threshold)
+            limit = limits[w.threshold] if isinstance(w.threshold, str) else w.threshold
             if not isinstance(value, (int, float)) or not _WAIT_OPS[w.op](value, limit):
+                out.append(w)
+        return tuple(out)
+
+    @staticmethod
+    def _waits(f, untrusted: tuple[MidrunWait, ...]) -> bool:
+        """Whether finding `f` fired on one of the `untrusted` routes alone (every clause that made it fire is on
+        that route): not said yet."""
+        decisive = {(e.feature, e.op, e.threshold_name) for e in getattr(f, "evidence", ()) if e.decisive and e.passed}
+        for w in untrusted:
+            route = {(cl.feature, cl.op, cl.threshold) for cl in w.route().leaves()}
+            if decisive and decisive <= route and w.route_feature in {k[0] for k in decisive}:
                 return True
-        return False
+        return False  # another route made it fire too: its reading stands
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._deferred is not None:  # a run whose only evaluation of named sets was at its last step
@@ -363,6 +383,13 @@ class LoratuneCallback(TrainerCallback):
                     self.last = self._diagnose(args, state, kwargs.get("model"), final=True)
                 except Exception as exc:  # the training is over: what it saved stands whatever this says
                     self._warn("diagnose", f"could not diagnose the finished run ({type(exc).__name__}: {exc})")
+                else:
+                    # a finding held back mid-run that the final diagnosis (the record's verdict) still holds: said
+                    # now, the run's end reached (no evaluation may have come late enough in the plan to say it)
+                    for f in self.last.active:
+                        if (f.rule_id in self.withheld and f.rule_id not in self.reported and not f.tentative
+                                and f.confidence >= self.min_confidence):
+                            self._say(f"end of training (step {state.global_step})", f, self.last)
         finally:
             self._release_lock()  # the final record is written: nothing trains into it any more
         return control
