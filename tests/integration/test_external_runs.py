@@ -503,6 +503,19 @@ def test_a_loss_logged_beside_a_nan_gradient_is_null_and_the_class_count_and_tas
     points = [json.loads(x) for x in (tmp_path / "loratune" / "history.jsonl").read_text().splitlines()]
     assert points[0]["train/loss"] == 0.8667
     cb.on_train_end(args, state, control, model=model)
+    # accelerate's --mixed_precision fp16: transformers 5 sets args.mixed_precision 'fp16', args.fp16 False (the
+    # loss was recorded null, and on_log stopped the run as diverged)
+    for fp16_args in (SimpleNamespace(output_dir=str(tmp_path), fp16=False, mixed_precision="fp16"),):
+        said.clear()
+        cb = LoratuneCallback(printer=said.append)
+        control.should_training_stop = False
+        cb.on_train_begin(fp16_args, None, control)
+        cb.on_log(fp16_args, state, control, logs={**log[0], "grad_norm": float("inf")})
+        assert not control.should_training_stop and said == []  # a step the loss scaler skipped
+        cb.on_evaluate(fp16_args, state, control, model=model)
+        points = [json.loads(x) for x in (tmp_path / "loratune" / "history.jsonl").read_text().splitlines()]
+        assert points[0]["train/loss"] == 0.8667
+        cb.on_train_end(fp16_args, state, control, model=model)
 
 
 def test_show_of_a_callback_record_names_the_output_dir_and_the_trainers_best_checkpoint(tmp_path, capsys):

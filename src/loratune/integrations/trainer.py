@@ -213,8 +213,8 @@ class LoratuneCallback(TrainerCallback):
         why = None
         if isinstance(loss, (int, float)) and not math.isfinite(float(loss)):
             why = f"the train loss is {loss}"
-        elif isinstance(grad, (int, float)) and not math.isfinite(float(grad)) and (
-                nan_filtered_loss(logs) or not getattr(args, "fp16", False)):
+        elif isinstance(grad, (int, float)) and not math.isfinite(float(grad)) and nan_filtered_loss(
+                logs, fp16=_fp16(args)):
             # fp16's loss scaler skips a step whose gradient overflowed (and logs its norm as inf); any other run
             # applied it and its weights are no numbers now. logging_nan_inf_filter (the default) logs such a
             # step's loss as the mean of the earlier ones (0 when every step since the last log was NaN)
@@ -229,7 +229,7 @@ class LoratuneCallback(TrainerCallback):
             self._abandon("its train() ended without finishing (an exception or Ctrl-C); the callback trains again")
         self._new_run()  # (a second trainer.train() in the same process trains again)
         self.training = True
-        self._fp16 = bool(getattr(args, "fp16", False))  # a loss beside a non-finite norm is a stand-in without it
+        self._fp16 = _fp16(args)  # a loss beside a non-finite norm is a stand-in without it
         try:
             self._state_ref = weakref.ref(state)
         except TypeError:  # a state object that takes no weak reference: held as it is
@@ -667,6 +667,15 @@ def _collapsed(d: Diagnosis) -> bool:
     # the collapse route made it fire (not an oscillation route beside a loss that happens to sit near chance)
     held = {e.feature for e in f.evidence if e.decisive and e.passed}
     return "val_pred_top_share" in held or "train_loss_vs_chance" in held
+
+
+def _fp16(args) -> bool:
+    """Whether the run trains under fp16's loss scaler: `fp16=True`, or accelerate's `--mixed_precision fp16`
+    (transformers 5 sets `args.mixed_precision` from it, `fp16` left False; older ones read the environment)."""
+    mixed = getattr(args, "mixed_precision", None)
+    if not isinstance(mixed, str):
+        mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    return bool(getattr(args, "fp16", False)) or mixed == "fp16"
 
 
 def _peft_config(model) -> dict | None:
