@@ -518,6 +518,35 @@ def test_a_loss_logged_beside_a_nan_gradient_is_null_and_the_class_count_and_tas
         cb.on_train_end(fp16_args, state, control, model=model)
 
 
+def test_a_live_configs_default_labels_are_no_class_count(tmp_path):
+    # a custom nn.Module with a 4-class head and a BertModel's config: cfg.to_dict() kept the default id2label
+    # {0: LABEL_0, 1: LABEL_1} (save_pretrained drops it), read as 2 classes "from the live model's config id2label";
+    # its loss near ln 4 then read far above ln 2 and the run was stopped as diverged
+    from types import SimpleNamespace
+
+    from transformers import BertConfig
+
+    from loratune.integrations import LoratuneCallback
+
+    class Custom:  # (a module whose config is its encoder's)
+        config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append)
+    args, control = SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(should_training_stop=False)
+    cb.on_train_begin(args, None, control)
+    log = [{"step": 5, "epoch": 0.8, "loss": 1.41, "learning_rate": 1e-4, "grad_norm": 0.5},
+           {"step": 5, "epoch": 0.8, "eval_loss": 1.389, "eval_accuracy": 0.2, "eval_runtime": 0.01}]
+    state = SimpleNamespace(max_steps=40, num_train_epochs=7, train_batch_size=8, logging_steps=5, eval_steps=5,
+                            save_steps=500, global_step=5, log_history=log, is_world_process_zero=True)
+    cb.on_evaluate(args, state, control, model=Custom())
+    meta = json.loads((tmp_path / "loratune" / "run.json").read_text())
+    assert not control.should_training_stop and said == [], said
+    assert meta.get("labels") is None and "id2label" not in str(meta.get("facts", {}).get("n_classes"))
+    assert meta.get("n_classes") != 2
+    cb.on_train_end(args, state, control)
+
+
 def test_show_of_a_callback_record_names_the_output_dir_and_the_trainers_best_checkpoint(tmp_path, capsys):
     # load_best_model_at_end=True: `loratune show <output_dir>/loratune` said "(no model saved)" and named the run
     # `loratune` (read as a `loratune train` run with no saved_model)

@@ -694,17 +694,21 @@ def _model_config(model) -> tuple[dict, str] | None:
     """The live model's config as its config.json would hold it (its class as the architecture where none is set
     yet: it is written at the first save), and where it was read: the classes, task (problem_type multi-label) and
     head the record takes from it, not an estimate from the first logged loss (a 4-label multi-label model's record
-    said task None and 2 classes)."""
+    said task None and 2 classes). As save_pretrained writes it (`to_diff_dict`): a config's defaults are no facts
+    of the run (a custom module's 4-class head beside a BertModel's config read its default id2label {0: LABEL_0,
+    1: LABEL_1} as 2 classes, and was stopped as diverged at step 5)."""
     if model is None:
         return None
     from loratune.heads import transformers_model
 
     base = transformers_model(model)
     cfg = getattr(base, "config", None)
-    if cfg is None or not callable(getattr(cfg, "to_dict", None)):
+    say = getattr(cfg, "to_diff_dict", None) if cfg is not None else None
+    say = say if callable(say) else getattr(cfg, "to_dict", None) if cfg is not None else None
+    if not callable(say):
         return None
     try:
-        d = dict(cfg.to_dict())
+        d = dict(say())
     except Exception:  # (a config that cannot say itself: the record reads what the log shows)
         return None
     if not d.get("architectures"):
@@ -713,10 +717,14 @@ def _model_config(model) -> tuple[dict, str] | None:
 
 
 def _labels(model) -> list[str] | None:
+    """The class names of the live model's config (as _model_config reads it; a config that cannot say itself:
+    its id2label)."""
+    read = _model_config(model)
     cfg = getattr(model, "config", None)
-    id2label = getattr(cfg, "id2label", None) or {}
-    if len(id2label) >= 2 and not any(str(a).endswith("ForCausalLM") for a in (getattr(cfg, "architectures", None)
-                                                                                or [])):
+    d = read[0] if read else {"id2label": getattr(cfg, "id2label", None), "architectures": getattr(cfg, "architectures",
+                                                                                                    None)}
+    id2label = d.get("id2label") or {}
+    if len(id2label) >= 2 and not any(str(a).endswith("ForCausalLM") for a in (d.get("architectures") or [])):
         return [str(id2label[k]) for k in sorted(id2label, key=int)]
     return None
 
