@@ -238,6 +238,8 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
     else:
         notes.append("no run.json: labels, label counts and status are unknown")
     callback = is_callback_record(meta)
+    if isinstance(meta.get(BEST_CHECKPOINT), str):
+        meta[BEST_CHECKPOINT] = best_checkpoint(meta[BEST_CHECKPOINT], d)
     if callback and isinstance(meta.get("notes"), list):
         # what the callback's reading of the Trainer's log said: the same notes as the Trainer's own files give
         notes[:0] = [n for n in meta["notes"] if isinstance(n, str)]
@@ -766,9 +768,34 @@ def history_from_trainer_state(state: Mapping[str, Any], folder: Path, *, name: 
         facts.pop(k)
     if _fin(state.get("global_step")) is not None:
         facts["steps_done"] = Fact(int(state["global_step"]), f"{source_file} global_step")
-    return _from_log_history(state.get("log_history") or [], folder, facts, name=name, path=path or str(folder),
-                             source_file=source_file, adapter=adapter, ended=_state_ended(state),
-                             unrounded=UNROUNDED_EPOCHS_KEY in state, model_config=model_config)
+    run = _from_log_history(state.get("log_history") or [], folder, facts, name=name, path=path or str(folder),
+                            source_file=source_file, adapter=adapter, ended=_state_ended(state),
+                            unrounded=UNROUNDED_EPOCHS_KEY in state, model_config=model_config)
+    if isinstance(state.get(BEST_CHECKPOINT), str):  # load_best_model_at_end: where the best step's model is
+        run.meta[BEST_CHECKPOINT] = best_checkpoint(state[BEST_CHECKPOINT], folder)
+    return run
+
+
+BEST_CHECKPOINT = "best_model_checkpoint"  # the TrainerState's field: the checkpoint of the best step (metric_for_best)
+
+
+LIVE_STATE_SOURCE = "the live TrainerState"  # LoratuneCallback's source_file: the Trainer's state as it trains
+# why a log that ended has no end-of-training entry, by where it was read (a source_file of history_from_trainer_state)
+ENDED_BEFORE_END_ENTRY = {"trainer_state.json": "a checkpoint's trainer_state.json is saved",
+                          LIVE_STATE_SOURCE: f"{LIVE_STATE_SOURCE} is read at each evaluation,"}
+
+
+def best_checkpoint(recorded: str, folder: Path) -> str:
+    """A best_model_checkpoint the Trainer recorded as an absolute path, read from `folder` (the output_dir, one of
+    its checkpoints, or the callback's record inside it): where the output_dir was moved since, the checkpoint of
+    that name in it (a moved run said a path that no longer existed while `moved-run/checkpoint-20` did)."""
+    if Path(recorded).exists():
+        return recorded
+    name = Path(recorded).name
+    for base in (folder, folder.parent):
+        if checkpoint_step(base / name) is not None and (base / name).is_dir():
+            return str(base / name)
+    return recorded
 
 
 def _unused_intervals(state: Mapping[str, Any], folder: Path, facts: Mapping[str, Fact]) -> list[str]:
@@ -1100,7 +1127,8 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     finished = (end_entry or ended is not None) if finished is None else finished
     if finished and not end_entry and ended:
         notes.append(f"the log has no end-of-training entry (train_runtime), but {ended}: the run ended; "
-                     f"a checkpoint's {source_file} is saved before the Trainer logs that entry")
+                     f"{ENDED_BEFORE_END_ENTRY.get(source_file, f'{source_file} was read')} before the Trainer "
+                     "logs that entry")
     meta: dict[str, Any] = {"steps_done": facts["steps_done"].value if "steps_done" in facts else
                             (int(logs[-1]["step"]) if logs else None),
                             "steps_planned": facts["max_steps"].value if "max_steps" in facts else None}

@@ -570,6 +570,18 @@ def test_show_of_a_callback_record_names_the_output_dir_and_the_trainers_best_ch
         shown = " ".join(capsys.readouterr().out.split())  # (rich wraps long lines, a path at its hyphens too)
         assert "my-run" in shown.split("completed")[0] and "no model saved" not in shown
         assert f"bestcheckpoint(best_model_checkpoint):{out / 'checkpoint-20'}" in shown.replace(" ", "")
+        assert "checkpoint's the live" not in shown  # (a source name dropped into a sentence for a file name)
+    # the output_dir moved: the recorded path is gone, the checkpoint of its name in the moved folder is said; and
+    # `show <output_dir>` of the Trainer's own files (trainer_state.json holds best_model_checkpoint too) says it too
+    (out / "checkpoint-20").mkdir()
+    (out / "trainer_state.json").write_text(json.dumps({
+        "global_step": 20, "max_steps": 20, "log_history": log, "best_model_checkpoint": str(out / "checkpoint-20")}))
+    moved = tmp_path / "moved-run"
+    out.rename(moved)
+    for path in (moved, moved / "loratune"):
+        assert main(["show", str(path)]) == 0
+        shown = capsys.readouterr().out.replace("\n", "").replace(" ", "")
+        assert f"bestcheckpoint(best_model_checkpoint):{moved / 'checkpoint-20'}" in shown, path
 
 
 def test_every_midrun_wait_names_one_route_of_its_rule_and_a_known_feature_and_threshold():

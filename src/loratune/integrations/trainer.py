@@ -49,8 +49,8 @@ from typing import Any, Callable, Iterable
 from transformers import TrainerCallback
 
 from loratune.diagnose import Diagnosis, diagnose, route_reading
-from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, PARTIAL_LOG_NOTE, compare_record,
-                                 history_from_trainer_state, nan_filtered_loss, scaled_log_history)
+from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, LIVE_STATE_SOURCE, PARTIAL_LOG_NOTE,
+                                 compare_record, history_from_trainer_state, nan_filtered_loss, scaled_log_history)
 from loratune.features import LORA_PEFT_TYPES
 from loratune.errors import UserError, finite_number
 from loratune.rules import THRESHOLDS, resolve_thresholds, rule_by_id
@@ -114,8 +114,10 @@ _HOLDERS: dict[str, "LoratuneCallback"] = {}
 # whose kernel lives on), the run is marked interrupted and its lock released, not left `running` for the kernel's life.
 TRAINING_LOOP = "_inner_training_loop"
 # the TrainerState fields the record is read from (as a trainer_state.json holds them), log_history besides
+# (best_model_checkpoint: where the Trainer keeps the best step's model under metric_for_best_model, reloaded by
+# load_best_model_at_end; the reading keeps it in the record's meta, `show` and the report say it)
 STATE_FIELDS = ("max_steps", "num_train_epochs", "train_batch_size", "logging_steps", "eval_steps", "save_steps",
-                "global_step")
+                "global_step", "best_model_checkpoint")
 WATCH_S = 2.0
 
 
@@ -560,7 +562,7 @@ class LoratuneCallback(TrainerCallback):
     def _diagnose(self, args, state, model, final: bool = False) -> Diagnosis:
         out = Path(args.output_dir)
         run = history_from_trainer_state(self._state_fields(state), out, name=out.name, path=str(out),
-                                         adapter=_peft_config(model), source_file="the live TrainerState",
+                                         adapter=_peft_config(model), source_file=LIVE_STATE_SOURCE,
                                          model_config=_model_config(model))
         self.points = run.points
         meta = dict(run.meta)
@@ -576,10 +578,6 @@ class LoratuneCallback(TrainerCallback):
             record = {
                 **{k: v for k, v in meta.items() if k != "partial"}, "status": status, "source": CALLBACK_RECORD_SOURCE,
                 "stopped_by": self.stopped_by, "verdict": d.verdict, "config": run.config,
-                # where the Trainer keeps the best step's model (save_strategy with metric_for_best_model; reloaded
-                # at the end by load_best_model_at_end): `show` and the report say it
-                **({"best_model_checkpoint": state.best_model_checkpoint}
-                   if isinstance(getattr(state, "best_model_checkpoint", None), str) else {}),
                 **({"method": "lora"} if str((_peft_config(model) or {}).get("peft_type")).upper() in LORA_PEFT_TYPES
                    else {}),
                 "train_loss_scale": None if not self.loss_scale else {

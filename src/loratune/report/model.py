@@ -1043,7 +1043,7 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
                       focus_errors=0, labels=(), cells=())
     params = [ParamRow("Read from the run's files", k, f.value, f.source) for k, f in facts.items()
               if k != "task" and f.value is not None]
-    if callback and isinstance(h.meta.get("best_model_checkpoint"), str):
+    if isinstance(h.meta.get("best_model_checkpoint"), str):
         # load_best_model_at_end: the Trainer saved the best step's model in a checkpoint, and reloaded it
         notes.append(f"the Trainer's best checkpoint (best_model_checkpoint): {h.meta['best_model_checkpoint']}")
     import yaml
