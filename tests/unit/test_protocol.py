@@ -659,6 +659,36 @@ def test_an_early_peak_whose_fall_is_inside_the_noise_band_keeps_the_config():
     assert not ctx.state["final_notes"]
 
 
+class _NoCurveWorld(World):
+    """Trials whose objective curve was not recorded: phase 2 reads the diagnosis's features instead."""
+
+    def result(self, p: dict) -> TrialResult:
+        import dataclasses
+
+        return dataclasses.replace(super().result(p), curve=())
+
+
+def test_without_a_curve_an_early_fall_equal_to_the_rule_threshold_up_to_rounding_counts_as_falling():
+    """The no-curve fallback read the rule table's `val_metric_final_drop >= val_metric_drop_min` with a plain >=:
+    0.35 - 0.33 = 0.019999999999999962 was 'falling' for the rule (diagnose's operators allow float rounding) and
+    not for phase 2; and its evidence called that threshold the noise band. A late peak that fell past the band read
+    'inside the noise band' (a review)."""
+    world = _NoCurveWorld(lambda p: 0.70 + _lr_peak(p), lambda p: "healthy",
+                          features={"best_step_fraction": 0.4, "val_metric_final_drop": 0.35 - 0.33})
+    ctx, _ = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, pair=False))
+    es = next(x for x in ctx.decisions if x["kind"] == "early-stopping")
+    assert es["code"] == "early-stopping-set"
+    assert "(the rule's val_metric_drop_min 0.020)" in es["evidence"][0] and "noise band" not in es["evidence"][0]
+    late = World(lambda p: 0.70 + _lr_peak(p), lambda p: "healthy",
+                 features={"best_step_fraction": 0.75, "val_metric_final_drop": 0.12})
+    ctx, _ = make_ctx(late)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, pair=False))
+    es = next(x for x in ctx.decisions if x["kind"] == "early-stopping")
+    assert es["code"] == "early-stopping-none"  # 75% is no early peak (EARLY_PEAK_BEST_FRACTION 0.7)
+    assert "final 0.120 below it (past the noise band" in es["evidence"][0]
+
+
 def _longer_helps(p) -> float:
     return 0.03 if int(p.get("train.max_steps") or 0) >= 200 else 0.0
 

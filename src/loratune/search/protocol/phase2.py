@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from loratune.moves import MOVES, move
-from loratune.objectives import beyond_noise
+from loratune.objectives import at_threshold, beyond_noise
 from loratune.search.context import SearchContext
 from loratune.search.stages import StageId
 from loratune.search.state import Start
@@ -200,10 +200,12 @@ def early_stopping(ctx: SearchContext) -> None:
     if frac is None:  # no objective curve: the diagnosis's features, on its val metric
         res = inc.result
         frac, drop = res.feature("best_step_fraction"), res.feature("val_metric_final_drop")
-        band = ctx.rule_threshold("val_metric_drop_min")
-        fell = (drop or 0) >= band  # the rule table's own reading (rules: val_metric_final_drop >= it, 'falling')
+        band, what = ctx.rule_threshold("val_metric_drop_min"), "the rule's val_metric_drop_min"
+        # the rule table's own reading (rules: val_metric_final_drop >= it, 'falling'), float rounding as diagnose's
+        # operators read it (0.35 - 0.33 = 0.019999999999999962 meets 0.02 there, and did not here: a review)
+        fell = (drop or 0) >= band or at_threshold(drop or 0, band)
     else:
-        band = ctx.noise()[0]
+        band, what = ctx.noise()[0], "the noise band"
         fell = bool(beyond_noise(drop or 0, band))  # a fall counts only beyond the noise band (objectives)
     still, _ = still_improving(inc)
     start: Start = ctx.state.start
@@ -211,7 +213,7 @@ def early_stopping(ctx: SearchContext) -> None:
         ctx.state.final_notes = {"train.early_stopping_patience": EARLY_STOPPING_PATIENCE}
         ctx.decide(StageId.PHASE2.value, "early-stopping", f"the {ctx.objective.name} peaked early and fell",
                    f"final config: early_stopping_patience={EARLY_STOPPING_PATIENCE} (the best checkpoint is kept either way)",
-                   [f"best at {frac:.0%} of the run, final {drop:.3f} below the best (noise band {band:.3f})"], [inc],
+                   [f"best at {frac:.0%} of the run, final {drop:.3f} below the best ({what} {band:.3f})"], [inc],
                    code="early-stopping-set")
     elif still:
         ctx.decide(StageId.PHASE2.value, "early-stopping", "still improving when the trial ended",
@@ -221,5 +223,6 @@ def early_stopping(ctx: SearchContext) -> None:
     else:
         ctx.decide(StageId.PHASE2.value, "early-stopping", f"the {ctx.objective.name} held to the end", "no change",
                    [f"best at {frac or 0:.0%} of the run"
-                    + (f", final {drop:.3f} below it (inside the noise band {band:.3f})" if drop else "")], [inc],
+                    + (f", final {drop:.3f} below it ({'past' if fell else 'inside'} {what} {band:.3f})" if drop
+                       else "")], [inc],
                    code="early-stopping-none")
