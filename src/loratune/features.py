@@ -1110,8 +1110,11 @@ def _train_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
             acc.set("train_loss_late_slope", (y_end - y_mid) / 0.5 / start if start > 0 else None,
                     "the start train loss is 0")
             acc.set("train_loss_runs_to_fit", None, "fewer than 3 train-loss windows over the second half")
-        # within [LATE_DROP_FLOOR, 1]: a rise past twice the mid value reads -100% (its reason, where it is defined)
-        acc.set("train_loss_late_drop", max(LATE_DROP_FLOOR, min(1.0, (y_mid - y_end) / y_mid)) if y_mid > 0 else 0.0)
+        # within [LATE_DROP_FLOOR, 1]: a rise past twice the mid value reads -100% (its reason, where it is defined);
+        # a line whose middle is at 0 (clamped: a V-shaped second half) that ends above it rose without bound, its
+        # floor too: 0.0 there printed "fell 0.0% over the last half" of a loss that rose from 0.01 to 5.0
+        acc.set("train_loss_late_drop", max(LATE_DROP_FLOOR, min(1.0, (y_mid - y_end) / y_mid)) if y_mid > 0
+                else LATE_DROP_FLOOR if y_end > y_mid else 0.0)
         acc.set("train_loss_rise_share", _rise_share([v for _, v in T]))
     v0 = next((p["step"] for p in pts if _num(p.get("val/loss")) is not None), None)
     after = [v for s, v in T if v0 is not None and s > v0]

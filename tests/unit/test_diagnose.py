@@ -560,12 +560,30 @@ def test_a_key_the_runs_task_does_not_read_is_no_difference():
     (4, lambda f: 2.0 - f, "(fell 50.0%; fell 33.3% over the last half)"),
     # a 250% rise over the last half: the feature stops at -100% (LATE_DROP_FLOOR), which read "rose 100.0%"
     (4, lambda f: 2.0 + max(0.0, f - 0.5) * 10, "(rose 250.0%; rose at least 100.0% over the last half)"),
+    # a V-shaped second half (1.0, 0.01 x4, then 5.0): its least-squares line's middle is below 0 (clamped at 0), and
+    # the late drop read 0.0: "fell 0.0% over the last half" of a loss that rose from 0.01 to 5.0
+    (10, lambda f: {5: 1.0, 6: 0.01, 7: 0.01, 8: 0.01, 9: 0.01, 10: 5.0}.get(round(f * 10), 2.0 - 0.1 * round(f * 10)),
+     "(rose 150.0%; rose at least 100.0% over the last half)"),
 ])
 def test_curve_summary_says_a_missing_trend_or_a_rise_in_words(n_evals, curve, expect):
     pts = s.make_history(train_loss=curve, val_loss=lambda f: 2.0, n_evals=n_evals, steps_per_eval=4)
     line = next(ln for ln in diagnose(from_points(pts, meta=META)).curve_summary() if ln.startswith("train loss:"))
     assert line.endswith(expect), line
     assert "missing" not in line and " -" not in line.split("(")[1], line
+
+
+def test_late_drop_of_a_line_whose_middle_is_zero():
+    """The second half's fitted line clamped at 0 in its middle (a V shape): a loss ending above it rose past any
+    share of 0, the feature's floor (LATE_DROP_FLOOR, not 0.0: "fell 0.0%"); a second half flat at 0 did not move."""
+    from loratune.features import LATE_DROP_FLOOR
+
+    vee = {5: 1.0, 6: 0.01, 7: 0.01, 8: 0.01, 9: 0.01, 10: 5.0}
+    pts = s.make_history(train_loss=lambda f: vee.get(round(f * 10), 2.0 - 0.1 * round(f * 10)),
+                         val_loss=lambda f: 2.0, n_evals=10, steps_per_eval=4)
+    assert diagnose(from_points(pts, meta=META)).features.values["train_loss_late_drop"] == LATE_DROP_FLOOR
+    pts = s.make_history(train_loss=lambda f: 2.0 if f < 0.5 else 0.0, val_loss=lambda f: 2.0, n_evals=10,
+                         steps_per_eval=4)
+    assert diagnose(from_points(pts, meta=META)).features.values["train_loss_late_drop"] == 0.0
 
 
 def test_evidence_on_a_clipped_feature_says_its_value_is_the_clip_or_beyond():
@@ -702,3 +720,4 @@ def test_a_loss_comparison_with_seed_runs_keeps_tunes_loss_floor(seed_final):
     assert c.features.values["noise"] == pytest.approx(unit)
     assert c.features.values["lr_effect_noise"] == pytest.approx(0.003 / unit, rel=1e-6)
     assert [f.rule_id for f in c.findings] == ["differences-within-noise"]
+
