@@ -721,3 +721,27 @@ def test_a_loss_comparison_with_seed_runs_keeps_tunes_loss_floor(seed_final):
     assert c.features.values["lr_effect_noise"] == pytest.approx(0.003 / unit, rel=1e-6)
     assert [f.rule_id for f in c.findings] == ["differences-within-noise"]
 
+
+@pytest.mark.parametrize("band_se", [2.0, 3.0])
+def test_curve_summary_reads_a_tie_at_the_band_as_the_rules_do(band_se):
+    """The summary's "a tie (inside the noise band)" compared with a plain `<`, while the rules' operators allow
+    float rounding (objectives.at_threshold): a fall or rise of the band's size computed a rounding short of it
+    (1.9999999999999998 for 2) counts for `>= drop_se_min` and read "a tie" here. Exactly at the band, and a
+    rounding below it, the summary says the noise units, as the rule reads; clearly inside, it says a tie."""
+    from loratune.diagnose import _OPS
+
+    pts = s.make_history(train_loss=lambda f: 2.0 - f, val_loss=lambda f: 1.0 + (f - 0.5) ** 2,
+                         val_f1=lambda f: 0.5 + 0.3 * f - 0.3 * max(0.0, f - 0.8))
+    d = diagnose(from_points(pts, meta=META), thresholds={"drop_se_min": band_se})
+    assert d.tie_band_se == band_se
+    for at, tie in ((band_se, False), (band_se * (1 - 1e-16), False), (band_se - 1e-12, False),
+                    (band_se * 0.9, True)):
+        tie = tie or not _OPS[">="](at, band_se)  # what the rule reads: a tie is exactly its complement
+        values = {**d.features.values, "val_metric_final_drop_se": at, "val_metric_final_drop": 0.01,
+                  "val_loss_rise_noise": at, "val_loss_rise": 0.01}
+        lines = replace(d, features=replace(d.features, values=values)).curve_summary()
+        metric = next(ln for ln in lines if "best" in ln and "val loss" not in ln)
+        loss = next(ln for ln in lines if ln.startswith("val loss:"))
+        assert ("a tie (inside the noise band)" in metric) == tie, (at, metric)
+        assert ("tie, inside the noise band" in loss) == tie, (at, loss)
+        assert ("noise units below the best" in metric) != tie and ("noise units above the minimum" in loss) != tie
