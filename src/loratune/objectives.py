@@ -205,9 +205,9 @@ LOSS_TIE_BREAK_TASKS = ("causal-lm", "multi_label")
 def keep_order(point: Mapping, key: str, task: str | None) -> tuple[float, float] | None:
     """Where a history point stands in the order a run keeps its best model by (a larger tuple is better): its
     objective's score, then, for a task in LOSS_TIE_BREAK_TASKS with a larger-is-better objective, minus its val
-    loss. None: the point has no finite objective. The one statement of the rule: training keeps by it, early
-    stopping counts by it (Patience) and the report reads an unfinished run's best by it, so none of them reads one
-    tie another way."""
+    loss (-inf where it is not a finite number). None: the point has no finite objective. The one statement of the
+    rule: training keeps by it, early stopping counts by it (Patience) and the report reads an unfinished run's best
+    by it, so none of them reads one tie another way."""
     def number(v) -> float:  # a numpy scalar as the float it is; anything else (None, a flag, text): NaN
         if isinstance(v, bool):
             return math.nan
@@ -220,7 +220,13 @@ def keep_order(point: Mapping, key: str, task: str | None) -> tuple[float, float
     score = o.score(number(point.get(key)))
     if score is None:
         return None
-    return score, (-number(point.get("val/loss")) if o.higher_is_better and task in LOSS_TIE_BREAK_TASKS else 0.0)
+    if not (o.higher_is_better and task in LOSS_TIE_BREAK_TASKS):
+        return score, 0.0
+    # a val loss that is not a finite number (inf, NaN, absent) is the worst tie-break: the history writes inf and
+    # NaN as null (store.json_safe), and training's -inf (a later tie kept) against the report's NaN (the earlier
+    # kept: no comparison with NaN holds) named different steps as the kept model
+    loss = number(point.get("val/loss"))
+    return score, (-loss if math.isfinite(loss) else -math.inf)
 
 
 # the keep_order of "no model kept yet": every point with a finite objective is ahead of it

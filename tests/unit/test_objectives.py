@@ -144,3 +144,38 @@ def test_kept_step_is_the_model_training_keeps_a_trained_point_the_first_of_ties
     key = keep_order(tied[0], "val/macro_f1", "single_label")
     assert not keeps(0, key, NOTHING_KEPT) and keeps(50, key, NOTHING_KEPT) and not keeps(100, key, key)
     assert not keeps(50, None, NOTHING_KEPT)
+
+
+def test_kept_step_reads_a_non_finite_val_loss_as_training_kept_by_it():
+    """A multi-label run at subset accuracy 0.1 / 0.2 / 0.2 with val loss 1.0 / inf / 0.5: training kept step 16
+    (its tie-break -inf at step 8), but the history writes inf as null (store.json_safe) and kept_step read NaN there,
+    which no comparison passes: the report named step 8. A val loss that is not a finite number (inf, NaN, null,
+    absent) is the worst tie-break, so training and the report agree."""
+    import json
+    import math
+
+    from loratune.objectives import NOTHING_KEPT, Patience, keep_order, keeps, kept_step
+    from loratune.store import json_safe
+
+    for bad in (math.inf, math.nan, None):
+        pts = [{"step": 0, "val/subset_accuracy": 0.1, "val/loss": 1.0},
+               {"step": 8, "val/subset_accuracy": 0.2, "val/loss": bad},
+               {"step": 16, "val/subset_accuracy": 0.2, "val/loss": 0.5}]
+        kept, trained = NOTHING_KEPT, None
+        for p in pts:  # training's loop (train.evaluate_now)
+            k = keep_order(p, "val/subset_accuracy", "multi_label")
+            if keeps(p["step"], k, kept):
+                kept, trained = k, p["step"]
+        history = [json.loads(json.dumps(json_safe(p))) for p in pts]
+        assert trained == 16 and kept_step(history, "val/subset_accuracy", "multi_label") == 16, bad
+        assert kept_step(pts, "val/subset_accuracy", "multi_label") == 16
+        assert keep_order(pts[1], "val/subset_accuracy", "multi_label") == (0.2, -math.inf)
+        # early stopping counts the move to step 16 as progress, as the kept model moved
+        patience = Patience(0.0)
+        assert [patience.count(keep_order(p, "val/subset_accuracy", "multi_label")) for p in history] == [0, 0, 0]
+    # a val loss of -inf is no better than inf: not a finite number
+    assert keep_order({"val/subset_accuracy": 0.2, "val/loss": -math.inf}, "val/subset_accuracy",
+                      "multi_label") == (0.2, -math.inf)
+    # both ties without a finite loss: the first stays
+    assert kept_step([{"step": 8, "val/subset_accuracy": 0.2, "val/loss": None},
+                      {"step": 16, "val/subset_accuracy": 0.2}], "val/subset_accuracy", "multi_label") == 8
