@@ -250,6 +250,27 @@ def test_an_empty_output_dir_on_the_command_line_names_a_placeholder(tiny_bert, 
     assert "give --study-dir DIR instead of output_dir=" in err and "''" not in err
 
 
+def test_an_output_dir_beside_a_study_dir_is_noted_not_refused(tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
+    """A train command line reused for tune with --study-dir given: its output_dir is not read, which a note says;
+    no refusal (the study's folder is named). `output_dir=null` without --study-dir names no folder 'null'."""
+    import importlib
+
+    T = importlib.import_module("loratune.search.tune")
+
+    def stopped(*a, **k):  # the study itself is not this test's: stopped as it would begin
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "tune", stopped)
+    study = tmp_path / "s"
+    rc = main(["tune", "-q", "--study-dir", str(study), "--data", str(intent_data), f"name_or_path={tiny_bert}",
+               f"output_dir={tmp_path / 'x'}"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 130 and f"note: tune: output_dir={tmp_path / 'x'} is not read" in err
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", "-q", "--data", str(intent_data), f"name_or_path={tiny_bert}", "output_dir=null"]) == 2
+    assert "give --study-dir DIR instead of output_dir=" in " ".join(capsys.readouterr().err.split())
+
+
 @pytest.mark.parametrize("target", ["-1", "0", "nan"])
 def test_a_target_that_is_no_objective_value_is_refused_by_the_parser(target, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:

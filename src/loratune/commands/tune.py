@@ -202,8 +202,9 @@ def run_worker(args) -> int:
 
 def _refuse_output_dir(args, resolve_key) -> None:
     """`output_dir=X` on tune's command line: the study goes to --study-dir (each trial's run into its trials/ folder,
-    search.runner), so X was silently left unused and the study written to the default folder. Refused, naming
-    --study-dir. (A --config file's output_dir is let be: a train config reused for tune, as api.tune takes the cfg
+    search.runner), so X was silently left unused and the study written to the default folder. Without --study-dir:
+    refused, naming it; beside --study-dir (a train command line reused with the study's folder given): a note that X
+    is not read. (A --config file's output_dir is let be: a train config reused for tune, as api.tune takes the cfg
     api.train did.)"""
     from loratune.errors import UserError
 
@@ -213,11 +214,16 @@ def _refuse_output_dir(args, resolve_key) -> None:
             named = eq and resolve_key(key.strip()) == "train.output_dir"
         except Exception:  # an unknown key: load_cfg says so
             named = False
-        if named:
-            raise UserError(f"tune: {item} is not read: a study's runs go to --study-dir (its trials/ and final/ "
-                            f"folders; default {DEFAULT_STUDY_DIR})",
-                            f"give --study-dir {shlex.quote(value.strip()) if value.strip() else 'DIR'} instead of "
-                            f"{key.strip()}=")  # (shlex.quote('') is "''")
+        if not named:
+            continue
+        said = (f"tune: {item} is not read: a study's runs go to --study-dir (its trials/ and final/ folders; "
+                f"default {DEFAULT_STUDY_DIR})")
+        if args.study_dir_given:
+            console(stderr=True).print(f"[yellow]note:[/] {safe(said)}")
+            continue
+        wanted = value.strip()
+        named_dir = shlex.quote(wanted) if wanted and wanted.lower() not in ("null", "none", "~") else "DIR"
+        raise UserError(said, f"give --study-dir {named_dir} instead of {key.strip()}=")
 
 
 def _explicit_keys(args, resolve_key) -> set[str]:
