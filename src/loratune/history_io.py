@@ -994,20 +994,28 @@ def _per_class_from_record(points: Sequence[dict], record: Mapping[str, Any]) ->
     and best points, from the record's run.json `final` and `best`: where the record's point is the log's point of its
     step (each number the log holds there alike, as float32 stored it), the keys it lacks are the run's own. Confusion pairs only
     at the final point: one point of them reads no persistence, where the best as the reference would not be the run's.
+    The best only where the final was put back: features read the last point with per-class keys as the final.
     Returns the note saying which points got them."""
     at = {int(q["step"]): q for q in points}
-    done, refused = [], []
+    own = {step: dict(q) for step, q in at.items()}  # the log's own keys, before any is put back (final and best
+    # can be one step: the final's lists put there made the best's comparison refuse a point that was the log's)
+    done, refused, held = [], [], ""
     for which in ("final", "best"):
         src = record.get(which)
         if not isinstance(src, dict) or _fin(src.get("step")) is None:
             continue
-        q = at.get(int(src["step"]))
-        same = q is not None and all(_fin(src.get(k)) is not None and
-                                     math.isclose(float(v), float(src[k]), rel_tol=1e-6, abs_tol=1e-7)
-                                     for k, v in q.items() if k != "step")
+        if which == "best" and refused:  # features read the last point with per-class keys as the final: a best
+            held = f" (nor at its best, step {src['step']}, which would read as the final)"  # alone reads as it
+            continue
+        step = int(src["step"])
+        logged = own.get(step)
+        same = logged is not None and all(_fin(src.get(k)) is not None and
+                                          math.isclose(float(v), float(src[k]), rel_tol=1e-6, abs_tol=1e-7)
+                                          for k, v in logged.items() if k != "step")
         if not same:
             refused.append(f"{which} (step {src['step']})")
             continue
+        q = at[step]
         for k, v in src.items():
             if k not in q and (which == "final" or not isinstance(v, list)):
                 q[k] = v
@@ -1015,11 +1023,13 @@ def _per_class_from_record(points: Sequence[dict], record: Mapping[str, Any]) ->
     said = (f"per-class keys (recall, precision, confusion pairs) from its `{RECORD_TEXT}` text at its "
             f"{' and '.join(done)} point(s) only: the other points' are in history.jsonl (val_recall_collapsed_share "
             "reads these points only, confused_pairs_persist_share none)" if done else "")
-    if refused or not done:
-        said += ("; " if said else "") + (
-            f"the `{RECORD_TEXT}` text's {', '.join(refused) or 'final and best points'} are not the log's points: "
-            "per-class recall not restored, its rules (collapsed, long-tail-collapse, confusable-classes-unresolved) "
-            "not evaluated on this log")
+    unread = ("its rules (collapsed, long-tail-collapse, confusable-classes-unresolved) not evaluated on this log")
+    if refused:  # one at most: the best is not compared where the final was refused
+        said += ("; " if said else "") + (f"the `{RECORD_TEXT}` text's {refused[0]} is not the log's point: "
+                                          f"per-class recall not restored{held}, {unread}")
+    elif not done:  # a run that ended before its record's end (killed): the start's record has neither
+        said = (f"the `{RECORD_TEXT}` text has no final or best point (it is the run's start record: a run killed "
+                f"before its end writes none): per-class recall not restored, {unread}")
     return said
 
 
