@@ -846,9 +846,11 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
         texts.update({tag: text for tag, (_, text) in said.items()})
     files = [f for f, _, _, _ in run_files] or files
     # `loratune train report_to=tensorboard`'s own log, known by its own texts alone (its run record, or its config
-    # with loratune's sections): read as its run is. Tags do not tell (a Lightning log's val/loss, val/acc), nor any
-    # `config` text (a Trainer user's add_text("config", ...) with a `train:` section): those read as before
-    if RECORD_TEXT in texts or _loratune_config(texts) is not None:
+    # with loratune's sections and keys): read as its run is. Tags do not tell (a Lightning log's val/loss, val/acc),
+    # nor any `config` text (a Trainer user's add_text("config", ...) with a `train:` section, or model/data/adapter/
+    # train sections of their own keys), nor any `record` text (add_text("record", "epoch 3: new best")): those read
+    # as before
+    if _loratune_record(texts) is not None or _loratune_config(texts) is not None:
         return _read_loratune_log(d, files, scalars, texts, run_notes)
     # evals logged as val/* and train_eval/* (a Lightning module's val/loss, val/acc; a log named as loratune's history
     # without its texts): read under the Trainer's names, or its val/* tags were dropped
@@ -916,12 +918,30 @@ def _trainer_tag(tag: str) -> str:
     return {"lr": "train/learning_rate", "epoch": "train/epoch"}.get(tag, tag)
 
 
+def _loratune_record(texts: Mapping[str, str]) -> dict | None:
+    """The run record a loratune TensorBoard log carries (its RECORD_TEXT: {"run": run.json, "facts": ...}), or None:
+    no such text, or one of another shape (a user's add_text("record", "epoch 3: new best accuracy"))."""
+    if RECORD_TEXT not in texts:
+        return None
+    try:
+        loaded = json.loads(unfenced(texts[RECORD_TEXT]))
+    except json.JSONDecodeError:
+        return None
+    return loaded if isinstance(loaded, dict) and isinstance(loaded.get("run"), dict) else None
+
+
+# a config text is loratune's where at least this share of its sections' keys are loratune's own (config.key_table):
+# its writer dumps the full config (to_yaml), a user's own model/data/adapter/train sections name few of them
+LORATUNE_CONFIG_KNOWN_SHARE = 0.5
+
+
 def _loratune_config(texts: Mapping[str, str]) -> dict | None:
     """The config.yaml a loratune TensorBoard log carries (its CONFIG_TEXT), or None: no such text, or one that is
-    not a loratune config (a mapping with every section of config.RunConfig as a mapping, as the writer dumps it)."""
+    not a loratune config (a mapping with every section of config.RunConfig as a mapping, as the writer dumps it,
+    whose keys are mostly loratune's: LORATUNE_CONFIG_KNOWN_SHARE)."""
     import yaml
 
-    from loratune.config import SECTIONS
+    from loratune.config import SECTIONS, key_table
 
     if CONFIG_TEXT not in texts:
         return None
@@ -929,7 +949,11 @@ def _loratune_config(texts: Mapping[str, str]) -> dict | None:
         config = yaml.safe_load(unfenced(texts[CONFIG_TEXT]))
     except yaml.YAMLError:
         return None
-    return config if isinstance(config, dict) and all(isinstance(config.get(k), dict) for k in SECTIONS) else None
+    if not (isinstance(config, dict) and all(isinstance(config.get(k), dict) for k in SECTIONS)):
+        return None
+    keys = [f"{section}.{key}" for section in SECTIONS for key in config[section]]
+    known = key_table()
+    return config if keys and sum(k in known for k in keys) >= LORATUNE_CONFIG_KNOWN_SHARE * len(keys) else None
 
 
 # history keys that are counts (and `<split>/n`): an event file holds every scalar as a float
@@ -954,12 +978,10 @@ def _read_loratune_log(d: Path, files: Sequence[Path], scalars: Mapping[int, Map
         points.append(point)
     config = _loratune_config(texts) or {}
     record, facts = {}, {}
-    try:
-        loaded = json.loads(unfenced(texts[RECORD_TEXT])) if RECORD_TEXT in texts else {}
-    except json.JSONDecodeError:
-        loaded = {}
-        notes.append(f"its `{RECORD_TEXT}` text is not JSON: labels and planned steps unknown")
-    if isinstance(loaded, dict) and isinstance(loaded.get("run"), dict):
+    loaded = _loratune_record(texts)
+    if loaded is None and RECORD_TEXT in texts:  # routed here by its config: a record text of another shape
+        notes.append(f"its `{RECORD_TEXT}` text is not loratune's run record: labels and planned steps unknown")
+    if loaded is not None:
         record = dict(loaded["run"])
         facts = {k: Fact(f["value"], str(f.get("source", RECORD_TEXT))) for k, f in (loaded.get("facts") or {}).items()
                  if isinstance(f, dict) and "value" in f}

@@ -203,6 +203,36 @@ def test_other_tools_tensorboard_logs_read_as_a_trainers(tmp_path):
             pytest.approx(1 - math.exp(-200 / 60), rel=1e-6)
 
 
+def test_a_users_record_text_or_own_config_sections_read_as_a_trainers(tmp_path):
+    # any `record` text routed a log to loratune's reader (add_text("record", "epoch 3: new best accuracy") read
+    # inconclusive), and a user's config with model/data/adapter/train sections of their own keys was read as loratune's
+    pytest.importorskip("tensorboard")
+    import math
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from loratune.history_io import load_run
+
+    texts = {"record_plain": ("record", "epoch 3: new best accuracy"),
+             "record_json": ("record", '{"best": 0.91, "epoch": 3}'),
+             "user_config": ("config", "model:\n  name: bert-base\ndata:\n  path: imdb\nadapter:\n  type: lora\n"
+                                       "  r: 8\ntrain:\n  lr: 0.0001\n  epochs: 2\n")}
+    for name, (tag, text) in texts.items():
+        w = SummaryWriter(log_dir=str(tmp_path / name))
+        w.add_text(tag, text, 0)
+        for s in range(10, 210, 10):
+            w.add_scalar("train/loss", 2.0 * math.exp(-s / 80) + 0.1, s)
+            w.add_scalar("train/learning_rate", 1e-4 * (1 - s / 200), s)
+            if s % 50 == 0:
+                w.add_scalar("eval/loss", 2.0 * math.exp(-s / 80) + 0.3, s)
+                w.add_scalar("eval/accuracy", 1 - math.exp(-s / 60), s)
+        w.close()
+        h, diag = load_run(tmp_path / name), api.diagnose(tmp_path / name)
+        assert not any("loratune run" in n or "`record`" in n for n in h.notes), name
+        assert [p["step"] for p in h.points if "val/accuracy" in p] == [50, 100, 150, 200], name
+        assert diag.verdict == "undertrained", name
+
+
 class FakeMlflow(types.ModuleType):
     """The few calls loratune makes, recorded (mlflow itself is an optional extra)."""
 

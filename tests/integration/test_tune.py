@@ -240,12 +240,14 @@ def test_an_output_dir_on_the_command_line_is_refused_naming_study_dir(key, tiny
     assert not (tmp_path / "runs").exists() and not wanted.exists()
 
 
-def test_an_empty_output_dir_on_the_command_line_names_a_placeholder(tiny_bert, intent_data, tmp_path, monkeypatch,
-                                                                     capsys):
-    """`tune ... output_dir=` said "give --study-dir '' instead of output_dir=" (shlex.quote('') is "''")."""
+@pytest.mark.parametrize("value", ["", "null", "None"])
+def test_an_empty_output_dir_on_the_command_line_names_a_placeholder(value, tiny_bert, intent_data, tmp_path,
+                                                                     monkeypatch, capsys):
+    """`tune ... output_dir=` said "give --study-dir '' instead of output_dir=" (shlex.quote('') is "''"), and
+    `output_dir=null` "give --study-dir null" (a folder named null)."""
     monkeypatch.chdir(tmp_path)
     assert main(["tune", "-q", "--budget", "2trials", "--data", str(intent_data), f"name_or_path={tiny_bert}",
-                 "output_dir="]) == 2
+                 f"output_dir={value}"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "give --study-dir DIR instead of output_dir=" in err and "''" not in err
 
