@@ -240,6 +240,8 @@ class Diagnosis:
                     (f" ({se:.1f} noise units)" if se is not None else "")
             line += f"; outputs {fv('prompt_len_ratio_final')} the reference length, " \
                     f"{fv('prompt_repetition_final')} repeated 3-grams"
+            if v.get("prompt_capped_share_final"):
+                line += f", {fv('prompt_capped_share_final')} cut at train.max_new_tokens"
             lines.append(line)
         return lines
 

@@ -391,6 +391,10 @@ _CATALOGUE = (
     _spec("prompt set", "prompt_len_ratio_final", "ratio", "outputs ended at {} the length of the references",
           "Mean over the groups of the last `val/prompt_<group>_len_ratio` (output words / reference words): well "
           "below 1 with low chrF = short, vague, over-general answers."),
+    _spec("prompt set", "prompt_capped_share_final", "fraction", "{} of the outputs ran to train.max_new_tokens",
+          "Mean over the groups of the last `val/prompt_<group>_capped`: the share of outputs that hit the token cap "
+          "without an end-of-sequence token (their length is the cap's: a short len_ratio there is not vagueness). "
+          "Missing in a history from before it was logged."),
     _spec("prompt set", "prompt_familiar_exact_final", "points", "exact match on familiar prompts ended at {}",
           "Last `val/prompt_familiar_exact_match`."),
     _spec("prompt set", "prompt_repetition_final", "fraction", "{} of the outputs' word 3-grams are repeats at the end",
@@ -1530,6 +1534,9 @@ def _prompt_set(acc: FeatureSet, pts, generative: bool) -> None:
     ratios = last_of("len_ratio")
     acc.set("prompt_len_ratio_final", sum(ratios) / len(ratios) if ratios else None,
             "no `val/prompt_<group>_len_ratio` in the history")
+    capped = last_of("capped")
+    acc.set("prompt_capped_share_final", sum(capped) / len(capped) if capped else None,
+            "no `val/prompt_<group>_capped` in the history (a run from before it was logged)")
     rep = []
     for p in pts:
         vs = [_num(p.get(prompt_key(g, "repetition"))) for g in ("familiar", "novel")]

@@ -10,7 +10,7 @@ on familiar prompts while the novel ones drift (the familiar-novel gap widens).
   `PROMPT_GROUPS`); a bad row raises one `UserError` naming the file, the row and the fix, and so does a prompt
   given twice (`SAME_PROMPT`: the same turns with the same texts, spaces aside).
 - `score_generations(outputs, references)` scores one list of generations (`SCORES` names every number).
-- `score_prompt_set(items, outputs)` scores a whole prompt set per group and returns history keys.
+- `score_prompt_set(items, outputs, capped)` scores a whole prompt set per group and returns history keys.
 - `prompt_key(group, metric)` is THE history key format (`val/prompt_<group>_<metric>`): the trainer writes
   these keys and the diagnosis features read them, both through this function.
 """
@@ -63,11 +63,15 @@ def chrf(output: str, reference: str) -> float:
     return CHRF().sentence_score(output, [reference]).score / 100.0
 
 
-def score_generations(outputs: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean scores of generations against their references (keys: `SCORES`, plus `n` rows scored).
+def score_generations(outputs: Sequence[str], references: Sequence[str],
+                      capped: Sequence[bool] | None = None) -> dict[str, float]:
+    """Mean scores of generations against their references (keys: `SCORES`, plus `n` rows scored; `capped` only
+    when given: per output, whether it ran to the token cap without an end-of-sequence token, sft.generate_capped).
     `len_ratio` is 0.0 when every reference is empty."""
     if len(outputs) != len(references):
         raise ValueError(f"{len(outputs)} outputs for {len(references)} references")
+    if capped is not None and len(capped) != len(outputs):
+        raise ValueError(f"{len(capped)} capped flags for {len(outputs)} outputs")
     n = len(outputs)
     if n == 0:
         raise ValueError("no generations to score")
@@ -76,6 +80,7 @@ def score_generations(outputs: Sequence[str], references: Sequence[str]) -> dict
     mean_chrf = sum(chrfs) / n
     std = math.sqrt(sum((x - mean_chrf) ** 2 for x in chrfs) / (n - 1)) if n >= 2 else 0.5
     return {
+        **({"capped": sum(map(bool, capped)) / n} if capped is not None else {}),
         "exact_match": sum(normalise(o) == normalise(r) for o, r in zip(outputs, references)) / n,
         "chrf": mean_chrf,
         "chrf_se": std / math.sqrt(n),
@@ -207,8 +212,11 @@ def load_prompt_set(path: str | Path) -> list[PromptItem]:
     return [it for _, it in items]
 
 
-def score_prompt_set(items: Sequence[PromptItem], outputs: Sequence[str]) -> dict[str, float]:
-    """Scores per group as history keys (`prompt_key`); a group with no items has no keys."""
+def score_prompt_set(items: Sequence[PromptItem], outputs: Sequence[str],
+                     capped: Sequence[bool] | None = None) -> dict[str, float]:
+    """Scores per group as history keys (`prompt_key`); a group with no items has no keys. `capped` (per output:
+    it ran to train.max_new_tokens without an end-of-sequence token, sft.generate_capped) adds
+    `val/prompt_<group>_capped`, the share the cap cut: what tells a short len_ratio the cap made from vague answers."""
     if len(items) != len(outputs):
         raise ValueError(f"{len(outputs)} outputs for {len(items)} prompt-set items")
     out: dict[str, float] = {}
@@ -216,6 +224,7 @@ def score_prompt_set(items: Sequence[PromptItem], outputs: Sequence[str]) -> dic
         idx = [i for i, it in enumerate(items) if it.group == group]
         if not idx:
             continue
-        scores = score_generations([outputs[i] for i in idx], [items[i].reference for i in idx])
-        out.update({prompt_key(group, m): scores[m] for m in SCORES})
+        scores = score_generations([outputs[i] for i in idx], [items[i].reference for i in idx],
+                                   None if capped is None else [capped[i] for i in idx])
+        out.update({prompt_key(group, m): scores[m] for m in SCORES if m in scores})
     return out

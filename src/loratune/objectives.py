@@ -37,6 +37,8 @@ SCORES: Mapping[str, str] = MappingProxyType({
     "repetition": "mean share of repeated word 3-grams in an output: (3-grams - distinct 3-grams) / 3-grams, "
                   "lower-cased words; 0 for outputs under 3 words. 0 = no 3-gram repeats, near 1 = a loop",
     "empty": "share of outputs with no visible characters",
+    "capped": "share of outputs that ran to train.max_new_tokens (after the template's answer prefix) without "
+              "an end-of-sequence token: the cap cut them, so their length and chrF are the cap's, not the model's",
     "chrf_se": "standard error of the group's mean chrF: sample standard deviation of the per-prompt chrF / "
                "sqrt(prompts) (0.5 with a single prompt: the widest a 0..1 score can spread); the noise band of "
                "`chrf` that the diagnosis compares differences with",

@@ -279,6 +279,11 @@ _THRESHOLDS = (
        "drifting (both also beyond their noise bands). Provisional: set from the chrF spread of a 20-prompt group, "
        "not fitted on runs yet."),
     _t("vague_len_ratio_max", 0.6, "ratio", "Outputs at most this share of the references' length..."),
+    _t("vague_capped_share_max", 0.2, "fraction", "...with fewer than this share of the outputs cut at "
+       "train.max_new_tokens: vague answers stop short on their own, so a short length that capped outputs make "
+       "(a perfect model read len_ratio 0.5 with the cap at half the references' length) is the cap's, not the "
+       "rank's (raise train.max_new_tokens). A fifth: len_ratio is a ratio of totals, and outputs cut before the "
+       "references' end carry most of the missing words. Provisional, not fitted on runs..."),
     _t("vague_score_max", 0.25, "points", "...with chrF below this on familiar and on novel prompts: short, vague, "
        "over-general answers on both (protocol 9: rank or training too small). Provisional, not fitted on runs."),
     _t("looping_repetition_min", 0.2, "fraction", "A fifth of the outputs' word 3-grams being repeats: greedy outputs "
@@ -841,6 +846,7 @@ _RULES = (
                             c("classifier", ">=", "flag_on")),
                        all_(c("generative", ">=", "flag_on"),  # SFT: short, vague answers on both prompt groups
                             c("prompt_len_ratio_final", "<=", "vague_len_ratio_max", required=True),
+                            c("prompt_capped_share_final", "<", "vague_capped_share_max"),  # not the cap's
                             c("prompt_familiar_score_final", "<", "vague_score_max", required=True),
                             c("prompt_novel_score_final", "<", "vague_score_max", required=True))),
                   c("gap_f1", "<", "underfit_gap_max"),

@@ -211,9 +211,16 @@ def evaluate_lm(prefix: str, model, enc: SFTEncoded, pad_id: int, device, autoca
             f"{prefix}/token_accuracy": hits / tokens if tokens else math.nan, f"{prefix}/tokens": tokens}
 
 
-@torch.no_grad()  # (as evaluate_lm)
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device,
              autocast: bool = False, stop_ids: Sequence[int] = (), prefix: Sequence[int] = ()) -> list[str]:
+    """Greedy continuations of token-id prompts (generate_capped's texts)."""
+    return generate_capped(model, tokenizer, prompts, max_new_tokens, device, autocast, stop_ids, prefix)[0]
+
+
+@torch.no_grad()  # (as evaluate_lm)
+def generate_capped(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device,
+                    autocast: bool = False, stop_ids: Sequence[int] = (), prefix: Sequence[int] = ()
+                    ) -> tuple[list[str], list[bool]]:
     """Greedy continuations of token-id prompts (left-padded batches, stopped at EOS and at `stop_ids`: the run's
     sft_data.stop_token_ids, its template's end-of-turn mark), decoded without
     special tokens, in the prompts' order. `prefix`: the template's answer prefix (sft_data.answer_prefix: Qwen3's
@@ -223,7 +230,9 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
     bf16 autocast when `autocast` (as the run scores its loss, so `loratune evaluate` generates what the run's
     evaluation points generated). A model sharded by FSDP (`FullyShard`): every rank calls this with the same
     prompts, and each keeps taking forward passes until all ranks are done (transformers' synced_gpus), since each
-    forward pass gathers weights from every rank."""
+    forward pass gathers weights from every rank.
+    Also, per prompt, whether its continuation hit the cap: ran to all its new tokens (answer_tokens) without an
+    end-of-sequence or stop token (generation.score_prompt_set's `capped`)."""
     from torch.distributed.fsdp import FSDPModule
     from transformers import GenerationConfig
 
@@ -236,6 +245,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos) or None)
     written = tokenizer.decode(list(prefix), skip_special_tokens=True) if prefix else ""
     outputs: list[str] = [""] * len(prompts)
+    capped: list[bool] = [False] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for b in range(0, len(order), GEN_BATCH):
         rows = order[b:b + GEN_BATCH]
@@ -248,10 +258,13 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
                                  synced_gpus=isinstance(model, FSDPModule))
+        new = out[:, longest:].tolist()
         for r, i in enumerate(rows):
             outputs[i] = after_prefix(tokenizer.decode(out[r, longest:], skip_special_tokens=True), written)
+            # a finished row is padded after its end token, so one without any ran to the cap
+            capped[i] = len(new[r]) >= config.max_new_tokens and not eos.intersection(new[r])
     model.train(was_training)
-    return outputs
+    return outputs, capped
 
 
 def after_prefix(text: str, prefix: str) -> str:
@@ -794,9 +807,9 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         generated: list[dict] = []
         if prompt_items:  # protocol 9: read the outputs, as numbers per group and as text
             with timed(timing, "generate"):
-                outputs = generate(model, tokenizer, prompt_ids, cfg.train.max_new_tokens, device, autocast,
-                                   stop_token_ids(tokenizer, renderer), enc.answer_prefix)
-            point.update(score_prompt_set(prompt_items, outputs))
+                outputs, capped = generate_capped(model, tokenizer, prompt_ids, cfg.train.max_new_tokens, device,
+                                                  autocast, stop_token_ids(tokenizer, renderer), enc.answer_prefix)
+            point.update(score_prompt_set(prompt_items, outputs, capped))
             generated = [{"step": step, "group": it.group, "prompt": it.text, "reference": it.reference,
                           "output": out} for it, out in zip(prompt_items, outputs)]
         cm = None

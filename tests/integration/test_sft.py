@@ -89,9 +89,10 @@ def test_prompt_set_generations_are_scored_per_group_and_recorded_per_eval_point
     hist = _history(sft_run)
     for p in hist:
         for group in ("familiar", "novel"):
-            for metric in ("exact_match", "chrf", "len_ratio", "repetition", "empty"):
+            for metric in ("exact_match", "chrf", "len_ratio", "repetition", "empty", "capped"):
                 assert f"val/prompt_{group}_{metric}" in p
             assert 0.0 <= p[f"val/prompt_{group}_chrf"] <= 1.0
+            assert p[f"val/prompt_{group}_capped"] in (0.0, 0.5, 1.0)  # 2 prompts per group cut at the cap or not
     rows = [json.loads(x) for x in (sft_run / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 4 * len(hist)  # 4 prompts at each of the 4 eval points
     assert [r["step"] for r in rows[::4]] == [0, 4, 8, 12]
@@ -959,6 +960,34 @@ def test_the_dry_run_reads_the_prompt_set_once(lm, sft_data, tmp_path, monkeypat
     assert len(reads) == 1
 
 
+def test_generate_capped_says_which_outputs_ran_to_max_new_tokens(lm):
+    """A generation that ran to max_new_tokens without an end token is marked capped (the prompt set's
+    val/prompt_<group>_capped, which keeps the diagnosis from reading a short len_ratio the cap made as vague
+    answers); one that stopped at an end or stop token is not."""
+    from transformers import AutoModelForCausalLM
+
+    from loratune.sft import generate_capped
+
+    model = AutoModelForCausalLM.from_pretrained(lm).eval()
+    tok = load_tokenizer(load_config(None, sft_overrides(lm, Path("."), Path("run"))).model)
+    prompts = encode_prompts(tok, Renderer.for_tokenizer(tok, "auto"),
+                             [Example((Turn("user", "lost my card"),), ""), Example((Turn("user", "hello"),), "")], 32)
+    with torch.no_grad():  # what greedy decoding writes, prompt by prompt, without any stop
+        raw = [model.generate(input_ids=torch.tensor([p]), max_new_tokens=3, do_sample=False, eos_token_id=None,
+                              pad_token_id=tok.pad_token_id)[0, len(p):].tolist() for p in prompts]
+    assert all(len(r) == 3 for r in raw)
+    want = [tok.eos_token_id not in r for r in raw]
+    outputs, capped = generate_capped(model, tok, prompts, 3, torch.device("cpu"))
+    assert capped == want and outputs == generate(model, tok, prompts, 3, torch.device("cpu"))
+    # a stop at the first prompt's second token: it ends there, the other prompt runs on unless it writes that token
+    stop = raw[0][1]
+    _, capped = generate_capped(model, tok, prompts, 3, torch.device("cpu"), stop_ids=[stop])
+    assert capped == [False, want[1] and stop not in raw[1]]
+    # a cap of 1 with every first token a stop: none is cut
+    _, capped = generate_capped(model, tok, prompts, 1, torch.device("cpu"), stop_ids=[r[0] for r in raw])
+    assert capped == [False, False]
+
+
 def test_references_longer_than_max_new_tokens_are_noted(lm, sft_data, tmp_path, capsys):
     """Generations were cut at train.max_new_tokens silently while the references were longer (max_new_tokens=2: a
     perfect model read len_ratio 0.5): the dry run and run.json's data_notes say how many references the cap cuts."""
@@ -974,6 +1003,9 @@ def test_references_longer_than_max_new_tokens_are_noted(lm, sft_data, tmp_path,
                     "train.max_new_tokens to the references' length"]
     run = api.train(cfg, progress=False)
     assert note[0] in run["data_notes"]
+    # each point records how many outputs the cap cut: the diagnosis reads a short len_ratio with them as the cap's
+    hist = _history(tmp_path / "run")
+    assert all(0.0 <= p[f"val/prompt_{g}_capped"] <= 1.0 for p in hist for g in ("familiar", "novel"))
     assert f"note: {note[0]}" in " ".join(capsys.readouterr().err.split())  # said as the run starts, not only recorded
     from loratune import cli
 

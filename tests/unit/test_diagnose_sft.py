@@ -28,7 +28,9 @@ def peak(start: float, top: float, at: float, end: float):
 
 
 def prompts(familiar, novel, *, len_ratio=lambda f: 0.9, repetition=lambda f: 0.05, se=SE,
-            token_accuracy=lambda f: 0.45 + 0.1 * (1 - math.exp(-8 * f))):
+            token_accuracy=lambda f: 0.45 + 0.1 * (1 - math.exp(-8 * f)), capped=None):
+    """`capped`: (familiar, novel) share of outputs cut at train.max_new_tokens at every point; None: not logged
+    (a history from before val/prompt_<group>_capped)."""
     def extra(f, i):
         out = {"val/token_accuracy": token_accuracy(f), "val/perplexity": 5.0}
         for g, curve in (("familiar", familiar), ("novel", novel)):
@@ -38,6 +40,9 @@ def prompts(familiar, novel, *, len_ratio=lambda f: 0.9, repetition=lambda f: 0.
             out[prompt_key(g, "repetition")] = repetition(f)
             out[prompt_key(g, "exact_match")] = 0.0
             out[prompt_key(g, "empty")] = 0.0
+        if capped is not None:
+            for g, share in zip(("familiar", "novel"), capped):
+                out[prompt_key(g, "capped")] = share
         return out
     return extra
 
@@ -205,6 +210,33 @@ def test_underfit_when_outputs_are_short_and_vague_on_both_groups():
     assert d.verdict == "underfit-capacity"
     assert d.primary.tentative  # no train/val metric gap for SFT: that clause is unknown
     assert d.primary.moves[0] == "r x2" and "pair experiment" in d.primary.caveat
+
+
+def test_underfit_when_vague_outputs_stopped_on_their_own():
+    # the short answers ended with an end-of-sequence token (none cut at train.max_new_tokens): vagueness, firmly
+    old = diagnose(_plateau_run(len_ratio=lambda f: 0.4), meta=SFT)
+    d = diagnose(_plateau_run(len_ratio=lambda f: 0.4, capped=(0.0, 0.1)), meta=SFT)
+    assert d.features.values["prompt_capped_share_final"] == pytest.approx(0.05)
+    assert d.verdict == "underfit-capacity" and d.primary.moves[0] == "r x2"
+    assert "prompt_capped_share_final" not in {f for f, _ in d.primary.missing}
+    # a history from before the capped share was logged: the route still reads, less sure, naming the gap
+    assert old.verdict == "underfit-capacity" and old.primary.confidence < d.primary.confidence
+    assert "prompt_capped_share_final" in {f for f, _ in old.primary.missing}
+    assert "before it was logged" in old.features.missing["prompt_capped_share_final"]
+
+
+def test_no_underfit_when_the_short_length_is_the_caps():
+    """train.max_new_tokens cut the outputs (a perfect model reads len_ratio 0.5 with the cap at half the
+    references' length): a short ratio the cap made is not vague answers, so no 'r x2'."""
+    from loratune.rules import THRESHOLDS
+    cut = THRESHOLDS["vague_capped_share_max"].value
+    for shares in ((1.0, 1.0), (cut, cut), (cut - 0.1, cut + 0.1)):  # all, at the threshold, a group mean at it
+        d = diagnose(_plateau_run(len_ratio=lambda f: 0.4, capped=shares), meta=SFT)
+        assert d.features.values["prompt_capped_share_final"] == pytest.approx(sum(shares) / 2)
+        assert not d.fired("underfit-capacity", active_only=False), shares
+    # a hair under the threshold: the cap cut too few to explain the length
+    d = diagnose(_plateau_run(len_ratio=lambda f: 0.4, capped=(cut - 0.01, cut - 0.01)), meta=SFT)
+    assert d.verdict == "underfit-capacity"
 
 
 def test_no_underfit_when_outputs_are_long_enough():

@@ -70,7 +70,10 @@ def test_empty_rate_and_row_count():
     s = score_generations(["", "  \n", "x"], ["a", "b", "x"])
     assert s["empty"] == pytest.approx(2 / 3)
     assert s["n"] == 3.0
-    assert set(s) == set(SCORES) | {"n"}
+    assert set(s) == set(SCORES) - {"capped"} | {"n"}  # capped: only with the flags
+    assert score_generations(["a", "b", "c", "d"], ["a"] * 4, [True, False, False, True])["capped"] == 0.5
+    with pytest.raises(ValueError, match="1 capped flags for 2 outputs"):
+        score_generations(["a", "b"], ["a", "b"], [True])
 
 
 def test_score_generations_rejects_mismatched_or_empty_lists():
@@ -87,7 +90,11 @@ def test_score_prompt_set_groups_into_history_keys():
     assert out[prompt_key("familiar", "exact_match")] == 1.0
     assert out[prompt_key("novel", "exact_match")] == 0.0
     assert out[prompt_key("novel", "len_ratio")] == pytest.approx((1 + 2) / (1 + 4))
-    assert len(out) == len(PROMPT_GROUPS) * len(SCORES)
+    assert len(out) == len(PROMPT_GROUPS) * (len(SCORES) - 1)  # no capped flags: no capped keys
+    # the share cut at train.max_new_tokens, per group
+    capped = score_prompt_set(items, ["paris", "red", "four words"], [False, True, True])
+    assert capped[prompt_key("familiar", "capped")] == 0.0 and capped[prompt_key("novel", "capped")] == 1.0
+    assert len(capped) == len(PROMPT_GROUPS) * len(SCORES)
     only_novel = score_prompt_set(items[1:], ["blue", "x"])
     assert all(k.startswith("val/prompt_novel_") for k in only_novel)
 

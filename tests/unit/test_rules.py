@@ -54,6 +54,7 @@ FIRING = {
                               train_eval_metric_final=0.4, train_loss_vs_chance=0.7, train_loss_final_over_start=0.7,
                               gap_f1=0.03, val_metric_best=0.37, val_metric_gain_per_epoch_late=0.001,
                               peak_lr=1e-4, generative=0, classifier=1, prompt_len_ratio_final=1.0,
+                              prompt_capped_share_final=0.0,
                               prompt_familiar_score_final=0.5,
                               prompt_novel_score_final=0.5),
     "lr-too-small": dict(val_loss_drop=0.05, first_eval_fraction=0.0, train_loss_runs_to_fit=5.0, train_loss_final_over_start=0.9,
