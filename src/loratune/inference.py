@@ -316,12 +316,16 @@ def unseen_scores(prefix: str, unseen: Counter) -> dict:
 def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
     """A causal-lm run's saved model on one split: `<split>/loss` per completion token, perplexity and token
     accuracy as its evaluation points have them (sft.evaluate_lm); generating labels, also the per-class
-    scores of the labels it writes and `<split>/unknown_rate`. Stored in run.json under `eval/<split>`."""
+    scores of the labels it writes and `<split>/unknown_rate`; with a prompt set (data.prompt_set), its scores as
+    the evaluation points record them (`val/prompt_<group>_<metric>`, generation.score_prompt_set: the same prompts,
+    train.max_new_tokens and greedy decoding, whatever the split). Stored in run.json under `eval/<split>`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from loratune.metrics import parse_labels, prediction_scores
     from loratune.models import load_causal_lm, quiet_transformers, saved_model_faults
-    from loratune.sft import LM_HEAD_NAMES, evaluate_lm, generate, label_token_cap
+    from loratune.generation import score_prompt_set
+    from loratune.sft import (LM_HEAD_NAMES, encode_prompt_set, evaluate_lm, generate, generate_capped,
+                              label_token_cap, read_prompt_set)
     from loratune.sft_data import (Renderer, answer_prefix, encode_prompts, encode_sft, load_sft_dataset,
                                    stop_token_ids)
 
@@ -370,6 +374,14 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
         scores[f"{prefix}/unknown_rate"] = float(np.mean(pred < 0))
         # labels the run never trained on (y -1): scored as errors, and said, as a classifier's evaluation says them
         scores.update(unseen_scores(prefix, unseen_labels((e.completion for e in data_split.examples), labels)))
+    prompt_items, _ = read_prompt_set(cfg, dataset)  # bad rows: the UserError training gives
+    if prompt_items:  # protocol 9's prompt set, generated and scored as the run's evaluation points did
+        outputs, capped = generate_capped(
+            model, tokenizer, encode_prompt_set(tokenizer, renderer, dataset.prompt_set, prompt_items,
+                                                cfg.model.max_length),
+            cfg.train.max_new_tokens, device, autocast, stop_token_ids(tokenizer, renderer),
+            answer_prefix(tokenizer, renderer))
+        scores.update(score_prompt_set(prompt_items, outputs, capped))
     if SPLIT_NAMES[split] == "validation":
         scores.update(differs_scores(prefix, store.read_run(), data_split))
     _record_scores(store, split, scores)

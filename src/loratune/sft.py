@@ -373,10 +373,7 @@ def encode_run(cfg: RunConfig, dataset: SFTDataset, tokenizer, prompt_items) -> 
         train_eval=encode_sft(tokenizer, renderer, [dataset.train.examples[i] for i in sub], max_len),
         train_eval_rows=sub,
         val=encode_sft(tokenizer, renderer, dataset.validation.examples, max_len),
-        prompts=encode_prompts(tokenizer, renderer, [Example(prompt_turns(it), it.reference)
-                                                     for it in prompt_items], max_len,
-                               # every row read is an item (load_prompt_set refuses a bad row), so item n is row n
-                               lambda n: f"prompt set '{dataset.prompt_set}' row {n}"),
+        prompts=encode_prompt_set(tokenizer, renderer, dataset.prompt_set, prompt_items, max_len),
         val_prompts=encode_prompts(tokenizer, renderer, dataset.validation.examples, max_len) if labels else [],
         labels=labels,
         # the label budget is its own: train.max_new_tokens is the prompt set's, and a cap below the longest
@@ -384,6 +381,15 @@ def encode_run(cfg: RunConfig, dataset: SFTDataset, tokenizer, prompt_items) -> 
         label_new=label_token_cap(tokenizer, labels),
         answer_prefix=answer_prefix(tokenizer, renderer),
         long_references=sum(len(ids) > cfg.train.max_new_tokens for ids in _reference_ids(tokenizer, prompt_items)))
+
+
+def encode_prompt_set(tokenizer, renderer, path, prompt_items, max_len: int) -> list[list[int]]:
+    """The prompt set's prompts as the token ids generate_capped continues: what training's evaluation points and
+    `loratune evaluate` (inference.evaluate_lm_run) generate from."""
+    return encode_prompts(tokenizer, renderer, [Example(prompt_turns(it), it.reference) for it in prompt_items],
+                          max_len,
+                          # every row read is an item (load_prompt_set refuses a bad row), so item n is row n
+                          lambda n: f"prompt set '{path}' row {n}")
 
 
 def _reference_ids(tokenizer, items) -> list[list[int]]:

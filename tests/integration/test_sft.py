@@ -527,6 +527,16 @@ def test_evaluate_scores_an_sft_run_as_its_evaluation_points_do(sft_run, capsys)
     assert scores["val/loss"] == pytest.approx(best["val/loss"], rel=1e-4)
     assert scores["val/token_accuracy"] == pytest.approx(best["val/token_accuracy"])
     assert run["eval"]["validation"]["val/tokens"] == best["val/tokens"]
+    # the prompt set too (it was not scored, and tune's pick of an SFT study fell back to the test loss): the same
+    # prompts, max_new_tokens and greedy decoding give the scores the saved step recorded, every one of them
+    saved = next(p for p in _history(sft_run) if p["step"] == run["adapter_step"])
+    prompt_keys = {k for k in saved if k.startswith("val/prompt_")}
+    assert len(prompt_keys) == 2 * 7 and {k for k in scores if k.startswith("val/prompt_")} == prompt_keys
+    for k in sorted(prompt_keys):
+        assert scores[k] == pytest.approx(saved[k]), k
+        assert run["eval"]["validation"][k] == pytest.approx(saved[k]), k
+    assert cli.main(["evaluate", str(sft_run), "--split", "validation"]) == 0
+    assert f"val/prompt_novel_chrf: {saved['val/prompt_novel_chrf']:.4f}" in capsys.readouterr().out
 
 
 def test_generated_labels_are_parsed_and_scored_per_class(lm, intent_data, tmp_path):

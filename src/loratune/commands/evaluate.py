@@ -41,6 +41,11 @@ def show(args, scores: dict) -> None:
         v = scores.get(full)
         if v is not None:
             out.print(f"{full}: {v:.4f}" if isinstance(v, float) else f"{full}: {v}")
+    from loratune.generation import PROMPT_GROUPS, SCORES, prompt_key
+
+    for full in (prompt_key(g, m) for g in PROMPT_GROUPS for m in SCORES):  # causal-lm with a prompt set
+        if scores.get(full) is not None:
+            out.print(f"{full}: {scores[full]:.4f}")
     from loratune.inference import IN_SAMPLE, SPLIT_DIFFERS, UNSEEN_LABELS
 
     for note in (SPLIT_DIFFERS, IN_SAMPLE):
