@@ -1489,6 +1489,18 @@ def test_the_runner_keeps_a_run_whose_record_was_final_when_the_signal_took_effe
             assert exc.value.result.status == "completed" and type(exc.value.signal) is KeyboardInterrupt
 
 
+def _write_finished_run(d):
+    """The record of a trial that finished: step 10 scored 0.8 (step 0: 0.2), status completed."""
+    import json
+
+    d.mkdir(parents=True, exist_ok=True)
+    point = {"step": 10, "val/loss": 0.5, "val/macro_f1": 0.8, "train/loss": 0.4}
+    (d / "history.jsonl").write_text(json.dumps({"step": 0, "val/loss": 1.4, "val/macro_f1": 0.2}) + "\n"
+                                     + json.dumps(point) + "\n")
+    (d / "run.json").write_text(json.dumps({"status": "completed", "steps_done": 10, "steps_planned": 10,
+                                            "best": point, "final": point, "examples_seen": 80}))
+
+
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("moment", ["loratune.diagnose.diagnose", "loratune.store.RunStore.read_history",
                                     "loratune.search.runner.curve_of", "loratune.search.runner.result_from"])
@@ -1507,13 +1519,7 @@ def test_a_signal_after_training_returned_keeps_the_finished_trial(moment, signu
     from loratune.search.trial import TrialSpec
 
     def train(cfg, dataset, store, progress=False, callback=None):  # a run that finished: its record final
-        d = Path(cfg.train.output_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        point = {"step": 10, "val/loss": 0.5, "val/macro_f1": 0.8, "train/loss": 0.4}
-        (d / "history.jsonl").write_text(json.dumps({"step": 0, "val/loss": 1.4, "val/macro_f1": 0.2}) + "\n"
-                                         + json.dumps(point) + "\n")
-        (d / "run.json").write_text(json.dumps({"status": "completed", "steps_done": 10, "steps_planned": 10,
-                                                "best": point, "final": point, "examples_seen": 80}))
+        _write_finished_run(Path(cfg.train.output_dir))
 
     sig = getattr(signal, signum)
     path, name = moment.rsplit(".", 1)
@@ -1559,13 +1565,7 @@ def test_a_second_signal_while_the_result_is_built_keeps_the_finished_trial(tmp_
     from loratune.search.trial import TrialSpec
 
     def train(cfg, dataset, store, progress=False, callback=None):  # finished, then the first Ctrl-C comes out
-        d = Path(cfg.train.output_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        point = {"step": 10, "val/loss": 0.5, "val/macro_f1": 0.8, "train/loss": 0.4}
-        (d / "history.jsonl").write_text(json.dumps({"step": 0, "val/loss": 1.4, "val/macro_f1": 0.2}) + "\n"
-                                         + json.dumps(point) + "\n")
-        (d / "run.json").write_text(json.dumps({"status": "completed", "steps_done": 10, "steps_planned": 10,
-                                                "best": point, "final": point, "examples_seen": 80}))
+        _write_finished_run(Path(cfg.train.output_dir))
         raise KeyboardInterrupt
 
     original = diagnose_mod.diagnose
