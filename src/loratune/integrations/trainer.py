@@ -35,7 +35,6 @@ from __future__ import annotations
 import atexit
 import json
 import math
-import operator
 import os
 import sys
 import threading
@@ -48,7 +47,7 @@ from typing import Any, Callable, Iterable
 
 from transformers import TrainerCallback
 
-from loratune.diagnose import Diagnosis, diagnose, route_reading
+from loratune.diagnose import _OPS as RULE_OPS, Diagnosis, diagnose, route_reading  # the rules' operators
 from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, LIVE_STATE_SOURCE, PARTIAL_LOG_NOTE,
                                  compare_record, history_from_trainer_state, nan_filtered_loss, scaled_log_history)
 from loratune.features import LORA_PEFT_TYPES
@@ -97,7 +96,6 @@ MIDRUN_WAITS = (
                    "noise, and at the first eval no comparison at all (a multi-label BERT at lr 1e-2: F1 0.00 at its "
                    "first eval, 0.00, 0.08, then 0.14 and up to 0.51): said once more evals than that agree"),
 )
-_WAIT_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 RECORD_DIR = CALLBACK_RECORD_DIR  # the record's folder inside the Trainer's output_dir (where the readers look)
 # where an earlier run's record in the same output_dir goes when a new train() begins (`loratune-previous`, then
 # `loratune-previous-2`, ...): kept, not read as the new run's (the readers look in RECORD_DIR only)
@@ -360,7 +358,7 @@ class LoratuneCallback(TrainerCallback):
                 continue
             value = d.features.values.get(w.feature)
             limit = limits[w.threshold] if isinstance(w.threshold, str) else w.threshold
-            if not isinstance(value, (int, float)) or not _WAIT_OPS[w.op](value, limit):
+            if not isinstance(value, (int, float)) or not RULE_OPS[w.op](value, limit):
                 out.append(w)
         return tuple(out)
 
