@@ -191,7 +191,7 @@ class Diagnosis:
             return format_value(FEATURES[name].unit, v.get(name))
 
         metric = self.features.details.get("val_metric") or "val metric"
-        # a tie reads the band as the rules do: a difference equal to it up to float rounding is past it (_OPS)
+        # a tie reads the band as the rules do: a difference equal to it up to float rounding is past it (RULE_OPS)
         band = self.tie_band_se if self.tie_band_se is not None else TIE_BAND_SE
         lines = []
         if v.get("val_metric_best") is not None:
@@ -199,7 +199,7 @@ class Diagnosis:
             drop = v.get("val_metric_final_drop_se")
             tie = ""
             if drop is not None and (v.get("val_metric_final_drop") or 0) > 0:
-                tie = (": final and best are a tie (inside the noise band)" if _OPS["<"](drop, band)
+                tie = (": final and best are a tie (inside the noise band)" if RULE_OPS["<"](drop, band)
                        else f": final is {drop:.1f} noise units below the best")
             lines.append(f"{metric}: {fv('val_metric_start')} at the start, best {fv('val_metric_best')}{se} "
                          f"at {fv('best_step_fraction')} of the run, final {fv('val_metric_final')}{tie}")
@@ -225,7 +225,7 @@ class Diagnosis:
             rise = v.get("val_loss_rise_noise")
             tie = ""
             if rise is not None and (v.get("val_loss_rise") or 0) > 0:
-                tie = (" (final and minimum are a tie, inside the noise band)" if _OPS["<"](rise, band)
+                tie = (" (final and minimum are a tie, inside the noise band)" if RULE_OPS["<"](rise, band)
                        else f" ({rise:.1f} noise units above the minimum)")
             lines.append(f"val loss: {fv('val_loss_start')} -> min {fv('val_loss_min')} at "
                          f"{fv('val_loss_min_fraction')} of the run -> final {fv('val_loss_final')}{tie}")
@@ -312,8 +312,8 @@ class Comparison:
 # ---------------------------------------------------------------------------------------------
 
 # a feature at its threshold up to float rounding (objectives.at_threshold) meets `>=` / `<=` and fails `<` / `>`
-_OPS = {"<": lambda a, b: a < b and not at_threshold(a, b), "<=": lambda a, b: a <= b or at_threshold(a, b),
-        ">": lambda a, b: a > b and not at_threshold(a, b), ">=": lambda a, b: a >= b or at_threshold(a, b)}
+RULE_OPS = {"<": lambda a, b: a < b and not at_threshold(a, b), "<=": lambda a, b: a <= b or at_threshold(a, b),
+            ">": lambda a, b: a > b and not at_threshold(a, b), ">=": lambda a, b: a >= b or at_threshold(a, b)}
 
 
 def _evidence(cl: Clause, features: CurveFeatures, thresholds: Mapping[str, float], catalogue) -> Evidence:
@@ -325,7 +325,7 @@ def _evidence(cl: Clause, features: CurveFeatures, thresholds: Mapping[str, floa
         why = features.missing.get(cl.feature, "missing")
         text = f"{spec.phrase.format('?')}: missing ({why}); rule needs {cl.op} {t_text}"
         return Evidence(cl.feature, None, cl.op, cl.threshold, t, None, text, why)
-    passed = bool(_OPS[cl.op](v, t))
+    passed = bool(RULE_OPS[cl.op](v, t))
     shown = format_value(spec.unit, v) + (" or lower" if spec.at_floor(v) else "")  # a clipped value: it or lower
     text = f"{spec.phrase.format(shown)}; rule needs {cl.op} {t_text}"
     return Evidence(cl.feature, v, cl.op, cl.threshold, t, passed, text)

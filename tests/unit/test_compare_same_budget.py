@@ -276,6 +276,6 @@ def test_floats_equal_but_for_rounding_are_one_rule_for_thresholds_and_config_va
     assert objectives.at_threshold(0.09999999999999995, 0.1)
     monkeypatch.setattr(objectives, "FLOAT_ROUNDING", 1e-3)  # the one tolerance (objectives), diagnose reads it
     assert diagnose._same(1.0, 1.0005) and objectives.at_threshold(1.0005, 1.0)
-    assert diagnose._OPS[">="](1.0, 1.0005) and not diagnose._OPS["<"](1.0, 1.0005)
+    assert diagnose.RULE_OPS[">="](1.0, 1.0005) and not diagnose.RULE_OPS["<"](1.0, 1.0005)
     layers = next(f.default for f in dataclasses.fields(AdapterConfig) if f.name == "layers_to_transform")
     assert diagnose.ADAPTER_DEFAULTS["adapter.layers_to_transform"] == layers

@@ -193,4 +193,4 @@ def test_float_rounding_is_one_relative_tolerance_for_the_band_and_diagnose():
     assert not hasattr(objectives, "ROUNDING") and not hasattr(diagnose, "FLOAT_ROUNDING")
     assert objectives.beyond_noise(100 + 1e-8, 100.0) is False and objectives.beyond_noise(100.01, 100.0) is True
     assert objectives.beyond_noise(0.81 - 0.80, 0.01) is False
-    assert diagnose._OPS[">"](100 + 1e-8, 100.0) is False  # the same function reads both
+    assert diagnose.RULE_OPS[">"](100 + 1e-8, 100.0) is False  # the same function reads both

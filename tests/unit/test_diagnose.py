@@ -728,7 +728,7 @@ def test_curve_summary_reads_a_tie_at_the_band_as_the_rules_do(band_se):
     float rounding (objectives.at_threshold): a fall or rise of the band's size computed a rounding short of it
     (1.9999999999999998 for 2) counts for `>= drop_se_min` and read "a tie" here. Exactly at the band, and a
     rounding below it, the summary says the noise units, as the rule reads; clearly inside, it says a tie."""
-    from loratune.diagnose import _OPS
+    from loratune.diagnose import RULE_OPS
 
     pts = s.make_history(train_loss=lambda f: 2.0 - f, val_loss=lambda f: 1.0 + (f - 0.5) ** 2,
                          val_f1=lambda f: 0.5 + 0.3 * f - 0.3 * max(0.0, f - 0.8))
@@ -736,7 +736,7 @@ def test_curve_summary_reads_a_tie_at_the_band_as_the_rules_do(band_se):
     assert d.tie_band_se == band_se
     for at, tie in ((band_se, False), (band_se * (1 - 1e-16), False), (band_se - 1e-12, False),
                     (band_se * 0.9, True)):
-        tie = tie or not _OPS[">="](at, band_se)  # what the rule reads: a tie is exactly its complement
+        tie = tie or not RULE_OPS[">="](at, band_se)  # what the rule reads: a tie is exactly its complement
         values = {**d.features.values, "val_metric_final_drop_se": at, "val_metric_final_drop": 0.01,
                   "val_loss_rise_noise": at, "val_loss_rise": 0.01}
         lines = replace(d, features=replace(d.features, values=values)).curve_summary()

@@ -2332,12 +2332,12 @@ def test_the_remaining_fall_of_near_constant_falls_is_at_most_the_loss_itself():
 def test_a_feature_exactly_at_its_threshold_meets_at_least_and_fails_below():
     """val loss 0.40 -> 0.44 is a 10% rise, computed as 0.09999999999999995: it meets overfit's `>= 10%` and
     fails healthy's `< 10%`, as the rule table reads (both read it the other way before)."""
-    from loratune.diagnose import _OPS
+    from loratune.diagnose import RULE_OPS
     rise = (0.44 - 0.40) / 0.40
     assert rise < 0.1  # the float the feature holds
-    assert _OPS[">="](rise, 0.1) and not _OPS["<"](rise, 0.1)
-    assert _OPS["<="](0.1 + 1e-17, 0.1) and not _OPS[">"](0.30000000000000004, 0.3)
-    assert _OPS["<"](0.0999, 0.1) and _OPS[">="](0.1001, 0.1)  # a real difference still counts
+    assert RULE_OPS[">="](rise, 0.1) and not RULE_OPS["<"](rise, 0.1)
+    assert RULE_OPS["<="](0.1 + 1e-17, 0.1) and not RULE_OPS[">"](0.30000000000000004, 0.3)
+    assert RULE_OPS["<"](0.0999, 0.1) and RULE_OPS[">="](0.1001, 0.1)  # a real difference still counts
 
 
 def test_the_summary_calls_a_tie_with_the_band_the_rules_read(tmp_path):

@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable
 
 from transformers import TrainerCallback
 
-from loratune.diagnose import _OPS as RULE_OPS, Diagnosis, diagnose, route_reading  # the rules' operators
+from loratune.diagnose import RULE_OPS, Diagnosis, diagnose, route_reading  # the rules' operators
 from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, LIVE_STATE_SOURCE, PARTIAL_LOG_NOTE,
                                  compare_record, history_from_trainer_state, nan_filtered_loss, scaled_log_history)
 from loratune.features import LORA_PEFT_TYPES
