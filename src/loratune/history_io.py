@@ -2682,6 +2682,26 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
+# A bare metric name (`accuracy`, `acc`, `f1`: a _METRIC_ALIASES name the table above reads as val/<metric>) is the
+# validation score where the CSV names no other (a hand-made table of eval scores), and the training score beside a
+# column that names the same metric's validation score by its prefix: Keras' History and CSVLogger write the epoch's
+# train accuracy as `accuracy` beside `val_accuracy` (read as the validation score, the train accuracy was the best
+# val accuracy and `val_accuracy` was ignored). Read then as a `train_acc` column is read: this split's key
+_CSV_BARE_METRIC_BESIDE_VAL = "train_eval"
+
+
+def _val_metric_named(col: str, lookup: Mapping[str, str]) -> str | None:
+    """The metric a CSV column names as a validation score by a prefix (`val_acc`, `eval_accuracy`, W&B's
+    `eval/f1`), or None (a bare name, a train column, no metric)."""
+    n = _norm(col)
+    if n in _METRIC_ALIASES:
+        return None
+    if n.startswith("eval_"):
+        return _METRIC_ALIASES.get(n[len("eval_"):])
+    key = lookup.get(n, "")
+    return key[len("val/"):] if key.startswith("val/") else None
+
+
 def _eval_column_key(col: str) -> str:
     """An eval column's name as the Trainer's log key (what _eval_key_map reads): W&B's `eval/x` as `eval_x`, each
     `/`-separated part normalised and the `/` kept, so TRL's `eval/rewards/accuracies` stays `eval_rewards/accuracies`
@@ -2924,6 +2944,7 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
     spare: dict[int, str] = {}  # a later column under a key already mapped: read, in case the first is a summary
     eval_cols: dict[int, str] = {}  # eval_* columns no alias names: the Trainer's named eval sets
     chart_runs: list[str] = []  # a W&B chart export: "<run name> - <metric>", with __MIN / __MAX bands
+    val_named = {_val_metric_named(h.rsplit(" - ", 1)[-1], lookup) for h in header}  # _CSV_BARE_METRIC_BESIDE_VAL
     # W&B's own counters (`_step`, `_runtime`) go last: `train/global_step` is the Trainer's step when both are there
     for i in sorted(range(len(header)), key=lambda i: header[i].strip().startswith("_")):
         col = header[i].strip()
@@ -2942,6 +2963,9 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
             eval_cols[i] = _eval_column_key(col)
             continue
         key = lookup.get(_norm(col))
+        bare = _METRIC_ALIASES.get(_norm(col))
+        if bare in val_named and key == f"val/{bare}":
+            key = f"{_CSV_BARE_METRIC_BESIDE_VAL}/{bare}"
         if key is None and re.fullmatch(r"(train|val|train_eval)/[a-z_0-9/]+", col):
             key = col  # already a loratune key
         if key is not None and key not in mapping.values():
