@@ -2651,17 +2651,31 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
 # CSV
 # ---------------------------------------------------------------------------------------------
 
+# Lightning's CSVLogger writes a value logged both per step and per epoch (self.log(name, on_step=True, on_epoch=True))
+# as two columns, `<name>_step` and `<name>_epoch` (the epoch's mean; ignored, a train_loss_step / _epoch export of a
+# train loss climbing to 42 read overfit-capacity, its train_loss column diverged). A train curve is its step values,
+# the epoch means only where no step column is there (_CSV_FALLBACK_ALIASES); a val value's `_step` column is each val
+# batch's value (at the eval loop's batch count, no optimizer step), so a val curve is its epoch means
+_CSV_LIGHTNING = {"train_loss": ("train_loss_step", "train_loss_epoch"),
+                  **{name: (f"{name}_epoch",) for name in ("val_loss", "val_acc", "val_accuracy", "val_f1",
+                                                           "val_macro_f1")}}
+# aliases read only where no other column of their key is there: of several columns of one key the first in the header
+# is read (a later one only in place of a one-value summary, _summary_columns), and these come after every other
+_CSV_FALLBACK_ALIASES = _CSV_LIGHTNING["train_loss"][1:]
+
 # normalised column name -> loratune key. Normalising: lower case, every non-alphanumeric run -> "_". A column whose
 # name starts with eval_ (or W&B's eval/) is no alias here: it is a Trainer log key, named as the trainer_state reader
 # names it (_eval_key_map), once the rows say which of several eval sets is the validation set
 _CSV_COLUMNS = {
     "step": ["step", "steps", "global_step", "train_global_step", "iteration", "iter", "it", "update", "updates"],
     "epoch": ["epoch", "epochs", "train_epoch"],
-    "train/loss": ["train_loss", "loss", "training_loss", "trn_loss", "train_loss_mean"],
-    "val/loss": ["val_loss", "validation_loss", "valid_loss", "dev_loss", "val_loss_mean"],
+    "train/loss": ["train_loss", "loss", "training_loss", "trn_loss", "train_loss_mean",
+                   *_CSV_LIGHTNING["train_loss"]],
+    "val/loss": ["val_loss", "validation_loss", "valid_loss", "dev_loss", "val_loss_mean", *_CSV_LIGHTNING["val_loss"]],
     "val/macro_f1": ["val_macro_f1", "macro_f1", "val_f1", "f1", "f1_macro", "val_f1_macro", "validation_f1",
-                     "valid_f1", "dev_f1"],
-    "val/accuracy": ["val_accuracy", "val_acc", "accuracy", "acc", "validation_accuracy", "valid_acc", "dev_acc"],
+                     "valid_f1", "dev_f1", *_CSV_LIGHTNING["val_f1"], *_CSV_LIGHTNING["val_macro_f1"]],
+    "val/accuracy": ["val_accuracy", "val_acc", "accuracy", "acc", "validation_accuracy", "valid_acc", "dev_acc",
+                     *_CSV_LIGHTNING["val_acc"], *_CSV_LIGHTNING["val_accuracy"]],
     "train_eval/macro_f1": ["train_macro_f1", "train_f1", "train_f1_macro", "train_eval_macro_f1"],
     "train_eval/accuracy": ["train_accuracy", "train_acc", "train_eval_accuracy"],
     "train_eval/loss": ["train_eval_loss"],
@@ -2946,7 +2960,9 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
     chart_runs: list[str] = []  # a W&B chart export: "<run name> - <metric>", with __MIN / __MAX bands
     val_named = {_val_metric_named(h.rsplit(" - ", 1)[-1], lookup) for h in header}  # _CSV_BARE_METRIC_BESIDE_VAL
     # W&B's own counters (`_step`, `_runtime`) go last: `train/global_step` is the Trainer's step when both are there
-    for i in sorted(range(len(header)), key=lambda i: header[i].strip().startswith("_")):
+    # and the fallback aliases after every other
+    for i in sorted(range(len(header)), key=lambda i: (header[i].strip().startswith("_"),
+                                                       _norm(header[i].rsplit(" - ", 1)[-1]) in _CSV_FALLBACK_ALIASES)):
         col = header[i].strip()
         chart = re.fullmatch(r"(.+?) - (.+)", col)
         if chart:

@@ -3,6 +3,8 @@ History / CSVLogger, Lightning's CSVLogger, an MLflow or W&B table of runs, W&B 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from loratune.cli import main
@@ -40,3 +42,53 @@ def test_a_bare_metric_with_no_val_column_of_its_metric_stays_the_validation_sco
     assert [p["val/macro_f1"] for p in h.points] == [0.4, 0.6]  # `f1`: no val F1 beside it
     assert [p["train_eval/accuracy"] for p in h.points] == [0.5, 0.7]
     assert [p["val/accuracy"] for p in h.points] == [0.6, 0.8]
+
+
+def _lightning(path, header: str, train_loss_cols: int = 2) -> str:
+    """A Lightning CSVLogger metrics.csv (its columns sorted, as it writes them) of a run whose train loss explodes
+    from step 100 on: 5 train_loss_step rows an epoch, then the val row and the train_loss_epoch row at its end."""
+    cols = header.split(",")
+    rows = []
+    for e in range(6):
+        losses = []
+        for k in range(9, 50, 10):
+            st = e * 50 + k
+            tl = 1.6 * math.exp(-st / 60) + 0.2 if st < 100 else 0.45 * math.exp((st - 100) / 40)
+            losses.append(tl)
+            rows.append({"epoch": e, "step": st, "train_loss_step": tl, "val_loss_step": 9.0})
+        rows.append({"epoch": e, "step": e * 50 + 49, "val_loss": [1.0, 0.7, 1.1, 1.9, 3.2, 5.5][e],
+                     "val_acc": [0.5, 0.7, 0.55, 0.3, 0.15, 0.1][e]})
+        rows.append({"epoch": e, "step": e * 50 + 49, "train_loss_epoch": sum(losses) / 5})
+    for r in rows:
+        r["val_loss_epoch"], r["val_acc_epoch"] = r.get("val_loss"), r.get("val_acc")
+    path.write_text(header + "\n" + "\n".join(",".join("" if r.get(c) is None else str(r[c]) for c in cols)
+                                              for r in rows) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("header", ["epoch,step,train_loss_epoch,train_loss_step,val_acc,val_loss",  # as it writes
+                                    "epoch,step,train_loss_step,val_loss,val_acc,train_loss_epoch"])
+def test_lightnings_train_loss_step_column_is_the_train_loss(tmp_path, header, capsys):
+    """`train_loss_step` / `train_loss_epoch` (self.log("train_loss", on_step=True, on_epoch=True)) were ignored: a
+    train loss climbing to 42 read overfit-capacity from the val curve alone (its `train_loss` column: diverged)."""
+    from loratune import api
+
+    path = _lightning(tmp_path / "metrics.csv", header)
+    h = load_run(path)
+    assert "'train_loss_step' -> train/loss" in h.notes[0] and "train_loss_epoch'" not in h.notes[0]
+    assert [p["step"] for p in h.points] == [49, 99, 149, 199, 249, 299]
+    assert h.points[-1]["train/loss"] == pytest.approx(0.45 * sum(math.exp((st - 100) / 40)
+                                                                  for st in range(259, 300, 10)) / 5)
+    assert api.diagnose(path).verdict == "diverged"
+
+
+def test_lightnings_epoch_columns_are_read_where_no_step_column_gives_the_curve(tmp_path):
+    # the train loss's epoch means where no step values were logged; a val value's epoch means, never its _step
+    # column (each val batch's value)
+    h = load_run(_lightning(tmp_path / "m.csv", "epoch,step,train_loss_epoch,val_acc_epoch,val_loss_epoch,"
+                                                "val_loss_step"))
+    assert h.notes[0] == ("CSV columns mapped: 'epoch' -> epoch, 'step' -> step, 'train_loss_epoch' -> train/loss, "
+                          "'val_acc_epoch' -> val/accuracy, 'val_loss_epoch' -> val/loss")
+    assert [p["val/loss"] for p in h.points] == [1.0, 0.7, 1.1, 1.9, 3.2, 5.5]
+    assert [p["val/accuracy"] for p in h.points] == [0.5, 0.7, 0.55, 0.3, 0.15, 0.1]
+    assert h.points[0]["train/loss"] == pytest.approx(sum(1.6 * math.exp(-st / 60) + 0.2 for st in range(9, 50, 10)) / 5)
