@@ -2917,6 +2917,36 @@ def _summary_columns(counts: Mapping[str, int], mapping: dict[int, str], spare: 
     return swaps
 
 
+# A table of runs, one row each (its summary values), is no run's history: MLflow's experiment page "Download CSV"
+# (`Run ID`, `Name`, `Status`, `Start Time`, ..., `eval_loss`) and W&B's runs table (`Name`, `State`, `Notes`,
+# `Created`, ...) read as one run's curve, its rows as steps (an MLflow table of 4 runs, the last at a large learning
+# rate, read "diverged, confidence 0.95"). Its mark: a column that names a run and one that gives its state, each row
+# another run. (run-identity columns, run-state columns), normalised names
+_RUNS_TABLE_COLUMNS = (("run_id", "id", "name", "run_name", "run"), ("status", "state"))
+
+
+def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]]) -> None:
+    """Refuses a CSV that is a table of runs (_RUNS_TABLE_COLUMNS): a run-state column, and a run-identity column
+    whose every row names another run."""
+    names = [_norm(h) for h in header]
+    ids, states = ([i for i, n in enumerate(names) if n in group] for group in _RUNS_TABLE_COLUMNS)
+    if not ids or not states:
+        return
+    seen: list[set[str]] = [set() for _ in ids]
+    n_rows = 0
+    for row in rows:
+        n_rows += 1
+        for s, i in zip(seen, ids):
+            s.add(row[i].strip() if i < len(row) else "")
+    runs = next((header[i] for s, i in zip(seen, ids) if len(s) == n_rows and "" not in s), None)
+    if runs is not None:
+        raise UserError(f"'{p}' is a table of {n_rows} run(s), one row each (columns {runs!r} and "
+                        f"{header[states[0]]!r}), not one run's history: its rows are runs, not steps",
+                        "export one run's metric history (a row per logged step): in W&B a chart panel's CSV or "
+                        "wandb.Api().run(PATH).history().to_csv(); in MLflow "
+                        "MlflowClient().get_metric_history(RUN_ID, KEY) per metric, joined on step")
+
+
 def _csv_rows(p: Path) -> Iterator[Any]:
     """A CSV read line by line: its dialect, its header, then its non-blank rows."""
     with p.open(encoding="utf-8-sig", newline=None) as f:  # universal newlines: \r, \n, \r\n
@@ -2996,6 +3026,7 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
     row0 = next(body, None)
     if row0 is None:
         raise UserError(f"'{p}' has a header ({', '.join(header)}) and no rows", "give the CSV with its data rows")
+    _check_not_a_runs_table(p, header, again())
     if not (found | set(named.values())) & {"train/loss", "val/loss", "val/macro_f1", "val/accuracy"}:
         raise UserError(
             f"'{p}': no loss or metric column among {header}",

@@ -92,3 +92,36 @@ def test_lightnings_epoch_columns_are_read_where_no_step_column_gives_the_curve(
     assert [p["val/loss"] for p in h.points] == [1.0, 0.7, 1.1, 1.9, 3.2, 5.5]
     assert [p["val/accuracy"] for p in h.points] == [0.5, 0.7, 0.55, 0.3, 0.15, 0.1]
     assert h.points[0]["train/loss"] == pytest.approx(sum(1.6 * math.exp(-st / 60) + 0.2 for st in range(9, 50, 10)) / 5)
+
+
+MLFLOW_RUNS = """Start Time,Duration,Run ID,Name,Source Type,Source Name,User,Status,learning_rate,r,eval_loss,eval_accuracy,train_loss,epoch
+2024-05-01 10:00:00,10.0min,abc0,run-0,LOCAL,train.py,me,FINISHED,0.0001,8,0.5,0.81,0.4,5
+2024-05-02 10:00:00,10.0min,abc1,run-1,LOCAL,train.py,me,FINISHED,0.0003,8,0.45,0.84,0.2,5
+2024-05-03 10:00:00,10.0min,abc2,run-2,LOCAL,train.py,me,FINISHED,0.001,8,0.9,0.6,1.1,5
+2024-05-04 10:00:00,10.0min,abc3,run-3,LOCAL,train.py,me,FINISHED,0.003,8,2.3,0.1,2.5,5
+"""
+WANDB_RUNS = """Name,State,Notes,User,Tags,Created,Runtime,Sweep,learning_rate,lora_r,eval/loss,eval/accuracy,train/loss,train/global_step,train/epoch
+run-0,finished,-,me,,2024-05-01T10:00:00.000Z,600,,0.0001,8,0.5,0.81,0.4,500,5
+run-1,finished,-,me,,2024-05-02T10:00:00.000Z,600,,0.0003,8,0.45,0.84,0.2,500,5
+run-2,finished,-,me,,2024-05-03T10:00:00.000Z,600,,0.001,8,0.9,0.6,1.1,500,5
+"""
+
+
+@pytest.mark.parametrize("text, n, columns", [(MLFLOW_RUNS, 4, "'Run ID' and 'Status'"),
+                                              (WANDB_RUNS, 3, "'Name' and 'State'")])
+def test_a_table_of_runs_is_refused_as_no_runs_history(tmp_path, capsys, text, n, columns):
+    """MLflow's "Download CSV" of an experiment's runs (one row a run) read as one run's curve: 'diverged, confidence
+    0.95' from 4 runs' summaries, the last at a large learning rate."""
+    (tmp_path / "runs.csv").write_text(text)
+    for verb in ("diagnose", "show"):
+        assert main([verb, str(tmp_path / "runs.csv")]) == 2
+        err = capsys.readouterr().err
+        assert f"is a table of {n} run(s), one row each (columns {columns}), not one run's history" in err
+        assert "export one run's metric history" in err and "Traceback" not in err
+
+
+def test_one_runs_history_with_a_run_name_and_state_column_is_read(tmp_path):
+    # rows of one run (its name and state on each): no table of runs
+    (tmp_path / "one.csv").write_text("name,state,step,train_loss,val_loss\nrun-0,running,10,2.0,1.9\n"
+                                      "run-0,running,20,1.5,1.6\nrun-0,finished,30,1.2,1.4\n")
+    assert [p["val/loss"] for p in load_run(tmp_path / "one.csv").points] == [1.9, 1.6, 1.4]
