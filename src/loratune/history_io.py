@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from loratune.errors import UserError
-from loratune.features import IMPROVE_MIN_REL, is_eval_point
+from loratune.features import IMPROVE_MIN_REL, TRAIN_LOG_SPLIT, is_eval_point
 from loratune.store import (CONFIG_TEXT, HISTORY, RECORD_TEXT, RUN, STATUS_TEXT, TB_TEXT_SUFFIX, TENSORBOARD_DIR,
                             RunStore, check_name_length, read_history_lines, unfenced)
 
@@ -2821,7 +2821,11 @@ def _csv_points(p: Path, rows: Iterable[list[str]], columns: Sequence[tuple[int,
                 continue
             # rows counted from 1: a logged row comes after a step (the features read a train loss at step 0 as the
             # untrained model's and left the first row's out), unless the first row's epoch says it came before any
-            if r_i == 0 and pt.get("epoch") == 0:
+            # and the row carries no value of the training loop's log: an evaluation before training. A train loss
+            # (or gradient norm) says the row came after steps: Keras' CSVLogger counts epochs from 0 and writes each
+            # epoch's row at its end (at step 0 the first epoch's train loss was dropped, and its 0-based export read
+            # otherwise than the same numbers counted from 1)
+            if r_i == 0 and pt.get("epoch") == 0 and not any(k.startswith(TRAIN_LOG_SPLIT + "/") for k in pt):
                 read.row_step_base = 0
             pt["step"] = r_i + read.row_step_base
         yield pt

@@ -125,3 +125,30 @@ def test_one_runs_history_with_a_run_name_and_state_column_is_read(tmp_path):
     (tmp_path / "one.csv").write_text("name,state,step,train_loss,val_loss\nrun-0,running,10,2.0,1.9\n"
                                       "run-0,running,20,1.5,1.6\nrun-0,finished,30,1.2,1.4\n")
     assert [p["val/loss"] for p in load_run(tmp_path / "one.csv").points] == [1.9, 1.6, 1.4]
+
+
+def test_kerass_epoch_0_row_with_a_train_loss_came_after_the_first_epoch(tmp_path):
+    """Keras' CSVLogger counts epochs from 0 and writes a row at each epoch's end; the epoch-0 row was read as the
+    untrained baseline (step 0), where the features drop a train loss: `0,0.60,0.40` lost its train loss, and the same
+    numbers counted from 1 read otherwise (train loss 0.300 -> 0.100 against 0.600 -> 0.100)."""
+    from loratune.features import compute_features
+
+    rows = ["0.60,0.40", "0.30,0.47", "0.10,0.58"]
+    readings = {}
+    for first in (0, 1):
+        h = load_run(_write(tmp_path / f"e{first}.csv", "epoch,loss,val_loss",
+                            ([first + i, r] for i, r in enumerate(rows))))
+        assert [p["step"] for p in h.points] == [1, 2, 3]
+        assert any("row numbers (from 1) used as steps" in n for n in h.notes)
+        readings[first] = compute_features(h.points, h.meta, h.config).values
+        assert readings[first]["train_loss_start"] == 0.6 and readings[first]["train_loss_final"] == 0.1
+    # the same reading, but for the epoch count: the file's epoch column as written (0-based: the last row says 2)
+    assert {k: v for k, v in readings[0].items() if k != "epochs"} == {k: v for k, v in readings[1].items()
+                                                                        if k != "epochs"}
+
+
+def test_an_epoch_0_row_of_val_scores_only_stays_the_baseline_before_training(tmp_path):
+    h = load_run(_write(tmp_path / "h.csv", "epoch,train_loss,val_loss,val_acc",
+                        [(0, "", 1.6, 0.2), (1, 0.6, 0.4, 0.85), (2, 0.3, 0.42, 0.845)]))
+    assert [p["step"] for p in h.points] == [0, 1, 2]
+    assert "train/loss" not in h.points[0] and any("row numbers (from 0)" in n for n in h.notes)
