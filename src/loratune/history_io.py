@@ -2998,7 +2998,7 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
     for i in sorted(range(len(header)), key=lambda i: (header[i].strip().startswith("_"),
                                                        _norm(header[i].rsplit(" - ", 1)[-1]) in _CSV_FALLBACK_ALIASES)):
         col = header[i].strip()
-        chart = re.fullmatch(r"(.+?) - (.+)", col)
+        chart = re.fullmatch(r"(.+) - (.+)", col)  # at the last " - ": a run name may hold one (`bert - lr 2e-4`)
         if chart:
             if col.endswith(("__MIN", "__MAX")):
                 continue

@@ -152,3 +152,15 @@ def test_an_epoch_0_row_of_val_scores_only_stays_the_baseline_before_training(tm
                         [(0, "", 1.6, 0.2), (1, 0.6, 0.4, 0.85), (2, 0.3, 0.42, 0.845)]))
     assert [p["step"] for p in h.points] == [0, 1, 2]
     assert "train/loss" not in h.points[0] and any("row numbers (from 0)" in n for n in h.notes)
+
+
+def test_a_wandb_chart_export_splits_a_run_name_holding_a_dash_at_its_last_dash(tmp_path):
+    """"bert-base - lr 2e-4 - eval/loss" was split at its first " - ": metric "lr 2e-4 - eval/loss", no loss column,
+    the file refused."""
+    runs = ("bert-base - lr 2e-4", "bert-base - lr 1e-4")
+    header = ",".join(["Step", *(f'"{r} - eval/loss{band}"' for r in runs for band in ("", "__MIN", "__MAX"))])
+    h = load_run(_write(tmp_path / "panel.csv", header, [(50, *[0.9] * 3, *[1.0] * 3), (100, *[0.6] * 3, *[0.8] * 3),
+                                                        (150, *[0.7] * 3, *[0.75] * 3)]))
+    assert [p["val/loss"] for p in h.points] == [0.9, 0.6, 0.7]
+    assert "'bert-base - lr 2e-4 - eval/loss' -> val/loss" in h.notes[0]
+    assert any("a chart export of 2 runs ('bert-base - lr 2e-4', 'bert-base - lr 1e-4')" in n for n in h.notes)
