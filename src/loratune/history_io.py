@@ -2724,20 +2724,28 @@ def _eval_column_key(col: str) -> str:
     return "eval_" + key[len("eval/"):] if key.startswith("eval/") else key
 
 
-def _merge_same_step(points: list[dict]) -> tuple[list[dict], int]:
+def _merge_same_step(points: list[dict]) -> tuple[list[dict], dict[str, int]]:
     """Rows of one step merged into one point (an export may put a step's train and eval numbers on two rows); a
     column given again at a step keeps its first value, as a Trainer log's repeated eval key does. Returns the
-    points in step order (stable: file order within a step) and how many values were given again."""
+    points in step order (stable: file order within a step) and how many values of each key were given again."""
     merged: dict[int, dict] = {}
-    repeated = 0
+    repeated: dict[str, int] = {}
     for pt in points:
         into = merged.setdefault(pt["step"], {})
-        for k, v in pt.items():
-            if k in into and k != "step":
-                repeated += into[k] != v
-                continue
-            into[k] = v
+        _merge_into(into, pt, repeated)
     return [merged[s] for s in sorted(merged)], repeated
+
+
+def _merge_into(into: dict, pt: Mapping[str, Any], repeated: dict[str, int]) -> None:
+    """A row's values merged into the point of its step: a key the point has keeps its value; `repeated` counts, by
+    key, the other values given (the note counts only the keys of the columns read: a W&B history's own `_step`,
+    another number on each of a step's rows, is no value given again)."""
+    for k, v in pt.items():
+        if k in into and k != "step":
+            if into[k] != v:
+                repeated[k] = repeated.get(k, 0) + 1
+            continue
+        into[k] = v
 
 
 def _csv_eval_keys(eval_rows: list[dict], eval_cols: Mapping[int, str],
@@ -2777,7 +2785,7 @@ class _CsvRead:
     lr: _Samples = field(default_factory=_Samples)  # (step - 1, rate) of each row with a rate (_lr_schedule_facts)
     first_losses: list = field(default_factory=list)  # the first 2 train logs with a loss (_classes_from_first_loss)
     counts: dict = field(default_factory=dict)  # the rows with a value, of each key a spare column names too
-    repeated: int = 0  # values given again at a step (as _merge_same_step counts them)
+    repeated: dict = field(default_factory=dict)  # values given again at a step, by key (as _merge_same_step counts)
     bad_cells: int = 0
     decimal_commas: int = 0
     stepless: int = 0  # rows without a step number, where the CSV has a step column
@@ -2837,11 +2845,7 @@ def _in_step_order(points: Iterable[dict], read: _CsvRead) -> Iterator[dict]:
     pending = None
     for pt in points:
         if pending is not None and pt["step"] == pending["step"]:
-            for k, v in pt.items():
-                if k in pending and k != "step":
-                    read.repeated += pending[k] != v
-                    continue
-                pending[k] = v
+            _merge_into(pending, pt, read.repeated)
             continue
         if pending is not None:
             if pt["step"] < pending["step"]:
@@ -3079,8 +3083,9 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
     estimated = 0 if "val/n" in found else sum(1 for pt in points if "val/n" in pt)
     if estimated:
         notes.append(f"val size estimated at {estimated} eval(s) as eval runtime x samples/s")
-    if read.repeated:
-        notes.append(f"{read.repeated} value(s) given again at a step that already had one: the first row's value "
+    repeated = sum(n for k, n in read.repeated.items() if k in {key for i, key in columns if i in mapping})
+    if repeated:
+        notes.append(f"{repeated} value(s) given again at a step that already had one: the first row's value "
                      "kept (rows of one step are merged, in file order)")
     if "step" not in found:
         notes.append(f"no step column: row numbers (from {read.row_step_base}) used as steps; the run's optimizer "

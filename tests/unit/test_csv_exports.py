@@ -164,3 +164,20 @@ def test_a_wandb_chart_export_splits_a_run_name_holding_a_dash_at_its_last_dash(
     assert [p["val/loss"] for p in h.points] == [0.9, 0.6, 0.7]
     assert "'bert-base - lr 2e-4 - eval/loss' -> val/loss" in h.notes[0]
     assert any("a chart export of 2 runs ('bert-base - lr 2e-4', 'bert-base - lr 1e-4')" in n for n in h.notes)
+
+
+def test_the_given_again_note_counts_only_the_columns_read(tmp_path):
+    """A W&B history (`_step` W&B's own row counter, `train/global_step` the Trainer's step): each step's train and
+    eval rows differ in `_step`, unread, and were counted as values given again (11 in a 10-eval export)."""
+    rows = []
+    for e in range(1, 4):
+        rows += [(2 * e - 2, e * 50, 2.0 / e, ""), (2 * e - 1, e * 50, "", 1.5 / e)]
+    header = "_step,train/global_step,train/loss,eval/loss"
+    h = load_run(_write(tmp_path / "history.csv", header, rows))
+    assert [p["step"] for p in h.points] == [50, 100, 150]
+    assert any("'_step'" in n for n in h.notes if n.startswith("CSV columns ignored"))
+    assert not any("given again" in n for n in h.notes)
+    # a column read given again at a step still counts: the second eval/loss at step 150 (and the rows out of order)
+    h = load_run(_write(tmp_path / "again.csv", header, [*rows, (6, 150, "", 9.0), (7, 100, "", 1.5 / 2)]))
+    assert h.points[-1]["val/loss"] == 0.5
+    assert any(n.startswith("1 value(s) given again at a step") for n in h.notes)
