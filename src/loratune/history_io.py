@@ -2955,6 +2955,33 @@ def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]
                         "MlflowClient().get_metric_history(RUN_ID, KEY) per metric, joined on step")
 
 
+# A long-format export, one row per logged value: MLflow's metric history (`key,value,timestamp,step`), Comet's
+# get_metrics() (`metricName,metricValue,...`), Neptune's fetch_values() of one series (`step,value,timestamp`).
+# (metric-name columns, value columns), normalised names: said where a CSV has no loss or metric column
+_CSV_LONG_FORMAT = (("key", "metric", "metric_name", "metricname", "name", "tag"),
+                    ("value", "metric_value", "metricvalue"))
+
+
+def _no_metric_column(p: Path, header: list[str]) -> UserError:
+    """The error for a CSV with no loss or metric column: what it is where its shape says (long format), else which
+    names to give."""
+    names = [_norm(h) for h in header]
+    named, valued = ([header[i] for i, n in enumerate(names) if n in group] for group in _CSV_LONG_FORMAT)
+    step = next((header[i] for i, n in enumerate(names) if n in _CSV_COLUMNS["step"]), "step")
+    if named and valued:
+        return UserError(f"'{p}' is in long format, one row per logged value (the metric's name in {named[0]!r}, its "
+                         f"value in {valued[0]!r}), not a column per metric",
+                         f"pivot it to a row per step and a column per metric, e.g. with pandas: df.pivot_table("
+                         f"index={step!r}, columns={named[0]!r}, values={valued[0]!r}).reset_index()"
+                         ".to_csv('run.csv', index=False)")
+    if valued:
+        return UserError(f"'{p}' holds one unnamed series (column {valued[0]!r}): no column says which metric it is",
+                         f"rename {valued[0]!r} to the metric it holds (train_loss, val_loss, val_accuracy), or join "
+                         f"each metric's file on {step!r} into one CSV")
+    return UserError(f"'{p}': no loss or metric column among {header}",
+                     "name columns like step, train_loss, val_loss, val_f1 (or val_accuracy)")
+
+
 def _csv_rows(p: Path) -> Iterator[Any]:
     """A CSV read line by line: its dialect, its header, then its non-blank rows."""
     with p.open(encoding="utf-8-sig", newline=None) as f:  # universal newlines: \r, \n, \r\n
@@ -3036,9 +3063,7 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
         raise UserError(f"'{p}' has a header ({', '.join(header)}) and no rows", "give the CSV with its data rows")
     _check_not_a_runs_table(p, header, again())
     if not (found | set(named.values())) & {"train/loss", "val/loss", "val/macro_f1", "val/accuracy"}:
-        raise UserError(
-            f"'{p}': no loss or metric column among {header}",
-            "name columns like step, train_loss, val_loss, val_f1 (or val_accuracy)")
+        raise _no_metric_column(p, header)
     notes: list[str] = []
     if len(chart_runs) > 1:
         notes.append(f"a chart export of {len(chart_runs)} runs ({', '.join(map(repr, chart_runs))}): read the first,"

@@ -181,3 +181,20 @@ def test_the_given_again_note_counts_only_the_columns_read(tmp_path):
     h = load_run(_write(tmp_path / "again.csv", header, [*rows, (6, 150, "", 9.0), (7, 100, "", 1.5 / 2)]))
     assert h.points[-1]["val/loss"] == 0.5
     assert any(n.startswith("1 value(s) given again at a step") for n in h.notes)
+
+
+@pytest.mark.parametrize("text, said, fix", [
+    ("key,value,timestamp,step\ntrain_loss,1.47,1714550000001,50\neval_loss,1.00,1714550000001,50\n",  # MLflow
+     "is in long format, one row per logged value (the metric's name in 'key', its value in 'value')",
+     "df.pivot_table(index='step', columns='key', values='value')"),
+    ("metricName,metricValue,timestamp,step,epoch\nloss,1.47,1714550000001,50,1\nval_loss,1.0,1714550000001,50,1\n",
+     "is in long format, one row per logged value (the metric's name in 'metricName', its value in 'metricValue')",
+     "columns='metricName', values='metricValue'"),  # Comet
+    (",step,value,timestamp\n0,50,1.47,2024-05-01 10:01:00\n1,100,0.94,2024-05-01 10:02:00\n",  # Neptune
+     "holds one unnamed series (column 'value'): no column says which metric it is", "rename 'value' to the metric"),
+])
+def test_a_long_format_export_is_refused_saying_so_and_how_to_pivot_it(tmp_path, capsys, text, said, fix):
+    (tmp_path / "long.csv").write_text(text)
+    assert main(["diagnose", str(tmp_path / "long.csv")]) == 2
+    err = capsys.readouterr().err
+    assert said in err and fix in err and "Traceback" not in err
