@@ -2716,6 +2716,24 @@ def _val_metric_named(col: str, lookup: Mapping[str, str]) -> str | None:
     return key[len("val/"):] if key.startswith("val/") else None
 
 
+def _chart_column(col: str, lookup: Mapping[str, str]) -> tuple[str | None, str]:
+    """A W&B chart panel's column `<run name> - <metric>` as (run name, metric); (None, col) for any other column.
+    Either part may hold a " - " (`bert-base - lr 2e-4 - eval/loss`, the run `lora-r8`'s `val - loss`): the split
+    read is the one whose metric is a column name this reader knows (an alias, an eval_ column, a loratune key), the
+    longest such (`val - loss`, not `loss`: its val curve read as train/loss); with none known, the last " - "."""
+    parts = col.split(" - ")
+    if len(parts) < 2:
+        return None, col
+    splits = [(" - ".join(parts[:k]), " - ".join(parts[k:])) for k in range(1, len(parts))]  # longest metric first
+    known = (s for s in splits if (_norm(s[1]) in lookup or _norm(s[1]) in _METRIC_ALIASES
+                                   or _norm(s[1]).startswith("eval_") or _LORATUNE_KEY.fullmatch(s[1])))
+    return next(known, splits[-1])
+
+
+# a column already named by a loratune key (`val/accuracy`, `train/loss`)
+_LORATUNE_KEY = re.compile(r"(train|val|train_eval)/[a-z_0-9/]+")
+
+
 def _eval_column_key(col: str) -> str:
     """An eval column's name as the Trainer's log key (what _eval_key_map reads): W&B's `eval/x` as `eval_x`, each
     `/`-separated part normalised and the `/` kept, so TRL's `eval/rewards/accuracies` stays `eval_rewards/accuracies`
@@ -3023,21 +3041,20 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
     spare: dict[int, str] = {}  # a later column under a key already mapped: read, in case the first is a summary
     eval_cols: dict[int, str] = {}  # eval_* columns no alias names: the Trainer's named eval sets
     chart_runs: list[str] = []  # a W&B chart export: "<run name> - <metric>", with __MIN / __MAX bands
-    val_named = {_val_metric_named(h.rsplit(" - ", 1)[-1], lookup) for h in header}  # _CSV_BARE_METRIC_BESIDE_VAL
+    metric_of = {i: _chart_column(h.strip(), lookup) for i, h in enumerate(header)}  # (run, metric) of each column
+    val_named = {_val_metric_named(m, lookup) for _, m in metric_of.values()}  # _CSV_BARE_METRIC_BESIDE_VAL
     # W&B's own counters (`_step`, `_runtime`) go last: `train/global_step` is the Trainer's step when both are there
     # and the fallback aliases after every other
     for i in sorted(range(len(header)), key=lambda i: (header[i].strip().startswith("_"),
-                                                       _norm(header[i].rsplit(" - ", 1)[-1]) in _CSV_FALLBACK_ALIASES)):
-        col = header[i].strip()
-        chart = re.fullmatch(r"(.+) - (.+)", col)  # at the last " - ": a run name may hold one (`bert - lr 2e-4`)
-        if chart:
+                                                       _norm(metric_of[i][1]) in _CSV_FALLBACK_ALIASES)):
+        run, col = metric_of[i]
+        if run is not None:
             if col.endswith(("__MIN", "__MAX")):
                 continue
-            if chart.group(1) not in chart_runs:
-                chart_runs.append(chart.group(1))
-            if chart.group(1) != chart_runs[0]:
+            if run not in chart_runs:
+                chart_runs.append(run)
+            if run != chart_runs[0]:
                 continue
-            col = chart.group(2)
         if _norm(col).startswith("eval_"):
             # a Trainer log exported as is (`eval_loss`, `eval_validation_loss`, W&B's `eval/validation_loss`): read
             # under the Trainer's key, all of them, and named once the rows are read (_csv_eval_keys)
@@ -3047,7 +3064,7 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
         bare = _METRIC_ALIASES.get(_norm(col))
         if bare in val_named and key == f"val/{bare}":
             key = f"{_CSV_BARE_METRIC_BESIDE_VAL}/{bare}"
-        if key is None and re.fullmatch(r"(train|val|train_eval)/[a-z_0-9/]+", col):
+        if key is None and _LORATUNE_KEY.fullmatch(col):
             key = col  # already a loratune key
         if key is not None and key not in mapping.values():
             mapping[i] = key
@@ -3068,7 +3085,7 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
     if len(chart_runs) > 1:
         notes.append(f"a chart export of {len(chart_runs)} runs ({', '.join(map(repr, chart_runs))}): read the first,"
                      " export one run per file to read the others")
-    if any(_norm(header[i].rsplit(" - ", 1)[-1]) in ("f1", "val_f1", "validation_f1", "valid_f1", "dev_f1")
+    if any(_norm(metric_of[i][1]) in ("f1", "val_f1", "validation_f1", "valid_f1", "dev_f1")
            for i in mapping):  # (an eval_f1 column: _eval_key_map says so)
         notes.append("an F1 column without 'macro' was taken as macro-F1")
     columns = [*mapping.items(), *eval_cols.items(), *((i, _spare_key(i)) for i in spare)]

@@ -198,3 +198,16 @@ def test_a_long_format_export_is_refused_saying_so_and_how_to_pivot_it(tmp_path,
     assert main(["diagnose", str(tmp_path / "long.csv")]) == 2
     err = capsys.readouterr().err
     assert said in err and fix in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("column, key", [("lora-r8 - val - loss", "val/loss"),  # a metric name holding a " - "
+                                         ("lora-r8 - eval - loss", "val/loss"),
+                                         ("bert-base - lr 2e-4 - eval/loss", "val/loss"),  # a run name holding one
+                                         ("bert-base - lr 2e-4 - train/loss", "train/loss")])
+def test_a_wandb_chart_column_is_split_where_its_metric_is_a_known_column(tmp_path, column, key):
+    """Split at the last " - ", `lora-r8 - val - loss` read run 'lora-r8 - val', metric 'loss': its val curve read as
+    the train loss (verdict inconclusive where the val curve said overfit-capacity)."""
+    header = ",".join(["Step", *(f'"{column}{band}"' for band in ("", "__MIN", "__MAX"))])
+    h = load_run(_write(tmp_path / "panel.csv", header, [(50, *[1.0] * 3), (100, *[0.7] * 3), (150, *[0.9] * 3)]))
+    assert [p[key] for p in h.points] == [1.0, 0.7, 0.9]
+    assert f"{column!r} -> {key}" in h.notes[0]
