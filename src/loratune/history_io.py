@@ -2946,31 +2946,88 @@ def _summary_columns(counts: Mapping[str, int], mapping: dict[int, str], spare: 
 # A table of runs, one row each (its summary values), is no run's history: MLflow's experiment page "Download CSV"
 # (`Run ID`, `Name`, `Status`, `Start Time`, ..., `eval_loss`) and W&B's runs table (`Name`, `State`, `Notes`,
 # `Created`, ...) read as one run's curve, its rows as steps (an MLflow table of 4 runs, the last at a large learning
-# rate, read "diverged, confidence 0.95"). Its mark: a column that names a run and one that gives its state, each row
-# another run. (run-identity columns, run-state columns), normalised names
+# rate, read "diverged, confidence 0.95"); nor are several runs' histories stacked in one file (a run column beside
+# the step, each run's steps again from the start). Its mark: a column that names a run, beside one whose every cell
+# is a run's state as the trackers write it (_RUN_STATES: a history's `state` column of numbers, or a `status` of
+# `saved` checkpoints, is no run state), naming more than one run; and no step or epoch column that goes up along the
+# whole file (a history whose rows carry an id each). (run-identity columns, run-state columns), normalised names
 _RUNS_TABLE_COLUMNS = (("run_id", "id", "name", "run_name", "run"), ("status", "state"))
+# a run's state, normalised: MLflow's RunStatus (FINISHED, RUNNING, ...) and W&B's run states (finished, crashed, ...)
+_RUN_STATES = frozenset({"running", "scheduled", "finished", "failed", "killed", "crashed", "preempted",
+                         "preempting", "pending", "queued"})
+
+
+def _number(cell: str) -> float | None:
+    try:
+        v = float(cell)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _step_on(seqs: dict, key: Any, v: float | None) -> None:
+    """One more value of a sequence of steps (`seqs[key]`: [last value, whether it rose, whether it never fell]): it
+    goes up where it never falls and rises at least once (a step's train and eval rows share the step; a runs
+    table's `train/global_step` of 500 in every row goes nowhere)."""
+    if v is None:
+        return
+    last, rose, never_fell = seqs.get(key, (v, False, True))
+    seqs[key] = (v, rose or v > last, never_fell and v >= last)
+
+
+def _goes_up(seqs: dict, key: Any) -> bool:
+    rose, never_fell = seqs.get(key, (None, False, False))[1:]
+    return rose and never_fell
 
 
 def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]]) -> None:
-    """Refuses a CSV that is a table of runs (_RUNS_TABLE_COLUMNS): a run-state column, and a run-identity column
-    whose every row names another run."""
+    """Refuses a CSV whose rows are several runs (_RUNS_TABLE_COLUMNS): a table of runs, one row each (a name given
+    to several runs or not), or the histories of several runs stacked (each run's steps going up on its own rows)."""
     names = [_norm(h) for h in header]
     ids, states = ([i for i, n in enumerate(names) if n in group] for group in _RUNS_TABLE_COLUMNS)
     if not ids or not states:
         return
-    seen: list[set[str]] = [set() for _ in ids]
+    progress = [i for i, n in enumerate(names) if n in _CSV_COLUMNS["step"] or n in _CSV_COLUMNS["epoch"]]
+    cell = lambda row, i: row[i].strip() if i < len(row) else ""  # noqa: E731
+    runs: dict[int, dict[str, int]] = {i: {} for i in ids}  # the rows of each run each identity column names
+    stated: dict[int, int | None] = {i: 0 for i in states}  # each state column's cells of a run state (else None)
+    seqs: dict = {}  # step column -> its values along the file; (identity column, step column, run) -> a run's
     n_rows = 0
     for row in rows:
         n_rows += 1
-        for s, i in zip(seen, ids):
-            s.add(row[i].strip() if i < len(row) else "")
-    runs = next((header[i] for s, i in zip(seen, ids) if len(s) == n_rows and "" not in s), None)
-    if runs is not None:
-        raise UserError(f"'{p}' is a table of {n_rows} run(s), one row each (columns {runs!r} and "
-                        f"{header[states[0]]!r}), not one run's history: its rows are runs, not steps",
-                        "export one run's metric history (a row per logged step): in W&B a chart panel's CSV or "
-                        "wandb.Api().run(PATH).history().to_csv(); in MLflow "
-                        "MlflowClient().get_metric_history(RUN_ID, KEY) per metric, joined on step")
+        for i in states:
+            c, n = cell(row, i), stated[i]
+            if n is not None and c:
+                stated[i] = n + 1 if _norm(c) in _RUN_STATES else None
+        steps = {j: _number(cell(row, j)) for j in progress}
+        for j, v in steps.items():
+            _step_on(seqs, j, v)
+        for i in ids:
+            run = cell(row, i)
+            if run:
+                runs[i][run] = runs[i].get(run, 0) + 1
+                for j, v in steps.items():
+                    _step_on(seqs, (i, j, run), v)
+    state = next((i for i in states if stated[i]), None)
+    if state is None or any(_goes_up(seqs, j) for j in progress):
+        return  # no run states, or one history (a row id or a run name on each row, its steps going up)
+    i = max(ids, key=lambda i: len(runs[i]))  # the column naming the most runs (MLflow's Run ID over its Name)
+    if not runs[i] or (len(runs[i]) == 1 and not progress and n_rows > 1):
+        return  # one run's rows, no steps to say otherwise (a name given to several runs: their steps go nowhere)
+    columns = f"columns {header[i]!r} and {header[state]!r}"
+    stacked = next((header[j] for j in progress if all(_goes_up(seqs, (i, j, run)) for run in runs[i]
+                                                       if runs[i][run] > 1)), None)
+    if len(runs[i]) > 1 and max(runs[i].values()) > 1 and (stacked is not None or not progress):
+        shown = ", ".join(map(repr, list(runs[i])[:3])) + (", ..." if len(runs[i]) > 3 else "")
+        raise UserError(f"'{p}' holds the histories of {len(runs[i])} runs ({shown}), one after another ({columns}"
+                        + (f", {stacked!r} going up within each run" if stacked else "") + "), not one run's history",
+                        f"split it into a file per run and diagnose them together, e.g. with pandas: for run, df in "
+                        f"pandas.read_csv({p.name!r}).groupby({header[i]!r}): df.to_csv(f'{{run}}.csv', index=False)")
+    raise UserError(f"'{p}' is a table of {n_rows} run(s), one row each ({columns}), not one run's history: its rows "
+                    "are runs, not steps",
+                    "export one run's metric history (a row per logged step): in W&B a chart panel's CSV or "
+                    "wandb.Api().run(PATH).history().to_csv(); in MLflow "
+                    "MlflowClient().get_metric_history(RUN_ID, KEY) per metric, joined on step")
 
 
 # A long-format export, one row per logged value: MLflow's metric history (`key,value,timestamp,step`), Comet's

@@ -211,3 +211,43 @@ def test_a_wandb_chart_column_is_split_where_its_metric_is_a_known_column(tmp_pa
     h = load_run(_write(tmp_path / "panel.csv", header, [(50, *[1.0] * 3), (100, *[0.7] * 3), (150, *[0.9] * 3)]))
     assert [p[key] for p in h.points] == [1.0, 0.7, 0.9]
     assert f"{column!r} -> {key}" in h.notes[0]
+
+
+HISTORY = [(50, 2.0, 1.5), (100, 1.0, 0.77), (150, 0.667, 0.54), (200, 0.5, 0.435)]
+
+
+@pytest.mark.parametrize("header, cells", [
+    ("id,step,train_loss,val_loss,state", lambda k, row: (k, *row, k % 3)),  # a numeric `state` metric, a row id
+    ("name,status,step,train_loss,val_loss", lambda k, row: (f"checkpoint-{row[0]}", "saved", *row)),
+    ("run_id,step,train_loss,val_loss,status", lambda k, row: (f"row{k}", *row, "running")),  # run states, row ids
+])
+def test_a_history_with_an_id_and_a_state_column_is_no_table_of_runs(tmp_path, header, cells):
+    """A runs table was any CSV with a run-identity column of distinct rows beside a state column: a history with a
+    row id and a numeric `state`, or checkpoint names and a `saved` status, was refused (exit 2) as 'a table of runs'."""
+    h = load_run(_write(tmp_path / "h.csv", header, [cells(k, row) for k, row in enumerate(HISTORY)]))
+    assert [p["step"] for p in h.points] == [50, 100, 150, 200]
+    assert [p["val/loss"] for p in h.points] == [1.5, 0.77, 0.54, 0.435]
+
+
+@pytest.mark.parametrize("names", [("lora-sweep",) * 3, ("lora-sweep", "lora-sweep", "lora-other"),
+                                   ("run-0", "", "run-2")])  # a run with no name
+def test_a_wandb_runs_table_with_a_name_given_to_several_runs_is_refused(tmp_path, capsys, names):
+    # a sweep's runs share a name: a row is still a run (its train/global_step the same 500 in each)
+    lines = WANDB_RUNS.splitlines()
+    lines[1:] = [name + line[line.index(","):] for name, line in zip(names, lines[1:])]
+    (tmp_path / "runs.csv").write_text("\n".join(lines) + "\n")
+    assert main(["diagnose", str(tmp_path / "runs.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "is a table of 3 run(s), one row each (columns 'Name' and 'State'), not one run's history" in err
+
+
+def test_stacked_histories_of_several_runs_are_refused_naming_how_to_split_them(tmp_path, capsys):
+    """Two runs' histories one after the other (a run column beside the step) were read as one run, each step's
+    values of the second run dropped as 'given again'."""
+    rows = [(run, "finished", *row) for run in ("r0", "r1") for row in HISTORY]
+    path = _write(tmp_path / "stacked.csv", "run,state,step,train_loss,val_loss", rows)
+    assert main(["diagnose", path]) == 2
+    err = capsys.readouterr().err
+    assert ("holds the histories of 2 runs ('r0', 'r1'), one after another (columns 'run' and 'state', 'step' "
+            "going up within each run), not one run's history") in err
+    assert ".groupby('run')" in err and "Traceback" not in err
