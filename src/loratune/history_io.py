@@ -2697,10 +2697,12 @@ def _norm(name: str) -> str:
 
 
 # A bare metric name (`accuracy`, `acc`, `f1`: a _METRIC_ALIASES name the table above reads as val/<metric>) is the
-# validation score where the CSV names no other (a hand-made table of eval scores), and the training score beside a
-# column that names the same metric's validation score by its prefix: Keras' History and CSVLogger write the epoch's
-# train accuracy as `accuracy` beside `val_accuracy` (read as the validation score, the train accuracy was the best
-# val accuracy and `val_accuracy` was ignored). Read then as a `train_acc` column is read: this split's key
+# validation score where the CSV names no validation score by a prefix (a hand-made table of eval scores), and the
+# training score in a CSV that names any metric's validation score by its prefix (a val_ / eval_ column of a metric
+# other than the loss): Keras' History and CSVLogger write the epoch's train scores bare beside their `val_` twins
+# (`accuracy` read as the validation score, the train accuracy was the best val accuracy and `val_accuracy` was
+# ignored), and one file's naming is one convention: a bare `f1` beside `val_accuracy` is the train F1 too (read as
+# the val macro-F1, it was the headline). Read then as a `train_acc` column is read: this split's key
 _CSV_BARE_METRIC_BESIDE_VAL = "train_eval"
 
 
@@ -3099,7 +3101,8 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
     eval_cols: dict[int, str] = {}  # eval_* columns no alias names: the Trainer's named eval sets
     chart_runs: list[str] = []  # a W&B chart export: "<run name> - <metric>", with __MIN / __MAX bands
     metric_of = {i: _chart_column(h.strip(), lookup) for i, h in enumerate(header)}  # (run, metric) of each column
-    val_named = {_val_metric_named(m, lookup) for _, m in metric_of.values()}  # _CSV_BARE_METRIC_BESIDE_VAL
+    # the metrics (but the loss) a column names the validation score of by a prefix: _CSV_BARE_METRIC_BESIDE_VAL
+    val_named = {_val_metric_named(m, lookup) for _, m in metric_of.values()} & set(_METRIC_ALIASES.values()) - {"loss"}
     # W&B's own counters (`_step`, `_runtime`) go last: `train/global_step` is the Trainer's step when both are there
     # and the fallback aliases after every other
     for i in sorted(range(len(header)), key=lambda i: (header[i].strip().startswith("_"),
@@ -3119,7 +3122,7 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
             continue
         key = lookup.get(_norm(col))
         bare = _METRIC_ALIASES.get(_norm(col))
-        if bare in val_named and key == f"val/{bare}":
+        if val_named and key == f"val/{bare}":
             key = f"{_CSV_BARE_METRIC_BESIDE_VAL}/{bare}"
         if key is None and _LORATUNE_KEY.fullmatch(col):
             key = col  # already a loratune key

@@ -36,12 +36,25 @@ def test_a_bare_accuracy_beside_a_val_accuracy_is_the_train_accuracy(tmp_path, h
     assert f"{val_col!r} -> val/accuracy" in h.notes[0]
 
 
-def test_a_bare_metric_with_no_val_column_of_its_metric_stays_the_validation_score(tmp_path):
-    h = load_run(_write(tmp_path / "evals.csv", "step,loss,accuracy,f1,val_acc",
-                        [(10, 0.9, 0.5, 0.4, 0.6), (20, 0.5, 0.7, 0.6, 0.8)]))
-    assert [p["val/macro_f1"] for p in h.points] == [0.4, 0.6]  # `f1`: no val F1 beside it
-    assert [p["train_eval/accuracy"] for p in h.points] == [0.5, 0.7]
-    assert [p["val/accuracy"] for p in h.points] == [0.6, 0.8]
+def test_a_bare_metric_in_a_csv_with_no_val_prefixed_metric_stays_the_validation_score(tmp_path):
+    # a hand-made table of eval scores: no val_ / eval_ metric column (a val_loss is none)
+    h = load_run(_write(tmp_path / "evals.csv", "step,loss,val_loss,accuracy,f1",
+                        [(10, 0.9, 1.0, 0.5, 0.4), (20, 0.5, 0.8, 0.7, 0.6)]))
+    assert [p["val/macro_f1"] for p in h.points] == [0.4, 0.6]
+    assert [p["val/accuracy"] for p in h.points] == [0.5, 0.7]
+
+
+@pytest.mark.parametrize("header", ["epoch,accuracy,f1,loss,val_accuracy,val_loss",  # Keras, an F1 metric unvalidated
+                                    "epoch,accuracy,f1,loss,eval_accuracy,eval_loss"])
+def test_a_bare_metric_beside_another_metrics_val_column_is_a_train_score(tmp_path, header):
+    """A bare `f1` beside `val_accuracy` (no `val_f1`) was read as the val macro-F1, the headline, while `accuracy`
+    was read as the train accuracy: one file's naming split two ways (best val/macro_f1 0.965, the train F1)."""
+    rows = [(e, TRAIN_ACC[e], TRAIN_ACC[e] - 0.02, TRAIN_LOSS[e], VAL_ACC[e], 0.4 + e / 20) for e in range(5)]
+    h = load_run(_write(tmp_path / "keras.csv", header, rows))
+    assert not any("val/macro_f1" in p for p in h.points)
+    assert [p["train_eval/macro_f1"] for p in h.points] == [r[2] for r in rows]
+    assert [p["train_eval/accuracy"] for p in h.points] == TRAIN_ACC[:5]
+    assert [p["val/accuracy"] for p in h.points] == VAL_ACC[:5]
 
 
 def _lightning(path, header: str, train_loss_cols: int = 2) -> str:
@@ -223,7 +236,7 @@ HISTORY = [(50, 2.0, 1.5), (100, 1.0, 0.77), (150, 0.667, 0.54), (200, 0.5, 0.43
 ])
 def test_a_history_with_an_id_and_a_state_column_is_no_table_of_runs(tmp_path, header, cells):
     """A runs table was any CSV with a run-identity column of distinct rows beside a state column: a history with a
-    row id and a numeric `state`, or checkpoint names and a `saved` status, was refused (exit 2) as 'a table of runs'."""
+    row id and a numeric `state`, or checkpoint names and a `saved` status, was refused as 'a table of runs'."""
     h = load_run(_write(tmp_path / "h.csv", header, [cells(k, row) for k, row in enumerate(HISTORY)]))
     assert [p["step"] for p in h.points] == [50, 100, 150, 200]
     assert [p["val/loss"] for p in h.points] == [1.5, 0.77, 0.54, 0.435]
