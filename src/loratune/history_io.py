@@ -2816,6 +2816,7 @@ def _csv_points(p: Path, rows: Iterable[list[str]], columns: Sequence[tuple[int,
                 read: _CsvRead) -> Iterator[dict]:
     """Each row's numbers under its columns' keys (`columns`: (index, key)), counted in `read`: cells that are no
     number, decimal commas, rows without a step (left out)."""
+    held = None  # a first row at epoch 0 with a train loss, until the next row says what its epoch 0 was
     for r_i, row in enumerate(rows):
         pt: dict[str, Any] = {}
         for i, key in columns:
@@ -2847,16 +2848,34 @@ def _csv_points(p: Path, rows: Iterable[list[str]], columns: Sequence[tuple[int,
             if has_step:  # a step column whose cell is empty or no number: the row has no place on the curve
                 read.stepless += 1
                 continue
-            # rows counted from 1: a logged row comes after a step (the features read a train loss at step 0 as the
-            # untrained model's and left the first row's out), unless the first row's epoch says it came before any
-            # and the row carries no value of the training loop's log: an evaluation before training. A train loss
-            # (or gradient norm) says the row came after steps: Keras' CSVLogger counts epochs from 0 and writes each
-            # epoch's row at its end (at step 0 the first epoch's train loss was dropped, and its 0-based export read
-            # otherwise than the same numbers counted from 1)
-            if r_i == 0 and pt.get("epoch") == 0 and not any(k.startswith(TRAIN_LOG_SPLIT + "/") for k in pt):
-                read.row_step_base = 0
+            # rows counted from 1 (a logged row comes after a step), or from 0 where the first row is at epoch 0
+            # before any step (_csv_epoch_0_is_baseline): decided, for a row with a train loss, by the next row
+            if r_i == 0 and pt.get("epoch") == 0:
+                if not any(k.startswith(TRAIN_LOG_SPLIT + "/") for k in pt):
+                    read.row_step_base = 0
+                else:
+                    held = pt
+                    continue
+            if r_i == 1 and held is not None:
+                read.row_step_base = 0 if _csv_epoch_0_is_baseline(pt.get("epoch")) else 1
+                yield {**held, "step": read.row_step_base}
+                held = None
             pt["step"] = r_i + read.row_step_base
         yield pt
+    if held is not None:  # the file's one row
+        yield {**held, "step": 1}
+
+
+def _csv_epoch_0_is_baseline(next_epoch: float | None) -> bool:
+    """Whether a step-less CSV's first row, at epoch 0 with a train loss, is the untrained baseline (step 0, where the
+    features read a train loss as the untrained model's) or a row logged after steps (rows counted from 1), by the
+    epoch of the row after it. A fractional epoch column is training progress (the HF Trainer's: 0, 0.5, 1.0): its
+    epoch 0 came before any step, a pre-training evaluation and loss. A whole-number one counts epochs (Keras'
+    CSVLogger: 0, 1, 2, a row at each epoch's end): its epoch-0 row came after the first epoch (at step 0 its train
+    loss was dropped, and the 0-based export read otherwise than the same numbers counted from 1). No next epoch
+    (one row, or none given): after steps. A row without a train loss at epoch 0 is an evaluation before training
+    in either column (never asked here)."""
+    return next_epoch is not None and (next_epoch != int(next_epoch) or next_epoch == 0)
 
 
 def _in_step_order(points: Iterable[dict], read: _CsvRead) -> Iterator[dict]:

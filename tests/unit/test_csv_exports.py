@@ -264,3 +264,20 @@ def test_stacked_histories_of_several_runs_are_refused_naming_how_to_split_them(
     assert ("holds the histories of 2 runs ('r0', 'r1'), one after another (columns 'run' and 'state', 'step' "
             "going up within each run), not one run's history") in err
     assert ".groupby('run')" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("epochs, steps", [((0, 0.25, 0.5, 0.75, 1.0), [0, 1, 2, 3, 4]),  # the Trainer's progress
+                                           ((0, 1, 2, 3, 4), [1, 2, 3, 4, 5]),  # Keras' epochs from 0
+                                           ((0,), [1])])  # one row: logged after steps
+def test_an_epoch_0_row_with_a_train_loss_is_the_baseline_only_in_a_fractional_epoch_column(tmp_path, epochs, steps):
+    """Keras' rule (an epoch-0 row with a train loss came after the first epoch) was taken for every epoch column: the
+    HF Trainer's fractional epochs (0, 0.5, 1.0: progress, its epoch 0 a pre-training evaluation and loss) lost their
+    baseline, the pre-training loss read as the first epoch's."""
+    losses = (2.3, 1.6, 1.5, 1.2, 1.0)
+    h = load_run(_write(tmp_path / "e.csv", "epoch,train_loss,val_loss", zip(epochs, losses, (2.2, "", 1.6, "", 1.2))))
+    assert [p["step"] for p in h.points if "val/loss" in p] == steps[::2]
+    assert any(f"row numbers (from {steps[0]}) used as steps" in n for n in h.notes)
+    from loratune.features import compute_features
+
+    values = compute_features(h.points, h.meta, h.config).values  # a loss at step 0 is the untrained model's
+    assert values["train_loss_start"] == (losses[1] if steps[0] == 0 else losses[0])

@@ -580,9 +580,9 @@ def test_a_csv_with_epochs_and_no_step_keeps_its_first_train_loss_and_says_steps
     assert values["steps"] == 100
     assert any("no step column: row numbers (from 1) used as steps; the run's optimizer steps are unknown" in n
                for n in h.notes)
-    # a first row at epoch 0 with no train loss was an evaluation before any step: it stays at step 0; one with a
-    # train loss came after steps (Keras' 0-based epoch, test_csv_exports): rows from 1
-    (tmp_path / "z.csv").write_text("epoch,loss,eval_loss\n0,,2.2\n0.5,1.5,1.6\n1.0,1.0,1.2\n")
+    # a first row at epoch 0 of a fractional epoch column (the Trainer's progress) was logged before any step: it
+    # stays at step 0 (a whole-number column's epoch 0 is Keras' first epoch: test_csv_exports)
+    (tmp_path / "z.csv").write_text("epoch,loss,eval_loss\n0,2.3,2.2\n0.5,1.5,1.6\n1.0,1.0,1.2\n")
     assert [p["step"] for p in load_run(tmp_path / "z.csv").points] == [0, 1, 2]
 
 
