@@ -2663,6 +2663,10 @@ _CSV_LIGHTNING = {"train_loss": ("train_loss_step", "train_loss_epoch"),
 # is read (a later one only in place of a one-value summary, _summary_columns), and these come after every other
 _CSV_FALLBACK_ALIASES = _CSV_LIGHTNING["train_loss"][1:]
 
+# Keras 3's F1Score metric (keras.metrics.F1Score(average="macro")), as its History / CSVLogger name it: the train
+# score bare, the validation score val_-prefixed (_CSV_BARE_METRICS)
+_CSV_KERAS3_F1 = ("f1_score", "val_f1_score")
+
 # normalised column name -> loratune key. Normalising: lower case, every non-alphanumeric run -> "_". A column whose
 # name starts with eval_ (or W&B's eval/) is no alias here: it is a Trainer log key, named as the trainer_state reader
 # names it (_eval_key_map), once the rows say which of several eval sets is the validation set
@@ -2673,7 +2677,8 @@ _CSV_COLUMNS = {
                    *_CSV_LIGHTNING["train_loss"]],
     "val/loss": ["val_loss", "validation_loss", "valid_loss", "dev_loss", "val_loss_mean", *_CSV_LIGHTNING["val_loss"]],
     "val/macro_f1": ["val_macro_f1", "macro_f1", "val_f1", "f1", "f1_macro", "val_f1_macro", "validation_f1",
-                     "valid_f1", "dev_f1", *_CSV_LIGHTNING["val_f1"], *_CSV_LIGHTNING["val_macro_f1"]],
+                     "valid_f1", "dev_f1", *_CSV_LIGHTNING["val_f1"], *_CSV_LIGHTNING["val_macro_f1"],
+                     *_CSV_KERAS3_F1],
     "val/accuracy": ["val_accuracy", "val_acc", "accuracy", "acc", "validation_accuracy", "valid_acc", "dev_acc",
                      *_CSV_LIGHTNING["val_acc"], *_CSV_LIGHTNING["val_accuracy"]],
     "train_eval/macro_f1": ["train_macro_f1", "train_f1", "train_f1_macro", "train_eval_macro_f1"],
@@ -2704,16 +2709,18 @@ def _norm(name: str) -> str:
 # ignored), and one file's naming is one convention: a bare `f1` beside `val_accuracy` is the train F1 too (read as
 # the val macro-F1, it was the headline). Read then as a `train_acc` column is read: this split's key
 _CSV_BARE_METRIC_BESIDE_VAL = "train_eval"
+# the bare metric names a CSV has: the Trainer's metric names, and Keras 3's F1Score
+_CSV_BARE_METRICS = {**_METRIC_ALIASES, _CSV_KERAS3_F1[0]: "macro_f1"}
 
 
 def _val_metric_named(col: str, lookup: Mapping[str, str]) -> str | None:
     """The metric a CSV column names as a validation score by a prefix (`val_acc`, `eval_accuracy`, W&B's
     `eval/f1`), or None (a bare name, a train column, no metric)."""
     n = _norm(col)
-    if n in _METRIC_ALIASES:
+    if n in _CSV_BARE_METRICS:
         return None
     if n.startswith("eval_"):
-        return _METRIC_ALIASES.get(n[len("eval_"):])
+        return _CSV_BARE_METRICS.get(n[len("eval_"):])
     key = lookup.get(n, "")
     return key[len("val/"):] if key.startswith("val/") else None
 
@@ -2727,7 +2734,7 @@ def _chart_column(col: str, lookup: Mapping[str, str]) -> tuple[str | None, str]
     if len(parts) < 2:
         return None, col
     splits = [(" - ".join(parts[:k]), " - ".join(parts[k:])) for k in range(1, len(parts))]  # longest metric first
-    known = (s for s in splits if (_norm(s[1]) in lookup or _norm(s[1]) in _METRIC_ALIASES
+    known = (s for s in splits if (_norm(s[1]) in lookup or _norm(s[1]) in _CSV_BARE_METRICS
                                    or _norm(s[1]).startswith("eval_") or _LORATUNE_KEY.fullmatch(s[1])))
     return next(known, splits[-1])
 
@@ -2959,8 +2966,10 @@ def _summary_columns(counts: Mapping[str, int], mapping: dict[int, str], spare: 
             held[key] = n_spare
             mapping[i] = mapping.pop(first)
             swaps.append((i, key))
+            why = ("no value" if n_first == 0 else "one value: one logged step, no curve"
+                   if _norm(header[first]) in _CSV_LIGHTNING["train_loss"][:1] else "one value: a run's summary")
             notes.append(f"CSV columns {header[first]!r} and {header[i]!r} both name {key}: {header[i]!r} read (a "
-                         f"curve of {n_spare} values), {header[first]!r} left out (one value: a run's summary)")
+                         f"curve of {n_spare} values), {header[first]!r} left out ({why})")
     return swaps
 
 
@@ -3063,17 +3072,21 @@ def _no_metric_column(p: Path, header: list[str]) -> UserError:
     names to give."""
     names = [_norm(h) for h in header]
     named, valued = ([header[i] for i, n in enumerate(names) if n in group] for group in _CSV_LONG_FORMAT)
-    step = next((header[i] for i, n in enumerate(names) if n in _CSV_COLUMNS["step"]), "step")
+    step = next((header[i] for i, n in enumerate(names) if n in _CSV_COLUMNS["step"]), None)
+    # without a step column there is nothing to pivot or join on: the export has to carry each value's step
+    stepless = "" if step else ", no step column"
+    export = "" if step else "export it again with each value's step (MLflow's metric history has one), then "
+    step = step or "step"
     if named and valued:
         return UserError(f"'{p}' is in long format, one row per logged value (the metric's name in {named[0]!r}, its "
-                         f"value in {valued[0]!r}), not a column per metric",
-                         f"pivot it to a row per step and a column per metric, e.g. with pandas: df.pivot_table("
-                         f"index={step!r}, columns={named[0]!r}, values={valued[0]!r}).reset_index()"
+                         f"value in {valued[0]!r}{stepless}), not a column per metric",
+                         f"{export}pivot it to a row per step and a column per metric, e.g. with pandas: "
+                         f"df.pivot_table(index={step!r}, columns={named[0]!r}, values={valued[0]!r}).reset_index()"
                          ".to_csv('run.csv', index=False)")
     if valued:
-        return UserError(f"'{p}' holds one unnamed series (column {valued[0]!r}): no column says which metric it is",
-                         f"rename {valued[0]!r} to the metric it holds (train_loss, val_loss, val_accuracy), or join "
-                         f"each metric's file on {step!r} into one CSV")
+        return UserError(f"'{p}' holds one unnamed series (column {valued[0]!r}{stepless}): no column says which "
+                         "metric it is", f"rename {valued[0]!r} to the metric it holds (train_loss, val_loss, "
+                         f"val_accuracy), or {export}join each metric's file on {step!r} into one CSV")
     return UserError(f"'{p}': no loss or metric column among {header}",
                      "name columns like step, train_loss, val_loss, val_f1 (or val_accuracy)")
 
@@ -3140,7 +3153,7 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
             eval_cols[i] = _eval_column_key(col)
             continue
         key = lookup.get(_norm(col))
-        bare = _METRIC_ALIASES.get(_norm(col))
+        bare = _CSV_BARE_METRICS.get(_norm(col))
         if val_named and key == f"val/{bare}":
             key = f"{_CSV_BARE_METRIC_BESIDE_VAL}/{bare}"
         if key is None and _LORATUNE_KEY.fullmatch(col):
@@ -3164,8 +3177,8 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
     if len(chart_runs) > 1:
         notes.append(f"a chart export of {len(chart_runs)} runs ({', '.join(map(repr, chart_runs))}): read the first,"
                      " export one run per file to read the others")
-    if any(_norm(metric_of[i][1]) in ("f1", "val_f1", "validation_f1", "valid_f1", "dev_f1")
-           for i in mapping):  # (an eval_f1 column: _eval_key_map says so)
+    if any(k.endswith("/macro_f1") and "macro" not in _norm(metric_of[i][1])
+           for i, k in mapping.items()):  # (an eval_f1 column: _eval_key_map says so)
         notes.append("an F1 column without 'macro' was taken as macro-F1")
     columns = [*mapping.items(), *eval_cols.items(), *((i, _spare_key(i)) for i in spare)]
     counted = {*spare.values(), *map(_spare_key, spare)}

@@ -281,3 +281,40 @@ def test_an_epoch_0_row_with_a_train_loss_is_the_baseline_only_in_a_fractional_e
 
     values = compute_features(h.points, h.meta, h.config).values  # a loss at step 0 is the untrained model's
     assert values["train_loss_start"] == (losses[1] if steps[0] == 0 else losses[0])
+
+
+@pytest.mark.parametrize("header", ["epoch,step,train_loss_step,val_loss_epoch,val_f1_epoch",  # Lightning
+                                    "epoch,f1_score,loss,val_f1_score,val_loss"])  # Keras 3's F1Score
+def test_every_f1_column_without_macro_says_it_was_taken_as_macro_f1(tmp_path, header):
+    """`val_f1_epoch` was read as the val macro-F1 without the note (the note's own list of F1 names missed it), and
+    Keras 3's `f1_score` / `val_f1_score` were ignored."""
+    rows = [[e, *([e * 50 + 49] if "step" in header else []), 0.9 - e / 10, 0.5 + e / 10, 1.0 - e / 20, 0.4 + e / 50]
+            for e in range(4)]
+    rows = [r[:len(header.split(","))] for r in rows]
+    h = load_run(_write(tmp_path / "m.csv", header, rows))
+    val_f1 = header.split(",").index("val_f1_epoch" if "val_f1_epoch" in header else "val_f1_score")
+    assert [p["val/macro_f1"] for p in h.points] == [r[val_f1] for r in rows]
+    assert "an F1 column without 'macro' was taken as macro-F1" in h.notes
+    if "f1_score" in header:  # the bare one the train score (a val_ metric beside it)
+        assert [p["train_eval/macro_f1"] for p in h.points] == [r[1] for r in rows]
+
+
+@pytest.mark.parametrize("n_step_values, why", [(0, "no value"), (1, "one value: one logged step, no curve")])
+def test_a_lightning_step_column_left_out_says_why(tmp_path, n_step_values, why):
+    # train_loss_step with 0 or 1 values beside a train_loss_epoch curve: no run's summary, a sparse per-step log
+    path = _lightning(tmp_path / "m.csv", "epoch,step,train_loss_epoch,train_loss_step,val_acc,val_loss")
+    lines = [line.split(",") for line in (tmp_path / "m.csv").read_text().splitlines()]
+    for cells in [cells for cells in lines[1:] if cells[3]][n_step_values:]:
+        cells[3] = ""  # train_loss_step's values but the first n_step_values
+    (tmp_path / "m.csv").write_text("\n".join(map(",".join, lines)) + "\n")
+    h = load_run(path)
+    assert any(n.endswith(f"'train_loss_step' left out ({why})") for n in h.notes)
+    assert not any("a run's summary" in n for n in h.notes)
+
+
+def test_a_long_format_export_without_a_step_column_says_to_export_its_step(tmp_path, capsys):
+    (tmp_path / "long.csv").write_text("key,value,timestamp\ntrain_loss,1.4,1\neval_loss,1.0,1\n")
+    assert main(["diagnose", str(tmp_path / "long.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "(the metric's name in 'key', its value in 'value', no step column)" in err
+    assert "export it again with each value's step" in err and "Traceback" not in err
