@@ -61,7 +61,8 @@ def test_tune_cli_runs_tpe_hyperband_end_to_end(tiny_bert, intent_data, tmp_path
                  "--trial-steps", "12", "--seed", "2"]) == 0
     decisions = [json.loads(line) for line in (study / "decisions.jsonl").read_text().splitlines()]
     by_code = {d["code"]: d for d in decisions}
-    assert by_code["tpe-startup"]["data"]["n_startup_trials"] == 3  # 3 trials fit: the minimum
+    assert by_code["tpe-startup"]["data"]["n_startup_trials"] == 1  # 3 trials fit: a third of them
+    assert "the start-up stays a third (1)" in " ".join(by_code["tpe-startup"]["evidence"])
     # rungs from a 12-step trial's first eval point (12 // 6 evaluation points) to the longest draw (8x)
     hb = by_code["hyperband-pruner"]["data"]
     assert (hb["min_resource"], hb["max_resource"]) == (2, 96)

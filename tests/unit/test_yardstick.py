@@ -103,17 +103,21 @@ def test_a_sampler_draws_the_arms_each_at_its_own_lr(tmp_path):
 
 # ---------------------------------------------------------------- TPE start-up sizing and tpe-hyperband (issue 15)
 @pytest.mark.parametrize("budget,fit,startup", [
-    ("6trials", 6, 3),  # a third is 2: the minimum (3) wins
+    # the trials that fit are counted at the space's expected length: the mean of 1, 2, 4 and 8x a trial
+    # (3.75x), in the budget's unit; a budget in trials counts every trial as one whatever its length
+    ("2trials", 2, 0),  # fewer than 3 fit: no start-up (TPE's first draw comes from its prior)
+    ("6trials", 6, 2),  # a third, even below the 3 TPE would like (no floor pushes it past a third)
     ("21trials", 21, 7),  # a third
     ("60trials", 60, 10),  # a third is 20: Optuna's default (10) caps it
-    ("9600ex", 12, 4),  # 9,600 examples hold 12 trials of 800
-    ("100s", 12, 4),  # at the prior 100 examples/s a trial of 800 takes 8 s: 12 fit
+    ("9600ex", 3, 1),  # a 1x trial is 800 examples, a drawn one 3,000 on average: 3 fit, not 12
+    ("30000ex", 10, 3),  # 10 drawn trials of 3,000 examples fit (37 of 1x did: the old count gave 10 start-ups)
+    ("100s", 3, 1),  # at the prior 100 examples/s a drawn trial of 3,000 examples takes 30 s: 3 fit, not 12
 ])
 @pytest.mark.parametrize("strategy", ["tpe", "tpe-hyperband"])
-def test_tpe_startup_trials_are_a_third_of_the_trials_that_fit(strategy, budget, fit, startup, tmp_path):
-    from loratune.search.yardstick import MAX_STARTUP_TRIALS, MIN_STARTUP_TRIALS, STARTUP_SHARE, prepare_yardstick
+def test_tpe_startup_trials_are_at_most_a_third_of_the_trials_that_fit(strategy, budget, fit, startup, tmp_path):
+    from loratune.search.yardstick import MAX_STARTUP_TRIALS, STARTUP_SHARE, prepare_yardstick
 
-    assert startup == min(MAX_STARTUP_TRIALS, max(MIN_STARTUP_TRIALS, fit // STARTUP_SHARE))
+    assert startup == min(MAX_STARTUP_TRIALS, fit // STARTUP_SHARE) and startup * STARTUP_SHARE <= fit
     store = Study.open(tmp_path / "s", meta={"strategy": strategy})
     space = default_space(START, 32, trial_steps=TRIAL_STEPS)
     ctx = SearchContext(store=store, runner=LengthWorld(), meter=Meter(Budget.parse(budget)),
@@ -121,7 +125,25 @@ def test_tpe_startup_trials_are_a_third_of_the_trials_that_fit(strategy, budget,
     sampler = prepare_yardstick(ctx, space, START, strategy, seed=1, eval_every=TRIAL_STEPS // 6)
     d = next(d for d in ctx.decisions if d["code"] == "tpe-startup")
     assert (d["data"]["trials_fit"], d["data"]["n_startup_trials"]) == (fit, startup)
+    assert d["data"]["lengths"] == [50, 100, 200, 400]
+    unit = Budget.parse(budget).kind
+    assert d["data"]["trial_cost_mean"] == pytest.approx({"trials": 1.0, "examples": 3000.0, "wall_s": 30.0}[unit])
     assert store.optuna.sampler is sampler and sampler._n_startup_trials == startup  # what Optuna was given
+    # a start-up below the 3 TPE would like is said in the decision, and what TPE does then
+    said = " ".join(d["evidence"])
+    assert ("no random start-up" in said) == (startup == 0)
+    assert ("the start-up stays a third" in said) == (0 < startup < 3)
+
+
+def test_tpe_startup_counts_the_start_points_length_when_the_space_draws_none(tmp_path):
+    from loratune.search.yardstick import prepare_yardstick
+
+    store = Study.open(tmp_path / "s", meta={"strategy": "tpe"})
+    ctx = SearchContext(store=store, runner=LengthWorld(), meter=Meter(Budget.parse("9600ex")),
+                        trial_examples=TRIAL_EXAMPLES, trial_steps=TRIAL_STEPS, costs=CostModel())
+    prepare_yardstick(ctx, default_space(START, 32), START, "tpe", seed=1)
+    d = next(d for d in ctx.decisions if d["code"] == "tpe-startup")
+    assert (d["data"]["trials_fit"], d["data"]["n_startup_trials"], d["data"]["trial_cost_mean"]) == (12, 4, 800.0)
 
 
 def test_random_and_grid_have_no_startup_and_no_pruner(tmp_path):

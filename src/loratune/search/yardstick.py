@@ -11,8 +11,9 @@ budget (or the grid is exhausted). The pick is the best val macro-F1.
 `prepare_yardstick` sets the study's sampler (and pruner) up before the loop and records how:
 
 - TPE (`tpe`, `tpe-hyperband`) starts with random trials before its model guides the draws; their
-  number is sized to the budget (`startup_trials`: a third of the trials of the start point's length
-  that fit, within MIN_STARTUP_TRIALS..MAX_STARTUP_TRIALS), decision `tpe-startup`.
+  number is sized to the budget (`startup_trials`: at most a third of the trials that fit, counted at the
+  space's expected trial length, the mean cost over the length knob's choices, and at most
+  MAX_STARTUP_TRIALS), decision `tpe-startup`.
 - `tpe-hyperband` adds Optuna's `HyperbandPruner` (multi-fidelity, decision `hyperband-pruner`). Its
   resource is optimizer steps *within* a trial: every eval point a trial reports (`trial.report(value,
   step)` in `SearchContext._on_eval`) is judged against the trials of its bracket that reached the same
@@ -41,13 +42,20 @@ STRATEGIES = ("protocol", "grid", "random", "tpe", "tpe-hyperband")
 MAX_MISSES = 50  # draws in a row whose training length does not fit the budget left before the search stops
 
 # TPE's random start-up trials, sized to the budget (issue 15): at most 1/STARTUP_SHARE of the trials
-# that fit are random, so at least two thirds of a small budget are guided by the model ...
+# that fit are random, so at least two thirds of a small budget are guided by the model. The trials that fit
+# are counted at the space's expected trial length (`expected_trial_cost`: a random draw takes each of the
+# length knob's 1-8x choices alike, 3.75x a trial on average), not at 1x: counted at 1x, a 10,000-example
+# budget "held" 13 trials and got 4 start-up draws, while the studies trained 5-7 trials, 56-78% of them random.
 STARTUP_SHARE = 3
-# ... but never fewer than this: TPE splits the trials so far into good (the top 10%, at least one) and
-# bad ones and needs one good and a couple of bad ones before its two densities say anything ...
+# What TPE would like before its model guides: it splits the trials so far into good (the top 10%, at least
+# one) and bad ones and needs one good and a couple of bad ones before its two densities say much. It is no
+# floor (a floor put more than a third of a small budget into random draws): when fewer than
+# MIN_STARTUP_TRIALS x STARTUP_SHARE trials fit, the start-up stays a third and the decision says so ...
 MIN_STARTUP_TRIALS = 3
 # ... nor more than Optuna's own default: past it, more random trials only delay the guided ones
 MAX_STARTUP_TRIALS = 10
+# the verdict of the `tpe-startup` decision (bench/tuning.py reads the count back from stored trails)
+STARTUP_VERDICT = "{n} random start-up trials before TPE's model guides"
 
 # Hyperband's reduction factor eta: at every rung (min_resource x eta^k steps) the top 1/eta of a
 # bracket's trials go on. 3 is what Li et al. (2018) recommend and Optuna's default; with rungs from the
@@ -73,15 +81,46 @@ YARDSTICK_CODES: dict[str, str] = {
 }
 
 
-def trials_that_fit(ctx: SearchContext, start_point: dict) -> int:
-    """How many trials of the start point's length the budget left holds (at the estimated cost)."""
-    one = ctx.estimate(start_point).amount(ctx.meter.budget.kind)
+def trial_lengths(space: SearchSpace, start_point: dict) -> tuple:
+    """The training lengths (train.max_steps) the space draws alike; the start point's alone when it has no
+    length knob."""
+    if "train.max_steps" in space.keys:
+        return tuple(space["train.max_steps"].choices)
+    return (start_point.get("train.max_steps"),)
+
+
+def expected_trial_cost(ctx: SearchContext, space: SearchSpace, start_point: dict) -> float:
+    """The estimated cost of one drawn trial in the budget's unit: the mean over the length knob's choices (a
+    random draw takes each alike), the start point's cost when the space has no length knob."""
+    kind = ctx.meter.budget.kind
+    costs = [ctx.estimate({**start_point, **({"train.max_steps": n} if n is not None else {})}).amount(kind)
+             for n in trial_lengths(space, start_point)]
+    return sum(costs) / len(costs)
+
+
+def trials_that_fit(ctx: SearchContext, space: SearchSpace, start_point: dict) -> int:
+    """How many trials of the space's expected length the budget left holds (`expected_trial_cost`)."""
+    one = expected_trial_cost(ctx, space, start_point)
     return max(0, int(ctx.meter.left / one + 1e-9)) if one > 0 else 0
 
 
 def startup_trials(fit: int) -> int:
-    """TPE's random start-up trials for a budget that holds `fit` trials (the constants above)."""
-    return min(MAX_STARTUP_TRIALS, max(MIN_STARTUP_TRIALS, fit // STARTUP_SHARE))
+    """TPE's random start-up trials for a budget that holds `fit` trials: a third of them (rounded down), at
+    most MAX_STARTUP_TRIALS; 0 when fewer than STARTUP_SHARE fit."""
+    return min(MAX_STARTUP_TRIALS, fit // STARTUP_SHARE)
+
+
+def startup_evidence(fit: int, n_startup: int) -> list[str]:
+    """What the `tpe-startup` decision says of a start-up below what TPE would like (MIN_STARTUP_TRIALS)."""
+    if n_startup >= MIN_STARTUP_TRIALS:
+        return []
+    if n_startup == 0:
+        return [f"fewer than {STARTUP_SHARE} trials fit: no random start-up; TPE's first draw comes from its prior "
+                "(uniform over the space, as a random draw) and each later draw is guided by the trials finished "
+                "before it"]
+    return [f"fewer than {MIN_STARTUP_TRIALS * STARTUP_SHARE} trials fit: the start-up stays a third ({n_startup}), "
+            f"below the {MIN_STARTUP_TRIALS} TPE would like before its model says much, so its first guided draws "
+            "rest on few trials (more start-up draws would leave most of the budget random)"]
 
 
 def make_sampler(strategy: str, space: SearchSpace, seed: int = 0, n_startup_trials: int = MIN_STARTUP_TRIALS):
@@ -133,13 +172,19 @@ def prepare_yardstick(ctx: SearchContext, space: SearchSpace, start_point: dict,
     study = ctx.store.optuna
     n_startup = MIN_STARTUP_TRIALS
     if strategy in ("tpe", "tpe-hyperband"):
-        fit = trials_that_fit(ctx, start_point)
+        kind, lengths = ctx.meter.budget.kind, trial_lengths(space, start_point)
+        mean_cost = expected_trial_cost(ctx, space, start_point)
+        fit = trials_that_fit(ctx, space, start_point)
         n_startup = startup_trials(fit)
-        ctx.decide(strategy, "startup", f"{n_startup} random start-up trials before TPE's model guides",
-                   "sample", [f"about {fit} trials of the start point's length fit ({ctx.meter.describe_left()})",
-                              f"a third of them, within {MIN_STARTUP_TRIALS}..{MAX_STARTUP_TRIALS}: {n_startup}"],
+        ctx.decide(strategy, "startup", STARTUP_VERDICT.format(n=n_startup),
+                   "sample", [f"about {fit} trials of the space's expected length fit ({ctx.meter.describe_left()}): "
+                              f"a drawn trial costs {format_amount(kind, mean_cost)} on average over the lengths "
+                              f"{', '.join(str(n) for n in lengths if n is not None) or 'of the start point'}",
+                              f"a third of them, at most {MAX_STARTUP_TRIALS}: {n_startup}",
+                              *startup_evidence(fit, n_startup)],
                    data={"n_startup_trials": n_startup, "trials_fit": fit, "share": f"1/{STARTUP_SHARE}",
-                         "min": MIN_STARTUP_TRIALS, "max": MAX_STARTUP_TRIALS}, code="tpe-startup")
+                         "trial_cost_mean": mean_cost, "unit": kind, "lengths": list(lengths),
+                         "wanted": MIN_STARTUP_TRIALS, "max": MAX_STARTUP_TRIALS}, code="tpe-startup")
     # a resumed study draws on from where it stopped: the stored seed alone would restart the sampler's stream and
     # draw the finished trials' points again (a random study's resume retrained exactly its own trials)
     done = len(study.get_trials(deepcopy=False))
