@@ -442,8 +442,8 @@ def aggregate(studies: dict[str, dict]) -> dict:
         # counts), so the curves compare how fast each strategy finds good configs at one length
         short = [{**st, "curve": _best_so_far([row if not _longer(row, st) else {**row, "value": None}
                                                for row in st["curve"]])} for st in sts]
-        for st in short:
-            st["best_val"] = max((row["value"] or 0) for row in st["curve"]) if st["curve"] else None
+        for st in short:  # a study that trained no trial of the common length has no score here (None), never 0
+            st["best_val"] = max((row["value"] for row in st["curve"] if row["value"] is not None), default=None)
         out[ds]["trial_length_only"] = _aggregate_one(short, compute_to_reach)
         out[ds]["anytime"] = _anytime(sts)
         out[ds]["targets"] = _targets(sts)
@@ -551,7 +551,10 @@ def _aggregate_one(sts: list[dict], compute_to_reach) -> dict:
         rs = [r for r in runs.values() if r["strategy"] == strat]
         per_strategy[strat] = {
             "replicates": len(rs),
-            "best_val_mean": statistics.mean(r["best_val"] for r in rs),
+            # the mean over the replicates with a score (a trial-length-only view of a study with no 1x trial has
+            # none): best_val_n of them
+            "best_val_mean": _mean_or_none([r["best_val"] for r in rs]),
+            "best_val_n": sum(r["best_val"] is not None for r in rs),
             "pick_test_mean": statistics.mean(r["pick_test"] for r in rs if r["pick_test"] is not None),
             "pick_tests": [r["pick_test"] for r in rs],
             "reached_0.5pt": sum(r["reach_0.5pt"] is not None for r in rs),
@@ -561,6 +564,12 @@ def _aggregate_one(sts: list[dict], compute_to_reach) -> dict:
     return {"best_val_any": best_any, "target": best_any - 0.005, "noise": noise,
             "noise_source": f"max(0.005, 2 x median protocol seed sigma {statistics.median(sigmas):.4f})"
             if sigmas else None, "by_run": runs, "by_strategy": per_strategy}
+
+
+def _mean_or_none(values: list) -> float | None:
+    """The mean of the values that are not None (None when none is)."""
+    got = [v for v in values if v is not None]
+    return statistics.mean(got) if got else None
 
 
 def _median_censored(values: list) -> float | None:
@@ -588,6 +597,9 @@ def render_all() -> None:
     tmp = RESULTS / "tuning.md.tmp"
     tmp.write_text(render(results), encoding="utf-8")
     tmp.replace(RESULTS / "tuning.md")
+
+
+NO_TRIAL_LENGTH_RUN = "no 1x trial"  # a study without a trial of the common length, in the trial-length-only view
 
 
 def _f(v, nd=4):
@@ -625,11 +637,13 @@ def render(results: dict) -> str:
         if so:
             lines += ["", "**Trial length only** (best val among trials of the common length: runs longer than a "
                       "trial, the protocol's final training and the samplers' 2-8x draws, score nothing here but "
-                      "their compute still counts; pick test = the whole study's pick, as above):", ""]
+                      "their compute still counts; a study that trained no trial of the common length has no score "
+                      "and is left out of its strategy's mean best val, n in brackets; pick test = the whole study's "
+                      "pick, as above):", ""]
             lines += _strategy_table(so)
             lines += ["", "Per study, trial length only: " + "; ".join(
-                f"{name} best {_f(r['best_val'], 3)}, within 0.5 pt at {_n(r['reach_0.5pt'])}"
-                for name, r in sorted(so["by_run"].items())) + "."]
+                f"{name} " + (f"best {_f(r['best_val'], 3)}" if r["best_val"] is not None else NO_TRIAL_LENGTH_RUN)
+                + f", within 0.5 pt at {_n(r['reach_0.5pt'])}" for name, r in sorted(so["by_run"].items())) + "."]
         any_ = agg.get("anytime") or {}
         if any_:
             lines += ["", "**Test macro-F1 of the pick so far** (each study's best-val trial after N training "
@@ -693,7 +707,10 @@ def _strategy_table(agg: dict) -> list[str]:
              "0.5 pt | median examples to within noise | mean examples used | mean pick test macro-F1 |",
              "|---|---|---|---|---|---|---|---|"]
     for strat, a in agg["by_strategy"].items():
-        lines.append(f"| {strat} | {a['replicates']} | {_f(a['best_val_mean'])} | {a['reached_0.5pt']}/"
+        n = a.get("best_val_n", a["replicates"])
+        best = _f(a["best_val_mean"]) + (f" (n={n}: {a['replicates'] - n} with {NO_TRIAL_LENGTH_RUN})"
+                                         if n < a["replicates"] else "")
+        lines.append(f"| {strat} | {a['replicates']} | {best} | {a['reached_0.5pt']}/"
                      f"{a['replicates']} | {_n(a['reach_0.5pt_median'])} | {_n(a['reach_noise_median'])} | "
                      f"{a['examples_mean']:,.0f} | {_f(a['pick_test_mean'])} "
                      f"({', '.join(_f(x, 3) for x in a['pick_tests'])}) |")

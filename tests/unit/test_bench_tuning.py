@@ -1,0 +1,76 @@
+"""bench/tuning.py's aggregation and rendering of stored studies (issue 15's tables), on scripted studies: no
+training, no stored results read."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import tuning as bt  # noqa: E402
+
+from loratune.steps import examples_for  # noqa: E402
+
+SUBSET = {"source": "banking77", "n_labels": 20, "step": 3, "train": 25, "val": ["test", 0, 20],
+          "test": ["test", 20, 40]}
+TRIAL = 47  # steps of a 1x trial
+
+
+def study(strategy: str, seed: int, runs: list[tuple], *, pick: int | None = None, pick_test: float | None = None,
+          wall_s: float = 100.0, batch: int = 16, trail: list[str] | None = None, budget: str = "10000ex") -> dict:
+    """A stored study as bench/tuning.py writes it. runs: (steps, val, test) per trial, in order; the pick is the
+    best val trial unless `pick` names another (its test `pick_test`, else its own)."""
+    curve, table, cum, best, best_trial = [], [], 0, None, None
+    for i, (steps, val, _test) in enumerate(runs):
+        examples = examples_for(25 * 20, batch, 1, steps)  # an epoch's short last step counted
+        cum += examples
+        if best is None or val > best:
+            best, best_trial = val, i
+        curve.append({"trial": i, "name": f"t{i}", "phase": strategy, "value": val, "steps": steps,
+                      "examples_cum": cum, "wall_s_cum": 10.0 * (i + 1), "best_so_far": best,
+                      "best_trial": best_trial})
+        table.append({"trial": i, "name": f"t{i}", "phase": strategy, "status": "completed", "val_macro_f1": val,
+                      "examples": examples, "wall_s": 10.0, "point": {"train.max_steps": steps}})
+    chosen = best_trial if pick is None else pick
+    return {"dataset": "banking77-20", "strategy": strategy, "seed": seed, "wall_s": wall_s,
+            "finished": "2026-12-01 00:00:00", "code": "abc1234",
+            "settings": {"budget": budget, "trial_steps": TRIAL, "num_threads": 1, "subset": SUBSET},
+            "protocol_version": bt.PROTOCOL_VERSION if strategy == "protocol" else None,
+            "yardstick_version": None if strategy == "protocol" else bt.YARDSTICK_VERSION[strategy],
+            "trials": len(runs), "pruned": 0, "examples": cum, "best_val": max(v for _, v, _ in runs),
+            "pick": {"trial": chosen, "name": f"t{chosen}", "val": runs[chosen][1],
+                     "test": runs[chosen][2] if pick_test is None else pick_test,
+                     "point": {"train.max_steps": runs[chosen][0]}},
+            "seed_sigma": 0.01 if strategy == "protocol" else None, "curve": curve,
+            "trail": trail or [f"[{strategy}] best -> pick"], "table": table,
+            "pick_tests": {str(i): t for i, (_, _, t) in enumerate(runs)}}
+
+
+def results_of(studies: list[dict]) -> dict:
+    """What render_all hands render: the studies without their tables, the aggregate, nothing stale."""
+    by_key = {f"{st['dataset']}/{st['strategy']}/{st['seed']}": st for st in studies}
+    light = {k: {kk: vv for kk, vv in st.items() if kk != "table"} for k, st in by_key.items()}
+    return {"studies": light, "datasets": bt.aggregate(by_key), "stale": [], "rendered": "now", "notes": ""}
+
+
+def test_trial_length_only_leaves_a_study_without_a_1x_trial_out_of_the_mean():
+    """random/1 trained only 2x and 8x draws: the trial-length-only view has no score for it. It was scored 0.000
+    and averaged in, pulling random's mean best val from 0.8 to 0.4."""
+    sts = [study("protocol", 0, [(TRIAL, 0.7, 0.7), (TRIAL, 0.75, 0.74)]),
+           study("random", 0, [(TRIAL, 0.8, 0.79), (2 * TRIAL, 0.85, 0.84)]),
+           study("random", 1, [(2 * TRIAL, 0.9, 0.88), (8 * TRIAL, 0.95, 0.93)])]
+    res = results_of(sts)
+    so = res["datasets"]["banking77-20"]["trial_length_only"]
+    assert so["by_run"]["random/1"]["best_val"] is None
+    assert so["by_run"]["random/0"]["best_val"] == pytest.approx(0.8)
+    rnd = so["by_strategy"]["random"]
+    assert rnd["best_val_mean"] == pytest.approx(0.8) and rnd["best_val_n"] == 1 and rnd["replicates"] == 2
+    # the whole-study view keeps every study's best
+    assert res["datasets"]["banking77-20"]["by_strategy"]["random"]["best_val_mean"] == pytest.approx(0.9)
+    md = bt.render(res)
+    assert "random/1 no 1x trial, within 0.5 pt at never" in md and "best 0.000" not in md
+    assert "| random | 2 | 0.8000 (n=1: 1 with no 1x trial) |" in md
