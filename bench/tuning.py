@@ -91,8 +91,10 @@ SUBSETS = {
                         val=("validation", 0, 20), test=("test", 0, 20)),
     # issue 15's third dataset, with a validation split large enough that 1 pt is above the noise: all 77
     # intents, 25 train rows each (1,925), val and test 20 rows each (1,540; binomial SE of a 0.9 accuracy
-    # ~0.8 pt). A trial keeps the 20-intent subsets' 1.5 epochs (180 steps x 16) and the budget their ~13
-    # trials' worth, so the strategies face the same decisions at 3.8x the cost.
+    # ~0.8 pt). A trial is 180 steps; the assessment trains the 1,925 rows at batch 32 (the 20-intent subsets'
+    # 500 at 16), so a trial processes ~5,700 examples (3 epochs) and the 40,000-example budget holds ~7 of them
+    # (the 20-intent subsets' 10,000 hold ~13 of 740): the strategies face fewer decisions at ~7.7x the cost of a
+    # trial. The render reads the batch and examples from the stored runs (`trial_shape`).
     "banking77-77": dict(source="banking77", n_labels=77, step=1, train=25,
                          val=("test", 0, 20), test=("test", 20, 40), trial_steps=180, budget="40000ex"),
 }
@@ -445,6 +447,7 @@ def aggregate(studies: dict[str, dict]) -> dict:
         for st in short:  # a study that trained no trial of the common length has no score here (None), never 0
             st["best_val"] = max((row["value"] for row in st["curve"] if row["value"] is not None), default=None)
         out[ds]["trial_length_only"] = _aggregate_one(short, compute_to_reach)
+        out[ds]["trial"] = trial_shape(sts)
         out[ds]["anytime"] = _anytime(sts)
         out[ds]["targets"] = _targets(sts)
     return out
@@ -513,6 +516,32 @@ def _targets(sts: list[dict]) -> dict:
                       "theirs_final": theirs, "ours_half": ours_at(0.5),
                       "ratio": (1.0 / reach) if reach else None}
     return out
+
+
+def trial_shape(sts: list[dict]) -> dict:
+    """One trial of a dataset's studies as their stored runs processed it: its steps; the batch (the most
+    examples per optimizer step any completed run processed: a run within one epoch takes exactly a batch a step,
+    an epoch's short last step takes fewer); the examples a completed trial of the common length was charged (the
+    median over the studies' runs); the epochs of the subset's train rows that is; and how many such trials the
+    budget holds. None where no stored run tells (studies stored before their trial tables)."""
+    st0 = sts[0]
+    steps, spec = st0["settings"]["trial_steps"], st0["settings"]["subset"]
+    rows = [row for st in sts for row in st.get("table") or []
+            if row.get("status") == "completed" and row.get("examples")]
+
+    def steps_of(row):
+        return (row.get("point") or {}).get("train.max_steps") or steps
+
+    if not rows:
+        return {"steps": steps, "batch": None}
+    batch = round(max(row["examples"] / steps_of(row) for row in rows))
+    ones = [row["examples"] for row in rows if steps_of(row) == steps]
+    examples = round(statistics.median(ones)) if ones else None
+    train_rows = spec["n_labels"] * spec["train"]
+    if examples is None:
+        return {"steps": steps, "batch": batch}
+    return {"steps": steps, "batch": batch, "examples": examples, "train_rows": train_rows,
+            "epochs": examples / train_rows, "per_budget": budget_examples(st0) / examples}
 
 
 def _longer(row: dict, st: dict) -> bool:
@@ -602,6 +631,15 @@ def render_all() -> None:
 NO_TRIAL_LENGTH_RUN = "no 1x trial"  # a study without a trial of the common length, in the trial-length-only view
 
 
+def _trial_text(shape: dict | None, steps: int) -> str:
+    """A trial as `trial_shape` read it from the stored runs (its steps alone when no run told)."""
+    if not shape or not shape.get("batch"):
+        return f"{steps} steps"
+    return (f"{shape['steps']} steps x batch {shape['batch']} = {shape['examples']:,} training examples "
+            f"({shape['epochs']:.1f} epochs of the {shape['train_rows']:,} train rows; the budget holds "
+            f"~{shape['per_budget']:.1f} such trials; batch and examples read from the stored runs)")
+
+
 def _f(v, nd=4):
     return "-" if v is None else f"{v:.{nd}f}"
 
@@ -616,8 +654,8 @@ def render(results: dict) -> str:
     cfg = any_st["settings"] if any_st else {}
     lines = ["# Tuning strategies under one budget", "",
              f"`python bench/tuning.py` (rendered {results['rendered']}). Per dataset, one budget per study "
-             "(training examples processed) and one trial length (steps x 16; the samplers "
-             "draw 1-8x it, the protocol trains its pick up to 8x it), pruning "
+             "(training examples processed) and one trial length (its steps, batch and examples per dataset below, "
+             "read from the stored runs; the samplers draw 1-8x it, the protocol trains its pick up to 8x it), pruning "
              f"and phase-0 assessment for every strategy, num_threads={cfg.get('num_threads')}. Replicate k: sampler "
              "seed k and training seed 42 + k. Compute is counted in training examples processed (wall times are "
              "not comparable on a shared machine).", ""]
@@ -630,7 +668,7 @@ def render(results: dict) -> str:
         sub = next(st["settings"]["subset"] for st in studies.values() if st["dataset"] == ds)
         st0 = next(st["settings"] for st in studies.values() if st["dataset"] == ds)
         lines += [f"## {ds}", "", f"Subset: {sub}. Budget per study: **{st0['budget']}**; trial: "
-                  f"{st0['trial_steps']} steps x 16.", "",
+                  f"{_trial_text(agg.get('trial'), st0['trial_steps'])}.", "",
                   "**Whole studies** (the protocol's pick trained longer on the budget it left is part of it):", ""]
         lines += _strategy_table(agg)
         so = agg.get("trial_length_only")
@@ -726,8 +764,8 @@ def main(argv=None) -> int:
                    "SUBSETS names one)")
     p.add_argument("--seeds", default="0,1,2,3,4", help="replicates: sampler seed k, training seed 42 + k")
     p.add_argument("--trial-steps", type=int, default=0, help="optimizer steps per trial, the same for every "
-                   f"strategy; default: the subset's own ({DEFAULT_TRIAL_STEPS} x 16 = 752 examples, 1.5 epochs of "
-                   "the 500-row subsets, unless SUBSETS names one)")
+                   f"strategy; default: the subset's own ({DEFAULT_TRIAL_STEPS}: 740 examples at the assessment's "
+                   "batch 16, 1.5 epochs of the 500-row subsets, unless SUBSETS names one)")
     p.add_argument("--rerun", default="", help="stored studies to run again, e.g. banking77-20/tpe/0")
     p.add_argument("--render", action="store_true", help="only aggregate the stored studies")
     p.add_argument("--score-picks", action="store_true",

@@ -21,12 +21,13 @@ TRIAL = 47  # steps of a 1x trial
 
 
 def study(strategy: str, seed: int, runs: list[tuple], *, pick: int | None = None, pick_test: float | None = None,
-          wall_s: float = 100.0, batch: int = 16, trail: list[str] | None = None, budget: str = "10000ex") -> dict:
+          wall_s: float = 100.0, batch: int = 16, trail: list[str] | None = None, budget: str = "10000ex",
+          trial: int = TRIAL, subset: dict = SUBSET, dataset: str = "banking77-20") -> dict:
     """A stored study as bench/tuning.py writes it. runs: (steps, val, test) per trial, in order; the pick is the
     best val trial unless `pick` names another (its test `pick_test`, else its own)."""
     curve, table, cum, best, best_trial = [], [], 0, None, None
     for i, (steps, val, _test) in enumerate(runs):
-        examples = examples_for(25 * 20, batch, 1, steps)  # an epoch's short last step counted
+        examples = examples_for(subset["n_labels"] * subset["train"], batch, 1, steps)  # an epoch's short last step counted
         cum += examples
         if best is None or val > best:
             best, best_trial = val, i
@@ -36,9 +37,9 @@ def study(strategy: str, seed: int, runs: list[tuple], *, pick: int | None = Non
         table.append({"trial": i, "name": f"t{i}", "phase": strategy, "status": "completed", "val_macro_f1": val,
                       "examples": examples, "wall_s": 10.0, "point": {"train.max_steps": steps}})
     chosen = best_trial if pick is None else pick
-    return {"dataset": "banking77-20", "strategy": strategy, "seed": seed, "wall_s": wall_s,
+    return {"dataset": dataset, "strategy": strategy, "seed": seed, "wall_s": wall_s,
             "finished": "2026-12-01 00:00:00", "code": "abc1234",
-            "settings": {"budget": budget, "trial_steps": TRIAL, "num_threads": 1, "subset": SUBSET},
+            "settings": {"budget": budget, "trial_steps": trial, "num_threads": 1, "subset": subset},
             "protocol_version": bt.PROTOCOL_VERSION if strategy == "protocol" else None,
             "yardstick_version": None if strategy == "protocol" else bt.YARDSTICK_VERSION[strategy],
             "trials": len(runs), "pruned": 0, "examples": cum, "best_val": max(v for _, v, _ in runs),
@@ -74,3 +75,23 @@ def test_trial_length_only_leaves_a_study_without_a_1x_trial_out_of_the_mean():
     md = bt.render(res)
     assert "random/1 no 1x trial, within 0.5 pt at never" in md and "best 0.000" not in md
     assert "| random | 2 | 0.8000 (n=1: 1 with no 1x trial) |" in md
+
+
+def test_the_trial_is_rendered_with_the_batch_and_examples_its_stored_runs_processed():
+    """banking77-77's trials ran at batch 32 (the assessment's, for 1,925 rows): 180 steps are ~5,700 examples, 3
+    epochs, ~7 trials per 40,000-example budget. The render said '180 steps x 16' for every dataset."""
+    b77 = {**SUBSET, "n_labels": 77, "step": 1, "trial_steps": 180, "budget": "40000ex"}
+    kw = dict(batch=32, trial=180, subset=b77, dataset="banking77-77", budget="40000ex")
+    sts = [study("protocol", 0, [(45, 0.3, 0.3), (180, 0.8, 0.79)], **kw),
+           study("random", 0, [(180, 0.82, 0.8), (360, 0.85, 0.84)], **kw)]
+    res = results_of(sts)
+    shape = res["datasets"]["banking77-77"]["trial"]
+    assert (shape["steps"], shape["batch"], shape["examples"], shape["train_rows"]) == (180, 32, 5706, 1925)
+    assert shape["epochs"] == pytest.approx(5706 / 1925) and shape["per_budget"] == pytest.approx(40000 / 5706)
+    md = bt.render(res)
+    assert ("trial: 180 steps x batch 32 = 5,706 training examples (3.0 epochs of the 1,925 train rows; the budget "
+            "holds ~7.0 such trials") in md
+    assert "x 16" not in md
+    # the 20-class subsets' trials: batch 16, 740 examples (47 steps, the last of each epoch short)
+    md20 = bt.render(results_of([study("protocol", 0, [(TRIAL, 0.7, 0.7), (2 * TRIAL, 0.8, 0.8)])]))
+    assert "trial: 47 steps x batch 16 = 740 training examples (1.5 epochs of the 500 train rows" in md20
