@@ -95,3 +95,20 @@ def test_the_trial_is_rendered_with_the_batch_and_examples_its_stored_runs_proce
     # the 20-class subsets' trials: batch 16, 740 examples (47 steps, the last of each epoch short)
     md20 = bt.render(results_of([study("protocol", 0, [(TRIAL, 0.7, 0.7), (2 * TRIAL, 0.8, 0.8)])]))
     assert "trial: 47 steps x batch 16 = 740 training examples (1.5 epochs of the 500 train rows" in md20
+
+
+def test_the_final_pick_is_the_one_the_study_exported_and_earlier_cuts_its_best_val_so_far():
+    """The protocol exported trial #0 (test 0.75; e.g. a seed mean outranked trial #1's single val), not its best-val
+    trial #1 (test 0.78): the targets table and the 100% column read trial #1 (clinc150-20 seeds 1, 2, 8 differed)."""
+    sts = [study("protocol", 0, [(TRIAL, 0.7, 0.70), (TRIAL, 0.8, 0.78)], pick=0, pick_test=0.75),
+           study("random", 0, [(TRIAL, 0.72, 0.76)])]
+    res = results_of(sts)
+    agg = res["datasets"]["banking77-20"]
+    t = agg["targets"]["random"]
+    assert t["diffs"] == [pytest.approx(0.75 - 0.76)] and t["theirs_final"] == pytest.approx(0.76)
+    assert t["ours_half"] == pytest.approx(0.78)  # half the budget: its best-val trial so far
+    anytime = agg["anytime"]["protocol"]
+    assert anytime["1.0"]["values"] == [0.75] and anytime["0.5"]["values"] == [0.78]
+    assert bt.pick_test_at(sts[0], bt.budget_examples(sts[0])) == 0.75
+    md = bt.render(res)
+    assert bt.PICK_SO_FAR in md and "| random | 1 | -0.010 +- - (-0.010) | 0.780 | 0.760 |" in md
