@@ -450,6 +450,7 @@ def aggregate(studies: dict[str, dict]) -> dict:
         out[ds]["trial"] = trial_shape(sts)
         out[ds]["anytime"] = _anytime(sts)
         out[ds]["targets"] = _targets(sts)
+        out[ds]["cost"] = _cost(sts)
     return out
 
 
@@ -546,6 +547,22 @@ def trial_shape(sts: list[dict]) -> dict:
         return {"steps": steps, "batch": batch}
     return {"steps": steps, "batch": batch, "examples": examples, "train_rows": train_rows,
             "epochs": examples / train_rows, "per_budget": budget_examples(st0) / examples}
+
+
+def _cost(sts: list[dict]) -> dict:
+    """Per strategy, what its studies cost beside the budget's training examples: trials and wall time per study (the
+    mean over the studies that recorded one; wall_s_n of them). The budget charges training examples only, while every
+    trial also pays evaluation and set-up it does not charge."""
+    out = {}
+    for strat in sorted({st["strategy"] for st in sts}):
+        mine = [st for st in sts if st["strategy"] == strat]
+        walls = [st.get("wall_s") for st in mine]
+        out[strat] = {"studies": len(mine), "trials_mean": statistics.mean(st["trials"] for st in mine),
+                      "examples_mean": statistics.mean(st["examples"] for st in mine),
+                      "wall_s_mean": _mean_or_none(walls), "wall_s_n": sum(w is not None for w in walls),
+                      "wall_s_per_trial": _mean_or_none([w / st["trials"] if w is not None and st["trials"] else None
+                                                         for w, st in zip(walls, mine)])}
+    return out
 
 
 def _longer(row: dict, st: dict) -> bool:
@@ -718,6 +735,7 @@ def render(results: dict) -> str:
                 diffs = ", ".join(f"{d:+.3f}" for d in t["diffs"])
                 lines.append(f"| {strat} | {t['n']} | {t['diff_mean']:+.3f} +- {se} ({diffs}) | "
                              f"{_f(t['ours_half'], 3)} | {_f(t['theirs_final'], 3)} | {ratio} |")
+        lines += _cost_lines(agg.get("cost") or {})
         lines += ["", "| study | trials | runs longer than a trial | examples used | best val | examples to within "
                   "0.5 pt | to within noise | pick steps | pick val | pick test macro-F1 | wall s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -746,6 +764,30 @@ def render(results: dict) -> str:
                 lines += [f"    {t}" for t in st["trail"]]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _cost_lines(cost: dict) -> list[str]:
+    """The per-strategy trials and wall time table, and what it means for the compute ratio."""
+    if not cost:
+        return []
+    lines = ["", "**What the budget does not charge** (mean per study of each strategy; wall time as recorded, on a "
+             "shared machine: indicative, not a measurement of speed):", "",
+             "| strategy | studies | trials per study | training examples per study | wall s per study | wall s per "
+             "trial |", "|---|---|---|---|---|---|"]
+    for strat, c in cost.items():
+        wall = "-" if c["wall_s_mean"] is None else f"{c['wall_s_mean']:,.0f}" + (
+            f" (n={c['wall_s_n']})" if c["wall_s_n"] < c["studies"] else "")
+        lines.append(f"| {strat} | {c['studies']} | {c['trials_mean']:.1f} | {c['examples_mean']:,.0f} | {wall} | "
+                     f"{_f(c['wall_s_per_trial'], 0)} |")
+    proto = cost.get("protocol") or {}
+    ratios = [f"{strat} {proto['wall_s_mean'] / c['wall_s_mean']:.2f}x" for strat, c in cost.items()
+              if strat != "protocol" and proto.get("wall_s_mean") and c["wall_s_mean"]]
+    lines += ["", "The compute ratio above (target 2x) is counted in training examples, the unit the budget charges. "
+              "Every trial also pays evaluation and set-up the budget does not charge, which favours the strategy "
+              "that runs more trials for its examples" + (
+                  f"; in wall time per study the protocol took, against each yardstick: {', '.join(ratios)}"
+                  if ratios else "") + "."]
+    return lines
 
 
 def _strategy_table(agg: dict) -> list[str]:

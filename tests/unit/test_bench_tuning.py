@@ -112,3 +112,20 @@ def test_the_final_pick_is_the_one_the_study_exported_and_earlier_cuts_its_best_
     assert bt.pick_test_at(sts[0], bt.budget_examples(sts[0])) == 0.75
     md = bt.render(res)
     assert bt.PICK_SO_FAR in md and "| random | 1 | -0.010 +- - (-0.010) | 0.780 | 0.760 |" in md
+
+
+def test_the_render_says_what_the_budget_does_not_charge_trials_and_wall_time_per_strategy():
+    """The budget charges training examples only; every trial also pays uncharged evaluation and set-up, so the
+    strategy with more trials gets more of it: the results show trials and wall time per study beside the ratio."""
+    sts = [study("protocol", 0, [(TRIAL, 0.7, 0.7)] * 4, wall_s=600.0),
+           study("protocol", 1, [(TRIAL, 0.7, 0.7)] * 2, wall_s=400.0),
+           study("random", 0, [(TRIAL, 0.72, 0.76), (2 * TRIAL, 0.8, 0.8)], wall_s=250.0)]
+    agg = results_of(sts)["datasets"]["banking77-20"]
+    c = agg["cost"]
+    assert (c["protocol"]["trials_mean"], c["protocol"]["wall_s_mean"], c["protocol"]["wall_s_per_trial"]) == (
+        3, 500.0, pytest.approx((150 + 200) / 2))
+    assert (c["random"]["trials_mean"], c["random"]["wall_s_mean"], c["random"]["examples_mean"]) == (
+        2, 250.0, 740 + 1480)
+    md = bt.render(results_of(sts))
+    assert "| protocol | 2 | 3.0 | 2,220 | 500 | 175 |" in md and "| random | 1 | 2.0 | 2,220 | 250 | 125 |" in md
+    assert "counted in training examples" in md and "the protocol took, against each yardstick: random 2.00x" in md
