@@ -129,3 +129,26 @@ def test_the_render_says_what_the_budget_does_not_charge_trials_and_wall_time_pe
     md = bt.render(results_of(sts))
     assert "| protocol | 2 | 3.0 | 2,220 | 500 | 175 |" in md and "| random | 1 | 2.0 | 2,220 | 250 | 125 |" in md
     assert "counted in training examples" in md and "the protocol took, against each yardstick: random 2.00x" in md
+
+
+def test_the_stored_tpe_studies_start_up_and_guided_trials_are_rendered_beside_their_rows():
+    """The stored TPE studies ran 4 random start-up trials of 5-7 (a third of the 1x trials that fit, at least 3):
+    the results claimed a third; they now say how many of each study's trials were random start-up draws."""
+    from loratune.search.yardstick import STARTUP_VERDICT
+
+    said = [f"[tpe] {STARTUP_VERDICT.format(n=4)} -> sample", "[tpe] budget spent -> stop"]
+    sts = [study("protocol", 0, [(TRIAL, 0.7, 0.7)] * 3),
+           study("tpe", 0, [(TRIAL, 0.7, 0.7)] * 6, trail=said),
+           study("tpe", 1, [(TRIAL, 0.7, 0.7)] * 3, trail=said),  # stopped inside its start-up: nothing guided
+           study("random", 0, [(TRIAL, 0.7, 0.7)] * 5)]
+    agg = results_of(sts)["datasets"]["banking77-20"]
+    rows = agg["tpe_startup"]["tpe"]["studies"]
+    assert [(r["seed"], r["startup"], r["random"], r["guided"]) for r in rows] == [(0, 4, 4, 2), (1, 4, 3, 0)]
+    # 10,000 examples hold ~3.6 trials of 740 x 3.75 (the mean length drawn): the current rule gives 1
+    assert agg["tpe_startup"]["tpe"]["current_rule"] == 1
+    assert set(agg["tpe_startup"]) == {"tpe"}
+    md = bt.render(results_of(sts))
+    assert ("tpe: seed 0 4 + 2, seed 1 3 + 0 (7 of 9 trials random, 78%; 1 of 2 studies with no guided trial)"
+            in md)
+    assert "about 1 here" in md
+    assert "| tpe/0 | 6 (4 random start-up) |" in md and "| random/0 | 5 |" in md
