@@ -8,9 +8,9 @@ trains its pick for up to 8x a trial when it was still improving. A study is run
 seed k: the sampler seed (tpe, tpe-hyperband, random) is k and the training seed of every trial is 42 + k
 (so protocol replicates differ too). TPE's random start-up trials are at most a third of the trials that fit
 the budget at the space's expected trial length (search.yardstick.startup_trials; the stored version-3 studies
-ran an earlier count, and the render says how many start-up trials each had); tpe-hyperband adds Optuna's Hyperband pruner over the steps
-within each trial, the strongest black-box anchor (multi-fidelity; a pruned trial is charged what it
-trained). Measured per study:
+ran an earlier count, and the render says how many start-up trials each had); tpe-hyperband adds Optuna's
+Hyperband pruner over the steps within each trial, the strongest black-box anchor (multi-fidelity; a pruned
+trial is charged what it trained). Measured per study:
 
 - best val macro-F1 so far against cumulative training examples (and wall time);
 - the compute each needed to get within 0.5 point of the best val macro-F1 any study found;

@@ -27,7 +27,8 @@ def study(strategy: str, seed: int, runs: list[tuple], *, pick: int | None = Non
     best val trial unless `pick` names another (its test `pick_test`, else its own)."""
     curve, table, cum, best, best_trial = [], [], 0, None, None
     for i, (steps, val, _test) in enumerate(runs):
-        examples = examples_for(subset["n_labels"] * subset["train"], batch, 1, steps)  # an epoch's short last step counted
+        # an epoch's short last step counted
+        examples = examples_for(subset["n_labels"] * subset["train"], batch, 1, steps)
         cum += examples
         if best is None or val > best:
             best, best_trial = val, i
