@@ -564,7 +564,8 @@ def startup_of(st: dict) -> int | None:
 
     from loratune.search.yardstick import STARTUP_VERDICT
 
-    said = re.compile(r"\] " + re.escape(STARTUP_VERDICT).replace(re.escape("{n}"), r"(\d+)") + " -> ")
+    said = re.compile(r"\] " + re.escape(STARTUP_VERDICT).replace(re.escape("{n}"), r"(\d+)").replace(
+        re.escape("{s}"), "s?") + " -> ")
     return next((int(m.group(1)) for line in st.get("trail") or [] if (m := said.search(line))), None)
 
 

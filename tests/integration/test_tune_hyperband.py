@@ -62,7 +62,9 @@ def test_tune_cli_runs_tpe_hyperband_end_to_end(tiny_bert, intent_data, tmp_path
     decisions = [json.loads(line) for line in (study / "decisions.jsonl").read_text().splitlines()]
     by_code = {d["code"]: d for d in decisions}
     assert by_code["tpe-startup"]["data"]["n_startup_trials"] == 1  # 3 trials fit: a third of them
-    assert "the start-up stays a third (1)" in " ".join(by_code["tpe-startup"]["evidence"])
+    said = " ".join(by_code["tpe-startup"]["evidence"])
+    assert "the start-up stays a third (1 random trial)" in said and "each guided draw sits next to it" in said
+    assert by_code["tpe-startup"]["verdict"] == "1 random start-up trial before TPE's model guides"
     # rungs from a 12-step trial's first eval point (12 // 6 evaluation points) to the longest draw (8x)
     hb = by_code["hyperband-pruner"]["data"]
     assert (hb["min_resource"], hb["max_resource"]) == (2, 96)

@@ -135,9 +135,7 @@ def test_the_render_says_what_the_budget_does_not_charge_trials_and_wall_time_pe
 def test_the_stored_tpe_studies_start_up_and_guided_trials_are_rendered_beside_their_rows():
     """The stored TPE studies ran 4 random start-up trials of 5-7 (a third of the 1x trials that fit, at least 3):
     the results claimed a third; they now say how many of each study's trials were random start-up draws."""
-    from loratune.search.yardstick import STARTUP_VERDICT
-
-    said = [f"[tpe] {STARTUP_VERDICT.format(n=4)} -> sample", "[tpe] budget spent -> stop"]
+    said = ["[tpe] 4 random start-up trials before TPE's model guides -> sample", "[tpe] budget spent -> stop"]
     sts = [study("protocol", 0, [(TRIAL, 0.7, 0.7)] * 3),
            study("tpe", 0, [(TRIAL, 0.7, 0.7)] * 6, trail=said),
            study("tpe", 1, [(TRIAL, 0.7, 0.7)] * 3, trail=said),  # stopped inside its start-up: nothing guided
@@ -153,3 +151,12 @@ def test_the_stored_tpe_studies_start_up_and_guided_trials_are_rendered_beside_t
             in md)
     assert "about 1 here" in md
     assert "| tpe/0 | 6 (4 random start-up) |" in md and "| random/0 | 5 |" in md
+
+
+def test_a_start_up_of_one_trial_is_read_back_from_its_trail():
+    """The verdict says '1 random start-up trial' (it said '1 random start-up trials'): the render reads both."""
+    from loratune.search.yardstick import startup_verdict
+
+    for n in (1, 4):
+        st = study("tpe", 0, [(TRIAL, 0.7, 0.7)] * 5, trail=[f"[tpe] {startup_verdict(n)} -> sample"])
+        assert bt.startup_of(st) == n

@@ -133,6 +133,60 @@ def test_tpe_startup_trials_are_at_most_a_third_of_the_trials_that_fit(strategy,
     said = " ".join(d["evidence"])
     assert ("no random start-up" in said) == (startup == 0)
     assert ("the start-up stays a third" in said) == (0 < startup < 3)
+    assert ("sits next to" in said) == (startup < 3)  # what TPE's guided draws are with so few trials
+    assert d["verdict"] == f"{startup} random start-up trial{'' if startup == 1 else 's'} before TPE's model guides"
+
+
+def test_a_small_start_up_says_plainly_what_tpe_draws_then():
+    """The default budgets of `loratune tune --strategy tpe` hold 3-4 trials of the expected length: 1 start-up trial.
+    The decision read 'stays a third (1), below the 3 TPE would like' and '1 random start-up trials'; and of no start-up
+    that TPE's prior is 'uniform over the space, as a random draw' (for the lr it is a wide Gaussian over log lr)."""
+    from loratune.search.yardstick import startup_evidence, startup_verdict
+
+    assert startup_verdict(1) == "1 random start-up trial before TPE's model guides"
+    assert startup_verdict(2) == "2 random start-up trials before TPE's model guides"
+    one = " ".join(startup_evidence(4, 1))
+    assert "the start-up stays a third (1 random trial)" in one and "1 random trials" not in one
+    assert "explores 1 random point and then refines around the best of it" in one
+    assert "each guided draw sits next to it" in one and "single best trial" in one
+    two = " ".join(startup_evidence(7, 2))
+    assert "(2 random trials)" in two and "explores 2 random points and then refines around the best of them" in two
+    none = " ".join(startup_evidence(2, 0))
+    assert "uniform over the space" not in none and "a wide Gaussian over log lr centred mid-range, not uniform" in none
+    assert "sits next to the best trial so far" in none
+    assert startup_evidence(9, 3) == []
+
+
+def test_with_one_start_up_trial_tpes_first_guided_draw_sits_next_to_the_first():
+    """What the decision says of a start-up of 1, measured on Optuna's TPE over the default space: its second draw
+    shares most categorical knobs (and mostly the length) with the first, where two random draws share few."""
+    import warnings
+
+    import optuna
+
+    from loratune.search.yardstick import make_sampler as sampler_of
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    space = default_space(START, 32, trial_steps=TRIAL_STEPS)
+    knobs = [d.key for d in space.dims if d.kind == "choice"]
+
+    def shared(strategy: str, seed: int) -> tuple[int, bool]:
+        study = optuna.create_study(direction="maximize", sampler=sampler_of(strategy, space, seed, 1))
+        drawn = []
+        for value in (0.5, 0.6):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trial = study.ask()
+                drawn.append(space.suggest(trial))
+            study.tell(trial, value)
+        a, b = drawn
+        return sum(a[k] == b[k] for k in knobs), a["train.max_steps"] == b["train.max_steps"]
+
+    tpe = [shared("tpe", seed) for seed in range(40)]
+    rnd = [shared("random", seed) for seed in range(40)]
+    assert len(knobs) == 6
+    assert sum(n for n, _ in tpe) / 40 >= 4 and sum(n for n, _ in rnd) / 40 < 2.5
+    assert sum(same for _, same in tpe) >= 24 and sum(same for _, same in rnd) <= 16
 
 
 def test_tpe_startup_counts_the_start_points_length_when_the_space_draws_none(tmp_path):
