@@ -569,17 +569,28 @@ def startup_of(st: dict) -> int | None:
     return next((int(m.group(1)) for line in st.get("trail") or [] if (m := said.search(line))), None)
 
 
+def startup_rule(budget: str, shape: dict) -> dict:
+    """What the yardstick's own rule gives a TPE study of this budget and trial (`trial_shape`): the trials that fit at
+    the space's expected length, a drawn trial's mean cost and the start-up, from search.yardstick's functions
+    (trials_that_fit, expected_trial_cost, startup_trials) on a context built as `tune` builds it (a 1x trial's
+    examples and steps, the budget whole: phase 0 charges no examples)."""
+    from loratune.search.budget import Budget, CostModel, Meter
+    from loratune.search.context import SearchContext
+    from loratune.search.space import default_space
+    from loratune.search.yardstick import expected_trial_cost, startup_trials, trials_that_fit
+
+    ctx = SearchContext(store=None, runner=None, meter=Meter(Budget.parse(budget)), trial_examples=shape["examples"],
+                        trial_steps=shape["steps"], costs=CostModel())
+    space = default_space({}, None, shape["steps"])
+    fit = trials_that_fit(ctx, space, {})
+    return {"trials_fit": fit, "trial_cost_mean": expected_trial_cost(ctx, space, {}), "startup": startup_trials(fit)}
+
+
 def tpe_startup(sts: list[dict], shape: dict | None = None) -> dict:
     """Per TPE strategy, each stored study's random start-up and guided trials (its trials past the start-up), and
-    what the current rule (search.yardstick.startup_trials, at the space's expected length) gives for the dataset's
-    budget and trial (`trial_shape`; None when the stored runs do not tell a trial's examples)."""
-    from loratune.search.space import LENGTH_FACTORS
-    from loratune.search.yardstick import startup_trials
-
-    now = None
-    if shape and shape.get("examples"):
-        mean = shape["examples"] * sum(LENGTH_FACTORS) / len(LENGTH_FACTORS)
-        now = startup_trials(int(budget_examples(sts[0]) / mean + 1e-9))
+    what the current rule gives for the dataset's budget and trial (`startup_rule`; None when the stored runs do not
+    tell a trial's examples)."""
+    rule = startup_rule(sts[0]["settings"]["budget"], shape) if shape and shape.get("examples") else None
     out = {}
     for strat in TPE_STRATEGIES:
         rows = []
@@ -589,7 +600,9 @@ def tpe_startup(sts: list[dict], shape: dict | None = None) -> dict:
             rows.append({"seed": st["seed"], "startup": n, "trials": st["trials"],
                          "random": first, "guided": None if n is None else st["trials"] - first})
         if rows:
-            out[strat] = {"studies": rows, "current_rule": now}
+            out[strat] = {"studies": rows, "current_rule": rule and rule["startup"],
+                          "current_rule_fit": rule and rule["trials_fit"],
+                          "current_rule_trial_cost": rule and rule["trial_cost_mean"]}
     return out
 
 

@@ -160,3 +160,41 @@ def test_a_start_up_of_one_trial_is_read_back_from_its_trail():
     for n in (1, 4):
         st = study("tpe", 0, [(TRIAL, 0.7, 0.7)] * 5, trail=[f"[tpe] {startup_verdict(n)} -> sample"])
         assert bt.startup_of(st) == n
+
+
+def test_the_current_start_up_rule_is_the_yardsticks_own_count(tmp_path):
+    """The render recomputed the trials that fit as 1x examples x the mean length factor beside the yardstick's own
+    count (expected_trial_cost / trials_that_fit): it now calls those, so it gives what `tune`'s tpe-startup decision
+    records for the same budget and trial."""
+    from loratune.search.budget import Budget, CostModel, Meter
+    from loratune.search.context import SearchContext
+    from loratune.search.space import default_space
+    from loratune.search.study import Study
+    from loratune.search.yardstick import prepare_yardstick
+
+    sts = [study("protocol", 0, [(TRIAL, 0.7, 0.7)] * 3),
+           study("tpe", 0, [(TRIAL, 0.7, 0.7)] * 5, trail=["[tpe] 1 random start-up trial before TPE's model guides "
+                                                           "-> sample"])]
+    got = results_of(sts)["datasets"]["banking77-20"]["tpe_startup"]["tpe"]
+    store = Study.open(tmp_path / "s", meta={"strategy": "tpe"})
+    ctx = SearchContext(store=store, runner=None, meter=Meter(Budget.parse("10000ex")), trial_examples=740,
+                        trial_steps=TRIAL, costs=CostModel())
+    start = {"adapter.r": 8, "train.learning_rate": 1e-3}
+    prepare_yardstick(ctx, default_space(start, 32, trial_steps=TRIAL), start, "tpe", seed=0)
+    store.close()
+    d = next(d for d in ctx.decisions if d["code"] == "tpe-startup")["data"]
+    assert (got["current_rule"], got["current_rule_fit"]) == (d["n_startup_trials"], d["trials_fit"]) == (1, 3)
+    assert got["current_rule_trial_cost"] == pytest.approx(d["trial_cost_mean"])
+
+
+def test_the_render_follows_the_yardsticks_count_of_the_trials_that_fit(monkeypatch):
+    """One rule, one place: were the yardstick to count every drawn trial at 1x, the render's current rule moves
+    with it (10,000 examples hold 13 trials of 740: 4 start-up trials)."""
+    import loratune.search.yardstick as ys
+
+    monkeypatch.setattr(ys, "trial_lengths", lambda space, start_point: (TRIAL,))
+    sts = [study("protocol", 0, [(TRIAL, 0.7, 0.7)] * 3),
+           study("tpe", 0, [(TRIAL, 0.7, 0.7)] * 5, trail=["[tpe] 4 random start-up trials before TPE's model "
+                                                           "guides -> sample"])]
+    got = results_of(sts)["datasets"]["banking77-20"]["tpe_startup"]["tpe"]
+    assert (got["current_rule"], got["current_rule_fit"], got["current_rule_trial_cost"]) == (4, 13, 740)
