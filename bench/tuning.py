@@ -7,8 +7,9 @@ each study). The samplers' space holds the training length too (1-8x a trial), s
 trains its pick for up to 8x a trial when it was still improving. A study is run once per replicate
 seed k: the sampler seed (tpe, tpe-hyperband, random) is k and the training seed of every trial is 42 + k
 (so protocol replicates differ too). TPE's random start-up trials are at most a third of the trials that fit
-the budget at the space's expected trial length (search.yardstick.startup_trials; the stored version-3 studies
-ran an earlier count, and the render says how many start-up trials each had); tpe-hyperband adds Optuna's
+the budget at the space's expected trial length (search.yardstick.startup_trials, sampler version 4; studies of the
+earlier count, version 3, are rendered as rows of their own, `tpe-v3` and `tpe-hyperband-v3`, never averaged with
+the current rule's, and the render says how many start-up trials each had); tpe-hyperband adds Optuna's
 Hyperband pruner over the steps within each trial, the strongest black-box anchor (multi-fidelity; a pruned
 trial is charged what it trained). Measured per study:
 
@@ -78,11 +79,14 @@ STUDIES = RESULTS / "tuning"
 PROTOCOL_VERSION = 14
 # per sampler (a change reruns only the studies it changes). 2: the samplers' space holds the training length
 # (1-8x a trial), as the protocol's final training does; 3: TPE's start-up trials sized to the budget (a third
-# of the trials that fit, not a fixed 5); tpe-hyperband is new at 3. The stored version-3 TPE studies counted the
-# trials that fit at 1x length with a floor of 3 start-up trials (56-78% of their trials were random); the current
-# count (at most a third of the trials that fit at the space's expected length) has not been run: the render reports
-# each stored study's start-up and guided trials (`tpe_startup`). Bump tpe and tpe-hyperband to 4 to rerun them.
-YARDSTICK_VERSION = {"grid": 2, "random": 2, "tpe": 3, "tpe-hyperband": 3}
+# of the trials that fit, not a fixed 5); tpe-hyperband is new at 3. 4: the start-up is at most a third of the
+# trials that fit at the space's expected length (search.yardstick.startup_trials): version 3 counted the trials that
+# fit at 1x length with a floor of 3 start-up trials (56-78% of its studies' trials were random).
+YARDSTICK_VERSION = {"grid": 2, "random": 2, "tpe": 4, "tpe-hyperband": 4}
+# TPE studies of an earlier start-up count, by sampler version: the rule they ran under. They are kept and rendered as
+# strategies of their own ('tpe-v3'; `strategy_label`), never aggregated with the current version's studies; a run of
+# the current version moves the one it replaces aside (`keep_earlier`) rather than overwriting it.
+EARLIER_STARTUP = {3: "a third of the trials of 1x length that fit, at least 3"}
 
 # name -> source, number of intents, every `step`-th sorted label, and per class: train rows (from the
 # source's train split), val and test rows as (split, first row, last row) in file order. BANKING77's
@@ -251,6 +255,9 @@ def run(args) -> None:
             st = study_record(ds, strategy, seed, settings, summary, wall_s=round(wall, 1), code=code,
                               finished=time.strftime("%Y-%m-%d %H:%M:%S"))
             st["pick_tests"] = score_picks(st)
+            kept = keep_earlier(path)
+            if kept:
+                print(f"    the study it replaces (an earlier TPE start-up count) kept as {kept.name}", flush=True)
             write_json(path, st)
             print(f"    {st['trials']} trials, best val {st['best_val']:.4f}, pick test {st['pick']['test']}, "
                   f"{wall:.0f}s", flush=True)
@@ -418,18 +425,48 @@ def current(st: dict) -> bool:
     return st.get("yardstick_version") == YARDSTICK_VERSION.get(st["strategy"])
 
 
+def strategy_label(st: dict) -> str | None:
+    """The strategy a stored study is aggregated as: its own when of the current version, '<strategy>-v<version>'
+    for a TPE study of an earlier start-up count (EARLIER_STARTUP), None for any other older study (stale)."""
+    if current(st):
+        return st["strategy"]
+    version = st.get("yardstick_version")
+    if st["strategy"] in TPE_STRATEGIES and version in EARLIER_STARTUP:
+        return f"{st['strategy']}-v{version}"
+    return None
+
+
 def load_studies(stale: list[str] | None = None) -> dict[str, dict]:
-    """The stored studies of the current versions; the keys of older ones go to `stale` (kept on disk until a
-    run of the current version replaces them, never aggregated with it)."""
+    """The stored studies of the current versions, and the TPE studies of an earlier start-up count under their own
+    label (`strategy_label`: their `strategy` is the label, `sampler` the strategy they ran); the keys of other older
+    ones go to `stale` (kept on disk until a run of the current version replaces them, never aggregated with it)."""
     out = {}
     for f in sorted(STUDIES.glob("*.json")):
         st = json.loads(f.read_text())
-        key = f"{st['dataset']}/{st['strategy']}/{st['seed']}"
-        if current(st):
-            out[key] = st
-        elif stale is not None:
-            stale.append(key)
+        label = strategy_label(st)
+        if label is None:
+            if stale is not None:
+                stale.append(f"{st['dataset']}/{st['strategy']}/{st['seed']}")
+            continue
+        if label != st["strategy"]:
+            st = {**st, "strategy": label, "sampler": st["strategy"]}
+        out[f"{st['dataset']}/{label}/{st['seed']}"] = st
     return out
+
+
+def keep_earlier(path: Path) -> Path | None:
+    """Before a run of the current version writes `path`: a TPE study of an earlier start-up count stored there is
+    moved to <dataset>-<strategy>-v<version>-<seed>.json (still rendered, under its label), not overwritten. Returns
+    where it went (None: nothing to keep)."""
+    if not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    version = old.get("yardstick_version")
+    if old.get("strategy") not in TPE_STRATEGIES or version not in EARLIER_STARTUP:
+        return None
+    dst = path.with_name(f"{old['dataset']}-{old['strategy']}-v{version}-{old['seed']}.json")
+    path.replace(dst)
+    return dst
 
 
 def aggregate(studies: dict[str, dict]) -> dict:
@@ -587,22 +624,26 @@ def startup_rule(budget: str, shape: dict) -> dict:
 
 
 def tpe_startup(sts: list[dict], shape: dict | None = None) -> dict:
-    """Per TPE strategy, each stored study's random start-up and guided trials (its trials past the start-up), and
-    what the current rule gives for the dataset's budget and trial (`startup_rule`; None when the stored runs do not
-    tell a trial's examples)."""
+    """Per TPE strategy as aggregated (its label: 'tpe', 'tpe-v3', ...), the sampler version its studies ran under and
+    whether that is the current start-up rule; each stored study's random start-up and guided trials (its trials past
+    the start-up); and what the current rule gives for the dataset's budget and trial (`startup_rule`; None when the
+    stored runs do not tell a trial's examples)."""
     rule = startup_rule(sts[0]["settings"]["budget"], shape) if shape and shape.get("examples") else None
     out = {}
-    for strat in TPE_STRATEGIES:
+    labels = sorted({st["strategy"] for st in sts if st.get("sampler", st["strategy"]) in TPE_STRATEGIES})
+    for strat in labels:
+        mine = sorted((st for st in sts if st["strategy"] == strat), key=lambda x: x["seed"])
         rows = []
-        for st in sorted((st for st in sts if st["strategy"] == strat), key=lambda x: x["seed"]):
+        for st in mine:
             n = startup_of(st)
             first = None if n is None else min(n, st["trials"])
             rows.append({"seed": st["seed"], "startup": n, "trials": st["trials"],
                          "random": first, "guided": None if n is None else st["trials"] - first})
-        if rows:
-            out[strat] = {"studies": rows, "current_rule": rule and rule["startup"],
-                          "current_rule_fit": rule and rule["trials_fit"],
-                          "current_rule_trial_cost": rule and rule["trial_cost_mean"]}
+        sampler, version = mine[0].get("sampler", strat), mine[0].get("yardstick_version")
+        out[strat] = {"sampler": sampler, "version": version, "current": version == YARDSTICK_VERSION[sampler],
+                      "studies": rows, "current_rule": rule and rule["startup"],
+                      "current_rule_fit": rule and rule["trials_fit"],
+                      "current_rule_trial_cost": rule and rule["trial_cost_mean"]}
     return out
 
 
@@ -746,6 +787,7 @@ def render(results: dict) -> str:
     if results.get("stale"):
         lines += [f"Not aggregated (stored under an older protocol or sampler version, not yet rerun): "
                   f"{', '.join(results['stale'])}.", ""]
+    lines += _earlier_startup_lines(studies)
     if results.get("notes"):
         lines += [results["notes"].rstrip(), ""]
     for ds, agg in results["datasets"].items():
@@ -779,9 +821,12 @@ def render(results: dict) -> str:
                     for c in CHECKPOINTS) + " |")
         tg = agg.get("targets") or {}
         if tg:
+            earlier = [s for s, t in (agg.get("tpe_startup") or {}).items() if not t["current"] and s in tg]
             lines += ["", "**Issue 15's targets** (protocol against each yardstick on the replicates both have; test "
                       "macro-F1 of the picks: the final pick is the one each study exported, the protocol at 50% its "
-                      "best-val trial so far, as in the table above; compute ratio = 1 / the smallest share of the "
+                      "best-val trial so far, as in the table above; " + (
+                          f"{' and '.join(earlier)}: TPE under an earlier start-up count, see the top; "
+                          if earlier else "") + "compute ratio = 1 / the smallest share of the "
                       "budget, in steps of 5%, at which the protocol's mean pick so far reaches the yardstick's mean "
                       "final pick; target >= 2):",
                       "",
@@ -827,8 +872,29 @@ def render(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# the current start-up rule, as the render names it
+CURRENT_STARTUP = ("at most a third of the trials that fit at the space's expected length, "
+                   "search.yardstick.startup_trials")
+
+
+def _earlier_startup_lines(studies: dict) -> list[str]:
+    """Which rows are TPE studies of an earlier start-up count (`strategy_label`), read from the stored studies."""
+    labelled = sorted({(st["strategy"], st["yardstick_version"]) for st in studies.values() if st.get("sampler")})
+    if not labelled:
+        return []
+    ran = sorted({st["strategy"] for st in studies.values() if st["strategy"] in TPE_STRATEGIES})
+    versions = sorted({v for _, v in labelled})
+    return [f"Rows named {', '.join(f'`{name}`' for name, _ in labelled)}: TPE studies stored under an earlier "
+            f"start-up count ({'; '.join(f'sampler version {v}: {EARLIER_STARTUP[v]}' for v in versions)}), rows of "
+            f"their own, never averaged with the current rule's studies (version {YARDSTICK_VERSION['tpe']}: "
+            f"{CURRENT_STARTUP}). Every comparison in a row so named, the targets tables' included, is with that "
+            "earlier count; " + (f"studies of the current rule are stored as {', '.join(ran)}." if ran else
+                                 "no study of the current rule is stored yet."), ""]
+
+
 def _startup_lines(startup: dict) -> list[str]:
-    """What the stored TPE studies' start-up was: how many of their trials were random draws, per study."""
+    """What the stored TPE studies' start-up was: how many of their trials were random draws, per study; and, from
+    the studies' sampler versions, which ran under an earlier count and whether the current rule has been run here."""
     if not startup:
         return []
     parts = []
@@ -842,13 +908,21 @@ def _startup_lines(startup: dict) -> list[str]:
                      f"{sum(r['guided'] == 0 for r in rows)} of {len(rows)} studies with no guided trial)")
     if not parts:
         return []
-    now = next((t["current_rule"] for t in startup.values() if t.get("current_rule") is not None), None)
+    t0 = next(iter(startup.values()))
+    now = CURRENT_STARTUP + (f": {t0['current_rule_fit']} trials fit here, {t0['current_rule']} start-up"
+                             if t0.get("current_rule") is not None else "")
+    said = []
+    for version in sorted({t["version"] for t in startup.values() if not t["current"]}, key=str):
+        names = [strat for strat, t in startup.items() if t["version"] == version and not t["current"]]
+        rule = EARLIER_STARTUP.get(version, "an earlier count")
+        said.append(f"{' and '.join(names)} ran under an earlier count (sampler version {version}: {rule}), rows of "
+                    "their own, never averaged with the current rule's studies")
+    ran = [strat for strat, t in startup.items() if t["current"]]
+    said.append(f"{' and '.join(ran)} ran under the current rule ({now})" if ran else
+                f"the current rule ({now}) has not been run on this dataset")
     return ["", "**TPE's random start-up in these stored studies** (random start-up + guided trials per study): "
-            + "; ".join(parts) + ". They ran under an earlier count (a third of the trials of 1x length that fit, at "
-            "least 3), not the issue's at most a third of the trials that fit; the current rule (at most a third of "
-            "the trials that fit at the space's expected length, search.yardstick.startup_trials"
-            + (f": about {now} here" if now is not None else "") + ") has not been run. During its start-up a plain "
-            "TPE study trains the same points as random at the same seed, so these TPE rows are largely random "
+            + "; ".join(parts) + ". " + "; ".join(said) + ". During its start-up a plain TPE study trains the same "
+            "points as random at the same seed, so a TPE row whose trials are mostly start-up draws is largely random "
             "search."]
 
 

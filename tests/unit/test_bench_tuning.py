@@ -22,9 +22,10 @@ TRIAL = 47  # steps of a 1x trial
 
 def study(strategy: str, seed: int, runs: list[tuple], *, pick: int | None = None, pick_test: float | None = None,
           wall_s: float = 100.0, batch: int = 16, trail: list[str] | None = None, budget: str = "10000ex",
-          trial: int = TRIAL, subset: dict = SUBSET, dataset: str = "banking77-20") -> dict:
+          trial: int = TRIAL, subset: dict = SUBSET, dataset: str = "banking77-20", version: int | None = None) -> dict:
     """A stored study as bench/tuning.py writes it. runs: (steps, val, test) per trial, in order; the pick is the
-    best val trial unless `pick` names another (its test `pick_test`, else its own)."""
+    best val trial unless `pick` names another (its test `pick_test`, else its own); `version`: the sampler version it
+    was stored under (the current one unless given)."""
     curve, table, cum, best, best_trial = [], [], 0, None, None
     for i, (steps, val, _test) in enumerate(runs):
         # an epoch's short last step counted
@@ -42,7 +43,7 @@ def study(strategy: str, seed: int, runs: list[tuple], *, pick: int | None = Non
             "finished": "2026-12-01 00:00:00", "code": "abc1234",
             "settings": {"budget": budget, "trial_steps": trial, "num_threads": 1, "subset": subset},
             "protocol_version": bt.PROTOCOL_VERSION if strategy == "protocol" else None,
-            "yardstick_version": None if strategy == "protocol" else bt.YARDSTICK_VERSION[strategy],
+            "yardstick_version": None if strategy == "protocol" else version or bt.YARDSTICK_VERSION[strategy],
             "trials": len(runs), "pruned": 0, "examples": cum, "best_val": max(v for _, v, _ in runs),
             "pick": {"trial": chosen, "name": f"t{chosen}", "val": runs[chosen][1],
                      "test": runs[chosen][2] if pick_test is None else pick_test,
@@ -53,7 +54,10 @@ def study(strategy: str, seed: int, runs: list[tuple], *, pick: int | None = Non
 
 
 def results_of(studies: list[dict]) -> dict:
-    """What render_all hands render: the studies without their tables, the aggregate, nothing stale."""
+    """What render_all hands render: the studies (labelled as load_studies labels them) without their tables, the
+    aggregate, nothing stale."""
+    studies = [st if bt.strategy_label(st) == st["strategy"] else
+               {**st, "strategy": bt.strategy_label(st), "sampler": st["strategy"]} for st in studies]
     by_key = {f"{st['dataset']}/{st['strategy']}/{st['seed']}": st for st in studies}
     light = {k: {kk: vv for kk, vv in st.items() if kk != "table"} for k, st in by_key.items()}
     return {"studies": light, "datasets": bt.aggregate(by_key), "stale": [], "rendered": "now", "notes": ""}
@@ -137,20 +141,20 @@ def test_the_stored_tpe_studies_start_up_and_guided_trials_are_rendered_beside_t
     the results claimed a third; they now say how many of each study's trials were random start-up draws."""
     said = ["[tpe] 4 random start-up trials before TPE's model guides -> sample", "[tpe] budget spent -> stop"]
     sts = [study("protocol", 0, [(TRIAL, 0.7, 0.7)] * 3),
-           study("tpe", 0, [(TRIAL, 0.7, 0.7)] * 6, trail=said),
-           study("tpe", 1, [(TRIAL, 0.7, 0.7)] * 3, trail=said),  # stopped inside its start-up: nothing guided
+           study("tpe", 0, [(TRIAL, 0.7, 0.7)] * 6, trail=said, version=3),
+           study("tpe", 1, [(TRIAL, 0.7, 0.7)] * 3, trail=said, version=3),  # stopped inside its start-up
            study("random", 0, [(TRIAL, 0.7, 0.7)] * 5)]
     agg = results_of(sts)["datasets"]["banking77-20"]
-    rows = agg["tpe_startup"]["tpe"]["studies"]
+    rows = agg["tpe_startup"]["tpe-v3"]["studies"]
     assert [(r["seed"], r["startup"], r["random"], r["guided"]) for r in rows] == [(0, 4, 4, 2), (1, 4, 3, 0)]
     # 10,000 examples hold ~3.6 trials of 740 x 3.75 (the mean length drawn): the current rule gives 1
-    assert agg["tpe_startup"]["tpe"]["current_rule"] == 1
-    assert set(agg["tpe_startup"]) == {"tpe"}
+    assert agg["tpe_startup"]["tpe-v3"]["current_rule"] == 1
+    assert set(agg["tpe_startup"]) == {"tpe-v3"}
     md = bt.render(results_of(sts))
-    assert ("tpe: seed 0 4 + 2, seed 1 3 + 0 (7 of 9 trials random, 78%; 1 of 2 studies with no guided trial)"
+    assert ("tpe-v3: seed 0 4 + 2, seed 1 3 + 0 (7 of 9 trials random, 78%; 1 of 2 studies with no guided trial)"
             in md)
-    assert "about 1 here" in md
-    assert "| tpe/0 | 6 (4 random start-up) |" in md and "| random/0 | 5 |" in md
+    assert "3 trials fit here, 1 start-up) has not been run on this dataset" in md
+    assert "| tpe-v3/0 | 6 (4 random start-up) |" in md and "| random/0 | 5 |" in md
 
 
 def test_a_start_up_of_one_trial_is_read_back_from_its_trail():
@@ -198,3 +202,60 @@ def test_the_render_follows_the_yardsticks_count_of_the_trials_that_fit(monkeypa
                                                            "guides -> sample"])]
     got = results_of(sts)["datasets"]["banking77-20"]["tpe_startup"]["tpe"]
     assert (got["current_rule"], got["current_rule_fit"], got["current_rule_trial_cost"]) == (4, 13, 740)
+
+
+def test_tpe_studies_of_two_start_up_rules_are_never_aggregated_together():
+    """Version 3 stayed the sampler version after the start-up count changed: a TPE study run on the new rule was
+    averaged with the old rule's, and the render said 'the current rule has not been run' whatever was stored. Now the
+    current rule is version 4, the version-3 studies are rows of their own ('tpe-v3') and the sentence reads the
+    stored versions."""
+    old_said = ["[tpe] 4 random start-up trials before TPE's model guides -> sample"]
+    new_said = ["[tpe] 1 random start-up trial before TPE's model guides -> sample"]
+    assert bt.YARDSTICK_VERSION["tpe"] == bt.YARDSTICK_VERSION["tpe-hyperband"] == 4
+    sts = [study("protocol", s, [(TRIAL, 0.7, 0.70), (TRIAL, 0.8, 0.80)]) for s in (0, 1)] + [
+        study("tpe", 0, [(TRIAL, 0.7, 0.60)] * 5, trail=old_said, version=3),
+        study("tpe", 1, [(TRIAL, 0.7, 0.62)] * 5, trail=old_said, version=3),
+        study("tpe", 0, [(TRIAL, 0.7, 0.90)] * 4, trail=new_said)]
+    res = results_of(sts)
+    agg = res["datasets"]["banking77-20"]
+    assert agg["by_strategy"]["tpe"]["pick_tests"] == [0.9]
+    assert agg["by_strategy"]["tpe-v3"]["pick_tests"] == [0.6, 0.62]
+    assert set(agg["targets"]) == {"tpe", "tpe-v3"} and agg["targets"]["tpe"]["n"] == 1
+    assert agg["targets"]["tpe-v3"]["diffs"] == [pytest.approx(0.2), pytest.approx(0.18)]
+    su = agg["tpe_startup"]
+    assert (su["tpe"]["current"], su["tpe"]["version"], su["tpe-v3"]["current"], su["tpe-v3"]["version"]) == (
+        True, 4, False, 3)
+    md = bt.render(res)
+    assert "has not been run" not in md
+    assert ("tpe-v3 ran under an earlier count (sampler version 3: a third of the trials of 1x length that fit, at "
+            "least 3), rows of their own, never averaged with the current rule's studies; tpe ran under the current "
+            "rule (at most a third of the trials that fit at the space's expected length") in md
+    assert "| tpe-v3 | 2 |" in md and "| tpe | 1 |" in md
+    assert "Rows named `tpe-v3`: TPE studies stored under an earlier start-up count" in md
+    # only the old rule stored: said so, from the data
+    md3 = bt.render(results_of(sts[:-1]))
+    assert "has not been run on this dataset" in md3
+
+
+def test_stored_studies_of_an_earlier_start_up_count_are_loaded_under_their_label_and_kept_on_a_rerun(
+        tmp_path, monkeypatch):
+    """A version-3 TPE study is loaded as 'tpe-v3' (not stale, not 'tpe'); a run of the current version that writes its
+    file first moves it aside, so both stay rendered; other older studies stay stale."""
+    import json
+
+    monkeypatch.setattr(bt, "STUDIES", tmp_path)
+    said = ["[tpe] 4 random start-up trials before TPE's model guides -> sample"]
+    v3 = study("tpe", 3, [(TRIAL, 0.7, 0.7)] * 5, trail=said, version=3)
+    old_random = study("random", 3, [(TRIAL, 0.7, 0.7)] * 5, version=1)
+    path = tmp_path / "banking77-20-tpe-3.json"
+    path.write_text(json.dumps(v3))
+    (tmp_path / "banking77-20-random-3.json").write_text(json.dumps(old_random))
+    stale: list[str] = []
+    got = bt.load_studies(stale)
+    assert set(got) == {"banking77-20/tpe-v3/3"} and stale == ["banking77-20/random/3"]
+    assert got["banking77-20/tpe-v3/3"]["strategy"] == "tpe-v3" and got["banking77-20/tpe-v3/3"]["sampler"] == "tpe"
+    kept = bt.keep_earlier(path)
+    assert kept == tmp_path / "banking77-20-tpe-v3-3.json" and not path.exists()
+    path.write_text(json.dumps(study("tpe", 3, [(TRIAL, 0.7, 0.7)] * 4)))  # the current version's run
+    assert bt.keep_earlier(path) is None and path.exists()  # a current study is simply replaced by a rerun
+    assert set(bt.load_studies()) == {"banking77-20/tpe-v3/3", "banking77-20/tpe/3"}
