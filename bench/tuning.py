@@ -488,11 +488,29 @@ def aggregate(studies: dict[str, dict]) -> dict:
         for st in short:  # a study that trained no trial of the common length has no score here (None), never 0
             st["best_val"] = max((row["value"] for row in st["curve"] if row["value"] is not None), default=None)
         out[ds]["trial_length_only"] = _aggregate_one(short, compute_to_reach)
+        out[ds]["trial_length_only"]["left_out"] = _left_out(short)
         out[ds]["trial"] = trial_shape(sts)
         out[ds]["anytime"] = _anytime(sts)
         out[ds]["targets"] = _targets(sts)
         out[ds]["cost"] = _cost(sts)
         out[ds]["tpe_startup"] = tpe_startup(sts, out[ds]["trial"])
+    return out
+
+
+def _left_out(short: list[dict]) -> dict:
+    """Per strategy with studies that trained no trial of the common length (no score in the trial-length-only view):
+    their seeds, the strategy's mean best val without them, and what it was with them counted as 0.000 (as the render
+    did before such studies had no score), and the difference."""
+    out = {}
+    for strat in sorted({st["strategy"] for st in short}):
+        mine = [st for st in short if st["strategy"] == strat]
+        seeds = [st["seed"] for st in mine if st["best_val"] is None]
+        if not seeds:
+            continue
+        kept = _mean_or_none([st["best_val"] for st in mine])
+        as_zero = statistics.mean(st["best_val"] or 0.0 for st in mine)
+        out[strat] = {"seeds": sorted(seeds), "replicates": len(mine), "mean": kept, "mean_as_zero": as_zero,
+                      "shift": None if kept is None else kept - as_zero}
     return out
 
 
@@ -756,6 +774,19 @@ PICK_SO_FAR = ("At 100% of the budget: the test macro-F1 of the pick each study 
 NO_TRIAL_LENGTH_RUN = "no 1x trial"  # a study without a trial of the common length, in the trial-length-only view
 
 
+def _left_out_lines(left: dict) -> list[str]:
+    """How far leaving the studies with no 1x trial out moves each strategy's trial-length-only mean (`_left_out`)."""
+    if not left:
+        return []
+    parts = [f"{strat} seed{'s' if len(t['seeds']) > 1 else ''} {', '.join(map(str, t['seeds']))} "
+             f"({len(t['seeds'])} of {t['replicates']}): " + (
+                 f"mean {_f(t['mean'])} without, {_f(t['mean_as_zero'])} with them as 0.000 "
+                 f"({100 * t['shift']:.1f} pt)" if t["shift"] is not None else "no study of it has a score")
+             for strat, t in left.items()]
+    return ["", f"Left out of the mean best val above for having {NO_TRIAL_LENGTH_RUN} (scored 0.000 and averaged in "
+            "until 2026-12-06, which moved the mean by the pt given): " + "; ".join(parts) + "."]
+
+
 def _trial_text(shape: dict | None, steps: int) -> str:
     """A trial as `trial_shape` read it from the stored runs (its steps alone when no run told)."""
     if not shape or not shape.get("batch"):
@@ -809,6 +840,7 @@ def render(results: dict) -> str:
             lines += ["", "Per study, trial length only: " + "; ".join(
                 f"{name} " + (f"best {_f(r['best_val'], 3)}" if r["best_val"] is not None else NO_TRIAL_LENGTH_RUN)
                 + f", within 0.5 pt at {_n(r['reach_0.5pt'])}" for name, r in sorted(so["by_run"].items())) + "."]
+            lines += _left_out_lines(so.get("left_out") or {})
         any_ = agg.get("anytime") or {}
         if any_:
             lines += ["", "**Test macro-F1 of the pick so far** (mean over replicates, the replicates in brackets; "

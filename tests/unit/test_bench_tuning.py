@@ -80,6 +80,12 @@ def test_trial_length_only_leaves_a_study_without_a_1x_trial_out_of_the_mean():
     md = bt.render(res)
     assert "random/1 no 1x trial, within 0.5 pt at never" in md and "best 0.000" not in md
     assert "| random | 2 | 0.8000 (n=1: 1 with no 1x trial) |" in md
+    # how far leaving it out moved the mean, from the data (the notes had written a number by hand, and a wrong one)
+    left = so["left_out"]
+    assert set(left) == {"random"} and left["random"]["seeds"] == [1]
+    assert (left["random"]["mean"], left["random"]["mean_as_zero"]) == (pytest.approx(0.8), pytest.approx(0.4))
+    assert left["random"]["shift"] == pytest.approx(0.4)
+    assert "random seed 1 (1 of 2): mean 0.8000 without, 0.4000 with them as 0.000 (40.0 pt)" in md
 
 
 def test_the_trial_is_rendered_with_the_batch_and_examples_its_stored_runs_processed():
