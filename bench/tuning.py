@@ -557,7 +557,9 @@ def _targets(sts: list[dict]) -> dict:
     """Issue 15's targets, protocol against each yardstick on the replicates (seeds) both have: the paired
     difference of the final picks' test macro-F1 (mean, its standard error, n); the protocol's pick so far at half
     the budget against the yardstick's final pick; and the compute ratio, 1 / the smallest share of the budget at
-    which the protocol's mean pick so far reaches the yardstick's mean final pick (None: never within the budget)."""
+    which the protocol's mean pick so far reaches the yardstick's mean final pick (None: never within the budget), and
+    the same ratio in wall time (`wall_ratio`): the yardstick's mean wall time to its last trial over the protocol's
+    mean wall time to its last trial within that share (the curves' wall_s_cum; as recorded, on a shared machine)."""
     proto = {st["seed"]: st for st in sts if st["strategy"] == "protocol"}
     out = {}
     for strat in sorted({st["strategy"] for st in sts} - {"protocol"}):
@@ -577,10 +579,20 @@ def _targets(sts: list[dict]) -> dict:
             return statistics.mean(vals) if vals and all(v is not None for v in vals) else None
 
         reach = next((f for f in RATIO_GRID if (ours_at(f) or -1.0) >= theirs), None)
+        ours_wall = _mean_or_none([wall_at(proto[k], reach) for k in seeds]) if reach else None
+        theirs_wall = _mean_or_none([wall_at(other[k], 1.0) for k in seeds])
         out[strat] = {"n": len(diffs), "diff_mean": statistics.mean(diffs), "diff_se": se, "diffs": diffs,
                       "theirs_final": theirs, "ours_half": ours_at(0.5),
-                      "ratio": (1.0 / reach) if reach else None}
+                      "ratio": (1.0 / reach) if reach else None, "ours_wall_s": ours_wall, "theirs_wall_s": theirs_wall,
+                      "wall_ratio": theirs_wall / ours_wall if ours_wall and theirs_wall else None}
     return out
+
+
+def wall_at(st: dict, share: float) -> float | None:
+    """The wall time (wall_s_cum of the stored curve) at the study's last trial within `share` of its budget: when
+    its pick so far there was in hand. None: no trial by then, or a curve without wall times."""
+    rows = [row for row in st["curve"] if row["examples_cum"] <= share * budget_examples(st)]
+    return rows[-1].get("wall_s_cum") if rows else None
 
 
 def trial_shape(sts: list[dict]) -> dict:
@@ -771,6 +783,14 @@ PICK_SO_FAR = ("At 100% of the budget: the test macro-F1 of the pick each study 
                "exports when stopped there; the protocol's export rule (seed means, its long run) is not replayed at "
                "a cut, so its earlier columns are its best-val trial so far as well, not necessarily what it would "
                "have exported then.")
+# what the targets tables' wall-time compute ratio is, and why it is only indicative
+WALL_RATIO = ("The compute ratio counts training examples, the unit the budget charges (issue 15's target is set in "
+              "it). Beside it the same comparison in wall time: the yardstick's mean wall time to its last trial over "
+              "the protocol's mean wall time to its last trial within the share of the budget the ratio names (the "
+              "stored curves' wall_s_cum). The protocol runs more trials for its examples, each paying evaluation and "
+              "set-up the budget does not charge, so in wall time its lead is smaller. Those wall times compare "
+              "studies run at different code versions (the training code per strategy below) on a shared machine: "
+              "indicative only (the same trials ran at different speeds on different days, see the top).")
 NO_TRIAL_LENGTH_RUN = "no 1x trial"  # a study without a trial of the common length, in the trial-length-only view
 
 
@@ -819,6 +839,7 @@ def render(results: dict) -> str:
         lines += [f"Not aggregated (stored under an older protocol or sampler version, not yet rerun): "
                   f"{', '.join(results['stale'])}.", ""]
     lines += _earlier_startup_lines(studies)
+    lines += _same_trials_lines(results["datasets"])
     if results.get("notes"):
         lines += [results["notes"].rstrip(), ""]
     for ds, agg in results["datasets"].items():
@@ -863,13 +884,17 @@ def render(results: dict) -> str:
                       "final pick; target >= 2):",
                       "",
                       "| yardstick | n | final pick: protocol - yardstick, mean +- SE (per replicate) "
-                      "| protocol at 50% | yardstick at 100% | compute ratio |", "|---|---|---|---|---|---|"]
+                      "| protocol at 50% | yardstick at 100% | compute ratio (training examples) | the same in wall "
+                      "time (yardstick's study / protocol's to that share) |", "|---|---|---|---|---|---|---|"]
             for strat, t in tg.items():
                 se = "-" if t["diff_se"] is None else f"{t['diff_se']:.3f}"
                 ratio = "never within the budget" if t["ratio"] is None else f"{t['ratio']:.2f}x"
                 diffs = ", ".join(f"{d:+.3f}" for d in t["diffs"])
+                wall = "-" if t.get("wall_ratio") is None else (
+                    f"{t['wall_ratio']:.2f}x ({t['theirs_wall_s']:,.0f} s / {t['ours_wall_s']:,.0f} s)")
                 lines.append(f"| {strat} | {t['n']} | {t['diff_mean']:+.3f} +- {se} ({diffs}) | "
-                             f"{_f(t['ours_half'], 3)} | {_f(t['theirs_final'], 3)} | {ratio} |")
+                             f"{_f(t['ours_half'], 3)} | {_f(t['theirs_final'], 3)} | {ratio} | {wall} |")
+            lines += ["", WALL_RATIO]
         lines += _cost_lines(agg.get("cost") or {})
         lines += ["", "| study | trials | runs longer than a trial | examples used | best val | examples to within "
                   "0.5 pt | to within noise | pick steps | pick val | pick test macro-F1 | wall s |",
@@ -907,6 +932,32 @@ def render(results: dict) -> str:
 # the current start-up rule, as the render names it
 CURRENT_STARTUP = ("at most a third of the trials that fit at the space's expected length, "
                    "search.yardstick.startup_trials")
+
+
+def _same_trials_lines(datasets: dict) -> list[str]:
+    """How much the wall time of the same trials moved between datasets (a trial of the same steps, batch and examples;
+    wall s per trial of a strategy both ran): what the wall times in these tables can be compared with."""
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for ds, agg in datasets.items():
+        t = agg.get("trial") or {}
+        if t.get("examples"):
+            groups[(t["steps"], t["batch"], t["examples"])].append(ds)
+    parts = []
+    for (steps, batch, examples), names in groups.items():
+        if len(names) < 2:
+            continue
+        common = set.intersection(*({s for s, c in (datasets[d].get("cost") or {}).items()
+                                     if c.get("wall_s_per_trial")} for d in names))
+        strat = "random" if "random" in common else min(common, default=None)
+        if strat is None:
+            continue
+        parts.append(f"{strat}'s trials ({steps} steps x batch {batch} = {examples:,} examples, 1-8x drawn alike) took "
+                     + " and ".join(f"{datasets[d]['cost'][strat]['wall_s_per_trial']:.0f} s a trial on {d}"
+                                    for d in names))
+    if not parts:
+        return []
+    return ["Wall times are as recorded, at different code versions on a shared machine, and are indicative only: "
+            + "; ".join(parts) + ".", ""]
 
 
 def _earlier_startup_lines(studies: dict) -> list[str]:
