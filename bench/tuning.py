@@ -992,7 +992,8 @@ def _startup_lines(startup: dict) -> list[str]:
     if not parts:
         return []
     t0 = next(iter(startup.values()))
-    now = CURRENT_STARTUP + (f": {t0['current_rule_fit']} trials fit here, {t0['current_rule']} start-up"
+    fit = t0.get("current_rule_fit")
+    now = CURRENT_STARTUP + (f": {fit} trial{' fits' if fit == 1 else 's fit'} here, {t0['current_rule']} start-up"
                              if t0.get("current_rule") is not None else "")
     said = []
     for version in sorted({t["version"] for t in startup.values() if not t["current"]}, key=str):

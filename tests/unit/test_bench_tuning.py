@@ -241,6 +241,12 @@ def test_tpe_studies_of_two_start_up_rules_are_never_aggregated_together():
     # only the old rule stored: said so, from the data
     md3 = bt.render(results_of(sts[:-1]))
     assert "has not been run on this dataset" in md3
+    # a budget that holds one trial of the expected length (banking77-77's): said in the singular
+    b77 = {**SUBSET, "n_labels": 77, "step": 1, "trial_steps": 180, "budget": "40000ex"}
+    kw = dict(batch=32, trial=180, subset=b77, dataset="banking77-77", budget="40000ex")
+    md77 = bt.render(results_of([study("protocol", 0, [(180, 0.8, 0.8)], **kw),
+                                 study("tpe", 0, [(180, 0.8, 0.8)] * 3, trail=old_said, version=3, **kw)]))
+    assert "1 trial fits here, 0 start-up" in md77 and "1 trials" not in md77
 
 
 def test_stored_studies_of_an_earlier_start_up_count_are_loaded_under_their_label_and_kept_on_a_rerun(
