@@ -2977,10 +2977,12 @@ def _summary_columns(counts: Mapping[str, int], mapping: dict[int, str], spare: 
 # (`Run ID`, `Name`, `Status`, `Start Time`, ..., `eval_loss`) and W&B's runs table (`Name`, `State`, `Notes`,
 # `Created`, ...) read as one run's curve, its rows as steps (an MLflow table of 4 runs, the last at a large learning
 # rate, read "diverged, confidence 0.95"); nor are several runs' histories stacked in one file (a run column beside
-# the step, each run's steps again from the start). Its mark: a column that names a run, beside one whose every cell
-# is a run's state as the trackers write it (_RUN_STATES: a history's `state` column of numbers, or a `status` of
-# `saved` checkpoints, is no run state), naming more than one run; and no step or epoch column that goes up along the
-# whole file (a history whose rows carry an id each). (run-identity columns, run-state columns), normalised names
+# the step, each run's steps again from the start). A table's mark: a column that names a run beside one whose every
+# cell is a run's state as the trackers write it (_RUN_STATES: a history's `state` column of numbers, or a `status` of
+# `saved` checkpoints, is no run state). Its runs' summary steps may go up down the table (a sweep sorted by
+# `train/global_step`): a run named on every row, a different one each, is a table whatever its steps; only where
+# names repeat does a step going up along the whole file make it one history (a run's name on each of its rows).
+# (run-identity columns, run-state columns), normalised names
 _RUNS_TABLE_COLUMNS = (("run_id", "id", "name", "run_name", "run"), ("status", "state"))
 # a run's state, normalised: MLflow's RunStatus (FINISHED, RUNNING, ...) and W&B's run states (finished, crashed, ...)
 _RUN_STATES = frozenset({"running", "scheduled", "finished", "failed", "killed", "crashed", "preempted",
@@ -3039,25 +3041,31 @@ def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]
                 for j, v in steps.items():
                     _step_on(seqs, (i, j, run), v)
     state = next((i for i in states if stated[i]), None)
-    if state is None or any(_goes_up(seqs, j) for j in progress):
-        return  # no run states, or one history (a row id or a run name on each row, its steps going up)
     i = max(ids, key=lambda i: len(runs[i]))  # the column naming the most runs (MLflow's Run ID over its Name)
-    if not runs[i] or (len(runs[i]) == 1 and not progress and n_rows > 1):
-        return  # one run's rows, no steps to say otherwise (a name given to several runs: their steps go nowhere)
-    columns = f"columns {header[i]!r} and {header[state]!r}"
+    named = sum(runs[i].values()) == n_rows  # every row names its run
+    columns = f"columns {header[i]!r} and {header[state]!r}" if state is not None else f"column {header[i]!r}"
+    table = UserError(f"'{p}' is a table of {n_rows} run(s), one row each ({columns}), not one run's history: its "
+                      "rows are runs, not steps",
+                      "export one run's metric history (a row per logged step): in W&B a chart panel's CSV or "
+                      "wandb.Api().run(PATH).history().to_csv(); in MLflow "
+                      "MlflowClient().get_metric_history(RUN_ID, KEY) per metric, joined on step")
+    if state is not None and named and len(runs[i]) == n_rows:
+        raise table  # a different run on every row: its summary steps going up or not (a sweep sorted by them)
+    if any(_goes_up(seqs, j) for j in progress):
+        return  # one history (a run name on each of its rows, its steps going up)
+    several = len(runs[i]) > 1 and max(runs[i].values(), default=0) > 1
     stacked = next((header[j] for j in progress if all(_goes_up(seqs, (i, j, run)) for run in runs[i]
                                                        if runs[i][run] > 1)), None)
-    if len(runs[i]) > 1 and max(runs[i].values()) > 1 and (stacked is not None or not progress):
+    if state is not None and several and (stacked is not None or not progress):
         shown = ", ".join(map(repr, list(runs[i])[:3])) + (", ..." if len(runs[i]) > 3 else "")
         raise UserError(f"'{p}' holds the histories of {len(runs[i])} runs ({shown}), one after another ({columns}"
                         + (f", {stacked!r} going up within each run" if stacked else "") + "), not one run's history",
                         f"split it into a file per run and diagnose them together, e.g. with pandas: for run, df in "
                         f"pandas.read_csv({p.name!r}).groupby({header[i]!r}): df.to_csv(f'{{run}}.csv', index=False)")
-    raise UserError(f"'{p}' is a table of {n_rows} run(s), one row each ({columns}), not one run's history: its rows "
-                    "are runs, not steps",
-                    "export one run's metric history (a row per logged step): in W&B a chart panel's CSV or "
-                    "wandb.Api().run(PATH).history().to_csv(); in MLflow "
-                    "MlflowClient().get_metric_history(RUN_ID, KEY) per metric, joined on step")
+    if state is None or not runs[i] or (len(runs[i]) == 1 and not progress and n_rows > 1):
+        return  # no run states, or one run's rows with no steps to say otherwise (a name given to several runs:
+        # their steps go nowhere)
+    raise table
 
 
 # A long-format export, one row per logged value: MLflow's metric history (`key,value,timestamp,step`), Comet's

@@ -232,7 +232,7 @@ HISTORY = [(50, 2.0, 1.5), (100, 1.0, 0.77), (150, 0.667, 0.54), (200, 0.5, 0.43
 @pytest.mark.parametrize("header, cells", [
     ("id,step,train_loss,val_loss,state", lambda k, row: (k, *row, k % 3)),  # a numeric `state` metric, a row id
     ("name,status,step,train_loss,val_loss", lambda k, row: (f"checkpoint-{row[0]}", "saved", *row)),
-    ("run_id,step,train_loss,val_loss,status", lambda k, row: (f"row{k}", *row, "running")),  # run states, row ids
+    ("name,step,train_loss,val_loss,state", lambda k, row: ("run-a", *row, "finished")),  # one run's name each row
 ])
 def test_a_history_with_an_id_and_a_state_column_is_no_table_of_runs(tmp_path, header, cells):
     """A runs table was any CSV with a run-identity column of distinct rows beside a state column: a history with a
@@ -264,6 +264,34 @@ def test_stacked_histories_of_several_runs_are_refused_naming_how_to_split_them(
     assert ("holds the histories of 2 runs ('r0', 'r1'), one after another (columns 'run' and 'state', 'step' "
             "going up within each run), not one run's history") in err
     assert ".groupby('run')" in err and "Traceback" not in err
+
+
+def _column_set(text: str, column: str, values) -> str:
+    """`text`, a CSV, with its `column` given `values` down the rows."""
+    lines = text.splitlines()
+    at = lines[0].split(",").index(column)
+    rows = [line.split(",") for line in lines[1:]]
+    for row, v in zip(rows, values):
+        row[at] = str(v)
+    return "\n".join([lines[0], *map(",".join, rows)]) + "\n"
+
+
+@pytest.mark.parametrize("text, n, columns", [
+    # a sweep's runs sorted by their summary train/global_step, going up down the table
+    (_column_set(WANDB_RUNS, "train/global_step", (500, 1000, 1500)), 3, "'Name' and 'State'"),
+    (_column_set(MLFLOW_RUNS, "epoch", (3, 3, 3, 5)), 4, "'Run ID' and 'Status'"),
+    ("run_id,step,train_loss,val_loss,status\n" + "".join(f"row{k},{s},{t},{v},running\n"
+                                                           for k, (s, t, v) in enumerate(HISTORY)), 4,
+     "'run_id' and 'status'"),  # a run id on every row, each a run state: rows are runs, whatever the steps
+])
+def test_a_runs_table_whose_summary_steps_go_up_down_the_table_is_still_a_table(tmp_path, capsys, text, n, columns):
+    """A runs table whose runs' summary step or epoch happened to rise down the table (a sweep sorted by
+    train/global_step 500/1000/1500, MLflow's epoch 3,3,3,5 in its newest-first order) was read as one run's
+    history, its runs as steps."""
+    (tmp_path / "runs.csv").write_text(text)
+    assert main(["diagnose", str(tmp_path / "runs.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"is a table of {n} run(s), one row each (columns {columns}), not one run's history" in err
 
 
 @pytest.mark.parametrize("epochs, steps", [((0, 0.25, 0.5, 0.75, 1.0), [0, 1, 2, 3, 4]),  # the Trainer's progress
