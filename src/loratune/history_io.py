@@ -2982,7 +2982,8 @@ def _summary_columns(counts: Mapping[str, int], mapping: dict[int, str], spare: 
 # `saved` checkpoints, is no run state). Its runs' summary steps may go up down the table (a sweep sorted by
 # `train/global_step`): a run named on every row, a different one each, is a table whatever its steps; only where
 # names repeat does a step going up along the whole file make it one history (a run's name on each of its rows).
-# (run-identity columns, run-state columns), normalised names
+# Stacked histories need no state column: a run column naming several runs, each on its own block of rows, each
+# block's steps going up and starting again at the next. (run-identity columns, run-state columns), normalised names
 _RUNS_TABLE_COLUMNS = (("run_id", "id", "name", "run_name", "run"), ("status", "state"))
 # a run's state, normalised: MLflow's RunStatus (FINISHED, RUNNING, ...) and W&B's run states (finished, crashed, ...)
 _RUN_STATES = frozenset({"running", "scheduled", "finished", "failed", "killed", "crashed", "preempted",
@@ -3017,11 +3018,13 @@ def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]
     to several runs or not), or the histories of several runs stacked (each run's steps going up on its own rows)."""
     names = [_norm(h) for h in header]
     ids, states = ([i for i, n in enumerate(names) if n in group] for group in _RUNS_TABLE_COLUMNS)
-    if not ids or not states:
+    if not ids:
         return
     progress = [i for i, n in enumerate(names) if n in _CSV_COLUMNS["step"] or n in _CSV_COLUMNS["epoch"]]
     cell = lambda row, i: row[i].strip() if i < len(row) else ""  # noqa: E731
     runs: dict[int, dict[str, int]] = {i: {} for i in ids}  # the rows of each run each identity column names
+    blocks = {i: True for i in ids}  # whether each run's rows are one block (no run named again after another)
+    last: dict[int, str] = {}  # each identity column's run of the row before
     stated: dict[int, int | None] = {i: 0 for i in states}  # each state column's cells of a run state (else None)
     seqs: dict = {}  # step column -> its values along the file; (identity column, step column, run) -> a run's
     n_rows = 0
@@ -3037,6 +3040,8 @@ def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]
         for i in ids:
             run = cell(row, i)
             if run:
+                blocks[i] = blocks[i] and (run == last.get(i) or run not in runs[i])
+                last[i] = run
                 runs[i][run] = runs[i].get(run, 0) + 1
                 for j, v in steps.items():
                     _step_on(seqs, (i, j, run), v)
@@ -3056,7 +3061,9 @@ def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]
     several = len(runs[i]) > 1 and max(runs[i].values(), default=0) > 1
     stacked = next((header[j] for j in progress if all(_goes_up(seqs, (i, j, run)) for run in runs[i]
                                                        if runs[i][run] > 1)), None)
-    if state is not None and several and (stacked is not None or not progress):
+    # without run states only a run column whose runs are blocks of rows, each its steps going up, is several runs
+    alone = named and blocks[i] and min(runs[i].values(), default=0) > 1
+    if several and (stacked is not None and (state is not None or alone) or state is not None and not progress):
         shown = ", ".join(map(repr, list(runs[i])[:3])) + (", ..." if len(runs[i]) > 3 else "")
         raise UserError(f"'{p}' holds the histories of {len(runs[i])} runs ({shown}), one after another ({columns}"
                         + (f", {stacked!r} going up within each run" if stacked else "") + "), not one run's history",

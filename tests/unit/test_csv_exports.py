@@ -294,6 +294,30 @@ def test_a_runs_table_whose_summary_steps_go_up_down_the_table_is_still_a_table(
     assert f"is a table of {n} run(s), one row each (columns {columns}), not one run's history" in err
 
 
+@pytest.mark.parametrize("column", ["run", "run_id", "name", "id"])
+def test_stacked_histories_without_a_state_column_are_refused(tmp_path, capsys, column):
+    """pandas.concat of two runs' histories (`run,step,train_loss,val_loss`, each run's steps from 50) was read as
+    one run: the second run's 8 values dropped as 'given again at a step, the first row's value kept'."""
+    rows = [(run, *row) for run in ("lora-a", "lora-b") for row in HISTORY]
+    path = _write(tmp_path / "stacked.csv", f"{column},step,train_loss,val_loss", rows)
+    assert main(["diagnose", path]) == 2
+    err = capsys.readouterr().err
+    assert (f"holds the histories of 2 runs ('lora-a', 'lora-b'), one after another (column {column!r}, 'step' "
+            "going up within each run), not one run's history") in err
+    assert f".groupby({column!r})" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("names", [("lora-a",) * 8,  # one run's name on each row
+                                   ("warmup",) * 2 + ("main",) * 6,  # a name changing, the steps going on
+                                   ("lora-a", "lora-b") * 4])  # names taking turns: no blocks of their own
+def test_a_history_with_a_name_column_and_no_state_is_read(tmp_path, names):
+    rows = [(name, *row) for name, row in zip(names, HISTORY + [(s + 200, t / 2, v / 2) for s, t, v in HISTORY])]
+    h = load_run(_write(tmp_path / "h.csv", "name,step,train_loss,val_loss", rows))
+    assert [p["step"] for p in h.points] == [50, 100, 150, 200, 250, 300, 350, 400]
+    assert [p["val/loss"] for p in h.points][:4] == [1.5, 0.77, 0.54, 0.435]
+    assert not any("given again" in n for n in h.notes)
+
+
 @pytest.mark.parametrize("epochs, steps", [((0, 0.25, 0.5, 0.75, 1.0), [0, 1, 2, 3, 4]),  # the Trainer's progress
                                            ((0, 1, 2, 3, 4), [1, 2, 3, 4, 5]),  # Keras' epochs from 0
                                            ((0,), [1])])  # one row: logged after steps
