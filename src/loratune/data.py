@@ -11,6 +11,7 @@ import ast
 import codecs
 import csv
 import hashlib
+import heapq
 import io
 import json
 import math
@@ -1222,23 +1223,30 @@ def _cover(split: Split, chosen: list[int], pool: list[int]) -> list[int]:
 
 
 def stratified_subset(split: Split, n: int, seed: int) -> list[int]:
-    """Indices of a stratified subset of n rows (every label keeps at least one row where possible)."""
+    """Indices of a stratified subset of n rows (every label keeps at least one row where possible; n under the number
+    of classes: the classes that lose their only row are the seed's draw, not the last ones by name)."""
     if n >= len(split):
         return list(range(len(split)))
     _, picked = stratified_split(split, n / len(split), seed)
     rng = random.Random(seed + 1)
     if len(picked) > n:
         # rounding overshot: trim from the labels with the most picked rows first (a random row of
-        # each), so a small label is not sampled away while bigger ones keep several rows
+        # each), so a small label is not sampled away while bigger ones keep several rows; labels of
+        # as many rows are trimmed in a seeded order (by name, the same classes lost their row for every seed)
         groups: dict[str, list[int]] = {}
         for i in picked:
             labs = split.labels[i]
             groups.setdefault(row_class(labs), []).append(i)
         for lab in sorted(groups):
             rng.shuffle(groups[lab])
+        order = sorted(groups)
+        rng.shuffle(order)
+        heap = [(-len(groups[lab]), k, lab) for k, lab in enumerate(order)]
+        heapq.heapify(heap)
         for _ in range(len(picked) - n):
-            biggest = max(sorted(groups), key=lambda lab: len(groups[lab]))
-            groups[biggest].pop()
+            _, k, lab = heapq.heappop(heap)
+            groups[lab].pop()
+            heapq.heappush(heap, (-len(groups[lab]), k, lab))
         picked = sorted(i for g in groups.values() for i in g)
     elif len(picked) < n:
         rest = [i for i in range(len(split)) if i not in set(picked)]
@@ -1268,11 +1276,35 @@ def refuse_no_shared_label(split: Split, known: tuple[str, ...], shared: bool = 
                         "two)")
 
 
-def unseen_label_note(where: str, counts: Counter, multi_label: bool) -> str:
+def subset_lost(whole: Split, sub: Split) -> list[str]:
+    """The labels of a split (`whole`) that its max_*_samples subset (`sub`) keeps no row of, by name."""
+    kept = {lab for labs in sub.labels for lab in labs}
+    return sorted({lab for labs in whole.labels for lab in labs} - kept)
+
+
+def subset_note(name: str, key: str, whole: Split, sub: Split) -> str:
+    """The note for a split's max_*_samples subset (`key`): its rows, and the labels of the split it keeps no row of
+    (a cap under the number of labels: which ones is the seed's draw), with what that costs and the fix."""
+    lost = subset_lost(whole, sub)
+    every = len({lab for labs in whole.labels for lab in labs})
+    cost = ("the model never learns them: their validation/test rows are scored as errors" if name == "train" else
+            "their recall is not measured")
+    return f"{name}: stratified subset of {len(sub)} rows ({key})" + (
+        f", with no row of {len(lost)} of the split's {every} label(s) ({', '.join(lost[:5])}"
+        f"{'...' if len(lost) > 5 else ''}): {cost}; to keep them, raise data.{key} (at least the number of labels, "
+        f"{every})" if lost else "")
+
+
+def unseen_label_note(where: str, counts: Counter, multi_label: bool, dropped: Iterable[str] = ()) -> str:
     """The note for labels that name no class of the training data (`counts`: label -> occurrences in `where`, a split
-    or the probe file): the model can never predict them, so each one is scored as an error."""
+    or the probe file): the model can never predict them, so each one is scored as an error. `dropped`: the labels of
+    the train file that its max_train_samples subset keeps no row of (subset_lost), said as the cause of those."""
+    by_subset = [lab for lab in counts if lab in set(dropped)]
+    cause = ("" if not by_subset else "; all of them in the train file, left out by its max_train_samples subset"
+             if len(by_subset) == len(counts) else
+             f"; {len(by_subset)} of them in the train file, left out by its max_train_samples subset")
     return (f"{where}: {sum(counts.values())} label occurrence(s) of {len(counts)} label(s) not in train "
-            f"({', '.join(list(counts)[:5])}{'...' if len(counts) > 5 else ''}); " +
+            f"({', '.join(list(counts)[:5])}{'...' if len(counts) > 5 else ''}{cause}); " +
             ("a row carrying one is wrong in exact match (the label itself has no column in the F1 scores)"
              if multi_label else "they are scored as errors"))
 
@@ -1360,10 +1392,11 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
     whole, carved_n = train, (0 if "validation" in splits else len(validation))
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         train = train.subset(stratified_subset(train, cfg.max_train_samples, seed))
-        notes.append(f"train: stratified subset of {len(train)} rows (max_train_samples)")
+        notes.append(subset_note("train", "max_train_samples", whole, train))
     if cfg.max_eval_samples and cfg.max_eval_samples < len(validation):
+        full = validation
         validation = validation.subset(stratified_subset(validation, cfg.max_eval_samples, seed))
-        notes.append(f"validation: stratified subset of {len(validation)} rows (max_eval_samples)")
+        notes.append(subset_note("validation", "max_eval_samples", full, validation))
 
     counts = train.label_counts()
     # a row's target, its label set: multi-label rows that all carry the same labels ('a' and 'b' on every row) give
@@ -1399,6 +1432,6 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         refuse_no_shared_label(sp, space.labels, shared=sname == "validation")
         if c:
             unseen[sname] = dict(c.most_common())
-            notes.append(unseen_label_note(sname, c, space.multi_label))
+            notes.append(unseen_label_note(sname, c, space.multi_label, subset_lost(whole, train)))
     return Dataset(train, validation, splits.get("test"), space, tuple(notes), unseen, prepared_seed=seed,
                    uncarved=uncarved)

@@ -390,6 +390,42 @@ def test_max_samples_take_stratified_subsets_and_say_so(tmp_path):
     assert len(big.train) == 80 and big.notes == ()
 
 
+def test_max_samples_under_the_class_count_drop_classes_by_the_seed_and_name_them(tmp_path):
+    """max_train_samples / max_eval_samples under the number of classes trimmed the classes that lose their only row
+    by name (the trim's ties: sorted), so every seed dropped the same ones (BANKING77 demo, max_train_samples=60: the
+    17 alphabetically first for seed 1 and 7 alike), and the notes said only "stratified subset of 60 rows" while the
+    test split's 'labels not in train' were the train file's own. The dropped classes are the seed's draw, and the
+    notes name them and their cause."""
+    counts = {lab: 3 for lab in "abcdefgh"}
+    train = write_rows(tmp_path / "train.jsonl", make_rows(counts))
+    val = write_rows(tmp_path / "val.jsonl", make_rows(counts, tag="v "))
+    lost = set()
+    for seed in range(8):
+        ds = load_dataset(DataConfig(train_file=str(train), validation_file=str(val), max_train_samples=5), seed=seed)
+        gone = sorted(set(counts) - set(ds.label_space.labels))
+        assert len(ds.train) == 5 and len(gone) == 3 and len(ds.validation) == 24, seed
+        lost.add(tuple(gone))
+        assert ds.notes == (
+            f"train: stratified subset of 5 rows (max_train_samples), with no row of 3 of the split's 8 label(s) "
+            f"({', '.join(gone)}): the model never learns them: their validation/test rows are scored as errors; to "
+            "keep them, raise data.max_train_samples (at least the number of labels, 8)",
+            f"validation: 9 label occurrence(s) of 3 label(s) not in train ({', '.join(gone)}; all of them in the "
+            "train file, left out by its max_train_samples subset); they are scored as errors"), seed
+        assert ds.unseen == {"validation": {lab: 3 for lab in gone}}
+    assert len(lost) >= 4  # the seed draws which (by name: a, b, c for every seed)
+    lost = set()
+    for seed in range(8):
+        ds = load_dataset(DataConfig(train_file=str(train), validation_file=str(val), max_eval_samples=6), seed=seed)
+        gone = sorted(set(counts) - {labs[0] for labs in ds.validation.labels})
+        assert len(ds.validation) == 6 and len(gone) == 2 and len(ds.label_space.labels) == 8, seed
+        lost.add(tuple(gone))
+        assert ds.notes == (
+            f"validation: stratified subset of 6 rows (max_eval_samples), with no row of 2 of the split's 8 label(s) "
+            f"({', '.join(gone)}): their recall is not measured; to keep them, raise data.max_eval_samples (at "
+            "least the number of labels, 8)",), seed
+    assert len(lost) >= 4
+
+
 # ---------------------------------------------------------------------------------------------
 # user errors: each names the file and the row/line, and says what to do
 
