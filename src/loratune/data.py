@@ -1249,10 +1249,12 @@ def stratified_subset(split: Split, n: int, seed: int) -> list[int]:
             heapq.heappush(heap, (-len(groups[lab]), k, lab))
         picked = sorted(i for g in groups.values() for i in g)
     elif len(picked) < n:
-        rest = [i for i in range(len(split)) if i not in set(picked)]
+        taken = set(picked)  # once: a set per row made this quadratic (25,000 of 50,000 rows: 175 s)
+        rest = [i for i in range(len(split)) if i not in taken]
         picked = sorted(picked + rng.sample(rest, n - len(picked)))
     # a label carried only beside another row's first label (or trimmed away above) is swapped in for a spare row
-    return _cover(split, picked, [i for i in range(len(split)) if i not in set(picked)])
+    taken = set(picked)
+    return _cover(split, picked, [i for i in range(len(split)) if i not in taken])
 
 
 def refuse_no_shared_label(split: Split, known: tuple[str, ...], shared: bool = True) -> None:

@@ -813,6 +813,29 @@ def test_property_stratified_subset(labels, data, seed):
         assert set(multi_row) <= {labels[i] for i in picked}
 
 
+def test_stratified_subset_builds_its_sets_once_not_once_per_row(monkeypatch):
+    """stratified_subset built set(picked) anew for every row it checked (the rows left to fill from, and _cover's
+    pool): quadratic, max_train_samples=25000 of a 50,000-row train took 175 s (0.9 s now). The sets it builds are as
+    many for 10 times the rows; the rows it picks are the same."""
+    import loratune.data as D
+
+    def calls(rows: int) -> tuple[int, list[int]]:
+        made = []
+
+        def counting_set(*a):
+            made.append(1)
+            return set(*a)
+        sp = split_of([f"c{i % 7}" for i in range(rows)] + ["x", "y", "z"])  # one-row classes: rows left to fill
+        with monkeypatch.context() as m:
+            m.setattr(D, "set", counting_set, raising=False)
+            picked = stratified_subset(sp, rows // 2, 5)
+        return len(made), picked
+    small, picked = calls(60)
+    assert calls(600)[0] == small <= 5
+    assert picked == [0, 3, 5, 7, 8, 10, 13, 14, 16, 18, 21, 24, 25, 26, 27, 29, 30, 32, 34, 36, 39, 40, 41, 43, 44,
+                      45, 47, 60, 61, 62]  # the old code's rows, seed 5
+
+
 def test_stratified_subset_does_not_sample_away_a_small_label():
     sp = split_of(["a"] * 2 + ["b"] * 100)
     for seed in range(30):
