@@ -99,7 +99,8 @@ def test_assess_names_no_label_unquoted_and_each_label_of_a_set_by_the_rule(tmp_
                  "--no-probe"]) == 0
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if "conflicting label pairs: " in line)
-    assert line.split("conflicting label pairs: ")[1] == '(none) / pin (1), transfer / transfer+"x, y" (1)', line
+    assert line.split("conflicting label pairs: ")[1] == \
+        '(none) / pin (1 exact), transfer / transfer+"x, y" (1 exact)', line
 
 
 def test_assess_findings_name_each_label_by_the_rule(tmp_path, capsys, monkeypatch):

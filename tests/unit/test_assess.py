@@ -193,6 +193,40 @@ def test_planted_details():
     assert a.facts["leak_train_val_rows"] == 3
 
 
+def test_the_exact_conflict_finding_names_the_top_pair_of_exact_conflicts_not_near_ones():
+    """One text carried card_lost and pin (an exact conflict); balance / transfer had two near-identical pairs only.
+    The pairs counted exact and near conflicts together, and the exact-conflict error named the first of them:
+    "most: balance / transfer", a pair with no exact conflict; the listing "balance / transfer (2), card_lost / pin
+    (1)" did not say which counts were which."""
+    import io
+
+    from rich.console import Console
+
+    from loratune.commands.assess import print_summary
+    train, val = clean_rows()
+    train += [("zz lost my card zz", "card_lost"), ("zz lost my card zz", "pin"),
+              ("please check the account balance for me now", "balance"),
+              ("please check the account balance for me noww", "transfer"),
+              ("kindly show my funds in the savings account", "balance"),
+              ("kindly show my funds in the savings accounts", "transfer")]
+    a = A.assess_dataset(make_dataset(train, val))
+    c = a.conflicts
+    assert (c.exact_groups, c.near_pairs) == (1, 2)
+    assert a.facts["top_conflict_pair"] == "card_lost / pin"
+    exact = next(f for f in a.findings if f.id == "label-conflict-exact")
+    assert "most: card_lost / pin)" in exact.message and "balance" not in exact.message, exact.message
+    assert [(p.a, p.b, p.count, p.exact, p.near) for p in c.pairs] == [("balance", "transfer", 2, 0, 2),
+                                                                         ("card_lost", "pin", 1, 1, 0)]
+    assert A.Assessment.from_dict(json.loads(json.dumps(a.to_dict()))).conflicts == c
+    buf = io.StringIO()
+    print_summary(Console(file=buf, width=300), a)
+    line = next(x for x in buf.getvalue().splitlines() if "conflicting label pairs: " in x)
+    assert line.split("conflicting label pairs: ")[1] == "balance / transfer (2 near), card_lost / pin (1 exact)", line
+    # without an exact conflict there is no pair to name
+    a = A.assess_dataset(make_dataset(train[:-6] + train[-4:], val))
+    assert a.facts["top_conflict_pair"] is None and "label-conflict-exact" not in ids(a)
+
+
 def test_currency_symbols_keep_texts_apart():
     # symbols were deleted before comparing: $100 -> usd and €100 -> eur read as one text with two labels (an
     # exact-conflict error) and £100 in validation as a leak of both

@@ -60,7 +60,8 @@ def _catalogue() -> dict[str, Fact]:
         "exact_conflict_rows": Fact("rows", "rows in those groups"),
         "near_conflict_pairs": Fact("pairs", "near-identical text pairs (char n-gram cosine >= "
                                              "near_duplicate_similarity) with different labels"),
-        "top_conflict_pair": Fact("text", "the label pair with the most conflicts, 'a / b'"),
+        "top_conflict_pair": Fact("text", "the label pair with the most exact conflicts (texts carrying both; near "
+                                          "pairs aside), 'a / b'"),
         "leak_rows": Fact("rows", "rows of a later split whose normalised text is in an earlier split"),
         "leak_where": Fact("text", "where the leaked rows are, 'src->split n'"),
         "near_leak_rows": Fact("rows", "rows of a later split with a near copy (cosine >= near_leak_similarity) in an "
@@ -153,6 +154,13 @@ def _unseen_rows(ds: Dataset, split: str) -> int:
     return sum(1 for labs in sp.labels if any(lab not in known for lab in labs)) if sp is not None else 0
 
 
+def _top_exact_pair(conflicts: Conflicts) -> str | None:
+    """'a / b', the label pair of the most exact conflicts (near pairs, which the exact-conflict finding is not
+    about, aside: a pair of only near conflicts was named as 'most' of the exact ones); None without one."""
+    top = min((p for p in conflicts.pairs if p.exact), key=lambda p: (-p.exact, p.a, p.b), default=None)
+    return f"{top.a} / {top.b}" if top else None
+
+
 def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: Conflicts, noise: Noise,
                   shifts: Mapping[str, SplitShift], resolution: Resolution, *, max_length: int | None,
                   model_info: ModelInfo | None, probe: ProbeResult | None,
@@ -179,7 +187,7 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         "unk_rate": tr.unk_rate,
         "exact_conflict_groups": conflicts.exact_groups, "exact_conflict_rows": conflicts.exact_rows,
         "near_conflict_pairs": conflicts.near_pairs,
-        "top_conflict_pair": (f"{conflicts.pairs[0].a} / {conflicts.pairs[0].b}" if conflicts.pairs else None),
+        "top_conflict_pair": _top_exact_pair(conflicts),
     }
     for kind in ("empty", "very_short", "no_letters", "encoding_damage", "non_printable", "duplicate_rows"):
         f[f"{kind}_rows"] = sum(getattr(s, kind) for s in noise.splits)

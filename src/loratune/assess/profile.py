@@ -157,7 +157,8 @@ def char_neighbours(texts: list[str], k: int, min_similarity: float | None = Non
 def find_conflicts(pool: TextPool, thresholds: AssessThresholds,
                    neighbours: tuple[np.ndarray, np.ndarray], uniq: list[str]) -> Conflicts:
     """Exact conflicts (one normalised text, several label sets) and near ones (char n-gram neighbours)."""
-    pairs: Counter = Counter()
+    exact_pairs: Counter = Counter()
+    near_pairs: Counter = Counter()
     examples: list[ConflictExample] = []
     exact_groups = exact_rows = 0
     main_label: dict[str, str] = {}
@@ -171,7 +172,7 @@ def find_conflicts(pool: TextPool, thresholds: AssessThresholds,
         ks = sorted(keys)
         for x in range(len(ks)):
             for y in range(x + 1, len(ks)):
-                pairs[(ks[x], ks[y])] += 1
+                exact_pairs[(ks[x], ks[y])] += 1
         if len(examples) < thresholds.max_examples:
             seen, rows = set(), []
             for i in idxs:  # one row per label set
@@ -195,7 +196,7 @@ def find_conflicts(pool: TextPool, thresholds: AssessThresholds,
             if la == lb:
                 continue
             near += 1
-            pairs[tuple(sorted((la, lb)))] += 1
+            near_pairs[tuple(sorted((la, lb)))] += 1
             near_examples.append(ConflictExample(
                 "near", round(float(s), 4),
                 (pool.refs[pool.by_norm[uniq[a]][0]], pool.refs[pool.by_norm[uniq[b]][0]])))
@@ -204,7 +205,8 @@ def find_conflicts(pool: TextPool, thresholds: AssessThresholds,
     return Conflicts(
         exact_groups=exact_groups, exact_rows=exact_rows, near_pairs=near,
         near_threshold=thresholds.near_duplicate_similarity,
-        pairs=tuple(PairCount(a, b, c) for (a, b), c in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))),
+        pairs=tuple(PairCount(a, b, c, exact_pairs[(a, b)], near_pairs[(a, b)])
+                    for (a, b), c in sorted((exact_pairs + near_pairs).items(), key=lambda kv: (-kv[1], kv[0]))),
         examples=tuple(examples),
     )
 

@@ -97,7 +97,9 @@ class RowRef:
 class PairCount:
     a: str
     b: str
-    count: int
+    count: int  # exact + near
+    exact: int = 0  # texts that carry both label sets (exact conflicts)
+    near: int = 0  # near-identical text pairs, one text carrying each
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ class Conflicts:
     exact_rows: int  # rows in those groups
     near_pairs: int  # pairs of distinct texts with cosine >= threshold and different labels
     near_threshold: float
-    pairs: tuple[PairCount, ...]  # label pair -> conflicts (exact + near), most frequent first
+    pairs: tuple[PairCount, ...]  # label pair -> conflicts (exact + near, each also apart), most frequent first
     examples: tuple[ConflictExample, ...]
 
 
