@@ -1292,17 +1292,28 @@ def subset_lost(whole: Split, sub: Split) -> list[str]:
     return sorted({lab for labs in whole.labels for lab in labs} - kept)
 
 
-def subset_note(name: str, key: str, whole: Split, sub: Split) -> str:
+# what a label the model never trained on costs a split that carries it, per task (the unseen-label note and the
+# max_train_samples subset's note say it)
+UNSEEN_COST = {False: "they are scored as errors",
+               True: "a row carrying one is wrong in exact match (the label itself has no column in the F1 scores)"}
+
+
+def subset_fix(caps: list[tuple[str, int]]) -> str:
+    """What to raise where max_*_samples subsets left labels out: `caps`, (config key, the labels of its split)."""
+    return (" and ".join(f"data.{key} (at least the number of labels, {labels})" for key, labels in caps)
+            + (", or leave it unset" if len(caps) == 1 else ", or leave them unset"))
+
+
+def subset_note(name: str, key: str, whole: Split, sub: Split, multi_label: bool) -> str:
     """The note for a split's max_*_samples subset (`key`): its rows, and the labels of the split it keeps no row of
     (a cap under the number of labels: which ones is the seed's draw), with what that costs and the fix."""
     lost = subset_lost(whole, sub)
     every = len({lab for labs in whole.labels for lab in labs})
-    cost = ("the model never learns them: their validation/test rows are scored as errors" if name == "train" else
+    cost = (f"the model never learns them; in validation/test, {UNSEEN_COST[multi_label]}" if name == "train" else
             "their recall is not measured")
     return f"{name}: stratified subset of {len(sub)} rows ({key})" + (
         f", with no row of {len(lost)} of the split's {every} label(s) ({', '.join(lost[:5])}"
-        f"{'...' if len(lost) > 5 else ''}): {cost}; to keep them, raise data.{key} (at least the number of labels, "
-        f"{every})" if lost else "")
+        f"{'...' if len(lost) > 5 else ''}): {cost}; to keep them, raise {subset_fix([(key, every)])}" if lost else "")
 
 
 def unseen_label_note(where: str, counts: Counter, multi_label: bool, dropped: Iterable[str] = ()) -> str:
@@ -1315,8 +1326,7 @@ def unseen_label_note(where: str, counts: Counter, multi_label: bool, dropped: I
              f"; {len(by_subset)} of them in the train file, left out by its max_train_samples subset")
     return (f"{where}: {sum(counts.values())} label occurrence(s) of {len(counts)} label(s) not in train "
             f"({', '.join(list(counts)[:5])}{'...' if len(counts) > 5 else ''}{cause}); " +
-            ("a row carrying one is wrong in exact match (the label itself has no column in the F1 scores)"
-             if multi_label else "they are scored as errors"))
+            UNSEEN_COST[multi_label])
 
 
 def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
@@ -1402,11 +1412,11 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
     whole, carved_n = train, (0 if "validation" in splits else len(validation))
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         train = train.subset(stratified_subset(train, cfg.max_train_samples, seed))
-        notes.append(subset_note("train", "max_train_samples", whole, train))
+        notes.append(subset_note("train", "max_train_samples", whole, train, bool(multi)))
     if cfg.max_eval_samples and cfg.max_eval_samples < len(validation):
         full = validation
         validation = validation.subset(stratified_subset(validation, cfg.max_eval_samples, seed))
-        notes.append(subset_note("validation", "max_eval_samples", full, validation))
+        notes.append(subset_note("validation", "max_eval_samples", full, validation, bool(multi)))
 
     counts = train.label_counts()
     # a row's target, its label set: multi-label rows that all carry the same labels ('a' and 'b' on every row) give
@@ -1423,7 +1433,7 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
                             + (f"; its other {carved_n} rows carved for validation" if carved_n else "")
                             + f") has {only}",
                             "a classifier needs at least two labels, and rows that differ in them: raise "
-                            "data.max_train_samples (at least the number of labels), or leave it unset")
+                            + subset_fix([("max_train_samples", len(whole.label_counts()))]))
         raise UserError(f"training data '{train.source}' has {only}",
                         "a classifier needs at least two labels, and rows that differ in them: check "
                         "data.label_column")

@@ -408,8 +408,8 @@ def test_max_samples_under_the_class_count_drop_classes_by_the_seed_and_name_the
         lost.add(tuple(gone))
         assert ds.notes == (
             f"train: stratified subset of 5 rows (max_train_samples), with no row of 3 of the split's 8 label(s) "
-            f"({', '.join(gone)}): the model never learns them: their validation/test rows are scored as errors; to "
-            "keep them, raise data.max_train_samples (at least the number of labels, 8)",
+            f"({', '.join(gone)}): the model never learns them; in validation/test, they are scored as errors; to "
+            "keep them, raise data.max_train_samples (at least the number of labels, 8), or leave it unset",
             f"validation: 9 label occurrence(s) of 3 label(s) not in train ({', '.join(gone)}; all of them in the "
             "train file, left out by its max_train_samples subset); they are scored as errors"), seed
         assert ds.unseen == {"validation": {lab: 3 for lab in gone}}
@@ -423,9 +423,34 @@ def test_max_samples_under_the_class_count_drop_classes_by_the_seed_and_name_the
         assert ds.notes == (
             f"validation: stratified subset of 6 rows (max_eval_samples), with no row of 2 of the split's 8 label(s) "
             f"({', '.join(gone)}): their recall is not measured; to keep them, raise data.max_eval_samples (at "
-            "least the number of labels, 8)",), seed
+            "least the number of labels, 8), or leave it unset",), seed
     assert len(lost) >= 4
 
+
+def test_multi_label_subset_and_unseen_notes_say_one_cost(tmp_path):
+    """A multi-label train subset's note said the dropped labels' "validation/test rows are scored as errors" while the
+    unseen-label note of the same run said "a row carrying one is wrong in exact match (the label itself has no column
+    in the F1 scores)"; the fix "(at least the number of labels)" was written twice, the refusal's without the number.
+    Both notes say the task's cost in one wording, and the fix is one text."""
+    from loratune.errors import UserError
+    labs = ["l0", "l1", "l2", "l3", "l4", "l5"]
+    rows = [{"text": f"row {i}", "labels": [labs[i % 6], labs[(i + 1) % 6]]} for i in range(24)]
+    train = write_rows(tmp_path / "train.jsonl", rows)
+    val = write_rows(tmp_path / "val.jsonl", [{"text": f"v {i}", "labels": [lab]} for i, lab in enumerate(labs)])
+    ds = load_dataset(DataConfig(train_file=str(train), validation_file=str(val), label_column="labels",
+                                 multi_label=True, max_train_samples=2), seed=1)
+    gone = sorted(set(labs) - set(ds.label_space.labels))
+    cost = "a row carrying one is wrong in exact match (the label itself has no column in the F1 scores)"
+    assert gone and ds.notes == (
+        f"train: stratified subset of 2 rows (max_train_samples), with no row of {len(gone)} of the split's 6 "
+        f"label(s) ({', '.join(gone)}): the model never learns them; in validation/test, {cost}; to keep them, raise "
+        "data.max_train_samples (at least the number of labels, 6), or leave it unset",
+        f"validation: {len(gone)} label occurrence(s) of {len(gone)} label(s) not in train ({', '.join(gone)}; all "
+        f"of them in the train file, left out by its max_train_samples subset); {cost}")
+    one = write_rows(tmp_path / "one.jsonl", make_rows({"a": 5, "b": 1, "c": 1}))
+    with pytest.raises(UserError) as e:  # a subset of one class: the same fix, with the number
+        load_dataset(DataConfig(train_file=str(one), max_train_samples=1), seed=0)
+    assert e.value.fix.endswith("raise data.max_train_samples (at least the number of labels, 3), or leave it unset")
 
 # ---------------------------------------------------------------------------------------------
 # user errors: each names the file and the row/line, and says what to do
