@@ -1230,11 +1230,21 @@ def _cover(split: Split, chosen: list[int], pool: list[int]) -> list[int]:
     return sorted(chosen)
 
 
-def stratified_subset(split: Split, n: int, seed: int) -> list[int]:
+def stratified_subset(split: Split, n: int, seed: int, drop_first: Iterable[str] = ()) -> list[int]:
     """Indices of a stratified subset of n rows (every label keeps at least one row where possible; n under the number
-    of classes: the classes that lose their only row are the seed's draw, not the last ones by name)."""
+    of classes: the classes that lose their only row are the seed's draw, not the last ones by name). `drop_first`:
+    classes (row_class) whose rows the subset holds only where the other rows are fewer than n (a validation subset
+    beside a max_train_samples subset: the classes train lost, which validation cannot score, so the two subsets
+    share what classes they can); a subset of the others as without them."""
     if n >= len(split):
         return list(range(len(split)))
+    drop = set(drop_first)
+    if drop:
+        keep = [i for i in range(len(split)) if row_class(split.labels[i]) not in drop]
+        if len(keep) >= n:
+            return [keep[j] for j in stratified_subset(split.subset(keep), n, seed)]
+        last = [i for i in range(len(split)) if row_class(split.labels[i]) in drop]
+        return sorted(keep + [last[j] for j in stratified_subset(split.subset(last), n - len(keep), seed)])
     _, picked = stratified_split(split, n / len(split), seed)
     rng = random.Random(seed + 1)
     if len(picked) > n:
@@ -1265,12 +1275,14 @@ def stratified_subset(split: Split, n: int, seed: int) -> list[int]:
     return _cover(split, picked, [i for i in range(len(split)) if i not in taken])
 
 
-def refuse_no_shared_label(split: Split, known: tuple[str, ...], shared: bool = True) -> None:
+def refuse_no_shared_label(split: Split, known: tuple[str, ...], shared: bool = True,
+                           subsets: tuple[str, str] | None = None) -> None:
     """Refuse a split none of whose labels is one the model learns (`known`, train's): every row scored wrong, a score
     of 0 that says nothing about the model (labels renamed, upper-cased, or another column read). A split with no
     label at all (multi-label rows of `[]` only) is refused too: its F1 scores are 0 and its exact match rewards the
     model that predicts nothing, so the best checkpoint and the thresholds were picked on an empty target. `shared`
-    False checks only that: a test split read beside a train file, which a saved run does not score against."""
+    False checks only that: a test split read beside a train file, which a saved run does not score against.
+    `subsets`: (cause, fix) where the whole files share a label and only their max_*_samples subsets do not."""
     if len(split) and not any(split.labels):
         raise UserError(f"the {split.name} split has no label on any row ({len(split)} rows in '{split.file}', each "
                         "an empty label list): there is nothing to score a model against",
@@ -1281,9 +1293,10 @@ def refuse_no_shared_label(split: Split, known: tuple[str, ...], shared: bool = 
     if shared and c and not any(lab in known for labs in split.labels for lab in labs):
         raise UserError(f"the {split.name} split shares no label with train ({split.name}: "
                         f"{', '.join(list(c)[:5])}{'...' if len(c) > 5 else ''}; train: "
-                        f"{', '.join(known[:5])}{'...' if len(known) > 5 else ''})",
-                        "give both splits the same label names (0 and 0.0 are one label; 'pin' and 'PIN' are "
-                        "two)")
+                        f"{', '.join(known[:5])}{'...' if len(known) > 5 else ''})"
+                        + (f": {subsets[0]}" if subsets else ""),
+                        subsets[1] if subsets else "give both splits the same label names (0 and 0.0 are one label; "
+                        "'pin' and 'PIN' are two)")
 
 
 def subset_lost(whole: Split, sub: Split) -> list[str]:
@@ -1327,6 +1340,19 @@ def unseen_label_note(where: str, counts: Counter, multi_label: bool, dropped: I
     return (f"{where}: {sum(counts.values())} label occurrence(s) of {len(counts)} label(s) not in train "
             f"({', '.join(list(counts)[:5])}{'...' if len(counts) > 5 else ''}{cause}); " +
             UNSEEN_COST[multi_label])
+
+
+def _subsets_share_none(whole: Split, train: Split, full: Split, validation: Split) -> tuple[str, str] | None:
+    """(cause, fix) for refuse_no_shared_label where the train and validation files share a label and only their
+    max_*_samples subsets (`train` of `whole`, `validation` of `full`) do not; None otherwise."""
+    shared = {lab for labs in whole.labels for lab in labs} & {lab for labs in full.labels for lab in labs}
+    caps = [(key, len({lab for labs in w.labels for lab in labs})) for key, w, sub in
+            (("max_train_samples", whole, train), ("max_eval_samples", full, validation)) if sub is not w]
+    if not shared or not caps:
+        return None
+    return (f"the splits share {len(shared)} label(s), but not their "
+            f"{' and '.join(f'data.{key}' for key, _ in caps)} subset{'s' if len(caps) > 1 else ''}",
+            "raise " + subset_fix(caps))
 
 
 def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
@@ -1413,9 +1439,13 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         train = train.subset(stratified_subset(train, cfg.max_train_samples, seed))
         notes.append(subset_note("train", "max_train_samples", whole, train, bool(multi)))
+    full = validation
     if cfg.max_eval_samples and cfg.max_eval_samples < len(validation):
-        full = validation
-        validation = validation.subset(stratified_subset(validation, cfg.max_eval_samples, seed))
+        # the classes the train subset lost go first: validation cannot score them, and a subset of the others keeps
+        # the two subsets' classes shared (drawn apart, 10 train and 5 validation rows of 40 classes shared none for
+        # 8 seeds of 20)
+        validation = validation.subset(stratified_subset(validation, cfg.max_eval_samples, seed,
+                                                         drop_first=subset_lost(whole, train)))
         notes.append(subset_note("validation", "max_eval_samples", full, validation, bool(multi)))
 
     counts = train.label_counts()
@@ -1449,7 +1479,8 @@ def load_dataset(cfg: DataConfig, seed: int = 42) -> Dataset:
         c = Counter(lab for labs in sp.labels for lab in labs if lab not in known)
         # an empty test split too (its scores, recorded at the end, would lie); a test split that shares no label
         # with this train file is only noted: a saved run scores it against its own label map (evaluate)
-        refuse_no_shared_label(sp, space.labels, shared=sname == "validation")
+        refuse_no_shared_label(sp, space.labels, shared=sname == "validation",
+                               subsets=_subsets_share_none(whole, train, full, validation))
         if c:
             unseen[sname] = dict(c.most_common())
             notes.append(unseen_label_note(sname, c, space.multi_label, subset_lost(whole, train)))

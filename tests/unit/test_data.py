@@ -427,6 +427,77 @@ def test_max_samples_under_the_class_count_drop_classes_by_the_seed_and_name_the
     assert len(lost) >= 4
 
 
+def test_max_eval_samples_keeps_the_classes_the_train_subset_kept(tmp_path):
+    """main dropped classes by name, so a train and a validation subset under the class count lost the same classes
+    and still shared the others; drawn by the seed, each apart, they shared none: max_train_samples=10,
+    max_eval_samples=5 on 40 classes refused 8 seeds of 20 ("shares no label with train ... give both splits the same
+    label names", a fix about names that were fine). The validation subset takes the classes train kept first (the
+    ones train lost cannot be scored), so every seed loads, and no validation row is of a class train lost."""
+    train = write_rows(tmp_path / "train.jsonl", [{"text": f"row {i} of {lab}", "label": lab}
+                                                  for lab in (f"lab_{k}" for k in range(40)) for i in range(10)])
+    for seed in range(20):
+        ds = load_dataset(DataConfig(train_file=str(train), max_train_samples=10, max_eval_samples=5), seed=seed)
+        assert len(ds.train) == 10 and len(ds.validation) == 5, seed
+        assert {labs[0] for labs in ds.validation.labels} <= set(ds.label_space.labels), seed
+        assert ds.unseen == {} and not any("not in train" in n for n in ds.notes), seed
+    # above the classes train kept, the others fill the rest, drawn stratified as before
+    ds = load_dataset(DataConfig(train_file=str(train), max_train_samples=10, max_eval_samples=15), seed=3)
+    kept = set(ds.label_space.labels)
+    val = [labs[0] for labs in ds.validation.labels]
+    assert len(val) == 15 and len(set(val)) == 15 and len([lab for lab in val if lab in kept]) == len(kept) == 10
+    assert ds.unseen == {"validation": {lab: 1 for lab in val if lab not in kept}}
+    # without a train subset (or one that loses no class) the validation subset is the one it was
+    from loratune.data import stratified_subset
+    for seed in range(5):
+        whole = load_dataset(DataConfig(train_file=str(train)), seed=seed).validation
+        ds = load_dataset(DataConfig(train_file=str(train), max_eval_samples=5), seed=seed)
+        assert ds.validation.texts == whole.subset(stratified_subset(whole, 5, seed)).texts
+
+
+def test_a_refusal_the_subsets_made_names_them_not_the_label_names(tmp_path):
+    """Where the files share labels and only the max_*_samples subsets do not (the validation file holds no row of a
+    class the train subset kept), the refusal said "give both splits the same label names": it names the subsets and
+    the fix, raising them."""
+    from loratune.errors import UserError
+    train = write_rows(tmp_path / "train.jsonl", make_rows({"a": 3, "b": 3, "c": 3, "d": 3}))
+    val = write_rows(tmp_path / "val.jsonl", make_rows({"c": 2, "d": 2}, tag="v "))
+    said = set()
+    for seed in range(12):
+        cfg = DataConfig(train_file=str(train), validation_file=str(val), max_train_samples=2)
+        try:
+            ds = load_dataset(cfg, seed=seed)
+        except UserError as e:
+            assert e.problem.startswith("the validation split shares no label with train (validation: ")
+            assert e.problem.endswith("train: a, b): the splits share 2 label(s), but not their data.max_train_samples "
+                                      "subset"), e.problem
+            assert e.fix == "raise data.max_train_samples (at least the number of labels, 4), or leave it unset"
+            said.add("refused")
+        else:
+            assert set(ds.label_space.labels) & {"c", "d"}, seed
+            said.add("loaded")
+    assert said == {"refused", "loaded"}
+    # a validation subset of labels train never had, beside one it shares: both caps named
+    val = write_rows(tmp_path / "val2.jsonl", make_rows({"a": 1, "x": 5, "y": 5, "z": 5}, tag="v "))
+    train = write_rows(tmp_path / "train2.jsonl", make_rows({"a": 4, "b": 4}))
+    refused = 0
+    for seed in range(12):
+        try:
+            load_dataset(DataConfig(train_file=str(train), validation_file=str(val), max_train_samples=3,
+                                    max_eval_samples=2), seed=seed)
+        except UserError as e:
+            refused += 1
+            assert e.problem.endswith("the splits share 1 label(s), but not their data.max_train_samples and "
+                                      "data.max_eval_samples subsets"), e.problem
+            assert e.fix == ("raise data.max_train_samples (at least the number of labels, 2) and "
+                             "data.max_eval_samples (at least the number of labels, 4), or leave them unset")
+    assert refused
+    # labels that differ in the files themselves: the names are the fix, as before
+    with pytest.raises(UserError) as e:
+        load_dataset(DataConfig(train_file=str(train), validation_file=str(
+            write_rows(tmp_path / "val3.jsonl", make_rows({"A": 2, "B": 2}))), max_train_samples=3), seed=0)
+    assert "give both splits the same label names" in e.value.fix
+
+
 def test_multi_label_subset_and_unseen_notes_say_one_cost(tmp_path):
     """A multi-label train subset's note said the dropped labels' "validation/test rows are scored as errors" while the
     unseen-label note of the same run said "a row carrying one is wrong in exact match (the label itself has no column
@@ -451,6 +522,7 @@ def test_multi_label_subset_and_unseen_notes_say_one_cost(tmp_path):
     with pytest.raises(UserError) as e:  # a subset of one class: the same fix, with the number
         load_dataset(DataConfig(train_file=str(one), max_train_samples=1), seed=0)
     assert e.value.fix.endswith("raise data.max_train_samples (at least the number of labels, 3), or leave it unset")
+
 
 # ---------------------------------------------------------------------------------------------
 # user errors: each names the file and the row/line, and says what to do
