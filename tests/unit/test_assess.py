@@ -221,10 +221,47 @@ def test_the_exact_conflict_finding_names_the_top_pair_of_exact_conflicts_not_ne
     buf = io.StringIO()
     print_summary(Console(file=buf, width=300), a)
     line = next(x for x in buf.getvalue().splitlines() if "conflicting label pairs: " in x)
-    assert line.split("conflicting label pairs: ")[1] == "balance / transfer (2 near), card_lost / pin (1 exact)", line
+    assert line.split("conflicting label pairs: ")[1] == "card_lost / pin (1 exact), balance / transfer (2 near)", line
     # without an exact conflict there is no pair to name
     a = A.assess_dataset(make_dataset(train[:-6] + train[-4:], val))
     assert a.facts["top_conflict_pair"] is None and "label-conflict-exact" not in ids(a)
+
+
+def pair_listing(a: A.Assessment) -> str:
+    """The summary's 'conflicting label pairs: ' line, after the colon."""
+    import io
+
+    from rich.console import Console
+
+    from loratune.commands.assess import print_summary
+    buf = io.StringIO()
+    print_summary(Console(file=buf, width=400), a)
+    return next(x for x in buf.getvalue().splitlines() if "conflicting label pairs: " in x).split(": ", 1)[1]
+
+
+def near_pairs_and_one_exact() -> tuple[list, list]:
+    """Six label pairs of 4 near conflicts each, and one exact conflict (card_lost / pin)."""
+    train, val = clean_rows()
+    train += [("zz lost my card zz", "card_lost"), ("zz lost my card zz", "pin")]
+    labs = ["p", "q", "r", "s", "t", "u", "v", "w", "x", "y", "z", "o"]
+    phrases = ["please check the account balance for me now", "kindly show my funds in the savings account",
+               "could you tell me how much money is left", "i would like to see all my recent payments",
+               "what time does the nearest branch open today", "send the statement to my email address please"]
+    for k, ph in enumerate(phrases):
+        a, b = labs[2 * k], labs[2 * k + 1]
+        train += [(ph, a), (ph + "s", b), (ph + " ok", a), (ph + " okk", b)]
+    return train, val
+
+
+def test_the_pair_listing_shows_the_exact_conflict_pair_the_error_names():
+    """The listing took the 5 pairs of the most conflicts, near ones counted: six pairs of 4 near conflicts each left
+    out card_lost / pin, the pair of the one exact conflict that the error names ("most: card_lost / pin"). Pairs
+    of exact conflicts come first, the one the error names first."""
+    a = A.assess_dataset(make_dataset(*near_pairs_and_one_exact()))
+    assert [(p.exact, p.near) for p in a.conflicts.pairs] == [(0, 4)] * 6 + [(1, 0)]
+    assert a.facts["top_conflict_pair"] == "card_lost / pin"
+    assert pair_listing(a) == \
+        "card_lost / pin (1 exact), o / z (4 near), p / q (4 near), r / s (4 near), t / u (4 near)"
 
 
 def test_currency_symbols_keep_texts_apart():

@@ -157,7 +157,7 @@ def _unseen_rows(ds: Dataset, split: str) -> int:
 def _top_exact_pair(conflicts: Conflicts) -> str | None:
     """'a / b', the label pair of the most exact conflicts (near pairs, which the exact-conflict finding is not
     about, aside: a pair of only near conflicts was named as 'most' of the exact ones); None without one."""
-    top = min((p for p in conflicts.pairs if p.exact), key=lambda p: (-p.exact, p.a, p.b), default=None)
+    top = next((p for p in conflicts.exact_first() if p.exact), None)
     return f"{top.a} / {top.b}" if top else None
 
 

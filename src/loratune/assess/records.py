@@ -120,6 +120,14 @@ class Conflicts:
     pairs: tuple[PairCount, ...]  # label pair -> conflicts (exact + near, each also apart), most frequent first
     examples: tuple[ConflictExample, ...]
 
+    def exact_first(self) -> tuple[PairCount, ...]:
+        """The pairs with exact conflicts first, the most of them first (then by name): the exact-conflict error names
+        the first (top_conflict_pair), and a listing of a few shows it, where the most conflicts, near ones counted,
+        left it out; then the others, most conflicts first. (A record written before exact and near were counted
+        apart has no exact pair: its pairs stay as written.)"""
+        return (tuple(sorted((p for p in self.pairs if p.exact), key=lambda p: (-p.exact, p.a, p.b)))
+                + tuple(p for p in self.pairs if not p.exact))
+
 
 @dataclass(frozen=True)
 class SplitNoise:

@@ -149,8 +149,9 @@ def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None
     out.print(t)
     if a.conflicts.pairs:
         out.print(safe("  conflicting label pairs: " + LABEL_JOIN.join(
+            # label sets, named by the rule; the pairs of exact conflicts first (the error names the top one)
             f"{p.a} / {p.b} ({', '.join(f'{n} {kind}' for n, kind in ((p.exact, 'exact'), (p.near, 'near')) if n)})"
-            for p in a.conflicts.pairs[:5])))  # label sets, named by the rule
+            for p in a.conflicts.exact_first()[:5])))
     for ex in a.conflicts.examples[:4]:
         rows = "  vs  ".join(f"[{'+'.join(map(label_text, r.labels))}] {r.text!r} ({r.split})" for r in ex.rows)
         out.print(safe(f"  {ex.kind} conflict ({ex.similarity:.2f}): {rows}"))
