@@ -264,6 +264,16 @@ def test_the_pair_listing_shows_the_exact_conflict_pair_the_error_names():
         "card_lost / pin (1 exact), o / z (4 near), p / q (4 near), r / s (4 near), t / u (4 near)"
 
 
+def test_an_old_record_s_pairs_are_listed_with_their_count():
+    """An assess.json written before exact and near conflicts were counted apart (pairs of a count only: exact and
+    near read as 0) printed "o / z ()": it prints the count, in the pairs' order as written."""
+    d = A.assess_dataset(make_dataset(*near_pairs_and_one_exact())).to_dict()
+    for q in d["conflicts"]["pairs"]:
+        del q["exact"], q["near"]
+    old = A.Assessment.from_dict(json.loads(json.dumps(d)))
+    assert pair_listing(old) == "o / z (4), p / q (4), r / s (4), t / u (4), v / w (4)"
+
+
 def test_currency_symbols_keep_texts_apart():
     # symbols were deleted before comparing: $100 -> usd and €100 -> eur read as one text with two labels (an
     # exact-conflict error) and £100 in validation as a leak of both

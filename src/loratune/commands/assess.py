@@ -106,6 +106,11 @@ def _inputs(args) -> tuple[str, dict[str, str]]:
     return head, given
 
 
+def pair_counts(p) -> str:
+    """A label pair's conflicts, '2 exact, 1 near'; a record written before they were counted apart: their sum."""
+    return ", ".join(f"{n} {kind}" for n, kind in ((p.exact, "exact"), (p.near, "near")) if n) or str(p.count)
+
+
 def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None:
     from rich import box
     from rich.table import Table
@@ -150,8 +155,7 @@ def print_summary(out, a, inputs: tuple[str, dict[str, str]] = ("", {})) -> None
     if a.conflicts.pairs:
         out.print(safe("  conflicting label pairs: " + LABEL_JOIN.join(
             # label sets, named by the rule; the pairs of exact conflicts first (the error names the top one)
-            f"{p.a} / {p.b} ({', '.join(f'{n} {kind}' for n, kind in ((p.exact, 'exact'), (p.near, 'near')) if n)})"
-            for p in a.conflicts.exact_first()[:5])))
+            f"{p.a} / {p.b} ({pair_counts(p)})" for p in a.conflicts.exact_first()[:5])))
     for ex in a.conflicts.examples[:4]:
         rows = "  vs  ".join(f"[{'+'.join(map(label_text, r.labels))}] {r.text!r} ({r.split})" for r in ex.rows)
         out.print(safe(f"  {ex.kind} conflict ({ex.similarity:.2f}): {rows}"))
