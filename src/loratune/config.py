@@ -720,6 +720,12 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any, str]:
     return False, None, _describe(hint)
 
 
+def to_number(value: Any) -> tuple[bool, Any, str]:
+    """`value` read as a config file's number is (YAML 1.1 reads `1e-05`, with no dot, as a string): (ok, the finite
+    float, what is allowed). The --thresholds reader (rules._check_value) converts its values with it too."""
+    return _coerce(value, float)
+
+
 def _describe(hint: Any) -> str:
     if get_origin(hint) is tuple:
         item = get_args(hint)[0]

@@ -1441,6 +1441,11 @@ def _check_value(table: str, name: str, default: Any, value: Any,
     """The override as the table holds it, or the problem. Every value is finite. A diagnosis threshold takes its
     unit's range (UNIT_RANGES; signed units any number); assess and LoRA-vs-full values are counts, shares and
     ratios: >= 0, a count (an int default) a whole number, and one with a range of its own (`allowed`) in it."""
+    if isinstance(value, str):  # YAML 1.1 reads `1e-05` (what `loratune rules` prints) as a string: read as a config
+        from loratune.config import to_number  # value is (config.to_number); 'big' stays a string and is refused
+
+        ok, number, _ = to_number(value)
+        value = number if ok else value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None, f"threshold '{name}': got {value!r}; allowed: a number"
     if not math.isfinite(value):  # nan compares false with everything: each rule reading it silently changes verdict

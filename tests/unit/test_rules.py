@@ -491,3 +491,26 @@ def test_full_fine_tuning_lr_range_is_stated_once_and_matches_protocol_1():
     assert FULL_FT_LR_RANGE == tuple(round(x / LORA_OVER_FULL_LR, 12) for x in LORA_LR_CENTRE)
     for name in ("usual_lr_min", "lr_far_below_max", "lora_lr_floor"):
         assert "full fine-tuning" in THRESHOLDS[name].doc and "1e-5..5e-5" in THRESHOLDS[name].doc
+
+
+def test_a_threshold_written_as_rules_prints_it_in_exponent_form_is_read_as_a_number(tmp_path):
+    """PyYAML reads `1e-05` (no dot: YAML 1.1) as a string: `usual_lr_min: 1e-05`, exactly what `loratune rules`
+    prints, was refused "got '1e-05'; allowed: a number". It is read as a config value is (config.to_number)."""
+    from loratune.thresholds import load_threshold_tables
+
+    f = tmp_path / "t.yaml"
+    f.write_text("usual_lr_min: 1e-05\ncollapse_lr_min: 2e-2\nlong_tail_count: 3e1\n")
+    tables = load_threshold_tables(f)
+    assert tables["diagnosis"]["usual_lr_min"] == 1e-5 and tables["diagnosis"]["collapse_lr_min"] == 0.02
+    assert tables["assess"]["long_tail_count"] == 30 and isinstance(tables["assess"]["long_tail_count"], int)
+    assert load_thresholds(_write(tmp_path, "usual_lr_min: 1e-05\n"))[
+        "usual_lr_min"] == 1e-5
+    for bad in ("usual_lr_min: big", "usual_lr_min: nan", "usual_lr_min: '-1e-05'"):
+        with pytest.raises(UserError, match="allowed: a"):
+            load_threshold_tables(_write(tmp_path, bad + "\n"))
+
+
+def _write(tmp_path, text: str):
+    f = tmp_path / "w.yaml"
+    f.write_text(text)
+    return f
