@@ -1525,11 +1525,26 @@ def load_thresholds(path: str | Path | None) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 
 
+# a threshold's unit -> the suffix its value is printed with (a share as a percentage); a threshold is printed at full
+# precision (format_threshold), never rounded as a measured value is (features.format_value): zero_loss_max 0.0035
+# printed as 0.004, and a 0.0004 override as 0.000 / 0.0%
+THRESHOLD_SUFFIX: Mapping[str, str] = MappingProxyType({"fraction": "%", "ratio": "x", "se": " SE"})
+THRESHOLD_DIGITS = 12  # significant digits: every value a user writes round-trips, float noise (0.1 * 100) does not show
+
+
+def format_threshold(unit: str, value: float) -> str:
+    """A threshold's value as rule conditions print it: every digit it has (10%, 0.04%, 0.0035, 1e-05, 1.5x)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    shown = value * 100 if unit == "fraction" else value
+    return f"{shown:.{THRESHOLD_DIGITS}g}{THRESHOLD_SUFFIX.get(unit, '')}"
+
+
 def describe_clause(cl: Clause, thresholds: Mapping[str, float] | None = None) -> str:
     values = thresholds or default_thresholds()
     t = THRESHOLDS[cl.threshold]
     req = " [required]" if cl.required else ""
-    return f"{cl.feature} {cl.op} {cl.threshold} ({format_value(t.unit, values[cl.threshold])}){req}"
+    return f"{cl.feature} {cl.op} {cl.threshold} ({format_threshold(t.unit, values[cl.threshold])}){req}"
 
 
 def describe(cond: Cond | Clause, thresholds: Mapping[str, float] | None = None, indent: int = 0) -> str:

@@ -477,7 +477,7 @@ def test_a_perplexity_threshold_reads_as_a_plain_number_not_a_multiple(capsys):
     assert t.allowed.problem(0.5) is not None and t.allowed.problem(1.0) is None  # exp(a loss >= 0) >= 1
     assert main(["rules"]) == 0
     out = capsys.readouterr().out
-    assert "train_perplexity_final <= memorised_perplexity_max (1.100)" in out and "(1.10x)" not in out
+    assert "train_perplexity_final <= memorised_perplexity_max (1.1)" in out and "(1.10x)" not in out
 
 
 def test_full_fine_tuning_lr_range_is_stated_once_and_matches_protocol_1():
@@ -514,3 +514,26 @@ def _write(tmp_path, text: str):
     f = tmp_path / "w.yaml"
     f.write_text(text)
     return f
+
+
+def test_rule_conditions_print_thresholds_at_full_precision(tmp_path, capsys):
+    """`loratune rules` printed `val_loss_final > zero_loss_max (0.004)` while the code uses 0.0035, and a 0.0004
+    override of zero_loss_max / slow_drop_max as 0.000 / 0.0%: thresholds print every digit (rules.format_threshold);
+    features.format_value is for measured values."""
+    from loratune.cli import main
+    from loratune.rules import describe_clause, format_threshold
+
+    assert THRESHOLDS["zero_loss_max"].value == 0.0035
+    assert describe_clause(Clause("val_loss_final", ">", "zero_loss_max")) == "val_loss_final > zero_loss_max (0.0035)"
+    assert [format_threshold(u, v) for u, v in (("fraction", 0.1), ("fraction", 0.0004), ("loss", 0.0004),
+                                                ("lr", 1e-5), ("ratio", 1.5), ("se", 2.0), ("points", 0.123456789))] \
+        == ["10%", "0.04%", "0.0004", "1e-05", "1.5x", "2 SE", "0.123456789"]
+    assert main(["rules"]) == 0
+    out = capsys.readouterr().out
+    assert "zero_loss_max (0.0035)" in out and "zero_loss_max (0.004)" not in out
+    f = tmp_path / "t.yaml"
+    f.write_text("zero_loss_max: 0.0004\nslow_drop_max: 0.0004\n")
+    assert main(["rules", "--thresholds", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "zero_loss_max (0.0004)" in out and "slow_drop_max (0.04%)" in out
+    assert "(0.000)" not in out and "slow_drop_max (0.0%)" not in out
