@@ -460,6 +460,26 @@ _CATALOGUE = (
 
 FEATURES: Mapping[str, FeatureSpec] = MappingProxyType({s.name: s for s in _CATALOGUE})
 
+# The values a feature can take, where bounded (name -> (lowest, highest or None)): shares, run fractions and val
+# metrics lie in [0, 1] (every val metric is a share: val_metric_room), counts are never negative. The diagnosis
+# thresholds compared with them take only values at which the comparison can go either way
+# (rules.threshold_ranges): collapse_pred_share 0 made every run `collapsed`, nonfinite_min 0 every run `diverged`.
+UNIT_DOMAINS: Mapping[str, tuple[float, float | None]] = MappingProxyType({"count": (0.0, None)})
+_SHARE = (0.0, 1.0)
+FEATURE_DOMAINS: Mapping[str, tuple[float, float | None]] = MappingProxyType({
+    # fractions: shares of predictions, points, changes, outputs, errors; positions in the run
+    **dict.fromkeys(("val_pred_top_share", "val_metric_repeat_share", "val_loss_rise_share", "val_loss_repeat_share",
+                     "val_loss_min_fraction", "train_loss_min_fraction", "prompt_capped_share_final",
+                     "prompt_repetition_final", "first_eval_fraction", "best_step_fraction", "confused_top_rate",
+                     "confused_pairs_persist_share"), _SHARE),
+    # points: val / train_eval metrics and their slices, chrF scores, the room below the ceiling
+    **dict.fromkeys(("val_metric_best", "train_eval_metric_final", "familiar_metric_final", "novel_metric_final",
+                     "single_metric_final", "tail_recall", "prompt_familiar_score_final", "prompt_novel_score_final",
+                     "val_metric_room"), _SHARE),
+    "val_loss_rise_trend": (-1.0, 1.0),  # Kendall's tau
+    "val_metric_se": (0.0, 1.0), "seed_std": (0.0, None),
+})
+
 # a preference run's own score: the share of held-out pairs whose chosen answer the policy rewards above the rejected
 # one (TRL's eval_rewards/accuracies; a share of pairs, so binomial). Its token accuracy scores the chosen answers as
 # an SFT target, which DPO does not train toward: a good run's stays flat while its reward accuracy climbs

@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import Any, Iterator, Mapping, Union
 
 from loratune.errors import UserError, require_file
-from loratune.features import COMPARE_FEATURES, FEATURES, format_value
+from loratune.features import COMPARE_FEATURES, FEATURE_DOMAINS, FEATURES, UNIT_DOMAINS
 from loratune.moves import is_move
 from loratune.objectives import NOISE_BAND
 
@@ -86,13 +86,15 @@ class ValueRange:
     hi: float | None = None
     lo_exclusive: bool = False
     why: str = ""
+    hi_exclusive: bool = False
 
     def problem(self, value: float) -> str | None:
         """What is wrong with `value` (a finite number), or None."""
         low = self.lo is not None and (value < self.lo or (self.lo_exclusive and value == self.lo))
-        if low or (self.hi is not None and value > self.hi):
+        high = self.hi is not None and (value > self.hi or (self.hi_exclusive and value == self.hi))
+        if low or high:
             parts = ([f"{'>' if self.lo_exclusive else '>='} {self.lo:g}"] if self.lo is not None else []) + \
-                    ([f"<= {self.hi:g}"] if self.hi is not None else [])
+                    ([f"{'<' if self.hi_exclusive else '<='} {self.hi:g}"] if self.hi is not None else [])
             return f"a number {' and '.join(parts)} ({self.why})"
         return None
 
@@ -1386,6 +1388,46 @@ def catalogue_for(rule: Rule) -> Mapping:
     return COMPARE_FEATURES if rule.scope == "compare" else FEATURES
 
 
+# op -> which ends of a feature's domain [lo, hi] a threshold must stay inside (exclusive or not) for the clause
+# `feature op threshold` to be true for some values and false for others: `x >= t` holds for every x at t <= lo and
+# for none at t > hi, so t lies in (lo, hi]
+_OP_OPEN_ENDS: Mapping[str, tuple[bool, bool]] = MappingProxyType({
+    ">=": (True, False), ">": (False, True), "<": (True, False), "<=": (False, True)})
+
+
+def clause_ranges(rules: tuple[Rule, ...] = RULES,
+                  thresholds: Mapping[str, Threshold] = THRESHOLDS) -> dict[str, tuple[ValueRange, ...]]:
+    """threshold -> the ranges its clauses need (one per clause on a bounded feature: features.FEATURE_DOMAINS, or
+    UNIT_DOMAINS by the feature's unit): outside one, that clause holds for every run or for none."""
+    out: dict[str, dict[tuple, ValueRange]] = {name: {} for name in thresholds}
+    for r in rules:
+        cat = catalogue_for(r)
+        for cl in r.when.leaves():
+            spec = cat.get(cl.feature)
+            domain = FEATURE_DOMAINS.get(cl.feature) or (UNIT_DOMAINS.get(spec.unit) if spec else None)
+            if domain is None or cl.threshold not in out or cl.op not in _OP_OPEN_ENDS:
+                continue
+            (lo, hi), (lo_open, hi_open) = domain, _OP_OPEN_ENDS[cl.op]
+            span = f"{lo:g}..{hi:g}" if hi is not None else f">= {lo:g}"
+            why = f"`{cl.feature} {cl.op} {cl.threshold}` must hold for some runs and not others: {cl.feature} is {span}"
+            out[cl.threshold].setdefault((cl.feature, cl.op), ValueRange(lo, hi, lo_open, why, hi_open and hi is not None))
+    return {name: tuple(ranges.values()) for name, ranges in out.items()}
+
+
+THRESHOLD_CLAUSE_RANGES: Mapping[str, tuple[ValueRange, ...]] = MappingProxyType(clause_ranges())
+
+
+def threshold_problem(name: str, value: float, thresholds: Mapping[str, Threshold] = THRESHOLDS,
+                      ranges: Mapping[str, tuple[ValueRange, ...]] = THRESHOLD_CLAUSE_RANGES) -> str | None:
+    """What is wrong with `value` for the diagnosis threshold `name`: its unit's range (UNIT_RANGES), then each range
+    its clauses need (THRESHOLD_CLAUSE_RANGES); None when it is in all."""
+    for allowed in (thresholds[name].allowed, *ranges.get(name, ())):
+        problem = allowed.problem(value)
+        if problem:
+            return problem
+    return None
+
+
 def check_table(rules: tuple[Rule, ...] = RULES, thresholds: Mapping[str, Threshold] = THRESHOLDS) -> list[str]:
     """Problems with a rule table (unknown features/thresholds/ops/ids, unit mismatches); [] when sound."""
     problems = []
@@ -1416,8 +1458,9 @@ def check_table(rules: tuple[Rule, ...] = RULES, thresholds: Mapping[str, Thresh
                 problems.append(f"{r.id}: unknown move {m!r} (add it to loratune.moves.MOVES)")
         if r.knob is not None and (r.scope != "compare" or r.knob not in COMPARE_KNOBS):
             problems.append(f"{r.id}: knob {r.knob} is no compare knob ({', '.join(COMPARE_KNOBS)}) of a compare rule")
+    ranges = clause_ranges(rules, thresholds)
     for t in thresholds.values():
-        problem = t.allowed.problem(t.value)
+        problem = threshold_problem(t.name, t.value, thresholds, ranges)
         if problem:
             problems.append(f"threshold {t.name}: its default {t.value:g} is outside its unit's range ({problem})")
     for sg in SIGNALS:
@@ -1439,7 +1482,7 @@ def default_thresholds() -> dict[str, float]:
 def _check_value(table: str, name: str, default: Any, value: Any,
                  allowed: ValueRange | None = None) -> tuple[Any, str | None]:
     """The override as the table holds it, or the problem. Every value is finite. A diagnosis threshold takes its
-    unit's range (UNIT_RANGES; signed units any number); assess and LoRA-vs-full values are counts, shares and
+    unit's range (UNIT_RANGES; signed units any number) and the ranges its clauses need (THRESHOLD_CLAUSE_RANGES); assess and LoRA-vs-full values are counts, shares and
     ratios: >= 0, a count (an int default) a whole number, and one with a range of its own (`allowed`) in it."""
     if isinstance(value, str):  # YAML 1.1 reads `1e-05` (what `loratune rules` prints) as a string: read as a config
         from loratune.config import to_number  # value is (config.to_number); 'big' stays a string and is refused
@@ -1451,7 +1494,7 @@ def _check_value(table: str, name: str, default: Any, value: Any,
     if not math.isfinite(value):  # nan compares false with everything: each rule reading it silently changes verdict
         return None, f"threshold '{name}': got {value!r}; allowed: a finite number"
     if table == "diagnosis":
-        problem = THRESHOLDS[name].allowed.problem(value) if name in THRESHOLDS else None
+        problem = threshold_problem(name, value) if name in THRESHOLDS else None
         return (None, f"threshold '{name}': got {value!r}; allowed: {problem}") if problem else (float(value), None)
     if value < 0:
         return None, f"threshold '{name}': got {value!r}; allowed: a number >= 0"

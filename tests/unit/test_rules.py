@@ -537,3 +537,31 @@ def test_rule_conditions_print_thresholds_at_full_precision(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "zero_loss_max (0.0004)" in out and "slow_drop_max (0.04%)" in out
     assert "(0.000)" not in out and "slow_drop_max (0.0%)" not in out
+
+
+@pytest.mark.parametrize("name, value, why", [
+    ("nonfinite_min", 0, "> 0"),  # nonfinite_values >= 0: every run `diverged`
+    ("collapse_pred_share", -1, "> 0 and <= 1"),  # val_pred_top_share >= -1: every run `collapsed`
+    ("collapse_pred_share", 0, "> 0 and <= 1"),
+    ("never_learned_metric_max", 2, "> 0 and <= 1"),  # val_metric_best >= 2 never: every run inconclusive
+    ("metric_dead_max", 1, ">= 0 and < 1"),  # val_metric_best > 1 never
+    ("confused_count_min", 0, "> 0"),
+])
+def test_a_threshold_that_makes_its_clause_hold_for_every_run_or_none_is_refused(tmp_path, capsys, name, value, why):
+    """A count threshold read with >= took 0 (nonfinite_min: 0 made every run `diverged`), a share or a metric any
+    number (collapse_pred_share -1 or 0: `collapsed`; never_learned_metric_max 2: inconclusive). A threshold takes only
+    the values at which each clause reading it can go either way over its feature's domain (features.FEATURE_DOMAINS,
+    UNIT_DOMAINS): exit 2 naming the clause."""
+    from loratune.cli import main
+    from loratune.rules import THRESHOLD_CLAUSE_RANGES, threshold_problem
+
+    assert THRESHOLD_CLAUSE_RANGES[name] and threshold_problem(name, THRESHOLDS[name].value) is None
+    with pytest.raises(UserError, match=f"threshold '{name}': got {value}; allowed: a number {why} "):
+        resolve_thresholds({name: value})
+    f = tmp_path / "t.yaml"
+    f.write_text(f"{name}: {value}\n")
+    assert main(["rules", "--thresholds", str(f)]) == 2
+    assert f"threshold '{name}'" in capsys.readouterr().err
+    # the values in range still read: the bounds that stay meaningful, and signed thresholds stay free
+    assert resolve_thresholds({"collapse_pred_share": 1, "metric_dead_max": 0, "nonfinite_min": 0.5,
+                               "still_falling_min": -0.2, "diverged_val_metric_gain_max": -0.3})["collapse_pred_share"] == 1
