@@ -1458,6 +1458,8 @@ def check_table(rules: tuple[Rule, ...] = RULES, thresholds: Mapping[str, Thresh
                 problems.append(f"{r.id}: unknown move {m!r} (add it to loratune.moves.MOVES)")
         if r.knob is not None and (r.scope != "compare" or r.knob not in COMPARE_KNOBS):
             problems.append(f"{r.id}: knob {r.knob} is no compare knob ({', '.join(COMPARE_KNOBS)}) of a compare rule")
+    problems += [f"threshold defaults: {p}" for p in order_problems({"diagnosis": {n: t.value for n, t in
+                                                                                   thresholds.items()}})]
     ranges = clause_ranges(rules, thresholds)
     for t in thresholds.values():
         problem = threshold_problem(t.name, t.value, thresholds, ranges)
@@ -1508,6 +1510,33 @@ def _check_value(table: str, name: str, default: Any, value: Any,
     return float(value), None
 
 
+@dataclass(frozen=True)
+class ThresholdOrder:
+    """Two thresholds whose order the rules need: `low` <= `high` (a band's ends, a weaker and a stronger cut). Names
+    may be of any table `loratune rules` lists; a pair is checked where both are in the tables resolved."""
+
+    low: str
+    high: str
+    why: str
+
+
+THRESHOLD_ORDERS: tuple[ThresholdOrder, ...] = (
+    ThresholdOrder("hard_probe_f1", "easy_probe_f1", "a probe F1 between them would be both a hard and an easy task "
+                   "(assess: below hard_probe_f1 hard, above easy_probe_f1 easy)"),
+    ThresholdOrder("noise_fit_min", "noise_fit_max", "label-noise reads a train metric at or above noise_fit_min and "
+                   "at or below noise_fit_max: the other way round the band is empty"),
+)  # (a weaker and a stronger cut of separate routes, rise_noise_min / rise_noise_strong_min, are no such pair: each
+# route is turned off alone by raising its own)
+
+
+def order_problems(tables: Mapping[str, Mapping[str, Any]],
+                   orders: tuple[ThresholdOrder, ...] = THRESHOLD_ORDERS) -> list[str]:
+    """Each pair of `orders` whose values in `tables` (table -> name -> value) are the wrong way round."""
+    values = {name: value for table in tables.values() for name, value in table.items()}
+    return [f"'{o.low}' ({values[o.low]:g}) must not exceed '{o.high}' ({values[o.high]:g}): {o.why}"
+            for o in orders if o.low in values and o.high in values and values[o.low] > values[o.high]]
+
+
 def resolve_threshold_tables(overrides: Mapping[str, Any] | None, tables: Mapping[str, Mapping[str, Any]],
                              ranges: Mapping[str, ValueRange] | None = None) -> dict[str, dict[str, Any]]:
     """`tables` (table -> name -> default; a name unique across tables) with `overrides` applied. Unknown names or
@@ -1528,6 +1557,8 @@ def resolve_threshold_tables(overrides: Mapping[str, Any] | None, tables: Mappin
             problems.append(problem)
         else:
             tables[table][name] = checked
+    if not problems:  # pairs whose order the rules need (THRESHOLD_ORDERS), once every value reads
+        problems = order_problems(tables)
     if problems:
         raise UserError("invalid thresholds: " + "; ".join(problems),
                         "use the names listed by `loratune rules`, each with a number in its allowed range")

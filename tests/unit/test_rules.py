@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from types import MappingProxyType
 
 import pytest
@@ -565,3 +566,28 @@ def test_a_threshold_that_makes_its_clause_hold_for_every_run_or_none_is_refused
     # the values in range still read: the bounds that stay meaningful, and signed thresholds stay free
     assert resolve_thresholds({"collapse_pred_share": 1, "metric_dead_max": 0, "nonfinite_min": 0.5,
                                "still_falling_min": -0.2, "diverged_val_metric_gain_max": -0.3})["collapse_pred_share"] == 1
+
+
+@pytest.mark.parametrize("text, pair", [
+    ("hard_probe_f1: 0.9\neasy_probe_f1: 0.5\n", "'hard_probe_f1' (0.9) must not exceed 'easy_probe_f1' (0.5)"),
+    ("hard_probe_f1: 0.97\n", "'hard_probe_f1' (0.97) must not exceed 'easy_probe_f1' (0.95)"),  # against a default
+    ("noise_fit_min: 0.99\n", "'noise_fit_min' (0.99) must not exceed 'noise_fit_max' (0.97)"),
+    ("noise_fit_min: 0.9\nnoise_fit_max: 0.8\n", "'noise_fit_min' (0.9) must not exceed 'noise_fit_max' (0.8)"),
+])
+def test_thresholds_whose_order_the_rules_need_are_refused_the_wrong_way_round(tmp_path, capsys, text, pair):
+    """hard_probe_f1: 0.9 with easy_probe_f1: 0.5 was taken, and assess reported both hard-task and easy-task for one
+    probe F1 of 0.7. The orderings the rules need are data (rules.THRESHOLD_ORDERS): the wrong way round is exit 2."""
+    from loratune.cli import main
+    from loratune.rules import THRESHOLD_ORDERS
+    from loratune.thresholds import load_threshold_tables, threshold_tables
+
+    names = {n for t in threshold_tables().values() for n in t}
+    assert all(o.low in names and o.high in names for o in THRESHOLD_ORDERS)
+    f = tmp_path / "t.yaml"
+    f.write_text(text)
+    with pytest.raises(UserError, match=re.escape(pair)):
+        load_threshold_tables(f)
+    assert main(["rules", "--thresholds", str(f)]) == 2
+    assert pair in capsys.readouterr().err
+    f.write_text("hard_probe_f1: 0.6\neasy_probe_f1: 0.6\nnoise_fit_min: 0.5\n")  # in order (equal is no overlap)
+    assert load_threshold_tables(f)["assess"]["hard_probe_f1"] == 0.6
