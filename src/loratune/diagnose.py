@@ -29,14 +29,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loratune.config import AdapterConfig
+from loratune.errors import UserError
 from loratune.features import COMPARE_FEATURES, FEATURES, KIND_FEATURES, NOT_APPLICABLE, CurveFeatures, FeatureSet, \
     binomial_se, compute_features, format_value, has_binomial_se
 from loratune.history_io import RunHistory, checkpoint_step, from_points, load_run
 from loratune.moves import DOWN, HOLD, UP, towards
 from loratune import objectives
 from loratune.objectives import NOISE_BAND, at_threshold, objective
-from loratune.rules import COMPARE_KNOBS, RULES, SIGNALS, THRESHOLDS, Clause, Cond, Rule, catalogue_for, \
-    resolve_thresholds, signal_for
+from loratune.rules import COMPARE_KNOBS, RULES, RUN_THRESHOLDS_KEY, SIGNALS, THRESHOLDS, Clause, Cond, Rule, \
+    catalogue_for, overridden_thresholds, resolve_thresholds, signal_for
 
 MISSING_FACTOR = 0.75  # confidence multiplier per unknown clause of a tentatively fired rule
 THIN_MARGIN = 0.1  # a decisive clause passing within 10% (2 points for 0..1 quantities) of its threshold ...
@@ -134,6 +135,8 @@ class Diagnosis:
     facts: Mapping[str, Any] = field(default_factory=dict)  # name -> {"value", "source"} (external runs)
     tie_band_se: float | None = None  # the drop_se_min the rules read (an override included); None: the table's
     step_unit: str = "step"  # what the curve's x counts: "row" for a CSV with no step column (its steps are unknown)
+    thresholds_overridden: Mapping[str, float] = field(default_factory=dict)  # the thresholds read, where not defaults
+    thresholds_note: str = ""  # which thresholds read the run where it recorded its own (rules.RUN_THRESHOLDS_KEY)
 
     @property
     def active(self) -> tuple[Finding, ...]:
@@ -252,6 +255,7 @@ class Diagnosis:
             "not_evaluated": [n.to_dict() for n in self.not_evaluated],
             "features": self.features.to_dict(), "notes": list(self.notes), "advice": self.advice(),
             "facts": dict(self.facts), "step_unit": self.step_unit,
+            "thresholds_overridden": dict(self.thresholds_overridden),
         }
 
 
@@ -509,11 +513,27 @@ def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[
     """Diagnose one run: a run directory / trainer_state.json / CSV path, a RunHistory, or eval points
     (with `meta` = run.json). `thresholds`: overrides by name (see `loratune rules`)."""
     run = as_run(source, meta=meta, name=name)
-    values = resolve_thresholds(thresholds if thresholds is not None else {})
+    # a run records the thresholds it was judged by (a tune trial: its study's --thresholds): read back with them
+    # unless `thresholds` are given, and said either way
+    recorded = run.meta.get(RUN_THRESHOLDS_KEY) or {}
+    if not isinstance(recorded, Mapping):
+        raise UserError(f"run '{run.name}': its run.json `{RUN_THRESHOLDS_KEY}` is {recorded!r:.60}, not a mapping of "
+                        "threshold names to values", "restore the record, or remove the key to read it with the "
+                        "defaults")
+    values = resolve_thresholds(thresholds if thresholds is not None else recorded)
+    used = overridden_thresholds(values)
     features = compute_features(run.points, run.meta, run.config)
     run_rules = [r for r in rules if r.scope != "compare"]
     findings, gaps = evaluate_rules(features, run_rules, values)
     notes = run.notes
+    thresholds_note = ""
+    if recorded and used == overridden_thresholds(resolve_thresholds(recorded)):
+        thresholds_note = (f"thresholds: the ones this run was judged by (its run.json, e.g. its study's "
+                           f"--thresholds): {_overrides_text(used)}")
+    elif recorded:
+        thresholds_note = (f"thresholds: {_overrides_text(used)} as given here; this run was judged by others (its "
+                           f"run.json): {_overrides_text(recorded)}")
+    notes = ((thresholds_note,) if thresholds_note else ()) + tuple(notes)
     if _partial(run):
         why = f"status {run.meta['status']}" if run.meta.get("status") in PARTIAL_STATUSES else "no end-of-run entry"
         notes = (f"partial run ({why}): the curves stop where the run stopped, so 'still improving' and "
@@ -521,7 +541,13 @@ def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[
     facts = {k: {"value": f.value, "source": f.source} for k, f in run.facts.items()}
     return Diagnosis(run=name or run.name, source=run.source, features=features, findings=findings,
                      not_evaluated=gaps, notes=notes, path=run.path, facts=facts, tie_band_se=values["drop_se_min"],
-                     step_unit=run.meta.get("step_unit", "step"))
+                     step_unit=run.meta.get("step_unit", "step"), thresholds_overridden=used,
+                     thresholds_note=thresholds_note)
+
+
+def _overrides_text(overrides: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                     for k, v in sorted(overrides.items())) or "the defaults"
 
 
 def _partial(run: RunHistory) -> bool:

@@ -1589,6 +1589,18 @@ def read_threshold_file(path: str | Path | None) -> dict[str, Any]:
     return data
 
 
+# the run.json key holding the diagnosis thresholds a run was judged by where they differ from the defaults (name ->
+# value; a tune trial's: the study's --thresholds): diagnose reads them back for that run (show, diagnose, report, the
+# trackers' verdict) unless it is given thresholds of its own
+RUN_THRESHOLDS_KEY = "diagnosis_thresholds"
+
+
+def overridden_thresholds(values: Mapping[str, float] | None) -> dict[str, float]:
+    """name -> value of each diagnosis threshold in `values` that differs from its default."""
+    defaults = default_thresholds()
+    return {k: v for k, v in sorted((values or {}).items()) if k in defaults and v != defaults[k]}
+
+
 def load_thresholds(path: str | Path | None) -> dict[str, float]:
     """The diagnosis thresholds with the file's overrides (diagnosis names only)."""
     return resolve_thresholds(read_threshold_file(path))

@@ -532,6 +532,9 @@ class RunStore:
         self._lock: RunLock | None = None
         self.cleared: list[str] = []  # what of an earlier run create removed (STALE_OUTPUTS, run.json)
         self.say_replaced = False  # train.start_record says on stderr what create replaces (api.train sets it)
+        # keys every run.json this store writes carries (a tune trial's: the diagnosis thresholds it is judged by,
+        # rules.RUN_THRESHOLDS_KEY), so the record says them from its first write (the trackers' verdict reads it)
+        self.record_extra: dict = {}
 
     @property
     def adapter_dir(self) -> Path:
@@ -627,7 +630,7 @@ class RunStore:
             os.fsync(f.fileno())
 
     def write_run(self, run: dict) -> None:
-        write_json(self.path / RUN, run)
+        write_json(self.path / RUN, {**run, **self.record_extra})
 
     def write_confusion(self, labels: tuple[str, ...], matrix, step: int) -> None:
         # the dense C x C matrix, one row a line: write_json's indent put every cell on its own line and json_safe

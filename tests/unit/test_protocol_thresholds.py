@@ -186,3 +186,46 @@ def test_a_pair_delta_equal_to_the_noise_band_is_within_it():
     pair = ctx.state["pair"]
     assert pair["r_delta"] == pytest.approx(0.02) and pair["noise"] == pytest.approx(0.02)
     assert pair["binding"] == "neither" and pair["how"].startswith("both |deltas| <= noise")
+
+
+def test_a_trial_is_read_back_with_the_thresholds_its_study_judged_it_by(tmp_path, scripted_training, capsys):
+    """A study tuned with --thresholds decided a trial healthy, while `show` / `diagnose` / `report` of that trial and
+    its TensorBoard verdict text read it with the defaults (lr-too-small in the hunter's study): the trial's run.json
+    recorded nothing of the overrides. The trial records them (rules.RUN_THRESHOLDS_KEY), every reader of the run
+    uses them and says so; an explicit --thresholds on diagnose wins and the output says the run was judged by
+    others."""
+    import json
+
+    from loratune.cli import main
+    from loratune.diagnose import diagnose
+    from loratune.report.model import build_diagnosis
+    from loratune.rules import RUN_THRESHOLDS_KEY
+    from loratune.search.runner import TrialSpec
+    from loratune.store import RunStore
+    from loratune.trackers import verdict_text
+
+    run_dir = tmp_path / "t"
+    res = _runner(tables_with(FLIP)["diagnosis"]).run(TrialSpec("start", "phase1-lr-grid", {}), run_dir)
+    assert res.verdict == "healthy"
+    assert RunStore(run_dir).read_run()[RUN_THRESHOLDS_KEY] == FLIP  # the overrides only, in one place
+    d = diagnose(run_dir)
+    assert d.verdict == "healthy" and dict(d.thresholds_overridden) == FLIP
+    assert "judged by" in d.thresholds_note and "underfit_metric_max=0.06" in d.thresholds_note
+    assert verdict_text(run_dir)[0] == "healthy"  # the trackers' verdict
+    view = build_diagnosis(str(run_dir))  # report and show
+    assert view.verdict == "healthy" and "underfit_metric_max=0.06" in view.thresholds_note
+    assert main(["diagnose", str(run_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["runs"][0]["verdict"] == "healthy" and out["runs"][0]["thresholds_overridden"] == FLIP
+    # an explicit file wins (the defaults here), and says the run was judged by others
+    empty = tmp_path / "defaults.yaml"
+    empty.write_text("underfit_metric_max: 0.6\n")
+    assert main(["diagnose", str(run_dir), "--thresholds", str(empty), "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    assert run["verdict"] == "underfit-capacity" and run["thresholds_overridden"] == {}
+    assert any("judged by others" in n and "underfit_metric_max=0.06" in n for n in run["notes"])
+    # a trial of a study without overrides records nothing: read with the defaults, no note
+    plain = tmp_path / "plain"
+    assert _runner(tables_with(None)["diagnosis"]).run(TrialSpec("s", "phase1-lr-grid", {}), plain).verdict \
+        == "underfit-capacity"
+    assert RUN_THRESHOLDS_KEY not in RunStore(plain).read_run() and diagnose(plain).thresholds_note == ""

@@ -33,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from loratune.rules import default_thresholds
     from loratune.thresholds import load_threshold_tables
 
-    # one file may hold every table `loratune rules` lists (assess's too): diagnose takes its own
-    thresholds = load_threshold_tables(args.thresholds)["diagnosis"]
+    # one file may hold every table `loratune rules` lists (assess's too): diagnose takes its own. Without a file a
+    # run is read with the thresholds it recorded (a tune trial: its study's; rules.RUN_THRESHOLDS_KEY), else the
+    # defaults; a file given here wins, and each such run's notes say it was judged by others
+    thresholds = load_threshold_tables(args.thresholds)["diagnosis"] if args.thresholds is not None else None
     histories = [load_run(path) for path in args.runs]
     diagnoses = [diagnose(h, thresholds=thresholds) for h in histories]
     comparison = compare(histories, thresholds=thresholds) if len(histories) >= 2 else None
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         out = {
             "runs": [d.to_dict() for d in diagnoses],
             "comparison": comparison.to_dict() if comparison else None,
-            "thresholds_overridden": {k: v for k, v in thresholds.items() if v != defaults[k]},
+            "thresholds_overridden": {k: v for k, v in (thresholds or defaults).items() if v != defaults[k]},
         }
         print(json.dumps(out, indent=2, default=str))
         return 0

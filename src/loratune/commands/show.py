@@ -141,6 +141,8 @@ def show_run(con, r, n_classes: int = 10) -> None:
     else:
         moves = ", ".join(d.moves) or "none"
         con.print(f"verdict: [bold]{safe(d.verdict)}[/]  next move: [bold cyan]{safe(moves)}[/]")
+        if d.thresholds_note:
+            con.print(f"  [yellow]{safe(d.thresholds_note)}[/]")
         for line in d.summary:
             con.print(f"  [dim]{safe(line)}[/]")
         for f in d.findings:

@@ -95,6 +95,7 @@ class DiagnosisView:
     summary: tuple[str, ...]  # one-line readings of the curves (start -> best -> final ...)
     notes: tuple[str, ...] = ()
     error: str | None = None  # the diagnosis could not run
+    thresholds_note: str = ""  # the run recorded the thresholds it was judged by: which ones read it here
 
 
 @dataclass(frozen=True)
@@ -526,7 +527,7 @@ def build_diagnosis(run: Any, thresholds: Mapping[str, float] | None = None) -> 
         findings=tuple(view(f) for f in d.active),
         suppressed=tuple(view(f) for f in d.findings if f.suppressed_by),
         not_evaluated=tuple((n.rule_id, "; ".join(f"{f} ({w})" for f, w in n.missing)) for n in d.not_evaluated),
-        summary=tuple(summary), notes=tuple(d.notes))
+        summary=tuple(summary), notes=tuple(d.notes), thresholds_note=d.thresholds_note)
 
 
 def _class_stat(point: Mapping[str, Any], split: str, stat: str, label: str) -> float | None:
