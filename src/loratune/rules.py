@@ -1409,8 +1409,10 @@ def clause_ranges(rules: tuple[Rule, ...] = RULES,
                 continue
             (lo, hi), (lo_open, hi_open) = domain, _OP_OPEN_ENDS[cl.op]
             span = f"{lo:g}..{hi:g}" if hi is not None else f">= {lo:g}"
-            why = f"`{cl.feature} {cl.op} {cl.threshold}` must hold for some runs and not others: {cl.feature} is {span}"
-            out[cl.threshold].setdefault((cl.feature, cl.op), ValueRange(lo, hi, lo_open, why, hi_open and hi is not None))
+            why = (f"`{cl.feature} {cl.op} {cl.threshold}` must hold for some runs and not others: {cl.feature} is "
+                   f"{span}")
+            allowed = ValueRange(lo, hi, lo_open, why, hi_open and hi is not None)
+            out[cl.threshold].setdefault((cl.feature, cl.op), allowed)
     return {name: tuple(ranges.values()) for name, ranges in out.items()}
 
 
@@ -1484,7 +1486,8 @@ def default_thresholds() -> dict[str, float]:
 def _check_value(table: str, name: str, default: Any, value: Any,
                  allowed: ValueRange | None = None) -> tuple[Any, str | None]:
     """The override as the table holds it, or the problem. Every value is finite. A diagnosis threshold takes its
-    unit's range (UNIT_RANGES; signed units any number) and the ranges its clauses need (THRESHOLD_CLAUSE_RANGES); assess and LoRA-vs-full values are counts, shares and
+    unit's range (UNIT_RANGES; signed units any number) and the ranges its clauses need (THRESHOLD_CLAUSE_RANGES);
+    assess and LoRA-vs-full values are counts, shares and
     ratios: >= 0, a count (an int default) a whole number, and one with a range of its own (`allowed`) in it."""
     if isinstance(value, str):  # YAML 1.1 reads `1e-05` (what `loratune rules` prints) as a string: read as a config
         from loratune.config import to_number  # value is (config.to_number); 'big' stays a string and is refused
@@ -1538,15 +1541,21 @@ def order_problems(tables: Mapping[str, Mapping[str, Any]],
 
 
 def resolve_threshold_tables(overrides: Mapping[str, Any] | None, tables: Mapping[str, Mapping[str, Any]],
-                             ranges: Mapping[str, ValueRange] | None = None) -> dict[str, dict[str, Any]]:
+                             ranges: Mapping[str, ValueRange] | None = None,
+                             fixed: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """`tables` (table -> name -> default; a name unique across tables) with `overrides` applied. Unknown names or
     bad values raise one UserError naming all. `loratune.thresholds` passes every table `loratune rules` lists, and
-    `ranges` (name -> ValueRange) for the non-diagnosis values bounded above."""
+    `ranges` (name -> ValueRange) for the non-diagnosis values bounded above, and `fixed` (name -> the table that lists
+    it): numbers `loratune rules` shows that no file overrides, refused as such rather than as unknown."""
     tables = {table: dict(values) for table, values in tables.items()}
     owner = {name: table for table, values in tables.items() for name in values}
     problems = []
     for name, value in (overrides or {}).items():
         table = owner.get(name)
+        if table is None and name in (fixed or {}):
+            problems.append(f"threshold '{name}' is fixed ({fixed[name]}: `loratune rules` shows it, marked fixed; no "
+                            "--thresholds file overrides it)")
+            continue
         if table is None:
             close = difflib.get_close_matches(str(name), list(owner), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -1561,7 +1570,8 @@ def resolve_threshold_tables(overrides: Mapping[str, Any] | None, tables: Mappin
         problems = order_problems(tables)
     if problems:
         raise UserError("invalid thresholds: " + "; ".join(problems),
-                        "use the names listed by `loratune rules`, each with a number in its allowed range")
+                        "use the names listed by `loratune rules` (not those marked fixed), each with a number in "
+                        "its allowed range")
     return tables
 
 
@@ -1615,7 +1625,7 @@ def load_thresholds(path: str | Path | None) -> dict[str, float]:
 # precision (format_threshold), never rounded as a measured value is (features.format_value): zero_loss_max 0.0035
 # printed as 0.004, and a 0.0004 override as 0.000 / 0.0%
 THRESHOLD_SUFFIX: Mapping[str, str] = MappingProxyType({"fraction": "%", "ratio": "x", "se": " SE"})
-THRESHOLD_DIGITS = 12  # significant digits: every value a user writes round-trips, float noise (0.1 * 100) does not show
+THRESHOLD_DIGITS = 12  # significant digits: every value a user writes round-trips; float noise (0.1 * 100) never shows
 
 
 def format_threshold(unit: str, value: float) -> str:

@@ -35,7 +35,27 @@ def load_threshold_tables(path: str | Path | None) -> dict[str, dict[str, Any]]:
 def tables_with(overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     """Every table with `overrides` (name -> value, as `overridden` gives them: what a study stores) applied, checked
     as a file's are."""
-    return resolve_threshold_tables(overrides, threshold_tables(), {n: UNIT_INTERVAL for n in UNIT_INTERVAL_THRESHOLDS})
+    return resolve_threshold_tables(overrides, threshold_tables(), {n: UNIT_INTERVAL for n in UNIT_INTERVAL_THRESHOLDS},
+                                    fixed_numbers())
+
+
+def fixed_numbers() -> dict[str, str]:
+    """name -> where `loratune rules` lists it, for each number it shows that no --thresholds file overrides (LoRA vs
+    full's fixed rows, the numbers inside the moves): read where they are defined."""
+    from loratune.decide import lora_vs_full_catalog
+    from loratune.moves import MOVE_CONSTANTS
+
+    fixed = {row["name"]: "LoRA vs full" for row in lora_vs_full_catalog() if not row["overridable"]}
+    fixed.update({name: "the numbers inside the moves" for name, _, _ in MOVE_CONSTANTS})
+    return fixed
+
+
+def not_read_by_diagnosis(overrides: Mapping[str, Any] | None) -> dict[str, str]:
+    """name -> its table, for each override of `overrides` that the diagnosis never reads (assess's long_tail_count,
+    LoRA vs full's share_total): `diagnose` takes the file and says these change nothing there (the diagnosis's
+    long-tail cut is features.LONG_TAIL_COUNT, fixed)."""
+    owner = {name: table for table, values in threshold_tables().items() for name in values}
+    return {name: owner[name] for name in (overrides or {}) if owner.get(name, "diagnosis") != "diagnosis"}
 
 
 def assess_thresholds(overrides: Mapping[str, Any] | None) -> AssessThresholds:

@@ -565,7 +565,8 @@ def test_a_threshold_that_makes_its_clause_hold_for_every_run_or_none_is_refused
     assert f"threshold '{name}'" in capsys.readouterr().err
     # the values in range still read: the bounds that stay meaningful, and signed thresholds stay free
     assert resolve_thresholds({"collapse_pred_share": 1, "metric_dead_max": 0, "nonfinite_min": 0.5,
-                               "still_falling_min": -0.2, "diverged_val_metric_gain_max": -0.3})["collapse_pred_share"] == 1
+                               "still_falling_min": -0.2,
+                               "diverged_val_metric_gain_max": -0.3})["collapse_pred_share"] == 1
 
 
 @pytest.mark.parametrize("text, pair", [
@@ -591,3 +592,46 @@ def test_thresholds_whose_order_the_rules_need_are_refused_the_wrong_way_round(t
     assert pair in capsys.readouterr().err
     f.write_text("hard_probe_f1: 0.6\neasy_probe_f1: 0.6\nnoise_fit_min: 0.5\n")  # in order (equal is no overlap)
     assert load_threshold_tables(f)["assess"]["hard_probe_f1"] == 0.6
+
+
+def test_diagnose_says_which_names_of_a_thresholds_file_it_never_reads(tmp_path, capsys):
+    """`diagnose --thresholds` took long_tail_count (assess) and share_total (LoRA vs full) in silence
+    (thresholds_overridden {}), while its long-tail cut stays features.LONG_TAIL_COUNT: it says so, on stderr and in
+    --json."""
+    import json
+
+    from loratune.cli import main
+
+    run = "tests/fixtures/runs/healthy-b77-s1"
+    f = tmp_path / "t.yaml"
+    f.write_text("long_tail_count: 30\nshare_total: 0.2\nslow_drop_max: 0.2\n")
+    assert main(["diagnose", run, "--thresholds", str(f), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["thresholds_not_used"] == {"long_tail_count": "assess", "share_total": "lora_vs_full"}
+    assert out["thresholds_overridden"] == {"slow_drop_max": 0.2}
+    assert main(["diagnose", run, "--thresholds", str(f)]) == 0
+    err = capsys.readouterr().err
+    assert "long_tail_count (assess), share_total (lora_vs_full) not used by diagnose" in err
+
+
+@pytest.mark.parametrize("name, where", [("noise_floor", "LoRA vs full"), ("breakeven_share", "LoRA vs full"),
+                                         ("dropout_cap", "the numbers inside the moves")])
+def test_a_fixed_number_rules_lists_is_refused_as_fixed_not_unknown(tmp_path, capsys, name, where):
+    """noise_floor / dropout_cap are listed by `loratune rules` but a file naming them was refused as "unknown
+    threshold ... use the names listed by loratune rules". They are refused as fixed, and rules marks them so."""
+    import json
+
+    from loratune.cli import main
+    from loratune.thresholds import load_threshold_tables
+
+    f = tmp_path / "t.yaml"
+    f.write_text(f"{name}: 0.2\n")
+    with pytest.raises(UserError, match=f"threshold '{name}' is fixed \\({where}"):
+        load_threshold_tables(f)
+    assert main(["rules", "--thresholds", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown threshold" not in err and "is fixed" in err
+    assert main(["rules", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = out["lora_vs_full"] + out["move_constants"]
+    assert next(r for r in rows if r["name"] == name)["overridable"] is False

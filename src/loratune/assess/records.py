@@ -23,7 +23,9 @@ SCHEMA_VERSION = 1
 # thresholds: named numbers; every one appears in the evidence of the findings it drives
 @dataclass(frozen=True)
 class AssessThresholds:
-    long_tail_count: int = LONG_TAIL_COUNT  # fewer training rows than this: long tail (protocol 2; the diagnosis's)
+    # fewer training rows than this: long tail (protocol 2); defaults to the diagnosis's cut (features.LONG_TAIL_COUNT),
+    # which an override leaves fixed (`diagnose --thresholds` says it does not read this name)
+    long_tail_count: int = LONG_TAIL_COUNT
     imbalance_ratio: float = 10.0  # largest / smallest class count in train
     short_chars: int = 3  # a text with fewer non-space characters than this is "very short"
     near_duplicate_similarity: float = 0.9  # char 3-4-gram TF-IDF cosine for "near-identical"

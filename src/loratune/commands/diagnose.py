@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from loratune.commands._common import add_thresholds_arg
 
@@ -31,12 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from loratune.diagnose import compare, diagnose
     from loratune.history_io import load_run
     from loratune.rules import default_thresholds
-    from loratune.thresholds import load_threshold_tables
+    from loratune.rules import read_threshold_file
+    from loratune.thresholds import load_threshold_tables, not_read_by_diagnosis
 
     # one file may hold every table `loratune rules` lists (assess's too): diagnose takes its own. Without a file a
     # run is read with the thresholds it recorded (a tune trial: its study's; rules.RUN_THRESHOLDS_KEY), else the
     # defaults; a file given here wins, and each such run's notes say it was judged by others
     thresholds = load_threshold_tables(args.thresholds)["diagnosis"] if args.thresholds is not None else None
+    # names of the other tables are taken (one file serves every command) but change nothing here: said, not silent
+    unused = not_read_by_diagnosis(read_threshold_file(args.thresholds))
     histories = [load_run(path) for path in args.runs]
     diagnoses = [diagnose(h, thresholds=thresholds) for h in histories]
     comparison = compare(histories, thresholds=thresholds) if len(histories) >= 2 else None
@@ -46,10 +50,19 @@ def run(args: argparse.Namespace) -> int:
             "runs": [d.to_dict() for d in diagnoses],
             "comparison": comparison.to_dict() if comparison else None,
             "thresholds_overridden": {k: v for k, v in (thresholds or defaults).items() if v != defaults[k]},
+            "thresholds_not_used": unused,
         }
         print(json.dumps(out, indent=2, default=str))
         return 0
     from loratune.commands._diagnose_view import render
 
     render(diagnoses, comparison)
+    if unused:
+        print(f"note: {unused_text(unused)}", file=sys.stderr)
     return 0
+
+
+def unused_text(unused: dict[str, str]) -> str:
+    """What diagnose says of a --thresholds file's names it never reads."""
+    return (f"{', '.join(f'{n} ({t})' for n, t in unused.items())} not used by diagnose: it reads the diagnosis table "
+            "only (its long-tail cut is fixed at features.LONG_TAIL_COUNT); assess and tune read these")

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         out["assess"] = assess_catalog
         out["lora_vs_full"] = lvf_catalog
         out["moves"] = move_catalog()
-        out["move_constants"] = [{"name": n, "value": v, "doc": d} for n, v, d in MOVE_CONSTANTS]
+        out["move_constants"] = [{"name": n, "value": v, "doc": d, "overridable": False} for n, v, d in MOVE_CONSTANTS]
         if args.features:
             out["features"] = {n: {"group": s.group, "unit": s.unit, "doc": s.doc}
                                for cat in (FEATURES, COMPARE_FEATURES) for n, s in cat.items()}
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     for m in move_catalog():
         mv.add_row(m["id"], escape(m["text"]), m["knob"] or "–", m["role"], escape(m["doc"]))
     console.print(mv)
-    mc = Table(title="the numbers inside the moves", header_style="bold")
+    mc = Table(title="the numbers inside the moves (fixed: not in a --thresholds file)", header_style="bold")
     for col in ("name", "value", "meaning"):
         mc.add_column(col, overflow="fold")
     for n, v, d in MOVE_CONSTANTS:
