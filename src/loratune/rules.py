@@ -1485,15 +1485,11 @@ def default_thresholds() -> dict[str, float]:
 
 def _check_value(table: str, name: str, default: Any, value: Any,
                  allowed: ValueRange | None = None) -> tuple[Any, str | None]:
-    """The override as the table holds it, or the problem. Every value is finite. A diagnosis threshold takes its
+    """The override as the table holds it, or the problem (a file's `1e-05` is a number by now: read_threshold_file).
+    Every value is finite. A diagnosis threshold takes its
     unit's range (UNIT_RANGES; signed units any number) and the ranges its clauses need (THRESHOLD_CLAUSE_RANGES);
     assess and LoRA-vs-full values are counts, shares and
     ratios: >= 0, a count (an int default) a whole number, and one with a range of its own (`allowed`) in it."""
-    if isinstance(value, str):  # YAML 1.1 reads `1e-05` (what `loratune rules` prints) as a string: read as a config
-        from loratune.config import to_number  # value is (config.to_number); 'big' stays a string and is refused
-
-        ok, number, _ = to_number(value)
-        value = number if ok else value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None, f"threshold '{name}': got {value!r}; allowed: a number"
     if not math.isfinite(value):  # nan compares false with everything: each rule reading it silently changes verdict
@@ -1596,7 +1592,19 @@ def read_threshold_file(path: str | Path | None) -> dict[str, Any]:
             raise UserError(f"thresholds file '{p}' gives {', '.join(beside)} beside its `thresholds:` section, which "
                             "would be ignored", "write every name under `thresholds:`, or every one at the top level")
         data = data["thresholds"]
-    return data
+    return {name: _file_number(value) for name, value in data.items()}
+
+
+def _file_number(value: Any) -> Any:
+    """A file's value as a number where it reads as one: YAML 1.1 reads `1e-05` (no dot; what `loratune rules`
+    prints) as a string, so it is read as a config file's number is (config.to_number); 'big' stays a string and is
+    refused by the value check. (A Python caller's thresholds= mapping takes numbers only.)"""
+    from loratune.config import to_number
+
+    if not isinstance(value, str):
+        return value
+    ok, number, _ = to_number(value)
+    return number if ok else value
 
 
 # the run.json key holding the diagnosis thresholds a run was judged by where they differ from the defaults (name ->
