@@ -461,9 +461,9 @@ _CATALOGUE = (
 FEATURES: Mapping[str, FeatureSpec] = MappingProxyType({s.name: s for s in _CATALOGUE})
 
 # The values a feature can take, where bounded (name -> (lowest, highest or None)): shares, run fractions and val
-# metrics lie in [0, 1] (every val metric is a share: val_metric_room), counts are never negative. The diagnosis
-# thresholds compared with them take only values at which the comparison can go either way
-# (rules.threshold_ranges): collapse_pred_share 0 made every run `collapsed`, nonfinite_min 0 every run `diverged`.
+# metrics lie in [0, 1] (every val metric is a share: val_metric_room), counts are never negative. A diagnosis
+# threshold is refused at a value that makes a rule fire on every run over them (rules.always_firing: nonfinite_min 0
+# made every run `diverged`).
 UNIT_DOMAINS: Mapping[str, tuple[float, float | None]] = MappingProxyType({"count": (0.0, None)})
 _SHARE = (0.0, 1.0)
 FEATURE_DOMAINS: Mapping[str, tuple[float, float | None]] = MappingProxyType({

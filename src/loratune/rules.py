@@ -1388,46 +1388,53 @@ def catalogue_for(rule: Rule) -> Mapping:
     return COMPARE_FEATURES if rule.scope == "compare" else FEATURES
 
 
-# op -> which ends of a feature's domain [lo, hi] a threshold must stay inside (exclusive or not) for the clause
-# `feature op threshold` to be true for some values and false for others: `x >= t` holds for every x at t <= lo and
-# for none at t > hi, so t lies in (lo, hi]
-_OP_OPEN_ENDS: Mapping[str, tuple[bool, bool]] = MappingProxyType({
-    ">=": (True, False), ">": (False, True), "<": (True, False), "<=": (False, True)})
+ALWAYS, NEVER = "always", "never"  # a clause's or condition's reading over every run (None: it can go either way)
 
 
-def clause_ranges(rules: tuple[Rule, ...] = RULES,
-                  thresholds: Mapping[str, Threshold] = THRESHOLDS) -> dict[str, tuple[ValueRange, ...]]:
-    """threshold -> the ranges its clauses need (one per clause on a bounded feature: features.FEATURE_DOMAINS, or
-    UNIT_DOMAINS by the feature's unit): outside one, that clause holds for every run or for none."""
-    out: dict[str, dict[tuple, ValueRange]] = {name: {} for name in thresholds}
+def clause_state(cl: Clause, value: float, catalogue: Mapping) -> str | None:
+    """ALWAYS when `cl` (its threshold at `value`) holds for every value its feature can take (features.FEATURE_DOMAINS,
+    or UNIT_DOMAINS by the feature's unit), NEVER when for none, else None (an unbounded feature: None)."""
+    spec = catalogue.get(cl.feature)
+    domain = FEATURE_DOMAINS.get(cl.feature) or (UNIT_DOMAINS.get(spec.unit) if spec else None)
+    if domain is None:
+        return None
+    lo, hi = domain
+    hi = math.inf if hi is None else hi
+    always = {">=": value <= lo, ">": value < lo, "<": value > hi, "<=": value >= hi}[cl.op]
+    never = {">=": value > hi, ">": value >= hi, "<": value <= lo, "<=": value < lo}[cl.op]
+    return ALWAYS if always else NEVER if never else None
+
+
+def cond_state(cond: Cond | Clause, values: Mapping[str, float], catalogue: Mapping) -> str | None:
+    """`cond`'s reading over every run with `values`: an `all` holds always when each item does, never when one never
+    does; an `any` the other way round."""
+    if isinstance(cond, Clause):  # (a threshold or op the table lacks: check_table names it)
+        known = cond.threshold in values and cond.op in OPS
+        return clause_state(cond, values[cond.threshold], catalogue) if known else None
+    states = [cond_state(item, values, catalogue) for item in cond.items]
+    first, other = (ALWAYS, NEVER) if cond.mode == "any" else (NEVER, ALWAYS)
+    return first if first in states else other if all(st == other for st in states) else None
+
+
+def always_firing(values: Mapping[str, float], rules: tuple[Rule, ...] = RULES) -> list[str]:
+    """Each rule that `values` (the diagnosis table) make fire on every run: a clause holding for every value of its
+    feature where that is its route's only condition, or the route's other clauses hold always too (nonfinite_min 0:
+    `nonfinite_values >= 0`, `diverged` on every run). A value that makes a clause hold for no run switches a route
+    off, and is a user's to choose (a route is turned off alone by raising or lowering its own threshold)."""
+    problems = []
     for r in rules:
         cat = catalogue_for(r)
-        for cl in r.when.leaves():
-            spec = cat.get(cl.feature)
-            domain = FEATURE_DOMAINS.get(cl.feature) or (UNIT_DOMAINS.get(spec.unit) if spec else None)
-            if domain is None or cl.threshold not in out or cl.op not in _OP_OPEN_ENDS:
-                continue
-            (lo, hi), (lo_open, hi_open) = domain, _OP_OPEN_ENDS[cl.op]
-            span = f"{lo:g}..{hi:g}" if hi is not None else f">= {lo:g}"
-            why = (f"`{cl.feature} {cl.op} {cl.threshold}` must hold for some runs and not others: {cl.feature} is "
-                   f"{span}")
-            allowed = ValueRange(lo, hi, lo_open, why, hi_open and hi is not None)
-            out[cl.threshold].setdefault((cl.feature, cl.op), allowed)
-    return {name: tuple(ranges.values()) for name, ranges in out.items()}
-
-
-THRESHOLD_CLAUSE_RANGES: Mapping[str, tuple[ValueRange, ...]] = MappingProxyType(clause_ranges())
-
-
-def threshold_problem(name: str, value: float, thresholds: Mapping[str, Threshold] = THRESHOLDS,
-                      ranges: Mapping[str, tuple[ValueRange, ...]] = THRESHOLD_CLAUSE_RANGES) -> str | None:
-    """What is wrong with `value` for the diagnosis threshold `name`: its unit's range (UNIT_RANGES), then each range
-    its clauses need (THRESHOLD_CLAUSE_RANGES); None when it is in all."""
-    for allowed in (thresholds[name].allowed, *ranges.get(name, ())):
-        problem = allowed.problem(value)
-        if problem:
-            return problem
-    return None
+        if cond_state(r.when, values, cat) != ALWAYS:
+            continue
+        routes = [i for i in r.when.items if cond_state(i, values, cat) == ALWAYS] if r.when.mode == "any" else [r.when]
+        route = routes[0]
+        held = [cl for cl in route.leaves() if clause_state(cl, values[cl.threshold], cat) == ALWAYS]
+        names = " and ".join(dict.fromkeys(f"'{cl.threshold}' at {values[cl.threshold]:.12g}" for cl in held))
+        said = ", ".join(dict.fromkeys(f"`{cl.feature} {cl.op} {cl.threshold}`" for cl in held))
+        why = f" (its route '{route.why}')" if isinstance(route, Cond) and route.why else ""
+        problems.append(f"threshold {names} makes {said} hold for every run, and with it rule '{r.id}'{why}: every "
+                        f"run would be {r.id}")
+    return problems
 
 
 def check_table(rules: tuple[Rule, ...] = RULES, thresholds: Mapping[str, Threshold] = THRESHOLDS) -> list[str]:
@@ -1462,9 +1469,9 @@ def check_table(rules: tuple[Rule, ...] = RULES, thresholds: Mapping[str, Thresh
             problems.append(f"{r.id}: knob {r.knob} is no compare knob ({', '.join(COMPARE_KNOBS)}) of a compare rule")
     problems += [f"threshold defaults: {p}" for p in order_problems({"diagnosis": {n: t.value for n, t in
                                                                                    thresholds.items()}})]
-    ranges = clause_ranges(rules, thresholds)
+    problems += [f"threshold defaults: {p}" for p in always_firing({n: t.value for n, t in thresholds.items()}, rules)]
     for t in thresholds.values():
-        problem = threshold_problem(t.name, t.value, thresholds, ranges)
+        problem = t.allowed.problem(t.value)
         if problem:
             problems.append(f"threshold {t.name}: its default {t.value:g} is outside its unit's range ({problem})")
     for sg in SIGNALS:
@@ -1485,9 +1492,10 @@ def default_thresholds() -> dict[str, float]:
 
 def _check_value(table: str, name: str, default: Any, value: Any,
                  allowed: ValueRange | None = None) -> tuple[Any, str | None]:
-    """The override as the table holds it, or the problem (a file's `1e-05` is a number by now: read_threshold_file).
-    Every value is finite. A diagnosis threshold takes its
-    unit's range (UNIT_RANGES; signed units any number) and the ranges its clauses need (THRESHOLD_CLAUSE_RANGES);
+    """The override as the table holds it, and the problem or None (a file's `1e-05` is a number by now:
+    read_threshold_file). The value is None where it is no finite number; a number out of its range comes back with
+    its problem (a recorded value is read with a note: resolve_recorded_tables). A diagnosis threshold takes its
+    unit's range (UNIT_RANGES; signed units any number; the rules it makes fire on every run: always_firing);
     assess and LoRA-vs-full values are counts, shares and
     ratios: >= 0, a count (an int default) a whole number, and one with a range of its own (`allowed`) in it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -1495,16 +1503,16 @@ def _check_value(table: str, name: str, default: Any, value: Any,
     if not math.isfinite(value):  # nan compares false with everything: each rule reading it silently changes verdict
         return None, f"threshold '{name}': got {value!r}; allowed: a finite number"
     if table == "diagnosis":
-        problem = threshold_problem(name, value) if name in THRESHOLDS else None
-        return (None, f"threshold '{name}': got {value!r}; allowed: {problem}") if problem else (float(value), None)
+        problem = THRESHOLDS[name].allowed.problem(value) if name in THRESHOLDS else None
+        return float(value), (f"threshold '{name}': got {value!r}; allowed: {problem}" if problem else None)
     if value < 0:
-        return None, f"threshold '{name}': got {value!r}; allowed: a number >= 0"
+        return float(value), f"threshold '{name}': got {value!r}; allowed: a number >= 0"
     problem = allowed.problem(value) if allowed is not None else None
     if problem:
-        return None, f"threshold '{name}': got {value!r}; allowed: {problem}"
+        return float(value), f"threshold '{name}': got {value!r}; allowed: {problem}"
     if isinstance(default, int):
         if value != int(value):
-            return None, f"threshold '{name}': got {value!r}; allowed: a whole number (it counts rows or items)"
+            return value, f"threshold '{name}': got {value!r}; allowed: a whole number (it counts rows or items)"
         return int(value), None
     return float(value), None
 
@@ -1522,10 +1530,9 @@ class ThresholdOrder:
 THRESHOLD_ORDERS: tuple[ThresholdOrder, ...] = (
     ThresholdOrder("hard_probe_f1", "easy_probe_f1", "a probe F1 between them would be both a hard and an easy task "
                    "(assess: below hard_probe_f1 hard, above easy_probe_f1 easy)"),
-    ThresholdOrder("noise_fit_min", "noise_fit_max", "label-noise reads a train metric at or above noise_fit_min and "
-                   "at or below noise_fit_max: the other way round the band is empty"),
-)  # (a weaker and a stronger cut of separate routes, rise_noise_min / rise_noise_strong_min, are no such pair: each
-# route is turned off alone by raising its own)
+)  # (the label-noise band's ends, noise_fit_min / noise_fit_max, are no such pair: the wrong way round
+# the band is empty and label-noise switched off, a user's to choose; nor are a weaker and a stronger cut of separate
+# routes, rise_noise_min / rise_noise_strong_min: each route is turned off alone by raising its own)
 
 
 def order_problems(tables: Mapping[str, Mapping[str, Any]],
@@ -1536,6 +1543,43 @@ def order_problems(tables: Mapping[str, Mapping[str, Any]],
             for o in orders if o.low in values and o.high in values and values[o.low] > values[o.high]]
 
 
+def _resolve(overrides: Mapping[str, Any] | None, tables: Mapping[str, Mapping[str, Any]],
+             ranges: Mapping[str, ValueRange] | None, fixed: Mapping[str, str] | None
+             ) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
+    """(the tables with `overrides` applied, what cannot be read at all: unknown or fixed names, values no finite
+    number; what is out of the allowed ranges: a value out of its range, a pair the wrong way round, a rule made to
+    fire on every run). A value out of range is applied."""
+    tables = {table: dict(values) for table, values in tables.items()}
+    owner = {name: table for table, values in tables.items() for name in values}
+    unreadable, out_of_range = [], []
+    for name, value in (overrides or {}).items():
+        table = owner.get(name)
+        if table is None and name in (fixed or {}):
+            unreadable.append(f"threshold '{name}' is fixed ({fixed[name]}: `loratune rules` shows it, marked fixed; "
+                              "no --thresholds file overrides it)")
+            continue
+        if table is None:
+            close = difflib.get_close_matches(str(name), list(owner), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            unreadable.append(f"unknown threshold '{name}'{hint}")
+            continue
+        checked, problem = _check_value(table, name, tables[table][name], value, (ranges or {}).get(name))
+        if checked is None:
+            unreadable.append(problem)
+            continue
+        tables[table][name] = checked
+        if problem:
+            out_of_range.append(problem)
+    if not unreadable:  # pairs whose order the rules need (THRESHOLD_ORDERS), rules made to fire on every run
+        out_of_range += order_problems(tables)
+        out_of_range += always_firing(tables["diagnosis"]) if "diagnosis" in tables else []
+    return tables, unreadable, out_of_range
+
+
+THRESHOLDS_FIX = ("use the names listed by `loratune rules` (not those marked fixed), each with a number in its "
+                  "allowed range")
+
+
 def resolve_threshold_tables(overrides: Mapping[str, Any] | None, tables: Mapping[str, Mapping[str, Any]],
                              ranges: Mapping[str, ValueRange] | None = None,
                              fixed: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
@@ -1543,38 +1587,37 @@ def resolve_threshold_tables(overrides: Mapping[str, Any] | None, tables: Mappin
     bad values raise one UserError naming all. `loratune.thresholds` passes every table `loratune rules` lists, and
     `ranges` (name -> ValueRange) for the non-diagnosis values bounded above, and `fixed` (name -> the table that lists
     it): numbers `loratune rules` shows that no file overrides, refused as such rather than as unknown."""
-    tables = {table: dict(values) for table, values in tables.items()}
-    owner = {name: table for table, values in tables.items() for name in values}
-    problems = []
-    for name, value in (overrides or {}).items():
-        table = owner.get(name)
-        if table is None and name in (fixed or {}):
-            problems.append(f"threshold '{name}' is fixed ({fixed[name]}: `loratune rules` shows it, marked fixed; no "
-                            "--thresholds file overrides it)")
-            continue
-        if table is None:
-            close = difflib.get_close_matches(str(name), list(owner), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            problems.append(f"unknown threshold '{name}'{hint}")
-            continue
-        checked, problem = _check_value(table, name, tables[table][name], value, (ranges or {}).get(name))
-        if problem:
-            problems.append(problem)
-        else:
-            tables[table][name] = checked
-    if not problems:  # pairs whose order the rules need (THRESHOLD_ORDERS), once every value reads
-        problems = order_problems(tables)
-    if problems:
-        raise UserError("invalid thresholds: " + "; ".join(problems),
-                        "use the names listed by `loratune rules` (not those marked fixed), each with a number in "
-                        "its allowed range")
+    tables, unreadable, out_of_range = _resolve(overrides, tables, ranges, fixed)
+    if unreadable or out_of_range:
+        raise UserError("invalid thresholds: " + "; ".join(unreadable + out_of_range), THRESHOLDS_FIX)
     return tables
+
+
+def resolve_recorded_tables(overrides: Mapping[str, Any] | None, tables: Mapping[str, Mapping[str, Any]], where: str,
+                            ranges: Mapping[str, ValueRange] | None = None, fixed: Mapping[str, str] | None = None
+                            ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """As resolve_threshold_tables, for overrides a record holds (`where`: a run's run.json, a study's study.db), not
+    ones a user writes now: a value the ranges refuse (taken by an earlier version) is read as recorded, with a note
+    naming `where`; what cannot be read at all raises a UserError naming `where`."""
+    tables, unreadable, out_of_range = _resolve(overrides, tables, ranges, fixed)
+    if unreadable:
+        raise UserError(f"the thresholds recorded in {where} cannot be read: " + "; ".join(unreadable),
+                        f"restore the record in {where}, or remove the entries named to read it with the defaults")
+    notes = [f"thresholds recorded in {where} read as recorded, though a --thresholds file may no longer give them: "
+             + "; ".join(out_of_range)] if out_of_range else []
+    return tables, notes
 
 
 def resolve_thresholds(overrides: Mapping[str, Any] | None = None) -> dict[str, float]:
     """The diagnosis thresholds: defaults with `overrides` applied (a file naming the other tables' thresholds
     too goes through `loratune.thresholds.load_threshold_tables`)."""
     return resolve_threshold_tables(overrides, {"diagnosis": default_thresholds()})["diagnosis"]
+
+
+def resolve_recorded_thresholds(overrides: Mapping[str, Any] | None, where: str) -> tuple[dict[str, float], list[str]]:
+    """The diagnosis thresholds a record holds (resolve_recorded_tables), and its notes."""
+    tables, notes = resolve_recorded_tables(overrides, {"diagnosis": default_thresholds()}, where)
+    return tables["diagnosis"], notes
 
 
 def read_threshold_file(path: str | Path | None) -> dict[str, Any]:
@@ -1613,10 +1656,33 @@ def _file_number(value: Any) -> Any:
 RUN_THRESHOLDS_KEY = "diagnosis_thresholds"
 
 
+def overridden_values(values: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """name -> value of each threshold in `values` that differs from its default in `defaults` (a file naming a
+    default changes no decision, so it is no override)."""
+    return {k: v for k, v in sorted((values or {}).items()) if k in defaults and v != defaults[k]}
+
+
 def overridden_thresholds(values: Mapping[str, float] | None) -> dict[str, float]:
     """name -> value of each diagnosis threshold in `values` that differs from its default."""
-    defaults = default_thresholds()
-    return {k: v for k, v in sorted((values or {}).items()) if k in defaults and v != defaults[k]}
+    return overridden_values(values, default_thresholds())
+
+
+def run_thresholds_entry(values: Mapping[str, float] | None) -> dict[str, dict[str, float]]:
+    """What a run's record (run.json) carries of the diagnosis thresholds `values` it is judged by: RUN_THRESHOLDS_KEY
+    -> the overrides, or nothing where they are the defaults (a tune trial's, the HF callback's record)."""
+    overrides = overridden_thresholds(values) if values is not None else {}
+    return {RUN_THRESHOLDS_KEY: overrides} if overrides else {}
+
+
+def overrides_text(overrides: Mapping[str, Any] | None, none: str = "none") -> str:
+    """Overrides on one line ('a=1, b=10%'; `none` where there are none), each diagnosis threshold printed as rule
+    conditions print it (format_threshold), another table's at full precision too."""
+    def shown(name: str, value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return str(value)
+        return format_threshold(THRESHOLDS[name].unit if name in THRESHOLDS else "", value)
+
+    return ", ".join(f"{k}={shown(k, v)}" for k, v in sorted((overrides or {}).items())) or none
 
 
 def load_thresholds(path: str | Path | None) -> dict[str, float]:

@@ -14,7 +14,9 @@ from typing import Any, Mapping
 
 from loratune.assess.records import UNIT_INTERVAL_THRESHOLDS, AssessThresholds
 from loratune.decide import DecideThresholds
-from loratune.rules import ValueRange, default_thresholds, read_threshold_file, resolve_threshold_tables
+from loratune.rules import ValueRange, default_thresholds, overridden_values, read_threshold_file, \
+    resolve_recorded_tables, resolve_threshold_tables
+
 
 # the range of each assess threshold bounded by 1 (AssessThresholds's UNIT_INTERVAL_THRESHOLDS)
 UNIT_INTERVAL = ValueRange(0.0, 1.0, why="a cosine, share or score: above 1 the check never fires")
@@ -33,10 +35,17 @@ def load_threshold_tables(path: str | Path | None) -> dict[str, dict[str, Any]]:
 
 
 def tables_with(overrides: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """Every table with `overrides` (name -> value, as `overridden` gives them: what a study stores) applied, checked
-    as a file's are."""
-    return resolve_threshold_tables(overrides, threshold_tables(), {n: UNIT_INTERVAL for n in UNIT_INTERVAL_THRESHOLDS},
-                                    fixed_numbers())
+    """Every table with `overrides` (name -> value, as `overridden` gives them) applied, checked as a file's are."""
+    return resolve_threshold_tables(overrides, threshold_tables(), _UNIT_INTERVALS, fixed_numbers())
+
+
+def recorded_tables(overrides: Mapping[str, Any] | None, where: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Every table with the overrides a record holds (a study's, stored by an earlier session: `where` names it)
+    applied, and the notes on values the ranges now refuse: read as recorded (rules.resolve_recorded_tables)."""
+    return resolve_recorded_tables(overrides, threshold_tables(), where, _UNIT_INTERVALS, fixed_numbers())
+
+
+_UNIT_INTERVALS = {n: UNIT_INTERVAL for n in UNIT_INTERVAL_THRESHOLDS}
 
 
 def fixed_numbers() -> dict[str, str]:
@@ -65,14 +74,8 @@ def assess_thresholds(overrides: Mapping[str, Any] | None) -> AssessThresholds:
 
 
 def overridden(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """name -> value of every threshold in `tables` whose value differs from its default (a file naming a default
-    changes no decision, so it is no override: what `tune` stores in its study and compares on --resume)."""
+    """name -> value of every threshold in `tables` whose value differs from its default (rules.overridden_values: what
+    `tune` stores in its study and compares on --resume)."""
     defaults = threshold_tables()
-    return {name: value for table, values in tables.items() for name, value in sorted(values.items())
-            if value != defaults[table][name]}
-
-
-def overrides_text(overrides: Mapping[str, Any] | None) -> str:
-    """The overrides on one line (`loratune show`, the study report, tune's refusals): 'a=1, b=0.2' or 'none'."""
-    return ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
-                     for k, v in sorted((overrides or {}).items())) or "none"
+    return dict(sorted((name, value) for table, values in tables.items()
+                       for name, value in overridden_values(values, defaults[table]).items()))

@@ -540,40 +540,71 @@ def test_rule_conditions_print_thresholds_at_full_precision(tmp_path, capsys):
     assert "(0.000)" not in out and "slow_drop_max (0.0%)" not in out
 
 
-@pytest.mark.parametrize("name, value, why", [
-    ("nonfinite_min", 0, "> 0"),  # nonfinite_values >= 0: every run `diverged`
-    ("collapse_pred_share", -1, "> 0 and <= 1"),  # val_pred_top_share >= -1: every run `collapsed`
-    ("collapse_pred_share", 0, "> 0 and <= 1"),
-    ("never_learned_metric_max", 2, "> 0 and <= 1"),  # val_metric_best >= 2 never: every run inconclusive
-    ("metric_dead_max", 1, ">= 0 and < 1"),  # val_metric_best > 1 never
-    ("confused_count_min", 0, "> 0"),
-])
-def test_a_threshold_that_makes_its_clause_hold_for_every_run_or_none_is_refused(tmp_path, capsys, name, value, why):
-    """A count threshold read with >= took 0 (nonfinite_min: 0 made every run `diverged`), a share or a metric any
-    number (collapse_pred_share -1 or 0: `collapsed`; never_learned_metric_max 2: inconclusive). A threshold takes only
-    the values at which each clause reading it can go either way over its feature's domain (features.FEATURE_DOMAINS,
-    UNIT_DOMAINS): exit 2 naming the clause."""
+def test_a_threshold_that_makes_a_rule_fire_on_every_run_is_refused(tmp_path, capsys):
+    """nonfinite_min 0 (a count read with >=: `nonfinite_values >= 0`, the only condition of a `diverged` route and of
+    eval-loss-broken) made every run diverged: refused, naming the clause and the rule (rules.always_firing)."""
     from loratune.cli import main
-    from loratune.rules import THRESHOLD_CLAUSE_RANGES, threshold_problem
 
-    assert THRESHOLD_CLAUSE_RANGES[name] and threshold_problem(name, THRESHOLDS[name].value) is None
-    with pytest.raises(UserError, match=f"threshold '{name}': got {value}; allowed: a number {why} "):
-        resolve_thresholds({name: value})
-    f = tmp_path / "t.yaml"
-    f.write_text(f"{name}: {value}\n")
+    with pytest.raises(UserError, match=re.escape("threshold 'nonfinite_min' at 0 makes `nonfinite_values >= "
+                                                  "nonfinite_min` hold for every run, and with it rule 'diverged' "
+                                                  "(its route 'non-finite losses (nan / inf)'): every run would be "
+                                                  "diverged")) as e:
+        resolve_thresholds({"nonfinite_min": 0})
+    assert "rule 'eval-loss-broken'" in str(e.value)
+    f = _write(tmp_path, "nonfinite_min: 0\n")
     assert main(["rules", "--thresholds", str(f)]) == 2
-    assert f"threshold '{name}'" in capsys.readouterr().err
-    # the values in range still read: the bounds that stay meaningful, and signed thresholds stay free
-    assert resolve_thresholds({"collapse_pred_share": 1, "metric_dead_max": 0, "nonfinite_min": 0.5,
-                               "still_falling_min": -0.2,
-                               "diverged_val_metric_gain_max": -0.3})["collapse_pred_share"] == 1
+    assert "threshold 'nonfinite_min' at 0" in capsys.readouterr().err
+    assert resolve_thresholds({"nonfinite_min": 0.5})["nonfinite_min"] == 0.5  # a count of 1 or more still
+
+
+@pytest.mark.parametrize("name, value", [
+    # main took them, the clause-range rule refused them: each makes its clause hold for no run (a route switched off)
+    ("noise_fit_max", 1.0), ("collapse_repeat_share_max", 1.0), ("early_turn_fraction_max", 1.0),
+    ("steady_rise_share_max", 1.0), ("tail_recall_max", 1.0), ("rebound_min_fraction_max", 1.0), ("no_gain_max", 0),
+    ("metric_dead_max", 1), ("never_learned_metric_max", 2), ("noise_fit_min", 0.99),
+    # ...or hold for every run where the route has other conditions: no rule fires on every run
+    ("collapse_pred_share", 0), ("collapse_pred_share", -1), ("confused_count_min", 0),
+])
+def test_a_threshold_that_only_switches_a_clause_off_or_on_inside_a_route_is_taken(tmp_path, capsys, name, value):
+    """The clause-range rule refused values that only switch a route off (noise_fit_max 1.0, taken on main: a study set
+    up with it could never be resumed); a value is refused only where it makes a rule fire on every run."""
+    from loratune.cli import main
+
+    assert resolve_thresholds({name: value})[name] == value
+    assert main(["rules", "--thresholds", str(_write(tmp_path, f"{name}: {value}\n"))]) == 0
+    from loratune.rules import always_firing
+
+    assert always_firing(resolve_thresholds({name: value})) == []
+
+
+def test_a_route_is_refused_only_when_all_its_clauses_hold_for_every_run():
+    """Two clauses of one route, each made to hold for every run by its own override: each alone is taken, both
+    together make the rule fire on every run."""
+    from loratune.rules import Rule, all_, always_firing, any_, c
+
+    rule = Rule(id="x", scope="curve", priority=1, knob_class="data", verdict="x", moves=(),
+                when=any_(all_(c("val_pred_top_share", ">=", "collapse_pred_share"),
+                               c("tail_recall", "<=", "tail_recall_max"), why="both")))
+    assert always_firing(resolve_thresholds({"collapse_pred_share": 0}), (rule,)) == []
+    assert always_firing(resolve_thresholds({"tail_recall_max": 1}), (rule,)) == []
+    both = always_firing(resolve_thresholds({"collapse_pred_share": 0, "tail_recall_max": 1}), (rule,))
+    assert len(both) == 1 and "'collapse_pred_share' at 0 and 'tail_recall_max' at 1" in both[0]
+    assert "rule 'x' (its route 'both')" in both[0]
+
+
+def test_collapse_pred_share_0_does_not_make_every_run_collapsed():
+    """collapse_pred_share 0 holds for every run, but its routes also need the loss pinned near chance: a healthy run
+    stays healthy (why it is taken)."""
+    from loratune.diagnose import diagnose
+
+    for share in (0, -1):
+        assert diagnose("tests/fixtures/runs/healthy-b77-s1", thresholds={"collapse_pred_share": share}).verdict \
+            == "healthy"
 
 
 @pytest.mark.parametrize("text, pair", [
     ("hard_probe_f1: 0.9\neasy_probe_f1: 0.5\n", "'hard_probe_f1' (0.9) must not exceed 'easy_probe_f1' (0.5)"),
     ("hard_probe_f1: 0.97\n", "'hard_probe_f1' (0.97) must not exceed 'easy_probe_f1' (0.95)"),  # against a default
-    ("noise_fit_min: 0.99\n", "'noise_fit_min' (0.99) must not exceed 'noise_fit_max' (0.97)"),
-    ("noise_fit_min: 0.9\nnoise_fit_max: 0.8\n", "'noise_fit_min' (0.9) must not exceed 'noise_fit_max' (0.8)"),
 ])
 def test_thresholds_whose_order_the_rules_need_are_refused_the_wrong_way_round(tmp_path, capsys, text, pair):
     """hard_probe_f1: 0.9 with easy_probe_f1: 0.5 was taken, and assess reported both hard-task and easy-task for one

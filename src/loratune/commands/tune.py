@@ -337,7 +337,7 @@ def print_summary(out, s: dict) -> None:
                   safe(row["verdict"]))
     out.print(t)
     if s.get("thresholds_overridden"):
-        from loratune.thresholds import overrides_text
+        from loratune.rules import overrides_text
 
         out.print(f"[bold]thresholds overridden:[/] {safe(overrides_text(s['thresholds_overridden']))}")
     lvf = s.get("lora_vs_full")

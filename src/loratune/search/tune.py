@@ -241,10 +241,16 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                     "marked failed, its point is trained again")
     options = dc_replace(options, strategy=options.strategy or "protocol", budget=options.budget or DEFAULT_BUDGET)
     from loratune.assess.records import AssessThresholds
-    from loratune.thresholds import tables_with
+    from loratune.thresholds import recorded_tables, tables_with
 
-    # the study's overrides on every table (a stored name this version lacks fails here, named, as a file's would)
-    tables = tables_with(options.thresholds)
+    # the study's overrides on every table. A resumed study's are its record: a value an earlier version took that the
+    # ranges now refuse is read as stored, with a note (a stored name this version lacks fails here, named)
+    if options.resume:
+        tables, notes = recorded_tables(options.thresholds, f"the study in {study_dir} (its stored --thresholds)")
+        for note in notes:
+            ui.note(note)
+    else:
+        tables = tables_with(options.thresholds)
     budget = Budget.parse(options.budget)
     if options.resume:  # (a new study's data was checked before the study was made)
         dataset = _checked_data(cfg, dataset)
@@ -422,7 +428,7 @@ def _refuse_changes(study_dir: Path, old: dict, options: TuneOptions, settings, 
     # like --seed; a resume without --thresholds reuses the study's overrides (as it does its seed and strategy): its
     # trials were diagnosed and its decisions taken with them, so the continued study stays one study
     if options.thresholds is not None and options.thresholds != (old.get("thresholds") or {}):
-        from loratune.thresholds import overrides_text
+        from loratune.rules import overrides_text
 
         had = old.get("thresholds") or {}
         diffs.append(f"the threshold overrides {overrides_text(had)}" if had else "no threshold overrides")

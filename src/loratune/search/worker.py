@@ -105,7 +105,7 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
     from loratune.tasks import recipe
     from loratune.search.study import HEARTBEAT_S, LEADER_DIR, TRIALS, study_folder
     from loratune.search.tune import cfg_from_yaml
-    from loratune.thresholds import tables_with
+    from loratune.thresholds import recorded_tables
 
     ui = ui or UI()
     wait_s = WAIT_FOR_STUDY_S if wait_for_study_s is None else wait_for_study_s
@@ -145,7 +145,11 @@ def run_worker(study_dir: str | Path, *, storage: str | None = None, study_name:
         # (each trial's train adds it to its run.json data_notes)
         dataset = recipe(base, "prepare")(base.data, seed=base.train.seed)
         # the leader's --thresholds: a worker's trial is diagnosed (its verdict, what stages read) as the leader's are
-        diagnosis = tables_with(study.meta.get("thresholds"))["diagnosis"]
+        where = f"the study in {study.dir} (its stored --thresholds)"
+        tables, notes = recorded_tables(study.meta.get("thresholds"), where)
+        for note in notes:
+            ui.note(note)
+        diagnosis = tables["diagnosis"]
         return work(study, TrainingRunner(base, dataset, thresholds=diagnosis), ui, idle_exit_s=idle_exit_s)
     finally:
         study.close()
