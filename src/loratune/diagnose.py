@@ -37,8 +37,11 @@ from loratune.moves import DOWN, HOLD, UP, towards
 from loratune import objectives
 from loratune.objectives import NOISE_BAND, at_threshold, objective
 from loratune.rules import COMPARE_KNOBS, RULES, RUN_THRESHOLDS_KEY, SIGNALS, THRESHOLDS, Clause, Cond, Rule, \
-    catalogue_for, overridden_thresholds, resolve_thresholds, signal_for
+    catalogue_for, default_thresholds, overridden_thresholds, overridden_values, overrides_text, \
+    resolve_recorded_thresholds, resolve_thresholds, signal_for
+from loratune.store import RUN, STUDY_DB, study_meta_of_trial
 
+THRESHOLD_DEFAULTS = default_thresholds()
 MISSING_FACTOR = 0.75  # confidence multiplier per unknown clause of a tentatively fired rule
 THIN_MARGIN = 0.1  # a decisive clause passing within 10% (2 points for 0..1 quantities) of its threshold ...
 THIN_FACTOR = 0.85  # ... multiplies the confidence by this
@@ -295,6 +298,7 @@ class Comparison:
     not_evaluated: tuple[NotEvaluated, ...]
     notes: tuple[str, ...] = ()
     measure: str = METRIC_MEASURE  # a key of MEASURES
+    thresholds_overridden: Mapping[str, float] = field(default_factory=dict)  # the thresholds read, where not defaults
 
     @property
     def active(self) -> tuple[Finding, ...]:
@@ -308,7 +312,8 @@ class Comparison:
                 "better": "higher" if MEASURES[self.measure] > 0 else "lower",
                 "groups": [g.to_dict() for g in self.groups],
                 "features": self.features.to_dict(), "findings": [f.to_dict() for f in self.findings],
-                "not_evaluated": [n.to_dict() for n in self.not_evaluated], "notes": list(self.notes)}
+                "not_evaluated": [n.to_dict() for n in self.not_evaluated], "notes": list(self.notes),
+                "thresholds_overridden": dict(self.thresholds_overridden)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,27 +518,11 @@ def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[
     """Diagnose one run: a run directory / trainer_state.json / CSV path, a RunHistory, or eval points
     (with `meta` = run.json). `thresholds`: overrides by name (see `loratune rules`)."""
     run = as_run(source, meta=meta, name=name)
-    # a run records the thresholds it was judged by (a tune trial: its study's --thresholds): read back with them
-    # unless `thresholds` are given, and said either way
-    recorded = run.meta.get(RUN_THRESHOLDS_KEY) or {}
-    if not isinstance(recorded, Mapping):
-        raise UserError(f"run '{run.name}': its run.json `{RUN_THRESHOLDS_KEY}` is {recorded!r:.60}, not a mapping of "
-                        "threshold names to values", "restore the record, or remove the key to read it with the "
-                        "defaults")
-    values = resolve_thresholds(thresholds if thresholds is not None else recorded)
-    used = overridden_thresholds(values)
+    values, used, thresholds_note, notes = _run_thresholds(run, thresholds)
     features = compute_features(run.points, run.meta, run.config)
     run_rules = [r for r in rules if r.scope != "compare"]
     findings, gaps = evaluate_rules(features, run_rules, values)
-    notes = run.notes
-    thresholds_note = ""
-    if recorded and used == overridden_thresholds(resolve_thresholds(recorded)):
-        thresholds_note = (f"thresholds: the ones this run was judged by (its run.json, e.g. its study's "
-                           f"--thresholds): {_overrides_text(used)}")
-    elif recorded:
-        thresholds_note = (f"thresholds: {_overrides_text(used)} as given here; this run was judged by others (its "
-                           f"run.json): {_overrides_text(recorded)}")
-    notes = ((thresholds_note,) if thresholds_note else ()) + tuple(notes)
+    notes = ((thresholds_note,) if thresholds_note else ()) + tuple(notes) + tuple(run.notes)
     if _partial(run):
         why = f"status {run.meta['status']}" if run.meta.get("status") in PARTIAL_STATUSES else "no end-of-run entry"
         notes = (f"partial run ({why}): the curves stop where the run stopped, so 'still improving' and "
@@ -545,9 +534,44 @@ def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[
                      thresholds_note=thresholds_note)
 
 
-def _overrides_text(overrides: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
-                     for k, v in sorted(overrides.items())) or "the defaults"
+def _recorded_thresholds(run: RunHistory) -> tuple[Mapping[str, Any] | None, str]:
+    """(the diagnosis overrides `run` records it was judged by, where they are recorded), or (None, ''): its run.json's
+    RUN_THRESHOLDS_KEY (a tune trial's, the HF callback's), else, for a trial of a study whose study.db lies beside
+    its trials/ (one trained before trials recorded them), the study's --thresholds."""
+    if RUN_THRESHOLDS_KEY in run.meta:
+        where = f"its run.json ({Path(run.path) / RUN})" if run.path else "its run.json"
+        recorded = run.meta[RUN_THRESHOLDS_KEY]
+        if recorded is not None and not isinstance(recorded, Mapping):
+            raise UserError(f"run '{run.name}': `{RUN_THRESHOLDS_KEY}` in {where} is {recorded!r:.60}, not a mapping "
+                            "of threshold names to values", f"restore the record, or remove `{RUN_THRESHOLDS_KEY}` "
+                            "from the run.json to read the run with the defaults")
+        return recorded or {}, where
+    study = study_meta_of_trial(run.path)
+    stored = study[1].get("thresholds") if study else None
+    if isinstance(stored, Mapping):  # every table's overrides (tune --thresholds): the diagnosis reads its own
+        return {k: v for k, v in stored.items() if k in THRESHOLDS}, f"its study's ({study[0] / STUDY_DB})"
+    return None, ""
+
+
+def _run_thresholds(run: RunHistory, thresholds: Mapping[str, float] | None
+                    ) -> tuple[dict[str, float], dict[str, float], str, list[str]]:
+    """(the thresholds `run` is read with, those of them not defaults, the note saying which, the notes on recorded
+    values the ranges now refuse: rules.resolve_recorded_thresholds): `thresholds` where given, else those the run
+    recorded it was judged by (_recorded_thresholds), else the defaults."""
+    recorded, where = _recorded_thresholds(run)
+    if thresholds is not None:
+        values = resolve_thresholds(thresholds)
+        used = overridden_thresholds(values)
+        had = overridden_values(recorded, THRESHOLD_DEFAULTS)
+        note = (f"thresholds: {overrides_text(used, 'the defaults')} as given here; this run was judged by others "
+                f"({where}): {overrides_text(had, 'the defaults')}") if recorded is not None and had != used else ""
+        return values, used, note, []
+    if recorded is None:
+        return resolve_thresholds({}), {}, "", []
+    values, notes = resolve_recorded_thresholds(recorded, where)
+    used = overridden_thresholds(values)
+    note = f"thresholds: the ones this run was judged by ({where}): {overrides_text(used)}" if used else ""
+    return values, used, note, notes
 
 
 def _partial(run: RunHistory) -> bool:
@@ -906,13 +930,28 @@ def _groups(flat: dict[str, dict[str, Any]], knob: str) -> list[tuple[list[str],
     return found
 
 
+def _compare_thresholds(histories: Sequence[RunHistory], names: Sequence[str],
+                        thresholds: Mapping[str, float] | None) -> tuple[dict[str, float], list[str]]:
+    """(the thresholds a comparison reads, its notes on them): `thresholds` where given; else those the runs
+    recorded they were judged by (_run_thresholds) where every run's agree; the defaults where they differ, said."""
+    if thresholds is not None:
+        return resolve_thresholds(thresholds), []
+    reads = [_run_thresholds(h, None) for h in histories]
+    used = [r[1] for r in reads]
+    if all(u == used[0] for u in used):
+        said = [f"thresholds: the ones these runs were judged by: {overrides_text(used[0])}"] if used[0] else []
+        return reads[0][0], said + list(dict.fromkeys(n for r in reads for n in r[3]))
+    each = "; ".join(f"{n}: {overrides_text(u, 'the defaults')}" for n, u in zip(names, used))
+    return resolve_thresholds({}), [f"thresholds: the runs were judged by different thresholds ({each}): compared "
+                                    "with the defaults (give --thresholds to compare with others)"]
+
+
 def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str, float] | None = None,
             rules: Sequence[Rule] = RULES) -> Comparison:
     """Multi-run verdicts for runs that differ in one knob (see the module docstring)."""
-    values = resolve_thresholds(thresholds if thresholds is not None else {})
     histories = [as_run(item) for item in runs]
     names = _unique_names([h.name for h in histories])
-    notes: list[str] = []
+    values, notes = _compare_thresholds(histories, names, thresholds)
     flat: dict[str, dict[str, Any]] = {}
     feats: dict[str, CurveFeatures] = {}
     # a run and its own checkpoint (or one run given twice) are one run read at two points: no experiment. The read
@@ -1066,7 +1105,8 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     by_id = {rr.id: rr for rr in cmp_rules}
     findings = tuple(_annotate(f, by_id.get(f.rule_id), groups, features) for f in findings)
     return Comparison(runs=tuple(names), groups=tuple(groups), features=features, findings=findings,
-                      not_evaluated=gaps, notes=tuple(notes), measure=measure)
+                      not_evaluated=gaps, notes=tuple(notes), measure=measure,
+                      thresholds_overridden=overridden_thresholds(values))
 
 
 def _direction(g: KnobGroup) -> str | None:

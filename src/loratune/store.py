@@ -509,6 +509,35 @@ def replace_saved_model(folder: Path, write: Callable[[Path], None] | None) -> N
         shutil.rmtree(new, ignore_errors=True)  # what was not swapped in, or (after an exchange) the old model
 
 
+STUDY_DB = "study.db"  # a tune study's default Optuna storage, <study_dir>/study.db (search.study)
+STUDY_META_ATTR = "loratune"  # the study's user attribute holding its setup (search.study.Study.meta)
+
+
+def study_meta_of_trial(run_dir: str | Path | None) -> tuple[Path, dict] | None:
+    """(the study folder, its setup: Study.meta) where `run_dir` is a trial folder of a study whose own study.db lies
+    beside its trials/ (<study>/trials/<n>-<name>), else None. Read from the SQLite file directly (Optuna's
+    study_user_attributes table), read-only: `diagnose` of a plain run imports neither Optuna nor SQLAlchemy."""
+    import sqlite3
+
+    if not run_dir:
+        return None
+    folder = Path(run_dir).parent
+    db = folder.parent / STUDY_DB
+    if folder.name != TRIALS or not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT value_json FROM study_user_attributes WHERE key = ?",
+                               (STUDY_META_ATTR,)).fetchall()
+        finally:
+            con.close()
+        meta = json.loads(rows[0][0]) if len(rows) == 1 else None
+    except (sqlite3.Error, ValueError, OSError):  # not an Optuna study of ours: no setup to read
+        return None
+    return (folder.parent, meta) if isinstance(meta, dict) else None
+
+
 def in_study(path: str | None, root: Path, folder: str) -> str | None:
     """`path` as found in the study directory `root`: a study copied or moved would read (and `report --trial-reports`
     write into) the directories of the study it was copied from, or dead paths, and a path recorded relative to the

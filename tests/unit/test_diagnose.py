@@ -745,3 +745,29 @@ def test_curve_summary_reads_a_tie_at_the_band_as_the_rules_do(band_se):
         assert ("a tie (inside the noise band)" in metric) == tie, (at, metric)
         assert ("tie, inside the noise band" in loss) == tie, (at, loss)
         assert ("noise units below the best" in metric) != tie and ("noise units above the minimum" in loss) != tie
+
+
+def test_compare_reads_the_thresholds_the_runs_were_judged_by_where_they_agree():
+    """Each run's diagnosis read its recorded thresholds (rules.RUN_THRESHOLDS_KEY: a study's trials), but compare()
+    read the defaults in silence: update-too-weak fired that the study's thresholds would not. Where the runs' records
+    agree the comparison reads them (a note says so); where they differ, the defaults, and it says the runs were judged
+    by different thresholds."""
+    from loratune.rules import RUN_THRESHOLDS_KEY
+
+    study = {"weak_lr_loss_max": 0.0001}  # the lr's 0.01 loss effect is no longer "barely moves the loss"
+
+    def judged(history, overrides):
+        return replace(history, meta={**history.meta, RUN_THRESHOLDS_KEY: overrides})
+
+    pair = [run("base", 0.60, gap=0.2), run("lr2", 0.601, lr=2e-4, gap=0.2, val_loss=1.01)]
+    assert compare(pair).fired("update-too-weak")  # the defaults
+    c = compare([judged(h, study) for h in pair])
+    assert not c.fired("update-too-weak") and dict(c.thresholds_overridden) == study
+    assert "thresholds: the ones these runs were judged by: weak_lr_loss_max=0.01%" in c.notes
+    assert c.to_dict()["thresholds_overridden"] == study
+    c = compare([judged(pair[0], study), pair[1]])
+    assert c.fired("update-too-weak") and dict(c.thresholds_overridden) == {}
+    assert ("thresholds: the runs were judged by different thresholds (base: weak_lr_loss_max=0.01%; lr2: the "
+            "defaults): compared with the defaults (give --thresholds to compare with others)") in c.notes
+    # thresholds given win over the records
+    assert compare([judged(h, study) for h in pair], thresholds={}).fired("update-too-weak")

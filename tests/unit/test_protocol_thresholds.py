@@ -229,3 +229,95 @@ def test_a_trial_is_read_back_with_the_thresholds_its_study_judged_it_by(tmp_pat
     assert _runner(tables_with(None)["diagnosis"]).run(TrialSpec("s", "phase1-lr-grid", {}), plain).verdict \
         == "underfit-capacity"
     assert RUN_THRESHOLDS_KEY not in RunStore(plain).read_run() and diagnose(plain).thresholds_note == ""
+
+
+def test_an_old_trial_of_a_study_is_read_with_the_study_s_thresholds(tmp_path, scripted_training, capsys):
+    """A trial trained before trials recorded their thresholds (no rules.RUN_THRESHOLDS_KEY in its run.json) was read
+    by `diagnose study/trials/00-start` with the defaults (underfit-capacity) while `show study` said the study's
+    verdict (healthy): a trial folder of a study (study.db beside trials/) falls back to the study's stored
+    --thresholds, with the note; its assess names are not the diagnosis's and are left to assess. Read from the
+    SQLite file: no Optuna import for a plain run."""
+    import json
+    import subprocess
+    import sys
+
+    from loratune.cli import main
+    from loratune.diagnose import diagnose
+    from loratune.rules import RUN_THRESHOLDS_KEY
+    from loratune.search.runner import TrialSpec
+    from loratune.search.study import Study
+    from loratune.store import RunStore
+
+    study_dir = tmp_path / "study"
+    Study.open(study_dir, meta={"strategy": "protocol", "thresholds": {**FLIP, "hard_probe_f1": 0.5}})
+    trial = study_dir / "trials" / "00-start"
+    _runner(tables_with(FLIP)["diagnosis"]).run(TrialSpec("start", "phase1-lr-grid", {}), trial)
+    store = RunStore(trial)
+    rec = store.read_run()
+    del rec[RUN_THRESHOLDS_KEY]  # as a trial trained before this change left it
+    (trial / "run.json").write_text(json.dumps(rec))
+    d = diagnose(trial)
+    assert d.verdict == "healthy" and dict(d.thresholds_overridden) == FLIP
+    assert d.notes[0] == f"thresholds: the ones this run was judged by (its study's ({study_dir / 'study.db'})): " \
+        "underfit_metric_max=0.06"
+    assert main(["diagnose", str(trial), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["runs"][0]["verdict"] == "healthy" and out["thresholds_overridden"] == FLIP  # the top level too
+    # the same run outside a study: the defaults
+    import shutil
+
+    lone = tmp_path / "lone" / "00-start"
+    shutil.copytree(trial, lone)
+    assert diagnose(lone).verdict == "underfit-capacity" and diagnose(lone).thresholds_note == ""
+    code = ("import sys; from loratune.diagnose import diagnose; diagnose(sys.argv[1]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'sqlalchemy', 'torch')))")
+    done = subprocess.run([sys.executable, "-c", code, str(trial)], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_recorded_value_the_ranges_now_refuse_is_read_with_a_note_naming_run_json(tmp_path, scripted_training,
+                                                                                   capsys):
+    """A run.json holding a value the ranges refuse (nonfinite_min 0, taken by an earlier version) made diagnose exit
+    2 with 'use the names listed by loratune rules', never naming run.json: a record the user did not write now is
+    read as recorded, with a note naming it; what cannot be read at all is exit 2 naming run.json."""
+    import json
+
+    from loratune.cli import main
+    from loratune.rules import RUN_THRESHOLDS_KEY
+    from loratune.search.runner import TrialSpec
+    from loratune.store import RunStore
+
+    run_dir = tmp_path / "t"
+    _runner(tables_with(FLIP)["diagnosis"]).run(TrialSpec("start", "phase1-lr-grid", {}), run_dir)
+    rec = RunStore(run_dir).read_run()
+    (run_dir / "run.json").write_text(json.dumps({**rec, RUN_THRESHOLDS_KEY: {**FLIP, "nonfinite_min": 0}}))
+    assert main(["diagnose", str(run_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    notes = out["runs"][0]["notes"]
+    assert out["runs"][0]["verdict"] == "diverged"  # as recorded: every run diverged at nonfinite_min 0
+    assert any(n.startswith(f"thresholds recorded in its run.json ({run_dir / 'run.json'}) read as recorded") and
+               "threshold 'nonfinite_min' at 0" in n for n in notes)
+    for bad in ({"underfit_metric_max": "high"}, {"no_such_threshold": 1}):
+        (run_dir / "run.json").write_text(json.dumps({**rec, RUN_THRESHOLDS_KEY: bad}))
+        assert main(["diagnose", str(run_dir)]) == 2
+        err = capsys.readouterr().err
+        assert f"the thresholds recorded in its run.json ({run_dir / 'run.json'}) cannot be read" in err
+        assert "remove the entries named" in err
+
+
+def test_a_study_s_stored_value_the_ranges_now_refuse_is_read_with_a_note():
+    """A study set up on main with `noise_fit_max: 1.0` (or any value a later range refuses) could never be resumed:
+    tune re-checked the stored overrides as a file's (thresholds.tables_with). A resume reads them as stored
+    (thresholds.recorded_tables), with a note naming the study; a file given now is still checked."""
+    from loratune.errors import UserError
+    from loratune.thresholds import recorded_tables
+
+    tables, notes = recorded_tables({"noise_fit_max": 1.0, "nonfinite_min": 0}, "the study in s")
+    assert tables["diagnosis"]["noise_fit_max"] == 1.0 and tables["diagnosis"]["nonfinite_min"] == 0
+    assert len(notes) == 1 and notes[0].startswith("thresholds recorded in the study in s read as recorded")
+    assert "noise_fit_max" not in notes[0]  # 1.0 is taken now: it switches label-noise's band top off
+    assert recorded_tables({"noise_fit_max": 1.0}, "the study in s")[1] == []
+    with pytest.raises(UserError, match="invalid thresholds"):
+        tables_with({"nonfinite_min": 0})
+    with pytest.raises(UserError, match="recorded in the study in s cannot be read: unknown threshold 'nope'"):
+        recorded_tables({"nope": 1}, "the study in s")

@@ -31,7 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from loratune.diagnose import compare, diagnose
     from loratune.history_io import load_run
-    from loratune.rules import default_thresholds
     from loratune.rules import read_threshold_file
     from loratune.thresholds import load_threshold_tables, not_read_by_diagnosis
 
@@ -45,11 +44,12 @@ def run(args: argparse.Namespace) -> int:
     diagnoses = [diagnose(h, thresholds=thresholds) for h in histories]
     comparison = compare(histories, thresholds=thresholds) if len(histories) >= 2 else None
     if args.json:
-        defaults = default_thresholds()
         out = {
             "runs": [d.to_dict() for d in diagnoses],
             "comparison": comparison.to_dict() if comparison else None,
-            "thresholds_overridden": {k: v for k, v in (thresholds or defaults).items() if v != defaults[k]},
+            # the thresholds read: the file's, else those the run recorded (one run) or the comparison read (several:
+            # their own where they agree, else the defaults; each run's are in its runs[] entry)
+            "thresholds_overridden": dict((comparison or diagnoses[0]).thresholds_overridden),
             "thresholds_not_used": unused,
         }
         print(json.dumps(out, indent=2, default=str))
@@ -62,7 +62,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# a table the diagnosis does not read -> who reads it (`loratune rules` lists all three)
+READ_BY = {"assess": "assess and tune", "lora_vs_full": "tune (its LoRA vs full comparison)"}
+
+
 def unused_text(unused: dict[str, str]) -> str:
-    """What diagnose says of a --thresholds file's names it never reads."""
+    """What diagnose says of a --thresholds file's names it never reads: whose they are, and, for long_tail_count,
+    that the diagnosis's own long-tail cut stays fixed."""
+    from loratune.features import LONG_TAIL_COUNT
+
+    readers = "; ".join(f"{READ_BY.get(t, t)} read{'s' if ' and ' not in READ_BY.get(t, t) else ''} "
+                        f"{', '.join(n for n, tt in unused.items() if tt == t)}"
+                        for t in dict.fromkeys(unused.values()))
+    tail = (f" (its long-tail classes stay those with fewer than {LONG_TAIL_COUNT} training rows)"
+            if "long_tail_count" in unused else "")
     return (f"{', '.join(f'{n} ({t})' for n, t in unused.items())} not used by diagnose: it reads the diagnosis table "
-            "only (its long-tail cut is fixed at features.LONG_TAIL_COUNT); assess and tune read these")
+            f"only{tail}; {readers}")

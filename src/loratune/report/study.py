@@ -30,6 +30,7 @@ from loratune.errors import UserError
 from loratune.objectives import Objective, objective
 from loratune.report.model import SETTLED, as_float, read_history, read_json, to_plain
 from loratune.search.study import FINAL, TRIALS, in_study as _in_study, optuna_quiet
+from loratune.store import STUDY_META_ATTR
 
 # ---------------------------------------------------------------------------------------------
 # Records
@@ -193,7 +194,7 @@ class StudyReport:
     @property
     def thresholds_line(self) -> str | None:
         """The threshold overrides the study decided with, on one line; None when it used the defaults."""
-        from loratune.thresholds import overrides_text
+        from loratune.rules import overrides_text
 
         return f"thresholds overridden (--thresholds): {overrides_text(self.thresholds)}" if self.thresholds else None
 
@@ -260,7 +261,7 @@ def _optuna_records(study_dir: Path) -> tuple[list[dict], dict, str | None]:
             out, meta = [], {}
             for name in names[:1]:
                 study = optuna.load_study(study_name=name, storage=storage)
-                meta = dict(study.user_attrs.get("loratune") or {})
+                meta = dict(study.user_attrs.get(STUDY_META_ATTR) or {})
                 for t in study.get_trials(deepcopy=False):
                     attrs = dict(t.user_attrs)
                     rec = attrs.get("record")

@@ -49,7 +49,7 @@ from loratune.objectives import MACRO_F1, objective
 from loratune.errors import UserError, disk_full
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
 # (TRIALS, in_study: the study layout store reads a final/ folder by, defined there)
-from loratune.store import TRIALS, in_study, read_json, write_json
+from loratune.store import STUDY_DB, STUDY_META_ATTR, TRIALS, in_study, read_json, write_json
 
 @contextlib.contextmanager
 def optuna_quiet():
@@ -66,7 +66,6 @@ def optuna_quiet():
         optuna.logging.set_verbosity(before)
 
 
-STUDY_DB = "study.db"
 DECISIONS = "decisions.jsonl"
 OVERHEADS = "overheads"  # the study's user attr: each session's overhead charges (save_overheads)
 SUPERSEDED = "decisions.superseded.jsonl"  # an earlier session's decisions that a resumed one took otherwise
@@ -465,7 +464,7 @@ class Study:
                     study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", sampler=sampler,
                                                 load_if_exists=resume or worker)
                     if not resume and not worker:
-                        study.set_user_attr("loratune", dict(meta or {}))
+                        study.set_user_attr(STUDY_META_ATTR, dict(meta or {}))
             except Exception as exc:
                 if type(exc).__name__ == "DuplicatedStudyError":
                     raise UserError(f"another process created the study '{name}' in {_redact(url)} just now",
@@ -488,7 +487,7 @@ class Study:
         if worker:
             return self
         if resume:
-            if "loratune" not in self.optuna.user_attrs:
+            if STUDY_META_ATTR not in self.optuna.user_attrs:
                 self.close()
                 raise UserError(f"the study in {study_dir} was stopped before its settings were stored: there is "
                                 "nothing to resume", "start it again without --resume (resume=False) in an empty "
@@ -562,12 +561,12 @@ class Study:
 
     @property
     def meta(self) -> dict:
-        return dict(self.optuna.user_attrs.get("loratune", {}))
+        return dict(self.optuna.user_attrs.get(STUDY_META_ATTR, {}))
 
     def set_meta(self, **values: Any) -> None:
         meta = self.meta
         meta.update(values)
-        self.optuna.set_user_attr("loratune", meta)
+        self.optuna.set_user_attr(STUDY_META_ATTR, meta)
 
     def overheads(self) -> list[list[dict]]:
         """Each session's overhead charges ({label, wall_s}), by session in order (`SearchContext.charge_elapsed`)."""
