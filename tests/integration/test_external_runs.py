@@ -1299,3 +1299,23 @@ def test_a_resumed_runs_end_train_loss_is_read_over_the_micro_batches_since_its_
     end = [e for e in scaled_log_history(trainer.state.log_history, scale) if "train_loss" in e]
     assert end[0]["train_loss"] == pytest.approx(sum(micro) / len(micro), rel=1e-4)
     assert (scale.get("start_step"), scale["accumulation"], scale["batches_per_epoch"]) == (3, 4, 6)
+
+
+def test_callback_records_the_thresholds_its_verdict_was_read_with(tmp_path):
+    """LoratuneCallback(thresholds={'few_evals_max': 10}) called a pinned run underfit-capacity in its record while
+    `loratune diagnose <out>/loratune` read it with the defaults (collapsed): the record did not say its thresholds.
+    It records them as a tune trial does (rules.run_thresholds_entry), and diagnose reads them back, saying so."""
+    from loratune.integrations import LoratuneCallback
+    from loratune.rules import RUN_THRESHOLDS_KEY
+
+    cb = LoratuneCallback(printer=lambda s: None, stop_on=(), thresholds={"few_evals_max": 10})
+    _evaluate_each(cb, _pinned_at_start(6, 5), 30, tmp_path)
+    record = json.loads((tmp_path / "loratune" / "run.json").read_text())
+    assert record["verdict"] == "underfit-capacity" and record[RUN_THRESHOLDS_KEY] == {"few_evals_max": 10}
+    d = diagnose(tmp_path / "loratune")
+    assert d.verdict == "underfit-capacity" and d.thresholds_note.startswith("thresholds: the ones this run was judged")
+    assert diagnose(tmp_path / "loratune", thresholds={}).verdict == "collapsed"  # the defaults
+    # a callback with the defaults records nothing of them
+    plain = tmp_path / "plain"
+    _evaluate_each(LoratuneCallback(printer=lambda s: None, stop_on=()), _pinned_at_start(6, 5), 30, plain)
+    assert RUN_THRESHOLDS_KEY not in json.loads((plain / "loratune" / "run.json").read_text())

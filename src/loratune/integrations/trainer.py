@@ -52,7 +52,7 @@ from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, LI
                                  compare_record, history_from_trainer_state, nan_filtered_loss, scaled_log_history)
 from loratune.features import LORA_PEFT_TYPES
 from loratune.errors import UserError, finite_number
-from loratune.rules import THRESHOLDS, resolve_thresholds, rule_by_id
+from loratune.rules import THRESHOLDS, resolve_thresholds, rule_by_id, run_thresholds_entry
 from loratune.store import RUN, RunLock, liveness
 
 STOP_REASONS = ("diverged", "collapse")  # what the callback may stop on by default
@@ -576,6 +576,8 @@ class LoratuneCallback(TrainerCallback):
             record = {
                 **{k: v for k, v in meta.items() if k != "partial"}, "status": status, "source": CALLBACK_RECORD_SOURCE,
                 "stopped_by": self.stopped_by, "verdict": d.verdict, "config": run.config,
+                # the thresholds= its verdict was read with: `loratune diagnose` of the record reads it back with them
+                **run_thresholds_entry(resolve_thresholds(self.thresholds)),
                 **({"method": "lora"} if str((_peft_config(model) or {}).get("peft_type")).upper() in LORA_PEFT_TYPES
                    else {}),
                 "train_loss_scale": None if not self.loss_scale else {

@@ -304,11 +304,10 @@ class TrainingRunner:
         baseline_mb = reset_peak_memory()
         watch = watch or Watch(prune=False)
         store = RunStore(run_dir)
-        if self.thresholds is not None:  # the trial's record says the thresholds it is judged by: read back with them
-            from loratune.rules import RUN_THRESHOLDS_KEY, overridden_thresholds
+        # the trial's record says the thresholds it is judged by: read back with them
+        from loratune.rules import run_thresholds_entry
 
-            overrides = overridden_thresholds(self.thresholds)
-            store.record_extra = {RUN_THRESHOLDS_KEY: overrides} if overrides else {}
+        store.record_extra = run_thresholds_entry(self.thresholds)
         t0 = time.perf_counter()
         if watch.time_limit is not None:
             watch.limit_s = watch.time_limit(0.0, 0)
