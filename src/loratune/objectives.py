@@ -54,6 +54,9 @@ def prompt_key(group: str, metric: str) -> str:
     return f"val/prompt_{group}_{metric}"
 
 
+PROMPT_KEYS = frozenset(prompt_key(g, m) for g in PROMPT_GROUPS for m in SCORES)  # every prompt-set history key
+
+
 # ---------------------------------------------------------------------------------------------
 # objectives
 
@@ -290,3 +293,55 @@ def objective(key: str | None) -> Objective:
     if not key:
         return DEFAULT
     return OBJECTIVES.get(key) or Objective(key, True, key, SCORE_FLOOR)
+
+
+# ---------------------------------------------------------------------------------------------
+# the pick's test score
+
+# why a prompt-set objective (val/prompt_novel_chrf ...) has no test score: the prompt set is one set of prompts
+# (data.prompt_set), generated and scored the same whatever split a run is evaluated on, so its "test" number is the
+# very number the pick was chosen on
+PROMPT_SET_NO_TEST = ("a prompt-set objective has no held-out test score: the prompt set is one set, scored the same "
+                      "whatever the split, so its score on test is the number the pick was chosen on")
+
+
+@dataclass(frozen=True)
+class PickTestScore:
+    """What a study says of its pick's test score (`pick_test_score`): the metric shown and its value, whether it is the
+    objective's own test score (`held_out`), and when it is not, why (`note`)."""
+
+    metric: Objective | None  # the test metric shown (test/subset_accuracy, test/loss ...); None: nothing to show
+    value: float | None
+    held_out: bool  # the objective's own score on the test split
+    note: str = ""  # why what is shown is not the objective's test score ("" when it is, or nothing was scored)
+
+    def text(self, digits: int = 4) -> str:
+        """'test loss 1.8647' for the objective's own test score; 'measured on test: test loss 2.1271 (not the
+        objective: ...)' for another metric; '' when nothing was scored on test."""
+        if self.metric is None or self.value is None:
+            return self.note
+        shown = f"{self.metric.name} {self.value:.{digits}f}"
+        return shown if self.held_out else f"measured on test: {shown} ({self.note})"
+
+
+def pick_test_score(key: str | None, test: Mapping | None) -> PickTestScore:
+    """The pick's test score, the one rule summary's finish decision, `loratune show`, the report and tune's print
+    read: the objective's metric on test (test/subset_accuracy for val/subset_accuracy) when it was scored; a
+    prompt-set objective never has one (PROMPT_SET_NO_TEST), and what test measured (its loss) is shown as that, never
+    as the objective's test score; an objective whose test metric was not scored (an older record) shows the test
+    macro-F1 or loss it has, named as itself."""
+    o = objective(key)
+    test = test or {}
+
+    def scored(k: str) -> bool:
+        v = test.get(k)
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    prompt_set = o.key in PROMPT_KEYS
+    own = o.on("test")
+    if not prompt_set and scored(own.key):
+        return PickTestScore(own, float(test[own.key]), True)
+    note = PROMPT_SET_NO_TEST if prompt_set else f"{own.name} was not scored"
+    other = next((m for m in (MACRO_F1.on("test"), OBJECTIVES["val/loss"].on("test"))
+                  if m.key != own.key and scored(m.key)), None)
+    return PickTestScore(other, None if other is None else float(test[other.key]), False, note if test else "")

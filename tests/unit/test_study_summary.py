@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from loratune.search.budget import Budget, CostModel, Meter
 from loratune.search.context import SearchContext
@@ -153,3 +154,79 @@ def test_an_export_that_fails_midway_keeps_the_earlier_pick_whole(tmp_path, monk
     _finish_with(tmp_path, _pick_with_model(tmp_path, 7, "full", FULL_FILES))
     assert sorted(p.name for p in final.iterdir()) == sorted(FULL_FILES)
     assert not list((tmp_path / "final").glob(".adapter.*"))
+
+
+class _PromptSetRunner:
+    objective = "val/prompt_novel_chrf"  # a causal-lm study judged on its prompt set
+
+    def evaluate(self, run_dir, split="test"):
+        # inference.evaluate scores the prompt set on any split, under its val/ keys: the number the pick was chosen on
+        return {"test/loss": 2.1270669, "test/perplexity": 8.39, "test/tokens": 60, "val/prompt_novel_chrf": 0.367}
+
+
+def test_a_prompt_set_objective_has_no_held_out_test_score_and_its_test_loss_is_said_as_measured(tmp_path):
+    """A prompt-set objective (tune prompt_set=... metric_for_best_model=prompt_novel_chrf): the finish decision read
+    '#1 lr0.02: novel prompt-set chrf 0.367, test loss 2.1271', pairing the objective with the test loss as if it were
+    the pick's test score, and the report's test tile said 'no test split' though test was scored. Now every reader
+    (finish, show, report, tune's print) says that a prompt-set objective has no held-out test score and names the
+    test loss as what was measured on test."""
+    import io
+
+    from rich.console import Console
+
+    from loratune.commands.tune import print_summary
+    from loratune.report.render import render
+    from loratune.report.study import build_study_report, show_study
+
+    store = MemoryStore(tmp_path, decisions_path=tmp_path / "decisions.jsonl")
+    ctx = SearchContext(store=store, runner=_PromptSetRunner(), meter=Meter(Budget.parse("10trials")),
+                        trial_examples=100, costs=CostModel())
+    rec = TrialRecord(1, TrialSpec("lr0.02", "phase1-lr-grid", {"adapter.r": 8, "train.learning_rate": 0.02}),
+                      str(tmp_path / "trials" / "01-lr0.02"),
+                      TrialResult(status="completed", value=0.367, examples=100, wall_s=1.0,
+                                  objective="val/prompt_novel_chrf"))
+    ctx.records.append(rec)
+    ctx.state["final"] = rec
+    Path(rec.run_dir).mkdir(parents=True)
+    (Path(rec.run_dir) / "run.json").write_text(json.dumps({"objective": "val/prompt_novel_chrf"}))
+    (Path(rec.run_dir) / "config.yaml").write_text("train:\n  learning_rate: 0.02\n")
+    summary = finish(ctx, tmp_path / "final", "protocol")
+    verdict = summary["trail"][-1]["verdict"]
+    assert "measured on test: test loss 2.1271" in verdict and "no held-out test score" in verdict, verdict
+    from loratune.objectives import PROMPT_SET_NO_TEST, pick_test_score
+
+    ts = pick_test_score("val/prompt_novel_chrf", summary["recommendation"]["test"])
+    assert not ts.held_out and ts.metric.key == "test/loss" and ts.value == 2.1270669 and ts.note == PROMPT_SET_NO_TEST
+    said = f"measured on test: test loss 2.1271 ({PROMPT_SET_NO_TEST})"
+    assert summary["trail"][-1]["verdict"] == f"#1 lr0.02: novel prompt-set chrf 0.367, {said}"
+    # tune's print
+    out = Console(file=io.StringIO(), width=1000)
+    print_summary(out, {**summary, "wall_s_session": 1.0})
+    line = next(x for x in out.file.getvalue().splitlines() if x.startswith("recommendation:"))
+    assert line == f"recommendation: trial #1 lr0.02: novel prompt-set chrf 0.3670, {said}"
+    # loratune show
+    s = build_study_report(tmp_path)
+    con = Console(file=io.StringIO(), width=1000)
+    show_study(con, s)
+    line = next(x for x in con.file.getvalue().splitlines() if x.startswith("recommendation:"))
+    assert line.endswith(f"novel prompt-set chrf 0.367 · measured on test: test loss 2.127 ({PROMPT_SET_NO_TEST})")
+    # the report's test tile: the test loss, named as measured on test; never "no test split"
+    html = render(s)
+    tile = html.split('data-key="test">', 1)[1].split("</div></div>", 1)[0]
+    assert '<div class="k">test loss</div>' in tile and "2.127" in tile and "no test split" not in tile
+    assert "measured on test, not the objective: a prompt-set objective has no held-out test score" in tile
+
+
+def test_the_pick_test_score_rule():
+    """objectives.pick_test_score, the one rule: the objective's own test metric when scored, else what test
+    measured, named as itself."""
+    from loratune.objectives import pick_test_score
+
+    own = pick_test_score("val/subset_accuracy", {"test/subset_accuracy": 0.2, "test/macro_f1": 0.5})
+    assert own.held_out and own.metric.key == "test/subset_accuracy" and own.text() == "test subset accuracy 0.2000"
+    loss = pick_test_score("val/loss", {"test/loss": 1.8647})
+    assert loss.held_out and loss.text() == "test loss 1.8647"
+    older = pick_test_score("val/weighted_f1", {"test/macro_f1": 0.5})
+    assert not older.held_out and older.text() == "measured on test: test macro-F1 0.5000 (test weighted F1 was not scored)"
+    none = pick_test_score("val/prompt_familiar_exact_match", None)
+    assert none.metric is None and none.text() == ""

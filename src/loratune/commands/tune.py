@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import time
 
-from loratune.objectives import objective
+from loratune.objectives import objective, pick_test_score
 from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg, safe
 from loratune.store import DEFAULT_STUDY_DIR
 
@@ -345,12 +345,10 @@ def print_summary(out, s: dict) -> None:
         out.print(f"[bold]LoRA vs full:[/] {safe(lvf['summary'])}")
     rec = s.get("recommendation")
     if rec:
-        test_key = obj.key.replace("val/", "test/", 1)
-        test = (rec.get("test") or {}).get(test_key)
+        shown = pick_test_score(obj.key, rec.get("test")).text()  # the one rule of what the pick's test score is
         value = rec.get("objective_value", rec["val_macro_f1"])
         out.print(f"[bold]recommendation:[/] trial #{rec['trial']} {safe(rec['name'])}: {obj.name} "
-                  + ("-" if value is None else f"{value:.4f}")
-                  + (f", {obj.name.replace('val ', 'test ', 1)} {test:.4f}" if test is not None else ""))
+                  + ("-" if value is None else f"{value:.4f}") + (f", {safe(shown)}" if shown else ""))
         for k, v in rec.get("files", {}).items():
             out.print(f"  {k}: {safe(v)}")
     else:  # exit 1: say why nothing is recommended (each failed trial's reason, once)

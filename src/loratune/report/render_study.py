@@ -20,7 +20,7 @@ from loratune.report.html import (
     tile,
     value_text,
 )
-from loratune.objectives import Objective, beyond_noise
+from loratune.objectives import Objective, beyond_noise, pick_test_score
 from loratune.report.study import CUT, StudyReport, TrialView, measured_on, memory_name, trial_count
 from loratune.search.stages import TRAIL_PHASES as PHASE_NAMES  # the stage table's names, one place
 
@@ -63,12 +63,16 @@ def summary_section(s: StudyReport) -> str:
     best = s.best
     tiles = []
     if rec.missing is None:
-        ot = o.on("test")
-        test = rec.test.get(ot.key)
+        ts = pick_test_score(o.key, rec.test)  # the one rule of what the pick's test score is
         tiles.append(tile("recommended", f"#{rec.trial}", esc(rec.name) + f" · {esc(o.name)} {metric(rec.value)}",
                           "primary", key="recommended"))
-        tiles.append(tile(ot.name, metric(test), _test_detail(s) if test is not None
-                          else "no test split", "ok" if test is not None else "", key="test"))
+        if ts.held_out:
+            tiles.append(tile(ts.metric.name, metric(ts.value), _test_detail(s), "ok", key="test"))
+        elif ts.metric is not None:  # another metric measured on test (a prompt-set objective: its test loss)
+            tiles.append(tile(ts.metric.name, metric(ts.value), esc(f"measured on test, not the objective: {ts.note}"),
+                              key="test"))
+        else:
+            tiles.append(tile(o.on("test").name, metric(None), esc(ts.note or "no test split"), key="test"))
     if best is not None:
         tiles.append(tile(f"best {o.name}", metric(best.value), f"trial #{best.number} {esc(best.name)}",
                           "" if rec.missing is None else "primary", key="best"))

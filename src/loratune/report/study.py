@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loratune.errors import UserError
-from loratune.objectives import Objective, objective
+from loratune.objectives import Objective, objective, pick_test_score
 from loratune.report.model import SETTLED, as_float, read_history, read_json, to_plain
 from loratune.search.study import FINAL, TRIALS, in_study as _in_study, optuna_quiet
 from loratune.store import STUDY_META_ATTR
@@ -714,10 +714,10 @@ def show_study(con, s: StudyReport) -> None:
         con.print(f"[yellow]note:[/] {safe(n)}")
     o, rec = s.obj, s.recommendation
     if rec.missing is None:
-        ot = o.on("test")
-        test = rec.test.get(ot.key)
+        ts = pick_test_score(o.key, rec.test)  # the one rule of what the pick's test score is
         con.print(f"recommendation: [bold]#{rec.trial} {safe(rec.name)}[/] {safe(o.name)} [bold]{_f3(rec.value)}[/]"
-                  + (f" · {safe(ot.name)} [bold]{_f3(test)}[/]" if test is not None else ""))
+                  + (f" · {safe(ts.metric.name)} [bold]{_f3(ts.value)}[/]" if ts.held_out else "")
+                  + (f" · {safe(ts.text(3))}" if not ts.held_out and ts.text() else ""))
     elif s.best is not None:
         con.print(f"best so far: [bold]#{s.best.number} {safe(s.best.name)}[/] {safe(o.name)} {_f3(s.best.value)}")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from loratune.errors import UserError
-from loratune.objectives import MACRO_F1, objective
+from loratune.objectives import MACRO_F1, pick_test_score
 from loratune.search.context import SearchContext
 from loratune.search.study import records_table
 from loratune.store import (ADAPTER, CONFIG, read_json, remove_unfinished_models, replace_saved_model, write_atomic,
@@ -214,12 +214,11 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
     if summary["recommendation"] is not None and seen:
         summary["recommendation"]["test_earlier"] = seen
     if rec is not None:
-        # the test score of the metric the val score names (multi-label: subset accuracy, not macro-F1), as the
-        # recommendation shows it; a test split scored without it, the macro-F1 or the loss it has
-        shown = next((o for o in (ctx.objective.on("test"), objective("val/macro_f1").on("test"),
-                                  objective("val/loss").on("test")) if test and o.key in test), None)
-        ctx.decide("finish", "recommendation", f"{rec.label}: {ctx.show(rec.value)}"
-                   + (f", {shown.name} {test[shown.key]:.4f}" if shown is not None else ""),
+        # the pick's test score as show, the report and tune's print say it (objectives.pick_test_score): the
+        # objective's own metric on test (multi-label: subset accuracy, not macro-F1); a prompt-set objective has
+        # none, and the test loss is said as what test measured
+        shown = pick_test_score(ctx.objective.key, test).text()
+        ctx.decide("finish", "recommendation", f"{rec.label}: {ctx.show(rec.value)}" + (f", {shown}" if shown else ""),
                    "export " + (", ".join(sorted(files)) or "nothing"),
                    [f"point: {rec.point}"]
                    + ([f"test was scored before, on an earlier session's pick "
