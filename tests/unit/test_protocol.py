@@ -2154,3 +2154,34 @@ def test_a_trial_result_names_the_variant_its_run_config_trained():
     assert result_from(run({"method": "lora", "use_dora": True}, {"optimizer": "adamw"}), None, 1.0).method == "DoRA"
     assert result_from(run({"method": "lora"}, {}), None, 1.0).method == "LoRA"
     assert result_from(run({"method": "full"}, {}), None, 1.0).method == "full fine-tuning"
+
+
+def _tied_world(task: str) -> World:
+    """Every trial scores val macro-F1 0.0 (a generative classifier before any output names a label); the val loss
+    falls with the lr: 2e-3 has the lowest."""
+    world = World(lambda p: 0.0, lambda p: "healthy", loss=lambda p: {5e-4: 3.5, 1e-3: 2.533, 2e-3: 2.188}.get(p[LR], 2.3))
+    scripted = world.result
+
+    def result(p):
+        d = scripted(p).to_dict()
+        # run.json's task and the kept point's val loss, as runner.result_from reads them
+        d.update(task=task, best={**d["best"], "val/loss": world.loss(p)})
+        return TrialResult.from_dict(d)
+
+    world.result = result
+    return world
+
+
+@pytest.mark.parametrize("task, lr", [("causal-lm", 2e-3), ("single_label", 1e-3)])
+def test_the_lr_grid_breaks_a_tie_on_the_val_loss_where_training_does(task, lr):
+    """A generative classifier (causal-lm, label_format=generate): every grid trial tied at val macro-F1 0.0 and the
+    study kept the first (#0, val loss 2.533) over the lower val loss (2.188), though training keeps a tie by the
+    lower val loss (objectives.keep_order, LOSS_TIE_BREAK_TASKS). The study's best-of now ranks by the same rule; a
+    single-label classifier, outside LOSS_TIE_BREAK_TASKS, still keeps the first of ties."""
+    ctx, runner = make_ctx(_tied_world(task))
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False))
+    grid = [r for r in ctx.records if r.spec.phase == "phase1-lr-grid"]
+    assert sorted(r.point[LR] for r in grid) == [5e-4, 1e-3, 2e-3] and all(r.value == 0.0 for r in grid)
+    d = next(x for x in ctx.decisions if x["code"] == "lr-grid-best")
+    assert d["verdict"] == f"best lr {lr:g}", d["verdict"]
+    assert ctx.best(grid).point[LR] == lr

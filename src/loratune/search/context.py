@@ -423,7 +423,7 @@ class SearchContext:
     # ------------------------------------------------------------------ reading results
     def best(self, records: Sequence[TrialRecord] | None = None) -> TrialRecord | None:
         rs = [r for r in (self.records if records is None else records) if r.value is not None]
-        return max(rs, key=lambda r: (r.value, -r.number)) if rs else None
+        return max(rs, key=lambda r: r.rank) if rs else None  # ties: the lower val loss where training takes it
 
     def noise(self) -> tuple[float, str]:
         """The difference below which two trials are not told apart: protocol 6's band (objectives.NOISE_BAND,

@@ -239,7 +239,7 @@ def result_from(run: dict, diag, wall_s: float, pruned: str | None = None, curve
         params=dict(run.get("params") or {}), best={k: best[k] for k in keep if k in best},
         curve=curve, verdict=verdict, findings=findings, features=features,
         reason=(f"pruned: {pruned}" if pruned else str(run.get("reason") or "")), objective=objective_of(run),
-        method=_method_of(run))
+        method=_method_of(run), task=str(run.get("task") or ""))
 
 
 def _method_of(run: dict) -> str:

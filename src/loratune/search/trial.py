@@ -14,6 +14,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from loratune.objectives import NOTHING_KEPT, keep_order, objective
+
 # features of the diagnosis copied into every result (the decisions and the report read them)
 KEPT_FEATURES = ("val_metric_best", "val_metric_se", "val_n", "gap_f1", "train_eval_metric_final",
                  "best_step_fraction", "still_improving", "val_metric_final_drop", "val_loss_min",
@@ -79,6 +81,21 @@ class TrialResult:
     reason: str = ""  # why the run ended (a pruned trial: the pruning reason)
     objective: str = "val/macro_f1"  # the key `value` scores (objectives.objective(key) shows it)
     method: str = ""  # what trained (decide.method_name: LoRA, DoRA, LoRA+, full fine-tuning); "": not recorded
+    task: str = ""  # run.json task (causal-lm, single_label, multi_label): which tie-break its ranking takes
+
+    @property
+    def order(self) -> tuple[float, float]:
+        """Where this result stands among a study's (a larger tuple is better): objectives.keep_order of its kept
+        point, the rule training keeps its best model by: the value, then for a task in LOSS_TIE_BREAK_TASKS (a
+        generative classifier's macro-F1, 0.0 at every trial until an output names a label) the lower val loss of
+        that point. No value: behind every scored result (NOTHING_KEPT)."""
+        if not self.ok:
+            return NOTHING_KEPT
+        o = objective(self.objective)
+        # the kept point's val loss; a value taken from the curve (the record's best is the untrained model) has none
+        trained = int(self.best.get("step", FIRST_TRAINED_STEP)) >= FIRST_TRAINED_STEP
+        point = {self.objective: o.value(self.value), "val/loss": self.best.get("val/loss") if trained else None}
+        return keep_order(point, self.objective, self.task) or NOTHING_KEPT
 
     @property
     def ok(self) -> bool:
@@ -136,6 +153,12 @@ class TrialRecord:
     @property
     def label(self) -> str:
         return f"#{self.number} {self.spec.name}"
+
+    @property
+    def rank(self) -> tuple[float, float, int]:
+        """The key a study picks the best of trials by (max): the result's order (its value, then the tie-break
+        training keeps by), then the earlier trial. The one rule context.best and every stage's best-of read."""
+        return (*self.result.order, -self.number)
 
     def to_dict(self) -> dict:
         return {"number": self.number, "spec": self.spec.to_dict(), "run_dir": self.run_dir,

@@ -67,7 +67,7 @@ def full_lr_probe(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord) -> 
     scored = [r for r in runs if r.value is not None]
     if not scored:  # none ran (budget: None), or every probe failed (the last one: stage_full_probe says so)
         return runs[-1] if runs else None
-    best = max(scored, key=lambda r: (r.value, -r.number))
+    best = max(scored, key=lambda r: r.rank)
     lr = lr_of(best.point)
     rows = [f"lr {lr_of(r.point):g}: {ctx.show(r.value)} ({r.result.verdict})" for r in runs]
     if len(runs) > 1:
@@ -140,7 +140,7 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
     highest = max(lora, key=lambda r: (r_of(r.point), r.value or 0)) if lora else None
     # the target is met when any LoRA run trained to its length met it (the pick may be a long run): a pruned
     # trial's partial score is no run's result
-    best_lora = max((r for r in lora if r.result.full_length), key=lambda r: (r.value, -r.number), default=None)
+    best_lora = max((r for r in lora if r.result.full_length), key=lambda r: r.rank, default=None)
 
     involved = [r for r in (inc, highest, full) if r is not None]
     costs = {r.number: measured_cost(ctx, r) for r in involved}
@@ -261,7 +261,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     scored = [r for r in runs if r.value is not None]
     if not scored:
         return
-    best = max(scored, key=lambda r: (r.value, -r.number))
+    best = max(scored, key=lambda r: r.rank)
     # against the trial, and against a long run that is the pick (a challenger promoted here, at the end)
     bar = max(v for v in (inc.value, final.value if final is not None and champ is not None else None, -1e30)
               if v is not None)
@@ -337,7 +337,7 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
     elif others:
         ev.append(f"its run at lr {', '.join(f'{x:g}' for x in others)} does not fit: {ctx.meter.describe_left()}")
     scored = [r for r in runs if r.value is not None]
-    best = max(scored, key=lambda r: (r.value, -r.number)) if scored else None
+    best = max(scored, key=lambda r: r.rank) if scored else None
     data = {"long_trial": long.number, "steps": steps,
             "lrs": [{"lr": r.point[LR], "value": r.value, "trial": r.number} for r in [long, *runs]]}
     if scored:

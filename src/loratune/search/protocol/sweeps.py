@@ -200,7 +200,7 @@ def stage_target_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
         arms.append(rec)
     if not arms:
         return
-    rec = max(arms, key=lambda a: (a.value if a.value is not None else -1.0, -a.number))
+    rec = max(arms, key=lambda r: r.rank)
     rec = whole_if_ahead(ctx, rec, inc, noise, phase, "target sweep", reserve(ctx, phase, s)) or rec
     gain, note = gain_over(ctx, rec, inc)
     pa, pb = inc.result.params.get("adapter"), rec.result.params.get("adapter")
@@ -249,7 +249,7 @@ def stage_arms(ctx: SearchContext, s: ProtocolSettings) -> None:
             runs.append(rec)
         if not runs:
             return
-        best = max(runs, key=lambda r: (r.value if r.value is not None else -1.0, -r.number))
+        best = max(runs, key=lambda r: r.rank)
         best = whole_if_ahead(ctx, best, inc, noise, phase, f"arm {mv.text}", reserve(ctx, phase, s)) or best
         gain, note = gain_over(ctx, best, inc)
         ev = [f"{mv.text} ({arm.doc}) from {inc.label}: {ctx.fmt(inc.value)} -> {ctx.fmt(best.value)} (best of lr "
