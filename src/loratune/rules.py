@@ -555,11 +555,14 @@ _RULES = (
                  # rate under half a point (the same tagger: 0.303 -> 0.0009): that run learned its val set. A val
                  # loss falling back from a first eval that blew up also falls beyond its noise to a low at the end,
                  # but to ln(classes), far above 0 (folds A and B's diverged runs at lr 1e-1, their metric flat at
-                 # the one-class level: lr-too-large is accepted there)
+                 # the one-class level: lr-too-large is accepted there). That last route is a classifier's: a per-row
+                 # loss has 0 as its floor, a generative run's token loss has the text's entropy, never near 0, so a
+                 # generative classifier whose val loss fell beyond its noise to a late low (1.465, falling, at lr
+                 # 0.025, its labels not named yet) learned, and the route does not exist for it
                  any_(c("val_loss_logged", "<", "flag_on"),
                       c("val_loss_drop_noise", "<", "healthy_drop_noise_min"),
                       c("val_loss_min_fraction", "<", "late_min_fraction"),
-                      c("val_loss_final", ">", "zero_loss_max")),
+                      all_(c("classifier", ">=", "flag_on"), c("val_loss_final", ">", "zero_loss_max"))),
                  why="an lr far above the usual range with a val metric that never gained"),
             all_(any_(c("val_pred_top_share", ">=", "collapse_pred_share"),
                       # without per-class numbers: the val metric never rose above its first eval and the val loss

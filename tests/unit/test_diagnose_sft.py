@@ -396,3 +396,23 @@ def test_an_inconclusive_short_curve_says_how_to_get_a_readable_one():
     # near miss: the same run evaluated 6 times reaches a verdict, and nothing asks for a longer curve
     d = diagnose(DEMO_SIX_EVALS, meta=SFT)
     assert d.verdict == "undertrained" and all(a["signal"] != "a val loss curve" for a in d.advice())
+
+
+def test_a_generative_classifier_whose_val_loss_falls_is_not_lr_too_large_at_a_high_lr():
+    """A generative classifier (label_format=generate) at lr 0.025, 14 steps in: no output names a label yet (val
+    macro-F1 0.0) while its val loss falls steadily (5.61 -> 2.03 -> 1.47). lr-too-large's 'lr far above the usual range
+    with a val metric that never gained' route fired through 'the val loss ended above zero_loss_max (0.0035)', a
+    classifier's per-row cutoff a token loss never reaches, so tune pruned it. That route is a classifier's now."""
+    from loratune.diagnose import diagnose
+
+    pts = [{"step": 0, "lr": 0.0, "val/loss": 5.6065, "val/n": 12, "val/accuracy": 0.0, "val/macro_f1": 0.0,
+            "val/unknown_rate": 1.0},
+           {"step": 7, "lr": 0.0223, "lr_max": 0.025, "train/loss": 3.9253, "val/loss": 2.0294, "val/n": 12,
+            "val/accuracy": 0.0, "val/macro_f1": 0.0, "val/unknown_rate": 0.9167},
+           {"step": 14, "lr": 0.0176, "lr_max": 0.0223, "train/loss": 1.6562, "val/loss": 1.4654, "val/n": 12,
+            "val/accuracy": 0.0, "val/macro_f1": 0.0, "val/unknown_rate": 0.0}]
+    meta = {"task": "causal-lm", "labels": ["balance", "card_lost", "pin", "transfer"], "steps_planned": 40,
+            "objective": "val/macro_f1", "status": "running"}
+    d = diagnose(pts, meta=meta)
+    assert not d.fired("lr-too-large", active_only=False), [f.rule_id for f in d.active]
+    assert d.primary is not None and d.primary.rule_id == "undertrained"

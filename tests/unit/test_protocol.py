@@ -1738,8 +1738,8 @@ def test_pruned_trials_are_compared_at_their_own_step_and_every_stage_agrees():
     inc = next(r for r in ctx.records if r.number == 0)
     assert lr_half.result.status == "pruned" and lr_half.value == pytest.approx(0.544)
     assert ("phase2", "lr5e-4") not in names(runner)  # lost at its step: not trained again
-    note = (f"{lr_half.label} was pruned at step 50 of 100 (scripted): 0.544 there vs 0.560 for {inc.label} at the "
-            "same step")
+    note = (f"{lr_half.label} was pruned at step 50 of 100 (scripted): 0.544 there vs 0.560 for {inc.label} (its "
+            "best up to that step)")
     lr = next(d for d in ctx.decisions if d["phase"] == "phase2" and d["kind"] == "lr")
     assert lr["code"] == "lr-already-measured" and lr["data"]["at_step"] == 50
     assert lr["data"]["value"] == pytest.approx(0.544) and lr["data"]["ref"] == pytest.approx(0.56)

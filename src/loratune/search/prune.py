@@ -4,8 +4,8 @@ Checked at every evaluation point of a running trial:
 
 - `diagnosis`: from 30% of the planned steps on, a partial diagnosis whose verdict is `diverged`,
   `collapsed` or `lr-too-large` (oscillation; a confident, not a tentative, finding) stops the
-  trial when a finished trial was better at the same step: more steps will not fix an lr that is too
-  high.
+  trial when a finished trial's best up to the same step was better beyond the noise band
+  (objectives.beyond_noise): more steps will not fix an lr that is too high.
 - `behind-best` (successive-halving style, against the best finished trial instead of a rung
   population, because the protocol runs few trials): from half of the planned steps on, a trial whose
   best val macro-F1 so far trails the best finished trial's best at the same step by more than
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from loratune.objectives import DEFAULT, Objective
+from loratune.objectives import DEFAULT, NOISE_BAND, Objective, beyond_noise
 from loratune.search.trial import trained_points
 
 Curve = Sequence[tuple[int, float]]
@@ -64,28 +64,34 @@ def behind_best(curve: Curve, steps_planned: int, references: Sequence[tuple[str
     if ref_val is None:
         return None
     margin = max(settings.margin_min, settings.margin_se * (se or 0.0))
-    if mine + margin < ref_val:
+    if beyond_noise(ref_val - mine, margin):
         return (f"behind the best: {objective.show(mine)} by step {step} of {steps_planned} vs {objective.fmt(ref_val)} for "
-                f"{ref_name} at the same step; trailing by {ref_val - mine:.3f} > margin {margin:.3f} "
+                f"{ref_name} by the same step; trailing by {ref_val - mine:.3f} > margin {margin:.3f} "
                 f"(max({settings.margin_min:g}, {settings.margin_se:g} x SE {se or 0:.3f}))")
     return None
 
 
 def by_diagnosis(verdict: str | None, evidence: str, curve: Curve, steps_planned: int,
                  references: Sequence[tuple[str, Curve]], settings: PruneSettings = PruneSettings(),
-                 objective: Objective = DEFAULT) -> str | None:
+                 objective: Objective = DEFAULT, se: float | None = None) -> str | None:
     """The reason to stop on a collapse / divergence verdict, else None. Only a trial that is also
-    losing (a finished trial was better at the same step) is stopped: the first trial never is."""
+    losing is stopped (the first trial never is): a finished trial's best up to the same step beat this trial's
+    best so far beyond protocol 6's noise band (objectives.NOISE_BAND over `se`, the val metric's SE; the
+    objective's floor without one), the one rule of what counts as better (objectives.beyond_noise)."""
     if verdict not in settings.stop_verdicts or steps_planned <= 0 or not curve:
         return None
     step = curve[-1][0]
     if step < settings.diagnosis_min_fraction * steps_planned:
         return None
     mine = best_until(curve, step)
+    if mine is None:
+        return None
+    noise = NOISE_BAND.width(se, objective.noise_floor)
     better = [(name, best_until(ref, step)) for name, ref in references]
-    better = [(name, v) for name, v in better if v is not None and mine is not None and v > mine]
+    better = [(name, v) for name, v in better if v is not None and beyond_noise(v - mine, noise)]
     if not better:
         return None
     name, v = max(better, key=lambda x: x[1])
-    return (f"diagnosis at step {step} of {steps_planned}: {verdict} ({evidence}); {objective.show(mine)} vs "
-            f"{objective.fmt(v)} for {name} at the same step")
+    return (f"diagnosis at step {step} of {steps_planned}: {verdict} ({evidence}); {objective.show(mine)} (best up to "
+            f"step {step}) vs {objective.fmt(v)} for {name} (its best up to the same step): behind by {v - mine:.3f} > "
+            f"noise {noise:.3f} ({NOISE_BAND.describe()}, sigma {'-' if se is None else f'{se:.3f}'})")

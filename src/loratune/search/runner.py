@@ -76,14 +76,14 @@ class Watch:
         curve = curve_of(points, key)
         if step >= self.settings.diagnosis_min_fraction * planned:
             d = diagnose(points, meta=run, thresholds=thresholds)
+            # the diagnosis's binomial SE is a classifier metric's; a loss or a prompt-set score has its margin
+            se = d.features.values.get("val_metric_se") if key in CLASSIFIER_KEYS else None
             p = d.primary
             if p is not None and p.rule_id in self.settings.stop_verdicts and not p.tentative:
                 ev = next((e.text for e in p.evidence if e.passed), "")
-                why = by_diagnosis(p.rule_id, ev, curve, planned, self.references, self.settings, obj)
+                why = by_diagnosis(p.rule_id, ev, curve, planned, self.references, self.settings, obj, se)
                 if why:
                     return why
-            # the diagnosis's binomial SE is a classifier metric's; a loss or a prompt-set score has its margin
-            se = d.features.values.get("val_metric_se") if key in CLASSIFIER_KEYS else None
         else:
             se = None
         return behind_best(curve, planned, self.references, se, self.settings, obj)

@@ -173,7 +173,7 @@ def like_for_like(ctx: SearchContext, rec: TrialRecord, ref: TrialRecord) -> tup
     planned, why = rec.result.steps_planned, rec.result.reason.removeprefix("pruned: ").split(" (")[0] or "pruned"
     note = (f"{rec.label} was pruned at step {step}" + (f" of {planned}" if planned else "")
             + f" ({why}): {ctx.fmt(rec.value)} there vs "
-            + (f"{ctx.fmt(other)} for {ref.label} at the same step" if other is not None
+            + (f"{ctx.fmt(other)} for {ref.label} (its best up to that step)" if other is not None
                else f"{ref.label} not evaluated by that step"))
     return rec.value, other, note
 
