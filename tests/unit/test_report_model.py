@@ -1756,3 +1756,45 @@ def test_a_runs_settings_say_it_used_dora_and_loraplus():
     rows = {(p.group, p.key): p.value for p in build_params({"method": "lora"}, plain)}
     assert rows[("Training", "optimizer")] == "adamw" and ("Training", "loraplus_lr_ratio") not in rows
     assert ("Training", "head_learning_rate") not in rows and rows[("Adapter", "use_dora")] is False
+
+
+def test_a_study_reports_best_is_the_trial_its_own_ranking_names_on_a_tie(tmp_path):
+    """A generative classifier's trials all tied at val macro-F1 0.0 (d2only: 8 trials): the study ranks them by
+    TrialRecord.rank (the kept point's val loss breaks the tie: #4, val loss 2.188), but the report's best (the
+    "best val ..." tile, show's "best so far") kept its own older order and named #0 (val loss 2.533). It ranks by
+    the same rule, with the task from the record, or, for a record written before it kept the task, run.json's."""
+    import io
+
+    from rich.console import Console
+
+    from loratune.report.render_study import summary_section
+    from loratune.report.study import build_study_report, show_study
+    from loratune.search.study import Study
+    from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
+
+    def study(name: str, task: str):
+        d = tmp_path / name
+        store = Study.open(d, meta={"strategy": "protocol"})
+        records = []
+        for n, loss in enumerate((2.533, 2.188, 2.476)):
+            spec = TrialSpec(f"t{n}", "phase1-lr-grid", {R: 8, LR: 1e-2 / (n + 1)})
+            trial, run_dir = store.start(spec)
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(run_dir) / "run.json").write_text(json.dumps({"status": "completed", "task": "causal-lm"}))
+            res = TrialResult(status="completed", value=0.0, examples=80, wall_s=1.0, task=task,
+                              best={"step": 10, "val/macro_f1": 0.0, "val/loss": loss})
+            store.finish(trial, spec, run_dir, res)
+            records.append(TrialRecord(n, spec, run_dir, res))
+        store.close()
+        return d, records
+
+    d, records = study("new", "causal-lm")
+    assert max(records, key=lambda r: r.rank).number == 1  # the study's own rule (context.best)
+    s = build_study_report(d)
+    assert s.best.number == 1 and s.best.kept["val/loss"] == 2.188
+    assert "trial #1 t1" in summary_section(s)
+    con = Console(file=io.StringIO(), width=200)
+    show_study(con, s)
+    assert "best so far: #1 t1" in con.file.getvalue()
+    d, _ = study("old", "")  # records without the task: run.json's (the rule the runs kept their models by)
+    assert build_study_report(d).best.number == 1

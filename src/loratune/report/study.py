@@ -62,6 +62,8 @@ class TrialView:
     loss_curve: tuple[tuple[float, float], ...] = ()  # (step, val loss), from the run directory
     findings: tuple[Mapping[str, Any], ...] = ()  # rule_id, verdict, moves, evidence (texts)
     params: Mapping[str, Any] = field(default_factory=dict)
+    task: str = ""  # run.json task (the trial record's): which tie-break the study ranks it by
+    kept: Mapping[str, Any] = field(default_factory=dict)  # the record's best point (step, val/loss ...)
 
 
 @dataclass(frozen=True)
@@ -207,8 +209,13 @@ class StudyReport:
 
     @property
     def best(self) -> TrialView | None:
+        """The study's best trial by its ranking (search.trial.study_rank over kept_order: the value, the val-loss
+        tie-break training keeps by, then the earlier trial), the one the study's best-of (context.best) names."""
+        from loratune.search.trial import kept_order, study_rank
+
         ok = [t for t in self.trials if t.value is not None]
-        return max(ok, key=lambda t: (self.obj.score(t.value), -t.number)) if ok else None
+        return max(ok, key=lambda t: study_rank(kept_order(self.objective, t.value, t.kept, t.task), t.number)) \
+            if ok else None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -337,7 +344,15 @@ def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: 
         run_dir=run_dir, link=_rel(run_dir, root), curve=f1, loss_curve=loss,
         report_link=(f"{_rel(run_dir, root)}/report.html" if _rel(run_dir, root) and
                      (Path(run_dir) / "report.html").is_file() else None),
-        findings=tuple(res.get("findings") or ()), params=dict(res.get("params") or {}))
+        findings=tuple(res.get("findings") or ()), params=dict(res.get("params") or {}),
+        task=str(res.get("task") or _run_task(run_dir)), kept=dict(res.get("best") or {}))
+
+
+def _run_task(run_dir: str | None) -> str:
+    """The trial's run.json task, for a record written before the result kept it (TrialResult.task): the rule its
+    run kept its model by, so the study's ranking of it."""
+    run, _ = read_json(Path(run_dir) / "run.json") if run_dir else (None, None)
+    return str(run.get("task") or "") if isinstance(run, dict) else ""
 
 
 def _unfinished_spent(run_dir: str | None, root: Path) -> dict:

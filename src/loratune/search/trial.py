@@ -91,11 +91,7 @@ class TrialResult:
         that point. No value: behind every scored result (NOTHING_KEPT)."""
         if not self.ok:
             return NOTHING_KEPT
-        o = objective(self.objective)
-        # the kept point's val loss; a value taken from the curve (the record's best is the untrained model) has none
-        trained = int(self.best.get("step", FIRST_TRAINED_STEP)) >= FIRST_TRAINED_STEP
-        point = {self.objective: o.value(self.value), "val/loss": self.best.get("val/loss") if trained else None}
-        return keep_order(point, self.objective, self.task) or NOTHING_KEPT
+        return kept_order(self.objective, objective(self.objective).value(self.value), self.best, self.task)
 
     @property
     def ok(self) -> bool:
@@ -130,6 +126,23 @@ class TrialResult:
         return cls(**known)
 
 
+def kept_order(key: str, value: float | None, best: Mapping[str, Any], task: str | None) -> tuple[float, float]:
+    """Where a trial's result stands among a study's (a larger tuple is better): objectives.keep_order of its kept
+    point (`value`: the objective `key`'s value as a person reads it; `best`: the record's best point, whose val
+    loss breaks ties; `task`: run.json's). A value taken from the curve (the record's best is the untrained model)
+    has no val loss. No finite value: NOTHING_KEPT. TrialResult.order and the study report's TrialView read it."""
+    trained = int(best.get("step", FIRST_TRAINED_STEP)) >= FIRST_TRAINED_STEP
+    point = {key: value, "val/loss": best.get("val/loss") if trained else None}
+    return keep_order(point, key, task) or NOTHING_KEPT
+
+
+def study_rank(order: tuple[float, float], number: int) -> tuple[float, float, int]:
+    """The key a study picks the best of trials by (max): a trial's order (kept_order: its value, then the
+    tie-break training keeps by), then the earlier trial. The one rule context.best, every stage's best-of and the
+    study report's best (tile, `show`'s best so far) read."""
+    return (*order, -number)
+
+
 @dataclass(frozen=True)
 class TrialRecord:
     number: int
@@ -156,9 +169,8 @@ class TrialRecord:
 
     @property
     def rank(self) -> tuple[float, float, int]:
-        """The key a study picks the best of trials by (max): the result's order (its value, then the tie-break
-        training keeps by), then the earlier trial. The one rule context.best and every stage's best-of read."""
-        return (*self.result.order, -self.number)
+        """The key a study picks the best of trials by (max): study_rank of the result's order."""
+        return study_rank(self.result.order, self.number)
 
     def to_dict(self) -> dict:
         return {"number": self.number, "spec": self.spec.to_dict(), "run_dir": self.run_dir,
