@@ -230,3 +230,59 @@ def test_the_pick_test_score_rule():
     assert not older.held_out and older.text() == "measured on test: test macro-F1 0.5000 (test weighted F1 was not scored)"
     none = pick_test_score("val/prompt_familiar_exact_match", None)
     assert none.metric is None and none.text() == ""
+
+
+def test_a_study_whose_objective_never_moved_says_so_and_which_trial_the_val_loss_favours(tmp_path):
+    """A generative classifier's trials all at val macro-F1 0.0 (no output named a label yet): the gain rule keeps
+    the incumbent #0 (val loss 2.533) while the val loss favours #1 (2.188), and the finish decision, show and the
+    report said only 'val macro-F1 0.000', as if the pick were a score. They say the objective never moved off 0.000
+    in any trial and which trial the val loss favours, with both losses (one message: flat_objective_note)."""
+    import io
+
+    from rich.console import Console
+
+    from loratune.report.charts import esc
+    from loratune.report.render_study import recommendation_section
+    from loratune.report.study import build_study_report, show_study
+    from loratune.search.study import Study
+
+    class Runner:
+        def evaluate(self, run_dir, split="test"):
+            return {"test/macro_f1": 0.0, "test/loss": 2.39, "test/n": 12}
+
+    store = Study.open(tmp_path, meta={"strategy": "protocol"})
+    records = []
+    for n, loss in enumerate((2.533, 2.188, 2.476)):
+        spec = TrialSpec(f"t{n}", "phase1-lr-grid", {"adapter.r": 8, "train.learning_rate": 1e-2 / (n + 1)})
+        trial, run_dir = store.start(spec)
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "config.yaml").write_text("train:\n  learning_rate: 0.01\n")
+        res = TrialResult(status="completed", value=0.0, examples=80, wall_s=1.0, task="causal-lm",
+                          best={"step": 10, "val/macro_f1": 0.0, "val/loss": loss})
+        store.finish(trial, spec, run_dir, res)
+        records.append(TrialRecord(n, spec, str(run_dir), res))
+    store.close()
+    ctx = SearchContext(store=MemoryStore(tmp_path, decisions_path=tmp_path / "decisions.jsonl"), runner=Runner(),
+                        meter=Meter(Budget.parse("10trials")), trial_examples=100, costs=CostModel())
+    ctx.records.extend(records)
+    ctx.state["final"] = records[0]  # the incumbent the gain rule kept
+    summary = finish(ctx, tmp_path / "final", "protocol")
+    note = ("val macro-F1 never moved off 0.000 in any trial (3 scored): it tells no trial from another, and the pick "
+            "is not a better score (a change needs a gain beyond noise); the val loss favours #1 t1 (val loss 2.188, "
+            "the pick's 2.533)")
+    assert summary["trail"][-1]["kind"] == "recommendation" and note in summary["trail"][-1]["evidence"]
+    s = build_study_report(tmp_path)
+    assert s.flat_note == note
+    con = Console(file=io.StringIO(), width=1000)
+    show_study(con, s)
+    assert f"note: {note}" in con.file.getvalue()
+    assert esc(note) in recommendation_section(s)
+    # a trial that moved: nothing to say
+    moved = [records[0], TrialRecord(1, records[1].spec, records[1].run_dir,
+                                     TrialResult(status="completed", value=0.1, examples=80, wall_s=1.0,
+                                                 best={"step": 10, "val/loss": 2.0}))]
+    from loratune.search.trial import flat_objective_note, kept_loss
+
+    assert flat_objective_note(ctx.objective, [(r.label, r.value, kept_loss(r.result.best)) for r in moved],
+                               moved[0].label) is None
+

@@ -120,6 +120,8 @@ def recommendation_section(s: StudyReport) -> str:
                      + "</dl>")
     if rec.missing:
         parts.append(f'<div class="note">{esc(rec.missing)}</div>')
+    if s.flat_note:
+        parts.append(f'<div class="note">{esc(s.flat_note)}</div>')
     if rec.config_yaml:
         parts.append("<h3>Config (copy it, then <code>loratune train --config tuned.yaml</code>)</h3>"
                      + copy_block("final-config", rec.config_yaml))

@@ -217,6 +217,18 @@ class StudyReport:
         return max(ok, key=lambda t: study_rank(kept_order(self.objective, t.value, t.kept, t.task), t.number)) \
             if ok else None
 
+    @property
+    def flat_note(self) -> str | None:
+        """search.trial.flat_objective_note of the recommendation: the objective never moved off one value in any
+        trial, and which trial the val loss favours; None otherwise (or with no recommendation)."""
+        from loratune.search.trial import flat_objective_note, kept_loss
+
+        rec = self.recommendation
+        if rec.trial is None:
+            return None
+        return flat_objective_note(self.obj, [(f"#{t.number} {t.name}", self.obj.score(t.value), kept_loss(t.kept))
+                                              for t in self.trials], f"#{rec.trial} {rec.name}")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["kind"] = self.kind
@@ -733,6 +745,8 @@ def show_study(con, s: StudyReport) -> None:
         con.print(f"recommendation: [bold]#{rec.trial} {safe(rec.name)}[/] {safe(o.name)} [bold]{_f3(rec.value)}[/]"
                   + (f" · {safe(ts.metric.name)} [bold]{_f3(ts.value)}[/]" if ts.held_out else "")
                   + (f" · {safe(ts.text(3))}" if not ts.held_out and ts.text() else ""))
+        if s.flat_note:
+            con.print(f"[yellow]note:[/] {safe(s.flat_note)}")
     elif s.best is not None:
         con.print(f"best so far: [bold]#{s.best.number} {safe(s.best.name)}[/] {safe(o.name)} {_f3(s.best.value)}")
 

@@ -26,6 +26,7 @@ from loratune.errors import UserError
 from loratune.objectives import MACRO_F1, pick_test_score
 from loratune.search.context import SearchContext
 from loratune.search.study import records_table
+from loratune.search.trial import flat_objective_note, kept_loss
 from loratune.store import (ADAPTER, CONFIG, read_json, remove_unfinished_models, replace_saved_model, write_atomic,
                             write_json)
 
@@ -218,12 +219,14 @@ def finish(ctx: SearchContext, final_dir: str | Path, strategy: str, extra: dict
         # objective's own metric on test (multi-label: subset accuracy, not macro-F1); a prompt-set objective has
         # none, and the test loss is said as what test measured
         shown = pick_test_score(ctx.objective.key, test).text()
+        flat = flat_objective_note(ctx.objective, [(r.label, r.value, kept_loss(r.result.best)) for r in ctx.records],
+                                   rec.label)
         ctx.decide("finish", "recommendation", f"{rec.label}: {ctx.show(rec.value)}" + (f", {shown}" if shown else ""),
                    "export " + (", ".join(sorted(files)) or "nothing"),
                    [f"point: {rec.point}"]
                    + ([f"test was scored before, on an earlier session's pick "
                        f"{', '.join(f'#{n}' for n in seen)}: this pick's test score is not the study's first look at "
-                       "test"] if seen else []), [rec])
+                       "test"] if seen else []) + ([flat] if flat else []), [rec])
         summary["trail"] = ctx.decisions
     write_json(final_dir / "study.json", summary)
     return summary

@@ -12,9 +12,9 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from loratune.objectives import NOTHING_KEPT, keep_order, objective
+from loratune.objectives import NOTHING_KEPT, Objective, keep_order, objective
 
 # features of the diagnosis copied into every result (the decisions and the report read them)
 KEPT_FEATURES = ("val_metric_best", "val_metric_se", "val_n", "gap_f1", "train_eval_metric_final",
@@ -131,9 +131,41 @@ def kept_order(key: str, value: float | None, best: Mapping[str, Any], task: str
     point (`value`: the objective `key`'s value as a person reads it; `best`: the record's best point, whose val
     loss breaks ties; `task`: run.json's). A value taken from the curve (the record's best is the untrained model)
     has no val loss. No finite value: NOTHING_KEPT. TrialResult.order and the study report's TrialView read it."""
-    trained = int(best.get("step", FIRST_TRAINED_STEP)) >= FIRST_TRAINED_STEP
-    point = {key: value, "val/loss": best.get("val/loss") if trained else None}
+    point = {key: value, "val/loss": kept_loss(best)}
     return keep_order(point, key, task) or NOTHING_KEPT
+
+
+def kept_loss(best: Mapping[str, Any]) -> float | None:
+    """The val loss of a trial's kept point (the record's `best`); None where the value was taken from the curve
+    (the record's best is the untrained model) or none was logged."""
+    if int(best.get("step", FIRST_TRAINED_STEP)) < FIRST_TRAINED_STEP:
+        return None
+    loss = best.get("val/loss")
+    return float(loss) if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss) \
+        else None
+
+
+def flat_objective_note(o: Objective, trials: Sequence[tuple[str, float | None, float | None]],
+                        pick: str) -> str | None:
+    """What to say beside a pick when the study's objective never moved: every scored trial (`trials`: label,
+    score, kept point's val loss) tied at one value, e.g. a generative classifier's macro-F1 0.0 before any output
+    names a label. The pick then stands by the protocol's rule (a change needs a gain beyond noise), not by a
+    better score, and the val loss may favour another trial: the note names that trial with both losses. None
+    when fewer than two trials were scored or they differ. The finish decision, show and the report say it."""
+    scored = [t for t in trials if t[1] is not None]
+    if len(scored) < 2 or len({t[1] for t in scored}) > 1:
+        return None
+    text = (f"{o.name} never moved off {o.fmt(scored[0][1])} in any trial ({len(scored)} scored): it tells no trial "
+            "from another, and the pick is not a better score (a change needs a gain beyond noise)")
+    losses = [(loss, i) for i, (_, _, loss) in enumerate(scored) if loss is not None]
+    if not losses:
+        return text
+    low, i = min(losses)
+    mine = next((loss for label, _, loss in scored if label == pick), None)
+    if scored[i][0] == pick:
+        return text + f"; the val loss favours the pick too ({low:.3f}, the lowest of {len(losses)})"
+    return text + (f"; the val loss favours {scored[i][0]} (val loss {low:.3f}, the pick's "
+                   + (f"{mine:.3f})" if mine is not None else "not logged)"))
 
 
 def study_rank(order: tuple[float, float], number: int) -> tuple[float, float, int]:
