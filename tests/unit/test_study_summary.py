@@ -286,3 +286,18 @@ def test_a_study_whose_objective_never_moved_says_so_and_which_trial_the_val_los
     assert flat_objective_note(ctx.objective, [(r.label, r.value, kept_loss(r.result.best)) for r in moved],
                                moved[0].label) is None
 
+
+def test_a_val_loss_studys_trials_rank_by_their_value():
+    """kept_order built the kept point as {objective: value, "val/loss": the record's best val loss}: in a val-loss
+    study the second overwrote the first, so a trial whose value came from its curve (the record's best is the
+    untrained model: no kept val loss) ranked as nothing kept, behind a worse trial."""
+    from loratune.search.trial import FIRST_TRAINED_STEP
+
+    def rec(n, loss, best):
+        return TrialRecord(n, TrialSpec(f"t{n}", "phase1-lr-grid", {}), f"t{n}",
+                           TrialResult(status="completed", value=-loss, examples=1, wall_s=1.0, objective="val/loss",
+                                       best=best))
+
+    curve_only = rec(0, 1.5, {"step": FIRST_TRAINED_STEP - 1, "val/loss": 2.5})
+    worse = rec(1, 2.0, {"step": 10, "val/loss": 2.0})
+    assert curve_only.rank == (-1.5, 0.0, 0) and max((curve_only, worse), key=lambda r: r.rank) is curve_only

@@ -131,7 +131,7 @@ def kept_order(key: str, value: float | None, best: Mapping[str, Any], task: str
     point (`value`: the objective `key`'s value as a person reads it; `best`: the record's best point, whose val
     loss breaks ties; `task`: run.json's). A value taken from the curve (the record's best is the untrained model)
     has no val loss. No finite value: NOTHING_KEPT. TrialResult.order and the study report's TrialView read it."""
-    point = {key: value, "val/loss": kept_loss(best)}
+    point = {"val/loss": kept_loss(best), key: value}  # a val-loss objective: its value, never the kept point's
     return keep_order(point, key, task) or NOTHING_KEPT
 
 
