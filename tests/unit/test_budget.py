@@ -195,19 +195,24 @@ def test_a_resume_charges_an_earlier_trial_where_the_replay_reuses_it_not_before
 
 
 def test_diagnosis_prunes_only_a_trial_behind_beyond_noise_and_says_whose_best_it_compared():
-    """S3: a trial diagnosed lr-too-large at step 14 was pruned at val macro-F1 0.000 vs '0.267 for #0 start at the
-    same step' with no noise margin (val SE about 0.1) though #0 scored 0.100 at step 14: 0.267 was its best up to
-    then. Now the gap must pass protocol 6's noise band (objectives.beyond_noise over NOISE_BAND) and the reason says
-    both numbers are bests up to that step."""
+    """The pruner by diagnosis pruned a trial at val macro-F1 0.000 vs '0.267 for #0 start at the same step' with no
+    noise margin, though #0 scored 0.100 at step 14: 0.267 was its best up to then. The gap must now pass protocol
+    6's noise band (objectives.beyond_noise over NOISE_BAND with the val binomial SE) and the reason says both
+    numbers are bests up to that step. The band alone does not spare the hunter's D3 trial: on its 12 val rows the
+    SE of 0.0 is binomial_se(0.0, 12) = 0.074, band 0.149, and the gap 0.267 is beyond it; that trial is spared by
+    the rule change (lr-too-large's zero_loss_max route is a classifier's: test_diagnose_sft's
+    test_a_generative_classifier_whose_val_loss_falls_is_not_lr_too_large_at_a_high_lr)."""
+    from loratune.features import binomial_se
     from loratune.objectives import objective
 
     ref = [("#0 start", ((0, 0.0), (7, 0.267), (14, 0.1), (21, 0.1)))]
     curve = ((0, 0.0), (7, 0.0), (14, 0.0))
     f1 = objective("val/macro_f1")
-    # behind by 0.267, noise max(0.005, 2 x 0.15) = 0.3: not beyond it
-    assert by_diagnosis("lr-too-large", "lr 0.025", curve, 40, ref, objective=f1, se=0.15) is None
-    why = by_diagnosis("lr-too-large", "lr 0.025", curve, 40, ref, objective=f1, se=0.1)  # noise 0.2
+    # 5 val rows: SE 0.156, noise max(0.005, 2 x 0.156) = 0.313: behind by 0.267 is not beyond it
+    assert by_diagnosis("lr-too-large", "lr 0.025", curve, 40, ref, objective=f1, se=binomial_se(0.0, 5)) is None
+    # D3's 12 val rows: SE 0.074, noise 0.149: behind by 0.267 is beyond it, and the reason says whose best it read
+    why = by_diagnosis("lr-too-large", "lr 0.025", curve, 40, ref, objective=f1, se=binomial_se(0.0, 12))
     assert why is not None and "0.267 for #0 start (its best up to the same step)" in why, why
-    assert "val macro-F1 0.000 (best up to step 14)" in why and "behind by 0.267 > noise 0.200" in why, why
+    assert "val macro-F1 0.000 (best up to step 14)" in why and "behind by 0.267 > noise 0.149" in why, why
     # a gap equal to the band (up to float rounding) is not beyond it
     assert by_diagnosis("lr-too-large", "x", ((0, 0.0), (14, 0.067)), 40, ref, objective=f1, se=0.1) is None
