@@ -301,8 +301,9 @@ def objective(key: str | None) -> Objective:
 # why a prompt-set objective (val/prompt_novel_chrf ...) has no test score: the prompt set is one set of prompts
 # (data.prompt_set), generated and scored the same whatever split a run is evaluated on, so its "test" number is the
 # very number the pick was chosen on
-PROMPT_SET_NO_TEST = ("a prompt-set objective has no held-out test score: the prompt set is one set, scored the same "
-                      "whatever the split, so its score on test is the number the pick was chosen on")
+PROMPT_SET_ONE_SET = "the prompt set is one set, scored the same whatever the split"
+PROMPT_SET_NO_TEST = (f"a prompt-set objective has no held-out test score: {PROMPT_SET_ONE_SET}, so its score on test is "
+                      "the number the pick was chosen on")
 
 
 @dataclass(frozen=True)

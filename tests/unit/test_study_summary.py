@@ -301,3 +301,21 @@ def test_a_val_loss_studys_trials_rank_by_their_value():
     curve_only = rec(0, 1.5, {"step": FIRST_TRAINED_STEP - 1, "val/loss": 2.5})
     worse = rec(1, 2.0, {"step": 10, "val/loss": 2.0})
     assert curve_only.rank == (-1.5, 0.0, 0) and max((curve_only, worse), key=lambda r: r.rank) is curve_only
+
+
+def test_evaluate_on_test_prints_the_prompt_set_scores_apart_from_the_splits(capsys):
+    """`loratune evaluate RUN --split test` on a prompt-set run printed val/prompt_novel_chrf among the test scores
+    with nothing saying it is no test-split score: the prompt set is one set, scored the same whatever the split. It
+    prints them under their own heading, in the wording of the study's note (objectives.PROMPT_SET_ONE_SET)."""
+    from argparse import Namespace
+
+    from loratune.commands.evaluate import show
+    from loratune.objectives import PROMPT_SET_NO_TEST, PROMPT_SET_ONE_SET
+
+    show(Namespace(json=False, split="test"), {"test/n": 12, "test/loss": 2.1270669, "val/prompt_novel_chrf": 0.367,
+                                                "val/prompt_familiar_exact_match": 0.25})
+    lines = capsys.readouterr().out.splitlines()
+    head = f"prompt-set scores, not test-split scores: {PROMPT_SET_ONE_SET}"
+    assert lines == ["test/n: 12", "test/loss: 2.1271", head, "  val/prompt_familiar_exact_match: 0.2500",
+                     "  val/prompt_novel_chrf: 0.3670"], lines
+    assert PROMPT_SET_ONE_SET in PROMPT_SET_NO_TEST  # one wording

@@ -43,9 +43,14 @@ def show(args, scores: dict) -> None:
             out.print(f"{full}: {v:.4f}" if isinstance(v, float) else f"{full}: {v}")
     from loratune.generation import PROMPT_GROUPS, SCORES, prompt_key
 
-    for full in (prompt_key(g, m) for g in PROMPT_GROUPS for m in SCORES):  # causal-lm with a prompt set
-        if scores.get(full) is not None:
-            out.print(f"{full}: {scores[full]:.4f}")
+    from loratune.objectives import PROMPT_SET_ONE_SET
+
+    prompt = [k for k in (prompt_key(g, m) for g in PROMPT_GROUPS for m in SCORES) if scores.get(k) is not None]
+    if prompt:  # causal-lm with a prompt set: its own set, never the split's rows (its keys say val/ whatever the split)
+        out.print(f"prompt-set scores, not {safe(str(getattr(args, 'split', prefix)))}-split scores: "
+                  f"{PROMPT_SET_ONE_SET}", soft_wrap=piped())
+        for full in prompt:
+            out.print(f"  {full}: {scores[full]:.4f}")
     from loratune.inference import IN_SAMPLE, SPLIT_DIFFERS, UNSEEN_LABELS
 
     for note in (SPLIT_DIFFERS, IN_SAMPLE):
