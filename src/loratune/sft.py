@@ -793,6 +793,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     # gain: the objective signed so that larger is better (minus the val loss, or the val macro-F1)
     best, stopping = None, Patience(cfg.train.early_stopping_threshold)  # the kept model (BestModel); early stopping
     trained_key, start_loss = NOTHING_KEPT, None  # best (gain, tie-break) after step 0; step 1's loss
+    start_fresh = None  # a warm start's un-adapted model's loss at step 1 (train.divergence_bar; NaN: none)
     examples_seen, step, step_times = 0, 0, []
     lr0_steps = 0  # the first steps, run at learning rate 0 (a warmup's first), that moved no weight (saved_note)
     window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "tokens": [], "lr": []}
@@ -874,7 +875,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
 
     def _diverged_point(point: dict) -> str | None:
         loss = point.get("train/loss")
-        return diverged(loss, start_loss, cfg.train.max_grad_norm > 0) if loss is not None else None
+        return diverged(loss, start_loss, cfg.train.max_grad_norm > 0, start_fresh) if loss is not None else None
 
     try:
         if ranks.evaluates:  # rank 0 evaluates (and runs the callback); under DDP the others wait for its answer
@@ -922,8 +923,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
                             return lm_loss(train_model, batch)[0]
 
                     fresh = fresh_loss(model, fresh_of)
-                    start_loss = (max(step_loss, ranks.sum([fresh])[0] / ranks.world) if fresh is not None
-                                  else math.nan)
+                    start_fresh = ranks.sum([fresh])[0] / ranks.world if fresh is not None else math.nan
             max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             if lr0_steps == step - 1 and not any(g["lr"] > 0 for g in optimizer.param_groups):

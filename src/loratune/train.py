@@ -571,27 +571,58 @@ def utc_now() -> str:
 # an evaluation window, has exploded: with a fresh head the start is about ln(classes), and a model
 # that learns never goes back above it. lr=1.0 with no clipping measured 96x; healthy runs stay < 1x.
 DIVERGENCE_FACTOR = 4.0
+# A warm start (train.init_from) begins at its saved model's loss, far below a fresh start's: a fresh optimizer's
+# first steps can lift it several times over without undoing the training (bench/results/tuning_notes.md: warm
+# starts at x1 lr stopped as "train loss 9x its start" from a step-1 loss near 0.01, a restart bump). So a warm start
+# has diverged only when the window is ALSO above this many times the un-adapted model's loss (`fresh_loss`: the
+# adapter and its saved head switched off, about ln C): past it the run has lost all the saved weights had learned and
+# trains a model worse than none. 1x keeps the guard inside the diagnosis' `diverged` rule (a train loss ending at
+# 1.5x its start and >= 1.0, rules.py), so a run the guard stops is one `diagnose` calls diverged.
+WARM_FRESH_FACTOR = 1.0
+# the guard's rule in words, for the messages that must agree with it (`train`'s verdict line; README, run-record.md)
+DIVERGENCE_RULE = (f"a non-finite loss, or an evaluation window's mean train loss above {DIVERGENCE_FACTOR:g}x the "
+                   f"loss of step 1 (a warm start: and above {WARM_FRESH_FACTOR:g}x the un-adapted model's loss)")
 
 
-def diverged(window_loss: float, start_loss: float | None, clipped: bool = False) -> str | None:
-    """Why the run has diverged (None: it has not): a non-finite loss, or a window mean past
-    DIVERGENCE_FACTOR times the start. `clipped`: gradients were already clipped (max_grad_norm > 0), so the
-    advice is the learning rate alone."""
+def divergence_bar(start_loss: float | None, fresh: float | None = None) -> float | None:
+    """The window mean train loss past which a run has diverged (None: no ratio check, only a non-finite loss counts).
+    `start_loss`: the loss of step 1; `fresh`: a warm start's un-adapted loss (`fresh_loss`; NaN: a warm start with no
+    reference, e.g. a full fine-tune's; None: a fresh start). DIVERGENCE_FACTOR x step 1, and for a warm start at least
+    WARM_FRESH_FACTOR x the un-adapted model's loss."""
+    if not (start_loss and math.isfinite(start_loss) and start_loss > 0):
+        return None
+    if fresh is None:
+        return DIVERGENCE_FACTOR * start_loss
+    if not math.isfinite(fresh):
+        return None
+    return max(DIVERGENCE_FACTOR * start_loss, WARM_FRESH_FACTOR * fresh)
+
+
+def diverged(window_loss: float, start_loss: float | None, clipped: bool = False,
+             fresh: float | None = None) -> str | None:
+    """Why the run has diverged (None: it has not): a non-finite loss, or a window mean past `divergence_bar`
+    (DIVERGENCE_FACTOR times the loss of step 1; a warm start's, `fresh` its un-adapted model's loss, also past
+    WARM_FRESH_FACTOR times that). `clipped`: gradients were already clipped (max_grad_norm > 0), so the advice is
+    the learning rate alone."""
     if not math.isfinite(window_loss):
         return "non-finite loss"
-    if start_loss and math.isfinite(start_loss) and start_loss > 0 and window_loss > DIVERGENCE_FACTOR * start_loss:
+    bar = divergence_bar(start_loss, fresh)
+    if bar is not None and window_loss > bar:
+        warm = (f" and {window_loss / fresh:.1f}x the un-adapted model's loss ({fresh:.3g})"
+                if fresh is not None and fresh > 0 else "")
         return (f"train loss exploded: {window_loss:.3g} over the last window, {window_loss / start_loss:.0f}x "
-                f"its start ({start_loss:.3g}); lower learning_rate (/10)" + ("" if clipped else
-                                                                             " or set max_grad_norm (e.g. 1.0)"))
+                f"its start ({start_loss:.3g}){warm}; lower learning_rate (/10)" + ("" if clipped else
+                                                                                   " or set max_grad_norm (e.g. 1.0)"))
     return None
 
 
 def fresh_loss(model, loss_of) -> float | None:
-    """The divergence reference of a warm-started run (train.init_from): its step-1 loss is the saved model's,
-    far below a fresh start's, so DIVERGENCE_FACTOR x it flags an ordinary restart bump. The reference is
-    `loss_of()` (the step's last micro-batch) with the adapter, and the head saved with it, disabled: the
-    un-adapted model a fresh run's step 1 measures (about ln C for a fresh head). None for a model without
-    adapters (a full fine-tune's fresh weights are not at hand): only a non-finite loss then counts."""
+    """The un-adapted model's loss, a warm-started run's (train.init_from) second divergence reference
+    (WARM_FRESH_FACTOR): its step-1 loss is the saved model's, far below a fresh start's, so DIVERGENCE_FACTOR x it
+    alone flags an ordinary restart bump. It is `loss_of()` (the step's last micro-batch) with the adapter, and the
+    head saved with it, disabled: the un-adapted model a fresh run's step 1 measures (about ln C for a fresh head).
+    None for a model without adapters (a full fine-tune's fresh weights are not at hand): only a non-finite loss
+    then counts."""
     disable = getattr(model, "disable_adapter", None)
     if disable is None:
         return None
@@ -1007,6 +1038,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
     bar = RunProgress(steps, progress, metric=_metric_name(objective))  # the objective, by its name
     best, stopping = None, Patience(cfg.train.early_stopping_threshold)  # best: the best trained model so far
     trained_key, start_loss = NOTHING_KEPT, None  # the best keep_order after step 0; the loss of step 1
+    start_fresh = None  # a warm start's un-adapted model's loss at step 1 (divergence_bar; NaN: none to measure)
     examples_seen, step, step_times = 0, 0, []
     lr0_steps = 0  # the first steps, run at learning rate 0 (a warmup's first), that moved no weight (saved_note)
     window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "lr": []}
@@ -1080,7 +1112,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
 
     def _diverged_point(point: dict) -> str | None:
         loss = point.get("train/loss")
-        return diverged(loss, start_loss, cfg.train.max_grad_norm > 0) if loss is not None else None
+        return diverged(loss, start_loss, cfg.train.max_grad_norm > 0, start_fresh) if loss is not None else None
 
     try:
         with timed(timing, "evaluate"):
@@ -1117,7 +1149,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                     with precision_mod.autocast(precision, device.type):  # as the step's own forward ran
                         fresh = fresh_loss(model, lambda: loss_fn(forward_logits(model, train_enc, rows, batch).float(),
                                                                   target, space.multi_label, spec))
-                    start_loss = max(step_loss, fresh) if fresh is not None else math.nan
+                    start_fresh = fresh if fresh is not None else math.nan
             max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             if lr0_steps == step - 1 and not any(g["lr"] > 0 for g in optimizer.param_groups):

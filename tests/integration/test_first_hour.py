@@ -108,3 +108,31 @@ def test_the_train_summary_names_the_verdict_once(trained, monkeypatch):
     print_next_steps(Console(file=buf, width=250), str(trained))
     line = next(ln for ln in buf.getvalue().splitlines() if ln.startswith("verdict:"))
     assert line == "verdict: undertrained: still improving when the run ended; next move: epochs up", line
+
+
+def test_the_train_verdict_line_does_not_contradict_a_completed_record(trained, monkeypatch):
+    """The diagnosis' `diverged` rule reads the whole curve with its own thresholds and can fire on a run training's
+    guard let finish: the line said "verdict: diverged" under "run completed" (exit 0). It now says the record's
+    status and the guard's rule (train.DIVERGENCE_RULE); a run recorded diverged gets the plain line."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    import loratune.diagnose
+    from loratune.commands.train import print_next_steps
+    from loratune.train import DIVERGENCE_RULE
+
+    finding = SimpleNamespace(rule_id="diverged", verdict="diverged: non-finite or exploding loss",
+                              moves=("learning_rate /10", "check data"))
+    monkeypatch.setattr(loratune.diagnose, "diagnose", lambda run_dir: SimpleNamespace(primary=finding))
+
+    def line(status):
+        buf = io.StringIO()
+        print_next_steps(Console(file=buf, width=400), str(trained), status)
+        return next(ln for ln in buf.getvalue().splitlines() if ln.startswith("verdict:"))
+
+    plain = "verdict: diverged: non-finite or exploding loss; next move: learning_rate /10, check data"
+    assert line("diverged") == plain
+    assert line("completed") == (f"{plain} (the diagnosis' reading of the whole curve; the record says completed: "
+                                 f"training stops a run only on {DIVERGENCE_RULE})")

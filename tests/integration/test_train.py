@@ -597,9 +597,37 @@ def test_a_warm_starts_divergence_reference_is_the_unadapted_models_loss():
     assert fresh_loss(model, loss) == pytest.approx(before)  # the un-adapted model
     assert float(loss()) == pytest.approx(adapted)  # the adapter is on again afterwards
     assert fresh_loss(nn.Linear(8, 3), loss) is None  # full fine-tuning: no reference
-    # a window 9x a warm start's low step-1 loss but below 4x the fresh reference is no divergence
-    assert diverged(0.126, 0.0142) and diverged(0.126, max(0.0142, 1.1)) is None
-    assert diverged(0.126, math.nan) is None and diverged(math.inf, math.nan) == "non-finite loss"
+    # a window 9x a warm start's low step-1 loss but below the un-adapted model's loss is no divergence
+    assert diverged(0.126, 0.0142) and diverged(0.126, 0.0142, fresh=1.1) is None
+    assert diverged(0.126, 0.0142, fresh=math.nan) is None
+    assert diverged(math.inf, 0.0142, fresh=math.nan) == "non-finite loss"
+
+
+def test_a_warm_start_whose_loss_blows_up_past_the_unadapted_models_is_recorded_diverged(tiny_bert, intent_data,
+                                                                                         tmp_path):
+    """A warm start at lr 0.3 whose window means rose to 4-10x its step-1 loss and above the un-adapted model's loss
+    was recorded `completed` (exit 0, adapter/ saved from a diverged window) while the diagnosis and train's verdict
+    line said diverged: the guard compared against max(step 1, un-adapted) x 4, ~6.6 for a start of 0.58. Now a warm
+    start diverges past 4x its step 1 when also above the un-adapted model's loss (train.divergence_bar)."""
+    from loratune.diagnose import diagnose
+    from loratune.train import DIVERGENCE_FACTOR
+
+    _, first = _train(tiny_bert, intent_data, tmp_path / "a", learning_rate=1e-2, max_steps=60,
+                      early_stopping_patience=3, warmup_ratio=0.06)
+    assert first["adapter_step"] > 0
+    _, warm = _train(tiny_bert, intent_data, tmp_path / "b", learning_rate=0.3,
+                     init_from=str(RunStore(tmp_path / "a").adapter_dir))
+    points = [json.loads(x) for x in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+    step1 = next(p["train/loss_first"] for p in points if p.get("train/loss_first") is not None)
+    windows = [(p["step"], p["train/loss"]) for p in points if p.get("train/loss") is not None]
+    over = [s for s, loss in windows if loss > DIVERGENCE_FACTOR * step1]
+    assert over, f"the scripted blow-up did not happen on this build: {windows}, step 1 {step1}"
+    assert warm["status"] == "diverged", (warm["status"], warm["reason"], windows, step1)
+    assert "un-adapted model's loss" in warm["reason"] and f"(step {over[0]})" in warm["reason"]
+    assert warm["steps_done"] == over[0]  # stopped at the first window past the bar
+    saved = (warm["saved_model"] or {}).get("step")
+    assert saved is None or saved < over[0]  # a diverged window never counts
+    assert diagnose(tmp_path / "b").verdict == "diverged"  # the diagnosis and the record agree
 
 
 @pytest.mark.parametrize("arch", ["tiny_bert", "tiny_llama"])

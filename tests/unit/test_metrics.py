@@ -141,6 +141,26 @@ def test_the_divergence_advice_names_clipping_only_when_gradients_were_not_clipp
     assert diverged(7.9, 2.0, clipped=True) is None and diverged(float("nan"), 2.0) == "non-finite loss"
 
 
+def test_a_warm_starts_divergence_bar_is_4x_its_step_1_and_above_the_unadapted_models_loss():
+    """A warm start (train.init_from) with step-1 loss 0.581 and an un-adapted model's loss of 1.66 whose window means
+    were 2.354, 6.042, 3.901 was never stopped: the bar was 4 x max(0.581, 1.66) = 6.64. Now it is
+    max(4 x 0.581, 1 x 1.66) = 2.32: the first window (4.05x its start, above the un-adapted model) has diverged.
+    A restart bump under the un-adapted model's loss (0.0142 -> 0.126, 9x) is none."""
+    from loratune.train import DIVERGENCE_FACTOR, WARM_FRESH_FACTOR, divergence_bar, diverged
+
+    assert divergence_bar(0.581, 1.66) == pytest.approx(max(DIVERGENCE_FACTOR * 0.581, WARM_FRESH_FACTOR * 1.66))
+    assert divergence_bar(0.581, 1.66) == pytest.approx(2.324)
+    why = diverged(2.354, 0.581, clipped=True, fresh=1.66)
+    assert why == ("train loss exploded: 2.35 over the last window, 4x its start (0.581) and 1.4x the un-adapted "
+                   "model's loss (1.66); lower learning_rate (/10)")
+    assert diverged(6.042, 0.581, fresh=1.66) and diverged(3.901, 0.581, fresh=1.66)
+    assert diverged(0.126, 0.0142, fresh=1.1) is None  # a restart bump: 9x, under the un-adapted model's 1.1
+    assert diverged(2.0, 0.4, fresh=2.5) is None  # 5x its start, still below the un-adapted model
+    assert diverged(2.354, 0.581) and divergence_bar(0.581) == pytest.approx(2.324)  # a fresh start: 4x step 1
+    assert divergence_bar(0.581, float("nan")) is None  # a warm start with no un-adapted reference (full)
+    assert diverged(float("inf"), 0.581, fresh=float("nan")) == "non-finite loss"
+
+
 def test_compound_and_single_rows_count_labels_as_the_data_writes_them():
     """[pin, refund] with refund unknown to the model was a single row, and [refund] was in neither slice; the
     slices' compound n (every label counted) then stood beside a subset accuracy over other rows."""

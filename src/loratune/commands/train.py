@@ -74,7 +74,7 @@ def run(args) -> int:
         out.print(f"[yellow]{signals.describe(exc)}[/]: {safe(_record_after_interrupt(cfg.train.output_dir))}")
         return signals.exit_code(exc)
     print_summary(out, run)
-    print_next_steps(out, cfg.train.output_dir)
+    print_next_steps(out, cfg.train.output_dir, run["status"])
     if run["status"] == "diverged":
         out.print(f"[red]diverged[/]: {safe(run['reason'])}. {safe((run.get('saved_model') or {}).get('note', ''))}")
         return EXIT_DIVERGED
@@ -157,8 +157,10 @@ def multi_label_note(run: dict) -> str:
     return f"multi-label: loss {loss}; " + "; ".join(parts)
 
 
-def print_next_steps(out, run_dir: str) -> None:
-    """The first hour: the verdict of the run's curves and the commands that come next."""
+def print_next_steps(out, run_dir: str, status: str | None = None) -> None:
+    """The first hour: the verdict of the run's curves and the commands that come next. `status`: the run's recorded
+    status, so a `diverged` verdict of the diagnosis (its own rule, over the whole curve) on a run training's guard
+    let finish says so instead of contradicting the record."""
     import shlex
     from pathlib import Path
 
@@ -166,12 +168,16 @@ def print_next_steps(out, run_dir: str) -> None:
 
     from loratune.diagnose import diagnose
     from loratune.store import GENERATIONS, LABEL_MAP, RunStore
+    from loratune.train import DIVERGENCE_RULE
 
     try:
         primary = diagnose(run_dir).primary
         verdict = (f"[bold]{escape(primary.rule_id)}[/]: {escape(_verdict_text(primary))}"
                    + (f"; next move: {escape(', '.join(primary.moves))}" if primary.moves else "")
                    if primary else "[bold]inconclusive[/] (no rule holds on these curves)")
+        if primary is not None and primary.rule_id == "diverged" and status not in (None, "diverged"):
+            verdict += (f" [dim](the diagnosis' reading of the whole curve; the record says {escape(status)}: training "
+                        f"stops a run only on {escape(DIVERGENCE_RULE)})[/]")
     except Exception as exc:  # the record is complete whatever the diagnosis makes of it
         verdict = f"not diagnosed ({escape(type(exc).__name__)}: {escape(str(exc))})"
     out.print(f"verdict: {verdict}")
