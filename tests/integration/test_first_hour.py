@@ -103,7 +103,8 @@ def test_the_train_summary_names_the_verdict_once(trained, monkeypatch):
 
     finding = SimpleNamespace(rule_id="undertrained", verdict="undertrained: still improving when the run ended",
                               moves=("epochs up",))
-    monkeypatch.setattr(loratune.diagnose, "diagnose", lambda run_dir: SimpleNamespace(primary=finding))
+    monkeypatch.setattr(loratune.diagnose, "diagnose", lambda run_dir: SimpleNamespace(primary=finding,
+                                                                                       active=(finding,)))
     buf = io.StringIO()
     print_next_steps(Console(file=buf, width=250), str(trained))
     line = next(ln for ln in buf.getvalue().splitlines() if ln.startswith("verdict:"))
@@ -125,7 +126,8 @@ def test_the_train_verdict_line_does_not_contradict_a_completed_record(trained, 
 
     finding = SimpleNamespace(rule_id="diverged", verdict="diverged: non-finite or exploding loss",
                               moves=("learning_rate /10", "check data"))
-    monkeypatch.setattr(loratune.diagnose, "diagnose", lambda run_dir: SimpleNamespace(primary=finding))
+    monkeypatch.setattr(loratune.diagnose, "diagnose", lambda run_dir: SimpleNamespace(primary=finding,
+                                                                                       active=(finding,)))
 
     def line(status):
         buf = io.StringIO()
@@ -136,3 +138,34 @@ def test_the_train_verdict_line_does_not_contradict_a_completed_record(trained, 
     assert line("diverged") == plain
     assert line("completed") == (f"{plain} (the diagnosis' reading of the whole curve; the record says completed: "
                                  f"training stops a run only on {DIVERGENCE_RULE})")
+
+
+def test_an_inconclusive_train_verdict_says_why_and_the_findings_diagnose_lists(trained, monkeypatch):
+    """A multi-label run whose `healthy` was suppressed by eval-metric-unmoved: train printed "inconclusive (no rule
+    holds on these curves)" (hard-coded) and hid the active finding's move, while diagnose / show / report said
+    "no curve rule stands: healthy suppressed by eval-metric-unmoved" and "check data". The line now reads
+    Diagnosis.inconclusive_why, and each active finding follows with its move."""
+    import io
+
+    from rich.console import Console
+
+    import loratune.diagnose
+    from loratune.commands.train import print_next_steps
+    from loratune.diagnose import Diagnosis, Finding
+
+    real = loratune.diagnose.diagnose(trained)
+    healthy = Finding("healthy", "curve", "healthy: nothing to fix", "none", (), 10, 0.6, (),
+                      suppressed_by="eval-metric-unmoved")
+    unmoved = Finding("eval-metric-unmoved", "eval", "the val loss fell but the val metric never rose", "data",
+                      ("check data",), 50, 0.7, ())
+    d = Diagnosis(real.run, real.source, real.features, (unmoved, healthy), ())
+    assert d.primary is None and d.inconclusive_why == "no curve rule stands: healthy suppressed by eval-metric-unmoved"
+    monkeypatch.setattr(loratune.diagnose, "diagnose", lambda run_dir: d)
+    buf = io.StringIO()
+    print_next_steps(Console(file=buf, width=400), str(trained))
+    lines = buf.getvalue().splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("verdict:"))
+    assert lines[at] == f"verdict: inconclusive ({d.inconclusive_why})"
+    assert lines[at + 1] == ("  also: eval-metric-unmoved (data): the val loss fell but the val metric never rose; "
+                             "next move: check data")
+    assert lines[at + 2] == "next:"

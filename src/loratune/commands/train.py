@@ -170,17 +170,23 @@ def print_next_steps(out, run_dir: str, status: str | None = None) -> None:
     from loratune.store import GENERATIONS, LABEL_MAP, RunStore
     from loratune.train import DIVERGENCE_RULE
 
+    others = ()
     try:
-        primary = diagnose(run_dir).primary
+        d = diagnose(run_dir)
+        primary = d.primary
         verdict = (f"[bold]{escape(primary.rule_id)}[/]: {escape(_verdict_text(primary))}"
                    + (f"; next move: {escape(', '.join(primary.moves))}" if primary.moves else "")
-                   if primary else "[bold]inconclusive[/] (no rule holds on these curves)")
+                   if primary else f"[bold]inconclusive[/] ({escape(d.inconclusive_why)})")
+        others = tuple(f for f in d.active if f is not primary)  # what `diagnose` and `show` list beside the verdict
         if primary is not None and primary.rule_id == "diverged" and status not in (None, "diverged"):
             verdict += (f" [dim](the diagnosis' reading of the whole curve; the record says {escape(status)}: training "
                         f"stops a run only on {escape(DIVERGENCE_RULE)})[/]")
     except Exception as exc:  # the record is complete whatever the diagnosis makes of it
         verdict = f"not diagnosed ({escape(type(exc).__name__)}: {escape(str(exc))})"
     out.print(f"verdict: {verdict}")
+    for f in others:
+        out.print(f"  also: [bold]{escape(f.rule_id)}[/] ({escape(f.knob_class)}): {escape(_verdict_text(f))}"
+                  + (f"; next move: {escape(', '.join(f.moves))}" if f.moves else ""))
     run = shlex.quote(str(run_dir))
     generated = (Path(run_dir) / GENERATIONS).is_file()  # a causal LM with a prompt set
     steps = [(f"loratune diagnose {run}", "the verdict's evidence and the next knob move"),
