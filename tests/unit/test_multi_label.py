@@ -279,3 +279,30 @@ def test_predict_scores_every_predicted_label_in_decodings_order():
     assert p["scores"]["card_lost"] == pytest.approx(0.40)
     p = trained._predict_chunk(["lost my card"], logits, top_k=4)[0]
     assert list(p["scores"]) == ["transfer", "balance", "card_lost", "oos"]  # then oos, the best of the rest
+
+
+def test_the_in_sample_note_quotes_what_the_numbers_support():
+    """`evaluate --split validation` on a multi-label run noted its scores "in-sample, flattered by the tuning" beside
+    the run's own val/subset_accuracy 0.1000, while the in-sample subset accuracy was 0.0000: the thresholds maximise
+    each label's F1 (metrics.tune_thresholds), not subset accuracy. The note now names what is in-sample (per-label
+    F1) and quotes each comparison as measured."""
+    from loratune.inference import IN_SAMPLE, in_sample_scores
+
+    run = {"decoding": {"tuned_on": "validation", "step": 12}, "objective": "val/subset_accuracy",
+           "best": {"val/subset_accuracy": 0.1, "val/macro_f1": 0.4124860646599777}}
+    scores = {"val/subset_accuracy": 0.0, "val/macro_f1": 0.5253623188405797}
+    note = in_sample_scores("val", run, scores)[f"val/{IN_SAMPLE}"]
+    assert note == ("the per-label thresholds (label_map.json decoding) were tuned on this validation split at step 12, "
+                    "each to maximise its label's F1: the per-label F1 scores here are in-sample; against the run's own "
+                    "val numbers at that step, thresholds cross-fitted on the other half (run.json best): "
+                    "val/macro_f1 0.5254 here, above 0.4125; val/subset_accuracy 0.0000 here, below 0.1000")
+    assert "flattered" not in note
+    higher = in_sample_scores("val", run, {"val/subset_accuracy": 0.3, "val/macro_f1": 0.4124860646599777})
+    assert higher[f"val/{IN_SAMPLE}"].endswith("val/macro_f1 0.4125 here, equal to 0.4125; "
+                                                "val/subset_accuracy 0.3000 here, above 0.1000")
+    # an objective that is the tuned metric is quoted once; no best numbers: the in-sample fact alone
+    once = in_sample_scores("val", {**run, "objective": "val/macro_f1"}, scores)[f"val/{IN_SAMPLE}"]
+    assert once.count("val/macro_f1") == 1 and "subset_accuracy" not in once
+    bare = in_sample_scores("val", {**run, "best": None}, scores)[f"val/{IN_SAMPLE}"]
+    assert bare.endswith("the per-label F1 scores here are in-sample")
+    assert in_sample_scores("val", {"decoding": {"tuned_on": None}}, scores) == {}
