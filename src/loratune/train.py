@@ -44,6 +44,7 @@ from loratune.data import (VALIDATED_ON, Dataset, LabelSpace, Split, data_seed_r
 from loratune.errors import UserError, disk_full
 from loratune.rng import rng_kept  # noqa: F401  (sft takes it from here too)
 from loratune.objectives import NOTHING_KEPT, Patience, keep_order, keeps, objective as objective_named
+from loratune.rules import THRESHOLDS
 from loratune.eval_extras import EvalExtras
 from loratune.slices import probe_label_note
 from loratune.heads import head_modules
@@ -573,15 +574,18 @@ def utc_now() -> str:
 DIVERGENCE_FACTOR = 4.0
 # A warm start (train.init_from) begins at its saved model's loss, far below a fresh start's: a fresh optimizer's
 # first steps can lift it several times over without undoing the training (bench/results/tuning_notes.md: warm
-# starts at x1 lr stopped as "train loss 9x its start" from a step-1 loss near 0.01, a restart bump). So a warm start
-# has diverged only when the window is ALSO above this many times the un-adapted model's loss (`fresh_loss`: the
-# adapter and its saved head switched off, about ln C): past it the run has lost all the saved weights had learned and
-# trains a model worse than none. 1x keeps the guard inside the diagnosis' `diverged` rule (a train loss ending at
-# 1.5x its start and >= 1.0, rules.py), so a run the guard stops is one `diagnose` calls diverged.
-WARM_FRESH_FACTOR = 1.0
+# starts at x1 lr stopped as "train loss 9x its start" from a step-1 loss near 0.01, a restart bump; a warm start at
+# lr 0.05 went 0.0158 -> 2.53 -> 0.79 and ended with val macro-F1 0.56 -> 0.61). So a warm start has diverged only
+# when the window is ALSO above this many times the un-adapted model's loss (`fresh_loss`: the adapter and its saved
+# head switched off, about ln C, the uniform guess the diagnosis measures against). It is the diagnosis' own multiple
+# (rules threshold diverged_chance_ratio: a train loss ending at it has blown up), so the guard stays inside the
+# diagnosis' `diverged` rule: it stops a warm start only where `diagnose` would call the run diverged had it ended
+# there, and a bump the run recovers from (lr-too-large at worst) runs on.
+WARM_FRESH_FACTOR = THRESHOLDS["diverged_chance_ratio"].value
 # the guard's rule in words, for the messages that must agree with it (`train`'s verdict line; README, run-record.md)
 DIVERGENCE_RULE = (f"a non-finite loss, or an evaluation window's mean train loss above {DIVERGENCE_FACTOR:g}x the "
-                   f"loss of step 1 (a warm start: and above {WARM_FRESH_FACTOR:g}x the un-adapted model's loss)")
+                   f"loss of step 1 (a warm start: and above {WARM_FRESH_FACTOR:g}x the un-adapted model's loss, "
+                   f"diagnose's diverged_chance_ratio)")
 
 
 def divergence_bar(start_loss: float | None, fresh: float | None = None) -> float | None:

@@ -604,13 +604,17 @@ def test_a_warm_starts_divergence_reference_is_the_unadapted_models_loss():
 
 
 def test_a_warm_start_whose_loss_blows_up_past_the_unadapted_models_is_recorded_diverged(tiny_bert, intent_data,
-                                                                                         tmp_path):
+                                                                                         tmp_path, monkeypatch):
     """A warm start at lr 0.3 whose window means rose to 4-10x its step-1 loss and above the un-adapted model's loss
     was recorded `completed` (exit 0, adapter/ saved from a diverged window) while the diagnosis and train's verdict
     line said diverged: the guard compared against max(step 1, un-adapted) x 4, ~6.6 for a start of 0.58. Now a warm
-    start diverges past 4x its step 1 when also above the un-adapted model's loss (train.divergence_bar)."""
+    start diverges past 4x its step 1 when also above diverged_chance_ratio x the un-adapted model's loss
+    (train.divergence_bar; the real measure, read as the run takes it)."""
+    import loratune.train as T
     from loratune.diagnose import diagnose
-    from loratune.train import DIVERGENCE_FACTOR
+
+    measured, real_fresh = [], T.fresh_loss
+    monkeypatch.setattr(T, "fresh_loss", lambda *a: measured.append(real_fresh(*a)) or measured[-1])
 
     _, first = _train(tiny_bert, intent_data, tmp_path / "a", learning_rate=1e-2, max_steps=60,
                       early_stopping_patience=3, warmup_ratio=0.06)
@@ -620,7 +624,8 @@ def test_a_warm_start_whose_loss_blows_up_past_the_unadapted_models_is_recorded_
     points = [json.loads(x) for x in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
     step1 = next(p["train/loss_first"] for p in points if p.get("train/loss_first") is not None)
     windows = [(p["step"], p["train/loss"]) for p in points if p.get("train/loss") is not None]
-    over = [s for s, loss in windows if loss > DIVERGENCE_FACTOR * step1]
+    assert len(measured) == 1 and measured[0] > 1.0  # the un-adapted model's loss, about ln 4
+    over = [s for s, loss in windows if loss > T.divergence_bar(step1, measured[0])]
     assert over, f"the scripted blow-up did not happen on this build: {windows}, step 1 {step1}"
     assert warm["status"] == "diverged", (warm["status"], warm["reason"], windows, step1)
     assert "un-adapted model's loss" in warm["reason"] and f"(step {over[0]})" in warm["reason"]
@@ -628,6 +633,42 @@ def test_a_warm_start_whose_loss_blows_up_past_the_unadapted_models_is_recorded_
     saved = (warm["saved_model"] or {}).get("step")
     assert saved is None or saved < over[0]  # a diverged window never counts
     assert diagnose(tmp_path / "b").verdict == "diverged"  # the diagnosis and the record agree
+
+
+@pytest.mark.parametrize("losses, fresh, stopped", [
+    ([0.581, 2.354, 6.042, 3.901], 1.66, 3),  # the hunter's lr 0.3 run: 6.04 > max(4 x 0.581, 2 x 1.66) = 3.32
+    ([0.0158, 0.18, 2.53, 1.25, 1.14, 0.50, 0.79], 1.62, None),  # lr 0.05: a bump under 2 x 1.62 = 3.24, recovered
+])
+def test_a_warm_start_stops_where_the_diagnosis_calls_it_diverged(losses, fresh, stopped, tiny_bert, intent_data,
+                                                                   tmp_path, monkeypatch):
+    """Scripted window losses (one step per window) through a warm start. The guard's bar max(4 x step 1, 1 x the
+    un-adapted model's loss) stopped the lr 0.05 run at 2.53 (exit 3) though it recovered to 0.79, a run `diagnose`
+    calls lr-too-large; now the un-adapted multiple is the diagnosis' diverged_chance_ratio (2): that run completes,
+    and the lr 0.3 run is still stopped at 6.04, recorded diverged as the diagnosis says."""
+    import loratune.train as T
+    from loratune.diagnose import diagnose
+
+    _train(tiny_bert, intent_data, tmp_path / "a", max_steps=4, eval_steps=4)
+    real, script = T.loss_fn, iter(losses)
+
+    def scripted(logits, *a, **k):
+        loss = real(logits, *a, **k)
+        return loss * 0 + next(script) if logits.requires_grad else loss  # a training step: the scripted loss
+
+    monkeypatch.setattr(T, "loss_fn", scripted)
+    monkeypatch.setattr(T, "fresh_loss", lambda model, loss_of: fresh)
+    _, run = _train(tiny_bert, intent_data, tmp_path / "b", max_steps=len(losses), eval_steps=1,
+                    early_stopping_patience=0, init_from=str(RunStore(tmp_path / "a").adapter_dir))
+    windows = [p["train/loss"] for p in RunStore(tmp_path / "b").read_history() if p.get("train/loss") is not None]
+    verdict = diagnose(tmp_path / "b").verdict
+    if stopped is None:
+        assert run["status"] == "completed" and run["steps_done"] == len(losses), (run["status"], run["reason"])
+        assert windows == pytest.approx(losses) and verdict != "diverged"
+    else:
+        assert run["status"] == "diverged" and run["steps_done"] == stopped, (run["status"], run["reason"])
+        assert run["reason"].startswith(f"train loss exploded: {losses[stopped - 1]:.3g} over the last window")
+        assert f"the un-adapted model's loss ({fresh:.3g})" in run["reason"] and f"(step {stopped})" in run["reason"]
+        assert verdict == "diverged"
 
 
 @pytest.mark.parametrize("arch", ["tiny_bert", "tiny_llama"])

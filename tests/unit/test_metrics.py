@@ -141,19 +141,29 @@ def test_the_divergence_advice_names_clipping_only_when_gradients_were_not_clipp
     assert diverged(7.9, 2.0, clipped=True) is None and diverged(float("nan"), 2.0) == "non-finite loss"
 
 
-def test_a_warm_starts_divergence_bar_is_4x_its_step_1_and_above_the_unadapted_models_loss():
+def test_a_warm_starts_divergence_bar_is_4x_its_step_1_and_diagnoses_multiple_of_the_unadapted_models_loss():
     """A warm start (train.init_from) with step-1 loss 0.581 and an un-adapted model's loss of 1.66 whose window means
-    were 2.354, 6.042, 3.901 was never stopped: the bar was 4 x max(0.581, 1.66) = 6.64. Now it is
-    max(4 x 0.581, 1 x 1.66) = 2.32: the first window (4.05x its start, above the un-adapted model) has diverged.
-    A restart bump under the un-adapted model's loss (0.0142 -> 0.126, 9x) is none."""
+    were 2.354, 6.042, 3.901 was never stopped: the bar was 4 x max(0.581, 1.66) = 6.64. The next bar,
+    max(4 x 0.581, 1 x un-adapted), also stopped a warm start that recovers (step 1 0.0158, un-adapted 1.62, windows
+    0.18, 2.53, 1.25, 1.14, 0.50, 0.79: diverged at 2.53, where main's run completed, macro-F1 0.56 -> 0.61, and
+    `diagnose` calls it lr-too-large). The un-adapted multiple is now the diagnosis' own (rules diverged_chance_ratio,
+    2): bars 3.32 and 3.24, the first run stopped at 6.04, the second runs on."""
+    from loratune.rules import THRESHOLDS
     from loratune.train import DIVERGENCE_FACTOR, WARM_FRESH_FACTOR, divergence_bar, diverged
 
+    assert WARM_FRESH_FACTOR == THRESHOLDS["diverged_chance_ratio"].value == 2.0
     assert divergence_bar(0.581, 1.66) == pytest.approx(max(DIVERGENCE_FACTOR * 0.581, WARM_FRESH_FACTOR * 1.66))
-    assert divergence_bar(0.581, 1.66) == pytest.approx(2.324)
-    why = diverged(2.354, 0.581, clipped=True, fresh=1.66)
-    assert why == ("train loss exploded: 2.35 over the last window, 4x its start (0.581) and 1.4x the un-adapted "
+    assert divergence_bar(0.581, 1.66) == pytest.approx(3.32)
+    assert divergence_bar(0.0158, 1.62) == pytest.approx(3.24)
+
+    def first_stop(windows, start, fresh):
+        return next((i for i, w in enumerate(windows) if diverged(w, start, fresh=fresh)), None)
+
+    assert first_stop([2.354, 6.042, 3.901], 0.581, 1.66) == 1  # the hunter's run: stopped at 6.04
+    assert first_stop([0.18, 2.53, 1.25, 1.14, 0.50, 0.79], 0.0158, 1.62) is None  # a bump it recovers from
+    why = diverged(6.042, 0.581, clipped=True, fresh=1.66)
+    assert why == ("train loss exploded: 6.04 over the last window, 10x its start (0.581) and 3.6x the un-adapted "
                    "model's loss (1.66); lower learning_rate (/10)")
-    assert diverged(6.042, 0.581, fresh=1.66) and diverged(3.901, 0.581, fresh=1.66)
     assert diverged(0.126, 0.0142, fresh=1.1) is None  # a restart bump: 9x, under the un-adapted model's 1.1
     assert diverged(2.0, 0.4, fresh=2.5) is None  # 5x its start, still below the un-adapted model
     assert diverged(2.354, 0.581) and divergence_bar(0.581) == pytest.approx(2.324)  # a fresh start: 4x step 1
