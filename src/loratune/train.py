@@ -592,11 +592,12 @@ def divergence_bar(start_loss: float | None, fresh: float | None = None) -> floa
     """The window mean train loss past which a run has diverged (None: no ratio check, only a non-finite loss counts).
     `start_loss`: the loss of step 1; `fresh`: a warm start's un-adapted loss (`fresh_loss`; NaN: a warm start with no
     reference, e.g. a full fine-tune's; None: a fresh start). DIVERGENCE_FACTOR x step 1, and for a warm start at least
-    WARM_FRESH_FACTOR x the un-adapted model's loss."""
-    if not (start_loss and math.isfinite(start_loss) and start_loss > 0):
+    WARM_FRESH_FACTOR x the un-adapted model's loss (that alone where step 1's loss is 0: a saved model that fits its
+    batch exactly)."""
+    if start_loss is None or not math.isfinite(start_loss) or start_loss < 0:
         return None
     if fresh is None:
-        return DIVERGENCE_FACTOR * start_loss
+        return DIVERGENCE_FACTOR * start_loss if start_loss > 0 else None
     if not math.isfinite(fresh):
         return None
     return max(DIVERGENCE_FACTOR * start_loss, WARM_FRESH_FACTOR * fresh)
@@ -614,9 +615,10 @@ def diverged(window_loss: float, start_loss: float | None, clipped: bool = False
     if bar is not None and window_loss > bar:
         warm = (f" and {window_loss / fresh:.1f}x the un-adapted model's loss ({fresh:.3g})"
                 if fresh is not None and fresh > 0 else "")
-        return (f"train loss exploded: {window_loss:.3g} over the last window, {window_loss / start_loss:.0f}x "
-                f"its start ({start_loss:.3g}){warm}; lower learning_rate (/10)" + ("" if clipped else
-                                                                                   " or set max_grad_norm (e.g. 1.0)"))
+        rise = (f"{window_loss / start_loss:.0f}x its start ({start_loss:.3g})" if start_loss > 0
+                else f"from a start of {start_loss:.3g}")
+        return (f"train loss exploded: {window_loss:.3g} over the last window, {rise}{warm}; lower "
+                "learning_rate (/10)" + ("" if clipped else " or set max_grad_norm (e.g. 1.0)"))
     return None
 
 

@@ -171,6 +171,21 @@ def test_a_warm_starts_divergence_bar_is_4x_its_step_1_and_diagnoses_multiple_of
     assert diverged(float("inf"), 0.581, fresh=float("nan")) == "non-finite loss"
 
 
+def test_a_warm_start_whose_step_1_loss_is_0_is_held_to_the_unadapted_models_multiple():
+    """A warm start whose saved model fits step 1's batch exactly (loss 0.0) had no ratio check at all (divergence_bar
+    None: only a non-finite loss stopped it) although its un-adapted model's loss was measured (main's bar: 4 x it).
+    The bar is now that multiple alone; a fresh start at 0 still has none."""
+    from loratune.train import WARM_FRESH_FACTOR, divergence_bar, diverged
+
+    assert divergence_bar(0.0, 1.62) == pytest.approx(WARM_FRESH_FACTOR * 1.62) == pytest.approx(3.24)
+    assert diverged(3.1, 0.0, fresh=1.62) is None
+    assert diverged(3.5, 0.0, clipped=True, fresh=1.62) == ("train loss exploded: 3.5 over the last window, from a "
+                                                           "start of 0 and 2.2x the un-adapted model's loss (1.62); "
+                                                           "lower learning_rate (/10)")
+    assert divergence_bar(0.0) is None and divergence_bar(0.0, float("nan")) is None
+    assert diverged(1e6, 0.0) is None and diverged(float("nan"), 0.0, fresh=1.62) == "non-finite loss"
+
+
 def test_compound_and_single_rows_count_labels_as_the_data_writes_them():
     """[pin, refund] with refund unknown to the model was a single row, and [refund] was in neither slice; the
     slices' compound n (every label counted) then stood beside a subset accuracy over other rows."""
