@@ -679,3 +679,47 @@ def test_a_grid_study_ends_when_its_grid_is_walked_before_the_budget(tiny_bert, 
     decisions = [json.loads(line) for line in (study / "decisions.jsonl").read_text().splitlines()]
     assert any(d.get("because") == "grid exhausted" or "grid exhausted" in json.dumps(d) for d in decisions)
     assert (study / "final" / "adapter").is_dir()
+
+
+def test_a_resume_searches_the_studys_own_space_when_todays_rules_give_another(tiny_bert, intent_data, tmp_path,
+                                                                              monkeypatch, capsys):
+    """A random study made by an older version (its capacity ceiling gave adapter.r [2, 4, 8], today's rules [2, 4])
+    recomputed its space on --resume: Optuna refused the first draw ("CategoricalDistribution does not support dynamic
+    value space", a traceback), leaving a RUNNING trial and the trail moved to decisions.superseded.jsonl."""
+    import optuna
+
+    import loratune.search.space as space
+
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    _one_lr_dim(monkeypatch, (5e-3, 2e-2))  # the space the study began with
+    study = tmp_path / "random"
+    assert main(_tune_args(tiny_bert, intent_data, study, "--strategy", "random", "--budget", "2trials",
+                           "--trial-steps", "4")) == 0
+    stored = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}")
+    meta = dict(stored.user_attrs["loratune"])
+    meta.pop("space", None)  # as a version that kept the space in the trail alone left it
+    stored.set_user_attr("loratune", {**meta, "finished": False})
+    trail = (study / "decisions.jsonl").read_text()
+    states = [t.state.name for t in _optuna_trials(study)]
+    _one_lr_dim(monkeypatch, (1e-2, 3e-2))  # today's rules compute another space
+
+    monkeypatch.setattr(space, "study_space", lambda *a, **k: (_ for _ in ()).throw(ValueError("adapter.r: no")),
+                        raising=False)
+    capsys.readouterr()
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "3trials", "-q"]) == 2
+    assert "cannot be continued by this loratune version: adapter.r: no" in capsys.readouterr().err
+    # refused before anything was written: the trail as it was, nothing superseded, no trial begun
+    assert (study / "decisions.jsonl").read_text() == trail and not (study / "decisions.superseded.jsonl").exists()
+    assert [t.state.name for t in _optuna_trials(study)] == states and len(states) == 2
+    monkeypatch.undo()
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    _one_lr_dim(monkeypatch, (1e-2, 3e-2))
+
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "3trials", "-q"]) == 0
+    trials = _optuna_trials(study)
+    assert len(trials) == 3 and "RUNNING" not in {t.state.name for t in trials}
+    assert {t.params["train.learning_rate"] for t in trials} <= {5e-3, 2e-2}  # drawn from the study's own space
+    kept = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}").user_attrs["loratune"]
+    assert [d["choices"] for d in kept["space"]["dims"]] == [[5e-3, 2e-2]]  # kept for the next resume
+    said = [json.loads(x) for x in (study / "decisions.jsonl").read_text().splitlines() if '"space"' in x]
+    assert [d["data"]["dims"][0]["choices"] for d in said if d["kind"] == "space"] == [[5e-3, 2e-2]]

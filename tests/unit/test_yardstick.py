@@ -596,3 +596,27 @@ def _random_study(folder, runner, budget: str, resume: bool):
     finally:
         store.close()
     return ctx
+
+
+def test_a_studys_space_is_the_one_it_recorded_with_each_knob_as_its_trials_drew_it():
+    import optuna
+
+    from loratune.search.space import SearchSpace, default_space, study_space
+
+    today = default_space({"adapter.r": 4}, ceiling_r=4, trial_steps=8)  # today's rules: r [2, 4]
+    assert today["adapter.r"].choices == (2, 4)
+    began = default_space({"adapter.r": 4}, ceiling_r=8, trial_steps=8)  # what an older version recorded
+    assert SearchSpace.from_dict(began.to_dict()) == began  # the record round-trips
+    assert study_space(today, None, {}) == today  # a new study: today's
+    assert study_space(today, began.to_dict(), {})["adapter.r"].choices == (2, 4, 8)
+    # the trials' draws win over any record (a trail already rewritten with today's space)
+    drawn = {"adapter.r": optuna.distributions.CategoricalDistribution([2, 4, 8]),
+             "train.learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    got = study_space(today, today.to_dict(), drawn)
+    assert got["adapter.r"].choices == (2, 4, 8) and got.keys == today.keys
+    assert (got["train.learning_rate"].low, got["train.learning_rate"].high) == (1e-4, 1e-2)
+    for t in got.dims:  # every drawn knob as Optuna holds it: the next draw is compatible
+        if t.key in drawn:
+            optuna.distributions.check_distribution_compatibility(drawn[t.key], t.distribution())
+    with pytest.raises(ValueError, match="adapter.r"):  # a draw no Dim holds
+        study_space(today, None, {"adapter.r": optuna.distributions.IntDistribution(2, 8)})

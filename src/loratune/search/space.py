@@ -85,6 +85,38 @@ class SearchSpace:
     def to_dict(self) -> dict:
         return {"dims": [d.to_dict() for d in self.dims], "grid_size": self.grid_size()}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SearchSpace":
+        """The space `to_dict` wrote (a study's record of what it searched)."""
+        return cls(tuple(Dim(d["key"], d.get("role", ""), d["kind"], tuple(d.get("choices") or ()), d.get("low"),
+                             d.get("high"), d.get("doc", "")) for d in data["dims"]))
+
+
+def study_space(computed: SearchSpace, recorded: Mapping[str, Any] | None, drawn: Mapping[str, Any]) -> SearchSpace:
+    """The space a study searches: the one it recorded when it began (`recorded`: `SearchSpace.to_dict()`, from the
+    study's meta or, for a study made before it was kept there, its trail's `space` decision), else `computed` (a new
+    study: `default_space` of today's assessment rules), with every knob its trials drew as they drew it (`drawn`:
+    dotted key -> the Optuna distribution stored with the study's trials). A resume recomputing the space from today's
+    rules drew from another one (adapter.r [2, 4] where the study drew from [2, 4, 8]) and Optuna refused it mid-trial
+    ("CategoricalDistribution does not support dynamic value space"). A drawn knob whose distribution no Dim kind
+    holds raises ValueError (tune: exit 2 before anything is written)."""
+    import optuna
+
+    base = SearchSpace.from_dict(recorded) if recorded and recorded.get("dims") else computed
+    dims = []
+    for d in base.dims:
+        dist = drawn.get(d.key)
+        if dist is None:
+            dims.append(d)
+        elif isinstance(dist, optuna.distributions.CategoricalDistribution):
+            dims.append(Dim(d.key, d.role, "choice", tuple(dist.choices), doc=d.doc))
+        elif isinstance(dist, optuna.distributions.FloatDistribution) and dist.log:
+            dims.append(Dim(d.key, d.role, "log", d.choices if d.kind == "log" else (), dist.low, dist.high, d.doc))
+        else:
+            raise ValueError(f"{d.key}: the study's trials drew it from {dist}, which this loratune version's search "
+                             "space cannot hold")
+    return SearchSpace(tuple(dims))
+
 
 
 def _round(x: float) -> float:

@@ -157,7 +157,6 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     from loratune.objectives import objective
     from loratune.search.protocol.settings import PLAN_PRIORS
     from loratune.search.runner import TrainingRunner
-    from loratune.search.space import default_space
     from loratune.search.summary import finish
     from loratune.search.yardstick import prepare_yardstick, run_yardstick
 
@@ -295,6 +294,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
             plan = {**plan, "max_steps": steps, "examples": examples, "epochs": examples / len(dataset.train),
                     "reason": f"trial length set by the user: {steps} steps x {step_text(batch, accum)}"}
         study.set_meta(plan=plan)
+    space = None if options.strategy == "protocol" else _study_space(study, start, plan, options)  # (exit 2 here)
     base = _base_config(cfg, start, plan, options.explicit_keys)
     _base_config_at(base, start.point)  # the start point is a config (exit 2 here, not every trial failed)
     check_max_length(base, dataset)  # and the assessment's max_length, before any trial
@@ -345,7 +345,6 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     if options.strategy == "protocol":
         run_protocol(ctx, start, options.settings, plan)
     else:
-        space = default_space(start.point, start.ceiling_r, int(plan["max_steps"]), arms=options.settings.arms)
         ctx.state.start = start
         ctx.decide("phase0", "trial-plan", f"trials of {plan['max_steps']} steps", "plan", [plan["reason"]],
                    data=plan)
@@ -371,6 +370,33 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     study.cancel_queued("the search ended without needing it")
     study.set_meta(finished=True)  # workers stop
     return summary
+
+
+def _study_space(study: Study, start: Start, plan: dict, options: TuneOptions):
+    """The space a sampler strategy searches (space.study_space): the study's own once it has one (kept in its meta
+    from its first session; a study made before that: its trail's `space` decision), with every knob as its trials
+    drew it; a new study's from today's rules, kept. Resolved before this session writes anything: a resume that
+    cannot use the study's space is refused with the study as it was (a study whose space moved mid-resume left a
+    RUNNING trial and its trail half moved to decisions.superseded.jsonl)."""
+    from loratune.search.space import default_space, study_space
+
+    recorded = study.meta.get("space")
+    if not recorded:  # a study made before the space was kept in its meta: what its first session recorded drawing
+        recorded = next((e.get("data") for e in study.decisions.entries if e.get("kind") == "space"
+                         and isinstance(e.get("data"), dict) and e["data"].get("dims")), None)
+    drawn: dict = {}
+    for t in study.optuna.get_trials(deepcopy=False):  # (Optuna compares a draw with the first one of its knob)
+        for key, dist in t.distributions.items():
+            drawn.setdefault(key, dist)
+    computed = default_space(start.point, start.ceiling_r, int(plan["max_steps"]), arms=options.settings.arms)
+    try:
+        space = study_space(computed, recorded, drawn)
+    except ValueError as e:
+        raise UserError(f"the study in {study.dir} cannot be continued by this loratune version: {e}",
+                        "resume it with the loratune version that began it, or start a new study elsewhere") from None
+    if study.meta.get("space") != space.to_dict():
+        study.set_meta(space=space.to_dict())
+    return space
 
 
 def _refuse_budget_below_one_trial(meter: Meter, trial: Cost, plan: dict, batch: int, accum: int) -> None:
