@@ -50,3 +50,24 @@ def test_the_same_code_keeping_another_trial_is_not_a_replay(tmp_path):
     again = DecisionLog(path)
     assert again.append({**_d(0, "final", "final-reuse"), "trials": [5], "move": "keep trial #5",
                          "verdict": "3 trials left"})["verdict"] == "final final-reuse"
+
+
+def test_a_decision_written_before_codes_existed_replays_as_the_same_code_as_its_kind(tmp_path):
+    """A study made by an older version holds decisions without a `code`: a resume compared None with today's code
+    (the kind, for a decision without its own) and moved the whole trail to SUPERSEDED from seq 0, the plan and the
+    space it decided again included."""
+    path = tmp_path / "decisions.jsonl"
+    old = [{k: v for k, v in {**_d(i, kind, kind), "trials": t}.items() if k != "code"}  # as the old version wrote
+           for i, (kind, t) in enumerate((("trial-plan", []), ("space", []), ("stop", []), ("pick", [2])))]
+    path.write_text("".join(json.dumps(d) + "\n" for d in old), encoding="utf-8")
+    log = DecisionLog(path)
+    assert log.append({**_d(0, "trial-plan", "trial-plan"), "trials": []}) == old[0]  # replayed, as written
+    assert log.append({**_d(1, "space", "space"), "trials": []}) == old[1]
+    log.append({**_d(2, "prune", "trial-pruned"), "trials": [4]})  # a larger budget: decided otherwise from here
+    assert [(d["seq"], d["kind"]) for d in DecisionLog(path).entries] == [(0, "trial-plan"), (1, "space"),
+                                                                         (2, "prune")]
+    moved = [json.loads(x) for x in (tmp_path / SUPERSEDED).read_text().splitlines()]
+    assert [(d["seq"], d["kind"]) for d in moved] == [(2, "stop"), (3, "pick")]
+    # a code of its own is compared as written: another code at that seq is another decision
+    assert DecisionLog(path).append({**_d(0, "trial-plan", "trial-plan-other"), "trials": []})["code"] \
+        == "trial-plan-other"

@@ -25,6 +25,7 @@ from loratune.search.budget import Cost, CostModel, Meter, format_amount
 from loratune.search.prune import PruneSettings
 from loratune.search.runner import FinishedThenInterrupted, Watch, score_at
 from loratune.search.state import ProtocolState
+from loratune.search.study import replay_key
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec, short_name
 
 
@@ -451,7 +452,7 @@ class SearchContext:
             self._seq += 1  # an earlier resume's own decision: this replay does not take it again
         if self._pending:
             old = entries[self._seq] if self._seq < len(entries) else None
-            if old is None or (old.get("kind"), old.get("code")) != (kind, code or kind):
+            if old is None or (old.get("kind"), replay_key(old, "code")) != (kind, code or kind):
                 self.flush_pending()  # the replay caught up: this session's own decisions start here
         return self._record(phase, kind, verdict, move, evidence, trials, data, code)
 

@@ -257,6 +257,15 @@ def _remove_made(db: Path | None, folders: list[Path]) -> None:
 REPLAY_SAME = ("kind", "code", "trials")  # what a replayed decision repeats (its texts may be reworded, count budget)
 
 
+def replay_key(decision: dict, field: str) -> Any:
+    """A decision's REPLAY_SAME `field` as a replay compares it. A decision written before decisions had codes holds
+    none: its code is its kind, as `SearchContext.decide` writes a decision without a code of its own (a resume of
+    such a study found every one of its decisions 'decided otherwise' and moved its whole trail to SUPERSEDED)."""
+    if field == "code" and "code" not in decision:
+        return decision.get("kind")
+    return decision.get(field)
+
+
 class DecisionLog:
     """Append-only, fsync'd JSON lines. Each decision has a `seq`; a replay (resume) that takes the
     same decisions again does not write them twice."""
@@ -296,7 +305,7 @@ class DecisionLog:
             old = self.entries[seq]
             # the same decision: its kind and code, and the trials it names: a resume whose final stage keeps #5
             # where the earlier session kept #2 decides the same code, and the trail kept "#2"
-            if all(old.get(k) == decision.get(k) for k in REPLAY_SAME):
+            if all(replay_key(old, k) == replay_key(decision, k) for k in REPLAY_SAME):
                 self._replayed += 1
                 return old  # taken and written by an earlier session
             self._supersede(seq)  # this session decides otherwise from here on (a resume with a larger budget)
