@@ -552,14 +552,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+# A recorded config (to_yaml: every key) lacks a key only when a loratune from before that key wrote it. Where the
+# key's default today does something else than that loratune did, the missing key reads as what the run ran with:
+# precision (issue 17) defaults to auto, bf16 autocast on bf16 hardware; a run recorded before it trained and
+# validated in float32, and `evaluate` of one in bf16 scored val/loss 14.4814 against its recorded 14.6327.
+RECORDED_BEFORE_KEY: dict[str, Any] = {"train.precision": "fp32"}
+
+
 def upgrade_recorded(flat: dict[str, Any]) -> dict[str, Any]:
     """A config an older loratune recorded (a run's config.yaml, a study's base config) in today's allowed values,
     with the meaning it was run with: max_steps 0, which it trained as -1 (by num_train_epochs), is -1; an init_from
     inside the run's own output_dir, a folder the run overwrote with its own model (the warm start it began from is
     gone: run.json's init_from note says what it was), is none, so evaluate / predict still read the record; a
     loraplus_lr_ratio recorded beside another optimizer (accepted then, read by nothing: cross_checks now refuses it
-    in a user's config) is its default, as the run trained."""
-    flat = dict(flat)
+    in a user's config) is its default, as the run trained; a key recorded before it existed whose default now does
+    otherwise (RECORDED_BEFORE_KEY: precision) is what that loratune did."""
+    flat = {**RECORDED_BEFORE_KEY, **flat}
     if flat.get("train.optimizer", default_of("train.optimizer")) != "loraplus" and "train.loraplus_lr_ratio" in flat:
         flat["train.loraplus_lr_ratio"] = default_of("train.loraplus_lr_ratio")
     if flat.get("train.max_steps") == 0 and not isinstance(flat["train.max_steps"], bool):

@@ -763,3 +763,25 @@ def test_the_optimizer_help_says_where_loraplus_puts_1d_weights():
     doc = C.key_table()["train.optimizer"].metadata["help"]
     assert "create_loraplus_optimizer's grouping" not in doc
     assert "1-d weights: biases, norms, DoRA magnitudes) as with adamw" in doc
+
+
+def test_a_config_recorded_before_precision_existed_loads_as_the_fp32_it_ran(tmp_path):
+    """A run recorded before train.precision existed trained and validated in float32; its config.yaml (every key
+    but precision) loaded with today's default auto, so `evaluate` on a bf16 CPU scored in bf16 autocast (val/loss
+    14.4814 against the run's 14.6327). Only a recorded config reads a missing key as the older version ran it."""
+    import yaml
+
+    from loratune.config import to_dict
+    from loratune.precision import detect
+    from loratune.search.tune import cfg_from_yaml
+
+    recorded = to_dict(load_config(None, []))
+    assert recorded["train"].pop("precision") == "auto"  # as the older version wrote it: no precision key
+    text = yaml.safe_dump(recorded, sort_keys=False)
+    old = write(tmp_path, text)
+    for cfg in (load_config(old, recorded=True), cfg_from_yaml(text)):  # a run's config, a study's base config
+        assert cfg.train.precision == "fp32" and not detect(cfg.train.precision, "cpu").autocast
+    assert load_config(old).train.precision == "auto"  # a user's own config: today's default
+    assert load_config(old, ["train.precision=bf16"], recorded=True).train.precision == "bf16"  # asked for
+    recorded["train"]["precision"] = "auto"  # a run that recorded it keeps it
+    assert load_config(write(tmp_path, yaml.safe_dump(recorded)), recorded=True).train.precision == "auto"
