@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -186,9 +187,12 @@ def refuse_while_training(store: RunStore) -> dict:
     """run.json as written on disk, refused while a live process still trains into it (the liveness test readers
     use for `died`, store.liveness): that process rewrites run.json from memory, losing scores written beside it,
     and adapter/ holds a best-so-far model it may still replace. A dead `running` record is returned as written:
-    `died` and its reason are a reader's view, never stored (docs/run-record.md)."""
-    run = read_json(store.path / RUN)
-    if isinstance(run, dict) and run.get("status") == "running":
+    `died` and its reason are a reader's view, never stored (docs/run-record.md). A run.json that is no JSON object,
+    or whose `eval` is no mapping of split -> scores (recorded_evals), is refused before anything is scored: a list
+    crashed evaluate with an AttributeError, an `eval` of "none" after scoring, the scores lost."""
+    run = store.read_record()
+    recorded_evals(run, store.path / RUN)
+    if run.get("status") == "running":
         state, why = liveness(store.path)
         if state == "alive":
             raise UserError(f"run '{store.path}' is still training (run.lock held by a live process: {why})",
@@ -197,13 +201,27 @@ def refuse_while_training(store: RunStore) -> dict:
     return run
 
 
+def recorded_evals(run: dict, path: Path) -> dict:
+    """run.json's `eval` (split -> scores evaluate wrote): absent, or a value holding nothing (null, [], ""), reads as
+    no scores yet (replaced by evaluate's, nothing lost); any other value that is no mapping is refused (exit 2),
+    since writing the scores beside it would overwrite what it holds."""
+    evals = run.get("eval")
+    if isinstance(evals, dict):
+        return evals
+    if evals is None or (isinstance(evals, (list, str)) and not evals):
+        return {}
+    raise UserError(f"'{path}' has an `eval` of {json.dumps(evals)[:40]}: not the scores by split (an object, e.g. "
+                    "{\"test\": {...}}) that evaluate writes there",
+                    "restore run.json from a copy, or remove its `eval` key, then evaluate again")
+
+
 def _record_scores(store: RunStore, split: str, scores: dict) -> None:
     """The scores added to run.json as written on disk (re-read now, and refused if a run started training into it
     meanwhile); a disk that refuses the write is said, with the scores (ScoresNotRecorded)."""
     from loratune.errors import ScoresNotRecorded
 
     run = refuse_while_training(store)
-    run.setdefault("eval", {})[split] = scores
+    run["eval"] = {**recorded_evals(run, store.path / RUN), split: scores}
     if split == "test":
         run["test"] = scores
     try:

@@ -709,13 +709,17 @@ class RunStore:
                 return in_study(run_dir, self.path.parent, TRIALS)
         return None
 
-    def read_run(self) -> dict:
-        """run.json; a `running` record whose process died reads as `died` (see with_liveness)."""
+    def read_record(self) -> dict:
+        """run.json as written (no reader's view: see read_run); a file that is no JSON object is refused."""
         run = read_json(self.path / RUN)
         if not isinstance(run, dict):  # valid JSON but a list, string, number or null: no field of it can be read
             raise UserError(f"'{self.path / RUN}' is not a JSON object (it holds {json.dumps(run)[:40]})",
                             "the file is damaged; re-run")
-        return with_liveness(run, self.path)
+        return run
+
+    def read_run(self) -> dict:
+        """run.json; a `running` record whose process died reads as `died` (see with_liveness)."""
+        return with_liveness(self.read_record(), self.path)
 
     def read_history(self) -> list[dict]:
         """The whole eval points of history.jsonl (read_history_lines says which lines were left out, and why)."""

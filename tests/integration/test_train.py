@@ -1099,3 +1099,33 @@ def test_a_seed_replicate_on_the_studys_data_records_the_seed_its_data_was_read_
     assert "val/split_differs" not in api.evaluate(tmp_path / "r43", split="validation")
     same = train(base, dataset, RunStore(tmp_path / "r42"), progress=False)
     assert "data_seed" not in same  # read with its own seed: nothing to record
+
+
+def test_evaluate_refuses_a_damaged_run_record_before_scoring_and_keeps_its_scores(tiny_bert, intent_data,
+                                                                                   tmp_path, capsys, monkeypatch):
+    """A run.json edited into a JSON list crashed evaluate (AttributeError) where predict refused it; an `eval` key
+    of "none" crashed it after scoring (`run.setdefault("eval", {})[split]`), the scores lost."""
+    import loratune.inference as inference
+    from loratune.cli import main
+
+    _train(tiny_bert, intent_data, tmp_path / "run", max_steps=4, eval_steps=2)
+    path = tmp_path / "run" / "run.json"
+    good = json.loads(path.read_text())
+    loaded = []
+    real = inference.load_trained
+    monkeypatch.setattr(inference, "load_trained", lambda *a, **k: loaded.append(1) or real(*a, **k))
+
+    for damaged, said in (([good], "is not a JSON object (it holds [{"),
+                          ({**good, "eval": "none"}, 'has an `eval` of "none": not the scores by split'),
+                          ({**good, "eval": [1]}, "has an `eval` of [1]")):
+        path.write_text(json.dumps(damaged))
+        capsys.readouterr()
+        assert main(["evaluate", str(tmp_path / "run")]) == 2
+        assert said in capsys.readouterr().err
+        assert not loaded and json.loads(path.read_text()) == damaged  # refused before any work, nothing written
+    for empty in (None, []):  # an `eval` that holds nothing: the scores take its place
+        path.write_text(json.dumps({**good, "eval": empty}))
+        assert main(["evaluate", str(tmp_path / "run")]) == 0
+        record = json.loads(path.read_text())
+        assert set(record["eval"]) == {"test"} and record["eval"]["test"] == record["test"]
+        assert record["test"]["test/n"] > 0 and 0.0 <= record["test"]["test/macro_f1"] <= 1.0
