@@ -1798,3 +1798,17 @@ def test_a_study_reports_best_is_the_trial_its_own_ranking_names_on_a_tie(tmp_pa
     assert "best so far: #1 t1" in con.file.getvalue()
     d, _ = study("old", "")  # records without the task: run.json's (the rule the runs kept their models by)
     assert build_study_report(d).best.number == 1
+
+
+def test_a_robustness_record_without_its_row_count_says_it_is_not_recorded(tmp_path, capsys):
+    """The oldest records kept no `rows` beside the clean accuracy: show printed 'on ? validation rows'."""
+    from loratune.cli import main
+
+    old = {k: v for k, v in ROBUSTNESS.items() if k != "rows"}  # as an older loratune wrote it
+    d = _with_extras(write_run(tmp_path / "r"), old)
+    assert main(["show", str(d)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    said = "robustness: clean accuracy 0.900 on the validation rows (their count is not recorded)"
+    assert said in out and "on ? validation rows" not in out
+    r = build_run_report(d)
+    assert r.robustness.rows is None and r.robustness.rows_text == said.split("0.900 ", 1)[1]

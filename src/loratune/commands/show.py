@@ -205,8 +205,7 @@ def _show_extras(con, r) -> None:
     if rb.missing:
         con.print(f"[dim]robustness {safe(rb.missing)}[/]")
         return
-    con.print(f"robustness: clean accuracy [bold]{f3(rb.clean_accuracy)}[/] on "
-              f"{rb.rows if rb.rows is not None else '?'} validation rows")
+    con.print(f"robustness: clean accuracy [bold]{f3(rb.clean_accuracy)}[/] {rb.rows_text}")
     t = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("perturbation", "accuracy", "drop", "texts changed"):
         t.add_column(col, justify="left" if col == "perturbation" else "right")

@@ -238,6 +238,14 @@ class RobustnessView:
     kinds: tuple[tuple[str, float | None, float | None, float | None], ...]  # kind, accuracy, drop, texts_changed
     missing: str | None = None
 
+    @property
+    def rows_text(self) -> str:
+        """What the clean accuracy was scored on, as `show` and the report say it (a record of an older loratune
+        kept no row count: said so, where `show` printed 'on ? validation rows')."""
+        if self.rows is None:
+            return "on the validation rows (their count is not recorded)"
+        return f"on {self.rows:,} validation rows"
+
 
 @dataclass(frozen=True)
 class ProbeView:

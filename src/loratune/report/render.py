@@ -332,8 +332,7 @@ def extras_section(r: RunReport) -> str:
     if rb is not None and rb.missing:
         body += missing(f"robustness {rb.missing}")
     elif rb is not None:
-        body += (f'<p>Robustness: clean accuracy <b>{metric(rb.clean_accuracy)}</b> on {num(rb.rows)} validation '
-                 f'rows.</p>')
+        body += f'<p>Robustness: clean accuracy <b>{metric(rb.clean_accuracy)}</b> {esc(rb.rows_text)}.</p>'
         rows = [[(esc(k), ""), (metric(a), "num", a), (metric(d), "num", d), (pct(c, 0), "num", c)]
                 for k, a, d, c in rb.kinds]
         body += table([("perturbation", ""), ("accuracy", "num"), ("drop", "num"), ("texts changed", "num")], rows,
