@@ -596,7 +596,8 @@ def test_a_refused_or_respelled_resume_of_a_finished_study_leaves_it_finished(ti
     assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "2 trials", "-q"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "is finished: nothing to resume" in out
-    assert "this session 999s" not in out and "this session 0s" in out
+    said = re.search(r"this session (\d+)s", out)  # the no-op's own few seconds (a loaded machine takes more than 0.5)
+    assert "this session 999s" not in out and said and int(said.group(1)) < 60
     assert {p: (study / p).read_bytes() for p in before} == before
     after = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}").user_attrs
     attrs.pop("leader"), after.pop("leader")
@@ -711,6 +712,8 @@ def test_a_resume_searches_the_studys_own_space_when_todays_rules_give_another(t
     # refused before anything was written: the trail as it was, nothing superseded, no trial begun
     assert (study / "decisions.jsonl").read_text() == trail and not (study / "decisions.superseded.jsonl").exists()
     assert [t.state.name for t in _optuna_trials(study)] == states and len(states) == 2
+    after = optuna.load_study(study_name="loratune", storage=f"sqlite:///{study / 'study.db'}").user_attrs["loratune"]
+    assert after["budget"] == meta["budget"] == "2trials"  # the refused session's --budget 3trials not recorded
     monkeypatch.undo()
     monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
     _one_lr_dim(monkeypatch, (1e-2, 3e-2))

@@ -200,6 +200,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     study = Study.open(study_dir, storage=options.storage, name=options.study_name, resume=options.resume,
                        meta=meta, heartbeat_s=options.heartbeat_s or HEARTBEAT_S)
     opened.append(study)
+    reopen = None  # what a resume changes in the study's record, written once nothing refuses it
     if options.resume:  # the study's own base config, strategy and settings; a new budget may be given
         old = study.meta
         given = options.user_point
@@ -233,8 +234,9 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                             f"the trials it spent, so its budget can only grow, in the same unit "
                             f"({was.kind.replace('_s', ' time')})",
                             f"resume with --budget {was.text} or more of it, or start a new study elsewhere")
-        # written once every refusal above is passed: a refused resume leaves the study as it was (finished)
-        study.set_meta(finished=False, **({} if same_budget else {"budget": options.budget}))
+        # written once every refusal is passed (below, before the first trial): a refused resume leaves the study as
+        # it was (finished, its budget)
+        reopen = {"finished": False, **({} if same_budget else {"budget": options.budget})}
         for note in study.recovered:
             ui.note(f"trial #{note['number']} ({note['name']}) was running when the process was killed: "
                     "marked failed, its point is trained again")
@@ -298,6 +300,8 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     base = _base_config(cfg, start, plan, options.explicit_keys)
     _base_config_at(base, start.point)  # the start point is a config (exit 2 here, not every trial failed)
     check_max_length(base, dataset)  # and the assessment's max_length, before any trial
+    if reopen is not None:  # every refusal of a resume is passed (its space, its data, its thresholds included)
+        study.set_meta(**reopen)
     runner = runner or TrainingRunner(base, dataset, thresholds=tables["diagnosis"])
     # what `loratune tune --worker` trains queued trials from, and where it writes them
     study.set_meta(trial_base=to_yaml(base), **{LEADER_DIR: str(study.dir)})
