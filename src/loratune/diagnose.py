@@ -39,7 +39,7 @@ from loratune.objectives import NOISE_BAND, at_threshold, objective
 from loratune.rules import COMPARE_KNOBS, RULES, RUN_THRESHOLDS_KEY, SIGNALS, THRESHOLDS, Clause, Cond, Rule, \
     catalogue_for, default_thresholds, overridden_thresholds, overridden_values, overrides_text, \
     resolve_recorded_thresholds, resolve_thresholds, signal_for
-from loratune.store import RUN, STUDY_DB, study_meta_of_trial
+from loratune.store import RUN, STUDY_DB, StudyDbBusy, study_meta_of_trial
 
 THRESHOLD_DEFAULTS = default_thresholds()
 MISSING_FACTOR = 0.75  # confidence multiplier per unknown clause of a tentatively fired rule
@@ -534,10 +534,11 @@ def diagnose(source: RunHistory | str | Path | Sequence[dict], *, meta: Mapping[
                      thresholds_note=thresholds_note)
 
 
-def _recorded_thresholds(run: RunHistory) -> tuple[Mapping[str, Any] | None, str]:
-    """(the diagnosis overrides `run` records it was judged by, where they are recorded), or (None, ''): its run.json's
-    RUN_THRESHOLDS_KEY (a tune trial's, the HF callback's), else, for a trial of a study whose study.db lies beside
-    its trials/ (one trained before trials recorded them), the study's --thresholds."""
+def _recorded_thresholds(run: RunHistory) -> tuple[Mapping[str, Any] | None, str, list[str]]:
+    """(the diagnosis overrides `run` records it was judged by, where they are recorded, notes), or (None, '', notes):
+    its run.json's RUN_THRESHOLDS_KEY (a tune trial's, the HF callback's), else, for a trial its study lists whose
+    study.db lies beside its trials/ (one trained before trials recorded them), the study's --thresholds; a study.db
+    a running tune holds past the busy timeout leaves the defaults, said (a note), never in silence."""
     if RUN_THRESHOLDS_KEY in run.meta:
         where = f"its run.json ({Path(run.path) / RUN})" if run.path else "its run.json"
         recorded = run.meta[RUN_THRESHOLDS_KEY]
@@ -545,12 +546,16 @@ def _recorded_thresholds(run: RunHistory) -> tuple[Mapping[str, Any] | None, str
             raise UserError(f"run '{run.name}': `{RUN_THRESHOLDS_KEY}` in {where} is {recorded!r:.60}, not a mapping "
                             "of threshold names to values", f"restore the record, or remove `{RUN_THRESHOLDS_KEY}` "
                             "from the run.json to read the run with the defaults")
-        return recorded or {}, where
-    study = study_meta_of_trial(run.path)
+        return recorded or {}, where, []
+    try:
+        study = study_meta_of_trial(run.path)
+    except StudyDbBusy as e:
+        return None, "", [f"thresholds: the defaults; its study's thresholds could not be read ({e.db} is locked: a "
+                          "tune is writing to it): run again when the study is idle"]
     stored = study[1].get("thresholds") if study else None
     if isinstance(stored, Mapping):  # every table's overrides (tune --thresholds): the diagnosis reads its own
-        return {k: v for k, v in stored.items() if k in THRESHOLDS}, f"its study's ({study[0] / STUDY_DB})"
-    return None, ""
+        return {k: v for k, v in stored.items() if k in THRESHOLDS}, f"its study's ({study[0] / STUDY_DB})", []
+    return None, "", []
 
 
 def _run_thresholds(run: RunHistory, thresholds: Mapping[str, float] | None
@@ -558,7 +563,7 @@ def _run_thresholds(run: RunHistory, thresholds: Mapping[str, float] | None
     """(the thresholds `run` is read with, those of them not defaults, the note saying which, the notes on recorded
     values the ranges now refuse: rules.resolve_recorded_thresholds): `thresholds` where given, else those the run
     recorded it was judged by (_recorded_thresholds), else the defaults."""
-    recorded, where = _recorded_thresholds(run)
+    recorded, where, unread = _recorded_thresholds(run)
     if thresholds is not None:
         values = resolve_thresholds(thresholds)
         used = overridden_thresholds(values)
@@ -567,7 +572,7 @@ def _run_thresholds(run: RunHistory, thresholds: Mapping[str, float] | None
                 f"({where}): {overrides_text(had, 'the defaults')}") if recorded is not None and had != used else ""
         return values, used, note, []
     if recorded is None:
-        return resolve_thresholds({}), {}, "", []
+        return resolve_thresholds({}), {}, "", unread
     values, notes = resolve_recorded_thresholds(recorded, where)
     used = overridden_thresholds(values)
     note = f"thresholds: the ones this run was judged by ({where}): {overrides_text(used)}" if used else ""

@@ -511,12 +511,37 @@ def replace_saved_model(folder: Path, write: Callable[[Path], None] | None) -> N
 
 STUDY_DB = "study.db"  # a tune study's default Optuna storage, <study_dir>/study.db (search.study)
 STUDY_META_ATTR = "loratune"  # the study's user attribute holding its setup (search.study.Study.meta)
+TRIAL_RUN_DIR_ATTR = "run_dir"  # a trial's user attribute holding its run folder (search.study: <study>/trials/<name>)
+# how long a read of a study's study.db waits for a writer (a running tune) to let go: sqlite3's own default
+STUDY_DB_BUSY_TIMEOUT_S = 5.0
+# SQLite's primary result codes for a database another connection holds (SQLITE_BUSY, SQLITE_LOCKED)
+_SQLITE_BUSY_CODES = (5, 6)
 
 
-def study_meta_of_trial(run_dir: str | Path | None) -> tuple[Path, dict] | None:
+class StudyDbBusy(Exception):
+    """A study's study.db could not be read: another connection (a running tune) held it past the busy timeout."""
+
+    def __init__(self, db: Path):
+        super().__init__(f"{db} is locked")
+        self.db = db
+
+
+def _sqlite_busy(e: Exception) -> bool:
+    """`e` says the database is held by another connection (locked / busy), not that it is no database or no study."""
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+
+    if isinstance(code, int):
+        return code & 0xFF in _SQLITE_BUSY_CODES
+    said = str(e).lower()
+    return "locked" in said or "busy" in said
+
+
+def study_meta_of_trial(run_dir: str | Path | None, timeout: float | None = None) -> tuple[Path, dict] | None:
     """(the study folder, its setup: Study.meta) where `run_dir` is a trial folder of a study whose own study.db lies
-    beside its trials/ (<study>/trials/<n>-<name>), else None. Read from the SQLite file directly (Optuna's
-    study_user_attributes table), read-only: `diagnose` of a plain run imports neither Optuna nor SQLAlchemy."""
+    beside its trials/ (<study>/trials/<name>) and lists it among its trials (a trial's TRIAL_RUN_DIR_ATTR, matched by
+    the folder's name: a study moved or copied still matches; a plain run saved into trials/ beside it does not), else
+    None. Read from the SQLite file directly (Optuna's study_user_attributes / trial_user_attributes tables),
+    read-only: `diagnose` of a plain run imports neither Optuna nor SQLAlchemy. StudyDbBusy where another connection
+    held the file past `timeout` seconds (STUDY_DB_BUSY_TIMEOUT_S)."""
     import sqlite3
 
     if not run_dir:
@@ -525,17 +550,26 @@ def study_meta_of_trial(run_dir: str | Path | None) -> tuple[Path, dict] | None:
     db = folder.parent / STUDY_DB
     if folder.name != TRIALS or not db.is_file():
         return None
+    wait = STUDY_DB_BUSY_TIMEOUT_S if timeout is None else timeout
     try:
-        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=wait)
         try:
-            rows = con.execute("SELECT value_json FROM study_user_attributes WHERE key = ?",
+            rows = con.execute("SELECT study_id, value_json FROM study_user_attributes WHERE key = ?",
                                (STUDY_META_ATTR,)).fetchall()
+            trials = con.execute("SELECT a.value_json FROM trial_user_attributes a JOIN trials t ON t.trial_id = "
+                                 "a.trial_id WHERE a.key = ? AND t.study_id = ?",
+                                 (TRIAL_RUN_DIR_ATTR, rows[0][0])).fetchall() if len(rows) == 1 else []
         finally:
             con.close()
-        meta = json.loads(rows[0][0]) if len(rows) == 1 else None
+        meta = json.loads(rows[0][1]) if len(rows) == 1 else None
+        names = {Path(p).name for (v,) in trials for p in [json.loads(v)] if isinstance(p, str)}
+    except sqlite3.OperationalError as e:
+        if _sqlite_busy(e):  # a study whose file a writer holds: its setup exists but cannot be read now
+            raise StudyDbBusy(db) from e
+        return None  # no such table / not a database: not an Optuna study of ours
     except (sqlite3.Error, ValueError, OSError):  # not an Optuna study of ours: no setup to read
         return None
-    return (folder.parent, meta) if isinstance(meta, dict) else None
+    return (folder.parent, meta) if isinstance(meta, dict) and Path(run_dir).name in names else None
 
 
 def in_study(path: str | None, root: Path, folder: str) -> str | None:

@@ -246,11 +246,13 @@ def test_an_old_trial_of_a_study_is_read_with_the_study_s_thresholds(tmp_path, s
     from loratune.rules import RUN_THRESHOLDS_KEY
     from loratune.search.runner import TrialSpec
     from loratune.search.study import Study
-    from loratune.store import RunStore
+    from loratune.store import TRIAL_RUN_DIR_ATTR, RunStore
 
     study_dir = tmp_path / "study"
-    Study.open(study_dir, meta={"strategy": "protocol", "thresholds": {**FLIP, "hard_probe_f1": 0.5}})
+    study = Study.open(study_dir, meta={"strategy": "protocol", "thresholds": {**FLIP, "hard_probe_f1": 0.5}})
     trial = study_dir / "trials" / "00-start"
+    # the study lists it (a study moved since: its recorded path is elsewhere, its name is the study's trial's)
+    study.optuna.ask().set_user_attr(TRIAL_RUN_DIR_ATTR, "/moved/from/study/trials/00-start")
     _runner(tables_with(FLIP)["diagnosis"]).run(TrialSpec("start", "phase1-lr-grid", {}), trial)
     store = RunStore(trial)
     rec = store.read_run()
@@ -273,6 +275,98 @@ def test_an_old_trial_of_a_study_is_read_with_the_study_s_thresholds(tmp_path, s
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'sqlalchemy', 'torch')))")
     done = subprocess.run([sys.executable, "-c", code, str(trial)], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def _old_trial(tmp_path, study_dir, name, listed):
+    """A study (FLIP as its --thresholds) and a run in its trials/<name> that records no thresholds; `listed`: the
+    trial names the study's trials record as their run_dir (under the study's own trials/)."""
+    import json
+
+    from loratune.rules import RUN_THRESHOLDS_KEY
+    from loratune.search.runner import TrialSpec
+    from loratune.search.study import Study
+    from loratune.store import TRIAL_RUN_DIR_ATTR, RunStore
+
+    study = Study.open(study_dir, meta={"strategy": "protocol", "thresholds": dict(FLIP)})
+    for n in listed:
+        study.optuna.ask().set_user_attr(TRIAL_RUN_DIR_ATTR, str(study_dir / "trials" / n))
+    run = study_dir / "trials" / name
+    _runner(tables_with(FLIP)["diagnosis"]).run(TrialSpec("start", "phase1-lr-grid", {}), run)
+    rec = RunStore(run).read_run()
+    del rec[RUN_THRESHOLDS_KEY]  # as a trial trained before trials recorded them, or a plain `loratune train`
+    (run / "run.json").write_text(json.dumps(rec))
+    return run
+
+
+def test_a_run_in_trials_the_study_does_not_list_keeps_the_defaults(tmp_path, scripted_training):
+    """A plain `loratune train` run saved as <dir>/trials/mine beside an unrelated study.db was read with the study's
+    thresholds (train's own verdict and the same run elsewhere: the defaults) and said "judged by its study's": the
+    study's thresholds are a fallback only for a folder its trials record (matched by name)."""
+    import shutil
+
+    from loratune.diagnose import diagnose
+    from loratune.store import study_meta_of_trial
+
+    study_dir = tmp_path / "study"
+    mine = _old_trial(tmp_path, study_dir, "mine", listed=["00-start", "01-lr0.01"])
+    assert study_meta_of_trial(mine) is None
+    d = diagnose(mine)
+    assert d.verdict == "underfit-capacity" and dict(d.thresholds_overridden) == {} and d.thresholds_note == ""
+    assert not any("study" in n for n in d.notes)
+    # the same run, listed by the study under that name: the study's thresholds
+    listed = study_dir / "trials" / "01-lr0.01"
+    shutil.copytree(mine, listed)
+    assert study_meta_of_trial(listed)[0] == study_dir
+    d = diagnose(listed)
+    assert d.verdict == "healthy" and dict(d.thresholds_overridden) == FLIP
+    assert d.thresholds_note == f"thresholds: the ones this run was judged by (its study's ({study_dir / 'study.db'}))" \
+        ": underfit_metric_max=0.06"
+
+
+def test_a_locked_study_db_reads_the_defaults_with_a_note(tmp_path, scripted_training, monkeypatch):
+    """A study.db another connection held (a running tune's write) waited sqlite3's 5 s, then 'database is locked' was
+    taken as 'not a study': the defaults with no note. Now: the defaults, said (the study's thresholds could not be
+    read, run again when it is idle); a file that is no study stays silent."""
+    import sqlite3
+    import time
+
+    import loratune.store
+    from loratune.diagnose import compare, diagnose
+    from loratune.store import StudyDbBusy, study_meta_of_trial
+
+    study_dir = tmp_path / "study"
+    trial = _old_trial(tmp_path, study_dir, "00-start", listed=["00-start"])
+    assert diagnose(trial).verdict == "healthy"  # idle: the study's thresholds
+    monkeypatch.setattr(loratune.store, "STUDY_DB_BUSY_TIMEOUT_S", 0.05)
+    holder = sqlite3.connect(study_dir / "study.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StudyDbBusy):
+            study_meta_of_trial(trial, timeout=0.01)
+        started = time.monotonic()
+        d = diagnose(trial)
+        assert time.monotonic() - started < 1.0  # the busy timeout is the constant's, not sqlite3's 5 s
+        said = (f"thresholds: the defaults; its study's thresholds could not be read ({study_dir / 'study.db'} is "
+                "locked: a tune is writing to it): run again when the study is idle")
+        assert d.verdict == "underfit-capacity" and dict(d.thresholds_overridden) == {} and said in d.notes
+        assert said in compare([trial, trial]).notes  # a comparison says it too
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert diagnose(trial).verdict == "healthy"  # let go: the study's again
+    # not a database, or a database with no study in it: not a study, no note
+    for content in (b"not sqlite at all", None):
+        other = tmp_path / f"other{content is None}"
+        (other / "trials").mkdir(parents=True)
+        if content is None:
+            sqlite3.connect(other / "study.db").close()
+        else:
+            (other / "study.db").write_bytes(content)
+        import shutil
+
+        shutil.copytree(trial, other / "trials" / "00-start")
+        d = diagnose(other / "trials" / "00-start")
+        assert d.verdict == "underfit-capacity" and not any("study" in n for n in d.notes)
 
 
 def test_a_recorded_value_the_ranges_now_refuse_is_read_with_a_note_naming_run_json(tmp_path, scripted_training,

@@ -49,7 +49,8 @@ from loratune.objectives import MACRO_F1, objective
 from loratune.errors import UserError, disk_full
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
 # (TRIALS, in_study: the study layout store reads a final/ folder by, defined there)
-from loratune.store import STUDY_DB, STUDY_META_ATTR, TRIALS, in_study, read_json, write_json
+from loratune.store import STUDY_DB, STUDY_META_ATTR, TRIAL_RUN_DIR_ATTR, TRIALS, in_study, read_json, \
+    write_json
 
 @contextlib.contextmanager
 def optuna_quiet():
@@ -741,7 +742,7 @@ class Study:
 
         trial = optuna.trial.Trial(self.optuna, frozen._trial_id)
         run_dir = self.run_dir_for(frozen.number, spec.name)
-        for k, v in (("run_dir", str(run_dir)), ("status", "running"), ("worker", _me())):
+        for k, v in ((TRIAL_RUN_DIR_ATTR, str(run_dir)), ("status", "running"), ("worker", _me())):
             trial.set_user_attr(k, v)
         self._beat(trial)
         return trial, spec, run_dir
@@ -905,7 +906,7 @@ class Study:
                 trial = optuna.trial.Trial(self.optuna, tid)
             run_dir = self.run_dir_for(trial.number, spec.name)
             for k, v in (("key", spec.key), ("name", spec.name), ("phase", spec.phase), ("point", spec.point),
-                         ("purpose", spec.purpose), ("run_dir", str(run_dir)), ("status", "running"),
+                         ("purpose", spec.purpose), (TRIAL_RUN_DIR_ATTR, str(run_dir)), ("status", "running"),
                          ("worker", _me())):
                 trial.set_user_attr(k, v)
             self._beat(trial)
