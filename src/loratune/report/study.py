@@ -30,7 +30,7 @@ from loratune.errors import UserError
 from loratune.objectives import Objective, objective, pick_test_score
 from loratune.report.model import SETTLED, as_float, read_history, read_json, to_plain
 from loratune.search.study import FINAL, TRIALS, in_study as _in_study, optuna_quiet
-from loratune.store import STUDY_META_ATTR
+from loratune.store import STUDY_DB, STUDY_META_ATTR
 
 # ---------------------------------------------------------------------------------------------
 # Records
@@ -264,7 +264,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 def _optuna_records(study_dir: Path) -> tuple[list[dict], dict, str | None]:
     """Trial records and the study's loratune meta (strategy, budget, ...) from study.db (read only),
     or ([], {}, why not)."""
-    db = study_dir / "study.db"
+    db = study_dir / STUDY_DB
     if not db.is_file():
         return [], {}, "no study.db"
     try:
