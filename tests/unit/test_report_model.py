@@ -1796,8 +1796,22 @@ def test_a_study_reports_best_is_the_trial_its_own_ranking_names_on_a_tie(tmp_pa
     con = Console(file=io.StringIO(), width=200)
     show_study(con, s)
     assert "best so far: #1 t1" in con.file.getvalue()
-    d, _ = study("old", "")  # records without the task: run.json's (the rule the runs kept their models by)
+    d, old = study("old", "")  # records without the task: run.json's (the rule the runs kept their models by)
     assert build_study_report(d).best.number == 1
+    # ... and the study reads them back the same (trial.recorded_task, one place): a resumed old study's records and
+    # a key's record found finished carry run.json's task, so context.best's max(rank) names the report's #1 (it
+    # named #0: task "" took no val-loss tie-break, every rank (0.0, 0.0, -n))
+    store = Study.open(d, meta={"strategy": "protocol"}, resume=True)
+    try:
+        loaded = store.records()
+        assert [r.result.task for r in loaded] == ["causal-lm"] * 3
+        assert [r.rank for r in loaded] == [(0.0, -2.533, 0), (0.0, -2.188, -1), (0.0, -2.476, -2)]
+        assert max(loaded, key=lambda r: r.rank).number == build_study_report(d).best.number == 1
+        how, rec = store.await_key(old[1].key, old[1].spec)
+        assert how == "record" and rec.number == 1 and rec.result.task == "causal-lm"
+        assert rec.rank == (0.0, -2.188, -1) and rec.run_dir == loaded[1].run_dir
+    finally:
+        store.close()
 
 
 def test_a_robustness_record_without_its_row_count_says_it_is_not_recorded(tmp_path, capsys):

@@ -30,6 +30,7 @@ from loratune.errors import UserError
 from loratune.objectives import Objective, objective, pick_test_score
 from loratune.report.model import SETTLED, as_float, read_history, read_json, to_plain
 from loratune.search.study import FINAL, TRIALS, in_study as _in_study, optuna_quiet
+from loratune.search.trial import recorded_task
 from loratune.store import STUDY_DB, STUDY_META_ATTR
 
 # ---------------------------------------------------------------------------------------------
@@ -357,14 +358,7 @@ def _trial_from(row: Mapping[str, Any], record: Mapping[str, Any] | None, root: 
         report_link=(f"{_rel(run_dir, root)}/report.html" if _rel(run_dir, root) and
                      (Path(run_dir) / "report.html").is_file() else None),
         findings=tuple(res.get("findings") or ()), params=dict(res.get("params") or {}),
-        task=str(res.get("task") or _run_task(run_dir)), kept=dict(res.get("best") or {}))
-
-
-def _run_task(run_dir: str | None) -> str:
-    """The trial's run.json task, for a record written before the result kept it (TrialResult.task): the rule its
-    run kept its model by, so the study's ranking of it."""
-    run, _ = read_json(Path(run_dir) / "run.json") if run_dir else (None, None)
-    return str(run.get("task") or "") if isinstance(run, dict) else ""
+        task=recorded_task(res, run_dir), kept=dict(res.get("best") or {}))
 
 
 def _unfinished_spent(run_dir: str | None, root: Path) -> dict:

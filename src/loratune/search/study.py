@@ -40,7 +40,6 @@ import json
 import os
 import time
 import warnings
-from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -773,7 +772,7 @@ class Study:
             done = next((t for t in mine if t.user_attrs.get("record") is not None
                          and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)), None)
             if done is not None:
-                return "record", TrialRecord.from_dict(done.user_attrs["record"])
+                return "record", self._loaded(done.user_attrs["record"])
             waiting = [t for t in mine if t.state == TrialState.WAITING]
             for t in waiting:
                 if self._claim(t):
@@ -877,9 +876,13 @@ class Study:
         for t in self.optuna.get_trials(deepcopy=False):
             rec = t.user_attrs.get("record")
             if rec is not None:
-                rec = TrialRecord.from_dict(rec)
-                out.append(dc_replace(rec, run_dir=self.trial_dir(rec.run_dir)))
+                out.append(self._loaded(rec))
         return out
+
+    def _loaded(self, rec: dict) -> TrialRecord:
+        """A trial's stored record as this study reads it back (TrialRecord.loaded): its run directory in this
+        study directory, its task from its run.json when the record is older than TrialResult.task."""
+        return TrialRecord.loaded(rec, self.trial_dir(rec.get("run_dir")))
 
     def finished_by_key(self) -> dict[str, TrialRecord]:
         found: dict[str, TrialRecord] = {}

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loratune.objectives import NOTHING_KEPT, Objective, keep_order, objective
+from loratune.store import RUN
 
 # features of the diagnosis copied into every result (the decisions and the report read them)
 KEPT_FEATURES = ("val_metric_best", "val_metric_se", "val_n", "gap_f1", "train_eval_metric_final",
@@ -168,6 +170,21 @@ def flat_objective_note(o: Objective, trials: Sequence[tuple[str, float | None, 
                    + (f"{mine:.3f})" if mine is not None else "not logged)"))
 
 
+def recorded_task(result: Mapping[str, Any], run_dir: str | None) -> str:
+    """A stored trial result's task (TrialResult.task, which tie-break its ranking takes): the record's own, or for a
+    record written before results kept it, the task in its run's run.json (`run_dir`: as found in the study,
+    store.in_study); "" where neither says. Every reader of a study's records takes it here (TrialRecord.loaded: the
+    study's records and a resumed key's; the study report's trials), so a resumed study and its report rank an old
+    study's trials by one rule and name the same best."""
+    if result.get("task"):
+        return str(result["task"])
+    try:
+        run = json.loads((Path(run_dir) / RUN).read_text(encoding="utf-8")) if run_dir else None
+    except (OSError, ValueError):
+        run = None
+    return str(run.get("task") or "") if isinstance(run, dict) else ""
+
+
 def study_rank(order: tuple[float, float], number: int) -> tuple[float, float, int]:
     """The key a study picks the best of trials by (max): a trial's order (kept_order: its value, then the
     tie-break training keeps by), then the earlier trial. The one rule context.best, every stage's best-of and the
@@ -213,6 +230,15 @@ class TrialRecord:
         s = d["spec"]
         return cls(int(d["number"]), TrialSpec(s["name"], s["phase"], dict(s["point"]), s.get("purpose", "")),
                    d["run_dir"], TrialResult.from_dict(d["result"]))
+
+    @classmethod
+    def loaded(cls, d: Mapping[str, Any], run_dir: str | None) -> "TrialRecord":
+        """A study's stored record `d` as the study reads it back: its run directory as found in the study
+        (`run_dir`, store.in_study) and its task as recorded_task reads it (run.json's, for a record older than
+        TrialResult.task)."""
+        rec = cls.from_dict(d)
+        return replace(rec, run_dir=run_dir,
+                       result=replace(rec.result, task=recorded_task(d.get("result") or {}, run_dir)))
 
 
 def short_name(point: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> str:
