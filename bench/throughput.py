@@ -47,6 +47,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -391,7 +392,7 @@ NOTES = [
     "with its default eval batch of 8).",
     "- Same for every arm: embedded MiniLM-L6, BANKING77 train / validation, LoRA r=8 alpha 16 dropout 0.1, "
     "pooler + classifier trained, batch 32, lr 1e-3 linear decay, no warmup, no weight decay, clip 1.0, "
-    "max_length 64; seed 42 in round 1, 43 in round 2 (so the F1 spread shows seed noise). The adapted "
+    "max_length 64; {seeds} (so the F1 spread shows seed noise). The adapted "
     "module sets are checked to be identical.",
     "- HF arms are configured as a user would: AutoModelForSequenceClassification, get_peft_model, "
     "DataCollatorWithPadding, default TrainingArguments (plus save_strategy=no, report_to=none, "
@@ -413,12 +414,6 @@ NOTES = [
     "(the Trainer's default evaluates nothing during training). Its breakdown comes from run.json "
     "`timing_s`; `rest` is the process less the phases (interpreter start, imports outside a phase, "
     "reading the data, records, the CLI's diagnosis and output).",
-    "- The 2 cores may be shared with other jobs (load average per arm in the tables), so absolute "
-    "examples/s are noisy; compare the within-round ratios. How OpenMP threads waited is in each run's "
-    "`omp` (`--omp as-user`: the HF arms with libgomp's default spin, loratune with its own choice on "
-    "import; `--omp passive`: OMP_WAIT_POLICY=PASSIVE for every arm, as every round before 2026-12-04 ran, "
-    "because with spinning threads a MiniLM step at batch 32 x 16 tokens took 2.8 s instead of 0.23 s at "
-    "load 4.5).",
     "- Seed noise of val macro-F1 after 80 steps (2,560 examples), measured apart with loratune on "
     "config (b), seeds 1-3: length-grouped batches 0.331 / 0.336 / 0.447, random batches 0.410 / "
     "0.404 / 0.422. Grouped batches hold texts of one length, which in BANKING77 means fewer classes "
@@ -426,8 +421,95 @@ NOTES = [
     "the HF grouped arm shows the same. Compare loratune's F1 with trainer-grouped's, and both with "
     "that spread.",
     "- `--device cuda` (bf16 autocast, fused AdamW, MFU = model FLOPs per step / the GPU's dense bf16 peak) "
-    "writes throughput_cuda.md; it ran on an H200 on 2026-12-04 (bench/gpu_check.sh). On a machine without CUDA "
+    "writes throughput_cuda.md (bench/gpu_check.sh runs it on a lent GPU machine). On a machine without CUDA "
     "it prints `skipped` and exits 0.", ""]
+
+
+
+def _ranges(xs) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    xs, out = sorted(set(xs)), []
+    for x in xs:
+        if out and x == out[-1][1] + 1:
+            out[-1][1] = x
+        else:
+            out.append([x, x])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in out)
+
+
+def command_text(summary: dict) -> str:
+    """The command line(s) that produced the runs: as each run recorded it (`argv`, runs since 2026-12-06); for
+    runs that predate that record, what the runs themselves record (steps, configs, arms, round numbers, device,
+    concurrency), said to be reconstructed and naming no option they do not record."""
+    runs = summary.get("runs") or []
+    argvs = []
+    for r in runs:
+        if r.get("argv") is not None and r["argv"] not in argvs:
+            argvs.append(r["argv"])
+    if argvs and all(r.get("argv") is not None for r in runs):
+        return "Command: " + "; then ".join(f"`python bench/throughput.py {shlex.join(a)}`" for a in argvs)
+    configs = sorted({r["config"] for r in runs})
+    arms = [a for a in ARMS if any(r["arm"] == a for r in runs)]
+    rounds = [r["round"] for r in runs if r.get("round") is not None]
+    conc = {r.get("concurrent") for r in runs}
+    opts = f"--steps {summary['steps']} --configs {','.join(configs)} --arms {','.join(arms)}"
+    if conc == {True}:
+        opts += " --concurrent"
+    if summary.get("device", "cpu") != "cpu":
+        opts += " --device cuda"
+    how = ("arms of a round together" if conc == {True} else "arms one after another" if conc == {False}
+           else "whether the arms ran together is not recorded")
+    return (f"Command not recorded (the runs predate it); as recorded by the runs: `python bench/throughput.py "
+            f"{opts}` over rounds {_ranges(rounds) or '?'} ({how})")
+
+
+def seeds_text(runs: list[dict]) -> str:
+    """Each round's seed, as the runs recorded it."""
+    by_round: dict = {}
+    for r in runs:
+        by_round.setdefault(r.get("round"), set()).add(r.get("seed"))
+    if not by_round or any(None in v for v in by_round.values()):
+        return "the seed per round as each run records it"
+    return "seed " + ", ".join(f"{'/'.join(str(x) for x in sorted(v))} in round {k}"
+                               for k, v in sorted(by_round.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
+
+
+def _omp_value(v) -> str:
+    if isinstance(v, dict):
+        if "wait" in v:
+            return f"loratune's choice: {v['wait']}" + (f" (GOMP_SPINCOUNT {v['GOMP_SPINCOUNT']:,})"
+                                                        if v.get("GOMP_SPINCOUNT") is not None else "")
+        return ", ".join(f"{k}={x}" for k, x in v.items())
+    return str(v)
+
+
+def omp_note(summary: dict) -> str:
+    """How OpenMP threads waited, as the runs recorded it (`omp`, runs since 2026-12-04), else that they do not."""
+    runs = summary.get("runs") or []
+    cores = summary.get("cpu_cores")
+    head = (f"- The {cores} cores may be shared with other jobs (load average per arm in the tables), so absolute "
+            "examples/s are noisy; compare the within-round ratios. `--omp passive` (OMP_WAIT_POLICY=PASSIVE for "
+            "every arm) exists because on shared cores, with spinning threads, a MiniLM step at batch 32 x 16 tokens "
+            "took 2.8 s instead of 0.23 s at load 4.5. ")
+    if not runs or all(r.get("omp") is None for r in runs):
+        return head + ("These runs do not record how OpenMP threads waited (they predate each run's `omp` record; "
+                       "the rounds before 2026-12-04 ran every arm with OMP_WAIT_POLICY=PASSIVE, today's "
+                       "`--omp passive`).")
+    by_arm: dict = {}
+    for r in runs:
+        val = "not recorded" if r.get("omp") is None else _omp_value(r["omp"])
+        vals = by_arm.setdefault(r["arm"], [])
+        if val not in vals:
+            vals.append(val)
+    return head + ("How OpenMP threads waited, as each run recorded it (`omp`): "
+                   + "; ".join(f"{arm}: {' / '.join(v)}" for arm, v in by_arm.items()) + ".")
+
+
+def notes_for(summary: dict) -> list[str]:
+    """NOTES with what these runs recorded filled in (seeds, cores, OpenMP)."""
+    lines = [x.replace("{seeds}", seeds_text(summary.get("runs") or [])) for x in NOTES]
+    at = next(i for i, x in enumerate(lines) if x.startswith("- Seed noise of val macro-F1"))
+    return lines[:at] + [omp_note(summary)] + lines[at:]
 
 
 # What the GPU rounds ran on and how, for throughput_cuda.md (bench/gpu_check.sh runs them on a lent GPU machine)
@@ -469,8 +551,7 @@ def _breakdown(arm: str, a: dict) -> str:
 def write_markdown(summary: dict, path: Path) -> None:
     cpu = summary.get("device", "cpu") == "cpu"
     lines = [f"# Training throughput: loratune vs HF Trainer + peft ({'CPU' if cpu else 'GPU'})", "",
-             f"Command: `python bench/throughput.py --steps {summary['steps']} --rounds {summary['rounds']}"
-             f"{'' if cpu else ' --device cuda'}`; "
+             f"{command_text(summary)}; "
              + (f"{summary['cpu_cores']} CPU cores shared with other jobs (load average per arm below); " if cpu
                 else f"{summary.get('gpu', 'a GPU')}, {summary['cpu_cores']} CPU cores; ")
              + f"{summary['examples']} training examples per arm ({summary['steps']} steps x {summary['batch']}); "
@@ -535,7 +616,7 @@ def write_markdown(summary: dict, path: Path) -> None:
                 lines.append(f"| {arm} | {', '.join(f'{x:.3%}' for x in a.get('mfu', []) if x is not None)} "
                              f"| {', '.join(f'{x:.0f}' for x in a.get('gpu_peak_memory_mb', []))} |")
         lines.append("")
-    lines += NOTES if cpu else GPU_NOTES
+    lines += notes_for(summary) if cpu else GPU_NOTES
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -617,6 +698,7 @@ def main() -> None:
                     res = json.loads(line[len("RESULT "):])
                     res["round"] = rnd
                     res["concurrent"] = args.concurrent
+                    res["argv"] = sys.argv[1:]  # what ran it, for --render (command_text)
                     res["process_s"] = res.pop("child_process_s", None) or time.perf_counter() - t
                     results.append(res)
                     partial = {"steps": args.steps, "rounds": args.rounds, "elapsed_s": time.perf_counter() - t0,
