@@ -3,6 +3,7 @@ trial outcomes (tests/workers_script.py: the protocol's lr_binds world, each tri
 SQLite and, when a PostgreSQL server URL is given, on PostgreSQL. Writes bench/results/workers.md.
 
     .venv/bin/python bench/workers.py [--trial-s 2] [--postgres postgresql://postgres@127.0.0.1:PORT]
+    .venv/bin/python bench/workers.py --render bench/results/workers.json   # rewrite the md only
 """
 
 from __future__ import annotations
@@ -51,11 +52,62 @@ def one(url: str, tmp: Path, workers: int, trial_s: float) -> dict:
             "decisions": [[re.sub(r"#\d+", "#", str(x)) for x in d] for d in led["decisions"]], "final": led["final"]}
 
 
+def gains(rows: list[dict]) -> str:
+    """Each engine's trials per hour with 2 processes over 1 and with 3 over 2, from the rows."""
+    parts = []
+    for engine in dict.fromkeys(r["engine"] for r in rows):
+        rate = {r["processes"]: 3600 * r["trials"] / r["leader_s"] for r in rows if r["engine"] == engine}
+        steps = [f"{'a second' if n == 2 else 'a third' if n == 3 else f'process {n}'} process "
+                 f"{rate[n] / rate[n - 1] - 1:+.0%}" for n in sorted(rate) if n - 1 in rate]
+        if steps:
+            parts.append(f"on {engine}, " + ", ".join(steps))
+    return "; ".join(parts) or "no comparison (a single process count)"
+
+
+def render(record: dict) -> str:
+    """workers.md from a record (workers.json): the command of the options given, the machine's core count,
+    the gains computed from the rows."""
+    rows = record["rows"]
+    cmd = f"bench/workers.py --trial-s {record['trial_s']:g}" + (" --postgres URL" if record.get("postgres") else "")
+    cores = record.get("cpu_cores")
+    lines = ["# 1 vs 2 vs 3 processes on one study", "",
+             f"`{cmd}`: the leader (`loratune tune`) plus 0, 1 or 2 workers "
+             "(`loratune tune --worker`) on one study, on scripted trial outcomes (the protocol's `lr_binds` world of "
+             f"tests/unit/test_protocol.py; each trial sleeps {record['trial_s']:g} s instead of training), this "
+             f"machine ({f'{cores} CPU cores' if cores else 'CPU cores not recorded'}), heartbeat 2 s. Trials/hour "
+             "counts the trials trained per hour of the leader's wall time (study open to the last decision).", "",
+             "| engine | processes | leader wall s | trials | trials/hour | duplicates | trials by process | "
+             "decisions and pick = 1 process |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['engine']} | {r['processes']} | {r['leader_s']:.1f} | {r['trials']} | "
+                     f"{3600 * r['trials'] / r['leader_s']:.0f} | {r['duplicates']} | "
+                     f"{', '.join(f'{k} {v}' for k, v in sorted(r['by_process'].items()))} | "
+                     f"{'yes' if r['same_decisions'] else 'NO'} |")
+    same = all(r["same_decisions"] for r in rows)
+    dup = sum(r["duplicates"] for r in rows)
+    lines += ["", "What limits the speed-up: the protocol's decisions depend on earlier trials, so only the "
+              "independent trials of a stage are queued for workers (the pair's two arms, the seed replicates, the "
+              "pick's long runs); the other stages run one trial at a time whatever the number of workers. In this "
+              "world the queued batches hold 2 trials each (pair arms, 2 extra seeds; one long run of the pick). "
+              f"Trials per hour, measured above: {gains(rows)}. "
+              + ("The decisions, the pick and the trial count are those of one process" if same
+                 else "Some rows' decisions or pick DIFFER from one process's")
+              + (", with no trial run twice. " if dup == 0 else f"; {dup} trials ran twice. ")
+              + "The gain grows with the share of batched stages in the budget (a larger `seeds` setting; the "
+              "samplers' strategies are not batched yet).", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trial-s", type=float, default=2.0)
     ap.add_argument("--postgres", help="a server URL without database, e.g. postgresql://postgres@127.0.0.1:5432")
+    ap.add_argument("--render", metavar="JSON", help="only rewrite workers.md from a workers.json")
     args = ap.parse_args()
+    if args.render:
+        record = json.loads(Path(args.render).read_text(encoding="utf-8"))
+        (ROOT / "bench" / "results" / "workers.md").write_text(render(record), encoding="utf-8")
+        return
     engines = [("sqlite", None)] + ([("postgresql", args.postgres)] if args.postgres else [])
     rows = []
     for engine, base in engines:
@@ -81,29 +133,10 @@ def main() -> None:
             rows.append(r)
             print(engine, r["processes"], f"{r['leader_s']:.1f}s", r["trials"], r["duplicates"], r["same_decisions"],
                   flush=True)
-    lines = ["# 1 vs 2 vs 3 processes on one study", "",
-             f"`bench/workers.py --trial-s {args.trial_s:g}`: the leader (`loratune tune`) plus 0, 1 or 2 workers "
-             "(`loratune tune --worker`) on one study, on scripted trial outcomes (the protocol's `lr_binds` world of "
-             f"tests/unit/test_protocol.py; each trial sleeps {args.trial_s:g} s instead of training), this machine "
-             "(2 shared CPU cores), heartbeat 2 s. Trials/hour counts the trials trained per hour of the leader's "
-             "wall time (study open to the last decision).", "",
-             "| engine | processes | leader wall s | trials | trials/hour | duplicates | trials by process | "
-             "decisions and pick = 1 process |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['engine']} | {r['processes']} | {r['leader_s']:.1f} | {r['trials']} | "
-                     f"{3600 * r['trials'] / r['leader_s']:.0f} | {r['duplicates']} | "
-                     f"{', '.join(f'{k} {v}' for k, v in sorted(r['by_process'].items()))} | "
-                     f"{'yes' if r['same_decisions'] else 'NO'} |")
-    lines += ["", "What limits the speed-up: the protocol's decisions depend on earlier trials, so only the "
-              "independent trials of a stage are queued for workers (the pair's two arms, the seed replicates, the "
-              "pick's long runs); the other stages run one trial at a time whatever the number of workers. In this world "
-              "the queued batches hold 2 trials each (pair arms, 2 extra seeds; one long run of the pick), so a "
-              "second process gains about 15% in trials per hour and a third nothing more; the decisions, the pick "
-              "and the trial count are those of one process, with no trial run twice. The gain grows with the share "
-              "of batched stages in the budget (a larger `seeds` setting; the samplers' strategies are not batched "
-              "yet).", ""]
     out = ROOT / "bench" / "results" / "workers.md"
-    out.write_text("\n".join(lines))
+    record = {"trial_s": args.trial_s, "postgres": bool(args.postgres), "cpu_cores": os.cpu_count(), "rows": rows}
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2), encoding="utf-8")  # for --render
+    out.write_text(render(record), encoding="utf-8")
     print(out)
 
 
