@@ -28,7 +28,7 @@ a paired difference on the same trained model:
 - all: thresholds + decoding
 and the loss switch (bce_pos_weight, focal) is a separate training run compared with bce.
 
-    python bench/multi_intent.py [--shared ../shared/data] [--seeds 0 1 2] [--epochs 4] [--report-only]
+    python bench/multi_intent.py [--shared ../shared/data] [--seeds 0 1 2] [--epochs 4] [--report-only] [--render JSON]
 
 Results: bench/results/multi_intent.{json,md}; runs and data under runs/bench-multi-intent/ (rebuilt).
 """
@@ -187,6 +187,7 @@ RUNS = {  # name: (data folder, extra overrides)
 }
 
 
+HAND_WRITTEN = "## Reading (written by hand"  # a results md's hand-written section: --render keeps it
 EXTRA: list[str] = []  # --set key=value: appended to every run (a smoke test on a tiny model)
 
 
@@ -209,7 +210,10 @@ def train_run(name: str, data_dir: Path, extra: list[str], epochs: float, seed: 
     (out / "bench.json").write_text(json.dumps({"wall_s": round(time.perf_counter() - t0, 1),
                                                 "examples_seen": run["examples_seen"], "steps": run["steps_done"],
                                                 "adapter_step": run["adapter_step"],
-                                                "examples_per_s": run["examples_per_s"]}), encoding="utf-8")
+                                                "examples_per_s": run["examples_per_s"],
+                                                # what trained it (the report states it per run)
+                                                "overrides": common(epochs, seed) + extra + EXTRA}),
+                        encoding="utf-8")
     print(f"{name} seed {seed}: {time.perf_counter() - t0:.0f}s, {run['examples_per_s']:.1f} ex/s", flush=True)
     return out
 
@@ -310,17 +314,50 @@ def paired(results: dict, a: str, b: str, key: str) -> tuple[float, float, int] 
     return float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else float("nan"), len(d)
 
 
-def markdown(summary: dict, results: dict, data_info: dict, cmd: str, epochs: float) -> str:
+def run_settings(results: dict) -> list[str]:
+    """Per trained run (the name before its decoding variant): its seeds and the overrides it recorded (bench.json
+    `overrides`, runs since 2026-12-06; older runs did not record them), and each run's steps and examples."""
+    by_run: dict = {}
+    for name, by_seed in results.items():
+        base = name.split(" ")[0]
+        for seed, info in by_seed.items():
+            by_run.setdefault(base, {})[str(seed)] = info
+    lines = []
+    for base, by_seed in by_run.items():
+        seeds = sorted(by_seed, key=lambda x: int(x) if str(x).lstrip("-").isdigit() else 0)
+        sets = {json.dumps([o for o in (i.get("overrides") or []) if not o.startswith("seed=")])
+                for i in by_seed.values() if i.get("overrides") is not None}
+        recorded = (f"config {'; '.join(' '.join(json.loads(x)) for x in sorted(sets))}" if sets
+                    else "config not recorded (trained before runs recorded it)")
+        budget = sorted({(i.get("steps"), i.get("examples_seen")) for i in by_seed.values()},
+                        key=lambda t: tuple(-1 if x is None else x for x in t))
+        lines.append(f"- {base}: seeds {', '.join(seeds)}; "
+                     + ", ".join(f"{st} steps / {ex} examples" for st, ex in budget) + f"; {recorded}")
+    return lines
+
+
+def markdown(summary: dict, results: dict, data_info: dict, record: dict) -> str:
+    """record: `command` (as given), `report_only` (it trained nothing), `epochs` (None: not recorded)."""
     def cell(m):
         if m["mean"] is None:
             return "-"
         return f"{m['mean']:.3f}" + (f" ± {m['std']:.3f}" if m["std"] is not None else "")
 
+    cmd = record.get("command")
+    if cmd is None:
+        head = "Command not recorded in the JSON; each run's seeds and budget as recorded are under Runs."
+    elif record.get("report_only"):
+        head = (f"Scored by `{cmd}`, which trained nothing: the runs were trained earlier, with the settings "
+                "recorded per run under Runs.")
+    else:
+        head = f"Command: `{cmd}`"
+    epochs = record.get("epochs")
     lines = ["# Multi-intent: multi-label vs single-label-as-combinations (issue 19)", "",
-             f"Command: `{cmd}`", "",
-             "Built by `bench/multi_intent.py` (see its docstring for every choice); MiniLM (embedded) + LoRA "
-             f"r 8, lr 2e-3, batch 32, {epochs:g} epochs, the same for every run (equal budget: same steps and "
-             "examples). Scores on **test**, over the 24 atomic intents (a combination class is split back into "
+             head, "",
+             "Built by `bench/multi_intent.py` (see its docstring for every choice); MiniLM (embedded) + LoRA, "
+             + (f"{epochs:g} epochs, " if epochs is not None and not record.get("report_only") else "")
+             + "each run's seeds, steps and examples as recorded below (equal budget where they match). "
+             "Scores on **test**, over the 24 atomic intents (a combination class is split back into "
              "its intents); mean ± sd over seeds.", "", "## Data", ""]
     for split in ("train", "validation", "test"):
         d = data_info[split]
@@ -330,6 +367,7 @@ def markdown(summary: dict, results: dict, data_info: dict, cmd: str, epochs: fl
                         if "compound_pairs_unseen_in_train" in d else ""))
     lines.append(f"- shuffled-duplicate check dropped {data_info['dropped_by_duplicate_check']} held-out rows "
                  "(a part also in train)")
+    lines += ["", "## Runs", ""] + run_settings(results)
     lines += ["", "## Results (test)", "",
               "| run | subset acc | macro-F1 | micro-F1 | samples-F1 | compound subset acc | single subset acc "
               "| labels/row | seeds |", "|---|---|---|---|---|---|---|---|---|"]
@@ -370,7 +408,17 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], help="key=value overrides for every run (smoke tests)")
     ap.add_argument("--work", default=str(WORK), help="where data and runs go")
     ap.add_argument("--results-name", default="multi_intent", help="bench/results/<name>.{json,md}")
+    ap.add_argument("--render", metavar="JSON", help="only rewrite <results-name>.md from a results JSON")
     args = ap.parse_args(argv)
+    if args.render:  # no data, no runs: what the JSON recorded
+        rec = json.loads(Path(args.render).read_text(encoding="utf-8"))
+        md_path = RESULTS / f"{args.results_name}.md"
+        text = markdown(rec["summary"], rec["per_seed"], rec["data"], rec.get("record") or {})
+        kept = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
+        if HAND_WRITTEN in kept:  # the reading written by hand below the tables stays
+            text += "\n" + kept[kept.index(HAND_WRITTEN):]
+        md_path.write_text(text, encoding="utf-8")
+        return 0
     WORK = Path(args.work)
     EXTRA[:] = args.set
     data = build(Path(args.shared))
@@ -387,13 +435,13 @@ def main(argv=None) -> int:
     results = evaluate_all(multi_dir, args.seeds)
     summary = summarize(results)
     RESULTS.mkdir(exist_ok=True)
-    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]  # what trained the runs
-    cmd = "python bench/multi_intent.py " + " ".join(given)
+    given = sys.argv[1:] if argv is None else argv  # this call, --report-only included (it trained nothing)
+    record = {"command": ("python bench/multi_intent.py " + " ".join(given)).strip(),
+              "report_only": args.report_only, "epochs": None if args.report_only else args.epochs}
     name = args.results_name
-    (RESULTS / f"{name}.json").write_text(json.dumps({"data": info, "summary": summary, "per_seed": results},
-                                                          indent=1, default=str), encoding="utf-8")
-    (RESULTS / f"{name}.md").write_text(markdown(summary, results, info, cmd.strip(), args.epochs),
-                                        encoding="utf-8")
+    (RESULTS / f"{name}.json").write_text(json.dumps({"data": info, "summary": summary, "per_seed": results,
+                                                      "record": record}, indent=1, default=str), encoding="utf-8")
+    (RESULTS / f"{name}.md").write_text(markdown(summary, results, info, record), encoding="utf-8")
     print((RESULTS / f"{name}.md").read_text())
     return 0
 

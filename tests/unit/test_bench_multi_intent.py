@@ -1,0 +1,53 @@
+"""bench/multi_intent.py's report header (markdown) on synthetic per-seed results: the command is the call that
+made the report (a --report-only call trained nothing), the runs' seeds and configs come from what they recorded,
+not the fixed 'LoRA r 8, lr 2e-3, batch 32'. No training."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import multi_intent as bm  # noqa: E402
+
+SPLIT = {"rows": 10, "compound": 2, "compound_share": 0.2, "distinct_pairs": 2, "label_rows_min": 1,
+         "label_rows_max": 3}
+INFO = {"train": SPLIT, "validation": SPLIT, "test": SPLIT, "dropped_by_duplicate_check": 0}
+
+
+def scores(overrides=None, steps: int = 124) -> dict:
+    s = {k: 0.5 for k in ("subset_accuracy", "macro_f1", "micro_f1", "samples_f1", "compound_subset_accuracy",
+                          "single_subset_accuracy", "labels_per_row")}
+    s.update(wall_s=1.0, examples_seen=steps * 32, steps=steps)
+    if overrides is not None:
+        s["overrides"] = overrides
+    return s
+
+
+def test_report_only_call_states_each_runs_recorded_seeds_and_config():
+    """head_lr rows trained with 3 seeds and --set lr overrides, reported by a --report-only call over 5 seeds: the
+    md named the report call as what trained them and fixed 'lr 2e-3'."""
+    lr = ["learning_rate=5e-4", "r=4"]
+    results = {"multi-focal plain": {s: scores(lr + [f"seed={s}"]) for s in range(5)},
+               "multi-focal-head_lr all": {s: scores(lr + [f"seed={s}", "head_learning_rate=2e-2"])
+                                           for s in range(3)},
+               "combinations": {s: scores() for s in range(5)}}
+    record = {"command": "python bench/multi_intent.py --seeds 0 1 2 3 4 --report-only", "report_only": True,
+              "epochs": None}
+    md = bm.markdown(bm.summarize(results), results, INFO, record)
+    assert "r 8, lr 2e-3, batch 32" not in md
+    assert ("Scored by `python bench/multi_intent.py --seeds 0 1 2 3 4 --report-only`, which trained nothing"
+            in md)
+    assert "- multi-focal: seeds 0, 1, 2, 3, 4; 124 steps / 3968 examples; config learning_rate=5e-4 r=4" in md
+    assert ("- multi-focal-head_lr: seeds 0, 1, 2; 124 steps / 3968 examples; config learning_rate=5e-4 r=4 "
+            "head_learning_rate=2e-2") in md
+    assert "- combinations: seeds 0, 1, 2, 3, 4; 124 steps / 3968 examples; config not recorded" in md
+
+
+def test_training_call_is_the_command():
+    results = {"combinations": {0: scores(["learning_rate=2e-3", "seed=0"])}}
+    record = {"command": "python bench/multi_intent.py --seeds 0 --epochs 1", "report_only": False, "epochs": 1.0}
+    md = bm.markdown(bm.summarize(results), results, INFO, record)
+    assert "Command: `python bench/multi_intent.py --seeds 0 --epochs 1`" in md and "1 epochs," in md
