@@ -26,6 +26,12 @@ def _vocab() -> list[str]:
     return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words)
 
 
+def run_record(status: str, **fields) -> str:
+    """A fake run.json as a loratune run writes it, as far as a new run in its folder reads it (store.run_record: a
+    status, loratune in its versions): a new run replaces only a loratune run's record."""
+    return json.dumps({"status": status, **fields, "versions": {"loratune": "0.1.0"}}) + "\n"
+
+
 def make_rows(n_per_label: int, seed: int, labels=None) -> list[dict]:
     rng = random.Random(seed)
     rows = []

@@ -43,11 +43,17 @@ HEARTBEAT_S = 10.0  # how often a live run touches run.lock
 # A run whose lock nobody holds, or (another host, where flock says nothing) whose heartbeat is older
 # than this, belonged to a process that died: 12 missed beats, so a stalled NFS write does not kill it.
 HEARTBEAT_STALE_S = 120.0
-# what a new run in a reused directory removes of an earlier run's (RunStore.create); run.json and config.yaml are
-# rewritten in place
-STALE_OUTPUTS = (HISTORY, CONFUSION, GENERATIONS, REPORT, ADAPTER, TENSORBOARD_DIR)
-# what says a folder holds a loratune run (written as a run starts), so its STALE_OUTPUTS are the run's to replace
+# what a new run in a reused directory removes of an earlier run's (RunStore.create), its record first. run.json and
+# config.yaml are among them so that, like the rest, they are replaced only where a loratune run wrote them
+# (_stale_outputs): a user's own config.yaml in output_dir (`--config exp/config.yaml` with output_dir: exp) was
+# overwritten by the resolved dump without a word
+STALE_OUTPUTS = (RUN, CONFIG, HISTORY, CONFUSION, GENERATIONS, REPORT, ADAPTER, TENSORBOARD_DIR)
+# what says a folder holds a loratune run (written as a run starts), so its STALE_OUTPUTS are the run's to replace;
+# run.json only where it is a loratune run's record (run_record), not any file of that name
 RUN_MARKERS = (RUN, HISTORY)
+# a run.json is a loratune run's record when it is a JSON object with a `status` and whose `versions` name loratune
+# (train.versions: every record has carried both since the first one, as it starts)
+RUN_RECORD_VERSION_KEY = "loratune"
 # the hidden folder RunStore.create moves an earlier run's outputs into before removing them; one left by a process
 # killed mid-clearing says the outputs still beside it were a run's too (its markers may already be in it), and goes
 # when the next run starts
@@ -395,12 +401,59 @@ def check_output_dir(path: Path, name: str = "output_dir", example: str = "outpu
                             f"give a {name} on a writable disk, e.g. {example}") from None
 
 
+def run_record(path: str | Path) -> dict | None:
+    """The run.json at `path` when it is a loratune run's record (RUN_RECORD_VERSION_KEY), else None: missing, no
+    regular file, no JSON, or another JSON of that name (a user's `{"mine": 1}`). The one place that decides whether a
+    run.json is loratune's, so that a new run replaces only what a run wrote."""
+    p = Path(path)
+    if not p.is_file():  # (a FIFO of that name would block the read)
+        return None
+    try:
+        run = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, no UTF-8, no JSON
+        return None
+    versions = run.get("versions") if isinstance(run, dict) else None
+    ours = isinstance(versions, dict) and RUN_RECORD_VERSION_KEY in versions and isinstance(run.get("status"), str)
+    return run if ours else None
+
+
+def _config_of_run(path: Path, record: dict | None, clearing: list[Path]) -> bool:
+    """Whether `path`/config.yaml is the one a loratune run wrote: the dump of the config its run.json records (a
+    config.yaml written or edited by hand, comments and anchors included, reads as another mapping), or, with the
+    record already moved out by a run killed mid-clearing (`clearing`), the one it left. (A run whose first run.json
+    fails removes the config.yaml it wrote: RunStore.drop_unrecorded_config.)"""
+    import yaml
+
+    if record is None:
+        return bool(clearing) and not (path / RUN).exists() and (path / CONFIG).is_file()
+    try:
+        config = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8")) if (path / CONFIG).is_file() else None
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return config is not None and json_safe(config) == record.get("config")
+
+
 def _stale_outputs(path: Path) -> list[str]:
     """The earlier run's outputs in `path` that a new run removes (STALE_OUTPUTS present). Only a loratune run's
     (RUN_MARKERS there): files of those names in a folder no run wrote (a user's own adapter/ or report.html) are
-    refused, never deleted, as a name alone said nothing of whose they were."""
+    refused, never deleted, as a name alone said nothing of whose they were; so are a run.json that is no loratune
+    record (run_record) and a config.yaml that is not its run's (_config_of_run), wherever they are."""
     present = [n for n in STALE_OUTPUTS if (path / n).exists() or (path / n).is_symlink()]
-    if present and not any((path / n).exists() for n in RUN_MARKERS) and not _clearing_left(path):
+    if not present:
+        return present
+    record, clearing = run_record(path / RUN), _clearing_left(path)
+    theirs = [n for n in (RUN, CONFIG) if n in present
+              and not (record is not None if n == RUN else _config_of_run(path, record, clearing))]
+    if theirs:
+        said = {RUN: f"a {RUN} that is no loratune run's record",
+                CONFIG: f"a {CONFIG} that no loratune run wrote ("
+                        + (f"not the config its {RUN} records: written or edited by hand?" if record else
+                           f"no loratune {RUN} beside it") + ")"}
+        raise UserError(f"output_dir '{path}' holds {' and '.join(said[n] for n in theirs)}: a run there would "
+                        f"replace {'them' if len(theirs) > 1 else 'it'}",
+                        f"give another output_dir (a new or empty folder, e.g. output_dir={path / 'run'}), or move "
+                        f"{'those files' if len(theirs) > 1 else 'it'} out of it")
+    if record is None and not (path / HISTORY).exists() and not clearing:
         raise UserError(f"output_dir '{path}' holds {', '.join(present)} but no loratune run "
                         f"({' or '.join(RUN_MARKERS)}): a run there would delete {'them' if len(present) > 1 else 'it'}",
                         "give another output_dir (a new or empty folder), or move those files out of it")
@@ -422,11 +475,8 @@ def earlier_run_note(path: str | Path) -> str | None:
         return None
     if (path / LOCK).exists() and liveness(path)[0] == "alive":
         return None
-    try:
-        run = RunStore(path).read_run() if (path / RUN).is_file() else {}
-    except UserError:  # a damaged run.json: the outputs are still replaced
-        run = {}
-    run = run if isinstance(run, dict) else {}
+    record = run_record(path / RUN)
+    run = with_liveness(record, path) if record is not None else {}
     best, objective = run.get("best") if isinstance(run.get("best"), dict) else {}, run.get("objective")
     parts = []
     if isinstance(objective, str) and isinstance(best.get(objective), (int, float)):
@@ -593,7 +643,7 @@ class RunStore:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()  # `~/runs/x` from a Python caller, as the config reads it
         self._lock: RunLock | None = None
-        self.cleared: list[str] = []  # what of an earlier run create removed (STALE_OUTPUTS, run.json)
+        self.cleared: list[str] = []  # what of an earlier run create removed (STALE_OUTPUTS)
         self.say_replaced = False  # train.start_record says on stderr what create replaces (api.train sets it)
         # keys every run.json this store writes carries (a tune trial's: the diagnosis thresholds it is judged by,
         # rules.RUN_THRESHOLDS_KEY), so the record says them from its first write (the trackers' verdict reads it)
@@ -622,6 +672,12 @@ class RunStore:
         write_atomic(self.path / CONFIG, config_yaml)
         return self.cleared
 
+    def drop_unrecorded_config(self) -> None:
+        """Remove the config.yaml create wrote where the run's first run.json could not follow it (a full disk): alone,
+        it would read as no run's (_stale_outputs) and refuse the next try in the folder."""
+        if not (self.path / RUN).exists():
+            (self.path / CONFIG).unlink(missing_ok=True)
+
     def _clear_earlier_run(self) -> list[str]:
         """A fresh run in a reused directory starts a fresh history, and an earlier run's outputs or model may not pass
         as this one's (nor its TensorBoard events, which would read as this run's when this one logs none). All of them
@@ -641,9 +697,8 @@ class RunStore:
             return []
         # the earlier run.json goes first (a kill -9 before the new one is written leaves no record, never the earlier
         # run's `completed` one over its removed model and history), history.jsonl last: until then it still says the
-        # outputs left are a run's, and the hidden folder they go into says so after
+        # outputs left are a run's, and the hidden folder they go into says so after (run.json is first in STALE_OUTPUTS)
         stale = [n for n in stale if n != HISTORY] + [n for n in stale if n == HISTORY]
-        stale = [RUN, *stale] if (self.path / RUN).exists() else stale
         trash = Path(tempfile.mkdtemp(dir=self.path, prefix=EARLIER_TMP[0], suffix=EARLIER_TMP[1]))
         moved: list[str] = []
         try:

@@ -738,6 +738,8 @@ def start_record(store: RunStore, config_yaml: str, run: dict) -> None:
             # the error ends the start and says why; a signal held meanwhile would replace it with "stopped before
             # training started; nothing was written" over an earlier run already removed
             signals.take_held()
+            if getattr(store, "_lock", None) is not None:  # (create wrote config.yaml: sft.NoRecord writes nothing)
+                store.drop_unrecorded_config()
             store.close()
             user = output_error(exc, store.path, _removed_note(store)) if isinstance(exc, OSError) else None
             if user is not None:

@@ -7,7 +7,7 @@ import pytest
 
 from loratune.cli import main
 
-from support import flat
+from support import flat, run_record
 
 
 def test_a_fresh_run_in_a_reused_directory_drops_the_old_runs_report(tmp_path):
@@ -18,7 +18,7 @@ def test_a_fresh_run_in_a_reused_directory_drops_the_old_runs_report(tmp_path):
     out.mkdir()
     old = default_output(out)  # where `loratune report RUN` wrote the old run's report
     old.write_text("<html>lr 0.005, 12 steps</html>", encoding="utf-8")
-    (out / "run.json").write_text('{"status": "completed"}\n')  # the old run's (a report no run wrote is refused)
+    (out / "run.json").write_text(run_record("completed"))  # the old run's (a report no run wrote is refused)
     store = RunStore(out)
     store.create("train: {}\n")
     try:

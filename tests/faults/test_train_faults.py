@@ -15,7 +15,7 @@ from loratune.cli import main
 from loratune.store import RunStore
 
 from support_faults import Proc, history_lines
-from support import flat, overrides
+from support import flat, overrides, run_record
 
 
 def _long(tiny_bert, intent_data, out: Path, **extra) -> list[str]:
@@ -461,7 +461,7 @@ def test_a_signal_as_a_run_replaces_an_earlier_one_leaves_no_false_record(sig, r
 
 def _earlier_completed_run(folder: Path) -> None:
     folder.mkdir()
-    (folder / "run.json").write_text('{"status": "completed", "pid": 1}\n')
+    (folder / "run.json").write_text(run_record("completed", pid=1))
     (folder / "history.jsonl").write_text('{"step": 0}\n')
     (folder / "adapter").mkdir()
 
@@ -491,7 +491,8 @@ def test_a_full_disk_at_the_first_run_json_says_the_earlier_run_was_removed(sign
     assert err.value.problem.startswith(f"the disk holding output_dir '{out}' is full")
     assert err.value.fix == ("free some space or give an output_dir on another disk; the earlier run in "
                              f"{out} was removed (run.json, adapter, history.jsonl)")
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # no run.lock left
+    # no run.lock left, nor the new config.yaml without its run.json (alone it would refuse the next try as no run's)
+    assert sorted(p.name for p in out.iterdir()) == []
 
 
 def test_a_second_signal_while_the_interrupted_start_is_recorded_leaves_no_running_record(tmp_path, monkeypatch):

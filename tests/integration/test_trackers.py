@@ -308,10 +308,12 @@ def test_a_failing_tracker_never_stops_the_run(tiny_bert, intent_data, tmp_path,
 def test_a_fresh_run_in_a_reused_folder_drops_the_earlier_runs_events(tmp_path):
     from loratune.store import TENSORBOARD_DIR, RunStore
 
+    from support import run_record
+
     old = tmp_path / TENSORBOARD_DIR
     old.mkdir()
     (old / "events.out.tfevents.1.host").write_bytes(b"an earlier run's")
-    (tmp_path / "run.json").write_text('{"status": "completed"}\n')  # a run's (a folder no run wrote is refused)
+    (tmp_path / "run.json").write_text(run_record("completed"))  # a run's (a folder no run wrote is refused)
     RunStore(tmp_path).create("train: {}\n")
     assert not old.exists()  # `tensorboard --logdir` and `diagnose RUN/tensorboard` showed the earlier run
 

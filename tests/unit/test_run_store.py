@@ -15,6 +15,8 @@ import pytest
 from loratune.errors import UserError
 from loratune.store import ADAPTER, CONFUSION, HISTORY, LOCK, RUN, RunLock, RunStore, liveness
 
+from support import run_record
+
 
 def test_a_waiter_that_opened_run_lock_before_its_holder_released_it_holds_the_file_at_the_path(tmp_path):
     a = RunLock(tmp_path)
@@ -40,7 +42,7 @@ def test_a_waiter_that_opened_run_lock_before_its_holder_released_it_holds_the_f
 
 def _earlier_run(d: Path) -> dict[str, str]:
     (d / ADAPTER).mkdir(parents=True)
-    files = {HISTORY: '{"step": 0}\n{"step": 4}\n', CONFUSION: '{"step": 4}\n', RUN: '{"status": "completed"}\n',
+    files = {HISTORY: '{"step": 0}\n{"step": 4}\n', CONFUSION: '{"step": 4}\n', RUN: run_record("completed"),
              f"{ADAPTER}/adapter_model.safetensors": "weights", f"{ADAPTER}/label_map.json": "{}"}
     for name, text in files.items():
         (d / name).write_text(text)
@@ -146,7 +148,7 @@ def test_a_folder_whose_adapter_and_report_no_run_wrote_is_refused_and_kept(tmp_
         RunStore(tmp_path).create("seed: 1\n")
     assert (tmp_path / ADAPTER / "my_notes.txt").read_text() == "keep" and (tmp_path / REPORT).read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == [ADAPTER, REPORT]  # no lock, no config.yaml left
-    (tmp_path / RUN).write_text('{"status": "completed"}\n')  # a run's own report and model: replaced, as before
+    (tmp_path / RUN).write_text(run_record("completed"))  # a run's own report and model: replaced, as before
     assert "held a completed run" in earlier_run_note(tmp_path)
     store = RunStore(tmp_path)
     store.create("seed: 1\n")
@@ -155,7 +157,7 @@ def test_a_folder_whose_adapter_and_report_no_run_wrote_is_refused_and_kept(tmp_
 
 
 def _completed_run(folder: Path) -> None:
-    (folder / RUN).write_text('{"status": "completed", "pid": 1}\n')
+    (folder / RUN).write_text(run_record("completed", pid=1))
     (folder / HISTORY).write_text('{"step": 0}\n')
     (folder / ADAPTER).mkdir()
     (folder / ADAPTER / "adapter_model.safetensors").write_text("w")
@@ -230,7 +232,7 @@ def test_no_note_for_a_folder_another_process_trains_into(tmp_path):
     from loratune.store import earlier_run_note
 
     _completed_run(tmp_path)
-    (tmp_path / RUN).write_text('{"status": "running", "pid": 1}\n')
+    (tmp_path / RUN).write_text(run_record("running", pid=1))
     other = RunLock(tmp_path)  # (another open file: its flock conflicts with this process's next one too)
     other.acquire()
     try:
@@ -273,3 +275,25 @@ def test_a_tune_studys_final_folder_is_refused_naming_the_missing_file_and_the_p
     with pytest.raises(UserError) as got:
         RunStore(empty).require()
     assert "(no run.json and no config.yaml)" in got.value.problem and "loratune train" in got.value.fix
+
+
+@pytest.mark.parametrize("text,ours", [(run_record("completed"), True), ('{"mine": 1}\n', False),
+                                       ('{"status": "completed"}\n', False), ("[1, 2]\n", False),
+                                       ('{"status": "completed", "versions": {"loratune": "0.1.0"', False)])
+def test_a_run_json_is_a_loratune_runs_record_by_its_shape(tmp_path, text, ours):
+    # any run.json passed for a loratune run's, so what beside it had a run's name (adapter/) was deleted with it
+    from loratune.store import run_record as record_of
+
+    (tmp_path / RUN).write_text(text)
+    assert (record_of(tmp_path / RUN) is not None) == ours
+    (tmp_path / ADAPTER).mkdir()
+    if ours:
+        assert RunStore(tmp_path).create("seed: 1\n") == [RUN, ADAPTER]
+        return
+    with pytest.raises(UserError) as info:
+        RunStore(tmp_path).create("seed: 1\n")
+    assert info.value.problem == (f"output_dir '{tmp_path}' holds a {RUN} that is no loratune run's record: a run "
+                                  "there would replace it")
+    assert (tmp_path / RUN).read_text() == text and (tmp_path / ADAPTER).is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ADAPTER, RUN]
+
