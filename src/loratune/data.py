@@ -15,6 +15,7 @@ import heapq
 import io
 import json
 import math
+import os
 import random
 import re
 import sys
@@ -832,7 +833,18 @@ def find_split_file(folder: Path, split: str) -> Path | None:
     data.train_file reads it: data_suffix); two candidates (train.jsonl beside train.csv) are refused: which one
     trained would be a guess no record shows."""
     stems = SPLIT_NAMES[split]
-    files = sorted(p for p in folder.iterdir() if p.is_file())
+    entries = sorted(folder.iterdir())
+    # a split's name on what is no regular file (a broken symlink, a FIFO, a folder): passed over, validation.jsonl
+    # was carved from train ("no validation split given") and a train.jsonl FIFO read as "no train file"
+    odd = [p for p in entries if not p.is_file() and p.stem.lower() in stems and data_suffix(p) in SUFFIXES]
+    if odd:
+        raise UserError(f"data folder '{folder}' holds {', '.join(f'{p.name}, {_not_a_file(p)}' for p in odd)}: "
+                        f"the {split} split cannot be read from it",
+                        f"put the {split} file itself there (a symlink must point at an existing file), name the "
+                        f"file to read with data.{split}_file, or move {'them' if len(odd) > 1 else 'it'} out of the "
+                        "folder"
+                        + (" to carve validation from train" if split == "validation" else ""))
+    files = [p for p in entries if p.is_file()]
     found = sorted((p for p in files if p.stem.lower() in stems and data_suffix(p) in SUFFIXES),
                    key=lambda p: (stems.index(p.stem.lower()), SUFFIXES.index(data_suffix(p))))
     if len(found) > 1:
@@ -847,6 +859,23 @@ def find_split_file(folder: Path, split: str) -> Path | None:
                             f"convert it ({CONVERT_HINT}), or move it out of the folder"
                             + (" to carve validation from train" if split == "validation" else ""))
     return found[0] if found else None
+
+
+def _not_a_file(path: Path) -> str:
+    """What a path that is no regular file is, in a few words."""
+    import stat
+
+    if path.is_symlink() and not path.exists():
+        return f"a broken symlink (to '{os.readlink(path)}', which does not exist)"
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"not readable ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "something")
+    return f"{kind}, not a regular file"
 
 
 def parse_file(path: Path, cfg: DataConfig, name: str) -> Split:

@@ -1354,6 +1354,39 @@ def test_a_split_file_is_found_in_a_folder_whatever_the_case_of_its_name(tmp_pat
         f"data folder '{tmp_path}' holds 2 files for the train split: train.JSONL, Train.csv"
 
 
+@pytest.mark.parametrize("split,name", [("validation", "validation.jsonl"), ("test", "test.jsonl"),
+                                        ("train", "train.jsonl")])
+@pytest.mark.parametrize("kind", ["broken symlink", "fifo", "folder"])
+def test_a_split_name_on_what_is_no_regular_file_is_named_never_passed_over(tmp_path, split, name, kind):
+    """A dangling symlink or FIFO validation.jsonl was passed over (p.is_file()): the run carved validation from train
+    and recorded "no validation split given"; a train.jsonl FIFO read as "folder has no train file"."""
+    import os
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for other in ("train", "validation", "test"):
+        if other != split:
+            write_rows(data / f"{other}.jsonl", make_rows(TRAIN if other == "train" else {"a": 2, "b": 2}))
+    odd = data / name
+    if kind == "broken symlink":
+        odd.symlink_to(tmp_path / "moved.jsonl")
+        said = f"a broken symlink (to '{tmp_path / 'moved.jsonl'}', which does not exist)"
+    elif kind == "fifo":
+        os.mkfifo(odd)
+        said = "a FIFO, not a regular file"
+    else:
+        odd.mkdir()
+        said = "a folder, not a file"
+    err = user_error(load_dataset, DataConfig(dataset_name=str(data)))
+    assert err.problem == f"data folder '{data}' holds {name}, {said}: the {split} split cannot be read from it"
+    assert f"name the file to read with data.{split}_file" in err.fix
+    assert err.fix.endswith(" to carve validation from train") == (split == "validation")
+    # named by its own key, the folder's entry is not read
+    write_rows(tmp_path / "own.jsonl", make_rows(TRAIN if split == "train" else {"a": 2, "b": 2}))
+    ds = load_dataset(DataConfig(dataset_name=str(data), **{f"{split}_file": str(tmp_path / "own.jsonl")}))
+    assert getattr(ds, split).source == str(tmp_path / "own.jsonl")
+
+
 def test_a_semicolon_separated_csv_is_named_not_taken_for_one_column(tmp_path):
     p = tmp_path / "train.csv"
     p.write_text("text;label\nlost my card;card\nreset pin;pin\n")
