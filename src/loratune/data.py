@@ -1068,26 +1068,56 @@ def data_seed_record(dataset: Any, train_seed: int) -> dict:
     return {DATA_SEED: seed} if seed is not None and seed != train_seed else {}
 
 
+# a tune study's meta: the training data its trials trained on ({rows, digest}: trained_on); tune --resume refuses
+# other training data (search/tune.py)
+TRAINED_ON = "trained_on"
+
+
+def _row_lines(split: Any) -> list[str]:
+    """A split's rows, one JSON line each, in order: texts and labels (a row's labels as a set: their order inside a
+    multi-label row is no other split); prompts and completions for causal-lm."""
+    rows = (((t, sorted(labs)) for t, labs in zip(split.texts, split.labels)) if hasattr(split, "texts") else
+            (([(t.role, t.content) for t in e.prompt], e.completion) for e in split.examples))
+    return [json.dumps(row, ensure_ascii=False) for row in rows]
+
+
+def _digest(lines: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode("utf-8") + b"\n")
+    return h.hexdigest()[:16]
+
+
 def validated_on(split: Any) -> dict:
     """What a run was validated on (recorded in run.json at train time): the validation split's row count and a short
     digest of its rows in order (texts and labels; prompts and completions for causal-lm), so a later re-read of the
     run's data (evaluate, tune --resume) can tell whether it is the same split: a carving, or the file, may differ."""
-    h = hashlib.sha256()
-    # a row's labels as a set (their order inside a multi-label row is no other split)
-    rows = (((t, sorted(labs)) for t, labs in zip(split.texts, split.labels)) if hasattr(split, "texts") else
-            (([(t.role, t.content) for t in e.prompt], e.completion) for e in split.examples))
-    for row in rows:
-        h.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
-    return {"rows": len(split), "digest": h.hexdigest()[:16]}
+    return {"rows": len(split), "digest": _digest(_row_lines(split))}
+
+
+def trained_on(dataset: Any) -> dict:
+    """What a tune study's trials train on (recorded in its meta as it begins): the train split's row count and a
+    digest of the training data as a set of rows (a train file shuffled is the same data). With validation carved
+    from train, the digest is of the rows it was carved from (train and validation together): another carving of the
+    same file is no other training data (validation_differs says that one)."""
+    lines = _row_lines(dataset.train)
+    if str(getattr(dataset.validation, "source", "")).endswith(CARVED):
+        lines += _row_lines(dataset.validation)
+    return {"rows": len(dataset.train), "digest": _digest(sorted(lines))}
 
 
 def validation_differs(recorded: Any, split: Any) -> str | None:
     """How `split` differs from the validation split a run (or study) recorded (validated_on), e.g. "(8 rows then,
     8 now, other rows or labels)"; None where it is the same, or where none was recorded (a run made before the digest
     existed: no claim either way)."""
+    return record_differs(recorded, validated_on(split))
+
+
+def record_differs(recorded: Any, now: dict) -> str | None:
+    """How the data record `now` (validated_on, trained_on) differs from the one recorded, in validation_differs's
+    words; None where it is the same or none was recorded."""
     if not isinstance(recorded, dict) or "digest" not in recorded:
         return None
-    now = validated_on(split)
     if now["digest"] == recorded["digest"]:
         return None
     return f"({recorded.get('rows')} rows then, {now['rows']} now, other rows or labels)"

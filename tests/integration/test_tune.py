@@ -624,6 +624,51 @@ def test_a_resume_notes_a_validation_split_other_than_the_studys(tiny_bert, inte
             "then, 4 now, other rows or labels): their scores and this session's are not comparable") in out, out
 
 
+def test_a_resume_on_other_training_data_is_refused_and_an_older_study_is_told_it_cannot_be_checked(
+        tiny_bert, intent_data, tmp_path, monkeypatch, capsys):
+    # the train file grew (48 -> 120 rows in the report) and --resume went on without a word: the study compared, and
+    # measured seed noise across, trials trained on two different training sets
+    import optuna
+
+    TRAINED_ON = "trained_on"  # (data.TRAINED_ON)
+    monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = (intent_data / "train.jsonl").read_text().splitlines(keepends=True)
+    (data / "train.jsonl").write_text("".join(lines))  # validation carved from train
+    study = tmp_path / "st"
+    assert main(_tune_args(tiny_bert, data, study, "--strategy", "random", "--budget", "1trials",
+                           "--trial-steps", "4")) == 0
+    db = f"sqlite:///{study / 'study.db'}"
+    meta = optuna.load_study(study_name="loratune", storage=db).user_attrs["loratune"]
+    capsys.readouterr()
+    (data / "train.jsonl").write_text("".join(lines + lines[:12]))  # 12 rows more
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "2trials", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    rows = 48 - meta["validated_on"]["rows"]  # train's rows, the carved validation split aside
+    assert meta[TRAINED_ON]["rows"] == rows
+    assert (f"the study in {study} trained its trials on other training data than this session reads ({rows} rows "
+            "then, ") in err
+    assert "the seed noise its replicates measure, would mix runs trained on two different training sets" in err
+    assert "start a new study on this data (another --study-dir)" in err and "Traceback" not in err
+    after = optuna.load_study(study_name="loratune", storage=db)
+    assert after.user_attrs["loratune"]["finished"] is True and len(after.trials) == 1  # left as it was
+    # the same rows shuffled carve another validation split (a note), and are the same training data
+    (data / "train.jsonl").write_text("".join(lines[1:] + lines[:1]))
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "2trials", "-q"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "different validation split" in out and "cannot be checked" not in out
+    # a study begun before the record: resumed, and told
+    older = optuna.load_study(study_name="loratune", storage=db)
+    older.set_user_attr("loratune", {k: v for k, v in older.user_attrs["loratune"].items() if k != TRAINED_ON})
+    (data / "train.jsonl").write_text("".join(lines + lines[:12]))
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "3trials", "-q"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (f"note: the study in {study} began before loratune recorded its training data: whether this session "
+            "trains on the same train split as its earlier trials cannot be checked") in out
+    assert TRAINED_ON not in optuna.load_study(study_name="loratune", storage=db).user_attrs["loratune"]
+
+
 def _one_lr_dim(monkeypatch, lrs):
     """tune's search space cut to one knob: the lr, one of `lrs`."""
     import loratune.search.space as space

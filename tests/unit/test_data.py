@@ -1580,6 +1580,29 @@ def test_the_validated_on_digest_reads_a_rows_labels_as_a_set(tmp_path):
     assert validated_on(a) == validated_on(b) != validated_on(c)
 
 
+def test_the_trained_on_digest_is_of_the_training_rows_as_a_set_a_carving_aside(tmp_path):
+    """tune --resume compares it (search/tune.py): the same train file shuffled, or another carving of it, is the same
+    training data; a row more or a label changed is not."""
+    from loratune.data import record_differs, trained_on
+
+    rows = make_rows(TRAIN)
+    write_rows(tmp_path / "train.jsonl", rows)
+    carved = load_dataset(DataConfig(dataset_name=str(tmp_path)))
+    assert carved.validation.source.endswith(" (carved)")
+    first = trained_on(carved)
+    assert first["rows"] == len(carved.train)
+    write_rows(tmp_path / "train.jsonl", rows[::-1])  # the same rows, another carving
+    again = load_dataset(DataConfig(dataset_name=str(tmp_path)))
+    assert again.validation.texts != carved.validation.texts and trained_on(again) == first
+    assert record_differs(first, trained_on(again)) is None
+    write_rows(tmp_path / "train.jsonl", rows + rows[:2])  # two rows more
+    grown = trained_on(load_dataset(DataConfig(dataset_name=str(tmp_path))))
+    assert record_differs(first, grown) == f"({first['rows']} rows then, {grown['rows']} now, other rows or labels)"
+    write_rows(tmp_path / "validation.jsonl", rows[:2])  # a validation file: train alone is the training data
+    given = load_dataset(DataConfig(dataset_name=str(tmp_path)))
+    assert trained_on(given)["rows"] == len(rows) + 2 != grown["rows"]
+
+
 def test_a_max_samples_cap_above_the_split_drew_nothing_with_the_seed(tmp_path):
     """seed_drew named 'the max_eval_samples subset' for a cap of 1000 over a 20-row validation file, so an api verb
     refused a dataset read with another seed though no row was drawn."""

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, fields as dc_fields, replace as dc_rep
 from pathlib import Path
 from typing import Any
 
-from loratune.data import VALIDATED_ON, prepared_apart, validated_on, validation_differs
+from loratune.data import (TRAINED_ON, VALIDATED_ON, prepared_apart, record_differs, trained_on, validated_on,
+                            validation_differs)
 from loratune.errors import UserError, finite_number
 from loratune.search.budget import Budget, Cost, CostModel, Meter, format_amount
 from loratune.search.context import UI, SearchContext
@@ -151,6 +152,28 @@ def _checked_data(cfg, dataset):
     return dataset
 
 
+def _refuse_other_training_data(study_dir: Path, study, dataset, ui: UI) -> None:
+    """A resume on other training data than the study's trials trained on (TRAINED_ON: rows added, removed or
+    relabelled) is refused: its plan (a trial's length in epochs of that train split) and its phase-0 assessment were
+    made on the study's data, and its comparisons, and the seed noise its replicates measure, would mix trials trained
+    on two sets, with the later ones looking better for the data alone. A different validation split alone is a note
+    (validation_differs, below): another carving of the same rows cannot be undone by the user, and trains on the same
+    data. A study begun before the record existed resumes, and is told this cannot be checked."""
+    recorded = study.meta.get(TRAINED_ON)
+    if recorded is None:
+        if study.records():
+            ui.note(f"note: the study in {study_dir} began before loratune recorded its training data: whether this "
+                    "session trains on the same train split as its earlier trials cannot be checked")
+        return
+    how = record_differs(recorded, trained_on(dataset))
+    if how:
+        raise UserError(f"the study in {study_dir} trained its trials on other training data than this session reads "
+                        f"{how}: resumed, its comparisons of trials, and the seed noise its replicates measure, would "
+                        "mix runs trained on two different training sets",
+                        "resume it with the data it was run on, or start a new study on this data (another "
+                        "--study-dir)")
+
+
 def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: list) -> dict:
     from loratune.config import to_yaml
     from loratune.model_info import check_max_length
@@ -255,6 +278,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     budget = Budget.parse(options.budget)
     if options.resume:  # (a new study's data was checked before the study was made)
         dataset = _checked_data(cfg, dataset)
+        _refuse_other_training_data(study_dir, study, dataset, ui)
     how = validation_differs(study.meta.get(VALIDATED_ON), dataset.validation)
     if how:  # a carving (or the file) changed since the study began: its trials' scores mix two splits
         ui.note(f"note: this session validates on a different validation split than the study's earlier trials {how}"
@@ -262,6 +286,8 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
                 "rows the earlier trials trained on")
     elif not study.records() and VALIDATED_ON not in study.meta:  # an older study, resumed, gets no record (no claim)
         study.set_meta(**{VALIDATED_ON: validated_on(dataset.validation)})
+    if not study.records() and TRAINED_ON not in study.meta:  # (likewise)
+        study.set_meta(**{TRAINED_ON: trained_on(dataset)})
     prior_eps, prior_overhead_s = PLAN_PRIORS[cfg.model.task]
     options = dc_replace(options, examples_per_s=options.examples_per_s or prior_eps)
 
