@@ -26,6 +26,12 @@ CONFUSION = "confusion.json"
 ADAPTER = "adapter"
 DEFAULT_STUDY_DIR = "runs/tune"  # where a tune study lives when no --study-dir is given
 TRIALS = "trials"  # a tune study's trial run directories (<study>/trials/<n>-<name>/): RunStore reads its final/
+STUDY_DB = "study.db"  # a tune study's default Optuna storage, <study_dir>/study.db (search.study)
+DECISIONS = "decisions.jsonl"  # a tune study's decision log
+FINAL = "final"  # a tune study's export of its pick (adapter, config, study.json)
+# what says a folder holds a tune study: a run's output_dir there is refused (check_output_dir), and `show` / `report`
+# read the folder as a study (report.model.is_study_dir)
+STUDY_MARKERS = (STUDY_DB, DECISIONS, TRIALS, f"{FINAL}/study.json")
 # what a saved model's folder holds its weights in: peft's adapter, or a fully fine-tuned model (sharded or not)
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -366,9 +372,12 @@ def check_name_length(path: str | Path, name: str, fix: str, last: str = "folder
                         f"take at most {NAME_MAX}", fix)
 
 
-def check_output_dir(path: Path, name: str = "output_dir", example: str = "output_dir=runs/latest") -> None:
-    """An output folder that could not be written: a file, an unwritable directory (or parent). `name` and
-    `example`: how the user gave it (`output_dir`, or tune's `--study-dir`), so the message names their option."""
+def check_output_dir(path: Path, name: str = "output_dir", example: str = "output_dir=runs/latest",
+                     study: bool = False) -> None:
+    """An output folder that could not be written: a file, an unwritable directory (or parent), or one that holds the
+    other kind of record: a tune study where a run goes, a run where a study goes (`study`), each read as the other
+    by `show` and `report` once they were mixed. `name` and `example`: how the user gave it (`output_dir`, or tune's
+    `--study-dir`), so the message names their option."""
     if str(path).strip() in ("", "."):  # '' is the current folder: a run would write over whatever lies there
         raise UserError(f"{name} is empty" if not str(path).strip() else f"{name} '.' is the current folder",
                         f"give the run a folder of its own, e.g. {example}")
@@ -377,6 +386,8 @@ def check_output_dir(path: Path, name: str = "output_dir", example: str = "outpu
     if path.exists() and not path.is_dir():
         raise UserError(f"{name} '{path}' is a file, not a directory",
                         f"give a directory path (it is created if missing), e.g. {example}")
+    if path.is_dir():
+        _refuse_other_record(path, name, example, study)
     probe = path
     while not probe.exists():
         if probe.parent == probe:
@@ -431,6 +442,25 @@ def _config_of_run(path: Path, record: dict | None, clearing: list[Path]) -> boo
     except (OSError, ValueError, yaml.YAMLError):
         return False
     return config is not None and json_safe(config) == record.get("config")
+
+
+def _refuse_other_record(path: Path, name: str, example: str, study: bool) -> None:
+    """A run's output_dir that holds a tune study (STUDY_MARKERS), or a --study-dir that holds a run (a loratune
+    run.json, history.jsonl): refused, as the two records mixed in one folder each pass for the other."""
+    if study:
+        marks = [n for n in (RUN, HISTORY) if (n == RUN and run_record(path / RUN) is not None)
+                 or (n == HISTORY and (path / HISTORY).is_file())]
+        if marks:
+            raise UserError(f"{name} '{path}' holds a run ({', '.join(marks)}), not a tune study: the study's files "
+                            "would be mixed with the run's, and `loratune show` / `report` would read the folder as "
+                            "one or the other", f"give the study a folder of its own, e.g. {example}")
+        return
+    marks = [n for n in STUDY_MARKERS if (path / n).exists()]
+    if marks:
+        raise UserError(f"{name} '{path}' holds a tune study ({', '.join(marks)}): a run there would mix its files "
+                        "with the study's, and `loratune show` / `report` would read the folder as one or the other",
+                        f"give the run a folder of its own, e.g. {example}; a study's trials are runs of their own, "
+                        f"under {path / TRIALS}")
 
 
 def _stale_outputs(path: Path) -> list[str]:
@@ -559,7 +589,6 @@ def replace_saved_model(folder: Path, write: Callable[[Path], None] | None) -> N
         shutil.rmtree(new, ignore_errors=True)  # what was not swapped in, or (after an exchange) the old model
 
 
-STUDY_DB = "study.db"  # a tune study's default Optuna storage, <study_dir>/study.db (search.study)
 STUDY_META_ATTR = "loratune"  # the study's user attribute holding its setup (search.study.Study.meta)
 TRIAL_RUN_DIR_ATTR = "run_dir"  # a trial's user attribute holding its run folder (search.study: <study>/trials/<name>)
 # how long a read of a study's study.db waits for a writer (a running tune) to let go: sqlite3's own default
@@ -697,7 +726,7 @@ class RunStore:
             return []
         # the earlier run.json goes first (a kill -9 before the new one is written leaves no record, never the earlier
         # run's `completed` one over its removed model and history), history.jsonl last: until then it still says the
-        # outputs left are a run's, and the hidden folder they go into says so after (run.json is first in STALE_OUTPUTS)
+        # outputs left are a run's, and the hidden folder they go into says so after (run.json: first in STALE_OUTPUTS)
         stale = [n for n in stale if n != HISTORY] + [n for n in stale if n == HISTORY]
         trash = Path(tempfile.mkdtemp(dir=self.path, prefix=EARLIER_TMP[0], suffix=EARLIER_TMP[1]))
         moved: list[str] = []

@@ -73,3 +73,36 @@ def test_the_config_an_earlier_run_wrote_is_replaced_with_the_note_and_a_hand_ed
             "by hand?)") in err
     assert (run / "config.yaml").read_text() == edited
     assert json.loads((run / "run.json").read_text())["config"]["train"]["seed"] == 7  # the earlier run kept whole
+
+
+def test_a_run_into_a_tune_study_and_a_study_onto_a_run_are_refused(tiny_bert, intent_data, trained, tmp_path,
+                                                                    capsys):
+    # both were accepted without a word: the run's files went beside study.db (show/report then read the folder as
+    # the study), the study's beside a run's record (read as the run)
+    from loratune.search.study import Study, optuna_quiet
+
+    study = tmp_path / "study"
+    with optuna_quiet():  # (optuna's INFO line, to a handler an earlier test's capture may have closed)
+        Study.open(study, meta={"strategy": "random"}).close()
+    (study / "decisions.jsonl").write_text("")
+    before = sorted(p.name for p in study.iterdir())
+    capsys.readouterr()
+    for dry in ([], ["--dry-run"]):
+        assert main(["train", "-q", *dry, *overrides(tiny_bert, intent_data, study)]) == 2
+        err = flat(capsys.readouterr().err)
+        assert (f"output_dir '{study}' holds a tune study (study.db, decisions.jsonl): a run there would mix its "
+                "files with the study's") in err, err
+        assert "give the run a folder of its own, e.g. output_dir=runs/latest" in err and "Traceback" not in err
+        assert sorted(p.name for p in study.iterdir()) == before
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    kept = sorted(p.name for p in run.iterdir())
+    ov = [o for o in overrides(tiny_bert, intent_data, tmp_path / "unused", num_threads=1)
+          if not o.startswith("output_dir=")]
+    for resume in ([], ["--resume"]):
+        assert main(["tune", *ov, "--study-dir", str(run), "-q", "--budget", "1trials", "--trial-steps", "3",
+                     *resume]) == 2
+        err = flat(capsys.readouterr().err)
+        assert f"--study-dir '{run}' holds a run (run.json, history.jsonl), not a tune study" in err, err
+        assert "give the study a folder of its own, e.g. --study-dir runs/tune" in err and "Traceback" not in err
+        assert sorted(p.name for p in run.iterdir()) == kept  # no study.db, no lock

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 from loratune.errors import UserError
 from loratune.features import tail_head_split
 from loratune.rules import THRESHOLDS
-from loratune.store import STUDY_DB
+from loratune.store import STUDY_MARKERS
 
 # ---------------------------------------------------------------------------------------------
 # Records
@@ -1096,7 +1096,7 @@ def with_examples(report: RunReport, examples: Mapping[tuple[str, str], Sequence
 
 def is_study_dir(path: str | Path) -> bool:
     p = Path(path)
-    return p.is_dir() and any((p / n).exists() for n in (STUDY_DB, "decisions.jsonl", "trials", "final/study.json"))
+    return p.is_dir() and any((p / n).exists() for n in STUDY_MARKERS)
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -47,9 +47,10 @@ from loratune import signals
 from loratune.objectives import MACRO_F1, objective
 from loratune.errors import UserError, disk_full
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
-# (TRIALS, in_study: the study layout store reads a final/ folder by, defined there)
-from loratune.store import STUDY_DB, STUDY_META_ATTR, TRIAL_RUN_DIR_ATTR, TRIALS, in_study, read_json, \
-    write_json
+# (the study layout, defined in store: it reads a final/ folder by it (TRIALS, in_study) and tells a study's folder
+# from a run's (STUDY_MARKERS))
+from loratune.store import DECISIONS, FINAL, STUDY_DB, STUDY_META_ATTR, TRIAL_RUN_DIR_ATTR, TRIALS, in_study, \
+    read_json, write_json
 
 @contextlib.contextmanager
 def optuna_quiet():
@@ -66,10 +67,8 @@ def optuna_quiet():
         optuna.logging.set_verbosity(before)
 
 
-DECISIONS = "decisions.jsonl"
 OVERHEADS = "overheads"  # the study's user attr: each session's overhead charges (save_overheads)
 SUPERSEDED = "decisions.superseded.jsonl"  # an earlier session's decisions that a resumed one took otherwise
-FINAL = "final"
 ASSESS = "assess.json"
 DEFAULT_STUDY_NAME = "loratune"
 STUDY_LOCK = "study.lock"
@@ -397,7 +396,7 @@ class Study:
         from loratune.store import RunLock, check_output_dir
 
         study_dir = Path(study_dir)
-        check_output_dir(study_dir, "--study-dir", "--study-dir runs/tune")
+        check_output_dir(study_dir, "--study-dir", "--study-dir runs/tune", study=True)
         url = storage or sqlite_url(study_dir / STUDY_DB)
         # what a refused call made goes again: `--resume` of a missing study left a study.db that `loratune show`
         # read as an unfinished study of 0 trials. Only the folders it made and the default study.db that the lock
