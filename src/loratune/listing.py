@@ -7,11 +7,23 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import unicodedata
 
 # what ends a line for line tools (`wc -l`, `cut`, `paste`) and Python's splitlines, or sends the cursor back over it:
 # written as its escape in a text printed as one line of a listing (the other control characters: printable)
 LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def shell_path(path) -> str:
+    """A path as one word of a command printed to paste into a shell (`next: loratune diagnose RUN`, a fix's
+    `--study-dir DIR`): quoted where the shell would split or expand it, and one starting with '-' written as ./-x,
+    which the command would otherwise take for an option (`loratune diagnose -dash`: "unrecognized arguments"). A
+    leading ~/ stays outside the quotes, where the shell expands it (loratune expands it too)."""
+    text = str(path)
+    if text.startswith("~/"):
+        return "~/" + shlex.quote(text[2:])
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
 def one_line(text) -> str:

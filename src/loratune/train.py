@@ -48,7 +48,7 @@ from loratune.rules import THRESHOLDS
 from loratune.eval_extras import EvalExtras
 from loratune.slices import probe_label_note
 from loratune.heads import head_modules
-from loratune.listing import LABEL_JOIN, code_span, label_text
+from loratune.listing import LABEL_JOIN, code_span, label_text, shell_path
 from loratune.losses import LossSpec, compute_loss, loss_spec
 from loratune.metrics import (Decoding, crossfit_thresholds, decode, multi_label_scores, sigmoid,
                               single_label_scores, tune_thresholds)
@@ -1496,6 +1496,7 @@ def model_card(cfg: RunConfig, space: LabelSpace, is_adapter: bool, pick: CardPi
             "`truncation=True`: the tokenizer and a pipeline cut longer texts there, as `loratune predict` does)\n"
             "- label order: `label_map.json` (logit i is `labels[i]`)\n"
             + card_record(*RECORD_FILES, pick) +
-            f"\n## Use\n\n```bash\nloratune predict {pick.run_dir if pick else 'RUN_DIR'} \"some text\"\n```\n\n"
+            f"\n## Use\n\n```bash\nloratune predict {shell_path(pick.run_dir) if pick else 'RUN_DIR'} "
+            "\"some text\"\n```\n\n"
             f"Without loratune:\n\n```python\n{load}\n```\n{auto}")
 

@@ -144,3 +144,18 @@ def test_an_error_names_a_path_with_no_control_character_raw(tmp_path, capsys):
     assert main(["show", str(tmp_path / f"nope{ESC}")]) == 2
     err = capsys.readouterr().err
     assert "\x1b" not in err and "nope\\x1b[2J" in err, err
+
+
+def test_the_next_steps_of_a_run_whose_output_dir_starts_with_a_dash_can_be_run(tiny_bert, intent_data, tmp_path,
+                                                                                 monkeypatch, capsys):
+    # `next: loratune diagnose -dash` was no command: diagnose took the path for an option (unrecognized arguments)
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in overrides(tiny_bert, intent_data, tmp_path, max_steps=4) if not a.startswith("output_dir=")]
+    assert main(["train", "-q", *args, "output_dir=-dash"]) == 0
+    out = capsys.readouterr().out
+    assert "loratune diagnose ./-dash" in out and "loratune report ./-dash" in out
+    line = next(x for x in out.splitlines() if "loratune diagnose" in x)
+    cmd = shlex.split(line.strip().split("  ")[0])  # the command as printed, before its description
+    assert cmd[:2] == ["loratune", "diagnose"] and main(cmd[1:]) == 0

@@ -84,3 +84,16 @@ def test_assess_names_a_label_set_by_the_label_rule_and_no_label_as_no_label(lab
     from loratune.assess.profile import _label_key
 
     assert _label_key(labels) == key  # (the code before: '"(none)"' printed for no label, raw labels inside a set)
+
+
+@pytest.mark.parametrize("path,word", [("runs/a", "runs/a"), ("-dash", "./-dash"), ("--x y", "'./--x y'"),
+                                       ("my run", "'my run'"), ("~/s", "~/s"), ("~/my run", "~/'my run'"),
+                                       ("/abs/-x", "/abs/-x")])
+def test_a_path_in_a_printed_command_is_one_word_the_command_takes_for_a_path(path, word):
+    # `next: loratune diagnose -dash` was not runnable: the command took the path for an option
+    import shlex
+
+    from loratune.listing import shell_path
+
+    assert shell_path(path) == word
+    assert len(shlex.split(f"loratune diagnose {shell_path(path)}")) == 3

@@ -93,9 +93,10 @@ def _inputs(args) -> tuple[str, dict[str, str]]:
     import shlex
 
     from loratune.config import resolve_key
+    from loratune.listing import shell_path
 
-    head = " ".join(x for x in ((f"-c {shlex.quote(args.config)}" if args.config else ""),
-                                (f"--data {shlex.quote(args.data)}" if getattr(args, "data", None) else "")) if x)
+    head = " ".join(x for x in ((f"-c {shell_path(args.config)}" if args.config else ""),
+                                (f"--data {shell_path(args.data)}" if getattr(args, "data", None) else "")) if x)
     given: dict[str, str] = {}
     for item in args.overrides or ():
         key, _, _ = item.partition("=")

@@ -161,12 +161,12 @@ def print_next_steps(out, run_dir: str, status: str | None = None) -> None:
     """The first hour: the verdict of the run's curves and the commands that come next. `status`: the run's recorded
     status, so a `diverged` verdict of the diagnosis (its own rule, over the whole curve) on a run training's guard
     let finish says so instead of contradicting the record."""
-    import shlex
     from pathlib import Path
 
     from rich.markup import escape
 
     from loratune.diagnose import diagnose
+    from loratune.listing import shell_path
     from loratune.store import GENERATIONS, LABEL_MAP, RunStore
     from loratune.train import DIVERGENCE_RULE
 
@@ -187,7 +187,7 @@ def print_next_steps(out, run_dir: str, status: str | None = None) -> None:
     for f in others:
         out.print(f"  also: [bold]{escape(f.rule_id)}[/] ({escape(f.knob_class)}): {escape(_verdict_text(f))}"
                   + (f"; next move: {escape(', '.join(f.moves))}" if f.moves else ""))
-    run = shlex.quote(str(run_dir))
+    run = shell_path(run_dir)
     generated = (Path(run_dir) / GENERATIONS).is_file()  # a causal LM with a prompt set
     steps = [(f"loratune diagnose {run}", "the verdict's evidence and the next knob move"),
              (f"loratune report {run}", "one HTML page: curves, " + (

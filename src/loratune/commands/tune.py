@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
 import time
 
 from loratune.objectives import objective, pick_test_score
 from loratune.commands._common import add_config_args, add_thresholds_arg, console, load_cfg, safe
+from loratune.listing import shell_path
 from loratune.store import DEFAULT_STUDY_DIR
 
 
@@ -152,7 +152,7 @@ def _kept_after_interrupt(args) -> str:
     if args.storage is None and not (study_folder(args.study_dir) / STUDY_DB).exists():
         return (f"stopped before the study was made; nothing was kept in {args.study_dir}: start it again with the "
                 "same command")
-    return f"finished trials are kept; continue with `loratune tune --resume --study-dir {args.study_dir}`"
+    return f"finished trials are kept; continue with `loratune tune --resume --study-dir {shell_path(args.study_dir)}`"
 
 
 def _refuse_launcher() -> None:
@@ -222,7 +222,7 @@ def _refuse_output_dir(args, resolve_key) -> None:
             console(stderr=True).print(f"[yellow]note:[/] {safe(said)}")
             continue
         wanted = value.strip()
-        named_dir = shlex.quote(wanted) if wanted and wanted.lower() not in ("null", "none", "~") else "DIR"
+        named_dir = shell_path(wanted) if wanted and wanted.lower() not in ("null", "none", "~") else "DIR"
         raise UserError(said, f"give --study-dir {named_dir} instead of {key.strip()}=")
 
 

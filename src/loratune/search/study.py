@@ -393,6 +393,7 @@ class Study:
         for as long as they use the study (`optuna_quiet`: tune, the worker)."""
         import optuna
 
+        from loratune.listing import shell_path
         from loratune.store import RunLock, check_output_dir
 
         study_dir = Path(study_dir)
@@ -411,7 +412,7 @@ class Study:
             lock = RunLock(study_dir, STUDY_LOCK, busy=(
                 f"another `loratune tune` ({{holder}}) is running the study in {study_dir}",
                 "wait for it to finish or stop it (Ctrl-C / kill), then `loratune tune --resume`; to add a worker "
-                f"to it: `loratune tune --worker --study-dir {study_dir}`"))
+                f"to it: `loratune tune --worker --study-dir {shell_path(study_dir)}`"))
             lock.acquire()
         study = None
         try:
