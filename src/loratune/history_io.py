@@ -24,8 +24,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from loratune.errors import UserError
 from loratune.features import IMPROVE_MIN_REL, TRAIN_LOG_SPLIT, is_eval_point
-from loratune.store import (CONFIG_TEXT, HISTORY, RECORD_TEXT, RUN, STATUS_TEXT, TB_TEXT_SUFFIX, TENSORBOARD_DIR,
-                            RunStore, check_name_length, read_history_lines, unfenced)
+from loratune.store import (CALLBACK_RECORD_SOURCE, CONFIG_TEXT, HISTORY, RECORD_TEXT, RUN, STATUS_TEXT,
+                            TB_TEXT_SUFFIX, TENSORBOARD_DIR, RunStore, check_name_length, is_callback_record,
+                            read_history_lines, unfenced)
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,6 @@ NOTEBOOK_TABLE = re.compile(r"^(?P<file>.+\.ipynb)#(?P<table>-?\d+)$", re.IGNORE
 
 
 CALLBACK_RECORD_DIR = "loratune"  # where LoratuneCallback writes its record inside a Trainer's output_dir
-# run.json `source` of LoratuneCallback's record, and the source its RunHistory reads as (a Trainer run, recorded live)
-CALLBACK_RECORD_SOURCE = "hf-trainer callback"
 # how a Trainer log's reading says it has no end entry (a partial run); the callback's record leaves it out
 PARTIAL_LOG_NOTE = "the log has no end-of-training entry (train_runtime): the run was still going or died"
 
@@ -286,9 +285,6 @@ def run_folder_facts(d: Path) -> dict[str, Fact]:
                                    "adapter/adapter_config.json")}
 
 
-def is_callback_record(meta: Mapping[str, Any]) -> bool:
-    """Whether a run.json is LoratuneCallback's record of a Trainer run (not a `loratune train` run's)."""
-    return str(meta.get("source") or "").startswith(CALLBACK_RECORD_SOURCE)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,6 +60,8 @@ RUN_MARKERS = (RUN, HISTORY)
 # a run.json is a loratune run's record when it is a JSON object with a `status` and whose `versions` name loratune
 # (train.versions: every record has carried both since the first one, as it starts)
 RUN_RECORD_VERSION_KEY = "loratune"
+# run.json `source` of LoratuneCallback's record, and the source its RunHistory reads as (a Trainer run, recorded live)
+CALLBACK_RECORD_SOURCE = "hf-trainer callback"
 # the hidden folder RunStore.create moves an earlier run's outputs into before removing them; one left by a process
 # killed mid-clearing says the outputs still beside it were a run's too (its markers may already be in it), and goes
 # when the next run starts
@@ -412,8 +414,14 @@ def check_output_dir(path: Path, name: str = "output_dir", example: str = "outpu
                             f"give a {name} on a writable disk, e.g. {example}") from None
 
 
+def is_callback_record(meta: Any) -> bool:
+    """Whether a run.json is LoratuneCallback's record of a Trainer run (not a `loratune train` run's)."""
+    return isinstance(meta, dict) and str(meta.get("source") or "").startswith(CALLBACK_RECORD_SOURCE)
+
+
 def run_record(path: str | Path) -> dict | None:
-    """The run.json at `path` when it is a loratune run's record (RUN_RECORD_VERSION_KEY), else None: missing, no
+    """The run.json at `path` when it is a loratune run's record (RUN_RECORD_VERSION_KEY, or LoratuneCallback's record
+    of a Trainer run, which keeps no versions), else None: missing, no
     regular file, no JSON, or another JSON of that name (a user's `{"mine": 1}`). The one place that decides whether a
     run.json is loratune's, so that a new run replaces only what a run wrote."""
     p = Path(path)
@@ -423,20 +431,31 @@ def run_record(path: str | Path) -> dict | None:
         run = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # unreadable, no UTF-8, no JSON
         return None
-    versions = run.get("versions") if isinstance(run, dict) else None
-    ours = isinstance(versions, dict) and RUN_RECORD_VERSION_KEY in versions and isinstance(run.get("status"), str)
+    if not isinstance(run, dict) or not isinstance(run.get("status"), str):
+        return None
+    versions = run.get("versions")
+    ours = (isinstance(versions, dict) and RUN_RECORD_VERSION_KEY in versions) or is_callback_record(run)
     return run if ours else None
 
 
-def _config_of_run(path: Path, record: dict | None, clearing: list[Path]) -> bool:
+def _killed_before_record(path: Path, lock_left: bool | None = None) -> bool:
+    """A run killed (SIGKILL, OOM, power) between writing its config.yaml and its first run.json: the run.lock it
+    took is there, no run.json (create takes the lock, then writes config.yaml; a live holder's lock refuses the new
+    run in create, whatever this says). `lock_left`: whether the lock was there before this process took its own."""
+    lock = (path / LOCK).is_file() if lock_left is None else lock_left
+    return lock and not (path / RUN).exists()
+
+
+def _config_of_run(path: Path, record: dict | None, clearing: list[Path], lock_left: bool | None = None) -> bool:
     """Whether `path`/config.yaml is the one a loratune run wrote: the dump of the config its run.json records (a
     config.yaml written or edited by hand, comments and anchors included, reads as another mapping), or, with the
     record already moved out by a run killed mid-clearing (`clearing`), the one it left. (A run whose first run.json
     fails removes the config.yaml it wrote: RunStore.drop_unrecorded_config.)"""
     import yaml
 
-    if record is None:
-        return bool(clearing) and not (path / RUN).exists() and (path / CONFIG).is_file()
+    if record is None:  # a run killed mid-clearing, or before its first run.json, left this config.yaml
+        left = bool(clearing) or _killed_before_record(path, lock_left)
+        return left and not (path / RUN).exists() and (path / CONFIG).is_file()
     try:
         config = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8")) if (path / CONFIG).is_file() else None
     except (OSError, ValueError, yaml.YAMLError):
@@ -463,7 +482,7 @@ def _refuse_other_record(path: Path, name: str, example: str, study: bool) -> No
                         f"under {path / TRIALS}")
 
 
-def _stale_outputs(path: Path) -> list[str]:
+def _stale_outputs(path: Path, lock_left: bool | None = None) -> list[str]:
     """The earlier run's outputs in `path` that a new run removes (STALE_OUTPUTS present). Only a loratune run's
     (RUN_MARKERS there): files of those names in a folder no run wrote (a user's own adapter/ or report.html) are
     refused, never deleted, as a name alone said nothing of whose they were; so are a run.json that is no loratune
@@ -473,7 +492,7 @@ def _stale_outputs(path: Path) -> list[str]:
         return present
     record, clearing = run_record(path / RUN), _clearing_left(path)
     theirs = [n for n in (RUN, CONFIG) if n in present
-              and not (record is not None if n == RUN else _config_of_run(path, record, clearing))]
+              and not (record is not None if n == RUN else _config_of_run(path, record, clearing, lock_left))]
     if theirs:
         said = {RUN: f"a {RUN} that is no loratune run's record",
                 CONFIG: f"a {CONFIG} that no loratune run wrote ("
@@ -483,7 +502,8 @@ def _stale_outputs(path: Path) -> list[str]:
                         f"replace {'them' if len(theirs) > 1 else 'it'}",
                         f"give another output_dir (a new or empty folder, e.g. output_dir={path / 'run'}), or move "
                         f"{'those files' if len(theirs) > 1 else 'it'} out of it")
-    if record is None and not (path / HISTORY).exists() and not clearing:
+    killed = _killed_before_record(path, lock_left)
+    if record is None and not (path / HISTORY).exists() and not clearing and not killed:
         raise UserError(f"output_dir '{path}' holds {', '.join(present)} but no loratune run "
                         f"({' or '.join(RUN_MARKERS)}): a run there would delete {'them' if len(present) > 1 else 'it'}",
                         "give another output_dir (a new or empty folder), or move those files out of it")
@@ -691,10 +711,11 @@ class RunStore:
         except OSError as exc:  # (what the check could not foresee: a folder gone or made read-only since)
             raise UserError(f"output_dir '{self.path}' cannot be created ({exc.strerror or exc})",
                             "give an output_dir on a writable disk, e.g. output_dir=runs/latest") from None
+        lock_left = (self.path / LOCK).is_file()  # an earlier run's (one killed before its first run.json: its own)
         self._lock = RunLock(self.path)
         self._lock.acquire()
         try:
-            self.cleared = self._clear_earlier_run()  # (kept for what a failed write of config.yaml says)
+            self.cleared = self._clear_earlier_run(lock_left)  # (kept for what a failed write of config.yaml says)
         except UserError:
             self.close()
             raise
@@ -707,7 +728,7 @@ class RunStore:
         if not (self.path / RUN).exists():
             (self.path / CONFIG).unlink(missing_ok=True)
 
-    def _clear_earlier_run(self) -> list[str]:
+    def _clear_earlier_run(self, lock_left: bool = False) -> list[str]:
         """A fresh run in a reused directory starts a fresh history, and an earlier run's outputs or model may not pass
         as this one's (nor its TensorBoard events, which would read as this run's when this one logs none). All of them
         or none: each is first moved into one hidden folder (a rename, undone if a later one fails), so an earlier run
@@ -719,7 +740,7 @@ class RunStore:
         # what a run killed mid-clearing moved out: removed with this clearing, after _stale_outputs has seen it (it
         # is what says the outputs it left beside it were a run's)
         left_trash = _clearing_left(self.path)
-        stale = _stale_outputs(self.path)
+        stale = _stale_outputs(self.path, lock_left)
         if not stale:
             for left in left_trash:
                 shutil.rmtree(left, ignore_errors=True)

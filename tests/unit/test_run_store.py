@@ -279,7 +279,10 @@ def test_a_tune_studys_final_folder_is_refused_naming_the_missing_file_and_the_p
 
 @pytest.mark.parametrize("text,ours", [(run_record("completed"), True), ('{"mine": 1}\n', False),
                                        ('{"status": "completed"}\n', False), ("[1, 2]\n", False),
-                                       ('{"status": "completed", "versions": {"loratune": "0.1.0"', False)])
+                                       ('{"status": "completed", "versions": {"loratune": "0.1.0"', False),
+                                       # LoratuneCallback's record of a Trainer run keeps no versions (review: a rerun
+                                       # into <output_dir>/loratune was refused as 'no loratune run's record')
+                                       ('{"status": "completed", "source": "hf-trainer callback"}\n', True)])
 def test_a_run_json_is_a_loratune_runs_record_by_its_shape(tmp_path, text, ours):
     # any run.json passed for a loratune run's, so what beside it had a run's name (adapter/) was deleted with it
     from loratune.store import run_record as record_of
@@ -297,3 +300,23 @@ def test_a_run_json_is_a_loratune_runs_record_by_its_shape(tmp_path, text, ours)
     assert (tmp_path / RUN).read_text() == text and (tmp_path / ADAPTER).is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == [ADAPTER, RUN]
 
+
+
+def test_a_run_killed_between_its_config_and_its_first_record_leaves_a_folder_a_rerun_takes(tmp_path):
+    """A SIGKILL between create's config.yaml and the first run.json left config.yaml and a dead run.lock: the next run
+    was refused ('a config.yaml that no loratune run wrote (no loratune run.json beside it)'), the user left to delete
+    it by hand. The lock a run takes before its config.yaml says whose it is; a hand-written config.yaml alone is still
+    refused."""
+    from loratune.store import CONFIG, LOCK
+
+    (tmp_path / CONFIG).write_text("seed: 1\n")
+    (tmp_path / LOCK).write_text("")
+    assert RunStore(tmp_path).create("seed: 2\n") == [CONFIG]
+    assert (tmp_path / CONFIG).read_text() == "seed: 2\n"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / CONFIG).write_text("# my settings\nseed: 1\n")
+    with pytest.raises(UserError) as info:
+        RunStore(mine).create("seed: 2\n")
+    assert "a config.yaml that no loratune run wrote (no loratune run.json beside it)" in info.value.problem
+    assert (mine / CONFIG).read_text() == "# my settings\nseed: 1\n"
