@@ -86,8 +86,15 @@ def _max_length(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int | None:
     p99 = f.get("token_p99")
     if p99 is None:
         return None
-    cap = f.get("model_max_positions") or MAX_LENGTH_CAP_UNKNOWN
-    return int(min(max(16, round_up(p99, 8)), cap))
+    return int(min(max(16, round_up(p99, 8)), max_length_cap(f)))
+
+
+def max_length_cap(f: Mapping[str, Any]) -> int:
+    """The longest max_length the model takes: its positions less the tokens a causal-lm run generates after a prompt
+    (generated_tokens: model_info.check_max_length's rule, which train applies; OPT's 32 positions with a 3-token
+    label took max_length 29, not the 32 assess proposed), or MAX_LENGTH_CAP_UNKNOWN where the positions are unknown."""
+    positions = f.get("model_max_positions")
+    return positions - (f.get("generated_tokens") or 0) if positions else MAX_LENGTH_CAP_UNKNOWN
 
 
 def max_length_cap_note(f: Mapping[str, Any]) -> str:
@@ -97,8 +104,9 @@ def max_length_cap_note(f: Mapping[str, Any]) -> str:
     p99 = f.get("token_p99")
     if p99 is None or _max_length(f, {}) >= max(16, round_up(p99, 8)):
         return ""
-    known = f.get("model_max_positions")
-    return (f", capped at the model's {known} positions" if known else
+    known, new = f.get("model_max_positions"), f.get("generated_tokens") or 0
+    return ((f", capped at the model's {known} positions" + (f" less the {new} tokens generated after a prompt"
+                                                               if new else "")) if known else
             f", capped at {MAX_LENGTH_CAP_UNKNOWN} (the model's positions unknown)")
 
 
@@ -187,8 +195,8 @@ START_RULES: tuple[StartRule, ...] = (
                       _batch, uses=("train_rows",)),
               "{train_rows} training rows: batch {value} (small data: smaller batches give more steps)"),
     StartRule("start-max-length-p99", "model.max_length",
-              Derived("token p99 of train rounded up to a multiple of 8, within [16, model max positions]",
-                      _max_length, uses=("token_p99", "model_max_positions")),
+              Derived("token p99 of train rounded up to a multiple of 8, within [16, model max positions - generated "
+                      "tokens]", _max_length, uses=("token_p99", "model_max_positions", "generated_tokens")),
               "99% of training texts fit in {token_p99_ceil} tokens (max {token_max}): max_length={value}"
               "{max_length_cap}"),
     StartRule("ceiling-rank", "ceiling.r", Derived(

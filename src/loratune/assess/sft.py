@@ -44,7 +44,7 @@ SHORT_COMPLETION_TOKENS = 2  # a median completion this short is a label, not an
 
 def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
     """The named numbers the start rules read, from the rendered training rows."""
-    from loratune.model_info import describe_model
+    from loratune.model_info import describe_model, generated_tokens
     from loratune.sft_data import Renderer, encode_sft
 
     renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
@@ -61,6 +61,8 @@ def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
         "truncated_share_at_max_length": float(np.mean(lengths > cfg.model.max_length)),
         "model_layers": info.num_layers if info else None, "model_hidden": info.hidden_size if info else None,
         "model_max_positions": info.max_positions if info else None,
+        # what check_max_length adds to max_length: start-max-length-p99 caps at the positions less it
+        "generated_tokens": max((n for n, _ in generated_tokens(cfg, dataset).values()), default=0),
         "template": renderer.mode,
     }
     return facts

@@ -1,0 +1,84 @@
+"""Phase 0 of task causal-lm (assess.sft): what `loratune assess task=causal-lm` proposes must be what `train` takes,
+on tiny word-level models saved to tmp (sft_support), in seconds."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from loratune import cli
+from sft_support import make_sft_rows, make_tokenizer
+from support import FILLERS, INTENTS, write_jsonl
+
+
+def save_tiny_opt_lm(folder: Path, positions: int = 32) -> str:
+    """A random-init OPTForCausalLM with learned positions (`positions` of them) and make_tokenizer's plain tokenizer."""
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer(chat_template=False)
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    OPTForCausalLM(OPTConfig(vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                             num_attention_heads=2, max_position_embeddings=positions, word_embed_proj_dim=32,
+                             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                             eos_token_id=tok.eos_token_id)).save_pretrained(folder)
+    return str(folder)
+
+
+def labelled_rows(n_per_label: int, seed: int, phrases: int = 1) -> list[dict]:
+    rng = random.Random(seed)
+    rows = [{"text": " ".join(f"{rng.choice(FILLERS)} {rng.choice(INTENTS[label])}" for _ in range(phrases)),
+             "label": label} for label in INTENTS for _ in range(n_per_label)]
+    rng.shuffle(rows)
+    return rows
+
+
+def assess_json(capsys, *args: str) -> tuple[int, dict | None]:
+    code = cli.main(["assess", "task=causal-lm", *args, "--json"])
+    out = capsys.readouterr().out
+    return code, (json.loads(out) if code == 0 else None)
+
+
+def test_proposed_max_length_leaves_room_for_the_generated_label(tmp_path, capsys):
+    # OPT's 32 learned positions and label_format=generate: the start config proposed max_length=32 (the positions
+    # alone), which train refuses: "set max_length=29 or less" (the label's tokens and 2 are generated after it)
+    lm = save_tiny_opt_lm(tmp_path / "opt")
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", labelled_rows(6, seed=1, phrases=6))
+    write_jsonl(data / "validation.jsonl", labelled_rows(2, seed=2, phrases=6))
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}", "label_format=generate",
+                          "max_length=16")
+    assert code == 0 and a["facts"]["generated_tokens"] == 3 and a["facts"]["model_max_positions"] == 32
+    c = next(c for c in a["recommendation"]["choices"] if c["rule"] == "start-max-length-p99")
+    assert c["value"] == 29 == a["recommendation"]["overrides"]["model.max_length"]
+    assert c["reason"].endswith("capped at the model's 32 positions less the 3 tokens generated after a prompt")
+    # and train takes it: the check train runs (api.check's) passes at the proposed value, refuses one more
+    from loratune import api
+    from loratune.errors import UserError
+
+    for length in (29, 30):
+        cfg = api.load_config(None, ["task=causal-lm", f"name_or_path={lm}", f"dataset_name={data}",
+                                     "label_format=generate", f"max_length={length}"])
+        if length == 29:
+            api.check(cfg, api.prepare(cfg))
+        else:
+            with pytest.raises(UserError, match="set max_length=29 or less"):
+                api.check(cfg, api.prepare(cfg))
+
+
+def test_max_length_cap_rule_subtracts_generated_tokens():
+    from loratune.assess.rules import MAX_LENGTH_CAP_UNKNOWN, max_length_cap, max_length_cap_note, recommend
+
+    facts = {"token_p99": 155.0, "token_p99_ceil": 155, "token_max": 162, "model_max_positions": 64,
+             "generated_tokens": 10, "train_rows": 100}
+    assert max_length_cap(facts) == 54 and max_length_cap({**facts, "generated_tokens": 0}) == 64
+    assert max_length_cap({"generated_tokens": 10}) == MAX_LENGTH_CAP_UNKNOWN
+    c = next(c for c in recommend(facts).choices if c.rule == "start-max-length-p99")
+    assert c.value == 54
+    assert max_length_cap_note(facts) == ", capped at the model's 64 positions less the 10 tokens generated after a prompt"
