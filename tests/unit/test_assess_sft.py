@@ -82,3 +82,43 @@ def test_max_length_cap_rule_subtracts_generated_tokens():
     c = next(c for c in recommend(facts).choices if c.rule == "start-max-length-p99")
     assert c.value == 54
     assert max_length_cap_note(facts) == ", capped at the model's 64 positions less the 10 tokens generated after a prompt"
+
+
+@pytest.fixture(scope="module")
+def lm_and_data(tmp_path_factory) -> tuple[str, Path]:
+    """A tiny Llama with the plain template (make_tokenizer(False): EOS '</s>') and an SFT data folder: 8 train and 2
+    validation rows per intent."""
+    from sft_support import save_tiny_llama_lm
+
+    folder = tmp_path_factory.mktemp("assess-sft")
+    lm = save_tiny_llama_lm(folder / "lm", chat_template=False)
+    data = folder / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_sft_rows(8, seed=1))
+    write_jsonl(data / "validation.jsonl", make_sft_rows(2, seed=2))
+    return lm, data
+
+
+def test_assess_refuses_a_prompt_set_train_refuses(lm_and_data, tmp_path, capsys):
+    # a missing or malformed prompt set: assess printed "start with: loratune train ..." and exited 0; train exits 2
+    lm, data = lm_and_data
+    bad = tmp_path / "ps_bad.jsonl"
+    write_jsonl(bad, [{"prompt": "hello", "reference": "x", "group": "bogus"}])
+    for ps, said in ((tmp_path / "missing.jsonl", "does not exist"), (bad, "\"group\" is 'bogus'")):
+        code = cli.main(["assess", "task=causal-lm", f"name_or_path={lm}", f"dataset_name={data}", f"prompt_set={ps}"])
+        out, err = capsys.readouterr()
+        assert code == 2 and "start with" not in out and said in err
+    good = tmp_path / "ps.jsonl"
+    write_jsonl(good, [{"prompt": "hello", "reference": "x", "group": "novel"}])
+    assert assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}", f"prompt_set={good}")[0] == 0
+
+
+def test_assess_refuses_a_tokenizer_with_no_eos_under_the_plain_template(tmp_path, lm_and_data, capsys):
+    from sft_support import save_tiny_llama_lm
+
+    tok = make_tokenizer(chat_template=False)
+    tok.eos_token = None
+    lm = save_tiny_llama_lm(tmp_path / "noeos", tokenizer=tok)
+    code = cli.main(["assess", "task=causal-lm", f"name_or_path={lm}", f"dataset_name={lm_and_data[1]}"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "start with" not in out and "has no eos_token" in err

@@ -96,12 +96,19 @@ def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None) -
     `search.protocol.start_from_assessment` reads)."""
     from loratune.model_info import check_max_length
     from loratune.models import load_tokenizer
+    from loratune.sft import read_prompt_set
+    from loratune.sft_data import Renderer, check_end_token
 
-    check_max_length(cfg, dataset)  # refused as train and tune refuse it (run_assessment's check)
+    # refused as train and tune refuse them, before a start config is proposed that train would not take: the prompt
+    # set's rows and metric (read as training reads them), max_length and what is generated after it, an EOS to stop at
+    read_prompt_set(cfg, dataset)
+    check_max_length(cfg, dataset)
+    tokenizer = load_tokenizer(cfg.model)
+    check_end_token(tokenizer, Renderer.for_tokenizer(tokenizer, cfg.data.chat_template), cfg.model.name_or_path)
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     say("tokenising the rendered training rows")
-    facts = sft_facts(cfg, dataset, load_tokenizer(cfg.model))
+    facts = sft_facts(cfg, dataset, tokenizer)
     rec = recommend(facts, SFT_START_RULES)
     return {
         "task": "causal-lm", "dataset": cfg.data.train_file or cfg.data.dataset_name or "",
