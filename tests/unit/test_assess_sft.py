@@ -122,3 +122,20 @@ def test_assess_refuses_a_tokenizer_with_no_eos_under_the_plain_template(tmp_pat
     code = cli.main(["assess", "task=causal-lm", f"name_or_path={lm}", f"dataset_name={lm_and_data[1]}"])
     out, err = capsys.readouterr()
     assert code == 2 and "start with" not in out and "has no eos_token" in err
+
+
+def test_sft_start_batch_is_capped_at_the_training_rows(lm_and_data, capsys):
+    # 5 training rows got batch 8 (one partial batch an epoch); the classifier's rule caps at the rows' power of 2
+    from loratune.assess.rules import batch_within_rows, recommend
+    from loratune.assess.sft import SFT_START_RULES
+
+    lm, data = lm_and_data
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}", "max_train_samples=5")
+    c = next(c for c in a["recommendation"]["choices"] if c["rule"] == "start-batch-sft")
+    assert code == 0 and a["facts"]["train_rows"] == 5 and c["value"] == 4
+    assert a["recommendation"]["overrides"]["train.per_device_train_batch_size"] == 4
+    assert c["reason"].startswith("5 training rows: batch 4 sequences")
+    for rows, batch in ((1, 1), (7, 4), (8, 8), (5000, 8)):
+        facts = {"train_rows": rows, "token_p99": 20.0, "model_hidden": 32, "model_layers": 2}
+        assert recommend(facts, SFT_START_RULES).overrides["train.per_device_train_batch_size"] == batch
+    assert [batch_within_rows(16, n) for n in (6, 16, 40)] == [4, 16, 16]  # the classifier's rule, the same cap

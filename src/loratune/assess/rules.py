@@ -112,10 +112,18 @@ def max_length_cap_note(f: Mapping[str, Any]) -> str:
 
 def _batch(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int | None:
     """The batch by data size, never above the training rows (6 rows got batch 16: one partial batch an epoch)."""
-    by_data, rows = BATCH_BY_DATA(f), f.get("train_rows")
-    if by_data is None or not rows:
-        return by_data
-    return int(min(by_data, 2 ** int(math.log2(max(1, rows)))))
+    return batch_within_rows(BATCH_BY_DATA(f), f.get("train_rows"))
+
+
+BATCH_WITHIN_ROWS = "at most the largest power of 2 <= training rows"  # batch_within_rows, as a formula cites it
+
+
+def batch_within_rows(batch: int | None, rows: int | None) -> int | None:
+    """`batch`, never above the largest power of 2 at or below the training rows: the one cap of every start batch
+    (the classifier's and the causal-lm one)."""
+    if batch is None or not rows:
+        return batch
+    return int(min(batch, 2 ** int(math.log2(max(1, rows)))))
 
 
 def _ceiling(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int:
@@ -191,7 +199,7 @@ START_RULES: tuple[StartRule, ...] = (
               "{train_rows} training rows: {value:g} epochs (fewer rows need more passes for a similar "
               "number of optimizer steps)"),
     StartRule("start-batch-by-data", "train.per_device_train_batch_size",
-              Derived("by data: " + BATCH_BY_DATA.describe() + "; at most the largest power of 2 <= training rows",
+              Derived("by data: " + BATCH_BY_DATA.describe() + "; " + BATCH_WITHIN_ROWS,
                       _batch, uses=("train_rows",)),
               "{train_rows} training rows: batch {value} (small data: smaller batches give more steps)"),
     StartRule("start-max-length-p99", "model.max_length",

@@ -18,12 +18,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from loratune.assess.rules import START_RULES, Bands, StartRule, max_length_cap_note, recommend
+from loratune.assess.rules import (BATCH_WITHIN_ROWS, START_RULES, Bands, Derived, StartRule, batch_within_rows,
+                                   max_length_cap_note, recommend)
 from loratune.assess.stats import fit_length
 
 # Rules of the classifier's table that hold for a generative run as they are (by id).
 SHARED_RULES = ("start-rank-by-data", "start-scale-2", "start-targets-qv-ffn-top", "start-layers-all",
                 "start-lr-by-model-size", "start-max-length-p99", "ceiling-rank")
+
+SFT_START_BATCH = 8  # sequences per step to start a causal-lm run with (5 rows got 8: one partial batch an epoch)
 
 SFT_ONLY_RULES: tuple[StartRule, ...] = (
     StartRule("start-dropout-by-rows-sft", "adapter.lora_dropout", Bands("train_rows", ((1000, 0.1), (math.inf, 0.05))),
@@ -32,8 +35,11 @@ SFT_ONLY_RULES: tuple[StartRule, ...] = (
               Bands("train_rows", ((1000, 3.0), (10000, 2.0), (math.inf, 1.0))),
               "{train_rows} training rows: {value:g} epochs (SFT passes over the data 1-3 times; more passes make "
               "a generative model exact on familiar prompts and drift on new ones, protocol 9)"),
-    StartRule("start-batch-sft", "train.per_device_train_batch_size", Bands("train_rows", ((math.inf, 8),)),
-              "batch {value} sequences (the causal-lm default; gradient accumulation raises it without memory)"),
+    StartRule("start-batch-sft", "train.per_device_train_batch_size",
+              Derived(f"{SFT_START_BATCH}; {BATCH_WITHIN_ROWS}",
+                      lambda f, c: batch_within_rows(SFT_START_BATCH, f.get("train_rows")), uses=("train_rows",)),
+              "{train_rows} training rows: batch {value} sequences (the causal-lm default of "
+              f"{SFT_START_BATCH}, at most the rows; gradient accumulation raises it without memory)"),
 )
 SFT_START_RULES: tuple[StartRule, ...] = tuple(r for r in START_RULES if r.id in SHARED_RULES) + SFT_ONLY_RULES
 
