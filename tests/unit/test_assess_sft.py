@@ -139,3 +139,26 @@ def test_sft_start_batch_is_capped_at_the_training_rows(lm_and_data, capsys):
         facts = {"train_rows": rows, "token_p99": 20.0, "model_hidden": 32, "model_layers": 2}
         assert recommend(facts, SFT_START_RULES).overrides["train.per_device_train_batch_size"] == batch
     assert [batch_within_rows(16, n) for n in (6, 16, 40)] == [4, 16, 16]  # the classifier's rule, the same cap
+
+
+@pytest.mark.parametrize("think", [False, True])
+def test_label_like_completions_count_the_completions_own_tokens_under_chatml(tmp_path, capsys, think):
+    # one-word label completions under ChatML (SmolLM2's, the default model's) and Qwen3's template: the median
+    # counted '<|im_end|>', '\n' (and Qwen3's empty think block) too, 3 (8) tokens, so label-like-completions never fired
+    from sft_support import make_chatml_tokenizer, save_tiny_llama_lm
+
+    lm = save_tiny_llama_lm(tmp_path / "lm", tokenizer=make_chatml_tokenizer(think=think))
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, seed in (("train", 1), ("validation", 2)):
+        write_jsonl(data / f"{split}.jsonl", [{"prompt": r["text"], "completion": r["label"]}
+                                              for r in labelled_rows(3, seed=seed)])
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}")
+    assert code == 0 and a["facts"]["template"] == "chat" and a["facts"]["completion_token_p50"] == 1.0
+    f = next(f for f in a["findings"] if f["id"] == "label-like-completions")
+    assert f["evidence"] == {"completion_token_p50": 1.0} and f["message"].startswith("the median completion is 1 tokens")
+    # the trained share still counts what the template writes around each answer (the loss is taken on it)
+    assert a["facts"]["completion_share"] > 0
+    from loratune.assess.sft import SFT_FACTS
+
+    assert "own text" in SFT_FACTS["completion_token_p50"].meaning

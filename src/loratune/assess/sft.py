@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from loratune.assess.facts import Fact
 from loratune.assess.rules import (BATCH_WITHIN_ROWS, START_RULES, Bands, Derived, StartRule, batch_within_rows,
                                    max_length_cap_note, recommend)
 from loratune.assess.stats import fit_length
@@ -43,6 +44,17 @@ SFT_ONLY_RULES: tuple[StartRule, ...] = (
 )
 SFT_START_RULES: tuple[StartRule, ...] = tuple(r for r in START_RULES if r.id in SHARED_RULES) + SFT_ONLY_RULES
 
+# What the facts sft_facts adds to the shared ones (assess.facts.FACTS) count.
+SFT_FACTS: dict[str, Fact] = {
+    "completion_token_p50": Fact("tokens", "median tokens of a completion's own text, without what the template "
+                                 "writes around every answer (sft_data.answer_prefix, the end-of-turn mark, the EOS): "
+                                 "a 1-token label is 1 under every template (label-like-completions reads it)"),
+    "completion_share": Fact("share", "the completions' share of the rendered training tokens (what the loss is "
+                             "taken on: with the answer prefix, end-of-turn mark and EOS)"),
+    "truncated_share_at_max_length": Fact("share", "training rows whose rendered tokens exceed model.max_length"),
+    "template": Fact("text", "how the rows are rendered (chat, plain, none)"),
+}
+
 # Findings: the shares past which a generative data set is worth a warning before any training.
 TRUNCATED_WARN = 0.05  # rows longer than max_length lose the start of their prompt (sft_data keeps the completion)
 SHORT_COMPLETION_TOKENS = 2  # a median completion this short is a label, not an answer: label_format=generate?
@@ -56,13 +68,15 @@ def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
     renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
     enc = encode_sft(tokenizer, renderer, dataset.train.examples, 1 << 30)  # untruncated lengths
     lengths = np.asarray(enc.lengths, dtype=float)
-    completion = lengths - np.asarray(enc.prompt_lens, dtype=float)
+    completion = lengths - np.asarray(enc.prompt_lens, dtype=float)  # trained: with the answer prefix and end marks
+    own = np.asarray([len(ids) for ids in tokenizer([e.completion for e in dataset.train.examples],
+                                                    add_special_tokens=False)["input_ids"]], dtype=float)
     info = describe_model(cfg.model)
     facts = {
         "train_rows": len(dataset.train), "val_rows": len(dataset.validation),
         "token_p50": float(np.percentile(lengths, 50)), "token_p99": fit_length(lengths, 99),
         "token_p99_ceil": int(math.ceil(fit_length(lengths, 99))), "token_max": int(lengths.max()),
-        "completion_token_p50": float(np.percentile(completion, 50)),
+        "completion_token_p50": float(np.percentile(own, 50)),
         "completion_share": float(completion.sum() / max(1.0, lengths.sum())),
         "truncated_share_at_max_length": float(np.mean(lengths > cfg.model.max_length)),
         "model_layers": info.num_layers if info else None, "model_hidden": info.hidden_size if info else None,

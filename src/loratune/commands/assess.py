@@ -222,7 +222,7 @@ def print_sft_summary(out, a: dict, inputs: tuple[str, dict[str, str]] = ("", {}
         out.print(f"[yellow]note:[/] {safe(note)}")
     out.print(f"tokens per rendered row (prompt + completion): p50 {f['token_p50']:.0f}, p99 {f['token_p99']:.0f}, "
               f"max {f['token_max']}; completions are {f['completion_share']:.0%} of the tokens (median "
-              f"{f['completion_token_p50']:.0f}); {f['truncated_share_at_max_length']:.1%} of rows exceed "
+              f"{f['completion_token_p50']:.0f} of their own text); {f['truncated_share_at_max_length']:.1%} of rows exceed "
               "model.max_length")
     for x in a["findings"]:
         out.print(f"[{_SEVERITY_STYLE.get(x['severity'], '')}]{x['severity']}[/] {x['id']}: {safe(x['message'])}")
