@@ -299,7 +299,7 @@ def assess(cfg: RunConfig, *, probe: bool = True, dataset: Dataset | None = None
     if cfg.model.task == "causal-lm":
         from loratune.assess.sft import assess_sft
 
-        return assess_sft(cfg, dataset if dataset is not None else prepare(cfg))
+        return assess_sft(cfg, dataset if dataset is not None else prepare(cfg), thresholds=table)
     return run_assessment(cfg, probe=probe, dataset=dataset, thresholds=table, cache_dir=cache_dir)
 
 

@@ -162,3 +162,34 @@ def test_label_like_completions_count_the_completions_own_tokens_under_chatml(tm
     from loratune.assess.sft import SFT_FACTS
 
     assert "own text" in SFT_FACTS["completion_token_p50"].meaning
+
+
+def test_thresholds_reach_the_sft_truncation_warning(lm_and_data, tmp_path, capsys):
+    # `assess --thresholds` (and api.assess(thresholds=...), tune's phase 0) were parsed and ignored for causal-lm:
+    # the truncation warning used a hard-coded 0.05
+    from loratune import api
+    from loratune.assess.records import AssessThresholds
+    from loratune.search.protocol.phase0 import start_config
+
+    lm, data = lm_and_data
+    base = [f"name_or_path={lm}", f"dataset_name={data}", "max_length=18"]  # 7 of 32 rows longer
+    code, a = assess_json(capsys, *base)
+    share = a["facts"]["truncated_share_at_max_length"]
+    assert code == 0 and 0 < share < 1 and AssessThresholds().sft_truncation_share == 0.05
+    ids = lambda a: [f["id"] for f in a["findings"]]  # noqa: E731
+    assert ("truncated-rows" in ids(a)) == (share > 0.05)
+    above, below = tmp_path / "above.yaml", tmp_path / "below.yaml"
+    above.write_text(f"sft_truncation_share: {min(1.0, share + 0.01):.4f}\n")
+    below.write_text(f"sft_truncation_share: {share / 2:.4f}\n")
+    code, a = assess_json(capsys, *base, "--thresholds", str(above))
+    assert code == 0 and "truncated-rows" not in ids(a)
+    code, a = assess_json(capsys, *base, "--thresholds", str(below))
+    f = next(f for f in a["findings"] if f["id"] == "truncated-rows")
+    assert f["evidence"] == {"share": share, "sft_truncation_share": round(share / 2, 4)}
+    cfg = api.load_config(None, ["task=causal-lm", *base])
+    assert "truncated-rows" not in ids(api.assess(cfg, thresholds={"sft_truncation_share": min(1.0, share + 0.01)}))
+    assert "truncated-rows" in ids(api.assess(cfg, thresholds={"sft_truncation_share": share / 2}))
+    _, a = start_config(cfg, api.prepare(cfg), thresholds=AssessThresholds(sft_truncation_share=share / 2))
+    assert "truncated-rows" in ids(a)
+    _, a = start_config(cfg, api.prepare(cfg), thresholds=AssessThresholds(sft_truncation_share=1.0))
+    assert "truncated-rows" not in ids(a)

@@ -38,6 +38,10 @@ class AssessThresholds:
     # lengths and labels dealt at random): fixed limits alone warned on 92% of clean 200/20-row splits
     shift_alpha: float = 0.05
     truncation_share: float = 0.01  # share of train texts longer than model.max_length
+    # the same for a causal-lm run's rendered rows (assess.sft's truncated-rows): its own, looser default, since
+    # sft_data cuts the start of a long prompt and keeps the completion the loss is taken on, where a classifier's cut
+    # text loses part of what it is labelled by
+    sft_truncation_share: float = 0.05
     min_val_per_class: int = 10  # fewer val rows than this for a class: its recall is noise
     spread_z: float = 3.0  # a class whose embedding spread is this many SDs above the mean is heterogeneous
     hard_probe_f1: float = 0.5  # frozen-encoder probe below this: a hard task for this model
@@ -49,7 +53,7 @@ class AssessThresholds:
 # can never fire (near_leak_similarity 1.5 turned near-leakage off, silently), so `--thresholds` takes them in 0..1 only
 UNIT_INTERVAL_THRESHOLDS = frozenset({
     "near_duplicate_similarity", "near_leak_similarity", "label_shift_js", "oov_rate", "length_shift_ks",
-    "truncation_share", "hard_probe_f1", "easy_probe_f1", "shift_alpha"})
+    "truncation_share", "sft_truncation_share", "hard_probe_f1", "easy_probe_f1", "shift_alpha"})
 
 
 @dataclass(frozen=True)

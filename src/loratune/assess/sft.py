@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from loratune.assess.facts import Fact
+from loratune.assess.records import AssessThresholds
 from loratune.assess.rules import (BATCH_WITHIN_ROWS, START_RULES, Bands, Derived, StartRule, batch_within_rows,
                                    max_length_cap_note, recommend)
 from loratune.assess.stats import fit_length
@@ -55,8 +56,8 @@ SFT_FACTS: dict[str, Fact] = {
     "template": Fact("text", "how the rows are rendered (chat, plain, none)"),
 }
 
-# Findings: the shares past which a generative data set is worth a warning before any training.
-TRUNCATED_WARN = 0.05  # rows longer than max_length lose the start of their prompt (sft_data keeps the completion)
+# Findings: past AssessThresholds.sft_truncation_share of rows longer than max_length (they lose the start of their
+# prompt; sft_data keeps the completion), a warning; a median completion this short:
 SHORT_COMPLETION_TOKENS = 2  # a median completion this short is a label, not an answer: label_format=generate?
 
 
@@ -88,11 +89,12 @@ def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
     return facts
 
 
-def sft_findings(facts: dict, generating_labels: bool = False, proposed_max_length: int | None = None) -> list[dict]:
-    """`generating_labels`: data.label_format=generate is already set (the finding then says it is scored so).
+def sft_findings(facts: dict, generating_labels: bool = False, proposed_max_length: int | None = None,
+                 thresholds: AssessThresholds = AssessThresholds()) -> list[dict]:
+    """`thresholds`: the assess table (--thresholds; sft_truncation_share is read). `generating_labels`: data.label_format=generate is already set (the finding then says it is scored so).
     `proposed_max_length`: the start config's (start-max-length-p99), which the truncation finding names."""
     out = []
-    if facts["truncated_share_at_max_length"] > TRUNCATED_WARN:
+    if facts["truncated_share_at_max_length"] > thresholds.sft_truncation_share:
         # the value the start config proposes, and why (it named the p99, 308, where the model's 256 positions set 256)
         to = (f"proposes max_length={proposed_max_length}{max_length_cap_note(facts)} (token p99 "
               f"{facts['token_p99_ceil']})" if proposed_max_length is not None
@@ -100,7 +102,7 @@ def sft_findings(facts: dict, generating_labels: bool = False, proposed_max_leng
         out.append({"id": "truncated-rows", "severity": "warn",
                     "message": f"{facts['truncated_share_at_max_length']:.0%} of training rows are longer than "
                                f"model.max_length; the start config {to}",
-                    "evidence": {"share": facts["truncated_share_at_max_length"], "threshold": TRUNCATED_WARN}})
+                    "evidence": {"share": facts["truncated_share_at_max_length"], "sft_truncation_share": thresholds.sft_truncation_share}})
     if facts["completion_token_p50"] <= SHORT_COMPLETION_TOKENS:
         out.append({"id": "label-like-completions", "severity": "info",
                     "message": f"the median completion is {facts['completion_token_p50']:g} tokens: a label, not an "
@@ -111,9 +113,10 @@ def sft_findings(facts: dict, generating_labels: bool = False, proposed_max_leng
     return out
 
 
-def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None) -> dict:
+def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None,
+               thresholds: AssessThresholds | None = None) -> dict:
     """Phase 0 of a causal-lm study, as plain data in `Assessment.to_dict()`'s shape (what `tune` stores and
-    `search.protocol.start_from_assessment` reads)."""
+    `search.protocol.start_from_assessment` reads). `thresholds`: the assess table (--thresholds; None: defaults)."""
     from loratune.model_info import check_max_length
     from loratune.models import load_tokenizer
     from loratune.sft import read_prompt_set
@@ -133,7 +136,8 @@ def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None) -
     return {
         "task": "causal-lm", "dataset": cfg.data.train_file or cfg.data.dataset_name or "",
         "model": cfg.model.name_or_path, "facts": facts, "findings": sft_findings(
-            facts, dataset.generates_labels, rec.overrides.get("model.max_length")),
+            facts, dataset.generates_labels, rec.overrides.get("model.max_length"),
+            thresholds if thresholds is not None else AssessThresholds()),
         "recommendation": {"overrides": dict(rec.overrides), "choices": [asdict(c) for c in rec.choices],
                            "capacity_ceiling": asdict(rec.capacity_ceiling), "lr_grid": list(rec.lr_grid)},
         "notes": list(dataset.notes), "timings": {"total_s": time.perf_counter() - t0},

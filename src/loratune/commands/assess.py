@@ -54,7 +54,7 @@ def run(args) -> int:
         from loratune.api import prepare
         from loratune.assess.sft import assess_sft
 
-        data = assess_sft(cfg, prepare(cfg), progress=progress)
+        data = assess_sft(cfg, prepare(cfg), progress=progress, thresholds=thresholds)
         return _emit(args, data, lambda out: print_sft_summary(out, data, _inputs(args)))
     a = run_assessment(cfg, probe=not args.no_probe, cache_dir=args.cache_dir, progress=progress,
                        thresholds=thresholds)

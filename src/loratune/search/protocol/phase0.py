@@ -72,11 +72,11 @@ def start_config(cfg, dataset, *, user_point: dict | None = None, progress: Call
                  thresholds=None) -> tuple[Start, dict]:
     """Phase 0 through `loratune.assess` (a causal-lm run: `assess.sft`): (Start, the assessment as plain
     data). With `start_from_assessment`, the one place that depends on the assessment's API. `thresholds`: an
-    `AssessThresholds` (tune --thresholds; None: the defaults); the causal-lm assessment reads none of them."""
+    `AssessThresholds` (tune --thresholds; None: the defaults); the causal-lm assessment reads sft_truncation_share."""
     if cfg.model.task == "causal-lm":
         from loratune.assess.sft import assess_sft
 
-        a = assess_sft(cfg, dataset, progress=progress)
+        a = assess_sft(cfg, dataset, progress=progress, thresholds=thresholds)
     else:
         from loratune.assess import run_assessment
 
