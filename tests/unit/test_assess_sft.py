@@ -193,3 +193,56 @@ def test_thresholds_reach_the_sft_truncation_warning(lm_and_data, tmp_path, caps
     assert "truncated-rows" in ids(a)
     _, a = start_config(cfg, api.prepare(cfg), thresholds=AssessThresholds(sft_truncation_share=1.0))
     assert "truncated-rows" not in ids(a)
+
+
+def test_generative_assess_checks_label_consistency_duplicates_and_leakage(lm_and_data, tmp_path, capsys):
+    # the causal-lm phase 0 never looked at conflicts, duplicates or train/val leakage: the classifier's assess of the
+    # same labelled data reported label-conflict-exact, leakage and duplicate-rows, task=causal-lm none of them
+    lm, _ = lm_and_data
+    train, val = labelled_rows(4, seed=1), labelled_rows(2, seed=2)
+    other = next(lab for lab in INTENTS if lab != train[0]["label"])
+    train += [{"text": train[0]["text"], "label": other}, dict(train[1])]  # a conflict, a duplicate
+    val = [r for r in val if r["text"] not in {t["text"] for t in train}] + [dict(train[2])]  # one leaked row
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    write_jsonl(gen / "train.jsonl", train)
+    write_jsonl(gen / "validation.jsonl", val)
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={gen}", "label_format=generate")
+    f = a["facts"]
+    assert code == 0 and f["exact_conflict_groups"] == 1 and f["duplicate_rows_rows"] >= 1 and f["leak_rows"] >= 1
+    by_id = {x["id"]: x for x in a["findings"]}
+    assert {"label-conflict-exact", "leakage", "duplicate-rows"} <= set(by_id)
+    assert by_id["label-conflict-exact"]["severity"] == "error" and other in by_id["label-conflict-exact"]["message"]
+    # the same counts as the classifier's assessment of the same rows (one rule, one place)
+    from loratune import api
+
+    c = api.assess(api.load_config(None, [f"name_or_path={lm}", f"dataset_name={gen}"]), probe=False).facts
+    for k in ("exact_conflict_groups", "exact_conflict_rows", "duplicate_rows_rows", "leak_rows", "top_conflict_pair"):
+        assert f[k] == c[k], k
+
+    # prompt/completion: exact duplicates, one prompt with different completions (a note), a validation prompt
+    # trained on
+    rows = make_sft_rows(4, seed=1)
+    rows += [{"prompt": rows[0]["prompt"], "completion": "the transfer is sent" if rows[0]["completion"] !=
+              "the transfer is sent" else "your pin is reset"}, dict(rows[1])]
+    pc = tmp_path / "pc"
+    pc.mkdir()
+    write_jsonl(pc / "train.jsonl", rows)
+    seen = {r["prompt"] for r in rows}
+    write_jsonl(pc / "validation.jsonl", [r for r in make_sft_rows(3, seed=2) if r["prompt"] not in seen]
+                + [{"prompt": rows[2]["prompt"], "completion": "anything"}])
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={pc}")
+    by_id = {x["id"]: x for x in a["findings"]}
+    assert code == 0 and by_id["prompt-several-completions"]["severity"] == "info"
+    assert by_id["prompt-several-completions"]["evidence"]["exact_conflict_groups"] >= 1
+    assert by_id["leakage"]["evidence"]["leak_rows"] == 1 and by_id["leakage"]["severity"] == "error"
+    assert by_id["duplicate-rows"]["evidence"]["duplicate_rows_rows"] >= 1
+    assert "label-conflict-exact" not in by_id
+
+
+def test_sft_rule_tables_lint_clean():
+    from loratune.assess.rules import lint_rules
+    from loratune.assess.sft import GENERATE_CONSISTENCY_RULES, OPEN_CONSISTENCY_RULES, SFT_START_RULES
+
+    assert lint_rules(SFT_START_RULES, GENERATE_CONSISTENCY_RULES) == []
+    assert lint_rules(SFT_START_RULES, OPEN_CONSISTENCY_RULES) == []

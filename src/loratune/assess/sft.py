@@ -20,8 +20,8 @@ import numpy as np
 
 from loratune.assess.facts import Fact
 from loratune.assess.records import AssessThresholds
-from loratune.assess.rules import (BATCH_WITHIN_ROWS, START_RULES, Bands, Derived, StartRule, batch_within_rows,
-                                   max_length_cap_note, recommend)
+from loratune.assess.rules import (BATCH_WITHIN_ROWS, FINDING_RULES, START_RULES, Above, Bands, Derived, FindingRule,
+                                   StartRule, batch_within_rows, evaluate_findings, max_length_cap_note, recommend)
 from loratune.assess.stats import fit_length
 
 # Rules of the classifier's table that hold for a generative run as they are (by id).
@@ -59,6 +59,57 @@ SFT_FACTS: dict[str, Fact] = {
 # Findings: past AssessThresholds.sft_truncation_share of rows longer than max_length (they lose the start of their
 # prompt; sft_data keeps the completion), a warning; a median completion this short:
 SHORT_COMPLETION_TOKENS = 2  # a median completion this short is a label, not an answer: label_format=generate?
+
+
+# Consistency (protocol 2), the classifier's checks over (prompt, completion) as (text, label): assess.profile's
+# find_conflicts and find_noise, their facts named as assess.facts.FACTS names them, and these rows of the finding
+# table. Generated labels (data.label_format=generate) are a classifier's labels: every consistency row of the
+# classifier's table holds as it is. Open completions: a prompt may have several good answers, so the same prompt with
+# different completions is a note; duplicate rows and prompts shared between splits (a validation prompt trained on
+# overstates generalisation) are what they are for a classifier (exact copies only: near copies of templated prompts
+# are no copies of their answers).
+GENERATE_CONSISTENCY_RULES: tuple[FindingRule, ...] = tuple(
+    r for r in FINDING_RULES if r.id in ("label-conflict-exact", "label-conflict-near", "leakage", "near-leakage",
+                                         "duplicate-rows"))
+OPEN_CONSISTENCY_RULES: tuple[FindingRule, ...] = tuple(
+    r for r in FINDING_RULES if r.id in ("leakage", "duplicate-rows")) + (
+    FindingRule("prompt-several-completions", "info", Above("exact_conflict_groups"),
+                "{exact_conflict_groups} prompt(s) appear with different completions ({exact_conflict_rows} rows): "
+                "open generation allows several answers, but if one is meant, drop or fix the others",
+                ("exact_conflict_groups", "exact_conflict_rows")),)
+CONSISTENCY_FACTS = ("exact_conflict_groups", "exact_conflict_rows", "near_conflict_pairs", "top_conflict_pair",
+                     "duplicate_rows_rows", "duplicate_rows_where", "leak_rows", "leak_where", "near_leak_rows",
+                     "near_leak_where", "near_leak_examples")
+
+
+def consistency_facts(dataset, thresholds: AssessThresholds = AssessThresholds()) -> dict[str, Any]:
+    """CONSISTENCY_FACTS of the (prompt, completion) rows: exact conflicts, duplicates and cross-split copies of the
+    prompts, and for generated labels the near ones (char n-gram neighbours) as the classifier measures them."""
+    from loratune.assess.profile import TextPool, char_neighbours, find_conflicts, find_noise
+    from loratune.data import Split
+
+    splits = {name: Split(name, tuple(e.prompt_text for e in sp.examples), tuple((e.completion,) for e in sp.examples),
+                          sp.source) for name, sp in dataset.splits().items()}
+    pool = TextPool.of(splits)
+    uniq = list(pool.by_norm)
+    neighbours = (char_neighbours(uniq, thresholds.near_duplicate_neighbors, min(
+        thresholds.near_duplicate_similarity, thresholds.near_leak_similarity)) if dataset.generates_labels
+        else (np.zeros((len(uniq), 0)), np.zeros((len(uniq), 0), dtype=int)))
+    conflicts = find_conflicts(pool, thresholds, neighbours, uniq)
+    noise = find_noise(splits, pool, thresholds, neighbours, uniq)
+    top = next((p for p in conflicts.exact_first() if p.exact), None)
+    near_ex = [e for lk in noise.leakage for e in lk.near_examples]
+    return {
+        "exact_conflict_groups": conflicts.exact_groups, "exact_conflict_rows": conflicts.exact_rows,
+        "near_conflict_pairs": conflicts.near_pairs, "top_conflict_pair": f"{top.a} / {top.b}" if top else None,
+        "duplicate_rows_rows": sum(s.duplicate_rows for s in noise.splits),
+        "duplicate_rows_where": ", ".join(f"{s.split} {s.duplicate_rows}" for s in noise.splits if s.duplicate_rows),
+        "leak_rows": noise.leak_rows, "leak_where": ", ".join(f"{lk.source}->{lk.split} {lk.rows}"
+                                                              for lk in noise.leakage if lk.rows),
+        "near_leak_rows": noise.near_leak_rows,
+        "near_leak_where": ", ".join(f"{lk.source}->{lk.split} {lk.near_rows}" for lk in noise.leakage if lk.near_rows),
+        "near_leak_examples": "; ".join(near_ex[: thresholds.max_examples]),
+    }
 
 
 def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
@@ -110,7 +161,8 @@ def sft_findings(facts: dict, generating_labels: bool = False, proposed_max_leng
                                              if generating_labels else "with data.label_format=generate it is "
                                              "scored per class like a classifier"),
                     "evidence": {"completion_token_p50": facts["completion_token_p50"]}})
-    return out
+    rules = GENERATE_CONSISTENCY_RULES if generating_labels else OPEN_CONSISTENCY_RULES
+    return [asdict(d) for d in evaluate_findings(facts, thresholds, rules)] + out
 
 
 def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None,
@@ -132,6 +184,8 @@ def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None,
     t0 = time.perf_counter()
     say("tokenising the rendered training rows")
     facts = sft_facts(cfg, dataset, tokenizer)
+    say("checking the rows' consistency")
+    facts.update(consistency_facts(dataset, thresholds if thresholds is not None else AssessThresholds()))
     rec = recommend(facts, SFT_START_RULES)
     return {
         "task": "causal-lm", "dataset": cfg.data.train_file or cfg.data.dataset_name or "",
