@@ -693,6 +693,7 @@ class RunStore:
         self.path = Path(path).expanduser()  # `~/runs/x` from a Python caller, as the config reads it
         self._lock: RunLock | None = None
         self.cleared: list[str] = []  # what of an earlier run create removed (STALE_OUTPUTS)
+        self.lock_left = False  # create: an earlier run's run.lock was there (one killed before its first run.json)
         self.say_replaced = False  # train.start_record says on stderr what create replaces (api.train sets it)
         # keys every run.json this store writes carries (a tune trial's: the diagnosis thresholds it is judged by,
         # rules.RUN_THRESHOLDS_KEY), so the record says them from its first write (the trackers' verdict reads it)
@@ -711,11 +712,11 @@ class RunStore:
         except OSError as exc:  # (what the check could not foresee: a folder gone or made read-only since)
             raise UserError(f"output_dir '{self.path}' cannot be created ({exc.strerror or exc})",
                             "give an output_dir on a writable disk, e.g. output_dir=runs/latest") from None
-        lock_left = (self.path / LOCK).is_file()  # an earlier run's (one killed before its first run.json: its own)
+        self.lock_left = (self.path / LOCK).is_file()  # before this process takes its own
         self._lock = RunLock(self.path)
         self._lock.acquire()
         try:
-            self.cleared = self._clear_earlier_run(lock_left)  # (kept for what a failed write of config.yaml says)
+            self.cleared = self._clear_earlier_run()  # (kept for what a failed write of config.yaml says)
         except UserError:
             self.close()
             raise
@@ -728,7 +729,7 @@ class RunStore:
         if not (self.path / RUN).exists():
             (self.path / CONFIG).unlink(missing_ok=True)
 
-    def _clear_earlier_run(self, lock_left: bool = False) -> list[str]:
+    def _clear_earlier_run(self) -> list[str]:
         """A fresh run in a reused directory starts a fresh history, and an earlier run's outputs or model may not pass
         as this one's (nor its TensorBoard events, which would read as this run's when this one logs none). All of them
         or none: each is first moved into one hidden folder (a rename, undone if a later one fails), so an earlier run
@@ -740,7 +741,7 @@ class RunStore:
         # what a run killed mid-clearing moved out: removed with this clearing, after _stale_outputs has seen it (it
         # is what says the outputs it left beside it were a run's)
         left_trash = _clearing_left(self.path)
-        stale = _stale_outputs(self.path, lock_left)
+        stale = _stale_outputs(self.path, self.lock_left)
         if not stale:
             for left in left_trash:
                 shutil.rmtree(left, ignore_errors=True)
