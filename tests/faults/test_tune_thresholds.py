@@ -33,9 +33,15 @@ def stopped(monkeypatch):
     seen: list[dict] = []
     tables_with = getattr(loratune.thresholds, "tables_with", None)
 
+    recorded_tables = getattr(loratune.thresholds, "recorded_tables", None)
+
     def spy(overrides):
         seen.append(dict(overrides or {}))
         return tables_with(overrides)
+
+    def spy_recorded(overrides, where):  # a resume builds its tables from the study's record (read as recorded)
+        seen.append(dict(overrides or {}))
+        return recorded_tables(overrides, where)
 
     real_budget = tune_mod.Budget
 
@@ -45,6 +51,7 @@ def stopped(monkeypatch):
         raise RuntimeError("got past the checks")
 
     monkeypatch.setattr(loratune.thresholds, "tables_with", spy, raising=False)
+    monkeypatch.setattr(loratune.thresholds, "recorded_tables", spy_recorded, raising=False)
     monkeypatch.setattr(tune_mod, "Budget", type("B", (), {"parse": staticmethod(stop)}))
     return seen
 
