@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from loratune.errors import finite_number
 from loratune.objectives import NOTHING_KEPT, Objective, keep_order, objective
 from loratune.store import RUN
 
@@ -143,8 +144,7 @@ def kept_loss(best: Mapping[str, Any]) -> float | None:
     if int(best.get("step", FIRST_TRAINED_STEP)) < FIRST_TRAINED_STEP:
         return None
     loss = best.get("val/loss")
-    return float(loss) if isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss) \
-        else None
+    return float(loss) if finite_number(loss) else None
 
 
 def flat_objective_note(o: Objective, trials: Sequence[tuple[str, float | None, float | None]],
