@@ -191,13 +191,14 @@ HAND_WRITTEN = "## Reading (written by hand"  # a results md's hand-written sect
 EXTRA: list[str] = []  # --set key=value: appended to every run (a smoke test on a tiny model)
 
 
-def train_run(name: str, data_dir: Path, extra: list[str], epochs: float, seed: int) -> Path:
+def train_run(name: str, data_dir: Path, extra: list[str], epochs: float, seed: int) -> bool:
+    """Train one run unless it is already there (logits.npz); True when this call trained it."""
     from loratune import api
     from loratune.config import load_config
 
     out = WORK / "runs" / f"{name}-s{seed}"
     if (out / "logits.npz").is_file():
-        return out
+        return False
     cfg = load_config(None, [f"dataset_name={data_dir}", f"output_dir={out}"] + common(epochs, seed) + extra + EXTRA)
     t0 = time.perf_counter()
     run = api.train(cfg, progress=False)
@@ -215,7 +216,7 @@ def train_run(name: str, data_dir: Path, extra: list[str], epochs: float, seed: 
                                                 "overrides": common(epochs, seed) + extra + EXTRA}),
                         encoding="utf-8")
     print(f"{name} seed {seed}: {time.perf_counter() - t0:.0f}s, {run['examples_per_s']:.1f} ex/s", flush=True)
-    return out
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,7 +264,8 @@ def combo_scores(run_dir: Path, y: np.ndarray, labels: tuple[str, ...]) -> dict:
     return scores(pred, y, labels)
 
 
-def evaluate_all(multi_dir: Path, seeds: list[int]) -> dict:
+def evaluate_all(multi_dir: Path, seeds: list[int], names=None) -> dict:
+    """Scores of the runs `names` (default: every run of RUNS) that exist for `seeds`."""
     rows = read(multi_dir / "test.jsonl")
     labels = tuple(sorted({lab for r in read(multi_dir / "train.jsonl") for lab in r["label"]}))
     y = np.zeros((len(rows), len(labels)), dtype=int)
@@ -272,7 +274,7 @@ def evaluate_all(multi_dir: Path, seeds: list[int]) -> dict:
             y[i, labels.index(lab)] = 1
     results: dict = {}
     for seed in seeds:
-        for name in RUNS:
+        for name in (RUNS if names is None else [n for n in RUNS if n in names]):
             d = WORK / "runs" / f"{name}-s{seed}"
             if not (d / "logits.npz").is_file():
                 continue
@@ -337,25 +339,34 @@ def run_settings(results: dict) -> list[str]:
 
 
 def markdown(summary: dict, results: dict, data_info: dict, record: dict) -> str:
-    """record: `command` (as given), `report_only` (it trained nothing), `epochs` (None: not recorded)."""
+    """record: `command` (as given), `report_only` (it trained nothing), `epochs` (None: not recorded), `trained`
+    (the runs, name-s<seed>, this call trained; absent in records before it: the command trained every run)."""
     def cell(m):
         if m["mean"] is None:
             return "-"
         return f"{m['mean']:.3f}" + (f" ± {m['std']:.3f}" if m["std"] is not None else "")
 
     cmd = record.get("command")
+    trained = record.get("trained")
+    reported = {f"{name.split(' ')[0]}-s{seed}" for name, by_seed in results.items() for seed in by_seed}
+    earlier = sorted(reported - set(trained or ()))
     if cmd is None:
         head = "Command not recorded in the JSON; each run's seeds and budget as recorded are under Runs."
-    elif record.get("report_only"):
+    elif record.get("report_only") or trained == []:
         head = (f"Scored by `{cmd}`, which trained nothing: the runs were trained earlier, with the settings "
                 "recorded per run under Runs.")
+    elif trained is not None and earlier:
+        head = (f"Command: `{cmd}`; it trained {', '.join(trained)}"
+                + (f" ({record['epochs']:g} epochs)" if record.get("epochs") is not None else "")
+                + f"; {', '.join(earlier)} were trained earlier, with the settings recorded per run under Runs.")
     else:
         head = f"Command: `{cmd}`"
-    epochs = record.get("epochs")
+    epochs = (record.get("epochs") if not record.get("report_only") and trained != []
+              and not (trained is not None and earlier) else None)
     lines = ["# Multi-intent: multi-label vs single-label-as-combinations (issue 19)", "",
              head, "",
              "Built by `bench/multi_intent.py` (see its docstring for every choice); MiniLM (embedded) + LoRA, "
-             + (f"{epochs:g} epochs, " if epochs is not None and not record.get("report_only") else "")
+             + (f"{epochs:g} epochs, " if epochs is not None else "")
              + "each run's seeds, steps and examples as recorded below (equal budget where they match). "
              "Scores on **test**, over the 24 atomic intents (a combination class is split back into "
              "its intents); mean ± sd over seeds.", "", "## Data", ""]
@@ -396,6 +407,14 @@ def markdown(summary: dict, results: dict, data_info: dict, record: dict) -> str
     return "\n".join(lines) + "\n"
 
 
+def write_md(md_path: Path, text: str) -> None:
+    """Write a results md, keeping the section written by hand below the tables (HAND_WRITTEN) if it has one."""
+    kept = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
+    if HAND_WRITTEN in kept:
+        text += "\n" + kept[kept.index(HAND_WRITTEN):]
+    md_path.write_text(text, encoding="utf-8")
+
+
 def main(argv=None) -> int:
     global WORK
     ap = argparse.ArgumentParser()
@@ -413,11 +432,7 @@ def main(argv=None) -> int:
     if args.render:  # no data, no runs: what the JSON recorded
         rec = json.loads(Path(args.render).read_text(encoding="utf-8"))
         md_path = RESULTS / f"{args.results_name}.md"
-        text = markdown(rec["summary"], rec["per_seed"], rec["data"], rec.get("record") or {})
-        kept = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
-        if HAND_WRITTEN in kept:  # the reading written by hand below the tables stays
-            text += "\n" + kept[kept.index(HAND_WRITTEN):]
-        md_path.write_text(text, encoding="utf-8")
+        write_md(md_path, markdown(rec["summary"], rec["per_seed"], rec["data"], rec.get("record") or {}))
         return 0
     WORK = Path(args.work)
     EXTRA[:] = args.set
@@ -427,21 +442,23 @@ def main(argv=None) -> int:
     if args.build_only:
         print(json.dumps(info, indent=1))
         return 0
+    trained = []  # the runs this call trained (a run already there is scored, not trained again)
     if not args.report_only:
         for seed in args.seeds:  # seed-major: every configuration gets seed 0 before any gets seed 1
             for name in args.runs:
                 folder, extra = RUNS[name]
-                train_run(name, multi_dir if folder == "multi" else combo_dir, extra, args.epochs, seed)
-    results = evaluate_all(multi_dir, args.seeds)
+                if train_run(name, multi_dir if folder == "multi" else combo_dir, extra, args.epochs, seed):
+                    trained.append(f"{name}-s{seed}")
+    results = evaluate_all(multi_dir, args.seeds, args.runs)  # the runs asked for, not every one there
     summary = summarize(results)
     RESULTS.mkdir(exist_ok=True)
     given = sys.argv[1:] if argv is None else argv  # this call, --report-only included (it trained nothing)
     record = {"command": ("python bench/multi_intent.py " + " ".join(given)).strip(),
-              "report_only": args.report_only, "epochs": None if args.report_only else args.epochs}
+              "report_only": args.report_only, "epochs": args.epochs if trained else None, "trained": trained}
     name = args.results_name
     (RESULTS / f"{name}.json").write_text(json.dumps({"data": info, "summary": summary, "per_seed": results,
                                                       "record": record}, indent=1, default=str), encoding="utf-8")
-    (RESULTS / f"{name}.md").write_text(markdown(summary, results, info, record), encoding="utf-8")
+    write_md(RESULTS / f"{name}.md", markdown(summary, results, info, record))
     print((RESULTS / f"{name}.md").read_text())
     return 0
 

@@ -51,3 +51,61 @@ def test_training_call_is_the_command():
     record = {"command": "python bench/multi_intent.py --seeds 0 --epochs 1", "report_only": False, "epochs": 1.0}
     md = bm.markdown(bm.summarize(results), results, INFO, record)
     assert "Command: `python bench/multi_intent.py --seeds 0 --epochs 1`" in md and "1 epochs," in md
+
+
+def _tiny_data() -> dict:
+    rows = [{"text": "a", "labels": ("x",), "parts": ("a",)}, {"text": "b", "labels": ("y",), "parts": ("b",)},
+            {"text": "a and b", "labels": ("x", "y"), "parts": ("a2", "b2")}]
+    return {"splits": {s: list(rows) for s in ("train", "validation", "test")}, "intents": {"t": ["x", "y"]},
+            "dropped": {"validation": 0, "test": 0}}
+
+
+def _plant(work: Path, name: str, seed: int, epochs: float) -> None:
+    """A run already trained by an earlier call: its logits, label map and bench.json."""
+    import json
+
+    import numpy as np
+
+    d = work / "runs" / f"{name}-s{seed}"
+    (d / "adapter").mkdir(parents=True)
+    (d / "adapter" / "label_map.json").write_text(json.dumps({"labels": ["x", "x+y", "y"]}))
+    logits = np.array([[3.0, 0, 0], [0, 0, 3.0], [0, 3.0, 0]])
+    np.savez(d / "logits.npz", validation=logits, test=logits)
+    (d / "bench.json").write_text(json.dumps({"wall_s": 1.0, "examples_seen": 96, "steps": 3, "adapter_step": 3,
+                                              "examples_per_s": 9.0,
+                                              "overrides": bm.common(epochs, seed) + ["metric_for_best_model=accuracy"]}))
+
+
+def test_a_training_call_that_trained_nothing_does_not_claim_its_command_and_epochs(tmp_path, monkeypatch):
+    """Every asked-for run cached (combinations-s0 trained earlier with 4 epochs), called with --epochs 1: the md said
+    'Command: ... --epochs 1' and '1 epochs' though nothing was trained, scored runs not asked for, and rewrote the
+    md from scratch, losing its hand-written Reading."""
+    work, results = tmp_path / "work", tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(bm, "build", lambda shared, seed=0: _tiny_data())
+    monkeypatch.setattr(bm, "RESULTS", results)
+    _plant(work, "combinations", 0, 4.0)
+    _plant(work, "combinations-head_lr", 0, 4.0)  # there, but not asked for
+    (results / "zz.md").write_text("# old\n\n## Reading (written by hand from the tables)\n\nkept words\n")
+    argv = ["--work", str(work), "--seeds", "0", "--epochs", "1", "--runs", "combinations", "--results-name", "zz"]
+    assert bm.main(argv) == 0
+    md = (results / "zz.md").read_text()
+    assert "Command: `" not in md and "1 epochs" not in md
+    assert "which trained nothing: the runs were trained earlier" in md
+    assert "num_train_epochs=4.0" in md
+    assert "- combinations-head_lr:" not in md and "| combinations-head_lr | 0." not in md
+    assert md.endswith("## Reading (written by hand from the tables)\n\nkept words\n")
+    import json
+
+    rec = json.loads((results / "zz.json").read_text())["record"]
+    assert rec["trained"] == [] and rec["epochs"] is None
+
+
+def test_a_call_that_trained_some_runs_names_them():
+    results = {"combinations": {0: scores(["seed=0"]), 1: scores(["seed=1"])}}
+    record = {"command": "python bench/multi_intent.py --seeds 0 1 --epochs 1", "report_only": False, "epochs": 1.0,
+              "trained": ["combinations-s1"]}
+    md = bm.markdown(bm.summarize(results), results, INFO, record)
+    assert ("Command: `python bench/multi_intent.py --seeds 0 1 --epochs 1`; it trained combinations-s1 (1 epochs); "
+            "combinations-s0 were trained earlier") in md
+    assert "LoRA, 1 epochs" not in md
