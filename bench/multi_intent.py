@@ -361,6 +361,8 @@ def markdown(summary: dict, results: dict, data_info: dict, record: dict) -> str
                 + f"; {', '.join(earlier)} were trained earlier, with the settings recorded per run under Runs.")
     else:
         head = f"Command: `{cmd}`"
+    if record.get("note"):  # how the record came to be (e.g. rebuilt from an earlier md)
+        head += f" ({record['note']})"
     epochs = (record.get("epochs") if not record.get("report_only") and trained != []
               and not (trained is not None and earlier) else None)
     lines = ["# Multi-intent: multi-label vs single-label-as-combinations (issue 19)", "",
@@ -403,6 +405,8 @@ def markdown(summary: dict, results: dict, data_info: dict, record: dict) -> str
         for key in ("subset_accuracy", "macro_f1", "compound_subset_accuracy"):
             p = paired(results, a, b, key)
             cells.append("-" if p is None else f"{p[0]:+.3f} ± {p[1]:.3f} (n={p[2]})")
+        if all(c == "-" for c in cells):  # neither run of the pair is in these results
+            continue
         lines.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

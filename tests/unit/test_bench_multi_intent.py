@@ -109,3 +109,23 @@ def test_a_call_that_trained_some_runs_names_them():
     assert ("Command: `python bench/multi_intent.py --seeds 0 1 --epochs 1`; it trained combinations-s1 (1 epochs); "
             "combinations-s0 were trained earlier") in md
     assert "LoRA, 1 epochs" not in md
+
+
+def test_switches_table_leaves_out_pairs_no_run_has():
+    """multi_intent_1epoch has no head_lr runs: the table got 'multi-focal-head_lr all | multi-focal all | - | - | -'."""
+    results = {"multi-focal plain": {0: scores()}, "multi-focal all": {0: scores()}, "combinations": {0: scores()}}
+    md = bm.markdown(bm.summarize(results), results, INFO, {})
+    assert "| multi-focal all | multi-focal plain | +0.000" in md
+    assert "head_lr" not in md and "| - | - | - |" not in md
+
+
+def test_committed_1epoch_page_is_its_json_rendered():
+    """multi_intent_1epoch.md was never re-rendered: 'LoRA r 8, lr 2e-3, batch 32 ... the same for every run', no
+    Runs section."""
+    import json
+
+    rec = json.loads((ROOT / "bench" / "results" / "multi_intent_1epoch.json").read_text(encoding="utf-8"))
+    text = bm.markdown(rec["summary"], rec["per_seed"], rec["data"], rec.get("record") or {})
+    md = (ROOT / "bench" / "results" / "multi_intent_1epoch.md").read_text(encoding="utf-8")
+    assert md.startswith(text)
+    assert "r 8, lr 2e-3, batch 32" not in md and "## Runs" in md and "head_lr" not in md
