@@ -75,8 +75,10 @@ def render(record: dict) -> str:
              "(`loratune tune --worker`) on one study, on scripted trial outcomes (the protocol's `lr_binds` world of "
              f"tests/unit/test_protocol.py; each trial sleeps {record['trial_s']:g} s instead of training), this "
              f"machine ({f'{cores} CPU cores' if cores else 'CPU cores not recorded'}), heartbeat 2 s. Trials/hour "
-             "counts the trials trained per hour of the leader's wall time (study open to the last decision).", "",
-             "| engine | processes | leader wall s | trials | trials/hour | duplicates | trials by process | "
+             "counts the trials trained per hour of the leader's wall time (study open to the last decision).", ""]
+    if record.get("rebuilt_from"):  # a record made from an md, not by a run
+        lines += [f"This record was rebuilt from {record['rebuilt_from']}.", ""]
+    lines += ["| engine | processes | leader wall s | trials | trials/hour | duplicates | trials by process | "
              "decisions and pick = 1 process |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['engine']} | {r['processes']} | {r['leader_s']:.1f} | {r['trials']} | "

@@ -36,3 +36,17 @@ def test_postgres_rows_name_the_option_and_each_engine():
     assert "on sqlite, a second process +15%, a third process +1%; on postgresql, a second process +16%, " \
            "a third process -2%" in md
     assert "1 trials ran twice" in md and "with no trial run twice" not in md
+
+
+def test_committed_page_is_its_json_rendered():
+    """workers.md was never regenerated after render() came (its fixed 'about 15% ... a third nothing more' and
+    '2 shared CPU cores' stayed) and no workers.json was committed to render it from."""
+    import json
+
+    record = json.loads((ROOT / "bench" / "results" / "workers.json").read_text(encoding="utf-8"))
+    md = (ROOT / "bench" / "results" / "workers.md").read_text(encoding="utf-8")
+    assert md == bw.render(record)
+    assert "about 15%" not in md and "2 shared CPU cores" not in md and "CPU cores not recorded" in md
+    assert "`bench/workers.py --trial-s 2 --postgres URL`" in md
+    assert "This record was rebuilt from bench/results/workers.md as first written" in md
+    assert "on sqlite, a second process +15%, a third process +1%" in md
