@@ -548,6 +548,18 @@ def _breakdown(arm: str, a: dict) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
 
 
+RENDERED_SECTIONS = ("## Config (", "## How this was measured", "## The concurrent rounds")  # what a render writes
+
+
+def hand_written_sections(path: Path) -> list[str]:
+    """The `## ` sections of an existing md that write_markdown does not write (text added by hand): a render over it
+    would lose them."""
+    if not path.is_file():
+        return []
+    return [x for x in path.read_text(encoding="utf-8").splitlines()
+            if x.startswith("## ") and not x.startswith(RENDERED_SECTIONS)]
+
+
 def write_markdown(summary: dict, path: Path) -> None:
     cpu = summary.get("device", "cpu") == "cpu"
     lines = [f"# Training throughput: loratune vs HF Trainer + peft ({'CPU' if cpu else 'GPU'})", "",
@@ -627,8 +639,8 @@ def main() -> None:
     ap.add_argument("--first-round", type=int, default=0,
                     help="number the rounds from here (order and seed follow the number): finish a cut-short run "
                          "in another session, then --render the runs of both")
+    ap.add_argument("--out", help=f"results folder (default {RESULTS}; --render: the input JSON's folder)")
     ap.add_argument("--configs", default="a,b")
-    ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--render", metavar="JSON", help="only re-summarize the runs of a results JSON")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--omp", choices=("as-user", "passive"), default="as-user",
@@ -652,8 +664,17 @@ def main() -> None:
             print("skipped: --device cuda needs a CUDA device, and torch sees none "
                   f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA)")
             return
-    if args.render:  # recompute the summary from the recorded runs, rewrite both files
-        old = json.loads(Path(args.render).read_text())
+    if args.render:  # recompute the summary from the recorded runs: <stem>.json and <stem>.md of the input's name
+        src = Path(args.render)
+        out = Path(args.out) if args.out else src.parent
+        stem = src.stem
+        kept = hand_written_sections(out / f"{stem}.md")
+        if kept:  # e.g. --render of throughput.json: throughput.md holds the sessions' write-ups
+            print(f"error: {out / f'{stem}.md'} holds sections written by hand that a render would lose "
+                  f"({'; '.join(kept[:3])}{'; ...' if len(kept) > 3 else ''}); render elsewhere with --out DIR, "
+                  "or from a copy of the JSON under another name", file=sys.stderr)
+            raise SystemExit(2)
+        old = json.loads(src.read_text())
         summary = summarize(old["runs"], old["steps"], old["rounds"], old["elapsed_s"])
         summary["cpu_cores"] = old.get("cpu_cores", summary["cpu_cores"])  # the machine that ran them
         if old.get("note"):  # how the runs came to be (e.g. rounds of several GPU leases)
@@ -662,9 +683,9 @@ def main() -> None:
         summary["device"] = old.get("device", "cpu")
         if summary["device"] != "cpu":
             summary["gpu"] = next((r["gpu"] for r in old["runs"] if r.get("gpu")), None)
-        stem = "throughput" if summary["device"] == "cpu" else "throughput_cuda"
-        (Path(args.out) / f"{stem}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        write_markdown(summary, Path(args.out) / f"{stem}.md")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_markdown(summary, out / f"{stem}.md")
         return
     configs = args.configs.split(",")
     arms = tuple(a for a in ARMS if a in args.arms.split(","))
@@ -704,8 +725,9 @@ def main() -> None:
                     partial = {"steps": args.steps, "rounds": args.rounds, "elapsed_s": time.perf_counter() - t0,
                                "device": args.device, "cpu_cores": len(os.sched_getaffinity(0)),
                                "runs": results}  # --render it if the run is cut short
-                    Path(args.out).mkdir(parents=True, exist_ok=True)
-                    (Path(args.out) / "throughput.partial.json").write_text(json.dumps(partial), encoding="utf-8")
+                    folder = Path(args.out or RESULTS)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / "throughput.partial.json").write_text(json.dumps(partial), encoding="utf-8")
                     print(f"round {rnd} config {config} {arm:16s} {res['examples_per_s']:7.1f} ex/s  "
                           f"rss {res['peak_rss_mb']:6.0f} MB  val F1 {res['val_macro_f1']:.4f}  "
                           f"load {res['load_before']:.1f}  ({res['process_s']:.0f} s)", flush=True)
@@ -715,7 +737,7 @@ def main() -> None:
     summary["device"] = args.device
     if args.device != "cpu":
         summary["gpu"] = next((r["gpu"] for r in results if r.get("gpu")), None)
-    out = Path(args.out)
+    out = Path(args.out or RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     stem = "throughput" if args.device == "cpu" else "throughput_cuda"
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -67,3 +67,41 @@ def test_recorded_argv_is_the_command(tmp_path):
     assert ("Command: `python bench/throughput.py --steps 80 --rounds 1 --configs b --arms trainer-grouped,loratune`"
             "; then `python bench/throughput.py --steps 80 --rounds 1 --configs b --arms trainer-grouped,loratune "
             "--first-round 1`;") in md
+
+
+def _render_main(monkeypatch, *argv) -> None:
+    monkeypatch.setattr(sys, "argv", ["throughput.py", *argv])
+    bth.main()
+
+
+def test_render_writes_beside_its_input_under_its_own_name(tmp_path, monkeypatch):
+    """--render X.json wrote bench/results/throughput.{json,md} (the hand-edited page) whatever X was."""
+    import json
+
+    runs = [run(a, 0, 42) for a in ("trainer-grouped", "loratune")]
+    src = tmp_path / "mine.json"
+    src.write_text(json.dumps({"runs": runs, "steps": 80, "rounds": 1, "elapsed_s": 60.0, "cpu_cores": 2}))
+    before = (ROOT / "bench" / "results" / "throughput.md").read_text(encoding="utf-8")
+    _render_main(monkeypatch, "--render", str(src))
+    assert (tmp_path / "mine.md").read_text().startswith("# Training throughput")
+    assert json.loads(src.read_text())["runs"] == runs
+    assert (ROOT / "bench" / "results" / "throughput.md").read_text(encoding="utf-8") == before
+
+
+def test_render_refuses_to_overwrite_a_page_with_hand_written_sections(tmp_path, monkeypatch, capsys):
+    import json
+
+    import pytest
+
+    src = tmp_path / "throughput.json"
+    src.write_text(json.dumps({"runs": [run("loratune", 0, 42)], "steps": 80, "rounds": 1, "elapsed_s": 60.0}))
+    page = "# Training throughput\n\n## A session's write-up (by hand)\n\nwords\n\n## Config (b): x\n"
+    (tmp_path / "throughput.md").write_text(page)
+    with pytest.raises(SystemExit) as e:
+        _render_main(monkeypatch, "--render", str(src))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "sections written by hand" in err and "## A session's write-up (by hand)" in err and "--out DIR" in err
+    assert (tmp_path / "throughput.md").read_text() == page
+    _render_main(monkeypatch, "--render", str(src), "--out", str(tmp_path / "elsewhere"))
+    assert (tmp_path / "elsewhere" / "throughput.md").is_file()
