@@ -388,8 +388,8 @@ NOTES = [
     "- examples/s counts the training phase only: HF from `on_train_begin` to `on_train_end` (data loading "
     "included), loratune the sum of its step times (collation included); evaluation is outside both. "
     "`wall s` is the whole subprocess after imports: model load, tokenization, training and evaluation "
-    "(loratune scores val at step 0, val + a 128-row train subsample at the end; HF predicts val once "
-    "with its default eval batch of 8).",
+    "(as today's bench runs them, which the recorded runs may predate: loratune scores val at step 0, val + a "
+    "128-row train subsample at the end; HF predicts val once with its default eval batch of 8).",
     "- Same for every arm: embedded MiniLM-L6, BANKING77 train / validation, LoRA r=8 alpha 16 dropout 0.1, "
     "pooler + classifier trained, batch 32, lr 1e-3 linear decay, no warmup, no weight decay, clip 1.0, "
     "max_length 64; {seeds} (so the F1 spread shows seed noise). The adapted "
@@ -407,7 +407,8 @@ NOTES = [
     "once, as the Trainer's forward does: the cold gain comes from validation (scored at step 0, cached "
     "for later points) and from rows met again in later epochs.",
     "- `loratune-cli` is the whole process a user times: `loratune train -q` with the config's keys, "
-    "everything else default (evaluation schedule capped by `max_eval_share`, validation only at step 0, "
+    "everything else default (as of today's bench and defaults, which the recorded runs may predate: evaluation "
+    "schedule capped by `max_eval_share`, validation only at step 0, "
     "train_eval_size 512, slices, robustness probe on 256 rows when its predictions fit the same cap: "
     "run.json `robustness.skipped` says when not), timed from the driver (process start to exit, imports "
     "included) like the Trainer's script, which loads, tokenizes, trains and predicts validation once "
@@ -521,11 +522,18 @@ GPU_NOTES = [
     "within 1e-3 of the original.",
     "- Every arm on the GPU under bf16 autocast with fused AdamW: the Trainer with `bf16=True, "
     "optim=\"adamw_torch_fused\"` (what a GPU user sets), loratune with `precision: auto` (bf16 on a CUDA device "
-    "with bf16). Length-grouped batches in both; the same configs, data, seeds and examples as the CPU race.",
+    "with bf16). Length-grouped batches in both; {seeds}, {examples} training examples per arm ({steps} steps): a "
+    "CPU race's steps and seeds are in its own record, compare only where they match.",
     "- MFU = the model FLOPs of the training examples (`model_flops_per_token` x mean unpadded tokens x examples) / "
     "the training seconds / the GPU's dense bf16 peak (`GPU_PEAK_BF16`, the data sheet's figure).",
     "- Rounds run in separate leases of a machine are not comparable with each other (a fresh machine's first CUDA "
     "process pays for starting the device); compare arms within a round.", ""]
+
+
+def gpu_notes_for(summary: dict) -> list[str]:
+    """GPU_NOTES with what these runs recorded filled in (seeds, examples, steps)."""
+    return [x.replace("{seeds}", seeds_text(summary.get("runs") or [])).replace("{examples}", str(summary["examples"]))
+            .replace("{steps}", str(summary["steps"])) for x in GPU_NOTES]
 
 
 def _med(xs) -> float:
@@ -564,7 +572,8 @@ def write_markdown(summary: dict, path: Path) -> None:
     cpu = summary.get("device", "cpu") == "cpu"
     lines = [f"# Training throughput: loratune vs HF Trainer + peft ({'CPU' if cpu else 'GPU'})", "",
              f"{command_text(summary)}; "
-             + (f"{summary['cpu_cores']} CPU cores shared with other jobs (load average per arm below); " if cpu
+             + (f"{summary['cpu_cores']} CPU cores, which may be shared with other jobs (load average per arm below); "
+                if cpu
                 else f"{summary.get('gpu', 'a GPU')}, {summary['cpu_cores']} CPU cores; ")
              + f"{summary['examples']} training examples per arm ({summary['steps']} steps x {summary['batch']}); "
              f"total {summary['elapsed_s'] / 60:.1f} min. Before issue 17: "
@@ -628,7 +637,7 @@ def write_markdown(summary: dict, path: Path) -> None:
                 lines.append(f"| {arm} | {', '.join(f'{x:.3%}' for x in a.get('mfu', []) if x is not None)} "
                              f"| {', '.join(f'{x:.0f}' for x in a.get('gpu_peak_memory_mb', []))} |")
         lines.append("")
-    lines += notes_for(summary) if cpu else GPU_NOTES
+    lines += notes_for(summary) if cpu else gpu_notes_for(summary)
     path.write_text("\n".join(lines), encoding="utf-8")
 
 

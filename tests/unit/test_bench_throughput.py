@@ -105,3 +105,25 @@ def test_render_refuses_to_overwrite_a_page_with_hand_written_sections(tmp_path,
     assert (tmp_path / "throughput.md").read_text() == page
     _render_main(monkeypatch, "--render", str(src), "--out", str(tmp_path / "elsewhere"))
     assert (tmp_path / "elsewhere" / "throughput.md").is_file()
+
+
+def test_header_and_notes_say_only_what_the_record_holds(tmp_path):
+    """Every CPU record got '2 CPU cores shared with other jobs' (nothing records it), and the notes described
+    today's evaluation schedule as the recorded runs'."""
+    md = render([run("loratune", 0, 42)], tmp_path, rounds=1)
+    assert "2 CPU cores, which may be shared with other jobs (load average per arm below)" in md
+    assert "CPU cores shared with other jobs" not in md
+    assert "as today's bench runs them, which the recorded runs may predate" in md
+    assert "as of today's bench and defaults, which the recorded runs may predate" in md
+
+
+def test_gpu_notes_state_the_records_seeds_and_examples_not_the_cpu_races(tmp_path):
+    """throughput_cuda.json holds 300 steps (9,600 examples) and seeds 42-44; the notes said 'the same configs, data,
+    seeds and examples as the CPU race' (80 steps, 2,560 examples)."""
+    runs = [run(a, r, 42 + r) for r in range(3) for a in ("trainer-grouped", "loratune")]
+    summary = bth.summarize(runs, 300, 3, 60.0)
+    summary.update(runs=runs, device="cuda", cpu_cores=16, gpu="NVIDIA H200")
+    bth.write_markdown(summary, tmp_path / "c.md")
+    md = (tmp_path / "c.md").read_text()
+    assert "as the CPU race" not in md
+    assert "seed 42 in round 0, 43 in round 1, 44 in round 2, 9600 training examples per arm (300 steps)" in md
