@@ -45,7 +45,8 @@ def render(result: dict, today: dict) -> list[str]:
     """train_banking77_full.md from its JSON: what the JSON records, with the versions it ran under and how its
     config stands to today's defaults."""
     v = result.get("versions") or {}
-    versions = ", ".join(f"{k} {x}" for k, x in v.items()) or "not recorded"
+    versions = (f"Ran under {', '.join(f'{k} {x}' for k, x in v.items())} (the JSON's `versions`)." if v
+                else "The versions it ran under are not recorded (the JSON has no `versions`).")
     argv = result.get("argv")
     command = (f"Command: `python bench/train_full_banking77.py {' '.join(argv)}`" if argv is not None else
                "Command not recorded in the JSON; its config's dataset_name: "
@@ -55,7 +56,7 @@ def render(result: dict, today: dict) -> list[str]:
     return [
         "# MiniLM + LoRA, the recorded start config, full BANKING77", "",
         command, "",
-        f"Ran under {versions} (the JSON's `versions`). {config_note(result['config'], today)}", "",
+        f"{versions} {config_note(result['config'], today)}", "",
         "| what | value |", "|---|---|",
         f"| train / val / test rows | {result['rows']['train']} / {result['rows']['val']} / {test_n} |",
         f"| steps, examples processed | {result['steps']}, {result['examples_seen']} |",
@@ -66,8 +67,8 @@ def render(result: dict, today: dict) -> list[str]:
         f"| training examples/s (optimizer steps only) | {result['train_examples_per_s']:.1f} |",
         f"| peak RSS | {result['peak_memory_mb']:.0f} MB |",
         f"| trainable parameters | {p['trainable']} of {p['total']} ({p['share_of_total']:.2%}) |",
-        "", f"The machine: {result.get('threads', '?')} torch threads on a shared box; other jobs ran beside this "
-            "one, so times are upper bounds.",
+        "", f"The machine: {result.get('threads', 'not recorded how many')} torch threads; whether other jobs shared "
+            "it is not recorded (the JSON has no such record), so times may be upper bounds.",
     ]
 
 

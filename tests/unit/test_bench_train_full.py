@@ -40,3 +40,15 @@ def test_render_without_a_recorded_command_says_so():
     assert "Command not recorded in the JSON; its config's dataset_name: `/d`" in md
     assert "it has every key of today's defaults." in md
     assert "/ not recorded |" in md
+
+
+def test_render_claims_no_shared_box_and_reads_right_without_versions():
+    """Every md said 'on a shared box; other jobs ran beside this one' (nothing records it), and a JSON without
+    `versions` gave 'Ran under not recorded (the JSON's `versions`).'"""
+    r = result({"data": {"dataset_name": "/d"}})
+    del r["versions"]
+    md = "\n".join(bt.render(r, {"data": {"dataset_name": "x"}}))
+    assert "Ran under not recorded" not in md
+    assert "The versions it ran under are not recorded (the JSON has no `versions`)." in md
+    assert "shared box" not in md and "other jobs ran beside this one" not in md
+    assert "The machine: 2 torch threads; whether other jobs shared it is not recorded" in md
