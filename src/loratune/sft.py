@@ -71,9 +71,9 @@ from loratune.trackers import require as require_trackers
 from loratune.train import (STEP0_SPLITS, BestModel, CardPick, RunProgress, TrainCallback, batch_order,
                             build_optimizer, card_record, confusion_writer, cpu_cores, diverged, eval_batches,
                             eval_budget_rows, fresh_loss, history_point, loss_points_every, output_error,
-                            peak_memory_mb, plan_steps, record_save_failure, rng_kept, save_best_so_far, saved_note,
-                            seed_everything, start_note, start_record, step_groups, timed, torch_threads,
-                            train_log_every, utc_now, versions)
+                            peak_memory_mb, plan_steps, record_save_failure, rng_kept, run_fresh_factor,
+                            save_best_so_far, saved_note, seed_everything, start_note, start_record, step_groups,
+                            timed, torch_threads, train_log_every, utc_now, versions)
 
 # What picks the saved model and drives early stopping (train.metric_for_best_model=auto): open generation,
 # the val loss per completion token; generative classification (data.label_format=generate), val macro-F1 of
@@ -875,7 +875,8 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
 
     def _diverged_point(point: dict) -> str | None:
         loss = point.get("train/loss")
-        return diverged(loss, start_loss, cfg.train.max_grad_norm > 0, start_fresh) if loss is not None else None
+        return (diverged(loss, start_loss, cfg.train.max_grad_norm > 0, start_fresh, run_fresh_factor(store))
+                if loss is not None else None)
 
     try:
         if ranks.evaluates:  # rank 0 evaluates (and runs the callback); under DDP the others wait for its answer

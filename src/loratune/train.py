@@ -29,7 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -41,10 +41,10 @@ from loratune.adapt import apply_adapter, count_params, depth, num_layers, share
 from loratune.config import RunConfig, single_label_note, to_dict, to_yaml
 from loratune.data import (VALIDATED_ON, Dataset, LabelSpace, Split, data_seed_record, stratified_subset,
                            validated_on)
-from loratune.errors import UserError, disk_full
+from loratune.errors import UserError, disk_full, finite_number
 from loratune.rng import rng_kept  # noqa: F401  (sft takes it from here too)
 from loratune.objectives import NOTHING_KEPT, Patience, keep_order, keeps, objective as objective_named
-from loratune.rules import THRESHOLDS
+from loratune.rules import RUN_THRESHOLDS_KEY, THRESHOLDS
 from loratune.eval_extras import EvalExtras
 from loratune.slices import probe_label_note
 from loratune.heads import head_modules
@@ -580,7 +580,8 @@ DIVERGENCE_FACTOR = 4.0
 # head switched off, about ln C, the uniform guess the diagnosis measures against). It is the diagnosis' own multiple
 # (rules threshold diverged_chance_ratio: a train loss ending at it has blown up), so the guard stays inside the
 # diagnosis' `diverged` rule: it stops a warm start only where `diagnose` would call the run diverged had it ended
-# there, and a bump the run recovers from (lr-too-large at worst) runs on.
+# there, and a bump the run recovers from (lr-too-large at worst) runs on. This is the default: a run judged by other
+# thresholds (a tune trial's --thresholds, recorded in its run.json) stops at its own ratio (warm_fresh_factor).
 WARM_FRESH_FACTOR = THRESHOLDS["diverged_chance_ratio"].value
 # the guard's rule in words, for the messages that must agree with it (`train`'s verdict line; README, run-record.md)
 DIVERGENCE_RULE = (f"a non-finite loss, or an evaluation window's mean train loss above {DIVERGENCE_FACTOR:g}x the "
@@ -588,30 +589,44 @@ DIVERGENCE_RULE = (f"a non-finite loss, or an evaluation window's mean train los
                    f"diagnose's diverged_chance_ratio)")
 
 
-def divergence_bar(start_loss: float | None, fresh: float | None = None) -> float | None:
+def warm_fresh_factor(judged_by: Mapping[str, Any] | None) -> float:
+    """The un-adapted multiple a warm start's guard stops at: diverged_chance_ratio as the run is judged by, i.e. its
+    record's threshold overrides (`judged_by`: run.json's rules.RUN_THRESHOLDS_KEY, a tune trial's --thresholds, as
+    RunStore.record_extra carries them), else WARM_FRESH_FACTOR, so the guard and `diagnose` read one value."""
+    value = (judged_by or {}).get("diverged_chance_ratio")
+    return float(value) if finite_number(value) else WARM_FRESH_FACTOR
+
+
+def run_fresh_factor(store) -> float:
+    """warm_fresh_factor for the run `store` writes: the thresholds its record says it is judged by."""
+    return warm_fresh_factor(getattr(store, "record_extra", {}).get(RUN_THRESHOLDS_KEY))
+
+
+def divergence_bar(start_loss: float | None, fresh: float | None = None,
+                   fresh_factor: float = WARM_FRESH_FACTOR) -> float | None:
     """The window mean train loss past which a run has diverged (None: no ratio check, only a non-finite loss counts).
     `start_loss`: the loss of step 1; `fresh`: a warm start's un-adapted loss (`fresh_loss`; NaN: a warm start with no
     reference, e.g. a full fine-tune's; None: a fresh start). DIVERGENCE_FACTOR x step 1, and for a warm start at least
-    WARM_FRESH_FACTOR x the un-adapted model's loss (that alone where step 1's loss is 0: a saved model that fits its
-    batch exactly)."""
+    `fresh_factor` (warm_fresh_factor: the run's diverged_chance_ratio) x the un-adapted model's loss (that alone where
+    step 1's loss is 0: a saved model that fits its batch exactly)."""
     if start_loss is None or not math.isfinite(start_loss) or start_loss < 0:
         return None
     if fresh is None:
         return DIVERGENCE_FACTOR * start_loss if start_loss > 0 else None
     if not math.isfinite(fresh):
         return None
-    return max(DIVERGENCE_FACTOR * start_loss, WARM_FRESH_FACTOR * fresh)
+    return max(DIVERGENCE_FACTOR * start_loss, fresh_factor * fresh)
 
 
 def diverged(window_loss: float, start_loss: float | None, clipped: bool = False,
-             fresh: float | None = None) -> str | None:
+             fresh: float | None = None, fresh_factor: float = WARM_FRESH_FACTOR) -> str | None:
     """Why the run has diverged (None: it has not): a non-finite loss, or a window mean past `divergence_bar`
     (DIVERGENCE_FACTOR times the loss of step 1; a warm start's, `fresh` its un-adapted model's loss, also past
-    WARM_FRESH_FACTOR times that). `clipped`: gradients were already clipped (max_grad_norm > 0), so the advice is
+    `fresh_factor` times that). `clipped`: gradients were already clipped (max_grad_norm > 0), so the advice is
     the learning rate alone."""
     if not math.isfinite(window_loss):
         return "non-finite loss"
-    bar = divergence_bar(start_loss, fresh)
+    bar = divergence_bar(start_loss, fresh, fresh_factor)
     if bar is not None and window_loss > bar:
         warm = (f" and {window_loss / fresh:.1f}x the un-adapted model's loss ({fresh:.3g})"
                 if fresh is not None and fresh > 0 else "")
@@ -1120,7 +1135,8 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
 
     def _diverged_point(point: dict) -> str | None:
         loss = point.get("train/loss")
-        return diverged(loss, start_loss, cfg.train.max_grad_norm > 0, start_fresh) if loss is not None else None
+        return (diverged(loss, start_loss, cfg.train.max_grad_norm > 0, start_fresh, run_fresh_factor(store))
+                if loss is not None else None)
 
     try:
         with timed(timing, "evaluate"):

@@ -1129,3 +1129,41 @@ def test_evaluate_refuses_a_damaged_run_record_before_scoring_and_keeps_its_scor
         record = json.loads(path.read_text())
         assert set(record["eval"]) == {"test"} and record["eval"]["test"] == record["test"]
         assert record["test"]["test/n"] > 0 and 0.0 <= record["test"]["test/macro_f1"] <= 1.0
+
+
+def test_a_tune_trials_warm_start_guard_reads_the_studys_diverged_chance_ratio(tiny_bert, intent_data, tmp_path,
+                                                                                monkeypatch):
+    """A tune trial (--thresholds diverged_chance_ratio: 5) warm-started: its guard read the default ratio 2 and
+    stopped it `diverged` at a window of 6.04 (past 2 x the un-adapted 1.66 = 3.32), a bump the run recovers from
+    (0.80 at its end) and under the ratio the trial is judged by (5 x 1.66 = 8.3): the guard and diagnose read two
+    different ratios for one run. Now the guard reads the thresholds the run's record says it is judged by
+    (rules.RUN_THRESHOLDS_KEY): the run completes and the diagnosis (ratio 5) says it is not diverged; with the
+    default ratio it still stops at step 3, recorded diverged."""
+    import loratune.train as T
+    from loratune.data import load_dataset
+    from loratune.diagnose import diagnose
+    from loratune.rules import RUN_THRESHOLDS_KEY, resolve_thresholds
+    from loratune.search.runner import TrainingRunner
+    from loratune.search.trial import TrialSpec
+
+    _train(tiny_bert, intent_data, tmp_path / "a", max_steps=4, eval_steps=4)
+    losses, fresh = [0.581, 2.354, 6.042, 0.801], 1.66
+    real = T.loss_fn
+    monkeypatch.setattr(T, "fresh_loss", lambda model, loss_of: fresh)
+    cfg = load_config(None, overrides(tiny_bert, intent_data, tmp_path / "base", max_steps=len(losses), eval_steps=1,
+                                      early_stopping_patience=0, init_from=str(RunStore(tmp_path / "a").adapter_dir)))
+    runs = {}
+    for name, given in (("default", None), ("five", {"diverged_chance_ratio": 5.0})):
+        script = iter(losses)
+        monkeypatch.setattr(T, "loss_fn", lambda logits, *a, **k: (
+            real(logits, *a, **k) * 0 + next(script) if logits.requires_grad else real(logits, *a, **k)))
+        runner = TrainingRunner(cfg, load_dataset(cfg.data), thresholds=resolve_thresholds(given) if given else None)
+        runner.run(TrialSpec(name, "test", {}), tmp_path / name)
+        runs[name] = RunStore(tmp_path / name).read_run()
+    assert runs["default"]["status"] == "diverged" and runs["default"]["steps_done"] == 3
+    assert "3.6x the un-adapted model's loss (1.66)" in runs["default"]["reason"]
+    assert diagnose(tmp_path / "default").verdict == "diverged"
+    five = runs["five"]
+    assert five[RUN_THRESHOLDS_KEY] == {"diverged_chance_ratio": 5.0}
+    assert five["status"] == "completed" and five["steps_done"] == len(losses), (five["status"], five["reason"])
+    assert diagnose(tmp_path / "five").verdict != "diverged"  # the guard and the diagnosis agree

@@ -304,3 +304,15 @@ def test_macro_f1_with_no_scored_class_is_the_one_stated_score_and_every_per_cla
     assert np.isnan(ml["val/f1/a"]) and np.isnan(ml["val/f1/b"])
     assert macro_f1(np.array([], int), np.array([], int), 3) == NO_SCORED_CLASS_MACRO_F1  # raised ValueError
     assert macro_f1(np.zeros((0, 3), int), np.zeros((0, 3), int), 3) == NO_SCORED_CLASS_MACRO_F1
+
+
+def test_a_warm_starts_un_adapted_multiple_is_the_runs_own_diverged_chance_ratio():
+    """train.warm_fresh_factor: the ratio the run's record says it is judged by (a tune trial's --thresholds), else the
+    default; a record value that is no number (a hand-edited run.json) falls back to the default."""
+    from loratune.train import WARM_FRESH_FACTOR, divergence_bar, diverged, warm_fresh_factor
+
+    assert warm_fresh_factor(None) == warm_fresh_factor({}) == WARM_FRESH_FACTOR == 2.0
+    assert warm_fresh_factor({"diverged_chance_ratio": 5}) == 5.0
+    assert warm_fresh_factor({"diverged_chance_ratio": "x"}) == warm_fresh_factor({"diverged_chance_ratio": True}) == 2.0
+    assert divergence_bar(0.581, 1.66, warm_fresh_factor({"diverged_chance_ratio": 5})) == pytest.approx(8.3)
+    assert diverged(6.042, 0.581, fresh=1.66) and diverged(6.042, 0.581, fresh=1.66, fresh_factor=5.0) is None
