@@ -177,6 +177,9 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     dataset = _dataset(cfg, dataset, "plan")
     dataset = dataset if dataset is not None else prepare(cfg)
     items = _check(cfg, dataset)  # the dry run refuses what training would (README: in --dry-run as in training)
+    from loratune.store import earlier_run_note
+
+    earlier_run_note(cfg.train.output_dir)  # an output_dir holding files no run wrote: refused, as api.train does
     if cfg.model.task == "causal-lm":
         from loratune.models import load_causal_lm, load_tokenizer
         from loratune.sft import cap_note, encode_run

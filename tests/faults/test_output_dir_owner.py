@@ -106,3 +106,25 @@ def test_a_run_into_a_tune_study_and_a_study_onto_a_run_are_refused(tiny_bert, i
         assert f"--study-dir '{run}' holds a run (run.json, history.jsonl), not a tune study" in err, err
         assert "give the study a folder of its own, e.g. --study-dir runs/tune" in err and "Traceback" not in err
         assert sorted(p.name for p in run.iterdir()) == kept  # no study.db, no lock
+
+
+def test_a_dry_run_refuses_the_output_dir_the_real_run_refuses(tiny_bert, intent_data, tmp_path, capsys):
+    # `train --dry-run` into a folder holding a user's own config.yaml / run.json printed the plan and exited 0, where
+    # the real run exits 2: the dry run must say what the real run would, before the model loads
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    mine = HAND_WRITTEN.format(model=tiny_bert, data=intent_data, out=exp)
+    (exp / "config.yaml").write_text(mine)
+    assert main(["train", "--dry-run", "--config", str(exp / "config.yaml")]) == 2
+    captured = capsys.readouterr()
+    err = flat(captured.err)
+    assert f"output_dir '{exp}' holds a config.yaml that no loratune run wrote (no loratune run.json beside it)" in err
+    assert "Traceback" not in err and "planned:" not in captured.out
+    assert sorted(p.name for p in exp.iterdir()) == ["config.yaml"] and (exp / "config.yaml").read_text() == mine
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "run.json").write_text('{"mine": 1}\n')
+    assert main(["train", "--dry-run", *overrides(tiny_bert, intent_data, out)]) == 2
+    assert f"output_dir '{out}' holds a run.json that is no loratune run's record" in flat(capsys.readouterr().err)
+    # a folder holding a loratune run's outputs plans as before (the real run replaces them, with its note)
+    assert main(["train", "--dry-run", *overrides(tiny_bert, intent_data, tmp_path / "new")]) == 0
