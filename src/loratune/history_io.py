@@ -3023,6 +3023,11 @@ def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]
     last: dict[int, str] = {}  # each identity column's run of the row before
     stated: dict[int, int | None] = {i: 0 for i in states}  # each state column's cells of a run state (else None)
     seqs: dict = {}  # step column -> its values along the file; (identity column, step column, run) -> a run's
+    # (identity column, step column, step, the row's filled columns) -> the runs with such a row: two runs' rows alike
+    # at one step are two runs taking turns (one run's train and eval rows at a step fill different columns)
+    alike: dict = {}
+    shared = {i: False for i in ids}  # whether two of the runs a column names have rows alike at a step
+    others = set(ids) | set(states)
     n_rows = 0
     for row in rows:
         n_rows += 1
@@ -3041,6 +3046,10 @@ def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]
                 runs[i][run] = runs[i].get(run, 0) + 1
                 for j, v in steps.items():
                     _step_on(seqs, (i, j, run), v)
+                    if v is not None and not shared[i]:
+                        filled = tuple(k for k, c in enumerate(row) if k not in others and c.strip())
+                        seen = alike.setdefault((i, j, v, filled), run)
+                        shared[i] = seen != run
     state = next((i for i in states if stated[i]), None)
     i = max(ids, key=lambda i: len(runs[i]))  # the column naming the most runs (MLflow's Run ID over its Name)
     named = sum(runs[i].values()) == n_rows  # every row names its run
@@ -3052,19 +3061,29 @@ def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]
                       "MlflowClient().get_metric_history(RUN_ID, KEY) per metric, joined on step")
     if state is not None and named and len(runs[i]) == n_rows:
         raise table  # a different run on every row: its summary steps going up or not (a sweep sorted by them)
-    if any(_goes_up(seqs, j) for j in progress):
-        return  # one history (a run name on each of its rows, its steps going up)
     several = len(runs[i]) > 1 and max(runs[i].values(), default=0) > 1
     stacked = next((header[j] for j in progress if all(_goes_up(seqs, (i, j, run)) for run in runs[i]
                                                        if runs[i][run] > 1)), None)
+    shown = ", ".join(map(repr, list(runs[i])[:3])) + (", ..." if len(runs[i]) > 3 else "")
+
+    def histories(how: str) -> UserError:
+        return UserError(f"'{p}' holds the histories of {len(runs[i])} runs ({shown}), {how} ({columns}"
+                         + (f", {stacked!r} going up within each run" if stacked else "") + "), not one run's history",
+                         f"split it into a file per run and diagnose them together, e.g. with pandas: for run, df in "
+                         f"pandas.read_csv({p.name!r}).groupby({header[i]!r}): df.to_csv(f'{{run}}.csv', index=False)")
+
+    # runs taking turns row by row (a,b,a,b: two runs merged on their steps): the file's step never falls, so it passed
+    # for one history; each run's steps going up and two runs' rows alike at one step say otherwise (a long-format
+    # export's `name` is a metric's: its value column says so, _no_metric_column)
+    long_format = any(n in _CSV_LONG_FORMAT[1] for n in names)
+    if several and named and not blocks[i] and shared[i] and stacked is not None and not long_format:
+        raise histories("taking turns row by row")
+    if any(_goes_up(seqs, j) for j in progress):
+        return  # one history (a run name on each of its rows, its steps going up)
     # without run states only a run column whose runs are blocks of rows, each its steps going up, is several runs
     alone = named and blocks[i] and min(runs[i].values(), default=0) > 1
     if several and (stacked is not None and (state is not None or alone) or state is not None and not progress):
-        shown = ", ".join(map(repr, list(runs[i])[:3])) + (", ..." if len(runs[i]) > 3 else "")
-        raise UserError(f"'{p}' holds the histories of {len(runs[i])} runs ({shown}), one after another ({columns}"
-                        + (f", {stacked!r} going up within each run" if stacked else "") + "), not one run's history",
-                        f"split it into a file per run and diagnose them together, e.g. with pandas: for run, df in "
-                        f"pandas.read_csv({p.name!r}).groupby({header[i]!r}): df.to_csv(f'{{run}}.csv', index=False)")
+        raise histories("one after another")
     if state is None or not runs[i] or (len(runs[i]) == 1 and not progress and n_rows > 1):
         return  # no run states, or one run's rows with no steps to say otherwise (a name given to several runs:
         # their steps go nowhere)

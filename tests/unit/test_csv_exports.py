@@ -370,3 +370,40 @@ def test_a_long_format_export_without_a_step_column_says_to_export_its_step(tmp_
     err = capsys.readouterr().err
     assert "(the metric's name in 'key', its value in 'value', no step column)" in err
     assert "export it again with each value's step" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("column", ["run", "run_id", "name", "id"])
+def test_two_runs_taking_turns_row_by_row_are_refused(tmp_path, capsys, column):
+    """Two runs interleaved (`run,step,...` rows a,b,a,b: a W&B or hand-made export of two runs merged on step) were
+    read as one run: the step never falls along the file (50,50,100,100...), so it passed for one history, and each
+    step's second run's values were dropped as 'given again at a step'. Now refused as stacked histories are (exit 2),
+    naming the column to split by."""
+    other = [(s, t * 3, v * 3) for s, t, v in HISTORY]
+    rows = [(run, *row) for pair in zip(HISTORY, other) for run, row in zip(("lora-a", "lora-b"), pair)]
+    path = _write(tmp_path / "turns.csv", f"{column},step,train_loss,val_loss", rows)
+    assert main(["diagnose", path]) == 2
+    err = capsys.readouterr().err
+    assert (f"holds the histories of 2 runs ('lora-a', 'lora-b'), taking turns row by row (column {column!r}, 'step' "
+            "going up within each run), not one run's history") in err
+    assert f".groupby({column!r})" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text", [
+    # one run's train and eval rows at the same steps, named by what they are (different columns filled)
+    "name,step,train_loss,val_loss\n" + "".join(f"train,{s},{t},\neval,{s},,{v}\n" for s, t, v in HISTORY),
+    # names taking turns, each step once (test_a_history_with_a_name_column_and_no_state_is_read)
+    "name,step,train_loss,val_loss\n" + "".join(f"{'ab'[k % 2]},{s},{t},{v}\n" for k, (s, t, v) in enumerate(HISTORY)),
+])
+def test_rows_taking_turns_that_are_one_runs_history_are_read(tmp_path, text):
+    (tmp_path / "h.csv").write_text(text)
+    h = load_run(str(tmp_path / "h.csv"))
+    assert [p["step"] for p in h.points] == [50, 100, 150, 200]
+    assert [p["val/loss"] for p in h.points] == [1.5, 0.77, 0.54, 0.435]
+
+
+def test_a_long_format_export_with_a_name_column_is_still_said_to_be_long_format(tmp_path, capsys):
+    # step,name,value: the name is a metric's, its values sharing steps: no runs taking turns
+    text = "step,name,value\n" + "".join(f"{s},train_loss,{t}\n{s},val_loss,{v}\n" for s, t, v in HISTORY)
+    (tmp_path / "long.csv").write_text(text)
+    assert main(["diagnose", str(tmp_path / "long.csv")]) == 2
+    assert "is in long format, one row per logged value" in capsys.readouterr().err
