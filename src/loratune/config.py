@@ -559,6 +559,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 RECORDED_BEFORE_KEY: dict[str, Any] = {"train.precision": "fp32"}
 
 
+def inferred_note(key: str, flat: Mapping[str, Any]) -> str:
+    """What a message adds to `key`'s value read from a recorded config whose `flat` keys lack it (RECORDED_BEFORE_KEY
+    filled it in, upgrade_recorded): that the value was inferred, not recorded. Empty where the record holds the key."""
+    if key not in RECORDED_BEFORE_KEY or key in flat:
+        return ""
+    return (f" (inferred, not recorded: the study was recorded by a loratune from before {key}, which ran as "
+            f"{RECORDED_BEFORE_KEY[key]})")
+
+
 def upgrade_recorded(flat: dict[str, Any]) -> dict[str, Any]:
     """A config an older loratune recorded (a run's config.yaml, a study's base config) in today's allowed values,
     with the meaning it was run with: max_steps 0, which it trained as -1 (by num_train_epochs), is -1; an init_from

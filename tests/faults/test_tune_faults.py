@@ -437,3 +437,36 @@ def test_a_ctrl_c_while_a_finished_trial_is_diagnosed_keeps_it_and_resume_does_n
         again.close()
     assert len(recs) == 2 and recs[0].number == rec.number and recs[0].result == rec.result
     assert recs[0].spec.key != recs[1].spec.key, "the finished trial was trained again"
+
+
+@pytest.mark.parametrize("given", ["precision=bf16", "precision=auto"])
+def test_a_resume_refusal_says_a_precision_the_study_never_recorded_was_inferred(given, tmp_path, capsys, monkeypatch):
+    # a study recorded before train.precision existed reads as fp32 (config.RECORDED_BEFORE_KEY); `--resume
+    # precision=bf16` was refused with "was set up with precision=fp32", a value the user never set and the record
+    # never held: the refusal says it was inferred
+    import sys
+
+    import yaml
+
+    from loratune.config import load_config, to_yaml
+    from loratune.search.protocol import ProtocolSettings
+    from loratune.search.study import Study
+
+    import loratune.search.tune  # noqa: F401 (the package's `tune` is the function)
+
+    recorded = yaml.safe_load(to_yaml(load_config(None, ["per_device_train_batch_size=8", "dataset_name=/d/intent"])))
+    del recorded["train"]["precision"]  # an older loratune's record
+    Study.open(tmp_path / "s", meta={"strategy": "random", "seed": 3, "budget": "2trials",
+                                     "base_config": yaml.safe_dump(recorded), "settings": ProtocolSettings().to_dict(),
+                                     "plan": {"max_steps": 8, "examples": 64}}).close()
+
+    def stop(*a, **k):
+        raise RuntimeError("got past the checks")
+
+    monkeypatch.setattr(sys.modules["loratune.search.tune"], "Budget", type("B", (), {"parse": staticmethod(stop)}))
+    assert main(["tune", "--resume", "--study-dir", str(tmp_path / "s"), "-q", given]) == 2
+    err = flat(capsys.readouterr().err)
+    assert (f"the study in {tmp_path / 's'} was set up with precision=fp32 (inferred, not recorded: the study was "
+            "recorded by a loratune from before train.precision, which ran as fp32): a resume continues it") in err, err
+    with pytest.raises(RuntimeError, match="got past the checks"):  # the inferred value itself resumes
+        main(["tune", "--resume", "--study-dir", str(tmp_path / "s"), "-q", "precision=fp32"])

@@ -460,7 +460,7 @@ def _refuse_changes(study_dir: Path, old: dict, options: TuneOptions, settings, 
     and replayed decisions are the study's), so it is refused, naming the study's value (as --strategy is). So is a
     caller's `dataset` prepared from other data (or drawn with another seed) than the study's: its trials trained on
     it while their records named the study's data."""
-    from loratune.config import to_dict
+    from loratune.config import inferred_note, to_dict
     from loratune.search.protocol import ProtocolSettings
 
     diffs = []
@@ -489,9 +489,11 @@ def _refuse_changes(study_dir: Path, old: dict, options: TuneOptions, settings, 
         had = old.get("thresholds") or {}
         diffs.append(f"the threshold overrides {overrides_text(had)}" if had else "no threshold overrides")
     flat = {f"{sec}.{k}": v for sec, keys in to_dict(cfg).items() for k, v in keys.items()}
+    recorded = _recorded_keys(old.get("base_config"))  # (a key an older loratune never recorded: its value inferred)
     for key, value in sorted(given.items()):
         if key in flat and _plain(value) != _plain(flat[key]):
-            diffs.append(f"{key.split('.', 1)[1]}={_plain(flat[key])}")
+            diffs.append(f"{key.split('.', 1)[1]}={_plain(flat[key])}"
+                         + (inferred_note(key, recorded) if recorded is not None else ""))
     keys, drew = prepared_apart(dataset, cfg.data, cfg.train.seed)
     named = {d.split("=", 1)[0] for d in diffs}  # (a key the cfg set too is named once)
     diffs += [f"{k}={_plain(flat[f'data.{k}'])}" for k in keys if k not in named]
@@ -523,14 +525,23 @@ def settings_from(stored: dict | None, default: ProtocolSettings, ui: UI | None 
     return ProtocolSettings(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in stored.items() if k in known})
 
 
-def cfg_from_yaml(text: str):
+def _recorded_flat(text: str) -> dict:
+    """A study's recorded base config (YAML) as dotted keys, as recorded (no key filled in)."""
     import yaml
 
+    data = yaml.safe_load(text) or {}
+    return {f"{s}.{k}": v for s, sec in data.items() for k, v in (sec or {}).items()}
+
+
+def _recorded_keys(text) -> set[str] | None:
+    """The dotted keys a study's recorded base config holds (None: no record to read)."""
+    return set(_recorded_flat(text)) if isinstance(text, str) and text else None
+
+
+def cfg_from_yaml(text: str):
     from loratune.config import build_config, upgrade_recorded
 
-    data = yaml.safe_load(text) or {}
-    flat = {f"{s}.{k}": v for s, sec in data.items() for k, v in (sec or {}).items()}
-    return build_config(upgrade_recorded(flat))  # a study an older loratune started
+    return build_config(upgrade_recorded(_recorded_flat(text)))  # a study an older loratune started
 
 
 def _base_config(cfg, start: Start, plan: dict, explicit: tuple[str, ...]):
