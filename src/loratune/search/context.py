@@ -351,9 +351,13 @@ class SearchContext:
                     self.meter.charge(Cost(rec.result.wall_s, rec.result.examples, 1),
                                       f"{rec.label} (trained by an earlier session, not reused by this one)")
         recorded, self.recorded_spent_s = self.recorded_spent_s, None
-        if recorded is not None and recorded > self.meter.spent.wall_s:
+        # the earlier sessions' share of what is charged so far: this session's own overheads (its start-up, the time
+        # between its trials) were never in their summary; compared with the whole meter, they took the place of the
+        # earlier sessions' own start-up and time around their trials, and the spend of the study was understated
+        earlier = self.meter.spent.wall_s - sum(float(e["wall_s"]) for e in self._overheads)
+        if recorded is not None and recorded > earlier:
             self._charge_overhead("earlier sessions' time around their trials (their final/study.json's spent; "
-                                  "kept per session only since)", recorded - self.meter.spent.wall_s)
+                                  "kept per session only since)", recorded - earlier)
 
     def _account(self, rec: TrialRecord, label: str, charge: bool = True) -> None:
         r = rec.result
