@@ -2691,10 +2691,27 @@ _CSV_COLUMNS = {
     "eval_runtime": ["val_runtime"],
     "eval_samples_per_second": ["val_samples_per_second"],
 }
+_CSV_KEY_OF = {alias: key for key, aliases in _CSV_COLUMNS.items() for alias in aliases}  # normalised alias -> key
+# the keys above that are no loss or score: the step, the schedule, the gradient's size, an eval's size and timing
+_CSV_NOT_SCORES = frozenset({"step", "epoch", "lr", "train/grad_norm", "val/n", "eval_runtime",
+                             "eval_samples_per_second"})
 
 
 def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+
+
+def _csv_score_column(col: str) -> bool:
+    """Whether the CSV reader reads a loss or a score from a column: an alias's (_CSV_COLUMNS, but _CSV_NOT_SCORES),
+    an eval column's (`eval_loss`, W&B's `eval/f1`; not its _EVAL_META timing) or a loratune key's; not a step, a
+    learning rate, W&B's own `_runtime` / `_timestamp`, nor a column the reader leaves out."""
+    if col.strip().startswith("_"):
+        return False
+    n = _norm(col)
+    if n.startswith("eval_"):
+        return not n.endswith(_EVAL_META) and n != "eval_epoch"
+    key = _CSV_KEY_OF.get(n) or (col.strip() if _LORATUNE_KEY.fullmatch(col.strip()) else None)
+    return key is not None and key not in _CSV_NOT_SCORES
 
 
 # A bare metric name (`accuracy`, `acc`, `f1`: a _METRIC_ALIASES name the table above reads as val/<metric>) is the
@@ -3023,11 +3040,13 @@ def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]
     last: dict[int, str] = {}  # each identity column's run of the row before
     stated: dict[int, int | None] = {i: 0 for i in states}  # each state column's cells of a run state (else None)
     seqs: dict = {}  # step column -> its values along the file; (identity column, step column, run) -> a run's
-    # (identity column, step column, step, the row's filled columns) -> the runs with such a row: two runs' rows alike
-    # at one step are two runs taking turns (one run's train and eval rows at a step fill different columns)
+    # (identity column, step column, step, score column) -> the run whose row at that step filled it first: two runs
+    # filling one loss or score column at one step are two runs taking turns (one run's train and eval rows at a step
+    # fill different score columns; a learning rate, a timing or W&B's own `_runtime` is no score: _csv_score_column)
     alike: dict = {}
-    shared = {i: False for i in ids}  # whether two of the runs a column names have rows alike at a step
-    others = set(ids) | set(states)
+    shared = {i: False for i in ids}  # whether two of the runs a column names fill one score column at a step
+    scores = [k for k, h in enumerate(header) if k not in ids and k not in states and k not in progress
+              and _csv_score_column(h)]
     n_rows = 0
     for row in rows:
         n_rows += 1
@@ -3047,9 +3066,7 @@ def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]
                 for j, v in steps.items():
                     _step_on(seqs, (i, j, run), v)
                     if v is not None and not shared[i]:
-                        filled = tuple(k for k, c in enumerate(row) if k not in others and c.strip())
-                        seen = alike.setdefault((i, j, v, filled), run)
-                        shared[i] = seen != run
+                        shared[i] = any(alike.setdefault((i, j, v, k), run) != run for k in scores if cell(row, k))
     state = next((i for i in states if stated[i]), None)
     i = max(ids, key=lambda i: len(runs[i]))  # the column naming the most runs (MLflow's Run ID over its Name)
     named = sum(runs[i].values()) == n_rows  # every row names its run
@@ -3157,7 +3174,7 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
                  again: Callable[[], Iterator[list[str]]]) -> RunHistory:
     """The run of a CSV from its header and its non-blank rows (`body`: read once, row by row; `again`: the rows
     read anew)."""
-    lookup = {alias: key for key, aliases in _CSV_COLUMNS.items() for alias in aliases}
+    lookup = _CSV_KEY_OF
     mapping: dict[int, str] = {}
     spare: dict[int, str] = {}  # a later column under a key already mapped: read, in case the first is a summary
     eval_cols: dict[int, str] = {}  # eval_* columns no alias names: the Trainer's named eval sets

@@ -407,3 +407,31 @@ def test_a_long_format_export_with_a_name_column_is_still_said_to_be_long_format
     (tmp_path / "long.csv").write_text(text)
     assert main(["diagnose", str(tmp_path / "long.csv")]) == 2
     assert "is in long format, one row per logged value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, cell", [("lr", "0.0001"), ("val_accuracy", "0.61"), ("gpu_mem_gb", "21.5")])
+def test_two_runs_taking_turns_where_one_fills_a_column_the_other_does_not_are_refused(tmp_path, capsys, extra, cell):
+    """Rows counted as one run's train and eval rows when their filled columns differed at all: run b logging one
+    column run a never does (`run,step,train_loss,val_loss,lr` with a's lr blank) was read as one run, exit 0, all 8
+    of b's values dropped as 'given again at a step'. Two runs' rows at one step that fill one loss or score column
+    are two runs, whatever else each fills."""
+    rows = [(run, s, t * k, v * k, "" if run == "a" else cell) for s, t, v in HISTORY for k, run in ((1, "a"), (2, "b"))]
+    path = _write(tmp_path / "extra.csv", f"run,step,train_loss,val_loss,{extra}", rows)
+    assert main(["diagnose", path]) == 2
+    err = capsys.readouterr().err
+    assert ("holds the histories of 2 runs ('a', 'b'), taking turns row by row (column 'run', 'step' going up within "
+            "each run)") in err and "Traceback" not in err
+
+
+def test_one_runs_rows_named_apart_that_share_only_a_clock_or_the_lr_are_one_run(tmp_path):
+    # a run's train row and eval row at a step, named apart, both carrying W&B's own `_runtime` / `_timestamp` and the
+    # learning rate: no loss or score column filled by both, one run's history
+    text = "run,step,_runtime,_timestamp,lr,train_loss,val_loss\n" + "".join(
+        f"fit,{s},{s / 10},{1700000000 + s},0.0001,{t},\nscore,{s},{s / 10 + 1},{1700000001 + s},0.0001,,{v}\n"
+        for s, t, v in HISTORY)
+    (tmp_path / "h.csv").write_text(text)
+    h = load_run(str(tmp_path / "h.csv"))
+    assert [p["step"] for p in h.points] == [50, 100, 150, 200]
+    assert [p["train/loss"] for p in h.points] == [2.0, 1.0, 0.667, 0.5]
+    assert [p["val/loss"] for p in h.points] == [1.5, 0.77, 0.54, 0.435]
+    assert not any("given again" in n for n in h.notes)
