@@ -3001,6 +3001,9 @@ _RUNS_TABLE_COLUMNS = (("run_id", "id", "name", "run_name", "run"), ("status", "
 # a run's state, normalised: MLflow's RunStatus (FINISHED, RUNNING, ...) and W&B's run states (finished, crashed, ...)
 _RUN_STATES = frozenset({"running", "scheduled", "finished", "failed", "killed", "crashed", "preempted",
                          "preempting", "pending", "queued"})
+# a run-identity column whose every value is one of these (normalised) names phases, not runs: a run's train and
+# eval rows named by what they are (`name,step,loss`: train,50 / eval,50), the Trainer's set names and a test set's
+_CSV_PHASE_NAMES = frozenset({*_VAL_NAMES, *_TRAIN_NAMES, "test"}) - {""}
 
 
 def _number(cell: str) -> float | None:
@@ -3044,7 +3047,9 @@ def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]
     # filling one loss or score column at one step are two runs taking turns (one run's train and eval rows at a step
     # fill different score columns; a learning rate, a timing or W&B's own `_runtime` is no score: _csv_score_column)
     alike: dict = {}
-    shared = {i: False for i in ids}  # whether two of the runs a column names fill one score column at a step
+    # whether two of the runs a column names fill one score column at a step: the first such (step column, step, score
+    # column)
+    shared: dict[int, tuple | None] = {i: None for i in ids}
     scores = [k for k, h in enumerate(header) if k not in ids and k not in states and k not in progress
               and _csv_score_column(h)]
     n_rows = 0
@@ -3066,7 +3071,8 @@ def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]
                 for j, v in steps.items():
                     _step_on(seqs, (i, j, run), v)
                     if v is not None and not shared[i]:
-                        shared[i] = any(alike.setdefault((i, j, v, k), run) != run for k in scores if cell(row, k))
+                        shared[i] = next(((j, cell(row, j), k) for k in scores
+                                          if cell(row, k) and alike.setdefault((i, j, v, k), run) != run), None)
     state = next((i for i in states if stated[i]), None)
     i = max(ids, key=lambda i: len(runs[i]))  # the column naming the most runs (MLflow's Run ID over its Name)
     named = sum(runs[i].values()) == n_rows  # every row names its run
@@ -3084,6 +3090,18 @@ def _check_not_a_runs_table(p: Path, header: list[str], rows: Iterable[list[str]
     shown = ", ".join(map(repr, list(runs[i])[:3])) + (", ..." if len(runs[i]) > 3 else "")
 
     def histories(how: str) -> UserError:
+        if shared[i] and all(_norm(run) in _CSV_PHASE_NAMES for run in runs[i]):
+            # train / eval rows filling one column: one phase's value read as another's (the eval loss as the train
+            # loss, then dropped as given again); the reader has no phase column, the file has to say it in its columns
+            j, at, k = shared[i]
+            step = stacked or header[j]
+            return UserError(f"'{p}' column {header[i]!r} names phases ({shown}), not runs: their rows at one step "
+                             f"fill the same column ({header[k]!r} at {header[j]} {at}), so one phase's value would "
+                             "be read as another's", "give each phase's values their own columns (train_loss, "
+                             "eval_loss, ...) on one row per step, e.g. with pandas: w = pandas.read_csv("
+                             f"{p.name!r}).pivot_table(index={step!r}, columns={header[i]!r}); w.columns = "
+                             "[f'{phase}_{metric}' for metric, phase in w.columns]; "
+                             "w.reset_index().to_csv('run.csv', index=False)")
         return UserError(f"'{p}' holds the histories of {len(runs[i])} runs ({shown}), {how} ({columns}"
                          + (f", {stacked!r} going up within each run" if stacked else "") + "), not one run's history",
                          f"split it into a file per run and diagnose them together, e.g. with pandas: for run, df in "

@@ -435,3 +435,26 @@ def test_one_runs_rows_named_apart_that_share_only_a_clock_or_the_lr_are_one_run
     assert [p["train/loss"] for p in h.points] == [2.0, 1.0, 0.667, 0.5]
     assert [p["val/loss"] for p in h.points] == [1.5, 0.77, 0.54, 0.435]
     assert not any("given again" in n for n in h.notes)
+
+
+def test_a_name_column_of_phases_filling_one_column_is_refused_with_the_reshape(tmp_path, capsys, monkeypatch):
+    """`name,step,loss,accuracy` with a train row and an eval row at each step: one run's phases, not two runs. The
+    CSV reader has no phase column: each eval row's `loss` was dropped as 'given again' behind the train row's (the
+    eval loss lost, silently), and since runs taking turns are refused, it was refused as two runs 'train' / 'eval'.
+    Now refused as phases, with the reshape to a column per phase and metric, which reads as the run it is."""
+    text = "name,step,loss,accuracy\n" + "".join(f"train,{s},{t},0.5\neval,{s},{v},0.6\n" for s, t, v in HISTORY)
+    (tmp_path / "phase.csv").write_text(text)
+    assert main(["diagnose", str(tmp_path / "phase.csv")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("column 'name' names phases ('train', 'eval'), not runs: their rows at one step fill the same column "
+            "('loss' at step 50), so one phase's value would be read as another's") in err
+    assert "runs ('train', 'eval')" not in err and "Traceback" not in err
+    reshape = err.split("e.g. with pandas: ")[1]
+    pandas = pytest.importorskip("pandas")
+    monkeypatch.chdir(tmp_path)
+    exec(reshape, {"pandas": pandas})
+    h = load_run(str(tmp_path / "run.csv"))
+    assert [p["train/loss"] for p in h.points] == [t for _, t, _ in HISTORY]
+    assert [p["val/loss"] for p in h.points] == [v for _, _, v in HISTORY]
+    assert [p["val/accuracy"] for p in h.points] == [0.6] * 4
+    assert [p["train_eval/accuracy"] for p in h.points] == [0.5] * 4
