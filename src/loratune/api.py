@@ -144,9 +144,7 @@ def _train(cfg: RunConfig, dataset: Dataset | None, *, progress: bool) -> dict:
     dataset = dataset if dataset is not None else prepare(cfg)
     _check(cfg, dataset)  # what training would crash on (a max_length past the position embeddings: mid-run, after
     # the earlier run in output_dir was deleted), refused before anything is replaced
-    from loratune.store import earlier_run_note
-
-    earlier_run_note(cfg.train.output_dir)  # outputs that are no run's are refused now, before the model loads
+    _output_dir_note(cfg)  # an output_dir training refuses is refused now, before the model loads
     store = RunStore(cfg.train.output_dir)
     # what the run replaces is said when it is cleared (train.start_record), once the model loaded and init_from was
     # accepted: said here, a run then refused (init_from of another rank) claimed to have replaced what it left whole.
@@ -155,6 +153,17 @@ def _train(cfg: RunConfig, dataset: Dataset | None, *, progress: bool) -> dict:
     # store is sft.NoRecord)
     store.say_replaced = True
     return recipe(cfg, "train")(cfg, dataset, store, progress=progress)
+
+
+def _output_dir_note(cfg: RunConfig) -> str | None:
+    """What a run into cfg.train.output_dir replaces (store.earlier_run_note), None where nothing; an output_dir the
+    run would refuse is refused here, as RunStore.create refuses it (store.check_output_dir: a file, not writable, a
+    tune study's folder) and as its earlier outputs are read (files no loratune run wrote). api.train and api.plan
+    ask it before the model loads, so the dry run refuses what the run refuses."""
+    from loratune.store import check_output_dir, earlier_run_note
+
+    check_output_dir(Path(cfg.train.output_dir).expanduser())
+    return earlier_run_note(cfg.train.output_dir)
 
 
 def _check_init_from(cfg: RunConfig, model, labels: list[str] | None = None) -> None:
@@ -177,9 +186,7 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     dataset = _dataset(cfg, dataset, "plan")
     dataset = dataset if dataset is not None else prepare(cfg)
     items = _check(cfg, dataset)  # the dry run refuses what training would (README: in --dry-run as in training)
-    from loratune.store import earlier_run_note
-
-    earlier_run_note(cfg.train.output_dir)  # an output_dir holding files no run wrote: refused, as api.train does
+    _output_dir_note(cfg)  # an output_dir training refuses: refused, as api.train does
     if cfg.model.task == "causal-lm":
         from loratune.models import load_causal_lm, load_tokenizer
         from loratune.sft import cap_note, encode_run

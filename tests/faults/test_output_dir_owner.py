@@ -128,3 +128,36 @@ def test_a_dry_run_refuses_the_output_dir_the_real_run_refuses(tiny_bert, intent
     assert f"output_dir '{out}' holds a run.json that is no loratune run's record" in flat(capsys.readouterr().err)
     # a folder holding a loratune run's outputs plans as before (the real run replaces them, with its note)
     assert main(["train", "--dry-run", *overrides(tiny_bert, intent_data, tmp_path / "new")]) == 0
+
+
+def test_api_plan_refuses_the_output_dir_api_train_refuses_before_the_model_loads(tiny_bert, intent_data, tmp_path,
+                                                                                  monkeypatch):
+    # api.plan asked only store.earlier_run_note: a tune study's folder (or a file) as output_dir was planned, where
+    # api.train refuses it (RunStore.create -> store.check_output_dir) once the model has loaded; the CLI checked it
+    # before its dry run, a notebook's api.plan did not
+    import pytest
+
+    from loratune import api, models
+    from loratune.errors import UserError
+
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "decisions.jsonl").write_text("")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    loaded = []
+
+    def load_classifier(*args, **kwargs):
+        loaded.append(args)
+        raise AssertionError("the model loaded: the output_dir was not checked first")
+
+    monkeypatch.setattr(models, "load_classifier", load_classifier)
+    for out, said in ((study, f"output_dir '{study}' holds a tune study (decisions.jsonl): a run there would mix its "
+                              "files with the study's"),
+                      (afile, f"output_dir '{afile}' is a file, not a directory")):
+        cfg = api.load_config(None, overrides(tiny_bert, intent_data, out))
+        for call in (api.plan, lambda c: api.train(c, progress=False)):
+            with pytest.raises(UserError) as e:
+                call(cfg)
+            assert said in str(e.value), str(e.value)
+    assert not loaded and sorted(p.name for p in study.iterdir()) == ["decisions.jsonl"]
