@@ -186,7 +186,9 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     dataset = _dataset(cfg, dataset, "plan")
     dataset = dataset if dataset is not None else prepare(cfg)
     items = _check(cfg, dataset)  # the dry run refuses what training would (README: in --dry-run as in training)
-    _output_dir_note(cfg)  # an output_dir training refuses: refused, as api.train does
+    replaced = _output_dir_note(cfg)  # an output_dir training refuses: refused, as api.train does
+    # what the run would replace, said as the run says it (train.start_record), the dry run replacing nothing
+    notes = list(dataset.notes) + ([f"{replaced} (when it trains: the dry run leaves it whole)"] if replaced else [])
     if cfg.model.task == "causal-lm":
         from loratune.models import load_causal_lm, load_tokenizer
         from loratune.sft import cap_note, encode_run
@@ -202,8 +204,8 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
                 "examples": examples_planned(cfg, len(dataset.train), sched.steps),
                 "rows": {k: len(v) for k, v in dataset.splits().items()}, "task": "causal-lm",
                 "labels": None, "multi_label": False,
-                "notes": list(dataset.notes) + [n for n in [cap_note(enc.long_references, len(items),
-                                                                     cfg.train.max_new_tokens)] if n]}
+                "notes": notes + [n for n in [cap_note(enc.long_references, len(items), cfg.train.max_new_tokens)]
+                                  if n]}
     space = dataset.label_space
     model = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)))  # as trained
     model, sites = apply_adapter(model, cfg.adapter)
@@ -217,7 +219,7 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
         "steps": steps, "eval_every": every,
         "examples": examples_planned(cfg, len(dataset.train), steps),  # as the loop deals its batches
         "rows": {k: len(v) for k, v in dataset.splits().items()},
-        "labels": len(space), "multi_label": space.multi_label, "notes": list(dataset.notes),
+        "labels": len(space), "multi_label": space.multi_label, "notes": notes,
     }
 
 

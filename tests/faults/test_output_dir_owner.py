@@ -108,7 +108,7 @@ def test_a_run_into_a_tune_study_and_a_study_onto_a_run_are_refused(tiny_bert, i
         assert sorted(p.name for p in run.iterdir()) == kept  # no study.db, no lock
 
 
-def test_a_dry_run_refuses_the_output_dir_the_real_run_refuses(tiny_bert, intent_data, tmp_path, capsys):
+def test_a_dry_run_refuses_the_output_dir_the_real_run_refuses(tiny_bert, intent_data, trained, tmp_path, capsys):
     # `train --dry-run` into a folder holding a user's own config.yaml / run.json printed the plan and exited 0, where
     # the real run exits 2: the dry run must say what the real run would, before the model loads
     exp = tmp_path / "exp"
@@ -126,8 +126,20 @@ def test_a_dry_run_refuses_the_output_dir_the_real_run_refuses(tiny_bert, intent
     (out / "run.json").write_text('{"mine": 1}\n')
     assert main(["train", "--dry-run", *overrides(tiny_bert, intent_data, out)]) == 2
     assert f"output_dir '{out}' holds a run.json that is no loratune run's record" in flat(capsys.readouterr().err)
-    # a folder holding a loratune run's outputs plans as before (the real run replaces them, with its note)
+    # a folder holding a loratune run's outputs plans as before, saying what the real run would replace (its note),
+    # and leaves the run whole
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    kept = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(["train", "--dry-run", *overrides(tiny_bert, intent_data, run)]) == 0
+    out = flat(capsys.readouterr().out)
+    assert (f"note: {run} held a completed run (best " in out and "saved model): replaced by this run; give another "
+            "output_dir to keep it (when it trains: the dry run leaves it whole)" in out), out
+    assert "planned:" in out
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == kept
+    # and a new folder plans with no such note
     assert main(["train", "--dry-run", *overrides(tiny_bert, intent_data, tmp_path / "new")]) == 0
+    assert "replaced by this run" not in flat(capsys.readouterr().out)
 
 
 def test_api_plan_refuses_the_output_dir_api_train_refuses_before_the_model_loads(tiny_bert, intent_data, tmp_path,
