@@ -54,10 +54,11 @@ class ScoresNotRecorded(UserError):
                          "they are shown above; copy the run to a writable place to keep them in its record")
 
 
-def require_file(path, what: str, fix: str) -> None:
+def require_file(path, what: str, fix: str, pipe: bool = False) -> None:
     """A UserError unless `path` (a pathlib.Path) is a regular file, saying what it is instead: `-c .` and
-    `--file /dev/null` were said not to exist."""
-    if path.is_file():
+    `--file /dev/null` were said not to exist. `pipe`: a named pipe passes too (a FIFO: `<(cmd)`, /dev/stdin on a
+    pipe), for a reader that reads it once from start to end; a device (/dev/null, a terminal) still does not."""
+    if path.is_file() or (pipe and path.is_fifo()):
         return
     state = "does not exist" if not path.exists() else "is a directory" if path.is_dir() else "is not a regular file"
     raise UserError(f"{what} '{path}' {state}", fix)

@@ -4,6 +4,7 @@ UTF-8. Each a UserError naming the file and line (exit 2), or a score that says 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -136,3 +137,63 @@ def test_a_run_saved_with_decomposed_labels_scores_its_own_data_as_before(run, t
     assert "test/unseen_labels" not in after
     assert main(["predict", str(old), rows[0]["text"]]) == 0
     assert unicodedata.normalize("NFC", "_é") in capsys.readouterr().out
+
+
+class _Stdin(io.TextIOWrapper):
+    """Standard input as a pipe (isatty False) or a terminal, holding `data`."""
+
+    def __init__(self, data: bytes, tty: bool = False):
+        super().__init__(io.BytesIO(data), encoding="utf-8")
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def test_predict_reads_texts_from_a_pipe_stdin_and_dash(run, tmp_path, monkeypatch, capsys):
+    # `printf 'lost my card\n' | loratune predict RUN --file /dev/stdin` and `--file <(printf ...)` said "file
+    # '/dev/stdin' is not a regular file" (exit 2), `--file -` "file '-' does not exist", and piping with no texts
+    # "no texts given" (stdin never read)
+    import subprocess
+    import sys
+    import threading
+
+    out, _ = run
+    want = ["lost my card", "reset my pin"]
+    sent = b"lost my card\n\nreset my pin\r\n"
+
+    def texts() -> list[str]:
+        return [p["text"] for p in json.loads(capsys.readouterr().out)]
+
+    fifo = tmp_path / "texts"  # what `<(cmd)` hands over: a named pipe, no suffix
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(sent,), daemon=True)  # blocks until read
+    writer.start()
+    assert main(["predict", str(out), "--json", "--file", str(fifo)]) == 0
+    writer.join(timeout=30)
+    assert texts() == want
+
+    monkeypatch.setattr(sys, "stdin", _Stdin(sent))
+    assert main(["predict", str(out), "--json", "--file", "-"]) == 0
+    assert texts() == want
+    monkeypatch.setattr(sys, "stdin", _Stdin(sent))  # no texts given, stdin no terminal: its lines
+    assert main(["predict", str(out), "--json"]) == 0
+    assert texts() == want
+    monkeypatch.setattr(sys, "stdin", _Stdin(sent))  # texts given: stdin left alone
+    assert main(["predict", str(out), "--json", "x"]) == 0
+    assert texts() == ["x"] and sys.stdin.buffer.read() == sent
+
+    for stdin, args, said in [(_Stdin(b"", tty=True), [], "no texts given"),  # a terminal is not waited on
+                              (_Stdin(b""), [], "no texts given"),  # cron's /dev/null
+                              (_Stdin(b"\n \n"), ["--file", "-"], "standard input has no texts (only empty lines)"),
+                              (_Stdin(b"a\n\x07\n"), ["--file", "-"], "standard input line 2: no visible character")]:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        assert main(["predict", str(out), *args]) == 2
+        err = flat(capsys.readouterr().err)
+        assert said in err and "fix:" in err, (args, err)
+
+    # the reported command itself: a real pipe read as /dev/stdin
+    proc = subprocess.run([sys.executable, "-m", "loratune.cli", "predict", str(out), "--json", "--file",
+                           "/dev/stdin"], input=sent, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert [p["text"] for p in json.loads(proc.stdout)] == want

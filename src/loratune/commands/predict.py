@@ -16,7 +16,8 @@ def register(sub) -> None:
     p.add_argument("run", help="run directory (output_dir of `loratune train`)")
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--file", "-f", help="a .txt file of texts, one per line (or .jsonl/.json/.csv/.parquet with a text "
-                                        "column)")
+                                        "column); '-' or a pipe (`<(cmd)`, /dev/stdin) is read one text per line. "
+                                        "With no texts and no --file, texts piped to stdin are read")
     p.add_argument("--top-k", type=int, default=1,
                    help="show the k most likely labels (multi-label: the scores of k labels, the predicted ones first)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -24,6 +25,8 @@ def register(sub) -> None:
 
 
 PLAIN_SUFFIXES = ("", ".txt")  # files read one text per line; any other form not read as data is refused
+STDIN = "-"  # --file's name for standard input (as cat, jq and pandas name it), read one text per line
+STDIN_SAID = "standard input"
 
 
 def read_texts(path: str, column: str = "text") -> list[str]:
@@ -31,8 +34,10 @@ def read_texts(path: str, column: str = "text") -> list[str]:
     (the run's own data.text_column, so a run reads files shaped like its training data). Any other suffix (.tsv,
     .xlsx) is refused: read as lines, its header and label column were predicted as texts. A text with no visible
     character is refused by its file and line, as training refuses it."""
-    from loratune.data import CONVERT_HINT, SUFFIXES, data_suffix, has_visible
+    from loratune.data import CONVERT_HINT, SUFFIXES, data_suffix
 
+    if path == STDIN:
+        return _lines(_read_stdin(), Path(STDIN), STDIN_SAID)
     p = Path(path)
     suffix = data_suffix(p)
     if suffix not in SUFFIXES + PLAIN_SUFFIXES:
@@ -40,7 +45,7 @@ def read_texts(path: str, column: str = "text") -> list[str]:
                         f"{', '.join(SUFFIXES)} with a '{column}' column, or .txt with one text per line)",
                         f"convert it ({CONVERT_HINT}), or save its texts one per line as .txt")
     if suffix in SUFFIXES:
-        from loratune.data import check_characters, read_rows_at, where_rows
+        from loratune.data import check_characters, has_visible, read_rows_at, where_rows
 
         rows, lines = read_rows_at(p)  # rows named by their file line, as training names them
         bad = next((i for i, r in enumerate(rows) if not isinstance(r.get(column), str)), None)
@@ -56,22 +61,43 @@ def read_texts(path: str, column: str = "text") -> list[str]:
                             f"{len(empty)} empty text(s) in column '{column}'", "give texts with words in them, or "
                             "drop those rows")
         return [r[column] for r in rows]
-    require_file(p, "file", "give a text file with one text per line")
-    from loratune.data import decode_utf8
-
+    # a named pipe is read as the text file it streams (`--file <(cmd)`, /dev/stdin on a pipe: both no suffix)
+    require_file(p, "file", "give a text file with one text per line", pipe=True)
     try:
         raw = p.read_bytes()
     except OSError as exc:
         raise UserError(f"file '{p}' cannot be read ({exc.strerror or exc})", "give a readable text file") from None
+    return _lines(raw, p, "file")
+
+
+def _read_stdin() -> bytes:
+    """Standard input's bytes, to its end."""
+    stdin = sys.stdin
+    try:
+        if stdin is None:
+            raise OSError("it is closed")
+        buffer = getattr(stdin, "buffer", None)  # bytes, decoded as a file's are; a text stream (embedded) as given
+        return buffer.read() if buffer is not None else stdin.read().encode("utf-8", "surrogatepass")
+    except OSError as exc:
+        raise UserError(f"{STDIN_SAID} cannot be read ({exc.strerror or exc})",
+                        "give the texts as arguments or --file FILE") from None
+
+
+def _lines(raw: bytes, p: Path, what: str) -> list[str]:
+    """The texts of a plain text's bytes, one per line; `what` names their source `p` in errors ('file', or
+    STDIN_SAID for '-', said alone)."""
+    from loratune.data import decode_utf8, has_visible
+
+    said = f"{what} '{p}'" if what != STDIN_SAID else what
     # UTF-8 (a BOM dropped, other encodings refused as the data files are); lines end at \n alone: splitlines() also
     # cut a text at U+2028 / U+2029 / U+0085
-    numbered = [(n, line.rstrip("\r")) for n, line in enumerate(decode_utf8(raw, p).split("\n"), start=1)
+    numbered = [(n, line.rstrip("\r")) for n, line in enumerate(decode_utf8(raw, p, what).split("\n"), start=1)
                 if line.strip()]  # blank lines separate, as in the data files
     if not numbered:
-        raise UserError(f"file '{p}' has no texts (only empty lines)", "give one text per line")
+        raise UserError(f"{said} has no texts (only empty lines)", "give one text per line")
     hidden = [n for n, line in numbered if not has_visible(line)]
     if hidden:  # a line of zero-width or control characters only: nothing to classify, and no blank line either
-        raise UserError(f"file '{p}' line{'s' if len(hidden) > 1 else ''} {', '.join(map(str, hidden[:8]))}"
+        raise UserError(f"{said} line{'s' if len(hidden) > 1 else ''} {', '.join(map(str, hidden[:8]))}"
                         f"{', ...' if len(hidden) > 8 else ''}: no visible character (only control or zero-width "
                         "characters)", "give texts with words in them, or drop those lines")
     return [line for _, line in numbered]
@@ -82,8 +108,16 @@ def run(args) -> int:
 
     # (each text is checked by api.predict_chunks: the arguments first, numbered as given, then the file's lines)
     texts = list(args.texts) + (read_texts(args.file, _text_column(args.run)) if args.file else [])
+    if not texts and not args.file and _stdin_piped():
+        # nothing given, and something piped in (`cat texts.txt | loratune predict RUN`): its lines are the texts; an
+        # empty stdin (cron's /dev/null) is no texts given
+        _text_column(args.run)  # the run checked before its input is read, as with --file
+        raw = _read_stdin()
+        if raw.strip():
+            texts = _lines(raw, Path(STDIN), STDIN_SAID)
     if not texts:
-        raise UserError("no texts given", "pass texts as arguments or --file FILE")
+        raise UserError("no texts given", "pass texts as arguments, --file FILE, or one per line on standard input "
+                                          "(`cat texts.txt | loratune predict RUN`)")
     chunks = api.predict_chunks(args.run, texts, top_k=args.top_k)
     # each chunk's results written as it is scored (a long file's first lines come at once, memory stays a chunk's);
     # progress on stderr only, beside stdout's results, when the input takes more than one chunk
@@ -108,6 +142,15 @@ def run(args) -> int:
                     out.print(f"[bold]{LIST_JOIN.join(map(label_shown, p['labels'])) or NO_LABEL}[/]  {text}"
                               + (f"  [dim]({alts})[/]" if alts else ""), soft_wrap=whole)
     return 0
+
+
+def _stdin_piped() -> bool:
+    """Whether standard input is open and no terminal (a pipe, a file): read for texts when none are given. A terminal
+    is not waited on: `loratune predict RUN` alone says no texts were given."""
+    try:
+        return sys.stdin is not None and not sys.stdin.isatty()
+    except (OSError, ValueError):  # a closed stream
+        return False
 
 
 @contextlib.contextmanager
