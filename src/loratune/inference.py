@@ -351,10 +351,10 @@ def unseen_scores(prefix: str, unseen: Counter) -> dict:
 
 
 def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
-    """A causal-lm run's saved model on one split: `<split>/loss` per completion token, perplexity and token
-    accuracy as its evaluation points have them (sft.evaluate_lm); generating labels, also the per-class
-    scores of the labels it writes and `<split>/unknown_rate`; with a prompt set (data.prompt_set), its scores as
-    the evaluation points record them (`val/prompt_<group>_<metric>`, generation.score_prompt_set: the same prompts,
+    """A causal-lm run's saved model on one split: `<split>/n` (rows scored), `<split>/loss` per completion token,
+    perplexity and token accuracy as its evaluation points have them (sft.evaluate_lm); generating labels, also the
+    per-class scores of the labels it writes and `<split>/unknown_rate`; with a prompt set (data.prompt_set), its scores
+    as the evaluation points record them (`val/prompt_<group>_<metric>`, generation.score_prompt_set: the same prompts,
     train.max_new_tokens and greedy decoding, whatever the split). Stored in run.json under `eval/<split>`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -395,7 +395,9 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
     prefix = "test" if split == "test" else ("val" if SPLIT_NAMES[split] == "validation" else "train")
     enc = encode_sft(tokenizer, renderer, data_split.examples, cfg.model.max_length)
     autocast = eval_precision(cfg, model, device, LM_HEAD_NAMES)
-    scores = evaluate_lm(prefix, model, enc, tokenizer.pad_token_id, device, autocast)
+    # `<split>/n`, rows scored, as a classifier's evaluation has it (every example one row: encode_sft). Here only, not
+    # in evaluate_lm: a training point's val/n would be read by diagnose as the val size of a share of tokens
+    scores = {f"{prefix}/n": len(enc.ids), **evaluate_lm(prefix, model, enc, tokenizer.pad_token_id, device, autocast)}
     if dataset.label_space is not None:  # generative classification: the labels it writes, per class
         labels = dataset.label_space.labels
         y = np.array([{lab: i for i, lab in enumerate(labels)}.get(e.completion, -1) for e in data_split.examples],
