@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from loratune import library_warnings
 from loratune.config import AdapterConfig, RunConfig, parse_layers
@@ -105,6 +107,9 @@ class ParamCount:
     head: int  # the classification head
     adapted_weights: int  # parameters of the weights that carry an adapter (or of all linear blocks, full FT)
     base: int  # parameters of the base model, head excluded
+    # LoRA's A and B parameters per unit of rank (per_rank: sum of d_in + d_out over the adapted layers); `adapter`
+    # is r times this plus what does not grow with r (trained biases, DoRA's magnitudes). 0: full fine-tuning
+    per_rank: int = 0
 
     @property
     def share_of_total(self) -> float:
@@ -502,12 +507,34 @@ def count_params(model, sites: list[LinearSite], method: str) -> ParamCount:
             head += n
     adapted = sum(s.in_features * s.out_features for s in sites)
     base = total - head - (adapter if method == "lora" else 0)
-    return ParamCount(total, trainable, adapter, head, adapted, base)
+    return ParamCount(total, trainable, adapter, head, adapted, base, per_rank(sites) if method == "lora" else 0)
+
+
+def per_rank(sites: list[LinearSite]) -> int:
+    """LoRA's parameters per unit of rank on these layers: d_in + d_out each (A is r x d_in, B d_out x r; protocol
+    section 6). Neither trained biases nor DoRA's magnitudes, which do not grow with r."""
+    return sum(s.in_features + s.out_features for s in sites)
 
 
 def lora_params(sites: list[LinearSite], r: int) -> int:
     """LoRA parameters for rank r on these layers: r * (d_in + d_out) each (protocol section 6)."""
-    return sum(r * (s.in_features + s.out_features) for s in sites)
+    return r * per_rank(sites)
+
+
+def record_per_rank(params: Mapping[str, Any], r: int | None) -> tuple[float | None, str]:
+    """LoRA's A and B parameters per unit of rank of a run record's `params` (run.json) trained at rank r, and a note
+    saying how it was had ("" when recorded). A record written before `per_rank` was: its adapter count / r, exact
+    when it trained LoRA's A and B only (bias none, no DoRA: the defaults), too high when it trained biases or DoRA's
+    magnitudes as well (its counts cannot tell): a breakeven rank from it is then too low. None: no count, or r <= 0."""
+    own = params.get("per_rank")
+    if isinstance(own, (int, float)) and not isinstance(own, bool) and own > 0:
+        return float(own), ""
+    adapter = params.get("adapter")
+    if not isinstance(adapter, (int, float)) or isinstance(adapter, bool) or adapter <= 0 or not r or r <= 0:
+        return None, ""
+    return adapter / r, (f"LoRA parameters per rank taken as the record's adapter count / r = {adapter:g} / {r}: "
+                         "a record written before params.per_rank; too high, and the breakeven too low, if it "
+                         "trained biases (bias all or lora_only) or DoRA magnitudes")
 
 
 # Evaluation runs each plain LoRA layer (peft's lora.Linear on an nn.Linear, one adapter, no DoRA, no LoRA bias) as

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from loratune.adapt import per_rank as lora_per_rank
 from loratune.adapt import resolve_targets
 from loratune.config import AdapterConfig
 from loratune.errors import UserError
@@ -113,7 +114,7 @@ def params_report(model, ranks=DEFAULT_RANKS, target_sets=DEFAULT_TARGETS, skip_
                 continue
             raise
         adapted = sum(s.in_features * s.out_features for s in sites)
-        per_rank = sum(s.in_features + s.out_features for s in sites)
+        per_rank = lora_per_rank(sites)
         per = tuple({"r": r, "lora": r * per_rank, "share_total": r * per_rank / total,
                      "share_adapted": r * per_rank / adapted} for r in ranks)
         rows.append(TargetParams(tuple(targets), len(sites), adapted, per_rank, per,

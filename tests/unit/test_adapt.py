@@ -302,3 +302,27 @@ def test_gpt2_blocks_of_conv1d_count_as_layers_for_full_fine_tuning():
     assert count_params(model, sites, "full").adapted_weights == 3 * per_layer
     with pytest.raises(UserError, match="Conv1D"):
         resolve_targets(gpt2, AdapterConfig(target_modules=("all-linear",)))
+
+
+@pytest.mark.parametrize("extra", [{}, {"bias": "all"}, {"bias": "lora_only"}, {"use_dora": True}])
+@pytest.mark.parametrize("r", [4, 8])
+def test_a_run_records_lora_per_rank_so_its_breakeven_is_the_params_tables(extra, r):
+    """The compute breakeven of a trained run (tune's rank-sweep cap, lora-vs-full's cost-parity reason) divided the
+    run's whole adapter count by r: with bias=all / lora_only or DoRA it also holds biases and magnitudes that do not
+    grow with r (MiniLM q,v: 38 at bias=all r=4, 48 at r=8, 57 with DoRA, for `loratune params`' 64). run.json's
+    params now carry LoRA's A and B per rank, and the breakeven from it is the params table's at every r."""
+    from loratune.adapt import apply_adapter, count_params
+    from loratune.search.protocol.common import breakeven_cap, breakeven_rank
+
+    targets = ("attn.q", "attn.v")
+    table = params_report(_meta("bert", hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                intermediate_size=64, vocab_size=100), ranks=(r,), target_sets=(targets,)).targets[0]
+    model, sites = apply_adapter(_meta("bert", hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                       intermediate_size=64, vocab_size=100),
+                                 AdapterConfig(r=r, target_modules=targets, **extra))
+    p = json.loads(json.dumps(count_params(model, sites, "lora").to_dict()))  # as run.json holds it
+    assert p["per_rank"] == table.per_rank == 4 * (64 + 64)
+    assert p["adapter"] > r * p["per_rank"] if extra else p["adapter"] == r * p["per_rank"]
+    assert breakeven_rank(p, r) == table.rank_at_third_adapted == 6  # 4 x 32 x 32 x 2 / 3 / 512 = 5.33
+    assert breakeven_cap(p, r) == 5
+

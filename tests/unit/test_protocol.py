@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+from loratune.params import breakeven_rank as table_breakeven_rank
 from loratune.search.budget import Budget, Cost, CostModel, Meter
 from loratune.search.context import SearchContext
 from memory_store import MemoryStore
@@ -20,6 +21,7 @@ from loratune.search.protocol import (
     run_protocol,
     start_from_assessment,
 )
+from loratune.search.protocol.common import breakeven_cap
 from loratune.search.space import scale_of
 from loratune.search.trial import TrialResult
 
@@ -38,6 +40,8 @@ class World:
         self.f1, self.verdict, self.loss, self.gap, self.full_f1, self.adapted = f1, verdict, loss, gap, full_f1, adapted
         self.features = features or {}  # extra diagnosis features, the same for every trial
         self.memory = memory  # (point, trial index) -> memory_delta_mb; None: not measured per trial
+        self.fixed = 0  # adapter parameters that do not grow with r (trained biases, DoRA's magnitudes)
+        self.old_record = False  # records written before params.per_rank
         self.n = 0
 
     def result(self, p: dict) -> TrialResult:
@@ -49,8 +53,8 @@ class World:
         verdict = "healthy" if full else self.verdict(p)
         loss = self.loss(p) if self.loss else 1.0 - v
         params = ({"total": 1_000_000, "trainable": 1_000_000, "adapter": 0, "adapted_weights": 0} if full else
-                  {"total": 1_000_000, "trainable": 1000 * r + 5000, "adapter": 1000 * r,
-                   "adapted_weights": self.adapted})
+                  {"total": 1_000_000, "trainable": 1000 * r + self.fixed + 5000, "adapter": 1000 * r + self.fixed,
+                   "adapted_weights": self.adapted, **({} if self.old_record else {"per_rank": 1000})})
         # the objective curve peaks where the scripted best_step_fraction says (the protocol reads the curve)
         # and ends below its best by the scripted val_metric_final_drop (0.01 when none is scripted)
         frac = self.features.get("best_step_fraction", 1.0)
@@ -262,6 +266,44 @@ def test_breakeven_caps_the_rank_sweep():
     world.f1 = lambda p: 0.78  # flat
     run_protocol(ctx2, START, ProtocolSettings())
     assert breakeven_rank({"adapter": 8000, "adapted_weights": 30_000}, 8) == 10
+
+
+@pytest.mark.parametrize("fixed", [0, 5000, 50_000])
+def test_the_breakeven_counts_loras_parameters_per_rank_not_the_trained_biases(fixed):
+    """Records whose adapter count holds parameters that do not grow with r (bias=all: the model's biases; DoRA's
+    magnitudes): the breakeven divided the whole count by r, so it moved with them and with the starting rank
+    (MiniLM q,v: 38 at bias=all r=4, 48 at r=8, for `loratune params`' 64). It is the per-rank count's, at every r."""
+    world = lr_binds()
+    world.adapted = 30_000  # breakeven rank = 30000 / 3 / 1000 = 10 whatever the biases
+    world.fixed = fixed
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings())
+    assert [s.point[R] for s in runner.calls if s.phase == "rank-sweep"] == [10]
+    assert ctx.state["rank_sweep"]["breakeven_r"] == 10
+    for r in (1, 4, 8, 16):
+        rec = {"adapter": 1000 * r + fixed, "per_rank": 1000, "adapted_weights": 30_000}
+        assert breakeven_rank(rec, r) == 10 == table_breakeven_rank(30_000, 1000)
+        assert breakeven_cap(rec, r) == 10
+
+
+def test_a_record_without_its_per_rank_count_takes_adapter_over_r_and_says_so():
+    """A run.json written before params.per_rank: its adapter count / r (exact when it trained LoRA's A and B only),
+    and the sweep's line says where the number came from."""
+    world = lr_binds()
+    world.adapted = 32_000
+    world.old_record = True
+    base = world.f1
+    world.f1 = lambda p: base(p) + 0.05 * math.log2(p[R] / 8)  # every rank step gains beyond noise
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings())
+    assert [s.point[R] for s in runner.calls if s.phase == "rank-sweep"] == [10]
+    assert ctx.state["rank_sweep"]["breakeven_r"] == 11
+    d = next(x for x in ctx.decisions if x["code"] == "rank-sweep-capped")
+    assert d["evidence"][0] == ("next rank 40 is past rank 10, the highest at or below the compute breakeven "
+                                "(compute-breakeven rank 11, capacity ceiling 32; LoRA parameters per rank taken as "
+                                "the record's adapter count / r = 8000 / 8: a record written before params.per_rank; "
+                                "too high, and the breakeven too low, if it trained biases (bias all or lora_only) "
+                                "or DoRA magnitudes)")
 
 
 def test_the_rank_sweep_stops_at_the_last_rank_before_a_fractional_breakeven_point():

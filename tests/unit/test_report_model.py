@@ -1243,6 +1243,30 @@ def test_each_rank_shows_its_own_share_of_the_model(tmp_path):
     assert shares[8] == pytest.approx((7168 / 32164, 7168 / 20000))  # r=8's best trial (#0), its own modules
 
 
+def test_a_rank_without_trials_scales_loras_per_rank_count_not_the_trained_biases(tmp_path):
+    """bias=all trains the model's biases (here 5,000, not growing with r): a rank with no trial of its own (the
+    breakeven's) was scaled as adapter / r x r', the biases with it, and the "LoRA = 10% of the model" mark sat at
+    total / 10 / (adapter / r); both now grow by LoRA's A and B per rank (run.json params.per_rank) only."""
+    from loratune.report.study import build_study_report
+
+    d = tmp_path / "study"
+    (d / "final").mkdir(parents=True)
+    trials = [{"trial": 0, "name": "t0", "phase": "tpe", "status": "completed", "objective": "val/macro_f1",
+               "objective_value": 0.5, "examples": 100, "wall_s": 1.0, "point": {R: 4, LR: 1e-3},
+               "_params": {"adapter": 4 * 1000 + 5000, "per_rank": 1000, "total": 1_000_000,
+                           "adapted_weights": 30_000}}]
+    summary = {"objective": "val/macro_f1", "strategy": "tpe", "trials": trials,
+               "rank_vs_metric": {"breakeven_r": 10, "trials": [{"r": 4, "value": 0.5, "trial": 0, "phase": "tpe"}]}}
+    (d / "final" / "study.json").write_text(json.dumps(summary))
+    s = build_study_report(d)
+    shares = {r: (a, b) for r, a, b in s.rank.shares}
+    assert shares[4] == pytest.approx((9000 / 1_000_000, 9000 / 30_000))  # its own counts
+    assert shares[10] == pytest.approx((15_000 / 1_000_000, 15_000 / 30_000))  # 10 x 1,000 + the 5,000 biases
+    assert s.rank.breakeven_r == 10
+    # where LoRA's A and B reach 1% / 10% of the model (`loratune params`' rank_at_10pct: per rank only)
+    assert [r for r, _ in s.rank.share_marks] == pytest.approx([10.0, 100.0])
+
+
 def test_each_rank_chart_dot_shows_its_own_trials_share(tmp_path):
     """Two r=8 trials adapt other modules (q/v 2048/27044 = 7.57%, attn+ffn 7168/32164 = 22.29%): every r=8 dot
     said the rank's best trial's share (22.29%); each says its own trial's, and a trial with no counts the rank's,

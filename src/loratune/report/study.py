@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from loratune.adapt import record_per_rank
 from loratune.errors import UserError
 from loratune.objectives import Objective, objective, pick_test_score
 from loratune.report.model import SETTLED, as_float, read_history, read_json, to_plain
@@ -425,18 +426,23 @@ def _compute_curve(trials: Sequence[TrialView], o: Objective) -> tuple[ComputePo
     return tuple(out)
 
 
-def _share_ref(trials: Sequence[TrialView], table: Sequence[Mapping[str, Any]]) -> tuple[float, float, float | None] | None:
-    """(adapter parameters per unit of rank, model parameters, adapted-weight parameters) from any LoRA
-    trial's counts, else from the LoRA-vs-full cost table."""
+def _share_ref(trials: Sequence[TrialView],
+               table: Sequence[Mapping[str, Any]]) -> tuple[float, float, float, float | None] | None:
+    """(LoRA's A and B parameters per unit of rank, the adapter parameters that do not grow with r (trained biases,
+    DoRA's magnitudes), model parameters, adapted-weight parameters) from any LoRA trial's counts
+    (adapt.record_per_rank), else from the LoRA-vs-full cost table."""
     t = next((t for t in trials if t.method == "lora" and t.r and as_float(t.params.get("adapter"))
               and as_float(t.params.get("total"))), None)
     if t is not None:
-        return t.params["adapter"] / t.r, float(t.params["total"]), as_float(t.params.get("adapted_weights"))
+        per_r, _ = record_per_rank(t.params, t.r)
+        if per_r:
+            return (per_r, max(0.0, t.params["adapter"] - per_r * t.r), float(t.params["total"]),
+                    as_float(t.params.get("adapted_weights")))
     for row in table:
         a, r, st = as_float(row.get("adapter")), _int(row.get("r")), as_float(row.get("share_total"))
         if row.get("method") == "lora" and a and r and st:
             sa = as_float(row.get("share_adapted"))
-            return a / r, a / st, (a / sa if sa else None)
+            return a / r, 0.0, a / st, (a / sa if sa else None)
     return None
 
 
@@ -470,13 +476,14 @@ def _rank_view(data: Mapping[str, Any] | None, trials: Sequence[TrialView],
     shares, marks = [], []
     ref = _share_ref(trials, table)
     if ref is not None:
-        per_r, total, adapted = ref
+        per_r, fixed, total, adapted = ref
         for r in sorted({p.r for p in pts} | ({data["breakeven_r"]} if _int(data.get("breakeven_r")) else set())):
             if r in own:
                 a, tot, aw = own[r]
                 shares.append((r, a / tot, a / aw if aw else None))
             else:
-                shares.append((r, per_r * r / total, per_r * r / adapted if adapted else None))
+                a = per_r * r + fixed  # the adapter grows by LoRA's A and B only
+                shares.append((r, a / total, a / adapted if adapted else None))
         for share in (0.01, 0.1):
             marks.append((share * total / per_r, f"LoRA = {share:.0%} of the model"))
     if not pts:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from loratune.adapt import record_per_rank
 from loratune.objectives import beyond_noise
 from loratune.params import breakeven_rank as compute_breakeven_rank
 from loratune.params import highest_rank_within_breakeven
@@ -195,17 +196,21 @@ def whole_if_ahead(ctx: SearchContext, rec: TrialRecord, ref: TrialRecord, noise
 
 
 def breakeven_rank(params: dict, r: int) -> int | None:
-    """The compute-breakeven rank (params.breakeven_rank) of a trained run's parameter counts at rank r."""
-    adapter, adapted = params.get("adapter"), params.get("adapted_weights")
-    if not adapter or r <= 0:
-        return None
-    return compute_breakeven_rank(adapted, adapter / r)
+    """The compute-breakeven rank (params.breakeven_rank) of a trained run's parameter counts at rank r: from LoRA's
+    A and B parameters per rank (adapt.record_per_rank), never its whole adapter count, whose trained biases and
+    DoRA magnitudes do not grow with r (bias=all at r=4 read 38 for MiniLM's 64)."""
+    per_rank, _ = record_per_rank(params, r)
+    return compute_breakeven_rank(params.get("adapted_weights"), per_rank)
 
 
 def breakeven_cap(params: dict, r: int) -> int | None:
     """The highest rank a rank sweep trains without passing the compute breakeven (params.highest_rank_within_
-    breakeven) of a trained run's parameter counts at rank r."""
-    adapter, adapted = params.get("adapter"), params.get("adapted_weights")
-    if not adapter or r <= 0:
-        return None
-    return highest_rank_within_breakeven(adapted, adapter / r)
+    breakeven) of a trained run's parameter counts at rank r (per rank as `breakeven_rank`)."""
+    per_rank, _ = record_per_rank(params, r)
+    return highest_rank_within_breakeven(params.get("adapted_weights"), per_rank)
+
+
+def breakeven_note(params: dict, r: int) -> str:
+    """How the per-rank count behind `breakeven_rank` was had when the record does not hold it (adapt.record_per_rank),
+    else ""."""
+    return record_per_rank(params, r)[1]

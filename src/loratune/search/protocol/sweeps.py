@@ -13,9 +13,9 @@ from loratune.search.state import Start
 from loratune.search.trial import TrialRecord
 from loratune.stepsize import scale_rule, step_size
 from loratune.search.protocol.settings import LR, METHOD, ProtocolSettings, RSLORA, SEED, TARGETS
-from loratune.search.protocol.common import (breakeven_cap, breakeven_rank, evidence_of, gain_over, incumbent_of,
-                                             like_for_like, lr_of, lr_siblings, no_budget, pruned_step, r_of, reserve,
-                                             round3, same_except, set_incumbent, whole_if_ahead,
+from loratune.search.protocol.common import (breakeven_cap, breakeven_note, breakeven_rank, evidence_of, gain_over,
+                                             incumbent_of, like_for_like, lr_of, lr_siblings, no_budget, pruned_step,
+                                             r_of, reserve, round3, same_except, set_incumbent, whole_if_ahead,
                                              with_rank_by)
 
 
@@ -99,6 +99,8 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     r_be = breakeven_rank(inc.result.params, r0)
     cap = start.ceiling_r
     be_cap = breakeven_cap(inc.result.params, r0) if r_be is not None else None
+    be_note = breakeven_note(inc.result.params, r0) if r_be is not None else ""  # an older record's estimate, said
+    be_note = f"; {be_note}" if be_note else ""
     if be_cap is not None and not s.allow_past_breakeven:  # never past the breakeven point (5.33 -> 5, not 6)
         cap = min(cap, be_cap)
     noise, src = ctx.noise()
@@ -116,9 +118,9 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
                 # one breakeven number: the cap is the last rank at or below the breakeven point, r_be the first
                 # rank at or past it (the rank lora-vs-full names); calling both "the breakeven rank" read 10 and 11
                 stop_why = (f"next rank {nxt} is past rank {cap}, the highest at or below the compute breakeven "
-                            f"(compute-breakeven rank {r_be}, capacity ceiling {start.ceiling_r})" if by_breakeven
+                            f"(compute-breakeven rank {r_be}, capacity ceiling {start.ceiling_r}{be_note})" if by_breakeven
                             else f"next rank {nxt} is past the capacity ceiling {cap}"
-                            + (f" (compute-breakeven rank {r_be})" if r_be is not None else ""))
+                            + (f" (compute-breakeven rank {r_be}{be_note})" if r_be is not None else ""))
                 break
         point = with_rank_by(inc.point, nxt, rule.rule)  # every rank at the working point's lr x s
         rec = ctx.run(ctx.spec(point, phase, f"rank sweep r={nxt} (lr x s {step_size(point):.3g} held: "
