@@ -106,7 +106,7 @@ class ParamCount:
     adapter: int  # LoRA A and B (and trained biases)
     head: int  # the classification head
     adapted_weights: int  # parameters of the weights that carry an adapter (or of all linear blocks, full FT)
-    base: int  # parameters of the base model, head excluded
+    base: int  # parameters of the base model, head excluded (its trained biases included: they are the model's)
     # LoRA's A and B parameters per unit of rank (per_rank: sum of d_in + d_out over the adapted layers); `adapter`
     # is r times this plus what does not grow with r (trained biases, DoRA's magnitudes). 0: full fine-tuning
     per_rank: int = 0
@@ -488,7 +488,7 @@ def warm_start(model, cfg: RunConfig, labels: list[str] | None = None) -> str:
 
 def count_params(model, sites: list[LinearSite], method: str) -> ParamCount:
     """Parameter counts of a wrapped model (works on the meta device too)."""
-    total = trainable = adapter = head = 0
+    total = trainable = adapter = head = lora = 0
     heads = head_modules(model)
     for name, p in model.named_parameters():
         n = p.numel()
@@ -499,6 +499,7 @@ def count_params(model, sites: list[LinearSite], method: str) -> ParamCount:
         if "original_module" in parts:  # peft keeps a frozen copy of the head; not part of the model proper
             continue
         total += n
+        lora += n if is_lora else 0
         if p.requires_grad:
             trainable += n
             if is_lora or (method == "lora" and not is_head):
@@ -506,7 +507,8 @@ def count_params(model, sites: list[LinearSite], method: str) -> ParamCount:
         if is_head:
             head += n
     adapted = sum(s.in_features * s.out_features for s in sites)
-    base = total - head - (adapter if method == "lora" else 0)
+    # the base model: neither head nor the adapter's own tensors (trained biases are the model's: bias=all trains them)
+    base = total - head - (lora if method == "lora" else 0)
     return ParamCount(total, trainable, adapter, head, adapted, base, per_rank(sites) if method == "lora" else 0)
 
 

@@ -326,3 +326,19 @@ def test_a_run_records_lora_per_rank_so_its_breakeven_is_the_params_tables(extra
     assert breakeven_rank(p, r) == table.rank_at_third_adapted == 6  # 4 x 32 x 32 x 2 / 3 / 512 = 5.33
     assert breakeven_cap(p, r) == 5
 
+
+def test_base_counts_the_models_trained_biases():
+    """bias=all trains the model's own biases: "base" (the base model, head excluded) left them out (tiny BERT:
+    23,200 instead of 23,808). It is the same whatever the adapter trains."""
+    from loratune.adapt import apply_adapter, count_params
+
+    def base(**extra):
+        model, sites = apply_adapter(_meta("bert", hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                           intermediate_size=64, vocab_size=100),
+                                     AdapterConfig(r=4, target_modules=("attn.q", "attn.v"), **extra))
+        return count_params(model, sites, "lora")
+
+    plain, biases, dora = base(), base(bias="all"), base(use_dora=True)
+    assert plain.base == biases.base == dora.base
+    assert plain.base == plain.total - plain.head - plain.adapter
+    assert biases.adapter - plain.adapter > 0  # the biases are trained (adapter) and still the model's (base)
