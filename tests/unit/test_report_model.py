@@ -1267,6 +1267,75 @@ def test_a_rank_without_trials_scales_loras_per_rank_count_not_the_trained_biase
     assert [r for r, _ in s.rank.share_marks] == pytest.approx([10.0, 100.0])
 
 
+@pytest.mark.parametrize("old_first", [True, False])
+def test_the_rank_shares_take_a_recorded_per_rank_whatever_the_trials_order(tmp_path, old_first):
+    """A resumed study mixes records from before params.per_rank (r=4, bias=all: 4 x 1,000 + 5,000 biases, no
+    per_rank) with new ones (r=8, per_rank 1,000): the shares took the first LoRA trial's counts, so the old one first
+    put the 1% / 10% marks at 4.44 / 44.4 and the breakeven rank 10 at 75% of the adapted weights (10 / 100, 50%
+    with the new one first). The recorded per_rank is taken whichever comes first, and no estimate note is shown."""
+    from loratune.report.render_study import rank_section
+    from loratune.report.study import build_study_report
+
+    d = tmp_path / "study"
+    (d / "final").mkdir(parents=True)
+
+    def trial(i, r, params):
+        return {"trial": i, "name": f"t{i}", "phase": "tpe", "status": "completed", "objective": "val/macro_f1",
+                "objective_value": 0.5 + i / 100, "examples": 100, "wall_s": 1.0, "point": {R: r, LR: 1e-3},
+                "_params": params}
+
+    old = {"adapter": 4 * 1000 + 5000, "total": 1_000_000, "adapted_weights": 30_000}
+    new = {"adapter": 8 * 1000 + 5000, "per_rank": 1000, "total": 1_000_000, "adapted_weights": 30_000}
+    trials = [trial(0, 4, old), trial(1, 8, new)] if old_first else [trial(0, 8, new), trial(1, 4, old)]
+    summary = {"objective": "val/macro_f1", "strategy": "tpe", "trials": trials,
+               "rank_vs_metric": {"breakeven_r": 10, "trials": [
+                   {"r": t["point"][R], "value": t["objective_value"], "trial": t["trial"], "phase": "tpe"}
+                   for t in trials]}}
+    (d / "final" / "study.json").write_text(json.dumps(summary))
+    s = build_study_report(d)
+    shares = {r: (a, b) for r, a, b in s.rank.shares}
+    assert shares[10] == pytest.approx((15_000 / 1_000_000, 15_000 / 30_000))  # 10 x 1,000 + the 5,000 biases
+    assert [r for r, _ in s.rank.share_marks] == pytest.approx([10.0, 100.0])
+    assert s.rank.share_note == ""
+    assert "per rank taken as" not in rank_section(s, {})
+
+
+def test_the_rank_shares_say_when_they_take_an_older_records_adapter_over_r(tmp_path):
+    """Only records from before params.per_rank: the shares scale adapter / r (exact for bias none, no DoRA) and the
+    report says so, in the HTML rank section's facts and the console's; no counts at all: the cost table's, said."""
+    from loratune.report.render_study import rank_section
+    from loratune.report.study import _share_ref, build_study_report
+
+    d = tmp_path / "study"
+    (d / "final").mkdir(parents=True)
+    trials = [{"trial": 3, "name": "t3", "phase": "tpe", "status": "completed", "objective": "val/macro_f1",
+               "objective_value": 0.5, "examples": 100, "wall_s": 1.0, "point": {R: 4, LR: 1e-3},
+               "_params": {"adapter": 4000, "total": 1_000_000, "adapted_weights": 30_000}}]
+    summary = {"objective": "val/macro_f1", "strategy": "tpe", "trials": trials,
+               "rank_vs_metric": {"breakeven_r": 10, "trials": [{"r": 4, "value": 0.5, "trial": 3, "phase": "tpe"}]}}
+    (d / "final" / "study.json").write_text(json.dumps(summary))
+    s = build_study_report(d)
+    assert dict((r, a) for r, a, _ in s.rank.shares)[10] == pytest.approx(10_000 / 1_000_000)
+    assert s.rank.share_note.startswith("trial #3's LoRA parameters per rank taken as the record's adapter count "
+                                        "/ r = 4000 / 4: a record written before params.per_rank")
+    assert s.rank.share_note in rank_section(s, {}).replace("&#x27;", "'")
+    import io
+
+    from rich.console import Console
+
+    from loratune.report.study import show_study
+
+    buf = io.StringIO()
+    show_study(Console(file=buf, width=2000, highlight=False, color_system=None), s)
+    assert f"shares: {s.rank.share_note}" in buf.getvalue()
+    table = [{"method": "lora", "adapter": 8000, "r": 8, "share_total": 0.008, "share_adapted": 0.8 / 3}]
+    per_r, fixed, total, adapted, note = _share_ref((), table)
+    assert (per_r, fixed, total, adapted) == pytest.approx((1000, 0.0, 1_000_000, 30_000))
+    assert note.startswith("no trial records its parameter counts: LoRA parameters per rank taken as the LoRA-vs-full "
+                           "cost table's adapter count / r = 8000 / 8")
+    assert _share_ref((), ()) is None
+
+
 def test_each_rank_chart_dot_shows_its_own_trials_share(tmp_path):
     """Two r=8 trials adapt other modules (q/v 2048/27044 = 7.57%, attn+ffn 7168/32164 = 22.29%): every r=8 dot
     said the rank's best trial's share (22.29%); each says its own trial's, and a trial with no counts the rank's,

@@ -116,6 +116,7 @@ class RankView:
     stopped: str | None = None
     share_marks: tuple[tuple[float, str], ...] = ()  # (rank, label): where LoRA reaches a share of the model
     shares: tuple[tuple[int, float | None, float | None], ...] = ()  # (r, share of model, share of adapted weights)
+    share_note: str = ""  # how the shares and marks' per-rank count was had when no trial records it ("" if recorded)
     missing: str | None = None
 
 
@@ -427,22 +428,27 @@ def _compute_curve(trials: Sequence[TrialView], o: Objective) -> tuple[ComputePo
 
 
 def _share_ref(trials: Sequence[TrialView],
-               table: Sequence[Mapping[str, Any]]) -> tuple[float, float, float, float | None] | None:
+               table: Sequence[Mapping[str, Any]]) -> tuple[float, float, float, float | None, str] | None:
     """(LoRA's A and B parameters per unit of rank, the adapter parameters that do not grow with r (trained biases,
-    DoRA's magnitudes), model parameters, adapted-weight parameters) from any LoRA trial's counts
-    (adapt.record_per_rank), else from the LoRA-vs-full cost table."""
-    t = next((t for t in trials if t.method == "lora" and t.r and as_float(t.params.get("adapter"))
-              and as_float(t.params.get("total"))), None)
-    if t is not None:
-        per_r, _ = record_per_rank(t.params, t.r)
-        if per_r:
-            return (per_r, max(0.0, t.params["adapter"] - per_r * t.r), float(t.params["total"]),
-                    as_float(t.params.get("adapted_weights")))
+    DoRA's magnitudes), model parameters, adapted-weight parameters, a note saying how the per-rank count was had
+    ("" when recorded)) from a LoRA trial's counts: one that records per_rank first, whatever the trial order, else
+    an older record's adapter / r (adapt.record_per_rank, its note), else the LoRA-vs-full cost table's."""
+    counted = [(t, *record_per_rank(t.params, t.r)) for t in trials if t.method == "lora" and t.r
+               and as_float(t.params.get("adapter")) and as_float(t.params.get("total"))]
+    # a recorded per_rank (note "") before an older record's adapter / r, whatever the trials' order (min keeps the first)
+    ref = min((c for c in counted if c[1]), key=lambda c: bool(c[2]), default=None)
+    if ref is not None:
+        t, per_r, note = ref
+        return (per_r, max(0.0, t.params["adapter"] - per_r * t.r), float(t.params["total"]),
+                as_float(t.params.get("adapted_weights")), f"trial #{t.number}'s {note}" if note else "")
     for row in table:
         a, r, st = as_float(row.get("adapter")), _int(row.get("r")), as_float(row.get("share_total"))
         if row.get("method") == "lora" and a and r and st:
             sa = as_float(row.get("share_adapted"))
-            return a / r, 0.0, a / st, (a / sa if sa else None)
+            return (a / r, 0.0, a / st, (a / sa if sa else None),
+                    f"no trial records its parameter counts: LoRA parameters per rank taken as the LoRA-vs-full cost "
+                    f"table's adapter count / r = {a:g} / {r}, too high if that run trained biases (bias all or "
+                    "lora_only) or DoRA magnitudes")
     return None
 
 
@@ -473,10 +479,10 @@ def _rank_view(data: Mapping[str, Any] | None, trials: Sequence[TrialView],
         if t.r and own_share(t) is not None:
             own.setdefault(t.r, (float(t.params["adapter"]), float(t.params["total"]),
                                  as_float(t.params.get("adapted_weights"))))
-    shares, marks = [], []
+    shares, marks, share_note = [], [], ""
     ref = _share_ref(trials, table)
     if ref is not None:
-        per_r, fixed, total, adapted = ref
+        per_r, fixed, total, adapted, share_note = ref
         for r in sorted({p.r for p in pts} | ({data["breakeven_r"]} if _int(data.get("breakeven_r")) else set())):
             if r in own:
                 a, tot, aw = own[r]
@@ -497,7 +503,8 @@ def _rank_view(data: Mapping[str, Any] | None, trials: Sequence[TrialView],
         chosen_r=_int(data.get("chosen_r")), breakeven_r=_int(data.get("breakeven_r")),
         ceiling_r=_int(data.get("ceiling_r")), threshold=as_float(data.get("threshold")),
         threshold_source=str(data.get("threshold_source") or ""), rule=str(data.get("rule") or ""),
-        stopped=data.get("stopped"), share_marks=tuple(marks), shares=tuple(shares), missing=missing)
+        stopped=data.get("stopped"), share_marks=tuple(marks), shares=tuple(shares), share_note=share_note,
+        missing=missing)
 
 
 def _pair_view(pair: Mapping[str, Any] | None, trail: Sequence[DecisionView], seed_sigma: float | None,
@@ -789,7 +796,8 @@ def show_study(con, s: StudyReport) -> None:
         extra = [f"breakeven r={rk.breakeven_r}" if rk.breakeven_r else "",
                  f"ceiling r={rk.ceiling_r}" if rk.ceiling_r else "",
                  f"gain threshold {_f3(rk.threshold)}" if rk.threshold is not None else "",
-                 f"stopped: {rk.stopped}" if rk.stopped else ""]
+                 f"stopped: {rk.stopped}" if rk.stopped else "",
+                 f"shares: {rk.share_note}" if rk.share_note else ""]
         con.print("  [dim]" + safe(" · ".join(x for x in extra if x)) + "[/]")
     if rk.missing:
         con.print(f"  [dim]{safe(rk.missing)}[/]")
