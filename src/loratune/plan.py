@@ -137,7 +137,7 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class LoraShape:
-    """The adapter: r(d_in + d_out) summed over the adapted linear layers (params.py's formula)."""
+    """The adapter: r(d_in + d_out) summed over the adapted linear layers (adapt.per_rank, params.py's too)."""
 
     r: int
     targets: tuple[str, ...]
@@ -753,6 +753,7 @@ def kv_heads_of(config) -> int:
 
 
 def lora_shape(model, r: int, targets: tuple[str, ...]) -> LoraShape:
+    from loratune.adapt import per_rank
     from loratune.config import key_table
     from loratune.params import resolve_option_targets
 
@@ -762,7 +763,7 @@ def lora_shape(model, r: int, targets: tuple[str, ...]) -> LoraShape:
     # encoder block: only a decoder-only or encoder-only stack stops its backward at the lowest adapted layer
     first = 0 if getattr(model.config, "is_encoder_decoder", False) else min(s.layer for s in sites)
     return LoraShape(r, tuple(targets), len(sites), sum(s.in_features * s.out_features for s in sites),
-                     sum(s.in_features + s.out_features for s in sites), sum(s.in_features for s in sites), first)
+                     per_rank(sites), sum(s.in_features for s in sites), first)
 
 
 def plan_model(source: str, r: int = DEFAULT_R, targets: tuple[str, ...] = DEFAULT_TARGETS,

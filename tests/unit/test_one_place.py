@@ -45,3 +45,17 @@ def test_search_defaults_are_the_config_defaults():
     s = space.default_space({})
     assert cfg.train.learning_rate in s["train.learning_rate"].choices
     assert protocol._lr({}) == cfg.train.learning_rate and protocol._r({}) == cfg.adapter.r
+
+
+def test_loras_per_rank_count_is_written_once():
+    """LoRA's parameters per unit of rank, sum(d_in + d_out) over the adapted layers, is adapt.per_rank: plan's
+    lora_shape wrote the sum a second time (plan.py, `sum(s.in_features + s.out_features for s in sites)`)."""
+    import re
+    from pathlib import Path
+
+    import loratune
+
+    src = Path(loratune.__file__).parent
+    formula = re.compile(r"in_features\s*\+\s*\w+\.out_features|out_features\s*\+\s*\w+\.in_features")
+    where = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if formula.search(p.read_text(encoding="utf-8")))
+    assert where == ["adapt.py"]
