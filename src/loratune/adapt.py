@@ -103,7 +103,7 @@ class LinearSite:
 class ParamCount:
     total: int  # every parameter of the (wrapped) model, frozen ones included
     trainable: int
-    adapter: int  # LoRA A and B (and trained biases)
+    adapter: int  # what LoRA trains, head excluded: A and B, DoRA's magnitudes, trained biases (bias all, lora_only)
     head: int  # the classification head
     adapted_weights: int  # parameters of the weights that carry an adapter (or of all linear blocks, full FT)
     base: int  # parameters of the base model, head excluded (its trained biases included: they are the model's)
