@@ -41,7 +41,7 @@ class World:
         self.features = features or {}  # extra diagnosis features, the same for every trial
         self.memory = memory  # (point, trial index) -> memory_delta_mb; None: not measured per trial
         self.fixed = 0  # adapter parameters that do not grow with r (trained biases, DoRA's magnitudes)
-        self.old_record = False  # records written before params.per_rank
+        self.old_record = False  # records written before params.per_rank (or point -> bool: which ones)
         self.n = 0
 
     def result(self, p: dict) -> TrialResult:
@@ -54,7 +54,9 @@ class World:
         loss = self.loss(p) if self.loss else 1.0 - v
         params = ({"total": 1_000_000, "trainable": 1_000_000, "adapter": 0, "adapted_weights": 0} if full else
                   {"total": 1_000_000, "trainable": 1000 * r + self.fixed + 5000, "adapter": 1000 * r + self.fixed,
-                   "adapted_weights": self.adapted, **({} if self.old_record else {"per_rank": 1000})})
+                   "adapted_weights": self.adapted,
+                   **({} if (self.old_record(p) if callable(self.old_record) else self.old_record)
+                      else {"per_rank": 1000})})
         # the objective curve peaks where the scripted best_step_fraction says (the protocol reads the curve)
         # and ends below its best by the scripted val_metric_final_drop (0.01 when none is scripted)
         frac = self.features.get("best_step_fraction", 1.0)
@@ -304,6 +306,35 @@ def test_a_record_without_its_per_rank_count_takes_adapter_over_r_and_says_so():
                                 "the record's adapter count / r = 8000 / 8: a record written before params.per_rank; "
                                 "too high, and the breakeven too low, if it trained biases (bias all or lora_only) "
                                 "or DoRA magnitudes)")
+
+
+def test_an_older_incumbent_record_takes_per_rank_from_a_trial_of_its_layers_that_records_it():
+    """A resumed study whose incumbent was trained before params.per_rank, with bias=all (8 x 1,000 + 5,000 biases):
+    the sweep read only the incumbent's record, adapter / r = 1,625 per rank, breakeven rank 7 and cap 6 below the
+    working point r=8 (no sweep), although the seed runs at its point (the same layers, trained after the upgrade)
+    record per_rank 1,000: breakeven 10. It takes theirs, and no estimate is said."""
+    world = lr_binds()
+    world.adapted, world.fixed = 30_000, 5000
+    world.old_record = lambda p: p.get("train.seed", 42) == 42  # the runs before the resume: seed 42
+    base = world.f1
+    world.f1 = lambda p: base(p) + 0.05 * math.log2(p[R] / 8)  # every rank step gains beyond noise
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings())
+    assert [s.point[R] for s in runner.calls if s.phase == "rank-sweep"] == [10]
+    assert ctx.state["rank_sweep"]["breakeven_r"] == 10
+    d = next(x for x in ctx.decisions if x["code"] == "rank-sweep-capped")
+    assert "per rank taken as" not in d["evidence"][0]
+    from loratune.search.protocol.common import shape_params
+
+    old = next(r for r in ctx.records if "per_rank" not in r.result.params and r.point.get(R) == 8)
+    assert shape_params(ctx, old) == {**old.result.params, "per_rank": 1000}
+    # a trial of other adapted layers (other adapted weights) lends nothing: adapter / r stays, and is said
+    other = next(r for r in ctx.records if r.result.params.get("per_rank"))
+    other.result.params["adapted_weights"] = 60_000
+    for r in ctx.records:
+        if r.result.params.get("per_rank") and r is not other:
+            r.result.params.pop("per_rank")
+    assert shape_params(ctx, old) is old.result.params and "per_rank" not in old.result.params
 
 
 def test_the_rank_sweep_stops_at_the_last_rank_before_a_fractional_breakeven_point():

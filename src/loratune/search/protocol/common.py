@@ -14,7 +14,7 @@ from loratune.search.space import DEFAULTS
 from loratune.search.stages import StageId
 from loratune.search.trial import FIRST_TRAINED_STEP, TrialRecord, trained_points
 from loratune.stepsize import with_rank
-from loratune.search.protocol.settings import LR, ProtocolSettings, R
+from loratune.search.protocol.settings import LAYERS, LR, METHOD, ProtocolSettings, R, TARGETS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +193,22 @@ def whole_if_ahead(ctx: SearchContext, rec: TrialRecord, ref: TrialRecord, noise
     if not note or (gain is not None and not beyond_noise(gain, noise)):
         return rec
     return ctx.run(ctx.spec(rec.point, phase, f"{why}: its pruned trial trained again, whole"), reserve=held, full=True)
+
+
+def shape_params(ctx: SearchContext, rec: TrialRecord) -> dict:
+    """`rec`'s parameter counts (run.json params) for the breakeven. A record written before params.per_rank (a
+    resumed study's older trial) takes per_rank from a trial of the same adapted layers that records it (the same
+    method, target modules, layers and adapted weights: the same sites, the same sum of d_in + d_out, whatever its
+    rank, bias or DoRA); with none, it is left as it is (adapter / r, said: adapt.record_per_rank)."""
+    params = rec.result.params or {}
+    if record_per_rank(params, None)[0] is not None or not params.get("adapted_weights"):
+        return params
+    keys = (METHOD, TARGETS, LAYERS)
+    same = (o for o in ctx.records if all(o.point.get(k, DEFAULTS.get(k)) == rec.point.get(k, DEFAULTS.get(k))
+                                          for k in keys)
+            and (o.result.params or {}).get("adapted_weights") == params["adapted_weights"])
+    own = next((n for n in (record_per_rank(o.result.params or {}, None)[0] for o in same) if n is not None), None)
+    return params if own is None else {**params, "per_rank": own}
 
 
 def breakeven_rank(params: dict, r: int) -> int | None:

@@ -14,7 +14,7 @@ from loratune.search.protocol.settings import (CONTINUE_LR_FACTOR, CONTINUE_MIN_
                                                FULL_LR_MIN, INIT_FROM, LR, METHOD, PROBE_MAX_SHARE_OF_TRIAL,
                                                ProtocolSettings)
 from loratune.search.protocol.common import (breakeven_rank, evidence_of, incumbent_of, lr_of, no_budget, pruned_step,
-                                             r_of, reserve, round3, set_incumbent)
+                                             r_of, reserve, round3, set_incumbent, shape_params)
 from loratune.search.protocol.long import (epochs_cap_line, final_length, is_full, long_of, long_steps_wanted,
                                            longer_may_help, pick_line, promote, replaced_pick, still_improving,
                                            unaffordable_line)
@@ -170,7 +170,8 @@ def stage_full_probe(ctx: SearchContext, s: ProtocolSettings) -> None:
         plateau_detail=(f"plateau at r={sweep.get('plateau_r')}" if sweep.get("plateau_r") is not None else
                         "points " + ", ".join(f"r={p['r']}: {ctx.fmt(p['value'])}" for p in sweep.get("points", [])))
         if sweep else "",
-        target=s.target, breakeven_r=sweep.get("breakeven_r") or breakeven_rank(inc.result.params, r_of(inc.point)),
+        target=s.target,
+        breakeven_r=sweep.get("breakeven_r") or breakeven_rank(shape_params(ctx, inc), r_of(inc.point)),
         objective=ctx.objective, best_lora=best_lora.value if best_lora is not None else None,
         best_lora_label=best_lora.label if best_lora is not None else "")
     out = decide(inputs, DecideThresholds(**ctx.thresholds["lora_vs_full"]))  # the study's (tune --thresholds)

@@ -15,8 +15,8 @@ from loratune.stepsize import scale_rule, step_size
 from loratune.search.protocol.settings import LR, METHOD, ProtocolSettings, RSLORA, SEED, TARGETS
 from loratune.search.protocol.common import (breakeven_cap, breakeven_note, breakeven_rank, evidence_of, gain_over,
                                              incumbent_of, like_for_like, lr_of, lr_siblings, no_budget, pruned_step,
-                                             r_of, reserve, round3, same_except, set_incumbent, whole_if_ahead,
-                                             with_rank_by)
+                                             r_of, reserve, round3, same_except, set_incumbent, shape_params,
+                                             whole_if_ahead, with_rank_by)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,10 +96,11 @@ def stage_rank_sweep(ctx: SearchContext, s: ProtocolSettings) -> None:
     phase = StageId.RANK_SWEEP.value
     start: Start = ctx.state.start
     r0, sc = r_of(inc.point), scale_of(inc.point)
-    r_be = breakeven_rank(inc.result.params, r0)
+    counts = shape_params(ctx, inc)  # an older incumbent's record: per_rank from a trial of its layers that has it
+    r_be = breakeven_rank(counts, r0)
     cap = start.ceiling_r
-    be_cap = breakeven_cap(inc.result.params, r0) if r_be is not None else None
-    be_note = breakeven_note(inc.result.params, r0) if r_be is not None else ""  # an older record's estimate, said
+    be_cap = breakeven_cap(counts, r0) if r_be is not None else None
+    be_note = breakeven_note(counts, r0) if r_be is not None else ""  # an older record's estimate, said
     be_note = f"; {be_note}" if be_note else ""
     if be_cap is not None and not s.allow_past_breakeven:  # never past the breakeven point (5.33 -> 5, not 6)
         cap = min(cap, be_cap)
