@@ -543,7 +543,22 @@ _RULES = (
                  why="the train loss went far above ln(classes) and ended pinned near it: a collapse"),
             all_(c("peak_lr", ">=", "collapse_lr_min"),
                  c("train_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
-                 why="an lr far above the usual range with the train loss pinned near ln(classes)"),
+                 # ...with the predictions not learning (protocol 5b: a collapse is a loss pinned near ln(classes)
+                 # WITH the predictions on one class): not a val metric that ended healthy_gain_min above its first
+                 # eval, gained beyond its noise and held it, nor a val loss that fell beyond its noise, held it and
+                 # ended below the pin. A tiny BERT on 4 balanced classes at lr 0.06 (macro-F1 0.10 -> 0.783 at
+                 # 7 noise units, val loss 1.415 -> 1.021 = 0.74 x ln 4 falling at every eval, train loss 0.81 x
+                 # ln 4) is learning, and lr /2 made it worse
+                 any_(c("val_metric_logged", "<", "flag_on"),
+                      c("val_metric_final_vs_start", "<", "healthy_gain_min"),
+                      c("val_metric_gain_se", "<", "healthy_gain_se_min"),
+                      c("val_metric_final_drop_se", ">=", "drop_se_min")),
+                 any_(c("val_loss_logged", "<", "flag_on"),
+                      c("val_loss_vs_chance", ">=", "collapse_loss_vs_chance"),
+                      c("val_loss_drop_noise", "<", "healthy_drop_noise_min"),
+                      c("val_loss_rise_noise", ">=", "rise_noise_min")),
+                 why="an lr far above the usual range with the train loss pinned near ln(classes) and the val "
+                     "metric and loss not learning"),
             all_(c("peak_lr", ">=", "collapse_lr_min"),
                  c("val_metric_gain", "<", "no_gain_max"),
                  # ...where the first eval left the metric room to gain no_gain_max: one within it of a perfect

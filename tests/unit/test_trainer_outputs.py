@@ -1,0 +1,77 @@
+"""Hugging Face Trainer output dirs read the way a fifth hunt (wave 18) found them read wrongly: a run learning at
+a large lr read as a collapse, the val size advised where the val metric was missing, a resumed run's restarted lr
+paired as a one-knob point, a pair's noise band taken from unrelated runs, a string metric called a number written
+as text, and one run given twice read as two."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from loratune.cli import main
+
+# a tiny BERT on 4 balanced classes, lr 0.06 linear to 0 over 40 steps, evaluated every 5 steps on 20 rows (the
+# hunt's runs/sw_06: macro-F1 0.10 -> 0.783, val loss falling at every eval, train loss 1.387 -> 1.117)
+SW06_TRAIN = [1.3867, 1.3449, 1.4628, 1.4597, 1.7095, 1.4145, 1.2625, 1.421, 1.5056, 1.4061, 1.4565, 1.3687, 1.3651,
+              1.3647, 1.3769, 1.3509, 1.3469, 1.3997, 1.332, 1.3263, 1.4171, 1.3011, 1.338, 1.3552, 1.2678, 1.2531,
+              1.235, 1.2144, 1.1734, 1.1739, 1.1433, 1.0646, 1.1495, 1.069, 1.0676, 1.2304, 1.1307, 1.0242, 1.0678,
+              1.1336]
+SW06_EVAL = [(1.41545, 0.25, 0.1), (1.38948, 0.25, 0.1), (1.37718, 0.25, 0.1), (1.35061, 0.6, 0.51992),
+             (1.26470, 0.3, 0.19697), (1.14135, 0.75, 0.74647), (1.05317, 0.8, 0.78283), (1.02127, 0.8, 0.78283)]
+
+
+def trainer_log(train=SW06_TRAIN, evals=SW06_EVAL, lr: float = 0.06, metric_keys=("accuracy", "macro_f1"),
+                lrs=None) -> list[dict]:
+    """A Trainer log_history: a train loss at every step, an eval every 5 steps on 20 rows."""
+    n, out = len(train), []
+    for s, loss in enumerate(train, start=1):
+        rate = lrs[s - 1] if lrs else lr * (1 - (s - 1) / n)
+        out.append({"epoch": s / 6, "step": s, "loss": loss, "learning_rate": rate, "grad_norm": 1.0})
+        if s % 5 == 0 and s // 5 <= len(evals):
+            vloss, acc, f1 = evals[s // 5 - 1]
+            point = {"epoch": s / 6, "step": s, "eval_loss": vloss, "eval_runtime": 0.05,
+                     "eval_samples_per_second": 400.0}
+            point.update({f"eval_{k}": v for k, v in zip(metric_keys, (acc, f1))})
+            out.append(point)
+    return out
+
+
+def write_run(folder: Path, log: list[dict], n_classes: int = 4, **state) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = max(p["step"] for p in log)
+    (folder / "trainer_state.json").write_text(json.dumps({
+        "log_history": log, "global_step": steps, "max_steps": steps, "logging_steps": 1, "eval_steps": 5,
+        "train_batch_size": 8, **state}), encoding="utf-8")
+    (folder / "config.json").write_text(json.dumps({"num_labels": n_classes}), encoding="utf-8")
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "SEQ_CLS", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+        "target_modules": ["query", "value"]}), encoding="utf-8")
+    return folder
+
+
+def diagnose_json(capsys, *folders: Path) -> dict:
+    capsys.readouterr()
+    assert main(["diagnose", *map(str, folders), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_a_run_learning_at_a_large_lr_is_no_collapse(tmp_path, capsys):
+    """lr-too-large's second route (lr >= collapse_lr_min, train loss >= 0.8 x ln C) read a run whose macro-F1 rose
+    7 noise units and whose val loss fell at every eval as 'collapsed to one class, learning_rate /2'."""
+    run = diagnose_json(capsys, write_run(tmp_path / "sw_06", trainer_log()))["runs"][0]
+    f = run["features"]["values"]
+    assert f["train_loss_vs_chance"] >= 0.8 and f["val_metric_gain_se"] > 7 and f["val_loss_vs_chance"] < 0.8
+    assert run["verdict"] == "undertrained"
+    lr_large = [x for x in run["findings"] if x["rule_id"] == "lr-too-large"]
+    assert lr_large == []
+
+
+def test_a_run_pinned_at_a_large_lr_still_collapses(tmp_path, capsys):
+    """The same route keeps a run whose train and val losses sit at ln C and whose metric never left one class."""
+    flat_train = [math.log(4) * (1 + 0.01 * math.sin(s)) for s in range(40)]
+    flat_eval = [(math.log(4) * (1 + 0.002 * (i % 2)), 0.25, 0.1) for i in range(8)]
+    run = diagnose_json(capsys, write_run(tmp_path / "pinned", trainer_log(flat_train, flat_eval)))["runs"][0]
+    assert run["verdict"] == "lr-too-large"
+    assert run["findings"][0]["route"] == ["an lr far above the usual range with the train loss pinned near "
+                                           "ln(classes) and the val metric and loss not learning"]
