@@ -178,12 +178,12 @@ class Diagnosis:
         stuck += [(n.rule_id, n.missing) for n in self.not_evaluated]
         if self.primary is None:  # inconclusive: a val loss curve too short (or absent) for any curve rule
             stuck.append(("inconclusive", tuple((f, why) for f, why in self.features.missing.items()
-                                                if (sg := signal_for(f)) is not None and sg.reads_curve)))
+                                                if (sg := signal_for(f, why)) is not None and sg.reads_curve)))
         for rule_id, missing in stuck:
             for feature, why in missing:
                 if why.startswith(NOT_APPLICABLE):  # nothing to log: the feature cannot exist for this run
                     continue
-                sg = signal_for(feature)
+                sg = signal_for(feature, why)
                 if sg is not None and rule_id not in rules_by_signal.setdefault(sg.name, []):
                     rules_by_signal[sg.name].append(rule_id)
         return [{"signal": sg.name, "how": sg.how, "rules": rules_by_signal[sg.name]}

@@ -532,6 +532,9 @@ PROMPT_KEY_PREFIX = "val/prompt_"  # generation.prompt_key writes every prompt-s
 # a missing feature whose reason starts with this cannot exist for this kind of run (ln(classes) of a language
 # model, the prompt set of a classifier): no signal to log, so the diagnosis gives no advice for it
 NOT_APPLICABLE = "does not apply: "
+# why every val-metric feature is missing when the history holds no val metric at all: the signal to log is the metric
+# (rules.SIGNALS reads this reason), whatever else a feature also needs (val_metric_se: the val size too)
+NO_VAL_METRIC = "no val metric (val/macro_f1, val/accuracy, ...) in the history"
 # an online RL run (history_io.TRL_KINDS: GRPO, RLOO, PPO). Its loss is ~ beta x KL to the reference (plus a
 # policy term whose mean is ~0): 0 at the start and rising by design as the policy moves, so a rise from its minimum
 # is no overfit and its lowest value no best run. Its fit is its reward, which no rule reads yet: no loss feature.
@@ -1349,10 +1352,10 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
              "val_metric_late_gain_se",
              "val_metric_gain_per_epoch_late", "still_improving", "val_metric_se", "val_metric_max_drop",
              "val_metric_drops", "val_metric_max_drop_se", "val_metric_noise", "val_metric_repeat_share",
-             "val_metric_final_vs_start")
+             "val_metric_final_vs_start", "val_metric_final_drop_se")
     acc.set("val_metric_logged", 0.0 if metric is None else 1.0)
     if metric is None:
-        acc.miss(names, "no val metric (val/macro_f1, val/accuracy, ...) in the history")
+        acc.miss(names, NO_VAL_METRIC)
         return
     M = _series(pts, f"val/{metric}")
     vals = [v for _, v in M]

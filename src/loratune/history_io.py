@@ -296,6 +296,9 @@ _TRAIN_NAMES = ("train", "training", "train_eval", "train_subset")
 _METRIC_ALIASES = {
     "loss": "loss", "accuracy": "accuracy", "acc": "accuracy",
     "macro_f1": "macro_f1", "f1_macro": "macro_f1", "f1": "macro_f1", "macro_f1_score": "macro_f1",
+    # scikit-learn's accuracy_score, as a compute_metrics returning {"accuracy_score": accuracy_score(...)} logs it
+    # (its f1_score is not read: _F1_AVERAGING_UNKNOWN)
+    "accuracy_score": "accuracy",
     "weighted_f1": "weighted_f1", "f1_weighted": "weighted_f1", "micro_f1": "micro_f1", "f1_micro": "micro_f1",
     "subset_accuracy": "subset_accuracy", "mean_token_accuracy": "token_accuracy",
     # a generation run's token-overlap score (protocol 9): ROUGE-L as the HF summarization examples
@@ -306,6 +309,10 @@ _METRIC_ALIASES = {
 # examples F1 and exact match, many notebooks accuracy): read as 0..1, the scale every metric threshold is in; every
 # metric above is a share, which never exceeds 1, so one value above it names the scale
 _PERCENT_METRICS = tuple(sorted(set(_METRIC_ALIASES.values()) - {"loss"}))
+# scikit-learn's function name for F1, which says nothing of its averaging: not read as macro-F1, said in a note. Its
+# default is average='binary', the positive class's F1 (fold L's AssilZ: 0.000 and 0.668 at accuracy 0.50 on a
+# balanced binary set, a one-class model either way), no macro-F1 and no share of rows
+_F1_AVERAGING_UNKNOWN = "f1_score"
 # an error rate (lower is better), as the HF speech-recognition examples log it (`wer`, `cer`): read as the share
 # right, 1 - rate, under this name (the val metric every rule reads rises as the run learns); the rate itself is kept.
 # Its scale: a rate is a share, near or below 1 (insertions can push an untrained model's above it); the examples
@@ -2140,6 +2147,10 @@ def _eval_key_map(eval_logs: Sequence[dict], say_mapped: bool = True) -> tuple[d
         out[key] = f"{split}/{mapped}"
         if metric == "f1":
             notes.append(f"{key} taken as macro-F1 (compute_metrics should use average='macro')")
+        elif metric == _F1_AVERAGING_UNKNOWN:
+            notes.append(f"{key} not read as macro-F1: its name does not say its averaging (scikit-learn's f1_score "
+                         "averages 'binary' by default, one class's F1); log it as macro_f1 with "
+                         "f1_score(labels, preds, average='macro')")
     if eval_logs and say_mapped:
         shown = ", ".join(f"{k} -> {v}" for k, v in sorted(out.items()))
         notes.append(f"mapped Trainer keys: {shown}")

@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import Any, Iterator, Mapping, Union
 
 from loratune.errors import UserError, require_file
-from loratune.features import COMPARE_FEATURES, FEATURE_DOMAINS, FEATURES, UNIT_DOMAINS
+from loratune.features import COMPARE_FEATURES, FEATURE_DOMAINS, FEATURES, NO_VAL_METRIC, UNIT_DOMAINS
 from loratune.moves import is_move
 from loratune.objectives import NOISE_BAND
 
@@ -1344,6 +1344,9 @@ class Signal:
     how: str
     # advised on an inconclusive verdict when one of its features is missing: a curve too short for any rule
     reads_curve: bool = False
+    # the reasons a feature goes missing for that make this signal the one to log, whatever signal lists the
+    # feature: a run with no val metric lacks val_metric_se for want of the metric, not of the val size
+    reasons: tuple[str, ...] = ()
 
 
 _SIGNALS = (
@@ -1361,7 +1364,7 @@ _SIGNALS = (
                                                    "val_metric_max_drop_se", "val_metric_late_gain",
                                                    "val_metric_gain_per_epoch_late", "val_metric_noise"),
            "pass compute_metrics to the Trainer returning {'macro_f1': f1_score(labels, preds, average='macro'), "
-           "'accuracy': ...} (scikit-learn)"),
+           "'accuracy': ...} (scikit-learn)", reasons=(NO_VAL_METRIC,)),
     Signal("a train-subsample metric", ("train_eval_metric_final", "gap_f1"),
            "evaluate a fixed slice of the training data like the val set: eval_dataset={'val': val_ds, "
            "'train': train_ds.select(range(500))} logs eval_train_* beside eval_val_*"),
@@ -1389,9 +1392,11 @@ _SIGNALS = (
 SIGNALS: tuple[Signal, ...] = _SIGNALS
 
 
-def signal_for(feature: str) -> Signal | None:
-    """The signal a feature comes from (None: not one a user logs)."""
-    return next((sg for sg in SIGNALS if feature in sg.features), None)
+def signal_for(feature: str, why: str | None = None) -> Signal | None:
+    """The signal a feature comes from (None: not one a user logs); `why` it is missing, where known, first: a
+    signal that names that reason (Signal.reasons) is the one to log."""
+    return next((sg for sg in SIGNALS if why is not None and why in sg.reasons), None) or \
+        next((sg for sg in SIGNALS if feature in sg.features), None)
 
 
 def rule_by_id(rule_id: str, rules: tuple[Rule, ...] = RULES) -> Rule:

@@ -75,3 +75,39 @@ def test_a_run_pinned_at_a_large_lr_still_collapses(tmp_path, capsys):
     assert run["verdict"] == "lr-too-large"
     assert run["findings"][0]["route"] == ["an lr far above the usual range with the train loss pinned near "
                                            "ln(classes) and the val metric and loss not learning"]
+
+
+def _advice(run: dict) -> dict[str, list[str]]:
+    return {a["signal"]: a["rules"] for a in run["advice"]}
+
+
+def test_a_run_with_no_val_metric_is_advised_to_log_one_not_its_known_val_size(tmp_path, capsys):
+    """A plain Trainer (no compute_metrics) run with its val size read (20 rows) was advised 'the val size (for
+    eval-too-noisy): keep eval_runtime and eval_samples_per_second in the log', never to log a val metric."""
+    run = diagnose_json(capsys, write_run(tmp_path / "lossonly", trainer_log(metric_keys=())))["runs"][0]
+    assert run["facts"]["val_n"]["value"] == 20
+    advice = _advice(run)
+    assert advice.get("a val metric (macro-F1 or accuracy)") == ["eval-too-noisy"]
+    assert "the val size" not in advice
+    how = next(a["how"] for a in run["advice"] if a["signal"] == "a val metric (macro-F1 or accuracy)")
+    assert "compute_metrics" in how and "average='macro'" in how
+
+
+def test_a_run_with_a_metric_and_no_val_size_is_still_advised_the_val_size(tmp_path, capsys):
+    log = [{k: v for k, v in p.items() if k not in ("eval_runtime", "eval_samples_per_second")}
+           for p in trainer_log()]
+    run = diagnose_json(capsys, write_run(tmp_path / "nosize", log))["runs"][0]
+    assert "val_n" not in run["facts"]
+    assert "eval-too-noisy" in _advice(run).get("the val size", [])
+
+
+def test_scikit_learn_names_accuracy_score_is_read_and_f1_score_is_said_not_read(tmp_path, capsys):
+    """eval_accuracy_score / eval_f1_score (compute_metrics returning sklearn's function names) gave no val metric.
+    accuracy_score is a share of rows; f1_score does not say its averaging (sklearn's default is 'binary')."""
+    run = diagnose_json(capsys, write_run(tmp_path / "oddonly", trainer_log(
+        metric_keys=("accuracy_score", "f1_score"))))["runs"][0]
+    assert run["features"]["details"]["val_metric"] == "val/accuracy"
+    assert run["features"]["values"]["val_metric_best"] == 0.8
+    assert any(n.startswith("eval_f1_score not read as macro-F1: its name does not say its averaging")
+               for n in run["notes"])
+    assert "a val metric (macro-F1 or accuracy)" not in _advice(run)
