@@ -32,7 +32,7 @@ from loratune.config import AdapterConfig
 from loratune.errors import UserError
 from loratune.features import COMPARE_FEATURES, FEATURES, KIND_FEATURES, NOT_APPLICABLE, CurveFeatures, FeatureSet, \
     binomial_se, compute_features, format_value, has_binomial_se
-from loratune.history_io import RunHistory, checkpoint_step, from_points, load_run
+from loratune.history_io import LR_RESTART_FACT, RunHistory, checkpoint_step, from_points, load_run
 from loratune.moves import DOWN, HOLD, UP, towards
 from loratune import objectives
 from loratune.objectives import NOISE_BAND, at_threshold, objective
@@ -603,6 +603,11 @@ TRAINED_TO_PLAN = "planned end"
 # tasks are no knob experiment, whatever their knobs (a multi-label run's exact match is no single-label accuracy)
 TASK_KEY = "data.task"
 CLASSES_KEY = "data.n_classes"  # the task's size (config.json id2label, the run's labels, or an estimate)
+# the step after which a run's logged learning rate jumped back up (history_io.LR_RESTART_FACT: a resume with a longer
+# max_steps restarts a decay that had reached 0), a key of every run: such a run trained on another schedule than one
+# that decayed once, so it is no one-knob lr point beside it (protocol 5b: runs differing in one knob)
+LR_RESTART_KEY = "train.lr_restart_step"
+NO_LR_RESTART = "none"
 # the adapter's keys that peft reads as a default when its config leaves them out or null (layers_to_transform:
 # every layer; no rank / alpha pattern): a run whose adapter config is known (its targets) holds them, so all layers
 # against [10, 11] is a difference, not a key only one run knows (all layers: loratune's own default, config.py's)
@@ -656,6 +661,8 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
     done = _steps_done(h)
     flat[TRAINED_KEY] = (done if _partial(h) and done is not None
                          else _UNKNOWN_STEPS_DONE if _partial(h) else TRAINED_TO_PLAN)
+    restart = h.facts.get(LR_RESTART_FACT)
+    flat[LR_RESTART_KEY] = restart.value if restart is not None else NO_LR_RESTART
     if isinstance(h.meta.get("task"), str):
         flat[TASK_KEY] = h.meta["task"]
     if "target_modules" in h.facts and "adapter.target_modules" in flat:
@@ -985,6 +992,12 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
                      "step (protocol 5: same budget): " + ", ".join(
                          f"{n} ({flat[n][TRAINED_KEY]} steps done)" if isinstance(flat[n][TRAINED_KEY], int)
                          else f"{n} (steps done unknown: compared with none)" for n in partial))
+    restarted = [n for n in flat if flat[n][LR_RESTART_KEY] != NO_LR_RESTART]
+    if restarted:
+        notes.append("runs whose learning rate jumped back up (a resume with a longer max_steps, or a restarting "
+                     "schedule) trained on another schedule than runs whose rate decayed once: compared only with runs "
+                     "that restarted at the same step: " + ", ".join(
+                         f"{n} (restarts after step {flat[n][LR_RESTART_KEY]})" for n in restarted))
     kinds = {n: _run_kind(h, feats[n]) for n, h in zip(names, histories) if n in flat}
     if len({k for k in kinds.values() if k}) > 1:
         # runs of different kinds differ in more than a knob (a DPO loss and an SFT loss at two learning rates): the

@@ -1966,11 +1966,17 @@ def _lr_schedule_facts(lr: Sequence[tuple[float, float]], end: float | None = No
                                  ("linear", "cosine") else "largest logged value"))
     if schedule != "unknown":
         out["lr_schedule"] = Fact(schedule, "log_history learning_rate")
+    if restart is not None:
+        # a run whose rate jumps back up (a resume with a longer max_steps restarts the decay; cosine_with_restarts)
+        # trained on another schedule than one that decayed once: no one-knob lr point beside it (diagnose.knob_view)
+        out[LR_RESTART_FACT] = Fact(int(after[-1][0] + 1), "log_history learning_rate: the rate jumps back up after "
+                                    "this step (a resume with a longer max_steps, or a restarting schedule)")
     return out
 
 
 LR_SCHEDULE_MIN_SAMPLES = 3  # samples from the peak on that tell a constant rate from a decay
 LR_RESTART_RISE = 1.05  # after the peak, a sample this many times the one before it: the schedule restarted
+LR_RESTART_FACT = "lr_restart_step"  # the fact naming the step after which the logged rate restarted
 LR_PEAK_FIRST_RISE = 0.9  # the initial rise's top, when at least this share of the largest value, is the peak
 
 

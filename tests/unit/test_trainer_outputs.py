@@ -111,3 +111,21 @@ def test_scikit_learn_names_accuracy_score_is_read_and_f1_score_is_said_not_read
     assert any(n.startswith("eval_f1_score not read as macro-F1: its name does not say its averaging")
                for n in run["notes"])
     assert "a val metric (macro-F1 or accuracy)" not in _advice(run)
+
+
+def test_a_run_whose_lr_restarted_is_no_one_knob_lr_point(tmp_path, capsys):
+    """A run resumed with a longer max_steps (lr 0.03 decaying to 0 at step 21, then 0.01425 decaying again) was the
+    middle lr point between two runs that decayed once: its schedule, not its lr alone, differs."""
+    resumed = [0.03 * (1 - (s - 1) / 20) if s <= 21 else 0.01425 * (1 - (s - 22) / 19) for s in range(1, 41)]
+    ext = write_run(tmp_path / "ext", trainer_log(lrs=resumed))
+    low = write_run(tmp_path / "low", trainer_log(lr=0.015))
+    high = write_run(tmp_path / "high", trainer_log(lr=0.06))
+    out = diagnose_json(capsys, ext, low, high)
+    assert out["runs"][0]["facts"]["lr_restart_step"]["value"] == 21
+    assert "lr_restart_step" not in out["runs"][1]["facts"]
+    groups = out["comparison"]["groups"]
+    lr_groups = [sorted(r["run"] if isinstance(r, dict) else r[0] for r in g["runs"]) for g in groups
+                 if g["knob"] == "learning_rate"]
+    assert lr_groups == [["high", "low"]]
+    assert any("compared only with runs that restarted at the same step: ext (restarts after step 21)" in n
+               for n in out["comparison"]["notes"])
