@@ -32,14 +32,15 @@ from loratune.config import AdapterConfig
 from loratune.errors import UserError
 from loratune.features import COMPARE_FEATURES, FEATURES, KIND_FEATURES, NOT_APPLICABLE, CurveFeatures, FeatureSet, \
     binomial_se, compute_features, format_value, has_binomial_se
-from loratune.history_io import LR_RESTART_FACT, RunHistory, checkpoint_step, from_points, load_run
+from loratune.history_io import CALLBACK_RECORD_DIR, LR_RESTART_FACT, RunHistory, checkpoint_step, from_points, \
+    load_run
 from loratune.moves import DOWN, HOLD, UP, towards
 from loratune import objectives
 from loratune.objectives import NOISE_BAND, at_threshold, objective
 from loratune.rules import COMPARE_KNOBS, RULES, RUN_THRESHOLDS_KEY, SIGNALS, THRESHOLDS, Clause, Cond, Rule, \
     catalogue_for, default_thresholds, overridden_thresholds, overridden_values, overrides_text, \
     resolve_recorded_thresholds, resolve_thresholds, signal_for
-from loratune.store import RUN, STUDY_DB, StudyDbBusy, study_meta_of_trial
+from loratune.store import CALLBACK_RECORD_SOURCE, RUN, STUDY_DB, StudyDbBusy, study_meta_of_trial
 
 THRESHOLD_DEFAULTS = default_thresholds()
 MISSING_FACTOR = 0.75  # confidence multiplier per unknown clause of a tentatively fired rule
@@ -865,12 +866,12 @@ RUN_KIND_KEY = "run.kind"
 
 def _run_folder(h: RunHistory) -> Path | None:
     """Where the run a history was read from lives: a Trainer checkpoint's is its output dir (checkpoint-60 of out/
-    is out/'s run), a trainer_state.json's its folder, another file (a CSV, a notebook's table) itself; None for a
-    history with no path."""
+    is out/'s run), a trainer_state.json's its folder, LoratuneCallback's record (out/loratune) its Trainer's output
+    dir, another file (a CSV, a notebook's table) itself; None for a history with no path."""
     if not h.path:
         return None
     p = Path(h.path).resolve()
-    if p.name == "trainer_state.json":
+    if p.name == "trainer_state.json" or (h.source == CALLBACK_RECORD_SOURCE and p.name == CALLBACK_RECORD_DIR):
         p = p.parent
     return p.parent if checkpoint_step(p) is not None else p
 

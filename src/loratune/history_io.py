@@ -1100,9 +1100,11 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     stepless = sum(1 for e in log_history if isinstance(e, dict) and "step" not in e)
     if stepless:
         notes.append(f"{stepless} log_history entries without a `step`: skipped")
-    log_history, texts = _numbers_from_text(log_history)
+    log_history, texts, words = _numbers_from_text(log_history)
     if texts:
         notes.append(f"{texts} loss, rate or eval values written as text (e.g. \"2.3\"), not as numbers: skipped")
+    if words:
+        notes.append(f"non-numeric values (text that is no number) under {', '.join(words)}: ignored")
     logs = [e for e in log_history if isinstance(e, dict) and "step" in e]
     steps_ok = [e for e in logs if _fin(e["step"]) is not None]
     if len(steps_ok) < len(logs):
@@ -2239,20 +2241,26 @@ def _estimate_n(ev: dict, prefix: str) -> int | None:
 _NUMERIC_LOG_KEYS = ("loss", "grad_norm", "learning_rate", "epoch")
 
 
-def _numbers_from_text(log_history: Sequence[Any]) -> tuple[list, int]:
+def _numbers_from_text(log_history: Sequence[Any]) -> tuple[list, int, list[str]]:
     """Log entries whose losses, rates or eval values are text ("2.3"): those values left out of the entry, as a
     string step leaves its entry out. A string is no number: it was read as a non-finite value, and a log of
-    quoted losses read as a divergence. Returns the entries and how many values were left out."""
-    dropped, out = 0, []
+    quoted losses read as a divergence. Returns the entries, how many values were numbers written as text, and the
+    keys of those that are no number at all (a compute_metrics returning {"report": "ok"}: eval_report)."""
+    dropped, words, out = 0, [], []
     for e in log_history:
         if not isinstance(e, dict) or not any(isinstance(v, str) for v in e.values()):
             out.append(e)
             continue
-        keep = {k: v for k, v in e.items()
-                if not (isinstance(v, str) and (k in _NUMERIC_LOG_KEYS or k.startswith("eval_")))}
-        dropped += len(e) - len(keep)
-        out.append(keep)
-    return out, dropped
+        gone = [k for k, v in e.items()
+                if isinstance(v, str) and (k in _NUMERIC_LOG_KEYS or k.startswith("eval_"))]
+        for k in gone:
+            try:
+                float(e[k])
+                dropped += 1
+            except ValueError:
+                words.append(k)
+        out.append({k: v for k, v in e.items() if k not in gone})
+    return out, dropped, list(dict.fromkeys(words))
 
 
 def _fin(v: Any) -> float | None:

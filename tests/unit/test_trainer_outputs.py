@@ -129,3 +129,39 @@ def test_a_run_whose_lr_restarted_is_no_one_knob_lr_point(tmp_path, capsys):
     assert lr_groups == [["high", "low"]]
     assert any("compared only with runs that restarted at the same step: ext (restarts after step 21)" in n
                for n in out["comparison"]["notes"])
+
+
+def test_a_string_metric_is_said_non_numeric_and_ignored_not_a_number_written_as_text(tmp_path, capsys):
+    """compute_metrics returning {"report": "ok"} was noted as '8 ... values written as text (e.g. "2.3"), not as
+    numbers'; a quoted number still is."""
+    log = trainer_log()
+    for p in log:
+        if "eval_loss" in p:
+            p["eval_report"] = "ok"
+    log[0]["loss"] = "1.3867"
+    run = diagnose_json(capsys, write_run(tmp_path / "strmetric", log))["runs"][0]
+    assert "non-numeric values (text that is no number) under eval_report: ignored" in run["notes"]
+    assert any(n.startswith('1 loss, rate or eval values written as text (e.g. "2.3")') for n in run["notes"])
+    assert run["verdict"] == "undertrained"
+
+
+def test_the_callbacks_record_and_its_trainer_output_dir_are_one_run(tmp_path, capsys):
+    """`diagnose out out/loratune`: LoratuneCallback's record inside a Trainer output dir was read as a second run,
+    both in the pooled noise of the comparison."""
+    from loratune.history_io import CALLBACK_RECORD_DIR, load_run
+    from loratune.store import CALLBACK_RECORD_SOURCE
+
+    out = write_run(tmp_path / "cbmulti", trainer_log())
+    rec = out / CALLBACK_RECORD_DIR
+    rec.mkdir()
+    h = load_run(out)
+    rows = [{"step": p["step"], **{k: v for k, v in p.items() if k != "step"}} for p in h.points]
+    (rec / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (rec / "run.json").write_text(json.dumps({"status": "completed", "source": CALLBACK_RECORD_SOURCE,
+                                              "config": h.config, "steps_planned": 40, "steps_done": 40}),
+                                  encoding="utf-8")
+    assert load_run(rec).source == CALLBACK_RECORD_SOURCE
+    cmp = diagnose_json(capsys, out, rec)["comparison"]
+    same = [n for n in cmp["notes"] if "the same run as cbmulti" in n]
+    assert len(same) == 1 and "left out of the knob comparison" in same[0]
+    assert "root mean square" not in cmp["features"]["details"]["noise_source"]  # one run's SE, not two pooled
