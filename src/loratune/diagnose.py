@@ -840,6 +840,16 @@ def _differs_only_in(a: Mapping[str, Any], b: Mapping[str, Any], knob: str, mode
     return True, {k for k in unknown if k.rsplit(".", 1)[-1] not in IGNORED_KEYS}
 
 
+PAIRS_SAID_MAX = 10  # the pairs a comparison with no knob group names with the keys they differ in
+
+
+def _differing_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The keys both runs know on which they differ (their last part: `lora_dropout`, `target_modules`), sorted:
+    what a pair that is no one-knob experiment differs in (protocol 5b: a comparison finds which knob differs)."""
+    return sorted({k.rsplit(".", 1)[-1] for k in set(a) & set(b)
+                   if k.rsplit(".", 1)[-1] not in IGNORED_KEYS and not _same(a[k], b[k], _knob_of(k))})
+
+
 def _rslora(cfg: Mapping[str, Any]) -> bool:
     return any(k.rsplit(".", 1)[-1] == "use_rslora" and v is True for k, v in cfg.items())
 
@@ -1029,7 +1039,12 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
             effect = (max(means) - min(means)) if len(means) >= 2 else None
             groups.append(KnobGroup(knob, tuple(rows), effect, note, measure))
     if len(flat) >= 2 and not groups:
-        notes.append("no two runs differ in exactly one of learning_rate, r, lora_alpha, seed")
+        pairs = [(a, b, _differing_keys(flat[a], flat[b])) for i, a in enumerate(sorted(flat))
+                 for b in sorted(flat)[i + 1:]]
+        said = [f"{a} vs {b} differ in {', '.join(keys) if keys else 'no key both know'}"
+                for a, b, keys in pairs[:PAIRS_SAID_MAX]]
+        more = f"; and {len(pairs) - PAIRS_SAID_MAX} more pairs" if len(pairs) > PAIRS_SAID_MAX else ""
+        notes.append(f"no two runs differ in exactly one of {', '.join(COMPARE_KNOBS)}: " + "; ".join(said) + more)
 
     acc = FeatureSet(COMPARE_FEATURES)
     # noise: one run's sigma (seed std when available, else the binomial SE of each run's val size) as the unit of

@@ -165,3 +165,19 @@ def test_the_callbacks_record_and_its_trainer_output_dir_are_one_run(tmp_path, c
     same = [n for n in cmp["notes"] if "the same run as cbmulti" in n]
     assert len(same) == 1 and "left out of the knob comparison" in same[0]
     assert "root mean square" not in cmp["features"]["details"]["noise_source"]  # one run's SE, not two pooled
+
+
+def test_runs_that_differ_in_no_compared_knob_alone_are_said_to_differ_in_their_keys(tmp_path, capsys):
+    """k_r4 vs k_do (lora_dropout), k_do vs k_lr (lora_dropout and the lr): the comparison said only 'no two runs
+    differ in exactly one of learning_rate, r, lora_alpha, seed', never which keys it found differing."""
+    base = write_run(tmp_path / "k_r4", trainer_log(lr=0.06))
+    drop = write_run(tmp_path / "k_do", trainer_log(lr=0.06))
+    adapter = json.loads((drop / "adapter_config.json").read_text())
+    (drop / "adapter_config.json").write_text(json.dumps({**adapter, "lora_dropout": 0.1}))
+    lr = write_run(tmp_path / "k_lr", trainer_log(lr=0.03))
+    (lr / "adapter_config.json").write_text(json.dumps({**adapter, "lora_dropout": 0.1, "r": 4}))
+    notes = diagnose_json(capsys, base, drop)["comparison"]["notes"]
+    assert ("no two runs differ in exactly one of learning_rate, r, lora_alpha, seed: k_do vs k_r4 differ in "
+            "lora_dropout") in notes
+    notes = diagnose_json(capsys, base, lr)["comparison"]["notes"]
+    assert any(n.endswith("k_lr vs k_r4 differ in learning_rate, lora_dropout") for n in notes)
