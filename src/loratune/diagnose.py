@@ -39,7 +39,7 @@ from loratune import objectives
 from loratune.objectives import NOISE_BAND, at_threshold, objective
 from loratune.rules import COMPARE_KNOBS, RULES, RUN_THRESHOLDS_KEY, SIGNALS, THRESHOLDS, Clause, Cond, Rule, \
     catalogue_for, default_thresholds, overridden_thresholds, overridden_values, overrides_text, \
-    resolve_recorded_thresholds, resolve_thresholds, signal_for
+    resolve_recorded_thresholds, resolve_thresholds, signals_for
 from loratune.store import CALLBACK_RECORD_SOURCE, RUN, STUDY_DB, StudyDbBusy, study_meta_of_trial
 
 THRESHOLD_DEFAULTS = default_thresholds()
@@ -178,15 +178,16 @@ class Diagnosis:
         stuck = [(f.rule_id, f.missing) for f in self.findings if f.tentative and f.scope in ("curve", "class")]
         stuck += [(n.rule_id, n.missing) for n in self.not_evaluated]
         if self.primary is None:  # inconclusive: a val loss curve too short (or absent) for any curve rule
-            stuck.append(("inconclusive", tuple((f, why) for f, why in self.features.missing.items()
-                                                if (sg := signal_for(f, why)) is not None and sg.reads_curve)))
+            missing_all = self.features.missing
+            stuck.append(("inconclusive", tuple((f, why) for f, why in missing_all.items()
+                                                if any(sg.reads_curve for sg in signals_for(f, why, missing_all)))))
         for rule_id, missing in stuck:
             for feature, why in missing:
                 if why.startswith(NOT_APPLICABLE):  # nothing to log: the feature cannot exist for this run
                     continue
-                sg = signal_for(feature, why)
-                if sg is not None and rule_id not in rules_by_signal.setdefault(sg.name, []):
-                    rules_by_signal[sg.name].append(rule_id)
+                for sg in signals_for(feature, why, self.features.missing):
+                    if rule_id not in rules_by_signal.setdefault(sg.name, []):
+                        rules_by_signal[sg.name].append(rule_id)
         return [{"signal": sg.name, "how": sg.how, "rules": rules_by_signal[sg.name]}
                 for sg in SIGNALS if sg.name in rules_by_signal]
 

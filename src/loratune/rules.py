@@ -23,7 +23,8 @@ from types import MappingProxyType
 from typing import Any, Iterator, Mapping, Union
 
 from loratune.errors import UserError, require_file
-from loratune.features import COMPARE_FEATURES, FEATURE_DOMAINS, FEATURES, NO_VAL_METRIC, UNIT_DOMAINS
+from loratune.features import (COMPARE_FEATURES, FEATURE_DOMAINS, FEATURES, NO_VAL_METRIC, NOT_APPLICABLE,
+                               UNIT_DOMAINS)
 from loratune.moves import is_move
 from loratune.objectives import NOISE_BAND
 
@@ -1392,11 +1393,18 @@ _SIGNALS = (
 SIGNALS: tuple[Signal, ...] = _SIGNALS
 
 
-def signal_for(feature: str, why: str | None = None) -> Signal | None:
-    """The signal a feature comes from (None: not one a user logs); `why` it is missing, where known, first: a
-    signal that names that reason (Signal.reasons) is the one to log."""
-    return next((sg for sg in SIGNALS if why is not None and why in sg.reasons), None) or \
-        next((sg for sg in SIGNALS if feature in sg.features), None)
+def signals_for(feature: str, why: str | None = None, missing: Mapping[str, str] | None = None) -> tuple[Signal, ...]:
+    """The signals to log for a missing feature (none: not one a user logs). `why` it is missing, where known, first:
+    a signal that names that reason (Signal.reasons) is the one to log; the feature's own signal too where another
+    of its features is `missing` for another reason (no val metric and the val size unknown: both)."""
+    own = next((sg for sg in SIGNALS if feature in sg.features), None)
+    by_reason = next((sg for sg in SIGNALS if why is not None and why in sg.reasons), None)
+    if by_reason is None or by_reason is own:
+        return () if own is None else (own,)
+    missing = missing or {}
+    also = own is not None and any(f != feature and missing.get(f) not in (None, why)
+                                   and not missing[f].startswith(NOT_APPLICABLE) for f in own.features)
+    return (by_reason, own) if also else (by_reason,)
 
 
 def rule_by_id(rule_id: str, rules: tuple[Rule, ...] = RULES) -> Rule:

@@ -181,3 +181,17 @@ def test_runs_that_differ_in_no_compared_knob_alone_are_said_to_differ_in_their_
             "lora_dropout") in notes
     notes = diagnose_json(capsys, base, lr)["comparison"]["notes"]
     assert any(n.endswith("k_lr vs k_r4 differ in learning_rate, lora_dropout") for n in notes)
+
+
+def test_a_run_with_no_val_metric_and_no_val_size_is_advised_both(tmp_path, capsys):
+    """A plain Trainer run with eval_runtime / eval_samples_per_second dropped lacks the metric AND the size that
+    eval-too-noisy reads: it was advised the val metric only (the val size, still unknown, went unsaid)."""
+    log = [{k: v for k, v in p.items() if k not in ("eval_runtime", "eval_samples_per_second")}
+           for p in trainer_log(metric_keys=())]
+    run = diagnose_json(capsys, write_run(tmp_path / "lossonly_nosize", log))["runs"][0]
+    assert "val_n" not in run["facts"] and run["features"]["details"].get("val_metric") is None
+    advice = _advice(run)
+    assert advice.get("a val metric (macro-F1 or accuracy)") == ["eval-too-noisy"]
+    assert advice.get("the val size") == ["eval-too-noisy"]
+    order = [a["signal"] for a in run["advice"]]
+    assert order.index("a val metric (macro-F1 or accuracy)") < order.index("the val size")
