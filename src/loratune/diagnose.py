@@ -32,7 +32,7 @@ from loratune.config import AdapterConfig
 from loratune.errors import UserError
 from loratune.features import COMPARE_FEATURES, FEATURES, KIND_FEATURES, NOT_APPLICABLE, CurveFeatures, FeatureSet, \
     binomial_se, compute_features, format_value, has_binomial_se
-from loratune.history_io import CALLBACK_RECORD_DIR, LR_RESTART_FACT, RunHistory, checkpoint_step, from_points, \
+from loratune.history_io import CALLBACK_RECORD_DIR, LR_RESTART_BY_FACT, LR_RESTART_FACT, RunHistory, checkpoint_step, from_points, \
     load_run
 from loratune.moves import DOWN, HOLD, UP, towards
 from loratune import objectives
@@ -663,8 +663,9 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
     done = _steps_done(h)
     flat[TRAINED_KEY] = (done if _partial(h) and done is not None
                          else _UNKNOWN_STEPS_DONE if _partial(h) else TRAINED_TO_PLAN)
-    restart = h.facts.get(LR_RESTART_FACT)
-    flat[LR_RESTART_KEY] = restart.value if restart is not None else NO_LR_RESTART
+    restart, by = h.facts.get(LR_RESTART_FACT), h.facts.get(LR_RESTART_BY_FACT)
+    flat[LR_RESTART_KEY] = (NO_LR_RESTART if restart is None else
+                            _RestartStep(restart.value, by.value if by is not None else restart.value))
     if isinstance(h.meta.get("task"), str):
         flat[TASK_KEY] = h.meta["task"]
     if "target_modules" in h.facts and "adapter.target_modules" in flat:
@@ -691,6 +692,27 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
         estimated = fact is not None and str(fact.source).startswith("estimated") and not labels
         flat[CLASSES_KEY] = _EstimatedClasses(n_classes) if estimated else n_classes
     return flat
+
+
+@dataclass(frozen=True, eq=False)
+class _RestartStep:
+    """The step after which a run's logged rate jumped back up, as the log brackets it: after step `last` (its last
+    sample before the jump), at the latest after `by` (the step before its first restarted sample). Equal to another
+    where their brackets meet: the same schedule logged every 1 / 2 / 3 steps reads 23 / 22 / 21 as its last sample
+    before the jump, and is one schedule."""
+
+    last: int
+    by: int
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _RestartStep) and self.last <= other.by and other.last <= self.by
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        return f"{self.last}" if self.by == self.last else f"{self.last}-{self.by}"
+
+    __repr__ = __str__
 
 
 class _UnknownStepsDone:

@@ -1971,14 +1971,20 @@ def _lr_schedule_facts(lr: Sequence[tuple[float, float]], end: float | None = No
     if restart is not None:
         # a run whose rate jumps back up (a resume with a longer max_steps restarts the decay; cosine_with_restarts)
         # trained on another schedule than one that decayed once: no one-knob lr point beside it (diagnose.knob_view)
-        out[LR_RESTART_FACT] = Fact(int(after[-1][0] + 1), "log_history learning_rate: the rate jumps back up after "
-                                    "this step (a resume with a longer max_steps, or a restarting schedule)")
+        # logged every k steps, the jump lies between the last sample before it and the first after it: the same
+        # schedule logged every 1 / 2 / 3 steps reads 23 / 22 / 21 there, so the bracket is kept (LR_RESTART_BY_FACT)
+        last, by = int(after[-1][0] + 1), int(lr[i_peak + restart][0])
+        out[LR_RESTART_FACT] = Fact(last, "log_history learning_rate: the rate jumps back up after this step (a resume "
+                                    "with a longer max_steps, or a restarting schedule)")
+        out[LR_RESTART_BY_FACT] = Fact(max(by, last), "log_history learning_rate: the rate jumped back up after "
+                                       "this step at the latest (the step before the first restarted rate logged)")
     return out
 
 
 LR_SCHEDULE_MIN_SAMPLES = 3  # samples from the peak on that tell a constant rate from a decay
 LR_RESTART_RISE = 1.05  # after the peak, a sample this many times the one before it: the schedule restarted
 LR_RESTART_FACT = "lr_restart_step"  # the fact naming the step after which the logged rate restarted
+LR_RESTART_BY_FACT = "lr_restart_step_by"  # the latest step it restarted after (the next logged rate is restarted)
 LR_PEAK_FIRST_RISE = 0.9  # the initial rise's top, when at least this share of the largest value, is the peak
 
 

@@ -195,3 +195,35 @@ def test_a_run_with_no_val_metric_and_no_val_size_is_advised_both(tmp_path, caps
     assert advice.get("the val size") == ["eval-too-noisy"]
     order = [a["signal"] for a in run["advice"]]
     assert order.index("a val metric (macro-F1 or accuracy)") < order.index("the val size")
+
+
+def _cosine_with_restarts(peak: float, cycles: int, n: int = 40, warm: int = 5) -> list[float]:
+    """transformers' cosine_with_restarts schedule: a linear warm-up, then `cycles` cosine decays to 0."""
+    out = []
+    for step in range(n):
+        p = (step - warm) / (n - warm)
+        out.append(peak * step / warm if step < warm else
+                   peak * max(0.0, 0.5 * (1 + math.cos(math.pi * ((cycles * p) % 1.0)))))
+    return out
+
+
+def test_one_restarting_schedule_logged_at_different_intervals_pairs(tmp_path, capsys):
+    """The same cosine_with_restarts schedule read 'restarts after step 23 / 22 / 21' logged every 1 / 2 / 3 steps, so
+    two runs differing only in lr, logged at different intervals, were no lr pair; a run restarting elsewhere
+    (3 cycles: after step 17) still pairs with none of them."""
+    def every(k: int, lr: float, cycles: int = 2) -> list[dict]:
+        return [p for p in trainer_log(lrs=_cosine_with_restarts(lr, cycles)) if p["step"] % k == 0 or "eval_loss" in p]
+
+    hi = write_run(tmp_path / "hi", every(1, 0.06))
+    lo2 = write_run(tmp_path / "lo_log2", every(2, 0.03))
+    lo3 = write_run(tmp_path / "lo_log3", every(3, 0.015))
+    three = write_run(tmp_path / "three_cycles", every(1, 0.12, cycles=3))
+    out = diagnose_json(capsys, hi, lo2, lo3, three)
+    facts = {r["run"] if "run" in r else r["name"]: r["facts"] for r in out["runs"]}
+    assert [(facts[n]["lr_restart_step"]["value"], facts[n]["lr_restart_step_by"]["value"])
+            for n in ("hi", "lo_log2", "lo_log3", "three_cycles")] == [(23, 23), (22, 23), (21, 23), (17, 17)]
+    lr_groups = [sorted(r["run"] for r in g["runs"]) for g in out["comparison"]["groups"]
+                 if g["knob"] == "learning_rate"]
+    assert lr_groups == [["hi", "lo_log2", "lo_log3"]]
+    assert any("lo_log3 (restarts after step 21-23)" in n and "three_cycles (restarts after step 17)" in n
+               for n in out["comparison"]["notes"])
