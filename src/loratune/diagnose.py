@@ -864,6 +864,13 @@ def _differs_only_in(a: Mapping[str, Any], b: Mapping[str, Any], knob: str, mode
 
 
 PAIRS_SAID_MAX = 10  # the pairs a comparison with no knob group names with the keys they differ in
+# what a comparison with no knob group says of each pair it names (_pair_said): the keys both know that differ; where
+# none does, the keys they agree on, and that the others are known to one run only (a CSV with its learning_rate
+# beside a Trainer dir: no key differs, yet no knob group, as r, lora_dropout, ... are the dir's alone)
+PAIR_DIFFERS = "{a} vs {b} differ in {keys}"
+PAIR_AGREES_ONE_SIDED = "{a} vs {b} agree on every key both know ({keys}); the other keys are known to one run only"
+PAIR_AGREES = "{a} vs {b} agree on every key ({keys})"
+PAIR_SHARES_NONE = "{a} vs {b} share no config key"
 
 
 def _differing_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
@@ -871,6 +878,22 @@ def _differing_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     what a pair that is no one-knob experiment differs in (protocol 5b: a comparison finds which knob differs)."""
     return sorted({k.rsplit(".", 1)[-1] for k in set(a) & set(b)
                    if k.rsplit(".", 1)[-1] not in IGNORED_KEYS and not _same(a[k], b[k], _knob_of(k))})
+
+
+def _pair_said(a: str, b: str, ca: Mapping[str, Any], cb: Mapping[str, Any]) -> str:
+    """What a pair that is no one-knob experiment differs in (PAIR_DIFFERS), or, where no key both know differs, what
+    they agree on; the keys loratune adds to every run (steps done, restart, task, classes, kind) are no config key
+    a user set, so they are not named as agreed."""
+    keys = _differing_keys(ca, cb)
+    if keys:
+        return PAIR_DIFFERS.format(a=a, b=b, keys=", ".join(keys))
+    derived = (TRAINED_KEY, LR_RESTART_KEY, TASK_KEY, CLASSES_KEY, RUN_KIND_KEY)
+    shared = sorted({k.rsplit(".", 1)[-1] for k in set(ca) & set(cb)
+                     if k not in derived and k.rsplit(".", 1)[-1] not in IGNORED_KEYS})
+    one_sided = {k for k in set(ca) ^ set(cb) if k.rsplit(".", 1)[-1] not in IGNORED_KEYS}
+    if not shared:
+        return PAIR_SHARES_NONE.format(a=a, b=b)
+    return (PAIR_AGREES_ONE_SIDED if one_sided else PAIR_AGREES).format(a=a, b=b, keys=", ".join(shared))
 
 
 def _rslora(cfg: Mapping[str, Any]) -> bool:
@@ -1062,10 +1085,8 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
             effect = (max(means) - min(means)) if len(means) >= 2 else None
             groups.append(KnobGroup(knob, tuple(rows), effect, note, measure))
     if len(flat) >= 2 and not groups:
-        pairs = [(a, b, _differing_keys(flat[a], flat[b])) for i, a in enumerate(sorted(flat))
-                 for b in sorted(flat)[i + 1:]]
-        said = [f"{a} vs {b} differ in {', '.join(keys) if keys else 'no key both know'}"
-                for a, b, keys in pairs[:PAIRS_SAID_MAX]]
+        pairs = [(a, b) for i, a in enumerate(sorted(flat)) for b in sorted(flat)[i + 1:]]
+        said = [_pair_said(a, b, flat[a], flat[b]) for a, b in pairs[:PAIRS_SAID_MAX]]
         more = f"; and {len(pairs) - PAIRS_SAID_MAX} more pairs" if len(pairs) > PAIRS_SAID_MAX else ""
         notes.append(f"no two runs differ in exactly one of {', '.join(COMPARE_KNOBS)}: " + "; ".join(said) + more)
 

@@ -227,3 +227,23 @@ def test_one_restarting_schedule_logged_at_different_intervals_pairs(tmp_path, c
     assert lr_groups == [["hi", "lo_log2", "lo_log3"]]
     assert any("lo_log3 (restarts after step 21-23)" in n and "three_cycles (restarts after step 17)" in n
                for n in out["comparison"]["notes"])
+
+
+def test_a_csv_and_a_trainer_dir_that_agree_are_said_to_agree_not_to_differ_in_no_key(tmp_path, capsys):
+    """A CSV (step, losses, metrics and its learning_rate column) beside a Trainer dir at the same lr: no key both
+    know differs, the adapter's keys are the dir's alone, and the note read 'm1 vs run differ in no key both know'."""
+    log = trainer_log(lr=0.002)
+    evals = {p["step"]: p for p in log if "eval_loss" in p}
+    rows = ["step,train_loss,val_loss,val_macro_f1,val_accuracy,learning_rate"]
+    for p in log:
+        if "loss" in p:
+            e = evals.get(p["step"], {})
+            rows.append(",".join(str(x) for x in (p["step"], p["loss"], e.get("eval_loss", ""),
+                                                  e.get("eval_macro_f1", ""), e.get("eval_accuracy", ""),
+                                                  p["learning_rate"])))
+    csv_run = tmp_path / "run.csv"
+    csv_run.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    notes = diagnose_json(capsys, write_run(tmp_path / "m1", log), csv_run)["comparison"]["notes"]
+    assert ("no two runs differ in exactly one of learning_rate, r, lora_alpha, seed: m1 vs run agree on every key "
+            "both know (learning_rate, lr_scheduler_type); the other keys are known to one run only") in notes
+    assert not any("no key both know" in n for n in notes)
