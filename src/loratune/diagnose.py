@@ -280,6 +280,15 @@ class KnobGroup:
     effect: float | None  # max - min of the measure (a size: the same for either sign)
     note: str = ""
     measure: str = METRIC_MEASURE
+    # the group's own noise unit (one run's sigma) and where it came from: the seed std where seed runs give one (the
+    # comparison's), else the root mean square of the group's own runs' SEs: a run beside the group, not in it,
+    # does not move its effect / noise (k_r4 vs k_a8: 1.9 units, 2.0 with k_r8 passed beside them)
+    noise: float | None = None
+    noise_source: str = ""
+
+    def effect_noise(self) -> float | None:
+        """The effect in the group's noise units (None: no effect or no noise)."""
+        return self.effect / self.noise if self.effect is not None and self.noise else None
 
     def best(self) -> tuple[str, Any, float | None, float | None] | None:
         """The row with the best measure (the highest metric, the lowest loss); None when no run has one."""
@@ -288,7 +297,7 @@ class KnobGroup:
 
     def to_dict(self) -> dict:
         return {"knob": self.knob, "effect": self.effect, "note": self.note, "measure": self.measure,
-                "runs": [{"run": r, "value": v, "measured": m, "val_loss_min": l} for r, v, m, l in self.runs]}
+                "noise": self.noise, "noise_source": self.noise_source, "runs": [{"run": r, "value": v, "measured": m, "val_loss_min": l} for r, v, m, l in self.runs]}
 
 
 @dataclass(frozen=True)
@@ -1114,53 +1123,36 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
         acc.set("seed_std", None, "no two runs differ only in seed")
         # the runs whose differences are measured: those in a knob group (every configured run when none is)
         measured = [n for n in flat if any(n == row[0] for g in groups for row in g.runs)] or list(flat)
-        if use_loss:
-            ses = [feats[n].values.get("val_loss_noise") for n in measured]
-            source = "the val-loss curves' own jitter"
-        else:
-            # the single-run policy: only a share of rows has a binomial SE (token accuracy, ROUGE: their jitter)
-            ses = [binomial_se(best[n], feats[n].values.get("val_n")) for n in measured
-                   if best[n] is not None and feats[n].values.get("val_n")
-                   and has_binomial_se(feats[n].details.get("val_metric"))]
-            source = "binomial standard error from val size"
-            if not [x for x in ses if x is not None]:
-                ses = [feats[n].values.get("val_metric_noise") for n in measured]
-                source = "the metric curves' own jitter"
-        ses = [x for x in ses if x is not None]
-        if ses:
-            # one run's sigma: the root mean square of the runs' SEs (protocol 6's band is over it, not over the
-            # difference of two runs, whose std is sqrt(2) x it)
-            rms = math.sqrt(sum(x * x for x in ses) / len(ses))
-            noise = NOISE_BAND.unit(rms, floor, k_min)
-            acc.details["noise_source"] = (f"{source}: the root mean square of {len(ses)} runs' SE ({rms:.4f})"
-                                           if len(ses) > 1 else f"{source} ({rms:.4f})") + "; no seed runs"
-        else:
-            noise = None
-            # only runs with a config are measured: with none, naming a missing val size would blame the wrong thing
-            acc.details["noise_source"] = ("unknown: no seed runs, no val size and too few eval points" if flat
-                                           else "unknown: no run has a config to compare")
+        noise, source = _runs_noise(measured, feats, best, use_loss, floor, k_min)
+        acc.details["noise_source"] = source or ("unknown: no seed runs, no val size and too few eval points" if flat
+                                                 else "unknown: no run has a config to compare")
+        # each group against its own runs' noise, not every measured run's
+        groups = [replace(g, noise=gn, noise_source=gs or "unknown: no val size and too few eval points")
+                  for g in groups
+                  for gn, gs in [_runs_noise([row[0] for row in g.runs], feats, best, use_loss, floor, k_min)]]
+    if variances:
+        groups = [replace(g, noise=noise, noise_source=acc.details["noise_source"]) for g in groups]
     acc.details["measure"] = measure
     acc.details["effect_noise_min"] = k_min  # what an effect is held against, in noise units (_annotate says it)
     acc.set("noise", noise, "no seed runs and no val size: noise unknown")
 
     effects: dict[str, float | None] = {}
+    effect_noises: list[float] = []
     for knob, feat in (("learning_rate", "lr"), ("r", "r"), ("lora_alpha", "alpha")):
         es = [g.effect for g in groups if g.knob == knob and g.effect is not None]
         effects[feat] = max(es) if es else None
         why = f"no runs differing only in {knob}"
         acc.set(f"{feat}_effect", effects[feat], why)
-        if effects[feat] is not None and noise:
-            acc.set(f"{feat}_effect_noise", effects[feat] / noise)
-        else:
-            acc.set(f"{feat}_effect_noise", None, why if effects[feat] is None else "noise unknown")
+        # each group's effect in its own noise units (KnobGroup.noise), the largest of the knob's groups
+        ens = [en for g in groups if g.knob == knob and (en := g.effect_noise()) is not None]
+        effect_noises += ens
+        acc.set(f"{feat}_effect_noise", max(ens) if ens else None, why if effects[feat] is None else "noise unknown")
     lr, r = effects["lr"], effects["r"]
     acc.set("r_over_lr_effect", r / max(lr, 1e-4) if r is not None and lr is not None else None,
             "needs both a learning-rate group and a rank group (the minimal-intervention pair)")
     acc.set("lr_over_r_effect", lr / max(r, 1e-4) if r is not None and lr is not None else None,
             "needs both a learning-rate group and a rank group (the minimal-intervention pair)")
-    known = [e for e in effects.values() if e is not None]
-    acc.set("max_effect_noise", max(known) / noise if known and noise else None,
-            "no knob groups or noise unknown")
+    acc.set("max_effect_noise", max(effect_noises) if effect_noises else None, "no knob groups or noise unknown")
     lr_loss = []
     for g in groups:
         if g.knob == "learning_rate":
@@ -1187,6 +1179,33 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
                       thresholds_overridden=overridden_thresholds(values))
 
 
+def _runs_noise(runs: Sequence[str], feats: Mapping[str, CurveFeatures], best: Mapping[str, float | None],
+                use_loss: bool, floor: float | None, k_min: float) -> tuple[float | None, str | None]:
+    """One run's sigma over `runs` where no seed runs give one (compare's noise unit: NOISE_BAND's), and where it came
+    from: the root mean square of the runs' SEs (the val loss curves' jitter; or the binomial SE of the val size; or
+    the metric curves' jitter). (None, None) where no run has one."""
+    if use_loss:
+        ses = [feats[n].values.get("val_loss_noise") for n in runs]
+        source = "the val-loss curves' own jitter"
+    else:
+        # the single-run policy: only a share of rows has a binomial SE (token accuracy, ROUGE: their jitter)
+        ses = [binomial_se(best[n], feats[n].values.get("val_n")) for n in runs
+               if best[n] is not None and feats[n].values.get("val_n")
+               and has_binomial_se(feats[n].details.get("val_metric"))]
+        source = "binomial standard error from val size"
+        if not [x for x in ses if x is not None]:
+            ses = [feats[n].values.get("val_metric_noise") for n in runs]
+            source = "the metric curves' own jitter"
+    ses = [x for x in ses if x is not None]
+    if not ses:
+        return None, None
+    # one run's sigma: the root mean square of the runs' SEs (protocol 6's band is over it, not over the difference
+    # of two runs, whose std is sqrt(2) x it)
+    rms = math.sqrt(sum(x * x for x in ses) / len(ses))
+    return NOISE_BAND.unit(rms, floor, k_min), (f"{source}: the root mean square of {len(ses)} runs' SE ({rms:.4f})"
+                                                if len(ses) > 1 else f"{source} ({rms:.4f})") + "; no seed runs"
+
+
 def _direction(g: KnobGroup) -> str | None:
     """Where the better run of a group lies: UP (at the largest value tried), DOWN (the smallest) or HOLD (between)."""
     top = g.best()
@@ -1199,10 +1218,13 @@ def _direction(g: KnobGroup) -> str | None:
 def _annotate(f: Finding, rule: Rule | None, groups: Sequence[KnobGroup], features: CurveFeatures) -> Finding:
     """Add the better run, the deltas and the noise source to a comparison finding, and turn its moves towards the
     better run of the group it reads (the one with the largest effect, which the rule's feature took)."""
-    notes = [f"noise: {features.details.get('noise_source')}"]
     knob = rule.knob if rule is not None else None
     moves = f.moves
     read = [g for g in groups if g.knob == knob and knob != "seed"]
+    # the noise the groups read were held against (each group's own: KnobGroup.noise), else the comparison's
+    sources = list(dict.fromkeys(g.noise_source for g in read if g.noise_source)) or \
+        [features.details.get("noise_source")]
+    notes = [f"noise: {'; '.join(map(str, sources))}"]
     for g in read:
         top = g.best()
         if top is None:
@@ -1211,7 +1233,7 @@ def _annotate(f: Finding, rule: Rule | None, groups: Sequence[KnobGroup], featur
         notes.append(f"best {knob}: {top[1]} (run {top[0]}, {g.measure} {top[2]:.3f})")
         deltas = [f"{row[0]} ({knob}={row[1]}): {row[2] - top[2]:+.3f}" for row in g.runs
                   if row[2] is not None and row is not top]
-        noise = features.values.get("noise")
+        noise = g.noise
         k_min = features.details.get("effect_noise_min")
         # the number the rules compare, named as what it is: one run's sigma (the noise unit), and the effect it takes
         # to count (effect_noise_min units: NOISE_BAND's band). Called "noise of a difference", it understated that
@@ -1222,7 +1244,9 @@ def _annotate(f: Finding, rule: Rule | None, groups: Sequence[KnobGroup], featur
         if deltas:
             notes.append(f"{knob} deltas vs the best run" + (" (val loss: lower is better)" if lower else "") + ": "
                          + ", ".join(deltas) + band)
-    decided = max((g for g in read if g.effect is not None), key=lambda g: g.effect, default=None)
+    # the group the rule's feature took: the largest effect in its own noise units (the largest effect, noise unknown)
+    decided = max((g for g in read if g.effect is not None),
+                  key=lambda g: (g.effect_noise() is not None, g.effect_noise() or g.effect), default=None)
     direction = _direction(decided) if decided is not None else None
     if direction is not None:
         moves = towards(f.moves, direction)

@@ -9,6 +9,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from loratune.cli import main
 
 # a tiny BERT on 4 balanced classes, lr 0.06 linear to 0 over 40 steps, evaluated every 5 steps on 20 rows (the
@@ -247,3 +249,33 @@ def test_a_csv_and_a_trainer_dir_that_agree_are_said_to_agree_not_to_differ_in_n
     assert ("no two runs differ in exactly one of learning_rate, r, lora_alpha, seed: m1 vs run agree on every key "
             "both know (learning_rate, lr_scheduler_type); the other keys are known to one run only") in notes
     assert not any("no key both know" in n for n in notes)
+
+
+def test_a_pairs_noise_is_its_own_runs_not_a_run_passed_beside_it(tmp_path, capsys):
+    """The noise band was the RMS of every measured run's SE, so a run passed beside a pair moved the pair's verdict:
+    k_r4 vs k_a8 (macro-F1 0.783 vs 0.600 on 20 rows) 1.77 noise units, a tie; with k_r8 (r=8, 200 val rows, an r
+    group of its own) passed beside them, 2.2 units, no tie. Each group is held against its own runs' noise."""
+    base = write_run(tmp_path / "k_r4", trainer_log())
+    a8 = write_run(tmp_path / "k_a8", trainer_log(evals=[(v, a, min(f, 0.6)) for v, a, f in SW06_EVAL]))
+    adapter = json.loads((a8 / "adapter_config.json").read_text())
+    (a8 / "adapter_config.json").write_text(json.dumps({**adapter, "lora_alpha": 16}))
+    big_val = [{**p, "eval_samples_per_second": 4000.0} if "eval_loss" in p else p for p in trainer_log()]
+    r8 = write_run(tmp_path / "k_r8", big_val)
+    (r8 / "adapter_config.json").write_text(json.dumps({**adapter, "r": 8}))
+
+    def se(p: float, n: int) -> float:
+        q = (p * n + 1) / (n + 2)  # features.binomial_se
+        return math.sqrt(q * (1 - q) / n)
+
+    own = math.sqrt((se(0.78283, 20) ** 2 + se(0.6, 20) ** 2) / 2)
+    three, two = (diagnose_json(capsys, *runs)["comparison"] for runs in ((base, a8, r8), (base, a8)))
+    for cmp in (three, two):
+        assert [f["rule_id"] for f in cmp["findings"] if not f.get("suppressed_by")] == ["differences-within-noise"]
+        assert cmp["features"]["values"]["alpha_effect_noise"] == pytest.approx((0.78283 - 0.6) / own, rel=1e-3)
+        assert cmp["features"]["values"]["max_effect_noise"] == pytest.approx(1.77, abs=0.01)
+        alpha = next(g for g in cmp["groups"] if g["knob"] == "lora_alpha")
+        assert alpha["noise"] == pytest.approx(own, rel=1e-3)
+        assert "root mean square of 2 runs' SE" in alpha["noise_source"]
+    r_group = next(g for g in three["groups"] if g["knob"] == "r")
+    assert r_group["noise"] == pytest.approx(math.sqrt((se(0.78283, 20) ** 2 + se(0.78283, 200) ** 2) / 2), rel=1e-3)
+    assert three["features"]["values"]["noise"] < own  # the comparison's noise over all three runs, as before

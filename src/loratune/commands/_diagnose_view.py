@@ -108,11 +108,10 @@ def render_comparison(console: Console, c: Comparison) -> None:
         lower = " (lower is better)" if MEASURES[c.measure] < 0 else ""
         for col in ("knob", f"runs (value: {c.measure}{lower})", "effect", "effect / noise"):
             t.add_column(col)
-        noise = c.features.values.get("noise")
         for g in c.groups:
             runs = ", ".join(f"{r}={v}: {m:.3f}" if m is not None else f"{r}={v}: ?" for r, v, m, _ in g.runs)
             eff = f"{g.effect:.3f}" if g.effect is not None else "?"
-            ratio = f"{g.effect / noise:.1f}" if (g.effect is not None and noise) else "?"
+            ratio = f"{en:.1f}" if (en := g.effect_noise()) is not None else "?"  # against the group's own noise
             t.add_row(g.knob + (f" ({g.note})" if g.note else ""), safe(runs), eff, ratio)
         console.print(t)
     console.print(f"  [dim]noise: {safe(str(c.features.details.get('noise_source')))}[/]")
