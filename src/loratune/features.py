@@ -263,7 +263,8 @@ _CATALOGUE = (
           "Min V / ln 2 for a pairwise preference loss (DPO's default sigmoid loss: the history logs reward margins "
           "and no NLL, log-odds or KL term beside them, and its first logged loss is near ln 2: "
           "PREFERENCE_START_BAND; IPO and sigmoid+sft start elsewhere). At step 0 the policy is its reference, every margin is 0 "
-          "and the loss is exactly ln 2, the ln(classes) of a two-way choice; above 1 at every eval, the training "
+          "and the loss is exactly ln 2, the ln(classes) of a two-way choice; above it (beyond a val loss's noise floor: "
+          "preference_start_ratio_max) at every eval, the training "
           "never made the policy rank held-out pairs better than the model it started from."),
     _spec("val loss", "val_loss_drop_noise", "se", "val loss fell {} from its first eval to its minimum",
           "(first V - min V) / (sqrt 2 x val_loss_noise): the val loss's improvement in units of the noise of a "

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping, Union
 
 from loratune.errors import UserError, require_file
 from loratune.features import (COMPARE_FEATURES, FEATURE_DOMAINS, FEATURES, NO_VAL_METRIC, NOT_APPLICABLE,
-                               UNIT_DOMAINS)
+                               UNIT_DOMAINS, VAL_LOSS_NOISE_FLOOR)
 from loratune.moves import is_move
 from loratune.objectives import NOISE_BAND
 
@@ -219,10 +219,14 @@ _THRESHOLDS = (
        "over an eval set does not repeat while the model's predictions change (fold AE's will-elsen: 1.301563 at 3 "
        "of 5 evals, at the label prior's entropy; fold AA's NLP613-Metaplexia: 6.238281 = ln 512 at all 3, a span "
        "head uniform over the positions). Two equal values can be a coincidence of rounding; three are not."),
-    _t("preference_start_ratio_max", 1.0, "ratio", "A DPO val loss whose lowest eval stays above this multiple of ln 2 "
-       "(the loss where the policy is its reference) never made the policy better than where it started on held-out "
-       "pairs (fold AE's Jason-Toskov: Llama-3-8B QLoRA DPO at 5e-5, 0.876 -> 0.942 after the warm-up and back only "
-       "to 0.749 as the cosine decayed; fold V's PranavGrandhi, 0.708 at best)."),
+    _t("preference_start_ratio_max", 1.0 + VAL_LOSS_NOISE_FLOOR, "ratio", "A DPO val loss whose lowest eval stays "
+       "above this multiple of ln 2 (the loss where the policy is its reference) never made the policy better than "
+       "where it started on held-out pairs (fold AE's Jason-Toskov: Llama-3-8B QLoRA DPO at 5e-5, 0.876 -> 0.942 after "
+       "the warm-up and back only to 0.749 as the cosine decayed; fold V's PranavGrandhi, 0.708 at best, 1.021x). "
+       "Above ln 2 by more than a val loss's noise floor (features.VAL_LOSS_NOISE_FLOOR, 0.2%): a policy that did not "
+       "move is its reference, ln 2 to float32's last digit (TRL DPO at lr 1e-7: 0.6931471824645996 at every eval, "
+       "1 + 3e-9 of ln 2, every reward margin 0.0), and one that creeps toward ln 2 from just above it is a too-small "
+       "lr's pace (at lr 1e-5: 1.00067 -> 1.00013 of ln 2, margins -0.0009 -> -0.0002), not a policy made worse."),
     _t("pinned_val_drop_max", 0.05, "fraction", "...or, for frozen predictions, a val loss that fell less than this "
        "from its first eval to its minimum: pinned where the first eval left it (a class prior's entropy, not "
        "ln(classes), when the classes are unbalanced and their count unknown: fold N's pramanik-souvik, 0.631 -> "

@@ -250,3 +250,30 @@ def test_an_sft_runs_unprefixed_eval_keys_belong_to_the_set_named_in_their_entry
         assert p["train_eval/token_accuracy"] == pytest.approx(acc["train"] + p["step"] / 100)
         assert (p["val/entropy"], p["train_eval/entropy"]) == (4.2, 4.1) and p["val/loss"] == 4.29
     assert not [n for n in run.notes if "logged again" in n], run.notes
+
+
+def _dpo_at_reference(val_ratios):  # a DPO log whose policy barely left its reference: ln 2 (float32) at every
+    f32_ln2 = 0.6931471824645996    # train log, the val loss at the given multiples of ln 2, margins ~0
+
+    def rows(i, x):
+        keys = {"loss": f32_ln2, "num_tokens": 100 * i, "mean_token_accuracy": 0.02, "entropy": 3.6,
+                "rewards/margins": 0.0, "rewards/chosen": 0.0, "rewards/accuracies": 0.0}
+        ratio = val_ratios[min(int(x * len(val_ratios)) - 1, len(val_ratios) - 1)] if x > 0 else val_ratios[0]
+        return keys, {"eval_loss": f32_ln2 * ratio, "eval_rewards/margins": 2 * (1 - ratio) * f32_ln2,
+                      "eval_rewards/chosen": 0.0, "eval_rewards/accuracies": 0.25, "eval_num_tokens": 100 * i}
+    return rows
+
+
+@pytest.mark.parametrize("name, val_ratios", [
+    ("lr 1e-7: the float32 ln 2 at every eval", (1.0000000027,) * 4),
+    ("lr 1e-5: creeping down toward ln 2", (1.00067, 1.00044, 1.00028, 1.00013)),
+])
+def test_a_dpo_policy_at_or_creeping_toward_its_reference_is_not_lr_too_large(tmp_path, name, val_ratios):
+    # TRL DPO on a tiny Llama, 24 steps: at lr 1e-7 every eval's loss is 0.6931471824645996 (1 + 3e-9 of ln 2, every
+    # reward margin 0.0); at 1e-5 it creeps 1.00067 -> 1.00013 of ln 2. Both read lr-too-large ("learning_rate /2"):
+    # above ln 2 by less than a val loss's noise floor is a policy that has not moved, not one made worse
+    d = diagnose(load_run(_state(tmp_path / "run", _dpo_at_reference(val_ratios), every=25)))
+    assert 1.0 < d.features["val_loss_min_vs_reference"] < 1.001
+    fired = {f.rule_id: f.suppressed_by for f in d.findings}
+    assert "lr-too-large" not in fired and d.verdict != "lr-too-large", fired
+    assert "lr-too-small" in fired, fired
