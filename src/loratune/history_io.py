@@ -340,6 +340,16 @@ TRL_KINDS = (("reward-model", "reward-model", (("mean_reward", "min_reward", "ma
              ("sft", "causal-lm", (_TRL_KEYS,)))
 
 
+def logs_mean_losses(keys: Iterable[str]) -> bool:
+    """Whether a log with these keys is a TRL trainer's, whose train losses the Trainer logged as means, never as sums
+    over gradient-accumulation micro-batches: each TRL trainer computes its own loss (a mean over its pairs or tokens)
+    and a batch without `labels` (RewardTrainer's chosen/rejected ids) has no num_items_in_batch, so the Trainer divides
+    each micro-batch's loss by the accumulation steps itself (transformers 5.23 Trainer.training_step). Read by the
+    directory reader (no _summed_losses) and the callback (no loss_scale) alike: a RewardTrainer with accumulation 3
+    logged 0.95 -> 0.072 and the callback's record held 0.317, a third of it."""
+    return _trl_kind(keys) is not None
+
+
 def _trl_kind(keys: Iterable[str]) -> tuple[str, str, list[str]] | None:
     """(kind, task, the keys found) of a TRL run from its log's keys (a trainer_state's `eval_rewards/margins` or an
     export's `eval/rewards/margins`, `train/kl` columns alike), or None for no TRL trainer's keys."""
@@ -1129,7 +1139,7 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     # sets under names of their own have no val curve, but each one's loss still tells a sum from a mean)
     ref_losses = ([val_prefix + "loss"] if val_prefix + "loss" in split_of else
                   sorted(k for k, v in split_of.items() if v.endswith("/loss") and not v.startswith("train_eval/")))
-    summed = None if is_trl else _summed_losses(train_logs, eval_logs, ref_losses, folder, adapter, unrounded)
+    summed = None if logs_mean_losses(k for e in logs for k in e) else _summed_losses(train_logs, eval_logs, ref_losses, folder, adapter, unrounded)
     if summed is not None:
         # the same correction the callback's record makes (record_loss_scale): the losses read as their mean (N
         # known), each window over the micro-batches it holds (an epoch's shorter last step)

@@ -1319,3 +1319,44 @@ def test_callback_records_the_thresholds_its_verdict_was_read_with(tmp_path):
     plain = tmp_path / "plain"
     _evaluate_each(LoratuneCallback(printer=lambda s: None, stop_on=()), _pinned_at_start(6, 5), 30, plain)
     assert RUN_THRESHOLDS_KEY not in json.loads((plain / "loratune" / "run.json").read_text())
+
+
+def test_a_reward_trainers_losses_with_accumulation_are_means_in_the_callbacks_record_as_in_its_files(tmp_path):
+    # RewardTrainer's batches carry no `labels` (chosen/rejected ids): no num_items_in_batch, so the Trainer divides
+    # each micro-batch's loss by the accumulation steps itself and logs means. The callback (a sequence classifier
+    # whose forward takes **kwargs) divided them by 3 again: TRL logged 0.95, its record held 0.317 and a
+    # train_loss_scale of 1/3, while `diagnose OUTPUT_DIR` read the same log as means
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    from loratune.history_io import CALLBACK_RECORD_DIR
+    from loratune.integrations import LoratuneCallback
+
+    torch.set_num_threads(1)
+    tok = _save_tokenizer(tmp_path / "tok")
+    tok.eos_token, tok.pad_token = "[SEP]", "[PAD]"
+    rows = make_rows(3, seed=3)
+    labels = sorted({r_["label"] for r_ in rows})
+    data = Dataset.from_list([{"prompt": r_["text"] + " intent:", "chosen": " " + r_["label"],
+                               "rejected": " " + next(x for x in labels if x != r_["label"])} for r_ in rows])
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=tok.pad_token_id, num_labels=1))
+    out = tmp_path / "rm"
+    args = RewardConfig(output_dir=str(out), max_steps=6, per_device_train_batch_size=2, gradient_accumulation_steps=3,
+                        learning_rate=1e-3, eval_strategy="steps", eval_steps=3, logging_steps=1, report_to="none",
+                        use_cpu=True, save_strategy="steps", save_steps=6, max_length=32, disable_tqdm=True, seed=0)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(4)),
+                            processing_class=tok, callbacks=[LoratuneCallback(printer=lambda *_: None)])
+    trainer.train()
+    logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    record = json.loads((out / CALLBACK_RECORD_DIR / "run.json").read_text())
+    assert record["trl_kind"] == "reward-model" and record.get("train_loss_scale") is None
+    history = [json.loads(x) for x in (out / CALLBACK_RECORD_DIR / "history.jsonl").read_text().splitlines()]
+    recorded = [p["train/loss"] for p in history if "train/loss" in p]
+    files = [p["train/loss"] for p in load_run(out / "checkpoint-6").points if "train/loss" in p]
+    # each eval point's train loss is the mean of its window's logged losses (steps 1-3 of a log every step), not a third
+    assert recorded[0] == pytest.approx(sum(logged[:3]) / 3) and recorded == pytest.approx(files)
