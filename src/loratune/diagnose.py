@@ -472,7 +472,8 @@ def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, 
     if margin < THIN_MARGIN:
         confidence *= THIN_FACTOR
     return Finding(
-        rule_id=rule.id, scope=rule.scope, verdict=rule.verdict, knob_class=rule.knob_class, moves=rule.moves,
+        rule_id=rule.id, scope=rule.scope, verdict=rule.verdict, knob_class=rule.knob_class,
+        moves=rule.moves_for(features.details.get("method")),
         priority=rule.priority, confidence=confidence,
         evidence=tuple(replace(ev[cl], decisive=cl in deciding) for cl in leaves),
         missing=missing if state is None else (), tentative=state is None, caveat=rule.caveat,

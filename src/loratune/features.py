@@ -1022,6 +1022,8 @@ def _method(acc: FeatureSet, meta: Mapping[str, Any]) -> None:
     peft = facts.get("peft_type", {}).get("value") if isinstance(facts.get("peft_type"), dict) else None
     method = meta.get("method")
     is_lora = method == "lora" or str(peft).upper() in LORA_PEFT_TYPES
+    if method == "full" and not is_lora:
+        acc.details["method"] = "full"  # the rules' moves for it (Rule.moves_for): no adapter knobs
     acc.set("lora_adapter", 1.0 if is_lora else 0.0)
     if is_lora:
         acc.set("lora", 1.0)

@@ -278,6 +278,13 @@ def move(name: str) -> Move:
     return found
 
 
+def adapter_only(name: str) -> bool:
+    """Whether a move turns a knob only an adapter has (rank, targets, layers, lora_dropout, alpha, DoRA) or switches
+    to an adapter arm (LoRA+): no such knob exists in a full fine-tune (`method: full`)."""
+    m = move(name)
+    return (m.knob or "").startswith("adapter.") or m.id in {a.move for a in ARMS.values()}
+
+
 def is_move(name: str) -> bool:
     return name in MOVES or name in _BY_TEXT
 

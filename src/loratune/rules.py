@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping, Union
 from loratune.errors import UserError, require_file
 from loratune.features import (COMPARE_FEATURES, FEATURE_DOMAINS, FEATURES, NO_VAL_METRIC, NOT_APPLICABLE,
                                UNIT_DOMAINS, VAL_LOSS_NOISE_FLOOR)
-from loratune.moves import is_move
+from loratune.moves import adapter_only, is_move
 from loratune.objectives import NOISE_BAND
 
 OPS = ("<", "<=", ">", ">=")
@@ -142,6 +142,17 @@ class Rule:
     # its moves, written for a better run at the knob's larger value, are turned towards the group's better run
     # (loratune.moves.towards)
     knob: str | None = None
+    # the moves for a full fine-tune (run.json `method: full`), where `moves` turn knobs only an adapter has
+    # (moves.adapter_only: r, targets, lora_dropout); None: `moves` without those
+    full_moves: tuple[str, ...] | None = None
+
+    def moves_for(self, method: str | None) -> tuple[str, ...]:
+        """The moves of this row for a run trained by `method` ("full": every weight, no adapter knobs)."""
+        if method != "full":
+            return self.moves
+        if self.full_moves is not None:
+            return self.full_moves
+        return tuple(m for m in self.moves if not adapter_only(m))
 
     def features(self) -> list[str]:
         return list(dict.fromkeys(cl.feature for cl in self.when.leaves()))
@@ -845,6 +856,9 @@ _RULES = (
                 "prompt-set gap widens while novel prompts drift below their best, or the training completions are "
                 "memorised while the val loss has stopped falling",
         moves=("r /2", "-ffn", "lora_dropout up"),
+        # a full fine-tune has no rank, targets or lora_dropout to lower: its regularizer is the weight decay (protocol
+        # 3 lowers capacity and touches no lr for a capacity verdict; protocol 6's LoRA-vs-full probe is the other way)
+        full_moves=("weight_decay 0.1",),
         suppresses=("healthy", "undertrained"),
         source="protocol 3: train loss races to ~0, val loss rises / val F1 falls -> lower rank or remove modules; "
                "protocol 9: rank too high reads as exact answers on familiar prompts, drift on new ones (the gap "
@@ -1497,7 +1511,7 @@ def check_table(rules: tuple[Rule, ...] = RULES, thresholds: Mapping[str, Thresh
         for s in r.suppresses:
             if s not in ids:
                 problems.append(f"{r.id}: suppresses unknown rule {s}")
-        for m in r.moves:  # a move is defined once: a row of loratune.moves.MOVES (by id or text)
+        for m in r.moves + (r.full_moves or ()):  # a move is defined once: a row of loratune.moves.MOVES (by id or text)
             if not is_move(m):
                 problems.append(f"{r.id}: unknown move {m!r} (add it to loratune.moves.MOVES)")
         if r.knob is not None and (r.scope != "compare" or r.knob not in COMPARE_KNOBS):
@@ -1775,7 +1789,8 @@ def rule_to_data(rule: Rule, thresholds: Mapping[str, float] | None = None) -> d
     values = thresholds or default_thresholds()
     return {
         "id": rule.id, "scope": rule.scope, "priority": rule.priority, "verdict": rule.verdict,
-        "knob_class": rule.knob_class, "moves": list(rule.moves), "suppresses": list(rule.suppresses),
+        "knob_class": rule.knob_class, "moves": list(rule.moves), "full_moves": list(rule.moves_for("full")),
+        "suppresses": list(rule.suppresses),
         "confidence": rule.confidence, "when": cond_to_data(rule.when),
         "thresholds": {cl.threshold: values[cl.threshold] for cl in rule.when.leaves()},
         "source": rule.source, "caveat": rule.caveat,

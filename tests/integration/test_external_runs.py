@@ -223,6 +223,40 @@ def test_trl_sft_run_is_read_as_a_first_class_run(tmp_path):
     assert live.features["lora"] == 1.0 and json.loads((out / CALLBACK_RECORD_DIR / "run.json").read_text())["method"] == "lora"
 
 
+def test_the_callback_records_a_full_fine_tune_as_method_full(tmp_path):
+    # an SFTTrainer given no peft_config trains every weight of the live model; the callback wrote `method` only for
+    # LoRA, so the record's overfit read "r /2, -ffn, lora_dropout up" and `lora` stayed unknown
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from loratune.history_io import CALLBACK_RECORD_DIR
+    from loratune.integrations import LoratuneCallback
+
+    torch.set_num_threads(1)
+    tok = _save_tokenizer(tmp_path / "tok")
+    tok.eos_token, tok.pad_token = "[SEP]", "[PAD]"
+    data = Dataset.from_list([{"prompt": r_["text"] + " intent:", "completion": " " + r_["label"]}
+                              for r_ in make_rows(2, seed=3)])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                                         eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id))
+    out = tmp_path / "full"
+    args = SFTConfig(output_dir=str(out), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3,
+                     eval_strategy="steps", eval_steps=2, logging_steps=1, report_to="none", use_cpu=True,
+                     save_strategy="no", max_length=32, disable_tqdm=True, seed=0)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, eval_dataset=data.select(range(4)),
+                         processing_class=tok, callbacks=[LoratuneCallback(printer=lambda *_: None)])
+    trainer.train()
+    record = json.loads((out / CALLBACK_RECORD_DIR / "run.json").read_text())
+    assert record["method"] == "full"
+    d = diagnose(out / CALLBACK_RECORD_DIR)
+    assert d.features["lora_adapter"] == 0.0 and "every weight" in d.features.missing["lora"]
+
+
 # ---- the live callback -------------------------------------------------------------------------------
 
 def test_callback_stops_a_diverging_run_and_says_why(tmp_path):

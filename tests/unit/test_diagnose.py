@@ -43,6 +43,18 @@ def test_synthetic_pathologies_get_their_verdict(maker, expected):
     assert all(e.text for e in d.primary.evidence)
 
 
+def test_a_full_fine_tunes_moves_turn_no_adapter_knob():
+    # an SFTTrainer full fine-tune (run.json method: full) that overfit was told "r /2, -ffn, lora_dropout up": knobs
+    # it has not. Its capacity move is the weight decay; a LoRA run (or one of unknown method) keeps the LoRA moves
+    full = verdict(s.overfit(), {**META, "method": "full"})
+    assert full.verdict == "overfit-capacity" and full.primary.moves == ("weight_decay 0.1",)
+    from loratune.moves import adapter_only
+
+    assert not any(adapter_only(m) for f in full.findings for m in f.moves), [(f.rule_id, f.moves) for f in full.findings]
+    for meta in ({**META, "method": "lora"}, META):
+        assert verdict(s.overfit(), meta).primary.moves == ("r /2", "-ffn", "lora_dropout up")
+
+
 def test_diverged_by_status_alone_and_by_blow_up():
     assert verdict(s.healthy(), {**META, "status": "diverged"}).verdict == "diverged"
     blow = s.make_history(train_loss=s.linear(2.3, 6.0), val_loss=s.linear(2.3, 6.0), val_f1=lambda f: 0.1)

@@ -581,8 +581,7 @@ class LoratuneCallback(TrainerCallback):
                 "stopped_by": self.stopped_by, "verdict": d.verdict, "config": run.config,
                 # the thresholds= its verdict was read with: `loratune diagnose` of the record reads it back with them
                 **run_thresholds_entry(resolve_thresholds(self.thresholds)),
-                **({"method": "lora"} if str((_peft_config(model) or {}).get("peft_type")).upper() in LORA_PEFT_TYPES
-                   else {}),
+                **_method(model),
                 "train_loss_scale": None if not self.loss_scale else {
                     **self.loss_scale,
                     "why": "the Trainer logged each train loss as the sum of its gradient-accumulation micro-batches' "
@@ -679,6 +678,22 @@ def _fp16(args) -> bool:
     if not isinstance(mixed, str):
         mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     return bool(getattr(args, "fp16", False)) or mixed == "fp16"
+
+
+def _method(model) -> dict:
+    """run.json's `method` of the live model: "lora" for a LoRA adapter, "full" for a model with no peft adapter whose
+    every parameter trains (an SFTTrainer given no peft_config), nothing where neither is sure (another peft type,
+    some weights frozen by hand, no model)."""
+    peft = _peft_config(model)
+    if str((peft or {}).get("peft_type")).upper() in LORA_PEFT_TYPES:
+        return {"method": "lora"}
+    if model is None or peft is not None or getattr(model, "peft_config", None):
+        return {}
+    try:
+        params = list(model.parameters())
+    except (AttributeError, TypeError):
+        return {}
+    return {"method": "full"} if params and all(p.requires_grad for p in params) else {}
 
 
 def _peft_config(model) -> dict | None:
