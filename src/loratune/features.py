@@ -339,6 +339,11 @@ _CATALOGUE = (
           "`ROW_MEAN_JITTER_POINTS_MIN` points, the binomial formula's upper bound when the val size is known); "
           "`details['val_metric_noise_source']` says which. Every `*_se` "
           "feature of the val metric is in units of this."),
+    _spec("noise", "val_metric_noise_bound", "flag", "the val metric's noise band is an upper bound: {}",
+          "1 when val_metric_noise is the binomial formula's upper bound on a mean of per-row scores (a token "
+          "accuracy, ROUGE-L read from fewer than `ROW_MEAN_JITTER_POINTS_MIN` points), not the noise itself: a gain "
+          "beyond it is real, a gain inside it is not shown to be noise (tokens scored within a row, a packed eval's "
+          "rows that are not its sequences); 0 for any other noise band."),
     _spec("noise", "val_metric_se", "points", "the val metric's standard error is {}",
           "Binomial standard error sqrt(q(1-q)/n), q = (p n + 1)/(n + 2) (p = final M, n = val rows; the +1/+2 "
           "keeps a perfect score on a small set uncertain). For macro-F1 it is a lower bound (per-class F1 "
@@ -1355,7 +1360,7 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
              "val_metric_late_gain_se",
              "val_metric_gain_per_epoch_late", "still_improving", "val_metric_se", "val_metric_max_drop",
              "val_metric_drops", "val_metric_max_drop_se", "val_metric_noise", "val_metric_repeat_share",
-             "val_metric_final_vs_start", "val_metric_final_drop_se")
+             "val_metric_final_vs_start", "val_metric_final_drop_se", "val_metric_noise_bound")
     acc.set("val_metric_logged", 0.0 if metric is None else 1.0)
     if metric is None:
         acc.miss(names, NO_VAL_METRIC)
@@ -1391,7 +1396,9 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
         se = binomial_se(vals[-1], n) if n else None
         acc.set("val_metric_se", se, "val size unknown (no `val/n`), so no standard error")
     jitter = curve_jitter(vals, floor=METRIC_NOISE_FLOOR)
-    if not has_binomial_se(metric) and len(vals) < ROW_MEAN_JITTER_POINTS_MIN and n:
+    bounded = not has_binomial_se(metric) and len(vals) < ROW_MEAN_JITTER_POINTS_MIN and bool(n)
+    acc.set("val_metric_noise_bound", 1.0 if bounded else 0.0)
+    if bounded:
         # a jitter read from one or two second differences is no band (protocol 5b, noise first); a mean of n
         # per-row scores in [0, 1] has a variance of at most p(1 - p) / n (Bhatia-Davis), so the binomial formula
         # bounds its standard error from above: the band stands in, conservative

@@ -1272,6 +1272,13 @@ _RULES = (
                   c("n_eval_points", ">", "few_evals_max"),
                   c("val_metric_best", "<", "metric_ceiling_max"),
                   c("val_metric_gain_se", "<", "healthy_metric_moved_se_min", required=True),
+                  # ...a band that is the noise, not its upper bound (the binomial formula over the rows of a token
+                  # accuracy read from a few evals): inside a bound, only a metric that gained less than no_gain_max
+                  # never rose (TRL SFT, packing: 8 eval rows in 2 packed sequences, val_n 2, a band of 0.35 while
+                  # the val loss fell 4.13 -> 3.11 and the token accuracy rose 0.10 -> 0.35, read "check data")
+                  any_(c("val_metric_noise_bound", "<", "flag_on"),
+                       c("val_metric_gain", "<", "no_gain_max"),
+                       why="the val metric's band is its noise, or an upper bound it gained too little to leave"),
                   # ...while the val loss fell beyond its band and held there: the loss reads as a fit
                   c("val_loss_drop_noise", ">=", "healthy_drop_noise_min", required=True),
                   c("val_loss_rise_noise", "<", "rise_noise_min")),

@@ -416,3 +416,23 @@ def test_a_generative_classifier_whose_val_loss_falls_is_not_lr_too_large_at_a_h
     d = diagnose(pts, meta=meta)
     assert not d.fired("lr-too-large", active_only=False), [f.rule_id for f in d.active]
     assert d.primary is not None and d.primary.rule_id == "undertrained"
+
+
+def _packed_eval_run(accuracy):  # TRL SFT with packing=True: 8 eval rows in 2 packed sequences, val_n 2
+    vals = (4.1271, 3.4287, 3.1626, 3.1080)
+    return [{"step": s, "epoch": s / 6, "train/loss": 4.3 - 0.05 * s, "val/loss": v, "val/token_accuracy": a,
+             "val/n": 2} for s, v, a in zip((6, 12, 18, 24), vals, accuracy)]
+
+
+def test_a_token_accuracys_upper_bound_noise_does_not_say_it_never_rose():
+    # the binomial formula over 2 rows bounds a token accuracy's noise at 0.35: a gain 0.10 -> 0.35 inside the bound
+    # is not shown to be noise; with the val loss -25% far beyond its own band the run read "check data" (healthy
+    # suppressed by eval-metric-unmoved)
+    d = diagnose(_packed_eval_run((0.1, 0.175, 0.35, 0.35)), meta=SFT)
+    assert not d.fired("eval-metric-unmoved", active_only=False), [(f.rule_id, f.suppressed_by) for f in d.findings]
+    assert d.verdict == "healthy"
+    assert d.features["val_metric_noise_bound"] == 1.0 and d.features["val_metric_gain_se"] < 1.0
+    # near miss: the same bound around a token accuracy that never moved (0.025 at every eval) still disagrees with
+    # the falling loss
+    flat = diagnose(_packed_eval_run((0.025,) * 4), meta=SFT)
+    assert flat.fired("eval-metric-unmoved", active_only=False)
