@@ -263,8 +263,9 @@ _CATALOGUE = (
           "Min V / ln 2 for a pairwise preference loss (DPO's default sigmoid loss: the history logs reward margins "
           "and no NLL, log-odds or KL term beside them, and its first logged loss is near ln 2: "
           "PREFERENCE_START_BAND; IPO and sigmoid+sft start elsewhere). At step 0 the policy is its reference, every margin is 0 "
-          "and the loss is exactly ln 2, the ln(classes) of a two-way choice; above it (beyond a val loss's noise floor: "
-          "preference_start_ratio_max) at every eval, the training "
+          "and the loss is exactly ln 2, the ln(classes) of a two-way choice, so the min is over the evals after step 0 "
+          "(all of them when none is later); above ln 2 (beyond a val loss's noise floor: "
+          "preference_start_ratio_max) at every such eval, the training "
           "never made the policy rank held-out pairs better than the model it started from."),
     _spec("val loss", "val_loss_drop_noise", "se", "val loss fell {} from its first eval to its minimum",
           "(first V - min V) / (sqrt 2 x val_loss_noise): the val loss's improvement in units of the noise of a "
@@ -1277,7 +1278,11 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     repeats = _repeat_count(vs)
     acc.set("val_loss_repeats", float(repeats))
     acc.set("val_loss_repeat_share", repeats / len(vs) if len(vs) >= 2 else None, "fewer than 2 val-loss points")
-    acc.set("val_loss_min_vs_reference", vmin / PREFERENCE_START_LOSS if _preference_loss(pts) else None,
+    # the min over the evals after step 0: an eval_on_start eval is the policy at its reference, ln 2 exactly
+    # whatever the lr, so a min that counted it could never stay above ln 2 (a swapped-pairs run at lr 5e-3: 1.000 at
+    # step 0, then 1.074 -> 1.224 of ln 2)
+    trained = [v for s, v in V if s > 0]
+    acc.set("val_loss_min_vs_reference", min(trained or vs) / PREFERENCE_START_LOSS if _preference_loss(pts) else None,
             NOT_APPLICABLE + "not a pairwise preference (DPO) loss that starts at ln 2: no reward margins logged, an "
             "NLL, log-odds or KL term beside them (CPO, ORPO, RPO, KTO), or a first loss far from ln 2 (IPO, "
             "sigmoid+sft)")

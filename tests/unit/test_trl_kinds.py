@@ -277,3 +277,41 @@ def test_a_dpo_policy_at_or_creeping_toward_its_reference_is_not_lr_too_large(tm
     fired = {f.rule_id: f.suppressed_by for f in d.findings}
     assert "lr-too-large" not in fired and d.verdict != "lr-too-large", fired
     assert "lr-too-small" in fired, fired
+
+
+def _with_eval_on_start(folder: Path) -> Path:
+    """The run with an eval at step 0 first (eval_on_start): the policy is its reference, the loss ln 2 in float32."""
+    state = json.loads((folder / "trainer_state.json").read_text())
+    state["log_history"].insert(0, {"step": 0, "epoch": 0.0, "eval_loss": 0.6931471824645996, "eval_runtime": 1.0,
+                                    "eval_samples_per_second": 20.0, "eval_rewards/margins": 0.0,
+                                    "eval_rewards/chosen": 0.0, "eval_rewards/accuracies": 0.0, "eval_num_tokens": 0})
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    return folder
+
+
+def test_a_dpo_run_evaluated_at_step_0_still_reads_a_policy_made_worse_as_lr_too_large(tmp_path):
+    # TRL DPO at lr 5e-3 on swapped held-out pairs, eval_on_start: ln 2 exactly at step 0 (the policy is its
+    # reference), then 1.074 -> 1.224 of ln 2, margins -0.10 -> -0.29. The min over every eval took step 0's 1.0 and
+    # the run read inconclusive (without the step-0 eval: lr-too-large): the min is over the evals after step 0
+    def rows(i, x):
+        ratio = (1.074, 1.12, 1.18, 1.224)[min(int(x * 4) - 1, 3)] if x > 0 else 1.074
+        return ({"loss": 0.691 - 0.12 * x, "num_tokens": 100 * i, "mean_token_accuracy": 0.02, "entropy": 3.6,
+                 "rewards/margins": 0.3 * x, "rewards/chosen": 0.0, "rewards/accuracies": 0.5},
+                {"eval_loss": 0.6931471824645996 * ratio, "eval_rewards/margins": 2 * (1 - ratio) * 0.6931471824645996,
+                 "eval_rewards/chosen": 0.0, "eval_rewards/accuracies": 0.0, "eval_num_tokens": 100 * i})
+    for eos in (False, True):
+        folder = _state(tmp_path / f"run{eos}", rows, every=25)
+        d = diagnose(load_run(_with_eval_on_start(folder) if eos else folder))
+        assert d.features["val_loss_start"] == pytest.approx(0.6931471824645996 if eos else 0.6931471824645996 * 1.074)
+        assert d.features["val_loss_min_vs_reference"] == pytest.approx(1.074), eos
+        assert d.verdict == "lr-too-large", (eos, d.verdict)
+
+
+@pytest.mark.parametrize("val_ratios", [(1.0000000027,) * 4, (1.00067, 1.00044, 1.00028, 1.00013)])
+def test_a_dpo_policy_at_its_reference_evaluated_at_step_0_is_still_not_lr_too_large(tmp_path, val_ratios):
+    # the step-0 eval left out of the min must not move the runs that barely left their reference (lr 1e-7, 1e-5)
+    d = diagnose(load_run(_with_eval_on_start(_state(tmp_path / "run", _dpo_at_reference(val_ratios), every=25))))
+    assert 1.0 < d.features["val_loss_min_vs_reference"] < 1.001
+    fired = {f.rule_id: f.suppressed_by for f in d.findings}
+    assert "lr-too-large" not in fired and d.verdict != "lr-too-large", fired
+    assert "lr-too-small" in fired, fired
