@@ -321,8 +321,10 @@ _ERROR_RATES = {"wer": "word_accuracy", "cer": "char_accuracy"}
 # eval keys that describe the evaluation, not the eval set's scores: its cost, and TRL's `num_tokens` (the running
 # count of *training* tokens, logged again with every evaluation)
 _EVAL_META = ("runtime", "samples_per_second", "steps_per_second", "num_tokens")
-# keys only TRL's trainers log (SFTTrainer: token accuracy, token counts, entropy)
-_TRL_KEYS = ("mean_token_accuracy", "num_tokens", "entropy")
+# keys only TRL's trainers log (SFTTrainer: token accuracy, token counts). Not its `entropy`: TRL logs it only beside
+# these two (from 0.20 on), and a classifier's compute_metrics may name its prediction entropy so (a tiny BERT's
+# `eval_entropy` made its log a TRL SFT log: no class count, no summed-loss check)
+_TRL_KEYS = ("mean_token_accuracy", "num_tokens")
 # What kind of TRL run a log is, by the keys its trainer logs (TRL 1.16's sources), first match wins: a RewardTrainer
 # (a sequence classifier scoring pairs: mean/min/max reward), a pairwise or unpaired preference trainer (DPO, IPO, RPO,
 # CPO, ORPO, KTO: reward margins, chosen rewards, log-probs, ORPO's NLL and log-odds; KTO logs a `kl` beside them), an
@@ -340,14 +342,20 @@ TRL_KINDS = (("reward-model", "reward-model", (("mean_reward", "min_reward", "ma
              ("sft", "causal-lm", (_TRL_KEYS,)))
 
 
-def logs_mean_losses(keys: Iterable[str]) -> bool:
-    """Whether a log with these keys is a TRL trainer's, whose train losses the Trainer logged as means, never as sums
-    over gradient-accumulation micro-batches: each TRL trainer computes its own loss (a mean over its pairs or tokens)
-    and a batch without `labels` (RewardTrainer's chosen/rejected ids) has no num_items_in_batch, so the Trainer divides
-    each micro-batch's loss by the accumulation steps itself (transformers 5.23 Trainer.training_step). Read by the
-    directory reader (no _summed_losses) and the callback (no loss_scale) alike: a RewardTrainer with accumulation 3
-    logged 0.95 -> 0.072 and the callback's record held 0.317, a third of it."""
-    return _trl_kind(keys) is not None
+# the TRL kinds that train a classification head (whose **kwargs forward reads to the callback as a model whose train
+# losses the Trainer sums over gradient-accumulation micro-batches: integrations.trainer._sums_micro_batch_losses)
+# while their trainer has the Trainer divide each micro-batch's loss by the accumulation steps: TRL 1.16's
+# RewardTrainer sets `loss_is_scaled_for_ga = False` (reward_trainer.py), so transformers' training_step divides
+# whatever the model. (DPO, KTO and RLOO set it too, but train causal LMs, whose losses the callback never scales.)
+GA_DIVIDED_TRL_KINDS = ("reward-model",)
+
+
+def trainer_divides_losses(keys: Iterable[str]) -> bool:
+    """Whether a log with these keys is a TRL trainer's whose train losses the Trainer logged as means though its
+    model is a classification head (GA_DIVIDED_TRL_KINDS): the callback drops its loss scale at such a log (a
+    RewardTrainer with accumulation 3 logged 0.95 -> 0.072 and the callback's record held 0.317, a third of it)."""
+    kind = _trl_kind(keys)
+    return kind is not None and kind[0] in GA_DIVIDED_TRL_KINDS
 
 
 def _trl_kind(keys: Iterable[str]) -> tuple[str, str, list[str]] | None:
@@ -1139,7 +1147,7 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     # sets under names of their own have no val curve, but each one's loss still tells a sum from a mean)
     ref_losses = ([val_prefix + "loss"] if val_prefix + "loss" in split_of else
                   sorted(k for k, v in split_of.items() if v.endswith("/loss") and not v.startswith("train_eval/")))
-    summed = None if logs_mean_losses(k for e in logs for k in e) else _summed_losses(train_logs, eval_logs, ref_losses, folder, adapter, unrounded)
+    summed = None if is_trl else _summed_losses(train_logs, eval_logs, ref_losses, folder, adapter, unrounded)
     if summed is not None:
         # the same correction the callback's record makes (record_loss_scale): the losses read as their mean (N
         # known), each window over the micro-batches it holds (an epoch's shorter last step)

@@ -27,10 +27,11 @@ def _bert_trainer(folder: Path, *, lr: float, steps: int = 40, r: int = 4, alpha
                   report_to: str = "none", callbacks=(), scheduler: str = "linear", warmup: int = 0,
                   save: bool = True, eval_steps: int = 5, metrics: bool = True, eval_name: str = "", accum: int = 1,
                   two_sets: bool = False, save_steps: int | None = None, epochs: int | None = None,
-                  resume: bool = False, per_label: int = 12):
+                  resume: bool = False, per_label: int = 12, entropy: bool = False):
     """A tiny BERT classifier (+ LoRA through peft) trained by a plain Trainer on `per_label` rows of each of 4
     labels (12: 6 batches of 8); returns (output_dir, trainer). `epochs` trains so many epochs instead of `steps`;
-    `resume` resumes from the output_dir's last checkpoint."""
+    `resume` resumes from the output_dir's last checkpoint; `entropy`: compute_metrics also returns the predictions'
+    mean entropy as `entropy` (a name TRL's SFTTrainer logs too)."""
     import numpy as np
     import torch
     from transformers import (BertConfig, BertForSequenceClassification, DataCollatorWithPadding, Trainer,
@@ -54,6 +55,12 @@ def _bert_trainer(folder: Path, *, lr: float, steps: int = 40, r: int = 4, alpha
 
     def compute(p):
         pred = np.asarray(p.predictions).argmax(-1)
+        if entropy:
+            z = np.asarray(p.predictions, dtype=np.float64)
+            pr = np.exp(z - z.max(-1, keepdims=True))
+            pr /= pr.sum(-1, keepdims=True)
+            return {"accuracy": float((pred == p.label_ids).mean()),
+                    "entropy": float(-(pr * np.log(pr + 1e-12)).sum(-1).mean())}
         return {"accuracy": float((pred == p.label_ids).mean())}
 
     out = folder / "out"
@@ -696,6 +703,33 @@ def test_the_callback_reads_a_classifiers_losses_summed_over_accumulation_as_the
     assert record["train_loss_scale"]["factor"] == pytest.approx(1 / 3) and record["status"] == "completed"
     history = [json.loads(x) for x in (out / "loratune" / "history.jsonl").read_text().splitlines()]
     assert history[0]["train/loss"] < 1.2 * math.log(4)  # read as the mean
+
+
+def test_a_classifier_logging_an_entropy_metric_is_no_trl_run_and_its_summed_losses_are_still_read_as_means(tmp_path):
+    # a plain Trainer's tiny BERT whose compute_metrics also returns `entropy` (TRL's SFTTrainer logs one too): its log
+    # read as a TRL SFT log, so the callback dropped its loss scale (the record's first train loss 4.169, 3 x ln 4, a
+    # sum) and the directory reader skipped its summed-loss check and class count
+    import shutil
+
+    from loratune.integrations import LoratuneCallback
+
+    said: list[str] = []
+    cb = LoratuneCallback(printer=said.append)
+    out, trainer = _bert_trainer(tmp_path, lr=5e-3, steps=20, peft=False, callbacks=[cb], eval_steps=5, accum=3,
+                                 entropy=True)
+    assert any("eval_entropy" in e for e in trainer.state.log_history)
+    assert next(e["loss"] for e in trainer.state.log_history if "loss" in e) > 2.5 * math.log(4)
+    record = json.loads((out / "loratune" / "run.json").read_text())
+    assert record["train_loss_scale"]["factor"] == pytest.approx(1 / 3) and "trl_kind" not in record
+    history = [json.loads(x) for x in (out / "loratune" / "history.jsonl").read_text().splitlines()]
+    assert history[0]["train/loss"] < 1.2 * math.log(4) and cb.stopped_by is None
+    bare = tmp_path / "state_only"  # the checkpoint's trainer_state.json alone: the directory reader
+    bare.mkdir()
+    shutil.copy(out / "checkpoint-20" / "trainer_state.json", bare / "trainer_state.json")
+    h = load_run(bare)  # no model card: the accumulation steps unknown, the sum is seen and kept as logged
+    assert h.source == "hf-trainer" and "trl_kind" not in h.meta and h.meta.get("task") != "causal-lm"
+    assert h.meta["train_loss_summed"]["ratio"] == pytest.approx(3.0, abs=0.05)
+    assert any(p["val/entropy"] > 0 for p in h.points if "val/entropy" in p)
 
 
 def test_the_corrected_record_is_read_before_the_trainers_state_and_show_reads_a_record_only_folder(tmp_path,
@@ -1356,8 +1390,8 @@ def test_callback_records_the_thresholds_its_verdict_was_read_with(tmp_path):
 
 
 def test_a_reward_trainers_losses_with_accumulation_are_means_in_the_callbacks_record_as_in_its_files(tmp_path):
-    # RewardTrainer's batches carry no `labels` (chosen/rejected ids): no num_items_in_batch, so the Trainer divides
-    # each micro-batch's loss by the accumulation steps itself and logs means. The callback (a sequence classifier
+    # RewardTrainer sets loss_is_scaled_for_ga = False (TRL 1.16), so the Trainer divides each micro-batch's loss by
+    # the accumulation steps itself and logs means. The callback (a sequence classifier
     # whose forward takes **kwargs) divided them by 3 again: TRL logged 0.95, its record held 0.317 and a
     # train_loss_scale of 1/3, while `diagnose OUTPUT_DIR` read the same log as means
     import torch

@@ -315,3 +315,21 @@ def test_a_dpo_policy_at_its_reference_evaluated_at_step_0_is_still_not_lr_too_l
     fired = {f.rule_id: f.suppressed_by for f in d.findings}
     assert "lr-too-large" not in fired and d.verdict != "lr-too-large", fired
     assert "lr-too-small" in fired, fired
+
+
+def test_an_entropy_metric_alone_makes_no_trl_log_and_only_a_reward_models_losses_are_divided_by_its_trainer(tmp_path):
+    # a classifier whose compute_metrics returns `entropy` read as a TRL SFT log (task causal-lm, no class count) and
+    # the callback dropped its loss scale at it: TRL logs `entropy` only beside num_tokens and mean_token_accuracy
+    from loratune.history_io import trainer_divides_losses
+
+    def classifier(i, x):
+        loss = math.log(4) * (1 - 0.3 * x)
+        return {"loss": loss}, {"eval_loss": loss, "eval_accuracy": 0.25 + x / 2, "eval_entropy": 1.38 - 0.1 * x}
+    run = load_run(_state(tmp_path / "clf", classifier))
+    assert "trl_kind" not in run.meta and run.meta.get("task") != "causal-lm" and run.source == "hf-trainer"
+    assert run.points[-1]["val/entropy"] == pytest.approx(1.28)
+    assert not trainer_divides_losses(["loss", "eval_loss", "eval_accuracy", "eval_entropy"])
+    # RewardTrainer sets loss_is_scaled_for_ga = False: the Trainer divides; SFT and DPO logs hold no scale to drop
+    assert trainer_divides_losses(_reward_trainer(1, 0.1)[0])
+    assert not trainer_divides_losses(["loss", "num_tokens", "mean_token_accuracy", "entropy"])
+    assert not trainer_divides_losses(["loss", "rewards/margins", "rewards/chosen", "num_tokens"])

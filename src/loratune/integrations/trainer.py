@@ -49,8 +49,8 @@ from transformers import TrainerCallback
 
 from loratune.diagnose import RULE_OPS, Diagnosis, diagnose, route_reading  # the rules' operators
 from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, LIVE_STATE_SOURCE, PARTIAL_LOG_NOTE,
-                                 compare_record, history_from_trainer_state, logs_mean_losses, nan_filtered_loss,
-                                 scaled_log_history)
+                                 compare_record, history_from_trainer_state, nan_filtered_loss, scaled_log_history,
+                                 trainer_divides_losses)
 from loratune.features import LORA_PEFT_TYPES
 from loratune.errors import UserError, finite_number
 from loratune.rules import THRESHOLDS, resolve_thresholds, rule_by_id, run_thresholds_entry
@@ -552,8 +552,8 @@ class LoratuneCallback(TrainerCallback):
     def _state_fields(self, state) -> dict:
         """A live TrainerState's fields as a trainer_state.json holds them, its train losses read as means."""
         fields = {k: getattr(state, k, None) for k in STATE_FIELDS}
-        if self.loss_scale and logs_mean_losses(k for e in state.log_history if isinstance(e, dict) for k in e):
-            self.loss_scale = None  # a TRL trainer's loss, as the directory reader reads it: a mean, whatever the model
+        if self.loss_scale and trainer_divides_losses(k for e in state.log_history if isinstance(e, dict) for k in e):
+            self.loss_scale = None  # a RewardTrainer's loss: the Trainer divided it by the accumulation steps itself
         log = scaled_log_history(state.log_history, self.loss_scale) if self.loss_scale else list(state.log_history)
         # a loss the Trainer logged in place of a non-finite one is no measurement: NaN, so the record holds null
         fields["log_history"] = [{**e, "loss": math.nan} if isinstance(e, dict) and nan_filtered_loss(e, fp16=self._fp16)
@@ -635,9 +635,9 @@ def _sums_micro_batch_losses(model) -> bool:
     """Whether the Trainer logs this model's train loss summed over gradient-accumulation micro-batches: it divides a
     micro-batch's loss by the accumulation steps only when the model does not take loss kwargs
     (`accepts_loss_kwargs`, else a **kwargs forward: transformers' own test), and a classification head that takes
-    **kwargs never uses them (a tiny BERT with accumulation 3 logged 3 x ln 4 and was stopped as diverged). Only
-    when its batches carry `labels` (num_items_in_batch): a TRL trainer's log (history_io.logs_mean_losses, a
-    RewardTrainer's sequence classifier scoring pairs without labels) drops the scale at its first log."""
+    **kwargs never uses them (a tiny BERT with accumulation 3 logged 3 x ln 4 and was stopped as diverged). Unless
+    the trainer tells the Trainer to divide whatever the model (`loss_is_scaled_for_ga = False`): a RewardTrainer's
+    log (history_io.trainer_divides_losses) drops the scale at its first log."""
     if model is None:
         return False
     from loratune.heads import transformers_model
