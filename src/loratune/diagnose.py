@@ -471,12 +471,13 @@ def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, 
         confidence *= MISSING_FACTOR ** len(unknown)
     if margin < THIN_MARGIN:
         confidence *= THIN_FACTOR
+    method = features.details.get("method")  # "full": the row's moves and words for a full fine-tune
     return Finding(
-        rule_id=rule.id, scope=rule.scope, verdict=rule.verdict, knob_class=rule.knob_class,
-        moves=rule.moves_for(features.details.get("method")),
+        rule_id=rule.id, scope=rule.scope, verdict=rule.verdict_for(method), knob_class=rule.knob_class,
+        moves=rule.moves_for(method),
         priority=rule.priority, confidence=confidence,
         evidence=tuple(replace(ev[cl], decisive=cl in deciding) for cl in leaves),
-        missing=missing if state is None else (), tentative=state is None, caveat=rule.caveat,
+        missing=missing if state is None else (), tentative=state is None, caveat=rule.caveat_for(method),
         route=_readings(rule, ev),
     )
 

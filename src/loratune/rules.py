@@ -145,6 +145,9 @@ class Rule:
     # the moves for a full fine-tune (run.json `method: full`), where `moves` turn knobs only an adapter has
     # (moves.adapter_only: r, targets, lora_dropout); None: `moves` without those
     full_moves: tuple[str, ...] | None = None
+    # the verdict and caveat for a full fine-tune, where `verdict` / `caveat` speak of LoRA's knobs; None: the same
+    full_verdict: str | None = None
+    full_caveat: str | None = None
 
     def moves_for(self, method: str | None) -> tuple[str, ...]:
         """The moves of this row for a run trained by `method` ("full": every weight, no adapter knobs)."""
@@ -153,6 +156,12 @@ class Rule:
         if self.full_moves is not None:
             return self.full_moves
         return tuple(m for m in self.moves if not adapter_only(m))
+
+    def verdict_for(self, method: str | None) -> str:
+        return self.full_verdict if method == "full" and self.full_verdict is not None else self.verdict
+
+    def caveat_for(self, method: str | None) -> str | None:
+        return self.full_caveat if method == "full" and self.full_caveat is not None else self.caveat
 
     def features(self) -> list[str]:
         return list(dict.fromkeys(cl.feature for cl in self.when.leaves()))
@@ -234,7 +243,8 @@ _THRESHOLDS = (
        "above this multiple of ln 2 (the loss where the policy is its reference) never made the policy better than "
        "where it started on held-out pairs (fold AE's Jason-Toskov: Llama-3-8B QLoRA DPO at 5e-5, 0.876 -> 0.942 after "
        "the warm-up and back only to 0.749 as the cosine decayed; fold V's PranavGrandhi, 0.708 at best, 1.021x). "
-       "Above ln 2 by more than a val loss's noise floor (features.VAL_LOSS_NOISE_FLOOR, 0.2%): a policy that did not "
+       f"Above ln 2 by more than a val loss's noise floor (features.VAL_LOSS_NOISE_FLOOR, {VAL_LOSS_NOISE_FLOOR:.1%}): "
+       "a policy that did not "
        "move is its reference, ln 2 to float32's last digit (TRL DPO at lr 1e-7: 0.6931471824645996 at every eval, "
        "1 + 3e-9 of ln 2, every reward margin 0.0), and one that creeps toward ln 2 from just above it is a too-small "
        "lr's pace (at lr 1e-5: 1.00067 -> 1.00013 of ln 2, margins -0.0009 -> -0.0002), not a policy made worse."),
@@ -894,6 +904,15 @@ _RULES = (
         verdict="underfit (capacity): the loss fell, then plateaued early and high (or stayed high at an lr "
                 "already at the top of LoRA's range); train and val both low, small gap",
         moves=("r x2", "+ffn", "+attn.k, attn.o", "+layers"),
+        # a full fine-tune trains every weight: no rank, module or layer is left to add (protocol 3's capacity
+        # moves), and the rule's own evidence says more epochs change nothing (val_metric_gain_per_epoch_late). What
+        # binds is the lr (protocol 5: a curve that looks capacity-bound is often the lr, and lr and training length
+        # are what usually bind a classifier), one x2 step (protocol 4: never an order of magnitude)
+        full_moves=("learning_rate x2",),
+        full_verdict="underfit: the loss fell, then plateaued early and high; train and val both low, small gap, "
+                     "with every weight trained",
+        full_caveat="a full fine-tune has no rank or module to add: the lr is the knob left (protocol 5); if "
+                    "learning_rate x2 does not lift the plateau either, the base model is the limit",
         suppresses=("healthy", "undertrained"),
         source="protocol 3: train loss will not go down; train and val both low with a small gap; more epochs "
                "change nothing -> raise rank or add modules; protocol 9: rank too low reads as vague, over-general "
@@ -1439,6 +1458,20 @@ def rule_by_id(rule_id: str, rules: tuple[Rule, ...] = RULES) -> Rule:
     raise KeyError(rule_id)
 
 
+# what every printer (diagnose, show, report, the callback, train) writes for a finding's empty move list
+NO_MOVE = "none"
+NO_MOVE_FULL = "none for a full fine-tune (this rule's moves, {}, turn adapter knobs it does not have)"
+
+
+def moves_text(rule_id: str | None, moves: tuple[str, ...] | list[str]) -> str:
+    """A finding's moves as one line: its moves, else `none` and why (Rule.moves_for leaves a full fine-tune none of
+    a rule whose every move is an adapter's: both-slices-low's r x2, +ffn)."""
+    if moves:
+        return ", ".join(moves)
+    rule = next((r for r in RULES if r.id == rule_id), None)
+    return NO_MOVE_FULL.format(", ".join(rule.moves)) if rule is not None and rule.moves else NO_MOVE
+
+
 def catalogue_for(rule: Rule) -> Mapping:
     """The feature catalogue a rule's clauses name."""
     return COMPARE_FEATURES if rule.scope == "compare" else FEATURES
@@ -1521,6 +1554,9 @@ def check_table(rules: tuple[Rule, ...] = RULES, thresholds: Mapping[str, Thresh
         for m in r.moves + (r.full_moves or ()):  # a move is defined once: a row of loratune.moves.MOVES (by id or text)
             if not is_move(m):
                 problems.append(f"{r.id}: unknown move {m!r} (add it to loratune.moves.MOVES)")
+        for m in r.full_moves or ():  # a full fine-tune has no adapter knob to turn
+            if is_move(m) and adapter_only(m):
+                problems.append(f"{r.id}: full move {m!r} turns an adapter-only knob (a full fine-tune has none)")
         if r.knob is not None and (r.scope != "compare" or r.knob not in COMPARE_KNOBS):
             problems.append(f"{r.id}: knob {r.knob} is no compare knob ({', '.join(COMPARE_KNOBS)}) of a compare rule")
     problems += [f"threshold defaults: {p}" for p in order_problems({"diagnosis": {n: t.value for n, t in
@@ -1797,6 +1833,7 @@ def rule_to_data(rule: Rule, thresholds: Mapping[str, float] | None = None) -> d
     return {
         "id": rule.id, "scope": rule.scope, "priority": rule.priority, "verdict": rule.verdict,
         "knob_class": rule.knob_class, "moves": list(rule.moves), "full_moves": list(rule.moves_for("full")),
+        "full_verdict": rule.verdict_for("full"), "full_caveat": rule.caveat_for("full"),
         "suppresses": list(rule.suppresses),
         "confidence": rule.confidence, "when": cond_to_data(rule.when),
         "thresholds": {cl.threshold: values[cl.threshold] for cl in rule.when.leaves()},

@@ -783,3 +783,58 @@ def test_compare_reads_the_thresholds_the_runs_were_judged_by_where_they_agree()
             "defaults): compared with the defaults (give --thresholds to compare with others)") in c.notes
     # thresholds given win over the records
     assert compare([judged(h, study) for h in pair], thresholds={}).fired("update-too-weak")
+
+
+def _full_run(folder, points):
+    """A loratune run folder (run.json method full + history.jsonl) of these points."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps({**META, "method": "full"}))
+    (folder / "history.jsonl").write_text("".join(json.dumps(p) + "\n" for p in points))
+    return folder
+
+
+def test_a_full_fine_tunes_underfit_moves_its_lr_and_speaks_of_no_lora_knob():
+    # a full fine-tune that plateaued early and high read underfit-capacity with an empty move list (every move an
+    # adapter's) and "at the top of LoRA's range", "run the pair experiment (r x2 vs learning_rate x2)"
+    full = verdict(s.underfit(), {**META, "method": "full"})
+    assert full.verdict == "underfit-capacity" and full.primary.moves == ("learning_rate x2",)
+    assert "LoRA" not in full.primary.verdict and "r x2" not in full.primary.caveat
+    lora = verdict(s.underfit(), {**META, "method": "lora"}).primary
+    assert lora.moves == ("r x2", "+ffn", "+attn.k, attn.o", "+layers") and "r x2" in lora.caveat
+    assert "LoRA" in lora.verdict
+
+
+def test_every_printer_says_none_and_why_for_a_full_fine_tunes_empty_move_list(tmp_path, monkeypatch, capsys):
+    # rules left no move for a full fine-tune (both-slices-low: r x2, +ffn) printed "next move: " in diagnose and
+    # "next move:  (confidence 0.60)" in the callback, while show and report said "none" (and show's finding "no
+    # move"): one text, rules.moves_text, says none and why
+    from loratune.cli import main
+    from loratune.rules import NO_MOVE, Rule, moves_text
+
+    want = moves_text("both-slices-low", ())
+    assert want == ("none for a full fine-tune (this rule's moves, r x2, +ffn, turn adapter knobs it does not "
+                    "have)") and moves_text("inconclusive", ()) == NO_MOVE == "none"
+    assert moves_text("underfit-capacity", ("learning_rate x2",)) == "learning_rate x2"
+    monkeypatch.setattr(Rule, "moves_for", lambda self, method: () if method == "full" else self.moves)
+    run = _full_run(tmp_path / "full_uf", s.underfit())
+    said = moves_text("underfit-capacity", ())
+    assert main(["diagnose", str(run)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"verdict: underfit-capacity next move: {said}" in out and out.count(f"next move: {said}") == 2, out
+    assert main(["show", str(run)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"next move: {said}" in out and f"→ {said}" in out and "no move" not in out, out
+    assert main(["report", str(run), "-o", str(tmp_path / "r.html")]) == 0
+    import html
+
+    page = html.unescape((tmp_path / "r.html").read_text())
+    assert page.count(said) >= 2 and ">no move<" not in page
+    from loratune.integrations import LoratuneCallback
+
+    lines: list[str] = []
+    d = diagnose(run)
+    LoratuneCallback(printer=lines.append)._say("step 200", d.primary, d)
+    assert lines == [f"[loratune] step 200: underfit-capacity - {'; '.join(d.primary.route)}; next move: {said} "
+                     f"(confidence {d.primary.confidence:.2f})"]

@@ -167,6 +167,33 @@ def test_check_table_reports_problems():
         assert part in problems
 
 
+def test_check_table_refuses_an_adapter_knob_among_a_rules_full_moves():
+    # full_moves are a full fine-tune's: a rank, target or lora_dropout move there names a knob it does not have
+    bad = (dataclasses.replace(rule_by_id("overfit-capacity"), full_moves=("weight_decay 0.1", "r /2", "LoRA+")),)
+    problems = check_table(bad)
+    assert [p for p in problems if "full move" in p] == [
+        "overfit-capacity: full move 'r /2' turns an adapter-only knob (a full fine-tune has none)",
+        "overfit-capacity: full move 'LoRA+' turns an adapter-only knob (a full fine-tune has none)"], problems
+    assert not [p for p in check_table() if "full move" in p]
+
+
+def test_rules_lists_a_full_fine_tunes_moves_and_the_noise_floor_from_its_constant(capsys):
+    # the text table showed `moves` only (overfit-capacity's weight_decay 0.1 for a full run was in --json alone),
+    # and preference_start_ratio_max's doc wrote the val-loss noise floor as a literal "0.2%"
+    from loratune.cli import main
+    from loratune.features import VAL_LOSS_NOISE_FLOOR
+
+    assert main(["rules"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "moves: r /2, -ffn, lora_dropout up full fine-tune moves: weight_decay 0.1" in text
+    assert "full fine-tune moves: learning_rate x2; verdict: underfit: the loss fell" in text
+    assert ("full fine-tune moves: none for a full fine-tune (this rule's moves, r x2, +ffn, turn adapter knobs it "
+            "does not have)") in text
+    doc = THRESHOLDS["preference_start_ratio_max"].doc
+    assert f"VAL_LOSS_NOISE_FLOOR, {VAL_LOSS_NOISE_FLOOR:.1%})" in doc
+    assert THRESHOLDS["preference_start_ratio_max"].value == 1 + VAL_LOSS_NOISE_FLOOR
+
+
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.id)
 def test_rule_fires_on_its_case(rule):
     th = default_thresholds()

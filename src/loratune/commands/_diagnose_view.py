@@ -10,7 +10,7 @@ from rich.table import Table
 from loratune.commands._common import console as make_console, safe
 from loratune.diagnose import MEASURES, Comparison, Diagnosis, Finding
 from loratune.features import FEATURES, format_value
-from loratune.rules import RULES
+from loratune.rules import RULES, moves_text
 
 _MARK = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]?[/]"}
 _COLOR = {"high": "green", "medium": "yellow", "low": "red"}
@@ -40,7 +40,7 @@ def _finding(console: Console, f: Finding) -> None:
         console.print(f"    [dim]{safe(note)}[/]")
     if f.caveat:
         console.print(f"    [yellow]caveat:[/] {safe(f.caveat)}")
-    console.print(f"    [bold cyan]next move:[/] {safe(', '.join(f.moves))}")
+    console.print(f"    [bold cyan]next move:[/] {safe(moves_text(f.rule_id, f.moves))}")
 
 
 def _rule_features() -> set[str]:
@@ -53,7 +53,7 @@ def render_diagnosis(console: Console, d: Diagnosis) -> None:
                  f"{_f(d, 'steps')} {d.step_unit}s[/]")
     p = d.primary
     if p:
-        console.print(f"verdict: [bold]{safe(p.rule_id)}[/]  next move: [bold cyan]{safe(', '.join(p.moves))}[/]")
+        console.print(f"verdict: [bold]{safe(p.rule_id)}[/]  next move: [bold cyan]{safe(moves_text(p.rule_id, p.moves))}[/]")
     else:
         console.print(f"verdict: [bold]inconclusive[/] ({safe(d.inconclusive_why)})")
     for line in d.curve_summary():

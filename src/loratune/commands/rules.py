@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from loratune.moves import MOVE_CONSTANTS, move_catalog
     from loratune.assess import AssessThresholds
     from loratune.decide import DecideThresholds
-    from loratune.rules import RULES, THRESHOLDS, describe, rule_to_data
+    from loratune.rules import RULES, THRESHOLDS, describe, moves_text, rule_to_data
     from loratune.thresholds import load_threshold_tables
 
     tables = load_threshold_tables(args.thresholds)  # every table's names (assess, LoRA vs full too)
@@ -62,10 +62,15 @@ def run(args: argparse.Namespace) -> int:
         console.print("  when " + escape(describe(r.when, values, indent=1).lstrip()))
         console.print(f"  verdict: {escape(r.verdict)}")
         console.print(f"  [cyan]moves:[/] {escape(', '.join(r.moves))}")
+        if r.moves_for("full") != r.moves or r.full_verdict:  # a full fine-tune's moves differ (Rule.moves_for)
+            console.print(f"  [cyan]full fine-tune moves:[/] {escape(moves_text(r.id, r.moves_for('full')))}"
+                          + (f"; verdict: {escape(r.full_verdict)}" if r.full_verdict else ""))
         if r.suppresses:
             console.print(f"  [dim]suppresses: {escape(', '.join(r.suppresses))}[/]")
         if r.caveat:
             console.print(f"  [yellow]caveat:[/] {escape(r.caveat)}")
+        if r.full_caveat:
+            console.print(f"  [yellow]caveat (full fine-tune):[/] {escape(r.full_caveat)}")
         console.print(f"  [dim]from: {escape(r.source)}[/]")
     th = Table(title="thresholds (override with --thresholds FILE.yaml: `name: value`)", header_style="bold")
     for col in ("name", "value", "default", "meaning"):

@@ -77,6 +77,7 @@ def _h(n: Any) -> str:
 
 def show_run(con, r, n_classes: int = 10) -> None:
     from loratune.commands._common import safe
+    from loratune.rules import moves_text
     from rich.table import Table
     from rich.text import Text
 
@@ -139,7 +140,7 @@ def show_run(con, r, n_classes: int = 10) -> None:
     if d.error:
         con.print(f"[yellow]no diagnosis:[/] {safe(d.error)}")
     else:
-        moves = ", ".join(d.moves) or "none"
+        moves = moves_text(d.verdict, d.moves)
         con.print(f"verdict: [bold]{safe(d.verdict)}[/]  next move: [bold cyan]{safe(moves)}[/]")
         if d.thresholds_note:
             con.print(f"  [yellow]{safe(d.thresholds_note)}[/]")
@@ -157,7 +158,7 @@ def show_run(con, r, n_classes: int = 10) -> None:
                     con.print(f"    {sym} {safe(e.text)}")
             if f.caveat:
                 con.print(f"    [yellow]caveat:[/] {safe(f.caveat)}")
-            con.print(f"    [cyan]→ {safe(', '.join(f.moves) or 'no move')}[/]")
+            con.print(f"    [cyan]→ {safe(moves_text(f.rule_id, f.moves))}[/]")
         if d.suppressed:
             con.print("  [dim]suppressed: " + safe(", ".join(f"{f.rule_id} (by {f.suppressed_by})"
                                                           for f in d.suppressed)) + "[/]")

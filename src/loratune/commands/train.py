@@ -167,6 +167,7 @@ def print_next_steps(out, run_dir: str, status: str | None = None) -> None:
 
     from loratune.diagnose import diagnose
     from loratune.listing import shell_path
+    from loratune.rules import moves_text
     from loratune.store import GENERATIONS, LABEL_MAP, RunStore
     from loratune.train import DIVERGENCE_RULE
 
@@ -175,7 +176,7 @@ def print_next_steps(out, run_dir: str, status: str | None = None) -> None:
         d = diagnose(run_dir)
         primary = d.primary
         verdict = (f"[bold]{escape(primary.rule_id)}[/]: {escape(_verdict_text(primary))}"
-                   + (f"; next move: {escape(', '.join(primary.moves))}" if primary.moves else "")
+                   + f"; next move: {escape(moves_text(primary.rule_id, primary.moves))}"
                    if primary else f"[bold]inconclusive[/] ({escape(d.inconclusive_why)})")
         others = tuple(f for f in d.active if f is not primary)  # what `diagnose` and `show` list beside the verdict
         if primary is not None and primary.rule_id == "diverged" and status not in (None, "diverged"):
@@ -186,7 +187,7 @@ def print_next_steps(out, run_dir: str, status: str | None = None) -> None:
     out.print(f"verdict: {verdict}")
     for f in others:
         out.print(f"  also: [bold]{escape(f.rule_id)}[/] ({escape(f.knob_class)}): {escape(_verdict_text(f))}"
-                  + (f"; next move: {escape(', '.join(f.moves))}" if f.moves else ""))
+                  + f"; next move: {escape(moves_text(f.rule_id, f.moves))}")
     run = shell_path(run_dir)
     generated = (Path(run_dir) / GENERATIONS).is_file()  # a causal LM with a prompt set
     steps = [(f"loratune diagnose {run}", "the verdict's evidence and the next knob move"),

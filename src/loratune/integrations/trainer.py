@@ -53,7 +53,7 @@ from loratune.history_io import (CALLBACK_RECORD_DIR, CALLBACK_RECORD_SOURCE, LI
                                  trainer_divides_losses)
 from loratune.features import LORA_PEFT_TYPES
 from loratune.errors import UserError, finite_number
-from loratune.rules import THRESHOLDS, resolve_thresholds, rule_by_id, run_thresholds_entry
+from loratune.rules import THRESHOLDS, moves_text, resolve_thresholds, rule_by_id, run_thresholds_entry
 from loratune.store import RUN, RunLock, liveness
 
 STOP_REASONS = ("diverged", "collapse")  # what the callback may stop on by default
@@ -348,7 +348,7 @@ class LoratuneCallback(TrainerCallback):
                                   skip=tuple(w.route() for w in untrusted))
         reading = "; ".join(route) or f.verdict  # what this run showed, else the rule's general verdict
         self.printer(f"[loratune] {when}: {f.rule_id} - {reading}; next move: "
-                     f"{', '.join(f.moves)} (confidence {f.confidence:.2f})")
+                     f"{moves_text(f.rule_id, f.moves)} (confidence {f.confidence:.2f})")
 
     def _untrusted(self, f, d: Diagnosis) -> tuple[MidrunWait, ...]:
         """The MIDRUN_WAITS routes of finding `f`'s rule whose reading cannot be trusted yet."""

@@ -17,6 +17,7 @@ from loratune.report.html import (STATUS_TONE, badge, copy_block, duration, foot
 from loratune.report.model import (ClassTable, ConfusionView, CurvePanel, DiagnosisView, FindingView, RunReport,
                                    WEAKEST_TILE, as_float, outside_matrix_note, pairs_missing_why)
 from loratune.report.render_study import render_study
+from loratune.rules import moves_text
 
 # ---------------------------------------------------------------------------------------------
 # Run report pieces
@@ -81,7 +82,8 @@ def finding_card(f: FindingView) -> str:
             f'<div class="verdict">{esc(f.verdict)}</div>'
             f'{"<div class=small><b>read:</b> " + esc("; ".join(f.route)) + "</div>" if f.route else ""}'
             f'<ul class="ev">{ev}</ul>{extra}'
-            f'<div class="moves">{moves or "<span class=muted>no move</span>"}</div></div>')
+            f'<div class="moves">{moves or f"<span class=muted>{esc(moves_text(f.rule_id, f.moves))}</span>"}'
+            f'</div></div>')
 
 
 def diagnosis_section(d: DiagnosisView) -> str:
@@ -381,7 +383,8 @@ def run_summary(r: RunReport) -> str:
     gap = r.best.get(f"train_eval/{r.metric.split('/', 1)[-1]}")
     d = r.diagnosis
     tone = verdict_tone(d.verdict)
-    moves = " ".join(f'<span class="chip move">→ {esc(x)}</span>' for x in d.moves) or '<span class="muted">none</span>'
+    moves = (" ".join(f'<span class="chip move">→ {esc(x)}</span>' for x in d.moves)
+             or f'<span class="muted">{esc(moves_text(d.verdict, d.moves))}</span>')
     if r.objective:  # the saved model was picked by another metric (a causal LM: its lowest val loss)
         olabel = r.objective.split("/", 1)[-1].replace("_", " ")
         best_tile = tile(f"best val {olabel}", metric(r.best.get(r.objective)),
