@@ -204,8 +204,8 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
                 "examples": examples_planned(cfg, len(dataset.train), sched.steps),
                 "rows": {k: len(v) for k, v in dataset.splits().items()}, "task": "causal-lm",
                 "labels": None, "multi_label": False,
-                "notes": notes + [n for n in [cap_note(enc.long_references, len(items), cfg.train.max_new_tokens)]
-                                  if n]}
+                "notes": notes + enc.notes() + [n for n in [cap_note(enc.long_references, len(items),
+                                                                     cfg.train.max_new_tokens)] if n]}
     space = dataset.label_space
     model = load_classifier(cfg.model, len(space), space.multi_label, dict(enumerate(space.labels)))  # as trained
     model, sites = apply_adapter(model, cfg.adapter)

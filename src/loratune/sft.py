@@ -64,7 +64,8 @@ from loratune.objectives import (NOTHING_KEPT, PROMPT_GROUPS, PROMPT_OBJECTIVE_S
                                  lm_metrics, objective as objective_named, prompt_key)
 from loratune.models import load_causal_lm, load_tokenizer, resolve_model
 from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn, answer_prefix,
-                               check_end_token, encode_prompts, encode_sft, prompt_prefix, stop_token_ids)
+                               check_end_token, encode_prompts, encode_sft, encoding_notes, prompt_prefix,
+                               stop_token_ids)
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
@@ -319,6 +320,11 @@ class RunInputs:
     label_new: int  # new tokens per generated label
     answer_prefix: list[int]  # what the template writes before every answer (sft_data.answer_prefix), generated too
     long_references: int = 0  # prompt-set references longer in tokens than train.max_new_tokens (cap_note)
+
+    def notes(self) -> list[str]:
+        """What encoding changed in the train and val rows (sft_data.encoding_notes), for the data notes."""
+        return [n for split, enc in (("train", self.train), ("val", self.val))
+                for n in encoding_notes(split, enc, self.renderer)]
 
     def eval_cost_rows(self, max_new_tokens: int) -> tuple[int, int]:
         """(step 0, every later point) in training rows, as the loop evaluates (eval_cost_rows)."""
@@ -749,7 +755,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         print(f"note: {capped}", file=sys.stderr, flush=True)
     run = {
         "status": "running", "reason": None, "task": "causal-lm",
-        "data_notes": list(dataset.notes) + [n for n in [capped] if n],
+        "data_notes": list(dataset.notes) + enc.notes() + [n for n in [capped] if n],
         VALIDATED_ON: validated_on(dataset.validation),  # evaluate and tune --resume check they re-read this split
         **data_seed_record(dataset, cfg.train.seed),
         "template": renderer.mode,

@@ -499,6 +499,7 @@ class SFTEncoded:
     ids: list[list[int]]
     prompt_lens: np.ndarray  # int64 [n]: tokens 0..prompt_len-1 carry no loss
     truncated: int = 0  # rows cut to max_length
+    end_stripped: int = 0  # chat completions that ended with the end text the template writes (strip_end)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -634,12 +635,46 @@ def check_end_token(tokenizer, renderer: Renderer, name: str) -> None:
                     "e.g. '</s>'), or use a tokenizer with a chat template that ends each turn with a mark")
 
 
+def end_texts(tokenizer, renderer: Renderer) -> tuple[str, ...]:
+    """The texts a chat template writes after every answer itself: its end-of-turn mark and the EOS token's text when
+    the template writes it ('<|im_end|>'); none for the plain and none templates, which append EOS to a completion
+    only when it does not end with it (ends_with_eos)."""
+    if renderer.mode != "chat":
+        return ()
+    written = turn_end(renderer)
+    eos = getattr(tokenizer, "eos_token", None)
+    return tuple(dict.fromkeys(t for t in (end_marker(renderer), eos if eos and eos in written else None) if t))
+
+
+def strip_end(completion: str, ends: tuple[str, ...]) -> str:
+    """A chat completion without the end text (end_texts) it was written with: the template writes that after the
+    answer again, so a completion 'Goodbye.<|im_end|>' was learnt as 'Goodbye.<|im_end|><|im_end|>\\n' (a model
+    taught to end a turn twice). TRL learns one; the count is in the run's data notes (encoding_notes)."""
+    while True:
+        end = next((e for e in ends if completion.rstrip().endswith(e)), None)
+        if end is None:
+            return completion
+        completion = completion.rstrip()[: -len(end)]
+
+
+def encoding_notes(split: str, enc: "SFTEncoded", renderer: Renderer) -> list[str]:
+    """What encoding a split changed in its rows, for the run's data notes (run.json `data_notes`, --dry-run)."""
+    notes = []
+    if enc.end_stripped:
+        ends = " / ".join(f"'{e}'" for e in end_texts(renderer.tokenizer, renderer))
+        notes.append(f"{split}: {enc.end_stripped} completion(s) ended with {ends}, which the chat template writes "
+                     "after every answer: dropped from the completion, so the end is learnt once (as TRL does)")
+    return notes
+
+
 def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | list[Example],
                max_length: int) -> SFTEncoded:
     """Token ids and prompt lengths of every example (EOS appended to a completion that does not end with it:
-    ends_with_eos)."""
+    ends_with_eos; a chat completion that ends with the template's end text has it dropped: strip_end)."""
     prompts = render_each(lambda e: renderer.prompt(e.prompt), examples)
-    completions = render_each(lambda e: renderer.completion(e.prompt, e.completion), examples)
+    ends = end_texts(tokenizer, renderer)
+    stripped = [replace(e, completion=strip_end(e.completion, ends)) for e in examples]
+    completions = render_each(lambda e: renderer.completion(e.prompt, e.completion), stripped)
     p_ids = _ids(tokenizer, prompts)
     c_ids = _ids(tokenizer, completions)
     eos, prefix = tokenizer.eos_token_id, special_prefix(tokenizer)
@@ -652,7 +687,8 @@ def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | li
         ids.append(row)
         prompt_lens.append(n)
         truncated += cut
-    return SFTEncoded(ids, np.array(prompt_lens, dtype=np.int64), truncated)
+    return SFTEncoded(ids, np.array(prompt_lens, dtype=np.int64), truncated,
+                      sum(a.completion != e.completion for a, e in zip(stripped, examples)))
 
 
 def encode_prompts(tokenizer, renderer: Renderer, examples, max_length: int, name=None) -> list[list[int]]:

@@ -10,7 +10,7 @@ from loratune.config import DataConfig
 from loratune.errors import UserError
 from loratune.sft import token_stats
 from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, Turn, check_end_token, encode_prompts, stop_token_ids,
-                               encode_sft, end_marker, fit, load_sft_dataset, parse_sft_rows, special_prefix)
+                               encode_sft, encoding_notes, end_marker, fit, load_sft_dataset, parse_sft_rows, special_prefix)
 
 from sft_support import make_chatml_tokenizer, make_sft_rows, make_tokenizer
 from support import write_jsonl
@@ -74,6 +74,32 @@ def test_eos_is_appended_unless_the_completion_ends_with_it_or_with_the_template
         "your", "<|end|>", "pin", "<|end|>"]
     assert completion_tokens(chat, Renderer.for_tokenizer(chat, "plain"), "your <|end|> pin") == [
         "your", "<|end|>", "pin", "<|end|>"]
+
+
+def test_a_chat_completion_that_ends_with_the_eos_text_learns_the_end_of_turn_once():
+    """SmolLM2 with chat_template=auto and the completion 'Goodbye.<|im_end|>' learnt 'Goodbye.<|im_end|><|im_end|>\\n'
+    (the template writes its end after the content again; none/plain learnt one, TRL learns one): the end text is
+    dropped from a chat completion before it is rendered, and the split's data note counts the rows."""
+    chatml = make_chatml_tokenizer()
+    r = Renderer.for_tokenizer(chatml, "auto")
+    rows = [Example((Turn("user", "pin"),), "your pin is reset<|im_end|>"),
+            Example((Turn("user", "pin"),), "your pin is reset <|im_end|>\n"),
+            Example((Turn("user", "pin"),), "your pin is reset")]
+    enc = encode_sft(chatml, r, rows, 64)
+    for i in range(3):
+        assert tokens(chatml, enc.ids[i][enc.prompt_lens[i]:]) == ["your", "pin", "is", "reset", "<|im_end|>", "\n"]
+    assert enc.end_stripped == 2
+    assert encoding_notes("train", enc, r) == [
+        "train: 2 completion(s) ended with '<|im_end|>', which the chat template writes after every answer: dropped "
+        "from the completion, so the end is learnt once (as TRL does)"]
+    assert encoding_notes("train", encode_sft(chatml, r, rows[2:], 64), r) == []
+    chat = make_tokenizer(chat_template=True)  # '<|end|>' both the end-of-turn mark and the EOS
+    enc = encode_sft(chat, Renderer.for_tokenizer(chat, "auto"), [Example((Turn("user", "pin"),), "your pin <|end|>")], 64)
+    assert tokens(chat, enc.ids[0][enc.prompt_lens[0]:]) == ["your", "pin", "<|end|>"]
+    # plain: the EOS is appended only when the completion does not end with it, as before
+    enc = encode_sft(chatml, Renderer.for_tokenizer(chatml, "plain"), rows[:1], 64)
+    assert tokens(chatml, enc.ids[0][enc.prompt_lens[0]:]) == ["your", "pin", "is", "reset", "<|im_end|>"]
+    assert enc.end_stripped == 0
 
 
 def test_a_tokenizer_that_splits_the_eos_text_still_gets_the_eos_id_after_every_completion():
