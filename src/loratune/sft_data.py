@@ -597,13 +597,15 @@ def end_marker(renderer: Renderer) -> str:
     return turn_end(renderer).strip()
 
 
-def ends_with_eos(completion: list[int], eos: int, tail: list[int]) -> bool:
+def ends_with_eos(completion: list[int], eos: int, tail: list[int], stops: list[int] | tuple[int, ...] = ()) -> bool:
     """Whether a completion's token ids already end with the EOS id, as TRL's SFTTrainer asks of its text
     (`completion.endswith(eos_token)`), or with the ids of the chat template's end of turn (`tail`: turn_end's text
-    tokenised) when the EOS id is among them (SmolLM2's '<|im_end|>\\n'). Decided on ids, not text: an EOS inside
-    the completion is text like any other, and a tokenizer that splits the EOS text into several tokens
+    tokenised) when the EOS id or a token generation stops at (`stops`: stop_token_ids, the template's one-token
+    end-of-turn mark) is among them (SmolLM2's '<|im_end|>\\n'; a Llama-3-style '<|end|>' whose EOS is '</s>': TRL
+    appends no EOS to a conversational completion, and a generation stops at the mark). Decided on ids, not text: an
+    EOS inside the completion is text like any other, and a tokenizer that splits the EOS text into several tokens
     (split_special_tokens) writes no EOS id with it, so such a completion still gets its EOS."""
-    return completion[-1:] == [eos] or (eos in tail and completion[-len(tail):] == tail)
+    return completion[-1:] == [eos] or (bool({eos, *stops} & set(tail)) and completion[-len(tail):] == tail)
 
 
 def stop_token_ids(tokenizer, renderer: Renderer) -> list[int]:
@@ -679,9 +681,10 @@ def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | li
     c_ids = _ids(tokenizer, completions)
     eos, prefix = tokenizer.eos_token_id, special_prefix(tokenizer)
     tail = _ids(tokenizer, [turn_end(renderer)])[0]  # the end of turn's ids
+    stops = stop_token_ids(tokenizer, renderer)
     ids, prompt_lens, truncated = [], [], 0
     for text, p, c in zip(prompts, p_ids, c_ids):
-        if eos is not None and not ends_with_eos(c, eos, tail):
+        if eos is not None and not ends_with_eos(c, eos, tail, stops):
             c = c + [eos]
         row, n, cut = fit(_prefix_for(tokenizer, text, prefix), p, c, max_length)
         ids.append(row)

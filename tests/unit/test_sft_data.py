@@ -10,9 +10,9 @@ from loratune.config import DataConfig
 from loratune.errors import UserError
 from loratune.sft import token_stats
 from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, Turn, check_end_token, encode_prompts, stop_token_ids,
-                               encode_sft, encoding_notes, end_marker, fit, load_sft_dataset, parse_sft_rows, special_prefix)
+                               encode_sft, end_marker, fit, load_sft_dataset, parse_sft_rows, special_prefix)
 
-from sft_support import make_chatml_tokenizer, make_sft_rows, make_tokenizer
+from sft_support import CHAT_TEMPLATE, make_chatml_tokenizer, make_sft_rows, make_tokenizer
 from support import write_jsonl
 
 PAIR = Example((Turn("user", "hello lost my card"),), "your card is blocked")
@@ -80,6 +80,8 @@ def test_a_chat_completion_that_ends_with_the_eos_text_learns_the_end_of_turn_on
     """SmolLM2 with chat_template=auto and the completion 'Goodbye.<|im_end|>' learnt 'Goodbye.<|im_end|><|im_end|>\\n'
     (the template writes its end after the content again; none/plain learnt one, TRL learns one): the end text is
     dropped from a chat completion before it is rendered, and the split's data note counts the rows."""
+    from loratune.sft_data import encoding_notes
+
     chatml = make_chatml_tokenizer()
     r = Renderer.for_tokenizer(chatml, "auto")
     rows = [Example((Turn("user", "pin"),), "your pin is reset<|im_end|>"),
@@ -100,6 +102,22 @@ def test_a_chat_completion_that_ends_with_the_eos_text_learns_the_end_of_turn_on
     enc = encode_sft(chatml, Renderer.for_tokenizer(chatml, "plain"), rows[:1], 64)
     assert tokens(chatml, enc.ids[0][enc.prompt_lens[0]:]) == ["your", "pin", "is", "reset", "<|im_end|>"]
     assert enc.end_stripped == 0
+
+
+def test_no_eos_is_learnt_after_a_chat_templates_one_token_end_of_turn_mark_that_generation_stops_at():
+    """A Llama-3-style template (its turns end '<|end|>', the EOS '</s>') learnt '... blocked <|end|> </s>': an EOS the
+    template never writes, after the mark a generation already stops at (stop_token_ids). TRL appends no EOS to a
+    conversational completion; neither does encode_sft after a one-token end-of-turn mark."""
+    tok = make_tokenizer(chat_template=False)  # '<|end|>' a special token, EOS '</s>'
+    tok.chat_template = CHAT_TEMPLATE
+    r = Renderer.for_tokenizer(tok, "auto")
+    end = tok.convert_tokens_to_ids("<|end|>")
+    assert stop_token_ids(tok, r) == [tok.eos_token_id, end]  # generation stops at the mark
+    enc = encode_sft(tok, r, [PAIR], 64)
+    assert tokens(tok, enc.ids[0][enc.prompt_lens[0]:]) == ["your", "card", "is", "blocked", "<|end|>"]
+    # the plain template writes no mark: the EOS still ends the completion
+    enc = encode_sft(tok, Renderer.for_tokenizer(tok, "plain"), [PAIR], 64)
+    assert tokens(tok, enc.ids[0][enc.prompt_lens[0]:]) == ["your", "card", "is", "blocked", "</s>"]
 
 
 def test_a_tokenizer_that_splits_the_eos_text_still_gets_the_eos_id_after_every_completion():
