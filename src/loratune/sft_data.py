@@ -47,6 +47,11 @@ PLAIN_TEMPLATE = {"turn": "### {role}:\n{content}\n\n", "generation": "### Assis
 PROMPT_NAMES = ("prompt", "instruction", "question", "input", "query", "text")
 COMPLETION_NAMES = ("completion", "response", "output", "answer", "target", "reference")
 MESSAGES_NAMES = ("messages", "conversations", "conversation", "chat", "dialog")
+# tool calling (TRL's `tools` column, an assistant turn's `tool_calls`, a `tool` turn): loratune renders turns as
+# {role, content} only, so tools and calls were dropped and the call learnt as an empty answer; refused with this fix
+TOOLS_COLUMN = "tools"
+TOOLS_FIX = ("drop the tool-calling rows (loratune trains text turns only: the tools and calls would not reach the "
+             "chat template), or train them with TRL's SFTTrainer, which passes them to it")
 IGNORE = -100  # the label torch's cross-entropy skips: prompt tokens and padding
 # The fix when the tokenizer's own chat template refuses a chat (a system turn, roles that do not alternate).
 CHAT_TEMPLATE_FIX = ("merge the system turn into the user turn (and make user/assistant turns alternate), "
@@ -137,6 +142,10 @@ def read_turns(value: Any, where: str, column: str, shape: str = CHAT_SHAPE) -> 
     turns = []
     for i, t in enumerate(value):
         t = plain_cell(t)
+        if isinstance(t, dict) and (_given(t.get("tool_calls")) or t.get("role") == "tool"):
+            raise UserError(f"{where}: turn {i + 1} of column '{column}' is a tool "
+                            + ("call (tool_calls)" if _given(t.get("tool_calls")) else "result (role 'tool')")
+                            + ", and tool calling is not trained", TOOLS_FIX)
         if not isinstance(t, dict) or "role" not in t or "content" not in t:
             raise UserError(f"{where}: turn {i + 1} of column '{column}' is not a {{role, content}} object",
                             'write each turn as {"role": "user", "content": "..."}')
@@ -144,6 +153,12 @@ def read_turns(value: Any, where: str, column: str, shape: str = CHAT_SHAPE) -> 
             raise UserError(f"{where}: turn {i + 1} has role '{t['role']}'", f"use one of {', '.join(ROLES)}")
         turns.append(Turn(str(t["role"]), _content(t["content"], f"{where}: turn {i + 1} of column '{column}'")))
     return tuple(turns)
+
+
+def _given(value: Any) -> bool:
+    """Whether a tools / tool_calls cell holds something (a list, or its JSON text), not null or empty."""
+    value = plain_cell(value)
+    return bool(value.strip() not in ("", "[]", "null") if isinstance(value, str) else value)
 
 
 def _content(value: Any, where: str) -> str:
@@ -181,6 +196,8 @@ def _guess(cols: list[str], names: tuple[str, ...]) -> str | None:
 
 
 def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
+    if _given(row.get(TOOLS_COLUMN)):
+        raise UserError(f"{where} has tools in column '{TOOLS_COLUMN}', and tool calling is not trained", TOOLS_FIX)
     if mode == "chat":
         turns = read_turns(row.get(cfg.messages_column), where, cfg.messages_column)
         if turns[-1].role != "assistant" or len(turns) < 2:

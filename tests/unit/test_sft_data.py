@@ -523,6 +523,44 @@ def test_a_bad_row_is_named(row, message):
     assert message in info.value.problem
 
 
+CALL = {"role": "assistant", "content": None,
+        "tool_calls": [{"type": "function", "function": {"name": "pin", "arguments": {"card": 1}}}]}
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"messages": [{"role": "user", "content": "reset my pin"}, CALL]},
+     "turn 2 of column 'messages' is a tool call (tool_calls), and tool calling is not trained"),
+    ({"messages": [{"role": "user", "content": "reset my pin"}, CALL, {"role": "tool", "content": "ok"},
+                   {"role": "assistant", "content": "done"}]},
+     "turn 2 of column 'messages' is a tool call (tool_calls)"),
+    ({"messages": [{"role": "user", "content": "reset my pin"}, {"role": "tool", "content": "ok"},
+                   {"role": "assistant", "content": "done"}]},
+     "turn 2 of column 'messages' is a tool result (role 'tool')"),
+    ({"prompt": [{"role": "user", "content": "reset my pin"}], "completion": [CALL]},
+     "turn 1 of column 'completion' is a tool call (tool_calls)"),
+    ({"messages": [{"role": "user", "content": "reset my pin"}, {"role": "assistant", "content": "done"}],
+      "tools": [{"type": "function", "function": {"name": "pin", "parameters": {}}}]},
+     "has tools in column 'tools', and tool calling is not trained"),
+    ({"prompt": "reset my pin", "completion": "done", "tools": '[{"type": "function"}]'},
+     "has tools in column 'tools'"),
+])
+def test_tool_calling_rows_are_refused_not_trained_as_empty_answers(row, message):
+    """A `tools` column was ignored and an assistant turn with content null + tool_calls was rendered as an empty
+    assistant turn, so a tool-calling dataset passed --dry-run and trained without its tools or calls: refused as a
+    `tool` turn is, naming the row and the fix."""
+    with pytest.raises(UserError, match="row 2") as info:
+        parse_sft_rows([_good(row), row], DataConfig(), "f.jsonl", "train")
+    assert message in info.value.problem
+    assert "drop the tool-calling rows" in info.value.fix
+
+
+def test_empty_tools_and_tool_calls_are_no_tool_calling():
+    rows = [{"messages": [{"role": "user", "content": "hi"},
+                          {"role": "assistant", "content": "hello", "tool_calls": []}], "tools": None},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "tools": "[]"}]
+    assert [e.completion for e in parse_sft_rows(rows, DataConfig(), "f.jsonl", "train").examples] == ["hello", "yo"]
+
+
 def test_a_list_that_is_no_turns_gets_the_fix_of_what_it_is():
     """A prompt (or completion) of [] got the training chat's fix, [user, assistant] turns, which a prompt then
     refuses ('ends with its assistant turn'): each column's fix has the shape that column is read as."""
