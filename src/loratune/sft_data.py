@@ -254,9 +254,12 @@ FORMAT_NAMES = {"pair": "a prompt/completion row", "chat": "a chat row"}
 
 def _row_formats(row: dict[str, Any], cfg: DataConfig) -> tuple[str, ...]:
     """The formats `row` has columns for, pair first (row 1's first is the file's format: a pair row may carry a
-    chat column beside it); none: neither column. The one rule that reads a row's format, for row 1 and each after."""
-    return tuple(f for f, has in (("pair", cfg.prompt_column in row or cfg.completion_column in row),
-                                  ("chat", cfg.messages_column in row)) if has)
+    chat column beside it); none: neither column. A prompt column beside the chat column and no completion column
+    is the chat's (UltraChat's and no_robots' rows: `prompt`, `prompt_id`, `messages`), so such a row is a chat.
+    The one rule that reads a row's format, for row 1 and each after."""
+    chat = cfg.messages_column in row
+    pair = cfg.completion_column in row or (cfg.prompt_column in row and not chat)
+    return tuple(f for f, has in (("pair", pair), ("chat", chat)) if has)
 
 
 def _same_format(row: dict[str, Any], cfg: DataConfig, mode: str, source: str, n: int) -> dict[str, Any]:
@@ -283,8 +286,10 @@ def parse_sft_rows(rows: list[dict[str, Any]], cfg: DataConfig, source: str, nam
             key = "data.prompt_column" if missing[0] == cfg.prompt_column else "data.completion_column"
             guess = _guess([c for c in cols if c not in (cfg.prompt_column, cfg.completion_column)],
                            PROMPT_NAMES if key == "data.prompt_column" else COMPLETION_NAMES)
+            chat = _guess(cols, MESSAGES_NAMES)
             raise UserError(f"data file '{source}' has no column '{missing[0]}' (columns: {', '.join(cols)})",
-                            f"set {key} to the column that holds it" + (f", e.g. {key}={guess}" if guess else ""))
+                            f"set {key} to the column that holds it" + (f", e.g. {key}={guess}" if guess else "")
+                            + (f", or read the chats in '{chat}': data.messages_column={chat}" if chat else ""))
     elif mode is None:
         p, c, m = _guess(cols, PROMPT_NAMES), _guess(cols, COMPLETION_NAMES), _guess(cols, MESSAGES_NAMES)
         hint = (f"e.g. data.prompt_column={p} data.completion_column={c}" if p and c else

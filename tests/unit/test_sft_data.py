@@ -561,6 +561,27 @@ def test_empty_tools_and_tool_calls_are_no_tool_calling():
     assert [e.completion for e in parse_sft_rows(rows, DataConfig(), "f.jsonl", "train").examples] == ["hello", "yo"]
 
 
+def test_ultrachat_rows_with_a_prompt_beside_their_chat_are_read_as_chats():
+    """UltraChat / no_robots rows (`prompt`, `prompt_id`, `messages`) were refused with "has no column 'completion'
+    ... set data.completion_column", even with data.messages_column=messages: the prompt column made every row a
+    pair. A chat column with no completion column is the row's chat; a pair row with a chat column stays a pair."""
+    chat = [{"role": "user", "content": "reset my pin"}, {"role": "assistant", "content": "your pin is reset"},
+            {"role": "user", "content": "thanks"}, {"role": "assistant", "content": "welcome"}]
+    rows = [{"prompt": "reset my pin", "prompt_id": "a1", "messages": chat},
+            {"prompt": "hi", "prompt_id": "a2", "messages": chat[:2]}]
+    for cfg in (DataConfig(), DataConfig(messages_column="messages")):
+        split = parse_sft_rows(rows, cfg, "f.jsonl", "train")
+        assert [e.completion for e in split.examples] == ["welcome", "your pin is reset"]
+        assert [t.content for t in split.examples[0].prompt] == ["reset my pin", "your pin is reset", "thanks"]
+    pair = parse_sft_rows([{"prompt": "p", "completion": "c", "messages": chat}], DataConfig(), "f.jsonl", "train")
+    assert pair.examples[0].completion == "c"
+    # a prompt column alone, a ShareGPT-style chat beside it: the fix names the chat column too
+    with pytest.raises(UserError) as info:
+        parse_sft_rows([{"prompt": "p", "conversation": chat}], DataConfig(), "f.jsonl", "train")
+    assert "has no column 'completion'" in info.value.problem
+    assert "or read the chats in 'conversation': data.messages_column=conversation" in info.value.fix
+
+
 def test_a_list_that_is_no_turns_gets_the_fix_of_what_it_is():
     """A prompt (or completion) of [] got the training chat's fix, [user, assistant] turns, which a prompt then
     refuses ('ends with its assistant turn'): each column's fix has the shape that column is read as."""
