@@ -236,6 +236,8 @@ def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
                         "fill in the completion or drop the row")
     turns = read_turns(prompt, where, cfg.prompt_column, PROMPT_SHAPE) if isinstance(prompt, (list, tuple)) \
         else (Turn("user", _text(prompt, where, cfg.prompt_column)),)
+    if not any(t.content.strip() for t in turns if t.role != "system"):  # turns of blanks: as a blank text prompt
+        raise UserError(f"{where} has no prompt in column '{cfg.prompt_column}'", "fill in the prompt or drop the row")
     return _characters(Example(turns, completion), where, cfg.prompt_column, cfg.completion_column)
 
 

@@ -510,6 +510,11 @@ def test_missing_columns_name_the_columns_found_and_the_fix():
     ({"messages": "hello"}, "is not a list of {role, content} turns"),
     ({"prompt": "a", "completion": ""}, "has no completion in column 'completion'"),
     ({"prompt": None, "completion": "b"}, "has no prompt in column 'prompt'"),
+    ({"prompt": "  ", "completion": "b"}, "has no prompt in column 'prompt'"),
+    # the conversational prompt of blanks was accepted (dry-run rc 0) while a blank text was refused
+    ({"prompt": [{"role": "user", "content": "  "}], "completion": "b"}, "has no prompt in column 'prompt'"),
+    ({"prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": ""}], "completion": "b"},
+     "has no prompt in column 'prompt'"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
      "last assistant turn in 'messages' is empty"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]},
