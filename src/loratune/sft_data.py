@@ -40,6 +40,9 @@ from loratune.errors import UserError
 from loratune.metrics import generated_label_problems
 
 ROLES = ("system", "user", "assistant")
+# ShareGPT turns ({"from": "human", "value": "..."}): read as {role, content} (TRL's maybe_convert_to_chatml renames
+# the keys), their speakers named as ShareGPT writes them (human, gpt) or as ROLES
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 # The plain template: what a prompt looks like when the tokenizer has no chat template (or chat_template=plain).
 PLAIN_TEMPLATE = {"turn": "### {role}:\n{content}\n\n", "generation": "### Assistant:\n",
                   "roles": {"system": "System", "user": "User", "assistant": "Assistant"}}
@@ -141,18 +144,28 @@ def read_turns(value: Any, where: str, column: str, shape: str = CHAT_SHAPE) -> 
         raise UserError(f"{where}: column '{column}' is not a list of {{role, content}} turns", shape)
     turns = []
     for i, t in enumerate(value):
-        t = plain_cell(t)
+        t = _sharegpt(plain_cell(t))
         if isinstance(t, dict) and (_given(t.get("tool_calls")) or t.get("role") == "tool"):
             raise UserError(f"{where}: turn {i + 1} of column '{column}' is a tool "
                             + ("call (tool_calls)" if _given(t.get("tool_calls")) else "result (role 'tool')")
                             + ", and tool calling is not trained", TOOLS_FIX)
         if not isinstance(t, dict) or "role" not in t or "content" not in t:
             raise UserError(f"{where}: turn {i + 1} of column '{column}' is not a {{role, content}} object",
-                            'write each turn as {"role": "user", "content": "..."}')
+                            'write each turn as {"role": "user", "content": "..."} (or ShareGPT\'s '
+                            '{"from": "human", "value": "..."})')
         if t["role"] not in ROLES:
             raise UserError(f"{where}: turn {i + 1} has role '{t['role']}'", f"use one of {', '.join(ROLES)}")
         turns.append(Turn(str(t["role"]), _content(t["content"], f"{where}: turn {i + 1} of column '{column}'")))
     return tuple(turns)
+
+
+def _sharegpt(turn: Any) -> Any:
+    """A ShareGPT turn {from, value} as a {role, content} one (SHAREGPT_ROLES; a speaker it does not name is kept, and
+    refused as a role); any other turn as it is."""
+    if not isinstance(turn, dict) or "role" in turn or "content" in turn or not {"from", "value"} <= turn.keys():
+        return turn
+    rest = {k: v for k, v in turn.items() if k not in ("from", "value")}
+    return {**rest, "role": SHAREGPT_ROLES.get(str(turn["from"]).lower(), turn["from"]), "content": turn["value"]}
 
 
 def _given(value: Any) -> bool:

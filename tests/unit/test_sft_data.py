@@ -587,6 +587,22 @@ def test_ultrachat_rows_with_a_prompt_beside_their_chat_are_read_as_chats():
     assert "or read the chats in 'conversation': data.messages_column=conversation" in info.value.fix
 
 
+def test_sharegpt_conversations_are_read_as_chats_when_their_column_is_named():
+    """ShareGPT rows ({"conversations": [{"from": "human", "value": ...}]}): the error suggested
+    data.messages_column=conversations, which then failed "turn 1 ... is not a {role, content} object". from/value
+    turns are read as role/content (as TRL's maybe_convert_to_chatml), human -> user, gpt -> assistant."""
+    rows = [{"conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "reset my pin"},
+                               {"from": "gpt", "value": "your pin is reset"}]}]
+    with pytest.raises(UserError) as info:
+        parse_sft_rows(rows, DataConfig(), "f.jsonl", "train")
+    assert "data.messages_column=conversations" in info.value.fix
+    split = parse_sft_rows(rows, DataConfig(messages_column="conversations"), "f.jsonl", "train")
+    assert split.examples == (Example((Turn("system", "be brief"), Turn("user", "reset my pin")), "your pin is reset"),)
+    with pytest.raises(UserError, match="turn 2 has role 'bot'"):
+        parse_sft_rows([{"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]}],
+                       DataConfig(messages_column="conversations"), "f.jsonl", "train")
+
+
 def test_a_list_that_is_no_turns_gets_the_fix_of_what_it_is():
     """A prompt (or completion) of [] got the training chat's fix, [user, assistant] turns, which a prompt then
     refuses ('ends with its assistant turn'): each column's fix has the shape that column is read as."""
