@@ -761,7 +761,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         "template": renderer.mode,
         "truncated": {"train": train_enc.truncated, "val": val_enc.truncated, "max_length": cfg.model.max_length},
         "tokens": {"train": int(train_enc.lengths.sum()),
-                   "train_completion": int((train_enc.lengths - train_enc.prompt_lens).sum()),
+                   "train_completion": int(train_enc.completion_tokens.sum()),
                    "val": int(val_enc.lengths.sum())},
         "prompt_set": ({"path": dataset.prompt_set, "rows": {g: sum(it.group == g for it in prompt_items)
                                                               for g in sorted({it.group for it in prompt_items})}}

@@ -4,7 +4,8 @@ Reads JSONL / CSV / Parquet through `data.read_rows`. A row is either
 - `prompt` + `completion` columns (data.prompt_column / completion_column): strings, or TRL's
   conversational form (a list of {role, content} as the prompt, a single assistant turn as the completion);
 - a chat (data.messages_column, default `messages`): a list of {role, content} whose last turn is the
-  assistant answer that is learnt; every turn before it is the prompt.
+  assistant answer generated at evaluation, every turn before it the prompt; every assistant turn is learnt
+  (TRL's assistant_only_loss: learn_earlier_texts), the earlier ones inside the prompt's tokens.
 
 Rendering (data.chat_template):
 - `auto`: the tokenizer's chat template when it has one, else `plain`;
@@ -16,7 +17,7 @@ Rendering (data.chat_template):
 Tokenisation: the prompt and the completion are tokenised separately (no special tokens; the
 tokenizer's own BOS prefix is added once) and concatenated, so the prompt/completion boundary is
 exact. labels = -100 on every prompt token: the loss is on completion tokens only (and the EOS that
-ends them). A pair longer than model.max_length is truncated keeping the completion: the prompt loses
+ends them), and on a chat's earlier assistant turns (each tokenised as its own piece of the prompt). A pair longer than model.max_length is truncated keeping the completion: the prompt loses
 its beginning first, down to half of max_length; only then is the completion cut at its end.
 
 Knows nothing of models or training. Every problem a user can cause raises a `UserError` naming the
@@ -69,10 +70,13 @@ class Turn:
 
 @dataclass(frozen=True)
 class Example:
-    """One training pair: the prompt turns and the completion (the assistant answer) that is learnt."""
+    """One training pair: the prompt turns and the completion (the assistant answer) that is learnt. `learn_earlier`: a
+    chat's row, whose earlier assistant turns in `prompt` are learnt too (as TRL's assistant_only_loss); generation and
+    evaluation still answer the last turn from the turns before it."""
 
     prompt: tuple[Turn, ...]
     completion: str
+    learn_earlier: bool = field(default=False, compare=False)
 
     @property
     def prompt_text(self) -> str:
@@ -223,7 +227,7 @@ def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
         if not any(t.content.strip() for t in turns[:-1] if t.role != "system"):
             raise UserError(f"{where}: the chat in '{cfg.messages_column}' has no prompt text before its answer",
                             "fill in the user turn or drop the row")
-        return _characters(Example(turns[:-1], turns[-1].content), where, cfg.messages_column)
+        return _characters(Example(turns[:-1], turns[-1].content, learn_earlier=True), where, cfg.messages_column)
     prompt, completion = plain_cell(row.get(cfg.prompt_column)), plain_cell(row.get(cfg.completion_column))
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
         raise UserError(f"{where} has no prompt in column '{cfg.prompt_column}'", "fill in the prompt or drop the row")
@@ -537,6 +541,18 @@ class SFTEncoded:
     prompt_lens: np.ndarray  # int64 [n]: tokens 0..prompt_len-1 carry no loss
     truncated: int = 0  # rows cut to max_length
     end_stripped: int = 0  # chat completions that ended with the end text the template writes (strip_end)
+    # per row, the spans [start, end) before prompt_len that are learnt too: a chat's earlier assistant turns
+    earlier: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
+    earlier_unlearnt: int = 0  # earlier assistant turns the template could not write apart (learn_earlier_texts)
+
+    def _spans(self, row: int) -> tuple[tuple[int, int], ...]:
+        return self.earlier[row] if self.earlier else ()
+
+    @property
+    def completion_tokens(self) -> np.ndarray:
+        """int64 [n]: the tokens each row learns (its completion, and a chat's earlier assistant turns)."""
+        return self.lengths - self.prompt_lens + np.fromiter(
+            (sum(b - a for a, b in self._spans(i)) for i in range(len(self.ids))), dtype=np.int64, count=len(self.ids))
 
     @property
     def lengths(self) -> np.ndarray:
@@ -544,12 +560,16 @@ class SFTEncoded:
 
     def labels(self, row: int) -> list[int]:
         ids, n = self.ids[row], int(self.prompt_lens[row])
-        return [IGNORE] * n + ids[n:]
+        labels = [IGNORE] * n + ids[n:]
+        for a, b in self._spans(row):
+            labels[a:b] = ids[a:b]
+        return labels
 
     def scored(self, rows) -> int:
         """Completion tokens the rows' loss scores: position t predicts token t+1, so a row's first token is
         never scored (sft.scored_logits counts the same ones)."""
-        return sum(max(0, len(self.ids[i]) - max(1, int(self.prompt_lens[i]))) for i in rows)
+        return sum(max(0, len(self.ids[i]) - max(1, int(self.prompt_lens[i])))
+                   + sum(b - max(1, a) for a, b in self._spans(i) if b > max(1, a)) for i in rows)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -703,7 +723,33 @@ def encoding_notes(split: str, enc: "SFTEncoded", renderer: Renderer) -> list[st
         ends = " / ".join(f"'{e}'" for e in end_texts(renderer.tokenizer, renderer))
         notes.append(f"{split}: {enc.end_stripped} completion(s) ended with {ends}, which the chat template writes "
                      "after every answer: dropped from the completion, so the end is learnt once (as TRL does)")
+    if enc.earlier_unlearnt:
+        notes.append(f"{split}: {enc.earlier_unlearnt} earlier assistant turn(s) of the chats are not learnt, only "
+                     "their last answers: the chat template does not write an earlier turn as it writes it when it "
+                     "is the last (or the chat opens with it)")
     return notes
+
+
+def learn_earlier_texts(renderer: Renderer, example: Example, ends: tuple[str, ...]) -> list[str] | None:
+    """A chat's prompt written as texts that alternate: not learnt, an earlier assistant turn as the template writes it
+    after its prompt (content and end of turn, as the completion is), not learnt, ..., ending with the text up to the
+    last answer; together renderer.prompt(example.prompt). None when the example learns its last answer only (no
+    earlier assistant turn, a prompt/completion row's prompt) or the template does not write each earlier turn as it
+    writes it last (Qwen3's think block): then only the last answer is learnt."""
+    turns = example.prompt
+    answers = [i for i, t in enumerate(turns) if t.role == "assistant" and i > 0]
+    if not example.learn_earlier or not answers or renderer.mode == "none":
+        return None
+    out, done = [], ""
+    for i in answers:
+        head = renderer.prompt(turns[:i])
+        if not head.startswith(done):
+            return None
+        answer = renderer.completion(turns[:i], strip_end(turns[i].content, ends))
+        out += [head[len(done):], answer]
+        done = head + answer
+    full = renderer.prompt(turns)
+    return out + [full[len(done):]] if full.startswith(done) else None
 
 
 def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | list[Example],
@@ -714,21 +760,36 @@ def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | li
     ends = end_texts(tokenizer, renderer)
     stripped = [replace(e, completion=strip_end(e.completion, ends)) for e in examples]
     completions = render_each(lambda e: renderer.completion(e.prompt, e.completion), stripped)
+    pieces = render_each(lambda e: learn_earlier_texts(renderer, e, ends), examples)
     p_ids = _ids(tokenizer, prompts)
     c_ids = _ids(tokenizer, completions)
     eos, prefix = tokenizer.eos_token_id, special_prefix(tokenizer)
     tail = _ids(tokenizer, [turn_end(renderer)])[0]  # the end of turn's ids
     stops = stop_token_ids(tokenizer, renderer)
-    ids, prompt_lens, truncated = [], [], 0
-    for text, p, c in zip(prompts, p_ids, c_ids):
+    ids, prompt_lens, truncated, earlier, unlearnt, end_stripped = [], [], 0, [], 0, 0
+    for e, text, p, c, texts in zip(examples, prompts, p_ids, c_ids, pieces):
+        spans: list[tuple[int, int]] = []
+        n_earlier = sum(t.role == "assistant" for t in e.prompt) if e.learn_earlier else 0
+        if texts is not None:  # the prompt as its pieces' ids, every second piece (an earlier answer) learnt
+            p = []
+            for k, piece in enumerate(_ids(tokenizer, texts)):
+                if k % 2:
+                    spans.append((len(p), len(p) + len(piece)))
+                p = p + piece
+        unlearnt += n_earlier - len(spans)
+        end_stripped += strip_end(e.completion, ends) != e.completion or (
+            texts is not None and any(strip_end(t.content, ends) != t.content for t in e.prompt if t.role == "assistant"))
         if eos is not None and not ends_with_eos(c, eos, tail, stops):
             c = c + [eos]
-        row, n, cut = fit(_prefix_for(tokenizer, text, prefix), p, c, max_length)
+        pre = _prefix_for(tokenizer, text, prefix)
+        row, n, cut = fit(pre, p, c, max_length)
+        # the spans in the row: the prompt kept its last n - len(pre) tokens
+        drop = len(p) - (n - len(pre))
+        earlier.append(tuple((len(pre) + max(0, a - drop), len(pre) + b - drop) for a, b in spans if b > drop))
         ids.append(row)
         prompt_lens.append(n)
         truncated += cut
-    return SFTEncoded(ids, np.array(prompt_lens, dtype=np.int64), truncated,
-                      sum(a.completion != e.completion for a, e in zip(stripped, examples)))
+    return SFTEncoded(ids, np.array(prompt_lens, dtype=np.int64), truncated, end_stripped, earlier, unlearnt)
 
 
 def encode_prompts(tokenizer, renderer: Renderer, examples, max_length: int, name=None) -> list[list[int]]:

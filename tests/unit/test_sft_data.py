@@ -82,6 +82,7 @@ def test_a_chat_completion_that_ends_with_the_eos_text_learns_the_end_of_turn_on
     dropped from a chat completion before it is rendered, and the split's data note counts the rows."""
     from loratune.sft_data import encoding_notes
 
+
     chatml = make_chatml_tokenizer()
     r = Renderer.for_tokenizer(chatml, "auto")
     rows = [Example((Turn("user", "pin"),), "your pin is reset<|im_end|>"),
@@ -118,6 +119,69 @@ def test_no_eos_is_learnt_after_a_chat_templates_one_token_end_of_turn_mark_that
     # the plain template writes no mark: the EOS still ends the completion
     enc = encode_sft(tok, Renderer.for_tokenizer(tok, "plain"), [PAIR], 64)
     assert tokens(tok, enc.ids[0][enc.prompt_lens[0]:]) == ["your", "card", "is", "blocked", "</s>"]
+
+
+MULTI = [{"role": "user", "content": "reset my pin"}, {"role": "assistant", "content": "your pin is reset"},
+         {"role": "user", "content": "lost my card"}, {"role": "assistant", "content": "your card is blocked"}]
+
+
+def learnt(tok, enc, row=0):
+    return [t for t, label in zip(tokens(tok, enc.ids[row]), enc.labels(row)) if label != IGNORE]
+
+
+def test_every_assistant_turn_of_a_chat_is_learnt_and_the_last_is_still_generated_from_the_rest():
+    """Every assistant turn but a chat's last was folded into the masked prompt, so (N-1)/N of its supervision was
+    lost silently (TRL's assistant_only_loss trains them all): each assistant turn's content and end of turn is
+    learnt, the record counts them (completion_tokens, scored), and generation still answers the last turn."""
+    from loratune.sft_data import encoding_notes
+
+    chatml = make_chatml_tokenizer()
+    r = Renderer.for_tokenizer(chatml, "auto")
+    split = parse_sft_rows([{"messages": MULTI}], DataConfig(), "f.jsonl", "train")
+    enc = encode_sft(chatml, r, split.examples, 128)
+    assert learnt(chatml, enc) == ["your", "pin", "is", "reset", "<|im_end|>", "\n",
+                                   "your", "card", "is", "blocked", "<|im_end|>", "\n"]
+    assert enc.completion_tokens.tolist() == [12] and enc.scored([0]) == 12 and enc.earlier_unlearnt == 0
+    # the same text as the last turn learnt alone: only the loss mask differs
+    last_only = encode_sft(chatml, r, [Example(split.examples[0].prompt, split.examples[0].completion)], 128)
+    assert enc.ids == last_only.ids and enc.prompt_lens.tolist() == last_only.prompt_lens.tolist()
+    assert learnt(chatml, last_only) == ["your", "card", "is", "blocked", "<|im_end|>", "\n"]
+    gen = encode_prompts(chatml, r, split.examples, 128)[0]
+    assert gen == enc.ids[0][:enc.prompt_lens[0]]  # generated from every turn before the last answer
+    plain = encode_sft(chatml, Renderer.for_tokenizer(chatml, "plain"), split.examples, 128)
+    assert learnt(chatml, plain) == ["your", "pin", "is", "reset", "your", "card", "is", "blocked", "<|im_end|>"]
+    # a template that writes an earlier turn otherwise than the last (Qwen3's think block): the last answer only,
+    # the earlier turns counted in the data notes
+    think = make_chatml_tokenizer(think=True)
+    rt = Renderer.for_tokenizer(think, "auto")
+    enc = encode_sft(think, rt, split.examples, 128)
+    assert learnt(think, enc) == ["<think>", "\n\n", "</think>", "\n\n", "your", "card", "is", "blocked",
+                                  "<|im_end|>", "\n"]
+    assert enc.earlier_unlearnt == 1
+    assert encoding_notes("train", enc, rt) == [
+        "train: 1 earlier assistant turn(s) of the chats are not learnt, only their last answers: the chat template "
+        "does not write an earlier turn as it writes it when it is the last (or the chat opens with it)"]
+
+
+def test_a_conversational_prompts_assistant_turns_are_not_learnt_and_truncation_keeps_the_last_answer():
+    """A prompt/completion row learns its completion only (TRL's completion_only_loss), whatever turns its prompt
+    holds; a chat cut to max_length loses its beginning, an earlier answer partly kept learns what is left of it."""
+    from loratune.sft_data import encoding_notes
+
+    chat = make_tokenizer(chat_template=True)
+    r = Renderer.for_tokenizer(chat, "auto")
+    pair = parse_sft_rows([{"prompt": MULTI[:3], "completion": MULTI[3]["content"]}], DataConfig(), "f.jsonl",
+                          "train").examples
+    assert learnt(chat, encode_sft(chat, r, pair, 128)) == ["your", "card", "is", "blocked", "<|end|>"]
+    examples = parse_sft_rows([{"messages": MULTI}], DataConfig(), "f.jsonl", "train").examples
+    enc = encode_sft(chat, r, examples, 128)
+    assert learnt(chat, enc) == ["your", "pin", "is", "reset", "<|end|>", "your", "card", "is", "blocked", "<|end|>"]
+    enc = encode_sft(chat, r, examples, 14)
+    assert tokens(chat, enc.ids[0]) == ["is", "reset", "<|end|>", "<|user|>", "lost", "my", "card", "<|end|>",
+                                        "<|assistant|>", "your", "card", "is", "blocked", "<|end|>"]
+    assert learnt(chat, enc) == ["is", "reset", "<|end|>", "your", "card", "is", "blocked", "<|end|>"]
+    assert enc.scored([0]) == 7  # the row's first token predicts nothing
+    assert encoding_notes("train", enc, r) == []
 
 
 def test_a_tokenizer_that_splits_the_eos_text_still_gets_the_eos_id_after_every_completion():

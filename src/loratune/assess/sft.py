@@ -120,7 +120,7 @@ def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
     renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
     enc = encode_sft(tokenizer, renderer, dataset.train.examples, 1 << 30)  # untruncated lengths
     lengths = np.asarray(enc.lengths, dtype=float)
-    completion = lengths - np.asarray(enc.prompt_lens, dtype=float)  # trained: with the answer prefix and end marks
+    completion = np.asarray(enc.completion_tokens, dtype=float)  # trained: with the answer prefix and end marks
     own = np.asarray([len(ids) for ids in tokenizer([e.completion for e in dataset.train.examples],
                                                     add_special_tokens=False)["input_ids"]], dtype=float)
     info = describe_model(cfg.model)
