@@ -1066,14 +1066,32 @@ def _write_lm(out: Path, model, tokenizer, cfg: RunConfig, state_dict: dict | No
         warnings.filterwarnings("ignore", message="Could not find a config file")
         model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(out)
+        saved_generation_config(model, tokenizer, cfg).save_pretrained(out)
     write_atomic(out / "README.md", _card_for(tokenizer, cfg, hasattr(model, "peft_config")))
+
+
+def saved_generation_config(model, tokenizer, cfg: RunConfig):
+    """The model's generation config with eos_token_id the ids the run's generations stop at (sft_data.stop_token_ids:
+    the EOS and the template's one-token end of turn), as TRL's SFTTrainer updates it: a base model whose config lists
+    only '</s>' otherwise runs past the '<|end|>' the run learnt to end each answer with, to max_new_tokens."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    gen = getattr(model, "generation_config", None)
+    gen = copy.deepcopy(gen) if isinstance(gen, GenerationConfig) else GenerationConfig()
+    stops = stop_token_ids(tokenizer, Renderer.for_tokenizer(tokenizer, cfg.data.chat_template))
+    if stops:
+        gen.eos_token_id = stops if len(stops) > 1 else stops[0]
+    return gen
 
 
 def _card_for(tokenizer, cfg: RunConfig, is_adapter: bool, pick: CardPick | None = None) -> str:
     """The model card of a saved model whose tokenizer is `tokenizer` (model_card, its prompt as the run wrote it)."""
     renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
     prefix = tokenizer.convert_ids_to_tokens(prompt_prefix(tokenizer, renderer))
-    return model_card(cfg, is_adapter, renderer.mode, prefix, pick)
+    stops = tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer, renderer))
+    return model_card(cfg, is_adapter, renderer.mode, prefix, pick, stops)
 
 
 def saved_model_card(folder: Path, cfg: RunConfig, pick: CardPick | None = None) -> str:
@@ -1089,11 +1107,12 @@ LM_RECORD_FILES = ("curves, prompt-set outputs and the configuration",
 
 
 def model_card(cfg: RunConfig, is_adapter: bool, mode: str = "chat", prefix: Collection[str] = (),
-               pick: CardPick | None = None) -> str:
+               pick: CardPick | None = None, stops: Collection[str] = ()) -> str:
     """What the folder holds and how to generate with plain peft + transformers, the prompt written as the run wrote
     it (`mode`: the Renderer's chat / plain / none) and tokenised as it was: `prefix`, the tokens the run put before
     every prompt (sft_data.prompt_prefix: BOS when the template writes none), then the prompt's own tokens. `pick`: the
-    folder is a tune study's exported pick (train.card_record)."""
+    folder is a tune study's exported pick (train.card_record). `stops`: the tokens the run's generations stop at
+    (sft_data.stop_token_ids), passed to generate as its eos_token_id (the base's generation config may list only one)."""
     a = cfg.adapter
     src = resolve_model(cfg.model)
     base = f'"{src.path}"' + (f', gguf_file="{src.gguf_file}"' if src.gguf_file else "")
@@ -1114,9 +1133,16 @@ def model_card(cfg: RunConfig, is_adapter: bool, mode: str = "chat", prefix: Col
             + ("from peft import PeftModel\n" if is_adapter else "")
             + "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
             f"{load}\ntokenizer = AutoTokenizer.from_pretrained(\"adapter\")\n"
-            + _card_prompt(mode) + _card_ids(prefix) +
-            "print(tokenizer.decode(model.generate(ids, max_new_tokens=64)[0, ids.shape[1]:], "
-            "skip_special_tokens=True))\n```\n")
+            + _card_prompt(mode) + _card_ids(prefix) + _card_stops(stops) +
+            "print(tokenizer.decode(model.generate(ids, max_new_tokens=64"
+            + (", eos_token_id=stop" if stops else "") + ")[0, ids.shape[1]:], skip_special_tokens=True))\n```\n")
+
+
+def _card_stops(stops: Collection[str]) -> str:
+    """The card's line naming the tokens the run's generations stop at (its EOS and the template's end of turn)."""
+    if not stops:
+        return ""
+    return (f"stop = tokenizer.convert_tokens_to_ids({list(stops)!r})  # the run's answers end with one of these\n")
 
 
 def _card_ids(prefix: Collection[str]) -> str:

@@ -224,6 +224,32 @@ def test_adapter_round_trip_gives_the_same_logits_and_generations(lm, tmp_path):
     assert "PeftModel.from_pretrained" in (store.adapter_dir / "README.md").read_text()
 
 
+def test_the_saved_model_stops_where_the_run_generates_its_answers_to(tmp_path):
+    """A base whose generation config lists only '</s>' while the chat template ends a turn with '<|end|>' (the run
+    learns '<|end|>', no '</s>' after it): the card's generate(ids, max_new_tokens=64) ran 64 tokens past the answer.
+    The saved generation config and the card's generate both stop at the run's stop ids (as TRL updates eos_token_id)."""
+    from transformers import GenerationConfig
+
+    from loratune.sft_data import stop_token_ids
+
+    from sft_support import CHAT_TEMPLATE, make_tokenizer
+
+    tok = make_tokenizer(chat_template=False)  # EOS '</s>'
+    tok.chat_template = CHAT_TEMPLATE  # turns end '<|end|>'
+    lm = save_tiny_llama_lm(tmp_path / "lm", tokenizer=tok)
+    cfg = load_config(None, sft_overrides(lm, tmp_path, tmp_path / "run"))
+    model, _ = apply_adapter(load_causal_lm(cfg.model), cfg.adapter, task="causal-lm")
+    tok = load_tokenizer(cfg.model)
+    stops = stop_token_ids(tok, Renderer.for_tokenizer(tok, "auto"))
+    assert stops == [tok.convert_tokens_to_ids("</s>"), tok.convert_tokens_to_ids("<|end|>")]
+    store = RunStore(tmp_path / "run")
+    save_lm(model, tok, cfg, store)
+    assert GenerationConfig.from_pretrained(store.adapter_dir).eos_token_id == stops
+    card = (store.adapter_dir / "README.md").read_text()
+    assert "stop = tokenizer.convert_tokens_to_ids(['</s>', '<|end|>'])" in card
+    assert "model.generate(ids, max_new_tokens=64, eos_token_id=stop)" in card
+
+
 def test_saving_an_adapter_again_says_nothing_of_its_model_card(lm, tmp_path):
     # `train -q` on causal-lm printed "Repo card metadata block was not found. Setting CardData to empty." at every
     # best-model save after the first (peft re-reads the card loratune wrote): the hub logs on its own logger
