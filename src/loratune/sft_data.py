@@ -17,7 +17,7 @@ Rendering (data.chat_template):
 Tokenisation: the prompt and the completion are tokenised separately (no special tokens; the
 tokenizer's own BOS prefix is added once) and concatenated, so the prompt/completion boundary is
 exact. labels = -100 on every prompt token: the loss is on completion tokens only (and the EOS that
-ends them), and on a chat's earlier assistant turns (each tokenised as its own piece of the prompt). A pair longer than model.max_length is truncated keeping the completion: the prompt loses
+ends them), and on a chat's earlier assistant turns (spans of the prompt's tokens, when its pieces tokenise as the whole does). A pair longer than model.max_length is truncated keeping the completion: the prompt loses
 its beginning first, down to half of max_length; only then is the completion cut at its end.
 
 Knows nothing of models or training. Every problem a user can cause raises a `UserError` naming the
@@ -56,6 +56,11 @@ MESSAGES_NAMES = ("messages", "conversations", "conversation", "chat", "dialog")
 TOOLS_COLUMN = "tools"
 TOOLS_FIX = ("drop the tool-calling rows (loratune trains text turns only: the tools and calls would not reach the "
              "chat template), or train them with TRL's SFTTrainer, which passes them to it")
+# a ShareGPT turn's weight (axolotl: weight 0, a turn not learnt): loratune learns every assistant turn of a chat,
+# so a turn marked not to be learnt is refused rather than learnt silently
+WEIGHT_KEY = "weight"
+WEIGHT_FIX = ("drop the turn's weight key to learn it, or end the chat before it (a chat's turns after its last "
+              "assistant turn are not part of it): loratune cannot leave one assistant turn of a chat unlearnt")
 IGNORE = -100  # the label torch's cross-entropy skips: prompt tokens and padding
 # The fix when the tokenizer's own chat template refuses a chat (a system turn, roles that do not alternate).
 CHAT_TEMPLATE_FIX = ("merge the system turn into the user turn (and make user/assistant turns alternate), "
@@ -159,6 +164,9 @@ def read_turns(value: Any, where: str, column: str, shape: str = CHAT_SHAPE) -> 
                             '{"from": "human", "value": "..."})')
         if t["role"] not in ROLES:
             raise UserError(f"{where}: turn {i + 1} has role '{t['role']}'", f"use one of {', '.join(ROLES)}")
+        if WEIGHT_KEY in t and t[WEIGHT_KEY] is not None and not t[WEIGHT_KEY]:
+            raise UserError(f"{where}: turn {i + 1} of column '{column}' has {WEIGHT_KEY} {t[WEIGHT_KEY]!r} (not to be "
+                            "learnt), and loratune learns every assistant turn of a chat", WEIGHT_FIX)
         turns.append(Turn(str(t["role"]), _content(t["content"], f"{where}: turn {i + 1} of column '{column}'")))
     return tuple(turns)
 
@@ -212,6 +220,13 @@ def _guess(cols: list[str], names: tuple[str, ...]) -> str | None:
     return next((lower[n] for n in names if n in lower), None)
 
 
+def no_prompt(where: str, column: str) -> UserError:
+    """The refusal of a row with no prompt text (a blank prompt, turns of blanks, a chat with nothing but system
+    text before its answer): an empty prompt teaches nothing."""
+    return UserError(f"{where} has no prompt text in column '{column}'",
+                     "fill in the prompt (the user turn before the answer) or drop the row")
+
+
 def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
     if _given(row.get(TOOLS_COLUMN)):
         raise UserError(f"{where} has tools in column '{TOOLS_COLUMN}', and tool calling is not trained", TOOLS_FIX)
@@ -225,12 +240,11 @@ def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
             raise UserError(f"{where}: the chat's last assistant turn in '{cfg.messages_column}' is empty",
                             "fill in the answer to learn or drop the row")
         if not any(t.content.strip() for t in turns[:-1] if t.role != "system"):
-            raise UserError(f"{where}: the chat in '{cfg.messages_column}' has no prompt text before its answer",
-                            "fill in the user turn or drop the row")
+            raise no_prompt(where, cfg.messages_column)
         return _characters(Example(turns[:-1], turns[-1].content, learn_earlier=True), where, cfg.messages_column)
     prompt, completion = plain_cell(row.get(cfg.prompt_column)), plain_cell(row.get(cfg.completion_column))
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
-        raise UserError(f"{where} has no prompt in column '{cfg.prompt_column}'", "fill in the prompt or drop the row")
+        raise no_prompt(where, cfg.prompt_column)
     if isinstance(completion, (list, tuple)):  # TRL conversational: [{"role": "assistant", "content": ...}]
         turns = read_turns(completion, where, cfg.completion_column, COMPLETION_SHAPE)
         # the completion is one assistant answer (a string everywhere after: the prompt set's reference, the
@@ -254,7 +268,7 @@ def _example(row: dict, cfg: DataConfig, mode: str, where: str) -> Example:
     turns = read_turns(prompt, where, cfg.prompt_column, PROMPT_SHAPE) if isinstance(prompt, (list, tuple)) \
         else (Turn("user", _text(prompt, where, cfg.prompt_column)),)
     if not any(t.content.strip() for t in turns if t.role != "system"):  # turns of blanks: as a blank text prompt
-        raise UserError(f"{where} has no prompt in column '{cfg.prompt_column}'", "fill in the prompt or drop the row")
+        raise no_prompt(where, cfg.prompt_column)
     return _characters(Example(turns, completion), where, cfg.prompt_column, cfg.completion_column)
 
 
@@ -540,10 +554,11 @@ class SFTEncoded:
     ids: list[list[int]]
     prompt_lens: np.ndarray  # int64 [n]: tokens 0..prompt_len-1 carry no loss
     truncated: int = 0  # rows cut to max_length
-    end_stripped: int = 0  # chat completions that ended with the end text the template writes (strip_end)
+    end_stripped: int = 0  # rows with an assistant turn that ended with the end text the template writes (strip_turns)
     # per row, the spans [start, end) before prompt_len that are learnt too: a chat's earlier assistant turns
     earlier: list[tuple[tuple[int, int], ...]] = field(default_factory=list)
-    earlier_unlearnt: int = 0  # earlier assistant turns the template could not write apart (learn_earlier_texts)
+    # why -> a chat's assistant turns before its last that are not learnt (UNLEARNT_WHY)
+    earlier_unlearnt: dict[str, int] = field(default_factory=dict)
 
     def _spans(self, row: int) -> tuple[tuple[int, int], ...]:
         return self.earlier[row] if self.earlier else ()
@@ -716,21 +731,64 @@ def strip_end(completion: str, ends: tuple[str, ...]) -> str:
         completion = completion.rstrip()[: -len(end)]
 
 
+# run.json / a tune study's meta: what a causal-lm run's loss covers in a chat. Runs recorded before the key learnt
+# (and scored) each chat's last assistant turn only; evaluate scores such a run so (encode_sft's learn_earlier)
+LOSS_COVERS_KEY = "loss_covers"
+EVERY_TURN, LAST_TURN = "every assistant turn", "each chat's last assistant turn"
+
+
+def learns_earlier(recorded: dict) -> bool:
+    """Whether the run (or study) whose record is `recorded` learnt every assistant turn of a chat (LOSS_COVERS_KEY;
+    absent: recorded before, the last turn only)."""
+    return recorded.get(LOSS_COVERS_KEY, LAST_TURN) == EVERY_TURN
+
+
+def loss_covers_note(recorded: dict, examples) -> str | None:
+    """The note that a study's earlier trials' losses covered other tokens than this session's: recorded before every
+    assistant turn was learnt, on chats with assistant turns before their last (None: the same tokens)."""
+    if learns_earlier(recorded) or not any(e.learn_earlier and any(t.role == "assistant" for t in e.prompt)
+                                           for e in examples):
+        return None
+    return (f"note: the study's earlier trials learnt and scored {LAST_TURN} (recorded by a loratune from before "
+            f"{LOSS_COVERS_KEY}); this session's trials learn and score {EVERY_TURN}: their losses are not "
+            "comparable")
+
+
+# why a chat's assistant turn before its last is not learnt (SFTEncoded.earlier_unlearnt's keys), as its data note says
+UNLEARNT_WHY = {
+    "opening": "open their chats, with no prompt before them: not learnt (nothing asks for them)",
+    "template": "are not learnt, only their chats' last answers: the chat template does not write an earlier turn as "
+                "it writes it when it is the last",
+    "tokens": "are not learnt, only their chats' last answers: the tokenizer writes a chat's text across the edge of "
+              "a turn as one token, so the turn's own tokens are not in the chat's",
+}
+
+
 def encoding_notes(split: str, enc: "SFTEncoded", renderer: Renderer) -> list[str]:
     """What encoding a split changed in its rows, for the run's data notes (run.json `data_notes`, --dry-run)."""
     notes = []
     if enc.end_stripped:
         ends = " / ".join(f"'{e}'" for e in end_texts(renderer.tokenizer, renderer))
-        notes.append(f"{split}: {enc.end_stripped} completion(s) ended with {ends}, which the chat template writes "
-                     "after every answer: dropped from the completion, so the end is learnt once (as TRL does)")
-    if enc.earlier_unlearnt:
-        notes.append(f"{split}: {enc.earlier_unlearnt} earlier assistant turn(s) of the chats are not learnt, only "
-                     "their last answers: the chat template does not write an earlier turn as it writes it when it "
-                     "is the last (or the chat opens with it)")
+        notes.append(f"{split}: {enc.end_stripped} chat(s) had an assistant turn ending with {ends}, which the chat "
+                     "template writes after every answer: dropped from the turn, so the end is learnt once (as TRL "
+                     "does)")
+    for why, n in enc.earlier_unlearnt.items():
+        if n:
+            notes.append(f"{split}: {n} assistant turn(s) before the last {UNLEARNT_WHY[why]}")
     return notes
 
 
-def learn_earlier_texts(renderer: Renderer, example: Example, ends: tuple[str, ...]) -> list[str] | None:
+def strip_turns(example: Example, ends: tuple[str, ...]) -> Example:
+    """The example with every assistant turn's content (its completion and the prompt's) without the end text the
+    template writes after it again (strip_end): an earlier answer 'blocked<|im_end|>' was otherwise written
+    'blocked<|im_end|><|im_end|>' into the prompt and the next turns."""
+    if not ends:
+        return example
+    prompt = tuple(Turn(t.role, strip_end(t.content, ends)) if t.role == "assistant" else t for t in example.prompt)
+    return replace(example, prompt=prompt, completion=strip_end(example.completion, ends))
+
+
+def learn_earlier_texts(renderer: Renderer, example: Example) -> list[str] | None:
     """A chat's prompt written as texts that alternate: not learnt, an earlier assistant turn as the template writes it
     after its prompt (content and end of turn, as the completion is), not learnt, ..., ending with the text up to the
     last answer; together renderer.prompt(example.prompt). None when the example learns its last answer only (no
@@ -745,7 +803,7 @@ def learn_earlier_texts(renderer: Renderer, example: Example, ends: tuple[str, .
         head = renderer.prompt(turns[:i])
         if not head.startswith(done):
             return None
-        answer = renderer.completion(turns[:i], strip_end(turns[i].content, ends))
+        answer = renderer.completion(turns[:i], turns[i].content)
         out += [head[len(done):], answer]
         done = head + answer
     full = renderer.prompt(turns)
@@ -753,32 +811,47 @@ def learn_earlier_texts(renderer: Renderer, example: Example, ends: tuple[str, .
 
 
 def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | list[Example],
-               max_length: int) -> SFTEncoded:
+               max_length: int, learn_earlier: bool = True) -> SFTEncoded:
     """Token ids and prompt lengths of every example (EOS appended to a completion that does not end with it:
-    ends_with_eos; a chat completion that ends with the template's end text has it dropped: strip_end)."""
-    prompts = render_each(lambda e: renderer.prompt(e.prompt), examples)
+    ends_with_eos; a chat's assistant turn that ends with the template's end text has it dropped: strip_turns).
+    `learn_earlier` False: a chat learns its last answer only, as runs recorded before every assistant turn was
+    learnt did (LOSS_COVERS)."""
     ends = end_texts(tokenizer, renderer)
-    stripped = [replace(e, completion=strip_end(e.completion, ends)) for e in examples]
+    stripped = [strip_turns(e, ends) for e in examples]
+    prompts = render_each(lambda e: renderer.prompt(e.prompt), stripped)
     completions = render_each(lambda e: renderer.completion(e.prompt, e.completion), stripped)
-    pieces = render_each(lambda e: learn_earlier_texts(renderer, e, ends), examples)
+    pieces = (render_each(lambda e: learn_earlier_texts(renderer, e), stripped) if learn_earlier
+              else [None] * len(stripped))
     p_ids = _ids(tokenizer, prompts)
     c_ids = _ids(tokenizer, completions)
+    flat = iter(_ids(tokenizer, [t for texts in pieces if texts is not None for t in texts]))  # one call for all
     eos, prefix = tokenizer.eos_token_id, special_prefix(tokenizer)
     tail = _ids(tokenizer, [turn_end(renderer)])[0]  # the end of turn's ids
     stops = stop_token_ids(tokenizer, renderer)
-    ids, prompt_lens, truncated, earlier, unlearnt, end_stripped = [], [], 0, [], 0, 0
-    for e, text, p, c, texts in zip(examples, prompts, p_ids, c_ids, pieces):
+    ids, prompt_lens, truncated, earlier = [], [], 0, []
+    unlearnt = {why: 0 for why in UNLEARNT_WHY}
+    for e, text, p, c, texts in zip(stripped, prompts, p_ids, c_ids, pieces):
         spans: list[tuple[int, int]] = []
-        n_earlier = sum(t.role == "assistant" for t in e.prompt) if e.learn_earlier else 0
-        if texts is not None:  # the prompt as its pieces' ids, every second piece (an earlier answer) learnt
-            p = []
-            for k, piece in enumerate(_ids(tokenizer, texts)):
+        answers = [i for i, t in enumerate(e.prompt) if t.role == "assistant"] if e.learn_earlier and learn_earlier \
+            else []
+        opening = sum(i == 0 for i in answers)
+        if texts is not None:  # the prompt's pieces, every second one (an earlier answer) learnt
+            at = 0
+            for k, piece in enumerate(next(flat) for _ in texts):
                 if k % 2:
-                    spans.append((len(p), len(p) + len(piece)))
-                p = p + piece
-        unlearnt += n_earlier - len(spans)
-        end_stripped += strip_end(e.completion, ends) != e.completion or (
-            texts is not None and any(strip_end(t.content, ends) != t.content for t in e.prompt if t.role == "assistant"))
+                    spans.append((at, at + len(piece)))
+                if p[at:at + len(piece)] != piece:  # tokenised whole, the text runs across a turn's edge
+                    spans = None
+                    break
+                at += len(piece)
+            if spans is None or at != len(p):
+                spans = []
+                unlearnt["tokens"] += len(answers) - opening
+                for _ in range(len(texts) - k - 1):  # the row's pieces not yet read
+                    next(flat)
+        elif answers:
+            unlearnt["template"] += len(answers) - opening
+        unlearnt["opening"] += opening
         if eos is not None and not ends_with_eos(c, eos, tail, stops):
             c = c + [eos]
         pre = _prefix_for(tokenizer, text, prefix)
@@ -789,13 +862,16 @@ def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | li
         ids.append(row)
         prompt_lens.append(n)
         truncated += cut
+    end_stripped = sum(a != b for a, b in zip(stripped, examples))
     return SFTEncoded(ids, np.array(prompt_lens, dtype=np.int64), truncated, end_stripped, earlier, unlearnt)
 
 
 def encode_prompts(tokenizer, renderer: Renderer, examples, max_length: int, name=None) -> list[list[int]]:
     """Generation inputs: the prefix and the rendered prompt (with the assistant header), keeping its end. `name`:
-    what a prompt the template cannot render is called (render_each)."""
-    prompts = render_each(lambda e: renderer.prompt(e.prompt), examples, name)
+    what a prompt the template cannot render is called (render_each). Its assistant turns are written as encode_sft
+    writes them (strip_turns)."""
+    ends = end_texts(tokenizer, renderer)
+    prompts = render_each(lambda e: renderer.prompt(strip_turns(e, ends).prompt), examples, name)
     out, own = [], special_prefix(tokenizer)
     for text, p in zip(prompts, _ids(tokenizer, prompts)):
         prefix = _prefix_for(tokenizer, text, own)

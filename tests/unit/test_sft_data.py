@@ -93,8 +93,8 @@ def test_a_chat_completion_that_ends_with_the_eos_text_learns_the_end_of_turn_on
         assert tokens(chatml, enc.ids[i][enc.prompt_lens[i]:]) == ["your", "pin", "is", "reset", "<|im_end|>", "\n"]
     assert enc.end_stripped == 2
     assert encoding_notes("train", enc, r) == [
-        "train: 2 completion(s) ended with '<|im_end|>', which the chat template writes after every answer: dropped "
-        "from the completion, so the end is learnt once (as TRL does)"]
+        "train: 2 chat(s) had an assistant turn ending with '<|im_end|>', which the chat template writes after every "
+        "answer: dropped from the turn, so the end is learnt once (as TRL does)"]
     assert encoding_notes("train", encode_sft(chatml, r, rows[2:], 64), r) == []
     chat = make_tokenizer(chat_template=True)  # '<|end|>' both the end-of-turn mark and the EOS
     enc = encode_sft(chat, Renderer.for_tokenizer(chat, "auto"), [Example((Turn("user", "pin"),), "your pin <|end|>")], 64)
@@ -141,7 +141,7 @@ def test_every_assistant_turn_of_a_chat_is_learnt_and_the_last_is_still_generate
     enc = encode_sft(chatml, r, split.examples, 128)
     assert learnt(chatml, enc) == ["your", "pin", "is", "reset", "<|im_end|>", "\n",
                                    "your", "card", "is", "blocked", "<|im_end|>", "\n"]
-    assert enc.completion_tokens.tolist() == [12] and enc.scored([0]) == 12 and enc.earlier_unlearnt == 0
+    assert enc.completion_tokens.tolist() == [12] and enc.scored([0]) == 12 and not any(enc.earlier_unlearnt.values())
     # the same text as the last turn learnt alone: only the loss mask differs
     last_only = encode_sft(chatml, r, [Example(split.examples[0].prompt, split.examples[0].completion)], 128)
     assert enc.ids == last_only.ids and enc.prompt_lens.tolist() == last_only.prompt_lens.tolist()
@@ -157,10 +157,10 @@ def test_every_assistant_turn_of_a_chat_is_learnt_and_the_last_is_still_generate
     enc = encode_sft(think, rt, split.examples, 128)
     assert learnt(think, enc) == ["<think>", "\n\n", "</think>", "\n\n", "your", "card", "is", "blocked",
                                   "<|im_end|>", "\n"]
-    assert enc.earlier_unlearnt == 1
+    assert enc.earlier_unlearnt["template"] == 1
     assert encoding_notes("train", enc, rt) == [
-        "train: 1 earlier assistant turn(s) of the chats are not learnt, only their last answers: the chat template "
-        "does not write an earlier turn as it writes it when it is the last (or the chat opens with it)"]
+        "train: 1 assistant turn(s) before the last are not learnt, only their chats' last answers: the chat template "
+        "does not write an earlier turn as it writes it when it is the last"]
 
 
 def test_a_conversational_prompts_assistant_turns_are_not_learnt_and_truncation_keeps_the_last_answer():
@@ -182,6 +182,96 @@ def test_a_conversational_prompts_assistant_turns_are_not_learnt_and_truncation_
     assert learnt(chat, enc) == ["is", "reset", "<|end|>", "your", "card", "is", "blocked", "<|end|>"]
     assert enc.scored([0]) == 7  # the row's first token predicts nothing
     assert encoding_notes("train", enc, r) == []
+
+
+def test_an_earlier_assistant_turn_ending_with_the_end_text_is_learnt_once_and_written_once():
+    """An earlier turn 'your pin is reset<|im_end|>' was not learnt (only the completion was stripped, so the prompt
+    rendered for the next turn held '<|im_end|><|im_end|>' and the pieces did not line up) and the note blamed the
+    template: every assistant turn is stripped before rendering, learnt once, and the row counted as stripped."""
+    from loratune.sft_data import encoding_notes
+
+    chatml = make_chatml_tokenizer()
+    r = Renderer.for_tokenizer(chatml, "auto")
+    chat = [dict(MULTI[0]), {"role": "assistant", "content": "your pin is reset<|im_end|>"}, *MULTI[2:]]
+    examples = parse_sft_rows([{"messages": chat}], DataConfig(), "f.jsonl", "train").examples
+    enc = encode_sft(chatml, r, examples, 128)
+    assert learnt(chatml, enc) == ["your", "pin", "is", "reset", "<|im_end|>", "\n",
+                                   "your", "card", "is", "blocked", "<|im_end|>", "\n"]
+    assert tokens(chatml, enc.ids[0]).count("<|im_end|>") == 4  # user, answer, user, answer: none doubled
+    assert enc.end_stripped == 1 and not any(enc.earlier_unlearnt.values())
+    clean = encode_sft(chatml, r, parse_sft_rows([{"messages": MULTI}], DataConfig(), "f.jsonl", "train").examples, 128)
+    assert enc.ids == clean.ids and enc.earlier == clean.earlier
+    assert encode_prompts(chatml, r, examples, 128)[0] == enc.ids[0][:enc.prompt_lens[0]]  # generated as trained
+    assert encoding_notes("train", enc, r) == [
+        "train: 1 chat(s) had an assistant turn ending with '<|im_end|>', which the chat template writes after every "
+        "answer: dropped from the turn, so the end is learnt once (as TRL does)"]
+
+
+def test_a_chat_opening_with_an_assistant_turn_says_that_turn_is_not_learnt_because_it_opens_the_chat():
+    from loratune.sft_data import encoding_notes
+
+    chat = make_tokenizer(chat_template=True)
+    r = Renderer.for_tokenizer(chat, "auto")
+    rows = [{"messages": [{"role": "assistant", "content": "hello"}, *MULTI]}]
+    enc = encode_sft(chat, r, parse_sft_rows(rows, DataConfig(), "f.jsonl", "train").examples, 128)
+    assert learnt(chat, enc) == ["your", "pin", "is", "reset", "<|end|>", "your", "card", "is", "blocked", "<|end|>"]
+    assert encoding_notes("train", enc, r) == [
+        "train: 1 assistant turn(s) before the last open their chats, with no prompt before them: not learnt (nothing "
+        "asks for them)"]
+
+
+def merging_tokenizer():
+    """A byte-level BPE tokenizer that reads a text whole (no pre-split) and merges ' ' + '\\n' into one token, as
+    SmolLM2's does: 'Hello! ' then '\\n\\n### User' tokenise apart otherwise than together."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {c: i for i, c in enumerate(sorted(alphabet))}
+    vocab["\u0120\u010a"] = len(vocab)  # ' \n'
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[("\u0120", "\u010a")]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core)
+    tok.add_special_tokens({"eos_token": "</s>", "pad_token": "<pad>"})
+    return tok
+
+
+def test_an_earlier_turn_whose_tokens_run_into_the_next_turn_is_not_learnt_and_the_prompt_is_tokenised_whole():
+    """The prompt was tokenised in pieces (each earlier answer apart), so with a tokenizer that merges across a
+    turn's edge ('Hello! ' + '\\n\\n###': ' ', '\\n' apart, ' \\n' whole) the trained prompt's ids differed from
+    the ids generation reads: the prompt is the whole text's ids, and an earlier turn whose pieces do not tokenise
+    as the whole is not learnt (the last answer is), said so in the notes."""
+    from loratune.sft_data import encoding_notes
+
+    tok = merging_tokenizer()
+    r = Renderer.for_tokenizer(tok, "plain")
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello! "},
+                          {"role": "user", "content": "sum"}, {"role": "assistant", "content": "four"}]},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"},
+                          {"role": "user", "content": "sum"}, {"role": "assistant", "content": "four"}]}]
+    examples = parse_sft_rows(rows, DataConfig(), "f.jsonl", "train").examples
+    enc = encode_sft(tok, r, examples, 256)
+    gen = encode_prompts(tok, r, examples, 256)
+    for i in range(2):  # trained on the prompt generation reads
+        assert enc.ids[i][:enc.prompt_lens[i]] == gen[i]
+    learnt_text = [tok.decode([t for t, lab in zip(enc.ids[i], enc.labels(i)) if lab != IGNORE]) for i in range(2)]
+    assert learnt_text == ["four</s>", "Hello!four</s>"]
+    assert enc.earlier_unlearnt["tokens"] == 1
+    assert encoding_notes("train", enc, r) == [
+        "train: 1 assistant turn(s) before the last are not learnt, only their chats' last answers: the tokenizer "
+        "writes a chat's text across the edge of a turn as one token, so the turn's own tokens are not in the chat's"]
+
+
+def test_a_sharegpt_turn_marked_weight_0_is_refused_not_learnt_silently():
+    rows = [{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "no", "weight": 0},
+                               {"from": "human", "value": "sum"}, {"from": "gpt", "value": "four", "weight": 1}]}]
+    with pytest.raises(UserError) as err:
+        parse_sft_rows(rows, DataConfig(messages_column="conversations"), "f.jsonl", "train")
+    assert "turn 2 of column 'conversations' has weight 0" in err.value.problem
+    assert "weight key" in err.value.fix
+    rows[0]["conversations"][1]["weight"] = 1  # weight 1: learnt, as every assistant turn is
+    assert len(parse_sft_rows(rows, DataConfig(messages_column="conversations"), "f.jsonl", "train").examples) == 1
 
 
 def test_a_tokenizer_that_splits_the_eos_text_still_gets_the_eos_id_after_every_completion():
@@ -573,18 +663,18 @@ def test_missing_columns_name_the_columns_found_and_the_fix():
     ({"messages": [{"role": "user", "content": "u"}, {"role": "bot", "content": "x"}]}, "has role 'bot'"),
     ({"messages": "hello"}, "is not a list of {role, content} turns"),
     ({"prompt": "a", "completion": ""}, "has no completion in column 'completion'"),
-    ({"prompt": None, "completion": "b"}, "has no prompt in column 'prompt'"),
-    ({"prompt": "  ", "completion": "b"}, "has no prompt in column 'prompt'"),
+    ({"prompt": None, "completion": "b"}, "has no prompt text in column 'prompt'"),
+    ({"prompt": "  ", "completion": "b"}, "has no prompt text in column 'prompt'"),
     # the conversational prompt of blanks was accepted (dry-run rc 0) while a blank text was refused
-    ({"prompt": [{"role": "user", "content": "  "}], "completion": "b"}, "has no prompt in column 'prompt'"),
+    ({"prompt": [{"role": "user", "content": "  "}], "completion": "b"}, "has no prompt text in column 'prompt'"),
     ({"prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": ""}], "completion": "b"},
-     "has no prompt in column 'prompt'"),
+     "has no prompt text in column 'prompt'"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
      "last assistant turn in 'messages' is empty"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]},
      "last assistant turn in 'messages' is empty"),
     ({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": " "},
-                   {"role": "assistant", "content": "a"}]}, "has no prompt text before its answer"),
+                   {"role": "assistant", "content": "a"}]}, "has no prompt text in column 'messages'"),
 ])
 def test_a_bad_row_is_named(row, message):
     with pytest.raises(UserError, match="row 2") as info:
