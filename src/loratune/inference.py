@@ -363,8 +363,8 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
     from loratune.generation import score_prompt_set
     from loratune.sft import (LM_HEAD_NAMES, encode_prompt_set, evaluate_lm, generate, generate_capped,
                               label_token_cap, read_prompt_set)
-    from loratune.sft_data import (Renderer, answer_prefix, encode_prompts, encode_sft, load_sft_dataset,
-                                   stop_token_ids)
+    from loratune.sft_data import (Renderer, answer_prefix, encode_prompts, encode_sft, learns_earlier,
+                                   load_sft_dataset, stop_token_ids)
 
     store = RunStore(run_dir).require()
     refuse_while_training(store)  # (evaluate_run checked too; a direct caller gets the same answer)
@@ -393,7 +393,8 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
     model.to(device).eval()
     renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
     prefix = "test" if split == "test" else ("val" if SPLIT_NAMES[split] == "validation" else "train")
-    enc = encode_sft(tokenizer, renderer, data_split.examples, cfg.model.max_length)
+    # scored on the tokens the run learnt: a run recorded before every assistant turn was learnt, on its last turns
+    enc = encode_sft(tokenizer, renderer, data_split.examples, cfg.model.max_length, learns_earlier(store.read_run()))
     autocast = eval_precision(cfg, model, device, LM_HEAD_NAMES)
     # `<split>/n`, rows scored, as a classifier's evaluation has it (every example one row: encode_sft). Here only, not
     # in evaluate_lm: a training point's val/n would be read by diagnose as the val size of a share of tokens

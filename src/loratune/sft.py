@@ -65,7 +65,7 @@ from loratune.objectives import (NOTHING_KEPT, PROMPT_GROUPS, PROMPT_OBJECTIVE_S
 from loratune.models import load_causal_lm, load_tokenizer, resolve_model
 from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn, answer_prefix,
                                check_end_token, encode_prompts, encode_sft, encoding_notes, prompt_prefix,
-                               stop_token_ids)
+                               stop_token_ids, LOSS_COVERS_KEY, EVERY_TURN)
 from loratune.store import RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
@@ -759,6 +759,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         VALIDATED_ON: validated_on(dataset.validation),  # evaluate and tune --resume check they re-read this split
         **data_seed_record(dataset, cfg.train.seed),
         "template": renderer.mode,
+        LOSS_COVERS_KEY: EVERY_TURN,  # evaluate scores a run recorded before the key on the last turns (learns_earlier)
         "truncated": {"train": train_enc.truncated, "val": val_enc.truncated, "max_length": cfg.model.max_length},
         "tokens": {"train": int(train_enc.lengths.sum()),
                    "train_completion": int(train_enc.completion_tokens.sum()),

@@ -359,6 +359,40 @@ def test_chat_rows_train_through_the_tokenizer_chat_template(tmp_path):
     assert "carved a random 12% (2 of 16 rows)" in run["data_notes"][0]  # the share carved, 10% asked
 
 
+def test_a_multi_turn_run_records_what_its_loss_covers_and_an_older_run_is_evaluated_as_it_was_trained(tmp_path,
+                                                                                                        capsys):
+    """`evaluate` re-encoded every run with today's rule (every assistant turn), so a multi-turn run recorded before
+    it (its last turns learnt and scored) was scored over other tokens than it recorded. run.json says what the
+    loss covers; a run without the key is scored on its chats' last turns."""
+    from loratune.sft_data import EVERY_TURN, LOSS_COVERS_KEY, encode_sft, load_sft_dataset
+    from transformers import AutoTokenizer
+
+    model = save_tiny_llama_lm(tmp_path / "chat-model", chat_template=True)
+    rows = make_sft_rows(4, seed=5)
+    chats = [{"messages": [{"role": "user", "content": a["prompt"]}, {"role": "assistant", "content": a["completion"]},
+                           {"role": "user", "content": b["prompt"]}, {"role": "assistant", "content": b["completion"]}]}
+             for a, b in zip(rows, rows[1:] + rows[:1])]
+    write_jsonl(tmp_path / "chats.jsonl", chats)
+    out = tmp_path / "run"
+    cfg = sft_overrides(model, tmp_path / "none", out, max_steps=2, eval_steps=1, max_length=64)
+    cfg = [c for c in cfg if not c.startswith("dataset_name=")] + [f"train_file={tmp_path / 'chats.jsonl'}"]
+    assert cli.main(["train", "-q", *cfg]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run[LOSS_COVERS_KEY] == EVERY_TURN
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out), "--split", "validation", "--json"]) == 0
+    every = json.loads(capsys.readouterr().out)
+    assert every["val/tokens"] == run["best"]["val/tokens"]
+    del run[LOSS_COVERS_KEY]  # a run recorded before the key
+    (out / "run.json").write_text(json.dumps(run))
+    assert cli.main(["evaluate", str(out), "--split", "validation", "--json"]) == 0
+    last = json.loads(capsys.readouterr().out)
+    tok = AutoTokenizer.from_pretrained(out / "adapter")
+    val = load_sft_dataset(load_config(None, cfg).data, seed=run.get("data_seed", 42)).validation.examples
+    enc = encode_sft(tok, Renderer.for_tokenizer(tok, "auto"), val, 64, learn_earlier=False)
+    assert last["val/tokens"] == enc.scored(range(len(enc))) < every["val/tokens"]
+
+
 def _refused_train(lm, tmp_path, capsys) -> str:
     """train task=causal-lm on tmp_path/train.jsonl: refused (exit 2, no traceback, no run folder made); its stderr."""
     code = cli.main(["train", "-q", "task=causal-lm", f"name_or_path={lm}", f"train_file={tmp_path / 'train.jsonl'}",

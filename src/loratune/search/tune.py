@@ -288,6 +288,14 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         study.set_meta(**{VALIDATED_ON: validated_on(dataset.validation)})
     if not study.records() and TRAINED_ON not in study.meta:  # (likewise)
         study.set_meta(**{TRAINED_ON: trained_on(dataset)})
+    if cfg.model.task == "causal-lm":  # what its trials' losses cover: every assistant turn of a chat since the key
+        from loratune.sft_data import EVERY_TURN, LOSS_COVERS_KEY, loss_covers_note
+
+        covers = loss_covers_note(study.meta, dataset.train.examples) if study.records() else None
+        if covers:
+            ui.note(covers)
+        elif not study.records():
+            study.set_meta(**{LOSS_COVERS_KEY: EVERY_TURN})
     prior_eps, prior_overhead_s = PLAN_PRIORS[cfg.model.task]
     options = dc_replace(options, examples_per_s=options.examples_per_s or prior_eps)
 
