@@ -510,11 +510,12 @@ class Renderer:
                             "one text")
         return turns[0].content
 
-    def completion(self, turns: tuple[Turn, ...], completion: str) -> str:
-        """The completion as the template writes it after the prompt (chat: up to its end-of-turn mark)."""
+    def completion(self, turns: tuple[Turn, ...], completion: str, prompt: str | None = None) -> str:
+        """The completion as the template writes it after the prompt (chat: up to its end-of-turn mark). `prompt`:
+        self.prompt(turns), when the caller has it (learn_earlier_texts: one render fewer per earlier turn)."""
         if self.mode != "chat":
             return completion
-        prompt = self.prompt(turns)
+        prompt = self.prompt(turns) if prompt is None else prompt
         full = self._chat(turns, [_msg(t) for t in turns] + [{"role": "assistant", "content": completion}])
         return full[len(prompt):] if full.startswith(prompt) else completion
 
@@ -803,7 +804,7 @@ def learn_earlier_texts(renderer: Renderer, example: Example) -> list[str] | Non
         head = renderer.prompt(turns[:i])
         if not head.startswith(done):
             return None
-        answer = renderer.completion(turns[:i], turns[i].content)
+        answer = renderer.completion(turns[:i], turns[i].content, head)
         out += [head[len(done):], answer]
         done = head + answer
     full = renderer.prompt(turns)

@@ -263,6 +263,24 @@ def test_an_earlier_turn_whose_tokens_run_into_the_next_turn_is_not_learnt_and_t
         "writes a chat's text across the edge of a turn as one token, so the turn's own tokens are not in the chat's"]
 
 
+def test_learning_earlier_turns_renders_each_prefix_twice_not_three_times(monkeypatch):
+    """Encoding 16-turn chats cost 27 s per 1000 rows against 8.4 s for last-turn-only: each earlier answer rendered
+    its prefix three times (head, then completion's own prompt and full chat). The completion reuses the head."""
+    from loratune.sft_data import learn_earlier_texts
+
+    chatml = make_chatml_tokenizer()
+    r = Renderer.for_tokenizer(chatml, "auto")
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(8)]
+    example = parse_sft_rows([{"messages": turns}], DataConfig(), "f.jsonl", "train").examples[0]
+    whole = r.prompt(example.prompt)
+    calls = []
+    real = Renderer._chat
+    monkeypatch.setattr(Renderer, "_chat", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    texts = learn_earlier_texts(r, example)
+    assert "".join(texts) == whole and len(texts) == 7
+    assert len(calls) == 2 * 3 + 1  # per earlier answer: its head and the chat through it; then the whole prompt
+
+
 def test_a_sharegpt_turn_marked_weight_0_is_refused_not_learnt_silently():
     rows = [{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "no", "weight": 0},
                                {"from": "human", "value": "sum"}, {"from": "gpt", "value": "four", "weight": 1}]}]
