@@ -770,9 +770,9 @@ def encoding_notes(split: str, enc: "SFTEncoded", renderer: Renderer) -> list[st
     notes = []
     if enc.end_stripped:
         ends = " / ".join(f"'{e}'" for e in end_texts(renderer.tokenizer, renderer))
-        notes.append(f"{split}: {enc.end_stripped} chat(s) had an assistant turn ending with {ends}, which the chat "
-                     "template writes after every answer: dropped from the turn, so the end is learnt once (as TRL "
-                     "does)")
+        notes.append(f"{split}: {enc.end_stripped} row(s) had an assistant answer ending with {ends}, which the chat "
+                     "template writes after every answer: dropped from the answer, so the end is written and learnt "
+                     "once")
     for why, n in enc.earlier_unlearnt.items():
         if n:
             notes.append(f"{split}: {n} assistant turn(s) before the last {UNLEARNT_WHY[why]}")

@@ -93,8 +93,8 @@ def test_a_chat_completion_that_ends_with_the_eos_text_learns_the_end_of_turn_on
         assert tokens(chatml, enc.ids[i][enc.prompt_lens[i]:]) == ["your", "pin", "is", "reset", "<|im_end|>", "\n"]
     assert enc.end_stripped == 2
     assert encoding_notes("train", enc, r) == [
-        "train: 2 chat(s) had an assistant turn ending with '<|im_end|>', which the chat template writes after every "
-        "answer: dropped from the turn, so the end is learnt once (as TRL does)"]
+        "train: 2 row(s) had an assistant answer ending with '<|im_end|>', which the chat template writes after "
+        "every answer: dropped from the answer, so the end is written and learnt once"]
     assert encoding_notes("train", encode_sft(chatml, r, rows[2:], 64), r) == []
     chat = make_tokenizer(chat_template=True)  # '<|end|>' both the end-of-turn mark and the EOS
     enc = encode_sft(chat, Renderer.for_tokenizer(chat, "auto"), [Example((Turn("user", "pin"),), "your pin <|end|>")], 64)
@@ -203,8 +203,8 @@ def test_an_earlier_assistant_turn_ending_with_the_end_text_is_learnt_once_and_w
     assert enc.ids == clean.ids and enc.earlier == clean.earlier
     assert encode_prompts(chatml, r, examples, 128)[0] == enc.ids[0][:enc.prompt_lens[0]]  # generated as trained
     assert encoding_notes("train", enc, r) == [
-        "train: 1 chat(s) had an assistant turn ending with '<|im_end|>', which the chat template writes after every "
-        "answer: dropped from the turn, so the end is learnt once (as TRL does)"]
+        "train: 1 row(s) had an assistant answer ending with '<|im_end|>', which the chat template writes after "
+        "every answer: dropped from the answer, so the end is written and learnt once"]
 
 
 def test_a_chat_opening_with_an_assistant_turn_says_that_turn_is_not_learnt_because_it_opens_the_chat():
