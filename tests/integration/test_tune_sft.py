@@ -208,3 +208,36 @@ def test_a_metric_the_prompt_set_cannot_score_is_refused_before_the_study_is_mad
     err = " ".join(capsys.readouterr().err.split())
     assert rc == 2 and "Traceback" not in err and not study.exists()
     assert "prompt_novel_chrf scores the prompt set's 'novel' rows, and data.prompt_set has none" in err
+
+
+def test_resuming_a_study_recorded_before_loss_covers_notes_that_its_losses_are_not_comparable(tmp_path, capsys):
+    """A study whose trials learnt each multi-turn chat's last answer only (recorded before every assistant turn was
+    learnt), resumed: its new trials' val/loss covers every assistant turn, so the two are said not comparable."""
+    from loratune.search.study import Study
+    from loratune.sft_data import EVERY_TURN, LOSS_COVERS_KEY
+    from loratune.store import STUDY_META_ATTR
+
+    lm = save_tiny_llama_lm(tmp_path / "lm", chat_template=True)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n, seed in (("train", 10, 1), ("validation", 3, 2), ("test", 3, 3)):
+        rows = make_sft_rows(n, seed=seed)
+        write_jsonl(data / f"{name}.jsonl", [
+            {"messages": [{"role": "user", "content": a["prompt"]}, {"role": "assistant", "content": a["completion"]},
+                          {"role": "user", "content": b["prompt"]}, {"role": "assistant", "content": b["completion"]}]}
+            for a, b in zip(rows, rows[1:] + rows[:1])])
+    study = tmp_path / "study"
+    args = ["task=causal-lm", f"name_or_path={lm}", f"dataset_name={data}", "learning_rate=1e-2", "max_length=48",
+            "num_threads=1", "--study-dir", str(study), "--trial-steps", "4", "-q"]
+    assert main(["tune", *args, "--budget", "2trials"]) == 0
+    s = Study.open(study, resume=True)
+    meta = s.meta
+    assert meta.pop(LOSS_COVERS_KEY) == EVERY_TURN
+    s.optuna.set_user_attr(STUDY_META_ATTR, meta)  # as a study recorded before the key
+    s.close()
+    capsys.readouterr()
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "3trials", "-q"]) == 0
+    said = capsys.readouterr()
+    said = " ".join((said.out + said.err).split())  # (the notes wrap to the terminal's width)
+    assert ("the study's earlier trials learnt and scored each chat's last assistant turn" in said
+            and "their losses are not comparable" in said)

@@ -966,3 +966,14 @@ def test_a_lone_surrogate_in_a_training_row_is_refused_naming_the_row(row, said)
         parse_sft_rows([row], DataConfig(), "f.jsonl", "train")
     assert f"data file 'f.jsonl' {said}" in str(exc.value)
     assert "restore its pair" in exc.value.fix
+
+
+def test_a_study_recorded_before_loss_covers_is_noted_when_its_chats_have_earlier_answers():
+    """tune --resume of a study whose trials learnt each chat's last answer only mixed two meanings of val/loss."""
+    from loratune.sft_data import EVERY_TURN, LOSS_COVERS_KEY, loss_covers_note
+
+    multi = parse_sft_rows([{"messages": MULTI}], DataConfig(), "f.jsonl", "train").examples
+    single = parse_sft_rows([{"messages": MULTI[2:]}], DataConfig(), "f.jsonl", "train").examples
+    assert "not comparable" in loss_covers_note({}, multi)
+    assert loss_covers_note({LOSS_COVERS_KEY: EVERY_TURN}, multi) is None
+    assert loss_covers_note({}, single) is None  # one answer per chat: the same tokens either way
