@@ -13,6 +13,9 @@ class ModelInfo:
     num_layers: int | None
     hidden_size: int | None
     max_positions: int | None
+    # the longest input the positions index (position_limit, the rule check_max_length applies); None where rotary,
+    # relative or unbounded (Llama: max_positions 256, no limit: a longer input runs)
+    position_limit: int | None = None
 
 
 def describe_model(cfg: ModelConfig) -> ModelInfo | None:
@@ -38,7 +41,7 @@ def describe_model(cfg: ModelConfig) -> ModelInfo | None:
     # max_length proposed from the raw count was refused by train and crashed every tune trial
     usable = None if positions is None else positions - POSITION_OFFSET.get(model_type, 0)
     return ModelInfo(model_type, first("num_hidden_layers", "n_layer", "num_layers"),
-                     first("hidden_size", "n_embd", "d_model"), usable)
+                     first("hidden_size", "n_embd", "d_model"), usable, position_limit(c))
 
 
 # model types whose learned position ids start after the padding index (RoBERTa's `create_position_ids_from_input_ids`):

@@ -76,12 +76,50 @@ def test_max_length_cap_rule_subtracts_generated_tokens():
     from loratune.assess.rules import MAX_LENGTH_CAP_UNKNOWN, max_length_cap, max_length_cap_note, recommend
 
     facts = {"token_p99": 155.0, "token_p99_ceil": 155, "token_max": 162, "model_max_positions": 64,
-             "generated_tokens": 10, "train_rows": 100}
+             "model_position_limit": 64, "generated_tokens": 10, "train_rows": 100}
     assert max_length_cap(facts) == 54 and max_length_cap({**facts, "generated_tokens": 0}) == 64
     assert max_length_cap({"generated_tokens": 10}) == MAX_LENGTH_CAP_UNKNOWN
     c = next(c for c in recommend(facts).choices if c.rule == "start-max-length-p99")
     assert c.value == 54
     assert max_length_cap_note(facts) == ", capped at the model's 64 positions less the 10 tokens generated after a prompt"
+
+
+def test_max_length_cap_subtracts_only_where_the_positions_end():
+    # Llama (rotary): 256 positions, no limit (check_max_length passes any length). 300 generated tokens proposed
+    # max_length=-44 ("capped at the model's 256 positions less the 300 tokens"), which train refused (>= 8); 245
+    # proposed 11, under the rule's floor of 16
+    from loratune.assess.rules import max_length_cap, max_length_cap_note, recommend
+
+    rotary = {"token_p99": 20.0, "token_p99_ceil": 20, "token_max": 20, "model_max_positions": 256,
+              "model_position_limit": None, "train_rows": 16}
+    for new in (0, 245, 300):
+        facts = {**rotary, "generated_tokens": new}
+        assert max_length_cap(facts) == 256
+        c = next(c for c in recommend(facts).choices if c.rule == "start-max-length-p99")
+        assert c.value == 24 and max_length_cap_note(facts) == ""
+    # learned positions: the limit less the generated tokens, never below the config's minimum (8)
+    learned = {**rotary, "model_max_positions": 32, "model_position_limit": 32}
+    assert max_length_cap({**learned, "generated_tokens": 20}) == 12
+    assert max_length_cap({**learned, "generated_tokens": 40}) == 8
+    long = {**rotary, "token_p99": 300.0, "token_p99_ceil": 300, "generated_tokens": 300}
+    assert max_length_cap_note(long) == ", capped at the model's 256 positions"
+
+
+def test_assess_proposes_a_max_length_train_takes_on_a_rotary_model(lm_and_data, capsys):
+    lm, data = lm_and_data
+    ps = data.parent / "ps.jsonl"
+    write_jsonl(ps, [{"prompt": "hello", "reference": "x", "group": "novel"}])
+    for new in (245, 300):
+        code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}", f"prompt_set={ps}",
+                              f"max_new_tokens={new}")
+        assert code == 0 and a["facts"]["model_max_positions"] == 256 and a["facts"]["model_position_limit"] is None
+        length = a["recommendation"]["overrides"]["model.max_length"]
+        assert length >= 16
+        from loratune import api
+
+        cfg = api.load_config(None, ["task=causal-lm", f"name_or_path={lm}", f"dataset_name={data}",
+                                     f"prompt_set={ps}", f"max_new_tokens={new}", f"max_length={length}"])
+        api.check(cfg, api.prepare(cfg))
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,9 @@ def _catalogue() -> dict[str, Fact]:
         "model_layers": Fact("layers", "transformer blocks of the model"),
         "model_hidden": Fact("units", "hidden size of the model"),
         "model_max_positions": Fact("tokens", "the model's maximum positions"),
+        "model_position_limit": Fact("tokens", "the longest input the model's learned or fixed position embeddings "
+                                     "index (model_info.position_limit, the limit train checks max_length against); "
+                                     "None where positions are rotary or relative"),
         "generated_tokens": Fact("tokens", "the most tokens a causal-lm run generates after a prompt (a prompt set's "
                                  "max_new_tokens, a generated label; model_info.generated_tokens); 0 for a classifier"),
         "probe_macro_f1": Fact("macro-F1", "val macro-F1 of a logistic probe on frozen mean-pooled embeddings"),
@@ -270,6 +273,7 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
     f["model_layers"] = mi.num_layers if mi else None
     f["model_hidden"] = mi.hidden_size if mi else None
     f["model_max_positions"] = mi.max_positions if mi else None
+    f["model_position_limit"] = mi.position_limit if mi else None
     f["generated_tokens"] = 0  # a classifier generates nothing after its input (assess.sft measures a causal-lm run's)
     f["probe_macro_f1"] = probe.macro_f1 if probe else None
     f["probe_accuracy"] = probe.accuracy if probe else None

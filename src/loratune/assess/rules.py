@@ -82,19 +82,29 @@ REASON_EXTRAS = ("value", "ffn_top_k", "ffn_top_k_cap", "ceiling_by_model", "bre
 MAX_LENGTH_CAP_UNKNOWN = 512  # the max_length cap where the model's positions are unknown
 
 
+MAX_LENGTH_FLOOR = 16  # start-max-length-p99's least proposal where the model takes it
+
+
 def _max_length(f: Mapping[str, Any], chosen: Mapping[str, Any]) -> int | None:
     p99 = f.get("token_p99")
     if p99 is None:
         return None
-    return int(min(max(16, round_up(p99, 8)), max_length_cap(f)))
+    return int(min(max(MAX_LENGTH_FLOOR, round_up(p99, 8)), max_length_cap(f)))
 
 
 def max_length_cap(f: Mapping[str, Any]) -> int:
-    """The longest max_length the model takes: its positions less the tokens a causal-lm run generates after a prompt
-    (generated_tokens: model_info.check_max_length's rule, which train applies; OPT's 32 positions with a 3-token
-    label took max_length 29, not the 32 assess proposed), or MAX_LENGTH_CAP_UNKNOWN where the positions are unknown."""
-    positions = f.get("model_max_positions")
-    return positions - (f.get("generated_tokens") or 0) if positions else MAX_LENGTH_CAP_UNKNOWN
+    """The longest max_length the model takes, never below the config's minimum: where its position embeddings end
+    (model_position_limit: model_info.position_limit, check_max_length's rule, which train applies) that limit less the
+    tokens a causal-lm run generates after a prompt (OPT's 32 positions with a 3-token label took max_length 29, not
+    the 32 assess proposed); where nothing ends (rotary: Llama) the model's positions, nothing subtracted (a 300-token
+    prompt set on Llama's 256 positions proposed -44, which train refused); MAX_LENGTH_CAP_UNKNOWN where unknown."""
+    from loratune.config import key_table
+
+    least = key_table()["model.max_length"].metadata["min"]
+    limit, positions = f.get("model_position_limit"), f.get("model_max_positions")
+    if limit:
+        return max(least, limit - (f.get("generated_tokens") or 0))
+    return max(least, positions) if positions else MAX_LENGTH_CAP_UNKNOWN
 
 
 def max_length_cap_note(f: Mapping[str, Any]) -> str:
@@ -102,11 +112,13 @@ def max_length_cap_note(f: Mapping[str, Any]) -> str:
     "": a reason or finding naming only the p99 named a max_length the start config does not propose (p99 308,
     max_length 256)."""
     p99 = f.get("token_p99")
-    if p99 is None or _max_length(f, {}) >= max(16, round_up(p99, 8)):
+    if p99 is None or _max_length(f, {}) >= max(MAX_LENGTH_FLOOR, round_up(p99, 8)):
         return ""
-    known, new = f.get("model_max_positions"), f.get("generated_tokens") or 0
-    return ((f", capped at the model's {known} positions" + (f" less the {new} tokens generated after a prompt"
-                                                               if new else "")) if known else
+    limit, known, new = f.get("model_position_limit"), f.get("model_max_positions"), f.get("generated_tokens") or 0
+    if limit:
+        return f", capped at the model's {limit} positions" + (f" less the {new} tokens generated after a prompt"
+                                                               if new else "")
+    return (f", capped at the model's {known} positions" if known else
             f", capped at {MAX_LENGTH_CAP_UNKNOWN} (the model's positions unknown)")
 
 
@@ -203,8 +215,10 @@ START_RULES: tuple[StartRule, ...] = (
                       _batch, uses=("train_rows",)),
               "{train_rows} training rows: batch {value} (small data: smaller batches give more steps)"),
     StartRule("start-max-length-p99", "model.max_length",
-              Derived("token p99 of train rounded up to a multiple of 8, within [16, model max positions - generated "
-                      "tokens]", _max_length, uses=("token_p99", "model_max_positions", "generated_tokens")),
+              Derived(f"token p99 of train rounded up to a multiple of 8, within [{MAX_LENGTH_FLOOR}, the model's "
+                      "position limit - generated tokens where its position embeddings end, else its max positions]",
+                      _max_length, uses=("token_p99", "model_max_positions", "model_position_limit",
+                                         "generated_tokens")),
               "99% of training texts fit in {token_p99_ceil} tokens (max {token_max}): max_length={value}"
               "{max_length_cap}"),
     StartRule("ceiling-rank", "ceiling.r", Derived(

@@ -133,6 +133,7 @@ def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
         "truncated_share_at_max_length": float(np.mean(lengths > cfg.model.max_length)),
         "model_layers": info.num_layers if info else None, "model_hidden": info.hidden_size if info else None,
         "model_max_positions": info.max_positions if info else None,
+        "model_position_limit": info.position_limit if info else None,
         # what check_max_length adds to max_length: start-max-length-p99 caps at the positions less it
         "generated_tokens": max((n for n, _ in generated_tokens(cfg, dataset).values()), default=0),
         "template": renderer.mode,
