@@ -98,36 +98,13 @@ def prepare(cfg: RunConfig) -> Dataset:
 def check(cfg: RunConfig, dataset) -> None:
     """A UserError naming what training would crash on (empty texts, a split too small, a max_length beyond the
     model's position embeddings). `train` and `plan` (the dry run) run it themselves, before anything loads."""
+    from loratune.checks import run_checks
     from loratune.errors import UserError
 
     cfg = require_built(cfg, "check")
     if dataset is None:
         raise UserError("api.check needs the dataset to check", "api.check(cfg, api.prepare(cfg))")
-    _check(cfg, _dataset(cfg, dataset, "check"))
-
-
-def _check(cfg: RunConfig, dataset) -> list:
-    """`check` of a validated cfg and its dataset: the one list of checks `train`, `plan` and `check` run (the CLI's
-    `train` and `train --dry-run` through them). Returns the prompt set's items as read (a causal-lm run's; else [])."""
-    from loratune.model_info import check_max_length
-    from loratune.trackers import require as require_trackers
-
-    recipe(cfg, "check")(dataset)
-    require_trackers(cfg.train.report_to)  # a tracker's missing package: training would refuse it after loading
-    items: list = []
-    if cfg.model.task != "causal-lm":  # what training reads before its first step, read now (the dry run too)
-        from loratune.slices import load_probe_set
-        from loratune.train import objective_key
-
-        objective_key(cfg, dataset.label_space.multi_label)  # a metric this task does not compute
-        if cfg.data.probe_file:
-            load_probe_set(cfg.data.probe_file, cfg.data.text_column, cfg.data.label_column)
-    else:  # the prompt set's rows and the metric that picks the model, as train_sft reads them before its first step
-        from loratune.sft import read_prompt_set
-
-        items, _ = read_prompt_set(cfg, dataset)
-    check_max_length(cfg, dataset)
-    return items
+    run_checks(cfg, _dataset(cfg, dataset, "check"))
 
 
 def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = True) -> dict:
@@ -139,10 +116,12 @@ def train(cfg: RunConfig, dataset: Dataset | None = None, *, progress: bool = Tr
 
 
 def _train(cfg: RunConfig, dataset: Dataset | None, *, progress: bool) -> dict:
+    from loratune.checks import run_checks
+
     cfg = require_built(cfg, "train")
     dataset = _dataset(cfg, dataset, "train")
     dataset = dataset if dataset is not None else prepare(cfg)
-    _check(cfg, dataset)  # what training would crash on (a max_length past the position embeddings: mid-run, after
+    run_checks(cfg, dataset)  # what training would crash on (a max_length past the position embeddings: mid-run, after
     # the earlier run in output_dir was deleted), refused before anything is replaced
     _output_dir_note(cfg)  # an output_dir training refuses is refused now, before the model loads
     store = RunStore(cfg.train.output_dir)
@@ -179,13 +158,14 @@ def plan(cfg: RunConfig, dataset: Dataset | None = None) -> dict:
     """What a run would do, without training (`loratune train --dry-run`): resolved targets, parameter counts, planned
     steps; what training would refuse (`check`) is refused here too."""
     from loratune.adapt import apply_adapter, count_params
+    from loratune.checks import run_checks
     from loratune.models import load_classifier
     from loratune.train import eval_rows_per_point, examples_planned, plan_steps
 
     cfg = require_built(cfg, "plan")
     dataset = _dataset(cfg, dataset, "plan")
     dataset = dataset if dataset is not None else prepare(cfg)
-    items = _check(cfg, dataset)  # the dry run refuses what training would (README: in --dry-run as in training)
+    items = run_checks(cfg, dataset)  # the dry run refuses what training would (README: in --dry-run as in training)
     replaced = _output_dir_note(cfg)  # an output_dir training refuses: refused, as api.train does
     # what the run would replace, said as the run says it (train.start_record), the dry run replacing nothing
     notes = list(dataset.notes) + ([f"{replaced} (when it trains: the dry run leaves it whole)"] if replaced else [])

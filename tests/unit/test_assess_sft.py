@@ -284,3 +284,17 @@ def test_sft_rule_tables_lint_clean():
 
     assert lint_rules(SFT_START_RULES, GENERATE_CONSISTENCY_RULES) == []
     assert lint_rules(SFT_START_RULES, OPEN_CONSISTENCY_RULES) == []
+
+
+def test_assess_refuses_what_train_refuses(lm_and_data, tmp_path, capsys):
+    # one training row, no validation file: assess printed 'start with: loratune train ...' (exit 0) while train
+    # --dry-run refused it ('validation: 0 rows'): assess ran its own list of checks, not train's (checks.run_checks)
+    lm, _ = lm_and_data
+    data = tmp_path / "one"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", make_sft_rows(8, seed=1)[:1])
+    code = cli.main(["assess", "task=causal-lm", f"name_or_path={lm}", f"dataset_name={data}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "validation: 0 rows" in err
+    code = cli.main(["train", "task=causal-lm", f"name_or_path={lm}", f"dataset_name={data}", "--dry-run"])
+    assert code == 2 and "validation: 0 rows" in capsys.readouterr().err

@@ -170,15 +170,14 @@ def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None,
                thresholds: AssessThresholds | None = None) -> dict:
     """Phase 0 of a causal-lm study, as plain data in `Assessment.to_dict()`'s shape (what `tune` stores and
     `search.protocol.start_from_assessment` reads). `thresholds`: the assess table (--thresholds; None: defaults)."""
-    from loratune.model_info import check_max_length
+    from loratune.checks import run_checks
     from loratune.models import load_tokenizer
-    from loratune.sft import read_prompt_set
     from loratune.sft_data import Renderer, check_end_token
 
-    # refused as train and tune refuse them, before a start config is proposed that train would not take: the prompt
-    # set's rows and metric (read as training reads them), max_length and what is generated after it, an EOS to stop at
-    read_prompt_set(cfg, dataset)
-    check_max_length(cfg, dataset)
+    # refused as train and tune refuse them, before a start config is proposed that train would not take: the one
+    # list of checks train runs (splits too small, the prompt set's rows and metric, max_length and what is generated
+    # after it), and an EOS to stop at (train's, once the tokenizer loads)
+    run_checks(cfg, dataset)
     tokenizer = load_tokenizer(cfg.model)
     check_end_token(tokenizer, Renderer.for_tokenizer(tokenizer, cfg.data.chat_template), cfg.model.name_or_path)
     say = progress or (lambda msg: None)
