@@ -298,3 +298,27 @@ def test_assess_refuses_what_train_refuses(lm_and_data, tmp_path, capsys):
     assert code == 2 and "validation: 0 rows" in err
     code = cli.main(["train", "task=causal-lm", f"name_or_path={lm}", f"dataset_name={data}", "--dry-run"])
     assert code == 2 and "validation: 0 rows" in capsys.readouterr().err
+
+
+def test_open_completions_keep_the_symbols_of_a_prompt(lm_and_data, tmp_path, capsys):
+    # arithmetic: train 'what is a + b' -> sum and 'what is a * b' -> product, validation 'what is a - b': the
+    # classifier's key (punctuation and symbols as spaces) made them one prompt: 'leakage (train->validation 18)',
+    # 'duplicate-rows 1' (2 + 2 and 2 * 2 are both 4) and 18 prompts with several completions
+    lm, _ = lm_and_data
+    data = tmp_path / "math"
+    data.mkdir()
+    pairs = [(a, b) for a in range(1, 4) for b in range(1, 7)]
+    write_jsonl(data / "train.jsonl", [{"prompt": f"what is {a} {op} {b}", "completion": str(f(a, b))}
+                                       for a, b in pairs for op, f in (("+", int.__add__), ("*", int.__mul__))])
+    write_jsonl(data / "validation.jsonl", [{"prompt": f"what is {a} - {b}", "completion": str(a - b)}
+                                            for a, b in pairs])
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}")
+    assert code == 0
+    f = a["facts"]
+    assert (f["leak_rows"], f["duplicate_rows_rows"], f["exact_conflict_groups"]) == (0, 0, 0)
+    assert {x["id"] for x in a["findings"]} & {"leakage", "duplicate-rows", "prompt-several-completions"} == set()
+    # case and spaces still aside: 'What is 1 + 1 ' in validation is train's prompt
+    write_jsonl(data / "validation.jsonl", [{"prompt": "What  is 1 + 1 ", "completion": "2"},
+                                            {"prompt": "what is 1 - 1", "completion": "0"}])
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}")
+    assert code == 0 and a["facts"]["leak_rows"] == 1 and a["facts"]["leak_where"] == "train->validation 1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -56,19 +56,25 @@ def profile_split(split: Split, *, thresholds: AssessThresholds = AssessThreshol
 
 @dataclass
 class TextPool:
-    """Rows of every split keyed by normalised text."""
+    """Rows of every split keyed by normalised text (`key`: assess.text.normalise, or a stricter key such as
+    assess.sft's for open completions); the key find_noise's duplicates and leakage use too."""
 
     refs: list[RowRef]
     by_norm: dict[str, list[int]]  # normalised text -> indices into refs
+    key: Callable[[str], str] = normalise
 
     @classmethod
-    def of(cls, splits: Mapping[str, Split]) -> "TextPool":
+    def of(cls, splits: Mapping[str, Split], key: Callable[[str], str] = normalise) -> "TextPool":
         refs, by = [], defaultdict(list)
         for name, sp in splits.items():
             for i, (t, labs) in enumerate(zip(sp.texts, sp.labels)):
-                by[normalise(t)].append(len(refs))
+                by[key(t)].append(len(refs))
                 refs.append(RowRef(name, i, t, tuple(labs)))
-        return cls(refs, dict(by))
+        return cls(refs, dict(by), key)
+
+    def text_key(self, text: str) -> str:
+        """data.text_key's rule under this pool's key: a text the key makes empty keyed by itself."""
+        return text_key(text) if self.key is normalise else (self.key(text) or " ".join(text.split()))
 
 
 def _label_key(labels: Sequence[str]) -> str:
@@ -239,7 +245,7 @@ def find_noise(splits: Mapping[str, Split], pool: TextPool, thresholds: AssessTh
                 hit("non_printable", t)
             # a text of symbols or punctuation only ("👍", "!!") normalises to "": keyed by itself (spaces
             # collapsed), or every such text counted as a duplicate of the first
-            key = (text_key(t), _label_key(labs))
+            key = (pool.text_key(t), _label_key(labs))
             if key in seen:
                 hit("duplicate_rows", t)
             seen.add(key)
@@ -262,7 +268,7 @@ def find_noise(splits: Mapping[str, Split], pool: TextPool, thresholds: AssessTh
             leak_ex: list[str] = []
             near_ex: list[str] = []
             for i, t in enumerate(splits[dst].texts):
-                n = normalise(t)
+                n = pool.key(t)
                 if not n:
                     continue
                 if src in splits_of[n]:

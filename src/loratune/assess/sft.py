@@ -23,6 +23,7 @@ from loratune.assess.records import AssessThresholds
 from loratune.assess.rules import (BATCH_WITHIN_ROWS, FINDING_RULES, START_RULES, Above, Bands, Derived, FindingRule,
                                    StartRule, batch_within_rows, evaluate_findings, max_length_cap_note, recommend)
 from loratune.assess.stats import fit_length
+from loratune.assess.text import normalise, spaced_key
 
 # Rules of the classifier's table that hold for a generative run as they are (by id).
 SHARED_RULES = ("start-rank-by-data", "start-scale-2", "start-targets-qv-ffn-top", "start-layers-all",
@@ -77,6 +78,11 @@ OPEN_CONSISTENCY_RULES: tuple[FindingRule, ...] = tuple(
                 "{exact_conflict_groups} prompt(s) appear with different completions ({exact_conflict_rows} rows): "
                 "open generation allows several answers, but if one is meant, drop or fix the others",
                 ("exact_conflict_groups", "exact_conflict_rows")),)
+# The key under which two prompts of open completions are one (exact conflicts, duplicates, leakage): case and spaces
+# aside, punctuation and symbols kept. assess.text.normalise folds symbols into spaces (a classifier's texts), so
+# 'what is 1 + 2' in train and 'what is 1 - 2' in validation were one prompt: 18 leaked rows, a duplicate row and 18
+# prompts with several completions on arithmetic data. Generated labels keep the classifier's key (and its near checks).
+OPEN_PROMPT_KEY = spaced_key
 CONSISTENCY_FACTS = ("exact_conflict_groups", "exact_conflict_rows", "near_conflict_pairs", "top_conflict_pair",
                      "duplicate_rows_rows", "duplicate_rows_where", "leak_rows", "leak_where", "near_leak_rows",
                      "near_leak_where", "near_leak_examples")
@@ -90,7 +96,7 @@ def consistency_facts(dataset, thresholds: AssessThresholds = AssessThresholds()
 
     splits = {name: Split(name, tuple(e.prompt_text for e in sp.examples), tuple((e.completion,) for e in sp.examples),
                           sp.source) for name, sp in dataset.splits().items()}
-    pool = TextPool.of(splits)
+    pool = TextPool.of(splits, normalise if dataset.generates_labels else OPEN_PROMPT_KEY)
     uniq = list(pool.by_norm)
     neighbours = (char_neighbours(uniq, thresholds.near_duplicate_neighbors, min(
         thresholds.near_duplicate_similarity, thresholds.near_leak_similarity)) if dataset.generates_labels

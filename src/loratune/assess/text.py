@@ -35,6 +35,13 @@ def normalise(text: str) -> str:
     return " ".join(t.split())
 
 
+def spaced_key(text: str) -> str:
+    """Case- and space-insensitive key, punctuation and symbols kept (NFKC, casefold, runs of spaces as one): where a
+    symbol is the content ('what is 2 + 3' and 'what is 2 * 3', 'explain C++' and 'explain C#' are other prompts),
+    normalise made them one prompt (false leakage, duplicates and several completions)."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
 def words(text: str) -> list[str]:
     return _WORD.findall(text.casefold())
 
