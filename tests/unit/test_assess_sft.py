@@ -322,3 +322,24 @@ def test_open_completions_keep_the_symbols_of_a_prompt(lm_and_data, tmp_path, ca
                                             {"prompt": "what is 1 - 1", "completion": "0"}])
     code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}")
     assert code == 0 and a["facts"]["leak_rows"] == 1 and a["facts"]["leak_where"] == "train->validation 1"
+
+
+def test_a_sampled_near_search_says_its_counts_are_lower_bounds(lm_and_data, tmp_path, capsys, monkeypatch):
+    # past NEIGHBOUR_COMPARISONS_MAX the near search queries a sample: the classifier's assessment says the near
+    # counts are lower bounds (neighbour_sample_note); the causal-lm one gave notes [] (20k rows: near_leak_rows 25)
+    from loratune.assess import profile
+
+    lm, _ = lm_and_data
+    data = tmp_path / "labelled"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", labelled_rows(8, seed=1, phrases=3))
+    write_jsonl(data / "validation.jsonl", labelled_rows(2, seed=2, phrases=3))
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}", "label_format=generate")
+    assert code == 0 and not any("lower bounds" in n for n in a["notes"])
+    monkeypatch.setattr(profile, "NEIGHBOUR_COMPARISONS_MAX", 100)
+    monkeypatch.setattr(profile, "NEIGHBOUR_QUERIES_MIN", 5)
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}", "label_format=generate")
+    assert code == 0
+    unique = len({" ".join(r["text"].split()) for r in labelled_rows(8, 1, 3) + labelled_rows(2, 2, 3)})
+    assert profile.neighbour_sample_note(unique) in a["notes"]
+    assert f"a fixed sample of 5 of {unique:,} unique texts" in profile.neighbour_sample_note(unique)

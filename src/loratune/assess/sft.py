@@ -88,10 +88,13 @@ CONSISTENCY_FACTS = ("exact_conflict_groups", "exact_conflict_rows", "near_confl
                      "near_leak_where", "near_leak_examples")
 
 
-def consistency_facts(dataset, thresholds: AssessThresholds = AssessThresholds()) -> dict[str, Any]:
+def consistency_facts(dataset, thresholds: AssessThresholds = AssessThresholds()) -> tuple[dict[str, Any], list[str]]:
     """CONSISTENCY_FACTS of the (prompt, completion) rows: exact conflicts, duplicates and cross-split copies of the
-    prompts, and for generated labels the near ones (char n-gram neighbours) as the classifier measures them."""
-    from loratune.assess.profile import TextPool, char_neighbours, find_conflicts, find_noise
+    prompts, and for generated labels the near ones (char n-gram neighbours) as the classifier measures them; and the
+    notes the classifier's assessment gives with them (neighbour_sample_note: near counts from a sample are lower
+    bounds)."""
+    from loratune.assess.profile import (TextPool, char_neighbours, find_conflicts, find_noise,
+                                         neighbour_sample_note)
     from loratune.data import Split
 
     splits = {name: Split(name, tuple(e.prompt_text for e in sp.examples), tuple((e.completion,) for e in sp.examples),
@@ -105,6 +108,7 @@ def consistency_facts(dataset, thresholds: AssessThresholds = AssessThresholds()
     noise = find_noise(splits, pool, thresholds, neighbours, uniq)
     top = next((p for p in conflicts.exact_first() if p.exact), None)
     near_ex = [e for lk in noise.leakage for e in lk.near_examples]
+    notes = [n for n in [neighbour_sample_note(len(uniq))] if n] if dataset.generates_labels else []
     return {
         "exact_conflict_groups": conflicts.exact_groups, "exact_conflict_rows": conflicts.exact_rows,
         "near_conflict_pairs": conflicts.near_pairs, "top_conflict_pair": f"{top.a} / {top.b}" if top else None,
@@ -115,7 +119,7 @@ def consistency_facts(dataset, thresholds: AssessThresholds = AssessThresholds()
         "near_leak_rows": noise.near_leak_rows,
         "near_leak_where": ", ".join(f"{lk.source}->{lk.split} {lk.near_rows}" for lk in noise.leakage if lk.near_rows),
         "near_leak_examples": "; ".join(near_ex[: thresholds.max_examples]),
-    }
+    }, notes
 
 
 def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
@@ -191,7 +195,8 @@ def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None,
     say("tokenising the rendered training rows")
     facts = sft_facts(cfg, dataset, tokenizer)
     say("checking the rows' consistency")
-    facts.update(consistency_facts(dataset, thresholds if thresholds is not None else AssessThresholds()))
+    consistency, sampled = consistency_facts(dataset, thresholds if thresholds is not None else AssessThresholds())
+    facts.update(consistency)
     rec = recommend(facts, SFT_START_RULES)
     return {
         "task": "causal-lm", "dataset": cfg.data.train_file or cfg.data.dataset_name or "",
@@ -200,5 +205,5 @@ def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None,
             thresholds if thresholds is not None else AssessThresholds()),
         "recommendation": {"overrides": dict(rec.overrides), "choices": [asdict(c) for c in rec.choices],
                            "capacity_ceiling": asdict(rec.capacity_ceiling), "lr_grid": list(rec.lr_grid)},
-        "notes": list(dataset.notes), "timings": {"total_s": time.perf_counter() - t0},
+        "notes": list(dataset.notes) + sampled, "timings": {"total_s": time.perf_counter() - t0},
     }
