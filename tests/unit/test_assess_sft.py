@@ -343,3 +343,23 @@ def test_a_sampled_near_search_says_its_counts_are_lower_bounds(lm_and_data, tmp
     unique = len({" ".join(r["text"].split()) for r in labelled_rows(8, 1, 3) + labelled_rows(2, 2, 3)})
     assert profile.neighbour_sample_note(unique) in a["notes"]
     assert f"a fixed sample of 5 of {unique:,} unique texts" in profile.neighbour_sample_note(unique)
+
+
+def test_consistency_facts_are_the_classifiers_formulas(lm_and_data, monkeypatch):
+    # one rule, one place: assess.sft re-implemented the classifier's conflict, duplicate and leakage facts
+    # (top_conflict_pair, *_where, leak_rows, near_leak_examples); both now read assess.facts.consistency_facts
+    from loratune import api
+    from loratune.assess import facts as F
+    from loratune.assess import sft as S
+    from loratune.config import TASK_DEFAULTS
+
+    lm, data = lm_and_data
+    calls = []
+    real = F.consistency_facts
+    monkeypatch.setattr(F, "consistency_facts", lambda *a: calls.append(a) or real(*a))
+    cfg = api.load_config(None, ["task=causal-lm", f"name_or_path={lm}", f"dataset_name={data}"])
+    got, notes = S.consistency_facts(api.prepare(cfg))
+    assert len(calls) == 1 and got == {k: v for k, v in real(*calls[0]).items() if k in S.CONSISTENCY_FACTS}
+    assert set(S.CONSISTENCY_FACTS) == set(real(*calls[0])) and notes == []
+    # the start batch is the task's default batch, read from config
+    assert S.SFT_START_BATCH == TASK_DEFAULTS["causal-lm"]["train.per_device_train_batch_size"]

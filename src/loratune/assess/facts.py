@@ -166,6 +166,25 @@ def _top_exact_pair(conflicts: Conflicts) -> str | None:
     return f"{top.a} / {top.b}" if top else None
 
 
+def consistency_facts(conflicts: Conflicts, noise: Noise, thresholds: AssessThresholds) -> dict[str, Any]:
+    """The conflict, duplicate and leakage facts of find_conflicts' and find_noise's records: the one formula of each,
+    for the classifier (compute_facts) and a causal-lm run (assess.sft, its prompts and completions)."""
+    near_ex = [e for lk in noise.leakage for e in lk.near_examples]
+    return {
+        "exact_conflict_groups": conflicts.exact_groups, "exact_conflict_rows": conflicts.exact_rows,
+        "near_conflict_pairs": conflicts.near_pairs, "top_conflict_pair": _top_exact_pair(conflicts),
+        "duplicate_rows_rows": sum(s.duplicate_rows for s in noise.splits),
+        "duplicate_rows_where": ", ".join(f"{s.split} {s.duplicate_rows}" for s in noise.splits if s.duplicate_rows),
+        # rows, each once: the per-pair sums counted a test row in both train and validation twice
+        "leak_rows": noise.leak_rows if noise.leak_rows is not None else sum(lk.rows for lk in noise.leakage),
+        "leak_where": ", ".join(f"{lk.source}->{lk.split} {lk.rows}" for lk in noise.leakage if lk.rows),
+        "near_leak_rows": (noise.near_leak_rows if noise.near_leak_rows is not None
+                           else sum(lk.near_rows for lk in noise.leakage)),
+        "near_leak_where": ", ".join(f"{lk.source}->{lk.split} {lk.near_rows}" for lk in noise.leakage if lk.near_rows),
+        "near_leak_examples": "; ".join(near_ex[: thresholds.max_examples]),
+    }
+
+
 def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: Conflicts, noise: Noise,
                   shifts: Mapping[str, SplitShift], resolution: Resolution, *, max_length: int | None,
                   model_info: ModelInfo | None, probe: ProbeResult | None,
@@ -190,11 +209,9 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         "token_max": tr.tokens.max if tr.tokens else None,
         "max_length": max_length, "truncated_share": tr.truncated_share,
         "unk_rate": tr.unk_rate,
-        "exact_conflict_groups": conflicts.exact_groups, "exact_conflict_rows": conflicts.exact_rows,
-        "near_conflict_pairs": conflicts.near_pairs,
-        "top_conflict_pair": _top_exact_pair(conflicts),
+        **consistency_facts(conflicts, noise, thresholds),
     }
-    for kind in ("empty", "very_short", "no_letters", "encoding_damage", "non_printable", "duplicate_rows"):
+    for kind in ("empty", "very_short", "no_letters", "encoding_damage", "non_printable"):
         f[f"{kind}_rows"] = sum(getattr(s, kind) for s in noise.splits)
         f[f"{kind}_where"] = ", ".join(f"{s.split} {getattr(s, kind)}" for s in noise.splits if getattr(s, kind))
     for lk in noise.leakage:
@@ -203,14 +220,6 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         f[f"leak_{src}_{short}_rows"] = lk.rows
         f[f"leak_{src}_{short}_share"] = lk.share
         f[f"near_leak_{src}_{short}_rows"] = lk.near_rows
-    # rows, each once: the per-pair sums counted a test row in both train and validation twice
-    f["leak_rows"] = noise.leak_rows if noise.leak_rows is not None else sum(lk.rows for lk in noise.leakage)
-    f["leak_where"] = ", ".join(f"{lk.source}->{lk.split} {lk.rows}" for lk in noise.leakage if lk.rows)
-    f["near_leak_rows"] = (noise.near_leak_rows if noise.near_leak_rows is not None
-                           else sum(lk.near_rows for lk in noise.leakage))
-    f["near_leak_where"] = ", ".join(f"{lk.source}->{lk.split} {lk.near_rows}" for lk in noise.leakage if lk.near_rows)
-    near_ex = [e for lk in noise.leakage for e in lk.near_examples]
-    f["near_leak_examples"] = "; ".join(near_ex[: thresholds.max_examples])
     for name, sh in shifts.items():
         s = {"validation": "val"}.get(name, name)
         f[f"js_{s}"] = sh.js_divergence

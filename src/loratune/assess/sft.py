@@ -24,12 +24,14 @@ from loratune.assess.rules import (BATCH_WITHIN_ROWS, FINDING_RULES, START_RULES
                                    StartRule, batch_within_rows, evaluate_findings, max_length_cap_note, recommend)
 from loratune.assess.stats import fit_length
 from loratune.assess.text import normalise, spaced_key
+from loratune.config import TASK_DEFAULTS
 
 # Rules of the classifier's table that hold for a generative run as they are (by id).
 SHARED_RULES = ("start-rank-by-data", "start-scale-2", "start-targets-qv-ffn-top", "start-layers-all",
                 "start-lr-by-model-size", "start-max-length-p99", "ceiling-rank")
 
-SFT_START_BATCH = 8  # sequences per step to start a causal-lm run with (5 rows got 8: one partial batch an epoch)
+# sequences per step to start a causal-lm run with: the task's default batch (5 rows got 8: one partial batch an epoch)
+SFT_START_BATCH: int = TASK_DEFAULTS["causal-lm"]["train.per_device_train_batch_size"]
 
 SFT_ONLY_RULES: tuple[StartRule, ...] = (
     StartRule("start-dropout-by-rows-sft", "adapter.lora_dropout", Bands("train_rows", ((1000, 0.1), (math.inf, 0.05))),
@@ -93,6 +95,7 @@ def consistency_facts(dataset, thresholds: AssessThresholds = AssessThresholds()
     prompts, and for generated labels the near ones (char n-gram neighbours) as the classifier measures them; and the
     notes the classifier's assessment gives with them (neighbour_sample_note: near counts from a sample are lower
     bounds)."""
+    from loratune.assess.facts import consistency_facts as shared_consistency_facts
     from loratune.assess.profile import (TextPool, char_neighbours, find_conflicts, find_noise,
                                          neighbour_sample_note)
     from loratune.data import Split
@@ -106,20 +109,9 @@ def consistency_facts(dataset, thresholds: AssessThresholds = AssessThresholds()
         else (np.zeros((len(uniq), 0)), np.zeros((len(uniq), 0), dtype=int)))
     conflicts = find_conflicts(pool, thresholds, neighbours, uniq)
     noise = find_noise(splits, pool, thresholds, neighbours, uniq)
-    top = next((p for p in conflicts.exact_first() if p.exact), None)
-    near_ex = [e for lk in noise.leakage for e in lk.near_examples]
     notes = [n for n in [neighbour_sample_note(len(uniq))] if n] if dataset.generates_labels else []
-    return {
-        "exact_conflict_groups": conflicts.exact_groups, "exact_conflict_rows": conflicts.exact_rows,
-        "near_conflict_pairs": conflicts.near_pairs, "top_conflict_pair": f"{top.a} / {top.b}" if top else None,
-        "duplicate_rows_rows": sum(s.duplicate_rows for s in noise.splits),
-        "duplicate_rows_where": ", ".join(f"{s.split} {s.duplicate_rows}" for s in noise.splits if s.duplicate_rows),
-        "leak_rows": noise.leak_rows, "leak_where": ", ".join(f"{lk.source}->{lk.split} {lk.rows}"
-                                                              for lk in noise.leakage if lk.rows),
-        "near_leak_rows": noise.near_leak_rows,
-        "near_leak_where": ", ".join(f"{lk.source}->{lk.split} {lk.near_rows}" for lk in noise.leakage if lk.near_rows),
-        "near_leak_examples": "; ".join(near_ex[: thresholds.max_examples]),
-    }, notes
+    return {k: v for k, v in shared_consistency_facts(conflicts, noise, thresholds).items()
+            if k in CONSISTENCY_FACTS}, notes
 
 
 def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
