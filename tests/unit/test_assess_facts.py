@@ -90,8 +90,10 @@ def test_rules_command_prints_the_assess_tables(capsys):
         assert rule.id in out
     assert main(["rules", "--json", "--features"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["assess"] == json.loads(json.dumps(rule_catalog()))
-    assert set(data["assess_facts"]) == set(FACTS)
+    from loratune.assess.sft import SFT_FACTS, sft_rule_catalog
+
+    assert data["assess"] == json.loads(json.dumps(rule_catalog() + sft_rule_catalog()))
+    assert set(data["assess_facts"]) == set(FACTS) | set(SFT_FACTS)
 
 
 def test_unseen_labels_count_rows_and_the_val_minimum_counts_train_classes_only():

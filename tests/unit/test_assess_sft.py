@@ -363,3 +363,19 @@ def test_consistency_facts_are_the_classifiers_formulas(lm_and_data, monkeypatch
     assert set(S.CONSISTENCY_FACTS) == set(real(*calls[0])) and notes == []
     # the start batch is the task's default batch, read from config
     assert S.SFT_START_BATCH == TASK_DEFAULTS["causal-lm"]["train.per_device_train_batch_size"]
+
+
+def test_rules_prints_the_causal_lm_rows_and_facts(capsys):
+    # `loratune rules` said it prints the assess rule tables, yet start-batch-sft, start-epochs-sft,
+    # prompt-several-completions, truncated-rows (the one reader of sft_truncation_share) and SFT_FACTS were in none
+    assert cli.main(["rules", "--json", "--features"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ids = {r["id"] for r in out["assess"]}
+    assert {"start-batch-sft", "start-epochs-sft", "start-dropout-by-rows-sft", "prompt-several-completions",
+            "truncated-rows", "label-like-completions"} <= ids
+    trunc = next(r for r in out["assess"] if r["id"] == "truncated-rows")
+    assert "t.sft_truncation_share" in trunc["when"]
+    assert {"completion_token_p50", "completion_share", "template", "model_position_limit"} <= set(out["assess_facts"])
+    assert cli.main(["rules", "--features"]) == 0
+    text = capsys.readouterr().out
+    assert "start-batch-sft" in text and "prompt-several-completions" in text and "completion_share" in text

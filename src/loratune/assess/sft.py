@@ -90,6 +90,31 @@ CONSISTENCY_FACTS = ("exact_conflict_groups", "exact_conflict_rows", "near_confl
                      "near_leak_where", "near_leak_examples")
 
 
+# sft_findings' rows written as code (not FindingRule: the truncation one names the proposed max_length), as
+# `loratune rules` prints them: (id, severity, when, what it says)
+SFT_CODE_FINDINGS = (
+    ("truncated-rows", "warn", "truncated_share_at_max_length > t.sft_truncation_share",
+     "{share} of training rows are longer than model.max_length; the start config proposes max_length=..."),
+    ("label-like-completions", "info", f"completion_token_p50 <= {SHORT_COMPLETION_TOKENS}",
+     "the median completion is {completion_token_p50} tokens: a label, not an answer; data.label_format=generate"),
+)
+
+
+def sft_rule_catalog() -> list[dict[str, Any]]:
+    """The causal-lm assessment's own rows, as assess.rules.rule_catalog gives the classifier's (for `loratune
+    rules`): its start rows (SFT_ONLY_RULES; the shared ones are the classifier's rows SHARED_RULES names) and its
+    findings (the open-completion consistency row the classifier lacks, and SFT_CODE_FINDINGS)."""
+    known = {r.id for r in FINDING_RULES}
+    rows: list[dict[str, Any]] = [
+        {"table": "assess-start-sft", "id": r.id, "key": r.key, "when": r.value.describe(), "reason": r.reason}
+        for r in SFT_ONLY_RULES]
+    rows += [{"table": "assess-finding-sft", "id": r.id, "severity": r.severity, "when": r.when.describe(),
+              "message": r.message, "uses": list(r.uses)} for r in OPEN_CONSISTENCY_RULES if r.id not in known]
+    rows += [{"table": "assess-finding-sft", "id": i, "severity": sev, "when": when, "message": msg, "uses": []}
+             for i, sev, when, msg in SFT_CODE_FINDINGS]
+    return rows
+
+
 def consistency_facts(dataset, thresholds: AssessThresholds = AssessThresholds()) -> tuple[dict[str, Any], list[str]]:
     """CONSISTENCY_FACTS of the (prompt, completion) rows: exact conflicts, duplicates and cross-split copies of the
     prompts, and for generated labels the near ones (char n-gram neighbours) as the classifier measures them; and the

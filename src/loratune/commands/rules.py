@@ -30,7 +30,11 @@ def run(args: argparse.Namespace) -> int:
 
     tables = load_threshold_tables(args.thresholds)  # every table's names (assess, LoRA vs full too)
     values = tables["diagnosis"]
-    assess_catalog = rule_catalog(AssessThresholds(**tables["assess"]))
+    from loratune.assess.sft import SFT_FACTS, SHARED_RULES, sft_rule_catalog
+
+    # the classifier's tables and the causal-lm assessment's own rows (its start rows, its findings, its facts)
+    assess_catalog = rule_catalog(AssessThresholds(**tables["assess"])) + sft_rule_catalog()
+    assess_facts = {**FACTS, **SFT_FACTS}
     lvf_catalog = lora_vs_full_catalog(DecideThresholds(**tables["lora_vs_full"]))
     if args.json:
         out = {
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if args.features:
             out["features"] = {n: {"group": s.group, "unit": s.unit, "doc": s.doc}
                                for cat in (FEATURES, COMPARE_FEATURES) for n, s in cat.items()}
-            out["assess_facts"] = {n: {"unit": f.unit, "meaning": f.meaning} for n, f in FACTS.items()}
+            out["assess_facts"] = {n: {"unit": f.unit, "meaning": f.meaning} for n, f in assess_facts.items()}
         print(json.dumps(out, indent=2))
         return 0
 
@@ -87,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             for n, s in cat.items():
                 ft.add_row(n, s.group, s.unit, escape(s.doc))
         console.print(ft)
-    _print_assess(console, assess_catalog, FACTS if args.features else None)
+    _print_assess(console, assess_catalog, assess_facts if args.features else None, SHARED_RULES)
     lv = Table(title="LoRA vs full fine-tuning (protocol 6; `loratune tune`'s last stage; * overridden, "
                      "fixed: not in a --thresholds file)", header_style="bold")
     for col in ("name", "value", "meaning"):
@@ -111,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_assess(console, rows: list[dict], facts: dict | None) -> None:
-    """The assess tables (`loratune assess`): start-config rows, data findings, their thresholds, facts."""
+def _print_assess(console, rows: list[dict], facts: dict | None, shared: tuple[str, ...] = ()) -> None:
+    """The assess tables (`loratune assess`): start-config rows, data findings, the causal-lm assessment's own rows
+    (`shared`: the classifier's start rows it takes as they are), their thresholds, facts."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -131,6 +136,17 @@ def _print_assess(console, rows: list[dict], facts: dict | None) -> None:
     for r in (r for r in rows if r["table"] == "assess-finding"):
         ft.add_row(r["id"], r["severity"], escape(r["when"]), escape(r["message"]))
     console.print(ft)
+    for table, title in (("assess-start-sft", "causal-lm start config: these rows, and the classifier's "
+                          + ", ".join(shared)),
+                         ("assess-finding-sft", "causal-lm data findings besides the classifier's consistency rows")):
+        sft = Table(title=title, header_style="bold")
+        sft.add_column("id", no_wrap=True)
+        for col in ("key or severity", "value from / when", "reason or message"):
+            sft.add_column(col, overflow="fold")
+        for r in (r for r in rows if r["table"] == table):
+            sft.add_row(r["id"], r.get("key", r.get("severity", "")), escape(r["when"]),
+                        escape(r.get("reason", r.get("message", ""))))
+        console.print(sft)
     bt = Table(title="band tables the start rows cite by name (the first band that holds gives the value)",
                header_style="bold")
     for col in ("name", "bands"):
