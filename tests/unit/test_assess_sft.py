@@ -324,6 +324,34 @@ def test_open_completions_keep_the_symbols_of_a_prompt(lm_and_data, tmp_path, ca
     assert code == 0 and a["facts"]["leak_rows"] == 1 and a["facts"]["leak_where"] == "train->validation 1"
 
 
+def test_open_completions_fold_sentence_punctuation_and_keep_symbols(lm_and_data, tmp_path, capsys):
+    # a copy differing by commas, a question mark and case is train's prompt: keyed with every punctuation mark kept,
+    # validation 'Please, how much money do I have, can you?' (train: 'please how much money do i have can you') was
+    # no leak (leak_rows 0; the classifier's key: 1), while 'what is a + b' / 'a - b' / 'a * b' stay three prompts
+    from loratune.assess.sft import OPEN_PROMPT_KEY
+
+    assert OPEN_PROMPT_KEY("Please, how much money do I have, can you?") == "please how much money do i have can you"
+    assert OPEN_PROMPT_KEY('\u201cWhat is 2 + 3?\u201d') == "what is 2 + 3" == OPEN_PROMPT_KEY("what is 2 + 3!")
+    assert len({OPEN_PROMPT_KEY(t) for t in ("what is a + b", "what is a - b", "what is a * b", "what is a / b",
+                                               "what is a = b", "what is a+b", "what is a-b")}) == 7
+    assert len({OPEN_PROMPT_KEY(t) for t in ("explain C++", "explain C#", "is 3.5 > 35", "is 35 > 35",
+                                               "don't stop", "don t stop")}) == 6
+    lm, _ = lm_and_data
+    data = tmp_path / "punct"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", [{"prompt": "please how much money do i have can you", "completion": "shown"},
+                                       {"prompt": "what is 1 + 2", "completion": "3"},
+                                       {"prompt": "what is 1 * 2", "completion": "2"}])
+    write_jsonl(data / "validation.jsonl", [{"prompt": "Please, how much money do I have, can you?",
+                                             "completion": "shown"},
+                                            {"prompt": "What is 1 - 2?", "completion": "-1"}])
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}")
+    assert code == 0
+    f = a["facts"]
+    assert (f["leak_rows"], f["leak_where"]) == (1, "train->validation 1")
+    assert (f["duplicate_rows_rows"], f["exact_conflict_groups"]) == (0, 0)
+
+
 def test_a_sampled_near_search_says_its_counts_are_lower_bounds(lm_and_data, tmp_path, capsys, monkeypatch):
     # past NEIGHBOUR_COMPARISONS_MAX the near search queries a sample: the classifier's assessment says the near
     # counts are lower bounds (neighbour_sample_note); the causal-lm one gave notes [] (20k rows: near_leak_rows 25)

@@ -35,11 +35,20 @@ def normalise(text: str) -> str:
     return " ".join(t.split())
 
 
+# sentence punctuation (after NFKC: fullwidth ，？！ are , ? !) and quotes: what a prompt's copy differs by when it is
+# the same request ('Please, how much money do I have, can you?' and 'please how much money do i have can you').
+# spaced_key strips them at a word's edges only; every other mark is content and kept, inside or between words
+# ('what is a + b' / 'a - b' / 'a * b', 'C++' / 'C#', '3.5' / '35', "don't").
+SENTENCE_PUNCTUATION = ".,?!;:\u2026\u3002\u3001\u00bf\u00a1" + "\"'`\u00ab\u00bb\u2018\u2019\u201a\u201b\u201c\u201d\u201e\u201f"
+
+
 def spaced_key(text: str) -> str:
-    """Case- and space-insensitive key, punctuation and symbols kept (NFKC, casefold, runs of spaces as one): where a
-    symbol is the content ('what is 2 + 3' and 'what is 2 * 3', 'explain C++' and 'explain C#' are other prompts),
-    normalise made them one prompt (false leakage, duplicates and several completions)."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    """Case-, space- and sentence-punctuation-insensitive key, symbols kept (NFKC, casefold, SENTENCE_PUNCTUATION
+    stripped from each word's edges, runs of spaces as one): where a symbol is the content ('what is 2 + 3' and
+    'what is 2 * 3', 'explain C++' and 'explain C#' are other prompts), normalise made them one prompt (false leakage,
+    duplicates and several completions); a copy differing by commas, a question mark or case is the same prompt."""
+    words_ = (w.strip(SENTENCE_PUNCTUATION) for w in unicodedata.normalize("NFKC", text).casefold().split())
+    return " ".join(w for w in words_ if w)
 
 
 def words(text: str) -> list[str]:
