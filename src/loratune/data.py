@@ -22,7 +22,7 @@ import sys
 import tokenize
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -1132,12 +1132,14 @@ def carved_note(kind: str, carved: int, total: int, asked: float, seed: int, rou
             f"with seed {seed}{why}")
 
 
-def text_key(text: str) -> str:
-    """The key under which two texts are one: assess's duplicate and leakage key (case, spaces and punctuation
-    aside), a text of punctuation alone keyed by itself. A carving keeps each key's rows on one side."""
-    from loratune.assess.text import normalise  # here: the assess package imports this module
+def text_key(text: str, key: Callable[[str], str] | None = None) -> str:
+    """The key under which two texts are one: assess's duplicate and leakage key (`key`, by default
+    assess.text.normalise: case, spaces and punctuation aside), a text the key makes empty keyed by itself. A carving
+    keeps each key's rows on one side."""
+    if key is None:
+        from loratune.assess.text import normalise as key  # here: the assess package imports this module
 
-    return normalise(text) or " ".join(text.split())
+    return key(text) or " ".join(text.split())
 
 
 # the carving's rule, said once: the class a row counts under, the rows a class gives validation, and why a class gave

@@ -74,7 +74,7 @@ class TextPool:
 
     def text_key(self, text: str) -> str:
         """data.text_key's rule under this pool's key: a text the key makes empty keyed by itself."""
-        return text_key(text) if self.key is normalise else (self.key(text) or " ".join(text.split()))
+        return text_key(text, self.key)
 
 
 def _label_key(labels: Sequence[str]) -> str:
