@@ -105,3 +105,18 @@ def test_the_splits_table_keeps_its_numbers_whole_on_80_columns(tiny_bert, tmp_p
     assert "…" not in table and "per class" in table and "max/min" in table
     train = next(x for x in table.splitlines() if x.startswith("train "))
     assert train.split()[-1] == "100.0%" and max(len(x.rstrip()) for x in table.splitlines()) <= 80
+
+
+def test_assess_refuses_data_train_refuses_for_a_classifier(tiny_bert, tmp_path, capsys):
+    # two rows, two labels, no validation: assess --no-probe said 'start with: loratune train ...' and exited 0 (it
+    # ran check_max_length alone) where train --dry-run refused 'validation: 0 rows'; both run checks.run_checks
+    data = tmp_path / "one_cls"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", [{"text": "how much money do i have", "label": "balance"},
+                                       {"text": "send money to my friend", "label": "transfer"}])
+    for cmd in (["assess", "--no-probe"], ["train", "--dry-run"]):
+        code = main([*cmd, "--data", str(data), f"name_or_path={tiny_bert}", f"output_dir={tmp_path / 'out'}"]
+                    if cmd[0] == "train" else [*cmd, "--data", str(data), f"name_or_path={tiny_bert}"])
+        captured = capsys.readouterr()
+        assert code == 2 and "validation: 0 rows" in captured.err and "start with" not in captured.out, cmd
+

@@ -75,15 +75,17 @@ NO_CACHE = "none"  # `assess --cache-dir none`, api.assess(cache_dir='none'): no
 
 def run_assessment(cfg: RunConfig, *, probe: bool = True, cache_dir: str | Path | None = None,
                    thresholds: AssessThresholds = AssessThresholds(), dataset: Dataset | None = None,
-                   progress: Callable[[str], None] | None = None) -> Assessment:
+                   progress: Callable[[str], None] | None = None, checked: bool = False) -> Assessment:
     """Load the data the config names, tokenise it, run the difficulty probe, and assess.
 
     cache_dir: where probe embeddings are cached (None: $LORATUNE_CACHE_DIR or ~/.cache/loratune;
-    False or 'none': no cache, as `assess --cache-dir none`).
+    False or 'none': no cache, as `assess --cache-dir none`). checked: the caller ran checks.run_checks on cfg and
+    dataset (tune), so they are not run twice.
     """
     from loratune.data import load_dataset
     from loratune.difficulty import run_probe
-    from loratune.model_info import check_max_length, describe_model
+    from loratune.checks import run_checks
+    from loratune.model_info import describe_model
     from loratune.tokens import load_tokenizer_quiet, token_lengths
 
     say = progress or (lambda msg: None)
@@ -96,9 +98,12 @@ def run_assessment(cfg: RunConfig, *, probe: bool = True, cache_dir: str | Path 
         say("loading data")
         dataset = load_dataset(cfg.data, seed=cfg.train.seed)
     timings["load_data_s"] = time.perf_counter() - t0
-    # a max_length past the model's positions is refused as train and tune refuse it: profiled at it, every text read
-    # "0% truncated" at 512 on a 64-position model, and the probe's embedding failed with an IndexError traceback
-    check_max_length(cfg, dataset)
+    # what train refuses is refused here, by train's one list of checks (checks.run_checks): a max_length past the
+    # model's positions (profiled at it, every text read "0% truncated" at 512 on a 64-position model, and the probe's
+    # embedding failed with an IndexError traceback), a split too small (two rows, two labels, no validation: assess
+    # said 'start with: loratune train ...' where train --dry-run refused 'validation: 0 rows')
+    if not checked:
+        run_checks(cfg, dataset)
 
     t0 = time.perf_counter()
     say("tokenising")
