@@ -120,3 +120,62 @@ def test_assess_refuses_data_train_refuses_for_a_classifier(tiny_bert, tmp_path,
         captured = capsys.readouterr()
         assert code == 2 and "validation: 0 rows" in captured.err and "start with" not in captured.out, cmd
 
+
+class _Stop(Exception):
+    """Raised after phase 0's assessment: the test counts the checks up to there."""
+
+
+@pytest.mark.parametrize("task", ["causal-lm", "classification"])
+def test_tune_runs_each_check_of_train_once_before_its_first_trial(task, tiny_bert, tmp_path, monkeypatch):
+    # tune ran its own subset of train's checks (the data check, the prompt set, max_length), then phase 0's
+    # assessment ran checks.run_checks again: causal-lm read its prompt set and checked max_length twice. Now tune
+    # runs run_checks once and tells the assessment (start_config(checked=True))
+    from collections import Counter
+
+    import loratune.assess as assess_pkg
+    from loratune import model_info, sft, tasks, trackers
+    from loratune.assess import sft as assess_sft_mod
+    from loratune.config import load_config
+    from loratune.search.tune import TuneOptions, tune
+    from sft_support import make_sft_rows, save_tiny_llama_lm
+
+    calls: Counter = Counter()
+
+    def count(mod, name):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, **k: calls.update([name]) or real(*a, **k))
+
+    for mod, name in ((sft, "read_prompt_set"), (model_info, "check_max_length"), (trackers, "require")):
+        count(mod, name)
+    real_recipe = tasks.recipe
+
+    def recipe(cfg, what):
+        fn = real_recipe(cfg, what)
+        return (lambda *a, **k: calls.update(["data check"]) or fn(*a, **k)) if what == "check" else fn
+
+    monkeypatch.setattr(tasks, "recipe", recipe)
+    for mod, name in ((assess_sft_mod, "assess_sft"), (assess_pkg, "run_assessment")):
+        real_assess = getattr(mod, name)
+
+        def stop(*a, _real=real_assess, **k):
+            _real(*a, **k)
+            raise _Stop
+
+        monkeypatch.setattr(mod, name, stop)
+    data = tmp_path / "data"
+    data.mkdir()
+    if task == "causal-lm":
+        model = save_tiny_llama_lm(tmp_path / "lm", chat_template=False)
+        for name, n, seed in (("train", 4, 1), ("validation", 2, 2)):
+            write_jsonl(data / f"{name}.jsonl", make_sft_rows(n, seed=seed))
+        over = ["task=causal-lm", "max_length=32"]
+    else:
+        model = tiny_bert
+        write_jsonl(data / "train.jsonl", make_rows(6, seed=1))
+        write_jsonl(data / "validation.jsonl", make_rows(2, seed=2))
+        over = ["max_length=32"]
+    cfg = load_config(None, [*over, f"name_or_path={model}", f"dataset_name={data}", "num_threads=1"])
+    with pytest.raises(_Stop):
+        tune(cfg, TuneOptions(budget="1trials", study_dir=str(tmp_path / "study")))
+    expected = {"data check": 1, "require": 1, "check_max_length": 1}
+    assert dict(calls) == ({**expected, "read_prompt_set": 1} if task == "causal-lm" else expected)

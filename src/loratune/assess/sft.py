@@ -194,9 +194,10 @@ def sft_findings(facts: dict, generating_labels: bool = False, proposed_max_leng
 
 
 def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None,
-               thresholds: AssessThresholds | None = None) -> dict:
+               thresholds: AssessThresholds | None = None, checked: bool = False) -> dict:
     """Phase 0 of a causal-lm study, as plain data in `Assessment.to_dict()`'s shape (what `tune` stores and
-    `search.protocol.start_from_assessment` reads). `thresholds`: the assess table (--thresholds; None: defaults)."""
+    `search.protocol.start_from_assessment` reads). `thresholds`: the assess table (--thresholds; None: defaults).
+    `checked`: the caller ran checks.run_checks on cfg and dataset (tune), so they are not run twice."""
     from loratune.checks import run_checks
     from loratune.models import load_tokenizer
     from loratune.sft_data import Renderer, check_end_token
@@ -204,7 +205,8 @@ def assess_sft(cfg, dataset, *, progress: Callable[[str], None] | None = None,
     # refused as train and tune refuse them, before a start config is proposed that train would not take: the one
     # list of checks train runs (splits too small, the prompt set's rows and metric, max_length and what is generated
     # after it), and an EOS to stop at (train's, once the tokenizer loads)
-    run_checks(cfg, dataset)
+    if not checked:
+        run_checks(cfg, dataset)
     tokenizer = load_tokenizer(cfg.model)
     check_end_token(tokenizer, Renderer.for_tokenizer(tokenizer, cfg.data.chat_template), cfg.model.name_or_path)
     say = progress or (lambda msg: None)

@@ -139,16 +139,15 @@ def check_options(options: TuneOptions) -> TuneOptions:
 def _checked_data(cfg, dataset):
     """The run's data (the recipe's read that api.prepare makes, when not given; less api.prepare's note on probe-file
     labels that name no class, which each trial's train adds to its run.json data_notes) after the checks a trial's
-    training would fail on: the task's data check, and for causal-lm the prompt set's rows and a metric they cannot score (as api.check;
-    unchecked, every trial failed on them, and the objective fell back to macro-F1)."""
+    training would fail on: checks.run_checks, the one list train runs (the task's data check, for causal-lm the prompt
+    set's rows and a metric they cannot score, a max_length past the position embeddings: unchecked, every trial
+    failed on them, and the objective fell back to macro-F1). Run once: phase 0's assessment is told they ran
+    (start_config(checked=True)); tune ran its own subset, and assess_sft then ran the whole list again."""
+    from loratune.checks import run_checks
     from loratune.tasks import recipe
 
     dataset = dataset or recipe(cfg, "prepare")(cfg.data, seed=cfg.train.seed)
-    recipe(cfg, "check")(dataset)
-    if cfg.model.task == "causal-lm":
-        from loratune.sft import read_prompt_set
-
-        read_prompt_set(cfg, dataset)
+    run_checks(cfg, dataset)
     return dataset
 
 
@@ -205,12 +204,11 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         raise UserError(f"--target {target:g}: the objective ({metric}) is a share, in 0..1",
                         "give it as a share: --target 0.85 for 85%")
 
-    # what train's dry run refuses (api.check), refused before the study folder is made: a max_length past the position
-    # embeddings crashed phase 0's probe, then every trial, inside the embedding
-    check_max_length(cfg, dataset)
-    if not options.resume:  # data training would refuse (an empty text, a label missing from train), refused before
-        # the study is made: a refused study left study.db behind, and the fixed command was refused as "exists"
-        # (a resume reads the study's own base config first, and checks its data below)
+    # what train's dry run refuses (checks.run_checks), refused before the study folder is made: data training would
+    # refuse (an empty text, a label missing from train: a refused study left study.db behind, and the fixed command
+    # was refused as "exists"), a max_length past the position embeddings (it crashed phase 0's probe, then every
+    # trial, inside the embedding). A resume reads the study's own base config first, and checks it and its data below
+    if not options.resume:
         dataset = _checked_data(cfg, dataset)
 
     # setup ------------------------------------------------------------------------------------
@@ -305,7 +303,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     if assessment is None:
         ui.note("phase 0: assessing the data and the model")
         t0 = time.perf_counter()
-        start, assessment = start_config(cfg, dataset, user_point=options.user_point,
+        start, assessment = start_config(cfg, dataset, user_point=options.user_point, checked=True,
                                          progress=lambda m: ui.note(f"  {m}"),
                                          thresholds=AssessThresholds(**tables["assess"]))
         assessed_now_s = time.perf_counter() - t0

@@ -69,19 +69,21 @@ def start_from_assessment(a: dict, user_point: dict | None = None) -> Start:
 
 
 def start_config(cfg, dataset, *, user_point: dict | None = None, progress: Callable[[str], None] | None = None,
-                 thresholds=None) -> tuple[Start, dict]:
+                 thresholds=None, checked: bool = False) -> tuple[Start, dict]:
     """Phase 0 through `loratune.assess` (a causal-lm run: `assess.sft`): (Start, the assessment as plain
     data). With `start_from_assessment`, the one place that depends on the assessment's API. `thresholds`: an
-    `AssessThresholds` (tune --thresholds; None: the defaults); the causal-lm assessment reads sft_truncation_share."""
+    `AssessThresholds` (tune --thresholds; None: the defaults); the causal-lm assessment reads sft_truncation_share.
+    `checked`: the caller ran checks.run_checks on cfg and dataset (tune's _checked_data), so the assessment does not
+    run them again."""
     if cfg.model.task == "causal-lm":
         from loratune.assess.sft import assess_sft
 
-        a = assess_sft(cfg, dataset, progress=progress, thresholds=thresholds)
+        a = assess_sft(cfg, dataset, progress=progress, thresholds=thresholds, checked=checked)
     else:
         from loratune.assess import run_assessment
 
         extra = {} if thresholds is None else {"thresholds": thresholds}
-        a = run_assessment(cfg, dataset=dataset, progress=progress, **extra).to_dict()
+        a = run_assessment(cfg, dataset=dataset, progress=progress, checked=checked, **extra).to_dict()
     return start_from_assessment(a, user_point), a
 
 
