@@ -1014,7 +1014,7 @@ def test_a_prompt_set_training_would_refuse_is_refused_by_the_dry_run_before_any
 
 
 def test_the_dry_run_reads_the_prompt_set_once(lm, sft_data, tmp_path, monkeypatch):
-    """api.plan read the prompt set again right after its checks (api._check, sft.read_prompt_set) had read it: the
+    """api.plan read the prompt set again right after its checks (checks.run_checks, sft.read_prompt_set) had read it: the
     items the checks read are the ones the plan prices."""
     from loratune import api, generation, sft
     from loratune.config import load_config

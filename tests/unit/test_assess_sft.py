@@ -407,3 +407,37 @@ def test_rules_prints_the_causal_lm_rows_and_facts(capsys):
     assert cli.main(["rules", "--features"]) == 0
     text = capsys.readouterr().out
     assert "start-batch-sft" in text and "prompt-several-completions" in text and "completion_share" in text
+
+
+def test_the_code_written_findings_are_one_table_with_the_facts_they_read():
+    # SFT_CODE_FINDINGS restated the id, severity and condition sft_findings hard-coded, and its truncated-rows row
+    # said uses [] though it reads truncated_share_at_max_length: sft_findings now reads the table's rows
+    from loratune.assess.records import AssessThresholds
+    from loratune.assess.sft import SFT_CODE_FINDINGS, SFT_FACTS, sft_findings, sft_rule_catalog
+
+    catalog = {r["id"]: r for r in sft_rule_catalog() if r["id"] in {f.id for f in SFT_CODE_FINDINGS}}
+    assert catalog["truncated-rows"]["uses"] == ["truncated_share_at_max_length", "token_p99_ceil"]
+    assert catalog["truncated-rows"]["when"] == "truncated_share_at_max_length > t.sft_truncation_share"
+    assert catalog["label-like-completions"]["uses"] == ["completion_token_p50"]
+    from loratune.assess.facts import FACTS
+
+    assert all(set(r["uses"]) <= set(SFT_FACTS) | set(FACTS) and r["uses"] for r in catalog.values())
+    facts = {"truncated_share_at_max_length": 0.5, "token_p99_ceil": 40, "completion_token_p50": 1.0}
+    t = AssessThresholds()
+    found = {f["id"]: f for f in sft_findings(facts, thresholds=t)}
+    assert {i: (f["severity"]) for i, f in found.items()} == {i: r["severity"] for i, r in catalog.items()}
+    # the condition the table prints is the one the findings run: at the threshold, no truncation finding
+    at = {**facts, "truncated_share_at_max_length": t.sft_truncation_share}
+    assert "truncated-rows" not in {f["id"] for f in sft_findings(at, thresholds=t)}
+
+
+def test_a_pool_keys_a_text_its_key_empties_by_data_text_key_s_rule():
+    # TextPool.text_key copied data.text_key's rule for keys other than normalise; data.text_key takes the key
+    from loratune.assess.profile import TextPool
+    from loratune.assess.sft import OPEN_PROMPT_KEY
+    from loratune.data import text_key
+
+    assert text_key("Hi, there!") == "hi there" and text_key("?!  ?") == "?! ?"
+    assert text_key("What is 1 + 2?", OPEN_PROMPT_KEY) == "what is 1 + 2" and text_key("?!  ?", OPEN_PROMPT_KEY) == "?! ?"
+    assert TextPool([], {}, OPEN_PROMPT_KEY).text_key("?!  ?") == "?! ?"
+    assert TextPool([], {}, OPEN_PROMPT_KEY).text_key("A + b!") == "a + b"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -90,14 +90,32 @@ CONSISTENCY_FACTS = ("exact_conflict_groups", "exact_conflict_rows", "near_confl
                      "near_leak_where", "near_leak_examples")
 
 
-# sft_findings' rows written as code (not FindingRule: the truncation one names the proposed max_length), as
-# `loratune rules` prints them: (id, severity, when, what it says)
-SFT_CODE_FINDINGS = (
-    ("truncated-rows", "warn", "truncated_share_at_max_length > t.sft_truncation_share",
-     "{share} of training rows are longer than model.max_length; the start config proposes max_length=..."),
-    ("label-like-completions", "info", f"completion_token_p50 <= {SHORT_COMPLETION_TOKENS}",
-     "the median completion is {completion_token_p50} tokens: a label, not an answer; data.label_format=generate"),
-)
+@dataclass(frozen=True)
+class CodeFinding:
+    """One of sft_findings' rows written as code (not FindingRule: the truncation one names the proposed max_length):
+    its id, severity and condition, which sft_findings reads, its message and the facts it reads (`uses`), as
+    `loratune rules` prints them. `when`: a condition (assess.rules.Above: holds / describe) or, for a module
+    constant's bound, its text."""
+
+    id: str
+    severity: str
+    when: Any
+    message: str
+    uses: tuple[str, ...]
+
+    def when_text(self) -> str:
+        return self.when if isinstance(self.when, str) else self.when.describe()
+
+
+TRUNCATED_ROWS = CodeFinding(
+    "truncated-rows", "warn", Above("truncated_share_at_max_length", "sft_truncation_share"),
+    "{share} of training rows are longer than model.max_length; the start config proposes max_length=...",
+    ("truncated_share_at_max_length", "token_p99_ceil"))
+LABEL_LIKE_COMPLETIONS = CodeFinding(
+    "label-like-completions", "info", f"completion_token_p50 <= {SHORT_COMPLETION_TOKENS}",
+    "the median completion is {completion_token_p50} tokens: a label, not an answer; data.label_format=generate",
+    ("completion_token_p50",))
+SFT_CODE_FINDINGS = (TRUNCATED_ROWS, LABEL_LIKE_COMPLETIONS)
 
 
 def sft_rule_catalog() -> list[dict[str, Any]]:
@@ -110,8 +128,8 @@ def sft_rule_catalog() -> list[dict[str, Any]]:
         for r in SFT_ONLY_RULES]
     rows += [{"table": "assess-finding-sft", "id": r.id, "severity": r.severity, "when": r.when.describe(),
               "message": r.message, "uses": list(r.uses)} for r in OPEN_CONSISTENCY_RULES if r.id not in known]
-    rows += [{"table": "assess-finding-sft", "id": i, "severity": sev, "when": when, "message": msg, "uses": []}
-             for i, sev, when, msg in SFT_CODE_FINDINGS]
+    rows += [{"table": "assess-finding-sft", "id": r.id, "severity": r.severity, "when": r.when_text(), "message": r.message,
+              "uses": list(r.uses)} for r in SFT_CODE_FINDINGS]
     return rows
 
 
@@ -173,17 +191,17 @@ def sft_findings(facts: dict, generating_labels: bool = False, proposed_max_leng
     """`thresholds`: the assess table (--thresholds; sft_truncation_share is read). `generating_labels`: data.label_format=generate is already set (the finding then says it is scored so).
     `proposed_max_length`: the start config's (start-max-length-p99), which the truncation finding names."""
     out = []
-    if facts["truncated_share_at_max_length"] > thresholds.sft_truncation_share:
+    if TRUNCATED_ROWS.when.holds(facts, thresholds):
         # the value the start config proposes, and why (it named the p99, 308, where the model's 256 positions set 256)
         to = (f"proposes max_length={proposed_max_length}{max_length_cap_note(facts)} (token p99 "
               f"{facts['token_p99_ceil']})" if proposed_max_length is not None
               else f"raises it to the token p99 ({facts['token_p99_ceil']})")
-        out.append({"id": "truncated-rows", "severity": "warn",
+        out.append({"id": TRUNCATED_ROWS.id, "severity": TRUNCATED_ROWS.severity,
                     "message": f"{facts['truncated_share_at_max_length']:.0%} of training rows are longer than "
                                f"model.max_length; the start config {to}",
                     "evidence": {"share": facts["truncated_share_at_max_length"], "sft_truncation_share": thresholds.sft_truncation_share}})
     if facts["completion_token_p50"] <= SHORT_COMPLETION_TOKENS:
-        out.append({"id": "label-like-completions", "severity": "info",
+        out.append({"id": LABEL_LIKE_COMPLETIONS.id, "severity": LABEL_LIKE_COMPLETIONS.severity,
                     "message": f"the median completion is {facts['completion_token_p50']:g} tokens: a label, not an "
                                "answer; " + ("data.label_format=generate scores it per class like a classifier"
                                              if generating_labels else "with data.label_format=generate it is "
