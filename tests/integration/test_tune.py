@@ -356,18 +356,21 @@ def test_resume_with_a_larger_budget_keeps_one_trail_and_every_trial(tiny_bert, 
                                                                       capsys):
     monkeypatch.setenv("LORATUNE_CACHE_DIR", str(tmp_path / "cache"))
     study = tmp_path / "study"
-    assert main(_tune_args(tiny_bert, intent_data, study, "--budget", "3trials", "--trial-steps", "8")) == 0
+    # 4 trials, then 6: a trial the first session trained is one the resumed session's trail no longer uses
+    # (with 3 then 5 since lr-too-large's collapse route reads the tiny runs as learning, both sessions' trails use
+    # the same trials and nothing below is exercised)
+    assert main(_tune_args(tiny_bert, intent_data, study, "--budget", "4trials", "--trial-steps", "8")) == 0
     finished = {t.user_attrs["key"] for t in _optuna_trials(study) if "record" in t.user_attrs}
     capsys.readouterr()
     # less, or another unit: what was spent stays spent
     for budget in ("2trials", "300000ex"):
         assert main(["tune", "--resume", "--study-dir", str(study), "--budget", budget, "-q"]) == 2
         assert "its budget can only grow" in capsys.readouterr().err
-    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "5trials", "-q"]) == 0
+    assert main(["tune", "--resume", "--study-dir", str(study), "--budget", "6trials", "-q"]) == 0
     decisions = [json.loads(x) for x in (study / "decisions.jsonl").read_text().splitlines()]
     assert [d["seq"] for d in decisions] == list(range(len(decisions))), "two decisions at one seq"
     assert sum(d["kind"] == "recommendation" for d in decisions) == 1
-    # the earlier session's decisions the resumed one took otherwise (3 trials left no room for what 5 allow): kept,
+    # the earlier session's decisions the resumed one took otherwise (4 trials left no room for what 6 allow): kept,
     # marked, beside the trail
     superseded = study / "decisions.superseded.jsonl"
     old = [json.loads(x) for x in superseded.read_text().splitlines()]
@@ -379,11 +382,11 @@ def test_resume_with_a_larger_budget_keeps_one_trail_and_every_trial(tiny_bert, 
     superseded_rows = [r for r in summary["trials"] if r["status"] == "superseded"]
     assert superseded_rows  # a trial only a superseded decision used is listed as such, not dropped
     # a superseded trial trained: charged once, so the larger budget bounds every trial the study trained (the
-    # resume charged only the ones it reused and trained 6 under a budget of 5)
+    # resume charged only the ones it reused and trained more trials than its budget)
     charged = [c for c in summary["budget"]["ledger"] for r in superseded_rows
                if c["label"].startswith(f"#{r['trial']} ") and "not reused" in c["label"]]
     assert [c["cost"]["examples"] for c in charged] == [r["examples"] for r in superseded_rows]
-    assert summary["budget"]["spent"]["trials"] == len(now) <= 5
+    assert summary["budget"]["spent"]["trials"] == len(now) <= 6
     assert summary["budget"]["spent"]["examples"] == sum(r["examples"] for r in summary["trials"])
 
 
