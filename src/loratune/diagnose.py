@@ -1139,22 +1139,21 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
     acc.set("noise", noise, "no seed runs and no val size: noise unknown")
 
     effects: dict[str, float | None] = {}
-    effect_noises: list[float] = []
-    for knob, feat in (("learning_rate", "lr"), ("r", "r"), ("lora_alpha", "alpha")):
+    for knob, feat in EFFECT_KNOBS.items():
         es = [g.effect for g in groups if g.knob == knob and g.effect is not None]
         effects[feat] = max(es) if es else None
         why = f"no runs differing only in {knob}"
         acc.set(f"{feat}_effect", effects[feat], why)
         # each group's effect in its own noise units (KnobGroup.noise), the largest of the knob's groups
         ens = [en for g in groups if g.knob == knob and (en := g.effect_noise()) is not None]
-        effect_noises += ens
         acc.set(f"{feat}_effect_noise", max(ens) if ens else None, why if effects[feat] is None else "noise unknown")
     lr, r = effects["lr"], effects["r"]
     acc.set("r_over_lr_effect", r / max(lr, 1e-4) if r is not None and lr is not None else None,
             "needs both a learning-rate group and a rank group (the minimal-intervention pair)")
     acc.set("lr_over_r_effect", lr / max(r, 1e-4) if r is not None and lr is not None else None,
             "needs both a learning-rate group and a rank group (the minimal-intervention pair)")
-    acc.set("max_effect_noise", max(effect_noises) if effect_noises else None, "no knob groups or noise unknown")
+    loudest = _loudest(groups)
+    acc.set("max_effect_noise", loudest.effect_noise() if loudest else None, "no knob groups or noise unknown")
     lr_loss = []
     for g in groups:
         if g.knob == "learning_rate":
@@ -1208,6 +1207,17 @@ def _runs_noise(runs: Sequence[str], feats: Mapping[str, CurveFeatures], best: M
                                                 if len(ses) > 1 else f"{source} ({rms:.4f})") + "; no seed runs"
 
 
+# the knobs whose groups' effects the comparison measures (feature prefix: lr_effect, r_effect_noise, ...); seed
+# groups give the noise, not an effect
+EFFECT_KNOBS: Mapping[str, str] = {"learning_rate": "lr", "r": "r", "lora_alpha": "alpha"}
+
+
+def _loudest(groups: Sequence[KnobGroup]) -> KnobGroup | None:
+    """The group that sets max_effect_noise: the largest effect in its own noise units (None: no group has one)."""
+    return max((g for g in groups if g.knob in EFFECT_KNOBS and g.effect_noise() is not None),
+               key=lambda g: g.effect_noise(), default=None)
+
+
 def _direction(g: KnobGroup) -> str | None:
     """Where the better run of a group lies: UP (at the largest value tried), DOWN (the smallest) or HOLD (between)."""
     top = g.best()
@@ -1224,8 +1234,16 @@ def _annotate(f: Finding, rule: Rule | None, groups: Sequence[KnobGroup], featur
     moves = f.moves
     read = [g for g in groups if g.knob == knob and knob != "seed"]
     # the noise the groups read were held against (each group's own: KnobGroup.noise), else the comparison's
-    sources = list(dict.fromkeys(g.noise_source for g in read if g.noise_source)) or \
-        [features.details.get("noise_source")]
+    sources = list(dict.fromkeys(g.noise_source for g in read if g.noise_source))
+    # a knob-less rule that reads max_effect_noise read one group's effect against that group's own noise: name the
+    # group and its noise, not the pooled noise of every run (lora_alpha's 0.175 over its 2 runs' 0.090 is 1.9 units;
+    # "4 runs' SE (0.084)" was not what the rule compared)
+    loud = _loudest(groups) if knob is None and rule is not None and "max_effect_noise" in rule.features() else None
+    if loud is not None:
+        knob, read = loud.knob, [loud]
+        sources = [f"the {loud.knob} group's own, which sets max_effect_noise ({loud.effect_noise():.1f} units): "
+                   f"{loud.noise_source}"]
+    sources = sources or [features.details.get("noise_source")]
     notes = [f"noise: {'; '.join(map(str, sources))}"]
     for g in read:
         top = g.best()
@@ -1249,7 +1267,8 @@ def _annotate(f: Finding, rule: Rule | None, groups: Sequence[KnobGroup], featur
     # the group the rule's feature took: the largest effect in its own noise units (the largest effect, noise unknown)
     decided = max((g for g in read if g.effect is not None),
                   key=lambda g: (g.effect_noise() is not None, g.effect_noise() or g.effect), default=None)
-    direction = _direction(decided) if decided is not None else None
+    # (a knob-less rule's moves do not turn: the group it named is not the knob it moves)
+    direction = _direction(decided) if decided is not None and loud is None else None
     if direction is not None:
         moves = towards(f.moves, direction)
     return Finding(**{**f.__dict__, "moves": moves, "notes": tuple(notes)})

@@ -482,6 +482,30 @@ def test_seed_noise_is_used_when_seed_runs_exist_and_can_swallow_an_effect():
     assert c.fired("differences-within-noise")
 
 
+def test_differences_within_noise_names_the_group_and_noise_that_set_max_effect_noise(capsys):
+    """The knob-less rule reads max_effect_noise: one group's effect over that group's own noise. Its note named the
+    pooled noise of every run (k_r4 k_a8 k_r8 k_lr: "4 runs' SE (0.0838)" under a lora_alpha 0.175 / 0.0903 = 1.9)."""
+    from loratune.commands._diagnose_view import render_comparison
+    from rich.console import Console
+    c = compare([run("base", 0.60, val_n=100), run("a32", 0.68, alpha=32, val_n=100),
+                 run("r16", 0.60, r=16, val_n=4000)])
+    alpha = next(g for g in c.groups if g.knob == "lora_alpha")
+    assert alpha.noise != pytest.approx(c.features["noise"], rel=0.05)  # the pooled noise is another number
+    assert c.features["max_effect_noise"] == pytest.approx(alpha.effect / alpha.noise)
+    assert c.features["max_effect_noise"] < 2
+    f = next(f for f in c.findings if f.rule_id == "differences-within-noise")
+    assert f.notes[0] == (f"noise: the lora_alpha group's own, which sets max_effect_noise "
+                          f"({alpha.effect_noise():.1f} units): {alpha.noise_source}")
+    assert "2 runs' SE" in f.notes[0] and "3 runs'" not in " ".join(f.notes)
+    assert any(n.startswith("lora_alpha deltas vs the best run") and f"noise unit (one run's sigma) {alpha.noise:.3f}"
+               in n for n in f.notes)
+    assert f.moves == rule_by_id("differences-within-noise").moves  # its moves do not turn towards the group
+    render_comparison(Console(width=200), c)
+    out = capsys.readouterr().out
+    assert f"{alpha.effect_noise():.1f} (noise {alpha.noise:.3f})" in out
+    assert "noise: each group against its own runs (the table); all runs: " in out
+
+
 def test_alpha_insensitive_and_its_near_miss():
     c = compare([run("a16", 0.60), run("a32", 0.603, alpha=32)])
     assert c.fired("alpha-insensitive")

@@ -111,10 +111,15 @@ def render_comparison(console: Console, c: Comparison) -> None:
         for g in c.groups:
             runs = ", ".join(f"{r}={v}: {m:.3f}" if m is not None else f"{r}={v}: ?" for r, v, m, _ in g.runs)
             eff = f"{g.effect:.3f}" if g.effect is not None else "?"
-            ratio = f"{en:.1f}" if (en := g.effect_noise()) is not None else "?"  # against the group's own noise
+            # against the group's own noise, shown beside it (a group's noise is its own runs', not the pooled line's)
+            ratio = (f"{en:.1f}" if (en := g.effect_noise()) is not None else "?") + \
+                (f" (noise {g.noise:.3f})" if g.noise else "")
             t.add_row(g.knob + (f" ({g.note})" if g.note else ""), safe(runs), eff, ratio)
         console.print(t)
-    console.print(f"  [dim]noise: {safe(str(c.features.details.get('noise_source')))}[/]")
+    pooled = str(c.features.details.get("noise_source"))
+    own = any(g.noise_source and g.noise_source != pooled for g in c.groups)
+    console.print(f"  [dim]noise: {'each group against its own runs (the table); all runs: ' if own else ''}"
+                  f"{safe(pooled)}[/]")
     for f in c.active:
         _finding(console, f)
     if c.not_evaluated:
