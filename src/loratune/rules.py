@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping, Union
 from loratune.errors import UserError, require_file
 from loratune.features import (COMPARE_FEATURES, FEATURE_DOMAINS, FEATURES, NO_VAL_METRIC, NOT_APPLICABLE,
                                UNIT_DOMAINS, VAL_LOSS_NOISE_FLOOR)
-from loratune.moves import adapter_only, is_move
+from loratune.moves import R, adapter_only, is_move, move
 from loratune.objectives import NOISE_BAND
 
 OPS = ("<", "<=", ">", ">=")
@@ -161,7 +161,16 @@ class Rule:
         return self.full_verdict if method == "full" and self.full_verdict is not None else self.verdict
 
     def caveat_for(self, method: str | None) -> str | None:
-        return self.full_caveat if method == "full" and self.full_caveat is not None else self.caveat
+        """The caveat for a run trained by `method`: full_caveat where set; for a full fine-tune whose moves raise no
+        rank, the caveat without PAIR_CAVEAT (its pair experiment raises a rank a full fine-tune does not have)."""
+        if method != "full":
+            return self.caveat
+        if self.full_caveat is not None:
+            return self.full_caveat
+        if self.caveat is None or PAIR_CAVEAT not in self.caveat \
+                or any(move(m).knob == R for m in self.moves_for(method) if is_move(m)):
+            return self.caveat
+        return self.caveat.replace(PAIR_CAVEAT, "").removesuffix(PAIR_THEN).strip() or None
 
     def features(self) -> list[str]:
         return list(dict.fromkeys(cl.feature for cl in self.when.leaves()))
@@ -479,6 +488,7 @@ THRESHOLDS: Mapping[str, Threshold] = MappingProxyType({t.name: t for t in _THRE
 # Protocol 5: rank is never raised on one curve's word. Every single-run rule that moves "r x2" carries this caveat.
 PAIR_CAVEAT = ("one curve cannot separate a capacity limit from a too-small learning rate (protocol 5): run the pair "
                "experiment (r x2 vs learning_rate x2 from this start) before raising rank")
+PAIR_THEN = "; then: "  # a caveat that comes before PAIR_CAVEAT ends with this (Rule.caveat_for drops both for full)
 
 _CURVE_AND_CLASS = ("collapsed", "lr-too-large", "overfit-capacity", "underfit-capacity", "lr-too-small",
                     "undertrained", "healthy", "confusable-classes-unresolved", "long-tail-collapse",
@@ -1247,7 +1257,7 @@ _RULES = (
         verdict="multi-intent rows fail while single-intent rows fit: the weak spot of a small adapter",
         moves=("+ffn", "r x2"),
         caveat="check the multi-label loss and decoding first (focal or pos_weight loss, tuned thresholds, a cap "
-               "on labels per row move this slice more than capacity does); then: " + PAIR_CAVEAT,
+               "on labels per row move this slice more than capacity does)" + PAIR_THEN + PAIR_CAVEAT,
         source="founding notes: multi-intent inputs and compound sentences are where a weak adapter fails first",
     ),
     Rule(

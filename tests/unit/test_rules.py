@@ -147,6 +147,29 @@ def test_every_single_run_rule_that_raises_rank_carries_the_pair_experiment_cave
     assert set(FIRING) == {r.id for r in RULES}, "every rule needs a firing case here"
 
 
+def test_a_full_fine_tune_gets_no_pair_caveat_where_no_full_move_raises_rank(capsys):
+    # PAIR_CAVEAT's pair experiment raises a rank a full fine-tune does not have: three class rules gave it verbatim
+    from loratune.cli import main
+    from loratune.rules import PAIR_CAVEAT
+    for rid in ("confusable-classes-unresolved", "both-slices-low", "compound-intents-missed"):
+        r = rule_by_id(rid)
+        assert PAIR_CAVEAT in r.caveat and PAIR_CAVEAT in r.caveat_for(None)  # LoRA keeps it
+        assert PAIR_CAVEAT not in (r.caveat_for("full") or ""), rid
+    assert rule_by_id("confusable-classes-unresolved").caveat_for("full") is None
+    assert rule_by_id("both-slices-low").caveat_for("full") is None
+    assert rule_by_id("compound-intents-missed").caveat_for("full") == (
+        "check the multi-label loss and decoding first (focal or pos_weight loss, tuned thresholds, a cap on labels "
+        "per row move this slice more than capacity does)")
+    assert rule_by_id("underfit-capacity").caveat_for("full") == rule_by_id("underfit-capacity").full_caveat
+    assert not [r.id for r in RULES if PAIR_CAVEAT in (r.caveat_for("full") or "")]
+    # a full move that raises rank keeps it (the rule is one place: Rule.caveat_for reads the full moves)
+    keeps = dataclasses.replace(rule_by_id("both-slices-low"), full_moves=("r x2",))
+    assert keeps.caveat_for("full") == PAIR_CAVEAT
+    assert main(["rules"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "both-slices-low" in text and "caveat (full fine-tune): none" in text
+
+
 def test_conditions_are_plain_data_and_printable():
     for r in RULES:
         for leaf in r.when.leaves():

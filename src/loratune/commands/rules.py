@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"  [dim]suppresses: {escape(', '.join(r.suppresses))}[/]")
         if r.caveat:
             console.print(f"  [yellow]caveat:[/] {escape(r.caveat)}")
-        if r.full_caveat:
-            console.print(f"  [yellow]caveat (full fine-tune):[/] {escape(r.full_caveat)}")
+        if r.caveat_for("full") != r.caveat:  # Rule.caveat_for: its own full_caveat, or without PAIR_CAVEAT
+            console.print(f"  [yellow]caveat (full fine-tune):[/] {escape(r.caveat_for('full') or 'none')}")
         console.print(f"  [dim]from: {escape(r.source)}[/]")
     th = Table(title="thresholds (override with --thresholds FILE.yaml: `name: value`)", header_style="bold")
     for col in ("name", "value", "default", "meaning"):
