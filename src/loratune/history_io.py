@@ -329,9 +329,9 @@ _TRL_KEYS = ("mean_token_accuracy", "num_tokens")
 # (a sequence classifier scoring pairs: mean/min/max reward), a pairwise or unpaired preference trainer (DPO, IPO, RPO,
 # CPO, ORPO, KTO: reward margins, chosen rewards, log-probs, ORPO's NLL and log-odds; KTO logs a `kl` beside them), an
 # online RL trainer (GRPO, RLOO, PPO: a reward AND a KL / completion lengths / reward spread; its loss ~ beta x KL starts
-# at 0 and rises by design), and any other (SFTTrainer, DistillationTrainer: token accuracy, counts, entropy). A kind
-# is read only when each of its groups has a key in the log: one generic name (a classifier's own `kl` or `reward`
-# metric, a distillation run's completion length) marks no TRL run. Each is a run of a language model or a reward
+# at 0 and rises by design), and any other (SFTTrainer, DistillationTrainer: _TRL_KEYS, token accuracy and counts;
+# not `entropy`, see above). A kind is read only when each of its groups has a key in the log: one generic name (a
+# classifier's own `kl` or `reward` metric, a distillation run's completion length) marks no TRL run. Each is a run of a language model or a reward
 # model, never a fresh classifier head: no class count from its first loss, whether or not the newer _TRL_KEYS are
 # logged beside (an ORPO log has none of them).
 TRL_KINDS = (("reward-model", "reward-model", (("mean_reward", "min_reward", "max_reward"),)),
