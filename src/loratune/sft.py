@@ -1067,8 +1067,16 @@ def _write_lm(out: Path, model, tokenizer, cfg: RunConfig, state_dict: dict | No
         warnings.filterwarnings("ignore", message="Could not find a config file")
         model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(out)
-        saved_generation_config(model, tokenizer, cfg).save_pretrained(out)
+        write_generation_config(out, saved_generation_config(model, tokenizer, cfg))
     write_atomic(out / "README.md", _card_for(tokenizer, cfg, hasattr(model, "peft_config")))
+
+
+def write_generation_config(out: Path, gen) -> None:
+    """`gen` as out/generation_config.json, written as GenerationConfig.save_pretrained writes it but without its strict
+    check: a base's published config with sampling flags and no do_sample (Llama-2-chat's temperature 0.6, top_p 0.9)
+    is refused by save_pretrained once its eos_token_id changed (ValueError: the finished run failed, no model saved);
+    from_pretrained reads the file back as it read the base's."""
+    write_atomic(out / "generation_config.json", gen.to_json_string(use_diff=True, keys_to_pop=["compile_config"]))
 
 
 def saved_generation_config(model, tokenizer, cfg: RunConfig):

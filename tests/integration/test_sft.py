@@ -250,6 +250,35 @@ def test_the_saved_model_stops_where_the_run_generates_its_answers_to(tmp_path):
     assert "model.generate(ids, max_new_tokens=64, eos_token_id=stop)" in card
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_base_with_sampling_flags_and_no_do_sample_still_saves(method, tmp_path):
+    """A base whose generation_config.json sets temperature 0.6 and top_p 0.9 without do_sample (early Llama-2-chat):
+    saving raised transformers' strict check once eos_token_id had changed (ValueError: the finished run 'failed', no
+    model saved). The model is saved, the base's flags kept as published, eos_token_id the run's stop ids."""
+    from transformers import GenerationConfig
+
+    from sft_support import CHAT_TEMPLATE, make_tokenizer
+
+    tok = make_tokenizer(chat_template=False)  # EOS '</s>'
+    tok.chat_template = CHAT_TEMPLATE  # turns end '<|end|>'
+    lm = save_tiny_llama_lm(tmp_path / "lm", tokenizer=tok)
+    published = Path(lm) / "generation_config.json"
+    published.write_text(json.dumps({**json.loads(published.read_text()), "temperature": 0.6, "top_p": 0.9}))
+    cfg = load_config(None, sft_overrides(lm, tmp_path, tmp_path / "run", method=method))
+    model = load_causal_lm(cfg.model)
+    if method == "lora":
+        model, _ = apply_adapter(model, cfg.adapter, task="causal-lm")
+    tok = load_tokenizer(cfg.model)
+    store = RunStore(tmp_path / "run")
+    save_lm(model, tok, cfg, store)
+    saved = json.loads((store.adapter_dir / "generation_config.json").read_text())
+    stops = [tok.convert_tokens_to_ids("</s>"), tok.convert_tokens_to_ids("<|end|>")]
+    assert (saved["temperature"], saved["top_p"], saved.get("do_sample")) == (0.6, 0.9, None)
+    assert saved["eos_token_id"] == stops
+    assert GenerationConfig.from_pretrained(store.adapter_dir).eos_token_id == stops
+    assert (store.adapter_dir / ("adapter_config.json" if method == "lora" else "config.json")).is_file()
+
+
 def test_saving_an_adapter_again_says_nothing_of_its_model_card(lm, tmp_path):
     # `train -q` on causal-lm printed "Repo card metadata block was not found. Setting CardData to empty." at every
     # best-model save after the first (peft re-reads the card loratune wrote): the hub logs on its own logger
