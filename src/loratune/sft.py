@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import os
 import random
@@ -222,8 +223,8 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
 def generate_capped(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device,
                     autocast: bool = False, stop_ids: Sequence[int] = (), prefix: Sequence[int] = ()
                     ) -> tuple[list[str], list[bool]]:
-    """Greedy continuations of token-id prompts (left-padded batches, stopped at EOS and at `stop_ids`: the run's
-    sft_data.stop_token_ids, its template's end-of-turn mark), decoded without
+    """Greedy continuations of token-id prompts (left-padded batches, stopped at run_stop_ids: the base's EOS ids, the
+    tokenizer's and `stop_ids`, the run's sft_data.stop_token_ids with its template's end-of-turn mark), decoded without
     special tokens, in the prompts' order. `prefix`: the template's answer prefix (sft_data.answer_prefix: Qwen3's
     empty think block), which a trained model writes before its answer: `max_new_tokens` are the answer's, generated
     after it (answer_tokens), and a continuation that starts with its text, whitespace aside, is read after it
@@ -239,11 +240,9 @@ def generate_capped(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 
     was_training = model.training
     model.eval()
-    eos = {tokenizer.eos_token_id} | set(stop_ids) | set(_as_list(getattr(getattr(model, "generation_config", None),
-                                                                          "eos_token_id", None)))
-    eos.discard(None)
+    eos = run_stop_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer, stop_ids)
     config = GenerationConfig(max_new_tokens=answer_tokens(max_new_tokens, prefix), do_sample=False, num_beams=1,
-                              pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos) or None)
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=eos or None)
     written = tokenizer.decode(list(prefix), skip_special_tokens=True) if prefix else ""
     outputs: list[str] = [""] * len(prompts)
     capped: list[bool] = [False] * len(prompts)
@@ -263,9 +262,17 @@ def generate_capped(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
         for r, i in enumerate(rows):
             outputs[i] = after_prefix(tokenizer.decode(out[r, longest:], skip_special_tokens=True), written)
             # a finished row is padded after its end token, so one without any ran to the cap
-            capped[i] = len(new[r]) >= config.max_new_tokens and not eos.intersection(new[r])
+            capped[i] = len(new[r]) >= config.max_new_tokens and not set(eos).intersection(new[r])
     model.train(was_training)
     return outputs, capped
+
+
+def run_stop_ids(base_eos, tokenizer, stop_ids: Sequence[int]) -> list[int]:
+    """The token ids a run's generations stop at, one set for generate_capped, the saved generation config and the
+    model card: the base's generation_config eos_token_id (`base_eos`: one id or a list, e.g. Llama-3 instruct's
+    three), then the tokenizer's EOS and `stop_ids` (sft_data.stop_token_ids: the template's one-token end of turn),
+    in that order, each once. Added to the base's ids, never replacing them: the base also ends its answers there."""
+    return list(dict.fromkeys(i for i in [*_as_list(base_eos), tokenizer.eos_token_id, *stop_ids] if i is not None))
 
 
 def after_prefix(text: str, prefix: str) -> str:
@@ -1067,8 +1074,9 @@ def _write_lm(out: Path, model, tokenizer, cfg: RunConfig, state_dict: dict | No
         warnings.filterwarnings("ignore", message="Could not find a config file")
         model.save_pretrained(out, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(out)
-        write_generation_config(out, saved_generation_config(model, tokenizer, cfg))
-    write_atomic(out / "README.md", _card_for(tokenizer, cfg, hasattr(model, "peft_config")))
+        gen = saved_generation_config(model, tokenizer, cfg)
+        write_generation_config(out, gen)
+    write_atomic(out / "README.md", _card_for(tokenizer, cfg, hasattr(model, "peft_config"), base_eos=gen.eos_token_id))
 
 
 def write_generation_config(out: Path, gen) -> None:
@@ -1080,26 +1088,28 @@ def write_generation_config(out: Path, gen) -> None:
 
 
 def saved_generation_config(model, tokenizer, cfg: RunConfig):
-    """The model's generation config with eos_token_id the ids the run's generations stop at (sft_data.stop_token_ids:
-    the EOS and the template's one-token end of turn), as TRL's SFTTrainer updates it: a base model whose config lists
-    only '</s>' otherwise runs past the '<|end|>' the run learnt to end each answer with, to max_new_tokens."""
+    """The model's generation config with eos_token_id the ids the run's generations stop at (run_stop_ids: the
+    base's, the EOS and the template's one-token end of turn), as TRL's SFTTrainer updates it: a base model whose config
+    lists only '</s>' otherwise runs past the '<|end|>' the run learnt to end each answer with, to max_new_tokens."""
     import copy
 
     from transformers import GenerationConfig
 
     gen = getattr(model, "generation_config", None)
     gen = copy.deepcopy(gen) if isinstance(gen, GenerationConfig) else GenerationConfig()
-    stops = stop_token_ids(tokenizer, Renderer.for_tokenizer(tokenizer, cfg.data.chat_template))
+    stops = run_stop_ids(gen.eos_token_id, tokenizer,
+                         stop_token_ids(tokenizer, Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)))
     if stops:
         gen.eos_token_id = stops if len(stops) > 1 else stops[0]
     return gen
 
 
-def _card_for(tokenizer, cfg: RunConfig, is_adapter: bool, pick: CardPick | None = None) -> str:
-    """The model card of a saved model whose tokenizer is `tokenizer` (model_card, its prompt as the run wrote it)."""
+def _card_for(tokenizer, cfg: RunConfig, is_adapter: bool, pick: CardPick | None = None, base_eos=None) -> str:
+    """The model card of a saved model whose tokenizer is `tokenizer` (model_card, its prompt as the run wrote it);
+    `base_eos`: its generation config's eos_token_id (run_stop_ids)."""
     renderer = Renderer.for_tokenizer(tokenizer, cfg.data.chat_template)
     prefix = tokenizer.convert_ids_to_tokens(prompt_prefix(tokenizer, renderer))
-    stops = tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer, renderer))
+    stops = tokenizer.convert_ids_to_tokens(run_stop_ids(base_eos, tokenizer, stop_token_ids(tokenizer, renderer)))
     return model_card(cfg, is_adapter, renderer.mode, prefix, pick, stops)
 
 
@@ -1107,7 +1117,10 @@ def saved_model_card(folder: Path, cfg: RunConfig, pick: CardPick | None = None)
     """The model card of the causal LM saved in `folder` (search.summary: a tune study's exported pick)."""
     from transformers import AutoTokenizer
 
-    return _card_for(AutoTokenizer.from_pretrained(folder), cfg, (folder / "adapter_config.json").is_file(), pick)
+    gen = folder / "generation_config.json"  # read as written (write_generation_config), no validation
+    base_eos = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id") if gen.is_file() else None
+    return _card_for(AutoTokenizer.from_pretrained(folder), cfg, (folder / "adapter_config.json").is_file(), pick,
+                     base_eos)
 
 
 # where a causal LM's card says its run record is (train.card_record)
@@ -1121,7 +1134,7 @@ def model_card(cfg: RunConfig, is_adapter: bool, mode: str = "chat", prefix: Col
     it (`mode`: the Renderer's chat / plain / none) and tokenised as it was: `prefix`, the tokens the run put before
     every prompt (sft_data.prompt_prefix: BOS when the template writes none), then the prompt's own tokens. `pick`: the
     folder is a tune study's exported pick (train.card_record). `stops`: the tokens the run's generations stop at
-    (sft_data.stop_token_ids), passed to generate as its eos_token_id (the base's generation config may list only one)."""
+    (run_stop_ids), passed to generate as its eos_token_id (the base's generation config may list only one)."""
     a = cfg.adapter
     src = resolve_model(cfg.model)
     base = f'"{src.path}"' + (f', gguf_file="{src.gguf_file}"' if src.gguf_file else "")

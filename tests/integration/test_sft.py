@@ -279,6 +279,37 @@ def test_a_base_with_sampling_flags_and_no_do_sample_still_saves(method, tmp_pat
     assert (store.adapter_dir / ("adapter_config.json" if method == "lora" else "config.json")).is_file()
 
 
+def test_the_saved_stop_ids_add_the_runs_to_the_bases_as_its_generations_stop(tmp_path):
+    """A base whose generation config lists two EOS ids (['</s>', '<|end|>'], as Llama-3 instruct lists three) and a
+    tokenizer whose EOS is '<|end|>': the saved eos_token_id and the card's stop line were '<|end|>' alone (the run's
+    stop ids replaced the base's) while the run's generations stopped at both. One set (run_stop_ids) for all three:
+    the base's ids, then the tokenizer's EOS and the template's end of turn."""
+    from loratune.sft import saved_model_card
+    from loratune.sft_data import stop_token_ids
+
+    from sft_support import make_tokenizer
+
+    tok = make_tokenizer()  # EOS '<|end|>'
+    lm = save_tiny_llama_lm(tmp_path / "lm", tokenizer=tok)
+    base = [tok.convert_tokens_to_ids("</s>"), tok.convert_tokens_to_ids("<|end|>")]
+    published = Path(lm) / "generation_config.json"
+    published.write_text(json.dumps({**json.loads(published.read_text()), "eos_token_id": base}))
+    cfg = load_config(None, sft_overrides(lm, tmp_path, tmp_path / "run"))
+    model, _ = apply_adapter(load_causal_lm(cfg.model), cfg.adapter, task="causal-lm")
+    tok = load_tokenizer(cfg.model)
+    store = RunStore(tmp_path / "run")
+    save_lm(model, tok, cfg, store)
+    assert json.loads((store.adapter_dir / "generation_config.json").read_text())["eos_token_id"] == base
+    line = "stop = tokenizer.convert_tokens_to_ids(['</s>', '<|end|>'])"
+    assert line in (store.adapter_dir / "README.md").read_text()
+    assert line in saved_model_card(store.adapter_dir, cfg)  # a tune study's exported pick: the same card
+
+    from loratune.sft import run_stop_ids  # what generate_capped stops at
+
+    assert run_stop_ids(model.generation_config.eos_token_id, tok,
+                        stop_token_ids(tok, Renderer.for_tokenizer(tok, "auto"))) == base
+
+
 def test_saving_an_adapter_again_says_nothing_of_its_model_card(lm, tmp_path):
     # `train -q` on causal-lm printed "Repo card metadata block was not found. Setting CardData to empty." at every
     # best-model save after the first (peft re-reads the card loratune wrote): the hub logs on its own logger
