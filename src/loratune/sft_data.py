@@ -57,7 +57,8 @@ TOOLS_COLUMN = "tools"
 TOOLS_FIX = ("drop the tool-calling rows (loratune trains text turns only: the tools and calls would not reach the "
              "chat template), or train them with TRL's SFTTrainer, which passes them to it")
 # a ShareGPT turn's weight (axolotl: weight 0, a turn not learnt): loratune learns every assistant turn of a chat,
-# so a turn marked not to be learnt is refused rather than learnt silently
+# so an assistant turn marked not to be learnt is refused rather than learnt silently (a system or user turn's weight 0
+# is what loratune does anyway: prompt turns are never learnt)
 WEIGHT_KEY = "weight"
 WEIGHT_FIX = ("drop the turn's weight key to learn it, or end the chat before it (a chat's turns after its last "
               "assistant turn are not part of it): loratune cannot leave one assistant turn of a chat unlearnt")
@@ -164,8 +165,8 @@ def read_turns(value: Any, where: str, column: str, shape: str = CHAT_SHAPE) -> 
                             '{"from": "human", "value": "..."})')
         if t["role"] not in ROLES:
             raise UserError(f"{where}: turn {i + 1} has role '{t['role']}'", f"use one of {', '.join(ROLES)}")
-        if WEIGHT_KEY in t and t[WEIGHT_KEY] is not None and not t[WEIGHT_KEY]:
-            raise UserError(f"{where}: turn {i + 1} of column '{column}' has {WEIGHT_KEY} {t[WEIGHT_KEY]!r} (not to be "
+        if t["role"] == "assistant" and WEIGHT_KEY in t and t[WEIGHT_KEY] is not None and not t[WEIGHT_KEY]:
+            raise UserError(f"{where}: assistant turn {i + 1} of column '{column}' has {WEIGHT_KEY} {t[WEIGHT_KEY]!r} (not to be "
                             "learnt), and loratune learns every assistant turn of a chat", WEIGHT_FIX)
         turns.append(Turn(str(t["role"]), _content(t["content"], f"{where}: turn {i + 1} of column '{column}'")))
     return tuple(turns)

@@ -286,10 +286,21 @@ def test_a_sharegpt_turn_marked_weight_0_is_refused_not_learnt_silently():
                                {"from": "human", "value": "sum"}, {"from": "gpt", "value": "four", "weight": 1}]}]
     with pytest.raises(UserError) as err:
         parse_sft_rows(rows, DataConfig(messages_column="conversations"), "f.jsonl", "train")
-    assert "turn 2 of column 'conversations' has weight 0" in err.value.problem
+    assert "assistant turn 2 of column 'conversations' has weight 0" in err.value.problem
     assert "weight key" in err.value.fix
     rows[0]["conversations"][1]["weight"] = 1  # weight 1: learnt, as every assistant turn is
     assert len(parse_sft_rows(rows, DataConfig(messages_column="conversations"), "f.jsonl", "train").examples) == 1
+
+
+def test_weight_0_on_a_sharegpt_system_or_human_turn_is_read_as_axolotl_writes_it():
+    """axolotl's ShareGPT data marks its prompt turns weight 0 (not learnt, as loratune never learns them): the chat
+    was refused as if turn 1 were an assistant turn left unlearnt. Only an assistant turn's weight 0 is refused."""
+    rows = [{"conversations": [{"from": "system", "value": "be brief", "weight": 0},
+                               {"from": "human", "value": "lost my card", "weight": 0},
+                               {"from": "gpt", "value": "your card is blocked", "weight": 1}]}]
+    examples = parse_sft_rows(rows, DataConfig(messages_column="conversations"), "f.jsonl", "train").examples
+    assert len(examples) == 1 and examples[0].completion == "your card is blocked"
+    assert examples[0].prompt == (Turn("system", "be brief"), Turn("user", "lost my card"))
 
 
 def test_a_tokenizer_that_splits_the_eos_text_still_gets_the_eos_id_after_every_completion():
