@@ -188,20 +188,10 @@ def test_three_trainer_runs_differing_in_one_knob_are_compared(tmp_path):
 
 def test_trl_sft_run_is_read_as_a_first_class_run(tmp_path):
     import torch
-    from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     torch.set_num_threads(1)
-    tok = _save_tokenizer(tmp_path / "tok")
-    tok.eos_token, tok.pad_token = "[SEP]", "[PAD]"
-    rows = make_rows(8, seed=3)
-    data = Dataset.from_list([{"prompt": r_["text"] + " intent:", "completion": " " + r_["label"]} for r_ in rows])
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                         max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-                                         eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id))
+    tok, data, model = _tiny_sft(tmp_path, per_intent=8)
     from peft import LoraConfig
 
     out = tmp_path / "sft"
@@ -234,23 +224,13 @@ def test_the_callback_records_a_full_fine_tune_as_method_full(tmp_path):
     # an SFTTrainer given no peft_config trains every weight of the live model; the callback wrote `method` only for
     # LoRA, so the record's overfit read "r /2, -ffn, lora_dropout up" and `lora` stayed unknown
     import torch
-    from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from loratune.history_io import CALLBACK_RECORD_DIR
     from loratune.integrations import LoratuneCallback
 
     torch.set_num_threads(1)
-    tok = _save_tokenizer(tmp_path / "tok")
-    tok.eos_token, tok.pad_token = "[SEP]", "[PAD]"
-    data = Dataset.from_list([{"prompt": r_["text"] + " intent:", "completion": " " + r_["label"]}
-                              for r_ in make_rows(2, seed=3)])
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                         max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-                                         eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id))
+    tok, data, model = _tiny_sft(tmp_path, per_intent=2)
     out = tmp_path / "full"
     args = SFTConfig(output_dir=str(out), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3,
                      eval_strategy="steps", eval_steps=2, logging_steps=1, report_to="none", use_cpu=True,
@@ -315,6 +295,24 @@ def test_diagnosing_an_external_run_imports_no_torch(tb_run):
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     got = json.loads(res.stdout)
     assert got == {"verdict": got["verdict"], "torch": False, "transformers": False}
+
+
+def _tiny_sft(tmp_path: Path, per_intent: int):
+    """A word-level tokenizer, prompt/completion intent rows and a tiny random-init Llama (seed 0) for TRL's SFTTrainer."""
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _save_tokenizer(tmp_path / "tok")
+    tok.eos_token, tok.pad_token = "[SEP]", "[PAD]"
+    data = Dataset.from_list([{"prompt": r_["text"] + " intent:", "completion": " " + r_["label"]}
+                              for r_ in make_rows(per_intent, seed=3)])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                                         eos_token_id=tok.eos_token_id, bos_token_id=tok.cls_token_id))
+    return tok, data, model
 
 
 def _evaluate_each(cb, log: list[dict], max_steps: int, out) -> tuple[object, int | None]:

@@ -270,6 +270,15 @@ def test_breakeven_caps_the_rank_sweep():
     assert breakeven_rank({"adapter": 8000, "adapted_weights": 30_000}, 8) == 10
 
 
+def _run_gaining_per_rank(world):
+    """The protocol run on `world` where every rank step gains beyond noise (0.05 per doubling past r=8)."""
+    base = world.f1
+    world.f1 = lambda p: base(p) + 0.05 * math.log2(p[R] / 8)
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings())
+    return ctx, runner
+
+
 @pytest.mark.parametrize("fixed", [0, 5000, 50_000])
 def test_the_breakeven_counts_loras_parameters_per_rank_not_the_trained_biases(fixed):
     """Records whose adapter count holds parameters that do not grow with r (bias=all: the model's biases; DoRA's
@@ -294,10 +303,7 @@ def test_a_record_without_its_per_rank_count_takes_adapter_over_r_and_says_so():
     world = lr_binds()
     world.adapted = 32_000
     world.old_record = True
-    base = world.f1
-    world.f1 = lambda p: base(p) + 0.05 * math.log2(p[R] / 8)  # every rank step gains beyond noise
-    ctx, runner = make_ctx(world)
-    run_protocol(ctx, START, ProtocolSettings())
+    ctx, runner = _run_gaining_per_rank(world)
     assert [s.point[R] for s in runner.calls if s.phase == "rank-sweep"] == [10]
     assert ctx.state["rank_sweep"]["breakeven_r"] == 11
     d = next(x for x in ctx.decisions if x["code"] == "rank-sweep-capped")
@@ -316,10 +322,7 @@ def test_an_older_incumbent_record_takes_per_rank_from_a_trial_of_its_layers_tha
     world = lr_binds()
     world.adapted, world.fixed = 30_000, 5000
     world.old_record = lambda p: p.get("train.seed", 42) == 42  # the runs before the resume: seed 42
-    base = world.f1
-    world.f1 = lambda p: base(p) + 0.05 * math.log2(p[R] / 8)  # every rank step gains beyond noise
-    ctx, runner = make_ctx(world)
-    run_protocol(ctx, START, ProtocolSettings())
+    ctx, runner = _run_gaining_per_rank(world)
     assert [s.point[R] for s in runner.calls if s.phase == "rank-sweep"] == [10]
     assert ctx.state["rank_sweep"]["breakeven_r"] == 10
     d = next(x for x in ctx.decisions if x["code"] == "rank-sweep-capped")
@@ -353,10 +356,7 @@ def test_a_rank_sweep_capped_by_the_breakeven_says_so_in_both_lines():
     breakeven rank and said 'not trained past the capacity ceiling' under 'past the compute-breakeven rank 10'."""
     world = lr_binds()
     world.adapted = 32_000
-    base = world.f1
-    world.f1 = lambda p: base(p) + 0.05 * math.log2(p[R] / 8)  # every rank step gains beyond noise
-    ctx, runner = make_ctx(world)
-    run_protocol(ctx, START, ProtocolSettings())
+    ctx, runner = _run_gaining_per_rank(world)
     assert [s.point[R] for s in runner.calls if s.phase == "rank-sweep"] == [10]
     d = next(x for x in ctx.decisions if x["code"] == "rank-sweep-capped")
     # one breakeven rank (11, as lora-vs-full names it); 10 is the highest rank at or below the point, not "the
