@@ -41,3 +41,17 @@ def trained(tiny_bert, intent_data, tmp_path_factory, request) -> Path:
     out = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]) / "run"
     assert main(["train", "-q", *overrides(tiny_bert, intent_data, out)]) == 0
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _optuna_logs_through_logging():
+    """optuna's own stderr handler is bound to whatever sys.stderr is when optuna first logs: in a test with capsys, a
+    stream closed after that test, so a later test's optuna INFO line ('A new study created in RDB', from Study.open)
+    printed '--- Logging error --- Traceback' into that test's captured stderr (which order the tests ran in decided
+    whether it happened). Its records go through logging's propagation instead, as any library's (pytest captures
+    them)."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    yield
