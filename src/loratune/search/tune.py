@@ -289,11 +289,10 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
     if cfg.model.task == "causal-lm":  # what its trials' losses cover: every assistant turn of a chat since the key
         from loratune.sft_data import EVERY_TURN, LOSS_COVERS_KEY, loss_covers_note
 
-        covers = loss_covers_note(study.meta, dataset.train.examples) if study.records() else None
-        if covers:
-            ui.note(covers)
-        elif not study.records():
+        if not study.records():  # a new study (or one with no finished trial yet): it records the rule it trains by
             study.set_meta(**{LOSS_COVERS_KEY: EVERY_TURN})
+        elif covers := loss_covers_note(study.meta, dataset.train.examples):
+            ui.note(covers)
     prior_eps, prior_overhead_s = PLAN_PRIORS[cfg.model.task]
     options = dc_replace(options, examples_per_s=options.examples_per_s or prior_eps)
 
