@@ -3223,6 +3223,70 @@ def _csv_rows(p: Path) -> Iterator[Any]:
         yield from (r for r in reader if any(cell.strip() for cell in r))
 
 
+# A long-format phase column (`step,split,loss`: a train row and a val row at a step, each with its phase): each
+# phase's values are read as the columns a wide export gives them (the reshape the `name`-of-phases refusal above
+# asks for), the training log's as `train_<metric>` and the validation set's as the Trainer's plain `eval_<metric>`
+# (named as its log is, _eval_key_map). A test phase beside a validation phase is left out (the curves diagnosed are
+# the validation set's); alone, it is the one held-out set evaluated, read as the validation set as the Trainer
+# reader reads one held-out set under its own name. (column names, normalised), (phase -> the prefix its values take)
+_CSV_PHASE_COLUMNS = ("split", "phase")
+_CSV_PHASE_PREFIX = {**{v: "train_" for v in ("train", "training")},
+                     **{v: "eval_" for v in _VAL_NAMES if v}, "test": "eval_"}
+_CSV_TEST_PHASE = "test"
+# columns of every phase's rows, not pivoted: the step, the epoch, the schedule (normalised aliases' keys)
+_CSV_PHASE_SHARED = ("step", "epoch", "lr")
+
+
+def _csv_phase_pivot(p: Path, header: list[str], rows: Iterable[list[str]]
+                     ) -> tuple[list[str], Callable[[list[str]], list[str]], str] | None:
+    """A CSV with a phase column (_CSV_PHASE_COLUMNS): the header of its phases' columns, a function from a row to
+    its row under that header (its values in its phase's columns, blanks in the others) and the note that says so;
+    None without a phase column. Refuses a row with no phase or one not known, and two validation phases."""
+    names = [_norm(h) for h in header]
+    col = next((i for i, n in enumerate(names) if n in _CSV_PHASE_COLUMNS), None)
+    if col is None:
+        return None
+    seen: dict[str, str] = {}  # normalised phase -> the phase as first written
+    for r_i, row in enumerate(rows):
+        cell = row[col].strip() if col < len(row) else ""
+        if _norm(cell) not in _CSV_PHASE_PREFIX:
+            known = ", ".join(sorted(_CSV_PHASE_PREFIX))
+            raise UserError(f"'{p}' row {r_i + 2}: column {header[col]!r} is {cell!r}, not a phase loratune reads "
+                            f"({known})" if cell else f"'{p}' row {r_i + 2}: column {header[col]!r} is empty, so the "
+                            "row's values belong to no phase",
+                            f"name each row's phase in {header[col]!r} ({known}); rows of another set belong in "
+                            "a file of their own")
+        seen.setdefault(_norm(cell), cell)
+    vals = [v for v in seen if _CSV_PHASE_PREFIX[v] == "eval_" and v != _CSV_TEST_PHASE]
+    if len(vals) > 1:
+        raise UserError(f"'{p}' column {header[col]!r} names {len(vals)} validation phases "
+                        f"({', '.join(repr(seen[v]) for v in vals)}): which one is the run's validation set is unknown",
+                        "keep the validation set's rows under one of them and write the others to a file of their "
+                        "own (or name a held-out set evaluated beside it 'test')")
+    dropped = _CSV_TEST_PHASE if vals and _CSV_TEST_PHASE in seen else None
+    prefix = {v: _CSV_PHASE_PREFIX[v] for v in seen if v != dropped}
+    shared = [i for i, n in enumerate(names) if i != col and (_CSV_KEY_OF.get(n) in _CSV_PHASE_SHARED
+                                                              or header[i].strip().startswith("_"))]
+    pivoted = [i for i in range(len(header)) if i != col and i not in shared]
+    out = sorted(set(prefix.values()))
+    new_header = [header[i] for i in shared] + [pfx + header[i].strip() for pfx in out for i in pivoted]
+
+    def pivot(row: list[str]) -> list[str]:
+        cell = lambda i: row[i] if i < len(row) else ""  # noqa: E731
+        pfx = prefix.get(_norm(cell(col)))
+        return [cell(i) for i in shared] + [cell(i) if p_ == pfx else "" for p_ in out for i in pivoted]
+
+    said = "; ".join(f"{', '.join(repr(seen[v]) for v in prefix if prefix[v] == pfx)} rows as "
+                     + ("the training log" if pfx == "train_" else "the validation set")
+                     + f" ({', '.join(pfx + header[i].strip() for i in pivoted)})" for pfx in out)
+    note = (f"column {header[col]!r} read as each row's phase: {said}"
+            + (f"; the {seen[dropped]!r} rows left out (a set beside the validation set, not diagnosed)"
+               if dropped else "")
+            + (f" ({seen[_CSV_TEST_PHASE]!r}, the one held-out set evaluated, read as the validation set)"
+               if _CSV_TEST_PHASE in prefix else ""))
+    return new_header, pivot, note
+
+
 def read_csv(path: str | Path) -> RunHistory:
     """A CSV of step / loss / metric columns, streamed: the file is read line by line, only the mapped columns'
     numbers are kept (a 200 MB W&B export with a hundred other columns held ~10x its size as text, lines and cells),
@@ -3234,13 +3298,18 @@ def read_csv(path: str | Path) -> RunHistory:
     rows = _csv_rows(p)
     dialect = next(rows)
     header = next(rows)
-    return _csv_history(p, header, rows, dialect, lambda: itertools.islice(_csv_rows(p), 2, None))
+    again: Callable[[], Iterator[list[str]]] = lambda: itertools.islice(_csv_rows(p), 2, None)  # noqa: E731
+    phases = _csv_phase_pivot(p, header, again())
+    if phases is None:
+        return _csv_history(p, header, rows, dialect, again)
+    header, pivot, note = phases
+    return _csv_history(p, header, map(pivot, rows), dialect, lambda: map(pivot, again()), (note,))
 
 
 def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
-                 again: Callable[[], Iterator[list[str]]]) -> RunHistory:
+                 again: Callable[[], Iterator[list[str]]], first_notes: Sequence[str] = ()) -> RunHistory:
     """The run of a CSV from its header and its non-blank rows (`body`: read once, row by row; `again`: the rows
-    read anew)."""
+    read anew); `first_notes`: what reading the file's shape said (its phase column)."""
     lookup = _CSV_KEY_OF
     mapping: dict[int, str] = {}
     spare: dict[int, str] = {}  # a later column under a key already mapped: read, in case the first is a summary
@@ -3322,7 +3391,7 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
     if swaps or set(split_of) != set(named):
         read = read_rows(again(), swaps, set(split_of))  # the windows of the columns as the whole file decided them
     notes += key_notes
-    notes[:0] = _csv_column_notes(header, dict(sorted(mapping.items())))
+    notes[:0] = [*first_notes, *_csv_column_notes(header, dict(sorted(mapping.items())))]
     found = set(mapping.values())
     points = _window_points(read.evals, read.tail, {**{k: k for k in fixed if "/" in k}, **split_of}, val_prefix)
     for pt in points:

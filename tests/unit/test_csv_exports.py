@@ -458,3 +458,48 @@ def test_a_name_column_of_phases_filling_one_column_is_refused_with_the_reshape(
     assert [p["val/loss"] for p in h.points] == [v for _, _, v in HISTORY]
     assert [p["val/accuracy"] for p in h.points] == [0.6] * 4
     assert [p["train_eval/accuracy"] for p in h.points] == [0.5] * 4
+
+
+def _phase_rows(val_name: str, test: bool = False) -> str:
+    """`step,split,loss`: four train rows between evaluations, a val row at each evaluation (and a test row)."""
+    rows = []
+    for s, t, v in HISTORY:
+        rows += [f"{s - 50 + k},train,{t + 0.1 * (3 - k)}" for k in range(1, 4)] + [f"{s},train,{t}"]
+        rows.append(f"{s},{val_name},{v}")
+        if test:
+            rows.append(f"{s},test,{v + 5}")
+    return "step,split,loss\n" + "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize("val_name", ["val", "validation", "eval", "Valid", "test"])
+def test_a_split_column_reads_each_phase_as_its_curve(tmp_path, val_name):
+    """`step,split,loss` (a long-format export: a train row per logged step, a val row per evaluation) had no phase
+    column: the val rows' losses were read as train losses (no val curve, 0 eval points, verdict inconclusive)."""
+    (tmp_path / "run.csv").write_text(_phase_rows(val_name))
+    h = load_run(str(tmp_path / "run.csv"))
+    assert [p["step"] for p in h.points] == [50, 100, 150, 200]
+    assert [p["val/loss"] for p in h.points] == [v for _, _, v in HISTORY]
+    assert [p["train/loss_last"] for p in h.points] == [t for _, t, _ in HISTORY]
+    assert [p["train/loss"] for p in h.points] == pytest.approx([t + 0.075 for _, t, _ in HISTORY])
+    assert h.notes[0].startswith("column 'split' read as each row's phase")
+    assert ("'test', the one held-out set evaluated, read as the validation set" in h.notes[0]) == (val_name == "test")
+
+
+def test_a_test_phase_beside_a_val_phase_is_left_out(tmp_path):
+    (tmp_path / "run.csv").write_text(_phase_rows("val", test=True).replace("split", "phase"))
+    h = load_run(str(tmp_path / "run.csv"))
+    assert [p["val/loss"] for p in h.points] == [v for _, _, v in HISTORY]
+    assert "the 'test' rows left out" in h.notes[0]
+
+
+@pytest.mark.parametrize("text, said", [
+    ("step,split,loss\n1,train,2.0\n2,holdout,1.5\n", "row 3: column 'split' is 'holdout', not a phase loratune reads"),
+    ("step,split,loss\n1,train,2.0\n2,,1.5\n", "row 3: column 'split' is empty"),
+    ("step,split,loss\n1,train,2.0\n2,val,1.5\n2,eval,1.4\n",
+     "column 'split' names 2 validation phases ('val', 'eval'): which one is the run's validation set is unknown"),
+])
+def test_a_split_column_that_stays_ambiguous_is_refused(tmp_path, capsys, text, said):
+    (tmp_path / "run.csv").write_text(text)
+    assert main(["diagnose", str(tmp_path / "run.csv")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert said in err and "Traceback" not in err
