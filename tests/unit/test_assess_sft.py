@@ -441,3 +441,26 @@ def test_a_pool_keys_a_text_its_key_empties_by_data_text_key_s_rule():
     assert text_key("What is 1 + 2?", OPEN_PROMPT_KEY) == "what is 1 + 2" and text_key("?!  ?", OPEN_PROMPT_KEY) == "?! ?"
     assert TextPool([], {}, OPEN_PROMPT_KEY).text_key("?!  ?") == "?! ?"
     assert TextPool([], {}, OPEN_PROMPT_KEY).text_key("A + b!") == "a + b"
+
+
+def test_a_prompt_set_prompt_copied_from_training_is_flagged_as_leakage(lm_and_data, tmp_path, capsys):
+    # a prompt-set row whose prompt is a training prompt (spaces and case aside, as train/validation copies are keyed)
+    # scores memorisation, not behaviour: assess flagged train/validation copies and said nothing of the prompt set
+    import json as _json
+
+    lm, data = lm_and_data
+    train = [_json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    copied = "  " + train[0]["prompt"].upper().replace(" ", "   ") + " "
+    held = "a prompt no training row holds"
+    assert held not in {r["prompt"] for r in train}
+    ps = tmp_path / "ps.jsonl"
+    write_jsonl(ps, [{"prompt": copied, "reference": "x", "group": "familiar"},
+                     {"prompt": held, "reference": "y", "group": "novel"}])
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}", f"prompt_set={ps}")
+    by_id = {x["id"]: x for x in a["findings"]}
+    assert code == 0 and by_id["leakage"]["severity"] == "error"
+    assert by_id["leakage"]["evidence"] == {"leak_rows": 1, "leak_where": "train->prompt_set 1"}
+    # a prompt set of held-out prompts only: no leakage
+    write_jsonl(ps, [{"prompt": held, "reference": "y", "group": "novel"}])
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}", f"prompt_set={ps}")
+    assert code == 0 and "leakage" not in {x["id"] for x in a["findings"]}

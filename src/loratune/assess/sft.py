@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -145,16 +145,46 @@ def consistency_facts(dataset, thresholds: AssessThresholds = AssessThresholds()
 
     splits = {name: Split(name, tuple(e.prompt_text for e in sp.examples), tuple((e.completion,) for e in sp.examples),
                           sp.source) for name, sp in dataset.splits().items()}
-    pool = TextPool.of(splits, normalise if dataset.generates_labels else OPEN_PROMPT_KEY)
-    uniq = list(pool.by_norm)
-    neighbours = (char_neighbours(uniq, thresholds.near_duplicate_neighbors, min(
-        thresholds.near_duplicate_similarity, thresholds.near_leak_similarity)) if dataset.generates_labels
-        else (np.zeros((len(uniq), 0)), np.zeros((len(uniq), 0), dtype=int)))
+    key = normalise if dataset.generates_labels else OPEN_PROMPT_KEY
+
+    def measured(splits: dict) -> tuple:
+        pool = TextPool.of(splits, key)
+        uniq = list(pool.by_norm)
+        neighbours = (char_neighbours(uniq, thresholds.near_duplicate_neighbors, min(
+            thresholds.near_duplicate_similarity, thresholds.near_leak_similarity)) if dataset.generates_labels
+            else (np.zeros((len(uniq), 0)), np.zeros((len(uniq), 0), dtype=int)))
+        return pool, uniq, neighbours, find_noise(splits, pool, thresholds, neighbours, uniq)
+
+    pool, uniq, neighbours, noise = measured(splits)
     conflicts = find_conflicts(pool, thresholds, neighbours, uniq)
-    noise = find_noise(splits, pool, thresholds, neighbours, uniq)
+    noise = replace(noise, leakage=noise.leakage + (leak := prompt_set_leakage(dataset, splits, measured)),
+                    leak_rows=noise.leak_rows + sum(lk.rows for lk in leak),
+                    near_leak_rows=noise.near_leak_rows + sum(lk.near_rows for lk in leak))
     notes = [n for n in [neighbour_sample_note(len(uniq))] if n] if dataset.generates_labels else []
     return {k: v for k, v in shared_consistency_facts(conflicts, noise, thresholds).items()
             if k in CONSISTENCY_FACTS}, notes
+
+
+# The split name the prompt set's rows take in the leakage facts (`leak_where`: "train->prompt_set 2")
+PROMPT_SET_SPLIT = "prompt_set"
+
+
+def prompt_set_leakage(dataset, splits: dict, measured: Callable) -> tuple:
+    """The prompt set's prompts copied from the training prompts (data.prompt_set: held-out prompts; a copy of a
+    training prompt scores memorisation, not behaviour), as find_noise measures a later split's copies of an earlier
+    one, under the same key (`measured`: find_noise over the splits given, with their pool): the train -> prompt_set
+    Leakage, which the leakage rows of the finding table read. The prompt set against train only: its duplicates are
+    refused when it is read, and a validation prompt in it is trained on by neither."""
+    from loratune.data import Split
+    from loratune.generation import load_prompt_set
+
+    if not getattr(dataset, "prompt_set", None):
+        return ()
+    items = load_prompt_set(dataset.prompt_set)
+    ps = Split(PROMPT_SET_SPLIT, tuple(it.text for it in items), tuple((it.reference,) for it in items),
+               str(dataset.prompt_set))
+    noise = measured({"train": splits["train"], PROMPT_SET_SPLIT: ps})[-1]
+    return tuple(lk for lk in noise.leakage if lk.split == PROMPT_SET_SPLIT)
 
 
 def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
