@@ -56,12 +56,15 @@ MESSAGES_NAMES = ("messages", "conversations", "conversation", "chat", "dialog")
 TOOLS_COLUMN = "tools"
 TOOLS_FIX = ("drop the tool-calling rows (loratune trains text turns only: the tools and calls would not reach the "
              "chat template), or train them with TRL's SFTTrainer, which passes them to it")
-# a ShareGPT turn's weight (axolotl: weight 0, a turn not learnt): loratune learns every assistant turn of a chat,
-# so an assistant turn marked not to be learnt is refused rather than learnt silently (a system or user turn's weight 0
-# is what loratune does anyway: prompt turns are never learnt)
+# a ShareGPT turn's weight (axolotl: weight 0, a turn not learnt; weight 1, a turn learnt): loratune learns every
+# assistant turn of a chat and never a prompt turn, so a turn whose weight asks otherwise is refused rather than
+# trained otherwise silently: an assistant turn marked not to be learnt, and a system or user turn marked to be learnt
+# (a prompt turn's weight 0 is what loratune does anyway)
 WEIGHT_KEY = "weight"
 WEIGHT_FIX = ("drop the turn's weight key to learn it, or end the chat before it (a chat's turns after its last "
               "assistant turn are not part of it): loratune cannot leave one assistant turn of a chat unlearnt")
+PROMPT_WEIGHT_FIX = ("drop the turn's weight key (or set it to 0): loratune learns the assistant turns only; to learn "
+                     "that text, write it as an assistant turn")
 IGNORE = -100  # the label torch's cross-entropy skips: prompt tokens and padding
 # The fix when the tokenizer's own chat template refuses a chat (a system turn, roles that do not alternate).
 CHAT_TEMPLATE_FIX = ("merge the system turn into the user turn (and make user/assistant turns alternate), "
@@ -168,6 +171,10 @@ def read_turns(value: Any, where: str, column: str, shape: str = CHAT_SHAPE) -> 
         if t["role"] == "assistant" and WEIGHT_KEY in t and t[WEIGHT_KEY] is not None and not t[WEIGHT_KEY]:
             raise UserError(f"{where}: assistant turn {i + 1} of column '{column}' has {WEIGHT_KEY} {t[WEIGHT_KEY]!r} (not to be "
                             "learnt), and loratune learns every assistant turn of a chat", WEIGHT_FIX)
+        if t["role"] != "assistant" and t.get(WEIGHT_KEY) is not None and t[WEIGHT_KEY]:
+            raise UserError(f"{where}: {t['role']} turn {i + 1} of column '{column}' has {WEIGHT_KEY} "
+                            f"{t[WEIGHT_KEY]!r} (to be learnt), and loratune never learns a {t['role']} turn",
+                            PROMPT_WEIGHT_FIX)
         turns.append(Turn(str(t["role"]), _content(t["content"], f"{where}: turn {i + 1} of column '{column}'")))
     return tuple(turns)
 

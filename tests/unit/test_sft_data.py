@@ -988,3 +988,19 @@ def test_a_study_recorded_before_loss_covers_is_noted_when_its_chats_have_earlie
     assert "not comparable" in loss_covers_note({}, multi)
     assert loss_covers_note({LOSS_COVERS_KEY: EVERY_TURN}, multi) is None
     assert loss_covers_note({}, single) is None  # one answer per chat: the same tokens either way
+
+
+@pytest.mark.parametrize("speaker, role", [("human", "user"), ("system", "system"), ("user", "user")])
+def test_weight_1_on_a_sharegpt_prompt_turn_is_refused_not_left_unlearnt(speaker, role):
+    """axolotl's weight 1 on a human (or system) turn asks for it to be learnt; loratune learns assistant turns only,
+    and the row was accepted with that turn silently not learnt. Refused as an assistant turn's weight 0 is."""
+    rows = [{"conversations": [{"from": speaker, "value": "be brief", "weight": 1},
+                               *([{"from": "human", "value": "hi"}] if speaker == "system" else []),
+                               {"from": "gpt", "value": "ok", "weight": 1}]}]
+    with pytest.raises(UserError) as err:
+        parse_sft_rows(rows, DataConfig(messages_column="conversations"), "f.jsonl", "train")
+    assert (f"{role} turn 1 of column 'conversations' has weight 1 (to be learnt), and loratune never learns a "
+            f"{role} turn") in err.value.problem
+    assert "f.jsonl" in err.value.problem and "set it to 0" in err.value.fix
+    rows[0]["conversations"][0]["weight"] = 0
+    assert len(parse_sft_rows(rows, DataConfig(messages_column="conversations"), "f.jsonl", "train").examples) == 1
