@@ -497,6 +497,10 @@ METRIC_KEYS = ("macro_f1", "accuracy", "micro_f1", "subset_accuracy", "token_acc
 # them no binomial standard error, so the curve's own jitter is their noise (protocol 5b), and they mark a generative
 # run (word_accuracy / char_accuracy: 1 - WER / CER, as the reader writes them)
 ROW_MEAN_METRICS = ("token_accuracy", "rouge_l", "word_accuracy", "char_accuracy")
+# ...and the count a row-mean metric's noise bound reads in place of the rows (`val/n`) where a point records it: the
+# token accuracy weighs each row by its tokens, so its rows are worth fewer equal rows (sft.effective_rows: a loratune
+# run records `<split>/n_effective` beside `<split>/n`, the rows scored)
+ROW_MEAN_COUNT = {"token_accuracy": "n_effective"}
 
 
 def has_binomial_se(metric: str | None) -> bool:
@@ -1392,6 +1396,8 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
                  "fewer than 2 val-metric points")
 
     n = acc.values.get("val_n")
+    if metric in ROW_MEAN_COUNT:  # what the metric's rows are worth, where the points say it
+        n = next((v for p in reversed(pts) if (v := _num(p.get(f"val/{ROW_MEAN_COUNT[metric]}"))) is not None), n)
     if not has_binomial_se(metric):  # a share of tokens, or a mean of overlap scores, not a share of rows
         se = None
         acc.set("val_metric_se", None, NOT_APPLICABLE + f"{metric} is no share of rows (tokens correlated within a "

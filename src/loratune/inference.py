@@ -396,9 +396,9 @@ def evaluate_lm_run(run_dir: str | Path, split: str = "test") -> dict:
     # scored on the tokens the run learnt: a run recorded before every assistant turn was learnt, on its last turns
     enc = encode_sft(tokenizer, renderer, data_split.examples, cfg.model.max_length, learns_earlier(store.read_run()))
     autocast = eval_precision(cfg, model, device, LM_HEAD_NAMES)
-    # `<split>/n`, rows scored, as a classifier's evaluation has it (every example one row: encode_sft). Here only, not
-    # in evaluate_lm: a training point's val/n would be read by diagnose as the val size of a share of tokens
-    scores = {f"{prefix}/n": len(enc.ids), **evaluate_lm(prefix, model, enc, tokenizer.pad_token_id, device, autocast)}
+    # `<split>/n`, rows scored, as a classifier's evaluation has it, and what they are worth to the token accuracy
+    # (`<split>/n_effective`), as the training points record them (evaluate_lm)
+    scores = evaluate_lm(prefix, model, enc, tokenizer.pad_token_id, device, autocast)
     if dataset.label_space is not None:  # generative classification: the labels it writes, per class
         labels = dataset.label_space.labels
         y = np.array([{lab: i for i, lab in enumerate(labels)}.get(e.completion, -1) for e in data_split.examples],

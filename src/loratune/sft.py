@@ -195,11 +195,15 @@ def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
 
 @torch.no_grad()  # not inference_mode: FSDP2 gathers weights in place, which inference tensors refuse
 def evaluate_lm(prefix: str, model, enc: SFTEncoded, pad_id: int, device, autocast: bool) -> dict[str, float]:
-    """`<prefix>/loss` (mean per completion token over the split), `/perplexity` (exp of it) and
-    `/token_accuracy` (share of completion tokens that are the argmax of the logit before them)."""
+    """`<prefix>/loss` (mean per completion token over the split), `/perplexity` (exp of it),
+    `/token_accuracy` (share of completion tokens that are the argmax of the logit before them), `/tokens` (the
+    completion tokens scored), `/n` (the rows they are in: rows scored, as a classifier's evaluation counts them) and
+    `/n_effective` (what those rows are worth to the token accuracy, a mean of the rows' accuracies weighted by their
+    tokens: effective_rows; its noise band reads this, features.ROW_MEAN_COUNT)."""
     was_training = model.training
     model.eval()
     loss_sum, tokens, hits = 0.0, 0, 0
+    per_row: list[int] = []  # each scored row's completion tokens
     # at most EVAL_TOKENS padded tokens a batch; its own collate pads each batch to its longest
     for rows in eval_batches(enc.lengths, EVAL_TOKENS // 16, bucket=None):
         batch = collate_lm(enc, rows, pad_id, device)
@@ -207,10 +211,21 @@ def evaluate_lm(prefix: str, model, enc: SFTEncoded, pad_id: int, device, autoca
             logits, target = scored_logits(model, batch)
         s, n, h = token_stats(logits, target)
         loss_sum, tokens, hits = loss_sum + float(s), tokens + n, hits + h
+        per_row += [int(k) for k in (batch["labels"][:, 1:] != IGNORE).sum(1).tolist() if k]
     model.train(was_training)
     loss = loss_sum / tokens if tokens else math.nan
     return {f"{prefix}/loss": loss, f"{prefix}/perplexity": math.exp(min(loss, 700.0)) if tokens else math.nan,
-            f"{prefix}/token_accuracy": hits / tokens if tokens else math.nan, f"{prefix}/tokens": tokens}
+            f"{prefix}/token_accuracy": hits / tokens if tokens else math.nan, f"{prefix}/tokens": tokens,
+            f"{prefix}/n": len(per_row), f"{prefix}/n_effective": effective_rows(per_row)}
+
+
+def effective_rows(weights: Sequence[int]) -> float:
+    """The rows a weighted mean of per-row scores is worth (Kish's effective sample size, (sum w)^2 / sum w^2): a
+    token accuracy is its rows' accuracies weighted by their tokens, so one long completion among short ones counts
+    for more than one row, and its standard error is that of a plain mean of this many rows, not of the row count
+    (equal rows: the row count). 0 for no rows."""
+    squares = sum(w * w for w in weights)
+    return sum(weights) ** 2 / squares if squares else 0.0
 
 
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device,

@@ -648,10 +648,11 @@ def test_evaluate_scores_an_sft_run_as_its_evaluation_points_do(sft_run, capsys)
     assert scores["val/token_accuracy"] == pytest.approx(best["val/token_accuracy"])
     assert run["eval"]["validation"]["val/tokens"] == best["val/tokens"]
     # rows scored, as a classifier's and a generate run's evaluate give them (it had none: loss, perplexity, token
-    # accuracy and tokens only); the training points keep leaving it out (diagnose would take it for the row count of
-    # val/token_accuracy, a share of tokens), run.json rows.val counts them there
-    assert scores["val/n"] == run["eval"]["validation"]["val/n"] == run["rows"]["val"] == 8
-    assert "val/n" not in best and not any("val/n" in p for p in _history(sft_run))
+    # accuracy and tokens only), and the training points record them too, with what they are worth to the token
+    # accuracy (val/n_effective: at most the rows), which diagnose's noise bound reads
+    assert scores["val/n"] == run["eval"]["validation"]["val/n"] == run["rows"]["val"] == 8 == best["val/n"]
+    assert all(p["val/n"] == 8 and 1 <= p["val/n_effective"] <= 8 for p in _history(sft_run) if "val/loss" in p)
+    assert scores["val/n_effective"] == pytest.approx(best["val/n_effective"])
     # the prompt set too (it was not scored, and tune's pick of an SFT study fell back to the test loss): the same
     # prompts, max_new_tokens and greedy decoding give the scores the saved step recorded, every one of them
     saved = next(p for p in _history(sft_run) if p["step"] == run["adapter_step"])

@@ -436,3 +436,35 @@ def test_a_token_accuracys_upper_bound_noise_does_not_say_it_never_rose():
     # the falling loss
     flat = diagnose(_packed_eval_run((0.025,) * 4), meta=SFT)
     assert flat.fired("eval-metric-unmoved", active_only=False)
+
+
+def test_an_sft_evaluation_records_its_rows_and_what_they_are_worth_to_the_token_accuracy():
+    # an SFT run's points had no val/n: the token accuracy's noise bound had no count (0.1 -> 0.35 over 4 evals read
+    # from the jitter of 2 second differences). They record the rows scored and their effective count: the token
+    # accuracy weighs a row by its tokens, so rows of 1, 1 and 6 completion tokens are worth 64/38 rows, not 3
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from loratune.sft import effective_rows, evaluate_lm
+    from loratune.sft_data import SFTEncoded
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
+    enc = SFTEncoded(ids=[[1, 2, 3], [1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7, 8]], prompt_lens=np.array([2, 3, 2]))
+    got = evaluate_lm("val", model, enc, 0, torch.device("cpu"), False)
+    assert got["val/tokens"] == 1 + 1 + 6 and got["val/n"] == 3
+    assert got["val/n_effective"] == pytest.approx(64 / 38) == effective_rows([1, 1, 6])
+    assert effective_rows([5, 5, 5, 5]) == 4 and effective_rows([]) == 0.0
+
+
+def test_a_token_accuracys_noise_bound_reads_its_effective_rows_not_the_row_count():
+    # 40 val rows, one of them holding most of the tokens: worth 2 rows to the token accuracy. The bound over the row
+    # count (0.075 at 0.35) called a rise to 0.35 beyond noise; over the 2 effective rows (0.34) it is not
+    pts = [{**p, "val/n": 40, "val/n_effective": 2.0} for p in _packed_eval_run((0.1, 0.175, 0.35, 0.35))]
+    d = diagnose(pts, meta=SFT)
+    assert d.features["val_metric_noise_bound"] == 1.0 and d.features["val_n"] == 40
+    assert d.features["val_metric_gain_se"] == pytest.approx(0.25 / math.sqrt(0.35 * 0.65 / 2), rel=0.05)
+    rows = diagnose([{**p, "val/n": 40} for p in _packed_eval_run((0.1, 0.175, 0.35, 0.35))], meta=SFT)
+    assert rows.features["val_metric_gain_se"] > 3 > d.features["val_metric_gain_se"]
