@@ -165,19 +165,27 @@ def read_rows(path: Path, kind: RowFile = LABELLED_ROWS) -> list[dict[str, Any]]
     return read_rows_at(path, kind)[0]
 
 
-def read_rows_at(path: Path, kind: RowFile = LABELLED_ROWS) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
+def read_rows_at(path: Path, kind: RowFile = LABELLED_ROWS, pipe: bool = False
+                 ) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
     """Rows of one file as dicts, and per row the file line it starts on (empty for Parquet and a JSON array): a
-    blank line or a quoted multi-line CSV text makes a row's number no line number, and errors name lines."""
-    require_file(path, kind.what, f"check the path ({kind.key})")
+    blank line or a quoted multi-line CSV text makes a row's number no line number, and errors name lines. `pipe`: a
+    named pipe (a FIFO named x.jsonl, `<(cmd)` behind a .csv link) is read too, once, as the file it streams (its
+    size is known only once read)."""
+    require_file(path, kind.what, f"check the path ({kind.key})", pipe=pipe)
     suffix = data_suffix(path)
     if suffix not in SUFFIXES:
         raise UserError(f"{kind.what} '{path}' has suffix '{suffix}'",
                         f"use one of {', '.join(SUFFIXES)} (JSON Lines, CSV, Parquet)")
-    if path.stat().st_size == 0:
+    stream = not path.is_file()  # a pipe require_file let through: read once, from start to end
+    if not stream and path.stat().st_size == 0:
         raise UserError(f"{kind.what} '{path}' is empty", f"give a file with a header/rows of {kind.rows}")
-    if suffix == ".parquet":
+    if suffix == ".parquet" and not stream:
         return _read_parquet(path, kind), ()
     raw = path.read_bytes()
+    if not raw:
+        raise UserError(f"{kind.what} '{path}' is empty", f"give a file with a header/rows of {kind.rows}")
+    if suffix == ".parquet":  # a footer at the end: read from the bytes streamed
+        return _read_parquet(path, kind, io.BytesIO(raw)), ()
     text = decode_utf8(raw, path, kind.what)
     if suffix == ".csv":
         rows, lines = _read_csv(text, path, kind)
@@ -406,11 +414,12 @@ def _read_jsonl(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, An
     return rows, tuple(lines)
 
 
-def _read_parquet(path: Path, kind: RowFile) -> list[dict[str, Any]]:
+def _read_parquet(path: Path, kind: RowFile, source: Any = None) -> list[dict[str, Any]]:
+    """`source`: the file's bytes where it was a stream (a file object), else the file at `path` is read."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(source if source is not None else path)
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise UserError(f"{kind.what} '{path}' could not be read as Parquet: {exc}", "check the file") from None
     rows = table.to_pylist()

@@ -243,3 +243,39 @@ def test_an_output_that_is_no_regular_file_is_written_through_not_replaced(tmp_p
     write_atomic(fifo, "the report")
     reader.join(timeout=10)
     assert got == ["the report"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_predict_reads_a_named_pipe_of_rows_as_the_file_it_streams(tmp_path, suffix):
+    """`predict RUN --file x.jsonl` (or .csv, .parquet) where x is a FIFO (mkfifo, `<(cmd)` behind a link) was refused
+    as "not a regular file", while a plain-text pipe and `--file -` were read: read once, as the file it streams."""
+    import io
+    import os
+    import threading
+
+    from loratune.commands.predict import read_texts
+
+    texts = ["lost my card", "what is my balance, please"]
+    if suffix == ".jsonl":
+        data = "".join(json.dumps({"text": t}) + "\n" for t in texts).encode()
+    elif suffix == ".csv":
+        data = ("text\n" + "".join(f'"{t}"\n' for t in texts)).encode()
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"text": texts}), buf)
+        data = buf.getvalue()
+    fifo = tmp_path / f"x{suffix}"
+    for payload, want in ((data, texts), (b"", None)):
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=lambda: fifo.write_bytes(payload), daemon=True)
+        writer.start()
+        if want is not None:
+            assert read_texts(str(fifo)) == want
+        else:  # an empty stream is an empty file
+            with pytest.raises(UserError, match=re.escape(f"'{fifo}' is empty")):
+                read_texts(str(fifo))
+        writer.join(timeout=10)
+        fifo.unlink()

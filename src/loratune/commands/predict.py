@@ -47,7 +47,9 @@ def read_texts(path: str, column: str = "text") -> list[str]:
     if suffix in SUFFIXES:
         from loratune.data import check_characters, has_visible, read_rows_at, where_rows
 
-        rows, lines = read_rows_at(p)  # rows named by their file line, as training names them
+        # rows named by their file line, as training names them; a named pipe (mkfifo x.jsonl) read as the file it
+        # streams, as a text file's is below
+        rows, lines = read_rows_at(p, pipe=True)
         bad = next((i for i, r in enumerate(rows) if not isinstance(r.get(column), str)), None)
         if bad is not None:  # every row, not the first only: a row without a text has nothing to predict
             what = f"no '{column}' column" if column not in rows[bad] else f"a '{column}' of {rows[bad][column]!r}"
