@@ -3233,30 +3233,58 @@ _CSV_PHASE_COLUMNS = ("split", "phase")
 _CSV_PHASE_PREFIX = {**{v: "train_" for v in ("train", "training")},
                      **{v: "eval_" for v in _VAL_NAMES if v}, "test": "eval_"}
 _CSV_TEST_PHASE = "test"
-# columns of every phase's rows, not pivoted: the step, the epoch, the schedule (normalised aliases' keys)
-_CSV_PHASE_SHARED = ("step", "epoch", "lr")
+# What is pivoted: a column of scores with no phase in its name (`loss`, `accuracy`: _csv_score_column, or a metric
+# the Trainer reader names, `rougeL`, `wer`). Not a column that already names its phase (its first word one of
+# these: `train_loss`, `eval_loss`, W&B's `train/loss`; prefixed again, `train_eval_loss` read a train row's eval
+# loss as a train-eval curve), nor the step, the epoch, the schedule, a timing (`timestamp`, `runtime`) or any other
+# column: each row's, read as it is. A phase column with no column to pivot (`step,split,train_loss,val_loss`), with
+# one phase only, or whose values name no data split (a schedule's `warmup` / `stable` / `decay`, a curriculum's
+# stage `1` / `2`) is not read as phases: the file is read as it is, the column ignored (said in the mapping note)
+_CSV_PHASE_NAMED = ("train", "training", "trn", *(v for v in _VAL_NAMES if v), "test")
+_CSV_PHASE_METRICS = frozenset(_norm(m) for m in (*_METRIC_ALIASES, *_ERROR_RATES))
+
+
+def _csv_phase_pivoted(col: str) -> bool:
+    """Whether a phase column's rows put their values of this column under their phase's name (_CSV_PHASE_NAMED)."""
+    n = _norm(col)
+    if col.strip().startswith("_") or n.split("_", 1)[0] in _CSV_PHASE_NAMED:
+        return False
+    return _csv_score_column(col) or n in _CSV_PHASE_METRICS
 
 
 def _csv_phase_pivot(p: Path, header: list[str], rows: Iterable[list[str]]
                      ) -> tuple[list[str], Callable[[list[str]], list[str]], str] | None:
-    """A CSV with a phase column (_CSV_PHASE_COLUMNS): the header of its phases' columns, a function from a row to
-    its row under that header (its values in its phase's columns, blanks in the others) and the note that says so;
-    None without a phase column. Refuses a row with no phase or one not known, and two validation phases."""
+    """A CSV with a phase column (_CSV_PHASE_COLUMNS) of data splits and columns to pivot (_CSV_PHASE_NAMED): the
+    header of its phases' columns, a function from a row to its row under that header (its values in its phase's
+    columns, blanks in the others) and the note that says so; None where the file is read as it is. Refuses a column
+    of data splits with a row of no phase or one not known, and two validation phases."""
     names = [_norm(h) for h in header]
     col = next((i for i, n in enumerate(names) if n in _CSV_PHASE_COLUMNS), None)
     if col is None:
         return None
+    pivoted = [i for i in range(len(header)) if i != col and _csv_phase_pivoted(header[i])]
+    if not pivoted:
+        return None
     seen: dict[str, str] = {}  # normalised phase -> the phase as first written
+    odd: tuple[int, str] | None = None  # the first row whose phase is no data split: (row number, its cell)
     for r_i, row in enumerate(rows):
         cell = row[col].strip() if col < len(row) else ""
-        if _norm(cell) not in _CSV_PHASE_PREFIX:
-            known = ", ".join(sorted(_CSV_PHASE_PREFIX))
-            raise UserError(f"'{p}' row {r_i + 2}: column {header[col]!r} is {cell!r}, not a phase loratune reads "
-                            f"({known})" if cell else f"'{p}' row {r_i + 2}: column {header[col]!r} is empty, so the "
-                            "row's values belong to no phase",
-                            f"name each row's phase in {header[col]!r} ({known}); rows of another set belong in "
-                            "a file of their own")
-        seen.setdefault(_norm(cell), cell)
+        if _norm(cell) in _CSV_PHASE_PREFIX:
+            seen.setdefault(_norm(cell), cell)
+        elif odd is None:
+            odd = (r_i + 2, cell)
+    if not seen:
+        return None  # no data split named: a schedule's or a curriculum's phases
+    if odd is not None:
+        known = ", ".join(sorted(_CSV_PHASE_PREFIX))
+        line, cell = odd
+        raise UserError(f"'{p}' row {line}: column {header[col]!r} is {cell!r}, not a phase loratune reads ({known})"
+                        if cell else f"'{p}' row {line}: column {header[col]!r} is empty, so the row's values belong "
+                        "to no phase",
+                        f"name each row's phase in {header[col]!r} ({known}); rows of another set belong in a file of "
+                        f"their own (a column of another kind of phase, a schedule's, needs another name)")
+    if len(seen) == 1:
+        return None  # one phase: the columns are read by their names
     vals = [v for v in seen if _CSV_PHASE_PREFIX[v] == "eval_" and v != _CSV_TEST_PHASE]
     if len(vals) > 1:
         raise UserError(f"'{p}' column {header[col]!r} names {len(vals)} validation phases "
@@ -3265,16 +3293,22 @@ def _csv_phase_pivot(p: Path, header: list[str], rows: Iterable[list[str]]
                         "own (or name a held-out set evaluated beside it 'test')")
     dropped = _CSV_TEST_PHASE if vals and _CSV_TEST_PHASE in seen else None
     prefix = {v: _CSV_PHASE_PREFIX[v] for v in seen if v != dropped}
-    shared = [i for i, n in enumerate(names) if i != col and (_CSV_KEY_OF.get(n) in _CSV_PHASE_SHARED
-                                                              or header[i].strip().startswith("_"))]
-    pivoted = [i for i in range(len(header)) if i != col and i not in shared]
+    shared = [i for i in range(len(header)) if i != col and i not in pivoted]
     out = sorted(set(prefix.values()))
-    new_header = [header[i] for i in shared] + [pfx + header[i].strip() for pfx in out for i in pivoted]
+    # a pivoted column the file already has (`loss` on train rows beside `train_loss`): one column, the file's value
+    # where it has one, the pivoted one where it is blank
+    into = {_norm(header[j]): j for j in reversed(shared)}
+    merged = {(pfx, i): into[_norm(pfx + header[i])] for pfx in out for i in pivoted if _norm(pfx + header[i]) in into}
+    fill = {j: (pfx, i) for (pfx, i), j in merged.items()}
+    new_header = [header[i] for i in shared] + [pfx + header[i].strip() for pfx in out for i in pivoted
+                                                 if (pfx, i) not in merged]
 
     def pivot(row: list[str]) -> list[str]:
         cell = lambda i: row[i] if i < len(row) else ""  # noqa: E731
         pfx = prefix.get(_norm(cell(col)))
-        return [cell(i) for i in shared] + [cell(i) if p_ == pfx else "" for p_ in out for i in pivoted]
+        return ([cell(j) if cell(j).strip() or j not in fill or fill[j][0] != pfx else cell(fill[j][1])
+                 for j in shared]
+                + [cell(i) if p_ == pfx else "" for p_ in out for i in pivoted if (p_, i) not in merged])
 
     said = "; ".join(f"{', '.join(repr(seen[v]) for v in prefix if prefix[v] == pfx)} rows as "
                      + ("the training log" if pfx == "train_" else "the validation set")

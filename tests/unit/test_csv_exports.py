@@ -503,3 +503,74 @@ def test_a_split_column_that_stays_ambiguous_is_refused(tmp_path, capsys, text, 
     assert main(["diagnose", str(tmp_path / "run.csv")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert said in err and "Traceback" not in err
+
+
+def _wide_with(column: str, phases) -> str:
+    """`step,<column>,train_loss,val_loss`: a wide export (the columns name their phase) with another column of a
+    phase per row (a schedule's, a curriculum's stage, or one split throughout)."""
+    rows = [f"{s},{ph},{t}," if k % 2 == 0 else f"{s},{ph},,{v}"
+            for k, ((s, t, v), ph) in enumerate(((s, t, v), ph) for (s, t, v), ph in zip(
+                [x for x in HISTORY for _ in range(2)], phases))]
+    return f"step,{column},train_loss,val_loss\n" + "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize("column, phases", [
+    ("phase", ["warmup", "warmup", "stable", "stable", "stable", "stable", "decay", "decay"]),  # a WSD schedule
+    ("phase", ["1", "1", "1", "1", "2", "2", "2", "2"]),  # a curriculum's stages
+    ("split", ["train"] * 8),  # one split throughout: the columns say each value's phase
+])
+def test_a_phase_column_of_no_data_split_or_one_split_leaves_the_wide_columns_as_they_are(tmp_path, column, phases):
+    """A `phase` column of a WSD schedule's phases (warmup/stable/decay) or a curriculum's stages was refused
+    ("'phase' is 'warmup', not a phase loratune reads"), and a constant `split` column beside train_loss/val_loss read
+    as phases found no loss ("no loss or metric column among ['step', 'train_train_loss', 'train_val_loss']"): the
+    file is read by its columns' names, the column ignored, as before the phase column was read."""
+    (tmp_path / "run.csv").write_text(_wide_with(column, phases))
+    h = load_run(str(tmp_path / "run.csv"))
+    assert [p["val/loss"] for p in h.points] == [v for _, _, v in HISTORY]
+    assert [p["train/loss_last"] for p in h.points] == [t for _, t, _ in HISTORY]
+    assert f"CSV columns ignored: '{column}'" in h.notes
+    assert not any("read as each row's phase" in n for n in h.notes)
+
+
+@pytest.mark.parametrize("eval_rows_train_loss", [False, True])
+def test_a_split_column_beside_columns_that_name_their_phase_prefixes_none_again(tmp_path, eval_rows_train_loss):
+    """`step,split,train_loss,eval_loss` (train rows fill train_loss, eval rows eval_loss) was pivoted into
+    train_train_loss (ignored: the train curve lost), train_eval_loss (read as a train-eval curve) and
+    eval_eval_loss: a column that names its phase is read by its name."""
+    rows = []
+    for s, t, v in HISTORY:
+        rows += [f"{s},train,{t},", f"{s},eval,{t if eval_rows_train_loss else ''},{v}"]
+    (tmp_path / "run.csv").write_text("step,split,train_loss,eval_loss\n" + "\n".join(rows) + "\n")
+    h = load_run(str(tmp_path / "run.csv"))
+    assert [p["val/loss"] for p in h.points] == [v for _, _, v in HISTORY]
+    assert [p["train/loss_last"] for p in h.points] == [t for _, t, _ in HISTORY]
+    assert not any("train_eval" in k for p in h.points for k in p)
+
+
+def test_a_split_column_pivots_only_its_bare_scores(tmp_path):
+    """Beside a bare `loss` pivoted by phase, a `train_loss` column keeps its name (not train_train_loss: one column
+    with the train rows' pivoted loss, not a second `train_loss` listed as ignored) and a
+    `timestamp` is each row's (not eval_timestamp, read as a val metric 'val/timestamp')."""
+    rows = []
+    for s, t, v in HISTORY:
+        # the file's train_loss where it has one, the pivoted loss where it is blank
+        rows += [f"{s},train,{t},{t if s > 50 else ''},{1000 + s}", f"{s},val,{v},,{1001 + s}"]
+    (tmp_path / "run.csv").write_text("step,split,loss,train_loss,timestamp\n" + "\n".join(rows) + "\n")
+    h = load_run(str(tmp_path / "run.csv"))
+    assert [p["val/loss"] for p in h.points] == [v for _, _, v in HISTORY]
+    assert [p["train/loss_last"] for p in h.points] == [t for _, t, _ in HISTORY]
+    assert not any("timestamp" in k for p in h.points for k in p)
+    assert "(eval_loss)" in h.notes[0] and "(train_loss)" in h.notes[0]
+    assert "CSV columns ignored: 'timestamp'" in h.notes
+    assert "CSV columns mapped: 'step' -> step, 'train_loss' -> train/loss, 'eval_loss' -> val/loss" in h.notes
+
+
+def test_a_long_format_export_with_a_split_column_keeps_the_pivot_help(tmp_path, capsys):
+    """`step,split,key,value` (MLflow-like long format with a split) was pivoted into eval_key / train_value and
+    refused as having no loss column, without the 'long format ... pivot it' help."""
+    rows = [f"{s},train,loss,{t}" for s, t, _ in HISTORY] + [f"{s},val,loss,{v}" for s, _, v in HISTORY]
+    (tmp_path / "run.csv").write_text("step,split,key,value\n" + "\n".join(rows) + "\n")
+    assert main(["diagnose", str(tmp_path / "run.csv")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "is in long format, one row per logged value (the metric's name in 'key', its value in 'value')" in err
+    assert "pivot it to a row per step" in err and "Traceback" not in err
