@@ -92,6 +92,17 @@ class Example:
         """The prompt as a person reads it (its turns' contents)."""
         return "\n".join(t.content for t in self.prompt)
 
+    @property
+    def asked_text(self) -> str:
+        """The prompt without its system turns (asked_text)."""
+        return asked_text(self.prompt)
+
+
+def asked_text(turns: "str | tuple[Turn, ...]") -> str:
+    """What a prompt asks: its turns' contents but the system turns' (a text prompt is all asked). A held-out prompt
+    copying a training chat's question copies this, the system prompt every chat shares aside."""
+    return turns if isinstance(turns, str) else "\n".join(t.content for t in turns if t.role != "system")
+
 
 @dataclass(frozen=True)
 class SFTSplit:

@@ -464,3 +464,42 @@ def test_a_prompt_set_prompt_copied_from_training_is_flagged_as_leakage(lm_and_d
     write_jsonl(ps, [{"prompt": held, "reference": "y", "group": "novel"}])
     code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}", f"prompt_set={ps}")
     assert code == 0 and "leakage" not in {x["id"] for x in a["findings"]}
+
+
+def test_a_prompt_set_prompt_copying_a_system_prompted_training_chat_is_flagged(lm_and_data, tmp_path, capsys):
+    # training chats that all carry a system prompt were keyed on their prompt_text (system + user turns), the prompt
+    # set's bare prompt on its own text: a verbatim copy of a training user prompt was not flagged. What each asks is
+    # compared (the system turns aside); a system prompt shared alone is no copy
+    import json as _json
+
+    lm, base = lm_and_data
+    system = "You are a helpful assistant who answers briefly."
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "validation"):
+        rows = [_json.loads(line) for line in (base / f"{name}.jsonl").read_text().splitlines()]
+        write_jsonl(data / f"{name}.jsonl", [{"messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": r["prompt"]},
+            {"role": "assistant", "content": r["completion"]}]} for r in rows])
+    first = _json.loads((base / "train.jsonl").read_text().splitlines()[0])["prompt"]
+    held = "a prompt no training row holds"
+    ps = tmp_path / "ps.jsonl"
+    write_jsonl(ps, [{"prompt": first, "reference": "x", "group": "familiar"},
+                     {"prompt": held, "reference": "y", "group": "novel"}])
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}", f"prompt_set={ps}")
+    by_id = {x["id"]: x for x in a["findings"]}
+    assert code == 0 and by_id["leakage"]["severity"] == "error"
+    assert by_id["leakage"]["evidence"] == {"leak_rows": 1, "leak_where": "train->prompt_set 1"}
+    # the same system prompt over held-out questions: no copy
+    write_jsonl(ps, [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": held}],
+                      "reference": "y", "group": "novel"},
+                     {"prompt": [{"role": "system", "content": system}, {"role": "user", "content": held + " too"}],
+                      "reference": "z", "group": "familiar"}])
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}", f"prompt_set={ps}")
+    assert code == 0 and "leakage" not in {x["id"] for x in a["findings"]}
+    # a prompt-set chat with the system prompt and a training question: a copy
+    write_jsonl(ps, [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": first}],
+                      "reference": "y", "group": "familiar"}])
+    code, a = assess_json(capsys, f"name_or_path={lm}", f"dataset_name={data}", f"prompt_set={ps}")
+    assert {x["id"]: x for x in a["findings"]}["leakage"]["evidence"] == {
+        "leak_rows": 1, "leak_where": "train->prompt_set 1"}

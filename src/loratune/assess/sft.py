@@ -177,13 +177,21 @@ def prompt_set_leakage(dataset, splits: dict, measured: Callable) -> tuple:
     refused when it is read, and a validation prompt in it is trained on by neither."""
     from loratune.data import Split
     from loratune.generation import load_prompt_set
+    from loratune.sft_data import asked_text
 
     if not getattr(dataset, "prompt_set", None):
         return ()
     items = load_prompt_set(dataset.prompt_set)
-    ps = Split(PROMPT_SET_SPLIT, tuple(it.text for it in items), tuple((it.reference,) for it in items),
+    # what each prompt asks (asked_text), against the training prompts whole and as asked: a bare prompt set row
+    # copying the user turn of a training chat with a system prompt is a copy (its prompt_text holds the system
+    # prompt too), a system prompt the two share alone is none
+    ps = Split(PROMPT_SET_SPLIT, tuple(asked_text(it.prompt) for it in items), tuple((it.reference,) for it in items),
                str(dataset.prompt_set))
-    noise = measured({"train": splits["train"], PROMPT_SET_SPLIT: ps})[-1]
+    train = splits["train"]
+    asked = [(e.asked_text, (e.completion,)) for e in dataset.train.examples if e.asked_text != e.prompt_text]
+    train = Split(train.name, train.texts + tuple(t for t, _ in asked), train.labels + tuple(c for _, c in asked),
+                  train.source)
+    noise = measured({"train": train, PROMPT_SET_SPLIT: ps})[-1]
     return tuple(lk for lk in noise.leakage if lk.split == PROMPT_SET_SPLIT)
 
 
