@@ -26,6 +26,7 @@ file, the row, the columns found and the fix.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,15 +57,18 @@ MESSAGES_NAMES = ("messages", "conversations", "conversation", "chat", "dialog")
 TOOLS_COLUMN = "tools"
 TOOLS_FIX = ("drop the tool-calling rows (loratune trains text turns only: the tools and calls would not reach the "
              "chat template), or train them with TRL's SFTTrainer, which passes them to it")
-# a ShareGPT turn's weight (axolotl: weight 0, a turn not learnt; weight 1, a turn learnt): loratune learns every
-# assistant turn of a chat and never a prompt turn, so a turn whose weight asks otherwise is refused rather than
-# trained otherwise silently: an assistant turn marked not to be learnt, and a system or user turn marked to be learnt
-# (a prompt turn's weight 0 is what loratune does anyway)
+# a ShareGPT turn's weight (axolotl: weight 0, a turn not learnt): loratune learns every assistant turn of a chat and
+# never a prompt turn. An assistant turn marked not to be learnt is refused rather than learnt silently; a system or
+# user turn's weight 0 is what loratune does anyway, and its weight 1 (datasets write it on every turn, a default as
+# much as a request) is read, the turn not learnt, and counted in the data notes (PROMPT_WEIGHT_NOTE). The weight is
+# a number: 0 / 1, 0.0 / 1.0, true / false, or their text ("0" from a CSV or Parquet cell); null, NaN or a blank cell
+# is no weight; anything else is refused (WEIGHT_NUMBER_FIX)
 WEIGHT_KEY = "weight"
 WEIGHT_FIX = ("drop the turn's weight key to learn it, or end the chat before it (a chat's turns after its last "
               "assistant turn are not part of it): loratune cannot leave one assistant turn of a chat unlearnt")
-PROMPT_WEIGHT_FIX = ("drop the turn's weight key (or set it to 0): loratune learns the assistant turns only; to learn "
-                     "that text, write it as an assistant turn")
+WEIGHT_NUMBER_FIX = "write the turn's weight as 0 (not learnt) or 1 (learnt), or drop the weight key"
+PROMPT_WEIGHT_NOTE = ("{split}: {n} prompt turn(s) carry {key} 1 (to be learnt); loratune learns assistant turns only, "
+                      "these were not learnt")
 IGNORE = -100  # the label torch's cross-entropy skips: prompt tokens and padding
 # The fix when the tokenizer's own chat template refuses a chat (a system turn, roles that do not alternate).
 CHAT_TEMPLATE_FIX = ("merge the system turn into the user turn (and make user/assistant turns alternate), "
@@ -75,6 +79,8 @@ CHAT_TEMPLATE_FIX = ("merge the system turn into the user turn (and make user/as
 class Turn:
     role: str
     content: str
+    # a prompt turn whose weight asks for it to be learnt (WEIGHT_KEY 1): read, not learnt, counted (prompt_weight_note)
+    weighted: bool = field(default=False, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -179,15 +185,39 @@ def read_turns(value: Any, where: str, column: str, shape: str = CHAT_SHAPE) -> 
                             '{"from": "human", "value": "..."})')
         if t["role"] not in ROLES:
             raise UserError(f"{where}: turn {i + 1} has role '{t['role']}'", f"use one of {', '.join(ROLES)}")
-        if t["role"] == "assistant" and WEIGHT_KEY in t and t[WEIGHT_KEY] is not None and not t[WEIGHT_KEY]:
+        weight = turn_weight(t.get(WEIGHT_KEY), f"{where}: {t['role']} turn {i + 1} of column '{column}'")
+        if t["role"] == "assistant" and weight == 0:
             raise UserError(f"{where}: assistant turn {i + 1} of column '{column}' has {WEIGHT_KEY} {t[WEIGHT_KEY]!r} (not to be "
                             "learnt), and loratune learns every assistant turn of a chat", WEIGHT_FIX)
-        if t["role"] != "assistant" and t.get(WEIGHT_KEY) is not None and t[WEIGHT_KEY]:
-            raise UserError(f"{where}: {t['role']} turn {i + 1} of column '{column}' has {WEIGHT_KEY} "
-                            f"{t[WEIGHT_KEY]!r} (to be learnt), and loratune never learns a {t['role']} turn",
-                            PROMPT_WEIGHT_FIX)
-        turns.append(Turn(str(t["role"]), _content(t["content"], f"{where}: turn {i + 1} of column '{column}'")))
+        turns.append(Turn(str(t["role"]), _content(t["content"], f"{where}: turn {i + 1} of column '{column}'"),
+                          weighted=t["role"] != "assistant" and bool(weight)))
     return tuple(turns)
+
+
+def turn_weight(value: Any, where: str) -> float | None:
+    """A turn's weight as a number (WEIGHT_KEY): None where it has none (null, NaN, a blank cell); a value that is
+    no number is refused, naming the turn (`where`)."""
+    value = plain_cell(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "nan", "null", "none"):
+            return None
+        value = {"true": 1.0, "false": 0.0}.get(text, text)
+    if value is None:
+        return None
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        if type(value).__name__ == "NAType":  # pandas' missing value
+            return None
+        raise UserError(f"{where} has {WEIGHT_KEY} {value!r}, not a number", WEIGHT_NUMBER_FIX) from None
+    return None if math.isnan(weight) else weight
+
+
+def prompt_weight_note(split: SFTSplit) -> list[str]:
+    """The data note of the split's prompt turns that carry weight 1 (PROMPT_WEIGHT_NOTE), read and not learnt."""
+    n = sum(t.weighted for e in split.examples for t in e.prompt)
+    return [PROMPT_WEIGHT_NOTE.format(split=split.name, n=n, key=WEIGHT_KEY)] if n else []
 
 
 def _sharegpt(turn: Any) -> Any:
@@ -442,6 +472,7 @@ def load_sft_dataset(cfg: DataConfig, seed: int = 42) -> SFTDataset:
         if key:
             p = Path(key).expanduser()
             splits[split] = parse_sft_rows(read_rows(p, SFT_ROWS), cfg, str(p), split)
+    notes += [n for split in splits.values() for n in prompt_weight_note(split)]
     if "train" not in splits:
         raise UserError("no training data found for task causal-lm",
                         "set data.train_file (rows with prompt/completion, or a messages chat), or "

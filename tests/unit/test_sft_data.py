@@ -990,17 +990,55 @@ def test_a_study_recorded_before_loss_covers_is_noted_when_its_chats_have_earlie
     assert loss_covers_note({}, single) is None  # one answer per chat: the same tokens either way
 
 
-@pytest.mark.parametrize("speaker, role", [("human", "user"), ("system", "system"), ("user", "user")])
-def test_weight_1_on_a_sharegpt_prompt_turn_is_refused_not_left_unlearnt(speaker, role):
-    """axolotl's weight 1 on a human (or system) turn asks for it to be learnt; loratune learns assistant turns only,
-    and the row was accepted with that turn silently not learnt. Refused as an assistant turn's weight 0 is."""
-    rows = [{"conversations": [{"from": speaker, "value": "be brief", "weight": 1},
-                               *([{"from": "human", "value": "hi"}] if speaker == "system" else []),
-                               {"from": "gpt", "value": "ok", "weight": 1}]}]
+def test_weight_1_on_every_sharegpt_turn_is_read_and_its_prompt_turns_counted_not_learnt(tmp_path):
+    """A dataset writing weight 1.0 on every turn (system, human, gpt), which main read, was refused ("has weight 1
+    (to be learnt)"); weight 1 on a prompt turn may be a default as much as a request: the chat is read, the prompt
+    turns not learnt (loratune learns assistant turns only), and the data notes count them."""
+    from loratune.sft_data import load_sft_dataset
+
+    chat = [{"from": "system", "value": "be brief", "weight": 1.0}, {"from": "human", "value": "hi", "weight": 1.0},
+            {"from": "gpt", "value": "ok", "weight": 1.0}, {"from": "human", "value": "and?", "weight": 1},
+            {"from": "gpt", "value": "done", "weight": True}]
+    write_jsonl(tmp_path / "train.jsonl", [{"conversations": chat}] * 3)
+    write_jsonl(tmp_path / "validation.jsonl", [{"conversations": chat[:3]}])
+    ds = load_sft_dataset(DataConfig(dataset_name=str(tmp_path), messages_column="conversations"))
+    assert [t.role for t in ds.train.examples[0].prompt] == ["system", "user", "assistant", "user"]
+    assert ds.train.examples[0].completion == "done"
+    assert ("train: 9 prompt turn(s) carry weight 1 (to be learnt); loratune learns assistant turns only, these were "
+            "not learnt") in ds.notes
+    assert "validation: 2 prompt turn(s) carry weight 1" in " ".join(ds.notes)
+    # weight 0 on the prompt turns: nothing to say
+    write_jsonl(tmp_path / "validation.jsonl", [{"conversations": [{**t, "weight": 0} if t["from"] != "gpt" else t
+                                                                   for t in chat[:3]]}])
+    ds = load_sft_dataset(DataConfig(dataset_name=str(tmp_path), messages_column="conversations"))
+    assert not any(n.startswith("validation:") and "weight" in n for n in ds.notes)
+
+
+@pytest.mark.parametrize("weight, refused", [
+    ("0", True), (0.0, True), (False, True), ("0.0", True), ("false", True),  # not to be learnt: refused
+    ("1", False), (1.0, False), (True, False), (None, False), (float("nan"), False), ("", False), (" NaN ", False),
+])
+def test_a_sharegpt_weight_is_read_as_a_number(weight, refused):
+    """The weight was read by truthiness: "0" (a CSV or Parquet cell's text) on an assistant turn read as learn, and
+    on a user turn "0" or a pandas NaN was refused as "has weight '0' (to be learnt)". It is a number now: 0 refused on
+    an assistant turn, no weight (None, NaN, blank) read as none, and any of them on a user turn accepted."""
+    rows = [{"conversations": [{"from": "human", "value": "hi", "weight": weight},
+                               {"from": "gpt", "value": "ok", "weight": weight}]}]
+    cfg = DataConfig(messages_column="conversations")
+    if refused:
+        with pytest.raises(UserError) as err:
+            parse_sft_rows(rows, cfg, "f.csv", "train")
+        assert "assistant turn 2 of column 'conversations' has weight" in err.value.problem
+    else:
+        assert parse_sft_rows(rows, cfg, "f.csv", "train").examples[0].completion == "ok"
+    rows[0]["conversations"][1].pop("weight")  # the user turn's weight alone: never refused
+    assert len(parse_sft_rows(rows, cfg, "f.csv", "train").examples) == 1
+
+
+@pytest.mark.parametrize("weight", ["high", [1], {"w": 1}])
+def test_a_sharegpt_weight_that_is_no_number_is_refused(weight, capsys):
+    rows = [{"conversations": [{"from": "human", "value": "hi", "weight": weight}, {"from": "gpt", "value": "ok"}]}]
     with pytest.raises(UserError) as err:
-        parse_sft_rows(rows, DataConfig(messages_column="conversations"), "f.jsonl", "train")
-    assert (f"{role} turn 1 of column 'conversations' has weight 1 (to be learnt), and loratune never learns a "
-            f"{role} turn") in err.value.problem
-    assert "f.jsonl" in err.value.problem and "set it to 0" in err.value.fix
-    rows[0]["conversations"][0]["weight"] = 0
-    assert len(parse_sft_rows(rows, DataConfig(messages_column="conversations"), "f.jsonl", "train").examples) == 1
+        parse_sft_rows(rows, DataConfig(messages_column="conversations"), "f.csv", "train")
+    assert f"row 1: user turn 1 of column 'conversations' has weight {weight!r}, not a number" in err.value.problem
+    assert "0 (not learnt) or 1 (learnt)" in err.value.fix
