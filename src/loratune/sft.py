@@ -197,9 +197,11 @@ def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
 def evaluate_lm(prefix: str, model, enc: SFTEncoded, pad_id: int, device, autocast: bool) -> dict[str, float]:
     """`<prefix>/loss` (mean per completion token over the split), `/perplexity` (exp of it),
     `/token_accuracy` (share of completion tokens that are the argmax of the logit before them), `/tokens` (the
-    completion tokens scored), `/n` (the rows they are in: rows scored, as a classifier's evaluation counts them) and
-    `/n_effective` (what those rows are worth to the token accuracy, a mean of the rows' accuracies weighted by their
-    tokens: effective_rows; its noise band reads this, features.ROW_MEAN_COUNT)."""
+    completion tokens scored), `/n` (the split's rows evaluated, as a classifier's evaluation counts them and run.json
+    `rows` does: encode_sft keeps a completion token after a prompt token in every row, sft_data.fit, so each is
+    scored) and `/n_effective` (what those rows are worth to the token accuracy, a mean of the rows' accuracies
+    weighted by their tokens: effective_rows, where a row with no token scored would add nothing; its noise band reads
+    this, features.ROW_MEAN_COUNT)."""
     was_training = model.training
     model.eval()
     loss_sum, tokens, hits = 0.0, 0, 0
@@ -211,12 +213,12 @@ def evaluate_lm(prefix: str, model, enc: SFTEncoded, pad_id: int, device, autoca
             logits, target = scored_logits(model, batch)
         s, n, h = token_stats(logits, target)
         loss_sum, tokens, hits = loss_sum + float(s), tokens + n, hits + h
-        per_row += [int(k) for k in (batch["labels"][:, 1:] != IGNORE).sum(1).tolist() if k]
+        per_row += [int(k) for k in (batch["labels"][:, 1:] != IGNORE).sum(1).tolist()]
     model.train(was_training)
     loss = loss_sum / tokens if tokens else math.nan
     return {f"{prefix}/loss": loss, f"{prefix}/perplexity": math.exp(min(loss, 700.0)) if tokens else math.nan,
             f"{prefix}/token_accuracy": hits / tokens if tokens else math.nan, f"{prefix}/tokens": tokens,
-            f"{prefix}/n": len(per_row), f"{prefix}/n_effective": effective_rows(per_row)}
+            f"{prefix}/n": len(enc.ids), f"{prefix}/n_effective": effective_rows(per_row)}
 
 
 def effective_rows(weights: Sequence[int]) -> float:

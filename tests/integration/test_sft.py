@@ -649,7 +649,8 @@ def test_evaluate_scores_an_sft_run_as_its_evaluation_points_do(sft_run, capsys)
     assert run["eval"]["validation"]["val/tokens"] == best["val/tokens"]
     # rows scored, as a classifier's and a generate run's evaluate give them (it had none: loss, perplexity, token
     # accuracy and tokens only), and the training points record them too, with what they are worth to the token
-    # accuracy (val/n_effective: at most the rows), which diagnose's noise bound reads
+    # accuracy (val/n_effective: at most the rows), which diagnose's noise bound reads. val/n is the rows evaluated,
+    # as rows.val counts them (docs/run-record.md), every one scored on a completion token
     assert scores["val/n"] == run["eval"]["validation"]["val/n"] == run["rows"]["val"] == 8 == best["val/n"]
     assert all(p["val/n"] == 8 and 1 <= p["val/n_effective"] <= 8 for p in _history(sft_run) if "val/loss" in p)
     assert scores["val/n_effective"] == pytest.approx(best["val/n_effective"])

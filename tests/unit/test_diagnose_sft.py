@@ -468,3 +468,31 @@ def test_a_token_accuracys_noise_bound_reads_its_effective_rows_not_the_row_coun
     assert d.features["val_metric_gain_se"] == pytest.approx(0.25 / math.sqrt(0.35 * 0.65 / 2), rel=0.05)
     rows = diagnose([{**p, "val/n": 40} for p in _packed_eval_run((0.1, 0.175, 0.35, 0.35))], meta=SFT)
     assert rows.features["val_metric_gain_se"] > 3 > d.features["val_metric_gain_se"]
+
+
+def test_an_sft_evaluations_n_is_its_rows_evaluated_and_every_row_keeps_a_scored_token():
+    # `<split>/n` was the rows with a completion token scored, which the integration test took to equal run.json
+    # rows.val: true only while no row is left without one. It is the rows evaluated (as rows.val counts them), and
+    # truncation never leaves a row without a scored token (a completion token after a prompt or BOS token), so each
+    # row counted is scored; a row with none (built by hand here) adds nothing to n_effective
+    import itertools
+
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from loratune.config import ModelConfig
+    from loratune.sft import evaluate_lm
+    from loratune.sft_data import SFTEncoded, fit
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0))
+    enc = SFTEncoded(ids=[[1, 2, 3], [1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7, 8]], prompt_lens=np.array([3, 3, 2]))
+    got = evaluate_lm("val", model, enc, 0, torch.device("cpu"), False)
+    assert got["val/n"] == 3 and got["val/tokens"] == 0 + 1 + 6
+    assert got["val/n_effective"] == pytest.approx(49 / 37)
+    smallest = ModelConfig.__dataclass_fields__["max_length"].metadata["min"]
+    for max_length, pre, p, c in itertools.product(range(smallest, 20), (0, 1), range(1, 30), range(1, 30)):
+        ids, n, _ = fit([0] * pre, [1] * p, [2] * c, max_length)
+        assert 1 <= n < len(ids) <= max_length, (max_length, pre, p, c)  # a token before the first completion token
