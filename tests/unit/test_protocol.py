@@ -708,6 +708,51 @@ def test_phase2_regularizes_an_overfitting_incumbent_and_keeps_what_helps():
     assert final[R] == 8 and final[LR] == 1e-3  # capacity and lr untouched by the remedy
 
 
+def test_phase2_lr_steps_inside_the_noise_band_are_a_tie_and_keep_the_lr():
+    """Protocol 5b/6: a gain counts only beyond max(0.5 pt, 2 sigma); each lr x2 adds 0.001 here, inside the band
+    0.02 (val SE 0.01). The first step is a tie: the incumbent's lr is kept, the tie is recorded with the band, and
+    no further step runs (it used to call both x2 steps 'better' and end two doublings up, at lr 0.008)."""
+    world = World(lambda p: 0.70 + 0.001 * math.log2(p[LR] / 1e-3), lambda p: "healthy", loss=lambda p: 0.8)
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1))
+    steps = [x for x in ctx.decisions if x["phase"] == "phase2" and x["kind"] == "lr"]
+    assert [x["code"] for x in steps] == ["lr-step-rejected"]
+    d = steps[0]
+    assert d["verdict"] == "lr 0.004 is within noise of lr 0.002 (a tie)" and d["move"] == "keep lr 0.002"
+    assert d["data"]["tie"] is True and d["data"]["noise"] == pytest.approx(0.02)
+    assert d["data"]["gain"] == pytest.approx(0.001)
+    assert any("gain +0.001, within noise 0.020" in e and "a tie" in e for e in d["evidence"])
+    assert [s.point[LR] for s in runner.calls if s.phase == "phase2"] == [4e-3]  # one step, then it stops
+    assert ctx.state["incumbent"].point[LR] == 2e-3
+
+
+def test_phase2_a_scale_step_inside_the_noise_band_keeps_the_scale():
+    """The update-too-weak world of the test above, but s 2 -> 4 gains only 0.01 (band 0.02): a tie, scale kept."""
+    world = World(lambda p: 0.70 + (0.01 if scale_of(p) >= 4 else 0.0) + _lr_peak(p), lambda p: "healthy",
+                  loss=lambda p: 1.0, gap=0.12)
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, pair=False))
+    alpha = next(x for x in ctx.decisions if x["kind"] == "alpha")
+    assert alpha["code"] == "scale-step-rejected" and alpha["move"] == "keep scale"
+    assert alpha["data"]["tie"] is True and alpha["data"]["noise"] == pytest.approx(0.02)
+    assert any("scale 2 -> 4: 0.700 -> 0.710, gain +0.010, within noise 0.020" in e for e in alpha["evidence"])
+    assert ctx.state["final"].point["adapter.lora_alpha"] == 16.0
+
+
+def test_phase2_a_regularization_move_inside_the_noise_band_is_not_kept():
+    """Overfitting, and dropout up gains 0.01 (band 0.02): a tie, the incumbent's dropout is kept."""
+    def f1(p):
+        return 0.70 + (0.01 if p.get("adapter.lora_dropout", 0.1) >= 0.2 else 0.0) + _lr_peak(p)
+
+    world = World(f1, lambda p: "healthy", gap=0.2, features={"val_loss_rise": 0.3})
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, pair=False))
+    regs = [x for x in ctx.decisions if x["kind"] == "regularization"]
+    assert regs[0]["verdict"] == "lora_dropout up is within noise (a tie)"
+    assert regs[0]["code"] == "regularization-rejected" and regs[0]["data"]["tie"] is True
+    assert ctx.state["final"].point["adapter.lora_dropout"] == 0.1
+
+
 def test_early_peak_sets_early_stopping_for_the_final_config():
     world = World(lambda p: 0.70 + _lr_peak(p), lambda p: "healthy",
                   features={"best_step_fraction": 0.4, "val_metric_final_drop": 0.05})

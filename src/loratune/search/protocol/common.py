@@ -185,6 +185,25 @@ def gain_over(ctx: SearchContext, rec: TrialRecord, ref: TrialRecord) -> tuple[f
     return (a - b if a is not None and b is not None else None), note
 
 
+def step_gain(ctx: SearchContext, rec: TrialRecord, ref: TrialRecord) -> tuple[bool, str, dict]:
+    """Whether one step (`rec`, a move from the incumbent `ref`) is better, by the one rule of the sweeps
+    (objectives.beyond_noise over `ctx.noise()`): its gain at one length (`gain_over`) must pass the noise band;
+    inside the band the two are a tie (protocol 5b) and the lower-change incumbent is kept. A pruned step is
+    never better (a partial score is no incumbent). Returns (better, the comparison for the evidence, data)."""
+    gain, note = gain_over(ctx, rec, ref)
+    noise, src = ctx.noise()
+    better = not note and bool(beyond_noise(gain, noise))
+    tie = not note and gain is not None and not better and not beyond_noise(-gain, noise)
+    data = {"gain": gain, "noise": noise, "tie": tie}
+    if note:
+        return False, note, data
+    if gain is None:
+        return False, f"{ctx.fmt(ref.value)} -> {ctx.fmt(rec.value)}", data
+    judged = ("beyond" if better else "within" if tie else "a loss beyond") + f" noise {noise:.3f} ({src})"
+    return better, (f"{ctx.fmt(ref.value)} -> {ctx.fmt(rec.value)}, gain {gain:+.3f}, {judged}"
+                    + (": a tie, the incumbent (the smaller change) is kept" if tie else "")), data
+
+
 def whole_if_ahead(ctx: SearchContext, rec: TrialRecord, ref: TrialRecord, noise: float, phase: str, why: str,
                    held: Cost = Cost()) -> TrialRecord | None:
     """`rec`, or, when it was pruned while ahead of `ref` at its step beyond the noise (objectives.beyond_noise; or with no score of `ref`

@@ -14,7 +14,7 @@ from loratune.search.protocol.settings import (EARLY_PEAK_BEST_FRACTION, EARLY_S
                                                ProtocolSettings, REGULARIZATION_MOVES)
 from loratune.search.protocol.long import curve_peak, still_improving
 from loratune.search.protocol.common import (cur_lr, evidence_of, incumbent_of, like_for_like, lr_of, lr_siblings,
-                                             no_budget, pruned_step, reserve, set_incumbent)
+                                             no_budget, pruned_step, reserve, set_incumbent, step_gain)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,19 +82,18 @@ def lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
         if rec is None:
             no_budget(ctx, phase, f"lr step to {nxt:g}", held)
             return
-        _, _, note = like_for_like(ctx, rec, inc)
-        # a pruned step is no incumbent (a partial score): it lost where the pruner stopped it
-        better = not note and rec.value is not None and inc.value is not None and rec.value > inc.value
-        ev = [why, f"lr {lr_of(inc.point):g} -> {nxt:g}: " + (note if note else
-                                                              f"{ctx.show(inc.value)} -> {ctx.fmt(rec.value)}")]
+        # better only beyond the noise band (the sweeps' one rule); a tie keeps the incumbent and stops stepping
+        better, compared, data = step_gain(ctx, rec, inc)
+        ev = [why, f"lr {lr_of(inc.point):g} -> {nxt:g}: {compared}"]
         ev += evidence_of(ctx, rec)
         if better:
             set_incumbent(ctx, rec)
-            ctx.decide(phase, "lr", f"lr {nxt:g} is better", f"incumbent = {rec.label}", ev, [inc, rec],
+            ctx.decide(phase, "lr", f"lr {nxt:g} is better", f"incumbent = {rec.label}", ev, [inc, rec], data,
                        code="lr-step-kept")
-            why = f"the last lr step helped: another {'x2' if direction > 1 else '/2'} step"
+            why = f"the last lr step helped beyond noise: another {'x2' if direction > 1 else '/2'} step"
         else:
-            ctx.decide(phase, "lr", f"lr {nxt:g} is not better", f"keep lr {lr_of(inc.point):g}", ev, [inc, rec],
+            ctx.decide(phase, "lr", f"lr {nxt:g} is within noise of lr {lr_of(inc.point):g} (a tie)" if data["tie"]
+                       else f"lr {nxt:g} is not better", f"keep lr {lr_of(inc.point):g}", ev, [inc, rec], data,
                        code="lr-step-rejected")
             return
     inc = incumbent_of(ctx)
@@ -137,9 +136,8 @@ def alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
     if rec is None:
         no_budget(ctx, phase, "the scale step", held)
         return
-    note = like_for_like(ctx, rec, inc)[2]  # a pruned step is no incumbent: it lost where the pruner stopped it
-    better = not note and rec.value is not None and inc.value is not None and rec.value > inc.value
-    ev.append(f"scale {sc:g} -> {sc * 2:g}: " + (note or f"{ctx.fmt(inc.value)} -> {ctx.fmt(rec.value)}"))
+    better, compared, gain = step_gain(ctx, rec, inc)  # beyond noise only; a pruned step is no incumbent
+    ev.append(f"scale {sc:g} -> {sc * 2:g}: {compared}")
     # the scale step changes the effective step size lr x s on purpose (x2, like an lr x2 step): protocol 4
     # asks to measure it against an lr step, so the trail puts the lr x2 sibling beside it when it exists
     same_step = next((r for r in sib if math.isclose(lr_of(r.point), lr_of(inc.point) * 2, rel_tol=0.01)), None)
@@ -149,7 +147,7 @@ def alpha_step(ctx: SearchContext, s: ProtocolSettings) -> None:
     if better:
         set_incumbent(ctx, rec)
     ctx.decide(phase, "alpha", "LoRA update too weak", f"incumbent = {rec.label}" if better else "keep scale", ev,
-               [inc, rec], {"step_size": {"code": "step-size-raised", "before": step_size(inc.point),
+               [inc, rec], {**gain, "step_size": {"code": "step-size-raised", "before": step_size(inc.point),
                                           "after": step_size(point),
                                           "lr_x2_trial": same_step.number if same_step is not None else None,
                                           "lr_x2_value": same_step.value if same_step is not None else None}},
@@ -181,15 +179,15 @@ def regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
         if rec is None:
             no_budget(ctx, phase, name, held)
             return
-        note = like_for_like(ctx, rec, inc)[2]  # a pruned move is no incumbent: it lost where the pruner stopped it
-        better = not note and rec.value is not None and inc.value is not None and rec.value > inc.value
+        better, compared, data = step_gain(ctx, rec, inc)  # beyond noise only; a pruned move is no incumbent
         if better:
             set_incumbent(ctx, rec)
-        ctx.decide(phase, "regularization", f"{name} {'helps' if better else 'does not help'}",
+        ctx.decide(phase, "regularization", f"{name} " + ("helps" if better else "is within noise (a tie)"
+                                                          if data["tie"] else "does not help"),
                    f"incumbent = {rec.label}" if better else "keep the incumbent",
-                   [f"overfitting: gap {gap:.3f}",
-                    f"{name}: " + (note or f"{ctx.fmt(inc.value)} -> {ctx.fmt(rec.value)}")]
-                   + evidence_of(ctx, rec), [inc, rec], code="regularization-kept" if better else "regularization-rejected")
+                   [f"overfitting: gap {gap:.3f}", f"{name}: {compared}"]
+                   + evidence_of(ctx, rec), [inc, rec], data,
+                   code="regularization-kept" if better else "regularization-rejected")
 
 
 def early_stopping(ctx: SearchContext) -> None:
