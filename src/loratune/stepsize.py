@@ -62,6 +62,11 @@ def alpha_for(r: int, scale: float, rslora: bool = False) -> float:
     return _round(scale * (math.sqrt(r) if rslora else r))
 
 
+def scale_formula(rslora: bool = False) -> str:
+    """How s is read from lora_alpha, as evidence writes it: 'alpha/r', or 'alpha/sqrt(r)' with rsLoRA."""
+    return "alpha/sqrt(r)" if rslora else "alpha/r"
+
+
 def step_size(point: Mapping[str, Any]) -> float:
     """The effective step size lr x s of a point."""
     return float(point.get(LR, _DEFAULTS[LR])) * scale_of(point)

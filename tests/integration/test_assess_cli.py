@@ -141,6 +141,19 @@ def test_the_start_command_quotes_the_overrides_as_a_shell_reads_them(tiny_bert,
     assert all("=" in a for a in argv[2:]), argv
 
 
+def test_the_start_alpha_follows_the_runs_rslora(tiny_bert, intent_data, capsys):
+    """With adapter.use_rslora=true the proposal read 'lora_alpha=16: scale s = alpha/r = 2' at r=8: under rsLoRA that
+    is s = 16/sqrt(8) = 5.66, past protocol 1's cap of 4. It proposes alpha = 2 sqrt(r) and says s = alpha/sqrt(r)."""
+    from loratune.cli import main
+
+    assert main(["assess", "--no-probe", "--data", str(intent_data), f"name_or_path={tiny_bert}", "max_length=16",
+                 "adapter.use_rslora=true"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "start-scale-2: lora_alpha=5.66: scale s = alpha/sqrt(r) = 2 " in out
+    start = out[out.index("start with: loratune train"):]
+    assert "adapter.use_rslora=true" in start and " r=8 lora_alpha=5.66 " in start
+
+
 def test_assess_takes_a_thresholds_file(data, tmp_path, capsys):
     """long_tail_count 40 (of 30 rows a class) puts every class in the long tail; a bad value is exit 2."""
     t = tmp_path / "t.yaml"

@@ -545,6 +545,34 @@ def test_recommendation_rules(facts, expected):
     assert rec.lr_grid == pytest.approx((lr / 2, lr, lr * 2))
 
 
+@pytest.mark.parametrize("rslora,alpha,formula", [(False, 32.0, "alpha/r"), (True, 8.0, "alpha/sqrt(r)")])
+def test_start_alpha_holds_the_start_scale_under_rslora(rslora, alpha, formula):
+    """With adapter.use_rslora peft scales by lora_alpha / sqrt(r): the start's s = 2 is alpha = 2 sqrt(r), not 2r
+    (alpha 32 at r=16 was s = 8 under rsLoRA, twice protocol 1's 'rarely above 4'), and the reason says which s."""
+    from loratune.assess.rules import START_SCALE
+    from loratune.stepsize import scale_of
+
+    rec = A.recommend(_facts(use_rslora=rslora))
+    assert rec.overrides["adapter.r"] == 16 and rec.overrides["adapter.lora_alpha"] == alpha
+    point = {**rec.overrides, "adapter.use_rslora": rslora}
+    assert scale_of(point) == pytest.approx(START_SCALE)
+    reason = next(c.reason for c in rec.choices if c.rule == "start-scale-2")
+    assert reason.startswith(f"lora_alpha={alpha:g}: scale s = {formula} = 2 ")
+    from loratune.assess.sft import SFT_START_RULES  # the causal-lm start shares the row
+
+    assert A.recommend(_facts(use_rslora=rslora), SFT_START_RULES).overrides["adapter.lora_alpha"] == alpha
+
+
+def test_assess_dataset_reads_the_runs_rslora():
+    train = [(f"alpha item {i}", "A") for i in range(30)] + [(f"beta thing {i}", "B") for i in range(30)]
+    val = [(f"alpha other {i}", "A") for i in range(10)] + [(f"beta other {i}", "B") for i in range(10)]
+    plain, rs = (A.assess_dataset(make_dataset(train, val), use_rslora=x) for x in (False, True))
+    assert plain.facts["use_rslora"] is False and rs.facts["use_rslora"] is True
+    r = rs.recommendation.overrides["adapter.r"]
+    assert plain.recommendation.overrides["adapter.lora_alpha"] == 2 * r
+    assert rs.recommendation.overrides["adapter.lora_alpha"] == pytest.approx(2 * math.sqrt(r), rel=1e-3)
+
+
 @pytest.mark.parametrize("layers,k,capped", [(1, 1, True), (2, 2, False), (6, 2, False), (12, 3, False)])
 def test_ffn_top_k_is_at_most_the_model_layers(layers, k, capped):
     """A 1-layer model got ffn@top:2, which training refuses ("top:2 asks for more layers than the model has (1)"):

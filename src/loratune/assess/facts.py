@@ -54,6 +54,8 @@ def _catalogue() -> dict[str, Fact]:
         "token_p99_ceil": Fact("tokens", "token_p99 rounded up"),
         "token_max": Fact("tokens", "longest training text"),
         "max_length": Fact("tokens", "the config's model.max_length"),
+        "use_rslora": Fact("bool", "the config's adapter.use_rslora: peft scales the update by lora_alpha / sqrt(r), "
+                                   "not lora_alpha / r (start-scale-2 reads it)"),
         "truncated_share": Fact("share", "training texts longer than max_length"),
         "unk_rate": Fact("share", "unknown tokens among training tokens"),
         "exact_conflict_groups": Fact("texts", "normalised texts that appear with different label sets"),
@@ -188,7 +190,7 @@ def consistency_facts(conflicts: Conflicts, noise: Noise, thresholds: AssessThre
 def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: Conflicts, noise: Noise,
                   shifts: Mapping[str, SplitShift], resolution: Resolution, *, max_length: int | None,
                   model_info: ModelInfo | None, probe: ProbeResult | None,
-                  thresholds: AssessThresholds) -> dict[str, Any]:
+                  thresholds: AssessThresholds, use_rslora: bool = False) -> dict[str, Any]:
     """Every fact of `FACTS` that the inputs allow (leakage and shift facts for the splits present)."""
     tr = profiles["train"]
     val = profiles.get("validation")
@@ -207,7 +209,7 @@ def compute_facts(ds: Dataset, profiles: Mapping[str, SplitProfile], conflicts: 
         "token_p99": tr.tokens.p99 if tr.tokens else None,
         "token_p99_ceil": math.ceil(tr.tokens.p99) if tr.tokens else None,
         "token_max": tr.tokens.max if tr.tokens else None,
-        "max_length": max_length, "truncated_share": tr.truncated_share,
+        "max_length": max_length, "use_rslora": bool(use_rslora), "truncated_share": tr.truncated_share,
         "unk_rate": tr.unk_rate,
         **consistency_facts(conflicts, noise, thresholds),
     }

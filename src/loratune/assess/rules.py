@@ -19,7 +19,7 @@ from loratune.assess.facts import template_facts
 from loratune.assess.records import AssessThresholds, Choice, DataFinding, Recommendation
 from loratune.assess.stats import round_up
 from loratune.params import breakeven_point
-from loratune.stepsize import alpha_for
+from loratune.stepsize import alpha_for, scale_formula
 
 @dataclass(frozen=True)
 class Bands:
@@ -76,7 +76,8 @@ class StartRule:
 
 
 # names a start rule's reason may format besides the facts (computed in `recommend`)
-REASON_EXTRAS = ("value", "ffn_top_k", "ffn_top_k_cap", "ceiling_by_model", "breakeven_r", "max_length_cap")
+REASON_EXTRAS = ("value", "ffn_top_k", "ffn_top_k_cap", "ceiling_by_model", "breakeven_r", "max_length_cap",
+                 "scale_formula")
 
 
 MAX_LENGTH_CAP_UNKNOWN = 512  # the max_length cap where the model's positions are unknown
@@ -186,9 +187,12 @@ START_RULES: tuple[StartRule, ...] = (
     StartRule("start-rank-by-data", "adapter.r", Bands("train_rows", ((3000, 8), (math.inf, 16))),
               "{train_rows} training rows: r={value} (protocol 3: start at r 8-16, lower for less data)"),
     StartRule("start-scale-2", "adapter.lora_alpha", Derived(f"{START_SCALE:g} * r (scale s = lora_alpha / r = "
-                                                             f"{START_SCALE:g}; x sqrt(r) with rsLoRA)",
-                                                             lambda f, c: alpha_for(c["adapter.r"], START_SCALE)),
-              "lora_alpha={value:g}: scale s = alpha/r = " + f"{START_SCALE:g}"
+                                                             f"{START_SCALE:g}; {START_SCALE:g} * sqrt(r) with rsLoRA: "
+                                                             "use_rslora, s = lora_alpha / sqrt(r))",
+                                                             lambda f, c: alpha_for(c["adapter.r"], START_SCALE,
+                                                                                    bool(f.get("use_rslora"))),
+                                                             uses=("use_rslora",)),
+              "lora_alpha={value:g}: scale s = {scale_formula} = " + f"{START_SCALE:g}"
               + " (protocol 1: s = 1-2 to start, fixed in phase 1)"),
     StartRule("start-targets-qv-ffn-top", "adapter.target_modules",
               Derived("[attn.q, attn.v, ffn@top:K], K by bands ffn_top_k: " + FFN_TOP_K.describe()
@@ -256,7 +260,8 @@ def recommend(facts: Mapping[str, Any], rules: Sequence[StartRule] = START_RULES
     hidden = facts.get("model_hidden")
     extra = {"ffn_top_k": ffn_top_k(facts), "ffn_top_k_cap": ffn_top_k_cap_note(facts), "ceiling_by_model": ceiling_by_model(hidden) or "?",
              "breakeven_r": f"{breakeven_point(hidden * hidden, 2 * hidden):.3g}" if hidden else "?",
-             "max_length_cap": max_length_cap_note(facts)}
+             "max_length_cap": max_length_cap_note(facts),
+             "scale_formula": scale_formula(bool(facts.get("use_rslora")))}
     for rule in rules:
         value = rule.value(facts) if isinstance(rule.value, Bands) else rule.value.fn(facts, chosen)
         if value is None:

@@ -27,8 +27,9 @@ def assess_dataset(ds: Dataset, *, dataset_name: str = "", model_name: str = "",
                    unk_tokens: Mapping[str, int] | None = None, max_length: int | None = None,
                    model_info: ModelInfo | None = None, probe: ProbeResult | None = None,
                    thresholds: AssessThresholds = AssessThresholds(),
-                   timings: Mapping[str, float] | None = None) -> Assessment:
-    """Profile a loaded dataset. No model needed: pass token lengths, model facts and the probe if known."""
+                   timings: Mapping[str, float] | None = None, use_rslora: bool = False) -> Assessment:
+    """Profile a loaded dataset. No model needed: pass token lengths, model facts and the probe if known.
+    use_rslora: the run's adapter.use_rslora (the start alpha is s x sqrt(r) under it, s x r without)."""
     timings = dict(timings or {})
     t0 = time.perf_counter()
     splits = ds.splits()
@@ -59,7 +60,7 @@ def assess_dataset(ds: Dataset, *, dataset_name: str = "", model_name: str = "",
                                      bootstrap_se=probe.macro_f1_se if probe else None,
                                      labels=ds.label_space.labels)
     facts = compute_facts(ds, profiles, conflicts, noise, shifts, resolution, max_length=max_length,
-                          model_info=model_info, probe=probe, thresholds=thresholds)
+                          model_info=model_info, probe=probe, thresholds=thresholds, use_rslora=use_rslora)
     rec = recommend(facts)
     findings = evaluate_findings(facts, thresholds)
     return Assessment(
@@ -125,7 +126,7 @@ def run_assessment(cfg: RunConfig, *, probe: bool = True, cache_dir: str | Path 
     a = assess_dataset(dataset, dataset_name=cfg.data.train_file or cfg.data.dataset_name or "",
                        model_name=cfg.model.name_or_path, token_lengths=lengths, unk_tokens=unks,
                        max_length=cfg.model.max_length, model_info=info, probe=result,
-                       thresholds=thresholds, timings=timings)
+                       thresholds=thresholds, timings=timings, use_rslora=bool(cfg.adapter.use_rslora))
     timings = dict(a.timings)
     timings["total_s"] = time.perf_counter() - t_all
     return _replace(a, timings=timings)

@@ -220,6 +220,7 @@ def sft_facts(cfg, dataset, tokenizer) -> dict[str, Any]:
         # what check_max_length adds to max_length: start-max-length-p99 caps at the positions less it
         "generated_tokens": max((n for n, _ in generated_tokens(cfg, dataset).values()), default=0),
         "template": renderer.mode,
+        "use_rslora": bool(cfg.adapter.use_rslora),  # start-scale-2: alpha = s x sqrt(r) under rsLoRA
     }
     return facts
 

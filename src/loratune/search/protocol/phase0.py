@@ -35,10 +35,14 @@ def start_from_assessment(a: dict, user_point: dict | None = None) -> Start:
         from loratune.assess.rules import START_SCALE
         from loratune.stepsize import alpha_for
 
+        from loratune.stepsize import scale_formula
+
         r, rs = int(point.get(R, DEFAULTS[R])), bool(point.get(RSLORA))
-        point[ALPHA] = alpha_for(r, START_SCALE, rs)
-        alpha_why = (f" -- at the user's r={r}{' with rsLoRA' if rs else ''}: lora_alpha={point[ALPHA]:g} "
-                     f"(s = alpha/{'sqrt(r)' if rs else 'r'} = {START_SCALE:g})")
+        alpha = alpha_for(r, START_SCALE, rs)
+        if alpha != point[ALPHA]:  # an assessment of this run's own r and rsLoRA (assess: use_rslora) has it already
+            point[ALPHA] = alpha
+            alpha_why = (f" -- at the user's r={r}{' with rsLoRA' if rs else ''}: lora_alpha={alpha:g} "
+                         f"(s = {scale_formula(rs)} = {START_SCALE:g})")
     if TARGETS in point and isinstance(point[TARGETS], str):
         point[TARGETS] = targets_text(point[TARGETS]).split(",")
     ceiling = int(rec["capacity_ceiling"]["value"])
