@@ -1341,7 +1341,9 @@ _RULES = (
     Rule(
         id="capacity-bound", scope="compare", knob="r", priority=60, knob_class="capacity", confidence=0.8,
         when=all_(c("r_effect_noise", ">=", "effect_noise_min", required=True),
-                  c("r_over_lr_effect", ">=", "binding_ratio_min")),
+                  c("r_over_lr_effect", ">=", "binding_ratio_min", required=True)),
+        # the ratio is required: the binding knob is decided by both arms of the pair (protocol 5); two runs that differ
+        # only in r read "more sensitive to rank than to learning rate" with no lr arm measured (confidence 0.6)
         verdict="capacity-bound: the val metric is more sensitive to rank than to learning rate",
         moves=("r x2", "+ffn"),  # towards the better run: r /2, -ffn where the lower rank did better
         source="protocol 5: minimal-intervention pair; the knob the val metric is more sensitive to binds",
@@ -1350,7 +1352,7 @@ _RULES = (
         id="optimization-bound", scope="compare", knob="learning_rate", priority=60, knob_class="optimization",
         confidence=0.8,
         when=all_(c("lr_effect_noise", ">=", "effect_noise_min", required=True),
-                  c("lr_over_r_effect", ">=", "binding_ratio_min")),
+                  c("lr_over_r_effect", ">=", "binding_ratio_min", required=True)),
         verdict="optimization-bound: the val metric is more sensitive to learning rate than to rank",
         moves=("learning_rate x2",),  # towards the better run: /2 where the lower lr did better
         source="protocol 5: minimal-intervention pair; the knob the val metric is more sensitive to binds",

@@ -194,7 +194,9 @@ def test_comparison_tune_and_assess_read_one_noise_band():
     assert sigma == pytest.approx(0.01) and effect == pytest.approx(0.025)
     band = max(0.005, 2 * sigma)
     assert c.features["r_effect_noise"] == pytest.approx(2.5)
-    assert c.fired("capacity-bound") and not c.fired("differences-within-noise")
+    assert c.features["r_effect_noise"] >= default_thresholds()["effect_noise_min"]  # beyond the band: real
+    assert not c.fired("differences-within-noise")
+    assert not c.fired("capacity-bound")  # a rank arm alone: which knob binds needs the lr arm too (protocol 5)
     from loratune.objectives import NOISE_BAND
     assert NOISE_BAND.width(sigma) == pytest.approx(band) == pytest.approx(0.02)
     assert c.features["noise"] * default_thresholds()["effect_noise_min"] == pytest.approx(band)
@@ -563,6 +565,24 @@ def test_update_too_weak_is_not_evaluated_when_no_run_measured_the_train_val_gap
     assert [n.missing[0][0] for n in c.not_evaluated if n.rule_id == "update-too-weak"] == ["gap_f1_max"]
 
 
+def test_one_arm_of_the_pair_does_not_claim_which_knob_binds():
+    """Protocol 5: the binding knob is read from an lr-only AND a rank-only trial. Two runs differing only in r (the
+    rank effect far beyond noise) read 'capacity-bound: more sensitive to rank than to learning rate' (confidence
+    0.6, next move r x2, +ffn) with no lr arm measured; now neither bound fires on one arm, the rank effect stays in
+    the table, and the not-evaluated list names the missing arm. The same for an lr arm alone."""
+    for arm, knob, feature in ((run("r16", 0.70, r=16, alpha=32), "r", "r_over_lr_effect"),
+                               (run("lr2", 0.70, lr=2e-4), "learning_rate", "lr_over_r_effect")):
+        c = compare([run("base", 0.60), arm])
+        assert not c.fired("capacity-bound") and not c.fired("optimization-bound"), c.findings
+        (g,) = c.groups
+        assert g.knob == knob and g.effect == pytest.approx(0.10, abs=1e-3) and g.effect_noise() > 2
+        gaps = {n.rule_id: dict(n.missing) for n in c.not_evaluated}
+        rule = "capacity-bound" if knob == "r" else "optimization-bound"
+        assert "minimal-intervention pair" in gaps[rule][feature]
+    both = compare([run("base", 0.60), run("lr2", 0.605, lr=2e-4), run("r16", 0.70, r=16, alpha=32)])
+    assert both.fired("capacity-bound") and not both.fired("optimization-bound")  # the pair still decides
+
+
 def test_runs_differing_in_two_knobs_or_lacking_config_are_not_compared():
     c = compare([run("base", 0.6), run("both", 0.7, lr=2e-4, r=16, alpha=16)])
     assert c.groups == ()
@@ -678,12 +698,13 @@ def test_a_loss_based_comparison_shows_losses_in_their_own_sign():
 
     from loratune.commands._diagnose_view import render_comparison
 
-    def loss_run(name, vloss, r=4, alpha=8):
+    def loss_run(name, vloss, r=4, alpha=8, lr=1e-4):
         pts = s.make_history(train_loss=s.decay(2.3, 0.5, 8), val_loss=s.decay(2.3, vloss, 8), val_n=None)
         return from_points(pts, meta=META, config={"adapter": {"r": r, "lora_alpha": alpha},
-                                                   "train": {"learning_rate": 1e-4, "seed": 42}}, name=name)
+                                                   "train": {"learning_rate": lr, "seed": 42}}, name=name)
 
-    c = compare([loss_run("r4", 1.30), loss_run("r8", 1.36, r=8)])
+    # the lr arm of the pair (capacity-bound reads both arms: protocol 5), a hair from the start
+    c = compare([loss_run("r4", 1.30), loss_run("r8", 1.36, r=8), loss_run("lr2", 1.301, lr=2e-4)])
     assert c.measure == "lowest val loss"
     (g,) = [g for g in c.groups if g.knob == "r"]
     assert [(row[0], row[2]) for row in g.runs] == [("r4", pytest.approx(1.30, abs=1e-3)),
