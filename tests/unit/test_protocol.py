@@ -22,6 +22,7 @@ from loratune.search.protocol import (
     start_from_assessment,
 )
 from loratune.search.protocol.common import breakeven_cap
+from loratune.search.protocol.phase2 import lr_steps
 from loratune.search.space import scale_of
 from loratune.search.trial import TrialResult
 
@@ -2303,3 +2304,85 @@ def test_the_lr_grid_breaks_a_tie_on_the_val_loss_where_training_does(task, lr):
     d = next(x for x in ctx.decisions if x["code"] == "lr-grid-best")
     assert d["verdict"] == f"best lr {lr:g}", d["verdict"]
     assert ctx.best(grid).point[LR] == lr
+
+
+# -- phase 2's lr steps judge a measured neighbour by the one rule (common.step_gain) ------------------------------
+
+
+def _phase2_ctx(world, lrs, inc_lr, runner=None):
+    """A context whose records are full-length trials at `lrs` (the lr grid's) and whose incumbent is `inc_lr`'s."""
+    from loratune.search.protocol.common import set_incumbent
+
+    ctx, _ = make_ctx(world)
+    if runner is not None:
+        ctx.runner = runner
+    recs = {lr: ctx.run(ctx.spec({**START.point, LR: lr}, "phase1-lr-grid", "grid")) for lr in lrs}
+    set_incumbent(ctx, recs[inc_lr])
+    return ctx, recs
+
+
+def test_phase2_steps_onto_a_higher_lr_that_won_beyond_noise_instead_of_calling_the_lr_bracketed():
+    """The lr grid's best is 2e-3 (0.700); the pair's lr x2 arm (4e-3) scored 0.730, beyond the 0.02 band, and its
+    r x2 arm lost. Phase 2 counted 4e-3 as a lost neighbour because it had been tried and recorded 'lr 0.002
+    bracketed ... both neighbours (x2 and /2 steps) score lower' beside its own 'lr 0.004 -> 0.730'. Now a neighbour
+    lost only when it is not better beyond noise: 4e-3 becomes the incumbent without training again, then x2 is tried."""
+    def f1(p):
+        base = {-1: 0.60, 0: 0.65, 1: 0.70, 2: 0.73, 3: 0.70}.get(round(math.log2(p[LR] / 1e-3)), 0.5)
+        return base - (0.06 if p[R] > 8 else 0.0)
+
+    ctx, runner = make_ctx(World(f1, lambda p: "lr-too-small" if p[LR] < 4e-3 else "healthy"))
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1))
+    pair = next(d for d in ctx.decisions if d["kind"] == "pair")
+    assert pair["code"] == "pair-capacity"  # the pair's own reading (r x2 hurt) is not phase 2's
+    lr = [d for d in ctx.decisions if d["phase"] == "phase2" and d["kind"] == "lr"]
+    assert [d["code"] for d in lr] == ["lr-step-kept", "lr-step-rejected"]
+    four = next(r for r in ctx.records if r.point[LR] == 4e-3 and r.point[R] == 8)
+    assert lr[0]["verdict"] == "lr 0.004 is better" and lr[0]["move"] == f"incumbent = {four.label}"
+    assert lr[0]["evidence"][0].startswith(f"lr 0.004 at this capacity scored better beyond noise ({four.label}: "
+                                           "0.700 -> 0.730, gain +0.030, beyond noise 0.020")
+    assert (f"lr 0.004 was already measured ({four.label}), not trained again: lr 0.002 -> 0.004: 0.700 -> 0.730, "
+            "gain +0.030, beyond noise 0.020") in lr[0]["evidence"][1]
+    assert lr[0]["data"]["gain"] == pytest.approx(0.03) and lr[0]["data"]["tie"] is False
+    assert [s.point[LR] for s in runner.calls if s.phase == "phase2"] == [8e-3]  # 4e-3 not trained again
+    assert lr[1]["verdict"] == "lr 0.008 is not better" and lr[1]["move"] == "keep lr 0.004"
+    assert ctx.state["final"].point[LR] == 4e-3
+
+
+def test_phase2_calls_the_lr_bracketed_only_when_neither_neighbour_is_better_beyond_noise_and_says_so():
+    """lr 4e-3 scores 0.710 against the incumbent's 0.700 (a tie inside the 0.02 band), lr 1e-3 0.650 (a loss): the lr
+    is bracketed, and the trail names each neighbour's comparison instead of 'both score lower' (0.710 is not lower)."""
+    f1 = {1e-3: 0.65, 2e-3: 0.70, 4e-3: 0.71}
+    ctx, recs = _phase2_ctx(World(lambda p: f1[p[LR]], lambda p: "healthy"), f1, 2e-3)
+    lr_steps(ctx, ProtocolSettings())
+    d = ctx.decisions[-1]
+    assert d["code"] == "lr-bracketed" and d["verdict"] == "lr 0.002 bracketed" and d["move"] == "keep lr"
+    assert d["evidence"][1] == ("neither neighbour scores better beyond noise: lr 0.004: 0.700 -> 0.710, gain +0.010, "
+                                f"within noise 0.020 ({ctx.noise()[1]}): a tie, the incumbent (the smaller change) "
+                                f"is kept; lr 0.001: 0.700 -> 0.650, gain -0.050, a loss beyond noise 0.020 "
+                                f"({ctx.noise()[1]})")
+    assert d["data"]["higher"]["trial"] == recs[4e-3].number and d["data"]["higher"]["tie"] is True
+    assert d["data"]["lower"]["gain"] == pytest.approx(-0.05) and d["data"]["lower"]["tie"] is False
+    assert ctx.state["incumbent"] is recs[2e-3]
+
+
+@pytest.mark.parametrize("half, code, verdict, tie", [
+    (0.73, "lr-step-kept", "lr 0.001 is better", False),
+    (0.71, "lr-already-measured", "lr 0.001 is within noise of lr 0.002 (a tie)", True),
+    (0.65, "lr-already-measured", "lr 0.001 is not better", False),
+])
+def test_phase2_judges_an_already_measured_lr_step_by_the_noise_band_and_says_which(half, code, verdict, tie):
+    """The incumbent (lr 2e-3, 0.700) reads lr-too-large, so phase 2 steps /2 to lr 1e-3, measured already. It was
+    recorded 'already measured ... and is not better' whatever it scored (0.730 too, beyond noise). Now the step is
+    judged by step_gain: a win becomes the incumbent (not trained again), a tie and a loss are named as such."""
+    f1 = {5e-4: 0.60, 1e-3: half, 2e-3: 0.70}
+    ctx, recs = _phase2_ctx(World(lambda p: f1[p[LR]], lambda p: "lr-too-large" if p[LR] > 1e-3 else "healthy"),
+                            (1e-3, 2e-3), 2e-3)
+    lr_steps(ctx, ProtocolSettings())
+    d = next(x for x in ctx.decisions if x["kind"] == "lr")
+    assert (d["code"], d["verdict"]) == (code, verdict)
+    assert d["data"]["gain"] == pytest.approx(half - 0.70) and d["data"]["tie"] is tie
+    assert f"lr 0.001 was already measured ({recs[1e-3].label}), not trained again: lr 0.002 -> 0.001: 0.700 -> " \
+           f"{half:.3f}, gain {half - 0.70:+.3f}" in d["evidence"][1]
+    won = code == "lr-step-kept"
+    assert ctx.state["incumbent"] is (recs[1e-3] if won else recs[2e-3])
+    assert [s.point[LR] for s in ctx.runner.calls if s.phase == "phase2"] == ([5e-4] if won else [])

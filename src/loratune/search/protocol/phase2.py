@@ -31,6 +31,22 @@ def stage_phase2(ctx: SearchContext, s: ProtocolSettings) -> None:
     early_stopping(ctx)
 
 
+def lr_neighbours(ctx: SearchContext, inc, sib: list) -> dict:
+    """The nearest lr above and below the incumbent's at its capacity (full-length siblings, the best record at that
+    lr), each judged as a step from the incumbent by the one rule (common.step_gain): {"higher"/"lower": (record,
+    better, comparison, data)}; a side with no trial is absent."""
+    cur = lr_of(inc.point)
+    out = {}
+    for side, pick in (("higher", lambda x: x > cur), ("lower", lambda x: x < cur)):
+        tried = [lr_of(r.point) for r in sib if pick(lr_of(r.point))]
+        if not tried:
+            continue
+        near = min(tried, key=lambda x: abs(math.log2(x / cur)))
+        rec = max((r for r in sib if lr_of(r.point) == near), key=lambda r: r.value)
+        out[side] = (rec, *step_gain(ctx, rec, inc))
+    return out
+
+
 def lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
     phase = StageId.PHASE2.value
     inc = incumbent_of(ctx)
@@ -38,10 +54,18 @@ def lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
     lrs = sorted({lr_of(r.point) for r in sib})
     v = inc.result.verdict
     cur = lr_of(inc.point)
-    higher_lost = any(lr_of(r.point) > cur for r in sib)
-    lower_lost = any(lr_of(r.point) < cur for r in sib)
+    near = lr_neighbours(ctx, inc, sib)
+    # a neighbour lost only when it scored not better beyond noise (a tie keeps the incumbent); one that won beyond
+    # noise is the way to step (the step toward it, or onto it when it is the next step: judged there, not retrained)
+    won = [(side, n) for side, n in near.items() if n[1]]
+    higher_lost, lower_lost = ("higher" in near and not near["higher"][1]), ("lower" in near and not near["lower"][1])
     if v in LR_VERDICTS:
         direction, why = 0.5, f"diagnosis {v}: lr /2"
+    elif won:
+        side, (rec, _, compared, _) = max(won, key=lambda w: w[1][0].value)
+        direction = 2.0 if side == "higher" else 0.5
+        why = (f"lr {lr_of(rec.point):g} at this capacity scored better beyond noise ({rec.label}: {compared}): "
+               f"{'x2' if direction > 1 else '/2'} steps toward it")
     elif v in ("lr-too-small", "undertrained", "underfit-capacity") and not higher_lost:
         direction, why = 2.0, f"diagnosis {v}: lr x2 (still learning when the trial ended)"
     elif not higher_lost:
@@ -52,21 +76,35 @@ def lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
         ctx.decide(phase, "lr", f"lr {cur:g} bracketed", "keep lr",
                    ["at this capacity: " + ", ".join(f"lr {lr_of(r.point):g} -> {ctx.fmt(r.value)}" for r in
                                                       sorted(sib, key=lambda r: lr_of(r.point))),
-                    "both neighbours (x2 and /2 steps) score lower"], sib, code="lr-bracketed")
+                    "neither neighbour scores better beyond noise: "
+                    + "; ".join(f"lr {lr_of(n[0].point):g}: {n[2]}" for n in (near["higher"], near["lower"]))],
+                   sib, {side: {"trial": n[0].number, **n[3]} for side, n in near.items()}, code="lr-bracketed")
         return
     for _ in range(s.max_lr_steps):
         inc = incumbent_of(ctx)
         point = MOVES["lr-x2" if direction > 1 else "lr-half"].on(inc.point)
         nxt = lr_of(point)
-        seen = next((r for r in ctx.records if r.key == ctx.spec(point, phase).key), None)
-        whole = False  # a pruned record of the step that did not lose at its step: trained again, whole
+        step = "x2" if direction > 1 else "/2"
+        key = ctx.spec(point, phase).key  # its full-length record first (a pruned one may have been trained again)
+        seen = min((r for r in ctx.records if r.key == key), key=lambda r: not r.result.full_length, default=None)
+        if seen is not None and seen.result.full_length:
+            # measured already, at full length: the step is judged on that trial (the one rule), not trained again
+            better, compared, data = step_gain(ctx, seen, inc)
+            ev = [why, f"lr {nxt:g} was already measured ({seen.label}), not trained again: lr {cur_lr(inc):g} -> "
+                       f"{nxt:g}: {compared}"] + evidence_of(ctx, seen)
+            if better:
+                set_incumbent(ctx, seen)
+                ctx.decide(phase, "lr", f"lr {nxt:g} is better", f"incumbent = {seen.label}", ev, [inc, seen], data,
+                           code="lr-step-kept")
+                why = f"the last lr step helped beyond noise: another {step} step"
+                continue
+            ctx.decide(phase, "lr", f"lr {nxt:g} is within noise of lr {cur_lr(inc):g} (a tie)" if data["tie"]
+                       else f"lr {nxt:g} is not better", f"keep lr {cur_lr(inc):g}", ev, [inc, seen], data,
+                       code="lr-already-measured")
+            return
+        held = reserve(ctx, StageId.PHASE2, s)
         if seen is not None:
             a, b, note = like_for_like(ctx, seen, inc)
-            if not note:
-                ctx.decide(phase, "lr", f"lr {cur_lr(inc):g} kept", "no step",
-                           [why, f"lr {nxt:g} was already measured ({seen.label}: {ctx.fmt(seen.value)}) and is not "
-                            f"better than {ctx.fmt(inc.value)}"], [inc, seen], code="lr-already-measured")
-                return
             if a is not None and b is not None and a <= b:
                 ctx.decide(phase, "lr", f"lr {cur_lr(inc):g} kept", "no step",
                            [why, f"lr {nxt:g} was measured only until it was pruned, and lost at equal steps: {note}; "
@@ -74,11 +112,10 @@ def lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
                                                                 "at_step": pruned_step(seen), "value": a, "ref": b},
                            code="lr-already-measured")
                 return
-            whole = True
-        held = reserve(ctx, StageId.PHASE2, s)
-        rec = ctx.run(ctx.spec(point, phase, f"lr step {'x2' if direction > 1 else '/2'}"
-                               + (" (its pruned trial trained again, whole)" if whole else "")), reserve=held,
-                      full=whole)
+        # a pruned record of the step that did not lose at its step: trained again, whole
+        rec = ctx.run(ctx.spec(point, phase, f"lr step {step}" + (" (its pruned trial trained again, whole)"
+                                                                 if seen is not None else "")),
+                      reserve=held, full=seen is not None)
         if rec is None:
             no_budget(ctx, phase, f"lr step to {nxt:g}", held)
             return
@@ -90,7 +127,7 @@ def lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
             set_incumbent(ctx, rec)
             ctx.decide(phase, "lr", f"lr {nxt:g} is better", f"incumbent = {rec.label}", ev, [inc, rec], data,
                        code="lr-step-kept")
-            why = f"the last lr step helped beyond noise: another {'x2' if direction > 1 else '/2'} step"
+            why = f"the last lr step helped beyond noise: another {step} step"
         else:
             ctx.decide(phase, "lr", f"lr {nxt:g} is within noise of lr {lr_of(inc.point):g} (a tie)" if data["tie"]
                        else f"lr {nxt:g} is not better", f"keep lr {lr_of(inc.point):g}", ev, [inc, rec], data,
