@@ -2386,3 +2386,28 @@ def test_phase2_judges_an_already_measured_lr_step_by_the_noise_band_and_says_wh
     won = code == "lr-step-kept"
     assert ctx.state["incumbent"] is (recs[1e-3] if won else recs[2e-3])
     assert [s.point[LR] for s in ctx.runner.calls if s.phase == "phase2"] == ([5e-4] if won else [])
+
+
+@pytest.mark.parametrize("at_four, whole", [(0.715, False), (0.75, True)])
+def test_phase2_retrains_a_pruned_lr_step_whole_only_when_it_led_at_its_step_beyond_noise(at_four, whole):
+    """lr 4e-3 was pruned at step 50, ahead of the incumbent there by 0.012 (0.572 vs 0.560, inside the 0.02 band) or
+    by 0.040 (beyond it). Phase 2 retrained it whole on any lead (a <= b), while every sweep retrains only a lead
+    beyond noise (common.whole_if_ahead): one rule now, so the small lead is not trained again."""
+    world = HalfwayWorld(lambda p: {2e-3: 0.70, 4e-3: at_four}[p[LR]], lambda p: "lr-too-small")
+    runner = HalfwayPruner(world, lambda s: s.phase == "phase1-lr-grid" and s.point[LR] == 4e-3)
+    ctx, recs = _phase2_ctx(world, (2e-3, 4e-3), 2e-3, runner)
+    assert recs[4e-3].result.status == "pruned" and recs[4e-3].value == pytest.approx(0.8 * at_four)
+    lr_steps(ctx, ProtocolSettings(max_lr_steps=1))
+    d = next(x for x in ctx.decisions if x["kind"] == "lr")
+    retrained = [s for s in runner.calls if s.phase == "phase2"]
+    if whole:
+        assert [s.point[LR] for s in retrained] == [4e-3]
+        assert retrained[0].purpose == "lr step x2: its pruned trial trained again, whole"
+        assert d["code"] == "lr-step-kept" and ctx.state["incumbent"].result.status == "completed"
+    else:
+        assert retrained == []
+        assert d["code"] == "lr-already-measured" and d["data"]["at_step"] == 50
+        assert d["data"]["value"] == pytest.approx(0.572) and d["data"]["ref"] == pytest.approx(0.56)
+        assert "lr 0.004 was measured only until it was pruned, and did not lead beyond noise at equal steps: " \
+               in d["evidence"][1]
+        assert ctx.state["incumbent"] is recs[2e-3]

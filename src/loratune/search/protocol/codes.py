@@ -53,7 +53,7 @@ DECISION_CODES: dict[str, str] = {
     "pair-neither": "the pair: neither knob moved the metric beyond noise",
     "lr-bracketed": "phase 2: neither lr neighbour scores better beyond noise (a tie or worse), lr kept",
     "lr-already-measured": "phase 2: the next lr step was measured already and is not better beyond noise (a tie or "
-                           "worse; a pruned one: at the step it was pruned at)",
+                           "worse; a pruned one: not ahead beyond noise at the step it was pruned at)",
     "lr-step-kept": "phase 2: an lr step gained beyond noise, new incumbent",
     "lr-step-rejected": "phase 2: an lr step did not gain beyond noise (a tie or worse), lr kept",
     "lr-steps-capped": "phase 2: every lr step gained beyond noise, up to the step cap",

@@ -14,7 +14,8 @@ from loratune.search.protocol.settings import (EARLY_PEAK_BEST_FRACTION, EARLY_S
                                                ProtocolSettings, REGULARIZATION_MOVES)
 from loratune.search.protocol.long import curve_peak, still_improving
 from loratune.search.protocol.common import (cur_lr, evidence_of, incumbent_of, like_for_like, lr_of, lr_siblings,
-                                             no_budget, pruned_step, reserve, set_incumbent, step_gain)
+                                             no_budget, pruned_step, reserve, set_incumbent, step_gain,
+                                             whole_if_ahead)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,19 +104,19 @@ def lr_steps(ctx: SearchContext, s: ProtocolSettings) -> None:
                        code="lr-already-measured")
             return
         held = reserve(ctx, StageId.PHASE2, s)
-        if seen is not None:
-            a, b, note = like_for_like(ctx, seen, inc)
-            if a is not None and b is not None and a <= b:
+        if seen is not None:  # pruned: trained again, whole, only when it led at its step beyond noise (one rule)
+            rec = whole_if_ahead(ctx, seen, inc, ctx.noise()[0], phase, f"lr step {step}", held)
+            if rec is seen:
+                a, b, note = like_for_like(ctx, seen, inc)
+                how = "lost" if a is not None and b is not None and a < b else "did not lead beyond noise"
                 ctx.decide(phase, "lr", f"lr {cur_lr(inc):g} kept", "no step",
-                           [why, f"lr {nxt:g} was measured only until it was pruned, and lost at equal steps: {note}; "
-                            "not trained again"], [inc, seen], {"pruned_trial": seen.number,
-                                                                "at_step": pruned_step(seen), "value": a, "ref": b},
+                           [why, f"lr {nxt:g} was measured only until it was pruned, and {how} at equal steps: "
+                            f"{note}; not trained again"], [inc, seen],
+                           {"pruned_trial": seen.number, "at_step": pruned_step(seen), "value": a, "ref": b},
                            code="lr-already-measured")
                 return
-        # a pruned record of the step that did not lose at its step: trained again, whole
-        rec = ctx.run(ctx.spec(point, phase, f"lr step {step}" + (" (its pruned trial trained again, whole)"
-                                                                 if seen is not None else "")),
-                      reserve=held, full=seen is not None)
+        else:
+            rec = ctx.run(ctx.spec(point, phase, f"lr step {step}"), reserve=held)
         if rec is None:
             no_budget(ctx, phase, f"lr step to {nxt:g}", held)
             return
