@@ -697,12 +697,13 @@ def test_phase2_regularizes_an_overfitting_incumbent_and_keeps_what_helps():
     adequate: dropout up, then weight decay, each kept only when val macro-F1 rises."""
     def f1(p):
         return 0.70 + (0.03 if p.get("adapter.lora_dropout", 0.1) >= 0.2 else 0.0) \
-            - (0.02 if p.get("train.weight_decay", 0.01) >= 0.1 else 0.0) + _lr_peak(p)
+            - (0.05 if p.get("train.weight_decay", 0.01) >= 0.1 else 0.0) + _lr_peak(p)
 
     world = World(f1, lambda p: "healthy", gap=0.2, features={"val_loss_rise": 0.3})
     ctx, runner = make_ctx(world)
     run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, pair=False))
     regs = [x for x in ctx.decisions if x["kind"] == "regularization"]
+    # weight decay is tried on top of the kept dropout (0.680 vs 0.730: a loss beyond the 0.02 band)
     assert [x["verdict"] for x in regs] == ["lora_dropout up helps", "weight_decay 0.1 does not help"]
     final = ctx.state["final"].point
     assert final["adapter.lora_dropout"] == 0.2 and final.get("train.weight_decay", 0.01) == 0.01
@@ -2411,3 +2412,23 @@ def test_phase2_retrains_a_pruned_lr_step_whole_only_when_it_led_at_its_step_bey
         assert "lr 0.004 was measured only until it was pruned, and did not lead beyond noise at equal steps: " \
                in d["evidence"][1]
         assert ctx.state["incumbent"] is recs[2e-3]
+
+
+def test_phase2_tries_each_regularization_move_on_the_current_incumbent():
+    """Overfitting: dropout 0.2 gains 0.03 and is kept; weight decay 0.1 gains 0.025 on top. The weight-decay move
+    was built from the starting incumbent, so it trained at dropout 0.1 (0.725, a tie against 0.730 and dropped).
+    Each move is now the current incumbent plus that one change: dropout 0.2 and weight decay 0.1, 0.755, kept."""
+    def f1(p):
+        return 0.70 + (0.03 if p.get("adapter.lora_dropout", 0.1) >= 0.2 else 0.0) \
+            + (0.025 if p.get("train.weight_decay", 0.01) >= 0.1 else 0.0) + _lr_peak(p)
+
+    world = World(f1, lambda p: "healthy", gap=0.2, features={"val_loss_rise": 0.3})
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, seeds=1, pair=False))
+    regs = [x for x in ctx.decisions if x["kind"] == "regularization"]
+    assert [x["code"] for x in regs] == ["regularization-kept", "regularization-kept"]
+    wd = [s.point for s in runner.calls if s.purpose == "against overfitting: weight_decay 0.1"]
+    assert len(wd) == 1 and wd[0]["adapter.lora_dropout"] == 0.2 and wd[0]["train.weight_decay"] == 0.1
+    assert "weight_decay 0.1: 0.730 -> 0.755, gain +0.025, beyond noise 0.020" in regs[1]["evidence"][1]
+    final = ctx.state["final"].point
+    assert final["adapter.lora_dropout"] == 0.2 and final["train.weight_decay"] == 0.1

@@ -207,9 +207,11 @@ def regularize(ctx: SearchContext, s: ProtocolSettings) -> None:
                     f"{gap_min:g}), val loss/metric turning: {'yes' if rising else 'no'}"], [inc],
                    code="no-overfitting")
         return
-    moves = [(MOVES[m].text, MOVES[m].on(inc.point)) for m in REGULARIZATION_MOVES]
-    for name, point in moves:
+    for m in REGULARIZATION_MOVES:
+        # each move is the current incumbent plus that one change (protocol 5: one change per comparison), so a move
+        # tried after a kept one carries it (weight decay after dropout 0.2 was kept trains at dropout 0.2)
         inc = incumbent_of(ctx)
+        name, point = MOVES[m].text, MOVES[m].on(inc.point)
         if point is None:
             continue
         held = reserve(ctx, StageId.PHASE2, s)
