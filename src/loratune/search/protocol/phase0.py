@@ -33,9 +33,7 @@ def start_from_assessment(a: dict, user_point: dict | None = None) -> Start:
         # the assessment's alpha is its start scale at its own rank: at the rank and rsLoRA setting this run trains
         # with, the alpha of that scale (user r=4 kept alpha 16: s 4; rsLoRA on: s 16/sqrt(8))
         from loratune.assess.rules import START_SCALE
-        from loratune.stepsize import alpha_for
-
-        from loratune.stepsize import scale_formula
+        from loratune.stepsize import alpha_for, scale_formula
 
         r, rs = int(point.get(R, DEFAULTS[R])), bool(point.get(RSLORA))
         alpha = alpha_for(r, START_SCALE, rs)
