@@ -839,16 +839,30 @@ def strip_turns(example: Example, ends: tuple[str, ...]) -> Example:
     return replace(example, prompt=prompt, completion=strip_end(example.completion, ends))
 
 
-def learn_earlier_texts(renderer: Renderer, example: Example) -> list[str] | None:
+def learn_earlier_texts(renderer: Renderer, example: Example, prompt: str | None = None,
+                        layout: "TurnLayout | None | bool" = True) -> list[str] | None:
     """A chat's prompt written as texts that alternate: not learnt, an earlier assistant turn as the template writes it
     after its prompt (content and end of turn, as the completion is), not learnt, ..., ending with the text up to the
     last answer; together renderer.prompt(example.prompt). None when the example learns its last answer only (no
     earlier assistant turn, a prompt/completion row's prompt) or the template does not write each earlier turn as it
-    writes it last (Qwen3's think block): then only the last answer is learnt."""
+    writes it last (Qwen3's think block): then only the last answer is learnt.
+    Found in the prompt's text rendered once (`prompt`: renderer.prompt(example.prompt), when the caller has it) where
+    the template writes a chat turn by turn (`layout`: turn_layout(renderer), found here when True); else, and for a
+    row whose text the marks cannot place, by rendering every prefix (_texts_by_prefix: renders grow with the square of
+    the turns)."""
     turns = example.prompt
     answers = [i for i, t in enumerate(turns) if t.role == "assistant" and i > 0]
     if not example.learn_earlier or not answers or renderer.mode == "none":
         return None
+    layout = turn_layout(renderer) if layout is True else layout
+    texts = _texts_by_marks(renderer, turns, answers, prompt, layout) if layout else None
+    return texts if texts is not None else _texts_by_prefix(renderer, turns, answers)
+
+
+def _texts_by_prefix(renderer: Renderer, turns: tuple[Turn, ...], answers: list[int]) -> list[str] | None:
+    """learn_earlier_texts by definition: each earlier answer's prefix rendered with the generation prompt (the text
+    before it), and the chat through it (the answer as the template writes it last); None when these are no
+    prefixes of each other and of the whole prompt."""
     out, done = [], ""
     for i in answers:
         head = renderer.prompt(turns[:i])
@@ -861,6 +875,101 @@ def learn_earlier_texts(renderer: Renderer, example: Example) -> list[str] | Non
     return out + [full[len(done):]] if full.startswith(done) else None
 
 
+@dataclass(frozen=True)
+class TurnLayout:
+    """How a template that writes a chat turn by turn writes an assistant turn inside a chat: after the text of the
+    turns before it comes `opening` (the generation prompt), then the answer: `lead` (what the template writes before
+    every answer's content, after the generation prompt: a space, often nothing), the content as it is, and `end`
+    (turn_end). So the text before an earlier answer is the prompt up to its lead."""
+
+    opening: str
+    lead: str
+    end: str
+
+
+# private-use characters around a turn's number: where the template writes an earlier answer's content (_texts_by_marks)
+MARK = ("\ue000", "\ue001")
+# the chats a template is tried on before its prompts are split by marks (turn_layout): answers after user turns, a
+# system turn, two user turns in a row, a chat opening with an answer; a template that refuses one is tried on the rest
+LAYOUT_PROBES = (("user", "assistant", "user", "assistant", "user"),
+                 ("system", "user", "assistant", "user", "assistant", "user"),
+                 ("user", "user", "assistant", "user", "user", "assistant", "user"),
+                 ("assistant", "user", "assistant", "user"))
+
+
+def turn_layout(renderer: Renderer) -> TurnLayout | None:
+    """The template's TurnLayout when it writes chats turn by turn: on every probe chat (LAYOUT_PROBES) it accepts,
+    _texts_by_marks gives what rendering every prefix gives (_texts_by_prefix); None otherwise (a template that writes
+    an earlier turn otherwise than the last, as Qwen3's think block, or that writes no probe): then every row's
+    prefixes are rendered."""
+    if renderer.mode == "none":
+        return None
+    probe, answer = (Turn("user", "hello"),), PROBE_ANSWERS[0]
+    if renderer.mode == "plain":
+        layout = TurnLayout(PLAIN_TEMPLATE["generation"], "", "")
+    else:
+        try:
+            head, bare = renderer.prompt(probe), renderer._chat(probe, [_msg(t) for t in probe])
+            written = renderer.completion(probe, answer, head)
+        except UserError:
+            return None
+        if not head.startswith(bare) or answer not in written:
+            return None
+        k = written.rfind(answer)  # as turn_end finds the end
+        layout = TurnLayout(head[len(bare):], written[:k], written[k + len(answer):])
+    tried = 0
+    for roles in LAYOUT_PROBES:
+        turns = tuple(Turn(role, f"{role} {n}") for n, role in enumerate(roles))
+        answers = [i for i, t in enumerate(turns) if t.role == "assistant" and i > 0]
+        try:
+            expected = _texts_by_prefix(renderer, turns, answers)
+            found = _texts_by_marks(renderer, turns, answers, None, layout)
+        except UserError:
+            continue
+        if expected is None or found != expected:
+            return None
+        tried += 1
+    return layout if tried else None
+
+
+def _texts_by_marks(renderer: Renderer, turns: tuple[Turn, ...], answers: list[int], prompt: str | None,
+                    layout: TurnLayout) -> list[str] | None:
+    """learn_earlier_texts from two renders of the whole prompt (linear in the turns): the prompt, and the prompt with
+    each earlier answer's content replaced by a mark (MARK around its number) that says where the template writes it;
+    each answer is layout.lead, its content and layout.end, after layout.opening. None (render every prefix) when the
+    marked prompt, its marks replaced by the contents, is not the prompt (a template that changes a content, or writes
+    it otherwise than as a mark), or an answer is not written so."""
+    if any(m in t.content for t in turns for m in MARK):
+        return None
+    marks = {i: f"{MARK[0]}{n}{MARK[1]}" for n, i in enumerate(answers)}
+    prompt = renderer.prompt(turns) if prompt is None else prompt
+    marked = renderer.prompt(tuple(Turn(t.role, marks[i]) if i in marks else t for i, t in enumerate(turns)))
+    if marked.count(MARK[0]) != len(answers):
+        return None
+    rebuilt, spans, at, length = [], [], 0, 0  # spans: each answer's content's [start, end) in the rebuilt text
+    for i in answers:
+        k = marked.find(marks[i], at)
+        if k < 0:
+            return None
+        content = turns[i].content
+        rebuilt += [marked[at:k], content]
+        length += k - at
+        spans.append((length, length + len(content)))
+        length += len(content)
+        at = k + len(marks[i])
+    if "".join(rebuilt) + marked[at:] != prompt:
+        return None
+    out, done = [], 0
+    for start, end in spans:
+        head, close = start - len(layout.lead), end + len(layout.end)  # the answer: prompt[head:close]
+        if head - len(layout.opening) < done or not prompt.startswith(layout.opening, head - len(layout.opening)) \
+                or not prompt.startswith(layout.lead, head) or not prompt.startswith(layout.end, end):
+            return None
+        out += [prompt[done:head], prompt[head:close]]
+        done = close
+    return out + [prompt[done:]]
+
+
 def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | list[Example],
                max_length: int, learn_earlier: bool = True) -> SFTEncoded:
     """Token ids and prompt lengths of every example (EOS appended to a completion that does not end with it:
@@ -870,9 +979,14 @@ def encode_sft(tokenizer, renderer: Renderer, examples: tuple[Example, ...] | li
     ends = end_texts(tokenizer, renderer)
     stripped = [strip_turns(e, ends) for e in examples]
     prompts = render_each(lambda e: renderer.prompt(e.prompt), stripped)
-    completions = render_each(lambda e: renderer.completion(e.prompt, e.completion), stripped)
-    pieces = (render_each(lambda e: learn_earlier_texts(renderer, e), stripped) if learn_earlier
-              else [None] * len(stripped))
+    # each row's prompt is rendered once: render_each reads the rows in order, so next(...) is the row's own
+    heads = iter(prompts)
+    completions = render_each(lambda e: renderer.completion(e.prompt, e.completion, next(heads)), stripped)
+    if learn_earlier:
+        wholes, layout = iter(prompts), turn_layout(renderer)
+        pieces = render_each(lambda e: learn_earlier_texts(renderer, e, next(wholes), layout), stripped)
+    else:
+        pieces = [None] * len(stripped)
     p_ids = _ids(tokenizer, prompts)
     c_ids = _ids(tokenizer, completions)
     flat = iter(_ids(tokenizer, [t for texts in pieces if texts is not None for t in texts]))  # one call for all

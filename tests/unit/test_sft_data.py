@@ -263,22 +263,34 @@ def test_an_earlier_turn_whose_tokens_run_into_the_next_turn_is_not_learnt_and_t
         "writes a chat's text across the edge of a turn as one token, so the turn's own tokens are not in the chat's"]
 
 
-def test_learning_earlier_turns_renders_each_prefix_twice_not_three_times(monkeypatch):
-    """Encoding 16-turn chats cost 27 s per 1000 rows against 8.4 s for last-turn-only: each earlier answer rendered
-    its prefix three times (head, then completion's own prompt and full chat). The completion reuses the head."""
-    from loratune.sft_data import learn_earlier_texts
-
+def test_learning_every_assistant_turn_renders_a_chat_the_same_number_of_times_whatever_its_turns(monkeypatch):
+    """Learning every assistant turn rendered each earlier answer's prefix twice (its head, the chat through it), so the
+    renders grew with the square of a chat's turns (1,000 rows: 16 turns 3.4 s, 32 turns 5.9 s, against 0.7 s for the
+    last answer only): a template that writes chats turn by turn (turn_layout) renders each row three times, its
+    prompt, its completion and its prompt with the earlier answers marked, whatever its turns (the same texts:
+    test_sft_turn_spans)."""
     chatml = make_chatml_tokenizer()
     r = Renderer.for_tokenizer(chatml, "auto")
-    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(8)]
-    example = parse_sft_rows([{"messages": turns}], DataConfig(), "f.jsonl", "train").examples[0]
-    whole = r.prompt(example.prompt)
     calls = []
     real = Renderer._chat
     monkeypatch.setattr(Renderer, "_chat", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
-    texts = learn_earlier_texts(r, example)
-    assert "".join(texts) == whole and len(texts) == 7
-    assert len(calls) == 2 * 3 + 1  # per earlier answer: its head and the chat through it; then the whole prompt
+    renders = {}
+    for n_turns, n_rows in ((8, 3), (32, 3), (32, 6)):
+        turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(n_turns)]
+        examples = parse_sft_rows([{"messages": turns}] * n_rows, DataConfig(), "f.jsonl", "train").examples
+        calls.clear()
+        enc = encode_sft(chatml, r, examples, 4096)
+        renders[n_turns, n_rows] = len(calls)
+        assert [len(s) for s in enc.earlier] == [n_turns // 2 - 1] * n_rows and not any(enc.earlier_unlearnt.values())
+    assert renders[8, 3] == renders[32, 3] and renders[32, 6] - renders[32, 3] == 3 * 3
+    from loratune.sft_data import learn_earlier_texts, turn_layout
+
+    layout = turn_layout(r)
+    example = examples[0]
+    whole = r.prompt(example.prompt)
+    calls.clear()
+    texts = learn_earlier_texts(r, example, whole, layout)
+    assert "".join(texts) == whole and len(texts) == 31 and len(calls) == 1  # the marked prompt
 
 
 def test_a_sharegpt_turn_marked_weight_0_is_refused_not_learnt_silently():

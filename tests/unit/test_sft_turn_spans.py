@@ -1,0 +1,160 @@
+"""A chat's earlier assistant turns found in its prompt rendered once (sft_data.learn_earlier_texts by marks, linear in
+the turns) give what rendering every prefix gave (the oracle below, the algorithm before: its renders grew with the
+square of the turns): the same texts, so the same ids, labels, spans and notes, on random chats of several templates
+and in the three row formats (messages, ShareGPT conversations, UltraChat's prompt beside its messages)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from loratune import sft_data
+from loratune.config import DataConfig
+from loratune.errors import UserError
+from loratune.sft_data import (MARK, Renderer, encode_sft, end_texts, learn_earlier_texts, parse_sft_rows, strip_turns,
+                               turn_layout)
+
+from sft_support import CHATML_TEMPLATE, make_chatml_tokenizer, make_tokenizer
+
+
+def oracle_texts(renderer, example, *_):
+    """learn_earlier_texts as it was: every earlier answer's prefix rendered (with the generation prompt), and the
+    chat through it."""
+    turns = example.prompt
+    answers = [i for i, t in enumerate(turns) if t.role == "assistant" and i > 0]
+    if not example.learn_earlier or not answers or renderer.mode == "none":
+        return None
+    out, done = [], ""
+    for i in answers:
+        head = renderer.prompt(turns[:i])
+        if not head.startswith(done):
+            return None
+        answer = renderer.completion(turns[:i], turns[i].content)
+        out += [head[len(done):], answer]
+        done = head + answer
+    full = renderer.prompt(turns)
+    return out + [full[len(done):]] if full.startswith(done) else None
+
+
+CHATML_BODY = CHATML_TEMPLATE.replace("think and", "false and")
+# templates: name -> (tokenizer, the least share of rows whose earlier answers are found by marks: None, the template
+# does not write chats turn by turn (turn_layout finds no layout), so every row's prefixes are rendered)
+TEMPLATES = {
+    "chatml": (make_chatml_tokenizer, 0.8),
+    "chatml-split-eos": (lambda: make_chatml_tokenizer(split_eos=True), 0.8),
+    "tags": (lambda: make_tokenizer(chat_template=True), 0.8),
+    # Qwen3's: the last answer after an empty think block, the earlier ones without (never learnt: the prefixes path)
+    "think": (lambda: make_chatml_tokenizer(think=True), None),
+    # assistant_only_loss's {% generation %} block around every answer
+    "generation": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}"
+                   "{% generation %}{{ m['content'] }}<|im_end|>\n{% endgeneration %}{% else %}{{ m['content'] }}"
+                   "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+                   0.8),
+    # Llama-2's: contents trimmed (a row whose answer has spaces around it is found by prefixes), an answer after a
+    # space, no generation prompt, no system turn
+    "trim": ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
+             "{{ raise_exception('System role not supported') }}{% elif m['role'] == 'user' %}"
+             "[INST] {{ m['content'] | trim }} [/INST]{% else %} {{ m['content'] | trim }} {{ eos_token }}{% endif %}"
+             "{% endfor %}", 0.25),
+    # DeepSeek-R1's: an answer's text after '</think>' only
+    "think-split": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% set c = m['content'] %}"
+                    "{% if m['role'] == 'assistant' and '</think>' in c %}{% set c = c.split('</think>')[-1] %}"
+                    "{% endif %}{{ c }}<|im_end|>\n{% endfor %}"
+                    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", 0.25),
+    # an end of text after the last turn only
+    "last-eos": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                 "{% if loop.last and not add_generation_prompt %}</s>{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", None),
+}
+WORDS = ["your", "pin", "is", "reset", "card", "lost", "my", "balance", "!", "\n", "\n\n", " ", "  ", "<|im_end|>",
+         "</think>", "<|end|>", "assistant", "user", "im_end", "0"]
+
+
+def tokenizer(name):
+    make, _ = TEMPLATES[name]
+    if callable(make):
+        return make()
+    tok = make_chatml_tokenizer()
+    tok.chat_template = make
+    return tok
+
+
+def content(rng, empty_ok):
+    if empty_ok and rng.random() < 0.05:
+        return ""
+    text = "".join(rng.choice(WORDS) + rng.choice(["", " ", " ", " "]) for _ in range(rng.randint(1, 8)))
+    if rng.random() < 0.01:  # the mark's character: the row's prefixes are rendered
+        text += MARK[0]
+    return text if rng.random() < 0.5 else " ".join(text.split())
+
+
+def chat(rng):
+    """A random chat that parse_sft_rows reads: a system turn or none, turns of random roles (user turns in a row, an
+    opening answer), ending with a user turn and the answer."""
+    turns = [{"role": "system", "content": content(rng, True)}] if rng.random() < 0.2 else []
+    for _ in range(rng.randint(0, 10)):
+        turns.append({"role": rng.choice(["user", "assistant", "assistant", "user", "system"]
+                                         if rng.random() < 0.1 else ["user", "assistant"]),
+                      "content": content(rng, True)})
+    turns += [{"role": "user", "content": content(rng, False) + " lost"},
+              {"role": "assistant", "content": content(rng, False) + " reset"}]
+    return turns
+
+
+def rows(rng, n):
+    """n random chats in each row format, with its DataConfig."""
+    chats = [chat(rng) for _ in range(n)]
+    sharegpt = {"user": "human", "assistant": "gpt", "system": "system"}
+    return [([{"messages": c} for c in chats], DataConfig()),
+            ([{"conversations": [{"from": sharegpt[t["role"]], "value": t["content"]} for t in c]} for c in chats],
+             DataConfig(messages_column="conversations")),
+            ([{"prompt": c[0]["content"], "prompt_id": "x", "messages": c} for c in chats], DataConfig())]
+
+
+def encoded(enc):
+    return (enc.ids, enc.prompt_lens.tolist(), enc.earlier, enc.earlier_unlearnt, enc.truncated, enc.end_stripped,
+            [enc.labels(i) for i in range(len(enc))])
+
+
+def encode_or_error(tok, r, examples, max_length):
+    try:
+        return encoded(encode_sft(tok, r, examples, max_length))
+    except UserError as exc:
+        return exc.problem, exc.fix
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_earlier_turns_found_in_one_render_are_the_texts_every_prefix_rendered_gave(name, monkeypatch):
+    rng = random.Random(sorted(TEMPLATES).index(name))
+    tok = tokenizer(name)
+    for choice in ("auto", "plain") if name in ("chatml", "tags") else ("auto",):
+        r = Renderer.for_tokenizer(tok, choice)
+        layout = turn_layout(r)
+        least = 0.8 if choice == "plain" else TEMPLATES[name][1]
+        assert (layout is not None) == (least is not None)
+        ends = end_texts(tok, r)
+        by_marks = []  # per row with earlier answers: whether they were found by marks
+        for row_list, cfg in rows(rng, 40):
+            examples = parse_sft_rows(row_list, cfg, "f.jsonl", "train").examples
+            for e in examples:  # each row's texts, alone
+                stripped = strip_turns(e, ends)
+                try:
+                    expected = oracle_texts(r, stripped)
+                except UserError as exc:
+                    assert "refuses" in exc.problem
+                    with pytest.raises(UserError, match="refuses"):
+                        learn_earlier_texts(r, stripped)
+                    continue
+                assert learn_earlier_texts(r, stripped) == expected, stripped
+                answers = [i for i, t in enumerate(stripped.prompt) if t.role == "assistant" and i > 0]
+                if answers and layout:
+                    by_marks.append(sft_data._texts_by_marks(r, stripped.prompt, answers, None, layout) is not None)
+            for max_length in (4096, 24):  # the rows encoded: ids, labels, spans and notes, with and without cutting
+                new = encode_or_error(tok, r, examples, max_length)
+                with monkeypatch.context() as m:
+                    m.setattr(sft_data, "learn_earlier_texts", oracle_texts)
+                    assert encode_or_error(tok, r, examples, max_length) == new
+        # a template that writes chats turn by turn finds rows' answers by marks (not those with a mark's character
+        # in a turn, nor where it changes the content: trim's spaces, think-split's '</think>')
+        assert least is None or sum(by_marks) >= least * len(by_marks), (sum(by_marks), len(by_marks))
