@@ -686,20 +686,31 @@ def turn_end(renderer: Renderer) -> str:
     return text[text.rfind(probe) + len(probe):] if probe in text else ""
 
 
+def answer_lead(renderer: Renderer) -> str:
+    """The text a chat template writes between its generation prompt and an assistant turn's content, the same for
+    every answer: the text two completions with different contents (PROBE_ANSWERS) share before the content; '' for
+    the plain and none templates."""
+    if renderer.mode != "chat":
+        return ""
+    texts = [probe_completion(renderer, probe) for probe in PROBE_ANSWERS]
+    n = 0
+    while n < min(map(len, texts)) and texts[0][n] == texts[1][n]:
+        n += 1
+    return texts[0][:n]
+
+
 def answer_prefix(tokenizer, renderer: Renderer) -> list[int]:
     """The token ids a chat template writes between its generation prompt and an assistant turn's content, the same
     for every answer (Qwen3's empty '<think>\\n\\n</think>\\n\\n'; none for most templates, and for the plain and none
     ones). encode_sft trains them as the start of every completion, as TRL does, so a trained model writes them before
     its answer from the generation prompt: a generation's budget is for the answer after them, and the answer is read
-    after them (sft.generate). Found by rendering: the text two completions with different contents share before the
-    content, and the leading tokens the two completions, tokenised as encode_sft tokenises them, share within that
-    text (a token that runs into the content, a space merged with the answer's first word, is the answer's)."""
+    after them (sft.generate). Found by rendering: the text before the content (answer_lead), and the leading tokens
+    two completions with different contents, tokenised as encode_sft tokenises them, share within that text (a token
+    that runs into the content, a space merged with the answer's first word, is the answer's)."""
     if renderer.mode != "chat":
         return []
     texts = [probe_completion(renderer, probe) for probe in PROBE_ANSWERS]
-    n = 0
-    while n < min(map(len, texts)) and texts[0][n] == texts[1][n]:
-        n += 1
+    n = len(answer_lead(renderer))
     if not n:
         return []
     fast = getattr(tokenizer, "is_fast", False)
@@ -839,6 +850,12 @@ def strip_turns(example: Example, ends: tuple[str, ...]) -> Example:
     return replace(example, prompt=prompt, completion=strip_end(example.completion, ends))
 
 
+def earlier_answers(turns: tuple[Turn, ...]) -> list[int]:
+    """The places of a prompt's assistant turns that learn_earlier_texts learns: every one but an opening one (nothing
+    asks for it: UNLEARNT_WHY's "opening")."""
+    return [i for i, t in enumerate(turns) if t.role == "assistant" and i > 0]
+
+
 def learn_earlier_texts(renderer: Renderer, example: Example, prompt: str | None = None,
                         layout: "TurnLayout | None | bool" = True) -> list[str] | None:
     """A chat's prompt written as texts that alternate: not learnt, an earlier assistant turn as the template writes it
@@ -851,7 +868,7 @@ def learn_earlier_texts(renderer: Renderer, example: Example, prompt: str | None
     row whose text the marks cannot place, by rendering every prefix (_texts_by_prefix: renders grow with the square of
     the turns)."""
     turns = example.prompt
-    answers = [i for i, t in enumerate(turns) if t.role == "assistant" and i > 0]
+    answers = earlier_answers(turns)
     if not example.learn_earlier or not answers or renderer.mode == "none":
         return None
     layout = turn_layout(renderer) if layout is True else layout
@@ -904,23 +921,23 @@ def turn_layout(renderer: Renderer) -> TurnLayout | None:
     prefixes are rendered."""
     if renderer.mode == "none":
         return None
-    probe, answer = (Turn("user", "hello"),), PROBE_ANSWERS[0]
+    probe = (Turn("user", "hello"),)
     if renderer.mode == "plain":
         layout = TurnLayout(PLAIN_TEMPLATE["generation"], "", "")
     else:
         try:
             head, bare = renderer.prompt(probe), renderer._chat(probe, [_msg(t) for t in probe])
-            written = renderer.completion(probe, answer, head)
+            layout = TurnLayout(head[len(bare):], answer_lead(renderer), turn_end(renderer))
         except UserError:
             return None
-        if not head.startswith(bare) or answer not in written:
+        # the probe's completion is the lead, the content and the end (turn_end finds the end after the content)
+        if not head.startswith(bare) \
+                or probe_completion(renderer) != layout.lead + PROBE_ANSWERS[0] + layout.end:
             return None
-        k = written.rfind(answer)  # as turn_end finds the end
-        layout = TurnLayout(head[len(bare):], written[:k], written[k + len(answer):])
     tried = 0
     for roles in LAYOUT_PROBES:
         turns = tuple(Turn(role, f"{role} {n}") for n, role in enumerate(roles))
-        answers = [i for i, t in enumerate(turns) if t.role == "assistant" and i > 0]
+        answers = earlier_answers(turns)
         try:
             expected = _texts_by_prefix(renderer, turns, answers)
             found = _texts_by_marks(renderer, turns, answers, None, layout)

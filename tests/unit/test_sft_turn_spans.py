@@ -12,8 +12,8 @@ import pytest
 from loratune import sft_data
 from loratune.config import DataConfig
 from loratune.errors import UserError
-from loratune.sft_data import (MARK, Renderer, encode_sft, end_texts, learn_earlier_texts, parse_sft_rows, strip_turns,
-                               turn_layout)
+from loratune.sft_data import (MARK, Renderer, earlier_answers, encode_sft, end_texts, learn_earlier_texts,
+                               parse_sft_rows, strip_turns, turn_layout)
 
 from sft_support import CHATML_TEMPLATE, make_chatml_tokenizer, make_tokenizer
 
@@ -22,7 +22,7 @@ def oracle_texts(renderer, example, *_):
     """learn_earlier_texts as it was: every earlier answer's prefix rendered (with the generation prompt), and the
     chat through it."""
     turns = example.prompt
-    answers = [i for i, t in enumerate(turns) if t.role == "assistant" and i > 0]
+    answers = earlier_answers(turns)
     if not example.learn_earlier or not answers or renderer.mode == "none":
         return None
     out, done = [], ""
@@ -147,7 +147,7 @@ def test_earlier_turns_found_in_one_render_are_the_texts_every_prefix_rendered_g
                         learn_earlier_texts(r, stripped)
                     continue
                 assert learn_earlier_texts(r, stripped) == expected, stripped
-                answers = [i for i, t in enumerate(stripped.prompt) if t.role == "assistant" and i > 0]
+                answers = earlier_answers(stripped.prompt)
                 if answers and layout:
                     by_marks.append(sft_data._texts_by_marks(r, stripped.prompt, answers, None, layout) is not None)
             for max_length in (4096, 24):  # the rows encoded: ids, labels, spans and notes, with and without cutting
@@ -158,3 +158,23 @@ def test_earlier_turns_found_in_one_render_are_the_texts_every_prefix_rendered_g
         # a template that writes chats turn by turn finds rows' answers by marks (not those with a mark's character
         # in a turn, nor where it changes the content: trim's spaces, think-split's '</think>')
         assert least is None or sum(by_marks) >= least * len(by_marks), (sum(by_marks), len(by_marks))
+
+
+def test_turn_layout_takes_the_lead_and_end_of_an_answer_from_answer_lead_and_turn_end(monkeypatch):
+    """One rule, one place: what a template writes around an answer's content is found once (answer_lead, which
+    answer_prefix tokenises; turn_end), and turn_layout reads it there, not with a search of its own: a change of
+    either rule moves the layout with it."""
+    tok = tokenizer("tags")
+    r = Renderer.for_tokenizer(tok, "auto")
+    layout = turn_layout(r)
+    assert (layout.lead, layout.end) == (sft_data.answer_lead(r), sft_data.turn_end(r))
+    assert tok(layout.lead, add_special_tokens=False)["input_ids"][:len(sft_data.answer_prefix(tok, r))] \
+        == sft_data.answer_prefix(tok, r)
+    called = []
+    for name in ("answer_lead", "turn_end"):
+        real = getattr(sft_data, name)
+        monkeypatch.setattr(sft_data, name, lambda renderer, real=real, name=name: called.append(name) or real(renderer))
+    assert turn_layout(r) == layout and sorted(set(called)) == ["answer_lead", "turn_end"]
+    # a probe's completion the found lead and end do not write around its content: no layout (every prefix rendered)
+    monkeypatch.setattr(sft_data, "turn_end", lambda renderer: "<|other|>")
+    assert turn_layout(r) is None
