@@ -820,7 +820,7 @@ def loss_covers_note(recorded: dict, examples) -> str | None:
 UNLEARNT_WHY = {
     "opening": "open their chats, with no prompt before them: not learnt (nothing asks for them)",
     "template": "are not learnt, only their chats' last answers: the chat template does not write an earlier turn as "
-                "it writes it when it is the last",
+                "it writes it when it is the last (or refuses the chat cut before it)",
     "tokens": "are not learnt, only their chats' last answers: the tokenizer writes a chat's text across the edge of "
               "a turn as one token, so the turn's own tokens are not in the chat's",
 }
@@ -879,16 +879,22 @@ def learn_earlier_texts(renderer: Renderer, example: Example, prompt: str | None
 def _texts_by_prefix(renderer: Renderer, turns: tuple[Turn, ...], answers: list[int]) -> list[str] | None:
     """learn_earlier_texts by definition: each earlier answer's prefix rendered with the generation prompt (the text
     before it), and the chat through it (the answer as the template writes it last); None when these are no
-    prefixes of each other and of the whole prompt."""
+    prefixes of each other and of the whole prompt, or the template refuses a prefix it writes inside the whole chat
+    (Qwen3.5's and later 'No user query found' for a chat (system, assistant, ...) cut before the answer): the chat
+    still learns its last answer, as where its answers are found by marks (_texts_by_marks renders no prefix), instead
+    of the run being refused for some rows of a shape and not others. A chat the template refuses whole is refused."""
+    full = renderer.prompt(turns)
     out, done = [], ""
     for i in answers:
-        head = renderer.prompt(turns[:i])
-        if not head.startswith(done):
+        try:
+            head = renderer.prompt(turns[:i])
+            if not head.startswith(done):
+                return None
+            answer = renderer.completion(turns[:i], turns[i].content, head)
+        except UserError:
             return None
-        answer = renderer.completion(turns[:i], turns[i].content, head)
         out += [head[len(done):], answer]
         done = head + answer
-    full = renderer.prompt(turns)
     return out + [full[len(done):]] if full.startswith(done) else None
 
 

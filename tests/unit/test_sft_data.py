@@ -160,7 +160,7 @@ def test_every_assistant_turn_of_a_chat_is_learnt_and_the_last_is_still_generate
     assert enc.earlier_unlearnt["template"] == 1
     assert encoding_notes("train", enc, rt) == [
         "train: 1 assistant turn(s) before the last are not learnt, only their chats' last answers: the chat template "
-        "does not write an earlier turn as it writes it when it is the last"]
+        "does not write an earlier turn as it writes it when it is the last (or refuses the chat cut before it)"]
 
 
 def test_a_conversational_prompts_assistant_turns_are_not_learnt_and_truncation_keeps_the_last_answer():

@@ -20,20 +20,24 @@ from sft_support import CHATML_TEMPLATE, make_chatml_tokenizer, make_tokenizer
 
 def oracle_texts(renderer, example, *_):
     """learn_earlier_texts as it was: every earlier answer's prefix rendered (with the generation prompt), and the
-    chat through it."""
+    chat through it. One change: a prefix the template refuses inside a chat it writes whole leaves the chat's earlier
+    answers unlearnt (None) where it refused the run (test_a_chat_whose_prefix_the_template_refuses_...)."""
     turns = example.prompt
     answers = earlier_answers(turns)
     if not example.learn_earlier or not answers or renderer.mode == "none":
         return None
+    full = renderer.prompt(turns)
     out, done = [], ""
     for i in answers:
-        head = renderer.prompt(turns[:i])
+        try:
+            head = renderer.prompt(turns[:i])
+            answer = renderer.completion(turns[:i], turns[i].content)
+        except UserError:
+            return None
         if not head.startswith(done):
             return None
-        answer = renderer.completion(turns[:i], turns[i].content)
         out += [head[len(done):], answer]
         done = head + answer
-    full = renderer.prompt(turns)
     return out + [full[len(done):]] if full.startswith(done) else None
 
 
@@ -178,3 +182,46 @@ def test_turn_layout_takes_the_lead_and_end_of_an_answer_from_answer_lead_and_tu
     # a probe's completion the found lead and end do not write around its content: no layout (every prefix rendered)
     monkeypatch.setattr(sft_data, "turn_end", lambda renderer: "<|other|>")
     assert turn_layout(r) is None
+
+
+def trl_tokenizer(name):
+    """The ChatML test tokenizer with one of TRL's chat templates (trl/chat_templates: real templates)."""
+    trl = pytest.importorskip("trl")
+    from pathlib import Path
+
+    tok = make_chatml_tokenizer()
+    tok.chat_template = (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text()
+    return tok
+
+
+@pytest.mark.parametrize("name", ["qwen3_8", "qwen3_6_training", "qwen3_5_think_training"])
+def test_a_chat_whose_prefix_the_template_refuses_is_trained_whatever_its_contents(name):
+    """Qwen3.5's and later templates refuse a chat with no user turn ('No user query found in messages') and write a
+    chat (system, assistant, user, assistant) whole. An earlier answer found by marks renders no prefix, so its row
+    trained, while a row of the same shape that every prefix was rendered for ('\\nHi\\n', trimmed by the template;
+    '<think>x</think>Hi') rendered (system) alone and the run was refused: whether a run trained depended on a
+    greeting's text. Now no row of the shape is refused: it learns its last answer, and its earlier answer is learnt or
+    counted unlearnt in the data notes; every prefix rendered, it is counted unlearnt whatever its content."""
+    from loratune.sft_data import encoding_notes
+
+    tok = trl_tokenizer(name)
+    r = Renderer.for_tokenizer(tok, "auto")
+    assert turn_layout(r) is not None
+    greetings = ["Hi, how can I help?", "\nHi, how can I help?\n", "<think>x</think>Hi"]
+    for greeting in greetings:
+        chat = [("system", "You help."), ("assistant", greeting), ("user", "my card"), ("assistant", "your pin is reset")]
+        examples = parse_sft_rows([{"messages": [{"role": a, "content": b} for a, b in chat]}], DataConfig(),
+                                  "f.jsonl", "train").examples
+        enc = encode_sft(tok, r, examples, 4096)
+        assert "pin is reset" in tok.decode([t for t in enc.labels(0) if t >= 0]), greeting
+        learnt, unlearnt = len(enc.earlier[0]), sum(enc.earlier_unlearnt.values())
+        assert learnt + unlearnt == 1 and enc.earlier_unlearnt["opening"] == 0, (greeting, enc.earlier_unlearnt)
+        assert len(encoding_notes("train", enc, r)) == unlearnt
+        assert learn_earlier_texts(r, strip_turns(examples[0], end_texts(tok, r)), None, None) is None
+    # the whole chat refused is still refused, by either path
+    bare = parse_sft_rows([{"messages": [{"role": "system", "content": "You help."},
+                                         {"role": "assistant", "content": "Hi"},
+                                         {"role": "assistant", "content": "your pin"}]}], DataConfig(), "f.jsonl",
+                          "train").examples
+    with pytest.raises(UserError, match="No user query"):
+        encode_sft(tok, r, bare, 4096)
