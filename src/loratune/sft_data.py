@@ -866,7 +866,13 @@ def learn_earlier_texts(renderer: Renderer, example: Example, prompt: str | None
     Found in the prompt's text rendered once (`prompt`: renderer.prompt(example.prompt), when the caller has it) where
     the template writes a chat turn by turn (`layout`: turn_layout(renderer), found here when True); else, and for a
     row whose text the marks cannot place, by rendering every prefix (_texts_by_prefix: renders grow with the square of
-    the turns)."""
+    the turns). The two give the same texts where the template writes every turn before an answer the same whether or
+    not turns follow it. Where a turn that is no earlier answer is written otherwise inside the whole chat than in the
+    answer's prefix (TRL's gemma4_v5 drops an empty opening answer from the whole chat only; lfm2_2_5 and glm4moe drop
+    an opening answer's think text before a later user turn; muse_glimmer writes its default system message only in a
+    chat with no system turn), marks learn the answer as the whole chat writes it, which is as it is written last
+    (lead, content, end after the generation prompt), as TRL's assistant_only_loss learns it on the whole chat;
+    rendering every prefix finds no prefix of the whole chat and leaves it unlearnt (UNLEARNT_WHY's "template")."""
     turns = example.prompt
     answers = earlier_answers(turns)
     if not example.learn_earlier or not answers or renderer.mode == "none":
@@ -961,7 +967,8 @@ def _texts_by_marks(renderer: Renderer, turns: tuple[Turn, ...], answers: list[i
     each earlier answer's content replaced by a mark (MARK around its number) that says where the template writes it;
     each answer is layout.lead, its content and layout.end, after layout.opening. None (render every prefix) when the
     marked prompt, its marks replaced by the contents, is not the prompt (a template that changes a content, or writes
-    it otherwise than as a mark), or an answer is not written so."""
+    it otherwise than as a mark), or an answer is not written so. The text before an answer is the whole chat's, as
+    the template writes it with the turns after (learn_earlier_texts: where it differs from the answer's prefix)."""
     if any(m in t.content for t in turns for m in MARK):
         return None
     marks = {i: f"{MARK[0]}{n}{MARK[1]}" for n, i in enumerate(answers)}

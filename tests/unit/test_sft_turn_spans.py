@@ -1,7 +1,10 @@
 """A chat's earlier assistant turns found in its prompt rendered once (sft_data.learn_earlier_texts by marks, linear in
 the turns) give what rendering every prefix gave (the oracle below, the algorithm before: its renders grew with the
 square of the turns): the same texts, so the same ids, labels, spans and notes, on random chats of several templates
-and in the three row formats (messages, ShareGPT conversations, UltraChat's prompt beside its messages)."""
+and in the three row formats (messages, ShareGPT conversations, UltraChat's prompt beside its messages). The same
+wherever a template writes every turn before an answer the same whether or not turns follow it; where it writes such a
+turn otherwise in the whole chat (TRL's gemma4_v5, lfm2_2_5, glm4moe, muse_glimmer below), the answer is learnt as the
+whole chat writes it where every prefix rendered left it unlearnt."""
 
 from __future__ import annotations
 
@@ -225,3 +228,52 @@ def test_a_chat_whose_prefix_the_template_refuses_is_trained_whatever_its_conten
                           "train").examples
     with pytest.raises(UserError, match="No user query"):
         encode_sft(tok, r, bare, 4096)
+
+
+# TRL templates that write a turn before an earlier answer otherwise in the whole chat than in the answer's prefix
+WRITTEN_OTHERWISE_BEFORE = {
+    # an empty opening answer: dropped from the whole chat, kept in the prefix
+    "gemma4_v5": [("assistant", ""), ("assistant", "your pin"), ("user", "my card"), ("assistant", "is reset")],
+    # an opening answer's think text: dropped before a later user turn, kept in the prefix (no user turn after it)
+    "lfm2_2_5": [("assistant", "plan</think>your pin"), ("assistant", "is reset"), ("user", "my card"),
+                 ("assistant", "is lost")],
+    "glm4moe": [("assistant", "plan</think>your pin"), ("assistant", "is reset"), ("user", "my card"),
+                ("assistant", "is lost")],
+    # the default system message: only in a chat with no system turn (the prefix has none, the whole chat has one)
+    "muse_glimmer": [("user", "my card"), ("assistant", "your pin"), ("system", "be brief"), ("user", "lost"),
+                     ("assistant", "is reset")],
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRITTEN_OTHERWISE_BEFORE))
+def test_an_earlier_answer_after_a_turn_the_whole_chat_writes_otherwise_is_learnt_as_the_whole_chat_writes_it(name):
+    """Where the template writes a turn before an earlier answer otherwise in the whole chat than in the answer's
+    prefix, rendering every prefix found no prefix of the whole chat and left the answer unlearnt ('template'); marks
+    learn it as the whole chat writes it, which is as the template writes it last (lead, content, end after the
+    generation prompt), as TRL's assistant_only_loss learns it on the whole chat: the data notes count no 'template'
+    turn (they name only the opening answer where there is one)."""
+    from loratune.sft_data import encoding_notes
+
+    tok = trl_tokenizer(name)
+    r = Renderer.for_tokenizer(tok, "auto")
+    layout = turn_layout(r)
+    assert layout is not None
+    chat = WRITTEN_OTHERWISE_BEFORE[name]
+    example = parse_sft_rows([{"messages": [{"role": a, "content": b} for a, b in chat]}], DataConfig(), "f.jsonl",
+                             "train").examples[0]
+    turns = example.prompt
+    (i,) = earlier_answers(turns)
+    whole = r.prompt(turns)
+    assert not whole.startswith(r.prompt(turns[:i]))  # the text before the answer: not its prefix's
+    texts = learn_earlier_texts(r, example)
+    assert "".join(texts) == whole and texts[1] == layout.lead + turns[i].content + layout.end
+    assert learn_earlier_texts(r, example, whole, None) is None  # every prefix rendered: unlearnt
+    enc = encode_sft(tok, r, [example], 4096)
+    assert len(enc.earlier[0]) == 1 and enc.earlier_unlearnt["template"] == 0
+    (a, b), = enc.earlier[0]
+    assert tok.decode(enc.ids[0][a:b]) == tok.decode(tok(texts[1], add_special_tokens=False)["input_ids"])
+    opening = turns[0].role == "assistant"
+    assert enc.earlier_unlearnt["opening"] == opening
+    assert encoding_notes("train", enc, r) == (
+        ["train: 1 assistant turn(s) before the last open their chats, with no prompt before them: not learnt "
+         "(nothing asks for them)"] if opening else [])
