@@ -2432,3 +2432,56 @@ def test_phase2_tries_each_regularization_move_on_the_current_incumbent():
     assert "weight_decay 0.1: 0.730 -> 0.755, gain +0.025, beyond noise 0.020" in regs[1]["evidence"][1]
     final = ctx.state["final"].point
     assert final["adapter.lora_dropout"] == 0.2 and final["train.weight_decay"] == 0.1
+
+
+def _seed_unstable_long_world() -> World:
+    """s6 of hunt 19 scripted: the grid's best lr 1e-3 (0.70) is seed-unstable (0.70, 0.55, 0.60 over seeds: noise
+    0.153), lr /2 (0.66) scores its seed mean, so the seeds stage lowers the lr to 5e-4; the early long run trained the
+    grid's trial at lr /2 = 5e-4 (0.75), and a long run at the rejected lr 1e-3 scores 0.80: a gain of 0.05 inside
+    the noise."""
+    def f1(p):
+        if int(p.get("train.max_steps") or 0) >= 200:
+            return {5e-4: 0.75, 1e-3: 0.80}.get(p[LR], 0.60)
+        return {1e-3: 0.70, 5e-4: 0.66, 2e-3: 0.60}.get(p[LR], 0.50)
+
+    world = World(f1, lambda p: "healthy", features=dict(STILL))
+    world.SEED_OFFSET = {42: 0.0, 43: -0.15, 44: -0.10}
+    return world
+
+
+def test_a_tie_at_the_end_does_not_take_back_the_lr_the_seeds_stage_rejected():
+    """Hunt 19 (s6): the seeds stage lowered a seed-unstable lr (1e-3 -> 5e-4, the early long run's lr too), then the
+    final training ran the long run at the rejected lr 1e-3 and made it the pick on a gain of 0.085 inside the noise
+    band 0.191 ('a tie; the higher one is kept'). Protocol 5b: inside the band is a tie, and a tie does not overturn
+    the earlier decision: the long run at the steadier lr stays the pick, and the trail says the incumbent's lr is
+    not the long run's trial's and which stage moved it."""
+    ctx, runner = make_ctx(_seed_unstable_long_world())
+    run_protocol(ctx, LONG_START, ProtocolSettings(full_probe=False, lr_probe=False, pair=False), plan=PLAN)
+    assert "seed-unstable-lr-lowered" in codes(ctx)
+    assert ctx.state.incumbent.point[LR] == 5e-4
+    early = next(r for r in ctx.records if r.spec.phase == "early-long")
+    assert early.point[LR] == 5e-4
+    d = next(x for x in ctx.decisions if x["kind"] == "final-train")
+    noise, _ = ctx.noise()
+    assert noise == pytest.approx(d["data"]["noise"]) and d["data"]["gain"] == pytest.approx(0.05) and 0.05 < noise
+    assert [x["lr"] for x in d["data"]["lrs"]] == [5e-4, 1e-3]
+    assert d["code"] == "final-train-reused" and d["move"] == f"keep {early.label}"
+    assert ctx.state.final is early and ctx.state.final.point[LR] == 5e-4
+    assert any("inside the noise band" in e and "a tie" in e and f"the pick {early.label} (lr 0.0005) is kept" in e
+               for e in d["evidence"])
+    moved = next(e for e in d["evidence"] if e.startswith("the incumbent "))
+    assert "is at lr 0.0005, not the lr 0.001 of the long run's trial" in moved
+    assert "the seeds stage set it (seed-unstable-lr-lowered" in moved
+
+
+def test_a_long_run_at_another_lr_beyond_the_noise_still_replaces_the_pick():
+    """The same study, but the long run at lr 1e-3 gains 0.25 (beyond the noise 0.153): evidence, not a tie, so it is
+    the pick, and the decision says the gain is beyond the band."""
+    world = _seed_unstable_long_world()
+    f1 = world.f1
+    world.f1 = lambda p: f1(p) + (0.2 if int(p.get("train.max_steps") or 0) >= 200 and p[LR] == 1e-3 else 0.0)
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, LONG_START, ProtocolSettings(full_probe=False, lr_probe=False, pair=False), plan=PLAN)
+    d = next(x for x in ctx.decisions if x["kind"] == "final-train")
+    assert d["code"] == "final-train-helps" and ctx.state.final.point[LR] == 1e-3
+    assert any("beyond the noise band" in e for e in d["evidence"])

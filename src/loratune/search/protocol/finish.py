@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from loratune.config import LORA_ONLY_KEYS, LORA_VARIANT_KEYS
 from loratune.objectives import beyond_noise
 from loratune.search.budget import Cost
@@ -11,10 +13,11 @@ from loratune.search.stages import StageId
 from loratune.search.state import Start
 from loratune.search.trial import TrialRecord
 from loratune.search.protocol.settings import (CONTINUE_LR_FACTOR, CONTINUE_MIN_RATIO, COST_FREE_KEYS, FULL_LR_MAX,
-                                               FULL_LR_MIN, INIT_FROM, LR, METHOD, PROBE_MAX_SHARE_OF_TRIAL,
+                                               FULL_LR_MIN, INIT_FROM, LR, METHOD, SEED, PROBE_MAX_SHARE_OF_TRIAL,
                                                ProtocolSettings)
 from loratune.search.protocol.common import (breakeven_rank, evidence_of, incumbent_of, lr_of, no_budget, pruned_step,
-                                             r_of, reserve, round3, set_incumbent, shape_params)
+                                             r_of, reserve, round3, same_except, set_incumbent,
+                                             shape_params)
 from loratune.search.protocol.long import (epochs_cap_line, final_length, is_full, long_of, long_steps_wanted,
                                            longer_may_help, pick_line, promote, replaced_pick, still_improving,
                                            unaffordable_line)
@@ -221,7 +224,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
         inc = inc if inc is champ or beats(inc, champ, noise) else champ
         long = long_of(ctx, s, inc)
         if long is not None:
-            reuse_long_run(ctx, s, inc, long, final, why_reused(ctx, latest, champ, noise))
+            reuse_long_run(ctx, s, inc, long, final, why_reused(ctx, latest, champ, noise), latest)
             return
     longer, _, curve_line = longer_may_help(ctx, inc)
     if not longer:
@@ -307,12 +310,30 @@ def why_reused(ctx: SearchContext, latest: TrialRecord, champ: TrialRecord, nois
             f"{noise:.3f}")
 
 
+def moved_lr_line(ctx: SearchContext, inc: TrialRecord, latest: TrialRecord | None) -> str | None:
+    """When a stage after the long run moved the incumbent's lr (the seeds stage lowering a seed-unstable lr, a
+    phase-2 step) without beating the long run's trial beyond noise, the long run's config is `inc`'s but the
+    incumbent's lr is another: said, with the stage that moved it (the last decision naming the incumbent), so a
+    long run at the lr that stage moved away from is not read as the incumbent's."""
+    if latest is None or latest is inc or math.isclose(lr_of(latest.point), lr_of(inc.point), rel_tol=1e-9):
+        return None
+    if not same_except(latest.point, inc.point, (LR, SEED)):
+        return None
+    by = next((d for d in reversed(ctx.decisions) if latest.label in str(d.get("move", ""))), None)
+    how = f"the {by['phase']} stage set it ({by['code']}: {by['move']})" if by else "a later stage set it"
+    return (f"the incumbent {latest.label} is at lr {lr_of(latest.point):g}, not the lr {lr_of(inc.point):g} of the "
+            f"long run's trial {inc.label}: {how}; the long run's other lrs are factors of its trial's lr, and one "
+            f"replaces the pick only beyond the noise")
+
+
 def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, long: TrialRecord,
-                   final: TrialRecord, why: str = "it is still the incumbent") -> None:
+                   final: TrialRecord, why: str = "it is still the incumbent", latest: TrialRecord | None = None) -> None:
     """`inc` was trained long already (protocol.long, at `long_lr_factor` x its lr): not trained again. The
     other lrs of `final_lr_factors` (x the trial's lr) run at its length when they all fit (the short trials'
-    lr need not suit a longer run); the best of them and the long run is the pick when it scores higher than
-    the pick."""
+    lr need not suit a longer run); the best of them is the pick when it beats the pick beyond the noise
+    (protocol 5b: inside the band it is a tie, and a tie does not overturn the earlier decision: the pick, at the
+    lower lr the long run trains at or the lr an earlier stage steadied, stays). `latest`: the incumbent now, when
+    a later stage moved its lr away from `inc`'s (the trail says so)."""
     phase = StageId.FINAL_TRAIN.value
     steps = int(long.point.get("train.max_steps") or 0)
     if continue_long_run(ctx, s, long, final):
@@ -323,6 +344,8 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
     ev = [f"{inc.label} was trained long already: {long.label}, {steps} steps, {ctx.show(long.value)} (its trial "
           f"{ctx.fmt(inc.value)}); {why}, so it is not trained again",
           pick_line(ctx, final)]
+    if (moved := moved_lr_line(ctx, inc, latest)) is not None:
+        ev.append(moved)
     runs: list[TrialRecord] = []
     need = Cost()
     for x in others:  # a run of them the study finished already (an earlier session's) is reused, not paid again
@@ -344,23 +367,25 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
     if scored:
         ev.append("lr for the long run (the short trials' lr need not suit a longer one): "
                   + ", ".join(f"lr {r.point[LR]:g} -> {ctx.fmt(r.value)}" for r in [long, *runs]))
-    if best is not None and (final.value is None or best.value > final.value):
+    noise, source = ctx.noise()
+    gain = best.value - final.value if best is not None and final.value is not None else None
+    if gain is not None and gain > 0:  # protocol 5b: a gain inside the noise band is a tie, and the trail says so
+        ev.append(f"gain {gain:.3f} over the pick: " + (  # differences of scores: no sign to undo
+            f"beyond the noise band {noise:.3f} ({source})" if beyond_noise(gain, noise) else
+            f"inside the noise band {noise:.3f} ({source}), a tie: a tie does not overturn the earlier decision, the "
+            f"pick {final.label} (lr {lr_of(final.point):g}) is kept"))
+        data["gain"], data["noise"] = gain, noise
+    if best is not None and (final.value is None or beyond_noise(gain, noise)):
         ctx.state.final = best
         ev = replaced_pick(ctx, final, ev)
-        if final.value is not None:  # protocol 5b: a gain inside the noise band is a tie, and the trail says so
-            noise, source = ctx.noise()
-            gain = best.value - final.value
-            ev.append(f"gain {gain:.3f} over the pick: " + (  # differences of scores: no sign to undo
-                f"inside the noise band {noise:.3f} ({source}), a tie; the higher one is kept" if not beyond_noise(gain, noise)
-                else f"beyond the noise band {noise:.3f} ({source})"))
-            data["gain"], data["noise"] = gain, noise
         ctx.decide(phase, "final-train", "the long run at another lr scores higher", f"pick = {best.label}",
                    ev + evidence_of(ctx, best), [long, *runs], data, code="final-train-helps")
     elif final is long:
-        ctx.decide(phase, "final-train", "the long run is reused", f"keep {final.label}", ev, [long, *runs], data,
-                   code="final-train-reused")
+        ctx.decide(phase, "final-train", "the long run is reused" + (
+            ", its run at another lr ties with it" if gain is not None and gain > 0 else ""), f"keep {final.label}", ev,
+                   [long, *runs], data, code="final-train-reused")
     else:  # the pick is a trial (the long run scored no higher): nothing is reused, the trial's adapter is kept
-        ctx.decide(phase, "final-train", "the long run did not score higher than the pick",
+        ctx.decide(phase, "final-train", "the long run did not score higher than the pick beyond noise",
                    f"keep {final.label}", ev, [long, *runs], data, code="final-train-no-gain")
 
 
