@@ -216,3 +216,25 @@ def test_diagnosis_prunes_only_a_trial_behind_beyond_noise_and_says_whose_best_i
     assert "val macro-F1 0.000 (best up to step 14)" in why and "behind by 0.267 > noise 0.149" in why, why
     # a gap equal to the band (up to float rounding) is not beyond it
     assert by_diagnosis("lr-too-large", "x", ((0, 0.0), (14, 0.067)), 40, ref, objective=f1, se=0.1) is None
+
+
+def test_a_running_trial_is_held_against_the_studys_seed_noise_once_seeds_ran():
+    """Hunt 19 (s1): with the study's noise at 0.359 (2 x seed sigma 0.179 over 3 seeds), a target-sweep trial was
+    pruned 'behind by 0.322 > noise 0.189 (... sigma 0.094)': the diagnosis's binomial SE, a narrower band than the
+    one the study's own decisions read. Protocol 5b: the seed spread when seeds exist; the larger of the two."""
+    from loratune.search.runner import Watch
+
+    ref = [("#5 lr0.04-seed44", ((0, 0.0), (6, 0.5), (12, 0.620)))]
+    points = [{"step": 0, "val/macro_f1": 0.0}, {"step": 6, "val/macro_f1": 0.2}, {"step": 12, "val/macro_f1": 0.298}]
+    run = {"steps_planned": 12, "objective": "val/macro_f1"}
+    assert Watch(references=ref).check(points, run, 1.0) is not None  # no seeds: 0.322 > max(0.05, 3 x SE)
+    w = Watch(references=ref, seed_sigma=0.1794, seed_count=3)
+    assert w.sigma(0.094) == (0.1794, "seed sigma over 3 seeds")
+    assert w.sigma(0.25) == (0.25, "binomial SE")  # the larger of the two
+    assert w.check(points, run, 1.0) is None  # 0.322 < max(0.05, 3 x seed sigma 0.179) = 0.538
+    why = behind_best(((0, 0.0), (12, 0.0)), 12, ref, w.sigma(0.094)[0],
+                      source=w.sigma(0.094)[1])
+    assert why is not None and "3 x seed sigma over 3 seeds 0.179" in why
+    why = by_diagnosis("lr-too-large", "x", ((0, 0.0), (12, 0.1)), 12, ref, se=0.1794, source="seed sigma over 3 seeds")
+    assert why is not None and "noise 0.359" in why and "sigma 0.179: seed sigma over 3 seeds" in why
+    assert by_diagnosis("lr-too-large", "x", ((0, 0.0), (12, 0.298)), 12, ref, se=0.1794) is None

@@ -2485,3 +2485,19 @@ def test_a_long_run_at_another_lr_beyond_the_noise_still_replaces_the_pick():
     d = next(x for x in ctx.decisions if x["kind"] == "final-train")
     assert d["code"] == "final-train-helps" and ctx.state.final.point[LR] == 1e-3
     assert any("beyond the noise band" in e for e in d["evidence"])
+
+
+def test_a_configs_seed_replicates_are_no_bar_a_running_trial_is_pruned_against():
+    """Hunt 19 (s1): a target-sweep trial was pruned as behind #5 lr0.04-seed44 (0.620), a lucky seed replicate of
+    the incumbent (0.355 on the study's seed): the replicates measure the noise, the config's own trial is the bar."""
+    world = lr_binds()
+    world.SEED_OFFSET = {42: 0.0, 43: -0.10, 44: 0.15}
+    ctx, runner = make_ctx(world)
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, pair=False))
+    seeds = [r for r in ctx.records if r.spec.phase == "seeds"]
+    assert len(seeds) == 2
+    spec = next(r.spec for r in ctx.records if r.spec.phase == "target-sweep")
+    labels = [name for name, _ in ctx.references(spec)]
+    inc = next(r for r in ctx.records if r.spec.phase != "seeds" and r.point == {
+        k: v for k, v in seeds[0].point.items() if k != "train.seed"})
+    assert inc.label in labels and not any(r.label in labels for r in seeds)

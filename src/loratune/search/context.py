@@ -263,7 +263,8 @@ class SearchContext:
         watch = Watch(references=self.references(spec), settings=self.prune, budget_stop=self._budget_stop,
                       on_eval=lambda p: self._on_eval(handle, p), prune=prune,
                       time_limit=self._time_limit if self.meter.budget.kind == "wall_s" else None,
-                      pruner=self._pruner_for(handle))
+                      pruner=self._pruner_for(handle), seed_sigma=self.state.seed_sigma,
+                      seed_count=len(self.state.seed_values))
         self.ui.trial_start(number, spec, self)
         try:
             result = self.runner.run(spec, run_dir, watch)
@@ -415,13 +416,21 @@ class SearchContext:
         return None
 
     def references(self, spec: TrialSpec) -> list[tuple[str, tuple]]:
-        """Finished trials a running one is compared with: same method and trial length."""
+        """Finished trials a running one is compared with: same method and trial length. A config's seed replicates
+        (its point but for train.seed, run after it) measure the noise, not the config: the bar is the config's own
+        trial, not its luckiest seed (the seeds stage's spread is the band the lag is held against: Watch)."""
+        from loratune.search.protocol.settings import SEED as SEED_KEY  # the protocol package imports this module
+
         method, steps = spec.point.get("adapter.method", "lora"), spec.point.get("train.max_steps")
-        out = []
+        out, seen = [], []
         for r in self.records:
             same = r.point.get("adapter.method", "lora") == method and r.point.get("train.max_steps") == steps
             if same and r.result.ok and r.result.curve:
                 if r.result.status in ("completed", "pruned"):
+                    config = {k: v for k, v in r.point.items() if k != SEED_KEY}
+                    if config in seen:
+                        continue
+                    seen.append(config)
                     out.append((r.label, r.result.curve))
         return out
 

@@ -5,11 +5,12 @@ Checked at every evaluation point of a running trial:
 - `diagnosis`: from 30% of the planned steps on, a partial diagnosis whose verdict is `diverged`,
   `collapsed` or `lr-too-large` (oscillation; a confident, not a tentative, finding) stops the
   trial when a finished trial's best up to the same step was better beyond the noise band
-  (objectives.beyond_noise): more steps will not fix an lr that is too high.
+  (objectives.beyond_noise, over the same sigma as `behind-best`): more steps will not fix an lr that is too high.
 - `behind-best` (successive-halving style, against the best finished trial instead of a rung
   population, because the protocol runs few trials): from half of the planned steps on, a trial whose
   best val macro-F1 so far trails the best finished trial's best at the same step by more than
-  max(5 points, 3 standard errors of the val metric) stops.
+  max(5 points, 3 sigma) stops, sigma the study's seed sigma once seeds ran where it is the larger, else the val
+  metric's standard error (Watch.sigma); a config's seed replicates are no reference (SearchContext.references).
 - `budget`: the budget would run out before the trial ends: it stops where it is (its best
   checkpoint is kept; the record says so).
 """
@@ -45,9 +46,10 @@ def best_until(curve: Curve, step: int) -> float | None:
 
 
 def behind_best(curve: Curve, steps_planned: int, references: Sequence[tuple[str, Curve]], se: float | None,
-                settings: PruneSettings = PruneSettings(), objective: Objective = DEFAULT) -> str | None:
+                settings: PruneSettings = PruneSettings(), objective: Objective = DEFAULT, source: str = "") -> str | None:
     """The reason to stop when the trial trails a finished one at the same step, else None. Curves hold the
-    objective's scores (larger is better); `objective` says how to show them."""
+    objective's scores (larger is better); `objective` says how to show them. `se`: the sigma of one run's score
+    (the study's seed sigma when seeds ran and it is the larger, else the val metric's SE), `source` naming it."""
     if not curve or steps_planned <= 0 or not references:
         return None
     step = curve[-1][0]
@@ -67,17 +69,18 @@ def behind_best(curve: Curve, steps_planned: int, references: Sequence[tuple[str
     if beyond_noise(ref_val - mine, margin):
         return (f"behind the best: {objective.show(mine)} by step {step} of {steps_planned} vs {objective.fmt(ref_val)} for "
                 f"{ref_name} by the same step; trailing by {ref_val - mine:.3f} > margin {margin:.3f} "
-                f"(max({settings.margin_min:g}, {settings.margin_se:g} x SE {se or 0:.3f}))")
+                f"(max({settings.margin_min:g}, {settings.margin_se:g} x {source or 'SE'} {se or 0:.3f}))")
     return None
 
 
 def by_diagnosis(verdict: str | None, evidence: str, curve: Curve, steps_planned: int,
                  references: Sequence[tuple[str, Curve]], settings: PruneSettings = PruneSettings(),
-                 objective: Objective = DEFAULT, se: float | None = None) -> str | None:
+                 objective: Objective = DEFAULT, se: float | None = None, source: str = "") -> str | None:
     """The reason to stop on a collapse / divergence verdict, else None. Only a trial that is also
     losing is stopped (the first trial never is): a finished trial's best up to the same step beat this trial's
-    best so far beyond protocol 6's noise band (objectives.NOISE_BAND over `se`, the val metric's SE; the
-    objective's floor without one), the one rule of what counts as better (objectives.beyond_noise)."""
+    best so far beyond protocol 6's noise band (objectives.NOISE_BAND over `se`: the study's seed sigma when seeds
+    ran and it is the larger, else the val metric's SE, `source` naming it; the objective's floor without one), the
+    one rule of what counts as better (objectives.beyond_noise)."""
     if verdict not in settings.stop_verdicts or steps_planned <= 0 or not curve:
         return None
     step = curve[-1][0]
@@ -94,4 +97,5 @@ def by_diagnosis(verdict: str | None, evidence: str, curve: Curve, steps_planned
     name, v = max(better, key=lambda x: x[1])
     return (f"diagnosis at step {step} of {steps_planned}: {verdict} ({evidence}); {objective.show(mine)} (best up to "
             f"step {step}) vs {objective.fmt(v)} for {name} (its best up to the same step): behind by {v - mine:.3f} > "
-            f"noise {noise:.3f} ({NOISE_BAND.describe()}, sigma {'-' if se is None else f'{se:.3f}'})")
+            f"noise {noise:.3f} ({NOISE_BAND.describe()}, sigma {'-' if se is None else f'{se:.3f}'}"
+            f"{f': {source}' if source and se is not None else ''})")

@@ -45,6 +45,11 @@ class Watch:
     # a pruner besides the Watch's own rules (tpe-hyperband: Optuna's Hyperband, asked through the Optuna
     # trial each eval point was reported to): eval point -> the reason to stop, or None
     pruner: Callable[[dict], str | None] | None = None
+    # the study's seed sigma of its objective and the number of seeds behind it (ctx.state, once seeds ran): the
+    # noise protocol 6 reads when seeds exist, so a trial is judged "behind beyond noise" with the band the study's
+    # own decisions use, the larger of it and the diagnosis's binomial SE
+    seed_sigma: float | None = None
+    seed_count: int = 0
 
     def check(self, points: list[dict], run: dict, elapsed_s: float,
               thresholds: Mapping[str, float] | None = None) -> str | None:
@@ -78,15 +83,25 @@ class Watch:
             d = diagnose(points, meta=run, thresholds=thresholds)
             # the diagnosis's binomial SE is a classifier metric's; a loss or a prompt-set score has its margin
             se = d.features.values.get("val_metric_se") if key in CLASSIFIER_KEYS else None
+        else:
+            se = None
+        sigma, source = self.sigma(se)
+        if step >= self.settings.diagnosis_min_fraction * planned:
             p = d.primary
             if p is not None and p.rule_id in self.settings.stop_verdicts and not p.tentative:
                 ev = next((e.text for e in p.evidence if e.passed), "")
-                why = by_diagnosis(p.rule_id, ev, curve, planned, self.references, self.settings, obj, se)
+                why = by_diagnosis(p.rule_id, ev, curve, planned, self.references, self.settings, obj, sigma, source)
                 if why:
                     return why
-        else:
-            se = None
-        return behind_best(curve, planned, self.references, se, self.settings, obj)
+        return behind_best(curve, planned, self.references, sigma, self.settings, obj, source)
+
+    def sigma(self, se: float | None) -> tuple[float | None, str]:
+        """The sigma a running trial's lag is held against, and what it is: the study's seed sigma when seeds ran
+        and it is the larger (protocol 5b: "the seed spread when seeds exist"; ctx.noise's), else the val metric's
+        binomial SE at this point (None: neither, the objective's floor alone)."""
+        if self.seed_sigma is not None and (se is None or self.seed_sigma >= se):
+            return self.seed_sigma, f"seed sigma over {self.seed_count} seeds"
+        return se, "binomial SE" if se is not None else ""
 
 
 CLASSIFIER_KEYS = frozenset(f"val/{m}" for m in CLASSIFIER_METRICS)
