@@ -2501,3 +2501,22 @@ def test_a_configs_seed_replicates_are_no_bar_a_running_trial_is_pruned_against(
     inc = next(r for r in ctx.records if r.spec.phase != "seeds" and r.point == {
         k: v for k, v in seeds[0].point.items() if k != "train.seed"})
     assert inc.label in labels and not any(r.label in labels for r in seeds)
+
+
+def test_the_studys_rank_vs_metric_holds_the_sweeps_like_trials_its_chosen_rank_and_threshold_source():
+    """study.json's rank_vs_metric listed every LoRA trial (long runs, the target sweep's all-linear trials) and never
+    wrote chosen_r or threshold_source, which the view reads: now the trials like the sweep's working point only."""
+    from loratune.search.summary import rank_vs_metric
+
+    ctx, runner = make_ctx(_long_peak_world(5e-4))
+    run_protocol(ctx, LONG_START, ProtocolSettings(full_probe=False, lr_probe=False, pair=False), plan=PLAN)
+    got = rank_vs_metric(ctx)
+    sweep = ctx.state.rank_sweep
+    assert got["chosen_r"] == sweep["chosen_r"] and got["threshold_source"] == sweep["threshold_source"] != ""
+    listed = {p["trial"] for p in got["trials"]}
+    by_number = {r.number: r for r in ctx.records}
+    assert {p["trial"] for p in got["sweep"]} <= listed
+    assert any(r.point.get("train.max_steps") for r in ctx.records) and any(
+        r.spec.phase == "target-sweep" for r in ctx.records)
+    assert not any(by_number[n].point.get("train.max_steps") or by_number[n].spec.phase == "target-sweep"
+                   for n in listed)

@@ -1919,3 +1919,39 @@ def test_a_robustness_record_without_its_row_count_says_it_is_not_recorded(tmp_p
     assert said in out and "on ? validation rows" not in out
     r = build_run_report(d)
     assert r.robustness.rows is None and r.robustness.rows_text == said.split("0.900 ", 1)[1]
+
+
+def test_the_rank_view_compares_the_rank_sweeps_own_trials_not_a_long_run_or_other_targets(tmp_path, capsys):
+    """Hunt 19 (s2): the view said r=1 best 0.709 over 9 trials (a 60-step final-train run and the all-linear target
+    sweep's trials among them) while the rank sweep measured r 1 -> 4: 0.598 -> 0.337. It compares like with like: the
+    trials that differ from the sweep's working point only in r, alpha, rsLoRA, lr or seed (an older study.json lists
+    every LoRA trial: filtered on reading), says what it left out, and carries the chosen rank and the threshold's
+    source."""
+    from loratune.cli import main
+    from loratune.report.study import build_study_report
+
+    d = tmp_path / "study"
+    (d / "final").mkdir(parents=True)
+    qv = {R: 1, "adapter.lora_alpha": 2.0, "adapter.target_modules": ["attn.q", "attn.v"], LR: 0.01}
+    pts = [(0, "phase1-lr-grid", 0.598, qv), (4, "seeds", 0.500, {**qv, "train.seed": 43}),
+           (6, "rank-sweep", 0.337, {**qv, R: 4, "adapter.lora_alpha": 4.0, "adapter.use_rslora": True}),
+           (7, "target-sweep", 0.5978, {**qv, "adapter.target_modules": "all-linear"}),
+           (12, "final-train", 0.709, {**qv, "train.max_steps": 60}),
+           (11, "lora-vs-full", 0.647, {LR: 2.5e-4, "adapter.method": "full"})]
+    summary = {"objective": "val/macro_f1", "strategy": "protocol",
+               "trials": [{"trial": n, "name": f"t{n}", "phase": ph, "status": "completed", "objective_value": v,
+                           "point": p} for n, ph, v, p in pts],
+               "rank_vs_metric": {"trials": [{"r": p[R], "value": v, "trial": n, "phase": ph}
+                                             for n, ph, v, p in pts if R in p],
+                                  "sweep": [{"trial": 0, "r": 1}, {"trial": 6, "r": 4}], "plateau_r": 1, "chosen_r": 1,
+                                  "threshold": 0.2, "threshold_source": "max(0.005, 2 x seed sigma 0.0998 over 3 seeds)"}}
+    (d / "final" / "study.json").write_text(json.dumps(summary))
+    rk = build_study_report(d).rank
+    assert [(p.trial, p.r, p.value) for p in rk.points] == [(0, 1, 0.598), (4, 1, 0.5), (6, 4, 0.337)]
+    assert rk.chosen_r == 1 and rk.threshold_source.startswith("max(0.005, 2 x seed sigma")
+    assert "2 other LoRA trial(s)" in rk.scope and "working point #0" in rk.scope
+    assert main(["show", str(d)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "r=1 best 0.598 over 2 trial(s)" in out and "r=4 best 0.337 over 1 trial(s)" in out
+    assert "0.709" not in out.split("rank vs")[1].split("minimal-intervention")[0]
+    assert "gain threshold 0.200 (max(0.005, 2 x seed sigma 0.0998 over 3 seeds))" in out

@@ -261,7 +261,7 @@ def rank_section(s: StudyReport, phases: dict[str, str]) -> str:
              (f"gain threshold {rk.threshold:.3f}" + (f" ({rk.threshold_source})" if rk.threshold_source else ""))
              if rk.threshold else "",
              f"sweep stopped: {rk.stopped}" if rk.stopped else "",
-             f"shares and share marks: {rk.share_note}" if rk.share_note else "", rk.missing or ""]
+             f"shares and share marks: {rk.share_note}" if rk.share_note else "", rk.scope, rk.missing or ""]
     facts_html = "".join(f'<div class="small muted">{esc(f)}</div>' for f in facts if f)
     return section("rank", title, "The best score at each rank tried, with the plateau, the "
                    "compute-breakeven rank and where LoRA's parameters reach a share of the model.",

@@ -31,7 +31,7 @@ from loratune.errors import UserError
 from loratune.objectives import Objective, objective, pick_test_score
 from loratune.report.model import SETTLED, as_float, read_history, read_json, to_plain
 from loratune.search.study import FINAL, TRIALS, in_study as _in_study, optuna_quiet
-from loratune.search.trial import recorded_task
+from loratune.search.trial import like_rank_sweep, recorded_task
 from loratune.store import STUDY_DB, STUDY_META_ATTR
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +118,7 @@ class RankView:
     shares: tuple[tuple[int, float | None, float | None], ...] = ()  # (r, share of model, share of adapted weights)
     share_note: str = ""  # how the shares and marks' per-rank count was had when no trial records it ("" if recorded)
     missing: str | None = None
+    scope: str = ""  # which trials the view compares (after a rank sweep: those like it) and how many it leaves out
 
 
 @dataclass(frozen=True)
@@ -466,6 +467,22 @@ def _rank_view(data: Mapping[str, Any] | None, trials: Sequence[TrialView],
         return a / tot if t is not None and t.method == "lora" and a and tot else None
 
     by_number = {t.number: t for t in trials}
+    # like with like: after a rank sweep, the trials that differ from its working point only in what a sweep varies
+    # (an older study.json lists every LoRA trial: a long run's or an all-linear trial's score read as the rank's)
+    sweep_pts = [p for p in data.get("sweep") or () if isinstance(p, dict)]
+    working = by_number.get(_int(sweep_pts[0].get("trial"))) if len(sweep_pts) >= 2 else None
+    scope, left = "", 0
+    if working is not None:
+        kept = [p for p in src if isinstance(p, dict) and (by_number.get(_int(p.get("trial"))) is None
+                                                           or like_rank_sweep(by_number[_int(p["trial"])].point,
+                                                                              working.point))]
+        left = sum(1 for t in trials if t.method == "lora" and t.value is not None and t.number not in
+                   {_int(p.get("trial")) for p in kept})
+        src = kept
+        scope = (f"trials like the rank sweep's working point #{working.number} (the same targets, layers, trial "
+                 f"length and settings; r, alpha, rsLoRA, lr and seed may differ)"
+                 + (f"; {left} other LoRA trial(s) (long runs, other targets or settings) are not a rank's score here"
+                    if left else ""))
     for p in src:
         if not isinstance(p, dict) or _int(p.get("r")) is None or as_float(p.get("value")) is None:
             continue
@@ -504,7 +521,7 @@ def _rank_view(data: Mapping[str, Any] | None, trials: Sequence[TrialView],
         ceiling_r=_int(data.get("ceiling_r")), threshold=as_float(data.get("threshold")),
         threshold_source=str(data.get("threshold_source") or ""), rule=str(data.get("rule") or ""),
         stopped=data.get("stopped"), share_marks=tuple(marks), shares=tuple(shares), share_note=share_note,
-        missing=missing)
+        missing=missing, scope=scope)
 
 
 def _pair_view(pair: Mapping[str, Any] | None, trail: Sequence[DecisionView], seed_sigma: float | None,
@@ -795,9 +812,10 @@ def show_study(con, s: StudyReport) -> None:
                       + (f"[bold]{', '.join(marks)}[/]" if marks else ""))
         extra = [f"breakeven r={rk.breakeven_r}" if rk.breakeven_r else "",
                  f"ceiling r={rk.ceiling_r}" if rk.ceiling_r else "",
-                 f"gain threshold {_f3(rk.threshold)}" if rk.threshold is not None else "",
+                 (f"gain threshold {_f3(rk.threshold)}" + (f" ({rk.threshold_source})" if rk.threshold_source else ""))
+                 if rk.threshold is not None else "",
                  f"stopped: {rk.stopped}" if rk.stopped else "",
-                 f"shares: {rk.share_note}" if rk.share_note else ""]
+                 f"shares: {rk.share_note}" if rk.share_note else "", rk.scope]
         con.print("  [dim]" + safe(" · ".join(x for x in extra if x)) + "[/]")
     if rk.missing:
         con.print(f"  [dim]{safe(rk.missing)}[/]")

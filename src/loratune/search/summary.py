@@ -6,7 +6,7 @@
 - `trials`: one row per trial (point, status, val macro-F1, examples, wall time, step time, memory);
 - `best_vs_compute`: best val macro-F1 so far after each trial against cumulative training examples
   and wall time;
-- `rank_vs_metric`: (r, val macro-F1) of every LoRA trial, the rank-sweep points, the plateau rank,
+- `rank_vs_metric`: (r, val macro-F1) of every LoRA trial (after a rank sweep: those like it), the rank-sweep points, the plateau rank,
   the compute-breakeven rank and the capacity ceiling;
 - `pair`: the minimal-intervention experiment's deltas with the noise (and the seed sigma, once known);
 - `seeds`, `lora_vs_full` (decision, reasons, cost table), `recommendation` (trial, config point,
@@ -26,7 +26,7 @@ from loratune.errors import UserError
 from loratune.objectives import MACRO_F1, pick_test_score
 from loratune.search.context import SearchContext
 from loratune.search.study import records_table
-from loratune.search.trial import flat_objective_note, kept_loss
+from loratune.search.trial import flat_objective_note, kept_loss, like_rank_sweep
 from loratune.store import (ADAPTER, CONFIG, read_json, remove_unfinished_models, replace_saved_model, write_atomic,
                             write_json)
 
@@ -54,17 +54,24 @@ def compute_to_reach(curve: list[dict], target: float) -> dict | None:
 
 
 def rank_vs_metric(ctx: SearchContext) -> dict:
+    """The LoRA trials by rank: after a rank sweep only those like it (its working point but for r, alpha, rsLoRA, lr
+    and seed: trial.like_rank_sweep), so a long run or a target-sweep trial is not read as a rank's score; the sweep's
+    points, plateau, chosen rank and the threshold with its source."""
+    sweep = ctx.state.rank_sweep or {}
+    points = sweep.get("points") or []
+    working = next((r.point for r in ctx.records if points and r.number == points[0].get("trial")), None)
     pts = []
     for r in ctx.records:
-        if r.point.get("adapter.method", "lora") == "lora" and r.value is not None:
+        if r.point.get("adapter.method", "lora") == "lora" and r.value is not None \
+                and (working is None or like_rank_sweep(r.point, working)):
             pts.append({"r": int(r.point.get("adapter.r", 0)), "value": r.value, "trial": r.number,
                         "phase": r.spec.phase, "rslora": bool(r.point.get("adapter.use_rslora"))})
-    sweep = ctx.state.rank_sweep or {}
     start = ctx.state.start
-    return {"trials": pts, "sweep": sweep.get("points", []), "plateau_r": sweep.get("plateau_r"),
+    return {"trials": pts, "sweep": points, "plateau_r": sweep.get("plateau_r"), "chosen_r": sweep.get("chosen_r"),
             "breakeven_r": sweep.get("breakeven_r"), "ceiling_r": sweep.get("ceiling_r",
                                                                            getattr(start, "ceiling_r", None)),
-            "threshold": sweep.get("threshold"), "rule": sweep.get("rule"), "stopped": sweep.get("stopped")}
+            "threshold": sweep.get("threshold"), "threshold_source": sweep.get("threshold_source"),
+            "rule": sweep.get("rule"), "stopped": sweep.get("stopped")}
 
 
 def summarize(ctx: SearchContext, strategy: str, final: Any = None, test: dict | None = None,

@@ -39,6 +39,22 @@ def trained_points(curve) -> list[tuple[int, float]]:
     return [(step, v) for step, v in curve if step >= FIRST_TRAINED_STEP]
 
 
+# What a rank sweep's points differ in (protocol 6: r, with alpha / rsLoRA or the lr holding lr x s fixed) and its
+# seed replicates: a trial that differs from the sweep's working point in anything else (other target modules, a long
+# run's train.max_steps, another dropout, full fine-tuning) is not a point of the rank-vs-metric comparison, which
+# holds everything but the rank (a 60-step run's or an all-linear trial's score is not the rank's).
+RANK_SWEEP_FREE_KEYS = ("adapter.r", "adapter.lora_alpha", "adapter.use_rslora", "train.learning_rate", "train.seed")
+
+
+def like_rank_sweep(point: Mapping[str, Any], working: Mapping[str, Any]) -> bool:
+    """Whether a trial's point is comparable with the rank sweep whose working point is `working`: the same in every
+    key but RANK_SWEEP_FREE_KEYS."""
+    def rest(p: Mapping[str, Any]) -> dict:
+        return {k: v for k, v in p.items() if k not in RANK_SWEEP_FREE_KEYS}
+
+    return rest(point) == rest(working)
+
+
 def canonical(point: Mapping[str, Any]) -> str:
     def plain(v):
         if isinstance(v, (list, tuple)):
