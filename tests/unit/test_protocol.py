@@ -2520,3 +2520,18 @@ def test_the_studys_rank_vs_metric_holds_the_sweeps_like_trials_its_chosen_rank_
         r.spec.phase == "target-sweep" for r in ctx.records)
     assert not any(by_number[n].point.get("train.max_steps") or by_number[n].spec.phase == "target-sweep"
                    for n in listed)
+
+
+def test_the_resumed_decision_says_nothing_is_trained_again_when_no_trial_was_lost():
+    """Hunt 19 (s2r): a finished study resumed with a larger budget read 'resumed: no trial lost' with the move 'the
+    lost trials' points are trained again': the move now agrees with the facts."""
+    from loratune.search.tune import resumed_text
+
+    verdict, move, ev = resumed_text([])
+    assert verdict == "resumed: no trial lost" and "lost trials" not in move and "nothing is trained again" in move
+    assert ev == ["every trial of the earlier sessions finished; their records are reused"]
+    lost = [{"number": 3, "name": "lr2e-3", "status": "failed", "examples": 1200, "wall_s": 4.25}]
+    verdict, move, ev = resumed_text(lost)
+    assert verdict == "resumed: 1 trial lost" and move == "the lost trials' points are trained again; what they " \
+                                                          "trained stays spent"
+    assert ev == ["trial #3 (lr2e-3) failed: 1,200 examples, 4.2s charged"]

@@ -368,11 +368,7 @@ def _tune(cfg, options: TuneOptions, ui: UI | None, *, runner, dataset, opened: 
         ctx.earlier = {r.number for r in study.records()}  # each charged once: reused, or not (charge_earlier)
         spent = sum((Cost(r["wall_s"], r["examples"], 0) for r in lost), Cost())
         ctx.decide_after_replay(
-            "resume", "resume", f"resumed: {len(lost)} trial{'s' if len(lost) != 1 else ''} lost" if lost
-            else "resumed: no trial lost", "the lost trials' points are trained again; what they trained stays spent",
-            [f"trial #{r['number']} ({r['name']}) {r['status']}: {r['examples']:,} examples, {r['wall_s']:.1f}s "
-             "charged" for r in lost] or ["every trial of the earlier sessions finished; their records are reused"],
-            trials=[r["number"] for r in lost], code="study-resumed",
+            "resume", "resume", *resumed_text(lost), trials=[r["number"] for r in lost], code="study-resumed",
             data={"lost": lost, "spent": spent.to_dict(), "killed_now": [n["number"] for n in study.recovered]})
 
     # search -----------------------------------------------------------------------------------
@@ -571,6 +567,19 @@ def _base_config_at(base, point: dict):
     from loratune.config import replace
 
     return replace(base, **point)
+
+
+def resumed_text(lost: list[dict]) -> tuple[str, str, list[str]]:
+    """The study-resumed decision's verdict, move and evidence, as the facts are: the trials an earlier session lost
+    (their points trained again, what they trained charged), or none (nothing is trained again: the records are
+    reused)."""
+    if not lost:
+        return ("resumed: no trial lost", "continue from the earlier sessions' records: nothing is trained again",
+                ["every trial of the earlier sessions finished; their records are reused"])
+    return (f"resumed: {len(lost)} trial{'s' if len(lost) != 1 else ''} lost",
+            "the lost trials' points are trained again; what they trained stays spent",
+            [f"trial #{r['number']} ({r['name']}) {r['status']}: {r['examples']:,} examples, {r['wall_s']:.1f}s charged"
+             for r in lost])
 
 
 def _recorded_spent_s(path: Path) -> float | None:
