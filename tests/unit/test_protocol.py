@@ -2535,3 +2535,46 @@ def test_the_resumed_decision_says_nothing_is_trained_again_when_no_trial_was_lo
     assert verdict == "resumed: 1 trial lost" and move == "the lost trials' points are trained again; what they " \
                                                           "trained stays spent"
     assert ev == ["trial #3 (lr2e-3) failed: 1,200 examples, 4.2s charged"]
+
+
+def _seed_unstable_kept_world() -> World:
+    """s1 of hunt 19 scripted: the grid's best lr 1e-3 (0.70) is seed-unstable (noise 0.153), and lr /2 (0.55) is
+    below its seed mean 0.617, so the seeds stage KEEPS 1e-3; the early long run trains it at `long_lr_factor`'s lr
+    /2 = 5e-4 (0.75), and the final training's run at its own lr 1e-3 scores 0.80: a gain of 0.05 inside the noise,
+    with no stage having chosen 5e-4."""
+    def f1(p):
+        if int(p.get("train.max_steps") or 0) >= 200:
+            return {5e-4: 0.75, 1e-3: 0.80}.get(p[LR], 0.60)
+        return {1e-3: 0.70, 5e-4: 0.55, 2e-3: 0.60}.get(p[LR], 0.50)
+
+    world = World(f1, lambda p: "healthy", features=dict(STILL))
+    world.SEED_OFFSET = {42: 0.0, 43: -0.15, 44: -0.10}
+    return world
+
+
+@pytest.mark.parametrize("early_long", [True, False])
+def test_the_final_lr_pair_is_settled_by_one_rule_with_or_without_the_early_long_run(early_long):
+    """Review of hunt 19 (s1): the seeds stage kept lr 1e-3; the reused early long run (at lr /2, long_lr_factor's
+    default, no decision) stayed the pick over its run at 1e-3 on a tie (test 0.8995 where 1e-3 gave 0.9495), while
+    without the early long run the same pair (lr /2 vs lr, same length) was settled by the higher score. One rule
+    (finish.settle_lrs): the higher val score wins, and a tie keeps the pick only where a stage moved the lr away
+    from the long run's (s6, the test above)."""
+    ctx, runner = make_ctx(_seed_unstable_kept_world())
+    run_protocol(ctx, LONG_START, ProtocolSettings(full_probe=False, lr_probe=False, pair=False, early_long=early_long),
+                 plan=PLAN)
+    assert "seed-unstable-lr-kept" in codes(ctx)
+    assert ctx.state.incumbent.point[LR] == 1e-3
+    d = next(x for x in ctx.decisions if x["kind"] == "final-train")
+    noise, _ = ctx.noise()
+    assert 0.05 < noise
+    assert d["code"] == "final-train-helps", (d["code"], d["verdict"])
+    final = ctx.state.final
+    assert final.point[LR] == 1e-3 and final.value == pytest.approx(0.80) and final.spec.phase == "final-train"
+    tie = next(e for e in d["evidence"] if "inside the noise band" in e)
+    assert "a tie; no stage chose between these lrs" in tie and "so the higher score is kept" in tie
+    assert not any(e.startswith("the incumbent ") for e in d["evidence"])
+    if early_long:
+        assert d["data"]["gain"] == pytest.approx(0.05) and d["data"]["noise"] == pytest.approx(noise)
+        assert tie.startswith("gain 0.050 over the pick: ")
+    else:
+        assert "(gain 0.050 over lr 0.0005: inside the noise band" in tie

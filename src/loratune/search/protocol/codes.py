@@ -88,8 +88,11 @@ DECISION_CODES: dict[str, str] = {
     "final-train-peaked": "the pick fell past its best beyond the noise inside its trial: no longer run",
     "final-train-unaffordable": "the pick was still improving; a longer run does not fit",
     "final-train-epochs-capped": "the pick was still improving; phase 0's epoch count caps a full run below a long run",
-    "final-train-helps": "the longer run scored higher: it is the pick",
-    "final-train-no-gain": "the longer run did not score higher: the trial's adapter is kept",
+    "final-train-helps": "a longer run is the pick: it scored higher on val than the trial (or the reused long run "
+                         "at another lr); between lrs the higher val score wins, beyond the noise only where an "
+                         "earlier stage set the pick's lr (a tie keeps that decision)",
+    "final-train-no-gain": "no longer run replaces the pick: none scored higher on val than the trial, or a run at "
+                           "another lr tied inside the noise with the lr an earlier stage set; the pick is kept",
     "final-train-reused": "the pick's config was trained long already (early or promoted): not trained again",
     "final-train-continued": "the capped early long run, still improving, continued from its weights with the budget "
                              "left, scores higher beyond noise: the pick",

@@ -265,7 +265,11 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     scored = [r for r in runs if r.value is not None]
     if not scored:
         return
-    best = max(scored, key=lambda r: r.rank)
+    best, settled = scored[0], []
+    for r in scored[1:]:  # the pair of lrs: one rule with the reused long run's (settle_lrs; no stage set either lr)
+        replace, line, _ = settle_lrs(ctx, best, r, over=f"lr {lr_of(best.point):g}")
+        settled += [line] if line else []
+        best = r if replace else best
     # against the trial, and against a long run that is the pick (a challenger promoted here, at the end)
     bar = max(v for v in (inc.value, final.value if final is not None and champ is not None else None, -1e30)
               if v is not None)
@@ -279,7 +283,7 @@ def stage_final_train(ctx: SearchContext, s: ProtocolSettings) -> None:
     if len(scored) > 1:
         ev.append("lr for the long run (the short trials' lr need not suit a longer one): "
                   + ", ".join(f"lr {r.point[LR]:g} -> {ctx.fmt(r.value)}" for r in scored)
-                  + f"; best {best.point[LR]:g}")
+                  + f"; best {best.point[LR]:g}" + "".join(f" ({x})" for x in settled))
     ev += evidence_of(ctx, best)
     data = {"steps": steps, "gain": gain, "lrs": [{"lr": r.point[LR], "value": r.value, "trial": r.number}
                                                  for r in runs]}
@@ -310,20 +314,54 @@ def why_reused(ctx: SearchContext, latest: TrialRecord, champ: TrialRecord, nois
             f"{noise:.3f}")
 
 
+def moved_lr(inc: TrialRecord, latest: TrialRecord | None) -> bool:
+    """Whether a stage after the long run moved the incumbent's lr (the seeds stage lowering a seed-unstable lr, a
+    phase-2 step) away from the lr of the long run's trial `inc`, without beating that trial beyond noise: the
+    incumbent `latest` is `inc`'s config at another lr."""
+    return (latest is not None and latest is not inc
+            and not math.isclose(lr_of(latest.point), lr_of(inc.point), rel_tol=1e-9)
+            and same_except(latest.point, inc.point, (LR, SEED)))
+
+
 def moved_lr_line(ctx: SearchContext, inc: TrialRecord, latest: TrialRecord | None) -> str | None:
-    """When a stage after the long run moved the incumbent's lr (the seeds stage lowering a seed-unstable lr, a
-    phase-2 step) without beating the long run's trial beyond noise, the long run's config is `inc`'s but the
-    incumbent's lr is another: said, with the stage that moved it (the last decision naming the incumbent), so a
+    """When `moved_lr` holds, said, with the stage that moved it (the last decision naming the incumbent), so a
     long run at the lr that stage moved away from is not read as the incumbent's."""
-    if latest is None or latest is inc or math.isclose(lr_of(latest.point), lr_of(inc.point), rel_tol=1e-9):
-        return None
-    if not same_except(latest.point, inc.point, (LR, SEED)):
+    if not moved_lr(inc, latest):
         return None
     by = next((d for d in reversed(ctx.decisions) if latest.label in str(d.get("move", ""))), None)
     how = f"the {by['phase']} stage set it ({by['code']}: {by['move']})" if by else "a later stage set it"
     return (f"the incumbent {latest.label} is at lr {lr_of(latest.point):g}, not the lr {lr_of(inc.point):g} of the "
             f"long run's trial {inc.label}: {how}; the long run's other lrs are factors of its trial's lr, and one "
             f"replaces the pick only beyond the noise")
+
+
+def settle_lrs(ctx: SearchContext, pick: TrialRecord, other: TrialRecord,
+               held: float | None = None, over: str = "the pick") -> tuple[bool, str | None, dict]:
+    """The final training's one rule for two runs at different lrs and the same length (lr /2 and lr of
+    `final_lr_factors`; a reused long run and its run at the other lr): whether `other` replaces `pick`. The
+    higher val score wins (no stage chose between these lrs: `long_lr_factor`'s lr /2 is a default, not a
+    decision), except where an earlier stage set the lr `held` (`moved_lr`: it moved the incumbent's lr away from
+    the long run's trial's) and `pick` is at it: then `other` must beat it beyond the noise
+    (objectives.beyond_noise over ctx.noise(); protocol 5b: inside the band is a tie, and a tie does not overturn
+    the earlier decision). Returns (replace, the comparison for the evidence when `other` scores higher, data)."""
+    if other.value is None:
+        return False, None, {}
+    if pick.value is None:
+        return True, None, {}
+    gain = other.value - pick.value  # differences of scores: no sign to undo
+    if gain <= 0:
+        return False, None, {}
+    noise, source = ctx.noise()
+    data = {"gain": gain, "noise": noise}
+    holds = held is not None and math.isclose(lr_of(pick.point), held, rel_tol=1e-9)
+    if beyond_noise(gain, noise):
+        return True, f"gain {gain:.3f} over {over}: beyond the noise band {noise:.3f} ({source})", data
+    if holds:
+        return False, (f"gain {gain:.3f} over {over}: inside the noise band {noise:.3f} ({source}), a tie: a tie "
+                       f"does not overturn the earlier decision, the pick {pick.label} (lr {lr_of(pick.point):g}) is "
+                       f"kept: a stage set its lr"), data
+    return True, (f"gain {gain:.3f} over {over}: inside the noise band {noise:.3f} ({source}), a tie; no stage chose "
+                  f"between these lrs (lr {lr_of(pick.point):g} is no earlier decision), so the higher score is kept"), data
 
 
 def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, long: TrialRecord,
@@ -367,25 +405,23 @@ def reuse_long_run(ctx: SearchContext, s: ProtocolSettings, inc: TrialRecord, lo
     if scored:
         ev.append("lr for the long run (the short trials' lr need not suit a longer one): "
                   + ", ".join(f"lr {r.point[LR]:g} -> {ctx.fmt(r.value)}" for r in [long, *runs]))
-    noise, source = ctx.noise()
-    gain = best.value - final.value if best is not None and final.value is not None else None
-    if gain is not None and gain > 0:  # protocol 5b: a gain inside the noise band is a tie, and the trail says so
-        ev.append(f"gain {gain:.3f} over the pick: " + (  # differences of scores: no sign to undo
-            f"beyond the noise band {noise:.3f} ({source})" if beyond_noise(gain, noise) else
-            f"inside the noise band {noise:.3f} ({source}), a tie: a tie does not overturn the earlier decision, the "
-            f"pick {final.label} (lr {lr_of(final.point):g}) is kept"))
-        data["gain"], data["noise"] = gain, noise
-    if best is not None and (final.value is None or beyond_noise(gain, noise)):
+    held = lr_of(latest.point) if latest is not None and moved_lr(inc, latest) else None
+    replace, line, settled = settle_lrs(ctx, final, best, held) if best is not None else (False, None, {})
+    if line is not None:
+        ev.append(line)
+    data.update(settled)
+    if replace:
         ctx.state.final = best
         ev = replaced_pick(ctx, final, ev)
         ctx.decide(phase, "final-train", "the long run at another lr scores higher", f"pick = {best.label}",
                    ev + evidence_of(ctx, best), [long, *runs], data, code="final-train-helps")
     elif final is long:
         ctx.decide(phase, "final-train", "the long run is reused" + (
-            ", its run at another lr ties with it" if gain is not None and gain > 0 else ""), f"keep {final.label}", ev,
+            ", its run at another lr ties with it" if settled else ""), f"keep {final.label}", ev,
                    [long, *runs], data, code="final-train-reused")
     else:  # the pick is a trial (the long run scored no higher): nothing is reused, the trial's adapter is kept
-        ctx.decide(phase, "final-train", "the long run did not score higher than the pick beyond noise",
+        ctx.decide(phase, "final-train", "the long run at another lr does not replace the pick" + (
+            ", a tie" if settled else ""),
                    f"keep {final.label}", ev, [long, *runs], data, code="final-train-no-gain")
 
 
