@@ -2578,3 +2578,31 @@ def test_the_final_lr_pair_is_settled_by_one_rule_with_or_without_the_early_long
         assert tie.startswith("gain 0.050 over the pick: ")
     else:
         assert "(gain 0.050 over lr 0.0005: inside the noise band" in tie
+
+
+def test_a_pruned_trials_whole_rerun_is_the_bar_not_its_partial_record():
+    """Review of hunt 19: references() dropped every record whose point but for the seed was seen before, so a pruned
+    trial's whole rerun (common.whole_if_ahead: the same point, seed included) was dropped and the partial record
+    stayed the bar: a trial at 0.60 by step 100 was not pruned against a rerun at 0.95 there. Only a seed replicate
+    (another train.seed) is dropped, and a completed record replaces a pruned one of the same point."""
+    import dataclasses
+
+    from loratune.search.prune import behind_best
+
+    ctx, runner = make_ctx(lr_binds())
+    run_protocol(ctx, START, ProtocolSettings(full_probe=False, pair=False))
+    base = next(r for r in ctx.records if r.spec.phase == "target-sweep")
+    pruned = dataclasses.replace(base, number=100, result=dataclasses.replace(
+        base.result, status="pruned", curve=((0, 0.0), (50, 0.6))))
+    whole = dataclasses.replace(base, number=101, result=dataclasses.replace(
+        base.result, status="completed", curve=((0, 0.0), (50, 0.6), (100, 0.95))))
+    seed = dataclasses.replace(whole, number=102, spec=dataclasses.replace(
+        base.spec, point={**base.point, "train.seed": 43}), result=dataclasses.replace(
+        base.result, status="completed", curve=((0, 0.0), (50, 0.7), (100, 0.99))))
+    ctx.records[:] = [pruned, whole, seed]
+    refs = ctx.references(base.spec)
+    assert [name for name, _ in refs] == [whole.label] and refs[0][1] == whole.result.curve
+    lag = behind_best(((0, 0.0), (50, 0.55), (100, 0.6)), 100, refs, 0.02)
+    assert lag is not None and "0.950" in lag and "trailing by 0.350" in lag
+    ctx.records[:] = [pruned]  # no whole rerun: the partial record is the only measure of the point
+    assert [name for name, _ in ctx.references(base.spec)] == [pruned.label]

@@ -418,20 +418,26 @@ class SearchContext:
     def references(self, spec: TrialSpec) -> list[tuple[str, tuple]]:
         """Finished trials a running one is compared with: same method and trial length. A config's seed replicates
         (its point but for train.seed, run after it) measure the noise, not the config: the bar is the config's own
-        trial, not its luckiest seed (the seeds stage's spread is the band the lag is held against: Watch)."""
+        trial, not its luckiest seed (the seeds stage's spread is the band the lag is held against: Watch). A point
+        trained again whole after it was pruned (common.whole_if_ahead) is read by its whole run, not the partial
+        one."""
         from loratune.search.protocol.settings import SEED as SEED_KEY  # the protocol package imports this module
 
         method, steps = spec.point.get("adapter.method", "lora"), spec.point.get("train.max_steps")
-        out, seen = [], []
-        for r in self.records:
-            same = r.point.get("adapter.method", "lora") == method and r.point.get("train.max_steps") == steps
-            if same and r.result.ok and r.result.curve:
-                if r.result.status in ("completed", "pruned"):
-                    config = {k: v for k, v in r.point.items() if k != SEED_KEY}
-                    if config in seen:
-                        continue
-                    seen.append(config)
-                    out.append((r.label, r.result.curve))
+        finished = [r for r in self.records
+                    if r.point.get("adapter.method", "lora") == method and r.point.get("train.max_steps") == steps
+                    and r.result.ok and r.result.curve and r.result.status in ("completed", "pruned")]
+        whole = [r.point for r in finished if r.result.status == "completed"]
+        out, kept = [], []
+        for r in finished:
+            if r.result.status == "pruned" and r.point in whole:
+                continue  # its whole rerun is the reference
+            config = {k: v for k, v in r.point.items() if k != SEED_KEY}
+            if any(k.get(SEED_KEY) != r.point.get(SEED_KEY) and {x: v for x, v in k.items() if x != SEED_KEY} == config
+                   for k in kept):
+                continue  # a seed replicate of a kept trial
+            kept.append(r.point)
+            out.append((r.label, r.result.curve))
         return out
 
     # ------------------------------------------------------------------ reading results
