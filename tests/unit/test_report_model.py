@@ -1955,3 +1955,38 @@ def test_the_rank_view_compares_the_rank_sweeps_own_trials_not_a_long_run_or_oth
     assert "r=1 best 0.598 over 2 trial(s)" in out and "r=4 best 0.337 over 1 trial(s)" in out
     assert "0.709" not in out.split("rank vs")[1].split("minimal-intervention")[0]
     assert "gain threshold 0.200 (max(0.005, 2 x seed sigma 0.0998 over 3 seeds))" in out
+
+
+def test_a_rank_sweep_of_one_point_scopes_the_rank_view_as_study_json_does(tmp_path, capsys):
+    """Review of hunt 19 (s1: the sweep stopped at the ceiling after one point): study.json's rank view held 5 of the 9
+    LoRA trials (summary.rank_vs_metric filters on any sweep point) but show/report printed no scope line (the view
+    scoped only a sweep of two points or more). One working-point rule (trial.rank_sweep_working) for both."""
+    from loratune.cli import main
+    from loratune.report.study import build_study_report
+
+    d = tmp_path / "study"
+    (d / "final").mkdir(parents=True)
+    qv = {R: 8, "adapter.lora_alpha": 16.0, "adapter.target_modules": ["attn.q", "attn.v"], LR: 0.04}
+    pts = [(0, "phase1-lr-grid", 0.62, qv), (4, "seeds", 0.50, {**qv, "train.seed": 43}),
+           (5, "rank-sweep", 0.60, {**qv, R: 16, "adapter.lora_alpha": 32.0}),
+           (7, "target-sweep", 0.55, {**qv, "adapter.target_modules": "all-linear"}),
+           (12, "final-train", 0.70, {**qv, "train.max_steps": 60})]
+    sweep = [{"trial": 5, "r": 16}]
+    summary = {"objective": "val/macro_f1", "strategy": "protocol",
+               "trials": [{"trial": n, "name": f"t{n}", "phase": ph, "status": "completed", "objective_value": v,
+                           "point": p} for n, ph, v, p in pts],
+               "rank_vs_metric": {"trials": [{"r": p[R], "value": v, "trial": n, "phase": ph}
+                                             for n, ph, v, p in pts if n in (0, 4, 5)],
+                                  "sweep": sweep, "plateau_r": None, "chosen_r": 16, "threshold": 0.2,
+                                  "threshold_source": "floor"}}
+    (d / "final" / "study.json").write_text(json.dumps(summary))
+    rk = build_study_report(d).rank
+    assert [(p.trial, p.r) for p in rk.points] == [(0, 8), (4, 8), (5, 16)]
+    assert "working point #5" in rk.scope and "2 other LoRA trial(s)" in rk.scope
+    assert main(["show", str(d)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "trials like the rank sweep's working point #5" in out and "2 other LoRA trial(s)" in out
+    from loratune.search.trial import rank_sweep_working
+
+    assert rank_sweep_working(sweep, {n: p for n, _, _, p in pts}) == (5, pts[2][3])
+    assert rank_sweep_working([], {n: p for n, _, _, p in pts}) is None

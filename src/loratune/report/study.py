@@ -31,7 +31,7 @@ from loratune.errors import UserError
 from loratune.objectives import Objective, objective, pick_test_score
 from loratune.report.model import SETTLED, as_float, read_history, read_json, to_plain
 from loratune.search.study import FINAL, TRIALS, in_study as _in_study, optuna_quiet
-from loratune.search.trial import like_rank_sweep, recorded_task
+from loratune.search.trial import like_rank_sweep, rank_sweep_working, recorded_task
 from loratune.store import STUDY_DB, STUDY_META_ATTR
 
 # ---------------------------------------------------------------------------------------------
@@ -469,8 +469,8 @@ def _rank_view(data: Mapping[str, Any] | None, trials: Sequence[TrialView],
     by_number = {t.number: t for t in trials}
     # like with like: after a rank sweep, the trials that differ from its working point only in what a sweep varies
     # (an older study.json lists every LoRA trial: a long run's or an all-linear trial's score read as the rank's)
-    sweep_pts = [p for p in data.get("sweep") or () if isinstance(p, dict)]
-    working = by_number.get(_int(sweep_pts[0].get("trial"))) if len(sweep_pts) >= 2 else None
+    found = rank_sweep_working(data.get("sweep"), {t.number: t.point for t in trials})
+    working = by_number.get(found[0]) if found is not None else None
     scope, left = "", 0
     if working is not None:
         kept = [p for p in src if isinstance(p, dict) and (by_number.get(_int(p.get("trial"))) is None

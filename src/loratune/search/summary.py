@@ -26,7 +26,7 @@ from loratune.errors import UserError
 from loratune.objectives import MACRO_F1, pick_test_score
 from loratune.search.context import SearchContext
 from loratune.search.study import records_table
-from loratune.search.trial import flat_objective_note, kept_loss, like_rank_sweep
+from loratune.search.trial import flat_objective_note, kept_loss, like_rank_sweep, rank_sweep_working
 from loratune.store import (ADAPTER, CONFIG, read_json, remove_unfinished_models, replace_saved_model, write_atomic,
                             write_json)
 
@@ -59,7 +59,8 @@ def rank_vs_metric(ctx: SearchContext) -> dict:
     points, plateau, chosen rank and the threshold with its source."""
     sweep = ctx.state.rank_sweep or {}
     points = sweep.get("points") or []
-    working = next((r.point for r in ctx.records if points and r.number == points[0].get("trial")), None)
+    found = rank_sweep_working(points, {r.number: r.point for r in ctx.records})
+    working = found[1] if found is not None else None
     pts = []
     for r in ctx.records:
         if r.point.get("adapter.method", "lora") == "lora" and r.value is not None \

@@ -55,6 +55,21 @@ def like_rank_sweep(point: Mapping[str, Any], working: Mapping[str, Any]) -> boo
     return rest(point) == rest(working)
 
 
+def rank_sweep_working(points: Any, point_of: Mapping[int, Mapping[str, Any]]) -> tuple[int, Mapping[str, Any]] | None:
+    """The rank sweep's working point, (trial number, point), wherever the sweep measured any point (its first point's
+    trial: a sweep of one point, stopped at the ceiling, has one too), so study.json's rank view and show/report read
+    the same trials as a rank's score (like_rank_sweep); None without a sweep point or the trial's point
+    (`point_of`: trial number -> point)."""
+    first = next((p for p in points or () if isinstance(p, Mapping)), None)
+    trial = first.get("trial") if first is not None else None
+    try:
+        n = None if trial is None or isinstance(trial, bool) else int(round(float(trial)))
+    except (TypeError, ValueError, OverflowError):
+        n = None
+    point = point_of.get(n) if n is not None else None
+    return (n, point) if point is not None else None
+
+
 def canonical(point: Mapping[str, Any]) -> str:
     def plain(v):
         if isinstance(v, (list, tuple)):
