@@ -46,8 +46,7 @@ class Watch:
     # trial each eval point was reported to): eval point -> the reason to stop, or None
     pruner: Callable[[dict], str | None] | None = None
     # the study's seed sigma of its objective and the number of seeds behind it (ctx.state, once seeds ran): the
-    # noise protocol 6 reads when seeds exist, so a trial is judged "behind beyond noise" with the band the study's
-    # own decisions use, the larger of it and the diagnosis's binomial SE
+    # pruner holds a running trial's lag against the larger of it and the diagnosis's binomial SE (Watch.sigma)
     seed_sigma: float | None = None
     seed_count: int = 0
 
@@ -97,8 +96,10 @@ class Watch:
 
     def sigma(self, se: float | None) -> tuple[float | None, str]:
         """The sigma a running trial's lag is held against, and what it is: the study's seed sigma when seeds ran
-        and it is the larger (protocol 5b: "the seed spread when seeds exist"; ctx.noise's), else the val metric's
-        binomial SE at this point (None: neither, the objective's floor alone)."""
+        and it is the larger, else the val metric's binomial SE at this point (None: neither, the objective's floor
+        alone). The pruner's own rule, not ctx.noise's (which takes the seed sigma whenever seeds ran, the SE of the
+        incumbent before): a prune is final and judged on a partial curve, so it takes the wider of the two
+        measures of noise, where a decision between finished trials reads the seed spread as protocol 5b says."""
         if self.seed_sigma is not None and (se is None or self.seed_sigma >= se):
             return self.seed_sigma, f"seed sigma over {self.seed_count} seeds"
         return se, "binomial SE" if se is not None else ""
