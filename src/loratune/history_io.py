@@ -374,12 +374,25 @@ def _trl_kind(keys: Iterable[str]) -> tuple[str, str, list[str]] | None:
 # What a side file says the model was trained to do: peft's `task_type` in adapter_config.json, and the suffix of
 # the transformers architecture in config.json (plus its problem_type). A language model's, a seq2seq model's or a
 # regression's loss has no ln(classes) reference, so no class count is read for them from id2label or the first loss.
+# an embedding model's run: sentence-transformers' SentenceTransformerTrainer or SetFit's body training. Its loss
+# (MultipleNegativesRanking, CosineSimilarity, contrastive) has no ln(classes) start, so it is no classifier: an STS run
+# read as a 3-class head from its first loss (1.11 ~ ln 3) and a slow one got lr x2 "as a classifier"
+EMBEDDING_TASK = "sentence-embedding"
+# the files sentence-transformers (modules.json, config_sentence_transformers.json) and SetFit (config_setfit.json)
+# save beside the encoder's config.json: the folder is an embedding model's, whatever that config's architecture
+EMBEDDING_SIDE_FILES = ("modules.json", "config_sentence_transformers.json", "config_setfit.json")
 PEFT_TASK_TYPES = {"CAUSAL_LM": "causal-lm", "SEQ_2_SEQ_LM": "seq2seq", "SEQ_CLS": "single_label",
                    "TOKEN_CLS": "token-classification", "QUESTION_ANS": "question-answering"}
 ARCH_TASKS = (("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"), ("ForConditionalGeneration", "seq2seq"), ("ForSeq2SeqLM", "seq2seq"),
               ("ForSequenceClassification", "single_label"), ("ForTokenClassification", "token-classification"),
               ("ForQuestionAnswering", "question-answering"), ("ForMaskedLM", "masked-lm"), ("MTModel", "seq2seq"))
-NO_CLASS_TASKS = ("causal-lm", "seq2seq", "regression", "question-answering", "masked-lm", "reward-model")
+# a saved config.json whose architecture is a bare `*Model` (BertModel, MPNetModel) and no head of ARCH_TASKS: the
+# encoder alone, as sentence-transformers and SetFit save it (save_pretrained writes the class trained). Only a saved
+# file's: a live model's config still names the checkpoint it was loaded from, and a notebook's `AutoModel` / `PeftModel`
+# names no head (read so, 24 notebook runs of the bench corpus changed route or verdict)
+BARE_MODEL_SUFFIX = "Model"
+NO_CLASS_TASKS = ("causal-lm", "seq2seq", "regression", "question-answering", "masked-lm", "reward-model",
+                  EMBEDDING_TASK)
 # trainer_state.json top-level fields that are facts about the run (never the pickled training_args.bin)
 _STATE_FACTS = ("train_batch_size", "max_steps", "num_train_epochs", "logging_steps", "eval_steps", "save_steps")
 # adapter_config.json fields that are knobs
@@ -1428,6 +1441,12 @@ def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mappin
         elif found is None:
             found = next(((task, f"{source} architecture {x}") for x in archs for suffix, task in ARCH_TASKS
                           if x.endswith(suffix)), None)
+            if found is None and live is None:
+                found = next(((EMBEDDING_TASK, f"{source} architecture {x} (no head: an embedding model)")
+                              for x in archs if x.endswith(BARE_MODEL_SUFFIX)), None)
+    if found is None and live is None:
+        marker = next((f for f in EMBEDDING_SIDE_FILES if _side_file(folder, f) is not None), None)
+        found = (EMBEDDING_TASK, f"{marker} (a sentence-transformers / SetFit model)") if marker else None
     if found is not None:
         meta["task"] = found[0]
         facts["task"] = Fact(found[0], found[1])
