@@ -69,13 +69,21 @@ PARTIAL_LOG_NOTE = "the log has no end-of-training entry (train_runtime): the ru
 
 # a Trainer checkpoint's folder: checkpoint-<global step> inside the run's output_dir, nothing else (a
 # `best/checkpoint-200-lr2` a person named is a run folder of its own, not checkpoint 200 of `best/`)
-CHECKPOINT_FOLDER = re.compile(r"checkpoint-(\d+)")
+# a checkpoint folder, as the Trainer names it (`checkpoint-60`) and SetFit's Trainer (`checkpoints/step_60`)
+CHECKPOINT_FOLDER = re.compile(r"(?:checkpoint-|step_)(\d+)")
+CHECKPOINT_GLOBS = ("checkpoint-*", "step_*")
 
 
 def checkpoint_step(folder: str | Path) -> int | None:
     """The step of a Trainer checkpoint folder (`checkpoint-60` -> 60); None for any other folder."""
     m = CHECKPOINT_FOLDER.fullmatch(Path(folder).name)
     return int(m.group(1)) if m else None
+
+
+def checkpoint_folders(d: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of each checkpoint folder in `d` (CHECKPOINT_GLOBS)."""
+    return [(step, q) for pattern in CHECKPOINT_GLOBS for q in d.glob(pattern)
+            if (step := checkpoint_step(q)) is not None]
 
 
 def folder_name(p: str | Path) -> str:
@@ -407,6 +415,26 @@ _TRAIN_SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps
                        "train_loss")
 
 
+# loss keys of trainers built on the Trainer, under the Trainer's own names: SetFit's body training logs
+# `embedding_loss` (its train log) and `eval_embedding_loss` (its eval); read under their own names, the run had no
+# train loss and an eval set named 'embedding'
+LOSS_KEY_ALIASES = {"embedding_loss": "loss", "eval_embedding_loss": "eval_loss"}
+
+
+def _trainer_loss_keys(log_history: Sequence[Any]) -> tuple[list[Any], list[str]]:
+    """The log with LOSS_KEY_ALIASES' keys under the Trainer's names (an entry that has the Trainer's key keeps it),
+    and the aliases read."""
+    read: list[str] = []
+    out = []
+    for e in log_history:
+        if isinstance(e, dict) and any(k in e and v not in e for k, v in LOSS_KEY_ALIASES.items()):
+            e = {LOSS_KEY_ALIASES[k] if k in LOSS_KEY_ALIASES and LOSS_KEY_ALIASES[k] not in e else k: v
+                 for k, v in e.items()}
+            read += [k for k in LOSS_KEY_ALIASES if k not in read and LOSS_KEY_ALIASES[k] in e]
+        out.append(e)
+    return out, read
+
+
 def _is_end_entry(e: Mapping[str, Any]) -> bool:
     """The Trainer's end-of-training summary entry: it carries total_flos, or train_runtime without a `loss`. Newer
     Trainer versions write train_runtime (and train_tokens_per_second) into every periodic train log too, beside its
@@ -451,9 +479,8 @@ def _find_trainer_state(d: Path) -> tuple[Path | None, str | None]:
     reached further (a run resumed or continued after the top-level file was written); and a note when a checkpoint
     was preferred."""
     ckpts = []
-    for sub in d.glob("checkpoint-*"):
-        step = checkpoint_step(sub)
-        if step is not None and (sub / "trainer_state.json").is_file():
+    for step, sub in checkpoint_folders(d):
+        if (sub / "trainer_state.json").is_file():
             ckpts.append((step, sub / "trainer_state.json"))
     top = d / "trainer_state.json"
     if not top.is_file():
@@ -837,11 +864,11 @@ def _unused_intervals(state: Mapping[str, Any], folder: Path, facts: Mapping[str
     whatever the strategy, so eval_steps of an eval_strategy='epoch' run and save_steps of a save_strategy='no' one
     read as facts of runs that never used them. Kept only where the run's evals, train logs or checkpoints fell on
     them (the last step, and a first train log at step 1 (logging_first_step), may fall off them)."""
-    entries = [e for e in state.get("log_history") or [] if isinstance(e, dict) and _fin(e.get("step")) is not None]
+    entries = [e for e in _trainer_loss_keys(state.get("log_history") or [])[0]
+               if isinstance(e, dict) and _fin(e.get("step")) is not None]
     ends = {float(x) for x in (_fin(state.get("global_step")), _fin(state.get("max_steps"))) if x}
     run = folder.parent if checkpoint_step(folder) is not None else folder
-    saved = [float(step) for q in (run.glob("checkpoint-*") if run.is_dir() else ())
-             if (step := checkpoint_step(q)) is not None]
+    saved = [float(step) for step, _ in (checkpoint_folders(run) if run.is_dir() else ())]
     done = {"eval_steps": [float(e["step"]) for e in entries if any(str(k).startswith("eval_") for k in e)],
             "logging_steps": [float(e["step"]) for e in entries if "loss" in e and not _is_end_entry(e)],
             "save_steps": saved}
@@ -1128,6 +1155,11 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     """`unrounded`: the logged epochs are as the Trainer computed them, never round(epoch, 2)'s
     (UNROUNDED_EPOCHS_KEY)."""
     notes = list(notes or [])
+    log_history, aliased = _trainer_loss_keys(log_history)
+    if aliased:
+        notes.append(f"{' and '.join(aliased)} read as the Trainer's "
+                     f"{' and '.join(LOSS_KEY_ALIASES[k] for k in aliased)} (SetFit's names): the train loss and the "
+                     "val loss")
     stepless = sum(1 for e in log_history if isinstance(e, dict) and "step" not in e)
     if stepless:
         notes.append(f"{stepless} log_history entries without a `step`: skipped")
@@ -1205,7 +1237,13 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
         notes.append(f"{PARTIAL_LOG_NOTE} when this {source_file} was written; the diagnosis is of a partial run"
                      if source != "notebook" else "the progress bar stops short of its end: the run was stopped "
                      "(or was still going when the notebook was saved); the diagnosis is of a partial run")
-    facts.update(_lr_facts(train_logs, facts["max_steps"].value if "max_steps" in facts else None))
+    # the rate from every entry that logged one (SetFit logs it on its eval entries too; the end entry has none), once
+    # a step
+    rated = {}
+    for e in logs:
+        if _fin(e.get("learning_rate")) is not None and not _is_end_entry(e):
+            rated.setdefault(float(e["step"]), e)
+    facts.update(_lr_facts([rated[k] for k in sorted(rated)], facts["max_steps"].value if "max_steps" in facts else None))
     if trl_kind is not None:
         meta["task"], meta["trl_kind"] = trl_kind[1], trl_kind[0]
         facts["task"] = Fact(trl_kind[1], f"TRL {trl_kind[0]} keys in the log ({', '.join(trl_kind[2][:3])})")
@@ -1351,8 +1389,7 @@ def _side_file(folder: Path, filename: str) -> Path | None:
     if checkpoint_step(folder) is not None:
         places = [folder, folder.parent]
     else:
-        ckpts = [(step, q) for q in folder.glob("checkpoint-*")
-                 if (step := checkpoint_step(q)) is not None and q.is_dir()]
+        ckpts = [(step, q) for step, q in checkpoint_folders(folder) if q.is_dir()]
         places = [folder] + [q for _, q in sorted(ckpts, reverse=True)]
     return next((q / filename for q in places if (q / filename).is_file()), None)
 

@@ -5,6 +5,7 @@ Fixtures: tests/fixtures/wrappers (the Lightning event files built by its pl/mk*
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -41,3 +42,33 @@ def test_a_sentence_transformers_run_is_no_classifier(tmp_path):
         (run / f).unlink()
     h = load_run(run)
     assert h.meta["task"] == "single_label" and h.facts["n_classes"].value == 3
+
+
+def test_a_setfit_run_reads_its_embedding_losses_its_lr_and_its_step_checkpoints(tmp_path):
+    """SetFit logs `embedding_loss` / `eval_embedding_loss` (learning_rate on every entry) and saves
+    checkpoints/step_N/trainer_state.json: it read "no train-loss trend logged", "no `lr` in the history", an eval set
+    named 'embedding', and `diagnose checkpoints` exited 2 (only checkpoint-* was looked for)."""
+    h = load_run(FIXTURES / "setfit_checkpoints" / "step_160")
+    state = json.loads((FIXTURES / "setfit_checkpoints" / "step_160" / "trainer_state.json").read_text())
+    train = [e["embedding_loss"] for e in state["log_history"] if "embedding_loss" in e]
+    val = [e["eval_embedding_loss"] for e in state["log_history"] if "eval_embedding_loss" in e]
+    assert [p["val/loss"] for p in h.points if "val/loss" in p] == pytest.approx(val)
+    assert h.points[0]["train/loss"] == pytest.approx(sum(train[:3]) / 3)  # steps 1, 10, 20: the first eval's window
+    assert h.points[-1]["train/loss_last"] == pytest.approx(train[-1])
+    assert h.facts["learning_rate"].value == pytest.approx(2e-5, rel=0.01)
+    assert not any("'embedding'" in n for n in h.notes)
+    assert any("embedding_loss" in n and "train loss" in n for n in h.notes)
+    d = diagnose(h)
+    assert d.features["train_loss_untracked"] is None and d.features["peak_lr"] == pytest.approx(2e-5, rel=0.01)
+    assert h.meta["task"] == EMBEDDING_TASK  # config.json MPNetModel: the body, trained contrastively
+    # the output_dir: its newest step_N checkpoint, by N (step_80 sorts after step_160 by name)
+    run = load_run(FIXTURES / "setfit_checkpoints")
+    assert run.meta["steps_done"] == 160 and run.points[-1]["step"] == 160
+    assert main(["diagnose", str(FIXTURES / "setfit_checkpoints")]) == 0
+    # a rate logged only on the eval entries is read too
+    log = [{"step": s, "loss": 2.0 - s / 100} for s in range(10, 101, 10)]
+    log += [{"step": s, "eval_loss": 2.1 - s / 110, "learning_rate": 1e-4 * (1 - (s - 1) / 100)}
+            for s in range(20, 101, 20)]
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "trainer_state.json").write_text(json.dumps({"log_history": log}))
+    assert load_run(tmp_path / "r").facts["learning_rate"].value == pytest.approx(1e-4, rel=0.05)
