@@ -913,10 +913,12 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
     # as before
     if _loratune_record(texts) is not None or _loratune_config(texts) is not None:
         return _read_loratune_log(d, files, scalars, texts, run_notes)
-    # evals logged as val/* and train_eval/* (a Lightning module's val/loss, val/acc; a log named as loratune's history
-    # without its texts): read under the Trainer's names, or its val/* tags were dropped
-    if any(k.startswith(("val/", "train_eval/")) for tags in scalars.values() for k in tags):
-        scalars = {step: {_trainer_tag(k): v for k, v in tags.items()} for step, tags in scalars.items()}
+    # the Trainer's log (its writer logs the end entry, train_runtime): any other writer's has none to miss
+    by_trainer = TRAINER_TB_MARK in {k for tags in scalars.values() for k in tags}
+    # tags under the Trainer's names, read by the CSV reader's column names (a Lightning module's train_loss,
+    # val/loss, train/loss_step; a log named as loratune's history without its texts)
+    as_trainer, tag_notes = _tb_trainer_tags({k for tags in scalars.values() for k in tags})
+    scalars = {step: {as_trainer[k]: v for k, v in tags.items() if k in as_trainer} for step, tags in scalars.items()}
     log_history: list[dict] = []
     for step in sorted(scalars):  # one train entry and one eval entry per step, as Trainer logs them
         tags = scalars[step]
@@ -929,20 +931,76 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
                 entry.update(step=step, **({"epoch": epoch} if epoch is not None else {}))
                 log_history.append(entry)
     if not log_history:
-        raise UserError(f"'{d}': the event files hold no train/* or eval/* scalars",
-                        "log with report_to='tensorboard' from a Hugging Face Trainer, or give trainer_state.json")
+        raise UserError(f"'{d}': the event files hold no train/* or eval/* scalars, nor a loss or metric the CSV "
+                        f"reader's column names name (tags: {', '.join(sorted(as_trainer) or ['none read'])})",
+                        "log with report_to='tensorboard' from a Hugging Face Trainer, or name the scalars like "
+                        "train_loss, val_loss, val_accuracy (or give trainer_state.json)")
     run_dir = files[-1].parent
     side = next((q for q in (run_dir, run_dir.parent, run_dir.parent.parent)
                  if (q / "adapter_config.json").is_file() or (q / "config.json").is_file()), d)
     folder = d if d.is_dir() else d.parent
     here, run_here = Path(os.path.abspath(folder)), Path(os.path.abspath(run_dir))  # `.` has no name of its own
-    name = next((q.name for q in (here, *here.parents) if q.name not in ("runs", "") and q != run_here), here.name)
+    if here == run_here and LIGHTNING_VERSION_FOLDER.fullmatch(here.name):
+        name = here.name  # one version of a Lightning experiment: the folder that tells it from the others
+    else:
+        name = next((q.name for q in (here, *here.parents) if q.name not in TB_LOG_FOLDERS and q != run_here),
+                    here.name)
     late = _late_start(log_history)
+    ended = [] if by_trainer else [TB_NO_END_ENTRY_NOTE]
     return _from_log_history(log_history, side, {}, name=name,
                              path=str(d), source_file="TensorBoard events", source="tensorboard",
+                             finished=None if by_trainer else True,
                              notes=[f"read {len(files)} event file(s) in "
                                     f"{', '.join(sorted({str(f.parent) for f in files}))}", *run_notes,
-                                    *([late] if late else [])])
+                                    *([late] if late else []), *tag_notes, *ended])
+
+
+# the tag the Trainer's TensorBoardCallback writes with every log (the Trainer logs its epoch in each): a log with it is
+# the Trainer's, whose end-of-training entry (train/train_runtime) says the run ended; any other writer (Lightning's
+# TensorBoardLogger, a loop's own SummaryWriter) writes no such entry, so its absence says nothing: every Lightning
+# run read "no end-of-training entry (train_runtime) ... a partial run"
+TRAINER_TB_MARK = "train/epoch"
+TB_NO_END_ENTRY_NOTE = ("no end-of-training entry (train_runtime) and no train/epoch tag: the log is not a Hugging "
+                        "Face Trainer's (Lightning's TensorBoardLogger, a loop's own SummaryWriter), whose writer "
+                        "logs no such entry, so the run is read as ended at its last point")
+# folders of a TensorBoard log that name no run: the Trainer's logging_dir `runs/<date>`, Lightning's default
+# experiment `lightning_logs/version_N` (a run is named by the folder above, or by its version_N folder where given)
+TB_LOG_FOLDERS = ("runs", "lightning_logs", "")
+LIGHTNING_VERSION_FOLDER = re.compile(r"version_\d+")
+
+
+def _tb_trainer_tags(tags: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """Each scalar tag the TensorBoard reader reads, under the Trainer's tag (`train/<key>`, `eval/<key>`), and the
+    notes on the others. Named as the CSV reader names a column (_CSV_KEY_OF, the tag normalised as a column name is:
+    Lightning's `train_loss`, `val_acc`, `train/loss_step` are the CSVLogger's `train_loss`, `val_acc`,
+    `train_loss_step`), or a loratune key (`val/recall/x`); `eval/*` and any other `train/*` tag as the Trainer wrote
+    it; the rest (`hp_metric`) not read. Of several tags of one key the first by name is read, the CSV reader's
+    fallback aliases (an epoch's mean, `train/loss_epoch`) only where no other tag gives the key."""
+    out: dict[str, str] = {}
+    by_key: dict[str, str] = {}
+    renamed, dropped = [], []
+    for tag in sorted(tags, key=lambda t: (_norm(t) in _CSV_FALLBACK_ALIASES, t)):
+        if tag.startswith("eval/"):
+            out[tag] = tag
+            continue
+        key = _CSV_KEY_OF.get(_norm(tag)) or (tag if _LORATUNE_KEY.fullmatch(tag) else None)
+        if key is None or key in by_key:
+            if key is None and tag.startswith("train/"):
+                out[tag] = tag
+            else:
+                dropped.append(tag)
+            continue
+        by_key[key] = tag
+        out[tag] = _trainer_tag(key)
+        if out[tag] != tag:
+            renamed.append(tag)
+    notes = []
+    if renamed:
+        notes.append("TensorBoard tags read as the CSV reader reads these column names: "
+                     + ", ".join(f"{t!r} -> {_CSV_KEY_OF.get(_norm(t), t)}" for t in renamed))
+    if dropped:
+        notes.append(f"TensorBoard tags not read: {', '.join(map(repr, dropped))}")
+    return out, notes
 
 
 LATE_START_INTERVALS = 2  # a log whose first train loss comes more than this many logging intervals in starts late
@@ -971,9 +1029,11 @@ def _late_start(log_history: Sequence[dict]) -> str | None:
 
 def _trainer_tag(tag: str) -> str:
     """A loratune history key as the Trainer's TensorBoard tag: val/x -> eval/x, train_eval/x -> eval/train_x,
-    lr -> train/learning_rate, epoch -> train/epoch; train/* as it is."""
+    lr -> train/learning_rate, epoch -> train/epoch, eval_x (a Trainer key) -> eval/x; train/* as it is."""
     if tag.startswith("val/"):
         return "eval/" + tag[len("val/"):]
+    if tag.startswith("eval_"):
+        return "eval/" + tag[len("eval_"):]
     if tag.startswith("train_eval/"):
         return "eval/train_" + tag[len("train_eval/"):]
     return {"lr": "train/learning_rate", "epoch": "train/epoch"}.get(tag, tag)
@@ -2786,7 +2846,8 @@ _CSV_COLUMNS = {
     "train_eval/accuracy": ["train_accuracy", "train_acc", "train_eval_accuracy"],
     "train_eval/loss": ["train_eval_loss"],
     "val/n": ["val_n", "val_size"],
-    "lr": ["lr", "learning_rate", "train_learning_rate"],
+    # (Lightning's LearningRateMonitor logs `lr-<optimizer class>`)
+    "lr": ["lr", "learning_rate", "train_learning_rate", "lr_adamw", "lr_adam", "lr_sgd"],
     "train/loss_std": ["train_loss_std"],
     "train/grad_norm": ["grad_norm", "train_grad_norm"],
     # not curves: read only to estimate the val size as the trainer_state reader does (`_estimate_n`: runtime x

@@ -72,3 +72,56 @@ def test_a_setfit_run_reads_its_embedding_losses_its_lr_and_its_step_checkpoints
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "trainer_state.json").write_text(json.dumps({"log_history": log}))
     assert load_run(tmp_path / "r").facts["learning_rate"].value == pytest.approx(1e-4, rel=0.05)
+
+
+PL = FIXTURES / "pl"
+# the val curve pl/mk.py and mk3.py log, one value an epoch
+PL_VAL_LOSS = [0.90, 0.70, 0.58, 0.52, 0.50, 0.51, 0.55, 0.60, 0.66, 0.73]
+PL_VAL_ACC = [0.60, 0.70, 0.76, 0.79, 0.80, 0.80, 0.795, 0.79, 0.785, 0.78]
+
+
+@pytest.mark.parametrize("run, train_tag", [("A", "train_loss"), ("C", "train_loss_step"), ("E", "train/loss_step")])
+def test_a_lightning_tensorboard_log_reads_its_tags_as_its_csv_columns_are_read(run, train_tag):
+    """Lightning's TensorBoardLogger tags: `train_loss`, `val_loss`, `val_acc` (A; C with self.log(on_step=True,
+    on_epoch=True)'s `train_loss_step`) were refused with a fix about report_to; `train/loss_step` (E) was dropped,
+    the run read with no train loss. The CSV reader reads these names (its columns of a CSVLogger's metrics.csv); the
+    epoch means (`train/loss_epoch`) only where no step values are there. Lightning writes no train_runtime: no
+    'partial run' claim."""
+    pytest.importorskip("tensorboard")
+    h = load_run(PL / run)
+    assert h.source == "tensorboard"
+    assert [p["val/loss"] for p in h.points if "val/loss" in p] == pytest.approx(PL_VAL_LOSS)
+    assert [p["val/accuracy"] for p in h.points if "val/accuracy" in p] == pytest.approx(PL_VAL_ACC)
+    # the step losses (1.1 exp(-s/300) + 0.05 at s = 49, 99: the first epoch's window), never an epoch mean
+    first = [1.1 * math.exp(-s / 300) + 0.05 for s in (49, 99)]
+    assert h.points[0]["train/loss"] == pytest.approx(sum(first) / 2, rel=1e-5)
+    assert h.points[0]["train/loss_first"] == pytest.approx(first[0], rel=1e-5)
+    assert any(f"'{train_tag}' -> train/loss" in n for n in h.notes)
+    assert not h.meta.get("partial") and not any("partial run" in n for n in h.notes)
+    assert any("no end-of-training entry" in n and "Lightning" in n for n in h.notes)
+    if run == "E":
+        assert any("'train/loss_epoch'" in n and "not read" in n for n in h.notes)
+    if run == "A":  # LearningRateMonitor's lr-AdamW, as the CSV reader reads that column
+        assert h.points[0]["lr"] == pytest.approx(1e-3 * (1 - 99 / 1000), rel=1e-5)
+
+
+def test_two_lightning_versions_are_named_by_their_version_folders(capsys):
+    """`diagnose D/lightning_logs/version_0 D/lightning_logs/version_1` named both runs `lightning_logs`."""
+    pytest.importorskip("tensorboard")
+    v0, v1 = (load_run(PL / "D" / "lightning_logs" / f"version_{i}") for i in (0, 1))
+    assert (v0.name, v1.name) == ("version_0", "version_1")
+    assert load_run(PL / "D" / "lightning_logs").name == "D"
+    assert main(["diagnose", str(PL / "D" / "lightning_logs" / "version_0"),
+                 str(PL / "D" / "lightning_logs" / "version_1")]) == 0
+    out = capsys.readouterr().out
+    assert "version_0" in out and "version_1" in out and "lightning_logs#2" not in out
+
+
+def test_a_trainer_tensorboard_log_without_its_end_entry_is_still_partial():
+    """The Trainer writes train/train_runtime at the end (and train/epoch with every log): its log without the end
+    entry stays a partial run (fixture: trainer_tb_no_end/mk.py)."""
+    pytest.importorskip("tensorboard")
+    h = load_run(FIXTURES / "trainer_tb_no_end")
+    assert h.meta.get("partial") is True and h.name == "trainer_tb_no_end"
+    assert h.points[-1]["train/loss_last"] == pytest.approx(2.3 * math.exp(-1), rel=1e-5)
+    assert not any("->" in n and "TensorBoard tags" in n for n in h.notes)  # the Trainer's own tags: nothing to say
