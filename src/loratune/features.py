@@ -840,6 +840,15 @@ def curve_jitter(values: Sequence[float], *, floor: float = 0.0) -> float | None
     return max(_median(d2) / _MAD_TO_SIGMA / math.sqrt(6), floor)
 
 
+# what a run logged without its val size is judged against (a reader says it where no val_n is logged): the noise
+# bands of val_metric_noise and val_loss_noise read from the curve itself, never skipped (a CSV said "noise checks
+# are skipped" and then judged its curve "6.2 noise units" from its jitter)
+NO_VAL_SIZE_NOISE = ("no binomial standard error: the noise band of each val curve is its own eval-to-eval jitter "
+                     "(from 4 evals on; a val loss of fewer evals is given "
+                     f"{SHORT_CURVE_LOSS_NOISE_REL:.0%} of its value, and an accuracy's k/n values can give the val "
+                     "size); a val_n column gives the binomial band")
+
+
 # An accuracy is a share of rows, k/n: when no val size is logged (a notebook's table, a trainer_state.json without
 # eval runtime), the smallest n that puts every logged accuracy on the lattice k/n is the val size, or a divisor of it
 # so rarely that it is ignored (a run of 5+ evals would need every count to share a factor). The lattice is read only

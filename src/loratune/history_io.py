@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from loratune.errors import UserError
-from loratune.features import IMPROVE_MIN_REL, TRAIN_LOG_SPLIT, is_eval_point
+from loratune.features import IMPROVE_MIN_REL, NO_VAL_SIZE_NOISE, TRAIN_LOG_SPLIT, is_eval_point
 from loratune.store import (CALLBACK_RECORD_SOURCE, CONFIG_TEXT, HISTORY, RECORD_TEXT, RUN, STATUS_TEXT,
                             TB_TEXT_SUFFIX, TENSORBOARD_DIR, RunStore, check_name_length, is_callback_record,
                             read_history_lines, unfenced)
@@ -3569,7 +3569,7 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
                         f"{read.bad_cells} cells are not numbers)",
                         "write the values as plain numbers (e.g. 0.25) with a header row of column names")
     if not estimated and not (found & {"val/n"}):
-        notes.append("no val size column (val_n): no standard error, so noise checks are skipped")
+        notes.append(f"no val size column (val_n): {NO_VAL_SIZE_NOISE}")
     _percent_to_share(points, notes)
     # the lr column's peak and schedule, read as the Trainer and TensorBoard readers read theirs: without them a CSV
     # had no config and was left out of every knob comparison

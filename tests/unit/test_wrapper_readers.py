@@ -125,3 +125,13 @@ def test_a_trainer_tensorboard_log_without_its_end_entry_is_still_partial():
     assert h.meta.get("partial") is True and h.name == "trainer_tb_no_end"
     assert h.points[-1]["train/loss_last"] == pytest.approx(2.3 * math.exp(-1), rel=1e-5)
     assert not any("->" in n and "TensorBoard tags" in n for n in h.notes)  # the Trainer's own tags: nothing to say
+
+
+def test_a_csv_without_a_val_size_says_its_noise_is_the_curves_jitter():
+    """simpletransformers' training_progress_scores.csv: the note said "no standard error, so noise checks are
+    skipped", and the diagnosis then judged its val loss in noise units of the curve's own jitter."""
+    h = load_run(FIXTURES / "st_training_progress_scores.csv")
+    note = next(n for n in h.notes if n.startswith("no val size column"))
+    assert "skipped" not in note and "eval-to-eval jitter" in note
+    d = diagnose(h)
+    assert d.features["val_loss_noise"] is not None  # the checks the note describes are made
