@@ -3298,9 +3298,26 @@ _CSV_LONG_FORMAT = (("key", "metric", "metric_name", "metricname", "name", "tag"
                     ("value", "metric_value", "metricvalue"))
 
 
-def _no_metric_column(p: Path, header: list[str]) -> UserError:
-    """The error for a CSV with no loss or metric column: what it is where its shape says (long format), else which
-    names to give."""
+# text logs of trainers that write their own format, which no reader here reads (their first line read as a CSV
+# header, the error asked to name its columns): (what it is, a pattern of its first line, what to give instead)
+TEXT_LOG_FORMATS = (
+    ("a torchtune DiskLogger log (`Step N | loss:X lr:Y ...` lines)", re.compile(r"Step \d+\s*\|\s*\w+:"),
+     "give a CSV of its numbers, one row a step: step,train_loss,lr (val_loss where an eval was logged), e.g. "
+     "from each line's `Step N` and `loss:` / `lr:` fields"),
+    ("LLaMA-Factory's running_log.txt (its console log)", re.compile(r"\[(INFO|WARNING)\|[^\]]*\].*(llamafactory|>>)"),
+     "give the run's output_dir or its trainer_state.json (LLaMA-Factory trains with the Hugging Face Trainer, "
+     "which writes it at the end and into each checkpoint-*), or a CSV with step,train_loss,val_loss columns"),
+)
+
+
+def _no_metric_column(p: Path, header: list[str], delimiter: str = ",") -> UserError:
+    """The error for a CSV with no loss or metric column: what it is where its shape says (a trainer's own text log,
+    TEXT_LOG_FORMATS; long format), else which names to give."""
+    line = delimiter.join(header)  # the first line, as the CSV dialect cut it
+    for what, first_line, fix in TEXT_LOG_FORMATS:
+        if first_line.match(line.strip()):
+            return UserError(f"'{p}' is {what}: a format loratune does not read (no CSV header of named columns)",
+                             fix)
     names = [_norm(h) for h in header]
     named, valued = ([header[i] for i, n in enumerate(names) if n in group] for group in _CSV_LONG_FORMAT)
     step = next((header[i] for i, n in enumerate(names) if n in _CSV_COLUMNS["step"]), None)
@@ -3506,7 +3523,7 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
         raise UserError(f"'{p}' has a header ({', '.join(header)}) and no rows", "give the CSV with its data rows")
     _check_not_a_runs_table(p, header, again())
     if not (found | set(named.values())) & {"train/loss", "val/loss", "val/macro_f1", "val/accuracy"}:
-        raise _no_metric_column(p, header)
+        raise _no_metric_column(p, header, dialect.delimiter)
     notes: list[str] = []
     if len(chart_runs) > 1:
         notes.append(f"a chart export of {len(chart_runs)} runs ({', '.join(map(repr, chart_runs))}): read the first,"

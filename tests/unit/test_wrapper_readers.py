@@ -135,3 +135,16 @@ def test_a_csv_without_a_val_size_says_its_noise_is_the_curves_jitter():
     assert "skipped" not in note and "eval-to-eval jitter" in note
     d = diagnose(h)
     assert d.features["val_loss_noise"] is not None  # the checks the note describes are made
+
+
+@pytest.mark.parametrize("log, what, fix", [
+    ("torchtune_log_1717000000.txt", "torchtune DiskLogger log", "step,train_loss,lr"),
+    ("llamafactory_running_log.txt", "LLaMA-Factory's running_log.txt", "trainer_state.json"),
+])
+def test_a_trainers_own_text_log_is_refused_as_the_format_it_is(log, what, fix, capsys):
+    """torchtune's DiskLogger log_*.txt and LLaMA-Factory's running_log.txt were refused with their first line read as
+    a CSV header ("no loss or metric column among ['Step 1 ', 'loss:3.13...']", fix: name columns)."""
+    assert main(["diagnose", str(FIXTURES / log)]) == 2
+    err = capsys.readouterr().err
+    assert what in err and "a format loratune does not read" in err and fix in err
+    assert "name columns like" not in err and "Traceback" not in err
