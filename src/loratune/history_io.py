@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from loratune.errors import UserError
-from loratune.features import IMPROVE_MIN_REL, NO_VAL_SIZE_NOISE, TRAIN_LOG_SPLIT, is_eval_point
+from loratune.features import IMPROVE_MIN_REL, NO_VAL_SIZE_NOISE, TRAIN_LOG_SPLIT, has_binomial_se, is_eval_point
+from loratune.trackers import PER_CLASS
 from loratune.store import (CALLBACK_RECORD_SOURCE, CONFIG_TEXT, HISTORY, RECORD_TEXT, RUN, STATUS_TEXT,
                             TB_TEXT_SUFFIX, TENSORBOARD_DIR, RunStore, check_name_length, is_callback_record,
                             read_history_lines, unfenced)
@@ -317,6 +318,9 @@ _METRIC_ALIASES = {
 # examples F1 and exact match, many notebooks accuracy): read as 0..1, the scale every metric threshold is in; every
 # metric above is a share, which never exceeds 1, so one value above it names the scale
 _PERCENT_METRICS = tuple(sorted(set(_METRIC_ALIASES.values()) - {"loss"}))
+# the metrics only a classifier logs: a share of rows (accuracy, F1), never a share of tokens or an overlap score
+# (has_binomial_se). One on an eval set is a classifier's, whatever bare `*Model` its config names (BARE_MODEL_SUFFIX)
+CLASSIFIER_METRICS = tuple(m for m in _PERCENT_METRICS if has_binomial_se(m))
 # scikit-learn's function name for F1, which says nothing of its averaging: not read as macro-F1, said in a note. Its
 # default is average='binary', the positive class's F1 (fold L's AssilZ: 0.000 and 0.668 at accuracy 0.50 on a
 # balanced binary set, a one-class model either way), no macro-F1 and no share of rows
@@ -398,7 +402,12 @@ ARCH_TASKS = (("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"), ("ForC
 # encoder alone, as sentence-transformers and SetFit save it (save_pretrained writes the class trained). Only a saved
 # file's: a live model's config still names the checkpoint it was loaded from, and a notebook's `AutoModel` / `PeftModel`
 # names no head (read so, 24 notebook runs of the bench corpus changed route or verdict)
+# ...unless the run says it classifies: a config id2label of its own names (transformers writes one only where the
+# labels are not its default LABEL_0..), per-class keys in the log, or a share-of-rows classification metric (accuracy,
+# F1) of an eval (CLASSIFIER_METRICS). A custom head on a BertModel, a `RobertaClassificationModel`, a peft adapter on a
+# LlamaModel base logging eval_accuracy read as embedding runs (id2label's 3 classes dropped, lr-too-small lost)
 BARE_MODEL_SUFFIX = "Model"
+DEFAULT_LABEL_NAME = re.compile(r"LABEL_\d+")
 NO_CLASS_TASKS = ("causal-lm", "seq2seq", "regression", "question-answering", "masked-lm", "reward-model",
                   EMBEDDING_TASK)
 # trainer_state.json top-level fields that are facts about the run (never the pickled training_args.bin)
@@ -1252,7 +1261,9 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     # sets under names of their own have no val curve, but each one's loss still tells a sum from a mean)
     ref_losses = ([val_prefix + "loss"] if val_prefix + "loss" in split_of else
                   sorted(k for k, v in split_of.items() if v.endswith("/loss") and not v.startswith("train_eval/")))
-    summed = None if is_trl else _summed_losses(train_logs, eval_logs, ref_losses, folder, adapter, unrounded)
+    classifies = _classifier_evidence(split_of.values())  # a bare `*Model` config is no embedding model's then
+    summed = None if is_trl else _summed_losses(train_logs, eval_logs, ref_losses, folder, adapter, unrounded,
+                                                classifies)
     if summed is not None:
         # the same correction the callback's record makes (record_loss_scale): the losses read as their mean (N
         # known), each window over the micro-batches it holds (an epoch's shorter last step)
@@ -1312,7 +1323,7 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     if "task" in facts and not meta.get("task"):  # a task the caller read (a notebook's model class)
         meta["task"] = facts["task"].value
     _model_config_facts(folder, meta, facts, notes, model_config)
-    _task_from_side_files(folder, meta, facts, adapter, model_config)
+    _task_from_side_files(folder, meta, facts, adapter, model_config, classifies)
     no_classes = is_trl or meta.get("task") in NO_CLASS_TASKS
     if not no_classes and "n_classes" not in facts:
         _classes_from_weights(folder, meta, facts)
@@ -1492,11 +1503,24 @@ def _model_config_facts(folder: Path, meta: dict, facts: dict, notes: list[str],
         notes.append(f"{cfg_path or source} unreadable: number of classes unknown")
 
 
+def _classifier_evidence(keys: Iterable[str]) -> str | None:
+    """What in a run's logged keys (`<split>/<metric>`, as the readers name them) says it classifies: a per-class key
+    (`val/recall/neg`, trackers.PER_CLASS) or a CLASSIFIER_METRICS metric; None where nothing does."""
+    for key in sorted(keys):
+        parts = str(key).split("/")
+        if len(parts) >= 3 and parts[1] in PER_CLASS:
+            return f"per-class key {key} in the log"
+        if len(parts) == 2 and parts[1] in CLASSIFIER_METRICS:
+            return f"classification metric {key} in the log"
+    return None
+
+
 def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mapping[str, Any] | None,
-                          live: tuple[Mapping[str, Any], str] | None = None) -> None:
+                          live: tuple[Mapping[str, Any], str] | None = None, classifies: str | None = None) -> None:
     """meta["task"] from adapter_config.json's task_type, else config.json's architecture (PEFT_TASK_TYPES,
     ARCH_TASKS; `live`: a live model's config dict in place of the file); a task already read (TRL keys,
-    problem_type multi-label) stands."""
+    problem_type multi-label) stands. `classifies`: what in the log says the run classifies (_classifier_evidence),
+    which a bare `*Model` architecture does not overrule (BARE_MODEL_SUFFIX)."""
     if meta.get("task"):
         return
     found: tuple[str, str] | None = None
@@ -1538,9 +1562,13 @@ def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mappin
         elif found is None:
             found = next(((task, f"{source} architecture {x}") for x in archs for suffix, task in ARCH_TASKS
                           if x.endswith(suffix)), None)
-            if found is None and live is None:
-                found = next(((EMBEDDING_TASK, f"{source} architecture {x} (no head: an embedding model)")
-                              for x in archs if x.endswith(BARE_MODEL_SUFFIX)), None)
+            named = [str(v) for v in id2label.values()]
+            if len(named) >= 2 and not all(DEFAULT_LABEL_NAME.fullmatch(v) for v in named):
+                classifies = classifies or f"{source} id2label names its labels ({', '.join(named[:3])})"
+            bare = next((x for x in archs if x.endswith(BARE_MODEL_SUFFIX)), None)
+            if found is None and bare is not None and live is None and not classifies:
+                found = (EMBEDDING_TASK, f"{source} architecture {bare} (no head: an embedding model)")
+    # sentence-transformers' / SetFit's own files say it whatever the log holds (an evaluator's accuracy included)
     if found is None and live is None:
         marker = next((f for f in EMBEDDING_SIDE_FILES if _side_file(folder, f) is not None), None)
         found = (EMBEDDING_TASK, f"{marker} (a sentence-transformers / SetFit model)") if marker else None
@@ -1852,7 +1880,8 @@ def _window_shares(train_logs: Sequence[dict], first_ratios: Sequence[float] = (
 
 
 def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], ref_losses: Sequence[str], folder: Path,
-                   adapter: Mapping[str, Any] | None, unrounded: bool = False) -> dict | None:
+                   adapter: Mapping[str, Any] | None, unrounded: bool = False,
+                   classifies: str | None = None) -> dict | None:
     """Whether the logged train losses are sums over gradient-accumulation micro-batches: None when nothing says so;
     else {"factor": 1/N to read them as means, or None where N is unknown, "ratio", "why", and "shares" (each log's
     share of a full window's micro-batches, _window_shares) where some window holds an epoch's shorter last step, or
@@ -1870,7 +1899,7 @@ def _summed_losses(train_logs: Sequence[dict], eval_logs: Sequence[dict], ref_lo
     side_meta: dict = {}
     side_facts: dict = {}
     _model_config_facts(folder, side_meta, side_facts, [])
-    _task_from_side_files(folder, side_meta, side_facts, adapter)
+    _task_from_side_files(folder, side_meta, side_facts, adapter, classifies=classifies)
     if side_meta.get("task") in NO_CLASS_TASKS and side_meta.get("task") != "question-answering":
         return None  # a language model's loss is a mean over tokens (it takes the loss kwargs)
     if "n_classes" not in side_facts and side_meta.get("task") not in NO_CLASS_TASKS:

@@ -148,3 +148,66 @@ def test_a_trainers_own_text_log_is_refused_as_the_format_it_is(log, what, fix, 
     err = capsys.readouterr().err
     assert what in err and "a format loratune does not read" in err and fix in err
     assert "name columns like" not in err and "Traceback" not in err
+
+
+def _stt_run(tmp_path: Path, name: str, config: dict | None, *, accuracy: bool = False, loss_scale: float = 1.0,
+             adapter: dict | None = None) -> Path:
+    """The stt_slow run's log (its first loss 1.109 ~ ln 3) under another model's config.json: `accuracy` adds an
+    eval_accuracy to each eval, `loss_scale` scales the train losses (2.77: a token loss's start), no
+    sentence-transformers files beside it."""
+    state = json.loads((FIXTURES / "stt_slow" / "trainer_state.json").read_text())
+    log = []
+    for e in state["log_history"]:
+        e = {k: v for k, v in e.items() if "sts" not in k}
+        if "loss" in e:
+            e["loss"] = round(e["loss"] * loss_scale, 4)
+        if accuracy and "eval_loss" in e:
+            e["eval_accuracy"] = round(0.4 + 0.05 * e["step"] / 50, 3)
+        log.append(e)
+    state["log_history"] = log
+    run = tmp_path / name
+    run.mkdir()
+    (run / "trainer_state.json").write_text(json.dumps(state))
+    if config is not None:
+        (run / "config.json").write_text(json.dumps(config))
+    if adapter is not None:
+        (run / "adapter_config.json").write_text(json.dumps(adapter))
+    return run
+
+
+@pytest.mark.parametrize("name, config, accuracy, adapter, n_source", [
+    ("bare_id2label", {"architectures": ["BertModel"], "id2label": {"0": "neg", "1": "neu", "2": "pos"}}, True, None,
+     "config.json id2label"),
+    ("bare_id2label_noacc", {"architectures": ["BertModel"], "id2label": {"0": "neg", "1": "neu", "2": "pos"}}, False,
+     None, "config.json id2label"),
+    ("custom_cls_model", {"architectures": ["RobertaClassificationModel"],
+                          "id2label": {"0": "neg", "1": "neu", "2": "pos"}}, True, None, "config.json id2label"),
+    ("custom_head", {"architectures": ["BertModel"]}, True, None, "first train loss"),
+    ("peft_base", {"architectures": ["LlamaModel"]}, True,
+     {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "task_type": None}, "first train loss"),
+])
+def test_a_bare_model_config_with_classifier_evidence_is_a_classifier(tmp_path, name, config, accuracy, adapter,
+                                                                       n_source):
+    """A bare `*Model` architecture read as an embedding model over what says the run classifies: BertModel with
+    id2label {neg, neu, pos} and eval_accuracy, a custom `RobertaClassificationModel`, a BertModel with a custom head
+    logging accuracy, a peft adapter (task_type null) on a LlamaModel base logging eval_accuracy: all read
+    sentence-embedding, no class count, healthy where the branch before them said lr-too-small of a 3-class head."""
+    h = load_run(_stt_run(tmp_path, name, config, accuracy=accuracy, adapter=adapter))
+    assert h.meta.get("task") != EMBEDDING_TASK
+    assert h.facts["n_classes"].value == 3 and n_source in h.facts["n_classes"].source
+    d = diagnose(h)
+    assert d.features["classifier"] == 1.0 and d.features["n_classes"] == 3
+    assert d.verdict == "lr-too-small"
+
+
+def test_a_bare_model_config_without_classifier_evidence_stays_an_embedding_model(tmp_path):
+    """No such evidence (default LABEL_N names, no accuracy): the bare-Model rule stands; and sentence-transformers'
+    files stay decisive over an evaluator's accuracy."""
+    h = load_run(_stt_run(tmp_path, "plain", {"architectures": ["BertModel"],
+                                              "id2label": {"0": "LABEL_0", "1": "LABEL_1", "2": "LABEL_2"}}))
+    assert h.meta["task"] == EMBEDDING_TASK and "n_classes" not in h.facts
+    run = _stt_run(tmp_path, "st_acc", {"architectures": ["BertModel"]}, accuracy=True)
+    (run / "modules.json").write_text("[]")
+    h = load_run(run)
+    assert h.meta["task"] == EMBEDDING_TASK and h.facts["task"].source.startswith("modules.json")
+
