@@ -397,7 +397,10 @@ PEFT_TASK_TYPES = {"CAUSAL_LM": "causal-lm", "SEQ_2_SEQ_LM": "seq2seq", "SEQ_CLS
                    "TOKEN_CLS": "token-classification", "QUESTION_ANS": "question-answering"}
 ARCH_TASKS = (("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"), ("ForConditionalGeneration", "seq2seq"), ("ForSeq2SeqLM", "seq2seq"),
               ("ForSequenceClassification", "single_label"), ("ForTokenClassification", "token-classification"),
-              ("ForQuestionAnswering", "question-answering"), ("ForMaskedLM", "masked-lm"), ("MTModel", "seq2seq"))
+              ("ForQuestionAnswering", "question-answering"), ("ForMaskedLM", "masked-lm"), ("MTModel", "seq2seq"),
+              # encoder-decoders whose class ends in a bare `Model` but that train a decoder's token loss:
+              # Vision/Speech/EncoderDecoderModel (TrOCR, Donut) and Whisper's (read as embedding models before)
+              ("EncoderDecoderModel", "seq2seq"), ("WhisperModel", "seq2seq"))
 # a saved config.json whose architecture is a bare `*Model` (BertModel, MPNetModel) and no head of ARCH_TASKS: the
 # encoder alone, as sentence-transformers and SetFit save it (save_pretrained writes the class trained). Only a saved
 # file's: a live model's config still names the checkpoint it was loaded from, and a notebook's `AutoModel` / `PeftModel`

@@ -211,3 +211,12 @@ def test_a_bare_model_config_without_classifier_evidence_stays_an_embedding_mode
     h = load_run(run)
     assert h.meta["task"] == EMBEDDING_TASK and h.facts["task"].source.startswith("modules.json")
 
+
+@pytest.mark.parametrize("arch", ["VisionEncoderDecoderModel", "EncoderDecoderModel", "SpeechEncoderDecoderModel",
+                                  "WhisperModel"])
+def test_an_encoder_decoder_model_is_seq2seq(tmp_path, arch):
+    """TrOCR / Donut (VisionEncoderDecoderModel), EncoderDecoderModel, SpeechEncoderDecoderModel and WhisperModel end
+    in a bare `Model`: they read as embedding models, where they train a decoder's token loss."""
+    h = load_run(_stt_run(tmp_path, arch, {"architectures": [arch]}, loss_scale=2.5))
+    assert h.meta["task"] == "seq2seq" and h.facts["task"].source == f"config.json architecture {arch}"
+    assert diagnose(h).features["generative"] == 1.0
