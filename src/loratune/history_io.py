@@ -70,14 +70,21 @@ PARTIAL_LOG_NOTE = "the log has no end-of-training entry (train_runtime): the ru
 
 # a Trainer checkpoint's folder: checkpoint-<global step> inside the run's output_dir, nothing else (a
 # `best/checkpoint-200-lr2` a person named is a run folder of its own, not checkpoint 200 of `best/`)
-# a checkpoint folder, as the Trainer names it (`checkpoint-60`) and SetFit's Trainer (`checkpoints/step_60`)
-CHECKPOINT_FOLDER = re.compile(r"(?:checkpoint-|step_)(\d+)")
+CHECKPOINT_FOLDER = re.compile(r"checkpoint-(\d+)")
+# ...and SetFit's Trainer's, `checkpoints/step_60`, known by the config_setfit.json it saves in each: a `step_1`,
+# `step_2` a person named (two runs of a curriculum, each with its trainer_state.json) are runs of their own, not
+# checkpoints of one run (read so, both were named after their parent and the second dropped as the same run)
+SETFIT_CHECKPOINT_FOLDER = re.compile(r"step_(\d+)")
+SETFIT_CONFIG = "config_setfit.json"
 CHECKPOINT_GLOBS = ("checkpoint-*", "step_*")
 
 
 def checkpoint_step(folder: str | Path) -> int | None:
-    """The step of a Trainer checkpoint folder (`checkpoint-60` -> 60); None for any other folder."""
+    """The step of a Trainer checkpoint folder (`checkpoint-60` -> 60) or a SetFit one (`step_60` holding
+    SETFIT_CONFIG); None for any other folder."""
     m = CHECKPOINT_FOLDER.fullmatch(Path(folder).name)
+    if m is None and (Path(folder) / SETFIT_CONFIG).is_file():
+        m = SETFIT_CHECKPOINT_FOLDER.fullmatch(Path(folder).name)
     return int(m.group(1)) if m else None
 
 
@@ -392,7 +399,7 @@ def _trl_kind(keys: Iterable[str]) -> tuple[str, str, list[str]] | None:
 EMBEDDING_TASK = "sentence-embedding"
 # the files sentence-transformers (modules.json, config_sentence_transformers.json) and SetFit (config_setfit.json)
 # save beside the encoder's config.json: the folder is an embedding model's, whatever that config's architecture
-EMBEDDING_SIDE_FILES = ("modules.json", "config_sentence_transformers.json", "config_setfit.json")
+EMBEDDING_SIDE_FILES = ("modules.json", "config_sentence_transformers.json", SETFIT_CONFIG)
 PEFT_TASK_TYPES = {"CAUSAL_LM": "causal-lm", "SEQ_2_SEQ_LM": "seq2seq", "SEQ_CLS": "single_label",
                    "TOKEN_CLS": "token-classification", "QUESTION_ANS": "question-answering"}
 ARCH_TASKS = (("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"), ("ForConditionalGeneration", "seq2seq"), ("ForSeq2SeqLM", "seq2seq"),

@@ -220,3 +220,20 @@ def test_an_encoder_decoder_model_is_seq2seq(tmp_path, arch):
     h = load_run(_stt_run(tmp_path, arch, {"architectures": [arch]}, loss_scale=2.5))
     assert h.meta["task"] == "seq2seq" and h.facts["task"].source == f"config.json architecture {arch}"
     assert diagnose(h).features["generative"] == 1.0
+
+
+def test_step_folders_without_setfits_config_are_runs_of_their_own(tmp_path, capsys):
+    """Any `step_N` folder counted as a checkpoint: a curriculum's step_1 and step_2 (each its own run's
+    trainer_state.json) were both named `curriculum`, and `diagnose step_1 step_2` dropped the second as the same run.
+    SetFit's step_N holds its config_setfit.json, and stays a checkpoint (the setfit_checkpoints fixture)."""
+    stages = []
+    for i in (1, 2):
+        stage = tmp_path / "curriculum" / f"step_{i}"
+        stage.mkdir(parents=True)
+        shutil.copy(FIXTURES / "stt_slow" / "trainer_state.json", stage / "trainer_state.json")
+        stages.append(stage)
+    assert [load_run(s).name for s in stages] == ["step_1", "step_2"]
+    assert main(["diagnose", *map(str, stages)]) == 0
+    out = capsys.readouterr().out
+    assert " step_1 " in out and " step_2 " in out and "curriculum" not in out
+    assert load_run(FIXTURES / "setfit_checkpoints" / "step_80").name == "setfit_checkpoints"
