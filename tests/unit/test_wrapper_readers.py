@@ -237,3 +237,14 @@ def test_step_folders_without_setfits_config_are_runs_of_their_own(tmp_path, cap
     out = capsys.readouterr().out
     assert " step_1 " in out and " step_2 " in out and "curriculum" not in out
     assert load_run(FIXTURES / "setfit_checkpoints" / "step_80").name == "setfit_checkpoints"
+
+
+def test_show_and_report_read_a_setfit_checkpoints_folder(tmp_path, capsys):
+    """`diagnose checkpoints` read SetFit's checkpoints/step_N, `show` and `report` refused the same folder ("neither
+    a run directory ... nor a Trainer / TRL output directory"): they looked for checkpoint-*/trainer_state.json only."""
+    run = FIXTURES / "setfit_checkpoints"
+    assert main(["show", str(run)]) == 0
+    assert "setfit_checkpoints" in capsys.readouterr().out
+    out = tmp_path / "r.html"
+    assert main(["report", str(run), "-o", str(out)]) == 0
+    assert out.is_file() and "setfit_checkpoints" in out.read_text(encoding="utf-8")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from loratune.errors import UserError
-from loratune.history_io import (CALLBACK_RECORD_DIR, NOTEBOOK_TABLE, check_run_path, find_event_files,
-                                 is_callback_record)
+from loratune.history_io import (CALLBACK_RECORD_DIR, NOTEBOOK_TABLE, check_run_path, checkpoint_folders,
+                                 find_event_files, is_callback_record)
 from loratune.report.model import RunReport, build_run_report, is_run_dir, is_study_dir
 from loratune.store import HISTORY, REPORT, RUN
 
@@ -105,8 +105,10 @@ def _callback_record(p: Path) -> bool:
 
 
 def _outside_run(p: Path) -> bool:
-    """A directory another tool wrote: a Trainer / TRL output dir or checkpoint, or a TensorBoard log."""
-    return p.is_dir() and (any(p.glob("trainer_state.json")) or any(p.glob("checkpoint-*/trainer_state.json"))
+    """A directory another tool wrote: a Trainer / TRL / SetFit output dir or checkpoint (history_io's
+    checkpoint_folders, as diagnose reads them), or a TensorBoard log."""
+    return p.is_dir() and (any(p.glob("trainer_state.json"))
+                           or any((q / "trainer_state.json").is_file() for _, q in checkpoint_folders(p))
                            or (p / CALLBACK_RECORD_DIR / "history.jsonl").is_file() or bool(find_event_files(p)))
 
 
