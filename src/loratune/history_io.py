@@ -933,7 +933,7 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
     if _loratune_record(texts) is not None or _loratune_config(texts) is not None:
         return _read_loratune_log(d, files, scalars, texts, run_notes)
     # the Trainer's log (its writer logs the end entry, train_runtime): any other writer's has none to miss
-    by_trainer = TRAINER_TB_MARK in {k for tags in scalars.values() for k in tags}
+    by_trainer = bool(TRAINER_TB_MARKS & {k for tags in scalars.values() for k in tags})
     # tags under the Trainer's names, read by the CSV reader's column names (a Lightning module's train_loss,
     # val/loss, train/loss_step; a log named as loratune's history without its texts)
     as_trainer, tag_notes = _tb_trainer_tags({k for tags in scalars.values() for k in tags})
@@ -966,22 +966,31 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
                     here.name)
     late = _late_start(log_history)
     ended = [] if by_trainer else [TB_NO_END_ENTRY_NOTE]
-    return _from_log_history(log_history, side, {}, name=name,
-                             path=str(d), source_file="TensorBoard events", source="tensorboard",
-                             finished=None if by_trainer else True,
-                             notes=[f"read {len(files)} event file(s) in "
-                                    f"{', '.join(sorted({str(f.parent) for f in files}))}", *run_notes,
-                                    *([late] if late else []), *tag_notes, *ended])
+    # another writer's log: read to its last point (no partial run's reading), its end unknown (END_UNKNOWN_KEY)
+    h = _from_log_history(log_history, side, {}, name=name,
+                          path=str(d), source_file="TensorBoard events", source="tensorboard",
+                          finished=None if by_trainer else True,
+                          notes=[f"read {len(files)} event file(s) in "
+                                 f"{', '.join(sorted({str(f.parent) for f in files}))}", *run_notes,
+                                 *([late] if late else []), *tag_notes, *ended])
+    if not by_trainer:
+        h.meta[END_UNKNOWN_KEY] = True
+    return h
 
 
-# the tag the Trainer's TensorBoardCallback writes with every log (the Trainer logs its epoch in each): a log with it is
-# the Trainer's, whose end-of-training entry (train/train_runtime) says the run ended; any other writer (Lightning's
-# TensorBoardLogger, a loop's own SummaryWriter) writes no such entry, so its absence says nothing: every Lightning
-# run read "no end-of-training entry (train_runtime) ... a partial run"
-TRAINER_TB_MARK = "train/epoch"
-TB_NO_END_ENTRY_NOTE = ("no end-of-training entry (train_runtime) and no train/epoch tag: the log is not a Hugging "
-                        "Face Trainer's (Lightning's TensorBoardLogger, a loop's own SummaryWriter), whose writer "
-                        "logs no such entry, so the run is read as ended at its last point")
+# tags only the Trainer's TensorBoardCallback writes (its epoch, rate and grad norm with each log, its eval's cost, its
+# end entry): a log with any is the Trainer's, whose end-of-training entry (train/train_runtime) says the run ended; any
+# other writer (Lightning's TensorBoardLogger, a loop's own SummaryWriter) writes no such entry, so its absence says
+# nothing: every Lightning run read "no end-of-training entry (train_runtime) ... a partial run". A Trainer log
+# filtered of train/epoch (train/loss, train/learning_rate, eval/runtime, stopped at step 100) was read as ended
+TRAINER_TB_MARKS = frozenset({"train/epoch", "train/learning_rate", "train/grad_norm", "train/train_runtime",
+                              "eval/runtime", "eval/samples_per_second"})
+TB_NO_END_ENTRY_NOTE = ("no end-of-training entry (train_runtime) and none of the Hugging Face Trainer's own tags "
+                        f"({', '.join(sorted(TRAINER_TB_MARKS))}): the log is another writer's (Lightning's "
+                        "TensorBoardLogger, a loop's own SummaryWriter), which logs no end entry, so whether the run "
+                        "ended is unknown: read to its last point, stopped short or not")
+# meta: the run's log cannot say whether it ended (TB_NO_END_ENTRY_NOTE): its status reads so, never `finished`
+END_UNKNOWN_KEY = "end_unknown"
 # folders of a TensorBoard log that name no run: the Trainer's logging_dir `runs/<date>`, Lightning's default
 # experiment `lightning_logs/version_N` (a run is named by the folder above, or by its version_N folder where given)
 TB_LOG_FOLDERS = ("runs", "lightning_logs", "")

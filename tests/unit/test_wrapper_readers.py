@@ -127,6 +127,24 @@ def test_a_trainer_tensorboard_log_without_its_end_entry_is_still_partial():
     assert not any("->" in n and "TensorBoard tags" in n for n in h.notes)  # the Trainer's own tags: nothing to say
 
 
+def test_a_trainer_tensorboard_log_is_known_by_any_of_its_own_tags(capsys):
+    """A Trainer log filtered of train/epoch (train/loss, train/learning_rate, train/grad_norm, eval/runtime,
+    eval/samples_per_second; stopped at step 100, no end entry) read as "not a Hugging Face Trainer's ... read as
+    ended" (main: partial). And another writer's log (Lightning's) has no end entry to miss: its end is unknown, and
+    show / report say so, never `finished`."""
+    pytest.importorskip("tensorboard")
+    h = load_run(FIXTURES / "trainer_tb_noepoch")
+    assert h.meta.get("partial") is True and not h.meta.get("end_unknown")
+    assert not any("another writer's" in n for n in h.notes)
+    assert any("partial run" in n for n in h.notes)
+    lightning = load_run(PL / "A")
+    assert lightning.meta.get("end_unknown") is True and not lightning.meta.get("partial")
+    assert any("whether the run ended is unknown" in n for n in lightning.notes)
+    assert main(["show", str(PL / "A")]) == 0
+    out = capsys.readouterr().out
+    assert "end unknown" in out and "finished" not in out.splitlines()[0]
+
+
 def test_a_csv_without_a_val_size_says_its_noise_is_the_curves_jitter():
     """simpletransformers' training_progress_scores.csv: the note said "no standard error, so noise checks are
     skipped", and the diagnosis then judged its val loss in noise units of the curve's own jitter."""

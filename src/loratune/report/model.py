@@ -1020,7 +1020,7 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
     trainer_state.json, a TensorBoard log, a Jupyter notebook with the Trainer's progress table, or a CSV. It holds
     what such a run has: the curves, the diagnosis with its evidence, and what was read from the run's files (each
     fact with its source); no per-class numbers, confusion or example texts (the run logged none)."""
-    from loratune.history_io import folder_name, is_callback_record, load_run
+    from loratune.history_io import END_UNKNOWN_KEY, folder_name, is_callback_record, load_run
 
     p = Path(path)
     h = load_run(p)  # UserError (exit 2) names what it expected
@@ -1046,7 +1046,8 @@ def build_outside_report(path: str | Path, thresholds: Mapping[str, float] | Non
     # LoratuneCallback's record says its status (running while its Trainer trains, interrupted, stopped, died: with
     # liveness applied); a Trainer's own files never do, so theirs is read from how far they got
     status = (str(h.meta["status"]) if callback and h.meta.get("status")
-              else "partial" if h.meta.get("partial") else "finished")
+              else "partial" if h.meta.get("partial") else "end unknown" if h.meta.get(END_UNKNOWN_KEY)
+              else "finished")
     no_classes = OUTSIDE_NO_CLASSES.format(source=h.source)
     empty_classes = ClassTable(None, (), False, None, None, None, None, None, missing=no_classes)
     empty_conf = dict(step=None, n_classes=0, total=0, errors=0, focus=(), focus_matrix=(), focus_support=(),
