@@ -1004,6 +1004,7 @@ def _tb_trainer_tags(tags: Iterable[str]) -> tuple[dict[str, str], list[str]]:
     `train_loss_step`), or a loratune key (`val/recall/x`); `eval/*` and any other `train/*` tag as the Trainer wrote
     it; the rest (`hp_metric`) not read. Of several tags of one key the first by name is read, the CSV reader's
     fallback aliases (an epoch's mean, `train/loss_epoch`) only where no other tag gives the key."""
+    tags = list(tags)
     out: dict[str, str] = {}
     by_key: dict[str, str] = {}
     renamed, dropped = [], []
@@ -1026,9 +1027,11 @@ def _tb_trainer_tags(tags: Iterable[str]) -> tuple[dict[str, str], list[str]]:
     if renamed:
         notes.append("TensorBoard tags read as the CSV reader reads these column names: "
                      + ", ".join(f"{t!r} -> {_CSV_KEY_OF.get(_norm(t), t)}" for t in renamed))
+    lr_note = _lightning_lr_note(tags, "the tag")
+    dropped = [t for t in dropped if not (lr_note and LIGHTNING_LR_TAG.fullmatch(t))]
     if dropped:
         notes.append(f"TensorBoard tags not read: {', '.join(map(repr, dropped))}")
-    return out, notes
+    return out, notes + ([lr_note] if lr_note else [])
 
 
 LATE_START_INTERVALS = 2  # a log whose first train loss comes more than this many logging intervals in starts late
@@ -2894,8 +2897,8 @@ _CSV_COLUMNS = {
     "train_eval/accuracy": ["train_accuracy", "train_acc", "train_eval_accuracy"],
     "train_eval/loss": ["train_eval_loss"],
     "val/n": ["val_n", "val_size"],
-    # (Lightning's LearningRateMonitor logs `lr-<optimizer class>`)
-    "lr": ["lr", "learning_rate", "train_learning_rate", "lr_adamw", "lr_adam", "lr_sgd"],
+    # (and Lightning's LearningRateMonitor columns by their pattern, LIGHTNING_LR_TAG)
+    "lr": ["lr", "learning_rate", "train_learning_rate"],
     "train/loss_std": ["train_loss_std"],
     "train/grad_norm": ["grad_norm", "train_grad_norm"],
     # not curves: read only to estimate the val size as the trainer_state reader does (`_estimate_n`: runtime x
@@ -2911,8 +2914,28 @@ _CSV_NOT_SCORES = frozenset({"step", "epoch", "lr", "train/grad_norm", "val/n", 
                              "eval_samples_per_second"})
 
 
+# Lightning's LearningRateMonitor: `lr-<optimizer class>`, `-N` for a second optimizer of one class, `/pgN` for each
+# param group (lr-AdamW, lr-Adam-1, lr-AdamW/pg2, lr-RMSprop); not its `-momentum` twin. Each is a column (a tag) of the
+# rate: the first by name is read (one optimizer's first group), the others said (_lightning_lr_note). A list of three
+# names read lr-AdamW, lr-Adam and lr-SGD only, and no param group's
+LIGHTNING_LR_TAG = re.compile(r"lr-[A-Z][A-Za-z0-9_]*(?:-\d+)?(?:/pg\d+)?")
+
+
 def _norm(name: str) -> str:
+    """A column's (a tag's) name as the tables here name it: lower case, `_` for any run of other characters; a
+    LIGHTNING_LR_TAG is `lr`."""
+    if LIGHTNING_LR_TAG.fullmatch(name.strip()):
+        return "lr"
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+
+
+def _lightning_lr_note(names: Iterable[str], what: str) -> str | None:
+    """What is said where several LearningRateMonitor rates are logged (LIGHTNING_LR_TAG): the first by name read."""
+    rates = sorted(n for n in names if LIGHTNING_LR_TAG.fullmatch(n.strip()))
+    if len(rates) < 2:
+        return None
+    return (f"{len(rates)} learning rates logged by Lightning's LearningRateMonitor: {what} {rates[0]!r} read as the "
+            f"run's lr (its first optimizer's first param group); not read: {', '.join(map(repr, rates[1:]))}")
 
 
 def _csv_score_column(col: str) -> bool:
@@ -3572,7 +3595,7 @@ def _csv_history(p: Path, header: list[str], body: Iterator[list[str]], dialect,
     _check_not_a_runs_table(p, header, again())
     if not (found | set(named.values())) & {"train/loss", "val/loss", "val/macro_f1", "val/accuracy"}:
         raise _no_metric_column(p, header, dialect.delimiter)
-    notes: list[str] = []
+    notes: list[str] = [n for n in [_lightning_lr_note(header, "the column")] if n]
     if len(chart_runs) > 1:
         notes.append(f"a chart export of {len(chart_runs)} runs ({', '.join(map(repr, chart_runs))}): read the first,"
                      " export one run per file to read the others")

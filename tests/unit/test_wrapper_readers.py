@@ -266,3 +266,34 @@ def test_show_and_report_read_a_setfit_checkpoints_folder(tmp_path, capsys):
     out = tmp_path / "r.html"
     assert main(["report", str(run), "-o", str(out)]) == 0
     assert out.is_file() and "setfit_checkpoints" in out.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("run", ["G", "H"])
+def test_lightning_learning_rate_monitor_tags_of_any_optimizer_and_param_group(run):
+    """LearningRateMonitor's lr-AdamW/pg1, lr-AdamW/pg2 (param groups) and lr-RMSprop were not read (three fixed
+    names: lr-AdamW, lr-Adam, lr-SGD): no lr, no schedule. One pattern (LIGHTNING_LR_TAG): the first group's rate is
+    read, the others said, a `-momentum` tag is no rate (fixture: pl/mk4.py)."""
+    pytest.importorskip("tensorboard")
+    h = load_run(PL / run)
+    assert h.points[0]["lr"] == pytest.approx(1e-3 * (1 - 99 / 1000), rel=1e-5)
+    assert h.facts["learning_rate"].value == pytest.approx(1e-3, rel=0.05)
+    if run == "G":
+        note = next(n for n in h.notes if "LearningRateMonitor" in n)
+        assert "'lr-AdamW/pg1' read" in note and "not read: 'lr-AdamW/pg2'" in note
+        assert any("not read" in n and "'lr-SGD-momentum'" in n for n in h.notes)
+
+
+@pytest.mark.parametrize("columns", [("lr-AdamW/pg1", "lr-AdamW/pg2"), ("lr-RMSprop",), ("lr-Adam-1",)])
+def test_a_lightning_csv_logger_reads_its_learning_rate_columns(tmp_path, columns):
+    """The CSVLogger's metrics.csv carries the same LearningRateMonitor names as columns."""
+    rows = ["epoch,step,train_loss," + ",".join(columns) + ",val_loss"]
+    for s in range(49, 1000, 50):
+        lrs = [1e-3 * (1 - s / 1000) * (1 if i == 0 else 0.1) for i in range(len(columns))]
+        val = f"{0.9 * math.exp(-s / 400) + 0.1}" if (s + 1) % 100 == 0 else ""
+        rows.append(f"{s // 100},{s},{1.1 * math.exp(-s / 300) + 0.05}," + ",".join(map(str, lrs)) + f",{val}")
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    h = load_run(tmp_path / "metrics.csv")
+    assert h.points[0]["lr"] == pytest.approx(1e-3 * (1 - 99 / 1000), rel=1e-5)
+    assert h.facts["learning_rate"].value == pytest.approx(1e-3, rel=0.05)
+    if len(columns) > 1:
+        assert any("'lr-AdamW/pg1' read" in n and "'lr-AdamW/pg2'" in n for n in h.notes)
