@@ -68,6 +68,9 @@ def _spec(group: str, name: str, unit: str, phrase: str, doc: str, floor: float 
 LATE_DROP_FLOOR = -1.0
 
 
+# a curve of fewer points has no jitter to read (curve_jitter: two second differences at least)
+JITTER_POINTS_MIN = 4
+
 _CATALOGUE = (
     # run shape ------------------------------------------------------------------------------
     _spec("run", "steps", "steps", "the run took {} optimizer steps", "Last step in the history."),
@@ -336,7 +339,7 @@ _CATALOGUE = (
     _spec("noise", "val_metric_noise", "points", "the val metric's noise is {}",
           "The noise band of one val-metric point: the binomial standard error when the val size is known "
           "(`val_metric_se`), else the metric curve's own jitter (median |second difference| / (0.6745 sqrt 6), "
-          "floored at 0.005, needs >= 4 points; for a mean of per-row scores (ROUGE-L) read from fewer than "
+          f"floored at 0.005, needs >= {JITTER_POINTS_MIN} points; for a mean of per-row scores (ROUGE-L) read from fewer than "
           "`ROW_MEAN_JITTER_POINTS_MIN` points, the binomial formula's upper bound when the val size is known); "
           "`details['val_metric_noise_source']` says which. Every `*_se` "
           "feature of the val metric is in units of this."),
@@ -384,7 +387,7 @@ _CATALOGUE = (
     _spec("prompt set", "prompt_novel_drift_se", "se", "the novel prompts' drift from their best is {}",
           "prompt_novel_drift / (sqrt 2 x the novel chrF's noise): a difference of two points in noise units. The "
           "noise is `val/prompt_novel_chrf_se` (the standard error over the prompts) at the last point, else the "
-          "curve's own jitter (>= 4 points), floored at METRIC_NOISE_FLOOR."),
+          f"curve's own jitter (>= {JITTER_POINTS_MIN} points), floored at METRIC_NOISE_FLOOR."),
     _spec("prompt set", "prompt_gap_final", "points", "familiar minus novel prompt chrF ended at {}",
           "val/prompt_familiar_chrf - val/prompt_novel_chrf at the last point with both."),
     _spec("prompt set", "prompt_gap_widening", "points", "the familiar-novel chrF gap widened by {} from its narrowest",
@@ -393,7 +396,7 @@ _CATALOGUE = (
           "resembles training, drifting on the rest (protocol 9: memorising)."),
     _spec("prompt set", "prompt_gap_widening_se", "se", "the familiar-novel gap's widening is {}",
           "prompt_gap_widening / (sqrt 2 x the gap's noise); the gap's noise is sqrt(se_familiar^2 + se_novel^2) "
-          "from `val/prompt_<group>_chrf_se` at the last point, else the gap curve's own jitter (>= 4 points), "
+          f"from `val/prompt_<group>_chrf_se` at the last point, else the gap curve's own jitter (>= {JITTER_POINTS_MIN} points), "
           "floored at METRIC_NOISE_FLOOR. Missing with neither."),
     _spec("prompt set", "prompt_len_ratio_final", "ratio", "outputs ended at {} the length of the references",
           "Mean over the groups of the last `val/prompt_<group>_len_ratio` (output words / reference words): well "
@@ -820,7 +823,7 @@ VAL_LOSS_NOISE_FLOOR = 0.002
 _MAD_TO_SIGMA = 0.6745
 
 
-# a val loss with fewer than 4 points has no jitter to read; assume this share of the loss (about the median
+# a val loss with fewer than JITTER_POINTS_MIN points: assume this share of the loss (about the median
 # relative jitter of the val losses in the external corpus, bench/results/diagnose_external.md)
 SHORT_CURVE_LOSS_NOISE_REL = 0.02
 JITTER_TAIL_POINTS = 5  # the jitter is read from the second half of the run when it has this many points
@@ -831,8 +834,8 @@ def curve_jitter(values: Sequence[float], *, floor: float = 0.0) -> float | None
     (y[i+1] - 2 y[i] + y[i-1] has variance 6 sigma^2 for white noise on a locally straight line), so a
     smooth trend adds little and a zigzag a lot. Read over the second half of the curve when it has
     `JITTER_TAIL_POINTS` points (the steep first fall of a learning curve is curvature, not noise), else
-    over the whole curve. None with fewer than 4 points."""
-    if len(values) < 4:
+    over the whole curve. None with fewer than JITTER_POINTS_MIN points."""
+    if len(values) < JITTER_POINTS_MIN:
         return None
     tail = values[len(values) // 2:]
     use = tail if len(tail) >= JITTER_TAIL_POINTS else values
@@ -844,7 +847,7 @@ def curve_jitter(values: Sequence[float], *, floor: float = 0.0) -> float | None
 # bands of val_metric_noise and val_loss_noise read from the curve itself, never skipped (a CSV said "noise checks
 # are skipped" and then judged its curve "6.2 noise units" from its jitter)
 NO_VAL_SIZE_NOISE = ("no binomial standard error: the noise band of each val curve is its own eval-to-eval jitter "
-                     "(from 4 evals on; a val loss of fewer evals is given "
+                     f"(from {JITTER_POINTS_MIN} evals on; a val loss of fewer evals is given "
                      f"{SHORT_CURVE_LOSS_NOISE_REL:.0%} of its value, and an accuracy's k/n values can give the val "
                      "size); a val_n column gives the binomial band")
 
@@ -1318,7 +1321,7 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
     if noise is None and len(vals) >= 2:
         noise = SHORT_CURVE_LOSS_NOISE_REL * _median(vals)
         acc.details["val_loss_noise_source"] = (f"assumed: {SHORT_CURVE_LOSS_NOISE_REL:.0%} of the val loss (fewer "
-                                                "than 4 points, no jitter to read)")
+                                                f"than {JITTER_POINTS_MIN} points, no jitter to read)")
     elif noise is not None:
         acc.details["val_loss_noise_source"] = "the val-loss curve's own eval-to-eval jitter"
     acc.set("val_loss_noise", noise, "a single val-loss point: no noise band for the val loss")
@@ -1435,7 +1438,7 @@ def _val_metric(acc: FeatureSet, pts, frac, metric) -> None:
         acc.details.setdefault("val_metric_noise_source", "the metric curve's own eval-to-eval jitter")
     else:
         noise = None
-    why_noise = "val size unknown and fewer than 4 metric points: no noise band"
+    why_noise = f"val size unknown and fewer than {JITTER_POINTS_MIN} metric points: no noise band"
     acc.set("val_metric_noise", noise, why_noise)
     se = noise  # every *_se feature below is in units of the noise band
     if se:
@@ -1564,7 +1567,7 @@ def _prompt_set(acc: FeatureSet, pts, generative: bool) -> None:
         acc.set("prompt_novel_drift", best - vals[-1])
         n = noise(nov, [prompt_key("novel", "chrf_se")])
         acc.set("prompt_novel_drift_se", (best - vals[-1]) / (math.sqrt(2) * n) if n else None,
-                "no `val/prompt_novel_chrf_se` and fewer than 4 points: no noise band")
+                f"no `val/prompt_novel_chrf_se` and fewer than {JITTER_POINTS_MIN} points: no noise band")
     else:
         acc.miss(("prompt_novel_score_final", "prompt_novel_score_best", "prompt_novel_drift", "prompt_novel_drift_se"),
                  why_group.format("novel", "novel"))
@@ -1583,7 +1586,7 @@ def _prompt_set(acc: FeatureSet, pts, generative: bool) -> None:
         acc.set("prompt_gap_widening", widening)
         n = noise(both, [prompt_key(g, "chrf_se") for g in ("familiar", "novel")])
         acc.set("prompt_gap_widening_se", widening / (math.sqrt(2) * n) if n else None,
-                "no `val/prompt_<group>_chrf_se` and fewer than 4 points: no noise band")
+                f"no `val/prompt_<group>_chrf_se` and fewer than {JITTER_POINTS_MIN} points: no noise band")
     ratios = last_of("len_ratio")
     acc.set("prompt_len_ratio_final", sum(ratios) / len(ratios) if ratios else None,
             "no `val/prompt_<group>_len_ratio` in the history")
