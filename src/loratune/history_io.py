@@ -936,7 +936,8 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
     by_trainer = bool(TRAINER_TB_MARKS & {k for tags in scalars.values() for k in tags})
     # tags under the Trainer's names, read by the CSV reader's column names (a Lightning module's train_loss,
     # val/loss, train/loss_step; a log named as loratune's history without its texts)
-    as_trainer, tag_notes = _tb_trainer_tags({k for tags in scalars.values() for k in tags})
+    logged = sorted({k for tags in scalars.values() for k in tags})
+    as_trainer, tag_notes = _tb_trainer_tags(logged)
     scalars = {step: {as_trainer[k]: v for k, v in tags.items() if k in as_trainer} for step, tags in scalars.items()}
     log_history: list[dict] = []
     for step in sorted(scalars):  # one train entry and one eval entry per step, as Trainer logs them
@@ -950,8 +951,10 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
                 entry.update(step=step, **({"epoch": epoch} if epoch is not None else {}))
                 log_history.append(entry)
     if not log_history:
+        said = ", ".join(logged[:TB_TAGS_SAID]) or "none"
+        said += f" and {len(logged) - TB_TAGS_SAID} more" if len(logged) > TB_TAGS_SAID else ""
         raise UserError(f"'{d}': the event files hold no train/* or eval/* scalars, nor a loss or metric the CSV "
-                        f"reader's column names name (tags: {', '.join(sorted(as_trainer) or ['none read'])})",
+                        f"reader's column names name (its scalar tags: {said})",
                         "log with report_to='tensorboard' from a Hugging Face Trainer, or name the scalars like "
                         "train_loss, val_loss, val_accuracy (or give trainer_state.json)")
     run_dir = files[-1].parent
@@ -985,6 +988,7 @@ def read_tensorboard(directory: str | Path) -> RunHistory:
 # filtered of train/epoch (train/loss, train/learning_rate, eval/runtime, stopped at step 100) was read as ended
 TRAINER_TB_MARKS = frozenset({"train/epoch", "train/learning_rate", "train/grad_norm", "train/train_runtime",
                               "eval/runtime", "eval/samples_per_second"})
+TB_TAGS_SAID = 12  # a refused log's scalar tags named in the error, at most
 TB_NO_END_ENTRY_NOTE = ("no end-of-training entry (train_runtime) and none of the Hugging Face Trainer's own tags "
                         f"({', '.join(sorted(TRAINER_TB_MARKS))}): the log is another writer's (Lightning's "
                         "TensorBoardLogger, a loop's own SummaryWriter), which logs no end entry, so whether the run "
@@ -2885,13 +2889,16 @@ _CSV_KERAS3_F1 = ("f1_score", "val_f1_score")
 _CSV_COLUMNS = {
     "step": ["step", "steps", "global_step", "train_global_step", "iteration", "iter", "it", "update", "updates"],
     "epoch": ["epoch", "epochs", "train_epoch"],
-    "train/loss": ["train_loss", "loss", "training_loss", "trn_loss", "train_loss_mean",
+    # (`Loss/train`, `Loss/val`, `Accuracy/val`: the PyTorch TensorBoard tutorial's tags, as columns)
+    "train/loss": ["train_loss", "loss", "training_loss", "trn_loss", "train_loss_mean", "loss_train",
                    *_CSV_LIGHTNING["train_loss"]],
-    "val/loss": ["val_loss", "validation_loss", "valid_loss", "dev_loss", "val_loss_mean", *_CSV_LIGHTNING["val_loss"]],
+    "val/loss": ["val_loss", "validation_loss", "valid_loss", "dev_loss", "val_loss_mean", "loss_val",
+                 "loss_validation", *_CSV_LIGHTNING["val_loss"]],
     "val/macro_f1": ["val_macro_f1", "macro_f1", "val_f1", "f1", "f1_macro", "val_f1_macro", "validation_f1",
                      "valid_f1", "dev_f1", *_CSV_LIGHTNING["val_f1"], *_CSV_LIGHTNING["val_macro_f1"],
                      *_CSV_KERAS3_F1],
     "val/accuracy": ["val_accuracy", "val_acc", "accuracy", "acc", "validation_accuracy", "valid_acc", "dev_acc",
+                     "accuracy_val", "accuracy_validation",
                      *_CSV_LIGHTNING["val_acc"], *_CSV_LIGHTNING["val_accuracy"]],
     "train_eval/macro_f1": ["train_macro_f1", "train_f1", "train_f1_macro", "train_eval_macro_f1"],
     "train_eval/accuracy": ["train_accuracy", "train_acc", "train_eval_accuracy"],

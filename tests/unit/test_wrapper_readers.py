@@ -297,3 +297,28 @@ def test_a_lightning_csv_logger_reads_its_learning_rate_columns(tmp_path, column
     assert h.facts["learning_rate"].value == pytest.approx(1e-3, rel=0.05)
     if len(columns) > 1:
         assert any("'lr-AdamW/pg1' read" in n and "'lr-AdamW/pg2'" in n for n in h.notes)
+
+
+def test_a_loops_own_tensorboard_tags_are_read_or_named_in_the_refusal(capsys):
+    """A plain loop's SummaryWriter log with the PyTorch tutorial's tags (Loss/train, Loss/val, Accuracy/val) was
+    refused, the error saying "(tags: none read)" of a file that holds three: the tutorial's tags are read as the CSV
+    reader reads loss_train / loss_val / accuracy_val columns, and a log of tags no reader names is refused with its
+    tags listed (fixture: tb_loop/mk.py)."""
+    pytest.importorskip("tensorboard")
+    h = load_run(FIXTURES / "tb_loop" / "tutorial")
+    assert [p["val/accuracy"] for p in h.points if "val/accuracy" in p] == pytest.approx(
+        [0.5 + 0.4 * s / 500 for s in range(50, 501, 50)], rel=1e-5)
+    assert h.points[-1]["val/loss"] == pytest.approx(1.1 * math.exp(-2) + 0.15, rel=1e-5)
+    assert h.points[0]["train/loss"] == pytest.approx(1.2 * math.exp(-50 / 200) + 0.1, rel=1e-5)
+    assert main(["diagnose", str(FIXTURES / "tb_loop" / "other")]) == 2
+    err = capsys.readouterr().err
+    assert "Entropy/policy, Reward/mean" in err and "none read" not in err and "Traceback" not in err
+
+
+def test_the_no_val_size_note_and_the_jitter_share_one_point_count():
+    """NO_VAL_SIZE_NOISE said "from 4 evals on" while curve_jitter read `len(values) < 4`: one constant."""
+    from loratune.features import JITTER_POINTS_MIN, NO_VAL_SIZE_NOISE, curve_jitter
+
+    assert f"from {JITTER_POINTS_MIN} evals on" in NO_VAL_SIZE_NOISE
+    assert curve_jitter([1.0, 0.9, 0.85, 0.7, 0.72][:JITTER_POINTS_MIN - 1]) is None
+    assert curve_jitter([1.0, 0.9, 0.85, 0.7, 0.72][:JITTER_POINTS_MIN]) is not None
