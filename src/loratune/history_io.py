@@ -24,8 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from loratune.errors import UserError
 from loratune.features import IMPROVE_MIN_REL, NO_VAL_SIZE_NOISE, TRAIN_LOG_SPLIT, has_binomial_se, is_eval_point
-from loratune.trackers import PER_CLASS
-from loratune.store import (CALLBACK_RECORD_SOURCE, CONFIG_TEXT, HISTORY, RECORD_TEXT, RUN, STATUS_TEXT,
+from loratune.store import (CALLBACK_RECORD_SOURCE, CONFIG_TEXT, HISTORY, PER_CLASS, RECORD_TEXT, RUN, STATUS_TEXT,
                             TB_TEXT_SUFFIX, TENSORBOARD_DIR, RunStore, check_name_length, is_callback_record,
                             read_history_lines, unfenced)
 
@@ -1531,7 +1530,7 @@ def _model_config_facts(folder: Path, meta: dict, facts: dict, notes: list[str],
 
 def _classifier_evidence(keys: Iterable[str]) -> str | None:
     """What in a run's logged keys (`<split>/<metric>`, as the readers name them) says it classifies: a per-class key
-    (`val/recall/neg`, trackers.PER_CLASS) or a CLASSIFIER_METRICS metric; None where nothing does."""
+    (`val/recall/neg`, store.PER_CLASS) or a CLASSIFIER_METRICS metric; None where nothing does."""
     for key in sorted(keys):
         parts = str(key).split("/")
         if len(parts) >= 3 and parts[1] in PER_CLASS:

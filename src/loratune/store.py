@@ -76,6 +76,7 @@ RECORD_TEXT = "record"  # {"run": run.json, "facts": the run folder's facts}, as
 VERDICT_TEXT = "verdict"  # `loratune diagnose`'s verdict, evidence and next move, at the end
 STATUS_TEXT = "status"  # the run's end status (run.json `status`), at the end: a log without it is of a partial run
 TB_TEXT_SUFFIX = "/text_summary"  # what torch's SummaryWriter.add_text appends to a text's tag
+PER_CLASS = ("recall", "precision", "f1", "support")  # `<split>/<stat>/<label>` keys: history.jsonl only
 
 
 def fenced(kind: str, text: str) -> str:

@@ -27,10 +27,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from loratune.store import (CONFIG_TEXT, RECORD_TEXT, RUN, STATUS_TEXT, TENSORBOARD_DIR, VERDICT_TEXT, RunStore,
-                            fenced)
+from loratune.store import (CONFIG_TEXT, PER_CLASS, RECORD_TEXT, RUN, STATUS_TEXT, TENSORBOARD_DIR, VERDICT_TEXT,
+                            RunStore, fenced)
 
-PER_CLASS = ("recall", "precision", "f1", "support")  # `<split>/<stat>/<label>` keys: history.jsonl only
 EXTRAS = {"tensorboard": ("tensorboard", "loratune[tensorboard]"), "mlflow": ("mlflow", "loratune[mlflow]")}
 
 
