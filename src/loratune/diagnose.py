@@ -39,7 +39,7 @@ from loratune import objectives
 from loratune.objectives import NOISE_BAND, at_threshold, objective
 from loratune.rules import COMPARE_KNOBS, RULES, RUN_THRESHOLDS_KEY, SIGNALS, THRESHOLDS, Clause, Cond, Rule, \
     catalogue_for, default_thresholds, overridden_thresholds, overridden_values, overrides_text, \
-    resolve_recorded_thresholds, resolve_thresholds, signals_for
+    resolve_recorded_thresholds, resolve_thresholds, signals_for, thresholds_for_method
 from loratune.store import CALLBACK_RECORD_SOURCE, RUN, STUDY_DB, StudyDbBusy, study_meta_of_trial
 
 THRESHOLD_DEFAULTS = default_thresholds()
@@ -426,6 +426,7 @@ def _readings(rule: Rule, ev: dict[Clause, Evidence], skip: tuple[Cond, ...] = (
 
 def _rule_evidence(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, float]) -> dict[Clause, Evidence]:
     catalogue = catalogue_for(rule)
+    thresholds = thresholds_for_method(thresholds, features.details.get("method"))  # a full fine-tune's lr range
     return {cl: _evidence(cl, features, thresholds, catalogue) for cl in dict.fromkeys(rule.when.leaves())}
 
 

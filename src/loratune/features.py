@@ -111,6 +111,11 @@ _CATALOGUE = (
           "says (never missing, unlike `lora`): the gate of a route that reads the lr against protocol 1's general "
           "range for every run but a LoRA one, whose range starts at lora_lr_floor (a `lora` clause would drop out "
           "of such a route for exactly the runs it is for)."),
+    _spec("run", "full_finetune", "flag", "the run is known to be a full fine-tune: {}",
+          "1 when the run trained every weight, no adapter (run.json `method: full`, or a Trainer folder that saved a "
+          "whole model and no adapter_config.json: history_io's method fact); 0 for every other run (never missing). "
+          "A kind gate: a route whose move is only right inside the method's usual lr range names it (a full "
+          "fine-tune's range sits LORA_OVER_FULL_LR x below LoRA's, rules.thresholds_for_method)."),
     _spec("run", "val_n", "count", "the validation set has {} rows",
           "`val/n` at the last point (rows scored), else the sum of val label counts in run.json, else the smallest n "
           "that puts every val accuracy on the lattice k/n (accuracy_lattice_n)."),
@@ -557,7 +562,7 @@ RL_LOSS_WHY = (NOT_APPLICABLE + "an RL run's loss (GRPO, RLOO, PPO: ~ beta x KL 
                "and rising by design) measures no fit: judge the run by its reward (eval_reward on held-out prompts)")
 CLASSIFIER_GROUPS = ("per class", "collapse", "slices")  # catalogue groups that need classes
 # gates naming which kind of run a rule route is for (no evidence)
-KIND_FEATURES = ("generative", "classifier", "lora", "lora_adapter", "train_loss_untracked")
+KIND_FEATURES = ("generative", "classifier", "lora", "lora_adapter", "full_finetune", "train_loss_untracked")
 # adapter_config.json `peft_type`s that train a low-rank update (LoRA's lr range applies; protocol 1)
 LORA_PEFT_TYPES = ("LORA", "ADALORA")
 # the split of a `<split>/<metric>` key that is the training loop's own log, not an evaluation (train/loss,
@@ -1044,9 +1049,11 @@ def _method(acc: FeatureSet, meta: Mapping[str, Any]) -> None:
     peft = facts.get("peft_type", {}).get("value") if isinstance(facts.get("peft_type"), dict) else None
     method = meta.get("method")
     is_lora = method == "lora" or str(peft).upper() in LORA_PEFT_TYPES
-    if method == "full" and not is_lora:
-        acc.details["method"] = "full"  # the rules' moves for it (Rule.moves_for): no adapter knobs
+    full = method == "full" and not is_lora
+    if full:
+        acc.details["method"] = "full"  # the rules' moves for it (Rule.moves_for) and lr thresholds (thresholds_for_method)
     acc.set("lora_adapter", 1.0 if is_lora else 0.0)
+    acc.set("full_finetune", 1.0 if full else 0.0)
     if is_lora:
         acc.set("lora", 1.0)
     elif method or peft:

@@ -185,11 +185,26 @@ LORA_OVER_FULL_LR = 10
 FULL_FT_LR_RANGE = tuple(float(f"{x / LORA_OVER_FULL_LR:.3g}") for x in LORA_LR_CENTRE)  # 1e-5..5e-5
 
 
+# the lr thresholds set against LoRA's range (protocol 1): a full fine-tune, whose range sits LORA_OVER_FULL_LR x lower,
+# reads each at 1/LORA_OVER_FULL_LR of its value (given or default), here and nowhere else
+LORA_RANGE_LR_THRESHOLDS = ("collapse_lr_min", "high_lr_min", "lora_lr_floor")
+
+
+def thresholds_for_method(values: Mapping[str, float], method: str | None) -> Mapping[str, float]:
+    """The thresholds a run trained by `method` is read with: for a full fine-tune ("full"), LORA_RANGE_LR_THRESHOLDS
+    divided by LORA_OVER_FULL_LR (protocol 1: LoRA wants ~10x the full-fine-tuning lr); for any other run, `values`."""
+    if method != "full":
+        return values
+    return {**values, **{n: values[n] / LORA_OVER_FULL_LR for n in LORA_RANGE_LR_THRESHOLDS if n in values}}
+
+
 def _lr_range(lo_hi: tuple) -> str:
     return "..".join(f"{x:.0e}".replace("e-0", "e-") for x in lo_hi)
 
 
 _USUAL, _LORA_CENTRE, _FULL = _lr_range(USUAL_LR_RANGE), _lr_range(LORA_LR_CENTRE), _lr_range(FULL_FT_LR_RANGE)
+_FULL_READS = (f"Set against LoRA's range: a full fine-tune (method full) reads it at 1/{LORA_OVER_FULL_LR} of its "
+               f"value (full fine-tuning's range {_FULL}; rules.thresholds_for_method).")
 
 
 def _t(name: str, value: float, unit: str, doc: str) -> Threshold:
@@ -225,7 +240,7 @@ _THRESHOLDS = (
     _t("collapse_lr_min", 1e-2, "lr", "A learning rate this large (AdamW) that leaves the loss pinned at chance or "
        "the val metric where it started is the cause: it is 10x the top of LoRA's usual range (protocol 1: "
        f"{USUAL_LR_RANGE[0]:g}..{USUAL_LR_RANGE[1]:g}, centre {LORA_LR_CENTRE[0]:g}..{LORA_LR_CENTRE[1]:g}), "
-       "full fine-tuning 10x lower; a too-small lr is never this large."),
+       f"full fine-tuning 10x lower; a too-small lr is never this large. {_FULL_READS}"),
     _t("never_learned_metric_max", 0.05, "points", "A val metric (accuracy, F1) whose best stayed below this never "
        "learned the val task at all (darekpe79, fold H: entity F1 0.000, 0.000, 0.012 on a NER run whose train loss "
        "sat at the majority 'O' tag's level): with no generalisation to lose, a rising val loss is the model growing "
@@ -359,7 +374,9 @@ _THRESHOLDS = (
     _t("high_lr_min", 1.5e-3, "lr", "An AdamW lr above the top of LoRA's usual range (protocol 1: "
        f"{USUAL_LR_RANGE[0]:g}..{USUAL_LR_RANGE[1]:g}, centre {LORA_LR_CENTRE[0]:g}..{LORA_LR_CENTRE[1]:g}) "
        "that still leaves the train loss stuck high and flat: the step is not what is missing, the "
-       "adapter's capacity is (the external corpus's r=1-2 single-module adapters at 2e-3..1e-2)."),
+       "adapter's capacity is (the external corpus's r=1-2 single-module adapters at 2e-3..1e-2). A full fine-tune "
+       "has no capacity to add: underfit-capacity reads it only below this lr, where learning_rate x2 is a step "
+       f"inside its range. {_FULL_READS}"),
     _t("stuck_loss_ratio_min", 0.6, "ratio", "...stuck high: the train loss ended at this share of its start or more..."),
     _t("stuck_val_drop_max", 0.1, "fraction", "...and the val loss fell less than this from its first eval to its "
        "minimum (a val loss still falling by more is a run that is learning: prompt tuning runs at lr 3e-2)."),
@@ -386,7 +403,8 @@ _THRESHOLDS = (
        "healthy_loss_drop_min (a language model: or from its first eval on), val loss less than "
        "healthy_val_loss_drop_min, "
        "still at its low at the end, its plan run to at least plan_cut_max) is read "
-       "as too small a step: the lr prior of the fold-D reviewers (bench/results/diagnose_external_notes.md)."),
+       "as too small a step: the lr prior of the fold-D reviewers (bench/results/diagnose_external_notes.md). "
+       f"{_FULL_READS}"),
     _t("still_train_ratio_min", 0.9, "ratio", "Nothing moved: the train loss ended at this share of its start or "
        "higher..."),
     _t("still_val_drop_max", 0.03, "fraction", "...and the val loss fell less than this from its first eval to its "
@@ -489,6 +507,35 @@ THRESHOLDS: Mapping[str, Threshold] = MappingProxyType({t.name: t for t in _THRE
 PAIR_CAVEAT = ("one curve cannot separate a capacity limit from a too-small learning rate (protocol 5): run the pair "
                "experiment (r x2 vs learning_rate x2 from this start) before raising rank")
 PAIR_THEN = "; then: "  # a caveat that comes before PAIR_CAVEAT ends with this (Rule.caveat_for drops both for full)
+
+# underfit-capacity's evidence, in two parts (lr-too-large reads both for a full fine-tune above its lr range): the loss
+# stalled (fell, then flattened early; or stuck high at a high lr) ...
+_UNDERFIT_STALLED = any_(all_(c("val_loss_drop", ">=", "underfit_min_drop"),
+                              c("val_loss_late_share", "<", "plateau_late_share_max"),
+                              why="the val loss fell, then flattened early, and stayed high"),
+                         all_(c("peak_lr", ">=", "high_lr_min"),
+                              c("train_loss_final_over_start", ">=", "stuck_loss_ratio_min"),
+                              c("val_loss_drop", "<", "stuck_val_drop_max"),
+                              why="the loss stuck high at an lr already at the top of its method's usual range"))
+# ...high, with train and val both low and a small gap, and more epochs changing nothing
+_UNDERFIT_LOW = all_(c("train_loss_late_drop", "<", "plateau_late_drop_max"),
+                     # a classifier's fit is low below underfit_fit_max; a language model's token accuracy has an
+                     # entropy ceiling far below 1 (as its loss has a floor), so 0.58 of it is no sign of a poor fit
+                     any_(all_(c("train_eval_metric_final", "<", "underfit_fit_max"),
+                               c("classifier", ">=", "flag_on")),
+                          c("train_loss_vs_chance", ">=", "underfit_loss_vs_chance_min"),
+                          # a fresh head starts near ln(classes), so its start is the reference; a language model
+                          # starts at a pretrained loss with an entropy floor below, so 0.3 of it is no sign of 'high'
+                          all_(c("train_loss_final_over_start", ">=", "underfit_loss_vs_chance_min"),
+                               c("classifier", ">=", "flag_on")),
+                          all_(c("generative", ">=", "flag_on"),  # SFT: short, vague answers on both prompt groups
+                               c("prompt_len_ratio_final", "<=", "vague_len_ratio_max", required=True),
+                               c("prompt_capped_share_final", "<", "vague_capped_share_max"),  # not the cap's
+                               c("prompt_familiar_score_final", "<", "vague_score_max", required=True),
+                               c("prompt_novel_score_final", "<", "vague_score_max", required=True))),
+                     c("gap_f1", "<", "underfit_gap_max"),
+                     c("val_metric_best", "<", "underfit_metric_max"),
+                     c("val_metric_gain_per_epoch_late", "<", "flat_per_epoch_max"))
 
 _CURVE_AND_CLASS = ("collapsed", "lr-too-large", "overfit-capacity", "underfit-capacity", "lr-too-small",
                     "undertrained", "healthy", "confusable-classes-unresolved", "long-tail-collapse",
@@ -689,9 +736,18 @@ _RULES = (
             all_(c("val_loss_min_vs_reference", ">", "preference_start_ratio_max"),
                  c("n_eval_points", ">", "few_evals_max"),
                  c("train_loss_final_over_start", ">", "fit_loss_vs_chance_max"),
-                 why="a DPO policy never beat its reference's ln 2 on held-out pairs")),
+                 why="a DPO policy never beat its reference's ln 2 on held-out pairs"),
+            # a full fine-tune above the top of its own lr range (high_lr_min read against full fine-tuning's range,
+            # thresholds_for_method: 1.5e-4, 3x the top of its 1e-5..5e-5) whose loss stalled high, train and val both
+            # low: underfit-capacity's evidence, where a full fine-tune has no capacity to add and its lr sits out of
+            # its range (protocol 1: LoRA wants ~10x the full-fine-tuning lr); lr x2 would step further out
+            all_(c("full_finetune", ">=", "flag_on"),
+                 c("peak_lr", ">=", "high_lr_min"),
+                 _UNDERFIT_STALLED, _UNDERFIT_LOW,
+                 why="a full fine-tune at an lr above its usual range stalled high, train and val both low")),
         verdict="learning rate too large: collapsed to one class (loss pinned near ln(classes)), the train loss "
-                "climbs back up while the val metric or loss swings, or a DPO policy never beat its reference's ln 2",
+                "climbs back up while the val metric or loss swings, a DPO policy never beat its reference's ln 2, "
+                "or a full fine-tune above its lr range stalled high",
         moves=("learning_rate /2",),
         suppresses=tuple(x for x in _CURVE_AND_CLASS if x != "lr-too-large"),
         source="protocol 3-4: loss oscillates, F1 unstable step to step -> lr /2; too high an lr can collapse "
@@ -886,31 +942,12 @@ _RULES = (
     ),
     Rule(
         id="underfit-capacity", scope="curve", priority=60, knob_class="capacity", confidence=0.6,
-        when=all_(any_(all_(c("val_loss_drop", ">=", "underfit_min_drop"),
-                            c("val_loss_late_share", "<", "plateau_late_share_max"),
-                            why="the val loss fell, then flattened early, and stayed high"),
-                       all_(c("peak_lr", ">=", "high_lr_min"),
-                            c("train_loss_final_over_start", ">=", "stuck_loss_ratio_min"),
-                            c("val_loss_drop", "<", "stuck_val_drop_max"),
-                            why="the loss stuck high at an lr already at the top of LoRA's range")),
-                  c("train_loss_late_drop", "<", "plateau_late_drop_max"),
-                  # a classifier's fit is low below underfit_fit_max; a language model's token accuracy has an
-                  # entropy ceiling far below 1 (as its loss has a floor), so 0.58 of it is no sign of a poor fit
-                  any_(all_(c("train_eval_metric_final", "<", "underfit_fit_max"),
-                            c("classifier", ">=", "flag_on")),
-                       c("train_loss_vs_chance", ">=", "underfit_loss_vs_chance_min"),
-                       # a fresh head starts near ln(classes), so its start is the reference; a language model
-                       # starts at a pretrained loss with an entropy floor below, so 0.3 of it is no sign of 'high'
-                       all_(c("train_loss_final_over_start", ">=", "underfit_loss_vs_chance_min"),
-                            c("classifier", ">=", "flag_on")),
-                       all_(c("generative", ">=", "flag_on"),  # SFT: short, vague answers on both prompt groups
-                            c("prompt_len_ratio_final", "<=", "vague_len_ratio_max", required=True),
-                            c("prompt_capped_share_final", "<", "vague_capped_share_max"),  # not the cap's
-                            c("prompt_familiar_score_final", "<", "vague_score_max", required=True),
-                            c("prompt_novel_score_final", "<", "vague_score_max", required=True))),
-                  c("gap_f1", "<", "underfit_gap_max"),
-                  c("val_metric_best", "<", "underfit_metric_max"),
-                  c("val_metric_gain_per_epoch_late", "<", "flat_per_epoch_max")),
+        when=all_(_UNDERFIT_STALLED,
+                  # ...and, for a full fine-tune, an lr below the top of its own range (high_lr_min, read against full
+                  # fine-tuning's range: thresholds_for_method): it has no capacity to add and its move is
+                  # learning_rate x2, a step out of its range at an lr already that high (lr-too-large reads it there)
+                  any_(c("full_finetune", "<", "flag_on"), c("peak_lr", "<", "high_lr_min")),
+                  _UNDERFIT_LOW),
         verdict="underfit (capacity): the loss fell, then plateaued early and high (or stayed high at an lr "
                 "already at the top of LoRA's range); train and val both low, small gap",
         moves=("r x2", "+ffn", "+attn.k, attn.o", "+layers"),
@@ -976,9 +1013,12 @@ _RULES = (
                        # where the adapter is not known to be LoRA's (no peft_type LORA read): a LoRA adapter at the
                        # top of its range or past it has no smaller step to blame (fold AV's MSDS-Capstone: GPT-2 LoRA
                        # at 5e-3, still falling at its end: both reviews undertrained)
+                       # A full fine-tune reads both bounds against its own range (thresholds_for_method) and, its
+                       # method known, has no smaller step to blame above it either
                        any_(c("classifier", ">=", "flag_on"), c("lora", "<", "flag_on"),
                             c("peak_lr", "<", "lora_lr_floor"),
-                            all_(c("peak_lr", ">=", "high_lr_min"), c("lora_adapter", "<", "flag_on"))),
+                            all_(c("peak_lr", ">=", "high_lr_min"), c("lora_adapter", "<", "flag_on"),
+                                 c("full_finetune", "<", "flag_on"))),
                        why="both losses fall slowly and steadily, still falling at the end"),
                   # the lr prior: a LoRA run below LoRA's usual lr that learned little and was still at its best
                   # when it ended (a language model's loss has no reachable floor to measure the pace against).

@@ -840,15 +840,50 @@ def _full_run(folder, points):
     return folder
 
 
+def _at_lr(points, lr):
+    """`points` with every logged lr at `lr` (synth_runs logs 1e-3, above a full fine-tune's range)."""
+    return [{**p, "lr": lr} for p in points]
+
+
 def test_a_full_fine_tunes_underfit_moves_its_lr_and_speaks_of_no_lora_knob():
     # a full fine-tune that plateaued early and high read underfit-capacity with an empty move list (every move an
     # adapter's) and "at the top of LoRA's range", "run the pair experiment (r x2 vs learning_rate x2)"
-    full = verdict(s.underfit(), {**META, "method": "full"})
+    full = verdict(_at_lr(s.underfit(), 3e-5), {**META, "method": "full"})
     assert full.verdict == "underfit-capacity" and full.primary.moves == ("learning_rate x2",)
     assert "LoRA" not in full.primary.verdict and "r x2" not in full.primary.caveat
     lora = verdict(s.underfit(), {**META, "method": "lora"}).primary
     assert lora.moves == ("r x2", "+ffn", "+attn.k, attn.o", "+layers") and "r x2" in lora.caveat
     assert "LoRA" in lora.verdict
+
+
+@pytest.mark.parametrize("lr", [1.5e-4, 2e-4, 1e-3, 2e-3])
+def test_a_full_fine_tune_reads_an_lr_already_high_against_its_own_range(lr):
+    """A full fine-tune's usual lr sits 10x below LoRA's (rules.FULL_FT_LR_RANGE, 1e-5..5e-5), but underfit-capacity
+    judged "lr already high" against LoRA's (high_lr_min 1.5e-3) and told a full fine-tune whose loss stalled high at
+    2e-3 (40x the top of its range) learning_rate x2, as at 2e-4 and 1e-3 on a plateau. Every lr threshold set against
+    LoRA's range is read at 1/10 for method full (rules.thresholds_for_method): at or above 1.5e-4 such a run reads
+    lr-too-large (learning_rate /2), never x2; LoRA and method-unknown runs read as before."""
+    L = s.lnk()
+    stuck = s.make_history(train_loss=s.decay(L, 0.9 * L, 12), val_loss=s.decay(L, 0.95 * L, 12),
+                           val_f1=s.decay(0.1, 0.2, 12), train_f1=s.decay(0.1, 0.21, 12))
+    for pts in (s.underfit(), stuck):
+        full = verdict(_at_lr(pts, lr), {**META, "method": "full"})
+        assert full.verdict == "lr-too-large" and full.primary.moves == ("learning_rate /2",), (lr, full.verdict)
+        assert not full.fired("underfit-capacity") and not full.fired("healthy")
+        lora = verdict(_at_lr(pts, lr), {**META, "method": "lora"})
+        assert lora.verdict in ("underfit-capacity", "healthy") and "learning_rate /2" not in lora.primary.moves
+    # below its range's top the plateau still reads underfit with its one lr step
+    full = verdict(_at_lr(s.underfit(), 1e-4), {**META, "method": "full"})
+    assert full.verdict == "underfit-capacity" and full.primary.moves == ("learning_rate x2",)
+    from loratune.rules import LORA_OVER_FULL_LR, LORA_RANGE_LR_THRESHOLDS, THRESHOLDS, thresholds_for_method
+
+    th = {n: t.value for n, t in THRESHOLDS.items()}
+    assert {n: v for n, v in thresholds_for_method(th, "full").items() if v != th[n]} == {
+        n: th[n] / LORA_OVER_FULL_LR for n in LORA_RANGE_LR_THRESHOLDS} == pytest.approx({
+        "collapse_lr_min": 1e-3, "high_lr_min": 1.5e-4, "lora_lr_floor": 1e-5})
+    assert thresholds_for_method(th, "lora") == th and thresholds_for_method(th, None) == th
+    shown = verdict(_at_lr(stuck, 2e-3), {**META, "method": "full"}).primary.evidence
+    assert any(e.feature == "peak_lr" and e.threshold == pytest.approx(1.5e-4) for e in shown)
 
 
 def test_every_printer_says_none_and_why_for_a_full_fine_tunes_empty_move_list(tmp_path, monkeypatch, capsys):
@@ -863,7 +898,7 @@ def test_every_printer_says_none_and_why_for_a_full_fine_tunes_empty_move_list(t
                     "have)") and moves_text("inconclusive", ()) == NO_MOVE == "none"
     assert moves_text("underfit-capacity", ("learning_rate x2",)) == "learning_rate x2"
     monkeypatch.setattr(Rule, "moves_for", lambda self, method: () if method == "full" else self.moves)
-    run = _full_run(tmp_path / "full_uf", s.underfit())
+    run = _full_run(tmp_path / "full_uf", _at_lr(s.underfit(), 3e-5))
     said = moves_text("underfit-capacity", ())
     assert main(["diagnose", str(run)]) == 0
     out = " ".join(capsys.readouterr().out.split())

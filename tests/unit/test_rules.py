@@ -41,7 +41,11 @@ FIRING = {
                          val_metric_room=0.5, val_loss_logged=1, val_loss_drop_noise=1.0,
                          val_loss_min_fraction=0.5, val_loss_final=1.0, val_metric_logged=1,
                          val_metric_final_vs_start=0.0, val_metric_gain_se=0.5, val_metric_final_drop_se=0.0,
-                         val_loss_vs_chance=1.0),
+                         val_loss_vs_chance=1.0, full_finetune=0, val_loss_drop=0.2, val_loss_late_share=0.05,
+                         train_loss_late_drop=0.02, train_eval_metric_final=0.4, gap_f1=0.03, val_metric_best=0.37,
+                         val_metric_gain_per_epoch_late=0.001, generative=0, prompt_len_ratio_final=1.0,
+                         prompt_capped_share_final=0.0, prompt_familiar_score_final=0.5,
+                         prompt_novel_score_final=0.5),
     "overfit-capacity": dict(train_loss_vs_chance=0.5, train_loss_final_over_start=0.02,
                              train_eval_metric_final=0.9, val_loss_rise=0.3, val_loss_rise_noise=5.0,
                              val_metric_final_drop=0.05, val_metric_final_drop_se=3.0, val_loss_min_fraction=0.6,
@@ -59,7 +63,7 @@ FIRING = {
                               peak_lr=1e-4, generative=0, classifier=1, prompt_len_ratio_final=1.0,
                               prompt_capped_share_final=0.0,
                               prompt_familiar_score_final=0.5,
-                              prompt_novel_score_final=0.5),
+                              prompt_novel_score_final=0.5, full_finetune=0),
     "lr-too-small": dict(val_loss_drop=0.05, first_eval_fraction=0.0, train_loss_runs_to_fit=5.0, train_loss_final_over_start=0.9,
                          val_loss_late_share=0.5, val_loss_rise_share=0.0, val_loss_late_drop=0.02,
                          val_loss_rise=0.0, peak_lr=1e-4, val_metric_best=0.3, val_metric_logged=1,
@@ -69,7 +73,7 @@ FIRING = {
                          generative=0, train_loss_drop_after_first_eval=0.1, val_loss_still_falling=1,
                          plan_done_fraction=1.0,
                          val_loss_remaining_noise=5.0, val_loss_remaining_gain=0.1, train_loss_logged=1,
-                         val_metric_gain=0.05),
+                         val_metric_gain=0.05, full_finetune=0),
     "undertrained": dict(still_improving=1, best_step_fraction=1.0, val_loss_still_falling=0, n_eval_points=10,
                          val_loss_min_fraction=1.0, val_loss_drop=0.5, val_loss_late_drop=0.2,
                          train_loss_late_drop=0.3, val_loss_remaining_gain=0.1, val_loss_rise_noise=0.0,
@@ -397,9 +401,9 @@ def test_a_language_models_slow_fall_at_loras_usual_lr_is_not_too_small_a_step()
     assert not reads(lora=1, peak_lr=1e-4)
     assert not reads(lora=1, peak_lr=th["high_lr_min"] / 2)
     assert reads(lora=1, peak_lr=2e-5)  # below LoRA's range
-    assert reads(lora=1, lora_adapter=0, peak_lr=0.3)  # prompt tuning's step, outside LoRA's range
+    assert reads(lora=1, lora_adapter=0, full_finetune=0, peak_lr=0.3)  # prompt tuning's step, outside LoRA's range
     assert not reads(lora=1, lora_adapter=1, peak_lr=5e-3)  # a LoRA adapter at the top of its range: no smaller step
-    assert reads(lora=0, peak_lr=1e-4)  # a full fine-tune at 1e-4: no LoRA range to be inside
+    assert reads(lora=0, full_finetune=0, peak_lr=1e-4)  # not LoRA, method unknown: no LoRA range to be inside
 
 
 def test_a_model_still_leaving_its_first_guess_is_not_a_collapse():
