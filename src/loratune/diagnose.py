@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 from loratune.config import AdapterConfig
 from loratune.errors import UserError
 from loratune.features import COMPARE_FEATURES, FEATURES, KIND_FEATURES, NOT_APPLICABLE, CurveFeatures, FeatureSet, \
-    binomial_se, compute_features, format_value, has_binomial_se
+    binomial_se, compute_features, format_value, has_binomial_se, is_full_finetune
 from loratune.history_io import CALLBACK_RECORD_DIR, LR_RESTART_BY_FACT, LR_RESTART_FACT, RunHistory, checkpoint_step, from_points, \
     load_run
 from loratune.moves import DOWN, HOLD, UP, towards
@@ -1103,6 +1103,8 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
         notes.append(f"no two runs differ in exactly one of {', '.join(COMPARE_KNOBS)}: " + "; ".join(said) + more)
 
     acc = FeatureSet(COMPARE_FEATURES)
+    if histories and all(is_full_finetune(h.meta) for h in histories):
+        acc.details["method"] = "full"  # the compare rules' moves and words for full fine-tunes (Rule.moves_for)
     # noise: one run's sigma (seed std when available, else the binomial SE of each run's val size) as the unit of
     # protocol 6's band: effect_noise_min of it is objectives.NOISE_BAND's max(0.5 pt, 2 x sigma), as tune reads it
     k_min = values["effect_noise_min"]

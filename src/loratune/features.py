@@ -1043,13 +1043,23 @@ def _labels(pts: Sequence[dict], meta: Mapping[str, Any]) -> list[str]:
     return list(seen)
 
 
-def _method(acc: FeatureSet, meta: Mapping[str, Any]) -> None:
-    """`lora`: what trained, from run.json `method` or the adapter_config.json `peft_type` fact."""
+def _peft_and_lora(meta: Mapping[str, Any]) -> tuple[Any, bool]:
+    """(the adapter_config.json `peft_type` fact, whether the run trained a LoRA adapter) of a run's meta."""
     facts = meta.get("facts") if isinstance(meta.get("facts"), dict) else {}
     peft = facts.get("peft_type", {}).get("value") if isinstance(facts.get("peft_type"), dict) else None
+    return peft, meta.get("method") == "lora" or str(peft).upper() in LORA_PEFT_TYPES
+
+
+def is_full_finetune(meta: Mapping[str, Any]) -> bool:
+    """Whether a run's meta says it trained every weight, no adapter (`method: full`, no LoRA peft_type read)."""
+    return meta.get("method") == "full" and not _peft_and_lora(meta)[1]
+
+
+def _method(acc: FeatureSet, meta: Mapping[str, Any]) -> None:
+    """`lora`: what trained, from run.json `method` or the adapter_config.json `peft_type` fact."""
+    peft, is_lora = _peft_and_lora(meta)
     method = meta.get("method")
-    is_lora = method == "lora" or str(peft).upper() in LORA_PEFT_TYPES
-    full = method == "full" and not is_lora
+    full = is_full_finetune(meta)
     if full:
         acc.details["method"] = "full"  # the rules' moves for it (Rule.moves_for) and lr thresholds (thresholds_for_method)
     acc.set("lora_adapter", 1.0 if is_lora else 0.0)

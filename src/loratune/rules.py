@@ -508,6 +508,13 @@ PAIR_CAVEAT = ("one curve cannot separate a capacity limit from a too-small lear
                "experiment (r x2 vs learning_rate x2 from this start) before raising rank")
 PAIR_THEN = "; then: "  # a caveat that comes before PAIR_CAVEAT ends with this (Rule.caveat_for drops both for full)
 
+# what a full fine-tune's underfit verdicts say: it has no rank or module to add, so its move is one lr step (protocol 5:
+# a curve that looks capacity-bound is often the lr; protocol 4: x2, never an order of magnitude)...
+FULL_UNDERFIT_CAVEAT = ("a full fine-tune has no rank or module to add: the lr is the knob left (protocol 5); if "
+                        "learning_rate x2 does not lift the plateau either, the base model is the limit")
+# ...which is a step within its range only below the top of it (high_lr_min, read against full fine-tuning's range:
+# thresholds_for_method): the gate of every rule whose full move is learning_rate x2
+_FULL_LR_BELOW_HIGH = any_(c("full_finetune", "<", "flag_on"), c("peak_lr", "<", "high_lr_min"))
 # underfit-capacity's evidence, in two parts (lr-too-large reads both for a full fine-tune above its lr range): the loss
 # stalled (fell, then flattened early; or stuck high at a high lr) ...
 _UNDERFIT_STALLED = any_(all_(c("val_loss_drop", ">=", "underfit_min_drop"),
@@ -946,7 +953,7 @@ _RULES = (
                   # ...and, for a full fine-tune, an lr below the top of its own range (high_lr_min, read against full
                   # fine-tuning's range: thresholds_for_method): it has no capacity to add and its move is
                   # learning_rate x2, a step out of its range at an lr already that high (lr-too-large reads it there)
-                  any_(c("full_finetune", "<", "flag_on"), c("peak_lr", "<", "high_lr_min")),
+                  _FULL_LR_BELOW_HIGH,
                   _UNDERFIT_LOW),
         verdict="underfit (capacity): the loss fell, then plateaued early and high (or stayed high at an lr "
                 "already at the top of LoRA's range); train and val both low, small gap",
@@ -958,8 +965,7 @@ _RULES = (
         full_moves=("learning_rate x2",),
         full_verdict="underfit: the loss fell, then plateaued early and high; train and val both low, small gap, "
                      "with every weight trained",
-        full_caveat="a full fine-tune has no rank or module to add: the lr is the knob left (protocol 5); if "
-                    "learning_rate x2 does not lift the plateau either, the base model is the limit",
+        full_caveat=FULL_UNDERFIT_CAVEAT,
         suppresses=("healthy", "undertrained"),
         source="protocol 3: train loss will not go down; train and val both low with a small gap; more epochs "
                "change nothing -> raise rank or add modules; protocol 9: rank too low reads as vague, over-general "
@@ -1283,9 +1289,14 @@ _RULES = (
     Rule(
         id="both-slices-low", scope="class", priority=24, knob_class="capacity", confidence=0.5,
         when=all_(c("familiar_metric_final", "<", "slices_low_max", required=True),
-                  c("novel_metric_final", "<", "slices_low_max", required=True)),
+                  c("novel_metric_final", "<", "slices_low_max", required=True),
+                  _FULL_LR_BELOW_HIGH),  # a full fine-tune: its lr move is a step within its range
         verdict="underfitting evidence: even phrasing close to the training texts scores low",
         moves=("r x2", "+ffn"),
+        # protocol 3's underfit, as underfit-capacity reads it: a full fine-tune has no rank or module to add, the lr
+        # is what binds (protocol 5), one x2 step (protocol 4)
+        full_moves=("learning_rate x2",),
+        full_caveat=FULL_UNDERFIT_CAVEAT,
         caveat=PAIR_CAVEAT,
         source="founding notes / protocol 3: an underfit model fails paraphrases and handles even the "
                "standard phrasing poorly",
@@ -1296,6 +1307,9 @@ _RULES = (
                   c("single_metric_final", ">=", "single_fit_min", required=True)),
         verdict="multi-intent rows fail while single-intent rows fit: the weak spot of a small adapter",
         moves=("+ffn", "r x2"),
+        # no full move: protocol 3 names compound inputs only among an adapter's underfit signs (its moves capacity),
+        # and single-intent rows that fit say the lr is not what fails; the caveat's loss and decoding checks stand
+        full_verdict="multi-intent rows fail while single-intent rows fit, with every weight trained",
         caveat="check the multi-label loss and decoding first (focal or pos_weight loss, tuned thresholds, a cap "
                "on labels per row move this slice more than capacity does)" + PAIR_THEN + PAIR_CAVEAT,
         source="founding notes: multi-intent inputs and compound sentences are where a weak adapter fails first",
@@ -1408,6 +1422,10 @@ _RULES = (
                   c("scale_x2", "<=", "max_scale")),
         verdict="LoRA update too weak: lr changes barely move the loss and more rank risks overfitting",
         moves=("scale x2 (lora_alpha x2)",),
+        # no full move: protocol 4's only move here is LoRA's scale s; a full fine-tune has none, and the lr is what
+        # barely moved the loss (nor does protocol 4 name another knob)
+        full_verdict="lr changes barely move the loss while the train/val gap is large, with every weight trained "
+                     "(no LoRA scale to raise)",
         source="protocol 4: lr changes barely move the loss, more rank unwanted -> scale s 1 -> 2 (rarely above 4)",
     ),
     Rule(

@@ -918,3 +918,44 @@ def test_every_printer_says_none_and_why_for_a_full_fine_tunes_empty_move_list(t
     LoratuneCallback(printer=lines.append)._say("step 200", d.primary, d)
     assert lines == [f"[loratune] step 200: underfit-capacity - {'; '.join(d.primary.route)}; next move: {said} "
                      f"(confidence {d.primary.confidence:.2f})"]
+
+
+@pytest.mark.parametrize("lr, moves", [(3e-5, ("learning_rate x2",)), (1e-3, None)])
+def test_a_full_fine_tunes_low_slices_move_its_lr_inside_its_range(lr, moves):
+    """both-slices-low (protocol 3's underfit: even familiar phrasing scores low) had no move of its own for a full
+    fine-tune: it printed 'none for a full fine-tune (this rule's moves, r x2, +ffn, ...)'. As underfit-capacity reads
+    it, a full fine-tune's move is one lr step (protocol 5) with FULL_UNDERFIT_CAVEAT, and only below the top of its lr
+    range (high_lr_min read at 1/10, 1.5e-4): at 1e-3 the rule holds off rather than step further out."""
+    from loratune.rules import PAIR_CAVEAT
+
+    pts = _at_lr(s.healthy(extra=lambda f, i: {"val_familiar/macro_f1": 0.4, "val_novel/macro_f1": 0.3}), lr)
+    full = verdict(pts, {**META, "method": "full"})
+    hit = next((f for f in full.findings if f.rule_id == "both-slices-low"), None)
+    if moves is None:
+        assert hit is None
+    else:
+        assert hit.moves == moves and "r x2" not in (hit.caveat or "")
+        assert hit.caveat == rule_by_id("underfit-capacity").full_caveat  # rules.FULL_UNDERFIT_CAVEAT
+    lora = next(f for f in verdict(pts, {**META, "method": "lora"}).findings if f.rule_id == "both-slices-low")
+    assert lora.moves == ("r x2", "+ffn") and lora.caveat == PAIR_CAVEAT
+
+
+def test_full_fine_tunes_compared_get_no_lora_words_or_knobs():
+    """compare() read every rule's LoRA text for full fine-tunes (its features carried no method): update-too-weak
+    told two full fine-tunes 'LoRA update too weak' and 'scale x2 (lora_alpha x2)'. Runs that are all full fine-tunes
+    are read with the rules' full moves and words (protocol 4 names no full move here: none, and why)."""
+    from loratune.rules import moves_text
+
+    def full(h):
+        return replace(h, meta={**h.meta, "method": "full"})
+
+    pair = [run("base", 0.60, gap=0.2), run("lr2", 0.601, lr=2e-4, gap=0.2, val_loss=1.01)]
+    lora = compare(pair)
+    assert next(f for f in lora.findings if f.rule_id == "update-too-weak").moves == ("scale x2 (lora_alpha x2)",)
+    c = compare([full(h) for h in pair])
+    weak = next(f for f in c.findings if f.rule_id == "update-too-weak")
+    assert weak.moves == () and "LoRA update" not in weak.verdict and "every weight trained" in weak.verdict
+    assert moves_text("update-too-weak", weak.moves) == (
+        "none for a full fine-tune (this rule's moves, scale x2 (lora_alpha x2), turn adapter knobs it does not have)")
+    mixed = compare([full(pair[0]), pair[1]])  # one LoRA run among them: LoRA's words
+    assert next(f for f in mixed.findings if f.rule_id == "update-too-weak").moves == ("scale x2 (lora_alpha x2)",)

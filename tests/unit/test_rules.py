@@ -91,7 +91,7 @@ FIRING = {
                                           confused_pairs_persist_share=1.0),
     "long-tail-collapse": dict(tail_head_count_ratio=10.0, tail_head_recall_gap=0.6, tail_recall=0.1),
     "novel-phrasing-gap": dict(familiar_novel_gap=0.25, familiar_novel_gap_growth=0.05, familiar_metric_final=0.99),
-    "both-slices-low": dict(familiar_metric_final=0.4, novel_metric_final=0.3),
+    "both-slices-low": dict(familiar_metric_final=0.4, novel_metric_final=0.3, full_finetune=0, peak_lr=1e-4),
     "compound-intents-missed": dict(compound_gap=0.4, single_metric_final=0.95),
     "generations-looping": dict(generative=1, prompt_repetition_final=0.4, prompt_repetition_rise=0.3),
     "label-noise-suspected": dict(train_confused_symmetric_pairs=2, train_eval_metric_final=0.85,
@@ -154,24 +154,24 @@ def test_every_single_run_rule_that_raises_rank_carries_the_pair_experiment_cave
 def test_a_full_fine_tune_gets_no_pair_caveat_where_no_full_move_raises_rank(capsys):
     # PAIR_CAVEAT's pair experiment raises a rank a full fine-tune does not have: three class rules gave it verbatim
     from loratune.cli import main
-    from loratune.rules import PAIR_CAVEAT
+    from loratune.rules import FULL_UNDERFIT_CAVEAT, PAIR_CAVEAT
     for rid in ("confusable-classes-unresolved", "both-slices-low", "compound-intents-missed"):
         r = rule_by_id(rid)
         assert PAIR_CAVEAT in r.caveat and PAIR_CAVEAT in r.caveat_for(None)  # LoRA keeps it
         assert PAIR_CAVEAT not in (r.caveat_for("full") or ""), rid
     assert rule_by_id("confusable-classes-unresolved").caveat_for("full") is None
-    assert rule_by_id("both-slices-low").caveat_for("full") is None
+    assert rule_by_id("both-slices-low").caveat_for("full") == FULL_UNDERFIT_CAVEAT  # its full move is the lr's
     assert rule_by_id("compound-intents-missed").caveat_for("full") == (
         "check the multi-label loss and decoding first (focal or pos_weight loss, tuned thresholds, a cap on labels "
         "per row move this slice more than capacity does)")
     assert rule_by_id("underfit-capacity").caveat_for("full") == rule_by_id("underfit-capacity").full_caveat
     assert not [r.id for r in RULES if PAIR_CAVEAT in (r.caveat_for("full") or "")]
     # a full move that raises rank keeps it (the rule is one place: Rule.caveat_for reads the full moves)
-    keeps = dataclasses.replace(rule_by_id("both-slices-low"), full_moves=("r x2",))
+    keeps = dataclasses.replace(rule_by_id("both-slices-low"), full_moves=("r x2",), full_caveat=None)
     assert keeps.caveat_for("full") == PAIR_CAVEAT
     assert main(["rules"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "both-slices-low" in text and "caveat (full fine-tune): none" in text
+    assert "confusable-classes-unresolved" in text and "caveat (full fine-tune): none" in text
 
 
 def test_conditions_are_plain_data_and_printable():
