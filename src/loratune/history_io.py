@@ -1368,6 +1368,8 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
                          f"{facts[next(iter(read))].source}, targets unknown")
     elif not config.get("adapter") and "peft_type" in facts:
         notes.append(f"a {facts['peft_type'].value} adapter: no LoRA rank, alpha or targets to read")
+    if adapter is None and not meta.get("method") and "peft_type" not in facts and not config.get("adapter"):
+        _method_from_weights(folder, meta, facts)
     meta["facts"] = {k: {"value": f.value, "source": f.source} for k, f in facts.items()}
     return RunHistory(name=name, source=source, points=tuple(points), meta=meta, config=config,
                       notes=tuple(notes), path=path, facts=dict(facts))
@@ -1604,6 +1606,41 @@ def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mappin
             meta.pop("labels", None)
             meta.pop("n_classes", None)
             facts.pop("n_classes", None)
+
+
+# a whole model's weights as transformers' save_pretrained writes them (one file, shards, or their index), and an
+# adapter's as peft's does: a run folder holding the first and none of the second trained every weight
+FULL_WEIGHTS_GLOBS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+                      "pytorch_model.bin", "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json")
+ADAPTER_FILE_GLOBS = ("adapter_config.json", "adapter_model.*")
+METHOD_FACT = "method"
+
+
+def _method_from_weights(folder: Path, meta: dict, facts: dict) -> None:
+    """meta["method"] "full" (and its fact, saying where it was read) for a Trainer run with no side file naming its
+    method, where the folder shows it unambiguously: a whole model's weights (FULL_WEIGHTS_GLOBS) in the run folder or
+    one of its checkpoint-* folders, and no adapter file (ADAPTER_FILE_GLOBS) in the run folder nor in any folder
+    within it (two levels: checkpoint-*, final/, adapter/...). A folder with only trainer_state.json (or config.json)
+    stays unknown: the Trainer writes both for a peft run too."""
+    if not folder.is_dir():
+        return
+    run = folder.parent if checkpoint_step(folder) is not None else folder
+    ckpts = sorted((q for q in run.glob("checkpoint-*") if q.is_dir() and checkpoint_step(q) is not None),
+                   key=lambda q: checkpoint_step(q) or 0, reverse=True)
+    weights = next((f for q in [run] + ckpts for g in FULL_WEIGHTS_GLOBS for f in sorted(q.glob(g)) if f.is_file()),
+                   None)
+    if weights is None:
+        return
+    try:
+        subs = [q for q in run.iterdir() if q.is_dir()]
+        places = [run] + subs + [s for q in subs for s in q.iterdir() if s.is_dir()]
+        if any(next(q.glob(g), None) is not None for q in places for g in ADAPTER_FILE_GLOBS):
+            return
+    except OSError:  # a folder that cannot be listed: whether an adapter lies in it is unknown
+        return
+    where = weights.name if weights.parent == run else f"{weights.parent.name}/{weights.name}"
+    meta["method"] = "full"
+    facts[METHOD_FACT] = Fact("full", f"{where}: a whole model's weights, no adapter_config.json in the run folder")
 
 
 def _classes_from_weights(folder: Path, meta: dict, facts: dict) -> None:

@@ -701,3 +701,56 @@ def test_a_csv_with_a_train_loss_summary_and_a_loss_curve_reads_the_curve(tmp_pa
     # two curves under one key: the first in the header is read, as before
     (tmp_path / "two.csv").write_text("step,train_loss,loss\n10,2.0,9.0\n20,1.5,9.0\n30,1.2,9.0\n")
     assert [p["train/loss"] for p in load_run(tmp_path / "two.csv").points] == [2.0, 1.5, 1.2]
+
+
+def _overfit_log(n: int = 400, lr: float = 3e-5) -> list[dict]:
+    out = []
+    for s in range(10, n + 1, 10):
+        out.append({"step": s, "epoch": s / 40, "loss": 2.3 * math.exp(-s / 40) + 0.001, "learning_rate": lr})
+        if s % 40 == 0:
+            out.append({"step": s, "epoch": s / 40, "eval_loss": 1.0 + ((s - 120) / 200) ** 2,
+                        "eval_accuracy": 0.7 - 0.1 * ((s - 120) / 280) ** 2})
+    return out
+
+
+def _weights(path: Path) -> None:
+    """A whole model's model.safetensors (its JSON header and the bytes it names; a 10-class head)."""
+    import struct
+
+    header = json.dumps({"classifier.weight": {"dtype": "F32", "shape": [10, 4], "data_offsets": [0, 160]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 160)
+
+
+def test_a_trainer_folder_that_saved_a_whole_model_and_no_adapter_is_read_as_a_full_fine_tune(tmp_path, capsys):
+    """A full fine-tune's Trainer folder (trainer_state.json, config.json, model.safetensors, no adapter_config.json)
+    stayed `method unknown` and got LoRA's moves (overfit-capacity: r /2, -ffn, lora_dropout up). Whole-model weights in
+    the run folder or a checkpoint-*, and no adapter file anywhere in it, say the method: full, and where it was read;
+    only trainer_state.json (and config.json), or an adapter_config.json in a checkpoint beside the weights (a merged
+    peft model), leave it unknown."""
+    cfg = {"architectures": ["BertForSequenceClassification"], "id2label": {str(i): f"c{i}" for i in range(10)}}
+    full = _state(tmp_path / "full", _overfit_log(), config=cfg)
+    _weights(full / "model.safetensors")
+    ckpt = _state(tmp_path / "ckpt_full" / "checkpoint-400", _overfit_log(), config=cfg)
+    _weights(ckpt / "model.safetensors")
+    bare = _state(tmp_path / "bare", _overfit_log(), config=cfg)
+    merged = _state(tmp_path / "merged", _overfit_log(), config=cfg)
+    _weights(merged / "model.safetensors")
+    (merged / "checkpoint-400").mkdir()
+    (merged / "checkpoint-400" / "adapter_config.json").write_text(json.dumps(LORA), encoding="utf-8")
+    from loratune.diagnose import diagnose
+
+    for folder, where in ((full, "model.safetensors"), (tmp_path / "ckpt_full", "checkpoint-400/model.safetensors")):
+        run = load_run(folder)
+        assert run.meta["method"] == "full" and run.facts["method"].value == "full", folder
+        assert run.facts["method"].source.startswith(f"{where}: a whole model's weights"), run.facts["method"]
+        d = diagnose(folder)
+        assert d.verdict == "overfit-capacity" and d.primary.moves == ("weight_decay 0.1",), folder
+        assert d.features.details["method"] == "full"
+    for folder in (bare, merged):
+        run = load_run(folder)
+        assert "method" not in run.meta and "method" not in run.facts, folder
+        assert diagnose(folder).primary.moves == ("r /2", "-ffn", "lora_dropout up"), folder
+    assert main(["diagnose", str(full)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "method full (model.safetensors: a whole model's weights, no adapter_config.json in the run folder)" in out
+    assert "next move: weight_decay 0.1" in out, out
