@@ -381,6 +381,7 @@ def _eval(node: Cond | Clause, ev: dict[Clause, Evidence]) -> tuple[bool | None 
     results = [_eval(item, ev) for item in node.items]
     if node.mode == "all" and any(s == NA for s, _ in results):
         return NA, 0.0
+    alone = [isinstance(item, Cond) and item.alone for item, (s, _) in zip(node.items, results) if s != NA]
     results = [(s, m) for s, m in results if s != NA]
     if not results:
         return NA, 0.0
@@ -389,12 +390,20 @@ def _eval(node: Cond | Clause, ev: dict[Clause, Evidence]) -> tuple[bool | None 
         if any(s is False for s in states):
             return False, 0.0
         margins = [m for s, m in results if s]
+        if node.gate and all(s is True for s in states):
+            return True, math.inf  # a gate is no evidence: its margin thins no finding (Cond.gate)
         return (None if any(s is None for s in states) else True), (min(margins) if margins else math.inf)
+    if node.gate and any(s is True for s in states):
+        return True, math.inf
     if any(s is True for s in states):
         return True, max(m for s, m in results if s)
     # alternatives are routes to the same conclusion: once one route could be checked and failed, a route
     # whose signal is missing (a Trainer run's train-subsample metric, a loss-only run's val metric) does
-    # not hold the group open; only when no route can be checked is the group unknown
+    # not hold the group open; only when no route can be checked is the group unknown. A route of its own
+    # (`Cond.alone`) stays open, with its own margin, as the rule it stands for would
+    held = [m for (s, m), own in zip(results, alone) if s is None and own]
+    if held:
+        return None, max(held)
     return (None if all(s is None for s in states) else False), 0.0
 
 
@@ -409,7 +418,7 @@ def _decision_path(node: Cond | Clause, ev: dict[Clause, Evidence], first: bool 
         return []
     if isinstance(node, Clause):
         return [node]
-    results = [(item, _eval(item, ev)[0]) for item in node.items]
+    results = [(item, _eval(item, ev)[0]) for item in _held_open(node, ev)]
     if node.mode == "any":
         want = True if any(s is True for _, s in results) else None
         results = [(item, s) for item, s in results if s is want and item not in skip][:1 if first else None]
@@ -444,7 +453,33 @@ def _open_unknowns(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Clau
     state, _ = _eval(node, ev)
     if state is not None:  # decided, or not applicable
         return []
-    return [cl for item in node.items for cl in _open_unknowns(item, ev)]
+    return [cl for item in _held_open(node, ev) for cl in _open_unknowns(item, ev)]
+
+
+def _held_open(node: Cond, ev: dict[Clause, Evidence]) -> tuple[Cond | Clause, ...]:
+    """`node`'s members, or of an `any` group that a route of its own (`Cond.alone`) holds open where another route
+    failed, those routes alone: the rest closed with the failed route (_eval)."""
+    if node.mode != "any" or _eval(node, ev)[0] is not None:
+        return node.items
+    states = [(item, _eval(item, ev)[0]) for item in node.items]
+    own = tuple(item for item, st in states if st is None and isinstance(item, Cond) and item.alone)
+    return own if own and any(st is False for _, st in states) else node.items
+
+
+def _open_alone(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Cond]:
+    """The routes of their own (`Cond.alone`) that are open (unknown) in `node`."""
+    if isinstance(node, Clause):
+        return []
+    if node.alone and _eval(node, ev)[0] is None:
+        return [node]
+    return [r for item in node.items for r in _open_alone(item, ev)]
+
+
+def _gates(node: Cond | Clause) -> list[Cond]:
+    """The gates (`Cond.gate`) in `node`."""
+    if isinstance(node, Clause):
+        return []
+    return [node] if node.gate else [g for item in node.items for g in _gates(item)]
 
 
 def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, float]
@@ -459,9 +494,14 @@ def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, 
     unknown = list(dict.fromkeys(_open_unknowns(rule.when, ev)))
     missing = tuple(dict.fromkeys((cl.feature, ev[cl].missing_reason or "missing") for cl in unknown))
     if state is None:
-        # a kind gate (`generative`, `classifier`) says which runs a route is for: no evidence of the verdict
-        known_true = sum(1 for cl in leaves if ev[cl].passed and cl.feature not in KIND_FEATURES)
-        if any(cl.required for cl in unknown) or len(unknown) == len(leaves):
+        # a route of its own left open (`Cond.alone`) is weighed on its own evidence, as the rule it stands for is
+        own = [cl for r in _open_alone(rule.when, ev) for cl in r.leaves() if not _not_applicable(ev[cl])]
+        pool = list(dict.fromkeys(own)) or leaves
+        # a kind gate (`generative`, `classifier`) or a gate (`Cond.gate`: a full fine-tune's lr below its range's
+        # top) says which runs a route is for: no evidence of the verdict
+        gates = {cl for g in _gates(rule.when) for cl in g.leaves()}
+        known_true = sum(1 for cl in pool if ev[cl].passed and cl.feature not in KIND_FEATURES and cl not in gates)
+        if any(cl.required for cl in unknown) or len(unknown) == len(pool):
             return NotEvaluated(rule.id, missing)
         if known_true < len(unknown):
             return None  # too little positive evidence to fire on; the gaps show in the missing signals
@@ -473,9 +513,11 @@ def evaluate_rule(rule: Rule, features: CurveFeatures, thresholds: Mapping[str, 
     if margin < THIN_MARGIN:
         confidence *= THIN_FACTOR
     method = features.details.get("method")  # "full": the row's moves and words for a full fine-tune
+    lr = features.values.get("peak_lr")
+    lr_high = lr is not None and lr >= thresholds_for_method(thresholds, method).get("high_lr_min", math.inf)
     return Finding(
         rule_id=rule.id, scope=rule.scope, verdict=rule.verdict_for(method), knob_class=rule.knob_class,
-        moves=rule.moves_for(method),
+        moves=rule.moves_for(method, lr_high),
         priority=rule.priority, confidence=confidence,
         evidence=tuple(replace(ev[cl], decisive=cl in deciding) for cl in leaves),
         missing=missing if state is None else (), tentative=state is None, caveat=rule.caveat_for(method),

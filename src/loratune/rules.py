@@ -58,7 +58,12 @@ class Cond:
     mode: str
     items: tuple[Union[Clause, "Cond"], ...]
     why: str = ""  # a route's reading in a few words, said with a finding that this route made fire
-
+    # a gate: says which runs a route is for (a full fine-tune below the top of its lr range), no evidence of the
+    # verdict: its clauses never count as positive evidence (diagnose.evaluate_rule), as KIND_FEATURES' do not
+    gate: bool = False
+    # a route of its own, read as a rule of its own would be: with its signal missing it stays open (the rule fires
+    # tentatively on its evidence alone) however its sibling routes fail (diagnose._eval)
+    alone: bool = False
 
     def leaves(self) -> Iterator[Clause]:
         for item in self.items:
@@ -69,12 +74,12 @@ def c(feature: str, op: str, threshold: str, required: bool = False) -> Clause:
     return Clause(feature, op, threshold, required)
 
 
-def all_(*items: Clause | Cond, why: str = "") -> Cond:
-    return Cond("all", tuple(items), why)
+def all_(*items: Clause | Cond, why: str = "", gate: bool = False, alone: bool = False) -> Cond:
+    return Cond("all", tuple(items), why, gate=gate, alone=alone)
 
 
-def any_(*items: Clause | Cond, why: str = "") -> Cond:
-    return Cond("any", tuple(items), why)
+def any_(*items: Clause | Cond, why: str = "", gate: bool = False) -> Cond:
+    return Cond("any", tuple(items), why, gate=gate)
 
 
 @dataclass(frozen=True)
@@ -149,13 +154,14 @@ class Rule:
     full_verdict: str | None = None
     full_caveat: str | None = None
 
-    def moves_for(self, method: str | None) -> tuple[str, ...]:
-        """The moves of this row for a run trained by `method` ("full": every weight, no adapter knobs)."""
+    def moves_for(self, method: str | None, lr_high: bool = False) -> tuple[str, ...]:
+        """The moves of this row for a run trained by `method` ("full": every weight, no adapter knobs); `lr_high`: its
+        lr at or above high_lr_min read for its method (thresholds_for_method), where a full fine-tune's lr already
+        sits above its range and no move raises it (LR_UP_MOVES)."""
         if method != "full":
             return self.moves
-        if self.full_moves is not None:
-            return self.full_moves
-        return tuple(m for m in self.moves if not adapter_only(m))
+        moves = self.full_moves if self.full_moves is not None else tuple(m for m in self.moves if not adapter_only(m))
+        return tuple(m for m in moves if not (lr_high and is_move(m) and move(m).id in LR_UP_MOVES))
 
     def verdict_for(self, method: str | None) -> str:
         return self.full_verdict if method == "full" and self.full_verdict is not None else self.verdict
@@ -174,6 +180,10 @@ class Rule:
 
     def features(self) -> list[str]:
         return list(dict.fromkeys(cl.feature for cl in self.when.leaves()))
+
+
+# the moves that raise the lr: none is said to a full fine-tune whose lr is already above its range (Rule.moves_for)
+LR_UP_MOVES = ("lr-x2",)
 
 
 # Protocol 1's learning-rate ranges, stated once: the usual range, LoRA's centre, and full fine-tuning's (LoRA wants
@@ -513,17 +523,26 @@ PAIR_THEN = "; then: "  # a caveat that comes before PAIR_CAVEAT ends with this 
 FULL_UNDERFIT_CAVEAT = ("a full fine-tune has no rank or module to add: the lr is the knob left (protocol 5); if "
                         "learning_rate x2 does not lift the plateau either, the base model is the limit")
 # ...which is a step within its range only below the top of it (high_lr_min, read against full fine-tuning's range:
-# thresholds_for_method): the gate of every rule whose full move is learning_rate x2
-_FULL_LR_BELOW_HIGH = any_(c("full_finetune", "<", "flag_on"), c("peak_lr", "<", "high_lr_min"))
-# underfit-capacity's evidence, in two parts (lr-too-large reads both for a full fine-tune above its lr range): the loss
-# stalled (fell, then flattened early; or stuck high at a high lr) ...
-_UNDERFIT_STALLED = any_(all_(c("val_loss_drop", ">=", "underfit_min_drop"),
-                              c("val_loss_late_share", "<", "plateau_late_share_max"),
-                              why="the val loss fell, then flattened early, and stayed high"),
-                         all_(c("peak_lr", ">=", "high_lr_min"),
-                              c("train_loss_final_over_start", ">=", "stuck_loss_ratio_min"),
-                              c("val_loss_drop", "<", "stuck_val_drop_max"),
-                              why="the loss stuck high at an lr already at the top of its method's usual range"))
+# thresholds_for_method): the gate of underfit-capacity, both-slices-low and lr-too-small, whose full move is
+# learning_rate x2 (a gate: for every other run it holds and counts as no evidence; Rule.moves_for drops an lr x2 from
+# any other rule's moves for a full fine-tune at or above it: undertrained says epochs up only there)
+_FULL_LR_BELOW_HIGH = any_(c("full_finetune", "<", "flag_on"), c("peak_lr", "<", "high_lr_min"), gate=True)
+
+
+def _stalled(at: str, *settled: Clause) -> Cond:
+    """underfit-capacity's evidence, in two parts (lr-too-large reads both for a full fine-tune above its lr range):
+    the loss stalled (fell, then flattened early; or stuck high at an lr `at` the top of the run's range, with the
+    `settled` clauses: no still-falling loss) ..."""
+    return any_(all_(c("val_loss_drop", ">=", "underfit_min_drop"),
+                     c("val_loss_late_share", "<", "plateau_late_share_max"),
+                     why="the val loss fell, then flattened early, and stayed high"),
+                all_(c("peak_lr", ">=", "high_lr_min"),
+                     c("train_loss_final_over_start", ">=", "stuck_loss_ratio_min"),
+                     c("val_loss_drop", "<", "stuck_val_drop_max"),
+                     *settled,
+                     why=f"the loss stuck high at an lr already {at}"))
+
+
 # ...high, with train and val both low and a small gap, and more epochs changing nothing
 _UNDERFIT_LOW = all_(c("train_loss_late_drop", "<", "plateau_late_drop_max"),
                      # a classifier's fit is low below underfit_fit_max; a language model's token accuracy has an
@@ -748,10 +767,14 @@ _RULES = (
             # thresholds_for_method: 1.5e-4, 3x the top of its 1e-5..5e-5) whose loss stalled high, train and val both
             # low: underfit-capacity's evidence, where a full fine-tune has no capacity to add and its lr sits out of
             # its range (protocol 1: LoRA wants ~10x the full-fine-tuning lr); lr x2 would step further out
-            all_(c("full_finetune", ">=", "flag_on"),
-                 c("peak_lr", ">=", "high_lr_min"),
-                 _UNDERFIT_STALLED, _UNDERFIT_LOW,
-                 why="a full fine-tune at an lr above its usual range stalled high, train and val both low")),
+            # Its own route (alone): where a Trainer run logs no train-subsample metric (gap_f1 missing) it fires
+            # tentatively as underfit-capacity would, however the routes above fail; the lr is its gate. A loss still
+            # falling at its end has not stuck (the val loss's late fall, as the flattened route's late share reads it)
+            all_(all_(c("full_finetune", ">=", "flag_on"), c("peak_lr", ">=", "high_lr_min"), gate=True),
+                 _stalled("above a full fine-tune's usual range", c("val_loss_still_falling", "<", "flag_on")),
+                 _UNDERFIT_LOW,
+                 why="a full fine-tune at an lr above its usual range stalled high, train and val both low",
+                 alone=True)),
         verdict="learning rate too large: collapsed to one class (loss pinned near ln(classes)), the train loss "
                 "climbs back up while the val metric or loss swings, a DPO policy never beat its reference's ln 2, "
                 "or a full fine-tune above its lr range stalled high",
@@ -949,7 +972,7 @@ _RULES = (
     ),
     Rule(
         id="underfit-capacity", scope="curve", priority=60, knob_class="capacity", confidence=0.6,
-        when=all_(_UNDERFIT_STALLED,
+        when=all_(_stalled("at the top of LoRA's range"),
                   # ...and, for a full fine-tune, an lr below the top of its own range (high_lr_min, read against full
                   # fine-tuning's range: thresholds_for_method): it has no capacity to add and its move is
                   # learning_rate x2, a step out of its range at an lr already that high (lr-too-large reads it there)
@@ -1025,6 +1048,8 @@ _RULES = (
                             c("peak_lr", "<", "lora_lr_floor"),
                             all_(c("peak_lr", ">=", "high_lr_min"), c("lora_adapter", "<", "flag_on"),
                                  c("full_finetune", "<", "flag_on"))),
+                       # ...a full fine-tune (a classifier too) only below its range's top: x2 steps inside it
+                       _FULL_LR_BELOW_HIGH,
                        why="both losses fall slowly and steadily, still falling at the end"),
                   # the lr prior: a LoRA run below LoRA's usual lr that learned little and was still at its best
                   # when it ended (a language model's loss has no reachable floor to measure the pace against).
@@ -1079,6 +1104,7 @@ _RULES = (
                        c("peak_lr", "<", "collapse_lr_min"),
                        any_(c("val_metric_best", "<", "still_metric_max"),
                             c("val_metric_logged", "<", "flag_on")),
+                       _FULL_LR_BELOW_HIGH,
                        why="both losses barely moved over a plan that ran")),
         verdict="learning rate too small: loss falls slowly but steadily, or barely moves at all",
         moves=("learning_rate x2",),

@@ -897,7 +897,7 @@ def test_every_printer_says_none_and_why_for_a_full_fine_tunes_empty_move_list(t
     assert want == ("none for a full fine-tune (this rule's moves, r x2, +ffn, turn adapter knobs it does not "
                     "have)") and moves_text("inconclusive", ()) == NO_MOVE == "none"
     assert moves_text("underfit-capacity", ("learning_rate x2",)) == "learning_rate x2"
-    monkeypatch.setattr(Rule, "moves_for", lambda self, method: () if method == "full" else self.moves)
+    monkeypatch.setattr(Rule, "moves_for", lambda self, method, lr_high=False: () if method == "full" else self.moves)
     run = _full_run(tmp_path / "full_uf", _at_lr(s.underfit(), 3e-5))
     said = moves_text("underfit-capacity", ())
     assert main(["diagnose", str(run)]) == 0
@@ -959,3 +959,82 @@ def test_full_fine_tunes_compared_get_no_lora_words_or_knobs():
         "none for a full fine-tune (this rule's moves, scale x2 (lora_alpha x2), turn adapter knobs it does not have)")
     mixed = compare([full(pair[0]), pair[1]])  # one LoRA run among them: LoRA's words
     assert next(f for f in mixed.findings if f.rule_id == "update-too-weak").moves == ("scale x2 (lora_alpha x2)",)
+
+
+def _stalled_no_train_eval(lr):
+    """underfit's curves as an HF Trainer run logs them: no train-subsample metric (gap_f1 missing)."""
+    L = s.lnk()
+    return _at_lr(s.make_history(train_loss=s.decay(L, 0.7 * L, 12), val_loss=s.decay(L, 0.72 * L, 12),
+                                 val_f1=s.decay(0.1, 0.35, 12)), lr)
+
+
+@pytest.mark.parametrize("lr", [1.5e-4, 2e-4, 1e-3, 2e-3])
+def test_a_stalled_full_fine_tune_without_train_eval_reads_lr_too_large_tentatively(lr):
+    """A stalled full fine-tune above its lr range with no train_eval metric (normal for an HF Trainer run) read
+    healthy: gap_f1 missing left lr-too-large's full route unknown, and inside the rule's top-level `any` the other
+    routes' failing closed it, while underfit-capacity (which fires tentatively on the same evidence) was gated off.
+    The route is its own (Cond.alone): it fires where underfit-capacity would, tentatively, one signal missing."""
+    full = verdict(_stalled_no_train_eval(lr), {**META, "method": "full"})
+    assert full.verdict == "lr-too-large" and full.primary.moves == ("learning_rate /2",)
+    assert full.primary.tentative and [m[0] for m in full.primary.missing] == ["gap_f1"]
+    assert full.primary.confidence == pytest.approx(0.8 * 0.75)  # one signal missing, no thin margin
+    assert full.primary.route[0] == "a full fine-tune at an lr above its usual range stalled high, train and val both low"
+    for method in ("lora", None):  # the same curve elsewhere: underfit-capacity as before, tentatively
+        other = verdict(_stalled_no_train_eval(lr), {**META, **({"method": method} if method else {})})
+        assert other.verdict == "underfit-capacity" and other.primary.tentative
+        assert other.primary.confidence == pytest.approx(0.6 * 0.75)
+    below = verdict(_stalled_no_train_eval(1e-4), {**META, "method": "full"})
+    assert below.verdict == "underfit-capacity" and below.primary.moves == ("learning_rate x2",)
+    assert below.primary.tentative and below.primary.confidence == pytest.approx(0.6 * 0.75)  # the gate thins nothing
+
+
+@pytest.mark.parametrize("fixture, table, expected", [
+    ("public_p/4g__kaggle_science_llm__multiple_choice", 0, "inconclusive"),
+    ("public_aw/ronalds82__Datu-kopas-tulkosana__Instruct", 0, "healthy"),
+    ("public_av/cs-2006__cil__bert_new", 0, "inconclusive"),
+    ("public_ax/Vishwajitha__Suicide-risk-prediction-application__suicide_detection", 0, "inconclusive"),
+])
+def test_a_full_fine_tunes_lr_gate_is_no_evidence_for_other_runs(fixture, table, expected):
+    """The full-fine-tune-only gate of underfit-capacity (peak_lr < high_lr_min, holding for every LoRA run below
+    1.5e-3) counted as positive evidence: four corpus runs moved to underfit-capacity (ronalds82: healthy). A gate
+    (Cond.gate) says which runs a route is for and counts as none."""
+    from pathlib import Path
+
+    from loratune.history_io import read_notebook
+    path = Path(__file__).parents[1] / "fixtures/external" / fixture / "notebook.ipynb"
+    assert diagnose(read_notebook(path, table=table)).verdict == expected
+
+
+def test_underfit_capacity_keeps_loras_words_for_lora_runs():
+    """The route text of a LoRA run stuck high at a high lr read 'the top of its method's usual range' (six corpus
+    runs): LoRA's wording stays LoRA's."""
+    L = s.lnk()
+    stuck = s.make_history(train_loss=s.decay(L, 0.9 * L, 12), val_loss=s.decay(L, 0.95 * L, 12),
+                           val_f1=s.decay(0.1, 0.2, 12), train_f1=s.decay(0.1, 0.21, 12))
+    d = verdict(_at_lr(stuck, 2e-3), {**META, "method": "lora"})
+    assert d.verdict == "underfit-capacity"
+    assert d.primary.route == ("the loss stuck high at an lr already at the top of LoRA's range",)
+
+
+@pytest.mark.parametrize("lr", [2e-4, 1e-3])
+def test_no_rule_raises_the_lr_of_a_full_fine_tune_above_its_range(lr):
+    """lr-too-small's slow-fall route told a full fine-tune classifier at 2e-4..1e-3 (4-20x the top of its range)
+    learning_rate x2, and undertrained 'epochs up, learning_rate x2' at any lr. Above its high_lr_min (1.5e-4) no
+    rule raises a full fine-tune's lr; a steadily still-falling loss there is no stalled one either (lr-too-large's
+    full route read it 'stalled' and said /2). With and without train_eval metrics."""
+    def no_train_eval(pts):
+        return [{k: v for k, v in p.items() if not k.startswith("train_eval/")} for p in pts]
+
+    for pts in (s.lr_too_small(), no_train_eval(s.lr_too_small()), s.undertrained(), no_train_eval(s.undertrained())):
+        d = verdict(_at_lr(pts, lr), {**META, "method": "full"})
+        for f in d.findings:
+            assert "learning_rate x2" not in f.moves, (f.rule_id, lr)
+        assert d.verdict != "lr-too-small"
+        # (at 1e-3, 20x its range's top, a train loss pinned at 0.95 x ln(classes) is the collapse route's, no stall)
+        assert d.verdict != "lr-too-large" or "stalled" not in d.primary.route[0], d.primary.route
+    under = verdict(_at_lr(s.undertrained(), lr), {**META, "method": "full"})
+    assert under.verdict == "undertrained" and under.primary.moves == ("epochs up",)
+    inside = verdict(_at_lr(s.undertrained(), 3e-5), {**META, "method": "full"})
+    assert inside.primary.moves == ("epochs up", "learning_rate x2")
+    assert verdict(_at_lr(s.lr_too_small(), 3e-5), {**META, "method": "full"}).verdict == "lr-too-small"
+    assert verdict(_at_lr(s.lr_too_small(), lr), {**META, "method": "lora"}).primary.moves == ("learning_rate x2",)
