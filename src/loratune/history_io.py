@@ -1629,8 +1629,8 @@ def _method_from_weights(folder: Path, meta: dict, facts: dict) -> None:
                    key=lambda q: checkpoint_step(q) or 0, reverse=True)
     weights = next((f for q in [run] + ckpts for g in FULL_WEIGHTS_GLOBS for f in sorted(q.glob(g)) if f.is_file()),
                    None)
-    if weights is None:
-        return
+    if weights is None or any(m in name for name in _weight_names(weights) for m in ADAPTER_WEIGHT_MARKS):
+        return  # an adapter's tensors under a whole model's file name (a Trainer wrapping a PeftModel saves so)
     try:
         subs = [q for q in run.iterdir() if q.is_dir()]
         places = [run] + subs + [s for q in subs for s in q.iterdir() if s.is_dir()]
@@ -1641,6 +1641,28 @@ def _method_from_weights(folder: Path, meta: dict, facts: dict) -> None:
     where = weights.name if weights.parent == run else f"{weights.parent.name}/{weights.name}"
     meta["method"] = "full"
     facts[METHOD_FACT] = Fact("full", f"{where}: a whole model's weights, no adapter_config.json in the run folder")
+
+
+# tensor names that only an adapter's weights hold (peft: lora_A/lora_B/lora_embedding_*/lora_magnitude_vector, and the
+# modules_to_save copies): a model.safetensors holding them is an adapter's, not a full fine-tune's. A peft model merged
+# (merge_and_unload) and saved into the run folder holds none: it reads full, indistinguishable from a full fine-tune
+ADAPTER_WEIGHT_MARKS = ("lora_", "modules_to_save")
+
+
+def _weight_names(f: Path) -> list[str]:
+    """The tensor names of a safetensors file (its JSON header) or of a sharded model's index (its weight_map); []
+    where they cannot be read (a pytorch_model.bin, an unreadable header)."""
+    try:
+        if f.name.endswith(".index.json"):
+            return list((json.loads(f.read_text(encoding="utf-8")).get("weight_map") or {}).keys())
+        if f.suffix == ".safetensors":
+            with f.open("rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if 0 < size < 100_000_000:
+                    return [k for k in json.loads(fh.read(size)) if k != "__metadata__"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return []
 
 
 def _classes_from_weights(folder: Path, meta: dict, facts: dict) -> None:

@@ -754,3 +754,34 @@ def test_a_trainer_folder_that_saved_a_whole_model_and_no_adapter_is_read_as_a_f
     out = " ".join(capsys.readouterr().out.split())
     assert "method full (model.safetensors: a whole model's weights, no adapter_config.json in the run folder)" in out
     assert "next move: weight_decay 0.1" in out, out
+
+
+def _named_weights(path: Path, names: list[str]) -> None:
+    import struct
+
+    header = json.dumps({n: {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]}
+                         for i, n in enumerate(names)}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * (4 * len(names)))
+
+
+def test_a_model_safetensors_holding_only_an_adapters_tensors_is_not_a_full_fine_tune(tmp_path):
+    """method full was inferred from a model.safetensors whose header held only LoRA tensors (lora_A/lora_B,
+    modules_to_save: what the HF Trainer writes for a wrapper around a PeftModel) with no adapter_config.json. Its
+    tensor names (a safetensors header, a sharded model's index weight_map) say it is an adapter's: method stays
+    unknown. A merged peft model (no lora_ tensor) still reads full: the folder cannot tell it from a full fine-tune."""
+    cfg = {"architectures": ["BertForSequenceClassification"], "id2label": {str(i): f"c{i}" for i in range(10)}}
+    lora = ["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.default.weight",
+            "base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.default.weight",
+            "base_model.model.classifier.modules_to_save.default.weight"]
+    wrapped = _state(tmp_path / "wrapped", _overfit_log(), config=cfg)
+    _named_weights(wrapped / "model.safetensors", lora)
+    sharded = _state(tmp_path / "sharded", _overfit_log(), config=cfg)
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: "model-00001-of-00001.safetensors"
+                                                                                     for n in lora}}))
+    merged = _state(tmp_path / "merged", _overfit_log(), config=cfg)
+    _named_weights(merged / "model.safetensors", ["bert.encoder.layer.0.attention.self.query.weight",
+                                                  "classifier.weight"])
+    for folder in (wrapped, sharded):
+        run = load_run(folder)
+        assert "method" not in run.meta and "method" not in run.facts, folder
+    assert load_run(merged).meta["method"] == "full"
