@@ -670,9 +670,6 @@ _RULES = (
                      "metric and loss not learning"),
             all_(c("peak_lr", ">=", "collapse_lr_min"),
                  c("val_metric_gain", "<", "no_gain_max"),
-                 # ...from a first eval that was low: one far above chance had learnt before it (a first eval after
-                 # a whole epoch: a DistilBERT full fine-tune at 1e-3, accuracy 0.864 -> 0.870 on 313k rows)
-                 c("val_metric_start", "<", "underfit_metric_max"),
                  # ...where the first eval left the metric room to gain no_gain_max: one within it of a perfect
                  # score could gain nothing that counts, however well the run learned (a token tagger at lr 1e-2:
                  # 0.993 at its first eval, ten steps in, then 1.000 at every eval). Room in points, not in noise
