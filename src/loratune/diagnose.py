@@ -367,21 +367,22 @@ def _not_applicable(e: Evidence) -> bool:
     return e.passed is None and (e.missing_reason or "").startswith(NOT_APPLICABLE)
 
 
-def _eval(node: Cond | Clause, ev: dict[Clause, Evidence]) -> tuple[bool | None | str, float]:
+def _eval(node: Cond | Clause, ev: dict[Clause, Evidence], gates_open: bool = False
+          ) -> tuple[bool | None | str, float]:
     """Three-valued truth of a condition and the relative margin of its decisive clauses. A clause over a feature
     that cannot exist for this kind of run (missing for a `NOT_APPLICABLE` reason: ln(classes) of a language model,
     the prompt set of a classifier) removes its route: an `all` group holding one is `NA`, an `any` group drops
     its `NA` members (and is `NA` when none is left), so a route written for one kind of run changes nothing for
-    the other."""
+    the other. `gates_open`: a gate left open by a missing signal read as holding (_gate_held)."""
     if isinstance(node, Clause):
         e = ev[node]
         if _not_applicable(e):
             return NA, 0.0
         return e.passed, (_margin(e) if e.passed else 0.0)
-    results = [_eval(item, ev) for item in node.items]
+    results = [_eval(item, ev, gates_open) for item in node.items]
     if node.mode == "all" and any(s == NA for s, _ in results):
         return NA, 0.0
-    alone = [isinstance(item, Cond) and item.alone for item, (s, _) in zip(node.items, results) if s != NA]
+    alone = [_holds_open(item, s, ev) for item, (s, _) in zip(node.items, results) if s != NA]
     results = [(s, m) for s, m in results if s != NA]
     if not results:
         return NA, 0.0
@@ -397,10 +398,17 @@ def _eval(node: Cond | Clause, ev: dict[Clause, Evidence]) -> tuple[bool | None 
         return True, math.inf
     if any(s is True for s in states):
         return True, max(m for s, m in results if s)
+    if node.gate:
+        # a gate says which runs a route is for, not a route to the verdict: one whose deciding signal is missing
+        # (a full fine-tune with no lr logged) stays open, the rule tentative with that signal listed missing
+        if gates_open and any(s is None for s in states):
+            return True, math.inf
+        return (None if any(s is None for s in states) else False), 0.0
     # alternatives are routes to the same conclusion: once one route could be checked and failed, a route
     # whose signal is missing (a Trainer run's train-subsample metric, a loss-only run's val metric) does
     # not hold the group open; only when no route can be checked is the group unknown. A route of its own
-    # (`Cond.alone`) stays open, with its own margin, as the rule it stands for would
+    # (`Cond.alone`) stays open, with its own margin, as the rule it stands for would, and so does a route held
+    # open only by its gate (_gate_held: a full fine-tune with no lr logged), on its evidence's margin
     held = [m for (s, m), own in zip(results, alone) if s is None and own]
     if held:
         return None, max(held)
@@ -456,13 +464,25 @@ def _open_unknowns(node: Cond | Clause, ev: dict[Clause, Evidence]) -> list[Clau
     return [cl for item in _held_open(node, ev) for cl in _open_unknowns(item, ev)]
 
 
+def _holds_open(item: Cond | Clause, state: bool | None | str, ev: dict[Clause, Evidence]) -> bool:
+    """Whether a route of an `any` group stays open however its sibling routes fail (_eval): a route of its own
+    (`Cond.alone`), or one open only because a gate's signal is missing (_gate_held)."""
+    return isinstance(item, Cond) and (item.alone or (state is None and _gate_held(item, ev)))
+
+
+def _gate_held(node: Cond, ev: dict[Clause, Evidence]) -> bool:
+    """Whether `node` is open only because a gate (`Cond.gate`) in it is: it holds with its open gates read as
+    holding. A gate says which runs a route is for, so a missing lr leaves a full fine-tune's route open, not closed."""
+    return bool(_gates(node)) and _eval(node, ev, gates_open=True)[0] is True
+
+
 def _held_open(node: Cond, ev: dict[Clause, Evidence]) -> tuple[Cond | Clause, ...]:
     """`node`'s members, or of an `any` group that a route of its own (`Cond.alone`) holds open where another route
     failed, those routes alone: the rest closed with the failed route (_eval)."""
     if node.mode != "any" or _eval(node, ev)[0] is not None:
         return node.items
     states = [(item, _eval(item, ev)[0]) for item in node.items]
-    own = tuple(item for item, st in states if st is None and isinstance(item, Cond) and item.alone)
+    own = tuple(item for item, st in states if st is None and _holds_open(item, st, ev))
     return own if own and any(st is False for _, st in states) else node.items
 
 

@@ -770,7 +770,8 @@ _RULES = (
             # Its own route (alone): where a Trainer run logs no train-subsample metric (gap_f1 missing) it fires
             # tentatively as underfit-capacity would, however the routes above fail; the lr is its gate. A loss still
             # falling at its end has not stuck (the val loss's late fall, as the flattened route's late share reads it)
-            all_(all_(c("full_finetune", ">=", "flag_on"), c("peak_lr", ">=", "high_lr_min"), gate=True),
+            # Its claim is about the lr: with none logged (peak_lr missing) the rule is not evaluated (`required`)
+            all_(all_(c("full_finetune", ">=", "flag_on"), c("peak_lr", ">=", "high_lr_min", required=True), gate=True),
                  _stalled("above a full fine-tune's usual range", c("val_loss_still_falling", "<", "flag_on")),
                  _UNDERFIT_LOW,
                  why="a full fine-tune at an lr above its usual range stalled high, train and val both low",

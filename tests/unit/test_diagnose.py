@@ -1038,3 +1038,29 @@ def test_no_rule_raises_the_lr_of_a_full_fine_tune_above_its_range(lr):
     assert inside.primary.moves == ("epochs up", "learning_rate x2")
     assert verdict(_at_lr(s.lr_too_small(), 3e-5), {**META, "method": "full"}).verdict == "lr-too-small"
     assert verdict(_at_lr(s.lr_too_small(), lr), {**META, "method": "lora"}).primary.moves == ("learning_rate x2",)
+
+
+def _no_lr(points):
+    """`points` with no lr logged (peak_lr missing)."""
+    return [{k: v for k, v in p.items() if k != "lr"} for p in points]
+
+
+def test_a_full_fine_tune_with_no_lr_logged_reads_as_before_and_is_not_told_its_lr_is_high():
+    """A full fine-tune with no lr logged read worse than before its lr gate: the gate (full fine-tune below its
+    range's top, an `any`) was closed by its failed 'not a full fine-tune' member, so lr-too-small, underfit-capacity
+    and both-slices-low never fired (lr_too_small's slow fall read healthy 0.75), while lr-too-large's full route
+    (its own, held open) said 'learning_rate /2 ... at an lr above its usual range' about an lr nobody knows. A gate
+    whose signal is missing stays open and counts as no evidence (the rule tentative, peak_lr missing); the full
+    route of lr-too-large needs the lr known (`required`)."""
+    full = {**META, "method": "full"}
+    slow = verdict(_no_lr(s.lr_too_small()), full)
+    assert slow.verdict == "lr-too-small" and slow.primary.moves == ("learning_rate x2",)
+    assert slow.primary.tentative and "peak_lr" in [m[0] for m in slow.primary.missing]
+    stalled = verdict(_no_lr(_stalled_no_train_eval(1e-3)), full)
+    assert stalled.verdict == "underfit-capacity" and stalled.primary.moves == ("learning_rate x2",)
+    assert stalled.primary.tentative and sorted(m[0] for m in stalled.primary.missing) == ["gap_f1", "peak_lr"]
+    assert all(f.rule_id != "lr-too-large" for f in stalled.findings)
+    assert "peak_lr" in [m[0] for m in next(n for n in stalled.not_evaluated if n.rule_id == "lr-too-large").missing]
+    for method in ("lora", None):  # a LoRA or unknown run with no lr: as before, no lr gate to open
+        other = verdict(_no_lr(s.lr_too_small()), {**META, **({"method": method} if method else {})})
+        assert other.verdict == "lr-too-small" and not other.primary.tentative
