@@ -380,7 +380,9 @@ def _eval(node: Cond | Clause, ev: dict[Clause, Evidence], gates_open: bool = Fa
             return NA, 0.0
         return e.passed, (_margin(e) if e.passed else 0.0)
     results = [_eval(item, ev, gates_open) for item in node.items]
-    if node.mode == "all" and any(s == NA for s, _ in results):
+    if node.mode == "all" and any(s == NA or (s is False and isinstance(item, Cond) and item.gate)
+                                  for item, (s, _) in zip(node.items, results)):
+        # (a route whose gate fails is not for this run, as one over a feature it cannot have: it closes no group)
         return NA, 0.0
     alone = [_holds_open(item, s, ev) for item, (s, _) in zip(node.items, results) if s != NA]
     results = [(s, m) for s, m in results if s != NA]

@@ -529,6 +529,13 @@ FULL_UNDERFIT_CAVEAT = ("a full fine-tune has no rank or module to add: the lr i
 _FULL_LR_BELOW_HIGH = any_(c("full_finetune", "<", "flag_on"), c("peak_lr", "<", "high_lr_min"), gate=True)
 
 
+def _full_lr_at_high(required: bool = False) -> Cond:
+    """The gate of a route for a full fine-tune at or above the top of its lr range (high_lr_min read against full
+    fine-tuning's range), the runs _FULL_LR_BELOW_HIGH leaves out; `required`: a route whose claim is about that lr
+    (not evaluated with none logged)."""
+    return all_(c("full_finetune", ">=", "flag_on"), c("peak_lr", ">=", "high_lr_min", required=required), gate=True)
+
+
 def _stalled(at: str, *settled: Clause) -> Cond:
     """underfit-capacity's evidence, in two parts (lr-too-large reads both for a full fine-tune above its lr range):
     the loss stalled (fell, then flattened early; or stuck high at an lr `at` the top of the run's range, with the
@@ -771,7 +778,7 @@ _RULES = (
             # tentatively as underfit-capacity would, however the routes above fail; the lr is its gate. A loss still
             # falling at its end has not stuck (the val loss's late fall, as the flattened route's late share reads it)
             # Its claim is about the lr: with none logged (peak_lr missing) the rule is not evaluated (`required`)
-            all_(all_(c("full_finetune", ">=", "flag_on"), c("peak_lr", ">=", "high_lr_min", required=True), gate=True),
+            all_(_full_lr_at_high(required=True),
                  _stalled("above a full fine-tune's usual range", c("val_loss_still_falling", "<", "flag_on")),
                  _UNDERFIT_LOW,
                  why="a full fine-tune at an lr above its usual range stalled high, train and val both low",
@@ -1153,7 +1160,11 @@ _RULES = (
                             c("val_loss_remaining_noise", ">=", "remaining_noise_min"),
                             c("val_loss_remaining_gain", ">=", "remaining_gain_min"))),
                   any_(c("val_loss_late_drop", ">=", "late_val_drop_min"),
-                       c("train_loss_late_drop", ">=", "plateau_late_drop_max")),
+                       c("train_loss_late_drop", ">=", "plateau_late_drop_max"),
+                       # ...or, a full fine-tune at or above the top of its lr range, any late fall: a slow steady
+                       # one is lr-too-small's below it, but a step that large has no smaller step to blame (lr-too-
+                       # small's gate), so a fit still improving there wants the epochs (moves_for: no lr x2)
+                       all_(_full_lr_at_high(), c("val_loss_late_drop", ">", "still_falling_min"))),
                   # a val loss that has risen beyond its noise since its minimum: longer training buys over-confidence
                   c("val_loss_rise_noise", "<", "rise_noise_min"),
                   # a val loss at ~0 has nothing left to gain that counts, whatever its relative pace

@@ -1064,3 +1064,21 @@ def test_a_full_fine_tune_with_no_lr_logged_reads_as_before_and_is_not_told_its_
     for method in ("lora", None):  # a LoRA or unknown run with no lr: as before, no lr gate to open
         other = verdict(_no_lr(s.lr_too_small()), {**META, **({"method": method} if method else {})})
         assert other.verdict == "lr-too-small" and not other.primary.tentative
+
+
+@pytest.mark.parametrize("lr", [2e-4, 1e-3, 2e-3])
+def test_a_full_fine_tunes_slow_steady_fall_above_its_range_is_not_healthy(lr):
+    """A full fine-tune at 2e-4..2e-3 (above its range's top, 1.5e-4) whose losses fell slowly and steadily to a val
+    F1 of 0.12 of 10 classes read healthy 0.75: lr-too-small is gated off there (no smaller step to blame) and
+    undertrained wanted a late fall of late_val_drop_min, which a slow fall lacks. There, any late fall of a fit still
+    improving reads undertrained, its move the epochs (no lr x2). With and without train_eval metrics."""
+    def no_train_eval(pts):
+        return [{k: v for k, v in p.items() if not k.startswith("train_eval/")} for p in pts]
+
+    for pts in (s.lr_too_small(), no_train_eval(s.lr_too_small())):
+        d = verdict(_at_lr(pts, lr), {"num_labels": 10, "status": "completed", "method": "full"})  # the review's run
+        assert d.verdict == "undertrained" and d.primary.moves == ("epochs up",) and not d.primary.tentative
+        assert next(f for f in d.findings if f.rule_id == "healthy").suppressed_by == "undertrained"
+    # the same curve inside the range, or a LoRA run's: lr-too-small, as before
+    assert verdict(_at_lr(s.lr_too_small(), 3e-5), {**META, "method": "full"}).verdict == "lr-too-small"
+    assert verdict(_at_lr(s.lr_too_small(), 2e-4), {**META, "method": "lora"}).verdict == "lr-too-small"

@@ -78,7 +78,7 @@ FIRING = {
                          val_loss_min_fraction=1.0, val_loss_drop=0.5, val_loss_late_drop=0.2,
                          train_loss_late_drop=0.3, val_loss_remaining_gain=0.1, val_loss_rise_noise=0.0,
                          val_metric_logged=1, val_loss_remaining_noise=5.0, val_metric_late_gain_se=3.0,
-                         val_loss_final=0.5, plan_done_fraction=1.0, val_metric_best=0.8,
+                         val_loss_final=0.5, plan_done_fraction=1.0, val_metric_best=0.8, full_finetune=0, peak_lr=1e-4,
                          train_loss_final_over_start=0.5, train_loss_untracked=0),
     "healthy": dict(val_metric_gain=0.7, val_loss_drop=0.6, train_loss_drop=0.9, val_loss_rise=0.0,
                     val_loss_rise_noise=0.0, val_metric_final_drop=0.0, val_metric_final_drop_se=0.0,
