@@ -1910,11 +1910,31 @@ def format_threshold(unit: str, value: float) -> str:
     return f"{shown:.{THRESHOLD_DIGITS}g}{THRESHOLD_SUFFIX.get(unit, '')}"
 
 
-def describe_clause(cl: Clause, thresholds: Mapping[str, float] | None = None) -> str:
+# what `loratune rules` says of a gate and of a route of its own (Cond.gate, Cond.alone), in text and as JSON keys
+GATE_MARK = "[gate: which runs this route is for; not evidence]"
+ALONE_MARK = "[own route: read as a rule of its own]"
+# a rule's full-fine-tune moves at an lr at or above its range's top (Rule.moves_for, lr_high) where none is left
+NO_MOVE_LR_HIGH = "none (no move raises the lr of a full fine-tune already above its range)"
+
+
+def threshold_text(name: str, thresholds: Mapping[str, float] | None = None) -> str:
+    """A threshold's value as rule conditions print it; one read against full fine-tuning's range
+    (LORA_RANGE_LR_THRESHOLDS, thresholds_for_method) with that value too."""
     values = thresholds or default_thresholds()
-    t = THRESHOLDS[cl.threshold]
+    unit = THRESHOLDS[name].unit
+    text = format_threshold(unit, values[name])
+    if name in LORA_RANGE_LR_THRESHOLDS:
+        text += f"; {format_threshold(unit, thresholds_for_method(values, 'full')[name])} for a full fine-tune"
+    return text
+
+
+def describe_clause(cl: Clause, thresholds: Mapping[str, float] | None = None) -> str:
     req = " [required]" if cl.required else ""
-    return f"{cl.feature} {cl.op} {cl.threshold} ({format_threshold(t.unit, values[cl.threshold])}){req}"
+    return f"{cl.feature} {cl.op} {cl.threshold} ({threshold_text(cl.threshold, thresholds)}){req}"
+
+
+def _marks(cond: Cond) -> str:
+    return "".join(f" {m}" for m, on in ((GATE_MARK, cond.gate), (ALONE_MARK, cond.alone)) if on)
 
 
 def describe(cond: Cond | Clause, thresholds: Mapping[str, float] | None = None, indent: int = 0) -> str:
@@ -1922,9 +1942,9 @@ def describe(cond: Cond | Clause, thresholds: Mapping[str, float] | None = None,
     pad = "  " * indent
     if isinstance(cond, Clause):
         return pad + describe_clause(cond, thresholds)
-    if len(cond.items) == 1 and isinstance(cond.items[0], Clause):
+    if len(cond.items) == 1 and isinstance(cond.items[0], Clause) and not _marks(cond):
         return pad + describe_clause(cond.items[0], thresholds)
-    lines = [f"{pad}{cond.mode} of:"]
+    lines = [f"{pad}{cond.mode} of:{_marks(cond)}"]
     lines += [describe(item, thresholds, indent + 1) for item in cond.items]
     return "\n".join(lines)
 
@@ -1933,7 +1953,8 @@ def cond_to_data(cond: Cond | Clause) -> dict:
     """A condition as JSON-ready data."""
     if isinstance(cond, Clause):
         return {"feature": cond.feature, "op": cond.op, "threshold": cond.threshold, "required": cond.required}
-    return {cond.mode: [cond_to_data(i) for i in cond.items]}
+    return {cond.mode: [cond_to_data(i) for i in cond.items],
+            **({"gate": True} if cond.gate else {}), **({"alone": True} if cond.alone else {})}
 
 
 def rule_to_data(rule: Rule, thresholds: Mapping[str, float] | None = None) -> dict:
@@ -1941,9 +1962,13 @@ def rule_to_data(rule: Rule, thresholds: Mapping[str, float] | None = None) -> d
     return {
         "id": rule.id, "scope": rule.scope, "priority": rule.priority, "verdict": rule.verdict,
         "knob_class": rule.knob_class, "moves": list(rule.moves), "full_moves": list(rule.moves_for("full")),
+        # ...at an lr at or above high_lr_min read for a full fine-tune (Rule.moves_for: no lr x2 there)
+        "full_moves_lr_high": list(rule.moves_for("full", lr_high=True)),
         "full_verdict": rule.verdict_for("full"), "full_caveat": rule.caveat_for("full"),
         "suppresses": list(rule.suppresses),
         "confidence": rule.confidence, "when": cond_to_data(rule.when),
         "thresholds": {cl.threshold: values[cl.threshold] for cl in rule.when.leaves()},
+        "full_thresholds": {cl.threshold: thresholds_for_method(values, "full")[cl.threshold]
+                            for cl in rule.when.leaves() if cl.threshold in LORA_RANGE_LR_THRESHOLDS},
         "source": rule.source, "caveat": rule.caveat,
     }

@@ -723,3 +723,40 @@ def test_a_fixed_number_rules_lists_is_refused_as_fixed_not_unknown(tmp_path, ca
     out = json.loads(capsys.readouterr().out)
     rows = out["lora_vs_full"] + out["move_constants"]
     assert next(r for r in rows if r["name"] == name)["overridable"] is False
+
+
+def test_rules_shows_gates_own_routes_a_full_fine_tunes_lr_thresholds_and_its_moves_above_its_range(capsys):
+    """`loratune rules` dropped the gate and own-route markers (Cond.gate, Cond.alone) in text and --json, printed
+    high_lr_min etc. at LoRA's value only though a full fine-tune reads them 10x lower (thresholds_for_method), and
+    read moves_for('full') inside the range only: lr-too-small and undertrained printed no full-fine-tune move line
+    and --json's full_moves kept learning_rate x2 for a full fine-tune above its range."""
+    from loratune.cli import main
+    from loratune.rules import ALONE_MARK, GATE_MARK
+
+    assert main(["rules"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"any of: {GATE_MARK}" in text and f"all of: {ALONE_MARK}" in text
+    assert "peak_lr < high_lr_min (0.0015; 0.00015 for a full fine-tune)" in text
+    assert ("full fine-tune moves: epochs up, learning_rate x2 full fine-tune moves at or above high_lr_min (0.0015; "
+            "0.00015 for a full fine-tune): epochs up") in text
+    lr_small = text[text.index("lr-too-small scope"):text.index("undertrained scope")]
+    assert "full fine-tune moves: learning_rate x2" in lr_small
+    assert "at or above high_lr_min (0.0015; 0.00015 for a full fine-tune): none" in lr_small
+    assert main(["rules", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    rules = {r["id"]: r for r in data["rules"]}
+    assert rules["undertrained"]["full_moves"] == ["epochs up", "learning_rate x2"]
+    assert rules["undertrained"]["full_moves_lr_high"] == ["epochs up"]
+    assert rules["lr-too-small"]["full_moves_lr_high"] == []
+    assert rules["lr-too-small"]["full_thresholds"]["high_lr_min"] == pytest.approx(1.5e-4)
+    assert data["thresholds"]["high_lr_min"]["full_value"] == pytest.approx(1.5e-4)
+    assert "full_value" not in data["thresholds"]["slow_drop_max"]
+
+    def conds(node):
+        if isinstance(node, dict) and ("all" in node or "any" in node):
+            yield node
+            for item in node.get("all", node.get("any")):
+                yield from conds(item)
+    found = [n for r in data["rules"] for n in conds(r["when"])]
+    assert any(n.get("gate") is True for n in found) and any(n.get("alone") is True for n in found)
+    assert sum(n.get("alone") is True for n in conds(rules["lr-too-large"]["when"])) == 1

@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from loratune.moves import MOVE_CONSTANTS, move_catalog
     from loratune.assess import AssessThresholds
     from loratune.decide import DecideThresholds
-    from loratune.rules import RULES, THRESHOLDS, describe, moves_text, rule_to_data
+    from loratune.rules import LORA_RANGE_LR_THRESHOLDS, NO_MOVE_LR_HIGH, RULES, THRESHOLDS, describe, moves_text, \
+        rule_to_data, threshold_text, thresholds_for_method
     from loratune.thresholds import load_threshold_tables
 
     tables = load_threshold_tables(args.thresholds)  # every table's names (assess, LoRA vs full too)
@@ -39,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = {
             "rules": [rule_to_data(r, values) for r in RULES],
-            "thresholds": {n: {"value": values[n], "default": t.value, "unit": t.unit, "doc": t.doc}
+            "thresholds": {n: {"value": values[n], "default": t.value, "unit": t.unit, "doc": t.doc,
+                               # ...and as a full fine-tune reads it (thresholds_for_method)
+                               **({"full_value": thresholds_for_method(values, "full")[n]}
+                                  if n in LORA_RANGE_LR_THRESHOLDS else {})}
                            for n, t in THRESHOLDS.items()},
         }
         out["assess"] = assess_catalog
@@ -66,9 +70,15 @@ def run(args: argparse.Namespace) -> int:
         console.print("  when " + escape(describe(r.when, values, indent=1).lstrip()))
         console.print(f"  verdict: {escape(r.verdict)}")
         console.print(f"  [cyan]moves:[/] {escape(', '.join(r.moves))}")
-        if r.moves_for("full") != r.moves or r.full_verdict:  # a full fine-tune's moves differ (Rule.moves_for)
+        # a full fine-tune's moves where they differ (Rule.moves_for): inside its lr range, and at or above its top
+        high = r.moves_for("full", lr_high=True)
+        if r.moves_for("full") != r.moves or r.full_verdict or high != r.moves_for("full"):
             console.print(f"  [cyan]full fine-tune moves:[/] {escape(moves_text(r.id, r.moves_for('full')))}"
                           + (f"; verdict: {escape(r.full_verdict)}" if r.full_verdict else ""))
+        if high != r.moves_for("full"):
+            console.print(f"  [cyan]full fine-tune moves at or above high_lr_min "
+                          f"({escape(threshold_text('high_lr_min', values))}):[/] "
+                          f"{escape(', '.join(high) or NO_MOVE_LR_HIGH)}")
         if r.suppresses:
             console.print(f"  [dim]suppresses: {escape(', '.join(r.suppresses))}[/]")
         if r.caveat:
@@ -81,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         th.add_column(col, overflow="fold")
     for n, spec in THRESHOLDS.items():
         mark = "" if values[n] == spec.value else " *"
-        th.add_row(n, f"{values[n]:g}{mark}", f"{spec.value:g}", escape(spec.doc))
+        shown = threshold_text(n, values) if n in LORA_RANGE_LR_THRESHOLDS else f"{values[n]:g}"  # and a full FT's
+        th.add_row(n, f"{shown}{mark}", f"{spec.value:g}", escape(spec.doc))
     console.print(th)
     if args.features:
         ft = Table(title="features", header_style="bold")
