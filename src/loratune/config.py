@@ -240,7 +240,9 @@ class TrainConfig:
                                "continue_long, `loratune tune` continues a long run this way). "
                                "null: start fresh.")
     early_stopping_patience: int = _f(0, "Stop after this many evals without the val metric_for_best_model (macro-F1; "
-                                      "multi-label: subset accuracy) improving (0: off). Multi-label and causal-lm: "
+                                      "multi-label: subset accuracy) improving (0: off); the first trained eval sets "
+                                      "the bar, never step 0's (as the HF Trainer's EarlyStoppingCallback). "
+                                      "Multi-label and causal-lm: "
                                       "a tie with a lower val loss improves, as the saved model moves to it.",
                                       min=0)
     early_stopping_threshold: float = _f(0.0, "Minimum gain of the val metric_for_best_model that counts as "

@@ -1016,10 +1016,29 @@ def compute_features(points: Sequence[dict], meta: Mapping[str, Any] | None = No
     return acc.done()
 
 
+# a history point's learning rate after its step's scheduler update (the rate the next step uses): what a loratune
+# record older than store.RECORD_VERSION 2 logged as `lr`, renamed so by history_io.read_loratune_run. A point's `lr`
+# is the rate its own step used (the HF Trainer's `learning_rate`), `lr_max` the largest its window's steps used
+LR_NEXT_KEY = "lr_next"
+
+
+def lr_samples(pts: Sequence[dict]) -> list[tuple[float, float]]:
+    """(step, the rate that step used), step-sorted: a point's `lr` at its step, an older record's `lr_next` (the
+    rate the following step uses) one step later."""
+    out = [(s, v) for s, v in _series(pts, "lr") if v >= 0]
+    out += [(s + 1, v) for s, v in _series(pts, LR_NEXT_KEY) if v >= 0]
+    return sorted(out)
+
+
 def _peak_lr(acc: FeatureSet, pts: Sequence[dict], config: Mapping[str, Any]) -> None:
     """`peak_lr`: the largest rate of every logged one (protocol 5b: the lr per step from the log), else the
-    configured rate."""
-    logged = [v for key in ("lr", "lr_max") for _, v in _series(pts, key) if v >= 0]
+    configured rate. A point's `lr_max` bounds its `lr`; an older record's `lr_next` (within a warmup, above every
+    rate its window used; after the last step, no step's) counts only where no `lr_max` was logged."""
+    if any(_num(p.get("lr_max")) is not None for p in pts):
+        logged = [v for key in ("lr", "lr_max") for _, v in _series(pts, key) if v >= 0]
+    else:  # (a sample past the last step, an older record's last `lr_next`, is a rate no step used)
+        last = max(float(p["step"]) for p in pts)
+        logged = [v for s, v in lr_samples(pts) if s <= last]
     train = config.get("train") if isinstance(config.get("train"), Mapping) else {}
     configured = _num(train.get("learning_rate"))
     if logged:
@@ -1377,11 +1396,12 @@ def _val_loss(acc: FeatureSet, pts, frac, chance, why_chance) -> None:
 
 
 def _lr_clock(pts: Sequence[dict]):
-    """step -> cumulative learning rate x steps (trapezoids between eval points), or None without `lr`.
+    """step -> cumulative learning rate x steps (trapezoids between the logged rates, lr_samples), or None without
+    `lr`.
 
     Progress per unit of this clock is what a steady learner keeps constant: under a decaying schedule
     the loss slows down per step even when nothing else limits it."""
-    lr = [(s, v) for s, v in _series(pts, "lr") if v >= 0]
+    lr = lr_samples(pts)
     if len(lr) < 2:
         return None
     marks = [(lr[0][0], 0.0)]

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from loratune.errors import UserError
-from loratune.features import IMPROVE_MIN_REL, NO_VAL_SIZE_NOISE, TRAIN_LOG_SPLIT, has_binomial_se, is_eval_point
+from loratune.features import (IMPROVE_MIN_REL, LR_NEXT_KEY, NO_VAL_SIZE_NOISE, TRAIN_LOG_SPLIT, has_binomial_se,
+                               is_eval_point)
 from loratune.store import (CALLBACK_RECORD_SOURCE, CONFIG_TEXT, HISTORY, PER_CLASS, RECORD_TEXT, RUN, STATUS_TEXT,
                             TB_TEXT_SUFFIX, TENSORBOARD_DIR, RunStore, check_name_length, is_callback_record,
-                            read_history_lines, unfenced)
+                            lr_logs_next_step, read_history_lines, unfenced)
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,9 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
         facts.update({k: Fact(f["value"], str(f.get("source", "run.json"))) for k, f in meta["facts"].items()
                       if isinstance(f, dict) and "value" in f})
     facts.update(run_folder_facts(d))
+    if lr_logs_next_step(meta):  # an older record's `lr` at step s is step s + 1's rate: read as that (lr_samples)
+        points = [{(LR_NEXT_KEY if k == "lr" and (p.get("step") or 0) > 0 else k): v for k, v in p.items()}
+                  for p in points]
     # a callback record is a Trainer run: named after its output_dir (every record's own folder is `loratune`), and
     # not a `loratune train` run (no step-0 eval, no saved_model bookkeeping: show and the report key on the source)
     name = folder_name(d.parent) if callback and folder_name(d) == CALLBACK_RECORD_DIR else folder_name(d)

@@ -269,14 +269,21 @@ class Patience:
     or, where keep_order breaks ties on the val loss (LOSS_TIE_BREAK_TASKS), its score is at least the best's and its
     val loss below the lowest seen at that score. The kept model moves to such a point, so counting it as no
     improvement stopped a multi-label run on the step it had just saved. Until a point has a finite objective, every
-    point counts as one. The one statement of the rule: train and sft count by it."""
+    point counts as one. Only trained points count: step 0's (the untrained model, or a warm start's) never sets the
+    bar, as the kept model never is it and the HF Trainer's EarlyStoppingCallback, whose first evaluation comes after
+    training steps, sets its best_metric there: a warmup's first step runs at learning rate 0, so the step-1 point
+    scores no better than step 0's and patience 1 ended the run there, keeping the untrained model. The one statement
+    of the rule: train and sft count by it."""
 
     min_gain: float
     best: tuple[float, float] | None = None  # the keep_order of the last gain, its val-loss part lowered by ties
     since: int = 0  # evaluations since the last improvement
 
-    def count(self, key: tuple[float, float] | None) -> int:
-        """Read one evaluation point (`key`: its keep_order); the evaluations since the last improvement."""
+    def count(self, step: float, key: tuple[float, float] | None) -> int:
+        """Read one evaluation point (`step`, `key`: its keep_order); the trained evaluations since the last
+        improvement (0 at step 0, which is not read)."""
+        if not step:
+            return 0
         best = self.best
         if best is None or key is not None and key[0] > best[0] + self.min_gain:
             self.best, self.since = key, 0

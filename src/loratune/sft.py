@@ -67,7 +67,7 @@ from loratune.models import load_causal_lm, load_tokenizer, resolve_model
 from loratune.sft_data import (IGNORE, PLAIN_TEMPLATE, Example, Renderer, SFTDataset, SFTEncoded, Turn, answer_prefix,
                                check_end_token, encode_prompts, encode_sft, encoding_notes, prompt_prefix,
                                stop_token_ids, LOSS_COVERS_KEY, EVERY_TURN)
-from loratune.store import RunStore, write_atomic
+from loratune.store import RECORD_VERSION, RunStore, write_atomic
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
 from loratune.train import (STEP0_SPLITS, BestModel, CardPick, RunProgress, TrainCallback, batch_order,
@@ -815,7 +815,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         "objective": objective,
         "label_format": "generate" if labels else None, "labels": list(labels) or None,
         "precision": precision_mod.record(precision, inputs_as_is, frozen_bf16), "dropout": dropout, "timing_s": timing,
-        "config": to_dict(cfg), "versions": versions(),
+        "config": to_dict(cfg), "versions": versions(), "record_version": RECORD_VERSION,
     }
     start_record(store, to_yaml(cfg), run)
     tracking = Trackers.open(cfg.train.report_to if ranks.main else (), store.path, to_dict(cfg), to_yaml(cfg))
@@ -827,6 +827,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     start_fresh = None  # a warm start's un-adapted model's loss at step 1 (train.divergence_bar; NaN: none)
     examples_seen, step, step_times = 0, 0, []
     lr0_steps = 0  # the first steps, run at learning rate 0 (a warmup's first), that moved no weight (saved_note)
+    early_stopped = False  # early stopping ended the run (saved_note)
     window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "tokens": [], "lr": []}
     t0 = time.perf_counter()
     run["setup_s"] = round(t0 - t_setup, 3)
@@ -834,8 +835,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
     def evaluate_now(loss_only: bool = False) -> bool:
         """Score val, the train subsample and the prompt set (`loss_only`: val alone); append a history point.
         True: stop early."""
-        point = history_point(step, examples_seen, len(dataset.train), t0,
-                              scheduler.get_last_lr()[0] if step else 0.0, window)
+        point = history_point(step, examples_seen, len(dataset.train), t0, window)
         with timed(timing, "evaluate"):
             if not loss_only and (step > 0 or "train_eval" in STEP0_SPLITS):  # step 0: the base model on val
                 point.update(evaluate_lm("train_eval", model, train_eval_enc, pad_id, device, autocast))
@@ -882,7 +882,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         # loss, so a generative classifier never keeps a stale model (keep_order: the report reads the same order),
         # and early stopping counts such a tie as progress, so patience does not end a learning run
         key = keep_order(point, objective, run["task"])
-        evals_since_best = stopping.count(key)
+        evals_since_best = stopping.count(step, key)
         # the model kept is the best *trained* one: step 0 is the base model (or the warm start's), recorded for
         # comparison
         if step == 0:
@@ -987,12 +987,13 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
                     run["status"], stop_reason = "diverged", f"{why} (step {step})"
                     break
                 if stop and step < steps:  # patience run out at the last step: the plan ended the run, not it
+                    early_stopped = True
                     stop_reason = (f"early stopping: {objective} did not improve for "
                                    f"{cfg.train.early_stopping_patience} evaluations")
                     break
             elif log_every and len(window["loss"]) >= log_every:  # evaluation thinned by its budget: the train
                 # loss alone, over the log_every steps since the last history line
-                point = history_point(step, examples_seen, len(dataset.train), t0, scheduler.get_last_lr()[0], window)
+                point = history_point(step, examples_seen, len(dataset.train), t0, window)
                 if ranks.main:
                     store.append_history(point)
                     tracking.log_point(point)
@@ -1015,7 +1016,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
         with signals.shielded():  # a second Ctrl-C / SIGTERM waits until the record is whole
             try:
                 save_error = _finish_record(run, model, tokenizer, cfg, store, best, bar, device, t0,
-                                            examples_seen, step_times, ranks.sharded, lr0_steps)
+                                            examples_seen, step_times, ranks.sharded, lr0_steps, early_stopped)
             finally:  # the lock goes and the writers close even when saving the model failed
                 store.close()
                 tracking.finish(store.path, run["status"])
@@ -1027,7 +1028,7 @@ def _train_sft(cfg: RunConfig, dataset: SFTDataset, store: RunStore, *, progress
 
 
 def _finish_record(run, model, tokenizer, cfg, store, best: BestModel | None, bar, device, t0, examples_seen,
-                   step_times, sharded: bool = False, lr0_steps: int = 0):
+                   step_times, sharded: bool = False, lr0_steps: int = 0, early_stopped: bool = False):
     """Restore the best trained weights, save them, write the final run.json (as train._finish_record:
     a write that fails for the output location is recorded, then returned as a UserError, never raised over the error
     that ended the run). sharded (FSDP): best.state is the full state dict on rank 0, saved as it is (the
@@ -1055,7 +1056,7 @@ def _finish_record(run, model, tokenizer, cfg, store, best: BestModel | None, ba
             key = run["objective"]
             higher = objective_named(key).higher_is_better
             words = f"{'best' if higher else 'lowest'} {objective_named(key).name}"
-            run["saved_model"] = {"step": step, "note": saved_note(step, words, lr0_steps, cfg.train.init_from)
+            run["saved_model"] = {"step": step, "note": saved_note(step, words, lr0_steps, cfg.train.init_from, early_stopped)
                                   + start_note(run, key, higher, cfg.train.init_from)}
             best.record_saved(run)
         else:

@@ -60,6 +60,18 @@ RUN_MARKERS = (RUN, HISTORY)
 # a run.json is a loratune run's record when it is a JSON object with a `status` and whose `versions` name loratune
 # (train.versions: every record has carried both since the first one, as it starts)
 RUN_RECORD_VERSION_KEY = "loratune"
+# run.json `record_version`: what a record's fields mean, where that changed. 1 (no key, records before it): the
+# history's `lr` at step s is the rate after step s's scheduler update, i.e. the rate step s + 1 uses. 2: the rate
+# step s used, as the HF Trainer logs its `learning_rate` (history_io.read_loratune_run reads both alike)
+RECORD_VERSION = 2
+
+
+def lr_logs_next_step(run: Any) -> bool:
+    """Whether a run.json is a `loratune train` record older than RECORD_VERSION 2, whose history's `lr` at step s is
+    the rate step s + 1 uses (LoratuneCallback's records carry the Trainer's own logged rate: the rate step s used)."""
+    return (isinstance(run, dict) and isinstance(run.get("versions"), dict)
+            and RUN_RECORD_VERSION_KEY in run["versions"] and not is_callback_record(run)
+            and not (isinstance(run.get("record_version"), int) and run["record_version"] >= 2))
 # run.json `source` of LoratuneCallback's record, and the source its RunHistory reads as (a Trainer run, recorded live)
 CALLBACK_RECORD_SOURCE = "hf-trainer callback"
 # the hidden folder RunStore.create moves an earlier run's outputs into before removing them; one left by a process

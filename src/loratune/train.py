@@ -54,7 +54,7 @@ from loratune.metrics import (Decoding, crossfit_thresholds, decode, multi_label
                               single_label_scores, tune_thresholds)
 from loratune.models import (HEAD_NOTE_ATTR, PAD_NOTE_ATTR, load_classifier, load_tokenizer, quiet_transformers,
                              resolve_model)
-from loratune.store import LABEL_MAP, SAVED_WRITING_NOTE, RunStore, earlier_run_note, write_json
+from loratune.store import LABEL_MAP, RECORD_VERSION, SAVED_WRITING_NOTE, RunStore, earlier_run_note, write_json
 from loratune.trackers import Trackers
 from loratune.trackers import require as require_trackers
 
@@ -484,15 +484,16 @@ def loss_points_every(cfg: RunConfig, steps: int, eval_every: int, rows_left: in
     return None
 
 
-def history_point(step: int, examples_seen: int, n_train: int, t0: float, lr: float,
-                  window: dict[str, list[float]]) -> dict:
+def history_point(step: int, examples_seen: int, n_train: int, t0: float, window: dict[str, list[float]]) -> dict:
     """A history point's head (step, epoch, examples seen, wall seconds, lr) and the train/* keys of the steps
     since the last point (window_scores); the window is emptied. An evaluation adds its splits' keys. `lr`: the
-    rate after the step's scheduler update (get_last_lr: the next step's rate), as the HF Trainer logs it; `lr_max`: the
-    largest rate the window's steps used (window["lr"]), since a decay to 0 leaves `lr` 0 at the last point and a short
-    run's peak lr (features.peak_lr) would read as 0."""
+    rate the point's step used (window["lr"]'s last, taken before its scheduler update; 0 at step 0), as the HF
+    Trainer logs `learning_rate` (its _get_learning_rate before lr_scheduler.step()); records before
+    store.RECORD_VERSION 2 logged the rate after the update, the next step's (history_io.read_loratune_run reads them
+    as such); `lr_max`: the largest rate the window's steps used, since under a warmup or decay the last step's rate
+    understates the window's and a short run's peak lr (features.peak_lr) would read low."""
     point = {"step": step, "epoch": examples_seen / max(1, n_train), "examples_seen": examples_seen,
-             "wall_s": round(time.perf_counter() - t0, 3), "lr": lr}
+             "wall_s": round(time.perf_counter() - t0, 3), "lr": window["lr"][-1] if window.get("lr") else 0.0}
     if window.get("lr"):
         point["lr_max"] = max(window["lr"])
     point.update(window_scores(window))
@@ -667,15 +668,20 @@ def start_note(run: dict, objective: str, higher_is_better: bool, init_from: str
     return f"; {start_model(init_from)} at step 0 scored better ({objective} {start:.4f} vs {best:.4f})"
 
 
-def saved_note(step: int, words: str, lr0_steps: int, init_from: str | None = None) -> str:
+def saved_note(step: int, words: str, lr0_steps: int, init_from: str | None = None,
+               early_stopped: bool = False) -> str:
     """run.json saved_model.note's head: adapter/ holds the model of `step`, the `words` (best val macro-F1...)
     among the trained evaluation points; unless every step up to it ran at learning rate 0 (`lr0_steps`: the
     run's first steps that moved no weight; a warmup starts at 0, as the HF Trainer's, so with warmup_ratio > 0
-    step 1 does), when it is the step-0 model (start_model) and no trained point at all."""
+    step 1 does), when it is the step-0 model (start_model). `early_stopped`: early stopping ended the run, so no
+    later trained point scored better within its patience (the run's length is not what left it untrained)."""
     if step <= lr0_steps:
-        return (f"adapter/ holds the model of step {step}, which is {start_model(init_from)}: every step up to it "
-                "ran at learning rate 0 (the warmup starts at 0), so no evaluation point was a trained one (a longer "
-                "run, or warmup_ratio=0, trains it)")
+        head = (f"adapter/ holds the model of step {step}, which is {start_model(init_from)}: every step up to it "
+                "ran at learning rate 0 (the warmup starts at 0)")
+        if early_stopped:
+            return (head + ", and early stopping ended the run before a later, trained point scored better (a "
+                    "larger early_stopping_patience, or warmup_ratio=0, trains it)")
+        return head + ", so no evaluation point was a trained one (a longer run, or warmup_ratio=0, trains it)"
     return f"adapter/ holds the model of step {step}, the {words} among the trained evaluation points"
 
 
@@ -1053,7 +1059,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                        "rows_scored": 0},
         "objective": objective, "loss": spec.to_dict(),
         "decoding": _decoding_record(decoding, None, None, space.labels),
-        "config": to_dict(cfg), "versions": versions(),
+        "config": to_dict(cfg), "versions": versions(), "record_version": RECORD_VERSION,
     }
     start_record(store, to_yaml(cfg), run)
     tracking = Trackers.open(cfg.train.report_to, store.path, to_dict(cfg), to_yaml(cfg))  # report_to
@@ -1064,6 +1070,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
     start_fresh = None  # a warm start's un-adapted model's loss at step 1 (divergence_bar; NaN: none to measure)
     examples_seen, step, step_times = 0, 0, []
     lr0_steps = 0  # the first steps, run at learning rate 0 (a warmup's first), that moved no weight (saved_note)
+    early_stopped = False  # early stopping ended the run (saved_note)
     window: dict[str, list[float]] = {"loss": [], "grad_norm": [], "n": [], "time": [], "lr": []}
     t0 = time.perf_counter()
     run["setup_s"] = round(t0 - t_setup, 3)
@@ -1072,8 +1079,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         """Score val and (after step 0: STEP0_SPLITS) the train subsample, append a history point. True when
         early stopping says stop."""
         nonlocal best, trained_key
-        point = history_point(step, examples_seen, len(dataset.train), t0,
-                              scheduler.get_last_lr()[0] if step else 0.0, window)
+        point = history_point(step, examples_seen, len(dataset.train), t0, window)
         val_logits = predict_logits(model, val_enc, cfg.train.per_device_eval_batch_size, pad_id, device, autocast,
                                     pick_threads)
         val_dec = te_dec = decoding
@@ -1104,7 +1110,7 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
         bar.update(step, point.get("train/loss"), f1, evaluated=True)
         # a tie: the lower val loss (multi-label), else the first; early stopping counts in the same order
         key = keep_order(point, objective, run["task"])
-        evals_since_best = stopping.count(key)
+        evals_since_best = stopping.count(step, key)
         # the model kept is the best *trained* one (step 0 is the base with a random head, or the warm start's
         # model), and `best` is its point: what adapter/ holds, what tune compares; step 0 only until a trained point
         if step == 0:
@@ -1199,12 +1205,13 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                     run["status"], stop_reason = "diverged", f"{why} (step {step})"
                     break
                 if stop and step < steps:  # patience run out at the last step: the plan ended the run, not it
+                    early_stopped = True
                     stop_reason = (f"early stopping: {_metric_name(objective)} did not improve for "
                                    f"{cfg.train.early_stopping_patience} evaluations")
                     break
             elif log_every and len(window["loss"]) >= log_every:  # evaluation thinned by its budget: the train
                 # loss alone, over the log_every steps since the last history line
-                point = history_point(step, examples_seen, len(dataset.train), t0, scheduler.get_last_lr()[0], window)
+                point = history_point(step, examples_seen, len(dataset.train), t0, window)
                 store.append_history(point)
                 tracking.log_point(point)
         if halt and run["status"] == "running" and run["steps_done"] < steps:  # a halt after the last step: the
@@ -1228,7 +1235,8 @@ def _train(cfg: RunConfig, dataset: Dataset, store: RunStore, *, progress: bool,
                 save_error = _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts,
                                             best, bar, device, t0, examples_seen, step_times,
                                             best.decoding if best is not None else decoding,
-                                            best.val_logits if best is not None else None, lr0_steps)
+                                            best.val_logits if best is not None else None, lr0_steps,
+                                            early_stopped)
             finally:  # the lock goes and the writers close even when saving the model failed
                 store.close()
                 tracking.finish(store.path, run["status"])  # the verdict as text, then close the writers
@@ -1254,7 +1262,8 @@ def _metric_name(key: str) -> str:
 
 def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_texts, best: BestModel | None, bar,
                    device, t0, examples_seen, step_times, decoding: Decoding | None = None,
-                   best_val_logits: np.ndarray | None = None, lr0_steps: int = 0) -> UserError | None:
+                   best_val_logits: np.ndarray | None = None, lr0_steps: int = 0,
+                   early_stopped: bool = False) -> UserError | None:
     """Restore the best trained weights, save them, write the final run.json. A write that fails for
     the output location (disk full, read-only) is returned as a UserError, not raised, so it never
     hides the error that ended the run; the record says so first (record_save_failure) wherever run.json can still be
@@ -1281,7 +1290,7 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
             objective = run.get("objective") or "val/macro_f1"
             step = best.step
             run["saved_model"] = {"step": step, "note": saved_note(step, f"best {_metric_name(objective)}", lr0_steps,
-                                                                   cfg.train.init_from)
+                                                                   cfg.train.init_from, early_stopped)
                                   + start_note(run, objective, True, cfg.train.init_from)}
             best.record_saved(run)
             if run["status"] in ("completed", "diverged"):

@@ -1047,7 +1047,10 @@ def test_each_point_logs_the_largest_rate_its_steps_used(sft_run):
     history = _history(sft_run)
     lr = 1e-2
     used = [lr * min(1.0, s / 1) * (STEPS - s) / (STEPS - 1) if s else 0.0 for s in range(STEPS)]  # step s+1's rate
-    assert "lr_max" not in history[0] and history[-1]["lr"] == 0.0
+    assert "lr_max" not in history[0] and history[0]["lr"] == 0.0
+    # a point's `lr` is the rate its own step used (as the HF Trainer logs it), not the next step's (0 at the end)
+    assert [p["lr"] for p in history[1:]] == pytest.approx([used[p["step"] - 1] for p in history[1:]])
+    assert history[-1]["lr"] > 0
     assert [p["lr_max"] for p in history[1:]] == pytest.approx(
         [max(used[p["step"] - EVERY:p["step"]]) for p in history[1:]])
     assert history[1]["lr_max"] == pytest.approx(lr)

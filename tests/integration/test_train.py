@@ -234,6 +234,40 @@ def test_an_epoch_ends_with_an_optimizer_step_on_its_remainder(tiny_bert, intent
     assert untrained / 2 < history[1]["train/loss"] < untrained * 2
 
 
+def test_each_point_logs_the_rate_its_step_used_as_the_trainer_does(tiny_bert, intent_data, tmp_path):
+    """The history's `lr` at step k was step k+1's rate (read after scheduler.step()): with a cosine schedule, a
+    1-step warmup and 6 steps the HF Trainer logs 0, 5e-3, 4.523e-3, 3.273e-3, 1.727e-3, 4.77e-4 at steps 1-6 (the
+    rate each step used) and loratune logged 5e-3, 4.523e-3, ..., 0. Now every point's `lr` is its step's rate, the
+    record says so (record_version 2) and the step-1 point, whose step ran at 0, reads 0."""
+    import math
+
+    from loratune.store import RECORD_VERSION
+
+    _, run = _train(tiny_bert, intent_data, tmp_path / "run", max_steps=6, eval_steps=1, warmup_ratio=0.1,
+                    lr_scheduler_type="cosine")
+    history = RunStore(tmp_path / "run").read_history()
+    used = [0.0] + [5e-3 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 5)) for s in range(1, 6)]  # steps 1..6
+    assert [p["lr"] for p in history[1:]] == pytest.approx(used, abs=1e-9)
+    assert used[1:3] == pytest.approx([5e-3, 4.523e-3], abs=1e-6)
+    assert [p["lr_max"] for p in history[1:]] == [p["lr"] for p in history[1:]]  # one step a window
+    assert history[0]["lr"] == 0.0 and run["record_version"] == RECORD_VERSION == 2
+
+
+def test_early_stopping_counts_trained_points_only(tiny_bert, intent_data, tmp_path):
+    """The step-0 evaluation (the untrained model) set early stopping's bar: with a warmup, step 1 runs at lr 0, its
+    point scores as step 0's and patience 1 ended the run after step 1, keeping the untrained model with a note that
+    blamed the run's length. As the HF Trainer's EarlyStoppingCallback, the first trained evaluation sets the bar:
+    here step 1's (lr 0, so exactly step 0's score), and step 2 must beat it."""
+    _, run = _train(tiny_bert, intent_data, tmp_path / "run", max_steps=10, eval_steps=1, warmup_ratio=0.2,
+                    early_stopping_patience=1, early_stopping_threshold=0.5)  # no gain of 0.5: step 2 stops it
+    history = RunStore(tmp_path / "run").read_history()
+    assert [p["step"] for p in history] == [0, 1, 2] and history[1]["lr"] == 0.0
+    assert run["status"] == "completed" and run["steps_done"] == 2 and run["reason"].startswith("early stopping")
+    note = run["saved_model"]["note"]
+    assert run["saved_model"]["step"] == 1 and "untrained model" in note and "early stopping ended the run" in note
+    assert "a longer run" not in note and "early_stopping_patience" in note
+
+
 def test_a_model_whose_steps_all_ran_at_lr_0_is_not_called_trained(tiny_bert, intent_data, tmp_path):
     # any warmup_ratio > 0 warms up over ceil(ratio x steps) >= 1 steps from 0 (as the HF Trainer): step 1 runs at
     # lr 0, so a 1-step run's only evaluation point holds the untrained weights
@@ -1003,8 +1037,9 @@ def test_multi_label_knobs_on_single_label_data_are_noted_and_no_unused_gamma_is
 
 
 def test_a_short_decayed_runs_points_log_the_rate_their_steps_used(tiny_bert, intent_data, tmp_path):
-    # 4 steps, linear decay, no warmup: the rates used are 5e-3, 3.75e-3, 2.5e-3, 1.25e-3 and the scheduler's next
-    # rate (`lr`) at the last point is 0; `lr_max` keeps the 5e-3 the run trained at, so the peak lr is not read as 0
+    # 4 steps, linear decay, no warmup: the rates used are 5e-3, 3.75e-3, 2.5e-3, 1.25e-3; a point's `lr` is its own
+    # step's (as the HF Trainer logs it: 3.75e-3 at step 2, 1.25e-3 at step 4, where the next step's rate, 2.5e-3
+    # then 0, was logged one step ahead), `lr_max` the largest its window's steps used
     from loratune.diagnose import diagnose
 
     _train(tiny_bert, intent_data, tmp_path / "run", max_steps=4, eval_steps=2, warmup_ratio=0.0)
@@ -1012,7 +1047,7 @@ def test_a_short_decayed_runs_points_log_the_rate_their_steps_used(tiny_bert, in
     assert [p["step"] for p in history] == [0, 2, 4]
     assert "lr_max" not in history[0]  # no step taken yet
     assert [p["lr_max"] for p in history[1:]] == pytest.approx([5e-3, 2.5e-3])
-    assert history[-1]["lr"] == 0.0
+    assert [p["lr"] for p in history] == pytest.approx([0.0, 3.75e-3, 1.25e-3])
     d = diagnose(tmp_path / "run")
     assert d.features.values["peak_lr"] == pytest.approx(5e-3)
     assert not d.fired("lr-too-small", active_only=False)

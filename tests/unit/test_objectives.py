@@ -105,7 +105,7 @@ def test_patience_counts_in_the_order_the_kept_model_follows():
 
     def counts(points, key, task, min_gain=0.0):
         patience = Patience(min_gain)
-        return [patience.count(keep_order(p, key, task)) for p in points]
+        return [patience.count(i, keep_order(p, key, task)) for i, p in enumerate(points, 1)]
 
     ml = [{"val/subset_accuracy": a, "val/loss": v} for a, v in ((0.0, 5.51), (0.1, 4.53), (0.1, 4.30), (0.1, 4.41),
                                                                   (0.1, 4.35), (0.1, 4.29), (0.15, 4.6))]
@@ -172,10 +172,23 @@ def test_kept_step_reads_a_non_finite_val_loss_as_training_kept_by_it():
         assert keep_order(pts[1], "val/subset_accuracy", "multi_label") == (0.2, -math.inf)
         # early stopping counts the move to step 16 as progress, as the kept model moved
         patience = Patience(0.0)
-        assert [patience.count(keep_order(p, "val/subset_accuracy", "multi_label")) for p in history] == [0, 0, 0]
+        assert [patience.count(p["step"], keep_order(p, "val/subset_accuracy", "multi_label"))
+                for p in history] == [0, 0, 0]
     # a val loss of -inf is no better than inf: not a finite number
     assert keep_order({"val/subset_accuracy": 0.2, "val/loss": -math.inf}, "val/subset_accuracy",
                       "multi_label") == (0.2, -math.inf)
     # both ties without a finite loss: the first stays
     assert kept_step([{"step": 8, "val/subset_accuracy": 0.2, "val/loss": None},
                       {"step": 16, "val/subset_accuracy": 0.2}], "val/subset_accuracy", "multi_label") == 8
+
+
+def test_patience_never_takes_step_0_as_its_bar():
+    """Step 0's point (the untrained model) set the bar: a warmup's step 1 runs at lr 0 and scores as step 0, so
+    patience 1 ended the run after step 1. As the HF Trainer's EarlyStoppingCallback, the first trained point sets
+    it; step 0's point counts as nothing, whatever it scored."""
+    from loratune.objectives import Patience, keep_order
+
+    pts = [{"step": 0, "val/macro_f1": 0.9}, {"step": 1, "val/macro_f1": 0.1}, {"step": 2, "val/macro_f1": 0.1},
+           {"step": 3, "val/macro_f1": 0.2}, {"step": 4, "val/macro_f1": 0.15}]
+    patience = Patience(0.0)
+    assert [patience.count(p["step"], keep_order(p, "val/macro_f1", "single_label")) for p in pts] == [0, 0, 1, 0, 1]

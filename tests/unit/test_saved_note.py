@@ -27,3 +27,14 @@ def test_a_saved_model_of_learning_rate_zero_steps_is_the_step0_model():
         "adapter/ holds the model of step 1, which is the untrained model: every step")
     assert saved_note(4, "lowest val loss", 1, "x") == (
         "adapter/ holds the model of step 4, the lowest val loss among the trained evaluation points")
+
+
+def test_an_untrained_saved_model_early_stopping_kept_does_not_blame_the_run_length():
+    """Early stopping cut a warmup run after its lr-0 step: the note said "(a longer run, or warmup_ratio=0, trains
+    it)" of a run that had 15 planned steps; it names early stopping and its patience instead."""
+    note = saved_note(1, "best val macro-F1", 1, early_stopped=True)
+    assert note.startswith("adapter/ holds the model of step 1, which is the untrained model: every step")
+    assert "early stopping ended the run" in note and "early_stopping_patience" in note and "longer run" not in note
+    assert "a longer run" in saved_note(1, "best val macro-F1", 1)
+    assert saved_note(3, "best val macro-F1", 1, early_stopped=True) == (
+        "adapter/ holds the model of step 3, the best val macro-F1 among the trained evaluation points")

@@ -28,9 +28,9 @@ KEPT_FEATURES = ("val_metric_best", "val_metric_se", "val_n", "gap_f1", "train_e
 # Step 0 is the untrained model (the base with a fresh head, or a warm start's model): the bar every trial is
 # measured against, never a trial's score. A trial's value (run.json best) is its best *trained* point, so every
 # search rule that reads a curve reads its trained points only (`trained_points`: where the best came, the score at a
-# pruned trial's step, pruning's comparison at the same step); training's early stopping counts step 0 as the bar to
-# beat, so a run it stopped beat neither the untrained model's score nor its own best for `patience` evaluations
-# (never "still improving": protocol.common.early_stopped).
+# pruned trial's step, pruning's comparison at the same step); training's early stopping counts trained points only
+# (objectives.Patience: the first trained point sets the bar), so a run it stopped did not beat its own trained best
+# for `patience` evaluations (never "still improving": protocol.common.early_stopped).
 FIRST_TRAINED_STEP = 1
 
 
