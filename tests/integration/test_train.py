@@ -184,7 +184,7 @@ def test_early_stopping(tiny_bert, intent_data, tmp_path):
                     early_stopping_patience=2, early_stopping_threshold=0.5)
     assert run["status"] == "completed"
     assert run["reason"].startswith("early stopping")
-    assert run["steps_done"] == 4  # evals at 2 and 4 showed no gain of 0.5 over step 0
+    assert run["steps_done"] == 6  # step 2's eval sets the bar (never step 0's); 4 and 6 showed no gain of 0.5
 
 
 def test_patience_running_out_at_the_last_planned_step_is_no_early_stop(tiny_bert, intent_data, tmp_path):
