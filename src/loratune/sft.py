@@ -1056,7 +1056,8 @@ def _finish_record(run, model, tokenizer, cfg, store, best: BestModel | None, ba
             key = run["objective"]
             higher = objective_named(key).higher_is_better
             words = f"{'best' if higher else 'lowest'} {objective_named(key).name}"
-            run["saved_model"] = {"step": step, "note": saved_note(step, words, lr0_steps, cfg.train.init_from, early_stopped)
+            run["saved_model"] = {"step": step, "note": saved_note(step, words, lr0_steps, cfg.train.init_from, early_stopped,
+                                                                   (run.get("final") or {}).get("step"))
                                   + start_note(run, key, higher, cfg.train.init_from)}
             best.record_saved(run)
         else:

@@ -669,18 +669,23 @@ def start_note(run: dict, objective: str, higher_is_better: bool, init_from: str
 
 
 def saved_note(step: int, words: str, lr0_steps: int, init_from: str | None = None,
-               early_stopped: bool = False) -> str:
+               early_stopped: bool = False, last_eval: int | None = None) -> str:
     """run.json saved_model.note's head: adapter/ holds the model of `step`, the `words` (best val macro-F1...)
     among the trained evaluation points; unless every step up to it ran at learning rate 0 (`lr0_steps`: the
     run's first steps that moved no weight; a warmup starts at 0, as the HF Trainer's, so with warmup_ratio > 0
-    step 1 does), when it is the step-0 model (start_model). `early_stopped`: early stopping ended the run, so no
-    later trained point scored better within its patience (the run's length is not what left it untrained)."""
+    step 1 does), when it is the step-0 model (start_model), and the note says why no trained point was kept:
+    `early_stopped`: early stopping ended the run before a later trained point scored better; else `last_eval`
+    (the run's last evaluated step; None: `step`) past the lr-0 steps: trained points were evaluated and none
+    scored better (the run did not learn); else no evaluation point was a trained one (the run's length)."""
     if step <= lr0_steps:
         head = (f"adapter/ holds the model of step {step}, which is {start_model(init_from)}: every step up to it "
                 "ran at learning rate 0 (the warmup starts at 0)")
         if early_stopped:
             return (head + ", and early stopping ended the run before a later, trained point scored better (a "
                     "larger early_stopping_patience, or warmup_ratio=0, trains it)")
+        if (step if last_eval is None else last_eval) > lr0_steps:
+            return (head + f", and no later, trained evaluation point (steps {lr0_steps + 1}-{last_eval}) scored "
+                    "better than it: the run did not learn (`loratune diagnose` on the run says why)")
         return head + ", so no evaluation point was a trained one (a longer run, or warmup_ratio=0, trains it)"
     return f"adapter/ holds the model of step {step}, the {words} among the trained evaluation points"
 
@@ -1290,7 +1295,8 @@ def _finish_record(run, model, tokenizer, space, cfg, store, extras, predict_tex
             objective = run.get("objective") or "val/macro_f1"
             step = best.step
             run["saved_model"] = {"step": step, "note": saved_note(step, f"best {_metric_name(objective)}", lr0_steps,
-                                                                   cfg.train.init_from, early_stopped)
+                                                                   cfg.train.init_from, early_stopped,
+                                                                   (run.get("final") or {}).get("step"))
                                   + start_note(run, objective, True, cfg.train.init_from)}
             best.record_saved(run)
             if run["status"] in ("completed", "diverged"):

@@ -282,6 +282,23 @@ def test_a_model_whose_steps_all_ran_at_lr_0_is_not_called_trained(tiny_bert, in
     assert "among the trained evaluation points" in run["saved_model"]["note"]
 
 
+def test_an_untrained_model_kept_over_trained_points_that_tied_blames_the_run_not_its_length(tiny_bert, intent_data,
+                                                                                               tmp_path):
+    """learning_rate 1e-7 trains nothing that shows: every point ties step 1's (lr 0, the untrained model), the tie
+    keeps step 1 and the note said "no evaluation point was a trained one (a longer run, or warmup_ratio=0, trains
+    it)" of a run whose steps 2-6 were trained points that scored no better. It says so now, and that the run did
+    not learn."""
+    _, run = _train(tiny_bert, intent_data, tmp_path / "run", max_steps=6, eval_steps=1, warmup_ratio=0.1,
+                    learning_rate=1e-7)
+    history = RunStore(tmp_path / "run").read_history()
+    assert [p["step"] for p in history] == list(range(7)) and history[1]["lr"] == 0.0 and history[2]["lr"] > 0
+    assert len({p["val/macro_f1"] for p in history}) == 1  # every point ties: the first trained one is kept
+    note = run["saved_model"]["note"]
+    assert run["status"] == "completed" and run["saved_model"]["step"] == 1 and "untrained model" in note
+    assert "a longer run" not in note and "no evaluation point was a trained one" not in note
+    assert "no later, trained evaluation point (steps 2-6) scored better" in note and "did not learn" in note
+
+
 def test_the_evaluation_budget_counts_the_rows_really_trained(tiny_bert, intent_data, tmp_path):
     # a batch of 256 on 48 rows trains 48 rows a step: 6 steps are 288 examples, an evaluation budget of
     # 0.5 x 3 x 288 = 432 rows (it was 0.5 x 3 x 6 x 256 = 2,304: 7 points of 200 validation rows, 1,496 rows

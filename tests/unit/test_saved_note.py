@@ -38,3 +38,18 @@ def test_an_untrained_saved_model_early_stopping_kept_does_not_blame_the_run_len
     assert "a longer run" in saved_note(1, "best val macro-F1", 1)
     assert saved_note(3, "best val macro-F1", 1, early_stopped=True) == (
         "adapter/ holds the model of step 3, the best val macro-F1 among the trained evaluation points")
+
+
+def test_an_untrained_saved_model_over_evaluated_trained_points_says_the_run_did_not_learn():
+    """Without early stopping, a run whose trained points (steps 2-15) all tied the lr-0 step 1 kept step 1 with a
+    note blaming the run's length ("a longer run ... trains it"); that wording is for a run whose last evaluation is
+    within its lr-0 steps only."""
+    note = saved_note(1, "best val macro-F1", 1, last_eval=15)
+    assert note == ("adapter/ holds the model of step 1, which is the untrained model: every step up to it ran at "
+                    "learning rate 0 (the warmup starts at 0), and no later, trained evaluation point (steps 2-15) "
+                    "scored better than it: the run did not learn (`loratune diagnose` on the run says why)")
+    for last in (None, 1):  # the last evaluation was an lr-0 step: the run's length left it untrained
+        assert saved_note(1, "best val macro-F1", 1, last_eval=last).endswith(
+            ", so no evaluation point was a trained one (a longer run, or warmup_ratio=0, trains it)")
+    assert "early stopping ended the run" in saved_note(1, "best val macro-F1", 1, early_stopped=True, last_eval=3)
+    assert saved_note(2, "best val macro-F1", 1, last_eval=15).endswith("among the trained evaluation points")
