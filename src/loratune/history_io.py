@@ -2131,7 +2131,10 @@ def _lr_facts(train_logs: Sequence[dict], max_steps: Any = None) -> dict[str, "F
     1 for constant; N = the last logged step extrapolated to where the fitted schedule ends), taking the
     shape that fits the samples best (`_round_lr`). `max_steps`: the state's planned steps, where the Trainer's
     schedule ends (a checkpoint's log stops well before it: see _fit_decay)."""
-    # the Trainer logs at step s the rate step s used, i.e. the schedule's value after s - 1 scheduler steps
+    # the Trainer logs at step s the rate step s used, i.e. the schedule's value after s - 1 scheduler steps: so since
+    # transformers 4.51 (huggingface/transformers#36973); older ones logged the rate after step s's scheduler update,
+    # step s + 1's. Left so: neither trainer_state.json nor the callback's record names the transformers version, and
+    # the difference is one step of the warmup read (warmup_steps one low) and of the lr clock, the peak unchanged
     return _lr_schedule_facts([(float(e["step"]) - 1.0, float(e["learning_rate"])) for e in train_logs
                                if _fin(e.get("learning_rate")) is not None], _fin(max_steps))
 
