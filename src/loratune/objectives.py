@@ -262,18 +262,24 @@ def kept_step(points, key: str, task: str | None) -> float | None:
     return step if step is not None else first
 
 
+# the first step whose evaluation point is a trained model's: step 0's is the untrained model (the base with a fresh
+# head, or a warm start's), never a score of the run's training. Early stopping (Patience) and every search rule that
+# reads a trial's curve (search.trial.trained_points) count from it.
+FIRST_TRAINED_STEP = 1
+
+
 @dataclass
 class Patience:
-    """Early stopping's count of evaluations without improvement, in the order the kept model follows (keep_order):
-    a point improves on the best so far where its score gains more than `min_gain` (train.early_stopping_threshold)
-    or, where keep_order breaks ties on the val loss (LOSS_TIE_BREAK_TASKS), its score is at least the best's and its
-    val loss below the lowest seen at that score. The kept model moves to such a point, so counting it as no
-    improvement stopped a multi-label run on the step it had just saved. Until a point has a finite objective, every
-    point counts as one. Only trained points count: step 0's (the untrained model, or a warm start's) never sets the
-    bar, as the kept model never is it and the HF Trainer's EarlyStoppingCallback, whose first evaluation comes after
-    training steps, sets its best_metric there: a warmup's first step runs at learning rate 0, so the step-1 point
-    scores no better than step 0's and patience 1 ended the run there, keeping the untrained model. The one statement
-    of the rule: train and sft count by it."""
+    """Early stopping's count of evaluations without improvement, in the order the kept model follows (keep_order): a
+    point improves on the best so far where its score gains more than `min_gain` (train.early_stopping_threshold) or,
+    where keep_order breaks ties on the val loss (LOSS_TIE_BREAK_TASKS), its score is at least the best's and its val
+    loss below the lowest seen at that score. The kept model moves to such a point, so counting it as no improvement
+    stopped a multi-label run on the step it had just saved. Until a point has a finite objective, every point counts
+    as one. Only trained points count (FIRST_TRAINED_STEP on): step 0's (the untrained model, or a warm start's)
+    never sets the bar, as the kept model never is it and the HF Trainer's EarlyStoppingCallback, whose first
+    evaluation comes after training steps, sets its best_metric there: a warmup's first step runs at learning rate 0,
+    so the step-1 point scores no better than step 0's and patience 1 ended the run there, keeping the untrained
+    model. The one statement of the rule: train and sft count by it."""
 
     min_gain: float
     best: tuple[float, float] | None = None  # the keep_order of the last gain, its val-loss part lowered by ties
@@ -281,8 +287,8 @@ class Patience:
 
     def count(self, step: float, key: tuple[float, float] | None) -> int:
         """Read one evaluation point (`step`, `key`: its keep_order); the trained evaluations since the last
-        improvement (0 at step 0, which is not read)."""
-        if not step:
+        improvement (0 before FIRST_TRAINED_STEP: step 0's point is not read)."""
+        if step < FIRST_TRAINED_STEP:
             return 0
         best = self.best
         if best is None or key is not None and key[0] > best[0] + self.min_gain:

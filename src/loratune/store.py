@@ -68,8 +68,8 @@ RECORD_VERSION = 2
 
 def lr_logs_next_step(run: Any) -> bool:
     """Whether a run.json is a `loratune train` record older than RECORD_VERSION 2, whose history's `lr` at step s is
-    the rate step s + 1 uses (LoratuneCallback's records carry the Trainer's own logged rate: the rate step s used since transformers
-    4.51, read so whatever the version, which they do not name: history_io._lr_facts)."""
+    the rate step s + 1 uses (LoratuneCallback's records carry the Trainer's own logged rate: the rate step s used since
+    transformers 4.51, read so whatever the version, which they do not name: history_io._lr_facts)."""
     return (isinstance(run, dict) and isinstance(run.get("versions"), dict)
             and RUN_RECORD_VERSION_KEY in run["versions"] and not is_callback_record(run)
             and not (isinstance(run.get("record_version"), int) and run["record_version"] >= 2))

@@ -192,3 +192,18 @@ def test_patience_never_takes_step_0_as_its_bar():
            {"step": 3, "val/macro_f1": 0.2}, {"step": 4, "val/macro_f1": 0.15}]
     patience = Patience(0.0)
     assert [patience.count(p["step"], keep_order(p, "val/macro_f1", "single_label")) for p in pts] == [0, 0, 1, 0, 1]
+
+
+def test_patience_counts_from_the_one_first_trained_step(monkeypatch):
+    """"Trained points start at step 1" was written twice: Patience skipped `not step` while the search's rules (and
+    protocol.long's docstring) named trial.FIRST_TRAINED_STEP. One constant now, in objectives, that both read."""
+    from loratune import objectives
+    from loratune.search import trial
+
+    assert trial.FIRST_TRAINED_STEP is objectives.FIRST_TRAINED_STEP == 1
+    p = objectives.Patience(0.0)
+    assert p.count(0, (0.9, -1.0)) == 0 and p.best is None  # the untrained point never sets the bar
+    monkeypatch.setattr(objectives, "FIRST_TRAINED_STEP", 2)  # Patience reads the constant, not its own rule
+    assert p.count(1, (0.9, -1.0)) == 0 and p.best is None
+    assert p.count(2, (0.5, -1.0)) == 0 and p.best == (0.5, -1.0)
+    assert p.count(3, (0.5, -1.0)) == 1

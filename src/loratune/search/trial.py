@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loratune.errors import finite_number
-from loratune.objectives import NOTHING_KEPT, Objective, keep_order, objective
+from loratune.objectives import FIRST_TRAINED_STEP, NOTHING_KEPT, Objective, keep_order, objective
 from loratune.store import RUN
 
 # features of the diagnosis copied into every result (the decisions and the report read them)
@@ -25,13 +25,12 @@ KEPT_FEATURES = ("val_metric_best", "val_metric_se", "val_n", "gap_f1", "train_e
                  "val_loss_rise", "val_loss_drop", "train_loss_vs_chance", "train_loss_drop")
 
 
-# Step 0 is the untrained model (the base with a fresh head, or a warm start's model): the bar every trial is
-# measured against, never a trial's score. A trial's value (run.json best) is its best *trained* point, so every
-# search rule that reads a curve reads its trained points only (`trained_points`: where the best came, the score at a
-# pruned trial's step, pruning's comparison at the same step); training's early stopping counts trained points only
-# (objectives.Patience: the first trained point sets the bar), so a run it stopped did not beat its own trained best
-# for `patience` evaluations (never "still improving": protocol.common.early_stopped).
-FIRST_TRAINED_STEP = 1
+# Step 0 is the untrained model (objectives.FIRST_TRAINED_STEP, defined there, where early stopping's Patience counts
+# from it): the bar every trial is measured against, never a trial's score. A trial's value (run.json best) is its
+# best *trained* point, so every search rule that reads a curve reads its trained points only (`trained_points`: where
+# the best came, the score at a pruned trial's step, pruning's comparison at the same step); training's early stopping
+# counts trained points only (objectives.Patience: the first trained point sets the bar), so a run it stopped did not
+# beat its own trained best for `patience` evaluations (never "still improving": protocol.common.early_stopped).
 
 
 def trained_points(curve) -> list[tuple[int, float]]:

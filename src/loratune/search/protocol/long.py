@@ -43,7 +43,7 @@ def still_improving(rec: TrialRecord) -> tuple[bool, float | None]:
     """Whether a trial was still improving when it ended (a longer run can help), and where its best came. Read
     on the trial's objective curve (`curve_peak`); a trial without a curve falls back to the diagnosis's
     features. A trial its own early stopping ended was not improving (its trained best held for `patience`
-    evaluations: objectives.Patience counts from trial.FIRST_TRAINED_STEP), wherever its trained best came."""
+    evaluations: objectives.Patience counts from objectives.FIRST_TRAINED_STEP), wherever its trained best came."""
     frac, _ = curve_peak(rec)
     if early_stopped(rec):
         return False, frac if frac is not None else rec.result.feature("best_step_fraction")
