@@ -8,10 +8,11 @@ transformers) inside their functions, so `loratune diagnose` and `loratune rules
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
-from loratune.errors import UserError
+from loratune.errors import NAME_MAX, UserError
 
 # Order is the order shown in `loratune --help`.
 COMMAND_MODULES = (
@@ -138,6 +139,16 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), streams[0].fileno())  # no second error when stdout is flushed
         return 1
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        # a path named by the user with a name over NAME_MAX bytes that no reader checked first (errors.require_file,
+        # the config's path keys and the output folders do): still the user's input, never a traceback
+        from loratune.assess.text import printable
+
+        print(f"loratune {args.command}: error: '{printable(str(exc.filename))}' has a name too long for the file "
+              f"system (at most {NAME_MAX} bytes a file or folder name)\n  fix: give a shorter name", file=sys.stderr)
+        return 2
     finally:
         sys.stdout, sys.stderr = streams
 

@@ -20,7 +20,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from loratune.errors import ConfigError, UserError, require_file
+from loratune.errors import ConfigError, UserError, name_length_problem, require_file
 from loratune.objectives import CLASSIFIER_METRICS, METRIC_CHOICES, lm_metrics
 
 
@@ -633,6 +633,10 @@ def build_config(flat: dict[str, Any]) -> RunConfig:
             continue
         if dotted in PATH_KEYS and isinstance(coerced, str):
             coerced = os.path.expanduser(coerced)  # (a hub id never starts with `~`)
+            too_long = dotted in LOCAL_PATH_KEYS and name_length_problem(coerced, dotted, "file or folder")
+            if too_long:  # before any stat of it (the loaders' exists() / is_dir() raise ENAMETOOLONG)
+                problems.append(f"{too_long} (no file or folder can have such a name: give a shorter one)")
+                continue
         bad = _check_constraint(dotted, coerced, f.metadata)
         problems.extend(bad)
         if not bad:

@@ -54,10 +54,40 @@ class ScoresNotRecorded(UserError):
                          "they are shown above; copy the run to a writable place to keep them in its record")
 
 
+NAME_MAX = 255  # bytes in one file or folder name on ext4, xfs, btrfs, APFS, NTFS (in UTF-16 units)
+
+
+def name_length_problem(path, name: str, last: str = "folder") -> str | None:
+    """What is wrong with a path that has a file or folder name over NAME_MAX bytes, or None: the OS refuses the name
+    itself (ENAMETOOLONG) at the first stat, and pathlib's exists() / is_file() / is_dir() raise on it (Python 3.11)
+    rather than say False, so every path a user gives is checked with this before any of them (check_name_length,
+    require_file, the config's path keys). `name`: how the user gave the path (`output_dir`, `--config`, `RUN`);
+    `last`: what its last part names."""
+    import os
+    from pathlib import Path
+
+    parts = Path(path).parts
+    too_long = next((k for k, part in enumerate(parts) if len(os.fsencode(part)) > NAME_MAX), None)
+    if too_long is None:
+        return None
+    kind = last if too_long == len(parts) - 1 else "folder"
+    return (f"{name} '{path}' has a {kind} name of {len(os.fsencode(parts[too_long]))} bytes; file systems "
+            f"take at most {NAME_MAX}")
+
+
+def check_name_length(path, name: str, fix: str, last: str = "folder") -> None:
+    """Refuse a path with a file or folder name over NAME_MAX bytes (name_length_problem), before any stat of it."""
+    problem = name_length_problem(path, name, last)
+    if problem:
+        raise UserError(problem, fix)
+
+
 def require_file(path, what: str, fix: str, pipe: bool = False) -> None:
     """A UserError unless `path` (a pathlib.Path) is a regular file, saying what it is instead: `-c .` and
     `--file /dev/null` were said not to exist. `pipe`: a named pipe passes too (a FIFO: `<(cmd)`, /dev/stdin on a
-    pipe), for a reader that reads it once from start to end; a device (/dev/null, a terminal) still does not."""
+    pipe), for a reader that reads it once from start to end; a device (/dev/null, a terminal) still does not. A name
+    over NAME_MAX bytes is refused first (is_file() raises on it)."""
+    check_name_length(path, what, f"no file can have such a name: give a shorter one ({fix})", last="file")
     if path.is_file() or (pipe and path.is_fifo()):
         return
     state = "does not exist" if not path.exists() else "is a directory" if path.is_dir() else "is not a regular file"

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from loratune.errors import UserError
+from loratune.errors import NAME_MAX, UserError, check_name_length  # noqa: F401 (both: read from store too)
 
 HISTORY = "history.jsonl"
 RUN = "run.json"
@@ -371,21 +371,6 @@ def with_liveness(run: dict, run_dir: str | Path) -> dict:
                 "reason": f"the training process died at step {out.get('steps_done', '?')} of "
                           f"{run.get('steps_planned', '?')} without finishing: {why}; the record is partial"})
     return out
-
-
-NAME_MAX = 255  # bytes in one file or folder name on ext4, xfs, btrfs, APFS, NTFS (in UTF-16 units)
-
-
-def check_name_length(path: str | Path, name: str, fix: str, last: str = "folder") -> None:
-    """Refuse a path with a file or folder name over NAME_MAX bytes: the OS refuses the name itself (ENAMETOOLONG) at
-    the first stat, and pathlib's exists() / is_dir() raise on it rather than say False, so call this before any of
-    them. `name`: how the user gave the path (`output_dir`, `-o`, `RUN`); `last`: what its last part names."""
-    parts = Path(path).parts
-    too_long = next((k for k, part in enumerate(parts) if len(os.fsencode(part)) > NAME_MAX), None)
-    if too_long is not None:
-        kind = last if too_long == len(parts) - 1 else "folder"
-        raise UserError(f"{name} '{path}' has a {kind} name of {len(os.fsencode(parts[too_long]))} bytes; file systems "
-                        f"take at most {NAME_MAX}", fix)
 
 
 def check_output_dir(path: Path, name: str = "output_dir", example: str = "output_dir=runs/latest",

@@ -39,6 +39,10 @@ def run(args) -> int:
     cfg = load_cfg(args)  # validated before any data or model loads
     # read and checked before any data or model loads too (a typo costs no probe; api.assess's thresholds= alike)
     thresholds = assess_thresholds(read_threshold_file(args.thresholds))
+    if args.out:  # before any stat of it (is_dir() raises on a name over NAME_MAX bytes)
+        from loratune.errors import check_name_length
+
+        check_name_length(args.out, "--out", "give a shorter name, e.g. --out assessment.json", last="file")
     if args.out and Path(args.out).is_dir():  # said before the assessment runs, not after it
         raise UserError(f"--out {args.out} is a folder", "give --out a file name, e.g. --out assessment.json")
     if args.out:  # as report -o: never a run's record, the training data or any other file but an assessment's JSON

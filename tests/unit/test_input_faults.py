@@ -1,0 +1,59 @@
+"""Inputs a fuzzer gave that fell over with a traceback (exit 1): a path with a name over the file system's limit, a
+symlink loop, a file nested thousands deep or holding a number of thousands of digits. Each is refused by name with a
+fix (exit 2), never a traceback."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from loratune.cli import main
+from loratune.config import load_config
+from loratune.errors import ConfigError, UserError, require_file
+from loratune.rules import read_threshold_file
+
+LONG = "a" * 300  # a file name over NAME_MAX (255) bytes: Path.is_file() / exists() raise ENAMETOOLONG (Python 3.11)
+
+
+@pytest.mark.parametrize("key", ["name_or_path", "dataset_name", "train_file", "validation_file", "probe_file",
+                                 "init_from"])
+def test_a_path_key_with_a_name_over_the_limit_is_a_config_problem(tmp_path, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"{key}={tmp_path / LONG}"])
+    problem = next(p for p in info.value.problems if LONG in p)
+    assert "has a file or folder name of 300 bytes; file systems take at most 255" in problem
+    assert "give a shorter one" in problem
+
+
+def test_a_file_argument_with_a_name_over_the_limit_is_refused_by_name(tmp_path):
+    with pytest.raises(UserError) as info:  # --config, predict --file, --thresholds: all read through require_file
+        require_file(tmp_path / f"{LONG}.txt", "file", "give a text file with one text per line")
+    assert "file '" in info.value.problem and "has a file name of 304 bytes" in info.value.problem
+    assert "give a shorter one" in info.value.fix
+    with pytest.raises(UserError, match="has a file name of 305 bytes"):
+        read_threshold_file(tmp_path / f"{LONG}.yaml")
+
+
+@pytest.mark.parametrize("argv", [["train", "--dry-run", "--config", "{tmp}/" + LONG + ".yaml"],
+                                  ["train", "--dry-run", "probe_file={tmp}/" + LONG],
+                                  ["assess", "--no-probe", "--out", "{tmp}/" + LONG + ".json"]])
+def test_the_cli_says_a_name_is_too_long_and_exits_2(tmp_path, capsys, argv):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv + [f"output_dir={tmp_path / 'out'}"] * (argv[0] == "train")) == 2
+    err = capsys.readouterr().err
+    assert "bytes; file systems take at most 255" in err and "Traceback" not in err
+
+
+def test_a_name_too_long_that_no_reader_checked_still_exits_2(monkeypatch, capsys):
+    from loratune.commands import show
+
+    def run(args):
+        raise OSError(errno.ENAMETOOLONG, "File name too long", "/x/" + LONG)
+
+    monkeypatch.setattr(show, "run", run)
+    assert main(["show", "somewhere"]) == 2
+    err = capsys.readouterr().err
+    assert f"'/x/{LONG}' has a name too long for the file system (at most 255 bytes" in err
+    assert "fix: give a shorter name" in err
