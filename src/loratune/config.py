@@ -890,7 +890,9 @@ def init_from_inside_output(init_from: Any, output_dir: Any) -> str | None:
     record still names it. None when it lies elsewhere (or there is none)."""
     if not init_from or not str(output_dir or "").strip():
         return None
-    start, out = Path(str(init_from)).resolve(), Path(str(output_dir)).resolve()
+    # os.path.realpath, not Path.resolve(): resolve() raises RuntimeError on a symlink loop (Python 3.11); a loop is
+    # left as it is here and refused by the reader, as a missing folder is (adapt.warm_start)
+    start, out = (Path(os.path.realpath(os.path.expanduser(str(p)))) for p in (init_from, output_dir))
     if start != out and out not in start.parents:
         return None
     return f"inside train.output_dir '{output_dir}', which the run clears and saves its own model into"

@@ -57,3 +57,17 @@ def test_a_name_too_long_that_no_reader_checked_still_exits_2(monkeypatch, capsy
     err = capsys.readouterr().err
     assert f"'/x/{LONG}' has a name too long for the file system (at most 255 bytes" in err
     assert "fix: give a shorter name" in err
+
+
+def test_init_from_at_a_symlink_loop_is_a_config_check_not_a_runtime_error(tmp_path):
+    from loratune.config import init_from_inside_output
+
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")  # Path.resolve() raised RuntimeError 'Symlink loop' here (exit 1)
+    assert init_from_inside_output(str(loop), str(tmp_path / "out")) is None  # left to the reader, which refuses it
+    assert init_from_inside_output(str(tmp_path / "out" / "adapter"), str(tmp_path / "out")).startswith("inside")
+    with pytest.raises(UserError, match=r"train.init_from: .*loop has no adapter_config.json"):
+        from loratune.adapt import warm_start
+
+        warm_start(None, load_config(None, [f"init_from={loop}", f"output_dir={tmp_path / 'out'}"]))
+
