@@ -391,6 +391,9 @@ def check_output_dir(path: Path, name: str = "output_dir", example: str = "outpu
         _refuse_other_record(path, name, example, study)
     probe = path
     while not probe.exists():
+        if probe.is_symlink():  # a link that leads nowhere (a loop, a missing target): the run's mkdir says File exists
+            raise UserError(f"{name} '{path}' cannot be created: '{probe}' is a symbolic link that leads nowhere (a "
+                            f"loop or a missing target)", f"give a path without it, e.g. {example}, or fix the link")
         if probe.parent == probe:
             break
         probe = probe.parent

@@ -71,3 +71,14 @@ def test_init_from_at_a_symlink_loop_is_a_config_check_not_a_runtime_error(tmp_p
 
         warm_start(None, load_config(None, [f"init_from={loop}", f"output_dir={tmp_path / 'out'}"]))
 
+
+@pytest.mark.parametrize("sub", ["", "x"])
+def test_an_output_dir_at_a_symlink_loop_is_refused_before_training(tmp_path, sub):
+    from loratune.store import check_output_dir
+
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")  # --dry-run said nothing (exit 0) while the run's mkdir refused it ('File exists')
+    with pytest.raises(UserError) as info:
+        check_output_dir(loop / sub if sub else loop)
+    assert f"'{loop}' is a symbolic link that leads nowhere (a loop or a missing target)" in info.value.problem
+    assert "output_dir=runs/latest" in info.value.fix
