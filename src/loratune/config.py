@@ -20,7 +20,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from loratune.errors import ConfigError, UserError, name_length_problem, require_file
+from loratune.errors import PARSE_ERRORS, ConfigError, UserError, name_length_problem, parse_problem, require_file
 from loratune.objectives import CLASSIFIER_METRICS, METRIC_CHOICES, lm_metrics
 
 
@@ -393,7 +393,7 @@ def parse_value(text: str) -> Any:
         return text  # (`label_delimiter=-` loaded as [None], `?` as {None: None}, `|` as '')
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, *PARSE_ERRORS):
         return text
     # a YAML indicator alone (`|`, `>`, `!`, `&`, `*`, ...) loads as '' or null: the user wrote the character itself
     # (`label_delimiter=|` is the delimiter '|', never an empty one)
@@ -470,8 +470,9 @@ def read_yaml_file(path: str | Path, what: str, shape_fix: str) -> tuple[Path, d
     require_file(p, what, "give the path of a YAML file")
     try:
         loaded = load_yaml(p.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"{what} '{p}' is not valid YAML: {exc}", getattr(exc, "fix", "fix the YAML syntax")) from None
+    except (yaml.YAMLError, *PARSE_ERRORS, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} '{p}' is not valid YAML: {parse_problem(exc)}",
+                        getattr(exc, "fix", "fix the YAML syntax")) from None
     if not isinstance(loaded, dict):
         raise UserError(f"{what} '{p}' must hold a mapping of keys", shape_fix)
     return p, {k: v for k, v in loaded.items() if not anchor_holder(k, v)}

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from loratune.config import EMBEDDED_DATA, EMBEDDED_SFT_DATA, DataConfig
-from loratune.errors import UserError, require_file
+from loratune.errors import PARSE_ERRORS, UserError, parse_problem, require_file
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -390,8 +390,8 @@ def _read_jsonl(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, An
     if data_suffix(path) == ".json" and stripped.startswith("["):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{kind.what} '{path}' is not valid JSON: {exc}", "fix the JSON") from None
+        except PARSE_ERRORS as exc:
+            raise UserError(f"{kind.what} '{path}' is not valid JSON: {parse_problem(exc)}", "fix the JSON") from None
         bad = next((i for i, r in enumerate(data) if not isinstance(r, dict)), None)
         if bad is not None:  # as a JSON Lines line that is no object: refused, never dropped unsaid
             raise UserError(f"{kind.what} '{path}' entry {bad + 1} of its array is not a JSON object",
@@ -404,8 +404,9 @@ def _read_jsonl(text: str, path: Path, kind: RowFile) -> tuple[list[dict[str, An
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{kind.what} '{path}' line {n} is not valid JSON ({exc.msg})",
+        except PARSE_ERRORS as exc:
+            why = getattr(exc, "msg", None) or parse_problem(exc)  # JSONDecodeError's msg: no position (the line is said)
+            raise UserError(f"{kind.what} '{path}' line {n} is not valid JSON ({why})",
                             f"write one JSON object per line, e.g. {kind.example}") from None
         if not isinstance(obj, dict):
             raise UserError(f"{kind.what} '{path}' line {n} is not a JSON object", "write one object per line")

@@ -26,6 +26,25 @@ def finite_number(value) -> bool:
     return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
 
 
+# What Python's json and PyYAML raise on a file they cannot read, beside their own errors: a file nested thousands deep
+# (RecursionError) and an integer over Python's int-string limit (ValueError 'Exceeds the limit (4300 digits)').
+# json.JSONDecodeError and UnicodeDecodeError are ValueErrors. Every reader of a JSON or YAML file or value catches
+# these (beside yaml.YAMLError for YAML), so such a file is "not valid JSON/YAML", never a traceback.
+PARSE_ERRORS = (ValueError, RecursionError)
+
+
+def parse_problem(exc: BaseException) -> str:
+    """What a PARSE_ERRORS error says, in the user's words (never 'use sys.set_int_max_str_digits()')."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply to read"
+    text = str(exc)
+    if "integer string conversion" in text:
+        import sys
+
+        return f"a number of more than {sys.get_int_max_str_digits()} digits"
+    return text
+
+
 class UserError(Exception):
     """A problem with what the user gave us (config, data, paths). Never a traceback."""
 

@@ -22,7 +22,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from loratune.errors import UserError
+from loratune.errors import PARSE_ERRORS, UserError, parse_problem
 from loratune.features import (IMPROVE_MIN_REL, LR_NEXT_KEY, NO_VAL_SIZE_NOISE, TRAIN_LOG_SPLIT, has_binomial_se,
                                is_eval_point)
 from loratune.store import (CALLBACK_RECORD_SOURCE, CONFIG_TEXT, HISTORY, PER_CLASS, RECORD_TEXT, RUN, STATUS_TEXT,
@@ -248,7 +248,7 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
                 meta = with_liveness(loaded, d)
             else:  # valid JSON but a list, string, number or null: no field of it can be read
                 notes.append("run.json is not a JSON object; labels, label counts and status are unknown")
-        except json.JSONDecodeError:
+        except PARSE_ERRORS:
             notes.append("run.json is not valid JSON; labels, label counts and status are unknown")
     else:
         notes.append("no run.json: labels, label counts and status are unknown")
@@ -264,7 +264,7 @@ def read_loratune_run(directory: str | Path) -> RunHistory:
 
         try:
             config = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError:
+        except (yaml.YAMLError, *PARSE_ERRORS):
             notes.append("config.yaml is not valid YAML; runs cannot be compared by config")
     elif callback and isinstance(meta.get("config"), dict):
         # LoratuneCallback writes no config.yaml: the knobs it read from the live Trainer and model are in run.json
@@ -296,7 +296,7 @@ def run_folder_facts(d: Path) -> dict[str, Fact]:
         return {}
     try:
         targets = json.loads(ad.read_text(encoding="utf-8")).get("target_modules")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):  # not JSON, or not an object
+    except (*PARSE_ERRORS, UnicodeDecodeError, AttributeError):  # not JSON, or not an object
         return {}
     if not isinstance(targets, (list, str)):
         return {}
@@ -513,7 +513,7 @@ def _find_trainer_state(d: Path) -> tuple[Path | None, str | None]:
     try:
         top_state = json.loads(top.read_text(encoding="utf-8"))
         top_step = top_state.get("global_step")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, *PARSE_ERRORS, AttributeError):
         return top, None  # read_trainer_state says what is wrong with it
     if isinstance(top_step, (int, float)) and newest_step > top_step:
         # a checkpoint written after the top-level state is the newest work (a resume, or a re-run into the same
@@ -546,7 +546,7 @@ def _log_parts_at(top_state: Any, ckpt: Path) -> float | None:
     try:
         ckpt_log = json.loads(ckpt.read_text(encoding="utf-8")).get("log_history")
         top_log = top_state.get("log_history")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, *PARSE_ERRORS, AttributeError):
         return None
     if not isinstance(ckpt_log, list) or not isinstance(top_log, list):
         return None
@@ -659,8 +659,9 @@ def read_trainer_state(path: str | Path) -> RunHistory:
     p = Path(path)
     try:
         state = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"'{p}' is not valid JSON ({exc})", "give the trainer_state.json a Trainer wrote") from None
+    except (*PARSE_ERRORS, UnicodeDecodeError) as exc:
+        raise UserError(f"'{p}' is not valid JSON ({parse_problem(exc)})",
+                        "give the trainer_state.json a Trainer wrote") from None
     if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
         raise UserError(f"'{p}' has no `log_history` list", "give the trainer_state.json a Trainer wrote")
     entries = [e for e in state["log_history"] if isinstance(e, dict)]
@@ -702,7 +703,7 @@ def _stale_record(record: Path, state_file: Path | None) -> str | None:
         return None
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, *PARSE_ERRORS):
         return None
     other = record_disagrees(record, state) if isinstance(state, dict) else None
     if other is None:
@@ -720,7 +721,7 @@ def record_loss_scale(run_folder: Path) -> Mapping[str, Any] | None:
         meta = json.loads((Path(run_folder) / CALLBACK_RECORD_DIR / "run.json").read_text(encoding="utf-8"))
         scale = meta.get("train_loss_scale") or {}
         factor = scale.get("factor")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, *PARSE_ERRORS, AttributeError):
         return None
     return scale if _fin(factor) and factor > 0 else None
 
@@ -791,7 +792,7 @@ def compare_record(record: Path, state: Mapping[str, Any]) -> tuple[str | None, 
     agree = 0
     try:
         meta = json.loads((record / RUN).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, *PARSE_ERRORS):
         return None, agree
     if not isinstance(meta, dict):
         return None, agree
@@ -1084,7 +1085,7 @@ def _loratune_record(texts: Mapping[str, str]) -> dict | None:
         return None
     try:
         loaded = json.loads(unfenced(texts[RECORD_TEXT]))
-    except json.JSONDecodeError:
+    except PARSE_ERRORS:
         return None
     return loaded if isinstance(loaded, dict) and isinstance(loaded.get("run"), dict) else None
 
@@ -1106,7 +1107,7 @@ def _loratune_config(texts: Mapping[str, str]) -> dict | None:
         return None
     try:
         config = yaml.safe_load(unfenced(texts[CONFIG_TEXT]))
-    except yaml.YAMLError:
+    except (yaml.YAMLError, *PARSE_ERRORS):
         return None
     if not (isinstance(config, dict) and all(isinstance(config.get(k), dict) for k in SECTIONS)):
         return None
@@ -1530,7 +1531,7 @@ def _model_config_facts(folder: Path, meta: dict, facts: dict, notes: list[str],
         meta["model"] = {"model_type": mcfg.get("model_type"), "num_layers": mcfg.get("num_hidden_layers")}
         if mcfg.get("model_type"):
             facts["model_type"] = Fact(mcfg["model_type"], source)
-    except (json.JSONDecodeError, ValueError, TypeError, AttributeError):
+    except (*PARSE_ERRORS, TypeError, AttributeError):
         notes.append(f"{cfg_path or source} unreadable: number of classes unknown")
 
 
@@ -1559,7 +1560,7 @@ def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mappin
     if a is None and (ad := _side_file(folder, "adapter_config.json")) is not None:
         try:
             a = json.loads(ad.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        except (*PARSE_ERRORS, UnicodeDecodeError, OSError):
             a = None
     tt = str((a if isinstance(a, dict) else {}).get("task_type") or "").upper()
     if tt in PEFT_TASK_TYPES:
@@ -1576,7 +1577,7 @@ def _task_from_side_files(folder: Path, meta: dict, facts: dict, adapter: Mappin
         source = live[1] if live is not None else cp.name
         try:
             mcfg = dict(live[0]) if live is not None else json.loads(cp.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError, TypeError, ValueError):
+        except (*PARSE_ERRORS, UnicodeDecodeError, OSError, TypeError):
             mcfg = {}
         mcfg = mcfg if isinstance(mcfg, dict) else {}
         archs = [str(x) for x in (mcfg.get("architectures") or [])]
@@ -1680,7 +1681,7 @@ def _classes_from_weights(folder: Path, meta: dict, facts: dict) -> None:
                 if not 0 < size < 100_000_000:
                     continue
                 header = json.loads(fh.read(size))
-        except (OSError, ValueError):
+        except (OSError, *PARSE_ERRORS):
             continue
         for name, info in header.items():
             shape = info.get("shape") if isinstance(info, dict) else None
@@ -2066,7 +2067,7 @@ def _adapter_facts(folder: Path, facts: dict, notes: list[str], given: Mapping[s
             return {}
         try:
             a = json.loads(ad.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (*PARSE_ERRORS, UnicodeDecodeError):
             notes.append(f"{ad} is not valid JSON: rank, alpha and targets unknown")
             return {}
         if not isinstance(a, dict):
@@ -2818,8 +2819,8 @@ def notebook_trainer_state(path: str | Path, table: int | None = None) -> tuple[
     p = Path(path)
     try:
         nb = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"'{p}' is not a readable notebook ({exc})",
+    except (*PARSE_ERRORS, UnicodeDecodeError) as exc:
+        raise UserError(f"'{p}' is not a readable notebook ({parse_problem(exc)})",
                         "give the .ipynb file as Jupyter saved it") from None
     if isinstance(nb, dict) and not isinstance(nb.get("cells"), list) and nb.get("nbformat") in (1, 2, 3):
         raise UserError(f"'{p}' is an nbformat {nb['nbformat']} notebook (cells under `worksheets`); loratune reads "

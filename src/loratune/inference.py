@@ -16,7 +16,7 @@ from loratune import library_warnings
 from loratune.config import RunConfig, load_config
 from loratune.data import (DATA_SEED, VALIDATED_ON, LabelSpace, empty_text_problems, label_form, load_dataset,
                            refuse_no_shared_label, validation_differs)
-from loratune.errors import UserError
+from loratune.errors import PARSE_ERRORS, UserError
 from loratune.metrics import Decoding, decode, margins, sigmoid, softmax
 from loratune.store import CONFIG, LABEL_MAP, RUN, WEIGHT_FILES, RunStore, adapter_step, liveness, read_json
 
@@ -94,7 +94,7 @@ def run_config(store: RunStore, label_map: dict | None = None) -> RunConfig:
     path = store.path / CONFIG
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+    except (OSError, yaml.YAMLError, *PARSE_ERRORS, UnicodeDecodeError):
         loaded = None
     if not isinstance(loaded, dict) or not loaded:
         raise UserError(f"run '{store.path}': its {CONFIG} is empty or damaged (not the settings the run trained with)",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from loratune import library_warnings
 from loratune.config import ModelConfig
-from loratune.errors import UserError
+from loratune.errors import PARSE_ERRORS, UserError
 
 HUB_BARS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"  # huggingface_hub's switch for its download bars
 
@@ -673,6 +673,6 @@ def damaged_file(adapter_dir: Path) -> Path | None:
         if path.suffix == ".json":
             try:
                 json.loads(path.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError):
+            except (*PARSE_ERRORS, UnicodeDecodeError):
                 return path
     return None

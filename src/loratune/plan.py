@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from loratune.errors import UserError
+from loratune.errors import PARSE_ERRORS, UserError
 
 # ---------------------------------------------------------------------------------------------------
 # Named shapes: the fields of each model's published config.json that decide its size (the rest take the
@@ -559,7 +559,7 @@ def _load_config(source: str):
 def _config_from_json(path: Path, fix: str):
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, *PARSE_ERRORS) as exc:
         raise UserError(f"could not read '{path}' as JSON ({exc})", fix) from None
     return _config_from_dict(raw, f"'{path}'", fix)
 

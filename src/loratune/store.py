@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from loratune.errors import NAME_MAX, UserError, check_name_length  # noqa: F401 (both: read from store too)
+from loratune.errors import (  # noqa: F401 (NAME_MAX, check_name_length: read from store too)
+    NAME_MAX, PARSE_ERRORS, UserError, check_name_length, parse_problem)
 
 HISTORY = "history.jsonl"
 RUN = "run.json"
@@ -179,8 +180,8 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"'{path}' does not exist", "give a run directory made by `loratune train`") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"'{path}' is not valid JSON ({exc})", "the file is damaged; re-run") from None
+    except PARSE_ERRORS as exc:
+        raise UserError(f"'{path}' is not valid JSON ({parse_problem(exc)})", "the file is damaged; re-run") from None
 
 
 def pid_alive(pid: int) -> bool:
@@ -270,7 +271,7 @@ class RunLock:
 def _holder_text(raw: str) -> str:
     try:
         h = json.loads(raw or "{}")
-    except json.JSONDecodeError:
+    except PARSE_ERRORS:
         h = {}
     return f"pid {h['pid']} on {h.get('host', '?')}" if h.get("pid") else "pid unknown"
 
@@ -293,7 +294,7 @@ def liveness(run_dir: str | Path, worker: str | None = None) -> tuple[str, str]:
     with f:
         try:
             holder = json.loads(f.read() or "{}")
-        except json.JSONDecodeError:
+        except PARSE_ERRORS:
             holder = {}
         pid, host = holder.get("pid"), holder.get("host")
         who = f"pid {pid} on {host}" if pid else "its process"
@@ -431,7 +432,7 @@ def run_record(path: str | Path) -> dict | None:
         return None
     try:
         run = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # unreadable, no UTF-8, no JSON
+    except (OSError, *PARSE_ERRORS):  # unreadable, no UTF-8, no JSON
         return None
     if not isinstance(run, dict) or not isinstance(run.get("status"), str):
         return None
@@ -460,7 +461,7 @@ def _config_of_run(path: Path, record: dict | None, clearing: list[Path], lock_l
         return left and not (path / RUN).exists() and (path / CONFIG).is_file()
     try:
         config = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8")) if (path / CONFIG).is_file() else None
-    except (OSError, ValueError, yaml.YAMLError):
+    except (OSError, yaml.YAMLError, *PARSE_ERRORS):
         return False
     return config is not None and json_safe(config) == record.get("config")
 
@@ -668,7 +669,7 @@ def study_meta_of_trial(run_dir: str | Path | None, timeout: float | None = None
         if _sqlite_busy(e):  # a study whose file a writer holds: its setup exists but cannot be read now
             raise StudyDbBusy(db) from e
         return None  # no such table / not a database: not an Optuna study of ours
-    except (sqlite3.Error, ValueError, OSError):  # not an Optuna study of ours: no setup to read
+    except (sqlite3.Error, *PARSE_ERRORS, OSError):  # not an Optuna study of ours: no setup to read
         return None
     return (folder.parent, meta) if isinstance(meta, dict) and Path(run_dir).name in names else None
 
@@ -843,7 +844,7 @@ class RunStore:
         for name, field in (("study.json", "recommendation"), ("test.json", None)):
             try:
                 data = json.loads((self.path / name).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+            except (OSError, *PARSE_ERRORS):
                 continue
             rec = data.get(field) if field and isinstance(data, dict) else data
             run_dir = rec.get("run_dir") if isinstance(rec, dict) else None
@@ -927,7 +928,7 @@ def read_history_lines(path: Path) -> tuple[list[dict], list[str]]:
             continue
         try:
             point = json.loads(line)
-        except json.JSONDecodeError:
+        except PARSE_ERRORS:
             point = None
         if isinstance(point, dict):
             points.append(point)

@@ -82,3 +82,49 @@ def test_an_output_dir_at_a_symlink_loop_is_refused_before_training(tmp_path, su
         check_output_dir(loop / sub if sub else loop)
     assert f"'{loop}' is a symbolic link that leads nowhere (a loop or a missing target)" in info.value.problem
     assert "output_dir=runs/latest" in info.value.fix
+
+
+DEEP_JSON = "[" * 5000 + "]" * 5000  # Python's json: RecursionError
+DEEP_YAML = "a: " + "[" * 5000 + "]" * 5000 + "\n"  # PyYAML: RecursionError
+LONG_INT = "9" * 5000  # over Python's int-string limit (4300 digits): ValueError 'Exceeds the limit'
+
+
+def test_a_json_record_nested_too_deep_or_with_a_huge_number_is_not_valid_json(tmp_path):
+    from loratune.history_io import read_trainer_state
+    from loratune.store import read_json
+
+    (tmp_path / "run.json").write_text(DEEP_JSON, encoding="utf-8")
+    with pytest.raises(UserError, match=r"is not valid JSON \(nested too deeply to read\)"):
+        read_json(tmp_path / "run.json")
+    state = tmp_path / "trainer_state.json"
+    state.write_text('{"log_history": [{"step": %s, "loss": 1.0}]}' % LONG_INT, encoding="utf-8")
+    with pytest.raises(UserError, match=r"is not valid JSON \(a number of more than 4300 digits\)"):
+        read_trainer_state(state)
+
+
+
+def test_a_deep_run_json_is_no_callback_record_and_a_deep_data_file_is_refused_by_line(tmp_path):
+    from loratune.data import load_dataset
+    from loratune.report import _callback_record
+
+    (tmp_path / "run.json").write_text(DEEP_JSON, encoding="utf-8")
+    assert _callback_record(tmp_path) is False  # show / report fell over here
+    (tmp_path / "train.jsonl").write_text('{"text": "a", "label": "x"}\n' + DEEP_JSON + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"train.jsonl' line 2 is not valid JSON \(nested too deeply to read\)"):
+        load_dataset(load_config(None, [f"dataset_name={tmp_path}"]).data)
+
+
+@pytest.mark.parametrize("text", [DEEP_YAML, f"r: {LONG_INT}\n"])
+def test_a_config_or_thresholds_file_nested_too_deep_or_with_a_huge_number_is_not_valid_yaml(tmp_path, text):
+    f = tmp_path / "c.yaml"
+    f.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError, match=r"config file '.*c.yaml' is not valid YAML: (nested too deeply|a number of)"):
+        load_config(f)
+    with pytest.raises(UserError, match=r"thresholds file '.*c.yaml' is not valid YAML"):
+        read_threshold_file(f)
+
+
+def test_an_override_with_a_huge_number_is_a_config_problem(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"r={LONG_INT}", f"seed={LONG_INT}"])
+    assert [p.split(":")[0] for p in info.value.problems] == ["adapter.r", "train.seed"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loratune.errors import UserError
+from loratune.errors import PARSE_ERRORS, UserError
 from loratune.history_io import (CALLBACK_RECORD_DIR, NOTEBOOK_TABLE, check_run_path, checkpoint_folders,
                                  find_event_files, is_callback_record)
 from loratune.report.model import RunReport, build_run_report, is_run_dir, is_study_dir
@@ -99,7 +99,7 @@ def _callback_record(p: Path) -> bool:
 
     try:
         meta = json.loads((p / RUN).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, *PARSE_ERRORS):
         return False
     return isinstance(meta, dict) and is_callback_record(meta)
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from loratune.errors import UserError
+from loratune.errors import PARSE_ERRORS, UserError, parse_problem
 from loratune.features import tail_head_split
 from loratune.rules import THRESHOLDS
 from loratune.store import STUDY_MARKERS
@@ -389,8 +389,8 @@ def read_json(path: Path) -> tuple[Any, str | None]:
         return None, f"no {path.name}"
     try:
         return json.loads(path.read_text(encoding="utf-8")), None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return None, f"{path.name} is not valid JSON ({exc})"
+    except (*PARSE_ERRORS, UnicodeDecodeError) as exc:
+        return None, f"{path.name} is not valid JSON ({parse_problem(exc)})"
 
 
 def read_history(path: Path) -> tuple[list[dict], str | None]:
@@ -876,7 +876,7 @@ def build_run_report(run_dir: str | Path, *, examples: Mapping[tuple[str, str], 
         config_yaml = (d / "config.yaml").read_text(encoding="utf-8")
         try:
             config = yaml.safe_load(config_yaml) or {}
-        except yaml.YAMLError:
+        except (yaml.YAMLError, *PARSE_ERRORS):
             notes.append("config.yaml is not valid YAML")
     elif isinstance(run.get("config"), dict):
         config = run["config"]

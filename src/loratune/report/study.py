@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from loratune.adapt import record_per_rank
-from loratune.errors import UserError
+from loratune.errors import PARSE_ERRORS, UserError
 from loratune.objectives import Objective, objective, pick_test_score
 from loratune.report.model import SETTLED, as_float, read_history, read_json, to_plain
 from loratune.search.study import FINAL, TRIALS, in_study as _in_study, optuna_quiet
@@ -258,7 +258,7 @@ def _read_jsonl(path: Path) -> list[dict]:
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError:
+        except PARSE_ERRORS:
             break
         if isinstance(obj, dict):
             out.append(obj)
@@ -401,7 +401,7 @@ def _trials_from_dirs(root: Path) -> list[dict]:
 
             try:
                 cfg = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError:
+            except (yaml.YAMLError, *PARSE_ERRORS):
                 cfg = {}
         ad, tr = cfg.get("adapter") or {}, cfg.get("train") or {}
         point = {k: v for k, v in (("adapter.method", ad.get("method")), ("adapter.r", ad.get("r")),

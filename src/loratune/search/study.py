@@ -45,7 +45,7 @@ from typing import Any, Iterable
 
 from loratune import signals
 from loratune.objectives import MACRO_F1, objective
-from loratune.errors import UserError, disk_full
+from loratune.errors import PARSE_ERRORS, UserError, disk_full
 from loratune.search.trial import TrialRecord, TrialResult, TrialSpec
 # (the study layout, defined in store: it reads a final/ folder by it (TRIALS, in_study) and tells a study's folder
 # from a run's (STUDY_MARKERS))
@@ -292,7 +292,7 @@ class DecisionLog:
                 continue
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
+            except PARSE_ERRORS:
                 continue
             if isinstance(entry, dict):  # a line of another kind (a list, a number) is no decision
                 out.append(entry)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from loratune.errors import finite_number
+from loratune.errors import PARSE_ERRORS, finite_number
 from loratune.objectives import FIRST_TRAINED_STEP, NOTHING_KEPT, Objective, keep_order, objective
 from loratune.store import RUN
 
@@ -210,7 +210,7 @@ def recorded_task(result: Mapping[str, Any], run_dir: str | None) -> str:
         return str(result["task"])
     try:
         run = json.loads((Path(run_dir) / RUN).read_text(encoding="utf-8")) if run_dir else None
-    except (OSError, ValueError):
+    except (OSError, *PARSE_ERRORS):
         run = None
     return str(run.get("task") or "") if isinstance(run, dict) else ""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from loratune.data import (TRAINED_ON, VALIDATED_ON, prepared_apart, record_differs, trained_on, validated_on,
                             validation_differs)
-from loratune.errors import UserError, finite_number
+from loratune.errors import PARSE_ERRORS, UserError, finite_number
 from loratune.search.budget import Budget, Cost, CostModel, Meter, format_amount
 from loratune.search.context import UI, SearchContext
 from loratune.search.protocol.phase0 import step_text
@@ -586,6 +586,6 @@ def _recorded_spent_s(path: Path) -> float | None:
     """The wall time a study's last summary says was spent (None: no summary, or none readable)."""
     try:
         spent = json.loads(path.read_text())["budget"]["spent"]["wall_s"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, *PARSE_ERRORS, KeyError, TypeError):
         return None
     return float(spent) if isinstance(spent, (int, float)) else None
