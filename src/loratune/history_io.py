@@ -665,10 +665,10 @@ def read_trainer_state(path: str | Path) -> RunHistory:
     if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
         raise UserError(f"'{p}' has no `log_history` list", "give the trainer_state.json a Trainer wrote")
     entries = [e for e in state["log_history"] if isinstance(e, dict)]
-    if not any(_fin(e.get("step")) is not None for e in entries):
+    if not any(_log_step(e.get("step")) is not None for e in entries):
         what = ("is empty: the run logged nothing (a logging_steps larger than the run, or a state saved before "
                 "the first log)" if not state["log_history"] else
-                f"has {len(state['log_history'])} entries and none with a numeric `step`")
+                f"has {len(state['log_history'])} entries and none with a `step` that is a number >= 0")
         raise UserError(f"'{p}': its log_history {what}", "give the trainer_state.json of a run that logged its "
                         "losses (logging_steps smaller than the run; each entry carries its `step`)")
     here = Path(os.path.abspath(p.parent))  # a relative `trainer_state.json` (or `./`) has no parent to name
@@ -888,7 +888,7 @@ def _unused_intervals(state: Mapping[str, Any], folder: Path, facts: Mapping[str
     read as facts of runs that never used them. Kept only where the run's evals, train logs or checkpoints fell on
     them (the last step, and a first train log at step 1 (logging_first_step), may fall off them)."""
     entries = [e for e in _trainer_loss_keys(state.get("log_history") or [])[0]
-               if isinstance(e, dict) and _fin(e.get("step")) is not None]
+               if isinstance(e, dict) and _log_step(e.get("step")) is not None]
     ends = {float(x) for x in (_fin(state.get("global_step")), _fin(state.get("max_steps"))) if x}
     run = folder.parent if checkpoint_step(folder) is not None else folder
     saved = [float(step) for step, _ in (checkpoint_folders(run) if run.is_dir() else ())]
@@ -1262,16 +1262,19 @@ def _from_log_history(log_history: Sequence[Any], folder: Path, facts: dict[str,
     stepless = sum(1 for e in log_history if isinstance(e, dict) and "step" not in e)
     if stepless:
         notes.append(f"{stepless} log_history entries without a `step`: skipped")
-    log_history, texts, words = _numbers_from_text(log_history)
+    log_history, texts, words, others = _numbers_from_text(log_history)
     if texts:
         notes.append(f"{texts} loss, rate or eval values written as text (e.g. \"2.3\"), not as numbers: skipped")
     if words:
         notes.append(f"non-numeric values (text that is no number) under {', '.join(words)}: ignored")
+    if others:
+        notes.append(f"values that are not numbers (null, true/false, a list or an object) under "
+                     f"{', '.join(others)}: ignored")
     logs = [e for e in log_history if isinstance(e, dict) and "step" in e]
-    steps_ok = [e for e in logs if _fin(e["step"]) is not None]
+    steps_ok = [e for e in logs if _log_step(e["step"]) is not None]
     if len(steps_ok) < len(logs):
         notes.append(f"{len(logs) - len(steps_ok)} log_history entries with a step that is not a finite number "
-                     "(a string, null, NaN): skipped")
+                     "(a string, null, NaN) or is negative: skipped")
         logs = steps_ok
     # in step order (stable: file order within a step, where a repeated evaluation's first entry is the one read): a
     # merged or hand-edited log in another order built each eval's window, its first loss and the lr's warm-up and
@@ -2502,32 +2505,50 @@ def _estimate_n(ev: dict, prefix: str) -> int | None:
 _NUMERIC_LOG_KEYS = ("loss", "grad_norm", "learning_rate", "epoch")
 
 
-def _numbers_from_text(log_history: Sequence[Any]) -> tuple[list, int, list[str]]:
-    """Log entries whose losses, rates or eval values are text ("2.3"): those values left out of the entry, as a
-    string step leaves its entry out. A string is no number: it was read as a non-finite value, and a log of
-    quoted losses read as a divergence. Returns the entries, how many values were numbers written as text, and the
-    keys of those that are no number at all (a compute_metrics returning {"report": "ok"}: eval_report)."""
-    dropped, words, out = 0, [], []
+def _numbers_from_text(log_history: Sequence[Any]) -> tuple[list, int, list[str], list[str]]:
+    """Log entries whose losses, rates or eval values are text ("2.3") or no number at all (null, true, [1.0],
+    {"a": 1}): those values left out of the entry, as a string step leaves its entry out. Such a value is no number:
+    it was read as a non-finite value, and a log of quoted losses (or one null among falling ones) read as a
+    divergence. The Trainer and TRL write a non-finite loss as NaN / Infinity, never null (loratune's own records
+    write it as null: they are not read here). Returns the entries, how many values were numbers written as text, the
+    keys of text that is no number (a compute_metrics returning {"report": "ok"}: eval_report) and the keys of values
+    of another type."""
+    dropped, words, others, out = 0, [], [], []
     for e in log_history:
-        if not isinstance(e, dict) or not any(isinstance(v, str) for v in e.values()):
+        if not isinstance(e, dict) or not any(isinstance(v, str) or _no_number(v) for v in e.values()):
             out.append(e)
             continue
         gone = [k for k, v in e.items()
-                if isinstance(v, str) and (k in _NUMERIC_LOG_KEYS or k.startswith("eval_"))]
+                if (isinstance(v, str) or _no_number(v)) and (k in _NUMERIC_LOG_KEYS or k.startswith("eval_"))]
         for k in gone:
+            if not isinstance(e[k], str):
+                others.append(k)
+                continue
             try:
                 float(e[k])
                 dropped += 1
             except ValueError:
                 words.append(k)
         out.append({k: v for k, v in e.items() if k not in gone})
-    return out, dropped, list(dict.fromkeys(words))
+    return out, dropped, list(dict.fromkeys(words)), list(dict.fromkeys(others))
+
+
+def _no_number(v: Any) -> bool:
+    """A logged value of a type no number has (null, true/false, a list, an object); text is _numbers_from_text's."""
+    return v is None or isinstance(v, (bool, list, dict))
 
 
 def _fin(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     return float(v) if math.isfinite(float(v)) else None
+
+
+def _log_step(v: Any) -> float | None:
+    """A log entry's step, or None where it is none: not a finite number, or negative (a step counts optimizer steps
+    from 0; a log at steps -5 and -1 was read with no train loss and a val loss 'non-finite at every eval')."""
+    step = _fin(v)
+    return step if step is not None and step >= 0 else None
 
 
 def _json_num(v: Any) -> Any:

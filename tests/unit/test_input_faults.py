@@ -128,3 +128,38 @@ def test_an_override_with_a_huge_number_is_a_config_problem(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(None, [f"r={LONG_INT}", f"seed={LONG_INT}"])
     assert [p.split(":")[0] for p in info.value.problems] == ["adapter.r", "train.seed"]
+
+
+def _trainer_state(folder: Path, losses: list, evals: list) -> Path:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    log = [{"step": 10 * (i + 1), "loss": v, "epoch": 0.1 * (i + 1)} for i, v in enumerate(losses)]
+    log += [{"step": s, "eval_loss": v, "eval_accuracy": 0.5} for s, v in evals]
+    # as a Trainer writes it (json.dumps: a NaN loss is the NaN literal, never null)
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": log, "global_step": 90}), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("bad", [None, True, [1.0], {"a": 1}])
+def test_a_logged_loss_of_no_number_type_is_ignored_with_a_note_not_read_as_a_divergence(tmp_path, bad):
+    from loratune.api import diagnose
+
+    losses = [1.9, 1.8, 1.7, 1.6, bad, 1.4, 1.3, 1.2, 1.1]
+    run = _trainer_state(tmp_path / "r", losses, [(10, 1.95), (40, 1.8), (70, 1.65)])
+    d = diagnose(str(run))
+    assert d.verdict == "healthy"  # the one null read as non-finite: 'diverged, learning_rate /10'
+    assert any("values that are not numbers (null, true/false, a list or an object) under loss: ignored" in n
+               for n in d.notes)
+    nan = _trainer_state(tmp_path / "nan", [1.9, 1.8, 1.7, 1.6, float("nan"), 1.4, 1.3, 1.2, 1.1],
+                         [(10, 1.95), (40, 1.8), (70, 1.65)])
+    assert diagnose(str(nan)).verdict == "diverged"  # a NaN literal is still a non-finite loss
+
+
+def test_log_entries_at_negative_steps_are_skipped_and_a_log_of_only_those_is_refused(tmp_path, capsys):
+    import json
+
+    (tmp_path / "trainer_state.json").write_text(json.dumps(
+        {"log_history": [{"step": -5, "loss": 1.0}, {"step": -1, "eval_loss": 1.0}]}), encoding="utf-8")
+    assert main(["diagnose", str(tmp_path)]) == 2  # read as 'no train/loss values' and 'val loss non-finite'
+    assert "none with a `step` that is a number >= 0" in capsys.readouterr().err
