@@ -668,7 +668,7 @@ def read_trainer_state(path: str | Path) -> RunHistory:
     if not any(_log_step(e.get("step")) is not None for e in entries):
         what = ("is empty: the run logged nothing (a logging_steps larger than the run, or a state saved before "
                 "the first log)" if not state["log_history"] else
-                f"has {len(state['log_history'])} entries and none with a `step` that is a number >= 0")
+                f"has {len(state['log_history'])} entries and none with a numeric `step` of 0 or more")
         raise UserError(f"'{p}': its log_history {what}", "give the trainer_state.json of a run that logged its "
                         "losses (logging_steps smaller than the run; each entry carries its `step`)")
     here = Path(os.path.abspath(p.parent))  # a relative `trainer_state.json` (or `./`) has no parent to name

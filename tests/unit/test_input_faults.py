@@ -162,4 +162,4 @@ def test_log_entries_at_negative_steps_are_skipped_and_a_log_of_only_those_is_re
     (tmp_path / "trainer_state.json").write_text(json.dumps(
         {"log_history": [{"step": -5, "loss": 1.0}, {"step": -1, "eval_loss": 1.0}]}), encoding="utf-8")
     assert main(["diagnose", str(tmp_path)]) == 2  # read as 'no train/loss values' and 'val loss non-finite'
-    assert "none with a `step` that is a number >= 0" in capsys.readouterr().err
+    assert "none with a numeric `step` of 0 or more" in capsys.readouterr().err
