@@ -750,10 +750,16 @@ def knob_view(h: RunHistory) -> dict[str, Any]:
     if "adapter.target_modules" in flat:
         model = h.meta.get("model") if isinstance(h.meta.get("model"), Mapping) else {}
         targets = flat["adapter.target_modules"]
+        # no adapter_config.json (a run that diverged or died before saving one): loratune's groups and their layer
+        # selections, resolved as its plan does, name the modules its adapter_config.json would have (_peft_targets'
+        # form), so the run pairs with its finished twin
+        resolved = None if "target_modules" in h.facts else _config_targets(
+            targets, flat.get("adapter.layers_to_transform"), model)
         groups = None if "target_modules" in h.facts else _resolve_groups(targets, model.get("model_type"))
-        # no adapter_config.json: loratune's groups, resolved as its plan does, name block-relative modules
-        flat["adapter.target_modules"] = (_shortest_names(groups, model.get("model_type")) if groups is not None
-                                          else _peft_targets(targets, model.get("num_layers"), model.get("model_type")))
+        flat["adapter.target_modules"] = (
+            resolved if resolved is not None
+            else _shortest_names(groups, model.get("model_type")) if groups is not None
+            else _peft_targets(targets, model.get("num_layers"), model.get("model_type")))
     if "adapter.target_modules" in flat or "adapter.layers_to_transform" in flat:
         for k, default in ADAPTER_DEFAULTS.items():
             if flat.get(k) is None:
@@ -869,13 +875,89 @@ def _peft_targets(targets: Any, depth: Any, model_type: Any = None) -> Any:
             return tuple(sorted(targets))
         layers.setdefault(".".join(parts[at[-1] + 1:]), set()).add(int(parts[at[-1]]))
     every = set(range(depth)) if isinstance(depth, int) and not isinstance(depth, bool) and depth > 0 else None
-    if every is None or any(at != every for at in layers.values()):
+    if every is None:
         return tuple(sorted(targets))
+    if any(at != every for at in layers.values()):
+        # some modules on some layers only (loratune's `ffn@top:2`): each module with its blocks, where the model's
+        # block pattern reads every path in one stack; else literal
+        layout = _block_layout(targets, model_type)
+        return (_layered_names(layout, every, model_type) if layout is not None
+                and all(b <= every for b in layout.values()) else tuple(sorted(targets)))
     return _shortest_names(layers, model_type)
 
 
-def _shortest_names(relative: Any, model_type: Any) -> tuple[str, ...]:
-    """Block-relative module names (attention.self.query) as the shortest suffix peft would match to just that module
+# a module adapted on some blocks only, as _peft_targets / _config_targets name it: `intermediate.dense@4,5`
+LAYERED_NAME = "{name}@{blocks}"
+
+
+def _block_layout(paths: Sequence[str], model_type: Any) -> dict[str, set[int]] | None:
+    """Full module paths as {block-relative name: the blocks it is on}, read with the group table's block pattern
+    for `model_type` (adapt.GROUP_TABLE, what resolve_targets reads); None for an unknown model_type, a path the
+    pattern does not read, or paths in more than one stack (their prefixes differ)."""
+    import re
+
+    from loratune.adapt import GROUP_TABLE
+
+    table = GROUP_TABLE.get(model_type) if isinstance(model_type, str) else None
+    if table is None:
+        return None
+    pattern = re.compile(table["blocks"])
+    stacks, layout = set(), {}
+    for p in paths:
+        m = pattern.match(p)
+        if m is None or not p[m.end():]:
+            return None
+        stacks.add((p[:m.start(1)], p[m.end(1):m.end()]))
+        layout.setdefault(p[m.end():], set()).add(int(m.group(1)))
+    return layout if len(stacks) == 1 else None
+
+
+def _layered_names(layout: Mapping[str, set[int]], every: set[int], model_type: Any) -> tuple[str, ...]:
+    """{block-relative name: blocks} as peft's shortest names (_shortest_names), each on fewer than `every` block
+    with its blocks (LAYERED_NAME): ('intermediate.dense@4,5', 'output.dense@4,5', 'query', 'value')."""
+    short = _shortest_map(layout, model_type)
+    return tuple(sorted(short[rel] if blocks == every else
+                        LAYERED_NAME.format(name=short[rel], blocks=",".join(str(b) for b in sorted(blocks)))
+                        for rel, blocks in layout.items()))
+
+
+def _config_targets(targets: Any, layers_to_transform: Any, model: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """A loratune config's target_modules (groups, composites, `group@top:2`) and layers_to_transform as the modules
+    its plan adapts (adapt.resolve_targets' rule, from the group table and run.json's model num_layers / depth), in
+    _peft_targets' form for the same modules' full paths; None where they do not resolve so (raw names, all-linear,
+    an unknown model_type or block count)."""
+    from loratune.adapt import ALIASES, GROUP_TABLE, block_of_layer
+    from loratune.config import parse_layers
+
+    model_type, n_blocks, depth = model.get("model_type"), model.get("num_layers"), model.get("depth")
+    table = GROUP_TABLE.get(model_type) if isinstance(model_type, str) else None
+    if table is None or not isinstance(targets, (list, tuple)) or not isinstance(n_blocks, int) \
+            or isinstance(n_blocks, bool) or n_blocks < 1:
+        return None
+    # layer selections count the layers a forward runs; with shared blocks (ALBERT) each maps to the block it runs
+    n_layers = depth if isinstance(depth, int) and not isinstance(depth, bool) and depth > n_blocks else n_blocks
+    every = set(range(n_blocks))
+    layout: dict[str, set[int]] = {}
+    try:
+        default = parse_layers("all" if layers_to_transform is None else layers_to_transform, n_layers)
+        for t in targets:
+            if not isinstance(t, str):
+                return None
+            name, _, spec = t.partition("@")
+            known = [g for g in ALIASES.get(name, (name,)) if g in table and g != "blocks"]
+            if not known:
+                return None
+            layers = parse_layers(spec, n_layers) if spec else default
+            blocks = every if layers is None else {block_of_layer(i, n_layers, n_blocks) for i in layers}
+            for g in known:
+                layout.setdefault(table[g], set()).update(blocks)
+    except ValueError:
+        return None
+    return _layered_names(layout, every, model_type)
+
+
+def _shortest_map(relative: Any, model_type: Any) -> dict[str, str]:
+    """Block-relative module names (attention.self.query) -> the shortest suffix peft would match to just that module
     among the block's modules (the run's, and the group table's for a known model_type): 'query'."""
     from loratune.adapt import GROUP_TABLE
 
@@ -890,7 +972,12 @@ def _shortest_names(relative: Any, model_type: Any) -> tuple[str, ...]:
                 return suffix
         return rel
 
-    return tuple(sorted(shortest(rel) for rel in relative))
+    return {rel: shortest(rel) for rel in relative}
+
+
+def _shortest_names(relative: Any, model_type: Any) -> tuple[str, ...]:
+    """Block-relative module names as peft's shortest suffixes (_shortest_map), sorted: ('query', 'value')."""
+    return tuple(sorted(_shortest_map(relative, model_type).values()))
 
 
 def _knob_value(cfg: Mapping[str, Any], knob: str) -> Any:

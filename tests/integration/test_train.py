@@ -155,6 +155,34 @@ def test_non_finite_loss_ends_run_as_diverged(tiny_bert, intent_data, tmp_path, 
     assert disk["status"] == "diverged" and disk["adapter_step"] is not None
 
 
+def test_a_diverged_run_without_an_adapter_pairs_with_its_fix(tiny_bert, intent_data, tmp_path, monkeypatch):
+    """A run that diverged before its first eval saves no adapter/: its targets came from config.yaml (attn.q,
+    attn.v, ffn@top:1), its finished twin's from adapter_config.json (full paths), and the two read as differing in
+    target_modules, so the diverged -> learning_rate /10 -> compare loop never paired. They differ in lr alone."""
+    import loratune.train as T
+    from loratune.diagnose import compare
+
+    targets = "[attn.q, attn.v, ffn@top:1]"
+    _, fixed = _train(tiny_bert, intent_data, tmp_path / "lr5e-3", learning_rate=5e-3, target_modules=targets)
+    real, calls = T.loss_fn, {"n": 0}
+
+    def exploding(logits, *a, **k):  # a tiny model stays finite at any lr: inject the NaN before the first eval
+        loss = real(logits, *a, **k)
+        if logits.requires_grad:
+            calls["n"] += 1
+            return loss * float("nan") if calls["n"] == 2 else loss
+        return loss
+
+    monkeypatch.setattr(T, "loss_fn", exploding)
+    _, run = _train(tiny_bert, intent_data, tmp_path / "lr5e-2", learning_rate=5e-2, target_modules=targets)
+    assert run["status"] == "diverged" and fixed["status"] == "completed"
+    assert not (tmp_path / "lr5e-2" / "adapter").exists() and (tmp_path / "lr5e-3" / "adapter").exists()
+    c = compare([tmp_path / "lr5e-2", tmp_path / "lr5e-3"])
+    (g,) = c.groups
+    assert g.knob == "learning_rate" and [(row[0], row[1]) for row in g.runs] == [("lr5e-3", 5e-3), ("lr5e-2", 5e-2)]
+    assert not any("exactly one" in n or "no knob group" in n for n in c.notes), c.notes
+
+
 def test_ctrl_c_leaves_valid_interrupted_record(tiny_bert, intent_data, tmp_path, monkeypatch):
     import loratune.train as T
 

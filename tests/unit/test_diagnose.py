@@ -593,6 +593,29 @@ def test_runs_differing_in_two_knobs_or_lacking_config_are_not_compared():
     assert {n.rule_id for n in c.not_evaluated} >= {"capacity-bound", "optimization-bound", "seed-unstable"}
 
 
+def test_config_targets_resolve_as_the_adapter_config_names_them():
+    """A loratune run with no adapter_config.json (diverged before saving one) names its targets as the same
+    modules' full paths read from a finished run's adapter_config.json, layer selections included."""
+    from loratune.diagnose import _config_targets, _peft_targets
+
+    model = {"model_type": "bert", "num_layers": 6, "depth": 6}
+    paths = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")] + \
+        [f"bert.encoder.layer.{i}.{m}.dense" for i in (4, 5) for m in ("intermediate", "output")]
+    want = ("intermediate.dense@4,5", "output.dense@4,5", "query", "value")
+    assert _peft_targets(paths, 6, "bert") == want
+    assert _config_targets(["attn.q", "attn.v", "ffn@top:2"], None, model) == want
+    assert _config_targets(["attn.q", "attn.v", "ffn@4,5"], "all", model) == want
+    assert _config_targets(["attn.q", "attn.v"], "top:2", model) == ("query@4,5", "value@4,5")
+    assert _config_targets(["attn.q", "attn.v"], None, model) == ("query", "value")
+    # raw names, all-linear, an unknown architecture or depth: not resolved here (the literal fallback)
+    assert _config_targets(["query"], None, model) is None and _config_targets(["all-linear"], None, model) is None
+    assert _config_targets(["attn.q"], None, {"model_type": "gpt2", "num_layers": 6}) is None
+    assert _config_targets(["attn.q"], None, {"model_type": "bert"}) is None
+    # paths of two stacks (an encoder and a decoder) are not one block layout: literal
+    two = ["encoder.layer.0.attention.self.query", "decoder.encoder.layer.1.attention.self.query"]
+    assert _peft_targets(two, 3, "bert") == tuple(sorted(two))
+
+
 def test_a_key_the_runs_task_does_not_read_is_no_difference():
     """A run of an older version (multi_label_loss bce, the default then) against a current one (bce_pos_weight) at
     another lr: single-label runs train with cross-entropy whatever that key says, so they differ in lr alone (they
@@ -742,13 +765,14 @@ def test_comparison_noise_of_a_token_accuracy_follows_the_single_run_policy():
 
 
 def test_peft_target_names_compare_in_one_form():
-    """Full paths over every layer read as peft's shortest suffixes; paths that leave a layer out, or whose depth is
-    unknown, stay literal (a difference, not a guess); loratune's groups resolve through the group table."""
+    """Full paths over every layer read as peft's shortest suffixes; paths that leave a layer out name their blocks
+    (a difference from every layer); paths whose depth is unknown stay literal (a difference, not a guess); loratune's
+    groups resolve through the group table."""
     from loratune.diagnose import _peft_targets, _resolve_groups, _shortest_names
 
     paths = [f"bert.encoder.layer.{i}.attention.{m}" for i in range(2) for m in ("self.query", "output.dense")]
     assert _peft_targets(paths, 2, "bert") == ("attention.output.dense", "query")
-    assert _peft_targets(paths, 3, "bert") == tuple(sorted(paths))
+    assert _peft_targets(paths, 3, "bert") == ("attention.output.dense@0,1", "query@0,1")
     assert _peft_targets(paths, None, "bert") == tuple(sorted(paths))
     assert _peft_targets(["value", "query"], None) == ("query", "value")
     assert _shortest_names(_resolve_groups(["attn.q", "attn.v"], "bert"), "bert") == ("query", "value")
