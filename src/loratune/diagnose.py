@@ -1034,6 +1034,9 @@ PAIR_DIFFERS = "{a} vs {b} differ in {keys}"
 PAIR_AGREES_ONE_SIDED = "{a} vs {b} agree on every key both know ({keys}); the other keys are known to one run only"
 PAIR_AGREES = "{a} vs {b} agree on every key ({keys})"
 PAIR_SHARES_NONE = "{a} vs {b} share no config key"
+# what a comparison with knob groups says of the runs in none of them, each beside the run nearest it (the fewest keys
+# differ): a run left out silently read as a run compared
+LEFT_OUT = "in no knob group (each beside its nearest run): {pairs}"
 
 
 def _differing_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
@@ -1247,6 +1250,12 @@ def compare(runs: Sequence[RunHistory | str | Path], *, thresholds: Mapping[str,
             means = [sum(v) / len(v) for v in by_value.values()]
             effect = (max(means) - min(means)) if len(means) >= 2 else None
             groups.append(KnobGroup(knob, tuple(rows), effect, note, measure))
+    grouped = {row[0] for g in groups for row in g.runs}
+    if groups and set(flat) - grouped:
+        said = [_pair_said(n, near, flat[n], flat[near]) for n in sorted(set(flat) - grouped)
+                for near in [min((o for o in sorted(flat) if o != n),
+                                 key=lambda o: len(_differing_keys(flat[n], flat[o])))]]
+        notes.append(LEFT_OUT.format(pairs="; ".join(said)))
     if len(flat) >= 2 and not groups:
         pairs = [(a, b) for i, a in enumerate(sorted(flat)) for b in sorted(flat)[i + 1:]]
         said = [_pair_said(a, b, flat[a], flat[b]) for a, b in pairs[:PAIRS_SAID_MAX]]

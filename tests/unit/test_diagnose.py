@@ -593,6 +593,17 @@ def test_runs_differing_in_two_knobs_or_lacking_config_are_not_compared():
     assert {n.rule_id for n in c.not_evaluated} >= {"capacity-bound", "optimization-bound", "seed-unstable"}
 
 
+def test_a_run_in_no_knob_group_is_named_with_what_it_differs_in():
+    """Runs beside a knob group that join none of them were left out without a word (a 7-run lr sweep compared 6):
+    each is named beside its nearest run, with the keys they differ in."""
+    c = compare([run("base", 0.6), run("lr2", 0.7, lr=2e-4), run("odd", 0.65, lr=3e-4, r=16, alpha=16)])
+    assert [g.knob for g in c.groups] == ["learning_rate"]
+    assert {row[0] for row in c.groups[0].runs} == {"base", "lr2"}
+    (said,) = [n for n in c.notes if n.startswith("in no knob group")]
+    assert said == "in no knob group (each beside its nearest run): odd vs base differ in learning_rate, r"
+    assert not any(n.startswith("in no knob group") for n in compare([run("base", 0.6), run("lr2", 0.7, lr=2e-4)]).notes)
+
+
 def test_config_targets_resolve_as_the_adapter_config_names_them():
     """A loratune run with no adapter_config.json (diverged before saving one) names its targets as the same
     modules' full paths read from a finished run's adapter_config.json, layer selections included."""
