@@ -299,9 +299,9 @@ class Decoding:
         problems = decoding_problems(d, labels)
         if problems:
             raise ValueError("; ".join(problems))
-        th = {_saved_label(k): v for k, v in (d.get("thresholds") or {}).items()}
+        th = {_saved_label(k): v for k, v in d["thresholds"].items()}  # one per label (decoding_problems)
         none = _saved_label(d.get("none_label"))
-        return cls(np.array([float(th.get(lab, 0.5)) for lab in labels]), int(d.get("min_labels", 1)),
+        return cls(np.array([float(th[lab]) for lab in labels]), int(d.get("min_labels", 1)),
                    d.get("max_labels"), labels.index(none) if none in labels else None)
 
 
@@ -314,15 +314,26 @@ def _saved_label(name):
 
 def decoding_problems(d, labels: tuple[str, ...]) -> list[str]:
     """What in a `decoding` block (label_map.json; hand-edited to adjust a threshold) decode cannot use, each as
-    `decoding.<key>: <value> (<allowed>)`: the values Decoding.to_dict writes, and a threshold key or none label
-    that is no label (a typo there left the label at 0.5, or no none label, unsaid)."""
+    `decoding.<key>: <value> (<allowed>)`: the values Decoding.to_dict writes, a threshold key or none label
+    that is no label (a typo there left the label at 0.5, or no none label, unsaid), and a label of the run with no
+    threshold (to_dict writes one per label; a block without them, or without the thresholds object, decoded those
+    labels at 0.5, unsaid). An empty or null block (a run saved before decoding existed) is no problem: from_dict
+    reads it as the old behaviour."""
     if not isinstance(d, dict):
         return [f"decoding: {d!r:.60} (an object with thresholds, min_labels, max_labels, none_label)"]
     out = []
-    th = d.get("thresholds") or {}
-    if not isinstance(th, dict):
-        out.append(f"decoding.thresholds: {th!r:.60} (an object of label -> a number in [0, 1])")
+    th = d.get("thresholds")
+    if not isinstance(th, dict) or not th:
+        out.append(f"decoding.thresholds: {'missing' if th is None else f'{th!r:.60}'} (an object of label -> a "
+                   "number in [0, 1], one per label of the run)")
         th = {}
+    else:  # training writes every label's: one left out would decode at 0.5, unsaid
+        have = {_saved_label(str(key)) for key in th}
+        missing = [lab for lab in labels if lab not in have]
+        if missing:
+            out.append(f"decoding.thresholds: no threshold for {', '.join(map(repr, missing[:8]))}"
+                       f"{f' (+{len(missing) - 8} more)' if len(missing) > 8 else ''} (a number in [0, 1] per label "
+                       "of the run)")
     for key, v in th.items():
         if _saved_label(str(key)) not in labels:
             out.append(f"decoding.thresholds.{key}: not a label of the run (one of {', '.join(map(repr, labels[:8]))}"

@@ -176,6 +176,36 @@ def test_a_hand_edited_label_map_is_refused_by_predict_and_evaluate(trained_run,
             in " ".join(capsys.readouterr().err.split()))
 
 
+@pytest.mark.parametrize("edit,problem", [
+    (lambda d: d["thresholds"].pop("pin"), "decoding.thresholds: no threshold for 'pin' (a number in [0, 1] per "
+                                           "label of the run)"),
+    (lambda d: d.pop("thresholds"), "decoding.thresholds: missing (an object of label -> a number in [0, 1], one per "
+                                    "label of the run)"),
+])
+def test_a_label_map_with_a_threshold_left_out_is_refused_by_predict_and_evaluate(trained_run, tmp_path, capsys,
+                                                                                    edit, problem):
+    """label_map.json with one label's threshold (or the thresholds object) deleted was taken, exit 0: the label
+    decoded at 0.5, changing predict's answers and evaluate's recorded test scores, unsaid."""
+    import shutil
+
+    from loratune.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_run[0], out)
+    path = out / "adapter" / "label_map.json"
+    meta = json.loads(path.read_text())
+    assert set(meta["decoding"]["thresholds"]) == set(meta["labels"])  # training writes every label's threshold
+    edit(meta["decoding"])
+    path.write_text(json.dumps(meta))
+    before = (out / "run.json").read_text()
+    for argv in (["predict", str(out), "change my pin"], ["evaluate", str(out), "--split", "test"]):
+        assert main(argv) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"'{path}' has a decoding predict and evaluate cannot use: {problem}" in err, err
+        assert "fix: set each named value as allowed" in err and "Traceback" not in err
+    assert (out / "run.json").read_text() == before  # no test scores recorded from the changed decoding
+
+
 class _OnDisk:
     """At each evaluation point (run.json just written), what a `kill -9` there would leave: run.json's decoding
     and the saved model's."""

@@ -119,14 +119,26 @@ def test_an_older_runs_decomposed_decoding_names_its_labels_in_their_read_form()
         f"decoding.none_label: {nfd('cafés')!r} (one of the run's labels, or null)"]
 
 
+_TH = {"b": 0.42, "c": 0.7}  # the thresholds a patch below leaves as written
+
+
 @pytest.mark.parametrize("patch,problem", [
-    ({"thresholds": {"a": "high"}}, "decoding.thresholds.a: 'high' (a number in [0, 1])"),
-    ({"thresholds": {"a": None}}, "decoding.thresholds.a: None (a number in [0, 1])"),
-    ({"thresholds": {"a": 1.5}}, "decoding.thresholds.a: 1.5 (a number in [0, 1])"),
-    ({"thresholds": {"a": -1}}, "decoding.thresholds.a: -1 (a number in [0, 1])"),
-    ({"thresholds": {"A": 0.3}}, "decoding.thresholds.A: not a label of the run (one of 'a', 'b', 'c')"),
+    ({"thresholds": {"a": "high", **_TH}}, "decoding.thresholds.a: 'high' (a number in [0, 1])"),
+    ({"thresholds": {"a": None, **_TH}}, "decoding.thresholds.a: None (a number in [0, 1])"),
+    ({"thresholds": {"a": 1.5, **_TH}}, "decoding.thresholds.a: 1.5 (a number in [0, 1])"),
+    ({"thresholds": {"a": -1, **_TH}}, "decoding.thresholds.a: -1 (a number in [0, 1])"),
+    ({"thresholds": {"a": 0.3, "A": 0.3, **_TH}},
+     "decoding.thresholds.A: not a label of the run (one of 'a', 'b', 'c')"),
     ({"thresholds": [0.5, 0.5, 0.5]}, "decoding.thresholds: [0.5, 0.5, 0.5] (an object of label -> a number in "
-                                      "[0, 1])"),
+                                      "[0, 1], one per label of the run)"),
+    # a label's threshold (or the whole object) deleted by hand: the label decoded at 0.5, unsaid
+    ({"thresholds": _TH}, "decoding.thresholds: no threshold for 'a' (a number in [0, 1] per label of the run)"),
+    ({"thresholds": {"b": 0.42}}, "decoding.thresholds: no threshold for 'a', 'c' (a number in [0, 1] per label of "
+                                  "the run)"),
+    ({"thresholds": {}}, "decoding.thresholds: {} (an object of label -> a number in [0, 1], one per label of the "
+                         "run)"),
+    ({"thresholds": None}, "decoding.thresholds: missing (an object of label -> a number in [0, 1], one per label of "
+                           "the run)"),
     ({"min_labels": None}, "decoding.min_labels: None (0: an empty answer allowed, or 1: at least one)"),
     ({"min_labels": True}, "decoding.min_labels: True (0: an empty answer allowed, or 1: at least one)"),
     ({"max_labels": "2"}, "decoding.max_labels: '2' (a whole number of at least 1, or null: no cap)"),
@@ -135,7 +147,7 @@ def test_an_older_runs_decomposed_decoding_names_its_labels_in_their_read_form()
 ])
 def test_a_hand_edited_decoding_is_refused_naming_the_key_and_the_value(patch, problem):
     """label_map.json's decoding edited by hand ('high', null, "2", a list): float()/int()/> raised a traceback from
-    predict and evaluate; 1.5, -1 and an unknown none label were taken silently."""
+    predict and evaluate; 1.5, -1, an unknown none label and a label's threshold left out were taken silently."""
     from loratune.metrics import decoding_problems
 
     d = {**dec((0.3, 0.42, 0.7), max_labels=2).to_dict(LABELS), **patch}
@@ -143,6 +155,27 @@ def test_a_hand_edited_decoding_is_refused_naming_the_key_and_the_value(patch, p
     with pytest.raises(ValueError, match=re.escape(problem)):
         Decoding.from_dict(d, LABELS)
     assert decoding_problems(dec((0.0, 1.0, 0.5)).to_dict(LABELS), LABELS) == []  # the ends of [0, 1] are kept
+
+
+def test_a_decoding_without_its_thresholds_object_is_refused_and_one_without_a_block_reads_as_before():
+    """A multi-label label_map.json whose decoding lost its `thresholds` object decoded every label at 0.5, unsaid;
+    a run saved before decoding existed (no block, null, {}) still reads as the old behaviour."""
+    from loratune.metrics import decoding_problems
+
+    d = dec((0.3, 0.42, 0.7), max_labels=2).to_dict(LABELS)
+    del d["thresholds"]
+    problem = "decoding.thresholds: missing (an object of label -> a number in [0, 1], one per label of the run)"
+    assert decoding_problems(d, LABELS) == [problem]
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        Decoding.from_dict(d, LABELS)
+    for old in (None, {}):
+        back = Decoding.from_dict(old, LABELS)
+        assert back.thresholds.tolist() == [0.5] * 3 and (back.min_labels, back.max_labels) == (0, None)
+    # many labels left out: the first 8 named, the rest counted
+    many = tuple(f"l{i}" for i in range(12))
+    assert decoding_problems({"thresholds": {"l0": 0.5, "l1": 0.5}, "min_labels": 1}, many) == [
+        "decoding.thresholds: no threshold for " + ", ".join(repr(f"l{i}") for i in range(2, 10))
+        + " (+2 more) (a number in [0, 1] per label of the run)"]
 
 
 @settings(max_examples=60, deadline=None)
