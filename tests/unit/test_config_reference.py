@@ -52,3 +52,14 @@ def test_the_readme_sample_of_a_refused_configuration_is_what_train_prints(capsy
     assert main(block.group(1).split()) == 2
     err = capsys.readouterr().err
     assert flat(block.group(2)) == flat(err)  # (flat: rich may wrap a line at the terminal's width)
+
+
+def test_the_prompt_set_row_names_every_prompt_set_score_a_run_writes():
+    """docs/run-record.md's `val/prompt_<group>_<metric>` row listed exact_match ... empty, not `capped`, which a
+    causal-lm run with data.prompt_set writes beside them (generation.score_prompt_set writes every SCORES key)."""
+    from loratune.objectives import SCORES
+
+    text = (ROOT / "docs" / "run-record.md").read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| `val/prompt_<group>_<metric>` |"))
+    listed = row[row.index("metrics "):row.index("the format is")]
+    assert set(re.findall(r"`([a-z_]+)`", listed)) == set(SCORES)
