@@ -227,6 +227,21 @@ def align_pad_token_id(model, pad_token_id: int | None) -> str | None:
             "decoder's head pools the last token that is not the pad id)")
 
 
+# The dtype every base model's weights are loaded in. transformers 5 loads a checkpoint in the dtype it was saved in
+# (config.json "dtype": a bf16 or fp16 checkpoint came up in bf16/fp16): its pooler met the float32 head input
+# ("mat1 and mat2 must have the same dtype"), an fp16 LayerNorm refused float32 ("mixed dtype (CPU)"), and a float32
+# run trained and saved a bf16 head while run.json said float32. Loaded in float32, the precision machinery decides
+# the rest (precision.py: the frozen weights held in bf16 under bf16 autocast, the head and trained weights float32).
+LOAD_DTYPE = "float32"
+
+
+def weights_kwargs() -> dict:
+    """The from_pretrained argument that loads a base model's weights in LOAD_DTYPE."""
+    import torch
+
+    return {"dtype": getattr(torch, LOAD_DTYPE)}
+
+
 # The note align_pad_token_id gave when loading a classifier, kept on the model object (never in its saved config).
 PAD_NOTE_ATTR = "loratune_pad_note"
 # The note saying what became of a base model's own classification head (replaced: another label count, or
@@ -248,6 +263,7 @@ def load_classifier(cfg: ModelConfig, num_labels: int, multi_label: bool, id2lab
         "num_labels": num_labels,
         "problem_type": "multi_label_classification" if multi_label else "single_label_classification",
         "trust_remote_code": cfg.trust_remote_code,
+        **weights_kwargs(),
         **hub_kwargs(src),
     }
     if id2label:
@@ -393,7 +409,7 @@ def load_causal_lm(cfg: ModelConfig, pad_token_id: int | None = None):
     refuse_encoder_as_causal_lm(cfg, config)
     try:
         with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(src.path, config=config, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(src.path, config=config, **weights_kwargs(), **kwargs)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "AutoModelForCausalLM" in str(exc):
             raise UserError(f"model '{cfg.name_or_path}' has no causal-LM class in transformers (an encoder?)",
@@ -557,7 +573,7 @@ def load_encoder(cfg: ModelConfig, *, purpose: str = "", fix: str = "check model
     src, kwargs = _source_kwargs(cfg)
     try:
         with quiet_transformers():
-            model = AutoModel.from_pretrained(src.path, **kwargs)
+            model = AutoModel.from_pretrained(src.path, **weights_kwargs(), **kwargs)
     except Exception as exc:
         raise UserError(f"could not load model '{cfg.name_or_path}'{' ' + purpose if purpose else ''}: {exc}",
                         fix) from None

@@ -1,0 +1,87 @@
+"""How loratune loads a base model folder: the weights' dtype whatever the checkpoint was saved in, a folder that
+also holds a peft adapter, and the adapter card's plain-peft recipe for the bases loratune loads specially (a GGUF
+file, a classifier with another label count)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from loratune import api
+from loratune.config import ModelConfig, load_config
+
+from support import _save_tokenizer, overrides
+
+
+def _bert(folder, dtype=torch.float32, head_labels: int | None = None):
+    """A tiny random-init BERT saved in `dtype` (config.json "dtype" says so), as a bare encoder or, with
+    `head_labels`, a classifier of that many labels."""
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    tok = _save_tokenizer(folder)
+    torch.manual_seed(0)
+    kw = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+              max_position_embeddings=64, initializer_range=0.2)
+    if head_labels:
+        names = [f"other_{i}" for i in range(head_labels)]
+        model = BertForSequenceClassification(BertConfig(**kw, num_labels=head_labels, id2label=dict(enumerate(names)),
+                                                         label2id={n: i for i, n in enumerate(names)}))
+    else:
+        model = BertModel(BertConfig(**kw))
+    model.to(dtype).save_pretrained(folder)
+    return str(folder)
+
+
+def _train(model, data, out, **extra):
+    cfg = load_config(None, overrides(model, data, out, max_steps=4, eval_steps=2, **extra))
+    return api.train(cfg, progress=False)
+
+
+# --- the weights' dtype --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("saved", [torch.bfloat16, torch.float16])
+def test_every_base_loader_gives_float32_weights_whatever_the_checkpoint_was_saved_in(saved, tmp_path):
+    """transformers 5 loads a checkpoint in its saved dtype: a bf16 base came up in bf16 (its pooler then met the float32
+    head input: 'mat1 and mat2 must have the same dtype'). Every loader of a base now gives float32 weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from loratune.models import load_causal_lm, load_classifier, load_encoder
+
+    enc = _bert(tmp_path / "bert", saved)
+    assert json.loads((tmp_path / "bert" / "config.json").read_text())["dtype"] == str(saved).split(".")[1]
+    cfg = ModelConfig(name_or_path=enc)
+    for model in (load_classifier(cfg, 3, False), load_encoder(cfg)):
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+    lm = tmp_path / "lm"
+    tok = _save_tokenizer(lm)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                                 bos_token_id=2, eos_token_id=3)).to(saved).save_pretrained(lm)
+    model = load_causal_lm(ModelConfig(name_or_path=str(lm)))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("saved", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_half_precision_base_trains_with_a_float32_head_and_a_true_precision_record(saved, precision, intent_data,
+                                                                                      tmp_path):
+    """A bf16/fp16 checkpoint crashed training under bf16 (pooler: 'mat1 and mat2 must have the same dtype'; fp16:
+    'mixed dtype (CPU)'), and under fp32 trained and saved the head in bf16 (fp16: diverged, NaN) while run.json said
+    float32. Now it trains as a float32 checkpoint does: finite losses, the trained weights saved in float32, and
+    run.json's precision what ran (bf16: the frozen linear layers held in bf16, precision.frozen_weights_in_bf16)."""
+    base = _bert(tmp_path / "base", saved)
+    run = _train(base, intent_data, tmp_path / "run", precision=precision)
+    assert run["status"] == "completed"
+    rec = run["precision"]
+    assert rec["dtype"] == ("float32" if precision == "fp32" else "bfloat16")
+    assert (rec["frozen_linear_bf16"] > 0) == (precision == "bf16")
+    history = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines() if x.strip()]
+    losses = [p[k] for p in history for k in ("train/loss", "val/loss") if p.get(k) is not None]
+    assert losses and all(math.isfinite(v) for v in losses)
+    saved_weights = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+    assert any("classifier" in k for k in saved_weights) and any("pooler" in k for k in saved_weights)
+    assert {str(t.dtype) for t in saved_weights.values()} == {"torch.float32"}
