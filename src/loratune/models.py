@@ -59,10 +59,12 @@ def resolve_model(cfg: ModelConfig) -> ModelSource:
     p = Path(name).expanduser()
     if p.exists():
         if p.is_file() and p.suffix == ".gguf":
+            refuse_adapter_folder(p.parent, name)  # transformers looks for an adapter beside the GGUF file too
             return ModelSource(str(p.parent), p.name, True)
         if p.is_file():
             raise UserError(f"model '{name}' is a file, not a model folder",
                             "give the folder holding config.json (or a .gguf file)")
+        refuse_adapter_folder(p, name)
         if cfg.gguf_file:
             if not (p / cfg.gguf_file).is_file():
                 raise UserError(f"GGUF file '{cfg.gguf_file}' is not in '{p}'", "check model.gguf_file")
@@ -76,6 +78,30 @@ def resolve_model(cfg: ModelConfig) -> ModelSource:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise UserError(f"model path '{name}' does not exist", "check the path, or give a hub id like org/name")
     return ModelSource(name, cfg.gguf_file, False)  # a hub id, for users who are online
+
+
+# The files that make a folder a peft adapter (peft's CONFIG_NAME): transformers' from_pretrained, finding it in a base
+# folder, loads the base model named in it (base_model_name_or_path) and injects the adapter, silently; loratune then
+# adapted that model ("'attn.q' ... match no linear layer", its layers being peft's lora_A.default...) or trained on
+# top of an adapter nobody asked for.
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def refuse_adapter_folder(folder: Path, name: str) -> None:
+    """UserError when the model folder (of `name`: a folder or a GGUF file in it) holds a peft adapter (ADAPTER_CONFIG),
+    with or without a model beside it."""
+    if not (folder / ADAPTER_CONFIG).is_file():
+        return
+    try:
+        base = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        base = None
+    named = f" (its {ADAPTER_CONFIG} names the base '{base}')" if isinstance(base, str) and base else ""
+    raise UserError(f"model folder '{folder}' holds a peft adapter ({ADAPTER_CONFIG}){named}: transformers would load "
+                    "the model with that adapter injected (without a config.json here: the adapter's base model in "
+                    "place of this folder), and loratune would adapt or train on top of it",
+                    "give the base model as model.name_or_path and this folder as train.init_from to start from the "
+                    f"adapter, or move {ADAPTER_CONFIG} and the adapter's weights (adapter_model.*) out of the folder")
 
 
 def folder_ggufs(folder: Path) -> list[str]:

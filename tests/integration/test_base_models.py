@@ -85,3 +85,36 @@ def test_a_half_precision_base_trains_with_a_float32_head_and_a_true_precision_r
     saved_weights = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
     assert any("classifier" in k for k in saved_weights) and any("pooler" in k for k in saved_weights)
     assert {str(t.dtype) for t in saved_weights.values()} == {"torch.float32"}
+
+
+# --- a base folder that also holds a peft adapter ------------------------------------------------------------------
+
+def _with_adapter(tmp_path):
+    """A tiny BERT folder with a peft LoRA adapter saved into it beside config.json and model.safetensors (its
+    adapter_config.json names the folder itself as the base)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertModel
+
+    folder = tmp_path / "both"
+    _bert(folder)
+    peft_model = get_peft_model(BertModel.from_pretrained(folder), LoraConfig(r=2, target_modules=["query", "value"]))
+    peft_model.save_pretrained(folder)
+    assert {"adapter_config.json", "config.json", "model.safetensors"} <= {p.name for p in folder.iterdir()}
+    return str(folder)
+
+
+@pytest.mark.parametrize("targets", ["[attn.q, attn.v]", "[attn.k]"])
+def test_a_base_folder_holding_a_peft_adapter_is_refused_with_the_fix(targets, intent_data, tmp_path, capsys):
+    """transformers loaded such a folder with the adapter injected: loratune said "'attn.q', 'attn.v' ... match no
+    linear layer" (the layers being peft's lora_A.default...), or with targets [attn.k] trained on top of the adapter
+    silently. Now: exit 2 naming the adapter and the fix (train.init_from, or move the adapter's files)."""
+    from loratune import cli
+
+    base = _with_adapter(tmp_path)
+    code = cli.main(["train", "-q", *overrides(base, intent_data, tmp_path / "run", max_steps=2,
+                                                target_modules=targets)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "Traceback" not in err
+    assert f"model folder '{base}' holds a peft adapter (adapter_config.json)" in err
+    assert "train.init_from" in err and "match no linear layer" not in err
+    assert not (tmp_path / "run" / "adapter").exists()
